@@ -1,0 +1,63 @@
+/**
+ * Every name that crosses a process boundary, in one place: HTTP headers, span attribute keys, log field
+ * names and service names. The gateway (which strips and injects identity headers) and the services (which
+ * trust them) both import from here, so the two sides cannot drift apart.
+ */
+
+/** HTTP header names, lower-case as Node presents them. */
+export const HEADER = {
+  requestId: 'x-request-id',
+  userId: 'x-user-id',
+  userRole: 'x-user-role',
+  userEmail: 'x-user-email',
+  gatewayTimestamp: 'x-gateway-timestamp',
+  authorization: 'authorization',
+  wwwAuthenticate: 'www-authenticate',
+  retryAfter: 'retry-after',
+  traceparent: 'traceparent',
+  tracestate: 'tracestate',
+  baggage: 'baggage',
+  traceresponse: 'traceresponse',
+} as const;
+
+/**
+ * Header prefixes the gateway owns. Anything a client sends under them is removed before routing, so a
+ * service that sees `x-user-id` knows the gateway put it there after verifying a token.
+ */
+export const GATEWAY_OWNED_HEADER_PREFIXES = ['x-user-', 'x-gateway-'] as const;
+
+/** The identity headers the gateway injects from a verified token. */
+export const IDENTITY_HEADERS = [HEADER.userId, HEADER.userRole, HEADER.userEmail] as const;
+
+/** Span attribute keys that are ours (standard ones come from @opentelemetry/semantic-conventions). */
+export const ATTR = {
+  requestId: 'request.id',
+  userId: 'enduser.id',
+  userRole: 'enduser.role',
+  routeName: 'gateway.route.name',
+  upstreamService: 'gateway.upstream.service',
+  upstreamUrl: 'gateway.upstream.url',
+  upstreamOutcome: 'gateway.upstream.outcome',
+  errorCode: 'gateway.error.code',
+  rateLimitDecision: 'gateway.rate_limit.decision',
+} as const;
+
+/** W3C baggage key that carries the request id next to `traceparent`. */
+export const BAGGAGE_REQUEST_ID = 'request.id';
+
+/** Field names of every JSON log line, in all four processes. */
+export const LOG_FIELD = {
+  traceId: 'trace_id',
+  spanId: 'span_id',
+  requestId: 'request_id',
+  serviceName: 'service.name',
+} as const;
+
+/** `service.name` of each process: in spans, in logs and in the collector's labels. */
+export const SERVICE_NAME = {
+  gateway: 'gateway',
+  users: 'user-service',
+  orders: 'order-service',
+  notifications: 'notification-service',
+} as const;
+export type ServiceName = (typeof SERVICE_NAME)[keyof typeof SERVICE_NAME];
