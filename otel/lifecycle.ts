@@ -1,0 +1,83 @@
+import http from 'node:http';
+import type { Socket } from 'node:net';
+import type Koa from 'koa';
+import type { Logger } from './logger';
+
+export interface RunServerOptions {
+  app: Koa;
+  /** Process name for log lines (`gateway`, `user-service`, ...). */
+  name: string;
+  port: number;
+  host: string;
+  logger: Logger;
+  /** How long in-flight requests may take to finish after SIGTERM, ms. Default 10 s. */
+  drainTimeoutMs?: number;
+  /** Runs after the server closed, before exit (telemetry flush). */
+  onShutdown?: () => Promise<void>;
+}
+
+export interface RunningServer {
+  server: http.Server;
+  /** The bound address (useful with port 0). */
+  url: string;
+  /** Stops accepting, lets in-flight requests finish within the drain bound, then runs onShutdown. */
+  close(): Promise<void>;
+}
+
+/**
+ * A malformed or oversized request never reaches Koa (Node's parser rejects it first); without this the
+ * client would get a bare status line. It gets a problem+json body like every other error instead.
+ */
+function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
+  if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage) {
+    socket.destroy();
+    return;
+  }
+  const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
+  const status = tooLarge ? 431 : 400;
+  const title = tooLarge ? 'Request header fields too large' : 'Bad request';
+  const body = JSON.stringify({ type: `urn:koa-gateway:problem:${tooLarge ? 'headers_too_large' : 'bad_request'}`, title, status, detail: tooLarge ? 'The request headers are too large.' : 'The request could not be parsed as HTTP.', code: tooLarge ? 'headers_too_large' : 'bad_request' });
+  socket.end(`HTTP/1.1 ${status} ${title}\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+}
+
+/** Listens, answers parser errors as JSON, and shuts down gracefully on SIGTERM / SIGINT. */
+export async function runServer(options: RunServerOptions): Promise<RunningServer> {
+  const { app, logger } = options;
+  const server = http.createServer(app.callback());
+  server.on('clientError', answerClientError);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port, options.host, () => resolve());
+  });
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : options.port;
+  const url = `http://${options.host.includes(':') ? `[${options.host}]` : options.host}:${port}`;
+
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      const drained = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<void>((resolve) => (timer = setTimeout(resolve, drainTimeoutMs)));
+      await Promise.race([drained, timedOut]);
+      clearTimeout(timer);
+      server.closeAllConnections();
+      await options.onShutdown?.();
+    })());
+
+  const onSignal = (signal: NodeJS.Signals) => {
+    logger.info(`${options.name} stopping`, { signal });
+    close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        logger.error(`${options.name} failed to stop cleanly`, { error: String(error) });
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  return { server, url, close };
+}

@@ -1,0 +1,95 @@
+import { randomUUID } from 'node:crypto';
+import Router from '@koa/router';
+import type Koa from 'koa';
+import { z } from 'zod';
+import type { Logger } from '../../otel/logger';
+import { SERVICE_NAME } from '../../otel/wire-names';
+import { callService, createServiceApp, requireCaller, ServiceError, validBody, type Caller } from '../shared/service-app';
+
+export interface Order {
+  id: string;
+  userId: string;
+  items: { sku: string; quantity: number }[];
+  status: 'created';
+  createdAt: string;
+}
+
+export interface OrdersAppOptions {
+  logger: Logger;
+  /** user-service origin, called directly (not through the gateway). */
+  usersUrl: string;
+  /** notification-service origin. */
+  notificationsUrl: string;
+}
+
+const newOrder = z.object({
+  items: z
+    .array(z.object({ sku: z.string().trim().min(1).max(64), quantity: z.int().min(1).max(1000) }))
+    .min(1)
+    .max(100),
+});
+
+/**
+ * order-service: orders of the calling user. Creating one checks the user with user-service directly and
+ * tells notification-service; a notification failure is logged, never fails the order.
+ */
+export function createApp(options: OrdersAppOptions): Koa {
+  const { logger } = options;
+  const orders = new Map<string, Order>();
+  const router = new Router();
+
+  async function checkUser(caller: Caller, requestId: string): Promise<void> {
+    let response: Response;
+    try {
+      response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, caller });
+    } catch (error) {
+      logger.error('user-service unreachable', { error: (error as Error).message });
+      throw new ServiceError(503, 'dependency_unavailable', 'The users service is unavailable; try again.');
+    }
+    await response.body?.cancel();
+    if (response.status === 404) throw new ServiceError(403, 'unknown_user', 'Your account no longer exists.');
+    if (!response.ok) throw new ServiceError(503, 'dependency_unavailable', `The users service answered ${response.status}.`);
+  }
+
+  async function notify(order: Order, requestId: string): Promise<void> {
+    try {
+      const response = await callService(new URL('/internal/notifications', options.notificationsUrl).href, {
+        method: 'POST',
+        requestId,
+        body: { userId: order.userId, type: 'order.created', orderId: order.id, message: `Order ${order.id} was created.` },
+      });
+      await response.body?.cancel();
+      if (!response.ok) logger.warn('notification rejected', { order_id: order.id, status: response.status });
+    } catch (error) {
+      logger.warn('notification-service unreachable', { order_id: order.id, error: (error as Error).message });
+    }
+  }
+
+  router.post('/orders', async function createOrder(ctx) {
+    const caller = requireCaller(ctx);
+    const { items } = validBody(ctx, newOrder);
+    const requestId = ctx.get('x-request-id');
+    await checkUser(caller, requestId);
+    const order: Order = { id: randomUUID(), userId: caller.id, items, status: 'created', createdAt: new Date().toISOString() };
+    orders.set(order.id, order);
+    logger.info('order created', { order_id: order.id, user_id: caller.id, items: items.length });
+    await notify(order, requestId);
+    ctx.status = 201;
+    ctx.body = order;
+  });
+
+  router.get('/orders', async function listOrders(ctx) {
+    const caller = requireCaller(ctx);
+    ctx.body = [...orders.values()].filter((order) => order.userId === caller.id);
+  });
+
+  router.get('/orders/:id', async function getOrder(ctx) {
+    const caller = requireCaller(ctx);
+    const order = orders.get(ctx.params.id!);
+    // Someone else's order is reported as missing, so ids cannot be probed.
+    if (!order || order.userId !== caller.id) throw new ServiceError(404, 'order_not_found', `No order ${ctx.params.id}.`);
+    ctx.body = order;
+  });
+
+  return createServiceApp({ serviceName: SERVICE_NAME.orders, logger, router });
+}

@@ -1,0 +1,115 @@
+import { bodyParser } from '@koa/bodyparser';
+import type Router from '@koa/router';
+import Koa, { type Context } from 'koa';
+import { z } from 'zod';
+import type { Logger } from '../../otel/logger';
+import { HEADER } from '../../otel/wire-names';
+
+/** An error a service answers with; `code` is stable, `detail` is for humans. */
+export class ServiceError extends Error {
+  override name = 'ServiceError';
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    detail: string,
+  ) {
+    super(detail);
+  }
+}
+
+/** The caller, as the gateway vouched for it in the identity headers. */
+export interface Caller {
+  id: string;
+  role: string;
+  email: string;
+}
+
+/**
+ * Services trust identity headers because only the gateway can set them (it strips client-sent ones,
+ * and the services are reachable only behind it). No `X-User-Id` means the request did not come
+ * through an authenticated route: 401.
+ */
+export function requireCaller(ctx: Context): Caller {
+  const id = ctx.get(HEADER.userId);
+  if (!id) throw new ServiceError(401, 'missing_identity', 'This endpoint needs the caller identity the gateway injects.');
+  return { id, role: ctx.get(HEADER.userRole), email: ctx.get(HEADER.userEmail) };
+}
+
+/** Parses `ctx.request.body` with a zod schema; failures are 400 with the first problem named. */
+export function validBody<T extends z.ZodType>(ctx: Context, schema: T): z.output<T> {
+  const result = schema.safeParse(ctx.request.body);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    throw new ServiceError(400, 'invalid_body', `${issue.path.join('.') || 'body'}: ${issue.message}`);
+  }
+  return result.data;
+}
+
+export interface ServiceAppOptions {
+  serviceName: string;
+  logger: Logger;
+  router: Router;
+  /** Largest JSON body, bytes. Default 1 MiB. */
+  bodyLimitBytes?: number;
+}
+
+/**
+ * The bootstrap the three services share: request id echo, one log line per request, problem+json
+ * errors (the same shape the gateway uses), a JSON body parser and `GET /health`.
+ */
+export function createServiceApp(options: ServiceAppOptions): Koa {
+  const { logger, serviceName } = options;
+  const app = new Koa();
+
+  app.use(async function logRequest(ctx, next) {
+    const started = performance.now();
+    const requestId = ctx.get(HEADER.requestId) || undefined;
+    if (requestId) ctx.set(HEADER.requestId, requestId);
+    try {
+      await next();
+    } finally {
+      logger.info('request handled', { method: ctx.method, url: ctx.path, status: ctx.status, duration_ms: Math.round((performance.now() - started) * 1000) / 1000, request_id: requestId });
+    }
+  });
+
+  app.use(async function handleErrors(ctx, next) {
+    try {
+      await next();
+    } catch (thrown) {
+      const status = thrown instanceof ServiceError ? thrown.status : typeof (thrown as { status?: unknown }).status === 'number' ? (thrown as { status: number }).status : 500;
+      const code = thrown instanceof ServiceError ? thrown.code : status === 500 ? 'internal' : 'bad_request';
+      const exposed = status < 500 || thrown instanceof ServiceError;
+      if (!exposed) logger.error('request failed', { error: thrown instanceof Error ? thrown.message : String(thrown) });
+      ctx.status = status;
+      ctx.type = 'application/problem+json';
+      ctx.body = { type: `urn:koa-gateway:problem:${code}`, title: code.replaceAll('_', ' '), status, detail: exposed ? (thrown as Error).message : 'Internal error', code, requestId: ctx.get(HEADER.requestId) || undefined, service: serviceName };
+    }
+  });
+
+  app.use(bodyParser({ enableTypes: ['json'], jsonLimit: options.bodyLimitBytes ?? 1024 * 1024, encoding: 'utf-8' }));
+  app.use(async function health(ctx, next) {
+    if (ctx.path !== '/health') return next();
+    ctx.body = { status: 'ok', service: serviceName };
+  });
+  app.use(options.router.routes());
+  app.use(options.router.allowedMethods());
+  return app;
+}
+
+/** Calls another service with a deadline, passing the request id and the caller on. */
+export async function callService(url: string, init: { method?: string; body?: unknown; requestId?: string; caller?: Caller; timeoutMs?: number }): Promise<Response> {
+  const headers: Record<string, string> = {};
+  if (init.body !== undefined) headers['content-type'] = 'application/json';
+  if (init.requestId) headers[HEADER.requestId] = init.requestId;
+  if (init.caller) {
+    headers[HEADER.userId] = init.caller.id;
+    headers[HEADER.userRole] = init.caller.role;
+    headers[HEADER.userEmail] = init.caller.email;
+  }
+  return fetch(url, {
+    method: init.method ?? 'GET',
+    headers,
+    body: init.body === undefined ? undefined : JSON.stringify(init.body),
+    signal: AbortSignal.timeout(init.timeoutMs ?? 3000),
+  });
+}

@@ -1,0 +1,46 @@
+import { z } from 'zod';
+
+/**
+ * Configuration of the three example services, from the environment only (they are small on purpose).
+ * This is the only module of the services that reads `process.env`.
+ */
+export type ServiceKey = 'users' | 'orders' | 'notifications';
+
+const common = {
+  HOST: z.string().min(1).default('127.0.0.1'),
+  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+  LOG_LEVEL: z.enum(['error', 'warn', 'info', 'http', 'verbose', 'debug', 'silly']).default('info'),
+};
+const port = (fallback: number) => z.coerce.number().int().min(0).max(65535).default(fallback);
+const url = (fallback: string) => z.url({ protocol: /^https?$/ }).default(fallback);
+
+const SCHEMAS = {
+  users: z.object({ ...common, PORT: port(4001) }),
+  orders: z.object({
+    ...common,
+    PORT: port(4002),
+    USER_SERVICE_URL: url('http://127.0.0.1:4001'),
+    NOTIF_SERVICE_URL: url('http://127.0.0.1:4003'),
+  }),
+  notifications: z.object({ ...common, PORT: port(4003) }),
+} as const;
+
+export type ServiceEnv<K extends ServiceKey> = z.output<(typeof SCHEMAS)[K]>;
+
+/** Every environment variable each service reads (compose is checked against these lists). */
+export const SERVICE_ENV_VARIABLES: Record<ServiceKey, readonly string[]> = {
+  users: Object.keys(SCHEMAS.users.shape),
+  orders: Object.keys(SCHEMAS.orders.shape),
+  notifications: Object.keys(SCHEMAS.notifications.shape),
+};
+
+/** Validates the service's variables; a bad one stops startup with one line naming it. */
+export function loadServiceEnv<K extends ServiceKey>(service: K, env: Record<string, string | undefined> = process.env): ServiceEnv<K> {
+  const relevant = Object.fromEntries(SERVICE_ENV_VARIABLES[service].flatMap((name) => (env[name] ? [[name, env[name]]] : [])));
+  const result = SCHEMAS[service].safeParse(relevant);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    throw new Error(`config: ${issue.path.join('.')}: ${issue.message} (got ${JSON.stringify(relevant[String(issue.path[0])])})`);
+  }
+  return result.data as ServiceEnv<K>;
+}

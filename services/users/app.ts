@@ -1,0 +1,65 @@
+import Router from '@koa/router';
+import type Koa from 'koa';
+import { z } from 'zod';
+import type { Logger } from '../../otel/logger';
+import { SERVICE_NAME } from '../../otel/wire-names';
+import { createServiceApp, requireCaller, ServiceError, validBody } from '../shared/service-app';
+import { DuplicateEmailError, UserStore } from './user-store';
+
+export interface UsersAppOptions {
+  logger: Logger;
+  /** Seed alice and bob (see README). Default true; main.ts turns it off in production. */
+  seedDemoAccounts?: boolean;
+  store?: UserStore;
+}
+
+const registration = z.object({
+  name: z.string().trim().min(1).max(100),
+  email: z.email().max(254),
+  password: z.string().min(8, 'must be at least 8 characters').max(128),
+});
+const credentials = z.object({ email: z.string().max(254), password: z.string().max(128) });
+
+/**
+ * user-service: registration, credential checks for the gateway's login, and profiles.
+ * `/internal/*` is outside every gateway route prefix, so clients cannot reach it.
+ */
+export async function createApp(options: UsersAppOptions): Promise<Koa> {
+  const store = options.store ?? new UserStore();
+  if (options.seedDemoAccounts ?? true) await store.seedDemoAccounts();
+
+  const router = new Router();
+  router.post('/users', async function register(ctx) {
+    const input = validBody(ctx, registration);
+    try {
+      ctx.body = await store.create(input);
+      ctx.status = 201;
+    } catch (error) {
+      if (error instanceof DuplicateEmailError) throw new ServiceError(409, 'email_taken', error.message);
+      throw error;
+    }
+  });
+
+  router.get('/users', async function listUsers(ctx) {
+    if (requireCaller(ctx).role !== 'admin') throw new ServiceError(403, 'forbidden', 'Only admins can list users.');
+    ctx.body = store.list();
+  });
+
+  router.get('/users/:id', async function getUser(ctx) {
+    const caller = requireCaller(ctx);
+    const id = ctx.params.id!;
+    if (caller.id !== id && caller.role !== 'admin') throw new ServiceError(403, 'forbidden', 'You can only read your own profile.');
+    const user = store.get(id);
+    if (!user) throw new ServiceError(404, 'user_not_found', `No user ${id}.`);
+    ctx.body = user;
+  });
+
+  router.post('/internal/credentials/verify', async function verifyCredentials(ctx) {
+    const { email, password } = validBody(ctx, credentials);
+    const user = await store.verify(email, password);
+    if (!user) throw new ServiceError(401, 'invalid_credentials', 'The email or password is wrong.');
+    ctx.body = { id: user.id, email: user.email, role: user.role };
+  });
+
+  return createServiceApp({ serviceName: SERVICE_NAME.users, logger: options.logger, router });
+}

@@ -1,0 +1,76 @@
+import { randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
+import { promisify } from 'node:util';
+
+const scryptAsync = promisify(scrypt) as (password: string, salt: Buffer, keylen: number) => Promise<Buffer>;
+const KEY_LENGTH = 64;
+
+export interface User {
+  id: string;
+  name: string;
+  email: string;
+  role: 'admin' | 'user';
+  createdAt: string;
+}
+
+interface StoredUser extends User {
+  salt: Buffer;
+  passwordHash: Buffer;
+}
+
+export class DuplicateEmailError extends Error {
+  override name = 'DuplicateEmailError';
+}
+
+/** The demo accounts documented in the README, seeded outside production. */
+export const DEMO_ACCOUNTS = [
+  { name: 'Alice', email: 'alice@example.com', password: 'wonderland', role: 'admin' },
+  { name: 'Bob', email: 'bob@example.com', password: 'builder', role: 'user' },
+] as const;
+
+function publicView({ salt: _salt, passwordHash: _hash, ...user }: StoredUser): User {
+  return user;
+}
+
+/** In-memory users with scrypt password hashes. Ids are sequential ("1", "2", ...). */
+export class UserStore {
+  private readonly byId = new Map<string, StoredUser>();
+  private readonly idByEmail = new Map<string, string>();
+  private nextId = 1;
+  /** Hash compared against when the email is unknown, so both cases take the same time. */
+  private readonly decoy = { salt: randomBytes(16), hash: randomBytes(KEY_LENGTH) };
+
+  async create(input: { name: string; email: string; password: string; role?: User['role'] }): Promise<User> {
+    const email = input.email.toLowerCase();
+    if (this.idByEmail.has(email)) throw new DuplicateEmailError(`${email} is already registered.`);
+    const salt = randomBytes(16);
+    const passwordHash = await scryptAsync(input.password, salt, KEY_LENGTH);
+    // Checked again: another registration of the same email may have finished while we hashed.
+    if (this.idByEmail.has(email)) throw new DuplicateEmailError(`${email} is already registered.`);
+    const user: StoredUser = { id: String(this.nextId++), name: input.name, email, role: input.role ?? 'user', createdAt: new Date().toISOString(), salt, passwordHash };
+    this.byId.set(user.id, user);
+    this.idByEmail.set(email, user.id);
+    return publicView(user);
+  }
+
+  get(id: string): User | undefined {
+    const user = this.byId.get(id);
+    return user && publicView(user);
+  }
+
+  list(): User[] {
+    return [...this.byId.values()].map(publicView);
+  }
+
+  /** The user when the password matches, undefined otherwise; constant work either way. */
+  async verify(email: string, password: string): Promise<User | undefined> {
+    const user = this.byId.get(this.idByEmail.get(email.toLowerCase()) ?? '');
+    const salt = user?.salt ?? this.decoy.salt;
+    const expected = user?.passwordHash ?? this.decoy.hash;
+    const actual = await scryptAsync(password, salt, KEY_LENGTH);
+    return timingSafeEqual(actual, expected) && user ? publicView(user) : undefined;
+  }
+
+  async seedDemoAccounts(): Promise<void> {
+    for (const account of DEMO_ACCOUNTS) await this.create(account);
+  }
+}

@@ -1,0 +1,242 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+
+/**
+ * The gateway's one configuration: a JSON file (routes as data) overlaid with environment variables,
+ * checked by one schema at startup, then frozen and trusted. This is the only module that reads
+ * `process.env` for the gateway. A bad value stops startup with one line naming the key, rule and value.
+ */
+
+/** Signing secret used when none is configured. Accepted only outside production. */
+export const DEVELOPMENT_JWT_SECRET = 'dev-only-insecure-jwt-secret-change-me';
+
+const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
+
+/** A path prefix: absolute, plain segments only, no trailing slash (except the root itself). */
+const pathPrefix = z
+  .string()
+  .regex(/^(\/[A-Za-z0-9._~-]+)+$/, 'must be an absolute path of plain segments without a trailing slash')
+  .refine((p) => !p.split('/').some((s) => s === '.' || s === '..'), 'must not contain dot segments');
+
+const upstreamPath = z.union([z.literal(''), pathPrefix]);
+
+const rateLimitSchema = z.strictObject({
+  /** Requests allowed per client per window. */
+  max: z.int().positive(),
+  /** Window length, ms. */
+  windowMs: z.int().positive(),
+});
+
+const serviceUrl = z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' });
+
+const routeSchema = z.strictObject({
+  /** Route name, used in logs, spans and metrics. */
+  name: z.string().regex(/^[a-z][a-z0-9-]*$/, 'must be lower-case letters, digits and dashes'),
+  /** Public path prefix, matched segment by segment (`/api/users` matches `/api/users/1`, not `/api/usersX`). */
+  prefix: pathPrefix,
+  /** Key of `services` this route forwards to. */
+  service: z.string(),
+  /** Path on the service that replaces `prefix` (`/api/users/1` -> `/users/1`). */
+  upstreamPath,
+  /** Match only the prefix itself, not paths below it. Default false. */
+  exact: z.boolean().default(false),
+  /** Allowed methods; any method when absent. */
+  methods: z.array(z.enum(HTTP_METHODS)).nonempty().optional(),
+  /** `required`: a valid bearer token; `public`: no token needed (identity headers are still stripped). */
+  auth: z.enum(['required', 'public']).default('required'),
+  /** Upstream idle timeout for this route, ms; defaults to `proxy.timeoutMs`. */
+  timeoutMs: z.int().positive().optional(),
+  /** Rate limit for this route; defaults to `rateLimit`. */
+  rateLimit: rateLimitSchema.optional(),
+});
+
+const configSchema = z
+  .strictObject({
+    /** Listening port. Default 3000. */
+    port: z.int().min(0).max(65535).default(3000),
+    /** Listening address. Default 127.0.0.1: safe by default; containers set 0.0.0.0. */
+    host: z.string().min(1).default('127.0.0.1'),
+    /** `NODE_ENV`; `production` refuses the development JWT secret and hides internal details. */
+    environment: z.enum(['development', 'production', 'test']).default('development'),
+    logLevel: z.enum(['error', 'warn', 'info', 'http', 'verbose', 'debug', 'silly']).default('info'),
+    /**
+     * Trust `X-Forwarded-*` from the peer (Koa `app.proxy`). Default false: clients could otherwise spoof
+     * their address to dodge the rate limiter.
+     */
+    trustProxy: z.boolean().default(false),
+    auth: z
+      .strictObject({
+        /** HS256 signing secret (env `JWT_SECRET` only; never put it in the file). */
+        secret: z.string().min(1).default(DEVELOPMENT_JWT_SECRET),
+        issuer: z.string().min(1).default('koa-gateway'),
+        audience: z.string().min(1).default('koa-gateway-api'),
+        /** Lifetime of issued tokens, s. Default 3600. */
+        tokenTtlSeconds: z.int().positive().max(86_400).default(3600),
+        /** Clock skew accepted on `exp`/`nbf`/`iat`, s. Default 5. */
+        clockToleranceSeconds: z.int().min(0).max(300).default(5),
+        /** Where the gateway answers login itself. */
+        loginPath: pathPrefix.default('/api/auth/login'),
+        /** Stricter limit for login attempts per client. Default 10 per minute. */
+        loginRateLimit: rateLimitSchema.default({ max: 10, windowMs: 60_000 }),
+        /** Largest login body, bytes. Default 16 KiB. */
+        loginBodyLimitBytes: z.int().positive().default(16 * 1024),
+      })
+      .prefault({}),
+    rateLimit: z
+      .strictObject({
+        ...rateLimitSchema.shape,
+        /** Clients tracked at once by the in-memory store; the oldest windows are dropped beyond it. */
+        maxTrackedClients: z.int().positive().default(100_000),
+      })
+      .prefault({ max: 100, windowMs: 60_000 }),
+    proxy: z
+      .strictObject({
+        /** Upstream idle timeout, ms (no byte for this long -> 504). Default 10 s. */
+        timeoutMs: z.int().positive().default(10_000),
+        /** Keep-alive sockets per upstream. Default 256. */
+        maxSockets: z.int().positive().default(256),
+        /** Largest request body forwarded, bytes (413 beyond). Default 50 MiB. */
+        maxBodyBytes: z.int().positive().default(50 * 1024 * 1024),
+      })
+      .prefault({}),
+    /** Upstream services by key; routes name them. */
+    services: z.record(z.string().regex(/^[a-z][a-z0-9-]*$/), z.strictObject({ url: serviceUrl })),
+    routes: z.array(routeSchema).nonempty(),
+  })
+  .superRefine((config, ctx) => {
+    if (!('users' in config.services)) {
+      ctx.addIssue({ code: 'custom', path: ['services', 'users'], message: 'is required: login checks credentials with the users service', input: undefined });
+    }
+    const seenNames = new Set<string>();
+    const seenPrefixes = new Set<string>([config.auth.loginPath, '/health', '/ready']);
+    config.routes.forEach((route, index) => {
+      if (!(route.service in config.services)) {
+        ctx.addIssue({ code: 'custom', path: ['routes', index, 'service'], message: `names no entry of services (${Object.keys(config.services).join(', ')})`, input: route.service });
+      }
+      if (seenNames.has(route.name)) {
+        ctx.addIssue({ code: 'custom', path: ['routes', index, 'name'], message: 'is used by another route', input: route.name });
+      }
+      if (seenPrefixes.has(route.prefix)) {
+        ctx.addIssue({ code: 'custom', path: ['routes', index, 'prefix'], message: 'is already taken', input: route.prefix });
+      }
+      seenNames.add(route.name);
+      seenPrefixes.add(route.prefix);
+    });
+    if (config.environment === 'production' && config.auth.secret === DEVELOPMENT_JWT_SECRET) {
+      ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be set (JWT_SECRET) in production; the development secret is public', input: '(development secret)' });
+    } else if (config.environment === 'production' && config.auth.secret.length < 32) {
+      ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be at least 32 characters in production', input: '(hidden)' });
+    }
+  });
+
+export type GatewayConfig = Readonly<z.output<typeof configSchema>>;
+export type RouteConfig = GatewayConfig['routes'][number];
+export type RateLimitConfig = z.output<typeof rateLimitSchema>;
+
+/** Environment variables that override file keys (the tutorial gateway's names kept working). */
+export const ENV_OVERRIDES = {
+  PORT: 'port',
+  HOST: 'host',
+  NODE_ENV: 'environment',
+  LOG_LEVEL: 'logLevel',
+  TRUST_PROXY: 'trustProxy',
+  JWT_SECRET: 'auth.secret',
+  JWT_ISSUER: 'auth.issuer',
+  JWT_AUDIENCE: 'auth.audience',
+  USER_SERVICE_URL: 'services.users.url',
+  ORDER_SERVICE_URL: 'services.orders.url',
+  NOTIF_SERVICE_URL: 'services.notifications.url',
+  RATE_LIMIT_MAX: 'rateLimit.max',
+  RATE_LIMIT_WINDOW_MS: 'rateLimit.windowMs',
+  PROXY_TIMEOUT_MS: 'proxy.timeoutMs',
+} as const satisfies Record<string, string>;
+
+/** Path of the route file; relative paths resolve against the working directory. */
+export const CONFIG_PATH_VARIABLE = 'GATEWAY_CONFIG';
+export const DEFAULT_CONFIG_PATH = 'gateway.config.json';
+
+/** Every environment variable the gateway reads (compose and the docs are checked against this list). */
+export const GATEWAY_ENV_VARIABLES: readonly string[] = [CONFIG_PATH_VARIABLE, ...Object.keys(ENV_OVERRIDES)];
+
+/** Thrown for any configuration problem; its message is the one line printed at startup. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+type Env = Record<string, string | undefined>;
+
+/** Env values are strings; numbers and booleans are converted only when they are well formed, so the schema reports the rest. */
+function envValue(raw: string): unknown {
+  if (/^-?\d+$/.test(raw)) return Number(raw);
+  if (raw === 'true' || raw === 'false') return raw === 'true';
+  return raw;
+}
+
+function setPath(target: Record<string, unknown>, dotted: string, value: unknown): void {
+  const keys = dotted.split('.');
+  let node = target;
+  for (const key of keys.slice(0, -1)) {
+    const child = node[key];
+    node = typeof child === 'object' && child !== null ? (child as Record<string, unknown>) : (node[key] = {});
+  }
+  node[keys[keys.length - 1]!] = value;
+}
+
+function envNameFor(keyPath: string): string | undefined {
+  return Object.entries(ENV_OVERRIDES).find(([, key]) => key === keyPath)?.[0];
+}
+
+function describe(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
+/** Applies env overrides to the parsed file and validates the result. Pure: tests call it directly. */
+export function parseConfig(file: unknown, env: Env = {}): GatewayConfig {
+  if (typeof file !== 'object' || file === null || Array.isArray(file)) {
+    throw new ConfigError('config: the file must hold a JSON object');
+  }
+  const merged = structuredClone(file) as Record<string, unknown>;
+  for (const [name, keyPath] of Object.entries(ENV_OVERRIDES)) {
+    const raw = env[name];
+    if (raw !== undefined && raw !== '') setPath(merged, keyPath, envValue(raw));
+  }
+  const result = configSchema.safeParse(merged);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    const keyPath = issue.path.join('.');
+    const envName = envNameFor(keyPath);
+    const key = envName ? `${envName} (${keyPath})` : keyPath || '(root)';
+    const value = 'input' in issue && issue.input !== undefined ? ` (got ${describe(issue.input)})` : '';
+    const more = result.error.issues.length > 1 ? ` [+${result.error.issues.length - 1} more]` : '';
+    throw new ConfigError(`config: ${key}: ${issue.message}${value}${more}`);
+  }
+  return deepFreeze(result.data);
+}
+
+/** Reads the route file named by `GATEWAY_CONFIG` (default ./gateway.config.json) and applies the env. */
+export function loadConfig(env: Env = process.env, cwd: string = process.cwd()): GatewayConfig {
+  const file = path.resolve(cwd, env[CONFIG_PATH_VARIABLE] || DEFAULT_CONFIG_PATH);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`config: ${CONFIG_PATH_VARIABLE}: cannot read ${file} (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigError(`config: ${file}: not valid JSON (${(error as Error).message})`);
+  }
+  return parseConfig(parsed, env);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null) {
+    for (const child of Object.values(value)) deepFreeze(child);
+    Object.freeze(value);
+  }
+  return value;
+}

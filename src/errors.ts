@@ -1,0 +1,119 @@
+/**
+ * The gateway's error catalog. Middleware throws a `GatewayError` with one of these codes; the error
+ * middleware (src/middleware/errors.ts) turns it into an RFC 9457 problem response, once. Callers branch
+ * on `code`, never on message text.
+ */
+export const ERROR_CATALOG = {
+  bad_request: { status: 400, title: 'Bad request' },
+  bad_path: { status: 400, title: 'Path not allowed' },
+  invalid_body: { status: 400, title: 'Invalid request body' },
+  missing_token: { status: 401, title: 'Authentication required' },
+  invalid_token: { status: 401, title: 'Invalid token' },
+  invalid_credentials: { status: 401, title: 'Invalid credentials' },
+  forbidden: { status: 403, title: 'Forbidden' },
+  route_not_found: { status: 404, title: 'Not found' },
+  method_not_allowed: { status: 405, title: 'Method not allowed' },
+  payload_too_large: { status: 413, title: 'Payload too large' },
+  unsupported_media_type: { status: 415, title: 'Unsupported media type' },
+  rate_limited: { status: 429, title: 'Too many requests' },
+  internal: { status: 500, title: 'Internal error' },
+  upstream_refused: { status: 502, title: 'Upstream refused the connection' },
+  upstream_reset: { status: 502, title: 'Upstream connection failed' },
+  upstream_bad_response: { status: 502, title: 'Upstream answered badly' },
+  upstream_unavailable: { status: 503, title: 'No healthy upstream' },
+  upstream_timeout: { status: 504, title: 'Upstream timed out' },
+} as const satisfies Record<string, { status: number; title: string }>;
+
+export type ErrorCode = keyof typeof ERROR_CATALOG;
+
+export interface GatewayErrorOptions {
+  /** Response headers that belong to this error (`WWW-Authenticate`, `Retry-After`, `Allow`). */
+  headers?: Record<string, string>;
+  /** The underlying failure, kept for logs and spans; never sent to the client. */
+  cause?: unknown;
+}
+
+export class GatewayError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly title: string;
+  readonly headers: Record<string, string>;
+  /** 5xx details are internal by default; 4xx details help the client fix its request. */
+  readonly expose: boolean;
+
+  constructor(code: ErrorCode, detail: string, options: GatewayErrorOptions = {}) {
+    super(detail, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'GatewayError';
+    this.code = code;
+    this.status = ERROR_CATALOG[code].status;
+    this.title = ERROR_CATALOG[code].title;
+    this.headers = options.headers ?? {};
+    // Upstream failures are the gateway's own words about its upstream, safe and useful to show.
+    this.expose = this.status < 500 || code.startsWith('upstream_');
+  }
+}
+
+export function isGatewayError(error: unknown): error is GatewayError {
+  return error instanceof GatewayError;
+}
+
+/** Koa and its middleware (body parser, router) throw `http-errors`; they carry `status` and `expose`. */
+interface HttpErrorLike {
+  status: number;
+  expose?: boolean;
+  message: string;
+  headers?: Record<string, string>;
+}
+
+function isHttpErrorLike(error: unknown): error is HttpErrorLike {
+  return typeof error === 'object' && error !== null && typeof (error as { status?: unknown }).status === 'number';
+}
+
+const CODE_BY_STATUS: Partial<Record<number, ErrorCode>> = {
+  400: 'bad_request',
+  401: 'missing_token',
+  403: 'forbidden',
+  404: 'route_not_found',
+  405: 'method_not_allowed',
+  413: 'payload_too_large',
+  415: 'unsupported_media_type',
+  429: 'rate_limited',
+};
+
+/** Maps anything thrown inside the pipeline onto the catalog; unknown errors become `internal`. */
+export function toGatewayError(error: unknown): GatewayError {
+  if (isGatewayError(error)) return error;
+  if (isHttpErrorLike(error) && error.status >= 400 && error.status < 500) {
+    const code = CODE_BY_STATUS[error.status] ?? 'bad_request';
+    const detail = error.expose === false ? ERROR_CATALOG[code].title : error.message;
+    return new GatewayError(code, detail, { cause: error, headers: error.headers ?? {} });
+  }
+  return new GatewayError('internal', 'The gateway failed to handle the request.', { cause: error });
+}
+
+/**
+ * Translates a failed call to a service (proxy hop, login check, readiness probe) at the boundary, keeping
+ * the cause: refused -> 502, timed out -> 504, anything else on the connection -> 502.
+ */
+export function upstreamFailure(service: string, failure: unknown): GatewayError {
+  const code = networkErrorCode(failure);
+  if (code === 'ECONNREFUSED') {
+    return new GatewayError('upstream_refused', `The ${service} service refused the connection.`, { cause: failure });
+  }
+  if (code === 'ETIMEDOUT' || code === 'TimeoutError' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+    return new GatewayError('upstream_timeout', `The ${service} service did not answer in time.`, { cause: failure });
+  }
+  return new GatewayError('upstream_reset', `The connection to the ${service} service failed${code ? ` (${code})` : ''}.`, { cause: failure });
+}
+
+/** The errno-style code of a network failure, looking through fetch's `cause` and DOMException names. */
+function networkErrorCode(failure: unknown): string | undefined {
+  let current: unknown = failure;
+  for (let depth = 0; depth < 4 && typeof current === 'object' && current !== null; depth++) {
+    const { code, name, cause } = current as { code?: unknown; name?: unknown; cause?: unknown };
+    if (typeof code === 'string') return code;
+    if (name === 'TimeoutError') return 'TimeoutError';
+    current = cause;
+  }
+  return undefined;
+}

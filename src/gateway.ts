@@ -1,0 +1,64 @@
+import Router from '@koa/router';
+import Koa from 'koa';
+import type { Logger } from '../otel/logger';
+import type { GatewayConfig } from './config';
+import './context';
+import { createAccessLog } from './middleware/access-log';
+import { createAuthenticate } from './middleware/authenticate';
+import { createErrorHandler } from './middleware/errors';
+import { createHealth, createReadiness } from './middleware/health';
+import { createLogin } from './middleware/login';
+import { createPathGuard } from './middleware/path-guard';
+import { createProxy } from './middleware/proxy';
+import { createRateLimiter, createRouteRateLimit, type RateLimiter } from './middleware/rate-limit';
+import { createRequestId } from './middleware/request-id';
+import { createRouteMatch } from './middleware/route-match';
+import { createStripOwnedHeaders } from './middleware/strip-owned-headers';
+import { compileRoutes } from './routes';
+import { createTokenService } from './tokens';
+import { GatewayError } from './errors';
+
+export interface GatewayDependencies {
+  logger: Logger;
+}
+
+/**
+ * The request path, top to bottom. Every middleware is built here from the one validated config; nothing
+ * registers itself anywhere else. Returns a fresh app (no listening, no globals), so tests build as many
+ * as they like on port 0.
+ */
+export function createGateway(config: GatewayConfig, { logger }: GatewayDependencies): Koa {
+  const app = new Koa({ proxy: config.trustProxy });
+  const routes = compileRoutes(config);
+  const tokens = createTokenService(config.auth);
+  const serviceOrigins = Object.fromEntries(Object.entries(config.services).map(([name, { url }]) => [name, url]));
+
+  const limiter = (name: string, limit: { max: number; windowMs: number }): RateLimiter =>
+    createRateLimiter({ name, ...limit, maxTrackedClients: config.rateLimit.maxTrackedClients });
+  const loginLimiter = limiter('login', config.auth.loginRateLimit);
+  const routeLimiters = new Map(routes.routes.flatMap((route) => (route.rateLimit ? [[route.name, limiter(route.name, route.rateLimit)] as const] : [])));
+
+  // Answered by the gateway itself.
+  const ownEndpoints = new Router()
+    .get('/health', createHealth())
+    .get('/ready', createReadiness({ services: serviceOrigins }))
+    .post(config.auth.loginPath, (ctx, next) => loginLimiter.check(ctx, next), ...createLogin({ tokens, usersUrl: config.services.users!.url, bodyLimitBytes: config.auth.loginBodyLimitBytes }))
+    .all(config.auth.loginPath, () => {
+      throw new GatewayError('method_not_allowed', 'Login accepts POST only.', { headers: { Allow: 'POST' } });
+    });
+
+  app.use(createRequestId());
+  app.use(createAccessLog({ logger }));
+  app.use(createErrorHandler({ logger }));
+  app.use(createPathGuard());
+  app.use(createStripOwnedHeaders({ trustProxy: config.trustProxy }));
+  app.use(ownEndpoints.routes());
+  app.use(createRouteMatch({ routes }));
+  app.use(createRouteRateLimit({ fallback: limiter('default', config.rateLimit), byRoute: routeLimiters }));
+  app.use(createAuthenticate({ tokens }));
+  app.use(createProxy({ maxSockets: config.proxy.maxSockets, maxBodyBytes: config.proxy.maxBodyBytes }));
+
+  // Errors are answered by handleErrors; this channel only sees what Koa itself could not hand to it.
+  app.on('error', (error: Error) => logger.error('unhandled gateway error', { error: error.message }));
+  return app;
+}

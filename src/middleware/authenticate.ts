@@ -1,0 +1,54 @@
+import type { Middleware } from 'koa';
+import { HEADER } from '../../otel/wire-names';
+import { GatewayError } from '../errors';
+import { TokenRejectedError, type TokenService } from '../tokens';
+
+export interface AuthenticateOptions {
+  tokens: TokenService;
+  /** `realm` of the `WWW-Authenticate` challenge. Default `koa-gateway`. */
+  realm?: string;
+}
+
+/** Compact JWS: three base64url parts. Anything else is refused before any crypto runs. */
+const BEARER = /^Bearer ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)$/;
+
+/**
+ * Verifies the bearer token on routes that require one, then injects the identity headers that services
+ * trust. Public routes pass through untouched (their forged identity headers were already stripped).
+ * Challenges follow RFC 6750 section 3: no error code when the token is missing, `invalid_token` otherwise.
+ */
+export function createAuthenticate(options: AuthenticateOptions): Middleware {
+  const realm = options.realm ?? 'koa-gateway';
+  const challenge = (description?: string) => ({
+    'WWW-Authenticate': description === undefined ? `Bearer realm="${realm}"` : `Bearer realm="${realm}", error="invalid_token", error_description="${description}"`,
+  });
+
+  return async function authenticate(ctx, next) {
+    if (ctx.state.route?.auth !== 'required') return next();
+
+    const header = ctx.req.headers[HEADER.authorization];
+    if (header === undefined || header === '') {
+      throw new GatewayError('missing_token', 'This route needs an Authorization: Bearer token.', { headers: challenge() });
+    }
+    const match = BEARER.exec(header);
+    if (!match) {
+      throw new GatewayError('invalid_token', 'The Authorization header must be "Bearer <JWT>".', { headers: challenge('malformed authorization header') });
+    }
+    let user;
+    try {
+      user = await options.tokens.verify(match[1]!);
+    } catch (error) {
+      if (!(error instanceof TokenRejectedError)) throw error;
+      throw new GatewayError('invalid_token', error.message, { headers: challenge(error.reason.replaceAll('_', ' ')), cause: error });
+    }
+
+    ctx.state.user = user;
+    const headers = ctx.req.headers;
+    headers[HEADER.userId] = user.id;
+    headers[HEADER.userRole] = user.role;
+    headers[HEADER.userEmail] = user.email;
+    // Services get the identity, not the credential: the token stops at the gateway.
+    delete headers[HEADER.authorization];
+    await next();
+  };
+}

@@ -1,0 +1,68 @@
+import type { Middleware } from 'koa';
+import { HEADER } from '../../otel/wire-names';
+import type { Logger } from '../../otel/logger';
+import { toGatewayError, type GatewayError } from '../errors';
+
+export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
+
+/** The RFC 9457 body every gateway error carries. */
+export interface ProblemBody {
+  type: string;
+  title: string;
+  status: number;
+  detail: string;
+  code: string;
+  requestId: string;
+  instance: string;
+}
+
+export function problemBody(error: GatewayError, requestId: string, instance: string): ProblemBody {
+  return {
+    type: `urn:koa-gateway:problem:${error.code}`,
+    title: error.title,
+    status: error.status,
+    detail: error.expose ? error.message : error.title,
+    code: error.code,
+    requestId,
+    instance,
+  };
+}
+
+export interface ErrorHandlerOptions {
+  logger: Logger;
+}
+
+/**
+ * The one place errors become HTTP: anything thrown below is mapped onto the catalog and answered as
+ * `application/problem+json` with the request id. When the response had already started (an upstream
+ * died mid-body), there is nothing left to say, so the client connection is closed at once instead.
+ */
+export function createErrorHandler(options: ErrorHandlerOptions): Middleware {
+  const { logger } = options;
+  return async function handleErrors(ctx, next) {
+    try {
+      await next();
+    } catch (thrown) {
+      const error = toGatewayError(thrown);
+      ctx.state.errorCode = error.code;
+      if (error.status >= 500) {
+        logger.error('request failed', { code: error.code, error: describeCause(error) });
+      }
+      if (ctx.res.headersSent || !ctx.writable) {
+        ctx.res.destroy();
+        return;
+      }
+      ctx.status = error.status;
+      ctx.set(error.headers);
+      ctx.set(HEADER.requestId, ctx.state.requestId);
+      ctx.type = PROBLEM_CONTENT_TYPE;
+      ctx.body = problemBody(error, ctx.state.requestId, ctx.originalUrl.split('?')[0]!);
+    }
+  };
+}
+
+function describeCause(error: GatewayError): string {
+  const cause = error.cause;
+  if (cause instanceof Error) return `${error.message} (${(cause as NodeJS.ErrnoException).code ?? cause.name}: ${cause.message})`;
+  return error.message;
+}

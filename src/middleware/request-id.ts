@@ -1,0 +1,42 @@
+import { randomUUID } from 'node:crypto';
+import type { Middleware } from 'koa';
+import { HEADER } from '../../otel/wire-names';
+
+/** Longest inbound request id accepted, characters. */
+export const MAX_REQUEST_ID_LENGTH = 128;
+
+/**
+ * Inbound ids are echoed into response headers, logs and upstream requests, so only a conservative
+ * token charset is accepted: no spaces, no CR/LF, no quotes, nothing a log or header parser could trip on.
+ */
+const WELL_FORMED_REQUEST_ID = new RegExp(`^[A-Za-z0-9._:/+=@-]{1,${MAX_REQUEST_ID_LENGTH}}$`);
+
+export function isWellFormedRequestId(value: string | undefined): value is string {
+  return value !== undefined && WELL_FORMED_REQUEST_ID.test(value);
+}
+
+/** 32 lower-case hex characters: the shape of a W3C trace id, so a minted id can double as one. */
+export function mintRequestId(): string {
+  return randomUUID().replaceAll('-', '');
+}
+
+export interface RequestIdOptions {
+  /** Makes new ids; default `mintRequestId`. */
+  generate?: () => string;
+}
+
+/**
+ * Decides the request id: a well-formed inbound `X-Request-Id` is kept, anything else is replaced by a
+ * fresh one. The id is echoed on every response (errors included) and forwarded upstream.
+ */
+export function createRequestId(options: RequestIdOptions = {}): Middleware {
+  const generate = options.generate ?? mintRequestId;
+  return async function requestId(ctx, next) {
+    const inbound = ctx.req.headers[HEADER.requestId];
+    const id = typeof inbound === 'string' && isWellFormedRequestId(inbound) ? inbound : generate();
+    ctx.state.requestId = id;
+    ctx.req.headers[HEADER.requestId] = id;
+    ctx.set(HEADER.requestId, id);
+    await next();
+  };
+}

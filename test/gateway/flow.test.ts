@@ -1,0 +1,89 @@
+import { HEADER } from '../../otel/wire-names';
+import { login, startStack, type TestStack } from '../helpers/stack';
+
+describe('the classic flow through the gateway', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack();
+  });
+  afterAll(() => stack.close());
+
+  it('logs in and returns a token with the user', async () => {
+    const response = await fetch(`${stack.gateway.url}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
+    expect(response.status).toBe(200);
+    const body = (await response.json()) as { token: string; expiresIn: number; user: unknown };
+    expect(body.token.split('.')).toHaveLength(3);
+    expect(body.expiresIn).toBe(3600);
+    expect(body.user).toEqual({ id: '1', email: 'alice@example.com', role: 'admin' });
+    const claims = JSON.parse(Buffer.from(body.token.split('.')[1]!, 'base64url').toString()) as Record<string, unknown>;
+    expect(claims).toMatchObject({ sub: '1', email: 'alice@example.com', role: 'admin', iss: 'koa-gateway', aud: 'koa-gateway-api' });
+    expect(Number(claims.exp) - Number(claims.iat)).toBe(3600);
+  });
+
+  it('answers wrong credentials with 401 problem+json', async () => {
+    const response = await fetch(`${stack.gateway.url}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'nope' }) });
+    expect(response.status).toBe(401);
+    expect(response.headers.get('content-type')).toBe('application/problem+json');
+    expect(await response.json()).toMatchObject({ status: 401, code: 'invalid_credentials', requestId: response.headers.get(HEADER.requestId) });
+  });
+
+  it('forwards GET /api/users/1 to user-service as /users/1 with the injected identity headers', async () => {
+    const token = await login(stack.gateway.url);
+    stack.users.requests.length = 0;
+    const response = await fetch(`${stack.gateway.url}/api/users/1?fields=all`, { headers: { authorization: `Bearer ${token}` } });
+    expect(response.status).toBe(200);
+    expect(await response.json()).toMatchObject({ id: '1', email: 'alice@example.com' });
+    const seen = stack.users.requests.at(-1)!;
+    expect(seen.url).toBe('/users/1?fields=all');
+    expect(seen.headers).toMatchObject({ [HEADER.userId]: '1', [HEADER.userRole]: 'admin', [HEADER.userEmail]: 'alice@example.com', [HEADER.requestId]: response.headers.get(HEADER.requestId) });
+    expect(seen.headers['x-forwarded-for']).toBe('127.0.0.1');
+    expect(seen.headers['x-forwarded-proto']).toBe('http');
+    expect(seen.headers['x-forwarded-host']).toBe(new URL(stack.gateway.url).host);
+    expect(Date.parse(String(seen.headers[HEADER.gatewayTimestamp]))).not.toBeNaN();
+    expect(seen.headers.authorization).toBeUndefined();
+  });
+
+  it('registers a user through the public route, who can then log in', async () => {
+    const register = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'Carol', email: 'carol@example.com', password: 'correct horse' }) });
+    expect(register.status).toBe(201);
+    expect(await register.json()).toMatchObject({ email: 'carol@example.com', role: 'user' });
+    await expect(login(stack.gateway.url, 'carol@example.com', 'correct horse')).resolves.toEqual(expect.any(String));
+    const again = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'Carol', email: 'carol@example.com', password: 'correct horse' }) });
+    expect(again.status).toBe(409);
+  });
+
+  it('creates an order, which order-service checks with user-service directly and notifies about', async () => {
+    const token = await login(stack.gateway.url, 'bob@example.com', 'builder');
+    const created = await fetch(`${stack.gateway.url}/api/orders`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ items: [{ sku: 'hammer', quantity: 2 }] }) });
+    expect(created.status).toBe(201);
+    const order = (await created.json()) as { id: string; userId: string };
+    expect(order.userId).toBe('2');
+    const requestId = created.headers.get(HEADER.requestId);
+    // The direct call carried the same request id and identity.
+    expect(stack.users.requests.find((r) => r.url === '/users/2' && r.headers[HEADER.requestId] === requestId)?.headers[HEADER.userId]).toBe('2');
+
+    const listed = await fetch(`${stack.gateway.url}/api/orders/${order.id}`, { headers: { authorization: `Bearer ${token}` } });
+    expect(listed.status).toBe(200);
+    const notifications = (await (await fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } })).json()) as { orderId: string }[];
+    expect(notifications.map((n) => n.orderId)).toContain(order.id);
+
+    // Alice cannot see Bob's order.
+    const alice = await login(stack.gateway.url);
+    expect((await fetch(`${stack.gateway.url}/api/orders/${order.id}`, { headers: { authorization: `Bearer ${alice}` } })).status).toBe(404);
+  });
+
+  it('writes one access log line per request with route, user and request id, and no secrets', async () => {
+    const token = await login(stack.gateway.url);
+    const response = await fetch(`${stack.gateway.url}/api/users/1?access_token=${token}`, { headers: { authorization: `Bearer ${token}` } });
+    await response.arrayBuffer();
+    const requestId = response.headers.get(HEADER.requestId);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const lines = stack.gatewayLogs.filter((line) => line.request_id === requestId && line.message === 'request completed');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({ method: 'GET', status: 200, route: 'users', user_id: '1', url: '/api/users/1?access_token=[REDACTED]', 'service.name': 'gateway' });
+    expect(typeof lines[0]!.duration_ms).toBe('number');
+    const everything = JSON.stringify(stack.gatewayLogs);
+    expect(everything).not.toContain(token);
+    expect(everything).not.toContain('wonderland');
+  });
+});

@@ -1,0 +1,62 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Writable } from 'node:stream';
+import type Koa from 'koa';
+import winston from 'winston';
+import { createLogger, type Logger } from '../../otel/logger';
+
+export interface TestServer {
+  url: string;
+  server: http.Server;
+  close(): Promise<void>;
+}
+
+/** Listens on 127.0.0.1 on an ephemeral port. */
+export async function listen(handler: http.RequestListener): Promise<TestServer> {
+  const server = http.createServer(handler);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    server,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+export interface RecordedRequest {
+  method: string;
+  url: string;
+  headers: http.IncomingHttpHeaders;
+}
+
+/** A Koa app behind a recorder: every request that reached the service, as the service saw it. */
+export async function listenRecording(app: Koa): Promise<TestServer & { requests: RecordedRequest[] }> {
+  const requests: RecordedRequest[] = [];
+  const callback = app.callback();
+  const server = await listen((req, res) => {
+    requests.push({ method: req.method ?? '', url: req.url ?? '', headers: { ...req.headers } });
+    void callback(req, res);
+  });
+  return Object.assign(server, { requests });
+}
+
+/** A logger whose lines are kept in memory (and not printed), for assertions on log content. */
+export function memoryLogger(serviceName: string): { logger: Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const capture = new winston.transports.Stream({
+    stream: new Writable({
+      write(chunk: Buffer, _encoding: string, done: () => void) {
+        lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
+        done();
+      },
+    }),
+  });
+  const logger = createLogger({ serviceName, level: 'debug', transports: [capture] });
+  // Keep test output clean: drop the stdout transport, keep the capture.
+  logger.transports.filter((transport) => transport instanceof winston.transports.Console).forEach((transport) => logger.remove(transport));
+  return { logger, lines };
+}

@@ -1,0 +1,59 @@
+import type { GatewayConfig } from '../../src/config';
+import { createGateway } from '../../src/gateway';
+import { createApp as createNotificationsApp } from '../../services/notifications/app';
+import { createApp as createOrdersApp } from '../../services/orders/app';
+import { createApp as createUsersApp } from '../../services/users/app';
+import { listen, listenRecording, memoryLogger, type RecordedRequest, type TestServer } from './servers';
+import { testConfig } from './test-config';
+
+export interface TestStack {
+  gateway: TestServer;
+  config: GatewayConfig;
+  users: TestServer & { requests: RecordedRequest[] };
+  orders: TestServer & { requests: RecordedRequest[] };
+  notifications: TestServer & { requests: RecordedRequest[] };
+  /** JSON lines the gateway logged. */
+  gatewayLogs: Record<string, unknown>[];
+  /** Every request any service received. */
+  serviceRequests(): RecordedRequest[];
+  close(): Promise<void>;
+}
+
+export interface StackOptions {
+  /** Top-level keys of gateway.config.json to replace. */
+  overrides?: Record<string, unknown>;
+  /** Gateway env overrides (RATE_LIMIT_MAX, ...). */
+  env?: Record<string, string>;
+  /** Replace a service origin (e.g. a fault-injecting upstream) before the gateway is built. */
+  serviceUrls?: Partial<Record<'users' | 'orders' | 'notifications', string>>;
+}
+
+/** The real gateway and the three real services, in this process, on ephemeral loopback ports. */
+export async function startStack(options: StackOptions = {}): Promise<TestStack> {
+  const quiet = (name: string) => memoryLogger(name).logger;
+  const users = await listenRecording(await createUsersApp({ logger: quiet('user-service') }));
+  const notifications = await listenRecording(createNotificationsApp({ logger: quiet('notification-service') }));
+  const orders = await listenRecording(createOrdersApp({ logger: quiet('order-service'), usersUrl: users.url, notificationsUrl: notifications.url }));
+  const config = testConfig({ users: users.url, orders: orders.url, notifications: notifications.url, ...options.serviceUrls }, options.overrides, options.env);
+  const { logger, lines } = memoryLogger('gateway');
+  const gateway = await listen(createGateway(config, { logger }).callback());
+  return {
+    gateway,
+    config,
+    users,
+    orders,
+    notifications,
+    gatewayLogs: lines,
+    serviceRequests: () => [...users.requests, ...orders.requests, ...notifications.requests],
+    async close() {
+      await Promise.all([gateway.close(), users.close(), orders.close(), notifications.close()]);
+    },
+  };
+}
+
+/** Logs in through the gateway and returns the bearer token. */
+export async function login(gatewayUrl: string, email = 'alice@example.com', password = 'wonderland'): Promise<string> {
+  const response = await fetch(`${gatewayUrl}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email, password }) });
+  if (response.status !== 200) throw new Error(`login failed: ${response.status} ${await response.text()}`);
+  return ((await response.json()) as { token: string }).token;
+}

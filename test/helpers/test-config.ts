@@ -1,0 +1,22 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { parseConfig, type GatewayConfig } from '../../src/config';
+
+/** The shipped gateway.config.json, so tests exercise the real route table. */
+export function shippedConfigFile(): Record<string, unknown> {
+  return JSON.parse(readFileSync(path.join(__dirname, '../../gateway.config.json'), 'utf8')) as Record<string, unknown>;
+}
+
+/** The shipped config pointed at test services, with any file-level overrides and env applied. */
+export function testConfig(serviceUrls: { users: string; orders: string; notifications: string }, overrides: Record<string, unknown> = {}, env: Record<string, string> = {}): GatewayConfig {
+  const file = { ...shippedConfigFile(), ...overrides };
+  return parseConfig(file, {
+    USER_SERVICE_URL: serviceUrls.users,
+    ORDER_SERVICE_URL: serviceUrls.orders,
+    NOTIF_SERVICE_URL: serviceUrls.notifications,
+    JWT_SECRET: TEST_JWT_SECRET,
+    ...env,
+  });
+}
+
+export const TEST_JWT_SECRET = 'test-secret-that-is-long-enough-for-production-use';
