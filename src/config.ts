@@ -202,13 +202,15 @@ export function parseConfig(file: unknown, env: Env = {}): GatewayConfig {
     const raw = env[name];
     if (raw !== undefined && raw !== '') setPath(merged, keyPath, envValue(raw));
   }
-  const result = configSchema.safeParse(merged);
+  const result = configSchema.safeParse(merged, { reportInput: true });
   if (!result.success) {
     const issue = result.error.issues[0]!;
     const keyPath = issue.path.join('.');
     const envName = envNameFor(keyPath);
     const key = envName ? `${envName} (${keyPath})` : keyPath || '(root)';
-    const value = 'input' in issue && issue.input !== undefined ? ` (got ${describe(issue.input)})` : '';
+    // The secret is never echoed, not even a wrong one.
+    const shown = keyPath === 'auth.secret' ? undefined : issue.input;
+    const value = shown !== undefined && typeof shown !== 'object' ? ` (got ${describe(shown)})` : '';
     const more = result.error.issues.length > 1 ? ` [+${result.error.issues.length - 1} more]` : '';
     throw new ConfigError(`config: ${key}: ${issue.message}${value}${more}`);
   }

@@ -80,8 +80,8 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
         await next();
       });
       if (passed) return;
-      writeStandardHeaders(ctx, policy, options.name);
-      const retryAfter = Math.max(1, Number(ctx.response.get('X-RateLimit-Reset')) - Math.floor(Date.now() / 1000));
+      const secondsLeft = writeStandardHeaders(ctx, policy, options.name);
+      const retryAfter = Math.max(1, secondsLeft);
       throw new GatewayError('rate_limited', `Rate limit of ${options.max} requests per ${windowSeconds} s exceeded; retry in ${retryAfter} s.`, {
         headers: { 'Retry-After': String(retryAfter) },
       });
@@ -89,13 +89,16 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
   };
 }
 
-function writeStandardHeaders(ctx: Context, policy: string, name: string): void {
+/** Writes the IETF fields beside koa-ratelimit's and returns the whole seconds until the window resets. */
+function writeStandardHeaders(ctx: Context, policy: string, name: string): number {
   // The memory driver reports a fractional epoch; clients expect whole seconds.
-  const reset = Math.ceil(Number(ctx.response.get('X-RateLimit-Reset')));
+  const resetAt = Number(ctx.response.get('X-RateLimit-Reset'));
+  const secondsLeft = Math.max(0, Math.ceil(resetAt - Date.now() / 1000));
   const remaining = Number(ctx.response.get('X-RateLimit-Remaining'));
-  ctx.set('X-RateLimit-Reset', String(reset));
+  ctx.set('X-RateLimit-Reset', String(Math.ceil(resetAt)));
   ctx.set('RateLimit-Policy', policy);
-  ctx.set('RateLimit', `"${name}";r=${remaining};t=${Math.max(0, reset - Math.floor(Date.now() / 1000))}`);
+  ctx.set('RateLimit', `"${name}";r=${remaining};t=${secondsLeft}`);
+  return secondsLeft;
 }
 
 export interface RouteRateLimitOptions {

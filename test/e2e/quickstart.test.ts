@@ -1,0 +1,78 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+
+/**
+ * The README's contract, as a user runs it: `npm start` (here: the built stack launcher it runs) brings up
+ * four processes on 3000 and 4001-4003, prints a curl to paste, and Ctrl-C stops all four.
+ * Needs `npm run build` first (npm test does it).
+ */
+const root = path.join(__dirname, '../..');
+const GATEWAY = 'http://127.0.0.1:3000';
+
+function waitForOutput(child: ChildProcess, pattern: RegExp, timeoutMs: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let output = '';
+    const timer = setTimeout(() => reject(new Error(`no ${pattern} within ${timeoutMs} ms; output so far:\n${output}`)), timeoutMs);
+    const onData = (chunk: Buffer) => {
+      output += chunk.toString();
+      if (pattern.test(output)) {
+        clearTimeout(timer);
+        resolve(output);
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+  });
+}
+
+describe('npm start', () => {
+  let stack: ChildProcess | undefined;
+  afterAll(() => {
+    if (stack && stack.exitCode === null) stack.kill('SIGKILL');
+  });
+
+  it('starts the gateway and three services, prints a curl, serves it, and stops all four on SIGINT', async () => {
+    stack = spawn(process.execPath, [path.join(root, 'dist/services/stack.js')], {
+      cwd: root,
+      env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const banner = await waitForOutput(stack, /Ctrl-C stops all four processes/, 30_000);
+    expect(banner).toContain(`Koa Gateway is up on ${GATEWAY}`);
+    expect(banner).toMatch(/\/api\/users\s+-> users \/users/);
+    expect(banner).toContain('curl');
+
+    const login = await fetch(`${GATEWAY}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
+    expect(login.status).toBe(200);
+    const { token } = (await login.json()) as { token: string };
+    const users = await fetch(`${GATEWAY}/api/users/1`, { headers: { authorization: `Bearer ${token}` } });
+    expect(users.status).toBe(200);
+
+    const exited = new Promise<number | null>((resolve) => stack!.once('exit', (code) => resolve(code)));
+    stack.kill('SIGINT');
+    expect(await exited).toBe(0);
+    for (const port of [3000, 4001, 4002, 4003]) {
+      await expect(fetch(`http://127.0.0.1:${port}/health`)).rejects.toThrow();
+    }
+  });
+});
+
+describe('bad configuration', () => {
+  it.each([
+    { desc: 'a non-numeric RATE_LIMIT_MAX', env: { RATE_LIMIT_MAX: 'many' }, line: /^gateway: config: RATE_LIMIT_MAX \(rateLimit\.max\): .*"many"/ },
+    { desc: 'production without JWT_SECRET', env: { NODE_ENV: 'production' }, line: /^gateway: config: JWT_SECRET \(auth\.secret\): must be set/ },
+    { desc: 'a missing GATEWAY_CONFIG file', env: { GATEWAY_CONFIG: 'nowhere.json' }, line: /^gateway: config: GATEWAY_CONFIG: cannot read/ },
+  ])('stops the gateway at startup with one line for $desc', ({ env, line }) => {
+    const result = spawnSync(process.execPath, [path.join(root, 'dist/src/main.js')], { cwd: root, env: { ...process.env, PORT: '0', ...env }, encoding: 'utf8', timeout: 15_000 });
+    expect(result.status).toBe(1);
+    const lines = result.stderr.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(line);
+  });
+
+  it('stops a service at startup with one line naming a bad variable', () => {
+    const result = spawnSync(process.execPath, [path.join(root, 'dist/services/orders/main.js')], { cwd: root, env: { ...process.env, PORT: '0', USER_SERVICE_URL: 'not a url' }, encoding: 'utf8', timeout: 15_000 });
+    expect(result.status).toBe(1);
+    expect(result.stderr.trim()).toMatch(/^order-service: config: USER_SERVICE_URL: /);
+  });
+});

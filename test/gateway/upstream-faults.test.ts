@@ -1,0 +1,216 @@
+import { createHash, randomBytes } from 'node:crypto';
+import http from 'node:http';
+import net from 'node:net';
+import { HEADER } from '../../otel/wire-names';
+import { login, startStack, type TestStack } from '../helpers/stack';
+import { listen, type TestServer } from '../helpers/servers';
+
+const PROXY_TIMEOUT_MS = 400;
+
+/** A fake order-service whose behaviour each test picks by path. */
+async function startFaultyUpstream(): Promise<TestServer & { received: { path: string; bytes: number; sha256: string }[] }> {
+  const received: { path: string; bytes: number; sha256: string }[] = [];
+  const server = await listen((req, res) => {
+    const path = req.url ?? '';
+    if (path.startsWith('/orders/slow')) {
+      setTimeout(() => res.end('too late'), PROXY_TIMEOUT_MS * 10).unref();
+    } else if (path.startsWith('/orders/reset-before-headers')) {
+      req.socket.destroy();
+    } else if (path.startsWith('/orders/die-mid-body')) {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': '1000000' });
+      res.write(Buffer.alloc(1000));
+      setTimeout(() => req.socket.destroy(), 50);
+    } else if (path.startsWith('/orders/download')) {
+      const size = Number(new URL(path, 'http://x').searchParams.get('bytes'));
+      const chunk = randomBytes(64 * 1024);
+      const hash = createHash('sha256');
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'x-expected-sha256': 'trailer' });
+      let sent = 0;
+      const pump = () => {
+        while (sent < size) {
+          const part = chunk.subarray(0, Math.min(chunk.length, size - sent));
+          hash.update(part);
+          sent += part.length;
+          if (!res.write(part)) return void res.once('drain', pump);
+        }
+        received.push({ path, bytes: sent, sha256: hash.digest('hex') });
+        res.end();
+      };
+      pump();
+    } else if (path.startsWith('/orders/upload')) {
+      const hash = createHash('sha256');
+      let bytes = 0;
+      req.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+        hash.update(chunk);
+      });
+      req.on('end', () => {
+        const sha256 = hash.digest('hex');
+        received.push({ path, bytes, sha256 });
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ bytes, sha256 }));
+      });
+    } else {
+      res.setHeader('content-type', 'application/json');
+      res.end('{"ok":true}');
+    }
+  });
+  return Object.assign(server, { received });
+}
+
+/** A loopback port with nothing listening on it. */
+async function closedPort(): Promise<string> {
+  const server = await listen(() => undefined);
+  await server.close();
+  return server.url;
+}
+
+describe('upstream faults', () => {
+  let stack: TestStack;
+  let upstream: Awaited<ReturnType<typeof startFaultyUpstream>>;
+  let token: string;
+  let refusedUrl: string;
+
+  beforeAll(async () => {
+    upstream = await startFaultyUpstream();
+    refusedUrl = await closedPort();
+    stack = await startStack({
+      serviceUrls: { orders: upstream.url, notifications: refusedUrl },
+      env: { PROXY_TIMEOUT_MS: String(PROXY_TIMEOUT_MS) },
+      overrides: { proxy: { timeoutMs: 10_000, maxSockets: 64, maxBodyBytes: 32 * 1024 * 1024 } },
+    });
+    token = await login(stack.gateway.url);
+  });
+  afterAll(async () => {
+    await stack.close();
+    await upstream.close();
+  });
+
+  const auth = () => ({ authorization: `Bearer ${token}` });
+
+  async function expectProblem(response: Response, status: number, code: string): Promise<void> {
+    expect(response.status).toBe(status);
+    expect(response.headers.get('content-type')).toBe('application/problem+json');
+    const body = (await response.json()) as Record<string, unknown>;
+    expect(body).toMatchObject({ status, code, requestId: response.headers.get(HEADER.requestId) });
+    expect(typeof body.detail).toBe('string');
+  }
+
+  it('answers 502 with the request id when the upstream refuses the connection', async () => {
+    await expectProblem(await fetch(`${stack.gateway.url}/api/notifications`, { headers: auth() }), 502, 'upstream_refused');
+  });
+
+  it('answers 504 with the request id when the upstream is slow (PROXY_TIMEOUT_MS)', async () => {
+    const started = Date.now();
+    await expectProblem(await fetch(`${stack.gateway.url}/api/orders/slow`, { headers: auth() }), 504, 'upstream_timeout');
+    // Generous bound: only proves the timeout, not the default 10 s, applied.
+    expect(Date.now() - started).toBeLessThan(PROXY_TIMEOUT_MS * 8);
+  });
+
+  it('answers 502 when the upstream resets the connection before answering', async () => {
+    await expectProblem(await fetch(`${stack.gateway.url}/api/orders/reset-before-headers`, { headers: auth() }), 502, 'upstream_reset');
+  });
+
+  it('closes the client connection promptly when the upstream dies mid-body', async () => {
+    const { url } = stack.gateway;
+    const outcome = await new Promise<string>((resolve) => {
+      const req = http.get(`${url}/api/orders/die-mid-body`, { headers: auth() }, (res) => {
+        expect(res.statusCode).toBe(200);
+        res.on('data', () => undefined);
+        res.on('end', () => resolve('ended'));
+        res.on('error', (error) => resolve(`error:${(error as NodeJS.ErrnoException).code ?? error.message}`));
+        res.on('aborted', () => resolve('aborted'));
+      });
+      req.on('error', (error) => resolve(`request-error:${error.message}`));
+      req.setTimeout(5000, () => resolve('hung'));
+    });
+    expect(outcome).not.toBe('hung');
+    expect(outcome).not.toBe('ended');
+    // The gateway is still fine afterwards.
+    expect((await fetch(`${stack.gateway.url}/api/orders/fine`, { headers: auth() })).status).toBe(200);
+  });
+
+  it('streams a 20 MB upload to the upstream byte for byte', async () => {
+    const body = randomBytes(20 * 1024 * 1024);
+    const response = await fetch(`${stack.gateway.url}/api/orders/upload`, { method: 'POST', headers: { ...auth(), 'content-type': 'application/octet-stream' }, body });
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ bytes: body.length, sha256: createHash('sha256').update(body).digest('hex') });
+  });
+
+  it('streams a chunked 20 MB upload (no Content-Length) byte for byte', async () => {
+    const chunks = Array.from({ length: 20 }, () => randomBytes(1024 * 1024));
+    const stream = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        const next = chunks.shift();
+        if (next) controller.enqueue(next);
+        else controller.close();
+      },
+    });
+    const expected = createHash('sha256');
+    // chunks is consumed by the stream; hash a copy first.
+    const copy = chunks.map((chunk) => Buffer.from(chunk));
+    copy.forEach((chunk) => expected.update(chunk));
+    const response = await fetch(`${stack.gateway.url}/api/orders/upload`, { method: 'POST', headers: auth(), body: stream, duplex: 'half' } as RequestInit);
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ bytes: 20 * 1024 * 1024, sha256: expected.digest('hex') });
+  });
+
+  it('streams a 20 MB download from the upstream byte for byte', async () => {
+    const size = 20 * 1024 * 1024;
+    const response = await fetch(`${stack.gateway.url}/api/orders/download?bytes=${size}`, { headers: auth() });
+    expect(response.status).toBe(200);
+    const body = Buffer.from(await response.arrayBuffer());
+    const sent = upstream.received.find((entry) => entry.path.startsWith('/orders/download'))!;
+    expect(body.length).toBe(size);
+    expect(createHash('sha256').update(body).digest('hex')).toBe(sent.sha256);
+  });
+
+  it('answers 413 for a declared body over proxy.maxBodyBytes without forwarding it', async () => {
+    const before = upstream.received.length;
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = http.request(`${stack.gateway.url}/api/orders/upload`, { method: 'POST', headers: { ...auth(), 'content-length': String(33 * 1024 * 1024) } }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      req.write(Buffer.alloc(1024));
+    });
+    expect(status).toBe(413);
+    expect(upstream.received.length).toBe(before);
+  });
+
+  it('cuts a chunked body over proxy.maxBodyBytes with 413 before the upstream gets all of it', async () => {
+    const { status, body } = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = http.request(`${stack.gateway.url}/api/orders/upload`, { method: 'POST', headers: auth() }, (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (text += chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+      });
+      req.on('error', reject);
+      let sent = 0;
+      const write = () => {
+        while (sent < 40 * 1024 * 1024) {
+          sent += 1024 * 1024;
+          if (!req.write(Buffer.alloc(1024 * 1024))) return void req.once('drain', write);
+        }
+        req.end();
+      };
+      write();
+    });
+    expect(status).toBe(413);
+    expect(JSON.parse(body)).toMatchObject({ code: 'payload_too_large' });
+    expect(upstream.received.filter((entry) => entry.path.startsWith('/orders/upload') && entry.bytes > 32 * 1024 * 1024)).toHaveLength(0);
+  });
+
+  it('keeps upstream connections alive between requests', async () => {
+    const sockets = new Set<net.Socket>();
+    const onConnection = (socket: net.Socket) => sockets.add(socket);
+    upstream.server.on('connection', onConnection);
+    for (let i = 0; i < 5; i++) {
+      await (await fetch(`${stack.gateway.url}/api/orders/fine`, { headers: auth() })).arrayBuffer();
+    }
+    upstream.server.off('connection', onConnection);
+    expect(sockets.size).toBeLessThanOrEqual(1);
+  });
+});

@@ -1,0 +1,85 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { ConfigError, DEVELOPMENT_JWT_SECRET, GATEWAY_ENV_VARIABLES, loadConfig, parseConfig } from '../../src/config';
+import { shippedConfigFile } from '../helpers/test-config';
+
+describe('gateway config', () => {
+  it('parses the shipped gateway.config.json into the documented defaults', () => {
+    const config = parseConfig(shippedConfigFile());
+    expect(config.port).toBe(3000);
+    expect(config.host).toBe('127.0.0.1');
+    expect(config.auth.secret).toBe(DEVELOPMENT_JWT_SECRET);
+    expect(config.routes.map((route) => [route.prefix, route.service, route.upstreamPath])).toEqual([
+      ['/api/auth/register', 'users', '/users'],
+      ['/api/users', 'users', '/users'],
+      ['/api/orders', 'orders', '/orders'],
+      ['/api/notifications', 'notifications', '/notifications'],
+    ]);
+    expect(config.auth.loginRateLimit.max).toBeLessThan(config.rateLimit.max);
+    expect(Object.isFrozen(config.routes[0])).toBe(true);
+  });
+
+  it('applies the tutorial gateway environment variables as overrides', () => {
+    const config = parseConfig(shippedConfigFile(), {
+      PORT: '8080',
+      JWT_SECRET: 's3cret',
+      USER_SERVICE_URL: 'http://users:4001',
+      ORDER_SERVICE_URL: 'http://orders:4002',
+      NOTIF_SERVICE_URL: 'http://notifications:4003',
+      RATE_LIMIT_MAX: '7',
+      RATE_LIMIT_WINDOW_MS: '1000',
+      PROXY_TIMEOUT_MS: '2500',
+      JWT_ISSUER: 'me',
+      JWT_AUDIENCE: 'you',
+    });
+    expect(config).toMatchObject({ port: 8080, auth: { secret: 's3cret', issuer: 'me', audience: 'you' }, rateLimit: { max: 7, windowMs: 1000 }, proxy: { timeoutMs: 2500 } });
+    expect(config.services.users!.url).toBe('http://users:4001');
+    expect(config.services.notifications!.url).toBe('http://notifications:4003');
+  });
+
+  it('lists every variable it reads', () => {
+    expect(GATEWAY_ENV_VARIABLES).toEqual(expect.arrayContaining(['PORT', 'JWT_SECRET', 'USER_SERVICE_URL', 'ORDER_SERVICE_URL', 'NOTIF_SERVICE_URL', 'GATEWAY_CONFIG', 'RATE_LIMIT_MAX', 'RATE_LIMIT_WINDOW_MS', 'PROXY_TIMEOUT_MS', 'JWT_ISSUER', 'JWT_AUDIENCE']));
+  });
+
+  it.each([
+    { desc: 'non-numeric RATE_LIMIT_MAX', env: { RATE_LIMIT_MAX: 'lots' }, message: /^config: RATE_LIMIT_MAX \(rateLimit\.max\): .*"lots"/ },
+    { desc: 'zero RATE_LIMIT_WINDOW_MS', env: { RATE_LIMIT_WINDOW_MS: '0' }, message: /^config: RATE_LIMIT_WINDOW_MS \(rateLimit\.windowMs\): .*0/ },
+    { desc: 'port out of range', env: { PORT: '70000' }, message: /^config: PORT \(port\): / },
+    { desc: 'service URL that is not http', env: { USER_SERVICE_URL: 'ftp://users' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an http\(s\) URL/ },
+    { desc: 'negative PROXY_TIMEOUT_MS', env: { PROXY_TIMEOUT_MS: '-5' }, message: /^config: PROXY_TIMEOUT_MS \(proxy\.timeoutMs\)/ },
+    { desc: 'unknown NODE_ENV', env: { NODE_ENV: 'staging' }, message: /^config: NODE_ENV \(environment\)/ },
+    { desc: 'production without JWT_SECRET', env: { NODE_ENV: 'production' }, message: /^config: JWT_SECRET \(auth\.secret\): must be set/ },
+    { desc: 'production with the development secret', env: { NODE_ENV: 'production', JWT_SECRET: DEVELOPMENT_JWT_SECRET }, message: /^config: JWT_SECRET \(auth\.secret\): must be set/ },
+    { desc: 'production with a short secret', env: { NODE_ENV: 'production', JWT_SECRET: 'short' }, message: /^config: JWT_SECRET \(auth\.secret\): must be at least 32/ },
+  ])('refuses $desc with one line naming the key', ({ env, message }) => {
+    expect(() => parseConfig(shippedConfigFile(), env)).toThrow(message);
+    try {
+      parseConfig(shippedConfigFile(), env);
+    } catch (error) {
+      expect(error).toBeInstanceOf(ConfigError);
+      expect((error as Error).message).not.toContain('\n');
+    }
+  });
+
+  it.each([
+    { desc: 'a route naming an unknown service', patch: (file: any) => (file.routes[1].service = 'billing'), message: /^config: routes\.1\.service: names no entry of services/ },
+    { desc: 'two routes with the same prefix', patch: (file: any) => (file.routes[2].prefix = '/api/users'), message: /^config: routes\.2\.prefix: is already taken/ },
+    { desc: 'a prefix with dot segments', patch: (file: any) => (file.routes[1].prefix = '/api/../users'), message: /^config: routes\.1\.prefix: must not contain dot segments/ },
+    { desc: 'a prefix with a trailing slash', patch: (file: any) => (file.routes[1].prefix = '/api/users/'), message: /^config: routes\.1\.prefix: must be an absolute path/ },
+    { desc: 'an unknown key (typo)', patch: (file: any) => (file.rateLimt = {}), message: /^config: \(root\): Unrecognized key/ },
+    { desc: 'an unknown auth mode', patch: (file: any) => (file.routes[1].auth = 'maybe'), message: /^config: routes\.1\.auth: / },
+    { desc: 'no users service', patch: (file: any) => delete file.services.users, message: /^config: / },
+  ])('refuses $desc', ({ patch, message }) => {
+    const file = shippedConfigFile();
+    patch(file);
+    expect(() => parseConfig(file)).toThrow(message);
+  });
+
+  it('names GATEWAY_CONFIG when the file cannot be read, and the file when it is not JSON', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'gateway-config-'));
+    expect(() => loadConfig({ GATEWAY_CONFIG: 'missing.json' }, dir)).toThrow(/^config: GATEWAY_CONFIG: cannot read .*missing\.json \(ENOENT\)/);
+    writeFileSync(path.join(dir, 'broken.json'), '{ "port": ');
+    expect(() => loadConfig({ GATEWAY_CONFIG: 'broken.json' }, dir)).toThrow(/broken\.json: not valid JSON/);
+  });
+});

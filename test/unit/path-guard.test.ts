@@ -1,0 +1,37 @@
+import { pathProblem } from '../../src/middleware/path-guard';
+
+describe('pathProblem', () => {
+  it.each([
+    { desc: 'a plain resource path', path: '/api/users/1' },
+    { desc: 'the prefix itself', path: '/api/users' },
+    { desc: 'a trailing slash', path: '/api/users/' },
+    { desc: 'an encoded space', path: '/api/users/john%20doe' },
+    { desc: 'UTF-8 in a segment', path: '/api/users/%C3%A9' },
+    { desc: 'a dot inside a segment', path: '/api/users/file.tar.gz' },
+    { desc: 'three dots (not a dot segment)', path: '/api/users/...' },
+  ])('accepts $desc', ({ path }) => {
+    expect(pathProblem(path)).toBeUndefined();
+  });
+
+  it.each([
+    { desc: 'a dot-dot segment', path: '/api/users/../orders', reason: /dot segments/ },
+    { desc: 'a trailing dot-dot', path: '/api/users/..', reason: /dot segments/ },
+    { desc: 'a single-dot segment', path: '/api/users/./1', reason: /dot segments/ },
+    { desc: 'encoded dots', path: '/api/users/%2e%2e/orders', reason: /dot segments/ },
+    { desc: 'upper-case encoded dots', path: '/api/users/%2E%2E/orders', reason: /dot segments/ },
+    { desc: 'half-encoded dots', path: '/api/users/.%2e/orders', reason: /dot segments/ },
+    { desc: 'an encoded slash', path: '/api/users/..%2forders', reason: /encoded slashes/ },
+    { desc: 'an encoded backslash', path: '/api/users/..%5corders', reason: /encoded slashes/ },
+    { desc: 'a raw backslash', path: '/api/users\\..\\orders', reason: /backslashes/ },
+    { desc: 'double-encoded dots', path: '/api/users/%252e%252e/orders', reason: /double-encoded/ },
+    { desc: 'a double slash', path: '/api/users//1', reason: /empty path segments/ },
+    { desc: 'an encoded NUL', path: '/api/users/1%00', reason: /control characters/ },
+    { desc: 'an encoded newline', path: '/api/users/1%0d%0aX-Injected:%201', reason: /control characters/ },
+    { desc: 'overlong UTF-8 dots', path: '/api/users/%c0%ae%c0%ae/orders', reason: /percent-encoded UTF-8/ },
+    { desc: 'a truncated escape', path: '/api/users/%e', reason: /percent-encoded UTF-8/ },
+    { desc: 'a relative path', path: 'api/users', reason: /start with/ },
+    { desc: 'a path longer than the limit', path: `/api/users/${'a'.repeat(3000)}`, reason: /longer than/ },
+  ])('refuses $desc', ({ path, reason }) => {
+    expect(pathProblem(path)).toMatch(reason);
+  });
+});
