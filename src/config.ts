@@ -65,6 +65,11 @@ const configSchema = z
      * their address to dodge the rate limiter.
      */
     trustProxy: z.boolean().default(false),
+    /**
+     * Continue a client's W3C `traceparent` instead of starting a new trace. Default false: at the edge,
+     * clients could otherwise choose trace ids and sampling. See README "Tracing".
+     */
+    trustTraceparent: z.boolean().default(false),
     auth: z
       .strictObject({
         /** HS256 signing secret (env `JWT_SECRET` only; never put it in the file). */
@@ -141,6 +146,7 @@ export const ENV_OVERRIDES = {
   NODE_ENV: 'environment',
   LOG_LEVEL: 'logLevel',
   TRUST_PROXY: 'trustProxy',
+  TRUST_TRACEPARENT: 'trustTraceparent',
   JWT_SECRET: 'auth.secret',
   JWT_ISSUER: 'auth.issuer',
   JWT_AUDIENCE: 'auth.audience',

@@ -1,4 +1,5 @@
 import Router from '@koa/router';
+import { trace, type Tracer } from '@opentelemetry/api';
 import Koa from 'koa';
 import type { Logger } from '../otel/logger';
 import type { GatewayConfig } from './config';
@@ -13,6 +14,7 @@ import { createProxy } from './middleware/proxy';
 import { createRateLimiter, createRouteRateLimit, type RateLimiter } from './middleware/rate-limit';
 import { createRequestId } from './middleware/request-id';
 import { createRouteMatch } from './middleware/route-match';
+import { createTracing } from './middleware/tracing';
 import { createStripOwnedHeaders } from './middleware/strip-owned-headers';
 import { compileRoutes } from './routes';
 import { createTokenService } from './tokens';
@@ -20,6 +22,8 @@ import { GatewayError } from './errors';
 
 export interface GatewayDependencies {
   logger: Logger;
+  /** Default: the global tracer provider's `koa-gateway` tracer (a no-op when telemetry is off). */
+  tracer?: Tracer;
 }
 
 /**
@@ -27,7 +31,7 @@ export interface GatewayDependencies {
  * registers itself anywhere else. Returns a fresh app (no listening, no globals), so tests build as many
  * as they like on port 0.
  */
-export function createGateway(config: GatewayConfig, { logger }: GatewayDependencies): Koa {
+export function createGateway(config: GatewayConfig, { logger, tracer = trace.getTracer('koa-gateway') }: GatewayDependencies): Koa {
   const app = new Koa({ proxy: config.trustProxy });
   const routes = compileRoutes(config);
   const tokens = createTokenService(config.auth);
@@ -42,11 +46,12 @@ export function createGateway(config: GatewayConfig, { logger }: GatewayDependen
   const ownEndpoints = new Router()
     .get('/health', createHealth())
     .get('/ready', createReadiness({ services: serviceOrigins }))
-    .post(config.auth.loginPath, (ctx, next) => loginLimiter.check(ctx, next), ...createLogin({ tokens, usersUrl: config.services.users!.url, bodyLimitBytes: config.auth.loginBodyLimitBytes }))
+    .post(config.auth.loginPath, (ctx, next) => loginLimiter.check(ctx, next), ...createLogin({ tokens, tracer, usersUrl: config.services.users!.url, bodyLimitBytes: config.auth.loginBodyLimitBytes }))
     .all(config.auth.loginPath, () => {
       throw new GatewayError('method_not_allowed', 'Login accepts POST only.', { headers: { Allow: 'POST' } });
     });
 
+  app.use(createTracing({ tracer, trustTraceparent: config.trustTraceparent }));
   app.use(createRequestId());
   app.use(createAccessLog({ logger }));
   app.use(createErrorHandler({ logger }));
@@ -56,7 +61,7 @@ export function createGateway(config: GatewayConfig, { logger }: GatewayDependen
   app.use(createRouteMatch({ routes }));
   app.use(createRouteRateLimit({ fallback: limiter('default', config.rateLimit), byRoute: routeLimiters }));
   app.use(createAuthenticate({ tokens }));
-  app.use(createProxy({ maxSockets: config.proxy.maxSockets, maxBodyBytes: config.proxy.maxBodyBytes }));
+  app.use(createProxy({ tracer, maxSockets: config.proxy.maxSockets, maxBodyBytes: config.proxy.maxBodyBytes }));
 
   // Errors are answered by handleErrors; this channel only sees what Koa itself could not hand to it.
   app.on('error', (error: Error) => logger.error('unhandled gateway error', { error: error.message }));

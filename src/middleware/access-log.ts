@@ -1,3 +1,4 @@
+import { context } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import type { Logger } from '../../otel/logger';
 
@@ -35,6 +36,8 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
     // koa-proxies rewrites req.url; the public URL is captured now.
     const url = redactUrl(ctx.originalUrl);
     const method = ctx.method;
+    // 'close' listeners run outside the request's context; the line must still carry its trace and ids.
+    const requestContext = context.active();
     ctx.res.once('close', () => {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
       const status = ctx.res.writableFinished ? ctx.res.statusCode : 499;
@@ -50,7 +53,7 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
         error_code: state.errorCode ?? null,
       };
       const level = status >= 500 ? 'error' : status >= 400 ? 'warn' : 'info';
-      logger.log(level, 'request completed', entry);
+      context.with(requestContext, () => logger.log(level, 'request completed', entry));
     });
     await next();
   };

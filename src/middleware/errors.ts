@@ -1,5 +1,6 @@
+import { SpanStatusCode, trace } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
-import { HEADER } from '../../otel/wire-names';
+import { ATTR, HEADER } from '../../otel/wire-names';
 import type { Logger } from '../../otel/logger';
 import { toGatewayError, type GatewayError } from '../errors';
 
@@ -45,8 +46,12 @@ export function createErrorHandler(options: ErrorHandlerOptions): Middleware {
     } catch (thrown) {
       const error = toGatewayError(thrown);
       ctx.state.errorCode = error.code;
+      const span = trace.getActiveSpan();
+      span?.setAttribute(ATTR.errorCode, error.code);
       if (error.status >= 500) {
         logger.error('request failed', { code: error.code, error: describeCause(error) });
+        span?.recordException(error.cause instanceof Error ? error.cause : error);
+        span?.setStatus({ code: SpanStatusCode.ERROR, message: error.code });
       }
       if (ctx.res.headersSent || !ctx.writable) {
         ctx.res.destroy();

@@ -1,9 +1,11 @@
 import { bodyParser } from '@koa/bodyparser';
+import { context, type Tracer } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import { HEADER } from '../../otel/wire-names';
 import type { AuthenticatedUser } from '../context';
 import { GatewayError, upstreamFailure } from '../errors';
 import type { TokenService } from '../tokens';
+import { endUpstreamSpan, startUpstreamSpan, traceHeaders } from '../upstream-span';
 
 /** Where user-service checks credentials. Outside `/users`, so no public route can reach it. */
 export const CREDENTIALS_CHECK_PATH = '/internal/credentials/verify';
@@ -16,6 +18,8 @@ export interface LoginOptions {
   bodyLimitBytes: number;
   /** How long user-service may take to check credentials, ms. Default 5000. */
   timeoutMs?: number;
+  /** Makes the CLIENT span of the credential check. */
+  tracer: Tracer;
 }
 
 interface Credentials {
@@ -52,17 +56,21 @@ export function createLogin(options: LoginOptions): Middleware[] {
 
   async function login(ctx: Parameters<Middleware>[0]) {
     const credentials = readCredentials(ctx.request.body);
+    const span = startUpstreamSpan(options.tracer, { method: 'POST', url: checkUrl, service: 'users' });
     let response: Response;
     try {
       response = await fetch(checkUrl, {
         method: 'POST',
-        headers: { 'content-type': 'application/json', [HEADER.requestId]: ctx.state.requestId },
+        headers: { 'content-type': 'application/json', [HEADER.requestId]: ctx.state.requestId, ...traceHeaders(span, context.active()) },
         body: JSON.stringify(credentials),
         signal: AbortSignal.timeout(timeoutMs),
       });
     } catch (error) {
-      throw upstreamFailure('users', error);
+      const failure = upstreamFailure('users', error);
+      endUpstreamSpan(span, failure.code === 'upstream_timeout' ? 'timeout' : failure.code === 'upstream_refused' ? 'refused' : 'reset', undefined, error);
+      throw failure;
     }
+    endUpstreamSpan(span, 'ok', response.status);
     if (response.status === 401) {
       await response.body?.cancel();
       throw new GatewayError('invalid_credentials', 'The email or password is wrong.');

@@ -1,20 +1,29 @@
 import http from 'node:http';
 import https from 'node:https';
+import { context, trace, type Context as OtelContext, type Span, type Tracer } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import proxy from 'koa-proxies';
-import { HEADER } from '../../otel/wire-names';
+import { ATTR, HEADER } from '../../otel/wire-names';
 import { GatewayError, upstreamFailure } from '../errors';
+import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
 
 export interface ProxyOptions {
   /** Keep-alive sockets per upstream origin. */
   maxSockets: number;
   /** Largest request body forwarded, bytes; 413 beyond (declared or streamed). */
   maxBodyBytes: number;
+  /** Makes the CLIENT span of each upstream call. */
+  tracer: Tracer;
 }
 
 /** What happened to one proxied exchange, recorded by http-proxy's events and read after it returns. */
 interface Exchange {
   timeoutMs: number;
+  service: string;
+  /** The request's context (server span, baggage), parent of the client span. */
+  context: OtelContext;
+  span?: Span;
+  status?: number;
   failure?: Error;
   timedOut?: boolean;
   bodyTooLarge?: boolean;
@@ -39,6 +48,9 @@ export function createProxy(options: ProxyOptions): Middleware {
   const events = {
     proxyReq(proxyReq: http.ClientRequest, req: TrackedRequest) {
       const exchange = req[EXCHANGE]!;
+      const url = `${proxyReq.protocol}//${proxyReq.host}${proxyReq.path.split('?')[0]}`;
+      exchange.span = startUpstreamSpan(options.tracer, { method: proxyReq.method, url, service: exchange.service }, exchange.context);
+      injectTraceHeaders(exchange.span, exchange.context, (name, value) => proxyReq.setHeader(name, value));
       proxyReq.setTimeout(exchange.timeoutMs, () => {
         exchange.timedOut = true;
         proxyReq.destroy(new Error(`no upstream activity for ${exchange.timeoutMs} ms`));
@@ -56,6 +68,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       }
     },
     proxyRes(proxyRes: http.IncomingMessage, req: TrackedRequest, res: http.ServerResponse) {
+      req[EXCHANGE]!.status = proxyRes.statusCode;
       proxyRes.once('close', () => {
         if (!proxyRes.complete) {
           req[EXCHANGE]!.upstreamAborted = true;
@@ -88,22 +101,45 @@ export function createProxy(options: ProxyOptions): Middleware {
     if (declaredLength > options.maxBodyBytes) {
       throw bodyTooLarge(options.maxBodyBytes);
     }
-    const exchange: Exchange = { timeoutMs: route.timeoutMs };
+    const exchange: Exchange = { timeoutMs: route.timeoutMs, service: route.service, context: context.active() };
     (ctx.req as TrackedRequest)[EXCHANGE] = exchange;
     ctx.req.headers[HEADER.gatewayTimestamp] = new Date().toISOString();
 
+    let clientClosed = false;
     try {
       await forward(ctx, next);
-    } catch (closed) {
+    } catch {
       // koa-proxies rejects when the response closes before finishing: either we cut it (upstream died)
       // or the client went away, which the access log records as 499 and is nobody's error here.
-      if (!exchange.upstreamAborted && !exchange.failure) return;
+      clientClosed = !exchange.upstreamAborted && !exchange.failure;
     }
-    if (exchange.bodyTooLarge) throw bodyTooLarge(options.maxBodyBytes);
-    if (exchange.timedOut) throw new GatewayError('upstream_timeout', `The ${route.service} service sent nothing for ${route.timeoutMs} ms.`, { cause: exchange.failure });
-    if (exchange.failure) throw upstreamFailure(route.service, exchange.failure);
-    if (exchange.upstreamAborted) throw new GatewayError('upstream_reset', `The ${route.service} service closed the connection mid-response.`);
+    const outcome = outcomeOf(exchange, clientClosed);
+    const upstreamSpan = exchange.span;
+    if (upstreamSpan) endUpstreamSpan(upstreamSpan, outcome, exchange.status, exchange.failure);
+    trace.getActiveSpan()?.setAttributes({ [ATTR.upstreamService]: route.service, [ATTR.upstreamOutcome]: outcome });
+
+    switch (outcome) {
+      case 'ok':
+      case 'client_closed':
+        return;
+      case 'body_too_large':
+        throw bodyTooLarge(options.maxBodyBytes);
+      case 'timeout':
+        throw new GatewayError('upstream_timeout', `The ${route.service} service sent nothing for ${route.timeoutMs} ms.`, { cause: exchange.failure });
+      case 'aborted_by_upstream':
+        throw new GatewayError('upstream_reset', `The ${route.service} service closed the connection mid-response.`);
+      default:
+        throw upstreamFailure(route.service, exchange.failure);
+    }
   };
+}
+
+function outcomeOf(exchange: Exchange, clientClosed: boolean): UpstreamOutcome {
+  if (exchange.bodyTooLarge) return 'body_too_large';
+  if (exchange.timedOut) return 'timeout';
+  if (exchange.failure) return (exchange.failure as NodeJS.ErrnoException).code === 'ECONNREFUSED' ? 'refused' : 'reset';
+  if (exchange.upstreamAborted) return 'aborted_by_upstream';
+  return clientClosed ? 'client_closed' : 'ok';
 }
 
 function bodyTooLarge(limit: number): GatewayError {

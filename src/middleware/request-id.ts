@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
+import { context, propagation, trace } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
-import { HEADER } from '../../otel/wire-names';
+import { ATTR, BAGGAGE_REQUEST_ID, HEADER } from '../../otel/wire-names';
 
 /** Longest inbound request id accepted, characters. */
 export const MAX_REQUEST_ID_LENGTH = 128;
@@ -26,17 +27,24 @@ export interface RequestIdOptions {
 }
 
 /**
- * Decides the request id: a well-formed inbound `X-Request-Id` is kept, anything else is replaced by a
- * fresh one. The id is echoed on every response (errors included) and forwarded upstream.
+ * Decides the request id: a well-formed inbound `X-Request-Id` is kept; otherwise it is the trace id of the
+ * request's span (so it opens the trace in Jaeger), or a fresh id when tracing is off. The id is echoed on
+ * every response (errors included), forwarded upstream as `X-Request-Id` and as W3C baggage `request.id`,
+ * and set on the gateway's span.
  */
 export function createRequestId(options: RequestIdOptions = {}): Middleware {
   const generate = options.generate ?? mintRequestId;
   return async function requestId(ctx, next) {
     const inbound = ctx.req.headers[HEADER.requestId];
-    const id = typeof inbound === 'string' && isWellFormedRequestId(inbound) ? inbound : generate();
+    const active = context.active();
+    const span = trace.getSpan(active);
+    const traceId = span?.spanContext().traceId;
+    const id = typeof inbound === 'string' && isWellFormedRequestId(inbound) ? inbound : traceId && trace.isSpanContextValid(span!.spanContext()) ? traceId : generate();
     ctx.state.requestId = id;
     ctx.req.headers[HEADER.requestId] = id;
     ctx.set(HEADER.requestId, id);
-    await next();
+    span?.setAttribute(ATTR.requestId, id);
+    const baggage = (propagation.getBaggage(active) ?? propagation.createBaggage()).setEntry(BAGGAGE_REQUEST_ID, { value: id });
+    await context.with(propagation.setBaggage(active, baggage), next);
   };
 }

@@ -1,0 +1,96 @@
+import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
+import type { Context as KoaContext, Middleware } from 'koa';
+import {
+  ATTR_CLIENT_ADDRESS,
+  ATTR_HTTP_REQUEST_METHOD,
+  ATTR_HTTP_RESPONSE_STATUS_CODE,
+  ATTR_HTTP_ROUTE,
+  ATTR_NETWORK_PROTOCOL_VERSION,
+  ATTR_SERVER_ADDRESS,
+  ATTR_URL_PATH,
+  ATTR_URL_SCHEME,
+  ATTR_USER_AGENT_ORIGINAL,
+} from '@opentelemetry/semantic-conventions';
+import { traceIdFromRequestId, withTraceId } from '../../otel/trace-ids';
+import { ATTR, HEADER } from '../../otel/wire-names';
+import { isWellFormedRequestId } from './request-id';
+
+export interface TracingOptions {
+  tracer: Tracer;
+  /**
+   * Continue a client's `traceparent` (and accept its `baggage`). Default false: the gateway is the edge, and
+   * an untrusted client could otherwise pick trace ids (colliding with or polluting other traces) and force
+   * sampling decisions. Turn it on when a trusted proxy or client-side tracing sits in front.
+   */
+  trustTraceparent?: boolean;
+}
+
+/** The route template for span names: the matched gateway route, or the router's path, or nothing. */
+function routeOf(ctx: KoaContext): string | undefined {
+  const route = ctx.state.route;
+  if (route) return route.exact ? route.prefix : `${route.prefix}/*`;
+  return (ctx as KoaContext & { routePath?: string }).routePath;
+}
+
+/**
+ * The gateway's SERVER span, started by hand (no http/koa instrumentation on the gateway's hot path). It
+ * decides which trace a request belongs to: a trusted inbound `traceparent`, else the client's request id
+ * when it is a UUID or 32-hex id, else a new trace whose id becomes the request id (createRequestId reads it).
+ * Inbound trace headers are always removed; the proxy injects the gateway's own.
+ */
+export function createTracing(options: TracingOptions): Middleware {
+  const { tracer } = options;
+  const trust = options.trustTraceparent ?? false;
+
+  return async function traceRequest(ctx, next) {
+    const headers = ctx.req.headers;
+    const parent = trust ? propagation.extract(ROOT_CONTEXT, headers) : ROOT_CONTEXT;
+    delete headers[HEADER.traceparent];
+    delete headers[HEADER.tracestate];
+    delete headers[HEADER.baggage];
+
+    const inboundId = headers[HEADER.requestId];
+    const continuing = trace.getSpanContext(parent) !== undefined;
+    const requestedTraceId = !continuing && typeof inboundId === 'string' && isWellFormedRequestId(inboundId) ? traceIdFromRequestId(inboundId) : undefined;
+
+    const span = withTraceId(requestedTraceId, () =>
+      tracer.startSpan(
+        ctx.method,
+        {
+          kind: SpanKind.SERVER,
+          attributes: {
+            [ATTR_HTTP_REQUEST_METHOD]: ctx.method,
+            [ATTR_URL_PATH]: ctx.path,
+            [ATTR_URL_SCHEME]: ctx.protocol,
+            [ATTR_SERVER_ADDRESS]: ctx.hostname,
+            [ATTR_CLIENT_ADDRESS]: ctx.ip,
+            [ATTR_NETWORK_PROTOCOL_VERSION]: ctx.req.httpVersion,
+            ...(ctx.get('user-agent') ? { [ATTR_USER_AGENT_ORIGINAL]: ctx.get('user-agent') } : {}),
+          },
+        },
+        parent,
+      ),
+    );
+    const spanContext = span.spanContext();
+    if (span.isRecording() || trace.isSpanContextValid(spanContext)) {
+      ctx.set(HEADER.traceresponse, `00-${spanContext.traceId}-${spanContext.spanId}-0${spanContext.traceFlags & 1}`);
+    }
+
+    // Ended when the response is really over, so streamed proxy responses are timed whole.
+    ctx.res.once('close', () => {
+      const status = ctx.res.writableFinished ? ctx.res.statusCode : 499;
+      const route = routeOf(ctx);
+      if (route) {
+        span.updateName(`${ctx.method} ${route}`);
+        span.setAttribute(ATTR_HTTP_ROUTE, route);
+      }
+      if (ctx.state.route) span.setAttribute(ATTR.routeName, ctx.state.route.name);
+      if (ctx.state.user) span.setAttributes({ [ATTR.userId]: ctx.state.user.id, [ATTR.userRole]: ctx.state.user.role });
+      span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
+      if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+      span.end();
+    });
+
+    await context.with(trace.setSpan(parent, span), next);
+  };
+}

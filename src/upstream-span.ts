@@ -1,0 +1,60 @@
+import { context, propagation, SpanKind, SpanStatusCode, trace, type Context, type Span, type Tracer } from '@opentelemetry/api';
+import { ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_SERVER_ADDRESS, ATTR_SERVER_PORT, ATTR_URL_FULL } from '@opentelemetry/semantic-conventions';
+import { ATTR } from '../otel/wire-names';
+
+/**
+ * One CLIENT span per call the gateway makes to a service (a proxied request, a credential check), made by
+ * hand instead of by the http instrumentation: on the gateway's hot path only these two spans per request
+ * exist (see ../shared/NOTES.md on what generic instrumentation cost here).
+ */
+export interface UpstreamCall {
+  method: string;
+  /** Full upstream URL without the query string (queries can carry secrets). */
+  url: string;
+  service: string;
+}
+
+/** How a call to a service ended; recorded on both the client span and the gateway's server span. */
+export type UpstreamOutcome = 'ok' | 'refused' | 'timeout' | 'reset' | 'aborted_by_upstream' | 'client_closed' | 'body_too_large' | 'bad_response';
+
+export function startUpstreamSpan(tracer: Tracer, call: UpstreamCall, parent: Context = context.active()): Span {
+  const target = new URL(call.url);
+  return tracer.startSpan(
+    call.method,
+    {
+      kind: SpanKind.CLIENT,
+      attributes: {
+        [ATTR_HTTP_REQUEST_METHOD]: call.method,
+        [ATTR_URL_FULL]: call.url,
+        [ATTR_SERVER_ADDRESS]: target.hostname,
+        [ATTR_SERVER_PORT]: Number(target.port || (target.protocol === 'https:' ? 443 : 80)),
+        [ATTR.upstreamService]: call.service,
+      },
+    },
+    parent,
+  );
+}
+
+/** Writes `traceparent`, `tracestate` and `baggage` for the call's span (replacing any the client sent). */
+export function injectTraceHeaders(span: Span, parent: Context, setHeader: (name: string, value: string) => void): void {
+  propagation.inject(trace.setSpan(parent, span), {}, { set: (_carrier, name, value) => setHeader(name, value) });
+}
+
+/** The same, into a plain header object (for fetch). */
+export function traceHeaders(span: Span, parent: Context = context.active()): Record<string, string> {
+  const headers: Record<string, string> = {};
+  injectTraceHeaders(span, parent, (name, value) => (headers[name] = value));
+  return headers;
+}
+
+export function endUpstreamSpan(span: Span, outcome: UpstreamOutcome, status?: number, error?: unknown): void {
+  span.setAttribute(ATTR.upstreamOutcome, outcome);
+  if (status !== undefined) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
+  if (outcome !== 'ok' && outcome !== 'client_closed') {
+    if (error instanceof Error) span.recordException(error);
+    span.setStatus({ code: SpanStatusCode.ERROR, message: outcome });
+  } else if (status !== undefined && status >= 500) {
+    span.setStatus({ code: SpanStatusCode.ERROR });
+  }
+  span.end();
+}
