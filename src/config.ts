@@ -26,6 +26,11 @@ const rateLimitSchema = z.strictObject({
   max: z.int().positive(),
   /** Window length, ms. */
   windowMs: z.int().positive(),
+  /**
+   * What to do when the shared store (Redis) cannot answer within `rateLimit.redisTimeoutMs`: `allow` the
+   * request (availability first, the default) or `reject` it with 503 (protection first).
+   */
+  onStoreFailure: z.enum(['allow', 'reject']).optional(),
 });
 
 const serviceUrl = z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' });
@@ -93,6 +98,12 @@ const configSchema = z
         ...rateLimitSchema.shape,
         /** Clients tracked at once by the in-memory store; the oldest windows are dropped beyond it. */
         maxTrackedClients: z.int().positive().default(100_000),
+        /** Shared store for several gateway replicas (`redis://host:6379/0`); in-memory per process when absent. */
+        redisUrl: z.url({ protocol: /^rediss?$/, error: 'must be a redis:// or rediss:// URL' }).optional(),
+        /** Longest a limit check waits for Redis, ms, before the store counts as down. Default 200. */
+        redisTimeoutMs: z.int().positive().max(10_000).default(200),
+        /** Prefix of every Redis key, so several gateways (or test runs) can share one Redis. */
+        redisKeyPrefix: z.string().regex(/^[A-Za-z0-9:_-]+$/).default('koa-gateway:ratelimit'),
       })
       .prefault({ max: 100, windowMs: 60_000 }),
     proxy: z
@@ -156,6 +167,7 @@ export const ENV_OVERRIDES = {
   RATE_LIMIT_MAX: 'rateLimit.max',
   RATE_LIMIT_WINDOW_MS: 'rateLimit.windowMs',
   PROXY_TIMEOUT_MS: 'proxy.timeoutMs',
+  REDIS_URL: 'rateLimit.redisUrl',
 } as const satisfies Record<string, string>;
 
 /** Path of the route file; relative paths resolve against the working directory. */

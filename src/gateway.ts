@@ -2,7 +2,8 @@ import Router from '@koa/router';
 import { trace, type Tracer } from '@opentelemetry/api';
 import Koa from 'koa';
 import type { Logger } from '../otel/logger';
-import type { GatewayConfig } from './config';
+import type { Redis } from 'ioredis';
+import type { GatewayConfig, RateLimitConfig } from './config';
 import './context';
 import { createAccessLog } from './middleware/access-log';
 import { createAuthenticate } from './middleware/authenticate';
@@ -11,7 +12,7 @@ import { createHealth, createReadiness } from './middleware/health';
 import { createLogin } from './middleware/login';
 import { createPathGuard } from './middleware/path-guard';
 import { createProxy } from './middleware/proxy';
-import { createRateLimiter, createRouteRateLimit, type RateLimiter } from './middleware/rate-limit';
+import { createRateLimiter, createRouteRateLimit, type RateLimiter, type RateLimitStore } from './middleware/rate-limit';
 import { createRequestId } from './middleware/request-id';
 import { createRouteMatch } from './middleware/route-match';
 import { createTracing } from './middleware/tracing';
@@ -22,6 +23,8 @@ import { GatewayError } from './errors';
 
 export interface GatewayDependencies {
   logger: Logger;
+  /** Shared rate-limit store; required when `rateLimit.redisUrl` is set (main.ts creates it). */
+  redis?: Redis;
   /** Default: the global tracer provider's `koa-gateway` tracer (a no-op when telemetry is off). */
   tracer?: Tracer;
 }
@@ -31,14 +34,18 @@ export interface GatewayDependencies {
  * registers itself anywhere else. Returns a fresh app (no listening, no globals), so tests build as many
  * as they like on port 0.
  */
-export function createGateway(config: GatewayConfig, { logger, tracer = trace.getTracer('koa-gateway') }: GatewayDependencies): Koa {
+export function createGateway(config: GatewayConfig, { logger, redis, tracer = trace.getTracer('koa-gateway') }: GatewayDependencies): Koa {
   const app = new Koa({ proxy: config.trustProxy });
   const routes = compileRoutes(config);
   const tokens = createTokenService(config.auth);
   const serviceOrigins = Object.fromEntries(Object.entries(config.services).map(([name, { url }]) => [name, url]));
 
-  const limiter = (name: string, limit: { max: number; windowMs: number }): RateLimiter =>
-    createRateLimiter({ name, ...limit, maxTrackedClients: config.rateLimit.maxTrackedClients });
+  if (config.rateLimit.redisUrl && !redis) throw new Error('rateLimit.redisUrl is set but no Redis client was passed to createGateway');
+  const store: RateLimitStore = redis
+    ? { kind: 'redis', client: redis, keyPrefix: config.rateLimit.redisKeyPrefix }
+    : { kind: 'memory', maxTrackedClients: config.rateLimit.maxTrackedClients };
+  const limiter = (name: string, limit: RateLimitConfig): RateLimiter =>
+    createRateLimiter({ name, max: limit.max, windowMs: limit.windowMs, onStoreFailure: limit.onStoreFailure ?? config.rateLimit.onStoreFailure, store, logger });
   const loginLimiter = limiter('login', config.auth.loginRateLimit);
   const routeLimiters = new Map(routes.routes.flatMap((route) => (route.rateLimit ? [[route.name, limiter(route.name, route.rateLimit)] as const] : [])));
 

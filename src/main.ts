@@ -1,8 +1,10 @@
 import { createLogger } from '../otel/logger';
 import { runServer } from '../otel/lifecycle';
+import { shutdownTelemetry } from '../otel/telemetry';
 import { SERVICE_NAME } from '../otel/wire-names';
 import { ConfigError, loadConfig, type GatewayConfig } from './config';
 import { createGateway } from './gateway';
+import { createRedisStore, waitForRedis } from './rate-limit-store';
 
 function load(): GatewayConfig {
   try {
@@ -19,9 +21,28 @@ function load(): GatewayConfig {
 async function main(): Promise<void> {
   const config = load();
   const logger = createLogger({ serviceName: SERVICE_NAME.gateway, level: config.logLevel });
-  const app = createGateway(config, { logger });
-  const { url } = await runServer({ app, name: SERVICE_NAME.gateway, port: config.port, host: config.host, logger });
-  logger.info('gateway listening', { url, routes: config.routes.map((route) => `${route.prefix} -> ${route.service}${route.upstreamPath}`) });
+  const { redisUrl, redisTimeoutMs } = config.rateLimit;
+  const redis = redisUrl ? createRedisStore({ url: redisUrl, commandTimeoutMs: redisTimeoutMs, logger }) : undefined;
+  if (redis && !(await waitForRedis(redis, 3000))) {
+    logger.warn('rate-limit store not reachable yet; serving under the store-down policy until it is', { store: 'redis' });
+  }
+  const app = createGateway(config, { logger, redis });
+  const { url } = await runServer({
+    app,
+    name: SERVICE_NAME.gateway,
+    port: config.port,
+    host: config.host,
+    logger,
+    async onShutdown() {
+      redis?.disconnect();
+      await shutdownTelemetry();
+    },
+  });
+  logger.info('gateway listening', {
+    url,
+    rateLimitStore: redis ? 'redis' : 'memory',
+    routes: config.routes.map((route) => `${route.prefix} -> ${route.service}${route.upstreamPath}`),
+  });
 }
 
 main().catch((error: unknown) => {

@@ -1,6 +1,7 @@
 import type Koa from 'koa';
 import { createLogger, type Logger } from '../../otel/logger';
 import { runServer } from '../../otel/lifecycle';
+import { shutdownTelemetry } from '../../otel/telemetry';
 import { loadServiceEnv, type ServiceEnv, type ServiceKey } from './service-config';
 
 /** What each service's main.ts does: read its env, build its app, listen, stop gracefully. */
@@ -14,6 +15,6 @@ export async function startService<K extends ServiceKey>(service: K, serviceName
   }
   const logger = createLogger({ serviceName, level: env.LOG_LEVEL });
   const app = await build(env, logger);
-  const { url } = await runServer({ app, name: serviceName, port: env.PORT, host: env.HOST, logger });
+  const { url } = await runServer({ app, name: serviceName, port: env.PORT, host: env.HOST, logger, onShutdown: shutdownTelemetry });
   logger.info(`${serviceName} listening`, { url });
 }

@@ -1,5 +1,6 @@
 import type { GatewayConfig } from '../../src/config';
 import { createGateway } from '../../src/gateway';
+import { createRedisStore, waitForRedis } from '../../src/rate-limit-store';
 import { createApp as createNotificationsApp } from '../../services/notifications/app';
 import { createApp as createOrdersApp } from '../../services/orders/app';
 import { createApp as createUsersApp } from '../../services/users/app';
@@ -26,6 +27,8 @@ export interface StackOptions {
   env?: Record<string, string>;
   /** Replace a service origin (e.g. a fault-injecting upstream) before the gateway is built. */
   serviceUrls?: Partial<Record<'users' | 'orders' | 'notifications', string>>;
+  /** Connect the gateway to the `rateLimit.redisUrl` of its config (closed with the stack). */
+  withRedis?: boolean;
 }
 
 /** The real gateway and the three real services, in this process, on ephemeral loopback ports. */
@@ -36,7 +39,10 @@ export async function startStack(options: StackOptions = {}): Promise<TestStack>
   const orders = await listenRecording(createOrdersApp({ logger: quiet('order-service'), usersUrl: users.url, notificationsUrl: notifications.url }));
   const config = testConfig({ users: users.url, orders: orders.url, notifications: notifications.url, ...options.serviceUrls }, options.overrides, options.env);
   const { logger, lines } = memoryLogger('gateway');
-  const gateway = await listen(createGateway(config, { logger }).callback());
+  const { redisUrl, redisTimeoutMs } = config.rateLimit;
+  const redis = options.withRedis && redisUrl ? createRedisStore({ url: redisUrl, commandTimeoutMs: redisTimeoutMs, logger }) : undefined;
+  if (redis) await waitForRedis(redis, 3000);
+  const gateway = await listen(createGateway(config, { logger, redis }).callback());
   return {
     gateway,
     config,
@@ -47,6 +53,7 @@ export async function startStack(options: StackOptions = {}): Promise<TestStack>
     serviceRequests: () => [...users.requests, ...orders.requests, ...notifications.requests],
     async close() {
       await Promise.all([gateway.close(), users.close(), orders.close(), notifications.close()]);
+      redis?.disconnect();
     },
   };
 }

@@ -1,0 +1,113 @@
+import { Redis } from 'ioredis';
+import { createGateway } from '../../src/gateway';
+import { createRedisStore, waitForRedis } from '../../src/rate-limit-store';
+import { deleteKeys, isolatedKeyPrefix, startOwnRedis, type OwnRedis } from '../helpers/redis';
+import { listen, memoryLogger, type TestServer } from '../helpers/servers';
+import { login, startStack, type TestStack } from '../helpers/stack';
+import { shippedConfigFile } from '../helpers/test-config';
+
+const MACHINE_REDIS = 'redis://127.0.0.1:6379';
+
+describe('rate limits shared through Redis', () => {
+  let stack: TestStack;
+  const prefix = isolatedKeyPrefix();
+  const clients: Redis[] = [];
+  let replicas: TestServer[] = [];
+
+  beforeAll(async () => {
+    stack = await startStack({ env: { RATE_LIMIT_MAX: '6', REDIS_URL: MACHINE_REDIS }, overrides: { rateLimit: { max: 6, windowMs: 60_000, redisKeyPrefix: prefix } }, withRedis: true });
+    const { logger } = memoryLogger('gateway');
+    // Two more gateway replicas, each with its own Redis connection, as separate processes would have.
+    replicas = await Promise.all(
+      [0, 1].map(async () => {
+        const redis = createRedisStore({ url: MACHINE_REDIS, commandTimeoutMs: 500, logger });
+        clients.push(redis);
+        await waitForRedis(redis, 3000);
+        return listen(createGateway(stack.config, { logger, redis }).callback());
+      }),
+    );
+  });
+  afterAll(async () => {
+    await Promise.all(replicas.map((replica) => replica.close()));
+    clients.forEach((client) => client.disconnect());
+    await stack.close();
+    await deleteKeys(MACHINE_REDIS, prefix);
+  });
+
+  it('counts one limit across replicas: the 7th request on any replica is 429', async () => {
+    const token = await login(stack.gateway.url);
+    const statuses: number[] = [];
+    for (let i = 0; i < 8; i++) {
+      const replica = replicas[i % 2]!;
+      const response = await fetch(`${replica.url}/api/orders`, { headers: { authorization: `Bearer ${token}` } });
+      await response.arrayBuffer();
+      statuses.push(response.status);
+    }
+    // login itself counted against the login policy, not this one.
+    expect(statuses).toEqual([200, 200, 200, 200, 200, 200, 429, 429]);
+    const keys = await clients[0]!.keys(`${prefix}:*`);
+    expect(keys.length).toBeGreaterThan(0);
+  });
+});
+
+describe('when the rate-limit store goes down', () => {
+  let redis: OwnRedis;
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    redis = await startOwnRedis();
+    stack = await startStack({
+      env: { REDIS_URL: redis.url },
+      overrides: {
+        rateLimit: { max: 1000, windowMs: 60_000, redisTimeoutMs: 150, redisKeyPrefix: isolatedKeyPrefix() },
+        // orders fails closed, everything else fails open.
+        routes: routesWithOrdersFailingClosed(),
+      },
+      withRedis: true,
+    });
+  });
+  afterAll(async () => {
+    await stack.close();
+    await redis.stop();
+  });
+
+  it('keeps serving (allow) or answers 503 (reject) per route without hanging, logs it once, and recovers', async () => {
+    const token = await login(stack.gateway.url);
+    const call = async (path: string) => {
+      const started = Date.now();
+      const response = await fetch(`${stack.gateway.url}${path}`, { headers: { authorization: `Bearer ${token}` } });
+      const body = await response.text();
+      return { status: response.status, body, ms: Date.now() - started };
+    };
+    expect((await call('/api/notifications')).status).toBe(200);
+
+    await redis.stop();
+    const allowed = [];
+    for (let i = 0; i < 5; i++) allowed.push(await call('/api/notifications'));
+    expect(allowed.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
+    // Generous: proves nothing waits for ioredis' reconnect loop (seconds), not a speed target.
+    expect(Math.max(...allowed.map((r) => r.ms))).toBeLessThan(2000);
+    const rejected = await call('/api/orders');
+    expect(rejected.status).toBe(503);
+    expect(JSON.parse(rejected.body)).toMatchObject({ code: 'rate_limit_unavailable' });
+    // Logged once per policy per interval, not once per request.
+    const failures = stack.gatewayLogs.filter((line) => line.message === 'rate limit store failed');
+    expect(failures.map((line) => `${line.policy}:${line.decision}`).sort()).toEqual(['default:store_down_allowed', 'orders:store_down_rejected']);
+
+    await redis.start();
+    let recovered = 0;
+    for (let attempt = 0; attempt < 50 && recovered === 0; attempt++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const response = await call('/api/orders');
+      if (response.status === 200) recovered = attempt + 1;
+    }
+    expect(recovered).toBeGreaterThan(0);
+  });
+});
+
+/** The shipped routes, with orders set to fail closed. */
+function routesWithOrdersFailingClosed(): unknown[] {
+  return (shippedConfigFile().routes as Record<string, unknown>[]).map((route) =>
+    route.name === 'orders' ? { ...route, rateLimit: { max: 1000, windowMs: 60_000, onStoreFailure: 'reject' } } : route,
+  );
+}
