@@ -54,6 +54,8 @@ const routeSchema = z.strictObject({
   timeoutMs: z.int().positive().optional(),
   /** Rate limit for this route; defaults to `rateLimit`. */
   rateLimit: rateLimitSchema.optional(),
+  /** Roles (the token's `role` claim) allowed on this route; others get 403. Any role when absent. */
+  roles: z.array(z.string().min(1)).nonempty().optional(),
 });
 
 const configSchema = z
@@ -125,7 +127,8 @@ const configSchema = z
       ctx.addIssue({ code: 'custom', path: ['services', 'users'], message: 'is required: login checks credentials with the users service', input: undefined });
     }
     const seenNames = new Set<string>();
-    const seenPrefixes = new Set<string>([config.auth.loginPath, '/health', '/ready']);
+    const reservedPaths = new Set<string>([config.auth.loginPath, '/health', '/ready']);
+    const seenPrefixes = new Set<string>();
     config.routes.forEach((route, index) => {
       if (!(route.service in config.services)) {
         ctx.addIssue({ code: 'custom', path: ['routes', index, 'service'], message: `names no entry of services (${Object.keys(config.services).join(', ')})`, input: route.service });
@@ -133,11 +136,16 @@ const configSchema = z
       if (seenNames.has(route.name)) {
         ctx.addIssue({ code: 'custom', path: ['routes', index, 'name'], message: 'is used by another route', input: route.name });
       }
-      if (seenPrefixes.has(route.prefix)) {
+      // An exact route may refine a prefix route of the same path (e.g. admin-only listing).
+      const prefixKey = route.exact ? `${route.prefix} (exact)` : route.prefix;
+      if (seenPrefixes.has(prefixKey) || reservedPaths.has(route.prefix)) {
         ctx.addIssue({ code: 'custom', path: ['routes', index, 'prefix'], message: 'is already taken', input: route.prefix });
       }
+      if (route.roles && route.auth !== 'required') {
+        ctx.addIssue({ code: 'custom', path: ['routes', index, 'roles'], message: 'need auth "required"', input: route.roles });
+      }
       seenNames.add(route.name);
-      seenPrefixes.add(route.prefix);
+      seenPrefixes.add(prefixKey);
     });
     if (config.environment === 'production' && config.auth.secret === DEVELOPMENT_JWT_SECRET) {
       ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be set (JWT_SECRET) in production; the development secret is public', input: '(development secret)' });

@@ -7,6 +7,7 @@ import type { GatewayConfig, RateLimitConfig } from './config';
 import './context';
 import { createAccessLog } from './middleware/access-log';
 import { createAuthenticate } from './middleware/authenticate';
+import { createAuthorize } from './middleware/authorize';
 import { createErrorHandler } from './middleware/errors';
 import { createHealth, createReadiness } from './middleware/health';
 import { createLogin } from './middleware/login';
@@ -68,6 +69,7 @@ export function createGateway(config: GatewayConfig, { logger, redis, tracer = t
   app.use(createRouteMatch({ routes }));
   app.use(createRouteRateLimit({ fallback: limiter('default', config.rateLimit), byRoute: routeLimiters }));
   app.use(createAuthenticate({ tokens }));
+  app.use(createAuthorize());
   app.use(createProxy({ tracer, maxSockets: config.proxy.maxSockets, maxBodyBytes: config.proxy.maxBodyBytes }));
 
   // Errors are answered by handleErrors; this channel only sees what Koa itself could not hand to it.

@@ -15,18 +15,30 @@ export interface CompiledRoute {
   /** Upstream idle timeout, ms. */
   readonly timeoutMs: number;
   readonly rateLimit: RateLimitConfig | undefined;
+  /** Roles allowed on this route, or undefined for any authenticated caller. */
+  readonly roles: ReadonlySet<string> | undefined;
 }
 
 export interface RouteMatch {
+  kind: 'matched';
   route: CompiledRoute;
   /** The upstream path (prefix replaced, rest of the path kept byte for byte). */
   upstreamPath: string;
 }
 
+/** The path has routes, but none for this method. */
+export interface MethodMismatch {
+  kind: 'method_not_allowed';
+  allowed: string[];
+}
+
 export interface RouteTable {
   readonly routes: readonly CompiledRoute[];
-  /** Matches a path that createPathGuard already accepted; longest prefix wins. */
-  match(path: string): RouteMatch | undefined;
+  /**
+   * Matches a path that createPathGuard already accepted: longest prefix first, an exact route before a
+   * prefix route of the same path, and a route limited to other methods is passed over for the next one.
+   */
+  match(path: string, method: string): RouteMatch | MethodMismatch | undefined;
 }
 
 export function compileRoutes(config: GatewayConfig): RouteTable {
@@ -41,20 +53,29 @@ export function compileRoutes(config: GatewayConfig): RouteTable {
     auth: route.auth,
     timeoutMs: route.timeoutMs ?? config.proxy.timeoutMs,
     rateLimit: route.rateLimit,
+    roles: route.roles ? new Set(route.roles) : undefined,
   }));
-  const byLongestPrefix = [...routes].sort((a, b) => b.prefix.length - a.prefix.length);
+  const bySpecificity = [...routes].sort((a, b) => b.prefix.length - a.prefix.length || Number(b.exact) - Number(a.exact));
 
   return {
     routes,
-    match(path) {
-      for (const route of byLongestPrefix) {
-        if (path === route.prefix) return { route, upstreamPath: route.upstreamPath || '/' };
+    match(path, method) {
+      const allowed = new Set<string>();
+      for (const route of bySpecificity) {
+        let upstreamPath: string | undefined;
+        if (path === route.prefix) upstreamPath = route.upstreamPath || '/';
         // Segment boundary: `/api/users` must not match `/api/usersX`.
-        if (!route.exact && path.startsWith(route.prefix) && path.charCodeAt(route.prefix.length) === 47 /* / */) {
-          return { route, upstreamPath: route.upstreamPath + path.slice(route.prefix.length) };
+        else if (!route.exact && path.startsWith(route.prefix) && path.charCodeAt(route.prefix.length) === 47 /* / */) {
+          upstreamPath = route.upstreamPath + path.slice(route.prefix.length);
         }
+        if (upstreamPath === undefined) continue;
+        if (route.methods && !route.methods.has(method)) {
+          route.methods.forEach((allowedMethod) => allowed.add(allowedMethod));
+          continue;
+        }
+        return { kind: 'matched', route, upstreamPath };
       }
-      return undefined;
+      return allowed.size > 0 ? { kind: 'method_not_allowed', allowed: [...allowed] } : undefined;
     },
   };
 }

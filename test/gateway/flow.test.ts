@@ -72,6 +72,21 @@ describe('the classic flow through the gateway', () => {
     expect((await fetch(`${stack.gateway.url}/api/orders/${order.id}`, { headers: { authorization: `Bearer ${alice}` } })).status).toBe(404);
   });
 
+  it('applies role rules per route: only admins list users, with 403 problem+json for others', async () => {
+    const bob = await login(stack.gateway.url, 'bob@example.com', 'builder');
+    const before = stack.users.requests.length;
+    const denied = await fetch(`${stack.gateway.url}/api/users`, { headers: { authorization: `Bearer ${bob}` } });
+    expect(denied.status).toBe(403);
+    expect(await denied.json()).toMatchObject({ code: 'forbidden', requestId: denied.headers.get(HEADER.requestId) });
+    expect(stack.users.requests.length).toBe(before);
+    // Bob still reads his own profile through the prefix route.
+    expect((await fetch(`${stack.gateway.url}/api/users/2`, { headers: { authorization: `Bearer ${bob}` } })).status).toBe(200);
+    const alice = await login(stack.gateway.url);
+    const listed = await fetch(`${stack.gateway.url}/api/users`, { headers: { authorization: `Bearer ${alice}` } });
+    expect(listed.status).toBe(200);
+    expect(((await listed.json()) as unknown[]).length).toBeGreaterThanOrEqual(2);
+  });
+
   it('writes one access log line per request with route, user and request id, and no secrets', async () => {
     const token = await login(stack.gateway.url);
     const response = await fetch(`${stack.gateway.url}/api/users/1?access_token=${token}`, { headers: { authorization: `Bearer ${token}` } });

@@ -13,6 +13,7 @@ describe('gateway config', () => {
     expect(config.routes.map((route) => [route.prefix, route.service, route.upstreamPath])).toEqual([
       ['/api/auth/register', 'users', '/users'],
       ['/api/users', 'users', '/users'],
+      ['/api/users', 'users', '/users'],
       ['/api/orders', 'orders', '/orders'],
       ['/api/notifications', 'notifications', '/notifications'],
     ]);
@@ -64,10 +65,11 @@ describe('gateway config', () => {
 
   it.each([
     { desc: 'a route naming an unknown service', patch: (file: any) => (file.routes[1].service = 'billing'), message: /^config: routes\.1\.service: names no entry of services/ },
-    { desc: 'two routes with the same prefix', patch: (file: any) => (file.routes[2].prefix = '/api/users'), message: /^config: routes\.2\.prefix: is already taken/ },
+    { desc: 'two routes with the same prefix', patch: (file: any) => (file.routes[3].prefix = '/api/users'), message: /^config: routes\.3\.prefix: is already taken/ },
     { desc: 'a prefix with dot segments', patch: (file: any) => (file.routes[1].prefix = '/api/../users'), message: /^config: routes\.1\.prefix: must not contain dot segments/ },
     { desc: 'a prefix with a trailing slash', patch: (file: any) => (file.routes[1].prefix = '/api/users/'), message: /^config: routes\.1\.prefix: must be an absolute path/ },
     { desc: 'an unknown key (typo)', patch: (file: any) => (file.rateLimt = {}), message: /^config: \(root\): Unrecognized key/ },
+    { desc: 'roles on a public route', patch: (file: any) => (file.routes[0].roles = ['admin']), message: /^config: routes\.0\.roles: need auth "required"/ },
     { desc: 'an unknown auth mode', patch: (file: any) => (file.routes[1].auth = 'maybe'), message: /^config: routes\.1\.auth: / },
     { desc: 'no users service', patch: (file: any) => delete file.services.users, message: /^config: / },
   ])('refuses $desc', ({ patch, message }) => {
