@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { Socket } from 'node:net';
 import type Koa from 'koa';
@@ -36,8 +37,14 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
   const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
   const status = tooLarge ? 431 : 400;
   const title = tooLarge ? 'Request header fields too large' : 'Bad request';
-  const body = JSON.stringify({ type: `urn:koa-gateway:problem:${tooLarge ? 'headers_too_large' : 'bad_request'}`, title, status, detail: tooLarge ? 'The request headers are too large.' : 'The request could not be parsed as HTTP.', code: tooLarge ? 'headers_too_large' : 'bad_request' });
-  socket.end(`HTTP/1.1 ${status} ${title}\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  const code = tooLarge ? 'headers_too_large' : 'bad_request';
+  // Nothing of the request can be trusted (its X-Request-Id included), but the answer still carries an id.
+  const requestId = randomUUID().replaceAll('-', '');
+  const detail = tooLarge ? 'The request headers are too large.' : 'The request could not be parsed as HTTP.';
+  const body = JSON.stringify({ type: `urn:koa-gateway:problem:${code}`, title, status, detail, code, requestId });
+  socket.end(
+    `HTTP/1.1 ${status} ${title}\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n${body}`,
+  );
 }
 
 /** Listens, answers parser errors as JSON, and shuts down gracefully on SIGTERM / SIGINT. */
@@ -56,6 +63,8 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
       const drained = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
       const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
@@ -67,7 +76,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
       await options.onShutdown?.();
     })());
 
-  const onSignal = (signal: NodeJS.Signals) => {
+  function onSignal(signal: NodeJS.Signals) {
     logger.info(`${options.name} stopping`, { signal });
     close().then(
       () => process.exit(0),
@@ -76,7 +85,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
         process.exit(1);
       },
     );
-  };
+  }
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
   return { server, url, close };

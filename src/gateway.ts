@@ -51,7 +51,8 @@ export function createGateway(config: GatewayConfig, { logger, redis, tracer = t
   const routeLimiters = new Map(routes.routes.flatMap((route) => (route.rateLimit ? [[route.name, limiter(route.name, route.rateLimit)] as const] : [])));
 
   // Answered by the gateway itself.
-  const ownEndpoints = new Router()
+  // Case-sensitive and strict, like the route table: `/HEALTH` and `/api/auth/login/` are not these.
+  const ownEndpoints = new Router({ sensitive: true, strict: true })
     .get('/health', createHealth())
     .get('/ready', createReadiness({ services: serviceOrigins }))
     .post(config.auth.loginPath, (ctx, next) => loginLimiter.check(ctx, next), ...createLogin({ tokens, tracer, usersUrl: config.services.users!.url, bodyLimitBytes: config.auth.loginBodyLimitBytes }))

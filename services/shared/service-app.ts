@@ -45,6 +45,15 @@ export function validBody<T extends z.ZodType>(ctx: Context, schema: T): z.outpu
   return result.data;
 }
 
+/** Codes for errors Koa or the body parser throw (http-errors carry only a status). */
+const CODE_BY_STATUS: Partial<Record<number, string>> = {
+  404: 'not_found',
+  405: 'method_not_allowed',
+  413: 'payload_too_large',
+  415: 'unsupported_media_type',
+  500: 'internal',
+};
+
 export interface ServiceAppOptions {
   serviceName: string;
   logger: Logger;
@@ -77,7 +86,7 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
       await next();
     } catch (thrown) {
       const status = thrown instanceof ServiceError ? thrown.status : typeof (thrown as { status?: unknown }).status === 'number' ? (thrown as { status: number }).status : 500;
-      const code = thrown instanceof ServiceError ? thrown.code : status === 500 ? 'internal' : 'bad_request';
+      const code = thrown instanceof ServiceError ? thrown.code : (CODE_BY_STATUS[status] ?? (status >= 500 ? 'internal' : 'bad_request'));
       const exposed = status < 500 || thrown instanceof ServiceError;
       if (!exposed) logger.error('request failed', { error: thrown instanceof Error ? thrown.message : String(thrown) });
       ctx.status = status;

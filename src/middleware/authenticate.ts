@@ -9,8 +9,11 @@ export interface AuthenticateOptions {
   realm?: string;
 }
 
-/** Compact JWS: three base64url parts. Anything else is refused before any crypto runs. */
-const BEARER = /^Bearer ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)$/;
+/**
+ * Compact JWS: three base64url parts. Anything else is refused before any crypto runs. The scheme name is
+ * case-insensitive (RFC 9110 section 11.1).
+ */
+const BEARER = /^[Bb][Ee][Aa][Rr][Ee][Rr] ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)$/;
 
 /**
  * Verifies the bearer token on routes that require one, then injects the identity headers that services

@@ -43,6 +43,19 @@ describe('the classic flow through the gateway', () => {
     expect(seen.headers.authorization).toBeUndefined();
   });
 
+  it('accepts the Bearer scheme in any letter case (RFC 9110 section 11.1)', async () => {
+    const token = await login(stack.gateway.url);
+    for (const scheme of ['bearer', 'BEARER', 'BeArEr']) {
+      expect((await fetch(`${stack.gateway.url}/api/users/1`, { headers: { authorization: `${scheme} ${token}` } })).status).toBe(200);
+    }
+  });
+
+  it('matches its own endpoints exactly, like the route table', async () => {
+    expect((await fetch(`${stack.gateway.url}/HEALTH`)).status).toBe(404);
+    const loginWithSlash = await fetch(`${stack.gateway.url}/api/auth/login/`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
+    expect(loginWithSlash.status).toBe(404);
+  });
+
   it('registers a user through the public route, who can then log in', async () => {
     const register = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'Carol', email: 'carol@example.com', password: 'correct horse' }) });
     expect(register.status).toBe(201);

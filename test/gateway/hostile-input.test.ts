@@ -1,0 +1,419 @@
+import http from 'node:http';
+import net from 'node:net';
+import { runServer, type RunningServer } from '../../otel/lifecycle';
+import { HEADER } from '../../otel/wire-names';
+import { createGateway } from '../../src/gateway';
+import { memoryLogger, type RecordedRequest } from '../helpers/servers';
+import { login, startStack, type TestStack } from '../helpers/stack';
+import { shippedConfigFile, TEST_JWT_SECRET } from '../helpers/test-config';
+import { rs256Token, signToken, unsignedToken } from '../helpers/tokens';
+
+/** What came back, from `http.request` or a raw socket alike. */
+interface Reply {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+}
+
+interface Problem {
+  type: string;
+  title: string;
+  status: number;
+  detail: string;
+  code: string;
+  requestId: string;
+  instance: string;
+}
+
+const MINTED_REQUEST_ID = /^[0-9a-f]{32}$/;
+
+function headerOf(reply: Reply, name: string): string | undefined {
+  const value = reply.headers[name];
+  return Array.isArray(value) ? value.join(', ') : value;
+}
+
+/**
+ * One request with the path sent byte for byte: fetch and curl normalise dot segments, `http.request` does not.
+ * A fresh connection each time (`agent: false`), so one row's connection state cannot leak into the next.
+ */
+function send(origin: string, path: string, init: { method?: string; headers?: http.OutgoingHttpHeaders; body?: string } = {}): Promise<Reply> {
+  const { hostname, port } = new URL(origin);
+  return new Promise((resolve, reject) => {
+    const request = http.request({ host: hostname, port: Number(port), path, method: init.method ?? 'GET', headers: init.headers, agent: false }, (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() }));
+      response.on('error', reject);
+    });
+    request.on('error', reject);
+    request.end(init.body);
+  });
+}
+
+/** Writes `raw` on a new TCP connection and parses whatever HTTP/1.1 response comes back before the close. */
+function sendRaw(origin: string, raw: string): Promise<Reply> {
+  const { hostname, port } = new URL(origin);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(Number(port), hostname, () => socket.write(raw));
+    const chunks: Buffer[] = [];
+    socket.setTimeout(5000, () => socket.destroy(new Error('no response within 5 s')));
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('error', reject);
+    socket.on('close', () => {
+      const text = Buffer.concat(chunks).toString('latin1');
+      const headEnd = text.indexOf('\r\n\r\n');
+      if (headEnd === -1) return reject(new Error(`no HTTP response head in ${JSON.stringify(text.slice(0, 200))}`));
+      const [statusLine = '', ...lines] = text.slice(0, headEnd).split('\r\n');
+      const headers: Record<string, string> = {};
+      for (const line of lines) {
+        const colon = line.indexOf(':');
+        headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+      }
+      resolve({ status: Number(statusLine.split(' ')[1]), headers, text: text.slice(headEnd + 4) });
+    });
+  });
+}
+
+/** The problem+json contract of every error the gateway answers: status, type, code, and one request id in header and body. */
+function expectProblem(reply: Reply, status: number, code: string): Problem {
+  expect(reply.status).toBe(status);
+  expect(headerOf(reply, 'content-type')).toBe('application/problem+json');
+  const problem = JSON.parse(reply.text) as Problem;
+  expect(problem).toMatchObject({ status, code, type: `urn:koa-gateway:problem:${code}` });
+  expect(problem.requestId).toEqual(expect.any(String));
+  expect(problem.requestId).toBe(headerOf(reply, HEADER.requestId));
+  return problem;
+}
+
+describe('hostile input at the gateway', () => {
+  let stack: TestStack;
+  let bob: string;
+  let url: string;
+  let rowCount = 0;
+  /** A well-formed client request id, unique per row, to find what (if anything) reached a service. */
+  const nextRequestId = () => `hostile-${++rowCount}`;
+
+  beforeAll(async () => {
+    // Limits raised so that the many rows below measure the guards, not the rate limiter (tested elsewhere).
+    const shippedAuth = shippedConfigFile().auth as Record<string, unknown>;
+    stack = await startStack({ env: { RATE_LIMIT_MAX: '100000' }, overrides: { auth: { ...shippedAuth, loginRateLimit: { max: 1000, windowMs: 60_000 } } } });
+    url = stack.gateway.url;
+    bob = await login(url, 'bob@example.com', 'builder');
+  });
+  afterAll(() => stack.close());
+
+  const reached = () => stack.serviceRequests().length;
+  const seenWithRequestId = (requestId: string): RecordedRequest[] => stack.serviceRequests().filter((request) => request.headers[HEADER.requestId] === requestId);
+
+  /** After each hostile row: the gateway still routes, authenticates and proxies an ordinary request. */
+  async function expectStillServing(origin = url): Promise<void> {
+    const reply = await send(origin, '/api/users/2', { headers: { authorization: `Bearer ${bob}` } });
+    expect(reply.status).toBe(200);
+    expect(JSON.parse(reply.text)).toMatchObject({ id: '2', email: 'bob@example.com' });
+  }
+
+  describe('forged and broken tokens', () => {
+    it.each([
+      { desc: 'no Authorization header', authorization: async () => undefined, code: 'missing_token' },
+      { desc: 'an empty Authorization header', authorization: async () => '', code: 'missing_token' },
+      { desc: 'a Basic credential', authorization: async () => `Basic ${Buffer.from('alice@example.com:wonderland').toString('base64')}`, code: 'invalid_token' },
+      { desc: 'Bearer with nothing after it', authorization: async () => 'Bearer ', code: 'invalid_token' },
+      { desc: 'Bearer with garbage', authorization: async () => 'Bearer not-a-jwt', code: 'invalid_token' },
+      { desc: 'Bearer with three garbage parts', authorization: async () => 'Bearer aaa.bbb.ccc', code: 'invalid_token' },
+      { desc: 'a real token after two spaces', authorization: async () => `Bearer  ${bob}`, code: 'invalid_token' },
+      { desc: 'an unsigned alg: none token', authorization: async () => `Bearer ${unsignedToken()}`, code: 'invalid_token' },
+      { desc: 'an HS256 token signed with the wrong secret', authorization: async () => `Bearer ${await signToken({ secret: 'not-the-gateway-secret-but-just-as-long' })}`, code: 'invalid_token' },
+      { desc: 'an expired token', authorization: async () => `Bearer ${await signToken({ expiresInSeconds: -3600 })}`, code: 'invalid_token' },
+      { desc: 'a token from another issuer', authorization: async () => `Bearer ${await signToken({ issuer: 'evil-issuer' })}`, code: 'invalid_token' },
+      { desc: 'a token for another audience', authorization: async () => `Bearer ${await signToken({ audience: 'another-api' })}`, code: 'invalid_token' },
+      { desc: 'a token without sub', authorization: async () => `Bearer ${await signToken({ subject: null })}`, code: 'invalid_token' },
+      { desc: 'an HS512 token with the right secret (algorithm not allowed)', authorization: async () => `Bearer ${await signToken({ alg: 'HS512', secret: TEST_JWT_SECRET })}`, code: 'invalid_token' },
+      { desc: 'an RS256 token (algorithm confusion)', authorization: async () => `Bearer ${await rs256Token()}`, code: 'invalid_token' },
+    ])('answers $desc with 401 $code, reaching no service', async ({ authorization, code }) => {
+      const value = await authorization();
+      const before = reached();
+      const reply = await send(url, '/api/orders', { headers: value === undefined ? {} : { authorization: value } });
+      expectProblem(reply, 401, code);
+      const challenge = headerOf(reply, HEADER.wwwAuthenticate);
+      if (code === 'missing_token') {
+        expect(challenge).toBe('Bearer realm="koa-gateway"');
+      } else {
+        expect(challenge).toMatch(/^Bearer realm="koa-gateway", /);
+        expect(challenge).toContain('error="invalid_token"');
+      }
+      expect(reached()).toBe(before);
+      await expectStillServing();
+    });
+  });
+
+  describe('forged identity headers', () => {
+    const forgeries: { desc: string; headers: Record<string, string> }[] = [
+      { desc: 'X-User-Id: 1', headers: { 'X-User-Id': '1' } },
+      { desc: 'X-User-Role: admin', headers: { 'X-User-Role': 'admin' } },
+      { desc: 'X-User-Email of another user', headers: { 'X-User-Email': 'alice@example.com' } },
+      { desc: 'X-User-Anything', headers: { 'X-User-Anything': 'mallory' } },
+      { desc: 'X-Gateway-Whatever', headers: { 'X-Gateway-Whatever': 'mallory' } },
+      { desc: 'X-Gateway-Timestamp from the past', headers: { 'X-Gateway-Timestamp': '1999-01-01T00:00:00.000Z' } },
+    ];
+
+    /** Every `x-user-*` / `x-gateway-*` header a service saw must be the gateway's own. */
+    function expectOnlyGatewayValues(seen: RecordedRequest, forged: Record<string, string>, identity: Record<string, string> | undefined): void {
+      const owned = Object.keys(seen.headers).filter((name) => name.startsWith('x-user-') || name.startsWith('x-gateway-'));
+      const expected = [HEADER.gatewayTimestamp, ...(identity ? Object.keys(identity) : [])];
+      expect(owned.sort()).toEqual(expected.sort());
+      if (identity) expect(seen.headers).toMatchObject(identity);
+      const stamped = Date.parse(String(seen.headers[HEADER.gatewayTimestamp]));
+      expect(Math.abs(Date.now() - stamped)).toBeLessThan(60_000);
+      for (const [name, value] of Object.entries(forged)) {
+        const sawValue = seen.headers[name.toLowerCase()];
+        if (identity && name.toLowerCase() in identity) expect(sawValue).toBe(identity[name.toLowerCase()]);
+        else if (name.toLowerCase() !== HEADER.gatewayTimestamp) expect(sawValue).toBeUndefined();
+        else expect(sawValue).not.toBe(value);
+      }
+    }
+
+    it.each(forgeries)('strips $desc on the public register route: the service sees no identity at all', async ({ headers }) => {
+      const requestId = nextRequestId();
+      const reply = await send(url, '/api/auth/register', {
+        method: 'POST',
+        headers: { ...headers, 'content-type': 'application/json', [HEADER.requestId]: requestId },
+        body: JSON.stringify({ name: 'Mallory', email: `mallory-${requestId}@example.com`, password: 'long enough' }),
+      });
+      expect(reply.status).toBe(201);
+      expect(JSON.parse(reply.text)).toMatchObject({ role: 'user' });
+      const seen = seenWithRequestId(requestId);
+      expect(seen).toHaveLength(1);
+      expectOnlyGatewayValues(seen[0]!, headers, undefined);
+      await expectStillServing();
+    });
+
+    it.each(forgeries)('replaces $desc on an authenticated route with the identity from Bob’s token', async ({ headers }) => {
+      const requestId = nextRequestId();
+      const reply = await send(url, '/api/users/2', { headers: { ...headers, authorization: `Bearer ${bob}`, [HEADER.requestId]: requestId } });
+      expect(reply.status).toBe(200);
+      const seen = seenWithRequestId(requestId);
+      expect(seen).toHaveLength(1);
+      expectOnlyGatewayValues(seen[0]!, headers, { [HEADER.userId]: '2', [HEADER.userRole]: 'user', [HEADER.userEmail]: 'bob@example.com' });
+      await expectStillServing();
+    });
+
+    it('reads no one else’s profile with a forged X-User-Id: Bob asking for user 1 is still Bob', async () => {
+      const reply = await send(url, '/api/users/1', { headers: { authorization: `Bearer ${bob}`, 'X-User-Id': '1', 'X-User-Role': 'admin' } });
+      expect(reply.status).toBe(403);
+    });
+  });
+
+  describe('spoofed forwarding headers', () => {
+    it.each([
+      { desc: 'X-Forwarded-For: 6.6.6.6', headers: { 'X-Forwarded-For': '6.6.6.6' } },
+      { desc: 'X-Forwarded-For with a chain', headers: { 'X-Forwarded-For': '6.6.6.6, 10.0.0.1' } },
+      { desc: 'Forwarded: for=6.6.6.6', headers: { Forwarded: 'for=6.6.6.6;proto=https;host=evil.example' } },
+      { desc: 'X-Real-IP: 6.6.6.6', headers: { 'X-Real-IP': '6.6.6.6' } },
+      { desc: 'X-Forwarded-Host and -Proto', headers: { 'X-Forwarded-Host': 'evil.example', 'X-Forwarded-Proto': 'https', 'X-Forwarded-Port': '6666' } },
+    ])('never lets $desc reach the service: it sees only the gateway’s view of the peer', async ({ headers }) => {
+      const requestId = nextRequestId();
+      const reply = await send(url, '/api/users/2', { headers: { ...headers, authorization: `Bearer ${bob}`, [HEADER.requestId]: requestId } });
+      expect(reply.status).toBe(200);
+      const seen = seenWithRequestId(requestId);
+      expect(seen).toHaveLength(1);
+      const seenHeaders = seen[0]!.headers;
+      expect(seenHeaders['x-forwarded-for']).toBe('127.0.0.1');
+      expect(seenHeaders['x-forwarded-proto']).toBe('http');
+      expect(seenHeaders['x-forwarded-host']).toBe(new URL(url).host);
+      expect(seenHeaders.forwarded).toBeUndefined();
+      expect(seenHeaders['x-real-ip']).toBeUndefined();
+      expect(JSON.stringify(seenHeaders)).not.toMatch(/6\.6\.6\.6|evil\.example|6666/);
+      await expectStillServing();
+    });
+  });
+
+  describe('path tricks', () => {
+    it.each([
+      { desc: 'a plain dot-dot segment', path: '/api/users/../orders' },
+      { desc: 'a trailing dot-dot segment', path: '/api/users/1/..' },
+      { desc: 'a single-dot segment', path: '/api/users/./1' },
+      { desc: 'percent-encoded dots (lower case)', path: '/api/users/%2e%2e/orders' },
+      { desc: 'percent-encoded dots (upper case)', path: '/api/users/%2E%2E/orders' },
+      { desc: 'one plain and one encoded dot', path: '/api/users/.%2e/orders' },
+      { desc: 'a single encoded dot segment', path: '/api/users/%2e/1' },
+      { desc: 'double-encoded dots', path: '/api/users/%252e%252e/orders' },
+      { desc: 'an encoded slash after dots', path: '/api/users/..%2forders' },
+      { desc: 'encoded slashes around dots', path: '/api/users%2f..%2forders' },
+      { desc: 'an encoded slash in upper case', path: '/api/users%2F1' },
+      { desc: 'double-encoded slash', path: '/api/users/1%252forders' },
+      { desc: 'an empty segment', path: '/api/users//1' },
+      { desc: 'a leading double slash', path: '//api/users/1' },
+      { desc: 'a NUL byte', path: '/api/users/1%00' },
+      { desc: 'an encoded CR LF', path: '/api/users/1%0d%0aX-Injected:%20yes' },
+      { desc: 'overlong UTF-8 dots', path: '/api/users/%c0%ae%c0%ae/orders' },
+      { desc: 'malformed percent-encoding', path: '/api/users/%zz' },
+      { desc: 'a truncated UTF-8 sequence', path: '/api/users/%e2%82' },
+      { desc: 'backslashes', path: '/api/users\\..\\orders' },
+      { desc: 'encoded backslashes', path: '/api/users/%5c..%5corders' },
+    ])('refuses $desc ($path) with 400 bad_path, reaching no service', async ({ path }) => {
+      const before = reached();
+      const reply = await send(url, path, { headers: { authorization: `Bearer ${bob}` } });
+      expectProblem(reply, 400, 'bad_path');
+      expect(reached()).toBe(before);
+      await expectStillServing();
+    });
+
+    it.each([
+      { desc: 'a longer first segment', path: '/api/usersX/1' },
+      { desc: 'an upper-case prefix', path: '/API/users/1' },
+      { desc: 'a shorter segment', path: '/api/user' },
+      { desc: 'an encoded space after the prefix', path: '/api/users%20/1' },
+      { desc: 'the bare /api', path: '/api' },
+      { desc: 'the root', path: '/' },
+      { desc: 'an unknown route', path: '/admin/secrets' },
+      { desc: 'the services’ internal paths', path: '/internal/credentials/verify' },
+      { desc: 'a path below the exact register route', path: '/api/auth/register/extra' },
+    ])('answers $desc ($path) with 404 route_not_found, reaching no service', async ({ path }) => {
+      const before = reached();
+      const reply = await send(url, path, { headers: { authorization: `Bearer ${bob}` } });
+      expectProblem(reply, 404, 'route_not_found');
+      expect(reached()).toBe(before);
+      await expectStillServing();
+    });
+  });
+
+  describe('wrong methods on routes the gateway restricts', () => {
+    it.each([
+      { desc: 'GET on login', method: 'GET', path: '/api/auth/login' },
+      { desc: 'PUT on login', method: 'PUT', path: '/api/auth/login' },
+      { desc: 'GET on register', method: 'GET', path: '/api/auth/register' },
+      { desc: 'DELETE on register', method: 'DELETE', path: '/api/auth/register' },
+    ])('answers $desc with 405 and Allow: POST, reaching no service', async ({ method, path }) => {
+      const before = reached();
+      const reply = await send(url, path, { method });
+      expectProblem(reply, 405, 'method_not_allowed');
+      expect(headerOf(reply, 'allow')).toBe('POST');
+      expect(reached()).toBe(before);
+      await expectStillServing();
+    });
+  });
+
+  describe('the request id', () => {
+    it.each([
+      { desc: 'a 10 KB value', value: 'a'.repeat(10 * 1024) },
+      { desc: 'one character over the 128 limit', value: 'b'.repeat(129) },
+      { desc: 'a value with spaces', value: 'id with spaces' },
+      { desc: 'a value with quotes', value: '"quoted"\'id\'' },
+      { desc: 'a script tag', value: '<script>alert(1)</script>' },
+      { desc: 'a JSON fragment', value: '{"injected":true}' },
+      { desc: 'an empty value', value: '' },
+      { desc: 'two X-Request-Id headers', value: ['first-id', 'second-id'] },
+    ])('replaces $desc with a minted 32-hex id, echoed and forwarded, never the hostile one', async ({ value }) => {
+      const hostile = Array.isArray(value) ? value : [value];
+      // A proxied request: the service must see the minted id, not the hostile one.
+      const proxied = await send(url, '/api/users/2', { headers: { authorization: `Bearer ${bob}`, [HEADER.requestId]: value } });
+      expect(proxied.status).toBe(200);
+      const minted = headerOf(proxied, HEADER.requestId);
+      expect(minted).toMatch(MINTED_REQUEST_ID);
+      expect(seenWithRequestId(minted!)).toHaveLength(1);
+      // An error the gateway answers: header and body carry the same fresh id.
+      const failed = await send(url, '/api/nowhere', { headers: { [HEADER.requestId]: value } });
+      const problem = expectProblem(failed, 404, 'route_not_found');
+      expect(problem.requestId).toMatch(MINTED_REQUEST_ID);
+      expect(problem.requestId).not.toBe(minted);
+      for (const reply of [proxied, failed]) {
+        for (const part of hostile.filter((text) => text !== '')) {
+          expect(headerOf(reply, HEADER.requestId)).not.toBe(part);
+          expect(JSON.stringify(reply.headers)).not.toContain(part.slice(0, 100));
+          expect(reply.text).not.toContain(part.slice(0, 100));
+        }
+      }
+      await expectStillServing();
+    });
+
+    it('echoes a well-formed client id (abc-123_X.y:z) and forwards it to the service', async () => {
+      const id = 'abc-123_X.y:z';
+      const proxied = await send(url, '/api/users/2', { headers: { authorization: `Bearer ${bob}`, [HEADER.requestId]: id } });
+      expect(proxied.status).toBe(200);
+      expect(headerOf(proxied, HEADER.requestId)).toBe(id);
+      expect(seenWithRequestId(id).map((request) => request.url)).toEqual(['/users/2']);
+      const failed = await send(url, '/api/nowhere', { headers: { [HEADER.requestId]: id } });
+      expect(expectProblem(failed, 404, 'route_not_found').requestId).toBe(id);
+    });
+  });
+
+  describe('login bodies', () => {
+    it.each([
+      { desc: 'a text/plain content type', contentType: 'text/plain', body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }), status: 415, code: 'unsupported_media_type' },
+      { desc: 'a form-encoded body', contentType: 'application/x-www-form-urlencoded', body: 'email=alice%40example.com&password=wonderland', status: 415, code: 'unsupported_media_type' },
+      { desc: 'no content type', contentType: undefined, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }), status: 415, code: 'unsupported_media_type' },
+      { desc: 'malformed JSON', contentType: 'application/json', body: '{"email": "alice@example.com", "password": ', status: 400, code: 'bad_request' },
+      { desc: 'a body over 16 KiB', contentType: 'application/json', body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland', padding: 'p'.repeat(16 * 1024) }), status: 413, code: 'payload_too_large' },
+      { desc: 'a missing password', contentType: 'application/json', body: JSON.stringify({ email: 'alice@example.com' }), status: 400, code: 'invalid_body' },
+      { desc: 'an empty password', contentType: 'application/json', body: JSON.stringify({ email: 'alice@example.com', password: '' }), status: 400, code: 'invalid_body' },
+      { desc: 'a non-string password', contentType: 'application/json', body: JSON.stringify({ email: 'alice@example.com', password: { $ne: '' } }), status: 400, code: 'invalid_body' },
+      { desc: 'a JSON array', contentType: 'application/json', body: JSON.stringify(['alice@example.com', 'wonderland']), status: 400, code: 'invalid_body' },
+    ])('answers login with $desc with $status $code, without asking user-service', async ({ contentType, body, status, code }) => {
+      const before = reached();
+      const reply = await send(url, '/api/auth/login', { method: 'POST', headers: contentType === undefined ? {} : { 'content-type': contentType }, body });
+      const problem = expectProblem(reply, status, code);
+      expect(problem.detail).not.toContain('wonderland');
+      expect(reached()).toBe(before);
+      await expectStillServing();
+    });
+  });
+
+  /**
+   * What Node's HTTP parser refuses never reaches Koa; `runServer` (otel/lifecycle.ts) answers it. startStack
+   * uses a plain `listen`, so these rows run against the same gateway app served by `runServer` instead.
+   */
+  describe('at the HTTP parser (gateway served by runServer)', () => {
+    let served: RunningServer;
+
+    beforeAll(async () => {
+      const { logger } = memoryLogger('gateway');
+      served = await runServer({ app: createGateway(stack.config, { logger }), name: 'gateway', port: 0, host: '127.0.0.1', logger, drainTimeoutMs: 1000 });
+    });
+    afterAll(() => served.close());
+
+    const host = () => new URL(served.url).host;
+    const get = (extraHeaderLines: string) => `GET /api/users/2 HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\n${extraHeaderLines}Connection: close\r\n\r\n`;
+
+    const rows = [
+      { desc: 'a bare CR inside X-Request-Id', raw: () => get('X-Request-Id: abc\rdef\r\n'), status: 400, code: 'bad_request', hostile: 'abc' },
+      { desc: 'a bare LF inside X-Request-Id', raw: () => get('X-Request-Id: abc\ndef\r\n'), status: 400, code: 'bad_request', hostile: 'abc' },
+      { desc: 'an obs-folded X-Request-Id (CR LF SP)', raw: () => get('X-Request-Id: abc\r\n def\r\n'), status: 400, code: 'bad_request', hostile: 'abc' },
+      { desc: 'a 20 KB cookie', raw: () => get(`Cookie: session=${'c'.repeat(20 * 1024)}\r\n`), status: 431, code: 'headers_too_large', hostile: 'ccccccccccccccccccc' },
+      { desc: 'a garbage request line', raw: () => 'GARBAGE\r\n\r\n', status: 400, code: 'bad_request', hostile: 'GARBAGE' },
+      { desc: 'an unknown HTTP version', raw: () => `GET /api/users/2 HTTP/9.9\r\nHost: ${host()}\r\n\r\n`, status: 400, code: 'bad_request', hostile: '9.9' },
+      { desc: 'a header line without a colon', raw: () => get('NoColonHere\r\n'), status: 400, code: 'bad_request', hostile: 'NoColonHere' },
+      { desc: 'whitespace before a header colon', raw: () => get('X-Request-Id : abc\r\n'), status: 400, code: 'bad_request', hostile: 'abc' },
+      {
+        desc: 'both Content-Length and Transfer-Encoding (request smuggling)',
+        raw: () => `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: smuggled-marker\r\nContent-Type: application/json\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/users/1 HTTP/1.1\r\nHost: ${host()}\r\n\r\n`,
+        status: 400,
+        code: 'bad_request',
+        hostile: 'smuggled-marker',
+      },
+      { desc: 'two different Content-Length values', raw: () => `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: smuggled-marker\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}`, status: 400, code: 'bad_request', hostile: 'smuggled-marker' },
+    ];
+
+    it.each(rows)('answers $desc with $status problem+json, reaching no service', async ({ raw, status, code, hostile }) => {
+      const before = reached();
+      const reply = await sendRaw(served.url, raw());
+      expect(reply.status).toBe(status);
+      expect(headerOf(reply, 'content-type')).toBe('application/problem+json');
+      expect(JSON.parse(reply.text)).toMatchObject({ status, code });
+      expect(JSON.stringify(reply.headers)).not.toContain(hostile);
+      expect(reached()).toBe(before);
+      await expectStillServing(served.url);
+    });
+
+    // Kept apart from the row above so a missing id does not hide whether the rest held.
+    it.each(rows)('gives the answer to $desc a minted request id, the same in header and body', async ({ raw }) => {
+      const reply = await sendRaw(served.url, raw());
+      const problem = JSON.parse(reply.text) as Partial<Problem>;
+      expect(headerOf(reply, HEADER.requestId)).toMatch(MINTED_REQUEST_ID);
+      expect(problem.requestId).toBe(headerOf(reply, HEADER.requestId));
+    });
+
+    it('serves an ordinary request through runServer', async () => {
+      await expectStillServing(served.url);
+    });
+  });
+});

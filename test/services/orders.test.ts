@@ -1,0 +1,184 @@
+import { createApp as createNotificationsApp } from '../../services/notifications/app';
+import { createApp as createOrdersApp } from '../../services/orders/app';
+import { createApp as createUsersApp } from '../../services/users/app';
+import { HEADER, SERVICE_NAME } from '../../otel/wire-names';
+import { listen, listenRecording, memoryLogger, type RecordedRequest, type TestServer } from '../helpers/servers';
+
+interface Caller {
+  id: string;
+  role: string;
+  email: string;
+}
+const ALICE: Caller = { id: '1', role: 'admin', email: 'alice@example.com' };
+const BOB: Caller = { id: '2', role: 'user', email: 'bob@example.com' };
+
+interface Order {
+  id: string;
+  userId: string;
+  items: { sku: string; quantity: number }[];
+  status: string;
+  createdAt: string;
+}
+
+/** A loopback origin with nothing listening on it: connections are refused. */
+async function refusedOrigin(): Promise<string> {
+  const server = await listen(() => undefined);
+  await server.close();
+  return server.url;
+}
+
+describe('order-service on its own', () => {
+  let users: TestServer & { requests: RecordedRequest[] };
+  let notifications: TestServer & { requests: RecordedRequest[] };
+  /** Wired to the real users and notifications apps. */
+  let orders: TestServer;
+  /** Its user-service refuses connections. */
+  let ordersWithoutUsers: TestServer;
+  /** Its notification-service refuses connections. */
+  let ordersWithoutNotifications: TestServer;
+  let requestCount = 0;
+  const nextRequestId = () => `orders-test-${++requestCount}`;
+
+  beforeAll(async () => {
+    const quiet = (name: string) => memoryLogger(name).logger;
+    const refused = await refusedOrigin();
+    users = await listenRecording(await createUsersApp({ logger: quiet(SERVICE_NAME.users) }));
+    notifications = await listenRecording(createNotificationsApp({ logger: quiet(SERVICE_NAME.notifications) }));
+    const build = (usersUrl: string, notificationsUrl: string) => listen(createOrdersApp({ logger: quiet(SERVICE_NAME.orders), usersUrl, notificationsUrl }).callback());
+    orders = await build(users.url, notifications.url);
+    ordersWithoutUsers = await build(refused, notifications.url);
+    ordersWithoutNotifications = await build(users.url, refused);
+  });
+  afterAll(async () => {
+    await Promise.all([orders, ordersWithoutUsers, ordersWithoutNotifications, users, notifications].map((server) => server?.close()));
+  });
+
+  async function call(server: TestServer, method: string, path: string, init: { caller?: Caller; json?: unknown; body?: string; contentType?: string; requestId?: string } = {}): Promise<Response> {
+    const headers: Record<string, string> = { [HEADER.requestId]: init.requestId ?? nextRequestId() };
+    if (init.caller) Object.assign(headers, { [HEADER.userId]: init.caller.id, [HEADER.userRole]: init.caller.role, [HEADER.userEmail]: init.caller.email });
+    const body = init.json !== undefined ? JSON.stringify(init.json) : init.body;
+    if (body !== undefined) headers['content-type'] = init.contentType ?? 'application/json';
+    return fetch(`${server.url}${path}`, { method, headers, body });
+  }
+
+  async function expectProblem(response: Response, status: number, code: string, requestId: string): Promise<void> {
+    expect(response.status).toBe(status);
+    expect(response.headers.get('content-type')).toBe('application/problem+json');
+    expect(await response.json()).toMatchObject({ status, code, requestId, service: SERVICE_NAME.orders });
+  }
+
+  async function ordersOf(server: TestServer, caller: Caller): Promise<Order[]> {
+    const response = await call(server, 'GET', '/orders', { caller });
+    expect(response.status).toBe(200);
+    return (await response.json()) as Order[];
+  }
+
+  const dependencyCalls = () => users.requests.length + notifications.requests.length;
+
+  it.each([
+    { desc: 'creating an order', method: 'POST', path: '/orders', json: { items: [{ sku: 'hammer', quantity: 1 }] } },
+    { desc: 'listing orders', method: 'GET', path: '/orders', json: undefined },
+    { desc: 'reading one order', method: 'GET', path: '/orders/some-id', json: undefined },
+  ])('answers 401 missing_identity to $desc without X-User-Id, calling nobody', async ({ method, path, json }) => {
+    const before = dependencyCalls();
+    const requestId = nextRequestId();
+    await expectProblem(await call(orders, method, path, { json, requestId }), 401, 'missing_identity', requestId);
+    expect(dependencyCalls()).toBe(before);
+  });
+
+  it.each([
+    { desc: 'no items field', body: JSON.stringify({}) },
+    { desc: 'an empty item list', body: JSON.stringify({ items: [] }) },
+    { desc: 'items that are not a list', body: JSON.stringify({ items: 'hammer' }) },
+    { desc: 'more than 100 items', body: JSON.stringify({ items: Array.from({ length: 101 }, () => ({ sku: 'nail', quantity: 1 })) }) },
+    { desc: 'a zero quantity', body: JSON.stringify({ items: [{ sku: 'hammer', quantity: 0 }] }) },
+    { desc: 'a negative quantity', body: JSON.stringify({ items: [{ sku: 'hammer', quantity: -1 }] }) },
+    { desc: 'a quantity over 1000', body: JSON.stringify({ items: [{ sku: 'hammer', quantity: 1001 }] }) },
+    { desc: 'a fractional quantity', body: JSON.stringify({ items: [{ sku: 'hammer', quantity: 1.5 }] }) },
+    { desc: 'a quantity given as a string', body: JSON.stringify({ items: [{ sku: 'hammer', quantity: '1' }] }) },
+    { desc: 'a missing sku', body: JSON.stringify({ items: [{ quantity: 1 }] }) },
+    { desc: 'a blank sku', body: JSON.stringify({ items: [{ sku: '   ', quantity: 1 }] }) },
+    { desc: 'a sku over 64 characters', body: JSON.stringify({ items: [{ sku: 's'.repeat(65), quantity: 1 }] }) },
+    { desc: 'a JSON array body', body: JSON.stringify([{ sku: 'hammer', quantity: 1 }]) },
+    { desc: 'a non-JSON body', body: 'items=hammer', contentType: 'text/plain' },
+  ])('refuses $desc with 400 invalid_body before calling user-service', async ({ body, contentType }) => {
+    const before = dependencyCalls();
+    const stored = (await ordersOf(orders, BOB)).length;
+    const requestId = nextRequestId();
+    await expectProblem(await call(orders, 'POST', '/orders', { caller: BOB, body, contentType, requestId }), 400, 'invalid_body', requestId);
+    expect(dependencyCalls()).toBe(before);
+    expect(await ordersOf(orders, BOB)).toHaveLength(stored);
+  });
+
+  it('creates an order after checking the caller with user-service directly, with the same request id and identity', async () => {
+    const requestId = nextRequestId();
+    const response = await call(orders, 'POST', '/orders', { caller: BOB, json: { items: [{ sku: ' hammer ', quantity: 2 }] }, requestId });
+    expect(response.status).toBe(201);
+    expect(response.headers.get(HEADER.requestId)).toBe(requestId);
+    const order = (await response.json()) as Order;
+    expect(order).toEqual({ id: expect.any(String), userId: '2', items: [{ sku: 'hammer', quantity: 2 }], status: 'created', createdAt: expect.any(String) });
+
+    const checks = users.requests.filter((request) => request.headers[HEADER.requestId] === requestId);
+    expect(checks).toHaveLength(1);
+    expect(checks[0]).toMatchObject({ method: 'GET', url: '/users/2' });
+    expect(checks[0]!.headers).toMatchObject({ [HEADER.userId]: '2', [HEADER.userRole]: 'user', [HEADER.userEmail]: 'bob@example.com' });
+  });
+
+  it('tells notification-service about a new order, with the same request id', async () => {
+    const requestId = nextRequestId();
+    const response = await call(orders, 'POST', '/orders', { caller: BOB, json: { items: [{ sku: 'saw', quantity: 1 }] }, requestId });
+    expect(response.status).toBe(201);
+    const order = (await response.json()) as Order;
+
+    const told = notifications.requests.filter((request) => request.headers[HEADER.requestId] === requestId);
+    expect(told).toHaveLength(1);
+    expect(told[0]).toMatchObject({ method: 'POST', url: '/internal/notifications' });
+    const inbox = (await (await call(notifications, 'GET', '/notifications', { caller: BOB })).json()) as { orderId?: string; type: string; userId: string }[];
+    expect(inbox).toContainEqual(expect.objectContaining({ orderId: order.id, type: 'order.created', userId: '2' }));
+  });
+
+  it('lists and reads the caller’s own orders', async () => {
+    const created = (await (await call(orders, 'POST', '/orders', { caller: BOB, json: { items: [{ sku: 'drill', quantity: 1 }] } })).json()) as Order;
+    expect((await ordersOf(orders, BOB)).map((order) => order.id)).toContain(created.id);
+    const read = await call(orders, 'GET', `/orders/${created.id}`, { caller: BOB });
+    expect(read.status).toBe(200);
+    expect(await read.json()).toEqual(created);
+  });
+
+  it('hides another user’s order: 404 order_not_found, and absent from their list', async () => {
+    const bobs = (await (await call(orders, 'POST', '/orders', { caller: BOB, json: { items: [{ sku: 'level', quantity: 1 }] } })).json()) as Order;
+    const requestId = nextRequestId();
+    await expectProblem(await call(orders, 'GET', `/orders/${bobs.id}`, { caller: ALICE, requestId }), 404, 'order_not_found', requestId);
+    expect((await ordersOf(orders, ALICE)).map((order) => order.id)).not.toContain(bobs.id);
+  });
+
+  it('answers 404 order_not_found for an order id that never existed', async () => {
+    const requestId = nextRequestId();
+    await expectProblem(await call(orders, 'GET', '/orders/00000000-0000-0000-0000-000000000000', { caller: BOB, requestId }), 404, 'order_not_found', requestId);
+  });
+
+  it('answers 403 unknown_user when user-service does not know the caller, and stores nothing', async () => {
+    const ghost: Caller = { id: '999', role: 'user', email: 'ghost@example.com' };
+    const requestId = nextRequestId();
+    await expectProblem(await call(orders, 'POST', '/orders', { caller: ghost, json: { items: [{ sku: 'hammer', quantity: 1 }] }, requestId }), 403, 'unknown_user', requestId);
+    expect(await ordersOf(orders, ghost)).toEqual([]);
+    expect(notifications.requests.some((request) => request.headers[HEADER.requestId] === requestId)).toBe(false);
+  });
+
+  it('answers 503 dependency_unavailable when user-service is down, stores no order and notifies nobody', async () => {
+    const told = notifications.requests.length;
+    const requestId = nextRequestId();
+    await expectProblem(await call(ordersWithoutUsers, 'POST', '/orders', { caller: BOB, json: { items: [{ sku: 'hammer', quantity: 1 }] }, requestId }), 503, 'dependency_unavailable', requestId);
+    expect(await ordersOf(ordersWithoutUsers, BOB)).toEqual([]);
+    expect(notifications.requests).toHaveLength(told);
+  });
+
+  it('still creates the order (201) when notification-service is down', async () => {
+    const response = await call(ordersWithoutNotifications, 'POST', '/orders', { caller: BOB, json: { items: [{ sku: 'hammer', quantity: 3 }] } });
+    expect(response.status).toBe(201);
+    const order = (await response.json()) as Order;
+    expect(order).toMatchObject({ userId: '2', status: 'created' });
+    const read = await call(ordersWithoutNotifications, 'GET', `/orders/${order.id}`, { caller: BOB });
+    expect(read.status).toBe(200);
+  });
+});

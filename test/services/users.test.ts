@@ -1,0 +1,203 @@
+import { createApp } from '../../services/users/app';
+import { HEADER, SERVICE_NAME } from '../../otel/wire-names';
+import { listen, memoryLogger, type TestServer } from '../helpers/servers';
+
+/** The identity headers the gateway injects after verifying a token. */
+interface Caller {
+  id: string;
+  role: string;
+  email: string;
+}
+const ALICE: Caller = { id: '1', role: 'admin', email: 'alice@example.com' };
+const BOB: Caller = { id: '2', role: 'user', email: 'bob@example.com' };
+
+function identity(caller: Caller): Record<string, string> {
+  return { [HEADER.userId]: caller.id, [HEADER.userRole]: caller.role, [HEADER.userEmail]: caller.email };
+}
+
+interface Problem {
+  type: string;
+  status: number;
+  code: string;
+  detail: string;
+  requestId?: string;
+  service: string;
+}
+
+describe('user-service on its own', () => {
+  let users: TestServer;
+  let requestCount = 0;
+  const nextRequestId = () => `users-test-${++requestCount}`;
+
+  beforeAll(async () => {
+    users = await listen((await createApp({ logger: memoryLogger(SERVICE_NAME.users).logger })).callback());
+  });
+  afterAll(() => users.close());
+
+  async function call(method: string, path: string, init: { caller?: Caller; json?: unknown; body?: string; contentType?: string; requestId?: string } = {}): Promise<Response> {
+    const headers: Record<string, string> = { [HEADER.requestId]: init.requestId ?? nextRequestId(), ...(init.caller ? identity(init.caller) : {}) };
+    let body: string | undefined = init.body;
+    if (init.json !== undefined) body = JSON.stringify(init.json);
+    if (body !== undefined) headers['content-type'] = init.contentType ?? 'application/json';
+    return fetch(`${users.url}${path}`, { method, headers, body });
+  }
+
+  async function userCount(): Promise<number> {
+    const response = await call('GET', '/users', { caller: ALICE });
+    return ((await response.json()) as unknown[]).length;
+  }
+
+  async function expectProblem(response: Response, status: number, code: string | undefined, requestId: string): Promise<Problem> {
+    expect(response.status).toBe(status);
+    expect(response.headers.get('content-type')).toBe('application/problem+json');
+    const problem = (await response.json()) as Problem;
+    expect(problem).toMatchObject({ status, requestId, service: SERVICE_NAME.users });
+    if (code !== undefined) expect(problem.code).toBe(code);
+    return problem;
+  }
+
+  describe('registration', () => {
+    const valid = { name: 'Dana', email: 'dana@example.com', password: 'long enough' };
+
+    it.each([
+      { desc: 'a missing name', body: JSON.stringify({ email: 'x1@example.com', password: 'long enough' }), contentType: 'application/json', status: 400, code: 'invalid_body' },
+      { desc: 'a blank name', body: JSON.stringify({ name: '   ', email: 'x2@example.com', password: 'long enough' }), contentType: 'application/json', status: 400, code: 'invalid_body' },
+      { desc: 'a name over 100 characters', body: JSON.stringify({ name: 'n'.repeat(101), email: 'x3@example.com', password: 'long enough' }), contentType: 'application/json', status: 400, code: 'invalid_body' },
+      { desc: 'a malformed email', body: JSON.stringify({ name: 'X', email: 'not-an-email', password: 'long enough' }), contentType: 'application/json', status: 400, code: 'invalid_body' },
+      { desc: 'a missing email', body: JSON.stringify({ name: 'X', password: 'long enough' }), contentType: 'application/json', status: 400, code: 'invalid_body' },
+      { desc: 'a password under 8 characters', body: JSON.stringify({ name: 'X', email: 'x4@example.com', password: 'short' }), contentType: 'application/json', status: 400, code: 'invalid_body' },
+      { desc: 'a password over 128 characters', body: JSON.stringify({ name: 'X', email: 'x5@example.com', password: 'p'.repeat(129) }), contentType: 'application/json', status: 400, code: 'invalid_body' },
+      { desc: 'a password that is not a string', body: JSON.stringify({ name: 'X', email: 'x6@example.com', password: 12345678 }), contentType: 'application/json', status: 400, code: 'invalid_body' },
+      { desc: 'a JSON array instead of an object', body: '[]', contentType: 'application/json', status: 400, code: 'invalid_body' },
+      { desc: 'a non-JSON body (text/plain)', body: 'name=X&email=x7@example.com&password=long enough', contentType: 'text/plain', status: 400, code: 'invalid_body' },
+      { desc: 'a form-encoded body', body: 'name=X&email=x8%40example.com&password=long+enough', contentType: 'application/x-www-form-urlencoded', status: 400, code: 'invalid_body' },
+      { desc: 'malformed JSON', body: '{"name": "X", "email": ', contentType: 'application/json', status: 400, code: 'bad_request' },
+      { desc: 'a body over the 1 MiB limit', body: JSON.stringify({ name: 'X', email: 'x9@example.com', password: 'long enough', padding: 'p'.repeat(1024 * 1024) }), contentType: 'application/json', status: 413, code: undefined },
+    ])('refuses $desc with $status problem+json and stores nobody', async ({ body, contentType, status, code }) => {
+      const before = await userCount();
+      const requestId = nextRequestId();
+      await expectProblem(await call('POST', '/users', { body, contentType, requestId }), status, code, requestId);
+      expect(await userCount()).toBe(before);
+    });
+
+    it('registers a valid user as role user and answers 201 with the public profile', async () => {
+      const response = await call('POST', '/users', { json: valid });
+      expect(response.status).toBe(201);
+      const user = (await response.json()) as Record<string, unknown>;
+      expect(user).toEqual({ id: expect.any(String), name: 'Dana', email: 'dana@example.com', role: 'user', createdAt: expect.any(String) });
+    });
+
+    it('ignores a role in the registration body: nobody registers as admin', async () => {
+      const response = await call('POST', '/users', { json: { name: 'Eve', email: 'eve@example.com', password: 'long enough', role: 'admin' } });
+      expect(response.status).toBe(201);
+      expect(await response.json()).toMatchObject({ role: 'user' });
+    });
+
+    it.each([
+      { desc: 'the same email', email: 'frank@example.com' },
+      { desc: 'the same email in other letter case', email: 'FRANK@Example.COM' },
+      { desc: 'a demo account email', email: 'alice@example.com', first: false },
+    ])('answers 409 email_taken for $desc', async ({ email, first = true }) => {
+      if (first) await call('POST', '/users', { json: { name: 'Frank', email: 'frank@example.com', password: 'long enough' } });
+      const before = await userCount();
+      const requestId = nextRequestId();
+      await expectProblem(await call('POST', '/users', { json: { name: 'Frank again', email, password: 'another one' }, requestId }), 409, 'email_taken', requestId);
+      expect(await userCount()).toBe(before);
+    });
+  });
+
+  it('never puts the password, its hash or its salt in any response', async () => {
+    const password = 'Sup3r-Secret-Passw0rd!';
+    const texts: string[] = [];
+    const register = await call('POST', '/users', { json: { name: 'Grace', email: 'grace@example.com', password } });
+    texts.push(await register.text());
+    const { id } = JSON.parse(texts[0]!) as { id: string };
+    const grace: Caller = { id, role: 'user', email: 'grace@example.com' };
+    for (const response of [
+      await call('POST', '/users', { json: { name: 'Grace', email: 'grace@example.com', password } }),
+      await call('GET', '/users', { caller: ALICE }),
+      await call('GET', `/users/${id}`, { caller: grace }),
+      await call('GET', `/users/${id}`, { caller: ALICE }),
+      await call('POST', '/internal/credentials/verify', { json: { email: 'grace@example.com', password } }),
+      await call('POST', '/internal/credentials/verify', { json: { email: 'grace@example.com', password: `${password}x` } }),
+    ]) {
+      texts.push(await response.text());
+    }
+    for (const text of texts) {
+      expect(text).not.toContain(password);
+      expect(text).not.toMatch(/"(password|passwordHash|salt|hash)"/);
+    }
+  });
+
+  describe('listing users', () => {
+    it('lists every user, without secrets, for an admin', async () => {
+      const response = await call('GET', '/users', { caller: ALICE });
+      expect(response.status).toBe(200);
+      const list = (await response.json()) as Record<string, unknown>[];
+      expect(list).toEqual(expect.arrayContaining([expect.objectContaining({ id: '1', email: 'alice@example.com', role: 'admin' }), expect.objectContaining({ id: '2', email: 'bob@example.com', role: 'user' })]));
+      for (const user of list) expect(Object.keys(user).sort()).toEqual(['createdAt', 'email', 'id', 'name', 'role']);
+    });
+
+    it.each([
+      { desc: 'a caller with role user', caller: BOB, status: 403, code: 'forbidden' },
+      { desc: 'a caller with an unknown role', caller: { ...BOB, role: 'superuser' }, status: 403, code: 'forbidden' },
+      { desc: 'a request without identity headers', caller: undefined, status: 401, code: 'missing_identity' },
+    ])('refuses $desc with $status', async ({ caller, status, code }) => {
+      const requestId = nextRequestId();
+      const problem = await expectProblem(await call('GET', '/users', { caller, requestId }), status, code, requestId);
+      expect(JSON.stringify(problem)).not.toContain('alice@example.com');
+    });
+  });
+
+  describe('reading one user', () => {
+    it.each([
+      { desc: 'a user reads their own profile', caller: BOB, id: '2', status: 200 },
+      { desc: 'an admin reads another profile', caller: ALICE, id: '2', status: 200 },
+      { desc: 'an admin reads their own profile', caller: ALICE, id: '1', status: 200 },
+    ])('answers 200 when $desc', async ({ caller, id, status }) => {
+      const response = await call('GET', `/users/${id}`, { caller });
+      expect(response.status).toBe(status);
+      expect(await response.json()).toMatchObject({ id });
+    });
+
+    it.each([
+      { desc: 'a user reads another profile', caller: BOB, id: '1', status: 403, code: 'forbidden' },
+      { desc: 'a user probes an unknown id', caller: BOB, id: '999', status: 403, code: 'forbidden' },
+      { desc: 'an admin reads an unknown id', caller: ALICE, id: '999', status: 404, code: 'user_not_found' },
+      { desc: 'there are no identity headers', caller: undefined, id: '1', status: 401, code: 'missing_identity' },
+    ])('answers $status $code when $desc', async ({ caller, id, status, code }) => {
+      const requestId = nextRequestId();
+      await expectProblem(await call('GET', `/users/${id}`, { caller, requestId }), status, code, requestId);
+    });
+  });
+
+  describe('the credential check the gateway calls', () => {
+    it.each([
+      { desc: 'the right password', json: { email: 'alice@example.com', password: 'wonderland' } },
+      { desc: 'the right password and the email in other letter case', json: { email: 'Alice@Example.com', password: 'wonderland' } },
+    ])('answers 200 with id, email and role for $desc', async ({ json }) => {
+      const response = await call('POST', '/internal/credentials/verify', { json });
+      expect(response.status).toBe(200);
+      expect(await response.json()).toEqual({ id: '1', email: 'alice@example.com', role: 'admin' });
+    });
+
+    it.each([
+      { desc: 'a wrong password', json: { email: 'alice@example.com', password: 'wonderlanD' }, status: 401, code: 'invalid_credentials' },
+      { desc: 'an unknown email', json: { email: 'nobody@example.com', password: 'wonderland' }, status: 401, code: 'invalid_credentials' },
+      { desc: 'an empty password', json: { email: 'alice@example.com', password: '' }, status: 401, code: 'invalid_credentials' },
+      { desc: 'a missing password', json: { email: 'alice@example.com' }, status: 400, code: 'invalid_body' },
+      { desc: 'a password that is not a string', json: { email: 'alice@example.com', password: ['wonderland'] }, status: 400, code: 'invalid_body' },
+    ])('answers $status $code for $desc', async ({ json, status, code }) => {
+      const requestId = nextRequestId();
+      const problem = await expectProblem(await call('POST', '/internal/credentials/verify', { json, requestId }), status, code, requestId);
+      expect(JSON.stringify(problem)).not.toContain('wonderland');
+    });
+  });
+
+  it('echoes the request id on success and answers its own health check', async () => {
+    const response = await call('GET', '/health', { requestId: 'users-health-1' });
+    expect(response.status).toBe(200);
+    expect(response.headers.get(HEADER.requestId)).toBe('users-health-1');
+    expect(await response.json()).toEqual({ status: 'ok', service: SERVICE_NAME.users });
+  });
+});
