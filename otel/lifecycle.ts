@@ -66,12 +66,15 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
       const drained = new Promise<void>((resolve) => server.close(() => resolve()));
+      // Keep-alive connections become idle as their last response ends; close each as soon as it does.
       server.closeIdleConnections();
+      const idleSweep = setInterval(() => server.closeIdleConnections(), 100);
       const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<void>((resolve) => (timer = setTimeout(resolve, drainTimeoutMs)));
       await Promise.race([drained, timedOut]);
       clearTimeout(timer);
+      clearInterval(idleSweep);
       server.closeAllConnections();
       await options.onShutdown?.();
     })());
