@@ -1,0 +1,36 @@
+# One image for all four processes: the gateway and the three services. docker-compose.yml runs it four
+# times with a different command; the default command starts the gateway.
+#
+# node:24.21.0-bookworm-slim: Node 24 LTS (package.json engines: >=22.15.0; .nvmrc: 24), glibc, no curl/wget
+# (health checks call node itself). Keep the three FROM lines on the same tag.
+
+# --- build: all dependencies, compile TypeScript to dist/ ------------------------------------------------
+FROM node:24.21.0-bookworm-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json .npmrc ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+COPY services ./services
+COPY otel ./otel
+RUN npm run build
+
+# --- deps: production dependencies only, from the committed lock file --------------------------------------
+FROM node:24.21.0-bookworm-slim AS deps
+WORKDIR /app
+COPY package.json package-lock.json .npmrc ./
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+
+# --- runtime -------------------------------------------------------------------------------------------------
+FROM node:24.21.0-bookworm-slim AS runtime
+ENV NODE_ENV=production
+WORKDIR /app
+# Owned by root and only readable by the app user: the process cannot rewrite its own code.
+COPY --from=deps /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+COPY package.json gateway.config.json ./
+# `node` (uid 1000) ships with the official image.
+USER node
+EXPOSE 3000 4001 4002 4003
+# The telemetry bootstrap is preloaded so http, koa and winston are patched before the app requires them.
+CMD ["node", "--require", "./dist/otel/register.js", "dist/src/main.js"]
