@@ -38,6 +38,7 @@ export const ATTR = {
   upstreamService: 'gateway.upstream.service',
   upstreamUrl: 'gateway.upstream.url',
   upstreamOutcome: 'gateway.upstream.outcome',
+  upstreamAttempts: 'gateway.upstream.attempts',
   errorCode: 'gateway.error.code',
   rateLimitDecision: 'gateway.rate_limit.decision',
 } as const;

@@ -119,7 +119,17 @@ const configSchema = z
       })
       .prefault({}),
     /** Upstream services by key; routes name them. */
-    services: z.record(z.string().regex(/^[a-z][a-z0-9-]*$/), z.strictObject({ url: serviceUrl })),
+    services: z.record(
+      z.string().regex(/^[a-z][a-z0-9-]*$/),
+      z.strictObject({
+        /** One origin, or several to balance round robin (env: comma-separated). */
+        url: z.union([serviceUrl, z.array(serviceUrl).nonempty()]),
+        /** Passive health: consecutive connection failures (refused, reset, timeout) that eject an instance. Default 3. */
+        ejectAfterFailures: z.int().positive().default(3),
+        /** How long an ejected instance gets no traffic, ms. Default 10 s. */
+        ejectMs: z.int().positive().default(10_000),
+      }),
+    ),
     routes: z.array(routeSchema).nonempty(),
   })
   .superRefine((config, ctx) => {
@@ -226,7 +236,10 @@ export function parseConfig(file: unknown, env: Env = {}): GatewayConfig {
   const merged = structuredClone(file) as Record<string, unknown>;
   for (const [name, keyPath] of Object.entries(ENV_OVERRIDES)) {
     const raw = env[name];
-    if (raw !== undefined && raw !== '') setPath(merged, keyPath, envValue(raw));
+    if (raw === undefined || raw === '') continue;
+    // A service URL variable may list several instances: `http://a:4001,http://b:4001`.
+    const value = keyPath.endsWith('.url') && raw.includes(',') ? raw.split(',').map((url) => url.trim()) : envValue(raw);
+    setPath(merged, keyPath, value);
   }
   const result = configSchema.safeParse(merged, { reportInput: true });
   if (!result.success) {

@@ -20,6 +20,7 @@ import { createTracing } from './middleware/tracing';
 import { createStripOwnedHeaders } from './middleware/strip-owned-headers';
 import { compileRoutes } from './routes';
 import { createTokenService } from './tokens';
+import { createUpstreamPools } from './upstream-pool';
 import { GatewayError } from './errors';
 
 export interface GatewayDependencies {
@@ -37,9 +38,9 @@ export interface GatewayDependencies {
  */
 export function createGateway(config: GatewayConfig, { logger, redis, tracer = trace.getTracer('koa-gateway') }: GatewayDependencies): Koa {
   const app = new Koa({ proxy: config.trustProxy });
-  const routes = compileRoutes(config);
+  const pools = createUpstreamPools(config.services);
+  const routes = compileRoutes(config, pools);
   const tokens = createTokenService(config.auth);
-  const serviceOrigins = Object.fromEntries(Object.entries(config.services).map(([name, { url }]) => [name, url]));
 
   if (config.rateLimit.redisUrl && !redis) throw new Error('rateLimit.redisUrl is set but no Redis client was passed to createGateway');
   const store: RateLimitStore = redis
@@ -54,8 +55,8 @@ export function createGateway(config: GatewayConfig, { logger, redis, tracer = t
   // Case-sensitive and strict, like the route table: `/HEALTH` and `/api/auth/login/` are not these.
   const ownEndpoints = new Router({ sensitive: true, strict: true })
     .get('/health', createHealth())
-    .get('/ready', createReadiness({ services: serviceOrigins }))
-    .post(config.auth.loginPath, (ctx, next) => loginLimiter.check(ctx, next), ...createLogin({ tokens, tracer, usersUrl: config.services.users!.url, bodyLimitBytes: config.auth.loginBodyLimitBytes }))
+    .get('/ready', createReadiness({ pools }))
+    .post(config.auth.loginPath, (ctx, next) => loginLimiter.check(ctx, next), ...createLogin({ tokens, tracer, users: pools.get('users')!, bodyLimitBytes: config.auth.loginBodyLimitBytes }))
     .all(config.auth.loginPath, () => {
       throw new GatewayError('method_not_allowed', 'Login accepts POST only.', { headers: { Allow: 'POST' } });
     });

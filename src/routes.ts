@@ -1,12 +1,13 @@
 import type { GatewayConfig, RateLimitConfig, RouteConfig } from './config';
+import type { UpstreamPool } from './upstream-pool';
 
 /** A route with everything derived once at startup, so matching does no parsing per request. */
 export interface CompiledRoute {
   readonly name: string;
   readonly prefix: string;
   readonly service: string;
-  /** Origin of the service, e.g. `http://127.0.0.1:4001`. */
-  readonly target: string;
+  /** The service's instances. */
+  readonly pool: UpstreamPool;
   readonly upstreamPath: string;
   readonly exact: boolean;
   /** Allowed methods, or undefined for any. */
@@ -41,12 +42,12 @@ export interface RouteTable {
   match(path: string, method: string): RouteMatch | MethodMismatch | undefined;
 }
 
-export function compileRoutes(config: GatewayConfig): RouteTable {
+export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, UpstreamPool>): RouteTable {
   const routes: CompiledRoute[] = config.routes.map((route) => ({
     name: route.name,
     prefix: route.prefix,
     service: route.service,
-    target: new URL(config.services[route.service]!.url).origin,
+    pool: pools.get(route.service)!,
     upstreamPath: route.upstreamPath,
     exact: route.exact,
     methods: route.methods ? new Set(route.methods) : undefined,

@@ -12,6 +12,8 @@ export interface UpstreamCall {
   /** Full upstream URL without the query string (queries can carry secrets). */
   url: string;
   service: string;
+  /** 1 for the first try; retries count up. */
+  attempt?: number;
 }
 
 /** How a call to a service ended; recorded on both the client span and the gateway's server span. */
@@ -29,6 +31,7 @@ export function startUpstreamSpan(tracer: Tracer, call: UpstreamCall, parent: Co
         [ATTR_SERVER_ADDRESS]: target.hostname,
         [ATTR_SERVER_PORT]: Number(target.port || (target.protocol === 'https:' ? 443 : 80)),
         [ATTR.upstreamService]: call.service,
+        ...(call.attempt === undefined ? {} : { [ATTR.upstreamAttempts]: call.attempt }),
       },
     },
     parent,

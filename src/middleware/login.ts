@@ -5,6 +5,7 @@ import { HEADER } from '../../otel/wire-names';
 import type { AuthenticatedUser } from '../context';
 import { GatewayError, upstreamFailure } from '../errors';
 import type { TokenService } from '../tokens';
+import type { UpstreamPool } from '../upstream-pool';
 import { endUpstreamSpan, startUpstreamSpan, traceHeaders } from '../upstream-span';
 
 /** Where user-service checks credentials. Outside `/users`, so no public route can reach it. */
@@ -12,8 +13,8 @@ export const CREDENTIALS_CHECK_PATH = '/internal/credentials/verify';
 
 export interface LoginOptions {
   tokens: TokenService;
-  /** Origin of user-service. */
-  usersUrl: string;
+  /** user-service's instances. */
+  users: UpstreamPool;
   /** Largest accepted body, bytes. */
   bodyLimitBytes: number;
   /** How long user-service may take to check credentials, ms. Default 5000. */
@@ -45,7 +46,6 @@ function isUser(value: unknown): value is AuthenticatedUser {
  * the token. The body is parsed here only; proxied routes must never have their body consumed.
  */
 export function createLogin(options: LoginOptions): Middleware[] {
-  const checkUrl = new URL(CREDENTIALS_CHECK_PATH, options.usersUrl).href;
   const timeoutMs = options.timeoutMs ?? 5000;
   const parseJson = bodyParser({ enableTypes: ['json'], jsonLimit: options.bodyLimitBytes, encoding: 'utf-8' });
 
@@ -56,6 +56,9 @@ export function createLogin(options: LoginOptions): Middleware[] {
 
   async function login(ctx: Parameters<Middleware>[0]) {
     const credentials = readCredentials(ctx.request.body);
+    const instance = options.users.pick();
+    if (!instance) throw new GatewayError('upstream_unavailable', 'No healthy instance of the users service.');
+    const checkUrl = instance.origin + CREDENTIALS_CHECK_PATH;
     const span = startUpstreamSpan(options.tracer, { method: 'POST', url: checkUrl, service: 'users' });
     let response: Response;
     try {
@@ -67,10 +70,13 @@ export function createLogin(options: LoginOptions): Middleware[] {
       });
     } catch (error) {
       const failure = upstreamFailure('users', error);
-      endUpstreamSpan(span, failure.code === 'upstream_timeout' ? 'timeout' : failure.code === 'upstream_refused' ? 'refused' : 'reset', undefined, error);
+      const outcome = failure.code === 'upstream_timeout' ? 'timeout' : failure.code === 'upstream_refused' ? 'refused' : 'reset';
+      endUpstreamSpan(span, outcome, undefined, error);
+      options.users.reportFailure(instance, outcome);
       throw failure;
     }
     endUpstreamSpan(span, 'ok', response.status);
+    options.users.reportSuccess(instance);
     if (response.status === 401) {
       await response.body?.cancel();
       throw new GatewayError('invalid_credentials', 'The email or password is wrong.');

@@ -5,6 +5,7 @@ import type { Middleware } from 'koa';
 import proxy from 'koa-proxies';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { GatewayError, upstreamFailure } from '../errors';
+import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
 
 export interface ProxyOptions {
@@ -20,6 +21,10 @@ export interface ProxyOptions {
 interface Exchange {
   timeoutMs: number;
   service: string;
+  /** Origin of the instance this attempt goes to. */
+  target: string;
+  /** 1 for the first try, 2+ for retries on other instances. */
+  attempt: number;
   /** The request's context (server span, baggage), parent of the client span. */
   context: OtelContext;
   span?: Span;
@@ -49,7 +54,7 @@ export function createProxy(options: ProxyOptions): Middleware {
     proxyReq(proxyReq: http.ClientRequest, req: TrackedRequest) {
       const exchange = req[EXCHANGE]!;
       const url = `${proxyReq.protocol}//${proxyReq.host}${proxyReq.path.split('?')[0]}`;
-      exchange.span = startUpstreamSpan(options.tracer, { method: proxyReq.method, url, service: exchange.service }, exchange.context);
+      exchange.span = startUpstreamSpan(options.tracer, { method: proxyReq.method, url, service: exchange.service, attempt: exchange.attempt }, exchange.context);
       injectTraceHeaders(exchange.span, exchange.context, (name, value) => proxyReq.setHeader(name, value));
       proxyReq.setTimeout(exchange.timeoutMs, () => {
         exchange.timedOut = true;
@@ -82,13 +87,13 @@ export function createProxy(options: ProxyOptions): Middleware {
   };
 
   const forward = proxy('/(.*)', (_params, ctx) => {
-    const route = ctx.state.route!;
+    const { target } = (ctx.req as TrackedRequest)[EXCHANGE]!;
     const upstreamUrl = ctx.state.upstreamPath! + (ctx.querystring ? `?${ctx.querystring}` : '');
     return {
-      target: route.target,
+      target,
       changeOrigin: true,
       xfwd: true,
-      agent: route.target.startsWith('https:') ? httpsAgent : httpAgent,
+      agent: target.startsWith('https:') ? httpsAgent : httpAgent,
       rewrite: () => upstreamUrl,
       events,
     };
@@ -101,37 +106,67 @@ export function createProxy(options: ProxyOptions): Middleware {
     if (declaredLength > options.maxBodyBytes) {
       throw bodyTooLarge(options.maxBodyBytes);
     }
-    const exchange: Exchange = { timeoutMs: route.timeoutMs, service: route.service, context: context.active() };
-    (ctx.req as TrackedRequest)[EXCHANGE] = exchange;
     ctx.req.headers[HEADER.gatewayTimestamp] = new Date().toISOString();
+    const { pool } = route;
+    const serverSpan = trace.getActiveSpan();
+    // A retry resends the request, so only requests without a body that are safe to repeat get one.
+    const maxAttempts = isReplayable(ctx.method, ctx.req.headers) ? Math.min(pool.size, 1 + MAX_RETRIES) : 1;
+    const tried = new Set<UpstreamInstance>();
 
-    let clientClosed = false;
-    try {
-      await forward(ctx, next);
-    } catch {
-      // koa-proxies rejects when the response closes before finishing: either we cut it (upstream died)
-      // or the client went away, which the access log records as 499 and is nobody's error here.
-      clientClosed = !exchange.upstreamAborted && !exchange.failure;
-    }
-    const outcome = outcomeOf(exchange, clientClosed);
-    const upstreamSpan = exchange.span;
-    if (upstreamSpan) endUpstreamSpan(upstreamSpan, outcome, exchange.status, exchange.failure);
-    trace.getActiveSpan()?.setAttributes({ [ATTR.upstreamService]: route.service, [ATTR.upstreamOutcome]: outcome });
+    for (let attempt = 1; ; attempt++) {
+      const instance = pool.pick(tried);
+      if (!instance) {
+        throw new GatewayError('upstream_unavailable', `No healthy instance of the ${route.service} service (${pool.size} ejected after failing).`);
+      }
+      tried.add(instance);
+      const exchange: Exchange = { timeoutMs: route.timeoutMs, service: route.service, target: instance.origin, attempt, context: context.active() };
+      (ctx.req as TrackedRequest)[EXCHANGE] = exchange;
 
-    switch (outcome) {
-      case 'ok':
-      case 'client_closed':
-        return;
-      case 'body_too_large':
-        throw bodyTooLarge(options.maxBodyBytes);
-      case 'timeout':
-        throw new GatewayError('upstream_timeout', `The ${route.service} service sent nothing for ${route.timeoutMs} ms.`, { cause: exchange.failure });
-      case 'aborted_by_upstream':
-        throw new GatewayError('upstream_reset', `The ${route.service} service closed the connection mid-response.`);
-      default:
-        throw upstreamFailure(route.service, exchange.failure);
+      let clientClosed = false;
+      try {
+        await forward(ctx, next);
+      } catch {
+        // koa-proxies rejects when the response closes before finishing: either we cut it (upstream died)
+        // or the client went away, which the access log records as 499 and is nobody's error here.
+        clientClosed = !exchange.upstreamAborted && !exchange.failure;
+      }
+      const outcome = outcomeOf(exchange, clientClosed);
+      if (exchange.span) endUpstreamSpan(exchange.span, outcome, exchange.status, exchange.failure);
+      serverSpan?.setAttributes({ [ATTR.upstreamService]: route.service, [ATTR.upstreamUrl]: instance.origin, [ATTR.upstreamOutcome]: outcome, [ATTR.upstreamAttempts]: attempt });
+      if (outcome === 'ok') pool.reportSuccess(instance);
+      else if (INSTANCE_FAILURES.has(outcome)) pool.reportFailure(instance, outcome);
+
+      const retryable = (outcome === 'refused' || outcome === 'reset') && exchange.status === undefined && !ctx.res.headersSent;
+      if (retryable && attempt < maxAttempts && pool.pick(tried)) {
+        serverSpan?.addEvent('upstream retry', { [ATTR.upstreamUrl]: instance.origin, [ATTR.upstreamOutcome]: outcome, [ATTR.upstreamAttempts]: attempt });
+        continue;
+      }
+      switch (outcome) {
+        case 'ok':
+        case 'client_closed':
+          return;
+        case 'body_too_large':
+          throw bodyTooLarge(options.maxBodyBytes);
+        case 'timeout':
+          throw new GatewayError('upstream_timeout', `The ${route.service} service sent nothing for ${route.timeoutMs} ms.`, { cause: exchange.failure });
+        case 'aborted_by_upstream':
+          throw new GatewayError('upstream_reset', `The ${route.service} service closed the connection mid-response.`);
+        default:
+          throw upstreamFailure(route.service, exchange.failure);
+      }
     }
   };
+}
+
+/** Extra attempts on other instances after a connection failure, at most. */
+const MAX_RETRIES = 2;
+const IDEMPOTENT_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
+/** Outcomes that count against an instance's passive health. */
+const INSTANCE_FAILURES = new Set<UpstreamOutcome>(['refused', 'reset', 'timeout', 'aborted_by_upstream']);
+
+function isReplayable(method: string, headers: http.IncomingHttpHeaders): boolean {
+  const hasBody = headers['transfer-encoding'] !== undefined || Number(headers['content-length'] ?? 0) > 0;
+  return IDEMPOTENT_METHODS.has(method) && !hasBody;
 }
 
 function outcomeOf(exchange: Exchange, clientClosed: boolean): UpstreamOutcome {

@@ -76,9 +76,12 @@ export function createTracing(options: TracingOptions): Middleware {
       ctx.set(HEADER.traceresponse, `00-${spanContext.traceId}-${spanContext.spanId}-0${spanContext.traceFlags & 1}`);
     }
 
-    // Ended when the response is really over, so streamed proxy responses are timed whole.
-    ctx.res.once('close', () => {
-      const status = ctx.res.writableFinished ? ctx.res.statusCode : 499;
+    // Ended once both the response is really over (streamed proxy responses are timed whole) and the
+    // middleware below has returned (the proxy records the upstream outcome after the response finished).
+    let status = 0;
+    let pending = 2;
+    const finish = () => {
+      if (--pending > 0) return;
       const route = routeOf(ctx);
       if (route) {
         span.updateName(`${ctx.method} ${route}`);
@@ -89,8 +92,16 @@ export function createTracing(options: TracingOptions): Middleware {
       span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
       if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
       span.end();
+    };
+    ctx.res.once('close', () => {
+      status = ctx.res.writableFinished ? ctx.res.statusCode : 499;
+      finish();
     });
 
-    await context.with(trace.setSpan(parent, span), next);
+    try {
+      await context.with(trace.setSpan(parent, span), next);
+    } finally {
+      finish();
+    }
   };
 }

@@ -77,7 +77,12 @@ describe('upstream faults', () => {
     stack = await startStack({
       serviceUrls: { orders: upstream.url, notifications: refusedUrl },
       env: { PROXY_TIMEOUT_MS: String(PROXY_TIMEOUT_MS) },
-      overrides: { proxy: { timeoutMs: 10_000, maxSockets: 64, maxBodyBytes: 32 * 1024 * 1024 } },
+      overrides: {
+        proxy: { timeoutMs: 10_000, maxSockets: 64, maxBodyBytes: 32 * 1024 * 1024 },
+        // One fake instance plays every fault here; passive ejection (tested in load-balancing.test.ts)
+        // would otherwise take it out of rotation after the third.
+        services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 1000 }, notifications: { url: 'http://placeholder', ejectAfterFailures: 1000 } },
+      },
     });
     token = await login(stack.gateway.url);
   });

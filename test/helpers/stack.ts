@@ -1,3 +1,4 @@
+import type { Tracer } from '@opentelemetry/api';
 import type { GatewayConfig } from '../../src/config';
 import { createGateway } from '../../src/gateway';
 import { createRedisStore, waitForRedis } from '../../src/rate-limit-store';
@@ -29,6 +30,8 @@ export interface StackOptions {
   serviceUrls?: Partial<Record<'users' | 'orders' | 'notifications', string>>;
   /** Connect the gateway to the `rateLimit.redisUrl` of its config (closed with the stack). */
   withRedis?: boolean;
+  /** The gateway's tracer (e.g. from an in-memory provider); default the global no-op. */
+  tracer?: Tracer;
 }
 
 /** The real gateway and the three real services, in this process, on ephemeral loopback ports. */
@@ -42,7 +45,7 @@ export async function startStack(options: StackOptions = {}): Promise<TestStack>
   const { redisUrl, redisTimeoutMs } = config.rateLimit;
   const redis = options.withRedis && redisUrl ? createRedisStore({ url: redisUrl, commandTimeoutMs: redisTimeoutMs, logger }) : undefined;
   if (redis) await waitForRedis(redis, 3000);
-  const gateway = await listen(createGateway(config, { logger, redis }).callback());
+  const gateway = await listen(createGateway(config, { logger, redis, tracer: options.tracer }).callback());
   return {
     gateway,
     config,

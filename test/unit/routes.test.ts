@@ -1,11 +1,13 @@
 import { parseConfig } from '../../src/config';
 import { compileRoutes, type RouteMatch } from '../../src/routes';
+import { createUpstreamPools } from '../../src/upstream-pool';
 import { shippedConfigFile } from '../helpers/test-config';
 
 describe('route table', () => {
   const file = shippedConfigFile();
   (file.routes as unknown[]).push({ name: 'orders-admin', prefix: '/api/orders/admin', service: 'orders', upstreamPath: '/admin/orders', timeoutMs: 1234 });
-  const table = compileRoutes(parseConfig(file));
+  const config = parseConfig(file);
+  const table = compileRoutes(config, createUpstreamPools(config.services));
   const matched = (path: string, method = 'GET') => {
     const match = table.match(path, method);
     return match?.kind === 'matched' ? (match as RouteMatch) : undefined;
@@ -43,7 +45,7 @@ describe('route table', () => {
   it('derives per-route timeouts, roles, and keeps the service origin only', () => {
     expect(matched('/api/orders/admin')!.route.timeoutMs).toBe(1234);
     expect(matched('/api/orders')!.route.timeoutMs).toBe(10_000);
-    expect(matched('/api/users/1')!.route.target).toBe('http://127.0.0.1:4001');
+    expect(matched('/api/users/1')!.route.pool.health().map((instance) => instance.origin)).toEqual(['http://127.0.0.1:4001']);
     expect([...matched('/api/users')!.route.roles!]).toEqual(['admin']);
   });
 });

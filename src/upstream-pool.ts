@@ -1,0 +1,96 @@
+/**
+ * The instances of one service, chosen round robin, with passive health: an instance whose connection
+ * fails (refused, reset before answering, timed out) `ejectAfterFailures` times in a row gets no traffic for
+ * `ejectMs`, then is tried again. Any response (whatever its status) proves it alive.
+ */
+export interface UpstreamInstance {
+  /** Origin, e.g. `http://10.0.0.7:4001`. */
+  readonly origin: string;
+}
+
+export interface InstanceHealth {
+  origin: string;
+  state: 'healthy' | 'ejected';
+  consecutiveFailures: number;
+  /** While ejected: when traffic resumes (ISO time). */
+  ejectedUntil?: string;
+  lastFailure?: string;
+}
+
+export interface UpstreamPool {
+  readonly service: string;
+  readonly size: number;
+  /** The next healthy instance not in `exclude`, or undefined when there is none (-> 503). */
+  pick(exclude?: ReadonlySet<UpstreamInstance>): UpstreamInstance | undefined;
+  reportFailure(instance: UpstreamInstance, reason: string): void;
+  reportSuccess(instance: UpstreamInstance): void;
+  health(): InstanceHealth[];
+}
+
+export interface UpstreamPoolOptions {
+  service: string;
+  origins: readonly string[];
+  ejectAfterFailures: number;
+  /** ms */
+  ejectMs: number;
+  /** Clock, ms; tests pass their own. */
+  now?: () => number;
+}
+
+interface InstanceState extends UpstreamInstance {
+  consecutiveFailures: number;
+  ejectedUntil: number;
+  lastFailure?: string;
+}
+
+export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
+  const now = options.now ?? Date.now;
+  const instances: InstanceState[] = options.origins.map((origin) => ({ origin, consecutiveFailures: 0, ejectedUntil: 0 }));
+  let cursor = 0;
+
+  return {
+    service: options.service,
+    size: instances.length,
+    pick(exclude) {
+      const time = now();
+      for (let step = 0; step < instances.length; step++) {
+        const instance = instances[(cursor + step) % instances.length]!;
+        if (instance.ejectedUntil > time || exclude?.has(instance)) continue;
+        cursor = (cursor + step + 1) % instances.length;
+        return instance;
+      }
+      return undefined;
+    },
+    reportFailure(instance, reason) {
+      const state = instance as InstanceState;
+      state.consecutiveFailures += 1;
+      state.lastFailure = reason;
+      if (state.consecutiveFailures >= options.ejectAfterFailures) state.ejectedUntil = now() + options.ejectMs;
+    },
+    reportSuccess(instance) {
+      const state = instance as InstanceState;
+      state.consecutiveFailures = 0;
+      state.ejectedUntil = 0;
+    },
+    health() {
+      const time = now();
+      return instances.map((instance) => ({
+        origin: instance.origin,
+        state: instance.ejectedUntil > time ? 'ejected' : 'healthy',
+        consecutiveFailures: instance.consecutiveFailures,
+        ...(instance.ejectedUntil > time ? { ejectedUntil: new Date(instance.ejectedUntil).toISOString() } : {}),
+        ...(instance.lastFailure ? { lastFailure: instance.lastFailure } : {}),
+      }));
+    },
+  };
+}
+
+/** One pool per configured service, keyed by the service name routes use. */
+export function createUpstreamPools(services: Readonly<Record<string, { url: string | readonly string[]; ejectAfterFailures: number; ejectMs: number }>>): ReadonlyMap<string, UpstreamPool> {
+  return new Map(
+    Object.entries(services).map(([service, { url, ejectAfterFailures, ejectMs }]) => {
+      const origins = (typeof url === 'string' ? [url] : url).map((each) => new URL(each).origin);
+      return [service, createUpstreamPool({ service, origins, ejectAfterFailures, ejectMs })];
+    }),
+  );
+}

@@ -1,0 +1,149 @@
+import { SpanKind } from '@opentelemetry/api';
+import { ATTR } from '../../otel/wire-names';
+import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
+import { listen, type TestServer } from '../helpers/servers';
+import { login, startStack, type TestStack } from '../helpers/stack';
+
+/** An order-service stand-in that says which instance answered. */
+async function instance(name: string): Promise<TestServer & { hits: number }> {
+  const server = await listen((req, res) => {
+    counter.hits++;
+    req.resume();
+    req.on('end', () => {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ instance: name }));
+    });
+  });
+  const counter = Object.assign(server, { hits: 0 });
+  return counter;
+}
+
+async function deadOrigin(): Promise<string> {
+  const server = await listen(() => undefined);
+  await server.close();
+  return server.url;
+}
+
+describe('load balancing with passive health', () => {
+  let tracing: InMemoryTracing;
+  let a: Awaited<ReturnType<typeof instance>>;
+  let b: Awaited<ReturnType<typeof instance>>;
+  let dead: string;
+  let stack: TestStack;
+  let token: string;
+
+  beforeAll(async () => {
+    tracing = startInMemoryTracing();
+    a = await instance('a');
+    b = await instance('b');
+    dead = await deadOrigin();
+    stack = await startStack({
+      tracer: tracing.tracer,
+      env: { RATE_LIMIT_MAX: '100000' },
+      overrides: {
+        services: {
+          users: { url: 'http://placeholder' },
+          notifications: { url: 'http://placeholder' },
+          // orders: two live instances; notifications: one live (real service) and one dead.
+          orders: { url: 'http://placeholder' },
+        },
+      },
+      serviceUrls: { orders: `${a.url},${b.url}` },
+    });
+    token = await login(stack.gateway.url);
+  });
+  afterAll(async () => {
+    await stack.close();
+    await Promise.all([a.close(), b.close()]);
+    await tracing.shutdown();
+  });
+
+  const get = async (gatewayUrl: string, path: string, init: RequestInit = {}) => {
+    const response = await fetch(`${gatewayUrl}${path}`, { ...init, headers: { authorization: `Bearer ${token}`, ...init.headers } });
+    return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+  };
+
+  it('spreads requests round robin over the instances of a service', async () => {
+    const answers = [];
+    for (let i = 0; i < 6; i++) answers.push((await get(stack.gateway.url, '/api/orders')).body.instance);
+    expect(answers).toEqual(['a', 'b', 'a', 'b', 'a', 'b']);
+  });
+
+  describe('with one instance dead', () => {
+    let withDead: TestStack;
+    beforeAll(async () => {
+      withDead = await startStack({
+        tracer: tracing.tracer,
+        env: { RATE_LIMIT_MAX: '100000' },
+        overrides: { services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 2, ejectMs: 60_000 }, notifications: { url: 'http://placeholder' } } },
+        serviceUrls: { orders: `${dead},${a.url}` },
+      });
+    });
+    afterAll(() => withDead.close());
+
+    it('retries an idempotent request on the next instance, visibly on the trace, and ejects the dead one', async () => {
+      tracing.reset();
+      const first = await get(withDead.gateway.url, '/api/orders');
+      expect(first).toEqual({ status: 200, body: { instance: 'a' } });
+      const clientSpans = tracing.spans().filter((span) => span.kind === SpanKind.CLIENT);
+      expect(clientSpans.map((span) => [span.attributes[ATTR.upstreamAttempts], span.attributes[ATTR.upstreamOutcome]])).toEqual([
+        [1, 'refused'],
+        [2, 'ok'],
+      ]);
+      const server = tracing.spans().find((span) => span.kind === SpanKind.SERVER)!;
+      expect(server.events.map((event) => event.name)).toEqual(['upstream retry']);
+      expect(server.attributes[ATTR.upstreamAttempts]).toBe(2);
+
+      // Second failure ejects it: later requests go straight to the live instance.
+      await get(withDead.gateway.url, '/api/orders');
+      await get(withDead.gateway.url, '/api/orders');
+      tracing.reset();
+      expect((await get(withDead.gateway.url, '/api/orders')).status).toBe(200);
+      expect(tracing.spans().filter((span) => span.kind === SpanKind.CLIENT)).toHaveLength(1);
+
+      const ready = await fetch(`${withDead.gateway.url}/ready`);
+      const body = (await ready.json()) as { services: { orders: { status: string; instances: { origin: string; state: string; probe: { status: string } }[] } } };
+      expect(ready.status).toBe(200);
+      expect(body.services.orders.status).toBe('up');
+      expect(body.services.orders.instances).toEqual([
+        expect.objectContaining({ origin: dead, state: 'ejected', probe: expect.objectContaining({ status: 'down' }) }),
+        expect.objectContaining({ origin: a.url, state: 'healthy', probe: expect.objectContaining({ status: 'up' }) }),
+      ]);
+    });
+
+    it('never retries a request with a body or an unsafe method', async () => {
+      const fresh = await startStack({
+        env: { RATE_LIMIT_MAX: '100000' },
+        overrides: { services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 100 }, notifications: { url: 'http://placeholder' } } },
+        serviceUrls: { orders: `${dead},${a.url}` },
+      });
+      try {
+        const before = a.hits;
+        // Round robin starts on the dead instance.
+        const post = await get(fresh.gateway.url, '/api/orders', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"items":[]}' });
+        expect(post.status).toBe(502);
+        expect(post.body.code).toBe('upstream_refused');
+        expect(a.hits).toBe(before);
+      } finally {
+        await fresh.close();
+      }
+    });
+  });
+
+  it('answers 503 only once no instance is healthy', async () => {
+    const allDead = await startStack({
+      env: { RATE_LIMIT_MAX: '100000' },
+      overrides: { services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 1, ejectMs: 60_000 }, notifications: { url: 'http://placeholder' } } },
+      serviceUrls: { orders: `${dead},${await deadOrigin()}` },
+    });
+    try {
+      const first = await get(allDead.gateway.url, '/api/orders');
+      expect(first.status).toBe(502);
+      const then = await get(allDead.gateway.url, '/api/orders');
+      expect(then.status).toBe(503);
+      expect(then.body).toMatchObject({ code: 'upstream_unavailable', status: 503 });
+    } finally {
+      await allDead.close();
+    }
+  });
+});

@@ -1,0 +1,31 @@
+import { context, type Tracer } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider, type ReadableSpan } from '@opentelemetry/sdk-trace';
+import { RequestedTraceIdGenerator } from '../../otel/trace-ids';
+
+export interface InMemoryTracing {
+  tracer: Tracer;
+  spans(): ReadableSpan[];
+  reset(): void;
+  shutdown(): Promise<void>;
+}
+
+/**
+ * A tracer whose spans stay in memory, with the context manager the SDK would install, for tests of the
+ * gateway's own span logic in-process. (End-to-end export is tested through the OTLP receiver.)
+ */
+export function startInMemoryTracing(): InMemoryTracing {
+  const contextManager = new AsyncLocalStorageContextManager().enable();
+  context.setGlobalContextManager(contextManager);
+  const exporter = new InMemorySpanExporter();
+  const provider = new TracerProvider({ idGenerator: new RequestedTraceIdGenerator(), spanProcessors: [new SimpleSpanProcessor({ exporter })] });
+  return {
+    tracer: provider.getTracer('test'),
+    spans: () => exporter.getFinishedSpans(),
+    reset: () => exporter.reset(),
+    async shutdown() {
+      await provider.shutdown();
+      context.disable();
+    },
+  };
+}
