@@ -53,7 +53,7 @@ export function createProxy(options: ProxyOptions): Middleware {
   const events = {
     proxyReq(proxyReq: http.ClientRequest, req: TrackedRequest) {
       const exchange = req[EXCHANGE]!;
-      const url = `${proxyReq.protocol}//${proxyReq.host}${proxyReq.path.split('?')[0]}`;
+      const url = `${exchange.target}${proxyReq.path.split('?')[0]}`;
       exchange.span = startUpstreamSpan(options.tracer, { method: proxyReq.method, url, service: exchange.service, attempt: exchange.attempt }, exchange.context);
       injectTraceHeaders(exchange.span, exchange.context, (name, value) => proxyReq.setHeader(name, value));
       proxyReq.setTimeout(exchange.timeoutMs, () => {

@@ -1,4 +1,5 @@
-import { context, type Tracer } from '@opentelemetry/api';
+import { context, propagation, type Tracer } from '@opentelemetry/api';
+import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider, type ReadableSpan } from '@opentelemetry/sdk-trace';
 import { RequestedTraceIdGenerator } from '../../otel/trace-ids';
@@ -17,6 +18,8 @@ export interface InMemoryTracing {
 export function startInMemoryTracing(): InMemoryTracing {
   const contextManager = new AsyncLocalStorageContextManager().enable();
   context.setGlobalContextManager(contextManager);
+  // The propagators NodeSDK registers by default.
+  propagation.setGlobalPropagator(new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }));
   const exporter = new InMemorySpanExporter();
   const provider = new TracerProvider({ idGenerator: new RequestedTraceIdGenerator(), spanProcessors: [new SimpleSpanProcessor({ exporter })] });
   return {
@@ -26,6 +29,7 @@ export function startInMemoryTracing(): InMemoryTracing {
     async shutdown() {
       await provider.shutdown();
       context.disable();
+      propagation.disable();
     },
   };
 }

@@ -1,0 +1,143 @@
+import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { ATTR, HEADER } from '../../otel/wire-names';
+import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
+import { login, startStack, type TestStack } from '../helpers/stack';
+
+/** The gateway's own spans, in-process; export across the four processes is covered in test/telemetry. */
+describe('gateway spans', () => {
+  let tracing: InMemoryTracing;
+  let stack: TestStack;
+  let trusting: TestStack;
+  let token: string;
+
+  beforeAll(async () => {
+    tracing = startInMemoryTracing();
+    stack = await startStack({ tracer: tracing.tracer });
+    trusting = await startStack({ tracer: tracing.tracer, env: { TRUST_TRACEPARENT: 'true' } });
+    token = await login(stack.gateway.url);
+  });
+  afterAll(async () => {
+    await stack.close();
+    await trusting.close();
+    await tracing.shutdown();
+  });
+  beforeEach(() => tracing.reset());
+
+  const serverSpans = () => tracing.spans().filter((span) => span.kind === SpanKind.SERVER);
+  const waitForSpans = async (count: number) => {
+    for (let i = 0; i < 50 && serverSpans().length < count; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  };
+
+  it('uses the trace id as the request id when the client sends none, and answers traceresponse', async () => {
+    const response = await fetch(`${stack.gateway.url}/api/users/1`, { headers: { authorization: `Bearer ${token}` } });
+    await response.arrayBuffer();
+    await waitForSpans(1);
+    const [server] = serverSpans();
+    const requestId = response.headers.get(HEADER.requestId)!;
+    expect(requestId).toMatch(/^[0-9a-f]{32}$/);
+    expect(server!.spanContext().traceId).toBe(requestId);
+    expect(response.headers.get(HEADER.traceresponse)).toBe(`00-${requestId}-${server!.spanContext().spanId}-01`);
+  });
+
+  it('names the server span after its route and records user, route, upstream and outcome', async () => {
+    const response = await fetch(`${stack.gateway.url}/api/users/1`, { headers: { authorization: `Bearer ${token}` } });
+    await response.arrayBuffer();
+    await waitForSpans(1);
+    const server = serverSpans()[0]!;
+    expect(server.name).toBe('GET /api/users/*');
+    expect(server.attributes).toMatchObject({
+      'http.route': '/api/users/*',
+      'http.request.method': 'GET',
+      'http.response.status_code': 200,
+      [ATTR.requestId]: response.headers.get(HEADER.requestId),
+      [ATTR.userId]: '1',
+      [ATTR.routeName]: 'users',
+      [ATTR.upstreamService]: 'users',
+      [ATTR.upstreamOutcome]: 'ok',
+    });
+    const client = tracing.spans().find((span) => span.kind === SpanKind.CLIENT)!;
+    expect(client.parentSpanContext?.spanId).toBe(server.spanContext().spanId);
+    expect(client.attributes).toMatchObject({ 'url.full': `${stack.users.url}/users/1`, [ATTR.upstreamOutcome]: 'ok', 'http.response.status_code': 200 });
+    // The service received the client span as its parent, and the request id as baggage.
+    const seen = stack.users.requests.at(-1)!;
+    expect(seen.headers.traceparent).toBe(`00-${client.spanContext().traceId}-${client.spanContext().spanId}-01`);
+    expect(seen.headers.baggage).toBe(`request.id=${response.headers.get(HEADER.requestId)}`);
+  });
+
+  it.each([
+    { desc: 'a UUID', id: '6f1c2b3a-9d8e-4f70-a1b2-c3d4e5f60718', traceId: '6f1c2b3a9d8e4f70a1b2c3d4e5f60718' },
+    { desc: 'a 32-hex id in upper case', id: 'ABCDEF0123456789ABCDEF0123456789', traceId: 'abcdef0123456789abcdef0123456789' },
+  ])('maps a client request id that is $desc onto the trace id, and echoes it unchanged', async ({ id, traceId }) => {
+    const response = await fetch(`${stack.gateway.url}/health`, { headers: { [HEADER.requestId]: id } });
+    await response.arrayBuffer();
+    await waitForSpans(1);
+    expect(response.headers.get(HEADER.requestId)).toBe(id);
+    expect(serverSpans()[0]!.spanContext().traceId).toBe(traceId);
+    expect(serverSpans()[0]!.attributes[ATTR.requestId]).toBe(id);
+  });
+
+  it('keeps any other client request id as an attribute of a new trace', async () => {
+    const response = await fetch(`${stack.gateway.url}/health`, { headers: { [HEADER.requestId]: 'order-42' } });
+    await response.arrayBuffer();
+    await waitForSpans(1);
+    expect(response.headers.get(HEADER.requestId)).toBe('order-42');
+    expect(serverSpans()[0]!.attributes[ATTR.requestId]).toBe('order-42');
+  });
+
+  const clientTrace = '0af7651916cd43dd8448eb211c80319c';
+  const traceparent = `00-${clientTrace}-b7ad6b7169203331-01`;
+
+  it('ignores a client traceparent by default and never forwards it', async () => {
+    const response = await fetch(`${stack.gateway.url}/api/users/1`, { headers: { authorization: `Bearer ${token}`, traceparent, baggage: 'request.id=forged,tenant=evil' } });
+    await response.arrayBuffer();
+    await waitForSpans(1);
+    expect(serverSpans()[0]!.spanContext().traceId).not.toBe(clientTrace);
+    expect(serverSpans()[0]!.parentSpanContext).toBeUndefined();
+    const seen = stack.users.requests.at(-1)!;
+    expect(seen.headers.traceparent).not.toContain(clientTrace);
+    expect(seen.headers.baggage).toBe(`request.id=${response.headers.get(HEADER.requestId)}`);
+  });
+
+  it('continues a client traceparent when configured to trust it, with the trace id as request id', async () => {
+    const response = await fetch(`${trusting.gateway.url}/health`, { headers: { traceparent } });
+    await response.arrayBuffer();
+    await waitForSpans(1);
+    const server = serverSpans()[0]!;
+    expect(server.spanContext().traceId).toBe(clientTrace);
+    expect(server.parentSpanContext?.spanId).toBe('b7ad6b7169203331');
+    expect(response.headers.get(HEADER.requestId)).toBe(clientTrace);
+  });
+
+  it.each([
+    { desc: 'garbage', value: 'not-a-traceparent' },
+    { desc: 'an all-zero trace id', value: '00-00000000000000000000000000000000-b7ad6b7169203331-01' },
+    { desc: 'a 10 KB value', value: `00-${'a'.repeat(10_000)}` },
+  ])('survives a malformed traceparent ($desc) even when trusting', async ({ value }) => {
+    const response = await fetch(`${trusting.gateway.url}/health`, { headers: { traceparent: value } });
+    expect(response.status).toBe(200);
+    await response.arrayBuffer();
+    await waitForSpans(1);
+    expect(serverSpans()[0]!.spanContext().traceId).toBe(response.headers.get(HEADER.requestId));
+  });
+
+  it('marks 5xx server spans as errors with the error code, and keeps tokens out of attributes', async () => {
+    const response = await fetch(`${stack.gateway.url}/api/users/1?token=${token}`, { headers: { authorization: `Bearer ${token}` } });
+    await response.arrayBuffer();
+    const failing = await startStack({ tracer: tracing.tracer, serviceUrls: { orders: 'http://127.0.0.1:9' } });
+    try {
+      tracing.reset();
+      const failed = await fetch(`${failing.gateway.url}/api/orders`, { headers: { authorization: `Bearer ${token}` } });
+      expect(failed.status).toBe(502);
+      await failed.arrayBuffer();
+      await waitForSpans(1);
+      const server = serverSpans()[0]!;
+      expect(server.status.code).toBe(SpanStatusCode.ERROR);
+      expect(server.attributes[ATTR.errorCode]).toBe('upstream_refused');
+      expect(server.events.some((event) => event.name === 'exception')).toBe(true);
+    } finally {
+      await failing.close();
+    }
+    const everything = JSON.stringify(tracing.spans().map((span) => [span.attributes, span.events]));
+    expect(everything).not.toContain(token);
+  });
+});
