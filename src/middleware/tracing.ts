@@ -11,6 +11,7 @@ import {
   ATTR_URL_SCHEME,
   ATTR_USER_AGENT_ORIGINAL,
 } from '@opentelemetry/semantic-conventions';
+import { UNTRACED_PATHS } from '../../otel/telemetry-config';
 import { traceIdFromRequestId, withTraceId } from '../../otel/trace-ids';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { isWellFormedRequestId } from './request-id';
@@ -44,6 +45,13 @@ export function createTracing(options: TracingOptions): Middleware {
 
   return async function traceRequest(ctx, next) {
     const headers = ctx.req.headers;
+    // Probes (compose health checks every few seconds) would drown the traces that matter.
+    if (UNTRACED_PATHS.includes(ctx.path)) {
+      delete headers[HEADER.traceparent];
+      delete headers[HEADER.tracestate];
+      delete headers[HEADER.baggage];
+      return next();
+    }
     const parent = trust ? propagation.extract(ROOT_CONTEXT, headers) : ROOT_CONTEXT;
     delete headers[HEADER.traceparent];
     delete headers[HEADER.tracestate];

@@ -68,7 +68,7 @@ describe('gateway spans', () => {
     { desc: 'a UUID', id: '6f1c2b3a-9d8e-4f70-a1b2-c3d4e5f60718', traceId: '6f1c2b3a9d8e4f70a1b2c3d4e5f60718' },
     { desc: 'a 32-hex id in upper case', id: 'ABCDEF0123456789ABCDEF0123456789', traceId: 'abcdef0123456789abcdef0123456789' },
   ])('maps a client request id that is $desc onto the trace id, and echoes it unchanged', async ({ id, traceId }) => {
-    const response = await fetch(`${stack.gateway.url}/health`, { headers: { [HEADER.requestId]: id } });
+    const response = await fetch(`${stack.gateway.url}/api/users/1`, { headers: { [HEADER.requestId]: id, authorization: `Bearer ${token}` } });
     await response.arrayBuffer();
     await waitForSpans(1);
     expect(response.headers.get(HEADER.requestId)).toBe(id);
@@ -77,7 +77,7 @@ describe('gateway spans', () => {
   });
 
   it('keeps any other client request id as an attribute of a new trace', async () => {
-    const response = await fetch(`${stack.gateway.url}/health`, { headers: { [HEADER.requestId]: 'order-42' } });
+    const response = await fetch(`${stack.gateway.url}/api/users/1`, { headers: { [HEADER.requestId]: 'order-42', authorization: `Bearer ${token}` } });
     await response.arrayBuffer();
     await waitForSpans(1);
     expect(response.headers.get(HEADER.requestId)).toBe('order-42');
@@ -99,7 +99,7 @@ describe('gateway spans', () => {
   });
 
   it('continues a client traceparent when configured to trust it, with the trace id as request id', async () => {
-    const response = await fetch(`${trusting.gateway.url}/health`, { headers: { traceparent } });
+    const response = await fetch(`${trusting.gateway.url}/api/nothing`, { headers: { traceparent } });
     await response.arrayBuffer();
     await waitForSpans(1);
     const server = serverSpans()[0]!;
@@ -113,11 +113,18 @@ describe('gateway spans', () => {
     { desc: 'an all-zero trace id', value: '00-00000000000000000000000000000000-b7ad6b7169203331-01' },
     { desc: 'a 10 KB value', value: `00-${'a'.repeat(10_000)}` },
   ])('survives a malformed traceparent ($desc) even when trusting', async ({ value }) => {
-    const response = await fetch(`${trusting.gateway.url}/health`, { headers: { traceparent: value } });
-    expect(response.status).toBe(200);
+    const response = await fetch(`${trusting.gateway.url}/api/nothing`, { headers: { traceparent: value } });
+    expect(response.status).toBe(404);
     await response.arrayBuffer();
     await waitForSpans(1);
     expect(serverSpans()[0]!.spanContext().traceId).toBe(response.headers.get(HEADER.requestId));
+  });
+
+  it('leaves health probes untraced', async () => {
+    await (await fetch(`${stack.gateway.url}/health`)).arrayBuffer();
+    await (await fetch(`${stack.gateway.url}/ready`)).arrayBuffer();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(serverSpans()).toEqual([]);
   });
 
   it('marks 5xx server spans as errors with the error code, and keeps tokens out of attributes', async () => {

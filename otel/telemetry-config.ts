@@ -1,0 +1,275 @@
+/**
+ * The telemetry bootstrap's configuration: read once from the standard `OTEL_*` variables, checked, frozen.
+ * Pure (the environment, entry script and version are parameters) and light: it loads no OpenTelemetry code,
+ * so a process with `OTEL_SDK_DISABLED=true` never loads the SDK.
+ * Variables: https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { SERVICE_NAME, type ServiceName } from './wire-names';
+
+/**
+ * The instrumentations the bootstrap can enable. http-server: a SERVER span per request, and the incoming
+ * `traceparent`/`baggage` made current; http-client: CLIENT spans for `http.request` (koa-proxies) and those
+ * headers injected; koa: one span per named middleware and route; undici: the same as http-client for `fetch`.
+ */
+export const INSTRUMENTATION_NAMES = ['http-server', 'http-client', 'koa', 'undici'] as const;
+export type InstrumentationName = (typeof INSTRUMENTATION_NAMES)[number];
+
+/** Names accepted in `OTEL_NODE_*_INSTRUMENTATIONS` for several instrumentations at once. */
+const INSTRUMENTATION_GROUPS: Readonly<Record<string, readonly InstrumentationName[]>> = {
+  http: ['http-server', 'http-client'],
+  none: [],
+};
+
+/**
+ * Which instrumentations each process gets unless `OTEL_NODE_ENABLED_INSTRUMENTATIONS` says otherwise. When
+ * the gateway creates its own server and client spans, its row drops `http-server`/`http-client`/`koa` here.
+ */
+export const DEFAULT_INSTRUMENTATIONS: Readonly<Record<ServiceName, readonly InstrumentationName[]>> = {
+  // The gateway makes its own SERVER and CLIENT spans and injects trace headers itself (src/middleware/
+  // tracing.ts, src/upstream-span.ts): generic instrumentation on its hot path cost 55-60% of throughput here.
+  [SERVICE_NAME.gateway]: [],
+  [SERVICE_NAME.users]: INSTRUMENTATION_NAMES,
+  [SERVICE_NAME.orders]: INSTRUMENTATION_NAMES,
+  [SERVICE_NAME.notifications]: INSTRUMENTATION_NAMES,
+};
+
+/** Entry scripts (compiled or not) and the service each one is, for when `OTEL_SERVICE_NAME` is not set. */
+const SERVICE_BY_ENTRY_SCRIPT: ReadonlyArray<readonly [RegExp, ServiceName]> = [
+  [/(^|\/)src\/main\.[cm]?[jt]s$/, SERVICE_NAME.gateway],
+  [/(^|\/)services\/users\/main\.[cm]?[jt]s$/, SERVICE_NAME.users],
+  [/(^|\/)services\/orders\/main\.[cm]?[jt]s$/, SERVICE_NAME.orders],
+  [/(^|\/)services\/notifications\/main\.[cm]?[jt]s$/, SERVICE_NAME.notifications],
+];
+
+/** Incoming requests that make no trace: health probes would otherwise fill Jaeger every few seconds. */
+export const UNTRACED_PATHS: readonly string[] = ['/health', '/ready'];
+
+export const OTLP_PROTOCOLS = ['http/protobuf', 'http/json'] as const;
+export type OtlpProtocol = (typeof OTLP_PROTOCOLS)[number];
+export type SignalExporterName = 'otlp' | 'console';
+
+/** Batch processor tuning from `OTEL_BSP_*` / `OTEL_BLRP_*`; undefined keeps the SDK default. */
+export interface BatchOptions {
+  /** Delay between exports, ms. SDK default 5000 for spans, 1000 for logs. */
+  scheduledDelayMillis?: number;
+  /** How long one export may take, ms. SDK default 30000. */
+  exportTimeoutMillis?: number;
+  /** Items kept while waiting; more are dropped. SDK default 2048. */
+  maxQueueSize?: number;
+  /** Items per export request. SDK default 512. */
+  maxExportBatchSize?: number;
+}
+
+export interface SignalConfig {
+  /** Empty when the signal is off (`OTEL_TRACES_EXPORTER=none`). */
+  exporters: readonly SignalExporterName[];
+  protocol: OtlpProtocol;
+  /** Full OTLP URL, e.g. `http://localhost:4318/v1/traces`. */
+  url: string;
+  batch: Readonly<BatchOptions>;
+}
+
+export interface TelemetryConfig {
+  /** False with `OTEL_SDK_DISABLED=true`: nothing is loaded, instrumented or exported. */
+  enabled: boolean;
+  serviceName: string;
+  serviceVersion: string | undefined;
+  /** `deployment.environment.name`, from `NODE_ENV`; default `development`. */
+  environment: string;
+  traces: Readonly<SignalConfig>;
+  logs: Readonly<SignalConfig>;
+  instrumentations: readonly InstrumentationName[];
+  /**
+   * `OTEL_LOG_LEVEL` when set: the SDK then prints its own diagnostics at that level, unfiltered. Unset, the
+   * bootstrap prints warnings and export failures itself, at most once a minute each.
+   */
+  sdkLogLevel: string | undefined;
+  /** Problems with the variables, each naming the variable, the value and what was used instead. */
+  warnings: readonly string[];
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+const DEFAULT_ENDPOINT = 'http://localhost:4318';
+
+/**
+ * Reads the telemetry configuration. Invalid values never throw: each becomes a warning (printed once at
+ * start-up) and the default is used, because telemetry must not stop a service from starting.
+ */
+export function readTelemetryConfig(
+  env: Env = process.env,
+  entryScript: string | undefined = process.argv[1],
+  serviceVersion: string | undefined = readPackageVersion(),
+): TelemetryConfig {
+  const warnings: string[] = [];
+  const serviceName =
+    value(env, 'OTEL_SERVICE_NAME') ??
+    serviceNameFromResourceAttributes(value(env, 'OTEL_RESOURCE_ATTRIBUTES')) ??
+    serviceNameFromEntryScript(entryScript) ??
+    'unknown_service:node';
+  // These three add to `warnings` as they read; a variable shared by both signals is read, and warned about, twice.
+  const traces = signalConfig(env, 'TRACES', 'v1/traces', 'BSP', warnings);
+  const logs = signalConfig(env, 'LOGS', 'v1/logs', 'BLRP', warnings);
+  const enabledInstrumentations = instrumentations(env, serviceName, warnings);
+  const config: TelemetryConfig = {
+    enabled: value(env, 'OTEL_SDK_DISABLED')?.toLowerCase() !== 'true',
+    serviceName,
+    serviceVersion,
+    environment: value(env, 'NODE_ENV') ?? 'development',
+    traces,
+    logs,
+    instrumentations: enabledInstrumentations,
+    sdkLogLevel: value(env, 'OTEL_LOG_LEVEL'),
+    warnings: [...new Set(warnings)],
+  };
+  return deepFreeze(config);
+}
+
+/** The service an entry script runs, e.g. `dist/services/users/main.js` -> `user-service`. */
+export function serviceNameFromEntryScript(entryScript: string | undefined): ServiceName | undefined {
+  if (entryScript === undefined) return undefined;
+  const normalised = entryScript.split(path.sep).join('/');
+  return SERVICE_BY_ENTRY_SCRIPT.find(([pattern]) => pattern.test(normalised))?.[1];
+}
+
+/** This project's version from the nearest `package.json` above this file (source or `dist/`). */
+export function readPackageVersion(from: string = __dirname): string | undefined {
+  for (let dir = from, i = 0; i < 8; dir = path.dirname(dir), i++) {
+    try {
+      const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { version?: unknown };
+      return typeof pkg.version === 'string' ? pkg.version : undefined;
+    } catch {
+      // not here; look one level up
+    }
+  }
+  return undefined;
+}
+
+/** Empty strings count as unset, as the SDK treats them. */
+function value(env: Env, name: string): string | undefined {
+  const raw = env[name]?.trim();
+  return raw === undefined || raw === '' ? undefined : raw;
+}
+
+function list(env: Env, name: string): string[] | undefined {
+  return value(env, name)
+    ?.split(',')
+    .map((item) => item.trim().toLowerCase())
+    .filter((item) => item !== '');
+}
+
+function serviceNameFromResourceAttributes(raw: string | undefined): string | undefined {
+  for (const pair of raw?.split(',') ?? []) {
+    const [key, val] = pair.split('=');
+    if (key?.trim() === 'service.name' && val !== undefined && val.trim() !== '') {
+      try {
+        return decodeURIComponent(val.trim());
+      } catch {
+        return val.trim();
+      }
+    }
+  }
+  return undefined;
+}
+
+function signalConfig(
+  env: Env,
+  signal: 'TRACES' | 'LOGS',
+  resourcePath: string,
+  batchPrefix: 'BSP' | 'BLRP',
+  warnings: string[],
+): SignalConfig {
+  const exporterVar = `OTEL_${signal}_EXPORTER`;
+  const requested = list(env, exporterVar) ?? ['otlp'];
+  const exporters: SignalExporterName[] = [];
+  for (const name of new Set(requested)) {
+    if (name === 'otlp' || name === 'console') exporters.push(name);
+    else if (name !== 'none') warnings.push(`${exporterVar}="${name}" is not supported (otlp, console, none); ignored`);
+  }
+  if (requested.includes('none') && exporters.length > 0) {
+    warnings.push(`${exporterVar} mixes "none" with exporters; "none" is ignored`);
+  }
+
+  const protocolVar = value(env, `OTEL_EXPORTER_OTLP_${signal}_PROTOCOL`)
+    ? `OTEL_EXPORTER_OTLP_${signal}_PROTOCOL`
+    : 'OTEL_EXPORTER_OTLP_PROTOCOL';
+  const rawProtocol = value(env, protocolVar) ?? 'http/protobuf';
+  let protocol: OtlpProtocol = 'http/protobuf';
+  if ((OTLP_PROTOCOLS as readonly string[]).includes(rawProtocol)) protocol = rawProtocol as OtlpProtocol;
+  else warnings.push(`${protocolVar}="${rawProtocol}" is not supported (http/protobuf, http/json); using http/protobuf`);
+
+  return {
+    exporters,
+    protocol,
+    url: signalUrl(env, signal, resourcePath, warnings),
+    batch: {
+      scheduledDelayMillis: positiveInteger(env, `OTEL_${batchPrefix}_SCHEDULE_DELAY`, warnings),
+      exportTimeoutMillis: positiveInteger(env, `OTEL_${batchPrefix}_EXPORT_TIMEOUT`, warnings),
+      maxQueueSize: positiveInteger(env, `OTEL_${batchPrefix}_MAX_QUEUE_SIZE`, warnings),
+      maxExportBatchSize: positiveInteger(env, `OTEL_${batchPrefix}_MAX_EXPORT_BATCH_SIZE`, warnings),
+    },
+  };
+}
+
+/** The per-signal endpoint is used as is; the general one gets `/v1/<signal>` appended (OTLP exporter spec). */
+function signalUrl(env: Env, signal: 'TRACES' | 'LOGS', resourcePath: string, warnings: string[]): string {
+  const specificVar = `OTEL_EXPORTER_OTLP_${signal}_ENDPOINT`;
+  const specific = value(env, specificVar);
+  if (specific !== undefined) {
+    if (isHttpUrl(specific)) return specific;
+    warnings.push(`${specificVar}="${specific}" is not an http(s) URL; using OTEL_EXPORTER_OTLP_ENDPOINT or the default`);
+  }
+  let base = value(env, 'OTEL_EXPORTER_OTLP_ENDPOINT') ?? DEFAULT_ENDPOINT;
+  if (!isHttpUrl(base)) {
+    warnings.push(`OTEL_EXPORTER_OTLP_ENDPOINT="${base}" is not an http(s) URL; using ${DEFAULT_ENDPOINT}`);
+    base = DEFAULT_ENDPOINT;
+  }
+  return `${base.replace(/\/+$/, '')}/${resourcePath}`;
+}
+
+/** `collector:4318` parses as a URL with the scheme `collector:`; only http and https reach a collector. */
+function isHttpUrl(text: string): boolean {
+  return URL.canParse(text) && ['http:', 'https:'].includes(new URL(text).protocol);
+}
+
+function positiveInteger(env: Env, name: string, warnings: string[]): number | undefined {
+  const raw = value(env, name);
+  if (raw === undefined) return undefined;
+  const parsed = Number(raw);
+  if (Number.isInteger(parsed) && parsed > 0) return parsed;
+  warnings.push(`${name}="${raw}" is not a positive integer; using the SDK default`);
+  return undefined;
+}
+
+/**
+ * `OTEL_NODE_ENABLED_INSTRUMENTATIONS` replaces the service's default list (`none` for no instrumentation);
+ * `OTEL_NODE_DISABLED_INSTRUMENTATIONS` then removes names from it. Same variables as
+ * `@opentelemetry/auto-instrumentations-node`; the `@opentelemetry/instrumentation-` prefix is optional and
+ * `http` means both `http-server` and `http-client`.
+ */
+function instrumentations(env: Env, serviceName: string, warnings: string[]): InstrumentationName[] {
+  const read = (variable: string): InstrumentationName[] | undefined =>
+    list(env, variable)?.flatMap((raw) => {
+      const name = raw.replace(/^@opentelemetry\/instrumentation-/, '');
+      const group = Object.hasOwn(INSTRUMENTATION_GROUPS, name) ? INSTRUMENTATION_GROUPS[name] : undefined;
+      if (group !== undefined) return group;
+      if ((INSTRUMENTATION_NAMES as readonly string[]).includes(name)) return [name as InstrumentationName];
+      warnings.push(`${variable} names "${name}", which this bootstrap does not load (http, ${INSTRUMENTATION_NAMES.join(', ')})`);
+      return [];
+    });
+  const serviceDefault = Object.hasOwn(DEFAULT_INSTRUMENTATIONS, serviceName)
+    ? DEFAULT_INSTRUMENTATIONS[serviceName as ServiceName]
+    : undefined;
+  const enabled = read('OTEL_NODE_ENABLED_INSTRUMENTATIONS') ?? serviceDefault ?? INSTRUMENTATION_NAMES;
+  const disabled = new Set(read('OTEL_NODE_DISABLED_INSTRUMENTATIONS'));
+  return [...new Set(enabled)].filter((name) => !disabled.has(name));
+}
+
+function deepFreeze<T>(object: T): T {
+  for (const child of Object.values(object as object)) {
+    if (typeof child === 'object' && child !== null) deepFreeze(child);
+  }
+  return Object.freeze(object);
+}

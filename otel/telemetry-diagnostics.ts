@@ -1,0 +1,81 @@
+/**
+ * What the telemetry bootstrap says about itself on stderr. With no collector listening (the plain `npm start`
+ * case) every batch export fails; without a limit that is a stack of JSON every few seconds per process.
+ * Here each kind of problem is reported once per interval, with a count of what was held back.
+ */
+import { format } from 'node:util';
+import type { DiagLogger } from '@opentelemetry/api';
+
+export interface TelemetryDiagnosticsOptions {
+  /** Where export failures go, named in the message (e.g. `http://localhost:4318/v1/traces`). */
+  destination: string;
+  /** Writes one line; default stderr. */
+  write?: (line: string) => void;
+  /** Shortest time between two reports of the same kind, ms. Default 60 000. */
+  intervalMs?: number;
+  /** Clock, ms. Default `Date.now`. */
+  now?: () => number;
+}
+
+export interface TelemetryDiagnostics {
+  /** For `diag.setLogger(logger, DiagLogLevel.WARN)`: errors and warnings, each message rate-limited. */
+  readonly logger: DiagLogger;
+  /** For `setGlobalErrorHandler`: the SDK's batch processors report failed exports here. */
+  reportExportError(error: unknown): void;
+  /** True when an export failed within the last interval: a flush at shutdown is then not worth waiting for. */
+  exportFailedRecently(): boolean;
+}
+
+const PREFIX = 'telemetry:';
+
+export function createTelemetryDiagnostics(options: TelemetryDiagnosticsOptions): TelemetryDiagnostics {
+  const write = options.write ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const intervalMs = options.intervalMs ?? 60_000;
+  const now = options.now ?? Date.now;
+  const lastReported = new Map<string, number>();
+  const suppressed = new Map<string, number>();
+  let lastExportFailure: number | undefined;
+
+  const report = (kind: string, message: string) => {
+    const at = now();
+    const last = lastReported.get(kind);
+    if (last !== undefined && at - last < intervalMs) {
+      suppressed.set(kind, (suppressed.get(kind) ?? 0) + 1);
+      return;
+    }
+    const held = suppressed.get(kind) ?? 0;
+    suppressed.delete(kind);
+    lastReported.set(kind, at);
+    const seconds = Math.round(intervalMs / 1000);
+    write(`${PREFIX} ${message}${held > 0 ? ` (${held} more since the last report; next report in ${seconds} s at the earliest)` : ''}`);
+  };
+  const fromDiag = (level: string) => (message: string, ...args: unknown[]) => {
+    const text = format(message, ...args);
+    report(`${level}:${message}`, `${level}: ${text}`);
+  };
+  const ignore = () => {};
+
+  return {
+    logger: { error: fromDiag('error'), warn: fromDiag('warn'), info: ignore, debug: ignore, verbose: ignore },
+    reportExportError(error) {
+      lastExportFailure = now();
+      report(
+        'export',
+        `cannot export to ${options.destination} (${describeError(error)}); spans and logs are dropped until it ` +
+          `answers. Repeated failures are reported at most every ${Math.round(intervalMs / 1000)} s.`,
+      );
+    },
+    exportFailedRecently: () => lastExportFailure !== undefined && now() - lastExportFailure < intervalMs,
+  };
+}
+
+/** `connect ECONNREFUSED 127.0.0.1:4318` rather than the SDK's JSON dump of the error's prototype chain. */
+export function describeError(error: unknown): string {
+  if (error instanceof AggregateError && error.errors.length > 0) return describeError(error.errors[0]);
+  if (error instanceof Error) {
+    const code = (error as { code?: unknown }).code;
+    const message = error.message || error.name;
+    return code !== undefined && !message.includes(String(code)) ? `${String(code)} ${message}` : message;
+  }
+  return String(error);
+}

@@ -1,0 +1,185 @@
+/**
+ * The telemetry bootstrap end to end: a Koa service started with `--require register.js`, a real OTLP/HTTP
+ * receiver, and assertions on what the exporters actually sent.
+ */
+import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver';
+import { ATTR, LOG_FIELD, SERVICE_NAME } from '../../otel/wire-names';
+import { newTraceparent, startInstrumentedApp, stopAllInstrumentedApps } from './instrumented-app';
+
+const FAST_EXPORT = { OTEL_BSP_SCHEDULE_DELAY: '100', OTEL_BLRP_SCHEDULE_DELAY: '100' };
+
+let receiver: OtlpReceiver;
+
+beforeAll(async () => {
+  receiver = await startOtlpReceiver();
+});
+afterEach(() => receiver.clear());
+afterAll(async () => {
+  await stopAllInstrumentedApps();
+  await receiver.close();
+});
+
+describe.each([
+  { protocol: 'http/protobuf', contentType: 'application/x-protobuf' },
+  { protocol: 'http/json', contentType: 'application/json' },
+])('over OTLP $protocol', ({ protocol, contentType }) => {
+  it('continues the caller trace, tags every span with the baggage request id, and ships the log line', async () => {
+    const app = await startInstrumentedApp({
+      ...FAST_EXPORT,
+      OTEL_SERVICE_NAME: SERVICE_NAME.users,
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+      OTEL_EXPORTER_OTLP_PROTOCOL: protocol,
+    });
+    const { traceparent, traceId, parentSpanId } = newTraceparent();
+
+    const response = await fetch(`${app.url}/hello`, { headers: { traceparent, baggage: 'request.id=abc' } });
+    expect(response.status).toBe(200);
+
+    const received = await receiver.waitFor(
+      ({ spans, logs }) =>
+        spans.some((s) => s.traceId === traceId && s.kind === 'SERVER') &&
+        logs.some((l) => l.body === 'hello handled'),
+    );
+    const trace = received.spans.filter((s) => s.traceId === traceId);
+    const server = trace.find((s) => s.kind === 'SERVER')!;
+    expect(server).toMatchObject({
+      name: 'GET /hello',
+      parentSpanId,
+      serviceName: SERVICE_NAME.users,
+      attributes: expect.objectContaining({
+        [ATTR.requestId]: 'abc',
+        'http.request.method': 'GET',
+        'http.route': '/hello',
+        'http.response.status_code': 200,
+      }),
+    });
+    expect(server.resource).toMatchObject({
+      'service.name': SERVICE_NAME.users,
+      'service.version': expect.any(String),
+      'deployment.environment.name': 'test',
+    });
+    // Koa keeps one span per named middleware, plus the route; all carry the request id.
+    expect(trace.map((s) => s.name)).toEqual(expect.arrayContaining(['middleware - timing', 'router - /hello']));
+    for (const span of trace) expect(span.attributes[ATTR.requestId]).toBe('abc');
+
+    const log = received.logs.find((l) => l.body === 'hello handled')!;
+    const route = trace.find((s) => s.name === 'router - /hello')!;
+    expect(log).toMatchObject({
+      traceId,
+      spanId: route.spanId,
+      serviceName: SERVICE_NAME.users,
+      severityText: 'info',
+      severityNumber: 9,
+      attributes: { [LOG_FIELD.requestId]: 'abc', user: 'u-1' },
+    });
+    expect(receiver.requests().every((r) => r.contentType === contentType)).toBe(true);
+
+    // The same line on stdout carries the same correlation fields.
+    expect(app.logLines().find((line) => line.message === 'hello handled')).toMatchObject({
+      [LOG_FIELD.traceId]: traceId,
+      [LOG_FIELD.spanId]: route.spanId,
+      [LOG_FIELD.requestId]: 'abc',
+    });
+    app.kill();
+  });
+});
+
+it('carries the trace and the request id through fetch to the next service, and leaves health probes out', async () => {
+  const app = await startInstrumentedApp({
+    ...FAST_EXPORT,
+    OTEL_SERVICE_NAME: SERVICE_NAME.orders,
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+  });
+  const { traceparent, traceId } = newTraceparent();
+  expect((await fetch(`${app.url}/health`)).status).toBe(404); // no such route here; what matters is no trace
+
+  const response = await fetch(`${app.url}/chain`, { headers: { traceparent, baggage: 'request.id=req-42' } });
+  expect(await response.json()).toEqual({ downstream: 200 });
+
+  const isServer = (path: string) => (s: ReceivedSpan) => s.kind === 'SERVER' && s.attributes['url.path'] === path;
+  const { spans } = await receiver.waitFor(
+    ({ spans }) => spans.filter((s) => s.traceId === traceId && s.kind === 'SERVER').length === 2,
+  );
+  const trace = spans.filter((s) => s.traceId === traceId);
+  const client = trace.find((s) => s.kind === 'CLIENT')!;
+  const downstream = trace.find(isServer('/hello'))!;
+  expect(client.scope.name).toBe('@opentelemetry/instrumentation-undici');
+  expect(downstream.parentSpanId).toBe(client.spanId);
+  expect(client.attributes[ATTR.requestId]).toBe('req-42');
+  expect(downstream.attributes[ATTR.requestId]).toBe('req-42');
+  expect(spans.filter(isServer('/health'))).toEqual([]);
+  app.kill();
+});
+
+it('sends nothing and says so once when OTEL_SDK_DISABLED=true', async () => {
+  const app = await startInstrumentedApp({
+    ...FAST_EXPORT,
+    OTEL_SDK_DISABLED: 'true',
+    OTEL_SERVICE_NAME: SERVICE_NAME.users,
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+  });
+  const { traceparent } = newTraceparent();
+
+  const response = await fetch(`${app.url}/hello`, { headers: { traceparent, baggage: 'request.id=abc' } });
+  expect(response.status).toBe(200);
+  await new Promise((resolve) => setTimeout(resolve, 1_000)); // ten export intervals
+
+  expect(receiver.requests()).toEqual([]);
+  expect(app.stderr().trim()).toBe('telemetry: off (OTEL_SDK_DISABLED=true)');
+  // Without the SDK there is no context to read, so lines carry no trace fields, and nothing else breaks.
+  expect(app.logLines().find((line) => line.message === 'hello handled')).not.toHaveProperty(LOG_FIELD.traceId);
+  app.kill();
+});
+
+it('says once on stderr where telemetry goes', async () => {
+  const app = await startInstrumentedApp({ OTEL_SERVICE_NAME: SERVICE_NAME.gateway, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url });
+  // stderr is its own pipe: the line can reach us after stdout's `listening`, though it was written first.
+  for (let i = 0; i < 50 && !app.stderr().includes('\n'); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+  expect(app.stderr().trim().split('\n')).toEqual([
+    `telemetry: gateway sends traces to ${receiver.url}/v1/traces and logs to ${receiver.url}/v1/logs ` +
+      '(OTLP http/protobuf). Nothing listening there? Start the compose stack, or set OTEL_TRACES_EXPORTER=console, ' +
+      'or OTEL_SDK_DISABLED=true.',
+  ]);
+  app.kill();
+});
+
+it('leaves sampling to OTEL_TRACES_SAMPLER, which the SDK reads', async () => {
+  const app = await startInstrumentedApp({
+    ...FAST_EXPORT,
+    OTEL_SERVICE_NAME: SERVICE_NAME.notifications,
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+    OTEL_TRACES_SAMPLER: 'parentbased_traceidratio',
+    OTEL_TRACES_SAMPLER_ARG: '0',
+  });
+  const sampled = newTraceparent();
+  const unsampled = newTraceparent();
+
+  // A ratio of 0 samples no new trace, but a parent's decision is followed.
+  await fetch(`${app.url}/hello`, { headers: { traceparent: sampled.traceparent } });
+  await fetch(`${app.url}/hello`, { headers: { traceparent: unsampled.traceparent.replace(/-01$/, '-00') } });
+  await fetch(`${app.url}/hello`);
+
+  const { spans } = await receiver.waitFor(
+    ({ spans, logs }) =>
+      spans.some((s) => s.traceId === sampled.traceId) && logs.filter((l) => l.body === 'hello handled').length === 3,
+  );
+  expect(new Set(spans.map((s) => s.traceId))).toEqual(new Set([sampled.traceId]));
+  app.kill();
+});
+
+it('lets a process opt out of server and Koa spans with OTEL_NODE_DISABLED_INSTRUMENTATIONS', async () => {
+  const app = await startInstrumentedApp({
+    ...FAST_EXPORT,
+    OTEL_SERVICE_NAME: SERVICE_NAME.orders,
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+    OTEL_NODE_DISABLED_INSTRUMENTATIONS: 'http-server,koa',
+  });
+
+  const { traceparent } = newTraceparent();
+  expect((await fetch(`${app.url}/chain`, { headers: { traceparent } })).status).toBe(200);
+
+  await receiver.waitFor(({ spans }) => spans.some((s) => s.kind === 'CLIENT'));
+  await new Promise((resolve) => setTimeout(resolve, 500)); // five export intervals, for any span still to come
+  expect(receiver.spans().map((s) => [s.kind, s.scope.name])).toEqual([['CLIENT', '@opentelemetry/instrumentation-undici']]);
+  app.kill();
+});

@@ -1,0 +1,99 @@
+/**
+ * Telemetry never fails or slows a request: with the collector down or slow the service answers as usual,
+ * and says so on stderr without flooding it.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
+import { newTraceparent, startInstrumentedApp, stopAllInstrumentedApps } from './instrumented-app';
+
+/** A port that was just free: nothing listens there, so connections are refused. */
+async function closedPort(): Promise<number> {
+  const server = http.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+async function getTimes(url: string, times: number, gapMs = 0): Promise<number[]> {
+  const statuses: number[] = [];
+  for (let i = 0; i < times; i++) {
+    const response = await fetch(url, { headers: { traceparent: newTraceparent().traceparent } });
+    await response.arrayBuffer();
+    statuses.push(response.status);
+    if (gapMs > 0) await new Promise((resolve) => setTimeout(resolve, gapMs));
+  }
+  return statuses;
+}
+
+const failureLines = (stderr: string) => stderr.split('\n').filter((line) => line.includes('cannot export'));
+
+afterAll(() => stopAllInstrumentedApps());
+
+describe('with nothing listening on the OTLP endpoint', () => {
+  it('answers every request and reports the export failure once', async () => {
+    const endpoint = `http://127.0.0.1:${await closedPort()}`;
+    const app = await startInstrumentedApp({
+      OTEL_SERVICE_NAME: 'outage-fixture',
+      OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
+      OTEL_BSP_SCHEDULE_DELAY: '100',
+      OTEL_BLRP_SCHEDULE_DELAY: '100',
+      OTEL_EXPORTER_OTLP_TIMEOUT: '500', // give up retrying quickly, so failures are reported within the test
+    });
+
+    expect(await getTimes(`${app.url}/hello`, 20, 100)).toEqual(Array(20).fill(200));
+    // Traces and logs both fail, several times over; one line says so.
+    const deadline = Date.now() + 10_000;
+    while (failureLines(app.stderr()).length === 0 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect(await getTimes(`${app.url}/hello`, 10, 100)).toEqual(Array(10).fill(200));
+
+    // The start-up line, then one line for all the failures so far.
+    expect(app.stderr().trim().split('\n')).toEqual([
+      expect.stringMatching(/^telemetry: outage-fixture sends traces to /),
+      expect.stringContaining(`telemetry: cannot export to ${endpoint} (connect ECONNREFUSED`),
+    ]);
+    app.kill();
+  });
+
+  it('still exits promptly on SIGTERM, giving up on the flush', async () => {
+    const app = await startInstrumentedApp({
+      OTEL_SERVICE_NAME: 'outage-fixture',
+      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${await closedPort()}`,
+      FIXTURE_HANDLES_SIGTERM: '1',
+    });
+    expect(await getTimes(`${app.url}/hello`, 3)).toEqual([200, 200, 200]);
+
+    const started = Date.now();
+    app.process.kill('SIGTERM');
+    expect(await app.exited).toEqual({ code: 0, signal: null });
+    expect(Date.now() - started).toBeLessThan(8_000); // the flush is bounded at 5 s
+  });
+});
+
+describe('with a collector that takes 5 s to answer', () => {
+  let receiver: OtlpReceiver;
+  beforeAll(async () => {
+    receiver = await startOtlpReceiver({ delayMs: 5_000 });
+  });
+  afterAll(() => receiver.close());
+
+  it('does not hold up responses while exports wait', async () => {
+    const app = await startInstrumentedApp({
+      OTEL_SERVICE_NAME: 'slow-collector-fixture',
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+      OTEL_BSP_SCHEDULE_DELAY: '50',
+      OTEL_BLRP_SCHEDULE_DELAY: '50',
+    });
+
+    const started = Date.now();
+    expect(await getTimes(`${app.url}/hello`, 30, 20)).toEqual(Array(30).fill(200));
+    // 30 requests that waited on a 5 s export would take minutes; generous bound.
+    expect(Date.now() - started).toBeLessThan(4_000);
+    // The exports were under way meanwhile: the collector did receive them.
+    await receiver.waitFor(({ spans }) => spans.length > 0);
+    app.kill();
+  });
+});

@@ -1,0 +1,65 @@
+import { createTelemetryDiagnostics, describeError } from '../../otel/telemetry-diagnostics';
+
+function setup(intervalMs = 60_000) {
+  let now = 0;
+  const lines: string[] = [];
+  const diagnostics = createTelemetryDiagnostics({
+    destination: 'http://localhost:4318',
+    write: (line) => lines.push(line),
+    intervalMs,
+    now: () => now,
+  });
+  return { diagnostics, lines, advance: (ms: number) => (now += ms) };
+}
+
+const refused = () =>
+  new AggregateError(
+    [Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:4318'), { code: 'ECONNREFUSED' })],
+    '',
+  );
+
+it('reports the first export failure, then holds repeats back for the interval', () => {
+  const { diagnostics, lines, advance } = setup();
+  for (let i = 0; i < 20; i++) {
+    diagnostics.reportExportError(refused());
+    advance(1_000);
+  }
+  expect(lines).toEqual([
+    'telemetry: cannot export to http://localhost:4318 (connect ECONNREFUSED 127.0.0.1:4318); spans and logs are ' +
+      'dropped until it answers. Repeated failures are reported at most every 60 s.',
+  ]);
+
+  advance(60_000);
+  diagnostics.reportExportError(new Error('Request timed out'));
+  expect(lines).toHaveLength(2);
+  expect(lines[1]).toMatch(/\(Request timed out\).*\(19 more since the last report; next report in 60 s at the earliest\)$/);
+});
+
+it('rate-limits each SDK warning on its own, and ignores info and debug', () => {
+  const { diagnostics, lines } = setup();
+  for (let i = 0; i < 5; i++) {
+    diagnostics.logger.warn('Dropped %d spans because maxQueueSize reached', i);
+    diagnostics.logger.error('something else');
+    diagnostics.logger.info('chatty');
+    diagnostics.logger.debug('chattier');
+  }
+  expect(lines).toEqual(['telemetry: warn: Dropped 0 spans because maxQueueSize reached', 'telemetry: error: something else']);
+});
+
+it('knows whether an export failed recently, to keep the flush at exit short', () => {
+  const { diagnostics, advance } = setup(10_000);
+  expect(diagnostics.exportFailedRecently()).toBe(false);
+  diagnostics.reportExportError(refused());
+  expect(diagnostics.exportFailedRecently()).toBe(true);
+  advance(10_001);
+  expect(diagnostics.exportFailedRecently()).toBe(false);
+});
+
+it.each([
+  { desc: 'an AggregateError (both addresses of localhost refused)', error: refused(), text: 'connect ECONNREFUSED 127.0.0.1:4318' },
+  { desc: 'an HTTP error from the collector', error: Object.assign(new Error('Bad Request'), { code: 400 }), text: '400 Bad Request' },
+  { desc: 'a timeout', error: new Error('Request timed out'), text: 'Request timed out' },
+  { desc: 'a string', error: 'Timeout', text: 'Timeout' },
+])('describes $desc in a few words', ({ error, text }) => {
+  expect(describeError(error)).toBe(text);
+});

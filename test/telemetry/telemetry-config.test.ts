@@ -1,0 +1,170 @@
+import { readTelemetryConfig, serviceNameFromEntryScript, type TelemetryConfig } from '../../otel/telemetry-config';
+import { SERVICE_NAME } from '../../otel/wire-names';
+
+const read = (env: Readonly<Record<string, string | undefined>>, entry = '/app/dist/services/users/main.js') =>
+  readTelemetryConfig(env, entry, '1.0.0');
+
+describe('service.name', () => {
+  it.each([
+    { desc: 'the compiled gateway', entry: '/app/dist/src/main.js', name: SERVICE_NAME.gateway },
+    { desc: 'the users service', entry: '/app/dist/services/users/main.js', name: SERVICE_NAME.users },
+    { desc: 'the orders service', entry: 'dist/services/orders/main.js', name: SERVICE_NAME.orders },
+    { desc: 'the notifications service', entry: '/srv/services/notifications/main.js', name: SERVICE_NAME.notifications },
+    { desc: 'a TypeScript entry', entry: '/app/src/main.ts', name: SERVICE_NAME.gateway },
+    { desc: 'an unrelated script', entry: '/app/bench/run.js', name: undefined },
+    { desc: 'a services file that is not main', entry: '/app/dist/services/users/app.js', name: undefined },
+  ])('is derived from the entry script path for $desc', ({ entry, name }) => {
+    expect(serviceNameFromEntryScript(entry)).toBe(name);
+  });
+
+  it.each([
+    { desc: 'OTEL_SERVICE_NAME wins over everything', env: { OTEL_SERVICE_NAME: 'x', OTEL_RESOURCE_ATTRIBUTES: 'service.name=y' }, name: 'x' },
+    { desc: 'service.name in OTEL_RESOURCE_ATTRIBUTES wins over the path', env: { OTEL_RESOURCE_ATTRIBUTES: 'a=b,service.name=y%20z' }, name: 'y z' },
+    { desc: 'the entry script is the fallback', env: {}, name: SERVICE_NAME.users },
+  ])('$desc', ({ env, name }) => {
+    expect(read(env).serviceName).toBe(name);
+  });
+
+  it('is the OpenTelemetry default for an unknown entry script', () => {
+    expect(readTelemetryConfig({}, '/x/y.js', undefined).serviceName).toBe('unknown_service:node');
+  });
+});
+
+describe('defaults, with no OTEL_* variables', () => {
+  const config = read({});
+
+  it('exports traces and logs as OTLP protobuf to localhost:4318, batched with SDK defaults', () => {
+    expect(config).toMatchObject<Partial<TelemetryConfig>>({
+      enabled: true,
+      serviceVersion: '1.0.0',
+      environment: 'development',
+      traces: { exporters: ['otlp'], protocol: 'http/protobuf', url: 'http://localhost:4318/v1/traces', batch: {} },
+      logs: { exporters: ['otlp'], protocol: 'http/protobuf', url: 'http://localhost:4318/v1/logs', batch: {} },
+      instrumentations: ['http-server', 'http-client', 'koa', 'undici'],
+      sdkLogLevel: undefined,
+      warnings: [],
+    });
+  });
+
+  it('is frozen', () => {
+    expect(Object.isFrozen(config)).toBe(true);
+    expect(Object.isFrozen(config.traces.batch)).toBe(true);
+  });
+});
+
+it.each([
+  { desc: 'OTEL_SDK_DISABLED=true turns it off', env: { OTEL_SDK_DISABLED: 'true' }, expected: { enabled: false } },
+  { desc: 'OTEL_SDK_DISABLED=TRUE too', env: { OTEL_SDK_DISABLED: 'TRUE' }, expected: { enabled: false } },
+  { desc: 'OTEL_SDK_DISABLED=false leaves it on', env: { OTEL_SDK_DISABLED: 'false' }, expected: { enabled: true } },
+  { desc: 'NODE_ENV names the environment', env: { NODE_ENV: 'production' }, expected: { environment: 'production' } },
+  {
+    desc: 'the endpoint gets /v1/<signal> appended, trailing slash or not',
+    env: { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318/' },
+    expected: { traces: { url: 'http://collector:4318/v1/traces' }, logs: { url: 'http://collector:4318/v1/logs' } },
+  },
+  {
+    desc: 'a per-signal endpoint is used as is',
+    env: { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', OTEL_EXPORTER_OTLP_LOGS_ENDPOINT: 'http://loki:3100/otlp/v1/logs' },
+    expected: { traces: { url: 'http://c:4318/v1/traces' }, logs: { url: 'http://loki:3100/otlp/v1/logs' } },
+  },
+  {
+    desc: 'http/json is supported, per signal too',
+    env: { OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_EXPORTER_OTLP_LOGS_PROTOCOL: 'http/protobuf' },
+    expected: { traces: { protocol: 'http/json' }, logs: { protocol: 'http/protobuf' } },
+  },
+  {
+    desc: 'exporters can be console or none per signal',
+    env: { OTEL_TRACES_EXPORTER: 'console', OTEL_LOGS_EXPORTER: 'none' },
+    expected: { traces: { exporters: ['console'] }, logs: { exporters: [] } },
+  },
+  {
+    desc: 'batch processors are tuned by OTEL_BSP_* and OTEL_BLRP_*',
+    env: { OTEL_BSP_SCHEDULE_DELAY: '200', OTEL_BSP_MAX_QUEUE_SIZE: '100', OTEL_BLRP_EXPORT_TIMEOUT: '3000' },
+    expected: {
+      traces: { batch: { scheduledDelayMillis: 200, maxQueueSize: 100 } },
+      logs: { batch: { exportTimeoutMillis: 3000 } },
+    },
+  },
+  {
+    desc: 'OTEL_NODE_ENABLED_INSTRUMENTATIONS replaces the list',
+    env: { OTEL_NODE_ENABLED_INSTRUMENTATIONS: 'undici,@opentelemetry/instrumentation-koa' },
+    expected: { instrumentations: ['undici', 'koa'] },
+  },
+  {
+    desc: 'OTEL_NODE_ENABLED_INSTRUMENTATIONS=none enables none',
+    env: { OTEL_NODE_ENABLED_INSTRUMENTATIONS: 'none' },
+    expected: { instrumentations: [] },
+  },
+  {
+    desc: 'OTEL_NODE_DISABLED_INSTRUMENTATIONS removes from it, http meaning both sides',
+    env: { OTEL_NODE_DISABLED_INSTRUMENTATIONS: 'http,koa' },
+    expected: { instrumentations: ['undici'] },
+  },
+  {
+    desc: 'one side of http can be kept, e.g. a gateway that makes its own server spans',
+    env: { OTEL_NODE_DISABLED_INSTRUMENTATIONS: 'http-server,koa' },
+    expected: { instrumentations: ['http-client', 'undici'] },
+  },
+  {
+    desc: 'the gateway loads no instrumentation by default: it makes its own spans and injects its own headers',
+    env: { OTEL_SERVICE_NAME: SERVICE_NAME.gateway },
+    expected: { instrumentations: [] },
+  },
+  { desc: 'OTEL_LOG_LEVEL hands diagnostics back to the SDK', env: { OTEL_LOG_LEVEL: 'debug' }, expected: { sdkLogLevel: 'debug' } },
+  {
+    desc: 'a service name that is also an Object property gets the full default list',
+    env: { OTEL_SERVICE_NAME: 'constructor', OTEL_NODE_DISABLED_INSTRUMENTATIONS: 'toString' },
+    expected: { serviceName: 'constructor', instrumentations: ['http-server', 'http-client', 'koa', 'undici'] },
+    warnings: ['OTEL_NODE_DISABLED_INSTRUMENTATIONS names "tostring", which this bootstrap does not load (http, http-server, http-client, koa, undici)'],
+  },
+  { desc: 'empty variables count as unset', env: { OTEL_TRACES_EXPORTER: '', OTEL_SERVICE_NAME: ' ' }, expected: { traces: { exporters: ['otlp'] }, serviceName: SERVICE_NAME.users } },
+])('$desc', ({ env, expected, warnings = [] }: { env: Readonly<Record<string, string | undefined>>; expected: object; warnings?: readonly string[] }) => {
+  const config = read(env);
+  expect(config).toMatchObject(expected);
+  expect(config.warnings).toEqual(warnings);
+});
+
+it.each([
+  {
+    desc: 'an unknown exporter',
+    env: { OTEL_TRACES_EXPORTER: 'zipkin' },
+    expected: { traces: { exporters: [] } },
+    warning: 'OTEL_TRACES_EXPORTER="zipkin" is not supported (otlp, console, none); ignored',
+  },
+  {
+    desc: 'grpc',
+    env: { OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' },
+    expected: { traces: { protocol: 'http/protobuf' } },
+    warning: 'OTEL_EXPORTER_OTLP_PROTOCOL="grpc" is not supported (http/protobuf, http/json); using http/protobuf',
+  },
+  {
+    desc: 'an endpoint without its scheme',
+    env: { OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:4318' },
+    expected: { traces: { url: 'http://localhost:4318/v1/traces' } },
+    warning: 'OTEL_EXPORTER_OTLP_ENDPOINT="collector:4318" is not an http(s) URL; using http://localhost:4318',
+  },
+  {
+    desc: 'a malformed per-signal endpoint',
+    env: { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'not a url', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318' },
+    expected: { traces: { url: 'http://c:4318/v1/traces' } },
+    warning: 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="not a url" is not an http(s) URL; using OTEL_EXPORTER_OTLP_ENDPOINT or the default',
+  },
+  {
+    desc: 'a batch setting that is not a positive integer',
+    env: { OTEL_BSP_SCHEDULE_DELAY: '-5' },
+    expected: { traces: { batch: { scheduledDelayMillis: undefined } } },
+    warning: 'OTEL_BSP_SCHEDULE_DELAY="-5" is not a positive integer; using the SDK default',
+  },
+  {
+    desc: 'an instrumentation this bootstrap does not load',
+    env: { OTEL_NODE_ENABLED_INSTRUMENTATIONS: 'http,pg' },
+    expected: { instrumentations: ['http-server', 'http-client'] },
+    warning:
+      'OTEL_NODE_ENABLED_INSTRUMENTATIONS names "pg", which this bootstrap does not load ' +
+      '(http, http-server, http-client, koa, undici)',
+  },
+])('never throws on $desc: it warns, naming the variable and value, and uses a default', ({ env, expected, warning }) => {
+  const config = read(env);
+  expect(config).toMatchObject(expected);
+  expect(config.warnings).toEqual(warning === undefined ? [] : [warning]);
+});
