@@ -1,0 +1,108 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { TEST_JWT_SECRET } from './test-config';
+
+/**
+ * The four real processes from dist/ (built by `npm test` before Jest runs), each with the telemetry
+ * bootstrap preloaded as in production, on ephemeral loopback ports.
+ */
+const ROOT = path.resolve(__dirname, '../..');
+const REGISTER = path.join(ROOT, 'dist/otel/register.js');
+
+export interface RunningProcess {
+  name: string;
+  child: ChildProcess;
+  url: string;
+  /** JSON lines this process printed on stdout. */
+  lines: Record<string, unknown>[];
+  stderr: string[];
+}
+
+export interface ProcessStack {
+  gatewayUrl: string;
+  processes: RunningProcess[];
+  /** Sends the signal to all four and resolves with their exit codes once they exited. */
+  stop(signal?: NodeJS.Signals): Promise<(number | null)[]>;
+}
+
+function startProcess(name: string, entry: string, env: Record<string, string>): Promise<RunningProcess> {
+  const child = spawn(process.execPath, ['--require', REGISTER, path.join(ROOT, 'dist', entry)], {
+    cwd: ROOT,
+    env: { ...process.env, PORT: '0', HOST: '127.0.0.1', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const running: RunningProcess = { name, child, url: '', lines: [], stderr: [] };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${name} did not start:\n${running.stderr.join('')}`)), 20_000);
+    let partial = '';
+    child.stdout!.on('data', (chunk: Buffer) => {
+      partial += chunk.toString();
+      const complete = partial.split('\n');
+      partial = complete.pop()!;
+      for (const text of complete) {
+        try {
+          const line = JSON.parse(text) as Record<string, unknown>;
+          running.lines.push(line);
+          if (typeof line.url === 'string' && String(line.message).endsWith('listening')) {
+            running.url = line.url;
+            clearTimeout(timer);
+            resolve(running);
+          }
+        } catch {
+          // not a log line (console exporter output, for instance)
+        }
+      }
+    });
+    child.stderr!.on('data', (chunk: Buffer) => running.stderr.push(chunk.toString()));
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      if (!running.url) reject(new Error(`${name} exited with ${code}:\n${running.stderr.join('')}`));
+    });
+  });
+}
+
+export async function startProcessStack(env: Record<string, string> = {}): Promise<ProcessStack> {
+  const processes: RunningProcess[] = [];
+  try {
+    const [users, notifications] = await Promise.all([
+      startProcess('user-service', 'services/users/main.js', env),
+      startProcess('notification-service', 'services/notifications/main.js', env),
+    ]);
+    processes.push(users, notifications);
+    const orders = await startProcess('order-service', 'services/orders/main.js', { ...env, USER_SERVICE_URL: users.url, NOTIF_SERVICE_URL: notifications.url });
+    processes.push(orders);
+    const gateway = await startProcess('gateway', 'src/main.js', {
+      JWT_SECRET: TEST_JWT_SECRET,
+      USER_SERVICE_URL: users.url,
+      ORDER_SERVICE_URL: orders.url,
+      NOTIF_SERVICE_URL: notifications.url,
+      ...env,
+    });
+    processes.push(gateway);
+    return {
+      gatewayUrl: gateway.url,
+      processes,
+      stop: (signal = 'SIGTERM') => stopAll(processes, signal),
+    };
+  } catch (error) {
+    await stopAll(processes, 'SIGKILL');
+    throw error;
+  }
+}
+
+function stopAll(processes: RunningProcess[], signal: NodeJS.Signals): Promise<(number | null)[]> {
+  return Promise.all(
+    processes.map(
+      ({ child }) =>
+        new Promise<number | null>((resolve) => {
+          if (child.exitCode !== null || child.signalCode !== null) return resolve(child.exitCode);
+          const killer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+          child.once('exit', (code) => {
+            clearTimeout(killer);
+            resolve(code);
+          });
+          child.kill(signal);
+        }),
+    ),
+  );
+}

@@ -1,0 +1,161 @@
+import { SERVICE_NAME, ATTR, HEADER, LOG_FIELD } from '../../otel/wire-names';
+import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver';
+import { startProcessStack, type ProcessStack } from '../helpers/process-stack';
+
+/**
+ * The product's first promise, black box: the gateway and the three services as real processes exporting
+ * OTLP (what the exporters really send) to a receiver; one request id finds one trace and every log line.
+ */
+const FAST_EXPORT = { OTEL_BSP_SCHEDULE_DELAY: '100', OTEL_BLRP_SCHEDULE_DELAY: '100', OTEL_TRACES_SAMPLER: 'always_on' };
+const ALL_SERVICES = Object.values(SERVICE_NAME);
+
+describe('one id from curl to trace to logs', () => {
+  let receiver: OtlpReceiver;
+  let stack: ProcessStack;
+  let token: string;
+  const password = 'wonderland';
+
+  beforeAll(async () => {
+    receiver = await startOtlpReceiver();
+    stack = await startProcessStack({ ...FAST_EXPORT, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url });
+    const login = await fetch(`${stack.gatewayUrl}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password }) });
+    expect(login.status).toBe(200);
+    token = ((await login.json()) as { token: string }).token;
+  });
+  afterAll(async () => {
+    await stack?.stop('SIGKILL');
+    await receiver?.close();
+  });
+
+  async function createOrder(headers: Record<string, string> = {}) {
+    const response = await fetch(`${stack.gatewayUrl}/api/orders`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', ...headers },
+      body: JSON.stringify({ items: [{ sku: 'book-42', quantity: 1 }] }),
+    });
+    expect(response.status).toBe(201);
+    return response.headers.get(HEADER.requestId)!;
+  }
+
+  it('makes POST /api/orders one trace across all four services, with correct parents and request.id on every span', async () => {
+    const requestId = await createOrder();
+    expect(requestId).toMatch(/^[0-9a-f]{32}$/);
+    const { spans } = await receiver.waitFor(({ spans }) => {
+      const trace = spans.filter((span) => span.traceId === requestId);
+      return ALL_SERVICES.every((service) => trace.some((span) => span.serviceName === service && span.kind === 'SERVER'));
+    }, 15_000);
+    const trace = spans.filter((span) => span.traceId === requestId);
+    const byId = new Map(trace.map((span) => [span.spanId, span]));
+    const parentOf = (span: ReceivedSpan) => byId.get(span.parentSpanId ?? '');
+    const server = (service: string, path: string) => trace.find((span) => span.serviceName === service && span.kind === 'SERVER' && span.attributes['url.path'] === path)!;
+
+    // The gateway's server span: root, named after its route, with user, route and upstream outcome.
+    const gateway = server(SERVICE_NAME.gateway, '/api/orders');
+    expect(gateway.parentSpanId ?? '').toBe('');
+    expect(gateway.name).toBe('POST /api/orders/*');
+    expect(gateway.attributes).toMatchObject({ 'http.route': '/api/orders/*', [ATTR.userId]: '1', [ATTR.routeName]: 'orders', [ATTR.upstreamService]: 'orders', [ATTR.upstreamOutcome]: 'ok' });
+
+    // gateway CLIENT -> order-service SERVER
+    const orders = server(SERVICE_NAME.orders, '/orders');
+    expect(parentOf(orders)).toMatchObject({ serviceName: SERVICE_NAME.gateway, kind: 'CLIENT' });
+    expect(parentOf(parentOf(orders)!)?.spanId).toBe(gateway.spanId);
+
+    // order-service -> user-service directly: the user-service span is a child of an order-service span.
+    const users = server(SERVICE_NAME.users, '/users/1');
+    const usersParent = parentOf(users)!;
+    expect(usersParent).toMatchObject({ serviceName: SERVICE_NAME.orders, kind: 'CLIENT' });
+    // ...whose ancestors lead back to order-service's server span.
+    let ancestor: ReceivedSpan | undefined = usersParent;
+    while (ancestor && ancestor.spanId !== orders.spanId) ancestor = parentOf(ancestor);
+    expect(ancestor?.spanId).toBe(orders.spanId);
+
+    const notifications = server(SERVICE_NAME.notifications, '/internal/notifications');
+    expect(parentOf(notifications)).toMatchObject({ serviceName: SERVICE_NAME.orders, kind: 'CLIENT' });
+
+    for (const span of trace) expect([span.serviceName, span.name, span.attributes[ATTR.requestId]]).toEqual([span.serviceName, span.name, requestId]);
+    expect(new Set(trace.map((span) => span.serviceName))).toEqual(new Set(ALL_SERVICES));
+  });
+
+  it('exports log records from all four processes with the same trace id and request id', async () => {
+    const requestId = await createOrder();
+    const { logs } = await receiver.waitFor(({ logs }) => ALL_SERVICES.every((service) => logs.some((log) => log.serviceName === service && log.traceId === requestId)), 15_000);
+    const mine = logs.filter((log) => log.traceId === requestId);
+    for (const log of mine) {
+      expect(log.attributes[LOG_FIELD.requestId]).toBe(requestId);
+      expect(log.spanId).toMatch(/^[0-9a-f]{16}$/);
+    }
+    const access = mine.find((log) => log.serviceName === SERVICE_NAME.gateway && log.body === 'request completed')!;
+    expect(access.attributes).toMatchObject({ method: 'POST', status: 201, route: 'orders', user_id: '1' });
+    // The same lines on stdout carry trace_id, span_id, request_id and service.name.
+    for (const running of stack.processes) {
+      const line = running.lines.find((entry) => entry[LOG_FIELD.traceId] === requestId);
+      expect(line).toMatchObject({ [LOG_FIELD.requestId]: requestId, [LOG_FIELD.serviceName]: running.name, level: expect.any(String), message: expect.any(String) });
+      expect(line![LOG_FIELD.spanId]).toMatch(/^[0-9a-f]{16}$/);
+    }
+  });
+
+  it('maps a client UUID request id onto the trace id and carries the UUID everywhere', async () => {
+    const clientId = '3f2b8c4e-1d6a-4e8b-9c0d-7a6b5c4d3e2f';
+    expect(await createOrder({ [HEADER.requestId]: clientId })).toBe(clientId);
+    const traceId = clientId.replaceAll('-', '');
+    const { spans } = await receiver.waitFor(({ spans }) => ALL_SERVICES.every((service) => spans.some((span) => span.traceId === traceId && span.serviceName === service)), 15_000);
+    for (const span of spans.filter((each) => each.traceId === traceId)) expect(span.attributes[ATTR.requestId]).toBe(clientId);
+    await receiver.waitFor(({ logs }) => logs.some((log) => log.traceId === traceId && log.attributes[LOG_FIELD.requestId] === clientId), 15_000);
+  });
+
+  it('puts no token, password or Authorization value in any exported attribute or log', async () => {
+    await createOrder();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const exported = JSON.stringify({ spans: receiver.spans(), logs: receiver.logs() });
+    const printed = JSON.stringify(stack.processes.map((running) => running.lines));
+    for (const secret of [token, token.split('.')[2]!, password, `Bearer ${token}`]) {
+      expect(exported).not.toContain(secret);
+      expect(printed).not.toContain(secret);
+    }
+    expect(exported.toLowerCase()).not.toContain('authorization');
+  });
+});
+
+describe('telemetry never fails a request', () => {
+  it.each([
+    { desc: 'the collector is down', setup: async (receiver: OtlpReceiver) => receiver.close() },
+    { desc: 'the collector takes 5 s per export', setup: async (receiver: OtlpReceiver) => receiver.setDelay(5000) },
+  ])('serves login and orders unchanged when $desc', async ({ setup }) => {
+    const receiver = await startOtlpReceiver();
+    const endpoint = receiver.url;
+    await setup(receiver);
+    const stack = await startProcessStack({ ...FAST_EXPORT, OTEL_EXPORTER_OTLP_ENDPOINT: endpoint });
+    try {
+      for (let round = 0; round < 3; round++) {
+        const login = await fetch(`${stack.gatewayUrl}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'bob@example.com', password: 'builder' }) });
+        expect(login.status).toBe(200);
+        const { token } = (await login.json()) as { token: string };
+        const order = await fetch(`${stack.gatewayUrl}/api/orders`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ items: [{ sku: 'x', quantity: 1 }] }) });
+        expect(order.status).toBe(201);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+    } finally {
+      await stack.stop('SIGKILL');
+      await receiver.close().catch(() => undefined);
+    }
+  });
+
+  it('delivers the spans of the last requests when the processes get SIGTERM', async () => {
+    const receiver = await startOtlpReceiver();
+    // A long batch delay: only the shutdown flush can deliver these in time.
+    const stack = await startProcessStack({ OTEL_BSP_SCHEDULE_DELAY: '60000', OTEL_BLRP_SCHEDULE_DELAY: '60000', OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url });
+    try {
+      const response = await fetch(`${stack.gatewayUrl}/api/nothing-here`);
+      const requestId = response.headers.get(HEADER.requestId)!;
+      expect(response.status).toBe(404);
+      expect(receiver.spans().filter((span) => span.traceId === requestId)).toEqual([]);
+      const codes = await stack.stop('SIGTERM');
+      expect(codes).toEqual([0, 0, 0, 0]);
+      expect(receiver.spans().filter((span) => span.traceId === requestId).map((span) => span.name)).toEqual(['GET']);
+      expect(receiver.logs().some((log) => log.traceId === requestId && log.body === 'request completed')).toBe(true);
+    } finally {
+      await stack.stop('SIGKILL');
+      await receiver.close();
+    }
+  });
+});
