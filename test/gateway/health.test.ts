@@ -1,5 +1,5 @@
 import { startStack, type TestStack } from '../helpers/stack';
-import { listen } from '../helpers/servers';
+import { refusedOrigin } from '../helpers/servers';
 
 describe('health and readiness', () => {
   let stack: TestStack;
@@ -24,9 +24,7 @@ describe('health and readiness', () => {
   });
 
   it('GET /ready answers 503 naming the upstream that is down', async () => {
-    const gone = await listen(() => undefined);
-    await gone.close();
-    stack = await startStack({ serviceUrls: { notifications: gone.url } });
+    stack = await startStack({ serviceUrls: { notifications: await refusedOrigin() } });
     const response = await fetch(`${stack.gateway.url}/ready`);
     expect(response.status).toBe(503);
     expect(await response.json()).toMatchObject({ status: 'degraded', services: { notifications: { status: 'down', detail: 'ECONNREFUSED' }, users: { status: 'up' } } });

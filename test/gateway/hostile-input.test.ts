@@ -1,5 +1,6 @@
 import http from 'node:http';
 import net from 'node:net';
+import type { ProblemBody } from '../../src/middleware/errors';
 import { runServer, type RunningServer } from '../../otel/lifecycle';
 import { HEADER } from '../../otel/wire-names';
 import { createGateway } from '../../src/gateway';
@@ -15,15 +16,7 @@ interface Reply {
   text: string;
 }
 
-interface Problem {
-  type: string;
-  title: string;
-  status: number;
-  detail: string;
-  code: string;
-  requestId: string;
-  instance: string;
-}
+type Problem = ProblemBody;
 
 const MINTED_REQUEST_ID = /^[0-9a-f]{32}$/;
 

@@ -1,7 +1,7 @@
 import { SpanKind } from '@opentelemetry/api';
 import { ATTR } from '../../otel/wire-names';
 import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
-import { listen, type TestServer } from '../helpers/servers';
+import { listen, refusedOrigin as deadOrigin, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 
 /** An order-service stand-in that says which instance answered. */
@@ -18,11 +18,6 @@ async function instance(name: string): Promise<TestServer & { hits: number }> {
   return counter;
 }
 
-async function deadOrigin(): Promise<string> {
-  const server = await listen(() => undefined);
-  await server.close();
-  return server.url;
-}
 
 describe('load balancing with passive health', () => {
   let tracing: InMemoryTracing;

@@ -3,7 +3,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { HEADER } from '../../otel/wire-names';
 import { login, startStack, type TestStack } from '../helpers/stack';
-import { listen, type TestServer } from '../helpers/servers';
+import { listen, refusedOrigin, type TestServer } from '../helpers/servers';
 
 const PROXY_TIMEOUT_MS = 400;
 
@@ -58,12 +58,6 @@ async function startFaultyUpstream(): Promise<TestServer & { received: { path: s
   return Object.assign(server, { received });
 }
 
-/** A loopback port with nothing listening on it. */
-async function closedPort(): Promise<string> {
-  const server = await listen(() => undefined);
-  await server.close();
-  return server.url;
-}
 
 describe('upstream faults', () => {
   let stack: TestStack;
@@ -73,7 +67,7 @@ describe('upstream faults', () => {
 
   beforeAll(async () => {
     upstream = await startFaultyUpstream();
-    refusedUrl = await closedPort();
+    refusedUrl = await refusedOrigin();
     stack = await startStack({
       serviceUrls: { orders: upstream.url, notifications: refusedUrl },
       env: { PROXY_TIMEOUT_MS: String(PROXY_TIMEOUT_MS) },

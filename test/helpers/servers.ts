@@ -60,3 +60,10 @@ export function memoryLogger(serviceName: string): { logger: Logger; lines: Reco
   logger.transports.filter((transport) => transport instanceof winston.transports.Console).forEach((transport) => logger.remove(transport));
   return { logger, lines };
 }
+
+/** A loopback origin with nothing listening on it: connections are refused. */
+export async function refusedOrigin(): Promise<string> {
+  const server = await listen(() => undefined);
+  await server.close();
+  return server.url;
+}

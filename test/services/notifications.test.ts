@@ -1,15 +1,7 @@
-import { createApp } from '../../services/notifications/app';
+import { createApp, type Notification } from '../../services/notifications/app';
 import { HEADER, SERVICE_NAME } from '../../otel/wire-names';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 
-interface Notification {
-  id: string;
-  userId: string;
-  type: string;
-  message: string;
-  orderId?: string;
-  createdAt: string;
-}
 
 describe('notification-service on its own', () => {
   let notifications: TestServer;

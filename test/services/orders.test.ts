@@ -2,15 +2,10 @@ import { createApp as createNotificationsApp } from '../../services/notification
 import { createApp as createOrdersApp } from '../../services/orders/app';
 import { createApp as createUsersApp } from '../../services/users/app';
 import { HEADER, SERVICE_NAME } from '../../otel/wire-names';
-import { listen, listenRecording, memoryLogger, type RecordedRequest, type TestServer } from '../helpers/servers';
+import type { Caller } from '../../services/shared/service-app';
+import { ALICE, BOB, identityHeaders } from '../helpers/callers';
+import { listen, listenRecording, memoryLogger, refusedOrigin, type RecordedRequest, type TestServer } from '../helpers/servers';
 
-interface Caller {
-  id: string;
-  role: string;
-  email: string;
-}
-const ALICE: Caller = { id: '1', role: 'admin', email: 'alice@example.com' };
-const BOB: Caller = { id: '2', role: 'user', email: 'bob@example.com' };
 
 interface Order {
   id: string;
@@ -20,12 +15,6 @@ interface Order {
   createdAt: string;
 }
 
-/** A loopback origin with nothing listening on it: connections are refused. */
-async function refusedOrigin(): Promise<string> {
-  const server = await listen(() => undefined);
-  await server.close();
-  return server.url;
-}
 
 describe('order-service on its own', () => {
   let users: TestServer & { requests: RecordedRequest[] };
@@ -55,7 +44,7 @@ describe('order-service on its own', () => {
 
   async function call(server: TestServer, method: string, path: string, init: { caller?: Caller; json?: unknown; body?: string; contentType?: string; requestId?: string } = {}): Promise<Response> {
     const headers: Record<string, string> = { [HEADER.requestId]: init.requestId ?? nextRequestId() };
-    if (init.caller) Object.assign(headers, { [HEADER.userId]: init.caller.id, [HEADER.userRole]: init.caller.role, [HEADER.userEmail]: init.caller.email });
+    if (init.caller) Object.assign(headers, identityHeaders(init.caller));
     const body = init.json !== undefined ? JSON.stringify(init.json) : init.body;
     if (body !== undefined) headers['content-type'] = init.contentType ?? 'application/json';
     return fetch(`${server.url}${path}`, { method, headers, body });

@@ -1,19 +1,10 @@
 import { createApp } from '../../services/users/app';
 import { HEADER, SERVICE_NAME } from '../../otel/wire-names';
+import type { Caller } from '../../services/shared/service-app';
+import { ALICE, BOB, identityHeaders } from '../helpers/callers';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 
-/** The identity headers the gateway injects after verifying a token. */
-interface Caller {
-  id: string;
-  role: string;
-  email: string;
-}
-const ALICE: Caller = { id: '1', role: 'admin', email: 'alice@example.com' };
-const BOB: Caller = { id: '2', role: 'user', email: 'bob@example.com' };
-
-function identity(caller: Caller): Record<string, string> {
-  return { [HEADER.userId]: caller.id, [HEADER.userRole]: caller.role, [HEADER.userEmail]: caller.email };
-}
+const identity = identityHeaders;
 
 interface Problem {
   type: string;
