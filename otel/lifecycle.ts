@@ -15,6 +15,8 @@ export interface RunServerOptions {
   drainTimeoutMs?: number;
   /** Runs after the server closed, before exit (telemetry flush). */
   onShutdown?: () => Promise<void>;
+  /** Client timeouts, ms (Node's defaults when absent): whole head, whole request, idle keep-alive. */
+  timeouts?: { headersMs: number; requestMs: number; keepAliveMs: number };
 }
 
 export interface RunningServer {
@@ -35,12 +37,13 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
     return;
   }
   const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
-  const status = tooLarge ? 431 : 400;
-  const title = tooLarge ? 'Request header fields too large' : 'Bad request';
-  const code = tooLarge ? 'headers_too_large' : 'bad_request';
+  const tooSlow = error.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+  const status = tooLarge ? 431 : tooSlow ? 408 : 400;
+  const title = tooLarge ? 'Request header fields too large' : tooSlow ? 'Request timeout' : 'Bad request';
+  const code = tooLarge ? 'headers_too_large' : tooSlow ? 'request_timeout' : 'bad_request';
   // Nothing of the request can be trusted (its X-Request-Id included), but the answer still carries an id.
   const requestId = randomUUID().replaceAll('-', '');
-  const detail = tooLarge ? 'The request headers are too large.' : 'The request could not be parsed as HTTP.';
+  const detail = tooLarge ? 'The request headers are too large.' : tooSlow ? 'The request did not arrive in time.' : 'The request could not be parsed as HTTP.';
   const body = JSON.stringify({ type: `urn:koa-gateway:problem:${code}`, title, status, detail, code, requestId });
   socket.end(
     `HTTP/1.1 ${status} ${title}\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n${body}`,
@@ -50,7 +53,13 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
 /** Listens, answers parser errors as JSON, and shuts down gracefully on SIGTERM / SIGINT. */
 export async function runServer(options: RunServerOptions): Promise<RunningServer> {
   const { app, logger } = options;
-  const server = http.createServer(app.callback());
+  const { timeouts } = options;
+  const server = http.createServer(
+    // Node checks these timeouts every connectionsCheckingInterval (30 s by default); slow clients are
+    // cut close to the configured bound only if it checks often.
+    timeouts ? { headersTimeout: timeouts.headersMs, requestTimeout: timeouts.requestMs, keepAliveTimeout: timeouts.keepAliveMs, connectionsCheckingInterval: Math.min(1000, timeouts.headersMs) } : {},
+    app.callback(),
+  );
   server.on('clientError', answerClientError);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -108,6 +108,16 @@ const configSchema = z
         redisKeyPrefix: z.string().regex(/^[A-Za-z0-9:_-]+$/).default('koa-gateway:ratelimit'),
       })
       .prefault({ max: 100, windowMs: 60_000 }),
+    server: z
+      .strictObject({
+        /** A client must send its whole request head within this, ms (slow-header clients get 408). Default 10 s. */
+        headersTimeoutMs: z.int().positive().default(10_000),
+        /** A client must send its whole request, body included, within this, ms (408). Default 120 s. */
+        requestTimeoutMs: z.int().min(0).default(120_000),
+        /** Idle keep-alive connections from clients are closed after this, ms. Default 5 s. */
+        keepAliveTimeoutMs: z.int().positive().default(5_000),
+      })
+      .prefault({}),
     proxy: z
       .strictObject({
         /** Upstream idle timeout, ms (no byte for this long -> 504). Default 10 s. */

@@ -33,6 +33,7 @@ async function main(): Promise<void> {
     port: config.port,
     host: config.host,
     logger,
+    timeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs, keepAliveMs: config.server.keepAliveTimeoutMs },
     async onShutdown() {
       redis?.disconnect();
       await shutdownTelemetry();
