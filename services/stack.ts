@@ -15,6 +15,7 @@ interface Member {
   name: string;
   entry: string;
   env: Record<string, string>;
+  nodeOptions?: string[];
 }
 
 const SERVICE_PORTS = { users: 4001, orders: 4002, notifications: 4003 } as const;
@@ -32,6 +33,8 @@ const members: Member[] = [
   {
     name: 'gateway',
     entry: 'src/main.js',
+    // http-proxy 1.18 (under koa-proxies) still calls util._extend; the warning says nothing a user can act on.
+    nodeOptions: ['--disable-warning=DEP0060'],
     env: { USER_SERVICE_URL: urlOf(SERVICE_PORTS.users), ORDER_SERVICE_URL: urlOf(SERVICE_PORTS.orders), NOTIF_SERVICE_URL: urlOf(SERVICE_PORTS.notifications) },
   },
 ];
@@ -40,7 +43,7 @@ const children = new Map<string, ChildProcess>();
 let stopping = false;
 
 function start(member: Member): void {
-  const child = spawn(process.execPath, ['--require', register, path.join(dist, member.entry)], {
+  const child = spawn(process.execPath, [...(member.nodeOptions ?? []), '--require', register, path.join(dist, member.entry)], {
     env: { ...process.env, HOST: process.env.HOST ?? host, ...member.env },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
@@ -84,11 +87,16 @@ async function waitUntilReady(gatewayUrl: string, deadlineMs: number): Promise<b
 
 function banner(gatewayUrl: string): string {
   const config = loadConfig({ ...process.env, ...members.at(-1)!.env });
-  const routes = config.routes.map((route) => `  ${route.prefix.padEnd(22)} -> ${route.service} ${route.upstreamPath || '/'}  (${route.auth})`);
+  const routes = config.routes.map((route) => {
+    const methods = route.methods ? `${route.methods.join(',')} ` : '';
+    const path = `${methods}${route.prefix}${route.exact ? '' : '/*'}`;
+    const access = route.roles ? `roles: ${route.roles.join(', ')}` : route.auth === 'public' ? 'public' : 'token';
+    return `  ${path.padEnd(28)} -> ${route.service} ${route.upstreamPath || '/'}  (${access})`;
+  });
   return [
     '',
     `Koa Gateway is up on ${gatewayUrl}`,
-    `  POST ${config.auth.loginPath.padEnd(17)} -> issues a token (gateway)`,
+    `  ${`POST ${config.auth.loginPath}`.padEnd(28)} -> the gateway issues a token  (public)`,
     ...routes,
     '',
     'Try it:',

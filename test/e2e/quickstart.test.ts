@@ -1,4 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 
 /**
@@ -39,7 +40,7 @@ describe('npm start', () => {
     });
     const banner = await waitForOutput(stack, /Ctrl-C stops all four processes/, 30_000);
     expect(banner).toContain(`Koa Gateway is up on ${GATEWAY}`);
-    expect(banner).toMatch(/\/api\/users\s+-> users \/users/);
+    expect(banner).toMatch(/\/api\/users\/\*\s+-> users \/users/);
     expect(banner).toContain('curl');
 
     const login = await fetch(`${GATEWAY}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
@@ -53,6 +54,25 @@ describe('npm start', () => {
     expect(await exited).toBe(0);
     for (const port of [3000, 4001, 4002, 4003]) {
       await expect(fetch(`http://127.0.0.1:${port}/health`)).rejects.toThrow();
+    }
+  });
+});
+
+describe('each process on its own', () => {
+  const scripts = (JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts;
+
+  it.each(['start:gateway', 'start:users', 'start:orders', 'start:notifications'])('npm run %s starts one process on PORT with telemetry preloaded', async (script) => {
+    const [command, ...args] = scripts[script]!.split(' ');
+    expect(command).toBe('node');
+    expect(args).toEqual(expect.arrayContaining(['--require', './dist/otel/register.js']));
+    const child = spawn(process.execPath, args, { cwd: root, env: { ...process.env, PORT: '0', OTEL_SDK_DISABLED: 'true' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      const output = await waitForOutput(child, /listening/, 15_000);
+      const url = /"url":"(http:[^"]+)"/.exec(output)![1]!;
+      expect((await fetch(`${url}/health`)).status).toBe(200);
+      expect(output).toContain('telemetry: off');
+    } finally {
+      child.kill('SIGKILL');
     }
   });
 });
