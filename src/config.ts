@@ -93,6 +93,31 @@ const configSchema = z
         loginRateLimit: rateLimitSchema.default({ max: 10, windowMs: 60_000 }),
         /** Largest login body, bytes. Default 16 KiB. */
         loginBodyLimitBytes: z.int().positive().default(16 * 1024),
+        /** Verified tokens remembered until they expire (saves the signature check per request). Default 10 000; 0 = off. */
+        verifiedTokenCacheSize: z.int().min(0).default(10_000),
+        /**
+         * Also accept RS256/ES256 tokens of an external identity provider, verified with the keys its JWKS URL
+         * publishes. Its tokens never verify with the gateway's own key, nor the other way round.
+         */
+        jwks: z
+          .strictObject({
+            url: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }),
+            /** Required `iss` of the provider's tokens. */
+            issuer: z.string().min(1),
+            /** Required `aud` of the provider's tokens. */
+            audience: z.string().min(1),
+            algorithms: z.array(z.enum(['RS256', 'RS384', 'RS512', 'PS256', 'ES256', 'ES384', 'EdDSA'])).nonempty().default(['RS256', 'ES256']),
+            /** Longest wait for the key set, ms; beyond it requests get 503 auth_unavailable. Default 2000. */
+            timeoutMs: z.int().positive().max(30_000).default(2000),
+            /** Least time between refetches for an unknown `kid`, ms. Default 30 s. */
+            cooldownMs: z.int().min(0).default(30_000),
+            /** How long a fetched key set is trusted, ms. Default 10 min. */
+            cacheMaxAgeMs: z.int().positive().default(600_000),
+            clockToleranceSeconds: z.int().min(0).max(300).default(5),
+            /** Claim with the caller's role; absent -> role `user` (never admin by default). */
+            roleClaim: z.string().min(1).default('role'),
+          })
+          .optional(),
       })
       .prefault({}),
     rateLimit: z
@@ -189,6 +214,9 @@ export const ENV_OVERRIDES = {
   JWT_SECRET: 'auth.secret',
   JWT_ISSUER: 'auth.issuer',
   JWT_AUDIENCE: 'auth.audience',
+  JWKS_URL: 'auth.jwks.url',
+  JWKS_ISSUER: 'auth.jwks.issuer',
+  JWKS_AUDIENCE: 'auth.jwks.audience',
   USER_SERVICE_URL: 'services.users.url',
   ORDER_SERVICE_URL: 'services.orders.url',
   NOTIF_SERVICE_URL: 'services.notifications.url',

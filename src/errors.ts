@@ -22,6 +22,7 @@ export const ERROR_CATALOG = {
   upstream_bad_response: { status: 502, title: 'Upstream answered badly' },
   upstream_unavailable: { status: 503, title: 'No healthy upstream' },
   rate_limit_unavailable: { status: 503, title: 'Rate limiting unavailable' },
+  auth_unavailable: { status: 503, title: 'Token verification unavailable' },
   upstream_timeout: { status: 504, title: 'Upstream timed out' },
 } as const satisfies Record<string, { status: number; title: string }>;
 

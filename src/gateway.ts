@@ -40,7 +40,7 @@ export function createGateway(config: GatewayConfig, { logger, redis, tracer = t
   const app = new Koa({ proxy: config.trustProxy });
   const pools = createUpstreamPools(config.services);
   const routes = compileRoutes(config, pools);
-  const tokens = createTokenService(config.auth);
+  const tokens = createTokenService({ ...config.auth, cacheSize: config.auth.verifiedTokenCacheSize });
 
   if (config.rateLimit.redisUrl && !redis) throw new Error('rateLimit.redisUrl is set but no Redis client was passed to createGateway');
   const store: RateLimitStore = redis

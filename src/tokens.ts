@@ -1,9 +1,27 @@
 import { webcrypto } from 'node:crypto';
-import { SignJWT, jwtVerify, type JWTPayload } from 'jose';
+import { SignJWT, createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JWTPayload } from 'jose';
 import type { AuthenticatedUser } from './context';
 
 /** The only algorithm the gateway's own tokens use; verification accepts nothing else (no `none`). */
 export const TOKEN_ALGORITHM = 'HS256';
+
+/** Tokens from an external identity provider, verified with the keys its JWKS URL publishes. */
+export interface JwksOptions {
+  url: string;
+  issuer: string;
+  audience: string;
+  /** Asymmetric algorithms accepted from this provider. */
+  algorithms: readonly string[];
+  /** Longest wait for the key set, ms. */
+  timeoutMs: number;
+  /** Least time between two refetches for an unknown `kid`, ms. */
+  cooldownMs: number;
+  /** How long a fetched key set is trusted, ms. */
+  cacheMaxAgeMs: number;
+  clockToleranceSeconds: number;
+  /** Claim holding the caller's role; a token without it gets role `user`, never more. */
+  roleClaim: string;
+}
 
 export interface TokenServiceOptions {
   secret: string;
@@ -13,6 +31,9 @@ export interface TokenServiceOptions {
   tokenTtlSeconds: number;
   /** Accepted clock skew, s. */
   clockToleranceSeconds: number;
+  jwks?: JwksOptions;
+  /** Verified tokens remembered until they expire, at most. Default 10 000; 0 turns the cache off. */
+  cacheSize?: number;
 }
 
 export interface IssuedToken {
@@ -21,7 +42,7 @@ export interface IssuedToken {
 }
 
 /** Why a presented token was refused; jose's error code decides it, never its message text. */
-export type TokenRejection = 'expired' | 'bad_signature' | 'bad_claims' | 'malformed' | 'algorithm_not_allowed';
+export type TokenRejection = 'expired' | 'bad_signature' | 'bad_claims' | 'malformed' | 'algorithm_not_allowed' | 'unknown_key';
 
 export class TokenRejectedError extends Error {
   override name = 'TokenRejectedError';
@@ -39,15 +60,26 @@ const REJECTION_BY_JOSE_CODE: Record<string, TokenRejection> = {
   ERR_JWT_CLAIM_VALIDATION_FAILED: 'bad_claims',
   ERR_JOSE_ALG_NOT_ALLOWED: 'algorithm_not_allowed',
   ERR_JOSE_NOT_SUPPORTED: 'algorithm_not_allowed',
+  ERR_JWKS_NO_MATCHING_KEY: 'unknown_key',
+  ERR_JWKS_MULTIPLE_MATCHING_KEYS: 'unknown_key',
 };
+
+/** jose codes that mean the identity provider's keys could not be had: not the token's fault. */
+const UNAVAILABLE_JOSE_CODES = new Set(['ERR_JWKS_TIMEOUT', 'ERR_JWKS_INVALID', 'ERR_JOSE_GENERIC']);
 
 const REJECTION_MESSAGE: Record<TokenRejection, string> = {
   expired: 'The token has expired.',
   bad_signature: 'The token signature is not valid.',
   bad_claims: 'The token was not issued for this gateway (issuer, audience or time claims).',
   malformed: 'The token is malformed.',
-  algorithm_not_allowed: `The token algorithm is not allowed (only ${TOKEN_ALGORITHM}).`,
+  algorithm_not_allowed: 'The token algorithm is not allowed here.',
+  unknown_key: 'The token was signed with a key the identity provider does not publish.',
 };
+
+/** The keys to verify a token could not be fetched (JWKS down, slow or broken): fail closed, but say so. */
+export class TokenVerifierUnavailableError extends Error {
+  override name = 'TokenVerifierUnavailableError';
+}
 
 export interface TokenService {
   issue(user: AuthenticatedUser): Promise<IssuedToken>;
@@ -56,18 +88,59 @@ export interface TokenService {
 }
 
 /**
- * Issues and verifies the gateway's HS256 tokens. The HMAC key is imported once as a CryptoKey: jose would
- * otherwise re-import a raw secret on every call (about 1.7x slower, see ../shared/NOTES.md).
+ * Issues and verifies the gateway's HS256 tokens, and verifies RS256/ES256 tokens of an identity provider
+ * through its JWKS. The verifier is chosen from the token's `alg` before any verification, so a token can
+ * never make one key type be used as another (HS256 signed with an RSA public key as the HMAC secret fails).
+ * The HMAC key is imported once as a CryptoKey (jose would re-import a raw secret on every call). Verified
+ * tokens are remembered until they expire: the same signed string verifies the same way until then.
  */
 export function createTokenService(options: TokenServiceOptions): TokenService {
   const key = webcrypto.subtle.importKey('raw', new TextEncoder().encode(options.secret), { name: 'HMAC', hash: 'SHA-256' }, false, ['sign', 'verify']);
-  const verifyOptions = {
+  const ownOptions = {
     algorithms: [TOKEN_ALGORITHM],
     issuer: options.issuer,
     audience: options.audience,
     clockTolerance: options.clockToleranceSeconds,
     requiredClaims: ['sub', 'exp', 'iat'],
   };
+  const jwks = options.jwks;
+  const providerKeys = jwks && createRemoteJWKSet(new URL(jwks.url), { timeoutDuration: jwks.timeoutMs, cooldownDuration: jwks.cooldownMs, cacheMaxAge: jwks.cacheMaxAgeMs });
+  const providerOptions = jwks && {
+    algorithms: [...jwks.algorithms],
+    issuer: jwks.issuer,
+    audience: jwks.audience,
+    clockTolerance: jwks.clockToleranceSeconds,
+    requiredClaims: ['sub', 'exp'],
+  };
+  const cache = new VerifiedTokenCache(options.cacheSize ?? 10_000);
+
+  async function verifyWithKeys(token: string): Promise<AuthenticatedUser> {
+    let alg: string | undefined;
+    try {
+      alg = decodeProtectedHeader(token).alg;
+    } catch {
+      throw new TokenRejectedError('malformed', REJECTION_MESSAGE.malformed);
+    }
+    try {
+      if (alg === TOKEN_ALGORITHM) {
+        const { payload } = await jwtVerify(token, await key, ownOptions);
+        return ownIdentity(payload);
+      }
+      if (providerKeys && providerOptions && jwks && alg !== undefined && jwks.algorithms.includes(alg)) {
+        const { payload } = await jwtVerify(token, providerKeys, providerOptions);
+        return providerIdentity(payload, jwks.roleClaim);
+      }
+    } catch (error) {
+      if (error instanceof TokenRejectedError) throw error;
+      const code = (error as { code?: string }).code ?? '';
+      if (UNAVAILABLE_JOSE_CODES.has(code) || (alg !== TOKEN_ALGORITHM && !(code in REJECTION_BY_JOSE_CODE) && !code.startsWith('ERR_J'))) {
+        throw new TokenVerifierUnavailableError(`The identity provider's keys could not be fetched (${code || (error as Error).message}).`, { cause: error });
+      }
+      const reason = REJECTION_BY_JOSE_CODE[code] ?? 'malformed';
+      throw new TokenRejectedError(reason, REJECTION_MESSAGE[reason]);
+    }
+    throw new TokenRejectedError('algorithm_not_allowed', REJECTION_MESSAGE.algorithm_not_allowed);
+  }
 
   return {
     async issue(user) {
@@ -83,18 +156,63 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
     },
 
     async verify(token) {
-      let payload: JWTPayload;
-      try {
-        ({ payload } = await jwtVerify(token, await key, verifyOptions));
-      } catch (error) {
-        const reason = REJECTION_BY_JOSE_CODE[(error as { code?: string }).code ?? ''] ?? 'malformed';
-        throw new TokenRejectedError(reason, REJECTION_MESSAGE[reason]);
-      }
-      const { sub, email, role } = payload;
-      if (typeof sub !== 'string' || sub === '' || typeof email !== 'string' || typeof role !== 'string') {
-        throw new TokenRejectedError('bad_claims', 'The token lacks the sub, email or role claim.');
-      }
-      return { id: sub, email, role };
+      const known = cache.get(token);
+      if (known) return known;
+      const user = await verifyWithKeys(token);
+      cache.set(token, user, expiryOf(token));
+      return user;
     },
   };
+}
+
+function ownIdentity(payload: JWTPayload): AuthenticatedUser {
+  const { sub, email, role } = payload;
+  if (typeof sub !== 'string' || sub === '' || typeof email !== 'string' || typeof role !== 'string') {
+    throw new TokenRejectedError('bad_claims', 'The token lacks the sub, email or role claim.');
+  }
+  return { id: sub, email, role };
+}
+
+function providerIdentity(payload: JWTPayload, roleClaim: string): AuthenticatedUser {
+  const { sub, email } = payload;
+  const role = payload[roleClaim];
+  if (typeof sub !== 'string' || sub === '') throw new TokenRejectedError('bad_claims', 'The token lacks the sub claim.');
+  return { id: sub, email: typeof email === 'string' ? email : '', role: typeof role === 'string' && role !== '' ? role : 'user' };
+}
+
+/** `exp` of a token that already verified (so it is well formed), in epoch seconds. */
+function expiryOf(token: string): number {
+  const exp = (decodeJwt(token) as JWTPayload).exp;
+  return typeof exp === 'number' ? exp : 0;
+}
+
+/**
+ * Remembers verified tokens until their `exp`: verifying an HS256 token costs ~65 us of CPU per request,
+ * a Map lookup almost nothing. Bounded; when full, the oldest entries go first.
+ */
+class VerifiedTokenCache {
+  private readonly entries = new Map<string, { user: AuthenticatedUser; expiresAtMs: number }>();
+  constructor(private readonly maxEntries: number) {}
+
+  get(token: string): AuthenticatedUser | undefined {
+    const entry = this.entries.get(token);
+    if (!entry) return undefined;
+    if (entry.expiresAtMs <= Date.now()) {
+      this.entries.delete(token);
+      return undefined;
+    }
+    return entry.user;
+  }
+
+  set(token: string, user: AuthenticatedUser, expSeconds: number): void {
+    if (this.maxEntries === 0) return;
+    // Not past exp even within the clock tolerance that let it verify: expired tokens must fail again.
+    const expiresAtMs = expSeconds * 1000;
+    if (expiresAtMs <= Date.now()) return;
+    if (this.entries.size >= this.maxEntries) {
+      const oldest = this.entries.keys().next().value;
+      if (oldest !== undefined) this.entries.delete(oldest);
+    }
+    this.entries.set(token, { user, expiresAtMs });
+  }
 }

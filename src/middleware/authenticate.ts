@@ -1,7 +1,7 @@
 import type { Middleware } from 'koa';
 import { HEADER } from '../../otel/wire-names';
 import { GatewayError } from '../errors';
-import { TokenRejectedError, type TokenService } from '../tokens';
+import { TokenRejectedError, TokenVerifierUnavailableError, type TokenService } from '../tokens';
 
 export interface AuthenticateOptions {
   tokens: TokenService;
@@ -41,6 +41,10 @@ export function createAuthenticate(options: AuthenticateOptions): Middleware {
     try {
       user = await options.tokens.verify(match[1]!);
     } catch (error) {
+      if (error instanceof TokenVerifierUnavailableError) {
+        // Fail closed, but not as the caller's fault: a 401 would make clients throw away a good token.
+        throw new GatewayError('auth_unavailable', 'Tokens of the identity provider cannot be verified right now; try again shortly.', { cause: error, headers: { 'Retry-After': '5' } });
+      }
       if (!(error instanceof TokenRejectedError)) throw error;
       throw new GatewayError('invalid_token', error.message, { headers: challenge(error.reason.replaceAll('_', ' ')), cause: error });
     }

@@ -1,0 +1,164 @@
+import { createHash } from 'node:crypto';
+import { exportJWK, exportSPKI, generateKeyPair, SignJWT, type CryptoKey, type JWK } from 'jose';
+import { HEADER } from '../../otel/wire-names';
+import { listen } from '../helpers/servers';
+import { startStack, type TestStack } from '../helpers/stack';
+import { signToken } from '../helpers/tokens';
+
+const ISSUER = 'https://id.example.test/';
+const AUDIENCE = 'koa-gateway-api';
+
+interface ProviderKey {
+  kid: string;
+  alg: 'RS256' | 'ES256';
+  privateKey: CryptoKey;
+  jwk: JWK;
+}
+
+async function providerKey(kid: string, alg: 'RS256' | 'ES256'): Promise<ProviderKey> {
+  const { privateKey, publicKey } = await generateKeyPair(alg, { extractable: true });
+  return { kid, alg, privateKey, jwk: { ...(await exportJWK(publicKey)), kid, alg, use: 'sig' } };
+}
+
+/** An identity provider's JWKS endpoint that the test controls: its keys, its speed, its health. */
+async function startJwksServer() {
+  const state = { keys: [] as ProviderKey[], fetches: 0, mode: 'ok' as 'ok' | 'slow' | 'broken' };
+  const server = await listen((_req, res) => {
+    state.fetches++;
+    if (state.mode === 'slow') return void setTimeout(() => res.end('{"keys":[]}'), 5000).unref();
+    res.setHeader('content-type', 'application/json');
+    res.end(state.mode === 'broken' ? 'not json' : JSON.stringify({ keys: state.keys.map((key) => key.jwk) }));
+  });
+  return Object.assign(server, { state });
+}
+
+function providerToken(key: ProviderKey, claims: Record<string, unknown> = {}, options: { issuer?: string; audience?: string; expiresIn?: string } = {}): Promise<string> {
+  return new SignJWT({ email: 'dana@example.test', ...claims })
+    .setProtectedHeader({ alg: key.alg, kid: key.kid })
+    .setSubject('idp-dana')
+    .setIssuer(options.issuer ?? ISSUER)
+    .setAudience(options.audience ?? AUDIENCE)
+    .setIssuedAt()
+    .setExpirationTime(options.expiresIn ?? '10m')
+    .sign(key.privateKey);
+}
+
+describe('tokens from an identity provider (JWKS)', () => {
+  let jwks: Awaited<ReturnType<typeof startJwksServer>>;
+  let stack: TestStack;
+  let rsa: ProviderKey;
+  let ec: ProviderKey;
+
+  beforeAll(async () => {
+    jwks = await startJwksServer();
+    rsa = await providerKey('rsa-1', 'RS256');
+    ec = await providerKey('ec-1', 'ES256');
+    jwks.state.keys = [rsa, ec];
+    stack = await startStack({
+      env: { JWKS_URL: `${jwks.url}/.well-known/jwks.json`, JWKS_ISSUER: ISSUER, JWKS_AUDIENCE: AUDIENCE, RATE_LIMIT_MAX: '100000' },
+      overrides: { auth: { verifiedTokenCacheSize: 0, jwks: { url: 'http://placeholder', issuer: 'x', audience: 'x', timeoutMs: 500, cooldownMs: 0 } } },
+    });
+  });
+  afterAll(async () => {
+    await stack.close();
+    await jwks.close();
+  });
+  beforeEach(() => {
+    jwks.state.mode = 'ok';
+  });
+
+  const call = (token: string) => fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } });
+
+  it.each([
+    { desc: 'RS256', key: () => rsa },
+    { desc: 'ES256', key: () => ec },
+  ])('accepts a valid $desc token and injects the provider identity (role user by default)', async ({ key }) => {
+    const response = await call(await providerToken(key()));
+    expect(response.status).toBe(200);
+    expect(stack.notifications.requests.at(-1)!.headers).toMatchObject({ [HEADER.userId]: 'idp-dana', [HEADER.userRole]: 'user', [HEADER.userEmail]: 'dana@example.test' });
+  });
+
+  it('takes the role from the role claim', async () => {
+    expect((await call(await providerToken(rsa, { role: 'admin' }))).status).toBe(200);
+    expect(stack.notifications.requests.at(-1)!.headers[HEADER.userRole]).toBe('admin');
+  });
+
+  it('refetches the key set for an unknown kid after a key rotation', async () => {
+    const rotated = await providerKey('rsa-2', 'RS256');
+    const before = jwks.state.fetches;
+    jwks.state.keys = [rsa, ec, rotated];
+    expect((await call(await providerToken(rotated))).status).toBe(200);
+    expect(jwks.state.fetches).toBeGreaterThan(before);
+  });
+
+  it.each([
+    { desc: 'a wrong issuer', token: () => providerToken(rsa, {}, { issuer: 'https://evil.example/' }) },
+    { desc: 'a wrong audience', token: () => providerToken(rsa, {}, { audience: 'other-api' }) },
+    { desc: 'an expired token', token: () => providerToken(rsa, {}, { expiresIn: '-1m' }) },
+    { desc: 'a key the provider does not publish', token: async () => providerToken(await providerKey('rsa-1', 'RS256')) },
+    {
+      desc: 'HS256 signed with the provider public key as HMAC secret (algorithm confusion)',
+      token: async () => {
+        const pem = await exportSPKI((await generateKeyPair('RS256', { extractable: true })).publicKey);
+        return new SignJWT({ role: 'admin', email: 'x@example.test' }).setProtectedHeader({ alg: 'HS256' }).setSubject('1').setIssuer(ISSUER).setAudience(AUDIENCE).setIssuedAt().setExpirationTime('10m').sign(new TextEncoder().encode(pem));
+      },
+    },
+    {
+      desc: 'HS256 signed with the JWK of a provider key as HMAC secret',
+      token: () => new SignJWT({ role: 'admin', email: 'x@example.test' }).setProtectedHeader({ alg: 'HS256' }).setSubject('1').setIssuer('koa-gateway').setAudience(AUDIENCE).setIssuedAt().setExpirationTime('10m').sign(createHash('sha256').update(JSON.stringify(rsa.jwk)).digest()),
+    },
+  ])('refuses $desc with 401 invalid_token', async ({ token }) => {
+    const before = stack.notifications.requests.length;
+    const response = await call(await token());
+    expect(response.status).toBe(401);
+    expect(response.headers.get('www-authenticate')).toContain('error="invalid_token"');
+    expect(((await response.json()) as { code: string }).code).toBe('invalid_token');
+    expect(stack.notifications.requests.length).toBe(before);
+  });
+
+  it('still verifies the gateway own HS256 tokens, and only with its own key', async () => {
+    expect((await call(await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } }))).status).toBe(200);
+  });
+
+  it.each([
+    { desc: 'answers slower than its timeout', mode: 'slow' as const },
+    { desc: 'serves broken JSON', mode: 'broken' as const },
+  ])('fails closed with 503 auth_unavailable, promptly, when the JWKS $desc', async ({ mode }) => {
+    const unknown = await providerKey(`fresh-${mode}`, 'RS256');
+    jwks.state.mode = mode;
+    const started = Date.now();
+    const response = await call(await providerToken(unknown));
+    expect(response.status).toBe(503);
+    expect(await response.json()).toMatchObject({ code: 'auth_unavailable', requestId: response.headers.get(HEADER.requestId) });
+    // Generous: the 500 ms JWKS timeout applied, not a hang.
+    expect(Date.now() - started).toBeLessThan(4000);
+    // Meanwhile the gateway's own tokens keep working.
+    expect((await call(await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } }))).status).toBe(200);
+  });
+
+  it('fails closed with 503 when the JWKS server is down', async () => {
+    const down = await startStack({
+      env: { JWKS_URL: 'http://127.0.0.1:9/jwks.json', JWKS_ISSUER: ISSUER, JWKS_AUDIENCE: AUDIENCE },
+      overrides: { auth: { jwks: { url: 'http://placeholder', issuer: 'x', audience: 'x', timeoutMs: 500 } } },
+    });
+    try {
+      const response = await fetch(`${down.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${await providerToken(rsa)}` } });
+      expect(response.status).toBe(503);
+      expect(((await response.json()) as { code: string }).code).toBe('auth_unavailable');
+      expect(down.serviceRequests()).toHaveLength(0);
+    } finally {
+      await down.close();
+    }
+  });
+
+  it('refuses provider algorithms when no JWKS is configured', async () => {
+    const plain = await startStack();
+    try {
+      const response = await fetch(`${plain.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${await providerToken(rsa)}` } });
+      expect(response.status).toBe(401);
+    } finally {
+      await plain.close();
+    }
+  });
+});
+
