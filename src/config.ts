@@ -73,6 +73,11 @@ const configSchema = z
      */
     trustProxy: z.boolean().default(false),
     /**
+     * With `trustProxy`: how many proxies stand in front. The client address is taken this many entries from
+     * the right of `X-Forwarded-For`, so addresses a client prepends itself are ignored. Default 1.
+     */
+    trustedProxyHops: z.int().positive().max(10).default(1),
+    /**
      * Continue a client's W3C `traceparent` instead of starting a new trace. Default false: at the edge,
      * clients could otherwise choose trace ids and sampling. See README "Tracing".
      */
@@ -211,6 +216,7 @@ export const ENV_OVERRIDES = {
   LOG_LEVEL: 'logLevel',
   TRUST_PROXY: 'trustProxy',
   TRUST_TRACEPARENT: 'trustTraceparent',
+  TRUSTED_PROXY_HOPS: 'trustedProxyHops',
   JWT_SECRET: 'auth.secret',
   JWT_ISSUER: 'auth.issuer',
   JWT_AUDIENCE: 'auth.audience',

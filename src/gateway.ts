@@ -37,7 +37,8 @@ export interface GatewayDependencies {
  * as they like on port 0.
  */
 export function createGateway(config: GatewayConfig, { logger, redis, tracer = trace.getTracer('koa-gateway') }: GatewayDependencies): Koa {
-  const app = new Koa({ proxy: config.trustProxy });
+  // maxIpsCount: only the right-most N X-Forwarded-For entries, the ones trusted proxies wrote, are believed.
+  const app = new Koa({ proxy: config.trustProxy, maxIpsCount: config.trustedProxyHops });
   const pools = createUpstreamPools(config.services);
   const routes = compileRoutes(config, pools);
   const tokens = createTokenService({ ...config.auth, cacheSize: config.auth.verifiedTokenCacheSize });
