@@ -1,0 +1,82 @@
+import type { Middleware } from 'koa';
+import type { CorsConfig } from '../config';
+import { GatewayError } from '../errors';
+import type { RouteTable } from '../routes';
+
+export interface CorsOptions {
+  /** The policy of routes without their own; undefined = no cross-origin access unless a route has one. */
+  defaults: CorsConfig | undefined;
+  /** Per-route policies by route name; `false` refuses cross-origin use of that route. */
+  byRoute: ReadonlyMap<string, CorsConfig | false>;
+  routes: RouteTable;
+}
+
+interface CompiledPolicy {
+  anyOrigin: boolean;
+  origins: ReadonlySet<string>;
+  credentials: boolean;
+  allowMethods: string;
+  allowHeaders: string;
+  exposeHeaders: string;
+  maxAge: string;
+}
+
+function compile(policy: CorsConfig): CompiledPolicy {
+  return {
+    anyOrigin: policy.origins.includes('*'),
+    origins: new Set(policy.origins),
+    credentials: policy.credentials,
+    allowMethods: policy.methods.join(', '),
+    allowHeaders: policy.headers.join(', '),
+    exposeHeaders: policy.exposeHeaders.join(', '),
+    maxAge: String(policy.maxAgeSeconds),
+  };
+}
+
+/**
+ * CORS at the gateway, per route: preflights (OPTIONS with `Access-Control-Request-Method`) are answered here,
+ * before rate limits and authentication (browsers send no token with them) and never reach a service. For
+ * actual requests the headers are set before anything below runs, so error responses (401, 429, 5xx) carry
+ * them too and a browser script can read the problem body. A disallowed origin gets no CORS headers (the
+ * browser then blocks the response) and its preflight a 403.
+ */
+export function createCors(options: CorsOptions): Middleware {
+  const defaults = options.defaults && compile(options.defaults);
+  const byRoute = new Map([...options.byRoute].map(([name, policy]) => [name, policy === false ? undefined : compile(policy)]));
+  const policyFor = (path: string, method: string): CompiledPolicy | undefined => {
+    const match = options.routes.match(path, method);
+    if (match?.kind === 'matched' && byRoute.has(match.route.name)) return byRoute.get(match.route.name);
+    return defaults;
+  };
+  const anyPolicy = defaults !== undefined || [...byRoute.values()].some(Boolean);
+
+  return async function applyCors(ctx, next) {
+    const origin = ctx.get('origin');
+    if (!anyPolicy || !origin) return next();
+    const preflightMethod = ctx.method === 'OPTIONS' ? ctx.get('access-control-request-method') : '';
+    const policy = policyFor(ctx.path, preflightMethod || ctx.method);
+    const allowed = policy !== undefined && (policy.anyOrigin || policy.origins.has(origin));
+    ctx.vary('Origin');
+
+    if (preflightMethod) {
+      if (!allowed) throw new GatewayError('forbidden', `Cross-origin requests from ${origin} are not allowed here.`);
+      ctx.set({
+        'Access-Control-Allow-Origin': policy.anyOrigin ? '*' : origin,
+        'Access-Control-Allow-Methods': policy.allowMethods,
+        'Access-Control-Allow-Headers': policy.allowHeaders,
+        'Access-Control-Max-Age': policy.maxAge,
+        ...(policy.credentials ? { 'Access-Control-Allow-Credentials': 'true' } : {}),
+      });
+      ctx.status = 204;
+      return;
+    }
+    if (allowed) {
+      ctx.set({
+        'Access-Control-Allow-Origin': policy.anyOrigin ? '*' : origin,
+        'Access-Control-Expose-Headers': policy.exposeHeaders,
+        ...(policy.credentials ? { 'Access-Control-Allow-Credentials': 'true' } : {}),
+      });
+    }
+    await next();
+  };
+}

@@ -1,0 +1,71 @@
+import { parseConfig } from '../../src/config';
+import { login, startStack, type TestStack } from '../helpers/stack';
+import { shippedConfigFile } from '../helpers/test-config';
+
+const APP = 'https://app.example.test';
+
+describe('CORS', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    const routes = (shippedConfigFile().routes as Record<string, unknown>[]).map((route) =>
+      route.name === 'notifications' ? { ...route, cors: false } : route.name === 'users' ? { ...route, cors: { origins: ['https://admin.example.test'], credentials: true } } : route,
+    );
+    stack = await startStack({ env: { RATE_LIMIT_MAX: '3' }, overrides: { cors: { origins: [APP] }, routes } });
+  });
+  afterAll(() => stack.close());
+
+  const preflight = (path: string, origin: string, method = 'POST') =>
+    fetch(`${stack.gateway.url}${path}`, { method: 'OPTIONS', headers: { origin, 'access-control-request-method': method, 'access-control-request-headers': 'authorization, content-type' } });
+
+  it('answers a preflight at the gateway, without a token, and never forwards it', async () => {
+    const before = stack.serviceRequests().length;
+    const response = await preflight('/api/orders', APP);
+    expect(response.status).toBe(204);
+    expect(response.headers.get('access-control-allow-origin')).toBe(APP);
+    expect(response.headers.get('access-control-allow-methods')).toContain('POST');
+    expect(response.headers.get('access-control-allow-headers')).toBe('authorization, content-type, x-request-id');
+    expect(response.headers.get('access-control-max-age')).toBe('600');
+    expect(response.headers.get('vary')).toContain('Origin');
+    expect(response.headers.get('access-control-allow-credentials')).toBeNull();
+    expect(stack.serviceRequests().length).toBe(before);
+  });
+
+  it.each([
+    { desc: 'an origin not on the list', path: '/api/orders', origin: 'https://evil.example.test' },
+    { desc: 'a route that refuses cross-origin use', path: '/api/notifications', origin: APP },
+    { desc: 'another route policy that lists other origins', path: '/api/users/1', origin: APP },
+  ])('refuses the preflight of $desc with 403 and no CORS headers', async ({ path, origin }) => {
+    const response = await preflight(path, origin, 'GET');
+    expect(response.status).toBe(403);
+    expect(response.headers.get('access-control-allow-origin')).toBeNull();
+    expect(((await response.json()) as { code: string }).code).toBe('forbidden');
+  });
+
+  it('applies a route policy with credentials', async () => {
+    const response = await preflight('/api/users/1', 'https://admin.example.test', 'GET');
+    expect(response.status).toBe(204);
+    expect(response.headers.get('access-control-allow-origin')).toBe('https://admin.example.test');
+    expect(response.headers.get('access-control-allow-credentials')).toBe('true');
+  });
+
+  it('puts CORS headers on actual responses, error responses included, for allowed origins only', async () => {
+    const token = await login(stack.gateway.url);
+    const ok = await fetch(`${stack.gateway.url}/api/orders`, { headers: { origin: APP, authorization: `Bearer ${token}` } });
+    expect(ok.status).toBe(200);
+    expect(ok.headers.get('access-control-allow-origin')).toBe(APP);
+    expect(ok.headers.get('access-control-expose-headers')).toContain('x-request-id');
+    const unauthorized = await fetch(`${stack.gateway.url}/api/orders`, { headers: { origin: APP } });
+    expect(unauthorized.status).toBe(401);
+    expect(unauthorized.headers.get('access-control-allow-origin')).toBe(APP);
+    let limited: Response | undefined;
+    for (let i = 0; i < 4; i++) limited = await fetch(`${stack.gateway.url}/api/orders`, { headers: { origin: APP } });
+    expect(limited!.status).toBe(429);
+    expect(limited!.headers.get('access-control-allow-origin')).toBe(APP);
+    const foreign = await fetch(`${stack.gateway.url}/health`, { headers: { origin: 'https://evil.example.test' } });
+    expect(foreign.headers.get('access-control-allow-origin')).toBeNull();
+  });
+
+  it('refuses a config that allows any origin with credentials', () => {
+    expect(() => parseConfig({ ...shippedConfigFile(), cors: { origins: ['*'], credentials: true } })).toThrow(/cors\.origins: "\*" cannot be combined with credentials/);
+  });
+});
