@@ -33,6 +33,22 @@ const rateLimitSchema = z.strictObject({
   onStoreFailure: z.enum(['allow', 'reject']).optional(),
 });
 
+const corsSchema = z
+  .strictObject({
+    /** Allowed origins, exact (`https://app.example.com`), or `*` (only without credentials). */
+    origins: z.array(z.string().regex(/^(\*|https?:\/\/[^/\s]+)$/, 'must be * or an origin like https://app.example.com')).nonempty(),
+    methods: z.array(z.enum(HTTP_METHODS)).nonempty().default(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE']),
+    /** Request headers a browser may send. */
+    headers: z.array(z.string().min(1)).default(['authorization', 'content-type', 'x-request-id']),
+    /** Response headers a browser script may read. */
+    exposeHeaders: z.array(z.string().min(1)).default(['x-request-id', 'traceresponse', 'retry-after', 'ratelimit', 'ratelimit-policy']),
+    /** How long a browser may cache a preflight answer, s. Default 600. */
+    maxAgeSeconds: z.int().min(0).default(600),
+    /** Allow cookies / Authorization from browsers (`Access-Control-Allow-Credentials`). Default false. */
+    credentials: z.boolean().default(false),
+  })
+  .refine((cors) => !(cors.credentials && cors.origins.includes('*')), { message: '"*" cannot be combined with credentials', path: ['origins'] });
+
 const serviceUrl = z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' });
 
 const routeSchema = z.strictObject({
@@ -54,6 +70,8 @@ const routeSchema = z.strictObject({
   timeoutMs: z.int().positive().optional(),
   /** Rate limit for this route; defaults to `rateLimit`. */
   rateLimit: rateLimitSchema.optional(),
+  /** CORS for this route (replaces the global `cors`), or false to refuse cross-origin use of it. */
+  cors: z.union([corsSchema, z.literal(false)]).optional(),
   /** Roles (the token's `role` claim) allowed on this route; others get 403. Any role when absent. */
   roles: z.array(z.string().min(1)).nonempty().optional(),
 });
@@ -78,10 +96,18 @@ const configSchema = z
      */
     trustedProxyHops: z.int().positive().max(10).default(1),
     /**
+     * With `trustProxy`: addresses or CIDR ranges (`10.0.0.0/8`, `fd00::/8`) of those proxies. `X-Forwarded-*`
+     * is honoured only from these peers and removed from anyone else, so a client that reaches the gateway
+     * directly cannot spoof its address. Absent: every peer is trusted (only safe if nothing else can connect).
+     */
+    trustedProxies: z.array(z.union([z.ipv4(), z.ipv6(), z.cidrv4(), z.cidrv6()], { error: 'must be an IP address or CIDR range' })).nonempty().optional(),
+    /**
      * Continue a client's W3C `traceparent` instead of starting a new trace. Default false: at the edge,
      * clients could otherwise choose trace ids and sampling. See README "Tracing".
      */
     trustTraceparent: z.boolean().default(false),
+    /** Cross-origin browser access (CORS), for every route without its own `cors`. Off when absent. */
+    cors: corsSchema.optional(),
     auth: z
       .strictObject({
         /** HS256 signing secret (env `JWT_SECRET` only; never put it in the file). */
@@ -197,6 +223,9 @@ const configSchema = z
       seenNames.add(route.name);
       seenPrefixes.add(prefixKey);
     });
+    if (config.trustedProxies && !config.trustProxy) {
+      ctx.addIssue({ code: 'custom', path: ['trustedProxies'], message: 'need trustProxy true (TRUST_PROXY=true)', input: config.trustedProxies });
+    }
     if (config.environment === 'production' && config.auth.secret === DEVELOPMENT_JWT_SECRET) {
       ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be set (JWT_SECRET) in production; the development secret is public', input: '(development secret)' });
     } else if (config.environment === 'production' && config.auth.secret.length < 32) {
@@ -207,6 +236,7 @@ const configSchema = z
 export type GatewayConfig = Readonly<z.output<typeof configSchema>>;
 export type RouteConfig = GatewayConfig['routes'][number];
 export type RateLimitConfig = z.output<typeof rateLimitSchema>;
+export type CorsConfig = z.output<typeof corsSchema>;
 
 /** Environment variables that override file keys (the tutorial gateway's names kept working). */
 export const ENV_OVERRIDES = {

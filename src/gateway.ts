@@ -8,6 +8,7 @@ import './context';
 import { createAccessLog } from './middleware/access-log';
 import { createAuthenticate } from './middleware/authenticate';
 import { createAuthorize } from './middleware/authorize';
+import { createCors } from './middleware/cors';
 import { createErrorHandler } from './middleware/errors';
 import { createHealth, createReadiness } from './middleware/health';
 import { createLogin } from './middleware/login';
@@ -17,6 +18,7 @@ import { createRateLimiter, createRouteRateLimit, type RateLimiter, type RateLim
 import { createRequestId } from './middleware/request-id';
 import { createRouteMatch } from './middleware/route-match';
 import { createTracing } from './middleware/tracing';
+import { createTrustedProxies } from './middleware/trusted-proxies';
 import { createStripOwnedHeaders } from './middleware/strip-owned-headers';
 import { compileRoutes } from './routes';
 import { createTokenService } from './tokens';
@@ -62,12 +64,15 @@ export function createGateway(config: GatewayConfig, { logger, redis, tracer = t
       throw new GatewayError('method_not_allowed', 'Login accepts POST only.', { headers: { Allow: 'POST' } });
     });
 
+  // First: which peer's X-Forwarded-* count must be settled before anything reads ctx.ip (Koa caches it).
+  app.use(createTrustedProxies({ trustProxy: config.trustProxy, trustedProxies: config.trustedProxies }));
   app.use(createTracing({ tracer, trustTraceparent: config.trustTraceparent }));
   app.use(createRequestId());
   app.use(createAccessLog({ logger }));
   app.use(createErrorHandler({ logger }));
   app.use(createPathGuard());
   app.use(createStripOwnedHeaders({ trustProxy: config.trustProxy }));
+  app.use(createCors({ defaults: config.cors, byRoute: new Map(config.routes.flatMap((route) => (route.cors === undefined ? [] : [[route.name, route.cors] as const]))), routes }));
   app.use(ownEndpoints.routes());
   app.use(createRouteMatch({ routes }));
   app.use(createRouteRateLimit({ fallback: limiter('default', config.rateLimit), byRoute: routeLimiters }));

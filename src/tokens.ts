@@ -1,5 +1,5 @@
 import { webcrypto } from 'node:crypto';
-import { SignJWT, createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JWTPayload } from 'jose';
+import { SignJWT, createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import type { AuthenticatedUser } from './context';
 
 /** The only algorithm the gateway's own tokens use; verification accepts nothing else (no `none`). */
@@ -64,8 +64,12 @@ const REJECTION_BY_JOSE_CODE: Record<string, TokenRejection> = {
   ERR_JWKS_MULTIPLE_MATCHING_KEYS: 'unknown_key',
 };
 
-/** jose codes that mean the identity provider's keys could not be had: not the token's fault. */
-const UNAVAILABLE_JOSE_CODES = new Set(['ERR_JWKS_TIMEOUT', 'ERR_JWKS_INVALID', 'ERR_JOSE_GENERIC']);
+/**
+ * Failures of the provider's key lookup that are the token's fault: it names a key the set does not hold, or
+ * (without `kid`) several keys match. Every other failure there (refused, timeout, non-200, bad JSON, a broken
+ * key) means the provider's keys could not be had.
+ */
+const TOKEN_FAULT_KEY_LOOKUP_CODES = new Set(['ERR_JWKS_NO_MATCHING_KEY', 'ERR_JWKS_MULTIPLE_MATCHING_KEYS', 'ERR_JOSE_NOT_SUPPORTED']);
 
 const REJECTION_MESSAGE: Record<TokenRejection, string> = {
   expired: 'The token has expired.',
@@ -83,7 +87,10 @@ export class TokenVerifierUnavailableError extends Error {
 
 export interface TokenService {
   issue(user: AuthenticatedUser): Promise<IssuedToken>;
-  /** Resolves with the caller, or rejects with a TokenRejectedError. */
+  /**
+   * Resolves with the caller; rejects with a TokenRejectedError (the token's fault: 401) or a
+   * TokenVerifierUnavailableError (the provider's keys could not be had: fail closed, 503).
+   */
   verify(token: string): Promise<AuthenticatedUser>;
 }
 
@@ -104,7 +111,7 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
     requiredClaims: ['sub', 'exp', 'iat'],
   };
   const jwks = options.jwks;
-  const providerKeys = jwks && createRemoteJWKSet(new URL(jwks.url), { timeoutDuration: jwks.timeoutMs, cooldownDuration: jwks.cooldownMs, cacheMaxAge: jwks.cacheMaxAgeMs });
+  const providerKeys = jwks && providerKeyLookup(jwks);
   const providerOptions = jwks && {
     algorithms: [...jwks.algorithms],
     issuer: jwks.issuer,
@@ -131,12 +138,8 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
         return providerIdentity(payload, jwks.roleClaim);
       }
     } catch (error) {
-      if (error instanceof TokenRejectedError) throw error;
-      const code = (error as { code?: string }).code ?? '';
-      if (UNAVAILABLE_JOSE_CODES.has(code) || (alg !== TOKEN_ALGORITHM && !(code in REJECTION_BY_JOSE_CODE) && !code.startsWith('ERR_J'))) {
-        throw new TokenVerifierUnavailableError(`The identity provider's keys could not be fetched (${code || (error as Error).message}).`, { cause: error });
-      }
-      const reason = REJECTION_BY_JOSE_CODE[code] ?? 'malformed';
+      if (error instanceof TokenRejectedError || error instanceof TokenVerifierUnavailableError) throw error;
+      const reason = REJECTION_BY_JOSE_CODE[(error as { code?: string }).code ?? ''] ?? 'malformed';
       throw new TokenRejectedError(reason, REJECTION_MESSAGE[reason]);
     }
     throw new TokenRejectedError('algorithm_not_allowed', REJECTION_MESSAGE.algorithm_not_allowed);
@@ -165,19 +168,56 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
   };
 }
 
+/**
+ * The provider's keys (cached, refetched on an unknown `kid` at most once per cooldown, each fetch bounded by
+ * `timeoutMs`), with failures sorted at this boundary: a key the token names but the set lacks is the token's
+ * fault; failing to get the set at all is a TokenVerifierUnavailableError. jwtVerify passes both on unchanged.
+ */
+function providerKeyLookup(jwks: JwksOptions): JWTVerifyGetKey {
+  const remote = createRemoteJWKSet(new URL(jwks.url), { timeoutDuration: jwks.timeoutMs, cooldownDuration: jwks.cooldownMs, cacheMaxAge: jwks.cacheMaxAgeMs });
+  return async function providerKey(header, token) {
+    try {
+      return await remote(header, token);
+    } catch (error) {
+      const code = (error as { code?: unknown }).code;
+      if (typeof code === 'string' && TOKEN_FAULT_KEY_LOOKUP_CODES.has(code)) throw error;
+      const why = typeof code === 'string' ? code : `${(error as Error).name}: ${(error as Error).message}`;
+      throw new TokenVerifierUnavailableError(`The identity provider's keys could not be fetched from ${jwks.url} (${why}).`, { cause: error });
+    }
+  };
+}
+
+/**
+ * Identity claims become request headers (`X-User-Id`, `X-User-Role`, `X-User-Email`): beyond printable ASCII a
+ * value either fails the upstream call (control characters, anything past Latin-1: Node refuses it) or arrives
+ * garbled (Latin-1 bytes), so such a `sub` or role, or one of absurd length, refuses the token. An email that cannot be sent is left out instead (it is informative, and optional for
+ * provider tokens): an internationalised address must not lock its owner out.
+ */
+const HEADER_SAFE = /^[\x20-\x7e]+$/;
+const MAX_CLAIM_LENGTH = { sub: 255, role: 64, email: 254 } as const;
+const headerSafe = (value: string, max: number) => value.length <= max && HEADER_SAFE.test(value);
+
+function identity(sub: unknown, role: string, email: unknown): AuthenticatedUser {
+  if (typeof sub !== 'string' || !headerSafe(sub, MAX_CLAIM_LENGTH.sub) || !headerSafe(role, MAX_CLAIM_LENGTH.role)) {
+    throw new TokenRejectedError('bad_claims', 'The token\'s sub or role claim cannot be passed on (printable ASCII, at most 255 and 64 characters).');
+  }
+  return { id: sub, email: typeof email === 'string' && headerSafe(email, MAX_CLAIM_LENGTH.email) ? email : '', role };
+}
+
 function ownIdentity(payload: JWTPayload): AuthenticatedUser {
   const { sub, email, role } = payload;
   if (typeof sub !== 'string' || sub === '' || typeof email !== 'string' || typeof role !== 'string') {
     throw new TokenRejectedError('bad_claims', 'The token lacks the sub, email or role claim.');
   }
-  return { id: sub, email, role };
+  return identity(sub, role, email);
 }
 
+/** A provider token's role: the configured claim when it is a non-empty string, else `user` (never more). */
 function providerIdentity(payload: JWTPayload, roleClaim: string): AuthenticatedUser {
   const { sub, email } = payload;
   const role = payload[roleClaim];
   if (typeof sub !== 'string' || sub === '') throw new TokenRejectedError('bad_claims', 'The token lacks the sub claim.');
-  return { id: sub, email: typeof email === 'string' ? email : '', role: typeof role === 'string' && role !== '' ? role : 'user' };
+  return identity(sub, typeof role === 'string' && role !== '' ? role : 'user', email);
 }
 
 /** `exp` of a token that already verified (so it is well formed), in epoch seconds. */

@@ -2,7 +2,7 @@ import type { Middleware } from 'koa';
 import { GATEWAY_OWNED_HEADER_PREFIXES } from '../../otel/wire-names';
 
 /** Forwarding headers a client could forge to change who it appears to be. */
-const FORWARDING_HEADERS = ['forwarded', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port', 'x-real-ip'];
+export const FORWARDING_HEADERS = ['forwarded', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port', 'x-real-ip'];
 
 export interface StripOwnedHeadersOptions {
   /** Keep inbound `X-Forwarded-*` because a trusted proxy sits in front. Default false. */

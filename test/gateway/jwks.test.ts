@@ -22,12 +22,14 @@ async function providerKey(kid: string, alg: 'RS256' | 'ES256'): Promise<Provide
 
 /** An identity provider's JWKS endpoint that the test controls: its keys, its speed, its health. */
 async function startJwksServer() {
-  const state = { keys: [] as ProviderKey[], fetches: 0, mode: 'ok' as 'ok' | 'slow' | 'broken' };
+  const state = { keys: [] as ProviderKey[], fetches: 0, mode: 'ok' as 'ok' | 'slow' | 'broken' | 'failing' | 'not-a-key-set' };
   const server = await listen((_req, res) => {
     state.fetches++;
     if (state.mode === 'slow') return void setTimeout(() => res.end('{"keys":[]}'), 5000).unref();
+    if (state.mode === 'failing') return void res.writeHead(500).end('upstream trouble');
     res.setHeader('content-type', 'application/json');
-    res.end(state.mode === 'broken' ? 'not json' : JSON.stringify({ keys: state.keys.map((key) => key.jwk) }));
+    if (state.mode === 'broken') return void res.end('not json');
+    res.end(JSON.stringify(state.mode === 'not-a-key-set' ? { error: 'maintenance' } : { keys: state.keys.map((key) => key.jwk) }));
   });
   return Object.assign(server, { state });
 }
@@ -35,7 +37,7 @@ async function startJwksServer() {
 function providerToken(key: ProviderKey, claims: Record<string, unknown> = {}, options: { issuer?: string; audience?: string; expiresIn?: string } = {}): Promise<string> {
   return new SignJWT({ email: 'dana@example.test', ...claims })
     .setProtectedHeader({ alg: key.alg, kid: key.kid })
-    .setSubject('idp-dana')
+    .setSubject(typeof claims.sub === 'string' ? claims.sub : 'idp-dana')
     .setIssuer(options.issuer ?? ISSUER)
     .setAudience(options.audience ?? AUDIENCE)
     .setIssuedAt()
@@ -83,6 +85,32 @@ describe('tokens from an identity provider (JWKS)', () => {
     expect(stack.notifications.requests.at(-1)!.headers[HEADER.userRole]).toBe('admin');
   });
 
+  it('treats a role claim that is not a string as role user, never more', async () => {
+    expect((await call(await providerToken(rsa, { role: ['admin'] }))).status).toBe(200);
+    expect(stack.notifications.requests.at(-1)!.headers[HEADER.userRole]).toBe('user');
+  });
+
+  it('leaves out an email that cannot travel as a header instead of failing the request', async () => {
+    const response = await call(await providerToken(ec, { email: 'dána@例え.jp' }));
+    expect(response.status).toBe(200);
+    expect(stack.notifications.requests.at(-1)!.headers).toMatchObject({ [HEADER.userId]: 'idp-dana', [HEADER.userEmail]: '' });
+  });
+
+  // Such a token used to get a bare text/plain 404: the upstream call failed on the invalid header value.
+  it.each([
+    { desc: 'a role with a line break (header injection)', claims: { role: 'user\r\nx-user-role: admin' } },
+    { desc: 'a role outside Latin-1', claims: { role: '管理者' } },
+    { desc: 'a sub outside Latin-1', claims: { sub: '名前' } },
+    { desc: 'a sub longer than 255 characters', claims: { sub: 'x'.repeat(256) } },
+  ])('refuses a provider token with $desc as 401 problem+json, and nothing reaches the service', async ({ claims }) => {
+    const before = stack.notifications.requests.length;
+    const response = await call(await providerToken(rsa, claims));
+    expect(response.status).toBe(401);
+    expect(response.headers.get('content-type')).toBe('application/problem+json');
+    expect(await response.json()).toMatchObject({ code: 'invalid_token', requestId: response.headers.get(HEADER.requestId) });
+    expect(stack.notifications.requests.length).toBe(before);
+  });
+
   it('refetches the key set for an unknown kid after a key rotation', async () => {
     const rotated = await providerKey('rsa-2', 'RS256');
     const before = jwks.state.fetches;
@@ -123,6 +151,8 @@ describe('tokens from an identity provider (JWKS)', () => {
   it.each([
     { desc: 'answers slower than its timeout', mode: 'slow' as const },
     { desc: 'serves broken JSON', mode: 'broken' as const },
+    { desc: 'answers 500', mode: 'failing' as const },
+    { desc: 'serves JSON that is not a key set', mode: 'not-a-key-set' as const },
   ])('fails closed with 503 auth_unavailable, promptly, when the JWKS $desc', async ({ mode }) => {
     const unknown = await providerKey(`fresh-${mode}`, 'RS256');
     jwks.state.mode = mode;
@@ -134,6 +164,22 @@ describe('tokens from an identity provider (JWKS)', () => {
     expect(Date.now() - started).toBeLessThan(4000);
     // Meanwhile the gateway's own tokens keep working.
     expect((await call(await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } }))).status).toBe(200);
+  });
+
+  it('keeps serving the gateway own tokens at once while a slow JWKS fetch is pending', async () => {
+    jwks.state.mode = 'slow';
+    const started = Date.now();
+    const pending = call(await providerToken(await providerKey('fresh-concurrent', 'RS256'))).then((response) => ({ status: response.status, ms: Date.now() - started }));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const ownStarted = Date.now();
+    const own = await call(await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } }));
+    expect(own.status).toBe(200);
+    // Generous bounds: the own token never waits for the JWKS fetch (500 ms timeout here) ...
+    expect(Date.now() - ownStarted).toBeLessThan(400);
+    // ... which ends in 503 after about its timeout, not after the provider's 5 s.
+    const provider = await pending;
+    expect(provider.status).toBe(503);
+    expect(provider.ms).toBeLessThan(4000);
   });
 
   it('fails closed with 503 when the JWKS server is down', async () => {

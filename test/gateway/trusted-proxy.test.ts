@@ -1,4 +1,8 @@
+import { ATTR_CLIENT_ADDRESS } from '@opentelemetry/semantic-conventions';
+import { parseConfig } from '../../src/config';
+import { startInMemoryTracing } from '../helpers/in-memory-tracing';
 import { startStack, type TestStack } from '../helpers/stack';
+import { shippedConfigFile } from '../helpers/test-config';
 
 /** Rate-limit buckets follow the client address; which address counts decides who can dodge the limit. */
 describe('client addresses behind proxies', () => {
@@ -36,5 +40,54 @@ describe('client addresses behind proxies', () => {
     } finally {
       await stack.close();
     }
+  });
+  const limitedRoute = { routes: [{ name: 'limited', prefix: '/api/unknown-but-limited', service: 'users', upstreamPath: '/health', auth: 'public' }] };
+
+  it('with trustedProxies, ignores X-Forwarded-* from a peer not on the list: it cannot pick its bucket', async () => {
+    // The test client connects from 127.0.0.1, which is not a listed proxy.
+    const stack = await startStack({ env: { RATE_LIMIT_MAX: '2', TRUST_PROXY: 'true' }, overrides: { ...limitedRoute, trustedProxies: ['10.0.0.0/8', 'fd00::/8'] } });
+    try {
+      expect(await statuses(stack, ['6.6.6.6, 203.0.113.7', '7.7.7.7, 198.51.100.9', '8.8.8.8'])).toEqual([200, 200, 429]);
+      // What reaches the service is the gateway's own view: the peer, no client-chosen proto or host.
+      const forwarded = await fetch(`${stack.gateway.url}/api/unknown-but-limited`, { headers: { 'x-forwarded-for': '192.0.2.1', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'evil.example', forwarded: 'for=192.0.2.1' } });
+      await forwarded.arrayBuffer();
+      const seen = stack.users.requests.at(-1)!.headers;
+      expect(seen).toMatchObject({ 'x-forwarded-for': '127.0.0.1', 'x-forwarded-proto': 'http', 'x-forwarded-host': new URL(stack.gateway.url).host });
+      expect(seen.forwarded).toBeUndefined();
+    } finally {
+      await stack.close();
+    }
+  });
+
+  it('with trustedProxies, honours X-Forwarded-For from a listed peer (IPv4 CIDR)', async () => {
+    const stack = await startStack({ env: { RATE_LIMIT_MAX: '2', TRUST_PROXY: 'true' }, overrides: { ...limitedRoute, trustedProxies: ['127.0.0.0/8'] } });
+    try {
+      expect(await statuses(stack, ['6.6.6.6, 203.0.113.7', '6.6.6.6, 203.0.113.7', '6.6.6.6, 203.0.113.7', '6.6.6.6, 198.51.100.9'])).toEqual([200, 200, 429, 200]);
+    } finally {
+      await stack.close();
+    }
+  });
+
+  // Koa caches ctx.ip on first read and tracing reads it first: the decision has to come before it.
+  it('puts the settled client address on the server span, not a spoofed one', async () => {
+    const tracing = startInMemoryTracing();
+    const stack = await startStack({ tracer: tracing.tracer, env: { TRUST_PROXY: 'true' }, overrides: { ...limitedRoute, trustedProxies: ['10.0.0.0/8'] } });
+    try {
+      await statuses(stack, ['6.6.6.6']);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const server = tracing.spans().find((span) => span.name.endsWith('/api/unknown-but-limited/*') || span.name.endsWith('/api/unknown-but-limited'));
+      expect(server?.attributes[ATTR_CLIENT_ADDRESS]).toBe('127.0.0.1');
+    } finally {
+      await stack.close();
+      await tracing.shutdown();
+    }
+  });
+
+  it.each([
+    { desc: 'trustedProxies without trustProxy', file: { trustedProxies: ['10.0.0.0/8'] }, message: /^config: trustedProxies: need trustProxy true/ },
+    { desc: 'a trusted proxy that is a host name', file: { trustProxy: true, trustedProxies: ['proxy.internal'] }, message: /^config: trustedProxies\.0: must be an IP address or CIDR range/ },
+    { desc: 'a CIDR prefix out of range', file: { trustProxy: true, trustedProxies: ['10.0.0.0/33'] }, message: /^config: trustedProxies\.0: must be an IP address or CIDR range/ },
+  ])('refuses $desc at startup, naming the key', ({ file, message }) => {
+    expect(() => parseConfig({ ...shippedConfigFile(), ...file })).toThrow(message);
   });
 });

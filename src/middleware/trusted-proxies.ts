@@ -1,0 +1,52 @@
+import net from 'node:net';
+import type { Middleware } from 'koa';
+import { FORWARDING_HEADERS } from './strip-owned-headers';
+
+export interface TrustedProxiesOptions {
+  /** Honour `X-Forwarded-*` at all (Koa `app.proxy`). Default false. */
+  trustProxy: boolean;
+  /**
+   * Addresses or CIDR ranges of the proxies in front (`10.0.0.0/8`, `fd00::/8`, `192.0.2.10`). Forwarding
+   * headers are honoured only when the TCP peer is one of them. Undefined: any peer is trusted, which is safe
+   * only when nothing but the proxy can reach the gateway.
+   */
+  trustedProxies?: readonly string[];
+}
+
+/**
+ * Decides, per connection, whether the forwarding headers (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`,
+ * ...) came from a proxy we trust; from anyone else they are removed, so `ctx.ip` is the peer itself and a
+ * client that reaches the gateway directly cannot pick its rate-limit bucket. Which `X-Forwarded-For` entry is
+ * the client is then Koa's `maxIpsCount` (`trustedProxyHops`), counted from the right.
+ *
+ * Runs first in the pipeline: Koa caches `ctx.ip` on first read, and tracing reads it for the server span.
+ * (Without `trustProxy` Koa ignores these headers anyway; they are removed so no service sees them either.)
+ */
+export function createTrustedProxies(options: TrustedProxiesOptions): Middleware {
+  const trusted = options.trustProxy && options.trustedProxies ? blockListOf(options.trustedProxies) : undefined;
+  const trustsEveryPeer = options.trustProxy && !trusted;
+
+  return async function trustForwardedHeaders(ctx, next) {
+    if (!trustsEveryPeer) {
+      const peer = ctx.req.socket.remoteAddress;
+      const fromTrustedProxy = trusted !== undefined && peer !== undefined && trusted.check(peer, net.isIPv6(peer) ? 'ipv6' : 'ipv4');
+      if (!fromTrustedProxy) {
+        const headers = ctx.req.headers;
+        for (const name of FORWARDING_HEADERS) delete headers[name];
+      }
+    }
+    await next();
+  };
+}
+
+/** net.BlockList matches IPv4 rules against IPv4-mapped IPv6 peers (`::ffff:10.0.0.1`) too. */
+function blockListOf(entries: readonly string[]): net.BlockList {
+  const list = new net.BlockList();
+  for (const entry of entries) {
+    const [address = '', prefix] = entry.split('/');
+    const type = net.isIPv6(address) ? 'ipv6' : 'ipv4';
+    if (prefix === undefined) list.addAddress(address, type);
+    else list.addSubnet(address, Number(prefix), type);
+  }
+  return list;
+}
