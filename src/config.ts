@@ -147,6 +147,11 @@ const configSchema = z
             clockToleranceSeconds: z.int().min(0).max(300).default(5),
             /** Claim with the caller's role; absent -> role `user` (never admin by default). */
             roleClaim: z.string().min(1).default('role'),
+            /**
+             * Put before the provider's `sub` in X-User-Id, so a provider user "1" can never be taken for the
+             * gateway's own user "1" by a service. Default `idp:`; empty only if both share one id space.
+             */
+            subjectPrefix: z.string().regex(/^[\x21-\x7e]*$/, 'must be printable ASCII without spaces').default('idp:'),
           })
           .optional(),
       })

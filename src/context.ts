@@ -17,6 +17,8 @@ export interface GatewayState {
   upstreamPath?: string;
   /** createAuthenticate: set only after the token verified. */
   user?: AuthenticatedUser;
+  /** createCors: the gateway applied its CORS policy; upstream CORS headers must not override it. */
+  corsApplied?: boolean;
   /** createErrorHandler: the error code of a failed request, for the access log. */
   errorCode?: string;
 }

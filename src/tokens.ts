@@ -21,6 +21,8 @@ export interface JwksOptions {
   clockToleranceSeconds: number;
   /** Claim holding the caller's role; a token without it gets role `user`, never more. */
   roleClaim: string;
+  /** Put before `sub` in the caller id, keeping provider ids apart from the gateway's own. */
+  subjectPrefix: string;
 }
 
 export interface TokenServiceOptions {
@@ -135,7 +137,7 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
       }
       if (providerKeys && providerOptions && jwks && alg !== undefined && jwks.algorithms.includes(alg)) {
         const { payload } = await jwtVerify(token, providerKeys, providerOptions);
-        return providerIdentity(payload, jwks.roleClaim);
+        return providerIdentity(payload, jwks.roleClaim, jwks.subjectPrefix);
       }
     } catch (error) {
       if (error instanceof TokenRejectedError || error instanceof TokenVerifierUnavailableError) throw error;
@@ -213,11 +215,11 @@ function ownIdentity(payload: JWTPayload): AuthenticatedUser {
 }
 
 /** A provider token's role: the configured claim when it is a non-empty string, else `user` (never more). */
-function providerIdentity(payload: JWTPayload, roleClaim: string): AuthenticatedUser {
+function providerIdentity(payload: JWTPayload, roleClaim: string, subjectPrefix: string): AuthenticatedUser {
   const { sub, email } = payload;
   const role = payload[roleClaim];
   if (typeof sub !== 'string' || sub === '') throw new TokenRejectedError('bad_claims', 'The token lacks the sub claim.');
-  return identity(sub, typeof role === 'string' && role !== '' ? role : 'user', email);
+  return identity(`${subjectPrefix}${sub}`, typeof role === 'string' && role !== '' ? role : 'user', email);
 }
 
 /** `exp` of a token that already verified (so it is well formed), in epoch seconds. */

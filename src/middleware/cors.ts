@@ -57,6 +57,7 @@ export function createCors(options: CorsOptions): Middleware {
     const policy = policyFor(ctx.path, preflightMethod || ctx.method);
     const allowed = policy !== undefined && (policy.anyOrigin || policy.origins.has(origin));
     ctx.vary('Origin');
+    ctx.state.corsApplied = true;
 
     if (preflightMethod) {
       if (!allowed) throw new GatewayError('forbidden', `Cross-origin requests from ${origin} are not allowed here.`);

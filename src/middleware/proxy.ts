@@ -25,6 +25,8 @@ interface Exchange {
   target: string;
   /** 1 for the first try, 2+ for retries on other instances. */
   attempt: number;
+  /** The gateway's CORS headers are on the response. */
+  corsApplied: boolean;
   /** The request's context (server span, baggage), parent of the client span. */
   context: OtelContext;
   span?: Span;
@@ -73,7 +75,15 @@ export function createProxy(options: ProxyOptions): Middleware {
       }
     },
     proxyRes(proxyRes: http.IncomingMessage, req: TrackedRequest, res: http.ServerResponse) {
-      req[EXCHANGE]!.status = proxyRes.statusCode;
+      const exchange = req[EXCHANGE]!;
+      exchange.status = proxyRes.statusCode;
+      // http-proxy copies upstream headers over ours with setHeader: the gateway's CORS policy must win, and
+      // Vary must keep Origin beside whatever the service varies on.
+      if (exchange.corsApplied) {
+        for (const name of Object.keys(proxyRes.headers)) if (name.startsWith('access-control-')) delete proxyRes.headers[name];
+        const vary = [res.getHeader('vary'), proxyRes.headers.vary].filter(Boolean).join(', ');
+        if (vary) proxyRes.headers.vary = vary;
+      }
       proxyRes.once('close', () => {
         if (!proxyRes.complete) {
           req[EXCHANGE]!.upstreamAborted = true;
@@ -119,16 +129,21 @@ export function createProxy(options: ProxyOptions): Middleware {
         throw new GatewayError('upstream_unavailable', `No healthy instance of the ${route.service} service (${pool.size} ejected after failing).`);
       }
       tried.add(instance);
-      const exchange: Exchange = { timeoutMs: route.timeoutMs, service: route.service, target: instance.origin, attempt, context: context.active() };
+      const exchange: Exchange = { timeoutMs: route.timeoutMs, service: route.service, target: instance.origin, attempt, corsApplied: ctx.state.corsApplied === true, context: context.active() };
       (ctx.req as TrackedRequest)[EXCHANGE] = exchange;
 
       let clientClosed = false;
       try {
         await forward(ctx, next);
-      } catch {
+      } catch (rejection) {
         // koa-proxies rejects when the response closes before finishing: either we cut it (upstream died)
         // or the client went away, which the access log records as 499 and is nobody's error here.
-        clientClosed = !exchange.upstreamAborted && !exchange.failure;
+        // Anything else (a failure inside http-proxy itself) is the gateway's own error, not a client's.
+        clientClosed = !exchange.upstreamAborted && !exchange.failure && ctx.req.socket.destroyed;
+        if (!clientClosed && !exchange.upstreamAborted && !exchange.failure) {
+          exchange.span?.end();
+          throw new GatewayError('internal', 'The gateway failed while forwarding the request.', { cause: rejection });
+        }
       }
       const outcome = outcomeOf(exchange, clientClosed);
       if (exchange.span) endUpstreamSpan(exchange.span, outcome, exchange.status, exchange.failure);

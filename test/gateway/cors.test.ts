@@ -1,4 +1,5 @@
 import { parseConfig } from '../../src/config';
+import { listen } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
 
@@ -63,6 +64,28 @@ describe('CORS', () => {
     expect(limited!.headers.get('access-control-allow-origin')).toBe(APP);
     const foreign = await fetch(`${stack.gateway.url}/health`, { headers: { origin: 'https://evil.example.test' } });
     expect(foreign.headers.get('access-control-allow-origin')).toBeNull();
+  });
+
+  it('keeps its policy over CORS headers a service sends, and keeps Vary: Origin beside the service Vary', async () => {
+    const loose = await listen((_req, res) => {
+      res.setHeader('access-control-allow-origin', '*');
+      res.setHeader('vary', 'Accept-Encoding');
+      res.setHeader('content-type', 'application/json');
+      res.end('[]');
+    });
+    const proxied = await startStack({ overrides: { cors: { origins: [APP] } }, serviceUrls: { orders: loose.url } });
+    try {
+      const token = await login(proxied.gateway.url);
+      const foreign = await fetch(`${proxied.gateway.url}/api/orders`, { headers: { origin: 'https://evil.example.test', authorization: `Bearer ${token}` } });
+      expect(foreign.status).toBe(200);
+      expect(foreign.headers.get('access-control-allow-origin')).toBeNull();
+      const allowed = await fetch(`${proxied.gateway.url}/api/orders`, { headers: { origin: APP, authorization: `Bearer ${token}` } });
+      expect(allowed.headers.get('access-control-allow-origin')).toBe(APP);
+      expect(allowed.headers.get('vary')).toBe('Origin, Accept-Encoding');
+    } finally {
+      await proxied.close();
+      await loose.close();
+    }
   });
 
   it('refuses a config that allows any origin with credentials', () => {

@@ -77,7 +77,7 @@ describe('tokens from an identity provider (JWKS)', () => {
   ])('accepts a valid $desc token and injects the provider identity (role user by default)', async ({ key }) => {
     const response = await call(await providerToken(key()));
     expect(response.status).toBe(200);
-    expect(stack.notifications.requests.at(-1)!.headers).toMatchObject({ [HEADER.userId]: 'idp-dana', [HEADER.userRole]: 'user', [HEADER.userEmail]: 'dana@example.test' });
+    expect(stack.notifications.requests.at(-1)!.headers).toMatchObject({ [HEADER.userId]: 'idp:idp-dana', [HEADER.userRole]: 'user', [HEADER.userEmail]: 'dana@example.test' });
   });
 
   it('takes the role from the role claim', async () => {
@@ -93,7 +93,7 @@ describe('tokens from an identity provider (JWKS)', () => {
   it('leaves out an email that cannot travel as a header instead of failing the request', async () => {
     const response = await call(await providerToken(ec, { email: 'dána@例え.jp' }));
     expect(response.status).toBe(200);
-    expect(stack.notifications.requests.at(-1)!.headers).toMatchObject({ [HEADER.userId]: 'idp-dana', [HEADER.userEmail]: '' });
+    expect(stack.notifications.requests.at(-1)!.headers).toMatchObject({ [HEADER.userId]: 'idp:idp-dana', [HEADER.userEmail]: '' });
   });
 
   // Such a token used to get a bare text/plain 404: the upstream call failed on the invalid header value.
