@@ -71,7 +71,7 @@ export function createGateway(config: GatewayConfig, { logger, redis, tracer = t
   app.use(createAccessLog({ logger }));
   app.use(createErrorHandler({ logger }));
   app.use(createPathGuard());
-  app.use(createStripOwnedHeaders({ trustProxy: config.trustProxy }));
+  app.use(createStripOwnedHeaders());
   app.use(createCors({ defaults: config.cors, byRoute: new Map(config.routes.flatMap((route) => (route.cors === undefined ? [] : [[route.name, route.cors] as const]))), routes }));
   app.use(ownEndpoints.routes());
   app.use(createRouteMatch({ routes }));

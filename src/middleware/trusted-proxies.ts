@@ -1,6 +1,8 @@
 import net from 'node:net';
 import type { Middleware } from 'koa';
-import { FORWARDING_HEADERS } from './strip-owned-headers';
+
+/** Forwarding headers a client could forge to change who it appears to be. */
+const FORWARDING_HEADERS = ['forwarded', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port', 'x-real-ip'];
 
 export interface TrustedProxiesOptions {
   /** Honour `X-Forwarded-*` at all (Koa `app.proxy`). Default false. */
