@@ -44,20 +44,27 @@ export function createCors(options: CorsOptions): Middleware {
   const defaults = options.defaults && compile(options.defaults);
   const byRoute = new Map([...options.byRoute].map(([name, policy]) => [name, policy === false ? undefined : compile(policy)]));
   const policyFor = (path: string, method: string): CompiledPolicy | undefined => {
-    const match = options.routes.match(path, method);
+    let match = options.routes.match(path, method);
+    // A method the route does not take still belongs to that route's policy (its `cors: false` must hold for
+    // the 405 too); the route is the one that owns the path for a method it does take.
+    if (match?.kind === 'method_not_allowed') match = options.routes.match(path, match.allowed[0]!);
     if (match?.kind === 'matched' && byRoute.has(match.route.name)) return byRoute.get(match.route.name);
     return defaults;
   };
   const anyPolicy = defaults !== undefined || [...byRoute.values()].some(Boolean);
 
   return async function applyCors(ctx, next) {
+    if (!anyPolicy) return next();
+    // Even without Origin: a shared cache must not hand this origin-less answer (no CORS headers) to a
+    // cross-origin request, or the reverse (Fetch standard, "CORS protocol and HTTP caches"). Upstream CORS
+    // headers are dropped then too: the gateway's policy is the only one.
+    ctx.vary('Origin');
+    ctx.state.corsApplied = true;
     const origin = ctx.get('origin');
-    if (!anyPolicy || !origin) return next();
+    if (!origin) return next();
     const preflightMethod = ctx.method === 'OPTIONS' ? ctx.get('access-control-request-method') : '';
     const policy = policyFor(ctx.path, preflightMethod || ctx.method);
     const allowed = policy !== undefined && (policy.anyOrigin || policy.origins.has(origin));
-    ctx.vary('Origin');
-    ctx.state.corsApplied = true;
 
     if (preflightMethod) {
       if (!allowed) throw new GatewayError('forbidden', `Cross-origin requests from ${origin} are not allowed here.`);

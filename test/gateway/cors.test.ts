@@ -9,7 +9,7 @@ describe('CORS', () => {
   let stack: TestStack;
   beforeAll(async () => {
     const routes = (shippedConfigFile().routes as Record<string, unknown>[]).map((route) =>
-      route.name === 'notifications' ? { ...route, cors: false } : route.name === 'users' ? { ...route, cors: { origins: ['https://admin.example.test'], credentials: true } } : route,
+      route.name === 'notifications' || route.name === 'register' ? { ...route, cors: false } : route.name === 'users' ? { ...route, cors: { origins: ['https://admin.example.test'], credentials: true } } : route,
     );
     stack = await startStack({ env: { RATE_LIMIT_MAX: '3' }, overrides: { cors: { origins: [APP] }, routes } });
   });
@@ -35,6 +35,8 @@ describe('CORS', () => {
     { desc: 'an origin not on the list', path: '/api/orders', origin: 'https://evil.example.test' },
     { desc: 'a route that refuses cross-origin use', path: '/api/notifications', origin: APP },
     { desc: 'another route policy that lists other origins', path: '/api/users/1', origin: APP },
+    // register takes POST only: a GET there is still register's (cors: false), not the global policy.
+    { desc: 'a method that a route refusing cross-origin use does not take', path: '/api/auth/register', origin: APP },
   ])('refuses the preflight of $desc with 403 and no CORS headers', async ({ path, origin }) => {
     const response = await preflight(path, origin, 'GET');
     expect(response.status).toBe(403);
@@ -66,6 +68,18 @@ describe('CORS', () => {
     expect(foreign.headers.get('access-control-allow-origin')).toBeNull();
   });
 
+  it('refuses the actual request of that method too: no CORS headers on its 405', async () => {
+    const response = await fetch(`${stack.gateway.url}/api/auth/register`, { headers: { origin: APP } });
+    expect(response.status).toBe(405);
+    expect(response.headers.get('access-control-allow-origin')).toBeNull();
+  });
+
+  it('sends Vary: Origin without an Origin too, so a cache never serves that answer cross-origin', async () => {
+    const response = await fetch(`${stack.gateway.url}/health`);
+    expect(response.headers.get('vary')).toContain('Origin');
+    expect(response.headers.get('access-control-allow-origin')).toBeNull();
+  });
+
   it('keeps its policy over CORS headers a service sends, and keeps Vary: Origin beside the service Vary', async () => {
     const loose = await listen((_req, res) => {
       res.setHeader('access-control-allow-origin', '*');
@@ -82,6 +96,9 @@ describe('CORS', () => {
       const allowed = await fetch(`${proxied.gateway.url}/api/orders`, { headers: { origin: APP, authorization: `Bearer ${token}` } });
       expect(allowed.headers.get('access-control-allow-origin')).toBe(APP);
       expect(allowed.headers.get('vary')).toBe('Origin, Accept-Encoding');
+      const sameOrigin = await fetch(`${proxied.gateway.url}/api/orders`, { headers: { authorization: `Bearer ${token}` } });
+      expect(sameOrigin.headers.get('access-control-allow-origin')).toBeNull();
+      expect(sameOrigin.headers.get('vary')).toBe('Origin, Accept-Encoding');
     } finally {
       await proxied.close();
       await loose.close();
