@@ -1,0 +1,149 @@
+// The benchmark's processes: start them with their output in files, read their CPU time and peak memory
+// from /proc, and make sure every one of them ends, whatever happens to the runner.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+const running = new Set();
+
+// Last resort: a runner that dies still takes its children with it.
+process.on('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
+/** A port on 127.0.0.1 that was free a moment ago. */
+export async function freePort() {
+  const server = net.createServer();
+  await new Promise((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/**
+ * Starts `command args` with stdout and stderr written to files. Returns the child; `exited` resolves with
+ * its exit code (or signal).
+ */
+export function start(name, command, args, { cwd, env, stdoutFile, stderrFile }) {
+  const out = fs.openSync(stdoutFile, 'w');
+  const err = stderrFile === stdoutFile ? out : fs.openSync(stderrFile, 'w');
+  const child = spawn(command, args, { cwd, env, stdio: ['ignore', out, err] });
+  fs.closeSync(out);
+  if (err !== out) fs.closeSync(err);
+  running.add(child);
+  child.benchName = name;
+  child.exited = new Promise((resolve) => {
+    child.once('exit', (code, signal) => {
+      running.delete(child);
+      resolve(code ?? signal);
+    });
+    child.once('error', (error) => {
+      running.delete(child);
+      resolve(`failed to start: ${error.message}`);
+    });
+  });
+  return child;
+}
+
+/** SIGTERM, then SIGKILL after `graceMs`. */
+export async function stop(child, graceMs = 5000) {
+  if (!running.has(child)) return child.exited;
+  child.kill('SIGTERM');
+  const outcome = await Promise.race([child.exited, sleep(graceMs).then(() => 'timeout')]);
+  if (outcome !== 'timeout') return outcome;
+  child.kill('SIGKILL');
+  return child.exited;
+}
+
+export async function stopAll() {
+  await Promise.all([...running].map((child) => stop(child)));
+}
+
+/** Resolves once GET `url` answers 200, or rejects after `timeoutMs` (or as soon as `child` exits). */
+export async function waitUntilServing(url, { headers = {}, timeoutMs = 20_000, child } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  let last = 'no answer';
+  while (Date.now() < deadline) {
+    if (child && !running.has(child)) throw new Error(`${child.benchName} exited (${await child.exited}) before serving ${url}`);
+    try {
+      const response = await fetch(url, { headers, signal: AbortSignal.timeout(1000) });
+      const body = await response.text();
+      if (response.status === 200) return body;
+      last = `${response.status} ${body.slice(0, 200)}`;
+    } catch (error) {
+      last = error.cause?.code ?? error.message;
+    }
+    await sleep(100);
+  }
+  throw new Error(`${url} did not answer 200 within ${timeoutMs} ms (last: ${last})`);
+}
+
+/** utime + stime of a process so far, and of its waited-for children (cutime + cstime), in clock ticks. */
+export function cpuTicks(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name, which is in parentheses and may itself contain spaces.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { own: Number(fields[11]) + Number(fields[12]), children: Number(fields[13]) + Number(fields[14]) };
+}
+
+/** Peak resident set size (VmHWM) and current one (VmRSS), in MiB. */
+export function memoryMiB(pid) {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kib = (key) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+  return { peak: Math.round(kib('VmHWM') / 102.4) / 10, current: Math.round(kib('VmRSS') / 102.4) / 10 };
+}
+
+/** Direct children of `pid` (nginx's worker under its master). */
+export function childPids(pid) {
+  try {
+    return fs
+      .readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number);
+  } catch {
+    return fs
+      .readdirSync('/proc')
+      .filter((entry) => /^\d+$/.test(entry))
+      .filter((entry) => {
+        try {
+          const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+          return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid;
+        } catch {
+          return false;
+        }
+      })
+      .map(Number);
+  }
+}
+
+/**
+ * Counts the lines containing `marker` appended to a file since the last call, reading only the new bytes
+ * (the gateway's access log grows to tens of MB during a run).
+ */
+export class LineCounter {
+  #offset = 0;
+  #count = 0;
+  #partial = '';
+  constructor(file, marker) {
+    this.file = file;
+    this.marker = marker;
+  }
+
+  count() {
+    const size = fs.statSync(this.file).size;
+    if (size > this.#offset) {
+      const fd = fs.openSync(this.file, 'r');
+      const buffer = Buffer.alloc(size - this.#offset);
+      fs.readSync(fd, buffer, 0, buffer.length, this.#offset);
+      fs.closeSync(fd);
+      this.#offset = size;
+      const lines = (this.#partial + buffer.toString('utf8')).split('\n');
+      this.#partial = lines.pop();
+      for (const line of lines) if (line.includes(this.marker)) this.#count++;
+    }
+    return this.#count;
+  }
+}

@@ -1,0 +1,76 @@
+// CPU profile of Koa Gateway under the benchmark's load, to see where the time per request goes:
+// starts the upstream, the OTLP sink and the gateway with `node --cpu-prof`, warms it up, drives it with
+// wrk, stops it (SIGTERM: a clean exit writes the profile) and summarises only the samples taken under load.
+//   node bench/profile.mjs [--tracing on|off|both] [--seconds 15] [--connections 50] [--out bench/out]
+// Writes <out>/profile/gateway-tracing-<on|off>.{cpuprofile,md} (open the .cpuprofile in Chrome DevTools).
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { summarise, summaryMarkdown } from './cpu-profile-summary.mjs';
+import { cpuTicks, freePort, stop, stopAll, waitUntilServing } from './processes.mjs';
+import { BENCH_DIR, mintToken, ROOT, startGateway, startSink, startUpstream } from './servers.mjs';
+import { runWrk, wrkVersion } from './wrk.mjs';
+
+const { values: flags } = parseArgs({
+  options: {
+    tracing: { type: 'string', default: 'both' },
+    seconds: { type: 'string', default: '15' },
+    connections: { type: 'string', default: '50' },
+    'warmup-seconds': { type: 'string', default: '3' },
+    out: { type: 'string', default: path.join(BENCH_DIR, 'out') },
+  },
+});
+const variants = flags.tracing === 'both' ? ['on', 'off'] : [flags.tracing];
+if (!variants.every((v) => v === 'on' || v === 'off')) throw new Error('--tracing is on, off or both');
+const seconds = Number(flags.seconds);
+const connections = Number(flags.connections);
+if (!fs.existsSync(path.join(ROOT, 'dist/src/main.js'))) throw new Error('dist/ is missing: run `npm run build` first');
+if (!wrkVersion()) throw new Error('wrk is not installed: `apt-get install -y wrk`');
+
+const dir = path.join(path.resolve(flags.out), 'profile');
+fs.rmSync(dir, { recursive: true, force: true });
+fs.mkdirSync(dir, { recursive: true });
+const secret = randomBytes(32).toString('hex');
+const headers = { Authorization: `Bearer ${await mintToken(secret)}` };
+
+try {
+  const upstreamPort = await freePort();
+  const sinkPort = await freePort();
+  const upstream = startUpstream({ port: upstreamPort, logs: dir });
+  const sink = startSink({ port: sinkPort, logs: dir });
+  await waitUntilServing(`http://127.0.0.1:${upstreamPort}/users/42`, { child: upstream });
+  await waitUntilServing(`http://127.0.0.1:${sinkPort}/__stats`, { child: sink });
+
+  for (const variant of variants) {
+    const name = `gateway-tracing-${variant}`;
+    const port = await freePort();
+    const gateway = startGateway({
+      name,
+      port,
+      upstreamPort,
+      secret,
+      logs: dir,
+      tracing: variant === 'on' ? { sinkPort, exportLogs: false } : false,
+      nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir, '--cpu-prof-name', `${name}.cpuprofile`],
+    });
+    const url = `http://127.0.0.1:${port}/api/users/42`;
+    await waitUntilServing(url, { headers, child: gateway });
+    await runWrk({ url, connections, seconds: Number(flags['warmup-seconds']), headers });
+    const fromUs = Number(process.hrtime.bigint() / 1000n);
+    const before = cpuTicks(gateway.pid).own;
+    const result = await runWrk({ url, connections, seconds, headers });
+    const cpuUsPerRequest = Math.round((((cpuTicks(gateway.pid).own - before) * 10_000) / result.requests) * 10) / 10;
+    const toUs = Number(process.hrtime.bigint() / 1000n);
+    await stop(gateway, 15_000);
+    const file = path.join(dir, `${name}.cpuprofile`);
+    if (!fs.existsSync(file)) throw new Error(`${name} wrote no profile (see ${dir}/${name}.err.log)`);
+    const summary = summarise(JSON.parse(fs.readFileSync(file, 'utf8')), { fromUs, toUs });
+    const heading = `## Koa Gateway, tracing ${variant}: ${Math.round(result.rps)} req/s at ${connections} connections for ${seconds} s, ${cpuUsPerRequest} µs CPU per request (all threads; clock ticks assume USER_HZ 100)\n\n`;
+    const markdown = heading + summaryMarkdown(summary);
+    fs.writeFileSync(path.join(dir, `${name}.md`), markdown);
+    process.stdout.write(`${markdown}\n`);
+  }
+} finally {
+  await stopAll();
+}

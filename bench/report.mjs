@@ -1,0 +1,196 @@
+// Turns the benchmark's runs into medians, per-round ratios and the issue 6 budget verdicts, and renders
+// them as markdown. Ratios are computed within each round (runs minutes apart, never across rounds) and
+// then averaged; with the order reversed every other round, linear drift of the machine cancels out.
+
+/** What every case is compared with, when that case ran. */
+const BASELINES = ['upstream', 'nginx', 'express', 'node-floor'];
+
+/** Issue 6's budget for the full pipeline with tracing on. */
+export const BUDGET = {
+  cpuPerRequestVsNginxMax: 5,
+  throughputVsNginxMin: 0.25,
+  throughputVsExpressMin: 5,
+  tracingCostMax: 0.15,
+  addedP50MsMax: 0.25,
+  peakRssMbMax: 150,
+  spansLostMax: 0,
+};
+
+const median = (values) => {
+  const sorted = values.filter((v) => v !== null && v !== undefined && !Number.isNaN(v)).sort((a, b) => a - b);
+  if (sorted.length === 0) return null;
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+};
+const mean = (values) => (values.length === 0 || values.some((v) => v === null) ? null : values.reduce((a, b) => a + b, 0) / values.length);
+const round = (value, digits) => (value === null || value === undefined ? null : Math.round(value * 10 ** digits) / 10 ** digits);
+
+export function evaluate(results) {
+  const { runs, cases } = results;
+  const rounds = [...new Set(runs.map((r) => r.round))];
+  const find = (id, shape, r) => runs.find((run) => run.case === id && run.shape === shape && run.round === r);
+
+  const summary = {};
+  for (const id of Object.keys(cases)) {
+    summary[id] = {};
+    for (const shape of ['throughput', 'latency']) {
+      const list = runs.filter((run) => run.case === id && run.shape === shape);
+      const processes = Object.keys(list[0]?.cpuUsPerRequest ?? {});
+      summary[id][shape] = {
+        rps: round(median(list.map((r) => r.rps)), 0),
+        p50Ms: round(median(list.map((r) => r.latencyMs.p50)), 3),
+        p99Ms: round(median(list.map((r) => r.latencyMs.p99)), 3),
+        errors: list.reduce((sum, r) => sum + r.errors, 0),
+        requests: list.reduce((sum, r) => sum + r.requests, 0),
+        otherCpuPercent: round(median(list.map((r) => r.otherCpuPercent)), 0),
+        cpuUsPerRequest: Object.fromEntries(processes.map((p) => [p, round(median(list.map((r) => r.cpuUsPerRequest[p])), 1)])),
+      };
+    }
+  }
+
+  // ratios[case][baseline] = { throughput, cpuPerRequest, addedP50Ms } each { mean, rounds: [...] }
+  const ratios = {};
+  for (const id of Object.keys(cases)) {
+    ratios[id] = {};
+    for (const base of [...BASELINES, 'gateway-untraced']) {
+      if (!cases[base] || base === id) continue;
+      const perRound = (fn) => rounds.map((r) => fn(r));
+      const throughput = perRound((r) => find(id, 'throughput', r).rps / find(base, 'throughput', r).rps);
+      const cpuPerRequest = perRound((r) => {
+        const x = find(id, 'throughput', r);
+        const b = find(base, 'throughput', r);
+        const own = x.cpuUsPerRequest[cases[id].server];
+        const theirs = b.cpuUsPerRequest[cases[base].server];
+        return own === null || !theirs ? null : own / theirs;
+      });
+      const addedP50Ms = perRound((r) => find(id, 'latency', r).latencyMs.p50 - find(base, 'latency', r).latencyMs.p50);
+      const pack = (values, digits) => ({ mean: round(mean(values), digits), rounds: values.map((v) => round(v, digits)) });
+      ratios[id][base] = { throughput: pack(throughput, 3), cpuPerRequest: pack(cpuPerRequest, 2), addedP50Ms: pack(addedP50Ms, 3) };
+    }
+  }
+
+  const budget = [];
+  const line = (id, text, limit, values, unit, passes, skipped) => {
+    if (skipped) {
+      budget.push({ id, line: text, limit, measured: null, rounds: [], unit, result: 'SKIP', note: skipped });
+      return;
+    }
+    const measured = values.mean;
+    const verdict = measured === null ? 'FAIL' : passes(measured) ? 'PASS' : 'FAIL';
+    const split = values.rounds.length > 1 && values.rounds.some((v) => v !== null && passes(v) !== (verdict === 'PASS'));
+    budget.push({ id, line: text, limit, measured, rounds: values.rounds, unit, result: verdict, ...(split ? { note: 'rounds disagree: re-run before trusting this verdict' } : {}) });
+  };
+  const gw = ratios.gateway;
+  if (gw) {
+    const noNginx = cases.nginx ? undefined : 'nginx not installed';
+    line('cpu-vs-nginx', 'CPU per request <= 5x nginx', `<= ${BUDGET.cpuPerRequestVsNginxMax}x`, gw.nginx?.cpuPerRequest ?? {}, 'x', (v) => v <= BUDGET.cpuPerRequestVsNginxMax, noNginx);
+    line('throughput-vs-nginx', 'throughput >= 25% of nginx', `>= ${BUDGET.throughputVsNginxMin * 100}%`, percent(gw.nginx?.throughput), '%', (v) => v >= BUDGET.throughputVsNginxMin * 100, noNginx);
+    line('throughput-vs-express', 'throughput >= 5x the Express peer', `>= ${BUDGET.throughputVsExpressMin}x`, gw.express?.throughput ?? {}, 'x', (v) => v >= BUDGET.throughputVsExpressMin, cases.express ? undefined : 'Express case not run');
+    const cost = gw['gateway-untraced'] && {
+      mean: round((1 - gw['gateway-untraced'].throughput.mean) * 100, 1),
+      rounds: gw['gateway-untraced'].throughput.rounds.map((v) => round((1 - v) * 100, 1)),
+    };
+    line('tracing-cost', 'tracing costs <= 15% throughput vs tracing off', `<= ${BUDGET.tracingCostMax * 100}%`, cost ?? {}, '%', (v) => v <= BUDGET.tracingCostMax * 100, cost ? undefined : 'tracing-off case not run');
+    line('added-p50', 'added p50 latency at 1 connection vs the upstream', `<= ${BUDGET.addedP50MsMax} ms`, gw.upstream.addedP50Ms, 'ms', (v) => v <= BUDGET.addedP50MsMax);
+    const rssMb = results.memoryMiB.gateway ? round(results.memoryMiB.gateway.peak * 1.048576, 1) : null;
+    line('peak-rss', 'peak RSS of the gateway', `<= ${BUDGET.peakRssMbMax} MB`, { mean: rssMb, rounds: [] }, 'MB', (v) => v <= BUDGET.peakRssMbMax);
+    const lost = results.loss ? results.loss.spansLost : null;
+    line('spans-lost', 'spans lost at 50% of peak', `${BUDGET.spansLostMax}`, { mean: lost, rounds: [] }, 'spans', (v) => v <= BUDGET.spansLostMax, results.loss ? undefined : 'loss check not run');
+  }
+  return { summary, ratios, budget };
+}
+
+function percent(values) {
+  if (!values) return {};
+  return { mean: round(values.mean * 100, 1), rounds: values.rounds.map((v) => round(v * 100, 1)) };
+}
+
+const fmt = (value, digits = 0) => (value === null || value === undefined ? '–' : Number(value).toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits }));
+
+export function toMarkdown(results) {
+  const { machine: m, settings: s, cases, summary, ratios, budget, loss, memoryMiB } = results;
+  const lines = [];
+  lines.push(`# Koa Gateway benchmark (issue 6), ${results.date.slice(0, 16).replace('T', ' ')} UTC`, '');
+  lines.push(
+    `Machine: ${m.cpus} CPUs (${m.cpuModel}), ${m.memoryGiB} GiB, ${m.kernel}; Node ${m.node}; ${m.wrk}; nginx ${m.nginx ?? 'not installed'}; load average at start ${m.loadAverageAtStart.join(' / ')}, other work just before the start ${m.otherCpuPercentBeforeStart ?? '?'}% of a core.`,
+  );
+  lines.push(
+    `Gateway: commit ${results.build.commit}${results.build.uncommitted.length ? ` plus uncommitted changes to ${results.build.uncommitted.join(', ')}` : ''}, built to dist/.`,
+    `Runs: ${s.rounds} rounds (order reversed every other round), ${s.throughputSeconds} s at ${s.connections} connections + ${s.latencySeconds} s at 1 connection per case per round, after ${s.warmupSeconds} s warm-up; whole run ${results.durationSeconds} s. Load generator, upstream, sink and servers share the same cores: read ratios and CPU per request, not absolute req/s. "other CPU %" is what the rest of the machine used during the run (100 = one core).`,
+    '',
+  );
+  const others = results.runs.map((r) => r.otherCpuPercent).sort((a, b) => a - b);
+  const otherMedian = others[Math.floor(others.length / 2)] ?? 0;
+  if (otherMedian > 20 || (m.otherCpuPercentBeforeStart ?? 0) > 20) {
+    lines.push(
+      `> **Warning:** other work used ${otherMedian}% of a core during the median run (${m.otherCpuPercentBeforeStart ?? '?'}% just before the start): this box was shared, the numbers are distorted. Re-run on a quiet machine (\`--wait-quiet 300\`).`,
+      '',
+    );
+  }
+
+  const ids = Object.keys(cases);
+  const rss = (id) => {
+    const proc = cases[id].server;
+    return memoryMiB[proc] ? fmt(memoryMiB[proc].peak, 1) : '–';
+  };
+  lines.push(`## Throughput: ${s.connections} connections (medians of ${s.rounds} runs)`, '');
+  lines.push('| case | req/s | p50 ms | p99 ms | errors | CPU µs/req: server | upstream | OTLP sink | wrk | peak RSS MiB (server) | other CPU % |');
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const id of ids) {
+    const t = summary[id].throughput;
+    const cpu = t.cpuUsPerRequest;
+    const upstreamCpu = id === 'upstream' ? '(is the server)' : fmt(cpu.upstream, 1);
+    lines.push(`| ${cases[id].label} | ${fmt(t.rps)} | ${fmt(t.p50Ms, 2)} | ${fmt(t.p99Ms, 2)} | ${t.errors} | ${fmt(cpu[cases[id].server], 1)} | ${upstreamCpu} | ${id === 'gateway' ? fmt(cpu.sink, 1) : '–'} | ${fmt(cpu.wrk, 1)} | ${rss(id)} | ${fmt(Math.max(0, t.otherCpuPercent))} |`);
+  }
+  lines.push('', '## Latency: 1 connection (medians)', '');
+  lines.push('| case | req/s | p50 ms | p99 ms | errors | CPU µs/req: server | upstream |');
+  lines.push('|---|---:|---:|---:|---:|---:|---:|');
+  for (const id of ids) {
+    const l = summary[id].latency;
+    const cpu = l.cpuUsPerRequest;
+    lines.push(`| ${cases[id].label} | ${fmt(l.rps)} | ${fmt(l.p50Ms, 3)} | ${fmt(l.p99Ms, 3)} | ${l.errors} | ${fmt(cpu[cases[id].server], 1)} | ${id === 'upstream' ? '(is the server)' : fmt(cpu.upstream, 1)} |`);
+  }
+
+  lines.push('', '## Ratios, per pair of runs in the same round (mean, then each round)', '');
+  lines.push('Throughput and CPU per request from the 50-connection runs (CPU of the server process(es) only); added p50 from the 1-connection runs.', '');
+  lines.push('| case | vs | throughput | CPU per request | added p50 ms |');
+  lines.push('|---|---|---:|---:|---:|');
+  const each = (v, digits, suffix = '') => `${fmt(v.mean, digits)}${suffix} (${v.rounds.map((x) => fmt(x, digits)).join(', ')})`;
+  // Each pair once, the more elaborate case against the simpler one.
+  const rank = ['upstream', 'nginx', 'node-floor', 'express', 'gateway-untraced', 'gateway'];
+  for (const id of ids) {
+    for (const [base, r] of Object.entries(ratios[id])) {
+      if (rank.indexOf(base) >= rank.indexOf(id)) continue;
+      lines.push(`| ${cases[id].label} | ${cases[base].label} | ${each(r.throughput, 3, 'x')} | ${each(r.cpuPerRequest, 2, 'x')} | ${each(r.addedP50Ms, 3)} |`);
+    }
+  }
+
+  if (loss) {
+    lines.push('', `## Telemetry loss at 50% of peak (${fmt(loss.targetRate)} req/s = half of ${fmt(loss.peakRate)}, ${loss.seconds} s)`, '');
+    lines.push('| requests sent | answered 2xx | served (access log) | SERVER spans received | CLIENT spans received | spans lost | load errors / skipped | achieved req/s | p50 / p99 ms | gateway CPU µs/req |');
+    lines.push('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    lines.push(
+      `| ${fmt(loss.load.sent)} | ${fmt(loss.load.ok)} | ${fmt(loss.requestsServed)} | ${fmt(loss.serverSpansReceived)} | ${fmt(loss.clientSpansReceived)} | ${fmt(loss.spansLost)} | ${loss.load.errors + loss.load.non2xx} / ${loss.load.skipped} | ${fmt(loss.load.achievedRate)} | ${fmt(loss.load.latencyMs.p50, 2)} / ${fmt(loss.load.latencyMs.p99, 2)} | ${fmt(loss.gatewayCpuUsPerRequest, 1)} |`,
+    );
+    const f = loss.underFullLoad;
+    lines.push('', `Under the full-load runs before it (not a budget line): ${fmt(f.serverSpansReceived)} SERVER spans arrived for ${fmt(f.requestsServed)} requests served (${fmt(f.missing)} missing, ${f.requestsServed ? fmt((f.missing / f.requestsServed) * 100, 1) : '0'}%).`);
+  }
+
+  lines.push('', '## Peak RSS (VmHWM, MiB, whole run)', '');
+  lines.push(`| ${Object.keys(memoryMiB).join(' | ')} |`);
+  lines.push(`|${Object.keys(memoryMiB).map(() => '---:').join('|')}|`);
+  lines.push(`| ${Object.values(memoryMiB).map((v) => fmt(v.peak, 1)).join(' | ')} |`);
+
+  if (budget.length > 0) {
+    lines.push('', '## Budget: Koa Gateway, full pipeline, tracing on', '');
+    lines.push('| budget line | limit | measured (mean; rounds) | result |');
+    lines.push('|---|---|---|---|');
+    for (const b of budget) {
+      const digits = b.unit === 'x' ? 2 : b.unit === 'ms' ? 3 : b.unit === 'spans' ? 0 : 1;
+      const unit = b.unit === 'x' ? 'x' : b.unit === '%' ? '%' : ` ${b.unit}`;
+      const measured = b.measured === null ? '–' : `${fmt(b.measured, digits)}${unit}${b.rounds.length > 1 ? ` (${b.rounds.map((v) => fmt(v, digits)).join(', ')})` : ''}`;
+      lines.push(`| ${b.line} | ${b.limit} | ${measured} | **${b.result}**${b.note ? ` (${b.note})` : ''} |`);
+    }
+  }
+  return `${lines.join('\n')}\n`;
+}

@@ -1,0 +1,382 @@
+// Issue 6's benchmark: Koa Gateway against the bare upstream, itself without tracing, the Express tutorial
+// gateway and nginx, on loopback, interleaved so drift cancels out. See bench/README.md.
+//   node bench/run.mjs [--quick] [--rounds 2] [--loss-seconds 60] [--cases upstream,gateway,...] [--strict]
+// Needs `npm run build`, `npm ci --prefix bench/peers` and Debian's wrk (nginx optional).
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { childPids, cpuTicks, freePort, LineCounter, memoryMiB, start, stopAll, waitUntilServing } from './processes.mjs';
+import { evaluate, toMarkdown } from './report.mjs';
+import { BENCH_DIR, cleanEnv, mintToken, ROOT, startExpressPeer, startGateway, startNginx, startNodeFloor, startSink, startUpstream } from './servers.mjs';
+import { runWrk, wrkVersion } from './wrk.mjs';
+
+const { values: flags } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    rounds: { type: 'string' },
+    'throughput-seconds': { type: 'string' },
+    'latency-seconds': { type: 'string' },
+    'warmup-seconds': { type: 'string' },
+    'loss-seconds': { type: 'string' },
+    connections: { type: 'string', default: '50' },
+    cases: { type: 'string' },
+    'otlp-logs': { type: 'boolean', default: false },
+    'with-floor': { type: 'boolean', default: false },
+    'wait-quiet': { type: 'string', default: '0' },
+    out: { type: 'string', default: path.join(BENCH_DIR, 'out') },
+    strict: { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false },
+  },
+});
+
+if (flags.help) {
+  process.stdout.write(`usage: node bench/run.mjs [options]
+  --quick                    short runs for development (3 s / 2 s runs, 10 s loss check)
+  --rounds N                 A B A B rounds, order reversed every other round (default 2)
+  --throughput-seconds N     each 50-connection run (default 8)
+  --latency-seconds N        each 1-connection run (default 5)
+  --warmup-seconds N         unmeasured warm-up per case before round 1 (default 3)
+  --loss-seconds N           telemetry-loss check at 50% of peak (default 60; 0 skips it)
+  --connections N            connections of the throughput shape (default 50)
+  --cases a,b                subset of: ${Object.keys(caseTable()).join(', ')}
+  --wait-quiet N              first wait up to N s for 5 quiet seconds (machine < 15% of a core busy)
+  --with-floor               add the bare Node proxy reference case (bench/node-floor.mjs)
+  --otlp-logs                also export the access log through OTLP (default: traces only, log to a file)
+  --out DIR                  where logs and results go (default bench/out)
+  --strict                   exit 1 when a budget line fails
+`);
+  process.exit(0);
+}
+
+const quick = flags.quick;
+const settings = {
+  rounds: positiveInt(flags.rounds, 2),
+  throughputSeconds: positiveInt(flags['throughput-seconds'], quick ? 3 : 8),
+  latencySeconds: positiveInt(flags['latency-seconds'], quick ? 2 : 5),
+  warmupSeconds: positiveInt(flags['warmup-seconds'], quick ? 1 : 3),
+  lossSeconds: nonNegativeInt(flags['loss-seconds'], quick ? 10 : 60),
+  connections: positiveInt(flags.connections, 50),
+  otlpLogs: flags['otlp-logs'],
+  quick,
+};
+
+/** The cases, in round order. `server` names the process(es) whose CPU is the case's own. */
+function caseTable(ports = {}) {
+  return {
+    upstream: { label: 'upstream directly', url: `http://127.0.0.1:${ports.upstream}/users/42`, auth: false, server: 'upstream' },
+    gateway: { label: 'Koa Gateway, full pipeline, tracing on', url: `http://127.0.0.1:${ports.gateway}/api/users/42`, auth: true, server: 'gateway' },
+    'gateway-untraced': { label: 'Koa Gateway, tracing off', url: `http://127.0.0.1:${ports['gateway-untraced']}/api/users/42`, auth: true, server: 'gateway-untraced' },
+    express: { label: 'Express tutorial gateway', url: `http://127.0.0.1:${ports.express}/api/users/42`, auth: true, server: 'express' },
+    nginx: { label: 'nginx proxy_pass, 1 worker', url: `http://127.0.0.1:${ports.nginx}/api/users/42`, auth: false, server: 'nginx' },
+    'node-floor': { label: 'bare Node proxy (reference floor)', url: `http://127.0.0.1:${ports['node-floor']}/api/users/42`, auth: false, server: 'node-floor', optIn: true },
+  };
+}
+
+function positiveInt(raw, fallback) {
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n <= 0) fail(`expected a positive integer, got "${raw}"`);
+  return n;
+}
+
+function nonNegativeInt(raw, fallback) {
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 0) fail(`expected a non-negative integer, got "${raw}"`);
+  return n;
+}
+
+function fail(message) {
+  process.stderr.write(`bench: ${message}\n`);
+  process.exit(2);
+}
+
+function log(message) {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
+}
+
+/** What `command args` prints on stdout and stderr (nginx -v writes to stderr), or undefined when it is not installed. */
+function commandOutput(command, args) {
+  const result = spawnSync(command, args, { encoding: 'utf8' });
+  if (result.error) return undefined;
+  return `${result.stdout}${result.stderr}`.trim();
+}
+
+function machine() {
+  const cpuinfo = fs.readFileSync('/proc/cpuinfo', 'utf8');
+  return {
+    cpus: os.availableParallelism(),
+    cpuModel: /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? os.cpus()[0]?.model ?? 'unknown',
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    kernel: `${os.type()} ${os.release()}`,
+    node: process.version,
+    wrk: wrkVersion(),
+    nginx: commandOutput('nginx', ['-v'])?.replace(/^nginx version: /, ''),
+    loadAverageAtStart: os.loadavg().map((n) => Math.round(n * 100) / 100),
+    clockTicksPerSecond: Number(commandOutput('getconf', ['CLK_TCK']) ?? 100),
+  };
+}
+
+/** Which gateway was measured: the commit, and the files of src/ and otel/ that differ from it. */
+function buildState() {
+  const git = (...args) => spawnSync('git', ['-C', ROOT, ...args], { encoding: 'utf8' }).stdout?.trimEnd() ?? '';
+  // Porcelain lines are "XY path": two status letters, a space, the path.
+  const uncommitted = git('status', '--porcelain', '--', 'src', 'otel').split('\n').filter(Boolean).map((line) => line.slice(3));
+  return { commit: git('rev-parse', '--short', 'HEAD'), uncommitted };
+}
+
+function preflight(host) {
+  const problems = [];
+  if (!fs.existsSync(path.join(ROOT, 'dist/src/main.js')) || !fs.existsSync(path.join(ROOT, 'dist/otel/register.js'))) problems.push('dist/ is missing: run `npm run build` first');
+  if (!host.wrk) problems.push('wrk is not installed: `apt-get install -y wrk`');
+  if (!fs.existsSync(path.join(BENCH_DIR, 'peers/node_modules/express/package.json'))) problems.push('the Express peer is not installed: `npm ci --prefix bench/peers`');
+  if (problems.length > 0) fail(problems.join('\n'));
+}
+
+async function startProcesses(selected, logs, secret) {
+  const ports = {};
+  for (const name of ['upstream', 'sink', ...selected]) ports[name] ??= await freePort();
+  const upstreamPort = ports.upstream;
+  const children = { upstream: startUpstream({ port: upstreamPort, logs }), sink: startSink({ port: ports.sink, logs }) };
+  if (selected.includes('gateway')) {
+    children.gateway = startGateway({ name: 'gateway', port: ports.gateway, upstreamPort, secret, logs, tracing: { sinkPort: ports.sink, exportLogs: settings.otlpLogs } });
+  }
+  if (selected.includes('gateway-untraced')) {
+    children['gateway-untraced'] = startGateway({ name: 'gateway-untraced', port: ports['gateway-untraced'], upstreamPort, secret, logs, tracing: false });
+  }
+  if (selected.includes('express')) children.express = startExpressPeer({ port: ports.express, upstreamPort, secret, logs });
+  if (selected.includes('nginx')) children.nginx = startNginx({ port: ports.nginx, upstreamPort, logs });
+  if (selected.includes('node-floor')) children['node-floor'] = startNodeFloor({ port: ports['node-floor'], upstreamPort, logs });
+  return { ports, children };
+}
+
+/** Pids whose CPU is measured, by process name; nginx is its master plus its worker. */
+function measuredPids(children) {
+  const pids = {};
+  for (const [name, child] of Object.entries(children)) pids[name] = name === 'nginx' ? [child.pid, ...childPids(child.pid)] : [child.pid];
+  return pids;
+}
+
+/** Busy clock ticks of the whole machine, all cores (/proc/stat), to see how much else ran during a run. */
+function machineBusyTicks() {
+  const [, ...fields] = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).map(Number);
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = fields;
+  return user + nice + system + irq + softirq + steal;
+}
+
+/**
+ * On a shared machine: waits until 5 consecutive seconds used less than 15% of one core, or `maxSeconds`
+ * passed. Returns the busy share of the last second, in % of one core.
+ */
+async function waitForQuietMachine(maxSeconds, ticksPerSecond) {
+  const deadline = Date.now() + maxSeconds * 1000;
+  let quietSeconds = 0;
+  let last;
+  do {
+    const before = machineBusyTicks();
+    await sleep(1000);
+    last = Math.round(((machineBusyTicks() - before) / ticksPerSecond) * 100);
+    quietSeconds = last < 15 ? quietSeconds + 1 : 0;
+  } while (quietSeconds < 5 && Date.now() < deadline);
+  return { busyPercent: last, quiet: quietSeconds >= 5 };
+}
+
+function cpuSnapshot(pids) {
+  const snapshot = { wrk: cpuTicks(process.pid).children, machine: machineBusyTicks() };
+  for (const [name, list] of Object.entries(pids)) snapshot[name] = list.reduce((sum, pid) => sum + cpuTicks(pid).own, 0);
+  return snapshot;
+}
+
+/** The counters the upstream (requests, with identity headers) and the sink (spans by kind) keep. */
+async function stats(port) {
+  const response = await fetch(`http://127.0.0.1:${port}/__stats`);
+  return response.json();
+}
+
+async function main() {
+  const host = machine();
+  preflight(host);
+  const allCases = Object.keys(caseTable());
+  const table = caseTable();
+  let selected = flags.cases ? flags.cases.split(',').map((c) => c.trim()) : allCases.filter((id) => !table[id].optIn || (id === 'node-floor' && flags['with-floor']));
+  for (const name of selected) if (!allCases.includes(name)) fail(`unknown case "${name}" (${allCases.join(', ')})`);
+  if (selected.includes('nginx') && !host.nginx) {
+    log('nginx is not installed (apt-get install -y nginx-light): its case and budget lines are skipped');
+    selected = selected.filter((c) => c !== 'nginx');
+  }
+  if (!selected.includes('upstream')) selected = ['upstream', ...selected];
+
+  const out = path.resolve(flags.out);
+  const logs = path.join(out, 'logs');
+  fs.rmSync(logs, { recursive: true, force: true });
+  fs.mkdirSync(logs, { recursive: true });
+
+  const secret = randomBytes(32).toString('hex');
+  const token = await mintToken(secret);
+  const authHeader = { Authorization: `Bearer ${token}` };
+
+  log(`settings: ${JSON.stringify(settings)}; cases: ${selected.join(', ')}`);
+  const waitQuiet = nonNegativeInt(flags['wait-quiet'], 0);
+  if (waitQuiet > 0) log(`waiting up to ${waitQuiet} s for a quiet machine`);
+  const before = await waitForQuietMachine(waitQuiet, host.clockTicksPerSecond);
+  host.otherCpuPercentBeforeStart = before.busyPercent;
+  if (!before.quiet && waitQuiet > 0) log(`the machine is still busy (${before.busyPercent}% of a core): measuring anyway`);
+  const startedAt = Date.now();
+  const { ports, children } = await startProcesses(selected, logs, secret);
+  const cases = Object.fromEntries(Object.entries(caseTable(ports)).filter(([id]) => selected.includes(id)));
+
+  // Ready, and each case answers the upstream's body; the gateways and the peer inject the identity headers.
+  const upstreamBody = await waitUntilServing(cases.upstream.url, { child: children.upstream });
+  await waitUntilServing(`http://127.0.0.1:${ports.sink}/__stats`, { child: children.sink });
+  const checks = {};
+  for (const [id, c] of Object.entries(cases)) {
+    const before = await stats(ports.upstream);
+    const body = await waitUntilServing(c.url, { headers: c.auth ? authHeader : {}, child: children[c.server], timeoutMs: 30_000 });
+    const after = await stats(ports.upstream);
+    checks[id] = { sameBody: body === upstreamBody, identityHeadersReachedUpstream: after.withIdentity > before.withIdentity };
+    if (!checks[id].sameBody) throw new Error(`${id} answered ${body.slice(0, 200)} instead of the upstream's body`);
+    if (c.auth && !checks[id].identityHeadersReachedUpstream) throw new Error(`${id} did not forward the identity headers`);
+  }
+  log(`all ${selected.length} cases serving (${((Date.now() - startedAt) / 1000).toFixed(1)} s)`);
+  const pids = measuredPids(children);
+  const ticksPerSecond = host.clockTicksPerSecond;
+
+  async function measure(id, shape, seconds, round) {
+    const c = cases[id];
+    const connections = shape === 'throughput' ? settings.connections : 1;
+    const before = cpuSnapshot(pids);
+    const result = await runWrk({ url: c.url, connections, seconds, headers: c.auth ? authHeader : {} });
+    const after = cpuSnapshot(pids);
+    const cpuUsPerRequest = {};
+    let ours = 0;
+    for (const name of Object.keys(after)) {
+      if (name === 'machine') continue;
+      ours += after[name] - before[name];
+      cpuUsPerRequest[name] = result.requests > 0 ? Math.round((((after[name] - before[name]) / ticksPerSecond) * 1e6 * 10) / result.requests) / 10 : null;
+    }
+    // CPU that neither the benchmark's processes nor wrk used, in % of one core: other work on a shared box.
+    const otherCpuPercent = Math.round(((after.machine - before.machine - ours) / ticksPerSecond / result.seconds) * 100);
+    const run = { round, case: id, shape, connections, ...result, rps: Math.round(result.rps), cpuUsPerRequest, otherCpuPercent };
+    log(`round ${round} ${id.padEnd(16)} ${shape.padEnd(10)} ${String(run.rps).padStart(6)} req/s  p50 ${result.latencyMs.p50} ms  p99 ${result.latencyMs.p99} ms  errors ${result.errors}  cpu ${c.server} ${cpuUsPerRequest[c.server]} us/req  other ${otherCpuPercent}%`);
+    return run;
+  }
+
+  // Warm-up (JIT, keep-alive pools), not recorded.
+  for (const id of Object.keys(cases)) await runWrk({ url: cases[id].url, connections: settings.connections, seconds: settings.warmupSeconds, headers: cases[id].auth ? authHeader : {} });
+
+  const runs = [];
+  for (let round = 1; round <= settings.rounds; round++) {
+    const order = round % 2 === 1 ? Object.keys(cases) : Object.keys(cases).reverse();
+    for (const id of order) {
+      runs.push(await measure(id, 'throughput', settings.throughputSeconds, round));
+      runs.push(await measure(id, 'latency', settings.latencySeconds, round));
+    }
+  }
+
+  // Telemetry loss: at half the traced gateway's measured peak, every request served must arrive as a span.
+  let loss;
+  if (cases.gateway && settings.lossSeconds > 0) loss = await lossCheck({ runs, ports, pids, logs, authHeader, url: cases.gateway.url, ticksPerSecond });
+
+  const memory = {};
+  for (const [name, list] of Object.entries(pids)) memory[name] = name === 'nginx' ? memoryMiB(list[list.length - 1]) : memoryMiB(list[0]);
+  const sink = await stats(ports.sink);
+  await stopAll();
+  const exits = {};
+  for (const [name, child] of Object.entries(children)) exits[name] = await child.exited;
+
+  const results = {
+    issue: 6,
+    date: new Date().toISOString(),
+    durationSeconds: Math.round((Date.now() - startedAt) / 1000),
+    machine: host,
+    build: buildState(),
+    settings,
+    cases: Object.fromEntries(Object.entries(cases).map(([id, c]) => [id, { label: c.label, server: c.server, checks: checks[id] }])),
+    runs,
+    loss,
+    memoryMiB: memory,
+    sink,
+    exits,
+  };
+  Object.assign(results, evaluate(results));
+  fs.writeFileSync(path.join(out, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+  const markdown = toMarkdown(results);
+  fs.writeFileSync(path.join(out, 'results.md'), markdown);
+  process.stdout.write(`${markdown}\n`);
+  log(`done in ${results.durationSeconds} s; results in ${path.relative(process.cwd(), out)}/results.{md,json}, logs in ${path.relative(process.cwd(), logs)}/`);
+  if (flags.strict && results.budget.some((line) => line.result === 'FAIL')) process.exitCode = 1;
+}
+
+/** Waits until the sink has as many server spans as `expected()` returns, or `timeoutMs` passes. */
+async function waitForSpans(port, expected, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  let received = await stats(port);
+  while (received.spans.server < expected() && Date.now() < deadline) {
+    await sleep(250);
+    received = await stats(port);
+  }
+  return received;
+}
+
+async function lossCheck({ runs, ports, pids, logs, authHeader, url, ticksPerSecond }) {
+  const peaks = runs.filter((r) => r.case === 'gateway' && r.shape === 'throughput').map((r) => r.rps);
+  const peak = peaks.sort((a, b) => a - b)[Math.floor((peaks.length - 1) / 2)];
+  const rate = Math.max(1, Math.round(peak / 2));
+  // The batch processor exports every 5 s or every 512 spans: a flush is over after at most ~5 s, plus margin.
+  const flushMs = 12_000;
+  const accessLog = new LineCounter(path.join(logs, 'gateway-access.log'), '"request completed"');
+
+  // Everything served so far should have arrived; what has not by now was lost under full load.
+  const servedSoFar = accessLog.count();
+  const settled = await waitForSpans(ports.sink, () => accessLog.count(), flushMs);
+  const underFullLoad = { requestsServed: accessLog.count(), serverSpansReceived: settled.spans.server, missing: Math.max(0, accessLog.count() - settled.spans.server) };
+  log(`spans after the full-load runs: ${settled.spans.server} server spans for ${servedSoFar} requests served`);
+
+  const baseServed = accessLog.count();
+  const baseSpans = settled.spans;
+  log(`telemetry-loss check: ${rate} req/s (50% of ${peak}) for ${settings.lossSeconds} s`);
+  const beforeCpu = cpuSnapshot(pids);
+  const load = start('paced-load', process.execPath, [path.join(BENCH_DIR, 'paced-load.mjs'), url, String(rate), String(settings.lossSeconds), '16', `Authorization: ${authHeader.Authorization}`], {
+    cwd: ROOT,
+    env: cleanEnv(),
+    stdoutFile: path.join(logs, 'paced-load.out.log'),
+    stderrFile: path.join(logs, 'paced-load.err.log'),
+  });
+  const code = await load.exited;
+  const afterCpu = cpuSnapshot(pids);
+  const paced = JSON.parse(/^PACED_JSON (.*)$/m.exec(fs.readFileSync(path.join(logs, 'paced-load.out.log'), 'utf8'))?.[1] ?? 'null');
+  if (code !== 0 || !paced) throw new Error(`paced load exited ${code}; see ${logs}/paced-load.err.log`);
+  const served = () => accessLog.count() - baseServed;
+  const final = await waitForSpans(ports.sink, () => baseSpans.server + served(), flushMs);
+  const serverSpans = final.spans.server - baseSpans.server;
+  const clientSpans = final.spans.client - baseSpans.client;
+  const result = {
+    targetRate: rate,
+    peakRate: peak,
+    seconds: settings.lossSeconds,
+    load: paced,
+    requestsServed: served(),
+    serverSpansReceived: serverSpans,
+    clientSpansReceived: clientSpans,
+    spansLost: Math.max(0, served() - serverSpans),
+    gatewayCpuUsPerRequest: Math.round(((afterCpu.gateway - beforeCpu.gateway) / ticksPerSecond) * 1e7 / Math.max(1, served())) / 10,
+    underFullLoad,
+  };
+  log(`telemetry-loss check: ${result.requestsServed} served, ${serverSpans} server spans, ${clientSpans} client spans, ${result.spansLost} lost`);
+  return result;
+}
+
+process.once('SIGINT', () => {
+  log('interrupted: stopping every process');
+  stopAll().finally(() => process.exit(130));
+});
+
+main().catch(async (error) => {
+  process.stderr.write(`bench: ${error.stack ?? error}\n`);
+  await stopAll();
+  process.exit(1);
+});

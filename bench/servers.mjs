@@ -1,0 +1,108 @@
+// How the benchmark starts each server it measures, shared by bench/run.mjs and bench/profile.mjs. Every
+// server listens on 127.0.0.1 only, on a port picked here, with its output in the logs folder.
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SignJWT } from 'jose';
+import { start } from './processes.mjs';
+
+export const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
+export const ROOT = path.resolve(BENCH_DIR, '..');
+
+/** Must match the gateway's auth config (bench/gateway.bench.json, src/tokens.ts). */
+const ISSUER = 'koa-gateway';
+const AUDIENCE = 'koa-gateway-api';
+
+/** The one token every authenticated case is sent: HS256, the claims the gateway's own tokens carry. */
+export function mintToken(secret) {
+  return new SignJWT({ email: 'ada@example.com', role: 'user' })
+    .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+    .setSubject('42')
+    .setIssuer(ISSUER)
+    .setAudience(AUDIENCE)
+    .setIssuedAt()
+    .setExpirationTime('2h')
+    .sign(new TextEncoder().encode(secret));
+}
+
+/** This process's environment without anything that would change a server or its telemetry. */
+export function cleanEnv(extra = {}) {
+  const env = {};
+  for (const [key, value] of Object.entries(process.env)) {
+    if (/^(OTEL_|GATEWAY_|JWT_|NODE_OPTIONS$|NODE_ENV$|PORT$|HOST$|LOG_LEVEL$|RATE_LIMIT_|REDIS_URL$|TRUST_|PROXY_TIMEOUT_MS$|.*_SERVICE_URL$)/.test(key)) continue;
+    env[key] = value;
+  }
+  return { ...env, ...extra };
+}
+
+const logFiles = (logs, name) => ({ stdoutFile: path.join(logs, `${name}.out.log`), stderrFile: path.join(logs, `${name}.err.log`) });
+
+export function startUpstream({ port, logs }) {
+  return start('upstream', process.execPath, [path.join(BENCH_DIR, 'upstream.mjs'), String(port)], { cwd: ROOT, env: cleanEnv(), ...logFiles(logs, 'upstream') });
+}
+
+export function startSink({ port, logs }) {
+  return start('otlp-sink', process.execPath, [path.join(BENCH_DIR, 'otlp-sink.mjs'), String(port)], { cwd: ROOT, env: cleanEnv(), ...logFiles(logs, 'otlp-sink') });
+}
+
+/**
+ * Koa Gateway as `npm run start:gateway` runs it (compiled, telemetry preloaded), configured by
+ * bench/gateway.bench.json and the env. `tracing`: { sinkPort, exportLogs } for 100% sampling exported
+ * over OTLP (the default protocol, http/protobuf), or false for OTEL_SDK_DISABLED=true. Its stdout, the JSON
+ * access log, goes to `<name>-access.log`. `extraEnv` is for experiments (e.g. OTEL_TRACES_EXPORTER=none).
+ */
+export function startGateway({ name, port, upstreamPort, secret, tracing, logs, nodeArgs = [], extraEnv = {} }) {
+  const telemetry = tracing
+    ? {
+        OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${tracing.sinkPort}`,
+        OTEL_TRACES_SAMPLER: 'always_on',
+        OTEL_LOGS_EXPORTER: tracing.exportLogs ? 'otlp' : 'none',
+        OTEL_METRICS_EXPORTER: 'none',
+      }
+    : { OTEL_SDK_DISABLED: 'true' };
+  const env = cleanEnv({
+    GATEWAY_CONFIG: path.join(BENCH_DIR, 'gateway.bench.json'),
+    NODE_ENV: 'production',
+    HOST: '127.0.0.1',
+    PORT: String(port),
+    JWT_SECRET: secret,
+    USER_SERVICE_URL: `http://127.0.0.1:${upstreamPort}`,
+    RATE_LIMIT_MAX: '1000000000',
+    LOG_LEVEL: 'info',
+    ...telemetry,
+    ...extraEnv,
+  });
+  const args = [...nodeArgs, '--disable-warning=DEP0060', '--require', './dist/otel/register.js', 'dist/src/main.js'];
+  return start(name, process.execPath, args, { cwd: ROOT, env, stdoutFile: path.join(logs, `${name}-access.log`), stderrFile: path.join(logs, `${name}.err.log`) });
+}
+
+export function startExpressPeer({ port, upstreamPort, secret, logs }) {
+  return start('express', process.execPath, [path.join(BENCH_DIR, 'peers/express-gateway/server.mjs')], {
+    cwd: path.join(BENCH_DIR, 'peers'),
+    env: cleanEnv({
+      NODE_ENV: 'production',
+      PORT: String(port),
+      USER_SERVICE_URL: `http://127.0.0.1:${upstreamPort}`,
+      JWT_SECRET: secret,
+      RATE_LIMIT_MAX: '1000000000',
+      ACCESS_LOG: path.join(logs, 'express-access.log'),
+    }),
+    ...logFiles(logs, 'express'),
+  });
+}
+
+export function startNodeFloor({ port, upstreamPort, logs }) {
+  return start('node-floor', process.execPath, [path.join(BENCH_DIR, 'node-floor.mjs'), String(port), String(upstreamPort)], { cwd: ROOT, env: cleanEnv(), ...logFiles(logs, 'node-floor') });
+}
+
+/** nginx from bench/nginx.conf.template, in the foreground (`daemon off`), master plus one worker. */
+export function startNginx({ port, upstreamPort, logs }) {
+  const conf = fs
+    .readFileSync(path.join(BENCH_DIR, 'nginx.conf.template'), 'utf8')
+    .replaceAll('@OUT@', logs)
+    .replaceAll('@PORT@', String(port))
+    .replaceAll('@UPSTREAM_PORT@', String(upstreamPort));
+  fs.mkdirSync(path.join(logs, 'nginx-temp'), { recursive: true });
+  fs.writeFileSync(path.join(logs, 'nginx.conf'), conf);
+  return start('nginx', 'nginx', ['-p', logs, '-c', path.join(logs, 'nginx.conf'), '-g', 'daemon off;'], { cwd: logs, env: cleanEnv(), ...logFiles(logs, 'nginx') });
+}

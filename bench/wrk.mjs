@@ -1,0 +1,60 @@
+// Runs wrk (Debian's `wrk` package) once and returns its summary, read from bench/wrk-report.lua's JSON line.
+import { execFileSync, spawn } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const REPORT_SCRIPT = path.join(path.dirname(fileURLToPath(import.meta.url)), 'wrk-report.lua');
+
+/** `wrk 4.1.0`, or undefined when wrk is not installed. */
+export function wrkVersion() {
+  try {
+    // wrk prints its banner and exits 1 when run without a URL.
+    execFileSync('wrk', ['--version'], { stdio: 'pipe' });
+  } catch (error) {
+    if (error.code === 'ENOENT') return undefined;
+    const banner = `${error.stdout ?? ''}${error.stderr ?? ''}`;
+    return /wrk (\S+)/.exec(banner)?.[0] ?? 'wrk (unknown version)';
+  }
+  return 'wrk (unknown version)';
+}
+
+/**
+ * GET `url` over `connections` keep-alive connections from one wrk thread for `seconds`. Resolves with
+ * { requests, seconds, rps, errors, latencyMs: { p50, p90, p99, max, mean } }. wrk is killed if it overruns.
+ */
+export function runWrk({ url, connections, seconds, headers = {} }) {
+  const args = ['-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '2s', '-s', REPORT_SCRIPT];
+  for (const [name, value] of Object.entries(headers)) args.push('-H', `${name}: ${value}`);
+  args.push(url);
+  return new Promise((resolve, reject) => {
+    const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (chunk) => (output += chunk));
+    child.stderr.on('data', (chunk) => (output += chunk));
+    const killer = setTimeout(() => child.kill('SIGKILL'), (seconds + 15) * 1000);
+    child.once('error', (error) => {
+      clearTimeout(killer);
+      reject(error);
+    });
+    child.once('exit', (code) => {
+      clearTimeout(killer);
+      const line = /^WRK_JSON (.*)$/m.exec(output)?.[1];
+      if (!line) {
+        reject(new Error(`wrk exited ${code} without a summary:\n${output}`));
+        return;
+      }
+      const summary = JSON.parse(line);
+      const elapsed = summary.duration_us / 1e6;
+      const e = summary.errors;
+      const ms = (us) => Math.round(us) / 1000;
+      resolve({
+        requests: summary.requests,
+        seconds: elapsed,
+        rps: summary.requests / elapsed,
+        errors: e.connect + e.read + e.write + e.status + e.timeout,
+        errorKinds: e,
+        latencyMs: { p50: ms(summary.latency_us.p50), p90: ms(summary.latency_us.p90), p99: ms(summary.latency_us.p99), max: ms(summary.latency_us.max), mean: ms(summary.latency_us.mean) },
+      });
+    });
+  });
+}
