@@ -82,7 +82,7 @@ export function evaluate(results) {
   };
   const gw = ratios.gateway;
   if (gw) {
-    const noNginx = cases.nginx ? undefined : 'nginx not installed';
+    const noNginx = cases.nginx ? undefined : results.machine.nginx ? 'nginx case not run' : 'nginx not installed';
     line('cpu-vs-nginx', 'CPU per request <= 5x nginx', `<= ${BUDGET.cpuPerRequestVsNginxMax}x`, gw.nginx?.cpuPerRequest ?? {}, 'x', (v) => v <= BUDGET.cpuPerRequestVsNginxMax, noNginx);
     line('throughput-vs-nginx', 'throughput >= 25% of nginx', `>= ${BUDGET.throughputVsNginxMin * 100}%`, percent(gw.nginx?.throughput), '%', (v) => v >= BUDGET.throughputVsNginxMin * 100, noNginx);
     line('throughput-vs-express', 'throughput >= 5x the Express peer', `>= ${BUDGET.throughputVsExpressMin}x`, gw.express?.throughput ?? {}, 'x', (v) => v >= BUDGET.throughputVsExpressMin, cases.express ? undefined : 'Express case not run');
@@ -116,7 +116,7 @@ export function toMarkdown(results) {
   );
   lines.push(
     `Gateway: commit ${results.build.commit}${results.build.uncommitted.length ? ` plus uncommitted changes to ${results.build.uncommitted.join(', ')}` : ''}, built to dist/.`,
-    `Runs: ${s.rounds} rounds (order reversed every other round), ${s.throughputSeconds} s at ${s.connections} connections + ${s.latencySeconds} s at 1 connection per case per round, after ${s.warmupSeconds} s warm-up; whole run ${results.durationSeconds} s. Load generator, upstream, sink and servers share the same cores: read ratios and CPU per request, not absolute req/s. "other CPU %" is what the rest of the machine used during the run (100 = one core).`,
+    `Runs: ${s.rounds} rounds (order reversed every other round), ${s.throughputSeconds} s at ${s.connections} connections + ${s.latencySeconds} s at 1 connection per case per round, each after ${s.warmupSeconds} s of unmeasured warm-up; whole run ${results.durationSeconds} s. Load generator, upstream, sink and servers share the same cores: read ratios and CPU per request, not absolute req/s. "other CPU %" is what the rest of the machine used during the run (100 = one core).`,
     '',
   );
   const others = results.runs.map((r) => r.otherCpuPercent).sort((a, b) => a - b);

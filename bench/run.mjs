@@ -39,7 +39,7 @@ if (flags.help) {
   --rounds N                 A B A B rounds, order reversed every other round (default 2)
   --throughput-seconds N     each 50-connection run (default 8)
   --latency-seconds N        each 1-connection run (default 5)
-  --warmup-seconds N         unmeasured warm-up per case before round 1 (default 3)
+  --warmup-seconds N         unmeasured 50-connection warm-up before each case's runs, every round (default 3)
   --loss-seconds N           telemetry-loss check at 50% of peak (default 60; 0 skips it)
   --connections N            connections of the throughput shape (default 50)
   --cases a,b                subset of: ${Object.keys(caseTable()).join(', ')}
@@ -265,13 +265,14 @@ async function main() {
     return run;
   }
 
-  // Warm-up (JIT, keep-alive pools), not recorded.
-  for (const id of Object.keys(cases)) await runWrk({ url: cases[id].url, connections: settings.connections, seconds: settings.warmupSeconds, headers: cases[id].auth ? authHeader : {} });
-
   const runs = [];
   for (let round = 1; round <= settings.rounds; round++) {
     const order = round % 2 === 1 ? Object.keys(cases) : Object.keys(cases).reverse();
     for (const id of order) {
+      // Warm-up right before each case's runs, not recorded: besides the JIT and connection pools, V8 shrinks
+      // the heap of a process left idle for a while (its memory reducer), and the first seconds after that run
+      // measurably slower. Every measurement then sees a process in steady state.
+      await runWrk({ url: cases[id].url, connections: settings.connections, seconds: settings.warmupSeconds, headers: cases[id].auth ? authHeader : {} });
       runs.push(await measure(id, 'throughput', settings.throughputSeconds, round));
       runs.push(await measure(id, 'latency', settings.latencySeconds, round));
     }
@@ -323,8 +324,9 @@ async function waitForSpans(port, expected, timeoutMs) {
 }
 
 async function lossCheck({ runs, ports, pids, logs, authHeader, url, ticksPerSecond }) {
-  const peaks = runs.filter((r) => r.case === 'gateway' && r.shape === 'throughput').map((r) => r.rps);
-  const peak = peaks.sort((a, b) => a - b)[Math.floor((peaks.length - 1) / 2)];
+  const peaks = runs.filter((r) => r.case === 'gateway' && r.shape === 'throughput').map((r) => r.rps).sort((a, b) => a - b);
+  const middle = Math.floor(peaks.length / 2);
+  const peak = Math.round(peaks.length % 2 ? peaks[middle] : (peaks[middle - 1] + peaks[middle]) / 2);
   const rate = Math.max(1, Math.round(peak / 2));
   // The batch processor exports every 5 s or every 512 spans: a flush is over after at most ~5 s, plus margin.
   const flushMs = 12_000;
