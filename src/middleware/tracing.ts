@@ -46,16 +46,12 @@ export function createTracing(options: TracingOptions): Middleware {
   return async function traceRequest(ctx, next) {
     const headers = ctx.req.headers;
     // Probes (compose health checks every few seconds) would drown the traces that matter.
-    if (UNTRACED_PATHS.includes(ctx.path)) {
-      delete headers[HEADER.traceparent];
-      delete headers[HEADER.tracestate];
-      delete headers[HEADER.baggage];
-      return next();
-    }
-    const parent = trust ? propagation.extract(ROOT_CONTEXT, headers) : ROOT_CONTEXT;
+    const traced = !UNTRACED_PATHS.includes(ctx.path);
+    const parent = traced && trust ? propagation.extract(ROOT_CONTEXT, headers) : ROOT_CONTEXT;
     delete headers[HEADER.traceparent];
     delete headers[HEADER.tracestate];
     delete headers[HEADER.baggage];
+    if (!traced) return next();
 
     const inboundId = headers[HEADER.requestId];
     const continuing = trace.getSpanContext(parent) !== undefined;
