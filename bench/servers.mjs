@@ -72,7 +72,7 @@ export function startGateway({ name, port, upstreamPort, secret, tracing, logs, 
     ...telemetry,
     ...extraEnv,
   });
-  const args = [...nodeArgs, '--disable-warning=DEP0060', '--require', './dist/otel/register.js', 'dist/src/main.js'];
+  const args = [...nodeArgs, '--require', './dist/otel/register.js', 'dist/src/main.js'];
   return start(name, process.execPath, args, { cwd: ROOT, env, stdoutFile: path.join(logs, `${name}-access.log`), stderrFile: path.join(logs, `${name}.err.log`) });
 }
 

@@ -10,7 +10,7 @@ import { SERVICE_NAME, type ServiceName } from './wire-names';
 
 /**
  * The instrumentations the bootstrap can enable. http-server: a SERVER span per request, and the incoming
- * `traceparent`/`baggage` made current; http-client: CLIENT spans for `http.request` (koa-proxies) and those
+ * `traceparent`/`baggage` made current; http-client: CLIENT spans for `http.request` and those
  * headers injected; koa: one span per named middleware and route; undici: the same as http-client for `fetch`.
  */
 export const INSTRUMENTATION_NAMES = ['http-server', 'http-client', 'koa', 'undici'] as const;

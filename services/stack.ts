@@ -33,8 +33,6 @@ const members: Member[] = [
   {
     name: 'gateway',
     entry: 'src/main.js',
-    // http-proxy 1.18 (under koa-proxies) still calls util._extend; the warning says nothing a user can act on.
-    nodeOptions: ['--disable-warning=DEP0060'],
     env: { USER_SERVICE_URL: urlOf(SERVICE_PORTS.users), ORDER_SERVICE_URL: urlOf(SERVICE_PORTS.orders), NOTIF_SERVICE_URL: urlOf(SERVICE_PORTS.notifications) },
   },
 ];

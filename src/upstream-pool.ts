@@ -6,6 +6,12 @@
 export interface UpstreamInstance {
   /** Origin, e.g. `http://10.0.0.7:4001`. */
   readonly origin: string;
+  // The origin's parts, parsed once here rather than on every proxied request.
+  readonly secure: boolean;
+  readonly hostname: string;
+  readonly port: number;
+  /** `host[:port]` as the Host header names it. */
+  readonly host: string;
 }
 
 export interface InstanceHealth {
@@ -45,7 +51,7 @@ interface InstanceState extends UpstreamInstance {
 
 export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
   const now = options.now ?? Date.now;
-  const instances: InstanceState[] = options.origins.map((origin) => ({ origin, consecutiveFailures: 0, ejectedUntil: 0 }));
+  const instances: InstanceState[] = options.origins.map((origin) => ({ ...parseOrigin(origin), consecutiveFailures: 0, ejectedUntil: 0 }));
   let cursor = 0;
 
   return {
@@ -83,6 +89,16 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
       }));
     },
   };
+}
+
+function parseOrigin(origin: string): UpstreamInstance {
+  const url = new URL(origin);
+  const secure = url.protocol === 'https:';
+  // URL drops a default port, so an empty one means 80 or 443.
+  const port = url.port === '' ? (secure ? 443 : 80) : Number(url.port);
+  // A bracketed IPv6 hostname must lose its brackets for http.request.
+  const hostname = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  return { origin: url.origin, secure, hostname, port, host: url.host };
 }
 
 /** One pool per configured service, keyed by the service name routes use. */

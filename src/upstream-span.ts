@@ -1,6 +1,7 @@
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Context, type Span, type Tracer } from '@opentelemetry/api';
 import { ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_SERVER_ADDRESS, ATTR_SERVER_PORT, ATTR_URL_FULL } from '@opentelemetry/semantic-conventions';
 import { ATTR } from '../otel/wire-names';
+import type { UpstreamInstance } from './upstream-pool';
 
 /**
  * One CLIENT span per call the gateway makes to a service (a proxied request, a credential check), made by
@@ -9,8 +10,9 @@ import { ATTR } from '../otel/wire-names';
  */
 export interface UpstreamCall {
   method: string;
-  /** Full upstream URL without the query string (queries can carry secrets). */
-  url: string;
+  instance: UpstreamInstance;
+  /** Upstream path without the query string (queries can carry secrets). */
+  path: string;
   service: string;
   /** 1 for the first try; retries count up. */
   attempt?: number;
@@ -20,16 +22,16 @@ export interface UpstreamCall {
 export type UpstreamOutcome = 'ok' | 'refused' | 'timeout' | 'reset' | 'aborted_by_upstream' | 'client_closed' | 'body_too_large' | 'bad_response';
 
 export function startUpstreamSpan(tracer: Tracer, call: UpstreamCall, parent: Context = context.active()): Span {
-  const target = new URL(call.url);
+  const { instance } = call;
   return tracer.startSpan(
     call.method,
     {
       kind: SpanKind.CLIENT,
       attributes: {
         [ATTR_HTTP_REQUEST_METHOD]: call.method,
-        [ATTR_URL_FULL]: call.url,
-        [ATTR_SERVER_ADDRESS]: target.hostname,
-        [ATTR_SERVER_PORT]: Number(target.port || (target.protocol === 'https:' ? 443 : 80)),
+        [ATTR_URL_FULL]: instance.origin + call.path,
+        [ATTR_SERVER_ADDRESS]: instance.hostname,
+        [ATTR_SERVER_PORT]: instance.port,
         [ATTR.upstreamService]: call.service,
         ...(call.attempt === undefined ? {} : { [ATTR.upstreamAttempts]: call.attempt }),
       },
@@ -38,15 +40,15 @@ export function startUpstreamSpan(tracer: Tracer, call: UpstreamCall, parent: Co
   );
 }
 
-/** Writes `traceparent`, `tracestate` and `baggage` for the call's span (replacing any the client sent). */
-export function injectTraceHeaders(span: Span, parent: Context, setHeader: (name: string, value: string) => void): void {
-  propagation.inject(trace.setSpan(parent, span), {}, { set: (_carrier, name, value) => setHeader(name, value) });
+/** Writes `traceparent`, `tracestate` and `baggage` for the call's span into outgoing headers (replacing any). */
+export function injectTraceHeaders(span: Span, parent: Context, headers: Record<string, unknown>): void {
+  propagation.inject(trace.setSpan(parent, span), headers);
 }
 
-/** The same, into a plain header object (for fetch). */
+/** The same, into a fresh header object (for fetch). */
 export function traceHeaders(span: Span, parent: Context = context.active()): Record<string, string> {
   const headers: Record<string, string> = {};
-  injectTraceHeaders(span, parent, (name, value) => (headers[name] = value));
+  injectTraceHeaders(span, parent, headers);
   return headers;
 }
 

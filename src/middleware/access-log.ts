@@ -33,7 +33,6 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
   const { logger } = options;
   return async function logAccess(ctx, next) {
     const started = process.hrtime.bigint();
-    // koa-proxies rewrites req.url; the public URL is captured now.
     const url = redactUrl(ctx.originalUrl);
     const method = ctx.method;
     // 'close' listeners run outside the request's context; the line must still carry its trace and ids.

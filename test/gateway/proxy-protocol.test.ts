@@ -1,0 +1,131 @@
+import http from 'node:http';
+import { listen, refusedOrigin, type TestServer } from '../helpers/servers';
+import { login, startStack, type TestStack } from '../helpers/stack';
+
+interface Seen {
+  method: string;
+  url: string;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+/** An order-service stand-in that records what reached it and answers with awkward HTTP by path. */
+async function startEchoUpstream(): Promise<TestServer & { seen: Seen[] }> {
+  const seen: Seen[] = [];
+  const server = await listen((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', () => {
+      seen.push({ method: req.method!, url: req.url!, headers: req.headers, body: Buffer.concat(chunks).toString() });
+      if (req.url === '/orders/no-content') {
+        res.writeHead(204, 'Nothing Here').end();
+        return;
+      }
+      res.writeHead(201, 'Made It', [
+        ['content-type', 'application/json'],
+        ['keep-alive', 'timeout=1'],
+        ['connection', 'keep-alive, x-upstream-hop'],
+        ['x-upstream-hop', 'for the gateway only'],
+        ['set-cookie', 'a=1'],
+        ['set-cookie', 'b=2'],
+        ['x-service', 'orders'],
+      ]);
+      res.end(JSON.stringify({ ok: true }));
+    });
+  });
+  return Object.assign(server, { seen });
+}
+
+/** A raw request, so hop-by-hop headers and bodies on GET go out exactly as written. */
+function rawRequest(url: string, init: { method?: string; headers?: http.OutgoingHttpHeaders; body?: string[] }): Promise<{ status: number; statusMessage: string; headers: http.IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: init.method ?? 'GET', headers: init.headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => resolve({ status: res.statusCode!, statusMessage: res.statusMessage!, headers: res.headers, body: Buffer.concat(chunks).toString() }));
+    });
+    req.on('error', reject);
+    for (const chunk of init.body ?? []) req.write(chunk);
+    req.end();
+  });
+}
+
+describe('what the proxy forwards, both ways', () => {
+  let upstream: Awaited<ReturnType<typeof startEchoUpstream>>;
+  let stack: TestStack;
+  let token: string;
+
+  beforeAll(async () => {
+    upstream = await startEchoUpstream();
+    stack = await startStack({ serviceUrls: { orders: upstream.url } });
+    token = await login(stack.gateway.url);
+  });
+  afterAll(async () => {
+    await stack.close();
+    await upstream.close();
+  });
+
+  it('drops the hop-by-hop request headers, including those the client lists in Connection', async () => {
+    await rawRequest(`${stack.gateway.url}/api/orders/1`, {
+      headers: { authorization: `Bearer ${token}`, connection: 'keep-alive, x-client-hop', 'x-client-hop': 'secret for the gateway', 'keep-alive': 'timeout=5', 'proxy-authorization': 'Basic Zm9vOmJhcg==', te: 'trailers', 'x-end-to-end': 'kept' },
+    });
+    const { headers } = upstream.seen.at(-1)!;
+    expect(headers['x-client-hop']).toBeUndefined();
+    expect(headers['keep-alive']).toBeUndefined();
+    expect(headers['proxy-authorization']).toBeUndefined();
+    expect(headers.te).toBeUndefined();
+    expect(headers['x-end-to-end']).toBe('kept');
+    // The target's Host, the client's as X-Forwarded-Host.
+    expect(headers.host).toBe(new URL(upstream.url).host);
+    expect(headers['x-forwarded-host']).toBe(new URL(stack.gateway.url).host);
+    expect(headers['x-forwarded-port']).toBe(new URL(stack.gateway.url).port);
+  });
+
+  it('passes status, reason phrase, repeated headers and body back, without the hop-by-hop ones', async () => {
+    const response = await rawRequest(`${stack.gateway.url}/api/orders`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: ['{"items":[]}'] });
+    expect(response.status).toBe(201);
+    expect(response.statusMessage).toBe('Made It');
+    expect(response.body).toBe('{"ok":true}');
+    expect(response.headers['set-cookie']).toEqual(['a=1', 'b=2']);
+    expect(response.headers['x-service']).toBe('orders');
+    expect(response.headers['x-upstream-hop']).toBeUndefined();
+    expect(response.headers['keep-alive']).not.toBe('timeout=1');
+    expect(response.headers['x-request-id']).toEqual(expect.any(String));
+    expect(upstream.seen.at(-1)).toMatchObject({ method: 'POST', url: '/orders', body: '{"items":[]}' });
+  });
+
+  it('streams a chunked body on, re-framed as chunked (even on a method without a default body)', async () => {
+    const response = await rawRequest(`${stack.gateway.url}/api/orders/search`, { method: 'DELETE', headers: { authorization: `Bearer ${token}`, 'transfer-encoding': 'chunked' }, body: ['part one,', 'part two'] });
+    expect(response.status).toBe(201);
+    const seen = upstream.seen.at(-1)!;
+    expect(seen.body).toBe('part one,part two');
+    expect(seen.headers['transfer-encoding']).toBe('chunked');
+    expect(seen.headers['content-length']).toBeUndefined();
+  });
+
+  it('passes 204 and HEAD answers through without a body', async () => {
+    const noContent = await rawRequest(`${stack.gateway.url}/api/orders/no-content`, { headers: { authorization: `Bearer ${token}` } });
+    expect(noContent).toMatchObject({ status: 204, statusMessage: 'Nothing Here', body: '' });
+    const head = await rawRequest(`${stack.gateway.url}/api/orders/1`, { method: 'HEAD', headers: { authorization: `Bearer ${token}` } });
+    expect(head.status).toBe(201);
+    expect(head.body).toBe('');
+    expect(upstream.seen.at(-1)!.method).toBe('HEAD');
+  });
+
+  describe('after a retry on another instance', () => {
+    let withDead: TestStack;
+    beforeAll(async () => {
+      withDead = await startStack({ serviceUrls: { orders: `${await refusedOrigin()},${upstream.url}` } });
+    });
+    afterAll(() => withDead.close());
+
+    it('forwards X-Forwarded-For once, not once per attempt', async () => {
+      const deadFirst = await login(withDead.gateway.url);
+      // Round robin starts at the dead instance, so the first GET is refused there and retried.
+      const response = await rawRequest(`${withDead.gateway.url}/api/orders/1`, { headers: { authorization: `Bearer ${deadFirst}` } });
+      expect(response.status).toBe(201);
+      expect(upstream.seen.at(-1)!.headers['x-forwarded-for']).toBe('127.0.0.1');
+      expect(upstream.seen.at(-1)!.headers['x-forwarded-proto']).toBe('http');
+    });
+  });
+});
