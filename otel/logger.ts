@@ -1,6 +1,6 @@
-import { context, propagation, trace } from '@opentelemetry/api';
+import { context, propagation, trace, type Context } from '@opentelemetry/api';
 import winston from 'winston';
-import { LOG_CONTEXT, OtlpLogTransport } from './otlp-log-transport';
+import { LOG_CONTEXT, OtlpLogTransport, Transport } from './otlp-log-transport';
 import { isLogExportActive } from './telemetry';
 import { BAGGAGE_REQUEST_ID, LOG_FIELD } from './wire-names';
 
@@ -15,6 +15,8 @@ export interface LoggerOptions {
   silent?: boolean;
   /** Extra transports besides stdout (tests capture lines through one). */
   transports?: winston.transport[];
+  /** Write the lines to stdout. Default true (tests that capture lines turn it off). */
+  stdout?: boolean;
   /**
    * Also emit every line as an OpenTelemetry log record (OTLP, to Loki), with the line's trace context and its
    * fields as attributes. Default: on when the telemetry bootstrap (`otel/register`) is exporting logs.
@@ -27,7 +29,8 @@ export interface LoggerOptions {
  * anywhere inside a request carries that request's trace, span and request id without passing them around.
  */
 const correlation = winston.format((info) => {
-  const active = context.active();
+  // A line written after its request's context ended (the access log, on 'close') brings that context along.
+  const active = (info[LOG_CONTEXT] as Context | undefined) ?? context.active();
   const spanContext = trace.getSpanContext(active);
   if (spanContext && trace.isSpanContextValid(spanContext)) {
     info[LOG_FIELD.traceId] ??= spanContext.traceId;
@@ -42,12 +45,52 @@ const correlation = winston.format((info) => {
 
 /** A JSON-lines winston logger on stdout, one per process, passed to whatever needs to log. */
 export function createLogger(options: LoggerOptions): Logger {
+  const stdout = (options.stdout ?? true) ? [new StdoutLineTransport()] : [];
   const otel = (options.exportToOtel ?? isLogExportActive()) ? [new OtlpLogTransport()] : [];
   return winston.createLogger({
     level: options.level ?? 'info',
     silent: options.silent ?? false,
     defaultMeta: { [LOG_FIELD.serviceName]: options.serviceName },
     format: winston.format.combine(winston.format.timestamp(), correlation(), winston.format.json()),
-    transports: [new winston.transports.Console(), ...otel, ...(options.transports ?? [])],
+    transports: [...stdout, ...otel, ...(options.transports ?? [])],
   });
 }
+
+/** Where winston's formats leave the finished line (triple-beam's MESSAGE). */
+const MESSAGE = Symbol.for('message');
+
+/**
+ * stdout for every line, gathered per turn of the event loop. winston's Console transport writes each line
+ * on its own (a synchronous write(2) when stdout is a file or pipe) and schedules an event per line; under
+ * load that was about a twentieth of the gateway's CPU (bench/RESULTS.md). Lines logged while handling one
+ * batch of I/O go out in one write, right after it (setImmediate), and whatever is pending is written
+ * synchronously when the process exits, crash included.
+ */
+class StdoutLineTransport extends Transport {
+  override log(info: winston.Logform.TransformableInfo, next: () => void): void {
+    stdoutLines.write(`${String(info[MESSAGE])}\n`);
+    next();
+  }
+}
+
+const stdoutLines = (() => {
+  let pending = '';
+  let scheduled = false;
+  const flush = () => {
+    scheduled = false;
+    if (pending === '') return;
+    const chunk = pending;
+    pending = '';
+    process.stdout.write(chunk);
+  };
+  process.once('exit', flush);
+  return {
+    write(line: string) {
+      pending += line;
+      if (!scheduled) {
+        scheduled = true;
+        setImmediate(flush);
+      }
+    },
+  };
+})();

@@ -50,7 +50,7 @@ export interface OtlpLogTransportOptions {
  * winston's `Transport` base class, reached through winston itself (whose typings expose it only as a type), so
  * this module depends on nothing winston does not already bring.
  */
-const Transport = (
+export const Transport = (
   winston as unknown as {
     Transport: new (options?: winston.transport.TransportStreamOptions) => winston.transport;
   }

@@ -55,9 +55,8 @@ export function memoryLogger(serviceName: string): { logger: Logger; lines: Reco
       },
     }),
   });
-  const logger = createLogger({ serviceName, level: 'debug', transports: [capture] });
-  // Keep test output clean: drop the stdout transport, keep the capture.
-  logger.transports.filter((transport) => transport instanceof winston.transports.Console).forEach((transport) => logger.remove(transport));
+  // Keep test output clean: no stdout, only the capture.
+  const logger = createLogger({ serviceName, level: 'debug', transports: [capture], stdout: false });
   return { logger, lines };
 }
 
