@@ -8,11 +8,15 @@ import { listen, refusedOrigin, type TestServer } from '../helpers/servers';
 const PROXY_TIMEOUT_MS = 400;
 
 /** A fake order-service whose behaviour each test picks by path. */
-async function startFaultyUpstream(): Promise<TestServer & { received: { path: string; bytes: number; sha256: string }[] }> {
+async function startFaultyUpstream(): Promise<TestServer & { received: { path: string; bytes: number; sha256: string }[]; closedEarly: string[] }> {
   const received: { path: string; bytes: number; sha256: string }[] = [];
+  const closedEarly: string[] = [];
   const server = await listen((req, res) => {
     const path = req.url ?? '';
-    if (path.startsWith('/orders/slow')) {
+    if (path.startsWith('/orders/hang')) {
+      // Never answers; records the gateway giving up on the exchange.
+      res.on('close', () => closedEarly.push(path));
+    } else if (path.startsWith('/orders/slow')) {
       setTimeout(() => res.end('too late'), PROXY_TIMEOUT_MS * 10).unref();
     } else if (path.startsWith('/orders/reset-before-headers')) {
       req.socket.destroy();
@@ -55,7 +59,7 @@ async function startFaultyUpstream(): Promise<TestServer & { received: { path: s
       res.end('{"ok":true}');
     }
   });
-  return Object.assign(server, { received });
+  return Object.assign(server, { received, closedEarly });
 }
 
 
@@ -126,6 +130,22 @@ describe('upstream faults', () => {
     expect(outcome).not.toBe('hung');
     expect(outcome).not.toBe('ended');
     // The gateway is still fine afterwards.
+    expect((await fetch(`${stack.gateway.url}/api/orders/fine`, { headers: auth() })).status).toBe(200);
+  });
+
+  it('drops the upstream exchange when the client goes away first, and keeps serving', async () => {
+    const path = `/orders/hang?client=${Date.now()}`;
+    await new Promise<void>((resolve) => {
+      const req = http.get(`${stack.gateway.url}/api${path}`, { headers: auth() });
+      req.on('error', () => resolve());
+      setTimeout(() => {
+        req.destroy();
+        resolve();
+      }, 150);
+    });
+    const deadline = Date.now() + 3000;
+    while (!upstream.closedEarly.includes(path) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(upstream.closedEarly).toContain(path);
     expect((await fetch(`${stack.gateway.url}/api/orders/fine`, { headers: auth() })).status).toBe(200);
   });
 
