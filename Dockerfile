@@ -33,4 +33,6 @@ COPY package.json gateway.config.json ./
 USER node
 EXPOSE 3000 4001 4002 4003
 # The telemetry bootstrap is preloaded so http, koa and winston are patched before the app requires them.
-CMD ["node", "--require", "./dist/otel/register.js", "dist/src/main.js"]
+# --max-semi-space-size=8: V8 otherwise lets the young generation grow to ~100 MB under load; capped, the
+# gateway peaks ~60 MB lower at the same CPU per request (bench/RESULTS.md). Same flags as `npm run start:gateway`.
+CMD ["node", "--max-semi-space-size=8", "--require", "./dist/otel/register.js", "dist/src/main.js"]

@@ -9,6 +9,17 @@ import { start } from './processes.mjs';
 export const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(BENCH_DIR, '..');
 
+/**
+ * The gateway's command line exactly as `npm run start:gateway` has it (node flags, preload, main file), read
+ * from package.json so the benchmark can never measure a differently tuned process than users start.
+ */
+function startGatewayArgs() {
+  const script = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).scripts['start:gateway'];
+  const [command, ...args] = script.split(' ');
+  if (command !== 'node') throw new Error(`start:gateway is not a plain node command: ${script}`);
+  return args;
+}
+
 /** Must match the gateway's auth config (bench/gateway.bench.json, src/tokens.ts). */
 const ISSUER = 'koa-gateway';
 const AUDIENCE = 'koa-gateway-api';
@@ -72,7 +83,7 @@ export function startGateway({ name, port, upstreamPort, secret, tracing, logs, 
     ...telemetry,
     ...extraEnv,
   });
-  const args = [...nodeArgs, '--require', './dist/otel/register.js', 'dist/src/main.js'];
+  const args = [...nodeArgs, ...startGatewayArgs()];
   return start(name, process.execPath, args, { cwd: ROOT, env, stdoutFile: path.join(logs, `${name}-access.log`), stderrFile: path.join(logs, `${name}.err.log`) });
 }
 

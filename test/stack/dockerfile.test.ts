@@ -95,7 +95,14 @@ describe('Dockerfile', () => {
   });
 
   it.each(commands)('%s preloads the telemetry bootstrap, then starts one main file', (_where, command) => {
-    expect(command).toEqual(['node', '--require', './dist/otel/register.js', expect.stringMatching(/^dist\/.+\/main\.js$/)]);
+    expect(command.slice(-3)).toEqual(['--require', './dist/otel/register.js', expect.stringMatching(/^dist\/.+\/main\.js$/)]);
+  });
+
+  it.each(commands)('%s runs node with the flags its `npm run start:*` script has, and no others', (_where, command) => {
+    const scripts = (JSON.parse(readText('package.json')) as { scripts: Record<string, string> }).scripts;
+    const script = Object.values(scripts).find((line) => line.startsWith('node ') && line.endsWith(` ${command.at(-1)!}`));
+    expect(script).toBeDefined();
+    expect(command).toEqual(script!.split(' '));
   });
 
   it.each(commands)('%s starts only files that tsconfig.build.json compiles from a source in the repo', (_where, command) => {
