@@ -9,7 +9,9 @@ import { setGlobalErrorHandler } from '@opentelemetry/core';
 import { OTLPLogExporter as OtlpJsonLogExporter } from '@opentelemetry/exporter-logs-otlp-http';
 import { OTLPLogExporter as OtlpProtoLogExporter } from '@opentelemetry/exporter-logs-otlp-proto';
 import { OTLPTraceExporter as OtlpJsonTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
-import { OTLPTraceExporter as OtlpProtoTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
+import { OTLPExporterBase } from '@opentelemetry/otlp-exporter-base';
+import { convertLegacyHttpOptions, createOtlpHttpExportDelegate } from '@opentelemetry/otlp-exporter-base/node-http';
+import { ProtobufTraceSerializer, TraceExporterMetricsHelper, type IExportTraceServiceResponse, type ISerializer } from '@opentelemetry/otlp-transformer';
 import type { Instrumentation } from '@opentelemetry/instrumentation';
 import { HttpInstrumentation } from '@opentelemetry/instrumentation-http';
 import { KoaInstrumentation } from '@opentelemetry/instrumentation-koa';
@@ -26,9 +28,12 @@ import {
   BatchSpanProcessor,
   ConsoleSpanExporter,
   SimpleSpanProcessor,
+  type ReadableSpan,
+  type SpanExporter,
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
+import { encodeTraceExportRequest } from './otlp-span-encoding';
 import { RequestIdSpanProcessor } from './request-id-span-processor';
 import { RequestedTraceIdGenerator } from './trace-ids';
 import { createTelemetryDiagnostics, type TelemetryDiagnostics } from './telemetry-diagnostics';
@@ -131,11 +136,31 @@ function otlpDestination(config: TelemetryConfig): string {
 
 function spanProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): SpanProcessor {
   if (name === 'console') return new SimpleSpanProcessor({ exporter: new ConsoleSpanExporter() });
-  const exporter =
-    signal.protocol === 'http/json'
-      ? new OtlpJsonTraceExporter({ url: signal.url })
-      : new OtlpProtoTraceExporter({ url: signal.url });
+  const exporter = signal.protocol === 'http/json' ? new OtlpJsonTraceExporter({ url: signal.url }) : otlpProtoTraceExporter(signal.url);
   return new BatchSpanProcessor({ exporter, ...signal.batch });
+}
+
+/** Spans in, the OTLP body out through our one-pass encoder (otlp-span-encoding.ts); responses as the SDK reads them. */
+const protobufTraceSerializer: ISerializer<ReadableSpan[], IExportTraceServiceResponse> = {
+  serializeRequest: (spans) => encodeTraceExportRequest(spans),
+  deserializeResponse: (data) => ProtobufTraceSerializer.deserializeResponse(data),
+};
+
+/**
+ * exporter-trace-otlp-proto's OTLPTraceExporter with the serializer swapped: the same HTTP transport, headers,
+ * env configuration (OTEL_EXPORTER_OTLP_*), compression, retries and timeouts, assembled exactly as its
+ * constructor does (0.300.0).
+ */
+function otlpProtoTraceExporter(url: string): SpanExporter {
+  return new OTLPExporterBase(
+    createOtlpHttpExportDelegate(
+      convertLegacyHttpOptions({ url }, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' }),
+      protobufTraceSerializer,
+      'otlp_http_span_exporter',
+      TraceExporterMetricsHelper,
+      undefined,
+    ),
+  );
 }
 
 function logRecordProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): LogRecordProcessor {

@@ -12,10 +12,12 @@ describe('token service', () => {
   });
 
   it('never serves a cached token past its expiry', async () => {
-    const tokens = createTokenService(options);
+    // iat is whole seconds, so a 1 s token issued at x.999 would already be expired at x+1.001: with 2 s it
+    // still has more than 1 s left when verified right away, and is surely expired 3.1 s later.
+    const tokens = createTokenService({ ...options, tokenTtlSeconds: 2 });
     const { token } = await tokens.issue(alice);
     await expect(tokens.verify(token)).resolves.toEqual(alice);
-    await new Promise((resolve) => setTimeout(resolve, 2100));
+    await new Promise((resolve) => setTimeout(resolve, 3100));
     const rejection = await tokens.verify(token).catch((error: unknown) => error);
     expect(rejection).toBeInstanceOf(TokenRejectedError);
     expect((rejection as TokenRejectedError).reason).toBe('expired');

@@ -1,0 +1,109 @@
+import { context, SpanKind, SpanStatusCode, trace, TraceFlags, type Tracer } from '@opentelemetry/api';
+import { TraceState } from '@opentelemetry/core';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider, type ReadableSpan } from '@opentelemetry/sdk-trace';
+import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
+import { encodeTraceExportRequest } from '../../otel/otlp-span-encoding';
+import { decodeExport } from '../helpers/otlp-decoding';
+
+/** Spans from a real SDK provider: the encoder must take exactly what the BatchSpanProcessor hands it. */
+function recordSpans(build: (tracers: { gateway: Tracer; other: Tracer }) => void, resourceAttributes: Record<string, unknown> = { 'service.name': 'gateway' }): ReadableSpan[] {
+  const exporter = new InMemorySpanExporter();
+  const provider = new TracerProvider({
+    resource: resourceFromAttributes(resourceAttributes as Record<string, string>),
+    spanProcessors: [new SimpleSpanProcessor({ exporter })],
+    spanLimits: { attributeCountLimit: 3 },
+  });
+  build({ gateway: provider.getTracer('koa-gateway', '0.1.0'), other: provider.getTracer('other-scope') });
+  return exporter.getFinishedSpans();
+}
+
+function expectSameBytes(spans: ReadableSpan[]): void {
+  const ours = Buffer.from(encodeTraceExportRequest(spans));
+  const sdks = Buffer.from(ProtobufTraceSerializer.serializeRequest(spans)!);
+  expect(ours.length).toBe(sdks.length);
+  expect(ours.equals(sdks)).toBe(true);
+}
+
+describe('OTLP/protobuf span encoding', () => {
+  it("writes the same bytes as the SDK's serializer for a gateway request's two spans", () => {
+    const spans = recordSpans(({ gateway }) => {
+      const server = gateway.startSpan('GET /api/users/*', { kind: SpanKind.SERVER, attributes: { 'http.request.method': 'GET', 'url.path': '/api/users/1', 'request.id': '0af7651916cd43dd8448eb211c80319c' } });
+      const client = gateway.startSpan('GET', { kind: SpanKind.CLIENT, attributes: { 'url.full': 'http://127.0.0.1:4001/users/1', 'server.port': 4001 } }, trace.setSpan(context.active(), server));
+      client.setAttribute('http.response.status_code', 200);
+      client.end();
+      server.end();
+    });
+    expect(spans).toHaveLength(2);
+    expectSameBytes(spans);
+  });
+
+  it('writes the same bytes for every attribute type, events, links, trace state, status and dropped counts', () => {
+    const remoteParent = trace.setSpanContext(context.active(), { traceId: '4bf92f3577b34da6a3ce929d0e0e4736', spanId: '00f067aa0ba902b7', traceFlags: TraceFlags.SAMPLED, isRemote: true, traceState: new TraceState('vendor=value,other=1') });
+    const spans = recordSpans(({ gateway, other }) => {
+      const span = gateway.startSpan(
+        'every type ✓ ünïcödé',
+        {
+          kind: SpanKind.PRODUCER,
+          attributes: { text: 'ascii', unicode: 'naïve café 日本語 🚀', empty: '' },
+          links: [
+            { context: { traceId: 'a'.repeat(32), spanId: 'b'.repeat(16), traceFlags: TraceFlags.NONE, traceState: new TraceState('k=v') }, attributes: { 'link.reason': 'retry', weight: 0.5 } },
+            { context: { traceId: '0123456789abcdef0123456789abcdef', spanId: '0123456789abcdef', traceFlags: TraceFlags.SAMPLED, isRemote: true } },
+          ],
+        },
+        remoteParent,
+      );
+      // Over the limit of 3: counted as dropped.
+      span.setAttributes({ flag: true, off: false });
+      span.addEvent('upstream retry', { 'gateway.upstream.attempts': 1, negative: -42, big: 2 ** 40, huge: -(2 ** 52), ratio: 3.25, nan: Number.NaN, list: ['a', 'b'], numbers: [1, 2.5, -3], bools: [true, false], holes: ['x', null, undefined] });
+      span.addEvent('no attributes');
+      span.setStatus({ code: SpanStatusCode.ERROR, message: 'upstream refused' });
+      span.end();
+      const internal = other.startSpan('internal, unset status, root');
+      internal.end();
+      const ok = gateway.startSpan('ok', { kind: SpanKind.CONSUMER, attributes: { 'request.id': 'r-1' } });
+      ok.setStatus({ code: SpanStatusCode.OK });
+      ok.end();
+    });
+    expect(spans.map((s) => s.instrumentationScope.name)).toEqual(['koa-gateway', 'other-scope', 'koa-gateway']);
+    expectSameBytes(spans);
+  });
+
+  it('writes the same bytes when lengths need 1, 2 or 3 bytes (messages of 100 B to 100 KB)', () => {
+    const spans = recordSpans(({ gateway }) => {
+      for (const size of [10, 100, 200, 16_000, 20_000, 100_000]) gateway.startSpan(`size ${size}`, { attributes: { payload: 'x'.repeat(size) } }).end();
+    });
+    expectSameBytes(spans);
+  });
+
+  it('writes the same bytes for a full batch (512 spans, several hundred KB)', () => {
+    const spans = recordSpans(({ gateway }) => {
+      for (let i = 0; i < 256; i++) {
+        const server = gateway.startSpan(`GET /api/orders/${i}`, { kind: SpanKind.SERVER, attributes: { 'http.route': '/api/orders/*', 'enduser.id': String(i), 'http.response.status_code': 200 } });
+        gateway.startSpan('GET', { kind: SpanKind.CLIENT, attributes: { 'url.full': `http://127.0.0.1:4002/orders/${i}` } }, trace.setSpan(context.active(), server)).end();
+        server.end();
+      }
+    }, { 'service.name': 'gateway', 'service.version': '0.1.0', 'deployment.environment.name': 'production', 'process.pid': 1234 });
+    expect(spans).toHaveLength(512);
+    expectSameBytes(spans);
+  });
+
+  it('decodes as OTLP with the spans, ids and attributes it was given', () => {
+    const spans = recordSpans(({ gateway }) => {
+      gateway.startSpan('GET /api/users/*', { kind: SpanKind.SERVER, attributes: { 'request.id': 'abc', 'server.port': 3000 } }).end();
+    });
+    const decoded = decodeExport('traces', 'application/x-protobuf', Buffer.from(encodeTraceExportRequest(spans))).spans;
+    expect(decoded).toEqual([
+      expect.objectContaining({
+        name: 'GET /api/users/*',
+        kind: 'SERVER',
+        parentSpanId: undefined,
+        traceId: spans[0]!.spanContext().traceId,
+        spanId: spans[0]!.spanContext().spanId,
+        serviceName: 'gateway',
+        attributes: { 'request.id': 'abc', 'server.port': 3000 },
+        scope: { name: 'koa-gateway', version: '0.1.0' },
+      }),
+    ]);
+  });
+});
