@@ -29,8 +29,7 @@ export interface LoggerOptions {
  * anywhere inside a request carries that request's trace, span and request id without passing them around.
  */
 const correlation = winston.format((info) => {
-  // A line written after its request's context ended (the access log, on 'close') brings that context along.
-  const active = (info[LOG_CONTEXT] as Context | undefined) ?? context.active();
+  const active = context.active();
   const spanContext = trace.getSpanContext(active);
   if (spanContext && trace.isSpanContextValid(spanContext)) {
     info[LOG_FIELD.traceId] ??= spanContext.traceId;
@@ -56,8 +55,44 @@ export function createLogger(options: LoggerOptions): Logger {
   });
 }
 
-/** Where winston's formats leave the finished line (triple-beam's MESSAGE). */
+/** Where winston's formats leave the finished line, and the level it was logged at (triple-beam's symbols). */
 const MESSAGE = Symbol.for('message');
+const LEVEL = Symbol.for('level');
+
+/** Field values `logLine` takes: what a JSON line holds without any conversion. */
+export type LineValue = string | number | boolean | null;
+
+/**
+ * One line written straight to the logger's transports, without winston's stream pipeline (a Transform piped
+ * into each transport): for the access log, one line per request on the gateway's hot path, where that
+ * pipeline cost about 5% of the CPU per request (bench/RESULTS.md). The line is what `logger.log` would
+ * write: defaultMeta, level, message, timestamp, the trace and span of `lineContext` and the fields, keys
+ * sorted as winston's JSON format sorts them; every transport gets it at its own level (stdout, the OTLP
+ * export with `lineContext` as the record's context, test captures). Fields must be flat JSON values.
+ */
+export function logLine(logger: Logger, level: string, message: string, fields: Readonly<Record<string, LineValue>>, lineContext: Context): void {
+  const levels = logger.levels;
+  const severity = levels[level];
+  if (logger.silent || severity === undefined || levels[logger.level]! < severity) return;
+  const line: Record<string, unknown> = { ...(logger.defaultMeta as Record<string, unknown> | undefined), ...fields, level, message, timestamp: new Date().toISOString() };
+  const spanContext = trace.getSpanContext(lineContext);
+  if (spanContext && trace.isSpanContextValid(spanContext)) {
+    line[LOG_FIELD.traceId] ??= spanContext.traceId;
+    line[LOG_FIELD.spanId] ??= spanContext.spanId;
+  }
+  const info = line as winston.Logform.TransformableInfo;
+  // An array replacer lists the keys to write, in its order: sorted, like safe-stable-stringify.
+  info[MESSAGE] = JSON.stringify(line, Object.keys(line).sort());
+  info[LEVEL] = level;
+  info[LOG_CONTEXT] = lineContext;
+  for (const transport of logger.transports) {
+    const threshold = transport.level ?? logger.level;
+    if (transport.silent || levels[threshold]! < severity) continue;
+    transport.log!(info, ignoreCallback);
+  }
+}
+
+function ignoreCallback(): void {}
 
 /**
  * stdout for every line, gathered per turn of the event loop. winston's Console transport writes each line

@@ -1,7 +1,6 @@
 import { context } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
-import type { Logger } from '../../otel/logger';
-import { LOG_CONTEXT } from '../../otel/otlp-log-transport';
+import { logLine, type Logger } from '../../otel/logger';
 
 /** Query parameters whose values never reach a log (tokens in URLs are still tokens). */
 const SECRET_QUERY_PARAM = /token|password|passwd|secret|key|code|signature|auth/i;
@@ -36,14 +35,13 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
     const started = process.hrtime.bigint();
     const url = redactUrl(ctx.originalUrl);
     const method = ctx.method;
-    // 'close' listeners run outside the request's context; the line carries it along (see createLogger).
+    // 'close' listeners run outside the request's context; the line is written with it.
     const requestContext = context.active();
     ctx.res.once('close', () => {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
       const status = ctx.res.writableFinished ? ctx.res.statusCode : 499;
       const state = ctx.state;
       const entry = {
-        [LOG_CONTEXT]: requestContext,
         method,
         url,
         status,
@@ -54,7 +52,7 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
         error_code: state.errorCode ?? null,
       };
       const level = status >= 500 ? 'error' : status >= 400 ? 'warn' : 'info';
-      logger.log(level, 'request completed', entry);
+      logLine(logger, level, 'request completed', entry, requestContext);
     });
     await next();
   };
