@@ -22,9 +22,13 @@ export function areaOf(url, functionName) {
  */
 /** Areas grouped by the part of the request path they serve; the first pattern that matches wins. */
 const BUCKETS = [
+  // Before telemetry: otel/logger.ts writes the access-log line (logLine), with or without tracing.
+  ['access log (otel/logger, winston, logform)', /^otel\/logger$/],
   ['telemetry (OpenTelemetry SDK, exporter, otel/)', /^(@opentelemetry\/|otel\/|protobufjs|@protobufjs)/],
+  // undici parses responses with llhttp compiled to WebAssembly: its frames show as `wasm://wasm/<hash>`.
+  ['HTTP client to the services (undici, its llhttp WebAssembly)', /^(undici|[0-9a-f]{8})$/],
   ['proxy libraries (koa-proxies, http-proxy, path-match, url.parse)', /^(koa-proxies|http-proxy|path-match|path-to-regexp@?|node:url|requires-port|eventemitter3|follow-redirects)$/],
-  ['access log (winston, logform)', /^(winston|winston-transport|logform|safe-stable-stringify|readable-stream|triple-beam|fecha|@colors\/colors|colors|one-time|fn\.name|kuler|stack-trace|@dabh\/diagnostics|async|is-stream|string_decoder|util-deprecate|inherits)$/],
+  ['access log (otel/logger, winston, logform)', /^(winston|winston-transport|logform|safe-stable-stringify|readable-stream|triple-beam|fecha|@colors\/colors|colors|one-time|fn\.name|kuler|stack-trace|@dabh\/diagnostics|async|is-stream|string_decoder|util-deprecate|inherits)$/],
   ['rate limit (koa-ratelimit)', /^(koa-ratelimit|ms|async-ratelimiter)$/],
   ['JWT (jose, src/tokens)', /^(jose|src\/tokens)$/],
   ['gateway code (src/)', /^src\//],
