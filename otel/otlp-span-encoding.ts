@@ -8,7 +8,7 @@
  *
  * Field numbers are those of opentelemetry-proto's trace.proto, common.proto and resource.proto (v1).
  */
-import type { AttributeValue, Attributes, HrTime, Link, SpanStatus } from '@opentelemetry/api';
+import type { AttributeValue, Attributes, HrTime, Link, SpanContext, SpanStatus } from '@opentelemetry/api';
 import type { InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
 import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
@@ -236,19 +236,24 @@ function writeEvent(writer: ProtoWriter, event: TimedEvent): void {
   writer.end(start, 1);
 }
 
-/** Span.Link: trace_id 1, span_id 2, trace_state 3, attributes 4, dropped_attributes_count 5, flags 6. */
-function writeLink(writer: ProtoWriter, link: Link): void {
-  const start = writer.begin(1);
-  const linked = link.context;
+/** trace_id 1, span_id 2, trace_state 3: the same first fields in Span and Span.Link. */
+function writeSpanContext(writer: ProtoWriter, spanContext: SpanContext): void {
   writer.tag(1, WIRE_BYTES);
-  writer.hexId(linked.traceId);
+  writer.hexId(spanContext.traceId);
   writer.tag(2, WIRE_BYTES);
-  writer.hexId(linked.spanId);
-  const traceState = linked.traceState?.serialize();
+  writer.hexId(spanContext.spanId);
+  const traceState = spanContext.traceState?.serialize();
   if (traceState) {
     writer.tag(3, WIRE_BYTES);
     writer.string(traceState);
   }
+}
+
+/** Span.Link: trace_id 1, span_id 2, trace_state 3, attributes 4, dropped_attributes_count 5, flags 6. */
+function writeLink(writer: ProtoWriter, link: Link): void {
+  const start = writer.begin(1);
+  const linked = link.context;
+  writeSpanContext(writer, linked);
   if (link.attributes) writeKeyValues(writer, link.attributes, 4);
   writer.tag(5, WIRE_VARINT);
   writer.varint(link.droppedAttributesCount ?? 0);
@@ -277,15 +282,7 @@ function writeStatus(writer: ProtoWriter, status: SpanStatus): void {
 function writeSpan(writer: ProtoWriter, span: ReadableSpan): void {
   const start = writer.begin(2);
   const spanContext = span.spanContext();
-  writer.tag(1, WIRE_BYTES);
-  writer.hexId(spanContext.traceId);
-  writer.tag(2, WIRE_BYTES);
-  writer.hexId(spanContext.spanId);
-  const traceState = spanContext.traceState?.serialize();
-  if (traceState) {
-    writer.tag(3, WIRE_BYTES);
-    writer.string(traceState);
-  }
+  writeSpanContext(writer, spanContext);
   const parent = span.parentSpanContext;
   if (parent?.spanId) {
     writer.tag(4, WIRE_BYTES);
