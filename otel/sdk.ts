@@ -7,11 +7,18 @@
 import { diag, DiagLogLevel } from '@opentelemetry/api';
 import { setGlobalErrorHandler } from '@opentelemetry/core';
 import { OTLPLogExporter as OtlpJsonLogExporter } from '@opentelemetry/exporter-logs-otlp-http';
-import { OTLPLogExporter as OtlpProtoLogExporter } from '@opentelemetry/exporter-logs-otlp-proto';
 import { OTLPTraceExporter as OtlpJsonTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { OTLPExporterBase } from '@opentelemetry/otlp-exporter-base';
 import { convertLegacyHttpOptions, createOtlpHttpExportDelegate } from '@opentelemetry/otlp-exporter-base/node-http';
-import { ProtobufTraceSerializer, TraceExporterMetricsHelper, type IExportTraceServiceResponse, type ISerializer } from '@opentelemetry/otlp-transformer';
+import {
+  LogsExporterMetricsHelper,
+  ProtobufLogsSerializer,
+  ProtobufTraceSerializer,
+  TraceExporterMetricsHelper,
+  type IExportLogsServiceResponse,
+  type IExportTraceServiceResponse,
+  type ISerializer,
+} from '@opentelemetry/otlp-transformer';
 import type { Instrumentation } from '@opentelemetry/instrumentation';
 import { HttpInstrumentation } from '@opentelemetry/instrumentation-http';
 import { KoaInstrumentation } from '@opentelemetry/instrumentation-koa';
@@ -21,7 +28,9 @@ import {
   BatchLogRecordProcessor,
   ConsoleLogRecordExporter,
   SimpleLogRecordProcessor,
+  type LogRecordExporter,
   type LogRecordProcessor,
+  type ReadableLogRecord,
 } from '@opentelemetry/sdk-logs';
 import { NodeSDK } from '@opentelemetry/sdk-node';
 import {
@@ -33,7 +42,7 @@ import {
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
-import { encodeTraceExportRequest } from './otlp-span-encoding';
+import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
 import { RequestIdSpanProcessor } from './request-id-span-processor';
 import { RequestedTraceIdGenerator } from './trace-ids';
 import { createTelemetryDiagnostics, type TelemetryDiagnostics } from './telemetry-diagnostics';
@@ -140,10 +149,16 @@ function spanProcessor(name: SignalConfig['exporters'][number], signal: SignalCo
   return new BatchSpanProcessor({ exporter, ...signal.batch });
 }
 
-/** Spans in, the OTLP body out through our one-pass encoder (otlp-span-encoding.ts); responses as the SDK reads them. */
+/** Spans in, the OTLP body out through our one-pass encoder (otlp-protobuf-encoding.ts); responses as the SDK reads them. */
 const protobufTraceSerializer: ISerializer<ReadableSpan[], IExportTraceServiceResponse> = {
   serializeRequest: (spans) => encodeTraceExportRequest(spans),
   deserializeResponse: (data) => ProtobufTraceSerializer.deserializeResponse(data),
+};
+
+/** The same for log records. */
+const protobufLogsSerializer: ISerializer<ReadableLogRecord[], IExportLogsServiceResponse> = {
+  serializeRequest: (records) => encodeLogsExportRequest(records),
+  deserializeResponse: (data) => ProtobufLogsSerializer.deserializeResponse(data),
 };
 
 /**
@@ -163,12 +178,22 @@ function otlpProtoTraceExporter(url: string): SpanExporter {
   );
 }
 
+/** exporter-logs-otlp-proto's OTLPLogExporter, likewise (0.300.0). */
+function otlpProtoLogExporter(url: string): LogRecordExporter {
+  return new OTLPExporterBase(
+    createOtlpHttpExportDelegate(
+      convertLegacyHttpOptions({ url }, 'LOGS', 'v1/logs', { 'Content-Type': 'application/x-protobuf' }),
+      protobufLogsSerializer,
+      'otlp_http_log_exporter',
+      LogsExporterMetricsHelper,
+      undefined,
+    ),
+  );
+}
+
 function logRecordProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): LogRecordProcessor {
   if (name === 'console') return new SimpleLogRecordProcessor({ exporter: new ConsoleLogRecordExporter() });
-  const exporter =
-    signal.protocol === 'http/json'
-      ? new OtlpJsonLogExporter({ url: signal.url })
-      : new OtlpProtoLogExporter({ url: signal.url });
+  const exporter = signal.protocol === 'http/json' ? new OtlpJsonLogExporter({ url: signal.url }) : otlpProtoLogExporter(signal.url);
   return new BatchLogRecordProcessor({ exporter, ...signal.batch });
 }
 

@@ -1,9 +1,10 @@
-import { context, SpanKind, SpanStatusCode, trace, TraceFlags, type Tracer } from '@opentelemetry/api';
+import { context, SeverityNumber, SpanKind, SpanStatusCode, trace, TraceFlags, type Tracer } from '@opentelemetry/api';
 import { TraceState } from '@opentelemetry/core';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider, type ReadableSpan } from '@opentelemetry/sdk-trace';
-import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
-import { encodeTraceExportRequest } from '../../otel/otlp-span-encoding';
+import { InMemoryLogRecordExporter, LoggerProvider, SimpleLogRecordProcessor, type ReadableLogRecord } from '@opentelemetry/sdk-logs';
+import { ProtobufLogsSerializer, ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
+import { encodeLogsExportRequest, encodeTraceExportRequest } from '../../otel/otlp-protobuf-encoding';
 import { decodeExport } from '../helpers/otlp-decoding';
 
 /** Spans from a real SDK provider: the encoder must take exactly what the BatchSpanProcessor hands it. */
@@ -105,5 +106,62 @@ describe('OTLP/protobuf span encoding', () => {
         scope: { name: 'koa-gateway', version: '0.1.0' },
       }),
     ]);
+  });
+});
+
+describe('OTLP/protobuf log record encoding', () => {
+  function recordLogs(emit: (provider: LoggerProvider) => void): ReadableLogRecord[] {
+    const exporter = new InMemoryLogRecordExporter();
+    const provider = new LoggerProvider({
+      resource: resourceFromAttributes({ 'service.name': 'gateway', 'deployment.environment.name': 'production' }),
+      processors: [new SimpleLogRecordProcessor({ exporter })],
+    });
+    emit(provider);
+    return exporter.getFinishedLogRecords();
+  }
+
+  function expectSameLogBytes(records: ReadableLogRecord[]): void {
+    const ours = Buffer.from(encodeLogsExportRequest(records));
+    const sdks = Buffer.from(ProtobufLogsSerializer.serializeRequest(records)!);
+    expect(ours.length).toBe(sdks.length);
+    expect(ours.equals(sdks)).toBe(true);
+  }
+
+  it("writes the same bytes as the SDK's serializer for access-log records, with and without a span", () => {
+    const inSpan = trace.setSpanContext(context.active(), { traceId: '0af7651916cd43dd8448eb211c80319c', spanId: 'b7ad6b7169203331', traceFlags: TraceFlags.SAMPLED });
+    const records = recordLogs((provider) => {
+      const logger = provider.getLogger('koa-gateway/winston');
+      for (let i = 0; i < 300; i++) {
+        logger.emit({
+          severityNumber: SeverityNumber.INFO,
+          severityText: 'info',
+          body: 'request completed',
+          attributes: { method: 'GET', url: `/api/users/${i}`, status: 200, duration_ms: 1.25 + i, request_id: 'abc', route: 'users', user_id: null as unknown as string, error_code: null as unknown as string },
+          context: i % 2 === 0 ? inSpan : undefined,
+        });
+      }
+    });
+    expect(records).toHaveLength(300);
+    expectSameLogBytes(records);
+  });
+
+  it('writes the same bytes for every body and attribute type, event names, unspecified severity and two scopes', () => {
+    const unsampled = trace.setSpanContext(context.active(), { traceId: 'a'.repeat(32), spanId: 'b'.repeat(16), traceFlags: TraceFlags.NONE });
+    const records = recordLogs((provider) => {
+      const logger = provider.getLogger('koa-gateway/winston', '1.0.0');
+      logger.emit({ body: { nested: { list: [1, 'two', true, null], ratio: 0.5 }, text: 'naïve ✓' }, attributes: { big: 2 ** 40, negative: -7, flags: [true, false] } });
+      logger.emit({ severityNumber: SeverityNumber.UNSPECIFIED, severityText: 'custom', context: unsampled });
+      logger.emit({ severityNumber: SeverityNumber.ERROR, eventName: 'gateway.upstream.failure', body: 'x'.repeat(20_000) });
+      provider.getLogger('other-scope').emit({ severityNumber: SeverityNumber.WARN, body: 42 });
+    });
+    expect(records).toHaveLength(4);
+    expectSameLogBytes(records);
+  });
+
+  it('decodes as OTLP logs with the trace context and attributes it was given', () => {
+    const inSpan = trace.setSpanContext(context.active(), { traceId: '0af7651916cd43dd8448eb211c80319c', spanId: 'b7ad6b7169203331', traceFlags: TraceFlags.SAMPLED });
+    const records = recordLogs((provider) => provider.getLogger('koa-gateway/winston').emit({ severityNumber: SeverityNumber.WARN, severityText: 'warn', body: 'upstream slow', attributes: { request_id: 'abc' }, context: inSpan }));
+    const decoded = decodeExport('logs', 'application/x-protobuf', Buffer.from(encodeLogsExportRequest(records))).logs;
+    expect(decoded).toEqual([expect.objectContaining({ traceId: '0af7651916cd43dd8448eb211c80319c', spanId: 'b7ad6b7169203331', body: 'upstream slow', serviceName: 'gateway', attributes: { request_id: 'abc' } })]);
   });
 });
