@@ -17,6 +17,7 @@ import {
   TraceExporterMetricsHelper,
   type IExportLogsServiceResponse,
   type IExportTraceServiceResponse,
+  type IExporterMetricsHelper,
   type ISerializer,
 } from '@opentelemetry/otlp-transformer';
 import type { Instrumentation } from '@opentelemetry/instrumentation';
@@ -149,46 +150,31 @@ function spanProcessor(name: SignalConfig['exporters'][number], signal: SignalCo
   return new BatchSpanProcessor({ exporter, ...signal.batch });
 }
 
-/** Spans in, the OTLP body out through our one-pass encoder (otlp-protobuf-encoding.ts); responses as the SDK reads them. */
-const protobufTraceSerializer: ISerializer<ReadableSpan[], IExportTraceServiceResponse> = {
-  serializeRequest: (spans) => encodeTraceExportRequest(spans),
-  deserializeResponse: (data) => ProtobufTraceSerializer.deserializeResponse(data),
-};
-
-/** The same for log records. */
-const protobufLogsSerializer: ISerializer<ReadableLogRecord[], IExportLogsServiceResponse> = {
-  serializeRequest: (records) => encodeLogsExportRequest(records),
-  deserializeResponse: (data) => ProtobufLogsSerializer.deserializeResponse(data),
-};
-
 /**
- * exporter-trace-otlp-proto's OTLPTraceExporter with the serializer swapped: the same HTTP transport, headers,
- * env configuration (OTEL_EXPORTER_OTLP_*), compression, retries and timeouts, assembled exactly as its
- * constructor does (0.300.0).
+ * What the SDK's OTLP/HTTP protobuf exporters are (exporter-trace-otlp-proto's OTLPTraceExporter and
+ * exporter-logs-otlp-proto's OTLPLogExporter, 0.300.0), assembled exactly as their constructors do: the same
+ * HTTP transport, headers, env configuration (OTEL_EXPORTER_OTLP_*), compression, retries and timeouts. Only
+ * the request body comes from our one-pass encoder (otlp-protobuf-encoding.ts); responses are read by the SDK.
  */
-function otlpProtoTraceExporter(url: string): SpanExporter {
-  return new OTLPExporterBase(
-    createOtlpHttpExportDelegate(
-      convertLegacyHttpOptions({ url }, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' }),
-      protobufTraceSerializer,
-      'otlp_http_span_exporter',
-      TraceExporterMetricsHelper,
-      undefined,
-    ),
-  );
+function otlpProtoExporter<Records, Response>(
+  url: string,
+  signal: { name: 'TRACES' | 'LOGS'; path: string; componentType: string; metricsHelper: IExporterMetricsHelper<Records> },
+  encode: (records: Records) => Uint8Array,
+  sdkSerializer: ISerializer<Records, Response>,
+): OTLPExporterBase<Records> {
+  const serializer: ISerializer<Records, Response> = { serializeRequest: encode, deserializeResponse: (data) => sdkSerializer.deserializeResponse(data) };
+  const options = convertLegacyHttpOptions({ url }, signal.name, signal.path, { 'Content-Type': 'application/x-protobuf' });
+  return new OTLPExporterBase(createOtlpHttpExportDelegate(options, serializer, signal.componentType, signal.metricsHelper, undefined));
 }
 
-/** exporter-logs-otlp-proto's OTLPLogExporter, likewise (0.300.0). */
+function otlpProtoTraceExporter(url: string): SpanExporter {
+  const signal = { name: 'TRACES', path: 'v1/traces', componentType: 'otlp_http_span_exporter', metricsHelper: TraceExporterMetricsHelper } as const;
+  return otlpProtoExporter<ReadableSpan[], IExportTraceServiceResponse>(url, signal, encodeTraceExportRequest, ProtobufTraceSerializer);
+}
+
 function otlpProtoLogExporter(url: string): LogRecordExporter {
-  return new OTLPExporterBase(
-    createOtlpHttpExportDelegate(
-      convertLegacyHttpOptions({ url }, 'LOGS', 'v1/logs', { 'Content-Type': 'application/x-protobuf' }),
-      protobufLogsSerializer,
-      'otlp_http_log_exporter',
-      LogsExporterMetricsHelper,
-      undefined,
-    ),
-  );
+  const signal = { name: 'LOGS', path: 'v1/logs', componentType: 'otlp_http_log_exporter', metricsHelper: LogsExporterMetricsHelper } as const;
+  return otlpProtoExporter<ReadableLogRecord[], IExportLogsServiceResponse>(url, signal, encodeLogsExportRequest, ProtobufLogsSerializer);
 }
 
 function logRecordProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): LogRecordProcessor {
