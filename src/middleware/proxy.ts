@@ -80,7 +80,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       res.once('close', onClientClose);
 
       if (withBody && req.headers['content-length'] === undefined) {
-        // Counted as the body streams on: undici reads `req` through the same 'data' events.
+        // Counted as the body streams on: `req.pipe` below reads it through the same 'data' events.
         let received = 0;
         req.on('data', (chunk: Buffer) => {
           received += chunk.length;
