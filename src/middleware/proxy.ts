@@ -19,7 +19,8 @@ export interface ProxyOptions {
 
 /** What happened to one attempt at forwarding a request, read once the attempt is over. */
 interface Exchange {
-  span?: Span;
+  /** The CLIENT span of this attempt. */
+  span: Span;
   status?: number;
   failure?: Error;
   timedOut?: boolean;
@@ -53,10 +54,9 @@ export function createProxy(options: ProxyOptions): Middleware {
   /** One attempt against one instance; settles when the attempt is over, never rejects. */
   function forward(ctx: KoaContext, instance: UpstreamInstance, attempt: number, parent: OtelContext, timeoutMs: number, service: string, corsApplied: boolean): Promise<Exchange> {
     const { req, res } = ctx;
-    const exchange: Exchange = {};
     const path = ctx.state.upstreamPath!;
+    const exchange: Exchange = { span: startUpstreamSpan(options.tracer, { method: req.method!, instance, path, service, attempt }, parent) };
     const headers = forwardedHeaders(req, instance.host);
-    exchange.span = startUpstreamSpan(options.tracer, { method: req.method!, instance, path, service, attempt }, parent);
     injectTraceHeaders(exchange.span, parent, headers);
     const withBody = hasBody(req.headers);
 
@@ -164,7 +164,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       tried.add(instance);
       const exchange = await forward(ctx, instance, attempt, parent, route.timeoutMs, route.service, corsApplied);
       const outcome = outcomeOf(exchange);
-      if (exchange.span) endUpstreamSpan(exchange.span, outcome, exchange.status, exchange.failure);
+      endUpstreamSpan(exchange.span, outcome, exchange.status, exchange.failure);
       serverSpan?.setAttributes({ [ATTR.upstreamService]: route.service, [ATTR.upstreamUrl]: instance.origin, [ATTR.upstreamOutcome]: outcome, [ATTR.upstreamAttempts]: attempt });
       if (outcome === 'ok') pool.reportSuccess(instance);
       else if (INSTANCE_FAILURES.has(outcome)) pool.reportFailure(instance, outcome);
@@ -205,10 +205,20 @@ function isReplayable(method: string, headers: http.IncomingHttpHeaders): boolea
   return IDEMPOTENT_METHODS.has(method) && !hasBody(headers);
 }
 
-/** Names a `Connection` header lists are hop-by-hop for this message too. */
-function connectionListed(connection: string | undefined): Set<string> | undefined {
-  if (connection === undefined) return undefined;
-  return new Set(connection.split(',').map((name) => name.trim().toLowerCase()));
+/**
+ * A message's end-to-end headers: all but the hop-by-hop ones, which include the names its own `Connection`
+ * header lists, and those `drop` names.
+ */
+function endToEndHeaders<T>(source: Record<string, T | undefined>, drop?: (name: string) => boolean): Record<string, T> {
+  const connection = source.connection;
+  const listed = typeof connection === 'string' ? new Set(connection.split(',').map((name) => name.trim().toLowerCase())) : undefined;
+  const headers: Record<string, T> = {};
+  for (const name in source) {
+    const value = source[name];
+    if (value === undefined || HOP_BY_HOP.has(name) || listed?.has(name) || drop?.(name)) continue;
+    headers[name] = value;
+  }
+  return headers;
 }
 
 /**
@@ -219,12 +229,7 @@ function connectionListed(connection: string | undefined): Set<string> | undefin
  */
 function forwardedHeaders(req: http.IncomingMessage, targetHost: string): Record<string, string | string[]> {
   const source = req.headers;
-  const listed = connectionListed(source.connection);
-  const headers: Record<string, string | string[]> = {};
-  for (const name in source) {
-    if (HOP_BY_HOP.has(name) || listed?.has(name)) continue;
-    headers[name] = source[name]!;
-  }
+  const headers = endToEndHeaders(source);
   headers.host = targetHost;
   const portMatch = source.host?.match(/:(\d+)$/);
   appendForwarded(headers, 'x-forwarded-for', req.socket.remoteAddress ?? '');
@@ -245,13 +250,7 @@ function appendForwarded(headers: Record<string, string | string[]>, name: strin
  * `Access-Control-*` are dropped and `Vary` keeps Origin beside whatever the service varies on.
  */
 function responseHeaders(source: http.IncomingHttpHeaders, res: http.ServerResponse, corsApplied: boolean): http.OutgoingHttpHeaders {
-  const listed = connectionListed(source.connection);
-  const headers: http.OutgoingHttpHeaders = {};
-  for (const name in source) {
-    if (HOP_BY_HOP.has(name) || listed?.has(name)) continue;
-    if (corsApplied && name.startsWith('access-control-')) continue;
-    headers[name] = source[name];
-  }
+  const headers: http.OutgoingHttpHeaders = endToEndHeaders(source, corsApplied ? (name) => name.startsWith('access-control-') : undefined);
   if (corsApplied) {
     const vary = [res.getHeader('vary'), source.vary].filter(Boolean).join(', ');
     if (vary) headers.vary = vary;
