@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
@@ -8,8 +9,11 @@ import { z } from 'zod';
  * `process.env` for the gateway. A bad value stops startup with one line naming the key, rule and value.
  */
 
-/** Signing secret used when none is configured. Accepted only outside production. */
-export const DEVELOPMENT_JWT_SECRET = 'dev-only-insecure-jwt-secret-change-me';
+/**
+ * Secrets that were published (the development default of earlier versions): anyone can mint tokens with
+ * them, so they are refused in every environment, not only in production.
+ */
+export const PUBLISHED_JWT_SECRETS: readonly string[] = ['dev-only-insecure-jwt-secret-change-me'];
 
 const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 
@@ -74,6 +78,13 @@ const routeSchema = z.strictObject({
   cors: z.union([corsSchema, z.literal(false)]).optional(),
   /** Roles (the token's `role` claim) allowed on this route; others get 403. Any role when absent. */
   roles: z.array(z.string().min(1)).nonempty().optional(),
+  /**
+   * Pass the client's `Authorization` header on to the service. Default false: the credential stops at the
+   * gateway and services get the identity headers instead. Only for a service that verifies tokens itself.
+   */
+  forwardAuthorization: z.boolean().default(false),
+  /** Longest a whole upstream exchange (request body up, response down) may last, ms; defaults to `proxy.deadlineMs`. */
+  deadlineMs: z.int().positive().optional(),
 });
 
 const configSchema = z
@@ -82,7 +93,7 @@ const configSchema = z
     port: z.int().min(0).max(65535).default(3000),
     /** Listening address. Default 127.0.0.1: safe by default; containers set 0.0.0.0. */
     host: z.string().min(1).default('127.0.0.1'),
-    /** `NODE_ENV`; `production` refuses the development JWT secret and hides internal details. */
+    /** `NODE_ENV`; `production` requires `JWT_SECRET`, seeds no demo accounts and hides internal details. */
     environment: z.enum(['development', 'production', 'test']).default('development'),
     logLevel: z.enum(['error', 'warn', 'info', 'http', 'verbose', 'debug', 'silly']).default('info'),
     /**
@@ -106,12 +117,37 @@ const configSchema = z
      * clients could otherwise choose trace ids and sampling. See README "Tracing".
      */
     trustTraceparent: z.boolean().default(false),
+    /**
+     * Let a client's UUID or 32-hex `X-Request-Id` become the trace id (one id from curl to Jaeger). Default
+     * true. The sampling decision of such a trace never depends on the id (the client chose it); false keeps
+     * the client's id as `request.id` only and gives the request a trace id of the gateway's own.
+     */
+    mapRequestIdToTraceId: z.boolean().default(true),
+    /**
+     * Host names this gateway answers for (`api.example.com`, `*.example.com` for any subdomain), compared
+     * without port and case. Other hosts get 421, so a service never builds links from a client-chosen
+     * `Host` / `X-Forwarded-Host`. Absent: any host (a warning at start-up in production).
+     */
+    allowedHosts: z
+      .array(z.string().regex(/^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[[0-9A-Fa-f:.]+\]$/, 'must be a host name, *.domain, or a bracketed IPv6 address'))
+      .nonempty()
+      .optional(),
+    /**
+     * Request header names with `_` (`X_User_Id`): CGI, PHP, Rack and WSGI backends read them as their dash
+     * twins (`X-User-Id`), so they could smuggle owned headers past the strip. `drop` (default) removes them,
+     * `reject` answers 400, `allow` forwards them (only for services that never fold `_` into `-`). As
+     * Envoy's `headers_with_underscores_action`.
+     */
+    headersWithUnderscores: z.enum(['drop', 'reject', 'allow']).default('drop'),
     /** Cross-origin browser access (CORS), for every route without its own `cors`. Off when absent. */
     cors: corsSchema.optional(),
     auth: z
       .strictObject({
-        /** HS256 signing secret (env `JWT_SECRET` only; never put it in the file). */
-        secret: z.string().min(1).default(DEVELOPMENT_JWT_SECRET),
+        /**
+         * HS256 signing secret (env `JWT_SECRET` only; never put it in the file). Required in production.
+         * Elsewhere, when absent, each process generates a random one (see `secretSource`).
+         */
+        secret: z.string().min(1).optional(),
         issuer: z.string().min(1).default('koa-gateway'),
         audience: z.string().min(1).default('koa-gateway-api'),
         /** Lifetime of issued tokens, s. Default 3600. */
@@ -120,8 +156,16 @@ const configSchema = z
         clockToleranceSeconds: z.int().min(0).max(300).default(5),
         /** Where the gateway answers login itself. */
         loginPath: pathPrefix.default('/api/auth/login'),
-        /** Stricter limit for login attempts per client. Default 10 per minute. */
+        /**
+         * Stricter limit for login attempts per client. Default 10 per minute; with the shared store down,
+         * login is refused (503) unless `onStoreFailure` says `allow`.
+         */
         loginRateLimit: rateLimitSchema.default({ max: 10, windowMs: 60_000 }),
+        /**
+         * Login attempts per account (the submitted email, case-folded), from all clients together, so a
+         * password guesser spread over many addresses is limited once. Default 10 per 5 minutes.
+         */
+        loginAccountRateLimit: rateLimitSchema.default({ max: 10, windowMs: 300_000 }),
         /** Largest login body, bytes. Default 16 KiB. */
         loginBodyLimitBytes: z.int().positive().default(16 * 1024),
         /** Verified tokens remembered until they expire (saves the signature check per request). Default 10 000; 0 = off. */
@@ -167,6 +211,11 @@ const configSchema = z
         redisTimeoutMs: z.int().positive().max(10_000).default(200),
         /** Prefix of every Redis key, so several gateways (or test runs) can share one Redis. */
         redisKeyPrefix: z.string().regex(/^[A-Za-z0-9:_-]+$/).default('koa-gateway:ratelimit'),
+        /**
+         * IPv6 clients are limited per network of this prefix length, not per address: one host is handed a
+         * whole /64 and could otherwise rotate through it. Default 64; 128 = per address.
+         */
+        ipv6PrefixLength: z.int().min(1).max(128).default(64),
       })
       .prefault({ max: 100, windowMs: 60_000 }),
     server: z
@@ -177,6 +226,16 @@ const configSchema = z
         requestTimeoutMs: z.int().min(0).default(120_000),
         /** Idle keep-alive connections from clients are closed after this, ms. Default 5 s. */
         keepAliveTimeoutMs: z.int().positive().default(5_000),
+        /** Client connections open at once; further ones are closed at accept. Default 10 000. */
+        maxConnections: z.int().positive().default(10_000),
+        /**
+         * Least average rate of a request body, bytes/s, once `bodyGracePeriodMs` has passed; slower uploads
+         * are cut with 408 (so a trickling client cannot hold an upstream connection). Default 240 (Kestrel's
+         * MinRequestBodyDataRate); 0 = off.
+         */
+        minBodyBytesPerSecond: z.int().min(0).default(240),
+        /** Time a body may take before `minBodyBytesPerSecond` is enforced, ms. Default 5 s. */
+        bodyGracePeriodMs: z.int().positive().default(5_000),
       })
       .prefault({}),
     proxy: z
@@ -187,8 +246,27 @@ const configSchema = z
         maxSockets: z.int().positive().default(256),
         /** Largest request body forwarded, bytes (413 beyond). Default 50 MiB. */
         maxBodyBytes: z.int().positive().default(50 * 1024 * 1024),
+        /**
+         * Requests that may wait for a connection to one upstream instance once all `maxSockets` are busy;
+         * beyond it, 503 `upstream_busy` with `Retry-After` (Envoy's max_pending_requests). Default 1024.
+         */
+        maxPendingRequests: z.int().min(0).default(1024),
+        /** Longest a whole upstream exchange may last, ms (504 before the response starts, cut after). Default 60 s. */
+        deadlineMs: z.int().positive().default(60_000),
       })
       .prefault({}),
+    /**
+     * The internal listener: `/ready` with per-instance details (addresses, ejections). Off unless `port` is
+     * set; loopback by default. Never expose it publicly.
+     */
+    admin: z
+      .strictObject({
+        port: z.int().min(0).max(65535).optional(),
+        host: z.string().min(1).default('127.0.0.1'),
+      })
+      .prefault({}),
+    /** How long one readiness answer (a probe of every instance) is reused, ms. Default 1000. */
+    readinessCacheMs: z.int().min(0).max(60_000).default(1000),
     /** Upstream services by key; routes name them. */
     services: z.record(
       z.string().regex(/^[a-z][a-z0-9-]*$/),
@@ -208,7 +286,7 @@ const configSchema = z
       ctx.addIssue({ code: 'custom', path: ['services', 'users'], message: 'is required: login checks credentials with the users service', input: undefined });
     }
     const seenNames = new Set<string>();
-    const reservedPaths = new Set<string>([config.auth.loginPath, '/health', '/ready']);
+    const reservedPaths = new Set<string>([config.auth.loginPath, '/health', '/ready'].map((reserved) => reserved.toLowerCase()));
     const seenPrefixes = new Set<string>();
     config.routes.forEach((route, index) => {
       if (!(route.service in config.services)) {
@@ -217,9 +295,10 @@ const configSchema = z
       if (seenNames.has(route.name)) {
         ctx.addIssue({ code: 'custom', path: ['routes', index, 'name'], message: 'is used by another route', input: route.name });
       }
-      // An exact route may refine a prefix route of the same path (e.g. admin-only listing).
-      const prefixKey = route.exact ? `${route.prefix} (exact)` : route.prefix;
-      if (seenPrefixes.has(prefixKey) || reservedPaths.has(route.prefix)) {
+      // An exact route may refine a prefix route of the same path (e.g. admin-only listing). Routes match
+      // case-insensitively (src/routes.ts), so prefixes that differ only in case are the same prefix.
+      const prefixKey = route.exact ? `${route.prefix.toLowerCase()} (exact)` : route.prefix.toLowerCase();
+      if (seenPrefixes.has(prefixKey) || reservedPaths.has(route.prefix.toLowerCase())) {
         ctx.addIssue({ code: 'custom', path: ['routes', index, 'prefix'], message: 'is already taken', input: route.prefix });
       }
       if (route.roles && route.auth !== 'required') {
@@ -231,12 +310,28 @@ const configSchema = z
     if (config.trustedProxies && !config.trustProxy) {
       ctx.addIssue({ code: 'custom', path: ['trustedProxies'], message: 'need trustProxy true (TRUST_PROXY=true)', input: config.trustedProxies });
     }
-    if (config.environment === 'production' && config.auth.secret === DEVELOPMENT_JWT_SECRET) {
-      ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be set (JWT_SECRET) in production; the development secret is public', input: '(development secret)' });
-    } else if (config.environment === 'production' && config.auth.secret.length < 32) {
+    const { secret } = config.auth;
+    if (secret !== undefined && PUBLISHED_JWT_SECRETS.includes(secret)) {
+      ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'is a published secret: anyone could mint tokens with it', input: '(hidden)' });
+    } else if (config.environment === 'production' && secret === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be set (JWT_SECRET) in production', input: undefined });
+    } else if (config.environment === 'production' && secret!.length < 32) {
       ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be at least 32 characters in production', input: '(hidden)' });
     }
-  });
+    if (config.admin.port !== undefined && config.admin.port !== 0 && config.admin.port === config.port) {
+      ctx.addIssue({ code: 'custom', path: ['admin', 'port'], message: 'must differ from port: the internal listener is never the public one', input: config.admin.port });
+    }
+  })
+  .transform(({ auth: { secret, ...auth }, ...config }) => ({
+    ...config,
+    auth: {
+      ...auth,
+      // Outside production an unset secret is replaced by a random one: no token minted elsewhere verifies.
+      secret: secret ?? randomBytes(32).toString('base64url'),
+      /** `configured` (JWT_SECRET) or `generated` (random per process: tokens do not survive a restart or span replicas). */
+      secretSource: secret === undefined ? ('generated' as const) : ('configured' as const),
+    },
+  }));
 
 export type GatewayConfig = Readonly<z.output<typeof configSchema>>;
 export type RouteConfig = GatewayConfig['routes'][number];
@@ -251,6 +346,11 @@ export const ENV_OVERRIDES = {
   LOG_LEVEL: 'logLevel',
   TRUST_PROXY: 'trustProxy',
   TRUST_TRACEPARENT: 'trustTraceparent',
+  MAP_REQUEST_ID_TO_TRACE_ID: 'mapRequestIdToTraceId',
+  ALLOWED_HOSTS: 'allowedHosts',
+  HEADERS_WITH_UNDERSCORES: 'headersWithUnderscores',
+  ADMIN_PORT: 'admin.port',
+  ADMIN_HOST: 'admin.host',
   TRUSTED_PROXY_HOPS: 'trustedProxyHops',
   JWT_SECRET: 'auth.secret',
   JWT_ISSUER: 'auth.issuer',
@@ -265,7 +365,11 @@ export const ENV_OVERRIDES = {
   RATE_LIMIT_WINDOW_MS: 'rateLimit.windowMs',
   PROXY_TIMEOUT_MS: 'proxy.timeoutMs',
   REDIS_URL: 'rateLimit.redisUrl',
+  RATE_LIMIT_IPV6_PREFIX: 'rateLimit.ipv6PrefixLength',
 } as const satisfies Record<string, string>;
+
+/** Keys whose env value is a comma-separated list. */
+const LIST_KEYS: ReadonlySet<string> = new Set(['allowedHosts']);
 
 /** Path of the route file; relative paths resolve against the working directory. */
 export const CONFIG_PATH_VARIABLE = 'GATEWAY_CONFIG';
@@ -317,7 +421,8 @@ export function parseConfig(file: unknown, env: Env = {}): GatewayConfig {
     const raw = env[name];
     if (raw === undefined || raw === '') continue;
     // A service URL variable may list several instances: `http://a:4001,http://b:4001`.
-    const value = keyPath.endsWith('.url') && raw.includes(',') ? raw.split(',').map((url) => url.trim()) : envValue(raw);
+    const splitList = LIST_KEYS.has(keyPath) || (keyPath.endsWith('.url') && raw.includes(','));
+    const value = splitList ? raw.split(',').map((item) => item.trim()).filter(Boolean) : envValue(raw);
     setPath(merged, keyPath, value);
   }
   const result = configSchema.safeParse(merged, { reportInput: true });

@@ -6,6 +6,7 @@
 export const ERROR_CATALOG = {
   bad_request: { status: 400, title: 'Bad request' },
   bad_path: { status: 400, title: 'Path not allowed' },
+  header_not_allowed: { status: 400, title: 'Header not allowed' },
   invalid_body: { status: 400, title: 'Invalid request body' },
   missing_token: { status: 401, title: 'Authentication required' },
   invalid_token: { status: 401, title: 'Invalid token' },
@@ -13,20 +14,26 @@ export const ERROR_CATALOG = {
   forbidden: { status: 403, title: 'Forbidden' },
   route_not_found: { status: 404, title: 'Not found' },
   method_not_allowed: { status: 405, title: 'Method not allowed' },
+  request_timeout: { status: 408, title: 'Request timeout' },
   payload_too_large: { status: 413, title: 'Payload too large' },
   unsupported_media_type: { status: 415, title: 'Unsupported media type' },
+  host_not_allowed: { status: 421, title: 'Misdirected request' },
   rate_limited: { status: 429, title: 'Too many requests' },
   internal: { status: 500, title: 'Internal error' },
   upstream_refused: { status: 502, title: 'Upstream refused the connection' },
   upstream_reset: { status: 502, title: 'Upstream connection failed' },
   upstream_bad_response: { status: 502, title: 'Upstream answered badly' },
   upstream_unavailable: { status: 503, title: 'No healthy upstream' },
+  upstream_busy: { status: 503, title: 'Upstream busy' },
   rate_limit_unavailable: { status: 503, title: 'Rate limiting unavailable' },
   auth_unavailable: { status: 503, title: 'Token verification unavailable' },
   upstream_timeout: { status: 504, title: 'Upstream timed out' },
 } as const satisfies Record<string, { status: number; title: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOG;
+
+/** `Retry-After` of a 503 that names no better time, s. */
+export const DEFAULT_RETRY_AFTER_SECONDS = 1;
 
 export interface GatewayErrorOptions {
   /** Response headers that belong to this error (`WWW-Authenticate`, `Retry-After`, `Allow`). */
@@ -50,6 +57,10 @@ export class GatewayError extends Error {
     this.status = ERROR_CATALOG[code].status;
     this.title = ERROR_CATALOG[code].title;
     this.headers = options.headers ?? {};
+    // Every 503 says when to come back (RFC 9110 10.2.3), so no caller can forget it.
+    if (this.status === 503 && !Object.keys(this.headers).some((name) => name.toLowerCase() === 'retry-after')) {
+      this.headers = { ...this.headers, 'Retry-After': String(DEFAULT_RETRY_AFTER_SECONDS) };
+    }
     // Upstream failures are the gateway's own words about its upstream, safe and useful to show.
     this.expose = this.status < 500 || code.startsWith('upstream_');
   }
@@ -77,6 +88,7 @@ const CODE_BY_STATUS: Partial<Record<number, ErrorCode>> = {
   403: 'forbidden',
   404: 'route_not_found',
   405: 'method_not_allowed',
+  408: 'request_timeout',
   413: 'payload_too_large',
   415: 'unsupported_media_type',
   429: 'rate_limited',

@@ -10,36 +10,66 @@ export interface CompiledRoute {
   readonly pool: UpstreamPool;
   readonly upstreamPath: string;
   readonly exact: boolean;
-  /** Allowed methods, or undefined for any. */
+  /** Allowed methods (`HEAD` wherever `GET` is), or undefined for any. */
   readonly methods: ReadonlySet<string> | undefined;
   readonly auth: RouteConfig['auth'];
   /** Upstream idle timeout, ms. */
   readonly timeoutMs: number;
+  /** Longest whole upstream exchange, ms. */
+  readonly deadlineMs: number;
   readonly rateLimit: RateLimitConfig | undefined;
   /** Roles allowed on this route, or undefined for any authenticated caller. */
   readonly roles: ReadonlySet<string> | undefined;
+  /** The client's `Authorization` header goes on to the service. */
+  readonly forwardAuthorization: boolean;
 }
 
 export interface RouteMatch {
   kind: 'matched';
   route: CompiledRoute;
-  /** The upstream path (prefix replaced, rest of the path kept byte for byte). */
+  /** The upstream path: the route's `upstreamPath`, then the rest of the path byte for byte as the client sent it. */
   upstreamPath: string;
 }
 
-/** The path has routes, but none for this method. */
+/** The route that owns the path does not take this method. */
 export interface MethodMismatch {
   kind: 'method_not_allowed';
+  route: CompiledRoute;
+  /** The owning route's methods, for `Allow`. */
   allowed: string[];
 }
 
 export interface RouteTable {
   readonly routes: readonly CompiledRoute[];
   /**
-   * Matches a path that createPathGuard already accepted: longest prefix first, an exact route before a
-   * prefix route of the same path, and a route limited to other methods is passed over for the next one.
+   * The route that owns a path (createPathGuard already accepted it): the most specific route whose prefix
+   * covers the path's canonical form (see `routeKey`), an exact route before a prefix route of the same path.
+   * Undefined when none covers it, or when the path is another spelling of one the gateway answers itself.
    */
-  match(path: string, method: string): RouteMatch | MethodMismatch | undefined;
+  owner(rawPath: string): CompiledRoute | undefined;
+  /**
+   * The owner's decision for this method. A method the owner does not take is `method_not_allowed`: it never
+   * falls through to a less specific route with weaker rules. `HEAD` is `GET` for every rule.
+   */
+  match(rawPath: string, method: string): RouteMatch | MethodMismatch | undefined;
+}
+
+/**
+ * The form every spelling of one resource shares, which routing decides on: percent-decoded (encoded
+ * slashes, dots, backslashes and malformed escapes never get here: createPathGuard refuses them, so decoding
+ * is unambiguous), case-folded (most upstream routers, @koa/router and Express among them, match without
+ * case), and without a trailing slash (which they ignore too). `/API/%75sers/` and `/api/users` are one key,
+ * so a rule on one holds for the other.
+ */
+export function routeKey(rawPath: string): string {
+  let key = rawPath.includes('%') ? decodeURIComponent(rawPath) : rawPath;
+  key = key.toLowerCase();
+  return key.length > 1 && key.endsWith('/') ? key.slice(0, -1) : key;
+}
+
+/** Paths the gateway answers itself (login, health, readiness); other spellings of them reach no service. */
+export function ownPaths(config: GatewayConfig): string[] {
+  return [config.auth.loginPath, '/health', '/ready'];
 }
 
 export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, UpstreamPool>): RouteTable {
@@ -50,33 +80,57 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
     pool: pools.get(route.service)!,
     upstreamPath: route.upstreamPath,
     exact: route.exact,
-    methods: route.methods ? new Set(route.methods) : undefined,
+    // `HEAD` is a `GET` without the body (RFC 9110 9.3.2): whatever takes GET takes HEAD under the same rules.
+    methods: route.methods ? new Set(route.methods.includes('GET') ? [...route.methods, 'HEAD'] : route.methods) : undefined,
     auth: route.auth,
     timeoutMs: route.timeoutMs ?? config.proxy.timeoutMs,
+    deadlineMs: route.deadlineMs ?? config.proxy.deadlineMs,
     rateLimit: route.rateLimit,
     roles: route.roles ? new Set(route.roles) : undefined,
+    forwardAuthorization: route.forwardAuthorization,
   }));
-  const bySpecificity = [...routes].sort((a, b) => b.prefix.length - a.prefix.length || Number(b.exact) - Number(a.exact));
+  // Prefixes are plain segments, so their keys are just their lower-case form. More segments = more specific.
+  const bySpecificity = routes
+    .map((route) => ({ route, key: route.prefix.toLowerCase(), segments: route.prefix.split('/').length }))
+    .sort((a, b) => b.segments - a.segments || Number(b.route.exact) - Number(a.route.exact));
+  const reserved = new Set(ownPaths(config).map(routeKey));
+
+  function owner(rawPath: string): CompiledRoute | undefined {
+    const key = routeKey(rawPath);
+    if (reserved.has(key)) return undefined;
+    for (const { route, key: prefixKey } of bySpecificity) {
+      // Segment boundary: `/api/users` covers `/api/users/1`, never `/api/usersX`.
+      if (key === prefixKey || (!route.exact && key.startsWith(prefixKey) && key.charCodeAt(prefixKey.length) === 47 /* / */)) return route;
+    }
+    return undefined;
+  }
 
   return {
     routes,
-    match(path, method) {
-      const allowed = new Set<string>();
-      for (const route of bySpecificity) {
-        let upstreamPath: string | undefined;
-        if (path === route.prefix) upstreamPath = route.upstreamPath || '/';
-        // Segment boundary: `/api/users` must not match `/api/usersX`.
-        else if (!route.exact && path.startsWith(route.prefix) && path.charCodeAt(route.prefix.length) === 47 /* / */) {
-          upstreamPath = route.upstreamPath + path.slice(route.prefix.length);
-        }
-        if (upstreamPath === undefined) continue;
-        if (route.methods && !route.methods.has(method)) {
-          route.methods.forEach((allowedMethod) => allowed.add(allowedMethod));
-          continue;
-        }
-        return { kind: 'matched', route, upstreamPath };
+    owner,
+    match(rawPath, method) {
+      const route = owner(rawPath);
+      if (!route) return undefined;
+      if (route.methods && !route.methods.has(method)) {
+        return { kind: 'method_not_allowed', route, allowed: [...route.methods] };
       }
-      return allowed.size > 0 ? { kind: 'method_not_allowed', allowed: [...allowed] } : undefined;
+      return { kind: 'matched', route, upstreamPath: route.upstreamPath + restOf(rawPath, route.prefix) || '/' };
     },
   };
+}
+
+/**
+ * The part of the raw path after the route's prefix, as the client sent it. The prefix may be spelled
+ * differently in the raw path (case, encoded letters), but never across a `/` (encoded slashes are refused),
+ * so it spans exactly as many segments as the prefix has.
+ */
+function restOf(rawPath: string, prefix: string): string {
+  let slashes = prefix.split('/').length - 1;
+  let index = 0;
+  while (slashes > 0) {
+    index = rawPath.indexOf('/', index + 1);
+    if (index === -1) return '';
+    slashes--;
+  }
+  return rawPath.slice(index);
 }

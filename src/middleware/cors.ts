@@ -43,13 +43,10 @@ function compile(policy: CorsConfig): CompiledPolicy {
 export function createCors(options: CorsOptions): Middleware {
   const defaults = options.defaults && compile(options.defaults);
   const byRoute = new Map([...options.byRoute].map(([name, policy]) => [name, policy === false ? undefined : compile(policy)]));
-  const policyFor = (path: string, method: string): CompiledPolicy | undefined => {
-    let match = options.routes.match(path, method);
-    // A method the route does not take still belongs to that route's policy (its `cors: false` must hold for
-    // the 405 too); the route is the one that owns the path for a method it does take.
-    if (match?.kind === 'method_not_allowed') match = options.routes.match(path, match.allowed[0]!);
-    if (match?.kind === 'matched' && byRoute.has(match.route.name)) return byRoute.get(match.route.name);
-    return defaults;
+  // The route that owns the path decides for every method on it (its `cors: false` holds for the 405 too).
+  const policyFor = (path: string): CompiledPolicy | undefined => {
+    const route = options.routes.owner(path);
+    return route && byRoute.has(route.name) ? byRoute.get(route.name) : defaults;
   };
   const anyPolicy = defaults !== undefined || [...byRoute.values()].some(Boolean);
 
@@ -63,7 +60,7 @@ export function createCors(options: CorsOptions): Middleware {
     const origin = ctx.get('origin');
     if (!origin) return next();
     const preflightMethod = ctx.method === 'OPTIONS' ? ctx.get('access-control-request-method') : '';
-    const policy = policyFor(ctx.path, preflightMethod || ctx.method);
+    const policy = policyFor(ctx.path);
     const allowed = policy !== undefined && (policy.anyOrigin || policy.origins.has(origin));
 
     if (preflightMethod) {

@@ -25,6 +25,9 @@ export function pathProblem(rawPath: string): string | undefined {
   if (decoded.includes('\\')) return 'backslashes are not allowed';
   if (decoded.includes('//')) return 'empty path segments are not allowed';
   if (decoded.split('/').some((segment) => segment === '.' || segment === '..')) return 'dot segments are not allowed';
+  // Matrix parameters: Tomcat, Jetty and Spring strip `;...` from a segment before routing, so
+  // `/admin;x=1` would be `/admin` there but not here (Spring's StrictHttpFirewall refuses them too).
+  if (decoded.includes(';')) return 'path parameters (;) are not allowed';
   if (/%(2e|2f|5c)/i.test(decoded)) return 'double-encoded dots or slashes are not allowed';
   return undefined;
 }

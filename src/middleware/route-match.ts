@@ -6,7 +6,10 @@ export interface RouteMatchOptions {
   routes: RouteTable;
 }
 
-/** Finds the route for the (already guarded) path; no route is 404, a wrong method 405 with `Allow`. */
+/**
+ * Finds the route that owns the (already guarded) path: none is 404, a method the owner does not take is
+ * 405 with `Allow`, never a less specific route with weaker rules.
+ */
 export function createRouteMatch(options: RouteMatchOptions): Middleware {
   return async function matchRoute(ctx, next) {
     const match = options.routes.match(ctx.path, ctx.method);
@@ -15,8 +18,7 @@ export function createRouteMatch(options: RouteMatchOptions): Middleware {
       const allow = match.allowed.join(', ');
       throw new GatewayError('method_not_allowed', `${ctx.path} accepts ${allow}.`, { headers: { Allow: allow } });
     }
-    const { route } = match;
-    ctx.state.route = route;
+    ctx.state.route = match.route;
     ctx.state.upstreamPath = match.upstreamPath;
     await next();
   };

@@ -29,6 +29,10 @@ describe('pathProblem', () => {
     { desc: 'an encoded newline', path: '/api/users/1%0d%0aX-Injected:%201', reason: /control characters/ },
     { desc: 'overlong UTF-8 dots', path: '/api/users/%c0%ae%c0%ae/orders', reason: /percent-encoded UTF-8/ },
     { desc: 'a truncated escape', path: '/api/users/%e', reason: /percent-encoded UTF-8/ },
+    { desc: 'a matrix parameter', path: '/api/users;jsessionid=1', reason: /path parameters/ },
+    { desc: 'a matrix parameter mid-path', path: '/api/users;x/admin', reason: /path parameters/ },
+    { desc: 'an encoded semicolon', path: '/api/users%3bx=1', reason: /path parameters/ },
+    { desc: 'an upper-case encoded semicolon', path: '/api/users%3Bx=1', reason: /path parameters/ },
     { desc: 'a relative path', path: 'api/users', reason: /start with/ },
     { desc: 'a path longer than the limit', path: `/api/users/${'a'.repeat(3000)}`, reason: /longer than/ },
   ])('refuses $desc', ({ path, reason }) => {
