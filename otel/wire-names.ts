@@ -26,6 +26,41 @@ export const HEADER = {
  */
 export const GATEWAY_OWNED_HEADER_PREFIXES = ['x-user-', 'x-gateway-'] as const;
 
+/**
+ * Headers some frameworks let override the request's method or path (ASP.NET, Symfony, Laravel, Spring's
+ * HiddenHttpMethodFilter, IIS URL Rewrite, Zend): a service honouring them would act on another request than
+ * the one the gateway checked. Removed from every client request.
+ */
+export const REQUEST_REWRITE_HEADERS = [
+  'x-http-method-override',
+  'x-http-method',
+  'x-method-override',
+  'x-original-method',
+  'x-original-url',
+  'x-original-uri',
+  'x-rewrite-url',
+  'x-override-url',
+] as const;
+
+/**
+ * Forwarding headers a client could forge to change who or where it appears to be (address, scheme, host,
+ * path prefix). Honoured and passed on only when a trusted proxy sent them (createTrustedProxies).
+ */
+export const FORWARDING_HEADERS = [
+  'forwarded',
+  'x-forwarded-for',
+  'x-forwarded-host',
+  'x-forwarded-proto',
+  'x-forwarded-port',
+  'x-forwarded-prefix',
+  'x-forwarded-server',
+  'x-forwarded-scheme',
+  'x-forwarded-ssl',
+  'x-real-ip',
+  'x-client-ip',
+  'true-client-ip',
+] as const;
+
 /** The identity headers the gateway injects from a verified token. */
 export const IDENTITY_HEADERS = [HEADER.userId, HEADER.userRole, HEADER.userEmail] as const;
 
@@ -41,6 +76,8 @@ export const ATTR = {
   upstreamAttempts: 'gateway.upstream.attempts',
   errorCode: 'gateway.error.code',
   rateLimitDecision: 'gateway.rate_limit.decision',
+  /** `request_id` on a root span whose trace id was derived from the client's `X-Request-Id`. */
+  traceIdSource: 'gateway.trace_id.source',
 } as const;
 
 /** W3C baggage key that carries the request id next to `traceparent`. */

@@ -16,8 +16,9 @@ export interface AuthenticateOptions {
 const BEARER = /^[Bb][Ee][Aa][Rr][Ee][Rr] ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)$/;
 
 /**
- * Verifies the bearer token on routes that require one, then injects the identity headers that services
- * trust. Public routes pass through untouched (their forged identity headers were already stripped).
+ * Verifies the bearer token on routes that require one and records the caller in `ctx.state.user`; the proxy
+ * turns it into the identity headers services trust (src/upstream-headers.ts). Public routes pass through
+ * untouched (forged identity headers never reach a service on any route).
  * Challenges follow RFC 6750 section 3: no error code when the token is missing, `invalid_token` otherwise.
  */
 export function createAuthenticate(options: AuthenticateOptions): Middleware {
@@ -50,12 +51,6 @@ export function createAuthenticate(options: AuthenticateOptions): Middleware {
     }
 
     ctx.state.user = user;
-    const headers = ctx.req.headers;
-    headers[HEADER.userId] = user.id;
-    headers[HEADER.userRole] = user.role;
-    headers[HEADER.userEmail] = user.email;
-    // Services get the identity, not the credential: the token stops at the gateway.
-    delete headers[HEADER.authorization];
     await next();
   };
 }

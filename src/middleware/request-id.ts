@@ -29,7 +29,7 @@ export interface RequestIdOptions {
 /**
  * Decides the request id: a well-formed inbound `X-Request-Id` is kept; otherwise it is the trace id of the
  * request's span (so it opens the trace in Jaeger), or a fresh id when tracing is off. The id is echoed on
- * every response (errors included), forwarded upstream as `X-Request-Id` and as W3C baggage `request.id`,
+ * every response (errors included), forwarded upstream (the proxy writes `X-Request-Id` from `ctx.state`) and as W3C baggage `request.id`,
  * and set on the gateway's span.
  */
 export function createRequestId(options: RequestIdOptions = {}): Middleware {
@@ -41,7 +41,6 @@ export function createRequestId(options: RequestIdOptions = {}): Middleware {
     const traceId = span?.spanContext().traceId;
     const id = typeof inbound === 'string' && isWellFormedRequestId(inbound) ? inbound : traceId && trace.isSpanContextValid(span!.spanContext()) ? traceId : generate();
     ctx.state.requestId = id;
-    ctx.req.headers[HEADER.requestId] = id;
     ctx.set(HEADER.requestId, id);
     span?.setAttribute(ATTR.requestId, id);
     const baggage = (propagation.getBaggage(active) ?? propagation.createBaggage()).setEntry(BAGGAGE_REQUEST_ID, { value: id });

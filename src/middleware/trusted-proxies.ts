@@ -1,8 +1,6 @@
 import net from 'node:net';
 import type { Middleware } from 'koa';
-
-/** Forwarding headers a client could forge to change who it appears to be. */
-const FORWARDING_HEADERS = ['forwarded', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port', 'x-real-ip'];
+import { FORWARDING_HEADERS } from '../../otel/wire-names';
 
 export interface TrustedProxiesOptions {
   /** Honour `X-Forwarded-*` at all (Koa `app.proxy`). Default false. */

@@ -3,6 +3,7 @@ import net from 'node:net';
 import type { ProblemBody } from '../../src/middleware/errors';
 import { runServer, type RunningServer } from '../../otel/lifecycle';
 import { HEADER } from '../../otel/wire-names';
+import { PUBLISHED_JWT_SECRETS } from '../../src/config';
 import { createGateway } from '../../src/gateway';
 import { memoryLogger, type RecordedRequest } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
@@ -89,7 +90,8 @@ describe('hostile input at the gateway', () => {
   beforeAll(async () => {
     // Limits raised so that the many rows below measure the guards, not the rate limiter (tested elsewhere).
     const shippedAuth = shippedConfigFile().auth as Record<string, unknown>;
-    stack = await startStack({ env: { RATE_LIMIT_MAX: '100000' }, overrides: { auth: { ...shippedAuth, loginRateLimit: { max: 1000, windowMs: 60_000 } } } });
+    const routes = (shippedConfigFile().routes as { name: string }[]).map((route) => (route.name === 'register' ? { ...route, rateLimit: { max: 100_000, windowMs: 60_000 } } : route));
+    stack = await startStack({ env: { RATE_LIMIT_MAX: '100000' }, overrides: { routes, auth: { ...shippedAuth, loginRateLimit: { max: 1000, windowMs: 60_000 } } } });
     url = stack.gateway.url;
     bob = await login(url, 'bob@example.com', 'builder');
   });
@@ -122,6 +124,11 @@ describe('hostile input at the gateway', () => {
       { desc: 'a token without sub', authorization: async () => `Bearer ${await signToken({ subject: null })}`, code: 'invalid_token' },
       { desc: 'an HS512 token with the right secret (algorithm not allowed)', authorization: async () => `Bearer ${await signToken({ alg: 'HS512', secret: TEST_JWT_SECRET })}`, code: 'invalid_token' },
       { desc: 'an RS256 token (algorithm confusion)', authorization: async () => `Bearer ${await rs256Token()}`, code: 'invalid_token' },
+      {
+        desc: 'an admin token signed with the formerly published development secret',
+        authorization: async () => `Bearer ${await signToken({ secret: PUBLISHED_JWT_SECRETS[0]!, subject: '666', claims: { role: 'admin' } })}`,
+        code: 'invalid_token',
+      },
     ])('answers $desc with 401 $code, reaching no service', async ({ authorization, code }) => {
       const value = await authorization();
       const before = reached();
@@ -243,6 +250,10 @@ describe('hostile input at the gateway', () => {
       { desc: 'a truncated UTF-8 sequence', path: '/api/users/%e2%82' },
       { desc: 'backslashes', path: '/api/users\\..\\orders' },
       { desc: 'encoded backslashes', path: '/api/users/%5c..%5corders' },
+      { desc: 'a matrix parameter on the admin-only listing', path: '/api/users;jsessionid=1' },
+      { desc: 'an empty matrix parameter', path: '/api/users;' },
+      { desc: 'an encoded semicolon', path: '/api/users%3Bx' },
+      { desc: 'a matrix parameter mid-path', path: '/api/users;x=1/2' },
     ])('refuses $desc ($path) with 400 bad_path, reaching no service', async ({ path }) => {
       const before = reached();
       const reply = await send(url, path, { headers: { authorization: `Bearer ${bob}` } });
@@ -253,7 +264,6 @@ describe('hostile input at the gateway', () => {
 
     it.each([
       { desc: 'a longer first segment', path: '/api/usersX/1' },
-      { desc: 'an upper-case prefix', path: '/API/users/1' },
       { desc: 'a shorter segment', path: '/api/user' },
       { desc: 'an encoded space after the prefix', path: '/api/users%20/1' },
       { desc: 'the bare /api', path: '/api' },
@@ -283,6 +293,178 @@ describe('hostile input at the gateway', () => {
       expect(headerOf(reply, 'allow')).toBe('POST');
       expect(reached()).toBe(before);
       await expectStillServing();
+    });
+  });
+
+  describe('other spellings of a role-restricted resource (Bob, role user, vs the admin-only listing)', () => {
+    it.each([
+      { desc: 'the exact path', method: 'GET', path: '/api/users' },
+      { desc: 'a trailing slash', method: 'GET', path: '/api/users/' },
+      { desc: 'HEAD instead of GET', method: 'HEAD', path: '/api/users' },
+      { desc: 'HEAD with a trailing slash', method: 'HEAD', path: '/api/users/' },
+      { desc: 'an upper-case path', method: 'GET', path: '/API/USERS' },
+      { desc: 'a mixed-case path with a trailing slash', method: 'GET', path: '/Api/Users/' },
+      { desc: 'a percent-encoded letter', method: 'GET', path: '/api/%75sers' },
+      { desc: 'an encoded last letter, upper-case hex', method: 'GET', path: '/api/user%73' },
+      { desc: 'an encoded letter in the first segment', method: 'GET', path: '/%61pi/users/' },
+    ])('answers $desc ($method $path) with 403 forbidden, reaching no service', async ({ method, path }) => {
+      const before = reached();
+      const reply = await send(url, path, { method, headers: { authorization: `Bearer ${bob}` } });
+      expect(reply.status).toBe(403);
+      if (method !== 'HEAD') expectProblem(reply, 403, 'forbidden');
+      expect(reached()).toBe(before);
+      await expectStillServing();
+    });
+
+    it.each([
+      { desc: 'POST', method: 'POST', path: '/api/users' },
+      { desc: 'PUT with a trailing slash', method: 'PUT', path: '/api/users/' },
+      { desc: 'DELETE in upper case', method: 'DELETE', path: '/API/USERS' },
+      { desc: 'PATCH', method: 'PATCH', path: '/api/users' },
+      { desc: 'OPTIONS without a preflight', method: 'OPTIONS', path: '/api/users' },
+    ])('answers $desc on the exact admin route with 405 and its Allow, never the open prefix route', async ({ method, path }) => {
+      const before = reached();
+      const reply = await send(url, path, { method, headers: { authorization: `Bearer ${bob}`, 'content-type': 'application/json' }, body: method === 'POST' || method === 'PUT' || method === 'PATCH' ? '{}' : undefined });
+      expectProblem(reply, 405, 'method_not_allowed');
+      expect(headerOf(reply, 'allow')).toBe('GET, HEAD');
+      expect(reached()).toBe(before);
+      await expectStillServing();
+    });
+
+    it.each([
+      { desc: 'an upper-case prefix', path: '/API/users/2' },
+      { desc: 'an encoded letter in the prefix', path: '/api/%75sers/2' },
+      { desc: 'a trailing slash', path: '/api/users/2/' },
+    ])('routes $desc ($path) like its canonical form: Bob reads his own profile under the same rules', async ({ path }) => {
+      const requestId = nextRequestId();
+      const reply = await send(url, path, { headers: { authorization: `Bearer ${bob}`, [HEADER.requestId]: requestId } });
+      expect(reply.status).toBe(200);
+      const seen = seenWithRequestId(requestId);
+      expect(seen).toHaveLength(1);
+      expect(seen[0]!.headers[HEADER.userId]).toBe('2');
+      expect(seen[0]!.url.toLowerCase()).toMatch(/^\/users\/2\/?$/);
+    });
+  });
+
+  describe('Connection headers naming headers the gateway owns', () => {
+    it.each([
+      { desc: 'the identity and request id', connection: 'x-user-role, x-user-id, x-request-id' },
+      { desc: 'the e-mail identity header', connection: 'X-User-Email' },
+      { desc: 'the gateway timestamp', connection: 'x-gateway-timestamp' },
+      { desc: 'the forwarding headers', connection: 'x-forwarded-for, x-forwarded-host, x-forwarded-proto, x-forwarded-port' },
+      { desc: 'Host', connection: 'host' },
+      { desc: 'every owned name at once, with keep-alive', connection: 'keep-alive, x-user-id, x-user-role, x-user-email, x-request-id, x-gateway-timestamp, x-forwarded-for' },
+    ])('cannot remove $desc from what the service receives', async ({ connection }) => {
+      const requestId = nextRequestId();
+      const reply = await send(url, '/api/users/2', { headers: { authorization: `Bearer ${bob}`, [HEADER.requestId]: requestId, connection } });
+      expect(reply.status).toBe(200);
+      const seen = seenWithRequestId(requestId);
+      expect(seen).toHaveLength(1);
+      expect(seen[0]!.headers).toMatchObject({
+        [HEADER.userId]: '2',
+        [HEADER.userRole]: 'user',
+        [HEADER.userEmail]: 'bob@example.com',
+        [HEADER.requestId]: requestId,
+        host: new URL(stack.users.url).host,
+        'x-forwarded-for': '127.0.0.1',
+        'x-forwarded-host': new URL(url).host,
+        'x-forwarded-proto': 'http',
+        'x-forwarded-port': new URL(url).port,
+      });
+      expect(seen[0]!.headers[HEADER.gatewayTimestamp]).toEqual(expect.any(String));
+      await expectStillServing();
+    });
+
+    it('still removes a client header its Connection lists (a real hop-by-hop header)', async () => {
+      const requestId = nextRequestId();
+      await send(url, '/api/users/2', { headers: { authorization: `Bearer ${bob}`, [HEADER.requestId]: requestId, connection: 'x-hop-only', 'x-hop-only': 'one hop', 'x-end-to-end': 'kept' } });
+      const seen = seenWithRequestId(requestId);
+      expect(seen[0]!.headers['x-hop-only']).toBeUndefined();
+      expect(seen[0]!.headers['x-end-to-end']).toBe('kept');
+    });
+  });
+
+  describe('look-alike and request-rewriting headers', () => {
+    const smuggled: { desc: string; headers: Record<string, string> }[] = [
+      { desc: 'X_User_Id: 1', headers: { X_User_Id: '1' } },
+      { desc: 'X_User_Role: admin', headers: { X_User_Role: 'admin' } },
+      { desc: 'X_User_Email', headers: { X_User_Email: 'alice@example.com' } },
+      { desc: 'X-User_Id (mixed separators)', headers: { 'X-User_Id': '1' } },
+      { desc: 'X_Gateway_Timestamp', headers: { X_Gateway_Timestamp: '1999-01-01T00:00:00.000Z' } },
+      { desc: 'X_Forwarded_For', headers: { X_Forwarded_For: '6.6.6.6' } },
+      { desc: 'X_Real_IP', headers: { X_Real_IP: '6.6.6.6' } },
+      { desc: 'X_Request_Id', headers: { X_Request_Id: 'smuggled-id' } },
+      { desc: 'X-HTTP-Method-Override: DELETE', headers: { 'X-HTTP-Method-Override': 'DELETE' } },
+      { desc: 'X-HTTP-Method: DELETE', headers: { 'X-HTTP-Method': 'DELETE' } },
+      { desc: 'X-Method-Override: PUT', headers: { 'X-Method-Override': 'PUT' } },
+      { desc: 'X-Original-Method: DELETE', headers: { 'X-Original-Method': 'DELETE' } },
+      { desc: 'X-Original-URL: /users', headers: { 'X-Original-URL': '/users' } },
+      { desc: 'X-Original-URI: /users', headers: { 'X-Original-URI': '/users' } },
+      { desc: 'X-Rewrite-URL: /users', headers: { 'X-Rewrite-URL': '/users' } },
+      { desc: 'X-Override-URL: /users', headers: { 'X-Override-URL': '/users' } },
+      { desc: 'X-Forwarded-Prefix: /evil', headers: { 'X-Forwarded-Prefix': '/evil' } },
+      { desc: 'X-Client-IP and True-Client-IP', headers: { 'X-Client-IP': '6.6.6.6', 'True-Client-IP': '6.6.6.6' } },
+    ];
+
+    it.each(smuggled)('drops $desc on an authenticated route: the service never sees it', async ({ headers }) => {
+      const requestId = nextRequestId();
+      const reply = await send(url, '/api/users/2', { headers: { ...headers, authorization: `Bearer ${bob}`, [HEADER.requestId]: requestId } });
+      expect(reply.status).toBe(200);
+      const seen = seenWithRequestId(requestId);
+      expect(seen).toHaveLength(1);
+      for (const name of Object.keys(headers)) expect(seen[0]!.headers[name.toLowerCase()]).toBeUndefined();
+      expect(seen[0]!.headers).toMatchObject({ [HEADER.userId]: '2', [HEADER.userRole]: 'user', 'x-forwarded-for': '127.0.0.1' });
+      expect(JSON.stringify(seen[0]!.headers)).not.toMatch(/6\.6\.6\.6|smuggled-id|\/evil|DELETE/);
+    });
+
+    it.each(smuggled.slice(0, 4))('drops $desc on the public register route too', async ({ headers }) => {
+      const requestId = nextRequestId();
+      const reply = await send(url, '/api/auth/register', {
+        method: 'POST',
+        headers: { ...headers, 'content-type': 'application/json', [HEADER.requestId]: requestId },
+        body: JSON.stringify({ name: 'Mallory', email: `mallory-${requestId}@example.com`, password: 'long enough' }),
+      });
+      expect(reply.status).toBe(201);
+      const seen = seenWithRequestId(requestId);
+      expect(seen).toHaveLength(1);
+      expect(Object.keys(seen[0]!.headers).filter((name) => name.includes('_') || name.startsWith('x-user-'))).toEqual([]);
+    });
+  });
+
+  describe('the bearer token stops at the gateway', () => {
+    it.each([
+      { desc: 'on an authenticated route', method: 'GET', path: '/api/users/2', authorization: () => `Bearer ${bob}` },
+      { desc: 'on the public register route', method: 'POST', path: '/api/auth/register', authorization: () => `Bearer ${bob}` },
+      { desc: 'on a public route, even when it is not a valid token', method: 'POST', path: '/api/auth/register', authorization: () => 'Bearer not-a-token' },
+      { desc: 'on a public route, with another scheme', method: 'POST', path: '/api/auth/register', authorization: () => 'Basic YWxpY2U6d29uZGVybGFuZA==' },
+    ])('never forwards Authorization $desc', async ({ method, path, authorization }) => {
+      const requestId = nextRequestId();
+      const body = method === 'POST' ? JSON.stringify({ name: 'Mallory', email: `mallory-${requestId}@example.com`, password: 'long enough' }) : undefined;
+      const reply = await send(url, path, { method, headers: { authorization: authorization(), 'content-type': 'application/json', [HEADER.requestId]: requestId }, body });
+      expect([200, 201]).toContain(reply.status);
+      const seen = seenWithRequestId(requestId);
+      expect(seen).toHaveLength(1);
+      expect(seen[0]!.headers.authorization).toBeUndefined();
+      expect(JSON.stringify(seen[0]!.headers)).not.toContain(bob.slice(-20));
+    });
+  });
+
+  describe('secrets in the URL', () => {
+    it.each([
+      { desc: 'an encoded parameter name', query: '%74oken=SECRET-1' },
+      { desc: 'a mixed-case name', query: 'Access_Token=SECRET-2' },
+      { desc: 'a repeated name', query: 'token=SECRET-3&page=1&token=SECRET-4' },
+      { desc: 'a double-encoded name', query: '%2570assword=SECRET-5' },
+    ])('never logs the value of $desc', async ({ query }) => {
+      const requestId = nextRequestId();
+      await send(url, `/api/users/2?${query}`, { headers: { authorization: `Bearer ${bob}`, [HEADER.requestId]: requestId } });
+      // The access line is written when the response closes: wait for it, then look at it.
+      const deadline = Date.now() + 5000;
+      let line: Record<string, unknown> | undefined;
+      while (!(line = stack.gatewayLogs.find((entry) => entry.request_id === requestId && entry.message === 'request completed')) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(line).toBeDefined();
+      expect(JSON.stringify(line)).not.toMatch(/SECRET-\d/);
+      expect(String(line!.url)).toContain('[REDACTED]');
     });
   });
 

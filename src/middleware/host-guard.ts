@@ -1,0 +1,34 @@
+import type { Middleware } from 'koa';
+import { UNTRACED_PATHS } from '../../otel/telemetry-config';
+import { GatewayError } from '../errors';
+
+export interface HostGuardOptions {
+  /** Host names served (`api.example.com`, `*.example.com`); undefined = any. */
+  allowedHosts: readonly string[] | undefined;
+}
+
+/**
+ * Answers 421 for a host the gateway does not serve. Services build absolute links from `X-Forwarded-Host`;
+ * without this a client's `Host: evil.example` would become that header (host-header poisoning of password
+ * reset links, cache keys, redirects). The host is the one Koa settled on: a trusted proxy's
+ * `X-Forwarded-Host`, else `Host`; compared without port and case. Health probes (`/health`, `/ready`) are
+ * exempt: orchestrators call them by address.
+ */
+export function createHostGuard(options: HostGuardOptions): Middleware | undefined {
+  if (options.allowedHosts === undefined) return undefined;
+  const exact = new Set<string>();
+  const suffixes: string[] = [];
+  for (const host of options.allowedHosts.map((entry) => entry.toLowerCase())) {
+    if (host.startsWith('*.')) suffixes.push(host.slice(1));
+    else exact.add(host.replace(/^\[(.*)\]$/, '$1'));
+  }
+  const allowed = (hostname: string) => exact.has(hostname) || suffixes.some((suffix) => hostname.endsWith(suffix) && hostname.length > suffix.length);
+
+  return async function guardHost(ctx, next) {
+    if (!UNTRACED_PATHS.includes(ctx.path)) {
+      const hostname = ctx.hostname.toLowerCase().replace(/^\[(.*)\]$/, '$1');
+      if (!allowed(hostname)) throw new GatewayError('host_not_allowed', `This gateway does not serve the host ${JSON.stringify(hostname.slice(0, 100))}.`);
+    }
+    await next();
+  };
+}

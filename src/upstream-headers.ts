@@ -1,0 +1,109 @@
+import type http from 'node:http';
+import { GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEADERS, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
+import type { AuthenticatedUser } from './context';
+
+/**
+ * Who owns which request header on the way to a service, in one place. The client's headers are filtered
+ * first; everything the gateway vouches for (identity, request id, forwarding chain, timestamp, Host) is
+ * written afterwards from the gateway's own state, so no client header, and no name a client lists in
+ * `Connection`, can remove or replace it.
+ */
+
+/** What to do with client header names containing `_` (see config `headersWithUnderscores`). */
+export type UnderscoreHeaderPolicy = 'drop' | 'reject' | 'allow';
+
+/**
+ * Hop-by-hop headers (RFC 9110 7.6.1) describe one connection and are never forwarded; `expect` was already
+ * answered by Node's server. undici frames the body itself (chunked when the length is unknown).
+ */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'expect']);
+const REWRITE = new Set<string>(REQUEST_REWRITE_HEADERS);
+/** Forwarding headers this hop writes itself (the others a trusted proxy sent pass as they are). */
+const REBUILT_FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port']);
+
+/**
+ * Client header names the gateway never passes on, whatever the route: names under a prefix the gateway owns
+ * (`x-user-*`, `x-gateway-*`), request-rewriting headers (`X-HTTP-Method-Override`, `X-Original-URL`, ...)
+ * that would let a service act on another method or path than the one the gateway checked, and, under the
+ * `drop` policy, names with `_`, which CGI, PHP, Rack and WSGI read as their `-` twins (`X_User_Id` is
+ * `HTTP_X_USER_ID`, the same as `X-User-Id`).
+ */
+export function isForbiddenClientHeader(name: string, underscores: UnderscoreHeaderPolicy): boolean {
+  return GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) || REWRITE.has(name) || (underscores !== 'allow' && name.includes('_'));
+}
+
+/** The names a message's `Connection` header lists: hop-by-hop for that one connection. */
+function connectionListed(connection: string | string[] | undefined): Set<string> | undefined {
+  if (connection === undefined) return undefined;
+  const text = Array.isArray(connection) ? connection.join(',') : connection;
+  return new Set(text.split(',').map((name) => name.trim().toLowerCase()));
+}
+
+/**
+ * A message's end-to-end headers: all but the hop-by-hop ones, which include the names its own `Connection`
+ * header lists, and those `drop` names.
+ */
+export function endToEndHeaders<T>(source: Record<string, T | undefined>, drop?: (name: string) => boolean): Record<string, T> {
+  const listed = connectionListed(source.connection as string | string[] | undefined);
+  const headers: Record<string, T> = {};
+  for (const name in source) {
+    const value = source[name];
+    if (value === undefined || HOP_BY_HOP.has(name) || listed?.has(name) || drop?.(name)) continue;
+    headers[name] = value;
+  }
+  return headers;
+}
+
+export interface UpstreamRequestHeadersInput {
+  /** The client's request headers (forwarding headers already removed unless a trusted proxy sent them). */
+  client: http.IncomingHttpHeaders;
+  underscores: UnderscoreHeaderPolicy;
+  /** The route lets the client's `Authorization` through (a service that verifies tokens itself). */
+  forwardAuthorization: boolean;
+  /** `host[:port]` of the chosen instance. */
+  targetHost: string;
+  requestId: string;
+  /** Set only after a token verified. */
+  user?: AuthenticatedUser;
+  /** The TCP peer, appended to `X-Forwarded-For`. */
+  peerAddress: string;
+  /** What the client asked for, as the gateway saw it (a trusted proxy's `X-Forwarded-Host` / `-Proto` when one sent them). */
+  publicHost: string;
+  publicProto: string;
+  publicPort: string;
+  /** ISO time the gateway forwarded the request at. */
+  timestamp: string;
+}
+
+/**
+ * The headers a service receives. First the client's, minus hop-by-hop ones (and those its `Connection`
+ * lists), forbidden names (see isForbiddenClientHeader), the credential (unless the route forwards it) and
+ * every header the gateway writes itself; then the gateway's own, which therefore always win.
+ */
+export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Record<string, string | string[]> {
+  const { client } = input;
+  const headers = endToEndHeaders(
+    client,
+    (name) =>
+      isForbiddenClientHeader(name, input.underscores) ||
+      (name === HEADER.authorization && !input.forwardAuthorization) ||
+      name === HEADER.requestId ||
+      name === 'host' ||
+      // Rebuilt below from what a trusted proxy said (createTrustedProxies removed them from anyone else).
+      REBUILT_FORWARDING.has(name),
+  );
+  headers.host = input.targetHost;
+  headers[HEADER.requestId] = input.requestId;
+  // The chain a trusted proxy started, with this hop's peer appended (as http-proxy's xfwd did).
+  const chain = client['x-forwarded-for'];
+  headers['x-forwarded-for'] = chain ? `${Array.isArray(chain) ? chain.join(',') : chain},${input.peerAddress}` : input.peerAddress;
+  headers['x-forwarded-host'] = input.publicHost;
+  headers['x-forwarded-proto'] = input.publicProto;
+  headers['x-forwarded-port'] = input.publicPort;
+  headers[HEADER.gatewayTimestamp] = input.timestamp;
+  if (input.user) {
+    const identity: Record<(typeof IDENTITY_HEADERS)[number], string> = { [HEADER.userId]: input.user.id, [HEADER.userRole]: input.user.role, [HEADER.userEmail]: input.user.email };
+    Object.assign(headers, identity);
+  }
+  return headers;
+}

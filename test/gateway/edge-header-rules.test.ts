@@ -1,0 +1,183 @@
+import http from 'node:http';
+import fc from 'fast-check';
+import { HEADER } from '../../otel/wire-names';
+import { upstreamRequestHeaders, type UnderscoreHeaderPolicy } from '../../src/upstream-headers';
+import { login, startStack, type TestStack } from '../helpers/stack';
+import { shippedConfigFile } from '../helpers/test-config';
+
+interface Reply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Record<string, unknown>;
+}
+
+/** One request with the Host and other headers exactly as given (fetch would not let Host through). */
+function send(origin: string, path: string, headers: http.OutgoingHttpHeaders, method = 'GET'): Promise<Reply> {
+  const { hostname, port } = new URL(origin);
+  return new Promise((resolve, reject) => {
+    const request = http.request({ host: hostname, port: Number(port), path, method, headers, agent: false, setHost: !('host' in headers) }, (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => {
+        const text = Buffer.concat(chunks).toString();
+        resolve({ status: response.statusCode ?? 0, headers: response.headers, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} });
+      });
+    });
+    request.on('error', reject);
+    request.end();
+  });
+}
+
+describe('allowed hosts', () => {
+  let stack: TestStack;
+  let token: string;
+  let requestCount = 0;
+  const seen = (requestId: string) => stack.serviceRequests().filter((request) => request.headers[HEADER.requestId] === requestId);
+
+  beforeAll(async () => {
+    stack = await startStack({ env: { ALLOWED_HOSTS: 'api.example.test, *.apps.example.test, 127.0.0.1' } });
+    token = await login(stack.gateway.url, 'bob@example.com', 'builder');
+  });
+  afterAll(() => stack.close());
+
+  it.each([
+    { desc: 'an unknown host', host: 'evil.example' },
+    { desc: 'an allowed name as a prefix of another', host: 'api.example.test.evil.example' },
+    { desc: 'the apex of a wildcard', host: 'apps.example.test' },
+    { desc: 'an unknown host in upper case', host: 'EVIL.EXAMPLE' },
+    { desc: 'a look-alike suffix', host: 'evilapps.example.test' },
+    { desc: 'an empty Host', host: '' },
+  ])('answers $desc ($host) with 421 host_not_allowed, reaching no service', async ({ host }) => {
+    const requestId = `host-${++requestCount}`;
+    const reply = await send(stack.gateway.url, '/api/users/2', { host, authorization: `Bearer ${token}`, [HEADER.requestId]: requestId });
+    expect(reply.status).toBe(421);
+    expect(reply.body).toMatchObject({ code: 'host_not_allowed', requestId });
+    expect(seen(requestId)).toHaveLength(0);
+  });
+
+  it.each([
+    { desc: 'an allowed name', host: 'api.example.test', forwardedHost: 'api.example.test' },
+    { desc: 'an allowed name with a port', host: 'api.example.test:8443', forwardedHost: 'api.example.test:8443' },
+    { desc: 'an allowed name in upper case', host: 'API.Example.TEST', forwardedHost: 'API.Example.TEST' },
+    { desc: 'a subdomain of a wildcard', host: 'tenant-1.apps.example.test', forwardedHost: 'tenant-1.apps.example.test' },
+  ])('serves $desc and forwards it as X-Forwarded-Host', async ({ host, forwardedHost }) => {
+    const requestId = `host-${++requestCount}`;
+    const reply = await send(stack.gateway.url, '/api/users/2', { host, authorization: `Bearer ${token}`, [HEADER.requestId]: requestId, 'x-forwarded-host': 'evil.example' });
+    expect(reply.status).toBe(200);
+    const [request] = seen(requestId);
+    expect(request?.headers['x-forwarded-host']).toBe(forwardedHost);
+    expect(request?.headers['x-forwarded-proto']).toBe('http');
+  });
+
+  it('still answers health probes that address the gateway by another name', async () => {
+    expect((await send(stack.gateway.url, '/health', { host: '10.1.2.3:3000' })).status).toBe(200);
+  });
+});
+
+describe('X-Forwarded-Host and -Proto from a trusted proxy', () => {
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    stack = await startStack({ overrides: { trustProxy: true, trustedProxies: ['127.0.0.1/32'], allowedHosts: ['api.example.test'] } });
+  });
+  afterAll(() => stack.close());
+
+  it('forwards what the trusted proxy said, and checks that host against the allowed ones', async () => {
+    const allowed = await send(stack.gateway.url, '/api/auth/register', { host: 'internal-lb:3000', 'x-forwarded-host': 'api.example.test', 'x-forwarded-proto': 'https', [HEADER.requestId]: 'trusted-1' }, 'GET');
+    expect(allowed.status).toBe(405); // reached the route: the host was accepted
+    const refused = await send(stack.gateway.url, '/api/users/2', { host: 'api.example.test', 'x-forwarded-host': 'evil.example', [HEADER.requestId]: 'trusted-2' });
+    expect(refused.status).toBe(421);
+  });
+});
+
+describe('header names with underscores, policy reject', () => {
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    stack = await startStack({ env: { HEADERS_WITH_UNDERSCORES: 'reject' } });
+  });
+  afterAll(() => stack.close());
+
+  it.each([
+    { desc: 'X_User_Id', name: 'X_User_Id' },
+    { desc: 'a harmless-looking name', name: 'my_header' },
+  ])('answers $desc with 400 header_not_allowed, reaching no service', async ({ name }) => {
+    const before = stack.serviceRequests().length;
+    const reply = await send(stack.gateway.url, '/api/auth/register', { [name]: '1' }, 'POST');
+    expect(reply.status).toBe(400);
+    expect(reply.body).toMatchObject({ code: 'header_not_allowed' });
+    expect(stack.serviceRequests().length).toBe(before);
+  });
+});
+
+describe('routes that opt in to forwardAuthorization', () => {
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    const routes = (shippedConfigFile().routes as { name: string }[]).map((route) => (route.name === 'orders' ? { ...route, forwardAuthorization: true } : route));
+    stack = await startStack({ overrides: { routes } });
+  });
+  afterAll(() => stack.close());
+
+  it('passes the token on to that route only', async () => {
+    const token = await login(stack.gateway.url);
+    await send(stack.gateway.url, '/api/orders', { authorization: `Bearer ${token}`, [HEADER.requestId]: 'fwd-orders' });
+    await send(stack.gateway.url, '/api/users/1', { authorization: `Bearer ${token}`, [HEADER.requestId]: 'fwd-users' });
+    const byId = (id: string) => stack.serviceRequests().find((request) => request.headers[HEADER.requestId] === id);
+    expect(byId('fwd-orders')?.headers.authorization).toBe(`Bearer ${token}`);
+    expect(byId('fwd-users')).toBeDefined();
+    expect(byId('fwd-users')?.headers.authorization).toBeUndefined();
+  });
+});
+
+describe('upstream request headers (property over generated client headers)', () => {
+  /** Names a client might try: owned ones in every case and separator, rewriting ones, forwarding ones, ordinary ones. */
+  const nameArbitrary = fc.oneof(
+    fc.constantFrom('x-user-id', 'x-user-role', 'x-user-email', 'x-user-anything', 'x-gateway-timestamp', 'x-gateway-x', 'x-request-id', 'authorization', 'host'),
+    fc.constantFrom('x_user_id', 'x-user_role', 'x_gateway_timestamp', 'x_request_id', 'x_forwarded_for'),
+    fc.constantFrom('x-http-method-override', 'x-original-url', 'x-rewrite-url', 'x-method-override'),
+    fc.constantFrom('x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port'),
+    fc.constantFrom('accept', 'content-type', 'x-custom', 'cookie', 'keep-alive', 'te', 'upgrade'),
+  );
+
+  it('always carries exactly the gateway’s owned values, whatever the client sent or listed in Connection', () => {
+    fc.assert(
+      fc.property(
+        fc.dictionary(nameArbitrary, fc.stringMatching(/^[ -~]{0,20}$/), { maxKeys: 12 }),
+        fc.array(nameArbitrary, { maxLength: 6 }),
+        fc.constantFrom<UnderscoreHeaderPolicy>('drop', 'reject', 'allow'),
+        fc.boolean(),
+        fc.boolean(),
+        (client, listed, underscores, authenticated, forwardAuthorization) => {
+          const input = { ...client, ...(listed.length ? { connection: listed.join(', ') } : {}) };
+          const user = authenticated ? { id: '2', role: 'user', email: 'bob@example.com' } : undefined;
+          const headers = upstreamRequestHeaders({
+            client: input,
+            underscores,
+            forwardAuthorization,
+            targetHost: 'users:4001',
+            requestId: 'gateway-id',
+            user,
+            peerAddress: '127.0.0.1',
+            publicHost: 'api.example.test',
+            publicProto: 'https',
+            publicPort: '443',
+            timestamp: '2026-12-01T00:00:00.000Z',
+          });
+          expect(headers).toMatchObject({ host: 'users:4001', [HEADER.requestId]: 'gateway-id', 'x-forwarded-host': 'api.example.test', 'x-forwarded-proto': 'https', 'x-forwarded-port': '443', [HEADER.gatewayTimestamp]: '2026-12-01T00:00:00.000Z' });
+          const owned = Object.keys(headers).filter((name) => name.startsWith('x-user-') || name.startsWith('x-gateway-'));
+          expect(owned.sort()).toEqual([HEADER.gatewayTimestamp, ...(user ? [HEADER.userEmail, HEADER.userId, HEADER.userRole] : [])].sort());
+          if (user) expect(headers).toMatchObject({ [HEADER.userId]: '2', [HEADER.userRole]: 'user', [HEADER.userEmail]: 'bob@example.com' });
+          // The chain is the (untrusted-free) client chain plus this peer; nothing else of the client's.
+          expect(String(headers['x-forwarded-for']).endsWith('127.0.0.1')).toBe(true);
+          for (const name of Object.keys(headers)) {
+            if (underscores !== 'allow') expect(name.includes('_')).toBe(false);
+            expect(['x-http-method-override', 'x-original-url', 'x-rewrite-url', 'x-method-override', 'connection', 'keep-alive', 'te', 'upgrade']).not.toContain(name);
+          }
+          expect('authorization' in headers).toBe(forwardAuthorization && 'authorization' in client && !listed.includes('authorization'));
+        },
+      ),
+      { seed: 20261201, numRuns: 500 },
+    );
+  });
+});
