@@ -17,6 +17,8 @@ export interface RunServerOptions {
   onShutdown?: () => Promise<void>;
   /** Client timeouts, ms (Node's defaults when absent): whole head, whole request, idle keep-alive. */
   timeouts?: { headersMs: number; requestMs: number; keepAliveMs: number };
+  /** Client connections open at once; Node closes further ones at accept. Unbounded when absent. */
+  maxConnections?: number;
 }
 
 export interface RunningServer {
@@ -61,6 +63,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
     app.callback(),
   );
   server.on('clientError', answerClientError);
+  if (options.maxConnections !== undefined) server.maxConnections = options.maxConnections;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port, options.host, () => resolve());

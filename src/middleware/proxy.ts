@@ -3,16 +3,26 @@ import { PassThrough } from 'node:stream';
 import { context, trace, type Context as OtelContext, type Span, type Tracer } from '@opentelemetry/api';
 import type { Context as KoaContext, Middleware } from 'koa';
 import { Agent, type Dispatcher } from 'undici';
-import { ATTR, HEADER } from '../../otel/wire-names';
+import { ATTR } from '../../otel/wire-names';
 import { GatewayError, upstreamFailure } from '../errors';
+import type { CompiledRoute } from '../routes';
+import { endToEndHeaders, upstreamRequestHeaders, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
 
 export interface ProxyOptions {
   /** Keep-alive connections per upstream origin. */
   maxSockets: number;
+  /** Requests that may wait for one of an instance's `maxSockets`; beyond, 503 `upstream_busy`. */
+  maxPendingRequests: number;
   /** Largest request body forwarded, bytes; 413 beyond (declared or streamed). */
   maxBodyBytes: number;
+  /** Least average request-body rate once `bodyGracePeriodMs` has passed, bytes/s; 0 = off. Slower: 408. */
+  minBodyBytesPerSecond: number;
+  /** ms */
+  bodyGracePeriodMs: number;
+  /** Client header names with `_`: see config `headersWithUnderscores`. */
+  underscores: UnderscoreHeaderPolicy;
   /** Makes the CLIENT span of each upstream call. */
   tracer: Tracer;
 }
@@ -24,16 +34,14 @@ interface Exchange {
   status?: number;
   failure?: Error;
   timedOut?: boolean;
+  /** The whole exchange outlived the route's deadline. */
+  deadlineExceeded?: boolean;
   bodyTooLarge?: boolean;
+  /** The client sent its body slower than the minimum rate. */
+  bodyTooSlow?: boolean;
   upstreamAborted?: boolean;
   clientClosed?: boolean;
 }
-
-/**
- * Hop-by-hop headers (RFC 9110 7.6.1) describe one connection and are never forwarded; `expect` was already
- * answered by Node's server. undici frames the body itself (chunked when the length is unknown).
- */
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'expect']);
 
 /** undici's codes for the idle timeouts (no headers, then no body data, for `timeoutMs`). */
 const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
@@ -47,27 +55,63 @@ const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT'
  * both ways with back-pressure, and the gateway's hardening: an idle timeout told apart from a reset (504 vs
  * 502), failures thrown as typed errors, an upstream that dies mid-response closing the client connection at
  * once, a body limit on declared and streamed bodies, bounded retries on other instances.
+ *
+ * No client can hold an instance's connections for long: an exchange ends at the route's deadline, a body
+ * trickling in below the minimum rate is cut (408), and once every connection is busy only
+ * `maxPendingRequests` more may wait; later ones get 503 `upstream_busy` at once instead of an unbounded queue.
  */
 export function createProxy(options: ProxyOptions): Middleware {
   const upstreams = new Agent({ connections: options.maxSockets, pipelining: 1 });
+  /** Exchanges undici holds per instance (running or queued for a connection). */
+  const inFlight = new Map<UpstreamInstance, number>();
+  const capacity = options.maxSockets + options.maxPendingRequests;
+  const hasRoom = (instance: UpstreamInstance) => (inFlight.get(instance) ?? 0) < capacity;
 
   /** One attempt against one instance; settles when the attempt is over, never rejects. */
-  function forward(ctx: KoaContext, instance: UpstreamInstance, attempt: number, parent: OtelContext, timeoutMs: number, service: string, corsApplied: boolean): Promise<Exchange> {
+  function forward(ctx: KoaContext, instance: UpstreamInstance, attempt: number, parent: OtelContext, route: CompiledRoute, corsApplied: boolean): Promise<Exchange> {
     const { req, res } = ctx;
     const path = ctx.state.upstreamPath!;
-    const exchange: Exchange = { span: startUpstreamSpan(options.tracer, { method: req.method!, instance, path, service, attempt }, parent) };
-    const headers = forwardedHeaders(req, instance.host);
+    const exchange: Exchange = { span: startUpstreamSpan(options.tracer, { method: req.method!, instance, path, service: route.service, attempt }, parent) };
+    const headers = upstreamRequestHeaders({
+      client: req.headers,
+      underscores: options.underscores,
+      forwardAuthorization: route.forwardAuthorization,
+      targetHost: instance.host,
+      requestId: ctx.state.requestId,
+      user: ctx.state.user,
+      peerAddress: req.socket.remoteAddress ?? '',
+      publicHost: ctx.host,
+      publicProto: ctx.protocol,
+      publicPort: publicPort(ctx),
+      timestamp: new Date().toISOString(),
+    });
     injectTraceHeaders(exchange.span, parent, headers);
     const withBody = hasBody(req.headers);
+    inFlight.set(instance, (inFlight.get(instance) ?? 0) + 1);
 
     return new Promise((settle) => {
       let settled = false;
+      let released = false;
       let upstream: Dispatcher.DispatchController | undefined;
+      const timers: NodeJS.Timeout[] = [];
+      /** undici is done with the request (ended, failed, or aborted when it finally got a connection). */
+      const release = () => {
+        if (released) return;
+        released = true;
+        inFlight.set(instance, inFlight.get(instance)! - 1);
+      };
       const done = () => {
         if (settled) return;
         settled = true;
+        timers.forEach(clearTimeout);
         res.off('close', onClientClose);
         settle(exchange);
+      };
+      /** Ends the exchange on the gateway's decision: before the response started the client gets our answer, after it a cut. */
+      const cut = (reason: string) => {
+        upstream?.abort(new Error(reason));
+        if (exchange.status === undefined) done();
+        else if (!res.writableEnded) res.destroy();
       };
       const onClientClose = () => {
         // The client went away before the end (or we cut it below): stop the upstream exchange too.
@@ -79,9 +123,18 @@ export function createProxy(options: ProxyOptions): Middleware {
       };
       res.once('close', onClientClose);
 
-      if (withBody && req.headers['content-length'] === undefined) {
+      // Covers the wait for a connection, the upload and the whole response.
+      timers.push(
+        setTimeout(() => {
+          exchange.deadlineExceeded = true;
+          cut('the exchange outlived its deadline');
+        }, route.deadlineMs),
+      );
+
+      if (withBody) {
         // Counted as the body streams on: `req.pipe` below reads it through the same 'data' events.
         let received = 0;
+        const started = performance.now();
         req.on('data', (chunk: Buffer) => {
           received += chunk.length;
           if (received > options.maxBodyBytes && !exchange.bodyTooLarge) {
@@ -89,6 +142,20 @@ export function createProxy(options: ProxyOptions): Middleware {
             upstream?.abort(new Error('request body over the limit'));
           }
         });
+        if (options.minBodyBytesPerSecond > 0) {
+          const checkRate = () => {
+            if (settled || req.complete) return;
+            const seconds = (performance.now() - started) / 1000;
+            // Paused means the upstream is not reading (back-pressure): not the client's fault.
+            if (!req.isPaused() && received < options.minBodyBytesPerSecond * seconds) {
+              exchange.bodyTooSlow = true;
+              cut('the request body arrived too slowly');
+              return;
+            }
+            timers.push(setTimeout(checkRate, 1000));
+          };
+          timers.push(setTimeout(checkRate, options.bodyGracePeriodMs));
+        }
       }
 
       upstreams.dispatch(
@@ -100,13 +167,13 @@ export function createProxy(options: ProxyOptions): Middleware {
           // Through a stream of our own: undici destroys a body it gives up on, and destroying `req` would
           // take the client's socket (and the 413/502 the gateway still owes it) down with it.
           body: withBody ? req.pipe(new PassThrough()) : null,
-          headersTimeout: timeoutMs,
-          bodyTimeout: timeoutMs,
+          headersTimeout: route.timeoutMs,
+          bodyTimeout: route.timeoutMs,
         },
         {
           onRequestStart(controller) {
             upstream = controller;
-            // Queued for a connection while the client left or overflowed the body limit.
+            // Queued for a connection while the client left, overflowed the body limit or the deadline passed.
             if (exchange.bodyTooLarge || settled) controller.abort(new Error('the exchange is already over'));
           },
           onResponseStart(controller, statusCode, upstreamHeaders, statusMessage) {
@@ -121,9 +188,11 @@ export function createProxy(options: ProxyOptions): Middleware {
             else if (!res.write(chunk)) controller.pause();
           },
           onResponseEnd() {
+            release();
             res.end();
           },
           onResponseError(_controller, failure) {
+            release();
             exchange.failure ??= failure;
             if (TIMEOUT_CODES.has((failure as NodeJS.ErrnoException).code ?? '')) exchange.timedOut = true;
             if (exchange.status === undefined) {
@@ -147,7 +216,6 @@ export function createProxy(options: ProxyOptions): Middleware {
     if (declaredLength > options.maxBodyBytes) {
       throw bodyTooLarge(options.maxBodyBytes);
     }
-    ctx.req.headers[HEADER.gatewayTimestamp] = new Date().toISOString();
     const { pool } = route;
     const parent = context.active();
     const serverSpan = trace.getSpan(parent);
@@ -157,12 +225,15 @@ export function createProxy(options: ProxyOptions): Middleware {
     const tried = new Set<UpstreamInstance>();
 
     for (let attempt = 1; ; attempt++) {
-      const instance = pool.pick(tried);
+      const instance = pickWithRoom(pool, tried, hasRoom);
+      if (instance === 'busy') {
+        throw new GatewayError('upstream_busy', `Every connection to the ${route.service} service is busy and ${options.maxPendingRequests} requests already wait; try again shortly.`);
+      }
       if (!instance) {
         throw new GatewayError('upstream_unavailable', `No healthy instance of the ${route.service} service (${pool.size} ejected after failing).`);
       }
       tried.add(instance);
-      const exchange = await forward(ctx, instance, attempt, parent, route.timeoutMs, route.service, corsApplied);
+      const exchange = await forward(ctx, instance, attempt, parent, route, corsApplied);
       const outcome = outcomeOf(exchange);
       endUpstreamSpan(exchange.span, outcome, exchange.status, exchange.failure);
       serverSpan?.setAttributes({ [ATTR.upstreamService]: route.service, [ATTR.upstreamUrl]: instance.origin, [ATTR.upstreamOutcome]: outcome, [ATTR.upstreamAttempts]: attempt });
@@ -180,6 +251,11 @@ export function createProxy(options: ProxyOptions): Middleware {
           return;
         case 'body_too_large':
           throw bodyTooLarge(options.maxBodyBytes);
+        case 'body_too_slow':
+          // `Connection: close`: the rest of the body is not worth reading.
+          throw new GatewayError('request_timeout', `The request body arrived slower than ${options.minBodyBytesPerSecond} bytes/s.`, { headers: { Connection: 'close' } });
+        case 'deadline':
+          throw new GatewayError('upstream_timeout', `The exchange with the ${route.service} service did not finish within ${route.deadlineMs} ms.`);
         case 'timeout':
           throw new GatewayError('upstream_timeout', `The ${route.service} service sent nothing for ${route.timeoutMs} ms.`, { cause: exchange.failure });
         case 'aborted_by_upstream':
@@ -205,43 +281,28 @@ function isReplayable(method: string, headers: http.IncomingHttpHeaders): boolea
   return IDEMPOTENT_METHODS.has(method) && !hasBody(headers);
 }
 
+/** The port the client addressed: a trusted proxy's `X-Forwarded-Port`, else the one in the host, else the scheme's. */
+function publicPort(ctx: KoaContext): string {
+  const forwarded = ctx.req.headers['x-forwarded-port'];
+  const first = (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(',')[0]?.trim();
+  if (first) return first;
+  const inHost = /:(\d+)$/.exec(ctx.host);
+  return inHost ? inHost[1]! : ctx.protocol === 'https' ? '443' : '80';
+}
+
 /**
- * A message's end-to-end headers: all but the hop-by-hop ones, which include the names its own `Connection`
- * header lists, and those `drop` names.
+ * The next healthy instance not yet tried that has room for one more exchange; `busy` when healthy ones
+ * exist but all are full, undefined when none is healthy.
  */
-function endToEndHeaders<T>(source: Record<string, T | undefined>, drop?: (name: string) => boolean): Record<string, T> {
-  const connection = source.connection;
-  const listed = typeof connection === 'string' ? new Set(connection.split(',').map((name) => name.trim().toLowerCase())) : undefined;
-  const headers: Record<string, T> = {};
-  for (const name in source) {
-    const value = source[name];
-    if (value === undefined || HOP_BY_HOP.has(name) || listed?.has(name) || drop?.(name)) continue;
-    headers[name] = value;
+function pickWithRoom(pool: CompiledRoute['pool'], tried: ReadonlySet<UpstreamInstance>, hasRoom: (instance: UpstreamInstance) => boolean): UpstreamInstance | 'busy' | undefined {
+  const full = new Set(tried);
+  let sawFull = false;
+  for (let instance = pool.pick(full); instance; instance = pool.pick(full)) {
+    if (hasRoom(instance)) return instance;
+    sawFull = true;
+    full.add(instance);
   }
-  return headers;
-}
-
-/**
- * The request headers for the service: the client's (already cleaned and enriched by the middleware above:
- * identity, request id, no credentials) minus hop-by-hop ones, the target's Host, and `X-Forwarded-*` as
- * http-proxy's `xfwd` wrote them (appended to a trusted proxy's chain, else started). Built fresh per
- * attempt, so a retry does not append twice.
- */
-function forwardedHeaders(req: http.IncomingMessage, targetHost: string): Record<string, string | string[]> {
-  const source = req.headers;
-  const headers = endToEndHeaders(source);
-  headers.host = targetHost;
-  const portMatch = source.host?.match(/:(\d+)$/);
-  appendForwarded(headers, 'x-forwarded-for', req.socket.remoteAddress ?? '');
-  appendForwarded(headers, 'x-forwarded-port', portMatch ? portMatch[1]! : '80');
-  appendForwarded(headers, 'x-forwarded-proto', 'http');
-  headers['x-forwarded-host'] = source['x-forwarded-host'] ?? source.host ?? '';
-  return headers;
-}
-
-function appendForwarded(headers: Record<string, string | string[]>, name: string, value: string): void {
-  const previous = headers[name];
-  headers[name] = previous ? `${String(previous)},${value}` : value;
+  return sawFull ? 'busy' : undefined;
 }
 
 /**
@@ -260,6 +321,8 @@ function responseHeaders(source: http.IncomingHttpHeaders, res: http.ServerRespo
 
 function outcomeOf(exchange: Exchange): UpstreamOutcome {
   if (exchange.bodyTooLarge) return 'body_too_large';
+  if (exchange.bodyTooSlow) return 'body_too_slow';
+  if (exchange.deadlineExceeded) return 'deadline';
   if (exchange.timedOut) return 'timeout';
   if (exchange.upstreamAborted) return 'aborted_by_upstream';
   if (exchange.clientClosed) return 'client_closed';

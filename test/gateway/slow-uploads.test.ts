@@ -1,0 +1,204 @@
+import http from 'node:http';
+import net from 'node:net';
+import { runServer, type RunningServer } from '../../otel/lifecycle';
+import { HEADER } from '../../otel/wire-names';
+import { parseConfig } from '../../src/config';
+import { createGateway } from '../../src/gateway';
+import { listen, memoryLogger, type TestServer } from '../helpers/servers';
+import { login, startStack, type TestStack } from '../helpers/stack';
+import { shippedConfigFile } from '../helpers/test-config';
+
+interface Reply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  text: string;
+}
+
+/**
+ * A chunked POST that sends one byte every `everyMs` until the gateway answers (or `maxBytes` went out), the
+ * shape of the attack in the review: a client holding an upstream connection by trickling its body.
+ */
+function slowUpload(origin: string, path: string, everyMs: number, maxBytes = 1000): { reply: Promise<Reply>; stop: () => void } {
+  const { hostname, port } = new URL(origin);
+  let timer: NodeJS.Timeout | undefined;
+  let request: http.ClientRequest | undefined;
+  const reply = new Promise<Reply>((resolve, reject) => {
+    request = http.request({ host: hostname, port: Number(port), path, method: 'POST', headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, agent: false }, (response) => {
+      clearInterval(timer);
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() }));
+      response.on('error', reject);
+    });
+    request.on('error', reject);
+    let sent = 0;
+    request.write('{');
+    timer = setInterval(() => {
+      if (sent++ < maxBytes && request!.writable) request!.write(' ');
+    }, everyMs);
+  });
+  return { reply, stop: () => (clearInterval(timer), request?.destroy()) };
+}
+
+async function waitFor(condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** The shipped routes with the register route's own limit raised, so the uploads here are not rate limited. */
+function routesWithOpenRegister() {
+  return (shippedConfigFile().routes as { name: string }[]).map((route) => (route.name === 'register' ? { ...route, rateLimit: { max: 1000, windowMs: 60_000 } } : route));
+}
+
+describe('slow uploads cannot starve a service’s connections', () => {
+  let stack: TestStack;
+  let bob: string;
+  const registrations = () => stack.users.requests.filter((request) => request.method === 'POST' && request.url === '/users').length;
+
+  beforeAll(async () => {
+    stack = await startStack({
+      overrides: {
+        routes: routesWithOpenRegister(),
+        proxy: { timeoutMs: 3000, maxSockets: 2, maxPendingRequests: 8 },
+        server: { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 600 },
+      },
+    });
+    bob = await login(stack.gateway.url, 'bob@example.com', 'builder');
+  });
+  afterAll(() => stack.close());
+
+  it('cuts uploads slower than the minimum rate with 408, so a waiting request is served', async () => {
+    const before = registrations();
+    const uploads = [slowUpload(stack.gateway.url, '/api/auth/register', 500), slowUpload(stack.gateway.url, '/api/auth/register', 500)];
+    // Both uploads hold one of the two connections to user-service.
+    await waitFor(() => registrations() === before + 2, 'both slow uploads to reach user-service');
+    const profile = fetch(`${stack.gateway.url}/api/users/2`, { headers: { authorization: `Bearer ${bob}` }, signal: AbortSignal.timeout(15_000) });
+
+    for (const upload of uploads) {
+      const reply = await upload.reply;
+      expect(reply.status).toBe(408);
+      expect(reply.headers.connection).toBe('close');
+      expect(JSON.parse(reply.text)).toMatchObject({ code: 'request_timeout', requestId: reply.headers[HEADER.requestId] });
+    }
+    // Without the cut this waits until the uploads end (1000 bytes at 2 bytes/s: minutes) and the signal fires.
+    const served = await profile;
+    expect(served.status).toBe(200);
+    uploads.forEach((upload) => upload.stop());
+  });
+
+  it('forwards a body that arrives fast enough, however large', async () => {
+    const body = JSON.stringify({ name: 'Fast', email: 'fast@example.com', password: 'long enough', padding: 'x'.repeat(256 * 1024) });
+    const reply = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    expect(reply.status).toBe(201);
+  });
+});
+
+describe('the queue of requests waiting for an upstream connection is bounded', () => {
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    stack = await startStack({
+      overrides: {
+        routes: routesWithOpenRegister(),
+        proxy: { timeoutMs: 3000, maxSockets: 2, maxPendingRequests: 0 },
+        server: { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 1500 },
+      },
+    });
+  });
+  afterAll(() => stack.close());
+
+  it('answers 503 upstream_busy with Retry-After at once when every connection is busy and the queue is full', async () => {
+    const before = stack.users.requests.length;
+    const uploads = [slowUpload(stack.gateway.url, '/api/auth/register', 300), slowUpload(stack.gateway.url, '/api/auth/register', 300)];
+    await waitFor(() => stack.users.requests.length === before + 2, 'both slow uploads to reach user-service');
+
+    const busy = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+    expect(busy.status).toBe(503);
+    expect(busy.headers.get('retry-after')).toMatch(/^[1-9]\d*$/);
+    expect(await busy.json()).toMatchObject({ code: 'upstream_busy' });
+    expect(stack.users.requests.length).toBe(before + 2);
+
+    // Other services' connections are their own.
+    expect((await fetch(`${stack.gateway.url}/api/orders`)).status).toBe(401);
+    for (const upload of uploads) expect((await upload.reply).status).toBe(408);
+    uploads.forEach((upload) => upload.stop());
+    // Room again once the uploads were cut.
+    const after = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'After', email: 'after@example.com', password: 'long enough' }) });
+    expect(after.status).toBe(201);
+  });
+});
+
+describe('an upstream exchange cannot outlive its deadline', () => {
+  let stack: TestStack;
+  let upstream: TestServer;
+  let token: string;
+
+  beforeAll(async () => {
+    // Keeps every response going just under the idle timeout, forever: only a deadline ends it.
+    upstream = await listen((req, res) => {
+      if (req.url?.startsWith('/orders/silent')) return; // never answers
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      const timer = setInterval(() => res.write('.'), 100);
+      res.on('close', () => clearInterval(timer));
+    });
+    const routes = (shippedConfigFile().routes as { name: string }[]).map((route) => (route.name === 'orders' ? { ...route, deadlineMs: 800 } : route));
+    stack = await startStack({ overrides: { routes, proxy: { timeoutMs: 5000 } }, serviceUrls: { orders: upstream.url } });
+    token = await login(stack.gateway.url);
+  });
+  afterAll(async () => {
+    await stack.close();
+    await upstream.close();
+  });
+
+  it('answers 504 when nothing came back within the deadline (shorter than the idle timeout)', async () => {
+    const reply = await fetch(`${stack.gateway.url}/api/orders/silent`, { headers: { authorization: `Bearer ${token}` } });
+    expect(reply.status).toBe(504);
+    expect(await reply.json()).toMatchObject({ code: 'upstream_timeout' });
+  });
+
+  it('cuts a response that keeps streaming past the deadline', async () => {
+    const reply = await fetch(`${stack.gateway.url}/api/orders/stream`, { headers: { authorization: `Bearer ${token}` } });
+    expect(reply.status).toBe(200);
+    await expect(reply.text()).rejects.toThrow();
+  });
+});
+
+describe('client connections are bounded', () => {
+  let gateway: RunningServer;
+
+  beforeAll(async () => {
+    const file = shippedConfigFile();
+    const { logger } = memoryLogger('gateway');
+    const config = parseConfig(file, { JWT_SECRET: 'x'.repeat(32) });
+    gateway = await runServer({ app: createGateway(config, { logger }), name: 'gateway', port: 0, host: '127.0.0.1', logger, maxConnections: 2 });
+  });
+  afterAll(() => gateway.close());
+
+  /** Connects and resolves `true` once a /health answer arrived, `false` when the server closed the socket first. */
+  function healthOnNewConnection(keep: net.Socket[]): Promise<boolean> {
+    const { port } = new URL(gateway.url);
+    return new Promise((resolve) => {
+      const socket = net.connect(Number(port), '127.0.0.1', () => socket.write(`GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`));
+      keep.push(socket);
+      socket.once('data', () => resolve(true));
+      socket.once('close', () => resolve(false));
+      socket.on('error', () => undefined);
+    });
+  }
+
+  it('closes connections beyond server.maxConnections and accepts again when one goes', async () => {
+    const sockets: net.Socket[] = [];
+    expect(await healthOnNewConnection(sockets)).toBe(true);
+    expect(await healthOnNewConnection(sockets)).toBe(true);
+    expect(await healthOnNewConnection(sockets)).toBe(false);
+    sockets[0]!.destroy();
+    // The server counts the closed connection out asynchronously: retry until a new one is served.
+    let served = false;
+    for (let attempt = 0; attempt < 50 && !served; attempt++) served = await healthOnNewConnection(sockets);
+    expect(served).toBe(true);
+    sockets.forEach((socket) => socket.destroy());
+  });
+});
