@@ -1,0 +1,61 @@
+import fc from 'fast-check';
+import { redactUrl } from '../../src/middleware/access-log';
+
+describe('redactUrl (access-log query redaction)', () => {
+  it.each([
+    { desc: 'a plain secret name', url: '/api/users?token=SECRET123', expected: '/api/users?token=[REDACTED]' },
+    { desc: 'an encoded letter in the name', url: '/api/users?%74oken=SECRET123', expected: '/api/users?%74oken=[REDACTED]' },
+    { desc: 'an upper-case escape', url: '/api/users?%54OKEN=SECRET123', expected: '/api/users?%54OKEN=[REDACTED]' },
+    { desc: 'a fully encoded name', url: '/api/users?%70%61%73%73%77%6f%72%64=SECRET123', expected: '/api/users?%70%61%73%73%77%6f%72%64=[REDACTED]' },
+    { desc: 'a double-encoded name', url: '/api/users?%2574oken=SECRET123', expected: '/api/users?%2574oken=[REDACTED]' },
+    { desc: 'mixed case', url: '/api/users?Access_ToKeN=SECRET123', expected: '/api/users?Access_ToKeN=[REDACTED]' },
+    { desc: 'a repeated name', url: '/api/users?token=SECRET123&a=1&token=SECRET456', expected: '/api/users?token=[REDACTED]&a=1&token=[REDACTED]' },
+    { desc: 'an array-style name', url: '/api/users?token[]=SECRET123', expected: '/api/users?token[]=[REDACTED]' },
+    { desc: 'a semicolon separator', url: '/api/users?a=1;password=SECRET123', expected: '/api/users?a=1;password=[REDACTED]' },
+    { desc: 'a plus inside the name', url: '/api/users?api+key=SECRET123', expected: '/api/users?api+key=[REDACTED]' },
+    { desc: 'a malformed escape before the name', url: '/api/users?%zz%74oken=SECRET123', expected: '/api/users?%zz%74oken=[REDACTED]' },
+    { desc: 'an empty value', url: '/api/users?token=', expected: '/api/users?token=[REDACTED]' },
+  ])('redacts $desc', ({ url, expected }) => {
+    expect(redactUrl(url)).toBe(expected);
+  });
+
+  it.each([
+    { desc: 'no query', url: '/api/users/1' },
+    { desc: 'harmless names', url: '/api/users?page=2&sort=name' },
+    { desc: 'a name without a value', url: '/api/users?token' },
+  ])('keeps $desc as it is', ({ url }) => {
+    expect(redactUrl(url)).toBe(url);
+  });
+
+  it('never lets the value of an encoded secret name through, however it is spelled (property)', () => {
+    const secretNames = ['token', 'password', 'secret', 'api_key', 'code', 'signature', 'auth'];
+    // Each character of the name: as is, upper-cased, or percent-encoded (either hex case), possibly twice.
+    const spelled = (name: string) =>
+      fc.array(fc.constantFrom('plain', 'upper', 'encode', 'encodeUpper', 'encodeTwice'), { minLength: name.length, maxLength: name.length }).map((ways) =>
+        [...name]
+          .map((char, index) => {
+            const hex = char.charCodeAt(0).toString(16);
+            switch (ways[index]) {
+              case 'upper':
+                return char.toUpperCase();
+              case 'encode':
+                return `%${hex}`;
+              case 'encodeUpper':
+                return `%${hex.toUpperCase()}`;
+              case 'encodeTwice':
+                return `%25${hex}`;
+              default:
+                return char;
+            }
+          })
+          .join(''),
+      );
+    fc.assert(
+      fc.property(fc.constantFrom(...secretNames).chain(spelled), fc.stringMatching(/^[A-Za-z0-9]{6,20}$/), fc.constantFrom('&', ';'), (name, value, separator) => {
+        const url = `/api/orders?page=1${separator}${name}=${value}`;
+        expect(redactUrl(url)).toBe(`/api/orders?page=1${separator}${name}=[REDACTED]`);
+      }),
+      { seed: 20261201, numRuns: 500 },
+    );
+  });
+});
