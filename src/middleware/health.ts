@@ -1,19 +1,8 @@
-import type { Middleware } from 'koa';
+import type { Context, Middleware } from 'koa';
 import { HEADER } from '../../otel/wire-names';
+import { DEFAULT_RETRY_AFTER_SECONDS } from '../errors';
+import { isServiceUp, type ProbeRound, type ReadinessCheck } from '../readiness';
 import type { UpstreamPool } from '../upstream-pool';
-
-export interface ReadinessOptions {
-  /** Services to probe; each instance is asked for `GET /health`. */
-  pools: ReadonlyMap<string, UpstreamPool>;
-  /** How long one probe may take, ms. Default 2000. */
-  timeoutMs?: number;
-}
-
-interface ProbeResult {
-  status: 'up' | 'down';
-  latencyMs: number;
-  detail?: string;
-}
 
 /** `GET /health`: the gateway process itself is serving. Touches no dependency. */
 export function createHealth(): Middleware {
@@ -24,40 +13,64 @@ export function createHealth(): Middleware {
   };
 }
 
+export interface ReadinessOptions {
+  /** The shared, cached probe of every instance (src/readiness.ts). */
+  check: ReadinessCheck;
+}
+
+export interface ReadinessDetailsOptions extends ReadinessOptions {
+  /** The pools the proxy uses, for their passive health (ejections), read live at each call. */
+  pools: ReadonlyMap<string, UpstreamPool>;
+}
+
 /**
- * `GET /ready`: the gateway and every instance of every service, probed in parallel, beside the passive
- * health the proxy keeps (ejected or not). A service is up when one of its instances answers; the gateway
- * is ready (200) when every service is up, 503 otherwise.
+ * Status and headers shared by both readiness answers. This 503 is an answer, not an error (its body is the
+ * readiness report, not a problem), so it sets the `Retry-After` a GatewayError would have carried; asking
+ * again before the cached round expires would only get the same answer.
+ */
+function answerReadiness(ctx: Context, ready: boolean, cacheMs: number): void {
+  ctx.set('Cache-Control', 'no-store');
+  ctx.status = ready ? 200 : 503;
+  if (!ready) ctx.set(HEADER.retryAfter, String(Math.max(DEFAULT_RETRY_AFTER_SECONDS, Math.ceil(cacheMs / 1000))));
+}
+
+function summarize(round: ProbeRound): { ready: boolean; services: Record<string, 'up' | 'down'> } {
+  const services = Object.fromEntries([...round.services].map(([name, probes]) => [name, isServiceUp(probes) ? ('up' as const) : ('down' as const)]));
+  return { ready: Object.values(services).every((status) => status === 'up'), services };
+}
+
+/**
+ * Public `GET /ready`: ready (200) when every service has an instance that answers, 503 otherwise, and only
+ * `up` / `down` per service. Addresses, instance counts, latencies, ejections and failure reasons stay on
+ * the internal listener (`createReadinessDetails`): this answer is unauthenticated.
  */
 export function createReadiness(options: ReadinessOptions): Middleware {
-  const timeoutMs = options.timeoutMs ?? 2000;
-
-  async function probe(origin: string, requestId: string): Promise<ProbeResult> {
-    const started = performance.now();
-    const latency = () => Math.round(performance.now() - started);
-    try {
-      const response = await fetch(`${origin}/health`, { headers: { [HEADER.requestId]: requestId }, signal: AbortSignal.timeout(timeoutMs) });
-      await response.body?.cancel();
-      return response.ok ? { status: 'up', latencyMs: latency() } : { status: 'down', latencyMs: latency(), detail: `HTTP ${response.status}` };
-    } catch (error) {
-      const cause = (error as { cause?: { code?: string } }).cause;
-      return { status: 'down', latencyMs: latency(), detail: cause?.code ?? (error as Error).name };
-    }
-  }
-
-  async function probeService(pool: UpstreamPool, requestId: string) {
-    const instances = await Promise.all(pool.health().map(async (passive) => ({ ...passive, probe: await probe(passive.origin, requestId) })));
-    const up = instances.some((instance) => instance.probe.status === 'up');
-    // Single-instance services keep the short shape; the instance list appears when there are several.
-    const first = instances[0]!.probe;
-    return instances.length === 1 ? { ...first, passive: instances[0]!.state } : { status: up ? 'up' : 'down', instances };
-  }
-
+  const { check } = options;
   return async function ready(ctx) {
-    const results = await Promise.all([...options.pools].map(async ([name, pool]) => [name, await probeService(pool, ctx.state.requestId)] as const));
-    const allUp = results.every(([, result]) => result.status === 'up');
-    ctx.set('Cache-Control', 'no-store');
-    ctx.status = allUp ? 200 : 503;
-    ctx.body = { status: allUp ? 'ready' : 'degraded', services: Object.fromEntries(results) };
+    const { ready, services } = summarize(await check.current(ctx.state.requestId));
+    answerReadiness(ctx, ready, check.cacheMs);
+    ctx.body = { status: ready ? 'ready' : 'degraded', services };
+  };
+}
+
+/**
+ * Internal `GET /ready` (admin listener only): the same round as the public answer, with every instance's
+ * origin, probe result and passive health. Passive health is read now, not from the round: it costs no
+ * request, and an ejection should show the moment it happens.
+ */
+export function createReadinessDetails(options: ReadinessDetailsOptions): Middleware {
+  const { check, pools } = options;
+  return async function readyDetails(ctx) {
+    const round = await check.current(ctx.state.requestId);
+    const { ready } = summarize(round);
+    const services = Object.fromEntries(
+      [...pools].map(([name, pool]) => {
+        const probes = round.services.get(name) ?? new Map();
+        const instances = pool.health().map((passive) => ({ ...passive, probe: probes.get(passive.origin) ?? null }));
+        return [name, { status: isServiceUp(probes) ? 'up' : 'down', instances }];
+      }),
+    );
+    answerReadiness(ctx, ready, check.cacheMs);
+    ctx.body = { status: ready ? 'ready' : 'degraded', checkedAt: round.startedAt, services };
   };
 }

@@ -1,7 +1,55 @@
+import { createGatewayApps } from '../../src/gateway';
 import { startStack, type TestStack } from '../helpers/stack';
-import { refusedOrigin } from '../helpers/servers';
+import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
+import { testConfig } from '../helpers/test-config';
 
-describe('health and readiness', () => {
+/** An upstream instance that answers everything and records when it was probed (`GET /health`). */
+interface FakeInstance extends TestServer {
+  probes: number[];
+}
+
+async function fakeInstance(): Promise<FakeInstance> {
+  const probes: number[] = [];
+  const server = await listen((req, res) => {
+    if (req.method === 'GET' && req.url === '/health') probes.push(performance.now());
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end('{"status":"ok"}');
+  });
+  return Object.assign(server, { probes });
+}
+
+interface Gateway {
+  /** The public listener. */
+  url: string;
+  /** The internal listener. */
+  adminUrl: string;
+  close(): Promise<void>;
+}
+
+/** The real gateway apps (public and admin) over the given service origins, both on ephemeral ports. */
+async function startGateway(origins: { users: string; orders: string; notifications: string }, overrides: Record<string, unknown> = {}): Promise<Gateway> {
+  const config = testConfig(origins, overrides);
+  const apps = createGatewayApps(config, { logger: memoryLogger('gateway').logger });
+  const [gateway, admin] = await Promise.all([listen(apps.gateway.callback()), listen(apps.admin.callback())]);
+  return { url: gateway.url, adminUrl: admin.url, close: async () => void (await Promise.all([gateway.close(), admin.close()])) };
+}
+
+async function getJson(url: string): Promise<{ status: number; headers: Headers; text: string; body: any }> {
+  const response = await fetch(url);
+  const text = await response.text();
+  return { status: response.status, headers: response.headers, text, body: JSON.parse(text) };
+}
+
+/** Polls until `condition` holds; fails after `timeoutMs`. */
+async function waitFor(condition: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+describe('health', () => {
   let stack: TestStack;
   afterEach(() => stack?.close());
 
@@ -13,22 +61,182 @@ describe('health and readiness', () => {
     expect(stack.serviceRequests()).toHaveLength(0);
   });
 
-  it('GET /ready reports each upstream as up', async () => {
+  it('GET /ready is 200 with the real services up', async () => {
     stack = await startStack();
-    const response = await fetch(`${stack.gateway.url}/ready`);
-    expect(response.status).toBe(200);
-    const body = (await response.json()) as { status: string; services: Record<string, { status: string }> };
-    expect(body.status).toBe('ready');
-    expect(Object.keys(body.services).sort()).toEqual(['notifications', 'orders', 'users']);
-    expect(Object.values(body.services).every((service) => service.status === 'up')).toBe(true);
+    const { status, body } = await getJson(`${stack.gateway.url}/ready`);
+    expect(status).toBe(200);
+    expect(body).toEqual({ status: 'ready', services: { users: 'up', orders: 'up', notifications: 'up' } });
+  });
+});
+
+describe('public readiness', () => {
+  let instances: FakeInstance[];
+  let gateway: Gateway | undefined;
+  beforeEach(async () => {
+    instances = await Promise.all([fakeInstance(), fakeInstance(), fakeInstance(), fakeInstance()]);
+  });
+  afterEach(async () => {
+    await gateway?.close();
+    gateway = undefined;
+    await Promise.all(instances.map((instance) => instance.close()));
+  });
+  /** users has two instances, so "one probe per instance" is not "one probe per service". */
+  const origins = () => ({ users: `${instances[0]!.url},${instances[1]!.url}`, orders: instances[2]!.url, notifications: instances[3]!.url });
+  const probeCounts = () => instances.map((instance) => instance.probes.length);
+
+  it('says only up or down per service: no address, port, instance, latency or reason of any instance', async () => {
+    gateway = await startGateway(origins());
+    const { status, headers, text, body } = await getJson(`${gateway.url}/ready`);
+    expect(status).toBe(200);
+    expect(body).toEqual({ status: 'ready', services: { users: 'up', orders: 'up', notifications: 'up' } });
+    // Headers carry a random request id, where a bare port number could appear by chance; `host:port` cannot.
+    const headerText = [...headers].map(([name, value]) => `${name}: ${value}`).join('\n');
+    for (const instance of instances) {
+      const { host, port } = new URL(instance.url);
+      expect(text).not.toContain(port);
+      expect(headerText).not.toContain(host);
+    }
+    expect(text).not.toContain('127.0.0.1');
   });
 
-  it('GET /ready answers 503 naming the upstream that is down', async () => {
-    stack = await startStack({ serviceUrls: { notifications: await refusedOrigin() } });
-    const response = await fetch(`${stack.gateway.url}/ready`);
-    expect(response.status).toBe(503);
-    expect(await response.json()).toMatchObject({ status: 'degraded', services: { notifications: { status: 'down', detail: 'ECONNREFUSED' }, users: { status: 'up' } } });
+  it('answers 503 with Retry-After and the service "down" when its only instance is down, without saying why', async () => {
+    gateway = await startGateway({ ...origins(), notifications: await refusedOrigin() });
+    const { status, headers, text, body } = await getJson(`${gateway.url}/ready`);
+    expect(status).toBe(503);
+    expect(Number(headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+    expect(body).toEqual({ status: 'degraded', services: { users: 'up', orders: 'up', notifications: 'down' } });
+    expect(text).not.toContain('ECONNREFUSED');
     // The gateway itself keeps serving.
-    expect((await fetch(`${stack.gateway.url}/health`)).status).toBe(200);
+    expect((await fetch(`${gateway.url}/health`)).status).toBe(200);
+  });
+
+  it('counts a service up while one of its instances answers', async () => {
+    gateway = await startGateway({ ...origins(), users: `${await refusedOrigin()},${instances[1]!.url}` });
+    const { status, body } = await getJson(`${gateway.url}/ready`);
+    expect(status).toBe(200);
+    expect(body.services.users).toBe('up');
+  });
+
+  it('probes each instance once for 20 concurrent and 20 sequential calls within the cache window', async () => {
+    gateway = await startGateway(origins(), { readinessCacheMs: 60_000 });
+    const concurrent = await Promise.all(Array.from({ length: 20 }, () => getJson(`${gateway!.url}/ready`)));
+    const sequential = [];
+    for (let i = 0; i < 20; i++) sequential.push(await getJson(`${gateway.url}/ready`));
+    expect([...concurrent, ...sequential].map((answer) => answer.status)).toEqual(Array(40).fill(200));
+    expect(probeCounts()).toEqual([1, 1, 1, 1]);
+  });
+
+  it('probes again once the cache window has passed, and not before', async () => {
+    const cacheMs = 300;
+    gateway = await startGateway(origins(), { readinessCacheMs: cacheMs });
+    await getJson(`${gateway.url}/ready`);
+    expect(probeCounts()).toEqual([1, 1, 1, 1]);
+    await waitFor(async () => {
+      await getJson(`${gateway!.url}/ready`);
+      return probeCounts().every((count) => count >= 2);
+    });
+    expect(probeCounts()).toEqual([2, 2, 2, 2]);
+    // Called every few ms meanwhile, yet the second round came no sooner than the window allows.
+    for (const { probes } of instances) expect(probes[1]! - probes[0]!).toBeGreaterThanOrEqual(cacheMs - 1);
+  });
+
+  it('probes on every call that does not overlap another with readinessCacheMs 0', async () => {
+    gateway = await startGateway(origins(), { readinessCacheMs: 0 });
+    for (let i = 0; i < 3; i++) await getJson(`${gateway.url}/ready`);
+    expect(probeCounts()).toEqual([3, 3, 3, 3]);
+  });
+
+  it('shares one round between the public and the admin listener', async () => {
+    gateway = await startGateway(origins(), { readinessCacheMs: 60_000 });
+    await getJson(`${gateway.url}/ready`);
+    await getJson(`${gateway.adminUrl}/ready`);
+    expect(probeCounts()).toEqual([1, 1, 1, 1]);
+  });
+});
+
+describe('admin listener', () => {
+  let live: FakeInstance[];
+  let dead: string;
+  let gateway: Gateway | undefined;
+  beforeEach(async () => {
+    live = await Promise.all([fakeInstance(), fakeInstance(), fakeInstance()]);
+    dead = await refusedOrigin();
+  });
+  afterEach(async () => {
+    await gateway?.close();
+    gateway = undefined;
+    await Promise.all(live.map((instance) => instance.close()));
+  });
+
+  it('shows every instance with its origin, probe result and passive state', async () => {
+    gateway = await startGateway({ users: `${dead},${live[0]!.url}`, orders: live[1]!.url, notifications: live[2]!.url });
+    const { status, body } = await getJson(`${gateway.adminUrl}/ready`);
+    expect(status).toBe(200);
+    expect(body.status).toBe('ready');
+    expect(new Date(body.checkedAt).toISOString()).toBe(body.checkedAt);
+    expect(body.services.users).toEqual({
+      status: 'up',
+      instances: [
+        { origin: dead, state: 'healthy', consecutiveFailures: 0, probe: { status: 'down', latencyMs: expect.any(Number), detail: 'ECONNREFUSED' } },
+        { origin: live[0]!.url, state: 'healthy', consecutiveFailures: 0, probe: { status: 'up', latencyMs: expect.any(Number) } },
+      ],
+    });
+    expect(body.services.orders).toEqual({ status: 'up', instances: [expect.objectContaining({ origin: live[1]!.url, probe: expect.objectContaining({ status: 'up' }) })] });
+  });
+
+  it('answers 503 with Retry-After and the reason when a service is down', async () => {
+    gateway = await startGateway({ users: live[0]!.url, orders: live[1]!.url, notifications: dead });
+    const { status, headers, body } = await getJson(`${gateway.adminUrl}/ready`);
+    expect(status).toBe(503);
+    expect(Number(headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+    expect(body).toMatchObject({ status: 'degraded', services: { notifications: { status: 'down', instances: [{ origin: dead, probe: { status: 'down', detail: 'ECONNREFUSED' } }] }, users: { status: 'up' } } });
+  });
+
+  it('shows an ejection the moment it happens, with when it ends and why, without a new probe round', async () => {
+    gateway = await startGateway(
+      { users: `${dead},${live[0]!.url}`, orders: live[1]!.url, notifications: live[2]!.url },
+      { readinessCacheMs: 60_000, services: { users: { url: 'http://placeholder', ejectAfterFailures: 1, ejectMs: 60_000 }, orders: { url: 'http://placeholder' }, notifications: { url: 'http://placeholder' } } },
+    );
+    expect((await getJson(`${gateway.adminUrl}/ready`)).body.services.users.instances[0]).toMatchObject({ origin: dead, state: 'healthy' });
+    // Round robin starts on the dead instance; a POST is not retried, so it fails and ejects it.
+    const register = await fetch(`${gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+    expect(register.status).toBe(502);
+    const { body } = await getJson(`${gateway.adminUrl}/ready`);
+    expect(body.services.users.instances[0]).toEqual({
+      origin: dead,
+      state: 'ejected',
+      consecutiveFailures: 1,
+      ejectedUntil: expect.any(String),
+      lastFailure: expect.any(String),
+      probe: expect.objectContaining({ status: 'down' }),
+    });
+    expect(Date.parse(body.services.users.instances[0].ejectedUntil)).toBeGreaterThan(Date.now());
+    expect(live.map((instance) => instance.probes.length)).toEqual([1, 1, 1]);
+  });
+
+  it('answers GET /health', async () => {
+    gateway = await startGateway({ users: live[0]!.url, orders: live[1]!.url, notifications: live[2]!.url });
+    const { status, body } = await getJson(`${gateway.adminUrl}/health`);
+    expect(status).toBe(200);
+    expect(body).toMatchObject({ status: 'ok', service: 'gateway' });
+  });
+
+  it.each([
+    { desc: 'the root', method: 'GET', path: '/' },
+    { desc: 'a public API path', method: 'GET', path: '/api/users' },
+    { desc: 'the login path', method: 'POST', path: '/api/auth/login' },
+    { desc: 'an endpoint not built yet', method: 'GET', path: '/metrics' },
+    { desc: 'another method on /ready', method: 'POST', path: '/ready' },
+    { desc: '/ready in another case', method: 'GET', path: '/READY' },
+    { desc: '/ready with a trailing slash', method: 'GET', path: '/ready/' },
+  ])('answers 404 problem+json for $desc', async ({ method, path }) => {
+    gateway = await startGateway({ users: live[0]!.url, orders: live[1]!.url, notifications: live[2]!.url });
+    const response = await fetch(`${gateway.adminUrl}${path}`, { method });
+    expect(response.status).toBe(404);
+    expect(response.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    const body = (await response.json()) as { code: string; requestId: string };
+    expect(body.code).toBe('route_not_found');
+    expect(body.requestId).toBe(response.headers.get('x-request-id'));
+    expect(live.every((instance) => instance.probes.length === 0)).toBe(true);
   });
 });

@@ -2,16 +2,31 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import { Redis } from 'ioredis';
+import { waitForRedis } from '../../src/rate-limit-store';
 
 /** A key prefix no other test run shares, so tests can use the machine's Redis side by side. */
 export function isolatedKeyPrefix(): string {
   return `koa-gateway-test:${randomUUID()}`;
 }
 
+/**
+ * Waits for a client to connect and fails loudly when it does not: without Redis the gateway's limiter falls back
+ * to its store-down policy, and a test would see wrong statuses instead of the actual cause.
+ */
+export async function requireRedis(redis: Redis, url: string, timeoutMs = 3000): Promise<void> {
+  if (await waitForRedis(redis, timeoutMs)) return;
+  const { host } = new URL(url);
+  throw new Error(`Redis at ${host} is not reachable (${url}, no connection within ${timeoutMs} ms); these tests need a running Redis there.`);
+}
+
 /** Deletes every key under a prefix (the test's own). */
 export async function deleteKeys(url: string, prefix: string): Promise<void> {
-  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 });
-  await redis.connect();
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null });
+  // connect() rejects with the cause; without a listener ioredis would also print an unhandled 'error' event.
+  redis.on('error', () => undefined);
+  await redis.connect().catch((error: unknown) => {
+    throw new Error(`Redis at ${new URL(url).host} is not reachable (${url}): ${(error as Error).message}`);
+  });
   let cursor = '0';
   do {
     const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
@@ -41,8 +56,12 @@ export async function startOwnRedis(): Promise<OwnRedis> {
   let child: ChildProcess | undefined;
   const url = `redis://127.0.0.1:${port}`;
   const start = async () => {
+    let spawnError: Error | undefined;
     child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    // Without a listener, a missing redis-server binary (ENOENT) would be an uncaught 'error' event.
+    child.on('error', (error) => (spawnError = error));
     for (let attempt = 0; attempt < 100; attempt++) {
+      if (spawnError) throw new Error(`redis-server could not be started (is it installed and on PATH?): ${spawnError.message}`);
       const up = await new Promise<boolean>((resolve) => {
         const socket = net.connect(port, '127.0.0.1', () => {
           socket.destroy();

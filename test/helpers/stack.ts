@@ -1,15 +1,18 @@
 import type { Tracer } from '@opentelemetry/api';
 import type { GatewayConfig } from '../../src/config';
-import { createGateway } from '../../src/gateway';
-import { createRedisStore, waitForRedis } from '../../src/rate-limit-store';
+import { createGatewayApps } from '../../src/gateway';
+import { createRedisStore } from '../../src/rate-limit-store';
 import { createApp as createNotificationsApp } from '../../services/notifications/app';
 import { createApp as createOrdersApp } from '../../services/orders/app';
 import { createApp as createUsersApp } from '../../services/users/app';
+import { requireRedis } from './redis';
 import { listen, listenRecording, memoryLogger, type RecordedRequest, type TestServer } from './servers';
 import { testConfig } from './test-config';
 
 export interface TestStack {
   gateway: TestServer;
+  /** The internal listener (details of /ready). */
+  admin: TestServer;
   config: GatewayConfig;
   users: TestServer & { requests: RecordedRequest[] };
   orders: TestServer & { requests: RecordedRequest[] };
@@ -28,8 +31,12 @@ export interface StackOptions {
   env?: Record<string, string>;
   /** Replace a service origin (e.g. a fault-injecting upstream) before the gateway is built. */
   serviceUrls?: Partial<Record<'users' | 'orders' | 'notifications', string>>;
-  /** Connect the gateway to the `rateLimit.redisUrl` of its config (closed with the stack). */
-  withRedis?: boolean;
+  /**
+   * Connect the gateway to the `rateLimit.redisUrl` of its config (closed with the stack). `true` requires that
+   * Redis to be reachable (a missing one fails loudly); `'down'` is for tests of the store-down policies, which
+   * point it at a closed port on purpose.
+   */
+  withRedis?: boolean | 'down';
   /** The gateway's tracer (e.g. from an in-memory provider); default the global no-op. */
   tracer?: Tracer;
 }
@@ -44,10 +51,20 @@ export async function startStack(options: StackOptions = {}): Promise<TestStack>
   const { logger, lines } = memoryLogger('gateway');
   const { redisUrl, redisTimeoutMs } = config.rateLimit;
   const redis = options.withRedis && redisUrl ? createRedisStore({ url: redisUrl, commandTimeoutMs: redisTimeoutMs, logger }) : undefined;
-  if (redis) await waitForRedis(redis, 3000);
-  const gateway = await listen(createGateway(config, { logger, redis, tracer: options.tracer }).callback());
+  if (redis && options.withRedis !== 'down') {
+    try {
+      await requireRedis(redis, redisUrl!);
+    } catch (error) {
+      redis.disconnect();
+      await Promise.all([users.close(), orders.close(), notifications.close()]);
+      throw error;
+    }
+  }
+  const apps = createGatewayApps(config, { logger, redis, tracer: options.tracer });
+  const [gateway, admin] = await Promise.all([listen(apps.gateway.callback()), listen(apps.admin.callback())]);
   return {
     gateway,
+    admin,
     config,
     users,
     orders,
@@ -55,7 +72,7 @@ export async function startStack(options: StackOptions = {}): Promise<TestStack>
     gatewayLogs: lines,
     serviceRequests: () => [...users.requests, ...orders.requests, ...notifications.requests],
     async close() {
-      await Promise.all([gateway.close(), users.close(), orders.close(), notifications.close()]);
+      await Promise.all([gateway.close(), admin.close(), users.close(), orders.close(), notifications.close()]);
       redis?.disconnect();
     },
   };

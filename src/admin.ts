@@ -1,0 +1,80 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import Router from '@koa/router';
+import Koa from 'koa';
+import type { Logger } from '../otel/logger';
+import './context';
+import { GatewayError } from './errors';
+import { createErrorHandler } from './middleware/errors';
+import { createHealth, createReadinessDetails } from './middleware/health';
+import { createRequestId } from './middleware/request-id';
+import type { ReadinessCheck } from './readiness';
+import type { UpstreamPool } from './upstream-pool';
+
+export interface AdminOptions {
+  /** The public gateway's readiness check, so both listeners share one cache and one probe round. */
+  readiness: ReadinessCheck;
+  /** The public gateway's pools: the passive health shown is the one the proxy acts on. */
+  pools: ReadonlyMap<string, UpstreamPool>;
+  logger: Logger;
+}
+
+/**
+ * The internal listener's app (`admin.port`, loopback by default): what operators may see and the public
+ * must not, such as instance addresses and why an instance is failing. It has no authentication; being
+ * reachable only from inside is its protection, so it never shares the public listener.
+ */
+export function createAdminApp(options: AdminOptions): Koa {
+  const { logger } = options;
+  const app = new Koa();
+  const endpoints = new Router({ sensitive: true, strict: true })
+    .get('/health', createHealth())
+    .get('/ready', createReadinessDetails({ check: options.readiness, pools: options.pools }));
+
+  app.use(createRequestId());
+  app.use(createErrorHandler({ logger }));
+  app.use(endpoints.routes());
+  app.use(async function adminNotFound() {
+    throw new GatewayError('route_not_found', 'No admin endpoint at this path.');
+  });
+
+  app.on('error', (error: Error) => logger.error('unhandled admin error', { error: error.message }));
+  return app;
+}
+
+export interface AdminListenerOptions {
+  port: number;
+  host: string;
+  /** Client timeouts, ms, as on the public listener (`server.*`). */
+  timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
+}
+
+export interface AdminListener {
+  /** The bound address (useful with port 0). */
+  url: string;
+  close(): Promise<void>;
+}
+
+/**
+ * Listens with the admin app. A plain server, not runServer: that one exits the process after its own
+ * drain on SIGTERM, and two of them would race; the public listener's shutdown closes this one instead.
+ */
+export async function listenAdmin(app: Koa, options: AdminListenerOptions): Promise<AdminListener> {
+  const { headersMs, requestMs, keepAliveMs } = options.timeouts;
+  const server = http.createServer({ headersTimeout: headersMs, requestTimeout: requestMs, keepAliveTimeout: keepAliveMs }, app.callback());
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port, options.host, () => resolve());
+  });
+  const { port } = server.address() as AddressInfo;
+  const url = `http://${options.host.includes(':') ? `[${options.host}]` : options.host}:${port}`;
+  return {
+    url,
+    close: () =>
+      new Promise<void>((resolve) => {
+        // Its requests are short reads; nothing here is worth a drain.
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}

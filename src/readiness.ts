@@ -1,0 +1,100 @@
+import { HEADER } from '../otel/wire-names';
+import type { UpstreamPool } from './upstream-pool';
+
+/** One instance's answer to `GET /health`. */
+export interface InstanceProbe {
+  status: 'up' | 'down';
+  latencyMs: number;
+  /** Why it is down: `HTTP 500`, `ECONNREFUSED`, `TimeoutError`. Internal only (it names the failure). */
+  detail?: string;
+}
+
+/** One probe of every instance of every service. */
+export interface ProbeRound {
+  /** When the round began (ISO time). */
+  startedAt: string;
+  /** Per service, each instance's probe keyed by its origin. */
+  services: ReadonlyMap<string, ReadonlyMap<string, InstanceProbe>>;
+}
+
+export interface ReadinessCheck {
+  /** How long a round's answer is reused, ms. */
+  readonly cacheMs: number;
+  /**
+   * The latest round: reused while younger than `cacheMs`, shared by every caller while it is in flight,
+   * otherwise started now (carrying `requestId`, so the services' logs of the probes lead back to the call).
+   */
+  current(requestId: string): Promise<ProbeRound>;
+}
+
+export interface ReadinessCheckOptions {
+  /** Services to probe; each instance is asked for `GET /health`. */
+  pools: ReadonlyMap<string, UpstreamPool>;
+  /** How long a round's answer is reused, ms (`readinessCacheMs`). Default 1000; 0 = only calls that overlap a round share it. */
+  cacheMs?: number;
+  /** How long one probe may take, ms. Default 2000. */
+  timeoutMs?: number;
+  /** Monotonic clock, ms; tests pass their own. Default `performance.now`. */
+  now?: () => number;
+}
+
+/** A service is up when at least one of its instances answers. */
+export function isServiceUp(probes: ReadonlyMap<string, InstanceProbe>): boolean {
+  return [...probes.values()].some((probe) => probe.status === 'up');
+}
+
+/**
+ * Active readiness of the upstreams, behind a cache and a single flight: `/ready` is unauthenticated, and
+ * each round costs one request per instance, so callers must not be able to multiply that traffic. However
+ * many calls arrive, at most one round runs per `cacheMs`.
+ */
+export function createReadinessCheck(options: ReadinessCheckOptions): ReadinessCheck {
+  const { pools } = options;
+  const cacheMs = options.cacheMs ?? 1000;
+  const timeoutMs = options.timeoutMs ?? 2000;
+  // Monotonic: a wall-clock step must not pin a stale answer or defeat the cache.
+  const now = options.now ?? (() => performance.now());
+  let latest: { round: ProbeRound; completedAt: number } | undefined;
+  let inFlight: Promise<ProbeRound> | undefined;
+
+  async function probe(origin: string, requestId: string): Promise<InstanceProbe> {
+    const started = performance.now();
+    const latency = () => Math.round(performance.now() - started);
+    try {
+      const response = await fetch(`${origin}/health`, { headers: { [HEADER.requestId]: requestId }, signal: AbortSignal.timeout(timeoutMs) });
+      await response.body?.cancel();
+      return response.ok ? { status: 'up', latencyMs: latency() } : { status: 'down', latencyMs: latency(), detail: `HTTP ${response.status}` };
+    } catch (error) {
+      const cause = (error as { cause?: { code?: string } }).cause;
+      return { status: 'down', latencyMs: latency(), detail: cause?.code ?? (error as Error).name };
+    }
+  }
+
+  async function probeAll(requestId: string): Promise<ProbeRound> {
+    const startedAt = new Date().toISOString();
+    const services = await Promise.all(
+      [...pools].map(async ([name, pool]) => {
+        const probes = await Promise.all(pool.health().map(async ({ origin }) => [origin, await probe(origin, requestId)] as const));
+        return [name, new Map(probes)] as const;
+      }),
+    );
+    return { startedAt, services: new Map(services) };
+  }
+
+  return {
+    cacheMs,
+    current(requestId) {
+      // Freshness counts from the end of a round, so rounds never run back to back however slow they are.
+      if (latest && now() - latest.completedAt < cacheMs) return Promise.resolve(latest.round);
+      inFlight ??= probeAll(requestId)
+        .then((round) => {
+          latest = { round, completedAt: now() };
+          return round;
+        })
+        .finally(() => {
+          inFlight = undefined;
+        });
+      return inFlight;
+    },
+  };
+}
