@@ -35,19 +35,24 @@ import {
 } from '@opentelemetry/sdk-logs';
 import { NodeSDK } from '@opentelemetry/sdk-node';
 import {
+  AlwaysOffSampler,
+  AlwaysOnSampler,
   BatchSpanProcessor,
   ConsoleSpanExporter,
+  ParentBasedSampler,
   SimpleSpanProcessor,
+  TraceIdRatioBasedSampler,
   type ReadableSpan,
+  type Sampler,
   type SpanExporter,
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
 import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
 import { RequestIdSpanProcessor } from './request-id-span-processor';
-import { RequestedTraceIdGenerator } from './trace-ids';
+import { ClientTraceIdSampler, RequestedTraceIdGenerator } from './trace-ids';
 import { createTelemetryDiagnostics, type TelemetryDiagnostics } from './telemetry-diagnostics';
-import { UNTRACED_PATHS, type InstrumentationName, type SignalConfig, type TelemetryConfig } from './telemetry-config';
+import { UNTRACED_PATHS, type InstrumentationName, type SamplerConfig, type SignalConfig, type TelemetryConfig } from './telemetry-config';
 
 /** Incubating in semantic-conventions 1.45 (not exported from the stable entry point). */
 const ATTR_DEPLOYMENT_ENVIRONMENT_NAME = 'deployment.environment.name';
@@ -73,9 +78,10 @@ export interface CreateTelemetryOptions {
 /**
  * The SDK for one process, not started. Traces: the request-id processor, then a BatchSpanProcessor per OTLP
  * exporter (SimpleSpanProcessor for console). Logs: a BatchLogRecordProcessor per OTLP exporter. Metrics: none
- * (no reader, so no metrics exporter). Sampler, propagators, resource detectors and span limits are left to
- * NodeSDK, which reads OTEL_TRACES_SAMPLER(_ARG), OTEL_PROPAGATORS, OTEL_NODE_RESOURCE_DETECTORS and
- * OTEL_RESOURCE_ATTRIBUTES (the latter override the resource set here).
+ * (no reader, so no metrics exporter). The sampler is the one OTEL_TRACES_SAMPLER(_ARG) names, wrapped so a
+ * client-chosen trace id cannot steer it. Propagators, resource detectors and span limits are left to NodeSDK,
+ * which reads OTEL_PROPAGATORS, OTEL_NODE_RESOURCE_DETECTORS and OTEL_RESOURCE_ATTRIBUTES (the latter
+ * override the resource set here).
  */
 export function createTelemetry(config: TelemetryConfig, options: CreateTelemetryOptions = {}): Telemetry {
   const diagnostics = createTelemetryDiagnostics({ destination: otlpDestination(config), write: options.write });
@@ -99,6 +105,8 @@ export function createTelemetry(config: TelemetryConfig, options: CreateTelemetr
         ),
         // Lets the gateway give a request's root span the trace id its X-Request-Id stands for.
         idGenerator: new RequestedTraceIdGenerator(),
+        // ...and keeps that id, which the client chose, out of the sampling decision.
+        sampler: new ClientTraceIdSampler(sampler(config.sampler)),
         // The request-id processor runs first so the attribute is on the span before any exporter sees it.
         spanProcessors: spanProcessors.length > 0 ? [new RequestIdSpanProcessor(), ...spanProcessors] : [],
         logRecordProcessors,
@@ -134,6 +142,14 @@ export function createTelemetry(config: TelemetryConfig, options: CreateTelemetr
 function installQuietDiagnostics(diagnostics: TelemetryDiagnostics): void {
   diag.setLogger(diagnostics.logger, { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true });
   setGlobalErrorHandler((error) => diagnostics.reportExportError(error));
+}
+
+/** The sampler OTEL_TRACES_SAMPLER(_ARG) names, built as NodeSDK would (sdk-node's createSamplerFromEnv). */
+export function sampler({ name, ratio }: SamplerConfig): Sampler {
+  const parentBased = name.startsWith('parentbased_');
+  const base = name.replace(/^parentbased_/, '');
+  const root = base === 'always_on' ? new AlwaysOnSampler() : base === 'always_off' ? new AlwaysOffSampler() : new TraceIdRatioBasedSampler(ratio);
+  return parentBased ? new ParentBasedSampler({ root }) : root;
 }
 
 /** Where OTLP goes, for messages: the collector's origin, or both URLs when traces and logs go to different ones. */

@@ -46,6 +46,19 @@ const SERVICE_BY_ENTRY_SCRIPT: ReadonlyArray<readonly [RegExp, ServiceName]> = [
 /** Incoming requests that make no trace: health probes would otherwise fill Jaeger every few seconds. */
 export const UNTRACED_PATHS: readonly string[] = ['/health', '/ready'];
 
+/**
+ * The `OTEL_TRACES_SAMPLER` values the SDK for Node implements (jaeger_remote and xray need extra packages).
+ * Default `parentbased_always_on`, as the SDK's.
+ */
+export const SAMPLER_NAMES = ['always_on', 'always_off', 'traceidratio', 'parentbased_always_on', 'parentbased_always_off', 'parentbased_traceidratio'] as const;
+export type SamplerName = (typeof SAMPLER_NAMES)[number];
+
+export interface SamplerConfig {
+  name: SamplerName;
+  /** Fraction of new traces sampled by the `traceidratio` samplers, 0 to 1, from `OTEL_TRACES_SAMPLER_ARG`; default 1. */
+  ratio: number;
+}
+
 export const OTLP_PROTOCOLS = ['http/protobuf', 'http/json'] as const;
 export type OtlpProtocol = (typeof OTLP_PROTOCOLS)[number];
 export type SignalExporterName = 'otlp' | 'console';
@@ -82,6 +95,11 @@ export interface TelemetryConfig {
   logs: Readonly<SignalConfig>;
   instrumentations: readonly InstrumentationName[];
   /**
+   * From `OTEL_TRACES_SAMPLER(_ARG)`, read here rather than by NodeSDK so the bootstrap can wrap the sampler
+   * (a client-chosen trace id must not decide sampling: otel/trace-ids.ts).
+   */
+  sampler: Readonly<SamplerConfig>;
+  /**
    * `OTEL_LOG_LEVEL` when set: the SDK then prints its own diagnostics at that level, unfiltered. Unset, the
    * bootstrap prints warnings and export failures itself, at most once a minute each.
    */
@@ -109,10 +127,11 @@ export function readTelemetryConfig(
     serviceNameFromResourceAttributes(value(env, 'OTEL_RESOURCE_ATTRIBUTES')) ??
     serviceNameFromEntryScript(entryScript) ??
     'unknown_service:node';
-  // These three add to `warnings` as they read; a variable shared by both signals is read, and warned about, twice.
+  // These four add to `warnings` as they read; a variable shared by both signals is read, and warned about, twice.
   const traces = signalConfig(env, 'TRACES', 'v1/traces', 'BSP', warnings);
   const logs = signalConfig(env, 'LOGS', 'v1/logs', 'BLRP', warnings);
   const enabledInstrumentations = instrumentations(env, serviceName, warnings);
+  const sampler = samplerConfig(env, warnings);
   const config: TelemetryConfig = {
     enabled: value(env, 'OTEL_SDK_DISABLED')?.toLowerCase() !== 'true',
     serviceName,
@@ -121,6 +140,7 @@ export function readTelemetryConfig(
     traces,
     logs,
     instrumentations: enabledInstrumentations,
+    sampler,
     sdkLogLevel: value(env, 'OTEL_LOG_LEVEL'),
     warnings: [...new Set(warnings)],
   };
@@ -232,6 +252,26 @@ function signalUrl(env: Env, signal: 'TRACES' | 'LOGS', resourcePath: string, wa
 /** `collector:4318` parses as a URL with the scheme `collector:`; only http and https reach a collector. */
 function isHttpUrl(text: string): boolean {
   return URL.canParse(text) && ['http:', 'https:'].includes(new URL(text).protocol);
+}
+
+/**
+ * Names are case-insensitive (as the spec asks of enum values). `OTEL_TRACES_SAMPLER_ARG` is read only for the
+ * ratio samplers, as the SDK does; a bad value falls back to the SDK's defaults (the sampler
+ * `parentbased_always_on`, the ratio 1).
+ */
+function samplerConfig(env: Env, warnings: string[]): SamplerConfig {
+  const raw = value(env, 'OTEL_TRACES_SAMPLER')?.toLowerCase() ?? 'parentbased_always_on';
+  let name: SamplerName = 'parentbased_always_on';
+  if ((SAMPLER_NAMES as readonly string[]).includes(raw)) name = raw as SamplerName;
+  else warnings.push(`OTEL_TRACES_SAMPLER="${raw}" is not supported (${SAMPLER_NAMES.join(', ')}); using parentbased_always_on`);
+  if (!name.endsWith('traceidratio')) return { name, ratio: 1 };
+
+  const rawRatio = value(env, 'OTEL_TRACES_SAMPLER_ARG');
+  if (rawRatio === undefined) return { name, ratio: 1 };
+  const ratio = Number(rawRatio);
+  if (Number.isFinite(ratio) && ratio >= 0 && ratio <= 1) return { name, ratio };
+  warnings.push(`OTEL_TRACES_SAMPLER_ARG="${rawRatio}" is not a number from 0 to 1; using 1`);
+  return { name, ratio: 1 };
 }
 
 function positiveInteger(env: Env, name: string, warnings: string[]): number | undefined {

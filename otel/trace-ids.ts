@@ -1,4 +1,6 @@
-import { RandomIdGenerator, type IdGenerator } from '@opentelemetry/sdk-trace';
+import { trace, type Attributes, type Context, type Link, type SpanKind } from '@opentelemetry/api';
+import { RandomIdGenerator, type IdGenerator, type Sampler, type SamplingResult } from '@opentelemetry/sdk-trace';
+import { ATTR } from './wire-names';
 
 /**
  * Lets the gateway choose the trace id of the root span it is about to start, so the id a client sees in
@@ -42,4 +44,33 @@ export function withTraceId<T>(traceId: string | undefined, start: () => T): T {
 export function traceIdFromRequestId(requestId: string): string | undefined {
   const candidate = (requestId.length === 36 && /^[0-9a-fA-F-]+$/.test(requestId) ? requestId.replaceAll('-', '') : requestId).toLowerCase();
   return TRACE_ID.test(candidate) && candidate !== INVALID_TRACE_ID ? candidate : undefined;
+}
+
+/** The value of `ATTR.traceIdSource` that marks a root span whose trace id the client chose. */
+export const TRACE_ID_FROM_REQUEST_ID = 'request_id';
+
+/**
+ * Wraps the configured sampler so a client cannot steer sampling through its `X-Request-Id`. Ratio samplers
+ * decide from the trace id (TraceIdRatioBasedSampler hashes it), so an id the client chose would let it pick
+ * ids that are always, or never, sampled. For a root span marked `ATTR.traceIdSource` = `request_id`, the
+ * inner sampler is asked with a fresh random trace id instead: a new coin flip at the configured ratio. The
+ * span keeps the client-derived id. Every other span (new random traces, children, remote parents) is decided
+ * by the inner sampler unchanged.
+ */
+export class ClientTraceIdSampler implements Sampler {
+  private readonly random = new RandomIdGenerator();
+
+  constructor(private readonly inner: Sampler) {}
+
+  shouldSample(context: Context, traceId: string, spanName: string, spanKind: SpanKind, attributes: Attributes, links: Link[]): SamplingResult {
+    // A root span, as the SDK's Tracer decides it: no valid parent, so its trace id was generated, not inherited.
+    const parent = trace.getSpanContext(context);
+    const root = parent === undefined || !trace.isSpanContextValid(parent);
+    const clientChosen = root && attributes[ATTR.traceIdSource] === TRACE_ID_FROM_REQUEST_ID;
+    return this.inner.shouldSample(context, clientChosen ? this.random.generateTraceId() : traceId, spanName, spanKind, attributes, links);
+  }
+
+  toString(): string {
+    return `ClientTraceId{${this.inner.toString()}}`;
+  }
 }

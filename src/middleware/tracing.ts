@@ -12,7 +12,7 @@ import {
   ATTR_USER_AGENT_ORIGINAL,
 } from '@opentelemetry/semantic-conventions';
 import { UNTRACED_PATHS } from '../../otel/telemetry-config';
-import { traceIdFromRequestId, withTraceId } from '../../otel/trace-ids';
+import { TRACE_ID_FROM_REQUEST_ID, traceIdFromRequestId, withTraceId } from '../../otel/trace-ids';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { isWellFormedRequestId } from './request-id';
 
@@ -24,6 +24,14 @@ export interface TracingOptions {
    * sampling decisions. Turn it on when a trusted proxy or client-side tracing sits in front.
    */
   trustTraceparent?: boolean;
+  /**
+   * Give a request whose client sent a UUID or 32-hex `X-Request-Id` that id as its trace id (the UUID
+   * without dashes), so the id the client logged opens the trace. Default true. Such a root span is marked
+   * `gateway.trace_id.source=request_id`, and the telemetry bootstrap's sampler then decides it by a fresh coin
+   * flip rather than from the id (otel/trace-ids.ts). False: the client's id stays `request.id` only and the
+   * trace gets a random id of its own.
+   */
+  mapRequestIdToTraceId?: boolean;
 }
 
 /** The route template for span names: the matched gateway route, or the router's path, or nothing. */
@@ -35,13 +43,15 @@ function routeOf(ctx: KoaContext): string | undefined {
 
 /**
  * The gateway's SERVER span, started by hand (no http/koa instrumentation on the gateway's hot path). It
- * decides which trace a request belongs to: a trusted inbound `traceparent`, else the client's request id
- * when it is a UUID or 32-hex id, else a new trace whose id becomes the request id (createRequestId reads it).
+ * decides which trace a request belongs to: a trusted inbound `traceparent`, else (with `mapRequestIdToTraceId`)
+ * the client's request id when it is a UUID or 32-hex id, else a new trace whose id becomes the request id
+ * when the client sent none (createRequestId reads it).
  * Inbound trace headers are always removed; the proxy injects the gateway's own.
  */
 export function createTracing(options: TracingOptions): Middleware {
   const { tracer } = options;
   const trust = options.trustTraceparent ?? false;
+  const mapRequestId = options.mapRequestIdToTraceId ?? true;
 
   return async function traceRequest(ctx, next) {
     const headers = ctx.req.headers;
@@ -55,7 +65,8 @@ export function createTracing(options: TracingOptions): Middleware {
 
     const inboundId = headers[HEADER.requestId];
     const continuing = trace.getSpanContext(parent) !== undefined;
-    const requestedTraceId = !continuing && typeof inboundId === 'string' && isWellFormedRequestId(inboundId) ? traceIdFromRequestId(inboundId) : undefined;
+    const requestedTraceId =
+      mapRequestId && !continuing && typeof inboundId === 'string' && isWellFormedRequestId(inboundId) ? traceIdFromRequestId(inboundId) : undefined;
 
     const span = withTraceId(requestedTraceId, () =>
       tracer.startSpan(
@@ -70,6 +81,8 @@ export function createTracing(options: TracingOptions): Middleware {
             [ATTR_CLIENT_ADDRESS]: ctx.ip,
             [ATTR_NETWORK_PROTOCOL_VERSION]: ctx.req.httpVersion,
             ...(ctx.get('user-agent') ? { [ATTR_USER_AGENT_ORIGINAL]: ctx.get('user-agent') } : {}),
+            // Read by the sampler (ClientTraceIdSampler): the client chose this trace id, so it must not decide sampling.
+            ...(requestedTraceId === undefined ? {} : { [ATTR.traceIdSource]: TRACE_ID_FROM_REQUEST_ID }),
           },
         },
         parent,

@@ -41,6 +41,7 @@ describe('defaults, with no OTEL_* variables', () => {
       traces: { exporters: ['otlp'], protocol: 'http/protobuf', url: 'http://localhost:4318/v1/traces', batch: {} },
       logs: { exporters: ['otlp'], protocol: 'http/protobuf', url: 'http://localhost:4318/v1/logs', batch: {} },
       instrumentations: ['http-server', 'http-client', 'koa', 'undici'],
+      sampler: { name: 'parentbased_always_on', ratio: 1 },
       sdkLogLevel: undefined,
       warnings: [],
     });
@@ -117,6 +118,19 @@ it.each([
     expected: { serviceName: 'constructor', instrumentations: ['http-server', 'http-client', 'koa', 'undici'] },
     warnings: ['OTEL_NODE_DISABLED_INSTRUMENTATIONS names "tostring", which this bootstrap does not load (http, http-server, http-client, koa, undici)'],
   },
+  {
+    desc: 'OTEL_TRACES_SAMPLER_ARG is the ratio of a traceidratio sampler',
+    env: { OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.1' },
+    expected: { sampler: { name: 'parentbased_traceidratio', ratio: 0.1 } },
+  },
+  { desc: 'a ratio of 0 is in range', env: { OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '0' }, expected: { sampler: { name: 'traceidratio', ratio: 0 } } },
+  { desc: 'a ratio sampler without OTEL_TRACES_SAMPLER_ARG samples everything', env: { OTEL_TRACES_SAMPLER: 'traceidratio' }, expected: { sampler: { name: 'traceidratio', ratio: 1 } } },
+  { desc: 'sampler names are case-insensitive', env: { OTEL_TRACES_SAMPLER: 'Always_Off' }, expected: { sampler: { name: 'always_off', ratio: 1 } } },
+  {
+    desc: 'OTEL_TRACES_SAMPLER_ARG is not read for samplers without a ratio, as by the SDK',
+    env: { OTEL_TRACES_SAMPLER: 'always_on', OTEL_TRACES_SAMPLER_ARG: 'junk' },
+    expected: { sampler: { name: 'always_on', ratio: 1 } },
+  },
   { desc: 'empty variables count as unset', env: { OTEL_TRACES_EXPORTER: '', OTEL_SERVICE_NAME: ' ' }, expected: { traces: { exporters: ['otlp'] }, serviceName: SERVICE_NAME.users } },
 ])('$desc', ({ env, expected, warnings = [] }: { env: Readonly<Record<string, string | undefined>>; expected: object; warnings?: readonly string[] }) => {
   const config = read(env);
@@ -154,6 +168,32 @@ it.each([
     env: { OTEL_BSP_SCHEDULE_DELAY: '-5' },
     expected: { traces: { batch: { scheduledDelayMillis: undefined } } },
     warning: 'OTEL_BSP_SCHEDULE_DELAY="-5" is not a positive integer; using the SDK default',
+  },
+  {
+    desc: 'a sampler the SDK for Node does not implement',
+    env: { OTEL_TRACES_SAMPLER: 'xray' },
+    expected: { sampler: { name: 'parentbased_always_on', ratio: 1 } },
+    warning:
+      'OTEL_TRACES_SAMPLER="xray" is not supported (always_on, always_off, traceidratio, parentbased_always_on, ' +
+      'parentbased_always_off, parentbased_traceidratio); using parentbased_always_on',
+  },
+  {
+    desc: 'a sampler ratio that is not a number',
+    env: { OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: 'half' },
+    expected: { sampler: { name: 'parentbased_traceidratio', ratio: 1 } },
+    warning: 'OTEL_TRACES_SAMPLER_ARG="half" is not a number from 0 to 1; using 1',
+  },
+  {
+    desc: 'a sampler ratio above 1',
+    env: { OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '1.5' },
+    expected: { sampler: { name: 'traceidratio', ratio: 1 } },
+    warning: 'OTEL_TRACES_SAMPLER_ARG="1.5" is not a number from 0 to 1; using 1',
+  },
+  {
+    desc: 'a negative sampler ratio',
+    env: { OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '-0.1' },
+    expected: { sampler: { name: 'traceidratio', ratio: 1 } },
+    warning: 'OTEL_TRACES_SAMPLER_ARG="-0.1" is not a number from 0 to 1; using 1',
   },
   {
     desc: 'an instrumentation this bootstrap does not load',
