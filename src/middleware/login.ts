@@ -1,15 +1,26 @@
+import { createHash } from 'node:crypto';
 import { bodyParser } from '@koa/bodyparser';
 import { context, type Tracer } from '@opentelemetry/api';
-import type { Middleware } from 'koa';
+import type { Context, Middleware } from 'koa';
+import type { Logger } from '../../otel/logger';
 import { HEADER } from '../../otel/wire-names';
 import type { AuthenticatedUser } from '../context';
-import { GatewayError, upstreamFailure } from '../errors';
+import { DEFAULT_RETRY_AFTER_SECONDS, GatewayError, upstreamFailure, type ErrorCode } from '../errors';
 import type { TokenService } from '../tokens';
 import type { UpstreamPool } from '../upstream-pool';
 import { endUpstreamSpan, startUpstreamSpan, traceHeaders } from '../upstream-span';
+import type { RateLimiter } from './rate-limit';
 
 /** Where user-service checks credentials. Outside `/users`, so no public route can reach it. */
 export const CREDENTIALS_CHECK_PATH = '/internal/credentials/verify';
+
+/**
+ * Longest email and password accepted, characters (UTF-16 code units, as zod and `String.length` count):
+ * user-service's own limits (the `credentials` schema in services/users/app.ts). Checked here as well, so an
+ * over-long value is the client's 400 and never a trip to user-service. test/gateway/login-abuse.test.ts
+ * pins the two together at the boundary: one character more is refused here, exactly the limit reaches it.
+ */
+export const CREDENTIAL_LIMITS = { emailMaxLength: 254, passwordMaxLength: 128 } as const;
 
 export interface LoginOptions {
   tokens: TokenService;
@@ -21,6 +32,12 @@ export interface LoginOptions {
   timeoutMs?: number;
   /** Makes the CLIENT span of the credential check. */
   tracer: Tracer;
+  /** Login attempts per client (network), counted before the body is even read. */
+  clientLimit: RateLimiter;
+  /** Login attempts per account (`accountKey` of the submitted email), counted once the body is valid. */
+  accountLimit: RateLimiter;
+  /** For refusals of the credential check that are not a wrong password (warn: the client's fault, not ours). */
+  logger: Logger;
 }
 
 interface Credentials {
@@ -33,7 +50,47 @@ function readCredentials(body: unknown): Credentials {
   if (typeof email !== 'string' || email === '' || typeof password !== 'string' || password === '') {
     throw new GatewayError('invalid_body', 'Send a JSON object with string fields "email" and "password".');
   }
+  // The values themselves are never echoed: the password is a secret, and either could be a log-injection payload.
+  if (email.length > CREDENTIAL_LIMITS.emailMaxLength) throw new GatewayError('invalid_body', `"email" must be at most ${CREDENTIAL_LIMITS.emailMaxLength} characters.`);
+  if (password.length > CREDENTIAL_LIMITS.passwordMaxLength) throw new GatewayError('invalid_body', `"password" must be at most ${CREDENTIAL_LIMITS.passwordMaxLength} characters.`);
   return { email, password };
+}
+
+/**
+ * The per-account limit's store key: the email trimmed and lower-cased (user-service folds case too, so
+ * every spelling it takes for one account is one key), hashed so the store never holds the address itself.
+ */
+export function accountKey(email: string): string {
+  return createHash('sha256').update(email.trim().toLowerCase()).digest('hex');
+}
+
+/**
+ * A 4xx from the credential check is about this request, so the client gets a 4xx, never a 502 (that would
+ * page someone for a typo). Statuses not listed become `bad_request`, except 404 and 405: the check's fixed
+ * internal path missing means a broken deployment (no one can log in), which is the gateway's 502.
+ */
+const REFUSALS: Partial<Record<number, { code: ErrorCode; detail: string }>> = {
+  400: { code: 'invalid_body', detail: 'The email or password is not acceptable.' },
+  401: { code: 'invalid_credentials', detail: 'The email or password is wrong.' },
+  403: { code: 'forbidden', detail: 'This account may not log in.' },
+  413: { code: 'payload_too_large', detail: 'The login request is too large.' },
+  415: { code: 'unsupported_media_type', detail: 'The login request has the wrong media type.' },
+  422: { code: 'invalid_body', detail: 'The email or password is not acceptable.' },
+  429: { code: 'rate_limited', detail: 'Too many login attempts; try again later.' },
+};
+
+/** Statuses of the credential check that say its endpoint is missing, not that the request was wrong. */
+const CHECK_MISSING = new Set([404, 405]);
+
+function refusal(response: Response): GatewayError {
+  if (CHECK_MISSING.has(response.status)) {
+    return new GatewayError('upstream_bad_response', `The users service answered the credential check with ${response.status}: is it a version without the check?`);
+  }
+  const { code, detail } = REFUSALS[response.status] ?? { code: 'bad_request' as const, detail: 'The login request was refused.' };
+  if (code !== 'rate_limited') return new GatewayError(code, detail);
+  // Every 429 says when to come back; user-service's own delay when it gave one in seconds.
+  const retryAfter = response.headers.get(HEADER.retryAfter) ?? '';
+  return new GatewayError(code, detail, { headers: { 'Retry-After': /^\d{1,6}$/.test(retryAfter) ? retryAfter : String(DEFAULT_RETRY_AFTER_SECONDS) } });
 }
 
 function isUser(value: unknown): value is AuthenticatedUser {
@@ -43,19 +100,37 @@ function isUser(value: unknown): value is AuthenticatedUser {
 
 /**
  * `POST /api/auth/login`, answered by the gateway: user-service checks the credentials, the gateway issues
- * the token. The body is parsed here only; proxied routes must never have their body consumed.
+ * the token. The body is parsed here only; proxied routes must never have their body consumed. Returns the
+ * steps in order: client limit, media type, body, validation, account limit, credential check.
  */
 export function createLogin(options: LoginOptions): Middleware[] {
   const timeoutMs = options.timeoutMs ?? 5000;
   const parseJson = bodyParser({ enableTypes: ['json'], jsonLimit: options.bodyLimitBytes, encoding: 'utf-8' });
+  // Handed from validation to the steps after it without widening the typed ctx.state.
+  const credentialsOf = new WeakMap<Context, Credentials>();
 
-  async function requireJson(ctx: Parameters<Middleware>[0], next: () => Promise<unknown>) {
+  async function limitLoginClient(ctx: Context, next: () => Promise<void>) {
+    await options.clientLimit.check(ctx, next);
+  }
+
+  async function requireJson(ctx: Context, next: () => Promise<void>) {
     if (!ctx.is('application/json')) throw new GatewayError('unsupported_media_type', 'Login expects Content-Type: application/json.');
     await next();
   }
 
-  async function login(ctx: Parameters<Middleware>[0]) {
-    const credentials = readCredentials(ctx.request.body);
+  async function validateCredentials(ctx: Context, next: () => Promise<void>) {
+    credentialsOf.set(ctx, readCredentials(ctx.request.body));
+    await next();
+  }
+
+  // After validation, so a malformed body costs the account nothing; before the check, so a limited
+  // account costs user-service nothing. Counted for every attempt, right or wrong, from any client.
+  async function limitLoginAccount(ctx: Context, next: () => Promise<void>) {
+    await options.accountLimit.check(ctx, next, accountKey(credentialsOf.get(ctx)!.email));
+  }
+
+  async function login(ctx: Context) {
+    const credentials = credentialsOf.get(ctx)!;
     const instance = options.users.pick();
     if (!instance) throw new GatewayError('upstream_unavailable', 'No healthy instance of the users service.');
     const checkUrl = instance.origin + CREDENTIALS_CHECK_PATH;
@@ -77,13 +152,21 @@ export function createLogin(options: LoginOptions): Middleware[] {
     }
     endUpstreamSpan(span, 'ok', response.status);
     options.users.reportSuccess(instance);
-    if (response.status === 401) {
-      await response.body?.cancel();
-      throw new GatewayError('invalid_credentials', 'The email or password is wrong.');
+    if (response.status >= 400 && response.status < 500) {
+      const refused = refusal(response);
+      // A wrong password is routine (the access log has it); any other refusal means the gateway passed
+      // something user-service would not take, worth a look but not an error of ours.
+      if (refused.code !== 'invalid_credentials') {
+        const problem = (await response.json().catch(() => undefined)) as { code?: unknown } | undefined;
+        options.logger.warn('credential check refused the login', { status: response.status, upstream_code: typeof problem?.code === 'string' ? problem.code.slice(0, 64) : undefined, code: refused.code });
+      } else {
+        await response.body?.cancel();
+      }
+      throw refused;
     }
-    const user: unknown = response.ok ? await response.json().catch(() => undefined) : undefined;
+    // Read once: a body json() has consumed must not be cancelled (that throws, and became a 500).
+    const user: unknown = response.ok ? await response.json().catch(() => undefined) : await response.body?.cancel();
     if (!isUser(user)) {
-      await response.body?.cancel();
       throw new GatewayError('upstream_bad_response', `The users service answered the credential check with ${response.status}.`);
     }
     ctx.state.user = user;
@@ -92,5 +175,5 @@ export function createLogin(options: LoginOptions): Middleware[] {
     ctx.body = { token, tokenType: 'Bearer', expiresIn, user: { id: user.id, email: user.email, role: user.role } };
   }
 
-  return [requireJson, parseJson, login];
+  return [limitLoginClient, requireJson, parseJson, validateCredentials, limitLoginAccount, login];
 }

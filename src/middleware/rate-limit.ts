@@ -1,3 +1,4 @@
+import net from 'node:net';
 import { trace } from '@opentelemetry/api';
 import type { Redis } from 'ioredis';
 import type { Context, Middleware } from 'koa';
@@ -51,14 +52,17 @@ export interface RateLimiterOptions {
   /** When the store cannot answer: `allow` (default) or `reject` with 503. */
   onStoreFailure?: 'allow' | 'reject';
   logger: Logger;
-  /** Who is limited; default the client address (`ctx.ip`). */
-  clientKey?: (ctx: Context) => string;
+  /** IPv6 clients are counted per network of this many bits (see `clientNetworkKey`). Default 64; 128 = per address. */
+  ipv6PrefixLength?: number;
 }
 
 export interface RateLimiter {
   readonly name: string;
-  /** Calls `next` when the client is under its limit, throws `rate_limited` otherwise. */
-  check(ctx: Context, next: () => Promise<void>): Promise<void>;
+  /**
+   * Calls `next` when `key` is under its limit, throws `rate_limited` otherwise. `key` is who is limited:
+   * by default the client's network (`clientNetworkKey` of `ctx.ip`); a caller may name another (an account).
+   */
+  check(ctx: Context, next: () => Promise<void>, key?: string): Promise<void>;
 }
 
 /** How often a store outage is logged while it lasts, ms. */
@@ -76,13 +80,16 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
   const windowSeconds = Math.ceil(options.windowMs / 1000);
   const policy = `"${options.name}";q=${options.max};w=${windowSeconds}`;
   const onStoreFailure = options.onStoreFailure ?? 'allow';
+  const ipv6PrefixLength = options.ipv6PrefixLength ?? 64;
+  // koa-ratelimit asks for the key through `id(ctx)`; check() decides it and hands it over here.
+  const keys = new WeakMap<Context, string>();
   const limit = ratelimit({
     ...(store.kind === 'redis'
       ? { driver: 'redis' as const, db: store.client, namespace: `${store.keyPrefix}:${options.name}` }
       : { driver: 'memory' as const, db: new BoundedWindowStore(store.maxTrackedClients), namespace: options.name }),
     duration: options.windowMs,
     max: options.max,
-    id: options.clientKey ?? ((ctx) => ctx.ip),
+    id: (ctx) => keys.get(ctx) ?? clientNetworkKey(ctx.ip, ipv6PrefixLength),
   });
   let lastFailureLog = 0;
 
@@ -101,7 +108,8 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
 
   return {
     name: options.name,
-    async check(ctx, next) {
+    async check(ctx, next, key = clientNetworkKey(ctx.ip, ipv6PrefixLength)) {
+      keys.set(ctx, key);
       let passed = false;
       try {
         await limit(ctx, async () => {
@@ -121,6 +129,58 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
       });
     },
   };
+}
+
+/**
+ * Who a client address is for rate limiting. IPv4: the address. IPv6: its network of `ipv6PrefixLength`
+ * bits (`2001:db8:0:0:0:0:0:0/64`), because one host is routinely handed a whole /64 (RFC 6177) and could
+ * otherwise take a fresh bucket per request. Canonical, so no spelling of an address (`2001:DB8::1`,
+ * `2001:0db8:0:0::1`, a zone id, `[...]:port`) is a new bucket; IPv4-mapped IPv6 (`::ffff:192.0.2.1`, how a
+ * dual-stack socket shows an IPv4 peer) is keyed as the IPv4 address, so a client cannot count twice.
+ */
+export function clientNetworkKey(address: string, ipv6PrefixLength: number): string {
+  const ip = withoutPort(address.trim());
+  if (net.isIPv4(ip)) return ip;
+  // Not an address (a proxy wrote `unknown`, or anything else): keyed as sent, bounded so a long forged
+  // value cannot bloat the store; values that share the first 64 characters share a bucket, which only limits more.
+  if (!net.isIPv6(ip)) return `unparsed:${ip.slice(0, 64)}`;
+  const groups = ipv6Groups(ip);
+  const [g6 = 0, g7 = 0] = groups.slice(6);
+  if (groups.slice(0, 5).every((group) => group === 0) && groups[5] === 0xffff) return `${g6 >> 8}.${g6 & 255}.${g7 >> 8}.${g7 & 255}`;
+  const network = groups.map((group, index) => group & groupMask(ipv6PrefixLength - 16 * index));
+  return `${network.map((group) => group.toString(16)).join(':')}/${ipv6PrefixLength}`;
+}
+
+/** `[2001:db8::1]:443` and `192.0.2.1:443` (some proxies write ports into X-Forwarded-For) without the port. */
+function withoutPort(value: string): string {
+  const bracketed = /^\[([^\]]*)\](?::\d+)?$/.exec(value);
+  if (bracketed) return bracketed[1]!;
+  const ipv4WithPort = /^(\d{1,3}(?:\.\d{1,3}){3}):\d+$/.exec(value);
+  return ipv4WithPort ? ipv4WithPort[1]! : value;
+}
+
+/** The eight 16-bit groups of an address `net.isIPv6` accepted: zone id, `::` and a dotted IPv4 tail allowed. */
+function ipv6Groups(ip: string): number[] {
+  let text = ip.split('%')[0]!;
+  const lastColon = text.lastIndexOf(':');
+  const tail = text.slice(lastColon + 1);
+  if (tail.includes('.')) {
+    const [a = 0, b = 0, c = 0, d = 0] = tail.split('.').map(Number);
+    text = `${text.slice(0, lastColon + 1)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const [head = '', rest] = text.split('::');
+  const parse = (part: string) => (part === '' ? [] : part.split(':').map((group) => parseInt(group, 16)));
+  if (rest === undefined) return parse(head);
+  const left = parse(head);
+  const right = parse(rest);
+  return [...left, ...Array<number>(8 - left.length - right.length).fill(0), ...right];
+}
+
+/** The mask of one 16-bit group of which `bits` leading bits belong to the network. */
+function groupMask(bits: number): number {
+  if (bits <= 0) return 0;
+  if (bits >= 16) return 0xffff;
+  return (0xffff << (16 - bits)) & 0xffff;
 }
 
 /** Writes the IETF fields beside koa-ratelimit's and returns the whole seconds until the window resets. */
