@@ -3,7 +3,8 @@ import { runServer } from '../otel/lifecycle';
 import { shutdownTelemetry } from '../otel/telemetry';
 import { SERVICE_NAME } from '../otel/wire-names';
 import { ConfigError, loadConfig, type GatewayConfig } from './config';
-import { createGateway } from './gateway';
+import { listenAdmin } from './admin';
+import { createGatewayApps } from './gateway';
 import { createRedisStore, waitForRedis } from './rate-limit-store';
 
 function load(): GatewayConfig {
@@ -26,7 +27,17 @@ async function main(): Promise<void> {
   if (redis && !(await waitForRedis(redis, 3000))) {
     logger.warn('rate-limit store not reachable yet; serving under the store-down policy until it is', { store: 'redis' });
   }
-  const app = createGateway(config, { logger, redis });
+  const { gateway: app, admin } = createGatewayApps(config, { logger, redis });
+  // Opened before the public listener, so a taken admin port stops startup rather than going unnoticed.
+  const adminListener =
+    config.admin.port === undefined
+      ? undefined
+      : await listenAdmin(admin, {
+          port: config.admin.port,
+          host: config.admin.host,
+          timeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs, keepAliveMs: config.server.keepAliveTimeoutMs },
+        });
+  if (adminListener) logger.info('admin listener started', { url: adminListener.url, endpoints: ['/health', '/ready'] });
   const { url } = await runServer({
     app,
     name: SERVICE_NAME.gateway,
@@ -34,11 +45,20 @@ async function main(): Promise<void> {
     host: config.host,
     logger,
     timeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs, keepAliveMs: config.server.keepAliveTimeoutMs },
+    maxConnections: config.server.maxConnections,
     async onShutdown() {
+      // Closed only now: operators can watch readiness while the public listener drains.
+      await adminListener?.close();
       redis?.disconnect();
       await shutdownTelemetry();
     },
   });
+  if (config.auth.secretSource === 'generated') {
+    logger.warn('JWT_SECRET is not set: tokens are signed with a random secret of this process; they stop working when it restarts and are not accepted by other replicas. Set JWT_SECRET (32+ characters) to keep them.', { environment: config.environment });
+  }
+  if (config.environment === 'production' && config.allowedHosts === undefined) {
+    logger.warn('allowedHosts is not set: any Host a client sends reaches the services as X-Forwarded-Host. Set ALLOWED_HOSTS to the names this gateway serves.');
+  }
   logger.info('gateway listening', {
     url,
     rateLimitStore: redis ? 'redis' : 'memory',

@@ -1,5 +1,13 @@
 import { SERVICE_NAME } from '../../otel/wire-names';
 import { startService } from '../shared/service-main';
 import { createApp } from './app';
+import { DEMO_ACCOUNTS } from './user-store';
 
-void startService('users', SERVICE_NAME.users, (env, logger) => createApp({ logger, seedDemoAccounts: env.NODE_ENV !== 'production' }));
+void startService('users', SERVICE_NAME.users, (env, logger) => {
+  // Demo accounts have published passwords (README): development only, and said so once.
+  const seedDemoAccounts = env.NODE_ENV !== 'production';
+  if (seedDemoAccounts) {
+    logger.warn('demo accounts seeded (development only; NODE_ENV=production seeds none)', { accounts: DEMO_ACCOUNTS.map((account) => `${account.email} (${account.role})`) });
+  }
+  return createApp({ logger, seedDemoAccounts });
+});

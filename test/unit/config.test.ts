@@ -1,7 +1,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ConfigError, DEVELOPMENT_JWT_SECRET, GATEWAY_ENV_VARIABLES, loadConfig, parseConfig } from '../../src/config';
+import { ConfigError, GATEWAY_ENV_VARIABLES, loadConfig, parseConfig, PUBLISHED_JWT_SECRETS } from '../../src/config';
 import { shippedConfigFile } from '../helpers/test-config';
 
 describe('gateway config', () => {
@@ -9,7 +9,10 @@ describe('gateway config', () => {
     const config = parseConfig(shippedConfigFile());
     expect(config.port).toBe(3000);
     expect(config.host).toBe('127.0.0.1');
-    expect(config.auth.secret).toBe(DEVELOPMENT_JWT_SECRET);
+    // No JWT_SECRET outside production: a random secret of this process, never a known one.
+    expect(config.auth.secretSource).toBe('generated');
+    expect(config.auth.secret).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(parseConfig(shippedConfigFile()).auth.secret).not.toBe(config.auth.secret);
     expect(config.routes.map((route) => [route.prefix, route.service, route.upstreamPath])).toEqual([
       ['/api/auth/register', 'users', '/users'],
       ['/api/users', 'users', '/users'],
@@ -51,7 +54,8 @@ describe('gateway config', () => {
     { desc: 'negative PROXY_TIMEOUT_MS', env: { PROXY_TIMEOUT_MS: '-5' }, message: /^config: PROXY_TIMEOUT_MS \(proxy\.timeoutMs\)/ },
     { desc: 'unknown NODE_ENV', env: { NODE_ENV: 'staging' }, message: /^config: NODE_ENV \(environment\)/ },
     { desc: 'production without JWT_SECRET', env: { NODE_ENV: 'production' }, message: /^config: JWT_SECRET \(auth\.secret\): must be set/ },
-    { desc: 'production with the development secret', env: { NODE_ENV: 'production', JWT_SECRET: DEVELOPMENT_JWT_SECRET }, message: /^config: JWT_SECRET \(auth\.secret\): must be set/ },
+    { desc: 'the formerly published development secret, even outside production', env: { JWT_SECRET: PUBLISHED_JWT_SECRETS[0]! }, message: /^config: JWT_SECRET \(auth\.secret\): is a published secret/ },
+    { desc: 'the formerly published development secret in production', env: { NODE_ENV: 'production', JWT_SECRET: PUBLISHED_JWT_SECRETS[0]! }, message: /^config: JWT_SECRET \(auth\.secret\): is a published secret/ },
     { desc: 'production with a short secret', env: { NODE_ENV: 'production', JWT_SECRET: 'short' }, message: /^config: JWT_SECRET \(auth\.secret\): must be at least 32/ },
   ])('refuses $desc with one line naming the key', ({ env, message }) => {
     expect(() => parseConfig(shippedConfigFile(), env)).toThrow(message);
@@ -71,7 +75,7 @@ describe('gateway config', () => {
     { desc: 'an unknown key (typo)', patch: (file: any) => (file.rateLimt = {}), message: /^config: \(root\): Unrecognized key/ },
     { desc: 'roles on a public route', patch: (file: any) => (file.routes[0].roles = ['admin']), message: /^config: routes\.0\.roles: need auth "required"/ },
     { desc: 'an unknown auth mode', patch: (file: any) => (file.routes[1].auth = 'maybe'), message: /^config: routes\.1\.auth: / },
-    { desc: 'no users service', patch: (file: any) => delete file.services.users, message: /^config: / },
+    { desc: 'no users service', patch: (file: any) => delete file.services.users, message: /^config: services\.users: is required/ },
   ])('refuses $desc', ({ patch, message }) => {
     const file = shippedConfigFile();
     patch(file);
