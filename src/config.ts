@@ -70,7 +70,10 @@ const routeSchema = z.strictObject({
   methods: z.array(z.enum(HTTP_METHODS)).nonempty().optional(),
   /** `required`: a valid bearer token; `public`: no token needed (identity headers are still stripped). */
   auth: z.enum(['required', 'public']).default('required'),
-  /** Upstream idle timeout for this route, ms; defaults to `proxy.timeoutMs`. */
+  /**
+   * Upstream idle timeout for this route, ms; defaults to `proxy.timeoutMs`. undici checks it on a timer wheel of
+   * ~0.5 s, so it fires up to ~1 s late (a sub-second value acts as about 1 s); `deadlineMs` is exact.
+   */
   timeoutMs: z.int().positive().optional(),
   /** Rate limit for this route; defaults to `rateLimit`. */
   rateLimit: rateLimitSchema.optional(),
