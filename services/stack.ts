@@ -6,6 +6,10 @@ import { loadConfig } from '../src/config';
  * `npm start`: the gateway and the three services as four processes on one machine, the way
  * docker compose runs them, each preloading the telemetry bootstrap. Prints the routes and a curl to paste,
  * and stops all four on Ctrl-C / SIGTERM (or when any of them dies).
+ *
+ * Ports: `PORT` for the gateway (default 3000; the gateway reads it itself, this launcher only to know where to
+ * wait), `USERS_PORT`, `ORDERS_PORT` and `NOTIFICATIONS_PORT` for the services (default 4001, 4002, 4003), so a
+ * second stack can run beside the first.
  */
 
 const dist = path.resolve(__dirname, '..');
@@ -18,7 +22,21 @@ interface Member {
   nodeOptions?: string[];
 }
 
-const SERVICE_PORTS = { users: 4001, orders: 4002, notifications: 4003 } as const;
+/** A port from the environment, or the default; anything but a whole number in 1-65535 stops the launcher. */
+function portFrom(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const port = Number(raw);
+  if (!/^\d+$/.test(raw) || port < 1 || port > 65535) {
+    process.stderr.write(`stack: ${name} must be a port number (1-65535) (got "${raw}")\n`);
+    process.exit(1);
+  }
+  return port;
+}
+
+const SERVICE_PORTS = { users: portFrom('USERS_PORT', 4001), orders: portFrom('ORDERS_PORT', 4002), notifications: portFrom('NOTIFICATIONS_PORT', 4003) } as const;
+/** Where the launcher waits for the gateway; the gateway's config validates PORT itself. */
+const GATEWAY_PORT = portFrom('PORT', 3000);
 const host = '127.0.0.1';
 const urlOf = (port: number) => `http://${host}:${port}`;
 
@@ -113,7 +131,7 @@ async function main(): Promise<void> {
   process.once('SIGINT', () => void stop(0));
   process.once('SIGTERM', () => void stop(0));
   for (const member of members) start(member);
-  const gatewayUrl = urlOf(Number(process.env.PORT ?? 3000));
+  const gatewayUrl = urlOf(GATEWAY_PORT);
   if (await waitUntilReady(gatewayUrl, 20_000)) {
     process.stdout.write(banner(gatewayUrl));
   } else if (!stopping) {

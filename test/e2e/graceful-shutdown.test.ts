@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
+import { childEnvironment } from '../helpers/process-stack';
 import { listen, type TestServer } from '../helpers/servers';
 import { signToken } from '../helpers/tokens';
 import { TEST_JWT_SECRET } from '../helpers/test-config';
@@ -47,17 +48,21 @@ describe('graceful shutdown', () => {
     });
     const gateway = spawn(process.execPath, [path.join(root, 'dist/src/main.js')], {
       cwd: root,
-      env: { ...process.env, PORT: '0', JWT_SECRET: TEST_JWT_SECRET, ORDER_SERVICE_URL: upstream.url, OTEL_SDK_DISABLED: 'true' },
+      env: childEnvironment({ PORT: '0', JWT_SECRET: TEST_JWT_SECRET, ORDER_SERVICE_URL: upstream.url, OTEL_SDK_DISABLED: 'true' }),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     try {
       const { url } = (await waitForLog(gateway, (line) => line.message === 'gateway listening')) as { url: string };
       const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
-      const inFlight = fetch(`${url}/api/orders/stream`, { headers: { authorization: `Bearer ${token}` } }).then(async (response) => ({ status: response.status, body: await response.text() }));
-      await new Promise((resolve) => setTimeout(resolve, 300));
+      // In flight: the response head is here and the body (six chunks over ~1.2 s) is still streaming.
+      const response = await fetch(`${url}/api/orders/stream`, { headers: { authorization: `Bearer ${token}` } });
+      const inFlight = response.text().then((body) => ({ status: response.status, body }));
       const exited = new Promise<number | null>((resolve) => gateway.once('exit', (code) => resolve(code)));
+      // The gateway logs this line in the same turn in which it stops listening.
+      const stopping = waitForLog(gateway, (line) => line.message === 'gateway stopping');
       gateway.kill('SIGTERM');
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await stopping;
+      expect(gateway.exitCode).toBeNull();
       await expect(fetch(`${url}/health`)).rejects.toThrow();
 
       const finished = await inFlight;

@@ -1,14 +1,29 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
+import { childEnvironment } from '../helpers/process-stack';
 
 /**
  * The README's contract, as a user runs it: `npm start` (here: the built stack launcher it runs) brings up
- * four processes on 3000 and 4001-4003, prints a curl to paste, and Ctrl-C stops all four.
- * Needs `npm run build` first (npm test does it).
+ * four processes (on 3000 and 4001-4003 by default; here on free ports given through PORT, USERS_PORT,
+ * ORDERS_PORT and NOTIFICATIONS_PORT), prints a curl to paste, and Ctrl-C stops all four.
+ * Needs `npm run build` first (npm test does it). Every child gets an explicit environment (childEnvironment).
  */
 const root = path.join(__dirname, '../..');
-const GATEWAY = 'http://127.0.0.1:3000';
+
+/** Distinct loopback ports that were free a moment ago (all held open together, so no two are the same). */
+async function freePorts(count: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: count }, () => new Promise<net.Server>((resolve) => {
+      const server = net.createServer();
+      server.listen(0, '127.0.0.1', () => resolve(server));
+    })),
+  );
+  const ports = servers.map((server) => (server.address() as net.AddressInfo).port);
+  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+  return ports;
+}
 
 function waitForOutput(child: ChildProcess, pattern: RegExp, timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -33,9 +48,12 @@ describe('npm start', () => {
   });
 
   it('starts the gateway and three services, prints a curl, serves it, and stops all four on SIGINT', async () => {
+    const ports = await freePorts(4);
+    const [gatewayPort, usersPort, ordersPort, notificationsPort] = ports.map(String) as [string, string, string, string];
+    const GATEWAY = `http://127.0.0.1:${gatewayPort}`;
     stack = spawn(process.execPath, [path.join(root, 'dist/services/stack.js')], {
       cwd: root,
-      env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none' },
+      env: childEnvironment({ PORT: gatewayPort, USERS_PORT: usersPort, ORDERS_PORT: ordersPort, NOTIFICATIONS_PORT: notificationsPort, OTEL_TRACES_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none' }),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const banner = await waitForOutput(stack, /Ctrl-C stops all four processes/, 30_000);
@@ -48,11 +66,13 @@ describe('npm start', () => {
     const { token } = (await login.json()) as { token: string };
     const users = await fetch(`${GATEWAY}/api/users/1`, { headers: { authorization: `Bearer ${token}` } });
     expect(users.status).toBe(200);
+    // Each service listens on the port it was given.
+    for (const port of [usersPort, ordersPort, notificationsPort]) expect((await fetch(`http://127.0.0.1:${port}/health`)).status).toBe(200);
 
     const exited = new Promise<number | null>((resolve) => stack!.once('exit', (code) => resolve(code)));
     stack.kill('SIGINT');
     expect(await exited).toBe(0);
-    for (const port of [3000, 4001, 4002, 4003]) {
+    for (const port of ports) {
       await expect(fetch(`http://127.0.0.1:${port}/health`)).rejects.toThrow();
     }
   });
@@ -65,7 +85,7 @@ describe('each process on its own', () => {
     const [command, ...args] = scripts[script]!.split(' ');
     expect(command).toBe('node');
     expect(args).toEqual(expect.arrayContaining(['--require', './dist/otel/register.js']));
-    const child = spawn(process.execPath, args, { cwd: root, env: { ...process.env, PORT: '0', OTEL_SDK_DISABLED: 'true' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, args, { cwd: root, env: childEnvironment({ PORT: '0', OTEL_SDK_DISABLED: 'true' }), stdio: ['ignore', 'pipe', 'pipe'] });
     try {
       const output = await waitForOutput(child, /listening/, 15_000);
       const url = /"url":"(http:[^"]+)"/.exec(output)![1]!;
@@ -78,12 +98,12 @@ describe('each process on its own', () => {
 });
 
 describe('bad configuration', () => {
-  it.each([
+  it.each<{ desc: string; env: Record<string, string>; line: RegExp }>([
     { desc: 'a non-numeric RATE_LIMIT_MAX', env: { RATE_LIMIT_MAX: 'many' }, line: /^gateway: config: RATE_LIMIT_MAX \(rateLimit\.max\): .*"many"/ },
     { desc: 'production without JWT_SECRET', env: { NODE_ENV: 'production' }, line: /^gateway: config: JWT_SECRET \(auth\.secret\): must be set/ },
     { desc: 'a missing GATEWAY_CONFIG file', env: { GATEWAY_CONFIG: 'nowhere.json' }, line: /^gateway: config: GATEWAY_CONFIG: cannot read/ },
   ])('stops the gateway at startup with one line for $desc', ({ env, line }) => {
-    const result = spawnSync(process.execPath, [path.join(root, 'dist/src/main.js')], { cwd: root, env: { ...process.env, PORT: '0', ...env }, encoding: 'utf8', timeout: 15_000 });
+    const result = spawnSync(process.execPath, [path.join(root, 'dist/src/main.js')], { cwd: root, env: childEnvironment({ PORT: '0', ...env }), encoding: 'utf8', timeout: 15_000 });
     expect(result.status).toBe(1);
     const lines = result.stderr.trim().split('\n');
     expect(lines).toHaveLength(1);
@@ -91,7 +111,7 @@ describe('bad configuration', () => {
   });
 
   it('stops a service at startup with one line naming a bad variable', () => {
-    const result = spawnSync(process.execPath, [path.join(root, 'dist/services/orders/main.js')], { cwd: root, env: { ...process.env, PORT: '0', USER_SERVICE_URL: 'not a url' }, encoding: 'utf8', timeout: 15_000 });
+    const result = spawnSync(process.execPath, [path.join(root, 'dist/services/orders/main.js')], { cwd: root, env: childEnvironment({ PORT: '0', USER_SERVICE_URL: 'not a url' }), encoding: 'utf8', timeout: 15_000 });
     expect(result.status).toBe(1);
     expect(result.stderr.trim()).toMatch(/^order-service: config: USER_SERVICE_URL: /);
   });

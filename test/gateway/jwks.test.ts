@@ -167,13 +167,17 @@ describe('tokens from an identity provider (JWKS)', () => {
 
   it('keeps serving the gateway own tokens at once while a slow JWKS fetch is pending', async () => {
     jwks.state.mode = 'slow';
+    const providerCall = await providerToken(await providerKey('fresh-concurrent', 'RS256'));
+    const fetchesBefore = jwks.state.fetches;
     const started = Date.now();
     let providerSettled = false;
-    const pending = call(await providerToken(await providerKey('fresh-concurrent', 'RS256'))).then((response) => {
+    const pending = call(providerCall).then((response) => {
       providerSettled = true;
       return { status: response.status, ms: Date.now() - started };
     });
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    // The gateway's JWKS fetch has reached the (slow) provider: from here on it is pending.
+    for (let i = 0; i < 300 && jwks.state.fetches === fetchesBefore; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(jwks.state.fetches).toBeGreaterThan(fetchesBefore);
     const own = await call(await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } }));
     expect(own.status).toBe(200);
     // The own token never waits for the JWKS fetch: it is answered while the provider token is still pending ...

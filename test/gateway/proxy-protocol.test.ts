@@ -1,4 +1,7 @@
 import http from 'node:http';
+import { SpanKind } from '@opentelemetry/api';
+import { ATTR } from '../../otel/wire-names';
+import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
 import { listen, refusedOrigin, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 
@@ -115,18 +118,41 @@ describe('what the proxy forwards, both ways', () => {
 
   describe('after a retry on another instance', () => {
     let withDead: TestStack;
+    let tracing: InMemoryTracing;
     beforeAll(async () => {
-      withDead = await startStack({ serviceUrls: { orders: `${await refusedOrigin()},${upstream.url}` } });
+      tracing = startInMemoryTracing();
+      withDead = await startStack({ tracer: tracing.tracer, serviceUrls: { orders: `${await refusedOrigin()},${upstream.url}` } });
     });
-    afterAll(() => withDead.close());
+    afterAll(async () => {
+      await withDead.close();
+      await tracing.shutdown();
+    });
 
     it('forwards X-Forwarded-For once, not once per attempt', async () => {
-      const deadFirst = await login(withDead.gateway.url);
-      // Round robin starts at the dead instance, so the first GET is refused there and retried.
-      const response = await rawRequest(`${withDead.gateway.url}/api/orders/1`, { headers: { authorization: `Bearer ${deadFirst}` } });
-      expect(response.status).toBe(201);
-      expect(upstream.seen.at(-1)!.headers['x-forwarded-for']).toBe('127.0.0.1');
-      expect(upstream.seen.at(-1)!.headers['x-forwarded-proto']).toBe('http');
+      const bearer = await login(withDead.gateway.url);
+      // Round robin alternates over the two instances, so whichever it starts at, one of two GETs is refused at
+      // the dead one and retried; the trace (one CLIENT span per attempt) says which.
+      let retried: Seen | undefined;
+      for (let i = 0; i < 2 && !retried; i++) {
+        const response = await rawRequest(`${withDead.gateway.url}/api/orders/1?try=${i}`, { headers: { authorization: `Bearer ${bearer}` } });
+        expect(response.status).toBe(201);
+        const inTrace = () => tracing.spans().filter((span) => span.spanContext().traceId === response.headers['x-request-id']);
+        // The server span ends last, once every attempt's span has.
+        for (let wait = 0; wait < 200 && !inTrace().some((span) => span.kind === SpanKind.SERVER); wait++) await new Promise((resolve) => setTimeout(resolve, 10));
+        const attempts = inTrace()
+          .filter((span) => span.kind === SpanKind.CLIENT)
+          .map((span) => [span.attributes[ATTR.upstreamAttempts], span.attributes[ATTR.upstreamOutcome]]);
+        if (attempts.length > 1) {
+          expect(attempts).toEqual([
+            [1, 'refused'],
+            [2, 'ok'],
+          ]);
+          retried = upstream.seen.find((seen) => seen.url === `/orders/1?try=${i}`);
+        }
+      }
+      expect(retried).toBeDefined();
+      expect(retried!.headers['x-forwarded-for']).toBe('127.0.0.1');
+      expect(retried!.headers['x-forwarded-proto']).toBe('http');
     });
   });
 });

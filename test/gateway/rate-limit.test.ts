@@ -2,11 +2,12 @@ import { HEADER } from '../../otel/wire-names';
 import { login, startStack, type TestStack } from '../helpers/stack';
 
 describe('rate limiting', () => {
+  // A fresh gateway (and so fresh counters) per test: no test depends on what another one spent.
   let stack: TestStack;
-  beforeAll(async () => {
+  beforeEach(async () => {
     stack = await startStack({ env: { RATE_LIMIT_MAX: '5', RATE_LIMIT_WINDOW_MS: '60000' }, overrides: { auth: { loginRateLimit: { max: 3, windowMs: 60_000 } } } });
   });
-  afterAll(() => stack.close());
+  afterEach(() => stack.close());
 
   it('answers 429 problem+json with Retry-After once a client passes the route limit, and nothing more reaches the service', async () => {
     const token = await login(stack.gateway.url);
@@ -32,9 +33,10 @@ describe('rate limiting', () => {
 
   it('gives login its own stricter limit, before credentials are checked', async () => {
     const attempt = () => fetch(`${stack.gateway.url}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'bob@example.com', password: 'guess' }) });
-    // One login already happened in the first test (same client address).
     const statuses = [];
-    for (let i = 0; i < 4; i++) statuses.push((await attempt()).status);
-    expect(statuses).toEqual([401, 401, 429, 429]);
+    for (let i = 0; i < 5; i++) statuses.push((await attempt()).status);
+    expect(statuses).toEqual([401, 401, 401, 429, 429]);
+    // The refused attempts never reached the credential check.
+    expect(stack.users.requests.filter((request) => request.url.startsWith('/internal/credentials/verify'))).toHaveLength(3);
   });
 });

@@ -1,7 +1,7 @@
 import { Redis } from 'ioredis';
 import { createGateway } from '../../src/gateway';
-import { createRedisStore, waitForRedis } from '../../src/rate-limit-store';
-import { deleteKeys, isolatedKeyPrefix, startOwnRedis, type OwnRedis } from '../helpers/redis';
+import { createRedisStore } from '../../src/rate-limit-store';
+import { deleteKeys, isolatedKeyPrefix, requireRedis, startOwnRedis, type OwnRedis } from '../helpers/redis';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
@@ -22,7 +22,7 @@ describe('rate limits shared through Redis', () => {
       [0, 1].map(async () => {
         const redis = createRedisStore({ url: MACHINE_REDIS, commandTimeoutMs: 500, logger });
         clients.push(redis);
-        await waitForRedis(redis, 3000);
+        await requireRedis(redis, MACHINE_REDIS);
         return listen(createGateway(stack.config, { logger, redis }).callback());
       }),
     );
@@ -30,6 +30,8 @@ describe('rate limits shared through Redis', () => {
   afterAll(async () => {
     await Promise.all(replicas.map((replica) => replica.close()));
     clients.forEach((client) => client.disconnect());
+    // Undefined when Redis was not reachable: beforeAll's error says so, nothing more to clean up.
+    if (!stack) return;
     await stack.close();
     await deleteKeys(MACHINE_REDIS, prefix);
   });
@@ -67,8 +69,8 @@ describe('when the rate-limit store goes down', () => {
     });
   });
   afterAll(async () => {
-    await stack.close();
-    await redis.stop();
+    await stack?.close();
+    await redis?.stop();
   });
 
   it('keeps serving (allow) or answers 503 (reject) per route without hanging, logs it once, and recovers', async () => {

@@ -8,11 +8,14 @@ import { listen, refusedOrigin, type TestServer } from '../helpers/servers';
 const PROXY_TIMEOUT_MS = 400;
 
 /** A fake order-service whose behaviour each test picks by path. */
-async function startFaultyUpstream(): Promise<TestServer & { received: { path: string; bytes: number; sha256: string }[]; closedEarly: string[] }> {
+async function startFaultyUpstream(): Promise<TestServer & { arrived: string[]; received: { path: string; bytes: number; sha256: string }[]; closedEarly: string[] }> {
+  /** Every request as soon as its head arrived, body or not. */
+  const arrived: string[] = [];
   const received: { path: string; bytes: number; sha256: string }[] = [];
   const closedEarly: string[] = [];
   const server = await listen((req, res) => {
     const path = req.url ?? '';
+    arrived.push(path);
     if (path.startsWith('/orders/hang')) {
       // Never answers; records the gateway giving up on the exchange.
       res.on('close', () => closedEarly.push(path));
@@ -59,7 +62,13 @@ async function startFaultyUpstream(): Promise<TestServer & { received: { path: s
       res.end('{"ok":true}');
     }
   });
-  return Object.assign(server, { received, closedEarly });
+  return Object.assign(server, { arrived, received, closedEarly });
+}
+
+/** Polls until `condition` holds or `timeoutMs` passed; the caller asserts the condition afterwards. */
+async function waitUntil(condition: () => boolean, timeoutMs = 3000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
 }
 
 
@@ -116,9 +125,11 @@ describe('upstream faults', () => {
 
   it('closes the client connection promptly when the upstream dies mid-body', async () => {
     const { url } = stack.gateway;
+    // The status is recorded, not asserted in the callback: a bare hang-up (no response at all) must fail.
+    let status: number | undefined;
     const outcome = await new Promise<string>((resolve) => {
       const req = http.get(`${url}/api/orders/die-mid-body`, { headers: auth() }, (res) => {
-        expect(res.statusCode).toBe(200);
+        status = res.statusCode;
         res.on('data', () => undefined);
         res.on('end', () => resolve('ended'));
         res.on('error', (error) => resolve(`error:${(error as NodeJS.ErrnoException).code ?? error.message}`));
@@ -127,26 +138,37 @@ describe('upstream faults', () => {
       req.on('error', (error) => resolve(`request-error:${error.message}`));
       req.setTimeout(5000, () => resolve('hung'));
     });
+    expect(status).toBe(200);
     expect(outcome).not.toBe('hung');
     expect(outcome).not.toBe('ended');
+    // The body was cut: the response (not the request before any answer) failed.
+    expect(outcome).toMatch(/^(aborted|error:)/);
     // The gateway is still fine afterwards.
     expect((await fetch(`${stack.gateway.url}/api/orders/fine`, { headers: auth() })).status).toBe(200);
   });
 
   it('drops the upstream exchange when the client goes away first, and keeps serving', async () => {
-    const path = `/orders/hang?client=${Date.now()}`;
-    await new Promise<void>((resolve) => {
-      const req = http.get(`${stack.gateway.url}/api${path}`, { headers: auth() });
-      req.on('error', () => resolve());
-      setTimeout(() => {
-        req.destroy();
-        resolve();
-      }, 150);
+    // A gateway of its own whose proxy timeout (60 s) cannot end the exchange within the 3 s this test waits:
+    // only the client going away can.
+    const patient = await startStack({
+      serviceUrls: { orders: upstream.url },
+      overrides: { proxy: { timeoutMs: 60_000 }, services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 1000 }, notifications: { url: 'http://placeholder' } } },
     });
-    const deadline = Date.now() + 3000;
-    while (!upstream.closedEarly.includes(path) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
-    expect(upstream.closedEarly).toContain(path);
-    expect((await fetch(`${stack.gateway.url}/api/orders/fine`, { headers: auth() })).status).toBe(200);
+    try {
+      const path = `/orders/hang?client=${Date.now()}`;
+      const req = http.get(`${patient.gateway.url}/api${path}`, { headers: auth() });
+      req.on('error', () => undefined);
+      // The client goes away only once the exchange with the upstream is open.
+      await waitUntil(() => upstream.arrived.includes(path));
+      expect(upstream.arrived).toContain(path);
+      expect(upstream.closedEarly).not.toContain(path);
+      req.destroy();
+      await waitUntil(() => upstream.closedEarly.includes(path));
+      expect(upstream.closedEarly).toContain(path);
+      expect((await fetch(`${patient.gateway.url}/api/orders/fine`, { headers: auth() })).status).toBe(200);
+    } finally {
+      await patient.close();
+    }
   });
 
   it('streams a 20 MB upload to the upstream byte for byte', async () => {
@@ -186,15 +208,25 @@ describe('upstream faults', () => {
 
   it('answers 413 for a declared body over proxy.maxBodyBytes without forwarding it', async () => {
     const before = upstream.received.length;
-    const status = await new Promise<number>((resolve, reject) => {
-      const req = http.request(`${stack.gateway.url}/api/orders/upload`, { method: 'POST', headers: { ...auth(), 'content-length': String(33 * 1024 * 1024) } }, (res) => {
+    const path = `/orders/upload?declared=${Date.now()}`;
+    let req: http.ClientRequest | undefined;
+    // Only 1 KiB of the declared 33 MiB is ever sent: a gateway that forwarded instead of answering would wait
+    // for the rest forever, so no answer within 5 s is a failure, not a hang.
+    const status = await new Promise<number | string>((resolve, reject) => {
+      req = http.request(`${stack.gateway.url}/api${path}`, { method: 'POST', headers: { ...auth(), 'content-length': String(33 * 1024 * 1024) } }, (res) => {
         res.resume();
         resolve(res.statusCode ?? 0);
       });
       req.on('error', reject);
+      req.setTimeout(5000, () => resolve('no answer within 5 s'));
       req.write(Buffer.alloc(1024));
-    });
+    }).finally(() => req?.destroy());
     expect(status).toBe(413);
+    // A request sent after the 413 has reached the upstream: a forwarded upload would have arrived before it.
+    const marker = `/orders/fine?after=${Date.now()}`;
+    expect((await fetch(`${stack.gateway.url}/api${marker}`, { headers: auth() })).status).toBe(200);
+    expect(upstream.arrived).toContain(marker);
+    expect(upstream.arrived).not.toContain(path);
     expect(upstream.received.length).toBe(before);
   });
 

@@ -25,10 +25,19 @@ export interface ProcessStack {
   stop(signal?: NodeJS.Signals): Promise<(number | null)[]>;
 }
 
+/**
+ * The whole environment of a child process: PATH and exactly the variables given (undefined ones left out).
+ * Nothing else of the test runner's environment (REDIS_URL, JWT_*, GATEWAY_CONFIG, OTEL_*, ...) leaks in.
+ */
+export function childEnvironment(env: Readonly<Record<string, string | undefined>>): Record<string, string> {
+  const given = Object.entries(env).filter((entry): entry is [string, string] => entry[1] !== undefined);
+  return { PATH: process.env.PATH ?? '', ...Object.fromEntries(given) };
+}
+
 function startProcess(name: string, entry: string, env: Record<string, string>): Promise<RunningProcess> {
   const child = spawn(process.execPath, ['--require', REGISTER, path.join(ROOT, 'dist', entry)], {
     cwd: ROOT,
-    env: { ...process.env, PORT: '0', HOST: '127.0.0.1', ...env },
+    env: childEnvironment({ NODE_ENV: 'test', PORT: '0', HOST: '127.0.0.1', ...env }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const running: RunningProcess = { name, child, url: '', lines: [], stderr: [] };

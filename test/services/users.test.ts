@@ -38,12 +38,12 @@ describe('user-service on its own', () => {
     return ((await response.json()) as unknown[]).length;
   }
 
-  async function expectProblem(response: Response, status: number, code: string | undefined, requestId: string): Promise<Problem> {
+  async function expectProblem(response: Response, status: number, code: string, requestId: string): Promise<Problem> {
     expect(response.status).toBe(status);
     expect(response.headers.get('content-type')).toBe('application/problem+json');
     const problem = (await response.json()) as Problem;
     expect(problem).toMatchObject({ status, requestId, service: SERVICE_NAME.users });
-    if (code !== undefined) expect(problem.code).toBe(code);
+    expect(problem.code).toBe(code);
     return problem;
   }
 
@@ -63,7 +63,7 @@ describe('user-service on its own', () => {
       { desc: 'a non-JSON body (text/plain)', body: 'name=X&email=x7@example.com&password=long enough', contentType: 'text/plain', status: 400, code: 'invalid_body' },
       { desc: 'a form-encoded body', body: 'name=X&email=x8%40example.com&password=long+enough', contentType: 'application/x-www-form-urlencoded', status: 400, code: 'invalid_body' },
       { desc: 'malformed JSON', body: '{"name": "X", "email": ', contentType: 'application/json', status: 400, code: 'bad_request' },
-      { desc: 'a body over the 1 MiB limit', body: JSON.stringify({ name: 'X', email: 'x9@example.com', password: 'long enough', padding: 'p'.repeat(1024 * 1024) }), contentType: 'application/json', status: 413, code: undefined },
+      { desc: 'a body over the 1 MiB limit', body: JSON.stringify({ name: 'X', email: 'x9@example.com', password: 'long enough', padding: 'p'.repeat(1024 * 1024) }), contentType: 'application/json', status: 413, code: 'payload_too_large' },
     ])('refuses $desc with $status problem+json and stores nobody', async ({ body, contentType, status, code }) => {
       const before = await userCount();
       const requestId = nextRequestId();

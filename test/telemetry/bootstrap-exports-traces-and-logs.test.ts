@@ -117,12 +117,18 @@ it('sends nothing and says so once when OTEL_SDK_DISABLED=true', async () => {
     OTEL_SDK_DISABLED: 'true',
     OTEL_SERVICE_NAME: SERVICE_NAME.users,
     OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+    FIXTURE_HANDLES_SIGTERM: '1',
   });
   const { traceparent } = newTraceparent();
 
   const response = await fetch(`${app.url}/hello`, { headers: { traceparent, baggage: 'request.id=abc' } });
   expect(response.status).toBe(200);
-  await new Promise((resolve) => setTimeout(resolve, 1_000)); // ten export intervals
+  // The process shuts down as services do (close, shutdownTelemetry, exit): once it has exited, whatever it
+  // would ever have exported (the shutdown flushes) has reached the receiver.
+  const closed = new Promise((resolve) => app.process.once('close', resolve));
+  app.process.kill('SIGTERM');
+  expect(await app.exited).toEqual({ code: 0, signal: null });
+  await closed; // and its stdout is read to the end
 
   expect(receiver.requests()).toEqual([]);
   expect(app.stderr().trim()).toBe('telemetry: off (OTEL_SDK_DISABLED=true)');
@@ -173,13 +179,16 @@ it('lets a process opt out of server and Koa spans with OTEL_NODE_DISABLED_INSTR
     OTEL_SERVICE_NAME: SERVICE_NAME.orders,
     OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
     OTEL_NODE_DISABLED_INSTRUMENTATIONS: 'http-server,koa',
+    FIXTURE_HANDLES_SIGTERM: '1',
   });
 
   const { traceparent } = newTraceparent();
   expect((await fetch(`${app.url}/chain`, { headers: { traceparent } })).status).toBe(200);
 
   await receiver.waitFor(({ spans }) => spans.some((s) => s.kind === 'CLIENT'));
-  await new Promise((resolve) => setTimeout(resolve, 500)); // five export intervals, for any span still to come
+  // Any span still to come is flushed by the shutdown before the process exits.
+  app.process.kill('SIGTERM');
+  expect(await app.exited).toEqual({ code: 0, signal: null });
   expect(receiver.spans().map((s) => [s.kind, s.scope.name])).toEqual([['CLIENT', '@opentelemetry/instrumentation-undici']]);
   app.kill();
 });

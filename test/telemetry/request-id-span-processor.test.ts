@@ -27,6 +27,8 @@ it.each([
 ])('$desc', ({ baggage, expected }) => {
   const { tracer, exporter } = tracerWithRequestIds();
   tracer.startSpan('work', {}, withBaggage(baggage)).end();
+  // Exactly the one span: "no request id" must come from a span that was exported, not from no span at all.
+  expect(exporter.getFinishedSpans().map((span) => span.name)).toEqual(['work']);
   expect(exporter.getFinishedSpans()[0]?.attributes[ATTR.requestId]).toBe(expected);
 });
 
@@ -35,5 +37,6 @@ it('lets a span that sets its own request id keep it', () => {
   const span = tracer.startSpan('gateway', {}, withBaggage({ [BAGGAGE_REQUEST_ID]: 'from-baggage' }));
   span.setAttribute(ATTR.requestId, 'minted-here');
   span.end();
+  expect(exporter.getFinishedSpans().map((each) => each.name)).toEqual(['gateway']);
   expect(exporter.getFinishedSpans()[0]?.attributes[ATTR.requestId]).toBe('minted-here');
 });

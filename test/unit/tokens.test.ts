@@ -1,26 +1,70 @@
+import { jwtVerify } from 'jose';
 import { createTokenService, TokenRejectedError } from '../../src/tokens';
+
+// jose's own jwtVerify, counted: a cache hit is a verify() that never reaches it.
+jest.mock('jose', () => {
+  const actual = jest.requireActual<typeof import('jose')>('jose');
+  return { ...actual, jwtVerify: jest.fn(actual.jwtVerify) };
+});
+const verifications = jest.mocked(jwtVerify);
+/** How often each token was really verified (signature and claims), in the order given. */
+const verifiedCounts = (...tokens: string[]) => tokens.map((token) => verifications.mock.calls.filter(([verified]) => verified === token).length);
 
 describe('token service', () => {
   const options = { secret: 'unit-test-secret-that-is-long-enough!!', issuer: 'koa-gateway', audience: 'koa-gateway-api', tokenTtlSeconds: 1, clockToleranceSeconds: 0 };
   const alice = { id: '1', email: 'alice@example.com', role: 'admin' };
+  /** Distinct callers, so tokens issued within the same second are distinct strings. */
+  const caller = (id: number) => ({ id: String(id), email: `user${id}@example.com`, role: 'user' });
+
+  beforeEach(() => verifications.mockClear());
+  afterEach(() => jest.useRealTimers());
 
   it('verifies what it issued, again and again (from its cache)', async () => {
     const tokens = createTokenService({ ...options, tokenTtlSeconds: 60 });
     const { token, expiresIn } = await tokens.issue(alice);
     expect(expiresIn).toBe(60);
     for (let i = 0; i < 3; i++) await expect(tokens.verify(token)).resolves.toEqual(alice);
+    expect(verifiedCounts(token)).toEqual([1]);
+  });
+
+  it('verifies every time with cacheSize 0', async () => {
+    const tokens = createTokenService({ ...options, tokenTtlSeconds: 60, cacheSize: 0 });
+    const { token } = await tokens.issue(alice);
+    for (let i = 0; i < 3; i++) await expect(tokens.verify(token)).resolves.toEqual(alice);
+    expect(verifiedCounts(token)).toEqual([3]);
+  });
+
+  it('evicts the oldest entry when the cache is full, and keeps the others', async () => {
+    const tokens = createTokenService({ ...options, tokenTtlSeconds: 60, cacheSize: 2 });
+    const [first, second, third] = await Promise.all([1, 2, 3].map(async (id) => (await tokens.issue(caller(id))).token));
+    await tokens.verify(first!);
+    await tokens.verify(second!);
+    await tokens.verify(first!);
+    await tokens.verify(second!);
+    expect(verifiedCounts(first!, second!, third!)).toEqual([1, 1, 0]);
+    // A third token pushes out the first (oldest in), not the second.
+    await expect(tokens.verify(third!)).resolves.toEqual(caller(3));
+    await expect(tokens.verify(second!)).resolves.toEqual(caller(2));
+    await expect(tokens.verify(third!)).resolves.toEqual(caller(3));
+    expect(verifiedCounts(first!, second!, third!)).toEqual([1, 1, 1]);
+    await expect(tokens.verify(first!)).resolves.toEqual(caller(1));
+    expect(verifiedCounts(first!, second!, third!)).toEqual([2, 1, 1]);
   });
 
   it('never serves a cached token past its expiry', async () => {
-    // iat is whole seconds, so a 1 s token issued at x.999 would already be expired at x+1.001: with 2 s it
-    // still has more than 1 s left when verified right away, and is surely expired 3.1 s later.
+    // Only Date is faked (crypto and promises run as usual): the clock moves when the test says so.
+    jest.useFakeTimers({ doNotFake: ['hrtime', 'nextTick', 'performance', 'queueMicrotask', 'requestAnimationFrame', 'cancelAnimationFrame', 'requestIdleCallback', 'cancelIdleCallback', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'] });
     const tokens = createTokenService({ ...options, tokenTtlSeconds: 2 });
     const { token } = await tokens.issue(alice);
     await expect(tokens.verify(token)).resolves.toEqual(alice);
-    await new Promise((resolve) => setTimeout(resolve, 3100));
+    await expect(tokens.verify(token)).resolves.toEqual(alice);
+    expect(verifiedCounts(token)).toEqual([1]);
+    // iat is whole seconds, so 3.1 s later the 2 s token is surely past exp, and so is its cache entry.
+    jest.setSystemTime(Date.now() + 3100);
     const rejection = await tokens.verify(token).catch((error: unknown) => error);
     expect(rejection).toBeInstanceOf(TokenRejectedError);
     expect((rejection as TokenRejectedError).reason).toBe('expired');
+    expect(verifiedCounts(token)).toEqual([2]);
   });
 
   it('refuses a token of another gateway instance with another secret, cached or not', async () => {
