@@ -268,6 +268,16 @@ const configSchema = z
         host: z.string().min(1).default('127.0.0.1'),
       })
       .prefault({}),
+    /**
+     * The Prometheus scrape listener (`GET /metrics`, OpenMetrics with exemplars). Off unless `port` is set;
+     * loopback by default; never the public port.
+     */
+    metrics: z
+      .strictObject({
+        port: z.int().min(0).max(65535).optional(),
+        host: z.string().min(1).default('127.0.0.1'),
+      })
+      .prefault({}),
     /** How long one readiness answer (a probe of every instance) is reused, ms. Default 1000. */
     readinessCacheMs: z.int().min(0).max(60_000).default(1000),
     /** Upstream services by key; routes name them. */
@@ -324,6 +334,9 @@ const configSchema = z
     if (config.admin.port !== undefined && config.admin.port !== 0 && config.admin.port === config.port) {
       ctx.addIssue({ code: 'custom', path: ['admin', 'port'], message: 'must differ from port: the internal listener is never the public one', input: config.admin.port });
     }
+    if (config.metrics.port !== undefined && config.metrics.port !== 0 && (config.metrics.port === config.port || config.metrics.port === config.admin.port)) {
+      ctx.addIssue({ code: 'custom', path: ['metrics', 'port'], message: 'must differ from port and admin.port: metrics are never served on the public listener', input: config.metrics.port });
+    }
   })
   .transform(({ auth: { secret, ...auth }, ...config }) => ({
     ...config,
@@ -354,6 +367,8 @@ export const ENV_OVERRIDES = {
   HEADERS_WITH_UNDERSCORES: 'headersWithUnderscores',
   ADMIN_PORT: 'admin.port',
   ADMIN_HOST: 'admin.host',
+  METRICS_PORT: 'metrics.port',
+  METRICS_HOST: 'metrics.host',
   TRUSTED_PROXY_HOPS: 'trustedProxyHops',
   JWT_SECRET: 'auth.secret',
   JWT_ISSUER: 'auth.issuer',
