@@ -61,6 +61,12 @@ export const FORWARDING_HEADERS = [
   'true-client-ip',
 ] as const;
 
+/**
+ * Longest credentials accepted, characters. The gateway refuses longer ones at login (400) and user-service
+ * applies the same limits at registration and in its credential check, so neither side can drift.
+ */
+export const CREDENTIAL_LIMITS = { emailMaxLength: 254, passwordMaxLength: 128 } as const;
+
 /** The identity headers the gateway injects from a verified token. */
 export const IDENTITY_HEADERS = [HEADER.userId, HEADER.userRole, HEADER.userEmail] as const;
 

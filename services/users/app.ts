@@ -2,7 +2,7 @@ import Router from '@koa/router';
 import type Koa from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
-import { SERVICE_NAME } from '../../otel/wire-names';
+import { CREDENTIAL_LIMITS, SERVICE_NAME } from '../../otel/wire-names';
 import { createServiceApp, requireCaller, ServiceError, validBody } from '../shared/service-app';
 import { DuplicateEmailError, UserStore } from './user-store';
 
@@ -15,10 +15,10 @@ export interface UsersAppOptions {
 
 const registration = z.object({
   name: z.string().trim().min(1).max(100),
-  email: z.email().max(254),
-  password: z.string().min(8, 'must be at least 8 characters').max(128),
+  email: z.email().max(CREDENTIAL_LIMITS.emailMaxLength),
+  password: z.string().min(8, 'must be at least 8 characters').max(CREDENTIAL_LIMITS.passwordMaxLength),
 });
-const credentials = z.object({ email: z.string().max(254), password: z.string().max(128) });
+const credentials = z.object({ email: z.string().max(CREDENTIAL_LIMITS.emailMaxLength), password: z.string().max(CREDENTIAL_LIMITS.passwordMaxLength) });
 
 /**
  * user-service: registration, credential checks for the gateway's login, and profiles.

@@ -3,7 +3,7 @@ import { bodyParser } from '@koa/bodyparser';
 import { context, type Tracer } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
 import type { Logger } from '../../otel/logger';
-import { HEADER } from '../../otel/wire-names';
+import { CREDENTIAL_LIMITS, HEADER } from '../../otel/wire-names';
 import type { AuthenticatedUser } from '../context';
 import { DEFAULT_RETRY_AFTER_SECONDS, GatewayError, upstreamFailure, type ErrorCode } from '../errors';
 import type { TokenService } from '../tokens';
@@ -14,13 +14,6 @@ import type { RateLimiter } from './rate-limit';
 /** Where user-service checks credentials. Outside `/users`, so no public route can reach it. */
 export const CREDENTIALS_CHECK_PATH = '/internal/credentials/verify';
 
-/**
- * Longest email and password accepted, characters (UTF-16 code units, as zod and `String.length` count):
- * user-service's own limits (the `credentials` schema in services/users/app.ts). Checked here as well, so an
- * over-long value is the client's 400 and never a trip to user-service. test/gateway/login-abuse.test.ts
- * pins the two together at the boundary: one character more is refused here, exactly the limit reaches it.
- */
-export const CREDENTIAL_LIMITS = { emailMaxLength: 254, passwordMaxLength: 128 } as const;
 
 export interface LoginOptions {
   tokens: TokenService;

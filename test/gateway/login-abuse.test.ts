@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { CREDENTIAL_LIMITS, CREDENTIALS_CHECK_PATH } from '../../src/middleware/login';
+import { CREDENTIALS_CHECK_PATH } from '../../src/middleware/login';
+import { CREDENTIAL_LIMITS } from '../../otel/wire-names';
 import { HEADER } from '../../otel/wire-names';
 import { deleteKeys, isolatedKeyPrefix } from '../helpers/redis';
 import { listen, refusedOrigin, type TestServer } from '../helpers/servers';
