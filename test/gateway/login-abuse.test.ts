@@ -4,7 +4,7 @@ import { CREDENTIALS_CHECK_PATH } from '../../src/middleware/login';
 import { CREDENTIAL_LIMITS } from '../../otel/wire-names';
 import { HEADER } from '../../otel/wire-names';
 import { deleteKeys, isolatedKeyPrefix } from '../helpers/redis';
-import { listen, refusedOrigin, type TestServer } from '../helpers/servers';
+import { listen, refusedOrigin, scriptedUpstream, type TestServer } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
@@ -266,13 +266,11 @@ describe('login when user-service refuses the credential check', () => {
 
   beforeAll(async () => {
     // Stands in for user-service: every credential check gets the row's answer.
-    users = await listen((req, res) => {
-      req.resume();
-      req.on('end', () => {
-        res.writeHead(answer.status, { 'content-type': 'application/problem+json', ...answer.headers });
-        res.end(JSON.stringify({ status: answer.status, code: 'from_user_service', detail: 'UPSTREAM-DETAIL' }));
-      });
-    });
+    users = await scriptedUpstream(() => ({
+      status: answer.status,
+      headers: { 'content-type': 'application/problem+json', ...answer.headers },
+      body: JSON.stringify({ status: answer.status, code: 'from_user_service', detail: 'UPSTREAM-DETAIL' }),
+    }));
     stack = await startStack({
       serviceUrls: { users: users.url },
       overrides: { auth: { ...shippedAuth(), loginRateLimit: { max: 1000, windowMs: 60_000 }, loginAccountRateLimit: { max: 1000, windowMs: 60_000 } } },

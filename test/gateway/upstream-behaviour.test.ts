@@ -1,6 +1,6 @@
 import http from 'node:http';
 import { HEADER } from '../../otel/wire-names';
-import { listen, type TestServer } from '../helpers/servers';
+import { listen, scriptedUpstream, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
 
@@ -51,13 +51,7 @@ describe('login when the users service answers the credential check badly', () =
 
   beforeAll(async () => {
     // Stands in for user-service: whatever the row says, for every credential check.
-    users = await listen((req, res) => {
-      req.resume();
-      req.on('end', () => {
-        res.writeHead(state.status, { 'content-type': state.contentType });
-        res.end(state.body);
-      });
-    });
+    users = await scriptedUpstream(() => ({ status: state.status, headers: { 'content-type': state.contentType }, body: state.body }));
     stack = await startStack({ serviceUrls: { users: users.url }, overrides: { auth: { loginRateLimit: { max: 1000, windowMs: 60_000 } } } });
   });
   afterAll(async () => {

@@ -60,6 +60,28 @@ export function memoryLogger(serviceName: string): { logger: Logger; lines: Reco
   return { logger, lines };
 }
 
+/** One scripted answer: what a stand-in upstream sends back. */
+export interface ScriptedAnswer {
+  status: number;
+  headers?: Record<string, string>;
+  body: string;
+}
+
+/**
+ * A stand-in upstream (e.g. for user-service's credential check) that reads each request body, then sends
+ * whatever `answer()` returns at that moment, so a test table can change the answer row by row.
+ */
+export function scriptedUpstream(answer: () => ScriptedAnswer): Promise<TestServer> {
+  return listen((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      const { status, headers, body } = answer();
+      res.writeHead(status, headers);
+      res.end(body);
+    });
+  });
+}
+
 /** A loopback origin with nothing listening on it: connections are refused. */
 export async function refusedOrigin(): Promise<string> {
   const server = await listen(() => undefined);
