@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
+import { childEnvironment, onJsonLines } from '../helpers/process-stack';
 import { listen, type TestServer } from '../helpers/servers';
 import { TEST_JWT_SECRET } from '../helpers/test-config';
 
@@ -9,25 +10,13 @@ const root = path.join(__dirname, '../..');
 function startGateway(env: Record<string, string>) {
   const child = spawn(process.execPath, [path.join(root, 'dist/src/main.js')], {
     cwd: root,
-    env: { ...process.env, PORT: '0', ADMIN_PORT: '', JWT_SECRET: TEST_JWT_SECRET, OTEL_SDK_DISABLED: 'true', ...env },
+    env: childEnvironment({ PORT: '0', JWT_SECRET: TEST_JWT_SECRET, OTEL_SDK_DISABLED: 'true', ...env }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: Record<string, unknown>[] = [];
-  let partial = '';
   let stderr = '';
   child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  child.stdout!.on('data', (chunk: Buffer) => {
-    partial += chunk.toString();
-    const complete = partial.split('\n');
-    partial = complete.pop()!;
-    for (const text of complete) {
-      try {
-        lines.push(JSON.parse(text) as Record<string, unknown>);
-      } catch {
-        // not a log line
-      }
-    }
-  });
+  onJsonLines(child.stdout!, (line) => lines.push(line));
   async function waitForLine(message: string, timeoutMs = 15_000): Promise<Record<string, unknown>> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {

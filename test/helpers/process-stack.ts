@@ -34,6 +34,28 @@ export function childEnvironment(env: Readonly<Record<string, string | undefined
   return { PATH: process.env.PATH ?? '', ...Object.fromEntries(given) };
 }
 
+/**
+ * Calls `onLine` with each JSON log line a stream prints, as it arrives (lines split across chunks are
+ * joined; anything that is not JSON, such as console exporter output, is skipped).
+ */
+export function onJsonLines(stream: NodeJS.ReadableStream, onLine: (line: Record<string, unknown>) => void): void {
+  let partial = '';
+  stream.on('data', (chunk: Buffer) => {
+    partial += chunk.toString();
+    const complete = partial.split('\n');
+    partial = complete.pop()!;
+    for (const text of complete) {
+      let line: Record<string, unknown>;
+      try {
+        line = JSON.parse(text) as Record<string, unknown>;
+      } catch {
+        continue;
+      }
+      onLine(line);
+    }
+  });
+}
+
 function startProcess(name: string, entry: string, env: Record<string, string>): Promise<RunningProcess> {
   const child = spawn(process.execPath, ['--require', REGISTER, path.join(ROOT, 'dist', entry)], {
     cwd: ROOT,
@@ -43,23 +65,12 @@ function startProcess(name: string, entry: string, env: Record<string, string>):
   const running: RunningProcess = { name, child, url: '', lines: [], stderr: [] };
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${name} did not start:\n${running.stderr.join('')}`)), 20_000);
-    let partial = '';
-    child.stdout!.on('data', (chunk: Buffer) => {
-      partial += chunk.toString();
-      const complete = partial.split('\n');
-      partial = complete.pop()!;
-      for (const text of complete) {
-        try {
-          const line = JSON.parse(text) as Record<string, unknown>;
-          running.lines.push(line);
-          if (typeof line.url === 'string' && String(line.message).endsWith('listening')) {
-            running.url = line.url;
-            clearTimeout(timer);
-            resolve(running);
-          }
-        } catch {
-          // not a log line (console exporter output, for instance)
-        }
+    onJsonLines(child.stdout!, (line) => {
+      running.lines.push(line);
+      if (typeof line.url === 'string' && String(line.message).endsWith('listening')) {
+        running.url = line.url;
+        clearTimeout(timer);
+        resolve(running);
       }
     });
     child.stderr!.on('data', (chunk: Buffer) => running.stderr.push(chunk.toString()));
