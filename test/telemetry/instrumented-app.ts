@@ -11,6 +11,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { childEnvironment } from '../helpers/process-stack';
 
 const ROOT = path.resolve(__dirname, '../..');
 const FIXTURE = path.join(ROOT, 'test/fixtures/telemetry-app.js');
@@ -85,15 +86,14 @@ export interface InstrumentedApp {
 const running = new Set<ChildProcess>();
 
 /**
- * Starts the fixture with `env` on top of a clean environment (no inherited OTEL_* variables) and waits for
+ * Starts the fixture with exactly `env` (nothing of the runner's environment but PATH) and waits for
  * its `listening` log line.
  */
 export async function startInstrumentedApp(env: Readonly<Record<string, string | undefined>>): Promise<InstrumentedApp> {
   const otelDir = await compileTelemetryBootstrap();
-  const inherited = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('OTEL_')));
   const child = spawn(process.execPath, ['--require', path.join(otelDir, 'register.js'), FIXTURE], {
     cwd: ROOT,
-    env: { ...inherited, NODE_ENV: 'test', FIXTURE_OTEL_DIR: otelDir, ...env },
+    env: childEnvironment({ NODE_ENV: 'test', FIXTURE_OTEL_DIR: otelDir, ...env }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   running.add(child);

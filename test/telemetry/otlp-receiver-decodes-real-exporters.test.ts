@@ -9,6 +9,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { SeverityNumber, SpanStatusCode } from '@opentelemetry/api';
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
+import { childEnvironment } from '../helpers/process-stack';
 
 const EMITTER = path.resolve(__dirname, '../fixtures/emit-known-telemetry.js');
 const TRACE_ID = '0af7651916cd43dd8448eb211c80319c';
@@ -37,7 +38,7 @@ describe.each([
     receiver.clear();
     const scenario = { url: receiver.url, protocol, compression, traceId: TRACE_ID, remoteParentId: REMOTE_PARENT_ID, spanId: SPAN_ID, start: START, end: END };
     await promisify(execFile)(process.execPath, [EMITTER], {
-      env: { ...process.env, EMIT_SCENARIO: JSON.stringify(scenario) },
+      env: childEnvironment({ EMIT_SCENARIO: JSON.stringify(scenario) }),
       timeout: 20_000,
     });
   });

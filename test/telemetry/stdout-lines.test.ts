@@ -1,12 +1,13 @@
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
+import { childEnvironment } from '../helpers/process-stack';
 
 const root = path.join(__dirname, '../..');
 
 /** Runs a script against the built logger (dist/) in a fresh process: its exit status and stdout lines. */
 function runLogger(script: string): { status: number | null; stdout: string; lines: () => Record<string, unknown>[] } {
   const prelude = `const { createLogger } = require(${JSON.stringify(path.join(root, 'dist/otel/logger.js'))}); const logger = createLogger({ serviceName: 'probe', exportToOtel: false });`;
-  const { status, stdout } = spawnSync(process.execPath, ['-e', prelude + script], { cwd: root, env: { ...process.env, OTEL_SDK_DISABLED: 'true' }, encoding: 'utf8', timeout: 15_000, maxBuffer: 64 * 1024 * 1024 });
+  const { status, stdout } = spawnSync(process.execPath, ['-e', prelude + script], { cwd: root, env: childEnvironment({ OTEL_SDK_DISABLED: 'true' }), encoding: 'utf8', timeout: 15_000, maxBuffer: 64 * 1024 * 1024 });
   const lines = () =>
     stdout
       .split('\n')
