@@ -102,6 +102,9 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
   });
   app.use(options.router.routes());
   app.use(options.router.allowedMethods());
+  // What Koa could not answer itself (a client that hung up mid-body, a socket error) goes to the service's
+  // JSON log, not to Koa's default console.error.
+  app.on('error', (error: Error & { code?: string }) => logger.warn('request stream failed', { error: error.message, code: error.code }));
   return app;
 }
 
