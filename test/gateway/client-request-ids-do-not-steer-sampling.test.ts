@@ -85,6 +85,6 @@ describe('client request ids and sampling', () => {
     expect(server!.spanContext().traceId).not.toBe(CLIENT_TRACE_ID);
     expect(server!.attributes[ATTR.requestId]).toBe(CLIENT_ID);
     expect(server!.attributes[ATTR.traceIdSource]).toBeUndefined();
-    expect(response!.headers.get(HEADER.traceresponse)).toBe(`00-${server!.spanContext().traceId}-${server!.spanContext().spanId}-01`);
+    expect(response!.headers.get(HEADER.traceresponse)).toBe(`00-${server!.spanContext().traceId}-${server!.spanContext().spanId}-03`);
   });
 });

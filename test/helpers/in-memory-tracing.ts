@@ -1,7 +1,7 @@
 import { context, propagation, type Tracer } from '@opentelemetry/api';
-import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider, type ReadableSpan } from '@opentelemetry/sdk-trace';
+import { createTextMapPropagator } from '../../otel/trace-context-propagator';
 import { RequestedTraceIdGenerator } from '../../otel/trace-ids';
 
 export interface InMemoryTracing {
@@ -18,8 +18,8 @@ export interface InMemoryTracing {
 export function startInMemoryTracing(): InMemoryTracing {
   const contextManager = new AsyncLocalStorageContextManager().enable();
   context.setGlobalContextManager(contextManager);
-  // The propagators NodeSDK registers by default.
-  propagation.setGlobalPropagator(new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }));
+  // The propagators the telemetry bootstrap registers (otel/sdk.ts).
+  propagation.setGlobalPropagator(createTextMapPropagator());
   const exporter = new InMemorySpanExporter();
   const provider = new TracerProvider({ idGenerator: new RequestedTraceIdGenerator(), spanProcessors: [new SimpleSpanProcessor({ exporter })] });
   return {

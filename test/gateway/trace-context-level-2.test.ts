@@ -1,0 +1,146 @@
+import http from 'node:http';
+import { SpanKind } from '@opentelemetry/api';
+import { HEADER } from '../../otel/wire-names';
+import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
+import { login, startStack, type TestStack } from '../helpers/stack';
+
+/**
+ * W3C Trace Context Level 2 at the edge (issue 11), through the real gateway: what the users service receives
+ * and what the client gets back in `traceresponse`. The parsing rules themselves are pinned in
+ * test/unit/trace-context.test.ts.
+ */
+const TRACE = '0af7651916cd43dd8448eb211c80319c';
+const PARENT = 'b7ad6b7169203331';
+const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
+
+/** A GET with header lines sent exactly as given: a name given twice goes out as two lines. */
+function get(url: string, lines: ReadonlyArray<readonly [string, string]>): Promise<http.IncomingMessage> {
+  const request = http.request(url);
+  const byName = new Map<string, string[]>();
+  for (const [name, value] of lines) byName.set(name, [...(byName.get(name) ?? []), value]);
+  for (const [name, values] of byName) request.setHeader(name, values.length === 1 ? values[0]! : values);
+  return new Promise((resolve, reject) => {
+    request.on('response', (response) => {
+      response.resume();
+      response.on('end', () => resolve(response));
+    });
+    request.on('error', reject);
+    request.end();
+  });
+}
+
+function fields(traceparent: string | string[] | undefined) {
+  const match = TRACEPARENT.exec(typeof traceparent === 'string' ? traceparent : '');
+  if (!match) throw new Error(`not a version 00 traceparent: ${String(traceparent)}`);
+  return { traceId: match[1]!, parentId: match[2]!, flags: match[3]! };
+}
+
+describe('W3C Trace Context Level 2 at the edge', () => {
+  let tracing: InMemoryTracing;
+  let trusting: TestStack;
+  let edge: TestStack;
+  let trustingToken: string;
+  let edgeToken: string;
+
+  beforeAll(async () => {
+    tracing = startInMemoryTracing();
+    trusting = await startStack({ tracer: tracing.tracer, overrides: { trustTraceparent: true } });
+    edge = await startStack({ tracer: tracing.tracer });
+    [trustingToken, edgeToken] = await Promise.all([login(trusting.gateway.url), login(edge.gateway.url)]);
+  });
+  afterAll(async () => {
+    await trusting.close();
+    await edge.close();
+    await tracing.shutdown();
+  });
+
+  /** One request through `stack`; what the users service received, and the client's traceresponse. */
+  async function through(stack: TestStack, token: string, lines: ReadonlyArray<readonly [string, string]>) {
+    const response = await get(`${stack.gateway.url}/api/users/1`, [['authorization', `Bearer ${token}`], ...lines]);
+    expect(response.statusCode).toBe(200);
+    const seen = stack.users.requests.at(-1)!.headers;
+    return { traceparent: fields(seen.traceparent), tracestate: seen.tracestate, traceresponse: fields(response.headers.traceresponse), requestId: response.headers[HEADER.requestId] };
+  }
+
+  describe('with trustTraceparent on', () => {
+    it.each([
+      { desc: 'sampled and random', sent: '03', expected: '03' },
+      { desc: 'random, not sampled', sent: '02', expected: '02' },
+      { desc: 'sampled, not random', sent: '01', expected: '01' },
+      { desc: 'with flags it does not know, sent on as zero', sent: 'ff', expected: '03' },
+    ])('continues a trace that is $desc and keeps its random flag', async ({ sent, expected }) => {
+      const { traceparent, traceresponse } = await through(trusting, trustingToken, [['traceparent', `00-${TRACE}-${PARENT}-${sent}`]]);
+      expect(traceparent.traceId).toBe(TRACE);
+      expect(traceparent.parentId).not.toBe(PARENT);
+      expect(traceparent.flags).toBe(expected);
+      expect(traceresponse).toEqual({ traceId: TRACE, parentId: expect.not.stringMatching(PARENT), flags: expected });
+    });
+
+    it('continues a later version by its first four fields and answers in version 00', async () => {
+      const { traceparent, traceresponse } = await through(trusting, trustingToken, [['traceparent', `cc-${TRACE}-${PARENT}-03-what-the-future-will-be-like`]]);
+      expect(traceparent).toMatchObject({ traceId: TRACE, flags: '03' });
+      expect(traceresponse).toMatchObject({ traceId: TRACE, flags: '03' });
+    });
+
+    it.each([
+      { desc: 'the list as sent, blanks removed', lines: [['tracestate', 'rojo=00f067aa0ba902b7 , congo=t61rcWkgMzE']], expected: 'rojo=00f067aa0ba902b7,congo=t61rcWkgMzE' },
+      { desc: 'several header lines as one list, in order', lines: [['tracestate', 'foo=1,bar=2'], ['tracestate', 'baz=3']], expected: 'foo=1,bar=2,baz=3' },
+      { desc: 'keys with @ (multi-tenant and the full key grammar)', lines: [['tracestate', 'fw529a3039@dt=1,foo@=2,foo@bar@baz=3']], expected: 'fw529a3039@dt=1,foo@=2,foo@bar@baz=3' },
+      { desc: 'a 256-character key', lines: [['tracestate', `foo=1,${'z'.repeat(256)}=1`]], expected: `foo=1,${'z'.repeat(256)}=1` },
+      { desc: '32 members', lines: [['tracestate', Array.from({ length: 32 }, (_, i) => `k${i}=${i}`).join(',')]], expected: Array.from({ length: 32 }, (_, i) => `k${i}=${i}`).join(',') },
+      { desc: 'one of a repeated key, the left-most', lines: [['tracestate', 'foo=1'], ['tracestate', 'foo=2']], expected: 'foo=1' },
+      { desc: 'nothing for an empty header', lines: [['tracestate', '']], expected: undefined },
+      { desc: 'nothing for a 257-character key', lines: [['tracestate', `foo=1,${'z'.repeat(257)}=1`]], expected: undefined },
+      { desc: 'nothing for 33 members', lines: [['tracestate', Array.from({ length: 33 }, (_, i) => `k${i}=${i}`).join(',')]], expected: undefined },
+      { desc: 'nothing for a value with =', lines: [['tracestate', 'foo=bar=baz']], expected: undefined },
+      { desc: 'nothing for an empty value beside a valid member', lines: [['tracestate', 'foo=,bar=3']], expected: undefined },
+      { desc: 'nothing for an upper-case key', lines: [['tracestate', 'FOO=1,bar=2']], expected: undefined },
+    ] as const)('forwards $desc in tracestate, on the same trace', async ({ lines, expected }) => {
+      const { traceparent, tracestate } = await through(trusting, trustingToken, [['traceparent', `00-${TRACE}-${PARENT}-03`], ...lines]);
+      expect(traceparent).toMatchObject({ traceId: TRACE, flags: '03' });
+      expect(tracestate).toBe(expected);
+    });
+
+    it.each([
+      { desc: 'version ff', traceparent: `ff-${TRACE}-${PARENT}-03` },
+      { desc: 'version 00 with a fifth field', traceparent: `00-${TRACE}-${PARENT}-03-extra` },
+      { desc: 'an upper-case trace id', traceparent: `00-${TRACE.toUpperCase()}-${PARENT}-03` },
+      { desc: 'an all-zero parent id', traceparent: `00-${TRACE}-${'0'.repeat(16)}-03` },
+    ])('starts a new random trace for $desc and drops the tracestate that came with it', async ({ traceparent: sent }) => {
+      const { traceparent, tracestate, traceresponse, requestId } = await through(trusting, trustingToken, [['traceparent', sent], ['tracestate', 'foo=1']]);
+      expect(traceparent.traceId).not.toBe(TRACE);
+      expect(traceparent.flags).toBe('03');
+      expect(tracestate).toBeUndefined();
+      expect(traceresponse).toMatchObject({ traceId: traceparent.traceId, flags: '03' });
+      expect(requestId).toBe(traceparent.traceId);
+    });
+
+    it('answers traceresponse with the server span, and sends the service the client span under it', async () => {
+      tracing.reset();
+      const { traceparent, traceresponse } = await through(trusting, trustingToken, [['traceparent', `00-${TRACE}-${PARENT}-03`]]);
+      const server = tracing.spans().find((span) => span.kind === SpanKind.SERVER && span.spanContext().spanId === traceresponse.parentId);
+      const client = tracing.spans().find((span) => span.kind === SpanKind.CLIENT && span.spanContext().spanId === traceparent.parentId);
+      expect(server?.parentSpanContext?.spanId).toBe(PARENT);
+      expect(client?.parentSpanContext?.spanId).toBe(traceresponse.parentId);
+    });
+  });
+
+  describe('with trustTraceparent off (the default)', () => {
+    it('starts a new random trace and forwards none of the client trace headers', async () => {
+      const { traceparent, tracestate, traceresponse } = await through(edge, edgeToken, [
+        ['traceparent', `00-${TRACE}-${PARENT}-01`],
+        ['tracestate', 'foo=1'],
+      ]);
+      expect(traceparent.traceId).not.toBe(TRACE);
+      expect(traceparent.flags).toBe('03');
+      expect(tracestate).toBeUndefined();
+      expect(traceresponse).toMatchObject({ traceId: traceparent.traceId, flags: '03' });
+    });
+
+    it('does not claim a random trace id when the id came from the client request id', async () => {
+      const { traceparent, traceresponse } = await through(edge, edgeToken, [[HEADER.requestId, '6f1c2b3a-9d8e-4f70-a1b2-c3d4e5f60718']]);
+      expect(traceparent).toMatchObject({ traceId: '6f1c2b3a9d8e4f70a1b2c3d4e5f60718', flags: '01' });
+      expect(traceresponse).toMatchObject({ traceId: '6f1c2b3a9d8e4f70a1b2c3d4e5f60718', flags: '01' });
+    });
+  });
+});
