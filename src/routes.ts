@@ -5,6 +5,8 @@ import type { UpstreamPool } from './upstream-pool';
 export interface CompiledRoute {
   readonly name: string;
   readonly prefix: string;
+  /** The route as spans and metrics name it (`http.route`): `/api/users/*` for a prefix route, the path of an exact one. */
+  readonly template: string;
   readonly service: string;
   /** The service's instances. */
   readonly pool: UpstreamPool;
@@ -76,6 +78,7 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
   const routes: CompiledRoute[] = config.routes.map((route) => ({
     name: route.name,
     prefix: route.prefix,
+    template: route.exact ? route.prefix : `${route.prefix}/*`,
     service: route.service,
     pool: pools.get(route.service)!,
     upstreamPath: route.upstreamPath,

@@ -1,3 +1,6 @@
+import { METRIC_LABEL } from '../otel/wire-names';
+import type { GatewayMetrics } from './metrics';
+
 /**
  * The instances of one service, chosen round robin, with passive health: an instance whose connection
  * fails (refused, reset before answering, timed out) `ejectAfterFailures` times in a row gets no traffic for
@@ -41,17 +44,30 @@ export interface UpstreamPoolOptions {
   ejectMs: number;
   /** Clock, ms; tests pass their own. */
   now?: () => number;
+  /** Counts ejections (`gateway_upstream_ejections_total`); none without. */
+  metrics?: GatewayMetrics;
 }
 
 interface InstanceState extends UpstreamInstance {
   consecutiveFailures: number;
   ejectedUntil: number;
   lastFailure?: string;
+  /** This instance's ejection counter, made once. */
+  ejections?: { inc(): void };
 }
 
 export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
   const now = options.now ?? Date.now;
   const instances: InstanceState[] = options.origins.map((origin) => ({ ...parseOrigin(origin), consecutiveFailures: 0, ejectedUntil: 0 }));
+  if (options.metrics) {
+    const ejections = options.metrics.upstreamEjections;
+    for (const instance of instances) {
+      // `host:port` is bounded by the config; the series exists (at 0) before the first ejection.
+      const labels = { [METRIC_LABEL.upstreamService]: options.service, [METRIC_LABEL.serverAddress]: instance.host };
+      ejections.inc(labels, 0);
+      instance.ejections = ejections.labels(labels);
+    }
+  }
   let cursor = 0;
 
   return {
@@ -71,7 +87,12 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
       const state = instance as InstanceState;
       state.consecutiveFailures += 1;
       state.lastFailure = reason;
-      if (state.consecutiveFailures >= options.ejectAfterFailures) state.ejectedUntil = now() + options.ejectMs;
+      if (state.consecutiveFailures >= options.ejectAfterFailures) {
+        const time = now();
+        // Failures of requests still in flight while it is out extend the ejection; they are not new ones.
+        if (state.ejectedUntil <= time) state.ejections?.inc();
+        state.ejectedUntil = time + options.ejectMs;
+      }
     },
     reportSuccess(instance) {
       const state = instance as InstanceState;
@@ -102,11 +123,14 @@ function parseOrigin(origin: string): UpstreamInstance {
 }
 
 /** One pool per configured service, keyed by the service name routes use. */
-export function createUpstreamPools(services: Readonly<Record<string, { url: string | readonly string[]; ejectAfterFailures: number; ejectMs: number }>>): ReadonlyMap<string, UpstreamPool> {
+export function createUpstreamPools(
+  services: Readonly<Record<string, { url: string | readonly string[]; ejectAfterFailures: number; ejectMs: number }>>,
+  metrics?: GatewayMetrics,
+): ReadonlyMap<string, UpstreamPool> {
   return new Map(
     Object.entries(services).map(([service, { url, ejectAfterFailures, ejectMs }]) => {
       const origins = (typeof url === 'string' ? [url] : url).map((each) => new URL(each).origin);
-      return [service, createUpstreamPool({ service, origins, ejectAfterFailures, ejectMs })];
+      return [service, createUpstreamPool({ service, origins, ejectAfterFailures, ejectMs, metrics })];
     }),
   );
 }

@@ -3,8 +3,9 @@ import { PassThrough } from 'node:stream';
 import { context, trace, type Context as OtelContext, type Span, type Tracer } from '@opentelemetry/api';
 import type { Context as KoaContext, Middleware } from 'koa';
 import { Agent, type Dispatcher } from 'undici';
-import { ATTR } from '../../otel/wire-names';
+import { ATTR, METRIC_LABEL } from '../../otel/wire-names';
 import { GatewayError, upstreamFailure } from '../errors';
+import { exemplarOf, type GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
 import { endToEndHeaders, upstreamRequestHeaders, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import type { UpstreamInstance } from '../upstream-pool';
@@ -25,6 +26,8 @@ export interface ProxyOptions {
   underscores: UnderscoreHeaderPolicy;
   /** Makes the CLIENT span of each upstream call. */
   tracer: Tracer;
+  /** Times every attempt (`gateway_upstream_request_duration_seconds`) and counts retries; none when metrics are off. */
+  metrics?: GatewayMetrics;
 }
 
 /** What happened to one attempt at forwarding a request, read once the attempt is over. */
@@ -61,6 +64,8 @@ const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT'
  * `maxPendingRequests` more may wait; later ones get 503 `upstream_busy` at once instead of an unbounded queue.
  */
 export function createProxy(options: ProxyOptions): Middleware {
+  const upstreamDuration = options.metrics?.upstreamDuration;
+  const upstreamRetries = options.metrics?.upstreamRetries;
   const upstreams = new Agent({ connections: options.maxSockets, pipelining: 1 });
   /** Exchanges undici holds per instance (running or queued for a connection). */
   const inFlight = new Map<UpstreamInstance, number>();
@@ -233,9 +238,16 @@ export function createProxy(options: ProxyOptions): Middleware {
         throw new GatewayError('upstream_unavailable', `No healthy instance of the ${route.service} service (${pool.size} ejected after failing).`);
       }
       tried.add(instance);
+      const started = performance.now();
       const exchange = await forward(ctx, instance, attempt, parent, route, corsApplied);
       const outcome = outcomeOf(exchange);
       endUpstreamSpan(exchange.span, outcome, exchange.status, exchange.failure);
+      // Per attempt and until the client had the whole response: a retried request is two observations.
+      upstreamDuration?.observe({
+        labels: { [METRIC_LABEL.upstreamService]: route.service, [METRIC_LABEL.serverAddress]: instance.host, [METRIC_LABEL.upstreamOutcome]: outcome },
+        value: (performance.now() - started) / 1000,
+        exemplarLabels: exemplarOf(exchange.span.spanContext()),
+      });
       serverSpan?.setAttributes({ [ATTR.upstreamService]: route.service, [ATTR.upstreamUrl]: instance.origin, [ATTR.upstreamOutcome]: outcome, [ATTR.upstreamAttempts]: attempt });
       if (outcome === 'ok') pool.reportSuccess(instance);
       else if (INSTANCE_FAILURES.has(outcome)) pool.reportFailure(instance, outcome);
@@ -243,6 +255,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       const retryable = (outcome === 'refused' || outcome === 'reset') && exchange.status === undefined && !ctx.res.headersSent;
       if (retryable && attempt < maxAttempts && pool.pick(tried)) {
         serverSpan?.addEvent('upstream retry', { [ATTR.upstreamUrl]: instance.origin, [ATTR.upstreamOutcome]: outcome, [ATTR.upstreamAttempts]: attempt });
+        upstreamRetries?.inc({ [METRIC_LABEL.upstreamService]: route.service });
         continue;
       }
       switch (outcome) {

@@ -6,6 +6,7 @@ import ratelimit from 'koa-ratelimit';
 import type { Logger } from '../../otel/logger';
 import { ATTR } from '../../otel/wire-names';
 import { GatewayError } from '../errors';
+import { rateLimitDecisionCounters, type GatewayMetrics } from '../metrics';
 
 /** The state koa-ratelimit's memory driver keeps per client; `reset` is in epoch seconds. */
 interface WindowEntry {
@@ -52,6 +53,8 @@ export interface RateLimiterOptions {
   /** When the store cannot answer: `allow` (default) or `reject` with 503. */
   onStoreFailure?: 'allow' | 'reject';
   logger: Logger;
+  /** Counts every decision (`gateway_rate_limit_decisions_total`) under this policy's name; none when metrics are off. */
+  metrics?: GatewayMetrics;
   /** IPv6 clients are counted per network of this many bits (see `clientNetworkKey`). Default 64; 128 = per address. */
   ipv6PrefixLength?: number;
 }
@@ -92,10 +95,12 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
     id: (ctx) => keys.get(ctx) ?? clientNetworkKey(ctx.ip, ipv6PrefixLength),
   });
   let lastFailureLog = 0;
+  const decided = options.metrics && rateLimitDecisionCounters(options.metrics, options.name);
 
   async function storeFailed(ctx: Context, next: () => Promise<void>, error: unknown): Promise<void> {
     const decision = onStoreFailure === 'allow' ? 'store_down_allowed' : 'store_down_rejected';
     trace.getActiveSpan()?.setAttribute(ATTR.rateLimitDecision, decision);
+    decided?.[decision].inc();
     if (Date.now() - lastFailureLog >= STORE_FAILURE_LOG_INTERVAL_MS) {
       lastFailureLog = Date.now();
       logger.warn('rate limit store failed', { policy: options.name, decision, error: error instanceof Error ? error.message : String(error) });
@@ -114,6 +119,7 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
       try {
         await limit(ctx, async () => {
           passed = true;
+          decided?.allowed.inc();
           writeStandardHeaders(ctx, policy, options.name);
           await next();
         });
@@ -124,6 +130,7 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
       if (passed) return;
       const retryAfter = Math.max(1, writeStandardHeaders(ctx, policy, options.name));
       trace.getActiveSpan()?.setAttribute(ATTR.rateLimitDecision, 'limited');
+      decided?.limited.inc();
       throw new GatewayError('rate_limited', `Rate limit of ${options.max} requests per ${windowSeconds} s exceeded; retry in ${retryAfter} s.`, {
         headers: { 'Retry-After': String(retryAfter) },
       });

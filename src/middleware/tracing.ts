@@ -1,4 +1,5 @@
-import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
+import { context, defaultTextMapGetter, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Tracer } from '@opentelemetry/api';
+import type { IncomingHttpHeaders } from 'node:http';
 import type { Context as KoaContext, Middleware } from 'koa';
 import {
   ATTR_CLIENT_ADDRESS,
@@ -12,6 +13,8 @@ import {
   ATTR_USER_AGENT_ORIGINAL,
 } from '@opentelemetry/semantic-conventions';
 import { UNTRACED_PATHS } from '../../otel/telemetry-config';
+import { formatTraceparent, TRACE_FLAG_RANDOM } from '../../otel/trace-context';
+import { outgoingTraceFlags, setRandomTraceIdFlag, TraceContextPropagator } from '../../otel/trace-context-propagator';
 import { TRACE_ID_FROM_REQUEST_ID, traceIdFromRequestId, withTraceId } from '../../otel/trace-ids';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { isWellFormedRequestId } from './request-id';
@@ -19,9 +22,11 @@ import { isWellFormedRequestId } from './request-id';
 export interface TracingOptions {
   tracer: Tracer;
   /**
-   * Continue a client's `traceparent` (and accept its `baggage`). Default false: the gateway is the edge, and
-   * an untrusted client could otherwise pick trace ids (colliding with or polluting other traces) and force
-   * sampling decisions. Turn it on when a trusted proxy or client-side tracing sits in front.
+   * Continue a client's `traceparent`, with its `tracestate` and random flag, as W3C Trace Context Level 2 says
+   * (otel/trace-context.ts), and accept its `baggage`. Default false: the gateway is the edge, and an untrusted
+   * client could otherwise pick trace ids (colliding with or polluting other traces) and force sampling
+   * decisions; its trace headers are then dropped and a new trace starts. Turn it on when a trusted proxy or
+   * client-side tracing sits in front.
    */
   trustTraceparent?: boolean;
   /**
@@ -34,11 +39,17 @@ export interface TracingOptions {
   mapRequestIdToTraceId?: boolean;
 }
 
-/** The route template for span names: the matched gateway route, or the router's path, or nothing. */
+/** The route template for span names: the matched gateway route's, or the path @koa/router matched (login), or nothing. */
 function routeOf(ctx: KoaContext): string | undefined {
-  const route = ctx.state.route;
-  if (route) return route.exact ? route.prefix : `${route.prefix}/*`;
-  return (ctx as KoaContext & { routePath?: string }).routePath;
+  return ctx.state.route?.template ?? ctx.routerPath;
+}
+
+/**
+ * What a trusted client sent: its baggage (and whatever else the registered propagators read), with the trace
+ * part decided by the strict Level 2 parser alone, whichever trace propagator is registered globally.
+ */
+function trustedParent(w3c: TraceContextPropagator, headers: IncomingHttpHeaders): Context {
+  return w3c.extract(trace.deleteSpan(propagation.extract(ROOT_CONTEXT, headers)), headers, defaultTextMapGetter);
 }
 
 /**
@@ -46,25 +57,29 @@ function routeOf(ctx: KoaContext): string | undefined {
  * decides which trace a request belongs to: a trusted inbound `traceparent`, else (with `mapRequestIdToTraceId`)
  * the client's request id when it is a UUID or 32-hex id, else a new trace whose id becomes the request id
  * when the client sent none (createRequestId reads it).
- * Inbound trace headers are always removed; the proxy injects the gateway's own.
+ * Inbound trace headers are always removed; the proxy injects the gateway's own. The Level 2 random flag, which
+ * the SDK's spans cannot carry, is recorded in the request's context (trace-context-propagator.ts): a continued
+ * trace keeps its caller's; a new trace's id is random unless the client's request id chose it.
  */
 export function createTracing(options: TracingOptions): Middleware {
   const { tracer } = options;
   const trust = options.trustTraceparent ?? false;
   const mapRequestId = options.mapRequestIdToTraceId ?? true;
+  const w3c = new TraceContextPropagator();
 
   return async function traceRequest(ctx, next) {
     const headers = ctx.req.headers;
     // Probes (compose health checks every few seconds) would drown the traces that matter.
     const traced = !UNTRACED_PATHS.includes(ctx.path);
-    const parent = traced && trust ? propagation.extract(ROOT_CONTEXT, headers) : ROOT_CONTEXT;
+    const parent = traced && trust ? trustedParent(w3c, headers) : ROOT_CONTEXT;
     delete headers[HEADER.traceparent];
     delete headers[HEADER.tracestate];
     delete headers[HEADER.baggage];
     if (!traced) return next();
 
     const inboundId = headers[HEADER.requestId];
-    const continuing = trace.getSpanContext(parent) !== undefined;
+    const remote = trace.getSpanContext(parent);
+    const continuing = remote !== undefined;
     const requestedTraceId =
       mapRequestId && !continuing && typeof inboundId === 'string' && isWellFormedRequestId(inboundId) ? traceIdFromRequestId(inboundId) : undefined;
 
@@ -89,8 +104,10 @@ export function createTracing(options: TracingOptions): Middleware {
       ),
     );
     const spanContext = span.spanContext();
+    const random = remote ? (remote.traceFlags & TRACE_FLAG_RANDOM) !== 0 : requestedTraceId === undefined;
+    const active = setRandomTraceIdFlag(trace.setSpan(parent, span), spanContext.traceId, random);
     if (span.isRecording() || trace.isSpanContextValid(spanContext)) {
-      ctx.set(HEADER.traceresponse, `00-${spanContext.traceId}-${spanContext.spanId}-0${spanContext.traceFlags & 1}`);
+      ctx.set(HEADER.traceresponse, formatTraceparent({ traceId: spanContext.traceId, parentId: spanContext.spanId, traceFlags: outgoingTraceFlags(active, spanContext) }));
     }
 
     // Ended once both the response is really over (streamed proxy responses are timed whole) and the
@@ -116,7 +133,7 @@ export function createTracing(options: TracingOptions): Middleware {
     });
 
     try {
-      await context.with(trace.setSpan(parent, span), next);
+      await context.with(active, next);
     } finally {
       finish();
     }

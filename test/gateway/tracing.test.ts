@@ -44,7 +44,7 @@ describe('gateway spans', () => {
     const requestId = response.headers.get(HEADER.requestId)!;
     expect(requestId).toMatch(/^[0-9a-f]{32}$/);
     expect(server!.spanContext().traceId).toBe(requestId);
-    expect(response.headers.get(HEADER.traceresponse)).toBe(`00-${requestId}-${server!.spanContext().spanId}-01`);
+    expect(response.headers.get(HEADER.traceresponse)).toBe(`00-${requestId}-${server!.spanContext().spanId}-03`);
   });
 
   it('names the server span after its route and records user, route, upstream and outcome', async () => {
@@ -68,7 +68,7 @@ describe('gateway spans', () => {
     expect(client.attributes).toMatchObject({ 'url.full': `${stack.users.url}/users/1`, [ATTR.upstreamOutcome]: 'ok', 'http.response.status_code': 200 });
     // The service received the client span as its parent, and the request id as baggage.
     const seen = stack.users.requests.at(-1)!;
-    expect(seen.headers.traceparent).toBe(`00-${client.spanContext().traceId}-${client.spanContext().spanId}-01`);
+    expect(seen.headers.traceparent).toBe(`00-${client.spanContext().traceId}-${client.spanContext().spanId}-03`);
     expect(seen.headers.baggage).toBe(`request.id=${response.headers.get(HEADER.requestId)}`);
   });
 
@@ -82,6 +82,14 @@ describe('gateway spans', () => {
     expect(response.headers.get(HEADER.requestId)).toBe(id);
     expect(serverSpans()[0]!.spanContext().traceId).toBe(traceId);
     expect(serverSpans()[0]!.attributes[ATTR.requestId]).toBe(id);
+  });
+
+  it('names the login span after the path the gateway’s router matched (POST /api/auth/login)', async () => {
+    const response = await fetch(`${stack.gateway.url}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'bob@example.com', password: 'builder' }) });
+    await response.arrayBuffer();
+    const server = await serverSpanOf(response.headers.get(HEADER.requestId)!);
+    expect(server.name).toBe('POST /api/auth/login');
+    expect(server.attributes['http.route']).toBe('/api/auth/login');
   });
 
   it('keeps any other client request id as an attribute of a new trace', async () => {

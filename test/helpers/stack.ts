@@ -1,6 +1,7 @@
 import type { Tracer } from '@opentelemetry/api';
 import type { GatewayConfig } from '../../src/config';
 import { createGatewayApps } from '../../src/gateway';
+import { createGatewayMetrics, metricsRequestListener } from '../../src/metrics';
 import { createRedisStore } from '../../src/rate-limit-store';
 import { createApp as createNotificationsApp } from '../../services/notifications/app';
 import { createApp as createOrdersApp } from '../../services/orders/app';
@@ -13,6 +14,8 @@ export interface TestStack {
   gateway: TestServer;
   /** The internal listener (details of /ready). */
   admin: TestServer;
+  /** The scrape listener (`GET /metrics`), as main.ts opens it with `metrics.port`. */
+  metrics: TestServer;
   config: GatewayConfig;
   users: TestServer & { requests: RecordedRequest[] };
   orders: TestServer & { requests: RecordedRequest[] };
@@ -60,11 +63,13 @@ export async function startStack(options: StackOptions = {}): Promise<TestStack>
       throw error;
     }
   }
-  const apps = createGatewayApps(config, { logger, redis, tracer: options.tracer });
-  const [gateway, admin] = await Promise.all([listen(apps.gateway.callback()), listen(apps.admin.callback())]);
+  const metrics = createGatewayMetrics();
+  const apps = createGatewayApps(config, { logger, redis, tracer: options.tracer, metrics });
+  const [gateway, admin, metricsServer] = await Promise.all([listen(apps.gateway.callback()), listen(apps.admin.callback()), listen(metricsRequestListener(metrics.registry))]);
   return {
     gateway,
     admin,
+    metrics: metricsServer,
     config,
     users,
     orders,
@@ -72,7 +77,7 @@ export async function startStack(options: StackOptions = {}): Promise<TestStack>
     gatewayLogs: lines,
     serviceRequests: () => [...users.requests, ...orders.requests, ...notifications.requests],
     async close() {
-      await Promise.all([gateway.close(), admin.close(), users.close(), orders.close(), notifications.close()]);
+      await Promise.all([gateway.close(), admin.close(), metricsServer.close(), users.close(), orders.close(), notifications.close()]);
       redis?.disconnect();
     },
   };

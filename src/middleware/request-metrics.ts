@@ -1,0 +1,60 @@
+import { trace } from '@opentelemetry/api';
+import type { Middleware } from 'koa';
+import type { Gauge } from 'prom-client';
+import { UNTRACED_PATHS } from '../../otel/telemetry-config';
+import { METRIC_LABEL, METRIC_LABEL_VALUE } from '../../otel/wire-names';
+import { AUTH_FAILURE_CODES, exemplarOf, type GatewayMetrics } from '../metrics';
+
+export interface RequestMetricsOptions {
+  metrics: GatewayMetrics;
+}
+
+/** The semantic conventions' known methods; any other becomes `_OTHER`, so a client cannot mint series. */
+const STANDARD_METHODS = ['CONNECT', 'DELETE', 'GET', 'HEAD', 'OPTIONS', 'PATCH', 'POST', 'PUT', 'TRACE'] as const;
+
+/**
+ * `http_server_request_duration_seconds`, `http_server_active_requests` and `gateway_auth_failures_total` for
+ * every request but the probes (`/health`, `/ready`: health checks every few seconds would swamp the rates,
+ * as they would the traces). Recorded when the response is really over, as the access log is, so streamed
+ * responses are timed whole and a client that left counts as 499.
+ *
+ * Labels are bounded by the config, never by what a client sends: `http_route` is the route template as the
+ * span names it (`/api/users/*`, an exact route's path, the router path of the gateway's own endpoints,
+ * `unmatched` otherwise), never the raw path. Auth failures are counted here, from the error code
+ * handleErrors recorded, so every place that refuses a caller (authenticate, authorize, login) counts the
+ * same way without a hook of its own.
+ */
+export function createRequestMetrics(options: RequestMetricsOptions): Middleware {
+  const { requestDuration, activeRequests, authFailures } = options.metrics;
+  const methods = new Map<string, string>(STANDARD_METHODS.map((method) => [method, method]));
+  const active = new Map<string, Gauge.Internal<typeof METRIC_LABEL.method>>([...STANDARD_METHODS, METRIC_LABEL_VALUE.otherMethod].map((method) => [method, activeRequests.labels({ [METRIC_LABEL.method]: method })] as const));
+  const authFailure = new Map(AUTH_FAILURE_CODES.map((code) => [code as string, authFailures.labels({ [METRIC_LABEL.errorType]: code })] as const));
+
+  return async function recordRequestMetrics(ctx, next) {
+    if (UNTRACED_PATHS.includes(ctx.path)) return next();
+    const started = performance.now();
+    const method = methods.get(ctx.method) ?? METRIC_LABEL_VALUE.otherMethod;
+    const inProgress = active.get(method)!;
+    inProgress.inc();
+    // traceRequest's SERVER span, current here; read once, its context does not change.
+    const spanContext = trace.getActiveSpan()?.spanContext();
+
+    ctx.res.once('close', () => {
+      inProgress.dec();
+      const { route, errorCode } = ctx.state;
+      requestDuration.observe({
+        labels: {
+          [METRIC_LABEL.method]: method,
+          [METRIC_LABEL.route]: route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute,
+          [METRIC_LABEL.statusCode]: ctx.res.writableFinished ? ctx.res.statusCode : 499,
+          [METRIC_LABEL.routeName]: route ? route.name : '',
+          [METRIC_LABEL.errorType]: errorCode ?? '',
+        },
+        value: (performance.now() - started) / 1000,
+        exemplarLabels: exemplarOf(spanContext),
+      });
+      if (errorCode !== undefined) authFailure.get(errorCode)?.inc();
+    });
+    await next();
+  };
+}

@@ -1,0 +1,57 @@
+import { createGatewayMetrics, listenMetrics, type MetricsListener } from '../../src/metrics';
+import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics } from '../helpers/openmetrics';
+import { startStack, type TestStack } from '../helpers/stack';
+
+const timeouts = { headersMs: 5000, requestMs: 10_000, keepAliveMs: 5000 };
+
+describe('the metrics listener (listenMetrics)', () => {
+  let listener: MetricsListener;
+  beforeAll(async () => {
+    listener = await listenMetrics(createGatewayMetrics(), { port: 0, host: '127.0.0.1', timeouts });
+  });
+  afterAll(() => listener.close());
+
+  it('serves GET /metrics in the OpenMetrics format, ending in # EOF', async () => {
+    expect(listener.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    const response = await fetch(`${listener.url}/metrics`);
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toBe(OPENMETRICS_CONTENT_TYPE);
+    const text = await response.text();
+    expect(text.endsWith('# EOF\n')).toBe(true);
+    expect(parseOpenMetrics(text).types.get('http_server_request_duration_seconds')).toBe('histogram');
+  });
+
+  it.each([
+    { desc: 'a query string (ignored)', method: 'GET', path: '/metrics?name[]=up', status: 200 },
+    { desc: 'HEAD', method: 'HEAD', path: '/metrics', status: 200 },
+    { desc: 'the root', method: 'GET', path: '/', status: 404 },
+    { desc: 'a trailing slash', method: 'GET', path: '/metrics/', status: 404 },
+    { desc: 'another case', method: 'GET', path: '/METRICS', status: 404 },
+    { desc: 'POST', method: 'POST', path: '/metrics', status: 404 },
+  ])('answers $status to $desc', async ({ method, path, status }) => {
+    const response = await fetch(`${listener.url}${path}`, { method });
+    await response.arrayBuffer();
+    expect(response.status).toBe(status);
+  });
+
+  it('stops answering once closed', async () => {
+    const own = await listenMetrics(createGatewayMetrics(), { port: 0, host: '127.0.0.1', timeouts });
+    expect((await fetch(`${own.url}/metrics`)).status).toBe(200);
+    await own.close();
+    await expect(fetch(`${own.url}/metrics`)).rejects.toThrow();
+  });
+});
+
+describe('the public listener', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack();
+  });
+  afterAll(() => stack.close());
+
+  it('never serves the metrics: /metrics is an unmatched 404 there', async () => {
+    const response = await fetch(`${stack.gateway.url}/metrics`);
+    expect(response.status).toBe(404);
+    expect(await response.json()).toMatchObject({ code: 'route_not_found' });
+  });
+});

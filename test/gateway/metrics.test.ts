@@ -1,0 +1,323 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { SpanKind, type Tracer } from '@opentelemetry/api';
+import { AlwaysOffSampler, InMemorySpanExporter, SamplingDecision, SimpleSpanProcessor, TracerProvider, type Sampler } from '@opentelemetry/sdk-trace';
+import { RequestedTraceIdGenerator } from '../../otel/trace-ids';
+import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
+import { samplesOf, scrapeWhen, valueOf, type Exposition } from '../helpers/openmetrics';
+import { listen, refusedOrigin, type TestServer } from '../helpers/servers';
+import { login, startStack, type StackOptions, type TestStack } from '../helpers/stack';
+
+/**
+ * The gateway's metrics as Prometheus scrapes them from the metrics listener, after known traffic. Names and
+ * labels are written out here rather than taken from otel/wire-names.ts: they are a contract the dashboards and
+ * the OTLP bridge are built on, and a renamed constant must fail this test.
+ */
+const DURATION = 'http_server_request_duration_seconds';
+const UPSTREAM = 'gateway_upstream_request_duration_seconds';
+const BUCKETS = ['0.005', '0.01', '0.025', '0.05', '0.075', '0.1', '0.25', '0.5', '0.75', '1', '2.5', '5', '7.5', '10', '+Inf'];
+
+let stack: TestStack | undefined;
+afterEach(async () => {
+  await stack?.close();
+  stack = undefined;
+});
+
+async function start(options: StackOptions = {}): Promise<TestStack> {
+  stack = await startStack(options);
+  return stack;
+}
+
+/** Sends one request and reads the whole answer; resolves with the status. */
+async function send(url: string, init: RequestInit = {}): Promise<number> {
+  const response = await fetch(url, init);
+  await response.arrayBuffer();
+  return response.status;
+}
+
+const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
+/** Requests recorded so far: the sum of every duration series' count. */
+const requestsCounted = (exposition: Exposition) => samplesOf(exposition, `${DURATION}_count`).reduce((sum, sample) => sum + sample.value, 0);
+const hostOf = (url: string) => new URL(url).host;
+
+describe('request duration, by route template, status and error code', () => {
+  it('counts 7 requests to one route exactly: 5 answered 200 and 2 refused 401 missing_token, with cumulative buckets', async () => {
+    const { gateway, metrics, users } = await start();
+    const token = await login(gateway.url);
+    const statuses = [];
+    for (let i = 0; i < 5; i++) statuses.push(await send(`${gateway.url}/api/users/1`, { headers: bearer(token) }));
+    for (let i = 0; i < 2; i++) statuses.push(await send(`${gateway.url}/api/users/1`));
+    expect(statuses).toEqual([200, 200, 200, 200, 200, 401, 401]);
+
+    const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 8);
+    const ok = { http_request_method: 'GET', http_route: '/api/users/*', http_response_status_code: '200', gateway_route_name: 'users', error_type: '' };
+    const refused = { ...ok, http_response_status_code: '401', error_type: 'missing_token' };
+    const loggedIn = { http_request_method: 'POST', http_route: '/api/auth/login', http_response_status_code: '200', gateway_route_name: '', error_type: '' };
+    expect(m.types.get(DURATION)).toBe('histogram');
+    expect(valueOf(m, `${DURATION}_count`, ok)).toBe(5);
+    expect(valueOf(m, `${DURATION}_count`, refused)).toBe(2);
+    expect(valueOf(m, `${DURATION}_count`, loggedIn)).toBe(1);
+    expect(samplesOf(m, `${DURATION}_count`)).toHaveLength(3);
+
+    // Cumulative: each bucket holds the ones below it; +Inf is the count; every observation took some time.
+    const buckets = samplesOf(m, `${DURATION}_bucket`, ok);
+    expect(buckets.map((bucket) => bucket.labels.le)).toEqual(BUCKETS);
+    buckets.slice(1).forEach((bucket, index) => expect(bucket.value).toBeGreaterThanOrEqual(buckets[index]!.value));
+    expect(buckets.at(-1)!.value).toBe(5);
+    expect(valueOf(m, `${DURATION}_sum`, ok)).toBeGreaterThan(0);
+
+    // One upstream attempt per proxied request (login's credential check is not a proxied attempt).
+    expect(valueOf(m, `${UPSTREAM}_count`, { gateway_upstream_service: 'users', server_address: hostOf(users.url), gateway_upstream_outcome: 'ok' })).toBe(5);
+    expect(samplesOf(m, `${UPSTREAM}_count`)).toHaveLength(1);
+    expect(m.types.get('http_server_active_requests')).toBe('gauge');
+    expect(valueOf(m, 'http_server_active_requests', { http_request_method: 'GET' })).toBe(0);
+    expect(valueOf(m, 'http_server_active_requests', { http_request_method: 'POST' })).toBe(0);
+    // The global no-op tracer samples nothing, so nothing carries an exemplar.
+    expect(m.samples.filter((sample) => sample.exemplar)).toEqual([]);
+  });
+
+  it('leaves the number of series bounded after 1,000 distinct paths: no raw path, id or request id in any label', async () => {
+    const { gateway, metrics } = await start({ env: { RATE_LIMIT_MAX: '100000' } });
+    const token = await login(gateway.url);
+    const requestIds: string[] = [];
+    const paths = [
+      ...Array.from({ length: 400 }, (_, n) => ({ path: `/api/users/${1000 + n}`, auth: true })),
+      ...Array.from({ length: 100 }, (_, n) => ({ path: `/API/Users/${5000 + n}/`, auth: true })),
+      ...Array.from({ length: 400 }, (_, n) => ({ path: `/nope/${n}`, auth: false })),
+      ...Array.from({ length: 100 }, (_, n) => ({ path: `/api/orders/${randomUUID()}?page=${n}`, auth: false })),
+    ];
+    for (let i = 0; i < paths.length; i += 25) {
+      const statuses = await Promise.all(
+        paths.slice(i, i + 25).map(({ path, auth }) => {
+          const requestId = randomUUID();
+          requestIds.push(requestId);
+          return send(`${gateway.url}${path}`, { headers: { 'x-request-id': requestId, ...(auth ? bearer(token) : {}) } });
+        }),
+      );
+      for (const status of statuses) expect([401, 404]).toContain(status);
+    }
+
+    const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 1001);
+    const counts = Object.fromEntries(samplesOf(m, `${DURATION}_count`).map((s) => [`${s.labels.http_route} ${s.labels.http_response_status_code} ${s.labels.error_type}`, s.value]));
+    expect(counts).toEqual({
+      '/api/auth/login 200 ': 1,
+      '/api/users/* 404 ': 500,
+      'unmatched 404 route_not_found': 400,
+      '/api/orders/* 401 missing_token': 100,
+    });
+    const values = new Set(m.samples.flatMap((sample) => Object.entries(sample.labels).filter(([name]) => name !== 'le').map(([, value]) => value)));
+    for (const value of values) {
+      expect(value).not.toMatch(/nope|API|Users|page|\/\d/);
+      expect(requestIds.some((id) => value.includes(id) || value.includes(id.replaceAll('-', '')))).toBe(false);
+    }
+    expect(samplesOf(m, `${UPSTREAM}_count`)).toHaveLength(1);
+  });
+
+  it('does not count the probes /health and /ready, and counts methods outside the standard set as _OTHER', async () => {
+    const { gateway, metrics } = await start();
+    for (let i = 0; i < 3; i++) expect(await send(`${gateway.url}/health`)).toBe(200);
+    for (let i = 0; i < 2; i++) expect(await send(`${gateway.url}/ready`)).toBe(200);
+    expect(await send(`${gateway.url}/nope`, { method: 'PROPFIND' })).toBe(404);
+    expect(await send(`${gateway.url}/nope`, { method: 'PURGE' })).toBe(404);
+
+    const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 2);
+    expect(samplesOf(m, `${DURATION}_count`).map((sample) => [sample.labels, sample.value])).toEqual([
+      [{ http_request_method: '_OTHER', http_route: 'unmatched', http_response_status_code: '404', gateway_route_name: '', error_type: 'route_not_found' }, 2],
+    ]);
+    expect(samplesOf(m, 'http_server_active_requests').map((sample) => sample.labels.http_request_method)).toEqual(['_OTHER']);
+  });
+});
+
+describe('rate-limit decisions', () => {
+  const decisions = (m: Exposition, policy: string) =>
+    Object.fromEntries(samplesOf(m, 'gateway_rate_limit_decisions_total', { gateway_rate_limit_policy: policy }).map((s) => [s.labels.gateway_rate_limit_decision, s.value]));
+
+  it('counts allowed and limited requests per policy exactly', async () => {
+    const { gateway, metrics } = await start({ env: { RATE_LIMIT_MAX: '3' } });
+    const statuses = [];
+    for (let i = 0; i < 5; i++) statuses.push(await send(`${gateway.url}/api/orders`));
+    // Limits come before authentication, so the allowed ones are then refused for the missing token.
+    expect(statuses).toEqual([401, 401, 401, 429, 429]);
+
+    const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 5);
+    expect(m.types.get('gateway_rate_limit_decisions')).toBe('counter');
+    expect(decisions(m, 'default')).toEqual({ allowed: 3, limited: 2, store_down_allowed: 0, store_down_rejected: 0 });
+    // Every policy's series exist from the start, at 0 until it decides.
+    expect(decisions(m, 'login')).toEqual({ allowed: 0, limited: 0, store_down_allowed: 0, store_down_rejected: 0 });
+    const route = { http_request_method: 'GET', http_route: '/api/orders/*', gateway_route_name: 'orders' };
+    expect(valueOf(m, `${DURATION}_count`, { ...route, http_response_status_code: '429', error_type: 'rate_limited' })).toBe(2);
+    expect(valueOf(m, `${DURATION}_count`, { ...route, http_response_status_code: '401', error_type: 'missing_token' })).toBe(3);
+  });
+
+  it('counts store-down decisions: allowed under the default policy, rejected under login', async () => {
+    const down = new URL(await refusedOrigin());
+    const { gateway, metrics } = await start({
+      env: { REDIS_URL: `redis://${down.host}` },
+      overrides: { rateLimit: { max: 100, windowMs: 60_000, redisTimeoutMs: 150 } },
+      withRedis: 'down',
+    });
+    const statuses = [];
+    for (let i = 0; i < 3; i++) statuses.push(await send(`${gateway.url}/api/notifications`));
+    statuses.push(await send(`${gateway.url}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) }));
+    expect(statuses).toEqual([401, 401, 401, 503]);
+
+    const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 4);
+    expect(decisions(m, 'default')).toEqual({ allowed: 0, limited: 0, store_down_allowed: 3, store_down_rejected: 0 });
+    expect(decisions(m, 'login')).toEqual({ allowed: 0, limited: 0, store_down_allowed: 0, store_down_rejected: 1 });
+  });
+});
+
+describe('auth failures', () => {
+  it('counts each refusal of a caller by its error code', async () => {
+    const { gateway, metrics } = await start();
+    const alice = await login(gateway.url);
+    const bob = await login(gateway.url, 'bob@example.com', 'builder');
+    const wrongPassword = { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'bob@example.com', password: 'not-his' }) };
+    const statuses = [
+      await send(`${gateway.url}/api/orders`),
+      await send(`${gateway.url}/api/orders`),
+      await send(`${gateway.url}/api/orders`, { headers: { authorization: 'Bearer aaa.bbb.ccc' } }),
+      await send(`${gateway.url}/api/orders`, { headers: { authorization: 'Basic YWxpY2U6d29uZGVybGFuZA==' } }),
+      await send(`${gateway.url}/api/orders`, { headers: bearer(`${alice}x`) }),
+      await send(`${gateway.url}/api/users`, { headers: bearer(bob) }),
+      await send(`${gateway.url}/api/auth/login`, wrongPassword),
+      await send(`${gateway.url}/api/auth/login`, wrongPassword),
+      await send(`${gateway.url}/api/users`, { headers: bearer(alice) }),
+    ];
+    expect(statuses).toEqual([401, 401, 401, 401, 401, 403, 401, 401, 200]);
+
+    const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 11);
+    expect(Object.fromEntries(samplesOf(m, 'gateway_auth_failures_total').map((s) => [s.labels.error_type, s.value]))).toEqual({
+      missing_token: 2,
+      invalid_token: 3,
+      forbidden: 1,
+      invalid_credentials: 2,
+      auth_unavailable: 0,
+    });
+    expect(valueOf(m, `${DURATION}_count`, { http_request_method: 'GET', http_route: '/api/users', http_response_status_code: '403', gateway_route_name: 'users-directory', error_type: 'forbidden' })).toBe(1);
+  });
+});
+
+describe('upstream attempts, retries and ejections', () => {
+  let healthy: TestServer;
+  beforeAll(async () => {
+    healthy = await listen((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' }).end('[]');
+    });
+  });
+  afterAll(() => healthy.close());
+
+  it('records a refused attempt as outcome refused, its retry on the other instance, and the ejection after 3 failures', async () => {
+    const refused = await refusedOrigin();
+    const { gateway, metrics } = await start({ serviceUrls: { notifications: `${refused},${healthy.url}`, orders: refused } });
+    const token = await login(gateway.url);
+    const statuses = [];
+    // Enough for round robin to have offered the refusing instance 3 times, whatever instance it starts with.
+    for (let i = 0; i < 8; i++) statuses.push(await send(`${gateway.url}/api/notifications`, { headers: bearer(token) }));
+    statuses.push(await send(`${gateway.url}/api/orders`, { headers: bearer(token) }));
+    expect(statuses).toEqual([200, 200, 200, 200, 200, 200, 200, 200, 502]);
+
+    const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 10);
+    const attempts = Object.fromEntries(samplesOf(m, `${UPSTREAM}_count`).map((s) => [`${s.labels.gateway_upstream_service} ${s.labels.server_address} ${s.labels.gateway_upstream_outcome}`, s.value]));
+    expect(attempts).toEqual({
+      [`notifications ${hostOf(refused)} refused`]: 3,
+      [`notifications ${hostOf(healthy.url)} ok`]: 8,
+      [`orders ${hostOf(refused)} refused`]: 1,
+    });
+    expect(valueOf(m, 'gateway_upstream_retries_total', { gateway_upstream_service: 'notifications' })).toBe(3);
+    // A single instance has nothing to retry on.
+    expect(valueOf(m, 'gateway_upstream_retries_total', { gateway_upstream_service: 'orders' })).toBeUndefined();
+    expect(valueOf(m, 'gateway_upstream_ejections_total', { gateway_upstream_service: 'notifications', server_address: hostOf(refused) })).toBe(1);
+    expect(valueOf(m, 'gateway_upstream_ejections_total', { gateway_upstream_service: 'notifications', server_address: hostOf(healthy.url) })).toBe(0);
+    expect(
+      valueOf(m, `${DURATION}_count`, { http_request_method: 'GET', http_route: '/api/orders/*', http_response_status_code: '502', gateway_route_name: 'orders', error_type: 'upstream_refused' }),
+    ).toBe(1);
+  });
+});
+
+describe('exemplars', () => {
+  let tracing: InMemoryTracing;
+  beforeAll(() => {
+    tracing = startInMemoryTracing();
+  });
+  afterAll(() => tracing.shutdown());
+  beforeEach(() => tracing.reset());
+
+  const exemplarTraceIds = (m: Exposition, name: string) =>
+    samplesOf(m, name)
+      .filter((sample) => sample.exemplar)
+      .map((sample) => sample.exemplar!.labels);
+  async function spansOfKind(spans: () => ReturnType<InMemoryTracing['spans']>, kind: SpanKind, count: number) {
+    for (let i = 0; i < 200 && spans().filter((span) => span.kind === kind).length < count; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+    return spans().filter((span) => span.kind === kind);
+  }
+
+  it("carries the trace id of a sampled request, which is the gateway's SERVER span's trace", async () => {
+    const { gateway, metrics } = await start({ tracer: tracing.tracer });
+    const token = await login(gateway.url);
+    for (let i = 0; i < 3; i++) expect(await send(`${gateway.url}/api/users/1`, { headers: bearer(token) })).toBe(200);
+
+    const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 4);
+    const servers = await spansOfKind(tracing.spans, SpanKind.SERVER, 4);
+    const clients = await spansOfKind(tracing.spans, SpanKind.CLIENT, 4);
+    const requestExemplars = exemplarTraceIds(m, `${DURATION}_bucket`);
+    expect(requestExemplars.length).toBeGreaterThan(0);
+    for (const labels of requestExemplars) {
+      expect(Object.keys(labels)).toEqual(['trace_id']);
+      expect(labels.trace_id).toMatch(/^[0-9a-f]{32}$/);
+      expect(servers.map((span) => span.spanContext().traceId)).toContain(labels.trace_id);
+    }
+    const upstreamExemplars = exemplarTraceIds(m, `${UPSTREAM}_bucket`);
+    expect(upstreamExemplars.length).toBeGreaterThan(0);
+    for (const labels of upstreamExemplars) {
+      expect(clients.filter((span) => span.attributes['gateway.upstream.service'] === 'users').map((span) => span.spanContext().traceId)).toContain(labels.trace_id);
+    }
+    // The exemplar sits in the bucket of its own observation.
+    for (const sample of samplesOf(m, `${DURATION}_bucket`).filter((s) => s.exemplar)) {
+      const le = sample.labels.le === '+Inf' ? Infinity : Number(sample.labels.le);
+      expect(sample.exemplar!.value).toBeLessThanOrEqual(le);
+    }
+  });
+
+  /** Samples exactly the traces whose id starts with `a`, so a test decides sampling through the request id. */
+  class SampleTraceIdsStartingWithA implements Sampler {
+    shouldSample(_context: unknown, traceId: string) {
+      return { decision: traceId.startsWith('a') ? SamplingDecision.RECORD_AND_SAMPLED : SamplingDecision.NOT_RECORD };
+    }
+    toString() {
+      return 'SampleTraceIdsStartingWithA';
+    }
+  }
+
+  function tracerWith(sampler: Sampler): { tracer: Tracer; provider: TracerProvider } {
+    const exporter = new InMemorySpanExporter();
+    const provider = new TracerProvider({ sampler, idGenerator: new RequestedTraceIdGenerator(), spanProcessors: [new SimpleSpanProcessor({ exporter })] });
+    return { tracer: provider.getTracer('test'), provider };
+  }
+
+  it.each([
+    {
+      desc: 'unsampled requests write none, and leave the exemplar of a sampled one in place',
+      sampler: new SampleTraceIdsStartingWithA(),
+      requestIds: [`a${randomBytes(16).toString('hex').slice(1)}`, `b${randomBytes(16).toString('hex').slice(1)}`, `c${randomBytes(16).toString('hex').slice(1)}`],
+      sampled: 1,
+    },
+    { desc: 'with every trace unsampled, no exemplar is written at all', sampler: new AlwaysOffSampler(), requestIds: [randomUUID(), randomUUID()], sampled: 0 },
+  ])('$desc', async ({ sampler, requestIds, sampled }) => {
+    const { tracer, provider } = tracerWith(sampler);
+    try {
+      const { gateway, metrics } = await start({ tracer });
+      const token = await login(gateway.url);
+      for (const requestId of requestIds) expect(await send(`${gateway.url}/api/users/1`, { headers: { ...bearer(token), 'x-request-id': requestId } })).toBe(200);
+
+      const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 1 + requestIds.length);
+      // Login's own trace is sampled or not by its random id; only the requests this test chose are looked at.
+      const route = samplesOf(m, `${DURATION}_bucket`, { http_route: '/api/users/*' }).filter((sample) => sample.exemplar);
+      const written = [...route.map((sample) => sample.exemplar!.labels), ...exemplarTraceIds(m, `${UPSTREAM}_bucket`)].map((labels) => labels.trace_id);
+      const sampledIds = requestIds.slice(0, sampled);
+      expect(new Set(written)).toEqual(new Set(sampledIds));
+      if (sampled === 0) expect(m.text).not.toContain(' # {');
+    } finally {
+      await provider.shutdown();
+    }
+  });
+});
