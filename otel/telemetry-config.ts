@@ -84,6 +84,28 @@ export interface SignalConfig {
   batch: Readonly<BatchOptions>;
 }
 
+/**
+ * Metric export, from `OTEL_METRICS_EXPORTER` and `OTEL_METRIC_EXPORT_*`. One periodic reader per exporter
+ * sends what the instrumentations record (the services' `http.server.request.duration`,
+ * `http.client.request.duration`) and whatever metric producers the process registers (the gateway's
+ * prom-client registry, otel/prom-client-otlp-bridge.ts). `prometheus` is not offered: each process would open
+ * its own scrape port (9464 for all of them), and the gateway already serves Prometheus on its metrics listener.
+ */
+export interface MetricsConfig {
+  /** Empty when metric export is off (`OTEL_METRICS_EXPORTER=none`). */
+  exporters: readonly SignalExporterName[];
+  protocol: OtlpProtocol;
+  /** Full OTLP URL, e.g. `http://localhost:4318/v1/metrics`. */
+  url: string;
+  /** Time between two exports, ms, from `OTEL_METRIC_EXPORT_INTERVAL`; default 60 000 (the spec's). */
+  exportIntervalMillis: number;
+  /**
+   * How long one collect-and-export may take, ms, from `OTEL_METRIC_EXPORT_TIMEOUT`; default 30 000, and never
+   * longer than the interval (the SDK's reader refuses that).
+   */
+  exportTimeoutMillis: number;
+}
+
 export interface TelemetryConfig {
   /** False with `OTEL_SDK_DISABLED=true`: nothing is loaded, instrumented or exported. */
   enabled: boolean;
@@ -93,6 +115,7 @@ export interface TelemetryConfig {
   environment: string;
   traces: Readonly<SignalConfig>;
   logs: Readonly<SignalConfig>;
+  metrics: Readonly<MetricsConfig>;
   instrumentations: readonly InstrumentationName[];
   /**
    * From `OTEL_TRACES_SAMPLER(_ARG)`, read here rather than by NodeSDK so the bootstrap can wrap the sampler
@@ -111,6 +134,9 @@ export interface TelemetryConfig {
 type Env = Readonly<Record<string, string | undefined>>;
 
 const DEFAULT_ENDPOINT = 'http://localhost:4318';
+/** The spec's defaults for `OTEL_METRIC_EXPORT_INTERVAL` and `OTEL_METRIC_EXPORT_TIMEOUT`, ms. */
+export const DEFAULT_METRIC_EXPORT_INTERVAL_MS = 60_000;
+export const DEFAULT_METRIC_EXPORT_TIMEOUT_MS = 30_000;
 
 /**
  * Reads the telemetry configuration. Invalid values never throw: each becomes a warning (printed once at
@@ -127,9 +153,11 @@ export function readTelemetryConfig(
     serviceNameFromResourceAttributes(value(env, 'OTEL_RESOURCE_ATTRIBUTES')) ??
     serviceNameFromEntryScript(entryScript) ??
     'unknown_service:node';
-  // These four add to `warnings` as they read; a variable shared by both signals is read, and warned about, twice.
+  // These add to `warnings` as they read; a variable the signals share is read once per signal, and its warning
+  // is deduplicated below.
   const traces = signalConfig(env, 'TRACES', 'v1/traces', 'BSP', warnings);
   const logs = signalConfig(env, 'LOGS', 'v1/logs', 'BLRP', warnings);
+  const metrics = metricsConfig(env, warnings);
   const enabledInstrumentations = instrumentations(env, serviceName, warnings);
   const sampler = samplerConfig(env, warnings);
   const config: TelemetryConfig = {
@@ -139,6 +167,7 @@ export function readTelemetryConfig(
     environment: value(env, 'NODE_ENV') ?? 'development',
     traces,
     logs,
+    metrics,
     instrumentations: enabledInstrumentations,
     sampler,
     sdkLogLevel: value(env, 'OTEL_LOG_LEVEL'),
@@ -194,6 +223,8 @@ function serviceNameFromResourceAttributes(raw: string | undefined): string | un
   return undefined;
 }
 
+type SignalVariable = 'TRACES' | 'LOGS' | 'METRICS';
+
 function signalConfig(
   env: Env,
   signal: 'TRACES' | 'LOGS',
@@ -201,6 +232,40 @@ function signalConfig(
   batchPrefix: 'BSP' | 'BLRP',
   warnings: string[],
 ): SignalConfig {
+  return {
+    ...exportTarget(env, signal, resourcePath, warnings),
+    batch: {
+      scheduledDelayMillis: positiveInteger(env, `OTEL_${batchPrefix}_SCHEDULE_DELAY`, warnings),
+      exportTimeoutMillis: positiveInteger(env, `OTEL_${batchPrefix}_EXPORT_TIMEOUT`, warnings),
+      maxQueueSize: positiveInteger(env, `OTEL_${batchPrefix}_MAX_QUEUE_SIZE`, warnings),
+      maxExportBatchSize: positiveInteger(env, `OTEL_${batchPrefix}_MAX_EXPORT_BATCH_SIZE`, warnings),
+    },
+  };
+}
+
+/**
+ * Metrics read their exporters, protocol and endpoint like the other signals (`otlp` by default), and the
+ * reader's interval and timeout from `OTEL_METRIC_EXPORT_*`. A timeout longer than the interval is cut to the
+ * interval, with a warning when `OTEL_METRIC_EXPORT_TIMEOUT` asked for it (silently when only the default
+ * was longer, as with a short interval in tests).
+ */
+function metricsConfig(env: Env, warnings: string[]): MetricsConfig {
+  const exportIntervalMillis = positiveInteger(env, 'OTEL_METRIC_EXPORT_INTERVAL', warnings) ?? DEFAULT_METRIC_EXPORT_INTERVAL_MS;
+  const requestedTimeout = positiveInteger(env, 'OTEL_METRIC_EXPORT_TIMEOUT', warnings);
+  if (requestedTimeout !== undefined && requestedTimeout > exportIntervalMillis) {
+    warnings.push(
+      `OTEL_METRIC_EXPORT_TIMEOUT="${requestedTimeout}" is longer than the export interval (${exportIntervalMillis} ms); using ${exportIntervalMillis}`,
+    );
+  }
+  return {
+    ...exportTarget(env, 'METRICS', 'v1/metrics', warnings),
+    exportIntervalMillis,
+    exportTimeoutMillis: Math.min(requestedTimeout ?? DEFAULT_METRIC_EXPORT_TIMEOUT_MS, exportIntervalMillis),
+  };
+}
+
+/** `OTEL_<SIGNAL>_EXPORTER`, and the OTLP protocol and URL for that signal. */
+function exportTarget(env: Env, signal: SignalVariable, resourcePath: string, warnings: string[]): Pick<SignalConfig, 'exporters' | 'protocol' | 'url'> {
   const exporterVar = `OTEL_${signal}_EXPORTER`;
   const requested = list(env, exporterVar) ?? ['otlp'];
   const exporters: SignalExporterName[] = [];
@@ -220,21 +285,11 @@ function signalConfig(
   if ((OTLP_PROTOCOLS as readonly string[]).includes(rawProtocol)) protocol = rawProtocol as OtlpProtocol;
   else warnings.push(`${protocolVar}="${rawProtocol}" is not supported (http/protobuf, http/json); using http/protobuf`);
 
-  return {
-    exporters,
-    protocol,
-    url: signalUrl(env, signal, resourcePath, warnings),
-    batch: {
-      scheduledDelayMillis: positiveInteger(env, `OTEL_${batchPrefix}_SCHEDULE_DELAY`, warnings),
-      exportTimeoutMillis: positiveInteger(env, `OTEL_${batchPrefix}_EXPORT_TIMEOUT`, warnings),
-      maxQueueSize: positiveInteger(env, `OTEL_${batchPrefix}_MAX_QUEUE_SIZE`, warnings),
-      maxExportBatchSize: positiveInteger(env, `OTEL_${batchPrefix}_MAX_EXPORT_BATCH_SIZE`, warnings),
-    },
-  };
+  return { exporters, protocol, url: signalUrl(env, signal, resourcePath, warnings) };
 }
 
 /** The per-signal endpoint is used as is; the general one gets `/v1/<signal>` appended (OTLP exporter spec). */
-function signalUrl(env: Env, signal: 'TRACES' | 'LOGS', resourcePath: string, warnings: string[]): string {
+function signalUrl(env: Env, signal: SignalVariable, resourcePath: string, warnings: string[]): string {
   const specificVar = `OTEL_EXPORTER_OTLP_${signal}_ENDPOINT`;
   const specific = value(env, specificVar);
   if (specific !== undefined) {

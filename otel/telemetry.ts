@@ -3,6 +3,8 @@
  * each `main.ts` after it closes its server. Light on purpose: `main.ts` and `logger.ts` import it even when
  * telemetry is off, and it loads the SDK (`./sdk`) only when telemetry is on.
  */
+import type { MetricProducer } from '@opentelemetry/sdk-metrics';
+import type { PromClientMetricProducerOptions, PromClientRegistry } from './prom-client-otlp-bridge';
 import { readTelemetryConfig, type TelemetryConfig } from './telemetry-config';
 import type { Telemetry } from './sdk';
 
@@ -79,6 +81,33 @@ export function isTelemetryActive(): boolean {
   return active !== undefined;
 }
 
+/**
+ * Adds metrics recorded outside the OpenTelemetry SDK to this process's metric exports, from the next one on:
+ * the bootstrap starts before main.ts builds what records them. False, and nothing kept, when telemetry or
+ * metric export is off or shutting down.
+ */
+export function registerMetricProducer(producer: MetricProducer): boolean {
+  if (active === undefined || stopping !== undefined) return false;
+  return active.registerMetricProducer(producer);
+}
+
+/** Whether this process exports metrics (OTEL_METRICS_EXPORTER not `none`, telemetry on and started). */
+export function metricExportEnabled(): boolean {
+  return active !== undefined && stopping === undefined && active.config.metrics.exporters.length > 0;
+}
+
+/**
+ * Sends a prom-client registry over OTLP with this process's other metrics (otel/prom-client-otlp-bridge.ts),
+ * so a registry that is scraped can also be pushed, through the same exporter and settings. The bridge (and
+ * the metrics SDK) is loaded only when metric export is on. Call it right after creating the registry: its
+ * cumulative points start then (`options.startTimeMs`).
+ */
+export function exportPromClientRegistry(registry: PromClientRegistry, options?: PromClientMetricProducerOptions): boolean {
+  if (active === undefined || stopping !== undefined || active.config.metrics.exporters.length === 0) return false;
+  const { createPromClientMetricProducer } = require('./prom-client-otlp-bridge') as typeof import('./prom-client-otlp-bridge');
+  return registerMetricProducer(createPromClientMetricProducer(registry, options));
+}
+
 /** The start-up line: where each signal goes, and what to do when nothing listens there. */
 export function describeDestination(config: TelemetryConfig): string {
   const parts: string[] = [];
@@ -86,18 +115,24 @@ export function describeDestination(config: TelemetryConfig): string {
   for (const [signal, settings] of [
     ['traces', config.traces],
     ['logs', config.logs],
+    ['metrics', config.metrics],
   ] as const) {
     if (settings.exporters.includes('otlp')) otlp.push(`${signal} to ${settings.url}`);
     if (settings.exporters.includes('console')) parts.push(`prints ${signal} to stdout`);
     if (settings.exporters.length === 0) parts.push(`exports no ${signal}`);
   }
   if (otlp.length > 0) {
-    const protocol = config.traces.exporters.includes('otlp') ? config.traces.protocol : config.logs.protocol;
-    parts.unshift(`sends ${otlp.join(' and ')} (OTLP ${protocol})`);
+    const protocol = [config.traces, config.logs, config.metrics].find((s) => s.exporters.includes('otlp'))!.protocol;
+    parts.unshift(`sends ${listed(otlp)} (OTLP ${protocol})`);
   }
   const hint =
     otlp.length > 0
       ? '. Nothing listening there? Start the compose stack, or set OTEL_TRACES_EXPORTER=console, or OTEL_SDK_DISABLED=true.'
       : '.';
   return `${config.serviceName} ${parts.join(', ')}${hint}`;
+}
+
+/** `a`, `a and b`, `a, b and c`. */
+function listed(items: readonly string[]): string {
+  return items.length <= 2 ? items.join(' and ') : `${items.slice(0, -1).join(', ')} and ${items.at(-1)}`;
 }

@@ -105,3 +105,49 @@ export const SERVICE_NAME = {
   notifications: 'notification-service',
 } as const;
 export type ServiceName = (typeof SERVICE_NAME)[keyof typeof SERVICE_NAME];
+
+/**
+ * The gateway's Prometheus metric names, as PromQL and the Grafana dashboards query them: OpenTelemetry
+ * semantic-convention names (`http.server.request.duration`, unit s) in Prometheus form, our own under
+ * `gateway_`. Counters end in `_total` here, as their samples do in the OpenMetrics exposition.
+ */
+export const METRIC = {
+  requestDuration: 'http_server_request_duration_seconds',
+  activeRequests: 'http_server_active_requests',
+  upstreamDuration: 'gateway_upstream_request_duration_seconds',
+  rateLimitDecisions: 'gateway_rate_limit_decisions_total',
+  authFailures: 'gateway_auth_failures_total',
+  upstreamEjections: 'gateway_upstream_ejections_total',
+  upstreamRetries: 'gateway_upstream_retries_total',
+} as const;
+
+/** Metric label keys: the semantic-convention attribute keys (and ours from ATTR) with `.` as `_`. */
+export const METRIC_LABEL = {
+  method: 'http_request_method',
+  route: 'http_route',
+  statusCode: 'http_response_status_code',
+  routeName: 'gateway_route_name',
+  errorType: 'error_type',
+  upstreamService: 'gateway_upstream_service',
+  serverAddress: 'server_address',
+  upstreamOutcome: 'gateway_upstream_outcome',
+  rateLimitPolicy: 'gateway_rate_limit_policy',
+  rateLimitDecision: 'gateway_rate_limit_decision',
+} as const;
+
+/** Label values with a fixed meaning (semantic conventions' `_OTHER` for methods outside the standard set). */
+export const METRIC_LABEL_VALUE = {
+  otherMethod: '_OTHER',
+  /** `http_route` of a request no route (and no endpoint of the gateway's own) took: never the raw path. */
+  unmatchedRoute: 'unmatched',
+} as const;
+
+/**
+ * The exemplar label that carries a sampled request's trace id (32 hex) on the duration histograms; Grafana's
+ * exemplar link to Jaeger reads it by this name.
+ */
+export const EXEMPLAR_LABEL = { traceId: 'trace_id' } as const;
+
+/** Every value of `gateway.rate_limit.decision` (span attribute) and `gateway_rate_limit_decision` (metric label). */
+export const RATE_LIMIT_DECISIONS = ['allowed', 'limited', 'store_down_allowed', 'store_down_rejected'] as const;
+export type RateLimitDecision = (typeof RATE_LIMIT_DECISIONS)[number];

@@ -14,6 +14,7 @@ import { createHealth, createReadiness } from './middleware/health';
 import { createLogin } from './middleware/login';
 import { createPathGuard } from './middleware/path-guard';
 import { createProxy } from './middleware/proxy';
+import { createRequestMetrics } from './middleware/request-metrics';
 import { createRateLimiter, createRouteRateLimit, type RateLimiter, type RateLimitStore } from './middleware/rate-limit';
 import { createRequestId } from './middleware/request-id';
 import { createRouteMatch } from './middleware/route-match';
@@ -27,6 +28,7 @@ import { createUpstreamPools } from './upstream-pool';
 import { GatewayError } from './errors';
 import { createAdminApp } from './admin';
 import { createReadinessCheck } from './readiness';
+import { createGatewayMetrics, type GatewayMetrics } from './metrics';
 
 export interface GatewayDependencies {
   logger: Logger;
@@ -34,6 +36,11 @@ export interface GatewayDependencies {
   redis?: Redis;
   /** Default: the global tracer provider's `koa-gateway` tracer (a no-op when telemetry is off). */
   tracer?: Tracer;
+  /**
+   * Where the gateway records its metrics (src/metrics.ts); main.ts serves its registry on `metrics.port`.
+   * Default: a fresh set with its own registry; `false` records nothing (no middleware, no hooks).
+   */
+  metrics?: GatewayMetrics | false;
 }
 
 export interface GatewayApps {
@@ -53,10 +60,12 @@ export function createGateway(config: GatewayConfig, deps: GatewayDependencies):
  * registers itself anywhere else. Returns fresh apps (no listening, no globals), so tests build as many
  * as they like on port 0.
  */
-export function createGatewayApps(config: GatewayConfig, { logger, redis, tracer = trace.getTracer('koa-gateway') }: GatewayDependencies): GatewayApps {
+export function createGatewayApps(config: GatewayConfig, { logger, redis, tracer = trace.getTracer('koa-gateway'), metrics: given }: GatewayDependencies): GatewayApps {
+  // `false`: nothing is recorded (no scrape listener and no metric export); absent: a fresh set (tests).
+  const metrics = given === false ? undefined : (given ?? createGatewayMetrics());
   // maxIpsCount: only the right-most N X-Forwarded-For entries, the ones trusted proxies wrote, are believed.
   const app = new Koa({ proxy: config.trustProxy, maxIpsCount: config.trustedProxyHops });
-  const pools = createUpstreamPools(config.services);
+  const pools = createUpstreamPools(config.services, metrics);
   // One check for both listeners: a call on either reuses the other's round.
   const readiness = createReadinessCheck({ pools, cacheMs: config.readinessCacheMs });
   const routes = compileRoutes(config, pools);
@@ -67,7 +76,7 @@ export function createGatewayApps(config: GatewayConfig, { logger, redis, tracer
     ? { kind: 'redis', client: redis, keyPrefix: config.rateLimit.redisKeyPrefix }
     : { kind: 'memory', maxTrackedClients: config.rateLimit.maxTrackedClients };
   const limiter = (name: string, limit: RateLimitConfig, onStoreFailure = config.rateLimit.onStoreFailure): RateLimiter =>
-    createRateLimiter({ name, max: limit.max, windowMs: limit.windowMs, onStoreFailure: limit.onStoreFailure ?? onStoreFailure, ipv6PrefixLength: config.rateLimit.ipv6PrefixLength, store, logger });
+    createRateLimiter({ name, max: limit.max, windowMs: limit.windowMs, onStoreFailure: limit.onStoreFailure ?? onStoreFailure, ipv6PrefixLength: config.rateLimit.ipv6PrefixLength, store, logger, metrics });
   // Login fails closed with the store down (an outage must not mean unlimited password guesses) unless its
   // own policy says `allow`; the per-account limit follows the per-client one unless it says otherwise.
   const loginOnStoreFailure = config.auth.loginRateLimit.onStoreFailure ?? 'reject';
@@ -89,6 +98,7 @@ export function createGatewayApps(config: GatewayConfig, { logger, redis, tracer
   app.use(createTrustedProxies({ trustProxy: config.trustProxy, trustedProxies: config.trustedProxies }));
   app.use(createTracing({ tracer, trustTraceparent: config.trustTraceparent, mapRequestIdToTraceId: config.mapRequestIdToTraceId }));
   app.use(createRequestId());
+  if (metrics) app.use(createRequestMetrics({ metrics }));
   app.use(createAccessLog({ logger }));
   app.use(createErrorHandler({ logger }));
   app.use(createPathGuard());
@@ -104,6 +114,7 @@ export function createGatewayApps(config: GatewayConfig, { logger, redis, tracer
   app.use(
     createProxy({
       tracer,
+      metrics,
       maxSockets: config.proxy.maxSockets,
       maxPendingRequests: config.proxy.maxPendingRequests,
       maxBodyBytes: config.proxy.maxBodyBytes,

@@ -1,10 +1,11 @@
 import { createLogger } from '../otel/logger';
 import { runServer } from '../otel/lifecycle';
-import { shutdownTelemetry } from '../otel/telemetry';
+import { exportPromClientRegistry, metricExportEnabled, shutdownTelemetry } from '../otel/telemetry';
 import { SERVICE_NAME } from '../otel/wire-names';
 import { ConfigError, loadConfig, type GatewayConfig } from './config';
 import { listenAdmin } from './admin';
 import { createGatewayApps } from './gateway';
+import { createGatewayMetrics, listenMetrics } from './metrics';
 import { createRedisStore, waitForRedis } from './rate-limit-store';
 
 function load(): GatewayConfig {
@@ -27,7 +28,13 @@ async function main(): Promise<void> {
   if (redis && !(await waitForRedis(redis, 3000))) {
     logger.warn('rate-limit store not reachable yet; serving under the store-down policy until it is', { store: 'redis' });
   }
-  const { gateway: app, admin } = createGatewayApps(config, { logger, redis });
+  // Recorded only when someone reads them: the scrape listener (METRICS_PORT) or OTLP metric export
+  // (OTEL_METRICS_EXPORTER=none or OTEL_SDK_DISABLED=true without METRICS_PORT: nothing is recorded). Built here
+  // rather than defaulted by createGatewayApps: the scrape listener below serves its registry.
+  const metrics = config.metrics.port !== undefined || metricExportEnabled() ? createGatewayMetrics() : undefined;
+  // Pushed over OTLP too, with the bootstrap's metric exporter and OTEL_* settings.
+  if (metrics) exportPromClientRegistry(metrics.registry);
+  const { gateway: app, admin } = createGatewayApps(config, { logger, redis, metrics: metrics ?? false });
   // Opened before the public listener, so a taken admin port stops startup rather than going unnoticed.
   const adminListener =
     config.admin.port === undefined
@@ -38,6 +45,17 @@ async function main(): Promise<void> {
           timeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs, keepAliveMs: config.server.keepAliveTimeoutMs },
         });
   if (adminListener) logger.info('admin listener started', { url: adminListener.url, endpoints: ['/health', '/ready'] });
+  // Also before the public listener, for the same reason; never on the public port (config refuses that).
+  const metricsListener =
+    config.metrics.port === undefined || metrics === undefined
+      ? undefined
+      : await listenMetrics(metrics, {
+          port: config.metrics.port,
+          host: config.metrics.host,
+          timeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs, keepAliveMs: config.server.keepAliveTimeoutMs },
+          logger,
+        });
+  if (metricsListener) logger.info('metrics listener started', { url: metricsListener.url, endpoints: ['/metrics'] });
   const { url } = await runServer({
     app,
     name: SERVICE_NAME.gateway,
@@ -49,6 +67,8 @@ async function main(): Promise<void> {
     async onShutdown() {
       // Closed only now: operators can watch readiness while the public listener drains.
       await adminListener?.close();
+      // After the drain, so the last scrape still sees the requests that finished during it.
+      await metricsListener?.close();
       redis?.disconnect();
       await shutdownTelemetry();
     },

@@ -1,15 +1,16 @@
 /**
  * Decoding for the OTLP test receiver: both encodings the JS exporters use, `application/x-protobuf` (protobufjs
  * over the subset of opentelemetry-proto below) and `application/json` (OTLP/JSON), gzip or not, flattened to
- * spans and log records with lower-case hex ids, decimal-string times and number int attributes.
+ * spans, log records and metric data points with lower-case hex ids, decimal-string times, number int
+ * attributes and number counts.
  * Spec: https://opentelemetry.io/docs/specs/otlp/#otlphttp
  */
 import { gunzipSync } from 'node:zlib';
 import protobuf from 'protobufjs';
 
 /**
- * The part of opentelemetry-proto v1 (common, resource, trace, logs and the two collector services) that the
- * receiver decodes. Field numbers are the spec's; fields not listed are skipped by the decoder.
+ * The part of opentelemetry-proto v1 (common, resource, trace, logs, metrics and the three collector services)
+ * that the receiver decodes. Field numbers are the spec's; fields not listed are skipped by the decoder.
  */
 const OTLP_PROTO = `
 syntax = "proto3";
@@ -92,13 +93,96 @@ message LogRecord {
   string event_name = 12;
 }
 
+message ResourceMetrics { Resource resource = 1; repeated ScopeMetrics scope_metrics = 2; string schema_url = 3; }
+message ScopeMetrics { InstrumentationScope scope = 1; repeated Metric metrics = 2; string schema_url = 3; }
+message Metric {
+  string name = 1;
+  string description = 2;
+  string unit = 3;
+  oneof data {
+    Gauge gauge = 5;
+    Sum sum = 7;
+    Histogram histogram = 9;
+    ExponentialHistogram exponential_histogram = 10;
+    Summary summary = 11;
+  }
+  repeated KeyValue metadata = 12;
+}
+message Gauge { repeated NumberDataPoint data_points = 1; }
+message Sum { repeated NumberDataPoint data_points = 1; int32 aggregation_temporality = 2; bool is_monotonic = 3; }
+message Histogram { repeated HistogramDataPoint data_points = 1; int32 aggregation_temporality = 2; }
+message ExponentialHistogram { repeated ExponentialHistogramDataPoint data_points = 1; int32 aggregation_temporality = 2; }
+message Summary { repeated SummaryDataPoint data_points = 1; }
+message NumberDataPoint {
+  repeated KeyValue attributes = 7;
+  fixed64 start_time_unix_nano = 2;
+  fixed64 time_unix_nano = 3;
+  oneof value {
+    double as_double = 4;
+    sfixed64 as_int = 6;
+  }
+  repeated Exemplar exemplars = 5;
+  uint32 flags = 8;
+}
+message HistogramDataPoint {
+  repeated KeyValue attributes = 9;
+  fixed64 start_time_unix_nano = 2;
+  fixed64 time_unix_nano = 3;
+  fixed64 count = 4;
+  optional double sum = 5;
+  repeated fixed64 bucket_counts = 6;
+  repeated double explicit_bounds = 7;
+  repeated Exemplar exemplars = 8;
+  uint32 flags = 10;
+  optional double min = 11;
+  optional double max = 12;
+}
+message ExponentialHistogramDataPoint {
+  repeated KeyValue attributes = 1;
+  fixed64 start_time_unix_nano = 2;
+  fixed64 time_unix_nano = 3;
+  fixed64 count = 4;
+  optional double sum = 5;
+  sint32 scale = 6;
+  fixed64 zero_count = 7;
+  message Buckets { sint32 offset = 1; repeated uint64 bucket_counts = 2; }
+  Buckets positive = 8;
+  Buckets negative = 9;
+  uint32 flags = 10;
+  repeated Exemplar exemplars = 11;
+  optional double min = 12;
+  optional double max = 13;
+}
+message SummaryDataPoint {
+  repeated KeyValue attributes = 7;
+  fixed64 start_time_unix_nano = 2;
+  fixed64 time_unix_nano = 3;
+  fixed64 count = 4;
+  double sum = 5;
+  message ValueAtQuantile { double quantile = 1; double value = 2; }
+  repeated ValueAtQuantile quantile_values = 6;
+  uint32 flags = 8;
+}
+message Exemplar {
+  repeated KeyValue filtered_attributes = 7;
+  fixed64 time_unix_nano = 2;
+  oneof value {
+    double as_double = 3;
+    sfixed64 as_int = 6;
+  }
+  bytes span_id = 4;
+  bytes trace_id = 5;
+}
+
 message ExportTraceServiceRequest { repeated ResourceSpans resource_spans = 1; }
 message ExportLogsServiceRequest { repeated ResourceLogs resource_logs = 1; }
+message ExportMetricsServiceRequest { repeated ResourceMetrics resource_metrics = 1; }
 `;
 
 const root = protobuf.parse(OTLP_PROTO).root;
 const TraceRequest = root.lookupType('opentelemetry.proto.ExportTraceServiceRequest');
 const LogsRequest = root.lookupType('opentelemetry.proto.ExportLogsServiceRequest');
+const MetricsRequest = root.lookupType('opentelemetry.proto.ExportMetricsServiceRequest');
 
 /** OTLP span kinds by number; the API's `SpanKind` enum is numbered differently, so names avoid mix-ups. */
 const SPAN_KINDS = ['UNSPECIFIED', 'INTERNAL', 'SERVER', 'CLIENT', 'PRODUCER', 'CONSUMER'] as const;
@@ -144,6 +228,45 @@ export interface ReceivedLog {
   scope: { name: string; version: string | undefined };
 }
 
+/** The metric types of OTLP; `exponentialHistogram` and `summary` points carry only their count and sum here. */
+export type MetricTypeName = 'gauge' | 'sum' | 'histogram' | 'exponentialHistogram' | 'summary';
+
+export interface ReceivedExemplar {
+  value: number;
+  timeUnixNano: string;
+  traceId: string | undefined;
+  spanId: string | undefined;
+  attributes: Attributes;
+}
+
+/** One data point of one metric, with what it belongs to: the shape a query over a metrics backend returns. */
+export interface ReceivedMetricPoint {
+  name: string;
+  description: string;
+  unit: string;
+  type: MetricTypeName;
+  /** Sums and histograms: how the points add up over exports; undefined for gauges and summaries. */
+  temporality: 'delta' | 'cumulative' | undefined;
+  /** Sums only. */
+  monotonic: boolean | undefined;
+  serviceName: string | undefined;
+  resource: Attributes;
+  scope: { name: string; version: string | undefined };
+  attributes: Attributes;
+  startTimeUnixNano: string;
+  timeUnixNano: string;
+  /** Gauges and sums. */
+  value: number | undefined;
+  /** Histograms (also count and sum of exponential histograms and summaries). */
+  count: number | undefined;
+  sum: number | undefined;
+  min: number | undefined;
+  max: number | undefined;
+  /** Explicit-bucket histograms: observations per bucket (not cumulative), one more than the bounds. */
+  bucketCounts: number[] | undefined;
+  explicitBounds: number[] | undefined;
+  exemplars: ReceivedExemplar[];
+}
 
 export type Signal = 'traces' | 'logs' | 'metrics';
 
@@ -156,6 +279,7 @@ export function decodeContentEncoding(body: Buffer, encoding: string | undefined
 interface Decoded {
   spans: ReceivedSpan[];
   logs: ReceivedLog[];
+  metrics: ReceivedMetricPoint[];
 }
 
 /** How each encoding writes trace and span ids: bytes in protobuf, hex strings in OTLP/JSON. */
@@ -178,11 +302,10 @@ const JSON_ENCODING: Encoding = {
 };
 
 export function decodeExport(signal: Signal, contentType: string, body: Buffer): Decoded {
-  if (signal === 'metrics') return { spans: [], logs: [] };
   let message: Json;
   let encoding: Encoding;
   if (contentType === 'application/x-protobuf') {
-    const type = signal === 'traces' ? TraceRequest : LogsRequest;
+    const type = signal === 'traces' ? TraceRequest : signal === 'logs' ? LogsRequest : MetricsRequest;
     message = type.toObject(type.decode(body), { longs: String }) as Json;
     encoding = PROTOBUF;
   } else if (contentType === 'application/json') {
@@ -191,9 +314,11 @@ export function decodeExport(signal: Signal, contentType: string, body: Buffer):
   } else {
     throw new Error(`unsupported Content-Type "${contentType}"`);
   }
-  return signal === 'traces'
-    ? { spans: flattenSpans(message, encoding), logs: [] }
-    : { spans: [], logs: flattenLogs(message, encoding) };
+  return {
+    spans: signal === 'traces' ? flattenSpans(message, encoding) : [],
+    logs: signal === 'logs' ? flattenLogs(message, encoding) : [],
+    metrics: signal === 'metrics' ? flattenMetrics(message, encoding) : [],
+  };
 }
 
 type Json = Record<string, unknown>;
@@ -271,6 +396,73 @@ function flattenLogs(message: Json, encoding: Encoding): ReceivedLog[] {
     }
   }
   return result;
+}
+
+const METRIC_TYPES: readonly MetricTypeName[] = ['gauge', 'sum', 'histogram', 'exponentialHistogram', 'summary'];
+const TEMPORALITIES: Record<string, number> = {
+  AGGREGATION_TEMPORALITY_UNSPECIFIED: 0,
+  AGGREGATION_TEMPORALITY_DELTA: 1,
+  AGGREGATION_TEMPORALITY_CUMULATIVE: 2,
+};
+
+function flattenMetrics(message: Json, encoding: Encoding): ReceivedMetricPoint[] {
+  const result: ReceivedMetricPoint[] = [];
+  for (const resourceMetrics of list(message.resourceMetrics)) {
+    const resource = attributes(object(resourceMetrics.resource).attributes);
+    for (const scopeMetrics of list(resourceMetrics.scopeMetrics)) {
+      const scope = scopeOf(scopeMetrics.scope);
+      for (const metric of list(scopeMetrics.metrics)) {
+        const type = METRIC_TYPES.find((name) => name in metric);
+        if (type === undefined) continue;
+        const data = object(metric[type]);
+        const temporality = ['delta', 'cumulative'][enumNumber(data.aggregationTemporality, TEMPORALITIES) - 1] as ReceivedMetricPoint['temporality'];
+        for (const point of list(data.dataPoints)) {
+          const bucketed = type === 'histogram';
+          result.push({
+            name: text(metric.name) ?? '',
+            description: text(metric.description) ?? '',
+            unit: text(metric.unit) ?? '',
+            type,
+            temporality,
+            monotonic: type === 'sum' ? data.isMonotonic === true : undefined,
+            serviceName: serviceName(resource),
+            resource,
+            scope,
+            attributes: attributes(point.attributes),
+            startTimeUnixNano: nanos(point.startTimeUnixNano),
+            timeUnixNano: nanos(point.timeUnixNano),
+            value: type === 'gauge' || type === 'sum' ? numberValue(point) : undefined,
+            // proto3 leaves zeros off the wire: a point without a count counted nothing.
+            count: type === 'gauge' || type === 'sum' ? undefined : Number(point.count ?? 0),
+            sum: optionalNumber(point.sum),
+            min: optionalNumber(point.min),
+            max: optionalNumber(point.max),
+            bucketCounts: bucketed ? numbers(point.bucketCounts) : undefined,
+            explicitBounds: bucketed ? numbers(point.explicitBounds) : undefined,
+            exemplars: list(point.exemplars).map((exemplar) => ({
+              value: numberValue(exemplar) ?? 0,
+              timeUnixNano: nanos(exemplar.timeUnixNano),
+              traceId: encoding.id(exemplar.traceId),
+              spanId: encoding.id(exemplar.spanId),
+              attributes: attributes(exemplar.filteredAttributes),
+            })),
+          });
+        }
+      }
+    }
+  }
+  return result;
+}
+
+/** int64s arrive as strings (protobuf decoded with `longs: String`, and OTLP/JSON from other senders) or numbers. */
+function optionalNumber(value: unknown): number | undefined {
+  return value === undefined || value === null ? undefined : Number(value);
+}
+function numbers(value: unknown): number[] {
+  return Array.isArray(value) ? value.map(Number) : [];
+}
+function numberValue(point: Json): number | undefined {
+  return optionalNumber(point.asDouble ?? point.asInt);
 }
 
 const STATUS_CODES: Record<string, number> = { STATUS_CODE_UNSET: 0, STATUS_CODE_OK: 1, STATUS_CODE_ERROR: 2 };

@@ -1,15 +1,25 @@
 /**
  * An OTLP/HTTP receiver for tests: what a collector would see, decoded and flattened so a test can assert on
- * spans and log records the way it would search for them in Jaeger or Loki.
+ * spans, log records and metric points the way it would search for them in Jaeger, Loki or Prometheus.
  *
  * Decoding (protobuf and OTLP/JSON, gzip or not) lives in otlp-decoding.ts.
  */
 import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { decodeContentEncoding, decodeExport, type ReceivedLog, type ReceivedSpan, type Signal } from './otlp-decoding';
+import { decodeContentEncoding, decodeExport, type ReceivedLog, type ReceivedMetricPoint, type ReceivedSpan, type Signal } from './otlp-decoding';
 
-export type { Attributes, ReceivedLog, ReceivedSpan, ReceivedSpanEvent, Signal, SpanKindName } from './otlp-decoding';
+export type {
+  Attributes,
+  MetricTypeName,
+  ReceivedExemplar,
+  ReceivedLog,
+  ReceivedMetricPoint,
+  ReceivedSpan,
+  ReceivedSpanEvent,
+  Signal,
+  SpanKindName,
+} from './otlp-decoding';
 
 /** One export request as it arrived, whether or not it decoded. */
 export interface ReceivedRequest {
@@ -24,6 +34,8 @@ export interface ReceivedRequest {
 export interface ReceivedTelemetry {
   spans: readonly ReceivedSpan[];
   logs: readonly ReceivedLog[];
+  /** Every data point of every metrics export, in arrival order: cumulative series repeat once per export. */
+  metrics: readonly ReceivedMetricPoint[];
   requests: readonly ReceivedRequest[];
 }
 
@@ -37,6 +49,8 @@ export interface OtlpReceiver {
   readonly url: string;
   spans(): ReceivedSpan[];
   logs(): ReceivedLog[];
+  /** Every metric data point received; for the latest value of a cumulative series, take the last match. */
+  metrics(): ReceivedMetricPoint[];
   requests(): ReceivedRequest[];
   /**
    * Resolves with everything received once `predicate` holds (checked now and after every export request);
@@ -59,11 +73,12 @@ export async function startOtlpReceiver(options: OtlpReceiverOptions = {}): Prom
   let delayMs = options.delayMs ?? 0;
   let spans: ReceivedSpan[] = [];
   let logs: ReceivedLog[] = [];
+  let metrics: ReceivedMetricPoint[] = [];
   let requests: ReceivedRequest[] = [];
   const checks = new Set<() => void>();
   const delayed = new Set<NodeJS.Timeout>();
 
-  const snapshot = (): ReceivedTelemetry => ({ spans: [...spans], logs: [...logs], requests: [...requests] });
+  const snapshot = (): ReceivedTelemetry => ({ spans: [...spans], logs: [...logs], metrics: [...metrics], requests: [...requests] });
   const notify = () => {
     for (const check of [...checks]) check();
   };
@@ -87,6 +102,7 @@ export async function startOtlpReceiver(options: OtlpReceiverOptions = {}): Prom
         const decoded = decodeExport(signal, contentType, body);
         spans.push(...decoded.spans);
         logs.push(...decoded.logs);
+        metrics.push(...decoded.metrics);
       } catch (error) {
         request.error = error instanceof Error ? error.message : String(error);
         res.writeHead(400, { 'content-type': 'text/plain' }).end(request.error);
@@ -116,6 +132,7 @@ export async function startOtlpReceiver(options: OtlpReceiverOptions = {}): Prom
     url: `http://127.0.0.1:${port}`,
     spans: () => [...spans],
     logs: () => [...logs],
+    metrics: () => [...metrics],
     requests: () => [...requests],
     waitFor(predicate, timeoutMs = 10_000) {
       return new Promise((resolve, reject) => {
@@ -147,6 +164,7 @@ export async function startOtlpReceiver(options: OtlpReceiverOptions = {}): Prom
     clear() {
       spans = [];
       logs = [];
+      metrics = [];
       requests = [];
     },
     setDelay(ms) {
@@ -185,5 +203,12 @@ function describeTimeout(received: ReceivedTelemetry, timeoutMs: number, lastErr
         ` attrs=${JSON.stringify(l.attributes)}`,
     );
   }
+  const pointsPerMetric = new Map<string, number>();
+  for (const m of received.metrics) {
+    const key = `[${m.serviceName}] ${m.type} "${m.name}"`;
+    pointsPerMetric.set(key, (pointsPerMetric.get(key) ?? 0) + 1);
+  }
+  lines.push(`Metric points (${received.metrics.length}):`);
+  for (const [key, count] of [...pointsPerMetric].slice(-40)) lines.push(`  ${key}: ${count}`);
   return lines.join('\n');
 }

@@ -142,7 +142,7 @@ it('says once on stderr where telemetry goes', async () => {
   // stderr is its own pipe: the line can reach us after stdout's `listening`, though it was written first.
   for (let i = 0; i < 50 && !app.stderr().includes('\n'); i++) await new Promise((resolve) => setTimeout(resolve, 20));
   expect(app.stderr().trim().split('\n')).toEqual([
-    `telemetry: gateway sends traces to ${receiver.url}/v1/traces and logs to ${receiver.url}/v1/logs ` +
+    `telemetry: gateway sends traces to ${receiver.url}/v1/traces, logs to ${receiver.url}/v1/logs and metrics to ${receiver.url}/v1/metrics ` +
       '(OTLP http/protobuf). Nothing listening there? Start the compose stack, or set OTEL_TRACES_EXPORTER=console, ' +
       'or OTEL_SDK_DISABLED=true.',
   ]);

@@ -87,11 +87,15 @@ const running = new Set<ChildProcess>();
 
 /**
  * Starts the fixture with exactly `env` (nothing of the runner's environment but PATH) and waits for
- * its `listening` log line.
+ * its `listening` log line. `fixture`: another script that does the same (reads FIXTURE_OTEL_DIR, logs
+ * `listening` with its port); default test/fixtures/telemetry-app.js.
  */
-export async function startInstrumentedApp(env: Readonly<Record<string, string | undefined>>): Promise<InstrumentedApp> {
+export async function startInstrumentedApp(
+  env: Readonly<Record<string, string | undefined>>,
+  { fixture = FIXTURE }: { fixture?: string } = {},
+): Promise<InstrumentedApp> {
   const otelDir = await compileTelemetryBootstrap();
-  const child = spawn(process.execPath, ['--require', path.join(otelDir, 'register.js'), FIXTURE], {
+  const child = spawn(process.execPath, ['--require', path.join(otelDir, 'register.js'), fixture], {
     cwd: ROOT,
     env: childEnvironment({ NODE_ENV: 'test', FIXTURE_OTEL_DIR: otelDir, ...env }),
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -40,6 +40,7 @@ describe('defaults, with no OTEL_* variables', () => {
       environment: 'development',
       traces: { exporters: ['otlp'], protocol: 'http/protobuf', url: 'http://localhost:4318/v1/traces', batch: {} },
       logs: { exporters: ['otlp'], protocol: 'http/protobuf', url: 'http://localhost:4318/v1/logs', batch: {} },
+      metrics: { exporters: ['otlp'], protocol: 'http/protobuf', url: 'http://localhost:4318/v1/metrics', exportIntervalMillis: 60_000, exportTimeoutMillis: 30_000 },
       instrumentations: ['http-server', 'http-client', 'koa', 'undici'],
       sampler: { name: 'parentbased_always_on', ratio: 1 },
       sdkLogLevel: undefined,
@@ -131,6 +132,28 @@ it.each([
     env: { OTEL_TRACES_SAMPLER: 'always_on', OTEL_TRACES_SAMPLER_ARG: 'junk' },
     expected: { sampler: { name: 'always_on', ratio: 1 } },
   },
+  { desc: 'OTEL_METRICS_EXPORTER=none turns metric export off', env: { OTEL_METRICS_EXPORTER: 'none' }, expected: { metrics: { exporters: [] }, traces: { exporters: ['otlp'] } } },
+  { desc: 'metrics can go to stdout, and to OTLP at once', env: { OTEL_METRICS_EXPORTER: 'OTLP, console' }, expected: { metrics: { exporters: ['otlp', 'console'] } } },
+  {
+    desc: 'metrics use the general endpoint and protocol, with /v1/metrics appended',
+    env: { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' },
+    expected: { metrics: { url: 'http://collector:4318/v1/metrics', protocol: 'http/json' } },
+  },
+  {
+    desc: 'metrics have their own endpoint and protocol variables',
+    env: { OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: 'http://prometheus:9090/api/v1/otlp/v1/metrics', OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: 'http/json' },
+    expected: { metrics: { url: 'http://prometheus:9090/api/v1/otlp/v1/metrics', protocol: 'http/json' }, traces: { protocol: 'http/protobuf' } },
+  },
+  {
+    desc: 'OTEL_METRIC_EXPORT_INTERVAL and _TIMEOUT set the reader, ms',
+    env: { OTEL_METRIC_EXPORT_INTERVAL: '15000', OTEL_METRIC_EXPORT_TIMEOUT: '5000' },
+    expected: { metrics: { exportIntervalMillis: 15_000, exportTimeoutMillis: 5_000 } },
+  },
+  {
+    desc: 'a short interval quietly cuts the default timeout to the interval',
+    env: { OTEL_METRIC_EXPORT_INTERVAL: '200' },
+    expected: { metrics: { exportIntervalMillis: 200, exportTimeoutMillis: 200 } },
+  },
   { desc: 'empty variables count as unset', env: { OTEL_TRACES_EXPORTER: '', OTEL_SERVICE_NAME: ' ' }, expected: { traces: { exporters: ['otlp'] }, serviceName: SERVICE_NAME.users } },
 ])('$desc', ({ env, expected, warnings = [] }: { env: Readonly<Record<string, string | undefined>>; expected: object; warnings?: readonly string[] }) => {
   const config = read(env);
@@ -194,6 +217,42 @@ it.each([
     env: { OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '-0.1' },
     expected: { sampler: { name: 'traceidratio', ratio: 1 } },
     warning: 'OTEL_TRACES_SAMPLER_ARG="-0.1" is not a number from 0 to 1; using 1',
+  },
+  {
+    desc: 'an unknown metrics exporter',
+    env: { OTEL_METRICS_EXPORTER: 'prometheus' },
+    expected: { metrics: { exporters: [] } },
+    warning: 'OTEL_METRICS_EXPORTER="prometheus" is not supported (otlp, console, none); ignored',
+  },
+  {
+    desc: 'a metrics exporter list mixing none with an exporter',
+    env: { OTEL_METRICS_EXPORTER: 'none,otlp' },
+    expected: { metrics: { exporters: ['otlp'] } },
+    warning: 'OTEL_METRICS_EXPORTER mixes "none" with exporters; "none" is ignored',
+  },
+  {
+    desc: 'a metrics protocol that is not HTTP',
+    env: { OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: 'grpc' },
+    expected: { metrics: { protocol: 'http/protobuf' }, traces: { protocol: 'http/protobuf' } },
+    warning: 'OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="grpc" is not supported (http/protobuf, http/json); using http/protobuf',
+  },
+  {
+    desc: 'a metric export interval of 0',
+    env: { OTEL_METRIC_EXPORT_INTERVAL: '0' },
+    expected: { metrics: { exportIntervalMillis: 60_000, exportTimeoutMillis: 30_000 } },
+    warning: 'OTEL_METRIC_EXPORT_INTERVAL="0" is not a positive integer; using the SDK default',
+  },
+  {
+    desc: 'a metric export interval with a unit',
+    env: { OTEL_METRIC_EXPORT_INTERVAL: '15s' },
+    expected: { metrics: { exportIntervalMillis: 60_000 } },
+    warning: 'OTEL_METRIC_EXPORT_INTERVAL="15s" is not a positive integer; using the SDK default',
+  },
+  {
+    desc: 'a metric export timeout longer than the interval',
+    env: { OTEL_METRIC_EXPORT_INTERVAL: '10000', OTEL_METRIC_EXPORT_TIMEOUT: '30000' },
+    expected: { metrics: { exportIntervalMillis: 10_000, exportTimeoutMillis: 10_000 } },
+    warning: 'OTEL_METRIC_EXPORT_TIMEOUT="30000" is longer than the export interval (10000 ms); using 10000',
   },
   {
     desc: 'an instrumentation this bootstrap does not load',

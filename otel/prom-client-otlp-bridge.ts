@@ -1,0 +1,181 @@
+/**
+ * A prom-client registry as an OpenTelemetry `MetricProducer`: the SDK's periodic reader asks it for the
+ * registry's current values at each export and sends them with its own, through the same OTLP exporter (same
+ * OTEL_EXPORTER_OTLP_* settings, retries and transport). The gateway records its RED metrics once, in prom-client,
+ * because prom-client keeps exemplars and sdk-metrics records none (docs/architecture.md, "Metrics").
+ *
+ * Mapping (https://opentelemetry.io/docs/specs/otel/compatibility/prometheus_and_openmetrics/):
+ *   counter   -> Sum, monotonic, cumulative
+ *   gauge     -> Gauge
+ *   histogram -> Histogram, cumulative: explicit bounds are the finite `le` values, and each bucket count is the
+ *                observations in that bucket alone (Prometheus buckets are cumulative), plus the one above the
+ *                last bound; sum and count as recorded
+ *   summary   -> not sent (the SDK's data model has no summary); reported once per metric as a collection error
+ * Labels become attributes with string values, as a scrape would show them; names stay as registered, so one
+ * query works on both paths. Exemplars are dropped: the SDK's data points have no field for them and neither
+ * of its OTLP serializers (protobuf, JSON) writes one.
+ */
+import { ValueType, type Attributes, type HrTime } from '@opentelemetry/api';
+import { millisToHrTime, type InstrumentationScope } from '@opentelemetry/core';
+import { emptyResource } from '@opentelemetry/resources';
+import {
+  AggregationTemporality,
+  DataPointType,
+  type CollectionResult,
+  type DataPoint,
+  type Histogram,
+  type MetricData,
+  type MetricDescriptor,
+  type MetricProducer,
+} from '@opentelemetry/sdk-metrics';
+import type { Registry } from 'prom-client';
+
+export interface PromClientMetricProducerOptions {
+  /**
+   * When the registry started counting, ms since the epoch: the start time of every cumulative point. Default:
+   * when the producer is created, so create it right after the registry (or pass the registry's creation time).
+   */
+  startTimeMs?: number;
+  /** The instrumentation scope the metrics are sent under. Default `{ name: 'prom-client' }`. */
+  scope?: InstrumentationScope;
+  /** Clock, ms since the epoch; the time of each collected point. Default `Date.now`. */
+  now?: () => number;
+}
+
+/** What `registry.getMetricsAsJSON()` returns at run time (its declared types name an enum it does not use). */
+interface PromMetric {
+  name: string;
+  help: string;
+  type: string;
+  values: ReadonlyArray<{ value: number; labels: Readonly<Record<string, string | number | undefined>>; metricName?: string }>;
+}
+
+/** Units the OTLP side can state, from Prometheus' base-unit name suffixes. */
+const UNIT_BY_SUFFIX: ReadonlyArray<readonly [string, string]> = [
+  ['_seconds', 's'],
+  ['_bytes', 'By'],
+];
+
+/** What the bridge reads of a registry; any content type will do. */
+export type PromClientRegistry = Pick<Registry, 'getMetricsAsJSON'>;
+
+/** Sends `registry`'s metrics with every export of the reader it is given to (`metricProducers`). */
+export function createPromClientMetricProducer(registry: PromClientRegistry, options: PromClientMetricProducerOptions = {}): MetricProducer {
+  const now = options.now ?? Date.now;
+  const startTime = millisToHrTime(options.startTimeMs ?? now());
+  const scope = options.scope ?? { name: 'prom-client' };
+  const reportedUnsupported = new Set<string>();
+
+  return {
+    async collect(): Promise<CollectionResult> {
+      const errors: unknown[] = [];
+      let metrics: PromMetric[];
+      try {
+        metrics = (await registry.getMetricsAsJSON()) as unknown as PromMetric[];
+      } catch (error) {
+        // A metric's collect() callback threw: nothing from this registry this time, the SDK's own still go.
+        return { resourceMetrics: { resource: emptyResource(), scopeMetrics: [] }, errors: [error] };
+      }
+      const endTime = millisToHrTime(now());
+      const converted: MetricData[] = [];
+      for (const metric of metrics) {
+        const data = toMetricData(metric, startTime, endTime);
+        if (data !== undefined) converted.push(data);
+        else if (!reportedUnsupported.has(metric.name)) {
+          reportedUnsupported.add(metric.name);
+          errors.push(new Error(`prom-client ${metric.type} "${metric.name}" has no OTLP equivalent here; it is not exported`));
+        }
+      }
+      return {
+        // The reader replaces a producer's resource with the SDK's.
+        resourceMetrics: { resource: emptyResource(), scopeMetrics: converted.length > 0 ? [{ scope, metrics: converted }] : [] },
+        errors,
+      };
+    },
+  };
+}
+
+function toMetricData(metric: PromMetric, startTime: HrTime, endTime: HrTime): MetricData | undefined {
+  const descriptor: MetricDescriptor = {
+    name: metric.name,
+    description: metric.help,
+    unit: UNIT_BY_SUFFIX.find(([suffix]) => metric.name.endsWith(suffix))?.[1] ?? '',
+    valueType: ValueType.DOUBLE,
+  };
+  const point = <T>(labels: PromMetric['values'][number]['labels'], value: T): DataPoint<T> => ({
+    startTime,
+    endTime,
+    attributes: attributes(labels),
+    value,
+  });
+  switch (metric.type) {
+    case 'counter':
+      return {
+        descriptor,
+        aggregationTemporality: AggregationTemporality.CUMULATIVE,
+        dataPointType: DataPointType.SUM,
+        isMonotonic: true,
+        dataPoints: metric.values.map((v) => point(v.labels, v.value)),
+      };
+    case 'gauge':
+      return {
+        descriptor,
+        aggregationTemporality: AggregationTemporality.CUMULATIVE,
+        dataPointType: DataPointType.GAUGE,
+        dataPoints: metric.values.map((v) => point(v.labels, v.value)),
+      };
+    case 'histogram':
+      return {
+        descriptor,
+        aggregationTemporality: AggregationTemporality.CUMULATIVE,
+        dataPointType: DataPointType.HISTOGRAM,
+        dataPoints: histogramSeries(metric).map(({ labels, histogram }) => point(labels, histogram)),
+      };
+    default:
+      return undefined;
+  }
+}
+
+interface HistogramSeries {
+  labels: Record<string, string | number | undefined>;
+  /** Cumulative count at each finite `le`. */
+  buckets: Array<{ le: number; cumulative: number }>;
+  sum: number;
+  count: number;
+}
+
+/**
+ * prom-client lists a histogram as `<name>_bucket` lines (one per `le`, cumulative, `+Inf` last), then
+ * `<name>_sum` and `<name>_count`, for each label set; this regroups them per label set.
+ */
+function histogramSeries(metric: PromMetric): Array<{ labels: HistogramSeries['labels']; histogram: Histogram }> {
+  const series = new Map<string, HistogramSeries>();
+  for (const { value, labels, metricName } of metric.values) {
+    const { le, ...rest } = labels;
+    const key = JSON.stringify(Object.entries(rest).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+    let entry = series.get(key);
+    if (entry === undefined) {
+      entry = { labels: rest, buckets: [], sum: 0, count: 0 };
+      series.set(key, entry);
+    }
+    if (metricName === `${metric.name}_sum`) entry.sum = value;
+    else if (metricName === `${metric.name}_count`) entry.count = value;
+    else if (metricName === `${metric.name}_bucket` && le !== undefined && Number.isFinite(Number(le))) {
+      entry.buckets.push({ le: Number(le), cumulative: value });
+    }
+  }
+  return [...series.values()].map(({ labels, buckets, sum, count }) => {
+    buckets.sort((a, b) => a.le - b.le);
+    const counts = buckets.map((bucket, i) => bucket.cumulative - (i === 0 ? 0 : buckets[i - 1]!.cumulative));
+    counts.push(count - (buckets.at(-1)?.cumulative ?? 0));
+    return { labels, histogram: { buckets: { boundaries: buckets.map((b) => b.le), counts }, sum, count } };
+  });
+}
+
+function attributes(labels: Readonly<Record<string, string | number | undefined>>): Attributes {
+  const result: Attributes = {};
+  for (const [key, value] of Object.entries(labels)) {
+    if (value !== undefined) result[key] = String(value);
+  }
+  return result;
+}

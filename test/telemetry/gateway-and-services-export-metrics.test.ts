@@ -1,0 +1,77 @@
+/**
+ * The four real processes from dist/ (as `npm start` runs them, telemetry bootstrap preloaded), exporting to a
+ * test OTLP receiver: the gateway's prom-client registry goes out through the bridge (src/main.ts registers it),
+ * the services' request durations from their instrumentations, all by the same OTLP metric exporter.
+ */
+import { METRIC, METRIC_LABEL, SERVICE_NAME } from '../../otel/wire-names';
+import { startOtlpReceiver, type OtlpReceiver, type ReceivedMetricPoint } from '../helpers/otlp-receiver';
+import { startProcessStack, type ProcessStack } from '../helpers/process-stack';
+
+let receiver: OtlpReceiver;
+let stack: ProcessStack;
+
+beforeAll(async () => {
+  receiver = await startOtlpReceiver();
+  stack = await startProcessStack({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_METRIC_EXPORT_INTERVAL: '200' });
+});
+afterAll(async () => {
+  await stack?.stop('SIGKILL');
+  await receiver?.close();
+});
+
+function latest(points: readonly ReceivedMetricPoint[], service: string, name: string, attributes: Record<string, unknown>): ReceivedMetricPoint | undefined {
+  return points.findLast((p) => p.serviceName === service && p.name === name && Object.entries(attributes).every(([key, value]) => p.attributes[key] === value));
+}
+
+it('exports the gateway’s RED metrics through the bridge and the services’ request durations, with exact counts', async () => {
+  for (let i = 0; i < 3; i++) expect((await fetch(`${stack.gatewayUrl}/api/orders`)).status).toBe(401);
+  const login = await fetch(`${stack.gatewayUrl}/api/auth/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }),
+  });
+  const { token } = (await login.json()) as { token: string };
+  for (let i = 0; i < 2; i++) {
+    const response = await fetch(`${stack.gatewayUrl}/api/orders`, { headers: { authorization: `Bearer ${token}` } });
+    expect(response.status).toBe(200);
+    await response.arrayBuffer();
+  }
+
+  const refused = { [METRIC_LABEL.route]: '/api/orders/*', [METRIC_LABEL.statusCode]: '401', [METRIC_LABEL.errorType]: 'missing_token' };
+  const served = { [METRIC_LABEL.route]: '/api/orders/*', [METRIC_LABEL.statusCode]: '200' };
+  const ordersServer = { 'http.route': '/orders', 'http.request.method': 'GET' };
+  const { metrics } = await receiver.waitFor(
+    ({ metrics }) =>
+      latest(metrics, SERVICE_NAME.gateway, METRIC.requestDuration, refused)?.count === 3 &&
+      latest(metrics, SERVICE_NAME.gateway, METRIC.requestDuration, served)?.count === 2 &&
+      latest(metrics, SERVICE_NAME.orders, 'http.server.request.duration', ordersServer)?.count === 2,
+    15_000,
+  );
+
+  expect(latest(metrics, SERVICE_NAME.gateway, METRIC.requestDuration, refused)).toMatchObject({
+    type: 'histogram',
+    temporality: 'cumulative',
+    unit: 's',
+    scope: { name: 'prom-client' },
+    attributes: { ...refused, [METRIC_LABEL.method]: 'GET', [METRIC_LABEL.routeName]: 'orders' },
+    count: 3,
+  });
+  const servedPoint = latest(metrics, SERVICE_NAME.gateway, METRIC.requestDuration, served)!;
+  expect(servedPoint.bucketCounts!.reduce((a, b) => a + b, 0)).toBe(2);
+  expect(servedPoint.bucketCounts).toHaveLength(servedPoint.explicitBounds!.length + 1);
+  // The counter family name, as registered: a Prometheus-side conversion appends `_total` itself.
+  expect(latest(metrics, SERVICE_NAME.gateway, METRIC.authFailures.replace(/_total$/, ''), { [METRIC_LABEL.errorType]: 'missing_token' })).toMatchObject({
+    type: 'sum',
+    monotonic: true,
+    value: 3,
+  });
+  // No series of the gateway ever went past its request count.
+  expect(Math.max(...metrics.filter((p) => p.serviceName === SERVICE_NAME.gateway && p.name === METRIC.requestDuration).map((p) => p.count!))).toBe(3);
+
+  // The services, from their instrumentations: order-service served the two GET /orders.
+  expect(latest(metrics, SERVICE_NAME.orders, 'http.server.request.duration', ordersServer)).toMatchObject({
+    scope: { name: '@opentelemetry/instrumentation-http' },
+    attributes: { 'http.response.status_code': 200 },
+    count: 2,
+  });
+});
