@@ -1,12 +1,15 @@
+import { SERVICE_NAME } from '../../otel/wire-names';
 import {
   COLLECTOR_COMPONENT_KEYS,
   COLLECTOR_COMPONENTS,
   COLLECTOR_DEPRECATED_TYPES,
+  COLLECTOR_FILTER_CONTEXTS,
   COLLECTOR_TOP_LEVEL,
   COLLECTOR_VERSION,
+  PROMETHEUS_OTLP_BASE_PATH,
   unknownKeys,
 } from './pinned-schemas';
-import { asList, asMap, asString, hostAndPort, readCompose, readYaml, service, type YamlMap } from './stack-files';
+import { appServices, asList, asMap, asString, hostAndPort, readCompose, readYaml, service, type YamlMap } from './stack-files';
 
 const FILE = 'otel/collector.yaml';
 const config = asMap(readYaml(FILE), FILE);
@@ -80,6 +83,8 @@ describe('otel/collector.yaml', () => {
     const misspelt = { protocols: { http: { endpiont: '0.0.0.0:4318' } } };
     expect(unknownKeys(misspelt, COLLECTOR_COMPONENT_KEYS.otlp!)).toEqual(['protocols.http.endpiont']);
     expect(unknownKeys({ endpoint: 'jaeger:4317', tls: { insecure: true, insecure_skip: true } }, COLLECTOR_COMPONENT_KEYS.otlp_grpc!)).toEqual(['tls.insecure_skip']);
+    // The filter processor's pre-v0.146 form is refused: it is deprecated in the pinned build.
+    expect(unknownKeys({ metrics: { metric: ['true'] } }, COLLECTOR_COMPONENT_KEYS.filter!)).toEqual(['metrics']);
   });
 
   it('wires every pipeline to defined components, and uses every defined component', () => {
@@ -96,7 +101,7 @@ describe('otel/collector.yaml', () => {
     expect(defined.filter((c) => !used.has(c))).toEqual([]);
   });
 
-  it.each(['traces', 'logs'])('limits memory first and batches in the %s pipeline', (signal) => {
+  it.each(['traces', 'logs', 'metrics'])('limits memory first and batches in the %s pipeline', (signal) => {
     const { processors } = pipeline(signal);
     expect(processors[0]).toBe('memory_limiter');
     expect(processors.map(typeOf)).toContain('batch');
@@ -142,8 +147,57 @@ describe('otel/collector.yaml', () => {
     expect(service(compose, 'loki').expose).toContain(String(lokiPort));
   });
 
-  it('has no metrics pipeline: the stack has no metrics store, and the apps export traces and logs only', () => {
-    expect([...pipelines().keys()].sort()).toEqual(['logs', 'traces']);
+  it('has one pipeline per signal the apps send: traces, logs and metrics', () => {
+    expect([...pipelines().keys()].sort()).toEqual(['logs', 'metrics', 'traces']);
+  });
+
+  it("sends metrics to the prometheus compose service's OTLP receiver (base URL: the exporter appends /v1/metrics)", () => {
+    const { exporters, receivers } = pipeline('metrics');
+    expect(receivers).toEqual(['otlp']);
+    expect(exporters).toHaveLength(1);
+    const id = exporters[0]!;
+    expect(typeOf(id)).toBe('otlp_http');
+    const url = new URL(asString(exporter(id).endpoint, `${id}.endpoint`));
+    expect({ host: url.hostname, port: Number(url.port), path: url.pathname }).toEqual({ host: 'prometheus', port: 9090, path: PROMETHEUS_OTLP_BASE_PATH });
+    const prometheus = service(compose, 'prometheus');
+    expect(prometheus.expose).toContain('9090');
+    // The receiver is off unless this flag is given; 9090 is the default --web.listen-address.
+    expect(prometheus.command).toContain('--web.enable-otlp-receiver');
+    expect(prometheus.command.filter((a) => a.startsWith('--web.listen-address'))).toEqual([]);
+  });
+
+  describe('drops the gateway\'s metrics from the metrics pipeline: Prometheus scrapes them (exemplars), so they are not counted twice', () => {
+    const filters = pipeline('metrics').processors.filter((id) => typeOf(id) === 'filter');
+    const groups = filters.flatMap((id) =>
+      asList(asMap(components('processors').get(id), id).metric_conditions, `${id}.metric_conditions`).map((g) => asMap(g, `${id}.metric_conditions[]`)),
+    );
+    /** The service.name values the filter drops, read from its `resource.attributes["service.name"] == "x"` conditions. */
+    const dropped = groups.flatMap((g) =>
+      asList(g.conditions, 'conditions').flatMap((c) => [...String(c).matchAll(/^(?:resource\.)?attributes\["service\.name"\] == "([^"]+)"$/g)].map((m) => m[1]!)),
+    );
+
+    it('with one filter processor of resource-context conditions, after the memory limiter and before the batch', () => {
+      expect(filters).toHaveLength(1);
+      const { processors } = pipeline('metrics');
+      expect(processors.indexOf(filters[0]!)).toBeGreaterThan(processors.indexOf('memory_limiter'));
+      expect(processors.indexOf(filters[0]!)).toBeLessThan(processors.findIndex((id) => typeOf(id) === 'batch'));
+      for (const g of groups) {
+        expect(COLLECTOR_FILTER_CONTEXTS as readonly unknown[]).toContain(g.context);
+        expect(g.context).toBe('resource');
+      }
+      // Every condition is one this test can read: nothing else is dropped.
+      expect(dropped).toHaveLength(groups.flatMap((g) => asList(g.conditions, 'conditions')).length);
+    });
+
+    it('drops exactly the gateway, whose OTEL_SERVICE_NAME is the gateway wire name, and no service', () => {
+      expect(dropped).toEqual([SERVICE_NAME.gateway]);
+      const byServiceName = Object.fromEntries(appServices(compose).map((s) => [s.environment.OTEL_SERVICE_NAME, s.name]));
+      expect(byServiceName[SERVICE_NAME.gateway]).toBe('gateway');
+    });
+
+    it('only in the metrics pipeline: the gateway\'s traces and logs still go through', () => {
+      for (const signal of ['traces', 'logs']) expect(pipeline(signal).processors.map(typeOf)).not.toContain('filter');
+    });
   });
 });
 

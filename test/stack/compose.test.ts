@@ -143,6 +143,7 @@ describe('docker-compose.yml', () => {
       jaeger: 'wget', // Alpine base: busybox wget
       loki: '/usr/bin/loki', // distroless: Loki's own `-health` command (cmd/loki/health.go, in v3.7.6)
       grafana: 'curl', // Grafana's Alpine image installs curl
+      prometheus: '/bin/promtool', // `promtool check ready`: in the busybox and the distroless image alike
     };
     for (const [name, binary] of Object.entries(expected)) {
       const test = service(compose, name).healthcheck?.test ?? [];
@@ -173,6 +174,7 @@ describe('docker-compose.yml', () => {
   it.each([
     { desc: 'the collector reads otel/collector.yaml', name: 'otel-collector', file: './otel/collector.yaml', flag: '--config=' },
     { desc: 'Loki reads otel/loki.yaml', name: 'loki', file: './otel/loki.yaml', flag: '-config.file=' },
+    { desc: 'Prometheus reads otel/prometheus.yaml', name: 'prometheus', file: './otel/prometheus.yaml', flag: '--config.file=' },
   ])('points the config flag at the mounted file: $desc', ({ name, file, flag }) => {
     const s = service(compose, name);
     const mount = s.volumes.find((v) => v.startsWith(`${file}:`));

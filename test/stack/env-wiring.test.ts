@@ -63,6 +63,13 @@ describe('gateway environment in docker-compose.yml', () => {
     expect(config.rateLimit.redisUrl).toBe('redis://redis:6379');
   });
 
+  it('opens the metrics listener on every interface of the container, on a port other than the public and admin ones', () => {
+    const config = loadConfig(composeEnv('gateway'), ROOT);
+    expect(config.metrics.host).toBe('0.0.0.0');
+    expect(config.metrics.port).toEqual(expect.any(Number));
+    expect([config.port, config.admin.port]).not.toContain(config.metrics.port);
+  });
+
   it('accepts a JWT_SECRET from the shell, and starts without one (local development secret)', () => {
     expect(interpolate(service(compose, 'gateway').environment.JWT_SECRET ?? '', { JWT_SECRET: 's3cret' })).toBe('s3cret');
     expect(composeEnv('gateway').NODE_ENV).toBe('development');

@@ -1,3 +1,4 @@
+import { EXEMPLAR_LABEL, METRIC, METRIC_LABEL, SERVICE_NAME } from '../../otel/wire-names';
 import {
   GRAFANA_DASHBOARD_PROVIDER_FILE,
   GRAFANA_DATASOURCE,
@@ -15,6 +16,8 @@ import {
   GRAFANA_DASHBOARD_PROVIDERS,
   GRAFANA_DATASOURCES,
   hostAndPort,
+  promqlGroupingLabels,
+  promqlSelectors,
   readCompose,
   readDashboards,
   readDatasources,
@@ -23,6 +26,7 @@ import {
   service,
   yamlFilesIn,
   type Datasource,
+  type DashboardPanel,
 } from './stack-files';
 
 const compose = readCompose();
@@ -66,8 +70,8 @@ describe('Grafana provisioning', () => {
     });
   });
 
-  it('provisions one Jaeger and one Loki data source with fixed, unique uids and names', () => {
-    expect(datasources.map((ds) => ds.type).sort()).toEqual(['jaeger', 'loki']);
+  it('provisions one Prometheus, one Jaeger and one Loki data source with fixed, unique uids and names', () => {
+    expect(datasources.map((ds) => ds.type).sort()).toEqual(['jaeger', 'loki', 'prometheus']);
     expect(new Set(datasources.map((ds) => ds.uid)).size).toBe(datasources.length);
     expect(new Set(datasources.map((ds) => ds.name)).size).toBe(datasources.length);
     for (const ds of datasources) expect(ds.uid).toMatch(/^[a-zA-Z0-9_-]{1,40}$/);
@@ -83,12 +87,36 @@ describe('Grafana provisioning', () => {
   it.each([
     { desc: 'Jaeger: its query and UI port', type: 'jaeger', host: 'jaeger', port: 16686 },
     { desc: 'Loki: its HTTP port', type: 'loki', host: 'loki', port: 3100 },
+    { desc: 'Prometheus: its HTTP API port', type: 'prometheus', host: 'prometheus', port: 9090 },
   ])('reaches the data source by compose name and port: $desc', ({ type, host, port }) => {
     const ds = byType(type);
     expect(ds.access).toBe('proxy');
     expect(hostAndPort(ds.url)).toEqual({ host, port });
     const target = service(compose, host);
     expect(containerPorts(target)).toContain(port);
+  });
+
+  describe('Prometheus -> Jaeger: an exemplar links to its trace', () => {
+    const prometheus = byType('prometheus');
+    const destinations = asList(prometheus.jsonData.exemplarTraceIdDestinations, 'prometheus jsonData.exemplarTraceIdDestinations').map((d) =>
+      asMap(d, 'exemplarTraceIdDestinations[]'),
+    );
+
+    it('reads the exemplar label the gateway writes (EXEMPLAR_LABEL.traceId) and opens it in the Jaeger data source', () => {
+      expect(destinations).toHaveLength(1);
+      const destination = destinations[0]!;
+      expect(destination.name).toBe(EXEMPLAR_LABEL.traceId);
+      expect(datasource(String(destination.datasourceUid))?.type).toBe('jaeger');
+      // An internal link (Explore, next to the metrics): no external URL.
+      expect(destination.url).toBeUndefined();
+    });
+
+    it('states the Prometheus scrape interval as the smallest step (timeInterval), and the server type', () => {
+      const prometheusConfig = asMap(readYaml('otel/prometheus.yaml'), 'otel/prometheus.yaml');
+      expect(prometheus.jsonData.timeInterval).toBe(asMap(prometheusConfig.global, 'global').scrape_interval);
+      expect(prometheus.jsonData.prometheusType).toBe('Prometheus');
+      expect(service(compose, 'prometheus').image).toBe(`prom/prometheus:v${String(prometheus.jsonData.prometheusVersion)}`);
+    });
   });
 
   describe('Loki -> Jaeger: a log line links to its trace', () => {
@@ -149,52 +177,168 @@ describe('Grafana provisioning', () => {
   });
 });
 
+// ---- The dashboard -----------------------------------------------------------------------------------------
+
+/** The gateway's histograms: each is exported as `_bucket`, `_count` and `_sum` series. */
+const HISTOGRAMS: readonly string[] = [METRIC.requestDuration, METRIC.upstreamDuration];
+
+/**
+ * Every series name the dashboard may query: the gateway's metrics (otel/wire-names.ts METRIC, the names its
+ * /metrics exports). The services' OTLP `http.server.request.duration` arrives under the same name as the
+ * gateway's (METRIC.requestDuration), so it needs no entry of its own.
+ */
+const EXPORTED_SERIES: ReadonlySet<string> = new Set(
+  Object.values(METRIC).flatMap((name) => (HISTOGRAMS.includes(name) ? [`${name}_bucket`, `${name}_count`, `${name}_sum`] : [name])),
+);
+
+/** Labels the metrics carry: the gateway's (METRIC_LABEL), those Prometheus adds (job, instance), a bucket's bound (le). */
+const KNOWN_LABELS: ReadonlySet<string> = new Set([...Object.values(METRIC_LABEL), 'job', 'instance', 'le']);
+
+const prometheusConfig = asMap(readYaml('otel/prometheus.yaml'), 'otel/prometheus.yaml');
+const scrapeJobs = asList(prometheusConfig.scrape_configs, 'scrape_configs').map((c) => String(asMap(c, 'scrape_configs[]').job_name));
+
+describe('the PromQL reader the dashboard tests use', () => {
+  it('finds selectors and their matchers, not functions, keywords, label lists or ranges', () => {
+    const expr = '(sum by (le) (rate(a_bucket{job="x", code=~"5.."}[$__rate_interval])) or vector(0)) / on (job) b';
+    expect(promqlSelectors(expr)).toEqual([
+      { metric: 'a_bucket', matchers: [{ label: 'job', op: '=', value: 'x' }, { label: 'code', op: '=~', value: '5..' }] },
+      { metric: 'b', matchers: [] },
+    ]);
+    expect(promqlGroupingLabels(expr)).toEqual(['le', 'job']);
+  });
+});
+
 describe.each(dashboards)('dashboard $file', ({ dashboard, panels }) => {
-  const lokiPanels = panels.filter((p) => p.type !== 'row');
+  const visible = panels.filter((p) => p.type !== 'row');
+  const targetsOf = (type: string) =>
+    visible.flatMap((panel) =>
+      (panel.targets ?? []).filter((t) => (t.datasource ?? panel.datasource)?.type === type).map((target) => ({ panel, target, expr: target.expr ?? '' })),
+    );
+  const promTargets = targetsOf('prometheus');
+  const lokiTargets = targetsOf('loki');
+  const promExprs = promTargets.map(({ panel, target, expr }) => [`${panel.title} (${target.refId ?? '?'})`, expr] as const);
+  const lokiExprs = lokiTargets.map(({ panel, expr }) => [panel.title, expr] as const);
 
   it('has a fixed uid, a title and panels', () => {
     expect(dashboard.uid).toMatch(/^[a-zA-Z0-9_-]{1,40}$/);
     expect(dashboard.title).toEqual(expect.any(String));
-    expect(lokiPanels.length).toBeGreaterThan(0);
+    expect(visible.length).toBeGreaterThan(0);
   });
 
   it('references only provisioned data sources, by uid and matching type', () => {
-    const refs = lokiPanels.flatMap((p) => [p.datasource, ...(p.targets ?? []).map((t) => t.datasource)]).filter((r) => r !== undefined);
+    const refs = visible.flatMap((p) => [p.datasource, ...(p.targets ?? []).map((t) => t.datasource)]).filter((r) => r !== undefined);
     expect(refs.length).toBeGreaterThan(0);
     for (const ref of refs) expect({ ref, type: datasource(ref.uid)?.type }).toEqual({ ref, type: ref.type });
   });
 
-  const exprs = lokiPanels.flatMap((p) => (p.targets ?? []).map((t) => [p.title, t.expr ?? ''] as const));
-
-  it.each(exprs)('%s selects Loki streams by service_name only (ids are structured metadata, not labels)', (_title, expr) => {
-    const labels = streamSelectorLabels(expr);
-    expect(labels.length).toBeGreaterThan(0);
-    expect(new Set(labels)).toEqual(new Set(['service_name']));
+  it('queries metrics from Prometheus and logs from Loki, nothing else', () => {
+    const all = visible.flatMap((p) => p.targets ?? []);
+    expect(promTargets.length + lokiTargets.length).toBe(all.length);
+    expect(promTargets.length).toBeGreaterThan(0);
   });
 
-  it.each(exprs.filter(([, expr]) => /_over_time\(|\brate\(/.test(expr)))(
-    '%s bounds its series: keeps only the labels it groups by, never a per-request id',
-    (_title, expr) => {
-      // Structured metadata become labels in metric queries: without `keep`, every request_id is a series.
-      expect(expr).toMatch(/\| keep [a-z_, ]+/);
-      const grouped = [...expr.matchAll(/\b(?:by|without)\s*\(([^)]*)\)/g)].flatMap((m) => m[1]!.split(',').map((l) => l.trim()));
-      const kept = [...expr.matchAll(/\| keep ([a-z_, ]+)/g)].flatMap((m) => m[1]!.split(',').map((l) => l.trim()));
-      for (const label of [...grouped, ...kept]) expect(['service_name', 'route', 'status', 'method', 'duration_ms']).toContain(label);
-    },
-  );
+  describe('metrics (Prometheus)', () => {
+    it.each(promExprs)('%s queries only series the gateway exports (otel/wire-names.ts METRIC)', (_title, expr) => {
+      const names = promqlSelectors(expr).map((s) => s.metric);
+      expect(names.length).toBeGreaterThan(0);
+      expect(names.filter((n) => !EXPORTED_SERIES.has(n))).toEqual([]);
+    });
 
-  it('has the request rate, errors and latency by route, from the access log lines', () => {
-    const byRoute = exprs.map(([, expr]) => expr).filter((e) => /by \(route\b/.test(e) && e.includes('"request completed"'));
-    expect(byRoute.some((e) => /sum by \(route\) \(rate\(/.test(e))).toBe(true);
-    expect(byRoute.some((e) => /status >= 500/.test(e))).toBe(true);
-    expect(byRoute.some((e) => /quantile_over_time\(0\.\d+,.*unwrap duration_ms/.test(e))).toBe(true);
+    it.each(promExprs)('%s matches and groups only by labels the metrics carry (METRIC_LABEL, job, instance, le)', (_title, expr) => {
+      const labels = [...promqlSelectors(expr).flatMap((s) => s.matchers.map((m) => m.label)), ...promqlGroupingLabels(expr)];
+      expect(labels.filter((l) => !KNOWN_LABELS.has(l))).toEqual([]);
+    });
+
+    it.each(promExprs)(
+      '%s selects by job: job="<the gateway scrape job>", or job!="gateway" for the services (their service.name)',
+      (_title, expr) => {
+        for (const selector of promqlSelectors(expr)) {
+          const jobs = selector.matchers.filter((m) => m.label === 'job');
+          expect(jobs).toHaveLength(1);
+          const job = jobs[0]!;
+          if (job.op === '=') expect(scrapeJobs).toContain(job.value);
+          else expect(job).toEqual({ label: 'job', op: '!=', value: SERVICE_NAME.gateway });
+        }
+      },
+    );
+
+    it.each(promExprs.filter(([, expr]) => /\b(rate|increase|irate)\(/.test(expr)))('%s takes rates over $__rate_interval', (_title, expr) => {
+      const windows = [...expr.matchAll(/\[([^\]]*)\]/g)].map((m) => m[1]);
+      expect(windows.length).toBeGreaterThan(0);
+      expect(new Set(windows)).toEqual(new Set(['$__rate_interval']));
+    });
+
+    it.each(promExprs.filter(([, expr]) => expr.includes('histogram_quantile(')))(
+      '%s sums a histogram\'s bucket rates by le before histogram_quantile',
+      (_title, expr) => {
+        expect(expr).toMatch(/histogram_quantile\(0\.\d+, sum by \(le\b[^)]*\) \(rate\([a-z_]+_bucket\{/);
+      },
+    );
+
+    const gatewayExprs = promExprs.map(([, expr]) => expr).filter((e) => e.includes('job="gateway"'));
+    const request = METRIC.requestDuration;
+
+    it.each([
+      { desc: 'request rate by route', pattern: `sum by (http_route) (rate(${request}_count{job="gateway"}` },
+      { desc: '5xx ratio', pattern: `${request}_count{job="gateway", http_response_status_code=~"5.."}` },
+      { desc: 'p50 by route', pattern: `histogram_quantile(0.50, sum by (le, http_route) (rate(${request}_bucket{job="gateway"}` },
+      { desc: 'p95 by route', pattern: `histogram_quantile(0.95, sum by (le, http_route) (rate(${request}_bucket{job="gateway"}` },
+      { desc: 'p99 by route', pattern: `histogram_quantile(0.99, sum by (le, http_route) (rate(${request}_bucket{job="gateway"}` },
+      { desc: 'upstream latency by service', pattern: `sum by (le, gateway_upstream_service) (rate(${METRIC.upstreamDuration}_bucket{job="gateway"}` },
+      { desc: 'rate-limit decisions', pattern: `sum by (gateway_rate_limit_decision) (rate(${METRIC.rateLimitDecisions}{job="gateway"}` },
+      { desc: 'auth failures by reason', pattern: `sum by (error_type) (rate(${METRIC.authFailures}{job="gateway"}` },
+      { desc: 'in-flight requests', pattern: `${METRIC.activeRequests}{job="gateway"}` },
+      { desc: 'upstream retries', pattern: `${METRIC.upstreamRetries}{job="gateway"}` },
+      { desc: 'upstream ejections', pattern: `${METRIC.upstreamEjections}{job="gateway"}` },
+    ])('shows the gateway\'s $desc', ({ pattern }) => {
+      expect(gatewayExprs.filter((e) => e.includes(pattern)).length).toBeGreaterThan(0);
+    });
+
+    it("shows the services' own request rate and latency (their OTLP metrics), apart from the gateway's", () => {
+      const services = promExprs.map(([, expr]) => expr).filter((e) => e.includes(`${request}_count{job!="gateway"}`) || e.includes(`${request}_bucket{job!="gateway"}`));
+      expect(services.some((e) => e.includes('_count{'))).toBe(true);
+      expect(services.some((e) => e.includes('histogram_quantile('))).toBe(true);
+      for (const e of services) expect(promqlGroupingLabels(e)).toContain('job');
+    });
+
+    describe('exemplars', () => {
+      const withExemplars = promTargets.filter(({ target }) => target.exemplar === true);
+      const routeLatency = visible.filter((p: DashboardPanel) =>
+        (p.targets ?? []).some((t) => (t.expr ?? '').includes(`sum by (le, http_route) (rate(${request}_bucket{job="gateway"}`)),
+      );
+
+      it('are shown on the route latency panel, from one target only (every quantile reads the same buckets)', () => {
+        expect(routeLatency).toHaveLength(1);
+        expect((routeLatency[0]!.targets ?? []).filter((t) => t.exemplar === true)).toHaveLength(1);
+      });
+
+      it.each(withExemplars.map(({ panel, expr }) => [panel.title, expr]))(
+        '%s asks for exemplars of a gateway histogram, the only series that carry them (scraped OpenMetrics)',
+        (_title, expr) => {
+          const selectors = promqlSelectors(expr);
+          expect(selectors.length).toBeGreaterThan(0);
+          for (const s of selectors) {
+            expect(HISTOGRAMS.map((h) => `${h}_bucket`)).toContain(s.metric);
+            expect(s.matchers).toContainEqual({ label: 'job', op: '=', value: SERVICE_NAME.gateway });
+          }
+        },
+      );
+    });
   });
 
-  it('has a log panel filtered by the request_id variable', () => {
-    const variables = asList(asMap(dashboard.templating, 'templating').list, 'templating.list').map((v) => asMap(v, 'variable'));
-    const requestId = variables.find((v) => v.name === 'request_id');
-    expect(requestId?.type).toBe('textbox');
-    const logs = lokiPanels.filter((p) => p.type === 'logs');
-    expect(logs.flatMap((p) => (p.targets ?? []).map((t) => t.expr))).toEqual([expect.stringMatching(/\| request_id=~`\$\{request_id:regex\}/)]);
+  describe('logs (Loki)', () => {
+    it.each(lokiExprs)('%s selects Loki streams by service_name only (ids are structured metadata, not labels)', (_title, expr) => {
+      const labels = streamSelectorLabels(expr);
+      expect(labels.length).toBeGreaterThan(0);
+      expect(new Set(labels)).toEqual(new Set(['service_name']));
+    });
+
+    it('has a log panel filtered by the request_id variable', () => {
+      const variables = asList(asMap(dashboard.templating, 'templating').list, 'templating.list').map((v) => asMap(v, 'variable'));
+      const requestId = variables.find((v) => v.name === 'request_id');
+      expect(requestId?.type).toBe('textbox');
+      const logs = visible.filter((p) => p.type === 'logs');
+      expect(logs.flatMap((p) => (p.targets ?? []).map((t) => t.expr))).toEqual([expect.stringMatching(/\| request_id=~`\$\{request_id:regex\}/)]);
+    });
   });
 });

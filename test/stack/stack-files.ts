@@ -3,8 +3,9 @@ import path from 'node:path';
 import { parse } from 'yaml';
 
 /**
- * Readers for the files that describe the compose stack: docker-compose.yml, the Dockerfile, the Collector
- * and Loki configs, and Grafana's provisioning. They parse and shape-check; the tests assert the wiring.
+ * Readers for the files that describe the compose stack: docker-compose.yml, the Dockerfile, the Collector,
+ * Loki and Prometheus configs, and Grafana's provisioning. They parse and shape-check; the tests assert the
+ * wiring.
  */
 
 export const ROOT = path.resolve(__dirname, '../..');
@@ -239,7 +240,7 @@ export interface DashboardPanel extends YamlMap {
   title: string;
   type: string;
   datasource?: { type?: string; uid?: string };
-  targets?: { expr?: string; datasource?: { type?: string; uid?: string } }[];
+  targets?: { refId?: string; expr?: string; exemplar?: boolean; datasource?: { type?: string; uid?: string } }[];
   panels?: DashboardPanel[];
 }
 
@@ -251,4 +252,42 @@ export function readDashboards(): { file: string; dashboard: YamlMap; panels: Da
     const panels = top.flatMap((p) => [p, ...(p.panels ?? [])]);
     return { file, dashboard, panels };
   });
+}
+
+// ---- PromQL -------------------------------------------------------------------------------------------------
+// Enough of PromQL to read the dashboard's own queries: selectors, label matchers, label lists. Not a parser.
+
+const PROMQL_KEYWORDS = new Set(['by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'bool', 'offset', 'and', 'or', 'unless', 'atan2', 'inf', 'nan']);
+const PROMQL_LABEL_LIST = /\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)/g;
+
+export interface PromqlMatcher {
+  label: string;
+  op: string;
+  value: string;
+}
+
+/** The label matchers inside one `{...}`. */
+function promqlMatchers(braces: string): PromqlMatcher[] {
+  return [...braces.matchAll(/([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"/g)].map((l) => ({ label: l[1]!, op: l[2]!, value: l[3]! }));
+}
+
+/**
+ * The vector selectors of a PromQL expression: each metric name with its label matchers (`up{job="x"}`). Names
+ * followed by `(` are functions or aggregations; `by (...)`-style label lists and `[...]` ranges are skipped.
+ */
+export function promqlSelectors(expr: string): { metric: string; matchers: PromqlMatcher[] }[] {
+  const text = expr.replace(/\[[^\]]*\]/g, ' ').replace(PROMQL_LABEL_LIST, ' ');
+  const selectors: { metric: string; matchers: PromqlMatcher[] }[] = [];
+  for (const m of text.matchAll(/(?<![\w:$."])([a-zA-Z_:][\w:]*)(?![\w:])\s*(\{[^}]*\})?/g)) {
+    const [whole, name, braces] = m;
+    if (braces === undefined && /^\s*\(/.test(text.slice(m.index + whole.length))) continue;
+    if (PROMQL_KEYWORDS.has(name!.toLowerCase())) continue;
+    selectors.push({ metric: name!, matchers: promqlMatchers(braces ?? '') });
+  }
+  return selectors;
+}
+
+/** Label names in `by (...)`, `without (...)`, `on (...)`, `ignoring (...)` and `group_*(...)` lists. */
+export function promqlGroupingLabels(expr: string): string[] {
+  return [...expr.matchAll(PROMQL_LABEL_LIST)].flatMap((m) => m[1]!.split(',').map((l) => l.trim()).filter((l) => l !== ''));
 }
