@@ -14,6 +14,7 @@ export const BUDGET = {
   addedP50MsMax: 0.25,
   peakRssMbMax: 150,
   spansLostMax: 0,
+  metricsCpuCostMax: 0.05,
 };
 
 const median = (values) => {
@@ -52,7 +53,7 @@ export function evaluate(results) {
   const ratios = {};
   for (const id of Object.keys(cases)) {
     ratios[id] = {};
-    for (const base of [...BASELINES, 'gateway-untraced']) {
+    for (const base of [...BASELINES, 'gateway-untraced', 'gateway-metrics-off']) {
       if (!cases[base] || base === id) continue;
       const perRound = (fn) => rounds.map((r) => fn(r));
       const throughput = perRound((r) => find(id, 'throughput', r).rps / find(base, 'throughput', r).rps);
@@ -91,6 +92,12 @@ export function evaluate(results) {
       rounds: gw['gateway-untraced'].throughput.rounds.map((v) => round((1 - v) * 100, 1)),
     };
     line('tracing-cost', 'tracing costs <= 15% throughput vs tracing off', `<= ${BUDGET.tracingCostMax * 100}%`, cost ?? {}, '%', (v) => v <= BUDGET.tracingCostMax * 100, cost ? undefined : 'tracing-off case not run');
+    // Issue 11: recording every request's RED metrics costs at most 5% CPU per request over metrics off.
+    const metricsCost = gw['gateway-metrics-off'] && {
+      mean: round((gw['gateway-metrics-off'].cpuPerRequest.mean - 1) * 100, 1),
+      rounds: gw['gateway-metrics-off'].cpuPerRequest.rounds.map((v) => (v === null ? null : round((v - 1) * 100, 1))),
+    };
+    line('metrics-cost', 'metrics cost <= 5% CPU per request vs metrics off (issue 11)', `<= ${BUDGET.metricsCpuCostMax * 100}%`, metricsCost ?? {}, '%', (v) => v <= BUDGET.metricsCpuCostMax * 100, metricsCost ? undefined : 'metrics-off case not run');
     line('added-p50', 'added p50 latency at 1 connection vs the upstream', `<= ${BUDGET.addedP50MsMax} ms`, gw.upstream.addedP50Ms, 'ms', (v) => v <= BUDGET.addedP50MsMax);
     const rssMb = results.memoryMiB.gateway ? round(results.memoryMiB.gateway.peak * 1.048576, 1) : null;
     line('peak-rss', 'peak RSS of the gateway', `<= ${BUDGET.peakRssMbMax} MB`, { mean: rssMb, rounds: [] }, 'MB', (v) => v <= BUDGET.peakRssMbMax);
@@ -157,7 +164,7 @@ export function toMarkdown(results) {
   lines.push('|---|---|---:|---:|---:|');
   const each = (v, digits, suffix = '') => `${fmt(v.mean, digits)}${suffix} (${v.rounds.map((x) => fmt(x, digits)).join(', ')})`;
   // Each pair once, the more elaborate case against the simpler one.
-  const rank = ['upstream', 'nginx', 'node-floor', 'express', 'gateway-untraced', 'gateway'];
+  const rank = ['upstream', 'nginx', 'node-floor', 'express', 'gateway-untraced', 'gateway-metrics-off', 'gateway'];
   for (const id of ids) {
     for (const [base, r] of Object.entries(ratios[id])) {
       if (rank.indexOf(base) >= rank.indexOf(id)) continue;

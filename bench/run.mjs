@@ -68,7 +68,8 @@ const settings = {
 function caseTable(ports = {}) {
   return {
     upstream: { label: 'upstream directly', url: `http://127.0.0.1:${ports.upstream}/users/42`, auth: false, server: 'upstream' },
-    gateway: { label: 'Koa Gateway, full pipeline, tracing on', url: `http://127.0.0.1:${ports.gateway}/api/users/42`, auth: true, server: 'gateway' },
+    gateway: { label: 'Koa Gateway, full pipeline, tracing and metrics on', url: `http://127.0.0.1:${ports.gateway}/api/users/42`, auth: true, server: 'gateway' },
+    'gateway-metrics-off': { label: 'Koa Gateway, tracing on, metrics off', url: `http://127.0.0.1:${ports['gateway-metrics-off']}/api/users/42`, auth: true, server: 'gateway-metrics-off' },
     'gateway-untraced': { label: 'Koa Gateway, tracing off', url: `http://127.0.0.1:${ports['gateway-untraced']}/api/users/42`, auth: true, server: 'gateway-untraced' },
     express: { label: 'Express tutorial gateway', url: `http://127.0.0.1:${ports.express}/api/users/42`, auth: true, server: 'express' },
     nginx: { label: 'nginx proxy_pass, 1 worker', url: `http://127.0.0.1:${ports.nginx}/api/users/42`, auth: false, server: 'nginx' },
@@ -139,11 +140,15 @@ function preflight(host) {
 
 async function startProcesses(selected, logs, secret) {
   const ports = {};
-  for (const name of ['upstream', 'sink', ...selected]) ports[name] ??= await freePort();
+  for (const name of ['upstream', 'sink', 'gateway-metrics-scrape', ...selected]) ports[name] ??= await freePort();
   const upstreamPort = ports.upstream;
   const children = { upstream: startUpstream({ port: upstreamPort, logs }), sink: startSink({ port: ports.sink, logs }) };
   if (selected.includes('gateway')) {
-    children.gateway = startGateway({ name: 'gateway', port: ports.gateway, upstreamPort, secret, logs, tracing: { sinkPort: ports.sink, exportLogs: settings.otlpLogs } });
+    const metrics = { port: ports['gateway-metrics-scrape'] };
+    children.gateway = startGateway({ name: 'gateway', port: ports.gateway, upstreamPort, secret, logs, tracing: { sinkPort: ports.sink, exportLogs: settings.otlpLogs }, metrics });
+  }
+  if (selected.includes('gateway-metrics-off')) {
+    children['gateway-metrics-off'] = startGateway({ name: 'gateway-metrics-off', port: ports['gateway-metrics-off'], upstreamPort, secret, logs, tracing: { sinkPort: ports.sink, exportLogs: settings.otlpLogs } });
   }
   if (selected.includes('gateway-untraced')) {
     children['gateway-untraced'] = startGateway({ name: 'gateway-untraced', port: ports['gateway-untraced'], upstreamPort, secret, logs, tracing: false });

@@ -59,16 +59,18 @@ export function startSink({ port, logs }) {
 /**
  * Koa Gateway as `npm run start:gateway` runs it (compiled, telemetry preloaded), configured by
  * bench/gateway.bench.json and the env. `tracing`: { sinkPort, exportLogs } for 100% sampling exported
- * over OTLP (the default protocol, http/protobuf), or false for OTEL_SDK_DISABLED=true. Its stdout, the JSON
+ * over OTLP (the default protocol, http/protobuf), or false for OTEL_SDK_DISABLED=true. `metrics` (with
+ * tracing): { port } records RED metrics, serves them on that scrape port and exports them over OTLP to the
+ * sink every 10 s; absent: metrics off (OTEL_METRICS_EXPORTER=none, no METRICS_PORT). Its stdout, the JSON
  * access log, goes to `<name>-access.log`. `extraEnv` is for experiments (e.g. OTEL_TRACES_EXPORTER=none).
  */
-export function startGateway({ name, port, upstreamPort, secret, tracing, logs, nodeArgs = [], extraEnv = {} }) {
+export function startGateway({ name, port, upstreamPort, secret, tracing, metrics, logs, nodeArgs = [], extraEnv = {} }) {
   const telemetry = tracing
     ? {
         OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${tracing.sinkPort}`,
         OTEL_TRACES_SAMPLER: 'always_on',
         OTEL_LOGS_EXPORTER: tracing.exportLogs ? 'otlp' : 'none',
-        OTEL_METRICS_EXPORTER: 'none',
+        ...(metrics ? { OTEL_METRICS_EXPORTER: 'otlp', OTEL_METRIC_EXPORT_INTERVAL: '10000', METRICS_PORT: String(metrics.port) } : { OTEL_METRICS_EXPORTER: 'none' }),
       }
     : { OTEL_SDK_DISABLED: 'true' };
   const env = cleanEnv({
