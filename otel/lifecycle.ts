@@ -52,6 +52,48 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
   );
 }
 
+/** `http://host:port`, an IPv6 host in brackets. */
+function urlOf(host: string, port: number): string {
+  return `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+export interface InternalListenerOptions {
+  port: number;
+  host: string;
+  /** Client timeouts, ms, as on the public listener (`server.*`). */
+  timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
+}
+
+export interface InternalListener {
+  /** The bound address (useful with port 0). */
+  url: string;
+  close(): Promise<void>;
+}
+
+/**
+ * A listener beside the public one, for operators and scrapers (admin, metrics). Plain, not runServer: that
+ * one owns the process's signals and exit, and two of them would race; the public listener's shutdown closes
+ * these. Their requests are short reads, so nothing is drained.
+ */
+export async function listenInternal(handler: http.RequestListener, options: InternalListenerOptions): Promise<InternalListener> {
+  const { headersMs, requestMs, keepAliveMs } = options.timeouts;
+  const server = http.createServer({ headersTimeout: headersMs, requestTimeout: requestMs, keepAliveTimeout: keepAliveMs }, handler);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port, options.host, () => resolve());
+  });
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : options.port;
+  return {
+    url: urlOf(options.host, port),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
 /** Listens, answers parser errors as JSON, and shuts down gracefully on SIGTERM / SIGINT. */
 export async function runServer(options: RunServerOptions): Promise<RunningServer> {
   const { app, logger } = options;
@@ -70,7 +112,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : options.port;
-  const url = `http://${options.host.includes(':') ? `[${options.host}]` : options.host}:${port}`;
+  const url = urlOf(options.host, port);
 
   let closing: Promise<void> | undefined;
   const close = () =>

@@ -1,7 +1,6 @@
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import Router from '@koa/router';
 import Koa from 'koa';
+import { listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
 import type { Logger } from '../otel/logger';
 import './context';
 import { GatewayError } from './errors';
@@ -42,39 +41,7 @@ export function createAdminApp(options: AdminOptions): Koa {
   return app;
 }
 
-export interface AdminListenerOptions {
-  port: number;
-  host: string;
-  /** Client timeouts, ms, as on the public listener (`server.*`). */
-  timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
-}
-
-export interface AdminListener {
-  /** The bound address (useful with port 0). */
-  url: string;
-  close(): Promise<void>;
-}
-
-/**
- * Listens with the admin app. A plain server, not runServer: that one exits the process after its own
- * drain on SIGTERM, and two of them would race; the public listener's shutdown closes this one instead.
- */
-export async function listenAdmin(app: Koa, options: AdminListenerOptions): Promise<AdminListener> {
-  const { headersMs, requestMs, keepAliveMs } = options.timeouts;
-  const server = http.createServer({ headersTimeout: headersMs, requestTimeout: requestMs, keepAliveTimeout: keepAliveMs }, app.callback());
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, options.host, () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
-  const url = `http://${options.host.includes(':') ? `[${options.host}]` : options.host}:${port}`;
-  return {
-    url,
-    close: () =>
-      new Promise<void>((resolve) => {
-        // Its requests are short reads; nothing here is worth a drain.
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
-  };
+/** The admin app on its internal listener (`admin.port`, loopback by default). */
+export function listenAdmin(app: Koa, options: InternalListenerOptions): Promise<InternalListener> {
+  return listenInternal(app.callback(), options);
 }

@@ -1,7 +1,7 @@
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { TraceFlags, type SpanContext } from '@opentelemetry/api';
 import { Counter, Gauge, Histogram, Registry, type LabelValues, type OpenMetricsContentType } from 'prom-client';
+import { listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
 import type { Logger } from '../otel/logger';
 import { EXEMPLAR_LABEL, METRIC, METRIC_LABEL, RATE_LIMIT_DECISIONS, type RateLimitDecision } from '../otel/wire-names';
 import type { ErrorCode } from './errors';
@@ -139,41 +139,16 @@ export function metricsRequestListener(registry: Registry<OpenMetricsContentType
   };
 }
 
-export interface MetricsListenerOptions {
-  port: number;
-  host: string;
-  /** Client timeouts, ms, as on the public listener (`server.*`). */
-  timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
+export interface MetricsListenerOptions extends InternalListenerOptions {
   logger?: Logger;
 }
 
-export interface MetricsListener {
-  /** The bound address (useful with port 0). */
-  url: string;
-  close(): Promise<void>;
-}
+export type MetricsListener = InternalListener;
 
 /**
  * Listens with the scrape endpoint (`metrics.port`, loopback by default), never on the public listener: the
- * series name routes, services and instance addresses. Plain, like listenAdmin, and closed by the public
- * listener's shutdown.
+ * series name routes, services and instance addresses.
  */
-export async function listenMetrics(metrics: GatewayMetrics, options: MetricsListenerOptions): Promise<MetricsListener> {
-  const { headersMs, requestMs, keepAliveMs } = options.timeouts;
-  const server = http.createServer({ headersTimeout: headersMs, requestTimeout: requestMs, keepAliveTimeout: keepAliveMs }, metricsRequestListener(metrics.registry, options.logger));
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, options.host, () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
-  const url = `http://${options.host.includes(':') ? `[${options.host}]` : options.host}:${port}`;
-  return {
-    url,
-    close: () =>
-      new Promise<void>((resolve) => {
-        // Scrapes are short reads; nothing here is worth a drain.
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
-  };
+export function listenMetrics(metrics: GatewayMetrics, options: MetricsListenerOptions): Promise<MetricsListener> {
+  return listenInternal(metricsRequestListener(metrics.registry, options.logger), options);
 }

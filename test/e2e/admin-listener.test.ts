@@ -1,37 +1,6 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
-import { childEnvironment, onJsonLines } from '../helpers/process-stack';
+import type { ChildProcess } from 'node:child_process';
+import { exitOf, spawnGateway as startGateway } from '../helpers/process-stack';
 import { listen, type TestServer } from '../helpers/servers';
-import { TEST_JWT_SECRET } from '../helpers/test-config';
-
-const root = path.join(__dirname, '../..');
-
-/** The gateway from dist/ with its JSON log lines collected; `waitForLine` resolves on the first match. */
-function startGateway(env: Record<string, string>) {
-  const child = spawn(process.execPath, [path.join(root, 'dist/src/main.js')], {
-    cwd: root,
-    env: childEnvironment({ PORT: '0', JWT_SECRET: TEST_JWT_SECRET, OTEL_SDK_DISABLED: 'true', ...env }),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const lines: Record<string, unknown>[] = [];
-  let stderr = '';
-  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  onJsonLines(child.stdout!, (line) => lines.push(line));
-  async function waitForLine(message: string, timeoutMs = 15_000): Promise<Record<string, unknown>> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const line = lines.find((each) => each.message === message);
-      if (line) return line;
-      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`no "${message}" line; stderr:\n${stderr}`);
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-  }
-  return { child, lines, waitForLine };
-}
-
-function exitOf(child: ChildProcess): Promise<number | null> {
-  return child.exitCode !== null ? Promise.resolve(child.exitCode) : new Promise((resolve) => child.once('exit', (code) => resolve(code)));
-}
 
 describe('admin listener (process)', () => {
   let upstream: TestServer;

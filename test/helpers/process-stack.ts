@@ -56,6 +56,37 @@ export function onJsonLines(stream: NodeJS.ReadableStream, onLine: (line: Record
   });
 }
 
+/**
+ * The gateway alone from dist/ (port 0, telemetry off, the test secret, then `env`), with its JSON log lines
+ * collected; `waitForLine` resolves with the first line of that message, or throws once the process exited.
+ */
+export function spawnGateway(env: Record<string, string>) {
+  const child = spawn(process.execPath, [path.join(ROOT, 'dist/src/main.js')], {
+    cwd: ROOT,
+    env: childEnvironment({ PORT: '0', JWT_SECRET: TEST_JWT_SECRET, OTEL_SDK_DISABLED: 'true', ...env }),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: Record<string, unknown>[] = [];
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  onJsonLines(child.stdout!, (line) => lines.push(line));
+  async function waitForLine(message: string, timeoutMs = 15_000): Promise<Record<string, unknown>> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const line = lines.find((each) => each.message === message);
+      if (line) return line;
+      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`no "${message}" line; stderr:\n${stderr}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+  return { child, lines, waitForLine };
+}
+
+/** Resolves with the child's exit code once it exited. */
+export function exitOf(child: ChildProcess): Promise<number | null> {
+  return child.exitCode !== null ? Promise.resolve(child.exitCode) : new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+}
+
 function startProcess(name: string, entry: string, env: Record<string, string>): Promise<RunningProcess> {
   const child = spawn(process.execPath, ['--require', REGISTER, path.join(ROOT, 'dist', entry)], {
     cwd: ROOT,
