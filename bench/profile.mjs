@@ -1,7 +1,7 @@
 // CPU profile of Koa Gateway under the benchmark's load, to see where the time per request goes:
 // starts the upstream, the OTLP sink and the gateway with `node --cpu-prof`, warms it up, drives it with
 // wrk, stops it (SIGTERM: a clean exit writes the profile) and summarises only the samples taken under load.
-//   node bench/profile.mjs [--tracing on|off|both] [--seconds 15] [--connections 50] [--out bench/out]
+//   node bench/profile.mjs [--tracing on|off|both] [--metrics on|off] [--seconds 15] [--connections 50] [--out bench/out]
 // Writes <out>/profile/gateway-tracing-<on|off>.{cpuprofile,md} (open the .cpuprofile in Chrome DevTools).
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -15,6 +15,8 @@ import { runWrk, wrkVersion } from './wrk.mjs';
 const { values: flags } = parseArgs({
   options: {
     tracing: { type: 'string', default: 'both' },
+    // With tracing on: record RED metrics, serve them on a scrape port and export them over OTLP (as `npm run bench`'s full case).
+    metrics: { type: 'string', default: 'off' },
     seconds: { type: 'string', default: '15' },
     connections: { type: 'string', default: '50' },
     'warmup-seconds': { type: 'string', default: '3' },
@@ -52,6 +54,7 @@ try {
       secret,
       logs: dir,
       tracing: variant === 'on' ? { sinkPort, exportLogs: false } : false,
+      metrics: variant === 'on' && flags.metrics === 'on' ? { port: await freePort() } : undefined,
       nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir, '--cpu-prof-name', `${name}.cpuprofile`],
     });
     const url = `http://127.0.0.1:${port}/api/users/42`;
