@@ -19,6 +19,8 @@ export interface GatewayState {
   user?: AuthenticatedUser;
   /** createCors: the gateway applied its CORS policy; upstream CORS headers must not override it. */
   corsApplied?: boolean;
+  /** onResponseClosed (src/response-closed.ts): what runs once the response is over, in order. */
+  onResponseClosed?: (() => void)[];
   /** createErrorHandler: the error code of a failed request, for the access log. */
   errorCode?: string;
 }

@@ -39,6 +39,9 @@ export interface GatewayMetrics {
   readonly authFailures: Counter<typeof METRIC_LABEL.errorType>;
   readonly upstreamEjections: Counter<typeof METRIC_LABEL.upstreamService | typeof METRIC_LABEL.serverAddress>;
   readonly upstreamRetries: Counter<typeof METRIC_LABEL.upstreamService>;
+  /** Which observations of requestDuration / upstreamDuration carry an exemplar (one gate each). */
+  readonly requestExemplars: ExemplarGate;
+  readonly upstreamExemplars: ExemplarGate;
 }
 
 /**
@@ -90,6 +93,8 @@ export function createGatewayMetrics(): GatewayMetrics {
       registers,
     }),
     upstreamRetries: new Counter({ name: counterFamily(METRIC.upstreamRetries), help: 'Requests retried on another instance of a service.', labelNames: [METRIC_LABEL.upstreamService], registers }),
+    requestExemplars: createExemplarGate(),
+    upstreamExemplars: createExemplarGate(),
   };
   // Known from the start, so "none yet" reads as 0 rather than as a missing series.
   for (const code of AUTH_FAILURE_CODES) metrics.authFailures.inc({ [METRIC_LABEL.errorType]: code }, 0);
@@ -97,11 +102,34 @@ export function createGatewayMetrics(): GatewayMetrics {
 }
 
 /**
- * The exemplar of an observation: the trace id when its span was sampled (W3C flag 01), else none, since an
- * exemplar pointing at a trace that was never exported would be a dead link.
+ * Least time between two exemplars of one series and bucket, ms. Prometheus keeps one exemplar per series and
+ * bucket per scrape (every 15 s in compose), so more than one a second is bookkeeping nobody reads: prom-client
+ * hashes the labels again and validates the exemplar on every observation that carries one.
  */
-export function exemplarOf(spanContext: SpanContext | undefined): LabelValues<string> | undefined {
-  return spanContext !== undefined && (spanContext.traceFlags & TraceFlags.SAMPLED) !== 0 ? { [EXEMPLAR_LABEL.traceId]: spanContext.traceId } : undefined;
+export const EXEMPLAR_INTERVAL_MS = 1000;
+
+/** Chooses the exemplar of an observation, or none: see createExemplarGate. */
+export type ExemplarGate = (series: string, value: number, spanContext: SpanContext | undefined) => LabelValues<string> | undefined;
+
+/**
+ * The exemplar of an observation of `series` (a key the caller builds from the labels): the trace id when its
+ * span was sampled (W3C flag 01; an exemplar pointing at a trace that was never exported would be a dead link),
+ * at most once per EXEMPLAR_INTERVAL_MS for each series and bucket. A hot bucket then costs one exemplar a
+ * second, while a rare one (the slow tail worth opening) still gets its exemplar at once. Remembered per series
+ * and bucket, both bounded by the config.
+ */
+export function createExemplarGate(buckets: readonly number[] = DURATION_BUCKETS_SECONDS, now: () => number = Date.now): ExemplarGate {
+  const nextAllowedAt = new Map<string, number>();
+  return (series, value, spanContext) => {
+    if (spanContext === undefined || (spanContext.traceFlags & TraceFlags.SAMPLED) === 0) return undefined;
+    let bucket = 0;
+    while (bucket < buckets.length && value > buckets[bucket]!) bucket++;
+    const key = `${series}\u0000${bucket}`;
+    const time = now();
+    if ((nextAllowedAt.get(key) ?? 0) > time) return undefined;
+    nextAllowedAt.set(key, time + EXEMPLAR_INTERVAL_MS);
+    return { [EXEMPLAR_LABEL.traceId]: spanContext.traceId };
+  };
 }
 
 /** One counter child per decision of one policy, created (at 0) when the policy is, so counting looks nothing up. */

@@ -1,6 +1,7 @@
 import { context } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import { logLine, type Logger } from '../../otel/logger';
+import { onResponseClosed } from '../response-closed';
 
 /** Query parameters whose values never reach a log (tokens in URLs are still tokens). */
 const SECRET_QUERY_PARAM = /token|password|passwd|secret|key|code|signature|auth/i;
@@ -54,7 +55,7 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
     const method = ctx.method;
     // 'close' listeners run outside the request's context; the line is written with it.
     const requestContext = context.active();
-    ctx.res.once('close', () => {
+    onResponseClosed(ctx, () => {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
       const status = ctx.res.writableFinished ? ctx.res.statusCode : 499;
       const state = ctx.state;

@@ -5,7 +5,7 @@ import type { Context as KoaContext, Middleware } from 'koa';
 import { Agent, type Dispatcher } from 'undici';
 import { ATTR, METRIC_LABEL } from '../../otel/wire-names';
 import { GatewayError, upstreamFailure } from '../errors';
-import { exemplarOf, type GatewayMetrics } from '../metrics';
+import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
 import { endToEndHeaders, upstreamRequestHeaders, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import type { UpstreamInstance } from '../upstream-pool';
@@ -66,6 +66,7 @@ const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT'
 export function createProxy(options: ProxyOptions): Middleware {
   const upstreamDuration = options.metrics?.upstreamDuration;
   const upstreamRetries = options.metrics?.upstreamRetries;
+  const upstreamExemplars = options.metrics?.upstreamExemplars;
   const upstreams = new Agent({ connections: options.maxSockets, pipelining: 1 });
   /** Exchanges undici holds per instance (running or queued for a connection). */
   const inFlight = new Map<UpstreamInstance, number>();
@@ -243,11 +244,14 @@ export function createProxy(options: ProxyOptions): Middleware {
       const outcome = outcomeOf(exchange);
       endUpstreamSpan(exchange.span, outcome, exchange.status, exchange.failure);
       // Per attempt and until the client had the whole response: a retried request is two observations.
-      upstreamDuration?.observe({
-        labels: { [METRIC_LABEL.upstreamService]: route.service, [METRIC_LABEL.serverAddress]: instance.host, [METRIC_LABEL.upstreamOutcome]: outcome },
-        value: (performance.now() - started) / 1000,
-        exemplarLabels: exemplarOf(exchange.span.spanContext()),
-      });
+      if (upstreamDuration) {
+        const seconds = (performance.now() - started) / 1000;
+        upstreamDuration.observe({
+          labels: { [METRIC_LABEL.upstreamService]: route.service, [METRIC_LABEL.serverAddress]: instance.host, [METRIC_LABEL.upstreamOutcome]: outcome },
+          value: seconds,
+          exemplarLabels: upstreamExemplars!(`${route.service} ${instance.host} ${outcome}`, seconds, exchange.span.spanContext()),
+        });
+      }
       serverSpan?.setAttributes({ [ATTR.upstreamService]: route.service, [ATTR.upstreamUrl]: instance.origin, [ATTR.upstreamOutcome]: outcome, [ATTR.upstreamAttempts]: attempt });
       if (outcome === 'ok') pool.reportSuccess(instance);
       else if (INSTANCE_FAILURES.has(outcome)) pool.reportFailure(instance, outcome);

@@ -1,9 +1,10 @@
 import { trace } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
+import { onResponseClosed } from '../response-closed';
 import type { Gauge } from 'prom-client';
 import { UNTRACED_PATHS } from '../../otel/telemetry-config';
 import { METRIC_LABEL, METRIC_LABEL_VALUE } from '../../otel/wire-names';
-import { AUTH_FAILURE_CODES, exemplarOf, type GatewayMetrics } from '../metrics';
+import { AUTH_FAILURE_CODES, type GatewayMetrics } from '../metrics';
 
 export interface RequestMetricsOptions {
   metrics: GatewayMetrics;
@@ -25,7 +26,7 @@ const STANDARD_METHODS = ['CONNECT', 'DELETE', 'GET', 'HEAD', 'OPTIONS', 'PATCH'
  * same way without a hook of its own.
  */
 export function createRequestMetrics(options: RequestMetricsOptions): Middleware {
-  const { requestDuration, activeRequests, authFailures } = options.metrics;
+  const { requestDuration, activeRequests, authFailures, requestExemplars } = options.metrics;
   const methods = new Map<string, string>(STANDARD_METHODS.map((method) => [method, method]));
   const active = new Map<string, Gauge.Internal<typeof METRIC_LABEL.method>>([...STANDARD_METHODS, METRIC_LABEL_VALUE.otherMethod].map((method) => [method, activeRequests.labels({ [METRIC_LABEL.method]: method })] as const));
   const authFailure = new Map(AUTH_FAILURE_CODES.map((code) => [code as string, authFailures.labels({ [METRIC_LABEL.errorType]: code })] as const));
@@ -39,19 +40,23 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
     // traceRequest's SERVER span, current here; read once, its context does not change.
     const spanContext = trace.getActiveSpan()?.spanContext();
 
-    ctx.res.once('close', () => {
+    onResponseClosed(ctx, () => {
       inProgress.dec();
       const { route, errorCode } = ctx.state;
+      const routeLabel = route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute;
+      const status = ctx.res.writableFinished ? ctx.res.statusCode : 499;
+      const seconds = (performance.now() - started) / 1000;
       requestDuration.observe({
         labels: {
           [METRIC_LABEL.method]: method,
-          [METRIC_LABEL.route]: route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute,
-          [METRIC_LABEL.statusCode]: ctx.res.writableFinished ? ctx.res.statusCode : 499,
+          [METRIC_LABEL.route]: routeLabel,
+          [METRIC_LABEL.statusCode]: status,
           [METRIC_LABEL.routeName]: route ? route.name : '',
           [METRIC_LABEL.errorType]: errorCode ?? '',
         },
-        value: (performance.now() - started) / 1000,
-        exemplarLabels: exemplarOf(spanContext),
+        value: seconds,
+        // The route name and error code follow from the route template and status.
+        exemplarLabels: requestExemplars(`${method} ${routeLabel} ${status} ${errorCode ?? ''}`, seconds, spanContext),
       });
       if (errorCode !== undefined) authFailure.get(errorCode)?.inc();
     });

@@ -18,6 +18,7 @@ import { outgoingTraceFlags, setRandomTraceIdFlag, TraceContextPropagator } from
 import { TRACE_ID_FROM_REQUEST_ID, traceIdFromRequestId, withTraceId } from '../../otel/trace-ids';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { isWellFormedRequestId } from './request-id';
+import { onResponseClosed } from '../response-closed';
 
 export interface TracingOptions {
   tracer: Tracer;
@@ -127,7 +128,7 @@ export function createTracing(options: TracingOptions): Middleware {
       if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
       span.end();
     };
-    ctx.res.once('close', () => {
+    onResponseClosed(ctx, () => {
       status = ctx.res.writableFinished ? ctx.res.statusCode : 499;
       finish();
     });
