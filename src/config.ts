@@ -71,8 +71,8 @@ const routeSchema = z.strictObject({
   /** `required`: a valid bearer token; `public`: no token needed (identity headers are still stripped). */
   auth: z.enum(['required', 'public']).default('required'),
   /**
-   * Upstream idle timeout for this route, ms; defaults to `proxy.timeoutMs`. undici checks it on a timer wheel of
-   * ~0.5 s, so it fires up to ~1 s late (a sub-second value acts as about 1 s); `deadlineMs` is exact.
+   * Upstream idle timeout for this route, ms (no byte either way for this long once the request is on a
+   * connection -> 504, or a cut mid-response); defaults to `proxy.timeoutMs`.
    */
   timeoutMs: z.int().positive().optional(),
   /** Rate limit for this route; defaults to `rateLimit`. */

@@ -100,6 +100,14 @@ export function createProxy(options: ProxyOptions): Middleware {
       let released = false;
       let upstream: Dispatcher.DispatchController | undefined;
       const timers: NodeJS.Timeout[] = [];
+      /**
+       * The idle timeout, exact: undici checks its own headers/body timeouts on a timer wheel of ~0.5 s (they
+       * fired up to ~1 s late; they stay as a backstop). Armed when undici starts the request on a connection
+       * (time queued for one is bounded by maxPendingRequests and the deadline instead), refreshed by every byte
+       * either way.
+       */
+      let idle: NodeJS.Timeout | undefined;
+      const touch = () => idle?.refresh();
       /** undici is done with the request (ended, failed, or aborted when it finally got a connection). */
       const release = () => {
         if (released) return;
@@ -142,6 +150,7 @@ export function createProxy(options: ProxyOptions): Middleware {
         let received = 0;
         const started = performance.now();
         req.on('data', (chunk: Buffer) => {
+          touch();
           received += chunk.length;
           if (received > options.maxBodyBytes && !exchange.bodyTooLarge) {
             exchange.bodyTooLarge = true;
@@ -180,9 +189,20 @@ export function createProxy(options: ProxyOptions): Middleware {
           onRequestStart(controller) {
             upstream = controller;
             // Queued for a connection while the client left, overflowed the body limit or the deadline passed.
-            if (exchange.bodyTooLarge || settled) controller.abort(new Error('the exchange is already over'));
+            if (exchange.bodyTooLarge || settled) {
+              controller.abort(new Error('the exchange is already over'));
+              return;
+            }
+            idle = setTimeout(function idleTimeout() {
+              // A client that does not read its response is not the service's silence.
+              if (res.writableNeedDrain) return void idle!.refresh();
+              exchange.timedOut = true;
+              cut(`the service sent nothing for ${route.timeoutMs} ms`);
+            }, route.timeoutMs);
+            timers.push(idle);
           },
           onResponseStart(controller, statusCode, upstreamHeaders, statusMessage) {
+            touch();
             exchange.status = statusCode;
             if (statusMessage) res.statusMessage = statusMessage;
             res.writeHead(statusCode, responseHeaders(upstreamHeaders, res, corsApplied));
@@ -190,10 +210,12 @@ export function createProxy(options: ProxyOptions): Middleware {
             res.on('drain', () => controller.resume());
           },
           onResponseData(controller, chunk) {
+            touch();
             if (res.destroyed) controller.abort(new Error('the client closed the connection'));
             else if (!res.write(chunk)) controller.pause();
           },
           onResponseEnd() {
+            clearTimeout(idle);
             release();
             res.end();
           },

@@ -183,7 +183,7 @@ describe('retries after a connection reset', () => {
 });
 
 describe('per-route upstream timeout', () => {
-  // Far enough apart that undici's timer resolution (its idle timeouts tick every ~0.5 s) cannot blur them.
+  // Far enough apart that scheduling noise on a loaded machine cannot blur them.
   const ROUTE_TIMEOUT_MS = 200;
   const PROXY_TIMEOUT_MS = 3000;
   const BETWEEN_MS = 1500;
@@ -194,6 +194,14 @@ describe('per-route upstream timeout', () => {
   beforeAll(async () => {
     // Answers after `?delayMs=` (never without it); the timer dies with the connection when the gateway gives up.
     slow = await listen((req: http.IncomingMessage, res: http.ServerResponse) => {
+      if (req.url?.startsWith('/orders/trickle')) {
+        // A byte every half route timeout: never idle for a whole one, though slower than it in total.
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        let sent = 0;
+        const ticker = setInterval(() => (++sent === 6 ? (clearInterval(ticker), res.end('.')) : res.write('.')), ROUTE_TIMEOUT_MS / 2);
+        res.on('close', () => clearInterval(ticker));
+        return;
+      }
       const delayMs = new URL(req.url ?? '/', 'http://x').searchParams.get('delayMs');
       if (delayMs === null) return;
       const timer = setTimeout(() => {
@@ -230,5 +238,18 @@ describe('per-route upstream timeout', () => {
     expect(withinProxyTimeout.status).toBe(200);
     expect(await withinProxyTimeout.json()).toEqual({ late: false });
     await expectProblem(await get(`/api/notifications?delayMs=${PROXY_TIMEOUT_MS * 2}`), 504, 'upstream_timeout');
+  });
+
+  it('gives up on a sub-second route timeoutMs on time, not at undici’s next timer tick (~1 s)', async () => {
+    const started = performance.now();
+    await expectProblem(await get('/api/orders/never-answers'), 504, 'upstream_timeout');
+    // Slack for a loaded machine; undici's own timers, which this used to rely on, answered after ~1000 ms.
+    expect(performance.now() - started).toBeLessThan(ROUTE_TIMEOUT_MS + 600);
+  });
+
+  it('keeps a slow but steady response alive past the idle timeout: every byte counts as activity', async () => {
+    const response = await get(`/api/orders/trickle`);
+    expect(response.status).toBe(200);
+    expect(await response.text()).toBe('.'.repeat(6));
   });
 });
