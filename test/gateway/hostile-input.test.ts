@@ -52,11 +52,14 @@ function sendRaw(origin: string, raw: string): Promise<Reply> {
     const chunks: Buffer[] = [];
     socket.setTimeout(5000, () => socket.destroy(new Error('no response within 5 s')));
     socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    socket.on('error', reject);
+    // A server that answers a bad request and closes while the rest of it is still arriving may reset the
+    // connection (RST) after its answer: what was received counts, so the error only matters without one.
+    let failure: Error | undefined;
+    socket.on('error', (error) => (failure = error));
     socket.on('close', () => {
       const text = Buffer.concat(chunks).toString('latin1');
       const headEnd = text.indexOf('\r\n\r\n');
-      if (headEnd === -1) return reject(new Error(`no HTTP response head in ${JSON.stringify(text.slice(0, 200))}`));
+      if (headEnd === -1) return reject(failure ?? new Error(`no HTTP response head in ${JSON.stringify(text.slice(0, 200))}`));
       const [statusLine = '', ...lines] = text.slice(0, headEnd).split('\r\n');
       const headers: Record<string, string> = {};
       for (const line of lines) {
