@@ -6,12 +6,11 @@
  *   - a process with its own prom-client registry handed to the bootstrap after start, as the gateway does
  *     (test/fixtures/prom-registry-app.js): the registry through the bridge, over the same exporter.
  */
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedMetricPoint } from '../helpers/otlp-receiver';
 import { SERVICE_NAME } from '../../otel/wire-names';
 import { newTraceparent, startInstrumentedApp, stopAllInstrumentedApps } from './instrumented-app';
+import { refusedOrigin } from '../helpers/servers';
 
 const REGISTRY_APP = path.resolve(__dirname, '../fixtures/prom-registry-app.js');
 /** The semantic conventions' advice for HTTP durations, which both instrumentations use. */
@@ -200,17 +199,8 @@ describe('with OTEL_METRICS_EXPORTER=none', () => {
 });
 
 describe('with nothing listening on the OTLP endpoint', () => {
-  /** A port that was just free: nothing listens there, so connections are refused. */
-  async function closedPort(): Promise<number> {
-    const server = http.createServer();
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const { port } = server.address() as AddressInfo;
-    await new Promise((resolve) => server.close(resolve));
-    return port;
-  }
-
   it('reports failed metric exports in the one line spans and logs share, naming the exporter’s error', async () => {
-    const endpoint = `http://127.0.0.1:${await closedPort()}`;
+    const endpoint = await refusedOrigin();
     const app = await startInstrumentedApp({
       OTEL_SERVICE_NAME: 'outage-fixture',
       OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
@@ -233,7 +223,7 @@ describe('with nothing listening on the OTLP endpoint', () => {
   });
 
   it('says the same when only metrics are exported', async () => {
-    const endpoint = `http://127.0.0.1:${await closedPort()}`;
+    const endpoint = await refusedOrigin();
     const app = await startInstrumentedApp({
       OTEL_SERVICE_NAME: 'outage-fixture',
       OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,

@@ -2,19 +2,9 @@
  * Telemetry never fails or slows a request: with the collector down or slow the service answers as usual,
  * and says so on stderr without flooding it.
  */
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
 import { newTraceparent, startInstrumentedApp, stopAllInstrumentedApps } from './instrumented-app';
-
-/** A port that was just free: nothing listens there, so connections are refused. */
-async function closedPort(): Promise<number> {
-  const server = http.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
+import { refusedOrigin } from '../helpers/servers';
 
 async function getTimes(url: string, times: number, gapMs = 0): Promise<number[]> {
   const statuses: number[] = [];
@@ -33,7 +23,7 @@ afterAll(() => stopAllInstrumentedApps());
 
 describe('with nothing listening on the OTLP endpoint', () => {
   it('answers every request and reports the export failure once', async () => {
-    const endpoint = `http://127.0.0.1:${await closedPort()}`;
+    const endpoint = await refusedOrigin();
     const app = await startInstrumentedApp({
       OTEL_SERVICE_NAME: 'outage-fixture',
       OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
@@ -61,7 +51,7 @@ describe('with nothing listening on the OTLP endpoint', () => {
   it('still exits promptly on SIGTERM, giving up on the flush', async () => {
     const app = await startInstrumentedApp({
       OTEL_SERVICE_NAME: 'outage-fixture',
-      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${await closedPort()}`,
+      OTEL_EXPORTER_OTLP_ENDPOINT: await refusedOrigin(),
       FIXTURE_HANDLES_SIGTERM: '1',
     });
     expect(await getTimes(`${app.url}/hello`, 3)).toEqual([200, 200, 200]);
