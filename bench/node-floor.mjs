@@ -1,4 +1,4 @@
-// An optional reference case (`--with-floor`): the least a Node.js proxy costs per request, i.e. node:http in,
+// The reference floor: the least a Node.js proxy costs per request, i.e. node:http in,
 // undici's dispatcher out over keep-alive connections (the client the gateway uses; ~35% less CPU per request
 // than http.request here), the upstream's answer streamed back, no auth, no log, no framework. What the
 // gateway costs above this is the gateway's own work; what this costs above the upstream is Node's HTTP.

@@ -1,5 +1,6 @@
-// Issue 6's benchmark: Koa Gateway against the bare upstream, itself without tracing, the Express tutorial
-// gateway and nginx, on loopback, interleaved so drift cancels out. See bench/README.md.
+// The benchmark (issues 6, 11, 12): Koa Gateway traced and with metrics against itself without metrics and
+// without telemetry, the bare Node proxy floor, a fastify gateway with the same features, the Express tutorial
+// gateway and (when installed) nginx, on loopback, interleaved so drift cancels out. See bench/README.md.
 //   node bench/run.mjs [--quick] [--rounds 2] [--loss-seconds 60] [--cases upstream,gateway,...] [--strict]
 // Needs `npm run build`, `npm ci --prefix bench/peers` and Debian's wrk (nginx optional).
 import { spawnSync } from 'node:child_process';
@@ -11,7 +12,7 @@ import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { childPids, cpuTicks, freePort, LineCounter, memoryMiB, start, stopAll, waitUntilServing } from './processes.mjs';
 import { evaluate, toMarkdown } from './report.mjs';
-import { BENCH_DIR, cleanEnv, mintToken, ROOT, startExpressPeer, startGateway, startNginx, startNodeFloor, startSink, startUpstream } from './servers.mjs';
+import { BENCH_DIR, cleanEnv, mintToken, ROOT, startGateway, startNginx, startNodeFloor, startPeer, startSink, startUpstream } from './servers.mjs';
 import { runWrk, wrkVersion } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
@@ -25,7 +26,6 @@ const { values: flags } = parseArgs({
     connections: { type: 'string', default: '50' },
     cases: { type: 'string' },
     'otlp-logs': { type: 'boolean', default: false },
-    'with-floor': { type: 'boolean', default: false },
     'wait-quiet': { type: 'string', default: '0' },
     out: { type: 'string', default: path.join(BENCH_DIR, 'out') },
     strict: { type: 'boolean', default: false },
@@ -44,7 +44,6 @@ if (flags.help) {
   --connections N            connections of the throughput shape (default 50)
   --cases a,b                subset of: ${Object.keys(caseTable()).join(', ')}
   --wait-quiet N              first wait up to N s for 5 quiet seconds (machine < 15% of a core busy)
-  --with-floor               add the bare Node proxy reference case (bench/node-floor.mjs)
   --otlp-logs                also export the access log through OTLP (default: traces only, log to a file)
   --out DIR                  where logs and results go (default bench/out)
   --strict                   exit 1 when a budget line fails
@@ -71,9 +70,10 @@ function caseTable(ports = {}) {
     gateway: { label: 'Koa Gateway, full pipeline, tracing and metrics on', url: `http://127.0.0.1:${ports.gateway}/api/users/42`, auth: true, server: 'gateway' },
     'gateway-metrics-off': { label: 'Koa Gateway, tracing on, metrics off', url: `http://127.0.0.1:${ports['gateway-metrics-off']}/api/users/42`, auth: true, server: 'gateway-metrics-off' },
     'gateway-untraced': { label: 'Koa Gateway, tracing off', url: `http://127.0.0.1:${ports['gateway-untraced']}/api/users/42`, auth: true, server: 'gateway-untraced' },
+    fastify: { label: 'fastify gateway (same features, no tracing)', url: `http://127.0.0.1:${ports.fastify}/api/users/42`, auth: true, server: 'fastify' },
     express: { label: 'Express tutorial gateway', url: `http://127.0.0.1:${ports.express}/api/users/42`, auth: true, server: 'express' },
     nginx: { label: 'nginx proxy_pass, 1 worker', url: `http://127.0.0.1:${ports.nginx}/api/users/42`, auth: false, server: 'nginx' },
-    'node-floor': { label: 'bare Node proxy (reference floor)', url: `http://127.0.0.1:${ports['node-floor']}/api/users/42`, auth: false, server: 'node-floor', optIn: true },
+    'node-floor': { label: 'bare Node proxy (reference floor)', url: `http://127.0.0.1:${ports['node-floor']}/api/users/42`, auth: false, server: 'node-floor' },
   };
 }
 
@@ -134,26 +134,30 @@ function preflight(host) {
   const problems = [];
   if (!fs.existsSync(path.join(ROOT, 'dist/src/main.js')) || !fs.existsSync(path.join(ROOT, 'dist/otel/register.js'))) problems.push('dist/ is missing: run `npm run build` first');
   if (!host.wrk) problems.push('wrk is not installed: `apt-get install -y wrk`');
-  if (!fs.existsSync(path.join(BENCH_DIR, 'peers/node_modules/express/package.json'))) problems.push('the Express peer is not installed: `npm ci --prefix bench/peers`');
+  for (const peer of ['express', 'fastify']) {
+    if (!fs.existsSync(path.join(BENCH_DIR, `peers/node_modules/${peer}/package.json`))) problems.push(`the ${peer} peer is not installed: \`npm ci --prefix bench/peers\``);
+  }
   if (problems.length > 0) fail(problems.join('\n'));
 }
 
 async function startProcesses(selected, logs, secret) {
   const ports = {};
-  for (const name of ['upstream', 'sink', 'gateway-metrics-scrape', ...selected]) ports[name] ??= await freePort();
+  for (const name of ['upstream', 'sink', 'sink-metrics-off', 'gateway-metrics-scrape', ...selected]) ports[name] ??= await freePort();
   const upstreamPort = ports.upstream;
   const children = { upstream: startUpstream({ port: upstreamPort, logs }), sink: startSink({ port: ports.sink, logs }) };
+  // The metrics-off gateway exports to a sink of its own, so the traced gateway's span counts stay its own.
+  if (selected.includes('gateway-metrics-off')) children['sink-metrics-off'] = startSink({ port: ports['sink-metrics-off'], logs, name: 'otlp-sink-metrics-off' });
   if (selected.includes('gateway')) {
     const metrics = { port: ports['gateway-metrics-scrape'] };
     children.gateway = startGateway({ name: 'gateway', port: ports.gateway, upstreamPort, secret, logs, tracing: { sinkPort: ports.sink, exportLogs: settings.otlpLogs }, metrics });
   }
   if (selected.includes('gateway-metrics-off')) {
-    children['gateway-metrics-off'] = startGateway({ name: 'gateway-metrics-off', port: ports['gateway-metrics-off'], upstreamPort, secret, logs, tracing: { sinkPort: ports.sink, exportLogs: settings.otlpLogs } });
+    children['gateway-metrics-off'] = startGateway({ name: 'gateway-metrics-off', port: ports['gateway-metrics-off'], upstreamPort, secret, logs, tracing: { sinkPort: ports['sink-metrics-off'], exportLogs: settings.otlpLogs } });
   }
   if (selected.includes('gateway-untraced')) {
     children['gateway-untraced'] = startGateway({ name: 'gateway-untraced', port: ports['gateway-untraced'], upstreamPort, secret, logs, tracing: false });
   }
-  if (selected.includes('express')) children.express = startExpressPeer({ port: ports.express, upstreamPort, secret, logs });
+  for (const peer of ['fastify', 'express']) if (selected.includes(peer)) children[peer] = startPeer({ name: peer, port: ports[peer], upstreamPort, secret, logs });
   if (selected.includes('nginx')) children.nginx = startNginx({ port: ports.nginx, upstreamPort, logs });
   if (selected.includes('node-floor')) children['node-floor'] = startNodeFloor({ port: ports['node-floor'], upstreamPort, logs });
   return { ports, children };
@@ -206,8 +210,7 @@ async function main() {
   const host = machine();
   preflight(host);
   const allCases = Object.keys(caseTable());
-  const table = caseTable();
-  let selected = flags.cases ? flags.cases.split(',').map((c) => c.trim()) : allCases.filter((id) => !table[id].optIn || (id === 'node-floor' && flags['with-floor']));
+  let selected = flags.cases ? flags.cases.split(',').map((c) => c.trim()) : allCases;
   for (const name of selected) if (!allCases.includes(name)) fail(`unknown case "${name}" (${allCases.join(', ')})`);
   if (selected.includes('nginx') && !host.nginx) {
     log('nginx is not installed (apt-get install -y nginx-light): its case and budget lines are skipped');
@@ -295,7 +298,7 @@ async function main() {
   for (const [name, child] of Object.entries(children)) exits[name] = await child.exited;
 
   const results = {
-    issue: 6,
+    issue: 12,
     date: new Date().toISOString(),
     durationSeconds: Math.round((Date.now() - startedAt) / 1000),
     machine: host,
@@ -326,6 +329,17 @@ async function waitForSpans(port, expected, timeoutMs) {
     received = await stats(port);
   }
   return received;
+}
+
+/** Waits until the sink has received `expected` log records in all, or `timeoutMs` passes; returns its count. */
+async function waitForLogRecords(port, expected, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  let received = await stats(port);
+  while (received.logs < expected && Date.now() < deadline) {
+    await sleep(250);
+    received = await stats(port);
+  }
+  return received.logs;
 }
 
 async function lossCheck({ runs, ports, pids, logs, authHeader, url, ticksPerSecond }) {
@@ -360,6 +374,9 @@ async function lossCheck({ runs, ports, pids, logs, authHeader, url, ticksPerSec
   const served = () => accessLog.count() - baseServed;
   const final = await waitForSpans(ports.sink, () => baseSpans.server + served(), flushMs);
   const serverSpans = final.spans.server - baseSpans.server;
+  // With --otlp-logs every access-log line is also an OTLP log record (the only lines the gateway writes
+  // under a steady load): each one served must have arrived.
+  const logRecords = settings.otlpLogs ? await waitForLogRecords(ports.sink, settled.logs + served(), flushMs) : undefined;
   const clientSpans = final.spans.client - baseSpans.client;
   const result = {
     targetRate: rate,
@@ -370,10 +387,11 @@ async function lossCheck({ runs, ports, pids, logs, authHeader, url, ticksPerSec
     serverSpansReceived: serverSpans,
     clientSpansReceived: clientSpans,
     spansLost: Math.max(0, served() - serverSpans),
+    ...(logRecords === undefined ? {} : { logRecordsReceived: logRecords - settled.logs, logRecordsLost: Math.max(0, served() - (logRecords - settled.logs)) }),
     gatewayCpuUsPerRequest: Math.round(((afterCpu.gateway - beforeCpu.gateway) / ticksPerSecond) * 1e7 / Math.max(1, served())) / 10,
     underFullLoad,
   };
-  log(`telemetry-loss check: ${result.requestsServed} served, ${serverSpans} server spans, ${clientSpans} client spans, ${result.spansLost} lost`);
+  log(`telemetry-loss check: ${result.requestsServed} served, ${serverSpans} server spans, ${clientSpans} client spans, ${result.spansLost} lost${logRecords === undefined ? '' : `; ${result.logRecordsReceived} log records, ${result.logRecordsLost} lost`}`);
   return result;
 }
 

@@ -52,8 +52,8 @@ export function startUpstream({ port, logs }) {
   return start('upstream', process.execPath, [path.join(BENCH_DIR, 'upstream.mjs'), String(port)], { cwd: ROOT, env: cleanEnv(), ...logFiles(logs, 'upstream') });
 }
 
-export function startSink({ port, logs }) {
-  return start('otlp-sink', process.execPath, [path.join(BENCH_DIR, 'otlp-sink.mjs'), String(port)], { cwd: ROOT, env: cleanEnv(), ...logFiles(logs, 'otlp-sink') });
+export function startSink({ port, logs, name = 'otlp-sink' }) {
+  return start(name, process.execPath, [path.join(BENCH_DIR, 'otlp-sink.mjs'), String(port)], { cwd: ROOT, env: cleanEnv(), ...logFiles(logs, name) });
 }
 
 /**
@@ -89,8 +89,12 @@ export function startGateway({ name, port, upstreamPort, secret, tracing, metric
   return start(name, process.execPath, args, { cwd: ROOT, env, stdoutFile: path.join(logs, `${name}-access.log`), stderrFile: path.join(logs, `${name}.err.log`) });
 }
 
-export function startExpressPeer({ port, upstreamPort, secret, logs }) {
-  return start('express', process.execPath, [path.join(BENCH_DIR, 'peers/express-gateway/server.mjs')], {
+/**
+ * A peer gateway from bench/peers (`express-gateway` or `fastify-gateway`), with the same route, token
+ * secret and (never triggering) rate limit as the gateway cases, its access log to `<name>-access.log`.
+ */
+export function startPeer({ name, port, upstreamPort, secret, logs }) {
+  return start(name, process.execPath, [path.join(BENCH_DIR, `peers/${name}-gateway/server.mjs`)], {
     cwd: path.join(BENCH_DIR, 'peers'),
     env: cleanEnv({
       NODE_ENV: 'production',
@@ -98,9 +102,9 @@ export function startExpressPeer({ port, upstreamPort, secret, logs }) {
       USER_SERVICE_URL: `http://127.0.0.1:${upstreamPort}`,
       JWT_SECRET: secret,
       RATE_LIMIT_MAX: '1000000000',
-      ACCESS_LOG: path.join(logs, 'express-access.log'),
+      ACCESS_LOG: path.join(logs, `${name}-access.log`),
     }),
-    ...logFiles(logs, 'express'),
+    ...logFiles(logs, name),
   });
 }
 
