@@ -8,8 +8,9 @@ import { loadConfig } from '../src/config';
  * and stops all four on Ctrl-C / SIGTERM (or when any of them dies).
  *
  * Ports: `PORT` for the gateway (default 3000; the gateway reads it itself, this launcher only to know where to
- * wait), `USERS_PORT`, `ORDERS_PORT` and `NOTIFICATIONS_PORT` for the services (default 4001, 4002, 4003), so a
- * second stack can run beside the first.
+ * wait), `USERS_PORT`, `ORDERS_PORT` and `NOTIFICATIONS_PORT` for the services (default 4001, 4002, 4003), and
+ * `NOTIFICATIONS_GRPC_PORT` for notification-service's gRPC interface (default 50053), so a second stack can run
+ * beside the first.
  */
 
 const dist = path.resolve(__dirname, '..');
@@ -35,6 +36,8 @@ function portFrom(name: string, fallback: number): number {
 }
 
 const SERVICE_PORTS = { users: portFrom('USERS_PORT', 4001), orders: portFrom('ORDERS_PORT', 4002), notifications: portFrom('NOTIFICATIONS_PORT', 4003) } as const;
+/** notification-service's gRPC interface, which order-service and the gateway's `/api/v1/notifications` route call. */
+const NOTIFICATIONS_GRPC_PORT = portFrom('NOTIFICATIONS_GRPC_PORT', 50053);
 /** Where the launcher waits for the gateway; the gateway's config validates PORT itself. */
 const GATEWAY_PORT = portFrom('PORT', 3000);
 const host = '127.0.0.1';
@@ -42,18 +45,23 @@ const urlOf = (port: number) => `http://${host}:${port}`;
 
 const members: Member[] = [
   { name: 'user-service', entry: 'services/users/main.js', env: { PORT: String(SERVICE_PORTS.users) } },
-  { name: 'notification-service', entry: 'services/notifications/main.js', env: { PORT: String(SERVICE_PORTS.notifications) } },
+  { name: 'notification-service', entry: 'services/notifications/main.js', env: { PORT: String(SERVICE_PORTS.notifications), GRPC_PORT: String(NOTIFICATIONS_GRPC_PORT) } },
   {
     name: 'order-service',
     entry: 'services/orders/main.js',
-    env: { PORT: String(SERVICE_PORTS.orders), USER_SERVICE_URL: urlOf(SERVICE_PORTS.users), NOTIF_SERVICE_URL: urlOf(SERVICE_PORTS.notifications) },
+    env: { PORT: String(SERVICE_PORTS.orders), USER_SERVICE_URL: urlOf(SERVICE_PORTS.users), NOTIF_SERVICE_URL: urlOf(SERVICE_PORTS.notifications), NOTIF_GRPC_SERVICE_URL: urlOf(NOTIFICATIONS_GRPC_PORT) },
   },
   {
     name: 'gateway',
     entry: 'src/main.js',
     // As `npm run start:gateway`: V8's young generation capped (see the Dockerfile).
     nodeOptions: ['--max-semi-space-size=8'],
-    env: { USER_SERVICE_URL: urlOf(SERVICE_PORTS.users), ORDER_SERVICE_URL: urlOf(SERVICE_PORTS.orders), NOTIF_SERVICE_URL: urlOf(SERVICE_PORTS.notifications) },
+    env: {
+      USER_SERVICE_URL: urlOf(SERVICE_PORTS.users),
+      ORDER_SERVICE_URL: urlOf(SERVICE_PORTS.orders),
+      NOTIF_SERVICE_URL: urlOf(SERVICE_PORTS.notifications),
+      NOTIF_GRPC_SERVICE_URL: urlOf(NOTIFICATIONS_GRPC_PORT),
+    },
   },
 ];
 
@@ -121,6 +129,7 @@ function banner(gatewayUrl: string): string {
     `  TOKEN=$(curl -s -X POST ${gatewayUrl}${config.auth.loginPath} -H 'content-type: application/json' \\`,
     `    -d '{"email":"alice@example.com","password":"wonderland"}' | node -pe 'JSON.parse(require("fs").readFileSync(0)).token')`,
     `  curl -i ${gatewayUrl}/api/users/1 -H "authorization: Bearer $TOKEN"`,
+    `  curl -i ${gatewayUrl}/api/v1/notifications -H "authorization: Bearer $TOKEN"   # REST -> gRPC`,
     '',
     'Ctrl-C stops all four processes.',
     '',

@@ -1,52 +1,44 @@
-import { randomUUID } from 'node:crypto';
 import Router from '@koa/router';
 import type Koa from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { SERVICE_NAME } from '../../otel/wire-names';
 import { createServiceApp, requireCaller, validBody } from '../shared/service-app';
+import { createNotificationStore, NOTIFICATION_LIMITS, type NotificationStore } from './notification-store';
 
-export interface Notification {
-  id: string;
-  userId: string;
-  type: string;
-  message: string;
-  orderId?: string;
-  createdAt: string;
-}
+export type { Notification } from './notification-store';
 
 export interface NotificationsAppOptions {
   logger: Logger;
+  /** Shared with the gRPC interface (grpc-server.ts) when both run; default a fresh one. */
+  store?: NotificationStore;
 }
 
 const incoming = z.object({
   userId: z.string().min(1),
-  type: z.string().min(1).max(64),
-  message: z.string().min(1).max(1000),
+  type: z.string().min(1).max(NOTIFICATION_LIMITS.typeMaxLength),
+  message: z.string().min(1).max(NOTIFICATION_LIMITS.messageMaxLength),
   orderId: z.string().optional(),
 });
 
 /**
  * notification-service: other services post events to `/internal/notifications` (unreachable through the
- * gateway, so clients cannot notify each other); users read their own at `GET /notifications`.
+ * gateway, so clients cannot notify each other); users read their own at `GET /notifications`. The same
+ * store is served over gRPC by grpc-server.ts.
  */
 export function createApp(options: NotificationsAppOptions): Koa {
-  const byUser = new Map<string, Notification[]>();
+  const store = options.store ?? createNotificationStore();
   const router = new Router();
 
   router.post('/internal/notifications', async function receiveNotification(ctx) {
-    const input = validBody(ctx, incoming);
-    const notification: Notification = { id: randomUUID(), ...input, createdAt: new Date().toISOString() };
-    const list = byUser.get(input.userId) ?? [];
-    list.push(notification);
-    byUser.set(input.userId, list);
+    const notification = store.add(validBody(ctx, incoming));
     options.logger.info('notification stored', { notification_id: notification.id, type: notification.type, user_id: notification.userId });
     ctx.status = 201;
     ctx.body = notification;
   });
 
   router.get('/notifications', async function listNotifications(ctx) {
-    ctx.body = byUser.get(requireCaller(ctx).id) ?? [];
+    ctx.body = store.forUser(requireCaller(ctx).id);
   });
 
   return createServiceApp({ serviceName: SERVICE_NAME.notifications, logger: options.logger, router });

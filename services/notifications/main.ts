@@ -1,5 +1,33 @@
 import { SERVICE_NAME } from '../../otel/wire-names';
+import { bindGrpcServer } from '../shared/grpc-service';
 import { startService } from '../shared/service-main';
 import { createApp } from './app';
+import { createGrpcServer } from './grpc-server';
+import { createNotificationStore } from './notification-store';
 
-void startService('notifications', SERVICE_NAME.notifications, (_env, logger) => createApp({ logger }));
+/** Longest wait for in-flight gRPC calls at shutdown, ms; the rest are cancelled. */
+const GRPC_DRAIN_MS = 5000;
+
+void startService('notifications', SERVICE_NAME.notifications, async (env, logger) => {
+  const store = createNotificationStore();
+  const app = createApp({ logger, store });
+  if (env.GRPC_PORT === undefined) return app;
+  // The gRPC interface beside the HTTP one, over the same store.
+  const server = createGrpcServer({ logger, store });
+  const port = await bindGrpcServer(server, env.HOST, env.GRPC_PORT);
+  logger.info(`${SERVICE_NAME.notifications} gRPC listening`, { grpc_url: `http://${env.HOST.includes(':') ? `[${env.HOST}]` : env.HOST}:${port}` });
+  return {
+    app,
+    onShutdown: () =>
+      new Promise<void>((resolve) => {
+        const force = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, GRPC_DRAIN_MS);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      }),
+  };
+});

@@ -1,10 +1,12 @@
 import { randomUUID } from 'node:crypto';
+import { status as grpcStatus } from '@grpc/grpc-js';
 import Router from '@koa/router';
 import type Koa from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { SERVICE_NAME } from '../../otel/wire-names';
 import { callService, createServiceApp, requireCaller, ServiceError, validBody, type Caller } from '../shared/service-app';
+import { createNotificationsGrpcClient } from './notifications-client';
 
 export interface Order {
   id: string;
@@ -18,8 +20,10 @@ export interface OrdersAppOptions {
   logger: Logger;
   /** user-service origin, called directly (not through the gateway). */
   usersUrl: string;
-  /** notification-service origin. */
+  /** notification-service origin (its HTTP interface). */
   notificationsUrl: string;
+  /** notification-service's gRPC interface; when set, new orders are notified over gRPC instead of HTTP. */
+  notificationsGrpcUrl?: string;
 }
 
 const newOrder = z.object({
@@ -51,12 +55,26 @@ export function createApp(options: OrdersAppOptions): Koa {
     if (!response.ok) throw new ServiceError(503, 'dependency_unavailable', `The users service answered ${response.status}.`);
   }
 
+  const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl) : undefined;
+
   async function notify(order: Order, requestId: string): Promise<void> {
+    const event = { userId: order.userId, type: 'order.created', orderId: order.id, message: `Order ${order.id} was created.` };
+    if (notificationsGrpc) {
+      try {
+        await notificationsGrpc.create(event, requestId);
+      } catch (error) {
+        const { code, details } = error as { code?: number; details?: string };
+        // As over HTTP: the service answering no (a status of its own) is "rejected", no answer is "unreachable".
+        if (code === grpcStatus.UNAVAILABLE || code === grpcStatus.DEADLINE_EXCEEDED) logger.warn('notification-service unreachable', { order_id: order.id, error: details });
+        else logger.warn('notification rejected', { order_id: order.id, grpc_status: code === undefined ? undefined : grpcStatus[code] });
+      }
+      return;
+    }
     try {
       const response = await callService(new URL('/internal/notifications', options.notificationsUrl).href, {
         method: 'POST',
         requestId,
-        body: { userId: order.userId, type: 'order.created', orderId: order.id, message: `Order ${order.id} was created.` },
+        body: event,
       });
       await response.body?.cancel();
       if (!response.ok) logger.warn('notification rejected', { order_id: order.id, status: response.status });

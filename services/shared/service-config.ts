@@ -21,8 +21,15 @@ const SCHEMAS = {
     PORT: port(4002),
     USER_SERVICE_URL: url('http://127.0.0.1:4001'),
     NOTIF_SERVICE_URL: url('http://127.0.0.1:4003'),
+    /** notification-service's gRPC interface; when set, new orders are notified over gRPC instead of HTTP. */
+    NOTIF_GRPC_SERVICE_URL: z.url({ protocol: /^https?$/ }).optional(),
   }),
-  notifications: z.object({ ...common, PORT: port(4003) }),
+  notifications: z.object({
+    ...common,
+    PORT: port(4003),
+    /** Port of the gRPC interface (proto/notifications.proto), beside the HTTP one; none when unset (`npm start` and compose use 50053). */
+    GRPC_PORT: z.coerce.number().int().min(0).max(65535).optional(),
+  }),
 } as const;
 
 export type ServiceEnv<K extends ServiceKey> = z.output<(typeof SCHEMAS)[K]>;

@@ -4,8 +4,15 @@ import { runServer } from '../../otel/lifecycle';
 import { shutdownTelemetry } from '../../otel/telemetry';
 import { loadServiceEnv, type ServiceEnv, type ServiceKey } from './service-config';
 
+/** A service with more to stop than its HTTP server (notification-service's gRPC interface). */
+export interface BuiltService {
+  app: Koa;
+  /** Runs once the HTTP server drained, before telemetry is flushed. */
+  onShutdown(): Promise<void>;
+}
+
 /** What each service's main.ts does: read its env, build its app, listen, stop gracefully. */
-export async function startService<K extends ServiceKey>(service: K, serviceName: string, build: (env: ServiceEnv<K>, logger: Logger) => Promise<Koa> | Koa): Promise<void> {
+export async function startService<K extends ServiceKey>(service: K, serviceName: string, build: (env: ServiceEnv<K>, logger: Logger) => Promise<Koa | BuiltService> | Koa | BuiltService): Promise<void> {
   let env: ServiceEnv<K>;
   try {
     env = loadServiceEnv(service);
@@ -14,7 +21,12 @@ export async function startService<K extends ServiceKey>(service: K, serviceName
     process.exit(1);
   }
   const logger = createLogger({ serviceName, level: env.LOG_LEVEL });
-  const app = await build(env, logger);
-  const { url } = await runServer({ app, name: serviceName, port: env.PORT, host: env.HOST, logger, onShutdown: shutdownTelemetry });
+  const built = await build(env, logger);
+  const { app, onShutdown } = 'onShutdown' in built ? built : { app: built, onShutdown: undefined };
+  const stop = async () => {
+    await onShutdown?.();
+    await shutdownTelemetry();
+  };
+  const { url } = await runServer({ app, name: serviceName, port: env.PORT, host: env.HOST, logger, onShutdown: stop });
   logger.info(`${serviceName} listening`, { url });
 }

@@ -1,0 +1,103 @@
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from '../../otel/logger';
+import { HEADER } from '../../otel/wire-names';
+import { callerFromMetadata, grpcError, grpcServiceDefinition, metadataValue } from '../shared/grpc-service';
+import type { Caller } from '../shared/service-app';
+import { NOTIFICATION_LIMITS, type Notification, type NotificationStore } from './notification-store';
+
+export const NOTIFICATIONS_PROTO = 'proto/notifications.proto';
+export const NOTIFICATIONS_SERVICE = 'koagateway.notifications.v1.Notifications';
+
+export interface NotificationsGrpcOptions {
+  logger: Logger;
+  /** The store the HTTP interface serves too. */
+  store: NotificationStore;
+}
+
+type Request = Record<string, unknown>;
+type Unary = grpc.ServerUnaryCall<Request, unknown>;
+type Reply = grpc.sendUnaryData<unknown>;
+
+/**
+ * notification-service's gRPC interface (proto/notifications.proto), over the same store as its HTTP one.
+ * Identity comes from the gateway's metadata (the x-user-* names it injects over HTTP); CreateNotification
+ * is for other services (order-service) and has no HTTP mapping, so the gateway never exposes it. One log
+ * line per call, with the request id, as the HTTP side logs one per request.
+ */
+export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server {
+  const { logger, store } = options;
+  const server = new grpc.Server();
+
+  /** Runs a handler, logging its outcome; a thrown gRPC error becomes the call's status. */
+  function handled<T extends Unary | grpc.ServerWritableStream<Request, unknown>>(method: string, handler: (call: T) => unknown) {
+    return (call: T, callback?: Reply) => {
+      const started = performance.now();
+      const requestId = metadataValue(call.metadata, HEADER.requestId) || undefined;
+      const log = (code: grpc.status) =>
+        logger.info('rpc handled', { rpc: method, grpc_status: grpc.status[code], duration_ms: Math.round((performance.now() - started) * 1000) / 1000, request_id: requestId });
+      try {
+        const result = handler(call);
+        if (callback) callback(null, result);
+        log(grpc.status.OK);
+      } catch (error) {
+        const code = (error as { code?: grpc.status }).code ?? grpc.status.INTERNAL;
+        if (callback) callback(error as grpc.ServiceError);
+        else (call as grpc.ServerWritableStream<Request, unknown>).emit('error', error);
+        log(code);
+      }
+    };
+  }
+
+  server.addService(grpcServiceDefinition(NOTIFICATIONS_PROTO, NOTIFICATIONS_SERVICE), {
+    ListNotifications: handled('ListNotifications', (call: Unary) => {
+      const type = String(call.request.type ?? '');
+      const mine = store.forUser(requireCaller(call).id).filter((notification) => type === '' || notification.type === type);
+      return { notifications: mine.map(toMessage) };
+    }),
+    GetNotification: handled('GetNotification', (call: Unary) => {
+      const id = String(call.request.id ?? '');
+      const found = store.forUser(requireCaller(call).id).find((notification) => notification.id === id);
+      // Someone else's notification is reported as missing, so ids cannot be probed.
+      if (!found) throw grpcError(grpc.status.NOT_FOUND, `No notification ${id}.`);
+      return toMessage(found);
+    }),
+    StreamNotifications: handled('StreamNotifications', (call: grpc.ServerWritableStream<Request, unknown>) => {
+      for (const notification of store.forUser(requireCaller(call).id)) call.write(toMessage(notification));
+      call.end();
+    }),
+    CreateNotification: handled('CreateNotification', (call: Unary) => {
+      const notification = store.add(validNewNotification(call.request));
+      logger.info('notification stored', { notification_id: notification.id, type: notification.type, user_id: notification.userId });
+      return toMessage(notification);
+    }),
+  });
+  return server;
+}
+
+function requireCaller(call: { metadata: grpc.Metadata }): Caller {
+  const caller = callerFromMetadata(call.metadata);
+  if (!caller) throw grpcError(grpc.status.UNAUTHENTICATED, 'This method needs the caller identity the gateway injects.');
+  return caller;
+}
+
+/** The same rules as the HTTP interface's POST /internal/notifications. */
+function validNewNotification(request: Request): Pick<Notification, 'userId' | 'type' | 'message' | 'orderId'> {
+  const text = (name: string) => String(request[name] ?? '');
+  const [userId, type, message, orderId] = [text('userId'), text('type'), text('message'), text('orderId')];
+  if (userId === '') throw grpcError(grpc.status.INVALID_ARGUMENT, 'userId: must not be empty');
+  if (type === '' || type.length > NOTIFICATION_LIMITS.typeMaxLength) throw grpcError(grpc.status.INVALID_ARGUMENT, `type: must be 1 to ${NOTIFICATION_LIMITS.typeMaxLength} characters`);
+  if (message === '' || message.length > NOTIFICATION_LIMITS.messageMaxLength) throw grpcError(grpc.status.INVALID_ARGUMENT, `message: must be 1 to ${NOTIFICATION_LIMITS.messageMaxLength} characters`);
+  return { userId, type, message, ...(orderId === '' ? {} : { orderId }) };
+}
+
+function toMessage(notification: Notification): Record<string, unknown> {
+  const millis = Date.parse(notification.createdAt);
+  return {
+    id: notification.id,
+    userId: notification.userId,
+    type: notification.type,
+    message: notification.message,
+    orderId: notification.orderId ?? '',
+    createdAt: { seconds: Math.floor(millis / 1000), nanos: (millis % 1000) * 1_000_000 },
+  };
+}

@@ -1,0 +1,53 @@
+import * as grpc from '@grpc/grpc-js';
+import { loadProtoRoot } from '../../src/grpc/proto-files';
+import { HEADER } from '../../otel/wire-names';
+import { NOTIFICATIONS_PROTO, NOTIFICATIONS_SERVICE } from '../notifications/grpc-server';
+
+export interface NewOrderNotification {
+  userId: string;
+  type: string;
+  message: string;
+  orderId: string;
+}
+
+/** notification-service's CreateNotification over gRPC (proto/notifications.proto). */
+export interface NotificationsGrpcClient {
+  /** Resolves when stored; rejects with the grpc-js error (its `code` is the gRPC status). */
+  create(input: NewOrderNotification, requestId: string): Promise<void>;
+  close(): void;
+}
+
+/** Longest wait for the notification service, ms: an order never waits long for its notification. */
+const DEADLINE_MS = 2000;
+
+/**
+ * One channel to notification-service's gRPC interface. The OpenTelemetry gRPC instrumentation wraps
+ * `makeUnaryRequest`, so each call gets a CLIENT span and carries `traceparent` as metadata; the request id
+ * travels as `x-request-id` metadata, as it does as a header over HTTP.
+ */
+export function createNotificationsGrpcClient(url: string): NotificationsGrpcClient {
+  const { hostname, port, protocol } = new URL(url);
+  const client = new grpc.Client(`${hostname}:${port || (protocol === 'https:' ? 443 : 80)}`, protocol === 'https:' ? grpc.credentials.createSsl() : grpc.credentials.createInsecure());
+  const service = loadProtoRoot(NOTIFICATIONS_PROTO).lookupService(NOTIFICATIONS_SERVICE);
+  const method = service.methods.CreateNotification!;
+  const requestType = method.resolvedRequestType!;
+  const responseType = method.resolvedResponseType!;
+  return {
+    create(input, requestId) {
+      const metadata = new grpc.Metadata();
+      if (requestId) metadata.set(HEADER.requestId, requestId);
+      return new Promise((resolve, reject) => {
+        client.makeUnaryRequest(
+          `/${NOTIFICATIONS_SERVICE}/CreateNotification`,
+          (value: object) => Buffer.from(requestType.encode(requestType.fromObject(value)).finish()),
+          (bytes: Buffer) => responseType.decode(bytes),
+          input,
+          metadata,
+          { deadline: Date.now() + DEADLINE_MS },
+          (error) => (error ? reject(error) : resolve()),
+        );
+      });
+    },
+    close: () => client.close(),
+  };
+}

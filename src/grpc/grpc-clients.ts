@@ -1,0 +1,100 @@
+import * as grpc from '@grpc/grpc-js';
+import { propagation, SpanKind, SpanStatusCode, type Context, type Span, type Tracer, trace } from '@opentelemetry/api';
+import { ATTR_SERVER_ADDRESS, ATTR_SERVER_PORT } from '@opentelemetry/semantic-conventions';
+import type * as protobuf from 'protobufjs';
+import { ATTR, HEADER } from '../../otel/wire-names';
+import type { UpstreamInstance } from '../upstream-pool';
+import type { GrpcMethod } from './http-rules';
+import { grpcStatusName } from './status-errors';
+
+/** Largest message the gateway sends or accepts from a service, bytes (gRPC's own default receive limit). */
+export const MAX_GRPC_MESSAGE_BYTES = 4 * 1024 * 1024;
+
+/**
+ * One grpc-js client (one HTTP/2 channel) per service instance, made on first use and reused: channels
+ * multiplex every call, so there is nothing to pool. Plaintext (h2c) for `http://` origins, TLS for `https://`.
+ */
+export function createGrpcClients(): (instance: UpstreamInstance) => grpc.Client {
+  const clients = new Map<UpstreamInstance, grpc.Client>();
+  return (instance) => {
+    let client = clients.get(instance);
+    if (!client) {
+      const host = instance.hostname.includes(':') ? `[${instance.hostname}]` : instance.hostname;
+      client = new grpc.Client(`${host}:${instance.port}`, instance.secure ? grpc.credentials.createSsl() : grpc.credentials.createInsecure(), {
+        'grpc.max_receive_message_length': MAX_GRPC_MESSAGE_BYTES,
+        'grpc.max_send_message_length': MAX_GRPC_MESSAGE_BYTES,
+        // Retries are the gateway's business (and a POST is not safe to replay).
+        'grpc.enable_retries': 0,
+      });
+      clients.set(instance, client);
+    }
+    return client;
+  };
+}
+
+/**
+ * Header names that are never metadata: HTTP/2 and gRPC set them (`content-type`, `te`, `grpc-*`), or they
+ * describe the client's HTTP exchange, not the call (`host`, `content-length`, `accept-encoding`).
+ */
+const NOT_METADATA = new Set(['host', 'content-type', 'content-length', 'te', 'user-agent', 'accept-encoding', 'accept', HEADER.traceparent, HEADER.tracestate, HEADER.baggage]);
+const METADATA_KEY = /^[0-9a-z_.-]+$/;
+const METADATA_VALUE = /^[\x20-\x7e]*$/;
+
+/**
+ * gRPC metadata from the headers a service would get over HTTP (upstreamRequestHeaders: client headers
+ * filtered, then request id, identity and forwarding headers written by the gateway), so both protocols
+ * strip and inject by the same rules. Binary (`-bin`) and non-ASCII values are dropped: grpc-js refuses them.
+ */
+export function metadataFromHeaders(headers: Readonly<Record<string, string | string[]>>): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  for (const [name, value] of Object.entries(headers)) {
+    if (NOT_METADATA.has(name) || name.startsWith('grpc-') || name.endsWith('-bin') || !METADATA_KEY.test(name)) continue;
+    for (const each of Array.isArray(value) ? value : [value]) {
+      if (METADATA_VALUE.test(each)) metadata.add(name, each);
+    }
+  }
+  return metadata;
+}
+
+const metadataSetter = { set: (carrier: grpc.Metadata, key: string, value: string) => carrier.set(key, value) };
+
+/**
+ * The CLIENT span of one call, named `grpc.package.Service/Method` as @opentelemetry/instrumentation-grpc names
+ * the services' spans (so both ends read alike in Jaeger), with trace context injected into `metadata`.
+ */
+export function startGrpcSpan(tracer: Tracer, method: GrpcMethod, instance: UpstreamInstance, service: string, parent: Context, metadata: grpc.Metadata): Span {
+  const span = tracer.startSpan(
+    `grpc.${method.path.slice(1)}`,
+    {
+      kind: SpanKind.CLIENT,
+      attributes: {
+        'rpc.system': 'grpc',
+        'rpc.service': method.service,
+        'rpc.method': method.name,
+        [ATTR_SERVER_ADDRESS]: instance.hostname,
+        [ATTR_SERVER_PORT]: instance.port,
+        [ATTR.upstreamService]: service,
+      },
+    },
+    parent,
+  );
+  propagation.inject(trace.setSpan(parent, span), metadata, metadataSetter);
+  return span;
+}
+
+export function endGrpcSpan(span: Span, code: grpc.status, error?: Error): void {
+  span.setAttribute('rpc.grpc.status_code', code);
+  if (code !== grpc.status.OK) {
+    if (error) span.recordException(error);
+    span.setStatus({ code: SpanStatusCode.ERROR, message: grpcStatusName(code) });
+  }
+  span.end();
+}
+
+export function serializer(type: protobuf.Type): (message: protobuf.Message) => Buffer {
+  return (message) => Buffer.from(type.encode(message).finish());
+}
+
+export function deserializer(type: protobuf.Type): (bytes: Buffer) => protobuf.Message {
+  return (bytes) => type.decode(bytes);
+}

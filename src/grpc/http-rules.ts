@@ -1,0 +1,225 @@
+import * as protobuf from 'protobufjs';
+import { isTextSettable, jsonFromText, JsonMappingError, messageFromJson } from './json-mapping';
+import { matchPathTemplate, parsePathTemplate, type PathBinding, type PathTemplate } from './path-template';
+import { loadProtoRoot } from './proto-files';
+
+/**
+ * A gRPC service's REST surface, compiled once from the `google.api.http` annotations of its proto
+ * (google/api/http.proto): each binding is an HTTP method and path template for one RPC, with the request
+ * body bound to the whole message (`body: "*"`), to one field, or to nothing; fields bound by neither come
+ * from query parameters.
+ */
+
+export interface GrpcMethod {
+  /** `/package.Service/Method`, the HTTP/2 path of the call. */
+  readonly path: string;
+  readonly service: string;
+  readonly name: string;
+  readonly requestType: protobuf.Type;
+  readonly responseType: protobuf.Type;
+  /** Server streaming: the answer is newline-delimited JSON. */
+  readonly serverStreaming: boolean;
+}
+
+export interface HttpBinding {
+  /** Upper case; `GET` bindings also take `HEAD`. */
+  readonly httpMethod: string;
+  readonly template: PathTemplate;
+  /** `*`: the body is the message; a field name (lowerCamelCase): the body is that field; undefined: no body. */
+  readonly body: '*' | string | undefined;
+  readonly method: GrpcMethod;
+}
+
+export interface BindingMatch {
+  kind: 'matched';
+  binding: HttpBinding;
+  variables: PathBinding[];
+}
+
+export interface GrpcServiceMapping {
+  readonly service: string;
+  readonly bindings: readonly HttpBinding[];
+  /**
+   * The binding for a request (path = the route's upstream path). A path that fits only other methods'
+   * templates is `method_not_allowed` with their methods; a path that fits none is undefined.
+   */
+  find(httpMethod: string, path: string): BindingMatch | { kind: 'method_not_allowed'; allowed: string[] } | undefined;
+}
+
+/** Query parameters beyond this many are refused (400), before any is applied. */
+export const MAX_QUERY_PARAMETERS = 256;
+
+const HTTP_VERBS = ['get', 'put', 'post', 'delete', 'patch'] as const;
+
+interface HttpRuleOption {
+  get?: string;
+  put?: string;
+  post?: string;
+  delete?: string;
+  patch?: string;
+  custom?: unknown;
+  body?: string;
+  response_body?: string;
+  additional_bindings?: HttpRuleOption | HttpRuleOption[];
+}
+
+/** Loads `protoFile` and compiles the bindings of `serviceName`; throws naming the proto and method on any problem. */
+export function loadGrpcServiceMapping(protoFile: string, serviceName: string): GrpcServiceMapping {
+  const root = loadProtoRoot(protoFile);
+  let service: protobuf.Service;
+  try {
+    service = root.lookupService(serviceName);
+  } catch {
+    throw new Error(`proto ${protoFile}: no service ${serviceName}`);
+  }
+  const bindings: HttpBinding[] = [];
+  for (const rpc of service.methodsArray) {
+    const where = `proto ${protoFile}: ${serviceName}.${rpc.name}`;
+    const rule = httpRuleOf(rpc);
+    if (!rule) continue; // no mapping: not reachable through the gateway
+    if (rpc.requestStream) throw new Error(`${where}: client-streaming methods cannot be mapped to HTTP`);
+    const method: GrpcMethod = {
+      path: `/${serviceName}/${rpc.name}`,
+      service: serviceName,
+      name: rpc.name,
+      requestType: rpc.resolvedRequestType!,
+      responseType: rpc.resolvedResponseType!,
+      serverStreaming: Boolean(rpc.responseStream),
+    };
+    const additional = rule.additional_bindings === undefined ? [] : [rule.additional_bindings].flat();
+    for (const each of [rule, ...additional]) bindings.push(compileBinding(each, method, where));
+  }
+  // More literal segments first: `/v1/things/special` is tried before `/v1/things/{id}`.
+  bindings.sort((a, b) => b.template.literalCount - a.template.literalCount || a.template.segments.length - b.template.segments.length);
+
+  return {
+    service: serviceName,
+    bindings,
+    find(httpMethod, path) {
+      const wanted = httpMethod === 'HEAD' ? 'GET' : httpMethod;
+      const allowed = new Set<string>();
+      for (const binding of bindings) {
+        const variables = matchPathTemplate(binding.template, path);
+        if (!variables) continue;
+        if (binding.httpMethod === wanted) return { kind: 'matched', binding, variables };
+        allowed.add(binding.httpMethod);
+      }
+      return allowed.size > 0 ? { kind: 'method_not_allowed', allowed: [...allowed] } : undefined;
+    },
+  };
+}
+
+function httpRuleOf(rpc: protobuf.Method): HttpRuleOption | undefined {
+  for (const option of rpc.parsedOptions ?? []) {
+    const rule = (option as Record<string, unknown>)['(google.api.http)'];
+    if (rule) return rule as HttpRuleOption;
+  }
+  return undefined;
+}
+
+function compileBinding(rule: HttpRuleOption, method: GrpcMethod, where: string): HttpBinding {
+  const verbs = HTTP_VERBS.filter((verb) => typeof rule[verb] === 'string');
+  if (rule.custom !== undefined) throw new Error(`${where}: custom HTTP methods are not supported`);
+  if (verbs.length !== 1) throw new Error(`${where}: an http rule needs exactly one of ${HTTP_VERBS.join(', ')}`);
+  if (rule.response_body !== undefined) throw new Error(`${where}: response_body is not supported`);
+  const verb = verbs[0]!;
+  let template: PathTemplate;
+  try {
+    template = parsePathTemplate(rule[verb]!);
+  } catch (error) {
+    throw new Error(`${where}: ${(error as Error).message}`);
+  }
+  for (const variable of template.variables) {
+    const field = fieldAt(method.requestType, variable.fieldPath.map(protobuf.util.camelCase));
+    if (!field || field.repeated || (field.resolvedType instanceof protobuf.Type && !isTextSettable(field.resolvedType))) {
+      throw new Error(`${where}: path variable {${variable.fieldPath.join('.')}} names no singular field of ${method.requestType.name}`);
+    }
+  }
+  let body: HttpBinding['body'];
+  if (rule.body === '*') body = '*';
+  else if (rule.body) {
+    body = protobuf.util.camelCase(rule.body);
+    if (!method.requestType.fields[body]) throw new Error(`${where}: body "${rule.body}" names no field of ${method.requestType.name}`);
+  }
+  return { httpMethod: verb.toUpperCase(), template, body, method };
+}
+
+/** The field at a lowerCamelCase path, through singular message fields. */
+function fieldAt(type: protobuf.Type, path: readonly string[]): protobuf.Field | undefined {
+  let current: protobuf.Type = type;
+  for (let index = 0; index < path.length; index++) {
+    const field = current.fields[path[index]!];
+    if (!field) return undefined;
+    if (index === path.length - 1) return field;
+    if (field.repeated || !(field.resolvedType instanceof protobuf.Type)) return undefined;
+    current = field.resolvedType;
+  }
+  return undefined;
+}
+
+/**
+ * The request message from the three sources, in the annotation's precedence: the body (the whole message
+ * or one field), then path variables, then query parameters for fields neither bound. Throws
+ * JsonMappingError (-> 400) when any part does not fit the message type.
+ */
+export function buildRequestMessage(binding: HttpBinding, variables: readonly PathBinding[], body: unknown, query: URLSearchParams): protobuf.Message {
+  const type = binding.method.requestType;
+  let json: Record<string, unknown> = {};
+  if (binding.body === '*') {
+    if (body !== undefined) {
+      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new JsonMappingError('the request body must be a JSON object');
+      json = { ...(body as Record<string, unknown>) };
+    }
+  } else if (binding.body !== undefined && body !== undefined) {
+    json[binding.body] = body;
+  }
+  const bound = new Set<string>();
+  for (const { fieldPath, value } of variables) {
+    const camel = fieldPath.map(protobuf.util.camelCase);
+    setText(type, json, camel, value, false, `path variable ${fieldPath.join('.')}`);
+    bound.add(camel.join('.'));
+  }
+  if (binding.body !== '*') {
+    let count = 0;
+    for (const [key, value] of query) {
+      if (++count > MAX_QUERY_PARAMETERS) throw new JsonMappingError(`more than ${MAX_QUERY_PARAMETERS} query parameters`);
+      const camel = key.split('.').map(protobuf.util.camelCase);
+      const dotted = camel.join('.');
+      if (bound.has(dotted)) throw new JsonMappingError(`query parameter ${truncate(key)} is already bound by the path`);
+      if (binding.body !== undefined && camel[0] === binding.body) throw new JsonMappingError(`query parameter ${truncate(key)} is bound by the body`);
+      setText(type, json, camel, value, true, `query parameter ${truncate(key)}`);
+    }
+  }
+  return messageFromJson(type, json);
+}
+
+/** Sets one text value at a field path of the JSON being built; repeated fields collect every occurrence. */
+function setText(type: protobuf.Type, json: Record<string, unknown>, path: readonly string[], text: string, repeatable: boolean, where: string): void {
+  let current: protobuf.Type = type;
+  let node = json;
+  for (let index = 0; index < path.length; index++) {
+    const field = current.fields[path[index]!];
+    if (!field) throw new JsonMappingError(`${where} names no field of ${current.name}`);
+    if (index === path.length - 1) {
+      if (field instanceof protobuf.MapField) throw new JsonMappingError(`${where} is a map and cannot be set from text`);
+      const value = jsonFromText(field, text, where);
+      if (field.repeated) {
+        if (!repeatable) throw new JsonMappingError(`${where} is repeated`);
+        const list = Array.isArray(node[field.name]) ? (node[field.name] as unknown[]) : [];
+        list.push(value);
+        node[field.name] = list;
+      } else {
+        node[field.name] = value;
+      }
+      return;
+    }
+    if (field.repeated || !(field.resolvedType instanceof protobuf.Type)) throw new JsonMappingError(`${where}: ${field.name} is not a message`);
+    const child = node[field.name];
+    node = node[field.name] = typeof child === 'object' && child !== null && !Array.isArray(child) ? { ...(child as Record<string, unknown>) } : {};
+    current = field.resolvedType;
+  }
+}
+
+function truncate(text: string): string {
+  return text.length > 64 ? `${text.slice(0, 61)}...` : text;
+}

@@ -1,0 +1,299 @@
+import * as protobuf from 'protobufjs';
+
+/**
+ * The proto3 JSON mapping (https://protobuf.dev/programming-guides/json/) on top of protobufjs, which
+ * implements only part of it: `fromObject` coerces silently (`"abc"` becomes 0 in an int32) and neither
+ * direction knows the well-known types' JSON forms (Timestamp as RFC 3339, Duration as `"1.5s"`, wrappers
+ * as their value, Struct as a plain object). So requests are checked field by field against the message
+ * type and converted into what `fromObject` takes; responses go through `toObject` (int64 as strings, enums
+ * as names, bytes as base64) and then get the well-known types' forms. Field names are lowerCamelCase.
+ */
+
+/** The client's JSON does not fit the message type (-> 400 with this message). */
+export class JsonMappingError extends Error {
+  override name = 'JsonMappingError';
+}
+
+const INT32 = new Set(['int32', 'sint32', 'sfixed32']);
+const UINT32 = new Set(['uint32', 'fixed32']);
+const INT64 = new Set(['int64', 'sint64', 'sfixed64']);
+const UINT64 = new Set(['uint64', 'fixed64']);
+const FLOAT = new Set(['double', 'float']);
+const WRAPPERS: Readonly<Record<string, string>> = {
+  '.google.protobuf.DoubleValue': 'double',
+  '.google.protobuf.FloatValue': 'float',
+  '.google.protobuf.Int64Value': 'int64',
+  '.google.protobuf.UInt64Value': 'uint64',
+  '.google.protobuf.Int32Value': 'int32',
+  '.google.protobuf.UInt32Value': 'uint32',
+  '.google.protobuf.BoolValue': 'bool',
+  '.google.protobuf.StringValue': 'string',
+  '.google.protobuf.BytesValue': 'bytes',
+};
+const INT64_RANGE = { signed: [-(2n ** 63n), 2n ** 63n - 1n], unsigned: [0n, 2n ** 64n - 1n] } as const;
+/** Duration limits of google/protobuf/duration.proto (about 10 000 years), s. */
+const MAX_DURATION_SECONDS = 315_576_000_000n;
+const TIMESTAMP = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$/i;
+const DURATION = /^(-)?(\d+)(?:\.(\d{1,9}))?s$/;
+const BASE64 = /^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?$/;
+/** Nesting beyond this is refused (Struct and messages are recursive). */
+const MAX_DEPTH = 32;
+
+const TO_OBJECT: protobuf.IConversionOptions = { longs: String, enums: String, bytes: String, defaults: true, arrays: true, objects: true, json: true };
+
+/** A message, checked and converted from its JSON form. */
+export function messageFromJson(type: protobuf.Type, json: unknown): protobuf.Message {
+  return type.fromObject(objectFromJson(type, json, type.name, 0));
+}
+
+/** A decoded message in its JSON form (unset scalars as their defaults, unset messages as null). */
+export function messageToJson(type: protobuf.Type, message: protobuf.Message): unknown {
+  return toJsonValue(type, type.toObject(message, TO_OBJECT), 0);
+}
+
+/** The JSON form of a scalar from text (a path variable or query parameter): booleans parsed, the rest as JSON strings. */
+export function jsonFromText(field: protobuf.Field, text: string, where: string): unknown {
+  const scalar = field.resolvedType instanceof protobuf.Type ? WRAPPERS[field.resolvedType.fullName] : field.type;
+  if (scalar === 'bool') {
+    if (text === 'true' || text === 'false') return text === 'true';
+    throw new JsonMappingError(`${where} must be true or false`);
+  }
+  if (field.resolvedType instanceof protobuf.Type && !isTextSettable(field.resolvedType)) {
+    throw new JsonMappingError(`${where} is a message and cannot be set from text`);
+  }
+  return text;
+}
+
+/** Message types whose JSON form is a string or scalar, so a path variable or query parameter can set them. */
+export function isTextSettable(type: protobuf.Type): boolean {
+  return WRAPPERS[type.fullName] !== undefined || TEXT_TYPES.has(type.fullName);
+}
+const TEXT_TYPES = new Set(['.google.protobuf.Timestamp', '.google.protobuf.Duration', '.google.protobuf.FieldMask']);
+
+function objectFromJson(type: protobuf.Type, json: unknown, where: string, depth: number): Record<string, unknown> {
+  if (depth > MAX_DEPTH) throw new JsonMappingError(`${where} is nested too deeply`);
+  const special = wellKnownFromJson(type, json, where, depth);
+  if (special !== undefined) return special;
+  if (!isPlainObject(json)) throw new JsonMappingError(`${where} must be an object`);
+  const result: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(json)) {
+    const field = type.fields[key] ?? type.fields[protobuf.util.camelCase(key)];
+    if (!field) throw new JsonMappingError(`${where} has no field "${truncate(key)}"`);
+    if (value === null && !isValueType(field)) continue;
+    result[field.name] = fieldFromJson(field, value, `${where}.${field.name}`, depth);
+  }
+  return result;
+}
+
+function fieldFromJson(field: protobuf.Field, value: unknown, where: string, depth: number): unknown {
+  if (field instanceof protobuf.MapField) {
+    if (!isPlainObject(value)) throw new JsonMappingError(`${where} must be an object`);
+    const entries: Record<string, unknown> = {};
+    for (const [key, item] of Object.entries(value)) {
+      if (field.keyType !== 'string') scalarFromJson(field.keyType, field.keyType === 'bool' ? key === 'true' || (key === 'false' ? false : key) : key, `${where} key`);
+      entries[key] = singleFromJson(field, item, `${where}.${truncate(key)}`, depth);
+    }
+    return entries;
+  }
+  if (field.repeated) {
+    if (!Array.isArray(value)) throw new JsonMappingError(`${where} must be an array`);
+    return value.map((item, index) => singleFromJson(field, item, `${where}[${index}]`, depth));
+  }
+  return singleFromJson(field, value, where, depth);
+}
+
+function singleFromJson(field: protobuf.Field, value: unknown, where: string, depth: number): unknown {
+  const resolved = field.resolvedType;
+  if (resolved instanceof protobuf.Type) return objectFromJson(resolved, value, where, depth + 1);
+  if (resolved instanceof protobuf.Enum) {
+    if (typeof value === 'string' && Object.hasOwn(resolved.values, value)) return value;
+    if (typeof value === 'number' && Number.isInteger(value) && Object.values(resolved.values).includes(value)) return value;
+    throw new JsonMappingError(`${where} must be one of ${Object.keys(resolved.values).join(', ')}`);
+  }
+  return scalarFromJson(field.type, value, where);
+}
+
+function scalarFromJson(type: string, value: unknown, where: string): unknown {
+  if (type === 'string') {
+    if (typeof value !== 'string') throw new JsonMappingError(`${where} must be a string`);
+    return value;
+  }
+  if (type === 'bool') {
+    if (typeof value !== 'boolean') throw new JsonMappingError(`${where} must be true or false`);
+    return value;
+  }
+  if (type === 'bytes') {
+    if (typeof value !== 'string' || !BASE64.test(value)) throw new JsonMappingError(`${where} must be base64`);
+    return Buffer.from(value, 'base64');
+  }
+  if (FLOAT.has(type)) {
+    if (value === 'NaN' || value === 'Infinity' || value === '-Infinity') return Number(value);
+    const number = typeof value === 'string' && value.trim() !== '' ? Number(value) : value;
+    if (typeof number !== 'number' || !Number.isFinite(number)) throw new JsonMappingError(`${where} must be a number`);
+    return number;
+  }
+  const signed = INT32.has(type) || INT64.has(type);
+  const wide = INT64.has(type) || UINT64.has(type);
+  if (!signed && !wide && !UINT32.has(type)) throw new JsonMappingError(`${where} has an unsupported type ${type}`);
+  let integer: bigint;
+  if (typeof value === 'number' && Number.isSafeInteger(value)) integer = BigInt(value);
+  else if (typeof value === 'string' && /^-?\d{1,20}$/.test(value)) integer = BigInt(value);
+  else throw new JsonMappingError(`${where} must be an integer (a string for 64-bit values)`);
+  const [min, max] = wide ? INT64_RANGE[signed ? 'signed' : 'unsigned'] : signed ? [-(2n ** 31n), 2n ** 31n - 1n] : [0n, 2n ** 32n - 1n];
+  if (integer < min || integer > max) throw new JsonMappingError(`${where} is out of range for ${type}`);
+  // 64-bit values stay strings so no digit is lost (protobufjs reads them with Long.fromString).
+  return wide ? integer.toString() : Number(integer);
+}
+
+/** The `fromObject` form of a well-known type from its JSON form, or undefined for any other type. */
+function wellKnownFromJson(type: protobuf.Type, json: unknown, where: string, depth: number): Record<string, unknown> | undefined {
+  const name = type.fullName;
+  const wrapped = WRAPPERS[name];
+  if (wrapped !== undefined) return { value: scalarFromJson(wrapped, json, where) };
+  switch (name) {
+    case '.google.protobuf.Timestamp':
+      return timestampFromJson(json, where);
+    case '.google.protobuf.Duration':
+      return durationFromJson(json, where);
+    case '.google.protobuf.FieldMask':
+      if (typeof json !== 'string') throw new JsonMappingError(`${where} must be a comma-separated string`);
+      return { paths: json === '' ? [] : json.split(',').map((path) => path.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`)) };
+    case '.google.protobuf.Struct':
+      if (!isPlainObject(json)) throw new JsonMappingError(`${where} must be an object`);
+      return { fields: Object.fromEntries(Object.entries(json).map(([key, item]) => [key, valueFromJson(item, `${where}.${truncate(key)}`, depth + 1)])) };
+    case '.google.protobuf.ListValue':
+      if (!Array.isArray(json)) throw new JsonMappingError(`${where} must be an array`);
+      return { values: json.map((item, index) => valueFromJson(item, `${where}[${index}]`, depth + 1)) };
+    case '.google.protobuf.Value':
+      return valueFromJson(json, where, depth);
+    case '.google.protobuf.Any':
+      throw new JsonMappingError(`${where}: google.protobuf.Any is not supported`);
+    default:
+      return undefined;
+  }
+}
+
+function valueFromJson(json: unknown, where: string, depth: number): Record<string, unknown> {
+  if (depth > MAX_DEPTH) throw new JsonMappingError(`${where} is nested too deeply`);
+  if (json === null) return { nullValue: 'NULL_VALUE' };
+  if (typeof json === 'number') return { numberValue: json };
+  if (typeof json === 'string') return { stringValue: json };
+  if (typeof json === 'boolean') return { boolValue: json };
+  if (Array.isArray(json)) return { listValue: { values: json.map((item, index) => valueFromJson(item, `${where}[${index}]`, depth + 1)) } };
+  if (isPlainObject(json)) return { structValue: { fields: Object.fromEntries(Object.entries(json).map(([key, item]) => [key, valueFromJson(item, `${where}.${truncate(key)}`, depth + 1)])) } };
+  throw new JsonMappingError(`${where} is not a JSON value`);
+}
+
+function timestampFromJson(json: unknown, where: string): Record<string, unknown> {
+  const match = typeof json === 'string' ? TIMESTAMP.exec(json) : null;
+  if (!match) throw new JsonMappingError(`${where} must be an RFC 3339 timestamp like 2026-01-31T12:00:00Z`);
+  const [, year, month, day, hour, minute, second, fraction = '', zone] = match as unknown as string[];
+  // Not Date.UTC: it reads years 0-99 as 1900-1999.
+  const check = new Date(0);
+  check.setUTCFullYear(Number(year), Number(month) - 1, Number(day));
+  check.setUTCHours(Number(hour), Number(minute), Number(second), 0);
+  const millis = check.getTime();
+  if (Number.isNaN(millis) || check.getUTCDate() !== Number(day) || check.getUTCMonth() !== Number(month) - 1 || Number(hour) > 23 || Number(minute) > 59 || Number(second) > 59) {
+    throw new JsonMappingError(`${where} is not a valid date and time`);
+  }
+  const offsetMinutes = zone!.toUpperCase() === 'Z' ? 0 : (zone!.startsWith('-') ? -1 : 1) * (Number(zone!.slice(1, 3)) * 60 + Number(zone!.slice(4, 6)));
+  const seconds = Math.floor(millis / 1000) - offsetMinutes * 60;
+  // 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, as google/protobuf/timestamp.proto allows.
+  if (seconds < -62_135_596_800 || seconds > 253_402_300_799) throw new JsonMappingError(`${where} is out of range`);
+  return { seconds: String(seconds), nanos: Number(fraction.padEnd(9, '0')) };
+}
+
+function durationFromJson(json: unknown, where: string): Record<string, unknown> {
+  const match = typeof json === 'string' ? DURATION.exec(json) : null;
+  if (!match) throw new JsonMappingError(`${where} must be a duration like "1.5s"`);
+  const [, minus, whole, fraction = ''] = match as unknown as string[];
+  const seconds = BigInt(whole!);
+  if (seconds > MAX_DURATION_SECONDS) throw new JsonMappingError(`${where} is out of range`);
+  const sign = minus ? -1 : 1;
+  const nanos = Number(fraction.padEnd(9, '0'));
+  return { seconds: String(BigInt(sign) * seconds), nanos: sign * nanos };
+}
+
+/** `toObject`'s plain form of `type`, with the well-known types in their JSON form. */
+function toJsonValue(type: protobuf.Type, object: Record<string, unknown>, depth: number): unknown {
+  const special = wellKnownToJson(type, object, depth);
+  if (special !== NOT_SPECIAL) return special;
+  for (const field of type.fieldsArray) {
+    const resolved = field.resolvedType;
+    const value = object[field.name];
+    if (!(resolved instanceof protobuf.Type) || value === null || value === undefined) continue;
+    const convert = (item: unknown) => toJsonValue(resolved, item as Record<string, unknown>, depth + 1);
+    if (field instanceof protobuf.MapField) object[field.name] = Object.fromEntries(Object.entries(value as object).map(([key, item]) => [key, convert(item)]));
+    else if (field.repeated) object[field.name] = (value as unknown[]).map(convert);
+    else object[field.name] = convert(value);
+  }
+  return object;
+}
+
+const NOT_SPECIAL = Symbol('not a well-known type');
+
+function wellKnownToJson(type: protobuf.Type, object: Record<string, unknown>, depth: number): unknown {
+  if (WRAPPERS[type.fullName] !== undefined) return object.value;
+  switch (type.fullName) {
+    case '.google.protobuf.Timestamp': {
+      const seconds = Number(object.seconds ?? 0);
+      const nanos = Number(object.nanos ?? 0);
+      const iso = new Date(seconds * 1000).toISOString().replace(/\.\d{3}Z$/, '');
+      return `${iso}${fractionText(nanos)}Z`;
+    }
+    case '.google.protobuf.Duration': {
+      const seconds = BigInt(String(object.seconds ?? '0'));
+      const nanos = Number(object.nanos ?? 0);
+      const negative = seconds < 0n || nanos < 0;
+      const whole = seconds < 0n ? -seconds : seconds;
+      return `${negative ? '-' : ''}${whole}${fractionText(Math.abs(nanos))}s`;
+    }
+    case '.google.protobuf.FieldMask':
+      return ((object.paths as string[] | undefined) ?? []).map((path) => protobuf.util.camelCase(path)).join(',');
+    case '.google.protobuf.Struct':
+      return structToJson(object);
+    case '.google.protobuf.ListValue':
+      return ((object.values as Record<string, unknown>[] | undefined) ?? []).map((item) => valueToJson(item, depth + 1));
+    case '.google.protobuf.Value':
+      return valueToJson(object, depth);
+    case '.google.protobuf.Empty':
+      return {};
+    default:
+      return NOT_SPECIAL;
+  }
+}
+
+function structToJson(object: Record<string, unknown>, depth = 0): Record<string, unknown> {
+  const fields = (object.fields as Record<string, Record<string, unknown>> | undefined) ?? {};
+  return Object.fromEntries(Object.entries(fields).map(([key, item]) => [key, valueToJson(item, depth + 1)]));
+}
+
+function valueToJson(value: Record<string, unknown> | null, depth: number): unknown {
+  if (value === null || depth > MAX_DEPTH) return null;
+  // Members of a oneof get no defaults from toObject: the one present is the one set.
+  if (value.structValue !== undefined) return structToJson(value.structValue as Record<string, unknown>, depth);
+  if (value.listValue !== undefined) return ((value.listValue as { values?: Record<string, unknown>[] }).values ?? []).map((item) => valueToJson(item, depth + 1));
+  if (value.stringValue !== undefined) return value.stringValue;
+  if (value.boolValue !== undefined) return value.boolValue;
+  if (value.numberValue !== undefined) return value.numberValue;
+  return null;
+}
+
+/** 0, 3, 6 or 9 fractional digits, as the JSON mapping prefers. */
+function fractionText(nanos: number): string {
+  if (nanos === 0) return '';
+  const digits = String(nanos).padStart(9, '0');
+  return `.${nanos % 1_000_000 === 0 ? digits.slice(0, 3) : nanos % 1000 === 0 ? digits.slice(0, 6) : digits}`;
+}
+
+function isValueType(field: protobuf.Field): boolean {
+  return field.resolvedType?.fullName === '.google.protobuf.Value';
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function truncate(text: string): string {
+  return text.length > 64 ? `${text.slice(0, 61)}...` : text;
+}

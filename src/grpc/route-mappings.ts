@@ -1,0 +1,51 @@
+import type { GatewayConfig } from '../config';
+import type { GatewayMetrics } from '../metrics';
+import { createUpstreamPool, type UpstreamPool } from '../upstream-pool';
+import { loadGrpcServiceMapping, type GrpcServiceMapping } from './http-rules';
+
+/** What the translation needs for one route: its compiled REST mapping and the instances of the service's gRPC interface. */
+export interface GrpcRoute {
+  readonly mapping: GrpcServiceMapping;
+  readonly pool: UpstreamPool;
+}
+
+/**
+ * Every route with `grpc`, by route name: protos loaded and annotations compiled once, when the gateway is
+ * built (start-up and every config reload), never per request. A proto that does not load or compile stops
+ * start-up with one line naming the route's key. Each service's gRPC interface (`grpcUrl`, default `url`)
+ * gets one pool of its own, with its own passive health, shared by the routes that call it.
+ */
+export function compileGrpcRoutes(config: GatewayConfig, metrics?: GatewayMetrics): ReadonlyMap<string, GrpcRoute> {
+  const pools = new Map<string, UpstreamPool>();
+  const poolOf = (name: string): UpstreamPool => {
+    let pool = pools.get(name);
+    if (!pool) {
+      const service = config.services[name]!;
+      const urls = service.grpcUrl ?? service.url;
+      const origins = (typeof urls === 'string' ? [urls] : urls).map((each) => new URL(each).origin);
+      pool = createUpstreamPool({ service: name, origins, ejectAfterFailures: service.ejectAfterFailures, ejectMs: service.ejectMs, metrics });
+      pools.set(name, pool);
+    }
+    return pool;
+  };
+  const routes = new Map<string, GrpcRoute>();
+  config.routes.forEach((route, index) => {
+    if (!route.grpc) return;
+    try {
+      routes.set(route.name, { mapping: loadGrpcServiceMapping(route.grpc.proto, route.grpc.service), pool: poolOf(route.service) });
+    } catch (error) {
+      throw new Error(`config: routes.${index}.grpc: ${(error as Error).message}`, { cause: error });
+    }
+  });
+  return routes;
+}
+
+/**
+ * Services whose `url` speaks only gRPC (gRPC routes call them and they have no separate `grpcUrl`): they answer
+ * no HTTP `GET /health`, so the HTTP readiness probes skip them.
+ */
+export function grpcOnlyServices(config: GatewayConfig): ReadonlySet<string> {
+  const http = new Set(config.routes.filter((route) => !route.grpc).map((route) => route.service));
+  http.add('users'); // login checks credentials with it over HTTP
+  return new Set(config.routes.filter((route) => route.grpc && !http.has(route.service) && config.services[route.service]?.grpcUrl === undefined).map((route) => route.service));
+}

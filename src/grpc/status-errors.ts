@@ -1,0 +1,47 @@
+import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
+import { GatewayError, type ErrorCode } from '../errors';
+
+/**
+ * gRPC status -> the gateway's error catalog, once, at the gRPC boundary (as upstreamFailure does for HTTP).
+ * The statuses a service uses to tell the client what is wrong with its request (4xx) carry the service's
+ * message as the detail, bounded; for the others the gateway speaks (the service's words may be internals).
+ * The table follows google/rpc/code.proto's HTTP mapping, which grpc-gateway and Envoy share, except that
+ * UNKNOWN, INTERNAL, DATA_LOSS and a CANCELLED from the service are 502: the gateway is reporting on its
+ * upstream, not failing itself.
+ */
+const CODE_BY_STATUS: Readonly<Record<number, ErrorCode>> = {
+  [GrpcStatus.INVALID_ARGUMENT]: 'grpc_invalid_argument',
+  [GrpcStatus.FAILED_PRECONDITION]: 'grpc_failed_precondition',
+  [GrpcStatus.OUT_OF_RANGE]: 'grpc_out_of_range',
+  [GrpcStatus.UNAUTHENTICATED]: 'grpc_unauthenticated',
+  [GrpcStatus.PERMISSION_DENIED]: 'grpc_permission_denied',
+  [GrpcStatus.NOT_FOUND]: 'grpc_not_found',
+  [GrpcStatus.ALREADY_EXISTS]: 'grpc_already_exists',
+  [GrpcStatus.ABORTED]: 'grpc_aborted',
+  [GrpcStatus.RESOURCE_EXHAUSTED]: 'grpc_resource_exhausted',
+  [GrpcStatus.UNIMPLEMENTED]: 'upstream_unimplemented',
+  // Service down, refusing, or saying so itself: the instance is unavailable; the client may retry (503 + Retry-After).
+  [GrpcStatus.UNAVAILABLE]: 'upstream_unavailable',
+  [GrpcStatus.DEADLINE_EXCEEDED]: 'upstream_timeout',
+};
+
+/** Longest service message shown as a problem's detail, characters. */
+export const MAX_GRPC_DETAIL_LENGTH = 256;
+
+/** The name of a gRPC status code (`NOT_FOUND`), or its number for one outside the table. */
+export function grpcStatusName(code: number): string {
+  return GrpcStatus[code] ?? String(code);
+}
+
+export function grpcFailure(service: string, failure: ServiceError): GatewayError {
+  const code = CODE_BY_STATUS[failure.code] ?? 'upstream_bad_response';
+  const name = grpcStatusName(failure.code);
+  if (code.startsWith('grpc_')) {
+    // Printable text only, and bounded: the message ends up in a JSON body and in logs.
+    const message = (failure.details ?? '').replace(/[^\x20-\x7e\u00a0-\uffff]/g, ' ').trim();
+    const detail = message === '' ? `The ${service} service answered ${name}.` : message.length > MAX_GRPC_DETAIL_LENGTH ? `${message.slice(0, MAX_GRPC_DETAIL_LENGTH - 3)}...` : message;
+    return new GatewayError(code, detail, { cause: failure });
+  }
+  if (code === 'upstream_timeout') return new GatewayError(code, `The ${service} service did not answer in time.`, { cause: failure });
+  return new GatewayError(code, `The ${service} service answered ${name}.`, { cause: failure });
+}

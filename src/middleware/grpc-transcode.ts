@@ -1,0 +1,217 @@
+import { PassThrough } from 'node:stream';
+import * as grpc from '@grpc/grpc-js';
+import { context, type Tracer } from '@opentelemetry/api';
+import type { Context as KoaContext, Middleware } from 'koa';
+import type * as protobuf from 'protobufjs';
+import { GatewayError } from '../errors';
+import { createGrpcClients, deserializer, endGrpcSpan, metadataFromHeaders, serializer, startGrpcSpan } from '../grpc/grpc-clients';
+import { buildRequestMessage, type HttpBinding } from '../grpc/http-rules';
+import { JsonMappingError, messageToJson } from '../grpc/json-mapping';
+import { PathVariableError } from '../grpc/path-template';
+import type { GrpcRoute } from '../grpc/route-mappings';
+import { grpcFailure } from '../grpc/status-errors';
+import type { CompiledRoute } from '../routes';
+import { upstreamRequestHeaders, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { problemBody } from './errors';
+
+export interface GrpcTranscodeOptions {
+  /** Each route that targets a gRPC service, by route name: its REST mapping and gRPC instances (built once at start-up). */
+  routes: ReadonlyMap<string, GrpcRoute>;
+  /** Makes the CLIENT span of each call. */
+  tracer: Tracer;
+  /** Client header names with `_`: see config `headersWithUnderscores`. */
+  underscores: UnderscoreHeaderPolicy;
+  /** Largest JSON request body, bytes; 413 beyond. Default 1 MiB. */
+  maxBodyBytes?: number;
+}
+
+/** Server-streaming answers: one JSON message per line (https://github.com/ndjson/ndjson-spec). */
+export const NDJSON_CONTENT_TYPE = 'application/x-ndjson';
+
+/**
+ * REST/JSON at the edge, gRPC to the service: for a route with `grpc`, finds the method the request maps
+ * to by the proto's `google.api.http` annotations, builds the request message from path variables, body
+ * and query (proto3 JSON mapping), calls the chosen instance with the route's timeout as the gRPC deadline,
+ * request id, identity and trace context as metadata, and answers the response message as JSON. A
+ * server-streaming method answers newline-delimited JSON. gRPC statuses become catalog errors
+ * (src/grpc/status-errors.ts). Other routes pass on to the HTTP proxy.
+ */
+export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
+  const { routes, tracer } = options;
+  const maxBodyBytes = options.maxBodyBytes ?? 1024 * 1024;
+  const clientFor = createGrpcClients();
+
+  return async function transcodeGrpc(ctx, next) {
+    const route = ctx.state.route!;
+    const grpcRoute = routes.get(route.name);
+    if (!grpcRoute) return next();
+    const { mapping, pool } = grpcRoute;
+    const found = refusingBadInput(() => mapping.find(ctx.method, ctx.state.upstreamPath!));
+    if (!found) throw new GatewayError('route_not_found', `No method of ${mapping.service} matches ${ctx.method} ${ctx.path}.`);
+    if (found.kind === 'method_not_allowed') {
+      const allow = found.allowed.join(', ');
+      throw new GatewayError('method_not_allowed', `${ctx.path} accepts ${allow}.`, { headers: { Allow: allow } });
+    }
+    const { binding } = found;
+    const body = binding.body === undefined ? undefined : await readJsonBody(ctx, maxBodyBytes);
+    const message = refusingBadInput(() => buildRequestMessage(binding, found.variables, body, new URLSearchParams(ctx.querystring)));
+
+    const instance = pool.pick();
+    if (!instance) throw new GatewayError('upstream_unavailable', `No instance of the ${route.service} service is available.`);
+    const metadata = metadataFromHeaders(
+      upstreamRequestHeaders({
+        client: ctx.req.headers,
+        underscores: options.underscores,
+        forwardAuthorization: route.forwardAuthorization,
+        targetHost: instance.host,
+        requestId: ctx.state.requestId,
+        user: ctx.state.user,
+        peerAddress: ctx.req.socket.remoteAddress ?? '',
+        publicHost: ctx.host,
+        publicProto: ctx.protocol,
+        publicPort: ctx.host.match(/:(\d+)$/)?.[1] ?? (ctx.protocol === 'https' ? '443' : '80'),
+        timestamp: new Date().toISOString(),
+      }),
+    );
+    const span = startGrpcSpan(tracer, binding.method, instance, route.service, context.active(), metadata);
+    const call = { client: clientFor(instance), binding, message, metadata };
+    const settle = (code: grpc.status, error?: grpc.ServiceError) => {
+      endGrpcSpan(span, code, error);
+      // Like the HTTP proxy's passive health: an instance that cannot be reached or answer in time counts a failure.
+      if (code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED) pool.reportFailure(instance, error?.details ?? String(code));
+      else pool.reportSuccess(instance);
+    };
+    if (binding.method.serverStreaming) await streamCall(ctx, route, call, settle);
+    else await unaryCall(ctx, route, call, settle);
+  };
+}
+
+/** Runs `step`, turning a hostile path variable (400 bad_path) or input that does not fit the message (400 invalid_body) into catalog errors. */
+function refusingBadInput<T>(step: () => T): T {
+  try {
+    return step();
+  } catch (error) {
+    if (error instanceof PathVariableError) throw new GatewayError('bad_path', error.message);
+    if (error instanceof JsonMappingError) throw new GatewayError('invalid_body', error.message);
+    throw error;
+  }
+}
+
+interface Call {
+  client: grpc.Client;
+  binding: HttpBinding;
+  message: protobuf.Message;
+  metadata: grpc.Metadata;
+}
+type Settle = (code: grpc.status, error?: grpc.ServiceError) => void;
+
+/** The route's timeout is the whole unary call's deadline: nothing flows until the answer, so idle = whole. */
+async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, binding, message, metadata }: Call, settle: Settle): Promise<void> {
+  const { method } = binding;
+  const deadline = Date.now() + Math.min(route.timeoutMs, route.deadlineMs);
+  let clientGone = false;
+  const response = await new Promise<protobuf.Message | undefined>((resolve, reject) => {
+    const pending = client.makeUnaryRequest(method.path, serializer(method.requestType), deserializer(method.responseType), message, metadata, { deadline }, (error, value) => {
+      ctx.res.off('close', cancel);
+      settle(error ? error.code : grpc.status.OK, error ?? undefined);
+      // Cancelled because the client left: nobody to answer, and no upstream failure to report.
+      if (error && clientGone) resolve(undefined);
+      else if (error) reject(grpcFailure(route.service, error));
+      else resolve(value!);
+    });
+    // The client went away: the service need not finish the work.
+    const cancel = () => {
+      clientGone = true;
+      pending.cancel();
+    };
+    ctx.res.once('close', cancel);
+  });
+  if (response === undefined) return;
+  ctx.status = 200;
+  ctx.body = messageToJson(method.responseType, response);
+}
+
+/**
+ * Newline-delimited JSON, one message per line, with back-pressure (the call pauses while the client is
+ * slow). Until the first message the status is open, so an early failure is an ordinary problem response;
+ * after it, a failure is written as a last line `{"error": <problem>}` and the stream ends.
+ */
+async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, binding, message, metadata }: Call, settle: Settle): Promise<void> {
+  const { method } = binding;
+  const call = client.makeServerStreamRequest(method.path, serializer(method.requestType), deserializer(method.responseType), message, metadata, { deadline: Date.now() + route.deadlineMs });
+  const line = (value: unknown) => `${JSON.stringify(value)}\n`;
+  const cancel = () => call.cancel();
+  ctx.res.once('close', cancel);
+  const first = await new Promise<protobuf.Message | null>((resolve, reject) => {
+    const onData = (value: protobuf.Message) => {
+      call.off('error', onError).off('end', onEnd);
+      call.pause();
+      resolve(value);
+    };
+    const onError = (error: grpc.ServiceError) => {
+      call.off('data', onData).off('end', onEnd);
+      ctx.res.off('close', cancel);
+      settle(error.code, error);
+      reject(grpcFailure(route.service, error));
+    };
+    const onEnd = () => {
+      call.off('data', onData).off('error', onError);
+      resolve(null);
+    };
+    call.once('data', onData).once('error', onError).once('end', onEnd);
+  });
+  const out = new PassThrough();
+  ctx.status = 200;
+  ctx.type = NDJSON_CONTENT_TYPE;
+  ctx.set('Cache-Control', 'no-store');
+  ctx.body = out;
+  if (first === null) {
+    ctx.res.off('close', cancel);
+    settle(grpc.status.OK);
+    out.end();
+    return;
+  }
+  out.write(line(messageToJson(method.responseType, first)));
+  call.on('data', (value: protobuf.Message) => {
+    if (!out.write(line(messageToJson(method.responseType, value)))) call.pause();
+  });
+  out.on('drain', () => call.resume());
+  call.once('error', (error: grpc.ServiceError) => {
+    ctx.res.off('close', cancel);
+    settle(error.code, error);
+    if (error.code === grpc.status.CANCELLED && ctx.res.destroyed) return;
+    const failure = grpcFailure(route.service, error);
+    out.end(line({ error: problemBody(failure, ctx.state.requestId, ctx.originalUrl.split('?')[0]!) }));
+  });
+  call.once('end', () => {
+    ctx.res.off('close', cancel);
+    settle(grpc.status.OK);
+    out.end();
+  });
+  call.resume();
+}
+
+/**
+ * The JSON request body, or undefined when there is none. Only JSON is taken (415 otherwise), at most
+ * `limit` bytes (413), and it must parse (400).
+ */
+async function readJsonBody(ctx: KoaContext, limit: number): Promise<unknown> {
+  const declared = ctx.get('content-length');
+  if (declared === '0' || (declared === '' && !ctx.get('transfer-encoding'))) return undefined;
+  if (!ctx.is('application/json', '+json')) throw new GatewayError('unsupported_media_type', 'The request body must be application/json.');
+  if (declared !== '' && Number(declared) > limit) throw new GatewayError('payload_too_large', `The request body is larger than ${limit} bytes.`);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of ctx.req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) throw new GatewayError('payload_too_large', `The request body is larger than ${limit} bytes.`);
+    chunks.push(chunk);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (text.trim() === '') return undefined;
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    throw new GatewayError('invalid_body', 'The request body is not valid JSON.');
+  }
+}

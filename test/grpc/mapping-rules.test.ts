@@ -1,0 +1,122 @@
+import fc from 'fast-check';
+import { parseConfig } from '../../src/config';
+import { loadGrpcServiceMapping } from '../../src/grpc/http-rules';
+import { compileGrpcRoutes } from '../../src/grpc/route-mappings';
+import { shippedConfigFile, TEST_JWT_SECRET } from '../helpers/test-config';
+import { JsonMappingError, messageFromJson, messageToJson } from '../../src/grpc/json-mapping';
+import { matchPathTemplate, MAX_PATH_VARIABLE_LENGTH, parsePathTemplate, PathVariableError } from '../../src/grpc/path-template';
+import { MAPPING_PROTO, MAPPING_SERVICE } from './mapping-server';
+
+/** Rules of the REST <-> gRPC mapping that must hold for every input, checked over generated ones. */
+const RUNS = { seed: 15, numRuns: 300 };
+const mapping = loadGrpcServiceMapping(MAPPING_PROTO, MAPPING_SERVICE);
+const everything = mapping.bindings.find((binding) => binding.method.name === 'Echo')!.method.requestType;
+const roundTrip = (json: Record<string, unknown>) => messageToJson(everything, everything.decode(everything.encode(messageFromJson(everything, json)).finish())) as Record<string, unknown>;
+
+describe('path variables', () => {
+  const template = parsePathTemplate('/v1/things/{id}');
+  // eslint-disable-next-line no-control-regex
+  const refused = (value: string) => value === '' || value === '.' || value === '..' || /[/\\\u0000-\u001f\u007f]/.test(value) || value.length > MAX_PATH_VARIABLE_LENGTH;
+
+  it('give the service exactly the decoded segment, or are refused when the value could mean another resource', () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.string({ unit: 'grapheme', maxLength: 40 }), fc.constantFrom('..', '.', 'a/b', 'a\\b', 'x'.repeat(MAX_PATH_VARIABLE_LENGTH + 1))), (value) => {
+        const path = `/v1/things/${encodeURIComponent(value)}`;
+        let bound: string | undefined;
+        try {
+          bound = matchPathTemplate(template, path)?.[0]?.value;
+        } catch (error) {
+          expect(error).toBeInstanceOf(PathVariableError);
+          expect(refused(value)).toBe(true);
+          return;
+        }
+        expect(refused(value)).toBe(false);
+        expect(bound).toBe(value);
+      }),
+      RUNS,
+    );
+  });
+
+  it.each([
+    { desc: 'a verb', source: '/v1/things:cancel' },
+    { desc: '"**" before the end', source: '/v1/**/x' },
+    { desc: 'a dot segment', source: '/v1/../x' },
+    { desc: 'text around a variable', source: '/v1/x{id}' },
+    { desc: 'unbalanced braces', source: '/v1/{id' },
+    { desc: 'a relative path', source: 'v1/x' },
+  ])('refuses a template with $desc at start-up', ({ source }) => {
+    expect(() => parsePathTemplate(source)).toThrow(/path template/);
+  });
+});
+
+describe('the JSON mapping', () => {
+  it('keeps every int64 and uint64 digit for digit, and refuses values out of range', () => {
+    fc.assert(
+      fc.property(fc.bigInt({ min: -(2n ** 64n), max: 2n ** 65n }), (value) => {
+        const text = value.toString();
+        const signedOk = value >= -(2n ** 63n) && value < 2n ** 63n;
+        const unsignedOk = value >= 0n && value < 2n ** 64n;
+        if (signedOk) expect(roundTrip({ bigNumber: text }).bigNumber).toBe(text);
+        else expect(() => messageFromJson(everything, { bigNumber: text })).toThrow(JsonMappingError);
+        if (unsignedOk) expect(roundTrip({ unsignedBig: text }).unsignedBig).toBe(text);
+        else expect(() => messageFromJson(everything, { unsignedBig: text })).toThrow(JsonMappingError);
+      }),
+      RUNS,
+    );
+  });
+
+  it('gives back every Timestamp from 0001 to 9999 as the same instant, in UTC', () => {
+    fc.assert(
+      fc.property(fc.date({ min: new Date('0001-01-01T00:00:00Z'), max: new Date('9999-12-31T23:59:59.999Z'), noInvalidDate: true }), (date) => {
+        const iso = date.toISOString();
+        const back = roundTrip({ createdAt: iso }).createdAt as string;
+        expect(Date.parse(back)).toBe(date.getTime());
+        expect(back.endsWith('Z')).toBe(true);
+      }),
+      RUNS,
+    );
+  });
+
+  it('gives back every Struct of JSON values as it was', () => {
+    fc.assert(
+      fc.property(fc.dictionary(fc.string({ maxLength: 8 }), fc.jsonValue({ maxDepth: 4 })), (extra) => {
+        // JSON has no -0 and protobuf doubles keep it; compare as JSON text.
+        expect(JSON.stringify(roundTrip({ extra }).extra)).toBe(JSON.stringify(JSON.parse(JSON.stringify(extra))));
+      }),
+      RUNS,
+    );
+  });
+});
+
+describe('start-up', () => {
+  const withGrpcRoute = (grpc: Record<string, unknown>) => {
+    const shipped = shippedConfigFile() as { routes: unknown[] };
+    return parseConfig({ ...shipped, routes: [...shipped.routes, { name: 'broken', prefix: '/api/broken', service: 'users', upstreamPath: '/v1', grpc }] }, { JWT_SECRET: TEST_JWT_SECRET });
+  };
+
+  it.each([
+    { desc: 'a proto file that does not exist', grpc: { proto: 'proto/missing.proto', service: 'a.B' }, message: /routes\.\d+\.grpc: proto proto\/missing\.proto/ },
+    { desc: 'a service the proto does not define', grpc: { proto: MAPPING_PROTO, service: 'koagateway.test.v1.Nope' }, message: /routes\.\d+\.grpc: .*no service koagateway\.test\.v1\.Nope/ },
+  ])('stops with the route named for $desc', ({ grpc, message }) => {
+    expect(() => compileGrpcRoutes(withGrpcRoute(grpc))).toThrow(message);
+  });
+
+  it('refuses a service name that is not fully qualified in the config itself', () => {
+    expect(() => withGrpcRoute({ proto: MAPPING_PROTO, service: 'Mapping' })).toThrow(/routes\.\d+\.grpc\.service: must be a fully qualified service name/);
+  });
+
+  it.each([
+    { desc: 'a response cache', key: 'cache', value: { ttlSeconds: 30 } },
+    { desc: 'header rules', key: 'headers', value: { request: { remove: ['cookie'] } } },
+  ])('refuses $desc on a grpc route (they never run for it)', ({ key, value }) => {
+    const shipped = shippedConfigFile() as { routes: unknown[] };
+    const route = { name: 'broken', prefix: '/api/broken', service: 'users', upstreamPath: '/v1', grpc: { proto: MAPPING_PROTO, service: MAPPING_SERVICE }, [key]: value };
+    expect(() => parseConfig({ ...shipped, routes: [...shipped.routes, route] }, { JWT_SECRET: TEST_JWT_SECRET })).toThrow(new RegExp(`routes\\.\\d+\\.${key}: does not apply to a grpc route`));
+  });
+
+  it('compiles the shipped notifications route, and only the annotated methods', () => {
+    const compiled = compileGrpcRoutes(parseConfig(shippedConfigFile(), { JWT_SECRET: TEST_JWT_SECRET }));
+    const names = compiled.get('notifications-grpc')!.mapping.bindings.map((binding) => `${binding.httpMethod} ${binding.template.source} ${binding.method.name}`);
+    expect(names.sort()).toEqual(['GET /v1/notifications ListNotifications', 'GET /v1/notifications/stream StreamNotifications', 'GET /v1/notifications/{id} GetNotification']);
+  });
+});

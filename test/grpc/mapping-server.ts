@@ -1,0 +1,81 @@
+import * as grpc from '@grpc/grpc-js';
+import { bindGrpcServer, grpcError, grpcServiceDefinition } from '../../services/shared/grpc-service';
+
+export const MAPPING_PROTO = 'test/fixtures/transcoding.proto';
+export const MAPPING_SERVICE = 'koagateway.test.v1.Mapping';
+
+export interface MappingServer {
+  /** `http://127.0.0.1:port`, as the gateway's `services` names it. */
+  url: string;
+  /** Every call's method, decoded request (plain object) and metadata, in arrival order. */
+  calls: { method: string; request: Record<string, unknown>; metadata: Record<string, string> }[];
+  /** Calls the server saw cancelled (the client went away or its deadline passed). */
+  cancelled: string[];
+  close(): Promise<void>;
+}
+
+/** A real gRPC server of test/fixtures/transcoding.proto on a free loopback port, recording what it receives. */
+export async function startMappingServer(): Promise<MappingServer> {
+  const server = new grpc.Server();
+  const calls: MappingServer['calls'] = [];
+  const cancelled: string[] = [];
+  const record = (method: string, call: grpc.ServerUnaryCall<Record<string, unknown>, unknown> | grpc.ServerWritableStream<Record<string, unknown>, unknown>) => {
+    calls.push({ method, request: call.request, metadata: stringEntries(call.metadata) });
+    call.on('cancelled', () => cancelled.push(method));
+  };
+  type Unary = grpc.ServerUnaryCall<Record<string, unknown>, unknown>;
+  server.addService(grpcServiceDefinition(MAPPING_PROTO, MAPPING_SERVICE), {
+    Echo(call: Unary, callback: grpc.sendUnaryData<unknown>) {
+      record('Echo', call);
+      callback(null, call.request);
+    },
+    Fail(call: Unary, callback: grpc.sendUnaryData<unknown>) {
+      record('Fail', call);
+      callback(grpcError(Number(call.request.code), String(call.request.message)));
+    },
+    Slow(call: Unary, callback: grpc.sendUnaryData<unknown>) {
+      record('Slow', call);
+      const timer = setTimeout(() => callback(null, {}), Math.min(Number(call.request.delayMs), 10_000));
+      call.on('cancelled', () => clearTimeout(timer));
+    },
+    Metadata(call: Unary, callback: grpc.sendUnaryData<unknown>) {
+      record('Metadata', call);
+      callback(null, { entries: stringEntries(call.metadata) });
+    },
+    Count(call: grpc.ServerWritableStream<Record<string, unknown>, unknown>) {
+      record('Count', call);
+      const count = Math.min(Number(call.request.count), 10_000);
+      const failWith = Number(call.request.failWith);
+      const delayMs = Number(call.request.delayMs);
+      let n = 0;
+      const step = () => {
+        if (call.cancelled) return;
+        if (n < count) {
+          n++;
+          call.write({ n, at: { seconds: 1_700_000_000 + n, nanos: 0 } });
+          if (delayMs > 0) setTimeout(step, delayMs);
+          else setImmediate(step);
+        } else if (failWith) {
+          call.emit('error', grpcError(failWith, `failed after ${count}`));
+        } else {
+          call.end();
+        }
+      };
+      step();
+    },
+    Hidden(_call: Unary, callback: grpc.sendUnaryData<unknown>) {
+      callback(null, {});
+    },
+  });
+  const port = await bindGrpcServer(server, '127.0.0.1', 0);
+  return {
+    url: `http://127.0.0.1:${port}`,
+    calls,
+    cancelled,
+    close: () => new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
+  };
+}
+
+function stringEntries(metadata: grpc.Metadata): Record<string, string> {
+  return Object.fromEntries(Object.entries(metadata.getMap()).flatMap(([key, value]) => (typeof value === 'string' ? [[key, value]] : [])));
+}

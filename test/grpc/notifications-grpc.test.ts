@@ -1,0 +1,133 @@
+import * as grpc from '@grpc/grpc-js';
+import { createGatewayApps } from '../../src/gateway';
+import { HEADER, SERVICE_NAME } from '../../otel/wire-names';
+import { createApp as createNotificationsApp } from '../../services/notifications/app';
+import { createGrpcServer } from '../../services/notifications/grpc-server';
+import { createNotificationStore } from '../../services/notifications/notification-store';
+import { createApp as createOrdersApp } from '../../services/orders/app';
+import { createApp as createUsersApp } from '../../services/users/app';
+import { bindGrpcServer } from '../../services/shared/grpc-service';
+import { login } from '../helpers/stack';
+import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
+import { testConfig } from '../helpers/test-config';
+
+/**
+ * The example's gRPC path, in-process and black-box over HTTP: the shipped route `/api/v1/notifications`
+ * translated to notification-service's gRPC interface, and order-service notifying over gRPC.
+ */
+describe('notification-service over gRPC, through the shipped gateway config', () => {
+  let grpcServer: grpc.Server;
+  let servers: TestServer[];
+  let gatewayUrl: string;
+  let token: string;
+  const ordersLogs = memoryLogger(SERVICE_NAME.orders);
+  const notificationsLogs = memoryLogger(SERVICE_NAME.notifications);
+
+  beforeAll(async () => {
+    const store = createNotificationStore();
+    grpcServer = createGrpcServer({ logger: notificationsLogs.logger, store });
+    const grpcUrl = `http://127.0.0.1:${await bindGrpcServer(grpcServer, '127.0.0.1', 0)}`;
+    const quiet = memoryLogger('quiet').logger;
+    const users = await listen((await createUsersApp({ logger: quiet })).callback());
+    // The HTTP interface is given a closed port for order-service: a notification that arrives came over gRPC.
+    const notifications = await listen(createNotificationsApp({ logger: notificationsLogs.logger, store }).callback());
+    const orders = await listen(createOrdersApp({ logger: ordersLogs.logger, usersUrl: users.url, notificationsUrl: await refusedOrigin(), notificationsGrpcUrl: grpcUrl }).callback());
+    const config = testConfig({ users: users.url, orders: orders.url, notifications: notifications.url }, {}, { NOTIF_GRPC_SERVICE_URL: grpcUrl });
+    const gateway = await listen(createGatewayApps(config, { logger: quiet, metrics: false }).gateway.callback());
+    servers = [users, notifications, orders, gateway];
+    gatewayUrl = gateway.url;
+    token = await login(gatewayUrl);
+  });
+  afterAll(async () => {
+    await Promise.all(servers.map((server) => server.close()));
+    await new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve()));
+  });
+
+  const get = (path: string, headers: Record<string, string> = { authorization: `Bearer ${token}` }) => fetch(`${gatewayUrl}${path}`, { headers });
+
+  async function createOrder(): Promise<string> {
+    const response = await fetch(`${gatewayUrl}/api/orders`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ items: [{ sku: 'book-42', quantity: 1 }] }),
+    });
+    expect(response.status).toBe(201);
+    return ((await response.json()) as { id: string }).id;
+  }
+
+  it('lists the notification order-service sent over gRPC, in the JSON mapping, on both interfaces', async () => {
+    const orderId = await createOrder();
+    const response = await get('/api/v1/notifications');
+    expect(response.status).toBe(200);
+    const { notifications } = (await response.json()) as { notifications: Record<string, string>[] };
+    const mine = notifications.find((notification) => notification.orderId === orderId);
+    expect(mine).toEqual({ id: expect.any(String), userId: '1', type: 'order.created', message: `Order ${orderId} was created.`, orderId, createdAt: expect.stringMatching(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z$/) });
+    // The HTTP route serves the same store.
+    const overHttp = (await (await get('/api/notifications')).json()) as { id: string }[];
+    expect(overHttp.map((notification) => notification.id)).toContain(mine!.id);
+  });
+
+  it('filters by a query parameter and gets one notification by a path variable', async () => {
+    const orderId = await createOrder();
+    const { notifications } = (await (await get('/api/v1/notifications?type=order.created')).json()) as { notifications: { id: string; orderId: string }[] };
+    const id = notifications.find((notification) => notification.orderId === orderId)!.id;
+    const one = await get(`/api/v1/notifications/${id}`);
+    expect(one.status).toBe(200);
+    expect(await one.json()).toMatchObject({ id, orderId });
+    expect(((await (await get('/api/v1/notifications?type=other')).json()) as { notifications: unknown[] }).notifications).toEqual([]);
+  });
+
+  it("answers 404 grpc_not_found for an unknown id and for someone else's notification", async () => {
+    await createOrder();
+    const { notifications } = (await (await get('/api/v1/notifications')).json()) as { notifications: { id: string }[] };
+    const bob = await login(gatewayUrl, 'bob@example.com', 'builder');
+    for (const response of [await get('/api/v1/notifications/no-such-id'), await get(`/api/v1/notifications/${notifications[0]!.id}`, { authorization: `Bearer ${bob}` })]) {
+      expect(response.status).toBe(404);
+      expect(await response.json()).toMatchObject({ code: 'grpc_not_found', requestId: response.headers.get(HEADER.requestId) });
+    }
+  });
+
+  it('streams the notifications as newline-delimited JSON', async () => {
+    await createOrder();
+    const response = await get('/api/v1/notifications/stream');
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toBe('application/x-ndjson');
+    const lines = (await response.text()).trim().split('\n').map((line) => JSON.parse(line) as { userId: string; type: string });
+    expect(lines.length).toBeGreaterThan(0);
+    expect(lines.every((line) => line.userId === '1' && line.type === 'order.created')).toBe(true);
+  });
+
+  it.each([
+    { desc: 'without a token', path: '/api/v1/notifications', init: {}, status: 401 },
+    { desc: 'a POST (the route takes GET; CreateNotification has no HTTP mapping)', path: '/api/v1/notifications', init: { method: 'POST', body: '{}' }, status: 405 },
+  ])('refuses a request $desc with $status', async ({ path, init, status }) => {
+    const response = await fetch(`${gatewayUrl}${path}`, { ...init, headers: { 'content-type': 'application/json', ...(status === 405 ? { authorization: `Bearer ${token}` } : {}) } });
+    expect(response.status).toBe(status);
+  });
+
+  it("logs one line per gRPC call with the gateway's request id", async () => {
+    const response = await get('/api/v1/notifications');
+    const requestId = response.headers.get(HEADER.requestId);
+    expect(notificationsLogs.lines).toContainEqual(expect.objectContaining({ message: 'rpc handled', rpc: 'ListNotifications', grpc_status: 'OK', request_id: requestId }));
+  });
+});
+
+describe('order-service with notification-service unreachable over gRPC', () => {
+  it('still creates the order, logging the notification failure', async () => {
+    const quiet = memoryLogger('quiet').logger;
+    const { logger, lines } = memoryLogger(SERVICE_NAME.orders);
+    const users = await listen((await createUsersApp({ logger: quiet })).callback());
+    const orders = await listen(createOrdersApp({ logger, usersUrl: users.url, notificationsUrl: await refusedOrigin(), notificationsGrpcUrl: await refusedOrigin() }).callback());
+    try {
+      const response = await fetch(`${orders.url}/orders`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', [HEADER.userId]: '1', [HEADER.userRole]: 'admin', [HEADER.userEmail]: 'alice@example.com', [HEADER.requestId]: 'grpc-down-1' },
+        body: JSON.stringify({ items: [{ sku: 'a', quantity: 1 }] }),
+      });
+      expect(response.status).toBe(201);
+      expect(lines).toContainEqual(expect.objectContaining({ message: 'notification-service unreachable' }));
+    } finally {
+      await Promise.all([users.close(), orders.close()]);
+    }
+  });
+});

@@ -1,0 +1,363 @@
+import http from 'node:http';
+import { SpanKind } from '@opentelemetry/api';
+import { createGatewayApps } from '../../src/gateway';
+import { ATTR, HEADER } from '../../otel/wire-names';
+import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
+import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
+import { shippedConfigFile, testConfig } from '../helpers/test-config';
+import { signToken } from '../helpers/tokens';
+import { MAPPING_PROTO, MAPPING_SERVICE, startMappingServer, type MappingServer } from './mapping-server';
+
+/**
+ * REST/JSON -> gRPC through the real gateway, against a real gRPC server of test/fixtures/transcoding.proto
+ * that answers with what it decoded and records the metadata it received.
+ */
+describe('gRPC transcoding', () => {
+  let service: MappingServer;
+  let gateway: TestServer;
+  let tracing: InMemoryTracing;
+  const gatewayLogs = memoryLogger('gateway');
+  const grpc = { proto: MAPPING_PROTO, service: MAPPING_SERVICE };
+
+  beforeAll(async () => {
+    tracing = startInMemoryTracing();
+    service = await startMappingServer();
+    const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
+    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
+      services: { ...shipped.services, mapping: { url: service.url }, 'mapping-down': { url: await refusedOrigin() } },
+      routes: [
+        ...shipped.routes,
+        { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', timeoutMs: 400, grpc },
+        { name: 'mapping-private', prefix: '/api/private-mapping', service: 'mapping', upstreamPath: '/v1', grpc },
+        { name: 'mapping-down', prefix: '/api/down-mapping', service: 'mapping-down', upstreamPath: '/v1', auth: 'public', grpc },
+      ],
+    });
+    const apps = createGatewayApps(config, { logger: gatewayLogs.logger, tracer: tracing.tracer, metrics: false });
+    gateway = await listen(apps.gateway.callback());
+  });
+  afterAll(async () => {
+    await gateway.close();
+    await service.close();
+    await tracing.shutdown();
+  });
+
+  const call = (path: string, init: RequestInit = {}) => fetch(`${gateway.url}${path}`, init);
+  const postJson = (path: string, body: unknown, method = 'POST') => call(path, { method, headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+  const lastCall = () => service.calls.at(-1)!;
+
+  describe('maps the request by the proto annotations', () => {
+    it('binds a path variable and the whole body, keeping int64 digits beyond 2^53', async () => {
+      const response = await postJson('/api/mapping/things/abc', { id: 'overridden-by-path', bigNumber: '9007199254740993', unsignedBig: '18446744073709551615', smallNumber: -7, flag: true, ratio: 0.25, color: 'COLOR_BLUE', tags: ['x', 'y'] });
+      expect(response.status).toBe(200);
+      expect(response.headers.get('content-type')).toMatch(/^application\/json/);
+      expect(await response.json()).toMatchObject({ id: 'abc', bigNumber: '9007199254740993', unsignedBig: '18446744073709551615', smallNumber: -7, flag: true, ratio: 0.25, color: 'COLOR_BLUE', tags: ['x', 'y'] });
+      expect(lastCall().request).toMatchObject({ id: 'abc', bigNumber: '9007199254740993', unsignedBig: '18446744073709551615' });
+    });
+
+    it('binds a nested path variable and the rest from query parameters (nested, repeated, snake_case names)', async () => {
+      const query = 'tags=a&tags=b&owner.displayName=Ann&color=COLOR_RED&numbers=1&numbers=-2&flag=true&big_number=-5&createdAt=2026-01-31T12:00:00.5Z&ttl=1.5s&maybeCount=7&maybeFlag=false&colors=COLOR_RED&colors=COLOR_BLUE';
+      const response = await call(`/api/mapping/things/t1/owners/o%20x?${query}`);
+      expect(response.status).toBe(200);
+      expect(await response.json()).toMatchObject({
+        id: 't1',
+        owner: { id: 'o x', displayName: 'Ann' },
+        tags: ['a', 'b'],
+        numbers: ['1', '-2'],
+        color: 'COLOR_RED',
+        colors: ['COLOR_RED', 'COLOR_BLUE'],
+        flag: true,
+        bigNumber: '-5',
+        createdAt: '2026-01-31T12:00:00.500Z',
+        ttl: '1.500s',
+        maybeCount: 7,
+        maybeFlag: false,
+      });
+    });
+
+    it('binds the body to the one field the annotation names', async () => {
+      const response = await postJson('/api/mapping/things/t2/note', { text: 'hello' }, 'PUT');
+      expect(response.status).toBe(200);
+      expect(await response.json()).toMatchObject({ id: 't2', note: { text: 'hello' } });
+    });
+
+    it('binds a multi-segment variable (`{id=files/**}`)', async () => {
+      const response = await call('/api/mapping/files/files/a/b.txt');
+      expect(response.status).toBe(200);
+      expect(await response.json()).toMatchObject({ id: 'files/a/b.txt' });
+    });
+
+    it('writes the well-known types, bytes, maps and unset fields in their JSON forms', async () => {
+      const sent = {
+        blob: Buffer.from('hello, world').toString('base64'),
+        labels: { team: 'edge', tier: 'gold' },
+        owners: [{ id: '1', displayName: 'A' }, { id: '2' }],
+        createdAt: '2026-02-03T04:05:06+02:00',
+        ttl: '-0.000000001s',
+        maybeName: 'named',
+        extra: { nested: { list: [1, 'two', true, null] }, n: 3.5 },
+        anything: ['a', { b: false }],
+        updateMask: 'displayName,owner.id',
+      };
+      const response = await postJson('/api/mapping/things/wkt', sent);
+      expect(response.status).toBe(200);
+      const body = (await response.json()) as Record<string, unknown>;
+      expect(body).toMatchObject({ ...sent, owners: [{ id: '1', displayName: 'A' }, { id: '2', displayName: '' }], createdAt: '2026-02-03T02:05:06Z' });
+      // Unset scalars are their defaults; unset messages and wrappers are null.
+      expect(body).toMatchObject({ smallNumber: 0, bigNumber: '0', flag: false, color: 'COLOR_UNSPECIFIED', owner: null, maybeCount: null, note: null });
+    });
+
+    it('answers a method with an Empty request from the path alone', async () => {
+      const response = await call('/api/mapping/metadata');
+      expect(response.status).toBe(200);
+      expect(await response.json()).toEqual({ entries: expect.any(Object) });
+    });
+  });
+
+  describe('refuses what does not fit, before the service sees it', () => {
+    it.each([
+      { desc: 'malformed JSON', body: '{"id": ', status: 400, code: 'invalid_body' },
+      { desc: 'a JSON array for body "*"', body: '[1,2]', status: 400, code: 'invalid_body' },
+      { desc: 'a string in an int32 field', body: { smallNumber: 'abc' }, status: 400, code: 'invalid_body' },
+      { desc: 'a fraction in an int32 field', body: { smallNumber: 1.5 }, status: 400, code: 'invalid_body' },
+      { desc: 'an int64 beyond its range', body: { bigNumber: '9223372036854775808' }, status: 400, code: 'invalid_body' },
+      { desc: 'a negative uint64', body: { unsignedBig: '-1' }, status: 400, code: 'invalid_body' },
+      { desc: 'an unknown field', body: { nope: 1 }, status: 400, code: 'invalid_body' },
+      { desc: 'an unknown enum name', body: { color: 'COLOR_GREEN' }, status: 400, code: 'invalid_body' },
+      { desc: 'a timestamp that is not RFC 3339', body: { createdAt: 'yesterday' }, status: 400, code: 'invalid_body' },
+      { desc: 'an impossible date', body: { createdAt: '2026-02-30T00:00:00Z' }, status: 400, code: 'invalid_body' },
+      { desc: 'a duration without unit', body: { ttl: '5' }, status: 400, code: 'invalid_body' },
+      { desc: 'bytes that are not base64', body: { blob: 'not base64!' }, status: 400, code: 'invalid_body' },
+      { desc: 'a string for a repeated field', body: { tags: 'x' }, status: 400, code: 'invalid_body' },
+      { desc: 'a number for a string field', body: { maybeName: 5 }, status: 400, code: 'invalid_body' },
+      { desc: 'a struct nested 40 levels deep', body: { extra: JSON.parse('{"a":'.repeat(40) + '1' + '}'.repeat(40)) as unknown }, status: 400, code: 'invalid_body' },
+    ])('answers $desc with $status $code', async ({ body, status, code }) => {
+      const before = service.calls.length;
+      const response = await postJson('/api/mapping/things/bad', body);
+      expect(response.status).toBe(status);
+      expect(response.headers.get('content-type')).toBe('application/problem+json');
+      expect(await response.json()).toMatchObject({ status, code, requestId: response.headers.get(HEADER.requestId) });
+      expect(service.calls.length).toBe(before);
+    });
+
+    it('answers a body that is not JSON with 415', async () => {
+      const response = await call('/api/mapping/things/x', { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'id=1' });
+      expect(response.status).toBe(415);
+    });
+
+    it.each([
+      { desc: 'an unknown query parameter', query: 'nope=1' },
+      { desc: 'a query parameter naming a message', query: 'owner=x' },
+      { desc: 'a query parameter re-binding a path variable', query: 'id=other' },
+      { desc: 'a bool that is not true/false', query: 'flag=yes' },
+      { desc: 'a query parameter for the field the body binds', query: 'note.text=x', path: '/api/mapping/things/t/note', method: 'PUT' },
+    ])('answers $desc with 400', async ({ query, path = '/api/mapping/things/t/owners/o', method = 'GET' }) => {
+      const before = service.calls.length;
+      const response = method === 'GET' ? await call(`${path}?${query}`) : await postJson(`${path}?${query}`, { text: 'x' }, method);
+      expect(response.status).toBe(400);
+      expect(service.calls.length).toBe(before);
+    });
+
+    it.each([
+      { desc: 'an encoded slash', segment: 'a%2Fb' },
+      { desc: 'an encoded backslash', segment: 'a%5Cb' },
+      { desc: 'a dot-dot segment', segment: '..' },
+      { desc: 'an encoded dot-dot segment', segment: '%2e%2e' },
+      { desc: 'an encoded NUL', segment: 'a%00b' },
+      { desc: 'an encoded newline', segment: 'a%0Ab' },
+      { desc: 'malformed percent-encoding', segment: 'a%zzb' },
+      { desc: 'a value over 1024 characters', segment: 'x'.repeat(1025) },
+    ])('refuses a path variable with $desc (400), reaching no service', async ({ segment }) => {
+      const before = service.calls.length;
+      // Raw, as an attacker sends it: fetch would resolve `..` before sending.
+      const status = await rawPost(gateway.url, `/api/mapping/things/${segment}`, '{}');
+      expect(status).toBe(400);
+      expect(service.calls.length).toBe(before);
+    });
+
+    it('answers 404 for a path no annotation maps and 405 with Allow for another method', async () => {
+      expect((await call('/api/mapping/unknown')).status).toBe(404);
+      const wrongMethod = await call('/api/mapping/things/x', { method: 'DELETE' });
+      expect(wrongMethod.status).toBe(405);
+      expect(wrongMethod.headers.get('allow')).toBe('POST');
+    });
+  });
+
+  describe('maps gRPC statuses to HTTP', () => {
+    it.each([
+      { grpc: 'CANCELLED', number: 1, status: 502, code: 'upstream_bad_response' },
+      { grpc: 'UNKNOWN', number: 2, status: 502, code: 'upstream_bad_response' },
+      { grpc: 'INVALID_ARGUMENT', number: 3, status: 400, code: 'grpc_invalid_argument' },
+      { grpc: 'DEADLINE_EXCEEDED', number: 4, status: 504, code: 'upstream_timeout' },
+      { grpc: 'NOT_FOUND', number: 5, status: 404, code: 'grpc_not_found' },
+      { grpc: 'ALREADY_EXISTS', number: 6, status: 409, code: 'grpc_already_exists' },
+      { grpc: 'PERMISSION_DENIED', number: 7, status: 403, code: 'grpc_permission_denied' },
+      { grpc: 'RESOURCE_EXHAUSTED', number: 8, status: 429, code: 'grpc_resource_exhausted' },
+      { grpc: 'FAILED_PRECONDITION', number: 9, status: 400, code: 'grpc_failed_precondition' },
+      { grpc: 'ABORTED', number: 10, status: 409, code: 'grpc_aborted' },
+      { grpc: 'OUT_OF_RANGE', number: 11, status: 400, code: 'grpc_out_of_range' },
+      { grpc: 'UNIMPLEMENTED', number: 12, status: 501, code: 'upstream_unimplemented' },
+      { grpc: 'INTERNAL', number: 13, status: 502, code: 'upstream_bad_response' },
+      { grpc: 'UNAVAILABLE', number: 14, status: 503, code: 'upstream_unavailable' },
+      { grpc: 'DATA_LOSS', number: 15, status: 502, code: 'upstream_bad_response' },
+      { grpc: 'UNAUTHENTICATED', number: 16, status: 401, code: 'grpc_unauthenticated' },
+    ])('answers $grpc with $status $code', async ({ number, status, code }) => {
+      const message = `service says ${code} (secret-internal-detail)`;
+      const response = await postJson('/api/mapping/fail', { code: number, message });
+      expect(response.status).toBe(status);
+      expect(response.headers.get('content-type')).toBe('application/problem+json');
+      const body = (await response.json()) as { detail: string; code: string; requestId: string };
+      expect(body).toMatchObject({ status, code, requestId: response.headers.get(HEADER.requestId) });
+      // The service's words reach the client only where they are about the client's request (4xx).
+      if (status < 500) expect(body.detail).toBe(message);
+      else expect(body.detail).not.toContain('secret-internal-detail');
+      if (status === 503) expect(response.headers.get('retry-after')).toBe('1');
+    });
+
+    it('bounds a long service message in the detail', async () => {
+      const response = await postJson('/api/mapping/fail', { code: 5, message: `m${'x'.repeat(5000)}` });
+      expect(response.status).toBe(404);
+      expect(((await response.json()) as { detail: string }).detail.length).toBeLessThanOrEqual(256);
+    });
+
+    it("answers 504 when the service outlives the route's timeout (the gRPC deadline), and the service sees the call end", async () => {
+      const response = await call('/api/mapping/slow?delayMs=3000');
+      expect(response.status).toBe(504);
+      expect(await response.json()).toMatchObject({ code: 'upstream_timeout' });
+      await waitFor(() => service.cancelled.includes('Slow'));
+    });
+
+    it('cancels a unary call when the client goes away, reporting no upstream failure', async () => {
+      const requestId = 'a1b2c3d4e5f60718293a4b5c6d7e8f90';
+      const controller = new AbortController();
+      const pending = call('/api/mapping/slow?delayMs=3000', { signal: controller.signal, headers: { [HEADER.requestId]: requestId } }).catch(() => undefined);
+      await waitFor(() => service.calls.some((each) => each.metadata[HEADER.requestId] === requestId));
+      controller.abort();
+      await pending;
+      // The SERVER span ends once the chain returned: by then a failure would have been recorded on it.
+      const serverSpan = () => tracing.spans().find((span) => span.kind === SpanKind.SERVER && span.attributes[ATTR.requestId] === requestId);
+      await waitFor(() => serverSpan() !== undefined);
+      expect(serverSpan()!.attributes[ATTR.errorCode]).toBeUndefined();
+      expect(gatewayLogs.lines.filter((line) => line.message === 'request failed' && line.request_id === requestId)).toEqual([]);
+    });
+
+    it('answers 503 with Retry-After when the service is down', async () => {
+      const response = await postJson('/api/down-mapping/things/x', {});
+      expect(response.status).toBe(503);
+      expect(response.headers.get('retry-after')).toBe('1');
+      expect(await response.json()).toMatchObject({ code: 'upstream_unavailable', requestId: response.headers.get(HEADER.requestId) });
+    });
+  });
+
+  describe('metadata', () => {
+    const forged = { 'x-user-id': '999', 'x-user-role': 'admin', 'x-user-email': 'mallory@example.com', 'x-gateway-timestamp': 'forged', 'x-request-id': 'client-chosen-id-1' };
+
+    it('strips identity metadata a client forges on a public route, and carries the request id', async () => {
+      const response = await call('/api/mapping/metadata', { headers: { ...forged, 'x-custom': 'kept' } });
+      expect(response.status).toBe(200);
+      const { entries } = (await response.json()) as { entries: Record<string, string> };
+      expect(entries).not.toHaveProperty('x-user-id');
+      expect(entries).not.toHaveProperty('x-user-role');
+      expect(entries).not.toHaveProperty('x-user-email');
+      expect(entries['x-gateway-timestamp']).not.toBe('forged');
+      expect(entries['x-request-id']).toBe(response.headers.get(HEADER.requestId));
+      expect(entries['x-custom']).toBe('kept');
+      expect(entries).not.toHaveProperty('authorization');
+    });
+
+    it("injects the verified caller's identity, replacing forged values, and never forwards the credential", async () => {
+      const token = await signToken({ subject: '7', claims: { email: 'seven@example.com', role: 'user' } });
+      const response = await call('/api/private-mapping/metadata', { headers: { ...forged, authorization: `Bearer ${token}` } });
+      expect(response.status).toBe(200);
+      const { entries } = (await response.json()) as { entries: Record<string, string> };
+      expect(entries).toMatchObject({ 'x-user-id': '7', 'x-user-role': 'user', 'x-user-email': 'seven@example.com' });
+      expect(entries).not.toHaveProperty('authorization');
+    });
+
+    it('refuses the authenticated route without a token, before the service', async () => {
+      const before = service.calls.length;
+      expect((await call('/api/private-mapping/metadata')).status).toBe(401);
+      expect(service.calls.length).toBe(before);
+    });
+
+    it("sends the gateway's CLIENT span as traceparent, in the request's trace", async () => {
+      tracing.reset();
+      const response = await call('/api/mapping/metadata');
+      const { entries } = (await response.json()) as { entries: Record<string, string> };
+      const [, traceId, parentId] = /^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/.exec(entries.traceparent ?? '') ?? [];
+      await waitFor(() => tracing.spans().some((span) => span.kind === SpanKind.SERVER));
+      const client = tracing.spans().find((span) => span.kind === SpanKind.CLIENT)!;
+      const server = tracing.spans().find((span) => span.kind === SpanKind.SERVER)!;
+      expect(client.name).toBe(`grpc.${MAPPING_SERVICE}/Metadata`);
+      expect(client.attributes).toMatchObject({ 'rpc.system': 'grpc', 'rpc.service': MAPPING_SERVICE, 'rpc.method': 'Metadata', 'rpc.grpc.status_code': 0 });
+      expect(client.spanContext().traceId).toBe(server.spanContext().traceId);
+      expect(traceId).toBe(client.spanContext().traceId);
+      expect(parentId).toBe(client.spanContext().spanId);
+    });
+  });
+
+  describe('server streaming (newline-delimited JSON)', () => {
+    const lines = (text: string) => text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>);
+
+    it('answers one JSON message per line', async () => {
+      const response = await call('/api/mapping/count/3');
+      expect(response.status).toBe(200);
+      expect(response.headers.get('content-type')).toBe('application/x-ndjson');
+      expect(lines(await response.text())).toEqual([1, 2, 3].map((n) => ({ n, at: new Date((1_700_000_000 + n) * 1000).toISOString().replace('.000', '') })));
+    });
+
+    it('answers an empty stream with 200 and no lines', async () => {
+      const response = await call('/api/mapping/count/0');
+      expect(response.status).toBe(200);
+      expect(await response.text()).toBe('');
+    });
+
+    it('ends a stream that fails midway with an error line', async () => {
+      const response = await call('/api/mapping/count/2?failWith=5');
+      expect(response.status).toBe(200);
+      const received = lines(await response.text());
+      expect(received).toHaveLength(3);
+      expect(received[2]).toEqual({ error: expect.objectContaining({ status: 404, code: 'grpc_not_found', detail: 'failed after 2', requestId: response.headers.get(HEADER.requestId) }) });
+    });
+
+    it('answers a stream that fails before its first message with a problem response', async () => {
+      const response = await call('/api/mapping/count/0?failWith=7');
+      expect(response.status).toBe(403);
+      expect(response.headers.get('content-type')).toBe('application/problem+json');
+    });
+
+    it('cancels the call when the client goes away mid-stream', async () => {
+      const controller = new AbortController();
+      const response = await call('/api/mapping/count/10000?delayMs=20', { signal: controller.signal });
+      const reader = response.body!.getReader();
+      await reader.read();
+      controller.abort();
+      await waitFor(() => service.cancelled.includes('Count'));
+    });
+
+    it('carries more messages than fit in one buffer, in order', async () => {
+      const response = await call('/api/mapping/count/2000');
+      const received = lines(await response.text());
+      expect(received).toHaveLength(2000);
+      expect(received.map((line) => line.n)).toEqual(Array.from({ length: 2000 }, (_, index) => index + 1));
+    });
+  });
+});
+
+function rawPost(origin: string, path: string, body: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const request = http.request(`${origin}/`, { method: 'POST', path, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (response) => {
+      response.resume();
+      resolve(response.statusCode!);
+    });
+    request.on('error', reject);
+    request.end(body);
+  });
+}
+
+async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
