@@ -1,0 +1,269 @@
+import { trace } from '@opentelemetry/api';
+import type { Context, Middleware } from 'koa';
+import type { Counter } from 'prom-client';
+import type { Logger } from '../../otel/logger';
+import { ATTR, CACHE_RESULTS, HEADER, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
+import { isGatewayError } from '../errors';
+import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
+import type { GatewayMetrics } from '../metrics';
+import { cacheKey, currentAge, isFresh, parseCacheControl, requestHeaderValue, storability, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
+import type { CacheKey, ResponseStore } from '../response-store';
+import { endToEndHeaders } from '../upstream-headers';
+
+export interface ResponseCacheOptions {
+  /** The `cache` of each route that has one, by route name. */
+  routes: ReadonlyMap<string, RouteCacheConfig>;
+  store: ResponseStore;
+  /** Response header naming the result (`X-Cache`). */
+  statusHeader: string;
+  /** Largest body stored, bytes. */
+  maxEntryBytes: number;
+  /** Each route's header rules: cached copies get the response rules per request, and `Vary` on a rewritten request header is not trusted. */
+  headerRules: ReadonlyMap<string, RouteHeaderRules>;
+  logger: Logger;
+  /** Counts lookups by result (`gateway_cache_lookups_total`); none when metrics are off. */
+  metrics?: GatewayMetrics;
+  now?: () => number;
+}
+
+/** Methods that do not change the resource (RFC 9110 9.2.1); any other invalidates what is stored for it. */
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
+
+/** Response headers a 304 repeats from the stored response (RFC 9110 15.4.5). */
+const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag', 'expires', 'vary', 'last-modified'];
+
+/**
+ * The response cache of routes with `cache` (mounted only when one has it). A GET or HEAD whose fresh copy
+ * is stored is answered from it (`HIT`, 304 to a matching conditional request); otherwise the proxy forwards
+ * it (`MISS`) and, as it streams the answer to the client, the cache keeps a copy when RFC 9111 and the
+ * route allow (src/response-cache.ts `storability`). Concurrent misses for one key wait for the first one's
+ * answer instead of all reaching the service. Other requests on the route are `BYPASS`; a stale copy stands
+ * in for a service that cannot be reached while its `stale-if-error` allows (`STALE`).
+ *
+ * A client's own `Cache-Control: no-cache` / `max-age=0` is not obeyed: it would let any client send every
+ * request through to the service. Clients that want to check freshness send a conditional request. A
+ * client's `no-store` is: its answer is not stored (a stored one may still answer it).
+ */
+export function createResponseCache(options: ResponseCacheOptions): Middleware {
+  const { store, statusHeader, logger } = options;
+  const now = options.now ?? Date.now;
+  const inFlight = new Map<string, Promise<void>>();
+  const counters = new Map<string, Record<CacheResult, Counter.Internal | undefined>>();
+  for (const name of options.routes.keys()) {
+    const byResult = {} as Record<CacheResult, Counter.Internal | undefined>;
+    for (const result of CACHE_RESULTS) {
+      const labels = { [METRIC_LABEL.routeName]: name, [METRIC_LABEL.cacheResult]: result };
+      options.metrics?.cacheLookups.inc(labels, 0);
+      byResult[result] = options.metrics?.cacheLookups.labels(labels);
+    }
+    counters.set(name, byResult);
+  }
+
+  /** Says how the cache answered, everywhere; `counted: false` leaves the metric to the caller (a miss may end stale). */
+  const record = (ctx: Context, routeName: string, result: CacheResult, counted = true) => {
+    ctx.state.cache = result;
+    ctx.set(statusHeader, result.toUpperCase());
+    trace.getActiveSpan()?.setAttribute(ATTR.cache, result);
+    if (counted) counters.get(routeName)?.[result]?.inc();
+  };
+
+  /** Answers from a stored copy. */
+  const serve = (ctx: Context, entry: CachedResponse, result: 'hit' | 'stale', rules: RouteHeaderRules | undefined, counted = true) => {
+    const headers: Record<string, string | string[] | number | undefined> = { ...entry.headers };
+    if (ctx.state.corsApplied) {
+      // As the proxy does: the gateway's CORS policy, not the service's, with Vary keeping Origin.
+      for (const name of Object.keys(headers)) if (name.startsWith('access-control-')) delete headers[name];
+      const vary = [ctx.response.get('vary'), entry.headers.vary].filter(Boolean).join(', ');
+      if (vary) headers.vary = vary;
+    }
+    rules?.response?.(headers, ctx);
+    headers.age = String(Math.floor(currentAge(entry, now())));
+    const notModified = entry.status === 200 && result === 'hit' && matchesConditional(ctx, entry);
+    for (const name in headers) {
+      if (notModified && !NOT_MODIFIED_HEADERS.includes(name) && name !== 'age') continue;
+      const value = headers[name];
+      if (value !== undefined) ctx.set(name, typeof value === 'number' ? String(value) : value);
+    }
+    record(ctx, ctx.state.route!.name, result, counted);
+    if (notModified) {
+      ctx.status = 304;
+      return;
+    }
+    ctx.status = entry.status;
+    // Koa frames it (Content-Length) and leaves the body out for HEAD.
+    ctx.body = entry.body;
+  };
+
+  return async function cacheResponses(ctx, next) {
+    const route = ctx.state.route;
+    const policy = route && options.routes.get(route.name);
+    if (!route || !policy) return next();
+    const { req } = ctx;
+    const headers = req.headers;
+    const method = ctx.method;
+    // Everything the service's answer may depend on that the gateway controls or forwards: the route, the
+    // public origin it forwards as X-Forwarded-Host/-Proto/-Port (a service may build links from it), the
+    // upstream path and query byte for byte (another spelling is another key, never a wrong answer). Never a
+    // header the service is not told about or the gateway removes (X-Original-URL, untrusted X-Forwarded-*):
+    // those cannot change the answer, so they cannot poison it either.
+    const resource = cacheKey([route.name, ctx.protocol, ctx.host.toLowerCase(), requestHeaderValue(headers['x-forwarded-port']), ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!]);
+    if (!SAFE_METHODS.has(method)) {
+      record(ctx, route.name, 'bypass');
+      await next();
+      // RFC 9111 4.4: once an unsafe request to a resource succeeded, what was stored for it is out of date.
+      if (ctx.status < 400) await store.invalidate(route.name, resource);
+      return;
+    }
+    const forwardedCredential = route.forwardAuthorization && headers[HEADER.authorization] !== undefined && !ctx.state.user && !ctx.state.consumer;
+    // A body, a range or a credential the gateway did not verify (passed on to the service) all make the
+    // answer something the key cannot describe.
+    if (method === 'OPTIONS' || Number(headers['content-length'] ?? 0) > 0 || headers['transfer-encoding'] !== undefined || headers.range !== undefined || forwardedCredential) {
+      record(ctx, route.name, 'bypass');
+      return next();
+    }
+
+    const rules = options.headerRules.get(route.name);
+    const caller = ctx.state.user ? `user:${ctx.state.user.id}` : ctx.state.consumer ? `consumer:${ctx.state.consumer.id}` : undefined;
+    // A cookie the service sees may be a session of its own: shared under one key only if the service says public.
+    const cookie = headers.cookie !== undefined && !rules?.rewrittenRequestHeaders.has('cookie');
+    const sharedCredentialed = policy.scope === 'public' ? caller !== undefined || cookie : caller === undefined && cookie;
+    const scopeKey = policy.scope === 'user' ? (caller ?? 'anonymous') : 'shared';
+    const key: CacheKey = { resource, variant: cacheKey([scopeKey, ...policy.varyHeaders.map((name) => requestHeaderValue(headers[name.toLowerCase()]))]) };
+    const flightKey = `${key.resource} ${key.variant}`;
+    const lookup = async (): Promise<CachedResponse | undefined> => {
+      const entry = await store.get(route.name, key);
+      return entry && entry.vary.every((name, index) => requestHeaderValue(headers[name]) === entry.varyValues[index]) ? entry : undefined;
+    };
+
+    let entry = await lookup();
+    if (entry && isFresh(entry, now())) return serve(ctx, entry, 'hit', rules);
+    const pending = inFlight.get(flightKey);
+    if (pending) {
+      // Another request is fetching this very answer: wait for it rather than asking the service again.
+      logger.debug('response cache: waiting for a fetch in flight', { route: route.name });
+      await pending;
+      entry = (await lookup()) ?? entry;
+      if (entry && isFresh(entry, now())) return serve(ctx, entry, 'hit', rules);
+    }
+
+    // HEAD answers carry no body to keep: forwarded as they are; a GET fills the entry HEAD then uses.
+    if (method === 'HEAD') {
+      record(ctx, route.name, 'miss');
+      return next();
+    }
+    record(ctx, route.name, 'miss', false);
+    let release = () => {};
+    if (!inFlight.has(flightKey)) {
+      // Waiters are let go as soon as the answer is stored or known not to be: never held while this
+      // request's own client reads its copy (a slow reader must not stall them).
+      let finished!: () => void;
+      inFlight.set(flightKey, new Promise<void>((resolve) => (finished = resolve)));
+      release = () => {
+        inFlight.delete(flightKey);
+        finished();
+        release = () => {};
+      };
+    }
+    // The one request directive obeyed: `no-store` (RFC 9111 5.2.1.5) only keeps this client's answer out.
+    const storable = !parseCacheControl(headers['cache-control']).noStore;
+    const capture = captureResponse({ ctx, store, routeName: route.name, key, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, now, settled: () => release() });
+    ctx.state.responseTap = capture.tap;
+    try {
+      await next();
+      await capture.stored();
+    } catch (error) {
+      // The service could not be reached: a stale copy it allowed to stand in (stale-if-error) answers instead.
+      const stale = entry;
+      if (stale && !ctx.res.headersSent && isGatewayError(error) && error.code.startsWith('upstream_') && currentAge(stale, now()) < stale.lifetimeSeconds + stale.staleIfErrorSeconds) {
+        serve(ctx, stale, 'stale', rules, false);
+        return;
+      }
+      throw error;
+    } finally {
+      release();
+      counters.get(route.name)?.[ctx.state.cache!]?.inc();
+    }
+  };
+}
+
+interface CaptureOptions {
+  ctx: Context;
+  store: ResponseStore;
+  routeName: string;
+  key: CacheKey;
+  policy: RouteCacheConfig;
+  /** False when the client asked for its answer not to be stored. */
+  storable: boolean;
+  sharedCredentialed: boolean;
+  maxEntryBytes: number;
+  rules: RouteHeaderRules | undefined;
+  now: () => number;
+  /** Called once it is clear whether the answer is stored (stored, or not storable, or cut short). */
+  settled: () => void;
+}
+
+/** Copies the service's response as the proxy forwards it, and stores it at the end when it may be stored. */
+function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: () => Promise<void> } {
+  const { ctx, policy } = options;
+  let chunks: Buffer[] | undefined;
+  let bytes = 0;
+  let pending: Promise<void> | undefined;
+  let status = 0;
+  let kept: Record<string, string | string[]> = {};
+  let lifetime = { lifetimeSeconds: 0, initialAgeSeconds: 0, staleIfErrorSeconds: 0 };
+  let vary: string[] = [];
+
+  const tap: ResponseTap = {
+    start(responseStatus, headers) {
+      const verdict = storability({ status: responseStatus, headers, sharedCredentialed: options.sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: options.now() });
+      vary = varyNames(headers.vary);
+      // The service saw the gateway's value of these, not the client's: comparing the client's would be wrong.
+      const varyTrusted = !vary.some((name) => ownedRequestHeader(name) !== undefined || options.rules?.rewrittenRequestHeaders.has(name));
+      if (!options.storable || !verdict.store || !varyTrusted || Number(headers['content-length'] ?? 0) > options.maxEntryBytes) return options.settled();
+      // Not kept: framing (Koa frames the copy), the age (computed per answer), and what a service echoed of
+      // this request's own telemetry, which would otherwise label every later answer with this request's id.
+      const { 'content-length': _length, age: _age, [HEADER.requestId]: _id, [HEADER.traceresponse]: _trace, ...rest } = endToEndHeaders(headers);
+      kept = rest;
+      status = responseStatus;
+      lifetime = verdict;
+      chunks = [];
+    },
+    data(chunk) {
+      if (!chunks) return;
+      bytes += chunk.length;
+      if (bytes <= options.maxEntryBytes) return void chunks.push(chunk);
+      chunks = undefined;
+      options.settled();
+    },
+    end() {
+      if (!chunks) return;
+      const entry: CachedResponse = {
+        status,
+        headers: kept,
+        body: Buffer.concat(chunks, bytes),
+        storedAt: options.now(),
+        ...lifetime,
+        vary,
+        varyValues: vary.map((name) => requestHeaderValue(ctx.req.headers[name])),
+      };
+      chunks = undefined;
+      pending = options.store.set(options.routeName, options.key, entry).finally(options.settled);
+    },
+  };
+  return { tap, stored: () => pending ?? Promise.resolve() };
+}
+
+/** A conditional GET/HEAD the stored response satisfies (RFC 9110 13.1.2 and 13.1.3, weak comparison; If-None-Match first). */
+function matchesConditional(ctx: Context, entry: CachedResponse): boolean {
+  const ifNoneMatch = requestHeaderValue(ctx.req.headers['if-none-match']);
+  if (ifNoneMatch !== null) {
+    const etag = requestHeaderValue(entry.headers.etag);
+    if (ifNoneMatch.trim() === '*') return true;
+    if (etag === null) return false;
+    const opaque = (tag: string) => tag.trim().replace(/^W\//, '');
+    return ifNoneMatch.split(',').some((tag) => opaque(tag) === opaque(etag));
+  }
+  const since = Date.parse(requestHeaderValue(ctx.req.headers['if-modified-since']) ?? '');
+  const modified = Date.parse(requestHeaderValue(entry.headers['last-modified']) ?? '');
+  return !Number.isNaN(since) && !Number.isNaN(modified) && modified <= since;
+}

@@ -1,0 +1,252 @@
+import { createHash } from 'node:crypto';
+import { z } from 'zod';
+import { HEADER } from '../otel/wire-names';
+
+/**
+ * What the response cache stores and when (RFC 9111 for a shared cache): the route and gateway settings, the
+ * Cache-Control parser, freshness and age, and the cache key. The stores are src/response-store.ts, the
+ * request path src/middleware/cache.ts.
+ */
+
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** Longest lifetime the gateway keeps anything for, s (also RFC 9111 1.2.2's cap on delta-seconds). */
+const MAX_LIFETIME_SECONDS = 2_147_483_648;
+
+/** A route's `cache`: opt-in, GET and HEAD only. */
+export const routeCacheSchema = z.strictObject({
+  /** Lifetime of a response whose service names none (no `max-age`, `s-maxage` or `Expires`), s. The service's own wins. */
+  ttlSeconds: z.int().positive().max(31_536_000),
+  /** Bytes this route's entries may take in the in-memory store (bodies and headers). Default 8 MiB, at most `cache.maxBytes`. */
+  maxBytes: z.int().positive().optional(),
+  /**
+   * `user` (default): responses to a signed-in caller are kept per user (or API-key consumer) and never shown
+   * to anyone else. `public`: one copy for everybody, but a response to a signed-in caller is stored only when
+   * the service allows it with `Cache-Control: public` or `s-maxage`.
+   */
+  scope: z.enum(['public', 'user']).default('user'),
+  /** Request headers whose values are part of the key (e.g. `accept-language`), beside whatever the service's `Vary` names. */
+  varyHeaders: z
+    .array(
+      z
+        .string()
+        .regex(HEADER_NAME, 'must be a header name')
+        .refine((name) => !['authorization', HEADER.apiKey, 'cookie'].includes(name.toLowerCase()), 'is a credential: use scope "user" to keep responses per caller'),
+    )
+    .max(8)
+    .default([]),
+});
+export type RouteCacheConfig = z.output<typeof routeCacheSchema>;
+
+/** Gateway-wide cache settings (top-level `cache`). */
+export const cacheSettingsSchema = z
+  .strictObject({
+    /** Response header that says how the cache answered: `HIT`, `MISS`, `STALE` or `BYPASS`. Default `X-Cache`. */
+    statusHeader: z.string().regex(HEADER_NAME, 'must be a header name').default('x-cache'),
+    /** Bytes all routes' entries may take together in the in-memory store. Default 64 MiB. */
+    maxBytes: z.int().positive().default(64 * 1024 * 1024),
+    /** Largest response body stored, bytes; larger ones are passed on and not kept. Default 1 MiB. */
+    maxEntryBytes: z.int().positive().default(1024 * 1024),
+    /** Prefix of every Redis key of the shared store (with `REDIS_URL`). */
+    redisKeyPrefix: z.string().regex(/^[A-Za-z0-9:_-]+$/).default('koa-gateway:cache'),
+  })
+  .prefault({});
+export type CacheSettings = z.output<typeof cacheSettingsSchema>;
+
+/** Default of a route's `maxBytes`. */
+export const DEFAULT_ROUTE_MAX_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Statuses stored: those RFC 9110 15.1 calls heuristically cacheable, minus 206 (the gateway does not combine
+ * ranges) and 501 (a server error: an outage must not outlive itself in the cache).
+ */
+export const CACHEABLE_STATUSES: ReadonlySet<number> = new Set([200, 203, 204, 300, 301, 308, 404, 405, 410, 414]);
+
+/** The response directives of `Cache-Control` (RFC 9111 5.2.2) the cache acts on. */
+export interface CacheControl {
+  noStore: boolean;
+  noCache: boolean;
+  private: boolean;
+  public: boolean;
+  /** `must-revalidate` or `proxy-revalidate`: never served stale. */
+  mustRevalidate: boolean;
+  maxAge?: number;
+  sMaxAge?: number;
+  /** RFC 5861: how long past freshness the response may stand in for a failed service, s. */
+  staleIfError?: number;
+  /** A lifetime directive without a valid number, or given twice with different values: the response counts as stale (RFC 9111 4.2.1). */
+  invalid: boolean;
+}
+
+/** Parses `Cache-Control` (all field lines); unknown directives are ignored, as RFC 9111 5.2.3 says. */
+export function parseCacheControl(value: string | string[] | undefined): CacheControl {
+  const parsed: CacheControl = { noStore: false, noCache: false, private: false, public: false, mustRevalidate: false, invalid: false };
+  if (value === undefined) return parsed;
+  const text = Array.isArray(value) ? value.join(',') : value;
+  // directive [= token | quoted-string], comma separated; commas inside quotes do not separate.
+  for (const match of text.matchAll(/\s*([^=,\s]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"?|[^,]*))?\s*(?:,|$)/g)) {
+    const name = match[1]!.toLowerCase();
+    const raw = match[2]?.trim();
+    switch (name) {
+      case 'no-store':
+        parsed.noStore = true;
+        break;
+      case 'no-cache':
+        parsed.noCache = true;
+        break;
+      case 'private':
+        parsed.private = true;
+        break;
+      case 'public':
+        parsed.public = true;
+        break;
+      case 'must-revalidate':
+      case 'proxy-revalidate':
+        parsed.mustRevalidate = true;
+        break;
+      case 'max-age':
+      case 's-maxage':
+      case 'stale-if-error': {
+        const seconds = deltaSeconds(raw);
+        const key = name === 'max-age' ? 'maxAge' : name === 's-maxage' ? 'sMaxAge' : 'staleIfError';
+        if (seconds === undefined || (parsed[key] !== undefined && parsed[key] !== seconds)) {
+          if (key === 'staleIfError') parsed.staleIfError = 0;
+          else parsed.invalid = true;
+        } else parsed[key] = seconds;
+        break;
+      }
+    }
+  }
+  // A malformed list (an unterminated quote swallowing the rest) must not hide a prohibition.
+  for (const match of text.matchAll(/(?:^|[\s,])(no-store|no-cache|private)(?=$|[\s,=])/gi)) {
+    const name = match[1]!.toLowerCase();
+    if (name === 'no-store') parsed.noStore = true;
+    else if (name === 'no-cache') parsed.noCache = true;
+    else parsed.private = true;
+  }
+  return parsed;
+}
+
+/** delta-seconds (RFC 9111 1.2.2), quoted or not; anything else is undefined. Capped at 2^31. */
+function deltaSeconds(raw: string | undefined): number | undefined {
+  if (raw === undefined) return undefined;
+  const unquoted = raw.startsWith('"') && raw.endsWith('"') && raw.length >= 2 ? raw.slice(1, -1) : raw;
+  if (!/^\d+$/.test(unquoted)) return undefined;
+  return Math.min(Number(unquoted), MAX_LIFETIME_SECONDS);
+}
+
+/** A header's single value (the first of several lines). */
+function first(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** The names a `Vary` lists, lower-case (`*` included as such). */
+export function varyNames(value: string | string[] | undefined): string[] {
+  if (value === undefined) return [];
+  const text = Array.isArray(value) ? value.join(',') : value;
+  return [...new Set(text.split(',').map((name) => name.trim().toLowerCase()).filter(Boolean))];
+}
+
+export interface StorabilityInput {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  /**
+   * The stored copy would answer callers other than this one, and this request carried a credential the
+   * service saw (a verified identity on a `public`-scope route, or a cookie where the key has no caller).
+   */
+  sharedCredentialed: boolean;
+  /** The route's `ttlSeconds`: the lifetime when the service names none. */
+  defaultTtlSeconds: number;
+  /** When the response arrived, ms since the epoch. */
+  now: number;
+}
+
+export type Storability = { store: false; reason: string } | { store: true; lifetimeSeconds: number; initialAgeSeconds: number; staleIfErrorSeconds: number };
+
+/**
+ * Whether a service's response may be stored, and for how long (RFC 9111 3 and 4.2.1). Conservative: a
+ * response is kept only when nothing in it says otherwise. `no-cache` is not stored (the gateway does not
+ * revalidate with the service), `private` never (even per user: the entry sits in a shared store), nor a
+ * response that sets cookies (a session cookie served to the next caller is a session handed over).
+ */
+export function storability(input: StorabilityInput): Storability {
+  const { headers } = input;
+  if (!CACHEABLE_STATUSES.has(input.status)) return { store: false, reason: 'status' };
+  const control = parseCacheControl(headers['cache-control']);
+  if (control.noStore) return { store: false, reason: 'no-store' };
+  if (control.private) return { store: false, reason: 'private' };
+  if (control.noCache) return { store: false, reason: 'no-cache' };
+  if (control.invalid) return { store: false, reason: 'invalid cache-control' };
+  if (headers['set-cookie'] !== undefined) return { store: false, reason: 'set-cookie' };
+  if (varyNames(headers.vary).includes('*')) return { store: false, reason: 'vary *' };
+  // RFC 9111 3.5: a response to an authenticated request is shared only when the service says so.
+  if (input.sharedCredentialed && !control.public && control.sMaxAge === undefined) return { store: false, reason: 'credentialed, not public' };
+
+  const date = Date.parse(first(headers.date) ?? '');
+  const dateValue = Number.isNaN(date) ? input.now : date;
+  let lifetime = control.sMaxAge ?? control.maxAge;
+  if (lifetime === undefined && headers.expires !== undefined) {
+    // An invalid Expires (often "0") means already expired (RFC 9111 5.3).
+    const expires = Date.parse(first(headers.expires) ?? '');
+    lifetime = Number.isNaN(expires) ? 0 : Math.max(0, Math.floor((expires - dateValue) / 1000));
+  }
+  lifetime ??= input.defaultTtlSeconds;
+  const ageHeader = deltaSeconds(first(headers.age)) ?? 0;
+  const apparentAge = Math.max(0, (input.now - dateValue) / 1000);
+  const initialAge = Math.max(ageHeader, apparentAge);
+  if (lifetime <= initialAge) return { store: false, reason: 'stale on arrival' };
+  return { store: true, lifetimeSeconds: lifetime, initialAgeSeconds: initialAge, staleIfErrorSeconds: control.mustRevalidate ? 0 : (control.staleIfError ?? 0) };
+}
+
+/** A stored response. */
+export interface CachedResponse {
+  status: number;
+  /** The service's end-to-end headers (no framing headers, no `Age`). */
+  headers: Record<string, string | string[]>;
+  body: Buffer;
+  /** When it was stored, ms since the epoch. */
+  storedAt: number;
+  initialAgeSeconds: number;
+  lifetimeSeconds: number;
+  staleIfErrorSeconds: number;
+  /** The request header names the service's `Vary` lists, and the values the storing request had. */
+  vary: string[];
+  varyValues: (string | null)[];
+}
+
+/** Current age of an entry, s (RFC 9111 4.2.3). */
+export function currentAge(entry: CachedResponse, now: number): number {
+  return entry.initialAgeSeconds + Math.max(0, now - entry.storedAt) / 1000;
+}
+
+export function isFresh(entry: CachedResponse, now: number): boolean {
+  return currentAge(entry, now) < entry.lifetimeSeconds;
+}
+
+/** How long a store keeps an entry, ms: its freshness left plus the stale-if-error window. */
+export function retentionMs(entry: CachedResponse, now: number): number {
+  return Math.max(0, (entry.lifetimeSeconds + entry.staleIfErrorSeconds - currentAge(entry, now)) * 1000);
+}
+
+/** The one value of a request header as compared for `Vary` (lines joined; absent is null). */
+export function requestHeaderValue(value: string | string[] | undefined): string | null {
+  return value === undefined ? null : Array.isArray(value) ? value.join(', ') : value;
+}
+
+/**
+ * A key from its parts: hashed (bounded length whatever the URL), and no separator trick can join two
+ * different lists into one key. The cache keys a request twice (src/middleware/cache.ts): its resource (what
+ * the service is asked for) and its variant within it (whose answer, and the values of `varyHeaders`).
+ */
+export function cacheKey(parts: readonly (string | null)[]): string {
+  return createHash('sha256').update(JSON.stringify(parts)).digest('base64url');
+}
+
+/**
+ * What the proxy shows the cache of a service's response as it forwards it (src/middleware/proxy.ts): the
+ * status and headers as received, each body chunk, and the end. A response cut short never reaches `end`.
+ */
+export interface ResponseTap {
+  start(status: number, headers: Record<string, string | string[] | undefined>): void;
+  data(chunk: Buffer): void;
+  end(): void;
+}

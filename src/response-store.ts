@@ -1,0 +1,207 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from '../otel/logger';
+import type { GatewayConfig } from './config';
+import { DEFAULT_ROUTE_MAX_BYTES, retentionMs, type CachedResponse } from './response-cache';
+
+/**
+ * Where the response cache keeps its entries: a byte-bounded LRU in this process, or Redis shared by every
+ * replica. Neither ever fails a request: a store that cannot answer is a miss.
+ */
+
+/** A stored response's place: the resource it answers, and its variant of it. */
+export interface CacheKey {
+  /** The route and the request the service receives: origin forwarded to it, path and query. */
+  resource: string;
+  /** The caller's scope key and the route's `varyHeaders` values. */
+  variant: string;
+}
+
+/** Where entries live. No method throws: a failing store is a miss. */
+export interface ResponseStore {
+  readonly kind: 'memory' | 'redis';
+  get(route: string, key: CacheKey): Promise<CachedResponse | undefined>;
+  set(route: string, key: CacheKey, entry: CachedResponse): Promise<void>;
+  /** Drops every variant of a resource (RFC 9111 4.4: after an unsafe request to it succeeded). */
+  invalidate(route: string, resource: string): Promise<void>;
+}
+
+/** Bytes an entry is counted as: body, headers and bookkeeping. */
+function sizeOf(entry: CachedResponse): number {
+  let size = entry.body.length + 512;
+  for (const name in entry.headers) size += name.length + String(entry.headers[name]).length + 4;
+  return size;
+}
+
+export interface MemoryStoreOptions {
+  /** All routes together, bytes. */
+  maxBytes: number;
+  /** Per route name, bytes. */
+  routeMaxBytes: ReadonlyMap<string, number>;
+  now?: () => number;
+}
+
+interface RouteEntries {
+  /** By resource and variant, least recently used first. */
+  entries: Map<string, { entry: CachedResponse; size: number; resource: string }>;
+  /** The entry keys of each resource, for invalidation. */
+  byResource: Map<string, Set<string>>;
+  bytes: number;
+  maxBytes: number;
+}
+
+/**
+ * Entries of this process, least recently used first out: each route within its own byte budget, and all of
+ * them within `maxBytes`, where the route holding the most bytes gives up its oldest entry first.
+ */
+export function createMemoryResponseStore(options: MemoryStoreOptions): ResponseStore {
+  const now = options.now ?? Date.now;
+  const routes = new Map<string, RouteEntries>();
+  let totalBytes = 0;
+  const routeOf = (name: string) => {
+    let route = routes.get(name);
+    if (!route) routes.set(name, (route = { entries: new Map(), byResource: new Map(), bytes: 0, maxBytes: options.routeMaxBytes.get(name) ?? DEFAULT_ROUTE_MAX_BYTES }));
+    return route;
+  };
+  const evict = (route: RouteEntries, id: string) => {
+    const held = route.entries.get(id);
+    if (!held) return;
+    route.entries.delete(id);
+    const siblings = route.byResource.get(held.resource);
+    siblings?.delete(id);
+    if (siblings?.size === 0) route.byResource.delete(held.resource);
+    route.bytes -= held.size;
+    totalBytes -= held.size;
+  };
+  const evictOldest = (route: RouteEntries) => {
+    const oldest = route.entries.keys().next();
+    if (!oldest.done) evict(route, oldest.value);
+  };
+  const idOf = (key: CacheKey) => `${key.resource} ${key.variant}`;
+
+  return {
+    kind: 'memory',
+    async get(routeName, key) {
+      const route = routes.get(routeName);
+      const id = idOf(key);
+      const held = route?.entries.get(id);
+      if (!route || !held) return undefined;
+      if (retentionMs(held.entry, now()) <= 0) {
+        evict(route, id);
+        return undefined;
+      }
+      // Most recently used last.
+      route.entries.delete(id);
+      route.entries.set(id, held);
+      return held.entry;
+    },
+    async set(routeName, key, entry) {
+      const route = routeOf(routeName);
+      const id = idOf(key);
+      const size = sizeOf(entry);
+      evict(route, id);
+      if (size > route.maxBytes || size > options.maxBytes) return;
+      while (route.bytes + size > route.maxBytes) evictOldest(route);
+      while (totalBytes + size > options.maxBytes) {
+        let largest = route;
+        for (const other of routes.values()) if (other.bytes > largest.bytes) largest = other;
+        evictOldest(largest);
+      }
+      route.entries.set(id, { entry, size, resource: key.resource });
+      let siblings = route.byResource.get(key.resource);
+      if (!siblings) route.byResource.set(key.resource, (siblings = new Set()));
+      siblings.add(id);
+      route.bytes += size;
+      totalBytes += size;
+    },
+    async invalidate(routeName, resource) {
+      const route = routes.get(routeName);
+      for (const id of route?.byResource.get(resource) ?? []) evict(route!, id);
+    },
+  };
+}
+
+export interface RedisStoreOptions {
+  client: Redis;
+  keyPrefix: string;
+  logger: Logger;
+  now?: () => number;
+}
+
+/** How often a failing shared store is logged while it fails, ms. */
+const FAILURE_LOG_INTERVAL_MS = 10_000;
+
+/**
+ * Stores a variant in its resource's hash and extends the hash's TTL to the variant's retention when that is
+ * longer (a variant past its own retention is ignored on read and replaced on the next store).
+ */
+const STORE_VARIANT = `
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1`;
+
+/**
+ * Entries shared by every replica, in Redis: one hash per resource (so an unsafe request drops all its
+ * variants with one DEL), a field per variant. Redis bounds its own memory (`maxmemory` with an LRU policy);
+ * entry size is still bounded by `cache.maxEntryBytes`. The client fails fast (src/rate-limit-store.ts), and
+ * any failure is a miss: the request goes to the service. A value is 4 bytes of metadata length, the
+ * metadata as JSON, then the body as it is.
+ */
+export function createRedisResponseStore(options: RedisStoreOptions): ResponseStore {
+  const { client, keyPrefix, logger } = options;
+  const now = options.now ?? Date.now;
+  let lastReport = 0;
+  const failed = (operation: string, error: unknown) => {
+    if (Date.now() - lastReport < FAILURE_LOG_INTERVAL_MS) return;
+    lastReport = Date.now();
+    logger.warn('response cache store failed; answering from the service', { store: 'redis', operation, error: error instanceof Error ? error.message : String(error) });
+  };
+  const redisKey = (route: string, resource: string) => `${keyPrefix}:${route}:${resource}`;
+
+  return {
+    kind: 'redis',
+    async get(route, key) {
+      try {
+        const value = await client.hgetBuffer(redisKey(route, key.resource), key.variant);
+        if (!value || value.length < 4) return undefined;
+        const metaLength = value.readUInt32BE(0);
+        const meta = JSON.parse(value.subarray(4, 4 + metaLength).toString('utf8')) as Omit<CachedResponse, 'body'>;
+        const entry: CachedResponse = { ...meta, body: value.subarray(4 + metaLength) };
+        return retentionMs(entry, now()) > 0 ? entry : undefined;
+      } catch (error) {
+        failed('get', error);
+        return undefined;
+      }
+    },
+    async set(route, key, entry) {
+      const ttl = Math.ceil(retentionMs(entry, now()));
+      if (ttl <= 0) return;
+      const { body, ...meta } = entry;
+      const metaBytes = Buffer.from(JSON.stringify(meta), 'utf8');
+      const length = Buffer.alloc(4);
+      length.writeUInt32BE(metaBytes.length, 0);
+      try {
+        await client.eval(STORE_VARIANT, 1, redisKey(route, key.resource), key.variant, Buffer.concat([length, metaBytes, body]), ttl);
+      } catch (error) {
+        failed('set', error);
+      }
+    },
+    async invalidate(route, resource) {
+      try {
+        await client.del(redisKey(route, resource));
+      } catch (error) {
+        failed('invalidate', error);
+      }
+    },
+  };
+}
+
+/**
+ * The store for a config: Redis when the gateway has a client for it (`REDIS_URL`), so every replica answers
+ * from the same entries; this process's memory otherwise.
+ */
+export function createResponseStore(config: GatewayConfig, redis: Redis | undefined, logger: Logger): ResponseStore {
+  if (redis) return createRedisResponseStore({ client: redis, keyPrefix: config.cache.redisKeyPrefix, logger });
+  const routeMaxBytes = new Map(config.routes.flatMap((route) => (route.cache ? [[route.name, route.cache.maxBytes ?? Math.min(DEFAULT_ROUTE_MAX_BYTES, config.cache.maxBytes)] as const] : [])));
+  return createMemoryResponseStore({ maxBytes: config.cache.maxBytes, routeMaxBytes });
+}

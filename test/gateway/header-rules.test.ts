@@ -1,0 +1,186 @@
+import type http from 'node:http';
+import fc from 'fast-check';
+import { HEADER } from '../../otel/wire-names';
+import { ConfigError, parseConfig } from '../../src/config';
+import { headerSafe } from '../../src/header-rules';
+import { listen, type TestServer } from '../helpers/servers';
+import { login, startStack, type TestStack } from '../helpers/stack';
+import { shippedConfigFile } from '../helpers/test-config';
+
+/** A service that records each request's headers and answers with the headers the test chose. */
+async function recordingService(responseHeaders: () => Record<string, string | string[]>): Promise<TestServer & { seen: http.IncomingHttpHeaders[] }> {
+  const seen: http.IncomingHttpHeaders[] = [];
+  const server = await listen((req, res) => {
+    seen.push({ ...req.headers });
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'application/json', ...responseHeaders() });
+      res.end('{"ok":true}');
+    });
+  });
+  return Object.assign(server, { seen });
+}
+
+/** The shipped routes, with `headers` added to the notifications route. */
+function routesWith(headers: unknown): unknown[] {
+  const routes = shippedConfigFile().routes as Record<string, unknown>[];
+  return routes.map((route) => (route.name === 'notifications' ? { ...route, headers } : route));
+}
+
+describe('header rules per route', () => {
+  let service: Awaited<ReturnType<typeof recordingService>>;
+  let stack: TestStack;
+  let token: string;
+  const last = () => service.seen[service.seen.length - 1]!;
+
+  beforeAll(async () => {
+    service = await recordingService(() => ({ server: 'Apache/2.4.1 (Unix)', 'x-powered-by': 'PHP/5.6.40', 'x-internal-build': 'b-1234', 'cache-control': 'no-store' }));
+    stack = await startStack({
+      serviceUrls: { notifications: service.url, orders: service.url },
+      overrides: {
+        routes: routesWith({
+          request: {
+            set: { 'x-caller': 'user={userId};request={requestId};route={route};consumer={consumerId}', 'accept-language': 'en' },
+            add: { 'x-via-gateway': 'koa-gateway' },
+            remove: ['x-debug', 'cookie'],
+          },
+          response: {
+            set: { 'x-frame-options': 'DENY', 'x-served-for': '{requestId}' },
+            add: { 'cache-control': 'no-transform' },
+            remove: ['x-internal-build'],
+          },
+        }),
+      },
+    });
+    token = await login(stack.gateway.url, 'bob@example.com', 'builder');
+  });
+  afterAll(async () => {
+    await stack.close();
+    await service.close();
+  });
+
+  it('sets, adds and removes request headers with values from the request', async () => {
+    const response = await fetch(`${stack.gateway.url}/api/notifications`, {
+      headers: { authorization: `Bearer ${token}`, 'x-request-id': 'rules-1', 'x-debug': 'on', cookie: 'session=abc', 'x-via-gateway': 'client-said', 'accept-language': 'fr' },
+    });
+    expect(response.status).toBe(200);
+    const headers = last();
+    expect(headers['x-caller']).toBe('user=2;request=rules-1;route=notifications;consumer=');
+    expect(headers['accept-language']).toBe('en');
+    // `add` keeps the client's value and appends the rule's (Node joins the two lines).
+    expect(headers['x-via-gateway']).toBe('client-said, koa-gateway');
+    expect(headers['x-debug']).toBeUndefined();
+    expect(headers.cookie).toBeUndefined();
+    // The gateway's own headers are still its own.
+    expect(headers[HEADER.userId]).toBe('2');
+    expect(headers[HEADER.requestId]).toBe('rules-1');
+  });
+
+  it('sets, adds and removes response headers, and hides the service software', async () => {
+    const response = await fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}`, 'x-request-id': 'rules-2' } });
+    expect(response.status).toBe(200);
+    expect(response.headers.get('x-frame-options')).toBe('DENY');
+    expect(response.headers.get('x-served-for')).toBe('rules-2');
+    expect(response.headers.get('cache-control')).toBe('no-store, no-transform');
+    expect(response.headers.get('x-internal-build')).toBeNull();
+    expect(response.headers.get('server')).toBeNull();
+    expect(response.headers.get('x-powered-by')).toBeNull();
+    expect(response.headers.get(HEADER.requestId)).toBe('rules-2');
+  });
+
+  it('hides Server and X-Powered-By on routes without rules too', async () => {
+    const response = await fetch(`${stack.gateway.url}/api/orders`, { headers: { authorization: `Bearer ${token}` } });
+    expect(response.status).toBe(200);
+    expect(response.headers.get('server')).toBeNull();
+    expect(response.headers.get('x-powered-by')).toBeNull();
+    // No rule of the notifications route leaks onto another route.
+    expect(response.headers.get('x-frame-options')).toBeNull();
+    expect(last()['x-caller']).toBeUndefined();
+  });
+
+  it.each([
+    { desc: 'with spaces', requestId: 'two words' },
+    { desc: 'with a quote', requestId: 'a"b' },
+    { desc: 'with angle brackets', requestId: '<script>' },
+    { desc: 'over-long', requestId: 'x'.repeat(500) },
+  ])('puts the gateway\'s own request id into a rule, not a malformed client id ($desc)', async ({ requestId }) => {
+    const response = await fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}`, 'x-request-id': requestId } });
+    expect(response.status).toBe(200);
+    const echoed = response.headers.get(HEADER.requestId)!;
+    expect(echoed).not.toBe(requestId);
+    expect(response.headers.get('x-served-for')).toBe(echoed);
+    expect(last()['x-caller']).toBe(`user=2;request=${echoed};route=notifications;consumer=`);
+  });
+});
+
+describe('header rules in the config', () => {
+  const parse = (headers: unknown, extra: Record<string, unknown> = {}) => parseConfig({ ...shippedConfigFile(), routes: routesWith(headers), ...extra });
+  const at = (side: string, list: string) => `routes.4.headers.${side}.${list}`;
+
+  it.each([
+    { desc: 'an identity header', side: 'request', list: 'set', name: 'x-user-id' },
+    { desc: 'an identity header spelt with underscores', side: 'request', list: 'set', name: 'X_User_Role' },
+    { desc: 'the consumer header', side: 'request', list: 'add', name: 'x-consumer-id' },
+    { desc: 'a gateway-owned prefix', side: 'request', list: 'set', name: 'x-gateway-anything' },
+    { desc: 'the request id', side: 'request', list: 'remove', name: 'x-request-id' },
+    { desc: 'a forwarding header', side: 'request', list: 'set', name: 'X-Forwarded-For' },
+    { desc: 'another forwarding header', side: 'request', list: 'remove', name: 'x-real-ip' },
+    { desc: 'a request-rewriting header', side: 'request', list: 'set', name: 'x-original-url' },
+    { desc: 'traceparent', side: 'request', list: 'remove', name: 'traceparent' },
+    { desc: 'tracestate', side: 'request', list: 'set', name: 'tracestate' },
+    { desc: 'Host', side: 'request', list: 'set', name: 'host' },
+    { desc: 'Content-Length', side: 'request', list: 'set', name: 'content-length' },
+    { desc: 'Transfer-Encoding', side: 'request', list: 'add', name: 'transfer-encoding' },
+    { desc: 'a hop-by-hop header', side: 'request', list: 'set', name: 'connection' },
+    { desc: 'the response request id', side: 'response', list: 'remove', name: 'X-Request-Id' },
+    { desc: 'traceresponse', side: 'response', list: 'set', name: 'traceresponse' },
+    { desc: 'a response framing header', side: 'response', list: 'set', name: 'content-length' },
+    { desc: 'a CORS header', side: 'response', list: 'set', name: 'access-control-allow-origin' },
+  ])('refuses a rule on $desc ($name)', ({ side, list, name }) => {
+    const rule = list === 'remove' ? { remove: [name] } : { [list]: { [name]: 'x' } };
+    expect(() => parse({ [side]: rule })).toThrow(ConfigError);
+    expect(() => parse({ [side]: rule })).toThrow(new RegExp(`${at(side, list).replaceAll('.', '\\.')}.*(rule cannot set or remove it|header rule)`));
+  });
+
+  it('refuses a response rule on the cache status header', () => {
+    expect(() => parse({ response: { remove: ['X-Cache'] } })).toThrow(/cache status header/);
+  });
+
+  it.each([
+    { desc: 'a CR/LF in a value', value: 'a\r\nSet-Cookie: x=1' },
+    { desc: 'a LF alone', value: 'a\nb' },
+    { desc: 'a NUL', value: 'a\u0000b' },
+    { desc: 'a non-ASCII character', value: 'caf\u00e9' },
+    { desc: 'an unknown placeholder', value: '{password}' },
+    { desc: 'a lone brace', value: 'user={userId' },
+    { desc: 'a closing brace alone', value: 'user}' },
+  ])('refuses $desc', ({ value }) => {
+    expect(() => parse({ request: { set: { 'x-note': value } } })).toThrow(/routes\.4\.headers\.request\.set\.x-note/);
+  });
+
+  it.each([
+    { desc: 'a name with a space', rule: { request: { set: { 'x note': 'a' } } } },
+    { desc: 'a name with a colon', rule: { response: { remove: ['x-a:b'] } } },
+    { desc: 'the same header in two lists', rule: { request: { set: { 'x-a': '1' }, remove: ['X-A'] } } },
+    { desc: 'an unknown list', rule: { request: { rename: { 'x-a': 'x-b' } } } },
+  ])('refuses $desc', ({ rule }) => {
+    expect(() => parse(rule)).toThrow(ConfigError);
+  });
+
+  it('accepts every placeholder and keeps Server when hideUpstreamHeaders is empty', () => {
+    const config = parse({ request: { set: { 'x-note': '{requestId} {userId} {route} {consumerId}' } } }, { proxy: { hideUpstreamHeaders: [] } });
+    expect(config.proxy.hideUpstreamHeaders).toEqual([]);
+    expect(parseConfig(shippedConfigFile()).proxy.hideUpstreamHeaders).toEqual(['server', 'x-powered-by']);
+  });
+
+  it('renders every template value as visible ASCII, whatever it holds', () => {
+    fc.assert(
+      fc.property(fc.string({ unit: 'binary', maxLength: 64 }), (value) => {
+        const safe = headerSafe(value);
+        expect(safe).toMatch(/^[\x20-\x7e]*$/);
+        if (/^[\x20-\x7e]*$/.test(value)) expect(safe).toBe(value);
+      }),
+      { seed: 14, numRuns: 500 },
+    );
+  });
+});

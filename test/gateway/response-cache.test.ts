@@ -1,0 +1,505 @@
+import http from 'node:http';
+import { Redis } from 'ioredis';
+import { ATTR, HEADER } from '../../otel/wire-names';
+import { createGateway } from '../../src/gateway';
+import { createRedisStore } from '../../src/rate-limit-store';
+import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
+import { deleteKeys, isolatedKeyPrefix, requireRedis } from '../helpers/redis';
+import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
+import { login, startStack, type TestStack } from '../helpers/stack';
+import { shippedConfigFile } from '../helpers/test-config';
+
+const MACHINE_REDIS = 'redis://127.0.0.1:6379';
+
+interface Hit {
+  method: string;
+  url: string;
+  headers: http.IncomingHttpHeaders;
+}
+
+interface CatalogService extends TestServer {
+  hits: Hit[];
+  /** Answers to requests with `?gate` wait for this. */
+  release(): void;
+}
+
+/**
+ * A service whose answer the query decides: `cc` (Cache-Control), `vary`, `status`, `etag`, `lm`
+ * (Last-Modified), `cookie` (Set-Cookie), `xcache` (its own X-Cache), `age`, `size` (body padding), `gate`
+ * (hold the answer until the test releases it); the `X-Answer-Status` request header overrides the status. The body reflects the request headers a poisoner would aim at.
+ */
+async function catalogService(): Promise<CatalogService> {
+  let open!: () => void;
+  let gate = new Promise<void>((resolve) => (open = resolve));
+  const hits: Hit[] = [];
+  const server = await listen((req, res) => {
+    hits.push({ method: req.method ?? '', url: req.url ?? '', headers: { ...req.headers } });
+    const query = new URL(req.url ?? '/', 'http://service').searchParams;
+    req.resume();
+    req.on('end', async () => {
+      if (query.has('gate')) await gate;
+      // As the real services do, it echoes the request id.
+      const headers: Record<string, string> = { 'content-type': 'application/json', [HEADER.requestId]: String(req.headers[HEADER.requestId]) };
+      const set = (param: string, name: string) => query.has(param) && (headers[name] = query.get(param)!);
+      set('cc', 'cache-control');
+      set('vary', 'vary');
+      set('etag', 'etag');
+      set('lm', 'last-modified');
+      set('cookie', 'set-cookie');
+      set('xcache', 'x-cache');
+      set('age', 'age');
+      const body = JSON.stringify({
+        n: hits.filter((hit) => hit.url === req.url).length,
+        method: req.method,
+        user: req.headers[HEADER.userId] ?? null,
+        forwardedHost: req.headers['x-forwarded-host'] ?? null,
+        forwardedProto: req.headers['x-forwarded-proto'] ?? null,
+        originalUrl: req.headers['x-original-url'] ?? null,
+        methodOverride: req.headers['x-http-method-override'] ?? null,
+        lang: req.headers['accept-language'] ?? null,
+        padding: 'x'.repeat(Number(query.get('size') ?? 0)),
+      });
+      res.writeHead(Number(req.headers['x-answer-status'] ?? query.get('status') ?? 200), headers);
+      res.end(req.method === 'HEAD' ? undefined : body);
+    });
+  });
+  return Object.assign(server, {
+    hits,
+    release() {
+      open();
+      gate = new Promise<void>((resolve) => (open = resolve));
+    },
+  });
+}
+
+const CACHED_ROUTES = [
+  { name: 'catalog', prefix: '/api/catalog', service: 'notifications', upstreamPath: '/catalog', cache: { ttlSeconds: 60 } },
+  { name: 'shared-catalog', prefix: '/api/shared', service: 'notifications', upstreamPath: '/shared', cache: { ttlSeconds: 60, scope: 'public' } },
+  {
+    name: 'open-catalog',
+    prefix: '/api/open',
+    service: 'notifications',
+    upstreamPath: '/open',
+    auth: 'public',
+    cache: { ttlSeconds: 60, scope: 'public', varyHeaders: ['accept-language'] },
+    headers: { request: { set: { 'x-tenant': 'acme' } }, response: { set: { 'x-served-for': '{requestId}' } } },
+  },
+  { name: 'forwarding', prefix: '/api/fwd', service: 'notifications', upstreamPath: '/fwd', auth: 'public', forwardAuthorization: true, cache: { ttlSeconds: 60, scope: 'public' } },
+  { name: 'flaky', prefix: '/api/flaky', service: 'orders', upstreamPath: '/flaky', auth: 'public', cache: { ttlSeconds: 60 } },
+];
+
+function overrides(extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return { routes: [...(shippedConfigFile().routes as unknown[]), ...CACHED_ROUTES], rateLimit: { max: 10_000, windowMs: 60_000 }, cache: { maxEntryBytes: 4096 }, ...extra };
+}
+
+interface Reply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  text: string;
+  json: Record<string, unknown>;
+}
+
+/** One request with headers exactly as given (Host included, which fetch would not send as given). */
+function send(origin: string, path: string, headers: http.OutgoingHttpHeaders = {}, method = 'GET'): Promise<Reply> {
+  const { hostname, port } = new URL(origin);
+  return new Promise((resolve, reject) => {
+    const request = http.request({ host: hostname, port: Number(port), path, method, headers, agent: false, setHost: !('host' in headers) }, (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => {
+        const text = Buffer.concat(chunks).toString();
+        let json: Record<string, unknown> = {};
+        try {
+          json = text ? (JSON.parse(text) as Record<string, unknown>) : {};
+        } catch {
+          // Not JSON (HEAD, 304): the text is what counts.
+        }
+        resolve({ status: response.statusCode ?? 0, headers: response.headers, text, json });
+      });
+    });
+    request.on('error', reject);
+    request.end();
+  });
+}
+
+let unique = 0;
+/** A path no other test used, so each test starts with an empty cache. */
+const fresh = (prefix: string, query = '') => `${prefix}/item-${++unique}${query ? `?${query}` : ''}`;
+
+describe('response cache', () => {
+  let service: CatalogService;
+  let flaky: CatalogService;
+  let stack: TestStack;
+  let tracing: InMemoryTracing;
+  let alice: string;
+  let bob: string;
+  const hitsFor = (path: string) => {
+    const item = new RegExp(`/${/item-\d+/.exec(path)![0]}(\\?|$)`);
+    return [...service.hits, ...flaky.hits].filter((hit) => item.test(hit.url)).length;
+  };
+  const as = (token: string, more: http.OutgoingHttpHeaders = {}) => ({ authorization: `Bearer ${token}`, ...more });
+
+  beforeAll(async () => {
+    tracing = startInMemoryTracing();
+    service = await catalogService();
+    flaky = await catalogService();
+    stack = await startStack({ serviceUrls: { notifications: service.url, orders: flaky.url }, overrides: overrides(), tracer: tracing.tracer });
+    alice = await login(stack.gateway.url);
+    bob = await login(stack.gateway.url, 'bob@example.com', 'builder');
+  });
+  afterAll(async () => {
+    await stack.close();
+    await Promise.all([service.close(), flaky.close()]);
+    await tracing.shutdown();
+  });
+
+  it('answers a repeated GET from the cache with Age, keeping ETag and Last-Modified, and asks the service once', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60&etag=%22v1%22&lm=Tue,%2001%20Dec%202026%2010:00:00%20GMT');
+    const first = await send(stack.gateway.url, path);
+    const second = await send(stack.gateway.url, path);
+    expect([first.status, first.headers['x-cache'], second.status, second.headers['x-cache']]).toEqual([200, 'MISS', 200, 'HIT']);
+    expect(second.text).toBe(first.text);
+    expect(second.headers.etag).toBe('"v1"');
+    expect(second.headers['last-modified']).toBe('Tue, 01 Dec 2026 10:00:00 GMT');
+    expect(second.headers['content-type']).toBe('application/json');
+    expect(Number(second.headers.age)).toBeGreaterThanOrEqual(0);
+    expect(first.headers.age).toBeUndefined();
+    expect(hitsFor(path)).toBe(1);
+  });
+
+  it('applies the route\'s response rules to each cached answer with that request\'s values', async () => {
+    const path = fresh('/api/open');
+    await send(stack.gateway.url, path, { 'x-request-id': 'first-request' });
+    const second = await send(stack.gateway.url, path, { 'x-request-id': 'second-request' });
+    expect(second.headers['x-cache']).toBe('HIT');
+    expect(second.headers['x-served-for']).toBe('second-request');
+    expect(second.headers[HEADER.requestId]).toBe('second-request');
+  });
+
+  it('answers HEAD from the GET entry, without a body; a HEAD miss does not fill it', async () => {
+    const path = fresh('/api/open');
+    const get = await send(stack.gateway.url, path);
+    const head = await send(stack.gateway.url, path, {}, 'HEAD');
+    expect(head.headers['x-cache']).toBe('HIT');
+    expect(head.text).toBe('');
+    expect(head.headers['content-length']).toBe(String(Buffer.byteLength(get.text)));
+
+    const other = fresh('/api/open');
+    expect((await send(stack.gateway.url, other, {}, 'HEAD')).headers['x-cache']).toBe('MISS');
+    const after = await send(stack.gateway.url, other);
+    expect(after.headers['x-cache']).toBe('MISS');
+    expect(after.json.method).toBe('GET');
+  });
+
+  it.each([
+    { desc: 'a matching If-None-Match', headers: { 'if-none-match': '"v2"' }, status: 304 },
+    { desc: 'a weak If-None-Match (weak comparison)', headers: { 'if-none-match': 'W/"v2"' }, status: 304 },
+    { desc: 'If-None-Match: *', headers: { 'if-none-match': '*' }, status: 304 },
+    { desc: 'an If-None-Match in a list', headers: { 'if-none-match': '"a", "v2"' }, status: 304 },
+    { desc: 'another entity tag', headers: { 'if-none-match': '"v1"' }, status: 200 },
+    { desc: 'If-Modified-Since after Last-Modified', headers: { 'if-modified-since': 'Tue, 01 Dec 2026 11:00:00 GMT' }, status: 304 },
+    { desc: 'If-Modified-Since before Last-Modified', headers: { 'if-modified-since': 'Tue, 01 Dec 2026 09:00:00 GMT' }, status: 200 },
+    { desc: 'If-None-Match deciding over If-Modified-Since', headers: { 'if-none-match': '"nope"', 'if-modified-since': 'Tue, 01 Dec 2026 11:00:00 GMT' }, status: 200 },
+    { desc: 'a malformed If-Modified-Since', headers: { 'if-modified-since': 'yesterday' }, status: 200 },
+  ])('answers $desc from the cache with $status', async ({ headers, status }) => {
+    const path = fresh('/api/open', 'etag=%22v2%22&lm=Tue,%2001%20Dec%202026%2010:00:00%20GMT');
+    await send(stack.gateway.url, path);
+    const reply = await send(stack.gateway.url, path, headers);
+    expect(reply.status).toBe(status);
+    expect(reply.headers['x-cache']).toBe('HIT');
+    expect(reply.headers.etag).toBe('"v2"');
+    if (status === 304) expect(reply.text).toBe('');
+    expect(hitsFor(path)).toBe(1);
+  });
+
+  it.each([
+    { desc: 'no-store', query: 'cc=no-store' },
+    { desc: 'private', query: 'cc=private,max-age%3D60' },
+    { desc: 'no-cache', query: 'cc=no-cache' },
+    { desc: 'max-age=0', query: 'cc=max-age%3D0' },
+    { desc: 'an Age past max-age', query: 'cc=max-age%3D10&age=11' },
+    { desc: 'Set-Cookie', query: 'cookie=session%3Dabc' },
+    { desc: 'Vary: *', query: 'vary=*' },
+    { desc: 'Vary on a header the gateway writes (X-Forwarded-Host)', query: 'vary=X-Forwarded-Host' },
+    { desc: 'Vary on a header a request rule sets (X-Tenant)', query: 'vary=X-Tenant' },
+    { desc: 'a 500', query: 'status=500' },
+    { desc: 'a 503', query: 'status=503' },
+    { desc: 'a 201', query: 'status=201' },
+    { desc: 'a body over cache.maxEntryBytes', query: 'size=5000' },
+  ])('does not keep an answer with $desc', async ({ query }) => {
+    const path = fresh('/api/open', query);
+    const first = await send(stack.gateway.url, path);
+    const second = await send(stack.gateway.url, path);
+    expect([first.headers['x-cache'], second.headers['x-cache']]).toEqual(['MISS', 'MISS']);
+    expect(second.json.n).toBe(2);
+    expect(hitsFor(path)).toBe(2);
+  });
+
+  it('ignores a client\'s no-cache (a client cannot send every request through) but keeps its no-store answer out', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60');
+    const noStore = await send(stack.gateway.url, path, { 'cache-control': 'no-store' });
+    const first = await send(stack.gateway.url, path);
+    const noCache = await send(stack.gateway.url, path, { 'cache-control': 'no-cache', pragma: 'no-cache' });
+    expect([noStore.headers['x-cache'], first.headers['x-cache'], noCache.headers['x-cache']]).toEqual(['MISS', 'MISS', 'HIT']);
+  });
+
+  it('lets the service\'s s-maxage and max-age decide over the route ttl', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D0,s-maxage%3D60');
+    await send(stack.gateway.url, path);
+    expect((await send(stack.gateway.url, path)).headers['x-cache']).toBe('HIT');
+  });
+
+  it('shows the gateway\'s X-Cache, never one the service sent', async () => {
+    const path = fresh('/api/open', 'xcache=HIT');
+    expect((await send(stack.gateway.url, path)).headers['x-cache']).toBe('MISS');
+  });
+
+  it('never shows one user\'s answer to another (scope user)', async () => {
+    const path = fresh('/api/catalog', 'cc=public,max-age%3D60');
+    const replies = [];
+    for (const token of [alice, bob, alice, bob]) replies.push(await send(stack.gateway.url, path, as(token)));
+    expect(replies.map((reply) => [reply.headers['x-cache'], reply.json.user])).toEqual([
+      ['MISS', '1'],
+      ['MISS', '2'],
+      ['HIT', '1'],
+      ['HIT', '2'],
+    ]);
+  });
+
+  it('shares an answer across users on a public-scope route only when the service says public', async () => {
+    const notPublic = fresh('/api/shared', 'cc=max-age%3D60');
+    const plain = [await send(stack.gateway.url, notPublic, as(alice)), await send(stack.gateway.url, notPublic, as(bob))];
+    expect(plain.map((reply) => [reply.headers['x-cache'], reply.json.user])).toEqual([
+      ['MISS', '1'],
+      ['MISS', '2'],
+    ]);
+    const shared = fresh('/api/shared', 'cc=public,max-age%3D60');
+    const both = [await send(stack.gateway.url, shared, as(alice)), await send(stack.gateway.url, shared, as(bob))];
+    expect(both.map((reply) => reply.headers['x-cache'])).toEqual(['MISS', 'HIT']);
+  });
+
+  it('never lets a public-scope answer that varies by identity be shared (Vary: X-User-Id)', async () => {
+    const path = fresh('/api/shared', 'cc=public,max-age%3D60&vary=X-User-Id');
+    const replies = [await send(stack.gateway.url, path, as(alice)), await send(stack.gateway.url, path, as(bob))];
+    expect(replies.map((reply) => [reply.headers['x-cache'], reply.json.user])).toEqual([
+      ['MISS', '1'],
+      ['MISS', '2'],
+    ]);
+  });
+
+  it.each([
+    { desc: 'public scope', prefix: '/api/open' },
+    { desc: 'user scope, no signed-in caller', prefix: '/api/flaky' },
+  ])('shares an answer to a request with a cookie only when the service says public ($desc)', async ({ prefix }) => {
+    const personal = fresh(prefix, 'cc=max-age%3D60');
+    await send(stack.gateway.url, personal, { cookie: 'session=alice' });
+    expect((await send(stack.gateway.url, personal, { cookie: 'session=bob' })).headers['x-cache']).toBe('MISS');
+    const shared = fresh(prefix, 'cc=public,max-age%3D60');
+    await send(stack.gateway.url, shared, { cookie: 'session=alice' });
+    expect((await send(stack.gateway.url, shared, { cookie: 'session=bob' })).headers['x-cache']).toBe('HIT');
+  });
+
+  it('checks the route\'s authorization before answering from the cache', async () => {
+    const path = fresh('/api/catalog');
+    await send(stack.gateway.url, path, as(alice));
+    const anonymous = await send(stack.gateway.url, path);
+    expect(anonymous.status).toBe(401);
+    expect(anonymous.headers['x-cache']).toBeUndefined();
+  });
+
+  it.each([
+    { desc: 'X-Forwarded-Host from an untrusted client', headers: { 'x-forwarded-host': 'evil.example' }, field: 'forwardedHost', poison: 'evil.example' },
+    { desc: 'another Host', headers: { host: 'evil.example' }, field: 'forwardedHost', poison: 'evil.example' },
+    { desc: 'X-Forwarded-Proto', headers: { 'x-forwarded-proto': 'javascript' }, field: 'forwardedProto', poison: 'javascript' },
+    { desc: 'X-Original-URL', headers: { 'x-original-url': '/admin' }, field: 'originalUrl', poison: '/admin' },
+    { desc: 'X-HTTP-Method-Override', headers: { 'x-http-method-override': 'DELETE' }, field: 'methodOverride', poison: 'DELETE' },
+    { desc: 'Accept-Language (keyed by varyHeaders)', headers: { 'accept-language': 'xx-poison' }, field: 'lang', poison: 'xx-poison' },
+  ])('cannot be poisoned with $desc', async ({ headers, field, poison }) => {
+    const path = fresh('/api/open', 'cc=max-age%3D60');
+    // The victim's request is the attacker's without the hostile header: everything else the same.
+    const victimHeaders = { 'accept-language': 'en' };
+    await send(stack.gateway.url, path, { ...victimHeaders, ...headers });
+    const victim = await send(stack.gateway.url, path, victimHeaders);
+    expect(victim.status).toBe(200);
+    expect(victim.json[field]).not.toBe(poison);
+    expect(victim.text).not.toContain(poison);
+  });
+
+  it('keeps one variant per value of a Vary header the service names', async () => {
+    const path = fresh('/api/catalog', 'vary=Accept-Encoding');
+    const results = [];
+    for (const encoding of ['gzip', 'br', 'gzip']) results.push((await send(stack.gateway.url, path, as(alice, { 'accept-encoding': encoding }))).headers['x-cache']);
+    expect(results).toEqual(['MISS', 'MISS', 'MISS']);
+    expect((await send(stack.gateway.url, path, as(alice, { 'accept-encoding': 'gzip' }))).headers['x-cache']).toBe('HIT');
+  });
+
+  it.each([
+    { desc: 'a POST', method: 'POST', headers: { 'content-type': 'application/json', 'content-length': '2' } },
+    { desc: 'a Range request', method: 'GET', headers: { range: 'bytes=0-10' } },
+  ])('passes $desc by (BYPASS)', async ({ method, headers }) => {
+    const reply = await new Promise<Reply>((resolve, reject) => {
+      const { hostname, port } = new URL(stack.gateway.url);
+      const request = http.request({ host: hostname, port: Number(port), path: fresh('/api/open'), method, headers, agent: false }, (response) => {
+        response.resume();
+        response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, text: '', json: {} }));
+      });
+      request.on('error', reject);
+      request.end(method === 'POST' ? '{}' : undefined);
+    });
+    expect(reply.headers['x-cache']).toBe('BYPASS');
+  });
+
+  it.each([
+    { method: 'POST', status: 201, kept: false },
+    { method: 'PUT', status: 200, kept: false },
+    { method: 'DELETE', status: 204, kept: false },
+    { method: 'PATCH', status: 409, kept: true },
+    { method: 'POST', status: 500, kept: true },
+  ])('after a $method answered $status, the stored answer is kept: $kept (RFC 9111 4.4)', async ({ method, status, kept }) => {
+    const path = fresh('/api/catalog', 'cc=max-age%3D60');
+    await send(stack.gateway.url, path, as(alice));
+    // Another caller's unsafe request changes the resource for everybody.
+    const unsafe = await send(stack.gateway.url, path, as(bob, { 'x-answer-status': String(status) }), method);
+    expect([unsafe.status, unsafe.headers['x-cache']]).toEqual([status, 'BYPASS']);
+    expect((await send(stack.gateway.url, path, as(alice))).headers['x-cache']).toBe(kept ? 'HIT' : 'MISS');
+  });
+
+  it('passes by a credential the gateway did not verify but forwards to the service (forwardAuthorization)', async () => {
+    const path = fresh('/api/fwd', 'cc=public,max-age%3D60');
+    await send(stack.gateway.url, path);
+    const credentialed = await send(stack.gateway.url, path, { authorization: 'Bearer whatever-the-service-checks' });
+    expect(credentialed.headers['x-cache']).toBe('BYPASS');
+    expect(credentialed.json.n).toBe(2);
+    expect((await send(stack.gateway.url, path)).headers['x-cache']).toBe('HIT');
+  });
+
+  it('makes one request to the service for concurrent misses of one key', async () => {
+    const path = fresh('/api/open', 'gate=1&cc=max-age%3D60');
+    const before = stack.gatewayLogs.filter((line) => line.message === 'response cache: waiting for a fetch in flight').length;
+    const replies = Promise.all(Array.from({ length: 5 }, () => send(stack.gateway.url, path)));
+    // All five are in: one at the service, four waiting for its answer.
+    await waitFor(() => hitsFor(path) === 1 && stack.gatewayLogs.filter((line) => line.message === 'response cache: waiting for a fetch in flight').length - before === 4);
+    service.release();
+    const done = await replies;
+    expect(hitsFor(path)).toBe(1);
+    expect(done.map((reply) => reply.headers['x-cache']).sort()).toEqual(['HIT', 'HIT', 'HIT', 'HIT', 'MISS']);
+    expect(new Set(done.map((reply) => reply.text)).size).toBe(1);
+  });
+
+  it('stands in with a stale copy while the service is unreachable and stale-if-error allows (STALE)', async () => {
+    const path = fresh('/api/flaky', 'cc=max-age%3D1,stale-if-error%3D600');
+    const count = async (result: string) => {
+      const scrape = await (await fetch(`${stack.metrics.url}/metrics`)).text();
+      return Number(new RegExp(`gateway_cache_lookups_total\\{gateway_route_name="flaky",gateway_cache_result="${result}"\\} (\\d+)`).exec(scrape)?.[1]);
+    };
+    const [missesBefore, staleBefore] = [await count('miss'), await count('stale')];
+    const stored = await send(stack.gateway.url, path);
+    expect(stored.headers['x-cache']).toBe('MISS');
+    await flaky.close();
+    let reply = await send(stack.gateway.url, path);
+    // Fresh for one second: HIT; then the service is asked, cannot be reached, and the copy stands in.
+    await waitFor(async () => (reply = await send(stack.gateway.url, path)).headers['x-cache'] !== 'HIT');
+    expect(reply.status).toBe(200);
+    expect(reply.headers['x-cache']).toBe('STALE');
+    expect(reply.text).toBe(stored.text);
+    // One result per request: the miss that ended stale counts as stale only.
+    expect(await count('miss')).toBe(missesBefore + 1);
+    expect(await count('stale')).toBe(staleBefore + 1);
+  });
+
+  it('records the result on the span, in the access log and in the metrics', async () => {
+    const path = fresh('/api/open');
+    await send(stack.gateway.url, path, { 'x-request-id': 'cache-miss-1' });
+    await send(stack.gateway.url, path, { 'x-request-id': 'cache-hit-1' });
+    await waitFor(() => stack.gatewayLogs.some((line) => line.request_id === 'cache-hit-1'));
+    const logged = (id: string) => stack.gatewayLogs.find((line) => line.request_id === id && line.message === 'request completed');
+    expect(logged('cache-miss-1')?.cache).toBe('miss');
+    expect(logged('cache-hit-1')?.cache).toBe('hit');
+    await waitFor(() => tracing.spans().some((span) => span.attributes[ATTR.requestId] === 'cache-hit-1'));
+    const span = tracing.spans().find((each) => each.attributes[ATTR.requestId] === 'cache-hit-1')!;
+    expect(span.attributes[ATTR.cache]).toBe('hit');
+    const scrape = await (await fetch(`${stack.metrics.url}/metrics`)).text();
+    const count = (result: string) => Number(new RegExp(`gateway_cache_lookups_total\\{gateway_route_name="open-catalog",gateway_cache_result="${result}"\\} (\\d+)`).exec(scrape)?.[1]);
+    expect(count('hit')).toBeGreaterThanOrEqual(1);
+    expect(count('miss')).toBeGreaterThanOrEqual(1);
+    expect(count('stale')).toBe(0);
+  });
+});
+
+describe('response cache shared through Redis', () => {
+  let service: CatalogService;
+  let stack: TestStack;
+  let replica: TestServer;
+  let replicaRedis: Redis | undefined;
+  const prefix = isolatedKeyPrefix();
+
+  beforeAll(async () => {
+    service = await catalogService();
+    stack = await startStack({ serviceUrls: { notifications: service.url }, env: { REDIS_URL: MACHINE_REDIS }, overrides: overrides({ cache: { redisKeyPrefix: prefix } }), withRedis: true });
+    const { logger } = memoryLogger('gateway');
+    replicaRedis = createRedisStore({ url: MACHINE_REDIS, commandTimeoutMs: 500, logger });
+    await requireRedis(replicaRedis, MACHINE_REDIS);
+    replica = await listen(createGateway(stack.config, { logger, redis: replicaRedis }).callback());
+  });
+  afterAll(async () => {
+    await replica?.close();
+    replicaRedis?.disconnect();
+    if (stack) await stack.close();
+    await service.close();
+    await deleteKeys(MACHINE_REDIS, prefix);
+  });
+
+  it('answers on one replica from what another stored', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60&etag=%22r1%22');
+    // Replicas behind one load balancer see one Host (it is part of the key).
+    const host = { host: 'api.example.test' };
+    const first = await send(stack.gateway.url, path, host);
+    const second = await send(replica.url, path, host);
+    expect([first.headers['x-cache'], second.headers['x-cache']]).toEqual(['MISS', 'HIT']);
+    expect(second.text).toBe(first.text);
+    expect(second.headers.etag).toBe('"r1"');
+    expect(service.hits).toHaveLength(1);
+    // An update through one replica invalidates the copy for all of them.
+    expect((await send(replica.url, path, host, 'DELETE')).headers['x-cache']).toBe('BYPASS');
+    expect((await send(stack.gateway.url, path, host)).headers['x-cache']).toBe('MISS');
+  });
+});
+
+describe('response cache with its Redis store down', () => {
+  let service: CatalogService;
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    service = await catalogService();
+    const down = new URL(await refusedOrigin());
+    stack = await startStack({
+      serviceUrls: { notifications: service.url },
+      env: { REDIS_URL: `redis://${down.host}` },
+      overrides: overrides({ rateLimit: { max: 10_000, windowMs: 60_000, redisTimeoutMs: 150 } }),
+      withRedis: 'down',
+    });
+  });
+  afterAll(async () => {
+    await stack.close();
+    await service.close();
+  });
+
+  it('answers every request from the service (a miss), never with an error', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60');
+    const replies = [await send(stack.gateway.url, path), await send(stack.gateway.url, path)];
+    expect(replies.map((reply) => [reply.status, reply.headers['x-cache']])).toEqual([
+      [200, 'MISS'],
+      [200, 'MISS'],
+    ]);
+    expect(service.hits).toHaveLength(2);
+  });
+});
+
+/** Polls until `condition` holds (5 s at most). */
+async function waitFor(condition: () => boolean | Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error('condition not met within 5 s');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}

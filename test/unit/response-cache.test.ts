@@ -1,0 +1,194 @@
+import fc from 'fast-check';
+import { ConfigError, parseConfig } from '../../src/config';
+import { cacheKey, currentAge, isFresh, parseCacheControl, retentionMs, storability, type CachedResponse, type StorabilityInput } from '../../src/response-cache';
+import { createMemoryResponseStore, type CacheKey } from '../../src/response-store';
+import { shippedConfigFile } from '../helpers/test-config';
+
+const NOW = Date.parse('2026-12-01T12:00:00Z');
+const base: StorabilityInput = { status: 200, headers: {}, sharedCredentialed: false, defaultTtlSeconds: 30, now: NOW };
+const verdict = (headers: StorabilityInput['headers'], more: Partial<StorabilityInput> = {}) => storability({ ...base, ...more, headers });
+
+/** Directives a Cache-Control of a generated test may hold, valid or not. */
+const directive = fc.oneof(
+  fc.constantFrom('public', 'private', 'no-cache', 'must-revalidate', 'proxy-revalidate', 'immutable', 'no-transform', 'private="set-cookie"', 'no-cache="x"'),
+  fc.tuple(fc.constantFrom('max-age', 's-maxage', 'stale-if-error', 'MAX-AGE'), fc.oneof(fc.nat({ max: 1e12 }).map(String), fc.constantFrom('', '-1', 'abc', '"10"', '1.5', ' 7'))).map(([name, value]) => `${name}=${value}`),
+  fc.string({ maxLength: 12 }),
+);
+const cacheControl = fc.array(directive, { maxLength: 6 }).map((parts) => parts.join(', '));
+
+describe('Cache-Control and storability (RFC 9111)', () => {
+  it.each([
+    { desc: 'no directives: the route ttl', headers: {}, lifetime: 30 },
+    { desc: 'max-age wins over the route ttl', headers: { 'cache-control': 'max-age=120' }, lifetime: 120 },
+    { desc: 's-maxage wins over max-age in a shared cache', headers: { 'cache-control': 'max-age=0, s-maxage=90' }, lifetime: 90 },
+    { desc: 'Expires relative to Date', headers: { date: new Date(NOW).toUTCString(), expires: new Date(NOW + 45_000).toUTCString() }, lifetime: 45 },
+    { desc: 'a quoted max-age', headers: { 'cache-control': 'max-age="15"' }, lifetime: 15 },
+    { desc: 'directives in two field lines', headers: { 'cache-control': ['public', 'max-age=12'] }, lifetime: 12 },
+    { desc: 'upper-case directive names', headers: { 'cache-control': 'MAX-AGE=20' }, lifetime: 20 },
+  ])('stores $desc', ({ headers, lifetime }) => {
+    expect(verdict(headers)).toMatchObject({ store: true, lifetimeSeconds: lifetime });
+  });
+
+  it.each([
+    { desc: 'no-store', headers: { 'cache-control': 'max-age=60, no-store' } },
+    { desc: 'private', headers: { 'cache-control': 'private, max-age=60' } },
+    { desc: 'private naming a field', headers: { 'cache-control': 'private="set-cookie", max-age=60' } },
+    { desc: 'no-cache (the gateway does not revalidate)', headers: { 'cache-control': 'no-cache' } },
+    { desc: 'max-age=0', headers: { 'cache-control': 'max-age=0' } },
+    { desc: 'a malformed max-age', headers: { 'cache-control': 'max-age=abc' } },
+    { desc: 'two different max-age values', headers: { 'cache-control': 'max-age=60, max-age=5' } },
+    { desc: 'an invalid Expires', headers: { expires: '0' } },
+    { desc: 'an Expires in the past', headers: { date: new Date(NOW).toUTCString(), expires: new Date(NOW - 1000).toUTCString() } },
+    { desc: 'an Age beyond the lifetime', headers: { 'cache-control': 'max-age=60', age: '61' } },
+    { desc: 'Set-Cookie', headers: { 'set-cookie': 'session=1' } },
+    { desc: 'Vary: *', headers: { vary: 'Accept, *' } },
+    { desc: 'a no-store hidden in a second line', headers: { 'cache-control': ['max-age=60', 'no-store'] } },
+    { desc: 'a no-store after an unterminated quote', headers: { 'cache-control': 'max-age=60, x="a, no-store' } },
+  ])('does not store $desc', ({ headers }) => {
+    expect(verdict(headers).store).toBe(false);
+  });
+
+  it.each([200, 203, 204, 300, 301, 308, 404, 405, 410, 414])('stores status %i', (status) => {
+    expect(verdict({}, { status }).store).toBe(true);
+  });
+
+  it.each([201, 202, 206, 302, 304, 307, 400, 401, 403, 429, 500, 501, 502, 503, 504])('never stores status %i', (status) => {
+    expect(verdict({ 'cache-control': 'public, max-age=60' }, { status }).store).toBe(false);
+  });
+
+  it('shares a response to a signed-in caller only when the service says public or s-maxage', () => {
+    expect(verdict({ 'cache-control': 'max-age=60' }, { sharedCredentialed: true }).store).toBe(false);
+    expect(verdict({}, { sharedCredentialed: true }).store).toBe(false);
+    expect(verdict({ 'cache-control': 'public, max-age=60' }, { sharedCredentialed: true }).store).toBe(true);
+    expect(verdict({ 'cache-control': 's-maxage=60' }, { sharedCredentialed: true }).store).toBe(true);
+    expect(verdict({ 'cache-control': 'max-age=60' }, { sharedCredentialed: false }).store).toBe(true);
+  });
+
+  it('never stores what no-store, private or no-cache forbid, and never a negative lifetime, for any Cache-Control', () => {
+    fc.assert(
+      fc.property(cacheControl, fc.nat({ max: 100_000 }), fc.boolean(), (value, age, sharedCredentialed) => {
+        const parsed = parseCacheControl(value);
+        const result = verdict({ 'cache-control': value, age: String(age) }, { sharedCredentialed });
+        const lower = value.toLowerCase();
+        if (/(^|[\s,])(no-store|no-cache|private)(?=$|[\s,=])/.test(lower)) expect(result.store).toBe(false);
+        if (sharedCredentialed && !parsed.public && parsed.sMaxAge === undefined) expect(result.store).toBe(false);
+        if (result.store) {
+          expect(result.lifetimeSeconds).toBeGreaterThan(result.initialAgeSeconds);
+          expect(result.initialAgeSeconds).toBeGreaterThanOrEqual(0);
+          expect(result.staleIfErrorSeconds).toBeGreaterThanOrEqual(0);
+          if (parsed.mustRevalidate) expect(result.staleIfErrorSeconds).toBe(0);
+        }
+      }),
+      { seed: 9111, numRuns: 1000 },
+    );
+  });
+
+  it('ages an entry from its initial age, and it stays fresh only while younger than its lifetime', () => {
+    fc.assert(
+      fc.property(fc.nat({ max: 10_000 }), fc.integer({ min: 1, max: 10_000 }), fc.nat({ max: 20_000_000 }), (initialAge, lifetime, elapsedMs) => {
+        const entry: CachedResponse = { status: 200, headers: {}, body: Buffer.alloc(0), storedAt: NOW, initialAgeSeconds: initialAge, lifetimeSeconds: lifetime, staleIfErrorSeconds: 0, vary: [], varyValues: [] };
+        const age = currentAge(entry, NOW + elapsedMs);
+        expect(age).toBeCloseTo(initialAge + elapsedMs / 1000, 6);
+        expect(isFresh(entry, NOW + elapsedMs)).toBe(age < lifetime);
+        expect(retentionMs(entry, NOW + elapsedMs)).toBeGreaterThanOrEqual(0);
+      }),
+      { seed: 42, numRuns: 300 },
+    );
+  });
+
+  it('keys every distinct list of parts apart (no separator trick joins two)', () => {
+    expect(cacheKey(['r', 'a', 'b/c'])).not.toBe(cacheKey(['r', 'a/b', 'c']));
+    expect(cacheKey(['r', null])).not.toBe(cacheKey(['r', 'null']));
+    fc.assert(
+      fc.property(fc.array(fc.option(fc.string({ maxLength: 8 })), { maxLength: 5 }), fc.array(fc.option(fc.string({ maxLength: 8 })), { maxLength: 5 }), (a, b) => {
+        if (JSON.stringify(a) !== JSON.stringify(b)) expect(cacheKey(a)).not.toBe(cacheKey(b));
+      }),
+      { seed: 7, numRuns: 500 },
+    );
+  });
+});
+
+describe('the in-memory store', () => {
+  const at = (resource: string, variant = 'v'): CacheKey => ({ resource, variant });
+  const entry = (bytes: number): CachedResponse => ({ status: 200, headers: {}, body: Buffer.alloc(bytes), storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [], varyValues: [] });
+
+  it('drops the least recently used entries of a route beyond its byte budget', async () => {
+    const store = createMemoryResponseStore({ maxBytes: 1_000_000, routeMaxBytes: new Map([['a', 3000]]) });
+    await store.set('a', at('k1'), entry(800));
+    await store.set('a', at('k2'), entry(800));
+    await store.get('a', at('k1')); // k1 is now the most recently used
+    await store.set('a', at('k3'), entry(800));
+    expect(await store.get('a', at('k1'))).toBeDefined();
+    expect(await store.get('a', at('k2'))).toBeUndefined();
+    expect(await store.get('a', at('k3'))).toBeDefined();
+  });
+
+  it('keeps all routes within the global budget, taking from the largest route first', async () => {
+    // Each entry counts as 1000 body bytes plus bookkeeping (about 1.5 kB): three fit in 5000, four do not.
+    const store = createMemoryResponseStore({ maxBytes: 5000, routeMaxBytes: new Map([['big', 5000], ['small', 5000]]) });
+    await store.set('big', at('b1'), entry(1000));
+    await store.set('big', at('b2'), entry(1000));
+    await store.set('big', at('b3'), entry(1000));
+    await store.set('small', at('s1'), entry(1000));
+    expect(await store.get('big', at('b1'))).toBeUndefined();
+    expect(await store.get('big', at('b2'))).toBeDefined();
+    expect(await store.get('big', at('b3'))).toBeDefined();
+    expect(await store.get('small', at('s1'))).toBeDefined();
+  });
+
+  it('never keeps an entry larger than the budget, and forgets entries past their retention', async () => {
+    let now = Date.now();
+    const store = createMemoryResponseStore({ maxBytes: 2000, routeMaxBytes: new Map([['a', 2000]]), now: () => now });
+    await store.set('a', at('huge'), entry(5000));
+    expect(await store.get('a', at('huge'))).toBeUndefined();
+    await store.set('a', at('k'), { ...entry(10), storedAt: now });
+    now += 61_000;
+    expect(await store.get('a', at('k'))).toBeUndefined();
+  });
+
+  it('drops every variant of a resource on invalidation, and nothing else', async () => {
+    const store = createMemoryResponseStore({ maxBytes: 100_000, routeMaxBytes: new Map([['a', 100_000]]) });
+    await store.set('a', at('r1', 'alice'), entry(10));
+    await store.set('a', at('r1', 'bob'), entry(10));
+    await store.set('a', at('r2', 'alice'), entry(10));
+    await store.set('b', at('r1', 'alice'), entry(10));
+    await store.invalidate('a', 'r1');
+    expect(await store.get('a', at('r1', 'alice'))).toBeUndefined();
+    expect(await store.get('a', at('r1', 'bob'))).toBeUndefined();
+    expect(await store.get('a', at('r2', 'alice'))).toBeDefined();
+    expect(await store.get('b', at('r1', 'alice'))).toBeDefined();
+  });
+});
+
+describe('cache settings in the config', () => {
+  const routesWith = (cache: unknown, more: Record<string, unknown> = {}) =>
+    (shippedConfigFile().routes as Record<string, unknown>[]).map((route) => (route.name === 'notifications' ? { ...route, ...more, cache } : route));
+  const parse = (cache: unknown, more: Record<string, unknown> = {}, top: Record<string, unknown> = {}) => parseConfig({ ...shippedConfigFile(), ...top, routes: routesWith(cache, more) });
+
+  it('applies the documented defaults', () => {
+    const config = parse({ ttlSeconds: 30 });
+    expect(config.routes[4]!.cache).toEqual({ ttlSeconds: 30, scope: 'user', varyHeaders: [] });
+    expect(config.cache).toEqual({ statusHeader: 'x-cache', maxBytes: 64 * 1024 * 1024, maxEntryBytes: 1024 * 1024, redisKeyPrefix: 'koa-gateway:cache' });
+  });
+
+  it.each([
+    { desc: 'no ttl', cache: {}, message: /routes\.4\.cache\.ttlSeconds/ },
+    { desc: 'a zero ttl', cache: { ttlSeconds: 0 }, message: /routes\.4\.cache\.ttlSeconds/ },
+    { desc: 'an unknown scope', cache: { ttlSeconds: 5, scope: 'everyone' }, message: /routes\.4\.cache\.scope/ },
+    { desc: 'Authorization in the key', cache: { ttlSeconds: 5, varyHeaders: ['Authorization'] }, message: /credential/ },
+    { desc: 'an identity header in the key', cache: { ttlSeconds: 5, varyHeaders: ['x-user-id'] }, message: /varyHeaders\.0.*never reaches/ },
+    { desc: 'a route budget over the global one', cache: { ttlSeconds: 5, maxBytes: 128 * 1024 * 1024 }, message: /cache\.maxBytes/ },
+    { desc: 'an unknown key', cache: { ttlSeconds: 5, methods: ['POST'] }, message: /routes\.4\.cache/ },
+  ])('refuses $desc', ({ cache, message }) => {
+    expect(() => parse(cache)).toThrow(ConfigError);
+    expect(() => parse(cache)).toThrow(message);
+  });
+
+  it('refuses a cache on a route without GET', () => {
+    expect(() => parse({ ttlSeconds: 5 }, { methods: ['POST'] })).toThrow(/needs GET/);
+  });
+
+  it('refuses a status header the gateway owns', () => {
+    expect(() => parse({ ttlSeconds: 5 }, {}, { cache: { statusHeader: 'X-Request-Id' } })).toThrow(/cache\.statusHeader/);
+  });
+});
