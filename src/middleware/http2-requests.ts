@@ -1,0 +1,59 @@
+import type { Http2ServerRequest } from 'node:http2';
+import type { Middleware } from 'koa';
+import { GatewayError } from '../errors';
+
+/**
+ * Connection-specific header fields: meaningless in HTTP/2, and a request carrying one is malformed (RFC 9113
+ * 8.2.2). Node's HTTP/2 parser already resets such streams; this is the rule written down where the pipeline
+ * can be read, should a Node version let one through (it would otherwise reach an HTTP/1.1 upstream, where
+ * `Transfer-Encoding` and `Connection` mean framing: request smuggling).
+ */
+const CONNECTION_SPECIFIC = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade'] as const;
+
+/** A field name (RFC 9110 5.1 token), lower case as HTTP/2 requires (RFC 9113 8.2.1). */
+const FIELD_NAME = /^[!#$%&'*+.^_`|~0-9a-z-]+$/;
+/** What a field value must not hold in HTTP/2 (RFC 9113 8.2.1): NUL, CR, LF anywhere, whitespace at either end. */
+const MALFORMED_VALUE = /[\0\r\n]|^[ \t]|[ \t]$/;
+
+function isMalformedValue(value: string | string[] | undefined): boolean {
+  if (value === undefined) return false;
+  return Array.isArray(value) ? value.some((each) => MALFORMED_VALUE.test(each)) : MALFORMED_VALUE.test(value);
+}
+
+/**
+ * Makes an HTTP/2 request (TLS listener, src/tls.ts) mean to the rest of the pipeline what it means on the wire,
+ * before anything reads it. Mounted only with `tls`; HTTP/1.1 requests pass untouched.
+ * - Field names and values HTTP/1.1 could not carry are refused (400): Node's HTTP/2 parser passes a value with
+ *   CR LF or NUL, or a name with a space, which the HTTP/1.1 parser would never; forwarded, they would be header
+ *   injection into the upstream request.
+ * - Connection-specific headers, and `TE` other than `trailers`, are refused (400).
+ * - A `Host` that names another authority than `:authority` is refused (400, RFC 9113 8.3.1): the host guard
+ *   and the services must never judge by different names.
+ * - A body without `content-length` (HTTP/2 frames bodies itself, RFC 9113 8.1) is marked as one of unknown
+ *   length, as an HTTP/1.1 request would say it (`transfer-encoding: chunked`), so the proxy forwards it (and
+ *   does not retry the request); that header is hop-by-hop and never itself reaches a service.
+ * Pseudo-headers (`:path`, `:authority`, ...) never reach a service either (src/upstream-headers.ts).
+ */
+export function createHttp2Requests(): Middleware {
+  return async function normaliseHttp2Request(ctx, next) {
+    if (ctx.req.httpVersionMajor !== 2) return next();
+    const headers = ctx.req.headers;
+    for (const name in headers) {
+      // Pseudo-header names are checked by Node's parser (unknown ones reset the stream); their values are not.
+      if ((name.charCodeAt(0) !== 58 /* : */ && !FIELD_NAME.test(name)) || isMalformedValue(headers[name])) {
+        throw new GatewayError('bad_request', `The request carries a header field HTTP/1.1 could not (${JSON.stringify(name.slice(0, 64))}).`);
+      }
+    }
+    for (const name of CONNECTION_SPECIFIC) {
+      if (headers[name] !== undefined) throw new GatewayError('bad_request', `HTTP/2 requests must not carry the connection-specific header ${name}.`);
+    }
+    if (headers.te !== undefined && headers.te !== 'trailers') throw new GatewayError('bad_request', 'HTTP/2 requests may carry TE: trailers only.');
+    const authority = headers[':authority'];
+    if (authority !== undefined && headers.host !== undefined && headers.host.toLowerCase() !== String(authority).toLowerCase()) {
+      throw new GatewayError('bad_request', 'The Host header names another authority than :authority.');
+    }
+    const { stream } = ctx.req as unknown as Http2ServerRequest;
+    if (!stream.endAfterHeaders && headers['content-length'] === undefined) headers['transfer-encoding'] = 'chunked';
+    await next();
+  };
+}

@@ -1,0 +1,197 @@
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import http2 from 'node:http2';
+import path from 'node:path';
+import type { Socket } from 'node:net';
+import type { SecureContextOptions } from 'node:tls';
+import type { Logger } from '../otel/logger';
+import type { PublicServer } from '../otel/lifecycle';
+import type { TlsConfig } from './config';
+
+/**
+ * TLS termination on the public port: one `http2.createSecureServer` that offers `h2` and `http/1.1` by ALPN
+ * (`allowHTTP1`), so HTTP/2 clients get multiplexing and everything else keeps working. Koa runs on Node's
+ * HTTP/2 compatibility API; what differs from HTTP/1 in the pipeline (pseudo-headers, bodies without a length)
+ * is settled in src/middleware/http2-requests.ts and src/upstream-headers.ts.
+ */
+
+/**
+ * HTTP/2 bounds, each the HTTP/1 listener's where one exists, so no limit can be dodged by switching protocol.
+ * Header block: Node's HTTP/1 `maxHeaderSize` (16 KiB unless --max-http-header-size) also bounds what HPACK
+ * may decompress to, and CONTINUATION frames that pile past it end the session (CVE-2024-27983 was fixed
+ * in Node itself; this keeps the bound small). Streams: 100 at once per connection (RFC 9113 6.5.2 suggests
+ * no fewer); Node's default is unlimited.
+ */
+export const HTTP2_LIMITS = {
+  maxConcurrentStreams: 100,
+  maxHeaderListSize: http.maxHeaderSize,
+  /** Header fields per request, pseudo-headers included (Node's default). */
+  maxHeaderListPairs: 128,
+  /** Per-session buffers (HPACK tables, queued frames), MB; beyond it new streams are refused (Node's default). */
+  maxSessionMemoryMb: 10,
+  /** Invalid frames tolerated per session before it is closed (Node's default is 1000). */
+  maxSessionInvalidFrames: 100,
+  /** Streams the server may refuse per session (RST_STREAM flood, rapid reset) before closing it (Node's default). */
+  maxSessionRejectedStreams: 100,
+} as const;
+
+export interface TlsServerOptions {
+  tls: TlsConfig;
+  /** Client timeouts, ms, as on the plain listener: whole head, whole request, idle keep-alive. */
+  timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
+  logger: Logger;
+  /** Where relative file names resolve. Default the working directory. */
+  cwd?: string;
+}
+
+export interface TlsServer {
+  /** Builds the listening server (for runServer's `createServer`); call once. */
+  create(listener: http.RequestListener): PublicServer;
+  /**
+   * Reads `certFile`, `keyFile` and `caFile` again (rotated certificates): new connections use them, open ones
+   * keep theirs and are not dropped. Files that cannot be read or do not match leave the old ones in use
+   * (logged); returns whether the new ones were taken.
+   */
+  reloadCertificates(): boolean;
+}
+
+/** The PEM files as secure-context options; throws when one cannot be read. */
+export function readCertificates(tls: TlsConfig, cwd = process.cwd()): SecureContextOptions {
+  const read = (file: string) => readFileSync(path.resolve(cwd, file));
+  return { cert: read(tls.certFile), key: read(tls.keyFile), ...(tls.caFile ? { ca: read(tls.caFile) } : {}), minVersion: tls.minVersion };
+}
+
+export function createTlsServer(options: TlsServerOptions): TlsServer {
+  const { tls, timeouts, logger } = options;
+  // Read now: a missing or unreadable file stops startup, not the first handshake.
+  const certificates = readCertificates(tls, options.cwd);
+  let server: http2.Http2SecureServer | undefined;
+
+  return {
+    create(listener) {
+      const secure = http2.createSecureServer(
+        {
+          ...certificates,
+          allowHTTP1: true,
+          settings: { maxConcurrentStreams: HTTP2_LIMITS.maxConcurrentStreams, maxHeaderListSize: HTTP2_LIMITS.maxHeaderListSize, enablePush: false },
+          maxHeaderListPairs: HTTP2_LIMITS.maxHeaderListPairs,
+          maxSessionMemory: HTTP2_LIMITS.maxSessionMemoryMb,
+          maxSessionInvalidFrames: HTTP2_LIMITS.maxSessionInvalidFrames,
+          maxSessionRejectedStreams: HTTP2_LIMITS.maxSessionRejectedStreams,
+          // HTTP/1.1 over TLS is served by Node's HTTP/1 server code with the plain listener's bounds.
+          headersTimeout: timeouts.headersMs,
+          requestTimeout: timeouts.requestMs,
+          keepAliveTimeout: timeouts.keepAliveMs,
+          connectionsCheckingInterval: Math.min(1000, timeouts.headersMs),
+          // A TLS handshake (or an HTTP/2 preface) that never finishes is cut like a slow request head.
+          handshakeTimeout: timeouts.headersMs,
+          unknownProtocolTimeout: timeouts.headersMs,
+        } as http2.SecureServerOptions,
+        // Koa's callback reads only what the compatibility request and response share with HTTP/1's.
+        listener as unknown as (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void,
+      );
+      // An HTTP/2 connection without any stream for this long is closed (HTTP/1.1 ones by keepAliveTimeout).
+      // Not shorter than a whole request may take: the session timer does not see a stream waiting for its upstream.
+      secure.setTimeout(Math.max(timeouts.requestMs, timeouts.keepAliveMs));
+      const sockets = new Set<Socket>();
+      secure.on('secureConnection', (socket: Socket) => {
+        sockets.add(socket);
+        socket.once('close', () => sockets.delete(socket));
+      });
+      // Broken handshakes and protocol errors are the client's; they close its connection and nothing else.
+      secure.on('tlsClientError', () => {});
+      secure.on('sessionError', () => {});
+      server = secure;
+      return Object.assign(secure, {
+        // Node's own closes idle HTTP/1.1 connections; close() already sends GOAWAY to every HTTP/2 session.
+        closeIdleConnections: (secure as unknown as { closeIdleConnections(): void }).closeIdleConnections.bind(secure),
+        closeAllConnections() {
+          for (const socket of sockets) socket.destroy();
+        },
+      });
+    },
+    reloadCertificates() {
+      if (!server) return false;
+      try {
+        server.setSecureContext(readCertificates(tls, options.cwd));
+        logger.info('tls certificates reloaded', { certFile: tls.certFile });
+        return true;
+      } catch (error) {
+        logger.error('tls certificates not reloaded; the previous ones stay in use', { certFile: tls.certFile, error: error instanceof Error ? error.message : String(error) });
+        return false;
+      }
+    },
+  };
+}
+
+export interface RedirectListenerOptions {
+  port: number;
+  host: string;
+  /** The HTTPS port named in `Location` (omitted when 443). */
+  httpsPort: number;
+  /** Host names served (config `allowedHosts`); other hosts get 421 rather than a redirect to them. Any when absent. */
+  allowedHosts?: readonly string[];
+  /** Answers `/health` on this listener too (load balancers probe the plain port). */
+  health: http.RequestListener;
+  timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
+}
+
+export interface RedirectListener {
+  url: string;
+  close(): Promise<void>;
+}
+
+/** A host and optional port as a Location may carry it: a DNS name, IPv4, or bracketed IPv6. */
+const HOST_AND_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(:\d{1,5})?$/;
+
+/**
+ * The plain-HTTP listener beside HTTPS: every request but `/health` gets 308 (method and body kept, RFC 9110
+ * 15.4.9) to the same host and path over HTTPS. The host must look like one (and be allowed, when
+ * `allowedHosts` says which), so the redirect never points a client at a name it did not reach us by.
+ */
+export async function listenHttpsRedirect(options: RedirectListenerOptions): Promise<RedirectListener> {
+  const exact = new Set<string>();
+  const suffixes: string[] = [];
+  for (const entry of options.allowedHosts ?? []) {
+    const host = entry.toLowerCase();
+    if (host.startsWith('*.')) suffixes.push(host.slice(1));
+    else exact.add(host);
+  }
+  const allowed = (hostname: string) => options.allowedHosts === undefined || exact.has(hostname) || suffixes.some((suffix) => hostname.endsWith(suffix) && hostname.length > suffix.length);
+  const portSuffix = options.httpsPort === 443 ? '' : `:${options.httpsPort}`;
+  const { headersMs, requestMs, keepAliveMs } = options.timeouts;
+
+  const server = http.createServer({ headersTimeout: headersMs, requestTimeout: requestMs, keepAliveTimeout: keepAliveMs }, (req, res) => {
+    const url = req.url ?? '';
+    if (url === '/health' || url.startsWith('/health?')) return options.health(req, res);
+    const host = req.headers.host ?? '';
+    const match = HOST_AND_PORT.exec(host);
+    const hostname = match?.[1]!.toLowerCase();
+    // Origin-form targets only: an absolute-form one (`GET http://elsewhere/`) names another authority.
+    const problem = !url.startsWith('/') || url.startsWith('//') ? 400 : !hostname ? 400 : !allowed(hostname) ? 421 : undefined;
+    if (problem) {
+      const code = problem === 421 ? 'host_not_allowed' : 'bad_request';
+      const requestId = randomUUID().replaceAll('-', '');
+      res.writeHead(problem, { 'content-type': 'application/problem+json', connection: 'close', 'x-request-id': requestId });
+      res.end(JSON.stringify({ type: `urn:koa-gateway:problem:${code}`, title: problem === 421 ? 'Misdirected request' : 'Bad request', status: problem, code, requestId }));
+      return;
+    }
+    res.writeHead(308, { location: `https://${hostname}${portSuffix}${url}`, 'content-length': '0' });
+    res.end();
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port, options.host, () => resolve());
+  });
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : options.port;
+  return {
+    url: `http://${options.host.includes(':') ? `[${options.host}]` : options.host}:${port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}

@@ -1,0 +1,32 @@
+import { generateApiKey, hashApiKey } from '../consumers';
+
+/**
+ * `npm run apikey`: prints a new API key once, and the hash to declare for it in `consumers[].keys[].hash`.
+ * The key itself is stored nowhere: hand it to the consumer and keep only the hash.
+ *
+ *   npm run apikey                      a new key and its hash (and a consumer entry to paste)
+ *   npm run apikey -- --hash < key.txt  the hash of an existing key read from stdin (first line)
+ */
+async function main(argv: readonly string[]): Promise<void> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write('usage: api-key [--hash]   (--hash: print the hash of a key read from stdin)\n');
+    return;
+  }
+  if (argv.includes('--hash')) {
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    const key = Buffer.concat(chunks).toString('utf8').split(/\r?\n/)[0]!.trim();
+    if (key === '') throw new Error('no key on stdin');
+    process.stdout.write(`${hashApiKey(key)}\n`);
+    return;
+  }
+  const key = generateApiKey();
+  const hash = hashApiKey(key);
+  process.stdout.write(`key:  ${key}\nhash: ${hash}\n\nconsumer entry (gateway.config.json "consumers", or the consumersFile):\n`);
+  process.stdout.write(`${JSON.stringify({ id: 'CHANGE-ME', role: 'user', keys: [{ hash }] }, null, 2)}\n`);
+}
+
+main(process.argv.slice(2)).catch((error: unknown) => {
+  process.stderr.write(`api-key: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(1);
+});

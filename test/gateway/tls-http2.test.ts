@@ -1,0 +1,570 @@
+import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import http2 from 'node:http2';
+import https from 'node:https';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
+import { runServer, type RunningServer } from '../../otel/lifecycle';
+import { HEADER } from '../../otel/wire-names';
+import { createGatewayApps } from '../../src/gateway';
+import type { ProblemBody } from '../../src/middleware/errors';
+import { createTlsServer, HTTP2_LIMITS, listenHttpsRedirect, type RedirectListener, type TlsServer } from '../../src/tls';
+import { makeCertificate, type TestCertificate } from '../helpers/certificates';
+import { exitOf, spawnGateway } from '../helpers/process-stack';
+import { memoryLogger, type RecordedRequest } from '../helpers/servers';
+import { startStack, type TestStack } from '../helpers/stack';
+import { shippedConfigFile } from '../helpers/test-config';
+
+interface Reply {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+}
+
+const TIMEOUTS = { headersMs: 10_000, requestMs: 120_000, keepAliveMs: 5_000 };
+
+/** An HTTP/2 session to the gateway, trusting the test certificate. */
+function connectH2(origin: string, ca: string): Promise<http2.ClientHttp2Session> {
+  return new Promise((resolve, reject) => {
+    const session = http2.connect(origin, { ca });
+    session.once('connect', () => resolve(session));
+    session.once('error', reject);
+  });
+}
+
+/** One request on an HTTP/2 session; headers (pseudo-headers included) sent as given. */
+function h2Request(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders, body?: string): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const stream = session.request({ ':method': 'GET', ...headers }, { endStream: body === undefined });
+    let responseHeaders: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader = {};
+    const chunks: Buffer[] = [];
+    stream.on('response', (received) => (responseHeaders = received));
+    stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+    stream.on('end', () => resolve({ status: Number(responseHeaders[':status']), headers: responseHeaders, text: Buffer.concat(chunks).toString() }));
+    stream.on('error', reject);
+    if (body !== undefined) stream.end(body);
+  });
+}
+
+/** One HTTP/1.1 request over TLS on a fresh connection. */
+function h1Request(origin: string, ca: string, path: string, headers: http.OutgoingHttpHeaders = {}, method = 'GET', body?: string): Promise<Reply> {
+  const { hostname, port } = new URL(origin);
+  return new Promise((resolve, reject) => {
+    const request = https.request({ host: hostname, port: Number(port), path, method, headers, ca, agent: false }, (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() }));
+    });
+    request.on('error', reject);
+    request.end(body);
+  });
+}
+
+/** A plain HTTP/1.1 request (the redirect listener), the path sent byte for byte. */
+function plainRequest(origin: string, path: string, headers: http.OutgoingHttpHeaders = {}, method = 'GET'): Promise<Reply> {
+  const { hostname, port } = new URL(origin);
+  return new Promise((resolve, reject) => {
+    const request = http.request({ host: hostname, port: Number(port), path, method, headers, agent: false }, (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() }));
+    });
+    request.on('error', reject);
+    request.end();
+  });
+}
+
+// --- HTTP/2 frames by hand: for the shapes Node's client refuses to send -------------------------------------
+
+const FRAME = { data: 0x0, headers: 0x1, rstStream: 0x3, settings: 0x4, goaway: 0x7, continuation: 0x9 } as const;
+const FLAG = { endStream: 0x1, endHeaders: 0x4, ack: 0x1 } as const;
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+
+function frame(type: number, flags: number, streamId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const head = Buffer.alloc(9);
+  head.writeUIntBE(payload.length, 0, 3);
+  head[3] = type;
+  head[4] = flags;
+  head.writeUInt32BE(streamId, 5);
+  return Buffer.concat([head, payload]);
+}
+
+/** An HPACK integer with an N-bit prefix (RFC 7541 5.1). */
+function hpackInteger(value: number, prefixBits: number, flags: number): Buffer {
+  const max = (1 << prefixBits) - 1;
+  if (value < max) return Buffer.from([flags | value]);
+  const bytes = [flags | max];
+  for (value -= max; value >= 128; value = Math.floor(value / 128)) bytes.push((value % 128) + 128);
+  bytes.push(value);
+  return Buffer.from(bytes);
+}
+
+/** A literal header field without indexing, new name, no Huffman (RFC 7541 6.2.2): any bytes, as given. */
+function hpackLiteral(name: string, value: string): Buffer {
+  const nameBytes = Buffer.from(name, 'latin1');
+  const valueBytes = Buffer.from(value, 'latin1');
+  return Buffer.concat([Buffer.from([0]), hpackInteger(nameBytes.length, 7, 0), nameBytes, hpackInteger(valueBytes.length, 7, 0), valueBytes]);
+}
+
+/** Huffman codes (RFC 7541 Appendix B) of the digits, all a status needs: [code, bits]. */
+const HUFFMAN_DIGITS: [number, number][] = [[0x0, 5], [0x1, 5], [0x2, 5], [0x19, 6], [0x1a, 6], [0x1b, 6], [0x1c, 6], [0x1d, 6], [0x1e, 6], [0x1f, 6]];
+
+/** `:status` of a response header block: the first field, as Node's encoder writes it (indexed, or a literal with the indexed name). */
+function statusOf(block: Buffer): number {
+  const STATIC_STATUS: Record<number, number> = { 8: 200, 9: 204, 10: 206, 11: 304, 12: 400, 13: 404, 14: 500 };
+  const first = block[0]!;
+  if (first & 0x80) return STATIC_STATUS[first & 0x7f] ?? -1;
+  const length = block[1]! & 0x7f;
+  const bytes = block.subarray(2, 2 + length);
+  if (!(block[1]! & 0x80)) return Number(bytes.toString('latin1'));
+  let bits = '';
+  for (const byte of bytes) bits += byte.toString(2).padStart(8, '0');
+  let digits = '';
+  while (digits.length < 3) {
+    const digit = HUFFMAN_DIGITS.findIndex(([code, size]) => bits.length >= size && parseInt(bits.slice(0, size), 2) === code);
+    if (digit === -1) return -1;
+    digits += String(digit);
+    bits = bits.slice(HUFFMAN_DIGITS[digit]![1]);
+  }
+  return Number(digits);
+}
+
+type RawOutcome = { kind: 'status'; status: number } | { kind: 'reset' } | { kind: 'goaway' } | { kind: 'closed' };
+
+/**
+ * Opens a TLS connection with ALPN h2, sends the preface, SETTINGS and then `frames` byte for byte, and reports
+ * what the server did with stream 1: a response status, a reset, a GOAWAY, or a closed connection.
+ */
+function rawHttp2(origin: string, ca: string, frames: Buffer[]): Promise<RawOutcome> {
+  const { hostname, port } = new URL(origin);
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({ host: hostname, port: Number(port), ca, ALPNProtocols: ['h2'], servername: 'localhost' }, () => {
+      if (socket.alpnProtocol !== 'h2') return reject(new Error(`ALPN chose ${String(socket.alpnProtocol)}`));
+      socket.write(Buffer.concat([PREFACE, frame(FRAME.settings, 0, 0), ...frames]));
+    });
+    let buffered = Buffer.alloc(0);
+    let settled = false;
+    const settle = (outcome: RawOutcome) => {
+      if (settled) return;
+      settled = true;
+      socket.destroy();
+      resolve(outcome);
+    };
+    socket.setTimeout(5000, () => reject(new Error('no answer on stream 1 within 5 s')));
+    socket.on('error', () => settle({ kind: 'closed' }));
+    socket.on('close', () => settle({ kind: 'closed' }));
+    socket.on('data', (chunk: Buffer) => {
+      buffered = Buffer.concat([buffered, chunk]);
+      while (buffered.length >= 9) {
+        const length = buffered.readUIntBE(0, 3);
+        if (buffered.length < 9 + length) break;
+        const type = buffered[3]!;
+        const flags = buffered[4]!;
+        const streamId = buffered.readUInt32BE(5) & 0x7fffffff;
+        const payload = buffered.subarray(9, 9 + length);
+        buffered = buffered.subarray(9 + length);
+        if (type === FRAME.settings && !(flags & FLAG.ack)) socket.write(frame(FRAME.settings, FLAG.ack, 0));
+        else if (type === FRAME.headers && streamId === 1) settle({ kind: 'status', status: statusOf(payload) });
+        else if (type === FRAME.rstStream && streamId === 1) settle({ kind: 'reset' });
+        else if (type === FRAME.goaway) settle({ kind: 'goaway' });
+      }
+    });
+  });
+}
+
+// -------------------------------------------------------------------------------------------------------------
+
+/** Routes to user-service's `/health`, which answers 200 whoever calls: what matters is what reached it. */
+const probeRoute = { name: 'probe', prefix: '/api/probe', service: 'users', upstreamPath: '/health', auth: 'public' };
+
+describe('TLS termination and HTTP/2', () => {
+  let certificate: TestCertificate;
+  let stack: TestStack;
+  let gateway: RunningServer;
+  let url: string;
+  let bob: string;
+  let session: http2.ClientHttp2Session;
+  let rowCount = 0;
+  const nextRequestId = () => `tls-${++rowCount}`;
+  const seenWithRequestId = (requestId: string): RecordedRequest[] => stack.serviceRequests().filter((request) => request.headers[HEADER.requestId] === requestId);
+
+  beforeAll(async () => {
+    certificate = makeCertificate();
+    const shippedAuth = shippedConfigFile().auth as Record<string, unknown>;
+    const routes = [...(shippedConfigFile().routes as { name: string }[]).map((route) => (route.name === 'register' ? { ...route, rateLimit: { max: 100_000, windowMs: 60_000 } } : route)), probeRoute];
+    stack = await startStack({
+      env: { RATE_LIMIT_MAX: '100000' },
+      overrides: { routes, auth: { ...shippedAuth, loginRateLimit: { max: 1000, windowMs: 60_000 } }, tls: { certFile: certificate.certFile, keyFile: certificate.keyFile, hsts: { maxAgeSeconds: 600 } } },
+    });
+    // The same config served as main.ts serves it with `tls`: runServer over src/tls.ts.
+    const { logger } = memoryLogger('gateway');
+    const apps = createGatewayApps(stack.config, { logger, metrics: false });
+    gateway = await runServer({ app: apps.gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: TIMEOUTS, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: TIMEOUTS, logger }).create });
+    url = gateway.url;
+    session = await connectH2(url, certificate.cert);
+    const login = await h2Request(session, { ':method': 'POST', ':path': '/api/auth/login', 'content-type': 'application/json' }, JSON.stringify({ email: 'bob@example.com', password: 'builder' }));
+    bob = (JSON.parse(login.text) as { token: string }).token;
+  });
+  afterAll(async () => {
+    session?.close();
+    await gateway?.close();
+    await stack?.close();
+  });
+
+  /** After each hostile row: a new HTTP/2 connection still routes, authenticates and proxies. */
+  async function expectStillServing(): Promise<void> {
+    const fresh = await connectH2(url, certificate.cert);
+    try {
+      const reply = await h2Request(fresh, { ':path': '/api/users/2', authorization: `Bearer ${bob}` });
+      expect(reply.status).toBe(200);
+      expect(JSON.parse(reply.text)).toMatchObject({ id: '2', email: 'bob@example.com' });
+    } finally {
+      fresh.close();
+    }
+  }
+
+  describe('protocols', () => {
+    it('serves https:// and offers h2 and http/1.1 by ALPN', async () => {
+      expect(url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+      const negotiated = async (protocols: string[]) => {
+        const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(url).port), ca: certificate.cert, ALPNProtocols: protocols, servername: 'localhost' });
+        await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+        const chosen = socket.alpnProtocol;
+        socket.destroy();
+        return chosen;
+      };
+      expect(await negotiated(['h2', 'http/1.1'])).toBe('h2');
+      expect(await negotiated(['http/1.1'])).toBe('http/1.1');
+    });
+
+    it('advertises bounded HTTP/2 settings: streams per connection and header list size as on HTTP/1', () => {
+      expect(session.remoteSettings).toMatchObject({ maxConcurrentStreams: HTTP2_LIMITS.maxConcurrentStreams, maxHeaderListSize: http.maxHeaderSize, enablePush: false });
+    });
+
+    it('serves HTTP/1.1 over TLS: the service hears X-Forwarded-Proto https and the public port', async () => {
+      const requestId = nextRequestId();
+      const reply = await h1Request(url, certificate.cert, '/api/users/2', { authorization: `Bearer ${bob}`, [HEADER.requestId]: requestId });
+      expect(reply.status).toBe(200);
+      expect(seenWithRequestId(requestId)[0]?.headers).toMatchObject({ 'x-forwarded-proto': 'https', 'x-forwarded-port': new URL(url).port });
+    });
+
+    it('serves HTTP/2: the service gets Host of its own, X-Forwarded-Host from :authority, and no pseudo-header', async () => {
+      const requestId = nextRequestId();
+      const reply = await h2Request(session, { ':path': '/api/users/2', authorization: `Bearer ${bob}`, [HEADER.requestId]: requestId });
+      expect(reply.status).toBe(200);
+      expect(JSON.parse(reply.text)).toMatchObject({ id: '2', email: 'bob@example.com' });
+      const seen = seenWithRequestId(requestId)[0]!.headers;
+      expect(seen).toMatchObject({ host: new URL(stack.users.url).host, 'x-forwarded-host': new URL(url).host, 'x-forwarded-proto': 'https', [HEADER.userId]: '2' });
+      expect(Object.keys(seen).filter((name) => name.startsWith(':'))).toEqual([]);
+    });
+
+    it.each([
+      { desc: 'without content-length (HTTP/2 frames the body itself)', lengthHeader: false },
+      { desc: 'with content-length', lengthHeader: true },
+    ])('forwards an HTTP/2 request body $desc', async ({ lengthHeader }) => {
+      const body = JSON.stringify({ email: `h2-${lengthHeader}-${Date.now()}@example.com`, password: 'correct-horse-battery', name: 'H2' });
+      const reply = await h2Request(session, { ':method': 'POST', ':path': '/api/auth/register', 'content-type': 'application/json', ...(lengthHeader ? { 'content-length': Buffer.byteLength(body) } : {}) }, body);
+      expect(reply.status).toBe(201);
+      expect(JSON.parse(reply.text)).toMatchObject({ email: JSON.parse(body).email });
+    });
+
+    it('sends Strict-Transport-Security on HTTPS answers, errors included, over both protocols', async () => {
+      expect((await h2Request(session, { ':path': '/api/orders' })).headers['strict-transport-security']).toBe('max-age=600');
+      const h1 = await h1Request(url, certificate.cert, '/api/orders');
+      expect(h1.status).toBe(401);
+      expect(h1.headers['strict-transport-security']).toBe('max-age=600');
+      // Never over plain HTTP (the same config served without TLS), where browsers would ignore it anyway.
+      const plain = await plainRequest(stack.gateway.url, '/api/orders');
+      expect(plain.headers['strict-transport-security']).toBeUndefined();
+    });
+  });
+
+  describe('hostile input over HTTP/2 (the rows of hostile-input.test.ts that HTTP/2 can carry)', () => {
+    it.each([
+      { desc: 'no Authorization header', headers: () => ({ ':path': '/api/orders' }), status: 401 },
+      { desc: 'Bearer with garbage', headers: () => ({ ':path': '/api/orders', authorization: 'Bearer not-a-jwt' }), status: 401 },
+      { desc: 'a dot-dot segment', headers: () => ({ ':path': '/api/users/../orders', authorization: `Bearer ${bob}` }), status: 400 },
+      { desc: 'an encoded dot-dot segment', headers: () => ({ ':path': '/api/users/%2e%2e/orders', authorization: `Bearer ${bob}` }), status: 400 },
+      { desc: 'an encoded slash', headers: () => ({ ':path': '/api/users%2F2', authorization: `Bearer ${bob}` }), status: 400 },
+      { desc: 'a backslash', headers: () => ({ ':path': '/api/users\\..\\orders', authorization: `Bearer ${bob}` }), status: 400 },
+      { desc: 'an unknown route', headers: () => ({ ':path': '/api/nothing-here', authorization: `Bearer ${bob}` }), status: 404 },
+      { desc: 'the admin-only listing with a trailing slash (Bob is a user)', headers: () => ({ ':path': '/api/users/', authorization: `Bearer ${bob}` }), status: 403 },
+      { desc: 'a method the route does not take', headers: () => ({ ':method': 'DELETE', ':path': '/api/auth/register' }), status: 405 },
+    ])('answers $desc with $status, reaching no service', async ({ headers, status }) => {
+      const requestId = nextRequestId();
+      const reply = await h2Request(session, { ...headers(), [HEADER.requestId]: requestId });
+      expect(reply.status).toBe(status);
+      const problem = JSON.parse(reply.text) as ProblemBody;
+      expect(problem.status).toBe(status);
+      expect(problem.requestId).toBe(reply.headers[HEADER.requestId]);
+      expect(seenWithRequestId(requestId)).toEqual([]);
+      await expectStillServing();
+    });
+
+    it.each([
+      { desc: 'X-User-Id and X-User-Role', forged: { 'x-user-id': '1', 'x-user-role': 'admin' } },
+      { desc: 'underscore twins', forged: { x_user_id: '1', x_user_role: 'admin' } },
+      { desc: 'X-Consumer-Id', forged: { 'x-consumer-id': 'acme' } },
+      { desc: 'X-Gateway-Timestamp', forged: { 'x-gateway-timestamp': '1970-01-01T00:00:00Z' } },
+      { desc: 'X-Forwarded-For / -Host / -Proto', forged: { 'x-forwarded-for': '6.6.6.6', 'x-forwarded-host': 'evil.example', 'x-forwarded-proto': 'http' } },
+      { desc: 'X-HTTP-Method-Override', forged: { 'x-http-method-override': 'DELETE' } },
+    ])('replaces forged $desc with the gateway’s own values', async ({ forged }) => {
+      const requestId = nextRequestId();
+      const reply = await h2Request(session, { ':path': '/api/users/2', authorization: `Bearer ${bob}`, ...forged, [HEADER.requestId]: requestId });
+      expect(reply.status).toBe(200);
+      const seen = seenWithRequestId(requestId)[0]!.headers;
+      expect(seen).toMatchObject({ [HEADER.userId]: '2', [HEADER.userRole]: 'user', 'x-forwarded-for': '127.0.0.1', 'x-forwarded-proto': 'https', 'x-forwarded-host': new URL(url).host });
+      for (const [name, value] of Object.entries(forged)) {
+        if (seen[name] !== undefined) expect(seen[name]).not.toBe(value);
+      }
+      expect(seen['x-consumer-id']).toBeUndefined();
+      expect(seen['x-http-method-override']).toBeUndefined();
+    });
+
+    describe('shapes only HTTP/2 has (frames written by hand)', () => {
+      const requestHead = (requestId: string): [string, string][] => [
+        [':method', 'GET'],
+        [':scheme', 'https'],
+        [':path', '/api/users/2'],
+        [':authority', new URL(url).host],
+        ['authorization', `Bearer ${bob}`],
+        [HEADER.requestId, requestId],
+      ];
+      const headersFrame = (fields: [string, string][], flags = FLAG.endStream | FLAG.endHeaders) => frame(FRAME.headers, flags, 1, Buffer.concat(fields.map(([name, value]) => hpackLiteral(name, value))));
+
+      it('answers a well-formed hand-written request (the harness itself works)', async () => {
+        const requestId = nextRequestId();
+        expect(await rawHttp2(url, certificate.cert, [headersFrame(requestHead(requestId))])).toEqual({ kind: 'status', status: 200 });
+        expect(seenWithRequestId(requestId)).toHaveLength(1);
+      });
+
+      it.each([
+        { desc: 'Connection: keep-alive', edit: (head: [string, string][]) => [...head, ['connection', 'keep-alive']] },
+        { desc: 'Transfer-Encoding: chunked (smuggling into an HTTP/1.1 upstream)', edit: (head: [string, string][]) => [...head, ['transfer-encoding', 'chunked']] },
+        { desc: 'Upgrade: websocket', edit: (head: [string, string][]) => [...head, ['upgrade', 'websocket']] },
+        { desc: 'Keep-Alive', edit: (head: [string, string][]) => [...head, ['keep-alive', 'timeout=5']] },
+        { desc: 'Proxy-Connection', edit: (head: [string, string][]) => [...head, ['proxy-connection', 'keep-alive']] },
+        { desc: 'TE: gzip', edit: (head: [string, string][]) => [...head, ['te', 'gzip']] },
+        { desc: 'an upper-case header name', edit: (head: [string, string][]) => [...head, ['X-User-Id', '1']] },
+        { desc: 'an unknown pseudo-header', edit: (head: [string, string][]) => [...head, [':user', 'admin']] },
+        { desc: 'a pseudo-header after a regular header', edit: (head: [string, string][]) => [...head, [':path', '/api/orders']] },
+        { desc: 'a second :path', edit: (head: [string, string][]) => [head[0]!, head[1]!, head[2]!, [':path', '/api/orders'], ...head.slice(3)] },
+        { desc: 'no :path', edit: (head: [string, string][]) => head.filter(([name]) => name !== ':path') },
+        { desc: 'an empty :path', edit: (head: [string, string][]) => head.map(([name, value]): [string, string] => [name, name === ':path' ? '' : value]) },
+        { desc: 'a :path without the leading slash', edit: (head: [string, string][]) => head.map(([name, value]): [string, string] => [name, name === ':path' ? 'api/users/2' : value]) },
+        { desc: 'a CR LF in :path', edit: (head: [string, string][]) => head.map(([name, value]): [string, string] => [name, name === ':path' ? '/api/users/2\r\nx-user-id: 1' : value]) },
+        { desc: 'a Host that names another authority than :authority', edit: (head: [string, string][]) => [...head, ['host', 'evil.example']] },
+      ])('refuses a request with $desc (stream reset or 400), reaching no service', async ({ edit }) => {
+        const requestId = nextRequestId();
+        const outcome = await rawHttp2(url, certificate.cert, [headersFrame(edit(requestHead(requestId)) as [string, string][])]);
+        expect([{ kind: 'reset' }, { kind: 'status', status: 400 }, { kind: 'goaway' }]).toContainEqual(outcome);
+        expect(seenWithRequestId(requestId)).toEqual([]);
+        await expectStillServing();
+      });
+
+      // Node's HTTP/2 parser drops such a field and serves the rest of the request (nghttp2's lenient mode), where
+      // HTTP/1.1's parser refuses the request; either way the field must never reach a service (createHttp2Requests
+      // refuses it should a Node version pass it on).
+      it.each([
+        { desc: 'a header value with CR LF (header injection)', field: ['x-note', 'a\r\nx-user-id: 1'] },
+        { desc: 'a header value with NUL', field: ['x-note', 'a\0b'] },
+        { desc: 'a header value with a leading space', field: ['x-note', ' padded'] },
+        { desc: 'a header name with a space', field: ['x-user-id ', '1'] },
+        { desc: 'a header name with a colon inside', field: ['x-user:id', '1'] },
+      ])('never forwards $desc: refused, or dropped from the request', async ({ field }) => {
+        const requestId = nextRequestId();
+        const outcome = await rawHttp2(url, certificate.cert, [headersFrame([...requestHead(requestId), field as [string, string]])]);
+        expect([{ kind: 'reset' }, { kind: 'status', status: 400 }, { kind: 'goaway' }, { kind: 'status', status: 200 }]).toContainEqual(outcome);
+        for (const seen of seenWithRequestId(requestId)) {
+          expect(seen.headers['x-note']).toBeUndefined();
+          expect(seen.headers[HEADER.userId]).toBe('2');
+          expect(Object.keys(seen.headers).filter((name) => name.includes(' ') || name.includes(':'))).toEqual([]);
+        }
+        await expectStillServing();
+      });
+
+      it('refuses a body longer than its content-length, reaching no service with it', async () => {
+        const requestId = nextRequestId();
+        const head: [string, string][] = [[':method', 'POST'], [':scheme', 'https'], [':path', '/api/auth/register'], [':authority', new URL(url).host], ['content-type', 'application/json'], ['content-length', '2'], [HEADER.requestId, requestId]];
+        const outcome = await rawHttp2(url, certificate.cert, [headersFrame(head, FLAG.endHeaders), frame(FRAME.data, FLAG.endStream, 1, Buffer.from('{"email":"smuggled@example.com"}'))]);
+        expect([{ kind: 'reset' }, { kind: 'status', status: 400 }, { kind: 'goaway' }]).toContainEqual(outcome);
+        expect(stack.users.requests.filter((request) => request.headers[HEADER.requestId] === requestId && request.method === 'POST')).toEqual([]);
+        await expectStillServing();
+      });
+
+      it('ends a CONTINUATION flood (a header block that never ends) without reaching a service', async () => {
+        const requestId = nextRequestId();
+        const filler = hpackLiteral('x-filler', 'f'.repeat(1000));
+        const flood = Array.from({ length: 200 }, () => frame(FRAME.continuation, 0, 1, filler));
+        const outcome = await rawHttp2(url, certificate.cert, [headersFrame(requestHead(requestId), FLAG.endStream), ...flood]);
+        // 200 KB of headers against a 16 KB bound: the stream or the whole connection ends; nothing is buffered on.
+        expect(['reset', 'goaway', 'closed', 'status']).toContain(outcome.kind);
+        if (outcome.kind === 'status') expect(outcome.status).toBe(431);
+        expect(seenWithRequestId(requestId)).toEqual([]);
+        await expectStillServing();
+      });
+
+      it('refuses a header list over the HTTP/1 limit in one block, as HTTP/1.1 would (431 or reset)', async () => {
+        const requestId = nextRequestId();
+        const outcome = await rawHttp2(url, certificate.cert, [headersFrame([...requestHead(requestId), ['x-big', 'b'.repeat(http.maxHeaderSize + 1024)]])]);
+        expect(['reset', 'goaway', 'closed', 'status']).toContain(outcome.kind);
+        if (outcome.kind === 'status') expect(outcome.status).toBe(431);
+        expect(seenWithRequestId(requestId)).toEqual([]);
+        await expectStillServing();
+      });
+
+      it('refuses more header fields than HTTP2_LIMITS.maxHeaderListPairs', async () => {
+        const requestId = nextRequestId();
+        const many = Array.from({ length: HTTP2_LIMITS.maxHeaderListPairs + 10 }, (_, index): [string, string] => [`x-many-${index}`, 'v']);
+        const outcome = await rawHttp2(url, certificate.cert, [headersFrame([...requestHead(requestId), ...many])]);
+        expect(['reset', 'goaway', 'closed', 'status']).toContain(outcome.kind);
+        if (outcome.kind === 'status') expect(outcome.status).toBe(431);
+        expect(seenWithRequestId(requestId)).toEqual([]);
+        await expectStillServing();
+      });
+    });
+  });
+});
+
+describe('the HTTPS redirect listener', () => {
+  let redirect: RedirectListener;
+  let restricted: RedirectListener;
+  const health: http.RequestListener = (req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
+
+  beforeAll(async () => {
+    redirect = await listenHttpsRedirect({ port: 0, host: '127.0.0.1', httpsPort: 8443, health, timeouts: TIMEOUTS });
+    restricted = await listenHttpsRedirect({ port: 0, host: '127.0.0.1', httpsPort: 443, allowedHosts: ['api.example.com', '*.example.org'], health, timeouts: TIMEOUTS });
+  });
+  afterAll(async () => {
+    await redirect?.close();
+    await restricted?.close();
+  });
+
+  it.each([
+    { desc: 'a GET with a query', method: 'GET', path: '/api/orders?page=2', host: 'api.example.com', location: 'https://api.example.com:8443/api/orders?page=2' },
+    { desc: 'a POST (308 keeps method and body)', method: 'POST', path: '/api/auth/login', host: 'api.example.com', location: 'https://api.example.com:8443/api/auth/login' },
+    { desc: 'a Host with a port (the HTTPS port replaces it)', method: 'GET', path: '/', host: 'api.example.com:80', location: 'https://api.example.com:8443/' },
+    { desc: 'a path that only starts like /health', method: 'GET', path: '/healthz', host: 'a.example', location: 'https://a.example:8443/healthz' },
+  ])('answers $desc with 308 to the HTTPS URL', async ({ method, path, host, location }) => {
+    const reply = await plainRequest(redirect.url, path, { host }, method);
+    expect(reply.status).toBe(308);
+    expect(reply.headers.location).toBe(location);
+  });
+
+  it('answers /health itself (load balancers probe the plain port)', async () => {
+    const reply = await plainRequest(redirect.url, '/health');
+    expect(reply.status).toBe(200);
+    expect(reply.text).toBe('{"status":"ok"}');
+  });
+
+  it.each([
+    { desc: 'a host not in allowedHosts', host: 'evil.example', status: 421 },
+    { desc: 'a host that only ends like an allowed suffix', host: 'evilexample.org', status: 421 },
+    { desc: 'a host with a path in it', host: 'api.example.com/@evil.example', status: 400 },
+    { desc: 'a host with userinfo', host: 'api.example.com@evil.example', status: 400 },
+  ])('never redirects to $desc ($status)', async ({ host, status }) => {
+    const reply = await plainRequest(restricted.url, '/api/orders', { host });
+    expect(reply.status).toBe(status);
+    expect(reply.headers.location).toBeUndefined();
+    expect(JSON.parse(reply.text)).toMatchObject({ status, requestId: reply.headers[HEADER.requestId] });
+  });
+
+  it('redirects an allowed host to port 443 without naming the port', async () => {
+    expect((await plainRequest(restricted.url, '/x', { host: 'www.example.org' })).headers.location).toBe('https://www.example.org/x');
+  });
+
+  it('refuses an absolute-form request target rather than redirecting to its authority', async () => {
+    const reply = await plainRequest(redirect.url, 'http://evil.example/steal', { host: 'api.example.com' });
+    expect(reply.status).toBe(400);
+    expect(reply.headers.location).toBeUndefined();
+  });
+});
+
+describe('certificate reload', () => {
+  /** The fingerprint a new connection is shown. */
+  const presented = async (origin: string, ca: string[]) => {
+    const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(origin).port), ca, servername: 'localhost', ALPNProtocols: ['h2'] });
+    await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+    const fingerprint = socket.getPeerCertificate().fingerprint256;
+    socket.destroy();
+    return fingerprint;
+  };
+
+  it('takes rotated files for new connections, keeps open ones, and keeps the old certificate when the new files are broken', async () => {
+    const directory = mkdtempSync(path.join(tmpdir(), 'gateway-tls-reload-'));
+    const first = makeCertificate('first', directory);
+    const second = makeCertificate('second', directory);
+    const live = { certFile: path.join(directory, 'live.crt'), keyFile: path.join(directory, 'live.key') };
+    copyFileSync(first.certFile, live.certFile);
+    copyFileSync(first.keyFile, live.keyFile);
+    const { logger, lines } = memoryLogger('gateway');
+    const tlsServer: TlsServer = createTlsServer({ tls: { ...live, minVersion: 'TLSv1.2' }, timeouts: TIMEOUTS, logger });
+    const server = await runServer({ app: { callback: () => (_req, res) => res.end('ok') }, name: 'gateway', port: 0, host: '127.0.0.1', logger, createServer: tlsServer.create });
+    const ca = [first.cert, second.cert];
+    try {
+      const open = await connectH2(server.url, first.cert);
+      expect((await h2Request(open, { ':path': '/' })).text).toBe('ok');
+      expect(await presented(server.url, ca)).toBe(first.fingerprint256);
+
+      copyFileSync(second.certFile, live.certFile);
+      copyFileSync(second.keyFile, live.keyFile);
+      expect(tlsServer.reloadCertificates()).toBe(true);
+      expect(await presented(server.url, ca)).toBe(second.fingerprint256);
+      // The connection opened before the reload is still there, on its old certificate.
+      expect((await h2Request(open, { ':path': '/' })).text).toBe('ok');
+      expect(open.closed || open.destroyed).toBe(false);
+
+      // A key that does not match the certificate: refused, logged, the previous pair stays in use.
+      copyFileSync(first.keyFile, live.keyFile);
+      expect(tlsServer.reloadCertificates()).toBe(false);
+      expect(lines.find((line) => line.message === 'tls certificates not reloaded; the previous ones stay in use')).toBeDefined();
+      expect(await presented(server.url, ca)).toBe(second.fingerprint256);
+      writeFileSync(live.certFile, 'not a certificate');
+      expect(tlsServer.reloadCertificates()).toBe(false);
+      expect(await presented(server.url, ca)).toBe(second.fingerprint256);
+      open.close();
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('re-reads the files on SIGHUP in the built gateway, without dropping an open HTTP/2 connection; the redirect listener answers', async () => {
+    const directory = mkdtempSync(path.join(tmpdir(), 'gateway-tls-sighup-'));
+    const first = makeCertificate('first', directory);
+    const second = makeCertificate('second', directory);
+    const live = { certFile: path.join(directory, 'live.crt'), keyFile: path.join(directory, 'live.key') };
+    copyFileSync(first.certFile, live.certFile);
+    copyFileSync(first.keyFile, live.keyFile);
+    const configFile = path.join(directory, 'gateway.config.json');
+    writeFileSync(configFile, JSON.stringify({ ...shippedConfigFile(), tls: { ...live, redirectHttpPort: 0, hsts: { maxAgeSeconds: 60 } } }));
+    const gateway = spawnGateway({ GATEWAY_CONFIG: configFile, HOST: '127.0.0.1' });
+    try {
+      const started = await gateway.waitForLine('gateway listening');
+      const origin = String(started.url);
+      expect(origin).toMatch(/^https:\/\//);
+      const redirectLine = await gateway.waitForLine('https redirect listener started');
+      const redirected = await plainRequest(String(redirectLine.url), '/api/orders', { host: 'localhost' });
+      expect(redirected.status).toBe(308);
+      expect(redirected.headers.location).toBe(`https://localhost:${new URL(origin).port}/api/orders`);
+
+      const ca = [first.cert, second.cert];
+      const open = await connectH2(origin, first.cert);
+      const before = await h2Request(open, { ':path': '/health' });
+      expect(before.status).toBe(200);
+      expect(before.headers['strict-transport-security']).toBe('max-age=60');
+      expect(await presented(origin, ca)).toBe(first.fingerprint256);
+
+      copyFileSync(second.certFile, live.certFile);
+      copyFileSync(second.keyFile, live.keyFile);
+      gateway.child.kill('SIGHUP');
+      await gateway.waitForLine('tls certificates reloaded');
+      expect(await presented(origin, ca)).toBe(second.fingerprint256);
+      expect((await h2Request(open, { ':path': '/health' })).status).toBe(200);
+      open.close();
+    } finally {
+      gateway.child.kill('SIGTERM');
+      await exitOf(gateway.child);
+    }
+  });
+});
