@@ -1,0 +1,105 @@
+import cluster from 'node:cluster';
+import type { ConfigControl, ConfigStatus } from './admin';
+import { deepFreeze } from './config';
+import type { ActiveConfig } from './config-reload';
+import type { PrimaryStoreClient } from './rate-limit-store';
+import type { ToPrimary, ToWorker } from './workers';
+
+/** A worker's side of the primary's services. */
+export interface WorkerLink {
+  /** This worker's cluster id (1, 2, ...). */
+  readonly id: number;
+  /** The config the primary sent first. */
+  readonly initial: ActiveConfig;
+  /** Asks the primary's window counter; rejects after `timeoutMs` (the limiter's store-down policy then decides). */
+  primaryStore(timeoutMs: number): PrimaryStoreClient;
+  control(active: () => ActiveConfig): ConfigControl;
+  /** `apply` is called with each config the primary sends later (a reload); it answers whether the swap worked. */
+  serve(apply: (active: ActiveConfig) => boolean, url: string, close: () => Promise<void>): void;
+  /** Runs `handler` whenever the primary got SIGHUP (a worker is not sent signals itself). */
+  onHangup(handler: () => void): void;
+}
+
+/** Connects a worker to its primary: waits for the config, then answers reloads and shutdown from it. */
+export function connectWorker(): Promise<WorkerLink> {
+  const id = cluster.worker!.id;
+  let nextId = 1;
+  const pending = new Map<number, (message: ToWorker) => void>();
+  let onApply: ((active: ActiveConfig) => void) | undefined;
+  // Before it serves, a worker has nothing in flight to finish.
+  let onShutdown = (): void => process.exit(0);
+  let queued: ActiveConfig | undefined;
+  const hangupHandlers: (() => void)[] = [];
+  // Without the primary a worker ends (Node's cluster exits it on disconnect); until then nothing is sent.
+  const send = (message: ToPrimary) => process.connected && process.send!(message);
+  const ask = <T extends ToWorker>(build: (id: number) => ToPrimary, timeoutMs?: number): Promise<T> =>
+    new Promise((resolve, reject) => {
+      const requestId = nextId++;
+      const timer = timeoutMs === undefined ? undefined : setTimeout(() => pending.delete(requestId) && reject(new Error(`the cluster primary did not answer within ${timeoutMs} ms`)), timeoutMs);
+      pending.set(requestId, (message) => {
+        clearTimeout(timer);
+        resolve(message as T);
+      });
+      if (!process.connected) {
+        pending.delete(requestId);
+        clearTimeout(timer);
+        return reject(new Error('the cluster primary is gone'));
+      }
+      send(build(requestId));
+    });
+
+  // A terminal hangup reaches the whole process group; what SIGHUP does the primary decides (and relays).
+  process.on('SIGHUP', () => undefined);
+  return new Promise((resolve) => {
+    process.on('message', (message: ToWorker) => {
+      switch (message.gateway) {
+        case 'apply': {
+          const active = { ...message.active, config: deepFreeze(message.active.config) };
+          if (onApply) return onApply(active);
+          // A reload while this worker starts: applied once it serves.
+          onApply = (later) => (queued = later);
+          return resolve(link(active));
+        }
+        case 'shutdown':
+          return onShutdown();
+        case 'hangup':
+          return hangupHandlers.forEach((handler) => handler());
+        default:
+          pending.get(message.id)?.(message);
+          pending.delete(message.id);
+      }
+    });
+    send({ gateway: 'hello' });
+  });
+
+  function link(initial: ActiveConfig): WorkerLink {
+    return {
+      id,
+      initial,
+      primaryStore: (timeoutMs) => ({
+        take: async (policy, client, max, windowMs) => (await ask<Extract<ToWorker, { gateway: 'taken' }>>((requestId) => ({ gateway: 'take', id: requestId, policy, client, max, windowMs }), timeoutMs)).window,
+      }),
+      control: (active) => ({
+        async status(): Promise<ConfigStatus> {
+          const { workers, pendingRestart } = await ask<Extract<ToWorker, { gateway: 'workers' }>>((requestId) => ({ gateway: 'status', id: requestId }), 5_000);
+          const { version, loadedAt } = active();
+          return { version, loadedAt, pendingRestart, servedBy: { worker: id, pid: process.pid }, workers };
+        },
+        async reload() {
+          return (await ask<Extract<ToWorker, { gateway: 'reloaded' }>>((requestId) => ({ gateway: 'reload', id: requestId }))).answer;
+        },
+      }),
+      onHangup: (handler) => void hangupHandlers.push(handler),
+      serve(apply, url, close) {
+        onApply = (active) => {
+          const ok = apply(active);
+          send({ gateway: 'applied', ok, version: active.version, loadedAt: active.loadedAt });
+        };
+        onShutdown = () => void close().then(() => process.exit(0), () => process.exit(1));
+        send({ gateway: 'applied', ok: true, version: initial.version, loadedAt: initial.loadedAt });
+        send({ gateway: 'listening', url });
+        if (queued) onApply(queued);
+      },
+    };
+  }
+}

@@ -1,0 +1,228 @@
+import cluster, { type Worker } from 'node:cluster';
+import os from 'node:os';
+import type { Logger } from '../otel/logger';
+import { shutdownTelemetry } from '../otel/telemetry';
+import type { ReloadAnswer, WorkerConfigStatus } from './admin';
+import type { GatewayConfig } from './config';
+import { checkReload, type ActiveConfig } from './config-reload';
+import { createWindowCounter, type WindowState } from './rate-limit-store';
+
+/**
+ * Every core: with `workers` > 1 the process that starts becomes a cluster primary that forks the workers,
+ * which share the public port (the primary accepts and hands connections round robin). The primary serves no
+ * request; it holds what must be one for all workers: the config (read and validated once, sent to each), the
+ * rate-limit windows (so limits stay exact without Redis), the reload, and the workers' lives (a crashed one
+ * is replaced with back-off; SIGTERM drains them all). A worker's side is src/worker-link.ts. Why processes and
+ * not worker threads: docs/architecture.md.
+ */
+
+/** Processes `workers` asks for: `auto` is one per core this process may use. */
+export function workerCount(workers: number | 'auto'): number {
+  return workers === 'auto' ? os.availableParallelism() : workers;
+}
+
+/** Messages between the primary and a worker; `gateway` names the kind (Node's own cluster messages use `cmd`). */
+export type ToPrimary =
+  | { gateway: 'hello' }
+  | { gateway: 'listening'; url: string }
+  | { gateway: 'applied'; ok: boolean; version: string; loadedAt: string }
+  | { gateway: 'take'; id: number; policy: string; client: string; max: number; windowMs: number }
+  | { gateway: 'reload'; id: number }
+  | { gateway: 'status'; id: number };
+
+export type ToWorker =
+  | { gateway: 'apply'; active: ActiveConfig }
+  | { gateway: 'taken'; id: number; window: WindowState }
+  | { gateway: 'reloaded'; id: number; answer: ReloadAnswer }
+  | { gateway: 'workers'; id: number; workers: WorkerConfigStatus[]; pendingRestart: string[] }
+  | { gateway: 'hangup' }
+  | { gateway: 'shutdown' };
+
+/** A worker that lived this long before it exited is replaced at once; quicker deaths double the wait. */
+const STABLE_AFTER_MS = 10_000;
+const FIRST_RESTART_DELAY_MS = 100;
+const MAX_RESTART_DELAY_MS = 10_000;
+/** Longest the workers may take to drain after SIGTERM (their own bound is 10 s, telemetry flush 5 s). */
+const SHUTDOWN_BOUND_MS = 20_000;
+/** Longest a reload waits for every worker to report the new version. */
+const APPLY_TIMEOUT_MS = 10_000;
+
+/** The wait before replacing a worker that died after `consecutiveQuickExits` quick deaths in a row (1, 2, ...). */
+export function restartDelayMs(consecutiveQuickExits: number): number {
+  return Math.min(MAX_RESTART_DELAY_MS, FIRST_RESTART_DELAY_MS * 2 ** Math.max(0, consecutiveQuickExits - 1));
+}
+
+export interface PrimaryOptions {
+  initial: ActiveConfig;
+  count: number;
+  logger: Logger;
+  /** Reads and validates the config file and environment again (throws ConfigError). */
+  load: () => GatewayConfig;
+}
+
+interface Slot {
+  worker?: Worker;
+  startedAt: number;
+  quickExits: number;
+  version: string | null;
+  loadedAt?: string;
+  applyFailed?: boolean;
+  timer?: NodeJS.Timeout;
+}
+
+/** Runs the cluster primary until SIGTERM/SIGINT; then exits 0 once every worker drained. */
+export function runPrimary(options: PrimaryOptions): void {
+  const { logger, count } = options;
+  let active = options.initial;
+  let stopping = false;
+  let announced = false;
+  const slots: Slot[] = Array.from({ length: count }, () => ({ startedAt: 0, quickExits: 0, version: null }));
+  const windows = createWindowCounter({ maxTrackedClients: active.config.rateLimit.maxTrackedClients });
+  const listening = new Set<number>();
+  let url = '';
+  let reloads: Promise<unknown> = Promise.resolve();
+  const applyWaiters = new Set<() => void>();
+
+  const statuses = (): WorkerConfigStatus[] =>
+    slots.flatMap((slot) => (slot.worker ? [{ id: slot.worker.id, pid: slot.worker.process.pid ?? 0, version: slot.version, ...(slot.loadedAt ? { loadedAt: slot.loadedAt } : {}) }] : []));
+  const send = (worker: Worker, message: ToWorker) => {
+    if (worker.isConnected()) worker.send(message);
+  };
+
+  function fork(index: number): void {
+    const slot = slots[index]!;
+    slot.timer = undefined;
+    const worker = cluster.fork();
+    Object.assign(slot, { worker, startedAt: Date.now(), version: null, loadedAt: undefined, applyFailed: false });
+    worker.on('message', (message: ToPrimary) => onMessage(slot, worker, message));
+    // A message to a worker that is just exiting fails here; its exit is handled below. Unheard, it would end the primary.
+    worker.on('error', (error: Error) => logger.warn('could not message worker', { worker: worker.id, error: error.message }));
+    worker.once('exit', (code, signal) => {
+      listening.delete(worker.id);
+      if (slot.worker === worker) slot.worker = undefined;
+      for (const wake of applyWaiters) wake();
+      if (stopping) return;
+      if (!announced) {
+        // Not a crash to ride out: the gateway never started (a taken port, an unreadable file). Like a single
+        // process, it stops with an error rather than retrying forever.
+        logger.error('worker exited before the gateway started; stopping', { worker: worker.id, code, signal });
+        return stop('startup-failed', 1);
+      }
+      slot.quickExits = Date.now() - slot.startedAt < STABLE_AFTER_MS ? slot.quickExits + 1 : 1;
+      const delayMs = restartDelayMs(slot.quickExits);
+      logger.warn('worker exited; replacing it', { worker: worker.id, pid: worker.process.pid, code, signal, delayMs });
+      slot.timer = setTimeout(() => fork(index), delayMs);
+    });
+  }
+
+  function onMessage(slot: Slot, worker: Worker, message: ToPrimary): void {
+    switch (message.gateway) {
+      case 'hello':
+        // Stopping: a worker forked just before may have missed the shutdown message while it started.
+        return send(worker, stopping ? { gateway: 'shutdown' } : { gateway: 'apply', active });
+      case 'applied':
+        if (message.ok) Object.assign(slot, { version: message.version, loadedAt: message.loadedAt, applyFailed: false });
+        else slot.applyFailed = true;
+        for (const wake of applyWaiters) wake();
+        return;
+      case 'listening':
+        listening.add(worker.id);
+        url ||= message.url;
+        if (!announced && listening.size === count) {
+          announced = true;
+          logger.info('gateway listening', { url, workers: count, version: active.version, rateLimitStore: active.config.rateLimit.redisUrl ? 'redis' : 'primary' });
+        } else if (announced) {
+          logger.info('worker replaced and serving', { worker: worker.id, pid: worker.process.pid });
+        }
+        return;
+      case 'take':
+        return send(worker, { gateway: 'taken', id: message.id, window: windows.take(message.policy, message.client, message.max, message.windowMs) });
+      case 'status':
+        return send(worker, { gateway: 'workers', id: message.id, workers: statuses(), pendingRestart: active.pendingRestart });
+      case 'reload':
+        void reloadAll().then((answer) => send(worker, { gateway: 'reloaded', id: message.id, answer }));
+        return;
+    }
+  }
+
+  /** Resolves once every live worker runs `version` (true) or one could not build it / time ran out (false). */
+  function allApplied(version: string): Promise<boolean> {
+    return new Promise((resolve) => {
+      const check = () => {
+        const live = slots.filter((slot) => slot.worker);
+        if (live.some((slot) => slot.applyFailed)) return finish(false);
+        if (live.every((slot) => slot.version === version)) return finish(true);
+      };
+      const timer = setTimeout(() => finish(false), APPLY_TIMEOUT_MS);
+      const finish = (ok: boolean) => {
+        clearTimeout(timer);
+        applyWaiters.delete(check);
+        resolve(ok);
+      };
+      applyWaiters.add(check);
+      check();
+    });
+  }
+
+  /** One reload at a time: read and validate once, send to every worker, answer when all run it. */
+  function reloadAll(): Promise<ReloadAnswer> {
+    const next = reloads.then(async (): Promise<ReloadAnswer> => {
+      const check = checkReload(active, options.load, logger);
+      if (!check.ok) return { ok: false, reason: check.reason };
+      const previous = active;
+      active = check.next;
+      if (check.changed) {
+        for (const slot of slots) slot.applyFailed = false;
+        for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'apply', active });
+        if (!(await allApplied(active.version))) {
+          active = previous;
+          for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'apply', active });
+          const reason = `not every worker could apply version ${check.next.version} within ${APPLY_TIMEOUT_MS} ms; version ${previous.version} restored`;
+          logger.error('config reload failed in the workers', { reason });
+          return { ok: false, reason };
+        }
+        logger.info('config reloaded', { version: active.version, previousVersion: previous.version, workers: statuses() });
+      }
+      return { ok: true, status: check.changed ? 'reloaded' : 'unchanged', version: active.version, loadedAt: active.loadedAt, pendingRestart: active.pendingRestart, workers: statuses() };
+    });
+    reloads = next.catch(() => undefined);
+    return next;
+  }
+
+  function stop(cause: NodeJS.Signals | 'startup-failed', exitCode = 0): void {
+    if (stopping) return;
+    stopping = true;
+    logger.info('gateway stopping', { ...(cause === 'startup-failed' ? { reason: 'a worker failed to start' } : { signal: cause }), workers: statuses().length });
+    for (const slot of slots) clearTimeout(slot.timer);
+    const exits = slots.flatMap((slot) => {
+      const worker = slot.worker;
+      if (!worker) return [];
+      return [
+        new Promise<boolean>((resolve) => {
+          const killer = setTimeout(() => worker.process.kill('SIGKILL'), SHUTDOWN_BOUND_MS);
+          worker.once('exit', (code) => {
+            clearTimeout(killer);
+            resolve(code === 0);
+          });
+          send(worker, { gateway: 'shutdown' });
+        }),
+      ];
+    });
+    void Promise.all(exits)
+      .then(async (clean) => {
+        await shutdownTelemetry();
+        process.exit(clean.every(Boolean) ? exitCode : 1);
+      })
+      .catch(() => process.exit(1));
+  }
+
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    // What else a single process does on SIGHUP (re-read TLS certificates) each worker does too.
+    for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'hangup' });
+    void reloadAll();
+  });
+  logger.info('gateway primary started', { workers: count, version: active.version, pid: process.pid });
+  for (let index = 0; index < count; index++) fork(index);
+}

@@ -1,0 +1,211 @@
+import { ATTR } from '../../otel/wire-names';
+import { namedUpstream, requestOnNewConnection, startGatewayProcess, startLoad, type GatewayProcess } from '../helpers/gateway-process';
+import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
+
+/**
+ * Configuration changes without a restart (src/config-reload.ts), on the built gateway as one process:
+ * `POST /admin/reload` and SIGHUP re-read the file, and the new config serves new requests at once.
+ */
+// Each test starts real processes (a cluster: three), slow on a busy machine.
+jest.setTimeout(120_000);
+
+type Upstream = Awaited<ReturnType<typeof namedUpstream>>;
+
+interface ConfigAnswer {
+  version: string;
+  loadedAt: string;
+  pendingRestart: string[];
+  workers: { id: number; version: string }[];
+}
+
+const FAST_EXPORT = { OTEL_BSP_SCHEDULE_DELAY: '100', OTEL_BLRP_SCHEDULE_DELAY: '100', OTEL_TRACES_SAMPLER: 'always_on', OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none' };
+
+describe('config reload (one process)', () => {
+  let alpha: Upstream;
+  let beta: Upstream;
+  let gamma: Upstream;
+  let gateway: GatewayProcess | undefined;
+  let receiver: OtlpReceiver | undefined;
+
+  beforeAll(async () => {
+    [alpha, beta, gamma] = await Promise.all([namedUpstream('alpha'), namedUpstream('beta'), namedUpstream('gamma', slowStream)]);
+  });
+  afterEach(async () => {
+    if (gateway?.child.exitCode === null) gateway.child.kill('SIGKILL');
+    gateway = undefined;
+    await receiver?.close();
+    receiver = undefined;
+  });
+  afterAll(() => Promise.all([alpha, beta, gamma].map((upstream) => upstream?.close())));
+
+  /** `/gamma/stream` answers in six chunks over ~1.2 s. */
+  function slowStream(req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): boolean {
+    if (!req.url?.endsWith('/stream')) return false;
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    let sent = 0;
+    const timer = setInterval(() => {
+      res.write(`chunk ${sent}\n`);
+      if (++sent === 6) {
+        clearInterval(timer);
+        res.end();
+      }
+    }, 200);
+    return true;
+  }
+
+  const route = (name: string, service: string, extra: Record<string, unknown> = {}) => ({ name, prefix: `/${name}`, service, upstreamPath: '', auth: 'public', ...extra });
+  function config(changes: { services?: Record<string, string>; routes?: unknown[]; extra?: Record<string, unknown> } = {}) {
+    const services = { users: alpha.url, alpha: alpha.url, gamma: gamma.url, beta: beta.url, ...changes.services };
+    return {
+      // The load below must never meet the default limit.
+      rateLimit: { max: 1_000_000, windowMs: 60_000 },
+      services: Object.fromEntries(Object.entries(services).map(([key, url]) => [key, { url }])),
+      routes: changes.routes ?? [route('alpha', 'alpha'), route('gamma', 'gamma'), route('limited', 'alpha', { rateLimit: { max: 1000, windowMs: 60_000 } })],
+      ...changes.extra,
+    };
+  }
+
+  async function adminConfig(): Promise<ConfigAnswer> {
+    return (await (await fetch(`${gateway!.adminUrl}/admin/config`)).json()) as ConfigAnswer;
+  }
+
+  async function reload(): Promise<{ status: number; body: Record<string, unknown> }> {
+    const response = await fetch(`${gateway!.adminUrl}/admin/reload`, { method: 'POST' });
+    return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+  }
+
+  async function upstreamOf(path: string): Promise<string | number> {
+    const answer = await requestOnNewConnection(`${gateway!.url}${path}`);
+    return answer.status === 200 ? (JSON.parse(answer.body) as { upstream: string }).upstream : answer.status;
+  }
+
+  it('under continuous load adds a route, changes an upstream, tightens a limit and refuses a broken file, failing no request', async () => {
+    gateway = await startGatewayProcess({ config: config() });
+    const { version: first } = await adminConfig();
+    expect(gateway.lines.find((line) => line.message === 'gateway listening')!.version).toBe(first);
+    const load = startLoad(`${gateway.url}/alpha/ping`);
+    try {
+      // A route is added.
+      expect(await upstreamOf('/beta/x')).toBe(404);
+      gateway.writeConfig(config({ routes: [route('alpha', 'alpha'), route('gamma', 'gamma'), route('limited', 'alpha', { rateLimit: { max: 1000, windowMs: 60_000 } }), route('beta', 'beta')] }));
+      const added = await reload();
+      expect(added.status).toBe(200);
+      expect(added.body).toMatchObject({ status: 'reloaded', workers: [{ id: 0, version: added.body.version }] });
+      expect(added.body.version).not.toBe(first);
+      expect(await upstreamOf('/beta/x')).toBe('beta');
+
+      // An upstream changes: alpha's route now reaches the beta server.
+      expect(await upstreamOf('/alpha/x')).toBe('alpha');
+      const routes = [route('alpha', 'alpha'), route('gamma', 'gamma'), route('limited', 'alpha', { rateLimit: { max: 1000, windowMs: 60_000 } }), route('beta', 'beta')];
+      gateway.writeConfig(config({ services: { alpha: beta.url }, routes }));
+      expect((await reload()).status).toBe(200);
+      expect(await upstreamOf('/alpha/x')).toBe('beta');
+
+      // A limit is tightened: 1000 per minute becomes 2.
+      for (let i = 0; i < 3; i++) expect(await upstreamOf('/limited/x')).toBe('beta');
+      routes[2] = route('limited', 'alpha', { rateLimit: { max: 2, windowMs: 60_000 } });
+      gateway.writeConfig(config({ services: { alpha: beta.url }, routes }));
+      expect((await reload()).status).toBe(200);
+      const limited = [];
+      for (let i = 0; i < 4; i++) limited.push(await upstreamOf('/limited/x'));
+      expect(limited).toEqual(['beta', 'beta', 429, 429]);
+
+      // A broken file changes nothing, and says why once.
+      const { version: running } = await adminConfig();
+      const from = gateway.lines.length;
+      gateway.writeConfig('{"services": {');
+      const broken = await reload();
+      expect(broken.status).toBe(422);
+      expect(broken.body).toMatchObject({ code: 'config_invalid', detail: expect.stringContaining('not valid JSON') });
+      const refused = await gateway.waitForLine((line) => line.message === 'config reload refused; the running config keeps serving', { from });
+      expect(refused).toMatchObject({ reason: expect.stringContaining('not valid JSON'), version: running });
+      // A file that parses but breaks a rule is refused the same way, naming the key.
+      gateway.writeConfig(config({ services: { alpha: beta.url }, routes: [...routes, route('orphan', 'nowhere')] }));
+      const invalid = await reload();
+      expect(invalid.status).toBe(422);
+      expect(invalid.body.detail).toMatch(/routes\.4\.service: names no entry of services/);
+      expect((await adminConfig()).version).toBe(running);
+      expect(await upstreamOf('/beta/x')).toBe('beta');
+      expect(gateway.lines.slice(from).filter((line) => line.message === 'config reload refused; the running config keeps serving')).toHaveLength(2);
+    } finally {
+      const answers = await load.stop();
+      // Every request of the load, before, during and after the reloads, was answered 200.
+      expect(answers.filter((answer) => answer.status !== 200)).toEqual([]);
+      expect(answers.length).toBeGreaterThan(10);
+    }
+  });
+
+  it('lets a request in flight finish under the config it started with', async () => {
+    gateway = await startGatewayProcess({ config: config() });
+    // The response head is here; the body is still streaming from the old config's route.
+    const response = await fetch(`${gateway.url}/gamma/stream`);
+    const inFlight = response.text().then((body) => ({ status: response.status, body }));
+    gateway.writeConfig(config({ routes: [route('alpha', 'alpha')] }));
+    expect((await reload()).status).toBe(200);
+    expect(await upstreamOf('/gamma/stream')).toBe(404);
+    const finished = await inFlight;
+    expect(finished.status).toBe(200);
+    expect(finished.body.trim().split('\n')).toHaveLength(6);
+  });
+
+  it('keeps the connections of unchanged upstreams and the counts of unchanged limits', async () => {
+    gateway = await startGatewayProcess({ config: config({ routes: [route('gamma', 'gamma'), route('limited', 'alpha', { rateLimit: { max: 3, windowMs: 60_000 } })] }) });
+    expect(await upstreamOf('/gamma/1')).toBe('gamma');
+    expect(await upstreamOf('/limited/1')).toBe('alpha');
+    expect(await upstreamOf('/limited/2')).toBe('alpha');
+    const connections = gamma.connections();
+
+    gateway.writeConfig(config({ routes: [route('gamma', 'gamma'), route('limited', 'alpha', { rateLimit: { max: 3, windowMs: 60_000 } }), route('beta', 'beta')] }));
+    expect((await reload()).body.status).toBe('reloaded');
+    expect(await upstreamOf('/gamma/2')).toBe('gamma');
+    // The gateway's keep-alive connection to gamma was reused, not reopened by a new pool.
+    expect(gamma.connections()).toBe(connections);
+    // Two of three were used before the reload: one more, then the limit.
+    expect([await upstreamOf('/limited/3'), await upstreamOf('/limited/4')]).toEqual(['alpha', 429]);
+  });
+
+  it('reloads on SIGHUP, names keys that need a restart and keeps their running values', async () => {
+    gateway = await startGatewayProcess({ config: config() });
+    const { version: first } = await adminConfig();
+    const from = gateway.lines.length;
+    gateway.writeConfig(config({ routes: [route('alpha', 'alpha'), route('beta', 'beta')], extra: { workers: 2 } }));
+    gateway.child.kill('SIGHUP');
+    const reloaded = await gateway.waitForLine((line) => line.message === 'config reloaded', { from });
+    expect(reloaded).toMatchObject({ previousVersion: first, version: expect.stringMatching(/^[0-9a-f]{12}$/) });
+    expect(await gateway.waitForLine((line) => String(line.message).startsWith('config keys changed that apply only after a restart'), { from })).toMatchObject({ keys: ['workers'] });
+    const now = await adminConfig();
+    expect(now).toMatchObject({ version: reloaded.version, pendingRestart: ['workers'], workers: [{ id: 0 }] });
+    expect(await upstreamOf('/beta/x')).toBe('beta');
+    // Still one process: no cluster was started by a reload.
+    expect(gateway.lines.some((line) => line.message === 'gateway primary started')).toBe(false);
+    gateway.child.kill('SIGTERM');
+    expect(await gateway.exited()).toBe(0);
+  });
+
+  it('answers "unchanged" for the same file, and refuses a reload from a browser page or by GET', async () => {
+    gateway = await startGatewayProcess({ config: config() });
+    const { version, loadedAt } = await adminConfig();
+    expect(await reload()).toEqual({ status: 200, body: expect.objectContaining({ status: 'unchanged', version, loadedAt, pendingRestart: [] }) });
+    const response = await fetch(`${gateway.adminUrl}/admin/reload`, { method: 'POST', headers: { origin: 'http://evil.example' } });
+    expect(response.status).toBe(403);
+    expect((await fetch(`${gateway.adminUrl}/admin/reload`)).status).toBe(405);
+    // Only the internal listener has the endpoints.
+    expect((await fetch(`${gateway.url}/admin/reload`, { method: 'POST' })).status).toBe(404);
+  });
+
+  it('marks each request span with the version of the config that served it', async () => {
+    receiver = await startOtlpReceiver();
+    gateway = await startGatewayProcess({ config: config(), telemetry: true, env: { ...FAST_EXPORT, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url } });
+    const { version: first } = await adminConfig();
+    await upstreamOf('/alpha/before');
+    gateway.writeConfig(config({ routes: [route('alpha', 'alpha'), route('beta', 'beta')] }));
+    const { body } = await reload();
+    await upstreamOf('/alpha/after');
+    const serverSpan = (path: string) => (received: { spans: readonly { kind: string; attributes: Record<string, unknown> }[] }) =>
+      received.spans.find((span) => span.kind === 'SERVER' && span.attributes['url.path'] === path);
+    const received = await receiver.waitFor((all) => serverSpan('/alpha/before')(all) !== undefined && serverSpan('/alpha/after')(all) !== undefined);
+    expect(serverSpan('/alpha/before')(received)!.attributes[ATTR.configVersion]).toBe(first);
+    expect(serverSpan('/alpha/after')(received)!.attributes[ATTR.configVersion]).toBe(body.version);
+    expect(body.version).not.toBe(first);
+  });
+});

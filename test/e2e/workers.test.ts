@@ -1,0 +1,163 @@
+import type http from 'node:http';
+import { namedUpstream, requestOnNewConnection, startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
+import { spawnGateway } from '../helpers/process-stack';
+import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver';
+
+/**
+ * Every core (src/workers.ts): with GATEWAY_WORKERS=2 the built gateway is a cluster primary and two workers
+ * sharing the public port.
+ */
+// Each test starts real processes (a cluster: three), slow on a busy machine.
+jest.setTimeout(120_000);
+
+type Upstream = Awaited<ReturnType<typeof namedUpstream>>;
+
+interface ConfigAnswer {
+  version: string;
+  servedBy: { worker: number; pid: number };
+  workers: { id: number; pid: number; version: string }[];
+}
+
+const EXPORT_AT_ONCE = { OTEL_BSP_SCHEDULE_DELAY: '100', OTEL_TRACES_SAMPLER: 'always_on', OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none' };
+
+/** `/api/stream` answers in six chunks over ~1.2 s. */
+function slowStream(req: http.IncomingMessage, res: http.ServerResponse): boolean {
+  if (!req.url?.endsWith('/stream')) return false;
+  res.writeHead(200, { 'content-type': 'text/plain' });
+  let sent = 0;
+  const timer = setInterval(() => {
+    res.write(`chunk ${sent}\n`);
+    if (++sent === 6) {
+      clearInterval(timer);
+      res.end();
+    }
+  }, 200);
+  return true;
+}
+
+describe('workers (two processes behind one port)', () => {
+  let upstream: Upstream;
+  let gateway: GatewayProcess | undefined;
+  let receiver: OtlpReceiver | undefined;
+
+  beforeAll(async () => {
+    upstream = await namedUpstream('api', slowStream);
+  });
+  afterEach(async () => {
+    // The primary takes its workers down with it (they exit when their IPC channel closes).
+    if (gateway?.child.exitCode === null) gateway.child.kill('SIGKILL');
+    gateway = undefined;
+    await receiver?.close();
+    receiver = undefined;
+  });
+  afterAll(() => upstream?.close());
+
+  const route = (name: string, extra: Record<string, unknown> = {}) => ({ name, prefix: `/${name}`, service: 'api', upstreamPath: '', auth: 'public', ...extra });
+  const config = (routes: unknown[] = [route('api'), route('limited', { rateLimit: { max: 5, windowMs: 60_000 } })]) => ({
+    rateLimit: { max: 1_000_000, windowMs: 60_000 },
+    services: { users: { url: upstream.url }, api: { url: upstream.url } },
+    routes,
+  });
+
+  async function adminConfig(): Promise<ConfigAnswer> {
+    return (await (await fetch(`${gateway!.adminUrl}/admin/config`)).json()) as ConfigAnswer;
+  }
+
+  function start(env: Record<string, string> = {}, telemetry = false) {
+    return startGatewayProcess({ config: config(), env: { GATEWAY_WORKERS: '2', ...env }, telemetry });
+  }
+
+  it('runs two workers with distinct instance ids and holds a limit exactly across them', async () => {
+    receiver = await startOtlpReceiver();
+    gateway = await start({ ...EXPORT_AT_ONCE, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url }, true);
+    const listening = gateway.lines.find((line) => line.message === 'gateway listening')!;
+    expect(listening).toMatchObject({ workers: 2, rateLimitStore: 'primary' });
+    const status = await adminConfig();
+    expect(status.workers).toHaveLength(2);
+    expect(new Set(status.workers.map((worker) => worker.pid)).size).toBe(2);
+    expect(status.workers.map((worker) => worker.version)).toEqual([listening.version, listening.version]);
+
+    // A burst of 20 on new connections, spread by the primary over both workers: 5 per minute means 5 in all.
+    const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => requestOnNewConnection(`${gateway!.url}/limited/${i}`)));
+    const statuses = answers.map((answer) => answer.status).sort();
+    // Exact only because every check reached the primary (none fell back to the store-down policy).
+    expect(gateway.lines.filter((line) => line.message === 'rate limit store failed')).toEqual([]);
+    expect(statuses).toEqual([...Array<number>(5).fill(200), ...Array<number>(15).fill(429)]);
+
+    const burstSpans = (spans: readonly ReceivedSpan[]) => spans.filter((span) => span.kind === 'SERVER' && String(span.attributes['url.path']).startsWith('/limited/'));
+    const received = await receiver.waitFor(({ spans }) => burstSpans(spans).length === 20);
+    const instances = new Set(burstSpans(received.spans).map((span) => span.resource['service.instance.id']));
+    // Both workers served part of the burst, each under its own service.instance.id; one trace per request.
+    expect(instances.size).toBe(2);
+    expect(new Set(burstSpans(received.spans).map((span) => span.traceId)).size).toBe(20);
+  });
+
+  it('replaces a worker that crashed, with back-off logged, and keeps serving', async () => {
+    gateway = await start();
+    const before = await adminConfig();
+    const victim = before.workers[0]!;
+    const from = gateway.lines.length;
+    process.kill(victim.pid, 'SIGKILL');
+    expect(await gateway.waitForLine((line) => line.message === 'worker exited; replacing it', { from })).toMatchObject({ worker: victim.id, signal: 'SIGKILL', delayMs: expect.any(Number) });
+    await gateway.waitForLine((line) => line.message === 'worker replaced and serving', { from });
+    const after = await adminConfig();
+    expect(after.workers).toHaveLength(2);
+    expect(after.workers.map((worker) => worker.pid)).not.toContain(victim.pid);
+    expect(after.workers.every((worker) => worker.version === before.version)).toBe(true);
+    const answers = await Promise.all(Array.from({ length: 10 }, (_, i) => requestOnNewConnection(`${gateway!.url}/api/${i}`)));
+    expect(answers.map((answer) => answer.status)).toEqual(Array<number>(10).fill(200));
+  });
+
+  it('reloads every worker and answers once all run the new version', async () => {
+    gateway = await start();
+    const { version: first } = await adminConfig();
+    expect((await requestOnNewConnection(`${gateway.url}/added/x`)).status).toBe(404);
+    gateway.writeConfig(config([route('api'), route('added')]));
+    const response = await fetch(`${gateway.adminUrl}/admin/reload`, { method: 'POST' });
+    const answer = (await response.json()) as { status: string; version: string; workers: { version: string }[] };
+    expect(response.status).toBe(200);
+    expect(answer.status).toBe('reloaded');
+    expect(answer.version).not.toBe(first);
+    expect(answer.workers.map((worker) => worker.version)).toEqual([answer.version, answer.version]);
+    // Whichever worker a new connection reaches, it has the route.
+    const answers = await Promise.all(Array.from({ length: 6 }, (_, i) => requestOnNewConnection(`${gateway!.url}/added/${i}`)));
+    expect(answers.map((each) => each.status)).toEqual(Array<number>(6).fill(200));
+
+    // SIGHUP to the primary does the same; a broken file is refused there once.
+    const from = gateway.lines.length;
+    gateway.writeConfig('not json');
+    gateway.child.kill('SIGHUP');
+    await gateway.waitForLine((line) => line.message === 'config reload refused; the running config keeps serving', { from });
+    expect((await adminConfig()).version).toBe(answer.version);
+    expect(gateway.lines.slice(from).filter((line) => line.message === 'config reload refused; the running config keeps serving')).toHaveLength(1);
+  });
+
+  it('stops with exit code 1 when the workers cannot start (a taken admin port), instead of retrying forever', async () => {
+    const taken = await namedUpstream('occupant');
+    try {
+      const gateway = spawnGateway({ GATEWAY_WORKERS: '2', ADMIN_PORT: new URL(taken.url).port, USER_SERVICE_URL: upstream.url, ORDER_SERVICE_URL: upstream.url, NOTIF_SERVICE_URL: upstream.url });
+      // 'close': exited and its output read to the end.
+      await new Promise((resolve) => gateway.child.once('close', resolve));
+      expect(gateway.child.exitCode).toBe(1);
+      expect(gateway.lines.map((line) => line.message)).toContain('worker exited before the gateway started; stopping');
+      expect(gateway.lines.map((line) => line.message)).not.toContain('gateway listening');
+    } finally {
+      await taken.close();
+    }
+  });
+
+  it('on SIGTERM drains every worker: the request in flight completes, its span is flushed, and the primary exits 0', async () => {
+    receiver = await startOtlpReceiver();
+    // Spans leave only at shutdown (no scheduled export within the test), so their arrival proves the flush.
+    gateway = await start({ OTEL_BSP_SCHEDULE_DELAY: '600000', OTEL_TRACES_SAMPLER: 'always_on', OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url }, true);
+    const response = await fetch(`${gateway.url}/api/stream`);
+    const inFlight = response.text().then((body) => ({ status: response.status, body }));
+    gateway.child.kill('SIGTERM');
+    const finished = await inFlight;
+    expect(finished.status).toBe(200);
+    expect(finished.body.trim().split('\n')).toHaveLength(6);
+    expect(await gateway.exited()).toBe(0);
+    const received = await receiver.waitFor(({ spans }) => spans.some((span) => span.kind === 'SERVER' && span.attributes['url.path'] === '/api/stream'));
+    expect(received.spans.some((span) => span.kind === 'SERVER' && span.attributes['url.path'] === '/api/stream')).toBe(true);
+  });
+});

@@ -1,0 +1,130 @@
+import { ConfigError, parseConfig, type GatewayConfig } from '../../src/config';
+import { activeConfig, checkReload, configVersion, keepRestartOnly, RESTART_ONLY_KEYS } from '../../src/config-reload';
+import { RateLimitWindows } from '../../src/rate-limit-store';
+import { memoryLogger } from '../helpers/servers';
+import { shippedConfigFile, TEST_JWT_SECRET } from '../helpers/test-config';
+
+const file = (changes: Record<string, unknown> = {}) => ({ ...shippedConfigFile(), ...changes });
+const parse = (changes: Record<string, unknown> = {}, env: Record<string, string> = { JWT_SECRET: TEST_JWT_SECRET }) => parseConfig(file(changes), env);
+
+describe('config version', () => {
+  it('is 12 hex digits, the same for the same file and different when a route changes', () => {
+    const version = configVersion(parse());
+    expect(version).toMatch(/^[0-9a-f]{12}$/);
+    expect(configVersion(parse())).toBe(version);
+    const routes = shippedConfigFile().routes as { name: string; timeoutMs?: number }[];
+    expect(configVersion(parse({ routes: routes.map((route, i) => (i === 0 ? { ...route, timeoutMs: 1234 } : route)) }))).not.toBe(version);
+  });
+
+  it('does not depend on the JWT secret (a generated one differs per start; a configured one must stay secret)', () => {
+    expect(configVersion(parseConfig(file(), {}))).toBe(configVersion(parseConfig(file(), {})));
+    expect(configVersion(parse({}, { JWT_SECRET: 'a'.repeat(40) }))).toBe(configVersion(parse({}, { JWT_SECRET: 'b'.repeat(40) })));
+  });
+});
+
+describe('parseConfig generatedSecret', () => {
+  it('keeps the running generated secret, and never replaces a configured one', () => {
+    expect(parseConfig(file(), {}, { generatedSecret: 'kept-secret' }).auth).toMatchObject({ secret: 'kept-secret', secretSource: 'generated' });
+    expect(parseConfig(file(), { JWT_SECRET: TEST_JWT_SECRET }, { generatedSecret: 'kept-secret' }).auth).toMatchObject({ secret: TEST_JWT_SECRET, secretSource: 'configured' });
+  });
+});
+
+describe('workers setting', () => {
+  it.each([
+    { desc: 'absent: one process', env: {} as Record<string, string>, workers: 1 },
+    { desc: 'a number', env: { GATEWAY_WORKERS: '4' }, workers: 4 },
+    { desc: 'auto', env: { GATEWAY_WORKERS: 'auto' }, workers: 'auto' },
+  ])('accepts $desc', ({ env, workers }) => {
+    expect(parse({}, { JWT_SECRET: TEST_JWT_SECRET, ...env }).workers).toBe(workers);
+  });
+
+  it.each([
+    { desc: 'zero', value: '0' },
+    { desc: 'more than 64', value: '65' },
+    { desc: 'a word other than auto', value: 'many' },
+    { desc: 'a fraction', value: '1.5' },
+    { desc: 'a negative number', value: '-2' },
+  ])('refuses $desc with one line naming GATEWAY_WORKERS', ({ value }) => {
+    expect(() => parse({}, { JWT_SECRET: TEST_JWT_SECRET, GATEWAY_WORKERS: value })).toThrow(/^config: GATEWAY_WORKERS \(workers\): must be an integer from 1 to 64 or "auto"/);
+  });
+});
+
+describe('keepRestartOnly', () => {
+  it('keeps the running values of keys a reload cannot apply and names them', () => {
+    const running = parse();
+    const next = parse({ port: 4000, workers: 3, server: { headersTimeoutMs: 1234 }, admin: { port: 9100 }, rateLimit: { max: 5, windowMs: 1000 } });
+    const { config, pendingRestart } = keepRestartOnly(running, next);
+    expect(pendingRestart.sort()).toEqual(['admin', 'port', 'server', 'workers']);
+    expect(config).toMatchObject({ port: running.port, workers: running.workers, server: running.server, admin: running.admin });
+    // What can change live does.
+    expect(config.rateLimit).toMatchObject({ max: 5, windowMs: 1000 });
+    expect(Object.isFrozen(config.server)).toBe(true);
+  });
+
+  it('names nothing and returns the new config itself when only live keys changed', () => {
+    const next = parse({ rateLimit: { max: 5, windowMs: 1000 } });
+    expect(keepRestartOnly(parse(), next)).toEqual({ config: next, pendingRestart: [] });
+  });
+
+  it('covers the listeners, the processes and the Redis connection', () => {
+    expect(RESTART_ONLY_KEYS).toEqual(expect.arrayContaining(['port', 'host', 'workers', 'admin', 'metrics', 'rateLimit.redisUrl']));
+  });
+});
+
+describe('checkReload', () => {
+  const running = activeConfig(parse());
+
+  it('refuses a config the schema refuses, with one log line saying why', () => {
+    const { logger, lines } = memoryLogger('gateway');
+    const check = checkReload(running, () => parse({ routes: [] }), logger);
+    expect(check).toEqual({ ok: false, reason: expect.stringMatching(/^config: routes: /) });
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({ level: 'warn', message: 'config reload refused; the running config keeps serving', version: running.version });
+  });
+
+  it('keeps serving on other failures than a bad config too, logged as an error rather than a refusal', () => {
+    const { logger, lines } = memoryLogger('gateway');
+    expect(checkReload(running, () => { throw new TypeError('bug'); }, logger)).toEqual({ ok: false, reason: 'config reload failed: bug' });
+    expect(lines).toEqual([expect.objectContaining({ level: 'error', message: 'config reload failed; the running config keeps serving' })]);
+    expect(checkReload(running, () => { throw new ConfigError('config: x: bad'); }, logger)).toEqual({ ok: false, reason: 'config: x: bad' });
+  });
+
+  it('reports an unchanged config as unchanged, and leaves "reloaded" to the caller once the new version serves', () => {
+    const { logger, lines } = memoryLogger('gateway');
+    expect(checkReload(running, () => parse(), logger)).toMatchObject({ ok: true, changed: false, next: { version: running.version } });
+    expect(lines).toEqual([expect.objectContaining({ message: 'config reload: no change', version: running.version })]);
+    const changed = checkReload(running, (): GatewayConfig => parse({ rateLimit: { max: 5, windowMs: 1000 } }), logger);
+    expect(changed).toMatchObject({ ok: true, changed: true, next: { version: expect.not.stringMatching(running.version) } });
+    expect(lines).toHaveLength(1);
+  });
+
+  it('names restart-only keys that changed in one line, and keeps them out of the version', () => {
+    const { logger, lines } = memoryLogger('gateway');
+    const check = checkReload(running, () => parse({ workers: 4 }), logger);
+    expect(check).toMatchObject({ ok: true, changed: false, next: { version: running.version, pendingRestart: ['workers'] } });
+    expect(lines[0]).toMatchObject({ level: 'warn', message: 'config keys changed that apply only after a restart; running values kept', keys: ['workers'] });
+  });
+});
+
+describe('RateLimitWindows', () => {
+  it('gives an unchanged policy its windows back after a sweep, and drops policies no build asked for', () => {
+    const windows = new RateLimitWindows();
+    const first = windows.for('api|5|60000', 10);
+    first.set('api:client', { reset: Date.now() / 1000 + 60 });
+    windows.sweep();
+    expect(windows.for('api|5|60000', 10)).toBe(first);
+    windows.sweep();
+    windows.sweep();
+    expect(windows.for('api|5|60000', 10)).not.toBe(first);
+  });
+
+  it('keeps two limiters of one build with the same policy apart, the same way in every build', () => {
+    const windows = new RateLimitWindows();
+    const [a, b] = [windows.for('default|100|60000', 10), windows.for('default|100|60000', 10)];
+    expect(a).not.toBe(b);
+    windows.sweep();
+    const [againA, againB] = [windows.for('default|100|60000', 10), windows.for('default|100|60000', 10)];
+    expect(againA).toBe(a);
+    expect(againB).toBe(b);
+  });
+});
