@@ -24,11 +24,15 @@ RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 # --- runtime -------------------------------------------------------------------------------------------------
 FROM node:24.21.0-bookworm-slim AS runtime
 ENV NODE_ENV=production
+# Every core: one gateway worker per available CPU (src/workers.ts); compose and `npm start` set 1.
+ENV GATEWAY_WORKERS=auto
 WORKDIR /app
 # Owned by root and only readable by the app user: the process cannot rewrite its own code.
 COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json gateway.config.json ./
+# The gRPC routes' proto files, loaded at start-up (and on reload) relative to the app's root.
+COPY proto ./proto
 # `node` (uid 1000) ships with the official image.
 USER node
 EXPOSE 3000 4001 4002 4003

@@ -1,11 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
-import type { Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
+import tls from 'node:tls';
 import type Koa from 'koa';
 import type { Logger } from './logger';
 
 export interface RunServerOptions {
-  app: Koa;
+  /** The app; or anything with Koa's `callback()`, such as a reloadable gateway's listener that delegates to the current app. */
+  app: Koa | { callback(): http.RequestListener };
   /** Process name for log lines (`gateway`, `user-service`, ...). */
   name: string;
   port: number;
@@ -19,10 +21,18 @@ export interface RunServerOptions {
   timeouts?: { headersMs: number; requestMs: number; keepAliveMs: number };
   /** Client connections open at once; Node closes further ones at accept. Unbounded when absent. */
   maxConnections?: number;
+  /**
+   * Builds the server around the app's listener instead of `http.createServer` (HTTPS with HTTP/2:
+   * src/tls.ts, which applies `timeouts` itself). Its URL is `https://` when it is a TLS server.
+   */
+  createServer?: (listener: http.RequestListener) => PublicServer;
 }
 
+/** What runServer needs of a server: Node's http.Server, or an HTTPS / HTTP/2 one that can close its connections alike. */
+export type PublicServer = Server & { closeIdleConnections(): void; closeAllConnections(): void };
+
 export interface RunningServer {
-  server: http.Server;
+  server: PublicServer;
   /** The bound address (useful with port 0). */
   url: string;
   /** Stops accepting, lets in-flight requests finish within the drain bound, then runs onShutdown. */
@@ -53,8 +63,8 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
 }
 
 /** `http://host:port`, an IPv6 host in brackets. */
-function urlOf(host: string, port: number): string {
-  return `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+function urlOf(host: string, port: number, scheme = 'http'): string {
+  return `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
 
 export interface InternalListenerOptions {
@@ -98,12 +108,14 @@ export async function listenInternal(handler: http.RequestListener, options: Int
 export async function runServer(options: RunServerOptions): Promise<RunningServer> {
   const { app, logger } = options;
   const { timeouts } = options;
-  const server = http.createServer(
-    // Node checks these timeouts every connectionsCheckingInterval (30 s by default); slow clients are
-    // cut close to the configured bound only if it checks often.
-    timeouts ? { headersTimeout: timeouts.headersMs, requestTimeout: timeouts.requestMs, keepAliveTimeout: timeouts.keepAliveMs, connectionsCheckingInterval: Math.min(1000, timeouts.headersMs) } : {},
-    app.callback(),
-  );
+  const server: PublicServer = options.createServer
+    ? options.createServer(app.callback())
+    : http.createServer(
+        // Node checks these timeouts every connectionsCheckingInterval (30 s by default); slow clients are
+        // cut close to the configured bound only if it checks often.
+        timeouts ? { headersTimeout: timeouts.headersMs, requestTimeout: timeouts.requestMs, keepAliveTimeout: timeouts.keepAliveMs, connectionsCheckingInterval: Math.min(1000, timeouts.headersMs) } : {},
+        app.callback(),
+      );
   server.on('clientError', answerClientError);
   if (options.maxConnections !== undefined) server.maxConnections = options.maxConnections;
   await new Promise<void>((resolve, reject) => {
@@ -112,7 +124,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : options.port;
-  const url = urlOf(options.host, port);
+  const url = urlOf(options.host, port, server instanceof tls.Server ? 'https' : 'http');
 
   let closing: Promise<void> | undefined;
   const close = () =>

@@ -2,15 +2,16 @@
  * Builds the OpenTelemetry Node SDK from a `TelemetryConfig`: exporters, batch processors, the request-id span
  * processor, the chosen instrumentations and the resource. Nothing global happens until `start()`.
  * This is the only module that loads the SDK; `telemetry.ts` requires it lazily, so a disabled process
- * never pays for it (~0.4 s and ~40 MB: sdk-node loads every exporter it supports, gRPC included).
+ * never pays for it. It builds the SDK's providers itself, as NodeSDK's `start()` does (sdk-node 0.300), rather
+ * than through NodeSDK: sdk-node requires every exporter it supports up front (gRPC, Zipkin, Prometheus, B3,
+ * its YAML configuration), ~270 modules and ~18 MiB of RSS that no process here uses (docs/architecture.md).
+ * Exporters and instrumentations are required only when the configuration names them.
  */
+import { randomUUID } from 'node:crypto';
 import type { RequestOptions } from 'node:http';
-import { diag, DiagLogLevel } from '@opentelemetry/api';
-import { ExportResultCode, setGlobalErrorHandler } from '@opentelemetry/core';
-import { OTLPLogExporter as OtlpJsonLogExporter } from '@opentelemetry/exporter-logs-otlp-http';
-import { OTLPMetricExporter as OtlpJsonMetricExporter } from '@opentelemetry/exporter-metrics-otlp-http';
-import { OTLPMetricExporter as OtlpProtoMetricExporter } from '@opentelemetry/exporter-metrics-otlp-proto';
-import { OTLPTraceExporter as OtlpJsonTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
+import { context, diag, DiagConsoleLogger, DiagLogLevel, logs, metrics, propagation, trace } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { diagLogLevelFromString, ExportResultCode, getNumberFromEnv, getStringListFromEnv, setGlobalErrorHandler } from '@opentelemetry/core';
 import { OTLPExporterBase } from '@opentelemetry/otlp-exporter-base';
 import { convertLegacyHttpOptions, createOtlpHttpExportDelegate } from '@opentelemetry/otlp-exporter-base/node-http';
 import {
@@ -23,14 +24,23 @@ import {
   type IExporterMetricsHelper,
   type ISerializer,
 } from '@opentelemetry/otlp-transformer';
-import type { Instrumentation } from '@opentelemetry/instrumentation';
-import { HttpInstrumentation } from '@opentelemetry/instrumentation-http';
-import { KoaInstrumentation } from '@opentelemetry/instrumentation-koa';
-import { UndiciInstrumentation } from '@opentelemetry/instrumentation-undici';
-import { defaultResource, resourceFromAttributes } from '@opentelemetry/resources';
+import { registerInstrumentations, type Instrumentation } from '@opentelemetry/instrumentation';
+import {
+  defaultResource,
+  detectResources,
+  envDetector,
+  hostDetector,
+  osDetector,
+  processDetector,
+  resourceFromAttributes,
+  serviceInstanceIdDetector,
+  type Resource,
+  type ResourceDetector,
+} from '@opentelemetry/resources';
 import {
   BatchLogRecordProcessor,
   ConsoleLogRecordExporter,
+  LoggerProvider,
   SimpleLogRecordProcessor,
   type LogRecordExporter,
   type LogRecordProcessor,
@@ -38,13 +48,13 @@ import {
 } from '@opentelemetry/sdk-logs';
 import {
   ConsoleMetricExporter,
+  MeterProvider,
   PeriodicExportingMetricReader,
   type CollectionResult,
   type MetricProducer,
   type MetricReader,
   type PushMetricExporter,
 } from '@opentelemetry/sdk-metrics';
-import { NodeSDK } from '@opentelemetry/sdk-node';
 import {
   AlwaysOffSampler,
   AlwaysOnSampler,
@@ -53,9 +63,11 @@ import {
   ParentBasedSampler,
   SimpleSpanProcessor,
   TraceIdRatioBasedSampler,
+  TracerProvider,
   type ReadableSpan,
   type Sampler,
   type SpanExporter,
+  type SpanLimits,
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
@@ -68,6 +80,7 @@ import { UNTRACED_PATHS, type InstrumentationName, type MetricsConfig, type Samp
 
 /** Incubating in semantic-conventions 1.45 (not exported from the stable entry point). */
 const ATTR_DEPLOYMENT_ENVIRONMENT_NAME = 'deployment.environment.name';
+const ATTR_SERVICE_INSTANCE_ID = 'service.instance.id';
 
 export interface Telemetry {
   readonly config: TelemetryConfig;
@@ -111,19 +124,24 @@ export function createTelemetry(config: TelemetryConfig, options: CreateTelemetr
   // With OTEL_LOG_LEVEL set the SDK reports failures itself, unfiltered.
   const quiet = config.sdkLogLevel === undefined ? diagnostics : undefined;
   const metricReaders = config.metrics.exporters.map((name) => metricReader(name, config.metrics, lateProducers.producer, quiet));
-  let sdk: NodeSDK | undefined;
+  let providers: { shutdown(): Promise<void> }[] | undefined;
 
   return {
     config,
     start() {
-      if (sdk !== undefined) return;
+      if (providers !== undefined) return;
       if (config.sdkLogLevel === undefined) installQuietDiagnostics(diagnostics);
+      else diag.setLogger(new DiagConsoleLogger(), { logLevel: diagLogLevelFromString(config.sdkLogLevel) });
       // Instrumentations patch modules as soon as they are constructed, so they are built here, not above.
-      sdk = new NodeSDK({
+      providers = startProviders({
         resource: defaultResource().merge(
           resourceFromAttributes({
             [ATTR_SERVICE_NAME]: config.serviceName,
             [ATTR_DEPLOYMENT_ENVIRONMENT_NAME]: config.environment,
+            // One per process: the gateway's cluster workers (src/workers.ts) are told apart by it, and their
+            // cumulative metrics are separate series instead of one series that jumps between them. The default
+            // detectors set none; OTEL_RESOURCE_ATTRIBUTES may still name one (then shared by all workers).
+            [ATTR_SERVICE_INSTANCE_ID]: randomUUID(),
             ...(config.serviceVersion === undefined ? {} : { [ATTR_SERVICE_VERSION]: config.serviceVersion }),
           }),
         ),
@@ -139,16 +157,16 @@ export function createTelemetry(config: TelemetryConfig, options: CreateTelemetr
         metricReaders,
         instrumentations: instrumentations(config.instrumentations, isOtlpExport(config)),
       });
-      sdk.start();
     },
     async shutdown(timeoutMs) {
-      if (sdk === undefined) return true;
+      if (providers === undefined) return true;
+      const running = providers;
       let timer: NodeJS.Timeout | undefined;
       const gaveUp = new Promise<boolean>((resolve) => {
         timer = setTimeout(() => resolve(false), timeoutMs);
         timer.unref();
       });
-      const flushed = sdk.shutdown().then(
+      const flushed = Promise.all(running.map((provider) => provider.shutdown())).then(
         () => true,
         (error: unknown) => {
           diagnostics.reportExportError(error);
@@ -168,6 +186,84 @@ export function createTelemetry(config: TelemetryConfig, options: CreateTelemetr
       return true;
     },
   };
+}
+
+interface ProviderOptions {
+  resource: Resource;
+  idGenerator: RequestedTraceIdGenerator;
+  sampler: Sampler;
+  textMapPropagator: ReturnType<typeof createTextMapPropagator>;
+  spanProcessors: SpanProcessor[];
+  logRecordProcessors: LogRecordProcessor[];
+  metricReaders: MetricReader[];
+  instrumentations: Instrumentation[];
+}
+
+/**
+ * Registers what NodeSDK's `start()` registers (sdk-node 0.300, same order and defaults): the instrumentations,
+ * the AsyncLocalStorage context manager, the propagator, the resource merged with the detected one
+ * (OTEL_NODE_RESOURCE_DETECTORS, else env, process and host), a MeterProvider when there are readers, a
+ * TracerProvider with the span limits of OTEL_*_LIMIT when there are span processors, and a LoggerProvider with
+ * the log record limits when there are log record processors. Returns what `shutdown` must flush.
+ */
+function startProviders(options: ProviderOptions): { shutdown(): Promise<void> }[] {
+  const started: { shutdown(): Promise<void> }[] = [];
+  registerInstrumentations({ instrumentations: options.instrumentations });
+  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+  propagation.setGlobalPropagator(options.textMapPropagator);
+  const resource = options.resource.merge(detectResources({ detectors: resourceDetectors() }));
+  if (options.metricReaders.length > 0) {
+    const meterProvider = new MeterProvider({ resource, views: [], readers: options.metricReaders });
+    metrics.setGlobalMeterProvider(meterProvider);
+    for (const instrumentation of options.instrumentations) instrumentation.setMeterProvider(metrics.getMeterProvider());
+    started.push(meterProvider);
+  }
+  if (options.spanProcessors.length > 0) {
+    const tracerProvider = new TracerProvider({ sampler: options.sampler, spanLimits: spanLimitsFromEnv(), resource, idGenerator: options.idGenerator, spanProcessors: options.spanProcessors });
+    trace.setGlobalTracerProvider(tracerProvider);
+    started.push(tracerProvider);
+  }
+  if (options.logRecordProcessors.length > 0) {
+    const logRecordLimits = {
+      attributeCountLimit: positiveNumberFromEnv('OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT') ?? positiveNumberFromEnv('OTEL_ATTRIBUTE_COUNT_LIMIT'),
+      attributeValueLengthLimit: positiveNumberFromEnv('OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT') ?? positiveNumberFromEnv('OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT'),
+    };
+    const loggerProvider = new LoggerProvider({ logRecordLimits, resource, processors: options.logRecordProcessors });
+    logs.setGlobalLoggerProvider(loggerProvider);
+    started.push(loggerProvider);
+  }
+  return started;
+}
+
+/** The resource detectors NodeSDK would use: OTEL_NODE_RESOURCE_DETECTORS (`all`, `none` or names), else env, process, host. */
+function resourceDetectors(): ResourceDetector[] {
+  const byName: Record<string, ResourceDetector> = { host: hostDetector, os: osDetector, serviceinstance: serviceInstanceIdDetector, process: processDetector, env: envDetector };
+  const names = getStringListFromEnv('OTEL_NODE_RESOURCE_DETECTORS');
+  if (names === undefined) return [envDetector, processDetector, hostDetector];
+  if (names.includes('all')) return Object.values(byName);
+  if (names.includes('none')) return [];
+  return names.flatMap((name) => {
+    const detector = byName[name];
+    if (!detector) diag.warn(`Invalid resource detector "${name}" specified in the environment variable OTEL_NODE_RESOURCE_DETECTORS`);
+    return detector ? [detector] : [];
+  });
+}
+
+/** Span limits from OTEL_SPAN_* / OTEL_ATTRIBUTE_* (sdk-node's createSpanLimitsFromEnv); unset ones keep the SDK's defaults. */
+function spanLimitsFromEnv(): SpanLimits {
+  return {
+    attributeCountLimit: getNumberFromEnv('OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT') ?? getNumberFromEnv('OTEL_ATTRIBUTE_COUNT_LIMIT'),
+    attributeValueLengthLimit: getNumberFromEnv('OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT') ?? getNumberFromEnv('OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT'),
+    eventCountLimit: getNumberFromEnv('OTEL_SPAN_EVENT_COUNT_LIMIT'),
+    linkCountLimit: getNumberFromEnv('OTEL_SPAN_LINK_COUNT_LIMIT'),
+    attributePerEventCountLimit: getNumberFromEnv('OTEL_SPAN_ATTRIBUTE_PER_EVENT_COUNT_LIMIT'),
+    attributePerLinkCountLimit: getNumberFromEnv('OTEL_SPAN_ATTRIBUTE_PER_LINK_COUNT_LIMIT'),
+  };
+}
+
+function positiveNumberFromEnv(name: string): number | undefined {
+  const value = getNumberFromEnv(name);
+  return value !== undefined && value > 0 ? value : undefined;
 }
 
 function installQuietDiagnostics(diagnostics: TelemetryDiagnostics): void {
@@ -196,7 +292,7 @@ function otlpDestination(config: TelemetryConfig): string {
 
 function spanProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): SpanProcessor {
   if (name === 'console') return new SimpleSpanProcessor({ exporter: new ConsoleSpanExporter() });
-  const exporter = signal.protocol === 'http/json' ? new OtlpJsonTraceExporter({ url: signal.url }) : otlpProtoTraceExporter(signal.url);
+  const exporter = signal.protocol === 'http/json' ? new (lazy('@opentelemetry/exporter-trace-otlp-http') as typeof import('@opentelemetry/exporter-trace-otlp-http')).OTLPTraceExporter({ url: signal.url }) : otlpProtoTraceExporter(signal.url);
   return new BatchSpanProcessor({ exporter, ...signal.batch });
 }
 
@@ -229,7 +325,7 @@ function otlpProtoLogExporter(url: string): LogRecordExporter {
 
 function logRecordProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): LogRecordProcessor {
   if (name === 'console') return new SimpleLogRecordProcessor({ exporter: new ConsoleLogRecordExporter() });
-  const exporter = signal.protocol === 'http/json' ? new OtlpJsonLogExporter({ url: signal.url }) : otlpProtoLogExporter(signal.url);
+  const exporter = signal.protocol === 'http/json' ? new (lazy('@opentelemetry/exporter-logs-otlp-http') as typeof import('@opentelemetry/exporter-logs-otlp-http')).OTLPLogExporter({ url: signal.url }) : otlpProtoLogExporter(signal.url);
   return new BatchLogRecordProcessor({ exporter, ...signal.batch });
 }
 
@@ -248,8 +344,8 @@ function metricReader(
     name === 'console'
       ? new ConsoleMetricExporter()
       : metrics.protocol === 'http/json'
-        ? new OtlpJsonMetricExporter({ url: metrics.url })
-        : new OtlpProtoMetricExporter({ url: metrics.url });
+        ? new (lazy('@opentelemetry/exporter-metrics-otlp-http') as typeof import('@opentelemetry/exporter-metrics-otlp-http')).OTLPMetricExporter({ url: metrics.url })
+        : new (lazy('@opentelemetry/exporter-metrics-otlp-proto') as typeof import('@opentelemetry/exporter-metrics-otlp-proto')).OTLPMetricExporter({ url: metrics.url });
   return new PeriodicExportingMetricReader({
     exporter: diagnostics === undefined ? exporter : reportingFailures(exporter, diagnostics),
     exportIntervalMillis: metrics.exportIntervalMillis,
@@ -310,6 +406,7 @@ function metricProducerList(): { producer: MetricProducer; add(producer: MetricP
 function instrumentations(names: readonly InstrumentationName[], isExport: (options: RequestOptions) => boolean): Instrumentation[] {
   const result: Instrumentation[] = [];
   if (names.includes('http-server') || names.includes('http-client')) {
+    const { HttpInstrumentation } = lazy('@opentelemetry/instrumentation-http') as typeof import('@opentelemetry/instrumentation-http');
     result.push(
       new HttpInstrumentation({
         disableIncomingRequestInstrumentation: !names.includes('http-server'),
@@ -319,8 +416,11 @@ function instrumentations(names: readonly InstrumentationName[], isExport: (opti
       }),
     );
   }
-  if (names.includes('koa')) result.push(new KoaInstrumentation());
-  if (names.includes('undici')) result.push(new UndiciInstrumentation());
+  // gRPC rides on HTTP/2, so the `http` names cover @grpc/grpc-js too: a SERVER span per call that continues the
+  // caller's `traceparent` metadata, and CLIENT spans that inject it (services/notifications, services/orders).
+  if (names.includes('http-server') || names.includes('http-client')) result.push(new (lazy('@opentelemetry/instrumentation-grpc') as typeof import('@opentelemetry/instrumentation-grpc')).GrpcInstrumentation());
+  if (names.includes('koa')) result.push(new (lazy('@opentelemetry/instrumentation-koa') as typeof import('@opentelemetry/instrumentation-koa')).KoaInstrumentation());
+  if (names.includes('undici')) result.push(new (lazy('@opentelemetry/instrumentation-undici') as typeof import('@opentelemetry/instrumentation-undici')).UndiciInstrumentation());
   return result;
 }
 
@@ -339,4 +439,9 @@ function isOtlpExport(config: TelemetryConfig): (options: RequestOptions) => boo
       .map((url) => key(url.protocol, url.hostname, url.port, url.pathname)),
   );
   return (options) => endpoints.has(key(options.protocol, options.hostname ?? options.host ?? '', options.port, options.path ?? '/'));
+}
+
+/** Exporters and instrumentations are required when the configuration uses them: most processes need one or two. */
+function lazy(name: string): unknown {
+  return require(name);
 }

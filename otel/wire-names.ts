@@ -10,6 +10,10 @@ export const HEADER = {
   userId: 'x-user-id',
   userRole: 'x-user-role',
   userEmail: 'x-user-email',
+  /** The API-key consumer the gateway authenticated (src/consumers.ts); owned like the `x-user-*` headers. */
+  consumerId: 'x-consumer-id',
+  /** A client's API key. A credential: it stops at the gateway and never reaches a service. */
+  apiKey: 'x-api-key',
   gatewayTimestamp: 'x-gateway-timestamp',
   authorization: 'authorization',
   wwwAuthenticate: 'www-authenticate',
@@ -24,7 +28,7 @@ export const HEADER = {
  * Header prefixes the gateway owns. Anything a client sends under them is removed before routing, so a
  * service that sees `x-user-id` knows the gateway put it there after verifying a token.
  */
-export const GATEWAY_OWNED_HEADER_PREFIXES = ['x-user-', 'x-gateway-'] as const;
+export const GATEWAY_OWNED_HEADER_PREFIXES = ['x-user-', 'x-gateway-', 'x-consumer-'] as const;
 
 /**
  * Headers some frameworks let override the request's method or path (ASP.NET, Symfony, Laravel, Spring's
@@ -75,6 +79,10 @@ export const ATTR = {
   requestId: 'request.id',
   userId: 'enduser.id',
   userRole: 'enduser.role',
+  /** The API-key consumer of a request (`X-Consumer-Id`). */
+  consumerId: 'gateway.consumer.id',
+  /** Why an API key was refused (`malformed`, `unknown`, `revoked`); the client hears one 401 for all. */
+  apiKeyRejection: 'gateway.api_key.rejection',
   routeName: 'gateway.route.name',
   upstreamService: 'gateway.upstream.service',
   upstreamUrl: 'gateway.upstream.url',
@@ -82,8 +90,12 @@ export const ATTR = {
   upstreamAttempts: 'gateway.upstream.attempts',
   errorCode: 'gateway.error.code',
   rateLimitDecision: 'gateway.rate_limit.decision',
+  /** How the response cache answered (one of CACHE_RESULTS), on routes with `cache`. */
+  cache: 'gateway.cache',
   /** `request_id` on a root span whose trace id was derived from the client's `X-Request-Id`. */
   traceIdSource: 'gateway.trace_id.source',
+  /** The version (short hash) of the configuration a request was served under (src/config-reload.ts). */
+  configVersion: 'gateway.config.version',
 } as const;
 
 /** W3C baggage key that carries the request id next to `traceparent`. */
@@ -94,6 +106,10 @@ export const LOG_FIELD = {
   traceId: 'trace_id',
   spanId: 'span_id',
   requestId: 'request_id',
+  /** The API-key consumer of a request, in access-log lines. */
+  consumerId: 'consumer_id',
+  /** How the response cache answered (CACHE_RESULTS), in access-log lines of routes with `cache`. */
+  cache: 'cache',
   serviceName: 'service.name',
 } as const;
 
@@ -119,6 +135,7 @@ export const METRIC = {
   authFailures: 'gateway_auth_failures_total',
   upstreamEjections: 'gateway_upstream_ejections_total',
   upstreamRetries: 'gateway_upstream_retries_total',
+  cacheLookups: 'gateway_cache_lookups_total',
 } as const;
 
 /** Metric label keys: the semantic-convention attribute keys (and ours from ATTR) with `.` as `_`. */
@@ -133,6 +150,7 @@ export const METRIC_LABEL = {
   upstreamOutcome: 'gateway_upstream_outcome',
   rateLimitPolicy: 'gateway_rate_limit_policy',
   rateLimitDecision: 'gateway_rate_limit_decision',
+  cacheResult: 'gateway_cache_result',
 } as const;
 
 /** Label values with a fixed meaning (semantic conventions' `_OTHER` for methods outside the standard set). */
@@ -151,3 +169,10 @@ export const EXEMPLAR_LABEL = { traceId: 'trace_id' } as const;
 /** Every value of `gateway.rate_limit.decision` (span attribute) and `gateway_rate_limit_decision` (metric label). */
 export const RATE_LIMIT_DECISIONS = ['allowed', 'limited', 'store_down_allowed', 'store_down_rejected'] as const;
 export type RateLimitDecision = (typeof RATE_LIMIT_DECISIONS)[number];
+
+/**
+ * Every answer of the response cache: the span attribute `gateway.cache`, the log field `cache` and the metric
+ * label `gateway_cache_result` carry these; the client's `X-Cache` header carries them upper-case.
+ */
+export const CACHE_RESULTS = ['hit', 'miss', 'stale', 'bypass'] as const;
+export type CacheResult = (typeof CACHE_RESULTS)[number];

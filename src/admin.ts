@@ -1,3 +1,4 @@
+import type http from 'node:http';
 import Router from '@koa/router';
 import Koa from 'koa';
 import { listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
@@ -10,12 +11,45 @@ import { createRequestId } from './middleware/request-id';
 import type { ReadinessCheck } from './readiness';
 import type { UpstreamPool } from './upstream-pool';
 
+/** One process serving the public port, with the config it runs (`version` null until it has one). */
+export interface WorkerConfigStatus {
+  /** Cluster worker id (1, 2, ...); 0 for the single process without a cluster. */
+  id: number;
+  pid: number;
+  version: string | null;
+  loadedAt?: string;
+}
+
+/** `GET /admin/config`. */
+export interface ConfigStatus {
+  version: string;
+  loadedAt: string;
+  /** Restart-only keys whose file or environment value differs from the running one. */
+  pendingRestart: string[];
+  /** The process that answered. */
+  servedBy: { worker: number; pid: number };
+  workers: WorkerConfigStatus[];
+}
+
+/** `POST /admin/reload`: once every worker runs `version`, or why nothing changed. */
+export type ReloadAnswer =
+  | { ok: true; status: 'reloaded' | 'unchanged'; version: string; loadedAt: string; pendingRestart: string[]; workers: WorkerConfigStatus[] }
+  | { ok: false; reason: string };
+
+/** The running config's state and its reload, single process (src/main.ts) or cluster (src/workers.ts). */
+export interface ConfigControl {
+  status(): Promise<ConfigStatus>;
+  reload(): Promise<ReloadAnswer>;
+}
+
 export interface AdminOptions {
   /** The public gateway's readiness check, so both listeners share one cache and one probe round. */
   readiness: ReadinessCheck;
   /** The public gateway's pools: the passive health shown is the one the proxy acts on. */
   pools: ReadonlyMap<string, UpstreamPool>;
   logger: Logger;
+  /** `GET /admin/config` and `POST /admin/reload`; without it neither endpoint exists. */
+  control?: ConfigControl;
 }
 
 /**
@@ -29,6 +63,25 @@ export function createAdminApp(options: AdminOptions): Koa {
   const endpoints = new Router({ sensitive: true, strict: true })
     .get('/health', createHealth())
     .get('/ready', createReadinessDetails({ check: options.readiness, pools: options.pools }));
+  const { control } = options;
+  if (control) {
+    endpoints
+      .get('/admin/config', async function configStatus(ctx) {
+        ctx.body = await control.status();
+      })
+      .post('/admin/reload', async function reloadConfig(ctx) {
+        // A web page the operator has open could POST here cross-origin (no preflight for a bodiless POST); browsers
+        // always send Origin then, operators' tools do not.
+        if (ctx.get('origin')) throw new GatewayError('forbidden', 'Reload is not accepted from browsers.');
+        const answer = await control.reload();
+        if (!answer.ok) throw new GatewayError('config_invalid', answer.reason);
+        const { ok: _ok, ...body } = answer;
+        ctx.body = body;
+      })
+      .all(['/admin/reload', '/admin/config'], (ctx) => {
+        throw new GatewayError('method_not_allowed', 'Method not allowed here.', { headers: { Allow: ctx.path === '/admin/reload' ? 'POST' : 'GET, HEAD' } });
+      });
+  }
 
   app.use(createRequestId());
   app.use(createErrorHandler({ logger }));
@@ -42,6 +95,6 @@ export function createAdminApp(options: AdminOptions): Koa {
 }
 
 /** The admin app on its internal listener (`admin.port`, loopback by default). */
-export function listenAdmin(app: Koa, options: InternalListenerOptions): Promise<InternalListener> {
+export function listenAdmin(app: { callback(): http.RequestListener }, options: InternalListenerOptions): Promise<InternalListener> {
   return listenInternal(app.callback(), options);
 }

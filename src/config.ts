@@ -2,6 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
+import { headerRulesSchema, ownedRequestHeader, ownedResponseHeader } from './header-rules';
+import { cacheSettingsSchema, routeCacheSchema } from './response-cache';
 
 /**
  * The gateway's one configuration: a JSON file (routes as data) overlaid with environment variables,
@@ -14,6 +16,10 @@ import { z } from 'zod';
  * them, so they are refused in every environment, not only in production.
  */
 export const PUBLISHED_JWT_SECRETS: readonly string[] = ['dev-only-insecure-jwt-secret-change-me'];
+
+/** Most worker processes `workers` accepts. */
+export const MAX_WORKERS = 64;
+const WORKERS_RULE = `must be an integer from 1 to ${MAX_WORKERS} or "auto"`;
 
 const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 
@@ -35,6 +41,47 @@ const rateLimitSchema = z.strictObject({
    * request (availability first, the default) or `reject` it with 503 (protection first).
    */
   onStoreFailure: z.enum(['allow', 'reject']).optional(),
+});
+
+/**
+ * A route's own limit: as `rateLimit`, plus who is counted. `ip` (default): the client's network, checked
+ * before authentication. `user` / `consumer`: the authenticated caller (a token's user, an API key's consumer;
+ * a caller authenticated the other way is counted by the identity it has), checked after authentication, so
+ * one tenant behind a shared NAT address is not limited with its neighbours and one caller on many addresses
+ * is limited once. On such a route, requests that fail authentication are counted per client network.
+ */
+const routeRateLimitSchema = rateLimitSchema.extend({
+  by: z.enum(['ip', 'user', 'consumer']).default('ip'),
+});
+
+/** Ways a caller can prove who it is on a route: a bearer JWT, or an API key of a declared consumer. */
+export const AUTH_METHODS = ['jwt', 'apiKey'] as const;
+export type AuthMethod = (typeof AUTH_METHODS)[number];
+
+/**
+ * An API-key holder, declared as data (`consumers` or the file `consumersFile` names). Keys are stored as
+ * SHA-256 hashes only (`npm run apikey` prints a new key and its hash); see src/consumers.ts for why an
+ * unsalted fast hash is right for random 256-bit keys.
+ */
+const consumerSchema = z.strictObject({
+  /** Reaches services as `X-Consumer-Id`; in logs and spans. */
+  id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/, 'must be 1-64 letters, digits, ".", "_", ":" or "-"'),
+  /** Checked against route `roles`, like a token's role. */
+  role: z.string().regex(/^[A-Za-z0-9._:-]{1,64}$/, 'must be 1-64 letters, digits, ".", "_", ":" or "-"'),
+  keys: z
+    .array(
+      z.strictObject({
+        /** `sha256:` and the 64 lower-case hex digits of SHA-256 of the key. */
+        hash: z.string().regex(/^sha256:[0-9a-f]{64}$/, 'must be "sha256:" and 64 lower-case hex digits (npm run apikey prints one)'),
+        /** A revoked key is refused (401) like an unknown one. Default false. */
+        revoked: z.boolean().default(false),
+        /** A label for operators (`ci-2026`); never sent anywhere. */
+        note: z.string().max(200).optional(),
+      }),
+    )
+    .nonempty(),
+  /** This consumer's own limit over all routes (counted per consumer, after the route's). */
+  rateLimit: rateLimitSchema.optional(),
 });
 
 const corsSchema = z
@@ -68,15 +115,18 @@ const routeSchema = z.strictObject({
   exact: z.boolean().default(false),
   /** Allowed methods; any method when absent. */
   methods: z.array(z.enum(HTTP_METHODS)).nonempty().optional(),
-  /** `required`: a valid bearer token; `public`: no token needed (identity headers are still stripped). */
-  auth: z.enum(['required', 'public']).default('required'),
+  /**
+   * `required`: a valid bearer token, or an API key when `consumers` are declared; `{ methods: [...] }`:
+   * only these (`jwt`, `apiKey`); `public`: no credential needed (identity headers are still stripped).
+   */
+  auth: z.union([z.enum(['required', 'public']), z.strictObject({ methods: z.array(z.enum(AUTH_METHODS)).nonempty() })]).default('required'),
   /**
    * Upstream idle timeout for this route, ms (no byte either way for this long once the request is on a
    * connection -> 504, or a cut mid-response); defaults to `proxy.timeoutMs`.
    */
   timeoutMs: z.int().positive().optional(),
-  /** Rate limit for this route; defaults to `rateLimit`. */
-  rateLimit: rateLimitSchema.optional(),
+  /** Rate limit for this route; defaults to `rateLimit` (by client network). */
+  rateLimit: routeRateLimitSchema.optional(),
   /** CORS for this route (replaces the global `cors`), or false to refuse cross-origin use of it. */
   cors: z.union([corsSchema, z.literal(false)]).optional(),
   /** Roles (the token's `role` claim) allowed on this route; others get 403. Any role when absent. */
@@ -88,6 +138,22 @@ const routeSchema = z.strictObject({
   forwardAuthorization: z.boolean().default(false),
   /** Longest a whole upstream exchange (request body up, response down) may last, ms; defaults to `proxy.deadlineMs`. */
   deadlineMs: z.int().positive().optional(),
+  /**
+   * The service speaks gRPC: requests are translated from REST/JSON by the `google.api.http` annotations of
+   * `service` in `proto` (path relative to the app root), matched against the upstream path (`upstreamPath`
+   * + the rest). The route's `timeoutMs` (capped by `deadlineMs`) is a unary call's gRPC deadline, `deadlineMs`
+   * a server stream's. Off when absent. See src/middleware/grpc-transcode.ts.
+   */
+  grpc: z
+    .strictObject({
+      proto: z.string().regex(/^[^\0]+\.proto$/, 'must be a .proto file'),
+      service: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$/, 'must be a fully qualified service name like package.v1.Service'),
+    })
+    .optional(),
+  /** Headers added, set or removed on the way to the service and back (src/header-rules.ts). None when absent. */
+  headers: headerRulesSchema.optional(),
+  /** Keep services' answers to GET/HEAD for a while (src/response-cache.ts). Off when absent. */
+  cache: routeCacheSchema.optional(),
 });
 
 const configSchema = z
@@ -96,6 +162,11 @@ const configSchema = z
     port: z.int().min(0).max(65535).default(3000),
     /** Listening address. Default 127.0.0.1: safe by default; containers set 0.0.0.0. */
     host: z.string().min(1).default('127.0.0.1'),
+    /**
+     * Processes serving the public port (src/workers.ts): a number, or `auto` for one per available core
+     * (`os.availableParallelism()`). Default 1: one process, no cluster primary. Changes need a restart.
+     */
+    workers: z.union([z.int({ error: WORKERS_RULE }).min(1, { error: WORKERS_RULE }).max(MAX_WORKERS, { error: WORKERS_RULE }), z.literal('auto')], { error: WORKERS_RULE }).default(1),
     /** `NODE_ENV`; `production` requires `JWT_SECRET`, seeds no demo accounts and hides internal details. */
     environment: z.enum(['development', 'production', 'test']).default('development'),
     logLevel: z.enum(['error', 'warn', 'info', 'http', 'verbose', 'debug', 'silly']).default('info'),
@@ -256,6 +327,11 @@ const configSchema = z
         maxPendingRequests: z.int().min(0).default(1024),
         /** Longest a whole upstream exchange may last, ms (504 before the response starts, cut after). Default 60 s. */
         deadlineMs: z.int().positive().default(60_000),
+        /**
+         * Service response headers never passed to clients: they name the software behind the gateway and its
+         * version, which helps an attacker pick exploits. Default `Server` and `X-Powered-By`; [] keeps them.
+         */
+        hideUpstreamHeaders: z.array(z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be a header name')).max(32).default(['server', 'x-powered-by']),
       })
       .prefault({}),
     /**
@@ -280,12 +356,48 @@ const configSchema = z
       .prefault({}),
     /** How long one readiness answer (a probe of every instance) is reused, ms. Default 1000. */
     readinessCacheMs: z.int().min(0).max(60_000).default(1000),
+    /** The response cache of routes with `cache`: its header, byte bounds and shared-store prefix. */
+    cache: cacheSettingsSchema,
+    /**
+     * HTTPS on the public port (src/tls.ts): HTTP/2 offered by ALPN with HTTP/1.1 beside it. Off when absent
+     * (plain HTTP, e.g. behind a TLS-terminating load balancer). Files are read at start and again on SIGHUP.
+     */
+    tls: z
+      .strictObject({
+        /** PEM certificate (chain) file, relative to the working directory. */
+        certFile: z.string().min(1),
+        /** PEM private key file. Keep it readable by the gateway's user only. */
+        keyFile: z.string().min(1),
+        /** PEM certificates of the issuing chain, sent after `certFile`'s when that file holds the leaf only. */
+        caFile: z.string().min(1).optional(),
+        /** Oldest TLS version accepted. Default `TLSv1.2`. */
+        minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
+        /** A plain-HTTP listener on this port that answers 308 to the HTTPS URL (`/health` excepted). Off when absent. */
+        redirectHttpPort: z.int().min(0).max(65535).optional(),
+        /** `Strict-Transport-Security` on every HTTPS response (RFC 6797). Off when absent. */
+        hsts: z
+          .strictObject({
+            /** How long browsers remember to use HTTPS only, s. Default one year. */
+            maxAgeSeconds: z.int().min(0).max(2 * 365 * 86_400).default(365 * 86_400),
+            includeSubDomains: z.boolean().default(false),
+            /** Ask to be preloaded in browsers (hstspreload.org requires includeSubDomains and max-age of a year or more). */
+            preload: z.boolean().default(false),
+          })
+          .refine((hsts) => !hsts.preload || (hsts.includeSubDomains && hsts.maxAgeSeconds >= 365 * 86_400), { message: 'preload needs includeSubDomains and maxAgeSeconds of at least a year', path: ['preload'] })
+          .optional(),
+      })
+      .optional(),
     /** Upstream services by key; routes name them. */
     services: z.record(
       z.string().regex(/^[a-z][a-z0-9-]*$/),
       z.strictObject({
         /** One origin, or several to balance round robin (env: comma-separated). */
         url: z.union([serviceUrl, z.array(serviceUrl).nonempty()]),
+        /**
+         * The service's gRPC interface, when it has one beside its HTTP `url` (one origin or several, `http://`
+         * for plaintext h2c); routes with `grpc` call it. Default: `url` (a service that speaks only gRPC).
+         */
+        grpcUrl: z.union([serviceUrl, z.array(serviceUrl).nonempty()]).optional(),
         /** Passive health: consecutive connection failures (refused, reset, timeout) that eject an instance. Default 3. */
         ejectAfterFailures: z.int().positive().default(3),
         /** How long an ejected instance gets no traffic, ms. Default 10 s. */
@@ -293,6 +405,11 @@ const configSchema = z
       }),
     ),
     routes: z.array(routeSchema).nonempty(),
+    /**
+     * API-key consumers. In the file, or in a JSON file of the same shape that `consumersFile` names (read by
+     * loadConfig, relative to the config file). None by default: API keys are then not accepted anywhere.
+     */
+    consumers: z.array(consumerSchema).default([]),
   })
   .superRefine((config, ctx) => {
     if (!('users' in config.services)) {
@@ -314,11 +431,54 @@ const configSchema = z
       if (seenPrefixes.has(prefixKey) || reservedPaths.has(route.prefix.toLowerCase())) {
         ctx.addIssue({ code: 'custom', path: ['routes', index, 'prefix'], message: 'is already taken', input: route.prefix });
       }
-      if (route.roles && route.auth !== 'required') {
+      if (typeof route.auth === 'object' && route.auth.methods.includes('apiKey') && config.consumers.length === 0) {
+        ctx.addIssue({ code: 'custom', path: ['routes', index, 'auth', 'methods'], message: 'accept apiKey but no consumers are declared', input: route.auth.methods });
+      }
+      if (route.rateLimit && route.rateLimit.by !== 'ip' && route.auth === 'public') {
+        ctx.addIssue({ code: 'custom', path: ['routes', index, 'rateLimit', 'by'], message: 'needs an authenticated route (auth not "public")', input: route.rateLimit.by });
+      }
+      if (route.roles && route.auth === 'public') {
         ctx.addIssue({ code: 'custom', path: ['routes', index, 'roles'], message: 'need auth "required"', input: route.roles });
+      }
+      // A gRPC route ends at the translation (src/middleware/grpc-transcode.ts): HTTP caching and header rules never run for it.
+      for (const key of ['cache', 'headers'] as const) {
+        if (route.grpc && route[key] !== undefined) ctx.addIssue({ code: 'custom', path: ['routes', index, key], message: 'does not apply to a grpc route', input: undefined });
       }
       seenNames.add(route.name);
       seenPrefixes.add(prefixKey);
+      const statusHeader = config.cache.statusHeader.toLowerCase();
+      for (const list of ['add', 'set', 'remove'] as const) {
+        const named = route.headers?.response?.[list];
+        for (const name of Array.isArray(named) ? named : Object.keys(named ?? {})) {
+          if (name.toLowerCase() === statusHeader) ctx.addIssue({ code: 'custom', path: ['routes', index, 'headers', 'response', list], message: `names ${name}, the cache status header (cache.statusHeader) the gateway writes`, input: name });
+        }
+      }
+      if (route.cache) {
+        if (route.methods && !route.methods.includes('GET')) {
+          ctx.addIssue({ code: 'custom', path: ['routes', index, 'cache'], message: 'needs GET among the route\'s methods: only GET and HEAD are cached', input: route.methods });
+        }
+        if ((route.cache.maxBytes ?? 0) > config.cache.maxBytes) {
+          ctx.addIssue({ code: 'custom', path: ['routes', index, 'cache', 'maxBytes'], message: `must not exceed cache.maxBytes (${config.cache.maxBytes})`, input: route.cache.maxBytes });
+        }
+        route.cache.varyHeaders.forEach((name, position) => {
+          const reason = ownedRequestHeader(name);
+          if (reason) ctx.addIssue({ code: 'custom', path: ['routes', index, 'cache', 'varyHeaders', position], message: `is ${reason}: a client's value of it never reaches the service`, input: name });
+        });
+      }
+    });
+    if (ownedRequestHeader(config.cache.statusHeader) || ownedResponseHeader(config.cache.statusHeader)) {
+      ctx.addIssue({ code: 'custom', path: ['cache', 'statusHeader'], message: 'is a header the gateway writes for another purpose', input: config.cache.statusHeader });
+    }
+    const seenConsumers = new Set<string>();
+    const seenHashes = new Set<string>();
+    config.consumers.forEach((consumer, index) => {
+      if (seenConsumers.has(consumer.id)) ctx.addIssue({ code: 'custom', path: ['consumers', index, 'id'], message: 'is used by another consumer', input: consumer.id });
+      seenConsumers.add(consumer.id);
+      consumer.keys.forEach((key, keyIndex) => {
+        // One key, one consumer: otherwise who called would depend on declaration order.
+        if (seenHashes.has(key.hash)) ctx.addIssue({ code: 'custom', path: ['consumers', index, 'keys', keyIndex, 'hash'], message: 'is declared twice', input: '(hidden)' });
+        seenHashes.add(key.hash);
+      });
     });
     if (config.trustedProxies && !config.trustProxy) {
       ctx.addIssue({ code: 'custom', path: ['trustedProxies'], message: 'need trustProxy true (TRUST_PROXY=true)', input: config.trustedProxies });
@@ -333,6 +493,10 @@ const configSchema = z
     }
     if (config.admin.port !== undefined && config.admin.port !== 0 && config.admin.port === config.port) {
       ctx.addIssue({ code: 'custom', path: ['admin', 'port'], message: 'must differ from port: the internal listener is never the public one', input: config.admin.port });
+    }
+    const redirectPort = config.tls?.redirectHttpPort;
+    if (redirectPort !== undefined && redirectPort !== 0 && [config.port, config.admin.port, config.metrics.port].includes(redirectPort)) {
+      ctx.addIssue({ code: 'custom', path: ['tls', 'redirectHttpPort'], message: 'must differ from port, admin.port and metrics.port', input: redirectPort });
     }
     if (config.metrics.port !== undefined && config.metrics.port !== 0 && (config.metrics.port === config.port || config.metrics.port === config.admin.port)) {
       ctx.addIssue({ code: 'custom', path: ['metrics', 'port'], message: 'must differ from port and admin.port: metrics are never served on the public listener', input: config.metrics.port });
@@ -352,12 +516,16 @@ const configSchema = z
 export type GatewayConfig = Readonly<z.output<typeof configSchema>>;
 export type RouteConfig = GatewayConfig['routes'][number];
 export type RateLimitConfig = z.output<typeof rateLimitSchema>;
+export type RouteRateLimitConfig = z.output<typeof routeRateLimitSchema>;
+export type ConsumerConfig = z.output<typeof consumerSchema>;
 export type CorsConfig = z.output<typeof corsSchema>;
+export type TlsConfig = NonNullable<z.output<typeof configSchema>['tls']>;
 
 /** Environment variables that override file keys (the tutorial gateway's names kept working). */
 export const ENV_OVERRIDES = {
   PORT: 'port',
   HOST: 'host',
+  GATEWAY_WORKERS: 'workers',
   NODE_ENV: 'environment',
   LOG_LEVEL: 'logLevel',
   TRUST_PROXY: 'trustProxy',
@@ -379,6 +547,7 @@ export const ENV_OVERRIDES = {
   USER_SERVICE_URL: 'services.users.url',
   ORDER_SERVICE_URL: 'services.orders.url',
   NOTIF_SERVICE_URL: 'services.notifications.url',
+  NOTIF_GRPC_SERVICE_URL: 'services.notifications.grpcUrl',
   RATE_LIMIT_MAX: 'rateLimit.max',
   RATE_LIMIT_WINDOW_MS: 'rateLimit.windowMs',
   PROXY_TIMEOUT_MS: 'proxy.timeoutMs',
@@ -429,8 +598,16 @@ function describe(value: unknown): string {
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
+export interface ParseOptions {
+  /**
+   * The secret to use when none is configured, instead of a fresh random one: a reload keeps the running
+   * one (tokens stay valid), and every worker process uses the primary's.
+   */
+  generatedSecret?: string;
+}
+
 /** Applies env overrides to the parsed file and validates the result. Pure: tests call it directly. */
-export function parseConfig(file: unknown, env: Env = {}): GatewayConfig {
+export function parseConfig(file: unknown, env: Env = {}, options: ParseOptions = {}): GatewayConfig {
   if (typeof file !== 'object' || file === null || Array.isArray(file)) {
     throw new ConfigError('config: the file must hold a JSON object');
   }
@@ -439,7 +616,7 @@ export function parseConfig(file: unknown, env: Env = {}): GatewayConfig {
     const raw = env[name];
     if (raw === undefined || raw === '') continue;
     // A service URL variable may list several instances: `http://a:4001,http://b:4001`.
-    const splitList = LIST_KEYS.has(keyPath) || (keyPath.endsWith('.url') && raw.includes(','));
+    const splitList = LIST_KEYS.has(keyPath) || ((keyPath.endsWith('.url') || keyPath.endsWith('.grpcUrl')) && raw.includes(','));
     const value = splitList ? raw.split(',').map((item) => item.trim()).filter(Boolean) : envValue(raw);
     setPath(merged, keyPath, value);
   }
@@ -455,11 +632,13 @@ export function parseConfig(file: unknown, env: Env = {}): GatewayConfig {
     const more = result.error.issues.length > 1 ? ` [+${result.error.issues.length - 1} more]` : '';
     throw new ConfigError(`config: ${key}: ${issue.message}${value}${more}`);
   }
+  const { generatedSecret } = options;
+  if (generatedSecret !== undefined && result.data.auth.secretSource === 'generated') return deepFreeze({ ...result.data, auth: { ...result.data.auth, secret: generatedSecret } });
   return deepFreeze(result.data);
 }
 
 /** Reads the route file named by `GATEWAY_CONFIG` (default ./gateway.config.json) and applies the env. */
-export function loadConfig(env: Env = process.env, cwd: string = process.cwd()): GatewayConfig {
+export function loadConfig(env: Env = process.env, cwd: string = process.cwd(), options: ParseOptions = {}): GatewayConfig {
   const file = path.resolve(cwd, env[CONFIG_PATH_VARIABLE] || DEFAULT_CONFIG_PATH);
   let text: string;
   try {
@@ -473,10 +652,30 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
   } catch (error) {
     throw new ConfigError(`config: ${file}: not valid JSON (${(error as Error).message})`);
   }
-  return parseConfig(parsed, env);
+  return parseConfig(withConsumersFile(parsed, path.dirname(file)), env, options);
 }
 
-function deepFreeze<T>(value: T): T {
+/**
+ * Inlines the consumers of the file `consumersFile` names (a JSON array, relative to the config file), so
+ * keys can live apart from the route table (another owner, a mounted secret). Not with `consumers` beside it.
+ */
+function withConsumersFile(parsed: unknown, configDir: string): unknown {
+  if (typeof parsed !== 'object' || parsed === null || !('consumersFile' in parsed)) return parsed;
+  const { consumersFile, ...rest } = parsed as Record<string, unknown>;
+  if (typeof consumersFile !== 'string' || consumersFile === '') throw new ConfigError('config: consumersFile: must be a file path');
+  if ('consumers' in rest) throw new ConfigError('config: consumersFile: cannot be combined with consumers');
+  const file = path.resolve(configDir, consumersFile);
+  let consumers: unknown;
+  try {
+    consumers = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+    throw new ConfigError(`config: consumersFile: cannot read ${file} as JSON (${reason})`);
+  }
+  return { ...rest, consumers };
+}
+
+export function deepFreeze<T>(value: T): T {
   if (typeof value === 'object' && value !== null) {
     for (const child of Object.values(value)) deepFreeze(child);
     Object.freeze(value);

@@ -1,4 +1,8 @@
+import type { Context as OtelContext } from '@opentelemetry/api';
 import type {} from 'koa';
+import type { CacheResult } from '../otel/wire-names';
+import type { Consumer } from './consumers';
+import type { ResponseTap } from './response-cache';
 import type { CompiledRoute } from './routes';
 
 /** The caller, as proven by a verified token. */
@@ -12,17 +16,28 @@ export interface AuthenticatedUser {
 export interface GatewayState {
   /** createRequestId: the id echoed in `X-Request-Id` and carried in logs, spans and error bodies. */
   requestId: string;
+  /**
+   * createTracing: the request's trace context (its SERVER span, the Level 2 random flag). Not entered there:
+   * createRequestId enters it together with the request id's baggage, so a request switches context once.
+   */
+  traceContext?: OtelContext;
   /** createRouteMatcher: the route this request matched, and the upstream path it maps to. */
   route?: CompiledRoute;
   upstreamPath?: string;
   /** createAuthenticate: set only after the token verified. */
   user?: AuthenticatedUser;
+  /** createAuthenticate: set only after an API key verified (then `user` stays unset). */
+  consumer?: Consumer;
   /** createCors: the gateway applied its CORS policy; upstream CORS headers must not override it. */
   corsApplied?: boolean;
   /** onResponseClosed (src/response-closed.ts): what runs once the response is over, in order. */
   onResponseClosed?: (() => void)[];
   /** createErrorHandler: the error code of a failed request, for the access log. */
   errorCode?: string;
+  /** createResponseCache: how the cache answered, for the access log (routes with `cache` only). */
+  cache?: CacheResult;
+  /** createResponseCache: sees the service's response as the proxy forwards it, to store a copy. */
+  responseTap?: ResponseTap;
 }
 
 declare module 'koa' {

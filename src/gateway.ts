@@ -8,6 +8,7 @@ import './context';
 import { createAccessLog } from './middleware/access-log';
 import { createAuthenticate } from './middleware/authenticate';
 import { createAuthorize } from './middleware/authorize';
+import { createResponseCache } from './middleware/cache';
 import { createCors } from './middleware/cors';
 import { createErrorHandler } from './middleware/errors';
 import { createHealth, createReadiness } from './middleware/health';
@@ -15,18 +16,25 @@ import { createLogin } from './middleware/login';
 import { createPathGuard } from './middleware/path-guard';
 import { createProxy } from './middleware/proxy';
 import { createRequestMetrics } from './middleware/request-metrics';
-import { createRateLimiter, createRouteRateLimit, type RateLimiter, type RateLimitStore } from './middleware/rate-limit';
+import { createCallerRateLimit, createRateLimiter, createRouteRateLimit, type RateLimiter, type RateLimitStore } from './middleware/rate-limit';
 import { createRequestId } from './middleware/request-id';
 import { createRouteMatch } from './middleware/route-match';
 import { createTracing } from './middleware/tracing';
 import { createTrustedProxies } from './middleware/trusted-proxies';
 import { createClientHeaderPolicy } from './middleware/client-headers';
 import { createHostGuard } from './middleware/host-guard';
+import { createStrictTransportSecurity } from './middleware/hsts';
+import { createHttp2Requests } from './middleware/http2-requests';
 import { compileRoutes } from './routes';
 import { createTokenService } from './tokens';
+import { createConsumerRegistry } from './consumers';
+import { compileHeaderRules } from './header-rules';
+import { createResponseStore } from './response-store';
 import { createUpstreamPools } from './upstream-pool';
 import { GatewayError } from './errors';
-import { createAdminApp } from './admin';
+import { createAdminApp, type ConfigControl } from './admin';
+import type { KeptAcrossReloads } from './config-reload';
+import type { PrimaryStoreClient } from './rate-limit-store';
 import { createReadinessCheck } from './readiness';
 import { createGatewayMetrics, type GatewayMetrics } from './metrics';
 
@@ -41,6 +49,14 @@ export interface GatewayDependencies {
    * Default: a fresh set with its own registry; `false` records nothing (no middleware, no hooks).
    */
   metrics?: GatewayMetrics | false;
+  /** Windows counted in the cluster primary for all workers (src/workers.ts); used when Redis is not. */
+  primaryStore?: PrimaryStoreClient;
+  /** What a config reload keeps from the previous build (src/config-reload.ts). Default: everything fresh. */
+  kept?: KeptAcrossReloads;
+  /** The running config's version: a span attribute on every request (src/config-reload.ts). */
+  configVersion?: string;
+  /** `GET /admin/config` and `POST /admin/reload` on the internal listener; absent: no such endpoints. */
+  control?: ConfigControl;
 }
 
 export interface GatewayApps {
@@ -60,21 +76,31 @@ export function createGateway(config: GatewayConfig, deps: GatewayDependencies):
  * registers itself anywhere else. Returns fresh apps (no listening, no globals), so tests build as many
  * as they like on port 0.
  */
-export function createGatewayApps(config: GatewayConfig, { logger, redis, tracer = trace.getTracer('koa-gateway'), metrics: given }: GatewayDependencies): GatewayApps {
+export function createGatewayApps(config: GatewayConfig, deps: GatewayDependencies): GatewayApps {
+  const { logger, redis, tracer = trace.getTracer('koa-gateway'), metrics: given, kept } = deps;
   // `false`: nothing is recorded (no scrape listener and no metric export); absent: a fresh set (tests).
   const metrics = given === false ? undefined : (given ?? createGatewayMetrics());
   // maxIpsCount: only the right-most N X-Forwarded-For entries, the ones trusted proxies wrote, are believed.
   const app = new Koa({ proxy: config.trustProxy, maxIpsCount: config.trustedProxyHops });
-  const pools = createUpstreamPools(config.services, metrics);
+  const pools = createUpstreamPools(config.services, metrics, kept?.pools);
   // One check for both listeners: a call on either reuses the other's round.
-  const readiness = createReadinessCheck({ pools, cacheMs: config.readinessCacheMs });
+  // gRPC-only services answer no HTTP `GET /health`; their readiness is not probed (yet).
+  // Loaded only for a config with a gRPC route: @grpc/grpc-js and protobufjs are ~110 modules and ~5 MiB that
+  // every other gateway would carry for nothing.
+  const grpc = config.routes.some((route) => route.grpc) ? loadGrpcTranslation() : undefined;
+  const grpcOnly = grpc ? grpc.grpcOnlyServices(config) : new Set<string>();
+  const readiness = createReadinessCheck({ pools: grpcOnly.size === 0 ? pools : new Map([...pools].filter(([name]) => !grpcOnly.has(name))), cacheMs: config.readinessCacheMs });
   const routes = compileRoutes(config, pools);
+  // Protos loaded and their HTTP annotations compiled here, once per built gateway (start-up, reload).
+  const grpcRoutes = grpc ? grpc.compileGrpcRoutes(config, metrics) : new Map();
   const tokens = createTokenService({ ...config.auth, cacheSize: config.auth.verifiedTokenCacheSize });
 
   if (config.rateLimit.redisUrl && !redis) throw new Error('rateLimit.redisUrl is set but no Redis client was passed to createGateway');
   const store: RateLimitStore = redis
     ? { kind: 'redis', client: redis, keyPrefix: config.rateLimit.redisKeyPrefix }
-    : { kind: 'memory', maxTrackedClients: config.rateLimit.maxTrackedClients };
+    : deps.primaryStore
+      ? { kind: 'primary', client: deps.primaryStore }
+      : { kind: 'memory', maxTrackedClients: config.rateLimit.maxTrackedClients, windows: kept?.windows };
   const limiter = (name: string, limit: RateLimitConfig, onStoreFailure = config.rateLimit.onStoreFailure): RateLimiter =>
     createRateLimiter({ name, max: limit.max, windowMs: limit.windowMs, onStoreFailure: limit.onStoreFailure ?? onStoreFailure, ipv6PrefixLength: config.rateLimit.ipv6PrefixLength, store, logger, metrics });
   // Login fails closed with the store down (an outage must not mean unlimited password guesses) unless its
@@ -83,6 +109,18 @@ export function createGatewayApps(config: GatewayConfig, { logger, redis, tracer
   const loginLimiter = limiter('login', config.auth.loginRateLimit, loginOnStoreFailure);
   const loginAccountLimiter = limiter('login-account', config.auth.loginAccountRateLimit, loginOnStoreFailure);
   const routeLimiters = new Map(routes.routes.flatMap((route) => (route.rateLimit ? [[route.name, limiter(route.name, route.rateLimit)] as const] : [])));
+  // API keys only when consumers are declared; caller-keyed limits only where a route or consumer asks for one.
+  const consumers = config.consumers.length > 0 ? createConsumerRegistry(config.consumers) : undefined;
+  const byCaller = new Set(routes.routes.flatMap((route) => (route.rateLimit && route.rateLimit.by !== 'ip' ? [route.name] : [])));
+  const limitCallers = createCallerRateLimit({
+    byRoute: new Map([...routeLimiters].filter(([name]) => byCaller.has(name))),
+    byConsumer: new Map(config.consumers.flatMap((consumer) => (consumer.rateLimit ? [[consumer.id, limiter(`consumer-${consumer.id}`, consumer.rateLimit)] as const] : []))),
+  });
+
+  const cachedRoutes = new Map(config.routes.flatMap((route) => (route.cache ? [[route.name, route.cache] as const] : [])));
+  // A service's own cache status header would pass for the gateway's.
+  const hideUpstreamHeaders = cachedRoutes.size > 0 ? [...config.proxy.hideUpstreamHeaders, config.cache.statusHeader] : config.proxy.hideUpstreamHeaders;
+  const headerRules = new Map(config.routes.map((route) => [route.name, compileHeaderRules({ rules: route.headers, hideUpstreamHeaders })] as const));
 
   // Answered by the gateway itself.
   // Case-sensitive and strict, like the route table: `/HEALTH` and `/api/auth/login/` are not these.
@@ -96,11 +134,14 @@ export function createGatewayApps(config: GatewayConfig, { logger, redis, tracer
 
   // First: which peer's X-Forwarded-* count must be settled before anything reads ctx.ip (Koa caches it).
   app.use(createTrustedProxies({ trustProxy: config.trustProxy, trustedProxies: config.trustedProxies }));
-  app.use(createTracing({ tracer, trustTraceparent: config.trustTraceparent, mapRequestIdToTraceId: config.mapRequestIdToTraceId }));
+  app.use(createTracing({ tracer, trustTraceparent: config.trustTraceparent, mapRequestIdToTraceId: config.mapRequestIdToTraceId, configVersion: deps.configVersion }));
   app.use(createRequestId());
   if (metrics) app.use(createRequestMetrics({ metrics }));
   app.use(createAccessLog({ logger }));
   app.use(createErrorHandler({ logger }));
+  // With TLS: HSTS on every HTTPS answer (errors too), and HTTP/2 requests made to mean what they say on the wire.
+  if (config.tls?.hsts) app.use(createStrictTransportSecurity(config.tls.hsts));
+  if (config.tls) app.use(createHttp2Requests());
   app.use(createPathGuard());
   const guardHost = createHostGuard({ allowedHosts: config.allowedHosts });
   if (guardHost) app.use(guardHost);
@@ -108,9 +149,16 @@ export function createGatewayApps(config: GatewayConfig, { logger, redis, tracer
   app.use(createCors({ defaults: config.cors, byRoute: new Map(config.routes.flatMap((route) => (route.cors === undefined ? [] : [[route.name, route.cors] as const]))), routes }));
   app.use(ownEndpoints.routes());
   app.use(createRouteMatch({ routes }));
-  app.use(createRouteRateLimit({ fallback: limiter('default', config.rateLimit), byRoute: routeLimiters }));
-  app.use(createAuthenticate({ tokens }));
+  app.use(createRouteRateLimit({ fallback: limiter('default', config.rateLimit), byRoute: routeLimiters, byCaller }));
+  app.use(createAuthenticate({ tokens, consumers }));
+  if (limitCallers) app.use(limitCallers);
   app.use(createAuthorize());
+  // Routes with `grpc` end here (REST/JSON -> gRPC); the others go on to the HTTP proxy.
+  if (grpc && grpcRoutes.size > 0) app.use(grpc.createGrpcTranscode({ routes: grpcRoutes, tracer, underscores: config.headersWithUnderscores }));
+  // Last before the proxy: a stored answer is only given to a request that passed every check.
+  if (cachedRoutes.size > 0) {
+    app.use(createResponseCache({ routes: cachedRoutes, store: createResponseStore(config, redis, logger), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, headerRules, logger, metrics }));
+  }
   app.use(
     createProxy({
       tracer,
@@ -121,10 +169,17 @@ export function createGatewayApps(config: GatewayConfig, { logger, redis, tracer
       minBodyBytesPerSecond: config.server.minBodyBytesPerSecond,
       bodyGracePeriodMs: config.server.bodyGracePeriodMs,
       underscores: config.headersWithUnderscores,
+      upstreams: kept?.upstreamAgent(config.proxy.maxSockets),
+      headerRules,
     }),
   );
 
   // Errors are answered by handleErrors; this channel only sees what Koa itself could not hand to it.
   app.on('error', (error: Error) => logger.error('unhandled gateway error', { error: error.message }));
-  return { gateway: app, admin: createAdminApp({ readiness, pools, logger }) };
+  return { gateway: app, admin: createAdminApp({ readiness, pools, logger, control: deps.control }) };
+}
+
+/** REST/JSON -> gRPC translation (src/grpc/, src/middleware/grpc-transcode.ts), required on first use. */
+function loadGrpcTranslation(): typeof import('./grpc/route-mappings') & typeof import('./middleware/grpc-transcode') {
+  return { ...(require('./grpc/route-mappings') as typeof import('./grpc/route-mappings')), ...(require('./middleware/grpc-transcode') as typeof import('./middleware/grpc-transcode')) };
 }

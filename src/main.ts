@@ -1,12 +1,29 @@
-import { createLogger } from '../otel/logger';
+import cluster from 'node:cluster';
+import { createLogger, type Logger } from '../otel/logger';
 import { runServer } from '../otel/lifecycle';
 import { exportPromClientRegistry, metricExportEnabled, shutdownTelemetry } from '../otel/telemetry';
 import { SERVICE_NAME } from '../otel/wire-names';
+import type { ConfigControl, ReloadAnswer } from './admin';
 import { ConfigError, loadConfig, type GatewayConfig } from './config';
+import { activeConfig, checkReload, createLiveGateway, type ActiveConfig } from './config-reload';
 import { listenAdmin } from './admin';
 import { createGatewayApps } from './gateway';
 import { createGatewayMetrics, listenMetrics } from './metrics';
 import { createRedisStore, waitForRedis } from './rate-limit-store';
+import { connectWorker, type WorkerLink } from './worker-link';
+import { runPrimary, workerCount } from './workers';
+import { createTlsServer, listenHttpsRedirect, type RedirectListener } from './tls';
+
+/** Longest a rate-limit check waits for the cluster primary's answer, ms (then the store-down policy decides). */
+const PRIMARY_STORE_TIMEOUT_MS = 2_000;
+
+/**
+ * Reads the config file and environment. A reload reuses a generated secret (tokens stay valid); workers get
+ * theirs from the primary with the rest of the config.
+ */
+function reader(generatedSecret?: string): () => GatewayConfig {
+  return () => loadConfig(process.env, process.cwd(), { generatedSecret });
+}
 
 function load(): GatewayConfig {
   try {
@@ -20,51 +37,112 @@ function load(): GatewayConfig {
   }
 }
 
+function generatedSecretOf(config: GatewayConfig): string | undefined {
+  return config.auth.secretSource === 'generated' ? config.auth.secret : undefined;
+}
+
 async function main(): Promise<void> {
+  // A cluster worker: the primary sends the config it read and validated.
+  if (cluster.isWorker) {
+    const worker = await connectWorker();
+    return serve(worker.initial, worker);
+  }
   const config = load();
+  const initial = activeConfig(config);
+  const workers = workerCount(config.workers);
+  if (workers > 1) {
+    const logger = createLogger({ serviceName: SERVICE_NAME.gateway, level: config.logLevel });
+    startupWarnings(config, logger);
+    return runPrimary({ initial, count: workers, logger, load: reader(generatedSecretOf(config)) });
+  }
+  return serve(initial);
+}
+
+/** Logged once per gateway (by the primary of a cluster). */
+function startupWarnings(config: GatewayConfig, logger: Logger): void {
+  if (config.auth.secretSource === 'generated') {
+    logger.warn('JWT_SECRET is not set: tokens are signed with a random secret of this process; they stop working when it restarts and are not accepted by other replicas. Set JWT_SECRET (32+ characters) to keep them.', { environment: config.environment });
+  }
+  if (config.environment === 'production' && config.allowedHosts === undefined) {
+    logger.warn('allowedHosts is not set: any Host a client sends reaches the services as X-Forwarded-Host. Set ALLOWED_HOSTS to the names this gateway serves.');
+  }
+}
+
+/** The one process without a cluster: reloads (SIGHUP, POST /admin/reload) are read, checked and applied here. */
+function singleProcessControl(live: () => ReturnType<typeof createLiveGateway>, logger: Logger, generatedSecret: string | undefined): ConfigControl & { reloadNow(): ReloadAnswer } {
+  function reloadNow(): ReloadAnswer {
+    const gateway = live();
+    const previousVersion = gateway.active().version;
+    const check = checkReload(gateway.active(), reader(generatedSecret), logger);
+    if (!check.ok) return { ok: false, reason: check.reason };
+    if (!gateway.apply(check.next)) return { ok: false, reason: `version ${check.next.version} could not be built; see the log` };
+    const { version, loadedAt, pendingRestart } = gateway.active();
+    if (check.changed) logger.info('config reloaded', { version, previousVersion });
+    return { ok: true, status: check.changed ? 'reloaded' : 'unchanged', version, loadedAt, pendingRestart, workers: [{ id: 0, pid: process.pid, version, loadedAt }] };
+  }
+  return {
+    reloadNow,
+    reload: async () => reloadNow(),
+    async status() {
+      const { version, loadedAt, pendingRestart } = live().active();
+      return { version, loadedAt, pendingRestart, servedBy: { worker: 0, pid: process.pid }, workers: [{ id: 0, pid: process.pid, version, loadedAt }] };
+    },
+  };
+}
+
+/** Serves the public port (and the internal listeners): the single process, or one cluster worker. */
+async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> {
+  const { config } = initial;
   const logger = createLogger({ serviceName: SERVICE_NAME.gateway, level: config.logLevel });
   const { redisUrl, redisTimeoutMs } = config.rateLimit;
   const redis = redisUrl ? createRedisStore({ url: redisUrl, commandTimeoutMs: redisTimeoutMs, logger }) : undefined;
   if (redis && !(await waitForRedis(redis, 3000))) {
     logger.warn('rate-limit store not reachable yet; serving under the store-down policy until it is', { store: 'redis' });
   }
+  // Without Redis, a cluster's workers count their windows in the primary, so limits hold across them. The
+  // primary is on this machine and answers unless it is stuck, so a check waits longer for it than for Redis:
+  // under a burst on a busy machine Redis's 200 ms would let requests through under the store-down policy.
+  const primaryStore = redis ? undefined : worker?.primaryStore(Math.max(redisTimeoutMs, PRIMARY_STORE_TIMEOUT_MS));
   // Recorded only when someone reads them: the scrape listener (METRICS_PORT) or OTLP metric export
   // (OTEL_METRICS_EXPORTER=none or OTEL_SDK_DISABLED=true without METRICS_PORT: nothing is recorded). Built here
   // rather than defaulted by createGatewayApps: the scrape listener below serves its registry.
   const metrics = config.metrics.port !== undefined || metricExportEnabled() ? createGatewayMetrics() : undefined;
   // Pushed over OTLP too, with the bootstrap's metric exporter and OTEL_* settings.
   if (metrics) exportPromClientRegistry(metrics.registry);
-  const { gateway: app, admin } = createGatewayApps(config, { logger, redis, metrics: metrics ?? false });
+  const single = worker ? undefined : singleProcessControl(() => live, logger, generatedSecretOf(config));
+  const control = worker ? worker.control(() => live.active()) : single!;
+  // Each config (the first and every reload) becomes a fresh pair of apps over the same collaborators.
+  const live = createLiveGateway(
+    initial,
+    (active, kept) => createGatewayApps(active.config, { logger, redis, metrics: metrics ?? false, primaryStore, kept, configVersion: active.version, control }),
+    logger,
+  );
+  // SIGHUP reaches a cluster's primary only; it relays it to every worker (src/workers.ts).
+  const onHangup = (handler: () => void) => (worker ? worker.onHangup(handler) : process.on('SIGHUP', handler));
+  if (single) onHangup(() => single.reloadNow());
+  const timeouts = { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs, keepAliveMs: config.server.keepAliveTimeoutMs };
   // Opened before the public listener, so a taken admin port stops startup rather than going unnoticed.
-  const adminListener =
-    config.admin.port === undefined
-      ? undefined
-      : await listenAdmin(admin, {
-          port: config.admin.port,
-          host: config.admin.host,
-          timeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs, keepAliveMs: config.server.keepAliveTimeoutMs },
-        });
-  if (adminListener) logger.info('admin listener started', { url: adminListener.url, endpoints: ['/health', '/ready'] });
+  const adminListener = config.admin.port === undefined ? undefined : await listenAdmin({ callback: () => live.adminListener }, { port: config.admin.port, host: config.admin.host, timeouts });
+  if (adminListener) logger.info('admin listener started', { url: adminListener.url, endpoints: ['/health', '/ready', '/admin/config', '/admin/reload'] });
   // Also before the public listener, for the same reason; never on the public port (config refuses that).
   const metricsListener =
-    config.metrics.port === undefined || metrics === undefined
-      ? undefined
-      : await listenMetrics(metrics, {
-          port: config.metrics.port,
-          host: config.metrics.host,
-          timeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs, keepAliveMs: config.server.keepAliveTimeoutMs },
-          logger,
-        });
+    config.metrics.port === undefined || metrics === undefined ? undefined : await listenMetrics(metrics, { port: config.metrics.port, host: config.metrics.host, timeouts, logger });
   if (metricsListener) logger.info('metrics listener started', { url: metricsListener.url, endpoints: ['/metrics'] });
-  const { url } = await runServer({
-    app,
+  // HTTPS with HTTP/2 when `tls` is set (src/tls.ts); rotated certificates are read again on SIGHUP, open connections kept.
+  const tlsServer = config.tls ? createTlsServer({ tls: config.tls, timeouts, logger }) : undefined;
+  if (tlsServer) onHangup(() => tlsServer.reloadCertificates());
+  let redirectListener: RedirectListener | undefined;
+  const running = await runServer({
+    app: { callback: () => live.listener },
     name: SERVICE_NAME.gateway,
     port: config.port,
     host: config.host,
     logger,
-    timeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs, keepAliveMs: config.server.keepAliveTimeoutMs },
+    timeouts,
     maxConnections: config.server.maxConnections,
+    createServer: tlsServer?.create,
     async onShutdown() {
+      await redirectListener?.close();
       // Closed only now: operators can watch readiness while the public listener drains.
       await adminListener?.close();
       // After the drain, so the last scrape still sees the requests that finished during it.
@@ -73,14 +151,21 @@ async function main(): Promise<void> {
       await shutdownTelemetry();
     },
   });
-  if (config.auth.secretSource === 'generated') {
-    logger.warn('JWT_SECRET is not set: tokens are signed with a random secret of this process; they stop working when it restarts and are not accepted by other replicas. Set JWT_SECRET (32+ characters) to keep them.', { environment: config.environment });
+  const { url } = running;
+  const redirectHttpPort = config.tls?.redirectHttpPort;
+  if (redirectHttpPort !== undefined) {
+    redirectListener = await listenHttpsRedirect({ port: redirectHttpPort, host: config.host, httpsPort: Number(new URL(url).port || 443), allowedHosts: config.allowedHosts, health: live.listener, timeouts });
+    logger.info('https redirect listener started', { url: redirectListener.url, redirectsTo: url });
   }
-  if (config.environment === 'production' && config.allowedHosts === undefined) {
-    logger.warn('allowedHosts is not set: any Host a client sends reaches the services as X-Forwarded-Host. Set ALLOWED_HOSTS to the names this gateway serves.');
+  if (worker) {
+    worker.serve((active) => live.apply(active), url, running.close);
+    logger.info('worker listening', { url, worker: worker.id, pid: process.pid, version: initial.version });
+    return;
   }
+  startupWarnings(config, logger);
   logger.info('gateway listening', {
     url,
+    version: initial.version,
     rateLimitStore: redis ? 'redis' : 'memory',
     routes: config.routes.map((route) => `${route.prefix} -> ${route.service}${route.upstreamPath}`),
   });

@@ -39,6 +39,8 @@ export interface GatewayMetrics {
   readonly authFailures: Counter<typeof METRIC_LABEL.errorType>;
   readonly upstreamEjections: Counter<typeof METRIC_LABEL.upstreamService | typeof METRIC_LABEL.serverAddress>;
   readonly upstreamRetries: Counter<typeof METRIC_LABEL.upstreamService>;
+  /** Response-cache lookups of routes with `cache`, by route name and result (CACHE_RESULTS). */
+  readonly cacheLookups: Counter<typeof METRIC_LABEL.routeName | typeof METRIC_LABEL.cacheResult>;
   /** Which observations of requestDuration / upstreamDuration carry an exemplar (one gate each). */
   readonly requestExemplars: ExemplarGate;
   readonly upstreamExemplars: ExemplarGate;
@@ -93,6 +95,7 @@ export function createGatewayMetrics(): GatewayMetrics {
       registers,
     }),
     upstreamRetries: new Counter({ name: counterFamily(METRIC.upstreamRetries), help: 'Requests retried on another instance of a service.', labelNames: [METRIC_LABEL.upstreamService], registers }),
+    cacheLookups: new Counter({ name: counterFamily(METRIC.cacheLookups), help: 'Response-cache lookups, by route and result (hit, miss, stale, bypass).', labelNames: [METRIC_LABEL.routeName, METRIC_LABEL.cacheResult], registers }),
     requestExemplars: createExemplarGate(),
     upstreamExemplars: createExemplarGate(),
   };

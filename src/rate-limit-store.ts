@@ -1,5 +1,7 @@
 import { Redis } from 'ioredis';
+import type { Context } from 'koa';
 import type { Logger } from '../otel/logger';
+import { BoundedWindowStore } from './middleware/rate-limit';
 
 export interface RedisStoreOptions {
   url: string;
@@ -55,4 +57,100 @@ export async function waitForRedis(redis: Redis, timeoutMs: number): Promise<boo
     };
     redis.once('ready', onReady);
   });
+}
+
+/** One client's window as koa-ratelimit reports it: `remaining` before this request, `reset` in epoch seconds. */
+export interface WindowState {
+  remaining: number;
+  reset: number;
+  total: number;
+}
+
+/**
+ * Counts windows in the cluster primary for every worker (store kind `primary`), so a limit of 10 per minute
+ * means 10 across all workers, not 10 per worker, without Redis. The counting is koa-ratelimit's memory
+ * driver's, step for step, so a limit allows exactly as many requests whichever store counts them. Windows are
+ * kept per policy (`name|max|windowMs`): a reload that leaves a limit unchanged keeps its counts, a changed
+ * limit starts afresh. Each policy holds at most `maxTrackedClients` windows (BoundedWindowStore).
+ */
+export function createWindowCounter(options: { maxTrackedClients: number; now?: () => number }) {
+  const now = options.now ?? Date.now;
+  const policies = new Map<string, BoundedWindowStore>();
+  return {
+    take(policy: string, client: string, max: number, windowMs: number): WindowState {
+      let windows = policies.get(policy);
+      if (!windows) {
+        // Policies come from the config; old ones of earlier reloads are dropped once nothing in them is live.
+        if (policies.size >= MAX_POLICIES) sweepPolicies(policies, now());
+        policies.set(policy, (windows = new BoundedWindowStore(options.maxTrackedClients)));
+      }
+      const nowSeconds = now() / 1000;
+      const entry = windows.get(client) as WindowState | undefined;
+      if (entry === undefined || entry.reset < nowSeconds) {
+        const fresh: WindowState = { remaining: max, reset: nowSeconds + windowMs / 1000, total: max };
+        windows.set(client, fresh);
+        return { ...fresh };
+      }
+      entry.remaining = entry.remaining > 0 ? entry.remaining - 1 : 0;
+      return { ...entry };
+    },
+  };
+}
+
+export type WindowCounter = ReturnType<typeof createWindowCounter>;
+
+/** Policies a window counter holds before it drops those without a live window. */
+const MAX_POLICIES = 256;
+
+function sweepPolicies(policies: Map<string, BoundedWindowStore>, nowMs: number): void {
+  for (const [policy, windows] of policies) {
+    let live = false;
+    for (const entry of windows.values()) if ((live = entry.reset >= nowMs / 1000)) break;
+    if (!live) policies.delete(policy);
+  }
+}
+
+/** Asks the primary's window counter (a worker's side of the IPC channel, src/workers.ts). */
+export interface PrimaryStoreClient {
+  take(policy: string, client: string, max: number, windowMs: number): Promise<WindowState>;
+}
+
+/**
+ * koa-ratelimit's middleware contract (same headers, `next` only under the limit, nothing written over it)
+ * for windows counted in the primary, so createRateLimiter treats it like the memory and Redis drivers.
+ */
+export function createPrimaryLimit(options: { client: PrimaryStoreClient; policy: string; max: number; windowMs: number; id: (ctx: Context) => string }) {
+  const { client, policy, max, windowMs, id } = options;
+  return async function limitInPrimary(ctx: Context, next: () => Promise<void>): Promise<void> {
+    const window = await client.take(policy, id(ctx), max, windowMs);
+    ctx.set('X-RateLimit-Remaining', String(window.remaining > 0 ? window.remaining - 1 : 0));
+    ctx.set('X-RateLimit-Reset', String(window.reset));
+    ctx.set('X-RateLimit-Limit', String(window.total));
+    if (window.remaining > 0) await next();
+  };
+}
+
+/**
+ * The memory store's windows kept across config reloads in one process, per policy (`name|max|windowMs`), so
+ * an unchanged limit keeps counting where it was. `sweep` forgets policies the last build did not ask for.
+ */
+export class RateLimitWindows {
+  private readonly stores = new Map<string, BoundedWindowStore>();
+  private asked = new Set<string>();
+
+  for(policy: string, maxTrackedClients: number): BoundedWindowStore {
+    // Two limiters of one build with the same policy (a route named `default`) still count apart, as before.
+    let key = policy;
+    for (let n = 2; this.asked.has(key); n++) key = `${policy}#${n}`;
+    this.asked.add(key);
+    let store = this.stores.get(key);
+    if (!store) this.stores.set(key, (store = new BoundedWindowStore(maxTrackedClients)));
+    return store;
+  }
+
+  /** Drops the windows of policies not asked for since the last sweep. */
+  sweep(): void {
+    for (const policy of this.stores.keys()) if (!this.asked.has(policy)) this.stores.delete(policy);
+    this.asked = new Set();
+  }
 }

@@ -1,4 +1,4 @@
-import type { GatewayConfig, RateLimitConfig, RouteConfig } from './config';
+import type { AuthMethod, GatewayConfig, RouteRateLimitConfig } from './config';
 import type { UpstreamPool } from './upstream-pool';
 
 /** A route with everything derived once at startup, so matching does no parsing per request. */
@@ -14,12 +14,15 @@ export interface CompiledRoute {
   readonly exact: boolean;
   /** Allowed methods (`HEAD` wherever `GET` is), or undefined for any. */
   readonly methods: ReadonlySet<string> | undefined;
-  readonly auth: RouteConfig['auth'];
+  /** `required`: a caller must prove who it is with one of `authMethods`; `public`: nobody has to. */
+  readonly auth: 'required' | 'public';
+  /** Credentials accepted when `auth` is `required` (empty for public routes). */
+  readonly authMethods: ReadonlySet<AuthMethod>;
   /** Upstream idle timeout, ms. */
   readonly timeoutMs: number;
   /** Longest whole upstream exchange, ms. */
   readonly deadlineMs: number;
-  readonly rateLimit: RateLimitConfig | undefined;
+  readonly rateLimit: RouteRateLimitConfig | undefined;
   /** Roles allowed on this route, or undefined for any authenticated caller. */
   readonly roles: ReadonlySet<string> | undefined;
   /** The client's `Authorization` header goes on to the service. */
@@ -75,6 +78,8 @@ export function ownPaths(config: GatewayConfig): string[] {
 }
 
 export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, UpstreamPool>): RouteTable {
+  // `required` accepts every method the gateway has: API keys only once consumers are declared.
+  const allMethods: readonly AuthMethod[] = config.consumers.length > 0 ? ['jwt', 'apiKey'] : ['jwt'];
   const routes: CompiledRoute[] = config.routes.map((route) => ({
     name: route.name,
     prefix: route.prefix,
@@ -85,7 +90,8 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
     exact: route.exact,
     // `HEAD` is a `GET` without the body (RFC 9110 9.3.2): whatever takes GET takes HEAD under the same rules.
     methods: route.methods ? new Set(route.methods.includes('GET') ? [...route.methods, 'HEAD'] : route.methods) : undefined,
-    auth: route.auth,
+    auth: route.auth === 'public' ? 'public' : 'required',
+    authMethods: new Set(route.auth === 'public' ? [] : route.auth === 'required' ? allMethods : route.auth.methods),
     timeoutMs: route.timeoutMs ?? config.proxy.timeoutMs,
     deadlineMs: route.deadlineMs ?? config.proxy.deadlineMs,
     rateLimit: route.rateLimit,

@@ -1,5 +1,6 @@
 import type http from 'node:http';
 import { GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEADERS, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
+import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
 
 /**
@@ -65,6 +66,8 @@ export interface UpstreamRequestHeadersInput {
   requestId: string;
   /** Set only after a token verified. */
   user?: AuthenticatedUser;
+  /** Set only after an API key verified. */
+  consumer?: Consumer;
   /** The TCP peer, appended to `X-Forwarded-For`. */
   peerAddress: string;
   /** What the client asked for, as the gateway saw it (a trusted proxy's `X-Forwarded-Host` / `-Proto` when one sent them). */
@@ -73,6 +76,8 @@ export interface UpstreamRequestHeadersInput {
   publicPort: string;
   /** ISO time the gateway forwarded the request at. */
   timestamp: string;
+  /** The route's request header rules (src/header-rules.ts): run on the filtered client headers, before the gateway writes its own. */
+  rules?: (headers: Record<string, string | string[]>) => void;
 }
 
 /**
@@ -86,12 +91,17 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
     client,
     (name) =>
       isForbiddenClientHeader(name, input.underscores) ||
-      (name === HEADER.authorization && !input.forwardAuthorization) ||
+      // An API key is the gateway's credential alone, in either header, even where the route forwards Authorization.
+      (name === HEADER.authorization && (!input.forwardAuthorization || /^apikey(?: |$)/i.test(String(client.authorization)))) ||
+      name === HEADER.apiKey ||
       name === HEADER.requestId ||
       name === 'host' ||
+      // HTTP/2 pseudo-headers (`:authority`, `:path`, ...) describe this hop's request line, already turned into Host and path.
+      name.charCodeAt(0) === 58 /* : */ ||
       // Rebuilt below from what a trusted proxy said (createTrustedProxies removed them from anyone else).
       REBUILT_FORWARDING.has(name),
   );
+  input.rules?.(headers);
   headers.host = input.targetHost;
   headers[HEADER.requestId] = input.requestId;
   // The chain a trusted proxy started, with this hop's peer appended (as http-proxy's xfwd did).
@@ -105,5 +115,6 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
     const identity: Record<(typeof IDENTITY_HEADERS)[number], string> = { [HEADER.userId]: input.user.id, [HEADER.userRole]: input.user.role, [HEADER.userEmail]: input.user.email };
     Object.assign(headers, identity);
   }
+  if (input.consumer) headers[HEADER.consumerId] = input.consumer.id;
   return headers;
 }

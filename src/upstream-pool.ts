@@ -122,15 +122,30 @@ function parseOrigin(origin: string): UpstreamInstance {
   return { origin: url.origin, secure, hostname, port, host: url.host };
 }
 
-/** One pool per configured service, keyed by the service name routes use. */
+/**
+ * Pools kept from one build of the gateway to the next (a config reload, src/config-reload.ts), by service
+ * name with the settings they were made from: a service whose settings did not change keeps its pool, so its
+ * passive health (ejections, failure counts) and round-robin position carry over.
+ */
+export type UpstreamPoolCache = Map<string, { settings: string; pool: UpstreamPool }>;
+
+/** One pool per configured service, keyed by the service name routes use; reused from `cache` when unchanged. */
 export function createUpstreamPools(
   services: Readonly<Record<string, { url: string | readonly string[]; ejectAfterFailures: number; ejectMs: number }>>,
   metrics?: GatewayMetrics,
+  cache?: UpstreamPoolCache,
 ): ReadonlyMap<string, UpstreamPool> {
-  return new Map(
+  const pools = new Map(
     Object.entries(services).map(([service, { url, ejectAfterFailures, ejectMs }]) => {
+      const settings = JSON.stringify({ url, ejectAfterFailures, ejectMs });
+      const kept = cache?.get(service);
+      if (kept?.settings === settings) return [service, kept.pool] as const;
       const origins = (typeof url === 'string' ? [url] : url).map((each) => new URL(each).origin);
-      return [service, createUpstreamPool({ service, origins, ejectAfterFailures, ejectMs, metrics })];
+      const pool = createUpstreamPool({ service, origins, ejectAfterFailures, ejectMs, metrics });
+      cache?.set(service, { settings, pool });
+      return [service, pool] as const;
     }),
   );
+  if (cache) for (const service of cache.keys()) if (!pools.has(service)) cache.delete(service);
+  return pools;
 }

@@ -1,6 +1,7 @@
 import { context } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import { logLine, type Logger } from '../../otel/logger';
+import { LOG_FIELD } from '../../otel/wire-names';
 import { onResponseClosed } from '../response-closed';
 
 /** Query parameters whose values never reach a log (tokens in URLs are still tokens). */
@@ -67,6 +68,8 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
         request_id: state.requestId,
         route: state.route?.name ?? null,
         user_id: state.user?.id ?? null,
+        [LOG_FIELD.consumerId]: state.consumer?.id ?? null,
+        [LOG_FIELD.cache]: state.cache ?? null,
         error_code: state.errorCode ?? null,
       };
       const level = status >= 500 ? 'error' : status >= 400 ? 'warn' : 'info';

@@ -1,10 +1,15 @@
 import type { Middleware } from 'koa';
-import { HEADER } from '../../otel/wire-names';
+import { trace } from '@opentelemetry/api';
+import { ATTR, HEADER } from '../../otel/wire-names';
+import type { AuthMethod } from '../config';
+import type { ConsumerRegistry } from '../consumers';
 import { GatewayError } from '../errors';
 import { TokenRejectedError, TokenVerifierUnavailableError, type TokenService } from '../tokens';
 
 export interface AuthenticateOptions {
   tokens: TokenService;
+  /** API-key consumers (src/consumers.ts); absent when none are declared, and API keys are then refused. */
+  consumers?: ConsumerRegistry;
   /** `realm` of the `WWW-Authenticate` challenge. Default `koa-gateway`. */
   realm?: string;
 }
@@ -15,28 +20,70 @@ export interface AuthenticateOptions {
  */
 const BEARER = /^[Bb][Ee][Aa][Rr][Ee][Rr] ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)$/;
 
+/** `Authorization: ApiKey <key>`, the scheme in any case; the key's own shape is the registry's to judge. */
+const API_KEY_SCHEME = /^apikey(?: (.*))?$/is;
+
 /**
- * Verifies the bearer token on routes that require one and records the caller in `ctx.state.user`; the proxy
- * turns it into the identity headers services trust (src/upstream-headers.ts). Public routes pass through
- * untouched (forged identity headers never reach a service on any route).
- * Challenges follow RFC 6750 section 3: no error code when the token is missing, `invalid_token` otherwise.
+ * Verifies the credential on routes that require one, by the methods the route accepts: a bearer token
+ * (caller in `ctx.state.user`) or an API key in `X-API-Key` / `Authorization: ApiKey` (caller in
+ * `ctx.state.consumer`). The proxy turns either into the identity headers services trust
+ * (src/upstream-headers.ts). Public routes pass through untouched (forged identity headers never reach a
+ * service on any route).
+ * Challenges follow RFC 6750 section 3: no error code when the credential is missing, `invalid_token` (or
+ * `invalid_key`) otherwise; one challenge per accepted method (RFC 9110 11.6.1).
  */
 export function createAuthenticate(options: AuthenticateOptions): Middleware {
   const realm = options.realm ?? 'koa-gateway';
-  const challenge = (description?: string) => ({
-    'WWW-Authenticate': description === undefined ? `Bearer realm="${realm}"` : `Bearer realm="${realm}", error="invalid_token", error_description="${description}"`,
-  });
+  const { consumers } = options;
+  const challenge = (methods: ReadonlySet<AuthMethod>, failed?: { method: AuthMethod; description: string }) => {
+    const challenges: string[] = [];
+    if (methods.has('jwt')) {
+      challenges.push(failed?.method === 'jwt' ? `Bearer realm="${realm}", error="invalid_token", error_description="${failed.description}"` : `Bearer realm="${realm}"`);
+    }
+    if (methods.has('apiKey') && consumers) {
+      challenges.push(failed?.method === 'apiKey' ? `ApiKey realm="${realm}", error="invalid_key", error_description="${failed.description}"` : `ApiKey realm="${realm}"`);
+    }
+    return { 'WWW-Authenticate': challenges.join(', ') };
+  };
 
   return async function authenticate(ctx, next) {
-    if (ctx.state.route?.auth !== 'required') return next();
+    const route = ctx.state.route;
+    if (route?.auth !== 'required') return next();
+    const methods = route.authMethods;
 
     const header = ctx.req.headers[HEADER.authorization];
-    if (header === undefined || header === '') {
-      throw new GatewayError('missing_token', 'This route needs an Authorization: Bearer token.', { headers: challenge() });
+    const apiKeyHeader = ctx.req.headers[HEADER.apiKey];
+    const hasAuthorization = header !== undefined && header !== '';
+    const hasApiKeyHeader = apiKeyHeader !== undefined && apiKeyHeader !== '';
+    if (hasAuthorization && hasApiKeyHeader) {
+      // Two credentials: which one the gateway checked and which one a service reads must never differ.
+      throw new GatewayError('bad_request', 'Send one credential: an X-API-Key or an Authorization header, not both.');
+    }
+    const schemeMatch = hasAuthorization ? API_KEY_SCHEME.exec(header) : null;
+    if (hasApiKeyHeader || schemeMatch) {
+      if (!methods.has('apiKey') || !consumers) {
+        throw new GatewayError('missing_token', 'This route does not accept API keys; it needs an Authorization: Bearer token.', { headers: challenge(methods) });
+      }
+      // Node joins a repeated X-API-Key with ", ", which no key matches.
+      const key = hasApiKeyHeader ? (Array.isArray(apiKeyHeader) ? apiKeyHeader.join(', ') : apiKeyHeader) : (schemeMatch![1] ?? '');
+      const verdict = consumers.verify(key);
+      if (!verdict.ok) {
+        // The client hears one answer for every refusal; operators see which one it was.
+        trace.getActiveSpan()?.setAttribute(ATTR.apiKeyRejection, verdict.reason);
+        throw new GatewayError('invalid_api_key', 'The API key is not valid.', { headers: challenge(methods, { method: 'apiKey', description: 'invalid key' }) });
+      }
+      ctx.state.consumer = verdict.consumer;
+      return next();
+    }
+    if (!methods.has('jwt')) {
+      throw new GatewayError('missing_token', 'This route needs an API key (X-API-Key or Authorization: ApiKey <key>).', { headers: challenge(methods) });
+    }
+    if (!hasAuthorization) {
+      throw new GatewayError('missing_token', `This route needs an Authorization: Bearer token${methods.has('apiKey') && consumers ? ' or an API key' : ''}.`, { headers: challenge(methods) });
     }
     const match = BEARER.exec(header);
     if (!match) {
-      throw new GatewayError('invalid_token', 'The Authorization header must be "Bearer <JWT>".', { headers: challenge('malformed authorization header') });
+      throw new GatewayError('invalid_token', 'The Authorization header must be "Bearer <JWT>".', { headers: challenge(methods, { method: 'jwt', description: 'malformed authorization header' }) });
     }
     let user;
     try {
@@ -47,7 +94,7 @@ export function createAuthenticate(options: AuthenticateOptions): Middleware {
         throw new GatewayError('auth_unavailable', 'Tokens of the identity provider cannot be verified right now; try again shortly.', { cause: error, headers: { 'Retry-After': '5' } });
       }
       if (!(error instanceof TokenRejectedError)) throw error;
-      throw new GatewayError('invalid_token', error.message, { headers: challenge(error.reason.replaceAll('_', ' ')), cause: error });
+      throw new GatewayError('invalid_token', error.message, { headers: challenge(methods, { method: 'jwt', description: error.reason.replaceAll('_', ' ') }), cause: error });
     }
 
     ctx.state.user = user;

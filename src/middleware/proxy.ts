@@ -7,6 +7,7 @@ import { ATTR, METRIC_LABEL } from '../../otel/wire-names';
 import { GatewayError, upstreamFailure } from '../errors';
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
+import type { RouteHeaderRules } from '../header-rules';
 import { endToEndHeaders, upstreamRequestHeaders, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
@@ -28,6 +29,13 @@ export interface ProxyOptions {
   tracer: Tracer;
   /** Times every attempt (`gateway_upstream_request_duration_seconds`) and counts retries; none when metrics are off. */
   metrics?: GatewayMetrics;
+  /** Header rules by route name (src/header-rules.ts), hidden service response headers included; none when absent. */
+  headerRules?: ReadonlyMap<string, RouteHeaderRules>;
+  /**
+   * The upstream connections (an undici Agent of `maxSockets` connections per origin). Default: a new one. A
+   * config reload passes the running one, so unchanged upstreams keep their warm keep-alive connections.
+   */
+  upstreams?: Agent;
 }
 
 /** What happened to one attempt at forwarding a request, read once the attempt is over. */
@@ -67,7 +75,7 @@ export function createProxy(options: ProxyOptions): Middleware {
   const upstreamDuration = options.metrics?.upstreamDuration;
   const upstreamRetries = options.metrics?.upstreamRetries;
   const upstreamExemplars = options.metrics?.upstreamExemplars;
-  const upstreams = new Agent({ connections: options.maxSockets, pipelining: 1 });
+  const upstreams = options.upstreams ?? new Agent({ connections: options.maxSockets, pipelining: 1 });
   /** Exchanges undici holds per instance (running or queued for a connection). */
   const inFlight = new Map<UpstreamInstance, number>();
   const capacity = options.maxSockets + options.maxPendingRequests;
@@ -78,6 +86,10 @@ export function createProxy(options: ProxyOptions): Middleware {
     const { req, res } = ctx;
     const path = ctx.state.upstreamPath!;
     const exchange: Exchange = { span: startUpstreamSpan(options.tracer, { method: req.method!, instance, path, service: route.service, attempt }, parent) };
+    const rules = options.headerRules?.get(route.name);
+    const requestRules = rules?.request;
+    // The response cache (src/middleware/cache.ts) copies what the service sends; absent on routes without it.
+    const tap = ctx.state.responseTap;
     const headers = upstreamRequestHeaders({
       client: req.headers,
       underscores: options.underscores,
@@ -85,11 +97,13 @@ export function createProxy(options: ProxyOptions): Middleware {
       targetHost: instance.host,
       requestId: ctx.state.requestId,
       user: ctx.state.user,
+      consumer: ctx.state.consumer,
       peerAddress: req.socket.remoteAddress ?? '',
       publicHost: ctx.host,
       publicProto: ctx.protocol,
       publicPort: publicPort(ctx),
       timestamp: new Date().toISOString(),
+      rules: requestRules && ((filtered) => requestRules(filtered, ctx)),
     });
     injectTraceHeaders(exchange.span, parent, headers);
     const withBody = hasBody(req.headers);
@@ -204,19 +218,25 @@ export function createProxy(options: ProxyOptions): Middleware {
           onResponseStart(controller, statusCode, upstreamHeaders, statusMessage) {
             touch();
             exchange.status = statusCode;
-            if (statusMessage) res.statusMessage = statusMessage;
-            res.writeHead(statusCode, responseHeaders(upstreamHeaders, res, corsApplied));
+            // HTTP/2 has no reason phrase (RFC 9113 8.3.2); Node warns when one is set on its responses.
+            if (statusMessage && req.httpVersionMajor < 2) res.statusMessage = statusMessage;
+            const headers = responseHeaders(upstreamHeaders, res, corsApplied);
+            rules?.response?.(headers, ctx);
+            tap?.start(statusCode, upstreamHeaders);
+            res.writeHead(statusCode, headers);
             res.once('finish', done);
             res.on('drain', () => controller.resume());
           },
           onResponseData(controller, chunk) {
             touch();
+            tap?.data(chunk);
             if (res.destroyed) controller.abort(new Error('the client closed the connection'));
             else if (!res.write(chunk)) controller.pause();
           },
           onResponseEnd() {
             clearTimeout(idle);
             release();
+            tap?.end();
             res.end();
           },
           onResponseError(_controller, failure) {

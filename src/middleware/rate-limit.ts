@@ -5,8 +5,9 @@ import type { Context, Middleware } from 'koa';
 import ratelimit from 'koa-ratelimit';
 import type { Logger } from '../../otel/logger';
 import { ATTR } from '../../otel/wire-names';
-import { GatewayError } from '../errors';
+import { GatewayError, isGatewayError } from '../errors';
 import { rateLimitDecisionCounters, type GatewayMetrics } from '../metrics';
+import { createPrimaryLimit, type PrimaryStoreClient, type RateLimitWindows } from '../rate-limit-store';
 
 /** The state koa-ratelimit's memory driver keeps per client; `reset` is in epoch seconds. */
 interface WindowEntry {
@@ -41,8 +42,14 @@ export class BoundedWindowStore extends Map<string, WindowEntry> {
   }
 }
 
-/** Where windows are counted: per process, or shared by every replica through Redis. */
-export type RateLimitStore = { kind: 'memory'; maxTrackedClients: number } | { kind: 'redis'; client: Redis; keyPrefix: string };
+/**
+ * Where windows are counted: per process (`windows` keeps them across config reloads), in the cluster primary
+ * for every worker of this gateway (src/workers.ts), or shared by every replica through Redis.
+ */
+export type RateLimitStore =
+  | { kind: 'memory'; maxTrackedClients: number; windows?: RateLimitWindows }
+  | { kind: 'primary'; client: PrimaryStoreClient }
+  | { kind: 'redis'; client: Redis; keyPrefix: string };
 
 export interface RateLimiterOptions {
   /** Policy name, shown in `RateLimit-Policy` and part of the store key. */
@@ -86,14 +93,20 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
   const ipv6PrefixLength = options.ipv6PrefixLength ?? 64;
   // koa-ratelimit asks for the key through `id(ctx)`; check() decides it and hands it over here.
   const keys = new WeakMap<Context, string>();
-  const limit = ratelimit({
-    ...(store.kind === 'redis'
-      ? { driver: 'redis' as const, db: store.client, namespace: `${store.keyPrefix}:${options.name}` }
-      : { driver: 'memory' as const, db: new BoundedWindowStore(store.maxTrackedClients), namespace: options.name }),
-    duration: options.windowMs,
-    max: options.max,
-    id: (ctx) => keys.get(ctx) ?? clientNetworkKey(ctx.ip, ipv6PrefixLength),
-  });
+  const id = (ctx: Context) => keys.get(ctx) ?? clientNetworkKey(ctx.ip, ipv6PrefixLength);
+  // The policy's identity for windows kept across reloads: an unchanged limit keeps its counts.
+  const windowPolicy = `${options.name}|${options.max}|${options.windowMs}`;
+  const limit =
+    store.kind === 'primary'
+      ? createPrimaryLimit({ client: store.client, policy: windowPolicy, max: options.max, windowMs: options.windowMs, id })
+      : ratelimit({
+          ...(store.kind === 'redis'
+            ? { driver: 'redis' as const, db: store.client, namespace: `${store.keyPrefix}:${options.name}` }
+            : { driver: 'memory' as const, db: store.windows?.for(windowPolicy, store.maxTrackedClients) ?? new BoundedWindowStore(store.maxTrackedClients), namespace: options.name }),
+          duration: options.windowMs,
+          max: options.max,
+          id,
+        });
   let lastFailureLog = 0;
   const decided = options.metrics && rateLimitDecisionCounters(options.metrics, options.name);
 
@@ -207,13 +220,57 @@ export interface RouteRateLimitOptions {
   fallback: RateLimiter;
   /** Limits of routes that have their own, by route name. */
   byRoute: ReadonlyMap<string, RateLimiter>;
+  /** Routes whose limit counts the authenticated caller (`rateLimit.by` `user` / `consumer`): createCallerRateLimit checks them. */
+  byCaller?: ReadonlySet<string>;
 }
 
-/** Applies the matched route's limit (or the global one) before any token is verified. */
+/**
+ * Applies the matched route's limit (or the global one) before any token is verified. On a route limited by
+ * caller, the caller is not known yet: requests that then fail authentication (401) are counted per client
+ * network instead, so guessing credentials there stays limited.
+ */
 export function createRouteRateLimit(options: RouteRateLimitOptions): Middleware {
   return async function limitRate(ctx, next) {
     const routeName = ctx.state.route?.name;
     const limiter = (routeName && options.byRoute.get(routeName)) || options.fallback;
-    await limiter.check(ctx, next);
+    if (!routeName || !options.byCaller?.has(routeName)) return limiter.check(ctx, next);
+    try {
+      await next();
+    } catch (error) {
+      if (isGatewayError(error) && error.status === 401) await limiter.check(ctx, async () => {});
+      throw error;
+    }
+  };
+}
+
+/** Whom a caller-keyed limit counts: the API key's consumer, else the token's user (namespaced: ids of the two may coincide). */
+function callerKey(ctx: Context): string | undefined {
+  const { consumer, user } = ctx.state;
+  if (consumer) return `consumer:${consumer.id}`;
+  return user ? `user:${user.id}` : undefined;
+}
+
+export interface CallerRateLimitOptions {
+  /** Limits of routes with `rateLimit.by` `user` or `consumer`, by route name. */
+  byRoute: ReadonlyMap<string, RateLimiter>;
+  /** Consumers' own limits (`consumers[].rateLimit`), by consumer id. */
+  byConsumer: ReadonlyMap<string, RateLimiter>;
+}
+
+/**
+ * After authentication: the route's limit per caller (one tenant behind a shared address is not limited with
+ * its neighbours; one caller on many addresses is limited once), then the consumer's own limit over all
+ * routes. Undefined (not mounted) when neither is configured.
+ */
+export function createCallerRateLimit(options: CallerRateLimitOptions): Middleware | undefined {
+  if (options.byRoute.size === 0 && options.byConsumer.size === 0) return undefined;
+  return async function limitCallerRate(ctx, next) {
+    const { route, consumer } = ctx.state;
+    const consumerLimit = consumer && options.byConsumer.get(consumer.id);
+    const inner = consumerLimit ? () => consumerLimit.check(ctx, next, `consumer:${consumer.id}`) : next;
+    const routeLimit = route && options.byRoute.get(route.name);
+    const caller = callerKey(ctx);
+    if (routeLimit && caller) return routeLimit.check(ctx, inner, caller);
+    return inner();
   };
 }

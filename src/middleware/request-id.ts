@@ -36,7 +36,8 @@ export function createRequestId(options: RequestIdOptions = {}): Middleware {
   const generate = options.generate ?? mintRequestId;
   return async function requestId(ctx, next) {
     const inbound = ctx.req.headers[HEADER.requestId];
-    const active = context.active();
+    // The trace context createTracing built (not yet entered), else whatever is active (tests, tracing off).
+    const active = ctx.state.traceContext ?? context.active();
     const span = trace.getSpan(active);
     const traceId = span?.spanContext().traceId;
     const id = typeof inbound === 'string' && isWellFormedRequestId(inbound) ? inbound : traceId && trace.isSpanContextValid(span!.spanContext()) ? traceId : generate();

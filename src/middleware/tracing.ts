@@ -1,4 +1,4 @@
-import { context, defaultTextMapGetter, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Tracer } from '@opentelemetry/api';
+import { defaultTextMapGetter, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Tracer } from '@opentelemetry/api';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Context as KoaContext, Middleware } from 'koa';
 import {
@@ -38,6 +38,8 @@ export interface TracingOptions {
    * trace gets a random id of its own.
    */
   mapRequestIdToTraceId?: boolean;
+  /** The running configuration's version, set as `gateway.config.version` on every SERVER span. None when absent. */
+  configVersion?: string;
 }
 
 /** The route template for span names: the matched gateway route's, or the path @koa/router matched (login), or nothing. */
@@ -67,6 +69,7 @@ export function createTracing(options: TracingOptions): Middleware {
   const trust = options.trustTraceparent ?? false;
   const mapRequestId = options.mapRequestIdToTraceId ?? true;
   const w3c = new TraceContextPropagator();
+  const versionAttribute = options.configVersion === undefined ? undefined : { [ATTR.configVersion]: options.configVersion };
 
   return async function traceRequest(ctx, next) {
     const headers = ctx.req.headers;
@@ -99,6 +102,7 @@ export function createTracing(options: TracingOptions): Middleware {
             ...(ctx.get('user-agent') ? { [ATTR_USER_AGENT_ORIGINAL]: ctx.get('user-agent') } : {}),
             // Read by the sampler (ClientTraceIdSampler): the client chose this trace id, so it must not decide sampling.
             ...(requestedTraceId === undefined ? {} : { [ATTR.traceIdSource]: TRACE_ID_FROM_REQUEST_ID }),
+            ...versionAttribute,
           },
         },
         parent,
@@ -124,6 +128,7 @@ export function createTracing(options: TracingOptions): Middleware {
       }
       if (ctx.state.route) span.setAttribute(ATTR.routeName, ctx.state.route.name);
       if (ctx.state.user) span.setAttributes({ [ATTR.userId]: ctx.state.user.id, [ATTR.userRole]: ctx.state.user.role });
+      if (ctx.state.consumer) span.setAttributes({ [ATTR.consumerId]: ctx.state.consumer.id, [ATTR.userRole]: ctx.state.consumer.role });
       span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
       if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
       span.end();
@@ -133,8 +138,10 @@ export function createTracing(options: TracingOptions): Middleware {
       finish();
     });
 
+    // Entered by createRequestId, the next middleware, with the request id's baggage added: one context switch.
+    ctx.state.traceContext = active;
     try {
-      await context.with(active, next);
+      await next();
     } finally {
       finish();
     }

@@ -48,12 +48,12 @@ describe('npm start', () => {
   });
 
   it('starts the gateway and three services, prints a curl, serves it, and stops all four on SIGINT', async () => {
-    const ports = await freePorts(4);
-    const [gatewayPort, usersPort, ordersPort, notificationsPort] = ports.map(String) as [string, string, string, string];
+    const ports = await freePorts(5);
+    const [gatewayPort, usersPort, ordersPort, notificationsPort, notificationsGrpcPort] = ports.map(String) as [string, string, string, string, string];
     const GATEWAY = `http://127.0.0.1:${gatewayPort}`;
     stack = spawn(process.execPath, [path.join(root, 'dist/services/stack.js')], {
       cwd: root,
-      env: childEnvironment({ PORT: gatewayPort, USERS_PORT: usersPort, ORDERS_PORT: ordersPort, NOTIFICATIONS_PORT: notificationsPort, OTEL_TRACES_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none' }),
+      env: childEnvironment({ PORT: gatewayPort, USERS_PORT: usersPort, ORDERS_PORT: ordersPort, NOTIFICATIONS_PORT: notificationsPort, NOTIFICATIONS_GRPC_PORT: notificationsGrpcPort, OTEL_TRACES_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none' }),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const banner = await waitForOutput(stack, /Ctrl-C stops all four processes/, 30_000);

@@ -19,6 +19,7 @@ describe('gateway config', () => {
       ['/api/users', 'users', '/users'],
       ['/api/orders', 'orders', '/orders'],
       ['/api/notifications', 'notifications', '/notifications'],
+      ['/api/v1/notifications', 'notifications', '/v1/notifications'],
     ]);
     expect(config.auth.loginRateLimit.max).toBeLessThan(config.rateLimit.max);
     expect(Object.isFrozen(config.routes[0])).toBe(true);
