@@ -20,6 +20,8 @@ export const BUDGET = {
   spansLostMax: 0,
   logRecordsLostMax: 0,
   metricsCpuCostMax: 0.05,
+  cacheHitCpuVsFloorMax: 1.5,
+  twoWorkersCpuVsOneMax: 1.1,
 };
 
 const median = (values) => {
@@ -58,7 +60,7 @@ export function evaluate(results) {
   const ratios = {};
   for (const id of Object.keys(cases)) {
     ratios[id] = {};
-    for (const base of [...BASELINES, 'gateway-untraced', 'gateway-metrics-off']) {
+    for (const base of [...BASELINES, 'gateway', 'gateway-untraced', 'gateway-metrics-off']) {
       if (!cases[base] || base === id) continue;
       const perRound = (fn) => rounds.map((r) => fn(r));
       const throughput = perRound((r) => find(id, 'throughput', r).rps / find(base, 'throughput', r).rps);
@@ -102,6 +104,14 @@ export function evaluate(results) {
     const loss = results.loss;
     line('spans-lost', 'spans lost at 50% of peak', `${BUDGET.spansLostMax}`, { median: loss ? loss.spansLost : null, rounds: [] }, 'spans', (v) => v <= BUDGET.spansLostMax, loss ? undefined : 'loss check not run');
     line('logs-lost', 'log records lost at 50% of peak (OTLP log export)', `${BUDGET.logRecordsLostMax}`, { median: loss?.logRecordsLost ?? null, rounds: [] }, 'records', (v) => v <= BUDGET.logRecordsLostMax, !loss ? 'loss check not run' : loss.logRecordsLost === undefined ? 'logs not exported over OTLP in this run (--otlp-logs)' : undefined);
+    // Issue 14: a response-cache hit (never reaching the upstream) costs at most 1.5x the floor's CPU per request.
+    const hit = ratios['gateway-cache-hit']?.['node-floor']?.cpuPerRequest;
+    line('cache-hit-vs-floor', "cache-hit CPU per request <= 1.5x the floor's (issue 14)", `<= ${BUDGET.cacheHitCpuVsFloorMax}x`, hit ?? {}, 'x', (v) => v <= BUDGET.cacheHitCpuVsFloorMax, hit ? undefined : notRun(cases['gateway-cache-hit'] ? 'node-floor' : 'gateway-cache-hit'));
+    // Issue 13: 2 workers cost at most 10% more CPU per request than 1, and no request fails.
+    const twoWorkers = ratios['gateway-2-workers']?.gateway?.cpuPerRequest;
+    line('two-workers-cpu', 'CPU per request with 2 workers <= 1.1x 1 worker (issue 13)', `<= ${BUDGET.twoWorkersCpuVsOneMax}x`, twoWorkers ?? {}, 'x', (v) => v <= BUDGET.twoWorkersCpuVsOneMax, twoWorkers ? undefined : notRun('gateway-2-workers'));
+    const twoWorkerErrors = cases['gateway-2-workers'] ? runs.filter((r) => r.case === 'gateway-2-workers').reduce((sum, r) => sum + r.errors, 0) : null;
+    line('two-workers-errors', 'requests failed with 2 workers (issue 13)', '0', { median: twoWorkerErrors, rounds: [] }, 'requests', (v) => v === 0, notRun('gateway-2-workers'));
     // Issue 11: recording every request's RED metrics costs at most 5% CPU per request over metrics off.
     line('metrics-cost', 'metrics cost <= 5% CPU per request vs metrics off (issue 11)', `<= ${BUDGET.metricsCpuCostMax * 100}%`, asPercentOver(gw['gateway-metrics-off']?.cpuPerRequest) ?? {}, '%', (v) => v <= BUDGET.metricsCpuCostMax * 100, notRun('gateway-metrics-off'));
   }
@@ -143,7 +153,7 @@ export function toMarkdown(results) {
     const t = summary[id].throughput;
     const cpu = t.cpuUsPerRequest;
     const upstreamCpu = id === 'upstream' ? '(is the server)' : fmt(cpu.upstream, 1);
-    lines.push(`| ${cases[id].label} | ${fmt(t.rps)} | ${fmt(t.p50Ms, 2)} | ${fmt(t.p99Ms, 2)} | ${t.errors} | ${fmt(cpu[cases[id].server], 1)} | ${upstreamCpu} | ${id === 'gateway' ? fmt(cpu.sink, 1) : id === 'gateway-metrics-off' ? fmt(cpu['sink-metrics-off'], 1) : '–'} | ${fmt(cpu.wrk, 1)} | ${rss(id)} | ${fmt(Math.max(0, t.otherCpuPercent))} |`);
+    lines.push(`| ${cases[id].label} | ${fmt(t.rps)} | ${fmt(t.p50Ms, 2)} | ${fmt(t.p99Ms, 2)} | ${t.errors} | ${fmt(cpu[cases[id].server], 1)} | ${upstreamCpu} | ${id === 'gateway' ? fmt(cpu.sink, 1) : id === 'gateway-metrics-off' || id === 'gateway-cache-hit' ? fmt(cpu['sink-metrics-off'], 1) : '–'} | ${fmt(cpu.wrk, 1)} | ${rss(id)} | ${fmt(Math.max(0, t.otherCpuPercent))} |`);
   }
   lines.push('', '## Latency: 1 connection (medians)', '');
   lines.push('| case | req/s | p50 ms | p99 ms | errors | CPU µs/req: server | upstream |');
@@ -160,7 +170,7 @@ export function toMarkdown(results) {
   lines.push('|---|---|---:|---:|---:|');
   const each = (v, digits, suffix = '') => `${fmt(v.median, digits)}${suffix} (${v.rounds.map((x) => fmt(x, digits)).join(', ')})`;
   // Each pair once, the more elaborate case against the simpler one.
-  const rank = ['upstream', 'nginx', 'node-floor', 'express', 'fastify', 'gateway-untraced', 'gateway-metrics-off', 'gateway'];
+  const rank = ['upstream', 'nginx', 'node-floor', 'express', 'fastify', 'gateway-cache-hit', 'gateway-untraced', 'gateway-metrics-off', 'gateway', 'gateway-2-workers'];
   for (const id of ids) {
     for (const [base, r] of Object.entries(ratios[id])) {
       if (rank.indexOf(base) >= rank.indexOf(id)) continue;
@@ -189,7 +199,7 @@ export function toMarkdown(results) {
     lines.push('| budget line | limit | measured (median; rounds) | result |');
     lines.push('|---|---|---|---|');
     for (const b of budget) {
-      const digits = b.unit === 'x' ? 2 : b.unit === 'ms' ? 3 : b.unit === 'spans' || b.unit === 'records' ? 0 : 1;
+      const digits = b.unit === 'x' ? 2 : b.unit === 'ms' ? 3 : ['spans', 'records', 'requests'].includes(b.unit) ? 0 : 1;
       const unit = b.unit === 'x' ? 'x' : b.unit === '%' ? '%' : ` ${b.unit}`;
       const measured = b.measured === null ? '–' : `${fmt(b.measured, digits)}${unit}${b.rounds.length > 1 ? ` (${b.rounds.map((v) => fmt(v, digits)).join(', ')})` : ''}`;
       lines.push(`| ${b.line} | ${b.limit} | ${measured} | **${b.result}**${b.note ? ` (${b.note})` : ''} |`);

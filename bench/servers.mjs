@@ -62,9 +62,10 @@ export function startSink({ port, logs, name = 'otlp-sink' }) {
  * over OTLP (the default protocol, http/protobuf), or false for OTEL_SDK_DISABLED=true. `metrics` (with
  * tracing): { port } records RED metrics, serves them on that scrape port and exports them over OTLP to the
  * sink every 10 s; absent: metrics off (OTEL_METRICS_EXPORTER=none, no METRICS_PORT). Its stdout, the JSON
- * access log, goes to `<name>-access.log`. `extraEnv` is for experiments (e.g. OTEL_TRACES_EXPORTER=none).
+ * access log, goes to `<name>-access.log`. `config`: the config file in bench/ (default gateway.bench.json).
+ * `extraEnv` is for experiments (e.g. OTEL_TRACES_EXPORTER=none).
  */
-export function startGateway({ name, port, upstreamPort, secret, tracing, metrics, logs, nodeArgs = [], extraEnv = {} }) {
+export function startGateway({ name, port, upstreamPort, secret, tracing, metrics, logs, config = 'gateway.bench.json', nodeArgs = [], extraEnv = {} }) {
   const telemetry = tracing
     ? {
         OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${tracing.sinkPort}`,
@@ -74,7 +75,7 @@ export function startGateway({ name, port, upstreamPort, secret, tracing, metric
       }
     : { OTEL_SDK_DISABLED: 'true' };
   const env = cleanEnv({
-    GATEWAY_CONFIG: path.join(BENCH_DIR, 'gateway.bench.json'),
+    GATEWAY_CONFIG: path.join(BENCH_DIR, config),
     NODE_ENV: 'production',
     HOST: '127.0.0.1',
     PORT: String(port),
