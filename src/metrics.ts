@@ -17,7 +17,7 @@ import type { ErrorCode } from './errors';
 export const DURATION_BUCKETS_SECONDS: readonly number[] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10];
 
 /** Error codes counted as authentication or authorization failures (`gateway_auth_failures_total`). */
-export const AUTH_FAILURE_CODES: readonly ErrorCode[] = ['missing_token', 'invalid_token', 'auth_unavailable', 'forbidden', 'invalid_credentials'];
+export const AUTH_FAILURE_CODES: readonly ErrorCode[] = ['missing_token', 'invalid_token', 'auth_unavailable', 'forbidden', 'invalid_credentials', 'invalid_api_key'];
 
 type RequestLabel = typeof METRIC_LABEL.method | typeof METRIC_LABEL.route | typeof METRIC_LABEL.statusCode | typeof METRIC_LABEL.routeName | typeof METRIC_LABEL.errorType;
 type UpstreamLabel = typeof METRIC_LABEL.upstreamService | typeof METRIC_LABEL.serverAddress | typeof METRIC_LABEL.upstreamOutcome;

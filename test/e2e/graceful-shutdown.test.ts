@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { childEnvironment } from '../helpers/process-stack';
-import { listen, type TestServer } from '../helpers/servers';
+import { listen, streamSixChunks, type TestServer } from '../helpers/servers';
 import { signToken } from '../helpers/tokens';
 import { TEST_JWT_SECRET } from '../helpers/test-config';
 
@@ -35,17 +35,7 @@ describe('graceful shutdown', () => {
 
   it('on SIGTERM finishes a streaming request in flight, refuses new connections, and exits 0', async () => {
     // An upstream that streams its answer over ~1.2 s.
-    upstream = await listen((_req, res) => {
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      let sent = 0;
-      const timer = setInterval(() => {
-        res.write(`chunk ${sent}\n`);
-        if (++sent === 6) {
-          clearInterval(timer);
-          res.end();
-        }
-      }, 200);
-    });
+    upstream = await listen((_req, res) => streamSixChunks(res));
     const gateway = spawn(process.execPath, [path.join(root, 'dist/src/main.js')], {
       cwd: root,
       env: childEnvironment({ PORT: '0', JWT_SECRET: TEST_JWT_SECRET, ORDER_SERVICE_URL: upstream.url, OTEL_SDK_DISABLED: 'true' }),

@@ -1,6 +1,7 @@
 import { ATTR } from '../../otel/wire-names';
 import { namedUpstream, requestOnNewConnection, startGatewayProcess, startLoad, type GatewayProcess } from '../helpers/gateway-process';
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
+import { streamSixChunks } from '../helpers/servers';
 
 /**
  * Configuration changes without a restart (src/config-reload.ts), on the built gateway as one process:
@@ -41,15 +42,7 @@ describe('config reload (one process)', () => {
   /** `/gamma/stream` answers in six chunks over ~1.2 s. */
   function slowStream(req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): boolean {
     if (!req.url?.endsWith('/stream')) return false;
-    res.writeHead(200, { 'content-type': 'text/plain' });
-    let sent = 0;
-    const timer = setInterval(() => {
-      res.write(`chunk ${sent}\n`);
-      if (++sent === 6) {
-        clearInterval(timer);
-        res.end();
-      }
-    }, 200);
+    streamSixChunks(res);
     return true;
   }
 

@@ -2,6 +2,7 @@ import type http from 'node:http';
 import { namedUpstream, requestOnNewConnection, startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
 import { spawnGateway } from '../helpers/process-stack';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver';
+import { streamSixChunks } from '../helpers/servers';
 
 /**
  * Every core (src/workers.ts): with GATEWAY_WORKERS=2 the built gateway is a cluster primary and two workers
@@ -23,15 +24,7 @@ const EXPORT_AT_ONCE = { OTEL_BSP_SCHEDULE_DELAY: '100', OTEL_TRACES_SAMPLER: 'a
 /** `/api/stream` answers in six chunks over ~1.2 s. */
 function slowStream(req: http.IncomingMessage, res: http.ServerResponse): boolean {
   if (!req.url?.endsWith('/stream')) return false;
-  res.writeHead(200, { 'content-type': 'text/plain' });
-  let sent = 0;
-  const timer = setInterval(() => {
-    res.write(`chunk ${sent}\n`);
-    if (++sent === 6) {
-      clearInterval(timer);
-      res.end();
-    }
-  }, 200);
+  streamSixChunks(res);
   return true;
 }
 

@@ -8,30 +8,10 @@ import { ATTR, HEADER } from '../../otel/wire-names';
 import { generateApiKey, hashApiKey } from '../../src/consumers';
 import type { ProblemBody } from '../../src/middleware/errors';
 import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
-import type { RecordedRequest } from '../helpers/servers';
+import { sendRaw as send, type RawReply as Reply, type RecordedRequest } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
 
-interface Reply {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  text: string;
-}
-
-/** One request on a fresh connection, headers sent as given (fetch would refuse some of the hostile ones). */
-function send(origin: string, path: string, headers: http.OutgoingHttpHeaders = {}, method = 'GET'): Promise<Reply> {
-  const { hostname, port } = new URL(origin);
-  return new Promise((resolve, reject) => {
-    const request = http.request({ host: hostname, port: Number(port), path, method, headers, agent: false }, (response) => {
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() }));
-      response.on('error', reject);
-    });
-    request.on('error', reject);
-    request.end();
-  });
-}
 
 /** The request head written byte for byte (header values Node's client refuses to send), status line read back. */
 function sendRaw(origin: string, head: Buffer): Promise<number> {

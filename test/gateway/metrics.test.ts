@@ -192,6 +192,7 @@ describe('auth failures', () => {
       forbidden: 1,
       invalid_credentials: 2,
       auth_unavailable: 0,
+      invalid_api_key: 0,
     });
     expect(valueOf(m, `${DURATION}_count`, { http_request_method: 'GET', http_route: '/api/users', http_response_status_code: '403', gateway_route_name: 'users-directory', error_type: 'forbidden' })).toBe(1);
   });

@@ -12,7 +12,7 @@ import type { ProblemBody } from '../../src/middleware/errors';
 import { createTlsServer, HTTP2_LIMITS, listenHttpsRedirect, type RedirectListener, type TlsServer } from '../../src/tls';
 import { makeCertificate, type TestCertificate } from '../helpers/certificates';
 import { exitOf, spawnGateway } from '../helpers/process-stack';
-import { memoryLogger, type RecordedRequest } from '../helpers/servers';
+import { memoryLogger, sendRaw, type RecordedRequest } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
 
@@ -62,18 +62,7 @@ function h1Request(origin: string, ca: string, path: string, headers: http.Outgo
 }
 
 /** A plain HTTP/1.1 request (the redirect listener), the path sent byte for byte. */
-function plainRequest(origin: string, path: string, headers: http.OutgoingHttpHeaders = {}, method = 'GET'): Promise<Reply> {
-  const { hostname, port } = new URL(origin);
-  return new Promise((resolve, reject) => {
-    const request = http.request({ host: hostname, port: Number(port), path, method, headers, agent: false }, (response) => {
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() }));
-    });
-    request.on('error', reject);
-    request.end();
-  });
-}
+const plainRequest = sendRaw;
 
 // --- HTTP/2 frames by hand: for the shapes Node's client refuses to send -------------------------------------
 

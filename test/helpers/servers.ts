@@ -27,6 +27,44 @@ export async function listen(handler: http.RequestListener): Promise<TestServer>
   };
 }
 
+/** Answers 200 text/plain in six chunks, one every 200 ms (~1.2 s in all): a response still in flight for a while. */
+export function streamSixChunks(res: http.ServerResponse): void {
+  res.writeHead(200, { 'content-type': 'text/plain' });
+  let sent = 0;
+  const timer = setInterval(() => {
+    res.write(`chunk ${sent}\n`);
+    if (++sent === 6) {
+      clearInterval(timer);
+      res.end();
+    }
+  }, 200);
+}
+
+/** What `sendRaw` got back. */
+export interface RawReply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  text: string;
+}
+
+/**
+ * One plain HTTP/1.1 request on a fresh connection, path and headers sent as given (fetch would normalise or
+ * refuse some of the hostile ones).
+ */
+export function sendRaw(origin: string, path: string, headers: http.OutgoingHttpHeaders = {}, method = 'GET'): Promise<RawReply> {
+  const { hostname, port } = new URL(origin);
+  return new Promise((resolve, reject) => {
+    const request = http.request({ host: hostname, port: Number(port), path, method, headers, agent: false }, (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() }));
+      response.on('error', reject);
+    });
+    request.on('error', reject);
+    request.end();
+  });
+}
+
 export interface RecordedRequest {
   method: string;
   url: string;
