@@ -24,6 +24,15 @@ const WIRE_FIXED32 = 5;
 const FLAGS_HAS_IS_REMOTE = 0x100;
 const FLAGS_IS_REMOTE = 0x200;
 
+/** Strings shorter than this take the ASCII fast path of `ProtoWriter.string` (their length is one varint byte). */
+const SHORT_STRING = 128;
+
+/** The value of each hex digit's char code, -1 for every other code below 128. */
+const HEX_VALUE: readonly number[] = Array.from({ length: 128 }, (_, code) => {
+  const char = String.fromCharCode(code);
+  return /[0-9a-f]/i.test(char) ? Number.parseInt(char, 16) : -1;
+});
+
 const MIN_INT64 = -(2 ** 63);
 const MAX_INT64 = 2 ** 63;
 
@@ -83,6 +92,28 @@ class ProtoWriter {
   }
 
   string(value: string): void {
+    // Short ASCII strings (attribute keys, methods, paths, ids: nearly all of ours) are copied by this loop:
+    // two native calls (byteLength, write) per string cost more than the copy itself. Anything else, by Buffer.
+    const count = value.length;
+    if (count < SHORT_STRING) {
+      this.ensure(count + 1);
+      const buffer = this.buffer;
+      const start = this.pos;
+      buffer[start] = count;
+      let at = start + 1;
+      for (let i = 0; i < count; i++) {
+        const code = value.charCodeAt(i);
+        if (code >= 0x80) {
+          at = -1;
+          break;
+        }
+        buffer[at++] = code;
+      }
+      if (at !== -1) {
+        this.pos = at;
+        return;
+      }
+    }
     const length = Buffer.byteLength(value, 'utf8');
     this.varint(length);
     this.ensure(length);
@@ -97,13 +128,24 @@ class ProtoWriter {
     this.pos += value.length;
   }
 
-  /** A trace or span id, given as lower-case hex, written as its bytes. */
+  /** A trace or span id, given as hex, written as its bytes (by this loop: ids are 8 or 16 bytes). */
   hexId(hex: string): void {
     const length = hex.length >>> 1;
     this.varint(length);
     this.ensure(length);
-    this.buffer.write(hex, this.pos, length, 'hex');
-    this.pos += length;
+    const buffer = this.buffer;
+    const start = this.pos;
+    for (let i = 0; i < length; i++) {
+      const high = HEX_VALUE[hex.charCodeAt(2 * i)] ?? -1;
+      const low = HEX_VALUE[hex.charCodeAt(2 * i + 1)] ?? -1;
+      if (high < 0 || low < 0) {
+        // Not hex: exactly what Buffer writes for it (it stops at the first invalid pair).
+        buffer.write(hex, start, length, 'hex');
+        break;
+      }
+      buffer[start + i] = (high << 4) | low;
+    }
+    this.pos = start + length;
   }
 
   fixed32(value: number): void {
@@ -118,10 +160,28 @@ class ProtoWriter {
     this.pos += 8;
   }
 
-  /** HrTime as fixed64 nanoseconds since the epoch (exact: seconds * 1e9 does not fit a double's 53 bits). */
+  /**
+   * HrTime as fixed64 nanoseconds since the epoch. seconds * 1e9 does not fit a double's 53 bits, so the product
+   * is built from 16-bit halves of `seconds`, each partial product exact, and written as two 32-bit words (no
+   * BigInt: two of them per timestamp were a tenth of the encoding's time). A time before 1970, which no SDK
+   * writes, is written as 0 (Buffer's BigInt writer threw on it).
+   */
   time([seconds, nanos]: HrTime): void {
     this.ensure(8);
-    this.buffer.writeBigUInt64LE(BigInt(seconds) * 1_000_000_000n + BigInt(nanos), this.pos);
+    let low = 0;
+    let high = 0;
+    if (seconds >= 0 && nanos >= 0) {
+      const lowSeconds = seconds % 65536;
+      const highSeconds = (seconds - lowSeconds) / 65536;
+      const a = lowSeconds * 1e9 + nanos; // < 2^46
+      const b = highSeconds * 1e9; // < 2^46 for seconds < 2^32
+      const bLow = b % 65536;
+      const c = bLow * 65536 + a; // < 2^47
+      low = c % 4294967296;
+      high = (b - bLow) / 65536 + (c - low) / 4294967296;
+    }
+    this.buffer.writeUInt32LE(low >>> 0, this.pos);
+    this.buffer.writeUInt32LE(high >>> 0, this.pos + 4);
     this.pos += 8;
   }
 

@@ -5,6 +5,7 @@ import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider, type Readabl
 import { InMemoryLogRecordExporter, LoggerProvider, SimpleLogRecordProcessor, type ReadableLogRecord } from '@opentelemetry/sdk-logs';
 import { ProtobufLogsSerializer, ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
 import { encodeLogsExportRequest, encodeTraceExportRequest } from '../../otel/otlp-protobuf-encoding';
+import fc from 'fast-check';
 import { decodeExport } from '../helpers/otlp-decoding';
 
 /** Spans from a real SDK provider: the encoder must take exactly what the BatchSpanProcessor hands it. */
@@ -30,6 +31,24 @@ function expectSameBytes(spans: ReadableSpan[]): void {
 }
 
 describe('OTLP/protobuf span encoding', () => {
+  it("writes the SDK serializer's bytes for generated names, attributes and times (ASCII, non-ASCII, long)", () => {
+    // Strings around the writer's short-ASCII fast path (under 128 characters) and past it, with and without
+    // non-ASCII characters; times from 1970 to past 2106 (more than 32 bits of seconds) with every nanosecond.
+    const text = fc.oneof(fc.string({ maxLength: 140 }), fc.string({ unit: 'grapheme', maxLength: 140 }), fc.string({ unit: fc.constantFrom('a', '/', 'é', '€', '😀'), minLength: 120, maxLength: 135 }));
+    const value = fc.oneof(text, fc.integer(), fc.double({ noNaN: true }), fc.boolean(), fc.array(fc.oneof(text, fc.integer()), { maxLength: 3 }));
+    const time = fc.tuple(fc.integer({ min: 0, max: 2 ** 33 }), fc.integer({ min: 0, max: 999_999_999 }));
+    fc.assert(
+      fc.property(text, fc.dictionary(text, value, { maxKeys: 3 }), time, time, (name, attributes, start, end) => {
+        const spans = recordSpans(({ gateway }) => {
+          const span = gateway.startSpan(name, { kind: SpanKind.SERVER, attributes, startTime: start });
+          span.end(end);
+        });
+        expectSameBytes(spans);
+      }),
+      { seed: 1201, numRuns: 300 },
+    );
+  });
+
   it("writes the same bytes as the SDK's serializer for a gateway request's two spans", () => {
     const spans = recordSpans(({ gateway }) => {
       const server = gateway.startSpan('GET /api/users/*', { kind: SpanKind.SERVER, attributes: { 'http.request.method': 'GET', 'url.path': '/api/users/1', 'request.id': '0af7651916cd43dd8448eb211c80319c' } });
