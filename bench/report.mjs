@@ -185,6 +185,7 @@ export function toMarkdown(results) {
     lines.push(
       `| ${fmt(loss.load.sent)} | ${fmt(loss.load.ok)} | ${fmt(loss.requestsServed)} | ${fmt(loss.serverSpansReceived)} | ${fmt(loss.clientSpansReceived)} | ${fmt(loss.spansLost)} | ${loss.load.errors + loss.load.non2xx} / ${loss.load.skipped} | ${fmt(loss.load.achievedRate)} | ${fmt(loss.load.latencyMs.p50, 2)} / ${fmt(loss.load.latencyMs.p99, 2)} | ${fmt(loss.gatewayCpuUsPerRequest, 1)} |`,
     );
+    if (loss.logRecordsReceived !== undefined) lines.push('', `OTLP log records (\`--otlp-logs\`): ${fmt(loss.logRecordsReceived)} received for ${fmt(loss.requestsServed)} requests served, ${fmt(loss.logRecordsLost)} lost.`);
     const f = loss.underFullLoad;
     lines.push('', `Under the full-load runs before it (not a budget line): ${fmt(f.serverSpansReceived)} SERVER spans arrived for ${fmt(f.requestsServed)} requests served (${fmt(f.missing)} missing, ${f.requestsServed ? fmt((f.missing / f.requestsServed) * 100, 1) : '0'}%).`);
   }
