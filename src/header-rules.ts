@@ -162,6 +162,8 @@ export interface RouteHeaderRules {
   readonly response?: Transform;
   /** Request header names a rule changes: a service's `Vary` on one of them says nothing about the client's request. */
   readonly rewrittenRequestHeaders: ReadonlySet<string>;
+  /** Request header names whose client value never reaches the service (a rule sets or removes them; `add` keeps it). */
+  readonly replacedRequestHeaders: ReadonlySet<string>;
 }
 
 export interface CompileHeaderRulesOptions {
@@ -178,5 +180,6 @@ export function compileHeaderRules(options: CompileHeaderRulesOptions): RouteHea
     request: compileRule(request),
     response: compileRule(rules?.response, options.hideUpstreamHeaders),
     rewrittenRequestHeaders: new Set([...Object.keys(request?.add ?? {}), ...Object.keys(request?.set ?? {}), ...(request?.remove ?? [])].map((name) => name.toLowerCase())),
+    replacedRequestHeaders: new Set([...Object.keys(request?.set ?? {}), ...(request?.remove ?? [])].map((name) => name.toLowerCase())),
   };
 }

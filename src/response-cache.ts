@@ -248,5 +248,7 @@ export function cacheKey(parts: readonly (string | null)[]): string {
 export interface ResponseTap {
   start(status: number, headers: Record<string, string | string[] | undefined>): void;
   data(chunk: Buffer): void;
+  /** The client reads slower than the service sends, so the service is paused: the end may be long in coming. */
+  clientBackedUp(): void;
   end(): void;
 }

@@ -25,10 +25,14 @@ export interface ResponseStore {
   invalidate(route: string, resource: string): Promise<void>;
 }
 
-/** Bytes an entry is counted as: body, headers and bookkeeping. */
+/**
+ * Bytes an entry is counted as: body, headers, the request's values of the headers its `Vary` names (a
+ * client's header may be ~16 KiB however small the body) and bookkeeping.
+ */
 function sizeOf(entry: CachedResponse): number {
   let size = entry.body.length + 512;
   for (const name in entry.headers) size += name.length + String(entry.headers[name]).length + 4;
+  entry.vary.forEach((name, index) => (size += name.length + (entry.varyValues[index]?.length ?? 0) + 4));
   return size;
 }
 
@@ -131,19 +135,29 @@ export interface RedisStoreOptions {
 const FAILURE_LOG_INTERVAL_MS = 10_000;
 
 /**
- * Stores a variant in its resource's hash and extends the hash's TTL to the variant's retention when that is
- * longer (a variant past its own retention is ignored on read and replaced on the next store).
+ * Stores a variant (ARGV[1], value ARGV[2], retention ARGV[3] ms from ARGV[4], now in ms) in its resource's hash
+ * (KEYS[1]) and its end in a sorted set beside it (KEYS[2]); both live as long as their longest variant. Every
+ * store first drops variants past their retention (64 at most): the hash's TTL is extended by each new
+ * variant, so on a resource stored for many callers or header values it may never expire, and dead variants
+ * would otherwise pile up in it without bound (a per-field TTL needs Redis 7.4).
  */
 const STORE_VARIANT = `
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 64)
+if #expired > 0 then
+  redis.call('HDEL', KEYS[1], unpack(expired))
+  redis.call('ZREM', KEYS[2], unpack(expired))
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+redis.call('ZADD', KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[1])
+for _, key in ipairs(KEYS) do
+  if redis.call('PTTL', key) < tonumber(ARGV[3]) then redis.call('PEXPIRE', key, ARGV[3]) end
+end
 return 1`;
 
 /**
  * Entries shared by every replica, in Redis: one hash per resource (so an unsafe request drops all its
- * variants with one DEL), a field per variant. Redis bounds its own memory (`maxmemory` with an LRU policy);
- * entry size is still bounded by `cache.maxEntryBytes`. The client fails fast (src/rate-limit-store.ts), and
+ * variants with one DEL), a field per variant, and when each variant ends (see STORE_VARIANT). Redis bounds
+ * its own memory (`maxmemory` with an LRU policy); entry size is still bounded by `cache.maxEntryBytes`. The client fails fast (src/rate-limit-store.ts), and
  * any failure is a miss: the request goes to the service. A value is 4 bytes of metadata length, the
  * metadata as JSON, then the body as it is.
  */
@@ -157,6 +171,8 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
     logger.warn('response cache store failed; answering from the service', { store: 'redis', operation, error: error instanceof Error ? error.message : String(error) });
   };
   const redisKey = (route: string, resource: string) => `${keyPrefix}:${route}:${resource}`;
+  // A resource is a fixed-length base64url hash (no `:`), so no resource's key can end in `:ends`.
+  const endsKey = (route: string, resource: string) => `${redisKey(route, resource)}:ends`;
 
   return {
     kind: 'redis',
@@ -174,21 +190,22 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
       }
     },
     async set(route, key, entry) {
-      const ttl = Math.ceil(retentionMs(entry, now()));
+      const storedAt = now();
+      const ttl = Math.ceil(retentionMs(entry, storedAt));
       if (ttl <= 0) return;
       const { body, ...meta } = entry;
       const metaBytes = Buffer.from(JSON.stringify(meta), 'utf8');
       const length = Buffer.alloc(4);
       length.writeUInt32BE(metaBytes.length, 0);
       try {
-        await client.eval(STORE_VARIANT, 1, redisKey(route, key.resource), key.variant, Buffer.concat([length, metaBytes, body]), ttl);
+        await client.eval(STORE_VARIANT, 2, redisKey(route, key.resource), endsKey(route, key.resource), key.variant, Buffer.concat([length, metaBytes, body]), ttl, storedAt);
       } catch (error) {
         failed('set', error);
       }
     },
     async invalidate(route, resource) {
       try {
-        await client.del(redisKey(route, resource));
+        await client.del(redisKey(route, resource), endsKey(route, resource));
       } catch (error) {
         failed('invalidate', error);
       }

@@ -2,7 +2,7 @@ import { trace } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
 import type { Counter } from 'prom-client';
 import type { Logger } from '../../otel/logger';
-import { ATTR, CACHE_RESULTS, HEADER, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
+import { ATTR, CACHE_RESULTS, FORWARDING_HEADERS, HEADER, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
 import { isGatewayError } from '../errors';
 import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
 import type { GatewayMetrics } from '../metrics';
@@ -28,6 +28,13 @@ export interface ResponseCacheOptions {
 
 /** Methods that do not change the resource (RFC 9110 9.2.1); any other invalidates what is stored for it. */
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
+
+/**
+ * Forwarding headers a trusted proxy may send that pass on to the service as they came and describe the
+ * public origin (frameworks build absolute links from them): part of the key. The ones the gateway rebuilds
+ * are keyed through what it rebuilds them from; the client-address ones, like X-Forwarded-For, are not.
+ */
+const KEYED_FORWARDING_HEADERS = FORWARDING_HEADERS.filter((name) => !['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port', 'x-real-ip', 'x-client-ip', 'true-client-ip'].includes(name));
 
 /** Response headers a 304 repeats from the stored response (RFC 9110 15.4.5). */
 const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag', 'expires', 'vary', 'last-modified'];
@@ -92,6 +99,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     ctx.status = entry.status;
     // Koa frames it (Content-Length) and leaves the body out for HEAD.
     ctx.body = entry.body;
+    // Koa labels a Buffer application/octet-stream: a copy says what the service said, and nothing it did not.
+    if (entry.headers['content-type'] === undefined) ctx.remove('content-type');
   };
 
   return async function cacheResponses(ctx, next) {
@@ -102,11 +111,19 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const headers = req.headers;
     const method = ctx.method;
     // Everything the service's answer may depend on that the gateway controls or forwards: the route, the
-    // public origin it forwards as X-Forwarded-Host/-Proto/-Port (a service may build links from it), the
-    // upstream path and query byte for byte (another spelling is another key, never a wrong answer). Never a
-    // header the service is not told about or the gateway removes (X-Original-URL, untrusted X-Forwarded-*):
-    // those cannot change the answer, so they cannot poison it either.
-    const resource = cacheKey([route.name, ctx.protocol, ctx.host.toLowerCase(), requestHeaderValue(headers['x-forwarded-port']), ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!]);
+    // public origin it forwards as X-Forwarded-Host/-Proto/-Port and a trusted proxy's X-Forwarded-Prefix,
+    // Forwarded, ... (a service may build links from them), the upstream path and query byte for byte
+    // (another spelling is another key, never a wrong answer). Never a header the service is not told about
+    // or the gateway removes (X-Original-URL, untrusted X-Forwarded-*): those cannot change the answer, so
+    // they cannot poison it either.
+    const resource = cacheKey([
+      route.name,
+      ctx.protocol,
+      ctx.host.toLowerCase(),
+      requestHeaderValue(headers['x-forwarded-port']),
+      ...KEYED_FORWARDING_HEADERS.map((name) => requestHeaderValue(headers[name])),
+      ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!,
+    ]);
     if (!SAFE_METHODS.has(method)) {
       record(ctx, route.name, 'bypass');
       await next();
@@ -115,20 +132,25 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       return;
     }
     const forwardedCredential = route.forwardAuthorization && headers[HEADER.authorization] !== undefined && !ctx.state.user && !ctx.state.consumer;
-    // A body, a range or a credential the gateway did not verify (passed on to the service) all make the
-    // answer something the key cannot describe.
-    if (method === 'OPTIONS' || Number(headers['content-length'] ?? 0) > 0 || headers['transfer-encoding'] !== undefined || headers.range !== undefined || forwardedCredential) {
+    // Only GET fills an entry and only GET and HEAD read one: the key has no method, so a TRACE (which a
+    // service echoes, or answers 405) must neither be answered with the GET copy nor become it. A body, a range
+    // or a credential the gateway did not verify (passed on to the service) all make the answer something the
+    // key cannot describe.
+    if ((method !== 'GET' && method !== 'HEAD') || Number(headers['content-length'] ?? 0) > 0 || headers['transfer-encoding'] !== undefined || headers.range !== undefined || forwardedCredential) {
       record(ctx, route.name, 'bypass');
       return next();
     }
 
     const rules = options.headerRules.get(route.name);
-    const caller = ctx.state.user ? `user:${ctx.state.user.id}` : ctx.state.consumer ? `consumer:${ctx.state.consumer.id}` : undefined;
+    // The whole identity the service is told (X-User-Id, -Role, -Email): a user whose role changed gets new answers.
+    const { user, consumer } = ctx.state;
+    const caller = user ? ['user', user.id, user.role, user.email] : consumer ? ['consumer', consumer.id] : undefined;
     // A cookie the service sees may be a session of its own: shared under one key only if the service says public.
-    const cookie = headers.cookie !== undefined && !rules?.rewrittenRequestHeaders.has('cookie');
+    // A rule that adds a cookie still passes the client's on.
+    const cookie = headers.cookie !== undefined && !rules?.replacedRequestHeaders.has('cookie');
     const sharedCredentialed = policy.scope === 'public' ? caller !== undefined || cookie : caller === undefined && cookie;
-    const scopeKey = policy.scope === 'user' ? (caller ?? 'anonymous') : 'shared';
-    const key: CacheKey = { resource, variant: cacheKey([scopeKey, ...policy.varyHeaders.map((name) => requestHeaderValue(headers[name.toLowerCase()]))]) };
+    const scopeKey = policy.scope === 'user' ? (caller ?? ['anonymous']) : ['shared'];
+    const key: CacheKey = { resource, variant: cacheKey([...scopeKey, ...policy.varyHeaders.map((name) => requestHeaderValue(headers[name.toLowerCase()]))]) };
     const flightKey = `${key.resource} ${key.variant}`;
     const lookup = async (): Promise<CachedResponse | undefined> => {
       const entry = await store.get(route.name, key);
@@ -154,8 +176,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     record(ctx, route.name, 'miss', false);
     let release = () => {};
     if (!inFlight.has(flightKey)) {
-      // Waiters are let go as soon as the answer is stored or known not to be: never held while this
-      // request's own client reads its copy (a slow reader must not stall them).
+      // Waiters are let go as soon as the answer is stored or known not to be, or once this request's own
+      // client stops keeping up (the service is paused for it): a slow reader must not stall them.
       let finished!: () => void;
       inFlight.set(flightKey, new Promise<void>((resolve) => (finished = resolve)));
       release = () => {
@@ -198,7 +220,7 @@ interface CaptureOptions {
   maxEntryBytes: number;
   rules: RouteHeaderRules | undefined;
   now: () => number;
-  /** Called once it is clear whether the answer is stored (stored, or not storable, or cut short). */
+  /** Called once it is clear whether the answer is stored (stored, or not storable, or cut short), or the client backs up. */
   settled: () => void;
 }
 
@@ -233,6 +255,11 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
       bytes += chunk.length;
       if (bytes <= options.maxEntryBytes) return void chunks.push(chunk);
       chunks = undefined;
+      options.settled();
+    },
+    clientBackedUp() {
+      // The copy now arrives only as fast as this client reads it: waiters fetch their own instead of
+      // hanging on a reader that may never drain (the copy is still stored if it completes).
       options.settled();
     },
     end() {

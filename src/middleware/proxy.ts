@@ -231,7 +231,10 @@ export function createProxy(options: ProxyOptions): Middleware {
             touch();
             tap?.data(chunk);
             if (res.destroyed) controller.abort(new Error('the client closed the connection'));
-            else if (!res.write(chunk)) controller.pause();
+            else if (!res.write(chunk)) {
+              controller.pause();
+              tap?.clientBackedUp();
+            }
           },
           onResponseEnd() {
             clearTimeout(idle);

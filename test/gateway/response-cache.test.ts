@@ -3,11 +3,13 @@ import { Redis } from 'ioredis';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { createGateway } from '../../src/gateway';
 import { createRedisStore } from '../../src/rate-limit-store';
+import { createRedisResponseStore } from '../../src/response-store';
 import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
 import { deleteKeys, isolatedKeyPrefix, requireRedis } from '../helpers/redis';
 import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
+import { signToken } from '../helpers/tokens';
 
 const MACHINE_REDIS = 'redis://127.0.0.1:6379';
 
@@ -25,7 +27,7 @@ interface CatalogService extends TestServer {
 
 /**
  * A service whose answer the query decides: `cc` (Cache-Control), `vary`, `status`, `etag`, `lm`
- * (Last-Modified), `cookie` (Set-Cookie), `xcache` (its own X-Cache), `age`, `size` (body padding), `gate`
+ * (Last-Modified), `cookie` (Set-Cookie), `xcache` (its own X-Cache), `age`, `size` (body padding), `untyped` (no Content-Type), `gate`
  * (hold the answer until the test releases it); the `X-Answer-Status` request header overrides the status. The body reflects the request headers a poisoner would aim at.
  */
 async function catalogService(): Promise<CatalogService> {
@@ -48,15 +50,19 @@ async function catalogService(): Promise<CatalogService> {
       set('cookie', 'set-cookie');
       set('xcache', 'x-cache');
       set('age', 'age');
+      if (query.has('untyped')) delete headers['content-type'];
       const body = JSON.stringify({
         n: hits.filter((hit) => hit.url === req.url).length,
         method: req.method,
         user: req.headers[HEADER.userId] ?? null,
+        role: req.headers[HEADER.userRole] ?? null,
         forwardedHost: req.headers['x-forwarded-host'] ?? null,
         forwardedProto: req.headers['x-forwarded-proto'] ?? null,
+        forwardedPrefix: req.headers['x-forwarded-prefix'] ?? null,
         originalUrl: req.headers['x-original-url'] ?? null,
         methodOverride: req.headers['x-http-method-override'] ?? null,
         lang: req.headers['accept-language'] ?? null,
+        cookie: req.headers.cookie ?? null,
         padding: 'x'.repeat(Number(query.get('size') ?? 0)),
       });
       res.writeHead(Number(req.headers['x-answer-status'] ?? query.get('status') ?? 200), headers);
@@ -86,6 +92,16 @@ const CACHED_ROUTES = [
   },
   { name: 'forwarding', prefix: '/api/fwd', service: 'notifications', upstreamPath: '/fwd', auth: 'public', forwardAuthorization: true, cache: { ttlSeconds: 60, scope: 'public' } },
   { name: 'flaky', prefix: '/api/flaky', service: 'orders', upstreamPath: '/flaky', auth: 'public', cache: { ttlSeconds: 60 } },
+  {
+    name: 'cookie-adding',
+    prefix: '/api/cookie-add',
+    service: 'notifications',
+    upstreamPath: '/cookie-add',
+    auth: 'public',
+    cache: { ttlSeconds: 60, scope: 'public' },
+    headers: { request: { add: { cookie: 'via=gateway' } } },
+  },
+  { name: 'small-budget', prefix: '/api/budget', service: 'notifications', upstreamPath: '/budget', auth: 'public', cache: { ttlSeconds: 60, maxBytes: 32 * 1024 } },
 ];
 
 function overrides(extra: Record<string, unknown> = {}): Record<string, unknown> {
@@ -249,6 +265,14 @@ describe('response cache', () => {
     expect((await send(stack.gateway.url, path)).headers['x-cache']).toBe('HIT');
   });
 
+  it('answers from the cache without a Content-Type where the service sent none', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60&untyped=1');
+    const first = await send(stack.gateway.url, path);
+    const second = await send(stack.gateway.url, path);
+    expect([first.headers['x-cache'], second.headers['x-cache']]).toEqual(['MISS', 'HIT']);
+    expect([first.headers['content-type'], second.headers['content-type']]).toEqual([undefined, undefined]);
+  });
+
   it('shows the gateway\'s X-Cache, never one the service sent', async () => {
     const path = fresh('/api/open', 'xcache=HIT');
     expect((await send(stack.gateway.url, path)).headers['x-cache']).toBe('MISS');
@@ -264,6 +288,15 @@ describe('response cache', () => {
       ['HIT', '1'],
       ['HIT', '2'],
     ]);
+  });
+
+  it('keys a signed-in caller by the whole identity the service is told (a demoted user does not keep the admin answer)', async () => {
+    const path = fresh('/api/catalog', 'cc=max-age%3D60');
+    const carol = (role: string) => signToken({ subject: '7', claims: { role, email: 'carol@example.com' } });
+    expect((await send(stack.gateway.url, path, as(await carol('admin')))).json.role).toBe('admin');
+    const demoted = await send(stack.gateway.url, path, as(await carol('user')));
+    expect([demoted.headers['x-cache'], demoted.json.role]).toEqual(['MISS', 'user']);
+    expect((await send(stack.gateway.url, path, as(await carol('user')))).headers['x-cache']).toBe('HIT');
   });
 
   it('shares an answer across users on a public-scope route only when the service says public', async () => {
@@ -297,6 +330,35 @@ describe('response cache', () => {
     const shared = fresh(prefix, 'cc=public,max-age%3D60');
     await send(stack.gateway.url, shared, { cookie: 'session=alice' });
     expect((await send(stack.gateway.url, shared, { cookie: 'session=bob' })).headers['x-cache']).toBe('HIT');
+  });
+
+  it('treats the client\'s cookie as a credential on a route whose request rule only adds a cookie of its own', async () => {
+    const path = fresh('/api/cookie-add', 'cc=max-age%3D60');
+    const alice = await send(stack.gateway.url, path, { cookie: 'session=alice' });
+    expect(alice.json.cookie).toBe('session=alice; via=gateway');
+    const bob = await send(stack.gateway.url, path, { cookie: 'session=bob' });
+    expect(bob.headers['x-cache']).toBe('MISS');
+    expect(bob.text).not.toContain('alice');
+  });
+
+  it('never lets a TRACE read or fill the GET entry (the key has no method)', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60');
+    const traced = await send(stack.gateway.url, path, {}, 'TRACE');
+    expect(traced.headers['x-cache']).toBe('BYPASS');
+    const get = await send(stack.gateway.url, path);
+    expect([get.headers['x-cache'], get.json.method]).toEqual(['MISS', 'GET']);
+    const tracedAgain = await send(stack.gateway.url, path, {}, 'TRACE');
+    expect([tracedAgain.headers['x-cache'], tracedAgain.json.method]).toEqual(['BYPASS', 'TRACE']);
+    expect(hitsFor(path)).toBe(3);
+  });
+
+  it('counts the request header values an entry keeps for Vary against the route\'s byte budget', async () => {
+    // Small bodies, each stored with a 6 KiB User-Agent: 32 KiB hold four or five of them, not twelve.
+    const userAgent = { 'user-agent': 'u'.repeat(6 * 1024) };
+    const paths = Array.from({ length: 12 }, () => fresh('/api/budget', 'cc=max-age%3D60&vary=User-Agent'));
+    for (const path of paths) expect((await send(stack.gateway.url, path, userAgent)).headers['x-cache']).toBe('MISS');
+    expect((await send(stack.gateway.url, paths[11]!, userAgent)).headers['x-cache']).toBe('HIT');
+    expect((await send(stack.gateway.url, paths[0]!, userAgent)).headers['x-cache']).toBe('MISS');
   });
 
   it('checks the route\'s authorization before answering from the cache', async () => {
@@ -426,6 +488,74 @@ describe('response cache', () => {
   });
 });
 
+describe('response cache behind a trusted proxy', () => {
+  let service: CatalogService;
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    service = await catalogService();
+    stack = await startStack({ serviceUrls: { notifications: service.url }, overrides: overrides({ trustProxy: true, trustedProxies: ['127.0.0.1', '::1'] }) });
+  });
+  afterAll(async () => {
+    await stack.close();
+    await service.close();
+  });
+
+  it.each([
+    { desc: 'X-Forwarded-Prefix', headers: { 'x-forwarded-prefix': '//evil.example' } },
+    { desc: 'X-Forwarded-Scheme', headers: { 'x-forwarded-scheme': 'javascript' } },
+    { desc: 'Forwarded', headers: { forwarded: 'host=evil.example;proto=http' } },
+  ])('cannot be poisoned with a $desc the proxy relayed (passed to the service, so keyed)', async ({ headers }) => {
+    const path = fresh('/api/open', 'cc=max-age%3D60');
+    const poisoned = await send(stack.gateway.url, path, headers);
+    const victim = await send(stack.gateway.url, path);
+    expect([poisoned.headers['x-cache'], victim.headers['x-cache']]).toEqual(['MISS', 'MISS']);
+    expect(victim.json.n).toBe(2);
+  });
+
+  it('still shares one entry between requests the proxy forwarded alike', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60');
+    const relayed = { 'x-forwarded-prefix': '/shop', 'x-forwarded-for': '198.51.100.7' };
+    await send(stack.gateway.url, path, relayed);
+    const again = await send(stack.gateway.url, path, { ...relayed, 'x-forwarded-for': '203.0.113.9' });
+    expect([again.headers['x-cache'], again.json.forwardedPrefix]).toEqual(['HIT', '/shop']);
+  });
+});
+
+describe('response cache with a client that stops reading', () => {
+  let service: CatalogService;
+  let stack: TestStack;
+  let stalled: http.ClientRequest | undefined;
+
+  beforeAll(async () => {
+    service = await catalogService();
+    // Bodies larger than the socket buffers on both sides of the gateway, and still small enough to keep.
+    stack = await startStack({ serviceUrls: { notifications: service.url }, overrides: overrides({ cache: { maxEntryBytes: 48 * 1024 * 1024 } }) });
+  });
+  afterAll(async () => {
+    stalled?.destroy();
+    await stack.close();
+    await service.close();
+  });
+
+  it('lets requests waiting for the same answer fetch their own once the first client backs up', async () => {
+    const path = fresh('/api/open', `cc=max-age%3D60&size=${24 * 1024 * 1024}`);
+    const { hostname, port } = new URL(stack.gateway.url);
+    const headersIn = new Promise<void>((resolve, reject) => {
+      stalled = http.get({ host: hostname, port: Number(port), path, agent: false }, (response) => {
+        // Never read: the gateway's writes back up, and the service is paused for this client.
+        response.pause();
+        resolve();
+      });
+      stalled.on('error', reject);
+    });
+    await headersIn;
+    const second = await send(stack.gateway.url, path);
+    expect(second.status).toBe(200);
+    expect(second.json.n).toBe(2);
+  });
+});
+
 describe('response cache shared through Redis', () => {
   let service: CatalogService;
   let stack: TestStack;
@@ -462,6 +592,19 @@ describe('response cache shared through Redis', () => {
     // An update through one replica invalidates the copy for all of them.
     expect((await send(replica.url, path, host, 'DELETE')).headers['x-cache']).toBe('BYPASS');
     expect((await send(stack.gateway.url, path, host)).headers['x-cache']).toBe('MISS');
+  });
+
+  it('drops variants past their retention as it stores new ones, so a resource kept alive by new variants does not grow without bound', async () => {
+    let clock = Date.now();
+    const store = createRedisResponseStore({ client: replicaRedis!, keyPrefix: `${prefix}:store`, logger: memoryLogger('gateway').logger, now: () => clock });
+    // One caller (or header value) after another, each variant over before the next is stored.
+    for (let caller = 0; caller < 10; caller++) {
+      await store.set('route', { resource: 'resource', variant: `caller-${caller}` }, { status: 200, headers: {}, body: Buffer.from('{}'), storedAt: clock, initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [], varyValues: [] });
+      clock += 61_000;
+    }
+    expect(await replicaRedis!.hkeys(`${prefix}:store:route:resource`)).toEqual(['caller-9']);
+    await store.invalidate('route', 'resource');
+    expect(await replicaRedis!.exists(`${prefix}:store:route:resource`, `${prefix}:store:route:resource:ends`)).toBe(0);
   });
 });
 
