@@ -1,4 +1,5 @@
 import type http from 'node:http';
+import { isIP } from 'node:net';
 import Router from '@koa/router';
 import Koa from 'koa';
 import { listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
@@ -85,6 +86,7 @@ export function createAdminApp(options: AdminOptions): Koa {
 
   app.use(createRequestId());
   app.use(createErrorHandler({ logger }));
+  app.use(refuseForeignHost);
   app.use(endpoints.routes());
   app.use(async function adminNotFound() {
     throw new GatewayError('route_not_found', 'No admin endpoint at this path.');
@@ -92,6 +94,24 @@ export function createAdminApp(options: AdminOptions): Koa {
 
   app.on('error', (error: Error) => logger.error('unhandled admin error', { error: error.message }));
   return app;
+}
+
+/**
+ * DNS rebinding: a page from attacker.example, its name re-pointed at 127.0.0.1, reads this listener as its own
+ * origin (same-origin, no CORS, no Origin on a GET) and sees instance addresses and failures. Its requests carry
+ * the attacker's name in Host; operators' tools, probes and `kubectl port-forward` use an address or localhost.
+ */
+async function refuseForeignHost(ctx: Koa.Context, next: Koa.Next): Promise<void> {
+  const host = ctx.get('host');
+  if (host !== '' && !isLocalHost(host)) throw new GatewayError('host_not_allowed', 'The internal listener answers requests for an IP address or localhost only.');
+  await next();
+}
+
+/** `Host` names an IP address (v4, or v6 in brackets) or localhost, with or without a port. */
+function isLocalHost(host: string): boolean {
+  const name = host.toLowerCase().replace(/:\d*$/, '');
+  if (name.startsWith('[') && name.endsWith(']')) return isIP(name.slice(1, -1)) === 6;
+  return isIP(name) === 4 || name === 'localhost' || name.endsWith('.localhost');
 }
 
 /** The admin app on its internal listener (`admin.port`, loopback by default). */

@@ -5,6 +5,7 @@ import { Agent } from 'undici';
 import type { Logger } from '../otel/logger';
 import { ConfigError, deepFreeze, type GatewayConfig } from './config';
 import { RateLimitWindows } from './rate-limit-store';
+import type { GrpcClientCache } from './grpc/grpc-clients';
 import type { UpstreamPoolCache } from './upstream-pool';
 
 /**
@@ -97,6 +98,8 @@ export function checkReload(running: ActiveConfig, load: () => GatewayConfig, lo
 export class KeptAcrossReloads {
   readonly pools: UpstreamPoolCache = new Map();
   readonly windows = new RateLimitWindows();
+  /** gRPC channels by origin (src/grpc/grpc-clients.ts): each one made is never freed, so builds share them. */
+  readonly grpcClients: GrpcClientCache = new Map();
   private agent?: { maxSockets: number; agent: Agent };
 
   upstreamAgent(maxSockets: number): Agent {

@@ -594,7 +594,8 @@ function envNameFor(keyPath: string): string | undefined {
 }
 
 function describe(value: unknown): string {
-  const text = JSON.stringify(value) ?? String(value);
+  // A URL's password (`redis://:secret@host`) never reaches a log line or a reload answer, even in a refused value.
+  const text = (JSON.stringify(value) ?? String(value)).replace(/(\/\/[^/?#@\s:]*:)[^/?#@\s]*@/g, '$1***@');
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 

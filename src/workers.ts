@@ -38,6 +38,38 @@ export type ToWorker =
   | { gateway: 'hangup' }
   | { gateway: 'shutdown' };
 
+/**
+ * A worker's message as the primary may act on it, or undefined. A worker is another process: a malformed
+ * message (a bug, a compromised worker) read as if well formed would throw in the primary's 'message' handler,
+ * an uncaught exception that ends the primary and with it every worker. Unknown kinds are ignored too.
+ */
+export function toPrimaryMessage(raw: unknown): ToPrimary | undefined {
+  if (typeof raw !== 'object' || raw === null) return undefined;
+  const message = raw as Record<string, unknown>;
+  const isId = (value: unknown) => Number.isSafeInteger(value);
+  switch (message.gateway) {
+    case 'hello':
+      return { gateway: 'hello' };
+    case 'listening':
+      return typeof message.url === 'string' ? { gateway: 'listening', url: message.url } : undefined;
+    case 'applied':
+      return typeof message.ok === 'boolean' && typeof message.version === 'string' && typeof message.loadedAt === 'string'
+        ? { gateway: 'applied', ok: message.ok, version: message.version, loadedAt: message.loadedAt }
+        : undefined;
+    case 'take': {
+      const { id, policy, client, max, windowMs } = message;
+      if (!isId(id) || typeof policy !== 'string' || typeof client !== 'string' || !Number.isSafeInteger(max) || (max as number) < 1) return undefined;
+      if (!Number.isSafeInteger(windowMs) || (windowMs as number) < 1) return undefined;
+      return { gateway: 'take', id: id as number, policy, client, max: max as number, windowMs: windowMs as number };
+    }
+    case 'reload':
+    case 'status':
+      return isId(message.id) ? { gateway: message.gateway, id: message.id as number } : undefined;
+    default:
+      return undefined;
+  }
+}
+
 /** A worker that lived this long before it exited is replaced at once; quicker deaths double the wait. */
 const STABLE_AFTER_MS = 10_000;
 const FIRST_RESTART_DELAY_MS = 100;
@@ -94,7 +126,11 @@ export function runPrimary(options: PrimaryOptions): void {
     slot.timer = undefined;
     const worker = cluster.fork();
     Object.assign(slot, { worker, startedAt: Date.now(), version: null, loadedAt: undefined, applyFailed: false });
-    worker.on('message', (message: ToPrimary) => onMessage(slot, worker, message));
+    worker.on('message', (raw: unknown) => {
+      const message = toPrimaryMessage(raw);
+      if (message) onMessage(slot, worker, message);
+      else logger.warn('ignored a malformed message from a worker', { worker: worker.id });
+    });
     // A message to a worker that is just exiting fails here; its exit is handled below. Unheard, it would end the primary.
     worker.on('error', (error: Error) => logger.warn('could not message worker', { worker: worker.id, error: error.message }));
     worker.once('exit', (code, signal) => {

@@ -11,13 +11,20 @@ import { grpcStatusName } from './status-errors';
 export const MAX_GRPC_MESSAGE_BYTES = 4 * 1024 * 1024;
 
 /**
+ * grpc-js clients by instance origin. Kept across config reloads (src/config-reload.ts) as the HTTP connections
+ * are: a channel is never garbage (grpc-js registers each in its global channelz table until `close()`), so one
+ * made per reload would be one leaked per reload.
+ */
+export type GrpcClientCache = Map<string, grpc.Client>;
+
+/**
  * One grpc-js client (one HTTP/2 channel) per service instance, made on first use and reused: channels
  * multiplex every call, so there is nothing to pool. Plaintext (h2c) for `http://` origins, TLS for `https://`.
  */
-export function createGrpcClients(): (instance: UpstreamInstance) => grpc.Client {
-  const clients = new Map<UpstreamInstance, grpc.Client>();
+export function createGrpcClients(clients: GrpcClientCache = new Map()): (instance: UpstreamInstance) => grpc.Client {
   return (instance) => {
-    let client = clients.get(instance);
+    const key = `${instance.secure ? 'https' : 'http'}://${instance.host}`;
+    let client = clients.get(key);
     if (!client) {
       const host = instance.hostname.includes(':') ? `[${instance.hostname}]` : instance.hostname;
       client = new grpc.Client(`${host}:${instance.port}`, instance.secure ? grpc.credentials.createSsl() : grpc.credentials.createInsecure(), {
@@ -26,7 +33,7 @@ export function createGrpcClients(): (instance: UpstreamInstance) => grpc.Client
         // Retries are the gateway's business (and a POST is not safe to replay).
         'grpc.enable_retries': 0,
       });
-      clients.set(instance, client);
+      clients.set(key, client);
     }
     return client;
   };

@@ -1,5 +1,5 @@
 import * as protobuf from 'protobufjs';
-import { isTextSettable, jsonFromText, JsonMappingError, messageFromJson } from './json-mapping';
+import { fieldNamed, isTextSettable, jsonFromText, JsonMappingError, messageFromJson } from './json-mapping';
 import { matchPathTemplate, parsePathTemplate, type PathBinding, type PathTemplate } from './path-template';
 import { loadProtoRoot } from './proto-files';
 
@@ -198,14 +198,15 @@ function setText(type: protobuf.Type, json: Record<string, unknown>, path: reado
   let current: protobuf.Type = type;
   let node = json;
   for (let index = 0; index < path.length; index++) {
-    const field = current.fields[path[index]!];
+    const field = fieldNamed(current, path[index]!);
     if (!field) throw new JsonMappingError(`${where} names no field of ${current.name}`);
     if (index === path.length - 1) {
       if (field instanceof protobuf.MapField) throw new JsonMappingError(`${where} is a map and cannot be set from text`);
       const value = jsonFromText(field, text, where);
+      const previous = takeField(node, field);
       if (field.repeated) {
         if (!repeatable) throw new JsonMappingError(`${where} is repeated`);
-        const list = Array.isArray(node[field.name]) ? (node[field.name] as unknown[]) : [];
+        const list = Array.isArray(previous) ? (previous as unknown[]) : [];
         list.push(value);
         node[field.name] = list;
       } else {
@@ -214,10 +215,25 @@ function setText(type: protobuf.Type, json: Record<string, unknown>, path: reado
       return;
     }
     if (field.repeated || !(field.resolvedType instanceof protobuf.Type)) throw new JsonMappingError(`${where}: ${field.name} is not a message`);
-    const child = node[field.name];
+    const child = takeField(node, field);
     node = node[field.name] = typeof child === 'object' && child !== null && !Array.isArray(child) ? { ...(child as Record<string, unknown>) } : {};
     current = field.resolvedType;
   }
+}
+
+/**
+ * What `node` (JSON being built) holds for `field`, under its lowerCamelCase or its proto name, leaving only the
+ * former: a body's `account_id` must not survive beside the path's `accountId` (two names of one field are refused).
+ */
+function takeField(node: Record<string, unknown>, field: protobuf.Field): unknown {
+  let value = node[field.name];
+  for (const key of Object.keys(node)) {
+    if (key !== field.name && protobuf.util.camelCase(key) === field.name) {
+      value ??= node[key];
+      delete node[key];
+    }
+  }
+  return value;
 }
 
 function truncate(text: string): string {

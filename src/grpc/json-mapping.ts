@@ -14,6 +14,11 @@ export class JsonMappingError extends Error {
   override name = 'JsonMappingError';
 }
 
+/** A service's message has no JSON form (a Timestamp beyond year 9999, ...): the service's fault (-> 502). */
+export class ResponseMappingError extends Error {
+  override name = 'ResponseMappingError';
+}
+
 const INT32 = new Set(['int32', 'sint32', 'sfixed32']);
 const UINT32 = new Set(['uint32', 'fixed32']);
 const INT64 = new Set(['int64', 'sint64', 'sfixed64']);
@@ -36,6 +41,9 @@ const MAX_DURATION_SECONDS = 315_576_000_000n;
 const TIMESTAMP = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$/i;
 const DURATION = /^(-)?(\d+)(?:\.(\d{1,9}))?s$/;
 const BASE64 = /^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?$/;
+/** 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, as google/protobuf/timestamp.proto allows, s. */
+const MIN_TIMESTAMP_SECONDS = -62_135_596_800;
+const MAX_TIMESTAMP_SECONDS = 253_402_300_799;
 /** Nesting beyond this is refused (Struct and messages are recursive). */
 const MAX_DEPTH = 32;
 
@@ -76,13 +84,27 @@ function objectFromJson(type: protobuf.Type, json: unknown, where: string, depth
   if (special !== undefined) return special;
   if (!isPlainObject(json)) throw new JsonMappingError(`${where} must be an object`);
   const result: Record<string, unknown> = {};
+  const seen = new Set<string>();
   for (const [key, value] of Object.entries(json)) {
-    const field = type.fields[key] ?? type.fields[protobuf.util.camelCase(key)];
+    const field = fieldNamed(type, key) ?? fieldNamed(type, protobuf.util.camelCase(key));
     if (!field) throw new JsonMappingError(`${where} has no field "${truncate(key)}"`);
+    // `display_name` and `displayName` are one field: the later would silently win, over a path variable too.
+    if (seen.has(field.name)) throw new JsonMappingError(`${where}.${field.name} is set twice`);
+    seen.add(field.name);
     if (value === null && !isValueType(field)) continue;
     result[field.name] = fieldFromJson(field, value, `${where}.${field.name}`, depth);
   }
+  // Two members of one oneof would both go on the wire and the service would take whichever it read last.
+  for (const oneof of type.oneofsArray) {
+    const set = oneof.oneof.filter((name) => result[name] !== undefined);
+    if (set.length > 1) throw new JsonMappingError(`${where} sets ${set.join(' and ')}, which are one oneof (${oneof.name})`);
+  }
   return result;
+}
+
+/** The field of `type` named `name` (lowerCamelCase); never an inherited property such as `constructor`. */
+export function fieldNamed(type: protobuf.Type, name: string): protobuf.Field | undefined {
+  return Object.hasOwn(type.fields, name) ? type.fields[name] : undefined;
 }
 
 function fieldFromJson(field: protobuf.Field, value: unknown, where: string, depth: number): unknown {
@@ -198,8 +220,7 @@ function timestampFromJson(json: unknown, where: string): Record<string, unknown
   }
   const offsetMinutes = zone!.toUpperCase() === 'Z' ? 0 : (zone!.startsWith('-') ? -1 : 1) * (Number(zone!.slice(1, 3)) * 60 + Number(zone!.slice(4, 6)));
   const seconds = Math.floor(millis / 1000) - offsetMinutes * 60;
-  // 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, as google/protobuf/timestamp.proto allows.
-  if (seconds < -62_135_596_800 || seconds > 253_402_300_799) throw new JsonMappingError(`${where} is out of range`);
+  if (seconds < MIN_TIMESTAMP_SECONDS || seconds > MAX_TIMESTAMP_SECONDS) throw new JsonMappingError(`${where} is out of range`);
   return { seconds: String(seconds), nanos: Number(fraction.padEnd(9, '0')) };
 }
 
@@ -238,6 +259,10 @@ function wellKnownToJson(type: protobuf.Type, object: Record<string, unknown>, d
     case '.google.protobuf.Timestamp': {
       const seconds = Number(object.seconds ?? 0);
       const nanos = Number(object.nanos ?? 0);
+      // RFC 3339 has no other years; past them toISOString writes `+010000-...` or throws (Invalid time value).
+      if (!(seconds >= MIN_TIMESTAMP_SECONDS && seconds <= MAX_TIMESTAMP_SECONDS) || !(nanos >= 0 && nanos <= 999_999_999)) {
+        throw new ResponseMappingError(`a Timestamp out of range (${truncate(String(object.seconds))} s)`);
+      }
       const iso = new Date(seconds * 1000).toISOString().replace(/\.\d{3}Z$/, '');
       return `${iso}${fractionText(nanos)}Z`;
     }

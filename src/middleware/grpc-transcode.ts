@@ -3,10 +3,10 @@ import * as grpc from '@grpc/grpc-js';
 import { context, type Tracer } from '@opentelemetry/api';
 import type { Context as KoaContext, Middleware } from 'koa';
 import type * as protobuf from 'protobufjs';
-import { GatewayError } from '../errors';
-import { createGrpcClients, deserializer, endGrpcSpan, metadataFromHeaders, serializer, startGrpcSpan } from '../grpc/grpc-clients';
+import { GatewayError, toGatewayError } from '../errors';
+import { createGrpcClients, deserializer, type GrpcClientCache, endGrpcSpan, metadataFromHeaders, serializer, startGrpcSpan } from '../grpc/grpc-clients';
 import { buildRequestMessage, type HttpBinding } from '../grpc/http-rules';
-import { JsonMappingError, messageToJson } from '../grpc/json-mapping';
+import { JsonMappingError, messageToJson, ResponseMappingError } from '../grpc/json-mapping';
 import { PathVariableError } from '../grpc/path-template';
 import type { GrpcRoute } from '../grpc/route-mappings';
 import { grpcFailure } from '../grpc/status-errors';
@@ -23,6 +23,8 @@ export interface GrpcTranscodeOptions {
   underscores: UnderscoreHeaderPolicy;
   /** Largest JSON request body, bytes; 413 beyond. Default 1 MiB. */
   maxBodyBytes?: number;
+  /** The channels of earlier builds (config reloads), reused by origin. Default: fresh ones. */
+  clients?: GrpcClientCache;
 }
 
 /** Server-streaming answers: one JSON message per line (https://github.com/ndjson/ndjson-spec). */
@@ -39,7 +41,7 @@ export const NDJSON_CONTENT_TYPE = 'application/x-ndjson';
 export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
   const { routes, tracer } = options;
   const maxBodyBytes = options.maxBodyBytes ?? 1024 * 1024;
-  const clientFor = createGrpcClients();
+  const clientFor = createGrpcClients(options.clients);
 
   return async function transcodeGrpc(ctx, next) {
     const route = ctx.state.route!;
@@ -66,6 +68,7 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
         targetHost: instance.host,
         requestId: ctx.state.requestId,
         user: ctx.state.user,
+        consumer: ctx.state.consumer,
         peerAddress: ctx.req.socket.remoteAddress ?? '',
         publicHost: ctx.host,
         publicProto: ctx.protocol,
@@ -128,7 +131,17 @@ async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, bindin
   });
   if (response === undefined) return;
   ctx.status = 200;
-  ctx.body = messageToJson(method.responseType, response);
+  ctx.body = answerJson(route, method.responseType, response);
+}
+
+/** A service's message as JSON; one without a JSON form is the service's bad answer (502), never a crash or a 500. */
+function answerJson(route: CompiledRoute, type: protobuf.Type, message: protobuf.Message): unknown {
+  try {
+    return messageToJson(type, message);
+  } catch (error) {
+    if (!(error instanceof ResponseMappingError)) throw error;
+    throw new GatewayError('upstream_bad_response', `The ${route.service} service answered ${error.message}.`, { cause: error });
+  }
 }
 
 /**
@@ -142,7 +155,8 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
   const line = (value: unknown) => `${JSON.stringify(value)}\n`;
   const cancel = () => call.cancel();
   ctx.res.once('close', cancel);
-  const first = await new Promise<protobuf.Message | null>((resolve, reject) => {
+  // undefined: the client went away before the first message (the call was cancelled for it); nobody to answer.
+  const first = await new Promise<protobuf.Message | null | undefined>((resolve, reject) => {
     const onData = (value: protobuf.Message) => {
       call.off('error', onError).off('end', onEnd);
       call.pause();
@@ -152,7 +166,8 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
       call.off('data', onData).off('end', onEnd);
       ctx.res.off('close', cancel);
       settle(error.code, error);
-      reject(grpcFailure(route.service, error));
+      if (error.code === grpc.status.CANCELLED && ctx.res.destroyed) resolve(undefined);
+      else reject(grpcFailure(route.service, error));
     };
     const onEnd = () => {
       call.off('data', onData).off('error', onError);
@@ -160,35 +175,56 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
     };
     call.once('data', onData).once('error', onError).once('end', onEnd);
   });
+  if (first === undefined) return;
   const out = new PassThrough();
-  ctx.status = 200;
-  ctx.type = NDJSON_CONTENT_TYPE;
-  ctx.set('Cache-Control', 'no-store');
-  ctx.body = out;
   if (first === null) {
     ctx.res.off('close', cancel);
     settle(grpc.status.OK);
-    out.end();
-    return;
+    return answerStream(ctx, out.end());
   }
-  out.write(line(messageToJson(method.responseType, first)));
+  // Set when a message could not be written as JSON: the call is cancelled and this, not CANCELLED, is the answer.
+  let failure: GatewayError | undefined;
+  const lineOf = (value: protobuf.Message): string | undefined => {
+    if (failure) return undefined;
+    try {
+      return line(answerJson(route, method.responseType, value));
+    } catch (error) {
+      // Thrown from grpc-js's 'data' event it would be an uncaught exception: the whole gateway would exit.
+      failure = toGatewayError(error);
+      call.cancel();
+      return undefined;
+    }
+  };
+  // Listening before the first line is made: converting it may cancel the call, and an unheard 'error' would crash.
   call.on('data', (value: protobuf.Message) => {
-    if (!out.write(line(messageToJson(method.responseType, value)))) call.pause();
+    const text = lineOf(value);
+    if (text !== undefined && !out.write(text)) call.pause();
   });
   out.on('drain', () => call.resume());
   call.once('error', (error: grpc.ServiceError) => {
     ctx.res.off('close', cancel);
     settle(error.code, error);
     if (error.code === grpc.status.CANCELLED && ctx.res.destroyed) return;
-    const failure = grpcFailure(route.service, error);
-    out.end(line({ error: problemBody(failure, ctx.state.requestId, ctx.originalUrl.split('?')[0]!) }));
+    out.end(line({ error: problemBody(failure ?? grpcFailure(route.service, error), ctx.state.requestId, ctx.originalUrl.split('?')[0]!) }));
   });
   call.once('end', () => {
     ctx.res.off('close', cancel);
     settle(grpc.status.OK);
     out.end();
   });
+  const firstLine = lineOf(first);
+  // Nothing sent yet: an ordinary problem response.
+  if (firstLine === undefined) throw failure!;
+  answerStream(ctx, out);
+  out.write(firstLine);
   call.resume();
+}
+
+function answerStream(ctx: KoaContext, out: PassThrough): void {
+  ctx.status = 200;
+  ctx.type = NDJSON_CONTENT_TYPE;
+  ctx.set('Cache-Control', 'no-store');
+  ctx.body = out;
 }
 
 /**

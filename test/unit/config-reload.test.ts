@@ -1,8 +1,11 @@
 import { ConfigError, parseConfig, type GatewayConfig } from '../../src/config';
 import { activeConfig, checkReload, configVersion, keepRestartOnly, RESTART_ONLY_KEYS } from '../../src/config-reload';
 import { RateLimitWindows } from '../../src/rate-limit-store';
-import { memoryLogger } from '../helpers/servers';
-import { shippedConfigFile, TEST_JWT_SECRET } from '../helpers/test-config';
+import http from 'node:http';
+import type { ConfigControl } from '../../src/admin';
+import { createGatewayApps } from '../../src/gateway';
+import { listen, memoryLogger, type TestServer } from '../helpers/servers';
+import { shippedConfigFile, TEST_JWT_SECRET, testConfig } from '../helpers/test-config';
 
 const file = (changes: Record<string, unknown> = {}) => ({ ...shippedConfigFile(), ...changes });
 const parse = (changes: Record<string, unknown> = {}, env: Record<string, string> = { JWT_SECRET: TEST_JWT_SECRET }) => parseConfig(file(changes), env);
@@ -82,6 +85,18 @@ describe('checkReload', () => {
     expect(lines[0]).toMatchObject({ level: 'warn', message: 'config reload refused; the running config keeps serving', version: running.version });
   });
 
+  it.each([
+    { desc: 'a Redis URL of another scheme', env: { REDIS_URL: 'http://gateway:hunter2-redis-password@redis.internal:6379' } },
+    { desc: 'a Redis URL with a password only', env: { REDIS_URL: 'redis//:hunter2-redis-password@redis:6379' } },
+    { desc: 'a service URL with credentials and a path', env: { USER_SERVICE_URL: 'ftp://svc:hunter2-redis-password@users/x' } },
+  ])('never puts the password of a refused URL ($desc) in the log line or the reason', ({ env }) => {
+    const { logger, lines } = memoryLogger('gateway');
+    const check = checkReload(running, () => parseConfig(shippedConfigFile(), { JWT_SECRET: TEST_JWT_SECRET, ...env }), logger);
+    expect(check.ok).toBe(false);
+    expect(JSON.stringify([check, lines])).not.toContain('hunter2');
+    expect(lines).toHaveLength(1);
+  });
+
   it('keeps serving on other failures than a bad config too, logged as an error rather than a refusal', () => {
     const { logger, lines } = memoryLogger('gateway');
     expect(checkReload(running, () => { throw new TypeError('bug'); }, logger)).toEqual({ ok: false, reason: 'config reload failed: bug' });
@@ -126,5 +141,54 @@ describe('RateLimitWindows', () => {
     const [againA, againB] = [windows.for('default|100|60000', 10), windows.for('default|100|60000', 10)];
     expect(againA).toBe(a);
     expect(againB).toBe(b);
+  });
+});
+
+describe('the internal listener against DNS rebinding', () => {
+  let admin: TestServer;
+  let reloads = 0;
+  const control: ConfigControl = {
+    status: async () => ({ version: 'abcdef012345', loadedAt: new Date(0).toISOString(), pendingRestart: [], servedBy: { worker: 0, pid: process.pid }, workers: [] }),
+    reload: async () => {
+      reloads++;
+      return { ok: true, status: 'unchanged', version: 'abcdef012345', loadedAt: new Date(0).toISOString(), pendingRestart: [], workers: [] };
+    },
+  };
+  beforeAll(async () => {
+    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' });
+    admin = await listen(createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false, control }).admin.callback());
+  });
+  afterAll(() => admin.close());
+
+  /** A request with the Host a browser would send (fetch cannot set Host). */
+  const request = (method: string, path: string, host: string) =>
+    new Promise<number>((resolve, reject) => {
+      const sent = http.request(`${admin.url}${path}`, { method, headers: { host } }, (response) => {
+        response.resume();
+        resolve(response.statusCode!);
+      });
+      sent.on('error', reject).end();
+    });
+
+  it.each([
+    { desc: 'a rebound name', host: 'attacker.example:9000' },
+    { desc: 'a rebound name without a port', host: 'attacker.example' },
+    { desc: 'a name under localhost spelled as a suffix', host: 'localhost.attacker.example' },
+    { desc: 'a decimal-looking name', host: '127.0.0.1.attacker.example' },
+  ])('refuses $desc in Host (421) on every endpoint, reloading nothing', async ({ host }) => {
+    for (const [method, path] of [['GET', '/admin/config'], ['GET', '/ready'], ['POST', '/admin/reload']] as const) {
+      expect(await request(method, path, host)).toBe(421);
+    }
+    expect(reloads).toBe(0);
+  });
+
+  it.each([
+    { desc: 'an IPv4 address and port', host: '127.0.0.1:9000' },
+    { desc: 'an IPv6 address in brackets', host: '[::1]:9000' },
+    { desc: 'localhost (kubectl port-forward)', host: 'localhost:9000' },
+    { desc: 'a pod address without a port', host: '10.1.2.3' },
+  ])('answers operators using $desc', async ({ host }) => {
+    expect(await request('GET', '/admin/config', host)).toBe(200);
+    expect(await request('POST', '/admin/reload', host)).toBe(200);
   });
 });

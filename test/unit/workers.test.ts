@@ -1,7 +1,7 @@
 import os from 'node:os';
 import fc from 'fast-check';
 import { createWindowCounter } from '../../src/rate-limit-store';
-import { restartDelayMs, workerCount } from '../../src/workers';
+import { restartDelayMs, toPrimaryMessage, workerCount } from '../../src/workers';
 
 describe('workerCount', () => {
   it('is the number given, or one per available core for auto', () => {
@@ -58,5 +58,35 @@ describe('the primary window counter', () => {
     now += 1;
     expect(counter.take('p', 'client-999', 1, 60_000).remaining).toBe(0);
     expect(counter.take('p', 'client-0', 1, 60_000).remaining).toBe(1);
+  });
+});
+
+describe('toPrimaryMessage (what the primary acts on from a worker)', () => {
+  it.each([
+    { desc: 'null', raw: null },
+    { desc: 'a string', raw: 'take' },
+    { desc: 'a number', raw: 7 },
+    { desc: 'an unknown kind', raw: { gateway: 'exit' } },
+    { desc: 'a take without a client', raw: { gateway: 'take', id: 1, policy: 'default|10|60000', max: 10, windowMs: 60_000 } },
+    { desc: 'a take whose client is an object', raw: { gateway: 'take', id: 1, policy: 'p', client: { toString: 1 }, max: 10, windowMs: 60_000 } },
+    { desc: 'a take with a fractional max', raw: { gateway: 'take', id: 1, policy: 'p', client: 'c', max: 1.5, windowMs: 60_000 } },
+    { desc: 'a take with a window of NaN', raw: { gateway: 'take', id: 1, policy: 'p', client: 'c', max: 10, windowMs: Number.NaN } },
+    { desc: 'a status without an id', raw: { gateway: 'status' } },
+    { desc: 'an applied without a version', raw: { gateway: 'applied', ok: true, loadedAt: 'now' } },
+    { desc: 'a listening without a url', raw: { gateway: 'listening' } },
+  ])('ignores $desc', ({ raw }) => {
+    expect(toPrimaryMessage(raw)).toBeUndefined();
+  });
+
+  it('passes each well-formed message on as it is', () => {
+    const messages = [
+      { gateway: 'hello' },
+      { gateway: 'listening', url: 'http://127.0.0.1:3000' },
+      { gateway: 'applied', ok: false, version: 'abc', loadedAt: '2026-01-01T00:00:00.000Z' },
+      { gateway: 'take', id: 3, policy: 'default|10|60000', client: '203.0.113.0/24', max: 10, windowMs: 60_000 },
+      { gateway: 'reload', id: 4 },
+      { gateway: 'status', id: 5 },
+    ];
+    for (const message of messages) expect(toPrimaryMessage(message)).toEqual(message);
   });
 });

@@ -1,0 +1,236 @@
+import * as grpc from '@grpc/grpc-js';
+import { activeConfig, createLiveGateway } from '../../src/config-reload';
+import { parseConfig } from '../../src/config';
+import { createGatewayApps } from '../../src/gateway';
+import { SpanKind } from '@opentelemetry/api';
+import { ATTR, HEADER } from '../../otel/wire-names';
+import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
+import { generateApiKey, hashApiKey } from '../../src/consumers';
+import { bindGrpcServer, grpcServiceDefinition } from '../../services/shared/grpc-service';
+import { listen, memoryLogger, type TestServer } from '../helpers/servers';
+import { shippedConfigFile, TEST_JWT_SECRET, testConfig } from '../helpers/test-config';
+
+const HOSTILE_PROTO = 'test/grpc/hostile.proto';
+const HOSTILE_SERVICE = 'koagateway.test.v1.Hostile';
+
+type Request = Record<string, unknown>;
+
+const ACME_KEY = generateApiKey();
+
+/**
+ * Bug fixes of the REST -> gRPC translation, each pinned by the input that exploited it: JSON keys that reach one
+ * field under two names (the later one used to override a path variable), two members of one oneof, and a
+ * service answer the JSON mapping cannot write (it used to crash the gateway mid-stream).
+ */
+describe('gRPC transcoding of hostile input', () => {
+  let gateway: TestServer;
+  let server: grpc.Server;
+  const gatewayLogs = memoryLogger('gateway');
+  let tracing: InMemoryTracing;
+  const calls: { method: string; request: Request }[] = [];
+  const cancelled: string[] = [];
+
+  beforeAll(async () => {
+    tracing = startInMemoryTracing();
+    server = new grpc.Server();
+    const echo = (method: string) => (call: grpc.ServerUnaryCall<Request, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      calls.push({ method, request: call.request });
+      callback(null, call.request);
+    };
+    server.addService(grpcServiceDefinition(HOSTILE_PROTO, HOSTILE_SERVICE), {
+      Update: echo('Update'),
+      Pick: echo('Pick'),
+      When(call: grpc.ServerUnaryCall<Request, unknown>, callback: grpc.sendUnaryData<unknown>) {
+        calls.push({ method: 'When', request: call.request });
+        callback(null, { at: { seconds: String(call.request.seconds), nanos: 0 } });
+      },
+      Metadata(call: grpc.ServerUnaryCall<Request, unknown>, callback: grpc.sendUnaryData<unknown>) {
+        calls.push({ method: 'Metadata', request: call.request });
+        const entries = Object.entries(call.metadata.getMap()).flatMap(([key, value]) => (typeof value === 'string' ? [[key, value]] : []));
+        callback(null, { entries: Object.fromEntries(entries) });
+      },
+      Moments(call: grpc.ServerWritableStream<Request, unknown>) {
+        calls.push({ method: 'Moments', request: call.request });
+        call.on('cancelled', () => cancelled.push('Moments'));
+        const count = Number(call.request.count);
+        // No message at all: held open until the gateway cancels.
+        if (count === 0) return;
+        for (let n = 1; n < count; n++) call.write({ count: n, at: { seconds: 1_700_000_000 + n, nanos: 0 } });
+        call.write({ count, at: { seconds: String(call.request.seconds), nanos: 0 } });
+        // Left open: only the gateway ends this call (by cancelling it).
+      },
+    });
+    const port = await bindGrpcServer(server, '127.0.0.1', 0);
+    const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
+    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
+      services: { ...shipped.services, hostile: { url: `http://127.0.0.1:${port}` } },
+      consumers: [{ id: 'acme', role: 'partner', keys: [{ hash: hashApiKey(ACME_KEY) }] }],
+      routes: [
+        ...shipped.routes,
+        { name: 'hostile', prefix: '/api/hostile', service: 'hostile', upstreamPath: '/v1', auth: 'public', grpc: { proto: HOSTILE_PROTO, service: HOSTILE_SERVICE } },
+        { name: 'hostile-keys', prefix: '/api/keyed-hostile', service: 'hostile', upstreamPath: '/v1', auth: { methods: ['apiKey'] }, grpc: { proto: HOSTILE_PROTO, service: HOSTILE_SERVICE } },
+      ],
+    });
+    gateway = await listen(createGatewayApps(config, { logger: gatewayLogs.logger, tracer: tracing.tracer, metrics: false }).gateway.callback());
+  });
+  afterAll(async () => {
+    await gateway.close();
+    server.forceShutdown();
+    await tracing.shutdown();
+  });
+
+  const call = (path: string, init: RequestInit = {}) => fetch(`${gateway.url}${path}`, init);
+  const postJson = (path: string, body: string) => call(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+
+  it.each([
+    { desc: 'its proto name', body: '{"account_id": "mallory", "displayName": "A"}' },
+    { desc: 'both names, the proto name last', body: '{"accountId": "a", "account_id": "mallory", "displayName": "A"}' },
+    { desc: 'both names, the lowerCamelCase name last', body: '{"account_id": "mallory", "accountId": "a", "displayName": "A"}' },
+  ])('lets the path variable win over the field it binds, named in the body by $desc', async ({ body }) => {
+    const response = await postJson('/api/hostile/accounts/alice', body);
+    expect(response.status).toBe(200);
+    expect(calls.at(-1)!.request).toEqual({ accountId: 'alice', displayName: 'A' });
+  });
+
+  it.each([
+    { desc: 'the lowerCamelCase name first', body: '{"displayName": "A", "display_name": "B"}' },
+    { desc: 'the proto name first', body: '{"display_name": "B", "displayName": "A"}' },
+    { desc: 'an inherited property name', body: '{"constructor": "x"}' },
+    { desc: 'a __proto__ key', body: '{"__proto__": {"accountId": "mallory"}}' },
+  ])('refuses a body naming one field twice or no field ($desc) with 400, reaching no service', async ({ body }) => {
+    const before = calls.length;
+    const response = await postJson('/api/hostile/accounts/alice', body);
+    expect(response.status).toBe(400);
+    expect(await response.json()).toMatchObject({ code: 'invalid_body' });
+    expect(calls.length).toBe(before);
+  });
+
+  it("carries the verified API-key consumer as x-consumer-id metadata, replacing a forged one", async () => {
+    const response = await call('/api/keyed-hostile/metadata', { headers: { [HEADER.apiKey]: ACME_KEY, [HEADER.consumerId]: 'globex' } });
+    expect(response.status).toBe(200);
+    const { entries } = (await response.json()) as { entries: Record<string, string> };
+    expect(entries[HEADER.consumerId]).toBe('acme');
+    expect(entries).not.toHaveProperty(HEADER.apiKey);
+  });
+
+  it('never turns reserved or binary client headers into metadata (deadline, encoding, status, -bin)', async () => {
+    const response = await call('/api/hostile/metadata', {
+      headers: { 'grpc-timeout': '1n', 'grpc-encoding': 'gzip', 'grpc-status': '0', 'x-trace-bin': 'AAAA', 'x-user-id-bin': 'AAAA', 'x-kept': 'yes' },
+    });
+    expect(response.status).toBe(200);
+    const { entries } = (await response.json()) as { entries: Record<string, string> };
+    expect(Object.keys(entries).filter((key) => key.startsWith('grpc-') || key.endsWith('-bin'))).toEqual([]);
+    expect(entries['x-kept']).toBe('yes');
+  });
+
+  it('refuses a query parameter setting a second member of the oneof the path set (400), reaching no service', async () => {
+    const before = calls.length;
+    const response = await call('/api/hostile/targets/alice?byId=42');
+    expect(response.status).toBe(400);
+    expect(calls.length).toBe(before);
+    expect((await call('/api/hostile/targets/alice')).status).toBe(200);
+  });
+
+  it.each([
+    { desc: 'past the last instant a Date can hold', seconds: '100000000000000' },
+    { desc: 'after year 9999', seconds: '253402300800' },
+    { desc: 'before year 1', seconds: '-62135596801' },
+  ])('answers 502 when a unary answer holds a Timestamp $desc', async ({ seconds }) => {
+    const response = await call(`/api/hostile/when?seconds=${seconds}`);
+    expect(response.status).toBe(502);
+    expect(await response.json()).toMatchObject({ code: 'upstream_bad_response', requestId: response.headers.get(HEADER.requestId) });
+  });
+
+  it('ends a stream with an error line, and cancels the call, when a message cannot be written as JSON', async () => {
+    const response = await call('/api/hostile/moments?count=3&seconds=100000000000000');
+    expect(response.status).toBe(200);
+    const lines = (await response.text()).split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(lines).toHaveLength(3);
+    expect(lines[2]).toEqual({ error: expect.objectContaining({ status: 502, code: 'upstream_bad_response' }) });
+    await waitFor(() => cancelled.includes('Moments'));
+    // The gateway is still serving.
+    expect((await call('/api/hostile/when?seconds=0')).status).toBe(200);
+  });
+
+  it('cancels a stream when the client goes away before its first message, reporting no failure', async () => {
+    cancelled.length = 0;
+    const requestId = 'b1b2c3d4e5f60718293a4b5c6d7e8f90';
+    const logged = gatewayLogs.lines.length;
+    const before = calls.length;
+    const controller = new AbortController();
+    const pending = call('/api/hostile/moments?count=0', { signal: controller.signal, headers: { [HEADER.requestId]: requestId } }).catch(() => undefined);
+    await waitFor(() => calls.length > before);
+    controller.abort();
+    await pending;
+    await waitFor(() => cancelled.includes('Moments'));
+    // The SERVER span ends once the chain returned: by then a failure would have been recorded on it and logged.
+    const serverSpan = () => tracing.spans().find((span) => span.kind === SpanKind.SERVER && span.attributes[ATTR.requestId] === requestId);
+    await waitFor(() => serverSpan() !== undefined);
+    expect(serverSpan()!.attributes[ATTR.errorCode]).toBeUndefined();
+    expect(gatewayLogs.lines.slice(logged).filter((line) => line.message === 'request failed')).toEqual([]);
+  });
+
+  it('answers 502 when the first message of a stream cannot be written as JSON, and cancels the call', async () => {
+    cancelled.length = 0;
+    const response = await call('/api/hostile/moments?count=1&seconds=100000000000000');
+    expect(response.status).toBe(502);
+    expect(await response.json()).toMatchObject({ code: 'upstream_bad_response' });
+    await waitFor(() => cancelled.includes('Moments'));
+  });
+});
+
+describe('gRPC channels across config reloads', () => {
+  let server: grpc.Server;
+  let gateway: TestServer;
+  let port: number;
+
+  beforeAll(async () => {
+    server = new grpc.Server();
+    server.addService(grpcServiceDefinition(HOSTILE_PROTO, HOSTILE_SERVICE), {
+      Pick: (call: grpc.ServerUnaryCall<Request, unknown>, callback: grpc.sendUnaryData<unknown>) => callback(null, call.request),
+    });
+    port = await bindGrpcServer(server, '127.0.0.1', 0);
+  });
+  afterAll(async () => {
+    await gateway?.close();
+    server.forceShutdown();
+  });
+
+  /** Channels grpc-js holds in its global channelz table: each one made and not closed stays there. */
+  const channels = () =>
+    new Promise<number>((resolve, reject) =>
+      grpc.getChannelzHandlers().GetTopChannels({ request: { start_channel_id: '0', max_results: '100000' } } as never, (error, value) => (error ? reject(error) : resolve(value!.channel!.length))),
+    );
+
+  it('reuses the channel to an unchanged instance, so reloads leak none', async () => {
+    const { logger } = memoryLogger('gateway');
+    const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
+    const config = (max: number) =>
+      parseConfig(
+        {
+          ...shipped,
+          rateLimit: { max, windowMs: 60_000 },
+          services: { ...shipped.services, hostile: { url: `http://127.0.0.1:${port}` } },
+          routes: [...shipped.routes, { name: 'hostile', prefix: '/api/hostile', service: 'hostile', upstreamPath: '/v1', auth: 'public', grpc: { proto: HOSTILE_PROTO, service: HOSTILE_SERVICE } }],
+        },
+        { JWT_SECRET: TEST_JWT_SECRET, USER_SERVICE_URL: 'http://127.0.0.1:9', ORDER_SERVICE_URL: 'http://127.0.0.1:9', NOTIF_SERVICE_URL: 'http://127.0.0.1:9' },
+      );
+    const live = createLiveGateway(activeConfig(config(1000)), (active, kept) => createGatewayApps(active.config, { logger, metrics: false, kept, configVersion: active.version }), logger);
+    gateway = await listen(live.listener);
+    expect((await fetch(`${gateway.url}/api/hostile/targets/a`)).status).toBe(200);
+    const before = await channels();
+    for (let reload = 1; reload <= 5; reload++) {
+      expect(live.apply(activeConfig(config(1000 + reload)))).toBe(true);
+      expect((await fetch(`${gateway.url}/api/hostile/targets/a`)).status).toBe(200);
+    }
+    expect(await channels()).toBe(before);
+  });
+});
+
+async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
