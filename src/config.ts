@@ -296,7 +296,7 @@ const configSchema = z
       .strictObject({
         /** A client must send its whole request head within this, ms (slow-header clients get 408). Default 10 s. */
         headersTimeoutMs: z.int().positive().default(10_000),
-        /** A client must send its whole request, body included, within this, ms (408). Default 120 s. */
+        /** A client must send its whole request, body included, within this, ms (408; an HTTP/2 stream is reset with CANCEL, src/tls.ts). Default 120 s. */
         requestTimeoutMs: z.int().min(0).default(120_000),
         /** Idle keep-alive connections from clients are closed after this, ms. Default 5 s. */
         keepAliveTimeoutMs: z.int().positive().default(5_000),

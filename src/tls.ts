@@ -89,7 +89,7 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
           unknownProtocolTimeout: timeouts.headersMs,
         } as http2.SecureServerOptions,
         // Koa's callback reads only what the compatibility request and response share with HTTP/1's.
-        listener as unknown as (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void,
+        withStreamRequestTimeout(listener as unknown as (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void, timeouts.requestMs),
       );
       // An HTTP/2 connection without any stream for this long is closed (HTTP/1.1 ones by keepAliveTimeout).
       // Not shorter than a whole request may take: the session timer does not see a stream waiting for its upstream.
@@ -122,6 +122,29 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
         return false;
       }
     },
+  };
+}
+
+/**
+ * The plain listener's `requestTimeout` (the whole request within `requestMs`) for HTTP/2 streams: Node's
+ * HTTP/1 server enforces it, its HTTP/2 server does not, and the session timer restarts on every frame. Without
+ * this a body dripped a byte at a time into a reader with no rate limit of its own (login's body parser, the
+ * gRPC translation) holds its stream, and the connection's slot, for ever. A stream whose client has not ended
+ * its request by then is reset with CANCEL: the pipeline sees the request aborted, as after an HTTP/1.1 request
+ * timeout. HTTP/1.1 requests on this listener are Node's to time.
+ */
+function withStreamRequestTimeout(listener: (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void, requestMs: number) {
+  if (requestMs === 0) return listener;
+  return (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => {
+    const { stream } = request;
+    if (request.httpVersionMajor === 2 && !stream.endAfterHeaders) {
+      const timer = setTimeout(() => {
+        // `remoteClose`: the client's END_STREAM arrived (a body read or not, as HTTP/1's parser counts it).
+        if (!stream.destroyed && !stream.state.remoteClose) stream.close(http2.constants.NGHTTP2_CANCEL);
+      }, requestMs);
+      stream.once('close', () => clearTimeout(timer));
+    }
+    listener(request, response);
   };
 }
 

@@ -227,6 +227,38 @@ describe('TLS termination and HTTP/2', () => {
       expect(await negotiated(['http/1.1'])).toBe('http/1.1');
     });
 
+    it.each([
+      { desc: 'TLS 1.1 by default (minVersion TLSv1.2)', minVersion: undefined, offered: 'TLSv1.1' as const },
+      { desc: 'TLS 1.2 under minVersion TLSv1.3, after a certificate reload too', minVersion: 'TLSv1.3' as const, offered: 'TLSv1.2' as const },
+    ])('refuses a handshake of $desc', async ({ minVersion, offered }) => {
+      const handshake = (origin: string, maxVersion: tls.SecureVersion) =>
+        new Promise<string>((resolve) => {
+          // SECLEVEL=0: the client would offer old versions; only the server can refuse them.
+          const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(origin).port), ca: certificate.cert, servername: 'localhost', minVersion: 'TLSv1', maxVersion, ciphers: 'DEFAULT@SECLEVEL=0' });
+          socket.once('secureConnect', () => {
+            resolve(String(socket.getProtocol()));
+            socket.destroy();
+          });
+          socket.once('error', () => resolve('refused'));
+        });
+      if (minVersion === undefined) {
+        expect(stack.config.tls!.minVersion).toBe('TLSv1.2');
+        expect(await handshake(url, offered)).toBe('refused');
+        return;
+      }
+      const { logger } = memoryLogger('gateway');
+      const tlsServer = createTlsServer({ tls: { ...stack.config.tls!, minVersion }, timeouts: TIMEOUTS, logger });
+      const strict = await runServer({ app: { callback: () => (_req, res) => res.end('ok') }, name: 'gateway', port: 0, host: '127.0.0.1', logger, createServer: tlsServer.create });
+      try {
+        expect(await handshake(strict.url, offered)).toBe('refused');
+        expect(tlsServer.reloadCertificates()).toBe(true);
+        expect(await handshake(strict.url, offered)).toBe('refused');
+        expect(await handshake(strict.url, 'TLSv1.3')).toBe('TLSv1.3');
+      } finally {
+        await strict.close();
+      }
+    });
+
     it('advertises bounded HTTP/2 settings: streams per connection and header list size as on HTTP/1', () => {
       expect(session.remoteSettings).toMatchObject({ maxConcurrentStreams: HTTP2_LIMITS.maxConcurrentStreams, maxHeaderListSize: http.maxHeaderSize, enablePush: false });
     });
@@ -266,6 +298,42 @@ describe('TLS termination and HTTP/2', () => {
       // Never over plain HTTP (the same config served without TLS), where browsers would ignore it anyway.
       const plain = await plainRequest(stack.gateway.url, '/api/orders');
       expect(plain.headers['strict-transport-security']).toBeUndefined();
+    });
+  });
+
+  describe('slow HTTP/2 clients', () => {
+    it('resets an HTTP/2 request still dripping its body after requestTimeoutMs, as HTTP/1.1 cuts it; the connection serves on', async () => {
+      // The same config on a listener whose requestTimeoutMs is short; login reads its body itself (no proxy body-rate check).
+      const short = { ...TIMEOUTS, headersMs: 1_000, requestMs: 1_000 };
+      const { logger } = memoryLogger('gateway');
+      const slow = await runServer({ app: createGatewayApps(stack.config, { logger, metrics: false }).gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: short, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: short, logger }).create });
+      const dripping = await connectH2(slow.url, certificate.cert);
+      try {
+        // A byte every 100 ms of a declared 1000, for at most 10 x requestTimeoutMs: each frame restarts the session timer.
+        const outcome = await new Promise<{ status?: number; rstCode?: number; stillOpen: boolean }>((resolve) => {
+          const stream = dripping.request({ ':method': 'POST', ':path': '/api/auth/login', 'content-type': 'application/json', 'content-length': '1000' }, { endStream: false });
+          let status: number | undefined;
+          let drips = 0;
+          const drip = setInterval(() => {
+            if (++drips > 100) {
+              clearInterval(drip);
+              resolve({ status, stillOpen: true });
+            } else if (!stream.destroyed) stream.write(' ');
+          }, 100);
+          stream.on('response', (headers) => (status = Number(headers[':status'])));
+          stream.on('error', () => {});
+          stream.on('close', () => {
+            clearInterval(drip);
+            resolve({ status, rstCode: stream.rstCode, stillOpen: false });
+          });
+        });
+        expect(outcome).toEqual({ status: undefined, rstCode: http2.constants.NGHTTP2_CANCEL, stillOpen: false });
+        // Only that stream ended: the connection still serves.
+        expect((await h2Request(dripping, { ':path': '/health' })).status).toBe(200);
+      } finally {
+        dripping.destroy();
+        await slow.close();
+      }
     });
   });
 
@@ -391,6 +459,16 @@ describe('TLS termination and HTTP/2', () => {
         expect(['reset', 'goaway', 'closed', 'status']).toContain(outcome.kind);
         if (outcome.kind === 'status') expect(outcome.status).toBe(431);
         expect(seenWithRequestId(requestId)).toEqual([]);
+        await expectStillServing();
+      });
+
+      it('ends a rapid-reset flood (CVE-2023-44487: streams opened and reset at once) with GOAWAY, and serves on', async () => {
+        // Node's nghttp2 closes a session past its stream-reset budget (a burst of 1000); 5000 pairs in one write.
+        const head = Buffer.concat(requestHead(nextRequestId()).map(([name, value]) => hpackLiteral(name, name === ':path' ? '/health' : value)));
+        const cancel = Buffer.alloc(4);
+        cancel.writeUInt32BE(http2.constants.NGHTTP2_CANCEL);
+        const flood = Array.from({ length: 5000 }, (_, index) => [frame(FRAME.headers, FLAG.endStream | FLAG.endHeaders, 1 + 2 * index, head), frame(FRAME.rstStream, 0, 1 + 2 * index, cancel)]).flat();
+        expect(['goaway', 'closed']).toContain((await rawHttp2(url, certificate.cert, flood)).kind);
         await expectStillServing();
       });
 
