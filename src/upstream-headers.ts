@@ -30,7 +30,13 @@ const REBUILT_FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-fo
  * `HTTP_X_USER_ID`, the same as `X-User-Id`).
  */
 export function isForbiddenClientHeader(name: string, underscores: UnderscoreHeaderPolicy): boolean {
-  return GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) || REWRITE.has(name) || (underscores !== 'allow' && name.includes('_'));
+  if (name.includes('_')) {
+    if (underscores !== 'allow') return true;
+    // Allowed, but never as a twin of an owned or rewriting name: CGI, PHP, Rack and WSGI read `x_user_id` as
+    // `X-User-Id`, so under any spelling those names stay the gateway's.
+    name = name.replaceAll('_', '-');
+  }
+  return GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) || REWRITE.has(name);
 }
 
 /** The names a message's `Connection` header lists: hop-by-hop for that one connection. */
