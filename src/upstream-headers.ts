@@ -1,4 +1,5 @@
 import type http from 'node:http';
+import type { Context as KoaContext } from 'koa';
 import { GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEADERS, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
@@ -123,4 +124,39 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
   }
   if (input.consumer) headers[HEADER.consumerId] = input.consumer.id;
   return headers;
+}
+
+/**
+ * The headers a forwarder (the HTTP proxy, the gRPC translation) sends a service for `ctx`'s request to the
+ * instance at `targetHost`: the client's, filtered, and the gateway's own from the request's state.
+ */
+export function upstreamHeadersFor(
+  ctx: KoaContext,
+  targetHost: string,
+  options: Pick<UpstreamRequestHeadersInput, 'underscores' | 'forwardAuthorization' | 'rules'>,
+): Record<string, string | string[]> {
+  return upstreamRequestHeaders({
+    client: ctx.req.headers,
+    underscores: options.underscores,
+    forwardAuthorization: options.forwardAuthorization,
+    targetHost,
+    requestId: ctx.state.requestId,
+    user: ctx.state.user,
+    consumer: ctx.state.consumer,
+    peerAddress: ctx.req.socket.remoteAddress ?? '',
+    publicHost: ctx.host,
+    publicProto: ctx.protocol,
+    publicPort: publicPort(ctx),
+    timestamp: new Date().toISOString(),
+    rules: options.rules,
+  });
+}
+
+/** The port the client addressed: a trusted proxy's `X-Forwarded-Port` (still present only then), else the Host's, else the scheme's. */
+function publicPort(ctx: KoaContext): string {
+  const forwarded = ctx.req.headers['x-forwarded-port'];
+  const first = (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(',')[0]?.trim();
+  if (first) return first;
+  const inHost = /:(\d+)$/.exec(ctx.host);
+  return inHost ? inHost[1]! : ctx.protocol === 'https' ? '443' : '80';
 }

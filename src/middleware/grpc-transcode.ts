@@ -11,7 +11,7 @@ import { PathVariableError } from '../grpc/path-template';
 import type { GrpcRoute } from '../grpc/route-mappings';
 import { grpcFailure } from '../grpc/status-errors';
 import type { CompiledRoute } from '../routes';
-import { upstreamRequestHeaders, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import { problemBody } from './errors';
 
 export interface GrpcTranscodeOptions {
@@ -60,22 +60,7 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
 
     const instance = pool.pick();
     if (!instance) throw new GatewayError('upstream_unavailable', `No instance of the ${route.service} service is available.`);
-    const metadata = metadataFromHeaders(
-      upstreamRequestHeaders({
-        client: ctx.req.headers,
-        underscores: options.underscores,
-        forwardAuthorization: route.forwardAuthorization,
-        targetHost: instance.host,
-        requestId: ctx.state.requestId,
-        user: ctx.state.user,
-        consumer: ctx.state.consumer,
-        peerAddress: ctx.req.socket.remoteAddress ?? '',
-        publicHost: ctx.host,
-        publicProto: ctx.protocol,
-        publicPort: ctx.host.match(/:(\d+)$/)?.[1] ?? (ctx.protocol === 'https' ? '443' : '80'),
-        timestamp: new Date().toISOString(),
-      }),
-    );
+    const metadata = metadataFromHeaders(upstreamHeadersFor(ctx, instance.host, { underscores: options.underscores, forwardAuthorization: route.forwardAuthorization }));
     const span = startGrpcSpan(tracer, binding.method, instance, route.service, context.active(), metadata);
     const call = { client: clientFor(instance), binding, message, metadata };
     const settle = (code: grpc.status, error?: grpc.ServiceError) => {

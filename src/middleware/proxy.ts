@@ -8,7 +8,7 @@ import { GatewayError, upstreamFailure } from '../errors';
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
 import type { RouteHeaderRules } from '../header-rules';
-import { endToEndHeaders, upstreamRequestHeaders, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { endToEndHeaders, upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
 
@@ -90,19 +90,9 @@ export function createProxy(options: ProxyOptions): Middleware {
     const requestRules = rules?.request;
     // The response cache (src/middleware/cache.ts) copies what the service sends; absent on routes without it.
     const tap = ctx.state.responseTap;
-    const headers = upstreamRequestHeaders({
-      client: req.headers,
+    const headers = upstreamHeadersFor(ctx, instance.host, {
       underscores: options.underscores,
       forwardAuthorization: route.forwardAuthorization,
-      targetHost: instance.host,
-      requestId: ctx.state.requestId,
-      user: ctx.state.user,
-      consumer: ctx.state.consumer,
-      peerAddress: req.socket.remoteAddress ?? '',
-      publicHost: ctx.host,
-      publicProto: ctx.protocol,
-      publicPort: publicPort(ctx),
-      timestamp: new Date().toISOString(),
       rules: requestRules && ((filtered) => requestRules(filtered, ctx)),
     });
     injectTraceHeaders(exchange.span, parent, headers);
@@ -341,15 +331,6 @@ function hasBody(headers: http.IncomingHttpHeaders): boolean {
 
 function isReplayable(method: string, headers: http.IncomingHttpHeaders): boolean {
   return IDEMPOTENT_METHODS.has(method) && !hasBody(headers);
-}
-
-/** The port the client addressed: a trusted proxy's `X-Forwarded-Port`, else the one in the host, else the scheme's. */
-function publicPort(ctx: KoaContext): string {
-  const forwarded = ctx.req.headers['x-forwarded-port'];
-  const first = (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(',')[0]?.trim();
-  if (first) return first;
-  const inHost = /:(\d+)$/.exec(ctx.host);
-  return inHost ? inHost[1]! : ctx.protocol === 'https' ? '443' : '80';
 }
 
 /**

@@ -2,6 +2,7 @@ import http from 'node:http';
 import fc from 'fast-check';
 import { HEADER } from '../../otel/wire-names';
 import { isForbiddenClientHeader, upstreamRequestHeaders, type UnderscoreHeaderPolicy } from '../../src/upstream-headers';
+import { sendRaw } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
 
@@ -12,20 +13,9 @@ interface Reply {
 }
 
 /** One request with the Host and other headers exactly as given (fetch would not let Host through). */
-function send(origin: string, path: string, headers: http.OutgoingHttpHeaders, method = 'GET'): Promise<Reply> {
-  const { hostname, port } = new URL(origin);
-  return new Promise((resolve, reject) => {
-    const request = http.request({ host: hostname, port: Number(port), path, method, headers, agent: false, setHost: !('host' in headers) }, (response) => {
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => {
-        const text = Buffer.concat(chunks).toString();
-        resolve({ status: response.statusCode ?? 0, headers: response.headers, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} });
-      });
-    });
-    request.on('error', reject);
-    request.end();
-  });
+async function send(origin: string, path: string, headers: http.OutgoingHttpHeaders, method = 'GET'): Promise<Reply> {
+  const { status, headers: replyHeaders, text } = await sendRaw(origin, path, headers, method);
+  return { status, headers: replyHeaders, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
 }
 
 describe('allowed hosts', () => {

@@ -6,7 +6,7 @@ import { createRedisStore } from '../../src/rate-limit-store';
 import { createRedisResponseStore } from '../../src/response-store';
 import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
 import { deleteKeys, isolatedKeyPrefix, requireRedis } from '../helpers/redis';
-import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
+import { listen, memoryLogger, refusedOrigin, sendRaw, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
@@ -116,26 +116,15 @@ interface Reply {
 }
 
 /** One request with headers exactly as given (Host included, which fetch would not send as given). */
-function send(origin: string, path: string, headers: http.OutgoingHttpHeaders = {}, method = 'GET'): Promise<Reply> {
-  const { hostname, port } = new URL(origin);
-  return new Promise((resolve, reject) => {
-    const request = http.request({ host: hostname, port: Number(port), path, method, headers, agent: false, setHost: !('host' in headers) }, (response) => {
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => {
-        const text = Buffer.concat(chunks).toString();
-        let json: Record<string, unknown> = {};
-        try {
-          json = text ? (JSON.parse(text) as Record<string, unknown>) : {};
-        } catch {
-          // Not JSON (HEAD, 304): the text is what counts.
-        }
-        resolve({ status: response.statusCode ?? 0, headers: response.headers, text, json });
-      });
-    });
-    request.on('error', reject);
-    request.end();
-  });
+async function send(origin: string, path: string, headers: http.OutgoingHttpHeaders = {}, method = 'GET'): Promise<Reply> {
+  const reply = await sendRaw(origin, path, headers, method);
+  let json: Record<string, unknown> = {};
+  try {
+    json = reply.text ? (JSON.parse(reply.text) as Record<string, unknown>) : {};
+  } catch {
+    // Not JSON (HEAD, 304): the text is what counts.
+  }
+  return { ...reply, json };
 }
 
 let unique = 0;

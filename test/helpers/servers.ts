@@ -48,13 +48,13 @@ export interface RawReply {
 }
 
 /**
- * One plain HTTP/1.1 request on a fresh connection, path and headers sent as given (fetch would normalise or
- * refuse some of the hostile ones).
+ * One plain HTTP/1.1 request on a fresh connection, path and headers sent as given, `Host` included (fetch would
+ * normalise or refuse some of the hostile ones).
  */
 export function sendRaw(origin: string, path: string, headers: http.OutgoingHttpHeaders = {}, method = 'GET'): Promise<RawReply> {
   const { hostname, port } = new URL(origin);
   return new Promise((resolve, reject) => {
-    const request = http.request({ host: hostname, port: Number(port), path, method, headers, agent: false }, (response) => {
+    const request = http.request({ host: hostname, port: Number(port), path, method, headers, agent: false, setHost: !('host' in headers) }, (response) => {
       const chunks: Buffer[] = [];
       response.on('data', (chunk: Buffer) => chunks.push(chunk));
       response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() }));
