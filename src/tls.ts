@@ -62,6 +62,16 @@ export function readCertificates(tls: TlsConfig, cwd = process.cwd()): SecureCon
   return { cert: read(tls.certFile), key: read(tls.keyFile), ...(tls.caFile ? { ca: read(tls.caFile) } : {}), minVersion: tls.minVersion };
 }
 
+/**
+ * How long an HTTP/2 connection may go without a frame before it is closed (HTTP/1.1 ones by keepAliveTimeout).
+ * Never shorter than a whole request may take, since the session timer does not see a stream waiting for its
+ * upstream; so with the whole-request limit off (`requestMs` 0) it is off too, or every HTTP/2 request waiting
+ * longer than keepAliveTimeout for its service would be cut.
+ */
+export function http2SessionTimeoutMs(timeouts: { requestMs: number; keepAliveMs: number }): number {
+  return timeouts.requestMs === 0 ? 0 : Math.max(timeouts.requestMs, timeouts.keepAliveMs);
+}
+
 export function createTlsServer(options: TlsServerOptions): TlsServer {
   const { tls, timeouts, logger } = options;
   // Read now: a missing or unreadable file stops startup, not the first handshake.
@@ -91,9 +101,7 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
         // Koa's callback reads only what the compatibility request and response share with HTTP/1's.
         withStreamRequestTimeout(listener as unknown as (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void, timeouts.requestMs),
       );
-      // An HTTP/2 connection without any stream for this long is closed (HTTP/1.1 ones by keepAliveTimeout).
-      // Not shorter than a whole request may take: the session timer does not see a stream waiting for its upstream.
-      secure.setTimeout(Math.max(timeouts.requestMs, timeouts.keepAliveMs));
+      secure.setTimeout(http2SessionTimeoutMs(timeouts));
       const sockets = new Set<Socket>();
       secure.on('secureConnection', (socket: Socket) => {
         sockets.add(socket);

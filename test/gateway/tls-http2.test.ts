@@ -9,7 +9,7 @@ import { runServer, type RunningServer } from '../../otel/lifecycle';
 import { HEADER } from '../../otel/wire-names';
 import { createGatewayApps } from '../../src/gateway';
 import type { ProblemBody } from '../../src/middleware/errors';
-import { createTlsServer, HTTP2_LIMITS, listenHttpsRedirect, type RedirectListener, type TlsServer } from '../../src/tls';
+import { createTlsServer, HTTP2_LIMITS, http2SessionTimeoutMs, listenHttpsRedirect, type RedirectListener, type TlsServer } from '../../src/tls';
 import { makeCertificate, type TestCertificate } from '../helpers/certificates';
 import { exitOf, spawnGateway } from '../helpers/process-stack';
 import { memoryLogger, sendRaw, type RecordedRequest } from '../helpers/servers';
@@ -491,6 +491,17 @@ describe('TLS termination and HTTP/2', () => {
         await expectStillServing();
       });
     });
+  });
+});
+
+describe('the HTTP/2 session timeout', () => {
+  it.each([
+    { desc: 'the whole-request limit when it is the longer', timeouts: { requestMs: 120_000, keepAliveMs: 5_000 }, expected: 120_000 },
+    { desc: 'keep-alive when it is the longer', timeouts: { requestMs: 1_000, keepAliveMs: 5_000 }, expected: 5_000 },
+    // Off, not keep-alive: a session timer that does not see a stream waiting for its upstream would cut it.
+    { desc: 'off when the whole-request limit is off', timeouts: { requestMs: 0, keepAliveMs: 5_000 }, expected: 0 },
+  ])('is $desc', ({ timeouts, expected }) => {
+    expect(http2SessionTimeoutMs(timeouts)).toBe(expected);
   });
 });
 
