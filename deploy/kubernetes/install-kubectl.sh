@@ -39,7 +39,10 @@ echo "$KUBECTL_SHA256  $work/kubectl" | sha256sum --check --status || {
 }
 mkdir -p "$target_dir"
 install -m 0755 "$work/kubectl" "$target"
-"$target" version --client | grep -q "Client Version: $KUBECTL_VERSION" || {
+# Read whole before matching: with pipefail, `kubectl ... | grep -q` fails at random when grep exits at the first
+# line and kubectl, still writing the next one, dies of SIGPIPE.
+client_version="$("$target" version --client)"
+[[ "$client_version" == *"Client Version: $KUBECTL_VERSION"* ]] || {
   echo "install-kubectl: $target does not report $KUBECTL_VERSION" >&2
   exit 1
 }
