@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
@@ -6,8 +5,10 @@ import path from 'node:path';
 import type { Socket } from 'node:net';
 import type { SecureContextOptions } from 'node:tls';
 import type { Logger } from '../otel/logger';
-import type { PublicServer } from '../otel/lifecycle';
+import { listenInternal, type PublicServer } from '../otel/lifecycle';
 import type { TlsConfig } from './config';
+import { createHostMatcher } from './middleware/host-guard';
+import { mintRequestId } from './middleware/request-id';
 
 /**
  * TLS termination on the public port: one `http2.createSecureServer` that offers `h2` and `http/1.1` by ALPN
@@ -182,18 +183,12 @@ const HOST_AND_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Z
  * `allowedHosts` says which), so the redirect never points a client at a name it did not reach us by.
  */
 export async function listenHttpsRedirect(options: RedirectListenerOptions): Promise<RedirectListener> {
-  const exact = new Set<string>();
-  const suffixes: string[] = [];
-  for (const entry of options.allowedHosts ?? []) {
-    const host = entry.toLowerCase();
-    if (host.startsWith('*.')) suffixes.push(host.slice(1));
-    else exact.add(host);
-  }
-  const allowed = (hostname: string) => options.allowedHosts === undefined || exact.has(hostname) || suffixes.some((suffix) => hostname.endsWith(suffix) && hostname.length > suffix.length);
+  const matches = options.allowedHosts === undefined ? undefined : createHostMatcher(options.allowedHosts);
+  // The matcher takes an IPv6 address without brackets; the Location keeps them.
+  const allowed = (hostname: string) => matches === undefined || matches(hostname.replace(/^\[(.*)\]$/, '$1'));
   const portSuffix = options.httpsPort === 443 ? '' : `:${options.httpsPort}`;
-  const { headersMs, requestMs, keepAliveMs } = options.timeouts;
 
-  const server = http.createServer({ headersTimeout: headersMs, requestTimeout: requestMs, keepAliveTimeout: keepAliveMs }, (req, res) => {
+  const redirect: http.RequestListener = (req, res) => {
     const url = req.url ?? '';
     if (url === '/health' || url.startsWith('/health?')) return options.health(req, res);
     const host = req.headers.host ?? '';
@@ -203,26 +198,13 @@ export async function listenHttpsRedirect(options: RedirectListenerOptions): Pro
     const problem = !url.startsWith('/') || url.startsWith('//') ? 400 : !hostname ? 400 : !allowed(hostname) ? 421 : undefined;
     if (problem) {
       const code = problem === 421 ? 'host_not_allowed' : 'bad_request';
-      const requestId = randomUUID().replaceAll('-', '');
+      const requestId = mintRequestId();
       res.writeHead(problem, { 'content-type': 'application/problem+json', connection: 'close', 'x-request-id': requestId });
       res.end(JSON.stringify({ type: `urn:koa-gateway:problem:${code}`, title: problem === 421 ? 'Misdirected request' : 'Bad request', status: problem, code, requestId }));
       return;
     }
     res.writeHead(308, { location: `https://${hostname}${portSuffix}${url}`, 'content-length': '0' });
     res.end();
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, options.host, () => resolve());
-  });
-  const address = server.address();
-  const port = typeof address === 'object' && address ? address.port : options.port;
-  return {
-    url: `http://${options.host.includes(':') ? `[${options.host}]` : options.host}:${port}`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
   };
+  return listenInternal(redirect, { port: options.port, host: options.host, timeouts: options.timeouts });
 }

@@ -16,13 +16,7 @@ export interface HostGuardOptions {
  */
 export function createHostGuard(options: HostGuardOptions): Middleware | undefined {
   if (options.allowedHosts === undefined) return undefined;
-  const exact = new Set<string>();
-  const suffixes: string[] = [];
-  for (const host of options.allowedHosts.map((entry) => entry.toLowerCase())) {
-    if (host.startsWith('*.')) suffixes.push(host.slice(1));
-    else exact.add(host.replace(/^\[(.*)\]$/, '$1'));
-  }
-  const allowed = (hostname: string) => exact.has(hostname) || suffixes.some((suffix) => hostname.endsWith(suffix) && hostname.length > suffix.length);
+  const allowed = createHostMatcher(options.allowedHosts);
 
   return async function guardHost(ctx, next) {
     if (!UNTRACED_PATHS.includes(ctx.path)) {
@@ -31,4 +25,19 @@ export function createHostGuard(options: HostGuardOptions): Middleware | undefin
     }
     await next();
   };
+}
+
+/**
+ * Whether a host name (lower case, an IPv6 address without brackets) is one of `allowedHosts`: an exact name
+ * or address, or a subdomain of a `*.` entry (not the bare domain). Shared by this guard and the HTTPS
+ * redirect listener (src/tls.ts), so both listeners serve the same names.
+ */
+export function createHostMatcher(allowedHosts: readonly string[]): (hostname: string) => boolean {
+  const exact = new Set<string>();
+  const suffixes: string[] = [];
+  for (const host of allowedHosts.map((entry) => entry.toLowerCase())) {
+    if (host.startsWith('*.')) suffixes.push(host.slice(1));
+    else exact.add(host.replace(/^\[(.*)\]$/, '$1'));
+  }
+  return (hostname) => exact.has(hostname) || suffixes.some((suffix) => hostname.endsWith(suffix) && hostname.length > suffix.length);
 }
