@@ -1,4 +1,5 @@
 import http from 'node:http';
+import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import type Koa from 'koa';
@@ -120,9 +121,30 @@ export function scriptedUpstream(answer: () => ScriptedAnswer): Promise<TestServ
   });
 }
 
-/** A loopback origin with nothing listening on it: connections are refused. */
+/** Whether a TCP connect to 127.0.0.1:port is refused (nothing listens there). */
+function connectionRefused(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(false);
+    });
+    socket.once('error', (error: NodeJS.ErrnoException) => resolve(error.code === 'ECONNREFUSED'));
+  });
+}
+
+let nextRefusedPort = 1;
+
+/**
+ * A loopback origin with nothing listening on it: connections are refused. Each call gives another port, taken
+ * from the privileged range (below 1024) after checking that it refuses: an ephemeral port freed by closing a
+ * server (the earlier way) can be handed to a server of another jest worker a moment later, which then answered
+ * the "dead" instance (a flaky 'Not found' body instead of the gateway's 502/503).
+ */
 export async function refusedOrigin(): Promise<string> {
-  const server = await listen(() => undefined);
-  await server.close();
-  return server.url;
+  while (nextRefusedPort < 1024) {
+    const port = nextRefusedPort++;
+    if (await connectionRefused(port)) return `http://127.0.0.1:${port}`;
+  }
+  throw new Error('refusedOrigin: no refused port left below 1024');
 }
