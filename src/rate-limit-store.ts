@@ -67,50 +67,11 @@ export interface WindowState {
 }
 
 /**
- * Counts windows in the cluster primary for every worker (store kind `primary`), so a limit of 10 per minute
- * means 10 across all workers, not 10 per worker, without Redis. The counting is koa-ratelimit's memory
- * driver's, step for step, so a limit allows exactly as many requests whichever store counts them. Windows are
- * kept per policy (`name|max|windowMs`): a reload that leaves a limit unchanged keeps its counts, a changed
- * limit starts afresh. Each policy holds at most `maxTrackedClients` windows (BoundedWindowStore).
+ * Counts a window in the cluster primary for every worker (store kind `primary`), so a limit of 10 per minute
+ * means 10 across all workers, not 10 per worker, without Redis: a worker spends tokens the primary leased to
+ * it and asks again when they are used up (src/rate-limit-leases.ts). `remaining` is conservative with several
+ * workers: it never counts the unspent leases of other workers.
  */
-export function createWindowCounter(options: { maxTrackedClients: number; now?: () => number }) {
-  const now = options.now ?? Date.now;
-  const policies = new Map<string, BoundedWindowStore>();
-  return {
-    take(policy: string, client: string, max: number, windowMs: number): WindowState {
-      let windows = policies.get(policy);
-      if (!windows) {
-        // Policies come from the config; old ones of earlier reloads are dropped once nothing in them is live.
-        if (policies.size >= MAX_POLICIES) sweepPolicies(policies, now());
-        policies.set(policy, (windows = new BoundedWindowStore(options.maxTrackedClients)));
-      }
-      const nowSeconds = now() / 1000;
-      const entry = windows.get(client) as WindowState | undefined;
-      if (entry === undefined || entry.reset < nowSeconds) {
-        const fresh: WindowState = { remaining: max, reset: nowSeconds + windowMs / 1000, total: max };
-        windows.set(client, fresh);
-        return { ...fresh };
-      }
-      entry.remaining = entry.remaining > 0 ? entry.remaining - 1 : 0;
-      return { ...entry };
-    },
-  };
-}
-
-export type WindowCounter = ReturnType<typeof createWindowCounter>;
-
-/** Policies a window counter holds before it drops those without a live window. */
-const MAX_POLICIES = 256;
-
-function sweepPolicies(policies: Map<string, BoundedWindowStore>, nowMs: number): void {
-  for (const [policy, windows] of policies) {
-    let live = false;
-    for (const entry of windows.values()) if ((live = entry.reset >= nowMs / 1000)) break;
-    if (!live) policies.delete(policy);
-  }
-}
-
-/** Asks the primary's window counter (a worker's side of the IPC channel, src/workers.ts). */
 export interface PrimaryStoreClient {
   take(policy: string, client: string, max: number, windowMs: number): Promise<WindowState>;
 }

@@ -2,6 +2,7 @@ import cluster from 'node:cluster';
 import type { ConfigControl, ConfigStatus } from './admin';
 import { deepFreeze } from './config';
 import type { ActiveConfig } from './config-reload';
+import { createLeaseTable, type LeaseTable, type Leased } from './rate-limit-leases';
 import type { PrimaryStoreClient } from './rate-limit-store';
 import type { ToPrimary, ToWorker } from './workers';
 
@@ -11,7 +12,10 @@ export interface WorkerLink {
   readonly id: number;
   /** The config the primary sent first. */
   readonly initial: ActiveConfig;
-  /** Asks the primary's window counter; rejects after `timeoutMs` (the limiter's store-down policy then decides). */
+  /**
+   * Spends the rate-limit tokens the primary leased to this worker, and asks it for more when they are used up;
+   * an ask rejects after `timeoutMs` (the limiter's store-down policy then decides).
+   */
   primaryStore(timeoutMs: number): PrimaryStoreClient;
   control(active: () => ActiveConfig): ConfigControl;
   /** `apply` is called with each config the primary sends later (a reload); it answers whether the swap worked. */
@@ -30,6 +34,7 @@ export function connectWorker(): Promise<WorkerLink> {
   let onShutdown = (): void => process.exit(0);
   let queued: ActiveConfig | undefined;
   const hangupHandlers: (() => void)[] = [];
+  let leases: LeaseTable | undefined;
   // Without the primary a worker ends (Node's cluster exits it on disconnect); until then nothing is sent.
   const send = (message: ToPrimary) => process.connected && process.send!(message);
   const ask = <T extends ToWorker>(build: (id: number) => ToPrimary, timeoutMs?: number): Promise<T> =>
@@ -48,6 +53,11 @@ export function connectWorker(): Promise<WorkerLink> {
       send(build(requestId));
     });
 
+  const answered = (message: Extract<ToWorker, { id: number; gateway: 'leased' | 'reloaded' | 'workers' }>) => {
+    pending.get(message.id)?.(message);
+    pending.delete(message.id);
+  };
+
   // A terminal hangup reaches the whole process group; what SIGHUP does the primary decides (and relays).
   process.on('SIGHUP', () => undefined);
   return new Promise((resolve) => {
@@ -64,20 +74,29 @@ export function connectWorker(): Promise<WorkerLink> {
           return onShutdown();
         case 'hangup':
           return hangupHandlers.forEach((handler) => handler());
+        case 'recall':
+          return send({ gateway: 'recalled', id: message.id, returned: leases?.recall(message) ?? 0 });
+        case 'leased':
+          // Here, not where the asking request resumes: a recall in the next message must find these tokens.
+          leases?.keep(message, pending.has(message.id));
+          return answered(message);
         default:
-          pending.get(message.id)?.(message);
-          pending.delete(message.id);
+          return answered(message);
       }
     });
     send({ gateway: 'hello' });
   });
 
   function link(initial: ActiveConfig): WorkerLink {
+    // Bounded like the primary's ledger, by the first config's limit (the primary keeps that one too).
+    const table = createLeaseTable({ maxTrackedClients: initial.config.rateLimit.maxTrackedClients });
+    leases = table;
     return {
       id,
       initial,
       primaryStore: (timeoutMs) => ({
-        take: async (policy, client, max, windowMs) => (await ask<Extract<ToWorker, { gateway: 'taken' }>>((requestId) => ({ gateway: 'take', id: requestId, policy, client, max, windowMs }), timeoutMs)).window,
+        take: async (policy, client, max, windowMs) =>
+          table.spend(policy, client, max) ?? (await ask<Leased>((requestId) => ({ gateway: 'lease', id: requestId, policy, client, max, windowMs }), timeoutMs)).window,
       }),
       control: (active) => ({
         async status(): Promise<ConfigStatus> {

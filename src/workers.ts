@@ -5,15 +5,16 @@ import { shutdownTelemetry } from '../otel/telemetry';
 import type { ReloadAnswer, WorkerConfigStatus } from './admin';
 import type { GatewayConfig } from './config';
 import { checkReload, type ActiveConfig } from './config-reload';
-import { createWindowCounter, type WindowState } from './rate-limit-store';
+import { createLeaseLedger, type LeaseAsk, type Leased, type Recall, type Recalled } from './rate-limit-leases';
 
 /**
  * Every core: with `workers` > 1 the process that starts becomes a cluster primary that forks the workers,
  * which share the public port (the primary accepts and hands connections round robin). The primary serves no
  * request; it holds what must be one for all workers: the config (read and validated once, sent to each), the
- * rate-limit windows (so limits stay exact without Redis), the reload, and the workers' lives (a crashed one
- * is replaced with back-off; SIGTERM drains them all). A worker's side is src/worker-link.ts. Why processes and
- * not worker threads: docs/architecture.md.
+ * rate-limit windows (leased out to the workers in blocks, so limits stay exact without Redis and without a round
+ * trip per request: src/rate-limit-leases.ts), the reload, and the workers' lives (a crashed one is replaced with
+ * back-off; SIGTERM drains them all). A worker's side is src/worker-link.ts. Why processes and not worker
+ * threads: docs/architecture.md.
  */
 
 /** Processes `workers` asks for: `auto` is one per core this process may use. */
@@ -26,13 +27,15 @@ export type ToPrimary =
   | { gateway: 'hello' }
   | { gateway: 'listening'; url: string }
   | { gateway: 'applied'; ok: boolean; version: string; loadedAt: string }
-  | { gateway: 'take'; id: number; policy: string; client: string; max: number; windowMs: number }
+  | LeaseAsk
+  | Recalled
   | { gateway: 'reload'; id: number }
   | { gateway: 'status'; id: number };
 
 export type ToWorker =
   | { gateway: 'apply'; active: ActiveConfig }
-  | { gateway: 'taken'; id: number; window: WindowState }
+  | Leased
+  | Recall
   | { gateway: 'reloaded'; id: number; answer: ReloadAnswer }
   | { gateway: 'workers'; id: number; workers: WorkerConfigStatus[]; pendingRestart: string[] }
   | { gateway: 'hangup' }
@@ -56,11 +59,17 @@ export function toPrimaryMessage(raw: unknown): ToPrimary | undefined {
       return typeof message.ok === 'boolean' && typeof message.version === 'string' && typeof message.loadedAt === 'string'
         ? { gateway: 'applied', ok: message.ok, version: message.version, loadedAt: message.loadedAt }
         : undefined;
-    case 'take': {
+    case 'lease': {
       const { id, policy, client, max, windowMs } = message;
       if (!isId(id) || typeof policy !== 'string' || typeof client !== 'string' || !Number.isSafeInteger(max) || (max as number) < 1) return undefined;
       if (!Number.isSafeInteger(windowMs) || (windowMs as number) < 1) return undefined;
-      return { gateway: 'take', id: id as number, policy, client, max: max as number, windowMs: windowMs as number };
+      return { gateway: 'lease', id: id as number, policy, client, max: max as number, windowMs: windowMs as number };
+    }
+    case 'recalled': {
+      const { id, returned } = message;
+      // The ledger takes back no more than the worker held; a count that is no count at all is dropped here.
+      if (!isId(id) || !Number.isSafeInteger(returned) || (returned as number) < 0) return undefined;
+      return { gateway: 'recalled', id: id as number, returned: returned as number };
     }
     case 'reload':
     case 'status':
@@ -109,7 +118,14 @@ export function runPrimary(options: PrimaryOptions): void {
   let stopping = false;
   let announced = false;
   const slots: Slot[] = Array.from({ length: count }, () => ({ startedAt: 0, quickExits: 0, version: null }));
-  const windows = createWindowCounter({ maxTrackedClients: active.config.rateLimit.maxTrackedClients });
+  const leases = createLeaseLedger({
+    maxTrackedClients: active.config.rateLimit.maxTrackedClients,
+    workers: count,
+    send: (id, message) => {
+      const worker = cluster.workers?.[id];
+      if (worker) send(worker, message);
+    },
+  });
   const listening = new Set<number>();
   let url = '';
   let reloads: Promise<unknown> = Promise.resolve();
@@ -135,6 +151,7 @@ export function runPrimary(options: PrimaryOptions): void {
     worker.on('error', (error: Error) => logger.warn('could not message worker', { worker: worker.id, error: error.message }));
     worker.once('exit', (code, signal) => {
       listening.delete(worker.id);
+      leases.workerGone(worker.id);
       if (slot.worker === worker) slot.worker = undefined;
       for (const wake of applyWaiters) wake();
       if (stopping) return;
@@ -171,8 +188,10 @@ export function runPrimary(options: PrimaryOptions): void {
           logger.info('worker replaced and serving', { worker: worker.id, pid: worker.process.pid });
         }
         return;
-      case 'take':
-        return send(worker, { gateway: 'taken', id: message.id, window: windows.take(message.policy, message.client, message.max, message.windowMs) });
+      case 'lease':
+        return leases.ask(worker.id, message);
+      case 'recalled':
+        return leases.recalled(worker.id, message.id, message.returned);
       case 'status':
         return send(worker, { gateway: 'workers', id: message.id, workers: statuses(), pendingRestart: active.pendingRestart });
       case 'reload':
@@ -228,7 +247,11 @@ export function runPrimary(options: PrimaryOptions): void {
   function stop(cause: NodeJS.Signals | 'startup-failed', exitCode = 0): void {
     if (stopping) return;
     stopping = true;
-    logger.info('gateway stopping', { ...(cause === 'startup-failed' ? { reason: 'a worker failed to start' } : { signal: cause }), workers: statuses().length });
+    // Without Redis: how often each worker (by id) asked for rate-limit tokens, and recall rounds; with leases,
+    // far fewer asks than limited requests.
+    const { asks: rateLimitAsks, recalls: rateLimitRecalls } = leases.stats();
+    const leasing = active.config.rateLimit.redisUrl ? {} : { rateLimitAsks, rateLimitRecalls };
+    logger.info('gateway stopping', { ...(cause === 'startup-failed' ? { reason: 'a worker failed to start' } : { signal: cause }), workers: statuses().length, ...leasing });
     for (const slot of slots) clearTimeout(slot.timer);
     const exits = slots.flatMap((slot) => {
       const worker = slot.worker;
