@@ -1,0 +1,143 @@
+// Instructions per request of gateway variants, counted by valgrind's callgrind: the whole gateway process (every
+// thread: JIT code, GC, Node's C++), over a fixed number of requests. CPU time on a shared 2-core VM moves by
+// ±30% between rounds; instruction counts move by about 1% between runs of the same build, so a change of a few
+// percent (issue 11's "metrics cost <= 5%", one piece of tracing's cost) can be seen at all. They do not count
+// cache misses or waiting, so they complement `npm run bench`, they do not replace it.
+//   apt-get install -y valgrind && npm run build
+//   node bench/instructions.mjs [--variants off,traced,traced-metrics] [--warmup 1000] [--requests 1500] [--connections 10]
+// Each variant is one gateway under `valgrind --tool=callgrind` (about 50x slower), two at a time (one per core;
+// more at once shifts the counts: requests then batch differently per event-loop turn). Counters are zeroed after
+// the warm-up and dumped after the measured requests (callgrind_control), so start-up is not counted.
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
+import { freePort, start, stop, stopAll, waitUntilServing } from './processes.mjs';
+import { BENCH_DIR, cleanEnv, mintToken, ROOT, startSink, startUpstream } from './servers.mjs';
+
+/** What each variant sets on top of the bench's gateway environment (bench/servers.mjs `startGateway`). */
+const VARIANTS = {
+  off: { OTEL_SDK_DISABLED: 'true' },
+  traced: { OTEL_TRACES_SAMPLER: 'always_on', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' },
+  'traced-metrics': { OTEL_TRACES_SAMPLER: 'always_on', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'otlp', OTEL_METRIC_EXPORT_INTERVAL: '10000', METRICS_PORT: 'free' },
+  'sampled-out': { OTEL_TRACES_SAMPLER: 'always_off', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' },
+  'no-tracer': { OTEL_TRACES_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' },
+};
+
+const { values: flags } = parseArgs({
+  options: {
+    variants: { type: 'string', default: 'off,traced,traced-metrics' },
+    warmup: { type: 'string', default: '1000' },
+    requests: { type: 'string', default: '1500' },
+    connections: { type: 'string', default: '10' },
+    out: { type: 'string', default: path.join(BENCH_DIR, 'out', 'instructions') },
+  },
+});
+const names = flags.variants.split(',');
+for (const name of names) if (!(name in VARIANTS)) throw new Error(`unknown variant ${name}; known: ${Object.keys(VARIANTS).join(', ')}`);
+if (!fs.existsSync(path.join(ROOT, 'dist/src/main.js'))) throw new Error('dist/ is missing: run `npm run build` first');
+const requests = Number(flags.requests);
+const connections = Number(flags.connections);
+const dir = path.resolve(flags.out);
+fs.rmSync(dir, { recursive: true, force: true });
+fs.mkdirSync(dir, { recursive: true });
+
+// vgdb (behind callgrind_control) finds a valgrind process by a file named after the user and host, which both
+// sides read from their environment: the same values on both sides, HOST being also the gateway's listen host.
+const VGDB_ENV = { USER: 'root', LOGNAME: 'root', HOST: '127.0.0.1' };
+const gatewayArgs = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).scripts['start:gateway'].split(' ').slice(1);
+const secret = randomBytes(32).toString('hex');
+const token = await mintToken(secret);
+
+/** `count` authenticated GETs over `connections` keep-alive connections; resolves with how many were not 200. */
+async function load(port, count) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: connections });
+  let next = 0;
+  let failed = 0;
+  const one = () =>
+    new Promise((resolve, reject) => {
+      const request = http.request({ host: '127.0.0.1', port, path: '/api/users/42', agent, headers: { authorization: `Bearer ${token}` } }, (response) => {
+        if (response.statusCode !== 200) failed++;
+        response.resume();
+        response.on('end', resolve);
+      });
+      request.on('error', reject);
+      request.end();
+    });
+  await Promise.all(Array.from({ length: connections }, async () => {
+    while (next++ < count) await one();
+  }));
+  agent.destroy();
+  return failed;
+}
+
+/** Instructions in the dump files callgrind wrote for `name` after the zeroing (one per dump, the first is start-up). */
+function countedInstructions(name) {
+  const files = fs.readdirSync(dir).filter((file) => file.startsWith(`${name}.callgrind.`) && file !== `${name}.callgrind.out`);
+  return files.reduce((sum, file) => sum + Number(/^(?:summary|totals):\s*(\d+)/m.exec(fs.readFileSync(path.join(dir, file), 'utf8'))?.[1] ?? 0), 0);
+}
+
+async function measure(name, upstreamPort, sinkPort) {
+  const port = await freePort();
+  const variant = { ...VARIANTS[name] };
+  if (variant.METRICS_PORT === 'free') variant.METRICS_PORT = String(await freePort());
+  const env = cleanEnv({
+    ...VGDB_ENV,
+    GATEWAY_CONFIG: path.join(BENCH_DIR, 'gateway.bench.json'),
+    NODE_ENV: 'production',
+    PORT: String(port),
+    JWT_SECRET: secret,
+    USER_SERVICE_URL: `http://127.0.0.1:${upstreamPort}`,
+    RATE_LIMIT_MAX: '1000000000',
+    LOG_LEVEL: 'info',
+    OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${sinkPort}`,
+    ...variant,
+  });
+  const out = path.join(dir, `${name}.callgrind.out`);
+  const gateway = start(name, 'valgrind', ['--tool=callgrind', '--smc-check=all-non-file', `--callgrind-out-file=${out}`, process.execPath, ...gatewayArgs], {
+    cwd: ROOT,
+    env,
+    stdoutFile: path.join(dir, `${name}.out.log`),
+    stderrFile: path.join(dir, `${name}.err.log`),
+  });
+  try {
+    await waitUntilServing(`http://127.0.0.1:${port}/api/users/42`, { headers: { authorization: `Bearer ${token}` }, child: gateway, timeoutMs: 180_000 });
+    await load(port, Number(flags.warmup));
+    // Whatever the warm-up left running (a batch export, a timer) ends before counting starts.
+    await sleep(1500);
+    execFileSync('callgrind_control', ['--zero', String(gateway.pid)], { env: { PATH: process.env.PATH, ...VGDB_ENV }, stdio: 'ignore' });
+    const failed = await load(port, requests);
+    execFileSync('callgrind_control', ['--dump', String(gateway.pid)], { env: { PATH: process.env.PATH, ...VGDB_ENV }, stdio: 'ignore' });
+    await sleep(500);
+    return { name, instructionsPerRequest: Math.round(countedInstructions(name) / requests), failed };
+  } finally {
+    await stop(gateway, 60_000);
+  }
+}
+
+try {
+  const upstreamPort = await freePort();
+  const sinkPort = await freePort();
+  const upstream = startUpstream({ port: upstreamPort, logs: dir });
+  const sink = startSink({ port: sinkPort, logs: dir });
+  await waitUntilServing(`http://127.0.0.1:${upstreamPort}/users/42`, { child: upstream });
+  await waitUntilServing(`http://127.0.0.1:${sinkPort}/__stats`, { child: sink });
+  const results = [];
+  for (let at = 0; at < names.length; at += 2) results.push(...(await Promise.all(names.slice(at, at + 2).map((name) => measure(name, upstreamPort, sinkPort)))));
+  const base = results.find((result) => result.name === 'off');
+  const lines = ['| variant | instructions per request | vs off | failed |', '|---|---:|---:|---:|'];
+  for (const result of results) {
+    const ratio = base ? `${((result.instructionsPerRequest / base.instructionsPerRequest - 1) * 100).toFixed(1)}%` : '';
+    lines.push(`| ${result.name} | ${result.instructionsPerRequest.toLocaleString('en-US')} | ${ratio} | ${result.failed} |`);
+  }
+  const traced = results.find((result) => result.name === 'traced');
+  const withMetrics = results.find((result) => result.name === 'traced-metrics');
+  if (traced && withMetrics) lines.push('', `Metrics cost (issue 11, <= 5%): ${((withMetrics.instructionsPerRequest / traced.instructionsPerRequest - 1) * 100).toFixed(1)}% instructions per request over traced without metrics.`);
+  process.stdout.write(`${lines.join('\n')}\n`);
+  fs.writeFileSync(path.join(dir, 'results.json'), JSON.stringify(results, null, 2));
+} finally {
+  await stopAll();
+}
