@@ -4,7 +4,7 @@
 // percent (issue 11's "metrics cost <= 5%", one piece of tracing's cost) can be seen at all. They do not count
 // cache misses or waiting, so they complement `npm run bench`, they do not replace it.
 //   apt-get install -y valgrind && npm run build
-//   node bench/instructions.mjs [--variants off,traced,traced-metrics] [--warmup 1000] [--requests 1500] [--connections 10]
+//   node bench/instructions.mjs [--variants off,traced,traced-metrics,two-workers] [--warmup 1000] [--requests 1500] [--connections 10]
 // Each variant is one gateway under `valgrind --tool=callgrind` (about 50x slower), two at a time (one per core;
 // more at once shifts the counts: requests then batch differently per event-loop turn). Counters are zeroed after
 // the warm-up and dumped after the measured requests (callgrind_control), so start-up is not counted.
@@ -15,8 +15,8 @@ import http from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { freePort, start, stop, stopAll, waitUntilServing } from './processes.mjs';
-import { BENCH_DIR, cleanEnv, mintToken, ROOT, startSink, startUpstream } from './servers.mjs';
+import { childPids, freePort, start, stop, stopAll, waitUntilServing } from './processes.mjs';
+import { BENCH_DIR, cleanEnv, mintToken, ROOT, startUpstreamAndSink } from './servers.mjs';
 
 /** What each variant sets on top of the bench's gateway environment (bench/servers.mjs `startGateway`). */
 const VARIANTS = {
@@ -25,6 +25,8 @@ const VARIANTS = {
   'traced-metrics': { OTEL_TRACES_SAMPLER: 'always_on', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'otlp', OTEL_METRIC_EXPORT_INTERVAL: '10000', METRICS_PORT: 'free' },
   'sampled-out': { OTEL_TRACES_SAMPLER: 'always_off', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' },
   'no-tracer': { OTEL_TRACES_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' },
+  // Issue 13's case: traced-metrics as a cluster, a primary and 2 workers, all three counted.
+  'two-workers': { OTEL_TRACES_SAMPLER: 'always_on', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'otlp', OTEL_METRIC_EXPORT_INTERVAL: '10000', METRICS_PORT: 'free', GATEWAY_WORKERS: '2' },
 };
 
 const { values: flags } = parseArgs({
@@ -74,9 +76,10 @@ async function load(port, count) {
   return failed;
 }
 
-/** Instructions in the dump files callgrind wrote for `name` after the zeroing (one per dump, the first is start-up). */
+/** Instructions in the files callgrind dumped for `name` (`<name>.callgrind.out.<pid>.<dump>`), every process's. */
 function countedInstructions(name) {
-  const files = fs.readdirSync(dir).filter((file) => file.startsWith(`${name}.callgrind.`) && file !== `${name}.callgrind.out`);
+  const dumped = new RegExp(`^${name}\\.callgrind\\.out\\.\\d+\\.\\d+$`);
+  const files = fs.readdirSync(dir).filter((file) => dumped.test(file));
   return files.reduce((sum, file) => sum + Number(/^(?:summary|totals):\s*(\d+)/m.exec(fs.readFileSync(path.join(dir, file), 'utf8'))?.[1] ?? 0), 0);
 }
 
@@ -96,21 +99,26 @@ async function measure(name, upstreamPort, sinkPort) {
     OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${sinkPort}`,
     ...variant,
   });
-  const out = path.join(dir, `${name}.callgrind.out`);
-  const gateway = start(name, 'valgrind', ['--tool=callgrind', '--smc-check=all-non-file', `--callgrind-out-file=${out}`, process.execPath, ...gatewayArgs], {
+  // %p: one file per process; with workers, valgrind follows the forks (--trace-children) and counts them too.
+  const out = path.join(dir, `${name}.callgrind.out.%p`);
+  const gateway = start(name, 'valgrind', ['--tool=callgrind', '--trace-children=yes', '--smc-check=all-non-file', `--callgrind-out-file=${out}`, process.execPath, ...gatewayArgs], {
     cwd: ROOT,
     env,
     stdoutFile: path.join(dir, `${name}.out.log`),
     stderrFile: path.join(dir, `${name}.err.log`),
   });
   try {
-    await waitUntilServing(`http://127.0.0.1:${port}/api/users/42`, { headers: { authorization: `Bearer ${token}` }, child: gateway, timeoutMs: 180_000 });
+    await waitUntilServing(`http://127.0.0.1:${port}/api/users/42`, { headers: { authorization: `Bearer ${token}` }, child: gateway, timeoutMs: 300_000 });
     await load(port, Number(flags.warmup));
     // Whatever the warm-up left running (a batch export, a timer) ends before counting starts.
     await sleep(1500);
-    execFileSync('callgrind_control', ['--zero', String(gateway.pid)], { env: { PATH: process.env.PATH, ...VGDB_ENV }, stdio: 'ignore' });
+    const pids = [gateway.pid, ...childPids(gateway.pid)];
+    const control = (command) => {
+      for (const pid of pids) execFileSync('callgrind_control', [command, String(pid)], { env: { PATH: process.env.PATH, ...VGDB_ENV }, stdio: 'ignore' });
+    };
+    control('--zero');
     const failed = await load(port, requests);
-    execFileSync('callgrind_control', ['--dump', String(gateway.pid)], { env: { PATH: process.env.PATH, ...VGDB_ENV }, stdio: 'ignore' });
+    control('--dump');
     await sleep(500);
     return { name, instructionsPerRequest: Math.round(countedInstructions(name) / requests), failed };
   } finally {
@@ -119,14 +127,16 @@ async function measure(name, upstreamPort, sinkPort) {
 }
 
 try {
-  const upstreamPort = await freePort();
-  const sinkPort = await freePort();
-  const upstream = startUpstream({ port: upstreamPort, logs: dir });
-  const sink = startSink({ port: sinkPort, logs: dir });
-  await waitUntilServing(`http://127.0.0.1:${upstreamPort}/users/42`, { child: upstream });
-  await waitUntilServing(`http://127.0.0.1:${sinkPort}/__stats`, { child: sink });
+  const { upstreamPort, sinkPort } = await startUpstreamAndSink(dir);
   const results = [];
-  for (let at = 0; at < names.length; at += 2) results.push(...(await Promise.all(names.slice(at, at + 2).map((name) => measure(name, upstreamPort, sinkPort)))));
+  // Single-process variants two at a time; a cluster (3 processes) alone.
+  const groups = [];
+  for (const name of names) {
+    const last = groups.at(-1);
+    if (!VARIANTS[name].GATEWAY_WORKERS && last && last.length === 1 && !VARIANTS[last[0]].GATEWAY_WORKERS) last.push(name);
+    else groups.push([name]);
+  }
+  for (const group of groups) results.push(...(await Promise.all(group.map((name) => measure(name, upstreamPort, sinkPort)))));
   const base = results.find((result) => result.name === 'off');
   const lines = ['| variant | instructions per request | vs off | failed |', '|---|---:|---:|---:|'];
   for (const result of results) {
@@ -136,6 +146,8 @@ try {
   const traced = results.find((result) => result.name === 'traced');
   const withMetrics = results.find((result) => result.name === 'traced-metrics');
   if (traced && withMetrics) lines.push('', `Metrics cost (issue 11, <= 5%): ${((withMetrics.instructionsPerRequest / traced.instructionsPerRequest - 1) * 100).toFixed(1)}% instructions per request over traced without metrics.`);
+  const twoWorkers = results.find((result) => result.name === 'two-workers');
+  if (withMetrics && twoWorkers) lines.push('', `2 workers (issue 13, <= 1.1x): ${(twoWorkers.instructionsPerRequest / withMetrics.instructionsPerRequest).toFixed(3)}x the instructions per request of 1 process (primary and workers counted).`);
   process.stdout.write(`${lines.join('\n')}\n`);
   fs.writeFileSync(path.join(dir, 'results.json'), JSON.stringify(results, null, 2));
 } finally {

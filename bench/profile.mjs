@@ -9,7 +9,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { summarise, summaryMarkdown } from './cpu-profile-summary.mjs';
 import { cpuTicks, freePort, stop, stopAll, waitUntilServing } from './processes.mjs';
-import { BENCH_DIR, mintToken, ROOT, startGateway, startSink, startUpstream } from './servers.mjs';
+import { BENCH_DIR, mintToken, ROOT, startGateway, startUpstreamAndSink } from './servers.mjs';
 import { runWrk, wrkVersion } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
@@ -37,12 +37,7 @@ const secret = randomBytes(32).toString('hex');
 const headers = { Authorization: `Bearer ${await mintToken(secret)}` };
 
 try {
-  const upstreamPort = await freePort();
-  const sinkPort = await freePort();
-  const upstream = startUpstream({ port: upstreamPort, logs: dir });
-  const sink = startSink({ port: sinkPort, logs: dir });
-  await waitUntilServing(`http://127.0.0.1:${upstreamPort}/users/42`, { child: upstream });
-  await waitUntilServing(`http://127.0.0.1:${sinkPort}/__stats`, { child: sink });
+  const { upstreamPort, sinkPort } = await startUpstreamAndSink(dir);
 
   for (const variant of variants) {
     const name = `gateway-tracing-${variant}`;

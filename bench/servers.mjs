@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SignJWT } from 'jose';
-import { start } from './processes.mjs';
+import { freePort, start, waitUntilServing } from './processes.mjs';
 
 export const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(BENCH_DIR, '..');
@@ -54,6 +54,17 @@ export function startUpstream({ port, logs }) {
 
 export function startSink({ port, logs, name = 'otlp-sink' }) {
   return start(name, process.execPath, [path.join(BENCH_DIR, 'otlp-sink.mjs'), String(port)], { cwd: ROOT, env: cleanEnv(), ...logFiles(logs, name) });
+}
+
+/** The fixed upstream and one OTLP sink on free ports, both answering, for the tools that measure one gateway at a time. */
+export async function startUpstreamAndSink(logs) {
+  const upstreamPort = await freePort();
+  const sinkPort = await freePort();
+  const upstream = startUpstream({ port: upstreamPort, logs });
+  const sink = startSink({ port: sinkPort, logs });
+  await waitUntilServing(`http://127.0.0.1:${upstreamPort}/users/42`, { child: upstream });
+  await waitUntilServing(`http://127.0.0.1:${sinkPort}/__stats`, { child: sink });
+  return { upstreamPort, sinkPort };
 }
 
 /**

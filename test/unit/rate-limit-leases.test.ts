@@ -276,24 +276,11 @@ describe('leases across workers', () => {
     expect(cluster.outcomes.at(-1)!.window.reset).toBeGreaterThan(first + 60);
   });
 
-  it('does not wait for a worker that died during a recall, and counts its tokens as lost', () => {
-    const cluster = simulateCluster({ workers: 2, max: 8, windowMs: 60_000 });
-    cluster.request(1, 'x'); // leases 8 / (2 * 2) = 2: worker 1 keeps 1; worker 2 then gets the other 6, one at a time
-    cluster.settle();
-    for (let i = 0; i < 6; i++) {
-      cluster.request(2, 'x');
-      cluster.settle();
-    }
-    // All 8 leased; worker 2 asks, the primary recalls worker 1, which dies before it answers.
-    cluster.request(2, 'x');
-    cluster.deliverToPrimary(2);
-    cluster.kill(1);
-    cluster.settle();
-    expect(cluster.outcomes.at(-1)).toMatchObject({ worker: 2, allowed: false });
-    expect(cluster.outcomes.filter((outcome) => outcome.allowed)).toHaveLength(7);
-  });
-
-  it('gives up on a recall after RECALL_TIMEOUT_MS and ignores the late answer', () => {
+  /**
+   * A window of 8 all leased (worker 1 keeps 1 of its lease of 8 / (2 * 2) = 2; worker 2 then gets the other 6,
+   * one at a time), then worker 2 asks again: the primary has recalled worker 1, whose answer is still to come.
+   */
+  function recallPendingFromWorker1() {
     const cluster = simulateCluster({ workers: 2, max: 8, windowMs: 60_000 });
     cluster.request(1, 'x');
     cluster.settle();
@@ -303,6 +290,20 @@ describe('leases across workers', () => {
     }
     cluster.request(2, 'x');
     cluster.deliverToPrimary(2);
+    return cluster;
+  }
+
+  it('does not wait for a worker that died during a recall, and counts its tokens as lost', () => {
+    const cluster = recallPendingFromWorker1();
+    // Worker 1 dies before it answers.
+    cluster.kill(1);
+    cluster.settle();
+    expect(cluster.outcomes.at(-1)).toMatchObject({ worker: 2, allowed: false });
+    expect(cluster.outcomes.filter((outcome) => outcome.allowed)).toHaveLength(7);
+  });
+
+  it('gives up on a recall after RECALL_TIMEOUT_MS and ignores the late answer', () => {
+    const cluster = recallPendingFromWorker1();
     // Worker 1 is stuck: the recall times out and the ask is denied.
     cluster.advance(RECALL_TIMEOUT_MS);
     expect(cluster.fireTimer()).toBe(true);
