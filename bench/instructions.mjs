@@ -1,8 +1,8 @@
 // Instructions per request of gateway variants, counted by valgrind's callgrind: the whole gateway process (every
 // thread: JIT code, GC, Node's C++), over a fixed number of requests. CPU time on a shared 2-core VM moves by
-// ±30% between rounds; instruction counts move by about 1% between runs of the same build, so a change of a few
-// percent (issue 11's "metrics cost <= 5%", one piece of tracing's cost) can be seen at all. They do not count
-// cache misses or waiting, so they complement `npm run bench`, they do not replace it.
+// ±30% between rounds; instruction counts moved by 1-5% between runs of the same build (V8 is still compiling
+// after the warm-up: take the median of several runs for a question of a few percent). They do not count cache
+// misses or waiting, so they complement `npm run bench`, they do not replace it.
 //   apt-get install -y valgrind && npm run build
 //   node bench/instructions.mjs [--variants off,traced,traced-metrics,two-workers] [--warmup 1000] [--requests 1500] [--connections 10]
 // Each variant is one gateway under `valgrind --tool=callgrind` (about 50x slower), two at a time (one per core;
@@ -27,6 +27,8 @@ const VARIANTS = {
   'no-tracer': { OTEL_TRACES_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' },
   // Issue 13's case: traced-metrics as a cluster, a primary and 2 workers, all three counted.
   'two-workers': { OTEL_TRACES_SAMPLER: 'always_on', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'otlp', OTEL_METRIC_EXPORT_INTERVAL: '10000', METRICS_PORT: 'free', GATEWAY_WORKERS: '2' },
+  // The same cluster with no telemetry: what the cluster itself costs, without each worker's periodic exports.
+  'two-workers-off': { OTEL_SDK_DISABLED: 'true', GATEWAY_WORKERS: '2' },
 };
 
 const { values: flags } = parseArgs({
@@ -147,6 +149,8 @@ try {
   const withMetrics = results.find((result) => result.name === 'traced-metrics');
   if (traced && withMetrics) lines.push('', `Metrics cost (issue 11, <= 5%): ${((withMetrics.instructionsPerRequest / traced.instructionsPerRequest - 1) * 100).toFixed(1)}% instructions per request over traced without metrics.`);
   const twoWorkers = results.find((result) => result.name === 'two-workers');
+  const twoOff = results.find((result) => result.name === 'two-workers-off');
+  if (base && twoOff) lines.push('', `2 workers without telemetry: ${(twoOff.instructionsPerRequest / base.instructionsPerRequest).toFixed(3)}x the instructions per request of 1 process.`);
   if (withMetrics && twoWorkers) lines.push('', `2 workers (issue 13, <= 1.1x): ${(twoWorkers.instructionsPerRequest / withMetrics.instructionsPerRequest).toFixed(3)}x the instructions per request of 1 process (primary and workers counted).`);
   process.stdout.write(`${lines.join('\n')}\n`);
   fs.writeFileSync(path.join(dir, 'results.json'), JSON.stringify(results, null, 2));

@@ -1,10 +1,10 @@
 import http from 'node:http';
-import { TraceFlags, type SpanContext } from '@opentelemetry/api';
-import { Counter, Gauge, Histogram, Registry, type LabelValues, type OpenMetricsContentType } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, type OpenMetricsContentType } from 'prom-client';
 import { listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
 import type { Logger } from '../otel/logger';
-import { EXEMPLAR_LABEL, METRIC, METRIC_LABEL, RATE_LIMIT_DECISIONS, type RateLimitDecision } from '../otel/wire-names';
+import { METRIC, METRIC_LABEL, RATE_LIMIT_DECISIONS, type RateLimitDecision } from '../otel/wire-names';
 import type { ErrorCode } from './errors';
+import { counterSeries, histogramSeries, seriesByLabels, type CounterSeries, type HistogramSeries } from './metric-series';
 
 /**
  * The gateway's metrics, recorded with prom-client rather than the OpenTelemetry metrics SDK: no published
@@ -19,8 +19,10 @@ export const DURATION_BUCKETS_SECONDS: readonly number[] = [0.005, 0.01, 0.025, 
 /** Error codes counted as authentication or authorization failures (`gateway_auth_failures_total`). */
 export const AUTH_FAILURE_CODES: readonly ErrorCode[] = ['missing_token', 'invalid_token', 'auth_unavailable', 'forbidden', 'invalid_credentials', 'invalid_api_key'];
 
-type RequestLabel = typeof METRIC_LABEL.method | typeof METRIC_LABEL.route | typeof METRIC_LABEL.statusCode | typeof METRIC_LABEL.routeName | typeof METRIC_LABEL.errorType;
-type UpstreamLabel = typeof METRIC_LABEL.upstreamService | typeof METRIC_LABEL.serverAddress | typeof METRIC_LABEL.upstreamOutcome;
+const REQUEST_LABELS = [METRIC_LABEL.method, METRIC_LABEL.route, METRIC_LABEL.statusCode, METRIC_LABEL.routeName, METRIC_LABEL.errorType] as const;
+const UPSTREAM_LABELS = [METRIC_LABEL.upstreamService, METRIC_LABEL.serverAddress, METRIC_LABEL.upstreamOutcome] as const;
+type RequestLabel = (typeof REQUEST_LABELS)[number];
+type UpstreamLabel = (typeof UPSTREAM_LABELS)[number];
 
 export interface GatewayMetrics {
   /**
@@ -41,9 +43,13 @@ export interface GatewayMetrics {
   readonly upstreamRetries: Counter<typeof METRIC_LABEL.upstreamService>;
   /** Response-cache lookups of routes with `cache`, by route name and result (CACHE_RESULTS). */
   readonly cacheLookups: Counter<typeof METRIC_LABEL.routeName | typeof METRIC_LABEL.cacheResult>;
-  /** Which observations of requestDuration / upstreamDuration carry an exemplar (one gate each). */
-  readonly requestExemplars: ExemplarGate;
-  readonly upstreamExemplars: ExemplarGate;
+  /**
+   * requestDuration's series by label values, in its label order: method, route template, status, route name,
+   * error code (`''` for none). Where requests record, rather than `requestDuration.observe` (src/metric-series.ts).
+   */
+  readonly requestSeries: (method: string, route: string, status: number, routeName: string, errorType: string) => HistogramSeries;
+  /** upstreamDuration's series by label values: service, instance address (`host[:port]`), outcome. */
+  readonly upstreamSeries: (service: string, serverAddress: string, outcome: string) => HistogramSeries;
 }
 
 /**
@@ -62,25 +68,27 @@ export function createGatewayMetrics(): GatewayMetrics {
   const registry = new Registry<OpenMetricsContentType>();
   registry.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
   const registers = [registry];
+  const requestDuration = new Histogram({
+    name: METRIC.requestDuration,
+    help: 'Duration of HTTP server requests (until the response closed), by route template.',
+    labelNames: REQUEST_LABELS,
+    buckets: [...DURATION_BUCKETS_SECONDS],
+    enableExemplars: true,
+    registers,
+  });
+  const upstreamDuration = new Histogram({
+    name: METRIC.upstreamDuration,
+    help: 'Duration of one attempt at forwarding a request to a service instance, by outcome.',
+    labelNames: UPSTREAM_LABELS,
+    buckets: [...DURATION_BUCKETS_SECONDS],
+    enableExemplars: true,
+    registers,
+  });
   const metrics: GatewayMetrics = {
     registry,
-    requestDuration: new Histogram({
-      name: METRIC.requestDuration,
-      help: 'Duration of HTTP server requests (until the response closed), by route template.',
-      labelNames: [METRIC_LABEL.method, METRIC_LABEL.route, METRIC_LABEL.statusCode, METRIC_LABEL.routeName, METRIC_LABEL.errorType],
-      buckets: [...DURATION_BUCKETS_SECONDS],
-      enableExemplars: true,
-      registers,
-    }),
+    requestDuration,
     activeRequests: new Gauge({ name: METRIC.activeRequests, help: 'HTTP server requests in progress.', labelNames: [METRIC_LABEL.method], registers }),
-    upstreamDuration: new Histogram({
-      name: METRIC.upstreamDuration,
-      help: 'Duration of one attempt at forwarding a request to a service instance, by outcome.',
-      labelNames: [METRIC_LABEL.upstreamService, METRIC_LABEL.serverAddress, METRIC_LABEL.upstreamOutcome],
-      buckets: [...DURATION_BUCKETS_SECONDS],
-      enableExemplars: true,
-      registers,
-    }),
+    upstreamDuration,
     rateLimitDecisions: new Counter({
       name: counterFamily(METRIC.rateLimitDecisions),
       help: 'Rate-limit decisions, by policy and decision.',
@@ -96,52 +104,21 @@ export function createGatewayMetrics(): GatewayMetrics {
     }),
     upstreamRetries: new Counter({ name: counterFamily(METRIC.upstreamRetries), help: 'Requests retried on another instance of a service.', labelNames: [METRIC_LABEL.upstreamService], registers }),
     cacheLookups: new Counter({ name: counterFamily(METRIC.cacheLookups), help: 'Response-cache lookups, by route and result (hit, miss, stale, bypass).', labelNames: [METRIC_LABEL.routeName, METRIC_LABEL.cacheResult], registers }),
-    requestExemplars: createExemplarGate(),
-    upstreamExemplars: createExemplarGate(),
+    // Label values are bounded by the config (route templates, services, instances), so these are too.
+    requestSeries: seriesByLabels(REQUEST_LABELS, (labels) => histogramSeries(requestDuration, labels)),
+    upstreamSeries: seriesByLabels(UPSTREAM_LABELS, (labels) => histogramSeries(upstreamDuration, labels)),
   };
   // Known from the start, so "none yet" reads as 0 rather than as a missing series.
   for (const code of AUTH_FAILURE_CODES) metrics.authFailures.inc({ [METRIC_LABEL.errorType]: code }, 0);
   return metrics;
 }
 
-/**
- * Least time between two exemplars of one series and bucket, ms. Prometheus keeps one exemplar per series and
- * bucket per scrape (every 15 s in compose), so more than one a second is bookkeeping nobody reads: prom-client
- * hashes the labels again and validates the exemplar on every observation that carries one.
- */
-export const EXEMPLAR_INTERVAL_MS = 1000;
-
-/** Chooses the exemplar of an observation, or none: see createExemplarGate. */
-export type ExemplarGate = (series: string, value: number, spanContext: SpanContext | undefined) => LabelValues<string> | undefined;
-
-/**
- * The exemplar of an observation of `series` (a key the caller builds from the labels): the trace id when its
- * span was sampled (W3C flag 01; an exemplar pointing at a trace that was never exported would be a dead link),
- * at most once per EXEMPLAR_INTERVAL_MS for each series and bucket. A hot bucket then costs one exemplar a
- * second, while a rare one (the slow tail worth opening) still gets its exemplar at once. Remembered per series
- * and bucket, both bounded by the config.
- */
-export function createExemplarGate(buckets: readonly number[] = DURATION_BUCKETS_SECONDS, now: () => number = Date.now): ExemplarGate {
-  const nextAllowedAt = new Map<string, number>();
-  return (series, value, spanContext) => {
-    if (spanContext === undefined || (spanContext.traceFlags & TraceFlags.SAMPLED) === 0) return undefined;
-    let bucket = 0;
-    while (bucket < buckets.length && value > buckets[bucket]!) bucket++;
-    const key = `${series}\u0000${bucket}`;
-    const time = now();
-    if ((nextAllowedAt.get(key) ?? 0) > time) return undefined;
-    nextAllowedAt.set(key, time + EXEMPLAR_INTERVAL_MS);
-    return { [EXEMPLAR_LABEL.traceId]: spanContext.traceId };
-  };
-}
-
-/** One counter child per decision of one policy, created (at 0) when the policy is, so counting looks nothing up. */
-export function rateLimitDecisionCounters(metrics: GatewayMetrics, policy: string): Readonly<Record<RateLimitDecision, Counter.Internal>> {
-  const counters = {} as Record<RateLimitDecision, Counter.Internal>;
+/** One counter series per decision of one policy, created (at 0) when the policy is, so counting looks nothing up. */
+export function rateLimitDecisionCounters(metrics: GatewayMetrics, policy: string): Readonly<Record<RateLimitDecision, CounterSeries>> {
+  const counters = {} as Record<RateLimitDecision, CounterSeries>;
   for (const decision of RATE_LIMIT_DECISIONS) {
-    const labels = { [METRIC_LABEL.rateLimitPolicy]: policy, [METRIC_LABEL.rateLimitDecision]: decision };
-    metrics.rateLimitDecisions.inc(labels, 0);
-    counters[decision] = metrics.rateLimitDecisions.labels(labels);
+    counters[decision] = counterSeries(metrics.rateLimitDecisions, { [METRIC_LABEL.rateLimitPolicy]: policy, [METRIC_LABEL.rateLimitDecision]: decision });
+    counters[decision].inc(0);
   }
   return counters;
 }

@@ -72,9 +72,8 @@ const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT'
  * `maxPendingRequests` more may wait; later ones get 503 `upstream_busy` at once instead of an unbounded queue.
  */
 export function createProxy(options: ProxyOptions): Middleware {
-  const upstreamDuration = options.metrics?.upstreamDuration;
+  const upstreamSeries = options.metrics?.upstreamSeries;
   const upstreamRetries = options.metrics?.upstreamRetries;
-  const upstreamExemplars = options.metrics?.upstreamExemplars;
   const upstreams = options.upstreams ?? new Agent({ connections: options.maxSockets, pipelining: 1 });
   /** Exchanges undici holds per instance (running or queued for a connection). */
   const inFlight = new Map<UpstreamInstance, number>();
@@ -279,13 +278,9 @@ export function createProxy(options: ProxyOptions): Middleware {
       const outcome = outcomeOf(exchange);
       endUpstreamSpan(exchange.span, outcome, exchange.status, exchange.failure);
       // Per attempt and until the client had the whole response: a retried request is two observations.
-      if (upstreamDuration) {
-        const seconds = (performance.now() - started) / 1000;
-        upstreamDuration.observe({
-          labels: { [METRIC_LABEL.upstreamService]: route.service, [METRIC_LABEL.serverAddress]: instance.host, [METRIC_LABEL.upstreamOutcome]: outcome },
-          value: seconds,
-          exemplarLabels: upstreamExemplars!(`${route.service} ${instance.host} ${outcome}`, seconds, exchange.span.spanContext()),
-        });
+      if (upstreamSeries) {
+        const ended = performance.now();
+        upstreamSeries(route.service, instance.host, outcome).observe((ended - started) / 1000, exchange.span.spanContext(), ended);
       }
       serverSpan?.setAttributes({ [ATTR.upstreamService]: route.service, [ATTR.upstreamUrl]: instance.origin, [ATTR.upstreamOutcome]: outcome, [ATTR.upstreamAttempts]: attempt });
       if (outcome === 'ok') pool.reportSuccess(instance);

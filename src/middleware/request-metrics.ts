@@ -1,10 +1,10 @@
 import { trace } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import { onResponseClosed } from '../response-closed';
-import type { Gauge } from 'prom-client';
 import { UNTRACED_PATHS } from '../../otel/telemetry-config';
 import { METRIC_LABEL, METRIC_LABEL_VALUE } from '../../otel/wire-names';
 import { AUTH_FAILURE_CODES, type GatewayMetrics } from '../metrics';
+import { counterSeries, gaugeSeries, type GaugeSeries } from '../metric-series';
 
 export interface RequestMetricsOptions {
   metrics: GatewayMetrics;
@@ -26,12 +26,14 @@ const STANDARD_METHODS = ['CONNECT', 'DELETE', 'GET', 'HEAD', 'OPTIONS', 'PATCH'
  * same way without a hook of its own.
  */
 export function createRequestMetrics(options: RequestMetricsOptions): Middleware {
-  const { requestDuration, activeRequests, authFailures, requestExemplars } = options.metrics;
+  const { activeRequests, authFailures, requestSeries } = options.metrics;
   const methods = new Map<string, string>(STANDARD_METHODS.map((method) => [method, method]));
-  const active = new Map<string, Gauge.Internal<typeof METRIC_LABEL.method>>([...STANDARD_METHODS, METRIC_LABEL_VALUE.otherMethod].map((method) => [method, activeRequests.labels({ [METRIC_LABEL.method]: method })] as const));
-  const authFailure = new Map(AUTH_FAILURE_CODES.map((code) => [code as string, authFailures.labels({ [METRIC_LABEL.errorType]: code })] as const));
+  // A method's series appears on its first request, not before: a scrape lists the methods seen.
+  const active = new Map<string, GaugeSeries>([...STANDARD_METHODS, METRIC_LABEL_VALUE.otherMethod].map((method) => [method, gaugeSeries(activeRequests, { [METRIC_LABEL.method]: method })] as const));
+  const authFailure = new Map(AUTH_FAILURE_CODES.map((code) => [code as string, counterSeries(authFailures, { [METRIC_LABEL.errorType]: code })] as const));
 
-  return async function recordRequestMetrics(ctx, next) {
+  // Not async: it has nothing to do after next(), so it hands next()'s promise on instead of awaiting it.
+  return function recordRequestMetrics(ctx, next) {
     if (UNTRACED_PATHS.includes(ctx.path)) return next();
     const started = performance.now();
     const method = methods.get(ctx.method) ?? METRIC_LABEL_VALUE.otherMethod;
@@ -43,23 +45,12 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
     onResponseClosed(ctx, () => {
       inProgress.dec();
       const { route, errorCode } = ctx.state;
-      const routeLabel = route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute;
       const status = ctx.res.writableFinished ? ctx.res.statusCode : 499;
-      const seconds = (performance.now() - started) / 1000;
-      requestDuration.observe({
-        labels: {
-          [METRIC_LABEL.method]: method,
-          [METRIC_LABEL.route]: routeLabel,
-          [METRIC_LABEL.statusCode]: status,
-          [METRIC_LABEL.routeName]: route ? route.name : '',
-          [METRIC_LABEL.errorType]: errorCode ?? '',
-        },
-        value: seconds,
-        // The route name and error code follow from the route template and status.
-        exemplarLabels: requestExemplars(`${method} ${routeLabel} ${status} ${errorCode ?? ''}`, seconds, spanContext),
-      });
+      const ended = performance.now();
+      const series = requestSeries(method, route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute, status, route ? route.name : '', errorCode ?? '');
+      series.observe((ended - started) / 1000, spanContext, ended);
       if (errorCode !== undefined) authFailure.get(errorCode)?.inc();
     });
-    await next();
+    return next();
   };
 }
