@@ -569,13 +569,19 @@ describe('certificate reload', () => {
     return fingerprint;
   };
 
-  it('takes rotated files for new connections, keeps open ones, and keeps the old certificate when the new files are broken', async () => {
-    const directory = mkdtempSync(path.join(tmpdir(), 'gateway-tls-reload-'));
+  /** Two certificates in a fresh folder, and the `live` pair the server reads, a copy of the first for now. */
+  const rotatingCertificates = (prefix: string) => {
+    const directory = mkdtempSync(path.join(tmpdir(), prefix));
     const first = makeCertificate('first', directory);
     const second = makeCertificate('second', directory);
     const live = { certFile: path.join(directory, 'live.crt'), keyFile: path.join(directory, 'live.key') };
     copyFileSync(first.certFile, live.certFile);
     copyFileSync(first.keyFile, live.keyFile);
+    return { directory, first, second, live };
+  };
+
+  it('takes rotated files for new connections, keeps open ones, and keeps the old certificate when the new files are broken', async () => {
+    const { first, second, live } = rotatingCertificates('gateway-tls-reload-');
     const { logger, lines } = memoryLogger('gateway');
     const tlsServer: TlsServer = createTlsServer({ tls: { ...live, minVersion: 'TLSv1.2' }, timeouts: TIMEOUTS, logger });
     const server = await runServer({ app: { callback: () => (_req, res) => res.end('ok') }, name: 'gateway', port: 0, host: '127.0.0.1', logger, createServer: tlsServer.create });
@@ -608,12 +614,7 @@ describe('certificate reload', () => {
   });
 
   it('re-reads the files on SIGHUP in the built gateway, without dropping an open HTTP/2 connection; the redirect listener answers', async () => {
-    const directory = mkdtempSync(path.join(tmpdir(), 'gateway-tls-sighup-'));
-    const first = makeCertificate('first', directory);
-    const second = makeCertificate('second', directory);
-    const live = { certFile: path.join(directory, 'live.crt'), keyFile: path.join(directory, 'live.key') };
-    copyFileSync(first.certFile, live.certFile);
-    copyFileSync(first.keyFile, live.keyFile);
+    const { directory, first, second, live } = rotatingCertificates('gateway-tls-sighup-');
     const configFile = path.join(directory, 'gateway.config.json');
     writeFileSync(configFile, JSON.stringify({ ...shippedConfigFile(), tls: { ...live, redirectHttpPort: 0, hsts: { maxAgeSeconds: 60 } } }));
     const gateway = spawnGateway({ GATEWAY_CONFIG: configFile, HOST: '127.0.0.1' });
