@@ -29,7 +29,29 @@ const VARIANTS = {
   'two-workers': { OTEL_TRACES_SAMPLER: 'always_on', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'otlp', OTEL_METRIC_EXPORT_INTERVAL: '10000', METRICS_PORT: 'free', GATEWAY_WORKERS: '2' },
   // The same cluster with no telemetry: what the cluster itself costs, without each worker's periodic exports.
   'two-workers-off': { OTEL_SDK_DISABLED: 'true', GATEWAY_WORKERS: '2' },
+  // Issue 14's line: the traced gateway whose one route caches (bench/gateway.cache.bench.json); after the warm-up
+  // every counted answer is a hit, the upstream is never reached.
+  'cache-hit': { OTEL_TRACES_SAMPLER: 'always_on', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none', config: 'gateway.cache.bench.json' },
 };
+
+/**
+ * The references issue 12's ratios are taken against, counted the same way: the bare Node proxy (the floor) and
+ * the two peer gateways (`npm ci --prefix bench/peers` first), started as `npm run bench` starts them.
+ */
+const REFERENCES = {
+  floor: ({ port, upstreamPort }) => ({ script: path.join(BENCH_DIR, 'node-floor.mjs'), args: [String(port), String(upstreamPort)], cwd: ROOT, env: {} }),
+  fastify: (ports) => peer('fastify', ports),
+  express: (ports) => peer('express', ports),
+};
+
+function peer(name, { port, upstreamPort }) {
+  return {
+    script: path.join(BENCH_DIR, `peers/${name}-gateway/server.mjs`),
+    args: [],
+    cwd: path.join(BENCH_DIR, 'peers'),
+    env: { NODE_ENV: 'production', PORT: String(port), USER_SERVICE_URL: `http://127.0.0.1:${upstreamPort}`, JWT_SECRET: secret, RATE_LIMIT_MAX: '1000000000', ACCESS_LOG: path.join(dir, `${name}-access.log`) },
+  };
+}
 
 const { values: flags } = parseArgs({
   options: {
@@ -41,7 +63,10 @@ const { values: flags } = parseArgs({
   },
 });
 const names = flags.variants.split(',');
-for (const name of names) if (!(name in VARIANTS)) throw new Error(`unknown variant ${name}; known: ${Object.keys(VARIANTS).join(', ')}`);
+for (const name of names) if (!(name in VARIANTS) && !(name in REFERENCES)) throw new Error(`unknown variant ${name}; known: ${[...Object.keys(VARIANTS), ...Object.keys(REFERENCES)].join(', ')}`);
+for (const name of ['fastify', 'express']) {
+  if (names.includes(name) && !fs.existsSync(path.join(BENCH_DIR, 'peers/node_modules'))) throw new Error('bench/peers/node_modules is missing: run `npm ci --prefix bench/peers` first');
+}
 if (!fs.existsSync(path.join(ROOT, 'dist/src/main.js'))) throw new Error('dist/ is missing: run `npm run build` first');
 const requests = Number(flags.requests);
 const connections = Number(flags.connections);
@@ -85,13 +110,17 @@ function countedInstructions(name) {
   return files.reduce((sum, file) => sum + Number(/^(?:summary|totals):\s*(\d+)/m.exec(fs.readFileSync(path.join(dir, file), 'utf8'))?.[1] ?? 0), 0);
 }
 
-async function measure(name, upstreamPort, sinkPort) {
-  const port = await freePort();
-  const variant = { ...VARIANTS[name] };
+/** The command line and environment of `name` under test: a gateway variant, or a reference process. */
+async function commandOf(name, port, upstreamPort, sinkPort) {
+  if (name in REFERENCES) {
+    const reference = REFERENCES[name]({ port, upstreamPort });
+    return { args: [reference.script, ...reference.args], cwd: reference.cwd, env: cleanEnv({ ...VGDB_ENV, ...reference.env }) };
+  }
+  const { config = 'gateway.bench.json', ...variant } = VARIANTS[name];
   if (variant.METRICS_PORT === 'free') variant.METRICS_PORT = String(await freePort());
   const env = cleanEnv({
     ...VGDB_ENV,
-    GATEWAY_CONFIG: path.join(BENCH_DIR, 'gateway.bench.json'),
+    GATEWAY_CONFIG: path.join(BENCH_DIR, config),
     NODE_ENV: 'production',
     PORT: String(port),
     JWT_SECRET: secret,
@@ -101,10 +130,16 @@ async function measure(name, upstreamPort, sinkPort) {
     OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${sinkPort}`,
     ...variant,
   });
+  return { args: gatewayArgs, cwd: ROOT, env };
+}
+
+async function measure(name, upstreamPort, sinkPort) {
+  const port = await freePort();
+  const { args, cwd, env } = await commandOf(name, port, upstreamPort, sinkPort);
   // %p: one file per process; with workers, valgrind follows the forks (--trace-children) and counts them too.
   const out = path.join(dir, `${name}.callgrind.out.%p`);
-  const gateway = start(name, 'valgrind', ['--tool=callgrind', '--trace-children=yes', '--smc-check=all-non-file', `--callgrind-out-file=${out}`, process.execPath, ...gatewayArgs], {
-    cwd: ROOT,
+  const gateway = start(name, 'valgrind', ['--tool=callgrind', '--trace-children=yes', '--smc-check=all-non-file', `--callgrind-out-file=${out}`, process.execPath, ...args], {
+    cwd,
     env,
     stdoutFile: path.join(dir, `${name}.out.log`),
     stderrFile: path.join(dir, `${name}.err.log`),
@@ -135,7 +170,8 @@ try {
   const groups = [];
   for (const name of names) {
     const last = groups.at(-1);
-    if (!VARIANTS[name].GATEWAY_WORKERS && last && last.length === 1 && !VARIANTS[last[0]].GATEWAY_WORKERS) last.push(name);
+    const cluster = (variant) => Boolean(VARIANTS[variant]?.GATEWAY_WORKERS);
+    if (!cluster(name) && last && last.length === 1 && !cluster(last[0])) last.push(name);
     else groups.push([name]);
   }
   for (const group of groups) results.push(...(await Promise.all(group.map((name) => measure(name, upstreamPort, sinkPort)))));
@@ -152,6 +188,16 @@ try {
   const twoOff = results.find((result) => result.name === 'two-workers-off');
   if (base && twoOff) lines.push('', `2 workers without telemetry: ${(twoOff.instructionsPerRequest / base.instructionsPerRequest).toFixed(3)}x the instructions per request of 1 process.`);
   if (withMetrics && twoWorkers) lines.push('', `2 workers (issue 13, <= 1.1x): ${(twoWorkers.instructionsPerRequest / withMetrics.instructionsPerRequest).toFixed(3)}x the instructions per request of 1 process (primary and workers counted).`);
+  // Issue 12's CPU lines and issue 14's cache line, in instructions: the traced gateway against the references
+  // (for the peers, their instructions over the gateway's: the throughput one core gives each, as a ratio).
+  const full = withMetrics ?? traced;
+  const byName = (name) => results.find((result) => result.name === name)?.instructionsPerRequest;
+  const floor = byName('floor');
+  if (full && floor) lines.push('', `${full.name} vs floor (issue 12, <= 3x): ${(full.instructionsPerRequest / floor).toFixed(2)}x`);
+  for (const [peerName, limit] of [['fastify', '>= 1.2x'], ['express', '>= 2x']]) {
+    if (full && byName(peerName)) lines.push('', `${full.name} vs ${peerName}, throughput per core (issue 12, ${limit}): ${(byName(peerName) / full.instructionsPerRequest).toFixed(2)}x`);
+  }
+  if (floor && byName('cache-hit')) lines.push('', `cache-hit vs floor (issue 14, <= 1.5x): ${(byName('cache-hit') / floor).toFixed(2)}x`);
   process.stdout.write(`${lines.join('\n')}\n`);
   fs.writeFileSync(path.join(dir, 'results.json'), JSON.stringify(results, null, 2));
 } finally {
