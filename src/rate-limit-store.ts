@@ -84,9 +84,10 @@ export function createPrimaryLimit(options: { client: PrimaryStoreClient; policy
   const { client, policy, max, windowMs, id } = options;
   return async function limitInPrimary(ctx: Context, next: () => Promise<void>): Promise<void> {
     const window = await client.take(policy, id(ctx), max, windowMs);
-    ctx.set('X-RateLimit-Remaining', String(window.remaining > 0 ? window.remaining - 1 : 0));
-    ctx.set('X-RateLimit-Reset', String(window.reset));
-    ctx.set('X-RateLimit-Limit', String(window.total));
+    // Node's setHeader, not ctx.set (per-call arrays and closures): see writeStandardHeaders (middleware/rate-limit.ts).
+    ctx.res.setHeader('X-RateLimit-Remaining', String(window.remaining > 0 ? window.remaining - 1 : 0));
+    ctx.res.setHeader('X-RateLimit-Reset', String(window.reset));
+    ctx.res.setHeader('X-RateLimit-Limit', String(window.total));
     if (window.remaining > 0) await next();
   };
 }

@@ -1,6 +1,6 @@
 import type http from 'node:http';
 import type { Context as KoaContext } from 'koa';
-import { GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEADERS, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
+import { GATEWAY_OWNED_HEADER_PREFIXES, HEADER, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
 
@@ -119,8 +119,9 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
   headers['x-forwarded-port'] = input.publicPort;
   headers[HEADER.gatewayTimestamp] = input.timestamp;
   if (input.user) {
-    const identity: Record<(typeof IDENTITY_HEADERS)[number], string> = { [HEADER.userId]: input.user.id, [HEADER.userRole]: input.user.role, [HEADER.userEmail]: input.user.email };
-    Object.assign(headers, identity);
+    headers[HEADER.userId] = input.user.id;
+    headers[HEADER.userRole] = input.user.role;
+    headers[HEADER.userEmail] = input.user.email;
   }
   if (input.consumer) headers[HEADER.consumerId] = input.consumer.id;
   return headers;

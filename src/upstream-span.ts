@@ -1,4 +1,4 @@
-import { context, propagation, SpanKind, SpanStatusCode, trace, type Context, type Span, type Tracer } from '@opentelemetry/api';
+import { context, propagation, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
 import { ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_SERVER_ADDRESS, ATTR_SERVER_PORT, ATTR_URL_FULL } from '@opentelemetry/semantic-conventions';
 import { ATTR } from '../otel/wire-names';
 import type { UpstreamInstance } from './upstream-pool';
@@ -23,21 +23,15 @@ export type UpstreamOutcome = 'ok' | 'refused' | 'timeout' | 'deadline' | 'reset
 
 export function startUpstreamSpan(tracer: Tracer, call: UpstreamCall, parent: Context = context.active()): Span {
   const { instance } = call;
-  return tracer.startSpan(
-    call.method,
-    {
-      kind: SpanKind.CLIENT,
-      attributes: {
-        [ATTR_HTTP_REQUEST_METHOD]: call.method,
-        [ATTR_URL_FULL]: instance.origin + call.path,
-        [ATTR_SERVER_ADDRESS]: instance.hostname,
-        [ATTR_SERVER_PORT]: instance.port,
-        [ATTR.upstreamService]: call.service,
-        ...(call.attempt === undefined ? {} : { [ATTR.upstreamAttempts]: call.attempt }),
-      },
-    },
-    parent,
-  );
+  // Assigned, not a literal with computed keys: see createTracing (src/middleware/tracing.ts).
+  const attributes: Attributes = {};
+  attributes[ATTR_HTTP_REQUEST_METHOD] = call.method;
+  attributes[ATTR_URL_FULL] = instance.origin + call.path;
+  attributes[ATTR_SERVER_ADDRESS] = instance.hostname;
+  attributes[ATTR_SERVER_PORT] = instance.port;
+  attributes[ATTR.upstreamService] = call.service;
+  if (call.attempt !== undefined) attributes[ATTR.upstreamAttempts] = call.attempt;
+  return tracer.startSpan(call.method, { kind: SpanKind.CLIENT, attributes }, parent);
 }
 
 /** Writes `traceparent`, `tracestate` and `baggage` for the call's span into outgoing headers (replacing any). */

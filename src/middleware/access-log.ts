@@ -1,6 +1,6 @@
 import { context } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
-import { logLine, type Logger } from '../../otel/logger';
+import { logLine, type LineValue, type Logger } from '../../otel/logger';
 import { LOG_FIELD } from '../../otel/wire-names';
 import { onResponseClosed } from '../response-closed';
 
@@ -60,7 +60,7 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
       const status = ctx.res.writableFinished ? ctx.res.statusCode : 499;
       const state = ctx.state;
-      const entry = {
+      const entry: Record<string, LineValue> = {
         method,
         url,
         status,
@@ -68,10 +68,11 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
         request_id: state.requestId,
         route: state.route?.name ?? null,
         user_id: state.user?.id ?? null,
-        [LOG_FIELD.consumerId]: state.consumer?.id ?? null,
-        [LOG_FIELD.cache]: state.cache ?? null,
         error_code: state.errorCode ?? null,
       };
+      // Assigned, not computed keys in the literal: see createTracing (src/middleware/tracing.ts). logLine sorts the keys.
+      entry[LOG_FIELD.consumerId] = state.consumer?.id ?? null;
+      entry[LOG_FIELD.cache] = state.cache ?? null;
       const level = status >= 500 ? 'error' : status >= 400 ? 'warn' : 'info';
       logLine(logger, level, 'request completed', entry, requestContext);
     });

@@ -282,7 +282,7 @@ export function createProxy(options: ProxyOptions): Middleware {
         const ended = performance.now();
         upstreamSeries(route.service, instance.host, outcome).observe((ended - started) / 1000, exchange.span.spanContext(), ended);
       }
-      serverSpan?.setAttributes({ [ATTR.upstreamService]: route.service, [ATTR.upstreamUrl]: instance.origin, [ATTR.upstreamOutcome]: outcome, [ATTR.upstreamAttempts]: attempt });
+      serverSpan?.setAttribute(ATTR.upstreamService, route.service).setAttribute(ATTR.upstreamUrl, instance.origin).setAttribute(ATTR.upstreamOutcome, outcome).setAttribute(ATTR.upstreamAttempts, attempt);
       if (outcome === 'ok') pool.reportSuccess(instance);
       else if (INSTANCE_FAILURES.has(outcome)) pool.reportFailure(instance, outcome);
 

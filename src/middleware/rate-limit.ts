@@ -206,12 +206,15 @@ function groupMask(bits: number): number {
 /** Writes the IETF fields beside koa-ratelimit's and returns the whole seconds until the window resets. */
 function writeStandardHeaders(ctx: Context, policy: string, name: string): number {
   // The memory driver reports a fractional epoch; clients expect whole seconds.
-  const resetAt = Number(ctx.response.get('X-RateLimit-Reset'));
+  // Node's own getHeader/setHeader: Koa's ctx.response.get copies every response header per call, and ctx.set
+  // builds arrays and closures per call; these run on every request.
+  const { res } = ctx;
+  const resetAt = Number(res.getHeader('x-ratelimit-reset'));
   const secondsLeft = Math.max(0, Math.ceil(resetAt - Date.now() / 1000));
-  const remaining = Number(ctx.response.get('X-RateLimit-Remaining'));
-  ctx.set('X-RateLimit-Reset', String(Math.ceil(resetAt)));
-  ctx.set('RateLimit-Policy', policy);
-  ctx.set('RateLimit', `"${name}";r=${remaining};t=${secondsLeft}`);
+  const remaining = Number(res.getHeader('x-ratelimit-remaining'));
+  res.setHeader('X-RateLimit-Reset', String(Math.ceil(resetAt)));
+  res.setHeader('RateLimit-Policy', policy);
+  res.setHeader('RateLimit', `"${name}";r=${remaining};t=${secondsLeft}`);
   return secondsLeft;
 }
 

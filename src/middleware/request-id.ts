@@ -42,7 +42,8 @@ export function createRequestId(options: RequestIdOptions = {}): Middleware {
     const traceId = span?.spanContext().traceId;
     const id = typeof inbound === 'string' && isWellFormedRequestId(inbound) ? inbound : traceId && trace.isSpanContextValid(span!.spanContext()) ? traceId : generate();
     ctx.state.requestId = id;
-    ctx.set(HEADER.requestId, id);
+    // Straight to Node: Koa's ctx.set builds arrays and closures per call, for a header set on every request.
+    ctx.res.setHeader(HEADER.requestId, id);
     span?.setAttribute(ATTR.requestId, id);
     const baggage = (propagation.getBaggage(active) ?? propagation.createBaggage()).setEntry(BAGGAGE_REQUEST_ID, { value: id });
     await context.with(propagation.setBaggage(active, baggage), next);

@@ -1,4 +1,4 @@
-import { defaultTextMapGetter, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Tracer } from '@opentelemetry/api';
+import { defaultTextMapGetter, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Tracer } from '@opentelemetry/api';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Context as KoaContext, Middleware } from 'koa';
 import {
@@ -69,16 +69,17 @@ export function createTracing(options: TracingOptions): Middleware {
   const trust = options.trustTraceparent ?? false;
   const mapRequestId = options.mapRequestIdToTraceId ?? true;
   const w3c = new TraceContextPropagator();
-  const versionAttribute = options.configVersion === undefined ? undefined : { [ATTR.configVersion]: options.configVersion };
+  const { configVersion } = options;
 
   return async function traceRequest(ctx, next) {
     const headers = ctx.req.headers;
     // Probes (compose health checks every few seconds) would drown the traces that matter.
     const traced = !UNTRACED_PATHS.includes(ctx.path);
     const parent = traced && trust ? trustedParent(w3c, headers) : ROOT_CONTEXT;
-    delete headers[HEADER.traceparent];
-    delete headers[HEADER.tracestate];
-    delete headers[HEADER.baggage];
+    // Deleted only when present: a `delete` of an absent key still costs a runtime call per request.
+    if (headers[HEADER.traceparent] !== undefined) delete headers[HEADER.traceparent];
+    if (headers[HEADER.tracestate] !== undefined) delete headers[HEADER.tracestate];
+    if (headers[HEADER.baggage] !== undefined) delete headers[HEADER.baggage];
     if (!traced) return next();
 
     const inboundId = headers[HEADER.requestId];
@@ -87,32 +88,26 @@ export function createTracing(options: TracingOptions): Middleware {
     const requestedTraceId =
       mapRequestId && !continuing && typeof inboundId === 'string' && isWellFormedRequestId(inboundId) ? traceIdFromRequestId(inboundId) : undefined;
 
-    const span = withTraceId(requestedTraceId, () =>
-      tracer.startSpan(
-        ctx.method,
-        {
-          kind: SpanKind.SERVER,
-          attributes: {
-            [ATTR_HTTP_REQUEST_METHOD]: ctx.method,
-            [ATTR_URL_PATH]: ctx.path,
-            [ATTR_URL_SCHEME]: ctx.protocol,
-            [ATTR_SERVER_ADDRESS]: ctx.hostname,
-            [ATTR_CLIENT_ADDRESS]: ctx.ip,
-            [ATTR_NETWORK_PROTOCOL_VERSION]: ctx.req.httpVersion,
-            ...(ctx.get('user-agent') ? { [ATTR_USER_AGENT_ORIGINAL]: ctx.get('user-agent') } : {}),
-            // Read by the sampler (ClientTraceIdSampler): the client chose this trace id, so it must not decide sampling.
-            ...(requestedTraceId === undefined ? {} : { [ATTR.traceIdSource]: TRACE_ID_FROM_REQUEST_ID }),
-            ...versionAttribute,
-          },
-        },
-        parent,
-      ),
-    );
+    // Assigned one by one, not written as a literal with computed keys (`{ [ATTR_URL_PATH]: ... }`): until V8's
+    // top tier compiles this function, each computed key in a literal is a runtime call (~0.15 µs each here).
+    const attributes: Attributes = {};
+    attributes[ATTR_HTTP_REQUEST_METHOD] = ctx.method;
+    attributes[ATTR_URL_PATH] = ctx.path;
+    attributes[ATTR_URL_SCHEME] = ctx.protocol;
+    attributes[ATTR_SERVER_ADDRESS] = ctx.hostname;
+    attributes[ATTR_CLIENT_ADDRESS] = ctx.ip;
+    attributes[ATTR_NETWORK_PROTOCOL_VERSION] = ctx.req.httpVersion;
+    const userAgent = headers['user-agent'];
+    if (userAgent) attributes[ATTR_USER_AGENT_ORIGINAL] = userAgent;
+    // Read by the sampler (ClientTraceIdSampler): the client chose this trace id, so it must not decide sampling.
+    if (requestedTraceId !== undefined) attributes[ATTR.traceIdSource] = TRACE_ID_FROM_REQUEST_ID;
+    if (configVersion !== undefined) attributes[ATTR.configVersion] = configVersion;
+    const span = withTraceId(requestedTraceId, () => tracer.startSpan(ctx.method, { kind: SpanKind.SERVER, attributes }, parent));
     const spanContext = span.spanContext();
     const random = remote ? (remote.traceFlags & TRACE_FLAG_RANDOM) !== 0 : requestedTraceId === undefined;
     const active = setRandomTraceIdFlag(trace.setSpan(parent, span), spanContext.traceId, random);
     if (span.isRecording() || trace.isSpanContextValid(spanContext)) {
-      ctx.set(HEADER.traceresponse, formatTraceparent({ traceId: spanContext.traceId, parentId: spanContext.spanId, traceFlags: outgoingTraceFlags(active, spanContext) }));
+      ctx.res.setHeader(HEADER.traceresponse, formatTraceparent({ traceId: spanContext.traceId, parentId: spanContext.spanId, traceFlags: outgoingTraceFlags(active, spanContext) }));
     }
 
     // Ended once both the response is really over (streamed proxy responses are timed whole) and the
@@ -127,8 +122,9 @@ export function createTracing(options: TracingOptions): Middleware {
         span.setAttribute(ATTR_HTTP_ROUTE, route);
       }
       if (ctx.state.route) span.setAttribute(ATTR.routeName, ctx.state.route.name);
-      if (ctx.state.user) span.setAttributes({ [ATTR.userId]: ctx.state.user.id, [ATTR.userRole]: ctx.state.user.role });
-      if (ctx.state.consumer) span.setAttributes({ [ATTR.consumerId]: ctx.state.consumer.id, [ATTR.userRole]: ctx.state.consumer.role });
+      const { user, consumer } = ctx.state;
+      if (user) span.setAttribute(ATTR.userId, user.id).setAttribute(ATTR.userRole, user.role);
+      if (consumer) span.setAttribute(ATTR.consumerId, consumer.id).setAttribute(ATTR.userRole, consumer.role);
       span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
       if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
       span.end();

@@ -32,7 +32,8 @@ export function createTrustedProxies(options: TrustedProxiesOptions): Middleware
       const fromTrustedProxy = trusted !== undefined && peer !== undefined && trusted.check(peer, net.isIPv6(peer) ? 'ipv6' : 'ipv4');
       if (!fromTrustedProxy) {
         const headers = ctx.req.headers;
-        for (const name of FORWARDING_HEADERS) delete headers[name];
+        // Deleted only when present: a `delete` of an absent key still costs a runtime call, ~10 per request.
+        for (const name of FORWARDING_HEADERS) if (headers[name] !== undefined) delete headers[name];
       }
     }
     await next();
