@@ -5,6 +5,7 @@ import type { Logger } from '../otel/logger';
 import type { Redis } from 'ioredis';
 import type { GatewayConfig, RateLimitConfig } from './config';
 import './context';
+import { installDirectAccessors } from './koa-context-accessors';
 import { createAccessLog } from './middleware/access-log';
 import { createAuthenticate } from './middleware/authenticate';
 import { createAuthorize } from './middleware/authorize';
@@ -82,6 +83,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   const metrics = given === false ? undefined : (given ?? createGatewayMetrics());
   // maxIpsCount: only the right-most N X-Forwarded-For entries, the ones trusted proxies wrote, are believed.
   const app = new Koa({ proxy: config.trustProxy, maxIpsCount: config.trustedProxyHops });
+  installDirectAccessors(app.context);
   const pools = createUpstreamPools(config.services, metrics, kept?.pools);
   // One check for both listeners: a call on either reuses the other's round.
   // gRPC-only services answer no HTTP `GET /health`; their readiness is not probed (yet).

@@ -1,0 +1,121 @@
+import type { Request, Response } from 'koa';
+
+/*
+ * Why this file exists: koa/lib/context.js exposes `ctx.method`, `ctx.status`, `ctx.set(...)` and ~50 more through
+ * the `delegates` package, which makes every getter, setter and method as a closure over ONE function literal
+ * (`function(){ return this[target][name]; }`). All of those closures share one feedback vector, so the keyed load
+ * `this[target][name]` sees every name and every receiver shape and goes megamorphic: a callgrind profile of the
+ * gateway put ~23,500 instructions per request (of ~800k) in megamorphic keyed loads from delegates/index.js:71
+ * alone. Below, each accessor is its own literal with its property name written out, so each keeps its own
+ * feedback and its load stays a monomorphic named load.
+ *
+ * Semantics are delegates': getters return what the target returns, setters assign to the target, methods are
+ * called on ctx.request / ctx.response and return what it returns. Methods take the parameters Koa's target
+ * declares (none of those reads `arguments`, so dropping extra arguments is unobservable, and fixed parameters
+ * stay cheaper than rest/spread in unoptimised code); the variadic ones (`accepts*`, `is`) pass every argument.
+ * test/unit/koa-context-accessors.test.ts checks that every name Koa delegates is overridden here with the same
+ * kind, target and arguments, so a Koa that delegates a new name fails a test instead of keeping the slow path.
+ */
+
+type HeaderValue = string | string[];
+type HeaderField = string | Record<string, HeaderValue>;
+type AttachmentOptions = Parameters<Response['attachment']>[1];
+
+/**
+ * Koa's response as koa/lib/response.js has it: @types/koa 3.0.3 lacks `has(field)` (delegated as `ctx.has`) and
+ * splits `set` into overloads that a pass-through of either form cannot call.
+ */
+type KoaResponse = Response & {
+  has(field: string): boolean;
+  set(field: HeaderField, value?: HeaderValue): void;
+};
+
+/** What the accessors read through; `this` is a Koa context (an `Object.create(app.context)`). */
+interface DelegationTargets {
+  request: Request;
+  response: KoaResponse;
+}
+
+/** koa/lib/context.js `delegate(proto, 'response')`, in Koa's order. */
+const responseAccessors: ThisType<DelegationTargets> & object = {
+  attachment(filename?: string, options?: AttachmentOptions) { return this.response.attachment(filename, options); },
+  redirect(url: string) { return this.response.redirect(url); },
+  remove(field: string) { return this.response.remove(field); },
+  vary(field: string | string[]) { return this.response.vary(field); },
+  has(field: string) { return this.response.has(field); },
+  set(field: HeaderField, value?: HeaderValue) { return this.response.set(field, value); },
+  append(field: string, value: HeaderValue) { return this.response.append(field, value); },
+  flushHeaders() { return this.response.flushHeaders(); },
+  back(alt?: string) { return this.response.back(alt); },
+  get status() { return this.response.status; },
+  set status(value: Response['status']) { this.response.status = value; },
+  get message() { return this.response.message; },
+  set message(value: Response['message']) { this.response.message = value; },
+  get body() { return this.response.body; },
+  set body(value: Response['body']) { this.response.body = value; },
+  get length() { return this.response.length; },
+  set length(value: Response['length']) { this.response.length = value; },
+  get type() { return this.response.type; },
+  set type(value: Response['type']) { this.response.type = value; },
+  get lastModified() { return this.response.lastModified; },
+  set lastModified(value: Response['lastModified']) { this.response.lastModified = value; },
+  get etag() { return this.response.etag; },
+  set etag(value: Response['etag']) { this.response.etag = value; },
+  get headerSent() { return this.response.headerSent; },
+  get writable() { return this.response.writable; },
+};
+
+/** koa/lib/context.js `delegate(proto, 'request')`, in Koa's order. */
+const requestAccessors: ThisType<DelegationTargets> & object = {
+  acceptsLanguages(...args: Parameters<Request['acceptsLanguages']>) { return this.request.acceptsLanguages(...args); },
+  acceptsEncodings(...args: Parameters<Request['acceptsEncodings']>) { return this.request.acceptsEncodings(...args); },
+  acceptsCharsets(...args: Parameters<Request['acceptsCharsets']>) { return this.request.acceptsCharsets(...args); },
+  accepts(...args: Parameters<Request['accepts']>) { return this.request.accepts(...args); },
+  get(field: string) { return this.request.get(field); },
+  is(...args: Parameters<Request['is']>) { return this.request.is(...args); },
+  get querystring() { return this.request.querystring; },
+  set querystring(value: Request['querystring']) { this.request.querystring = value; },
+  get idempotent() { return this.request.idempotent; },
+  // Koa's request has no `idempotent` or `socket` setter. delegates/index.js is sloppy-mode code, so its
+  // assignment is silently dropped; a plain assignment here (strict mode) would throw. Reflect.set drops it too.
+  set idempotent(value: Request['idempotent']) { Reflect.set(this.request, 'idempotent', value); },
+  get socket() { return this.request.socket; },
+  set socket(value: Request['socket']) { Reflect.set(this.request, 'socket', value); },
+  get search() { return this.request.search; },
+  set search(value: Request['search']) { this.request.search = value; },
+  get method() { return this.request.method; },
+  set method(value: Request['method']) { this.request.method = value; },
+  get query() { return this.request.query; },
+  set query(value: Request['query']) { this.request.query = value; },
+  get path() { return this.request.path; },
+  set path(value: Request['path']) { this.request.path = value; },
+  get url() { return this.request.url; },
+  set url(value: Request['url']) { this.request.url = value; },
+  get accept() { return this.request.accept; },
+  set accept(value: Request['accept']) { this.request.accept = value; },
+  get origin() { return this.request.origin; },
+  get href() { return this.request.href; },
+  get subdomains() { return this.request.subdomains; },
+  get protocol() { return this.request.protocol; },
+  get host() { return this.request.host; },
+  get hostname() { return this.request.hostname; },
+  get URL() { return this.request.URL; },
+  get header() { return this.request.header; },
+  get headers() { return this.request.headers; },
+  get secure() { return this.request.secure; },
+  get stale() { return this.request.stale; },
+  get fresh() { return this.request.fresh; },
+  get ips() { return this.request.ips; },
+  get ip() { return this.request.ip; },
+};
+
+/**
+ * Defines, as own properties of `context`, a direct accessor or method for every name Koa's context delegates to
+ * `ctx.request` / `ctx.response` (same kind, same target, same property attributes as delegates'). Pass an app's
+ * own `app.context` (an `Object.create` of Koa's shared context prototype); Koa's prototype itself is left alone,
+ * so other apps in the process (the admin listener) are unaffected.
+ */
+export function installDirectAccessors(context: object): void {
+  Object.defineProperties(context, Object.getOwnPropertyDescriptors(responseAccessors));
+  Object.defineProperties(context, Object.getOwnPropertyDescriptors(requestAccessors));
+}
