@@ -121,6 +121,16 @@ class ProtoWriter {
     this.pos += length;
   }
 
+  /** Bytes already encoded, copied as they are (short: a loop costs less than a native call). */
+  raw(encoded: Uint8Array): void {
+    const count = encoded.length;
+    this.ensure(count);
+    const buffer = this.buffer;
+    const start = this.pos;
+    for (let i = 0; i < count; i++) buffer[start + i] = encoded[i]!;
+    this.pos = start + count;
+  }
+
   bytes(value: Uint8Array): void {
     this.varint(value.length);
     this.ensure(value.length);
@@ -269,14 +279,33 @@ function writeAnyValue(writer: ProtoWriter, value: unknown): void {
   // undefined and null: an empty AnyValue.
 }
 
+/**
+ * A KeyValue's key field (tag 1, length, UTF-8) as written, per key. Attribute keys are a few dozen constants,
+ * each written on every span; copying their bytes costs a fraction of encoding them again (the encoder was ~6% of
+ * a traced request's instructions, a third of it in attribute keys). Bounded: keys are not always constants.
+ */
+const encodedKeys = new Map<string, Uint8Array>();
+const MAX_ENCODED_KEYS = 1024;
+
+function encodedKey(key: string): Uint8Array {
+  let encoded = encodedKeys.get(key);
+  if (encoded === undefined) {
+    const writer = new ProtoWriter(key.length * 3 + 6);
+    writer.tag(1, WIRE_BYTES);
+    writer.string(key);
+    encoded = Uint8Array.prototype.slice.call(writer.buffer, 0, writer.pos);
+    if (encodedKeys.size < MAX_ENCODED_KEYS) encodedKeys.set(key, encoded);
+  }
+  return encoded;
+}
+
 /** `repeated KeyValue` as field `field`: KeyValue { key 1, value 2 }. */
 function writeKeyValues(writer: ProtoWriter, attributes: Attributes | Record<string, unknown>, field: number): void {
   for (const key in attributes) {
     if (!Object.hasOwn(attributes, key)) continue;
     writer.tag(field, WIRE_BYTES);
     const keyValue = writer.begin(1);
-    writer.tag(1, WIRE_BYTES);
-    writer.string(key);
+    writer.raw(encodedKey(key));
     writer.tag(2, WIRE_BYTES);
     const value = writer.begin(1);
     writeAnyValue(writer, (attributes as Record<string, AttributeValue | undefined>)[key]);

@@ -69,7 +69,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   /** Says how the cache answered, everywhere; `counted: false` leaves the metric to the caller (a miss may end stale). */
   const record = (ctx: Context, routeName: string, result: CacheResult, counted = true) => {
     ctx.state.cache = result;
-    ctx.set(statusHeader, result.toUpperCase());
+    // Node's setHeader, not Koa's ctx.set (arrays and closures per call): this runs on every cached route's request.
+    ctx.res.setHeader(statusHeader, result.toUpperCase());
     trace.getActiveSpan()?.setAttribute(ATTR.cache, result);
     if (counted) counters.get(routeName)?.[result]?.inc();
   };
@@ -89,7 +90,9 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     for (const name in headers) {
       if (notModified && !NOT_MODIFIED_HEADERS.includes(name) && name !== 'age') continue;
       const value = headers[name];
-      if (value !== undefined) ctx.set(name, typeof value === 'number' ? String(value) : value);
+      // A repeated header (an array) through Koa's ctx.set, which refuses several values of a single-value header.
+      if (typeof value === 'string') ctx.res.setHeader(name, value);
+      else if (value !== undefined) ctx.set(name, typeof value === 'number' ? String(value) : value);
     }
     record(ctx, ctx.state.route!.name, result, counted);
     if (notModified) {
