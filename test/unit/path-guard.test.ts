@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { pathProblem } from '../../src/middleware/path-guard';
 
 describe('pathProblem', () => {
@@ -37,5 +38,20 @@ describe('pathProblem', () => {
     { desc: 'a path longer than the limit', path: `/api/users/${'a'.repeat(3000)}`, reason: /longer than/ },
   ])('refuses $desc', ({ path, reason }) => {
     expect(pathProblem(path)).toMatch(reason);
+  });
+
+  it('finds a dot segment exactly where the path, split on /, has a segment . or .. (generated paths)', () => {
+    const segment = fc.constantFrom('', '.', '..', '...', 'a', '.a', 'a.', '%2e', '%2E%2e', 'a.b');
+    fc.assert(
+      fc.property(fc.array(segment, { minLength: 1, maxLength: 6 }), (segments) => {
+        const path = `/${segments.join('/')}`;
+        const decoded = decodeURIComponent(path);
+        // Empty segments are refused first, for their own reason.
+        fc.pre(!decoded.includes('//'));
+        const hasDotSegment = decoded.split('/').some((part) => part === '.' || part === '..');
+        expect(pathProblem(path) === 'dot segments are not allowed').toBe(hasDotSegment);
+      }),
+      { seed: 18, numRuns: 500 },
+    );
   });
 });
