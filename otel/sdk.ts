@@ -9,7 +9,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { RequestOptions } from 'node:http';
-import { context, diag, DiagConsoleLogger, DiagLogLevel, logs, metrics, propagation, trace } from '@opentelemetry/api';
+import { context, diag, DiagConsoleLogger, DiagLogLevel, logs, metrics, propagation, trace, type Tracer, type TracerProvider as ApiTracerProvider } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { diagLogLevelFromString, ExportResultCode, getNumberFromEnv, getStringListFromEnv, setGlobalErrorHandler } from '@opentelemetry/core';
 import { OTLPExporterBase } from '@opentelemetry/otlp-exporter-base';
@@ -71,6 +71,7 @@ import {
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
+import { createGatewayTracer, GATEWAY_TRACER_NAME } from './gateway-tracer';
 import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
 import { RequestIdSpanProcessor } from './request-id-span-processor';
 import { createTextMapPropagator } from './trace-context-propagator';
@@ -113,8 +114,9 @@ export interface CreateTelemetryOptions {
  * none with OTEL_METRICS_EXPORTER=none, and then no MeterProvider either. The sampler is the one
  * OTEL_TRACES_SAMPLER(_ARG) names, wrapped so a client-chosen trace id cannot steer it. Propagators are W3C
  * Trace Context Level 2 and W3C Baggage (trace-context-propagator.ts; OTEL_PROPAGATORS is not read). Resource
- * detectors and span limits are left to NodeSDK, which reads OTEL_NODE_RESOURCE_DETECTORS and
- * OTEL_RESOURCE_ATTRIBUTES (the latter override the resource set here).
+ * detectors and span limits are read from the environment as NodeSDK reads them (OTEL_NODE_RESOURCE_DETECTORS,
+ * OTEL_RESOURCE_ATTRIBUTES, which override the resource set here, and the OTEL_*_LIMIT variables); the gateway's
+ * own tracer (gateway-tracer.ts) gets the same limits, sampler and processors as the SDK's.
  */
 export function createTelemetry(config: TelemetryConfig, options: CreateTelemetryOptions = {}): Telemetry {
   const diagnostics = createTelemetryDiagnostics({ destination: otlpDestination(config), write: options.write });
@@ -205,6 +207,8 @@ interface ProviderOptions {
  * (OTEL_NODE_RESOURCE_DETECTORS, else env, process and host), a MeterProvider when there are readers, a
  * TracerProvider with the span limits of OTEL_*_LIMIT when there are span processors, and a LoggerProvider with
  * the log record limits when there are log record processors. Returns what `shutdown` must flush.
+ * One addition: the gateway's own tracer is the lean one (gateway-tracer.ts), built from the TracerProvider's
+ * options, so its spans go to the same processors.
  */
 function startProviders(options: ProviderOptions): { shutdown(): Promise<void> }[] {
   const started: { shutdown(): Promise<void> }[] = [];
@@ -219,8 +223,10 @@ function startProviders(options: ProviderOptions): { shutdown(): Promise<void> }
     started.push(meterProvider);
   }
   if (options.spanProcessors.length > 0) {
-    const tracerProvider = new TracerProvider({ sampler: options.sampler, spanLimits: spanLimitsFromEnv(), resource, idGenerator: options.idGenerator, spanProcessors: options.spanProcessors });
-    trace.setGlobalTracerProvider(tracerProvider);
+    const tracerOptions = { sampler: options.sampler, spanLimits: spanLimitsFromEnv(), resource, idGenerator: options.idGenerator, spanProcessors: options.spanProcessors };
+    const tracerProvider = new TracerProvider(tracerOptions);
+    trace.setGlobalTracerProvider(withGatewayTracer(tracerProvider, createGatewayTracer({ name: GATEWAY_TRACER_NAME, ...tracerOptions })));
+    // Flushed and shut down through the SDK's provider: the processors are shared, so that covers both tracers.
     started.push(tracerProvider);
   }
   if (options.logRecordProcessors.length > 0) {
@@ -233,6 +239,21 @@ function startProviders(options: ProviderOptions): { shutdown(): Promise<void> }
     started.push(loggerProvider);
   }
   return started;
+}
+
+/**
+ * The global tracer provider: `gatewayTracer` for the gateway's scope (`trace.getTracer('koa-gateway')` in
+ * src/gateway.ts, without version or schema URL), the SDK's tracers for every other scope (instrumentations).
+ * By name, so src/gateway.ts and main.ts stay as they are and a gateway built without the bootstrap (tests,
+ * telemetry off) gets what it got before. Flush and shutdown go to the SDK's provider.
+ */
+function withGatewayTracer(sdkProvider: TracerProvider, gatewayTracer: Tracer): ApiTracerProvider & Pick<TracerProvider, 'forceFlush' | 'shutdown'> {
+  return {
+    getTracer: (name, version, options) =>
+      name === GATEWAY_TRACER_NAME && version === undefined && options?.schemaUrl === undefined ? gatewayTracer : sdkProvider.getTracer(name, version, options),
+    forceFlush: (options) => sdkProvider.forceFlush(options),
+    shutdown: () => sdkProvider.shutdown(),
+  };
 }
 
 /** The resource detectors NodeSDK would use: OTEL_NODE_RESOURCE_DETECTORS (`all`, `none` or names), else env, process, host. */

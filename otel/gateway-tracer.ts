@@ -1,0 +1,498 @@
+/**
+ * The gateway's own tracer: the SERVER span of src/middleware/tracing.ts and the CLIENT spans of
+ * src/upstream-span.ts, two or more per proxied request. It decides and records exactly what the SDK's Tracer
+ * and SpanImpl (@opentelemetry/sdk-trace 3.0) would from the same sampler, id generator, span limits, resource
+ * and span processors, and its spans are ReadableSpans, so the processors, exporters and our OTLP encoder take
+ * them unchanged. What it leaves out is the SDK's general-purpose cost per span (issue 12, tracing at 100%
+ * within 20% CPU of telemetry off; figures in docs/architecture.md):
+ * - the start attributes copied once, straight into the span's object, instead of cleaned twice (a copy for the
+ *   sampler, then a second copy to apply the limits); the second pass runs only when a limit or the sampler's
+ *   attributes could change something;
+ * - primitive attribute values (all the gateway sets) checked by their type, not through `maybeAddAttribute`'s
+ *   options object and `isAnyValue`'s WeakSet per call;
+ * - one clock read at start and one at end, instead of Date.now and performance.now at start and
+ *   performance.now plus two HrTime conversions and an addition at end;
+ * - no TracerMetrics (objects with computed keys for every span, recorded into the no-op meter: otel/sdk.ts
+ *   gives the TracerProvider no MeterProvider, so nothing is observable), no MultiSpanProcessor in between.
+ * test/unit/gateway-tracer.test.ts pins the equivalence with the SDK's Tracer over generated operations.
+ * Loaded only with telemetry on (otel/sdk.ts requires it), like the SDK itself.
+ */
+import {
+  context,
+  diag,
+  INVALID_SPAN_CONTEXT,
+  SamplingDecision,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+  TraceFlags,
+  type Attributes,
+  type AttributeValue,
+  type Context,
+  type Exception,
+  type HrTime,
+  type Link,
+  type Span,
+  type SpanAttributes,
+  type SpanContext,
+  type SpanOptions,
+  type SpanStatus,
+  type TimeInput,
+  type Tracer,
+} from '@opentelemetry/api';
+import {
+  addHrTimes,
+  cleanAttributes,
+  cleanSimpleAttributes,
+  hrTime,
+  hrTimeDuration,
+  isAnyValue,
+  isTimeInput,
+  isTimeInputHrTime,
+  isTracingSuppressed,
+  millisToHrTime,
+  type InstrumentationScope,
+} from '@opentelemetry/core';
+import type { Resource } from '@opentelemetry/resources';
+import type { IdGenerator, ReadableSpan, Sampler, SpanLimits, SpanProcessor, TimedEvent } from '@opentelemetry/sdk-trace';
+import { ATTR_EXCEPTION_MESSAGE, ATTR_EXCEPTION_STACKTRACE, ATTR_EXCEPTION_TYPE } from '@opentelemetry/semantic-conventions';
+
+/** The scope name src/gateway.ts asks the global provider for (`trace.getTracer('koa-gateway')`). */
+export const GATEWAY_TRACER_NAME = 'koa-gateway';
+
+/** sdk-trace's name for the event `recordException` adds. */
+const EXCEPTION_EVENT_NAME = 'exception';
+
+export interface GatewayTracerOptions {
+  /** The instrumentation scope's name; default `GATEWAY_TRACER_NAME`. */
+  name?: string;
+  /** The scope's version and schema URL; default none (the gateway asks for neither). */
+  version?: string;
+  schemaUrl?: string;
+  /** The same sampler the SDK's TracerProvider got (ClientTraceIdSampler in otel/sdk.ts). */
+  sampler: Sampler;
+  /** The same id generator (RequestedTraceIdGenerator): asked for a trace id by root spans only. */
+  idGenerator: IdGenerator;
+  /** The same processors, called in this order; the SDK's TracerProvider still owns their flush and shutdown. */
+  spanProcessors: readonly SpanProcessor[];
+  resource: Resource;
+  /** The same limits the TracerProvider got; unset ones take its defaults (128 each, no value length limit). */
+  spanLimits?: SpanLimits;
+}
+
+/** SpanLimits with the SDK TracerProvider's defaults filled in, as its Tracers see them. */
+type ResolvedSpanLimits = Required<SpanLimits>;
+
+/**
+ * Span times: the monotonic clock (performance.now(), sub-microsecond) placed on the wall clock by an origin that
+ * is checked against Date.now() at most once a second and moved only when they disagree by more than a
+ * millisecond (Date.now() itself has millisecond steps). So a clock read is one performance.now() and one
+ * addition, not SpanImpl's Date.now() and performance.now() per span, and span times still follow the wall
+ * clock that log timestamps use when it is stepped or slewed (NTP, a resumed VM): the SDK anchors every span to
+ * Date.now() for that reason (opentelemetry-js #852, #3129, #3434).
+ */
+const ANCHOR_CHECK_INTERVAL_MS = 1000;
+const ANCHOR_TOLERANCE_MS = 1;
+let originMs = performance.timeOrigin;
+let origin: HrTime = millisToHrTime(originMs);
+let anchorCheckedAt = -Infinity;
+
+function clockNow(): HrTime {
+  const now = performance.now();
+  if (now - anchorCheckedAt >= ANCHOR_CHECK_INTERVAL_MS) {
+    anchorCheckedAt = now;
+    const wallOriginMs = Date.now() - now;
+    if (Math.abs(wallOriginMs - originMs) > ANCHOR_TOLERANCE_MS) {
+      originMs = wallOriginMs;
+      origin = millisToHrTime(originMs);
+    }
+  }
+  return addHrTimes(origin, millisToHrTime(now));
+}
+
+/** A span's state before it ends, as SpanImpl has it; shared, as nothing writes into them (end replaces them). */
+const NOT_ENDED_TIME: HrTime = Object.freeze([0, 0]) as unknown as HrTime;
+const NOT_ENDED_DURATION: HrTime = Object.freeze([-1, -1]) as unknown as HrTime;
+const UNSET_STATUS: SpanStatus = Object.freeze({ code: SpanStatusCode.UNSET });
+
+/**
+ * The tracer for the gateway's own spans, an `@opentelemetry/api` Tracer. Hand it the options the SDK's
+ * TracerProvider got (otel/sdk.ts) and its spans are the SDK's, recorded for less.
+ */
+export function createGatewayTracer(options: GatewayTracerOptions): Tracer {
+  return new GatewayTracer(options);
+}
+
+class GatewayTracer implements Tracer {
+  readonly instrumentationScope: InstrumentationScope;
+  readonly resource: Resource;
+  readonly limits: ResolvedSpanLimits;
+  /**
+   * The value length limit as the SDK applies it: not positive means none. Resolved once, so the SDK's warning
+   * about it is written once rather than for every attribute of every span.
+   */
+  readonly valueLengthLimit: number;
+  readonly processors: readonly SpanProcessor[];
+  private readonly sampler: Sampler;
+  private readonly idGenerator: IdGenerator;
+  /** The limits for the rare second pass over start attributes, with the value length limit resolved. */
+  private readonly attributeLimits: { attributeCountLimit: number; attributeValueLengthLimit: number };
+
+  constructor(options: GatewayTracerOptions) {
+    this.instrumentationScope = { name: options.name ?? GATEWAY_TRACER_NAME, version: options.version, schemaUrl: options.schemaUrl };
+    this.resource = options.resource;
+    this.sampler = options.sampler;
+    this.idGenerator = options.idGenerator;
+    this.processors = [...options.spanProcessors];
+    const given = options.spanLimits;
+    this.limits = {
+      attributeCountLimit: given?.attributeCountLimit ?? 128,
+      attributeValueLengthLimit: given?.attributeValueLengthLimit ?? Infinity,
+      eventCountLimit: given?.eventCountLimit ?? 128,
+      linkCountLimit: given?.linkCountLimit ?? 128,
+      attributePerEventCountLimit: given?.attributePerEventCountLimit ?? 128,
+      attributePerLinkCountLimit: given?.attributePerLinkCountLimit ?? 128,
+    };
+    const lengthLimit = this.limits.attributeValueLengthLimit;
+    if (lengthLimit <= 0) diag.warn(`Invalid attributeValueLengthLimit: must be positive, got ${lengthLimit} (ignoring)`);
+    this.valueLengthLimit = lengthLimit <= 0 ? Infinity : lengthLimit;
+    this.attributeLimits = { attributeCountLimit: this.limits.attributeCountLimit, attributeValueLengthLimit: this.valueLengthLimit };
+  }
+
+  startSpan(name: string, options: SpanOptions = {}, parentContext: Context = context.active()): Span {
+    let ctx = parentContext;
+    if (options.root) ctx = trace.deleteSpan(ctx);
+    const parentSpan = trace.getSpan(ctx);
+    if (isTracingSuppressed(ctx)) {
+      diag.debug('Instrumentation suppressed, returning Noop Span');
+      return trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
+    }
+    const parent = parentSpan?.spanContext();
+    // The span id first, then a trace id for a root only: a shared id generator sees the SDK's call order, and
+    // the trace id the gateway requested (otel/trace-ids.ts withTraceId) goes to the root span it is meant for.
+    const spanId = this.idGenerator.generateSpanId();
+    let traceId: string;
+    let traceState = undefined as SpanContext['traceState'];
+    let validParent: SpanContext | undefined;
+    if (parent === undefined || !trace.isSpanContextValid(parent)) {
+      traceId = this.idGenerator.generateTraceId();
+    } else {
+      traceId = parent.traceId;
+      traceState = parent.traceState;
+      validParent = parent;
+    }
+    const kind = options.kind ?? SpanKind.INTERNAL;
+    // A fresh array even without links: the sampler is handed it, and it becomes the span's own (addLink).
+    const links = options.links == null ? [] : options.links.map((link) => this.limitedLink(link));
+
+    // The start attributes, copied once with the SDK's validation (its first cleanAttributes, without limits):
+    // the sampler must see them before any limit applies, as it does in the SDK.
+    const attributes: Attributes = {};
+    let attributeCount = 0;
+    let droppedAttributesCount = 0;
+    let limitsMayCut = false;
+    const given = options.attributes;
+    if (typeof given === 'object' && given !== null) {
+      for (const key in given) {
+        if (!Object.hasOwn(given, key)) continue;
+        const value = given[key];
+        if (value === undefined) continue;
+        if (key.length === 0) {
+          diag.warn(`Invalid attribute key: ${key}`);
+          droppedAttributesCount++;
+          continue;
+        }
+        if (typeof value === 'string') {
+          if (!(value.length <= this.valueLengthLimit)) limitsMayCut = true;
+          attributes[key] = value;
+        } else if (typeof value === 'number' || typeof value === 'boolean') {
+          attributes[key] = value;
+        } else {
+          if (!isAnyValue(value)) {
+            diag.warn(`Invalid attribute value set for key: ${key}`);
+            droppedAttributesCount++;
+            continue;
+          }
+          attributes[key] = copiedAnyValue(value, Infinity);
+          // Arrays, maps and bytes may hold something the length limit cuts; the second pass looks.
+          if (value !== null && this.valueLengthLimit !== Infinity) limitsMayCut = true;
+        }
+        attributeCount++;
+      }
+    }
+
+    const sampling = this.sampler.shouldSample(ctx, traceId, name, kind, attributes, links);
+    traceState = sampling.traceState ?? traceState;
+    const traceFlags = sampling.decision === SamplingDecision.RECORD_AND_SAMPLED ? TraceFlags.SAMPLED : TraceFlags.NONE;
+    const spanContext: SpanContext = { traceId, spanId, traceFlags, traceState };
+    if (sampling.decision === SamplingDecision.NOT_RECORD) {
+      diag.debug('Recording is off, propagating context in a non-recording span');
+      return trace.wrapSpanContext(spanContext);
+    }
+
+    // The SDK's second pass (the sampler's attributes merged, then the count and length limits), only where it
+    // can change something; it is then the SDK's own cleanAttributes over the same merged object.
+    let spanAttributes = attributes;
+    if (sampling.attributes != null || limitsMayCut || attributeCount > this.limits.attributeCountLimit) {
+      const limited = cleanAttributes(Object.assign(attributes, sampling.attributes), this.attributeLimits);
+      spanAttributes = limited.attributes ?? {};
+      attributeCount = Object.keys(spanAttributes).length;
+      droppedAttributesCount += limited.droppedAttributesCount ?? 0;
+    }
+    return new GatewaySpan(this, ctx, spanContext, name, kind, validParent, links, spanAttributes, attributeCount, droppedAttributesCount, options.startTime);
+  }
+
+  startActiveSpan<F extends (span: Span) => unknown>(name: string, fn: F): ReturnType<F>;
+  startActiveSpan<F extends (span: Span) => unknown>(name: string, options: SpanOptions, fn: F): ReturnType<F>;
+  startActiveSpan<F extends (span: Span) => unknown>(name: string, options: SpanOptions, ctx: Context, fn: F): ReturnType<F>;
+  startActiveSpan<F extends (span: Span) => unknown>(name: string, ...rest: unknown[]): ReturnType<F> | undefined {
+    // The SDK's argument handling: (fn), (options, fn) or (options, context, fn).
+    if (rest.length < 1) return undefined;
+    const fn = (rest.length === 1 ? rest[0] : rest.length === 2 ? rest[1] : rest[2]) as F;
+    const options = rest.length >= 2 ? (rest[0] as SpanOptions | undefined) : undefined;
+    const parentContext = (rest.length >= 3 ? (rest[1] as Context | undefined) : undefined) ?? context.active();
+    const span = this.startSpan(name, options, parentContext);
+    return context.with(trace.setSpan(parentContext, span), fn as (span: Span) => ReturnType<F>, undefined, span);
+  }
+
+  /** A link with its attributes cleaned as the SDK cleans them (per-link count limit, value length limit). */
+  limitedLink(link: Link): Link {
+    return {
+      context: link.context,
+      ...cleanAttributes(link.attributes, { attributeCountLimit: this.limits.attributePerLinkCountLimit, attributeValueLengthLimit: this.valueLengthLimit }),
+    };
+  }
+}
+
+/**
+ * A deep copy of an array, map or byte array (already checked by `isAnyValue`), strings in it cut to `limit`:
+ * the SDK's own copy (core's copyAndTruncAnyValue, reached through cleanAttributes as it is not exported).
+ */
+function copiedAnyValue(value: unknown, limit: number): AttributeValue {
+  return cleanAttributes({ value } as Attributes, { attributeCountLimit: Infinity, attributeValueLengthLimit: limit }).attributes!.value!;
+}
+
+/** One recorded span of the gateway: an API Span and an SDK ReadableSpan, as SpanImpl is. */
+export class GatewaySpan implements Span, ReadableSpan {
+  name: string;
+  readonly kind: SpanKind;
+  readonly parentSpanContext: SpanContext | undefined;
+  readonly startTime: HrTime;
+  endTime: HrTime = NOT_ENDED_TIME;
+  duration: HrTime = NOT_ENDED_DURATION;
+  status: SpanStatus = UNSET_STATUS;
+  readonly attributes: Attributes;
+  readonly links: Link[];
+  readonly events: TimedEvent[] = [];
+  ended = false;
+  readonly resource: Resource;
+  readonly instrumentationScope: InstrumentationScope;
+  droppedAttributesCount: number;
+  droppedEventsCount = 0;
+  droppedLinksCount = 0;
+  private attributeCount: number;
+  private readonly context: SpanContext;
+  private readonly tracer: GatewayTracer;
+  /** With a start time given, an end without one is read from Date.now(), as SpanImpl does. */
+  private readonly startTimeProvided: boolean;
+
+  constructor(
+    tracer: GatewayTracer,
+    parentContext: Context,
+    spanContext: SpanContext,
+    name: string,
+    kind: SpanKind,
+    parentSpanContext: SpanContext | undefined,
+    links: Link[],
+    attributes: Attributes,
+    attributeCount: number,
+    droppedAttributesCount: number,
+    startTime: TimeInput | undefined,
+  ) {
+    this.tracer = tracer;
+    this.context = spanContext;
+    this.name = name;
+    this.kind = kind;
+    this.parentSpanContext = parentSpanContext;
+    this.resource = tracer.resource;
+    this.instrumentationScope = tracer.instrumentationScope;
+    this.startTimeProvided = startTime != null;
+    this.startTime = startTime == null ? clockNow() : this.timeOf(startTime);
+    const { linkCountLimit } = tracer.limits;
+    if (links.length > linkCountLimit) {
+      this.links = links.slice(links.length - linkCountLimit, links.length);
+      this.droppedLinksCount = links.length - linkCountLimit;
+    } else {
+      this.links = links;
+    }
+    this.attributes = attributes;
+    this.attributeCount = attributeCount;
+    this.droppedAttributesCount = droppedAttributesCount;
+    for (const processor of tracer.processors) processor.onStart(this, parentContext);
+  }
+
+  spanContext(): SpanContext {
+    return this.context;
+  }
+
+  isRecording(): boolean {
+    return !this.ended;
+  }
+
+  setAttribute(key: string, value: SpanAttributes[string]): this {
+    if (this.ended) return this.warnEnded();
+    // maybeAddAttribute's order: undefined, empty key, the count limit (before validity), validity, then the copy.
+    if (value === undefined) return this;
+    if (key.length === 0) {
+      diag.warn(`Invalid attribute key: ${key}`);
+      return this;
+    }
+    const attributes = this.attributes;
+    const isNewKey = !Object.hasOwn(attributes, key);
+    if (isNewKey && this.attributeCount >= this.tracer.limits.attributeCountLimit) {
+      this.droppedAttributesCount++;
+      if (this.droppedAttributesCount === 1) diag.warn('Dropping extra attributes.');
+      return this;
+    }
+    const limit = this.tracer.valueLengthLimit;
+    if (typeof value === 'string') {
+      attributes[key] = value.length <= limit ? value : value.substring(0, limit);
+    } else if (typeof value === 'number' || typeof value === 'boolean') {
+      attributes[key] = value;
+    } else {
+      if (!isAnyValue(value)) {
+        diag.warn(`Invalid attribute value set for key: ${key}`);
+        return this;
+      }
+      attributes[key] = copiedAnyValue(value, limit);
+    }
+    if (isNewKey) this.attributeCount++;
+    return this;
+  }
+
+  setAttributes(attributes: SpanAttributes): this {
+    for (const key in attributes) if (Object.hasOwn(attributes, key)) this.setAttribute(key, attributes[key]);
+    return this;
+  }
+
+  addEvent(name: string, attributesOrStartTime?: SpanAttributes | TimeInput, timeStamp?: TimeInput): this {
+    if (this.ended) return this.warnEnded();
+    const { eventCountLimit, attributePerEventCountLimit } = this.tracer.limits;
+    if (eventCountLimit === 0) {
+      diag.warn('No events allowed.');
+      this.droppedEventsCount++;
+      return this;
+    }
+    if (this.events.length >= eventCountLimit) {
+      if (this.droppedEventsCount === 0) diag.debug('Dropping extra events.');
+      this.events.shift();
+      this.droppedEventsCount++;
+    }
+    let attributes: SpanAttributes | undefined;
+    if (isTimeInput(attributesOrStartTime)) {
+      if (!isTimeInput(timeStamp)) timeStamp = attributesOrStartTime;
+    } else {
+      attributes = attributesOrStartTime;
+    }
+    // Events keep to simple values (OTEP 4485), as the SDK's do.
+    const cleaned = cleanSimpleAttributes(attributes, { attributeCountLimit: attributePerEventCountLimit, attributeValueLengthLimit: this.tracer.valueLengthLimit });
+    this.events.push({ name, time: this.timeOf(timeStamp), ...cleaned });
+    return this;
+  }
+
+  addLink(link: Link): this {
+    if (this.ended) return this.warnEnded();
+    const { linkCountLimit } = this.tracer.limits;
+    if (linkCountLimit === 0) {
+      this.droppedLinksCount++;
+      return this;
+    }
+    if (this.links.length >= linkCountLimit) {
+      if (this.droppedLinksCount === 0) diag.debug('Dropping extra links.');
+      this.links.shift();
+      this.droppedLinksCount++;
+    }
+    this.links.push(this.tracer.limitedLink(link));
+    return this;
+  }
+
+  addLinks(links: Link[]): this {
+    for (const link of links) this.addLink(link);
+    return this;
+  }
+
+  setStatus(status: SpanStatus): this {
+    if (this.ended) return this.warnEnded();
+    // UNSET changes nothing, and OK is final (the API's rule).
+    if (status.code === SpanStatusCode.UNSET) return this;
+    if (this.status.code === SpanStatusCode.OK) return this;
+    const next: SpanStatus = { code: status.code };
+    if (status.code === SpanStatusCode.ERROR) {
+      if (typeof status.message === 'string') next.message = status.message;
+      else if (status.message != null) diag.warn(`Dropping invalid status.message of type '${typeof status.message}', expected 'string'`);
+    }
+    this.status = next;
+    return this;
+  }
+
+  updateName(name: string): this {
+    if (this.ended) return this.warnEnded();
+    this.name = name;
+    return this;
+  }
+
+  end(endTime?: TimeInput): void {
+    if (this.ended) {
+      diag.error(`${this.name} ${this.context.traceId}-${this.context.spanId} - You can only call end() on a span once.`);
+      return;
+    }
+    let end = this.timeOf(endTime);
+    let duration = hrTimeDuration(this.startTime, end);
+    if (duration[0] < 0) {
+      diag.warn('Inconsistent start and end time, startTime > endTime. Setting span duration to 0ms.', this.startTime, end);
+      end = this.startTime.slice() as HrTime;
+      duration = [0, 0];
+    }
+    this.endTime = end;
+    this.duration = duration;
+    if (this.droppedEventsCount > 0) diag.warn(`Dropped ${this.droppedEventsCount} events because eventCountLimit reached`);
+    if (this.droppedLinksCount > 0) diag.warn(`Dropped ${this.droppedLinksCount} links because linkCountLimit reached`);
+    const processors = this.tracer.processors;
+    // onEnding sees the span still open (it may set attributes), as the SDK's span processors do.
+    for (const processor of processors) processor.onEnding?.(this);
+    this.ended = true;
+    for (const processor of processors) processor.onEnd(this);
+  }
+
+  recordException(exception: Exception, time?: TimeInput): void {
+    const attributes: Attributes = {};
+    if (typeof exception === 'string') {
+      attributes[ATTR_EXCEPTION_MESSAGE] = exception;
+    } else if (exception) {
+      if (exception.code) attributes[ATTR_EXCEPTION_TYPE] = exception.code.toString();
+      else if (exception.name) attributes[ATTR_EXCEPTION_TYPE] = exception.name;
+      if (exception.message) attributes[ATTR_EXCEPTION_MESSAGE] = exception.message;
+      if (exception.stack) attributes[ATTR_EXCEPTION_STACKTRACE] = exception.stack;
+    }
+    if (attributes[ATTR_EXCEPTION_TYPE] || attributes[ATTR_EXCEPTION_MESSAGE]) this.addEvent(EXCEPTION_EVENT_NAME, attributes, time);
+    else diag.warn(`Failed to record an exception ${String(exception)}`);
+  }
+
+  /**
+   * A time as SpanImpl reads it: a number up to performance.now() is on the performance clock, a larger one is
+   * epoch milliseconds; Dates and HrTimes are taken as they are; none is now.
+   */
+  private timeOf(input: TimeInput | undefined): HrTime {
+    if (typeof input === 'number') return input <= performance.now() ? hrTime(input) : millisToHrTime(input);
+    if (input instanceof Date) return millisToHrTime(input.getTime());
+    if (isTimeInputHrTime(input)) return input as HrTime;
+    if (this.startTimeProvided) return millisToHrTime(Date.now());
+    return clockNow();
+  }
+
+  private warnEnded(): this {
+    const { traceId, spanId } = this.context;
+    diag.warn(`Cannot execute the operation on ended Span {traceId: ${traceId}, spanId: ${spanId}}`, new Error(`Operation attempted on ended Span {traceId: ${traceId}, spanId: ${spanId}}`));
+    return this;
+  }
+}
