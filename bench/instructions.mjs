@@ -4,7 +4,11 @@
 // after the warm-up: take the median of several runs for a question of a few percent). They do not count cache
 // misses or waiting, so they complement `npm run bench`, they do not replace it.
 //   apt-get install -y valgrind && npm run build
-//   node bench/instructions.mjs [--variants off,traced,traced-metrics,two-workers] [--warmup 1000] [--requests 1500] [--connections 10]
+//   node bench/instructions.mjs [--variants off,traced,traced-metrics,two-workers] [--warmup 1000] [--requests 1500] [--connections 10] [--functions]
+// --functions also says where the instructions go: node runs with --perf-basic-prof (V8 names its compiled code in
+// /tmp/perf-<pid>.map, copied beside the dumps), and <out>/<variant>.functions.md gets the areas (compiler, GC,
+// megamorphic ICs, Koa, the gateway...), the top functions by self instructions per request, and who calls the
+// megamorphic ICs and the runtime (bench/callgrind-functions.mjs). V8 writing its map adds a little to the counts.
 // Each variant is one gateway under `valgrind --tool=callgrind` (about 50x slower), two at a time (one per core;
 // more at once shifts the counts: requests then batch differently per event-loop turn). Counters are zeroed after
 // the warm-up and dumped after the measured requests (callgrind_control), so start-up is not counted.
@@ -15,6 +19,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import { formatFunctionsReport, mergeProfiles, nameFunctions, parseCallgrind, parsePerfMap } from './callgrind-functions.mjs';
 import { childPids, freePort, start, stop, stopAll, waitUntilServing } from './processes.mjs';
 import { BENCH_DIR, cleanEnv, mintToken, ROOT, startUpstreamAndSink } from './servers.mjs';
 
@@ -60,6 +65,7 @@ const { values: flags } = parseArgs({
     requests: { type: 'string', default: '1500' },
     connections: { type: 'string', default: '10' },
     out: { type: 'string', default: path.join(BENCH_DIR, 'out', 'instructions') },
+    functions: { type: 'boolean', default: false },
   },
 });
 const names = flags.variants.split(',');
@@ -110,6 +116,25 @@ function countedInstructions(name) {
   return files.reduce((sum, file) => sum + Number(/^(?:summary|totals):\s*(\d+)/m.exec(fs.readFileSync(path.join(dir, file), 'utf8'))?.[1] ?? 0), 0);
 }
 
+/**
+ * `<name>.functions.md`: where the counted instructions went, by area and by function, from the dumps and the
+ * perf maps copied beside them (bench/callgrind-functions.mjs). Run after all measuring: parsing takes seconds,
+ * which would stall the load of a variant measured at the same time.
+ */
+function writeFunctionsReport(name) {
+  const dumped = new RegExp(`^${name}\\.callgrind\\.out\\.(\\d+)\\.\\d+$`);
+  const profiles = fs.readdirSync(dir).flatMap((file) => {
+    const pid = dumped.exec(file)?.[1];
+    if (pid === undefined) return [];
+    const perfMap = path.join(dir, `${name}.perf-${pid}.map`);
+    const perfEntries = fs.existsSync(perfMap) ? parsePerfMap(fs.readFileSync(perfMap, 'utf8')) : [];
+    return [nameFunctions(parseCallgrind(fs.readFileSync(path.join(dir, file), 'utf8')), perfEntries)];
+  });
+  const report = path.join(dir, `${name}.functions.md`);
+  fs.writeFileSync(report, formatFunctionsReport({ name, profile: mergeProfiles(profiles), requests, root: ROOT }));
+  return report;
+}
+
 /** The command line and environment of `name` under test: a gateway variant, or a reference process. */
 async function commandOf(name, port, upstreamPort, sinkPort) {
   if (name in REFERENCES) {
@@ -138,7 +163,9 @@ async function measure(name, upstreamPort, sinkPort) {
   const { args, cwd, env } = await commandOf(name, port, upstreamPort, sinkPort);
   // %p: one file per process; with workers, valgrind follows the forks (--trace-children) and counts them too.
   const out = path.join(dir, `${name}.callgrind.out.%p`);
-  const gateway = start(name, 'valgrind', ['--tool=callgrind', '--trace-children=yes', '--smc-check=all-non-file', `--callgrind-out-file=${out}`, process.execPath, ...args], {
+  // --perf-basic-prof: V8 names its compiled code in /tmp/perf-<pid>.map, where callgrind sees bare addresses.
+  const nodeArgs = flags.functions ? ['--perf-basic-prof', ...args] : args;
+  const gateway = start(name, 'valgrind', ['--tool=callgrind', '--trace-children=yes', '--smc-check=all-non-file', `--callgrind-out-file=${out}`, process.execPath, ...nodeArgs], {
     cwd,
     env,
     stdoutFile: path.join(dir, `${name}.out.log`),
@@ -157,6 +184,16 @@ async function measure(name, upstreamPort, sinkPort) {
     const failed = await load(port, requests);
     control('--dump');
     await sleep(500);
+    // Copied as it was at the dump: code compiled later may reuse an address the counted code ran at, and a
+    // map's last entry for an address names it.
+    if (flags.functions) {
+      for (const pid of pids) {
+        const perfMap = `/tmp/perf-${pid}.map`;
+        if (!fs.existsSync(perfMap)) continue;
+        fs.copyFileSync(perfMap, path.join(dir, `${name}.perf-${pid}.map`));
+        fs.rmSync(perfMap);
+      }
+    }
     return { name, instructionsPerRequest: Math.round(countedInstructions(name) / requests), failed };
   } finally {
     await stop(gateway, 60_000);
@@ -198,6 +235,7 @@ try {
     if (full && byName(peerName)) lines.push('', `${full.name} vs ${peerName}, throughput per core (issue 12, ${limit}): ${(byName(peerName) / full.instructionsPerRequest).toFixed(2)}x`);
   }
   if (floor && byName('cache-hit')) lines.push('', `cache-hit vs floor (issue 14, <= 1.5x): ${(byName('cache-hit') / floor).toFixed(2)}x`);
+  if (flags.functions) lines.push('', ...results.map((result) => `${result.name} by function: ${writeFunctionsReport(result.name)}`));
   process.stdout.write(`${lines.join('\n')}\n`);
   fs.writeFileSync(path.join(dir, 'results.json'), JSON.stringify(results, null, 2));
 } finally {
