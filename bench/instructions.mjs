@@ -37,6 +37,8 @@ const VARIANTS = {
   // Issue 14's line: the traced gateway whose one route caches (bench/gateway.cache.bench.json); after the warm-up
   // every counted answer is a hit, the upstream is never reached.
   'cache-hit': { OTEL_TRACES_SAMPLER: 'always_on', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none', config: 'gateway.cache.bench.json' },
+  // The same without telemetry: how much of a hit's cost is tracing it.
+  'cache-hit-off': { OTEL_SDK_DISABLED: 'true', config: 'gateway.cache.bench.json' },
 };
 
 /**
@@ -235,6 +237,7 @@ try {
     if (full && byName(peerName)) lines.push('', `${full.name} vs ${peerName}, throughput per core (issue 12, ${limit}): ${(byName(peerName) / full.instructionsPerRequest).toFixed(2)}x`);
   }
   if (floor && byName('cache-hit')) lines.push('', `cache-hit vs floor (issue 14, <= 1.5x): ${(byName('cache-hit') / floor).toFixed(2)}x`);
+  if (floor && byName('cache-hit-off')) lines.push('', `cache-hit-off (no telemetry) vs floor: ${(byName('cache-hit-off') / floor).toFixed(2)}x`);
   if (flags.functions) lines.push('', ...results.map((result) => `${result.name} by function: ${writeFunctionsReport(result.name)}`));
   process.stdout.write(`${lines.join('\n')}\n`);
   fs.writeFileSync(path.join(dir, 'results.json'), JSON.stringify(results, null, 2));
