@@ -54,7 +54,19 @@ describe('logLine (the access log fast path)', () => {
     // list sorted for other keys) shows up as a line that differs from winston's own.
     const { logger, lines } = capturingLogger();
     const key = fc.oneof(fc.constantFrom('a', 'b', 'a\nb', 'b\na', '"', 'status', 'level', 'url', 'z', 'é', 'x1'), fc.string({ maxLength: 4 }));
-    const value = fc.oneof(fc.string({ maxLength: 6 }), fc.integer(), fc.boolean(), fc.constant(null));
+    // Values JSON writes differently: quotes, backslashes, controls, lone and paired surrogates, U+2028,
+    // non-ASCII, -0, fractions, exponents, non-finite numbers (null).
+    const awkward = fc.constantFrom('"', '\\', 'a\nb', '\u0000', '\u001f', '\u007f', '\ud800', 'a\udc00b', '😀', '\u2028', 'é', '');
+    const value = fc.oneof(
+      fc.string({ maxLength: 6 }),
+      fc.string({ unit: 'binary', maxLength: 6 }),
+      awkward,
+      fc.integer(),
+      fc.double(),
+      fc.constantFrom(-0, 1e21, 5e-7, Number.NaN, Number.POSITIVE_INFINITY),
+      fc.boolean(),
+      fc.constant(null),
+    );
     await fc.assert(
       fc.asyncProperty(fc.array(fc.dictionary(key, value, { maxKeys: 6 }), { minLength: 1, maxLength: 8 }), async (fieldSets) => {
         lines.length = 0;
@@ -68,8 +80,25 @@ describe('logLine (the access log fast path)', () => {
         await new Promise((resolve) => setImmediate(resolve));
         for (let index = 0; index < lines.length; index += 2) expect(withoutTime(lines[index]!)).toBe(withoutTime(lines[index + 1]!));
       }),
-      { seed: 17, numRuns: 150 },
+      { seed: 17, numRuns: 300 },
     );
+  });
+
+  it('stamps each line with the time it was written (the text is reused only within one millisecond)', async () => {
+    const { logger, lines } = capturingLogger();
+    const stamps: { before: number; after: number }[] = [];
+    for (let index = 0; index < 3; index++) {
+      const before = Date.now();
+      logLine(logger, 'info', 'tick', fields, ROOT_CONTEXT);
+      stamps.push({ before, after: Date.now() });
+      // The next line in a later millisecond.
+      while (Date.now() <= stamps[index]!.after) await new Promise((resolve) => setImmediate(resolve));
+    }
+    const written = lines.map((line) => Date.parse((JSON.parse(line) as { timestamp: string }).timestamp));
+    written.forEach((time, index) => {
+      expect(time).toBeGreaterThanOrEqual(stamps[index]!.before);
+      expect(time).toBeLessThanOrEqual(stamps[index]!.after);
+    });
   });
 
   it("honours the logger's and each transport's level, and silence", () => {
