@@ -26,7 +26,9 @@ export function createTrustedProxies(options: TrustedProxiesOptions): Middleware
   const trusted = options.trustProxy && options.trustedProxies ? blockListOf(options.trustedProxies) : undefined;
   const trustsEveryPeer = options.trustProxy && !trusted;
 
-  return async function trustForwardedHeaders(ctx, next) {
+  // Not async: it only looks before passing on, and an async function would add a promise and an await per
+  // request (koa-compose turns a throw here into the same rejection).
+  return function trustForwardedHeaders(ctx, next) {
     if (!trustsEveryPeer) {
       const peer = ctx.req.socket.remoteAddress;
       const fromTrustedProxy = trusted !== undefined && peer !== undefined && trusted.check(peer, net.isIPv6(peer) ? 'ipv6' : 'ipv4');
@@ -36,7 +38,7 @@ export function createTrustedProxies(options: TrustedProxiesOptions): Middleware
         for (const name of FORWARDING_HEADERS) if (headers[name] !== undefined) delete headers[name];
       }
     }
-    await next();
+    return next();
   };
 }
 
