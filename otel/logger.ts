@@ -68,7 +68,7 @@ export type LineValue = string | number | boolean | null;
  * pipeline cost about 5% of the CPU per request (bench/RESULTS.md). The line is what `logger.log` would
  * write: defaultMeta, level, message, timestamp, the trace and span of `lineContext` and the fields, keys
  * sorted as winston's JSON format sorts them; every transport gets it at its own level (stdout, the OTLP
- * export with `lineContext` as the record's context, test captures). Fields must be flat JSON values, and not named like array indices (JSON lists those first, unsorted).
+ * export with `lineContext` as the record's context, test captures). Fields must be flat JSON values.
  */
 export function logLine(logger: Logger, level: string, message: string, fields: Readonly<Record<string, LineValue>>, lineContext: Context): void {
   const levels = logger.levels;
