@@ -6,8 +6,7 @@ import { GatewayError } from '../errors';
  * consumer) carries one of them; others get 403 before anything is forwarded.
  */
 export function createAuthorize(): Middleware {
-  // Not async: it only looks before passing on, and an async function would add a promise and an await per
-  // request (koa-compose turns a throw here into the same rejection).
+  // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
   return function authorize(ctx, next) {
     const roles = ctx.state.route?.roles;
     const role = ctx.state.user?.role ?? ctx.state.consumer?.role;

@@ -16,8 +16,7 @@ export interface ClientHeaderPolicyOptions {
  */
 export function createClientHeaderPolicy(options: ClientHeaderPolicyOptions): Middleware {
   const { underscores } = options;
-  // Not async: it only looks before passing on, and an async function would add a promise and an await per
-  // request (koa-compose turns a throw here into the same rejection).
+  // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
   return function screenClientHeaders(ctx, next) {
     const headers = ctx.req.headers;
     for (const name of Object.keys(headers)) {

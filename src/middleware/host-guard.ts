@@ -18,8 +18,7 @@ export function createHostGuard(options: HostGuardOptions): Middleware | undefin
   if (options.allowedHosts === undefined) return undefined;
   const allowed = createHostMatcher(options.allowedHosts);
 
-  // Not async: it only looks before passing on, and an async function would add a promise and an await per
-  // request (koa-compose turns a throw here into the same rejection).
+  // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
   return function guardHost(ctx, next) {
     if (!UNTRACED_PATHS.includes(ctx.path)) {
       const hostname = ctx.hostname.toLowerCase().replace(/^\[(.*)\]$/, '$1');

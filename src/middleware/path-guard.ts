@@ -37,8 +37,7 @@ export function pathProblem(rawPath: string): string | undefined {
 
 /** Refuses ambiguous paths with 400 before anything routes, limits or forwards on them. */
 export function createPathGuard(): Middleware {
-  // Not async: it only looks before passing on, and an async function would add a promise and an await per
-  // request (koa-compose turns a throw here into the same rejection).
+  // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
   return function guardPath(ctx, next) {
     const problem = pathProblem(ctx.path);
     if (problem !== undefined) throw new GatewayError('bad_path', `${problem}.`);

@@ -26,8 +26,7 @@ export function createTrustedProxies(options: TrustedProxiesOptions): Middleware
   const trusted = options.trustProxy && options.trustedProxies ? blockListOf(options.trustedProxies) : undefined;
   const trustsEveryPeer = options.trustProxy && !trusted;
 
-  // Not async: it only looks before passing on, and an async function would add a promise and an await per
-  // request (koa-compose turns a throw here into the same rejection).
+  // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
   return function trustForwardedHeaders(ctx, next) {
     if (!trustsEveryPeer) {
       const peer = ctx.req.socket.remoteAddress;
