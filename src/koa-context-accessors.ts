@@ -13,6 +13,7 @@ import type { Request, Response } from 'koa';
  * called on ctx.request / ctx.response and return what it returns. Methods take the parameters Koa's target
  * declares (none of those reads `arguments`, so dropping extra arguments is unobservable, and fixed parameters
  * stay cheaper than rest/spread in unoptimised code); the variadic ones (`accepts*`, `is`) pass every argument.
+ * One shortcut: `set` of an object without array values calls Node's setHeader itself, as Koa's `set` ends up doing.
  * test/unit/koa-context-accessors.test.ts checks that every name Koa delegates is overridden here with the same
  * kind, target and arguments, so a Koa that delegates a new name fails a test instead of keeping the slow path.
  */
@@ -43,7 +44,16 @@ const responseAccessors: ThisType<DelegationTargets> & object = {
   remove(field: string) { return this.response.remove(field); },
   vary(field: string | string[]) { return this.response.vary(field); },
   has(field: string) { return this.response.has(field); },
-  set(field: HeaderField, value?: HeaderValue) { return this.response.set(field, value); },
+  set(field: HeaderField, value?: HeaderValue) {
+    // An object of single values, as koa-ratelimit sets its three headers on every request: Koa's set would build an
+    // entries array, a pair per header and two closures; Node's setHeader in the same order is all it comes to.
+    if (typeof field === 'object' && field !== null && !this.response.headerSent && hasOnlySingleValues(field)) {
+      const { res } = this.response;
+      for (const name of Object.keys(field)) res.setHeader(name, field[name]!);
+      return undefined;
+    }
+    return this.response.set(field, value);
+  },
   append(field: string, value: HeaderValue) { return this.response.append(field, value); },
   flushHeaders() { return this.response.flushHeaders(); },
   back(alt?: string) { return this.response.back(alt); },
@@ -108,6 +118,12 @@ const requestAccessors: ThisType<DelegationTargets> & object = {
   get ips() { return this.request.ips; },
   get ip() { return this.request.ip; },
 };
+
+/** No value is an array: Koa's `set` then passes every value to setHeader as it is (it only unwraps or refuses arrays). */
+function hasOnlySingleValues(fields: Record<string, HeaderValue>): boolean {
+  for (const name of Object.keys(fields)) if (Array.isArray(fields[name])) return false;
+  return true;
+}
 
 /**
  * Defines, as own properties of `context`, a direct accessor or method for every name Koa's context delegates to
