@@ -115,7 +115,28 @@ export function evaluate(results) {
     // Issue 11: recording every request's RED metrics costs at most 5% CPU per request over metrics off.
     line('metrics-cost', 'metrics cost <= 5% CPU per request vs metrics off (issue 11)', `<= ${BUDGET.metricsCpuCostMax * 100}%`, asPercentOver(gw['gateway-metrics-off']?.cpuPerRequest) ?? {}, '%', (v) => v <= BUDGET.metricsCpuCostMax * 100, notRun('gateway-metrics-off'));
   }
-  return { summary, ratios, budget };
+  return { summary, ratios, budget, tracingFloor: tracingFloor(cases, rounds, find) };
+}
+
+/**
+ * What tracing costs the bare floor (node-floor-traced over node-floor) against what it costs the gateway (traced
+ * with metrics over telemetry off), per round in CPU µs per request, and the floor's cost as a share of the
+ * untraced gateway's CPU: the least the tracing-cost line could read with this tracing stack, whatever the
+ * gateway did around it. Null when one of the four cases did not run.
+ */
+function tracingFloor(cases, rounds, find) {
+  const ids = ['node-floor', 'node-floor-traced', 'gateway-untraced', 'gateway'];
+  if (!ids.every((id) => cases[id])) return null;
+  const perRound = rounds.map((r) => {
+    const [floor, tracedFloor, untraced, traced] = ids.map((id) => find(id, 'throughput', r).cpuUsPerRequest[cases[id].server]);
+    if ([floor, tracedFloor, untraced, traced].some((v) => v === null || v === undefined)) return null;
+    return { floorCostUs: tracedFloor - floor, gatewayCostUs: traced - untraced, floorShareOfUntracedPercent: ((tracedFloor - floor) / untraced) * 100 };
+  });
+  const pack = (key, digits) => {
+    const values = perRound.map((p) => (p ? p[key] : null));
+    return { median: round(median(values), digits), rounds: values.map((v) => round(v, digits)) };
+  };
+  return { floorCostUs: pack('floorCostUs', 1), gatewayCostUs: pack('gatewayCostUs', 1), floorShareOfUntracedPercent: pack('floorShareOfUntracedPercent', 1) };
 }
 
 const fmt = (value, digits = 0) => (value === null || value === undefined ? '–' : Number(value).toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits }));
@@ -153,7 +174,7 @@ export function toMarkdown(results) {
     const t = summary[id].throughput;
     const cpu = t.cpuUsPerRequest;
     const upstreamCpu = id === 'upstream' ? '(is the server)' : fmt(cpu.upstream, 1);
-    lines.push(`| ${cases[id].label} | ${fmt(t.rps)} | ${fmt(t.p50Ms, 2)} | ${fmt(t.p99Ms, 2)} | ${t.errors} | ${fmt(cpu[cases[id].server], 1)} | ${upstreamCpu} | ${id === 'gateway' ? fmt(cpu.sink, 1) : id === 'gateway-metrics-off' || id === 'gateway-cache-hit' ? fmt(cpu['sink-metrics-off'], 1) : '–'} | ${fmt(cpu.wrk, 1)} | ${rss(id)} | ${fmt(Math.max(0, t.otherCpuPercent))} |`);
+    lines.push(`| ${cases[id].label} | ${fmt(t.rps)} | ${fmt(t.p50Ms, 2)} | ${fmt(t.p99Ms, 2)} | ${t.errors} | ${fmt(cpu[cases[id].server], 1)} | ${upstreamCpu} | ${id === 'gateway' ? fmt(cpu.sink, 1) : ['gateway-metrics-off', 'gateway-cache-hit', 'node-floor-traced'].includes(id) ? fmt(cpu['sink-metrics-off'], 1) : '–'} | ${fmt(cpu.wrk, 1)} | ${rss(id)} | ${fmt(Math.max(0, t.otherCpuPercent))} |`);
   }
   lines.push('', '## Latency: 1 connection (medians)', '');
   lines.push('| case | req/s | p50 ms | p99 ms | errors | CPU µs/req: server | upstream |');
@@ -170,12 +191,21 @@ export function toMarkdown(results) {
   lines.push('|---|---|---:|---:|---:|');
   const each = (v, digits, suffix = '') => `${fmt(v.median, digits)}${suffix} (${v.rounds.map((x) => fmt(x, digits)).join(', ')})`;
   // Each pair once, the more elaborate case against the simpler one.
-  const rank = ['upstream', 'nginx', 'node-floor', 'express', 'fastify', 'gateway-cache-hit', 'gateway-untraced', 'gateway-metrics-off', 'gateway', 'gateway-2-workers'];
+  const rank = ['upstream', 'nginx', 'node-floor', 'node-floor-traced', 'express', 'fastify', 'gateway-cache-hit', 'gateway-untraced', 'gateway-metrics-off', 'gateway', 'gateway-2-workers'];
   for (const id of ids) {
     for (const [base, r] of Object.entries(ratios[id])) {
       if (rank.indexOf(base) >= rank.indexOf(id)) continue;
       lines.push(`| ${cases[id].label} | ${cases[base].label} | ${each(r.throughput, 3, 'x')} | ${each(r.cpuPerRequest, 2, 'x')} | ${each(r.addedP50Ms, 3)} |`);
     }
+  }
+
+  const tf = results.tracingFloor;
+  if (tf) {
+    lines.push('', "## Tracing's floor: what the same two spans per request cost the bare proxy (median, then each round)", '');
+    lines.push('CPU µs per request at 50 connections. The traced floor records and exports the gateway\'s two spans with the gateway\'s tracer and nothing else (bench/node-floor.mjs); its cost over the floor, as a share of the untraced gateway\'s CPU, is the least the tracing-cost line can read with this tracing stack.', '');
+    lines.push('| tracing costs the floor, µs | tracing (and metrics) cost the gateway, µs | the floor\'s cost, % of the untraced gateway |');
+    lines.push('|---:|---:|---:|');
+    lines.push(`| ${each(tf.floorCostUs, 1)} | ${each(tf.gatewayCostUs, 1)} | ${each(tf.floorShareOfUntracedPercent, 1, '%')} |`);
   }
 
   if (loss) {

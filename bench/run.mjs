@@ -76,6 +76,7 @@ function caseTable(ports = {}) {
     express: { label: 'Express tutorial gateway', url: `http://127.0.0.1:${ports.express}/api/users/42`, auth: true, server: 'express' },
     nginx: { label: 'nginx proxy_pass, 1 worker', url: `http://127.0.0.1:${ports.nginx}/api/users/42`, auth: false, server: 'nginx' },
     'node-floor': { label: 'bare Node proxy (reference floor)', url: `http://127.0.0.1:${ports['node-floor']}/api/users/42`, auth: false, server: 'node-floor' },
+    'node-floor-traced': { label: 'bare Node proxy, its two spans per request traced (tracing floor)', url: `http://127.0.0.1:${ports['node-floor-traced']}/api/users/42`, auth: false, server: 'node-floor-traced' },
   };
 }
 
@@ -148,7 +149,7 @@ async function startProcesses(selected, logs, secret) {
   const upstreamPort = ports.upstream;
   const children = { upstream: startUpstream({ port: upstreamPort, logs }), sink: startSink({ port: ports.sink, logs }) };
   // The other traced gateways export to a sink of their own, so the traced gateway's span counts stay its own.
-  if (['gateway-metrics-off', 'gateway-cache-hit', 'gateway-2-workers'].some((id) => selected.includes(id))) children['sink-metrics-off'] = startSink({ port: ports['sink-metrics-off'], logs, name: 'otlp-sink-metrics-off' });
+  if (['gateway-metrics-off', 'gateway-cache-hit', 'gateway-2-workers', 'node-floor-traced'].some((id) => selected.includes(id))) children['sink-metrics-off'] = startSink({ port: ports['sink-metrics-off'], logs, name: 'otlp-sink-metrics-off' });
   if (selected.includes('gateway')) {
     const metrics = { port: ports['gateway-metrics-scrape'] };
     children.gateway = startGateway({ name: 'gateway', port: ports.gateway, upstreamPort, secret, logs, tracing: { sinkPort: ports.sink, exportLogs: settings.otlpLogs }, metrics });
@@ -173,6 +174,9 @@ async function startProcesses(selected, logs, secret) {
   for (const peer of ['fastify', 'express']) if (selected.includes(peer)) children[peer] = startPeer({ name: peer, port: ports[peer], upstreamPort, secret, logs });
   if (selected.includes('nginx')) children.nginx = startNginx({ port: ports.nginx, upstreamPort, logs });
   if (selected.includes('node-floor')) children['node-floor'] = startNodeFloor({ port: ports['node-floor'], upstreamPort, logs });
+  if (selected.includes('node-floor-traced')) {
+    children['node-floor-traced'] = startNodeFloor({ name: 'node-floor-traced', port: ports['node-floor-traced'], upstreamPort, logs, tracing: { sinkPort: ports['sink-metrics-off'] } });
+  }
   return { ports, children };
 }
 
