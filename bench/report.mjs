@@ -150,7 +150,7 @@ export function toMarkdown(results) {
   );
   lines.push(
     `Gateway: commit ${results.build.commit}${results.build.uncommitted.length ? ` plus uncommitted changes to ${results.build.uncommitted.join(', ')}` : ''}, built to dist/.`,
-    `Runs: ${s.rounds} rounds (order reversed every other round), ${s.throughputSeconds} s at ${s.connections} connections + ${s.latencySeconds} s at 1 connection per case per round, each after ${s.warmupSeconds} s of unmeasured warm-up; whole run ${results.durationSeconds} s. Load generator, upstream, sink and servers share the same cores: read ratios and CPU per request, not absolute req/s. "other CPU %" is what the rest of the machine used during the run (100 = one core).`,
+    `Runs: ${s.rounds} rounds (order reversed every other round), ${s.throughputSeconds} s at ${s.connections} connections per case per round${s.slices > 1 ? ` in ${s.slices} slices of ${s.throughputSeconds / s.slices} s taken in turn across the cases (the first after ${s.warmupSeconds} s of unmeasured warm-up, the others after ${s.sliceWarmupSeconds} s)` : `, after ${s.warmupSeconds} s of unmeasured warm-up`}, then ${s.latencySeconds} s at 1 connection per case; whole run ${results.durationSeconds} s. Load generator, upstream, sink and servers share the same cores: read ratios and CPU per request, not absolute req/s. "other CPU %" is what the rest of the machine used during the run (100 = one core).`,
     '',
   );
   const others = results.runs.map((r) => r.otherCpuPercent).sort((a, b) => a - b);

@@ -22,6 +22,7 @@ const { values: flags } = parseArgs({
     'throughput-seconds': { type: 'string' },
     'latency-seconds': { type: 'string' },
     'warmup-seconds': { type: 'string' },
+    slices: { type: 'string' },
     'loss-seconds': { type: 'string' },
     connections: { type: 'string', default: '50' },
     cases: { type: 'string' },
@@ -39,7 +40,9 @@ if (flags.help) {
   --rounds N                 A B A B rounds, order reversed every other round (default 2)
   --throughput-seconds N     each 50-connection run (default 8)
   --latency-seconds N        each 1-connection run (default 5)
-  --warmup-seconds N         unmeasured 50-connection warm-up before each case's runs, every round (default 3)
+  --warmup-seconds N         unmeasured 50-connection warm-up before each case's first slice, every round (default 3)
+  --slices N                 each throughput run cut into N slices taken in turn across the cases, each after 1 s
+                             of warm-up (default 4; 1 with --quick); N must divide --throughput-seconds
   --loss-seconds N           telemetry-loss check at 50% of peak (default 60; 0 skips it)
   --connections N            connections of the throughput shape (default 50)
   --cases a,b                subset of: ${Object.keys(caseTable()).join(', ')}
@@ -57,11 +60,14 @@ const settings = {
   throughputSeconds: positiveInt(flags['throughput-seconds'], quick ? 3 : 8),
   latencySeconds: positiveInt(flags['latency-seconds'], quick ? 2 : 5),
   warmupSeconds: positiveInt(flags['warmup-seconds'], quick ? 1 : 3),
+  slices: positiveInt(flags.slices, quick ? 1 : 4),
+  sliceWarmupSeconds: 1,
   lossSeconds: nonNegativeInt(flags['loss-seconds'], quick ? 10 : 60),
   connections: positiveInt(flags.connections, 50),
   otlpLogs: flags['otlp-logs'],
   quick,
 };
+if (!Number.isInteger(settings.throughputSeconds / settings.slices)) fail(`--slices ${settings.slices} does not divide --throughput-seconds ${settings.throughputSeconds} into whole seconds (wrk's -d)`);
 
 /** The cases, in round order. `server` names the process(es) whose CPU is the case's own. */
 function caseTable(ports = {}) {
@@ -270,36 +276,77 @@ async function main() {
   const pids = measuredPids(children);
   const ticksPerSecond = host.clockTicksPerSecond;
 
-  async function measure(id, shape, seconds, round) {
+  /** One wrk run of `id` at `connections`, with the CPU ticks every measured process used during it. */
+  async function timedRun(id, connections, seconds) {
     const c = cases[id];
-    const connections = shape === 'throughput' ? settings.connections : 1;
     const before = cpuSnapshot(pids);
     const result = await runWrk({ url: c.url, connections, seconds, headers: c.auth ? authHeader : {} });
     const after = cpuSnapshot(pids);
+    const ticks = {};
+    for (const name of Object.keys(after)) ticks[name] = after[name] - before[name];
+    return { result, ticks };
+  }
+
+  /** A round's record of one case and shape from its runs (one, or the slices): requests and CPU summed. */
+  function record(id, shape, round, pieces) {
+    const c = cases[id];
+    const requests = pieces.reduce((sum, p) => sum + p.result.requests, 0);
+    const seconds = pieces.reduce((sum, p) => sum + p.result.seconds, 0);
     const cpuUsPerRequest = {};
     let ours = 0;
-    for (const name of Object.keys(after)) {
+    for (const name of Object.keys(pieces[0].ticks)) {
       if (name === 'machine') continue;
-      ours += after[name] - before[name];
-      cpuUsPerRequest[name] = result.requests > 0 ? Math.round((((after[name] - before[name]) / ticksPerSecond) * 1e6 * 10) / result.requests) / 10 : null;
+      const ticks = pieces.reduce((sum, p) => sum + p.ticks[name], 0);
+      ours += ticks;
+      cpuUsPerRequest[name] = requests > 0 ? Math.round(((ticks / ticksPerSecond) * 1e6 * 10) / requests) / 10 : null;
     }
     // CPU that neither the benchmark's processes nor wrk used, in % of one core: other work on a shared box.
-    const otherCpuPercent = Math.round(((after.machine - before.machine - ours) / ticksPerSecond / result.seconds) * 100);
-    const run = { round, case: id, shape, connections, ...result, rps: Math.round(result.rps), cpuUsPerRequest, otherCpuPercent };
-    log(`round ${round} ${id.padEnd(16)} ${shape.padEnd(10)} ${String(run.rps).padStart(6)} req/s  p50 ${result.latencyMs.p50} ms  p99 ${result.latencyMs.p99} ms  errors ${result.errors}  cpu ${c.server} ${cpuUsPerRequest[c.server]} us/req  other ${otherCpuPercent}%`);
+    const machineTicks = pieces.reduce((sum, p) => sum + p.ticks.machine, 0);
+    const otherCpuPercent = Math.round(((machineTicks - ours) / ticksPerSecond / seconds) * 100);
+    const errorKinds = {};
+    for (const p of pieces) for (const [kind, n] of Object.entries(p.result.errorKinds)) errorKinds[kind] = (errorKinds[kind] ?? 0) + n;
+    // Latency percentiles of sliced runs: the median slice's (they are shown, not judged).
+    const middle = (values) => values.sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)];
+    const latencyMs = Object.fromEntries(Object.keys(pieces[0].result.latencyMs).map((k) => [k, middle(pieces.map((p) => p.result.latencyMs[k]))]));
+    const run = {
+      round,
+      case: id,
+      shape,
+      connections: shape === 'throughput' ? settings.connections : 1,
+      requests,
+      seconds,
+      rps: Math.round(requests / seconds),
+      errors: pieces.reduce((sum, p) => sum + p.result.errors, 0),
+      errorKinds,
+      latencyMs,
+      ...(pieces.length > 1 ? { slices: pieces.length } : {}),
+      cpuUsPerRequest,
+      otherCpuPercent,
+    };
+    log(`round ${round} ${id.padEnd(17)} ${shape.padEnd(10)} ${String(run.rps).padStart(6)} req/s  p50 ${latencyMs.p50} ms  p99 ${latencyMs.p99} ms  errors ${run.errors}  cpu ${c.server} ${cpuUsPerRequest[c.server]} us/req  other ${otherCpuPercent}%`);
     return run;
   }
 
+  const warmUp = (id, seconds) => runWrk({ url: cases[id].url, connections: settings.connections, seconds, headers: cases[id].auth ? authHeader : {} });
   const runs = [];
   for (let round = 1; round <= settings.rounds; round++) {
     const order = round % 2 === 1 ? Object.keys(cases) : Object.keys(cases).reverse();
+    // The throughput runs of a round are cut into slices taken in turn across the cases (order reversed every
+    // slice), so each case's CPU per request is an average over the same stretch of time as every other's:
+    // this shared VM's speed drifts over tens of seconds, and ratios of cases measured minutes apart took it in.
+    // Warm-up before every slice, not recorded: besides the JIT and connection pools, V8 shrinks the heap of a
+    // process left idle for a while (its memory reducer), and the first second after that runs measurably slower.
+    const slices = Object.fromEntries(order.map((id) => [id, []]));
+    for (let slice = 0; slice < settings.slices; slice++) {
+      for (const id of slice % 2 === 0 ? order : [...order].reverse()) {
+        await warmUp(id, slice === 0 ? settings.warmupSeconds : settings.sliceWarmupSeconds);
+        slices[id].push(await timedRun(id, settings.connections, settings.throughputSeconds / settings.slices));
+      }
+    }
+    for (const id of order) runs.push(record(id, 'throughput', round, slices[id]));
     for (const id of order) {
-      // Warm-up right before each case's runs, not recorded: besides the JIT and connection pools, V8 shrinks
-      // the heap of a process left idle for a while (its memory reducer), and the first seconds after that run
-      // measurably slower. Every measurement then sees a process in steady state.
-      await runWrk({ url: cases[id].url, connections: settings.connections, seconds: settings.warmupSeconds, headers: cases[id].auth ? authHeader : {} });
-      runs.push(await measure(id, 'throughput', settings.throughputSeconds, round));
-      runs.push(await measure(id, 'latency', settings.latencySeconds, round));
+      await warmUp(id, settings.sliceWarmupSeconds);
+      runs.push(record(id, 'latency', round, [await timedRun(id, 1, settings.latencySeconds)]));
     }
   }
 
