@@ -22,12 +22,13 @@ export async function freePort() {
 }
 
 /**
- * Starts `command args` with stdout and stderr written to files. Returns the child; `exited` resolves with
- * its exit code (or signal).
+ * Starts `command args` with stdout and stderr appended to files (a server started again in the next round
+ * adds to its log; the callers start from an empty folder). Returns the child; `exited` resolves with its exit
+ * code (or signal).
  */
 export function start(name, command, args, { cwd, env, stdoutFile, stderrFile }) {
-  const out = fs.openSync(stdoutFile, 'w');
-  const err = stderrFile === stdoutFile ? out : fs.openSync(stderrFile, 'w');
+  const out = fs.openSync(stdoutFile, 'a');
+  const err = stderrFile === stdoutFile ? out : fs.openSync(stderrFile, 'a');
   const child = spawn(command, args, { cwd, env, stdio: ['ignore', out, err] });
   fs.closeSync(out);
   if (err !== out) fs.closeSync(err);

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { childPids, cpuTicks, freePort, LineCounter, memoryMiB, start, stopAll, waitUntilServing } from './processes.mjs';
+import { childPids, cpuTicks, freePort, LineCounter, memoryMiB, start, stop, stopAll, waitUntilServing } from './processes.mjs';
 import { evaluate, toMarkdown } from './report.mjs';
 import { BENCH_DIR, cleanEnv, mintToken, ROOT, startGateway, startNginx, startNodeFloor, startPeer, startSink, startUpstream } from './servers.mjs';
 import { runWrk, wrkVersion } from './wrk.mjs';
@@ -105,6 +105,12 @@ function fail(message) {
   process.exit(2);
 }
 
+function medianOf(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
 function log(message) {
   process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
 }
@@ -149,13 +155,25 @@ function preflight(host) {
   if (problems.length > 0) fail(problems.join('\n'));
 }
 
-async function startProcesses(selected, logs, secret) {
+/** A port for every process the run starts, fixed for the whole run (each round's servers listen on the same ones). */
+async function allocatePorts(selected) {
   const ports = {};
-  for (const name of ['upstream', 'sink', 'sink-metrics-off', 'gateway-metrics-scrape', ...selected]) ports[name] ??= await freePort();
-  const upstreamPort = ports.upstream;
-  const children = { upstream: startUpstream({ port: upstreamPort, logs }), sink: startSink({ port: ports.sink, logs }) };
-  // The other traced gateways export to a sink of their own, so the traced gateway's span counts stay its own.
+  for (const name of ['upstream', 'sink', 'sink-metrics-off', 'gateway-metrics-scrape', 'gateway-2-workers-metrics-scrape', ...selected]) ports[name] ??= await freePort();
+  return ports;
+}
+
+/** What every round's servers use and the whole run keeps: the upstream and the OTLP sinks. */
+function startInfrastructure(selected, ports, logs) {
+  const children = { upstream: startUpstream({ port: ports.upstream, logs }), sink: startSink({ port: ports.sink, logs }) };
+  // The other traced servers export to a sink of their own, so the traced gateway's span counts stay its own.
   if (['gateway-metrics-off', 'gateway-cache-hit', 'gateway-2-workers', 'node-floor-traced'].some((id) => selected.includes(id))) children['sink-metrics-off'] = startSink({ port: ports['sink-metrics-off'], logs, name: 'otlp-sink-metrics-off' });
+  return children;
+}
+
+/** One round's processes of the measured cases (everything but the upstream): started fresh every round. */
+function startServers(selected, ports, logs, secret) {
+  const upstreamPort = ports.upstream;
+  const children = {};
   if (selected.includes('gateway')) {
     const metrics = { port: ports['gateway-metrics-scrape'] };
     children.gateway = startGateway({ name: 'gateway', port: ports.gateway, upstreamPort, secret, logs, tracing: { sinkPort: ports.sink, exportLogs: settings.otlpLogs }, metrics });
@@ -171,7 +189,7 @@ async function startProcesses(selected, logs, secret) {
   if (selected.includes('gateway-2-workers')) {
     // Issue 13: the traced gateway as a cluster of 2 workers (a primary and two forks sharing the port); its CPU is
     // the three processes'. Rate limits are counted in the primary (no Redis), as a cluster without Redis runs.
-    const metrics = { port: await freePort() };
+    const metrics = { port: ports['gateway-2-workers-metrics-scrape'] };
     children['gateway-2-workers'] = startGateway({ name: 'gateway-2-workers', port: ports['gateway-2-workers'], upstreamPort, secret, logs, tracing: { sinkPort: ports['sink-metrics-off'], exportLogs: settings.otlpLogs }, metrics, extraEnv: { GATEWAY_WORKERS: '2' } });
   }
   if (selected.includes('gateway-untraced')) {
@@ -183,7 +201,12 @@ async function startProcesses(selected, logs, secret) {
   if (selected.includes('node-floor-traced')) {
     children['node-floor-traced'] = startNodeFloor({ name: 'node-floor-traced', port: ports['node-floor-traced'], upstreamPort, logs, tracing: { sinkPort: ports['sink-metrics-off'] } });
   }
-  return { ports, children };
+  return children;
+}
+
+/** Peak RSS of a process: nginx's is its worker's, the others' their own (the 2-worker gateway's primary). */
+function peakMemory(name, list) {
+  return name === 'nginx' ? memoryMiB(list[list.length - 1]) : memoryMiB(list[0]);
 }
 
 /** Pids whose CPU is measured, by process name; nginx and the 2-worker gateway are their master plus workers. */
@@ -257,23 +280,43 @@ async function main() {
   host.otherCpuPercentBeforeStart = before.busyPercent;
   if (!before.quiet && waitQuiet > 0) log(`the machine is still busy (${before.busyPercent}% of a core): measuring anyway`);
   const startedAt = Date.now();
-  const { ports, children } = await startProcesses(selected, logs, secret);
+  const ports = await allocatePorts(selected);
+  const infrastructure = startInfrastructure(selected, ports, logs);
   const cases = Object.fromEntries(Object.entries(caseTable(ports)).filter(([id]) => selected.includes(id)));
+  const upstreamBody = await waitUntilServing(cases.upstream.url, { child: infrastructure.upstream });
+  await waitUntilServing(`http://127.0.0.1:${ports.sink}/__stats`, { child: infrastructure.sink });
 
-  // Ready, and each case answers the upstream's body; the gateways and the peer inject the identity headers.
-  const upstreamBody = await waitUntilServing(cases.upstream.url, { child: children.upstream });
-  await waitUntilServing(`http://127.0.0.1:${ports.sink}/__stats`, { child: children.sink });
+  // Every round starts the measured servers afresh: processes of one build differ by 5-10% in CPU per request,
+  // now and then far more (an untraced gateway 12% slower than the traced one in all three rounds of a run), so
+  // rounds of one process each would carry that process's luck into every ratio. Their peak RSS is read per round.
+  let children;
+  let pids;
   const checks = {};
-  for (const [id, c] of Object.entries(cases)) {
-    const before = await stats(ports.upstream);
-    const body = await waitUntilServing(c.url, { headers: c.auth ? authHeader : {}, child: children[c.server], timeoutMs: 30_000 });
-    const after = await stats(ports.upstream);
-    checks[id] = { sameBody: body === upstreamBody, identityHeadersReachedUpstream: after.withIdentity > before.withIdentity };
-    if (!checks[id].sameBody) throw new Error(`${id} answered ${body.slice(0, 200)} instead of the upstream's body`);
-    if (c.auth && !c.cached && !checks[id].identityHeadersReachedUpstream) throw new Error(`${id} did not forward the identity headers`);
+  const roundMemory = {};
+  async function startRound(round) {
+    const roundStartedAt = Date.now();
+    children = { ...infrastructure, ...startServers(selected, ports, logs, secret) };
+    // Ready, and each case answers the upstream's body; the gateways and the peers inject the identity headers.
+    for (const [id, c] of Object.entries(cases)) {
+      const before = await stats(ports.upstream);
+      const body = await waitUntilServing(c.url, { headers: c.auth ? authHeader : {}, child: children[c.server], timeoutMs: 30_000 });
+      const after = await stats(ports.upstream);
+      const check = { sameBody: body === upstreamBody, identityHeadersReachedUpstream: after.withIdentity > before.withIdentity };
+      if (!check.sameBody) throw new Error(`${id} answered ${body.slice(0, 200)} instead of the upstream's body`);
+      if (c.auth && !c.cached && !check.identityHeadersReachedUpstream) throw new Error(`${id} did not forward the identity headers`);
+      checks[id] ??= check;
+    }
+    log(`round ${round}: all ${selected.length} cases serving (${((Date.now() - roundStartedAt) / 1000).toFixed(1)} s)`);
+    pids = measuredPids(children);
   }
-  log(`all ${selected.length} cases serving (${((Date.now() - startedAt) / 1000).toFixed(1)} s)`);
-  const pids = measuredPids(children);
+  /** Records the round's servers' peak RSS; `stopServers` then ends them (not after the last round: the loss check needs them). */
+  async function endRound(stopServers) {
+    for (const [name, list] of Object.entries(pids)) {
+      if (infrastructure[name]) continue;
+      (roundMemory[name] ??= []).push(peakMemory(name, list).peak);
+    }
+    if (stopServers) await Promise.all(Object.keys(pids).filter((name) => !infrastructure[name]).map((name) => stop(children[name])));
+  }
   const ticksPerSecond = host.clockTicksPerSecond;
 
   /** One wrk run of `id` at `connections`, with the CPU ticks every measured process used during it. */
@@ -330,6 +373,7 @@ async function main() {
   const warmUp = (id, seconds) => runWrk({ url: cases[id].url, connections: settings.connections, seconds, headers: cases[id].auth ? authHeader : {} });
   const runs = [];
   for (let round = 1; round <= settings.rounds; round++) {
+    await startRound(round);
     const order = round % 2 === 1 ? Object.keys(cases) : Object.keys(cases).reverse();
     // The throughput runs of a round are cut into slices taken in turn across the cases (order reversed every
     // slice), so each case's CPU per request is an average over the same stretch of time as every other's:
@@ -348,15 +392,23 @@ async function main() {
       await warmUp(id, settings.sliceWarmupSeconds);
       runs.push(record(id, 'latency', round, [await timedRun(id, 1, settings.latencySeconds)]));
     }
+    if (round < settings.rounds) await endRound(true);
   }
 
   // Telemetry loss: at half the traced gateway's measured peak, every request served must arrive as a span.
   let loss;
   if (cases.gateway && settings.lossSeconds > 0) loss = await lossCheck({ runs, ports, pids, logs, authHeader, url: cases.gateway.url, ticksPerSecond });
 
+  await endRound(false);
+  // Servers: the median of their rounds' peaks, each round's kept; the upstream and sinks ran the whole run.
   const memory = {};
-  for (const [name, list] of Object.entries(pids)) memory[name] = name === 'nginx' ? memoryMiB(list[list.length - 1]) : memoryMiB(list[0]);
+  for (const [name, list] of Object.entries(pids)) {
+    const rounds = roundMemory[name];
+    memory[name] = rounds ? { peak: medianOf(rounds), rounds } : peakMemory(name, list);
+  }
   const sink = await stats(ports.sink);
+  // Servers before the sinks, so the traced ones deliver their last export instead of timing out on a closed sink.
+  await Promise.all(Object.keys(pids).filter((name) => !infrastructure[name]).map((name) => stop(children[name])));
   await stopAll();
   const exits = {};
   for (const [name, child] of Object.entries(children)) exits[name] = await child.exited;
