@@ -1,0 +1,103 @@
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+
+// bench/report.mjs: the verdicts `npm run bench` prints, checked on hand-made runs whose figures are known: the
+// tracing's-floor table (what tracing costs the bare proxy, what it costs the gateway, the first as a share of
+// the untraced gateway) and the RSS line compared round by round now that every round has fresh processes.
+const MODULE = path.join(__dirname, '../../bench/report.mjs');
+
+// The module is ESM and this Jest loads CommonJS only: it runs in a node child process (as in
+// callgrind-functions.test.ts), `expression` seeing its exports as `m` and `input`, its value back as JSON.
+const RUNNER = `
+import fs from 'node:fs';
+const m = await import(process.argv[1]);
+const input = JSON.parse(fs.readFileSync(0, 'utf8'));
+const value = new Function('m', 'input', 'return (' + process.argv[2] + ');')(m, input);
+process.stdout.write(JSON.stringify(value));
+`;
+
+function evaluate<T>(expression: string, input: unknown): T {
+  const run = spawnSync(process.execPath, ['--input-type=module', '-e', RUNNER, MODULE, expression], { input: JSON.stringify(input), encoding: 'utf8' });
+  if (run.status !== 0) throw new Error(`${expression} failed: ${run.stderr}`);
+  return JSON.parse(run.stdout) as T;
+}
+
+/** CPU µs per request of each case's 50-connection run, per round. */
+type Cpu = Record<string, number[]>;
+
+function results(cpu: Cpu, memoryMiB: Record<string, { peak: number; rounds?: number[] }> = {}) {
+  const runs = [];
+  for (const [id, perRound] of Object.entries(cpu)) {
+    for (const [index, us] of perRound.entries()) {
+      for (const shape of ['throughput', 'latency']) {
+        runs.push({ round: index + 1, case: id, shape, rps: 1000, requests: 1000, errors: 0, latencyMs: { p50: 1, p99: 2 }, otherCpuPercent: 0, cpuUsPerRequest: { [id]: us } });
+      }
+    }
+  }
+  const cases = Object.fromEntries(Object.keys(cpu).map((id) => [id, { label: id, server: id }]));
+  return { runs, cases, memoryMiB, loss: undefined };
+}
+
+interface Packed {
+  median: number | null;
+  rounds: (number | null)[];
+}
+interface TracingFloor {
+  floorCostUs: Packed;
+  gatewayCostUs: Packed;
+  floorShareOfUntracedPercent: Packed;
+}
+interface BudgetLine {
+  id: string;
+  measured: number | null;
+  rounds: number[];
+  result: string;
+}
+
+describe("bench report: tracing's floor", () => {
+  const cpu: Cpu = {
+    'node-floor': [50, 60, 55],
+    'node-floor-traced': [70, 75, 85],
+    'gateway-untraced': [200, 150, 300],
+    gateway: [260, 180, 330],
+  };
+
+  it('takes, per round, traced floor minus floor, gateway minus untraced gateway, and the first over the untraced gateway', () => {
+    const floor = evaluate<TracingFloor>('m.evaluate(input).tracingFloor', results(cpu));
+    expect(floor.floorCostUs.rounds).toEqual([20, 15, 30]);
+    expect(floor.floorCostUs.median).toBe(20);
+    expect(floor.gatewayCostUs.rounds).toEqual([60, 30, 30]);
+    expect(floor.gatewayCostUs.median).toBe(30);
+    expect(floor.floorShareOfUntracedPercent.rounds).toEqual([10, 10, 10]);
+    expect(floor.floorShareOfUntracedPercent.median).toBe(10);
+  });
+
+  it('is absent when one of its four cases did not run, and the markdown then has no such table', () => {
+    const { 'node-floor-traced': _traced, ...withoutTracedFloor } = cpu;
+    expect(evaluate<TracingFloor | null>('m.evaluate(input).tracingFloor', results(withoutTracedFloor))).toBeNull();
+    const markdown = (input: unknown) =>
+      evaluate<string>("m.toMarkdown({ ...input, ...m.evaluate(input), date: '2026-12-02T00:00:00Z', durationSeconds: 1, machine: { cpus: 2, cpuModel: 'x', memoryGiB: 1, kernel: 'k', node: 'v24', wrk: 'wrk', loadAverageAtStart: [0, 0, 0] }, build: { commit: 'abc', uncommitted: [] }, settings: { rounds: 3, throughputSeconds: 8, slices: 4, warmupSeconds: 3, sliceWarmupSeconds: 1, latencySeconds: 5, connections: 50 } })", input);
+    expect(markdown(results(cpu))).toContain("## Tracing's floor");
+    expect(markdown(results(cpu))).toContain('| 20.0 (20.0, 15.0, 30.0) | 30.0 (60.0, 30.0, 30.0) | 10.0% (10.0, 10.0, 10.0) |');
+    expect(markdown(results(withoutTracedFloor))).not.toContain("## Tracing's floor");
+  });
+});
+
+describe('bench report: peak RSS line', () => {
+  const cpu: Cpu = { 'node-floor': [50, 50, 50], gateway: [150, 150, 150] };
+  const rssLine = (input: unknown) => evaluate<BudgetLine[]>('m.evaluate(input).budget', input).find((line) => line.id === 'peak-rss')!;
+
+  it('compares the gateway with the floor round by round when each round had its own processes', () => {
+    // Medians alone would say 200 - 150 = +50 (FAIL); the rounds say +20, +60, +30, whose median is +30.
+    const line = rssLine(results(cpu, { gateway: { peak: 200, rounds: [170, 200, 210] }, 'node-floor': { peak: 150, rounds: [150, 140, 180] } }));
+    expect(line.rounds).toEqual([20, 60, 30]);
+    expect(line.measured).toBe(30);
+    expect(line.result).toBe('PASS');
+  });
+
+  it('falls back to the whole-run peaks when there are no rounds', () => {
+    const line = rssLine(results(cpu, { gateway: { peak: 200 }, 'node-floor': { peak: 150 } }));
+    expect(line.measured).toBe(50);
+    expect(line.result).toBe('FAIL');
+  });
+});
