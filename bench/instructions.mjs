@@ -47,6 +47,14 @@ const VARIANTS = {
  */
 const REFERENCES = {
   floor: ({ port, upstreamPort }) => ({ script: path.join(BENCH_DIR, 'node-floor.mjs'), args: [String(port), String(upstreamPort)], cwd: ROOT, env: {} }),
+  // Tracing's floor (bench/node-floor.mjs --traced): the gateway's node flags and bootstrap, its two spans per request.
+  'floor-traced': ({ port, upstreamPort, sinkPort }) => ({
+    nodeArgs: gatewayArgs.slice(0, -1),
+    script: path.join(BENCH_DIR, 'node-floor.mjs'),
+    args: [String(port), String(upstreamPort), '--traced'],
+    cwd: ROOT,
+    env: { OTEL_SERVICE_NAME: 'node-floor-traced', OTEL_NODE_ENABLED_INSTRUMENTATIONS: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${sinkPort}`, OTEL_TRACES_SAMPLER: 'always_on', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' },
+  }),
   fastify: (ports) => peer('fastify', ports),
   express: (ports) => peer('express', ports),
 };
@@ -140,8 +148,8 @@ function writeFunctionsReport(name) {
 /** The command line and environment of `name` under test: a gateway variant, or a reference process. */
 async function commandOf(name, port, upstreamPort, sinkPort) {
   if (name in REFERENCES) {
-    const reference = REFERENCES[name]({ port, upstreamPort });
-    return { args: [reference.script, ...reference.args], cwd: reference.cwd, env: cleanEnv({ ...VGDB_ENV, ...reference.env }) };
+    const reference = REFERENCES[name]({ port, upstreamPort, sinkPort });
+    return { args: [...(reference.nodeArgs ?? []), reference.script, ...reference.args], cwd: reference.cwd, env: cleanEnv({ ...VGDB_ENV, ...reference.env }) };
   }
   const { config = 'gateway.bench.json', ...variant } = VARIANTS[name];
   if (variant.METRICS_PORT === 'free') variant.METRICS_PORT = String(await freePort());
