@@ -24,7 +24,8 @@ export const BUDGET = {
   twoWorkersCpuVsOneMax: 1.1,
 };
 
-const median = (values) => {
+/** The median of the values that are numbers, or null when there are none. */
+export const median = (values) => {
   const sorted = values.filter((v) => v !== null && v !== undefined && !Number.isNaN(v)).sort((a, b) => a - b);
   if (sorted.length === 0) return null;
   const mid = Math.floor(sorted.length / 2);

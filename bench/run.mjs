@@ -11,7 +11,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { childPids, cpuTicks, freePort, LineCounter, memoryMiB, start, stop, stopAll, waitUntilServing } from './processes.mjs';
-import { evaluate, toMarkdown } from './report.mjs';
+import { evaluate, median, toMarkdown } from './report.mjs';
 import { BENCH_DIR, cleanEnv, mintToken, ROOT, startGateway, startNginx, startNodeFloor, startPeer, startSink, startUpstream } from './servers.mjs';
 import { runWrk, wrkVersion } from './wrk.mjs';
 
@@ -103,12 +103,6 @@ function nonNegativeInt(raw, fallback) {
 function fail(message) {
   process.stderr.write(`bench: ${message}\n`);
   process.exit(2);
-}
-
-function medianOf(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
 }
 
 function log(message) {
@@ -287,7 +281,7 @@ async function main() {
   await waitUntilServing(`http://127.0.0.1:${ports.sink}/__stats`, { child: infrastructure.sink });
 
   // Every round starts the measured servers afresh: processes of one build differ by 5-10% in CPU per request,
-  // now and then far more (an untraced gateway 12% slower than the traced one in all three rounds of a run), so
+  // now and then far more (an untraced gateway 6-15% slower than the traced one in all three rounds of a run), so
   // rounds of one process each would carry that process's luck into every ratio. Their peak RSS is read per round.
   let children;
   let pids;
@@ -348,9 +342,8 @@ async function main() {
     const otherCpuPercent = Math.round(((machineTicks - ours) / ticksPerSecond / seconds) * 100);
     const errorKinds = {};
     for (const p of pieces) for (const [kind, n] of Object.entries(p.result.errorKinds)) errorKinds[kind] = (errorKinds[kind] ?? 0) + n;
-    // Latency percentiles of sliced runs: the median slice's (they are shown, not judged).
-    const middle = (values) => values.sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)];
-    const latencyMs = Object.fromEntries(Object.keys(pieces[0].result.latencyMs).map((k) => [k, middle(pieces.map((p) => p.result.latencyMs[k]))]));
+    // Latency percentiles of sliced runs: the median of the slices' (they are shown, not judged).
+    const latencyMs = Object.fromEntries(Object.keys(pieces[0].result.latencyMs).map((k) => [k, Math.round(median(pieces.map((p) => p.result.latencyMs[k])) * 1000) / 1000]));
     const run = {
       round,
       case: id,
@@ -404,7 +397,7 @@ async function main() {
   const memory = {};
   for (const [name, list] of Object.entries(pids)) {
     const rounds = roundMemory[name];
-    memory[name] = rounds ? { peak: medianOf(rounds), rounds } : peakMemory(name, list);
+    memory[name] = rounds ? { peak: median(rounds), rounds } : peakMemory(name, list);
   }
   const sink = await stats(ports.sink);
   // Servers before the sinks, so the traced ones deliver their last export instead of timing out on a closed sink.
