@@ -112,11 +112,14 @@ it('carries the trace and the request id through fetch to the next service, and 
 });
 
 it('sends nothing and says so once when OTEL_SDK_DISABLED=true', async () => {
+  // A receiver of its own: an export the previous test's process had in flight when it was killed can land on
+  // the shared one after it was cleared (seen on a loaded machine), and "nothing" must mean nothing from this one.
+  const own = await startOtlpReceiver();
   const app = await startInstrumentedApp({
     ...FAST_EXPORT,
     OTEL_SDK_DISABLED: 'true',
     OTEL_SERVICE_NAME: SERVICE_NAME.users,
-    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+    OTEL_EXPORTER_OTLP_ENDPOINT: own.url,
     FIXTURE_HANDLES_SIGTERM: '1',
   });
   const { traceparent } = newTraceparent();
@@ -130,11 +133,12 @@ it('sends nothing and says so once when OTEL_SDK_DISABLED=true', async () => {
   expect(await app.exited).toEqual({ code: 0, signal: null });
   await closed; // and its stdout is read to the end
 
-  expect(receiver.requests()).toEqual([]);
+  expect(own.requests()).toEqual([]);
   expect(app.stderr().trim()).toBe('telemetry: off (OTEL_SDK_DISABLED=true)');
   // Without the SDK there is no context to read, so lines carry no trace fields, and nothing else breaks.
   expect(app.logLines().find((line) => line.message === 'hello handled')).not.toHaveProperty(LOG_FIELD.traceId);
   app.kill();
+  await own.close();
 });
 
 it('says once on stderr where telemetry goes', async () => {
