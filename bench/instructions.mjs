@@ -21,7 +21,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { formatFunctionsReport, mergeProfiles, nameFunctions, parseCallgrind, parsePerfMap } from './callgrind-functions.mjs';
 import { childPids, freePort, start, stop, stopAll, waitUntilServing } from './processes.mjs';
-import { BENCH_DIR, cleanEnv, mintToken, ROOT, startUpstreamAndSink } from './servers.mjs';
+import { BENCH_DIR, cleanEnv, mintToken, ROOT, startUpstreamAndSink, tracedFloorLaunch } from './servers.mjs';
 
 /** What each variant sets on top of the bench's gateway environment (bench/servers.mjs `startGateway`). */
 const VARIANTS = {
@@ -48,13 +48,10 @@ const VARIANTS = {
 const REFERENCES = {
   floor: ({ port, upstreamPort }) => ({ script: path.join(BENCH_DIR, 'node-floor.mjs'), args: [String(port), String(upstreamPort)], cwd: ROOT, env: {} }),
   // Tracing's floor (bench/node-floor.mjs --traced): the gateway's node flags and bootstrap, its two spans per request.
-  'floor-traced': ({ port, upstreamPort, sinkPort }) => ({
-    nodeArgs: gatewayArgs.slice(0, -1),
-    script: path.join(BENCH_DIR, 'node-floor.mjs'),
-    args: [String(port), String(upstreamPort), '--traced'],
-    cwd: ROOT,
-    env: { OTEL_SERVICE_NAME: 'node-floor-traced', OTEL_NODE_ENABLED_INSTRUMENTATIONS: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${sinkPort}`, OTEL_TRACES_SAMPLER: 'always_on', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' },
-  }),
+  'floor-traced': ({ port, upstreamPort, sinkPort }) => {
+    const { nodeFlags, env } = tracedFloorLaunch({ sinkPort });
+    return { nodeArgs: nodeFlags, script: path.join(BENCH_DIR, 'node-floor.mjs'), args: [String(port), String(upstreamPort), '--traced'], cwd: ROOT, env };
+  },
   fastify: (ports) => peer('fastify', ports),
   express: (ports) => peer('express', ports),
 };

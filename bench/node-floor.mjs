@@ -1,6 +1,6 @@
 // The reference floor: the least a Node.js proxy costs per request, i.e. node:http in,
 // undici's dispatcher out over keep-alive connections (the client the gateway uses; ~35% less CPU per request
-// than http.request here), the answer streamed back, no auth, no log, no framework. What the
+// than http.request here), the upstream's answer streamed back, no auth, no log, no framework. What the
 // gateway costs above this is the gateway's own work; what this costs above the upstream is Node's HTTP.
 //
 // With --traced (and the gateway's telemetry bootstrap preloaded, bench/servers.mjs startNodeFloor), the same

@@ -121,17 +121,24 @@ export function startPeer({ name, port, upstreamPort, secret, logs }) {
 }
 
 /**
- * The bare Node proxy (bench/node-floor.mjs). `tracing` ({ sinkPort }): the traced floor, with the gateway's
- * node flags and telemetry bootstrap and the traced gateway's OTLP settings (100% sampling, traces only).
+ * How the traced floor (bench/node-floor.mjs --traced) runs, for the bench and bench:instructions alike: the
+ * gateway's own node flags and preload (package.json's start:gateway, its main file left out) and the traced
+ * gateway's OTLP settings (100% sampling, traces only), with no instrumentation, as the gateway runs
+ * (otel/telemetry-config.ts): the floor makes its two spans by hand.
  */
+export function tracedFloorLaunch({ name = 'node-floor-traced', sinkPort }) {
+  return {
+    nodeFlags: startGatewayArgs().slice(0, -1),
+    env: { OTEL_SERVICE_NAME: name, OTEL_NODE_ENABLED_INSTRUMENTATIONS: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${sinkPort}`, OTEL_TRACES_SAMPLER: 'always_on', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' },
+  };
+}
+
+/** The bare Node proxy (bench/node-floor.mjs); with `tracing` ({ sinkPort }), the traced floor. */
 export function startNodeFloor({ name = 'node-floor', port, upstreamPort, logs, tracing }) {
   const script = [path.join(BENCH_DIR, 'node-floor.mjs'), String(port), String(upstreamPort)];
   if (!tracing) return start(name, process.execPath, script, { cwd: ROOT, env: cleanEnv(), ...logFiles(logs, name) });
-  // The gateway's own node flags and preload (package.json's start:gateway), its main file swapped for the floor.
-  const nodeFlags = startGatewayArgs().slice(0, -1);
-  // No instrumentation, as the gateway runs (otel/telemetry-config.ts): the floor makes its two spans by hand.
-  const env = cleanEnv({ OTEL_SERVICE_NAME: name, OTEL_NODE_ENABLED_INSTRUMENTATIONS: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${tracing.sinkPort}`, OTEL_TRACES_SAMPLER: 'always_on', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' });
-  return start(name, process.execPath, [...nodeFlags, ...script, '--traced'], { cwd: ROOT, env, ...logFiles(logs, name) });
+  const { nodeFlags, env } = tracedFloorLaunch({ name, sinkPort: tracing.sinkPort });
+  return start(name, process.execPath, [...nodeFlags, ...script, '--traced'], { cwd: ROOT, env: cleanEnv(env), ...logFiles(logs, name) });
 }
 
 /** nginx from bench/nginx.conf.template, in the foreground (`daemon off`), master plus one worker. */
