@@ -281,3 +281,21 @@ function cell(text) {
   const short = text.length > 160 ? `${text.slice(0, 157)}...` : text;
   return `\`${short.replaceAll('`', "'").replaceAll('|', '\\|')}\``;
 }
+
+/**
+ * The garbage collections in a stretch of `node --trace-gc` output (V8 prints one line per collection to stdout,
+ * `[pid:isolate]  <ms> ms: <kind> ...`, between whatever else the process writes there): major ones (Mark-Compact,
+ * whose concurrent marking runs on helper threads too) and minor ones (Scavenge, or Minor Mark-Sweep). A major
+ * collection of the gateway costs about as many instructions as a hundred requests and comes every few thousand
+ * requests, so one more or one fewer in a window of 1,500 moves a count per request by 10-20%: bench/instructions.mjs
+ * prints how many each counted window held.
+ */
+export function collectionsIn(text) {
+  let major = 0;
+  let minor = 0;
+  for (const match of text.matchAll(/^\[\d+:0x[0-9a-f]+(?::\d+)?\]\s+[\d.]+ ms: (Mark-Compact|Scavenge|Minor Mark-Sweep)\b/gm)) {
+    if (match[1] === 'Mark-Compact') major++;
+    else minor++;
+  }
+  return { major, minor };
+}

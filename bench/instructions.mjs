@@ -19,7 +19,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { formatFunctionsReport, mergeProfiles, nameFunctions, parseCallgrind, parsePerfMap } from './callgrind-functions.mjs';
+import { collectionsIn, formatFunctionsReport, mergeProfiles, nameFunctions, parseCallgrind, parsePerfMap } from './callgrind-functions.mjs';
 import { childPids, freePort, start, stop, stopAll, waitUntilServing } from './processes.mjs';
 import { BENCH_DIR, cleanEnv, mintToken, ROOT, startUpstreamAndSink, tracedFloorLaunch } from './servers.mjs';
 
@@ -116,6 +116,22 @@ async function load(port, count) {
   return failed;
 }
 
+/**
+ * The collections V8 reported (`--trace-gc`, bench/callgrind-functions.mjs `collectionsIn`) in a process's stdout
+ * between two offsets: the ones inside the counted window.
+ */
+function gcInWindow(file, start, end) {
+  if (end <= start) return collectionsIn('');
+  const buffer = Buffer.alloc(end - start);
+  const fd = fs.openSync(file, 'r');
+  try {
+    fs.readSync(fd, buffer, 0, buffer.length, start);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return collectionsIn(buffer.toString('utf8'));
+}
+
 /** Instructions in the files callgrind dumped for `name` (`<name>.callgrind.out.<pid>.<dump>`), every process's. */
 function countedInstructions(name) {
   const dumped = new RegExp(`^${name}\\.callgrind\\.out\\.\\d+\\.\\d+$`);
@@ -171,7 +187,9 @@ async function measure(name, upstreamPort, sinkPort) {
   // %p: one file per process; with workers, valgrind follows the forks (--trace-children) and counts them too.
   const out = path.join(dir, `${name}.callgrind.out.%p`);
   // --perf-basic-prof: V8 names its compiled code in /tmp/perf-<pid>.map, where callgrind sees bare addresses.
-  const nodeArgs = flags.functions ? ['--perf-basic-prof', ...args] : args;
+  // --trace-gc: V8 prints a line per collection to stdout (the process's .out.log), so the collections inside the
+  // counted window are known (gcInWindow below).
+  const nodeArgs = flags.functions ? ['--perf-basic-prof', '--trace-gc', ...args] : ['--trace-gc', ...args];
   const gateway = start(name, 'valgrind', ['--tool=callgrind', '--trace-children=yes', '--smc-check=all-non-file', `--callgrind-out-file=${out}`, process.execPath, ...nodeArgs], {
     cwd,
     env,
@@ -187,9 +205,12 @@ async function measure(name, upstreamPort, sinkPort) {
     const control = (command) => {
       for (const pid of pids) execFileSync('callgrind_control', [command, String(pid)], { env: { PATH: process.env.PATH, ...VGDB_ENV }, stdio: 'ignore' });
     };
+    const stdoutFile = path.join(dir, `${name}.out.log`);
+    const windowStart = fs.statSync(stdoutFile).size;
     control('--zero');
     const failed = await load(port, requests);
     control('--dump');
+    const gc = gcInWindow(stdoutFile, windowStart, fs.statSync(stdoutFile).size);
     await sleep(500);
     // Copied as it was at the dump: code compiled later may reuse an address the counted code ran at, and a
     // map's last entry for an address names it.
@@ -201,7 +222,7 @@ async function measure(name, upstreamPort, sinkPort) {
         fs.rmSync(perfMap);
       }
     }
-    return { name, instructionsPerRequest: Math.round(countedInstructions(name) / requests), failed };
+    return { name, instructionsPerRequest: Math.round(countedInstructions(name) / requests), failed, gc };
   } finally {
     await stop(gateway, 60_000);
   }
@@ -220,10 +241,10 @@ try {
   }
   for (const group of groups) results.push(...(await Promise.all(group.map((name) => measure(name, upstreamPort, sinkPort)))));
   const base = results.find((result) => result.name === 'off');
-  const lines = ['| variant | instructions per request | vs off | failed |', '|---|---:|---:|---:|'];
+  const lines = ['| variant | instructions per request | vs off | failed | GCs in the window (major / minor) |', '|---|---:|---:|---:|---:|'];
   for (const result of results) {
     const ratio = base ? `${((result.instructionsPerRequest / base.instructionsPerRequest - 1) * 100).toFixed(1)}%` : '';
-    lines.push(`| ${result.name} | ${result.instructionsPerRequest.toLocaleString('en-US')} | ${ratio} | ${result.failed} |`);
+    lines.push(`| ${result.name} | ${result.instructionsPerRequest.toLocaleString('en-US')} | ${ratio} | ${result.failed} | ${result.gc.major} / ${result.gc.minor} |`);
   }
   const traced = results.find((result) => result.name === 'traced');
   const withMetrics = results.find((result) => result.name === 'traced-metrics');

@@ -239,4 +239,18 @@ describe('formatFunctionsReport', () => {
     expect(at).toBeGreaterThan(0);
     expect(report.slice(at + 1, at + 3)).toEqual(['| | ← `*handle dist/src/gateway.js:10:3` | 500 |', `| | → \`${RUNTIME}\` | 450 |`]);
   });
+
+  it('counts the major and minor collections in --trace-gc output mixed with what else the process writes to stdout', () => {
+    const output = [
+      '[9251:0x43ce4000]       91 ms: Scavenge 5.5 (6.5) -> 4.9 (7.5) MB, pooled: 0 MB, 2.13 / 0.00 ms  (average mu = 1.000, current mu = 1.000) allocation failure;',
+      '{"level":"info","message":"request completed","url":"/api/users/42?note=Mark-Compact"}',
+      '[9612:0xf689000:0]      435 ms: [IncrementalMarking] Start (allocation limit): (size/waste/limit/slack) v8: 15MB / 0MB / 15MB / 0MB',
+      '[9612:0xf689000]      483 ms: Mark-Compact 21.9 (32.3) -> 18.4 (36.8) MB, pooled: 0 MB, 10.20 / 0.00 ms  (+ 0.6 ms in 25 steps since start of marking)',
+      '[9251:0x43ce4000]    15840 ms: Scavenge 63.4 (73.0) -> 56.8 (73.0) MB, pooled: 0 MB, 1.08 / 0.00 ms  (average mu = 0.990, current mu = 0.990) task;',
+      '[9251:0x43ce4000]    15900 ms: Minor Mark-Sweep 63.4 (73.0) -> 56.8 (73.0) MB, 1.08 / 0.00 ms  (average mu = 0.990) task;',
+      'a line that ends ms: Mark-Compact',
+    ].join('\n');
+    expect(evaluate('m.collectionsIn(input)', output)).toEqual({ major: 1, minor: 3 });
+    expect(evaluate('m.collectionsIn(input)', '')).toEqual({ major: 0, minor: 0 });
+  });
 });
