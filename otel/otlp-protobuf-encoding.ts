@@ -36,8 +36,6 @@ const HEX_VALUE: readonly number[] = Array.from({ length: 128 }, (_, code) => {
 const MIN_INT64 = -(2 ** 63);
 const MAX_INT64 = 2 ** 63;
 
-const charCodeAt = String.prototype.charCodeAt;
-
 /** A growable buffer with the few protobuf primitives OTLP traces need. */
 class ProtoWriter {
   buffer: Buffer;
@@ -104,10 +102,7 @@ class ProtoWriter {
       buffer[start] = count;
       let at = start + 1;
       for (let i = 0; i < count; i++) {
-        // Called through String.prototype, not looked up on `value`: spans are encoded as they end
-        // (encoding-span-processor.ts), while their strings still come in many representations (cons, sliced,
-        // thin...), and `value.charCodeAt` then became a megamorphic lookup and a call per character.
-        const code = charCodeAt.call(value, i);
+        const code = value.charCodeAt(i);
         if (code >= 0x80) {
           at = -1;
           break;
@@ -136,13 +131,6 @@ class ProtoWriter {
     this.pos = start + count;
   }
 
-  /** The first `count` bytes of `source`, as they are (a batch's encoded records: a native copy). */
-  copy(source: Buffer, count: number): void {
-    this.ensure(count);
-    source.copy(this.buffer, this.pos, 0, count);
-    this.pos += count;
-  }
-
   bytes(value: Uint8Array): void {
     this.varint(value.length);
     this.ensure(value.length);
@@ -158,8 +146,8 @@ class ProtoWriter {
     const buffer = this.buffer;
     const start = this.pos;
     for (let i = 0; i < length; i++) {
-      const high = HEX_VALUE[charCodeAt.call(hex, 2 * i)] ?? -1;
-      const low = HEX_VALUE[charCodeAt.call(hex, 2 * i + 1)] ?? -1;
+      const high = HEX_VALUE[hex.charCodeAt(2 * i)] ?? -1;
+      const low = HEX_VALUE[hex.charCodeAt(2 * i + 1)] ?? -1;
       if (high < 0 || low < 0) {
         // Not hex: exactly what Buffer writes for it (it stops at the first invalid pair).
         buffer.write(hex, start, length, 'hex');
@@ -459,97 +447,53 @@ interface ScopedRecord {
   readonly instrumentationScope: InstrumentationScope;
 }
 
-/** Bytes a scope's records start with room for; their writer doubles as they grow. */
-const SCOPE_RECORDS_INITIAL_BYTES = 16384;
+/** Records grouped by resource, then by instrumentation scope, by identity and in order of first appearance. */
+function groupRecords<T extends ScopedRecord>(records: readonly T[]): Map<Resource, Map<InstrumentationScope, T[]>> {
+  const byResource = new Map<Resource, Map<InstrumentationScope, T[]>>();
+  for (const record of records) {
+    let byScope = byResource.get(record.resource);
+    if (!byScope) byResource.set(record.resource, (byScope = new Map()));
+    let group = byScope.get(record.instrumentationScope);
+    if (!group) byScope.set(record.instrumentationScope, (group = []));
+    group.push(record);
+  }
+  return byResource;
+}
 
 /**
- * An Export*ServiceRequest built record by record: each record is encoded when added, into its resource's and
- * scope's group, and `take` frames the groups into the request. What `take` returns is byte for byte what
- * encoding the same records in one call writes (the SDK serializer's bytes): groups by resource, then by
- * instrumentation scope, by identity and in order of first appearance.
- * It lets a batch hold bytes instead of records: a span kept as its objects until its batch is exported lived
- * through a scavenge or two and was promoted, and the old generation was collected again and again
- * (docs/architecture.md, Tracing). otel/encoding-span-processor.ts adds each span as it ends.
- *
  * Export*ServiceRequest { repeated Resource{Spans,Logs} = 1 }, where Resource{Spans,Logs} is { resource 1,
  * scope_{spans,logs} 2, schema_url 3 } and Scope{Spans,Logs} is { scope 1, {spans,log_records} 2, schema_url 3 }:
  * the two signals differ only in the record written.
  */
-export class ExportRequestBuilder<T extends ScopedRecord> {
-  private readonly groups = new Map<Resource, Map<InstrumentationScope, ProtoWriter>>();
-  private added = 0;
-
-  constructor(private readonly writeRecord: (writer: ProtoWriter, record: T) => void) {}
-
-  /** Records added since the last `take`. */
-  get count(): number {
-    return this.added;
-  }
-
-  /** The resources of the records added since the last `take`, each once. */
-  resources(): IterableIterator<Resource> {
-    return this.groups.keys();
-  }
-
-  /** Encodes `record` into its group. A record that fails to encode (it throws) leaves the request as it was. */
-  add(record: T): void {
-    let byScope = this.groups.get(record.resource);
-    if (!byScope) this.groups.set(record.resource, (byScope = new Map()));
-    let writer = byScope.get(record.instrumentationScope);
-    if (!writer) byScope.set(record.instrumentationScope, (writer = new ProtoWriter(SCOPE_RECORDS_INITIAL_BYTES)));
-    const start = writer.pos;
-    try {
+function encodeExportRequest<T extends ScopedRecord>(records: readonly T[], bytesPerRecord: number, writeRecord: (writer: ProtoWriter, record: T) => void): Uint8Array {
+  // Growing is cheap and rare.
+  const writer = new ProtoWriter(Math.max(4096, records.length * bytesPerRecord));
+  for (const [resource, byScope] of groupRecords(records)) {
+    writer.tag(1, WIRE_BYTES);
+    // Batches are up to a few hundred KB: 3 bytes for the length.
+    const resourceRecords = writer.begin(3);
+    writeResource(writer, resource);
+    for (const [scope, group] of byScope) {
       writer.tag(2, WIRE_BYTES);
-      this.writeRecord(writer, record);
-    } catch (error) {
-      writer.pos = start;
-      throw error;
-    }
-    this.added++;
-  }
-
-  /** The request for every record added since the last `take`; the builder is empty again. */
-  take(): Uint8Array {
-    let recordBytes = 0;
-    for (const byScope of this.groups.values()) for (const records of byScope.values()) recordBytes += records.pos;
-    // Resources and scopes are a few hundred bytes; growing past the guess is cheap.
-    const writer = new ProtoWriter(Math.max(4096, recordBytes + 1024));
-    for (const [resource, byScope] of this.groups) {
-      // A group whose only record failed to encode is left out, as that record is.
-      if (![...byScope.values()].some((records) => records.pos > 0)) continue;
-      writer.tag(1, WIRE_BYTES);
-      // Batches are up to a few hundred KB: 3 bytes for the length.
-      const resourceRecords = writer.begin(3);
-      writeResource(writer, resource);
-      for (const [scope, records] of byScope) {
-        if (records.pos === 0) continue;
+      const scopeRecords = writer.begin(3);
+      writeScope(writer, scope);
+      for (const record of group) {
         writer.tag(2, WIRE_BYTES);
-        const scopeRecords = writer.begin(3);
-        writeScope(writer, scope);
-        writer.copy(records.buffer, records.pos);
-        if (scope.schemaUrl) {
-          writer.tag(3, WIRE_BYTES);
-          writer.string(scope.schemaUrl);
-        }
-        writer.end(scopeRecords, 3);
+        writeRecord(writer, record);
       }
-      if (resource.schemaUrl) {
+      if (scope.schemaUrl) {
         writer.tag(3, WIRE_BYTES);
-        writer.string(resource.schemaUrl);
+        writer.string(scope.schemaUrl);
       }
-      writer.end(resourceRecords, 3);
+      writer.end(scopeRecords, 3);
     }
-    this.groups.clear();
-    this.added = 0;
-    return writer.buffer.subarray(0, writer.pos);
+    if (resource.schemaUrl) {
+      writer.tag(3, WIRE_BYTES);
+      writer.string(resource.schemaUrl);
+    }
+    writer.end(resourceRecords, 3);
   }
-}
-
-/** An Export*ServiceRequest for `records` in one call. */
-function encodeExportRequest<T extends ScopedRecord>(records: readonly T[], writeRecord: (writer: ProtoWriter, record: T) => void): Uint8Array {
-  const builder = new ExportRequestBuilder(writeRecord);
-  for (const record of records) builder.add(record);
-  return builder.take();
+  return writer.buffer.subarray(0, writer.pos);
 }
 
 /**
@@ -601,15 +545,10 @@ function writeLogRecord(writer: ProtoWriter, record: ReadableLogRecord): void {
 
 /** The OTLP/HTTP protobuf body for `spans` (ExportTraceServiceRequest); ~600 bytes per span of ours. */
 export function encodeTraceExportRequest(spans: readonly ReadableSpan[]): Uint8Array {
-  return encodeExportRequest(spans, writeSpan);
-}
-
-/** A trace export request built span by span (ExportRequestBuilder), as `encodeTraceExportRequest` would write it. */
-export function createTraceExportRequestBuilder(): ExportRequestBuilder<ReadableSpan> {
-  return new ExportRequestBuilder(writeSpan);
+  return encodeExportRequest(spans, 768, writeSpan);
 }
 
 /** The OTLP/HTTP protobuf body for log `records` (ExportLogsServiceRequest); ~400 bytes per access-log record. */
 export function encodeLogsExportRequest(records: readonly ReadableLogRecord[]): Uint8Array {
-  return encodeExportRequest(records, writeLogRecord);
+  return encodeExportRequest(records, 512, writeLogRecord);
 }

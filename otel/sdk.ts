@@ -64,14 +64,15 @@ import {
   SimpleSpanProcessor,
   TraceIdRatioBasedSampler,
   TracerProvider,
+  type ReadableSpan,
   type Sampler,
+  type SpanExporter,
   type SpanLimits,
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
 import { createGatewayTracer, GATEWAY_TRACER_NAME } from './gateway-tracer';
-import { EncodingSpanProcessor, type EncodedSpanExporter, type EncodedSpans } from './encoding-span-processor';
-import { encodeLogsExportRequest } from './otlp-protobuf-encoding';
+import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
 import { RequestIdSpanProcessor } from './request-id-span-processor';
 import { createTextMapPropagator } from './trace-context-propagator';
 import { ClientTraceIdSampler, RequestedTraceIdGenerator } from './trace-ids';
@@ -312,11 +313,8 @@ function otlpDestination(config: TelemetryConfig): string {
 
 function spanProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): SpanProcessor {
   if (name === 'console') return new SimpleSpanProcessor({ exporter: new ConsoleSpanExporter() });
-  if (signal.protocol === 'http/json') {
-    return new BatchSpanProcessor({ exporter: new (lazy('@opentelemetry/exporter-trace-otlp-http') as typeof import('@opentelemetry/exporter-trace-otlp-http')).OTLPTraceExporter({ url: signal.url }), ...signal.batch });
-  }
-  // The BatchSpanProcessor's batching, with each span encoded as it ends (encoding-span-processor.ts).
-  return new EncodingSpanProcessor({ exporter: otlpProtoTraceExporter(signal.url), ...signal.batch });
+  const exporter = signal.protocol === 'http/json' ? new (lazy('@opentelemetry/exporter-trace-otlp-http') as typeof import('@opentelemetry/exporter-trace-otlp-http')).OTLPTraceExporter({ url: signal.url }) : otlpProtoTraceExporter(signal.url);
+  return new BatchSpanProcessor({ exporter, ...signal.batch });
 }
 
 /**
@@ -329,18 +327,16 @@ function otlpProtoExporter<Records, Response>(
   url: string,
   signal: { name: 'TRACES' | 'LOGS'; path: string; componentType: string; metricsHelper: IExporterMetricsHelper<Records> },
   encode: (records: Records) => Uint8Array,
-  sdkSerializer: Pick<ISerializer<unknown, Response>, 'deserializeResponse'>,
+  sdkSerializer: ISerializer<Records, Response>,
 ): OTLPExporterBase<Records> {
   const serializer: ISerializer<Records, Response> = { serializeRequest: encode, deserializeResponse: (data) => sdkSerializer.deserializeResponse(data) };
   const options = convertLegacyHttpOptions({ url }, signal.name, signal.path, { 'Content-Type': 'application/x-protobuf' });
   return new OTLPExporterBase(createOtlpHttpExportDelegate(options, serializer, signal.componentType, signal.metricsHelper, undefined));
 }
 
-/** Spans arrive encoded (EncodingSpanProcessor): the body is sent as it is, and counted in spans as the SDK counts them. */
-function otlpProtoTraceExporter(url: string): EncodedSpanExporter {
-  const metricsHelper: IExporterMetricsHelper<EncodedSpans> = { name: TraceExporterMetricsHelper.name, countItems: (batch) => batch.spanCount };
-  const signal = { name: 'TRACES', path: 'v1/traces', componentType: 'otlp_http_span_exporter', metricsHelper } as const;
-  return otlpProtoExporter<EncodedSpans, IExportTraceServiceResponse>(url, signal, (batch) => batch.body, ProtobufTraceSerializer);
+function otlpProtoTraceExporter(url: string): SpanExporter {
+  const signal = { name: 'TRACES', path: 'v1/traces', componentType: 'otlp_http_span_exporter', metricsHelper: TraceExporterMetricsHelper } as const;
+  return otlpProtoExporter<ReadableSpan[], IExportTraceServiceResponse>(url, signal, encodeTraceExportRequest, ProtobufTraceSerializer);
 }
 
 function otlpProtoLogExporter(url: string): LogRecordExporter {
