@@ -285,10 +285,10 @@ function cell(text) {
 /**
  * The garbage collections in a stretch of `node --trace-gc` output (V8 prints one line per collection to stdout,
  * `[pid:isolate]  <ms> ms: <kind> ...`, between whatever else the process writes there): major ones (Mark-Compact,
- * whose concurrent marking runs on helper threads too) and minor ones (Scavenge, or Minor Mark-Sweep). A major
- * collection of the gateway costs about as many instructions as a hundred requests and comes every few thousand
- * requests, so one more or one fewer in a window of 1,500 moves a count per request by 10-20%: bench/instructions.mjs
- * prints how many each counted window held.
+ * whose concurrent marking runs on helper threads too) and minor ones (Scavenge, or Minor Mark-Sweep). Under
+ * callgrind a major collection of the traced gateway came about once per 1,200-1,500 requests and cost as many
+ * instructions as a hundred of them, so one more or one fewer in a window of 1,500 moves a count per request by
+ * 10-20%: bench/instructions.mjs prints how many each counted window held.
  */
 export function collectionsIn(text) {
   let major = 0;
