@@ -20,7 +20,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { collectionsIn, formatFunctionsReport, mergeProfiles, nameFunctions, parseCallgrind, parsePerfMap } from './callgrind-functions.mjs';
-import { childPids, freePort, start, stop, stopAll, waitUntilServing } from './processes.mjs';
+import { childPids, freePort, readRange, start, stop, stopAll, waitUntilServing } from './processes.mjs';
 import { BENCH_DIR, cleanEnv, mintToken, ROOT, startUpstreamAndSink, tracedFloorLaunch } from './servers.mjs';
 
 /** What each variant sets on top of the bench's gateway environment (bench/servers.mjs `startGateway`). */
@@ -116,22 +116,6 @@ async function load(port, count) {
   return failed;
 }
 
-/**
- * The collections V8 reported (`--trace-gc`, bench/callgrind-functions.mjs `collectionsIn`) in a process's stdout
- * between two offsets: the ones inside the counted window.
- */
-function gcInWindow(file, start, end) {
-  if (end <= start) return collectionsIn('');
-  const buffer = Buffer.alloc(end - start);
-  const fd = fs.openSync(file, 'r');
-  try {
-    fs.readSync(fd, buffer, 0, buffer.length, start);
-  } finally {
-    fs.closeSync(fd);
-  }
-  return collectionsIn(buffer.toString('utf8'));
-}
-
 /** Instructions in the files callgrind dumped for `name` (`<name>.callgrind.out.<pid>.<dump>`), every process's. */
 function countedInstructions(name) {
   const dumped = new RegExp(`^${name}\\.callgrind\\.out\\.\\d+\\.\\d+$`);
@@ -188,7 +172,7 @@ async function measure(name, upstreamPort, sinkPort) {
   const out = path.join(dir, `${name}.callgrind.out.%p`);
   // --perf-basic-prof: V8 names its compiled code in /tmp/perf-<pid>.map, where callgrind sees bare addresses.
   // --trace-gc: V8 prints a line per collection to stdout (the process's .out.log), so the collections inside the
-  // counted window are known (gcInWindow below).
+  // counted window are known (below).
   const nodeArgs = flags.functions ? ['--perf-basic-prof', '--trace-gc', ...args] : ['--trace-gc', ...args];
   const gateway = start(name, 'valgrind', ['--tool=callgrind', '--trace-children=yes', '--smc-check=all-non-file', `--callgrind-out-file=${out}`, process.execPath, ...nodeArgs], {
     cwd,
@@ -210,7 +194,8 @@ async function measure(name, upstreamPort, sinkPort) {
     control('--zero');
     const failed = await load(port, requests);
     control('--dump');
-    const gc = gcInWindow(stdoutFile, windowStart, fs.statSync(stdoutFile).size);
+    // The collections V8 reported inside the counted window (bench/callgrind-functions.mjs `collectionsIn`).
+    const gc = collectionsIn(readRange(stdoutFile, windowStart, fs.statSync(stdoutFile).size));
     await sleep(500);
     // Copied as it was at the dump: code compiled later may reuse an address the counted code ran at, and a
     // map's last entry for an address names it.

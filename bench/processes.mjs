@@ -124,6 +124,19 @@ export function childPids(pid) {
  * Counts the lines containing `marker` appended to a file since the last call, reading only the new bytes
  * (the gateway's access log grows to tens of MB during a run).
  */
+/** The text of `file` from byte `start` to byte `end` (empty when there is none). */
+export function readRange(file, start, end) {
+  if (end <= start) return '';
+  const buffer = Buffer.alloc(end - start);
+  const fd = fs.openSync(file, 'r');
+  try {
+    fs.readSync(fd, buffer, 0, buffer.length, start);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return buffer.toString('utf8');
+}
+
 export class LineCounter {
   #offset = 0;
   #count = 0;
@@ -136,12 +149,9 @@ export class LineCounter {
   count() {
     const size = fs.statSync(this.file).size;
     if (size > this.#offset) {
-      const fd = fs.openSync(this.file, 'r');
-      const buffer = Buffer.alloc(size - this.#offset);
-      fs.readSync(fd, buffer, 0, buffer.length, this.#offset);
-      fs.closeSync(fd);
+      const text = readRange(this.file, this.#offset, size);
       this.#offset = size;
-      const lines = (this.#partial + buffer.toString('utf8')).split('\n');
+      const lines = (this.#partial + text).split('\n');
       this.#partial = lines.pop();
       for (const line of lines) if (line.includes(this.marker)) this.#count++;
     }
