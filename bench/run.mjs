@@ -303,13 +303,13 @@ async function main() {
     log(`round ${round}: all ${selected.length} cases serving (${((Date.now() - roundStartedAt) / 1000).toFixed(1)} s)`);
     pids = measuredPids(children);
   }
+  /** The measured servers of the round, the upstream and sinks left running. */
+  const roundServers = () => Object.keys(pids).filter((name) => !infrastructure[name]);
+  const stopRoundServers = () => Promise.all(roundServers().map((name) => stop(children[name])));
   /** Records the round's servers' peak RSS; `stopServers` then ends them (not after the last round: the loss check needs them). */
   async function endRound(stopServers) {
-    for (const [name, list] of Object.entries(pids)) {
-      if (infrastructure[name]) continue;
-      (roundMemory[name] ??= []).push(peakMemory(name, list).peak);
-    }
-    if (stopServers) await Promise.all(Object.keys(pids).filter((name) => !infrastructure[name]).map((name) => stop(children[name])));
+    for (const name of roundServers()) (roundMemory[name] ??= []).push(peakMemory(name, pids[name]).peak);
+    if (stopServers) await stopRoundServers();
   }
   const ticksPerSecond = host.clockTicksPerSecond;
 
@@ -401,7 +401,7 @@ async function main() {
   }
   const sink = await stats(ports.sink);
   // Servers before the sinks, so the traced ones deliver their last export instead of timing out on a closed sink.
-  await Promise.all(Object.keys(pids).filter((name) => !infrastructure[name]).map((name) => stop(children[name])));
+  await stopRoundServers();
   await stopAll();
   const exits = {};
   for (const [name, child] of Object.entries(children)) exits[name] = await child.exited;
