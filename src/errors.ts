@@ -42,6 +42,7 @@ export const ERROR_CATALOG = {
   rate_limit_unavailable: { status: 503, title: 'Rate limiting unavailable' },
   auth_unavailable: { status: 503, title: 'Token verification unavailable' },
   upstream_timeout: { status: 504, title: 'Upstream timed out' },
+  http_version_not_supported: { status: 505, title: 'HTTP version not supported' },
 } as const satisfies Record<string, { status: number; title: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOG;

@@ -26,6 +26,7 @@ import { createClientHeaderPolicy } from './middleware/client-headers';
 import { createHostGuard } from './middleware/host-guard';
 import { createStrictTransportSecurity } from './middleware/hsts';
 import { createHttp2Requests } from './middleware/http2-requests';
+import { createHttpVersionGuard } from './middleware/http-version';
 import { compileRoutes } from './routes';
 import { createTokenService } from './tokens';
 import { createConsumerRegistry } from './consumers';
@@ -141,6 +142,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   if (metrics) app.use(createRequestMetrics({ metrics }));
   app.use(createAccessLog({ logger }));
   app.use(createErrorHandler({ logger }));
+  app.use(createHttpVersionGuard());
   // With TLS: HSTS on every HTTPS answer (errors too), and HTTP/2 requests made to mean what they say on the wire.
   if (config.tls?.hsts) app.use(createStrictTransportSecurity(config.tls.hsts));
   if (config.tls) app.use(createHttp2Requests());

@@ -145,8 +145,10 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
 function withStreamRequestTimeout(listener: (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void, requestMs: number) {
   if (requestMs === 0) return listener;
   return (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => {
-    const { stream } = request;
-    if (request.httpVersionMajor === 2 && !stream.endAfterHeaders) {
+    // The HTTP/2 compatibility request, not its version: an HTTP/1.1 request line may say `HTTP/2.0` (Node's
+    // HTTP/1 parser accepts it), and that request has no stream (createHttpVersionGuard refuses it).
+    if (request instanceof http2.Http2ServerRequest && !request.stream.endAfterHeaders) {
+      const { stream } = request;
       const timer = setTimeout(() => {
         // `remoteClose`: the client's END_STREAM arrived (a body read or not, as HTTP/1's parser counts it).
         if (!stream.destroyed && !stream.state.remoteClose) stream.close(http2.constants.NGHTTP2_CANCEL);

@@ -1,4 +1,5 @@
-import type { Http2ServerRequest } from 'node:http2';
+import { Http2ServerRequest } from 'node:http2';
+import type { IncomingMessage } from 'node:http';
 import type { Middleware } from 'koa';
 import { GatewayError } from '../errors';
 
@@ -14,6 +15,14 @@ const CONNECTION_SPECIFIC = ['connection', 'keep-alive', 'proxy-connection', 'tr
 const FIELD_NAME = /^[!#$%&'*+.^_`|~0-9a-z-]+$/;
 /** What a field value must not hold in HTTP/2 (RFC 9113 8.2.1): NUL, CR, LF anywhere, whitespace at either end. */
 const MALFORMED_VALUE = /[\0\r\n]|^[ \t]|[ \t]$/;
+
+/**
+ * A request that came in HTTP/2 frames. Not `httpVersionMajor === 2`: an HTTP/1.1 request line may say
+ * `HTTP/2.0`, and Node's HTTP/1 parser takes it (src/middleware/http-version.ts refuses it).
+ */
+export function isHttp2Request(request: IncomingMessage | Http2ServerRequest): request is Http2ServerRequest {
+  return request instanceof Http2ServerRequest;
+}
 
 function isMalformedValue(value: string | string[] | undefined): boolean {
   if (value === undefined) return false;
@@ -36,7 +45,8 @@ function isMalformedValue(value: string | string[] | undefined): boolean {
  */
 export function createHttp2Requests(): Middleware {
   return async function normaliseHttp2Request(ctx, next) {
-    if (ctx.req.httpVersionMajor !== 2) return next();
+    const request: IncomingMessage | Http2ServerRequest = ctx.req;
+    if (!isHttp2Request(request)) return next();
     const headers = ctx.req.headers;
     for (const name in headers) {
       // Pseudo-header names are checked by Node's parser (unknown ones reset the stream); their values are not.
@@ -52,8 +62,7 @@ export function createHttp2Requests(): Middleware {
     if (authority !== undefined && headers.host !== undefined && headers.host.toLowerCase() !== String(authority).toLowerCase()) {
       throw new GatewayError('bad_request', 'The Host header names another authority than :authority.');
     }
-    const { stream } = ctx.req as unknown as Http2ServerRequest;
-    if (!stream.endAfterHeaders && headers['content-length'] === undefined) headers['transfer-encoding'] = 'chunked';
+    if (!request.stream.endAfterHeaders && headers['content-length'] === undefined) headers['transfer-encoding'] = 'chunked';
     await next();
   };
 }

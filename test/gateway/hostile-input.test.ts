@@ -594,5 +594,19 @@ describe('hostile input at the gateway', () => {
     it('serves an ordinary request through runServer', async () => {
       await expectStillServing(served.url);
     });
+
+    // Node's HTTP/1 parser takes these two versions (9.9 above it refuses); the gateway must not serve them as
+    // HTTP/1.1 while its HTTP/2 rules, spans and proxy read another protocol (one such request crashed the TLS
+    // listener: tls-http2.test.ts).
+    it.each([
+      { desc: 'HTTP/2.0 in an HTTP/1 request line', version: 'HTTP/2.0' },
+      { desc: 'HTTP/0.9 in a request line', version: 'HTTP/0.9' },
+    ])('answers $desc with 505 problem+json, reaching no service', async ({ version }) => {
+      const requestId = nextRequestId();
+      const reply = await sendRaw(served.url, `GET /api/users/2 ${version}\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n`);
+      expect(expectProblem(reply, 505, 'http_version_not_supported').requestId).toBe(requestId);
+      expect(seenWithRequestId(requestId)).toEqual([]);
+      await expectStillServing(served.url);
+    });
   });
 });

@@ -259,6 +259,21 @@ describe('TLS termination and HTTP/2', () => {
       }
     });
 
+    it('answers an HTTP/1.1 connection whose request line says HTTP/2.0 with 505, and serves on (it used to crash the process)', async () => {
+      const requestId = nextRequestId();
+      const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(url).port), ca: certificate.cert, ALPNProtocols: ['http/1.1'], servername: 'localhost' });
+      const chunks: Buffer[] = [];
+      socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+      await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+      socket.write(`GET /api/users/2 HTTP/2.0\r\nHost: localhost\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n`);
+      await new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      const [head = '', body = ''] = Buffer.concat(chunks).toString('latin1').split('\r\n\r\n');
+      expect(head).toMatch(/^HTTP\/1\.1 505 /);
+      expect(JSON.parse(body)).toMatchObject({ status: 505, code: 'http_version_not_supported', requestId });
+      expect(seenWithRequestId(requestId)).toEqual([]);
+      await expectStillServing();
+    });
+
     it('advertises bounded HTTP/2 settings: streams per connection and header list size as on HTTP/1', () => {
       expect(session.remoteSettings).toMatchObject({ maxConcurrentStreams: HTTP2_LIMITS.maxConcurrentStreams, maxHeaderListSize: http.maxHeaderSize, enablePush: false });
     });
