@@ -48,6 +48,17 @@ function connectionListed(connection: string | string[] | undefined): Set<string
 }
 
 /**
+ * Whether a request header stops at this hop: hop-by-hop, or named in the request's own `Connection`. Such a
+ * header never reaches the service, so nothing keyed on what the service heard (the response cache) may read it.
+ */
+export function stopsAtThisHop(connection: string | string[] | undefined): (name: string) => boolean {
+  const listed = connectionListed(connection);
+  return listed === undefined ? isHopByHop : (name) => HOP_BY_HOP.has(name) || listed.has(name);
+}
+
+const isHopByHop = (name: string) => HOP_BY_HOP.has(name);
+
+/**
  * A message's end-to-end headers: all but the hop-by-hop ones, which include the names its own `Connection`
  * header lists, and those `drop` names.
  */

@@ -8,7 +8,7 @@ import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
 import type { GatewayMetrics } from '../metrics';
 import { cacheKey, currentAge, isFresh, parseCacheControl, requestHeaderValue, storability, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
 import type { CacheKey, ResponseStore } from '../response-store';
-import { endToEndHeaders } from '../upstream-headers';
+import { endToEndHeaders, stopsAtThisHop } from '../upstream-headers';
 
 export interface ResponseCacheOptions {
   /** The `cache` of each route that has one, by route name. */
@@ -113,6 +113,11 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const { req } = ctx;
     const headers = req.headers;
     const method = ctx.method;
+    // A request header as the service hears it: none when it stops at this hop (hop-by-hop, or named in the
+    // request's `Connection`). Keyed by what the client sent, `Accept-Language: fr` with `Connection:
+    // accept-language` would store the answer to no language as the French one.
+    const stopsHere = stopsAtThisHop(headers.connection);
+    const heard = (name: string) => (stopsHere(name) ? null : requestHeaderValue(headers[name]));
     // Everything the service's answer may depend on that the gateway controls or forwards: the route, the
     // public origin it forwards as X-Forwarded-Host/-Proto/-Port and a trusted proxy's X-Forwarded-Prefix,
     // Forwarded, ... (a service may build links from them), the upstream path and query byte for byte
@@ -124,7 +129,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       ctx.protocol,
       ctx.host.toLowerCase(),
       requestHeaderValue(headers['x-forwarded-port']),
-      ...KEYED_FORWARDING_HEADERS.map((name) => requestHeaderValue(headers[name])),
+      ...KEYED_FORWARDING_HEADERS.map(heard),
       ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!,
     ]);
     if (!SAFE_METHODS.has(method)) {
@@ -150,14 +155,14 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const caller = user ? ['user', user.id, user.role, user.email] : consumer ? ['consumer', consumer.id] : undefined;
     // A cookie the service sees may be a session of its own: shared under one key only if the service says public.
     // A rule that adds a cookie still passes the client's on.
-    const cookie = headers.cookie !== undefined && !rules?.replacedRequestHeaders.has('cookie');
+    const cookie = heard('cookie') !== null && !rules?.replacedRequestHeaders.has('cookie');
     const sharedCredentialed = policy.scope === 'public' ? caller !== undefined || cookie : caller === undefined && cookie;
     const scopeKey = policy.scope === 'user' ? (caller ?? ['anonymous']) : ['shared'];
-    const key: CacheKey = { resource, variant: cacheKey([...scopeKey, ...policy.varyHeaders.map((name) => requestHeaderValue(headers[name.toLowerCase()]))]) };
+    const key: CacheKey = { resource, variant: cacheKey([...scopeKey, ...policy.varyHeaders.map((name) => heard(name.toLowerCase()))]) };
     const flightKey = `${key.resource} ${key.variant}`;
     const lookup = async (): Promise<CachedResponse | undefined> => {
       const entry = await store.get(route.name, key);
-      return entry && entry.vary.every((name, index) => requestHeaderValue(headers[name]) === entry.varyValues[index]) ? entry : undefined;
+      return entry && entry.vary.every((name, index) => heard(name) === entry.varyValues[index]) ? entry : undefined;
     };
 
     let entry = await lookup();
@@ -191,7 +196,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     }
     // The one request directive obeyed: `no-store` (RFC 9111 5.2.1.5) only keeps this client's answer out.
     const storable = !parseCacheControl(headers['cache-control']).noStore;
-    const capture = captureResponse({ ctx, store, routeName: route.name, key, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, now, settled: () => release() });
+    const capture = captureResponse({ store, routeName: route.name, key, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, now, settled: () => release() });
     ctx.state.responseTap = capture.tap;
     try {
       await next();
@@ -212,7 +217,6 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
 }
 
 interface CaptureOptions {
-  ctx: Context;
   store: ResponseStore;
   routeName: string;
   key: CacheKey;
@@ -222,6 +226,8 @@ interface CaptureOptions {
   sharedCredentialed: boolean;
   maxEntryBytes: number;
   rules: RouteHeaderRules | undefined;
+  /** A request header's value as the service heard it (null: it did not). */
+  heard: (name: string) => string | null;
   now: () => number;
   /** Called once it is clear whether the answer is stored (stored, or not storable, or cut short), or the client backs up. */
   settled: () => void;
@@ -229,7 +235,7 @@ interface CaptureOptions {
 
 /** Copies the service's response as the proxy forwards it, and stores it at the end when it may be stored. */
 function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: () => Promise<void> } {
-  const { ctx, policy } = options;
+  const { policy } = options;
   let chunks: Buffer[] | undefined;
   let bytes = 0;
   let pending: Promise<void> | undefined;
@@ -274,7 +280,7 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
         storedAt: options.now(),
         ...lifetime,
         vary,
-        varyValues: vary.map((name) => requestHeaderValue(ctx.req.headers[name])),
+        varyValues: vary.map(options.heard),
       };
       chunks = undefined;
       pending = options.store.set(options.routeName, options.key, entry).finally(options.settled);

@@ -376,6 +376,23 @@ describe('response cache', () => {
     expect(victim.text).not.toContain(poison);
   });
 
+  it.each([
+    // varyHeaders make one key per value; a service's Vary keeps one copy per key, the last stored (the French one).
+    { desc: 'a varyHeaders header', pathOf: () => fresh('/api/open', 'cc=max-age%3D60'), attacker: {}, victim: {}, alikeResult: 'HIT' },
+    { desc: 'a header the service names in Vary', pathOf: () => fresh('/api/shared', 'cc=public,max-age%3D60&vary=Accept-Language'), attacker: { authorization: 'bob' }, victim: { authorization: 'alice' }, alikeResult: 'MISS' },
+  ])('cannot be poisoned by naming $desc in Connection: the key is what the service heard', async ({ pathOf, attacker, victim, alikeResult }) => {
+    const path = pathOf();
+    const signedIn = (who: { authorization?: string }) => (who.authorization ? as(who.authorization === 'bob' ? bob : alice) : {});
+    // Connection makes Accept-Language hop-by-hop: the service hears no language, whatever the client sent.
+    const poisoner = await send(stack.gateway.url, path, { ...signedIn(attacker), 'accept-language': 'fr', connection: 'accept-language' });
+    expect([poisoner.headers['x-cache'], poisoner.json.lang]).toEqual(['MISS', null]);
+    const french = await send(stack.gateway.url, path, { ...signedIn(victim), 'accept-language': 'fr' });
+    expect([french.headers['x-cache'], french.json.lang]).toEqual(['MISS', 'fr']);
+    // A request the service would hear the same way as the first gets the first's answer (no language).
+    const alike = await send(stack.gateway.url, path, { ...signedIn(victim), 'accept-language': 'de', connection: 'accept-language' });
+    expect([alike.headers['x-cache'], alike.json.lang]).toEqual([alikeResult, null]);
+  });
+
   it('keeps one variant per value of a Vary header the service names', async () => {
     const path = fresh('/api/catalog', 'vary=Accept-Encoding');
     const results = [];
