@@ -4,6 +4,7 @@ import type { Server, Socket } from 'node:net';
 import tls from 'node:tls';
 import type Koa from 'koa';
 import type { Logger } from './logger';
+import { HEADER } from './wire-names';
 
 export interface RunServerOptions {
   /** The app; or anything with Koa's `callback()`, such as a reloadable gateway's listener that delegates to the current app. */
@@ -42,9 +43,15 @@ export interface RunningServer {
 /**
  * A malformed or oversized request never reaches Koa (Node's parser rejects it first); without this the
  * client would get a bare status line. It gets a problem+json body like every other error instead.
+ *
+ * A request whose head was parsed is already in the pipeline when its body breaks the parser (a bad chunk) or
+ * the request timeout fires: if nothing was answered yet it is answered here through its own response, with
+ * the request id the pipeline gave it, so the access log and the span record the 400 or 408 (not a client that
+ * left). Once the answer has started, the connection can only be cut.
  */
 function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
-  if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage) {
+  const inFlight = (socket as Socket & { _httpMessage?: http.ServerResponse })._httpMessage;
+  if (!socket.writable || inFlight?.headersSent) {
     socket.destroy();
     return;
   }
@@ -53,10 +60,20 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
   const status = tooLarge ? 431 : tooSlow ? 408 : 400;
   const title = tooLarge ? 'Request header fields too large' : tooSlow ? 'Request timeout' : 'Bad request';
   const code = tooLarge ? 'headers_too_large' : tooSlow ? 'request_timeout' : 'bad_request';
-  // Nothing of the request can be trusted (its X-Request-Id included), but the answer still carries an id.
-  const requestId = randomUUID().replaceAll('-', '');
+  // Nothing of the request can be trusted (its X-Request-Id included), but the answer still carries an id:
+  // the one the pipeline chose, when the request got that far.
+  const chosen = inFlight?.getHeader(HEADER.requestId);
+  const requestId = typeof chosen === 'string' ? chosen : randomUUID().replaceAll('-', '');
   const detail = tooLarge ? 'The request headers are too large.' : tooSlow ? 'The request did not arrive in time.' : 'The request could not be parsed as HTTP.';
   const body = JSON.stringify({ type: `urn:koa-gateway:problem:${code}`, title, status, detail, code, requestId });
+  if (inFlight) {
+    // The headers the pipeline set so far stay (traceresponse, HSTS, CORS), as on any error it answers. The
+    // pipeline then finds its response ended (Koa's respond and the error handler leave it alone) and the
+    // request aborted; `Connection: close` ends the connection once the answer is written.
+    inFlight.writeHead(status, title, { 'Content-Type': 'application/problem+json', 'Content-Length': Buffer.byteLength(body), [HEADER.requestId]: requestId, Connection: 'close' });
+    inFlight.end(body);
+    return;
+  }
   socket.end(
     `HTTP/1.1 ${status} ${title}\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n${body}`,
   );

@@ -2,6 +2,7 @@ import { createGatewayApps } from '../../src/gateway';
 import { startStack, type TestStack } from '../helpers/stack';
 import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
 import { testConfig } from '../helpers/test-config';
+import { waitFor } from '../helpers/wait';
 
 /** An upstream instance that answers everything and records when it was probed (`GET /health`). */
 interface FakeInstance extends TestServer {
@@ -41,13 +42,6 @@ async function getJson(url: string): Promise<{ status: number; headers: Headers;
 }
 
 /** Polls until `condition` holds; fails after `timeoutMs`. */
-async function waitFor(condition: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
 
 describe('health', () => {
   let stack: TestStack;

@@ -7,6 +7,7 @@ import { PUBLISHED_JWT_SECRETS } from '../../src/config';
 import { createGateway } from '../../src/gateway';
 import { memoryLogger, type RecordedRequest } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
+import { waitFor } from '../helpers/wait';
 import { shippedConfigFile, TEST_JWT_SECRET } from '../helpers/test-config';
 import { rs256Token, signToken, unsignedToken } from '../helpers/tokens';
 
@@ -542,9 +543,11 @@ describe('hostile input at the gateway', () => {
    */
   describe('at the HTTP parser (gateway served by runServer)', () => {
     let served: RunningServer;
+    let servedLog: Record<string, unknown>[];
 
     beforeAll(async () => {
-      const { logger } = memoryLogger('gateway');
+      const { logger, lines } = memoryLogger('gateway');
+      servedLog = lines;
       served = await runServer({ app: createGateway(stack.config, { logger }), name: 'gateway', port: 0, host: '127.0.0.1', logger, drainTimeoutMs: 1000 });
     });
     afterAll(() => served.close());
@@ -592,6 +595,21 @@ describe('hostile input at the gateway', () => {
     });
 
     it('serves an ordinary request through runServer', async () => {
+      await expectStillServing(served.url);
+    });
+
+    // The head was good, so the request is already in the pipeline (the proxy may have begun forwarding it) when
+    // its body breaks the parser: the answer comes through the request's own response, with the id it was given.
+    it.each([
+      { desc: 'a chunk size line ended by a bare LF', chunks: '4\nabcd\r\n0\r\n\r\n' },
+      { desc: 'a chunk size that is not hex', chunks: 'zz\r\nabcd\r\n0\r\n\r\n' },
+    ])('answers a body with $desc with 400 problem+json carrying the request id, and logs the 400', async ({ chunks }) => {
+      const requestId = nextRequestId();
+      const reply = await sendRaw(served.url, `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: ${requestId}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${chunks}`);
+      expect(expectProblem(reply, 400, 'bad_request').requestId).toBe(requestId);
+      expect(headerOf(reply, 'connection')).toBe('close');
+      await waitFor(() => servedLog.some((line) => line.request_id === requestId), 'the access-log line');
+      expect(servedLog.find((line) => line.request_id === requestId)).toMatchObject({ status: 400 });
       await expectStillServing(served.url);
     });
 

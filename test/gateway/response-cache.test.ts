@@ -10,6 +10,7 @@ import { listen, memoryLogger, refusedOrigin, sendRaw, type TestServer } from '.
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
+import { waitFor } from '../helpers/wait';
 
 const MACHINE_REDIS = 'redis://127.0.0.1:6379';
 
@@ -645,10 +646,3 @@ describe('response cache with its Redis store down', () => {
 });
 
 /** Polls until `condition` holds (5 s at most). */
-async function waitFor(condition: () => boolean | Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + 5000;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error('condition not met within 5 s');
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}

@@ -7,6 +7,7 @@ import { createGateway } from '../../src/gateway';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
+import { waitFor } from '../helpers/wait';
 
 interface Reply {
   status: number;
@@ -40,14 +41,6 @@ function slowUpload(origin: string, path: string, everyMs: number, maxBytes = 10
   return { reply, stop: () => (clearInterval(timer), request?.destroy()) };
 }
 
-async function waitFor(condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
-
 /** The shipped routes with the register route's own limit raised, so the uploads here are not rate limited. */
 function routesWithOpenRegister() {
   return (shippedConfigFile().routes as { name: string }[]).map((route) => (route.name === 'register' ? { ...route, rateLimit: { max: 1000, windowMs: 60_000 } } : route));
@@ -74,7 +67,7 @@ describe('slow uploads cannot starve a service’s connections', () => {
     const before = registrations();
     const uploads = [slowUpload(stack.gateway.url, '/api/auth/register', 500), slowUpload(stack.gateway.url, '/api/auth/register', 500)];
     // Both uploads hold one of the two connections to user-service.
-    await waitFor(() => registrations() === before + 2, 'both slow uploads to reach user-service');
+    await waitFor(() => registrations() === before + 2, 'both slow uploads to reach user-service', 10_000);
     const profile = fetch(`${stack.gateway.url}/api/users/2`, { headers: { authorization: `Bearer ${bob}` }, signal: AbortSignal.timeout(15_000) });
 
     for (const upload of uploads) {
@@ -113,7 +106,7 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
   it('answers 503 upstream_busy with Retry-After at once when every connection is busy and the queue is full', async () => {
     const before = stack.users.requests.length;
     const uploads = [slowUpload(stack.gateway.url, '/api/auth/register', 300), slowUpload(stack.gateway.url, '/api/auth/register', 300)];
-    await waitFor(() => stack.users.requests.length === before + 2, 'both slow uploads to reach user-service');
+    await waitFor(() => stack.users.requests.length === before + 2, 'both slow uploads to reach user-service', 10_000);
 
     const busy = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
     expect(busy.status).toBe(503);

@@ -9,6 +9,7 @@ import { generateApiKey, hashApiKey } from '../../src/consumers';
 import { bindGrpcServer, grpcServiceDefinition } from '../../services/shared/grpc-service';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 import { shippedConfigFile, TEST_JWT_SECRET, testConfig } from '../helpers/test-config';
+import { waitFor } from '../helpers/wait';
 
 const HOSTILE_PROTO = 'test/grpc/hostile.proto';
 const HOSTILE_SERVICE = 'koagateway.test.v1.Hostile';
@@ -227,10 +228,3 @@ describe('gRPC channels across config reloads', () => {
   });
 });
 
-async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}

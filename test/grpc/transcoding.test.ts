@@ -7,6 +7,7 @@ import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers
 import { shippedConfigFile, testConfig } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
 import { MAPPING_PROTO, MAPPING_SERVICE, startMappingServer, type MappingServer } from './mapping-server';
+import { waitFor } from '../helpers/wait';
 
 /**
  * REST/JSON -> gRPC through the real gateway, against a real gRPC server of test/fixtures/transcoding.proto
@@ -354,10 +355,3 @@ function rawPost(origin: string, path: string, body: string): Promise<number> {
   });
 }
 
-async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
