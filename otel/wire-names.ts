@@ -47,22 +47,76 @@ export const REQUEST_REWRITE_HEADERS = [
 ] as const;
 
 /**
+ * Headers naming the client's address, as proxies and CDNs write them (`X-Forwarded-For` and `X-Real-IP`, and
+ * the spellings of Akamai, Cloudflare, Fastly, Rackspace and others that frameworks read the same way).
+ */
+export const CLIENT_ADDRESS_HEADERS = [
+  'x-forwarded-for',
+  'x-real-ip',
+  'x-client-ip',
+  'true-client-ip',
+  'client-ip',
+  'cf-connecting-ip',
+  'fastly-client-ip',
+  'x-cluster-client-ip',
+  'x-originating-ip',
+  'x-remote-ip',
+  'x-remote-addr',
+  'x-forwarded',
+  'forwarded-for',
+] as const;
+
+/**
  * Forwarding headers a client could forge to change who or where it appears to be (address, scheme, host,
- * path prefix). Honoured and passed on only when a trusted proxy sent them (createTrustedProxies).
+ * path prefix); `X-Host`, `X-Original-Host` and `X-HTTP-Host-Override` are host overrides some frameworks
+ * believe, a classic way to poison a cache or a password-reset link. Honoured and passed on only when a trusted
+ * proxy sent them (createTrustedProxies).
  */
 export const FORWARDING_HEADERS = [
   'forwarded',
-  'x-forwarded-for',
   'x-forwarded-host',
   'x-forwarded-proto',
   'x-forwarded-port',
   'x-forwarded-prefix',
+  'x-forwarded-uri',
   'x-forwarded-server',
   'x-forwarded-scheme',
   'x-forwarded-ssl',
-  'x-real-ip',
-  'x-client-ip',
-  'true-client-ip',
+  'x-host',
+  'x-original-host',
+  'x-http-host-override',
+  ...CLIENT_ADDRESS_HEADERS,
+] as const;
+
+/**
+ * The identity headers other authenticating proxies write (Apache's and Grafana's auth proxy, oauth2-proxy,
+ * Kong): a service built behind one of them believes them as this gateway's services believe `X-User-Id`.
+ * Removed from every client request; a route's header rule may still set them from the verified identity
+ * (`"X-Forwarded-User": "{userId}"`).
+ */
+export const FOREIGN_IDENTITY_HEADERS = [
+  'remote-user',
+  'x-remote-user',
+  'x-remote-group',
+  'x-auth-user',
+  'x-authenticated-user',
+  'x-authenticated-userid',
+  'x-authenticated-scope',
+  'x-credential-identifier',
+  'x-anonymous-consumer',
+  'x-forwarded-user',
+  'x-forwarded-email',
+  'x-forwarded-groups',
+  'x-forwarded-preferred-username',
+  'x-forwarded-access-token',
+  'x-auth-request-user',
+  'x-auth-request-email',
+  'x-auth-request-groups',
+  'x-auth-request-preferred-username',
+  'x-auth-request-access-token',
+  'x-webauth-user',
+  'x-webauth-email',
+  'x-webauth-name',
 ] as const;
 
 /**

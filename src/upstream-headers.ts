@@ -1,6 +1,6 @@
 import type http from 'node:http';
 import type { Context as KoaContext } from 'koa';
-import { GATEWAY_OWNED_HEADER_PREFIXES, HEADER, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
+import { FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
 
@@ -19,14 +19,16 @@ export type UnderscoreHeaderPolicy = 'drop' | 'reject' | 'allow';
  * answered by Node's server. undici frames the body itself (chunked when the length is unknown).
  */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'expect']);
-const REWRITE = new Set<string>(REQUEST_REWRITE_HEADERS);
+/** Removed from every client request whatever the route: request-rewriting headers and other proxies' identity headers. */
+const NEVER_FROM_CLIENTS = new Set<string>([...REQUEST_REWRITE_HEADERS, ...FOREIGN_IDENTITY_HEADERS]);
 /** Forwarding headers this hop writes itself (the others a trusted proxy sent pass as they are). */
 const REBUILT_FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port']);
 
 /**
  * Client header names the gateway never passes on, whatever the route: names under a prefix the gateway owns
  * (`x-user-*`, `x-gateway-*`), request-rewriting headers (`X-HTTP-Method-Override`, `X-Original-URL`, ...)
- * that would let a service act on another method or path than the one the gateway checked, and, under the
+ * that would let a service act on another method or path than the one the gateway checked, other proxies'
+ * identity headers (`Remote-User`, `X-Forwarded-User`, ...: FOREIGN_IDENTITY_HEADERS), and, under the
  * `drop` policy, names with `_`, which CGI, PHP, Rack and WSGI read as their `-` twins (`X_User_Id` is
  * `HTTP_X_USER_ID`, the same as `X-User-Id`).
  */
@@ -37,7 +39,7 @@ export function isForbiddenClientHeader(name: string, underscores: UnderscoreHea
     // `X-User-Id`, so under any spelling those names stay the gateway's.
     name = name.replaceAll('_', '-');
   }
-  return GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) || REWRITE.has(name);
+  return GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) || NEVER_FROM_CLIENTS.has(name);
 }
 
 /** The names a message's `Connection` header lists: hop-by-hop for that one connection. */

@@ -2,7 +2,7 @@ import { trace } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
 import type { Counter } from 'prom-client';
 import type { Logger } from '../../otel/logger';
-import { ATTR, CACHE_RESULTS, FORWARDING_HEADERS, HEADER, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
+import { ATTR, CACHE_RESULTS, CLIENT_ADDRESS_HEADERS, FORWARDING_HEADERS, HEADER, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
 import { isGatewayError } from '../errors';
 import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
 import type { GatewayMetrics } from '../metrics';
@@ -34,7 +34,7 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
  * public origin (frameworks build absolute links from them): part of the key. The ones the gateway rebuilds
  * are keyed through what it rebuilds them from; the client-address ones, like X-Forwarded-For, are not.
  */
-const KEYED_FORWARDING_HEADERS = FORWARDING_HEADERS.filter((name) => !['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port', 'x-real-ip', 'x-client-ip', 'true-client-ip'].includes(name));
+const KEYED_FORWARDING_HEADERS = FORWARDING_HEADERS.filter((name) => !(CLIENT_ADDRESS_HEADERS as readonly string[]).includes(name) && !['x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port'].includes(name));
 
 /** Response headers a 304 repeats from the stored response (RFC 9110 15.4.5). */
 const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag', 'expires', 'vary', 'last-modified'];

@@ -214,6 +214,9 @@ describe('hostile input at the gateway', () => {
       { desc: 'Forwarded: for=6.6.6.6', headers: { Forwarded: 'for=6.6.6.6;proto=https;host=evil.example' } },
       { desc: 'X-Real-IP: 6.6.6.6', headers: { 'X-Real-IP': '6.6.6.6' } },
       { desc: 'X-Forwarded-Host and -Proto', headers: { 'X-Forwarded-Host': 'evil.example', 'X-Forwarded-Proto': 'https', 'X-Forwarded-Port': '6666' } },
+      { desc: 'host overrides (X-Host, X-Original-Host, X-HTTP-Host-Override)', headers: { 'X-Host': 'evil.example', 'X-Original-Host': 'evil.example', 'X-HTTP-Host-Override': 'evil.example' } },
+      { desc: 'CDN client-address headers', headers: { 'CF-Connecting-IP': '6.6.6.6', 'Fastly-Client-IP': '6.6.6.6', 'Client-IP': '6.6.6.6', 'X-Cluster-Client-IP': '6.6.6.6', 'X-Originating-IP': '6.6.6.6' } },
+      { desc: 'X-Forwarded-Uri', headers: { 'X-Forwarded-Uri': '/evil.example/admin' } },
     ])('never lets $desc reach the service: it sees only the gateway’s view of the peer', async ({ headers }) => {
       const requestId = nextRequestId();
       const reply = await send(url, '/api/users/2', { headers: { ...headers, authorization: `Bearer ${bob}`, [HEADER.requestId]: requestId } });
@@ -408,6 +411,11 @@ describe('hostile input at the gateway', () => {
       { desc: 'X-Override-URL: /users', headers: { 'X-Override-URL': '/users' } },
       { desc: 'X-Forwarded-Prefix: /evil', headers: { 'X-Forwarded-Prefix': '/evil' } },
       { desc: 'X-Client-IP and True-Client-IP', headers: { 'X-Client-IP': '6.6.6.6', 'True-Client-IP': '6.6.6.6' } },
+      { desc: 'Remote-User and X-Remote-User (Apache-style auth proxies)', headers: { 'Remote-User': 'DELETE-admin', 'X-Remote-User': 'DELETE-admin' } },
+      { desc: 'X-Forwarded-User and -Email (oauth2-proxy)', headers: { 'X-Forwarded-User': 'DELETE-admin', 'X-Forwarded-Email': 'DELETE-admin@example.com' } },
+      { desc: 'X-Auth-Request-User and -Email (oauth2-proxy)', headers: { 'X-Auth-Request-User': 'DELETE-admin', 'X-Auth-Request-Email': 'DELETE-admin@example.com' } },
+      { desc: 'X-Authenticated-Userid (Kong)', headers: { 'X-Authenticated-Userid': 'DELETE-admin' } },
+      { desc: 'X-WEBAUTH-USER (Grafana)', headers: { 'X-WEBAUTH-USER': 'DELETE-admin' } },
     ];
 
     it.each(smuggled)('drops $desc on an authenticated route: the service never sees it', async ({ headers }) => {

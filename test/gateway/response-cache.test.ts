@@ -63,6 +63,7 @@ async function catalogService(): Promise<CatalogService> {
         originalUrl: req.headers['x-original-url'] ?? null,
         methodOverride: req.headers['x-http-method-override'] ?? null,
         lang: req.headers['accept-language'] ?? null,
+        hostOverride: req.headers['x-host'] ?? req.headers['x-original-host'] ?? null,
         cookie: req.headers.cookie ?? null,
         padding: 'x'.repeat(Number(query.get('size') ?? 0)),
       });
@@ -366,6 +367,8 @@ describe('response cache', () => {
     { desc: 'X-Original-URL', headers: { 'x-original-url': '/admin' }, field: 'originalUrl', poison: '/admin' },
     { desc: 'X-HTTP-Method-Override', headers: { 'x-http-method-override': 'DELETE' }, field: 'methodOverride', poison: 'DELETE' },
     { desc: 'Accept-Language (keyed by varyHeaders)', headers: { 'accept-language': 'xx-poison' }, field: 'lang', poison: 'xx-poison' },
+    { desc: 'X-Host (a host override some frameworks believe)', headers: { 'x-host': 'evil.example' }, field: 'hostOverride', poison: 'evil.example' },
+    { desc: 'X-Original-Host', headers: { 'x-original-host': 'evil.example' }, field: 'hostOverride', poison: 'evil.example' },
   ])('cannot be poisoned with $desc', async ({ headers, field, poison }) => {
     const path = fresh('/api/open', 'cc=max-age%3D60');
     // The victim's request is the attacker's without the hostile header: everything else the same.
@@ -512,6 +515,7 @@ describe('response cache behind a trusted proxy', () => {
     { desc: 'X-Forwarded-Prefix', headers: { 'x-forwarded-prefix': '//evil.example' } },
     { desc: 'X-Forwarded-Scheme', headers: { 'x-forwarded-scheme': 'javascript' } },
     { desc: 'Forwarded', headers: { forwarded: 'host=evil.example;proto=http' } },
+    { desc: 'X-Host', headers: { 'x-host': 'evil.example' } },
   ])('cannot be poisoned with a $desc the proxy relayed (passed to the service, so keyed)', async ({ headers }) => {
     const path = fresh('/api/open', 'cc=max-age%3D60');
     const poisoned = await send(stack.gateway.url, path, headers);
@@ -522,9 +526,10 @@ describe('response cache behind a trusted proxy', () => {
 
   it('still shares one entry between requests the proxy forwarded alike', async () => {
     const path = fresh('/api/open', 'cc=max-age%3D60');
-    const relayed = { 'x-forwarded-prefix': '/shop', 'x-forwarded-for': '198.51.100.7' };
+    // Client addresses, in any of their spellings, are not keyed: each client would get an entry of its own.
+    const relayed = { 'x-forwarded-prefix': '/shop', 'x-forwarded-for': '198.51.100.7', 'cf-connecting-ip': '198.51.100.7' };
     await send(stack.gateway.url, path, relayed);
-    const again = await send(stack.gateway.url, path, { ...relayed, 'x-forwarded-for': '203.0.113.9' });
+    const again = await send(stack.gateway.url, path, { ...relayed, 'x-forwarded-for': '203.0.113.9', 'cf-connecting-ip': '203.0.113.9' });
     expect([again.headers['x-cache'], again.json.forwardedPrefix]).toEqual(['HIT', '/shop']);
   });
 });
