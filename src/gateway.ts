@@ -26,7 +26,7 @@ import { createClientHeaderPolicy } from './middleware/client-headers';
 import { createHostGuard } from './middleware/host-guard';
 import { createStrictTransportSecurity } from './middleware/hsts';
 import { createHttp2Requests } from './middleware/http2-requests';
-import { createHttpVersionGuard } from './middleware/http-version';
+import { createRequestHeadCheck, createRequestTargetForm } from './middleware/request-head';
 import { compileRoutes } from './routes';
 import { createTokenService } from './tokens';
 import { createConsumerRegistry } from './consumers';
@@ -135,14 +135,16 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
       throw new GatewayError('method_not_allowed', 'Login accepts POST only.', { headers: { Allow: 'POST' } });
     });
 
-  // First: which peer's X-Forwarded-* count must be settled before anything reads ctx.ip (Koa caches it).
+  // First: the target and Host everything below reads (an absolute-form target names the host itself).
+  app.use(createRequestTargetForm());
+  // Then which peer's X-Forwarded-* count must be settled before anything reads ctx.ip (Koa caches it).
   app.use(createTrustedProxies({ trustProxy: config.trustProxy, trustedProxies: config.trustedProxies }));
   app.use(createTracing({ tracer, trustTraceparent: config.trustTraceparent, mapRequestIdToTraceId: config.mapRequestIdToTraceId, configVersion: deps.configVersion }));
   app.use(createRequestId());
   if (metrics) app.use(createRequestMetrics({ metrics }));
   app.use(createAccessLog({ logger }));
   app.use(createErrorHandler({ logger }));
-  app.use(createHttpVersionGuard());
+  app.use(createRequestHeadCheck());
   // With TLS: HSTS on every HTTPS answer (errors too), and HTTP/2 requests made to mean what they say on the wire.
   if (config.tls?.hsts) app.use(createStrictTransportSecurity(config.tls.hsts));
   if (config.tls) app.use(createHttp2Requests());

@@ -146,7 +146,7 @@ function withStreamRequestTimeout(listener: (request: http2.Http2ServerRequest, 
   if (requestMs === 0) return listener;
   return (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => {
     // The HTTP/2 compatibility request, not its version: an HTTP/1.1 request line may say `HTTP/2.0` (Node's
-    // HTTP/1 parser accepts it), and that request has no stream (createHttpVersionGuard refuses it).
+    // HTTP/1 parser accepts it), and that request has no stream (createRequestHeadCheck refuses it).
     if (request instanceof http2.Http2ServerRequest && !request.stream.endAfterHeaders) {
       const { stream } = request;
       const timer = setTimeout(() => {

@@ -18,7 +18,7 @@ const MALFORMED_VALUE = /[\0\r\n]|^[ \t]|[ \t]$/;
 
 /**
  * A request that came in HTTP/2 frames. Not `httpVersionMajor === 2`: an HTTP/1.1 request line may say
- * `HTTP/2.0`, and Node's HTTP/1 parser takes it (src/middleware/http-version.ts refuses it).
+ * `HTTP/2.0`, and Node's HTTP/1 parser takes it (src/middleware/request-head.ts refuses it).
  */
 export function isHttp2Request(request: IncomingMessage | Http2ServerRequest): request is Http2ServerRequest {
   return request instanceof Http2ServerRequest;

@@ -46,6 +46,48 @@ describe('allowed hosts', () => {
   });
 
   it.each([
+    { desc: 'a path after the name', host: 'api.example.test/evil' },
+    { desc: 'userinfo before the name', host: 'evil.example@api.example.test' },
+    { desc: 'a space', host: 'api.example.test evil.example' },
+    { desc: 'an IPv6 address without brackets', host: '::1:8080' },
+  ])('answers a Host with $desc with 400 bad_request, reaching no service (RFC 9112 3.2)', async ({ host }) => {
+    const requestId = `host-${++requestCount}`;
+    const reply = await send(stack.gateway.url, '/api/users/2', { host, authorization: `Bearer ${token}`, [HEADER.requestId]: requestId });
+    expect(reply.status).toBe(400);
+    expect(reply.body).toMatchObject({ code: 'bad_request', requestId });
+    expect(seen(requestId)).toHaveLength(0);
+  });
+
+  // RFC 9112 3.2.2: a server accepts an absolute-form target and goes by its authority, not by Host.
+  it('judges an absolute-form target by its authority: an unknown one gets 421 whatever Host says', async () => {
+    const requestId = `host-${++requestCount}`;
+    const reply = await send(stack.gateway.url, 'http://evil.example/api/users/2', { host: 'api.example.test', authorization: `Bearer ${token}`, [HEADER.requestId]: requestId });
+    expect(reply.status).toBe(421);
+    expect(reply.body).toMatchObject({ code: 'host_not_allowed', requestId, instance: '/api/users/2' });
+    expect(seen(requestId)).toHaveLength(0);
+  });
+
+  it('serves an absolute-form target naming an allowed host, routed on its path and forwarded with its authority', async () => {
+    const requestId = `host-${++requestCount}`;
+    const reply = await send(stack.gateway.url, 'http://api.example.test:8443/api/users/2?view=full', { host: 'evil.example', authorization: `Bearer ${token}`, [HEADER.requestId]: requestId });
+    expect(reply.status).toBe(200);
+    const [request] = seen(requestId);
+    expect(request?.url).toBe('/users/2?view=full');
+    expect(request?.headers['x-forwarded-host']).toBe('api.example.test:8443');
+  });
+
+  it.each([
+    { desc: 'another scheme', target: 'ftp://api.example.test/api/users/2' },
+    { desc: 'userinfo', target: 'http://evil.example@api.example.test/api/users/2' },
+  ])('refuses an absolute-form target with $desc (400)', async ({ target }) => {
+    const requestId = `host-${++requestCount}`;
+    const reply = await send(stack.gateway.url, target, { host: 'api.example.test', authorization: `Bearer ${token}`, [HEADER.requestId]: requestId });
+    expect(reply.status).toBe(400);
+    expect(reply.body).toMatchObject({ code: 'bad_request', requestId });
+    expect(seen(requestId)).toHaveLength(0);
+  });
+
+  it.each([
     { desc: 'an allowed name', host: 'api.example.test', forwardedHost: 'api.example.test' },
     { desc: 'an allowed name with a port', host: 'api.example.test:8443', forwardedHost: 'api.example.test:8443' },
     { desc: 'an allowed name in upper case', host: 'API.Example.TEST', forwardedHost: 'API.Example.TEST' },

@@ -621,6 +621,18 @@ describe('hostile input at the gateway', () => {
       await expectStillServing(served.url);
     });
 
+    // Node keeps the first Host of several; a hop that keeps the last would judge another host (RFC 9112 3.2: 400).
+    it.each([
+      { desc: 'two different Host field lines', hosts: () => [host(), 'evil.example'] },
+      { desc: 'two equal Host field lines', hosts: () => [host(), host()] },
+    ])('answers $desc with 400 problem+json, reaching no service', async ({ hosts }) => {
+      const requestId = nextRequestId();
+      const hostLines = hosts().map((each) => `Host: ${each}\r\n`).join('');
+      const reply = await sendRaw(served.url, `GET /api/users/2 HTTP/1.1\r\n${hostLines}Authorization: Bearer ${bob}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n`);
+      expect(expectProblem(reply, 400, 'bad_request').requestId).toBe(requestId);
+      expect(seenWithRequestId(requestId)).toEqual([]);
+    });
+
     // Node's HTTP/1 parser takes these two versions (9.9 above it refuses); the gateway must not serve them as
     // HTTP/1.1 while its HTTP/2 rules, spans and proxy read another protocol (one such request crashed the TLS
     // listener: tls-http2.test.ts).

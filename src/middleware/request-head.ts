@@ -1,0 +1,71 @@
+import type { Middleware } from 'koa';
+import { GatewayError } from '../errors';
+import { isHttp2Request } from './http2-requests';
+
+/**
+ * A Host value as RFC 9110 7.2 and RFC 3986 3.2.2 allow it: a bracketed IP literal or a reg-name (unreserved,
+ * percent-encoded and sub-delims characters), and an optional port. Anything else (`a b`, `evil@good`,
+ * `good/evil`, a second colon) would be read one way here and another way by a service building links from it.
+ */
+const HOST_VALUE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?$/;
+
+/** `http://authority/path?query` (RFC 9112 3.2.2), split into the authority and the origin-form rest. */
+const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)([^#]*)$/i;
+
+/**
+ * An absolute-form request target (`GET http://api.example.com/api/users HTTP/1.1`) made the origin-form one
+ * everything after it reads, its authority taking the place of `Host` (RFC 9112 3.2.2: a server accepts the
+ * absolute form, and then ignores `Host`). The host guard, the route and the forwarded `X-Forwarded-Host` all
+ * judge that one authority. Runs first: tracing reads the path and host. Other targets stay as they came and
+ * are refused by createRequestHeadCheck.
+ */
+export function createRequestTargetForm(): Middleware {
+  return function takeAbsoluteForm(ctx, next) {
+    const request = ctx.req;
+    const target = request.url ?? '';
+    if (target.charCodeAt(0) !== 47 /* / */ && !isHttp2Request(request)) {
+      const absolute = ABSOLUTE_FORM.exec(target);
+      if (absolute && !absolute[1]!.includes('@')) {
+        request.headers.host = absolute[1]!;
+        const rest = absolute[2] || '/';
+        request.url = rest.charCodeAt(0) === 47 ? rest : `/${rest}`;
+        ctx.originalUrl = ctx.request.originalUrl = request.url;
+      }
+    }
+    return next();
+  };
+}
+
+/**
+ * What the request line and Host must be before anything routes on them:
+ * - HTTP/1.0 and 1.1 in HTTP/1 framing, HTTP/2 in its own frames. Node's HTTP/1 parser also takes a request line
+ *   that says `HTTP/0.9` or `HTTP/2.0`: such a request would be answered as HTTP/1.1 while everything that reads
+ *   its version (the HTTP/2 rules, span attributes, the proxy) believed another protocol; one crashed the TLS
+ *   listener. 505 (RFC 9110 15.6.6).
+ * - One Host field line, with a value a host can have (RFC 9112 3.2: 400 otherwise). Node keeps the first of
+ *   several; a service or proxy that keeps the last would judge another host than the host guard did.
+ * - A path (origin form) as the target, or `*` for OPTIONS: an absolute-form target createRequestTargetForm
+ *   could not take (a scheme other than http and https, userinfo) is refused.
+ */
+export function createRequestHeadCheck(): Middleware {
+  return function checkRequestHead(ctx, next) {
+    const request = ctx.req;
+    const http2 = isHttp2Request(request);
+    if (request.httpVersionMajor !== 1 && !http2) {
+      throw new GatewayError('http_version_not_supported', 'The gateway speaks HTTP/1.0, HTTP/1.1 and HTTP/2 (by ALPN over TLS).');
+    }
+    const target = request.url ?? '';
+    if (target.charCodeAt(0) !== 47 /* / */ && !(target === '*' && request.method === 'OPTIONS')) {
+      throw new GatewayError('bad_request', 'The request target must be a path (or an http or https URL without userinfo).');
+    }
+    if (!http2) {
+      const raw = request.rawHeaders;
+      let hostLines = 0;
+      for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === 'host') hostLines++;
+      if (hostLines > 1) throw new GatewayError('bad_request', 'The request carries more than one Host header field.');
+    }
+    const host = request.headers.host ?? (http2 ? request.headers[':authority'] : undefined);
+    if (host !== undefined && !HOST_VALUE.test(String(host))) throw new GatewayError('bad_request', 'The Host header is not a host name or address with an optional port.');
+    return next();
+  };
+}
