@@ -1,5 +1,5 @@
 import { Http2ServerRequest } from 'node:http2';
-import type { IncomingMessage } from 'node:http';
+import { METHODS, type IncomingMessage } from 'node:http';
 import type { Middleware } from 'koa';
 import { GatewayError } from '../errors';
 
@@ -10,6 +10,13 @@ import { GatewayError } from '../errors';
  * `Transfer-Encoding` and `Connection` mean framing: request smuggling).
  */
 const CONNECTION_SPECIFIC = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade'] as const;
+
+/**
+ * The methods Node's HTTP/1 parser accepts (upper case, as registered). HTTP/2 carries any token as `:method`;
+ * `get` or `FOO` would reach a service over HTTP/2 that HTTP/1.1 refuses at the parser, and what a service does
+ * with a method it does not know (or with `get` beside `GET`) is its own guess.
+ */
+const HTTP1_METHODS = new Set(METHODS);
 
 /** A field name (RFC 9110 5.1 token), lower case as HTTP/2 requires (RFC 9113 8.2.1). */
 const FIELD_NAME = /^[!#$%&'*+.^_`|~0-9a-z-]+$/;
@@ -35,7 +42,8 @@ function isMalformedValue(value: string | string[] | undefined): boolean {
  * - Field names and values HTTP/1.1 could not carry are refused (400): Node's HTTP/2 parser passes a value with
  *   CR LF or NUL, or a name with a space, which the HTTP/1.1 parser would never; forwarded, they would be header
  *   injection into the upstream request.
- * - Connection-specific headers, and `TE` other than `trailers`, are refused (400).
+ * - Connection-specific headers, and `TE` other than `trailers`, are refused (400); so is a method HTTP/1.1's
+ *   parser would refuse (lower case, unregistered).
  * - A `Host` that names another authority than `:authority` is refused (400, RFC 9113 8.3.1): the host guard
  *   and the services must never judge by different names.
  * - A body without `content-length` (HTTP/2 frames bodies itself, RFC 9113 8.1) is marked as one of unknown
@@ -47,7 +55,8 @@ export function createHttp2Requests(): Middleware {
   return async function normaliseHttp2Request(ctx, next) {
     const request: IncomingMessage | Http2ServerRequest = ctx.req;
     if (!isHttp2Request(request)) return next();
-    const headers = ctx.req.headers;
+    if (!HTTP1_METHODS.has(request.method)) throw new GatewayError('bad_request', `HTTP/1.1 could not carry the method ${JSON.stringify(request.method.slice(0, 32))}.`);
+    const headers = request.headers;
     for (const name in headers) {
       // Pseudo-header names are checked by Node's parser (unknown ones reset the stream); their values are not.
       if ((name.charCodeAt(0) !== 58 /* : */ && !FIELD_NAME.test(name)) || isMalformedValue(headers[name])) {
