@@ -134,6 +134,10 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
         app.callback(),
       );
   server.on('clientError', answerClientError);
+  // `Expect: 100-continue` goes to the pipeline like any request; whatever reads the body sends 100 Continue
+  // once the checks before it passed (src/middleware/request-head.ts continueIfExpected). Node would send it
+  // at once, inviting an upload the gateway then refuses.
+  server.on('checkContinue', (request: http.IncomingMessage, response: http.ServerResponse) => server.emit('request', request, response));
   if (options.maxConnections !== undefined) server.maxConnections = options.maxConnections;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

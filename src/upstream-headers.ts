@@ -15,8 +15,8 @@ import type { AuthenticatedUser } from './context';
 export type UnderscoreHeaderPolicy = 'drop' | 'reject' | 'allow';
 
 /**
- * Hop-by-hop headers (RFC 9110 7.6.1) describe one connection and are never forwarded; `expect` was already
- * answered by Node's server. undici frames the body itself (chunked when the length is unknown).
+ * Hop-by-hop headers (RFC 9110 7.6.1) describe one connection and are never forwarded; `expect` is answered
+ * by the gateway itself (continueIfExpected, src/middleware/request-head.ts). undici frames the body itself (chunked when the length is unknown).
  */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'expect']);
 /** Removed from every client request whatever the route: request-rewriting headers and other proxies' identity headers. */

@@ -13,6 +13,7 @@ import { grpcFailure } from '../grpc/status-errors';
 import type { CompiledRoute } from '../routes';
 import { upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import { problemBody } from './errors';
+import { continueIfExpected } from './request-head';
 
 export interface GrpcTranscodeOptions {
   /** Each route that targets a gRPC service, by route name: its REST mapping and gRPC instances (built once at start-up). */
@@ -221,6 +222,7 @@ async function readJsonBody(ctx: KoaContext, limit: number): Promise<unknown> {
   if (declared === '0' || (declared === '' && !ctx.get('transfer-encoding'))) return undefined;
   if (!ctx.is('application/json', '+json')) throw new GatewayError('unsupported_media_type', 'The request body must be application/json.');
   if (declared !== '' && Number(declared) > limit) throw new GatewayError('payload_too_large', `The request body is larger than ${limit} bytes.`);
+  continueIfExpected(ctx);
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of ctx.req as AsyncIterable<Buffer>) {

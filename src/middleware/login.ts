@@ -10,6 +10,7 @@ import type { TokenService } from '../tokens';
 import type { UpstreamPool } from '../upstream-pool';
 import { endUpstreamSpan, startUpstreamSpan, traceHeaders } from '../upstream-span';
 import type { RateLimiter } from './rate-limit';
+import { continueIfExpected } from './request-head';
 
 /** Where user-service checks credentials. Outside `/users`, so no public route can reach it. */
 export const CREDENTIALS_CHECK_PATH = '/internal/credentials/verify';
@@ -108,6 +109,8 @@ export function createLogin(options: LoginOptions): Middleware[] {
 
   async function requireJson(ctx: Context, next: () => Promise<void>) {
     if (!ctx.is('application/json')) throw new GatewayError('unsupported_media_type', 'Login expects Content-Type: application/json.');
+    // The body is read next: a client waiting for 100 Continue may send it now.
+    continueIfExpected(ctx);
     await next();
   }
 

@@ -11,6 +11,7 @@ import type { RouteHeaderRules } from '../header-rules';
 import { endToEndHeaders, upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
+import { continueIfExpected } from './request-head';
 
 export interface ProxyOptions {
   /** Keep-alive connections per upstream origin. */
@@ -149,6 +150,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       );
 
       if (withBody) {
+        continueIfExpected(ctx);
         // Counted as the body streams on: `req.pipe` below reads it through the same 'data' events.
         let received = 0;
         const started = performance.now();

@@ -621,6 +621,41 @@ describe('hostile input at the gateway', () => {
       await expectStillServing(served.url);
     });
 
+    // Node would answer `Expect: 100-continue` before the pipeline ran: an upload invited, then refused.
+    it('answers Expect: 100-continue without a token with the 401 alone, never inviting the upload', async () => {
+      const requestId = nextRequestId();
+      const reply = await sendRaw(served.url, `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nX-Request-Id: ${requestId}\r\nContent-Type: application/json\r\nContent-Length: 5000000\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n`);
+      expect(expectProblem(reply, 401, 'missing_token').requestId).toBe(requestId);
+      expect(reply.text).not.toContain('100 Continue');
+      expect(seenWithRequestId(requestId)).toEqual([]);
+    });
+
+    it('sends 100 Continue once the checks passed and the body is read, then forwards the body', async () => {
+      const requestId = nextRequestId();
+      const body = JSON.stringify({ name: 'Expecting', email: `expect-${requestId}@example.com`, password: 'long enough' });
+      const { port } = new URL(served.url);
+      const answer = await new Promise<string>((resolve, reject) => {
+        const socket = net.connect(Number(port), '127.0.0.1', () =>
+          socket.write(`POST /api/auth/register HTTP/1.1\r\nHost: ${host()}\r\nX-Request-Id: ${requestId}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n`),
+        );
+        let received = '';
+        let sent = false;
+        socket.setTimeout(5000, () => socket.destroy(new Error('no answer within 5 s')));
+        socket.on('data', (chunk: Buffer) => {
+          received += chunk.toString('latin1');
+          // The body goes only after the interim answer: a gateway that never sends it gets no body, and times out.
+          if (!sent && received.startsWith('HTTP/1.1 100 Continue\r\n\r\n')) {
+            sent = true;
+            socket.write(body);
+          }
+        });
+        socket.on('error', reject);
+        socket.on('close', () => resolve(received));
+      });
+      expect(answer).toMatch(/^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 201 /);
+      expect(seenWithRequestId(requestId)).toHaveLength(1);
+    });
+
     // Node keeps the first Host of several; a hop that keeps the last would judge another host (RFC 9112 3.2: 400).
     it.each([
       { desc: 'two different Host field lines', hosts: () => [host(), 'evil.example'] },
