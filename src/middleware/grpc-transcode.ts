@@ -14,8 +14,11 @@ import type { CompiledRoute } from '../routes';
 import { upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import { problemBody } from './errors';
 import { continueIfExpected } from './request-head';
+import { readWithinRate, type BodyRate } from '../body-rate';
 
 export interface GrpcTranscodeOptions {
+  /** The JSON body's least rate (config `server`), as on proxied routes: a body dripped in gets 408. */
+  bodyRate: BodyRate;
   /** Each route that targets a gRPC service, by route name: its REST mapping and gRPC instances (built once at start-up). */
   routes: ReadonlyMap<string, GrpcRoute>;
   /** Makes the CLIENT span of each call. */
@@ -56,7 +59,7 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
       throw new GatewayError('method_not_allowed', `${ctx.path} accepts ${allow}.`, { headers: { Allow: allow } });
     }
     const { binding } = found;
-    const body = binding.body === undefined ? undefined : await readJsonBody(ctx, maxBodyBytes);
+    const body = binding.body === undefined ? undefined : await readWithinRate(ctx.req, options.bodyRate, () => readJsonBody(ctx, maxBodyBytes));
     const message = refusingBadInput(() => buildRequestMessage(binding, found.variables, body, new URLSearchParams(ctx.querystring)));
 
     const instance = pool.pick();

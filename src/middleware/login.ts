@@ -11,6 +11,7 @@ import type { UpstreamPool } from '../upstream-pool';
 import { endUpstreamSpan, startUpstreamSpan, traceHeaders } from '../upstream-span';
 import type { RateLimiter } from './rate-limit';
 import { continueIfExpected } from './request-head';
+import { readWithinRate, type BodyRate } from '../body-rate';
 
 /** Where user-service checks credentials. Outside `/users`, so no public route can reach it. */
 export const CREDENTIALS_CHECK_PATH = '/internal/credentials/verify';
@@ -32,6 +33,8 @@ export interface LoginOptions {
   accountLimit: RateLimiter;
   /** For refusals of the credential check that are not a wrong password (warn: the client's fault, not ours). */
   logger: Logger;
+  /** The body's least rate (config `server`), as on proxied routes: a login body dripped in gets 408. */
+  bodyRate: BodyRate;
 }
 
 interface Credentials {
@@ -171,5 +174,10 @@ export function createLogin(options: LoginOptions): Middleware[] {
     ctx.body = { token, tokenType: 'Bearer', expiresIn, user: { id: user.id, email: user.email, role: user.role } };
   }
 
-  return [limitLoginClient, requireJson, parseJson, validateCredentials, limitLoginAccount, login];
+  async function readBody(ctx: Context, next: () => Promise<void>) {
+    await readWithinRate(ctx.req, options.bodyRate, () => parseJson(ctx, async () => {}));
+    await next();
+  }
+
+  return [limitLoginClient, requireJson, readBody, validateCredentials, limitLoginAccount, login];
 }

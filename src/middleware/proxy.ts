@@ -12,6 +12,7 @@ import { endToEndHeaders, upstreamHeadersFor, type UnderscoreHeaderPolicy } from
 import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
+import { bodyTooSlowError, watchBodyRate, type BodyRate } from '../body-rate';
 
 export interface ProxyOptions {
   /** Keep-alive connections per upstream origin. */
@@ -79,6 +80,7 @@ export function createProxy(options: ProxyOptions): Middleware {
   /** Exchanges undici holds per instance (running or queued for a connection). */
   const inFlight = new Map<UpstreamInstance, number>();
   const capacity = options.maxSockets + options.maxPendingRequests;
+  const bodyRate: BodyRate = { minBytesPerSecond: options.minBodyBytesPerSecond, graceMs: options.bodyGracePeriodMs };
   const hasRoom = (instance: UpstreamInstance) => (inFlight.get(instance) ?? 0) < capacity;
 
   /** One attempt against one instance; settles when the attempt is over, never rejects. */
@@ -104,6 +106,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       let released = false;
       let upstream: Dispatcher.DispatchController | undefined;
       const timers: NodeJS.Timeout[] = [];
+      let stopRateWatch = () => {};
       /**
        * The idle timeout, exact: undici checks its own headers/body timeouts on a timer wheel of ~0.5 s (they
        * fired up to ~1 s late; they stay as a backstop). Armed when undici starts the request on a connection
@@ -122,6 +125,7 @@ export function createProxy(options: ProxyOptions): Middleware {
         if (settled) return;
         settled = true;
         timers.forEach(clearTimeout);
+        stopRateWatch();
         res.off('close', onClientClose);
         settle(exchange);
       };
@@ -153,7 +157,6 @@ export function createProxy(options: ProxyOptions): Middleware {
         continueIfExpected(ctx);
         // Counted as the body streams on: `req.pipe` below reads it through the same 'data' events.
         let received = 0;
-        const started = performance.now();
         req.on('data', (chunk: Buffer) => {
           touch();
           received += chunk.length;
@@ -162,20 +165,10 @@ export function createProxy(options: ProxyOptions): Middleware {
             upstream?.abort(new Error('request body over the limit'));
           }
         });
-        if (options.minBodyBytesPerSecond > 0) {
-          const checkRate = () => {
-            if (settled || req.complete) return;
-            const seconds = (performance.now() - started) / 1000;
-            // Paused means the upstream is not reading (back-pressure): not the client's fault.
-            if (!req.isPaused() && received < options.minBodyBytesPerSecond * seconds) {
-              exchange.bodyTooSlow = true;
-              cut('the request body arrived too slowly');
-              return;
-            }
-            timers.push(setTimeout(checkRate, 1000));
-          };
-          timers.push(setTimeout(checkRate, options.bodyGracePeriodMs));
-        }
+        stopRateWatch = watchBodyRate(req, bodyRate, () => received, () => {
+          exchange.bodyTooSlow = true;
+          cut('the request body arrived too slowly');
+        });
       }
 
       upstreams.dispatch(
@@ -302,7 +295,7 @@ export function createProxy(options: ProxyOptions): Middleware {
           throw bodyTooLarge(options.maxBodyBytes);
         case 'body_too_slow':
           // `Connection: close`: the rest of the body is not worth reading.
-          throw new GatewayError('request_timeout', `The request body arrived slower than ${options.minBodyBytesPerSecond} bytes/s.`, { headers: { Connection: 'close' } });
+          throw bodyTooSlowError(bodyRate);
         case 'deadline':
           throw new GatewayError('upstream_timeout', `The exchange with the ${route.service} service did not finish within ${route.deadlineMs} ms.`);
         case 'timeout':

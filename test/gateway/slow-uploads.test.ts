@@ -4,6 +4,7 @@ import { runServer, type RunningServer } from '../../otel/lifecycle';
 import { HEADER } from '../../otel/wire-names';
 import { parseConfig } from '../../src/config';
 import { createGateway } from '../../src/gateway';
+import { CREDENTIALS_CHECK_PATH } from '../../src/middleware/login';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
@@ -80,6 +81,20 @@ describe('slow uploads cannot starve a service’s connections', () => {
     const served = await profile;
     expect(served.status).toBe(200);
     uploads.forEach((upload) => upload.stop());
+  });
+
+  // The bodies the gateway reads itself are held to the same rate: without it a login body could drip for the
+  // whole requestTimeoutMs (120 s by default) on each of many connections.
+  it('cuts a login body slower than the minimum rate with 408, never asking user-service', async () => {
+    const checks = () => stack.users.requests.filter((request) => request.url === CREDENTIALS_CHECK_PATH).length;
+    const before = checks();
+    const upload = slowUpload(stack.gateway.url, '/api/auth/login', 500);
+    const reply = await upload.reply;
+    upload.stop();
+    expect(reply.status).toBe(408);
+    expect(reply.headers.connection).toBe('close');
+    expect(JSON.parse(reply.text)).toMatchObject({ code: 'request_timeout', requestId: reply.headers[HEADER.requestId] });
+    expect(checks()).toBe(before);
   });
 
   it('forwards a body that arrives fast enough, however large', async () => {

@@ -1,0 +1,59 @@
+import type { IncomingMessage } from 'node:http';
+import type { Http2ServerRequest } from 'node:http2';
+import { GatewayError } from './errors';
+
+/** A body's least average rate, enforced once its grace period has passed (config `server`). */
+export interface BodyRate {
+  /** Bytes/s; 0 = not enforced. */
+  minBytesPerSecond: number;
+  graceMs: number;
+}
+
+/**
+ * Calls `tooSlow` once if, after the grace period, fewer than `minBytesPerSecond` x elapsed seconds of the body
+ * have arrived; checked again every second until the body is complete or `stop` (the return value) is called.
+ * A body its reader paused (back-pressure: the upstream is not reading) is not the client's fault and is not
+ * judged. `received` counts the body's bytes so far.
+ */
+export function watchBodyRate(request: IncomingMessage | Http2ServerRequest, rate: BodyRate, received: () => number, tooSlow: () => void): () => void {
+  if (rate.minBytesPerSecond <= 0) return () => {};
+  const started = performance.now();
+  let timer = setTimeout(function check() {
+    if (request.complete) return;
+    const seconds = (performance.now() - started) / 1000;
+    if (!request.isPaused() && received() < rate.minBytesPerSecond * seconds) {
+      tooSlow();
+      return;
+    }
+    timer = setTimeout(check, 1000);
+  }, rate.graceMs);
+  return () => clearTimeout(timer);
+}
+
+/** The 408 a body slower than the rate gets; the connection closes after it (the rest of the body is not read). */
+export function bodyTooSlowError(rate: BodyRate): GatewayError {
+  return new GatewayError('request_timeout', `The request body arrived slower than ${rate.minBytesPerSecond} bytes/s.`, { headers: { Connection: 'close' } });
+}
+
+/**
+ * Reads a body with `read` (a parser that consumes the request), failing with 408 if it arrives slower than the
+ * rate. Bytes are counted on the connection, not with a 'data' listener of our own: one would set the body
+ * flowing before a parser that starts listening after an `await` does, and it would lose the first chunks. On an
+ * HTTP/2 connection that counts every stream's bytes, so only a connection that is slow as a whole is cut there
+ * (each stream still ends at `server.requestTimeoutMs`).
+ */
+export async function readWithinRate<T>(request: IncomingMessage | Http2ServerRequest, rate: BodyRate, read: () => Promise<T>): Promise<T> {
+  const socket = request.socket;
+  const start = socket.bytesRead;
+  let fail!: (error: GatewayError) => void;
+  const slow = new Promise<never>((_, reject) => (fail = reject));
+  const stop = watchBodyRate(request, rate, () => socket.bytesRead - start, () => fail(bodyTooSlowError(rate)));
+  const reading = read();
+  // Once the 408 is sent the connection closes and the parser fails too: nobody waits for it any more.
+  reading.catch(() => {});
+  try {
+    return await Promise.race([reading, slow]);
+  } finally {
+    stop();
+  }
+}
