@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
-import type { Server, Socket } from 'node:net';
+import { isIP, type Server, type Socket } from 'node:net';
 import tls from 'node:tls';
 import type Koa from 'koa';
 import type { Logger } from './logger';
@@ -82,6 +82,19 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
 /** `http://host:port`, an IPv6 host in brackets. */
 function urlOf(host: string, port: number, scheme = 'http'): string {
   return `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+/**
+ * Whether a request's `Host` names an IP address (v4, or v6 in brackets) or localhost, with or without a port,
+ * or is absent: what operators' tools, probes and `kubectl port-forward` send to an internal listener. A page
+ * on attacker.example whose name was re-pointed at 127.0.0.1 (DNS rebinding) sends its own name instead, and
+ * must not read instance addresses and failures as same-origin content.
+ */
+export function isLocalHost(host: string | undefined): boolean {
+  if (host === undefined || host === '') return true;
+  const name = host.toLowerCase().replace(/:\d*$/, '');
+  if (name.startsWith('[') && name.endsWith(']')) return isIP(name.slice(1, -1)) === 6;
+  return isIP(name) === 4 || name === 'localhost' || name.endsWith('.localhost');
 }
 
 export interface InternalListenerOptions {

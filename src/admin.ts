@@ -1,8 +1,7 @@
 import type http from 'node:http';
-import { isIP } from 'node:net';
 import Router from '@koa/router';
 import Koa from 'koa';
-import { listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
+import { isLocalHost, listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
 import type { Logger } from '../otel/logger';
 import './context';
 import { GatewayError } from './errors';
@@ -102,16 +101,8 @@ export function createAdminApp(options: AdminOptions): Koa {
  * the attacker's name in Host; operators' tools, probes and `kubectl port-forward` use an address or localhost.
  */
 async function refuseForeignHost(ctx: Koa.Context, next: Koa.Next): Promise<void> {
-  const host = ctx.get('host');
-  if (host !== '' && !isLocalHost(host)) throw new GatewayError('host_not_allowed', 'The internal listener answers requests for an IP address or localhost only.');
+  if (!isLocalHost(ctx.get('host'))) throw new GatewayError('host_not_allowed', 'The internal listener answers requests for an IP address or localhost only.');
   await next();
-}
-
-/** `Host` names an IP address (v4, or v6 in brackets) or localhost, with or without a port. */
-function isLocalHost(host: string): boolean {
-  const name = host.toLowerCase().replace(/:\d*$/, '');
-  if (name.startsWith('[') && name.endsWith(']')) return isIP(name.slice(1, -1)) === 6;
-  return isIP(name) === 4 || name === 'localhost' || name.endsWith('.localhost');
 }
 
 /** The admin app on its internal listener (`admin.port`, loopback by default). */

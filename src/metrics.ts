@@ -1,6 +1,6 @@
 import http from 'node:http';
 import { Counter, Gauge, Histogram, Registry, type OpenMetricsContentType } from 'prom-client';
-import { listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
+import { isLocalHost, listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
 import type { Logger } from '../otel/logger';
 import { METRIC, METRIC_LABEL, RATE_LIMIT_DECISIONS, type RateLimitDecision } from '../otel/wire-names';
 import type { ErrorCode } from './errors';
@@ -129,6 +129,11 @@ export function rateLimitDecisionCounters(metrics: GatewayMetrics, policy: strin
  */
 export function metricsRequestListener(registry: Registry<OpenMetricsContentType>, logger?: Logger): http.RequestListener {
   return function serveMetrics(req, res) {
+    // The series name instance addresses: not for a page that reached this listener by DNS rebinding (src/admin.ts does the same).
+    if (!isLocalHost(req.headers.host)) {
+      res.writeHead(421, { 'content-type': 'text/plain; charset=utf-8' }).end('Misdirected request: the metrics listener answers requests for an IP address or localhost only.\n');
+      return;
+    }
     const path = (req.url ?? '').split('?', 1)[0];
     if (path !== '/metrics' || (req.method !== 'GET' && req.method !== 'HEAD')) {
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('Not found: the metrics are at GET /metrics.\n');

@@ -1,3 +1,4 @@
+import http from 'node:http';
 import { createGatewayMetrics, listenMetrics, type MetricsListener } from '../../src/metrics';
 import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics } from '../helpers/openmetrics';
 import { startStack, type TestStack } from '../helpers/stack';
@@ -32,6 +33,26 @@ describe('the metrics listener (listenMetrics)', () => {
     const response = await fetch(`${listener.url}${path}`, { method });
     await response.arrayBuffer();
     expect(response.status).toBe(status);
+  });
+
+  /** A scrape with the Host a browser would send (fetch cannot set Host). */
+  const scrape = (host: string) =>
+    new Promise<number>((resolve, reject) => {
+      http.get(`${listener.url}/metrics`, { headers: { host } }, (response) => {
+        response.resume();
+        resolve(response.statusCode!);
+      }).on('error', reject);
+    });
+
+  // The series name instance addresses: a page that reached this listener by DNS rebinding must not read them.
+  it.each([
+    { host: 'attacker.example:9000', status: 421 },
+    { host: 'localhost.attacker.example', status: 421 },
+    { host: '127.0.0.1:9000', status: 200 },
+    { host: '[::1]:9000', status: 200 },
+    { host: 'localhost:9000', status: 200 },
+  ])('answers a scrape with Host $host with $status', async ({ host, status }) => {
+    expect(await scrape(host)).toBe(status);
   });
 
   it('stops answering once closed', async () => {
