@@ -545,6 +545,15 @@ describe('hostile input at the gateway', () => {
     });
   });
 
+  // The parser's zlib error has no status: it must not read as the gateway's own 500 (and an error-level log line).
+  it.each(['gzip', 'deflate', 'br'])('answers a login body whose %s encoding is corrupt with 400 bad_request, without asking user-service', async (encoding) => {
+    const before = reached();
+    const reply = await send(url, '/api/auth/login', { method: 'POST', headers: { 'content-type': 'application/json', 'content-encoding': encoding }, body: 'not compressed' });
+    expectProblem(reply, 400, 'bad_request');
+    expect(reached()).toBe(before);
+    await expectStillServing();
+  });
+
   /**
    * What Node's HTTP parser refuses never reaches Koa; `runServer` (otel/lifecycle.ts) answers it. startStack
    * uses a plain `listen`, so these rows run against the same gateway app served by `runServer` instead.
