@@ -120,13 +120,22 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
     match(rawPath, method) {
       const route = owner(rawPath);
       if (!route) return undefined;
-      if (route.methods && !route.methods.has(method)) {
-        return { kind: 'method_not_allowed', route, allowed: [...route.methods] };
+      if (route.methods ? !route.methods.has(method) : NOT_TAKEN_BY_DEFAULT.has(method)) {
+        return { kind: 'method_not_allowed', route, allowed: route.methods ? [...route.methods] : ANY_METHOD_ALLOW };
       }
       return { kind: 'matched', route, upstreamPath: route.upstreamPath + restOf(rawPath, route.prefix) || '/' };
     },
   };
 }
+
+/**
+ * Methods a route without `methods` still does not take (and `methods` cannot name): a service answering TRACE
+ * as it should echoes the request, its Cookie and a forwarded Authorization included, to whatever script sent
+ * it (cross-site tracing); CONNECT and TRACK ask for a tunnel or the same echo. nginx and Envoy refuse them too.
+ */
+const NOT_TAKEN_BY_DEFAULT = new Set(['TRACE', 'TRACK', 'CONNECT']);
+/** `Allow` of a route without `methods` when it refuses one of those. */
+const ANY_METHOD_ALLOW = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
 
 /**
  * The part of the raw path after the route's prefix, as the client sent it. The prefix may be spelled

@@ -303,6 +303,18 @@ describe('hostile input at the gateway', () => {
     });
   });
 
+  // A service answering TRACE echoes the request (Cookie, a forwarded Authorization) to the script that sent it.
+  it.each([
+    { desc: 'a route that names no methods (users)', path: '/api/users/2' },
+    { desc: 'the public register route', path: '/api/auth/register' },
+  ])('answers TRACE on $desc with 405, reaching no service', async ({ path }) => {
+    const requestId = nextRequestId();
+    const reply = await send(url, path, { method: 'TRACE', headers: { authorization: `Bearer ${bob}`, cookie: 'session=secret', [HEADER.requestId]: requestId } });
+    expectProblem(reply, 405, 'method_not_allowed');
+    expect(headerOf(reply, 'allow')).not.toContain('TRACE');
+    expect(seenWithRequestId(requestId)).toEqual([]);
+  });
+
   describe('other spellings of a role-restricted resource (Bob, role user, vs the admin-only listing)', () => {
     it.each([
       { desc: 'the exact path', method: 'GET', path: '/api/users' },
