@@ -9,6 +9,9 @@ import { isHttp2Request } from './http2-requests';
  */
 const HOST_VALUE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?$/;
 
+/** `Allow` of `OPTIONS *`: every method a route can be configured to take. */
+const SERVER_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
+
 /** `http://authority/path?query` (RFC 9112 3.2.2), split into the authority and the origin-form rest. */
 const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)([^#]*)$/i;
 
@@ -44,8 +47,9 @@ export function createRequestTargetForm(): Middleware {
  *   listener. 505 (RFC 9110 15.6.6).
  * - One Host field line, with a value a host can have (RFC 9112 3.2: 400 otherwise). Node keeps the first of
  *   several; a service or proxy that keeps the last would judge another host than the host guard did.
- * - A path (origin form) as the target, or `*` for OPTIONS: an absolute-form target createRequestTargetForm
- *   could not take (a scheme other than http and https, userinfo) is refused.
+ * - A path (origin form) as the target, or `*` for OPTIONS, answered here (204 with the server's `Allow`): an
+ *   absolute-form target createRequestTargetForm could not take (a scheme other than http and https, userinfo)
+ *   is refused.
  */
 export function createRequestHeadCheck(): Middleware {
   return function checkRequestHead(ctx, next) {
@@ -66,6 +70,12 @@ export function createRequestHeadCheck(): Middleware {
     }
     const host = request.headers.host ?? (http2 ? request.headers[':authority'] : undefined);
     if (host !== undefined && !HOST_VALUE.test(String(host))) throw new GatewayError('bad_request', 'The Host header is not a host name or address with an optional port.');
+    if (target === '*') {
+      // `OPTIONS *` asks about the server as a whole (RFC 9110 9.3.7): the methods some route may take.
+      ctx.status = 204;
+      ctx.res.setHeader('Allow', SERVER_METHODS);
+      return;
+    }
     return next();
   };
 }

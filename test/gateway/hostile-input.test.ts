@@ -677,6 +677,22 @@ describe('hostile input at the gateway', () => {
       expect(seenWithRequestId(requestId)).toHaveLength(1);
     });
 
+    it.each([
+      { desc: 'OPTIONS * (the server as a whole)', line: 'OPTIONS * HTTP/1.1', status: 204 },
+      { desc: 'GET *', line: 'GET * HTTP/1.1', status: 400 },
+    ])('answers $desc with $status, reaching no service', async ({ line, status }) => {
+      const requestId = nextRequestId();
+      const reply = await sendRaw(served.url, `${line}\r\nHost: ${host()}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n`);
+      if (status === 204) {
+        expect(reply.status).toBe(204);
+        expect(headerOf(reply, 'allow')).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
+        expect(headerOf(reply, HEADER.requestId)).toBe(requestId);
+      } else {
+        expectProblem(reply, status, 'bad_request');
+      }
+      expect(seenWithRequestId(requestId)).toEqual([]);
+    });
+
     // Node keeps the first Host of several; a hop that keeps the last would judge another host (RFC 9112 3.2: 400).
     it.each([
       { desc: 'two different Host field lines', hosts: () => [host(), 'evil.example'] },
