@@ -158,6 +158,21 @@ function fieldAt(type: protobuf.Type, path: readonly string[]): protobuf.Field |
 }
 
 /**
+ * The query string as parameters, refusing a name or value whose percent-encoding is not UTF-8
+ * (URLSearchParams would turn `%ff` into U+FFFD, a character the client never sent), as path variables are.
+ */
+export function parseQuery(raw: string): URLSearchParams {
+  for (const part of raw.split('&')) {
+    try {
+      decodeURIComponent(part.replaceAll('+', ' '));
+    } catch {
+      throw new JsonMappingError(`the query parameter ${truncate(part)} is not percent-encoded UTF-8`);
+    }
+  }
+  return new URLSearchParams(raw);
+}
+
+/**
  * The request message from the three sources, in the annotation's precedence: the body (the whole message
  * or one field), then path variables, then query parameters for fields neither bound. Throws
  * JsonMappingError (-> 400) when any part does not fit the message type.
@@ -210,6 +225,9 @@ function setText(type: protobuf.Type, json: Record<string, unknown>, path: reado
         list.push(value);
         node[field.name] = list;
       } else {
+        // `?type=a&type=b` for one value: which one the client meant is a guess (grpc-gateway refuses it too).
+        // (Only from the query: there `previous` can only be an earlier parameter; a path variable replaces the body's value.)
+        if (repeatable && previous !== undefined) throw new JsonMappingError(`${where} is given more than once, but the field takes one value`);
         node[field.name] = value;
       }
       return;

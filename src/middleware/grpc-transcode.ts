@@ -5,7 +5,7 @@ import type { Context as KoaContext, Middleware } from 'koa';
 import type * as protobuf from 'protobufjs';
 import { GatewayError, toGatewayError } from '../errors';
 import { createGrpcClients, deserializer, type GrpcClientCache, endGrpcSpan, metadataFromHeaders, serializer, startGrpcSpan } from '../grpc/grpc-clients';
-import { buildRequestMessage, type HttpBinding } from '../grpc/http-rules';
+import { buildRequestMessage, parseQuery, type HttpBinding } from '../grpc/http-rules';
 import { JsonMappingError, messageToJson, ResponseMappingError } from '../grpc/json-mapping';
 import { PathVariableError } from '../grpc/path-template';
 import type { GrpcRoute } from '../grpc/route-mappings';
@@ -60,7 +60,7 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     }
     const { binding } = found;
     const body = binding.body === undefined ? undefined : await readWithinRate(ctx.req, options.bodyRate, () => readJsonBody(ctx, maxBodyBytes));
-    const message = refusingBadInput(() => buildRequestMessage(binding, found.variables, body, new URLSearchParams(ctx.querystring)));
+    const message = refusingBadInput(() => buildRequestMessage(binding, found.variables, body, parseQuery(ctx.querystring)));
 
     const instance = pool.pick();
     if (!instance) throw new GatewayError('upstream_unavailable', `No instance of the ${route.service} service is available.`);

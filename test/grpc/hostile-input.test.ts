@@ -133,6 +133,17 @@ describe('gRPC transcoding of hostile input', () => {
   });
 
   it.each([
+    { desc: 'twice for a field that takes one value (which did the client mean?)', query: 'seconds=1&seconds=2' },
+    { desc: 'twice with the same value', query: 'seconds=1&seconds=1' },
+  ])('refuses a query parameter given $desc with 400, reaching no service', async ({ query }) => {
+    const before = calls.length;
+    const response = await call(`/api/hostile/when?${query}`);
+    expect(response.status).toBe(400);
+    expect(await response.json()).toMatchObject({ code: 'invalid_body' });
+    expect(calls.length).toBe(before);
+  });
+
+  it.each([
     { desc: 'past the last instant a Date can hold', seconds: '100000000000000' },
     { desc: 'after year 9999', seconds: '253402300800' },
     { desc: 'before year 1', seconds: '-62135596801' },

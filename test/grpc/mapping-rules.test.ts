@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { parseConfig } from '../../src/config';
-import { loadGrpcServiceMapping } from '../../src/grpc/http-rules';
+import { loadGrpcServiceMapping, parseQuery } from '../../src/grpc/http-rules';
 import { compileGrpcRoutes } from '../../src/grpc/route-mappings';
 import { shippedConfigFile, TEST_JWT_SECRET } from '../helpers/test-config';
 import { JsonMappingError, messageFromJson, messageToJson } from '../../src/grpc/json-mapping';
@@ -46,6 +46,19 @@ describe('path variables', () => {
     { desc: 'a relative path', source: 'v1/x' },
   ])('refuses a template with $desc at start-up', ({ source }) => {
     expect(() => parsePathTemplate(source)).toThrow(/path template/);
+  });
+});
+
+describe('query strings', () => {
+  it('give the service what the client percent-encoded, or are refused when that is not UTF-8 (never U+FFFD)', () => {
+    fc.assert(
+      fc.property(fc.string({ unit: 'grapheme', maxLength: 20 }), fc.string({ unit: 'grapheme', maxLength: 20 }), (name, value) => {
+        expect([...parseQuery(`${encodeURIComponent(name)}=${encodeURIComponent(value)}`)]).toEqual([[name, value]]);
+      }),
+      RUNS,
+    );
+    for (const raw of ['type=%ff', 'type=%c3', '%e2%82=1', 'a=1&b=%80']) expect(() => parseQuery(raw)).toThrow(JsonMappingError);
+    expect([...parseQuery('q=a+b&r=%C3%A9')]).toEqual([['q', 'a b'], ['r', 'é']]);
   });
 });
 
