@@ -54,6 +54,11 @@ export function generateApiKey(): string {
   return API_KEY_PREFIX + randomBytes(KEY_BYTES).toString('base64url');
 }
 
+/** Whether a key has the shape the gateway accepts on the wire (a key of any other shape can never match). */
+export function isWellFormedApiKey(key: string): boolean {
+  return KEY_SYNTAX.test(key);
+}
+
 /** The value to declare in `consumers[].keys[].hash` for a key. */
 export function hashApiKey(key: string): string {
   return HASH_PREFIX + hash('sha256', key, 'hex');
@@ -80,7 +85,7 @@ export function createConsumerRegistry(consumers: readonly ConsumerConfig[]): Co
   return {
     consumers,
     verify(key) {
-      if (!KEY_SYNTAX.test(key)) return { ok: false, reason: 'malformed' };
+      if (!isWellFormedApiKey(key)) return { ok: false, reason: 'malformed' };
       // crypto.hash, one call per request instead of a Hash object (createHash).
       const digest = hash('sha256', key, 'buffer');
       const entry = byDigest.get(digest.toString('hex'));

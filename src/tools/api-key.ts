@@ -1,4 +1,4 @@
-import { generateApiKey, hashApiKey } from '../consumers';
+import { generateApiKey, hashApiKey, isWellFormedApiKey } from '../consumers';
 
 /**
  * `npm run apikey`: prints a new API key once, and the hash to declare for it in `consumers[].keys[].hash`.
@@ -17,6 +17,8 @@ async function main(argv: readonly string[]): Promise<void> {
     for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
     const key = Buffer.concat(chunks).toString('utf8').split(/\r?\n/)[0]!.trim();
     if (key === '') throw new Error('no key on stdin');
+    // Its hash would be declared and never match: the gateway refuses such a key before hashing it.
+    if (!isWellFormedApiKey(key)) throw new Error('not a key the gateway accepts: 16-256 characters of A-Z a-z 0-9 . _ ~ + / = -');
     process.stdout.write(`${hashApiKey(key)}\n`);
     return;
   }

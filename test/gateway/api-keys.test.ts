@@ -314,6 +314,24 @@ describe('npm run apikey (dist/src/tools/api-key.js, built by npm test)', () => 
     });
     expect(stdout.trim()).toBe(hashApiKey(key));
   });
+
+  it.each([
+    { desc: 'too short', key: 'hunter2' },
+    { desc: 'with a space', key: 'correct horse battery staple' },
+  ])('with --hash, refuses a key the gateway would never accept ($desc), printing no hash', async ({ key }) => {
+    const child = execFile(process.execPath, [tool, '--hash'], { env });
+    child.stdin!.end(`${key}\n`);
+    const outcome = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      let stdout = '';
+      let stderr = '';
+      child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+      child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      child.on('close', (code) => resolve({ code, stdout, stderr }));
+    });
+    expect(outcome.code).toBe(1);
+    expect(outcome.stdout).toBe('');
+    expect(outcome.stderr).toContain('not a key the gateway accepts');
+  });
 });
 
 /** Polls until `find` returns something (log lines and spans are written when the response is over). */
