@@ -49,6 +49,24 @@ describe('OTLP/protobuf span encoding', () => {
     );
   });
 
+  it('writes the same bytes when values repeat, alternate and change type across spans and batches (the pairs it keeps per key)', () => {
+    // Few keys and few values, so a value comes again under its key (copied from the kept pair), gives way to
+    // another, to one of another type with the same bytes' look (0 and -0, '' and false), or to an array.
+    const key = fc.constantFrom('http.route', 'server.port', 'k', 'flag');
+    const value = fc.constantFrom<string | number | boolean | string[] | number[]>('GET', 'POST', '', 'é', 'x'.repeat(200), 4001, 0, -0, 2 ** 40, -7, 1.5, true, false, ['GET'], [1, 2]);
+    fc.assert(
+      fc.property(fc.array(fc.array(fc.dictionary(key, value, { maxKeys: 3 }), { minLength: 1, maxLength: 4 }), { minLength: 1, maxLength: 5 }), (batches) => {
+        for (const batch of batches) {
+          const spans = recordSpans(({ gateway }) => {
+            for (const attributes of batch) gateway.startSpan('GET', { attributes }).end();
+          });
+          expectSameBytes(spans);
+        }
+      }),
+      { seed: 1202, numRuns: 300 },
+    );
+  });
+
   it("writes the same bytes as the SDK's serializer for a gateway request's two spans", () => {
     const spans = recordSpans(({ gateway }) => {
       const server = gateway.startSpan('GET /api/users/*', { kind: SpanKind.SERVER, attributes: { 'http.request.method': 'GET', 'url.path': '/api/users/1', 'request.id': '0af7651916cd43dd8448eb211c80319c' } });
