@@ -7,7 +7,9 @@ import { createApp as createNotificationsApp } from '../../services/notification
 import { createApp as createOrdersApp } from '../../services/orders/app';
 import { createApp as createUsersApp } from '../../services/users/app';
 import { loadConfig } from '../../src/config';
-import { startStack, type TestStack } from '../helpers/stack';
+import { HEADER } from '../../otel/wire-names';
+import { login, startStack, type TestStack } from '../helpers/stack';
+import { waitFor } from '../helpers/wait';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 import {
   envMap,
@@ -214,10 +216,10 @@ describe('the README', () => {
 });
 
 describe('probes', () => {
-  it('points the gateway readiness at /ready and its liveness at /health, on the port it listens on', () => {
+  it('points the gateway readiness and liveness at /health (never at the dependencies), on the port it listens on', () => {
     const gateway = container('gateway');
     const port = Number(envMap(gateway).get('PORT')?.value);
-    expect(gateway.readinessProbe?.httpGet?.path).toBe('/ready');
+    expect(gateway.readinessProbe?.httpGet?.path).toBe('/health');
     expect(gateway.livenessProbe?.httpGet?.path).toBe('/health');
     for (const probe of [gateway.readinessProbe, gateway.livenessProbe, gateway.startupProbe]) {
       expect(resolvePort(gateway, probe!.httpGet!.port)).toBe(port);
@@ -244,16 +246,18 @@ describe('probes', () => {
       expect(response.status).toBe(404);
     });
 
-    it('takes the gateway out of the Service when a service is down: /ready answers 503', async () => {
+    // One dead service must not take every gateway pod out of the Service: the other routes still work, and
+    // the dead one's get the gateway's own answer.
+    it('keeps the gateway in the Service while a service is down (/ready says degraded), answering its routes itself', async () => {
       await stack.notifications.close();
-      const deadline = Date.now() + 15_000;
-      let status = 200;
-      while (Date.now() < deadline && status === 200) {
-        status = (await fetch(new URL(container('gateway').readinessProbe!.httpGet!.path, stack.gateway.url))).status;
-        if (status === 200) await new Promise((resolve) => setTimeout(resolve, 200));
-      }
-      expect(status).toBe(503);
+      await waitFor(async () => (await fetch(new URL('/ready', stack.gateway.url))).status === 503, '/ready to see notification-service down', 15_000);
+      expect((await fetch(new URL(container('gateway').readinessProbe!.httpGet!.path, stack.gateway.url))).status).toBe(200);
       expect((await fetch(new URL(container('gateway').livenessProbe!.httpGet!.path, stack.gateway.url))).status).toBe(200);
+      const token = await login(stack.gateway.url);
+      expect((await fetch(new URL('/api/users/1', stack.gateway.url), { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
+      const dead = await fetch(new URL('/api/notifications', stack.gateway.url), { headers: { authorization: `Bearer ${token}` } });
+      expect([502, 503]).toContain(dead.status);
+      expect(await dead.json()).toMatchObject({ requestId: dead.headers.get(HEADER.requestId) });
     });
   });
 
