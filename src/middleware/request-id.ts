@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { context, propagation, trace } from '@opentelemetry/api';
+import { context, propagation, trace, type Baggage, type BaggageEntry } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import { ATTR, BAGGAGE_REQUEST_ID, HEADER } from '../../otel/wire-names';
 
@@ -35,17 +35,29 @@ export interface RequestIdOptions {
 export function createRequestId(options: RequestIdOptions = {}): Middleware {
   const generate = options.generate ?? mintRequestId;
   return async function requestId(ctx, next) {
-    const inbound = ctx.req.headers[HEADER.requestId];
+    const inboundId = ctx.req.headers[HEADER.requestId];
     // The trace context createTracing built (not yet entered), else whatever is active (tests, tracing off).
     const active = ctx.state.traceContext ?? context.active();
     const span = trace.getSpan(active);
     const traceId = span?.spanContext().traceId;
-    const id = typeof inbound === 'string' && isWellFormedRequestId(inbound) ? inbound : traceId && trace.isSpanContextValid(span!.spanContext()) ? traceId : generate();
+    const id = typeof inboundId === 'string' && isWellFormedRequestId(inboundId) ? inboundId : traceId && trace.isSpanContextValid(span!.spanContext()) ? traceId : generate();
     ctx.state.requestId = id;
     // Straight to Node: Koa's ctx.set builds arrays and closures per call, for a header set on every request.
     ctx.res.setHeader(HEADER.requestId, id);
     span?.setAttribute(ATTR.requestId, id);
-    const baggage = (propagation.getBaggage(active) ?? propagation.createBaggage()).setEntry(BAGGAGE_REQUEST_ID, { value: id });
+    const inbound = propagation.getBaggage(active);
+    // First of all entries: the W3C propagator sends at most 180 entries and 8192 bytes, keeping the first, so a
+    // trusted client's full baggage would otherwise push request.id out of what the services receive.
+    const baggage = inbound === undefined ? propagation.createBaggage().setEntry(BAGGAGE_REQUEST_ID, { value: id }) : requestIdFirst(inbound, id);
     await context.with(propagation.setBaggage(active, baggage), next);
   };
+}
+
+/** `request.id` = `id`, then the client's entries in their order (its own `request.id` dropped). */
+function requestIdFirst(inbound: Baggage, id: string): Baggage {
+  // No prototype: a client's `__proto__` entry is an entry like any other.
+  const entries: Record<string, BaggageEntry> = Object.create(null) as Record<string, BaggageEntry>;
+  entries[BAGGAGE_REQUEST_ID] = { value: id };
+  for (const [key, entry] of inbound.getAllEntries()) if (key !== BAGGAGE_REQUEST_ID) entries[key] = entry;
+  return propagation.createBaggage(entries);
 }

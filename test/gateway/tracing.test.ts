@@ -124,6 +124,21 @@ describe('gateway spans', () => {
     expect(response.headers.get(HEADER.requestId)).toBe(clientTrace);
   });
 
+  // The propagator sends the first 180 entries and 8192 bytes: a full client baggage must not crowd request.id out.
+  it.each([
+    { desc: '180 entries', requestId: 'full-baggage-1', baggage: () => Array.from({ length: 180 }, (_, i) => `k${i}=v`).join(',') },
+    { desc: 'nearly 8192 bytes', requestId: 'full-baggage-2', baggage: () => Array.from({ length: 40 }, (_, i) => `k${i}=${'v'.repeat(200)}`).join(',') },
+  ])('keeps request.id in the baggage a service receives when a trusted client sends $desc of its own', async ({ requestId, baggage }) => {
+    const response = await fetch(`${trusting.gateway.url}/api/users/1`, { headers: { authorization: `Bearer ${token}`, traceparent, baggage: baggage(), [HEADER.requestId]: requestId } });
+    expect(response.status).toBe(200);
+    const seen = trusting.users.requests.find((request) => request.headers[HEADER.requestId] === requestId)!;
+    const entries = String(seen.headers.baggage).split(',');
+    expect(entries[0]).toBe(`request.id=${requestId}`);
+    expect(entries.filter((entry) => entry.startsWith('request.id='))).toHaveLength(1);
+    // The client's entries follow, as many as the limits leave room for.
+    expect(entries[1]).toBe(baggage().split(',')[0]);
+  });
+
   it.each([
     { desc: 'garbage', value: 'not-a-traceparent' },
     { desc: 'an all-zero trace id', value: '00-00000000000000000000000000000000-b7ad6b7169203331-01' },
