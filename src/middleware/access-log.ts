@@ -5,7 +5,9 @@ import { LOG_FIELD } from '../../otel/wire-names';
 import { onResponseClosed } from '../response-closed';
 
 /** Query parameters whose values never reach a log (tokens in URLs are still tokens). */
-const SECRET_QUERY_PARAM = /token|password|passwd|secret|key|code|signature|auth/i;
+// `sig`: Azure SAS and other signed URLs; `jwt`, `session`, `pwd`, `credential`, `assertion` (SAML), `otp`: the
+// other names secrets travel under. A harmless name that contains one (`design`) is redacted too: only safer.
+const SECRET_QUERY_PARAM = /token|password|passwd|pwd|secret|key|code|sig|auth|jwt|session|credential|assertion|otp/i;
 
 /** Decodings tried on a parameter name: enough for `%2574oken` (double-encoded) and a little more. */
 const MAX_NAME_DECODINGS = 3;

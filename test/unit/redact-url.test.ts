@@ -15,6 +15,13 @@ describe('redactUrl (access-log query redaction)', () => {
     { desc: 'a plus inside the name', url: '/api/users?api+key=SECRET123', expected: '/api/users?api+key=[REDACTED]' },
     { desc: 'a malformed escape before the name', url: '/api/users?%zz%74oken=SECRET123', expected: '/api/users?%zz%74oken=[REDACTED]' },
     { desc: 'an empty value', url: '/api/users?token=', expected: '/api/users?token=[REDACTED]' },
+    { desc: 'an Azure SAS signature', url: '/api/files?sv=2022&sig=SECRET123', expected: '/api/files?sv=2022&sig=[REDACTED]' },
+    { desc: 'a JWT under its own name', url: '/api/users?jwt=SECRET123', expected: '/api/users?jwt=[REDACTED]' },
+    { desc: 'a session id', url: '/api/users?session=SECRET123', expected: '/api/users?session=[REDACTED]' },
+    { desc: 'a short password name', url: '/api/users?pwd=SECRET123', expected: '/api/users?pwd=[REDACTED]' },
+    { desc: 'a credential', url: '/api/users?credential=SECRET123', expected: '/api/users?credential=[REDACTED]' },
+    { desc: 'a SAML assertion', url: '/api/sso?SAMLAssertion=SECRET123', expected: '/api/sso?SAMLAssertion=[REDACTED]' },
+    { desc: 'a one-time password', url: '/api/users?otp=123456', expected: '/api/users?otp=[REDACTED]' },
   ])('redacts $desc', ({ url, expected }) => {
     expect(redactUrl(url)).toBe(expected);
   });
@@ -28,7 +35,7 @@ describe('redactUrl (access-log query redaction)', () => {
   });
 
   it('never lets the value of an encoded secret name through, however it is spelled (property)', () => {
-    const secretNames = ['token', 'password', 'secret', 'api_key', 'code', 'signature', 'auth'];
+    const secretNames = ['token', 'password', 'secret', 'api_key', 'code', 'signature', 'auth', 'sig', 'jwt', 'session', 'pwd', 'credential'];
     // Each character of the name: as is, upper-cased, or percent-encoded (either hex case), possibly twice.
     const spelled = (name: string) =>
       fc.array(fc.constantFrom('plain', 'upper', 'encode', 'encodeUpper', 'encodeTwice'), { minLength: name.length, maxLength: name.length }).map((ways) =>
