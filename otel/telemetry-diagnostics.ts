@@ -51,7 +51,9 @@ export function createTelemetryDiagnostics(options: TelemetryDiagnosticsOptions)
   };
   const fromDiag = (level: string) => (message: string, ...args: unknown[]) => {
     const text = format(message, ...args);
-    report(`${level}:${message}`, `${level}: ${text}`);
+    // One kind per message whatever its numbers: the SDK writes counts into the text ("Dropped 37 spans because
+    // maxQueueSize reached"), and each count would otherwise be a kind of its own, reported every time.
+    report(`${level}:${message.replace(/\d+/g, 'N')}`, `${level}: ${text}`);
   };
   const ignore = () => {};
 

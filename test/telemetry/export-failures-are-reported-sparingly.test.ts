@@ -46,6 +46,15 @@ it('rate-limits each SDK warning on its own, and ignores info and debug', () => 
   expect(lines).toEqual(['telemetry: warn: Dropped 0 spans because maxQueueSize reached', 'telemetry: error: something else']);
 });
 
+it('takes a warning with its count already in the text (as the BatchSpanProcessor writes it) for one kind', () => {
+  const { diagnostics, lines, advance } = setup();
+  for (const count of [37, 512, 9, 1200]) {
+    diagnostics.logger.warn(`Dropped ${count} spans because maxQueueSize reached`);
+    advance(5_000);
+  }
+  expect(lines).toEqual(['telemetry: warn: Dropped 37 spans because maxQueueSize reached']);
+});
+
 it('knows whether an export failed recently, to keep the flush at exit short', () => {
   const { diagnostics, advance } = setup(10_000);
   expect(diagnostics.exportFailedRecently()).toBe(false);
