@@ -79,6 +79,26 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
   );
 }
 
+/** How long close() waits, past the drain bound, for cut requests to settle before flushing telemetry, ms. */
+const SETTLE_MS = 1000;
+
+/** Resolves once `condition` holds (checked every 10 ms), or after `boundMs` regardless. */
+async function until(condition: () => boolean, boundMs: number): Promise<void> {
+  const deadline = Date.now() + boundMs;
+  while (!condition() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+}
+
+/** The answer to a request still waiting at the drain bound: 503 problem+json with its request id, and the connection closes. */
+function answerShuttingDown(response: http.ServerResponse): http.ServerResponse {
+  const chosen = response.getHeader(HEADER.requestId);
+  const requestId = typeof chosen === 'string' ? chosen : randomUUID().replaceAll('-', '');
+  const title = 'Shutting down';
+  const body = JSON.stringify({ type: 'urn:koa-gateway:problem:shutting_down', title, status: 503, detail: 'The gateway stopped before this request was answered; retry it.', code: 'shutting_down', requestId });
+  response.writeHead(503, title, { 'Content-Type': 'application/problem+json', 'Content-Length': Buffer.byteLength(body), [HEADER.requestId]: requestId, 'Retry-After': '1', Connection: 'close' });
+  response.end(body);
+  return response;
+}
+
 /** `http://host:port`, an IPv6 host in brackets. */
 function urlOf(host: string, port: number, scheme = 'http'): string {
   return `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}`;
@@ -147,6 +167,12 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
         app.callback(),
       );
   server.on('clientError', answerClientError);
+  // Per connection (not per request): what the drain bound still finds in flight is answered or cut at close.
+  const sockets = new Set<Socket>();
+  server.on(server instanceof tls.Server ? 'secureConnection' : 'connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
   // `Expect: 100-continue` goes to the pipeline like any request; whatever reads the body sends 100 Continue
   // once the checks before it passed (src/middleware/request-head.ts continueIfExpected). Node would send it
   // at once, inviting an upload the gateway then refuses.
@@ -172,10 +198,24 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
       const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<void>((resolve) => (timer = setTimeout(resolve, drainTimeoutMs)));
-      await Promise.race([drained, timedOut]);
+      const inTime = await Promise.race([drained.then(() => true), timedOut.then(() => false)]);
       clearTimeout(timer);
       clearInterval(idleSweep);
+      if (!inTime) {
+        // What has not started its answer by the bound gets one (503, its request id, Retry-After), not a cut
+        // connection; what is streaming is cut. Then the pipeline's close handlers run (spans end, access lines
+        // are written: 503, not a client that left) before onShutdown flushes them.
+        const answered: http.ServerResponse[] = [];
+        for (const socket of sockets) {
+          const response = (socket as Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage;
+          if (response && !response.headersSent) answered.push(answerShuttingDown(response));
+        }
+        await until(() => answered.every((response) => response.writableFinished || response.destroyed), SETTLE_MS);
+      }
       server.closeAllConnections();
+      await until(() => sockets.size === 0, SETTLE_MS);
+      // Close events are handled on the next turns: let the pipeline end its spans before they are flushed.
+      await new Promise<void>((resolve) => setImmediate(() => setImmediate(resolve)));
       await options.onShutdown?.();
     })());
 

@@ -1,5 +1,13 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
+import { SpanKind } from '@opentelemetry/api';
+import { runServer } from '../../otel/lifecycle';
+import { ATTR, HEADER } from '../../otel/wire-names';
+import { createGateway } from '../../src/gateway';
+import { startInMemoryTracing } from '../helpers/in-memory-tracing';
+import { memoryLogger } from '../helpers/servers';
+import { testConfig } from '../helpers/test-config';
+import { waitFor } from '../helpers/wait';
 import { childEnvironment } from '../helpers/process-stack';
 import { listen, streamSixChunks, type TestServer } from '../helpers/servers';
 import { signToken } from '../helpers/tokens';
@@ -61,6 +69,47 @@ describe('graceful shutdown', () => {
       expect(await exited).toBe(0);
     } finally {
       if (gateway.exitCode === null) gateway.kill('SIGKILL');
+    }
+  });
+});
+
+describe('past the drain bound', () => {
+  it('answers a request still waiting for its service with 503 problem+json and its request id, logged and traced before the flush', async () => {
+    const arrived: string[] = [];
+    // A service that never answers: the request is still waiting when the drain bound passes.
+    const silent = await listen((req) => void arrived.push(String(req.headers[HEADER.requestId])));
+    const tracing = startInMemoryTracing();
+    const { logger, lines } = memoryLogger('gateway');
+    let atFlush: { logged: unknown; traced: boolean } | undefined;
+    const config = testConfig({ users: silent.url, orders: silent.url, notifications: silent.url });
+    const served = await runServer({
+      app: createGateway(config, { logger, tracer: tracing.tracer, metrics: false }),
+      name: 'gateway',
+      port: 0,
+      host: '127.0.0.1',
+      logger,
+      drainTimeoutMs: 300,
+      // What the telemetry flush would find: the access line and the SERVER span of the request cut short.
+      onShutdown: async () => {
+        atFlush = {
+          logged: lines.find((line) => line.request_id === 'drain-1')?.status,
+          traced: tracing.spans().some((span) => span.kind === SpanKind.SERVER && span.attributes[ATTR.requestId] === 'drain-1'),
+        };
+      },
+    });
+    try {
+      const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
+      const reply = fetch(`${served.url}/api/orders/1`, { headers: { authorization: `Bearer ${token}`, [HEADER.requestId]: 'drain-1' } });
+      await waitFor(() => arrived.includes('drain-1'), 'the request to reach the silent service');
+      await served.close();
+      const response = await reply;
+      expect(response.status).toBe(503);
+      expect(response.headers.get('retry-after')).toBe('1');
+      expect(await response.json()).toMatchObject({ status: 503, code: 'shutting_down', requestId: 'drain-1' });
+      expect(atFlush).toEqual({ logged: 503, traced: true });
+    } finally {
+      await silent.close();
+      await tracing.shutdown();
     }
   });
 });
