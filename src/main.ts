@@ -8,7 +8,7 @@ import { ConfigError, loadConfig, type GatewayConfig } from './config';
 import { activeConfig, checkReload, createLiveGateway, type ActiveConfig } from './config-reload';
 import { listenAdmin } from './admin';
 import { createGatewayApps } from './gateway';
-import { createGatewayMetrics, listenMetrics } from './metrics';
+import { createGatewayMetrics, listenMetrics, shareMetricsWithPrimary } from './metrics';
 import { createRedisStore, waitForRedis } from './rate-limit-store';
 import { connectWorker, type WorkerLink } from './worker-link';
 import { runPrimary, workerCount } from './workers';
@@ -125,8 +125,10 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   const adminListener = config.admin.port === undefined ? undefined : await listenAdmin({ callback: () => live.adminListener }, { port: config.admin.port, host: config.admin.host, timeouts });
   if (adminListener) logger.info('admin listener started', { url: adminListener.url, endpoints: ['/health', '/ready', '/admin/config', '/admin/reload'] });
   // Also before the public listener, for the same reason; never on the public port (config refuses that).
+  // In a cluster the primary serves the scrape, summing the workers' registries (src/workers.ts).
+  if (worker && metrics && config.metrics.port !== undefined) shareMetricsWithPrimary(metrics);
   const metricsListener =
-    config.metrics.port === undefined || metrics === undefined ? undefined : await listenMetrics(metrics, { port: config.metrics.port, host: config.metrics.host, timeouts, logger });
+    config.metrics.port === undefined || metrics === undefined || worker ? undefined : await listenMetrics(metrics, { port: config.metrics.port, host: config.metrics.host, timeouts, logger });
   if (metricsListener) logger.info('metrics listener started', { url: metricsListener.url, endpoints: ['/metrics'] });
   // HTTPS with HTTP/2 when `tls` is set (src/tls.ts); rotated certificates are read again on SIGHUP, open connections kept.
   const tlsServer = config.tls ? createTlsServer({ tls: config.tls, timeouts, logger }) : undefined;

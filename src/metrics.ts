@@ -1,5 +1,5 @@
 import http from 'node:http';
-import { Counter, Gauge, Histogram, Registry, type OpenMetricsContentType } from 'prom-client';
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, type OpenMetricsContentType } from 'prom-client';
 import { isLocalHost, listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
 import type { Logger } from '../otel/logger';
 import { METRIC, METRIC_LABEL, RATE_LIMIT_DECISIONS, type RateLimitDecision } from '../otel/wire-names';
@@ -128,6 +128,11 @@ export function rateLimitDecisionCounters(metrics: GatewayMetrics, policy: strin
  * handler, not a Koa app: Prometheus is its only client and a scrape should cost as little as possible.
  */
 export function metricsRequestListener(registry: Registry<OpenMetricsContentType>, logger?: Logger): http.RequestListener {
+  return scrapeListener(() => registry.metrics(), registry.contentType, logger);
+}
+
+/** The scrape endpoint around `collect` (the exposition text, of `contentType`). */
+function scrapeListener(collect: () => Promise<string>, contentType: string, logger?: Logger): http.RequestListener {
   return function serveMetrics(req, res) {
     // The series name instance addresses: not for a page that reached this listener by DNS rebinding (src/admin.ts does the same).
     if (!isLocalHost(req.headers.host)) {
@@ -139,9 +144,9 @@ export function metricsRequestListener(registry: Registry<OpenMetricsContentType
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('Not found: the metrics are at GET /metrics.\n');
       return;
     }
-    registry.metrics().then(
+    collect().then(
       (text) => {
-        res.writeHead(200, { 'content-type': registry.contentType, 'cache-control': 'no-store' });
+        res.writeHead(200, { 'content-type': contentType, 'cache-control': 'no-store' });
         res.end(req.method === 'HEAD' ? undefined : text);
       },
       (error: unknown) => {
@@ -164,4 +169,28 @@ export type MetricsListener = InternalListener;
  */
 export function listenMetrics(metrics: GatewayMetrics, options: MetricsListenerOptions): Promise<MetricsListener> {
   return listenInternal(metricsRequestListener(metrics.registry, options.logger), options);
+}
+
+/**
+ * A cluster's scrape endpoint, in the primary (src/workers.ts): every scrape asks each worker for its registry
+ * over the cluster channel (prom-client's AggregatorRegistry) and answers their sum. Each worker listening on
+ * the port itself would answer one worker's counters per scrape, a different one each time: Prometheus would
+ * read every switch as a counter reset. Sums are in the Prometheus text format, without exemplars (an exemplar
+ * belongs to one process's bucket); each worker's own, exemplars included, go out over OTLP.
+ */
+export function listenClusterMetrics(options: MetricsListenerOptions): Promise<MetricsListener> {
+  const aggregator = new AggregatorRegistry();
+  return listenInternal(scrapeListener(() => aggregator.clusterMetrics(), aggregator.contentType, options.logger), options);
+}
+
+/** In a cluster worker: answers the primary's scrapes (listenClusterMetrics) with this registry. */
+export function shareMetricsWithPrimary(metrics: GatewayMetrics): void {
+  AggregatorRegistry.setRegistries(metrics.registry);
+  // Constructing one is what makes prom-client answer the primary's requests in this process.
+  new AggregatorRegistry();
+}
+
+/** prom-client's own cluster messages (AggregatorRegistry), which travel beside the gateway's. */
+export function isPromClientMessage(message: unknown): boolean {
+  return typeof message === 'object' && message !== null && String((message as { type?: unknown }).type).startsWith('prom-client:');
 }

@@ -5,6 +5,7 @@ import { shutdownTelemetry } from '../otel/telemetry';
 import type { ReloadAnswer, WorkerConfigStatus } from './admin';
 import type { GatewayConfig } from './config';
 import { checkReload, type ActiveConfig } from './config-reload';
+import { isPromClientMessage, listenClusterMetrics } from './metrics';
 import { createLeaseLedger, type LeaseAsk, type Leased, type Recall, type Recalled } from './rate-limit-leases';
 
 /**
@@ -130,6 +131,7 @@ export function runPrimary(options: PrimaryOptions): void {
   let url = '';
   let reloads: Promise<unknown> = Promise.resolve();
   const applyWaiters = new Set<() => void>();
+  let closeScrape = (): Promise<void> => Promise.resolve();
 
   const statuses = (): WorkerConfigStatus[] =>
     slots.flatMap((slot) => (slot.worker ? [{ id: slot.worker.id, pid: slot.worker.process.pid ?? 0, version: slot.version, ...(slot.loadedAt ? { loadedAt: slot.loadedAt } : {}) }] : []));
@@ -145,7 +147,7 @@ export function runPrimary(options: PrimaryOptions): void {
     worker.on('message', (raw: unknown) => {
       const message = toPrimaryMessage(raw);
       if (message) onMessage(slot, worker, message);
-      else logger.warn('ignored a malformed message from a worker', { worker: worker.id });
+      else if (!isPromClientMessage(raw)) logger.warn('ignored a malformed message from a worker', { worker: worker.id });
     });
     // A message to a worker that is just exiting fails here; its exit is handled below. Unheard, it would end the primary.
     worker.on('error', (error: Error) => logger.warn('could not message worker', { worker: worker.id, error: error.message }));
@@ -269,6 +271,7 @@ export function runPrimary(options: PrimaryOptions): void {
     });
     void Promise.all(exits)
       .then(async (clean) => {
+        await closeScrape();
         await shutdownTelemetry();
         process.exit(clean.every(Boolean) ? exitCode : 1);
       })
@@ -283,5 +286,21 @@ export function runPrimary(options: PrimaryOptions): void {
     void reloadAll();
   });
   logger.info('gateway primary started', { workers: count, version: active.version, pid: process.pid });
-  for (let index = 0; index < count; index++) fork(index);
+  // The scrape endpoint is the primary's: one answer for all workers (src/metrics.ts listenClusterMetrics).
+  const { metrics, server } = active.config;
+  const scrape =
+    metrics.port === undefined
+      ? Promise.resolve(undefined)
+      : listenClusterMetrics({ port: metrics.port, host: metrics.host, timeouts: { headersMs: server.headersTimeoutMs, requestMs: server.requestTimeoutMs, keepAliveMs: server.keepAliveTimeoutMs }, logger });
+  scrape.then(
+    (listener) => {
+      if (listener) logger.info('metrics listener started', { url: listener.url, endpoints: ['/metrics'], workers: count });
+      closeScrape = () => listener?.close() ?? Promise.resolve();
+      for (let index = 0; index < count; index++) fork(index);
+    },
+    (error: unknown) => {
+      logger.error('metrics listener could not start; stopping', { error: error instanceof Error ? error.message : String(error) });
+      process.exit(1);
+    },
+  );
 }

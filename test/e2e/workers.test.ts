@@ -132,6 +132,23 @@ describe('workers (two processes behind one port)', () => {
     expect(asks).toBeLessThanOrEqual(10);
   });
 
+  // Each worker serving the port itself would answer its own counters, another worker's at the next scrape:
+  // Prometheus reads every switch as a counter reset.
+  it('answers every scrape with the sum of both workers, served by the primary', async () => {
+    gateway = await start({ METRICS_PORT: '0', OTEL_METRICS_EXPORTER: 'none' });
+    const scrapeUrl = `${String(gateway.lines.find((line) => line.message === 'metrics listener started')!.url)}/metrics`;
+    // New connections, so the primary spreads them over both workers.
+    for (let i = 0; i < 20; i++) await requestOnNewConnection(`${gateway.url}/api/counted-${i}`);
+    const counted = async () => {
+      const text = await (await fetch(scrapeUrl)).text();
+      return [...text.matchAll(/^http_server_request_duration_seconds_count\{[^}]*\} (\d+)/gm)].reduce((sum, [, value]) => sum + Number(value), 0);
+    };
+    const scrapes = [];
+    for (let i = 0; i < 6; i++) scrapes.push(await counted());
+    expect(scrapes).toEqual(Array<number>(6).fill(20));
+    expect(gateway.lines.filter((line) => line.message === 'ignored a malformed message from a worker')).toEqual([]);
+  });
+
   it('replaces a worker that crashed, with back-off logged, and keeps serving', async () => {
     gateway = await start();
     const before = await adminConfig();
