@@ -88,6 +88,11 @@ async function until(condition: () => boolean, boundMs: number): Promise<void> {
   while (!condition() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
 }
 
+/** Marks an HTTP/1 answer not yet begun to close its connection once written. */
+function closeAfterAnswer(response: unknown): void {
+  if (response instanceof http.ServerResponse && !response.headersSent) response.setHeader('Connection', 'close');
+}
+
 /** The answer to a request still waiting at the drain bound: 503 problem+json with its request id, and the connection closes. */
 function answerShuttingDown(response: http.ServerResponse): http.ServerResponse {
   const chosen = response.getHeader(HEADER.requestId);
@@ -192,6 +197,10 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
       const drained = new Promise<void>((resolve) => server.close(() => resolve()));
+      // Answers from now on say `Connection: close`, so a client does not send its next request on a connection
+      // that is about to be closed (it would race the idle sweep below and meet a reset). HTTP/2 has GOAWAY.
+      for (const socket of sockets) closeAfterAnswer((socket as Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage);
+      server.on('request', (_request: unknown, response: unknown) => closeAfterAnswer(response));
       // Keep-alive connections become idle as their last response ends; close each as soon as it does.
       server.closeIdleConnections();
       const idleSweep = setInterval(() => server.closeIdleConnections(), 100);

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import http from 'node:http';
 import path from 'node:path';
 import { SpanKind } from '@opentelemetry/api';
 import { runServer } from '../../otel/lifecycle';
@@ -69,6 +70,39 @@ describe('graceful shutdown', () => {
       expect(await exited).toBe(0);
     } finally {
       if (gateway.exitCode === null) gateway.kill('SIGKILL');
+    }
+  });
+});
+
+describe('during the drain', () => {
+  it('tells a keep-alive client whose answer is still coming to close its connection, so it does not reuse it', async () => {
+    const arrived: string[] = [];
+    // Answers after 300 ms: the request is in flight when the drain starts, and its answer comes within it.
+    const slow = await listen((req, res) => {
+      arrived.push(String(req.headers[HEADER.requestId]));
+      setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end('{"id":"1"}'), 300);
+    });
+    const { logger } = memoryLogger('gateway');
+    const config = testConfig({ users: slow.url, orders: slow.url, notifications: slow.url });
+    const served = await runServer({ app: createGateway(config, { logger, metrics: false }), name: 'gateway', port: 0, host: '127.0.0.1', logger, drainTimeoutMs: 5000 });
+    const agent = new http.Agent({ keepAlive: true });
+    try {
+      const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
+      const answer = new Promise<{ status: number; connection: string | undefined }>((resolve, reject) => {
+        http
+          .get(`${served.url}/api/orders/1`, { agent, headers: { authorization: `Bearer ${token}`, [HEADER.requestId]: 'drain-keepalive' } }, (response) => {
+            response.resume();
+            response.on('end', () => resolve({ status: response.statusCode ?? 0, connection: response.headers.connection }));
+          })
+          .on('error', reject);
+      });
+      await waitFor(() => arrived.includes('drain-keepalive'), 'the request to reach the service');
+      const closing = served.close();
+      expect(await answer).toEqual({ status: 200, connection: 'close' });
+      await closing;
+    } finally {
+      agent.destroy();
+      await slow.close();
     }
   });
 });
