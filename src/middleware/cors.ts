@@ -48,6 +48,22 @@ export function createCors(options: CorsOptions): Middleware {
     const route = options.routes.owner(path);
     return route && byRoute.has(route.name) ? byRoute.get(route.name) : defaults;
   };
+  // A preflight offers only what the route behind the path takes: the policy's methods it does not would get 405.
+  const allowMethodsFor = new Map<string, string>();
+  const allowedMethods = (path: string, policy: CompiledPolicy): string => {
+    const route = options.routes.owner(path);
+    if (!route?.methods) return policy.allowMethods;
+    const key = `${route.name} ${policy.allowMethods}`;
+    let methods = allowMethodsFor.get(key);
+    if (methods === undefined) {
+      methods = policy.allowMethods
+        .split(', ')
+        .filter((method) => route.methods!.has(method))
+        .join(', ');
+      allowMethodsFor.set(key, methods);
+    }
+    return methods;
+  };
   const anyPolicy = defaults !== undefined || [...byRoute.values()].some(Boolean);
 
   return async function applyCors(ctx, next) {
@@ -67,7 +83,7 @@ export function createCors(options: CorsOptions): Middleware {
       if (!allowed) throw new GatewayError('forbidden', `Cross-origin requests from ${origin} are not allowed here.`);
       ctx.set({
         'Access-Control-Allow-Origin': policy.anyOrigin ? '*' : origin,
-        'Access-Control-Allow-Methods': policy.allowMethods,
+        'Access-Control-Allow-Methods': allowedMethods(ctx.path, policy),
         'Access-Control-Allow-Headers': policy.allowHeaders,
         'Access-Control-Max-Age': policy.maxAge,
         ...(policy.credentials ? { 'Access-Control-Allow-Credentials': 'true' } : {}),

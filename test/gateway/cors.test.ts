@@ -44,6 +44,13 @@ describe('CORS', () => {
     expect(((await response.json()) as { code: string }).code).toBe('forbidden');
   });
 
+  // users-directory (GET /api/users, exact) takes GET and HEAD: a preflight there must not offer POST or DELETE.
+  it('offers in a preflight only the methods the route behind the path takes', async () => {
+    const response = await preflight('/api/users', APP, 'GET');
+    expect(response.status).toBe(204);
+    expect(response.headers.get('access-control-allow-methods')).toBe('GET, HEAD');
+  });
+
   it('applies a route policy with credentials', async () => {
     const response = await preflight('/api/users/1', 'https://admin.example.test', 'GET');
     expect(response.status).toBe(204);
