@@ -149,6 +149,7 @@ export function upstreamHeadersFor(
   targetHost: string,
   options: Pick<UpstreamRequestHeadersInput, 'underscores' | 'forwardAuthorization' | 'rules'>,
 ): Record<string, string | string[]> {
+  const publicHost = ctx.host || localAuthority(ctx);
   return upstreamRequestHeaders({
     client: ctx.req.headers,
     underscores: options.underscores,
@@ -158,19 +159,30 @@ export function upstreamHeadersFor(
     user: ctx.state.user,
     consumer: ctx.state.consumer,
     peerAddress: ctx.req.socket.remoteAddress ?? '',
-    publicHost: ctx.host,
+    publicHost,
     publicProto: ctx.protocol,
-    publicPort: publicPort(ctx),
+    publicPort: publicPort(ctx, publicHost),
     timestamp: new Date().toISOString(),
     rules: options.rules,
   });
 }
 
+/**
+ * The address and port the client connected to: what it addressed when it named no host (an HTTP/1.0 request
+ * without Host). An empty X-Forwarded-Host would leave a service to build links from nothing.
+ */
+function localAuthority(ctx: KoaContext): string {
+  const { localAddress, localPort } = ctx.req.socket;
+  if (!localAddress) return '';
+  const address = localAddress.startsWith('::ffff:') ? localAddress.slice(7) : localAddress;
+  return `${address.includes(':') ? `[${address}]` : address}:${localPort}`;
+}
+
 /** The port the client addressed: a trusted proxy's `X-Forwarded-Port` (still present only then), else the Host's, else the scheme's. */
-function publicPort(ctx: KoaContext): string {
+function publicPort(ctx: KoaContext, host: string): string {
   const forwarded = ctx.req.headers['x-forwarded-port'];
   const first = (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(',')[0]?.trim();
   if (first) return first;
-  const inHost = /:(\d+)$/.exec(ctx.host);
+  const inHost = /:(\d+)$/.exec(host);
   return inHost ? inHost[1]! : ctx.protocol === 'https' ? '443' : '80';
 }

@@ -693,6 +693,14 @@ describe('hostile input at the gateway', () => {
       expect(seenWithRequestId(requestId)).toEqual([]);
     });
 
+    // HTTP/1.0 may name no host: the service is told the address the client connected to, not an empty host.
+    it('forwards an HTTP/1.0 request without Host with the address the client reached as X-Forwarded-Host', async () => {
+      const requestId = nextRequestId();
+      const reply = await sendRaw(served.url, `GET /api/users/2 HTTP/1.0\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: ${requestId}\r\n\r\n`);
+      expect(reply.status).toBe(200);
+      expect(seenWithRequestId(requestId)[0]?.headers).toMatchObject({ 'x-forwarded-host': host(), 'x-forwarded-port': new URL(served.url).port });
+    });
+
     // Node keeps the first Host of several; a hop that keeps the last would judge another host (RFC 9112 3.2: 400).
     it.each([
       { desc: 'two different Host field lines', hosts: () => [host(), 'evil.example'] },
