@@ -123,8 +123,14 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   // Bodies the gateway reads itself (login, gRPC translation) are held to the rate the proxy holds uploads to.
   const bodyRate = { minBytesPerSecond: config.server.minBodyBytesPerSecond, graceMs: config.server.bodyGracePeriodMs };
   const cachedRoutes = new Map(config.routes.flatMap((route) => (route.cache ? [[route.name, route.cache] as const] : [])));
-  // A service's own cache status header would pass for the gateway's.
-  const hideUpstreamHeaders = cachedRoutes.size > 0 ? [...config.proxy.hideUpstreamHeaders, config.cache.statusHeader] : config.proxy.hideUpstreamHeaders;
+  const hideUpstreamHeaders = [
+    ...config.proxy.hideUpstreamHeaders,
+    // A service's own cache status header would pass for the gateway's.
+    ...(cachedRoutes.size > 0 ? [config.cache.statusHeader] : []),
+    // With `tls.hsts` the policy is the gateway's: a service's (helmet's default, or `max-age=0`, which makes
+    // browsers forget the policy) would replace it, or reach the client beside it (RFC 6797 6.1: one only).
+    ...(config.tls?.hsts ? ['strict-transport-security'] : []),
+  ];
   const headerRules = new Map(config.routes.map((route) => [route.name, compileHeaderRules({ rules: route.headers, hideUpstreamHeaders })] as const));
 
   // Answered by the gateway itself.

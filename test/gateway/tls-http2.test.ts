@@ -12,7 +12,7 @@ import type { ProblemBody } from '../../src/middleware/errors';
 import { createTlsServer, HTTP2_LIMITS, http2SessionTimeoutMs, listenHttpsRedirect, type RedirectListener, type TlsServer } from '../../src/tls';
 import { makeCertificate, type TestCertificate } from '../helpers/certificates';
 import { exitOf, spawnGateway } from '../helpers/process-stack';
-import { memoryLogger, sendRaw, type RecordedRequest } from '../helpers/servers';
+import { listen, memoryLogger, sendRaw, type RecordedRequest } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
 
@@ -509,6 +509,44 @@ describe('TLS termination and HTTP/2', () => {
         await expectStillServing();
       });
     });
+  });
+});
+
+describe('HSTS is the gateway\'s own', () => {
+  let certificate: TestCertificate;
+  let stack: TestStack;
+  let gateway: RunningServer;
+  let service: Awaited<ReturnType<typeof listen>>;
+
+  beforeAll(async () => {
+    certificate = makeCertificate();
+    // A service sending policies of its own: helmet's default, or max-age=0 (browsers then forget the policy).
+    service = await listen((req, res) => {
+      const lines = new URL(req.url ?? '/', 'http://service').searchParams.getAll('sts');
+      if (lines.length > 0) res.setHeader('strict-transport-security', lines);
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+    const route = { name: 'sts', prefix: '/api/sts', service: 'notifications', upstreamPath: '/sts', auth: 'public' };
+    stack = await startStack({
+      serviceUrls: { notifications: service.url },
+      overrides: { routes: [...(shippedConfigFile().routes as unknown[]), route], tls: { certFile: certificate.certFile, keyFile: certificate.keyFile, hsts: { maxAgeSeconds: 600, includeSubDomains: true } } },
+    });
+    const { logger } = memoryLogger('gateway');
+    gateway = await runServer({ app: createGatewayApps(stack.config, { logger, metrics: false }).gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: TIMEOUTS, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: TIMEOUTS, logger }).create });
+  });
+  afterAll(async () => {
+    await gateway?.close();
+    await stack?.close();
+    await service?.close();
+  });
+
+  it.each([
+    { desc: 'max-age=0', query: 'sts=max-age%3D0' },
+    { desc: 'two policies', query: 'sts=max-age%3D0&sts=max-age%3D5' },
+  ])('sends its policy alone when the service sends $desc (RFC 6797 6.1: one field)', async ({ query }) => {
+    const reply = await h1Request(gateway.url, certificate.cert, `/api/sts/x?${query}`);
+    expect(reply.status).toBe(200);
+    expect(reply.headers['strict-transport-security']).toBe('max-age=600; includeSubDomains');
   });
 });
 
