@@ -42,6 +42,8 @@ export const ERROR_CATALOG = {
   rate_limit_unavailable: { status: 503, title: 'Rate limiting unavailable' },
   auth_unavailable: { status: 503, title: 'Token verification unavailable' },
   upstream_timeout: { status: 504, title: 'Upstream timed out' },
+  /** `Cache-Control: only-if-cached` and no stored answer (RFC 9111 5.2.1.7). */
+  not_cached: { status: 504, title: 'Not in the cache' },
   http_version_not_supported: { status: 505, title: 'HTTP version not supported' },
 } as const satisfies Record<string, { status: number; title: string }>;
 

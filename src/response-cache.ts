@@ -139,6 +139,19 @@ function first(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
 
+/** The three HTTP-date forms (RFC 9110 5.6.7): IMF-fixdate, the obsolete RFC 850 one, and asctime. */
+const HTTP_DATE = /^(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), \d{2}-(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)-\d{2} \d{2}:\d{2}:\d{2} GMT|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d{2}:\d{2}:\d{2} \d{4})$/;
+
+/**
+ * An HTTP-date in ms since the epoch, or NaN for anything else. Not Date.parse alone: it takes `2099-01-01` or
+ * `2099`, which RFC 9111 5.3 and RFC 9110 13.1.3 say to treat as invalid (an Expires as already expired, a
+ * conditional as absent); a lenient parse made such an Expires a 73-year lifetime.
+ */
+export function parseHttpDate(value: string | string[] | undefined): number {
+  const text = first(value)?.trim();
+  return text === undefined || !HTTP_DATE.test(text) ? Number.NaN : Date.parse(text);
+}
+
 /** The names a `Vary` lists, lower-case (`*` included as such). */
 export function varyNames(value: string | string[] | undefined): string[] {
   if (value === undefined) return [];
@@ -181,16 +194,17 @@ export function storability(input: StorabilityInput): Storability {
   // RFC 9111 3.5: a response to an authenticated request is shared only when the service says so.
   if (input.sharedCredentialed && !control.public && control.sMaxAge === undefined) return { store: false, reason: 'credentialed, not public' };
 
-  const date = Date.parse(first(headers.date) ?? '');
+  const date = parseHttpDate(headers.date);
   const dateValue = Number.isNaN(date) ? input.now : date;
   let lifetime = control.sMaxAge ?? control.maxAge;
   if (lifetime === undefined && headers.expires !== undefined) {
-    // An invalid Expires (often "0") means already expired (RFC 9111 5.3).
-    const expires = Date.parse(first(headers.expires) ?? '');
-    lifetime = Number.isNaN(expires) ? 0 : Math.max(0, Math.floor((expires - dateValue) / 1000));
+    // An invalid Expires (often "0", or not an HTTP-date) means already expired (RFC 9111 5.3).
+    const expires = parseHttpDate(headers.expires);
+    lifetime = Number.isNaN(expires) ? 0 : Math.min(MAX_LIFETIME_SECONDS, Math.max(0, Math.floor((expires - dateValue) / 1000)));
   }
   lifetime ??= input.defaultTtlSeconds;
-  const ageHeader = deltaSeconds(first(headers.age)) ?? 0;
+  // Age given as a list (two lines, or `100, 100`): the first member counts (RFC 9111 5.1), not none.
+  const ageHeader = deltaSeconds(first(headers.age)?.split(',')[0]?.trim()) ?? 0;
   const apparentAge = Math.max(0, (input.now - dateValue) / 1000);
   const initialAge = Math.max(ageHeader, apparentAge);
   if (lifetime <= initialAge) return { store: false, reason: 'stale on arrival' };

@@ -3,10 +3,10 @@ import type { Context, Middleware } from 'koa';
 import type { Counter } from 'prom-client';
 import type { Logger } from '../../otel/logger';
 import { ATTR, CACHE_RESULTS, CLIENT_ADDRESS_HEADERS, FORWARDING_HEADERS, HEADER, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
-import { isGatewayError } from '../errors';
+import { GatewayError, isGatewayError } from '../errors';
 import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
 import type { GatewayMetrics } from '../metrics';
-import { cacheKey, currentAge, isFresh, parseCacheControl, requestHeaderValue, storability, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
+import { cacheKey, currentAge, isFresh, parseCacheControl, parseHttpDate, requestHeaderValue, storability, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
 import type { CacheKey, ResponseStore } from '../response-store';
 import { endToEndHeaders, stopsAtThisHop } from '../upstream-headers';
 
@@ -35,6 +35,9 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
  * are keyed through what it rebuilds them from; the client-address ones, like X-Forwarded-For, are not.
  */
 const KEYED_FORWARDING_HEADERS = FORWARDING_HEADERS.filter((name) => !(CLIENT_ADDRESS_HEADERS as readonly string[]).includes(name) && !['x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port'].includes(name));
+
+/** The request directive `only-if-cached` in a Cache-Control list. */
+const ONLY_IF_CACHED = /(?:^|[\s,])only-if-cached(?=$|[\s,])/i;
 
 /** Response headers a 304 repeats from the stored response (RFC 9110 15.4.5). */
 const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag', 'expires', 'vary', 'last-modified'];
@@ -176,6 +179,11 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       if (entry && isFresh(entry, now())) return serve(ctx, entry, 'hit', rules);
     }
 
+    // A client that asked for a stored answer only gets none rather than a trip to the service (RFC 9111 5.2.1.7).
+    if (ONLY_IF_CACHED.test(requestHeaderValue(headers['cache-control']) ?? '')) {
+      record(ctx, route.name, 'miss');
+      throw new GatewayError('not_cached', 'No stored answer, and the request said Cache-Control: only-if-cached.');
+    }
     // HEAD answers carry no body to keep: forwarded as they are; a GET fills the entry HEAD then uses.
     if (method === 'HEAD') {
       record(ctx, route.name, 'miss');
@@ -289,17 +297,32 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
   return { tap, stored: () => pending ?? Promise.resolve() };
 }
 
-/** A conditional GET/HEAD the stored response satisfies (RFC 9110 13.1.2 and 13.1.3, weak comparison; If-None-Match first). */
+/** An entity-tag (RFC 9110 8.8.3): optional `W/`, then an opaque tag in quotes, which may itself hold commas. */
+const ENTITY_TAG = /\s*(?:W\/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)/gy;
+
+/** The opaque tags of an entity-tag list, or undefined when the list is not one. */
+function opaqueTags(list: string): string[] | undefined {
+  const tags: string[] = [];
+  ENTITY_TAG.lastIndex = 0;
+  for (let match = ENTITY_TAG.exec(list); match; match = ENTITY_TAG.exec(list)) {
+    tags.push(match[1]!);
+    if (ENTITY_TAG.lastIndex >= list.length) return tags;
+  }
+  return undefined;
+}
+
+/**
+ * A conditional GET/HEAD the stored response satisfies (RFC 9110 13.1.2 and 13.1.3, weak comparison;
+ * If-None-Match first). An If-Modified-Since or Last-Modified that is not an HTTP-date is ignored.
+ */
 function matchesConditional(ctx: Context, entry: CachedResponse): boolean {
   const ifNoneMatch = requestHeaderValue(ctx.req.headers['if-none-match']);
   if (ifNoneMatch !== null) {
-    const etag = requestHeaderValue(entry.headers.etag);
     if (ifNoneMatch.trim() === '*') return true;
-    if (etag === null) return false;
-    const opaque = (tag: string) => tag.trim().replace(/^W\//, '');
-    return ifNoneMatch.split(',').some((tag) => opaque(tag) === opaque(etag));
+    const etag = opaqueTags(requestHeaderValue(entry.headers.etag) ?? '')?.[0];
+    return etag !== undefined && (opaqueTags(ifNoneMatch)?.includes(etag) ?? false);
   }
-  const since = Date.parse(requestHeaderValue(ctx.req.headers['if-modified-since']) ?? '');
-  const modified = Date.parse(requestHeaderValue(entry.headers['last-modified']) ?? '');
+  const since = parseHttpDate(ctx.req.headers['if-modified-since']);
+  const modified = parseHttpDate(entry.headers['last-modified']);
   return !Number.isNaN(since) && !Number.isNaN(modified) && modified <= since;
 }

@@ -51,6 +51,7 @@ async function catalogService(): Promise<CatalogService> {
       set('cookie', 'set-cookie');
       set('xcache', 'x-cache');
       set('age', 'age');
+      set('expires', 'expires');
       if (query.has('untyped')) delete headers['content-type'];
       const body = JSON.stringify({
         n: hits.filter((hit) => hit.url === req.url).length,
@@ -208,6 +209,10 @@ describe('response cache', () => {
     { desc: 'If-Modified-Since before Last-Modified', headers: { 'if-modified-since': 'Tue, 01 Dec 2026 09:00:00 GMT' }, status: 200 },
     { desc: 'If-None-Match deciding over If-Modified-Since', headers: { 'if-none-match': '"nope"', 'if-modified-since': 'Tue, 01 Dec 2026 11:00:00 GMT' }, status: 200 },
     { desc: 'a malformed If-Modified-Since', headers: { 'if-modified-since': 'yesterday' }, status: 200 },
+    // RFC 9110 13.1.3: not an HTTP-date, so ignored (a lenient parse read both as dates after Last-Modified).
+    { desc: 'an If-Modified-Since that is a year, not an HTTP-date', headers: { 'if-modified-since': '2099' }, status: 200 },
+    { desc: 'an If-Modified-Since in ISO form, not an HTTP-date', headers: { 'if-modified-since': '2027-01-01' }, status: 200 },
+    { desc: 'an If-Modified-Since in the asctime form', headers: { 'if-modified-since': 'Tue Dec  1 11:00:00 2026' }, status: 304 },
   ])('answers $desc from the cache with $status', async ({ headers, status }) => {
     const path = fresh('/api/open', 'etag=%22v2%22&lm=Tue,%2001%20Dec%202026%2010:00:00%20GMT');
     await send(stack.gateway.url, path);
@@ -225,6 +230,10 @@ describe('response cache', () => {
     { desc: 'no-cache', query: 'cc=no-cache' },
     { desc: 'max-age=0', query: 'cc=max-age%3D0' },
     { desc: 'an Age past max-age', query: 'cc=max-age%3D10&age=11' },
+    // RFC 9111 5.1: the first member of a list counts (not none, which read as age 0: fresh).
+    { desc: 'an Age list past max-age', query: 'cc=max-age%3D10&age=11,%2011' },
+    // RFC 9111 5.3: an Expires that is not an HTTP-date means already expired (not 73 years).
+    { desc: 'an Expires that is not an HTTP-date', query: 'expires=2099-01-01' },
     { desc: 'Set-Cookie', query: 'cookie=session%3Dabc' },
     { desc: 'Vary: *', query: 'vary=*' },
     { desc: 'Vary on a header the gateway writes (X-Forwarded-Host)', query: 'vary=X-Forwarded-Host' },
@@ -240,6 +249,30 @@ describe('response cache', () => {
     expect([first.headers['x-cache'], second.headers['x-cache']]).toEqual(['MISS', 'MISS']);
     expect(second.json.n).toBe(2);
     expect(hitsFor(path)).toBe(2);
+  });
+
+  it('keeps an answer whose Expires is an HTTP-date in the future', async () => {
+    const path = fresh('/api/open', 'expires=Thu,%2001%20Jan%202099%2000:00:00%20GMT');
+    await send(stack.gateway.url, path);
+    expect((await send(stack.gateway.url, path)).headers['x-cache']).toBe('HIT');
+  });
+
+  it('answers If-None-Match with an entity tag holding a comma (RFC 9110 8.8.3) with 304', async () => {
+    const path = fresh('/api/open', 'etag=%22a,b%22');
+    await send(stack.gateway.url, path);
+    const reply = await send(stack.gateway.url, path, { 'if-none-match': 'W/"x", "a,b"' });
+    expect([reply.status, reply.headers['x-cache']]).toEqual([304, 'HIT']);
+  });
+
+  it('answers only-if-cached with 504 when nothing is stored, never asking the service, and from the cache when it is', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60');
+    const missed = await send(stack.gateway.url, path, { 'cache-control': 'only-if-cached' });
+    expect([missed.status, missed.json.code, missed.headers['x-cache']]).toEqual([504, 'not_cached', 'MISS']);
+    expect(hitsFor(path)).toBe(0);
+    await send(stack.gateway.url, path);
+    const stored = await send(stack.gateway.url, path, { 'cache-control': 'max-stale, only-if-cached' });
+    expect([stored.status, stored.headers['x-cache']]).toEqual([200, 'HIT']);
+    expect(hitsFor(path)).toBe(1);
   });
 
   it('ignores a client\'s no-cache (a client cannot send every request through) but keeps its no-store answer out', async () => {
