@@ -3,7 +3,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import path from 'node:path';
 import type { Socket } from 'node:net';
-import type { SecureContextOptions } from 'node:tls';
+import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import type { Logger } from '../otel/logger';
 import { listenInternal, type PublicServer } from '../otel/lifecycle';
 import type { TlsConfig } from './config';
@@ -60,7 +60,19 @@ export interface TlsServer {
 /** The PEM files as secure-context options; throws when one cannot be read. */
 export function readCertificates(tls: TlsConfig, cwd = process.cwd()): SecureContextOptions {
   const read = (file: string) => readFileSync(path.resolve(cwd, file));
-  return { cert: read(tls.certFile), key: read(tls.keyFile), ...(tls.caFile ? { ca: read(tls.caFile) } : {}), minVersion: tls.minVersion };
+  const options: SecureContextOptions = { cert: read(tls.certFile), key: read(tls.keyFile), ...(tls.caFile ? { ca: read(tls.caFile) } : {}), minVersion: tls.minVersion };
+  if (options.ca !== undefined && !String(options.ca).includes('-----BEGIN CERTIFICATE-----')) {
+    throw new Error(`tls.caFile (${tls.caFile}) holds no PEM certificate`);
+  }
+  // Built once here so a broken pair is named by its files (OpenSSL says only "bad decrypt" or "key values mismatch").
+  try {
+    createSecureContext(options);
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    const hint = /decrypt|passphrase|PEM/i.test(reason) ? '; an encrypted key needs a passphrase, which the gateway does not take: store it decrypted (openssl pkey -in key.pem -out key.plain.pem)' : '';
+    throw new Error(`tls.certFile (${tls.certFile}) and tls.keyFile (${tls.keyFile}) are not a usable certificate and key: ${reason}${hint}`, { cause: error });
+  }
+  return options;
 }
 
 /**

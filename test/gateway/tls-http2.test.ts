@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
@@ -509,6 +510,31 @@ describe('TLS termination and HTTP/2', () => {
         await expectStillServing();
       });
     });
+  });
+});
+
+describe('certificate files that cannot serve', () => {
+  // OpenSSL alone says "key values mismatch" or "bad decrypt": the error must say which setting to fix.
+  it('refuses at start-up a certificate and key that do not belong together, naming both settings', () => {
+    const [one, two] = [makeCertificate(), makeCertificate()];
+    const { logger } = memoryLogger('gateway');
+    expect(() => createTlsServer({ tls: { certFile: one.certFile, keyFile: two.keyFile, minVersion: 'TLSv1.2' }, timeouts: TIMEOUTS, logger })).toThrow(
+      new RegExp(`tls\\.certFile \\(${one.certFile}\\) and tls\\.keyFile \\(${two.keyFile}\\) are not a usable certificate and key`),
+    );
+  });
+
+  it('refuses an encrypted key, saying the gateway takes no passphrase', () => {
+    const certificate = makeCertificate();
+    const encrypted = `${certificate.keyFile}.enc`;
+    execFileSync('openssl', ['pkey', '-in', certificate.keyFile, '-aes256', '-passout', 'pass:secret', '-out', encrypted], { stdio: 'ignore', env: { PATH: process.env.PATH ?? '' } });
+    const { logger } = memoryLogger('gateway');
+    expect(() => createTlsServer({ tls: { certFile: certificate.certFile, keyFile: encrypted, minVersion: 'TLSv1.2' }, timeouts: TIMEOUTS, logger })).toThrow(/tls\.keyFile .*passphrase/);
+  });
+
+  it('refuses a caFile that holds no certificate (a key copied there by mistake)', () => {
+    const certificate = makeCertificate();
+    const { logger } = memoryLogger('gateway');
+    expect(() => createTlsServer({ tls: { certFile: certificate.certFile, keyFile: certificate.keyFile, caFile: certificate.keyFile, minVersion: 'TLSv1.2' }, timeouts: TIMEOUTS, logger })).toThrow(/tls\.caFile .* holds no PEM certificate/);
   });
 });
 
