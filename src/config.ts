@@ -23,6 +23,13 @@ const WORKERS_RULE = `must be an integer from 1 to ${MAX_WORKERS} or "auto"`;
 
 const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 
+/** Standard response fields (RFC 9110, 9111, 6265) a `cache.statusHeader` must not be. */
+const HTTP_RESPONSE_FIELDS: ReadonlySet<string> = new Set([
+  'age', 'allow', 'cache-control', 'connection', 'content-disposition', 'content-encoding', 'content-language', 'content-length', 'content-location',
+  'content-range', 'content-type', 'date', 'etag', 'expires', 'last-modified', 'location', 'retry-after', 'server', 'set-cookie', 'trailer',
+  'transfer-encoding', 'vary', 'www-authenticate', 'strict-transport-security',
+]);
+
 /** A path prefix: absolute, plain segments only, no trailing slash (except the root itself). */
 const pathPrefix = z
   .string()
@@ -468,6 +475,9 @@ const configSchema = z
     });
     if (ownedRequestHeader(config.cache.statusHeader) || ownedResponseHeader(config.cache.statusHeader)) {
       ctx.addIssue({ code: 'custom', path: ['cache', 'statusHeader'], message: 'is a header the gateway writes for another purpose', input: config.cache.statusHeader });
+    } else if (HTTP_RESPONSE_FIELDS.has(config.cache.statusHeader.toLowerCase())) {
+      // `HIT` written over the service's Cache-Control or the computed Age would tell every cache after us a lie.
+      ctx.addIssue({ code: 'custom', path: ['cache', 'statusHeader'], message: 'is a standard response field that HIT or MISS would overwrite', input: config.cache.statusHeader });
     }
     const seenConsumers = new Set<string>();
     const seenHashes = new Set<string>();

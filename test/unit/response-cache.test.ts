@@ -191,4 +191,8 @@ describe('cache settings in the config', () => {
   it('refuses a status header the gateway owns', () => {
     expect(() => parse({ ttlSeconds: 5 }, {}, { cache: { statusHeader: 'X-Request-Id' } })).toThrow(/cache\.statusHeader/);
   });
+
+  it.each(['Cache-Control', 'age', 'ETag', 'Vary'])('refuses %s as the status header (HIT would overwrite the field)', (statusHeader) => {
+    expect(() => parse({ ttlSeconds: 5 }, {}, { cache: { statusHeader } })).toThrow(/cache\.statusHeader.*standard response field/);
+  });
 });
