@@ -134,7 +134,9 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
   if (input.user) {
     headers[HEADER.userId] = input.user.id;
     headers[HEADER.userRole] = input.user.role;
-    headers[HEADER.userEmail] = input.user.email;
+    // Left out when the token's email could not travel as a header (src/tokens.ts): an empty X-User-Email would
+    // read as an email that is empty.
+    if (input.user.email !== '') headers[HEADER.userEmail] = input.user.email;
   }
   if (input.consumer) headers[HEADER.consumerId] = input.consumer.id;
   return headers;

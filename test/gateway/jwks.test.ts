@@ -97,7 +97,9 @@ describe('tokens from an identity provider (JWKS)', () => {
   it('leaves out an email that cannot travel as a header instead of failing the request', async () => {
     const response = await call(await providerToken(ec, { email: 'dána@例え.jp' }));
     expect(response.status).toBe(200);
-    expect(stack.notifications.requests.at(-1)!.headers).toMatchObject({ [HEADER.userId]: 'idp:idp-dana', [HEADER.userEmail]: '' });
+    const seen = stack.notifications.requests.at(-1)!.headers;
+    expect(seen[HEADER.userId]).toBe('idp:idp-dana');
+    expect(seen[HEADER.userEmail]).toBeUndefined();
   });
 
   // Such a token used to get a bare text/plain 404: the upstream call failed on the invalid header value.
