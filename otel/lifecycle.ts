@@ -57,26 +57,45 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
   }
   const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
   const tooSlow = error.code === 'ERR_HTTP_REQUEST_TIMEOUT';
-  const status = tooLarge ? 431 : tooSlow ? 408 : 400;
-  const title = tooLarge ? 'Request header fields too large' : tooSlow ? 'Request timeout' : 'Bad request';
-  const code = tooLarge ? 'headers_too_large' : tooSlow ? 'request_timeout' : 'bad_request';
-  // Nothing of the request can be trusted (its X-Request-Id included), but the answer still carries an id:
-  // the one the pipeline chose, when the request got that far.
-  const chosen = inFlight?.getHeader(HEADER.requestId);
+  const problem = tooLarge
+    ? { status: 431, title: 'Request header fields too large', code: 'headers_too_large', detail: 'The request headers are too large.' }
+    : tooSlow
+      ? { status: 408, title: 'Request timeout', code: 'request_timeout', detail: 'The request did not arrive in time.' }
+      : { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request could not be parsed as HTTP.' };
+  // The headers the pipeline set so far stay (traceresponse, HSTS, CORS), as on any error it answers. The
+  // pipeline then finds its response ended (Koa's respond and the error handler leave it alone) and the
+  // request aborted.
+  if (inFlight) return answerProblem(inFlight, problem);
+  // Nothing of the request can be trusted (its X-Request-Id included), but the answer still carries an id.
+  const { body, headers } = problemAnswer(undefined, problem);
+  const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
+  socket.end(`HTTP/1.1 ${problem.status} ${problem.title}\r\n${head}\r\n${body}`);
+}
+
+interface ServerProblem {
+  status: number;
+  title: string;
+  code: string;
+  detail: string;
+  headers?: Record<string, string>;
+}
+
+/**
+ * A problem+json answer the server writes itself, outside the pipeline: with the request id the pipeline chose
+ * (`chosen`), else a new one, and `Connection: close`.
+ */
+function problemAnswer(chosen: unknown, problem: ServerProblem): { body: string; headers: Record<string, string | number> } {
   const requestId = typeof chosen === 'string' ? chosen : randomUUID().replaceAll('-', '');
-  const detail = tooLarge ? 'The request headers are too large.' : tooSlow ? 'The request did not arrive in time.' : 'The request could not be parsed as HTTP.';
+  const { status, title, code, detail } = problem;
   const body = JSON.stringify({ type: `urn:koa-gateway:problem:${code}`, title, status, detail, code, requestId });
-  if (inFlight) {
-    // The headers the pipeline set so far stay (traceresponse, HSTS, CORS), as on any error it answers. The
-    // pipeline then finds its response ended (Koa's respond and the error handler leave it alone) and the
-    // request aborted; `Connection: close` ends the connection once the answer is written.
-    inFlight.writeHead(status, title, { 'Content-Type': 'application/problem+json', 'Content-Length': Buffer.byteLength(body), [HEADER.requestId]: requestId, Connection: 'close' });
-    inFlight.end(body);
-    return;
-  }
-  socket.end(
-    `HTTP/1.1 ${status} ${title}\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n${body}`,
-  );
+  return { body, headers: { 'Content-Type': 'application/problem+json', 'Content-Length': Buffer.byteLength(body), 'X-Request-Id': requestId, ...problem.headers, Connection: 'close' } };
+}
+
+/** Answers a request the pipeline has not answered yet with a server problem (problemAnswer). */
+function answerProblem(response: http.ServerResponse, problem: ServerProblem): void {
+  const { body, headers } = problemAnswer(response.getHeader(HEADER.requestId), problem);
+  response.writeHead(problem.status, problem.title, headers);
+  response.end(body);
 }
 
 /** How long close() waits, past the drain bound, for cut requests to settle before flushing telemetry, ms. */
@@ -95,12 +114,7 @@ function closeAfterAnswer(response: unknown): void {
 
 /** The answer to a request still waiting at the drain bound: 503 problem+json with its request id, and the connection closes. */
 function answerShuttingDown(response: http.ServerResponse): http.ServerResponse {
-  const chosen = response.getHeader(HEADER.requestId);
-  const requestId = typeof chosen === 'string' ? chosen : randomUUID().replaceAll('-', '');
-  const title = 'Shutting down';
-  const body = JSON.stringify({ type: 'urn:koa-gateway:problem:shutting_down', title, status: 503, detail: 'The gateway stopped before this request was answered; retry it.', code: 'shutting_down', requestId });
-  response.writeHead(503, title, { 'Content-Type': 'application/problem+json', 'Content-Length': Buffer.byteLength(body), [HEADER.requestId]: requestId, 'Retry-After': '1', Connection: 'close' });
-  response.end(body);
+  answerProblem(response, { status: 503, title: 'Shutting down', code: 'shutting_down', detail: 'The gateway stopped before this request was answered; retry it.', headers: { 'Retry-After': '1' } });
   return response;
 }
 
