@@ -15,8 +15,9 @@ import type { AuthenticatedUser } from './context';
 export type UnderscoreHeaderPolicy = 'drop' | 'reject' | 'allow';
 
 /**
- * Hop-by-hop headers (RFC 9110 7.6.1) describe one connection and are never forwarded; `expect` is answered
- * by the gateway itself (continueIfExpected, src/middleware/request-head.ts). undici frames the body itself (chunked when the length is unknown).
+ * Hop-by-hop headers (RFC 9110 7.6.1) describe one connection and are never forwarded; `expect` is answered by
+ * the gateway itself (continueIfExpected, src/middleware/request-head.ts). undici frames the body itself
+ * (chunked when the length is unknown).
  */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'expect']);
 /** Removed from every client request whatever the route: request-rewriting headers and other proxies' identity headers. */
@@ -65,11 +66,11 @@ const isHopByHop = (name: string) => HOP_BY_HOP.has(name);
  * header lists, and those `drop` names.
  */
 export function endToEndHeaders<T>(source: Record<string, T | undefined>, drop?: (name: string) => boolean): Record<string, T> {
-  const listed = connectionListed(source.connection as string | string[] | undefined);
+  const stopsHere = stopsAtThisHop(source.connection as string | string[] | undefined);
   const headers: Record<string, T> = {};
   for (const name in source) {
     const value = source[name];
-    if (value === undefined || HOP_BY_HOP.has(name) || listed?.has(name) || drop?.(name)) continue;
+    if (value === undefined || stopsHere(name) || drop?.(name)) continue;
     headers[name] = value;
   }
   return headers;
