@@ -112,6 +112,9 @@ export function createLogin(options: LoginOptions): Middleware[] {
 
   async function requireJson(ctx: Context, next: () => Promise<void>) {
     if (!ctx.is('application/json')) throw new GatewayError('unsupported_media_type', 'Login expects Content-Type: application/json.');
+    // JSON is UTF-8 (RFC 8259 8.1): the parser would read a UTF-16 body as UTF-8 and see other credentials.
+    const charset = ctx.request.charset.toLowerCase();
+    if (charset !== '' && charset !== 'utf-8' && charset !== 'utf8') throw new GatewayError('unsupported_media_type', 'Login expects a UTF-8 JSON body.');
     // The body is read next: a client waiting for 100 Continue may send it now.
     continueIfExpected(ctx);
     await next();

@@ -541,6 +541,7 @@ describe('hostile input at the gateway', () => {
       { desc: 'a text/plain content type', contentType: 'text/plain', body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }), status: 415, code: 'unsupported_media_type' },
       { desc: 'a form-encoded body', contentType: 'application/x-www-form-urlencoded', body: 'email=alice%40example.com&password=wonderland', status: 415, code: 'unsupported_media_type' },
       { desc: 'no content type', contentType: undefined, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }), status: 415, code: 'unsupported_media_type' },
+      { desc: 'a UTF-16 charset (JSON is UTF-8)', contentType: 'application/json; charset=utf-16', body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }), status: 415, code: 'unsupported_media_type' },
       { desc: 'malformed JSON', contentType: 'application/json', body: '{"email": "alice@example.com", "password": ', status: 400, code: 'bad_request' },
       { desc: 'a body over 16 KiB', contentType: 'application/json', body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland', padding: 'p'.repeat(16 * 1024) }), status: 413, code: 'payload_too_large' },
       { desc: 'a missing password', contentType: 'application/json', body: JSON.stringify({ email: 'alice@example.com' }), status: 400, code: 'invalid_body' },
@@ -555,6 +556,11 @@ describe('hostile input at the gateway', () => {
       expect(reached()).toBe(before);
       await expectStillServing();
     });
+
+  it('takes a login body whose charset is spelled UTF-8 in upper case', async () => {
+    const reply = await send(url, '/api/auth/login', { method: 'POST', headers: { 'content-type': 'application/json; charset=UTF-8' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
+    expect(reply.status).toBe(200);
+  });
   });
 
   // The parser's zlib error has no status: it must not read as the gateway's own 500 (and an error-level log line).
