@@ -557,10 +557,10 @@ describe('hostile input at the gateway', () => {
       await expectStillServing();
     });
 
-  it('takes a login body whose charset is spelled UTF-8 in upper case', async () => {
-    const reply = await send(url, '/api/auth/login', { method: 'POST', headers: { 'content-type': 'application/json; charset=UTF-8' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
-    expect(reply.status).toBe(200);
-  });
+    it('takes a login body whose charset is spelled UTF-8 in upper case', async () => {
+      const reply = await send(url, '/api/auth/login', { method: 'POST', headers: { 'content-type': 'application/json; charset=UTF-8' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
+      expect(reply.status).toBe(200);
+    });
   });
 
   // The parser's zlib error has no status: it must not read as the gateway's own 500 (and an error-level log line).
