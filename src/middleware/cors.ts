@@ -1,7 +1,7 @@
 import type { Middleware } from 'koa';
 import type { CorsConfig } from '../config';
 import { GatewayError } from '../errors';
-import type { RouteTable } from '../routes';
+import type { CompiledRoute, RouteTable } from '../routes';
 
 export interface CorsOptions {
   /** The policy of routes without their own; undefined = no cross-origin access unless a route has one. */
@@ -44,14 +44,10 @@ export function createCors(options: CorsOptions): Middleware {
   const defaults = options.defaults && compile(options.defaults);
   const byRoute = new Map([...options.byRoute].map(([name, policy]) => [name, policy === false ? undefined : compile(policy)]));
   // The route that owns the path decides for every method on it (its `cors: false` holds for the 405 too).
-  const policyFor = (path: string): CompiledPolicy | undefined => {
-    const route = options.routes.owner(path);
-    return route && byRoute.has(route.name) ? byRoute.get(route.name) : defaults;
-  };
+  const policyOf = (route: CompiledRoute | undefined): CompiledPolicy | undefined => (route && byRoute.has(route.name) ? byRoute.get(route.name) : defaults);
   // A preflight offers only what the route behind the path takes: the policy's methods it does not would get 405.
   const allowMethodsFor = new Map<string, string>();
-  const allowedMethods = (path: string, policy: CompiledPolicy): string => {
-    const route = options.routes.owner(path);
+  const allowedMethods = (route: CompiledRoute | undefined, policy: CompiledPolicy): string => {
     if (!route?.methods) return policy.allowMethods;
     const key = `${route.name} ${policy.allowMethods}`;
     let methods = allowMethodsFor.get(key);
@@ -76,14 +72,15 @@ export function createCors(options: CorsOptions): Middleware {
     const origin = ctx.get('origin');
     if (!origin) return next();
     const preflightMethod = ctx.method === 'OPTIONS' ? ctx.get('access-control-request-method') : '';
-    const policy = policyFor(ctx.path);
+    const route = options.routes.owner(ctx.path);
+    const policy = policyOf(route);
     const allowed = policy !== undefined && (policy.anyOrigin || policy.origins.has(origin));
 
     if (preflightMethod) {
       if (!allowed) throw new GatewayError('forbidden', `Cross-origin requests from ${origin} are not allowed here.`);
       ctx.set({
         'Access-Control-Allow-Origin': policy.anyOrigin ? '*' : origin,
-        'Access-Control-Allow-Methods': allowedMethods(ctx.path, policy),
+        'Access-Control-Allow-Methods': allowedMethods(route, policy),
         'Access-Control-Allow-Headers': policy.allowHeaders,
         'Access-Control-Max-Age': policy.maxAge,
         ...(policy.credentials ? { 'Access-Control-Allow-Credentials': 'true' } : {}),
