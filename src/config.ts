@@ -21,7 +21,13 @@ export const PUBLISHED_JWT_SECRETS: readonly string[] = ['dev-only-insecure-jwt-
 export const MAX_WORKERS = 64;
 const WORKERS_RULE = `must be an integer from 1 to ${MAX_WORKERS} or "auto"`;
 
-const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
+/** The client timeouts of every listener the gateway opens (config `server`), as runServer and listenInternal take them. */
+export function clientTimeouts(server: { headersTimeoutMs: number; requestTimeoutMs: number; keepAliveTimeoutMs: number }): { headersMs: number; requestMs: number; keepAliveMs: number } {
+  return { headersMs: server.headersTimeoutMs, requestMs: server.requestTimeoutMs, keepAliveMs: server.keepAliveTimeoutMs };
+}
+
+/** Every method a route can be configured to take (`methods`): also the `Allow` of a route that names none. */
+export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 
 /** Standard response fields (RFC 9110, 9111, 6265) a `cache.statusHeader` must not be. */
 const HTTP_RESPONSE_FIELDS: ReadonlySet<string> = new Set([

@@ -4,7 +4,7 @@ import { runServer } from '../otel/lifecycle';
 import { exportPromClientRegistry, metricExportEnabled, shutdownTelemetry } from '../otel/telemetry';
 import { SERVICE_NAME } from '../otel/wire-names';
 import type { ConfigControl, ReloadAnswer } from './admin';
-import { ConfigError, loadConfig, type GatewayConfig } from './config';
+import { clientTimeouts, ConfigError, loadConfig, type GatewayConfig } from './config';
 import { activeConfig, checkReload, createLiveGateway, type ActiveConfig } from './config-reload';
 import { listenAdmin } from './admin';
 import { createGatewayApps } from './gateway';
@@ -120,7 +120,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   // SIGHUP reaches a cluster's primary only; it relays it to every worker (src/workers.ts).
   const onHangup = (handler: () => void) => (worker ? worker.onHangup(handler) : process.on('SIGHUP', handler));
   if (single) onHangup(() => single.reloadNow());
-  const timeouts = { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs, keepAliveMs: config.server.keepAliveTimeoutMs };
+  const timeouts = clientTimeouts(config.server);
   // Opened before the public listener, so a taken admin port stops startup rather than going unnoticed.
   const adminListener = config.admin.port === undefined ? undefined : await listenAdmin({ callback: () => live.adminListener }, { port: config.admin.port, host: config.admin.host, timeouts });
   if (adminListener) logger.info('admin listener started', { url: adminListener.url, endpoints: ['/health', '/ready', '/admin/config', '/admin/reload'] });

@@ -1,4 +1,4 @@
-import type { AuthMethod, GatewayConfig, RouteRateLimitConfig } from './config';
+import { HTTP_METHODS, type AuthMethod, type GatewayConfig, type RouteRateLimitConfig } from './config';
 import type { UpstreamPool } from './upstream-pool';
 
 /** A route with everything derived once at startup, so matching does no parsing per request. */
@@ -121,7 +121,7 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
       const route = owner(rawPath);
       if (!route) return undefined;
       if (route.methods ? !route.methods.has(method) : NOT_TAKEN_BY_DEFAULT.has(method)) {
-        return { kind: 'method_not_allowed', route, allowed: route.methods ? [...route.methods] : ANY_METHOD_ALLOW };
+        return { kind: 'method_not_allowed', route, allowed: route.methods ? [...route.methods] : [...HTTP_METHODS] };
       }
       return { kind: 'matched', route, upstreamPath: route.upstreamPath + restOf(rawPath, route.prefix) || '/' };
     },
@@ -134,8 +134,6 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
  * it (cross-site tracing); CONNECT and TRACK ask for a tunnel or the same echo. nginx and Envoy refuse them too.
  */
 const NOT_TAKEN_BY_DEFAULT = new Set(['TRACE', 'TRACK', 'CONNECT']);
-/** `Allow` of a route without `methods` when it refuses one of those. */
-const ANY_METHOD_ALLOW = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
 
 /**
  * The part of the raw path after the route's prefix, as the client sent it. The prefix may be spelled

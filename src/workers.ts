@@ -3,7 +3,7 @@ import os from 'node:os';
 import type { Logger } from '../otel/logger';
 import { shutdownTelemetry } from '../otel/telemetry';
 import type { ReloadAnswer, WorkerConfigStatus } from './admin';
-import type { GatewayConfig } from './config';
+import { clientTimeouts, type GatewayConfig } from './config';
 import { checkReload, type ActiveConfig } from './config-reload';
 import { isPromClientMessage, listenClusterMetrics } from './metrics';
 import { createLeaseLedger, type LeaseAsk, type Leased, type Recall, type Recalled } from './rate-limit-leases';
@@ -291,7 +291,7 @@ export function runPrimary(options: PrimaryOptions): void {
   const scrape =
     metrics.port === undefined
       ? Promise.resolve(undefined)
-      : listenClusterMetrics({ port: metrics.port, host: metrics.host, timeouts: { headersMs: server.headersTimeoutMs, requestMs: server.requestTimeoutMs, keepAliveMs: server.keepAliveTimeoutMs }, logger });
+      : listenClusterMetrics({ port: metrics.port, host: metrics.host, timeouts: clientTimeouts(server), logger });
   scrape.then(
     (listener) => {
       if (listener) logger.info('metrics listener started', { url: listener.url, endpoints: ['/metrics'], workers: count });

@@ -1,4 +1,5 @@
 import type { Context, Middleware } from 'koa';
+import { HTTP_METHODS } from '../config';
 import { GatewayError } from '../errors';
 import { isHttp2Request } from './http2-requests';
 
@@ -10,7 +11,7 @@ import { isHttp2Request } from './http2-requests';
 const HOST_VALUE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?$/;
 
 /** `Allow` of `OPTIONS *`: every method a route can be configured to take. */
-const SERVER_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
+const SERVER_METHODS = HTTP_METHODS.join(', ');
 
 /** `http://authority/path?query` (RFC 9112 3.2.2), split into the authority and the origin-form rest. */
 const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)([^#]*)$/i;
