@@ -8,6 +8,7 @@ import type { Logger } from '../otel/logger';
 import { listenInternal, type PublicServer } from '../otel/lifecycle';
 import type { TlsConfig } from './config';
 import { createHostMatcher } from './middleware/host-guard';
+import { isHttp2Request } from './middleware/http2-requests';
 import { mintRequestId } from './middleware/request-id';
 
 /**
@@ -159,7 +160,7 @@ function withStreamRequestTimeout(listener: (request: http2.Http2ServerRequest, 
   return (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => {
     // The HTTP/2 compatibility request, not its version: an HTTP/1.1 request line may say `HTTP/2.0` (Node's
     // HTTP/1 parser accepts it), and that request has no stream (createRequestHeadCheck refuses it).
-    if (request instanceof http2.Http2ServerRequest && !request.stream.endAfterHeaders) {
+    if (isHttp2Request(request) && !request.stream.endAfterHeaders) {
       const { stream } = request;
       const timer = setTimeout(() => {
         // `remoteClose`: the client's END_STREAM arrived (a body read or not, as HTTP/1's parser counts it).
