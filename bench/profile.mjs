@@ -1,7 +1,8 @@
 // CPU profile of Koa Gateway under the benchmark's load, to see where the time per request goes:
 // starts the upstream, the OTLP sink and the gateway with `node --cpu-prof`, warms it up, drives it with
 // wrk, stops it (SIGTERM: a clean exit writes the profile) and summarises only the samples taken under load.
-//   node bench/profile.mjs [--tracing on|off|both] [--metrics on|off] [--seconds 15] [--connections 50] [--out bench/out]
+//   node bench/profile.mjs [--tracing on|off|both] [--metrics on|off] [--config gateway.bench.json] [--seconds 15] [--connections 50] [--out bench/out]
+// --config names the gateway's config in bench/ (gateway.cache.bench.json: every answer after the first a cache hit).
 // Writes <out>/profile/gateway-tracing-<on|off>.{cpuprofile,md} (open the .cpuprofile in Chrome DevTools).
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -20,6 +21,7 @@ const { values: flags } = parseArgs({
     seconds: { type: 'string', default: '15' },
     connections: { type: 'string', default: '50' },
     'warmup-seconds': { type: 'string', default: '3' },
+    config: { type: 'string', default: 'gateway.bench.json' },
     out: { type: 'string', default: path.join(BENCH_DIR, 'out') },
   },
 });
@@ -48,6 +50,7 @@ try {
       upstreamPort,
       secret,
       logs: dir,
+      config: flags.config,
       tracing: variant === 'on' ? { sinkPort, exportLogs: false } : false,
       metrics: variant === 'on' && flags.metrics === 'on' ? { port: await freePort() } : undefined,
       nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir, '--cpu-prof-name', `${name}.cpuprofile`],
