@@ -15,6 +15,8 @@ export const HEADER = {
   /** A client's API key. A credential: it stops at the gateway and never reaches a service. */
   apiKey: 'x-api-key',
   gatewayTimestamp: 'x-gateway-timestamp',
+  /** The gateway's HMAC over the identity headers (src/gateway-signature.ts), for services that hold its key. */
+  gatewaySignature: 'x-gateway-signature',
   authorization: 'authorization',
   wwwAuthenticate: 'www-authenticate',
   retryAfter: 'retry-after',

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { loadConfig } from '../src/config';
 
@@ -41,6 +42,11 @@ const NOTIFICATIONS_GRPC_PORT = portFrom('NOTIFICATIONS_GRPC_PORT', 50053);
 /** Where the launcher waits for the gateway; the gateway's config validates PORT itself. */
 const GATEWAY_PORT = portFrom('PORT', 3000);
 const host = '127.0.0.1';
+/**
+ * The key the gateway signs what it tells the services with (src/gateway-signature.ts): the environment's, else
+ * one made for this run and given to all four, so the services refuse requests that did not come from it.
+ */
+const SIGNING_KEY = process.env.GATEWAY_SIGNING_KEY || randomBytes(32).toString('base64url');
 const urlOf = (port: number) => `http://${host}:${port}`;
 
 const members: Member[] = [
@@ -70,7 +76,7 @@ let stopping = false;
 
 function start(member: Member): void {
   const child = spawn(process.execPath, [...(member.nodeOptions ?? []), '--require', register, path.join(dist, member.entry)], {
-    env: { ...process.env, HOST: process.env.HOST ?? host, ...member.env },
+    env: { ...process.env, HOST: process.env.HOST ?? host, GATEWAY_SIGNING_KEY: SIGNING_KEY, ...member.env },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   children.set(member.name, child);
@@ -112,7 +118,7 @@ async function waitUntilReady(gatewayUrl: string, deadlineMs: number): Promise<b
 }
 
 function banner(gatewayUrl: string): string {
-  const config = loadConfig({ ...process.env, ...members.at(-1)!.env });
+  const config = loadConfig({ ...process.env, GATEWAY_SIGNING_KEY: SIGNING_KEY, ...members.at(-1)!.env });
   const routes = config.routes.map((route) => {
     const methods = route.methods ? `${route.methods.join(',')} ` : '';
     const path = `${methods}${route.prefix}${route.exact ? '' : '/*'}`;

@@ -22,12 +22,13 @@ import type { UpstreamPoolCache } from './upstream-pool';
 export const RESTART_ONLY_KEYS: readonly string[] = ['port', 'host', 'workers', 'tls', 'admin', 'metrics', 'server', 'logLevel', 'rateLimit.redisUrl', 'rateLimit.redisTimeoutMs'];
 
 /**
- * The configuration's version: 12 hex digits of SHA-256 over the validated config. The JWT secret is left out:
+ * The configuration's version: 12 hex digits of SHA-256 over the validated config. The JWT secret and the signing key are left out:
  * a generated one is random per start, and a configured one must not be guessable from a published hash.
  */
 export function configVersion(config: GatewayConfig): string {
   const { secret: _secret, ...auth } = config.auth;
-  return createHash('sha256').update(JSON.stringify({ ...config, auth })).digest('hex').slice(0, 12);
+  const { signingKey: _signingKey, ...proxy } = config.proxy;
+  return createHash('sha256').update(JSON.stringify({ ...config, auth, proxy })).digest('hex').slice(0, 12);
 }
 
 /** The configuration a gateway runs, with its version and when it was loaded (ISO time). */

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { headerRulesSchema, ownedRequestHeader, ownedResponseHeader } from './header-rules';
 import { cacheSettingsSchema, routeCacheSchema } from './response-cache';
+import { SIGNING_KEY_MIN_LENGTH } from './gateway-signature';
 
 /**
  * The gateway's one configuration: a JSON file (routes as data) overlaid with environment variables,
@@ -345,6 +346,12 @@ const configSchema = z
          * version, which helps an attacker pick exploits. Default `Server` and `X-Powered-By`; [] keeps them.
          */
         hideUpstreamHeaders: z.array(z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be a header name')).max(32).default(['server', 'x-powered-by']),
+        /**
+         * Key of the gateway's signature on what it tells services (env `GATEWAY_SIGNING_KEY` only; the services
+         * hold the same key and answer only signed requests: src/gateway-signature.ts). Required in production,
+         * at least 32 characters. Unset elsewhere: nothing is signed.
+         */
+        signingKey: z.string().min(SIGNING_KEY_MIN_LENGTH, `must be at least ${SIGNING_KEY_MIN_LENGTH} characters`).optional(),
       })
       .prefault({}),
     /**
@@ -507,6 +514,9 @@ const configSchema = z
     } else if (config.environment === 'production' && secret!.length < 32) {
       ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be at least 32 characters in production', input: '(hidden)' });
     }
+    if (config.environment === 'production' && config.proxy.signingKey === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: 'must be set (GATEWAY_SIGNING_KEY) in production: without it a service cannot tell the gateway from anyone who reaches it', input: undefined });
+    }
     if (config.admin.port !== undefined && config.admin.port !== 0 && config.admin.port === config.port) {
       ctx.addIssue({ code: 'custom', path: ['admin', 'port'], message: 'must differ from port: the internal listener is never the public one', input: config.admin.port });
     }
@@ -555,6 +565,7 @@ export const ENV_OVERRIDES = {
   METRICS_HOST: 'metrics.host',
   TRUSTED_PROXY_HOPS: 'trustedProxyHops',
   JWT_SECRET: 'auth.secret',
+  GATEWAY_SIGNING_KEY: 'proxy.signingKey',
   JWT_ISSUER: 'auth.issuer',
   JWT_AUDIENCE: 'auth.audience',
   JWKS_URL: 'auth.jwks.url',
@@ -623,6 +634,9 @@ export interface ParseOptions {
   generatedSecret?: string;
 }
 
+/** Keys whose values are secrets: never echoed in an error, not even a wrong one. */
+const SECRET_KEYS = new Set(['auth.secret', 'proxy.signingKey']);
+
 /** Applies env overrides to the parsed file and validates the result. Pure: tests call it directly. */
 export function parseConfig(file: unknown, env: Env = {}, options: ParseOptions = {}): GatewayConfig {
   if (typeof file !== 'object' || file === null || Array.isArray(file)) {
@@ -644,7 +658,7 @@ export function parseConfig(file: unknown, env: Env = {}, options: ParseOptions 
     const envName = envNameFor(keyPath);
     const key = envName ? `${envName} (${keyPath})` : keyPath || '(root)';
     // The secret is never echoed, not even a wrong one.
-    const shown = keyPath === 'auth.secret' ? undefined : issue.input;
+    const shown = SECRET_KEYS.has(keyPath) ? undefined : issue.input;
     const value = shown !== undefined && typeof shown !== 'object' ? ` (got ${describe(shown)})` : '';
     const more = result.error.issues.length > 1 ? ` [+${result.error.issues.length - 1} more]` : '';
     throw new ConfigError(`config: ${key}: ${issue.message}${value}${more}`);

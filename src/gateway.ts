@@ -4,6 +4,7 @@ import Koa from 'koa';
 import type { Logger } from '../otel/logger';
 import type { Redis } from 'ioredis';
 import type { GatewayConfig, RateLimitConfig } from './config';
+import { createGatewaySigner } from './gateway-signature';
 import './context';
 import { installDirectAccessors } from './koa-context-accessors';
 import { createAccessLog } from './middleware/access-log';
@@ -120,6 +121,8 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
     byConsumer: new Map(config.consumers.flatMap((consumer) => (consumer.rateLimit ? [[consumer.id, limiter(`consumer-${consumer.id}`, consumer.rateLimit)] as const] : []))),
   });
 
+  // Every request to a service carries the gateway's signature when the services hold its key.
+  const sign = config.proxy.signingKey === undefined ? undefined : createGatewaySigner(config.proxy.signingKey);
   // Bodies the gateway reads itself (login, gRPC translation) are held to the rate the proxy holds uploads to.
   const bodyRate = { minBytesPerSecond: config.server.minBodyBytesPerSecond, graceMs: config.server.bodyGracePeriodMs };
   const cachedRoutes = new Map(config.routes.flatMap((route) => (route.cache ? [[route.name, route.cache] as const] : [])));
@@ -138,7 +141,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   const ownEndpoints = new Router({ sensitive: true, strict: true })
     .get('/health', createHealth())
     .get('/ready', createReadiness({ check: readiness }))
-    .post(config.auth.loginPath, ...createLogin({ tokens, tracer, logger, users: pools.get('users')!, bodyLimitBytes: config.auth.loginBodyLimitBytes, bodyRate, clientLimit: loginLimiter, accountLimit: loginAccountLimiter }))
+    .post(config.auth.loginPath, ...createLogin({ tokens, tracer, logger, sign, users: pools.get('users')!, bodyLimitBytes: config.auth.loginBodyLimitBytes, bodyRate, clientLimit: loginLimiter, accountLimit: loginAccountLimiter }))
     .all(config.auth.loginPath, () => {
       throw new GatewayError('method_not_allowed', 'Login accepts POST only.', { headers: { Allow: 'POST' } });
     });
@@ -168,7 +171,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   if (limitCallers) app.use(limitCallers);
   app.use(createAuthorize());
   // Routes with `grpc` end here (REST/JSON -> gRPC); the others go on to the HTTP proxy.
-  if (grpc && grpcRoutes.size > 0) app.use(grpc.createGrpcTranscode({ routes: grpcRoutes, tracer, underscores: config.headersWithUnderscores, clients: kept?.grpcClients, bodyRate }));
+  if (grpc && grpcRoutes.size > 0) app.use(grpc.createGrpcTranscode({ routes: grpcRoutes, tracer, underscores: config.headersWithUnderscores, clients: kept?.grpcClients, bodyRate, sign }));
   // Last before the proxy: a stored answer is only given to a request that passed every check.
   if (cachedRoutes.size > 0) {
     app.use(createResponseCache({ routes: cachedRoutes, store: createResponseStore(config, redis, logger), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, headerRules, logger, metrics }));
@@ -185,6 +188,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
       underscores: config.headersWithUnderscores,
       upstreams: kept?.upstreamAgent(config.proxy.maxSockets),
       headerRules,
+      sign,
     }),
   );
 

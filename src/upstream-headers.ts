@@ -3,6 +3,7 @@ import type { Context as KoaContext } from 'koa';
 import { FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
+import type { GatewaySigner } from './gateway-signature';
 
 /**
  * Who owns which request header on the way to a service, in one place. The client's headers are filtered
@@ -99,6 +100,8 @@ export interface UpstreamRequestHeadersInput {
   timestamp: string;
   /** The route's request header rules (src/header-rules.ts): run on the filtered client headers, before the gateway writes its own. */
   rules?: (headers: Record<string, string | string[]>) => void;
+  /** Signs the identity headers (`X-Gateway-Signature`, src/gateway-signature.ts); none without a signing key. */
+  sign?: GatewaySigner;
 }
 
 /**
@@ -140,6 +143,8 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
     if (input.user.email !== '') headers[HEADER.userEmail] = input.user.email;
   }
   if (input.consumer) headers[HEADER.consumerId] = input.consumer.id;
+  // Over exactly the identity headers just written: a rule cannot set them, and the client's were removed.
+  if (input.sign) headers[HEADER.gatewaySignature] = input.sign([input.user?.id ?? '', input.user?.role ?? '', input.user?.email ?? '', input.consumer?.id ?? '']);
   return headers;
 }
 
@@ -150,7 +155,7 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
 export function upstreamHeadersFor(
   ctx: KoaContext,
   targetHost: string,
-  options: Pick<UpstreamRequestHeadersInput, 'underscores' | 'forwardAuthorization' | 'rules'>,
+  options: Pick<UpstreamRequestHeadersInput, 'underscores' | 'forwardAuthorization' | 'rules' | 'sign'>,
 ): Record<string, string | string[]> {
   const publicHost = ctx.host || localAuthority(ctx);
   return upstreamRequestHeaders({
@@ -167,6 +172,7 @@ export function upstreamHeadersFor(
     publicPort: publicPort(ctx, publicHost),
     timestamp: new Date().toISOString(),
     rules: options.rules,
+    sign: options.sign,
   });
 }
 

@@ -12,6 +12,8 @@ export interface NotificationsAppOptions {
   logger: Logger;
   /** Shared with the gRPC interface (grpc-server.ts) when both run; default a fresh one. */
   store?: NotificationStore;
+  /** The gateway's signing key (service-app.ts `signingKey`). */
+  signingKey?: string;
 }
 
 const incoming = z.object({
@@ -41,5 +43,5 @@ export function createApp(options: NotificationsAppOptions): Koa {
     ctx.body = store.forUser(requireCaller(ctx).id);
   });
 
-  return createServiceApp({ serviceName: SERVICE_NAME.notifications, logger: options.logger, router });
+  return createServiceApp({ serviceName: SERVICE_NAME.notifications, logger: options.logger, router, signingKey: options.signingKey });
 }

@@ -1,6 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../../otel/logger';
 import { HEADER } from '../../otel/wire-names';
+import { verifyGatewaySignature } from '../../src/gateway-signature';
 import { callerFromMetadata, grpcError, grpcServiceDefinition, metadataValue } from '../shared/grpc-service';
 import type { Caller } from '../shared/service-app';
 import { NOTIFICATION_LIMITS, type Notification, type NotificationStore } from './notification-store';
@@ -12,6 +13,8 @@ export interface NotificationsGrpcOptions {
   logger: Logger;
   /** The store the HTTP interface serves too. */
   store: NotificationStore;
+  /** The gateway's signing key: every call must carry its signature in the metadata (as the HTTP side's headers). */
+  signingKey?: string;
 }
 
 type Request = Record<string, unknown>;
@@ -36,6 +39,7 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
       const log = (code: grpc.status) =>
         logger.info('rpc handled', { rpc: method, grpc_status: grpc.status[code], duration_ms: Math.round((performance.now() - started) * 1000) / 1000, request_id: requestId });
       try {
+        if (options.signingKey !== undefined) requireGatewaySignature(call.metadata, options.signingKey);
         const result = handler(call);
         if (callback) callback(null, result);
         log(grpc.status.OK);
@@ -72,6 +76,15 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
     }),
   });
   return server;
+}
+
+function requireGatewaySignature(metadata: grpc.Metadata, key: string): void {
+  const problem = verifyGatewaySignature(key, (name) => {
+    const values = metadata.get(name);
+    if (values.length === 0) return undefined;
+    return values.length === 1 && typeof values[0] === 'string' ? values[0] : values.map(String);
+  });
+  if (problem) throw grpcError(grpc.status.UNAUTHENTICATED, `This service answers only calls signed by the gateway (signature ${problem}).`);
 }
 
 function requireCaller(call: { metadata: grpc.Metadata }): Caller {

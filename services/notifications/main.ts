@@ -10,10 +10,10 @@ const GRPC_DRAIN_MS = 5000;
 
 void startService('notifications', SERVICE_NAME.notifications, async (env, logger) => {
   const store = createNotificationStore();
-  const app = createApp({ logger, store });
+  const app = createApp({ logger, store, signingKey: env.GATEWAY_SIGNING_KEY });
   if (env.GRPC_PORT === undefined) return app;
   // The gRPC interface beside the HTTP one, over the same store.
-  const server = createGrpcServer({ logger, store });
+  const server = createGrpcServer({ logger, store, signingKey: env.GATEWAY_SIGNING_KEY });
   const port = await bindGrpcServer(server, env.HOST, env.GRPC_PORT);
   logger.info(`${SERVICE_NAME.notifications} gRPC listening`, { grpc_url: `http://${env.HOST.includes(':') ? `[${env.HOST}]` : env.HOST}:${port}` });
   return {

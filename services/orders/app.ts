@@ -5,7 +5,7 @@ import type Koa from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { SERVICE_NAME } from '../../otel/wire-names';
-import { callService, createServiceApp, requireCaller, ServiceError, validBody, type Caller } from '../shared/service-app';
+import { callService, createServiceApp, gatewayHeadersOf, requireCaller, ServiceError, validBody, type Caller, type GatewayHeaders } from '../shared/service-app';
 import { createNotificationsGrpcClient } from './notifications-client';
 
 export interface Order {
@@ -24,6 +24,8 @@ export interface OrdersAppOptions {
   notificationsUrl: string;
   /** notification-service's gRPC interface; when set, new orders are notified over gRPC instead of HTTP. */
   notificationsGrpcUrl?: string;
+  /** The gateway's signing key (service-app.ts `signingKey`). */
+  signingKey?: string;
 }
 
 const newOrder = z.object({
@@ -42,10 +44,10 @@ export function createApp(options: OrdersAppOptions): Koa {
   const orders = new Map<string, Order>();
   const router = new Router();
 
-  async function checkUser(caller: Caller, requestId: string): Promise<void> {
+  async function checkUser(caller: Caller, requestId: string, gateway: GatewayHeaders): Promise<void> {
     let response: Response;
     try {
-      response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, caller });
+      response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, gateway });
     } catch (error) {
       logger.error('user-service unreachable', { error: (error as Error).message });
       throw new ServiceError(503, 'dependency_unavailable', 'The users service is unavailable; try again.');
@@ -57,11 +59,11 @@ export function createApp(options: OrdersAppOptions): Koa {
 
   const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl) : undefined;
 
-  async function notify(order: Order, requestId: string): Promise<void> {
+  async function notify(order: Order, requestId: string, gateway: GatewayHeaders): Promise<void> {
     const event = { userId: order.userId, type: 'order.created', orderId: order.id, message: `Order ${order.id} was created.` };
     if (notificationsGrpc) {
       try {
-        await notificationsGrpc.create(event, requestId);
+        await notificationsGrpc.create(event, requestId, gateway);
       } catch (error) {
         const { code, details } = error as { code?: number; details?: string };
         // As over HTTP: the service answering no (a status of its own) is "rejected", no answer is "unreachable".
@@ -74,6 +76,7 @@ export function createApp(options: OrdersAppOptions): Koa {
       const response = await callService(new URL('/internal/notifications', options.notificationsUrl).href, {
         method: 'POST',
         requestId,
+        gateway,
         body: event,
       });
       await response.body?.cancel();
@@ -87,11 +90,13 @@ export function createApp(options: OrdersAppOptions): Koa {
     const caller = requireCaller(ctx);
     const { items } = validBody(ctx, newOrder);
     const requestId = ctx.get('x-request-id');
-    await checkUser(caller, requestId);
+    // The caller and the gateway's signature on it go on to user-service and notification-service as they came.
+    const gateway = gatewayHeadersOf(ctx);
+    await checkUser(caller, requestId, gateway);
     const order: Order = { id: randomUUID(), userId: caller.id, items, status: 'created', createdAt: new Date().toISOString() };
     orders.set(order.id, order);
     logger.info('order created', { order_id: order.id, user_id: caller.id, items: items.length });
-    await notify(order, requestId);
+    await notify(order, requestId, gateway);
     ctx.status = 201;
     ctx.body = order;
   });
@@ -109,5 +114,5 @@ export function createApp(options: OrdersAppOptions): Koa {
     ctx.body = order;
   });
 
-  return createServiceApp({ serviceName: SERVICE_NAME.orders, logger, router });
+  return createServiceApp({ serviceName: SERVICE_NAME.orders, logger, router, signingKey: options.signingKey });
 }

@@ -12,8 +12,8 @@ export interface NewOrderNotification {
 
 /** notification-service's CreateNotification over gRPC (proto/notifications.proto). */
 export interface NotificationsGrpcClient {
-  /** Resolves when stored; rejects with the grpc-js error (its `code` is the gRPC status). */
-  create(input: NewOrderNotification, requestId: string): Promise<void>;
+  /** Resolves when stored; rejects with the grpc-js error (its `code` is the gRPC status). `gateway`: the headers the gateway vouched for, passed on as metadata. */
+  create(input: NewOrderNotification, requestId: string, gateway: Readonly<Record<string, string>>): Promise<void>;
   close(): void;
 }
 
@@ -33,9 +33,10 @@ export function createNotificationsGrpcClient(url: string): NotificationsGrpcCli
   const requestType = method.resolvedRequestType!;
   const responseType = method.resolvedResponseType!;
   return {
-    create(input, requestId) {
+    create(input, requestId, gateway) {
       const metadata = new grpc.Metadata();
       if (requestId) metadata.set(HEADER.requestId, requestId);
+      for (const [name, value] of Object.entries(gateway)) metadata.set(name, value);
       return new Promise((resolve, reject) => {
         client.makeUnaryRequest(
           `/${NOTIFICATIONS_SERVICE}/CreateNotification`,

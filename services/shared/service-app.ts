@@ -4,6 +4,7 @@ import Koa, { type Context } from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { HEADER } from '../../otel/wire-names';
+import { SIGNED_HEADERS, verifyGatewaySignature } from '../../src/gateway-signature';
 
 /** An error a service answers with; `code` is stable, `detail` is for humans. */
 export class ServiceError extends Error {
@@ -25,9 +26,9 @@ export interface Caller {
 }
 
 /**
- * Services trust identity headers because only the gateway can set them (it strips client-sent ones,
- * and the services are reachable only behind it). No `X-User-Id` means the request did not come
- * through an authenticated route: 401.
+ * Services trust identity headers because only the gateway can set them: it strips client-sent ones, and
+ * signs its own (with `GATEWAY_SIGNING_KEY`, checked by createServiceApp before any route runs). No
+ * `X-User-Id` means the request did not come through an authenticated route: 401.
  */
 export function requireCaller(ctx: Context): Caller {
   const id = ctx.get(HEADER.userId);
@@ -60,6 +61,25 @@ export interface ServiceAppOptions {
   router: Router;
   /** Largest JSON body, bytes. Default 1 MiB. */
   bodyLimitBytes?: number;
+  /**
+   * The gateway's signing key (`GATEWAY_SIGNING_KEY`): every request but `GET /health` must carry the gateway's
+   * signature over its identity headers (src/gateway-signature.ts), or is refused with 401. Unset (development
+   * and tests only; production refuses to start without it): identity headers are believed from any peer.
+   */
+  signingKey?: string;
+}
+
+/** The headers the gateway vouched for, as this request carried them: what a call to another service passes on. */
+export type GatewayHeaders = Readonly<Record<string, string>>;
+
+/** The gateway's headers of `ctx`'s request (identity and signature), to pass on to another service unchanged. */
+export function gatewayHeadersOf(ctx: Context): GatewayHeaders {
+  const headers: Record<string, string> = {};
+  for (const name of [...SIGNED_HEADERS, HEADER.gatewaySignature]) {
+    const value = ctx.get(name);
+    if (value) headers[name] = value;
+  }
+  return headers;
 }
 
 /**
@@ -95,11 +115,20 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     }
   });
 
-  app.use(bodyParser({ enableTypes: ['json'], jsonLimit: options.bodyLimitBytes ?? 1024 * 1024, encoding: 'utf-8' }));
   app.use(async function health(ctx, next) {
     if (ctx.path !== '/health') return next();
     ctx.body = { status: 'ok', service: serviceName };
   });
+  const { signingKey } = options;
+  if (signingKey !== undefined) {
+    // Before the body is read: an unsigned request costs the service nothing.
+    app.use(function requireGatewaySignature(ctx, next) {
+      const problem = verifyGatewaySignature(signingKey, (name) => ctx.req.headers[name]);
+      if (problem) throw new ServiceError(401, 'gateway_signature_invalid', `This service answers only requests signed by the gateway (signature ${problem}).`);
+      return next();
+    });
+  }
+  app.use(bodyParser({ enableTypes: ['json'], jsonLimit: options.bodyLimitBytes ?? 1024 * 1024, encoding: 'utf-8' }));
   app.use(options.router.routes());
   app.use(options.router.allowedMethods());
   // What Koa could not answer itself (a client that hung up mid-body, a socket error) goes to the service's
@@ -108,16 +137,14 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
   return app;
 }
 
-/** Calls another service with a deadline, passing the request id and the caller on. */
-export async function callService(url: string, init: { method?: string; body?: unknown; requestId?: string; caller?: Caller; timeoutMs?: number }): Promise<Response> {
-  const headers: Record<string, string> = {};
+/**
+ * Calls another service with a deadline, passing the request id and the gateway's headers on: the caller's
+ * identity and the gateway's signature over it, as this request received them.
+ */
+export async function callService(url: string, init: { method?: string; body?: unknown; requestId?: string; gateway: GatewayHeaders; timeoutMs?: number }): Promise<Response> {
+  const headers: Record<string, string> = { ...init.gateway };
   if (init.body !== undefined) headers['content-type'] = 'application/json';
   if (init.requestId) headers[HEADER.requestId] = init.requestId;
-  if (init.caller) {
-    headers[HEADER.userId] = init.caller.id;
-    headers[HEADER.userRole] = init.caller.role;
-    headers[HEADER.userEmail] = init.caller.email;
-  }
   return fetch(url, {
     method: init.method ?? 'GET',
     headers,

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { SIGNING_KEY_MIN_LENGTH } from '../../src/gateway-signature';
 
 /**
  * Configuration of the three example services, from the environment only (they are small on purpose).
@@ -10,6 +11,8 @@ const common = {
   HOST: z.string().min(1).default('127.0.0.1'),
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   LOG_LEVEL: z.enum(['error', 'warn', 'info', 'http', 'verbose', 'debug', 'silly']).default('info'),
+  /** The gateway's signing key (src/gateway-signature.ts): requests without its signature are refused. Required in production. */
+  GATEWAY_SIGNING_KEY: z.string().min(SIGNING_KEY_MIN_LENGTH, `must be at least ${SIGNING_KEY_MIN_LENGTH} characters`).optional(),
 };
 const port = (fallback: number) => z.coerce.number().int().min(0).max(65535).default(fallback);
 const url = (fallback: string) => z.url({ protocol: /^https?$/ }).default(fallback);
@@ -47,7 +50,13 @@ export function loadServiceEnv<K extends ServiceKey>(service: K, env: Record<str
   const result = SCHEMAS[service].safeParse(relevant);
   if (!result.success) {
     const issue = result.error.issues[0]!;
-    throw new Error(`config: ${issue.path.join('.')}: ${issue.message} (got ${JSON.stringify(relevant[String(issue.path[0])])})`);
+    const name = issue.path.join('.');
+    // The key is never echoed, not even a wrong one.
+    const got = name === 'GATEWAY_SIGNING_KEY' ? '' : ` (got ${JSON.stringify(relevant[String(issue.path[0])])})`;
+    throw new Error(`config: ${name}: ${issue.message}${got}`);
+  }
+  if (result.data.NODE_ENV === 'production' && result.data.GATEWAY_SIGNING_KEY === undefined) {
+    throw new Error('config: GATEWAY_SIGNING_KEY: must be set in production: without it anyone who reaches this service can claim any identity');
   }
   return result.data as ServiceEnv<K>;
 }

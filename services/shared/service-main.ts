@@ -21,6 +21,9 @@ export async function startService<K extends ServiceKey>(service: K, serviceName
     process.exit(1);
   }
   const logger = createLogger({ serviceName, level: env.LOG_LEVEL });
+  if (env.GATEWAY_SIGNING_KEY === undefined) {
+    logger.warn('GATEWAY_SIGNING_KEY is unset: identity headers are believed from any peer that reaches this service (development only; production refuses to start without it)');
+  }
   const built = await build(env, logger);
   const { app, onShutdown } = 'onShutdown' in built ? built : { app: built, onShutdown: undefined };
   const stop = async () => {

@@ -11,6 +11,8 @@ export interface UsersAppOptions {
   /** Seed alice and bob (see README). Default true; main.ts turns it off in production. */
   seedDemoAccounts?: boolean;
   store?: UserStore;
+  /** The gateway's signing key (service-app.ts `signingKey`). */
+  signingKey?: string;
 }
 
 const registration = z.object({
@@ -61,5 +63,5 @@ export async function createApp(options: UsersAppOptions): Promise<Koa> {
     ctx.body = { id: user.id, email: user.email, role: user.role };
   });
 
-  return createServiceApp({ serviceName: SERVICE_NAME.users, logger: options.logger, router });
+  return createServiceApp({ serviceName: SERVICE_NAME.users, logger: options.logger, router, signingKey: options.signingKey });
 }

@@ -11,6 +11,7 @@ import { PathVariableError } from '../grpc/path-template';
 import type { GrpcRoute } from '../grpc/route-mappings';
 import { grpcFailure } from '../grpc/status-errors';
 import type { CompiledRoute } from '../routes';
+import type { GatewaySigner } from '../gateway-signature';
 import { upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import { problemBody } from './errors';
 import { continueIfExpected } from './request-head';
@@ -29,6 +30,8 @@ export interface GrpcTranscodeOptions {
   maxBodyBytes?: number;
   /** The channels of earlier builds (config reloads), reused by origin. Default: fresh ones. */
   clients?: GrpcClientCache;
+  /** Signs the identity metadata for the services (config `proxy.signingKey`); none without a key. */
+  sign?: GatewaySigner;
 }
 
 /** Server-streaming answers: one JSON message per line (https://github.com/ndjson/ndjson-spec). */
@@ -64,7 +67,7 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
 
     const instance = pool.pick();
     if (!instance) throw new GatewayError('upstream_unavailable', `No instance of the ${route.service} service is available.`);
-    const metadata = metadataFromHeaders(upstreamHeadersFor(ctx, instance.host, { underscores: options.underscores, forwardAuthorization: route.forwardAuthorization }));
+    const metadata = metadataFromHeaders(upstreamHeadersFor(ctx, instance.host, { underscores: options.underscores, forwardAuthorization: route.forwardAuthorization, sign: options.sign }));
     const span = startGrpcSpan(tracer, binding.method, instance, route.service, context.active(), metadata);
     const call = { client: clientFor(instance), binding, message, metadata };
     const settle = (code: grpc.status, error?: grpc.ServiceError) => {

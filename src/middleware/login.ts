@@ -12,6 +12,7 @@ import { endUpstreamSpan, startUpstreamSpan, traceHeaders } from '../upstream-sp
 import type { RateLimiter } from './rate-limit';
 import { continueIfExpected } from './request-head';
 import { readWithinRate, type BodyRate } from '../body-rate';
+import type { GatewaySigner } from '../gateway-signature';
 
 /** Where user-service checks credentials. Outside `/users`, so no public route can reach it. */
 export const CREDENTIALS_CHECK_PATH = '/internal/credentials/verify';
@@ -35,6 +36,8 @@ export interface LoginOptions {
   logger: Logger;
   /** The body's least rate (config `server`), as on proxied routes: a login body dripped in gets 408. */
   bodyRate: BodyRate;
+  /** Signs the credential check for user-service (config `proxy.signingKey`); none without a key. */
+  sign?: GatewaySigner;
 }
 
 interface Credentials {
@@ -141,7 +144,13 @@ export function createLogin(options: LoginOptions): Middleware[] {
     try {
       response = await fetch(checkUrl, {
         method: 'POST',
-        headers: { 'content-type': 'application/json', [HEADER.requestId]: ctx.state.requestId, ...traceHeaders(span, context.active()) },
+        headers: {
+          'content-type': 'application/json',
+          [HEADER.requestId]: ctx.state.requestId,
+          ...traceHeaders(span, context.active()),
+          // No one is signed in yet: the signature says only that the gateway asks.
+          ...(options.sign && { [HEADER.gatewaySignature]: options.sign(['', '', '', '']) }),
+        },
         body: JSON.stringify(credentials),
         signal: AbortSignal.timeout(timeoutMs),
       });

@@ -13,6 +13,7 @@ import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
 import { bodyTooSlowError, watchBodyRate, type BodyRate } from '../body-rate';
+import type { GatewaySigner } from '../gateway-signature';
 
 export interface ProxyOptions {
   /** Keep-alive connections per upstream origin. */
@@ -38,6 +39,8 @@ export interface ProxyOptions {
    * config reload passes the running one, so unchanged upstreams keep their warm keep-alive connections.
    */
   upstreams?: Agent;
+  /** Signs the identity headers for the services (config `proxy.signingKey`); none without a key. */
+  sign?: GatewaySigner;
 }
 
 /** What happened to one attempt at forwarding a request, read once the attempt is over. */
@@ -96,6 +99,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       underscores: options.underscores,
       forwardAuthorization: route.forwardAuthorization,
       rules: requestRules && ((filtered) => requestRules(filtered, ctx)),
+      sign: options.sign,
     });
     injectTraceHeaders(exchange.span, parent, headers);
     const withBody = hasBody(req.headers);

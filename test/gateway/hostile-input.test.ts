@@ -5,10 +5,11 @@ import { runServer, type RunningServer } from '../../otel/lifecycle';
 import { HEADER } from '../../otel/wire-names';
 import { PUBLISHED_JWT_SECRETS } from '../../src/config';
 import { createGateway } from '../../src/gateway';
+import { verifyGatewaySignature } from '../../src/gateway-signature';
 import { memoryLogger, type RecordedRequest } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { waitFor } from '../helpers/wait';
-import { shippedConfigFile, TEST_JWT_SECRET } from '../helpers/test-config';
+import { shippedConfigFile, TEST_JWT_SECRET, TEST_SIGNING_KEY } from '../helpers/test-config';
 import { rs256Token, signToken, unsignedToken } from '../helpers/tokens';
 
 /** What came back, from `http.request` or a raw socket alike. */
@@ -158,20 +159,25 @@ describe('hostile input at the gateway', () => {
       { desc: 'X-User-Anything', headers: { 'X-User-Anything': 'mallory' } },
       { desc: 'X-Gateway-Whatever', headers: { 'X-Gateway-Whatever': 'mallory' } },
       { desc: 'X-Gateway-Timestamp from the past', headers: { 'X-Gateway-Timestamp': '1999-01-01T00:00:00.000Z' } },
+      { desc: 'X-Gateway-Signature of its own', headers: { 'X-Gateway-Signature': `t=${Math.floor(Date.now() / 1000)},v1=${'A'.repeat(43)}` } },
     ];
+    /** Headers the gateway writes on every forwarded request, whatever the client sent under their names. */
+    const alwaysWritten: string[] = [HEADER.gatewayTimestamp, HEADER.gatewaySignature];
 
     /** Every `x-user-*` / `x-gateway-*` header a service saw must be the gateway's own. */
     function expectOnlyGatewayValues(seen: RecordedRequest, forged: Record<string, string>, identity: Record<string, string> | undefined): void {
       const owned = Object.keys(seen.headers).filter((name) => name.startsWith('x-user-') || name.startsWith('x-gateway-'));
-      const expected = [HEADER.gatewayTimestamp, ...(identity ? Object.keys(identity) : [])];
+      const expected = [...alwaysWritten, ...(identity ? Object.keys(identity) : [])];
       expect(owned.sort()).toEqual(expected.sort());
       if (identity) expect(seen.headers).toMatchObject(identity);
+      // The gateway's signature, over exactly the identity the service saw (none on the public route).
+      expect(verifyGatewaySignature(TEST_SIGNING_KEY, (name) => seen.headers[name])).toBeUndefined();
       const stamped = Date.parse(String(seen.headers[HEADER.gatewayTimestamp]));
       expect(Math.abs(Date.now() - stamped)).toBeLessThan(60_000);
       for (const [name, value] of Object.entries(forged)) {
         const sawValue = seen.headers[name.toLowerCase()];
         if (identity && name.toLowerCase() in identity) expect(sawValue).toBe(identity[name.toLowerCase()]);
-        else if (name.toLowerCase() !== HEADER.gatewayTimestamp) expect(sawValue).toBeUndefined();
+        else if (!alwaysWritten.includes(name.toLowerCase())) expect(sawValue).toBeUndefined();
         else expect(sawValue).not.toBe(value);
       }
     }

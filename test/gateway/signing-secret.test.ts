@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
+import { SERVICE_NAME } from '../../otel/wire-names';
 import { parseConfig } from '../../src/config';
 import { createGateway } from '../../src/gateway';
 import { createApp as createUsersApp } from '../../services/users/app';
 import { listen, listenRecording, memoryLogger, type TestServer } from '../helpers/servers';
 import { login } from '../helpers/stack';
-import { shippedConfigFile } from '../helpers/test-config';
+import { shippedConfigFile, TEST_SIGNING_KEY } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
 
 const ROOT = path.join(__dirname, '../..');
@@ -106,7 +107,8 @@ describe('what the processes say at start-up', () => {
   });
 
   it('the gateway warns in production when no allowed hosts are set', async () => {
-    const { stdout } = await runUntil('src/main.js', { NODE_ENV: 'production', JWT_SECRET: 'p'.repeat(40) }, /gateway listening/);
+    const { stdout } = await runUntil('src/main.js', { NODE_ENV: 'production', JWT_SECRET: 'p'.repeat(40), GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY }, /gateway listening/);
+    expect(stdout).toMatch(/gateway listening/);
     expect(stdout).toMatch(/allowedHosts is not set/);
     expect(stdout).not.toMatch(/JWT_SECRET is not set/);
   });
@@ -114,7 +116,30 @@ describe('what the processes say at start-up', () => {
   it('user-service says the demo accounts are development-only, and seeds none in production', async () => {
     const development = await runUntil('services/users/main.js', { NODE_ENV: 'development' }, /user-service listening/);
     expect(development.stdout).toMatch(/demo accounts seeded \(development only/);
-    const production = await runUntil('services/users/main.js', { NODE_ENV: 'production' }, /user-service listening/);
+    const production = await runUntil('services/users/main.js', { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY }, /user-service listening/);
+    expect(production.stdout).toMatch(/user-service listening/);
     expect(production.stdout).not.toMatch(/demo accounts/);
+  });
+
+  it('the gateway refuses to start in production without GATEWAY_SIGNING_KEY, and never echoes a short one', async () => {
+    const unset = await runUntil('src/main.js', { NODE_ENV: 'production', JWT_SECRET: 'p'.repeat(40) }, /gateway listening/);
+    expect(unset.code).toBe(1);
+    expect(unset.stderr).toMatch(/GATEWAY_SIGNING_KEY \(proxy\.signingKey\): must be set \(GATEWAY_SIGNING_KEY\) in production/);
+    const short = await runUntil('src/main.js', { NODE_ENV: 'development', GATEWAY_SIGNING_KEY: 'short-key-1234' }, /gateway listening/);
+    expect(short.code).toBe(1);
+    expect(short.stderr).toMatch(/GATEWAY_SIGNING_KEY \(proxy\.signingKey\): must be at least 32 characters/);
+    expect(short.stderr).not.toContain('short-key-1234');
+  });
+
+  it.each(['users', 'orders', 'notifications'] as const)('%s: the service refuses to start in production without GATEWAY_SIGNING_KEY, and warns without it elsewhere', async (service) => {
+    const name = SERVICE_NAME[service];
+    const production = await runUntil(`services/${service}/main.js`, { NODE_ENV: 'production' }, new RegExp(`${name} listening`));
+    expect(production.code).toBe(1);
+    expect(production.stderr).toMatch(/GATEWAY_SIGNING_KEY: must be set in production/);
+    const development = await runUntil(`services/${service}/main.js`, { NODE_ENV: 'development' }, new RegExp(`${name} listening`));
+    expect(development.stdout).toMatch(/GATEWAY_SIGNING_KEY is unset: identity headers are believed from any peer/);
+    const keyed = await runUntil(`services/${service}/main.js`, { NODE_ENV: 'development', GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY }, new RegExp(`${name} listening`));
+    expect(keyed.stdout).toMatch(new RegExp(`${name} listening`));
+    expect(keyed.stdout).not.toMatch(/GATEWAY_SIGNING_KEY/);
   });
 });

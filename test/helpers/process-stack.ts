@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
-import { TEST_JWT_SECRET } from './test-config';
+import { TEST_JWT_SECRET, TEST_SIGNING_KEY } from './test-config';
 
 /**
  * The four real processes from dist/ (built by `npm test` before Jest runs), each with the telemetry
@@ -112,7 +112,9 @@ function startProcess(name: string, entry: string, env: Record<string, string>):
   });
 }
 
-export async function startProcessStack(env: Record<string, string> = {}): Promise<ProcessStack> {
+export async function startProcessStack(callerEnv: Record<string, string> = {}): Promise<ProcessStack> {
+  // The four share the gateway's signing key, as deployed (a test may set its own, or '' for none).
+  const env = { GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY, ...callerEnv };
   const processes: RunningProcess[] = [];
   try {
     const [users, notifications] = await Promise.all([

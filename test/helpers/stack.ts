@@ -8,7 +8,7 @@ import { createApp as createOrdersApp } from '../../services/orders/app';
 import { createApp as createUsersApp } from '../../services/users/app';
 import { requireRedis } from './redis';
 import { listen, listenRecording, memoryLogger, type RecordedRequest, type TestServer } from './servers';
-import { testConfig } from './test-config';
+import { TEST_SIGNING_KEY, testConfig } from './test-config';
 
 export interface TestStack {
   gateway: TestServer;
@@ -47,9 +47,11 @@ export interface StackOptions {
 /** The real gateway and the three real services, in this process, on ephemeral loopback ports. */
 export async function startStack(options: StackOptions = {}): Promise<TestStack> {
   const quiet = (name: string) => memoryLogger(name).logger;
-  const users = await listenRecording(await createUsersApp({ logger: quiet('user-service') }));
-  const notifications = await listenRecording(createNotificationsApp({ logger: quiet('notification-service') }));
-  const orders = await listenRecording(createOrdersApp({ logger: quiet('order-service'), usersUrl: users.url, notificationsUrl: notifications.url }));
+  // The services hold the gateway's signing key, as deployed: they answer only what the gateway signed.
+  const signingKey = TEST_SIGNING_KEY;
+  const users = await listenRecording(await createUsersApp({ logger: quiet('user-service'), signingKey }));
+  const notifications = await listenRecording(createNotificationsApp({ logger: quiet('notification-service'), signingKey }));
+  const orders = await listenRecording(createOrdersApp({ logger: quiet('order-service'), usersUrl: users.url, notificationsUrl: notifications.url, signingKey }));
   const config = testConfig({ users: users.url, orders: orders.url, notifications: notifications.url, ...options.serviceUrls }, options.overrides, options.env);
   const { logger, lines } = memoryLogger('gateway');
   const { redisUrl, redisTimeoutMs } = config.rateLimit;

@@ -15,8 +15,12 @@ export function testConfig(serviceUrls: { users: string; orders: string; notific
     ORDER_SERVICE_URL: serviceUrls.orders,
     NOTIF_SERVICE_URL: serviceUrls.notifications,
     JWT_SECRET: TEST_JWT_SECRET,
+    GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY,
     ...env,
   });
 }
 
 export const TEST_JWT_SECRET = 'test-secret-that-is-long-enough-for-production-use';
+
+/** The key the test gateway signs what it tells the test services with (src/gateway-signature.ts); they hold it too. */
+export const TEST_SIGNING_KEY = 'test-gateway-signing-key-shared-with-the-services';

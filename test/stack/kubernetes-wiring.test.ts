@@ -69,16 +69,19 @@ function composeValue(value: string): string {
   return value.replace(/\$\{(\w+)(?::?-([^}]*))?\}/g, (_m, _name: string, fallback: string | undefined) => fallback ?? '');
 }
 
+const SIGNING_KEY_DIFFERENCE = 'from the gateway-signing Secret (compose: from the shell, empty by default)';
+
 /** Where the cluster's env differs from compose's on purpose, and why. Anything else must be equal. */
 const INTENDED_DIFFERENCES: Record<string, Record<string, string>> = {
   gateway: {
     GATEWAY_CONFIG: 'the gateway-config ConfigMap, mounted (compose reads the copy in the image)',
     NODE_ENV: 'production: a cluster is not a local stack (the gateway then requires JWT_SECRET)',
     JWT_SECRET: 'from the gateway-jwt Secret (compose: from the shell, empty by default)',
+    GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE,
   },
-  'user-service': { NODE_ENV: 'production' },
-  'order-service': { NODE_ENV: 'production' },
-  'notification-service': { NODE_ENV: 'production' },
+  'user-service': { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE },
+  'order-service': { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE },
+  'notification-service': { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE },
 };
 
 describe('the same processes as docker-compose.yml', () => {
@@ -153,20 +156,22 @@ describe('configuration from the repository files (one source of truth)', () => 
     expect(collector.args).toContain(`--config=${composeTarget}`);
   });
 
-  it('is a gateway configuration the gateway accepts: the env, the mounted file, and a secret of the required length', () => {
+  it('is a gateway configuration the gateway accepts: the env, the mounted file, and a secret and a signing key of the required length', () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'k8s-config-'));
     try {
       const gateway = container('gateway');
       const file = path.join(dir, 'gateway.config.json');
       writeFileSync(file, configMap('gateway', 'config').data['gateway.config.json']!);
       const env = Object.fromEntries([...envMap(gateway).values()].map((v) => [v.name, v.value ?? '']));
-      const config = loadConfig({ ...env, GATEWAY_CONFIG: file, JWT_SECRET: 'k'.repeat(48) }, ROOT);
+      const config = loadConfig({ ...env, GATEWAY_CONFIG: file, JWT_SECRET: 'k'.repeat(48), GATEWAY_SIGNING_KEY: 's'.repeat(48) }, ROOT);
       expect(config.environment).toBe('production');
       expect(config.port).toBe(resolvePort(gateway, 'http'));
       expect(config.rateLimit.redisUrl).toBe('redis://redis:6379');
       expect(config.auth.secretSource).toBe('configured');
       // Production without the Secret's value refuses to start: the secretKeyRef is not optional.
-      expect(() => loadConfig({ ...env, GATEWAY_CONFIG: file, JWT_SECRET: '' }, ROOT)).toThrow(/JWT_SECRET|auth\.secret/);
+      expect(() => loadConfig({ ...env, GATEWAY_CONFIG: file, JWT_SECRET: '', GATEWAY_SIGNING_KEY: 's'.repeat(48) }, ROOT)).toThrow(/JWT_SECRET|auth\.secret/);
+      // Nor without the signing key's.
+      expect(() => loadConfig({ ...env, GATEWAY_CONFIG: file, JWT_SECRET: 'k'.repeat(48), GATEWAY_SIGNING_KEY: '' }, ROOT)).toThrow(/GATEWAY_SIGNING_KEY/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -174,7 +179,9 @@ describe('configuration from the repository files (one source of truth)', () => 
 
   it.each(Object.entries(SERVICE_KEYS))('is a %s environment the service accepts', (name, key) => {
     const env = Object.fromEntries([...envMap(container(name)).values()].map((v) => [v.name, v.value ?? '']));
-    expect(loadServiceEnv(key, env).PORT).toBe(resolvePort(container(name), 'http'));
+    // The signing key comes from the Secret: production refuses to start without it.
+    expect(() => loadServiceEnv(key, env)).toThrow(/GATEWAY_SIGNING_KEY/);
+    expect(loadServiceEnv(key, { ...env, GATEWAY_SIGNING_KEY: 's'.repeat(48) }).PORT).toBe(resolvePort(container(name), 'http'));
   });
 
   it('sizes the Collector above its memory_limiter, so the limiter acts before the kernel kills it', () => {
@@ -194,9 +201,15 @@ describe('the JWT secret', () => {
     expect(secret?.valueFrom?.secretKeyRef).toEqual({ name: 'gateway-jwt', key: 'secret' });
   });
 
+  it.each(APPS)('%s reads the gateway signing key from one Secret outside the manifests, the same for all four', (name) => {
+    const key = envMap(container(name)).get('GATEWAY_SIGNING_KEY');
+    expect(key?.value).toBeUndefined();
+    expect(key?.valueFrom?.secretKeyRef).toEqual({ name: 'gateway-signing', key: 'key' });
+  });
+
   it('is never written as a value: no variable that looks like a credential has one', () => {
     const inline = deployments.flatMap((d) =>
-      d.spec.template.spec.containers.flatMap((c) => (c.env ?? []).filter((v) => /SECRET|PASSWORD|TOKEN|API_KEY/i.test(v.name) && v.value !== undefined).map((v) => `${d.metadata.name}: ${v.name}`)),
+      d.spec.template.spec.containers.flatMap((c) => (c.env ?? []).filter((v) => /SECRET|PASSWORD|TOKEN|API_KEY|SIGNING_KEY/i.test(v.name) && v.value !== undefined).map((v) => `${d.metadata.name}: ${v.name}`)),
     );
     expect(inline).toEqual([]);
   });

@@ -1,0 +1,114 @@
+import net from 'node:net';
+import * as grpc from '@grpc/grpc-js';
+import { HEADER } from '../../otel/wire-names';
+import { createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
+import { createNotificationsGrpcClient } from '../../services/orders/notifications-client';
+import { startProcessStack, type ProcessStack } from '../helpers/process-stack';
+import { login } from '../helpers/stack';
+import { TEST_SIGNING_KEY } from '../helpers/test-config';
+
+/**
+ * The services behind the gateway answer only what the gateway signed (src/gateway-signature.ts): the four real
+ * processes sharing GATEWAY_SIGNING_KEY, and a peer that reaches a service directly, as any pod or container
+ * on the same network could.
+ */
+
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+const ALICE: SignedValues = ['1', 'admin', 'alice@example.com', ''];
+const BOB: SignedValues = ['2', 'user', 'bob@example.com', ''];
+
+function identityHeaders([id, role, email]: SignedValues): Record<string, string> {
+  return { [HEADER.userId]: id, [HEADER.userRole]: role, [HEADER.userEmail]: email };
+}
+
+describe('services answer only what the gateway signed', () => {
+  let stack: ProcessStack;
+  let users: string;
+  let orders: string;
+  let notifications: string;
+  let grpcUrl: string;
+
+  beforeAll(async () => {
+    const grpcPort = await freePort();
+    grpcUrl = `http://127.0.0.1:${grpcPort}`;
+    // notification-service serves gRPC; order-service notifies over it, and the gateway's /api/v1 route calls it.
+    stack = await startProcessStack({ GRPC_PORT: String(grpcPort), NOTIF_GRPC_SERVICE_URL: grpcUrl });
+    const url = (name: string) => stack.processes.find((each) => each.name === name)!.url;
+    [users, orders, notifications] = [url('user-service'), url('order-service'), url('notification-service')];
+  }, 60_000);
+  afterAll(() => stack?.stop());
+
+  it('through the gateway every hop verifies: login, an order (which calls users and notifies over gRPC), both notification interfaces', async () => {
+    const token = await login(stack.gatewayUrl);
+    const auth = { authorization: `Bearer ${token}` };
+    const created = await fetch(`${stack.gatewayUrl}/api/orders`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ items: [{ sku: 'sig-1', quantity: 1 }] }) });
+    expect(created.status).toBe(201);
+    const order = (await created.json()) as { id: string };
+    const overHttp = (await (await fetch(`${stack.gatewayUrl}/api/notifications`, { headers: auth })).json()) as { orderId?: string }[];
+    expect(overHttp.map((each) => each.orderId)).toContain(order.id);
+    const overGrpc = await fetch(`${stack.gatewayUrl}/api/v1/notifications`, { headers: auth });
+    expect(overGrpc.status).toBe(200);
+    expect(JSON.stringify(await overGrpc.json())).toContain(order.id);
+  });
+
+  it.each([
+    ['user-service', () => `${users}/users`],
+    ['order-service', () => `${orders}/orders`],
+    ['notification-service', () => `${notifications}/notifications`],
+  ])('%s refuses forged identity headers without a signature', async (_name, target) => {
+    const reply = await fetch(target(), { headers: identityHeaders(ALICE) });
+    expect(reply.status).toBe(401);
+    expect(await reply.json()).toMatchObject({ code: 'gateway_signature_invalid' });
+  });
+
+  it('user-service refuses the credential check (a password oracle) to anyone but the gateway', async () => {
+    const reply = await fetch(`${users}/internal/credentials/verify`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
+    expect(reply.status).toBe(401);
+    expect(await reply.json()).toMatchObject({ code: 'gateway_signature_invalid' });
+  });
+
+  it("refuses a signature made with another key, and Bob's real signature with Alice's role", async () => {
+    const forged = createGatewaySigner('a-key-that-is-not-the-gateways-but-long-enough')(ALICE);
+    expect((await fetch(`${users}/users`, { headers: { ...identityHeaders(ALICE), [HEADER.gatewaySignature]: forged } })).status).toBe(401);
+    const bobs = createGatewaySigner(TEST_SIGNING_KEY)(BOB);
+    const promoted = await fetch(`${users}/users`, { headers: { ...identityHeaders(BOB), [HEADER.userRole]: 'admin', [HEADER.gatewaySignature]: bobs } });
+    expect(promoted.status).toBe(401);
+    // The control: the same request with the signature the gateway would give it is answered.
+    const honest = await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: bobs } });
+    expect(honest.status).toBe(200);
+  });
+
+  it('refuses a signature older than five minutes', async () => {
+    const old = createGatewaySigner(TEST_SIGNING_KEY, () => Date.now() - 6 * 60_000)(BOB);
+    const reply = await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: old } });
+    expect(reply.status).toBe(401);
+    expect(((await reply.json()) as { detail: string }).detail).toMatch(/expired/);
+  });
+
+  it.each([
+    ['user-service', () => users],
+    ['order-service', () => orders],
+    ['notification-service', () => notifications],
+  ])('%s still answers GET /health unsigned (probes)', async (_name, origin) => {
+    expect((await fetch(`${origin()}/health`)).status).toBe(200);
+  });
+
+  it("notification-service's gRPC interface refuses unsigned calls, and takes signed ones", async () => {
+    const client = createNotificationsGrpcClient(grpcUrl);
+    try {
+      const event = { userId: '2', type: 'forged', message: 'not from the gateway', orderId: '' };
+      await expect(client.create(event, 'sig-test', identityHeaders(BOB))).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+      const signature = createGatewaySigner(TEST_SIGNING_KEY)(BOB);
+      await expect(client.create({ ...event, type: 'signed' }, 'sig-test', { ...identityHeaders(BOB), [HEADER.gatewaySignature]: signature })).resolves.toBeUndefined();
+    } finally {
+      client.close();
+    }
+  });
+});

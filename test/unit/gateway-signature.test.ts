@@ -1,0 +1,103 @@
+import fc from 'fast-check';
+import { HEADER } from '../../otel/wire-names';
+import { createGatewaySigner, SIGNATURE_MAX_AGE_SECONDS, SIGNED_HEADERS, verifyGatewaySignature, type SignedValues } from '../../src/gateway-signature';
+
+const KEY = 'k'.repeat(16) + 'unit-test-signing-key';
+const NOW = Date.UTC(2026, 11, 2, 10, 0, 0);
+
+/** A header value as Node hands it over: visible ASCII and spaces, no line breaks. */
+const headerValue = fc.string({ unit: fc.constantFrom(...' !#$%&()*+,-./0123456789:;<=>?@ABCXYZabcxyz_~'.split('')), maxLength: 40 });
+const identity = fc.tuple(headerValue, headerValue, headerValue, headerValue);
+
+/** The headers a service receives for `values` (an empty value is an absent header) and the signature. */
+function received(values: SignedValues, signature: string): Record<string, string | string[]> {
+  const headers: Record<string, string | string[]> = { [HEADER.gatewaySignature]: signature };
+  SIGNED_HEADERS.forEach((name, index) => {
+    if (values[index] !== '') headers[name] = values[index]!;
+  });
+  return headers;
+}
+
+const verify = (headers: Record<string, string | string[]>, now = NOW, key = KEY) => verifyGatewaySignature(key, (name) => headers[name], now);
+
+describe('the gateway signature', () => {
+  it('verifies for every identity the gateway signs (generated)', () => {
+    const sign = createGatewaySigner(KEY, () => NOW);
+    fc.assert(
+      fc.property(identity, (values) => verify(received(values, sign(values))) === undefined),
+      { seed: 20261202, numRuns: 300 },
+    );
+  });
+
+  it('fails when any one signed header differs from what was signed (generated)', () => {
+    const sign = createGatewaySigner(KEY, () => NOW);
+    fc.assert(
+      fc.property(identity, fc.nat(3), headerValue, (values, index, other) => {
+        fc.pre(values[index] !== other);
+        const changed = [...values] as [string, string, string, string];
+        changed[index] = other;
+        return verify(received(changed, sign(values))) === 'mismatch';
+      }),
+      { seed: 20261202, numRuns: 300 },
+    );
+  });
+
+  it('does not let values run into each other: moving text between two headers is another signature', () => {
+    const sign = createGatewaySigner(KEY, () => NOW);
+    const signature = sign(['1', 'admin', '', '']);
+    expect(verify(received(['1a', 'dmin', '', ''], signature))).toBe('mismatch');
+    expect(verify(received(['1', '', 'admin', ''], signature))).toBe('mismatch');
+  });
+
+  it('fails under another key', () => {
+    const values: SignedValues = ['2', 'user', 'bob@example.com', ''];
+    const signature = createGatewaySigner(KEY, () => NOW)(values);
+    expect(verify(received(values, signature), NOW, `${KEY}-rotated`)).toBe('mismatch');
+  });
+
+  it(`holds for ${SIGNATURE_MAX_AGE_SECONDS} s either side of its time, and no longer`, () => {
+    const values: SignedValues = ['2', 'user', 'bob@example.com', ''];
+    const signature = createGatewaySigner(KEY, () => NOW)(values);
+    const time = Number(/^t=(\d+),/.exec(signature)![1]) * 1000;
+    const headers = received(values, signature);
+    expect(verify(headers, time + SIGNATURE_MAX_AGE_SECONDS * 1000)).toBeUndefined();
+    expect(verify(headers, time - SIGNATURE_MAX_AGE_SECONDS * 1000)).toBeUndefined();
+    expect(verify(headers, time + SIGNATURE_MAX_AGE_SECONDS * 1000 + 1000)).toBe('expired');
+    expect(verify(headers, time - SIGNATURE_MAX_AGE_SECONDS * 1000 - 1000)).toBe('expired');
+  });
+
+  it.each([
+    ['absent', undefined, 'missing'],
+    ['empty', '', 'malformed'],
+    ['without a time', `v1=${'A'.repeat(43)}`, 'malformed'],
+    ['a short MAC', `t=${NOW / 1000},v1=${'A'.repeat(42)}`, 'malformed'],
+    ['padding after the MAC', `t=${NOW / 1000},v1=${'A'.repeat(43)} `, 'malformed'],
+    ['a second version', `t=${NOW / 1000},v1=${'A'.repeat(43)},v2=x`, 'malformed'],
+    ['sent twice', [`t=${NOW / 1000},v1=${'A'.repeat(43)}`, `t=${NOW / 1000},v1=${'A'.repeat(43)}`], 'malformed'],
+    ['a well-formed forgery', `t=${NOW / 1000},v1=${'A'.repeat(43)}`, 'mismatch'],
+  ] as const)('refuses a signature header %s', (_desc, header, problem) => {
+    const headers: Record<string, string | string[]> = { [HEADER.userId]: '1', [HEADER.userRole]: 'admin' };
+    if (header !== undefined) headers[HEADER.gatewaySignature] = header as string | string[];
+    expect(verify(headers)).toBe(problem);
+  });
+
+  it('refuses a signed header sent twice', () => {
+    const values: SignedValues = ['2', 'user', '', ''];
+    const headers = received(values, createGatewaySigner(KEY, () => NOW)(values));
+    headers[HEADER.userRole] = ['user', 'admin'];
+    expect(verify(headers)).toBe('mismatch');
+  });
+
+  it('signs an identity once per minute: the same header within it, a new time after it', () => {
+    let now = NOW;
+    const sign = createGatewaySigner(KEY, () => now);
+    const values: SignedValues = ['2', 'user', 'bob@example.com', ''];
+    const first = sign(values);
+    now += 59_000;
+    expect(sign(values)).toBe(first);
+    now += 2_000;
+    const next = sign(values);
+    expect(next).not.toBe(first);
+    expect(verify(received(values, next), now)).toBeUndefined();
+  });
+});
