@@ -141,10 +141,11 @@ export function createProxy(options: ProxyOptions): Middleware {
       };
       const onClientClose = () => {
         // The client went away before the end (or we cut it below): stop the upstream exchange too.
-        if (!res.writableFinished) {
-          exchange.clientClosed = !exchange.upstreamAborted;
-          upstream?.abort(new Error('the client closed the connection'));
-        }
+        if (!res.writableFinished) exchange.clientClosed = !exchange.upstreamAborted;
+        // Whatever answered the client (a 400 for a broken upload is written by the HTTP server itself, so the
+        // response may have finished), an exchange undici still holds is aborted: a service left waiting for the
+        // rest of a body would keep this instance's slot and connection, with no timer left to end it.
+        if (!released) upstream?.abort(new Error('the client closed the connection'));
         done();
       };
       res.once('close', onClientClose);

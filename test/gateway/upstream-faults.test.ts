@@ -3,7 +3,9 @@ import http from 'node:http';
 import net from 'node:net';
 import { HEADER } from '../../otel/wire-names';
 import { login, startStack, type TestStack } from '../helpers/stack';
-import { listen, refusedOrigin, type TestServer } from '../helpers/servers';
+import { runServer } from '../../otel/lifecycle';
+import { createGateway } from '../../src/gateway';
+import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
 
 const PROXY_TIMEOUT_MS = 400;
 
@@ -47,6 +49,10 @@ async function startFaultyUpstream(): Promise<TestServer & { arrived: string[]; 
     } else if (path.startsWith('/orders/upload')) {
       const hash = createHash('sha256');
       let bytes = 0;
+      // An upload that never completed: the gateway ended the exchange before its body did.
+      req.on('close', () => {
+        if (!req.complete) closedEarly.push(path);
+      });
       req.on('data', (chunk: Buffer) => {
         bytes += chunk.length;
         hash.update(chunk);
@@ -168,6 +174,42 @@ describe('upstream faults', () => {
       expect((await fetch(`${patient.gateway.url}/api/orders/fine`, { headers: auth() })).status).toBe(200);
     } finally {
       await patient.close();
+    }
+  });
+
+  it.each([
+    ['disconnects mid-body (Content-Length)', 'Content-Length: 100000', 'x'.repeat(10), (socket: net.Socket) => socket.destroy()],
+    ['half-closes mid-body (chunked)', 'Transfer-Encoding: chunked', '5\r\nhello\r\n', (socket: net.Socket) => socket.end()],
+    ['sends a malformed chunk', 'Transfer-Encoding: chunked', '5\r\nhello\r\n', (socket: net.Socket) => socket.write('ZZ\r\n')],
+  ] as const)('frees the upstream exchange of an upload whose client %s: the instance keeps its only slot', async (desc, framing, start, breakOff) => {
+    // One slot per instance (no queue): an exchange left open would make every later request 503 upstream_busy.
+    const narrow = await startStack({
+      serviceUrls: { orders: upstream.url },
+      overrides: { proxy: { timeoutMs: 60_000, deadlineMs: 120_000, maxSockets: 1, maxPendingRequests: 0 }, services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 1000 }, notifications: { url: 'http://placeholder' } } },
+    });
+    // Served by runServer, as main.ts serves it: its clientError handler answers a broken body (400) through the
+    // request's own response, which then counts as finished while the upstream exchange is still open.
+    const { logger } = memoryLogger('gateway');
+    const served = await runServer({ app: createGateway(narrow.config, { logger }), name: 'gateway', port: 0, host: '127.0.0.1', logger, drainTimeoutMs: 1000 });
+    try {
+      const path = `/orders/upload-broken?client=${Date.now()}-${desc.length}`;
+      const socket = net.connect(Number(new URL(served.url).port), '127.0.0.1');
+      socket.on('error', () => undefined);
+      socket.on('data', () => undefined);
+      // The start of a body: the gateway forwards the head with its first bytes.
+      socket.write(`POST /api${path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/octet-stream\r\n${framing}\r\n\r\n${start}`);
+      await waitUntil(() => upstream.arrived.includes(path));
+      expect(upstream.arrived).toContain(path);
+      breakOff(socket);
+      // The service sees its request end (it would otherwise wait for the body until its own timeout)...
+      await waitUntil(() => upstream.closedEarly.includes(path));
+      expect(upstream.closedEarly).toContain(path);
+      // ...and the instance's one slot is free again.
+      expect((await fetch(`${served.url}/api/orders/fine`, { headers: auth() })).status).toBe(200);
+      socket.destroy();
+    } finally {
+      await served.close();
+      await narrow.close();
     }
   });
 
