@@ -57,6 +57,8 @@ interface Exchange {
   bodyTooSlow?: boolean;
   upstreamAborted?: boolean;
   clientClosed?: boolean;
+  /** Why the service's response could not be forwarded (502 `upstream_bad_response`). */
+  badResponse?: string;
 }
 
 /** undici's codes for the idle timeouts (no headers, then no body data, for `timeoutMs`). */
@@ -149,6 +151,11 @@ export function createProxy(options: ProxyOptions): Middleware {
         done();
       };
       res.once('close', onClientClose);
+      /** The service answered something the gateway cannot pass on (before anything was sent): 502, the instance not blamed. */
+      const badResponse = (controller: Dispatcher.DispatchController, why: string) => {
+        exchange.badResponse = why;
+        controller.abort(new Error(`the service's response was refused: ${why}`));
+      };
 
       // Covers the wait for a connection, the upload and the whole response.
       timers.push(
@@ -206,13 +213,28 @@ export function createProxy(options: ProxyOptions): Middleware {
           },
           onResponseStart(controller, statusCode, upstreamHeaders, statusMessage) {
             touch();
-            exchange.status = statusCode;
-            // HTTP/2 has no reason phrase (RFC 9113 8.3.2); Node warns when one is set on its responses.
-            if (statusMessage && req.httpVersionMajor < 2) res.statusMessage = statusMessage;
+            if (statusCode < 200) {
+              // An interim answer (RFC 9110 15.2), then the final one: 103 Early Hints goes on to a client that
+              // can take it (its Link preloads); the others (102 Processing) say nothing the client needs.
+              if (statusCode === 103 && upstreamHeaders.link !== undefined && req.httpVersion !== '1.0') res.writeEarlyHints({ link: upstreamHeaders.link });
+              return;
+            }
+            const unforwardable = unforwardableResponse(upstreamHeaders);
+            if (unforwardable) return void badResponse(controller, unforwardable);
             const headers = responseHeaders(upstreamHeaders, res, corsApplied);
             rules?.response?.(headers, ctx);
+            // HTTP/2 has no reason phrase (RFC 9113 8.3.2); Node warns when one is set on its responses. One Node
+            // would refuse to write (obs-text, which undici decodes as UTF-8, or a control) gives way to the standard one.
+            if (statusMessage && req.httpVersionMajor < 2 && WRITABLE_REASON_PHRASE.test(statusMessage)) res.statusMessage = statusMessage;
+            try {
+              res.writeHead(statusCode, headers);
+            } catch (error) {
+              // A header value Node will not write: the client gets a 502 of ours, not an empty reply.
+              res.statusMessage = '';
+              return void badResponse(controller, `a response header the gateway cannot forward (${(error as Error).message})`);
+            }
+            exchange.status = statusCode;
             tap?.start(statusCode, upstreamHeaders);
-            res.writeHead(statusCode, headers);
             res.once('finish', done);
             res.on('drain', () => controller.resume());
           },
@@ -307,6 +329,8 @@ export function createProxy(options: ProxyOptions): Middleware {
           throw new GatewayError('upstream_timeout', `The ${route.service} service sent nothing for ${route.timeoutMs} ms.`, { cause: exchange.failure });
         case 'aborted_by_upstream':
           throw new GatewayError('upstream_reset', `The ${route.service} service closed the connection mid-response.`);
+        case 'bad_response':
+          throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with ${exchange.badResponse}.`);
         default:
           throw upstreamFailure(route.service, exchange.failure);
       }
@@ -343,6 +367,20 @@ function pickWithRoom(pool: CompiledRoute['pool'], tried: ReadonlySet<UpstreamIn
   return sawFull ? 'busy' : undefined;
 }
 
+/** A reason phrase Node writes as it is: visible ASCII, spaces and tabs. */
+const WRITABLE_REASON_PHRASE = /^[\t\x20-\x7e]*$/;
+
+/**
+ * Why a response cannot be passed on, if it cannot. A transfer-coding other than chunked (`gzip, chunked`):
+ * undici removes the chunked framing only, and the client would take the still-coded bytes for the body, with
+ * no Content-Encoding to say so (nginx and Envoy refuse these too).
+ */
+function unforwardableResponse(headers: http.IncomingHttpHeaders): string | undefined {
+  const codings = headers['transfer-encoding'];
+  if (codings !== undefined && String(codings).trim().toLowerCase() !== 'chunked') return `a transfer-coding the gateway does not decode (${String(codings).slice(0, 40)})`;
+  return undefined;
+}
+
 /**
  * The service's response headers minus hop-by-hop ones (Node frames the response itself). They take
  * precedence over headers the gateway set earlier, except CORS: with a gateway policy, the service's
@@ -358,6 +396,7 @@ function responseHeaders(source: http.IncomingHttpHeaders, res: http.ServerRespo
 }
 
 function outcomeOf(exchange: Exchange): UpstreamOutcome {
+  if (exchange.badResponse) return 'bad_response';
   if (exchange.bodyTooLarge) return 'body_too_large';
   if (exchange.bodyTooSlow) return 'body_too_slow';
   if (exchange.deadlineExceeded) return 'deadline';

@@ -1,0 +1,120 @@
+import http from 'node:http';
+import net from 'node:net';
+import { HEADER } from '../../otel/wire-names';
+import { login, startStack, type TestStack } from '../helpers/stack';
+
+/**
+ * Responses a service may legally send, or send wrongly, that the gateway must not turn into an empty reply (or
+ * blame a healthy instance for): interim 1xx answers, reason phrases Node will not write, transfer-codings it
+ * does not decode. The service is raw TCP, so it can send bytes no HTTP library would.
+ */
+
+const BODY = '{"ok":true}';
+
+/** The raw answer for each path (one response per connection, then close). */
+const ANSWERS: Record<string, string> = {
+  '/orders/plain': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  '/orders/early-hints': `HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload; as=style\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  '/orders/processing': `HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  '/orders/gzip-coded': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n`,
+};
+/** Reason phrases Node refuses to write: ISO-8859-1 obs-text (allowed by RFC 9112), UTF-8 beyond Latin-1, a control. */
+const REASON_PHRASES: Record<string, Buffer> = {
+  '/orders/reason-latin1': Buffer.from('Tr\xe8s bien', 'latin1'),
+  '/orders/reason-utf8': Buffer.from('OK \u2713', 'utf8'),
+  '/orders/reason-control': Buffer.from('O\x01K', 'latin1'),
+};
+
+function startRawService(): Promise<{ url: string; close(): Promise<void> }> {
+  const server = net.createServer((socket) => {
+    let head = '';
+    socket.on('error', () => undefined);
+    socket.on('data', (chunk: Buffer) => {
+      head += chunk.toString('latin1');
+      if (!head.includes('\r\n\r\n')) return;
+      const path = head.split(' ')[1]!.split('?')[0]!;
+      const phrase = REASON_PHRASES[path];
+      if (phrase) {
+        socket.end(Buffer.concat([Buffer.from('HTTP/1.1 200 '), phrase, Buffer.from(`\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`)]));
+      } else socket.end(Buffer.from(ANSWERS[path] ?? ANSWERS['/orders/plain']!, 'latin1'));
+    });
+  });
+  return new Promise((resolve) =>
+    server.listen(0, '127.0.0.1', () => resolve({ url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, close: () => new Promise((done) => server.close(() => done())) })),
+  );
+}
+
+interface Answer {
+  status: number;
+  statusMessage: string;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+  interim: { status: number; headers: Record<string, string | string[] | undefined> }[];
+}
+
+/** One GET through the gateway with node:http, which reports interim answers too. */
+function get(url: string, token: string): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const interim: Answer['interim'] = [];
+    const req = http.get(url, { headers: { authorization: `Bearer ${token}` } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => resolve({ status: res.statusCode!, statusMessage: res.statusMessage ?? '', headers: res.headers, body, interim }));
+      res.on('error', reject);
+    });
+    req.on('information', (info) => interim.push({ status: info.statusCode, headers: info.headers }));
+    req.on('error', reject);
+  });
+}
+
+describe('responses a service sends that the gateway forwards or refuses cleanly', () => {
+  let service: Awaited<ReturnType<typeof startRawService>>;
+  let stack: TestStack;
+  let token: string;
+
+  beforeAll(async () => {
+    service = await startRawService();
+    // Default passive ejection (3 failures in a row): a response counted as the instance's failure would show.
+    stack = await startStack({ serviceUrls: { orders: service.url } });
+    token = await login(stack.gateway.url);
+  });
+  afterAll(async () => {
+    await stack.close();
+    await service.close();
+  });
+
+  it('passes 103 Early Hints on with their Link, then the final answer, and never blames the instance', async () => {
+    for (let round = 0; round < 4; round++) {
+      const answer = await get(`${stack.gateway.url}/api/orders/early-hints`, token);
+      expect(answer.interim).toEqual([expect.objectContaining({ status: 103, headers: expect.objectContaining({ link: '</app.css>; rel=preload; as=style' }) })]);
+      expect({ status: answer.status, body: answer.body }).toEqual({ status: 200, body: BODY });
+      expect(answer.headers[HEADER.requestId]).toMatch(/^[0-9a-f]{32}$/);
+    }
+    expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
+  });
+
+  it('drops 102 Processing and delivers the final answer', async () => {
+    for (let round = 0; round < 4; round++) {
+      const answer = await get(`${stack.gateway.url}/api/orders/processing`, token);
+      expect(answer.interim).toEqual([]);
+      expect({ status: answer.status, body: answer.body }).toEqual({ status: 200, body: BODY });
+    }
+  });
+
+  it.each(Object.keys(REASON_PHRASES))('answers %s with the standard reason phrase instead of an empty reply', async (path) => {
+    for (let round = 0; round < 4; round++) {
+      const answer = await get(`${stack.gateway.url}/api${path}`, token);
+      expect({ status: answer.status, statusMessage: answer.statusMessage, body: answer.body }).toEqual({ status: 200, statusMessage: 'OK', body: BODY });
+    }
+  });
+
+  it('refuses a transfer-coding it does not decode (gzip, chunked) with 502 upstream_bad_response, and keeps the instance', async () => {
+    for (let round = 0; round < 4; round++) {
+      const answer = await get(`${stack.gateway.url}/api/orders/gzip-coded`, token);
+      expect(answer.status).toBe(502);
+      expect(JSON.parse(answer.body)).toMatchObject({ code: 'upstream_bad_response', requestId: answer.headers[HEADER.requestId] });
+    }
+    expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
+  });
+});
