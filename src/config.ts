@@ -514,6 +514,16 @@ const configSchema = z
     } else if (config.environment === 'production' && secret!.length < 32) {
       ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be at least 32 characters in production', input: '(hidden)' });
     }
+    if (config.tls?.hsts) {
+      // The gateway's policy is the only one (RFC 6797 6.1); a rule's `max-age=0` would make browsers forget it.
+      config.routes.forEach((route, index) => {
+        const rule = route.headers?.response;
+        const names = [...Object.keys(rule?.add ?? {}), ...Object.keys(rule?.set ?? {}), ...(rule?.remove ?? [])];
+        if (names.some((name) => name.toLowerCase() === 'strict-transport-security')) {
+          ctx.addIssue({ code: 'custom', path: ['routes', index, 'headers', 'response'], message: 'may not write Strict-Transport-Security: with tls.hsts the gateway writes it', input: undefined });
+        }
+      });
+    }
     if (config.environment === 'production' && config.proxy.signingKey === undefined) {
       ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: 'must be set (GATEWAY_SIGNING_KEY) in production: without it a service cannot tell the gateway from anyone who reaches it', input: undefined });
     }

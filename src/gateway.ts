@@ -31,7 +31,7 @@ import { createRequestHeadCheck, createRequestTargetForm } from './middleware/re
 import { compileRoutes } from './routes';
 import { createTokenService } from './tokens';
 import { createConsumerRegistry } from './consumers';
-import { compileHeaderRules } from './header-rules';
+import { compileHeaderRules, GATEWAY_RESPONSE_HEADERS } from './header-rules';
 import { createResponseStore } from './response-store';
 import { createUpstreamPools } from './upstream-pool';
 import { GatewayError } from './errors';
@@ -128,6 +128,8 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   const cachedRoutes = new Map(config.routes.flatMap((route) => (route.cache ? [[route.name, route.cache] as const] : [])));
   const hideUpstreamHeaders = [
     ...config.proxy.hideUpstreamHeaders,
+    // The request id, trace and rate-limit state the gateway wrote: a service's would replace them.
+    ...GATEWAY_RESPONSE_HEADERS,
     // A service's own cache status header would pass for the gateway's.
     ...(cachedRoutes.size > 0 ? [config.cache.statusHeader] : []),
     // With `tls.hsts` the policy is the gateway's: a service's (helmet's default, or `max-age=0`, which makes

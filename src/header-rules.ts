@@ -43,10 +43,17 @@ export function ownedRequestHeader(name: string): string | undefined {
   return undefined;
 }
 
+/**
+ * Response headers the gateway writes on every answer: the request id and trace it logged, and its rate limit's
+ * state. A service's own (its framework's request id, its own limiter) would replace them and name an id or a
+ * limit the gateway never had, so a service's copies are dropped and a rule cannot write them.
+ */
+export const GATEWAY_RESPONSE_HEADERS: readonly string[] = [HEADER.requestId, HEADER.traceresponse, 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'ratelimit', 'ratelimit-policy'];
+
 /** Why a response header name belongs to the gateway, or undefined when a rule may touch it. */
 export function ownedResponseHeader(name: string): string | undefined {
   const lower = name.toLowerCase();
-  if (lower === HEADER.requestId || lower === HEADER.traceresponse) return 'written by the gateway on every response';
+  if (GATEWAY_RESPONSE_HEADERS.includes(lower)) return 'written by the gateway on every response';
   if (lower.startsWith('access-control-')) return 'written by the cors policy';
   if (FRAMING.includes(lower)) return 'a framing or connection header';
   return undefined;

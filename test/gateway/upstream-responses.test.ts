@@ -16,6 +16,7 @@ const ANSWERS: Record<string, string> = {
   '/orders/plain': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/early-hints': `HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload; as=style\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/processing': `HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  '/orders/own-ids': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Request-Id: svc-0f3c2a\r\ntraceresponse: 00-11111111111111111111111111111111-2222222222222222-01\r\nX-RateLimit-Limit: 5000\r\nX-RateLimit-Remaining: 4999\r\nX-RateLimit-Reset: 1\r\nRateLimit: "svc";r=4999;t=1\r\nRateLimit-Policy: "svc";q=5000;w=1\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/gzip-coded': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n`,
 };
 /** Reason phrases Node refuses to write: ISO-8859-1 obs-text (allowed by RFC 9112), UTF-8 beyond Latin-1, a control. */
@@ -107,6 +108,21 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
       const answer = await get(`${stack.gateway.url}/api${path}`, token);
       expect({ status: answer.status, statusMessage: answer.statusMessage, body: answer.body }).toEqual({ status: 200, statusMessage: 'OK', body: BODY });
     }
+  });
+
+  it("keeps the gateway's request id, trace and rate-limit headers over a service's own", async () => {
+    const requestId = 'client-req-42';
+    const reply = await fetch(`${stack.gateway.url}/api/orders/own-ids`, { headers: { authorization: `Bearer ${token}`, [HEADER.requestId]: requestId } });
+    expect(reply.status).toBe(200);
+    expect(reply.headers.get(HEADER.requestId)).toBe(requestId);
+    // No tracer in this stack: the gateway writes no traceresponse, and the service's naming a trace that does not exist is dropped.
+    expect(reply.headers.get(HEADER.traceresponse)).toBeNull();
+    const limit = stack.config.rateLimit.max;
+    expect(reply.headers.get('x-ratelimit-limit')).toBe(String(limit));
+    expect(Number(reply.headers.get('x-ratelimit-remaining'))).toBeLessThan(limit);
+    expect(reply.headers.get('ratelimit-policy')).toMatch(new RegExp(`;q=${limit};`));
+    expect(reply.headers.get('ratelimit')).not.toContain('svc');
+    expect(stack.gatewayLogs.some((line) => line.request_id === requestId && line.status === 200)).toBe(true);
   });
 
   it('refuses a transfer-coding it does not decode (gzip, chunked) with 502 upstream_bad_response, and keeps the instance', async () => {

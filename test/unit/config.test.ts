@@ -77,6 +77,16 @@ describe('gateway config', () => {
     { desc: 'roles on a public route', patch: (file: any) => (file.routes[0].roles = ['admin']), message: /^config: routes\.0\.roles: need auth "required"/ },
     { desc: 'an unknown auth mode', patch: (file: any) => (file.routes[1].auth = 'maybe'), message: /^config: routes\.1\.auth: / },
     { desc: 'no users service', patch: (file: any) => delete file.services.users, message: /^config: services\.users: is required/ },
+    {
+      desc: 'a route rule writing Strict-Transport-Security beside tls.hsts (max-age=0 would make browsers forget the policy)',
+      patch: (file: any) => {
+        file.tls = { certFile: 'cert.pem', keyFile: 'key.pem', hsts: { maxAgeSeconds: 600 } };
+        file.routes[1].headers = { response: { set: { 'Strict-Transport-Security': 'max-age=0' } } };
+      },
+      message: /^config: routes\.1\.headers\.response: may not write Strict-Transport-Security: with tls\.hsts the gateway writes it/,
+    },
+    { desc: "a route rule removing the gateway's RateLimit header", patch: (file: any) => (file.routes[1].headers = { response: { remove: ['RateLimit'] } }), message: /written by the gateway on every response/ },
+    { desc: "a route rule setting the gateway's X-RateLimit-Remaining", patch: (file: any) => (file.routes[1].headers = { response: { set: { 'X-RateLimit-Remaining': '1' } } }), message: /written by the gateway on every response/ },
   ])('refuses $desc', ({ patch, message }) => {
     const file = shippedConfigFile();
     patch(file);
