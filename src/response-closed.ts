@@ -17,3 +17,12 @@ export function onResponseClosed(ctx: Context, callback: () => void): void {
     for (const each of registered) each();
   });
 }
+
+/**
+ * The status a response is recorded with once it closed: the one sent, or 499 when the client went away before
+ * the end (as nginx logs it). A response the gateway cut (a service that died mid-body, a deadline) keeps the
+ * status it was sent with, and `ctx.state.errorCode`, set before the cut, says why.
+ */
+export function recordedStatus(ctx: Context): number {
+  return ctx.res.writableFinished || ctx.state.errorCode !== undefined ? ctx.res.statusCode : 499;
+}

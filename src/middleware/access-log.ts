@@ -2,7 +2,7 @@ import { context } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import { logLine, type LineValue, type Logger } from '../../otel/logger';
 import { LOG_FIELD } from '../../otel/wire-names';
-import { onResponseClosed } from '../response-closed';
+import { onResponseClosed, recordedStatus } from '../response-closed';
 
 /** Query parameters whose values never reach a log (tokens in URLs are still tokens). */
 // `sig`: Azure SAS and other signed URLs; `jwt`, `session`, `pwd`, `credential`, `assertion` (SAML), `otp`: the
@@ -60,7 +60,7 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
     const requestContext = context.active();
     onResponseClosed(ctx, () => {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
-      const status = ctx.res.writableFinished ? ctx.res.statusCode : 499;
+      const status = recordedStatus(ctx);
       const state = ctx.state;
       const entry: Record<string, LineValue> = {
         method,
@@ -75,7 +75,8 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
       // Assigned, not computed keys in the literal: see createTracing (src/middleware/tracing.ts). logLine sorts the keys.
       entry[LOG_FIELD.consumerId] = state.consumer?.id ?? null;
       entry[LOG_FIELD.cache] = state.cache ?? null;
-      const level = status >= 500 ? 'error' : status >= 400 ? 'warn' : 'info';
+      // A response cut after it started (its status may be 200) failed all the same.
+      const level = status >= 500 || (!ctx.res.writableFinished && state.errorCode !== undefined) ? 'error' : status >= 400 ? 'warn' : 'info';
       logLine(logger, level, 'request completed', entry, requestContext);
     });
     await next();

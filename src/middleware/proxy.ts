@@ -4,7 +4,7 @@ import { context, trace, type Context as OtelContext, type Span, type Tracer } f
 import type { Context as KoaContext, Middleware } from 'koa';
 import { Agent, type Dispatcher } from 'undici';
 import { ATTR, METRIC_LABEL } from '../../otel/wire-names';
-import { GatewayError, upstreamFailure } from '../errors';
+import { GatewayError, upstreamFailure, type ErrorCode } from '../errors';
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
 import type { RouteHeaderRules } from '../header-rules';
@@ -135,11 +135,21 @@ export function createProxy(options: ProxyOptions): Middleware {
         res.off('close', onClientClose);
         settle(exchange);
       };
+      /**
+       * A response already started can only be cut. The error code is recorded first: the access log, metrics and
+       * span record the response when it closes, before the error handler runs, and without it the cut would
+       * read as a client that left (499).
+       */
+      const cutStartedResponse = (code: ErrorCode) => {
+        if (res.writableEnded) return;
+        ctx.state.errorCode = code;
+        res.destroy();
+      };
       /** Ends the exchange on the gateway's decision: before the response started the client gets our answer, after it a cut. */
-      const cut = (reason: string) => {
+      const cut = (reason: string, code: ErrorCode) => {
         upstream?.abort(new Error(reason));
         if (exchange.status === undefined) done();
-        else if (!res.writableEnded) res.destroy();
+        else cutStartedResponse(code);
       };
       const onClientClose = () => {
         // The client went away before the end (or we cut it below): stop the upstream exchange too.
@@ -161,7 +171,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       timers.push(
         setTimeout(() => {
           exchange.deadlineExceeded = true;
-          cut('the exchange outlived its deadline');
+          cut('the exchange outlived its deadline', 'upstream_timeout');
         }, route.deadlineMs),
       );
 
@@ -179,7 +189,7 @@ export function createProxy(options: ProxyOptions): Middleware {
         });
         stopRateWatch = watchBodyRate(req, bodyRate, () => received, () => {
           exchange.bodyTooSlow = true;
-          cut('the request body arrived too slowly');
+          cut('the request body arrived too slowly', 'request_timeout');
         });
       }
 
@@ -207,7 +217,7 @@ export function createProxy(options: ProxyOptions): Middleware {
               // A client that does not read its response is not the service's silence.
               if (res.writableNeedDrain) return void idle!.refresh();
               exchange.timedOut = true;
-              cut(`the service sent nothing for ${route.timeoutMs} ms`);
+              cut(`the service sent nothing for ${route.timeoutMs} ms`, 'upstream_timeout');
             }, route.timeoutMs);
             timers.push(idle);
           },
@@ -263,7 +273,7 @@ export function createProxy(options: ProxyOptions): Middleware {
             } else if (!res.writableEnded) {
               // Mid-body death: the client must see a broken response at once, not a hang or a truncated success.
               exchange.upstreamAborted = !exchange.clientClosed;
-              res.destroy();
+              cutStartedResponse(exchange.timedOut ? 'upstream_timeout' : 'upstream_reset');
             }
           },
         },

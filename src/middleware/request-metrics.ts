@@ -1,6 +1,6 @@
 import { trace } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
-import { onResponseClosed } from '../response-closed';
+import { onResponseClosed, recordedStatus } from '../response-closed';
 import { UNTRACED_PATHS } from '../../otel/telemetry-config';
 import { METRIC_LABEL, METRIC_LABEL_VALUE } from '../../otel/wire-names';
 import { AUTH_FAILURE_CODES, type GatewayMetrics } from '../metrics';
@@ -45,7 +45,7 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
     onResponseClosed(ctx, () => {
       inProgress.dec();
       const { route, errorCode } = ctx.state;
-      const status = ctx.res.writableFinished ? ctx.res.statusCode : 499;
+      const status = recordedStatus(ctx);
       const ended = performance.now();
       const series = requestSeries(method, route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute, status, route ? route.name : '', errorCode ?? '');
       series.observe((ended - started) / 1000, spanContext, ended);

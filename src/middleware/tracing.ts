@@ -18,7 +18,7 @@ import { outgoingTraceFlags, setRandomTraceIdFlag, TraceContextPropagator } from
 import { TRACE_ID_FROM_REQUEST_ID, traceIdFromRequestId, withTraceId } from '../../otel/trace-ids';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { isWellFormedRequestId } from './request-id';
-import { onResponseClosed } from '../response-closed';
+import { onResponseClosed, recordedStatus } from '../response-closed';
 
 export interface TracingOptions {
   tracer: Tracer;
@@ -130,7 +130,7 @@ export function createTracing(options: TracingOptions): Middleware {
       span.end();
     };
     onResponseClosed(ctx, () => {
-      status = ctx.res.writableFinished ? ctx.res.statusCode : 499;
+      status = recordedStatus(ctx);
       finish();
     });
 

@@ -149,6 +149,9 @@ describe('upstream faults', () => {
     expect(outcome).not.toBe('ended');
     // The body was cut: the response (not the request before any answer) failed.
     expect(outcome).toMatch(/^(aborted|error:)/);
+    // Recorded as the service's failure after a 200 was sent, not as a client that left (499).
+    await waitUntil(() => stack.gatewayLogs.some((line) => line.message === 'request completed' && line.url === '/api/orders/die-mid-body'));
+    expect(stack.gatewayLogs.find((line) => line.message === 'request completed' && line.url === '/api/orders/die-mid-body')).toMatchObject({ status: 200, error_code: 'upstream_reset', level: 'error' });
     // The gateway is still fine afterwards.
     expect((await fetch(`${stack.gateway.url}/api/orders/fine`, { headers: auth() })).status).toBe(200);
   });
@@ -171,6 +174,10 @@ describe('upstream faults', () => {
       req.destroy();
       await waitUntil(() => upstream.closedEarly.includes(path));
       expect(upstream.closedEarly).toContain(path);
+      // A client that left is 499 (as nginx logs it), with no error of the gateway's or the service's.
+      const logged = () => patient.gatewayLogs.find((line) => line.message === 'request completed' && line.url === `/api${path}`);
+      await waitUntil(() => logged() !== undefined);
+      expect(logged()).toMatchObject({ status: 499, error_code: null });
       expect((await fetch(`${patient.gateway.url}/api/orders/fine`, { headers: auth() })).status).toBe(200);
     } finally {
       await patient.close();
