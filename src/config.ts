@@ -4,7 +4,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { headerRulesSchema, ownedRequestHeader, ownedResponseHeader } from './header-rules';
 import { cacheSettingsSchema, routeCacheSchema } from './response-cache';
-import { SIGNING_KEY_MIN_LENGTH } from './gateway-signature';
+import { GUESSABLE_SECRET_RULE, isGuessableSecret, SIGNING_KEY_MIN_LENGTH } from './gateway-signature';
 
 /**
  * The gateway's one configuration: a JSON file (routes as data) overlaid with environment variables,
@@ -45,11 +45,18 @@ const pathPrefix = z
 
 const upstreamPath = z.union([z.literal(''), pathPrefix]);
 
+/**
+ * Node's timers hold at most 2^31 - 1 ms (~24.8 days): a longer one fires after 1 ms (TimeoutOverflowWarning),
+ * so "practically never" would time every request out at once. Every duration in ms is bounded by it.
+ */
+export const MAX_TIMER_MS = 2_147_483_647;
+const TIMER_RULE = `must be at most ${MAX_TIMER_MS} ms (Node's longest timer, ~24.8 days)`;
+
 const rateLimitSchema = z.strictObject({
   /** Requests allowed per client per window. */
   max: z.int().positive(),
   /** Window length, ms. */
-  windowMs: z.int().positive(),
+  windowMs: z.int().min(1000, 'must be at least 1000 ms: a shorter window lets any rate through').max(MAX_TIMER_MS, TIMER_RULE),
   /**
    * What to do when the shared store (Redis) cannot answer within `rateLimit.redisTimeoutMs`: `allow` the
    * request (availability first, the default) or `reject` it with 503 (protection first).
@@ -114,7 +121,17 @@ const corsSchema = z
   })
   .refine((cors) => !(cors.credentials && cors.origins.includes('*')), { message: '"*" cannot be combined with credentials', path: ['origins'] });
 
-const serviceUrl = z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' });
+/**
+ * A service instance: an origin only. The gateway forwards to the route's `upstreamPath`, so a path, query or
+ * credentials here would be dropped without a word (traffic meant for `http://mesh/users-svc` would reach the
+ * mesh's root); put a path in the route's `upstreamPath`.
+ */
+const serviceUrl = z
+  .url({ protocol: /^https?$/, error: 'must be an http(s) URL' })
+  .refine((value) => {
+    const url = new URL(value);
+    return (url.pathname === '/' || url.pathname === '') && url.search === '' && url.hash === '' && url.username === '' && url.password === '' && !/[?#]/.test(value);
+  }, 'must be an origin (scheme, host, port) without path, query, fragment or credentials: put a path in the route\'s upstreamPath');
 
 const routeSchema = z.strictObject({
   /** Route name, used in logs, spans and metrics. */
@@ -138,7 +155,7 @@ const routeSchema = z.strictObject({
    * Upstream idle timeout for this route, ms (no byte either way for this long once the request is on a
    * connection -> 504, or a cut mid-response); defaults to `proxy.timeoutMs`.
    */
-  timeoutMs: z.int().positive().optional(),
+  timeoutMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).optional(),
   /** Rate limit for this route; defaults to `rateLimit` (by client network). */
   rateLimit: routeRateLimitSchema.optional(),
   /** CORS for this route (replaces the global `cors`), or false to refuse cross-origin use of it. */
@@ -151,7 +168,7 @@ const routeSchema = z.strictObject({
    */
   forwardAuthorization: z.boolean().default(false),
   /** Longest a whole upstream exchange (request body up, response down) may last, ms; defaults to `proxy.deadlineMs`. */
-  deadlineMs: z.int().positive().optional(),
+  deadlineMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).optional(),
   /**
    * The service speaks gRPC: requests are translated from REST/JSON by the `google.api.http` annotations of
    * `service` in `proto` (path relative to the app root), matched against the upstream path (`upstreamPath`
@@ -199,7 +216,15 @@ const configSchema = z
      * is honoured only from these peers and removed from anyone else, so a client that reaches the gateway
      * directly cannot spoof its address. Absent: every peer is trusted (only safe if nothing else can connect).
      */
-    trustedProxies: z.array(z.union([z.ipv4(), z.ipv6(), z.cidrv4(), z.cidrv6()], { error: 'must be an IP address or CIDR range' })).nonempty().optional(),
+    trustedProxies: z
+      .array(
+        z
+          .union([z.ipv4(), z.ipv6(), z.cidrv4(), z.cidrv6()], { error: 'must be an IP address or CIDR range' })
+          // `0.0.0.0/0` is every client: each could then choose its own address (and rate-limit key).
+          .refine((entry) => !/\/0+$/.test(entry), 'must not be a /0 range: that trusts every client to name its own address; list your proxies'),
+      )
+      .nonempty()
+      .optional(),
     /**
      * Continue a client's W3C `traceparent` instead of starting a new trace. Default false: at the edge,
      * clients could otherwise choose trace ids and sampling. See README "Tracing".
@@ -273,9 +298,9 @@ const configSchema = z
             /** Longest wait for the key set, ms; beyond it requests get 503 auth_unavailable. Default 2000. */
             timeoutMs: z.int().positive().max(30_000).default(2000),
             /** Least time between refetches for an unknown `kid`, ms. Default 30 s. */
-            cooldownMs: z.int().min(0).default(30_000),
+            cooldownMs: z.int().min(0).max(MAX_TIMER_MS, TIMER_RULE).default(30_000),
             /** How long a fetched key set is trusted, ms. Default 10 min. */
-            cacheMaxAgeMs: z.int().positive().default(600_000),
+            cacheMaxAgeMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(600_000),
             clockToleranceSeconds: z.int().min(0).max(300).default(5),
             /** Claim with the caller's role; absent -> role `user` (never admin by default). */
             roleClaim: z.string().min(1).default('role'),
@@ -309,11 +334,11 @@ const configSchema = z
     server: z
       .strictObject({
         /** A client must send its whole request head within this, ms (slow-header clients get 408). Default 10 s. */
-        headersTimeoutMs: z.int().positive().default(10_000),
+        headersTimeoutMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(10_000),
         /** A client must send its whole request, body included, within this, ms (408; an HTTP/2 stream is reset with CANCEL, src/tls.ts). Default 120 s. */
-        requestTimeoutMs: z.int().min(0).default(120_000),
+        requestTimeoutMs: z.int().min(0).max(MAX_TIMER_MS, TIMER_RULE).default(120_000),
         /** Idle keep-alive connections from clients are closed after this, ms. Default 5 s. */
-        keepAliveTimeoutMs: z.int().positive().default(5_000),
+        keepAliveTimeoutMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(5_000),
         /** Client connections open at once; further ones are closed at accept. Default 10 000. */
         maxConnections: z.int().positive().default(10_000),
         /**
@@ -323,13 +348,13 @@ const configSchema = z
          */
         minBodyBytesPerSecond: z.int().min(0).default(240),
         /** Time a body may take before `minBodyBytesPerSecond` is enforced, ms. Default 5 s. */
-        bodyGracePeriodMs: z.int().positive().default(5_000),
+        bodyGracePeriodMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(5_000),
       })
       .prefault({}),
     proxy: z
       .strictObject({
         /** Upstream idle timeout, ms (no byte for this long -> 504). Default 10 s. */
-        timeoutMs: z.int().positive().default(10_000),
+        timeoutMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(10_000),
         /** Keep-alive sockets per upstream. Default 256. */
         maxSockets: z.int().positive().default(256),
         /** Largest request body forwarded, bytes (413 beyond). Default 50 MiB. */
@@ -340,7 +365,7 @@ const configSchema = z
          */
         maxPendingRequests: z.int().min(0).default(1024),
         /** Longest a whole upstream exchange may last, ms (504 before the response starts, cut after). Default 60 s. */
-        deadlineMs: z.int().positive().default(60_000),
+        deadlineMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(60_000),
         /**
          * Service response headers never passed to clients: they name the software behind the gateway and its
          * version, which helps an attacker pick exploits. Default `Server` and `X-Powered-By`; [] keeps them.
@@ -421,7 +446,7 @@ const configSchema = z
         /** Passive health: consecutive connection failures (refused, reset, timeout) that eject an instance. Default 3. */
         ejectAfterFailures: z.int().positive().default(3),
         /** How long an ejected instance gets no traffic, ms. Default 10 s. */
-        ejectMs: z.int().positive().default(10_000),
+        ejectMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(10_000),
       }),
     ),
     routes: z.array(routeSchema).nonempty(),
@@ -513,6 +538,14 @@ const configSchema = z
       ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be set (JWT_SECRET) in production', input: undefined });
     } else if (config.environment === 'production' && secret!.length < 32) {
       ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be at least 32 characters in production', input: '(hidden)' });
+    } else if (config.environment === 'production' && isGuessableSecret(secret!)) {
+      ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: GUESSABLE_RULE, input: '(hidden)' });
+    }
+    if (config.environment === 'production' && config.proxy.signingKey !== undefined && isGuessableSecret(config.proxy.signingKey)) {
+      ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: GUESSABLE_RULE, input: '(hidden)' });
+    }
+    if (config.environment === 'production' && config.auth.jwks && new URL(config.auth.jwks.url).protocol !== 'https:') {
+      ctx.addIssue({ code: 'custom', path: ['auth', 'jwks', 'url'], message: 'must be https in production: keys fetched over plain HTTP can be replaced on the way, and with them any token', input: config.auth.jwks.url });
     }
     if (config.tls?.hsts) {
       // The gateway's policy is the only one (RFC 6797 6.1); a rule's `max-age=0` would make browsers forget it.
@@ -643,6 +676,8 @@ export interface ParseOptions {
    */
   generatedSecret?: string;
 }
+
+const GUESSABLE_RULE = `is ${GUESSABLE_SECRET_RULE}`;
 
 /** Keys whose values are secrets: never echoed in an error, not even a wrong one. */
 const SECRET_KEYS = new Set(['auth.secret', 'proxy.signingKey']);

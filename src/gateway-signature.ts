@@ -28,6 +28,14 @@ export const SIGNATURE_MAX_AGE_SECONDS = 300;
 /** Shortest key accepted, characters (the JWT secret's production minimum). */
 export const SIGNING_KEY_MIN_LENGTH = 32;
 
+/** Why production refuses a secret `isGuessableSecret` finds. */
+export const GUESSABLE_SECRET_RULE = 'too regular to be a secret (fewer than 8 different characters): use random bytes, e.g. openssl rand -base64 48';
+
+/** A secret long enough but made of a handful of characters (32 spaces, `aaaa...`, `abcabc...`): not key material. */
+export function isGuessableSecret(secret: string): boolean {
+  return new Set(secret.trim()).size < 8;
+}
+
 /** The gateway re-signs an identity once per period, s: one HMAC per identity per minute, not per request. */
 const SIGNING_PERIOD_SECONDS = 60;
 

@@ -11,6 +11,7 @@ import { createGatewayApps } from './gateway';
 import { createGatewayMetrics, listenMetrics, shareMetricsWithPrimary } from './metrics';
 import { createRedisStore, waitForRedis } from './rate-limit-store';
 import { connectWorker, type WorkerLink } from './worker-link';
+import { startupWarnings } from './startup-warnings';
 import { runPrimary, workerCount } from './workers';
 import { createTlsServer, listenHttpsRedirect, type RedirectListener } from './tls';
 
@@ -56,16 +57,6 @@ async function main(): Promise<void> {
     return runPrimary({ initial, count: workers, logger, load: reader(generatedSecretOf(config)) });
   }
   return serve(initial);
-}
-
-/** Logged once per gateway (by the primary of a cluster). */
-function startupWarnings(config: GatewayConfig, logger: Logger): void {
-  if (config.auth.secretSource === 'generated') {
-    logger.warn('JWT_SECRET is not set: tokens are signed with a random secret of this process; they stop working when it restarts and are not accepted by other replicas. Set JWT_SECRET (32+ characters) to keep them.', { environment: config.environment });
-  }
-  if (config.environment === 'production' && config.allowedHosts === undefined) {
-    logger.warn('allowedHosts is not set: any Host a client sends reaches the services as X-Forwarded-Host. Set ALLOWED_HOSTS to the names this gateway serves.');
-  }
 }
 
 /** The one process without a cluster: reloads (SIGHUP, POST /admin/reload) are read, checked and applied here. */
@@ -177,3 +168,4 @@ main().catch((error: unknown) => {
   process.stderr.write(`gateway: failed to start: ${error instanceof Error ? error.message : String(error)}\n`);
   process.exit(1);
 });
+

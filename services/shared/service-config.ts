@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { SIGNING_KEY_MIN_LENGTH } from '../../src/gateway-signature';
+import { GUESSABLE_SECRET_RULE, isGuessableSecret, SIGNING_KEY_MIN_LENGTH } from '../../src/gateway-signature';
 
 /**
  * Configuration of the three example services, from the environment only (they are small on purpose).
@@ -58,5 +58,6 @@ export function loadServiceEnv<K extends ServiceKey>(service: K, env: Record<str
   if (result.data.NODE_ENV === 'production' && result.data.GATEWAY_SIGNING_KEY === undefined) {
     throw new Error('config: GATEWAY_SIGNING_KEY: must be set in production: without it anyone who reaches this service can claim any identity');
   }
+  if (result.data.NODE_ENV === 'production' && isGuessableSecret(result.data.GATEWAY_SIGNING_KEY!)) throw new Error(`config: GATEWAY_SIGNING_KEY: is ${GUESSABLE_SECRET_RULE}`);
   return result.data as ServiceEnv<K>;
 }

@@ -6,7 +6,7 @@ import { createGateway } from '../../src/gateway';
 import { createApp as createUsersApp } from '../../services/users/app';
 import { listen, listenRecording, memoryLogger, type TestServer } from '../helpers/servers';
 import { login } from '../helpers/stack';
-import { shippedConfigFile, TEST_SIGNING_KEY } from '../helpers/test-config';
+import { shippedConfigFile, TEST_JWT_SECRET, TEST_SIGNING_KEY } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
 
 const ROOT = path.join(__dirname, '../..');
@@ -107,7 +107,7 @@ describe('what the processes say at start-up', () => {
   });
 
   it('the gateway warns in production when no allowed hosts are set', async () => {
-    const { stdout } = await runUntil('src/main.js', { NODE_ENV: 'production', JWT_SECRET: 'p'.repeat(40), GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY }, /gateway listening/);
+    const { stdout } = await runUntil('src/main.js', { NODE_ENV: 'production', JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY }, /gateway listening/);
     expect(stdout).toMatch(/gateway listening/);
     expect(stdout).toMatch(/allowedHosts is not set/);
     expect(stdout).not.toMatch(/JWT_SECRET is not set/);
@@ -122,7 +122,7 @@ describe('what the processes say at start-up', () => {
   });
 
   it('the gateway refuses to start in production without GATEWAY_SIGNING_KEY, and never echoes a short one', async () => {
-    const unset = await runUntil('src/main.js', { NODE_ENV: 'production', JWT_SECRET: 'p'.repeat(40) }, /gateway listening/);
+    const unset = await runUntil('src/main.js', { NODE_ENV: 'production', JWT_SECRET: TEST_JWT_SECRET }, /gateway listening/);
     expect(unset.code).toBe(1);
     expect(unset.stderr).toMatch(/GATEWAY_SIGNING_KEY \(proxy\.signingKey\): must be set \(GATEWAY_SIGNING_KEY\) in production/);
     const short = await runUntil('src/main.js', { NODE_ENV: 'development', GATEWAY_SIGNING_KEY: 'short-key-1234' }, /gateway listening/);

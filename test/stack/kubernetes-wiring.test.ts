@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -68,6 +69,10 @@ const SERVICE_KEYS: Record<Exclude<(typeof APPS)[number], 'gateway'>, ServiceKey
 function composeValue(value: string): string {
   return value.replace(/\$\{(\w+)(?::?-([^}]*))?\}/g, (_m, _name: string, fallback: string | undefined) => fallback ?? '');
 }
+
+/** As `openssl rand -base64 48` gives them (production refuses secrets of a few repeated characters). */
+const RANDOM_SECRET = randomBytes(48).toString('base64');
+const RANDOM_KEY = randomBytes(48).toString('base64');
 
 const SIGNING_KEY_DIFFERENCE = 'from the gateway-signing Secret (compose: from the shell, empty by default)';
 
@@ -163,15 +168,15 @@ describe('configuration from the repository files (one source of truth)', () => 
       const file = path.join(dir, 'gateway.config.json');
       writeFileSync(file, configMap('gateway', 'config').data['gateway.config.json']!);
       const env = Object.fromEntries([...envMap(gateway).values()].map((v) => [v.name, v.value ?? '']));
-      const config = loadConfig({ ...env, GATEWAY_CONFIG: file, JWT_SECRET: 'k'.repeat(48), GATEWAY_SIGNING_KEY: 's'.repeat(48) }, ROOT);
+      const config = loadConfig({ ...env, GATEWAY_CONFIG: file, JWT_SECRET: RANDOM_SECRET, GATEWAY_SIGNING_KEY: RANDOM_KEY }, ROOT);
       expect(config.environment).toBe('production');
       expect(config.port).toBe(resolvePort(gateway, 'http'));
       expect(config.rateLimit.redisUrl).toBe('redis://redis:6379');
       expect(config.auth.secretSource).toBe('configured');
       // Production without the Secret's value refuses to start: the secretKeyRef is not optional.
-      expect(() => loadConfig({ ...env, GATEWAY_CONFIG: file, JWT_SECRET: '', GATEWAY_SIGNING_KEY: 's'.repeat(48) }, ROOT)).toThrow(/JWT_SECRET|auth\.secret/);
+      expect(() => loadConfig({ ...env, GATEWAY_CONFIG: file, JWT_SECRET: '', GATEWAY_SIGNING_KEY: RANDOM_KEY }, ROOT)).toThrow(/JWT_SECRET|auth\.secret/);
       // Nor without the signing key's.
-      expect(() => loadConfig({ ...env, GATEWAY_CONFIG: file, JWT_SECRET: 'k'.repeat(48), GATEWAY_SIGNING_KEY: '' }, ROOT)).toThrow(/GATEWAY_SIGNING_KEY/);
+      expect(() => loadConfig({ ...env, GATEWAY_CONFIG: file, JWT_SECRET: RANDOM_SECRET, GATEWAY_SIGNING_KEY: '' }, ROOT)).toThrow(/GATEWAY_SIGNING_KEY/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -181,7 +186,7 @@ describe('configuration from the repository files (one source of truth)', () => 
     const env = Object.fromEntries([...envMap(container(name)).values()].map((v) => [v.name, v.value ?? '']));
     // The signing key comes from the Secret: production refuses to start without it.
     expect(() => loadServiceEnv(key, env)).toThrow(/GATEWAY_SIGNING_KEY/);
-    expect(loadServiceEnv(key, { ...env, GATEWAY_SIGNING_KEY: 's'.repeat(48) }).PORT).toBe(resolvePort(container(name), 'http'));
+    expect(loadServiceEnv(key, { ...env, GATEWAY_SIGNING_KEY: RANDOM_KEY }).PORT).toBe(resolvePort(container(name), 'http'));
   });
 
   it('sizes the Collector above its memory_limiter, so the limiter acts before the kernel kills it', () => {

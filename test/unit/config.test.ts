@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { ConfigError, GATEWAY_ENV_VARIABLES, loadConfig, parseConfig, PUBLISHED_JWT_SECRETS } from '../../src/config';
-import { shippedConfigFile } from '../helpers/test-config';
+import { shippedConfigFile, TEST_JWT_SECRET, TEST_SIGNING_KEY } from '../helpers/test-config';
 
 describe('gateway config', () => {
   it('parses the shipped gateway.config.json into the documented defaults', () => {
@@ -58,6 +58,20 @@ describe('gateway config', () => {
     { desc: 'the formerly published development secret, even outside production', env: { JWT_SECRET: PUBLISHED_JWT_SECRETS[0]! }, message: /^config: JWT_SECRET \(auth\.secret\): is a published secret/ },
     { desc: 'the formerly published development secret in production', env: { NODE_ENV: 'production', JWT_SECRET: PUBLISHED_JWT_SECRETS[0]! }, message: /^config: JWT_SECRET \(auth\.secret\): is a published secret/ },
     { desc: 'production with a short secret', env: { NODE_ENV: 'production', JWT_SECRET: 'short' }, message: /^config: JWT_SECRET \(auth\.secret\): must be at least 32/ },
+    { desc: 'production with a secret of 32 spaces', env: { NODE_ENV: 'production', JWT_SECRET: ' '.repeat(32), GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY }, message: /^config: JWT_SECRET \(auth\.secret\): is too regular to be a secret/ },
+    { desc: 'production with a secret of one repeated letter', env: { NODE_ENV: 'production', JWT_SECRET: 'a'.repeat(40), GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY }, message: /^config: JWT_SECRET \(auth\.secret\): is too regular to be a secret/ },
+    { desc: 'production with a signing key of a few repeated characters', env: { NODE_ENV: 'production', JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: 'abc'.repeat(12) }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): is too regular to be a secret/ },
+    {
+      desc: 'production with a JWKS URL over plain HTTP',
+      env: { NODE_ENV: 'production', JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY, JWKS_URL: 'http://idp.example.com/jwks.json', JWKS_ISSUER: 'idp', JWKS_AUDIENCE: 'api' },
+      message: /^config: JWKS_URL \(auth\.jwks\.url\): must be https in production/,
+    },
+    { desc: 'a proxy timeout beyond what a Node timer holds (it would fire at once)', env: { PROXY_TIMEOUT_MS: '2147483648' }, message: /^config: PROXY_TIMEOUT_MS \(proxy\.timeoutMs\): must be at most 2147483647 ms/ },
+    { desc: 'a rate-limit window under a second (any rate passes)', env: { RATE_LIMIT_WINDOW_MS: '1' }, message: /^config: RATE_LIMIT_WINDOW_MS \(rateLimit\.windowMs\): must be at least 1000 ms/ },
+    { desc: 'a service URL with a path (it would be dropped)', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001/v2' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an origin/ },
+    { desc: 'a service URL with credentials', env: { USER_SERVICE_URL: 'http://svc:s3cret@127.0.0.1:4001' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an origin.*\(got "http:\/\/svc:\*\*\*@/ },
+    { desc: 'a service URL with a query', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001?tenant=a' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an origin/ },
+    { desc: 'one of several service URLs with a fragment', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001,http://127.0.0.1:4011/#x' }, message: /^config: services\.users\.url\.1: must be an origin/ },
   ])('refuses $desc with one line naming the key', ({ env, message }) => {
     expect(() => parseConfig(shippedConfigFile(), env)).toThrow(message);
     try {
@@ -77,6 +91,13 @@ describe('gateway config', () => {
     { desc: 'roles on a public route', patch: (file: any) => (file.routes[0].roles = ['admin']), message: /^config: routes\.0\.roles: need auth "required"/ },
     { desc: 'an unknown auth mode', patch: (file: any) => (file.routes[1].auth = 'maybe'), message: /^config: routes\.1\.auth: / },
     { desc: 'no users service', patch: (file: any) => delete file.services.users, message: /^config: services\.users: is required/ },
+    {
+      desc: 'a trusted proxy range of every IPv4 address',
+      patch: (file: any) => Object.assign(file, { trustProxy: true, trustedProxies: ['10.0.0.1', '0.0.0.0/0'] }),
+      message: /^config: trustedProxies\.1: must not be a \/0 range/,
+    },
+    { desc: 'a trusted proxy range of every IPv6 address', patch: (file: any) => Object.assign(file, { trustProxy: true, trustedProxies: ['::/0'] }), message: /^config: trustedProxies\.0: must not be a \/0 range/ },
+    { desc: 'a route deadline beyond what a Node timer holds', patch: (file: any) => (file.routes[1].deadlineMs = 3e9), message: /^config: routes\.1\.deadlineMs: must be at most 2147483647 ms/ },
     {
       desc: 'a route rule writing Strict-Transport-Security beside tls.hsts (max-age=0 would make browsers forget the policy)',
       patch: (file: any) => {

@@ -1,0 +1,23 @@
+import type { Logger } from '../otel/logger';
+import type { GatewayConfig } from './config';
+
+/** Logged once per gateway (by the primary of a cluster). */
+export function startupWarnings(config: GatewayConfig, logger: Logger): void {
+  if (config.auth.secretSource === 'generated') {
+    logger.warn('JWT_SECRET is not set: tokens are signed with a random secret of this process; they stop working when it restarts and are not accepted by other replicas. Set JWT_SECRET (32+ characters) to keep them.', { environment: config.environment });
+  }
+  if (config.environment === 'production' && config.allowedHosts === undefined) {
+    logger.warn('allowedHosts is not set: any Host a client sends reaches the services as X-Forwarded-Host. Set ALLOWED_HOSTS to the names this gateway serves.');
+  }
+  if (config.trustProxy && config.trustedProxies === undefined) {
+    logger.warn('trustProxy is on with no trustedProxies: every peer may set X-Forwarded-For, so a client that reaches this port directly chooses its own address (and rate-limit key). List your proxies in trustedProxies.');
+  }
+  if (config.admin.port !== undefined && !isLoopbackHost(config.admin.host)) {
+    logger.warn('the internal listener is not on a loopback address: /ready details, /admin/config and POST /admin/reload answer anyone who reaches it, without authentication. Keep admin.host on 127.0.0.1 unless a network policy keeps everyone else out.', { admin_host: config.admin.host });
+  }
+}
+
+/** `localhost`, 127.0.0.0/8 or ::1: the internal listener is reachable from this machine only. */
+function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127(?:\.\d{1,3}){3}$/.test(host);
+}
