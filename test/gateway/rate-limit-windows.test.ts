@@ -4,7 +4,7 @@ import { login, startStack, type TestStack } from '../helpers/stack';
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe('rate-limit windows', () => {
-  const WINDOW_MS = 500;
+  const WINDOW_MS = 1000;
   const MAX = 2;
   let stack: TestStack;
   let token: string;
