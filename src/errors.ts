@@ -18,6 +18,8 @@ export const ERROR_CATALOG = {
   request_timeout: { status: 408, title: 'Request timeout' },
   payload_too_large: { status: 413, title: 'Payload too large' },
   unsupported_media_type: { status: 415, title: 'Unsupported media type' },
+  /** An `Expect` the gateway cannot meet (anything but 100-continue). */
+  expectation_failed: { status: 417, title: 'Expectation failed' },
   host_not_allowed: { status: 421, title: 'Misdirected request' },
   /** A config reload (`POST /admin/reload`) refused the file; the running config keeps serving. */
   config_invalid: { status: 422, title: 'Configuration refused' },

@@ -50,7 +50,8 @@ export function createRequestTargetForm(): Middleware {
  *   several; a service or proxy that keeps the last would judge another host than the host guard did.
  * - A path (origin form) as the target, or `*` for OPTIONS, answered here (204 with the server's `Allow`): an
  *   absolute-form target createRequestTargetForm could not take (a scheme other than http and https, userinfo)
- *   is refused.
+ *   or CONNECT's authority form is refused.
+ * - No `Expect` but 100-continue (417).
  */
 export function createRequestHeadCheck(): Middleware {
   return function checkRequestHead(ctx, next) {
@@ -69,6 +70,9 @@ export function createRequestHeadCheck(): Middleware {
       for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === 'host') hostLines++;
       if (hostLines > 1) throw new GatewayError('bad_request', 'The request carries more than one Host header field.');
     }
+    const { expect } = request.headers;
+    // runServer passes requests with other expectations on (Node would answer a bare 417 with no request id).
+    if (expect !== undefined && !CONTINUE_EXPECTATION.test(expect)) throw new GatewayError('expectation_failed', 'The gateway meets no expectation but 100-continue.');
     const host = request.headers.host ?? (http2 ? request.headers[':authority'] : undefined);
     if (host !== undefined && !HOST_VALUE.test(String(host))) throw new GatewayError('bad_request', 'The Host header is not a host name or address with an optional port.');
     if (target === '*') {
@@ -89,5 +93,8 @@ export function createRequestHeadCheck(): Middleware {
  */
 export function continueIfExpected(ctx: Context): void {
   const expect = ctx.req.headers.expect;
-  if (expect !== undefined && expect.toLowerCase() === '100-continue' && !ctx.res.headersSent) ctx.res.writeContinue();
+  if (expect !== undefined && CONTINUE_EXPECTATION.test(expect) && !ctx.res.headersSent) ctx.res.writeContinue();
 }
+
+/** `100-continue` in an Expect value, as Node's HTTP server finds it (it sends such requests to checkContinue). */
+const CONTINUE_EXPECTATION = /(?:^|\W)100-continue(?:$|\W)/i;

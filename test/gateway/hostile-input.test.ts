@@ -614,6 +614,10 @@ describe('hostile input at the gateway', () => {
         hostile: 'smuggled-marker',
       },
       { desc: 'two different Content-Length values', raw: () => `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: smuggled-marker\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}`, status: 400, code: 'bad_request', hostile: 'smuggled-marker' },
+      // Node answers these itself unless runServer passes them on: a bare 417, and CONNECT dropped without a word.
+      { desc: 'an Expect other than 100-continue', raw: () => get('Expect: evil-expectation\r\n'), status: 417, code: 'expectation_failed', hostile: 'evil-expectation' },
+      { desc: 'CONNECT to a host and port (a tunnel)', raw: () => `CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n`, status: 400, code: 'bad_request', hostile: ':22' },
+      { desc: 'CONNECT with a route path', raw: () => `CONNECT /api/users/2 HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\n\r\n`, status: 405, code: 'method_not_allowed', hostile: 'CONNECT' },
     ];
 
     it.each(rows)('answers $desc with $status problem+json, reaching no service', async ({ raw, status, code, hostile }) => {
