@@ -195,3 +195,22 @@ function publicPort(ctx: KoaContext, host: string): string {
   const inHost = /:(\d+)$/.exec(host);
   return inHost ? inHost[1]! : ctx.protocol === 'https' ? '443' : '80';
 }
+
+/**
+ * A URL a service wrote into `Location` or `Content-Location`, as the client must see it. A service that builds
+ * absolute URLs from the Host it received names the instance (`http://10.0.3.7:4001/users/7`): that address
+ * means nothing to the client and maps the network behind the gateway. Such a URL becomes the public origin
+ * and, when its path is under the route's upstream path, the route's public path (nginx's `proxy_redirect
+ * default`). Relative URLs and other origins pass as they are.
+ */
+export function publicLocation(value: string, instanceOrigin: string, publicOrigin: string, route: { prefix: string; upstreamPath: string }): string {
+  if (value.length < instanceOrigin.length || value.slice(0, instanceOrigin.length).toLowerCase() !== instanceOrigin) return value;
+  let rest = value.slice(instanceOrigin.length);
+  if (rest !== '' && !'/?#'.includes(rest[0]!)) return value;
+  const { upstreamPath, prefix } = route;
+  if (rest === '' || rest[0] !== '/') rest = `/${rest}`;
+  if (upstreamPath === '' || rest === upstreamPath || '/?#'.includes(rest[upstreamPath.length] ?? '') && rest.startsWith(upstreamPath)) {
+    rest = prefix + rest.slice(upstreamPath.length);
+  }
+  return publicOrigin + rest;
+}

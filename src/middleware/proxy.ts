@@ -8,7 +8,7 @@ import { GatewayError, upstreamFailure, type ErrorCode } from '../errors';
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
 import type { RouteHeaderRules } from '../header-rules';
-import { endToEndHeaders, upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { endToEndHeaders, publicLocation, upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
@@ -231,7 +231,8 @@ export function createProxy(options: ProxyOptions): Middleware {
             }
             const unforwardable = unforwardableResponse(upstreamHeaders);
             if (unforwardable) return void badResponse(controller, unforwardable);
-            const headers = responseHeaders(upstreamHeaders, res, corsApplied);
+            const served = withPublicLocations(upstreamHeaders, instance.origin, ctx, route);
+            const headers = responseHeaders(served, res, corsApplied);
             rules?.response?.(headers, ctx);
             // HTTP/2 has no reason phrase (RFC 9113 8.3.2); Node warns when one is set on its responses. One Node
             // would refuse to write (obs-text, which undici decodes as UTF-8, or a control) gives way to the standard one.
@@ -244,7 +245,7 @@ export function createProxy(options: ProxyOptions): Middleware {
               return void badResponse(controller, `a response header the gateway cannot forward (${(error as Error).message})`);
             }
             exchange.status = statusCode;
-            tap?.start(statusCode, upstreamHeaders);
+            tap?.start(statusCode, served);
             res.once('finish', done);
             res.on('drain', () => controller.resume());
           },
@@ -375,6 +376,17 @@ function pickWithRoom(pool: CompiledRoute['pool'], tried: ReadonlySet<UpstreamIn
     full.add(instance);
   }
   return sawFull ? 'busy' : undefined;
+}
+
+/** The service's headers with `Location` and `Content-Location` naming the public URL, not the instance (publicLocation). */
+function withPublicLocations(headers: http.IncomingHttpHeaders, instanceOrigin: string, ctx: KoaContext, route: CompiledRoute): http.IncomingHttpHeaders {
+  const { location, 'content-location': contentLocation } = headers;
+  if ((location === undefined && contentLocation === undefined) || !ctx.host) return headers;
+  const publicOrigin = `${ctx.protocol}://${ctx.host}`;
+  const rewritten = { ...headers };
+  if (location !== undefined) rewritten.location = publicLocation(location, instanceOrigin, publicOrigin, route);
+  if (typeof contentLocation === 'string') rewritten['content-location'] = publicLocation(contentLocation, instanceOrigin, publicOrigin, route);
+  return rewritten;
 }
 
 /** A reason phrase Node writes as it is: visible ASCII, spaces and tabs. */

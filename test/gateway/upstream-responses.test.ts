@@ -35,7 +35,11 @@ function startRawService(): Promise<{ url: string; close(): Promise<void> }> {
       if (!head.includes('\r\n\r\n')) return;
       const path = head.split(' ')[1]!.split('?')[0]!;
       const phrase = REASON_PHRASES[path];
-      if (phrase) {
+      if (path === '/orders/absolute-redirect') {
+        // As a framework builds absolute URLs: from the Host it received (the instance's address).
+        const host = /\r\nhost: *([^\r]*)/i.exec(head)![1];
+        socket.end(`HTTP/1.1 302 Found\r\nLocation: http://${host}/orders/login?next=%2Forders\r\nContent-Location: http://${host}/orders/absolute-redirect\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+      } else if (phrase) {
         socket.end(Buffer.concat([Buffer.from('HTTP/1.1 200 '), phrase, Buffer.from(`\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`)]));
       } else socket.end(Buffer.from(ANSWERS[path] ?? ANSWERS['/orders/plain']!, 'latin1'));
     });
@@ -123,6 +127,14 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
     expect(reply.headers.get('ratelimit-policy')).toMatch(new RegExp(`;q=${limit};`));
     expect(reply.headers.get('ratelimit')).not.toContain('svc');
     expect(stack.gatewayLogs.some((line) => line.request_id === requestId && line.status === 200)).toBe(true);
+  });
+
+  it("rewrites Location and Content-Location naming the instance to the public URL the client asked for", async () => {
+    const reply = await fetch(`${stack.gateway.url}/api/orders/absolute-redirect`, { headers: { authorization: `Bearer ${token}` }, redirect: 'manual' });
+    expect(reply.status).toBe(302);
+    expect(reply.headers.get('location')).toBe(`${stack.gateway.url}/api/orders/login?next=%2Forders`);
+    expect(reply.headers.get('content-location')).toBe(`${stack.gateway.url}/api/orders/absolute-redirect`);
+    expect(JSON.stringify([...reply.headers])).not.toContain(new URL(service.url).host);
   });
 
   it('refuses a transfer-coding it does not decode (gzip, chunked) with 502 upstream_bad_response, and keeps the instance', async () => {
