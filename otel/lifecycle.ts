@@ -72,6 +72,27 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
   socket.end(`HTTP/1.1 ${problem.status} ${problem.title}\r\n${head}\r\n${body}`);
 }
 
+/**
+ * Handles pipelined HTTP/1.1 requests one at a time. Node parses and emits every request of a pipeline at once,
+ * while it answers them in order: a request behind one whose answer closes the connection (`Connection: close`,
+ * a refused upload) would still be forwarded, and a DELETE run by a service whose answer nobody can receive
+ * (RFC 9112 9.6: no further requests are processed after a close). A request whose response has no connection
+ * yet waits until it is its turn, and is never handled when the connection closes first.
+ */
+function inTurn(handle: http.RequestListener): http.RequestListener {
+  return (request, response) => {
+    // HTTP/2 streams are independent (and the compatibility response's socket is a proxy).
+    if (!(response instanceof http.ServerResponse)) return handle(request, response);
+    const handleIfOpen = () => {
+      // The answer before this one ended the connection (Node parsed this request from bytes already read).
+      if (!response.socket?.writable) return void response.destroy();
+      handle(request, response);
+    };
+    if (response.socket) return handleIfOpen();
+    response.once('socket', handleIfOpen);
+  };
+}
+
 interface ServerProblem {
   status: number;
   title: string;
@@ -177,13 +198,14 @@ export async function listenInternal(handler: http.RequestListener, options: Int
 export async function runServer(options: RunServerOptions): Promise<RunningServer> {
   const { app, logger } = options;
   const { timeouts } = options;
+  const listener = inTurn(app.callback());
   const server: PublicServer = options.createServer
-    ? options.createServer(app.callback())
+    ? options.createServer(listener)
     : http.createServer(
         // Node checks these timeouts every connectionsCheckingInterval (30 s by default); slow clients are
         // cut close to the configured bound only if it checks often.
         timeouts ? { headersTimeout: timeouts.headersMs, requestTimeout: timeouts.requestMs, keepAliveTimeout: timeouts.keepAliveMs, connectionsCheckingInterval: Math.min(1000, timeouts.headersMs) } : {},
-        app.callback(),
+        listener,
       );
   server.on('clientError', answerClientError);
   // Per connection (not per request): what the drain bound still finds in flight is answered or cut at close.

@@ -643,6 +643,26 @@ describe('hostile input at the gateway', () => {
       await expectStillServing(served.url);
     });
 
+    it('processes nothing pipelined behind an answer that closes the connection (a refused upload), not even a DELETE', async () => {
+      const deleteId = nextRequestId();
+      // A refused Expect: 100-continue upload is answered 401 with Connection: close; the client sent its body anyway
+      // (it may), and a DELETE right behind it, all in one write.
+      const reply = await sendRaw(
+        served.url,
+        `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nExpect: 100-continue\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}` +
+          `DELETE /api/orders/42 HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: ${deleteId}\r\n\r\n`,
+      );
+      expect(reply.status).toBe(401);
+      expect(reply.text.match(/HTTP\/1\.1 /g) ?? []).toEqual([]);
+      // A request sent after the connection closed reaches the service; the DELETE, parsed before it, never does.
+      const sentinel = nextRequestId();
+      expect((await send(served.url, '/api/users/2', { headers: { authorization: `Bearer ${bob}`, [HEADER.requestId]: sentinel } })).status).toBe(200);
+      await waitFor(() => servedLog.some((line) => line.message === 'request completed' && line.request_id === sentinel));
+      expect(seenWithRequestId(sentinel)).toHaveLength(1);
+      expect(seenWithRequestId(deleteId)).toEqual([]);
+      expect(servedLog.filter((line) => line.request_id === deleteId)).toEqual([]);
+    });
+
     // The head was good, so the request is already in the pipeline (the proxy may have begun forwarding it) when
     // its body breaks the parser: the answer comes through the request's own response, with the id it was given.
     it.each([
