@@ -21,7 +21,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { collectionsIn, formatFunctionsReport, mergeProfiles, nameFunctions, parseCallgrind, parsePerfMap } from './callgrind-functions.mjs';
 import { childPids, freePort, readRange, start, stop, stopAll, waitUntilServing } from './processes.mjs';
-import { BENCH_DIR, cleanEnv, mintToken, ROOT, startUpstreamAndSink, tracedFloorLaunch } from './servers.mjs';
+import { BENCH_DIR, BENCH_SIGNING_KEY, cleanEnv, mintToken, ROOT, startUpstreamAndSink, tracedFloorLaunch } from './servers.mjs';
 
 /** What each variant sets on top of the bench's gateway environment (bench/servers.mjs `startGateway`). */
 const VARIANTS = {
@@ -156,6 +156,7 @@ async function commandOf(name, port, upstreamPort, sinkPort) {
     NODE_ENV: 'production',
     PORT: String(port),
     JWT_SECRET: secret,
+    GATEWAY_SIGNING_KEY: BENCH_SIGNING_KEY,
     USER_SERVICE_URL: `http://127.0.0.1:${upstreamPort}`,
     RATE_LIMIT_MAX: '1000000000',
     LOG_LEVEL: 'info',

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 // How the benchmark starts each server it measures, shared by bench/run.mjs and bench/profile.mjs. Every
 // server listens on 127.0.0.1 only, on a port picked here, with its output in the logs folder.
 import fs from 'node:fs';
@@ -76,6 +77,9 @@ export async function startUpstreamAndSink(logs) {
  * access log, goes to `<name>-access.log`. `config`: the config file in bench/ (default gateway.bench.json).
  * `extraEnv` is for experiments (e.g. OTEL_TRACES_EXPORTER=none).
  */
+/** The key the bench's gateways sign what they forward with (src/gateway-signature.ts; the upstream does not check it). */
+export const BENCH_SIGNING_KEY = randomBytes(32).toString('base64url');
+
 export function startGateway({ name, port, upstreamPort, secret, tracing, metrics, logs, config = 'gateway.bench.json', nodeArgs = [], extraEnv = {} }) {
   const telemetry = tracing
     ? {
@@ -91,6 +95,8 @@ export function startGateway({ name, port, upstreamPort, secret, tracing, metric
     HOST: '127.0.0.1',
     PORT: String(port),
     JWT_SECRET: secret,
+    // Production requires it: every forwarded request carries the gateway's signature, as deployed.
+    GATEWAY_SIGNING_KEY: BENCH_SIGNING_KEY,
     USER_SERVICE_URL: `http://127.0.0.1:${upstreamPort}`,
     RATE_LIMIT_MAX: '1000000000',
     LOG_LEVEL: 'info',
