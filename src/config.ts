@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { z } from 'zod';
 import { headerRulesSchema, ownedRequestHeader, ownedResponseHeader } from './header-rules';
@@ -44,6 +45,9 @@ const pathPrefix = z
   .refine((p) => !p.split('/').some((s) => s === '.' || s === '..'), 'must not contain dot segments');
 
 const upstreamPath = z.union([z.literal(''), pathPrefix]);
+
+/** An address or host name to listen on (`0.0.0.0`, `::`, `127.0.0.1`, `localhost`): one that names none fails here, not at listen. */
+const listenHost = z.string().refine((value) => isIP(value) !== 0 || /^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(value), 'must be an IP address or a host name');
 
 /**
  * Node's timers hold at most 2^31 - 1 ms (~24.8 days): a longer one fires after 1 ms (TimeoutOverflowWarning),
@@ -192,7 +196,7 @@ const configSchema = z
     /** Listening port. Default 3000. */
     port: z.int().min(0).max(65535).default(3000),
     /** Listening address. Default 127.0.0.1: safe by default; containers set 0.0.0.0. */
-    host: z.string().min(1).default('127.0.0.1'),
+    host: listenHost.default('127.0.0.1'),
     /**
      * Processes serving the public port (src/workers.ts): a number, or `auto` for one per available core
      * (`os.availableParallelism()`). Default 1: one process, no cluster primary. Changes need a restart.
@@ -386,7 +390,7 @@ const configSchema = z
     admin: z
       .strictObject({
         port: z.int().min(0).max(65535).optional(),
-        host: z.string().min(1).default('127.0.0.1'),
+        host: listenHost.default('127.0.0.1'),
       })
       .prefault({}),
     /**
@@ -396,7 +400,7 @@ const configSchema = z
     metrics: z
       .strictObject({
         port: z.int().min(0).max(65535).optional(),
-        host: z.string().min(1).default('127.0.0.1'),
+        host: listenHost.default('127.0.0.1'),
       })
       .prefault({}),
     /** How long one readiness answer (a probe of every instance) is reused, ms. Default 1000. */
