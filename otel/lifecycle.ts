@@ -50,6 +50,12 @@ export interface RunningServer {
  * left). Once the answer has started, the connection can only be cut.
  */
 function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
+  // A TLS connection whose handshake never finished (its timeout, a bad ClientHello) has no HTTP to answer in:
+  // ending it with an HTTP answer writes nothing and leaves it open for good, holding a connection slot.
+  if (socket instanceof tls.TLSSocket && !(socket as tls.TLSSocket & { _secureEstablished?: boolean })._secureEstablished) {
+    socket.destroy();
+    return;
+  }
   const inFlight = (socket as Socket & { _httpMessage?: http.ServerResponse })._httpMessage;
   if (!socket.writable || inFlight?.headersSent) {
     socket.destroy();
@@ -79,7 +85,9 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
  * (RFC 9112 9.6: no further requests are processed after a close). A request whose response has no connection
  * yet waits until it is its turn, and is never handled when the connection closes first.
  */
-function inTurn(handle: http.RequestListener): http.RequestListener {
+function inTurn(handle: http.RequestListener, logger: Logger): http.RequestListener {
+  /** Requests parsed on each connection and waiting for their turn. */
+  const waiting = new WeakMap<Socket, number>();
   return (request, response) => {
     // HTTP/2 streams are independent (and the compatibility response's socket is a proxy).
     if (!(response instanceof http.ServerResponse)) return handle(request, response);
@@ -89,9 +97,26 @@ function inTurn(handle: http.RequestListener): http.RequestListener {
       handle(request, response);
     };
     if (response.socket) return handleIfOpen();
-    response.once('socket', handleIfOpen);
+    // Node keeps parsing while the queued requests wait (they write nothing yet, so nothing pauses the socket):
+    // a client pipelining thousands of requests at once would have them all held in memory. nginx and Envoy
+    // read the next request only after the current answer; past a bound, the connection is closed.
+    const socket = request.socket;
+    const queued = (waiting.get(socket) ?? 0) + 1;
+    if (queued > MAX_PIPELINED_REQUESTS) {
+      if (!socket.destroyed) logger.warn('closed a connection that pipelined too many requests', { queued, limit: MAX_PIPELINED_REQUESTS, remote_address: socket.remoteAddress });
+      socket.destroy();
+      return;
+    }
+    waiting.set(socket, queued);
+    response.once('socket', () => {
+      waiting.set(socket, waiting.get(socket)! - 1);
+      handleIfOpen();
+    });
   };
 }
+
+/** Requests one connection may have waiting behind the one being answered (browsers pipeline none). */
+const MAX_PIPELINED_REQUESTS = 32;
 
 interface ServerProblem {
   status: number;
@@ -198,7 +223,7 @@ export async function listenInternal(handler: http.RequestListener, options: Int
 export async function runServer(options: RunServerOptions): Promise<RunningServer> {
   const { app, logger } = options;
   const { timeouts } = options;
-  const listener = inTurn(app.callback());
+  const listener = inTurn(app.callback(), logger);
   const server: PublicServer = options.createServer
     ? options.createServer(listener)
     : http.createServer(
@@ -229,7 +254,12 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
     response.once('finish', () => socket.end());
     server.emit('request', request, response);
   });
-  if (options.maxConnections !== undefined) server.maxConnections = options.maxConnections;
+  if (options.maxConnections !== undefined) {
+    server.maxConnections = options.maxConnections;
+    // In a cluster worker, a connection over the cap would go back to the primary, which offers it to another
+    // worker and otherwise keeps it open: closed at accept instead, as with one process.
+    (server as PublicServer & { dropMaxConnection?: boolean }).dropMaxConnection = true;
+  }
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port, options.host, () => resolve());

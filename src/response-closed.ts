@@ -24,5 +24,6 @@ export function onResponseClosed(ctx: Context, callback: () => void): void {
  * status it was sent with, and `ctx.state.errorCode`, set before the cut, says why.
  */
 export function recordedStatus(ctx: Context): number {
-  return ctx.res.writableFinished || ctx.state.errorCode !== undefined ? ctx.res.statusCode : 499;
+  // writableEnded too: an HTTP/2 stream the client reset reports itself finished (Node's compatibility API).
+  return (ctx.res.writableFinished && ctx.res.writableEnded) || ctx.state.errorCode !== undefined ? ctx.res.statusCode : 499;
 }

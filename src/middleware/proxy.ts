@@ -152,8 +152,9 @@ export function createProxy(options: ProxyOptions): Middleware {
         else cutStartedResponse(code);
       };
       const onClientClose = () => {
-        // The client went away before the end (or we cut it below): stop the upstream exchange too.
-        if (!res.writableFinished) exchange.clientClosed = !exchange.upstreamAborted;
+        // The client went away before the end (or we cut it below): stop the upstream exchange too. An HTTP/2
+        // stream the client reset reports itself finished, though the body never ended.
+        if (!res.writableFinished || !res.writableEnded) exchange.clientClosed = !exchange.upstreamAborted;
         // Whatever answered the client (a 400 for a broken upload is written by the HTTP server itself, so the
         // response may have finished), an exchange undici still holds is aborted: a service left waiting for the
         // rest of a body would keep this instance's slot and connection, with no timer left to end it.
@@ -246,13 +247,21 @@ export function createProxy(options: ProxyOptions): Middleware {
             }
             exchange.status = statusCode;
             tap?.start(statusCode, served);
-            res.once('finish', done);
+            res.once('finish', () => {
+              // Node's HTTP/2 compatibility response emits 'finish' when the client resets its stream mid-body: the
+              // exchange (paused by back-pressure) must be aborted, or it holds its upstream connection for good.
+              if (!res.writableEnded) {
+                exchange.clientClosed = true;
+                if (!released) upstream?.abort(new Error('the client reset its stream'));
+              }
+              done();
+            });
             res.on('drain', () => controller.resume());
           },
           onResponseData(controller, chunk) {
             touch();
             tap?.data(chunk);
-            if (res.destroyed) controller.abort(new Error('the client closed the connection'));
+            if (res.destroyed || res.writableEnded) controller.abort(new Error('the client closed the connection'));
             else if (!res.write(chunk)) {
               controller.pause();
               tap?.clientBackedUp();
@@ -274,7 +283,9 @@ export function createProxy(options: ProxyOptions): Middleware {
             } else if (!res.writableEnded) {
               // Mid-body death: the client must see a broken response at once, not a hang or a truncated success.
               exchange.upstreamAborted = !exchange.clientClosed;
-              cutStartedResponse(exchange.timedOut ? 'upstream_timeout' : 'upstream_reset');
+              // The abort of a client that left comes back here too: its cut is not the service's failure.
+              if (exchange.clientClosed) res.destroy();
+              else cutStartedResponse(exchange.timedOut ? 'upstream_timeout' : 'upstream_reset');
             }
           },
         },

@@ -643,6 +643,41 @@ describe('hostile input at the gateway', () => {
       await expectStillServing(served.url);
     });
 
+    /** Everything the gateway sends back on one connection for `raw`, until it closes it (or 5 s pass). */
+    function exchangeRaw(raw: string): Promise<{ text: string; closedByGateway: boolean }> {
+      const { port } = new URL(served.url);
+      return new Promise((resolve) => {
+        const socket = net.connect(Number(port), '127.0.0.1', () => socket.write(raw));
+        const chunks: Buffer[] = [];
+        socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+        socket.on('error', () => undefined);
+        const timer = setTimeout(() => {
+          socket.destroy();
+          resolve({ text: Buffer.concat(chunks).toString('latin1'), closedByGateway: false });
+        }, 5000);
+        socket.on('close', () => {
+          clearTimeout(timer);
+          resolve({ text: Buffer.concat(chunks).toString('latin1'), closedByGateway: true });
+        });
+      });
+    }
+    const answersIn = (text: string) => (text.match(/HTTP\/1\.1 \d{3} /g) ?? []).length;
+
+    it('answers pipelined requests in order, one at a time', async () => {
+      const ids = Array.from({ length: 10 }, () => nextRequestId());
+      const { text } = await exchangeRaw(ids.map((id, index) => `GET /health HTTP/1.1\r\nHost: ${host()}\r\nX-Request-Id: ${id}\r\n${index === ids.length - 1 ? 'Connection: close\r\n' : ''}\r\n`).join(''));
+      expect(answersIn(text)).toBe(10);
+      expect([...text.matchAll(/x-request-id: (\S+)/gi)].map((match) => match[1])).toEqual(ids);
+    });
+
+    it('closes a connection that pipelines more requests than it may have waiting (they were all held in memory)', async () => {
+      const { text, closedByGateway } = await exchangeRaw(`GET /health HTTP/1.1\r\nHost: ${host()}\r\n\r\n`.repeat(2000));
+      expect(closedByGateway).toBe(true);
+      expect(answersIn(text)).toBeLessThan(100);
+      await waitFor(() => servedLog.some((line) => line.message === 'closed a connection that pipelined too many requests'));
+      await expectStillServing(served.url);
+    });
+
     it('processes nothing pipelined behind an answer that closes the connection (a refused upload), not even a DELETE', async () => {
       const deleteId = nextRequestId();
       // A refused Expect: 100-continue upload is answered 401 with Connection: close; the client sent its body anyway

@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
+import net from 'node:net';
 import https from 'node:https';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -16,6 +17,7 @@ import { exitOf, spawnGateway } from '../helpers/process-stack';
 import { listen, memoryLogger, sendRaw, type RecordedRequest } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
+import { waitFor } from '../helpers/wait';
 
 interface Reply {
   status: number;
@@ -510,6 +512,89 @@ describe('TLS termination and HTTP/2', () => {
         await expectStillServing();
       });
     });
+  });
+});
+
+describe('HTTP/2 clients that leave, and TLS connections that never start', () => {
+  let certificate: TestCertificate;
+  let stack: TestStack;
+  let gateway: RunningServer;
+  let gatewayLog: Record<string, unknown>[];
+  let service: http.Server;
+  const closedEarly: string[] = [];
+  const short = { ...TIMEOUTS, headersMs: 1_000 };
+
+  beforeAll(async () => {
+    certificate = makeCertificate();
+    // A service that streams an endless download, recording when the gateway gives up on it.
+    service = http.createServer((req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      const chunk = Buffer.alloc(64 * 1024);
+      const pump = () => {
+        while (!res.destroyed && res.write(chunk));
+      };
+      res.on('drain', pump);
+      res.on('close', () => closedEarly.push(req.url ?? ''));
+      pump();
+    });
+    await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
+    const serviceUrl = `http://127.0.0.1:${(service.address() as { port: number }).port}`;
+    stack = await startStack({
+      serviceUrls: { orders: serviceUrl },
+      overrides: { tls: { certFile: certificate.certFile, keyFile: certificate.keyFile }, proxy: { timeoutMs: 60_000, deadlineMs: 120_000 } },
+    });
+    const { logger, lines } = memoryLogger('gateway');
+    gatewayLog = lines;
+    gateway = await runServer({ app: createGatewayApps(stack.config, { logger, metrics: false }).gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: short, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: short, logger }).create });
+  });
+  afterAll(async () => {
+    // The service's connections first: an exchange the gateway failed to end would keep everything else open.
+    service?.closeAllConnections();
+    await new Promise((resolve) => service?.close(resolve));
+    await gateway?.close();
+    await stack?.close();
+  });
+
+  it.each([
+    ['resets its stream mid-body', (stream: http2.ClientHttp2Stream) => stream.close(http2.constants.NGHTTP2_CANCEL)],
+    ['closes its connection mid-body', (stream: http2.ClientHttp2Stream) => stream.session?.destroy()],
+  ])('ends the upstream exchange of a client that %s (it held its upstream connection for good), and logs 499', async (desc, leave) => {
+    const session = await connectH2(gateway.url, certificate.cert);
+    session.on('error', () => undefined);
+    const token = await new Promise<string>((resolve) => {
+      const login = session.request({ ':method': 'POST', ':path': '/api/auth/login', 'content-type': 'application/json' });
+      let text = '';
+      login.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      login.on('end', () => resolve((JSON.parse(text) as { token: string }).token));
+      login.end(JSON.stringify({ email: 'bob@example.com', password: 'builder' }));
+    });
+    const path = `/orders/download?client=${desc.length}`;
+    const stream = session.request({ ':path': `/api${path}`, authorization: `Bearer ${token}` });
+    stream.on('error', () => undefined);
+    // Reads nothing: the upstream exchange is paused by back-pressure when the client leaves.
+    await new Promise((resolve) => stream.once('response', resolve));
+    leave(stream);
+    await waitFor(() => closedEarly.includes(path), 'the upstream exchange to end').catch(() => undefined);
+    expect(closedEarly).toContain(path);
+    await waitFor(() => gatewayLog.some((line) => line.message === 'request completed' && line.url === `/api${path}`));
+    expect(gatewayLog.find((line) => line.message === 'request completed' && line.url === `/api${path}`)).toMatchObject({ status: 499, error_code: null });
+    session.destroy();
+  });
+
+  it('closes a TCP connection that never starts its TLS handshake once the head timeout passed (it held a connection slot for good)', async () => {
+    const { port } = new URL(gateway.url);
+    const socket = net.connect(Number(port), '127.0.0.1');
+    socket.on('error', () => undefined);
+    const received: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => received.push(chunk));
+    const closed = new Promise<boolean>((resolve) => {
+      socket.once('close', () => resolve(true));
+      setTimeout(() => resolve(false), short.headersMs * 10).unref();
+    });
+    expect(await closed).toBe(true);
+    // Nothing in plain HTTP is written into a TLS connection.
+    expect(Buffer.concat(received).toString('latin1')).not.toContain('HTTP/1.1');
+    socket.destroy();
   });
 });
 
