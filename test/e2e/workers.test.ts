@@ -1,8 +1,10 @@
 import type http from 'node:http';
+import net from 'node:net';
 import { namedUpstream, requestOnNewConnection, startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
 import { spawnGateway } from '../helpers/process-stack';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver';
 import { streamSixChunks } from '../helpers/servers';
+import { waitFor } from '../helpers/wait';
 
 /**
  * Every core (src/workers.ts): with GATEWAY_WORKERS=2 the built gateway is a cluster primary and two workers
@@ -216,5 +218,26 @@ describe('workers (two processes behind one port)', () => {
     expect(await gateway.exited()).toBe(0);
     const received = await receiver.waitFor(({ spans }) => spans.some((span) => span.kind === 'SERVER' && span.attributes['url.path'] === '/api/stream'));
     expect(received.spans.some((span) => span.kind === 'SERVER' && span.attributes['url.path'] === '/api/stream')).toBe(true);
+  });
+
+  it('closes connections over server.maxConnections at accept, as one process does (the primary kept them open and new clients hung)', async () => {
+    gateway = await startGatewayProcess({ config: { ...config(), server: { maxConnections: 5 } }, env: { GATEWAY_WORKERS: '2' } });
+    const { port } = new URL(gateway.url);
+    const held: net.Socket[] = [];
+    try {
+      // Two workers, five each: ten held, then the next ones have no room anywhere.
+      for (let i = 0; i < 20; i++) {
+        const socket = net.connect(Number(port), '127.0.0.1');
+        socket.on('error', () => undefined);
+        held.push(socket);
+        await new Promise((resolve) => socket.once('connect', resolve));
+      }
+      // Closed by the gateway, at once or after a short wait, not left hanging open.
+      const over = held.slice(10);
+      await waitFor(() => over.every((socket) => socket.destroyed || socket.readyState === 'closed' || socket.readableEnded), 'the connections over the cap to be closed', 10_000);
+      expect(over.every((socket) => socket.destroyed || socket.readyState === 'closed' || socket.readableEnded)).toBe(true);
+    } finally {
+      for (const socket of held) socket.destroy();
+    }
   });
 });
