@@ -116,6 +116,7 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
         withStreamRequestTimeout(listener as unknown as (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void, timeouts.requestMs),
       );
       secure.setTimeout(http2SessionTimeoutMs(timeouts));
+      secure.on('session', (session: http2.ServerHttp2Session) => guardSession(session, timeouts.keepAliveMs, logger));
       const sockets = new Set<Socket>();
       secure.on('secureConnection', (socket: Socket) => {
         sockets.add(socket);
@@ -145,6 +146,51 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
       }
     },
   };
+}
+
+/** Streams a client may reset before their answer, per connection, before the connection is closed (below). */
+export const RESET_STREAMS_BUDGET = 100;
+
+/**
+ * What one HTTP/2 connection may cost beyond its streams' own limits:
+ * - Rapid reset (CVE-2023-44487): a client opening streams and resetting them at once makes the gateway run its
+ *   pipeline for each while never reading an answer. nghttp2's own limit let about 1,000 per connection through,
+ *   and `maxSessionRejectedStreams` counts only streams the server refuses. Once more than RESET_STREAMS_BUDGET
+ *   streams were reset by the client before their answer finished, and they are at least half of its streams,
+ *   the connection is closed (GOAWAY ENHANCE_YOUR_CALM), as Envoy does.
+ * - Idle connections: with no stream open, one closes after `keepAliveMs`, as an idle HTTP/1.1 connection does
+ *   (the session timer is as long as a whole request may take, 120 s by default, because it cannot see a stream
+ *   waiting for its service).
+ */
+function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, logger: Logger): void {
+  let open = 0;
+  let streams = 0;
+  let resets = 0;
+  let idle: NodeJS.Timeout | undefined;
+  const armIdle = () => {
+    clearTimeout(idle);
+    idle = setTimeout(() => {
+      if (open === 0 && !session.closed && !session.destroyed) session.close();
+    }, keepAliveMs);
+    idle.unref();
+  };
+  armIdle();
+  session.on('stream', (stream: http2.ServerHttp2Stream) => {
+    open++;
+    streams++;
+    clearTimeout(idle);
+    stream.once('close', () => {
+      // Reset before the answer ended: by the client (RST_STREAM), or by the gateway's own request timeout.
+      if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && ++resets > RESET_STREAMS_BUDGET && resets * 2 >= streams && !session.destroyed) {
+        logger.warn('closed an HTTP/2 connection that reset too many of its streams', { resets, streams, remote_address: session.socket?.remoteAddress });
+        session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+        session.destroy();
+        return;
+      }
+      if (--open === 0) armIdle();
+    });
+  });
+  session.once('close', () => clearTimeout(idle));
 }
 
 /**

@@ -11,7 +11,7 @@ import { runServer, type RunningServer } from '../../otel/lifecycle';
 import { HEADER } from '../../otel/wire-names';
 import { createGatewayApps } from '../../src/gateway';
 import type { ProblemBody } from '../../src/middleware/errors';
-import { createTlsServer, HTTP2_LIMITS, http2SessionTimeoutMs, listenHttpsRedirect, type RedirectListener, type TlsServer } from '../../src/tls';
+import { createTlsServer, HTTP2_LIMITS, http2SessionTimeoutMs, listenHttpsRedirect, RESET_STREAMS_BUDGET, type RedirectListener, type TlsServer } from '../../src/tls';
 import { makeCertificate, type TestCertificate } from '../helpers/certificates';
 import { exitOf, spawnGateway } from '../helpers/process-stack';
 import { listen, memoryLogger, sendRaw, type RecordedRequest } from '../helpers/servers';
@@ -515,6 +515,12 @@ describe('TLS termination and HTTP/2', () => {
   });
 });
 
+/** Bob's token, logged in over `session`. */
+async function loginOver(session: http2.ClientHttp2Session): Promise<string> {
+  const reply = await h2Request(session, { ':method': 'POST', ':path': '/api/auth/login', 'content-type': 'application/json' }, JSON.stringify({ email: 'bob@example.com', password: 'builder' }));
+  return (JSON.parse(reply.text) as { token: string }).token;
+}
+
 describe('HTTP/2 clients that leave, and TLS connections that never start', () => {
   let certificate: TestCertificate;
   let stack: TestStack;
@@ -522,7 +528,7 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
   let gatewayLog: Record<string, unknown>[];
   let service: http.Server;
   const closedEarly: string[] = [];
-  const short = { ...TIMEOUTS, headersMs: 1_000 };
+  const short = { ...TIMEOUTS, headersMs: 1_000, keepAliveMs: 1_000 };
 
   beforeAll(async () => {
     certificate = makeCertificate();
@@ -541,6 +547,8 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
     const serviceUrl = `http://127.0.0.1:${(service.address() as { port: number }).port}`;
     stack = await startStack({
       serviceUrls: { orders: serviceUrl },
+      // The rapid-reset client must reach the proxy (not a 429 answered at once) with every stream.
+      env: { RATE_LIMIT_MAX: '100000' },
       overrides: { tls: { certFile: certificate.certFile, keyFile: certificate.keyFile }, proxy: { timeoutMs: 60_000, deadlineMs: 120_000 } },
     });
     const { logger, lines } = memoryLogger('gateway');
@@ -561,13 +569,7 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
   ])('ends the upstream exchange of a client that %s (it held its upstream connection for good), and logs 499', async (desc, leave) => {
     const session = await connectH2(gateway.url, certificate.cert);
     session.on('error', () => undefined);
-    const token = await new Promise<string>((resolve) => {
-      const login = session.request({ ':method': 'POST', ':path': '/api/auth/login', 'content-type': 'application/json' });
-      let text = '';
-      login.on('data', (chunk: Buffer) => (text += chunk.toString()));
-      login.on('end', () => resolve((JSON.parse(text) as { token: string }).token));
-      login.end(JSON.stringify({ email: 'bob@example.com', password: 'builder' }));
-    });
+    const token = await loginOver(session);
     const path = `/orders/download?client=${desc.length}`;
     const stream = session.request({ ':path': `/api${path}`, authorization: `Bearer ${token}` });
     stream.on('error', () => undefined);
@@ -579,6 +581,53 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
     await waitFor(() => gatewayLog.some((line) => line.message === 'request completed' && line.url === `/api${path}`));
     expect(gatewayLog.find((line) => line.message === 'request completed' && line.url === `/api${path}`)).toMatchObject({ status: 499, error_code: null });
     session.destroy();
+  });
+
+  it('closes an HTTP/2 connection whose client resets stream after stream before the answer (rapid reset), and keeps serving others', async () => {
+    const attacker = await connectH2(gateway.url, certificate.cert);
+    attacker.on('error', () => undefined);
+    const token = await loginOver(attacker);
+    let closed = false;
+    attacker.once('close', () => (closed = true));
+    let sent = 0;
+    let resetSent = 0;
+    // Well under nghttp2's own limit (about 1,000), over the gateway's budget; paced to stay within the 100
+    // concurrent streams (a stream counts until its reset is through).
+    while (!closed && sent < RESET_STREAMS_BUDGET * 4) {
+      if (sent - resetSent >= 50) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+        continue;
+      }
+      // A request whose body is still to come (no END_STREAM), so the gateway has it open when the reset arrives.
+      const stream = attacker.request({ ':method': 'POST', ':path': '/api/orders/upload', 'content-type': 'application/json', authorization: `Bearer ${token}` }, { endStream: false });
+      stream.on('error', () => undefined);
+      // HEADERS and a byte out, then RST_STREAM at once: the server has the stream to process, the client wants nothing back.
+      stream.write('{', () => stream.close(http2.constants.NGHTTP2_CANCEL));
+      stream.once('close', () => resetSent++);
+      sent++;
+    }
+    await waitFor(() => closed, 'the attacking connection to be closed', 10_000).catch(() => undefined);
+    expect(closed).toBe(true);
+    // Closed for its resets (not as an idle connection), after at most the budget and the streams in flight.
+    expect(gatewayLog.some((line) => line.message === 'closed an HTTP/2 connection that reset too many of its streams')).toBe(true);
+    const fresh = await connectH2(gateway.url, certificate.cert);
+    try {
+      expect((await h2Request(fresh, { ':path': '/health' })).status).toBe(200);
+    } finally {
+      fresh.close();
+      attacker.destroy();
+    }
+  });
+
+  it('closes an idle HTTP/2 connection after keepAliveTimeoutMs, as HTTP/1.1 (it stayed open for the whole-request timeout)', async () => {
+    const idle = await connectH2(gateway.url, certificate.cert);
+    idle.on('error', () => undefined);
+    let closed = false;
+    idle.once('close', () => (closed = true));
+    expect((await h2Request(idle, { ':path': '/health' })).status).toBe(200);
+    await waitFor(() => closed, 'the idle connection to be closed', short.keepAliveMs * 3).catch(() => undefined);
+    expect(closed).toBe(true);
+    idle.destroy();
   });
 
   it('closes a TCP connection that never starts its TLS handshake once the head timeout passed (it held a connection slot for good)', async () => {
