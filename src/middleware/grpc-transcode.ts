@@ -12,6 +12,7 @@ import type { GrpcRoute } from '../grpc/route-mappings';
 import { grpcFailure } from '../grpc/status-errors';
 import type { CompiledRoute } from '../routes';
 import type { GatewaySigner } from '../gateway-signature';
+import type { UpstreamInstance } from '../upstream-pool';
 import { upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import { problemBody } from './errors';
 import { continueIfExpected } from './request-head';
@@ -32,6 +33,12 @@ export interface GrpcTranscodeOptions {
   clients?: GrpcClientCache;
   /** Signs the identity metadata for the services (config `proxy.signingKey`); none without a key. */
   sign?: GatewaySigner;
+  /**
+   * Calls open at once to one instance (the HTTP proxy's `maxSockets + maxPendingRequests`); beyond, 503
+   * `upstream_busy`. Without it, clients that never read a server stream could open calls without end (each
+   * holds its buffers until the deadline).
+   */
+  maxCallsPerInstance: number;
 }
 
 /** Server-streaming answers: one JSON message per line (https://github.com/ndjson/ndjson-spec). */
@@ -49,6 +56,7 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
   const { routes, tracer } = options;
   const maxBodyBytes = options.maxBodyBytes ?? 1024 * 1024;
   const clientFor = createGrpcClients(options.clients);
+  const open = new Map<UpstreamInstance, number>();
 
   return async function transcodeGrpc(ctx, next) {
     const route = ctx.state.route!;
@@ -67,10 +75,19 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
 
     const instance = pool.pick();
     if (!instance) throw new GatewayError('upstream_unavailable', `No instance of the ${route.service} service is available.`);
+    const calls = open.get(instance) ?? 0;
+    if (calls >= options.maxCallsPerInstance) {
+      throw new GatewayError('upstream_busy', `${calls} calls to the ${route.service} service are already open; try again shortly.`);
+    }
+    open.set(instance, calls + 1);
+    let settled = false;
     const metadata = metadataFromHeaders(upstreamHeadersFor(ctx, instance.host, { underscores: options.underscores, forwardAuthorization: route.forwardAuthorization, sign: options.sign }));
     const span = startGrpcSpan(tracer, binding.method, instance, route.service, context.active(), metadata);
     const call = { client: clientFor(instance), binding, message, metadata };
     const settle = (code: grpc.status, error?: grpc.ServiceError) => {
+      if (settled) return;
+      settled = true;
+      open.set(instance, open.get(instance)! - 1);
       endGrpcSpan(span, code, error);
       // Like the HTTP proxy's passive health: an instance that cannot be reached or answer in time counts a failure.
       if (code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED) pool.reportFailure(instance, error?.details ?? String(code));

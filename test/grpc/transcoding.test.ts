@@ -344,6 +344,39 @@ describe('gRPC transcoding', () => {
   });
 });
 
+describe('gRPC calls open at once, per instance', () => {
+  it('answers 503 upstream_busy with Retry-After past maxSockets + maxPendingRequests open calls, and takes calls again once one ended', async () => {
+    const service = await startMappingServer();
+    const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
+    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
+      services: { ...shipped.services, mapping: { url: service.url } },
+      routes: [...shipped.routes, { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', grpc: { proto: MAPPING_PROTO, service: MAPPING_SERVICE } }],
+      proxy: { maxSockets: 1, maxPendingRequests: 1 },
+    });
+    const gateway = await listen(createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false }).gateway.callback());
+    const readers: { controller: AbortController }[] = [];
+    try {
+      // Two streams held open by clients that read one line and then nothing: the instance's two calls.
+      for (let i = 0; i < 2; i++) {
+        const controller = new AbortController();
+        const response = await fetch(`${gateway.url}/api/mapping/count/10000?delayMs=20`, { signal: controller.signal });
+        await response.body!.getReader().read();
+        readers.push({ controller });
+      }
+      const refused = await fetch(`${gateway.url}/api/mapping/count/1`);
+      expect(refused.status).toBe(503);
+      expect(refused.headers.get('retry-after')).toBe('1');
+      expect(await refused.json()).toMatchObject({ code: 'upstream_busy' });
+      readers[0]!.controller.abort();
+      await waitFor(async () => (await fetch(`${gateway.url}/api/mapping/count/1`)).status === 200, 'a call to be taken again');
+    } finally {
+      for (const { controller } of readers) controller.abort();
+      await gateway.close();
+      await service.close();
+    }
+  });
+});
+
 function rawPost(origin: string, path: string, body: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const request = http.request(`${origin}/`, { method: 'POST', path, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (response) => {
