@@ -1,9 +1,9 @@
-import net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { HEADER } from '../../otel/wire-names';
 import { createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
 import { createNotificationsGrpcClient } from '../../services/orders/notifications-client';
 import { startProcessStack, type ProcessStack } from '../helpers/process-stack';
+import { freePort } from '../helpers/servers';
 import { login } from '../helpers/stack';
 import { TEST_SIGNING_KEY } from '../helpers/test-config';
 
@@ -12,14 +12,6 @@ import { TEST_SIGNING_KEY } from '../helpers/test-config';
  * processes sharing GATEWAY_SIGNING_KEY, and a peer that reaches a service directly, as any pod or container
  * on the same network could.
  */
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 const ALICE: SignedValues = ['1', 'admin', 'alice@example.com', ''];
 const BOB: SignedValues = ['2', 'user', 'bob@example.com', ''];

@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import { Redis } from 'ioredis';
 import { waitForRedis } from '../../src/rate-limit-store';
+import { freePort } from './servers';
 
 /** A key prefix no other test run shares, so tests can use the machine's Redis side by side. */
 export function isolatedKeyPrefix(): string {
@@ -34,14 +35,6 @@ export async function deleteKeys(url: string, prefix: string): Promise<void> {
     cursor = next;
   } while (cursor !== '0');
   redis.disconnect();
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 export interface OwnRedis {
