@@ -225,17 +225,17 @@ describe('workers (two processes behind one port)', () => {
     const { port } = new URL(gateway.url);
     const held: net.Socket[] = [];
     try {
-      // Two workers, five each: ten held, then the next ones have no room anywhere.
+      // Two workers, five each: ten held at most, the others have no room.
       for (let i = 0; i < 20; i++) {
         const socket = net.connect(Number(port), '127.0.0.1');
         socket.on('error', () => undefined);
         held.push(socket);
         await new Promise((resolve) => socket.once('connect', resolve));
       }
-      // Closed by the gateway, at once or after a short wait, not left hanging open.
-      const over = held.slice(10);
-      await waitFor(() => over.every((socket) => socket.destroyed || socket.readyState === 'closed' || socket.readableEnded), 'the connections over the cap to be closed', 10_000);
-      expect(over.every((socket) => socket.destroyed || socket.readyState === 'closed' || socket.readableEnded)).toBe(true);
+      // Which ones go over depends on how the primary hands them out; at least ten are closed, not left hanging open.
+      const closedByGateway = () => held.filter((socket) => socket.destroyed || socket.readyState === 'closed' || socket.readableEnded).length;
+      await waitFor(() => closedByGateway() >= 10, 'the connections over the cap to be closed', 10_000).catch(() => undefined);
+      expect(closedByGateway()).toBeGreaterThanOrEqual(10);
     } finally {
       for (const socket of held) socket.destroy();
     }
