@@ -153,11 +153,12 @@ export function createProxy(options: ProxyOptions): Middleware {
       };
       const onClientClose = () => {
         // The client went away before the end (or we cut it below): stop the upstream exchange too. An HTTP/2
-        // stream the client reset reports itself finished, though the body never ended.
-        if (!res.writableFinished || !res.writableEnded) exchange.clientClosed = !exchange.upstreamAborted;
-        // Whatever answered the client (a 400 for a broken upload is written by the HTTP server itself, so the
-        // response may have finished), an exchange undici still holds is aborted: a service left waiting for the
-        // rest of a body would keep this instance's slot and connection, with no timer left to end it.
+        // stream the client reset reports itself finished, though the body never ended. Whatever answered the
+        // client (a 400 for a broken upload is written by the HTTP server itself, so the response may have
+        // finished), an exchange undici still holds is aborted: a service left waiting for the rest of a body
+        // would keep this instance's slot and connection, with no timer left to end it. Either way it is the
+        // client's doing, never counted against the instance.
+        if (!res.writableFinished || !res.writableEnded || !released) exchange.clientClosed = !exchange.upstreamAborted;
         if (!released) upstream?.abort(new Error('the client closed the connection'));
         done();
       };
@@ -241,7 +242,9 @@ export function createProxy(options: ProxyOptions): Middleware {
             try {
               res.writeHead(statusCode, headers);
             } catch (error) {
-              // A header value Node will not write: the client gets a 502 of ours, not an empty reply.
+              // A header value Node will not write: the client gets a 502 of ours, not an empty reply, and none of
+              // the service's headers writeHead had already taken.
+              for (const name of Object.keys(headers)) res.removeHeader(name);
               res.statusMessage = '';
               return void badResponse(controller, `a response header the gateway cannot forward (${(error as Error).message})`);
             }

@@ -190,9 +190,10 @@ describe('upstream faults', () => {
     ['sends a malformed chunk', 'Transfer-Encoding: chunked', '5\r\nhello\r\n', (socket: net.Socket) => socket.write('ZZ\r\n')],
   ] as const)('frees the upstream exchange of an upload whose client %s: the instance keeps its only slot', async (desc, framing, start, breakOff) => {
     // One slot per instance (no queue): an exchange left open would make every later request 503 upstream_busy.
+    // Ejected after one failure: the client's broken upload must not count as the instance's (503 upstream_unavailable).
     const narrow = await startStack({
       serviceUrls: { orders: upstream.url },
-      overrides: { proxy: { timeoutMs: 60_000, deadlineMs: 120_000, maxSockets: 1, maxPendingRequests: 0 }, services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 1000 }, notifications: { url: 'http://placeholder' } } },
+      overrides: { proxy: { timeoutMs: 60_000, deadlineMs: 120_000, maxSockets: 1, maxPendingRequests: 0 }, services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 1 }, notifications: { url: 'http://placeholder' } } },
     });
     // Served by runServer, as main.ts serves it: its clientError handler answers a broken body (400) through the
     // request's own response, which then counts as finished while the upstream exchange is still open.
@@ -211,7 +212,7 @@ describe('upstream faults', () => {
       // The service sees its request end (it would otherwise wait for the body until its own timeout)...
       await waitUntil(() => upstream.closedEarly.includes(path));
       expect(upstream.closedEarly).toContain(path);
-      // ...and the instance's one slot is free again.
+      // ...and the instance's one slot is free again, the instance still in rotation.
       expect((await fetch(`${served.url}/api/orders/fine`, { headers: auth() })).status).toBe(200);
       socket.destroy();
     } finally {
