@@ -195,7 +195,9 @@ function providerKeyLookup(jwks: JwksOptions): JWTVerifyGetKey {
  * garbled (Latin-1 bytes), so such a `sub` or role, or one of absurd length, refuses the token. An email that cannot be sent is left out instead (it is informative, and optional for
  * provider tokens): an internationalised address must not lock its owner out.
  */
-const HEADER_SAFE = /^[\x20-\x7e]+$/;
+// No space at either end: a header value loses it on the way (RFC 9110 5.5), so `alice ` would reach the services
+// as `alice`, another user, and the gateway's signature over it would not verify.
+const HEADER_SAFE = /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/;
 const MAX_CLAIM_LENGTH = { sub: 255, role: 64, email: 254 } as const;
 const headerSafe = (value: string, max: number) => value.length <= max && HEADER_SAFE.test(value);
 

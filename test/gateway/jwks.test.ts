@@ -108,6 +108,9 @@ describe('tokens from an identity provider (JWKS)', () => {
     { desc: 'a role outside Latin-1', claims: { role: '管理者' } },
     { desc: 'a sub outside Latin-1', claims: { sub: '名前' } },
     { desc: 'a sub longer than 255 characters', claims: { sub: 'x'.repeat(256) } },
+    // A header value loses the spaces at its ends: the services would see another user, `idp-alice`.
+    { desc: 'a sub ending in a space', claims: { sub: 'idp-alice ' } },
+    { desc: 'a role starting with a space', claims: { role: ' admin' } },
   ])('refuses a provider token with $desc as 401 problem+json, and nothing reaches the service', async ({ claims }) => {
     const before = stack.notifications.requests.length;
     const response = await call(await providerToken(rsa, claims));
