@@ -243,17 +243,10 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   // once the checks before it passed (src/middleware/request-head.ts continueIfExpected). Node would send it
   // at once, inviting an upload the gateway then refuses.
   server.on('checkContinue', (request: http.IncomingMessage, response: http.ServerResponse) => server.emit('request', request, response));
-  // Other expectations, and CONNECT, reach the pipeline too: answered there (417; 400 or 405) with a request id, a
-  // log line and a span, instead of Node's bare 417 and a CONNECT connection dropped without a word.
+  // Other expectations reach the pipeline too: answered there (417) with a request id, a log line and a span,
+  // instead of Node's bare 417. (An HTTP/1 CONNECT is left to Node, which closes its connection: answering it
+  // through the pipeline needed a response built on a socket Node had let go of, which crashed on a reset.)
   server.on('checkExpectation', (request: http.IncomingMessage, response: http.ServerResponse) => server.emit('request', request, response));
-  server.on('connect', (request: http.IncomingMessage, socket: Socket) => {
-    const response = new http.ServerResponse(request);
-    response.shouldKeepAlive = false;
-    response.assignSocket(socket);
-    // Nothing after a CONNECT on this connection is HTTP the parser still reads: close once answered.
-    response.once('finish', () => socket.end());
-    server.emit('request', request, response);
-  });
   if (options.maxConnections !== undefined) {
     server.maxConnections = options.maxConnections;
     // In a cluster worker, a connection over the cap would go back to the primary, which offers it to another
