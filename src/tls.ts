@@ -148,24 +148,26 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
   };
 }
 
-/** Streams a client may reset before their answer, per connection, before the connection is closed (below). */
+/** Streams a client may reset before their answer, per connection and RESET_WINDOW_MS, before the connection is closed (below). */
 export const RESET_STREAMS_BUDGET = 100;
+const RESET_WINDOW_MS = 10_000;
 
 /**
  * What one HTTP/2 connection may cost beyond its streams' own limits:
  * - Rapid reset (CVE-2023-44487): a client opening streams and resetting them at once makes the gateway run its
  *   pipeline for each while never reading an answer. nghttp2's own limit let about 1,000 per connection through,
  *   and `maxSessionRejectedStreams` counts only streams the server refuses. Once more than RESET_STREAMS_BUDGET
- *   streams were reset by the client before their answer finished, and they are at least half of its streams,
- *   the connection is closed (GOAWAY ENHANCE_YOUR_CALM), as Envoy does.
+ *   streams were reset before their answer finished within 10 s, the connection is closed (GOAWAY
+ *   ENHANCE_YOUR_CALM). Not a share of all its streams, as Envoy counts: cheap completed requests in between
+ *   would keep any number of resets under a share.
  * - Idle connections: with no stream open, one closes after `keepAliveMs`, as an idle HTTP/1.1 connection does
  *   (the session timer is as long as a whole request may take, 120 s by default, because it cannot see a stream
  *   waiting for its service).
  */
 function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, logger: Logger): void {
   let open = 0;
-  let streams = 0;
   let resets = 0;
+  let windowStarted = performance.now();
   let idle: NodeJS.Timeout | undefined;
   const armIdle = () => {
     clearTimeout(idle);
@@ -177,12 +179,19 @@ function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, lo
   armIdle();
   session.on('stream', (stream: http2.ServerHttp2Stream) => {
     open++;
-    streams++;
     clearTimeout(idle);
     stream.once('close', () => {
       // Reset before the answer ended: by the client (RST_STREAM), or by the gateway's own request timeout.
-      if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && ++resets > RESET_STREAMS_BUDGET && resets * 2 >= streams && !session.destroyed) {
-        logger.warn('closed an HTTP/2 connection that reset too many of its streams', { resets, streams, remote_address: session.socket?.remoteAddress });
+      if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
+        const now = performance.now();
+        if (now - windowStarted > RESET_WINDOW_MS) {
+          windowStarted = now;
+          resets = 0;
+        }
+        resets++;
+      }
+      if (resets > RESET_STREAMS_BUDGET && !session.destroyed) {
+        logger.warn('closed an HTTP/2 connection that reset too many of its streams', { resets, window_ms: RESET_WINDOW_MS, remote_address: session.socket?.remoteAddress });
         session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
         session.destroy();
         return;

@@ -590,11 +590,12 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
     let closed = false;
     attacker.once('close', () => (closed = true));
     let sent = 0;
-    let resetSent = 0;
+    let finished = 0;
     // Well under nghttp2's own limit (about 1,000), over the gateway's budget; paced to stay within the 100
-    // concurrent streams (a stream counts until its reset is through).
-    while (!closed && sent < RESET_STREAMS_BUDGET * 4) {
-      if (sent - resetSent >= 50) {
+    // concurrent streams (a stream counts until it closed). Each reset comes with two completed requests, which
+    // kept a share-of-streams rule from ever closing the connection.
+    while (!closed && sent < RESET_STREAMS_BUDGET * 4 * 3) {
+      if (sent - finished >= 60) {
         await new Promise((resolve) => setTimeout(resolve, 10));
         continue;
       }
@@ -603,8 +604,13 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
       stream.on('error', () => undefined);
       // HEADERS and a byte out, then RST_STREAM at once: the server has the stream to process, the client wants nothing back.
       stream.write('{', () => stream.close(http2.constants.NGHTTP2_CANCEL));
-      stream.once('close', () => resetSent++);
-      sent++;
+      stream.once('close', () => finished++);
+      for (const padding of [attacker.request({ ':path': '/health' }), attacker.request({ ':path': '/health' })]) {
+        padding.on('error', () => undefined);
+        padding.resume();
+        padding.once('close', () => finished++);
+      }
+      sent += 3;
     }
     await waitFor(() => closed, 'the attacking connection to be closed', 10_000).catch(() => undefined);
     expect(closed).toBe(true);
