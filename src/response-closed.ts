@@ -1,3 +1,4 @@
+import http2 from 'node:http2';
 import type { Context } from 'koa';
 
 /**
@@ -26,4 +27,19 @@ export function onResponseClosed(ctx: Context, callback: () => void): void {
 export function recordedStatus(ctx: Context): number {
   // writableEnded too: an HTTP/2 stream the client reset reports itself finished (Node's compatibility API).
   return (ctx.res.writableFinished && ctx.res.writableEnded) || ctx.state.errorCode !== undefined ? ctx.res.statusCode : 499;
+}
+
+/**
+ * Ends a response that already started and cannot be finished (a service that died mid-body, a deadline): the
+ * client must see it broken, not complete. HTTP/1.1 closes the connection. On HTTP/2, destroying the compatibility
+ * response ends the stream as if the body were whole, a truncated 200 the client takes for the answer; the
+ * stream is reset (INTERNAL_ERROR) instead.
+ */
+export function cutResponse(ctx: Context): void {
+  const response: unknown = ctx.res;
+  if (response instanceof http2.Http2ServerResponse) {
+    if (!response.stream.destroyed) response.stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    return;
+  }
+  ctx.res.destroy();
 }

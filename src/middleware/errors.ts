@@ -3,6 +3,7 @@ import type { Middleware } from 'koa';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import type { Logger } from '../../otel/logger';
 import { toGatewayError, type GatewayError } from '../errors';
+import { cutResponse } from '../response-closed';
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
 
@@ -54,7 +55,7 @@ export function createErrorHandler(options: ErrorHandlerOptions): Middleware {
         span?.setStatus({ code: SpanStatusCode.ERROR, message: error.code });
       }
       if (ctx.res.headersSent || !ctx.writable) {
-        ctx.res.destroy();
+        cutResponse(ctx);
         return;
       }
       ctx.status = error.status;

@@ -13,6 +13,7 @@ import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
 import { bodyTooSlowError, watchBodyRate, type BodyRate } from '../body-rate';
+import { cutResponse } from '../response-closed';
 import type { GatewaySigner } from '../gateway-signature';
 
 export interface ProxyOptions {
@@ -143,7 +144,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       const cutStartedResponse = (code: ErrorCode) => {
         if (res.writableEnded) return;
         ctx.state.errorCode = code;
-        res.destroy();
+        cutResponse(ctx);
       };
       /** Ends the exchange on the gateway's decision: before the response started the client gets our answer, after it a cut. */
       const cut = (reason: string, code: ErrorCode) => {

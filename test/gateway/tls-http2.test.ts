@@ -534,6 +534,12 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
     certificate = makeCertificate();
     // A service that streams an endless download, recording when the gateway gives up on it.
     service = http.createServer((req, res) => {
+      if (req.url?.startsWith('/orders/die-mid-body')) {
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': '1000000' });
+        res.write(Buffer.alloc(1000));
+        setTimeout(() => req.socket.destroy(), 50);
+        return;
+      }
       res.writeHead(200, { 'content-type': 'application/octet-stream' });
       const chunk = Buffer.alloc(64 * 1024);
       const pump = () => {
@@ -622,6 +628,24 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
     } finally {
       fresh.close();
       attacker.destroy();
+    }
+  });
+
+  it('resets the stream of a response the service broke off mid-body (a clean end would pass a truncated 200 for the answer)', async () => {
+    const session = await connectH2(gateway.url, certificate.cert);
+    session.on('error', () => undefined);
+    try {
+      const token = await loginOver(session);
+      const outcome = await new Promise<string>((resolve) => {
+        const stream = session.request({ ':path': '/api/orders/die-mid-body', authorization: `Bearer ${token}` });
+        stream.on('data', () => undefined);
+        stream.on('end', () => resolve('ended'));
+        stream.on('error', () => resolve(`reset ${stream.rstCode}`));
+        stream.on('close', () => resolve(stream.rstCode ? `reset ${stream.rstCode}` : 'closed'));
+      });
+      expect(outcome).toBe(`reset ${http2.constants.NGHTTP2_INTERNAL_ERROR}`);
+    } finally {
+      session.destroy();
     }
   });
 
