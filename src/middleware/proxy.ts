@@ -251,15 +251,9 @@ export function createProxy(options: ProxyOptions): Middleware {
             }
             exchange.status = statusCode;
             tap?.start(statusCode, served);
-            res.once('finish', () => {
-              // Node's HTTP/2 compatibility response emits 'finish' when the client resets its stream mid-body: the
-              // exchange (paused by back-pressure) must be aborted, or it holds its upstream connection for good.
-              if (!res.writableEnded) {
-                exchange.clientClosed = true;
-                if (!released) upstream?.abort(new Error('the client reset its stream'));
-              }
-              done();
-            });
+            // Node's HTTP/2 compatibility response emits 'finish' when the client resets its stream mid-body: that
+            // is a client gone, whose exchange (paused by back-pressure) would otherwise hold its upstream connection.
+            res.once('finish', () => (res.writableEnded ? done() : onClientClose()));
             res.on('drain', () => controller.resume());
           },
           onResponseData(controller, chunk) {
