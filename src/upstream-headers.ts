@@ -1,5 +1,6 @@
 import type http from 'node:http';
 import type { Context as KoaContext } from 'koa';
+import { isoTimestamp } from '../otel/iso-timestamp';
 import { FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
@@ -170,7 +171,7 @@ export function upstreamHeadersFor(
     publicHost,
     publicProto: ctx.protocol,
     publicPort: publicPort(ctx, publicHost),
-    timestamp: new Date().toISOString(),
+    timestamp: isoTimestamp(),
     rules: options.rules,
     sign: options.sign,
   });
