@@ -27,6 +27,11 @@ export interface RunServerOptions {
    * src/tls.ts, which applies `timeouts` itself). Its URL is `https://` when it is a TLS server.
    */
   createServer?: (listener: http.RequestListener) => PublicServer;
+  /**
+   * The app answers an HTTP/1.1 request without `Host` itself (the gateway's request-head check: a problem+json
+   * 400 with a request id, logged and traced). Otherwise Node answers it with a bare 400 before the app sees it.
+   */
+  appChecksHost?: boolean;
 }
 
 /** What runServer needs of a server: Node's http.Server, or an HTTPS / HTTP/2 one that can close its connections alike. */
@@ -49,6 +54,9 @@ export interface RunningServer {
  * the request id the pipeline gave it, so the access log and the span record the 400 or 408 (not a client that
  * left). Once the answer has started, the connection can only be cut.
  */
+/** Connections whose request in flight is their last: bytes after it broke the parser (answerClientError). */
+const closingAfterAnswer = new WeakSet<Socket>();
+
 function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
   // A TLS connection whose handshake never finished (its timeout, a bad ClientHello) has no HTTP to answer in:
   // ending it with an HTTP answer writes nothing and leaves it open for good, holding a connection slot.
@@ -71,7 +79,18 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
   // The headers the pipeline set so far stay (traceresponse, HSTS, CORS), as on any error it answers. The
   // pipeline then finds its response ended (Koa's respond and the error handler leave it alone) and the
   // request aborted.
-  if (inFlight) return answerProblem(inFlight, problem);
+  if (inFlight) {
+    // The request in flight was read whole: the error is in bytes after it (a malformed next request, data after
+    // its `Connection: close`), not in it. Its answer goes out as it will, and the connection closes after it.
+    if (inFlight.req?.complete) {
+      if (closingAfterAnswer.has(socket)) return;
+      closingAfterAnswer.add(socket);
+      closeAfterAnswer(inFlight);
+      inFlight.once('finish', () => socket.end());
+      return;
+    }
+    return answerProblem(inFlight, problem);
+  }
   // Nothing of the request can be trusted (its X-Request-Id included), but the answer still carries an id.
   const { body, headers } = problemAnswer(undefined, problem);
   const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
@@ -91,6 +110,12 @@ function inTurn(handle: http.RequestListener, logger: Logger): http.RequestListe
   return (request, response) => {
     // HTTP/2 streams are independent (and the compatibility response's socket is a proxy).
     if (!(response instanceof http.ServerResponse)) return handle(request, response);
+    // Node's parser stops at the end of a request it takes for an upgrade (`Upgrade` with `Connection: upgrade`)
+    // and, with no 'upgrade' listener, drops whatever else that read held, then parses the next read as a new
+    // request: a request pipelined behind it would vanish, and a front proxy's next request could be cut apart,
+    // its body run as requests of its own. The gateway upgrades nothing (RFC 9110 7.8 lets it ignore `Upgrade`):
+    // it answers the request and closes the connection after it.
+    if (request.headers.upgrade !== undefined) closeAfterAnswer(response);
     const handleIfOpen = () => {
       // The answer before this one ended the connection (Node parsed this request from bytes already read).
       if (!response.socket?.writable) return void response.destroy();
@@ -137,8 +162,26 @@ function problemAnswer(chosen: unknown, problem: ServerProblem): { body: string;
   return { body, headers: { 'Content-Type': 'application/problem+json', 'Content-Length': Buffer.byteLength(body), 'X-Request-Id': requestId, ...problem.headers, Connection: 'close' } };
 }
 
+/** Why the server itself answered or cut a response the pipeline was handling (its error code). */
+const serverAnswers = new WeakMap<object, string>();
+
+function markServerAnswer(response: object, code: string): void {
+  serverAnswers.set(response, code);
+}
+
+/**
+ * The error code of a response the server answered or cut outside the pipeline (`request_timeout` for a body
+ * that did not arrive in time, `shutting_down` at the drain bound), or undefined. The pipeline's access log,
+ * metrics and span read it when the response closes (src/response-closed.ts recordedStatus), so those answers
+ * are recorded with their cause, not as a client that left or an unexplained status.
+ */
+export function serverAnswerCode(response: object): string | undefined {
+  return serverAnswers.get(response);
+}
+
 /** Answers a request the pipeline has not answered yet with a server problem (problemAnswer). */
 function answerProblem(response: http.ServerResponse, problem: ServerProblem): void {
+  markServerAnswer(response, problem.code);
   const { body, headers } = problemAnswer(response.getHeader(HEADER.requestId), problem);
   response.writeHead(problem.status, problem.title, headers);
   response.end(body);
@@ -232,6 +275,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
         timeouts ? { headersTimeout: timeouts.headersMs, requestTimeout: timeouts.requestMs, keepAliveTimeout: timeouts.keepAliveMs, connectionsCheckingInterval: Math.min(1000, timeouts.headersMs) } : {},
         listener,
       );
+  if (options.appChecksHost) (server as PublicServer & { requireHostHeader: boolean }).requireHostHeader = false;
   server.on('clientError', answerClientError);
   // Per connection (not per request): what the drain bound still finds in flight is answered or cut at close.
   const sockets = new Set<Socket>();
@@ -290,6 +334,11 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
           if (response && !response.headersSent) answered.push(answerShuttingDown(response));
         }
         await until(() => answered.every((response) => response.writableFinished || response.destroyed), SETTLE_MS);
+        // Those still streaming are cut by the gateway, not left by their clients.
+        for (const socket of sockets) {
+          const response = (socket as Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage;
+          if (response && !response.writableFinished && !serverAnswers.has(response)) markServerAnswer(response, 'shutting_down');
+        }
       }
       server.closeAllConnections();
       await until(() => sockets.size === 0, SETTLE_MS);

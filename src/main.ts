@@ -134,6 +134,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     timeouts,
     maxConnections: config.server.maxConnections,
     createServer: tlsServer?.create,
+    appChecksHost: true,
     async onShutdown() {
       await redirectListener?.close();
       // Closed only now: operators can watch readiness while the public listener drains.

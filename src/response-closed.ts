@@ -1,5 +1,6 @@
 import http2 from 'node:http2';
 import type { Context } from 'koa';
+import { serverAnswerCode } from '../otel/lifecycle';
 
 /**
  * Runs `callback` once the response is really over (finished, or aborted by the client), after the callbacks
@@ -25,6 +26,10 @@ export function onResponseClosed(ctx: Context, callback: () => void): void {
  * status it was sent with, and `ctx.state.errorCode`, set before the cut, says why.
  */
 export function recordedStatus(ctx: Context): number {
+  // Answered or cut by the server outside the pipeline (a body that did not arrive in time, the drain bound at
+  // shutdown): that is what the client got, whatever the pipeline threw after it.
+  const serverCode = serverAnswerCode(ctx.res);
+  if (serverCode !== undefined) ctx.state.errorCode = serverCode;
   // writableEnded too: an HTTP/2 stream the client reset reports itself finished (Node's compatibility API).
   return (ctx.res.writableFinished && ctx.res.writableEnded) || ctx.state.errorCode !== undefined ? ctx.res.statusCode : 499;
 }

@@ -46,8 +46,9 @@ export function createRequestTargetForm(): Middleware {
  *   that says `HTTP/0.9` or `HTTP/2.0`: such a request would be answered as HTTP/1.1 while everything that reads
  *   its version (the HTTP/2 rules, span attributes, the proxy) believed another protocol; one crashed the TLS
  *   listener. 505 (RFC 9110 15.6.6).
- * - One Host field line, with a value a host can have (RFC 9112 3.2: 400 otherwise). Node keeps the first of
- *   several; a service or proxy that keeps the last would judge another host than the host guard did.
+ * - One Host field line (none only in HTTP/1.0), with a value a host can have (RFC 9112 3.2: 400 otherwise). Node
+ *   keeps the first of several; a service or proxy that keeps the last would judge another host than the host
+ *   guard did.
  * - A path (origin form) as the target, or `*` for OPTIONS, answered here (204 with the server's `Allow`): an
  *   absolute-form target createRequestTargetForm could not take (a scheme other than http and https, userinfo)
  *   or CONNECT's authority form is refused.
@@ -69,6 +70,9 @@ export function createRequestHeadCheck(): Middleware {
       let hostLines = 0;
       for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === 'host') hostLines++;
       if (hostLines > 1) throw new GatewayError('bad_request', 'The request carries more than one Host header field.');
+      // Node's own check is off (runServer: `requireHostHeader: false`) so this one answers with a request id and
+      // a log line; the absolute form does not excuse it (RFC 9112 3.2: every HTTP/1.1 request sends Host).
+      if (hostLines === 0 && request.httpVersionMinor === 1) throw new GatewayError('bad_request', 'An HTTP/1.1 request must carry a Host header field.');
     }
     const { expect } = request.headers;
     // runServer passes requests with other expectations on (Node would answer a bare 417 with no request id).

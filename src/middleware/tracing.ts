@@ -126,7 +126,12 @@ export function createTracing(options: TracingOptions): Middleware {
       if (user) span.setAttribute(ATTR.userId, user.id).setAttribute(ATTR.userRole, user.role);
       if (consumer) span.setAttribute(ATTR.consumerId, consumer.id).setAttribute(ATTR.userRole, consumer.role);
       span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
-      if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+      // handleErrors set these for what the pipeline threw; an answer or cut of the server's own (otel/lifecycle.ts)
+      // reaches the span only here, through recordedStatus.
+      const { errorCode } = ctx.state;
+      if (errorCode !== undefined) span.setAttribute(ATTR.errorCode, errorCode);
+      // A response cut after it started (its status may be 200) failed all the same, as its access-log line says.
+      if (status >= 500 || (errorCode !== undefined && !ctx.res.writableFinished)) span.setStatus(errorCode === undefined ? { code: SpanStatusCode.ERROR } : { code: SpanStatusCode.ERROR, message: errorCode });
       span.end();
     };
     onResponseClosed(ctx, () => {

@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
 import http from 'node:http';
 import path from 'node:path';
-import { SpanKind } from '@opentelemetry/api';
+import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
 import { runServer } from '../../otel/lifecycle';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { createGateway } from '../../src/gateway';
@@ -114,7 +115,7 @@ describe('past the drain bound', () => {
     const silent = await listen((req) => void arrived.push(String(req.headers[HEADER.requestId])));
     const tracing = startInMemoryTracing();
     const { logger, lines } = memoryLogger('gateway');
-    let atFlush: { logged: unknown; traced: boolean } | undefined;
+    let atFlush: { logged: unknown; traced: unknown } | undefined;
     const config = testConfig({ users: silent.url, orders: silent.url, notifications: silent.url });
     const served = await runServer({
       app: createGateway(config, { logger, tracer: tracing.tracer, metrics: false }),
@@ -125,10 +126,9 @@ describe('past the drain bound', () => {
       drainTimeoutMs: 300,
       // What the telemetry flush would find: the access line and the SERVER span of the request cut short.
       onShutdown: async () => {
-        atFlush = {
-          logged: lines.find((line) => line.request_id === 'drain-1')?.status,
-          traced: tracing.spans().some((span) => span.kind === SpanKind.SERVER && span.attributes[ATTR.requestId] === 'drain-1'),
-        };
+        const line = lines.find((each) => each.request_id === 'drain-1');
+        const span = tracing.spans().find((each) => each.kind === SpanKind.SERVER && each.attributes[ATTR.requestId] === 'drain-1');
+        atFlush = { logged: [line?.status, line?.error_code], traced: span && [span.attributes[ATTR.errorCode], span.status.code] };
       },
     });
     try {
@@ -140,9 +140,48 @@ describe('past the drain bound', () => {
       expect(response.status).toBe(503);
       expect(response.headers.get('retry-after')).toBe('1');
       expect(await response.json()).toMatchObject({ status: 503, code: 'shutting_down', requestId: 'drain-1' });
-      expect(atFlush).toEqual({ logged: 503, traced: true });
+      // The server answered it, not the pipeline: log and span still say why.
+      expect(atFlush).toEqual({ logged: [503, 'shutting_down'], traced: ['shutting_down', SpanStatusCode.ERROR] });
     } finally {
       await silent.close();
+      await tracing.shutdown();
+    }
+  });
+
+  it('records a response still streaming at the drain bound as cut by the gateway (shutting_down), not as a client that left', async () => {
+    // A service that sends its head and a first chunk, then nothing more.
+    const stalled = await listen((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('first chunk');
+    });
+    const tracing = startInMemoryTracing();
+    const { logger, lines } = memoryLogger('gateway');
+    let atFlush: { logged: unknown; traced: unknown } | undefined;
+    const config = testConfig({ users: stalled.url, orders: stalled.url, notifications: stalled.url });
+    const served = await runServer({
+      app: createGateway(config, { logger, tracer: tracing.tracer, metrics: false }),
+      name: 'gateway',
+      port: 0,
+      host: '127.0.0.1',
+      logger,
+      drainTimeoutMs: 300,
+      onShutdown: async () => {
+        const line = lines.find((each) => each.message === 'request completed' && each.request_id === 'drain-stream-1');
+        const span = tracing.spans().find((each) => each.kind === SpanKind.SERVER && each.attributes[ATTR.requestId] === 'drain-stream-1');
+        atFlush = { logged: [line?.status, line?.error_code, line?.level], traced: span && [span.attributes[ATTR_HTTP_RESPONSE_STATUS_CODE], span.attributes[ATTR.errorCode], span.status.code] };
+      },
+    });
+    try {
+      const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
+      const response = await fetch(`${served.url}/api/orders/1`, { headers: { authorization: `Bearer ${token}`, [HEADER.requestId]: 'drain-stream-1' } });
+      expect(response.status).toBe(200);
+      const body = response.text().catch((error: unknown) => error);
+      await served.close();
+      // The client sees a broken body (fetch's `terminated`), not a complete one.
+      expect(await body).toHaveProperty('name', 'TypeError');
+      expect(atFlush).toEqual({ logged: [200, 'shutting_down', 'error'], traced: [200, 'shutting_down', SpanStatusCode.ERROR] });
+    } finally {
+      await stalled.close();
       await tracing.shutdown();
     }
   });

@@ -590,7 +590,7 @@ describe('hostile input at the gateway', () => {
     beforeAll(async () => {
       const { logger, lines } = memoryLogger('gateway');
       servedLog = lines;
-      served = await runServer({ app: createGateway(stack.config, { logger }), name: 'gateway', port: 0, host: '127.0.0.1', logger, drainTimeoutMs: 1000 });
+      served = await runServer({ app: createGateway(stack.config, { logger }), name: 'gateway', port: 0, host: '127.0.0.1', logger, drainTimeoutMs: 1000, appChecksHost: true });
     });
     afterAll(() => served.close());
 
@@ -615,6 +615,9 @@ describe('hostile input at the gateway', () => {
         hostile: 'smuggled-marker',
       },
       { desc: 'two different Content-Length values', raw: () => `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: smuggled-marker\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}`, status: 400, code: 'bad_request', hostile: 'smuggled-marker' },
+      // Node answers these two itself unless runServer leaves Host to the app: a bare 400 with no request id.
+      { desc: 'an HTTP/1.1 request without Host', raw: () => `GET /api/users/2 HTTP/1.1\r\nAuthorization: Bearer ${bob}\r\nX-Marker: no-host-marker\r\nConnection: close\r\n\r\n`, status: 400, code: 'bad_request', hostile: 'no-host-marker' },
+      { desc: 'an absolute-form HTTP/1.1 request without Host', raw: () => `GET http://${host()}/api/users/2 HTTP/1.1\r\nAuthorization: Bearer ${bob}\r\nX-Marker: no-host-marker\r\nConnection: close\r\n\r\n`, status: 400, code: 'bad_request', hostile: 'no-host-marker' },
       // Node answers this itself unless runServer passes it on: a bare 417 with no request id.
       { desc: 'an Expect other than 100-continue', raw: () => get('Expect: evil-expectation\r\n'), status: 417, code: 'expectation_failed', hostile: 'evil-expectation' },
     ];
@@ -695,6 +698,64 @@ describe('hostile input at the gateway', () => {
       expect(seenWithRequestId(sentinel)).toHaveLength(1);
       expect(seenWithRequestId(deleteId)).toEqual([]);
       expect(servedLog.filter((line) => line.request_id === deleteId)).toEqual([]);
+    });
+
+    it('serves an HTTP/1.0 request without Host', async () => {
+      const reply = await sendRaw(served.url, 'GET /health HTTP/1.0\r\n\r\n');
+      expect(reply.status).toBe(200);
+    });
+
+    // Node stops parsing a read at the end of a request with `Upgrade` + `Connection: upgrade`, drops the rest of
+    // that read, and parses the next read as a new request: a front proxy's next request, cut apart.
+    it('closes the connection after a request with Upgrade, so bytes after it are never run as requests of their own', async () => {
+      const first = nextRequestId();
+      const lost = nextRequestId();
+      const smuggled = nextRequestId();
+      const { port } = new URL(served.url);
+      const { text, closedByGateway } = await new Promise<{ text: string; closedByGateway: boolean }>((resolve) => {
+        const socket = net.connect(Number(port), '127.0.0.1', () =>
+          socket.write(
+            `GET /api/users/2 HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: ${first}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n` +
+              `GET /api/users/2 HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: ${lost}\r\n\r\n`,
+          ),
+        );
+        const chunks: Buffer[] = [];
+        // What a front proxy would send next on the connection (the body of its next request, say): a read of its own.
+        socket.once('data', () => socket.write(`GET /api/users/2 HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: ${smuggled}\r\n\r\n`));
+        socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+        socket.on('error', () => undefined);
+        const timer = setTimeout(() => {
+          socket.destroy();
+          resolve({ text: Buffer.concat(chunks).toString('latin1'), closedByGateway: false });
+        }, 5000);
+        socket.on('close', () => {
+          clearTimeout(timer);
+          resolve({ text: Buffer.concat(chunks).toString('latin1'), closedByGateway: true });
+        });
+      });
+      expect(closedByGateway).toBe(true);
+      expect(answersIn(text)).toBe(1);
+      expect(text).toMatch(/\r\nConnection: close\r\n/i);
+      expect(text).toContain(first);
+      expect(seenWithRequestId(first)).toHaveLength(1);
+      expect(seenWithRequestId(smuggled)).toEqual([]);
+      expect(seenWithRequestId(lost)).toEqual([]);
+      expect(servedLog.filter((line) => line.request_id === smuggled)).toEqual([]);
+      await expectStillServing(served.url);
+    });
+
+    // Node reports the bytes after a request's `Connection: close` as a parser error while that request is in flight.
+    it('answers a request whose Connection: close is followed by more bytes as it deserves, not with a 400 for those bytes', async () => {
+      const requestId = nextRequestId();
+      const { text, closedByGateway } = await exchangeRaw(
+        `GET /api/users/2 HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n` + `GET /health HTTP/1.1\r\nHost: ${host()}\r\n\r\n`,
+      );
+      expect(closedByGateway).toBe(true);
+      expect(text).toMatch(/^HTTP\/1\.1 200 /);
+      expect(answersIn(text)).toBe(1);
+      await waitFor(() => servedLog.some((line) => line.message === 'request completed' && line.request_id === requestId), 'the access-log line');
+      expect(servedLog.find((line) => line.message === 'request completed' && line.request_id === requestId)).toMatchObject({ status: 200, error_code: null });
+      expect(servedLog.filter((line) => line.message === 'request failed' && line.request_id === requestId)).toEqual([]);
     });
 
     // The head was good, so the request is already in the pipeline (the proxy may have begun forwarding it) when
