@@ -24,6 +24,8 @@ export const ERROR_CATALOG = {
   /** A config reload (`POST /admin/reload`) refused the file; the running config keeps serving. */
   config_invalid: { status: 422, title: 'Configuration refused' },
   rate_limited: { status: 429, title: 'Too many requests' },
+  /** An HTTP/2 header list over the HTTP/1 listener's bound (HTTP/1.1's parser answers its own, otel/lifecycle.ts). */
+  headers_too_large: { status: 431, title: 'Request header fields too large' },
   // A gRPC service's own answers (src/grpc/status-errors.ts), named by the gRPC status they stand for.
   grpc_invalid_argument: { status: 400, title: 'Invalid argument' },
   grpc_failed_precondition: { status: 400, title: 'Failed precondition' },

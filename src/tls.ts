@@ -27,7 +27,15 @@ import { mintRequestId } from './middleware/request-id';
  */
 export const HTTP2_LIMITS = {
   maxConcurrentStreams: 100,
+  /**
+   * The header list a request may carry (RFC 9113 6.5.2: name and value octets plus 32 per field), checked by the
+   * pipeline (src/middleware/http2-requests.ts: 431 problem+json with a request id, logged and traced). nghttp2
+   * only applies its own bound once the client acknowledged the SETTINGS that announce it, so a stream sent
+   * at once on a new session got past it; and what it refuses it resets unseen.
+   */
   maxHeaderListSize: http.maxHeaderSize,
+  /** What nghttp2 itself refuses (the stream reset, ENHANCE_YOUR_CALM): twice the list, a memory bound only. */
+  hardHeaderListSize: 2 * http.maxHeaderSize,
   /** Header fields per request, pseudo-headers included (Node's default). */
   maxHeaderListPairs: 128,
   /** Per-session buffers (HPACK tables, queued frames), MB; beyond it new streams are refused (Node's default). */
@@ -98,7 +106,7 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
         {
           ...certificates,
           allowHTTP1: true,
-          settings: { maxConcurrentStreams: HTTP2_LIMITS.maxConcurrentStreams, maxHeaderListSize: HTTP2_LIMITS.maxHeaderListSize, enablePush: false },
+          settings: { maxConcurrentStreams: HTTP2_LIMITS.maxConcurrentStreams, maxHeaderListSize: HTTP2_LIMITS.hardHeaderListSize, enablePush: false },
           maxHeaderListPairs: HTTP2_LIMITS.maxHeaderListPairs,
           maxSessionMemory: HTTP2_LIMITS.maxSessionMemoryMb,
           maxSessionInvalidFrames: HTTP2_LIMITS.maxSessionInvalidFrames,

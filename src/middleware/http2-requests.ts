@@ -2,6 +2,7 @@ import { Http2ServerRequest } from 'node:http2';
 import { METHODS, type IncomingMessage } from 'node:http';
 import type { Middleware } from 'koa';
 import { GatewayError } from '../errors';
+import { HTTP2_LIMITS } from '../tls';
 
 /**
  * Connection-specific header fields: meaningless in HTTP/2, and a request carrying one is malformed (RFC 9113
@@ -36,9 +37,17 @@ function isMalformedValue(value: string | string[] | undefined): boolean {
   return Array.isArray(value) ? value.some((each) => MALFORMED_VALUE.test(each)) : MALFORMED_VALUE.test(value);
 }
 
+/** A header list's size as HTTP/2 counts it (RFC 9113 6.5.2): each field's name and value octets plus 32. */
+function headerListSize(rawHeaders: readonly string[]): number {
+  let size = 0;
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) size += Buffer.byteLength(rawHeaders[i]!) + Buffer.byteLength(rawHeaders[i + 1]!) + 32;
+  return size;
+}
+
 /**
  * Makes an HTTP/2 request (TLS listener, src/tls.ts) mean to the rest of the pipeline what it means on the wire,
  * before anything reads it. Mounted only with `tls`; HTTP/1.1 requests pass untouched.
+ * - A header list over the HTTP/1 listener's bound is refused (431), as HTTP/1.1's parser refuses it.
  * - Field names and values HTTP/1.1 could not carry are refused (400): Node's HTTP/2 parser passes a value with
  *   CR LF or NUL, or a name with a space, which the HTTP/1.1 parser would never; forwarded, they would be header
  *   injection into the upstream request.
@@ -57,6 +66,7 @@ export function createHttp2Requests(): Middleware {
     if (!isHttp2Request(request)) return next();
     if (!HTTP1_METHODS.has(request.method)) throw new GatewayError('bad_request', `HTTP/1.1 could not carry the method ${JSON.stringify(request.method.slice(0, 32))}.`);
     const headers = request.headers;
+    if (headerListSize(request.rawHeaders) > HTTP2_LIMITS.maxHeaderListSize) throw new GatewayError('headers_too_large', 'The request headers are too large.');
     for (const name in headers) {
       // Pseudo-header names are checked by Node's parser (unknown ones reset the stream); their values are not.
       if ((name.charCodeAt(0) !== 58 /* : */ && !FIELD_NAME.test(name)) || isMalformedValue(headers[name])) {

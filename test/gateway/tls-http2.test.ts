@@ -277,8 +277,24 @@ describe('TLS termination and HTTP/2', () => {
       await expectStillServing();
     });
 
-    it('advertises bounded HTTP/2 settings: streams per connection and header list size as on HTTP/1', () => {
-      expect(session.remoteSettings).toMatchObject({ maxConcurrentStreams: HTTP2_LIMITS.maxConcurrentStreams, maxHeaderListSize: http.maxHeaderSize, enablePush: false });
+    it('advertises bounded HTTP/2 settings: streams per connection, and a header list size nghttp2 enforces past the one the pipeline answers 431 to', () => {
+      expect(session.remoteSettings).toMatchObject({ maxConcurrentStreams: HTTP2_LIMITS.maxConcurrentStreams, maxHeaderListSize: HTTP2_LIMITS.hardHeaderListSize, enablePush: false });
+      expect(HTTP2_LIMITS.maxHeaderListSize).toBe(http.maxHeaderSize);
+    });
+
+    // What nghttp2 enforces only once the client acknowledged the SETTINGS: a new session's first request.
+    it('answers 431 to an oversized header list sent as a new session opens, reaching no service', async () => {
+      const fresh = http2.connect(url, { ca: certificate.cert });
+      try {
+        const requestId = nextRequestId();
+        const reply = await h2Request(fresh, { ':path': '/api/users/2', authorization: `Bearer ${bob}`, 'x-big': 'b'.repeat(http.maxHeaderSize + 4096), [HEADER.requestId]: requestId });
+        // The gateway's answer (the request's own id), not a service's parser refusing what was forwarded to it.
+        expect(reply.status).toBe(431);
+        expect(JSON.parse(reply.text)).toMatchObject({ code: 'headers_too_large', requestId });
+        expect(seenWithRequestId(requestId)).toEqual([]);
+      } finally {
+        fresh.close();
+      }
     });
 
     it('serves HTTP/1.1 over TLS: the service hears X-Forwarded-Proto https and the public port', async () => {
@@ -377,6 +393,21 @@ describe('TLS termination and HTTP/2', () => {
       expect(problem.status).toBe(status);
       expect(problem.requestId).toBe(reply.headers[HEADER.requestId]);
       expect(seenWithRequestId(requestId)).toEqual([]);
+      await expectStillServing();
+    });
+
+    // Over HTTP/1.1 Node's parser answers 431; nghttp2 would reset the stream unseen (and, before the client
+    // acknowledged the SETTINGS announcing its bound, let the list through to a service).
+    it('answers a header list over the HTTP/1 bound with 431 problem+json and the request id, reaching no service', async () => {
+      const requestId = nextRequestId();
+      const reply = await h2Request(session, { ':path': '/api/users/2', authorization: `Bearer ${bob}`, 'x-big': 'b'.repeat(http.maxHeaderSize), [HEADER.requestId]: requestId });
+      expect(reply.status).toBe(431);
+      expect(JSON.parse(reply.text)).toMatchObject({ status: 431, code: 'headers_too_large', requestId });
+      expect(seenWithRequestId(requestId)).toEqual([]);
+      const fitting = nextRequestId();
+      // Just under the bound as RFC 9113 6.5.2 counts it (32 octets per field beside name and value) still passes.
+      const reply2 = await h2Request(session, { ':path': '/api/users/2', authorization: `Bearer ${bob}`, [HEADER.requestId]: fitting, 'x-big': 'b'.repeat(http.maxHeaderSize - 2048) });
+      expect(reply2.status).toBe(200);
       await expectStillServing();
     });
 
