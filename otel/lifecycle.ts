@@ -2,9 +2,12 @@ import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { isIP, type Server, type Socket } from 'node:net';
 import tls from 'node:tls';
+import { ROOT_CONTEXT, SpanKind, trace, type Attributes, type SpanContext, type Tracer } from '@opentelemetry/api';
+import { ATTR_CLIENT_ADDRESS, ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
 import type Koa from 'koa';
-import type { Logger } from './logger';
-import { HEADER } from './wire-names';
+import { logLine, type LineValue, type Logger } from './logger';
+import { traceIdFromRequestId, withTraceId } from './trace-ids';
+import { ATTR, HEADER } from './wire-names';
 
 export interface RunServerOptions {
   /** The app; or anything with Koa's `callback()`, such as a reloadable gateway's listener that delegates to the current app. */
@@ -32,6 +35,10 @@ export interface RunServerOptions {
    * 400 with a request id, logged and traced). Otherwise Node answers it with a bare 400 before the app sees it.
    */
   appChecksHost?: boolean;
+  /** Counts a request Node's parser refused (the gateway's request metrics); its log line and span are written here. */
+  onRejected?: (rejected: RejectedRequest) => void;
+  /** Records those spans; default the global provider's tracer named after the process. */
+  tracer?: Tracer;
 }
 
 /** What runServer needs of a server: Node's http.Server, or an HTTPS / HTTP/2 one that can close its connections alike. */
@@ -45,19 +52,30 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** Connections whose request in flight is their last: bytes after it broke the parser (answerClientError). */
+const closingAfterAnswer = new WeakSet<Socket>();
+
+/** A request Node's parser refused before any app saw it, as answered by answerClientError. */
+export interface RejectedRequest {
+  status: number;
+  code: string;
+  /** The id its answer carries (minted: nothing of the request can be trusted). */
+  requestId: string;
+  /** The SERVER span recording it. */
+  spanContext: SpanContext;
+}
+
 /**
  * A malformed or oversized request never reaches Koa (Node's parser rejects it first); without this the
- * client would get a bare status line. It gets a problem+json body like every other error instead.
+ * client would get a bare status line. It gets a problem+json body like every other error instead, and is
+ * recorded as one (`recordRejected`): no pipeline will log or trace it.
  *
  * A request whose head was parsed is already in the pipeline when its body breaks the parser (a bad chunk) or
  * the request timeout fires: if nothing was answered yet it is answered here through its own response, with
  * the request id the pipeline gave it, so the access log and the span record the 400 or 408 (not a client that
  * left). Once the answer has started, the connection can only be cut.
  */
-/** Connections whose request in flight is their last: bytes after it broke the parser (answerClientError). */
-const closingAfterAnswer = new WeakSet<Socket>();
-
-function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
+function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordRejected: (rejected: Omit<RejectedRequest, 'spanContext'>, socket: Socket) => void): void {
   // A TLS connection whose handshake never finished (its timeout, a bad ClientHello) has no HTTP to answer in:
   // ending it with an HTTP answer writes nothing and leaves it open for good, holding a connection slot.
   if (socket instanceof tls.TLSSocket && !(socket as tls.TLSSocket & { _secureEstablished?: boolean })._secureEstablished) {
@@ -92,9 +110,31 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
     return answerProblem(inFlight, problem);
   }
   // Nothing of the request can be trusted (its X-Request-Id included), but the answer still carries an id.
-  const { body, headers } = problemAnswer(undefined, problem);
+  const { body, headers, requestId } = problemAnswer(undefined, problem);
   const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
   socket.end(`HTTP/1.1 ${problem.status} ${problem.title}\r\n${head}\r\n${body}`);
+  recordRejected({ status: problem.status, code: problem.code, requestId }, socket);
+}
+
+/**
+ * Records a request the parser refused as the pipeline records every request: a SERVER span whose trace id is
+ * the answer's request id (so that id opens the trace, as for every request), an access-log line with it, and
+ * `onRejected` (the gateway's request metrics). Method, path and duration are unknown: the head never parsed.
+ */
+function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejected: RejectedRequest) => void) | undefined) {
+  return (rejected: Omit<RejectedRequest, 'spanContext'>, socket: Socket): void => {
+    const { status, code, requestId } = rejected;
+    const attributes: Attributes = {};
+    attributes[ATTR_HTTP_RESPONSE_STATUS_CODE] = status;
+    attributes[ATTR.errorCode] = code;
+    attributes[ATTR.requestId] = requestId;
+    if (socket.remoteAddress !== undefined) attributes[ATTR_CLIENT_ADDRESS] = socket.remoteAddress;
+    const span = withTraceId(traceIdFromRequestId(requestId), () => tracer.startSpan('HTTP', { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT));
+    span.end();
+    const fields: Record<string, LineValue> = { method: null, url: null, status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code };
+    logLine(logger, 'warn', 'request completed', fields, trace.setSpan(ROOT_CONTEXT, span));
+    onRejected?.({ ...rejected, spanContext: span.spanContext() });
+  };
 }
 
 /**
@@ -155,11 +195,11 @@ interface ServerProblem {
  * A problem+json answer the server writes itself, outside the pipeline: with the request id the pipeline chose
  * (`chosen`), else a new one, and `Connection: close`.
  */
-function problemAnswer(chosen: unknown, problem: ServerProblem): { body: string; headers: Record<string, string | number> } {
+function problemAnswer(chosen: unknown, problem: ServerProblem): { body: string; headers: Record<string, string | number>; requestId: string } {
   const requestId = typeof chosen === 'string' ? chosen : randomUUID().replaceAll('-', '');
   const { status, title, code, detail } = problem;
   const body = JSON.stringify({ type: `urn:koa-gateway:problem:${code}`, title, status, detail, code, requestId });
-  return { body, headers: { 'Content-Type': 'application/problem+json', 'Content-Length': Buffer.byteLength(body), 'X-Request-Id': requestId, ...problem.headers, Connection: 'close' } };
+  return { body, requestId, headers: { 'Content-Type': 'application/problem+json', 'Content-Length': Buffer.byteLength(body), 'X-Request-Id': requestId, ...problem.headers, Connection: 'close' } };
 }
 
 /** Why the server itself answered or cut a response the pipeline was handling (its error code). */
@@ -276,7 +316,8 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
         listener,
       );
   if (options.appChecksHost) (server as PublicServer & { requireHostHeader: boolean }).requireHostHeader = false;
-  server.on('clientError', answerClientError);
+  const recordRejected = rejectionRecorder(options.tracer ?? trace.getTracer(options.name), logger, options.onRejected);
+  server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => answerClientError(error, socket, recordRejected));
   // Per connection (not per request): what the drain bound still finds in flight is answered or cut at close.
   const sockets = new Set<Socket>();
   server.on(server instanceof tls.Server ? 'secureConnection' : 'connection', (socket: Socket) => {

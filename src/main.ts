@@ -8,6 +8,7 @@ import { clientTimeouts, ConfigError, loadConfig, type GatewayConfig } from './c
 import { activeConfig, checkReload, createLiveGateway, type ActiveConfig } from './config-reload';
 import { listenAdmin } from './admin';
 import { createGatewayApps } from './gateway';
+import { rejectedRequestMetrics } from './middleware/request-metrics';
 import { createGatewayMetrics, listenMetrics, shareMetricsWithPrimary } from './metrics';
 import { createRedisStore, waitForRedis } from './rate-limit-store';
 import { connectWorker, type WorkerLink } from './worker-link';
@@ -135,6 +136,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     maxConnections: config.server.maxConnections,
     createServer: tlsServer?.create,
     appChecksHost: true,
+    onRejected: metrics && rejectedRequestMetrics(metrics),
     async onShutdown() {
       await redirectListener?.close();
       // Closed only now: operators can watch readiness while the public listener drains.

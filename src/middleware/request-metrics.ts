@@ -1,5 +1,6 @@
 import { trace } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
+import type { RejectedRequest } from '../../otel/lifecycle';
 import { onResponseClosed, recordedStatus } from '../response-closed';
 import { UNTRACED_PATHS } from '../../otel/telemetry-config';
 import { METRIC_LABEL, METRIC_LABEL_VALUE } from '../../otel/wire-names';
@@ -53,4 +54,13 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
     });
     return next();
   };
+}
+
+/**
+ * Counts a request Node's HTTP/1 parser refused before the pipeline (runServer's `onRejected`: 400, 408, 431)
+ * in `http_server_request_duration_seconds`, as `_OTHER` on the `unmatched` route: its method and path never
+ * parsed, and its duration is unknown (recorded as 0). Its exemplar is the SERVER span runServer recorded.
+ */
+export function rejectedRequestMetrics(metrics: GatewayMetrics): (rejected: RejectedRequest) => void {
+  return (rejected) => metrics.requestSeries(METRIC_LABEL_VALUE.otherMethod, METRIC_LABEL_VALUE.unmatchedRoute, rejected.status, '', rejected.code).observe(0, rejected.spanContext, performance.now());
 }

@@ -1,0 +1,98 @@
+import net from 'node:net';
+import { SpanKind } from '@opentelemetry/api';
+import { ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
+import { runServer, type RejectedRequest, type RunningServer } from '../../otel/lifecycle';
+import { ATTR, LOG_FIELD } from '../../otel/wire-names';
+import { createGateway } from '../../src/gateway';
+import { createGatewayMetrics } from '../../src/metrics';
+import { rejectedRequestMetrics } from '../../src/middleware/request-metrics';
+import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
+import { parseOpenMetrics, samplesOf } from '../helpers/openmetrics';
+import { memoryLogger } from '../helpers/servers';
+import { testConfig } from '../helpers/test-config';
+import { waitFor } from '../helpers/wait';
+
+/** Writes `raw` (all at once, or the rest a byte every 100 ms after `sentAtOnce`) and returns what came back before the close. */
+function exchange(url: string, raw: string, trickle = false): Promise<string> {
+  const { port } = new URL(url);
+  return new Promise((resolve) => {
+    const socket = net.connect(Number(port), '127.0.0.1', () => socket.write(trickle ? raw.slice(0, 4) : raw));
+    let offset = 4;
+    const timer = trickle ? setInterval(() => socket.writable && offset < raw.length && socket.write(raw.slice(offset, ++offset)), 100) : undefined;
+    let answer = '';
+    socket.on('data', (chunk) => (answer += chunk.toString('latin1')));
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      clearInterval(timer);
+      resolve(answer);
+    });
+  });
+}
+
+/**
+ * Requests Node's HTTP/1 parser refuses never reach the pipeline that logs, traces and counts every request;
+ * runServer answers them (problem+json with a minted id) and records them itself, so the id a client got opens
+ * a trace, finds a log line and is counted like any other.
+ */
+describe('requests the HTTP parser refuses are seen', () => {
+  let gateway: RunningServer;
+  let tracing: InMemoryTracing;
+  let lines: Record<string, unknown>[];
+  const metrics = createGatewayMetrics();
+  const rejected: RejectedRequest[] = [];
+
+  beforeAll(async () => {
+    tracing = startInMemoryTracing();
+    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' });
+    const recorded = memoryLogger('gateway');
+    lines = recorded.lines;
+    const countRejected = rejectedRequestMetrics(metrics);
+    gateway = await runServer({
+      app: createGateway(config, { logger: recorded.logger, tracer: tracing.tracer, metrics }),
+      name: 'gateway',
+      port: 0,
+      host: '127.0.0.1',
+      logger: recorded.logger,
+      tracer: tracing.tracer,
+      timeouts: { headersMs: 500, requestMs: 10_000, keepAliveMs: 5000 },
+      onRejected: (each) => {
+        rejected.push(each);
+        countRejected(each);
+      },
+    });
+  });
+  afterAll(async () => {
+    await gateway.close();
+    await tracing.shutdown();
+  });
+
+  const host = () => new URL(gateway.url).host;
+  it.each([
+    { desc: 'headers over the limit', raw: () => `GET /health HTTP/1.1\r\nHost: ${host()}\r\nCookie: ${'c'.repeat(20 * 1024)}\r\n\r\n`, status: 431, code: 'headers_too_large' },
+    { desc: 'a garbage request line', raw: () => 'GARBAGE\r\n\r\n', status: 400, code: 'bad_request' },
+    { desc: 'a CR inside X-Request-Id', raw: () => `GET /health HTTP/1.1\r\nHost: ${host()}\r\nX-Request-Id: evil\rdef\r\n\r\n`, status: 400, code: 'bad_request' },
+    { desc: 'a head that trickles in past the headers timeout', raw: () => `GET /health HTTP/1.1\r\nHost: ${host()}\r\nX-Slow: ${'a'.repeat(200)}\r\n\r\n`, status: 408, code: 'request_timeout', trickle: true },
+  ])('$desc: the answer ($status) has an access line, a SERVER span and a count under its request id', async ({ raw, status, code, trickle }) => {
+    const counted = async () =>
+      samplesOf(parseOpenMetrics(await metrics.registry.metrics()), 'http_server_request_duration_seconds_count', { http_request_method: '_OTHER', http_route: 'unmatched', http_response_status_code: String(status), error_type: code }).reduce((sum, sample) => sum + sample.value, 0);
+    const countBefore = await counted();
+    const answer = await exchange(gateway.url, raw(), trickle);
+    expect(answer).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
+    const requestId = /X-Request-Id: ([0-9a-f]{32})/i.exec(answer)?.[1];
+    expect(requestId).toBeDefined();
+
+    await waitFor(() => lines.some((line) => line.message === 'request completed' && line.request_id === requestId), 'the access-log line');
+    const logged = lines.filter((line) => line.message === 'request completed' && line.request_id === requestId);
+    expect(logged).toEqual([expect.objectContaining({ status, error_code: code, level: 'warn' })]);
+    const spans = tracing.spans().filter((span) => span.attributes[ATTR.requestId] === requestId);
+    expect(spans).toHaveLength(1);
+    const span = spans[0]!;
+    expect(span.kind).toBe(SpanKind.SERVER);
+    expect(span.attributes).toMatchObject({ [ATTR_HTTP_RESPONSE_STATUS_CODE]: status, [ATTR.errorCode]: code });
+    // The id the client got opens the trace, and the log line points at the span.
+    expect(span.spanContext().traceId).toBe(requestId);
+    expect(logged[0]).toMatchObject({ [LOG_FIELD.traceId]: requestId, [LOG_FIELD.spanId]: span.spanContext().spanId });
+    expect(rejected.filter((each) => each.requestId === requestId)).toEqual([{ status, code, requestId, spanContext: span.spanContext() }]);
+    expect(await counted()).toBe(countBefore + 1);
+  });
+});
