@@ -24,6 +24,8 @@ export type UnderscoreHeaderPolicy = 'drop' | 'reject' | 'allow';
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'expect']);
 /** Removed from every client request whatever the route: request-rewriting headers and other proxies' identity headers. */
 const NEVER_FROM_CLIENTS = new Set<string>([...REQUEST_REWRITE_HEADERS, ...FOREIGN_IDENTITY_HEADERS]);
+/** An `Authorization` value in the API-key scheme, whatever whitespace follows the scheme. */
+const API_KEY_SCHEME = /^\s*apikey(?:\s|$)/i;
 /** Forwarding headers this hop writes itself (the others a trusted proxy sent pass as they are). */
 const REBUILT_FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port']);
 
@@ -116,9 +118,12 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
     client,
     (name) =>
       isForbiddenClientHeader(name, input.underscores) ||
-      // An API key is the gateway's credential alone, in either header, even where the route forwards Authorization.
-      (name === HEADER.authorization && (!input.forwardAuthorization || /^apikey(?: |$)/i.test(String(client.authorization)))) ||
+      // An API key is the gateway's credential alone, in either header and any spelling a service might read
+      // (the scheme before a tab; `X_API_Key`, which CGI-style servers read as X-API-Key), even where the route
+      // forwards Authorization.
+      (name === HEADER.authorization && (!input.forwardAuthorization || API_KEY_SCHEME.test(String(client.authorization)))) ||
       name === HEADER.apiKey ||
+      (input.underscores === 'allow' && name.includes('_') && name.replaceAll('_', '-') === HEADER.apiKey) ||
       name === HEADER.requestId ||
       name === 'host' ||
       // HTTP/2 pseudo-headers (`:authority`, `:path`, ...) describe this hop's request line, already turned into Host and path.

@@ -102,6 +102,38 @@ function objectFromJson(type: protobuf.Type, json: unknown, where: string, depth
   return result;
 }
 
+/**
+ * The first key that one object of a JSON text names twice (after unescaping: `"a"` and `"\u0061"` are one
+ * key), or undefined. JSON.parse keeps the last silently; a field named twice is refused instead, as its two
+ * spellings (`display_name`, `displayName`) are. `text` must already be valid JSON (JSON.parse accepted it):
+ * only strings and the structure are tracked.
+ */
+export function duplicateJsonKey(text: string): string | undefined {
+  /** Per open container: its keys (objects), and whether the next string is a key. */
+  const open: { keys: Set<string> | undefined; expectingKey: boolean }[] = [];
+  for (let i = 0; i < text.length; i++) {
+    const char = text.charCodeAt(i);
+    if (char === 34 /* " */) {
+      const start = i;
+      for (i++; text.charCodeAt(i) !== 34; i++) if (text.charCodeAt(i) === 92 /* \ */) i++;
+      const top = open.at(-1);
+      if (top?.keys && top.expectingKey) {
+        const key = JSON.parse(text.slice(start, i + 1)) as string;
+        if (top.keys.has(key)) return key;
+        top.keys.add(key);
+        top.expectingKey = false;
+      }
+    } else if (char === 123 /* { */) open.push({ keys: new Set(), expectingKey: true });
+    else if (char === 91 /* [ */) open.push({ keys: undefined, expectingKey: false });
+    else if (char === 125 /* } */ || char === 93 /* ] */) open.pop();
+    else if (char === 44 /* , */) {
+      const top = open.at(-1);
+      if (top?.keys) top.expectingKey = true;
+    }
+  }
+  return undefined;
+}
+
 /** The field of `type` named `name` (lowerCamelCase); never an inherited property such as `constructor`. */
 export function fieldNamed(type: protobuf.Type, name: string): protobuf.Field | undefined {
   return Object.hasOwn(type.fields, name) ? type.fields[name] : undefined;

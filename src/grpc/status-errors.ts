@@ -33,7 +33,13 @@ export function grpcStatusName(code: number): string {
   return GrpcStatus[code] ?? String(code);
 }
 
+/** grpc-js's own RESOURCE_EXHAUSTED for an answer over the client's receive limit (stream-decoder.js): no quota of the caller's. */
+const OVER_RECEIVE_LIMIT = /^Received message larger than max /;
+
 export function grpcFailure(service: string, failure: ServiceError): GatewayError {
+  if (failure.code === GrpcStatus.RESOURCE_EXHAUSTED && OVER_RECEIVE_LIMIT.test(failure.details ?? '')) {
+    return new GatewayError('upstream_bad_response', `The ${service} service answered a message larger than the gateway forwards.`, { cause: failure });
+  }
   const code = CODE_BY_STATUS[failure.code] ?? 'upstream_bad_response';
   const name = grpcStatusName(failure.code);
   if (code.startsWith('grpc_')) {

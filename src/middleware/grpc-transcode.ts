@@ -6,7 +6,7 @@ import type * as protobuf from 'protobufjs';
 import { GatewayError, toGatewayError } from '../errors';
 import { createGrpcClients, deserializer, type GrpcClientCache, endGrpcSpan, metadataFromHeaders, serializer, startGrpcSpan } from '../grpc/grpc-clients';
 import { buildRequestMessage, parseQuery, type HttpBinding } from '../grpc/http-rules';
-import { JsonMappingError, messageToJson, ResponseMappingError } from '../grpc/json-mapping';
+import { duplicateJsonKey, JsonMappingError, messageToJson, ResponseMappingError } from '../grpc/json-mapping';
 import { PathVariableError } from '../grpc/path-template';
 import type { GrpcRoute } from '../grpc/route-mappings';
 import { grpcFailure } from '../grpc/status-errors';
@@ -255,9 +255,13 @@ async function readJsonBody(ctx: KoaContext, limit: number): Promise<unknown> {
   }
   const text = Buffer.concat(chunks).toString('utf8');
   if (text.trim() === '') return undefined;
+  let body: unknown;
   try {
-    return JSON.parse(text) as unknown;
+    body = JSON.parse(text);
   } catch {
     throw new GatewayError('invalid_body', 'The request body is not valid JSON.');
   }
+  const twice = duplicateJsonKey(text);
+  if (twice !== undefined) throw new GatewayError('invalid_body', `The request body names the key ${JSON.stringify(twice.slice(0, 64))} twice in one object.`);
+  return body;
 }

@@ -98,6 +98,9 @@ describe('gRPC transcoding of hostile input', () => {
     { desc: 'the proto name first', body: '{"display_name": "B", "displayName": "A"}' },
     { desc: 'an inherited property name', body: '{"constructor": "x"}' },
     { desc: 'a __proto__ key', body: '{"__proto__": {"accountId": "mallory"}}' },
+    // JSON.parse keeps the last of two equal keys without a word.
+    { desc: 'the same name twice', body: '{"displayName": "A", "displayName": "B"}' },
+    { desc: 'the same name twice, one spelled with an escape', body: '{"displayName": "A", "display\\u004eame": "B"}' },
   ])('refuses a body naming one field twice or no field ($desc) with 400, reaching no service', async ({ body }) => {
     const before = calls.length;
     const response = await postJson('/api/hostile/accounts/alice', body);
