@@ -54,6 +54,8 @@ export interface RunningServer {
 
 /** Connections whose request in flight is their last: bytes after it broke the parser (answerClientError). */
 const closingAfterAnswer = new WeakSet<Socket>();
+/** The last request each HTTP/1 connection carried, with its response (inTurn records it). */
+const lastExchange = new WeakMap<Socket, { request: http.IncomingMessage; response: http.ServerResponse }>();
 
 /** A request Node's parser refused before any app saw it, as answered by answerClientError. */
 export interface RejectedRequest {
@@ -87,6 +89,18 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
     socket.destroy();
     return;
   }
+  // The client closed or reset the connection mid-request: a client that left, not a request to answer.
+  if (error.code === 'HPE_INVALID_EOF_STATE' || error.code === 'ECONNRESET') {
+    socket.destroy();
+    return;
+  }
+  // The body of a request already answered (a 401 before its upload was read) broke: that answer stands, and
+  // nothing after the broken body can be framed.
+  const last = lastExchange.get(socket);
+  if (!inFlight && last && !last.request.complete && last.response.writableFinished) {
+    socket.destroy();
+    return;
+  }
   const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
   const tooSlow = error.code === 'ERR_HTTP_REQUEST_TIMEOUT';
   const problem = tooLarge
@@ -113,7 +127,8 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
   const { body, headers, requestId } = problemAnswer(undefined, problem);
   const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
   socket.end(`HTTP/1.1 ${problem.status} ${problem.title}\r\n${head}\r\n${body}`);
-  recordRejected({ status: problem.status, code: problem.code, requestId }, socket);
+  // A connection that never sent a byte (a browser's or a balancer's pre-connect) timed out: no request to record.
+  if (socket.bytesRead > 0) recordRejected({ status: problem.status, code: problem.code, requestId }, socket);
 }
 
 /**
@@ -156,6 +171,7 @@ function inTurn(handle: http.RequestListener, logger: Logger): http.RequestListe
     // its body run as requests of its own. The gateway upgrades nothing (RFC 9110 7.8 lets it ignore `Upgrade`):
     // it answers the request and closes the connection after it.
     if (request.headers.upgrade !== undefined) closeAfterAnswer(response);
+    lastExchange.set(request.socket, { request, response });
     const handleIfOpen = () => {
       // The answer before this one ended the connection (Node parsed this request from bytes already read).
       if (!response.socket?.writable) return void response.destroy();

@@ -37,10 +37,14 @@ function isMalformedValue(value: string | string[] | undefined): boolean {
   return Array.isArray(value) ? value.some((each) => MALFORMED_VALUE.test(each)) : MALFORMED_VALUE.test(value);
 }
 
-/** A header list's size as HTTP/2 counts it (RFC 9113 6.5.2): each field's name and value octets plus 32. */
+/**
+ * A header list's size as HTTP/2 counts it (RFC 9113 6.5.2): each field's name and value octets plus 32. Node
+ * decodes field octets one to a character (latin1), so a string's length is its octets (UTF-8 would count each
+ * byte over 0x7f twice, and refuse over HTTP/2 what HTTP/1.1 serves).
+ */
 function headerListSize(rawHeaders: readonly string[]): number {
   let size = 0;
-  for (let i = 0; i + 1 < rawHeaders.length; i += 2) size += Buffer.byteLength(rawHeaders[i]!) + Buffer.byteLength(rawHeaders[i + 1]!) + 32;
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) size += rawHeaders[i]!.length + rawHeaders[i + 1]!.length + 32;
   return size;
 }
 

@@ -54,12 +54,15 @@ export function createRequestTargetForm(): Middleware {
  *   or CONNECT's authority form is refused.
  * - No `Expect` but 100-continue (417).
  */
+/** HTTP/1 only (a connection-specific header is malformed in HTTP/2): what follows a malformed head is not trusted. */
+const CLOSE_CONNECTION = { headers: { Connection: 'close' } };
+
 export function createRequestHeadCheck(): Middleware {
   return function checkRequestHead(ctx, next) {
     const request = ctx.req;
     const http2 = isHttp2Request(request);
     if (request.httpVersionMajor !== 1 && !http2) {
-      throw new GatewayError('http_version_not_supported', 'The gateway speaks HTTP/1.0, HTTP/1.1 and HTTP/2 (by ALPN over TLS).');
+      throw new GatewayError('http_version_not_supported', 'The gateway speaks HTTP/1.0, HTTP/1.1 and HTTP/2 (by ALPN over TLS).', CLOSE_CONNECTION);
     }
     const target = request.url ?? '';
     if (target.charCodeAt(0) !== 47 /* / */ && !(target === '*' && request.method === 'OPTIONS')) {
@@ -69,10 +72,11 @@ export function createRequestHeadCheck(): Middleware {
       const raw = request.rawHeaders;
       let hostLines = 0;
       for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === 'host') hostLines++;
-      if (hostLines > 1) throw new GatewayError('bad_request', 'The request carries more than one Host header field.');
+      if (hostLines > 1) throw new GatewayError('bad_request', 'The request carries more than one Host header field.', CLOSE_CONNECTION);
       // Node's own check is off (runServer: `requireHostHeader: false`) so this one answers with a request id and
-      // a log line; the absolute form does not excuse it (RFC 9112 3.2: every HTTP/1.1 request sends Host).
-      if (hostLines === 0 && request.httpVersionMinor === 1) throw new GatewayError('bad_request', 'An HTTP/1.1 request must carry a Host header field.');
+      // a log line; the absolute form does not excuse it (RFC 9112 3.2: every HTTP/1.1 request sends Host). The
+      // connection closes after it, as Node's did: nothing pipelined behind a malformed head is run.
+      if (hostLines === 0 && request.httpVersionMinor === 1) throw new GatewayError('bad_request', 'An HTTP/1.1 request must carry a Host header field.', CLOSE_CONNECTION);
     }
     const { expect } = request.headers;
     // runServer passes requests with other expectations on (Node would answer a bare 417 with no request id).

@@ -700,6 +700,15 @@ describe('hostile input at the gateway', () => {
       expect(servedLog.filter((line) => line.request_id === deleteId)).toEqual([]);
     });
 
+    it('closes the connection after refusing a request without Host: nothing pipelined behind it runs', async () => {
+      const behind = nextRequestId();
+      const { text, closedByGateway } = await exchangeRaw(`GET /api/users/2 HTTP/1.1\r\nAuthorization: Bearer ${bob}\r\n\r\nGET /api/users/2 HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: ${behind}\r\n\r\n`);
+      expect(closedByGateway).toBe(true);
+      expect(answersIn(text)).toBe(1);
+      expect(text).toMatch(/^HTTP\/1\.1 400 /);
+      expect(seenWithRequestId(behind)).toEqual([]);
+    });
+
     it('serves an HTTP/1.0 request without Host', async () => {
       const reply = await sendRaw(served.url, 'GET /health HTTP/1.0\r\n\r\n');
       expect(reply.status).toBe(200);

@@ -16,7 +16,7 @@ import { waitFor } from '../helpers/wait';
 function exchange(url: string, raw: string, trickle = false): Promise<string> {
   const { port } = new URL(url);
   return new Promise((resolve) => {
-    const socket = net.connect(Number(port), '127.0.0.1', () => socket.write(trickle ? raw.slice(0, 4) : raw));
+    const socket = net.connect(Number(port), '127.0.0.1', () => raw !== '' && socket.write(trickle ? raw.slice(0, 4) : raw));
     let offset = 4;
     const timer = trickle ? setInterval(() => socket.writable && offset < raw.length && socket.write(raw.slice(offset, ++offset)), 100) : undefined;
     let answer = '';
@@ -94,5 +94,29 @@ describe('requests the HTTP parser refuses are seen', () => {
     expect(logged[0]).toMatchObject({ [LOG_FIELD.traceId]: requestId, [LOG_FIELD.spanId]: span.spanContext().spanId });
     expect(rejected.filter((each) => each.requestId === requestId)).toEqual([{ status, code, requestId, spanContext: span.spanContext() }]);
     expect(await counted()).toBe(countBefore + 1);
+  });
+
+  // Browsers and load balancers open connections ahead of need: one that never sends a byte is no request.
+  it('records nothing for a connection that sent no byte before the headers timeout', async () => {
+    const linesBefore = lines.length;
+    const rejectedBefore = rejected.length;
+    const answer = await exchange(gateway.url, '', false);
+    expect(answer).toMatch(/^HTTP\/1\.1 408 /);
+    // Wait for something that follows it on the same logger, rather than sleeping before a negative assertion.
+    await exchange(gateway.url, 'GARBAGE\r\n\r\n');
+    await waitFor(() => rejected.length > rejectedBefore, 'the next refusal to be recorded');
+    expect(rejected.slice(rejectedBefore).map((each) => each.code)).toEqual(['bad_request']);
+    expect(lines.slice(linesBefore).filter((line) => line.error_code === 'request_timeout')).toEqual([]);
+  });
+
+  // Node reports the end of a connection mid-body as a parse error (HPE_INVALID_EOF_STATE).
+  it('records an upload the client abandoned as a client that left (499), not as a request it could not parse', async () => {
+    const { port } = new URL(gateway.url);
+    const socket = net.connect(Number(port), '127.0.0.1', () =>
+      socket.end(`POST /api/auth/login HTTP/1.1\r\nHost: ${host()}\r\nX-Request-Id: abandoned-upload\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"email":`),
+    );
+    socket.on('error', () => undefined);
+    await waitFor(() => lines.some((line) => line.message === 'request completed' && line.request_id === 'abandoned-upload'), 'the access-log line');
+    expect(lines.filter((line) => line.message === 'request completed' && line.request_id === 'abandoned-upload')).toEqual([expect.objectContaining({ status: 499, error_code: null })]);
   });
 });
