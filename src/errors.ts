@@ -36,6 +36,8 @@ export const ERROR_CATALOG = {
   grpc_already_exists: { status: 409, title: 'Already exists' },
   grpc_aborted: { status: 409, title: 'Aborted' },
   grpc_resource_exhausted: { status: 429, title: 'Resource exhausted' },
+  /** A request body in a transfer coding other than chunked (RFC 9112 6.1: 501); its bytes would reach a service still coded. */
+  unsupported_transfer_coding: { status: 501, title: 'Transfer coding not implemented' },
   upstream_unimplemented: { status: 501, title: 'Not implemented by the upstream' },
   internal: { status: 500, title: 'Internal error' },
   upstream_refused: { status: 502, title: 'Upstream refused the connection' },

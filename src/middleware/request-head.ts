@@ -52,7 +52,7 @@ export function createRequestTargetForm(): Middleware {
  * - A path (origin form) as the target, or `*` for OPTIONS, answered here (204 with the server's `Allow`): an
  *   absolute-form target createRequestTargetForm could not take (a scheme other than http and https, userinfo)
  *   or CONNECT's authority form is refused.
- * - No `Expect` but 100-continue (417).
+ * - No `Expect` but 100-continue (417); no transfer coding but chunked (501).
  */
 /** HTTP/1 only (a connection-specific header is malformed in HTTP/2): what follows a malformed head is not trusted. */
 const CLOSE_CONNECTION = { headers: { Connection: 'close' } };
@@ -77,6 +77,12 @@ export function createRequestHeadCheck(): Middleware {
       // a log line; the absolute form does not excuse it (RFC 9112 3.2: every HTTP/1.1 request sends Host). The
       // connection closes after it, as Node's did: nothing pipelined behind a malformed head is run.
       if (hostLines === 0 && request.httpVersionMinor === 1) throw new GatewayError('bad_request', 'An HTTP/1.1 request must carry a Host header field.', CLOSE_CONNECTION);
+      // Node's parser takes `gzip, chunked` (or `identity, chunked`) and removes the chunking only: the service
+      // would get gzip bytes with a Content-Length and nothing saying they are coded.
+      const codings = request.headers['transfer-encoding'];
+      if (codings !== undefined && codings.trim().toLowerCase() !== 'chunked') {
+        throw new GatewayError('unsupported_transfer_coding', 'The gateway takes request bodies as they are or chunked; no other transfer coding.', CLOSE_CONNECTION);
+      }
     }
     const { expect } = request.headers;
     // runServer passes requests with other expectations on (Node would answer a bare 417 with no request id).

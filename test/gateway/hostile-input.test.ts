@@ -618,6 +618,9 @@ describe('hostile input at the gateway', () => {
       // Node answers these two itself unless runServer leaves Host to the app: a bare 400 with no request id.
       { desc: 'an HTTP/1.1 request without Host', raw: () => `GET /api/users/2 HTTP/1.1\r\nAuthorization: Bearer ${bob}\r\nX-Marker: no-host-marker\r\nConnection: close\r\n\r\n`, status: 400, code: 'bad_request', hostile: 'no-host-marker' },
       { desc: 'an absolute-form HTTP/1.1 request without Host', raw: () => `GET http://${host()}/api/users/2 HTTP/1.1\r\nAuthorization: Bearer ${bob}\r\nX-Marker: no-host-marker\r\nConnection: close\r\n\r\n`, status: 400, code: 'bad_request', hostile: 'no-host-marker' },
+      // Node's parser takes these and removes only the chunking: the service would get gzip-coded bytes as plain.
+      { desc: 'a gzip-coded chunked body', raw: () => `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Marker: coded-marker\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n`, status: 501, code: 'unsupported_transfer_coding', hostile: 'coded-marker' },
+      { desc: 'an identity, chunked body', raw: () => `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Marker: coded-marker\r\nContent-Type: application/json\r\nTransfer-Encoding: identity, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n`, status: 501, code: 'unsupported_transfer_coding', hostile: 'coded-marker' },
       // Node answers this itself unless runServer passes it on: a bare 417 with no request id.
       { desc: 'an Expect other than 100-continue', raw: () => get('Expect: evil-expectation\r\n'), status: 417, code: 'expectation_failed', hostile: 'evil-expectation' },
     ];
