@@ -6,7 +6,7 @@ import { ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventi
 import { runServer } from '../../otel/lifecycle';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { createGateway } from '../../src/gateway';
-import { startInMemoryTracing } from '../helpers/in-memory-tracing';
+import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
 import { memoryLogger } from '../helpers/servers';
 import { testConfig } from '../helpers/test-config';
 import { waitFor } from '../helpers/wait';
@@ -109,14 +109,18 @@ describe('during the drain', () => {
 });
 
 describe('past the drain bound', () => {
-  it('answers a request still waiting for its service with 503 problem+json and its request id, logged and traced before the flush', async () => {
-    const arrived: string[] = [];
-    // A service that never answers: the request is still waiting when the drain bound passes.
-    const silent = await listen((req) => void arrived.push(String(req.headers[HEADER.requestId])));
+  /** What the telemetry flush would find of request `requestId`: its access line and its SERVER span. */
+  interface AtFlush {
+    line?: Record<string, unknown>;
+    span?: ReturnType<InMemoryTracing['spans']>[number];
+  }
+
+  /** The gateway in front of `upstream` with a 300 ms drain bound; `atFlush()` is read when onShutdown runs. */
+  async function serveWithDrainBound(upstream: TestServer, requestId: string) {
     const tracing = startInMemoryTracing();
     const { logger, lines } = memoryLogger('gateway');
-    let atFlush: { logged: unknown; traced: unknown } | undefined;
-    const config = testConfig({ users: silent.url, orders: silent.url, notifications: silent.url });
+    let seen: AtFlush | undefined;
+    const config = testConfig({ users: upstream.url, orders: upstream.url, notifications: upstream.url });
     const served = await runServer({
       app: createGateway(config, { logger, tracer: tracing.tracer, metrics: false }),
       name: 'gateway',
@@ -124,27 +128,38 @@ describe('past the drain bound', () => {
       host: '127.0.0.1',
       logger,
       drainTimeoutMs: 300,
-      // What the telemetry flush would find: the access line and the SERVER span of the request cut short.
       onShutdown: async () => {
-        const line = lines.find((each) => each.request_id === 'drain-1');
-        const span = tracing.spans().find((each) => each.kind === SpanKind.SERVER && each.attributes[ATTR.requestId] === 'drain-1');
-        atFlush = { logged: [line?.status, line?.error_code], traced: span && [span.attributes[ATTR.errorCode], span.status.code] };
+        seen = {
+          line: lines.find((each) => each.message === 'request completed' && each.request_id === requestId),
+          span: tracing.spans().find((each) => each.kind === SpanKind.SERVER && each.attributes[ATTR.requestId] === requestId),
+        };
       },
     });
+    const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
+    const request = () => fetch(`${served.url}/api/orders/1`, { headers: { authorization: `Bearer ${token}`, [HEADER.requestId]: requestId } });
+    return { served, request, atFlush: () => seen, shutdownTracing: () => tracing.shutdown() };
+  }
+
+  it('answers a request still waiting for its service with 503 problem+json and its request id, logged and traced before the flush', async () => {
+    const arrived: string[] = [];
+    // A service that never answers: the request is still waiting when the drain bound passes.
+    const silent = await listen((req) => void arrived.push(String(req.headers[HEADER.requestId])));
+    const gateway = await serveWithDrainBound(silent, 'drain-1');
     try {
-      const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
-      const reply = fetch(`${served.url}/api/orders/1`, { headers: { authorization: `Bearer ${token}`, [HEADER.requestId]: 'drain-1' } });
+      const reply = gateway.request();
       await waitFor(() => arrived.includes('drain-1'), 'the request to reach the silent service');
-      await served.close();
+      await gateway.served.close();
       const response = await reply;
       expect(response.status).toBe(503);
       expect(response.headers.get('retry-after')).toBe('1');
       expect(await response.json()).toMatchObject({ status: 503, code: 'shutting_down', requestId: 'drain-1' });
-      // The server answered it, not the pipeline: log and span still say why.
-      expect(atFlush).toEqual({ logged: [503, 'shutting_down'], traced: ['shutting_down', SpanStatusCode.ERROR] });
+      // Logged and traced before the flush; the server answered it, not the pipeline, and both still say why.
+      const { line, span } = gateway.atFlush() ?? {};
+      expect([line?.status, line?.error_code]).toEqual([503, 'shutting_down']);
+      expect(span && [span.attributes[ATTR.errorCode], span.status.code]).toEqual(['shutting_down', SpanStatusCode.ERROR]);
     } finally {
       await silent.close();
-      await tracing.shutdown();
+      await gateway.shutdownTracing();
     }
   });
 
@@ -154,35 +169,20 @@ describe('past the drain bound', () => {
       res.writeHead(200, { 'content-type': 'text/plain' });
       res.write('first chunk');
     });
-    const tracing = startInMemoryTracing();
-    const { logger, lines } = memoryLogger('gateway');
-    let atFlush: { logged: unknown; traced: unknown } | undefined;
-    const config = testConfig({ users: stalled.url, orders: stalled.url, notifications: stalled.url });
-    const served = await runServer({
-      app: createGateway(config, { logger, tracer: tracing.tracer, metrics: false }),
-      name: 'gateway',
-      port: 0,
-      host: '127.0.0.1',
-      logger,
-      drainTimeoutMs: 300,
-      onShutdown: async () => {
-        const line = lines.find((each) => each.message === 'request completed' && each.request_id === 'drain-stream-1');
-        const span = tracing.spans().find((each) => each.kind === SpanKind.SERVER && each.attributes[ATTR.requestId] === 'drain-stream-1');
-        atFlush = { logged: [line?.status, line?.error_code, line?.level], traced: span && [span.attributes[ATTR_HTTP_RESPONSE_STATUS_CODE], span.attributes[ATTR.errorCode], span.status.code] };
-      },
-    });
+    const gateway = await serveWithDrainBound(stalled, 'drain-stream-1');
     try {
-      const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
-      const response = await fetch(`${served.url}/api/orders/1`, { headers: { authorization: `Bearer ${token}`, [HEADER.requestId]: 'drain-stream-1' } });
+      const response = await gateway.request();
       expect(response.status).toBe(200);
       const body = response.text().catch((error: unknown) => error);
-      await served.close();
+      await gateway.served.close();
       // The client sees a broken body (fetch's `terminated`), not a complete one.
       expect(await body).toHaveProperty('name', 'TypeError');
-      expect(atFlush).toEqual({ logged: [200, 'shutting_down', 'error'], traced: [200, 'shutting_down', SpanStatusCode.ERROR] });
+      const { line, span } = gateway.atFlush() ?? {};
+      expect([line?.status, line?.error_code, line?.level]).toEqual([200, 'shutting_down', 'error']);
+      expect(span && [span.attributes[ATTR_HTTP_RESPONSE_STATUS_CODE], span.attributes[ATTR.errorCode], span.status.code]).toEqual([200, 'shutting_down', SpanStatusCode.ERROR]);
     } finally {
       await stalled.close();
-      await tracing.shutdown();
+      await gateway.shutdownTracing();
     }
   });
 });
