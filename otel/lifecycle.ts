@@ -84,20 +84,8 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
     socket.destroy();
     return;
   }
-  const inFlight = (socket as Socket & { _httpMessage?: http.ServerResponse })._httpMessage;
-  if (!socket.writable || inFlight?.headersSent) {
-    socket.destroy();
-    return;
-  }
   // The client closed or reset the connection mid-request: a client that left, not a request to answer.
   if (error.code === 'HPE_INVALID_EOF_STATE' || error.code === 'ECONNRESET') {
-    socket.destroy();
-    return;
-  }
-  // The body of a request already answered (a 401 before its upload was read) broke: that answer stands, and
-  // nothing after the broken body can be framed.
-  const last = lastExchange.get(socket);
-  if (!inFlight && last && !last.request.complete && last.response.writableFinished) {
     socket.destroy();
     return;
   }
@@ -108,21 +96,34 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
     : tooSlow
       ? { status: 408, title: 'Request timeout', code: 'request_timeout', detail: 'The request did not arrive in time.' }
       : { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request could not be parsed as HTTP.' };
+  const inFlight = (socket as Socket & { _httpMessage?: http.ServerResponse })._httpMessage;
+  // The request in flight was read whole: the error is in bytes after it (a malformed next request, data after
+  // its `Connection: close`), not in it. Its answer goes out as it will (streaming or not yet begun), and the
+  // connection closes after it.
+  if (inFlight?.req?.complete) {
+    if (closingAfterAnswer.has(socket)) return;
+    closingAfterAnswer.add(socket);
+    closeAfterAnswer(inFlight);
+    inFlight.once('finish', () => socket.end());
+    return;
+  }
+  if (!socket.writable || inFlight?.headersSent) {
+    // Its own body broke (too slow, a bad chunk) after its answer started: the answer is cut, by the server.
+    if (inFlight?.headersSent && socket.writable) markServerAnswer(inFlight, problem.code);
+    socket.destroy();
+    return;
+  }
+  // The body of a request already answered (a 401 before its upload was read) broke: that answer stands, and
+  // nothing after the broken body can be framed.
+  const last = lastExchange.get(socket);
+  if (!inFlight && last && !last.request.complete && last.response.writableFinished) {
+    socket.destroy();
+    return;
+  }
   // The headers the pipeline set so far stay (traceresponse, HSTS, CORS), as on any error it answers. The
   // pipeline then finds its response ended (Koa's respond and the error handler leave it alone) and the
   // request aborted.
-  if (inFlight) {
-    // The request in flight was read whole: the error is in bytes after it (a malformed next request, data after
-    // its `Connection: close`), not in it. Its answer goes out as it will, and the connection closes after it.
-    if (inFlight.req?.complete) {
-      if (closingAfterAnswer.has(socket)) return;
-      closingAfterAnswer.add(socket);
-      closeAfterAnswer(inFlight);
-      inFlight.once('finish', () => socket.end());
-      return;
-    }
-    return answerProblem(inFlight, problem);
-  }
+  if (inFlight) return answerProblem(inFlight, problem);
   // Nothing of the request can be trusted (its X-Request-Id included), but the answer still carries an id.
   const { body, headers, requestId } = problemAnswer(undefined, problem);
   const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');

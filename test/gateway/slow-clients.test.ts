@@ -1,5 +1,6 @@
+import http from 'node:http';
 import net from 'node:net';
-import { runServer, type RunningServer } from '../../otel/lifecycle';
+import { runServer, serverAnswerCode, type RunningServer } from '../../otel/lifecycle';
 import { createGateway } from '../../src/gateway';
 import { memoryLogger } from '../helpers/servers';
 import { testConfig } from '../helpers/test-config';
@@ -69,5 +70,44 @@ describe('slow clients', () => {
 
   it('still serves a normal client', async () => {
     expect((await fetch(`${gateway.url}/health`)).status).toBe(200);
+  });
+});
+
+/** Cuts the server makes to a response already started are recorded as its own (serverAnswerCode), not as a client that left. */
+describe('a request body that breaks after its answer started', () => {
+  let server: RunningServer;
+  const responses: http.ServerResponse[] = [];
+  beforeAll(async () => {
+    // Answers at once, before reading the body: the head and a first chunk are sent while the upload goes on.
+    const app = {
+      callback: () => (request: http.IncomingMessage, response: http.ServerResponse) => {
+        responses.push(response);
+        response.writeHead(200, { 'content-type': 'text/plain' });
+        response.write('started');
+        // A GET's answer streams on and ends; an upload's waits for a body that never comes whole.
+        if (request.method === 'GET') setTimeout(() => response.end(' and finished'), 300);
+      },
+    };
+    server = await runServer({ app, name: 'gateway', port: 0, host: '127.0.0.1', logger: memoryLogger('gateway').logger, timeouts: { headersMs: 300, requestMs: 600, keepAliveMs: 5000 } });
+  });
+  afterAll(() => server.close());
+
+  it.each([
+    { desc: 'arrives too slowly (request timeout)', body: '{', code: 'request_timeout' },
+    { desc: 'has a malformed chunk', body: 'zz\r\nabcd\r\n', code: 'bad_request', chunked: true },
+  ])('is cut, and the cut is the server’s ($desc)', async ({ body, code, chunked }) => {
+    const before = responses.length;
+    const framing = chunked ? 'Transfer-Encoding: chunked' : 'Content-Length: 100';
+    // The head at once (answered at once), the body two bytes every 50 ms.
+    const { answer } = await trickle(server.url, body, 50, `POST /upload HTTP/1.1\r\nHost: x\r\n${framing}\r\n\r\n`);
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    await waitFor(() => responses.length > before && responses[before]!.destroyed, 'the response to be cut');
+    expect(serverAnswerCode(responses[before]!)).toBe(code);
+  });
+
+  it('lets a streaming answer to a complete request finish when garbage follows it, then closes the connection', async () => {
+    const { answer } = await trickle(server.url, 'GARBAGE\r\n\r\n', 50, 'GET /stream HTTP/1.1\r\nHost: x\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    expect(answer).toContain('and finished');
   });
 });
