@@ -54,8 +54,8 @@ export interface RunningServer {
 
 /** Connections whose request in flight is their last: bytes after it broke the parser (answerClientError). */
 const closingAfterAnswer = new WeakSet<Socket>();
-/** The last request each HTTP/1 connection carried, with its response (inTurn records it). */
-const lastExchange = new WeakMap<Socket, { request: http.IncomingMessage; response: http.ServerResponse }>();
+/** The response to the last request each HTTP/1 connection carried (inTurn records it; `req` is its request). */
+const lastResponse = new WeakMap<Socket, http.ServerResponse>();
 
 /** A request Node's parser refused before any app saw it, as answered by answerClientError. */
 export interface RejectedRequest {
@@ -115,8 +115,8 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
   }
   // The body of a request already answered (a 401 before its upload was read) broke: that answer stands, and
   // nothing after the broken body can be framed.
-  const last = lastExchange.get(socket);
-  if (!inFlight && last && !last.request.complete && last.response.writableFinished) {
+  const last = lastResponse.get(socket);
+  if (!inFlight && last && !last.req.complete && last.writableFinished) {
     socket.destroy();
     return;
   }
@@ -172,7 +172,7 @@ function inTurn(handle: http.RequestListener, logger: Logger): http.RequestListe
     // its body run as requests of its own. The gateway upgrades nothing (RFC 9110 7.8 lets it ignore `Upgrade`):
     // it answers the request and closes the connection after it.
     if (request.headers.upgrade !== undefined) closeAfterAnswer(response);
-    lastExchange.set(request.socket, { request, response });
+    lastResponse.set(request.socket, response);
     const handleIfOpen = () => {
       // The answer before this one ended the connection (Node parsed this request from bytes already read).
       if (!response.socket?.writable) return void response.destroy();
