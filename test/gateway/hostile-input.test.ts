@@ -716,6 +716,15 @@ describe('hostile input at the gateway', () => {
       expect(seenWithRequestId(behind)).toEqual([]);
     });
 
+    it('answers a request once when its body breaks after it was answered (a 401 before the upload was read)', async () => {
+      const requestId = nextRequestId();
+      const { text, closedByGateway } = await exchangeRaw(`POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nX-Request-Id: ${requestId}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n`, 'zz\r\nabcd\r\n');
+      expect(closedByGateway).toBe(true);
+      expect(answersIn(text)).toBe(1);
+      expect(text).toMatch(/^HTTP\/1\.1 401 /);
+      expect(text).toContain(requestId);
+    });
+
     it('serves an HTTP/1.0 request without Host', async () => {
       const reply = await sendRaw(served.url, 'GET /health HTTP/1.0\r\n\r\n');
       expect(reply.status).toBe(200);
