@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
+import type { Http2ServerResponse } from 'node:http2';
 import { isIP, type Server, type Socket } from 'node:net';
 import tls from 'node:tls';
 import { ROOT_CONTEXT, SpanKind, trace, type Attributes, type SpanContext, type Tracer } from '@opentelemetry/api';
@@ -160,12 +161,18 @@ function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejecte
  * (RFC 9112 9.6: no further requests are processed after a close). A request whose response has no connection
  * yet waits until it is its turn, and is never handled when the connection closes first.
  */
-function inTurn(handle: http.RequestListener, logger: Logger): http.RequestListener {
+function inTurn(handle: http.RequestListener, logger: Logger, openHttp2Responses: Set<Http2ServerResponse>): http.RequestListener {
   /** Requests parsed on each connection and waiting for their turn. */
   const waiting = new WeakMap<Socket, number>();
   return (request, response) => {
     // HTTP/2 streams are independent (and the compatibility response's socket is a proxy).
-    if (!(response instanceof http.ServerResponse)) return handle(request, response);
+    if (!(response instanceof http.ServerResponse)) {
+      // Kept until it closes, so the drain bound can tell the streams it cuts from those clients left.
+      const stream = response as unknown as Http2ServerResponse;
+      openHttp2Responses.add(stream);
+      stream.once('close', () => openHttp2Responses.delete(stream));
+      return handle(request, response);
+    }
     // Node's parser stops at the end of a request it takes for an upgrade (`Upgrade` with `Connection: upgrade`)
     // and, with no 'upgrade' listener, drops whatever else that read held, then parses the next read as a new
     // request: a request pipelined behind it would vanish, and a front proxy's next request could be cut apart,
@@ -323,7 +330,8 @@ export async function listenInternal(handler: http.RequestListener, options: Int
 export async function runServer(options: RunServerOptions): Promise<RunningServer> {
   const { app, logger } = options;
   const { timeouts } = options;
-  const listener = inTurn(app.callback(), logger);
+  const openHttp2Responses = new Set<Http2ServerResponse>();
+  const listener = inTurn(app.callback(), logger, openHttp2Responses);
   const server: PublicServer = options.createServer
     ? options.createServer(listener)
     : http.createServer(
@@ -397,6 +405,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
           const response = (socket as Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage;
           if (response && !response.writableFinished && !serverAnswers.has(response)) markServerAnswer(response, 'shutting_down');
         }
+        for (const response of openHttp2Responses) if (!response.writableFinished && !serverAnswers.has(response)) markServerAnswer(response, 'shutting_down');
       }
       server.closeAllConnections();
       await until(() => sockets.size === 0, SETTLE_MS);

@@ -16,7 +16,8 @@ import { makeCertificate, type TestCertificate } from '../helpers/certificates';
 import { exitOf, spawnGateway } from '../helpers/process-stack';
 import { listen, memoryLogger, sendRaw, type RecordedRequest } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
-import { shippedConfigFile } from '../helpers/test-config';
+import { shippedConfigFile, testConfig } from '../helpers/test-config';
+import { signToken } from '../helpers/tokens';
 import { waitFor } from '../helpers/wait';
 
 interface Reply {
@@ -924,6 +925,46 @@ describe('certificate reload', () => {
     } finally {
       gateway.child.kill('SIGTERM');
       await exitOf(gateway.child);
+    }
+  });
+});
+
+describe('HTTP/2 at the drain bound', () => {
+  it('records a stream still answering at the drain bound as cut by the gateway (shutting_down), not as a client that left', async () => {
+    const certificate = makeCertificate();
+    // A service that sends its head and a first chunk, then nothing more.
+    const stalled = await listen((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('first chunk');
+    });
+    const config = testConfig({ users: stalled.url, orders: stalled.url, notifications: stalled.url }, { tls: { certFile: certificate.certFile, keyFile: certificate.keyFile } });
+    const { logger, lines } = memoryLogger('gateway');
+    let atFlush: unknown;
+    const gateway = await runServer({
+      app: createGatewayApps(config, { logger, metrics: false }).gateway,
+      name: 'gateway',
+      port: 0,
+      host: '127.0.0.1',
+      logger,
+      timeouts: TIMEOUTS,
+      drainTimeoutMs: 300,
+      createServer: createTlsServer({ tls: config.tls!, timeouts: TIMEOUTS, logger }).create,
+      onShutdown: async () => {
+        const line = lines.find((each) => each.message === 'request completed' && each.request_id === 'h2-drain-1');
+        atFlush = [line?.status, line?.error_code];
+      },
+    });
+    const session = await connectH2(gateway.url, certificate.cert);
+    try {
+      const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
+      const stream = session.request({ ':path': '/api/orders/1', authorization: `Bearer ${token}`, [HEADER.requestId]: 'h2-drain-1' });
+      stream.on('error', () => undefined);
+      await new Promise((resolve) => stream.once('response', resolve));
+      await gateway.close();
+      expect(atFlush).toEqual([200, 'shutting_down']);
+    } finally {
+      session.destroy();
+      await stalled.close();
     }
   });
 });
