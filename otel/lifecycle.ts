@@ -53,6 +53,11 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** The HTTP/1 response a connection is answering now (Node's `_httpMessage`), if any. */
+function inFlightResponse(socket: Socket): http.ServerResponse | undefined {
+  return (socket as Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage ?? undefined;
+}
+
 /** Connections whose request in flight is their last: bytes after it broke the parser (answerClientError). */
 const closingAfterAnswer = new WeakSet<Socket>();
 /** The response to the last request each HTTP/1 connection carried (inTurn records it; `req` is its request). */
@@ -97,7 +102,7 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
     : tooSlow
       ? { status: 408, title: 'Request timeout', code: 'request_timeout', detail: 'The request did not arrive in time.' }
       : { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request could not be parsed as HTTP.' };
-  const inFlight = (socket as Socket & { _httpMessage?: http.ServerResponse })._httpMessage;
+  const inFlight = inFlightResponse(socket);
   // The request in flight was read whole: the error is in bytes after it (a malformed next request, data after
   // its `Connection: close`), not in it. Its answer goes out as it will (streaming or not yet begun), and the
   // connection closes after it.
@@ -379,7 +384,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
       const drained = new Promise<void>((resolve) => server.close(() => resolve()));
       // Answers from now on say `Connection: close`, so a client does not send its next request on a connection
       // that is about to be closed (it would race the idle sweep below and meet a reset). HTTP/2 has GOAWAY.
-      for (const socket of sockets) closeAfterAnswer((socket as Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage);
+      for (const socket of sockets) closeAfterAnswer(inFlightResponse(socket));
       server.on('request', (_request: unknown, response: unknown) => closeAfterAnswer(response));
       // Keep-alive connections become idle as their last response ends; close each as soon as it does.
       server.closeIdleConnections();
@@ -396,16 +401,13 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
         // are written: 503, not a client that left) before onShutdown flushes them.
         const answered: http.ServerResponse[] = [];
         for (const socket of sockets) {
-          const response = (socket as Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage;
+          const response = inFlightResponse(socket);
           if (response && !response.headersSent) answered.push(answerShuttingDown(response));
         }
         await until(() => answered.every((response) => response.writableFinished || response.destroyed), SETTLE_MS);
         // Those still streaming are cut by the gateway, not left by their clients.
-        for (const socket of sockets) {
-          const response = (socket as Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage;
-          if (response && !response.writableFinished && !serverAnswers.has(response)) markServerAnswer(response, 'shutting_down');
-        }
-        for (const response of openHttp2Responses) if (!response.writableFinished && !serverAnswers.has(response)) markServerAnswer(response, 'shutting_down');
+        const streaming = [...[...sockets].map(inFlightResponse), ...openHttp2Responses];
+        for (const response of streaming) if (response && !response.writableFinished && !serverAnswers.has(response)) markServerAnswer(response, 'shutting_down');
       }
       server.closeAllConnections();
       await until(() => sockets.size === 0, SETTLE_MS);
