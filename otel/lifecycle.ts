@@ -6,9 +6,9 @@ import tls from 'node:tls';
 import { ROOT_CONTEXT, SpanKind, trace, type Attributes, type SpanContext, type Tracer } from '@opentelemetry/api';
 import { ATTR_CLIENT_ADDRESS, ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
 import type Koa from 'koa';
-import { logLine, type LineValue, type Logger } from './logger';
+import { logLine, type Logger } from './logger';
 import { traceIdFromRequestId, withTraceId } from './trace-ids';
-import { ATTR, HEADER } from './wire-names';
+import { ACCESS_LINE_MESSAGE, ATTR, HEADER, type AccessLine } from './wire-names';
 
 export interface RunServerOptions {
   /** The app; or anything with Koa's `callback()`, such as a reloadable gateway's listener that delegates to the current app. */
@@ -153,8 +153,8 @@ function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejecte
     if (socket.remoteAddress !== undefined) attributes[ATTR_CLIENT_ADDRESS] = socket.remoteAddress;
     const span = withTraceId(traceIdFromRequestId(requestId), () => tracer.startSpan('HTTP', { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT));
     span.end();
-    const fields: Record<string, LineValue> = { method: null, url: null, status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code };
-    logLine(logger, 'warn', 'request completed', fields, trace.setSpan(ROOT_CONTEXT, span));
+    const fields: AccessLine = { method: null, url: null, status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code, consumer_id: null, cache: null };
+    logLine(logger, 'warn', ACCESS_LINE_MESSAGE, fields, trace.setSpan(ROOT_CONTEXT, span));
     onRejected?.({ ...rejected, spanContext: span.spanContext() });
   };
 }

@@ -1,7 +1,7 @@
 import { context } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
-import { logLine, type LineValue, type Logger } from '../../otel/logger';
-import { LOG_FIELD } from '../../otel/wire-names';
+import { logLine, type Logger } from '../../otel/logger';
+import { ACCESS_LINE_MESSAGE, type AccessLine } from '../../otel/wire-names';
 import { onResponseClosed, recordedStatus } from '../response-closed';
 
 /** Query parameters whose values never reach a log (tokens in URLs are still tokens). */
@@ -62,7 +62,8 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
       const status = recordedStatus(ctx);
       const state = ctx.state;
-      const entry: Record<string, LineValue> = {
+      // Every key of AccessLine, written out (no computed keys: see createTracing, src/middleware/tracing.ts).
+      const entry: AccessLine = {
         method,
         url,
         status,
@@ -71,13 +72,12 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
         route: state.route?.name ?? null,
         user_id: state.user?.id ?? null,
         error_code: state.errorCode ?? null,
+        consumer_id: state.consumer?.id ?? null,
+        cache: state.cache ?? null,
       };
-      // Assigned, not computed keys in the literal: see createTracing (src/middleware/tracing.ts). logLine sorts the keys.
-      entry[LOG_FIELD.consumerId] = state.consumer?.id ?? null;
-      entry[LOG_FIELD.cache] = state.cache ?? null;
       // A response cut after it started (its status may be 200) failed all the same.
       const level = status >= 500 || (!ctx.res.writableFinished && state.errorCode !== undefined) ? 'error' : status >= 400 ? 'warn' : 'info';
-      logLine(logger, level, 'request completed', entry, requestContext);
+      logLine(logger, level, ACCESS_LINE_MESSAGE, entry, requestContext);
     });
     await next();
   };

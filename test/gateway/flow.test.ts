@@ -1,4 +1,5 @@
-import { HEADER } from '../../otel/wire-names';
+import { ACCESS_LINE_FIELDS, ACCESS_LINE_MESSAGE, HEADER } from '../../otel/wire-names';
+import { waitFor } from '../helpers/wait';
 import { login, startStack, type TestStack } from '../helpers/stack';
 
 describe('the classic flow through the gateway', () => {
@@ -105,11 +106,14 @@ describe('the classic flow through the gateway', () => {
     const response = await fetch(`${stack.gateway.url}/api/users/1?access_token=${token}`, { headers: { authorization: `Bearer ${token}` } });
     await response.arrayBuffer();
     const requestId = response.headers.get(HEADER.requestId);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-    const lines = stack.gatewayLogs.filter((line) => line.request_id === requestId && line.message === 'request completed');
+    const accessLines = () => stack.gatewayLogs.filter((line) => line.request_id === requestId && line.message === ACCESS_LINE_MESSAGE);
+    await waitFor(() => accessLines().length > 0, 'the access-log line');
+    const lines = accessLines();
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatchObject({ method: 'GET', status: 200, route: 'users', user_id: '1', url: '/api/users/1?access_token=[REDACTED]', 'service.name': 'gateway' });
     expect(typeof lines[0]!.duration_ms).toBe('number');
+    // The one shape of every access line (the parser's refusals log it too: test/gateway/parser-refusals-seen.test.ts).
+    expect(Object.keys(lines[0]!)).toEqual(expect.arrayContaining([...ACCESS_LINE_FIELDS]));
     const everything = JSON.stringify(stack.gatewayLogs);
     expect(everything).not.toContain(token);
     expect(everything).not.toContain('wonderland');

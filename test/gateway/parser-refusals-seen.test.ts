@@ -2,7 +2,7 @@ import net from 'node:net';
 import { SpanKind } from '@opentelemetry/api';
 import { ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
 import { runServer, type RejectedRequest, type RunningServer } from '../../otel/lifecycle';
-import { ATTR, LOG_FIELD } from '../../otel/wire-names';
+import { ACCESS_LINE_FIELDS, ATTR, LOG_FIELD } from '../../otel/wire-names';
 import { createGateway } from '../../src/gateway';
 import { createGatewayMetrics } from '../../src/metrics';
 import { rejectedRequestMetrics } from '../../src/middleware/request-metrics';
@@ -84,6 +84,8 @@ describe('requests the HTTP parser refuses are seen', () => {
     await waitFor(() => lines.some((line) => line.message === 'request completed' && line.request_id === requestId), 'the access-log line');
     const logged = lines.filter((line) => line.message === 'request completed' && line.request_id === requestId);
     expect(logged).toEqual([expect.objectContaining({ status, error_code: code, level: 'warn' })]);
+    // The same keys as the pipeline's access lines (null where the refused request has none).
+    expect(Object.keys(logged[0]!)).toEqual(expect.arrayContaining([...ACCESS_LINE_FIELDS]));
     const spans = tracing.spans().filter((span) => span.attributes[ATTR.requestId] === requestId);
     expect(spans).toHaveLength(1);
     const span = spans[0]!;
