@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
-import type { Http2ServerResponse } from 'node:http2';
+import http2, { type Http2ServerResponse } from 'node:http2';
 import { isIP, type Server, type Socket } from 'node:net';
 import tls from 'node:tls';
 import { ROOT_CONTEXT, SpanKind, trace, type Attributes, type SpanContext, type Tracer } from '@opentelemetry/api';
@@ -100,7 +100,7 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
   const problem = tooLarge
     ? { status: 431, title: 'Request header fields too large', code: 'headers_too_large', detail: 'The request headers are too large.' }
     : tooSlow
-      ? { status: 408, title: 'Request timeout', code: 'request_timeout', detail: 'The request did not arrive in time.' }
+      ? REQUEST_TIMEOUT
       : { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request could not be parsed as HTTP.' };
   const inFlight = inFlightResponse(socket);
   // The request in flight was read whole: the error is in bytes after it (a malformed next request, data after
@@ -248,12 +248,41 @@ export function serverAnswerCode(response: object): string | undefined {
   return serverAnswers.get(response);
 }
 
+/** A request not received whole within `server.requestTimeoutMs`, over either protocol. */
+const REQUEST_TIMEOUT: ServerProblem = { status: 408, title: 'Request timeout', code: 'request_timeout', detail: 'The request did not arrive in time.' };
+
+/** A response of either protocol the pipeline is handling. */
+type PipelineResponse = http.ServerResponse | Http2ServerResponse;
+
 /** Answers a request the pipeline has not answered yet with a server problem (problemAnswer). */
-function answerProblem(response: http.ServerResponse, problem: ServerProblem): void {
+function answerProblem(response: PipelineResponse, problem: ServerProblem): void {
   markServerAnswer(response, problem.code);
   const { body, headers } = problemAnswer(response.getHeader(HEADER.requestId), problem);
-  response.writeHead(problem.status, problem.title, headers);
-  response.end(body);
+  if (response instanceof http.ServerResponse) {
+    response.writeHead(problem.status, problem.title, headers);
+    response.end(body);
+    return;
+  }
+  // HTTP/2 has no reason phrase and no connection-specific header: the stream ends, not the connection. A
+  // client still sending its request is told to stop without error once the answer is whole (RFC 9113 8.1).
+  delete headers.Connection;
+  response.writeHead(problem.status, headers);
+  const { stream } = response;
+  response.end(body, () => {
+    if (!stream.destroyed && !stream.closed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
+  });
+}
+
+/**
+ * HTTP/2's request timeout (src/tls.ts; Node's HTTP/2 server has none): a stream whose client has not sent its
+ * whole request within `server.requestTimeoutMs` is answered 408 with its request id, as HTTP/1.1's is, or,
+ * when its answer already started, cut (CANCEL); recorded as `request_timeout` either way, not as a client
+ * that left.
+ */
+export function answerHttp2RequestTimeout(response: Http2ServerResponse): void {
+  if (!response.headersSent) return answerProblem(response, REQUEST_TIMEOUT);
+  markServerAnswer(response, REQUEST_TIMEOUT.code);
+  if (!response.stream.destroyed) response.stream.close(http2.constants.NGHTTP2_CANCEL);
 }
 
 /** How long close() waits, past the drain bound, for cut requests to settle before flushing telemetry, ms. */
@@ -271,7 +300,7 @@ function closeAfterAnswer(response: unknown): void {
 }
 
 /** The answer to a request still waiting at the drain bound: 503 problem+json with its request id, and the connection closes. */
-function answerShuttingDown(response: http.ServerResponse): http.ServerResponse {
+function answerShuttingDown(response: PipelineResponse): PipelineResponse {
   answerProblem(response, { status: 503, title: 'Shutting down', code: 'shutting_down', detail: 'The gateway stopped before this request was answered; retry it.', headers: { 'Retry-After': '1' } });
   return response;
 }
@@ -399,9 +428,8 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
         // What has not started its answer by the bound gets one (503, its request id, Retry-After), not a cut
         // connection; what is streaming is cut. Then the pipeline's close handlers run (spans end, access lines
         // are written: 503, not a client that left) before onShutdown flushes them.
-        const answered: http.ServerResponse[] = [];
-        for (const socket of sockets) {
-          const response = inFlightResponse(socket);
+        const answered: PipelineResponse[] = [];
+        for (const response of [...[...sockets].map(inFlightResponse), ...openHttp2Responses]) {
           if (response && !response.headersSent) answered.push(answerShuttingDown(response));
         }
         await until(() => answered.every((response) => response.writableFinished || response.destroyed), SETTLE_MS);

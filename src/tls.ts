@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { Socket } from 'node:net';
 import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import type { Logger } from '../otel/logger';
-import { listenInternal, type PublicServer } from '../otel/lifecycle';
+import { answerHttp2RequestTimeout, listenInternal, type PublicServer } from '../otel/lifecycle';
 import type { TlsConfig } from './config';
 import { createHostMatcher } from './middleware/host-guard';
 import { isHttp2Request } from './middleware/http2-requests';
@@ -215,8 +215,8 @@ function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, lo
  * HTTP/1 server enforces it, its HTTP/2 server does not, and the session timer restarts on every frame. Without
  * this a body dripped a byte at a time into a reader with no rate limit of its own (login's body parser, the
  * gRPC translation) holds its stream, and the connection's slot, for ever. A stream whose client has not ended
- * its request by then is reset with CANCEL: the pipeline sees the request aborted, as after an HTTP/1.1 request
- * timeout. HTTP/1.1 requests on this listener are Node's to time.
+ * its request by then is answered 408 and closed (or, its answer started, reset), as after an HTTP/1.1 request
+ * timeout (otel/lifecycle.ts answerHttp2RequestTimeout). HTTP/1.1 requests on this listener are Node's to time.
  */
 function withStreamRequestTimeout(listener: (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void, requestMs: number) {
   if (requestMs === 0) return listener;
@@ -227,7 +227,7 @@ function withStreamRequestTimeout(listener: (request: http2.Http2ServerRequest, 
       const { stream } = request;
       const timer = setTimeout(() => {
         // `remoteClose`: the client's END_STREAM arrived (a body read or not, as HTTP/1's parser counts it).
-        if (!stream.destroyed && !stream.state.remoteClose) stream.close(http2.constants.NGHTTP2_CANCEL);
+        if (!stream.destroyed && !stream.state.remoteClose) answerHttp2RequestTimeout(response);
       }, requestMs);
       stream.once('close', () => clearTimeout(timer));
     }

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import { runServer, type RunningServer } from '../../otel/lifecycle';
-import { HEADER } from '../../otel/wire-names';
+import { ACCESS_LINE_MESSAGE, HEADER } from '../../otel/wire-names';
 import { createGatewayApps } from '../../src/gateway';
 import type { ProblemBody } from '../../src/middleware/errors';
 import { createTlsServer, HTTP2_LIMITS, http2SessionTimeoutMs, listenHttpsRedirect, RESET_STREAMS_BUDGET, type RedirectListener, type TlsServer } from '../../src/tls';
@@ -337,32 +337,39 @@ describe('TLS termination and HTTP/2', () => {
   });
 
   describe('slow HTTP/2 clients', () => {
-    it('resets an HTTP/2 request still dripping its body after requestTimeoutMs, as HTTP/1.1 cuts it; the connection serves on', async () => {
+    it('answers an HTTP/2 request still dripping its body after requestTimeoutMs with 408, as HTTP/1.1 does, and closes its stream; the connection serves on', async () => {
       // The same config on a listener whose requestTimeoutMs is short; login reads its body itself (no proxy body-rate check).
       const short = { ...TIMEOUTS, headersMs: 1_000, requestMs: 1_000 };
-      const { logger } = memoryLogger('gateway');
+      const { logger, lines } = memoryLogger('gateway');
       const slow = await runServer({ app: createGatewayApps(stack.config, { logger, metrics: false }).gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: short, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: short, logger }).create });
       const dripping = await connectH2(slow.url, certificate.cert);
       try {
         // A byte every 100 ms of a declared 1000, for at most 10 x requestTimeoutMs: each frame restarts the session timer.
-        const outcome = await new Promise<{ status?: number; rstCode?: number; stillOpen: boolean }>((resolve) => {
-          const stream = dripping.request({ ':method': 'POST', ':path': '/api/auth/login', 'content-type': 'application/json', 'content-length': '1000' }, { endStream: false });
+        const outcome = await new Promise<{ status?: number; rstCode?: number; body: string; stillOpen: boolean }>((resolve) => {
+          const stream = dripping.request({ ':method': 'POST', ':path': '/api/auth/login', 'content-type': 'application/json', 'content-length': '1000', [HEADER.requestId]: 'h2-dripping-1' }, { endStream: false });
           let status: number | undefined;
+          let body = '';
           let drips = 0;
           const drip = setInterval(() => {
             if (++drips > 100) {
               clearInterval(drip);
-              resolve({ status, stillOpen: true });
+              resolve({ status, body, stillOpen: true });
             } else if (!stream.destroyed) stream.write(' ');
           }, 100);
           stream.on('response', (headers) => (status = Number(headers[':status'])));
+          stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
           stream.on('error', () => {});
           stream.on('close', () => {
             clearInterval(drip);
-            resolve({ status, rstCode: stream.rstCode, stillOpen: false });
+            resolve({ status, rstCode: stream.rstCode, body, stillOpen: false });
           });
         });
-        expect(outcome).toEqual({ status: undefined, rstCode: http2.constants.NGHTTP2_CANCEL, stillOpen: false });
+        // A whole answer, then RST_STREAM(NO_ERROR): stop sending (RFC 9113 8.1).
+        expect(outcome).toMatchObject({ status: 408, rstCode: http2.constants.NGHTTP2_NO_ERROR, stillOpen: false });
+        expect(JSON.parse(outcome.body)).toMatchObject({ status: 408, code: 'request_timeout', requestId: 'h2-dripping-1' });
+        // Recorded as the server's answer, not as a client that left (499).
+        await waitFor(() => lines.some((line) => line.message === ACCESS_LINE_MESSAGE && line.request_id === 'h2-dripping-1'), 'the access line');
+        expect(lines.filter((line) => line.message === ACCESS_LINE_MESSAGE && line.request_id === 'h2-dripping-1')).toEqual([expect.objectContaining({ status: 408, error_code: 'request_timeout' })]);
         // Only that stream ended: the connection still serves.
         expect((await h2Request(dripping, { ':path': '/health' })).status).toBe(200);
       } finally {
@@ -930,6 +937,52 @@ describe('certificate reload', () => {
 });
 
 describe('HTTP/2 at the drain bound', () => {
+  it('answers a stream whose answer has not started by the drain bound with 503 shutting_down and its request id, as HTTP/1.1 (it used to be cut)', async () => {
+    const certificate = makeCertificate();
+    // A service that never answers: the request is still waiting when the drain bound passes.
+    const arrived: string[] = [];
+    const silent = await listen((req) => void arrived.push(String(req.headers[HEADER.requestId])));
+    const config = testConfig({ users: silent.url, orders: silent.url, notifications: silent.url }, { tls: { certFile: certificate.certFile, keyFile: certificate.keyFile } });
+    const { logger, lines } = memoryLogger('gateway');
+    let atFlush: unknown;
+    const gateway = await runServer({
+      app: createGatewayApps(config, { logger, metrics: false }).gateway,
+      name: 'gateway',
+      port: 0,
+      host: '127.0.0.1',
+      logger,
+      timeouts: TIMEOUTS,
+      drainTimeoutMs: 300,
+      createServer: createTlsServer({ tls: config.tls!, timeouts: TIMEOUTS, logger }).create,
+      onShutdown: async () => {
+        const line = lines.find((each) => each.message === ACCESS_LINE_MESSAGE && each.request_id === 'h2-drain-unanswered');
+        atFlush = [line?.status, line?.error_code];
+      },
+    });
+    const session = await connectH2(gateway.url, certificate.cert);
+    try {
+      const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
+      const stream = session.request({ ':path': '/api/orders/1', authorization: `Bearer ${token}`, [HEADER.requestId]: 'h2-drain-unanswered' });
+      stream.on('error', () => undefined);
+      const answer = new Promise<{ headers: http2.IncomingHttpHeaders; body: string }>((resolve) => {
+        let body = '';
+        let headers: http2.IncomingHttpHeaders = {};
+        stream.on('response', (received) => (headers = received));
+        stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
+        stream.on('close', () => resolve({ headers, body }));
+      });
+      await waitFor(() => arrived.includes('h2-drain-unanswered'), 'the request to reach the silent service');
+      await gateway.close();
+      const { headers, body } = await answer;
+      expect([headers[':status'], headers['retry-after']]).toEqual([503, '1']);
+      expect(JSON.parse(body)).toMatchObject({ status: 503, code: 'shutting_down', requestId: 'h2-drain-unanswered' });
+      expect(atFlush).toEqual([503, 'shutting_down']);
+    } finally {
+      session.destroy();
+      await silent.close();
+    }
+  });
+
   it('records a stream still answering at the drain bound as cut by the gateway (shutting_down), not as a client that left', async () => {
     const certificate = makeCertificate();
     // A service that sends its head and a first chunk, then nothing more.
