@@ -1,6 +1,6 @@
-import { SpanStatusCode, trace } from '@opentelemetry/api';
+import { trace } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
-import { ATTR, HEADER } from '../../otel/wire-names';
+import { HEADER } from '../../otel/wire-names';
 import type { Logger } from '../../otel/logger';
 import { toGatewayError, type GatewayError } from '../errors';
 import { cutResponse } from '../response-closed';
@@ -46,13 +46,12 @@ export function createErrorHandler(options: ErrorHandlerOptions): Middleware {
       await next();
     } catch (thrown) {
       const error = toGatewayError(thrown);
+      // The SERVER span, the access line and the metric all take the code (and the span its error status) from
+      // here, when the response closes (src/middleware/tracing.ts): one answer, recorded alike in all three.
       ctx.state.errorCode = error.code;
-      const span = trace.getActiveSpan();
-      span?.setAttribute(ATTR.errorCode, error.code);
       if (error.status >= 500) {
         logger.error('request failed', { code: error.code, error: describeCause(error) });
-        span?.recordException(error.cause instanceof Error ? error.cause : error);
-        span?.setStatus({ code: SpanStatusCode.ERROR, message: error.code });
+        trace.getActiveSpan()?.recordException(error.cause instanceof Error ? error.cause : error);
       }
       if (ctx.res.headersSent || !ctx.writable) {
         cutResponse(ctx);

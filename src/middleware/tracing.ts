@@ -113,6 +113,9 @@ export function createTracing(options: TracingOptions): Middleware {
     // Ended once both the response is really over (streamed proxy responses are timed whole) and the
     // middleware below has returned (the proxy records the upstream outcome after the response finished).
     let status = 0;
+    // Read when the response closed, with the status, as the access log and the metrics read them: an error the
+    // pipeline throws after that (a client gone before a step failed) changes none of the three.
+    let errorCode: string | undefined;
     let pending = 2;
     const finish = () => {
       if (--pending > 0) return;
@@ -126,9 +129,8 @@ export function createTracing(options: TracingOptions): Middleware {
       if (user) span.setAttribute(ATTR.userId, user.id).setAttribute(ATTR.userRole, user.role);
       if (consumer) span.setAttribute(ATTR.consumerId, consumer.id).setAttribute(ATTR.userRole, consumer.role);
       span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
-      // handleErrors set these for what the pipeline threw; an answer or cut of the server's own (otel/lifecycle.ts)
-      // reaches the span only here, through recordedStatus.
-      const { errorCode } = ctx.state;
+      // What the pipeline threw (handleErrors) or the server answered or cut itself (otel/lifecycle.ts, through
+      // recordedStatus).
       if (errorCode !== undefined) span.setAttribute(ATTR.errorCode, errorCode);
       // A response cut after it started (its status may be 200) failed all the same, as its access-log line says.
       if (status >= 500 || (errorCode !== undefined && !ctx.res.writableFinished)) span.setStatus(errorCode === undefined ? { code: SpanStatusCode.ERROR } : { code: SpanStatusCode.ERROR, message: errorCode });
@@ -136,6 +138,7 @@ export function createTracing(options: TracingOptions): Middleware {
     };
     onResponseClosed(ctx, () => {
       status = recordedStatus(ctx);
+      errorCode = ctx.state.errorCode;
       finish();
     });
 

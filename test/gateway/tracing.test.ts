@@ -1,7 +1,17 @@
+import http from 'node:http';
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
-import { ATTR, HEADER } from '../../otel/wire-names';
+import { ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
+import Koa from 'koa';
+import { ACCESS_LINE_MESSAGE, ATTR, HEADER } from '../../otel/wire-names';
+import { GatewayError } from '../../src/errors';
+import { createAccessLog } from '../../src/middleware/access-log';
+import { createErrorHandler } from '../../src/middleware/errors';
+import { createRequestId } from '../../src/middleware/request-id';
+import { createTracing } from '../../src/middleware/tracing';
 import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
+import { listen, memoryLogger } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
+import { waitFor } from '../helpers/wait';
 
 /** The gateway's own spans, in-process; export across the four processes is covered in test/telemetry. */
 describe('gateway spans', () => {
@@ -181,5 +191,40 @@ describe('gateway spans', () => {
     }
     const everything = JSON.stringify(tracing.spans().map((span) => [span.attributes, span.events]));
     expect(everything).not.toContain(token);
+  });
+});
+
+describe('an error thrown after the client left', () => {
+  // The pipeline's own steps in front of one that fails only once the response closed (a client gone while a
+  // step still ran): what the span says is what the access line says, read at the same moment.
+  it('is recorded alike in the span and the access line: 499, no error code (the span used to take the late code and ERROR)', async () => {
+    const tracing = startInMemoryTracing();
+    const { logger, lines } = memoryLogger('gateway');
+    const app = new Koa();
+    app.use(createTracing({ tracer: tracing.tracer }));
+    app.use(createRequestId());
+    app.use(createAccessLog({ logger }));
+    app.use(createErrorHandler({ logger }));
+    let arrived = false;
+    app.use(async function failsAfterTheClientLeft(ctx) {
+      arrived = true;
+      await new Promise((resolve) => ctx.res.once('close', resolve));
+      throw new GatewayError('upstream_timeout', 'The orders service sent nothing in time.');
+    });
+    const server = await listen(app.callback());
+    try {
+      const request = http.get(`${server.url}/api/orders/1`, { headers: { [HEADER.requestId]: 'left-before-the-error' } });
+      request.on('error', () => undefined);
+      await waitFor(() => arrived, 'the request to reach the failing step');
+      request.destroy();
+      const span = () => tracing.spans().find((each) => each.attributes[ATTR.requestId] === 'left-before-the-error');
+      await waitFor(() => span() !== undefined, 'the SERVER span');
+      const line = lines.find((each) => each.message === ACCESS_LINE_MESSAGE && each.request_id === 'left-before-the-error');
+      expect([line?.status, line?.error_code]).toEqual([499, null]);
+      expect([span()!.attributes[ATTR_HTTP_RESPONSE_STATUS_CODE], span()!.attributes[ATTR.errorCode], span()!.status.code]).toEqual([499, undefined, SpanStatusCode.UNSET]);
+    } finally {
+      await server.close();
+      await tracing.shutdown();
+    }
   });
 });
