@@ -4,11 +4,11 @@ import http2, { type Http2ServerResponse } from 'node:http2';
 import { isIP, type Server, type Socket } from 'node:net';
 import tls from 'node:tls';
 import { ROOT_CONTEXT, SpanKind, trace, type Attributes, type SpanContext, type Tracer } from '@opentelemetry/api';
-import { ATTR_CLIENT_ADDRESS, ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
+import { ATTR_CLIENT_ADDRESS, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
 import type Koa from 'koa';
 import { logLine, type Logger } from './logger';
 import { traceIdFromRequestId, withTraceId } from './trace-ids';
-import { ACCESS_LINE_MESSAGE, ATTR, HEADER, type AccessLine } from './wire-names';
+import { ACCESS_LINE_MESSAGE, ATTR, HEADER, HTTP_METHODS, type AccessLine } from './wire-names';
 
 export interface RunServerOptions {
   /** The app; or anything with Koa's `callback()`, such as a reloadable gateway's listener that delegates to the current app. */
@@ -67,6 +67,8 @@ const lastResponse = new WeakMap<Socket, http.ServerResponse>();
 export interface RejectedRequest {
   status: number;
   code: string;
+  /** Its method, when its head was parsed (an HTTP/1 CONNECT); unknown otherwise. */
+  method?: string;
   /** The id its answer carries (minted: nothing of the request can be trusted). */
   requestId: string;
   /** The SERVER span recording it. */
@@ -131,11 +133,38 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
   // request aborted.
   if (inFlight) return answerProblem(inFlight, problem);
   // Nothing of the request can be trusted (its X-Request-Id included), but the answer still carries an id.
+  const requestId = endWithProblem(socket, problem);
+  // A connection that never sent a byte (a browser's or a balancer's pre-connect) timed out: no request to record.
+  if (socket.bytesRead > 0) recordRejected({ status: problem.status, code: problem.code, requestId }, socket);
+}
+
+/** Writes a server problem (with a minted request id, returned) on a socket no HTTP response owns, and ends it. */
+function endWithProblem(socket: Socket, problem: ServerProblem): string {
   const { body, headers, requestId } = problemAnswer(undefined, problem);
   const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
   socket.end(`HTTP/1.1 ${problem.status} ${problem.title}\r\n${head}\r\n${body}`);
-  // A connection that never sent a byte (a browser's or a balancer's pre-connect) timed out: no request to record.
-  if (socket.bytesRead > 0) recordRejected({ status: problem.status, code: problem.code, requestId }, socket);
+  return requestId;
+}
+
+/** How long a refused CONNECT's connection stays open for its answer to be read, ms. */
+const CONNECT_LINGER_MS = 1000;
+
+/**
+ * An HTTP/1 CONNECT (a request for a tunnel, RFC 9110 9.3.6) never reaches the pipeline: Node hands its socket
+ * over on 'connect' and, with no listener, closes it without a word, so the client got no answer and nothing
+ * recorded it. The gateway opens no tunnels: 405 with the methods it serves and a request id, recorded as the
+ * parser's refusals are, then the connection closes. (A CONNECT pipelined behind a request still being answered
+ * is left to Node, which closes the connection once that answer is out: no 405 can follow it there.)
+ */
+function refuseConnect(socket: Socket, recordRejected: (rejected: Omit<RejectedRequest, 'spanContext'>, socket: Socket) => void): void {
+  // Node no longer watches this socket: a client's reset must not become an uncaught error.
+  socket.on('error', () => socket.destroy());
+  const inFlight = inFlightResponse(socket);
+  if ((inFlight && !inFlight.writableFinished) || !socket.writable) return;
+  const problem = { status: 405, title: 'Method not allowed', code: 'method_not_allowed', detail: 'The gateway opens no tunnels (CONNECT).', headers: { Allow: HTTP_METHODS.join(', ') } };
+  const requestId = endWithProblem(socket, problem);
+  socket.setTimeout(CONNECT_LINGER_MS, () => socket.destroy());
+  recordRejected({ status: problem.status, code: problem.code, requestId, method: 'CONNECT' }, socket);
 }
 
 /**
@@ -145,15 +174,16 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
  */
 function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejected: RejectedRequest) => void) | undefined) {
   return (rejected: Omit<RejectedRequest, 'spanContext'>, socket: Socket): void => {
-    const { status, code, requestId } = rejected;
+    const { status, code, requestId, method } = rejected;
     const attributes: Attributes = {};
+    if (method !== undefined) attributes[ATTR_HTTP_REQUEST_METHOD] = method;
     attributes[ATTR_HTTP_RESPONSE_STATUS_CODE] = status;
     attributes[ATTR.errorCode] = code;
     attributes[ATTR.requestId] = requestId;
     if (socket.remoteAddress !== undefined) attributes[ATTR_CLIENT_ADDRESS] = socket.remoteAddress;
-    const span = withTraceId(traceIdFromRequestId(requestId), () => tracer.startSpan('HTTP', { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT));
+    const span = withTraceId(traceIdFromRequestId(requestId), () => tracer.startSpan(method ?? 'HTTP', { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT));
     span.end();
-    const fields: AccessLine = { method: null, url: null, status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code, consumer_id: null, cache: null };
+    const fields: AccessLine = { method: method ?? null, url: null, status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code, consumer_id: null, cache: null };
     logLine(logger, 'warn', ACCESS_LINE_MESSAGE, fields, trace.setSpan(ROOT_CONTEXT, span));
     onRejected?.({ ...rejected, spanContext: span.spanContext() });
   };
@@ -377,6 +407,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   if (options.appChecksHost) (server as PublicServer & { requireHostHeader: boolean }).requireHostHeader = false;
   const recordRejected = rejectionRecorder(options.tracer ?? trace.getTracer(options.name), logger, options.onRejected);
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => answerClientError(error, socket, recordRejected));
+  server.on('connect', (_request: http.IncomingMessage, socket: Socket) => refuseConnect(socket, recordRejected));
   // Per connection (not per request): what the drain bound still finds in flight is answered or cut at close.
   const sockets = new Set<Socket>();
   server.on(server instanceof tls.Server ? 'secureConnection' : 'connection', (socket: Socket) => {
@@ -388,8 +419,8 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   // at once, inviting an upload the gateway then refuses.
   server.on('checkContinue', (request: http.IncomingMessage, response: http.ServerResponse) => server.emit('request', request, response));
   // Other expectations reach the pipeline too: answered there (417) with a request id, a log line and a span,
-  // instead of Node's bare 417. (An HTTP/1 CONNECT is left to Node, which closes its connection: answering it
-  // through the pipeline needed a response built on a socket Node had let go of, which crashed on a reset.)
+  // instead of Node's bare 417. (An HTTP/1 CONNECT is answered outside it, refuseConnect: a response built on the
+  // socket Node had let go of crashed on a reset.)
   server.on('checkExpectation', (request: http.IncomingMessage, response: http.ServerResponse) => server.emit('request', request, response));
   if (options.maxConnections !== undefined) {
     server.maxConnections = options.maxConnections;

@@ -169,6 +169,9 @@ export const LOG_FIELD = {
   serviceName: 'service.name',
 } as const;
 
+/** Every method a route can be configured to take (`methods`): also the `Allow` of a route that names none. */
+export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
+
 /** The message of every access-log line: one per request, whoever answered it. */
 export const ACCESS_LINE_MESSAGE = 'request completed';
 

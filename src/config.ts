@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { z } from 'zod';
+import { HTTP_METHODS } from '../otel/wire-names';
 import { headerRulesSchema, ownedRequestHeader, ownedResponseHeader } from './header-rules';
 import { cacheSettingsSchema, routeCacheSchema } from './response-cache';
 import { GUESSABLE_SECRET_RULE, isGuessableSecret, SIGNING_KEY_MIN_LENGTH } from './gateway-signature';
@@ -28,8 +29,7 @@ export function clientTimeouts(server: { headersTimeoutMs: number; requestTimeou
   return { headersMs: server.headersTimeoutMs, requestMs: server.requestTimeoutMs, keepAliveMs: server.keepAliveTimeoutMs };
 }
 
-/** Every method a route can be configured to take (`methods`): also the `Allow` of a route that names none. */
-export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
+export { HTTP_METHODS };
 
 /** Standard response fields (RFC 9110, 9111, 6265) a `cache.statusHeader` must not be. */
 const HTTP_RESPONSE_FIELDS: ReadonlySet<string> = new Set([

@@ -57,10 +57,10 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
 }
 
 /**
- * Counts a request Node's HTTP/1 parser refused before the pipeline (runServer's `onRejected`: 400, 408, 431)
- * in `http_server_request_duration_seconds`, as `_OTHER` on the `unmatched` route: its method and path never
- * parsed, and its duration is unknown (recorded as 0). Its exemplar is the SERVER span runServer recorded.
+ * Counts a request Node's HTTP/1 parser refused before the pipeline (runServer's `onRejected`: 400, 408, 431,
+ * and 405 for a CONNECT) in `http_server_request_duration_seconds` on the `unmatched` route, as `_OTHER` when its
+ * method never parsed; its duration is unknown (recorded as 0). Its exemplar is the SERVER span runServer recorded.
  */
 export function rejectedRequestMetrics(metrics: GatewayMetrics): (rejected: RejectedRequest) => void {
-  return (rejected) => metrics.requestSeries(METRIC_LABEL_VALUE.otherMethod, METRIC_LABEL_VALUE.unmatchedRoute, rejected.status, '', rejected.code).observe(0, rejected.spanContext, performance.now());
+  return (rejected) => metrics.requestSeries(rejected.method ?? METRIC_LABEL_VALUE.otherMethod, METRIC_LABEL_VALUE.unmatchedRoute, rejected.status, '', rejected.code).observe(0, rejected.spanContext, performance.now());
 }

@@ -2,7 +2,7 @@ import net from 'node:net';
 import { SpanKind } from '@opentelemetry/api';
 import { ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
 import { runServer, type RejectedRequest, type RunningServer } from '../../otel/lifecycle';
-import { ACCESS_LINE_FIELDS, ATTR, LOG_FIELD } from '../../otel/wire-names';
+import { ACCESS_LINE_FIELDS, ACCESS_LINE_MESSAGE, ATTR, LOG_FIELD } from '../../otel/wire-names';
 import { createGateway } from '../../src/gateway';
 import { createGatewayMetrics } from '../../src/metrics';
 import { rejectedRequestMetrics } from '../../src/middleware/request-metrics';
@@ -109,6 +109,24 @@ describe('requests the HTTP parser refuses are seen', () => {
     await waitFor(() => rejected.length > rejectedBefore, 'the next refusal to be recorded');
     expect(rejected.slice(rejectedBefore).map((each) => each.code)).toEqual(['bad_request']);
     expect(lines.slice(linesBefore).filter((line) => line.error_code === 'request_timeout')).toEqual([]);
+  });
+
+  // Node hands a CONNECT's socket over ('connect') and, with no listener, closed it without a word.
+  it('answers a CONNECT with 405 problem+json and the methods served, and records it', async () => {
+    const counted = async () =>
+      samplesOf(parseOpenMetrics(await metrics.registry.metrics()), 'http_server_request_duration_seconds_count', { http_request_method: 'CONNECT', http_route: 'unmatched', http_response_status_code: '405', error_type: 'method_not_allowed' }).reduce((sum, sample) => sum + sample.value, 0);
+    const countBefore = await counted();
+    const refusal = await exchange(gateway.url, 'CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n');
+    expect(refusal).toMatch(/^HTTP\/1\.1 405 /);
+    expect(refusal).toMatch(/\r\nAllow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n/);
+    const body = JSON.parse(refusal.slice(refusal.indexOf('\r\n\r\n') + 4)) as Record<string, unknown>;
+    expect(body).toMatchObject({ status: 405, code: 'method_not_allowed', requestId: expect.stringMatching(/^[0-9a-f]{32}$/) });
+    const requestId = body.requestId as string;
+    await waitFor(() => lines.some((line) => line.message === ACCESS_LINE_MESSAGE && line.request_id === requestId), 'the access-log line');
+    expect(lines.filter((line) => line.message === ACCESS_LINE_MESSAGE && line.request_id === requestId)).toEqual([expect.objectContaining({ method: 'CONNECT', status: 405, error_code: 'method_not_allowed' })]);
+    const spans = tracing.spans().filter((span) => span.attributes[ATTR.requestId] === requestId);
+    expect(spans.map((span) => [span.name, span.kind, span.spanContext().traceId])).toEqual([['CONNECT', SpanKind.SERVER, requestId]]);
+    expect(await counted()).toBe(countBefore + 1);
   });
 
   // Node reports the end of a connection mid-body as a parse error (HPE_INVALID_EOF_STATE).
