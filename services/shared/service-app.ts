@@ -50,6 +50,7 @@ export function validBody<T extends z.ZodType>(ctx: Context, schema: T): z.outpu
 const CODE_BY_STATUS: Partial<Record<number, string>> = {
   404: 'not_found',
   405: 'method_not_allowed',
+  501: 'not_implemented',
   413: 'payload_too_large',
   415: 'unsupported_media_type',
   500: 'internal',
@@ -101,6 +102,13 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     }
   });
 
+  const answerProblem = (ctx: Context, status: number, code: string, detail: string) => {
+    ctx.status = status;
+    ctx.type = 'application/problem+json';
+    // A 503 says when to try again, as the gateway's own do.
+    if (status === 503) ctx.set('Retry-After', '1');
+    ctx.body = { type: `urn:koa-gateway:problem:${code}`, title: code.replaceAll('_', ' '), status, detail, code, requestId: ctx.get(HEADER.requestId) || undefined, service: serviceName };
+  };
   app.use(async function handleErrors(ctx, next) {
     try {
       await next();
@@ -109,9 +117,14 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
       const code = thrown instanceof ServiceError ? thrown.code : (CODE_BY_STATUS[status] ?? (status >= 500 ? 'internal' : 'bad_request'));
       const exposed = status < 500 || thrown instanceof ServiceError;
       if (!exposed) logger.error('request failed', { error: thrown instanceof Error ? thrown.message : String(thrown) });
-      ctx.status = status;
-      ctx.type = 'application/problem+json';
-      ctx.body = { type: `urn:koa-gateway:problem:${code}`, title: code.replaceAll('_', ' '), status, detail: exposed ? (thrown as Error).message : 'Internal error', code, requestId: ctx.get(HEADER.requestId) || undefined, service: serviceName };
+      answerProblem(ctx, status, code, exposed ? (thrown as Error).message : 'Internal error');
+      return;
+    }
+    // What no route answered (Koa's 404) or the router refused without throwing (405 and 501, with Allow): Koa
+    // would send its plain-text status line, without the request id every other error carries.
+    if (ctx.status >= 400 && ctx.body == null) {
+      const code = CODE_BY_STATUS[ctx.status] ?? (ctx.status >= 500 ? 'internal' : 'bad_request');
+      answerProblem(ctx, ctx.status, code, ctx.status === 404 ? `No resource at ${ctx.path}.` : ctx.status === 405 ? `${ctx.path} does not take ${ctx.method}.` : `${ctx.method} is not supported.`);
     }
   });
 
@@ -128,7 +141,18 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
       return next();
     });
   }
-  app.use(bodyParser({ enableTypes: ['json'], jsonLimit: options.bodyLimitBytes ?? 1024 * 1024, encoding: 'utf-8' }));
+  const parseBody = bodyParser({ enableTypes: ['json'], jsonLimit: options.bodyLimitBytes ?? 1024 * 1024, encoding: 'utf-8' });
+  app.use(async function readBody(ctx, next) {
+    try {
+      await parseBody(ctx, async () => {});
+    } catch (error) {
+      // The parser's own refusals carry a 4xx status (413, 415, 400 for bad JSON). A body whose gzip, deflate or
+      // br encoding is corrupt fails in zlib with none, which would read as the service's own 500.
+      if (typeof (error as { status?: unknown }).status === 'number') throw error;
+      throw new ServiceError(400, 'bad_request', 'The body could not be decoded (its Content-Encoding does not match its bytes).');
+    }
+    return next();
+  });
   app.use(options.router.routes());
   app.use(options.router.allowedMethods());
   // What Koa could not answer itself (a client that hung up mid-body, a socket error) goes to the service's

@@ -1,0 +1,61 @@
+import Router from '@koa/router';
+import { HEADER } from '../../otel/wire-names';
+import { createServiceApp, ServiceError } from '../../services/shared/service-app';
+import { listen, memoryLogger, type TestServer } from '../helpers/servers';
+
+/**
+ * The bootstrap every service shares (services/shared/service-app.ts): whatever a service answers with an error,
+ * the client gets problem+json with its request id, never Koa's plain-text status line or a 500 for its own mistake.
+ */
+describe('the services\' shared app', () => {
+  let server: TestServer;
+  const { logger, lines } = memoryLogger('test-service');
+
+  beforeAll(async () => {
+    const router = new Router();
+    router.get('/things/:id', (ctx) => void (ctx.body = { id: ctx.params.id }));
+    router.post('/things', (ctx) => void (ctx.body = ctx.request.body));
+    router.get('/busy', () => {
+      throw new ServiceError(503, 'dependency_unavailable', 'The other service is unavailable; try again.');
+    });
+    server = await listen(createServiceApp({ serviceName: 'test-service', logger, router }).callback());
+  });
+  afterAll(() => server.close());
+
+  async function problemOf(response: Response) {
+    expect(response.headers.get('content-type')).toBe('application/problem+json');
+    return (await response.json()) as Record<string, unknown>;
+  }
+
+  it.each([
+    { desc: 'a path no route serves', method: 'GET', path: '/things/1/extra', status: 404, code: 'not_found', allow: null },
+    { desc: 'a method the route does not take', method: 'DELETE', path: '/things/1', status: 405, code: 'method_not_allowed', allow: 'HEAD, GET' },
+    { desc: 'a method no route knows', method: 'PURGE', path: '/things/1', status: 501, code: 'not_implemented', allow: 'HEAD, GET' },
+  ])('answers $desc with $status problem+json and the request id (Koa sent text/plain)', async ({ method, path, status, code, allow }) => {
+    const response = await fetch(`${server.url}${path}`, { method, headers: { [HEADER.requestId]: `svc-${code}` } });
+    expect(response.status).toBe(status);
+    expect(response.headers.get('allow')).toBe(allow);
+    expect(await problemOf(response)).toMatchObject({ type: `urn:koa-gateway:problem:${code}`, status, code, requestId: `svc-${code}`, service: 'test-service' });
+  });
+
+  it.each(['gzip', 'deflate', 'br'])('answers a body labelled Content-Encoding: %s that is not encoded with 400, not 500', async (coding) => {
+    const linesBefore = lines.length;
+    const response = await fetch(`${server.url}/things`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-encoding': coding, [HEADER.requestId]: `svc-${coding}` }, body: '{"a":1}' });
+    expect(response.status).toBe(400);
+    expect(await problemOf(response)).toMatchObject({ code: 'bad_request', requestId: `svc-${coding}` });
+    // A client's mistake is no error of the service's.
+    expect(lines.slice(linesBefore).filter((line) => line.level === 'error')).toEqual([]);
+  });
+
+  it('still reads a body that is encoded as it says', async () => {
+    const { gzipSync } = await import('node:zlib');
+    const response = await fetch(`${server.url}/things`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' }, body: gzipSync('{"a":1}') });
+    expect([response.status, await response.json()]).toEqual([200, { a: 1 }]);
+  });
+
+  it('sends Retry-After with a 503, as the gateway does', async () => {
+    const response = await fetch(`${server.url}/busy`);
+    expect([response.status, response.headers.get('retry-after')]).toEqual([503, '1']);
+    expect(await problemOf(response)).toMatchObject({ code: 'dependency_unavailable' });
+  });
+});
