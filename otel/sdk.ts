@@ -70,9 +70,10 @@ import {
   type SpanLimits,
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
-import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
+import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION, ATTR_URL_QUERY } from '@opentelemetry/semantic-conventions';
 import { createGatewayTracer, GATEWAY_TRACER_NAME } from './gateway-tracer';
 import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
+import { redactUrl } from './redact-url';
 import { RequestIdSpanProcessor } from './request-id-span-processor';
 import { createTextMapPropagator } from './trace-context-propagator';
 import { ClientTraceIdSampler, RequestedTraceIdGenerator } from './trace-ids';
@@ -433,6 +434,14 @@ function instrumentations(names: readonly InstrumentationName[], isExport: (opti
         disableIncomingRequestInstrumentation: !names.includes('http-server'),
         disableOutgoingRequestInstrumentation: !names.includes('http-client'),
         ignoreIncomingRequestHook: (request) => UNTRACED_PATHS.includes((request.url ?? '').split('?')[0] ?? ''),
+        // The instrumentation redacts a few exact parameter names in `url.query`; the gateway forwards every query
+        // byte for byte, so a service's span would carry the `?token=` the gateway's log redacts. Same rules here.
+        startIncomingSpanHook: (request) => {
+          const url = (request as { url?: string }).url ?? '';
+          if (!url.includes('?')) return {};
+          const redacted = redactUrl(url);
+          return { [ATTR_URL_QUERY]: redacted.slice(redacted.indexOf('?') + 1) };
+        },
         ignoreOutgoingRequestHook: isExport,
       }),
     );

@@ -128,6 +128,19 @@ describe('one id from curl to trace to logs', () => {
     }
     expect(exported.toLowerCase()).not.toContain('authorization');
   });
+
+  it('exports no query secret the access log redacts: not in the gateway\'s url.full, not in a service\'s url.query', async () => {
+    const secrets = ['QS-TOKEN-1', 'QS-PASSWORD-2', 'QS-ENCODED-3'];
+    const response = await fetch(`${stack.gatewayUrl}/api/orders?access_token=${secrets[0]}&PassWord=${secrets[1]}&%70assword=${secrets[2]}&page=2`, { headers: { authorization: `Bearer ${token}` } });
+    expect(response.status).toBe(200);
+    const traceId = response.headers.get(HEADER.requestId)!;
+    const serverOf = (service: string) => (spans: ReceivedTelemetry['spans']) => spans.find((span) => span.traceId === traceId && span.serviceName === service && span.kind === 'SERVER');
+    const { spans } = await receiver.waitFor(({ spans }) => serverOf(SERVICE_NAME.orders)(spans) !== undefined && spans.some((span) => span.traceId === traceId && span.kind === 'CLIENT' && span.serviceName === SERVICE_NAME.gateway), 15_000);
+    // Still there, with the values gone (the query is what the service heard, so it stays worth reading).
+    expect(serverOf(SERVICE_NAME.orders)(spans)!.attributes['url.query']).toBe('access_token=[REDACTED]&PassWord=[REDACTED]&%70assword=[REDACTED]&page=2');
+    const exported = JSON.stringify(receiver.spans().filter((span) => span.traceId === traceId));
+    for (const secret of secrets) expect(exported).not.toContain(secret);
+  });
 });
 
 describe('telemetry never fails a request', () => {

@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { redactUrl } from '../../src/middleware/access-log';
+import { redactUrl } from '../../otel/redact-url';
 
 describe('redactUrl (access-log query redaction)', () => {
   it.each([
