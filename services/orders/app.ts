@@ -5,12 +5,14 @@ import type Koa from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { SERVICE_NAME } from '../../otel/wire-names';
-import { callService, createServiceApp, gatewayHeadersOf, requireCaller, ServiceError, validBody, type Caller, type GatewayHeaders } from '../shared/service-app';
+import { callService, createServiceApp, gatewayHeadersOf, requireOwner, ServiceError, validBody, type Caller, type GatewayHeaders, type Owner } from '../shared/service-app';
 import { createNotificationsGrpcClient } from './notifications-client';
 
 export interface Order {
   id: string;
-  userId: string;
+  /** The user who placed it, or the API-key consumer (one of the two). */
+  userId?: string;
+  consumerId?: string;
   items: { sku: string; quantity: number }[];
   status: 'created';
   createdAt: string;
@@ -36,8 +38,9 @@ const newOrder = z.object({
 });
 
 /**
- * order-service: orders of the calling user. Creating one checks the user with user-service directly and
- * tells notification-service; a notification failure is logged, never fails the order.
+ * order-service: orders of the calling user, or of the calling API-key consumer (requireOwner). A user's new
+ * order is checked with user-service directly and told to notification-service (a notification failure is
+ * logged, never fails the order); a consumer's is neither (notifications are per user).
  */
 export function createApp(options: OrdersAppOptions): Koa {
   const { logger } = options;
@@ -59,8 +62,8 @@ export function createApp(options: OrdersAppOptions): Koa {
 
   const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl) : undefined;
 
-  async function notify(order: Order, requestId: string, gateway: GatewayHeaders): Promise<void> {
-    const event = { userId: order.userId, type: 'order.created', orderId: order.id, message: `Order ${order.id} was created.` };
+  async function notify(order: Order, userId: string, requestId: string, gateway: GatewayHeaders): Promise<void> {
+    const event = { userId, type: 'order.created', orderId: order.id, message: `Order ${order.id} was created.` };
     if (notificationsGrpc) {
       try {
         await notificationsGrpc.create(event, requestId, gateway);
@@ -86,31 +89,40 @@ export function createApp(options: OrdersAppOptions): Koa {
     }
   }
 
+  /** Each order's owner key (requireOwner), kept beside it: orders of a user and of a consumer never mix. */
+  const ownerOf = new WeakMap<Order, string>();
+
   router.post('/orders', async function createOrder(ctx) {
-    const caller = requireCaller(ctx);
+    const owner = requireOwner(ctx);
     const { items } = validBody(ctx, newOrder);
     const requestId = ctx.get('x-request-id');
     // The caller and the gateway's signature on it go on to user-service and notification-service as they came.
     const gateway = gatewayHeadersOf(ctx);
-    await checkUser(caller, requestId, gateway);
-    const order: Order = { id: randomUUID(), userId: caller.id, items, status: 'created', createdAt: new Date().toISOString() };
+    // A user's account must still exist; a consumer is vouched for by the gateway's registry alone.
+    if (owner.kind === 'user') await checkUser(owner.user, requestId, gateway);
+    const placedBy = owner.kind === 'user' ? { userId: owner.user.id } : { consumerId: owner.consumerId };
+    const order: Order = { id: randomUUID(), ...placedBy, items, status: 'created', createdAt: new Date().toISOString() };
     orders.set(order.id, order);
-    logger.info('order created', { order_id: order.id, user_id: caller.id, items: items.length });
-    await notify(order, requestId, gateway);
+    ownerOf.set(order, owner.key);
+    logger.info('order created', { order_id: order.id, user_id: order.userId, consumer_id: order.consumerId, items: items.length });
+    // Notifications go to users (notification-service keeps them per user).
+    if (owner.kind === 'user') await notify(order, owner.user.id, requestId, gateway);
     ctx.status = 201;
     ctx.body = order;
   });
 
+  const ownedBy = (order: Order, owner: Owner) => ownerOf.get(order) === owner.key;
+
   router.get('/orders', async function listOrders(ctx) {
-    const caller = requireCaller(ctx);
-    ctx.body = [...orders.values()].filter((order) => order.userId === caller.id);
+    const owner = requireOwner(ctx);
+    ctx.body = [...orders.values()].filter((order) => ownedBy(order, owner));
   });
 
   router.get('/orders/:id', async function getOrder(ctx) {
-    const caller = requireCaller(ctx);
+    const owner = requireOwner(ctx);
     const order = orders.get(ctx.params.id!);
     // Someone else's order is reported as missing, so ids cannot be probed.
-    if (!order || order.userId !== caller.id) throw new ServiceError(404, 'order_not_found', `No order ${ctx.params.id}.`);
+    if (!order || !ownedBy(order, owner)) throw new ServiceError(404, 'order_not_found', `No order ${ctx.params.id}.`);
     ctx.body = order;
   });
 

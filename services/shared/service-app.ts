@@ -36,6 +36,24 @@ export function requireCaller(ctx: Context): Caller {
   return { id, role: ctx.get(HEADER.userRole), email: ctx.get(HEADER.userEmail) };
 }
 
+/**
+ * Who a request acts for, where a service serves API-key consumers (`X-Consumer-Id`, src/consumers.ts) as well as
+ * users: one or the other, never compared with each other (a consumer named `1` is not user 1). `key` names the
+ * owner of what the request creates and reads.
+ */
+export type Owner = { kind: 'user'; key: string; user: Caller } | { kind: 'consumer'; key: string; consumerId: string };
+
+/** The user the gateway vouched for or, with none, the API-key consumer; 401 with neither. */
+export function requireOwner(ctx: Context): Owner {
+  if (ctx.get(HEADER.userId)) {
+    const user = requireCaller(ctx);
+    return { kind: 'user', key: `user:${user.id}`, user };
+  }
+  const consumerId = ctx.get(HEADER.consumerId);
+  if (!consumerId) throw new ServiceError(401, 'missing_identity', 'This endpoint needs the caller identity the gateway injects.');
+  return { kind: 'consumer', key: `consumer:${consumerId}`, consumerId };
+}
+
 /** Parses `ctx.request.body` with a zod schema; failures are 400 with the first problem named. */
 export function validBody<T extends z.ZodType>(ctx: Context, schema: T): z.output<T> {
   const result = schema.safeParse(ctx.request.body);

@@ -81,6 +81,20 @@ describe('API keys and consumers', () => {
   });
   afterAll(() => stack.close());
 
+  // README, "API keys and consumers": the shipped order-service serves a consumer as it serves a user.
+  it('serves the README example: GET /api/orders with X-API-Key is 200, the consumer\'s own orders', async () => {
+    const created = await fetch(`${url}/api/orders`, { method: 'POST', headers: { 'X-API-Key': ACME_KEY, 'content-type': 'application/json' }, body: JSON.stringify({ items: [{ sku: 'anvil', quantity: 1 }] }) });
+    expect(created.status).toBe(201);
+    const order = (await created.json()) as { id: string; consumerId: string };
+    expect(order.consumerId).toBe('acme');
+    const listed = await fetch(`${url}/api/orders`, { headers: { 'X-API-Key': ACME_KEY } });
+    expect(listed.status).toBe(200);
+    expect(((await listed.json()) as { id: string }[]).map((each) => each.id)).toContain(order.id);
+    // Another consumer's key lists its own orders, not acme's.
+    const other = await fetch(`${url}/api/orders`, { headers: { 'X-API-Key': GLOBEX_KEY } });
+    expect(((await other.json()) as { id: string }[]).map((each) => each.id)).not.toContain(order.id);
+  });
+
   describe('a valid key', () => {
     it.each([
       { desc: 'in X-API-Key', headers: () => ({ 'X-API-Key': ACME_KEY }) },

@@ -64,6 +64,36 @@ describe('order-service on its own', () => {
 
   const dependencyCalls = () => users.requests.length + notifications.requests.length;
 
+  describe('API-key consumers (X-Consumer-Id, no user)', () => {
+    const asConsumer = (id: string) => ({ [HEADER.consumerId]: id, [HEADER.requestId]: nextRequestId() });
+
+    it('creates and lists a consumer\'s own orders, asking user-service and notification-service nothing', async () => {
+      const before = dependencyCalls();
+      const created = await fetch(`${orders.url}/orders`, { method: 'POST', headers: { ...asConsumer('acme'), 'content-type': 'application/json' }, body: JSON.stringify({ items: [{ sku: 'crate', quantity: 2 }] }) });
+      expect(created.status).toBe(201);
+      const order = (await created.json()) as Order & { consumerId?: string };
+      expect(order).toMatchObject({ consumerId: 'acme', items: [{ sku: 'crate', quantity: 2 }] });
+      expect(order.userId).toBeUndefined();
+      expect(dependencyCalls()).toBe(before);
+      const listed = (await (await fetch(`${orders.url}/orders`, { headers: asConsumer('acme') })).json()) as Order[];
+      expect(listed.map((each) => each.id)).toEqual([order.id]);
+      expect((await fetch(`${orders.url}/orders/${order.id}`, { headers: asConsumer('acme') })).status).toBe(200);
+    });
+
+    it('never mixes a consumer with the user of the same id, either way', async () => {
+      // A consumer declared as `1` is not alice (user 1): neither sees the other's orders.
+      const alicesOrder = (await (await call(orders, 'POST', '/orders', { caller: ALICE, json: { items: [{ sku: 'lamp', quantity: 1 }] } })).json()) as Order;
+      const consumersOrder = (await (await fetch(`${orders.url}/orders`, { method: 'POST', headers: { ...asConsumer(ALICE.id), 'content-type': 'application/json' }, body: JSON.stringify({ items: [{ sku: 'desk', quantity: 1 }] }) })).json()) as Order;
+      const consumerSees = (await (await fetch(`${orders.url}/orders`, { headers: asConsumer(ALICE.id) })).json()) as Order[];
+      expect(consumerSees.map((each) => each.id)).toEqual([consumersOrder.id]);
+      expect((await fetch(`${orders.url}/orders/${alicesOrder.id}`, { headers: asConsumer(ALICE.id) })).status).toBe(404);
+      expect((await ordersOf(orders, ALICE)).map((each) => each.id)).not.toContain(consumersOrder.id);
+      expect((await call(orders, 'GET', `/orders/${consumersOrder.id}`, { caller: ALICE })).status).toBe(404);
+      // And one consumer is not another.
+      expect((await fetch(`${orders.url}/orders/${consumersOrder.id}`, { headers: asConsumer('globex') })).status).toBe(404);
+    });
+  });
+
   it.each([
     { desc: 'creating an order', method: 'POST', path: '/orders', json: { items: [{ sku: 'hammer', quantity: 1 }] } },
     { desc: 'listing orders', method: 'GET', path: '/orders', json: undefined },
