@@ -1,5 +1,5 @@
 import { SERVICE_NAME } from '../../otel/wire-names';
-import { bindGrpcServer } from '../shared/grpc-service';
+import { bindGrpcServer, logGrpcMessages } from '../shared/grpc-service';
 import { startService } from '../shared/service-main';
 import { createApp } from './app';
 import { createGrpcServer } from './grpc-server';
@@ -13,6 +13,7 @@ void startService('notifications', SERVICE_NAME.notifications, async (env, logge
   const app = createApp({ logger, store, signingKey: env.GATEWAY_SIGNING_KEY });
   if (env.GRPC_PORT === undefined) return app;
   // The gRPC interface beside the HTTP one, over the same store.
+  logGrpcMessages(logger);
   const server = createGrpcServer({ logger, store, signingKey: env.GATEWAY_SIGNING_KEY });
   const port = await bindGrpcServer(server, env.HOST, env.GRPC_PORT);
   logger.info(`${SERVICE_NAME.notifications} gRPC listening`, { grpc_url: `http://${env.HOST.includes(':') ? `[${env.HOST}]` : env.HOST}:${port}` });

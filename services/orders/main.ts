@@ -1,7 +1,10 @@
 import { SERVICE_NAME } from '../../otel/wire-names';
+import { logGrpcMessages } from '../shared/grpc-service';
 import { startService } from '../shared/service-main';
 import { createApp } from './app';
 
-void startService('orders', SERVICE_NAME.orders, (env, logger) =>
-  createApp({ logger, usersUrl: env.USER_SERVICE_URL, notificationsUrl: env.NOTIF_SERVICE_URL, notificationsGrpcUrl: env.NOTIF_GRPC_SERVICE_URL, signingKey: env.GATEWAY_SIGNING_KEY }),
-);
+void startService('orders', SERVICE_NAME.orders, (env, logger) => {
+  // Its notifications go over gRPC when NOTIF_GRPC_SERVICE_URL is set: grpc-js's messages join the JSON log.
+  if (env.NOTIF_GRPC_SERVICE_URL !== undefined) logGrpcMessages(logger);
+  return createApp({ logger, usersUrl: env.USER_SERVICE_URL, notificationsUrl: env.NOTIF_SERVICE_URL, notificationsGrpcUrl: env.NOTIF_GRPC_SERVICE_URL, signingKey: env.GATEWAY_SIGNING_KEY });
+});

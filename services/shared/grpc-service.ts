@@ -1,5 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import type * as protobuf from 'protobufjs';
+import type { Logger } from '../../otel/logger';
 import { loadProtoRoot } from '../../src/grpc/proto-files';
 import { HEADER } from '../../otel/wire-names';
 import type { Caller } from './service-app';
@@ -48,6 +49,15 @@ export function callerFromMetadata(metadata: grpc.Metadata): Caller | undefined 
 /** A gRPC error a handler answers with: status code and message. */
 export function grpcError(code: grpc.status, details: string): Partial<grpc.StatusObject> & Error {
   return Object.assign(new Error(details), { code, details });
+}
+
+/**
+ * grpc-js's own messages (an address it could not bind, a connection it dropped) as JSON log lines of the
+ * service, instead of bare `E ...` lines on stderr beside them.
+ */
+export function logGrpcMessages(logger: Logger): void {
+  const write = (level: 'warn' | 'info' | 'debug') => (...parts: unknown[]) => logger.log(level, 'grpc-js', { detail: parts.map(String).join(' ') });
+  grpc.setLogger({ error: write('warn'), info: write('info'), debug: write('debug') });
 }
 
 /** Binds `server` on `host:port` (0: any free port) and resolves the bound port. */

@@ -24,12 +24,18 @@ export async function startService<K extends ServiceKey>(service: K, serviceName
   if (env.GATEWAY_SIGNING_KEY === undefined) {
     logger.warn('GATEWAY_SIGNING_KEY is unset: identity headers are believed from any peer that reaches this service (development only; production refuses to start without it)');
   }
-  const built = await build(env, logger);
-  const { app, onShutdown } = 'onShutdown' in built ? built : { app: built, onShutdown: undefined };
-  const stop = async () => {
-    await onShutdown?.();
-    await shutdownTelemetry();
-  };
-  const { url } = await runServer({ app, name: serviceName, port: env.PORT, host: env.HOST, logger, onShutdown: stop });
-  logger.info(`${serviceName} listening`, { url });
+  try {
+    const built = await build(env, logger);
+    const { app, onShutdown } = 'onShutdown' in built ? built : { app: built, onShutdown: undefined };
+    const stop = async () => {
+      await onShutdown?.();
+      await shutdownTelemetry();
+    };
+    const { url } = await runServer({ app, name: serviceName, port: env.PORT, host: env.HOST, logger, onShutdown: stop });
+    logger.info(`${serviceName} listening`, { url });
+  } catch (error) {
+    // A port in use, a host that does not resolve: one line, as the gateway says it, not a stack trace.
+    process.stderr.write(`${serviceName}: failed to start: ${(error as Error).message}\n`);
+    process.exit(1);
+  }
 }
