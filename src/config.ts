@@ -647,8 +647,16 @@ export class ConfigError extends Error {
 type Env = Record<string, string | undefined>;
 
 /** Env values are strings; numbers and booleans are converted only when they are well formed, so the schema reports the rest. */
-function envValue(raw: string): unknown {
-  if (/^-?\d+$/.test(raw)) return Number(raw);
+/**
+ * Keys whose env value is text however it looks: a secret, an issuer or an audience may be all digits (a JWT_SECRET
+ * of 32 digits was refused as "expected string, received number").
+ */
+const TEXT_KEYS: ReadonlySet<string> = new Set(['auth.secret', 'proxy.signingKey', 'auth.issuer', 'auth.audience', 'auth.jwks.issuer', 'auth.jwks.audience', 'host', 'admin.host', 'metrics.host']);
+
+/** An env value as the schema's type: a number for anything numeric (`1.5` too, so the schema says "expected int"), true/false. */
+function envValue(raw: string, keyPath: string): unknown {
+  if (TEXT_KEYS.has(keyPath)) return raw;
+  if (/^-?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(raw)) return Number(raw);
   if (raw === 'true' || raw === 'false') return raw === 'true';
   return raw;
 }
@@ -663,8 +671,10 @@ function setPath(target: Record<string, unknown>, dotted: string, value: unknown
   node[keys[keys.length - 1]!] = value;
 }
 
+/** The variable that sets a key, or a list element's key (`allowedHosts.0` is ALLOWED_HOSTS). */
 function envNameFor(keyPath: string): string | undefined {
-  return Object.entries(ENV_OVERRIDES).find(([, key]) => key === keyPath)?.[0];
+  const listKey = keyPath.replace(/(\.\d+)+$/, '');
+  return Object.entries(ENV_OVERRIDES).find(([, key]) => key === keyPath || key === listKey)?.[0];
 }
 
 function describe(value: unknown): string {
@@ -697,7 +707,7 @@ export function parseConfig(file: unknown, env: Env = {}, options: ParseOptions 
     if (raw === undefined || raw === '') continue;
     // A service URL variable may list several instances: `http://a:4001,http://b:4001`.
     const splitList = LIST_KEYS.has(keyPath) || ((keyPath.endsWith('.url') || keyPath.endsWith('.grpcUrl')) && raw.includes(','));
-    const value = splitList ? raw.split(',').map((item) => item.trim()).filter(Boolean) : envValue(raw);
+    const value = splitList ? raw.split(',').map((item) => item.trim()).filter(Boolean) : envValue(raw, keyPath);
     setPath(merged, keyPath, value);
   }
   const result = configSchema.safeParse(merged, { reportInput: true });

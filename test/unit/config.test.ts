@@ -43,12 +43,23 @@ describe('gateway config', () => {
     expect(config.services.notifications!.url).toBe('http://notifications:4003');
   });
 
+  it('takes secrets, issuers and audiences made only of digits as the text they are (they were refused as numbers)', () => {
+    const digits = '12345678901234567890123456789012';
+    const config = parseConfig(shippedConfigFile(), { JWT_SECRET: digits, GATEWAY_SIGNING_KEY: `9${digits}`, JWT_ISSUER: '2026', JWT_AUDIENCE: '42' });
+    expect(config.auth).toMatchObject({ secret: digits, issuer: '2026', audience: '42' });
+    expect(config.proxy.signingKey).toBe(`9${digits}`);
+  });
+
   it('lists every variable it reads', () => {
     expect(GATEWAY_ENV_VARIABLES).toEqual(expect.arrayContaining(['PORT', 'JWT_SECRET', 'USER_SERVICE_URL', 'ORDER_SERVICE_URL', 'NOTIF_SERVICE_URL', 'GATEWAY_CONFIG', 'RATE_LIMIT_MAX', 'RATE_LIMIT_WINDOW_MS', 'PROXY_TIMEOUT_MS', 'JWT_ISSUER', 'JWT_AUDIENCE']));
   });
 
   it.each([
     { desc: 'non-numeric RATE_LIMIT_MAX', env: { RATE_LIMIT_MAX: 'lots' }, message: /^config: RATE_LIMIT_MAX \(rateLimit\.max\): .*"lots"/ },
+    // A number, just not a whole one: said so (it read "expected number, received string").
+    { desc: 'a fractional RATE_LIMIT_MAX', env: { RATE_LIMIT_MAX: '1.5' }, message: /^config: RATE_LIMIT_MAX \(rateLimit\.max\): Invalid input: expected int, received number \(got 1\.5\)$/ },
+    // A list element's problem names the variable the list came from.
+    { desc: 'a bad host in ALLOWED_HOSTS', env: { ALLOWED_HOSTS: 'api.example.com,bad host' }, message: /^config: ALLOWED_HOSTS \(allowedHosts\.1\): must be a host name.*"bad host"/ },
     { desc: 'zero RATE_LIMIT_WINDOW_MS', env: { RATE_LIMIT_WINDOW_MS: '0' }, message: /^config: RATE_LIMIT_WINDOW_MS \(rateLimit\.windowMs\): .*0/ },
     { desc: 'port out of range', env: { PORT: '70000' }, message: /^config: PORT \(port\): / },
     { desc: 'service URL that is not http', env: { USER_SERVICE_URL: 'ftp://users' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an http\(s\) URL/ },
@@ -73,7 +84,7 @@ describe('gateway config', () => {
     { desc: 'a service URL with a path (it would be dropped)', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001/v2' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an origin/ },
     { desc: 'a service URL with credentials', env: { USER_SERVICE_URL: 'http://svc:s3cret@127.0.0.1:4001' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an origin.*\(got "http:\/\/svc:\*\*\*@/ },
     { desc: 'a service URL with a query', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001?tenant=a' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an origin/ },
-    { desc: 'one of several service URLs with a fragment', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001,http://127.0.0.1:4011/#x' }, message: /^config: services\.users\.url\.1: must be an origin/ },
+    { desc: 'one of several service URLs with a fragment', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001,http://127.0.0.1:4011/#x' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\.1\): must be an origin/ },
   ])('refuses $desc with one line naming the key', ({ env, message }) => {
     expect(() => parseConfig(shippedConfigFile(), env)).toThrow(message);
     try {
