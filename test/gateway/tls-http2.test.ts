@@ -937,12 +937,13 @@ describe('certificate reload', () => {
 });
 
 describe('HTTP/2 at the drain bound', () => {
-  it('answers a stream whose answer has not started by the drain bound with 503 shutting_down and its request id, as HTTP/1.1 (it used to be cut)', async () => {
+  /**
+   * The gateway over TLS in front of `service`, with a 300 ms drain bound, and one HTTP/2 request to it (id
+   * `requestId`) in flight; `atFlush()` is its access line's [status, error_code] as onShutdown found it.
+   */
+  async function drainingGateway(service: { url: string }, requestId: string) {
     const certificate = makeCertificate();
-    // A service that never answers: the request is still waiting when the drain bound passes.
-    const arrived: string[] = [];
-    const silent = await listen((req) => void arrived.push(String(req.headers[HEADER.requestId])));
-    const config = testConfig({ users: silent.url, orders: silent.url, notifications: silent.url }, { tls: { certFile: certificate.certFile, keyFile: certificate.keyFile } });
+    const config = testConfig({ users: service.url, orders: service.url, notifications: service.url }, { tls: { certFile: certificate.certFile, keyFile: certificate.keyFile } });
     const { logger, lines } = memoryLogger('gateway');
     let atFlush: unknown;
     const gateway = await runServer({
@@ -955,15 +956,23 @@ describe('HTTP/2 at the drain bound', () => {
       drainTimeoutMs: 300,
       createServer: createTlsServer({ tls: config.tls!, timeouts: TIMEOUTS, logger }).create,
       onShutdown: async () => {
-        const line = lines.find((each) => each.message === ACCESS_LINE_MESSAGE && each.request_id === 'h2-drain-unanswered');
+        const line = lines.find((each) => each.message === ACCESS_LINE_MESSAGE && each.request_id === requestId);
         atFlush = [line?.status, line?.error_code];
       },
     });
     const session = await connectH2(gateway.url, certificate.cert);
+    const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
+    const stream = session.request({ ':path': '/api/orders/1', authorization: `Bearer ${token}`, [HEADER.requestId]: requestId });
+    stream.on('error', () => undefined);
+    return { gateway, session, stream, atFlush: () => atFlush };
+  }
+
+  it('answers a stream whose answer has not started by the drain bound with 503 shutting_down and its request id, as HTTP/1.1 (it used to be cut)', async () => {
+    // A service that never answers: the request is still waiting when the drain bound passes.
+    const arrived: string[] = [];
+    const silent = await listen((req) => void arrived.push(String(req.headers[HEADER.requestId])));
+    const { gateway, session, stream, atFlush } = await drainingGateway(silent, 'h2-drain-unanswered');
     try {
-      const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
-      const stream = session.request({ ':path': '/api/orders/1', authorization: `Bearer ${token}`, [HEADER.requestId]: 'h2-drain-unanswered' });
-      stream.on('error', () => undefined);
       const answer = new Promise<{ headers: http2.IncomingHttpHeaders; body: string }>((resolve) => {
         let body = '';
         let headers: http2.IncomingHttpHeaders = {};
@@ -976,7 +985,7 @@ describe('HTTP/2 at the drain bound', () => {
       const { headers, body } = await answer;
       expect([headers[':status'], headers['retry-after']]).toEqual([503, '1']);
       expect(JSON.parse(body)).toMatchObject({ status: 503, code: 'shutting_down', requestId: 'h2-drain-unanswered' });
-      expect(atFlush).toEqual([503, 'shutting_down']);
+      expect(atFlush()).toEqual([503, 'shutting_down']);
     } finally {
       session.destroy();
       await silent.close();
@@ -984,37 +993,16 @@ describe('HTTP/2 at the drain bound', () => {
   });
 
   it('records a stream still answering at the drain bound as cut by the gateway (shutting_down), not as a client that left', async () => {
-    const certificate = makeCertificate();
     // A service that sends its head and a first chunk, then nothing more.
     const stalled = await listen((_req, res) => {
       res.writeHead(200, { 'content-type': 'text/plain' });
       res.write('first chunk');
     });
-    const config = testConfig({ users: stalled.url, orders: stalled.url, notifications: stalled.url }, { tls: { certFile: certificate.certFile, keyFile: certificate.keyFile } });
-    const { logger, lines } = memoryLogger('gateway');
-    let atFlush: unknown;
-    const gateway = await runServer({
-      app: createGatewayApps(config, { logger, metrics: false }).gateway,
-      name: 'gateway',
-      port: 0,
-      host: '127.0.0.1',
-      logger,
-      timeouts: TIMEOUTS,
-      drainTimeoutMs: 300,
-      createServer: createTlsServer({ tls: config.tls!, timeouts: TIMEOUTS, logger }).create,
-      onShutdown: async () => {
-        const line = lines.find((each) => each.message === 'request completed' && each.request_id === 'h2-drain-1');
-        atFlush = [line?.status, line?.error_code];
-      },
-    });
-    const session = await connectH2(gateway.url, certificate.cert);
+    const { gateway, session, stream, atFlush } = await drainingGateway(stalled, 'h2-drain-1');
     try {
-      const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
-      const stream = session.request({ ':path': '/api/orders/1', authorization: `Bearer ${token}`, [HEADER.requestId]: 'h2-drain-1' });
-      stream.on('error', () => undefined);
       await new Promise((resolve) => stream.once('response', resolve));
       await gateway.close();
-      expect(atFlush).toEqual([200, 'shutting_down']);
+      expect(atFlush()).toEqual([200, 'shutting_down']);
     } finally {
       session.destroy();
       await stalled.close();
