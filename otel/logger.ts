@@ -157,7 +157,8 @@ function jsonValue(value: unknown): string | undefined {
  * on its own (a synchronous write(2) when stdout is a file or pipe) and schedules an event per line; under
  * load that was about a twentieth of the gateway's CPU (bench/RESULTS.md). Lines logged while handling one
  * batch of I/O go out in one write, right after it (setImmediate), and whatever is pending is written
- * synchronously when the process exits, crash included.
+ * synchronously when the process exits, crash included. A stdout that failed or is not read drops lines (counted,
+ * reported on stderr once a minute) rather than ending or growing the process.
  */
 class StdoutLineTransport extends Transport {
   override log(info: winston.Logform.TransformableInfo, next: () => void): void {
@@ -166,14 +167,47 @@ class StdoutLineTransport extends Transport {
   }
 }
 
+/**
+ * Bytes of lines stdout may hold unwritten (its reader slower than the traffic, or stopped) before new lines are
+ * dropped instead: a stalled log shipper must not grow the process until it is killed.
+ */
+export const STDOUT_BACKLOG_BYTES = 8 * 1024 * 1024;
+
+/** Least time between two reports of dropped lines on stderr, ms. */
+const DROP_REPORT_INTERVAL_MS = 60_000;
+
 const stdoutLines = (() => {
   let pending = '';
   let scheduled = false;
+  /** stdout failed (its reader went away: EPIPE): every line is dropped from then on. */
+  let failed: string | undefined;
+  let dropped = 0;
+  let reportedAt = -Infinity;
+  const reportDropped = (why: string) => {
+    const now = Date.now();
+    if (now - reportedAt < DROP_REPORT_INTERVAL_MS) return;
+    reportedAt = now;
+    process.stderr.write(`log: ${dropped} line(s) dropped so far: ${why}\n`);
+  };
+  // A reader that goes away (a log shipper restarted, `| tee` killed) must not take the process with it: with no
+  // 'error' listener, the EPIPE of the next write ended the gateway, every worker and the primary. Lines still go
+  // to OTLP when logs are exported there.
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    failed = error.code ?? error.message;
+    reportDropped(`stdout failed (${failed}); log lines are no longer written to it`);
+  });
+  // Nothing is left to tell about a stderr that failed too.
+  process.stderr.on('error', () => undefined);
   const flush = () => {
     scheduled = false;
     if (pending === '') return;
     const chunk = pending;
     pending = '';
+    if (failed !== undefined || process.stdout.writableLength > STDOUT_BACKLOG_BYTES) {
+      for (let at = chunk.indexOf('\n'); at !== -1; at = chunk.indexOf('\n', at + 1)) dropped++;
+      reportDropped(failed === undefined ? `stdout is not being read (over ${STDOUT_BACKLOG_BYTES} bytes waiting)` : `stdout failed (${failed})`);
+      return;
+    }
     process.stdout.write(chunk);
   };
   process.once('exit', flush);

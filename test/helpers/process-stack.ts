@@ -79,7 +79,7 @@ export function spawnGateway(env: Record<string, string>) {
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   }
-  return { child, lines, waitForLine };
+  return { child, lines, waitForLine, stderr: () => stderr };
 }
 
 /** Resolves with the child's exit code once it exited. */
