@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { z } from 'zod';
 import type { Logger } from '../otel/logger';
 import type { GatewayConfig } from './config';
 import { DEFAULT_ROUTE_MAX_BYTES, retentionMs, type CachedResponse } from './response-cache';
@@ -15,6 +16,28 @@ export interface CacheKey {
   /** The caller's scope key and the route's `varyHeaders` values. */
   variant: string;
 }
+
+/** A header field name (RFC 9110 5.1 token) and value (no CR, LF or NUL) as a stored copy may carry them. */
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+const headerValue = z.string().regex(HEADER_VALUE);
+const seconds = z.number().finite().min(0);
+
+/**
+ * What a Redis entry must hold besides its body to be served. The store is shared: another version of the
+ * gateway under the same prefix, or anyone who can write to Redis, may leave an entry of another shape, and one
+ * that does not parse is a miss (as a failing store is), not a 500 for that resource until it expires.
+ */
+const storedMeta = z.object({
+  status: z.int().min(200).max(599),
+  headers: z.record(z.string().regex(HEADER_NAME), z.union([headerValue, z.array(headerValue)])),
+  storedAt: z.number().finite(),
+  initialAgeSeconds: seconds,
+  lifetimeSeconds: seconds,
+  staleIfErrorSeconds: seconds,
+  vary: z.array(z.string().regex(HEADER_NAME)),
+  varyValues: z.array(z.string().nullable()),
+}).refine((meta) => meta.vary.length === meta.varyValues.length, 'vary and varyValues differ in length');
 
 /** Where entries live. No method throws: a failing store is a miss. */
 export interface ResponseStore {
@@ -181,7 +204,7 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
         const value = await client.hgetBuffer(redisKey(route, key.resource), key.variant);
         if (!value || value.length < 4) return undefined;
         const metaLength = value.readUInt32BE(0);
-        const meta = JSON.parse(value.subarray(4, 4 + metaLength).toString('utf8')) as Omit<CachedResponse, 'body'>;
+        const meta = storedMeta.parse(JSON.parse(value.subarray(4, 4 + metaLength).toString('utf8')));
         const entry: CachedResponse = { ...meta, body: value.subarray(4 + metaLength) };
         return retentionMs(entry, now()) > 0 ? entry : undefined;
       } catch (error) {

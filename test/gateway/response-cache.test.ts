@@ -652,6 +652,52 @@ describe('response cache shared through Redis', () => {
   });
 });
 
+describe('entries of another shape in the shared Redis store', () => {
+  let redis: Redis | undefined;
+  const prefix = isolatedKeyPrefix();
+  const valid = { status: 200, headers: { 'content-type': 'application/json' }, storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [] as string[], varyValues: [] as (string | null)[] };
+
+  beforeAll(async () => {
+    redis = createRedisStore({ url: MACHINE_REDIS, commandTimeoutMs: 500, logger: memoryLogger('gateway').logger });
+    await requireRedis(redis, MACHINE_REDIS);
+  });
+  afterAll(async () => {
+    redis?.disconnect();
+    await deleteKeys(MACHINE_REDIS, prefix);
+  });
+
+  /** The store's layout (src/response-store.ts): the meta's length, the meta as JSON, the body. */
+  const encoded = (meta: unknown) => {
+    const json = Buffer.from(JSON.stringify(meta));
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(json.length);
+    return Buffer.concat([length, json, Buffer.from('{}')]);
+  };
+
+  // Another gateway version under the same prefix, or anyone who can write to Redis: each used to be a 500 for the
+  // resource until the entry expired (TypeError, ERR_INVALID_CHAR, invalid status code).
+  it.each([
+    { desc: 'no vary', meta: { ...valid, vary: undefined, varyValues: undefined } },
+    { desc: 'vary that is not a list', meta: { ...valid, vary: 5 } },
+    { desc: 'vary and its values of different lengths', meta: { ...valid, vary: ['accept'], varyValues: [] } },
+    { desc: 'headers null', meta: { ...valid, headers: null } },
+    { desc: 'a header value with CR LF', meta: { ...valid, headers: { 'x-a': 'one\r\nset-cookie: b=1' } } },
+    { desc: 'a header name that is no token', meta: { ...valid, headers: { 'x a': '1' } } },
+    { desc: 'a status that is no HTTP status', meta: { ...valid, status: 1000 } },
+    { desc: 'a status that is text', meta: { ...valid, status: 'ok' } },
+    { desc: 'a lifetime that is text', meta: { ...valid, lifetimeSeconds: '60' } },
+  ])('reads an entry with $desc as a miss, and says so once in the log', async ({ desc, meta }) => {
+    const { logger, lines } = memoryLogger('gateway');
+    const store = createRedisResponseStore({ client: redis!, keyPrefix: `${prefix}:${desc.replaceAll(' ', '-')}`, logger });
+    const key = { resource: 'resource', variant: 'shared' };
+    await store.set('route', key, { ...valid, body: Buffer.from('{}') });
+    expect(await store.get('route', key)).toMatchObject({ status: 200 });
+    await redis!.hset(`${prefix}:${desc.replaceAll(' ', '-')}:route:resource`, 'shared', encoded(meta));
+    expect(await store.get('route', key)).toBeUndefined();
+    expect(lines.filter((line) => line.message === 'response cache store failed; answering from the service')).toHaveLength(1);
+  });
+});
+
 describe('response cache with its Redis store down', () => {
   let service: CatalogService;
   let stack: TestStack;
