@@ -1,5 +1,5 @@
 import { webcrypto } from 'node:crypto';
-import { SignJWT, createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import { SignJWT, createRemoteJWKSet, customFetch, decodeJwt, decodeProtectedHeader, jwtVerify, type FetchImplementation, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import type { AuthenticatedUser } from './context';
 
 /** The only algorithm the gateway's own tokens use; verification accepts nothing else (no `none`). */
@@ -176,7 +176,12 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
  * fault; failing to get the set at all is a TokenVerifierUnavailableError. jwtVerify passes both on unchanged.
  */
 function providerKeyLookup(jwks: JwksOptions): JWTVerifyGetKey {
-  const remote = createRemoteJWKSet(new URL(jwks.url), { timeoutDuration: jwks.timeoutMs, cooldownDuration: jwks.cooldownMs, cacheMaxAge: jwks.cacheMaxAgeMs });
+  const remote = createRemoteJWKSet(new URL(jwks.url), {
+    timeoutDuration: jwks.timeoutMs,
+    cooldownDuration: jwks.cooldownMs,
+    cacheMaxAge: jwks.cacheMaxAgeMs,
+    [customFetch]: jwksFetch(Math.min(jwks.cooldownMs, JWKS_FAILURE_BACKOFF_MS)),
+  });
   return async function providerKey(header, token) {
     try {
       return await remote(header, token);
@@ -187,6 +192,55 @@ function providerKeyLookup(jwks: JwksOptions): JWTVerifyGetKey {
       throw new TokenVerifierUnavailableError(`The identity provider's keys could not be fetched from ${jwks.url} (${why}).`, { cause: error });
     }
   };
+}
+
+/** Largest key set read, bytes: a real one is a few KB (tens with certificate chains); a bigger answer is refused unread. */
+export const MAX_JWKS_BYTES = 512 * 1024;
+
+/** Longest time a failed key-set fetch is remembered, ms (the `Retry-After` of auth_unavailable). */
+const JWKS_FAILURE_BACKOFF_MS = 5000;
+
+/**
+ * The key-set fetch jose makes, bounded: an answer over MAX_JWKS_BYTES is cut off as it arrives (a client with a
+ * made-up token makes the gateway fetch: hundreds of MiB were buffered within the timeout), and anything but a
+ * 200 with a JSON key set is a failure that later fetches repeat for `backoffMs` without asking the provider
+ * again, instead of sending it one request per provider token while it is failing.
+ */
+function jwksFetch(backoffMs: number): FetchImplementation {
+  let lastFailure: { at: number; error: unknown } | undefined;
+  return async (url, init) => {
+    if (lastFailure && Date.now() - lastFailure.at < backoffMs) throw lastFailure.error;
+    try {
+      const response = await fetch(url, init);
+      const text = await boundedText(response, MAX_JWKS_BYTES);
+      if (response.status !== 200) throw Object.assign(new Error(`the JWKS answered ${response.status}`), { code: 'ERR_JWKS_STATUS' });
+      const keySet: unknown = JSON.parse(text);
+      if (typeof keySet !== 'object' || keySet === null || !Array.isArray((keySet as { keys?: unknown }).keys)) throw Object.assign(new Error('the JWKS answer is not a key set'), { code: 'ERR_JWKS_INVALID' });
+      lastFailure = undefined;
+      return new Response(text, { status: 200, headers: { 'content-type': 'application/json' } });
+    } catch (error) {
+      lastFailure = { at: Date.now(), error };
+      throw error;
+    }
+  };
+}
+
+/** A response body as text, refused (and left unread) past `limit` bytes. */
+async function boundedText(response: Response, limit: number): Promise<string> {
+  const tooLarge = () => Object.assign(new Error(`the JWKS answer is over ${limit} bytes`), { code: 'ERR_JWKS_TOO_LARGE' });
+  if (Number(response.headers.get('content-length') ?? 0) > limit) {
+    await response.body?.cancel();
+    throw tooLarge();
+  }
+  if (!response.body) return '';
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of response.body) {
+    size += chunk.byteLength;
+    if (size > limit) throw tooLarge();
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 /**

@@ -1,5 +1,6 @@
 import { exportJWK, exportSPKI, generateKeyPair, importJWK, SignJWT, type CryptoKey, type JWK } from 'jose';
 import { HEADER } from '../../otel/wire-names';
+import { MAX_JWKS_BYTES } from '../../src/tokens';
 import { listen } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
 import { signToken } from '../helpers/tokens';
@@ -205,6 +206,57 @@ describe('tokens from an identity provider (JWKS)', () => {
       expect(down.serviceRequests()).toHaveLength(0);
     } finally {
       await down.close();
+    }
+  });
+
+  it('refuses a key set over MAX_JWKS_BYTES as it arrives (503), reading a bounded part of it', async () => {
+    // An answer that never ends within the timeout: what the gateway reads of it is what the server got written.
+    let written = 0;
+    const endless = await listen((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      const chunk = Buffer.alloc(64 * 1024, 0x20);
+      const pump = () => {
+        while (!res.destroyed && written < 512 * 1024 * 1024) {
+          written += chunk.length;
+          if (!res.write(chunk)) return void res.once('drain', pump);
+        }
+      };
+      res.write('{"keys":[');
+      pump();
+    });
+    const bounded = await startStack({
+      env: { JWKS_URL: `${endless.url}/jwks.json`, JWKS_ISSUER: ISSUER, JWKS_AUDIENCE: AUDIENCE },
+      overrides: { auth: { jwks: { url: 'http://placeholder', issuer: 'x', audience: 'x', timeoutMs: 5000, cooldownMs: 0 } } },
+    });
+    try {
+      const response = await fetch(`${bounded.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${await providerToken(rsa)}` } });
+      expect(response.status).toBe(503);
+      expect(((await response.json()) as { code: string }).code).toBe('auth_unavailable');
+      // The limit, plus what the sockets on the way buffered: nowhere near the hundreds of MiB it used to read.
+      expect(written).toBeLessThan(MAX_JWKS_BYTES + 16 * 1024 * 1024);
+    } finally {
+      await bounded.close();
+      await endless.close();
+    }
+  });
+
+  it('remembers a failed key-set fetch for a moment: provider tokens get 503 at once, without a fetch each', async () => {
+    const failing = await startJwksServer();
+    failing.state.mode = 'failing';
+    const backingOff = await startStack({
+      env: { JWKS_URL: `${failing.url}/jwks.json`, JWKS_ISSUER: ISSUER, JWKS_AUDIENCE: AUDIENCE },
+      overrides: { auth: { verifiedTokenCacheSize: 0, jwks: { url: 'http://placeholder', issuer: 'x', audience: 'x', timeoutMs: 500 } } },
+    });
+    try {
+      const token = await providerToken(rsa);
+      const statuses: number[] = [];
+      for (let i = 0; i < 10; i++) statuses.push((await fetch(`${backingOff.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } })).status);
+      expect(statuses).toEqual(Array(10).fill(503));
+      // One fetch; the nine after it within the back-off (the default cooldown caps it at 5 s) asked nobody.
+      expect(failing.state.fetches).toBe(1);
+    } finally {
+      await backingOff.close();
+      await failing.close();
     }
   });
 
