@@ -51,6 +51,8 @@ interface Exchange {
   status?: number;
   failure?: Error;
   timedOut?: boolean;
+  /** The timeout passed while the request still waited for a connection to the instance. */
+  waitedForConnection?: boolean;
   /** The whole exchange outlived the route's deadline. */
   deadlineExceeded?: boolean;
   bodyTooLarge?: boolean;
@@ -116,9 +118,10 @@ export function createProxy(options: ProxyOptions): Middleware {
       let stopRateWatch = () => {};
       /**
        * The idle timeout, exact: undici checks its own headers/body timeouts on a timer wheel of ~0.5 s (they
-       * fired up to ~1 s late; they stay as a backstop). Armed when undici starts the request on a connection
-       * (time queued for one is bounded by maxPendingRequests and the deadline instead), refreshed by every byte
-       * either way.
+       * fired up to ~1 s late; they stay as a backstop). Armed when undici starts the request on a connection,
+       * refreshed by every byte either way. Before that, `queued` bounds the wait for a connection by the same
+       * time: behind a service that answers nothing, each round of `maxSockets` requests ahead of a queued one
+       * used to add a whole timeout to its wait (9 s for a 3 s timeout, about 50 s with the defaults).
        */
       let idle: NodeJS.Timeout | undefined;
       const touch = () => idle?.refresh();
@@ -164,6 +167,12 @@ export function createProxy(options: ProxyOptions): Middleware {
         done();
       };
       res.once('close', onClientClose);
+      const queued = setTimeout(function connectionWaitTimeout() {
+        exchange.timedOut = true;
+        exchange.waitedForConnection = true;
+        cut(`no connection to the service was free within ${route.timeoutMs} ms`, 'upstream_timeout');
+      }, route.timeoutMs);
+      timers.push(queued);
       /** The service answered something the gateway cannot pass on (before anything was sent): 502, the instance not blamed. */
       const badResponse = (controller: Dispatcher.DispatchController, why: string) => {
         exchange.badResponse = why;
@@ -210,6 +219,7 @@ export function createProxy(options: ProxyOptions): Middleware {
         },
         {
           onRequestStart(controller) {
+            clearTimeout(queued);
             upstream = controller;
             // Queued for a connection while the client left, overflowed the body limit or the deadline passed.
             if (exchange.bodyTooLarge || settled) {
@@ -303,7 +313,7 @@ export function createProxy(options: ProxyOptions): Middleware {
     const serverSpan = trace.getSpan(parent);
     const corsApplied = ctx.state.corsApplied === true;
     // A retry resends the request, so only requests without a body that are safe to repeat get one.
-    const maxAttempts = isReplayable(ctx.method, ctx.req.headers) ? Math.min(pool.size, 1 + MAX_RETRIES) : 1;
+    const replayable = isReplayable(ctx.method, ctx.req.headers);
     const tried = new Set<UpstreamInstance>();
 
     for (let attempt = 1; ; attempt++) {
@@ -328,8 +338,13 @@ export function createProxy(options: ProxyOptions): Middleware {
       if (outcome === 'ok') pool.reportSuccess(instance);
       else if (INSTANCE_FAILURES.has(outcome)) pool.reportFailure(instance, outcome);
 
-      const retryable = (outcome === 'refused' || outcome === 'reset') && exchange.status === undefined && !ctx.res.headersSent;
-      if (retryable && attempt < maxAttempts && pool.pick(tried)) {
+      const retryable = replayable && (outcome === 'refused' || outcome === 'reset') && exchange.status === undefined && !ctx.res.headersSent;
+      // Another instance first. With none left, a reset before any answer is retried on the same one: it is most
+      // often a kept-alive connection the service closed just as it was reused (a race every keep-alive client
+      // meets), and the retry goes out on another connection. A refused connection would only be refused again.
+      const retryOn = !retryable || attempt > MAX_RETRIES ? undefined : pool.pick(tried) ? 'another' : outcome === 'reset' ? 'same' : undefined;
+      if (retryOn) {
+        if (retryOn === 'same') tried.delete(instance);
         serverSpan?.addEvent('upstream retry', { [ATTR.upstreamUrl]: instance.origin, [ATTR.upstreamOutcome]: outcome, [ATTR.upstreamAttempts]: attempt });
         upstreamRetries?.inc({ [METRIC_LABEL.upstreamService]: route.service });
         continue;
@@ -346,6 +361,7 @@ export function createProxy(options: ProxyOptions): Middleware {
         case 'deadline':
           throw new GatewayError('upstream_timeout', `The exchange with the ${route.service} service did not finish within ${route.deadlineMs} ms.`);
         case 'timeout':
+          if (exchange.waitedForConnection) throw new GatewayError('upstream_timeout', `Waited ${route.timeoutMs} ms for a connection to the ${route.service} service (it is not finishing the requests it has, or not accepting connections).`);
           throw new GatewayError('upstream_timeout', `The ${route.service} service sent nothing for ${route.timeoutMs} ms.`, { cause: exchange.failure });
         case 'aborted_by_upstream':
           throw new GatewayError('upstream_reset', `The ${route.service} service closed the connection mid-response.`);

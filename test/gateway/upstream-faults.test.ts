@@ -320,3 +320,77 @@ describe('upstream faults', () => {
     expect(sockets.size).toBeLessThanOrEqual(1);
   });
 });
+
+describe('keep-alive races and connection queues (one instance, as the shipped config has)', () => {
+  /** A stack whose orders route goes to `upstreamUrl`, with `proxy` settings on top. */
+  const stackFor = (upstreamUrl: string, proxy: Record<string, unknown> = {}) =>
+    startStack({
+      serviceUrls: { orders: upstreamUrl },
+      overrides: { proxy, services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 1000 }, notifications: { url: 'http://placeholder' } } },
+    });
+
+  it('retries a GET the service reset on a reused keep-alive connection, on another connection to the same instance', async () => {
+    // The race made certain: each connection answers its first request (keep-alive, no Keep-Alive hint, as Go and
+    // nginx answer) and is closed by the service when the next request arrives on it.
+    let answered = 0;
+    const open = new Set<net.Socket>();
+    const closesOnReuse = net.createServer((socket) => {
+      open.add(socket);
+      socket.once('close', () => open.delete(socket));
+      let requests = 0;
+      socket.on('data', () => {
+        if (++requests > 1) return void socket.destroy();
+        answered++;
+        socket.write('HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}');
+      });
+      socket.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => closesOnReuse.listen(0, '127.0.0.1', resolve));
+    const stack = await stackFor(`http://127.0.0.1:${(closesOnReuse.address() as net.AddressInfo).port}`);
+    try {
+      const token = await login(stack.gateway.url);
+      const statuses: number[] = [];
+      for (let i = 0; i < 6; i++) statuses.push((await fetch(`${stack.gateway.url}/api/orders/race-${i}`, { headers: { authorization: `Bearer ${token}` } })).status);
+      // Every other request met a connection the service was closing: each was 502 upstream_reset.
+      expect(statuses).toEqual(Array(6).fill(200));
+      expect(answered).toBe(6);
+      // A POST with a body is never sent twice: its reset stays a 502.
+      const post = await fetch(`${stack.gateway.url}/api/orders`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: '{"items":[]}' });
+      const again = await fetch(`${stack.gateway.url}/api/orders`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: '{"items":[]}' });
+      expect([post.status, again.status].sort()).toEqual([200, 502]);
+    } finally {
+      await stack.close();
+      for (const socket of open) socket.destroy();
+      await new Promise((resolve) => closesOnReuse.close(resolve));
+    }
+  });
+
+  it('answers a request still waiting for a connection after the route timeout with 504, saying it waited for one', async () => {
+    // One connection, held by a response that keeps trickling (never idle): the next request can only queue.
+    const trickling = await listen((req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      const drip = setInterval(() => res.write('.'), 100);
+      const stop = setTimeout(() => res.end(), 5000);
+      res.on('close', () => {
+        clearInterval(drip);
+        clearTimeout(stop);
+      });
+      req.resume();
+    });
+    const stack = await stackFor(trickling.url, { timeoutMs: 1000, deadlineMs: 30_000, maxSockets: 1, maxPendingRequests: 5 });
+    try {
+      const token = await login(stack.gateway.url);
+      const holder = http.get(`${stack.gateway.url}/api/orders/long`, { headers: { authorization: `Bearer ${token}` } }, (response) => response.resume());
+      holder.on('error', () => undefined);
+      await new Promise((resolve) => holder.once('response', resolve));
+      const queued = await fetch(`${stack.gateway.url}/api/orders/queued`, { headers: { authorization: `Bearer ${token}` } });
+      // It used to wait for the connection (5 s here, each round of maxSockets another timeout behind a hung service).
+      expect(queued.status).toBe(504);
+      expect(await queued.json()).toMatchObject({ code: 'upstream_timeout', detail: expect.stringMatching(/^Waited 1000 ms for a connection to the orders service/) });
+      holder.destroy();
+    } finally {
+      await stack.close();
+      await trickling.close();
+    }
+  });
+});
