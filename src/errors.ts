@@ -137,10 +137,35 @@ export function upstreamFailure(service: string, failure: unknown): GatewayError
   if (code === 'ECONNREFUSED') {
     return new GatewayError('upstream_refused', `The ${service} service refused the connection.`, { cause: failure });
   }
+  if (upstreamUnreachable(failure)) {
+    return new GatewayError('upstream_refused', `The ${service} service could not be reached (${code}).`, { cause: failure });
+  }
+  if (upstreamAnswerMalformed(failure)) {
+    return new GatewayError('upstream_bad_response', `The ${service} service answered with something that is not HTTP the gateway can forward (${code ?? (failure as Error).message}).`, { cause: failure });
+  }
   if (code === 'ETIMEDOUT' || code === 'TimeoutError' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
     return new GatewayError('upstream_timeout', `The ${service} service did not answer in time.`, { cause: failure });
   }
   return new GatewayError('upstream_reset', `The connection to the ${service} service failed${code ? ` (${code})` : ''}.`, { cause: failure });
+}
+
+/** No connection could be made: the name does not resolve, or no route to it (said apart from a reset one). */
+const UNREACHABLE_CODES = new Set(['ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL']);
+
+/** Whether the connection to a service could not be made at all (refused, unresolvable, unroutable). */
+export function upstreamUnreachable(failure: unknown): boolean {
+  const code = networkErrorCode(failure);
+  return code === 'ECONNREFUSED' || (code !== undefined && UNREACHABLE_CODES.has(code));
+}
+
+/**
+ * Whether the service answered, but not with HTTP the gateway can read: llhttp's refusals (undici's
+ * HTTPParserError, whose `code` may be unset), a header block over the limit.
+ */
+export function upstreamAnswerMalformed(failure: unknown): boolean {
+  const code = networkErrorCode(failure);
+  if (code !== undefined) return code.startsWith('HPE_') || code === 'UND_ERR_HEADERS_OVERFLOW';
+  return (failure as { name?: unknown } | undefined)?.name === 'HTTPParserError';
 }
 
 /** The errno-style code of a network failure, looking through fetch's `cause` and DOMException names. */

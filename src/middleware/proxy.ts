@@ -4,7 +4,7 @@ import { context, trace, type Context as OtelContext, type Span, type Tracer } f
 import type { Context as KoaContext, Middleware } from 'koa';
 import { Agent, type Dispatcher } from 'undici';
 import { ATTR, METRIC_LABEL } from '../../otel/wire-names';
-import { GatewayError, upstreamFailure, type ErrorCode } from '../errors';
+import { GatewayError, upstreamAnswerMalformed, upstreamFailure, upstreamUnreachable, type ErrorCode } from '../errors';
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
 import type { RouteHeaderRules } from '../header-rules';
@@ -366,6 +366,8 @@ export function createProxy(options: ProxyOptions): Middleware {
         case 'aborted_by_upstream':
           throw new GatewayError('upstream_reset', `The ${route.service} service closed the connection mid-response.`);
         case 'bad_response':
+          // A response refused by the gateway's own rules, or one llhttp could not read (exchange.failure).
+          if (exchange.badResponse === undefined) throw upstreamFailure(route.service, exchange.failure);
           throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with ${exchange.badResponse}.`);
         default:
           throw upstreamFailure(route.service, exchange.failure);
@@ -450,7 +452,7 @@ function outcomeOf(exchange: Exchange): UpstreamOutcome {
   if (exchange.timedOut) return 'timeout';
   if (exchange.upstreamAborted) return 'aborted_by_upstream';
   if (exchange.clientClosed) return 'client_closed';
-  if (exchange.failure) return (exchange.failure as NodeJS.ErrnoException).code === 'ECONNREFUSED' ? 'refused' : 'reset';
+  if (exchange.failure) return upstreamUnreachable(exchange.failure) ? 'refused' : upstreamAnswerMalformed(exchange.failure) ? 'bad_response' : 'reset';
   return 'ok';
 }
 

@@ -365,6 +365,30 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
     }
   });
 
+  it.each([
+    { desc: 'something that is not HTTP', answer: 'SSH-2.0-OpenSSH_9.2\r\n' },
+    { desc: 'a header block over the limit', answer: `HTTP/1.1 200 OK\r\nX-Big: ${'b'.repeat(100 * 1024)}\r\nContent-Length: 2\r\n\r\n{}` },
+  ])('answers a service that answers $desc with 502 upstream_bad_response (it read as a reset connection)', async ({ answer }) => {
+    const open = new Set<net.Socket>();
+    const speaksOtherwise = net.createServer((socket) => {
+      open.add(socket);
+      socket.on('error', () => undefined);
+      socket.once('data', () => socket.write(answer));
+    });
+    await new Promise<void>((resolve) => speaksOtherwise.listen(0, '127.0.0.1', resolve));
+    const stack = await stackFor(`http://127.0.0.1:${(speaksOtherwise.address() as net.AddressInfo).port}`);
+    try {
+      const token = await login(stack.gateway.url);
+      const response = await fetch(`${stack.gateway.url}/api/orders/1`, { headers: { authorization: `Bearer ${token}` } });
+      expect(response.status).toBe(502);
+      expect(await response.json()).toMatchObject({ code: 'upstream_bad_response' });
+    } finally {
+      await stack.close();
+      for (const socket of open) socket.destroy();
+      await new Promise((resolve) => speaksOtherwise.close(resolve));
+    }
+  });
+
   it('answers a request still waiting for a connection after the route timeout with 504, saying it waited for one', async () => {
     // One connection, held by a response that keeps trickling (never idle): the next request can only queue.
     const trickling = await listen((req, res) => {
