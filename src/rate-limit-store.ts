@@ -8,7 +8,12 @@ export interface RedisStoreOptions {
   /** Longest a limit check may wait for Redis, ms; then the store counts as down. */
   commandTimeoutMs: number;
   logger: Logger;
+  /** How often the connection is checked for a Redis that stopped answering, ms. Default 1000. */
+  heartbeatMs?: number;
 }
+
+/** Heartbeats in a row that must go unanswered before the connection is dropped as hung. */
+const HUNG_AFTER_MISSED_HEARTBEATS = 2;
 
 /**
  * The shared rate-limit store: an ioredis client tuned to fail fast. With ioredis defaults a Redis outage
@@ -36,7 +41,35 @@ export function createRedisStore(options: RedisStoreOptions): Redis {
     if (lastReport !== 0) options.logger.info('rate-limit store reconnected', { store: 'redis' });
     lastReport = 0;
   });
+  watchForHang(redis, options);
   return redis;
+}
+
+/**
+ * A Redis that stops answering (hung, overloaded, its host paused) keeps its connection up, so every command waits
+ * its whole `commandTimeoutMs`: every request was 200 ms slower, a cached one up to five times that, for as long
+ * as it lasted. A PING every `heartbeatMs` finds it; after HUNG_AFTER_MISSED_HEARTBEATS unanswered, the connection
+ * is dropped and reconnected, and until Redis answers the reconnection's ready check, commands fail at once (no
+ * offline queue) and each request is decided by the store-down policy without waiting.
+ */
+function watchForHang(redis: Redis, options: RedisStoreOptions): void {
+  let missed = 0;
+  const heartbeat = setInterval(() => {
+    if (redis.status !== 'ready') return void (missed = 0);
+    redis.ping().then(
+      () => (missed = 0),
+      (error: Error) => {
+        if (error.message !== 'Command timed out' || ++missed < HUNG_AFTER_MISSED_HEARTBEATS) return;
+        missed = 0;
+        options.logger.warn('rate-limit store not answering; reconnecting (requests use the store-down policy meanwhile)', { store: 'redis' });
+        // Destroyed, not ended: `disconnect(true)` ends the stream gracefully, which waits for a FIN the hung
+        // server never sends, and the client stays 'ready' with every command still waiting.
+        redis.stream.destroy();
+      },
+    );
+  }, options.heartbeatMs ?? 1000);
+  heartbeat.unref();
+  redis.once('end', () => clearInterval(heartbeat));
 }
 
 /**

@@ -5,6 +5,7 @@ import { deleteKeys, isolatedKeyPrefix, requireRedis, startOwnRedis, type OwnRed
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
+import { waitFor } from '../helpers/wait';
 
 const MACHINE_REDIS = 'redis://127.0.0.1:6379';
 
@@ -104,6 +105,30 @@ describe('when the rate-limit store goes down', () => {
       if (response.status === 200) recovered = attempt + 1;
     }
     expect(recovered).toBeGreaterThan(0);
+  });
+});
+
+describe('when the rate-limit store hangs (up, but answering nothing)', () => {
+  it('drops the hung connection after missed heartbeats, so commands fail at once instead of each waiting its timeout, and recovers', async () => {
+    const own = await startOwnRedis();
+    const { logger, lines } = memoryLogger('gateway');
+    const client = createRedisStore({ url: own.url, commandTimeoutMs: 150, logger, heartbeatMs: 200 });
+    try {
+      await requireRedis(client, own.url);
+      own.pause();
+      // Before the heartbeat finds it, a command waits its whole timeout: what every request paid while it lasted.
+      await expect(client.get('probe')).rejects.toThrow('Command timed out');
+      await waitFor(() => lines.some((line) => line.message === 'rate-limit store not answering; reconnecting (requests use the store-down policy meanwhile)'), 'the hung connection to be dropped');
+      // Not queued, not waiting: refused on the spot, so the limiter's store-down policy answers at once.
+      await expect(client.get('probe')).rejects.toThrow(/Stream isn't writeable|Connection is closed/);
+      own.resume();
+      await waitFor(() => client.status === 'ready', 'the reconnection once Redis answers again', 10_000);
+      await expect(client.set('probe', '1')).resolves.toBe('OK');
+    } finally {
+      own.resume();
+      client.disconnect();
+      await own.stop();
+    }
   });
 });
 

@@ -41,6 +41,10 @@ export interface OwnRedis {
   url: string;
   stop(): Promise<void>;
   start(): Promise<void>;
+  /** SIGSTOP: the connection stays up, nothing is answered (a hung Redis, not a down one). */
+  pause(): void;
+  /** SIGCONT. */
+  resume(): void;
 }
 
 /** A redis-server of the test's own on a free loopback port, which the test may stop and start again. */
@@ -74,5 +78,5 @@ export async function startOwnRedis(): Promise<OwnRedis> {
     await exited;
   };
   await start();
-  return { url, start, stop };
+  return { url, start, stop, pause: () => void child?.kill('SIGSTOP'), resume: () => void child?.kill('SIGCONT') };
 }
