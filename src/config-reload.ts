@@ -128,9 +128,9 @@ export interface LiveGateway {
   active(): ActiveConfig;
   /**
    * Builds `next` and swaps it in (only its `pendingRestart` is taken when the version is the running one); on
-   * a build failure logs it, keeps the running app and returns false.
+   * a build failure logs it, keeps the running app and returns why (undefined once applied).
    */
-  apply(next: ActiveConfig): boolean;
+  apply(next: ActiveConfig): string | undefined;
 }
 
 /** A gateway whose app can be replaced while it serves (the swap is one assignment, between requests). */
@@ -148,19 +148,20 @@ export function createLiveGateway(initial: ActiveConfig, build: BuildGateway, lo
     apply(next) {
       if (next.version === active.version) {
         active = next;
-        return true;
+        return undefined;
       }
       try {
         built = build(next, kept);
       } catch (error) {
-        logger.error('config reload failed while building the gateway; the running config keeps serving', { version: next.version, error: error instanceof Error ? error.message : String(error) });
-        return false;
+        const why = error instanceof Error ? error.message : String(error);
+        logger.error('config reload failed while building the gateway; the running config keeps serving', { version: next.version, error: why });
+        return why;
       }
       kept.windows.sweep();
       active = next;
       handle = built.gateway.callback();
       handleAdmin = built.admin.callback();
-      return true;
+      return undefined;
     },
   };
 }

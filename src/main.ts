@@ -67,7 +67,8 @@ function singleProcessControl(live: () => ReturnType<typeof createLiveGateway>, 
     const previousVersion = gateway.active().version;
     const check = checkReload(gateway.active(), reader(generatedSecret), logger);
     if (!check.ok) return { ok: false, reason: check.reason };
-    if (!gateway.apply(check.next)) return { ok: false, reason: `version ${check.next.version} could not be built; see the log` };
+    const unbuilt = gateway.apply(check.next);
+    if (unbuilt !== undefined) return { ok: false, reason: `version ${check.next.version} could not be built: ${unbuilt}` };
     const { version, loadedAt, pendingRestart } = gateway.active();
     if (check.changed) logger.info('config reloaded', { version, previousVersion });
     return { ok: true, status: check.changed ? 'reloaded' : 'unchanged', version, loadedAt, pendingRestart, workers: [{ id: 0, pid: process.pid, version, loadedAt }] };

@@ -19,7 +19,8 @@ export interface WorkerLink {
   primaryStore(timeoutMs: number): PrimaryStoreClient;
   control(active: () => ActiveConfig): ConfigControl;
   /** `apply` is called with each config the primary sends later (a reload); it answers whether the swap worked. */
-  serve(apply: (active: ActiveConfig) => boolean, url: string, close: () => Promise<void>): void;
+  /** `apply` returns why a config could not be built, or undefined once it runs. */
+  serve(apply: (active: ActiveConfig) => string | undefined, url: string, close: () => Promise<void>): void;
   /** Runs `handler` whenever the primary got SIGHUP (a worker is not sent signals itself). */
   onHangup(handler: () => void): void;
 }
@@ -111,8 +112,8 @@ export function connectWorker(): Promise<WorkerLink> {
       onHangup: (handler) => void hangupHandlers.push(handler),
       serve(apply, url, close) {
         onApply = (active) => {
-          const ok = apply(active);
-          send({ gateway: 'applied', ok, version: active.version, loadedAt: active.loadedAt });
+          const unbuilt = apply(active);
+          send({ gateway: 'applied', ok: unbuilt === undefined, version: active.version, loadedAt: active.loadedAt, ...(unbuilt === undefined ? {} : { reason: unbuilt }) });
         };
         onShutdown = () => void close().then(() => process.exit(0), () => process.exit(1));
         send({ gateway: 'applied', ok: true, version: initial.version, loadedAt: initial.loadedAt });

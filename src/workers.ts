@@ -27,7 +27,7 @@ export function workerCount(workers: number | 'auto'): number {
 export type ToPrimary =
   | { gateway: 'hello' }
   | { gateway: 'listening'; url: string }
-  | { gateway: 'applied'; ok: boolean; version: string; loadedAt: string }
+  | { gateway: 'applied'; ok: boolean; version: string; loadedAt: string; reason?: string }
   | LeaseAsk
   | Recalled
   | { gateway: 'reload'; id: number }
@@ -58,7 +58,7 @@ export function toPrimaryMessage(raw: unknown): ToPrimary | undefined {
       return typeof message.url === 'string' ? { gateway: 'listening', url: message.url } : undefined;
     case 'applied':
       return typeof message.ok === 'boolean' && typeof message.version === 'string' && typeof message.loadedAt === 'string'
-        ? { gateway: 'applied', ok: message.ok, version: message.version, loadedAt: message.loadedAt }
+        ? { gateway: 'applied', ok: message.ok, version: message.version, loadedAt: message.loadedAt, ...(typeof message.reason === 'string' ? { reason: message.reason.slice(0, 500) } : {}) }
         : undefined;
     case 'lease': {
       const { id, policy, client, max, windowMs } = message;
@@ -108,7 +108,8 @@ interface Slot {
   quickExits: number;
   version: string | null;
   loadedAt?: string;
-  applyFailed?: boolean;
+  /** Why the worker could not build the config last sent to it (it keeps its previous one). */
+  applyFailed?: string;
   timer?: NodeJS.Timeout;
 }
 
@@ -143,7 +144,7 @@ export function runPrimary(options: PrimaryOptions): void {
     const slot = slots[index]!;
     slot.timer = undefined;
     const worker = cluster.fork();
-    Object.assign(slot, { worker, startedAt: Date.now(), version: null, loadedAt: undefined, applyFailed: false });
+    Object.assign(slot, { worker, startedAt: Date.now(), version: null, loadedAt: undefined, applyFailed: undefined });
     worker.on('message', (raw: unknown) => {
       const message = toPrimaryMessage(raw);
       if (message) onMessage(slot, worker, message);
@@ -176,8 +177,8 @@ export function runPrimary(options: PrimaryOptions): void {
         // Stopping: a worker forked just before may have missed the shutdown message while it started.
         return send(worker, stopping ? { gateway: 'shutdown' } : { gateway: 'apply', active });
       case 'applied':
-        if (message.ok) Object.assign(slot, { version: message.version, loadedAt: message.loadedAt, applyFailed: false });
-        else slot.applyFailed = true;
+        if (message.ok) Object.assign(slot, { version: message.version, loadedAt: message.loadedAt, applyFailed: undefined });
+        else slot.applyFailed = message.reason ?? 'it could not build it (no reason given)';
         for (const wake of applyWaiters) wake();
         return;
       case 'listening':
@@ -202,19 +203,20 @@ export function runPrimary(options: PrimaryOptions): void {
     }
   }
 
-  /** Resolves once every live worker runs `version` (true) or one could not build it / time ran out (false). */
-  function allApplied(version: string): Promise<boolean> {
+  /** Resolves once every live worker runs `version` (undefined), or with why not: one could not build it, or time ran out. */
+  function allApplied(version: string): Promise<string | undefined> {
     return new Promise((resolve) => {
       const check = () => {
         const live = slots.filter((slot) => slot.worker);
-        if (live.some((slot) => slot.applyFailed)) return finish(false);
-        if (live.every((slot) => slot.version === version)) return finish(true);
+        const failed = live.find((slot) => slot.applyFailed !== undefined);
+        if (failed) return finish(`worker ${failed.worker!.id} could not build version ${version}: ${failed.applyFailed}`);
+        if (live.every((slot) => slot.version === version)) return finish(undefined);
       };
-      const timer = setTimeout(() => finish(false), APPLY_TIMEOUT_MS);
-      const finish = (ok: boolean) => {
+      const timer = setTimeout(() => finish(`not every worker could apply version ${version} within ${APPLY_TIMEOUT_MS} ms`), APPLY_TIMEOUT_MS);
+      const finish = (why: string | undefined) => {
         clearTimeout(timer);
         applyWaiters.delete(check);
-        resolve(ok);
+        resolve(why);
       };
       applyWaiters.add(check);
       check();
@@ -229,12 +231,13 @@ export function runPrimary(options: PrimaryOptions): void {
       const previous = active;
       active = check.next;
       if (check.changed) {
-        for (const slot of slots) slot.applyFailed = false;
+        for (const slot of slots) slot.applyFailed = undefined;
         for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'apply', active });
-        if (!(await allApplied(active.version))) {
+        const notApplied = await allApplied(active.version);
+        if (notApplied !== undefined) {
           active = previous;
           for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'apply', active });
-          const reason = `not every worker could apply version ${check.next.version} within ${APPLY_TIMEOUT_MS} ms; version ${previous.version} restored`;
+          const reason = `${notApplied}; version ${previous.version} restored`;
           logger.error('config reload failed in the workers', { reason });
           return { ok: false, reason };
         }

@@ -49,6 +49,8 @@ export function loadProtoRoot(file: string): protobuf.Root {
     }
     const relative = resolveRelative(origin, target);
     if (relative !== null && existsSync(relative)) return relative;
+    // The file asked for by its absolute path (resolveProtoPath's answer): it is missing, and said so as named.
+    if (path.isAbsolute(target)) return target;
     return path.join(APP_ROOT, 'proto', target);
   };
   const resolved = resolveProtoPath(file);

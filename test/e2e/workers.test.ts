@@ -1,3 +1,4 @@
+import path from 'node:path';
 import type http from 'node:http';
 import net from 'node:net';
 import { namedUpstream, requestOnNewConnection, startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
@@ -189,6 +190,24 @@ describe('workers (two processes behind one port)', () => {
     await gateway.waitForLine((line) => line.message === 'config reload refused; the running config keeps serving', { from });
     expect((await adminConfig()).version).toBe(answer.version);
     expect(gateway.lines.slice(from).filter((line) => line.message === 'config reload refused; the running config keeps serving')).toHaveLength(1);
+  });
+
+  it('refuses a config the workers cannot build with 422 and the workers\' own reason, keeping the running one', async () => {
+    gateway = await start();
+    const { version: running } = await adminConfig();
+    // Valid by the schema; only building it finds the proto file missing.
+    gateway.writeConfig(config([route('api'), route('rpc', { methods: ['GET'], grpc: { proto: 'proto/missing.proto', service: 'x.v1.X' } })]));
+    const response = await fetch(`${gateway.adminUrl}/admin/reload`, { method: 'POST' });
+    expect(response.status).toBe(422);
+    const { code, detail: reason } = (await response.json()) as { code: string; detail: string };
+    expect(code).toBe('config_invalid');
+    // It said "not every worker could apply version ... within 10000 ms" (in ~170 ms), and no cause.
+    expect(reason).toMatch(new RegExp(`^worker \\d+ could not build version [0-9a-f]+: .*proto/missing\\.proto.*ENOENT.*; version ${running} restored$`));
+    expect(reason).not.toMatch(/within \d+ ms/);
+    // The path as it is: the app root once (it was joined twice, naming a file nobody wrote).
+    expect(reason.split(path.resolve(__dirname, '../..')).length - 1).toBeLessThanOrEqual(1);
+    expect((await adminConfig()).version).toBe(running);
+    expect((await requestOnNewConnection(`${gateway.url}/api/x`)).status).toBe(200);
   });
 
   it('stops with exit code 1 when the workers cannot start (a taken admin port), instead of retrying forever', async () => {
