@@ -8,7 +8,7 @@ export interface RedisStoreOptions {
   /** Longest a limit check may wait for Redis, ms; then the store counts as down. */
   commandTimeoutMs: number;
   logger: Logger;
-  /** How often the connection is checked for a Redis that stopped answering, ms. Default 1000. */
+  /** How often the connection is checked for a Redis that stopped answering, ms. Default 500. */
   heartbeatMs?: number;
 }
 
@@ -67,7 +67,7 @@ function watchForHang(redis: Redis, options: RedisStoreOptions): void {
         redis.stream.destroy();
       },
     );
-  }, options.heartbeatMs ?? 1000);
+  }, options.heartbeatMs ?? 500);
   heartbeat.unref();
   redis.once('end', () => clearInterval(heartbeat));
 }
