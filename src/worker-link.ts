@@ -75,6 +75,8 @@ export function connectWorker(): Promise<WorkerLink> {
           return onShutdown();
         case 'hangup':
           return hangupHandlers.forEach((handler) => handler());
+        case 'ping':
+          return send({ gateway: 'pong', id: message.id });
         case 'recall':
           return send({ gateway: 'recalled', id: message.id, returned: leases?.recall(message) ?? 0 });
         case 'leased':

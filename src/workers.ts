@@ -31,7 +31,8 @@ export type ToPrimary =
   | LeaseAsk
   | Recalled
   | { gateway: 'reload'; id: number }
-  | { gateway: 'status'; id: number };
+  | { gateway: 'status'; id: number }
+  | { gateway: 'pong'; id: number };
 
 export type ToWorker =
   | { gateway: 'apply'; active: ActiveConfig }
@@ -40,7 +41,9 @@ export type ToWorker =
   | { gateway: 'reloaded'; id: number; answer: ReloadAnswer }
   | { gateway: 'workers'; id: number; workers: WorkerConfigStatus[]; pendingRestart: string[] }
   | { gateway: 'hangup' }
-  | { gateway: 'shutdown' };
+  | { gateway: 'shutdown' }
+  /** The primary's watchdog: a worker whose event loop turns answers `pong` with the same id. */
+  | { gateway: 'ping'; id: number };
 
 /**
  * A worker's message as the primary may act on it, or undefined. A worker is another process: a malformed
@@ -74,11 +77,20 @@ export function toPrimaryMessage(raw: unknown): ToPrimary | undefined {
     }
     case 'reload':
     case 'status':
+    case 'pong':
       return isId(message.id) ? { gateway: message.gateway, id: message.id as number } : undefined;
     default:
       return undefined;
   }
 }
+
+/**
+ * A serving worker that has not answered the primary's ping for this long is stuck (an endless loop, a hung
+ * native call, SIGSTOP): it still gets its share of new connections, which hang, and every cluster scrape of
+ * /metrics fails waiting for it. It is killed and replaced like a worker that crashed.
+ */
+const WORKER_UNRESPONSIVE_MS = 10_000;
+const WATCHDOG_INTERVAL_MS = 1000;
 
 /** A worker that lived this long before it exited is replaced at once; quicker deaths double the wait. */
 const STABLE_AFTER_MS = 10_000;
@@ -110,6 +122,8 @@ interface Slot {
   loadedAt?: string;
   /** Why the worker could not build the config last sent to it (it keeps its previous one). */
   applyFailed?: string;
+  /** When it last showed its event loop turns (listening, or a pong), ms since the epoch. */
+  aliveAt?: number;
   timer?: NodeJS.Timeout;
 }
 
@@ -144,7 +158,7 @@ export function runPrimary(options: PrimaryOptions): void {
     const slot = slots[index]!;
     slot.timer = undefined;
     const worker = cluster.fork();
-    Object.assign(slot, { worker, startedAt: Date.now(), version: null, loadedAt: undefined, applyFailed: undefined });
+    Object.assign(slot, { worker, startedAt: Date.now(), version: null, loadedAt: undefined, applyFailed: undefined, aliveAt: undefined });
     worker.on('message', (raw: unknown) => {
       const message = toPrimaryMessage(raw);
       if (message) onMessage(slot, worker, message);
@@ -182,6 +196,7 @@ export function runPrimary(options: PrimaryOptions): void {
         for (const wake of applyWaiters) wake();
         return;
       case 'listening':
+        slot.aliveAt = Date.now();
         listening.add(worker.id);
         url ||= message.url;
         if (!announced && listening.size === count) {
@@ -197,6 +212,9 @@ export function runPrimary(options: PrimaryOptions): void {
         return leases.recalled(worker.id, message.id, message.returned);
       case 'status':
         return send(worker, { gateway: 'workers', id: message.id, workers: statuses(), pendingRestart: active.pendingRestart });
+      case 'pong':
+        slot.aliveAt = Date.now();
+        return;
       case 'reload':
         void reloadAll().then((answer) => send(worker, { gateway: 'reloaded', id: message.id, answer }));
         return;
@@ -280,6 +298,26 @@ export function runPrimary(options: PrimaryOptions): void {
       })
       .catch(() => process.exit(1));
   }
+
+  // The watchdog: every serving worker is pinged; one silent for WORKER_UNRESPONSIVE_MS is killed (its exit
+  // handler above replaces it). Workers still starting are left to their start-up (they have not answered yet).
+  let pings = 0;
+  const watchdog = setInterval(() => {
+    if (stopping) return;
+    const now = Date.now();
+    for (const slot of slots) {
+      const worker = slot.worker;
+      if (!worker || slot.aliveAt === undefined || !listening.has(worker.id)) continue;
+      if (now - slot.aliveAt > WORKER_UNRESPONSIVE_MS) {
+        logger.error('worker not responding; replacing it', { worker: worker.id, pid: worker.process.pid, silentMs: now - slot.aliveAt });
+        slot.aliveAt = undefined;
+        worker.process.kill('SIGKILL');
+        continue;
+      }
+      send(worker, { gateway: 'ping', id: ++pings });
+    }
+  }, WATCHDOG_INTERVAL_MS);
+  watchdog.unref();
 
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

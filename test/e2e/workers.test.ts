@@ -168,6 +168,28 @@ describe('workers (two processes behind one port)', () => {
     expect(answers.map((answer) => answer.status)).toEqual(Array<number>(10).fill(200));
   });
 
+  it('replaces a worker that stopped answering (its event loop stuck), which kept getting connections that hung', async () => {
+    gateway = await start();
+    const before = await adminConfig();
+    const stuck = before.workers[0]!;
+    const from = gateway.lines.length;
+    // SIGSTOP stands in for an endless loop: the process lives, its connections are accepted and never answered.
+    process.kill(stuck.pid, 'SIGSTOP');
+    try {
+      expect(await gateway.waitForLine((line) => line.message === 'worker not responding; replacing it', { from, timeoutMs: 30_000 })).toMatchObject({ worker: stuck.id, pid: stuck.pid, silentMs: expect.any(Number) });
+      await gateway.waitForLine((line) => line.message === 'worker replaced and serving', { from, timeoutMs: 30_000 });
+    } finally {
+      // Already killed by the primary; if not, do not leave it stopped.
+      try {
+        process.kill(stuck.pid, 'SIGKILL');
+      } catch {}
+    }
+    const after = await adminConfig();
+    expect(after.workers.map((worker) => worker.pid)).not.toContain(stuck.pid);
+    const answers = await Promise.all(Array.from({ length: 10 }, (_, i) => requestOnNewConnection(`${gateway!.url}/api/${i}`)));
+    expect(answers.map((answer) => answer.status)).toEqual(Array<number>(10).fill(200));
+  });
+
   it('reloads every worker and answers once all run the new version', async () => {
     gateway = await start();
     const { version: first } = await adminConfig();

@@ -30,6 +30,7 @@ describe('toPrimaryMessage (what the primary acts on from a worker)', () => {
     { desc: 'a recall answer giving back Infinity', raw: { gateway: 'recalled', id: 1, returned: Number.POSITIVE_INFINITY } },
     { desc: 'a recall answer giving back a string', raw: { gateway: 'recalled', id: 1, returned: '3' } },
     { desc: 'a status without an id', raw: { gateway: 'status' } },
+    { desc: 'a pong without an id', raw: { gateway: 'pong' } },
     { desc: 'an applied without a version', raw: { gateway: 'applied', ok: true, loadedAt: 'now' } },
     { desc: 'a listening without a url', raw: { gateway: 'listening' } },
   ])('ignores $desc', ({ raw }) => {
@@ -41,10 +42,12 @@ describe('toPrimaryMessage (what the primary acts on from a worker)', () => {
       { gateway: 'hello' },
       { gateway: 'listening', url: 'http://127.0.0.1:3000' },
       { gateway: 'applied', ok: false, version: 'abc', loadedAt: '2026-01-01T00:00:00.000Z' },
+      { gateway: 'applied', ok: false, version: 'abc', loadedAt: '2026-01-01T00:00:00.000Z', reason: 'proto x.proto: ENOENT' },
       { gateway: 'lease', id: 3, policy: 'default|10|60000', client: '203.0.113.0/24', max: 10, windowMs: 60_000 },
       { gateway: 'recalled', id: 7, returned: 0 },
       { gateway: 'reload', id: 4 },
       { gateway: 'status', id: 5 },
+      { gateway: 'pong', id: 6 },
     ];
     for (const message of messages) expect(toPrimaryMessage(message)).toEqual(message);
   });
