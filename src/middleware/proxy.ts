@@ -118,10 +118,11 @@ export function createProxy(options: ProxyOptions): Middleware {
       let stopRateWatch = () => {};
       /**
        * The idle timeout, exact: undici checks its own headers/body timeouts on a timer wheel of ~0.5 s (they
-       * fired up to ~1 s late; they stay as a backstop). Armed when undici starts the request on a connection,
-       * refreshed by every byte either way. Before that, `queued` bounds the wait for a connection by the same
+       * fired up to ~1 s late; they stay as a backstop). Restarted when undici starts the request on a
+       * connection and by every byte either way; before that it bounds the wait for a connection by the same
        * time: behind a service that answers nothing, each round of `maxSockets` requests ahead of a queued one
-       * used to add a whole timeout to its wait (9 s for a 3 s timeout, about 50 s with the defaults).
+       * used to add a whole timeout to its wait (9 s for a 3 s timeout, about 50 s with the defaults). One timer
+       * for both: a request pays one.
        */
       let idle: NodeJS.Timeout | undefined;
       const touch = () => idle?.refresh();
@@ -167,12 +168,14 @@ export function createProxy(options: ProxyOptions): Middleware {
         done();
       };
       res.once('close', onClientClose);
-      const queued = setTimeout(function connectionWaitTimeout() {
+      idle = setTimeout(function idleTimeout() {
+        // A client that does not read its response is not the service's silence.
+        if (upstream && res.writableNeedDrain) return void idle!.refresh();
         exchange.timedOut = true;
-        exchange.waitedForConnection = true;
-        cut(`no connection to the service was free within ${route.timeoutMs} ms`, 'upstream_timeout');
+        exchange.waitedForConnection = !upstream;
+        cut(upstream ? `the service sent nothing for ${route.timeoutMs} ms` : `no connection to the service was free within ${route.timeoutMs} ms`, 'upstream_timeout');
       }, route.timeoutMs);
-      timers.push(queued);
+      timers.push(idle);
       /** The service answered something the gateway cannot pass on (before anything was sent): 502, the instance not blamed. */
       const badResponse = (controller: Dispatcher.DispatchController, why: string) => {
         exchange.badResponse = why;
@@ -219,20 +222,13 @@ export function createProxy(options: ProxyOptions): Middleware {
         },
         {
           onRequestStart(controller) {
-            clearTimeout(queued);
             upstream = controller;
             // Queued for a connection while the client left, overflowed the body limit or the deadline passed.
             if (exchange.bodyTooLarge || settled) {
               controller.abort(new Error('the exchange is already over'));
               return;
             }
-            idle = setTimeout(function idleTimeout() {
-              // A client that does not read its response is not the service's silence.
-              if (res.writableNeedDrain) return void idle!.refresh();
-              exchange.timedOut = true;
-              cut(`the service sent nothing for ${route.timeoutMs} ms`, 'upstream_timeout');
-            }, route.timeoutMs);
-            timers.push(idle);
+            touch();
           },
           onResponseStart(controller, statusCode, upstreamHeaders, statusMessage) {
             touch();
