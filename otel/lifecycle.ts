@@ -154,13 +154,19 @@ const CONNECT_LINGER_MS = 1000;
  * over on 'connect' and, with no listener, closes it without a word, so the client got no answer and nothing
  * recorded it. The gateway opens no tunnels: 405 with the methods it serves and a request id, recorded as the
  * parser's refusals are, then the connection closes. (A CONNECT pipelined behind a request still being answered
- * is left to Node, which closes the connection once that answer is out: no 405 can follow it there.)
+ * gets no 405: the connection closes once that answer is out, as Node closed it.)
  */
 function refuseConnect(socket: Socket, recordRejected: (rejected: Omit<RejectedRequest, 'spanContext'>, socket: Socket) => void): void {
-  // Node no longer watches this socket: a client's reset must not become an uncaught error.
+  // Node no longer watches this socket (no timer of the server's covers it): a client's reset must not become an
+  // uncaught error, and nothing may leave it open.
   socket.on('error', () => socket.destroy());
   const inFlight = inFlightResponse(socket);
-  if ((inFlight && !inFlight.writableFinished) || !socket.writable) return;
+  if (inFlight && !inFlight.writableFinished) {
+    // Its answer goes out as it will (it is bounded like any other); then the connection is closed.
+    inFlight.once('close', () => socket.destroy());
+    return;
+  }
+  if (!socket.writable) return void socket.destroy();
   const problem = { status: 405, title: 'Method not allowed', code: 'method_not_allowed', detail: 'The gateway opens no tunnels (CONNECT).', headers: { Allow: HTTP_METHODS.join(', ') } };
   const requestId = endWithProblem(socket, problem);
   socket.setTimeout(CONNECT_LINGER_MS, () => socket.destroy());

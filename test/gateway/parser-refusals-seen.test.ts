@@ -129,6 +129,12 @@ describe('requests the HTTP parser refuses are seen', () => {
     expect(await counted()).toBe(countBefore + 1);
   });
 
+  // No server timer covers a socket handed over on 'connect': it stayed open for good (a free connection slot each).
+  it('closes a connection whose CONNECT came pipelined behind a request, once that answer is out', async () => {
+    const answer = await exchange(gateway.url, `GET /health HTTP/1.1\r\nHost: ${host()}\r\n\r\nCONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n`);
+    expect([...answer.matchAll(/^HTTP\/1\.1 (\d{3}) /gm)].map((match) => match[1])).toEqual(['200']);
+  });
+
   // Node reports the end of a connection mid-body as a parse error (HPE_INVALID_EOF_STATE).
   it('records an upload the client abandoned as a client that left (499), not as a request it could not parse', async () => {
     const { port } = new URL(gateway.url);
