@@ -131,7 +131,7 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
   // The headers the pipeline set so far stay (traceresponse, HSTS, CORS), as on any error it answers. The
   // pipeline then finds its response ended (Koa's respond and the error handler leave it alone) and the
   // request aborted.
-  if (inFlight) return answerProblem(inFlight, problem);
+  if (inFlight) return void answerProblem(inFlight, problem);
   // Nothing of the request can be trusted (its X-Request-Id included), but the answer still carries an id.
   const requestId = endWithProblem(socket, problem);
   // A connection that never sent a byte (a browser's or a balancer's pre-connect) timed out: no request to record.
@@ -146,6 +146,8 @@ function endWithProblem(socket: Socket, problem: ServerProblem): string {
   return requestId;
 }
 
+const CONNECT_REFUSED: ServerProblem = { status: 405, title: 'Method not allowed', code: 'method_not_allowed', detail: 'The gateway opens no tunnels (CONNECT).', headers: { Allow: HTTP_METHODS.join(', ') } };
+
 /** How long a refused CONNECT's connection stays open for its answer to be read, ms. */
 const CONNECT_LINGER_MS = 1000;
 
@@ -156,7 +158,13 @@ const CONNECT_LINGER_MS = 1000;
  * parser's refusals are, then the connection closes. (A CONNECT pipelined behind a request still being answered
  * gets no 405: the connection closes once that answer is out, as Node closed it.)
  */
-function refuseConnect(socket: Socket, recordRejected: (rejected: Omit<RejectedRequest, 'spanContext'>, socket: Socket) => void): void {
+function refuseConnect(request: http.IncomingMessage, socketOrResponse: Socket | Http2ServerResponse, recordRejected: (rejected: Omit<RejectedRequest, 'spanContext'>, socket: Socket) => void): void {
+  if (socketOrResponse instanceof http2.Http2ServerResponse) {
+    // An HTTP/2 CONNECT stream: answered on it, the connection serves on.
+    const requestId = answerProblem(socketOrResponse, CONNECT_REFUSED);
+    return recordRejected({ status: CONNECT_REFUSED.status, code: CONNECT_REFUSED.code, requestId, method: 'CONNECT' }, request.socket);
+  }
+  const socket = socketOrResponse;
   // Node no longer watches this socket (no timer of the server's covers it): a client's reset must not become an
   // uncaught error, and nothing may leave it open.
   socket.on('error', () => socket.destroy());
@@ -167,10 +175,9 @@ function refuseConnect(socket: Socket, recordRejected: (rejected: Omit<RejectedR
     return;
   }
   if (!socket.writable) return void socket.destroy();
-  const problem = { status: 405, title: 'Method not allowed', code: 'method_not_allowed', detail: 'The gateway opens no tunnels (CONNECT).', headers: { Allow: HTTP_METHODS.join(', ') } };
-  const requestId = endWithProblem(socket, problem);
+  const requestId = endWithProblem(socket, CONNECT_REFUSED);
   socket.setTimeout(CONNECT_LINGER_MS, () => socket.destroy());
-  recordRejected({ status: problem.status, code: problem.code, requestId, method: 'CONNECT' }, socket);
+  recordRejected({ status: CONNECT_REFUSED.status, code: CONNECT_REFUSED.code, requestId, method: 'CONNECT' }, socket);
 }
 
 /**
@@ -290,14 +297,14 @@ const REQUEST_TIMEOUT: ServerProblem = { status: 408, title: 'Request timeout', 
 /** A response of either protocol the pipeline is handling. */
 type PipelineResponse = http.ServerResponse | Http2ServerResponse;
 
-/** Answers a request the pipeline has not answered yet with a server problem (problemAnswer). */
-function answerProblem(response: PipelineResponse, problem: ServerProblem): void {
+/** Answers a request the pipeline has not answered yet with a server problem (problemAnswer); returns its request id. */
+function answerProblem(response: PipelineResponse, problem: ServerProblem): string {
   markServerAnswer(response, problem.code);
-  const { body, headers } = problemAnswer(response.getHeader(HEADER.requestId), problem);
+  const { body, headers, requestId } = problemAnswer(response.getHeader(HEADER.requestId), problem);
   if (response instanceof http.ServerResponse) {
     response.writeHead(problem.status, problem.title, headers);
     response.end(body);
-    return;
+    return requestId;
   }
   // HTTP/2 has no reason phrase and no connection-specific header: the stream ends, not the connection. A
   // client still sending its request is told to stop without error once the answer is whole (RFC 9113 8.1).
@@ -307,6 +314,7 @@ function answerProblem(response: PipelineResponse, problem: ServerProblem): void
   response.end(body, () => {
     if (!stream.destroyed && !stream.closed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
   });
+  return requestId;
 }
 
 /**
@@ -316,7 +324,7 @@ function answerProblem(response: PipelineResponse, problem: ServerProblem): void
  * that left.
  */
 export function answerHttp2RequestTimeout(response: Http2ServerResponse): void {
-  if (!response.headersSent) return answerProblem(response, REQUEST_TIMEOUT);
+  if (!response.headersSent) return void answerProblem(response, REQUEST_TIMEOUT);
   markServerAnswer(response, REQUEST_TIMEOUT.code);
   if (!response.stream.destroyed) response.stream.close(http2.constants.NGHTTP2_CANCEL);
 }
@@ -413,7 +421,11 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   if (options.appChecksHost) (server as PublicServer & { requireHostHeader: boolean }).requireHostHeader = false;
   const recordRejected = rejectionRecorder(options.tracer ?? trace.getTracer(options.name), logger, options.onRejected);
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => answerClientError(error, socket, recordRejected));
-  server.on('connect', (_request: http.IncomingMessage, socket: Socket) => refuseConnect(socket, recordRejected));
+  // The HTTP/2 server emits 'connect' too, for a CONNECT stream, with its compatibility response: that one is an
+  // ordinary request to the pipeline (which refuses it in problem+json), not a socket to write HTTP/1.1 on.
+  // The HTTP/2 server emits 'connect' too, for a CONNECT stream, with its compatibility response (not a socket to
+  // write HTTP/1.1 on: that was a `:status 200` carrying the text of a 405).
+  server.on('connect', (request: http.IncomingMessage, socketOrResponse: Socket | Http2ServerResponse) => refuseConnect(request, socketOrResponse, recordRejected));
   // Per connection (not per request): what the drain bound still finds in flight is answered or cut at close.
   const sockets = new Set<Socket>();
   server.on(server instanceof tls.Server ? 'secureConnection' : 'connection', (socket: Socket) => {

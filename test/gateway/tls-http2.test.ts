@@ -404,6 +404,17 @@ describe('TLS termination and HTTP/2', () => {
       await expectStillServing();
     });
 
+    // Node's HTTP/2 server hands a CONNECT stream to the 'connect' listener HTTP/1.1 uses: it got `:status 200`
+    // (a proxy client's "tunnel open") carrying the text of an HTTP/1.1 405.
+    it('answers CONNECT with 405 problem+json and a request id, opening no tunnel, and serves on', async () => {
+      const reply = await h2Request(session, { ':method': 'CONNECT', ':authority': 'example.com:443' });
+      expect(reply.status).toBe(405);
+      expect(reply.headers['content-type']).toBe('application/problem+json');
+      expect(reply.headers.allow).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
+      expect(JSON.parse(reply.text)).toMatchObject({ status: 405, code: 'method_not_allowed', requestId: reply.headers[HEADER.requestId] });
+      await expectStillServing();
+    });
+
     // Over HTTP/1.1 Node's parser answers 431; nghttp2 would reset the stream unseen (and, before the client
     // acknowledged the SETTINGS announcing its bound, let the list through to a service).
     it('answers a header list over the HTTP/1 bound with 431 problem+json and the request id, reaching no service', async () => {
