@@ -162,7 +162,7 @@ export function upstreamUnreachable(failure: unknown): boolean {
  * Whether the service answered, but not with HTTP the gateway can read: llhttp's refusals (undici's
  * HTTPParserError, whose `code` may be unset), a header block over the limit.
  */
-export function upstreamAnswerMalformed(failure: unknown): boolean {
+function upstreamAnswerMalformed(failure: unknown): boolean {
   const code = networkErrorCode(failure);
   if (code !== undefined) return code.startsWith('HPE_') || code === 'UND_ERR_HEADERS_OVERFLOW';
   return (failure as { name?: unknown } | undefined)?.name === 'HTTPParserError';

@@ -4,7 +4,7 @@ import { context, trace, type Context as OtelContext, type Span, type Tracer } f
 import type { Context as KoaContext, Middleware } from 'koa';
 import { Agent, type Dispatcher } from 'undici';
 import { ATTR, METRIC_LABEL } from '../../otel/wire-names';
-import { GatewayError, upstreamAnswerMalformed, upstreamFailure, upstreamUnreachable, type ErrorCode } from '../errors';
+import { GatewayError, upstreamFailure, upstreamUnreachable, type ErrorCode } from '../errors';
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
 import type { RouteHeaderRules } from '../header-rules';
@@ -92,7 +92,7 @@ export function createProxy(options: ProxyOptions): Middleware {
   const hasRoom = (instance: UpstreamInstance) => (inFlight.get(instance) ?? 0) < capacity;
 
   /** One attempt against one instance; settles when the attempt is over, never rejects. */
-  function forward(ctx: KoaContext, instance: UpstreamInstance, attempt: number, parent: OtelContext, route: CompiledRoute, corsApplied: boolean): Promise<Exchange> {
+  function forward(ctx: KoaContext, instance: UpstreamInstance, attempt: number, parent: OtelContext, route: CompiledRoute, corsApplied: boolean, deadlineAt: number): Promise<Exchange> {
     const { req, res } = ctx;
     const path = ctx.state.upstreamPath!;
     const exchange: Exchange = { span: startUpstreamSpan(options.tracer, { method: req.method!, instance, path, service: route.service, attempt }, parent) };
@@ -182,12 +182,15 @@ export function createProxy(options: ProxyOptions): Middleware {
         controller.abort(new Error(`the service's response was refused: ${why}`));
       };
 
-      // Covers the wait for a connection, the upload and the whole response.
+      // Covers the wait for a connection, the upload and the whole response, of every attempt together.
       timers.push(
-        setTimeout(() => {
-          exchange.deadlineExceeded = true;
-          cut('the exchange outlived its deadline', 'upstream_timeout');
-        }, route.deadlineMs),
+        setTimeout(
+          () => {
+            exchange.deadlineExceeded = true;
+            cut('the exchange outlived its deadline', 'upstream_timeout');
+          },
+          Math.max(0, deadlineAt - performance.now()),
+        ),
       );
 
       if (withBody) {
@@ -311,6 +314,9 @@ export function createProxy(options: ProxyOptions): Middleware {
     // A retry resends the request, so only requests without a body that are safe to repeat get one.
     const replayable = isReplayable(ctx.method, ctx.req.headers);
     const tried = new Set<UpstreamInstance>();
+    /** Instances this request already counted a failure against: retries on one are one failure of it, not three. */
+    const blamed = new Set<UpstreamInstance>();
+    const deadlineAt = performance.now() + route.deadlineMs;
 
     for (let attempt = 1; ; attempt++) {
       const instance = pickWithRoom(pool, tried, hasRoom);
@@ -322,7 +328,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       }
       tried.add(instance);
       const started = performance.now();
-      const exchange = await forward(ctx, instance, attempt, parent, route, corsApplied);
+      const exchange = await forward(ctx, instance, attempt, parent, route, corsApplied, deadlineAt);
       const outcome = outcomeOf(exchange);
       endUpstreamSpan(exchange.span, outcome, exchange.status, exchange.failure);
       // Per attempt and until the client had the whole response: a retried request is two observations.
@@ -332,13 +338,16 @@ export function createProxy(options: ProxyOptions): Middleware {
       }
       serverSpan?.setAttribute(ATTR.upstreamService, route.service).setAttribute(ATTR.upstreamUrl, instance.origin).setAttribute(ATTR.upstreamOutcome, outcome).setAttribute(ATTR.upstreamAttempts, attempt);
       if (outcome === 'ok') pool.reportSuccess(instance);
-      else if (INSTANCE_FAILURES.has(outcome)) pool.reportFailure(instance, outcome);
+      else if (INSTANCE_FAILURES.has(outcome) && !blamed.has(instance)) {
+        blamed.add(instance);
+        pool.reportFailure(instance, outcome);
+      }
 
       const retryable = replayable && (outcome === 'refused' || outcome === 'reset') && exchange.status === undefined && !ctx.res.headersSent;
       // Another instance first. With none left, a reset before any answer is retried on the same one: it is most
       // often a kept-alive connection the service closed just as it was reused (a race every keep-alive client
       // meets), and the retry goes out on another connection. A refused connection would only be refused again.
-      const retryOn = !retryable || attempt > MAX_RETRIES ? undefined : pool.pick(tried) ? 'another' : outcome === 'reset' ? 'same' : undefined;
+      const retryOn = !retryable || attempt > MAX_RETRIES || performance.now() >= deadlineAt ? undefined : pool.pick(tried) ? 'another' : outcome === 'reset' ? 'same' : undefined;
       if (retryOn) {
         if (retryOn === 'same') tried.delete(instance);
         serverSpan?.addEvent('upstream retry', { [ATTR.upstreamUrl]: instance.origin, [ATTR.upstreamOutcome]: outcome, [ATTR.upstreamAttempts]: attempt });
@@ -356,14 +365,15 @@ export function createProxy(options: ProxyOptions): Middleware {
           throw bodyTooSlowError(bodyRate);
         case 'deadline':
           throw new GatewayError('upstream_timeout', `The exchange with the ${route.service} service did not finish within ${route.deadlineMs} ms.`);
+        case 'no_connection':
+          // Not the instance's failure (its connections may all be busy with healthy long answers): busy, as when
+          // the queue is full; the requests holding the connections time out on their own if it is hung.
+          throw new GatewayError('upstream_busy', `No connection to the ${route.service} service came free within ${route.timeoutMs} ms; try again shortly.`);
         case 'timeout':
-          if (exchange.waitedForConnection) throw new GatewayError('upstream_timeout', `Waited ${route.timeoutMs} ms for a connection to the ${route.service} service (it is not finishing the requests it has, or not accepting connections).`);
           throw new GatewayError('upstream_timeout', `The ${route.service} service sent nothing for ${route.timeoutMs} ms.`, { cause: exchange.failure });
         case 'aborted_by_upstream':
           throw new GatewayError('upstream_reset', `The ${route.service} service closed the connection mid-response.`);
         case 'bad_response':
-          // A response refused by the gateway's own rules, or one llhttp could not read (exchange.failure).
-          if (exchange.badResponse === undefined) throw upstreamFailure(route.service, exchange.failure);
           throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with ${exchange.badResponse}.`);
         default:
           throw upstreamFailure(route.service, exchange.failure);
@@ -445,10 +455,12 @@ function outcomeOf(exchange: Exchange): UpstreamOutcome {
   if (exchange.bodyTooLarge) return 'body_too_large';
   if (exchange.bodyTooSlow) return 'body_too_slow';
   if (exchange.deadlineExceeded) return 'deadline';
-  if (exchange.timedOut) return 'timeout';
+  if (exchange.timedOut) return exchange.waitedForConnection ? 'no_connection' : 'timeout';
   if (exchange.upstreamAborted) return 'aborted_by_upstream';
   if (exchange.clientClosed) return 'client_closed';
-  if (exchange.failure) return upstreamUnreachable(exchange.failure) ? 'refused' : upstreamAnswerMalformed(exchange.failure) ? 'bad_response' : 'reset';
+  // An answer that is not HTTP counts as a failed connection (retried elsewhere, ejecting an instance that keeps
+  // sending it); only its error code says what it was (upstreamFailure: upstream_bad_response).
+  if (exchange.failure) return upstreamUnreachable(exchange.failure) ? 'refused' : 'reset';
   return 'ok';
 }
 

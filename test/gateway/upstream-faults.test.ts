@@ -322,12 +322,74 @@ describe('upstream faults', () => {
 });
 
 describe('keep-alive races and connection queues (one instance, as the shipped config has)', () => {
-  /** A stack whose orders route goes to `upstreamUrl`, with `proxy` settings on top. */
-  const stackFor = (upstreamUrl: string, proxy: Record<string, unknown> = {}) =>
+  /** A stack whose orders route goes to `upstreamUrl`, with `proxy` settings on top, ejecting the instance after `ejectAfterFailures`. */
+  const stackFor = (upstreamUrl: string, proxy: Record<string, unknown> = {}, ejectAfterFailures = 1000) =>
     startStack({
       serviceUrls: { orders: upstreamUrl },
-      overrides: { proxy, services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 1000 }, notifications: { url: 'http://placeholder' } } },
+      overrides: { proxy, services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures }, notifications: { url: 'http://placeholder' } } },
     });
+
+  /** A raw service: `onRequest` gets each request's socket (its first bytes read); returns its URL and a close that ends every connection. */
+  async function rawService(onRequest: (socket: net.Socket) => void) {
+    const open = new Set<net.Socket>();
+    const server = net.createServer((socket) => {
+      open.add(socket);
+      socket.once('close', () => open.delete(socket));
+      socket.on('error', () => undefined);
+      socket.once('data', () => onRequest(socket));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return {
+      url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+      close: async () => {
+        for (const socket of open) socket.destroy();
+        await new Promise((resolve) => server.close(resolve));
+      },
+    };
+  }
+
+  it('counts one failure of the instance for a request retried on it, not one per attempt (one GET ejected the only instance)', async () => {
+    let requests = 0;
+    const resets = await rawService((socket) => {
+      requests++;
+      socket.resetAndDestroy();
+    });
+    const stack = await stackFor(resets.url, {}, 3);
+    try {
+      const token = await login(stack.gateway.url);
+      const first = await fetch(`${stack.gateway.url}/api/orders/1`, { headers: { authorization: `Bearer ${token}` } });
+      expect([first.status, ((await first.json()) as { code: string }).code]).toEqual([502, 'upstream_reset']);
+      expect(requests).toBe(3);
+      // One failure of three: the instance still gets the next request (three counted failures ejected it: 503).
+      const second = await fetch(`${stack.gateway.url}/api/orders/2`, { headers: { authorization: `Bearer ${token}` } });
+      expect(((await second.json()) as { code: string }).code).toBe('upstream_reset');
+      expect(requests).toBe(6);
+    } finally {
+      await stack.close();
+      await resets.close();
+    }
+  });
+
+  it('holds retries to the route deadline: an attempt begun near it is cut there, and none begins after it', async () => {
+    let requests = 0;
+    // Each request is reset after 600 ms: the second attempt starts at ~600 ms, the 1000 ms deadline cuts it.
+    const slowResets = await rawService((socket) => {
+      requests++;
+      setTimeout(() => socket.resetAndDestroy(), 600);
+    });
+    const stack = await stackFor(slowResets.url, { deadlineMs: 1000, timeoutMs: 5000 });
+    try {
+      const token = await login(stack.gateway.url);
+      const response = await fetch(`${stack.gateway.url}/api/orders/1`, { method: 'DELETE', headers: { authorization: `Bearer ${token}` } });
+      expect(response.status).toBe(504);
+      expect(await response.json()).toMatchObject({ code: 'upstream_timeout', detail: expect.stringMatching(/did not finish within 1000 ms/) });
+      // Each attempt used to get a deadline of its own: three attempts, 502 after ~1.8 s.
+      expect(requests).toBe(2);
+    } finally {
+      await stack.close();
+      await slowResets.close();
+    }
+  });
 
   it('retries a GET the service reset on a reused keep-alive connection, on another connection to the same instance', async () => {
     // The race made certain: each connection answers its first request (keep-alive, no Keep-Alive hint, as Go and
@@ -389,9 +451,27 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
     }
   });
 
-  it('answers a request still waiting for a connection after the route timeout with 504, saying it waited for one', async () => {
+  it('retries a GET an instance answered with bytes that are not HTTP on the other one, and ejects the broken one', async () => {
+    const garbage = await rawService((socket) => socket.write('SSH-2.0-OpenSSH_9.2\r\n'));
+    const good = await listen((_req, res) => res.end('{}'));
+    const stack = await stackFor(`${garbage.url},${good.url}`, {}, 3);
+    try {
+      const token = await login(stack.gateway.url);
+      const statuses: number[] = [];
+      for (let i = 0; i < 20; i++) statuses.push((await fetch(`${stack.gateway.url}/api/orders/${i}`, { headers: { authorization: `Bearer ${token}` } })).status);
+      // Taken for a response it could not forward, the broken instance was neither retried away from nor ejected: half were 502.
+      expect(statuses).toEqual(Array(20).fill(200));
+    } finally {
+      await stack.close();
+      await garbage.close();
+      await good.close();
+    }
+  });
+
+  it('answers a request still waiting for a connection after the route timeout with 503 upstream_busy, not blaming the instance', async () => {
     // One connection, held by a response that keeps trickling (never idle): the next request can only queue.
     const trickling = await listen((req, res) => {
+      if (!req.url?.endsWith('/long')) return void res.end('ok');
       res.writeHead(200, { 'content-type': 'text/plain' });
       const drip = setInterval(() => res.write('.'), 100);
       const stop = setTimeout(() => res.end(), 5000);
@@ -401,7 +481,8 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
       });
       req.resume();
     });
-    const stack = await stackFor(trickling.url, { timeoutMs: 1000, deadlineMs: 30_000, maxSockets: 1, maxPendingRequests: 5 });
+    // Ejected after one failure: the busy wait must not count as the healthy instance's.
+    const stack = await stackFor(trickling.url, { timeoutMs: 1000, deadlineMs: 30_000, maxSockets: 1, maxPendingRequests: 5 }, 1);
     try {
       const token = await login(stack.gateway.url);
       const holder = http.get(`${stack.gateway.url}/api/orders/long`, { headers: { authorization: `Bearer ${token}` } }, (response) => response.resume());
@@ -409,9 +490,14 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
       await new Promise((resolve) => holder.once('response', resolve));
       const queued = await fetch(`${stack.gateway.url}/api/orders/queued`, { headers: { authorization: `Bearer ${token}` } });
       // It used to wait for the connection (5 s here, each round of maxSockets another timeout behind a hung service).
-      expect(queued.status).toBe(504);
-      expect(await queued.json()).toMatchObject({ code: 'upstream_timeout', detail: expect.stringMatching(/^Waited 1000 ms for a connection to the orders service/) });
+      expect(queued.status).toBe(503);
+      expect(queued.headers.get('retry-after')).not.toBeNull();
+      expect(await queued.json()).toMatchObject({ code: 'upstream_busy', detail: expect.stringMatching(/^No connection to the orders service came free within 1000 ms/) });
       holder.destroy();
+      // Not the instance's failure: it is still in rotation (ejected, it would answer 503 upstream_unavailable).
+      const after = await fetch(`${stack.gateway.url}/api/orders/after`, { headers: { authorization: `Bearer ${token}` } });
+      expect(after.status).toBe(200);
+      await after.arrayBuffer();
     } finally {
       await stack.close();
       await trickling.close();
