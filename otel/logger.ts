@@ -182,12 +182,22 @@ const stdoutLines = (() => {
   /** stdout failed (its reader went away: EPIPE): every line is dropped from then on. */
   let failed: string | undefined;
   let dropped = 0;
+  /** `dropped` as last said on stderr. */
+  let reported = 0;
+  let awaitingDrain = false;
   let reportedAt = -Infinity;
-  const reportDropped = (why: string) => {
-    const now = Date.now();
-    if (now - reportedAt < DROP_REPORT_INTERVAL_MS) return;
-    reportedAt = now;
+  const sayDropped = (why: string) => {
+    reportedAt = Date.now();
+    reported = dropped;
     process.stderr.write(`log: ${dropped} line(s) dropped so far: ${why}\n`);
+  };
+  const reportDropped = (why: string) => {
+    if (Date.now() - reportedAt >= DROP_REPORT_INTERVAL_MS) sayDropped(why);
+  };
+  // The count at the end (and once lines flow again) is said whatever the interval: the first report of an
+  // outage is made at its first drop, when the count is still small.
+  const reportSettled = (why: string) => {
+    if (dropped > reported) sayDropped(why);
   };
   // A reader that goes away (a log shipper restarted, `| tee` killed) must not take the process with it: with no
   // 'error' listener, the EPIPE of the next write ended the gateway, every worker and the primary. Lines still go
@@ -204,13 +214,23 @@ const stdoutLines = (() => {
     const chunk = pending;
     pending = '';
     if (failed !== undefined || process.stdout.writableLength > STDOUT_BACKLOG_BYTES) {
+      if (!awaitingDrain && failed === undefined) {
+        awaitingDrain = true;
+        process.stdout.once('drain', () => {
+          awaitingDrain = false;
+          reportSettled('stdout is read again');
+        });
+      }
       for (let at = chunk.indexOf('\n'); at !== -1; at = chunk.indexOf('\n', at + 1)) dropped++;
       reportDropped(failed === undefined ? `stdout is not being read (over ${STDOUT_BACKLOG_BYTES} bytes waiting)` : `stdout failed (${failed})`);
       return;
     }
     process.stdout.write(chunk);
   };
-  process.once('exit', flush);
+  process.once('exit', () => {
+    flush();
+    reportSettled('at exit');
+  });
   return {
     write(line: string) {
       pending += line;

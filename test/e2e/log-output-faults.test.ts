@@ -58,6 +58,11 @@ describe('when whatever reads the log goes away or stops reading', () => {
       const before = gateway.lines.length;
       await getMany(url, '/health?after=resume', 1);
       await waitFor(() => gateway.lines.slice(before).some((line) => line.url === '/health?after=resume'), 'a line written again', 15_000);
+      // Once lines flow again the whole count is said, not only the one at the first drop (which is near 0).
+      await waitFor(() => /stdout is read again/.test(gateway.stderr()), 'the count once stdout is read again', 15_000);
+      const counts = [...gateway.stderr().matchAll(/log: (\d+) line\(s\) dropped so far/g)].map((match) => Number(match[1]));
+      const written = gateway.lines.filter((line) => typeof line.url === 'string' && line.url.startsWith('/health?pad=')).length;
+      expect(counts.at(-1)).toBe(3000 - written);
     } finally {
       gateway.child.kill('SIGKILL');
       await exitOf(gateway.child);
