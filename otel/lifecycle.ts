@@ -277,8 +277,22 @@ function problemAnswer(chosen: unknown, problem: ServerProblem): { body: string;
 /** Why the server itself answered or cut a response the pipeline was handling (its error code). */
 const serverAnswers = new WeakMap<object, string>();
 
-function markServerAnswer(response: object, code: string): void {
+export function markServerAnswer(response: object, code: string): void {
   serverAnswers.set(response, code);
+}
+
+/** HTTP/2 streams the gateway itself reset: a client's rapid-reset budget (src/tls.ts) counts only the client's. */
+const gatewayResets = new WeakSet<http2.Http2Stream>();
+
+/** Resets an HTTP/2 stream on the gateway's decision (a cut answer, a timeout), marked as such. */
+export function resetStream(stream: http2.Http2Stream, code: number): void {
+  gatewayResets.add(stream);
+  if (!stream.destroyed && !stream.closed) stream.close(code);
+}
+
+/** Whether the gateway, not the client, reset this stream. */
+export function resetByGateway(stream: http2.Http2Stream): boolean {
+  return gatewayResets.has(stream);
 }
 
 /**
@@ -326,7 +340,7 @@ function answerProblem(response: PipelineResponse, problem: ServerProblem): stri
 export function answerHttp2RequestTimeout(response: Http2ServerResponse): void {
   if (!response.headersSent) return void answerProblem(response, REQUEST_TIMEOUT);
   markServerAnswer(response, REQUEST_TIMEOUT.code);
-  if (!response.stream.destroyed) response.stream.close(http2.constants.NGHTTP2_CANCEL);
+  resetStream(response.stream, http2.constants.NGHTTP2_CANCEL);
 }
 
 /** How long close() waits, past the drain bound, for cut requests to settle before flushing telemetry, ms. */

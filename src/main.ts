@@ -124,7 +124,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     config.metrics.port === undefined || metrics === undefined || worker ? undefined : await listenMetrics(metrics, { port: config.metrics.port, host: config.metrics.host, timeouts, logger });
   if (metricsListener) logger.info('metrics listener started', { url: metricsListener.url, endpoints: ['/metrics'] });
   // HTTPS with HTTP/2 when `tls` is set (src/tls.ts); rotated certificates are read again on SIGHUP, open connections kept.
-  const tlsServer = config.tls ? createTlsServer({ tls: config.tls, timeouts, logger }) : undefined;
+  const tlsServer = config.tls ? createTlsServer({ tls: config.tls, timeouts, sendTimeoutMs: config.server.sendTimeoutMs, logger }) : undefined;
   if (tlsServer) onHangup(() => tlsServer.reloadCertificates());
   let redirectListener: RedirectListener | undefined;
   const running = await runServer({

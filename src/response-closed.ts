@@ -1,6 +1,6 @@
 import http2 from 'node:http2';
 import type { Context } from 'koa';
-import { serverAnswerCode } from '../otel/lifecycle';
+import { resetStream, serverAnswerCode } from '../otel/lifecycle';
 
 /**
  * Runs `callback` once the response is really over (finished, or aborted by the client), after the callbacks
@@ -43,7 +43,7 @@ export function recordedStatus(ctx: Context): number {
 export function cutResponse(ctx: Context): void {
   const response: unknown = ctx.res;
   if (response instanceof http2.Http2ServerResponse) {
-    if (!response.stream.destroyed) response.stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    resetStream(response.stream, http2.constants.NGHTTP2_INTERNAL_ERROR);
     return;
   }
   ctx.res.destroy();

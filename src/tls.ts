@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { Socket } from 'node:net';
 import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import type { Logger } from '../otel/logger';
-import { answerHttp2RequestTimeout, listenInternal, type PublicServer } from '../otel/lifecycle';
+import { answerHttp2RequestTimeout, listenInternal, markServerAnswer, resetByGateway, resetStream, type PublicServer } from '../otel/lifecycle';
 import type { TlsConfig } from './config';
 import { createHostMatcher } from './middleware/host-guard';
 import { isHttp2Request } from './middleware/http2-requests';
@@ -50,6 +50,8 @@ export interface TlsServerOptions {
   tls: TlsConfig;
   /** Client timeouts, ms, as on the plain listener: whole head, whole request, idle keep-alive. */
   timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
+  /** `server.sendTimeoutMs`: how long a finished answer may wait for an HTTP/2 client to take it. Default 10 s. */
+  sendTimeoutMs?: number;
   logger: Logger;
   /** Where relative file names resolve. Default the working directory. */
   cwd?: string;
@@ -124,7 +126,8 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
         withStreamRequestTimeout(listener as unknown as (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void, timeouts.requestMs),
       );
       secure.setTimeout(http2SessionTimeoutMs(timeouts));
-      secure.on('session', (session: http2.ServerHttp2Session) => guardSession(session, timeouts.keepAliveMs, logger));
+      const sendMs = options.sendTimeoutMs ?? DEFAULT_SEND_TIMEOUT_MS;
+      secure.on('session', (session: http2.ServerHttp2Session) => guardSession(session, timeouts.keepAliveMs, sendMs, logger));
       const sockets = new Set<Socket>();
       secure.on('secureConnection', (socket: Socket) => {
         sockets.add(socket);
@@ -172,9 +175,10 @@ const RESET_WINDOW_MS = 10_000;
  *   (the session timer is as long as a whole request may take, 120 s by default, because it cannot see a stream
  *   waiting for its service).
  */
-function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, logger: Logger): void {
+function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, sendMs: number, logger: Logger): void {
   let open = 0;
   let resets = 0;
+  const finishing = watchFinishedAnswers(sendMs);
   let windowStarted = performance.now();
   let idle: NodeJS.Timeout | undefined;
   const armIdle = () => {
@@ -188,9 +192,12 @@ function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, lo
   session.on('stream', (stream: http2.ServerHttp2Stream) => {
     open++;
     clearTimeout(idle);
+    finishing.add(stream);
     stream.once('close', () => {
-      // Reset before the answer ended: by the client (RST_STREAM), or by the gateway's own request timeout.
-      if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
+      finishing.delete(stream);
+      // Reset before the answer ended by the client (RST_STREAM). The gateway's own resets (a cut answer, a
+      // timeout) are no sign of abuse: counted, a service dying mid-body a hundred times closed its clients.
+      if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && !resetByGateway(stream)) {
         const now = performance.now();
         if (now - windowStarted > RESET_WINDOW_MS) {
           windowStarted = now;
@@ -207,8 +214,59 @@ function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, lo
       if (--open === 0) armIdle();
     });
   });
-  session.once('close', () => clearTimeout(idle));
+  session.once('close', () => {
+    clearTimeout(idle);
+    finishing.stop();
+  });
 }
+
+const DEFAULT_SEND_TIMEOUT_MS = 10_000;
+
+/**
+ * Streams whose answer the gateway has finished (the stream's writable side ended) but the client has not taken:
+ * with a flow-control window of 0 a client holds any answer back (a 404, a 429, a proxied 200: the rate limit does
+ * not bound them), and PINGs keep the session timer from ever firing; the proxy's deadline no longer applies to an
+ * ended response. One sweep per session while streams are open; a stream finished for over `sendMs` is reset
+ * (CANCEL, the gateway's) and its answer recorded `client_read_timeout`.
+ */
+function watchFinishedAnswers(sendMs: number) {
+  const streams = new Set<http2.ServerHttp2Stream>();
+  const endedAt = new WeakMap<http2.ServerHttp2Stream, number>();
+  let sweep: NodeJS.Timeout | undefined;
+  const check = () => {
+    const now = performance.now();
+    for (const stream of streams) {
+      if (!stream.writableEnded || stream.writableFinished || stream.destroyed) continue;
+      const since = endedAt.get(stream);
+      if (since === undefined) endedAt.set(stream, now);
+      else if (now - since >= sendMs) {
+        const response = answerOf.get(stream);
+        if (response) markServerAnswer(response, 'client_read_timeout');
+        resetStream(stream, http2.constants.NGHTTP2_CANCEL);
+      }
+    }
+  };
+  const stop = () => {
+    clearInterval(sweep);
+    sweep = undefined;
+  };
+  return {
+    add(stream: http2.ServerHttp2Stream) {
+      streams.add(stream);
+      if (sweep) return;
+      sweep = setInterval(check, Math.min(1000, Math.max(50, sendMs / 4)));
+      sweep.unref();
+    },
+    delete(stream: http2.ServerHttp2Stream) {
+      streams.delete(stream);
+      if (streams.size === 0) stop();
+    },
+    stop,
+  };
+}
+
+/** Each HTTP/2 stream's compatibility response, for the answer's record when the gateway resets the stream. */
+const answerOf = new WeakMap<http2.ServerHttp2Stream, http2.Http2ServerResponse>();
 
 /**
  * The plain listener's `requestTimeout` (the whole request within `requestMs`) for HTTP/2 streams: Node's
@@ -219,11 +277,12 @@ function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, lo
  * timeout (otel/lifecycle.ts answerHttp2RequestTimeout). HTTP/1.1 requests on this listener are Node's to time.
  */
 function withStreamRequestTimeout(listener: (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void, requestMs: number) {
-  if (requestMs === 0) return listener;
   return (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => {
     // The HTTP/2 compatibility request, not its version: an HTTP/1.1 request line may say `HTTP/2.0` (Node's
     // HTTP/1 parser accepts it), and that request has no stream (createRequestHeadCheck refuses it).
-    if (isHttp2Request(request) && !request.stream.endAfterHeaders) {
+    if (!isHttp2Request(request)) return listener(request, response);
+    answerOf.set(request.stream, response);
+    if (requestMs !== 0 && !request.stream.endAfterHeaders) {
       const { stream } = request;
       const timer = setTimeout(() => {
         // `remoteClose`: the client's END_STREAM arrived (a body read or not, as HTTP/1's parser counts it).

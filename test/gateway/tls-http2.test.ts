@@ -29,9 +29,9 @@ interface Reply {
 const TIMEOUTS = { headersMs: 10_000, requestMs: 120_000, keepAliveMs: 5_000 };
 
 /** An HTTP/2 session to the gateway, trusting the test certificate. */
-function connectH2(origin: string, ca: string): Promise<http2.ClientHttp2Session> {
+function connectH2(origin: string, ca: string, settings: http2.Settings = {}): Promise<http2.ClientHttp2Session> {
   return new Promise((resolve, reject) => {
-    const session = http2.connect(origin, { ca });
+    const session = http2.connect(origin, { ca, settings });
     session.once('connect', () => resolve(session));
     session.once('error', reject);
   });
@@ -608,11 +608,16 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
       serviceUrls: { orders: serviceUrl },
       // The rapid-reset client must reach the proxy (not a 429 answered at once) with every stream.
       env: { RATE_LIMIT_MAX: '100000' },
-      overrides: { tls: { certFile: certificate.certFile, keyFile: certificate.keyFile }, proxy: { timeoutMs: 60_000, deadlineMs: 120_000 } },
+      overrides: {
+        tls: { certFile: certificate.certFile, keyFile: certificate.keyFile },
+        proxy: { timeoutMs: 60_000, deadlineMs: 120_000 },
+        // The one instance breaks off a hundred answers below: it must stay in rotation for each to be cut.
+        services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 100_000 }, notifications: { url: 'http://placeholder' } },
+      },
     });
     const { logger, lines } = memoryLogger('gateway');
     gatewayLog = lines;
-    gateway = await runServer({ app: createGatewayApps(stack.config, { logger, metrics: false }).gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: short, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: short, logger }).create });
+    gateway = await runServer({ app: createGatewayApps(stack.config, { logger, metrics: false }).gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: short, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: short, sendTimeoutMs: 1000, logger }).create });
   });
   afterAll(async () => {
     // The service's connections first: an exchange the gateway failed to end would keep everything else open.
@@ -697,6 +702,49 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
         stream.on('close', () => resolve(stream.rstCode ? `reset ${stream.rstCode}` : 'closed'));
       });
       expect(outcome).toBe(`reset ${http2.constants.NGHTTP2_INTERNAL_ERROR}`);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('counts none of its own resets against the client\'s rapid-reset budget (a service dying mid-body 100 times closed its clients)', async () => {
+    const session = await connectH2(gateway.url, certificate.cert);
+    session.on('error', () => undefined);
+    try {
+      const token = await loginOver(session);
+      const cutOne = () =>
+        new Promise<number | undefined>((resolve) => {
+          const stream = session.request({ ':path': '/api/orders/die-mid-body', authorization: `Bearer ${token}` });
+          stream.on('data', () => undefined);
+          stream.on('error', () => undefined);
+          stream.on('close', () => resolve(stream.rstCode));
+        });
+      const codes: (number | undefined)[] = [];
+      for (let batch = 0; batch < 6; batch++) codes.push(...(await Promise.all(Array.from({ length: 20 }, cutOne))));
+      expect(new Set(codes)).toEqual(new Set([http2.constants.NGHTTP2_INTERNAL_ERROR]));
+      // 120 cuts of the gateway's own: the connection serves on (it was closed with ENHANCE_YOUR_CALM after 100).
+      expect(session.closed || session.destroyed).toBe(false);
+      expect((await h2Request(session, { ':path': '/health' })).status).toBe(200);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('resets the stream of an answer a client holds back with a window of 0 past sendTimeoutMs, and records why', async () => {
+    // A flow-control window of 0: HEADERS go out, the body never can; PINGs would keep the session timer away for good.
+    const session = await connectH2(gateway.url, certificate.cert, { initialWindowSize: 0 });
+    session.on('error', () => undefined);
+    try {
+      const outcome = await new Promise<{ status?: number; rstCode?: number }>((resolve) => {
+        const stream = session.request({ ':path': '/api/nothing-here', [HEADER.requestId]: 'h2-window-0' });
+        let status: number | undefined;
+        stream.on('response', (headers) => (status = Number(headers[':status'])));
+        stream.on('error', () => undefined);
+        stream.on('close', () => resolve({ status, rstCode: stream.rstCode }));
+      });
+      expect(outcome).toEqual({ status: 404, rstCode: http2.constants.NGHTTP2_CANCEL });
+      await waitFor(() => gatewayLog.some((line) => line.message === ACCESS_LINE_MESSAGE && line.request_id === 'h2-window-0'), 'the access line');
+      expect(gatewayLog.filter((line) => line.message === ACCESS_LINE_MESSAGE && line.request_id === 'h2-window-0')).toEqual([expect.objectContaining({ status: 404, error_code: 'client_read_timeout' })]);
     } finally {
       session.destroy();
     }
