@@ -52,6 +52,7 @@ function headerListSize(rawHeaders: readonly string[]): number {
  * Makes an HTTP/2 request (TLS listener, src/tls.ts) mean to the rest of the pipeline what it means on the wire,
  * before anything reads it. Mounted only with `tls`; HTTP/1.1 requests pass untouched.
  * - A header list over the HTTP/1 listener's bound is refused (431), as HTTP/1.1's parser refuses it.
+ * - A `:path` with bytes outside visible ASCII is refused (400), as HTTP/1.1's parser refuses them.
  * - Field names and values HTTP/1.1 could not carry are refused (400): Node's HTTP/2 parser passes a value with
  *   CR LF or NUL, or a name with a space, which the HTTP/1.1 parser would never; forwarded, they would be header
  *   injection into the upstream request.
@@ -64,11 +65,18 @@ function headerListSize(rawHeaders: readonly string[]): number {
  *   does not retry the request); that header is hop-by-hop and never itself reaches a service.
  * Pseudo-headers (`:path`, `:authority`, ...) never reach a service either (src/upstream-headers.ts).
  */
+/** A request target of visible ASCII only (RFC 3986: anything else is percent-encoded). */
+const REQUEST_TARGET = /^[\x21-\x7e]*$/;
+
 export function createHttp2Requests(): Middleware {
   return async function normaliseHttp2Request(ctx, next) {
     const request: IncomingMessage | Http2ServerRequest = ctx.req;
     if (!isHttp2Request(request)) return next();
     if (!HTTP1_METHODS.has(request.method)) throw new GatewayError('bad_request', `HTTP/1.1 could not carry the method ${JSON.stringify(request.method.slice(0, 32))}.`);
+    // `:path` as it came: bytes outside visible ASCII (the overlong `\xC0\xAE` of a dot among them) pass the path
+    // guard's decoding untouched and reach the service, which may read them as it likes; HTTP/1.1's parser
+    // refuses them in the request line.
+    if (!REQUEST_TARGET.test(request.url)) throw new GatewayError('bad_request', 'The request target has characters that must be percent-encoded.');
     const headers = request.headers;
     if (headerListSize(request.rawHeaders) > HTTP2_LIMITS.maxHeaderListSize) throw new GatewayError('headers_too_large', 'The request headers are too large.');
     for (const name in headers) {

@@ -485,6 +485,9 @@ describe('TLS termination and HTTP/2', () => {
         { desc: 'an empty :path', edit: (head: [string, string][]) => head.map(([name, value]): [string, string] => [name, name === ':path' ? '' : value]) },
         { desc: 'a :path without the leading slash', edit: (head: [string, string][]) => head.map(([name, value]): [string, string] => [name, name === ':path' ? 'api/users/2' : value]) },
         { desc: 'a CR LF in :path', edit: (head: [string, string][]) => head.map(([name, value]): [string, string] => [name, name === ':path' ? '/api/users/2\r\nx-user-id: 1' : value]) },
+        // Raw bytes, not percent-encoded: HTTP/1.1's parser refuses them; they passed the path guard's decoding.
+        { desc: 'raw bytes outside ASCII in :path (an overlong UTF-8 dot-dot)', edit: (head: [string, string][]) => head.map(([name, value]): [string, string] => [name, name === ':path' ? '/api/orders/\xc0\xae\xc0\xae/1' : value]) },
+        { desc: 'a raw space in :path', edit: (head: [string, string][]) => head.map(([name, value]): [string, string] => [name, name === ':path' ? '/api/users/2 x' : value]) },
         { desc: 'a Host that names another authority than :authority', edit: (head: [string, string][]) => [...head, ['host', 'evil.example']] },
       ])('refuses a request with $desc (stream reset or 400), reaching no service', async ({ edit }) => {
         const requestId = nextRequestId();
