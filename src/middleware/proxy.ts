@@ -245,6 +245,9 @@ export function createProxy(options: ProxyOptions): Middleware {
             if (unforwardable) return void badResponse(controller, unforwardable);
             const served = withPublicLocations(upstreamHeaders, instance.origin, ctx, route);
             const headers = responseHeaders(served, res, corsApplied);
+            // A 204 has no content (RFC 9110 15.3.5, 8.6: no Content-Length): sent on, a non-zero one made HTTP/2
+            // clients reset the stream and get nothing, while the gateway logged a 204.
+            if (statusCode === 204) delete headers['content-length'];
             rules?.response?.(headers, ctx);
             // HTTP/2 has no reason phrase (RFC 9113 8.3.2); Node warns when one is set on its responses. One Node
             // would refuse to write (obs-text, which undici decodes as UTF-8, or a control) gives way to the standard one.

@@ -17,6 +17,8 @@ const ANSWERS: Record<string, string> = {
   '/orders/early-hints': `HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload; as=style\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/processing': `HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/own-ids': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Request-Id: svc-0f3c2a\r\ntraceresponse: 00-11111111111111111111111111111111-2222222222222222-01\r\nX-RateLimit-Limit: 5000\r\nX-RateLimit-Remaining: 4999\r\nX-RateLimit-Reset: 1\r\nRateLimit: "svc";r=4999;t=1\r\nRateLimit-Policy: "svc";q=5000;w=1\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  // RFC 9110 forbids Content-Length on a 204; HTTP/2 clients (Node's, curl) reset a stream that claims content it does not send.
+  '/orders/no-content-with-length': `HTTP/1.1 204 No Content\r\nContent-Length: 10\r\nConnection: close\r\n\r\n`,
   '/orders/gzip-coded': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n`,
 };
 /** Reason phrases Node refuses to write: ISO-8859-1 obs-text (allowed by RFC 9112), UTF-8 beyond Latin-1, a control. */
@@ -97,6 +99,12 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
       expect(answer.headers[HEADER.requestId]).toMatch(/^[0-9a-f]{32}$/);
     }
     expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
+  });
+
+  it('passes a 204 on without the Content-Length its service wrongly sent', async () => {
+    const answer = await get(`${stack.gateway.url}/api/orders/no-content-with-length`, token);
+    expect(answer.status).toBe(204);
+    expect(answer.headers['content-length']).toBeUndefined();
   });
 
   it('drops 102 Processing and delivers the final answer', async () => {
