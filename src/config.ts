@@ -360,6 +360,8 @@ const configSchema = z
         /** Time a body may take before `minBodyBytesPerSecond` is enforced, ms. Default 5 s. */
         bodyGracePeriodMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(5_000),
       })
+      // Node refuses to start a server whose whole-request bound is under its head bound, in words of its own.
+      .refine((server) => server.requestTimeoutMs === 0 || server.requestTimeoutMs >= server.headersTimeoutMs, { path: ['requestTimeoutMs'], message: 'must be 0 (off) or at least server.headersTimeoutMs' })
       .prefault({}),
     proxy: z
       .strictObject({

@@ -110,6 +110,8 @@ describe('gateway config', () => {
       message: /^config: trustedProxies\.1: must not be a \/0 range/,
     },
     { desc: 'a trusted proxy range of every IPv6 address', patch: (file: any) => Object.assign(file, { trustProxy: true, trustedProxies: ['::/0'] }), message: /^config: trustedProxies\.0: must not be a \/0 range/ },
+    // Node refused to start such a server, in words of its own.
+    { desc: 'a whole-request timeout under the head timeout', patch: (file: any) => (file.server = { headersTimeoutMs: 10_000, requestTimeoutMs: 3000 }), message: /^config: server\.requestTimeoutMs: must be 0 \(off\) or at least server\.headersTimeoutMs/ },
     { desc: 'a route deadline beyond what a Node timer holds', patch: (file: any) => (file.routes[1].deadlineMs = 3e9), message: /^config: routes\.1\.deadlineMs: must be at most 2147483647 ms/ },
     {
       desc: 'a route rule writing Strict-Transport-Security beside tls.hsts (max-age=0 would make browsers forget the policy)',
