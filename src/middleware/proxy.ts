@@ -51,8 +51,10 @@ interface Exchange {
   status?: number;
   failure?: Error;
   timedOut?: boolean;
-  /** The timeout passed while the request still waited for a connection to the instance. */
+  /** The timeout passed while the request still waited for one of the instance's busy connections. */
   waitedForConnection?: boolean;
+  /** The timeout passed while a connection to the instance was still being made (the instance's failure). */
+  neverConnected?: boolean;
   /** The whole exchange outlived the route's deadline. */
   deadlineExceeded?: boolean;
   bodyTooLarge?: boolean;
@@ -109,6 +111,9 @@ export function createProxy(options: ProxyOptions): Middleware {
     injectTraceHeaders(exchange.span, parent, headers);
     const withBody = hasBody(req.headers);
     inFlight.set(instance, (inFlight.get(instance) ?? 0) + 1);
+    // Behind `maxSockets` others: waiting for one of the instance's connections to come free. Otherwise a wait for a
+    // connection is its connection being made: an instance that never completes one (blackholed) is failing.
+    const queuedBehindOthers = inFlight.get(instance)! > options.maxSockets;
 
     return new Promise((settle) => {
       let settled = false;
@@ -172,8 +177,9 @@ export function createProxy(options: ProxyOptions): Middleware {
         // A client that does not read its response is not the service's silence.
         if (upstream && res.writableNeedDrain) return void idle!.refresh();
         exchange.timedOut = true;
-        exchange.waitedForConnection = !upstream;
-        cut(upstream ? `the service sent nothing for ${route.timeoutMs} ms` : `no connection to the service was free within ${route.timeoutMs} ms`, 'upstream_timeout');
+        exchange.waitedForConnection = !upstream && queuedBehindOthers;
+        exchange.neverConnected = !upstream && !queuedBehindOthers;
+        cut(upstream ? `the service sent nothing for ${route.timeoutMs} ms` : `no connection to the service within ${route.timeoutMs} ms`, 'upstream_timeout');
       }, route.timeoutMs);
       timers.push(idle);
       /** The service answered something the gateway cannot pass on (before anything was sent): 502, the instance not blamed. */
@@ -373,10 +379,12 @@ export function createProxy(options: ProxyOptions): Middleware {
           // the queue is full; the requests holding the connections time out on their own if it is hung.
           throw new GatewayError('upstream_busy', `No connection to the ${route.service} service came free within ${route.timeoutMs} ms; try again shortly.`);
         case 'timeout':
+          if (exchange.neverConnected) throw new GatewayError('upstream_timeout', `The ${route.service} service accepted no connection within ${route.timeoutMs} ms.`);
           throw new GatewayError('upstream_timeout', `The ${route.service} service sent nothing for ${route.timeoutMs} ms.`, { cause: exchange.failure });
         case 'aborted_by_upstream':
           throw new GatewayError('upstream_reset', `The ${route.service} service closed the connection mid-response.`);
         case 'bad_response':
+          if (exchange.badResponse === undefined) throw upstreamFailure(route.service, exchange.failure);
           throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with ${exchange.badResponse}.`);
         default:
           throw upstreamFailure(route.service, exchange.failure);
@@ -463,8 +471,17 @@ function outcomeOf(exchange: Exchange): UpstreamOutcome {
   if (exchange.clientClosed) return 'client_closed';
   // An answer that is not HTTP counts as a failed connection (retried elsewhere, ejecting an instance that keeps
   // sending it); only its error code says what it was (upstreamFailure: upstream_bad_response).
-  if (exchange.failure) return upstreamUnreachable(exchange.failure) ? 'refused' : 'reset';
+  if (exchange.failure) return upstreamUnreachable(exchange.failure) ? 'refused' : headersOverflow(exchange.failure) ? 'bad_response' : 'reset';
   return 'ok';
+}
+
+/**
+ * A response header block over the limit: one endpoint's answer (a huge cookie, a debug header), not a broken
+ * instance, so neither retried nor counted against it (502 upstream_bad_response). An answer that is not HTTP at
+ * all is the instance's (retried elsewhere, and ejecting it).
+ */
+function headersOverflow(failure: Error): boolean {
+  return (failure as NodeJS.ErrnoException).code === 'UND_ERR_HEADERS_OVERFLOW';
 }
 
 function bodyTooLarge(limit: number): GatewayError {

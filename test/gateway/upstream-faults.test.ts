@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
@@ -451,6 +452,33 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
     }
   });
 
+  it('counts an instance that accepts no connection (its SYNs dropped) as failing and ejects it, rather than answering busy for good', async () => {
+    // A listening socket whose backlog is full and never accepted: connects to it hang, as to a dead host.
+    const port = await new Promise<number>((resolve) => {
+      const probe = net.createServer().listen(0, '127.0.0.1', () => {
+        const { port: free } = probe.address() as net.AddressInfo;
+        probe.close(() => resolve(free));
+      });
+    });
+    const script = `import socket, time\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', ${port})); s.listen(0)\nfill = []\nfor i in range(3):\n    c = socket.socket(); c.setblocking(False)\n    try: c.connect(('127.0.0.1', ${port}))\n    except BlockingIOError: pass\n    fill.append(c)\ntime.sleep(0.3)\nprint('ready', flush=True)\ntime.sleep(120)\n`;
+    const blackhole = spawn('python3', ['-c', script], { stdio: ['ignore', 'pipe', 'ignore'] });
+    await new Promise((resolve) => blackhole.stdout!.once('data', resolve));
+    const good = await listen((_req, res) => res.end('{}'));
+    const stack = await stackFor(`http://127.0.0.1:${port},${good.url}`, { timeoutMs: 500 }, 3);
+    try {
+      const token = await login(stack.gateway.url);
+      const statuses: number[] = [];
+      for (let i = 0; i < 10; i++) statuses.push((await fetch(`${stack.gateway.url}/api/orders/${i}`, { headers: { authorization: `Bearer ${token}` } })).status);
+      // Every other request went to it and came back 503 upstream_busy, never counted: it was never ejected.
+      expect(statuses.filter((status) => status !== 200).length).toBeLessThanOrEqual(3);
+      expect(statuses.slice(-4)).toEqual([200, 200, 200, 200]);
+    } finally {
+      await stack.close();
+      await good.close();
+      blackhole.kill('SIGKILL');
+    }
+  });
+
   it('retries a GET an instance answered with bytes that are not HTTP on the other one, and ejects the broken one', async () => {
     const garbage = await rawService((socket) => socket.write('SSH-2.0-OpenSSH_9.2\r\n'));
     const good = await listen((_req, res) => res.end('{}'));
@@ -465,6 +493,26 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
       await stack.close();
       await garbage.close();
       await good.close();
+    }
+  });
+
+  it('keeps an instance whose one endpoint answers a header block over the limit (502, neither retried nor counted)', async () => {
+    let requests = 0;
+    const bigHeaders = await rawService((socket) => {
+      requests++;
+      socket.end(`HTTP/1.1 200 OK\r\nX-Big: ${'b'.repeat(100 * 1024)}\r\nContent-Length: 2\r\n\r\n{}`);
+    });
+    const stack = await stackFor(bigHeaders.url, {}, 3);
+    try {
+      const token = await login(stack.gateway.url);
+      const codes: string[] = [];
+      for (let i = 0; i < 4; i++) codes.push(((await (await fetch(`${stack.gateway.url}/api/orders/${i}`, { headers: { authorization: `Bearer ${token}` } })).json()) as { code: string }).code);
+      // Counted and retried, three such answers ejected the instance: every route to the service was 503.
+      expect(codes).toEqual(Array(4).fill('upstream_bad_response'));
+      expect(requests).toBe(4);
+    } finally {
+      await stack.close();
+      await bigHeaders.close();
     }
   });
 
