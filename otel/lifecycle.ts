@@ -168,10 +168,11 @@ function refuseConnect(request: http.IncomingMessage, socketOrResponse: Socket |
   // Node no longer watches this socket (no timer of the server's covers it): a client's reset must not become an
   // uncaught error, and nothing may leave it open.
   socket.on('error', () => socket.destroy());
-  const inFlight = inFlightResponse(socket);
-  if (inFlight && !inFlight.writableFinished) {
-    // Its answer goes out as it will (it is bounded like any other); then the connection is closed.
-    inFlight.once('close', () => socket.destroy());
+  // The last request parsed before it (requests may queue behind the one in flight, inTurn): its answer, and
+  // those before it, go out as they will (each is bounded like any other); then the connection is closed.
+  const last = lastResponse.get(socket);
+  if (last && !last.writableFinished) {
+    last.once('close', () => socket.destroy());
     return;
   }
   if (!socket.writable) return void socket.destroy();

@@ -178,7 +178,7 @@ const RESET_WINDOW_MS = 10_000;
 function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, sendMs: number, logger: Logger): void {
   let open = 0;
   let resets = 0;
-  const finishing = watchFinishedAnswers(sendMs);
+  const finishing = watchFinishedAnswers(sendMs, () => session.socket?.bytesWritten ?? 0);
   let windowStarted = performance.now();
   let idle: NodeJS.Timeout | undefined;
   const armIdle = () => {
@@ -222,24 +222,37 @@ function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, se
 
 const DEFAULT_SEND_TIMEOUT_MS = 10_000;
 
+/** Least average rate, bytes/s, at which a client must take a finished answer once `sendMs` has passed. */
+const MIN_SEND_BYTES_PER_SECOND = 240;
+
 /**
  * Streams whose answer the gateway has finished (the stream's writable side ended) but the client has not taken:
  * with a flow-control window of 0 a client holds any answer back (a 404, a 429, a proxied 200: the rate limit does
  * not bound them), and PINGs keep the session timer from ever firing; the proxy's deadline no longer applies to an
- * ended response. One sweep per session while streams are open; a stream finished for over `sendMs` is reset
- * (CANCEL, the gateway's) and its answer recorded `client_read_timeout`.
+ * ended response. One sweep per session while streams are open; a stream finished for over `sendMs` while its
+ * connection sent less than MIN_SEND_BYTES_PER_SECOND on average is reset (CANCEL, the gateway's) and its answer
+ * recorded `client_read_timeout`.
  */
-function watchFinishedAnswers(sendMs: number) {
+function watchFinishedAnswers(sendMs: number, bytesWritten: () => number) {
   const streams = new Set<http2.ServerHttp2Stream>();
-  const endedAt = new WeakMap<http2.ServerHttp2Stream, number>();
+  /** When each stream's answer was finished, and the connection's bytes written by then. */
+  const ended = new WeakMap<http2.ServerHttp2Stream, { at: number; written: number }>();
   let sweep: NodeJS.Timeout | undefined;
   const check = () => {
     const now = performance.now();
     for (const stream of streams) {
       if (!stream.writableEnded || stream.writableFinished || stream.destroyed) continue;
-      const since = endedAt.get(stream);
-      if (since === undefined) endedAt.set(stream, now);
-      else if (now - since >= sendMs) {
+      const since = ended.get(stream);
+      if (since === undefined) {
+        ended.set(stream, { at: now, written: bytesWritten() });
+        continue;
+      }
+      const elapsedMs = now - since.at;
+      // Progress is judged on average, as a request body's is (Kestrel's MinResponseDataRate), by what the
+      // connection sent (a stream shows none until its whole last write is out): a client reading a large answer
+      // steadily is never cut, one taking a byte now and then (a WINDOW_UPDATE of 1) is.
+      const taken = bytesWritten() - since.written;
+      if (elapsedMs >= sendMs && taken < (MIN_SEND_BYTES_PER_SECOND * elapsedMs) / 1000) {
         const response = answerOf.get(stream);
         if (response) markServerAnswer(response, 'client_read_timeout');
         resetStream(stream, http2.constants.NGHTTP2_CANCEL);

@@ -302,9 +302,18 @@ export function runPrimary(options: PrimaryOptions): void {
   // The watchdog: every serving worker is pinged; one silent for WORKER_UNRESPONSIVE_MS is killed (its exit
   // handler above replaces it). Workers still starting are left to their start-up (they have not answered yet).
   let pings = 0;
+  let lastRound = Date.now();
   const watchdog = setInterval(() => {
     if (stopping) return;
     const now = Date.now();
+    // The primary itself was not running (a paused container, a suspended VM, SIGSTOP): its workers' silence says
+    // nothing about them. Counting it, one pause killed every healthy worker at once.
+    const paused = now - lastRound > WATCHDOG_INTERVAL_MS * 3;
+    lastRound = now;
+    if (paused) {
+      for (const slot of slots) if (slot.aliveAt !== undefined) slot.aliveAt = now;
+      return;
+    }
     for (const slot of slots) {
       const worker = slot.worker;
       if (!worker || slot.aliveAt === undefined || !listening.has(worker.id)) continue;

@@ -190,6 +190,20 @@ describe('workers (two processes behind one port)', () => {
     expect(answers.map((answer) => answer.status)).toEqual(Array<number>(10).fill(200));
   });
 
+  it('kills no worker for a pause of the primary itself (a paused container, a suspended VM): it killed them all', async () => {
+    gateway = await start();
+    const before = await adminConfig();
+    const from = gateway.lines.length;
+    // Longer than the watchdog's 10 s: on resume every worker looked silent for that long.
+    gateway.child.kill('SIGSTOP');
+    await new Promise((resolve) => setTimeout(resolve, 12_000));
+    gateway.child.kill('SIGCONT');
+    // Two more watchdog rounds, then the same workers must still serve.
+    await new Promise((resolve) => setTimeout(resolve, 2_500));
+    expect(gateway.lines.slice(from).filter((line) => line.message === 'worker not responding; replacing it')).toEqual([]);
+    expect((await adminConfig()).workers.map((worker) => worker.pid).sort()).toEqual(before.workers.map((worker) => worker.pid).sort());
+  });
+
   it('reloads every worker and answers once all run the new version', async () => {
     gateway = await start();
     const { version: first } = await adminConfig();

@@ -133,6 +133,7 @@ describe('requests the HTTP parser refuses are seen', () => {
   it('closes a connection whose CONNECT came pipelined behind a request, once that answer is out', async () => {
     const answer = await exchange(gateway.url, `GET /health HTTP/1.1\r\nHost: ${host()}\r\n\r\nCONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n`);
     expect([...answer.matchAll(/^HTTP\/1\.1 (\d{3}) /gm)].map((match) => match[1])).toEqual(['200']);
+
   });
 
   // Node reports the end of a connection mid-body as a parse error (HPE_INVALID_EOF_STATE).
