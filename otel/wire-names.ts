@@ -169,6 +169,9 @@ export const LOG_FIELD = {
   serviceName: 'service.name',
 } as const;
 
+/** A header field name as RFC 9110 5.1 writes it (a token): what a config, a rule or a stored copy may name. */
+export const FIELD_NAME_TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
 /** Every method a route can be configured to take (`methods`): also the `Allow` of a route that names none. */
 export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 

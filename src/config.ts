@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { z } from 'zod';
-import { HTTP_METHODS } from '../otel/wire-names';
+import { FIELD_NAME_TOKEN, HTTP_METHODS } from '../otel/wire-names';
 import { headerRulesSchema, ownedRequestHeader, ownedResponseHeader } from './header-rules';
 import { cacheSettingsSchema, routeCacheSchema } from './response-cache';
 import { GUESSABLE_SECRET_RULE, isGuessableSecret, SIGNING_KEY_MIN_LENGTH } from './gateway-signature';
@@ -383,7 +383,7 @@ const configSchema = z
          * Service response headers never passed to clients: they name the software behind the gateway and its
          * version, which helps an attacker pick exploits. Default `Server` and `X-Powered-By`; [] keeps them.
          */
-        hideUpstreamHeaders: z.array(z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be a header name')).max(32).default(['server', 'x-powered-by']),
+        hideUpstreamHeaders: z.array(z.string().regex(FIELD_NAME_TOKEN, 'must be a header name')).max(32).default(['server', 'x-powered-by']),
         /**
          * Key of the gateway's signature on what it tells services (env `GATEWAY_SIGNING_KEY` only; the services
          * hold the same key and answer only signed requests: src/gateway-signature.ts). Required in production,

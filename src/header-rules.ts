@@ -1,6 +1,6 @@
 import type { Context } from 'koa';
 import { z } from 'zod';
-import { FORWARDING_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEADERS, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
+import { FIELD_NAME_TOKEN, FORWARDING_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEADERS, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 
 /**
  * Per-route header rules: headers added, set or removed on the request a service receives and on the
@@ -13,7 +13,6 @@ import { FORWARDING_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEA
  */
 
 /** An HTTP field name (RFC 9110 5.1: a token). */
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 /** Literal text of a value: visible ASCII, space and tab; no CR, LF, NUL or other control characters. */
 const LITERAL = /^[\x20-\x7e\t]*$/;
 const PLACEHOLDERS = ['requestId', 'userId', 'route', 'consumerId'] as const;
@@ -86,7 +85,7 @@ function ruleSchema(owned: (name: string) => string | undefined) {
           // Record keys are reported under their name, list entries under their position.
           const path = [list, list === 'remove' ? position : name];
           const reason = owned(name);
-          if (!TOKEN.test(name) || name.length > 128) ctx.addIssue({ code: 'custom', path, message: 'must be a header name (letters, digits and !#$%&\'*+.^_`|~-, at most 128)', input: name });
+          if (!FIELD_NAME_TOKEN.test(name) || name.length > 128) ctx.addIssue({ code: 'custom', path, message: 'must be a header name (letters, digits and !#$%&\'*+.^_`|~-, at most 128)', input: name });
           else if (reason) ctx.addIssue({ code: 'custom', path, message: `is ${reason}; a header rule cannot set or remove it`, input: name });
           const other = seen.get(name.toLowerCase());
           if (other !== undefined) ctx.addIssue({ code: 'custom', path, message: `names ${name} again (also in ${other}): one rule per header`, input: name });

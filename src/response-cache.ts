@@ -1,6 +1,6 @@
 import { hash } from 'node:crypto';
 import { z } from 'zod';
-import { HEADER } from '../otel/wire-names';
+import { FIELD_NAME_TOKEN, HEADER } from '../otel/wire-names';
 
 /**
  * What the response cache stores and when (RFC 9111 for a shared cache): the route and gateway settings, the
@@ -8,7 +8,6 @@ import { HEADER } from '../otel/wire-names';
  * request path src/middleware/cache.ts.
  */
 
-const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 /** Longest lifetime the gateway keeps anything for, s (also RFC 9111 1.2.2's cap on delta-seconds). */
 const MAX_LIFETIME_SECONDS = 2_147_483_648;
 
@@ -29,7 +28,7 @@ export const routeCacheSchema = z.strictObject({
     .array(
       z
         .string()
-        .regex(HEADER_NAME, 'must be a header name')
+        .regex(FIELD_NAME_TOKEN, 'must be a header name')
         .refine((name) => !['authorization', HEADER.apiKey, 'cookie'].includes(name.toLowerCase()), 'is a credential: use scope "user" to keep responses per caller'),
     )
     .max(8)
@@ -41,7 +40,7 @@ export type RouteCacheConfig = z.output<typeof routeCacheSchema>;
 export const cacheSettingsSchema = z
   .strictObject({
     /** Response header that says how the cache answered: `HIT`, `MISS`, `STALE` or `BYPASS`. Default `X-Cache`. */
-    statusHeader: z.string().regex(HEADER_NAME, 'must be a header name').default('x-cache'),
+    statusHeader: z.string().regex(FIELD_NAME_TOKEN, 'must be a header name').default('x-cache'),
     /** Bytes all routes' entries may take together in the in-memory store. Default 64 MiB. */
     maxBytes: z.int().positive().default(64 * 1024 * 1024),
     /** Largest response body stored, bytes; larger ones are passed on and not kept. Default 1 MiB. */

@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
+import { FIELD_NAME_TOKEN } from '../otel/wire-names';
 import type { Logger } from '../otel/logger';
 import type { GatewayConfig } from './config';
 import { DEFAULT_ROUTE_MAX_BYTES, retentionMs, type CachedResponse } from './response-cache';
@@ -17,8 +18,7 @@ export interface CacheKey {
   variant: string;
 }
 
-/** A header field name (RFC 9110 5.1 token) and value (no CR, LF or NUL) as a stored copy may carry them. */
-const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** A header field value (no CR, LF or NUL) as a stored copy may carry it. */
 const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
 const headerValue = z.string().regex(HEADER_VALUE);
 const seconds = z.number().finite().min(0);
@@ -30,12 +30,12 @@ const seconds = z.number().finite().min(0);
  */
 const storedMeta = z.object({
   status: z.int().min(200).max(599),
-  headers: z.record(z.string().regex(HEADER_NAME), z.union([headerValue, z.array(headerValue)])),
+  headers: z.record(z.string().regex(FIELD_NAME_TOKEN), z.union([headerValue, z.array(headerValue)])),
   storedAt: z.number().finite(),
   initialAgeSeconds: seconds,
   lifetimeSeconds: seconds,
   staleIfErrorSeconds: seconds,
-  vary: z.array(z.string().regex(HEADER_NAME)),
+  vary: z.array(z.string().regex(FIELD_NAME_TOKEN)),
   varyValues: z.array(z.string().nullable()),
 }).refine((meta) => meta.vary.length === meta.varyValues.length, 'vary and varyValues differ in length');
 
