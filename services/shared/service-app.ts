@@ -74,6 +74,11 @@ const CODE_BY_STATUS: Partial<Record<number, string>> = {
   500: 'internal',
 };
 
+/** The code of an error answer that only has a status. */
+function codeForStatus(status: number): string {
+  return CODE_BY_STATUS[status] ?? (status >= 500 ? 'internal' : 'bad_request');
+}
+
 export interface ServiceAppOptions {
   serviceName: string;
   logger: Logger;
@@ -132,7 +137,7 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
       await next();
     } catch (thrown) {
       const status = thrown instanceof ServiceError ? thrown.status : typeof (thrown as { status?: unknown }).status === 'number' ? (thrown as { status: number }).status : 500;
-      const code = thrown instanceof ServiceError ? thrown.code : (CODE_BY_STATUS[status] ?? (status >= 500 ? 'internal' : 'bad_request'));
+      const code = thrown instanceof ServiceError ? thrown.code : codeForStatus(status);
       const exposed = status < 500 || thrown instanceof ServiceError;
       if (!exposed) logger.error('request failed', { error: thrown instanceof Error ? thrown.message : String(thrown) });
       answerProblem(ctx, status, code, exposed ? (thrown as Error).message : 'Internal error');
@@ -141,8 +146,7 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     // What no route answered (Koa's 404) or the router refused without throwing (405 and 501, with Allow): Koa
     // would send its plain-text status line, without the request id every other error carries.
     if (ctx.status >= 400 && ctx.body == null) {
-      const code = CODE_BY_STATUS[ctx.status] ?? (ctx.status >= 500 ? 'internal' : 'bad_request');
-      answerProblem(ctx, ctx.status, code, ctx.status === 404 ? `No resource at ${ctx.path}.` : ctx.status === 405 ? `${ctx.path} does not take ${ctx.method}.` : `${ctx.method} is not supported.`);
+      answerProblem(ctx, ctx.status, codeForStatus(ctx.status), ctx.status === 404 ? `No resource at ${ctx.path}.` : ctx.status === 405 ? `${ctx.path} does not take ${ctx.method}.` : `${ctx.method} is not supported.`);
     }
   });
 
