@@ -176,25 +176,24 @@ const RESET_WINDOW_MS = 10_000;
  *   waiting for its service).
  */
 function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, sendMs: number, logger: Logger): void {
-  let open = 0;
   let resets = 0;
-  const finishing = watchFinishedAnswers(sendMs, () => session.socket?.bytesWritten ?? 0);
+  /** The session's open streams (their count arms the idle close), watched until their answers are taken. */
+  const streams = watchFinishedAnswers(sendMs, () => session.socket?.bytesWritten ?? 0);
   let windowStarted = performance.now();
   let idle: NodeJS.Timeout | undefined;
   const armIdle = () => {
     clearTimeout(idle);
     idle = setTimeout(() => {
-      if (open === 0 && !session.closed && !session.destroyed) session.close();
+      if (streams.open === 0 && !session.closed && !session.destroyed) session.close();
     }, keepAliveMs);
     idle.unref();
   };
   armIdle();
   session.on('stream', (stream: http2.ServerHttp2Stream) => {
-    open++;
     clearTimeout(idle);
-    finishing.add(stream);
+    streams.add(stream);
     stream.once('close', () => {
-      finishing.delete(stream);
+      streams.delete(stream);
       // Reset before the answer ended by the client (RST_STREAM). The gateway's own resets (a cut answer, a
       // timeout) are no sign of abuse: counted, a service dying mid-body a hundred times closed its clients.
       if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && !resetByGateway(stream)) {
@@ -211,12 +210,12 @@ function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, se
         session.destroy();
         return;
       }
-      if (--open === 0) armIdle();
+      if (streams.open === 0) armIdle();
     });
   });
   session.once('close', () => {
     clearTimeout(idle);
-    finishing.stop();
+    streams.stop();
   });
 }
 
@@ -264,6 +263,9 @@ function watchFinishedAnswers(sendMs: number, bytesWritten: () => number) {
     sweep = undefined;
   };
   return {
+    get open() {
+      return streams.size;
+    },
     add(stream: http2.ServerHttp2Stream) {
       streams.add(stream);
       if (sweep) return;
@@ -288,6 +290,7 @@ const answerOf = new WeakMap<http2.ServerHttp2Stream, http2.Http2ServerResponse>
  * gRPC translation) holds its stream, and the connection's slot, for ever. A stream whose client has not ended
  * its request by then is answered 408 and closed (or, its answer started, reset), as after an HTTP/1.1 request
  * timeout (otel/lifecycle.ts answerHttp2RequestTimeout). HTTP/1.1 requests on this listener are Node's to time.
+ * Each HTTP/2 stream's response is kept here too (`answerOf`), for the record of a stream the send sweep resets.
  */
 function withStreamRequestTimeout(listener: (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void, requestMs: number) {
   return (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => {
