@@ -330,14 +330,18 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
       overrides: { proxy, services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures }, notifications: { url: 'http://placeholder' } } },
     });
 
-  /** A raw service: `onRequest` gets each request's socket (its first bytes read); returns its URL and a close that ends every connection. */
-  async function rawService(onRequest: (socket: net.Socket) => void) {
+  /**
+   * A raw service: `onRequest` gets the socket at each read (the requests here are body-less, one read each) with
+   * how many that connection had so far; returns its URL and a close that ends every connection.
+   */
+  async function rawService(onRequest: (socket: net.Socket, nth: number) => void) {
     const open = new Set<net.Socket>();
     const server = net.createServer((socket) => {
       open.add(socket);
       socket.once('close', () => open.delete(socket));
       socket.on('error', () => undefined);
-      socket.once('data', () => onRequest(socket));
+      let reads = 0;
+      socket.on('data', () => onRequest(socket, ++reads));
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     return {
@@ -396,20 +400,12 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
     // The race made certain: each connection answers its first request (keep-alive, no Keep-Alive hint, as Go and
     // nginx answer) and is closed by the service when the next request arrives on it.
     let answered = 0;
-    const open = new Set<net.Socket>();
-    const closesOnReuse = net.createServer((socket) => {
-      open.add(socket);
-      socket.once('close', () => open.delete(socket));
-      let requests = 0;
-      socket.on('data', () => {
-        if (++requests > 1) return void socket.destroy();
-        answered++;
-        socket.write('HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}');
-      });
-      socket.on('error', () => undefined);
+    const closesOnReuse = await rawService((socket, nth) => {
+      if (nth > 1) return void socket.destroy();
+      answered++;
+      socket.write('HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}');
     });
-    await new Promise<void>((resolve) => closesOnReuse.listen(0, '127.0.0.1', resolve));
-    const stack = await stackFor(`http://127.0.0.1:${(closesOnReuse.address() as net.AddressInfo).port}`);
+    const stack = await stackFor(closesOnReuse.url);
     try {
       const token = await login(stack.gateway.url);
       const statuses: number[] = [];
@@ -423,8 +419,7 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
       expect([post.status, again.status].sort()).toEqual([200, 502]);
     } finally {
       await stack.close();
-      for (const socket of open) socket.destroy();
-      await new Promise((resolve) => closesOnReuse.close(resolve));
+      await closesOnReuse.close();
     }
   });
 
