@@ -27,6 +27,11 @@ export interface RunServerOptions {
   /** Client connections open at once; Node closes further ones at accept. Unbounded when absent. */
   maxConnections?: number;
   /**
+   * How long an HTTP/1 connection may hold bytes the client is not taking (watchStalledSends), ms. No bound when
+   * absent (the services, which only the gateway and each other call).
+   */
+  sendTimeoutMs?: number;
+  /**
    * Builds the server around the app's listener instead of `http.createServer` (HTTPS with HTTP/2:
    * src/tls.ts, which applies `timeouts` itself). Its URL is `https://` when it is a TLS server.
    */
@@ -275,6 +280,63 @@ function problemAnswer(chosen: unknown, problem: ServerProblem): { body: string;
   return { body, requestId, headers: { 'Content-Type': 'application/problem+json', 'Content-Length': Buffer.byteLength(body), 'X-Request-Id': requestId, ...problem.headers, Connection: 'close' } };
 }
 
+/** How long a client may leave an answer's bytes untaken before the rate below applies, ms (`server.sendTimeoutMs`). */
+export const DEFAULT_SEND_TIMEOUT_MS = 10_000;
+
+/** Least average rate, bytes/s, at which a client must take an answer's bytes once the send timeout has passed. */
+export const MIN_SEND_BYTES_PER_SECOND = 240;
+
+/**
+ * Bytes of this connection the kernel has taken: what Node handed to libuv less what libuv still queues (Node's
+ * own progress test for socket timeouts during a large write, net.Socket `_onTimeout`). A TLS socket's own queue
+ * counts records not yet encrypted; the TCP socket under it says what went out.
+ */
+function bytesTakenByKernel(socket: Socket): number {
+  type Internals = Socket & { _parent?: Socket | null; _bytesDispatched?: number; _handle?: { writeQueueSize?: number } | null };
+  const transport = ((socket as Internals)._parent ?? socket) as Internals;
+  return (transport._bytesDispatched ?? 0) - (transport._handle?.writeQueueSize ?? 0);
+}
+
+/**
+ * HTTP/1's slow-read bound, as src/tls.ts keeps HTTP/2's: a client that stops reading holds its answer's last
+ * bytes, the connection and its slot under `maxConnections` for ever. Node's timers do not see it: the
+ * request is whole, the keep-alive timer starts only once the answer is out, and the proxy's deadline no
+ * longer applies to an answer the service has finished. A connection that has had bytes waiting for the
+ * client (Node's queue, past the kernel's buffers) for `sendMs`, while the kernel took less than
+ * MIN_SEND_BYTES_PER_SECOND on average since they began to wait, is closed, and its answer recorded
+ * `client_read_timeout`. One sweep per listener; HTTP/2 connections have their own, per stream.
+ */
+function watchStalledSends(sockets: Set<Socket>, sendMs: number): NodeJS.Timeout {
+  const waiting = new WeakMap<Socket, { since: number; taken: number }>();
+  const sweep = setInterval(
+    () => {
+      const now = performance.now();
+      for (const socket of sockets) {
+        if ((socket as tls.TLSSocket).alpnProtocol === 'h2') continue;
+        if (socket.writableLength === 0 || socket.destroyed) {
+          waiting.delete(socket);
+          continue;
+        }
+        const taken = bytesTakenByKernel(socket);
+        const since = waiting.get(socket);
+        if (since === undefined) {
+          waiting.set(socket, { since: now, taken });
+          continue;
+        }
+        const elapsedMs = now - since.since;
+        if (elapsedMs >= sendMs && taken - since.taken < (MIN_SEND_BYTES_PER_SECOND * elapsedMs) / 1000) {
+          const response = inFlightResponse(socket);
+          if (response && !response.writableFinished) markServerAnswer(response, 'client_read_timeout');
+          socket.destroy();
+        }
+      }
+    },
+    Math.min(1000, Math.max(50, sendMs / 4)),
+  );
+  sweep.unref();
+  return sweep;
+}
+
 /** Why the server itself answered or cut a response the pipeline was handling (its error code). */
 const serverAnswers = new WeakMap<object, string>();
 
@@ -447,6 +509,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
   });
+  const stalledSends = options.sendTimeoutMs === undefined ? undefined : watchStalledSends(sockets, options.sendTimeoutMs);
   // `Expect: 100-continue` goes to the pipeline like any request; whatever reads the body sends 100 Continue
   // once the checks before it passed (src/middleware/request-head.ts continueIfExpected). Node would send it
   // at once, inviting an upload the gateway then refuses.
@@ -502,6 +565,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
         for (const response of streaming) if (response && !response.writableFinished && !serverAnswers.has(response)) markServerAnswer(response, 'shutting_down');
       }
       server.closeAllConnections();
+      clearInterval(stalledSends);
       await until(() => sockets.size === 0, SETTLE_MS);
       // Close events are handled on the next turns: let the pipeline end its spans before they are flushed.
       await new Promise<void>((resolve) => setImmediate(() => setImmediate(resolve)));

@@ -135,6 +135,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     logger,
     timeouts,
     maxConnections: config.server.maxConnections,
+    sendTimeoutMs: config.server.sendTimeoutMs,
     createServer: tlsServer?.create,
     appChecksHost: true,
     onRejected: metrics && rejectedRequestMetrics(metrics),

@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { Socket } from 'node:net';
 import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import type { Logger } from '../otel/logger';
-import { answerHttp2RequestTimeout, listenInternal, markServerAnswer, resetByGateway, resetStream, type PublicServer } from '../otel/lifecycle';
+import { answerHttp2RequestTimeout, DEFAULT_SEND_TIMEOUT_MS, listenInternal, markServerAnswer, MIN_SEND_BYTES_PER_SECOND, resetByGateway, resetStream, type PublicServer } from '../otel/lifecycle';
 import type { TlsConfig } from './config';
 import { createHostMatcher } from './middleware/host-guard';
 import { isHttp2Request } from './middleware/http2-requests';
@@ -218,11 +218,6 @@ function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, se
     streams.stop();
   });
 }
-
-const DEFAULT_SEND_TIMEOUT_MS = 10_000;
-
-/** Least average rate, bytes/s, at which a client must take a finished answer once `sendMs` has passed. */
-const MIN_SEND_BYTES_PER_SECOND = 240;
 
 /**
  * Streams whose answer the gateway has finished (the stream's writable side ended) but the client has not taken:

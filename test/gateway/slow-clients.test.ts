@@ -1,9 +1,14 @@
 import http from 'node:http';
 import net from 'node:net';
+import tls from 'node:tls';
 import { runServer, serverAnswerCode, type RunningServer } from '../../otel/lifecycle';
+import { ACCESS_LINE_MESSAGE } from '../../otel/wire-names';
 import { createGateway } from '../../src/gateway';
-import { memoryLogger } from '../helpers/servers';
+import { createTlsServer } from '../../src/tls';
+import { makeCertificate, type TestCertificate } from '../helpers/certificates';
+import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 import { testConfig } from '../helpers/test-config';
+import { signToken } from '../helpers/tokens';
 import { waitFor } from '../helpers/wait';
 
 /**
@@ -110,4 +115,101 @@ describe('a request body that breaks after its answer started', () => {
     expect(answer).toMatch(/^HTTP\/1\.1 200 /);
     expect(answer).toContain('and finished');
   });
+});
+
+/**
+ * HTTP/1's slow-read bound (otel/lifecycle.ts watchStalledSends): a client that asks for a large answer and stops
+ * reading it held the connection, its slot and the answer's tail for ever (no timer of Node's applies once the
+ * request is whole). Past `sendTimeoutMs` with less than 240 bytes/s taken, the gateway closes it and says why.
+ */
+describe.each([{ transport: 'plain' }, { transport: 'TLS' }])('a client that stops reading its answer ($transport)', ({ transport }) => {
+  const ANSWER_BYTES = 48 * 1024 * 1024;
+  let upstream: TestServer;
+  let gateway: RunningServer;
+  let gatewayLog: Record<string, unknown>[];
+  let token: string;
+  let certificate: TestCertificate | undefined;
+  const TIMEOUTS = { headersMs: 10_000, requestMs: 60_000, keepAliveMs: 5_000 };
+  beforeAll(async () => {
+    // More than the kernel buffers on both ends of both hops hold, so the gateway's own queue fills.
+    const chunk = Buffer.alloc(64 * 1024, 'x');
+    upstream = await listen((_request, response) => {
+      response.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(ANSWER_BYTES) });
+      let sent = 0;
+      const pump = () => {
+        while (sent < ANSWER_BYTES) {
+          sent += chunk.length;
+          if (!response.write(chunk)) return void response.once('drain', pump);
+        }
+        response.end();
+      };
+      pump();
+    });
+    const config = testConfig({ users: upstream.url, orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' });
+    const { logger, lines } = memoryLogger('gateway');
+    gatewayLog = lines;
+    // Over TLS the kernel's progress is read from the TCP socket under the TLS one (otel/lifecycle.ts bytesTakenByKernel).
+    certificate = transport === 'TLS' ? makeCertificate() : undefined;
+    const createServer = certificate && createTlsServer({ tls: { certFile: certificate.certFile, keyFile: certificate.keyFile, minVersion: 'TLSv1.2' }, timeouts: TIMEOUTS, logger }).create;
+    gateway = await runServer({ app: createGateway(config, { logger }), name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: TIMEOUTS, sendTimeoutMs: 1500, createServer });
+    token = await signToken();
+  });
+  afterAll(async () => {
+    await gateway.close();
+    await upstream.close();
+  });
+
+  /**
+   * Asks for the large answer on a connection of its own and reads up to `readBytesPerTick` every 10 ms (0: never);
+   * a paused socket holds 64 KiB, so at most about 6 MB/s.
+   */
+  function askAndRead(requestId: string, readBytesPerTick: number) {
+    const { port } = new URL(gateway.url);
+    const socket = certificate ? tls.connect({ port: Number(port), host: '127.0.0.1', ca: certificate.cert, servername: 'localhost' }) : net.connect(Number(port), '127.0.0.1');
+    socket.on('error', () => undefined);
+    socket.pause();
+    socket.write(`GET /api/users/large HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\nX-Request-Id: ${requestId}\r\n\r\n`);
+    let received = 0;
+    const reader =
+      readBytesPerTick > 0
+        ? setInterval(() => {
+            let taken = 0;
+            for (let chunk: Buffer | null; taken < readBytesPerTick && (chunk = socket.read() as Buffer | null) !== null; ) taken += chunk.length;
+            received += taken;
+          }, 10)
+        : undefined;
+    const ended = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    return {
+      received: () => received,
+      ended,
+      stop: () => {
+        clearInterval(reader);
+        socket.destroy();
+      },
+    };
+  }
+
+  const accessLine = (requestId: string) => gatewayLog.find((line) => line.message === ACCESS_LINE_MESSAGE && line.request_id === requestId);
+
+  it('closes the connection of a client that takes nothing, and records client_read_timeout', async () => {
+    const client = askAndRead('slow-read-none', 0);
+    try {
+      await waitFor(() => accessLine('slow-read-none') !== undefined, 'the access line', 20_000);
+      expect(accessLine('slow-read-none')).toMatchObject({ status: 200, error_code: 'client_read_timeout' });
+    } finally {
+      client.stop();
+    }
+  });
+
+  it('lets a client that reads slowly but steadily take the whole answer', async () => {
+    // Far below loopback speed (the gateway's queue stays full), far above the bound.
+    const client = askAndRead('slow-read-steady', 1024 * 1024);
+    try {
+      await waitFor(() => accessLine('slow-read-steady') !== undefined, 'the access line', 30_000);
+      expect(accessLine('slow-read-steady')).toMatchObject({ status: 200, error_code: null });
+      expect(client.received()).toBeGreaterThan(ANSWER_BYTES - 16 * 1024 * 1024);
+    } finally {
+      client.stop();
+    }
+  }, 45_000);
 });
