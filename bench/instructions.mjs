@@ -182,7 +182,7 @@ async function measure(name, upstreamPort, sinkPort) {
     stderrFile: path.join(dir, `${name}.err.log`),
   });
   try {
-    await waitUntilServing(`http://127.0.0.1:${port}/api/users/42`, { headers: { authorization: `Bearer ${token}` }, child: gateway, timeoutMs: 300_000 });
+    await waitUntilServing(`http://127.0.0.1:${port}/api/users/42`, { headers: { authorization: `Bearer ${token}` }, child: gateway, timeoutMs: 300_000, attemptTimeoutMs: 30_000 });
     await load(port, Number(flags.warmup));
     // Whatever the warm-up left running (a batch export, a timer) ends before counting starts.
     await sleep(1500);

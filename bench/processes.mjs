@@ -61,14 +61,17 @@ export async function stopAll() {
   await Promise.all([...running].map((child) => stop(child)));
 }
 
-/** Resolves once GET `url` answers 200, or rejects after `timeoutMs` (or as soon as `child` exits). */
-export async function waitUntilServing(url, { headers = {}, timeoutMs = 20_000, child } = {}) {
+/**
+ * Resolves once GET `url` answers 200, or rejects after `timeoutMs` (or as soon as `child` exits). Each try
+ * gives up after `attemptTimeoutMs`: a process under valgrind on a busy machine needs more than a second.
+ */
+export async function waitUntilServing(url, { headers = {}, timeoutMs = 20_000, attemptTimeoutMs = 1000, child } = {}) {
   const deadline = Date.now() + timeoutMs;
   let last = 'no answer';
   while (Date.now() < deadline) {
     if (child && !running.has(child)) throw new Error(`${child.benchName} exited (${await child.exited}) before serving ${url}`);
     try {
-      const response = await fetch(url, { headers, signal: AbortSignal.timeout(1000) });
+      const response = await fetch(url, { headers, signal: AbortSignal.timeout(attemptTimeoutMs) });
       const body = await response.text();
       if (response.status === 200) return body;
       last = `${response.status} ${body.slice(0, 200)}`;
