@@ -66,6 +66,12 @@ export const CLIENT_ADDRESS_HEADERS = [
   'x-remote-addr',
   'x-forwarded',
   'forwarded-for',
+  'x-appengine-user-ip',
+  'cf-pseudo-ipv4',
+  'x-envoy-external-address',
+  'fly-client-ip',
+  'x-azure-clientip',
+  'x-azure-socketip',
 ] as const;
 
 /**
@@ -87,8 +93,25 @@ export const FORWARDING_HEADERS = [
   'x-host',
   'x-original-host',
   'x-http-host-override',
+  // Envoy's mark of a request from inside the mesh, which its services believe as they believe an address.
+  'x-envoy-internal',
   ...CLIENT_ADDRESS_HEADERS,
 ] as const;
+
+/**
+ * Every `X-Forwarded-*` name is a forwarding header, not only the ones listed: proxies keep coining them
+ * (Envoy's `-Client-Cert`, an mTLS identity; Traefik's `-Tls-Client-Cert`, `-Method`, `-Path`; gunicorn reads
+ * `-Protocol`), and a service behind one of them believes what it wrote. Other proxies' identity headers under
+ * the prefix (`X-Forwarded-User`, ...) are FOREIGN_IDENTITY_HEADERS, removed from every request.
+ */
+export const FORWARDING_HEADER_PREFIX = 'x-forwarded-';
+
+const LISTED_FORWARDING_HEADERS = new Set<string>(FORWARDING_HEADERS);
+
+/** Whether a (lower-case) request header name is a forwarding header: listed, or under `X-Forwarded-`. */
+export function isForwardingHeader(name: string): boolean {
+  return LISTED_FORWARDING_HEADERS.has(name) || (name.startsWith(FORWARDING_HEADER_PREFIX) && !FOREIGN_IDENTITY_HEADER_SET.has(name));
+}
 
 /**
  * The identity headers other authenticating proxies write (Apache's and Grafana's auth proxy, oauth2-proxy,
@@ -119,6 +142,28 @@ export const FOREIGN_IDENTITY_HEADERS = [
   'x-webauth-user',
   'x-webauth-email',
   'x-webauth-name',
+] as const;
+
+const FOREIGN_IDENTITY_HEADER_SET = new Set<string>(FOREIGN_IDENTITY_HEADERS);
+
+/**
+ * Families of identity headers that cloud front ends and TLS terminators write, each under its vendor's prefix
+ * (AWS ALB, Google IAP, Azure App Service, Cloudflare Access, Pomerium; nginx's and Apache's client-certificate
+ * headers, Azure's `X-ARR-ClientCert`): removed from every client request as FOREIGN_IDENTITY_HEADERS are.
+ */
+export const FOREIGN_IDENTITY_HEADER_PREFIXES = [
+  'x-amzn-oidc-',
+  'x-goog-authenticated-user-',
+  'x-goog-iap-',
+  'x-ms-client-principal',
+  'x-ms-token-',
+  'cf-access-',
+  'x-pomerium-',
+  'x-ssl-client',
+  'ssl-client-',
+  'x-client-cert',
+  'x-client-verify',
+  'x-arr-clientcert',
 ] as const;
 
 /**

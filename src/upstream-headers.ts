@@ -1,7 +1,7 @@
 import type http from 'node:http';
 import type { Context as KoaContext } from 'koa';
 import { isoTimestamp } from '../otel/iso-timestamp';
-import { FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
+import { FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
 import type { GatewaySigner } from './gateway-signature';
@@ -33,7 +33,8 @@ const REBUILT_FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-fo
  * Client header names the gateway never passes on, whatever the route: names under a prefix the gateway owns
  * (`x-user-*`, `x-gateway-*`), request-rewriting headers (`X-HTTP-Method-Override`, `X-Original-URL`, ...)
  * that would let a service act on another method or path than the one the gateway checked, other proxies'
- * identity headers (`Remote-User`, `X-Forwarded-User`, ...: FOREIGN_IDENTITY_HEADERS), and, under the
+ * identity headers (`Remote-User`, `X-Forwarded-User`, ...: FOREIGN_IDENTITY_HEADERS, and the cloud front ends'
+ * families: FOREIGN_IDENTITY_HEADER_PREFIXES), and, under the
  * `drop` policy, names with `_`, which CGI, PHP, Rack and WSGI read as their `-` twins (`X_User_Id` is
  * `HTTP_X_USER_ID`, the same as `X-User-Id`).
  */
@@ -44,7 +45,7 @@ export function isForbiddenClientHeader(name: string, underscores: UnderscoreHea
     // `X-User-Id`, so under any spelling those names stay the gateway's.
     name = name.replaceAll('_', '-');
   }
-  return GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) || NEVER_FROM_CLIENTS.has(name);
+  return GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) || NEVER_FROM_CLIENTS.has(name) || FOREIGN_IDENTITY_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix));
 }
 
 /** The names a message's `Connection` header lists: hop-by-hop for that one connection. */

@@ -1,8 +1,9 @@
+import type { IncomingHttpHeaders } from 'node:http';
 import { trace } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
 import type { Counter } from 'prom-client';
 import type { Logger } from '../../otel/logger';
-import { ATTR, CACHE_RESULTS, CLIENT_ADDRESS_HEADERS, FORWARDING_HEADERS, HEADER, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
+import { ATTR, CACHE_RESULTS, CLIENT_ADDRESS_HEADERS, HEADER, isForwardingHeader, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
 import { GatewayError, isGatewayError } from '../errors';
 import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
 import type { GatewayMetrics } from '../metrics';
@@ -30,11 +31,25 @@ export interface ResponseCacheOptions {
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 
 /**
- * Forwarding headers a trusted proxy may send that pass on to the service as they came and describe the
- * public origin (frameworks build absolute links from them): part of the key. The ones the gateway rebuilds
- * are keyed through what it rebuilds them from; the client-address ones, like X-Forwarded-For, are not.
+ * Forwarding headers left out of the key: the ones the gateway rebuilds are keyed through what it rebuilds
+ * them from, and the client-address ones, like X-Forwarded-For, would give each client an entry of its own.
  */
-const KEYED_FORWARDING_HEADERS = FORWARDING_HEADERS.filter((name) => !(CLIENT_ADDRESS_HEADERS as readonly string[]).includes(name) && !['x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port'].includes(name));
+const UNKEYED_FORWARDING_HEADERS = new Set<string>([...CLIENT_ADDRESS_HEADERS, 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port']);
+
+/**
+ * The forwarding headers a trusted proxy sent that pass on to the service as they came (the listed ones and any
+ * other `X-Forwarded-*`: frameworks build absolute links and decisions from them), as the service hears them,
+ * one `name: value` per line in name order: part of the key. From anyone else they were removed before this.
+ */
+function keyedForwardingHeaders(headers: IncomingHttpHeaders, heard: (name: string) => string | null): string {
+  const keyed: string[] = [];
+  for (const name in headers) {
+    if (!isForwardingHeader(name) || UNKEYED_FORWARDING_HEADERS.has(name)) continue;
+    const value = heard(name);
+    if (value !== null) keyed.push(`${name}: ${value}`);
+  }
+  return keyed.sort().join('\n');
+}
 
 /** The request directive `only-if-cached` in a Cache-Control list. */
 const ONLY_IF_CACHED = /(?:^|[\s,])only-if-cached(?=$|[\s,])/i;
@@ -132,7 +147,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       ctx.protocol,
       ctx.host.toLowerCase(),
       requestHeaderValue(headers['x-forwarded-port']),
-      ...KEYED_FORWARDING_HEADERS.map(heard),
+      keyedForwardingHeaders(headers, heard),
       ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!,
     ]);
     if (!SAFE_METHODS.has(method)) {

@@ -1,6 +1,6 @@
 import net from 'node:net';
 import type { Middleware } from 'koa';
-import { FORWARDING_HEADERS } from '../../otel/wire-names';
+import { isForwardingHeader } from '../../otel/wire-names';
 
 export interface TrustedProxiesOptions {
   /** Honour `X-Forwarded-*` at all (Koa `app.proxy`). Default false. */
@@ -14,8 +14,8 @@ export interface TrustedProxiesOptions {
 }
 
 /**
- * Decides, per connection, whether the forwarding headers (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`,
- * ...) came from a proxy we trust; from anyone else they are removed, so `ctx.ip` is the peer itself and a
+ * Decides, per connection, whether the forwarding headers (`X-Forwarded-For`, `-Proto`, `-Host`, any other
+ * `X-Forwarded-*`, `Forwarded`, ...: isForwardingHeader) came from a proxy we trust; from anyone else they are removed, so `ctx.ip` is the peer itself and a
  * client that reaches the gateway directly cannot pick its rate-limit bucket. Which `X-Forwarded-For` entry is
  * the client is then Koa's `maxIpsCount` (`trustedProxyHops`), counted from the right.
  *
@@ -33,8 +33,9 @@ export function createTrustedProxies(options: TrustedProxiesOptions): Middleware
       const fromTrustedProxy = trusted !== undefined && peer !== undefined && trusted.check(peer, net.isIPv6(peer) ? 'ipv6' : 'ipv4');
       if (!fromTrustedProxy) {
         const headers = ctx.req.headers;
-        // Deleted only when present: a `delete` of an absent key still costs a runtime call, ~10 per request.
-        for (const name of FORWARDING_HEADERS) if (headers[name] !== undefined) delete headers[name];
+        // By the request's own names (a handful), not the list's: any `X-Forwarded-*` is one, and a `delete` of
+        // an absent key still costs a runtime call.
+        for (const name in headers) if (isForwardingHeader(name)) delete headers[name];
       }
     }
     return next();

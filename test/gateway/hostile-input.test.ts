@@ -1,5 +1,6 @@
 import http from 'node:http';
 import net from 'node:net';
+import fc from 'fast-check';
 import type { ProblemBody } from '../../src/middleware/errors';
 import { runServer, type RunningServer } from '../../otel/lifecycle';
 import { HEADER } from '../../otel/wire-names';
@@ -435,6 +436,17 @@ describe('hostile input at the gateway', () => {
       { desc: 'X-Auth-Request-User and -Email (oauth2-proxy)', headers: { 'X-Auth-Request-User': 'DELETE-admin', 'X-Auth-Request-Email': 'DELETE-admin@example.com' } },
       { desc: 'X-Authenticated-Userid (Kong)', headers: { 'X-Authenticated-Userid': 'DELETE-admin' } },
       { desc: 'X-WEBAUTH-USER (Grafana)', headers: { 'X-WEBAUTH-USER': 'DELETE-admin' } },
+      { desc: 'X-Forwarded-Client-Cert (Envoy, an mTLS identity)', headers: { 'X-Forwarded-Client-Cert': 'By=spiffe://x;URI=spiffe://cluster.local/ns/prod/sa/DELETE-admin' } },
+      { desc: 'X-Forwarded-Tls-Client-Cert and -Info (Traefik)', headers: { 'X-Forwarded-Tls-Client-Cert': 'DELETE-admin', 'X-Forwarded-Tls-Client-Cert-Info': 'Subject=CN=DELETE-admin' } },
+      { desc: 'X-Forwarded-Protocol, -Method and -Path', headers: { 'X-Forwarded-Protocol': 'https', 'X-Forwarded-Method': 'DELETE', 'X-Forwarded-Path': '/evil' } },
+      { desc: 'client addresses of App Engine, Cloudflare, Envoy, Fly, Azure', headers: { 'X-AppEngine-User-IP': '6.6.6.6', 'CF-Pseudo-IPv4': '6.6.6.6', 'X-Envoy-External-Address': '6.6.6.6', 'Fly-Client-IP': '6.6.6.6', 'X-Azure-ClientIP': '6.6.6.6' } },
+      { desc: 'X-Envoy-Internal (a mesh-internal mark)', headers: { 'X-Envoy-Internal': 'true' } },
+      { desc: 'X-Amzn-Oidc-Identity and -Data (AWS ALB)', headers: { 'X-Amzn-Oidc-Identity': 'DELETE-admin', 'X-Amzn-Oidc-Data': 'DELETE-admin' } },
+      { desc: 'X-Goog-Authenticated-User-Email (Google IAP)', headers: { 'X-Goog-Authenticated-User-Email': 'accounts.google.com:DELETE-admin@example.com' } },
+      { desc: 'X-MS-Client-Principal-Name (Azure App Service)', headers: { 'X-MS-Client-Principal-Name': 'DELETE-admin', 'X-MS-Client-Principal': 'DELETE-admin' } },
+      { desc: 'Cf-Access-Authenticated-User-Email (Cloudflare Access)', headers: { 'Cf-Access-Authenticated-User-Email': 'DELETE-admin@example.com' } },
+      { desc: 'X-Pomerium-Claim-Email (Pomerium)', headers: { 'X-Pomerium-Claim-Email': 'DELETE-admin@example.com' } },
+      { desc: 'X-SSL-Client-S-DN, Ssl-Client-Cert and X-Client-Cert (client certificates passed on by nginx, Apache)', headers: { 'X-SSL-Client-S-DN': 'CN=DELETE-admin', 'X-SSL-Client-Verify': 'SUCCESS', 'Ssl-Client-Cert': 'DELETE', 'X-Client-Cert': 'DELETE' } },
     ];
 
     it.each(smuggled)('drops $desc on an authenticated route: the service never sees it', async ({ headers }) => {
@@ -446,6 +458,25 @@ describe('hostile input at the gateway', () => {
       for (const name of Object.keys(headers)) expect(seen[0]!.headers[name.toLowerCase()]).toBeUndefined();
       expect(seen[0]!.headers).toMatchObject({ [HEADER.userId]: '2', [HEADER.userRole]: 'user', 'x-forwarded-for': '127.0.0.1' });
       expect(JSON.stringify(seen[0]!.headers)).not.toMatch(/6\.6\.6\.6|smuggled-id|\/evil|DELETE/);
+    });
+
+    it('drops every X-Forwarded-* name from a client that is not a trusted proxy, listed or not (generated names)', async () => {
+      // The gateway's own four (rebuilt from the connection) are the only X-Forwarded-* a service hears.
+      const REBUILT = ['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port'];
+      const suffix = fc.stringMatching(/^[a-z0-9]{1,8}(-[a-z0-9]{1,8}){0,2}$/);
+      await fc.assert(
+        fc.asyncProperty(fc.uniqueArray(suffix, { minLength: 1, maxLength: 4 }), fc.constantFrom('x-forwarded-', 'X-Forwarded-', 'X-FORWARDED-'), async (suffixes, prefix) => {
+          const requestId = nextRequestId();
+          const forged = Object.fromEntries(suffixes.map((name) => [`${prefix}${name}`, `DELETE-${name}`]));
+          const reply = await send(url, '/api/users/2', { headers: { ...forged, authorization: `Bearer ${bob}`, [HEADER.requestId]: requestId } });
+          expect(reply.status).toBe(200);
+          const seen = seenWithRequestId(requestId);
+          expect(seen).toHaveLength(1);
+          expect(Object.keys(seen[0]!.headers).filter((name) => name.startsWith('x-forwarded-') && !REBUILT.includes(name))).toEqual([]);
+          expect(JSON.stringify(seen[0]!.headers)).not.toContain('DELETE');
+        }),
+        { seed: 20261202, numRuns: 60 },
+      );
     });
 
     it.each(smuggled.slice(0, 4))('drops $desc on the public register route too', async ({ headers }) => {

@@ -61,6 +61,8 @@ async function catalogService(): Promise<CatalogService> {
         forwardedHost: req.headers['x-forwarded-host'] ?? null,
         forwardedProto: req.headers['x-forwarded-proto'] ?? null,
         forwardedPrefix: req.headers['x-forwarded-prefix'] ?? null,
+        // A forwarding header of the kind proxies keep coining (Traefik's), outside every list.
+        forwardedPath: req.headers['x-forwarded-path'] ?? null,
         originalUrl: req.headers['x-original-url'] ?? null,
         methodOverride: req.headers['x-http-method-override'] ?? null,
         lang: req.headers['accept-language'] ?? null,
@@ -401,6 +403,7 @@ describe('response cache', () => {
     { desc: 'Accept-Language (keyed by varyHeaders)', headers: { 'accept-language': 'xx-poison' }, field: 'lang', poison: 'xx-poison' },
     { desc: 'X-Host (a host override some frameworks believe)', headers: { 'x-host': 'evil.example' }, field: 'hostOverride', poison: 'evil.example' },
     { desc: 'X-Original-Host', headers: { 'x-original-host': 'evil.example' }, field: 'hostOverride', poison: 'evil.example' },
+    { desc: 'X-Forwarded-Path (any X-Forwarded-* name, listed or not)', headers: { 'x-forwarded-path': '/../../evil' }, field: 'forwardedPath', poison: '/../../evil' },
   ])('cannot be poisoned with $desc', async ({ headers, field, poison }) => {
     const path = fresh('/api/open', 'cc=max-age%3D60');
     // The victim's request is the attacker's without the hostile header: everything else the same.
@@ -548,6 +551,7 @@ describe('response cache behind a trusted proxy', () => {
     { desc: 'X-Forwarded-Scheme', headers: { 'x-forwarded-scheme': 'javascript' } },
     { desc: 'Forwarded', headers: { forwarded: 'host=evil.example;proto=http' } },
     { desc: 'X-Host', headers: { 'x-host': 'evil.example' } },
+    { desc: 'X-Forwarded-Path (a name outside every list)', headers: { 'x-forwarded-path': '/../../evil' } },
   ])('cannot be poisoned with a $desc the proxy relayed (passed to the service, so keyed)', async ({ headers }) => {
     const path = fresh('/api/open', 'cc=max-age%3D60');
     const poisoned = await send(stack.gateway.url, path, headers);
