@@ -1,3 +1,4 @@
+import cluster from 'node:cluster';
 import http from 'node:http';
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, type OpenMetricsContentType } from 'prom-client';
 import { isLocalHost, listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
@@ -173,14 +174,60 @@ export function listenMetrics(metrics: GatewayMetrics, options: MetricsListenerO
 
 /**
  * A cluster's scrape endpoint, in the primary (src/workers.ts): every scrape asks each worker for its registry
- * over the cluster channel (prom-client's AggregatorRegistry) and answers their sum. Each worker listening on
- * the port itself would answer one worker's counters per scrape, a different one each time: Prometheus would
- * read every switch as a counter reset. Sums are in the Prometheus text format, without exemplars (an exemplar
- * belongs to one process's bucket); each worker's own, exemplars included, go out over OTLP.
+ * over the cluster channel and answers their sum. Each worker listening on the port itself would answer one
+ * worker's counters per scrape, a different one each time: Prometheus would read every switch as a counter
+ * reset. Sums are OpenMetrics, as one process's scrape is, without exemplars (an exemplar belongs to one
+ * process's bucket); each worker's own, exemplars included, go out over OTLP.
  */
 export function listenClusterMetrics(options: MetricsListenerOptions): Promise<MetricsListener> {
-  const aggregator = new AggregatorRegistry();
-  return listenInternal(scrapeListener(() => aggregator.clusterMetrics(), aggregator.contentType, options.logger), options);
+  return listenInternal(scrapeListener(clusterMetricsCollector(), Registry.OPENMETRICS_CONTENT_TYPE, options.logger), options);
+}
+
+/** prom-client's cluster messages (lib/cluster.js): its workers answer the request (shareMetricsWithPrimary). */
+const WORKER_METRICS_REQUEST = 'prom-client:getMetricsReq';
+const WORKER_METRICS_ANSWER = 'prom-client:getMetricsRes';
+/** How long a scrape waits for every worker's registry (prom-client's own bound). */
+const WORKER_METRICS_TIMEOUT_MS = 5_000;
+
+type WorkerRegistries = Awaited<ReturnType<Registry['getMetricsAsJSON']>>[];
+
+/**
+ * The primary's half of prom-client's cluster exchange, kept here because its own (`clusterMetrics()`) sums
+ * into the Prometheus text format whatever the registry's type: counters registered by family name
+ * (counterFamily) then lose their `_total`, and every dashboard query on `gateway_*_total` finds nothing with
+ * more than one worker. The workers' half stays prom-client's; the sum is its `aggregate`, as OpenMetrics.
+ */
+function clusterMetricsCollector(): () => Promise<string> {
+  let nextRequestId = 0;
+  const waiting = new Map<number, { registries: WorkerRegistries; pending: number; settle: (error: Error | undefined) => void }>();
+  cluster.on('message', (_worker, message: { type?: unknown; requestId?: number; metrics?: WorkerRegistries; error?: string }) => {
+    if (message?.type !== WORKER_METRICS_ANSWER) return;
+    const request = waiting.get(message.requestId ?? -1);
+    if (!request) return;
+    if (message.error !== undefined) return request.settle(new Error(message.error));
+    request.registries.push(...(message.metrics ?? []));
+    if (--request.pending === 0) request.settle(undefined);
+  });
+  return () =>
+    new Promise<string>((resolve, reject) => {
+      const requestId = nextRequestId++;
+      const workers = Object.values(cluster.workers ?? {}).filter((worker) => worker?.isConnected());
+      const registries: WorkerRegistries = [];
+      const timer = setTimeout(() => settle(new Error(`not every worker answered within ${WORKER_METRICS_TIMEOUT_MS} ms`)), WORKER_METRICS_TIMEOUT_MS);
+      function settle(error: Error | undefined) {
+        if (!waiting.delete(requestId)) return;
+        clearTimeout(timer);
+        if (error) reject(error);
+        else {
+          const sum = AggregatorRegistry.aggregate(registries);
+          sum.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
+          resolve(sum.metrics());
+        }
+      }
+      waiting.set(requestId, { registries, pending: workers.length, settle });
+      if (workers.length === 0) return settle(undefined);
+      for (const worker of workers) worker!.send({ type: WORKER_METRICS_REQUEST, requestId });
+    });
 }
 
 /** In a cluster worker: answers the primary's scrapes (listenClusterMetrics) with this registry. */

@@ -1,9 +1,11 @@
 import path from 'node:path';
 import type http from 'node:http';
 import net from 'node:net';
+import { METRIC } from '../../otel/wire-names';
 import { namedUpstream, requestOnNewConnection, startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
 import { spawnGateway } from '../helpers/process-stack';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver';
+import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics, samplesOf } from '../helpers/openmetrics';
 import { streamSixChunks } from '../helpers/servers';
 import { waitFor } from '../helpers/wait';
 
@@ -150,6 +152,16 @@ describe('workers (two processes behind one port)', () => {
     for (let i = 0; i < 6; i++) scrapes.push(await counted());
     expect(scrapes).toEqual(Array<number>(6).fill(20));
     expect(gateway.lines.filter((line) => line.message === 'ignored a malformed message from a worker')).toEqual([]);
+    // The sum is OpenMetrics, as one process's scrape is: in the older text format the counters lost their
+    // `_total`, and every dashboard query on `gateway_*_total` found nothing with more than one worker.
+    const response = await fetch(scrapeUrl);
+    expect(response.headers.get('content-type')).toBe(OPENMETRICS_CONTENT_TYPE);
+    const exposition = parseOpenMetrics(await response.text());
+    const counters = [...exposition.types].filter(([, type]) => type === 'counter').map(([name]) => name);
+    expect(counters).toEqual(expect.arrayContaining([METRIC.rateLimitDecisions.replace(/_total$/, '')]));
+    // No counter sample under its bare family name; the rate limiter's decisions under `_total`, as PromQL asks.
+    expect(exposition.samples.filter((sample) => counters.includes(sample.name))).toEqual([]);
+    expect(samplesOf(exposition, METRIC.rateLimitDecisions).length).toBeGreaterThan(0);
   });
 
   it('replaces a worker that crashed, with back-off logged, and keeps serving', async () => {
