@@ -14,7 +14,7 @@ import { createRedisStore, waitForRedis } from './rate-limit-store';
 import { connectWorker, type WorkerLink } from './worker-link';
 import { startupWarnings } from './startup-warnings';
 import { runPrimary, workerCount } from './workers';
-import { createTlsServer, listenHttpsRedirect, type RedirectListener } from './tls';
+import { createTlsServer, listenHttpsRedirect, type CertificatePems, type RedirectListener } from './tls';
 
 /** Longest a rate-limit check waits for the cluster primary's answer, ms (then the store-down policy decides). */
 const PRIMARY_STORE_TIMEOUT_MS = 2_000;
@@ -111,7 +111,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     logger,
   );
   // SIGHUP reaches a cluster's primary only; it relays it to every worker (src/workers.ts).
-  const onHangup = (handler: () => void) => (worker ? worker.onHangup(handler) : process.on('SIGHUP', handler));
+  const onHangup = (handler: (certificates?: CertificatePems) => void) => (worker ? worker.onHangup(handler) : process.on('SIGHUP', () => handler()));
   if (single) onHangup(() => single.reloadNow());
   const timeouts = clientTimeouts(config.server);
   // Opened before the public listener, so a taken admin port stops startup rather than going unnoticed.
@@ -124,8 +124,9 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     config.metrics.port === undefined || metrics === undefined || worker ? undefined : await listenMetrics(metrics, { port: config.metrics.port, host: config.metrics.host, timeouts, logger });
   if (metricsListener) logger.info('metrics listener started', { url: metricsListener.url, endpoints: ['/metrics'] });
   // HTTPS with HTTP/2 when `tls` is set (src/tls.ts); rotated certificates are read again on SIGHUP, open connections kept.
-  const tlsServer = config.tls ? createTlsServer({ tls: config.tls, timeouts, sendTimeoutMs: config.server.sendTimeoutMs, logger }) : undefined;
-  if (tlsServer) onHangup(() => tlsServer.reloadCertificates());
+  // A cluster worker serves the pair its primary read and hands it at each SIGHUP (src/workers.ts); it never reads the files.
+  const tlsServer = config.tls ? createTlsServer({ tls: config.tls, timeouts, sendTimeoutMs: config.server.sendTimeoutMs, logger, certificates: worker?.certificates }) : undefined;
+  if (tlsServer) onHangup((certificates) => (worker ? certificates && tlsServer.reloadCertificates(certificates) : tlsServer.reloadCertificates()));
   let redirectListener: RedirectListener | undefined;
   const running = await runServer({
     app: { callback: () => live.listener },

@@ -55,23 +55,44 @@ export interface TlsServerOptions {
   logger: Logger;
   /** Where relative file names resolve. Default the working directory. */
   cwd?: string;
+  /** The pair to serve with, already read (a cluster worker gets its primary's); read from the files when absent. */
+  certificates?: CertificatePems;
+}
+
+/**
+ * A certificate, its key and the optional CA, as PEM text: what a cluster's primary reads once and hands every
+ * worker (src/workers.ts). A worker that read the files itself failed to start after a rotation the gateway had
+ * refused (the files on disk half-replaced while the previous pair stayed in use), and so did each replacement.
+ */
+export interface CertificatePems {
+  cert: string;
+  key: string;
+  ca?: string;
 }
 
 export interface TlsServer {
   /** Builds the listening server (for runServer's `createServer`); call once. */
   create(listener: http.RequestListener): PublicServer;
   /**
-   * Reads `certFile`, `keyFile` and `caFile` again (rotated certificates): new connections use them, open ones
-   * keep theirs and are not dropped. Files that cannot be read or do not match leave the old ones in use
-   * (logged); returns whether the new ones were taken.
+   * Takes rotated certificates: `certificates` when given (a worker's, from its primary), else `certFile`,
+   * `keyFile` and `caFile` read again. New connections use them, open ones keep theirs and are not dropped.
+   * Files that cannot be read or do not match leave the old ones in use (logged); returns whether the new ones
+   * were taken.
    */
-  reloadCertificates(): boolean;
+  reloadCertificates(certificates?: CertificatePems): boolean;
 }
 
-/** The PEM files as secure-context options; throws when one cannot be read. */
-export function readCertificates(tls: TlsConfig, cwd = process.cwd()): SecureContextOptions {
-  const read = (file: string) => readFileSync(path.resolve(cwd, file));
-  const options: SecureContextOptions = { cert: read(tls.certFile), key: read(tls.keyFile), ...(tls.caFile ? { ca: read(tls.caFile) } : {}), minVersion: tls.minVersion };
+/** Reads the PEM files `tls` names and checks they are a usable pair; throws, naming the files, when not. */
+export function readCertificatePems(tls: TlsConfig, cwd = process.cwd()): CertificatePems {
+  const read = (file: string) => readFileSync(path.resolve(cwd, file), 'utf8');
+  const pems: CertificatePems = { cert: read(tls.certFile), key: read(tls.keyFile), ...(tls.caFile ? { ca: read(tls.caFile) } : {}) };
+  secureContextOptions(tls, pems);
+  return pems;
+}
+
+/** The PEMs as secure-context options; throws, naming `tls`'s files, when they are not a usable pair. */
+function secureContextOptions(tls: TlsConfig, pems: CertificatePems): SecureContextOptions {
+  const options: SecureContextOptions = { ...pems, minVersion: tls.minVersion };
   if (options.ca !== undefined && !String(options.ca).includes('-----BEGIN CERTIFICATE-----')) {
     throw new Error(`tls.caFile (${tls.caFile}) holds no PEM certificate`);
   }
@@ -99,7 +120,7 @@ export function http2SessionTimeoutMs(timeouts: { requestMs: number; keepAliveMs
 export function createTlsServer(options: TlsServerOptions): TlsServer {
   const { tls, timeouts, logger } = options;
   // Read now: a missing or unreadable file stops startup, not the first handshake.
-  const certificates = readCertificates(tls, options.cwd);
+  const certificates = secureContextOptions(tls, options.certificates ?? readCertificatePems(tls, options.cwd));
   let server: http2.Http2SecureServer | undefined;
 
   return {
@@ -145,10 +166,10 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
         },
       });
     },
-    reloadCertificates() {
+    reloadCertificates(given) {
       if (!server) return false;
       try {
-        server.setSecureContext(readCertificates(tls, options.cwd));
+        server.setSecureContext(secureContextOptions(tls, given ?? readCertificatePems(tls, options.cwd)));
         logger.info('tls certificates reloaded', { certFile: tls.certFile });
         return true;
       } catch (error) {

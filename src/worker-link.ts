@@ -4,6 +4,7 @@ import { deepFreeze } from './config';
 import type { ActiveConfig } from './config-reload';
 import { createLeaseTable, type LeaseTable, type Leased } from './rate-limit-leases';
 import type { PrimaryStoreClient } from './rate-limit-store';
+import type { CertificatePems } from './tls';
 import type { ToPrimary, ToWorker } from './workers';
 
 /** A worker's side of the primary's services. */
@@ -12,6 +13,8 @@ export interface WorkerLink {
   readonly id: number;
   /** The config the primary sent first. */
   readonly initial: ActiveConfig;
+  /** With `tls`: the certificate and key the primary read (src/tls.ts CertificatePems). */
+  readonly certificates?: CertificatePems;
   /**
    * Spends the rate-limit tokens the primary leased to this worker, and asks it for more when they are used up;
    * an ask rejects after `timeoutMs` (the limiter's store-down policy then decides).
@@ -21,8 +24,11 @@ export interface WorkerLink {
   /** `apply` is called with each config the primary sends later (a reload); it answers whether the swap worked. */
   /** `apply` returns why a config could not be built, or undefined once it runs. */
   serve(apply: (active: ActiveConfig) => string | undefined, url: string, close: () => Promise<void>): void;
-  /** Runs `handler` whenever the primary got SIGHUP (a worker is not sent signals itself). */
-  onHangup(handler: () => void): void;
+  /**
+   * Runs `handler` whenever the primary got SIGHUP (a worker is not sent signals itself), with the certificates
+   * it read again, or none when it could not (the ones in use stay).
+   */
+  onHangup(handler: (certificates: CertificatePems | undefined) => void): void;
 }
 
 /** Connects a worker to its primary: waits for the config, then answers reloads and shutdown from it. */
@@ -34,7 +40,7 @@ export function connectWorker(): Promise<WorkerLink> {
   // Before it serves, a worker has nothing in flight to finish.
   let onShutdown = (): void => process.exit(0);
   let queued: ActiveConfig | undefined;
-  const hangupHandlers: (() => void)[] = [];
+  const hangupHandlers: ((certificates: CertificatePems | undefined) => void)[] = [];
   let leases: LeaseTable | undefined;
   // Without the primary a worker ends (Node's cluster exits it on disconnect); until then nothing is sent.
   const send = (message: ToPrimary) => process.connected && process.send!(message);
@@ -69,12 +75,12 @@ export function connectWorker(): Promise<WorkerLink> {
           if (onApply) return onApply(active);
           // A reload while this worker starts: applied once it serves.
           onApply = (later) => (queued = later);
-          return resolve(link(active));
+          return resolve(link(active, message.certificates));
         }
         case 'shutdown':
           return onShutdown();
         case 'hangup':
-          return hangupHandlers.forEach((handler) => handler());
+          return hangupHandlers.forEach((handler) => handler(message.certificates));
         case 'ping':
           return send({ gateway: 'pong', id: message.id });
         case 'recall':
@@ -90,13 +96,14 @@ export function connectWorker(): Promise<WorkerLink> {
     send({ gateway: 'hello' });
   });
 
-  function link(initial: ActiveConfig): WorkerLink {
+  function link(initial: ActiveConfig, certificates: CertificatePems | undefined): WorkerLink {
     // Bounded like the primary's ledger, by the first config's limit (the primary keeps that one too).
     const table = createLeaseTable({ maxTrackedClients: initial.config.rateLimit.maxTrackedClients });
     leases = table;
     return {
       id,
       initial,
+      certificates,
       primaryStore: (timeoutMs) => ({
         take: async (policy, client, max, windowMs) =>
           table.spend(policy, client, max) ?? (await ask<Leased>((requestId) => ({ gateway: 'lease', id: requestId, policy, client, max, windowMs }), timeoutMs)).window,

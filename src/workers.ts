@@ -6,6 +6,7 @@ import type { ReloadAnswer, WorkerConfigStatus } from './admin';
 import { clientTimeouts, type GatewayConfig } from './config';
 import { checkReload, type ActiveConfig } from './config-reload';
 import { isPromClientMessage, listenClusterMetrics } from './metrics';
+import { readCertificatePems, type CertificatePems } from './tls';
 import { createLeaseLedger, type LeaseAsk, type Leased, type Recall, type Recalled } from './rate-limit-leases';
 
 /**
@@ -35,12 +36,14 @@ export type ToPrimary =
   | { gateway: 'pong'; id: number };
 
 export type ToWorker =
-  | { gateway: 'apply'; active: ActiveConfig }
+  /** `certificates`: with `tls`, the pair the primary holds (a worker never reads the files itself). */
+  | { gateway: 'apply'; active: ActiveConfig; certificates?: CertificatePems }
   | Leased
   | Recall
   | { gateway: 'reloaded'; id: number; answer: ReloadAnswer }
   | { gateway: 'workers'; id: number; workers: WorkerConfigStatus[]; pendingRestart: string[] }
-  | { gateway: 'hangup' }
+  /** SIGHUP: `certificates` read again by the primary; none when it could not (the ones in use stay). */
+  | { gateway: 'hangup'; certificates?: CertificatePems }
   | { gateway: 'shutdown' }
   /** The primary's watchdog: a worker whose event loop turns answers `pong` with the same id. */
   | { gateway: 'ping'; id: number };
@@ -147,6 +150,19 @@ export function runPrimary(options: PrimaryOptions): void {
   let reloads: Promise<unknown> = Promise.resolve();
   const applyWaiters = new Set<() => void>();
   let closeScrape = (): Promise<void> => Promise.resolve();
+  // With `tls`, read here once for every worker (a bad pair stops startup, as in a single process).
+  const tls = active.config.tls;
+  let certificates = tls && readCertificatePems(tls);
+  /** The pair read again for a SIGHUP, or undefined (logged) when it does not do: the one in use stays. */
+  const readWorkerCertificates = (): CertificatePems | undefined => {
+    if (!tls) return undefined;
+    try {
+      return readCertificatePems(tls);
+    } catch (error) {
+      logger.error('tls certificates not reloaded; the previous ones stay in use', { certFile: tls.certFile, error: error instanceof Error ? error.message : String(error) });
+      return undefined;
+    }
+  };
 
   const statuses = (): WorkerConfigStatus[] =>
     slots.flatMap((slot) => (slot.worker ? [{ id: slot.worker.id, pid: slot.worker.process.pid ?? 0, version: slot.version, ...(slot.loadedAt ? { loadedAt: slot.loadedAt } : {}) }] : []));
@@ -189,7 +205,7 @@ export function runPrimary(options: PrimaryOptions): void {
     switch (message.gateway) {
       case 'hello':
         // Stopping: a worker forked just before may have missed the shutdown message while it started.
-        return send(worker, stopping ? { gateway: 'shutdown' } : { gateway: 'apply', active });
+        return send(worker, stopping ? { gateway: 'shutdown' } : { gateway: 'apply', active, certificates });
       case 'applied':
         if (message.ok) Object.assign(slot, { version: message.version, loadedAt: message.loadedAt, applyFailed: undefined });
         else slot.applyFailed = message.reason ?? 'it could not build it (no reason given)';
@@ -331,8 +347,11 @@ export function runPrimary(options: PrimaryOptions): void {
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGHUP', () => {
-    // What else a single process does on SIGHUP (re-read TLS certificates) each worker does too.
-    for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'hangup' });
+    // What else a single process does on SIGHUP (re-read TLS certificates) each worker does too, with the pair
+    // read here: a pair that does not do is refused once, and replacements start with the one in use.
+    const reread = readWorkerCertificates();
+    if (reread) certificates = reread;
+    for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'hangup', certificates: reread });
     void reloadAll();
   });
   logger.info('gateway primary started', { workers: count, version: active.version, pid: process.pid });

@@ -1,7 +1,11 @@
+import { copyFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type http from 'node:http';
 import net from 'node:net';
+import tls from 'node:tls';
 import { METRIC } from '../../otel/wire-names';
+import { makeCertificate } from '../helpers/certificates';
 import { namedUpstream, requestOnNewConnection, startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
 import { spawnGateway } from '../helpers/process-stack';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver';
@@ -178,6 +182,49 @@ describe('workers (two processes behind one port)', () => {
     expect(after.workers.every((worker) => worker.version === before.version)).toBe(true);
     const answers = await Promise.all(Array.from({ length: 10 }, (_, i) => requestOnNewConnection(`${gateway!.url}/api/${i}`)));
     expect(answers.map((answer) => answer.status)).toEqual(Array<number>(10).fill(200));
+  });
+
+  it('serves the certificate in use from every worker, replacements included, after a rotation it refused (the primary reads the files)', async () => {
+    const directory = mkdtempSync(path.join(tmpdir(), 'gateway-workers-tls-'));
+    const first = makeCertificate('first', directory);
+    const second = makeCertificate('second', directory);
+    const live = { certFile: path.join(directory, 'live.crt'), keyFile: path.join(directory, 'live.key') };
+    copyFileSync(first.certFile, live.certFile);
+    copyFileSync(first.keyFile, live.keyFile);
+    gateway = await startGatewayProcess({ config: { ...config(), tls: live }, env: { GATEWAY_WORKERS: '2' } });
+    const origin = gateway.url;
+    /** The certificates six new connections were shown (the primary hands them to both workers in turn). */
+    const presented = async () => {
+      const seen = new Set<string>();
+      for (let i = 0; i < 6; i++) {
+        const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(origin).port), ca: [first.cert, second.cert], servername: 'localhost' });
+        await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+        seen.add(socket.getPeerCertificate().fingerprint256);
+        socket.destroy();
+      }
+      return [...seen];
+    };
+    expect(await presented()).toEqual([first.fingerprint256]);
+
+    // Half a rotation (the new certificate, the old key): refused once, by the primary; the first pair stays.
+    copyFileSync(second.certFile, live.certFile);
+    let from = gateway.lines.length;
+    gateway.child.kill('SIGHUP');
+    await gateway.waitForLine((line) => line.message === 'tls certificates not reloaded; the previous ones stay in use', { from });
+    // A worker dies meanwhile: its replacement used to read the half-rotated files and fail, again and again.
+    const victim = (await adminConfig()).workers[0]!;
+    from = gateway.lines.length;
+    process.kill(victim.pid, 'SIGKILL');
+    await gateway.waitForLine((line) => line.message === 'worker replaced and serving', { from });
+    expect((await adminConfig()).workers.map((worker) => worker.version)).toEqual([expect.any(String), expect.any(String)]);
+    expect(await presented()).toEqual([first.fingerprint256]);
+
+    // The rotation finished: every worker takes the new pair.
+    copyFileSync(second.keyFile, live.keyFile);
+    from = gateway.lines.length;
+    gateway.child.kill('SIGHUP');
+    await waitFor(() => gateway!.lines.slice(from).filter((line) => line.message === 'tls certificates reloaded').length === 2, 'both workers to take the new pair', 20_000);
+    expect(await presented()).toEqual([second.fingerprint256]);
   });
 
   it('replaces a worker that stopped answering (its event loop stuck), which kept getting connections that hung', async () => {
