@@ -32,6 +32,7 @@ import { compileRoutes } from './routes';
 import { createTokenService } from './tokens';
 import { createConsumerRegistry } from './consumers';
 import { compileHeaderRules, GATEWAY_RESPONSE_HEADERS } from './header-rules';
+import { cacheKey } from './response-cache';
 import { createResponseStore } from './response-store';
 import { createUpstreamPools } from './upstream-pool';
 import { GatewayError } from './errors';
@@ -126,6 +127,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   // Bodies the gateway reads itself (login, gRPC translation) are held to the rate the proxy holds uploads to.
   const bodyRate = { minBytesPerSecond: config.server.minBodyBytesPerSecond, graceMs: config.server.bodyGracePeriodMs };
   const cachedRoutes = new Map(config.routes.flatMap((route) => (route.cache ? [[route.name, route.cache] as const] : [])));
+  const cacheKeyScopes = new Map(config.routes.flatMap((route) => (route.cache ? [[route.name, cacheKey([JSON.stringify(route), JSON.stringify(config.services[route.service])])] as const] : [])));
   const hideUpstreamHeaders = [
     ...config.proxy.hideUpstreamHeaders,
     // The request id, trace and rate-limit state the gateway wrote: a service's would replace them.
@@ -176,7 +178,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   if (grpc && grpcRoutes.size > 0) app.use(grpc.createGrpcTranscode({ routes: grpcRoutes, tracer, underscores: config.headersWithUnderscores, clients: kept?.grpcClients, bodyRate, sign, maxCallsPerInstance: config.proxy.maxSockets + config.proxy.maxPendingRequests }));
   // Last before the proxy: a stored answer is only given to a request that passed every check.
   if (cachedRoutes.size > 0) {
-    app.use(createResponseCache({ routes: cachedRoutes, store: createResponseStore(config, redis, logger), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, headerRules, logger, metrics }));
+    app.use(createResponseCache({ routes: cachedRoutes, keyScopes: cacheKeyScopes, store: createResponseStore(config, redis, logger), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, headerRules, logger, metrics }));
   }
   app.use(
     createProxy({

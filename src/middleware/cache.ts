@@ -14,6 +14,12 @@ import { endToEndHeaders, stopsAtThisHop } from '../upstream-headers';
 export interface ResponseCacheOptions {
   /** The `cache` of each route that has one, by route name. */
   routes: ReadonlyMap<string, RouteCacheConfig>;
+  /**
+   * Each of those routes' configuration as its answers are made under (its service, the service's URLs, its
+   * rules), as a digest: part of every key, so a reload that changes it, or a replica that runs another
+   * config, never meets the copies a shared store (Redis) kept under the old one.
+   */
+  keyScopes: ReadonlyMap<string, string>;
   store: ResponseStore;
   /** Response header naming the result (`X-Cache`). */
   statusHeader: string;
@@ -144,6 +150,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     // they cannot poison it either.
     const resource = cacheKey([
       route.name,
+      options.keyScopes.get(route.name) ?? null,
       ctx.protocol,
       ctx.host.toLowerCase(),
       requestHeaderValue(headers['x-forwarded-port']),

@@ -8,7 +8,7 @@ import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory
 import { deleteKeys, isolatedKeyPrefix, requireRedis } from '../helpers/redis';
 import { listen, memoryLogger, refusedOrigin, sendRaw, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
-import { shippedConfigFile } from '../helpers/test-config';
+import { shippedConfigFile, testConfig } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
 import { waitFor } from '../helpers/wait';
 
@@ -640,6 +640,27 @@ describe('response cache shared through Redis', () => {
     // An update through one replica invalidates the copy for all of them.
     expect((await send(replica.url, path, host, 'DELETE')).headers['x-cache']).toBe('BYPASS');
     expect((await send(stack.gateway.url, path, host)).headers['x-cache']).toBe('MISS');
+  });
+
+  it('never answers from copies made for another service: a reload or a replica that points the route elsewhere starts afresh', async () => {
+    const other = await catalogService();
+    const { logger } = memoryLogger('gateway');
+    const movedConfig = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: other.url }, overrides({ cache: { redisKeyPrefix: prefix } }));
+    const moved = await listen(createGateway(movedConfig, { logger, redis: replicaRedis }).callback());
+    try {
+      const path = fresh('/api/open', 'cc=max-age%3D60');
+      const host = { host: 'api.example.test' };
+      expect((await send(stack.gateway.url, path, host)).headers['x-cache']).toBe('MISS');
+      // The control: a replica of the same config shares the copy.
+      expect((await send(replica.url, path, host)).headers['x-cache']).toBe('HIT');
+      const movedAnswer = await send(moved.url, path, host);
+      expect(movedAnswer.headers['x-cache']).toBe('MISS');
+      const item = `/${path.split('?')[0]!.split('/').pop()}?`;
+      expect([service.hits.filter((hit) => hit.url.includes(item)).length, other.hits.filter((hit) => hit.url.includes(item)).length]).toEqual([1, 1]);
+    } finally {
+      await moved.close();
+      await other.close();
+    }
   });
 
   it('drops variants past their retention as it stores new ones, so a resource kept alive by new variants does not grow without bound', async () => {
