@@ -10,6 +10,7 @@ import type { TlsConfig } from './config';
 import { createHostMatcher } from './middleware/host-guard';
 import { isHttp2Request } from './middleware/http2-requests';
 import { mintRequestId } from './middleware/request-id';
+import { hostFieldLines } from './middleware/request-head';
 
 /**
  * TLS termination on the public port: one `http2.createSecureServer` that offers `h2` and `http/1.1` by ALPN
@@ -363,8 +364,9 @@ export async function listenHttpsRedirect(options: RedirectListenerOptions): Pro
     const host = req.headers.host ?? '';
     const match = HOST_AND_PORT.exec(host);
     const hostname = match?.[1]!.toLowerCase();
-    // Origin-form targets only: an absolute-form one (`GET http://elsewhere/`) names another authority.
-    const problem = !url.startsWith('/') || url.startsWith('//') ? 400 : !hostname ? 400 : !allowed(hostname) ? 421 : undefined;
+    // Origin-form targets only: an absolute-form one (`GET http://elsewhere/`) names another authority. One Host
+    // line only (RFC 9112 3.2), as the HTTPS listener holds it: Node keeps the first of several, another hop the last.
+    const problem = !url.startsWith('/') || url.startsWith('//') || hostFieldLines(req.rawHeaders) > 1 ? 400 : !hostname ? 400 : !allowed(hostname) ? 421 : undefined;
     if (problem) {
       const code = problem === 421 ? 'host_not_allowed' : 'bad_request';
       const requestId = mintRequestId();

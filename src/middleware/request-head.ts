@@ -57,6 +57,13 @@ export function createRequestTargetForm(): Middleware {
 /** HTTP/1 only (a connection-specific header is malformed in HTTP/2): what follows a malformed head is not trusted. */
 const CLOSE_CONNECTION = { headers: { Connection: 'close' } };
 
+/** How many Host field lines an HTTP/1 request head carries (Node keeps the first of several in `headers`). */
+export function hostFieldLines(rawHeaders: readonly string[]): number {
+  let lines = 0;
+  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i]!.length === 4 && rawHeaders[i]!.toLowerCase() === 'host') lines++;
+  return lines;
+}
+
 export function createRequestHeadCheck(): Middleware {
   return function checkRequestHead(ctx, next) {
     const request = ctx.req;
@@ -69,9 +76,7 @@ export function createRequestHeadCheck(): Middleware {
       throw new GatewayError('bad_request', 'The request target must be a path (or an http or https URL without userinfo).');
     }
     if (!http2) {
-      const raw = request.rawHeaders;
-      let hostLines = 0;
-      for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === 'host') hostLines++;
+      const hostLines = hostFieldLines(request.rawHeaders);
       if (hostLines > 1) throw new GatewayError('bad_request', 'The request carries more than one Host header field.', CLOSE_CONNECTION);
       // Node's own check is off (runServer: `requireHostHeader: false`) so this one answers with a request id and
       // a log line; the absolute form does not excuse it (RFC 9112 3.2: every HTTP/1.1 request sends Host). The

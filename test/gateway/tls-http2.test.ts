@@ -905,6 +905,19 @@ describe('the HTTPS redirect listener', () => {
     expect((await plainRequest(restricted.url, '/x', { host: 'www.example.org' })).headers.location).toBe('https://www.example.org/x');
   });
 
+  it('refuses a request with two Host lines (RFC 9112 3.2: 400), as the HTTPS listener does, rather than redirecting to the first', async () => {
+    const { port } = new URL(restricted.url);
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(Number(port), '127.0.0.1', () => socket.write('GET /api/orders HTTP/1.1\r\nHost: api.example.com\r\nHost: evil.example\r\n\r\n'));
+      let text = '';
+      socket.on('data', (chunk) => (text += chunk.toString()));
+      socket.on('close', () => resolve(text));
+      socket.on('error', reject);
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    expect(answer).not.toMatch(/^location:/im);
+  });
+
   it('refuses an absolute-form request target rather than redirecting to its authority', async () => {
     const reply = await plainRequest(redirect.url, 'http://evil.example/steal', { host: 'api.example.com' });
     expect(reply.status).toBe(400);
