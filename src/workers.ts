@@ -100,7 +100,7 @@ const STABLE_AFTER_MS = 10_000;
 const FIRST_RESTART_DELAY_MS = 100;
 const MAX_RESTART_DELAY_MS = 10_000;
 /** Longest the workers may take to drain after SIGTERM (their own bound is 10 s, telemetry flush 5 s). */
-const SHUTDOWN_BOUND_MS = 20_000;
+export const SHUTDOWN_BOUND_MS = 20_000;
 /** Longest a reload waits for every worker to report the new version. */
 const APPLY_TIMEOUT_MS = 10_000;
 

@@ -1,6 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { SERVICE_NAME } from '../../otel/wire-names';
+import { SHUTDOWN_BOUND_MS } from '../../src/workers';
 import {
   appServices,
   asList,
@@ -68,6 +69,12 @@ describe('docker-compose.yml', () => {
       expect(endpoint.port).toBe(collectorOtlpHttpPort());
       expect(s.environment.OTEL_EXPORTER_OTLP_PROTOCOL).toBe('http/protobuf');
       expect(s.dependsOn[endpoint.host]).toBeDefined();
+    });
+
+    it('gives the process longer than its own shutdown bound before Docker kills it (Docker waits 10 s by default)', () => {
+      // Drain 10 s, then the telemetry flush 5 s; a cluster's primary waits up to SHUTDOWN_BOUND_MS for its workers.
+      const seconds = /^(\d+)s$/.exec(s.stopGracePeriod ?? '')?.[1];
+      expect(Number(seconds) * 1000).toBeGreaterThan(SHUTDOWN_BOUND_MS);
     });
 
     it(`reports service.name ${serviceName}, the shared wire name`, () => {

@@ -57,6 +57,8 @@ export interface ComposeService {
   healthcheck?: { test: string[] };
   dependsOn: Record<string, string>;
   volumes: string[];
+  /** `stop_grace_period` as written (`30s`), if set. */
+  stopGracePeriod?: string;
 }
 
 export interface ComposeFile {
@@ -102,6 +104,7 @@ export function readCompose(): ComposeFile {
       healthcheck,
       dependsOn,
       volumes: stringList(service.volumes, `${where}.volumes`),
+      stopGracePeriod: service.stop_grace_period === undefined ? undefined : asString(service.stop_grace_period, `${where}.stop_grace_period`),
     });
   }
   const volumes = file.volumes === undefined ? [] : Object.keys(asMap(file.volumes, 'volumes'));
