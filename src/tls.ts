@@ -3,6 +3,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import path from 'node:path';
 import type { Socket } from 'node:net';
+import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import type { Logger } from '../otel/logger';
 import { answerHttp2RequestTimeout, DEFAULT_SEND_TIMEOUT_MS, listenInternal, markServerAnswer, MIN_SEND_BYTES_PER_SECOND, resetByGateway, resetStream, type PublicServer } from '../otel/lifecycle';
@@ -91,6 +92,28 @@ export function readCertificatePems(tls: TlsConfig, cwd = process.cwd()): Certif
   return pems;
 }
 
+/**
+ * Why the certificate (the first of the file) is not valid now, or undefined. A rotation to an expired or
+ * not yet valid certificate is refused (every verifying client would fail its handshakes); at start-up it is
+ * only warned about, since the gateway cannot serve at all without a pair.
+ */
+export function certificateOutOfDate(pems: CertificatePems, now = new Date()): string | undefined {
+  const certificate = new X509Certificate(pems.cert);
+  const validFrom = new Date(certificate.validFrom);
+  const validTo = new Date(certificate.validTo);
+  if (now > validTo) return `it expired on ${validTo.toISOString()}`;
+  if (now < validFrom) return `it is not valid before ${validFrom.toISOString()}`;
+  return undefined;
+}
+
+/** A rotated pair as readCertificatePems reads it, refused (thrown) when its certificate is out of date. */
+export function rotatedCertificatePems(tls: TlsConfig, cwd?: string): CertificatePems {
+  const pems = readCertificatePems(tls, cwd);
+  const outOfDate = certificateOutOfDate(pems);
+  if (outOfDate) throw new Error(`tls.certFile (${tls.certFile}) is not usable now: ${outOfDate}`);
+  return pems;
+}
+
 /** The PEMs as secure-context options; throws, naming `tls`'s files, when they are not a usable pair. */
 function secureContextOptions(tls: TlsConfig, pems: CertificatePems): SecureContextOptions {
   const options: SecureContextOptions = { ...pems, minVersion: tls.minVersion };
@@ -121,7 +144,10 @@ export function http2SessionTimeoutMs(timeouts: { requestMs: number; keepAliveMs
 export function createTlsServer(options: TlsServerOptions): TlsServer {
   const { tls, timeouts, logger } = options;
   // Read now: a missing or unreadable file stops startup, not the first handshake.
-  const certificates = secureContextOptions(tls, options.certificates ?? readCertificatePems(tls, options.cwd));
+  const pems = options.certificates ?? readCertificatePems(tls, options.cwd);
+  const certificates = secureContextOptions(tls, pems);
+  const outOfDate = certificateOutOfDate(pems);
+  if (outOfDate) logger.warn('tls certificate not valid now; verifying clients will refuse it', { certFile: tls.certFile, reason: outOfDate });
   let server: http2.Http2SecureServer | undefined;
 
   return {
@@ -170,7 +196,7 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
     reloadCertificates(given) {
       if (!server) return false;
       try {
-        server.setSecureContext(secureContextOptions(tls, given ?? readCertificatePems(tls, options.cwd)));
+        server.setSecureContext(secureContextOptions(tls, given ?? rotatedCertificatePems(tls, options.cwd)));
         logger.info('tls certificates reloaded', { certFile: tls.certFile });
         return true;
       } catch (error) {

@@ -6,7 +6,7 @@ import type { ReloadAnswer, WorkerConfigStatus } from './admin';
 import { clientTimeouts, type GatewayConfig } from './config';
 import { checkReload, type ActiveConfig } from './config-reload';
 import { isPromClientMessage, listenClusterMetrics } from './metrics';
-import { readCertificatePems, type CertificatePems } from './tls';
+import { readCertificatePems, rotatedCertificatePems, type CertificatePems } from './tls';
 import { createLeaseLedger, type LeaseAsk, type Leased, type Recall, type Recalled } from './rate-limit-leases';
 
 /**
@@ -157,7 +157,7 @@ export function runPrimary(options: PrimaryOptions): void {
   const readWorkerCertificates = (): CertificatePems | undefined => {
     if (!tls) return undefined;
     try {
-      return readCertificatePems(tls);
+      return rotatedCertificatePems(tls);
     } catch (error) {
       logger.error('tls certificates not reloaded; the previous ones stay in use', { certFile: tls.certFile, error: error instanceof Error ? error.message : String(error) });
       return undefined;

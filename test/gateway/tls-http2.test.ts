@@ -12,7 +12,7 @@ import { ACCESS_LINE_MESSAGE, HEADER } from '../../otel/wire-names';
 import { createGatewayApps } from '../../src/gateway';
 import type { ProblemBody } from '../../src/middleware/errors';
 import { createTlsServer, HTTP2_LIMITS, http2SessionTimeoutMs, listenHttpsRedirect, RESET_STREAMS_BUDGET, type RedirectListener, type TlsServer } from '../../src/tls';
-import { makeCertificate, type TestCertificate } from '../helpers/certificates';
+import { makeCertificate, makeCertificateValidBetween, type TestCertificate } from '../helpers/certificates';
 import { exitOf, spawnGateway } from '../helpers/process-stack';
 import { listen, memoryLogger, sendRaw, type RecordedRequest } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
@@ -974,6 +974,35 @@ describe('certificate reload', () => {
       expect(tlsServer.reloadCertificates()).toBe(false);
       expect(await presented(server.url, ca)).toBe(second.fingerprint256);
       open.close();
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('refuses a rotation to an expired or not yet valid certificate (every verifying client would fail), and warns of one at start', async () => {
+    const { directory, first, live } = rotatingCertificates('gateway-tls-dated-');
+    const { logger, lines } = memoryLogger('gateway');
+    const tlsServer: TlsServer = createTlsServer({ tls: { ...live, minVersion: 'TLSv1.2' }, timeouts: TIMEOUTS, logger });
+    const server = await runServer({ app: { callback: () => (_req, res) => res.end('ok') }, name: 'gateway', port: 0, host: '127.0.0.1', logger, createServer: tlsServer.create });
+    try {
+      for (const [dated, reason] of [
+        [makeCertificateValidBetween('20200101000000Z', '20200102000000Z', directory), /expired on 2020-01-02/],
+        [makeCertificateValidBetween('20991231000000Z', '21000101000000Z', directory), /not valid before 2099-12-31/],
+      ] as const) {
+        copyFileSync(dated.certFile, live.certFile);
+        copyFileSync(dated.keyFile, live.keyFile);
+        const from = lines.length;
+        expect(tlsServer.reloadCertificates()).toBe(false);
+        expect(lines.slice(from).find((line) => line.message === 'tls certificates not reloaded; the previous ones stay in use')).toMatchObject({ error: expect.stringMatching(reason) });
+        const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(server.url).port), ca: [first.cert], servername: 'localhost' });
+        await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+        expect(socket.getPeerCertificate().fingerprint256).toBe(first.fingerprint256);
+        socket.destroy();
+      }
+      // At start the gateway cannot fall back to anything: it serves, and says so.
+      const { logger: startLogger, lines: startLines } = memoryLogger('gateway');
+      createTlsServer({ tls: { ...live, minVersion: 'TLSv1.2' }, timeouts: TIMEOUTS, logger: startLogger });
+      expect(startLines.find((line) => line.message === 'tls certificate not valid now; verifying clients will refuse it')).toMatchObject({ level: 'warn', reason: expect.stringMatching(/not valid before/) });
     } finally {
       await server.close();
     }

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
@@ -27,6 +27,24 @@ export function makeCertificate(commonName = 'localhost', directory = mkdtempSyn
     ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '1', '-subj', `/CN=${commonName}`, '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'],
     { stdio: 'ignore', env: { PATH: process.env.PATH ?? '' } },
   );
+  const cert = readFileSync(certFile, 'utf8');
+  return { certFile, keyFile, cert, fingerprint256: new X509Certificate(cert).fingerprint256 };
+}
+
+/**
+ * A self-signed certificate valid only between two dates (`20200101000000Z`), for expired and not yet valid
+ * ones: `openssl req -x509` takes a number of days from now only, `openssl ca` takes both dates.
+ */
+export function makeCertificateValidBetween(startDate: string, endDate: string, directory = mkdtempSync(path.join(tmpdir(), 'gateway-tls-'))): TestCertificate {
+  const work = mkdtempSync(path.join(directory, 'ca-'));
+  writeFileSync(path.join(work, 'index.txt'), '');
+  writeFileSync(path.join(work, 'serial'), '01\n');
+  writeFileSync(path.join(work, 'ca.cnf'), '[ca]\ndefault_ca = own\n[own]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\ndefault_md = sha256\npolicy = any\n[any]\ncommonName = supplied\n');
+  const keyFile = path.join(directory, `dated-${path.basename(work)}.key`);
+  const certFile = path.join(directory, `dated-${path.basename(work)}.crt`);
+  const run = (args: string[]) => execFileSync('openssl', args, { cwd: work, stdio: 'ignore', env: { PATH: process.env.PATH ?? '' } });
+  run(['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile, '-out', 'request.csr', '-subj', '/CN=localhost']);
+  run(['ca', '-batch', '-config', 'ca.cnf', '-selfsign', '-keyfile', keyFile, '-in', 'request.csr', '-startdate', startDate, '-enddate', endDate, '-notext', '-out', certFile]);
   const cert = readFileSync(certFile, 'utf8');
   return { certFile, keyFile, cert, fingerprint256: new X509Certificate(cert).fingerprint256 };
 }
