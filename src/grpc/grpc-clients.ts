@@ -11,6 +11,19 @@ import { grpcStatusName } from './status-errors';
 export const MAX_GRPC_MESSAGE_BYTES = 4 * 1024 * 1024;
 
 /**
+ * Longest wait between a channel's attempts to reconnect to an instance that went away, ms. grpc-js retries on
+ * its own backoff (1 s, x1.6 with 20 % jitter) up to 120 s by default, and while it waits every call fails at once
+ * with UNAVAILABLE without trying to connect: after a few minutes of outage a route stayed 503 for up to two
+ * minutes after the service was back. HTTP routes connect on demand, so they recover as soon as passive health
+ * lets an instance be tried again (`ejectMs`, 10 s by default); capped at 2 s, a channel is connected again
+ * within about 2.4 s of the service's return, well inside that window. An attempt is one refused TCP connection
+ * while the service is down.
+ */
+export const MAX_GRPC_RECONNECT_BACKOFF_MS = 2000;
+/** First wait before reconnecting, ms (grpc-js's own default, written out because the cap above depends on it). */
+export const INITIAL_GRPC_RECONNECT_BACKOFF_MS = 1000;
+
+/**
  * grpc-js clients by instance origin. Kept across config reloads (src/config-reload.ts) as the HTTP connections
  * are: a channel is never garbage (grpc-js registers each in its global channelz table until `close()`), so one
  * made per reload would be one leaked per reload.
@@ -32,6 +45,8 @@ export function createGrpcClients(clients: GrpcClientCache = new Map()): (instan
         'grpc.max_send_message_length': MAX_GRPC_MESSAGE_BYTES,
         // Retries are the gateway's business (and a POST is not safe to replay).
         'grpc.enable_retries': 0,
+        'grpc.initial_reconnect_backoff_ms': INITIAL_GRPC_RECONNECT_BACKOFF_MS,
+        'grpc.max_reconnect_backoff_ms': MAX_GRPC_RECONNECT_BACKOFF_MS,
       });
       clients.set(key, client);
     }

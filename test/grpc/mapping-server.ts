@@ -14,8 +14,8 @@ export interface MappingServer {
   close(): Promise<void>;
 }
 
-/** A real gRPC server of test/fixtures/transcoding.proto on a free loopback port, recording what it receives. */
-export async function startMappingServer(): Promise<MappingServer> {
+/** A real gRPC server of test/fixtures/transcoding.proto on a loopback port (default a free one), recording what it receives. */
+export async function startMappingServer(port = 0): Promise<MappingServer> {
   const server = new grpc.Server();
   const calls: MappingServer['calls'] = [];
   const cancelled: string[] = [];
@@ -67,9 +67,9 @@ export async function startMappingServer(): Promise<MappingServer> {
       callback(null, {});
     },
   });
-  const port = await bindGrpcServer(server, '127.0.0.1', 0);
+  const bound = await bindGrpcServer(server, '127.0.0.1', port);
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `http://127.0.0.1:${bound}`,
     calls,
     cancelled,
     close: () => new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
