@@ -175,7 +175,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   if (limitCallers) app.use(limitCallers);
   app.use(createAuthorize());
   // Routes with `grpc` end here (REST/JSON -> gRPC); the others go on to the HTTP proxy.
-  if (grpc && grpcRoutes.size > 0) app.use(grpc.createGrpcTranscode({ routes: grpcRoutes, tracer, underscores: config.headersWithUnderscores, clients: kept?.grpcClients, bodyRate, sign, maxCallsPerInstance: config.proxy.maxSockets + config.proxy.maxPendingRequests }));
+  if (grpc && grpcRoutes.size > 0) app.use(grpc.createGrpcTranscode({ routes: grpcRoutes, tracer, logger, underscores: config.headersWithUnderscores, clients: kept?.grpcClients, bodyRate, sign, maxCallsPerInstance: config.proxy.maxSockets + config.proxy.maxPendingRequests }));
   // Last before the proxy: a stored answer is only given to a request that passed every check.
   if (cachedRoutes.size > 0) {
     app.use(createResponseCache({ routes: cachedRoutes, keyScopes: cacheKeyScopes, store: createResponseStore(config, redis, logger), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, headerRules, logger, metrics }));

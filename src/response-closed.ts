@@ -35,6 +35,15 @@ export function recordedStatus(ctx: Context): number {
 }
 
 /**
+ * Whether a response that closed with `status` failed after it started, though its status may be 200: cut
+ * midway (a service that died mid-body, a deadline), or a server stream that ended with an `{"error": ...}` line
+ * (src/middleware/grpc-transcode.ts). `errorCode` (what the request recorded when its response closed) says why.
+ */
+export function failedAfterStarting(ctx: Context, status: number, errorCode: string | undefined): boolean {
+  return errorCode !== undefined && (!ctx.res.writableFinished || status < 400);
+}
+
+/**
  * Ends a response that already started and cannot be finished (a service that died mid-body, a deadline): the
  * client must see it broken, not complete. HTTP/1.1 closes the connection. On HTTP/2, destroying the compatibility
  * response ends the stream as if the body were whole, a truncated 200 the client takes for the answer; the

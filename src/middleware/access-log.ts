@@ -3,7 +3,7 @@ import type { Middleware } from 'koa';
 import { logLine, type Logger } from '../../otel/logger';
 import { redactUrl } from '../../otel/redact-url';
 import { ACCESS_LINE_MESSAGE, type AccessLine } from '../../otel/wire-names';
-import { onResponseClosed, recordedStatus } from '../response-closed';
+import { failedAfterStarting, onResponseClosed, recordedStatus } from '../response-closed';
 
 export interface AccessLogOptions {
   logger: Logger;
@@ -39,8 +39,8 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
         consumer_id: state.consumer?.id ?? null,
         cache: state.cache ?? null,
       };
-      // A response cut after it started (its status may be 200) failed all the same.
-      const level = status >= 500 || (!ctx.res.writableFinished && state.errorCode !== undefined) ? 'error' : status >= 400 ? 'warn' : 'info';
+      // A response that failed after it started (its status may be 200) failed all the same.
+      const level = status >= 500 || failedAfterStarting(ctx, status, state.errorCode) ? 'error' : status >= 400 ? 'warn' : 'info';
       logLine(logger, level, ACCESS_LINE_MESSAGE, entry, requestContext);
     });
     await next();

@@ -1,5 +1,5 @@
 import { trace } from '@opentelemetry/api';
-import type { Middleware } from 'koa';
+import type { Context, Middleware } from 'koa';
 import { HEADER } from '../../otel/wire-names';
 import type { Logger } from '../../otel/logger';
 import { toGatewayError, type GatewayError } from '../errors';
@@ -46,13 +46,7 @@ export function createErrorHandler(options: ErrorHandlerOptions): Middleware {
       await next();
     } catch (thrown) {
       const error = toGatewayError(thrown);
-      // The SERVER span, the access line and the metric all take the code (and the span its error status) from
-      // here, when the response closes (src/middleware/tracing.ts): one answer, recorded alike in all three.
-      ctx.state.errorCode = error.code;
-      if (error.status >= 500) {
-        logger.error('request failed', { code: error.code, error: describeCause(error) });
-        trace.getActiveSpan()?.recordException(error.cause instanceof Error ? error.cause : error);
-      }
+      recordFailure(ctx, error, logger);
       if (ctx.res.headersSent || !ctx.writable) {
         cutResponse(ctx);
         return;
@@ -64,6 +58,22 @@ export function createErrorHandler(options: ErrorHandlerOptions): Middleware {
       ctx.body = problemBody(error, ctx.state.requestId, ctx.originalUrl.split('?')[0]!);
     }
   };
+}
+
+/**
+ * Records why a request failed. The SERVER span, the access line and the metric all take the code (and the span
+ * its error status) from `ctx.state.errorCode` when the response closes (src/middleware/tracing.ts): one answer,
+ * recorded alike in all three. A failure of the gateway or its upstream (5xx) is also logged, and its cause
+ * recorded on the active span (the SERVER span, in the request's context). handleErrors records what the
+ * pipeline throws; a server stream that fails after its first line (src/middleware/grpc-transcode.ts) records
+ * its failure itself, since the pipeline returned long before.
+ */
+export function recordFailure(ctx: Context, error: GatewayError, logger: Logger): void {
+  ctx.state.errorCode = error.code;
+  if (error.status >= 500) {
+    logger.error('request failed', { code: error.code, error: describeCause(error) });
+    trace.getActiveSpan()?.recordException(error.cause instanceof Error ? error.cause : error);
+  }
 }
 
 function describeCause(error: GatewayError): string {

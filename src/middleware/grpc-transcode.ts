@@ -14,7 +14,8 @@ import type { CompiledRoute } from '../routes';
 import type { GatewaySigner } from '../gateway-signature';
 import type { UpstreamInstance } from '../upstream-pool';
 import { upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
-import { problemBody } from './errors';
+import type { Logger } from '../../otel/logger';
+import { problemBody, recordFailure } from './errors';
 import { continueIfExpected } from './request-head';
 import { readWithinRate, type BodyRate } from '../body-rate';
 
@@ -25,6 +26,8 @@ export interface GrpcTranscodeOptions {
   routes: ReadonlyMap<string, GrpcRoute>;
   /** Makes the CLIENT span of each call. */
   tracer: Tracer;
+  /** Logs a server stream that fails after its first line (`request failed`), as the error handler logs the others. */
+  logger: Logger;
   /** Client header names with `_`: see config `headersWithUnderscores`. */
   underscores: UnderscoreHeaderPolicy;
   /** Largest JSON request body, bytes; 413 beyond. Default 1 MiB. */
@@ -93,7 +96,7 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
       if (code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED) pool.reportFailure(instance, error?.details ?? String(code));
       else pool.reportSuccess(instance);
     };
-    if (binding.method.serverStreaming) await streamCall(ctx, route, call, settle);
+    if (binding.method.serverStreaming) await streamCall(ctx, route, call, settle, options.logger);
     else await unaryCall(ctx, route, call, settle);
   };
 }
@@ -158,8 +161,10 @@ function answerJson(route: CompiledRoute, type: protobuf.Type, message: protobuf
  * slow). Until the first message the status is open, so an early failure is an ordinary problem response;
  * after it, a failure is written as a last line `{"error": <problem>}` and the stream ends.
  */
-async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, binding, message, metadata }: Call, settle: Settle): Promise<void> {
+async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, binding, message, metadata }: Call, settle: Settle, logger: Logger): Promise<void> {
   const { method } = binding;
+  // grpc-js's events run outside the request's context; a failure after the first line is recorded in it.
+  const requestContext = context.active();
   const call = client.makeServerStreamRequest(method.path, serializer(method.requestType), deserializer(method.responseType), message, metadata, { deadline: Date.now() + route.deadlineMs });
   const line = (value: unknown) => `${JSON.stringify(value)}\n`;
   const cancel = () => call.cancel();
@@ -214,7 +219,12 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
     ctx.res.off('close', cancel);
     settle(error.code, error);
     if (error.code === grpc.status.CANCELLED && ctx.res.destroyed) return;
-    out.end(line({ error: problemBody(failure ?? grpcFailure(route.service, error), ctx.state.requestId, ctx.originalUrl.split('?')[0]!) }));
+    const problem = failure ?? grpcFailure(route.service, error);
+    // The 200 went out with the first line: only the last line tells the client. The access line, the metric and
+    // the SERVER span read the code when the response closes, so it is recorded before the end, as the proxy
+    // records a response it cuts midway; without it the stream would read as a success.
+    context.with(requestContext, () => recordFailure(ctx, problem, logger));
+    out.end(line({ error: problemBody(problem, ctx.state.requestId, ctx.originalUrl.split('?')[0]!) }));
   });
   call.once('end', () => {
     ctx.res.off('close', cancel);

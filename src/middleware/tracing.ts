@@ -18,7 +18,7 @@ import { outgoingTraceFlags, setRandomTraceIdFlag, TraceContextPropagator } from
 import { TRACE_ID_FROM_REQUEST_ID, traceIdFromRequestId, withTraceId } from '../../otel/trace-ids';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { isWellFormedRequestId } from './request-id';
-import { onResponseClosed, recordedStatus } from '../response-closed';
+import { failedAfterStarting, onResponseClosed, recordedStatus } from '../response-closed';
 
 export interface TracingOptions {
   tracer: Tracer;
@@ -132,8 +132,8 @@ export function createTracing(options: TracingOptions): Middleware {
       // What the pipeline threw (handleErrors) or the server answered or cut itself (otel/lifecycle.ts, through
       // recordedStatus).
       if (errorCode !== undefined) span.setAttribute(ATTR.errorCode, errorCode);
-      // A response cut after it started (its status may be 200) failed all the same, as its access-log line says.
-      if (status >= 500 || (errorCode !== undefined && !ctx.res.writableFinished)) span.setStatus(errorCode === undefined ? { code: SpanStatusCode.ERROR } : { code: SpanStatusCode.ERROR, message: errorCode });
+      // A response that failed after it started (its status may be 200) failed all the same, as its access-log line says.
+      if (status >= 500 || failedAfterStarting(ctx, status, errorCode)) span.setStatus(errorCode === undefined ? { code: SpanStatusCode.ERROR } : { code: SpanStatusCode.ERROR, message: errorCode });
       span.end();
     };
     onResponseClosed(ctx, () => {

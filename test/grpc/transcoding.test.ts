@@ -1,7 +1,7 @@
 import http from 'node:http';
-import { SpanKind } from '@opentelemetry/api';
+import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { createGatewayApps } from '../../src/gateway';
-import { ATTR, HEADER } from '../../otel/wire-names';
+import { ACCESS_LINE_MESSAGE, ATTR, HEADER } from '../../otel/wire-names';
 import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
 import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
 import { shippedConfigFile, testConfig } from '../helpers/test-config';
@@ -318,6 +318,26 @@ describe('gRPC transcoding', () => {
       const received = lines(await response.text());
       expect(received).toHaveLength(3);
       expect(received[2]).toEqual({ error: expect.objectContaining({ status: 404, code: 'grpc_not_found', detail: 'failed after 2', requestId: response.headers.get(HEADER.requestId) }) });
+    });
+
+    it.each([
+      { desc: 'INTERNAL (the service failed: logged as a failure)', failWith: 13, code: 'upstream_bad_response', logged: true },
+      { desc: "NOT_FOUND (the service's word on the request)", failWith: 5, code: 'grpc_not_found', logged: false },
+    ])('records a stream that fails with $desc after its first message as failed in the access line and SERVER span, not as a clean 200', async ({ failWith, code, logged }) => {
+      const response = await call(`/api/mapping/count/1?failWith=${failWith}`);
+      expect(response.status).toBe(200);
+      expect(lines(await response.text()).at(-1)).toEqual({ error: expect.objectContaining({ code }) });
+      const requestId = response.headers.get(HEADER.requestId)!;
+      const accessLine = () => gatewayLogs.lines.find((line) => line.message === ACCESS_LINE_MESSAGE && line.request_id === requestId);
+      await waitFor(() => accessLine() !== undefined, 'the access line');
+      // The metric takes its error_type from the same state, when the response closes.
+      expect(accessLine()).toMatchObject({ status: 200, error_code: code, level: 'error' });
+      const serverSpan = () => tracing.spans().find((span) => span.kind === SpanKind.SERVER && span.attributes[ATTR.requestId] === requestId);
+      await waitFor(() => serverSpan() !== undefined, 'the SERVER span');
+      expect(serverSpan()!.attributes[ATTR.errorCode]).toBe(code);
+      expect(serverSpan()!.status).toEqual({ code: SpanStatusCode.ERROR, message: code });
+      // Written before the stream's end, so before the access line.
+      expect(gatewayLogs.lines.some((line) => line.message === 'request failed' && line.request_id === requestId && line.code === code)).toBe(logged);
     });
 
     it('answers a stream that fails before its first message with a problem response', async () => {
