@@ -247,8 +247,15 @@ function answerStream(ctx: KoaContext, out: PassThrough): void {
 }
 
 /**
+ * JSON exchanged between systems must be UTF-8 (RFC 8259 section 8.1): other bytes are refused, as in the path and
+ * the query, never replaced by U+FFFD, a character the client never sent. A BOM is kept in the text, so
+ * JSON.parse refuses it (RFC 8259 forbids it) rather than the decoder dropping it.
+ */
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
  * The JSON request body, or undefined when there is none. Only JSON is taken (415 otherwise), at most
- * `limit` bytes (413), and it must parse (400).
+ * `limit` bytes (413), and it must be UTF-8 and parse (400).
  */
 async function readJsonBody(ctx: KoaContext, limit: number): Promise<unknown> {
   const declared = ctx.get('content-length');
@@ -263,7 +270,12 @@ async function readJsonBody(ctx: KoaContext, limit: number): Promise<unknown> {
     if (size > limit) throw new GatewayError('payload_too_large', `The request body is larger than ${limit} bytes.`);
     chunks.push(chunk);
   }
-  const text = Buffer.concat(chunks).toString('utf8');
+  let text: string;
+  try {
+    text = UTF8.decode(Buffer.concat(chunks));
+  } catch {
+    throw new GatewayError('invalid_body', 'The request body is not UTF-8.');
+  }
   if (text.trim() === '') return undefined;
   let body: unknown;
   try {

@@ -140,6 +140,28 @@ describe('gRPC transcoding', () => {
       expect(service.calls.length).toBe(before);
     });
 
+    it.each([
+      { desc: 'bytes that are never UTF-8 (FF FE)', bytes: [0xff, 0xfe] },
+      { desc: 'a sequence cut short (E2 82)', bytes: [0xe2, 0x82] },
+      { desc: 'an overlong slash (C0 AF)', bytes: [0xc0, 0xaf] },
+      { desc: 'an encoded surrogate (ED A0 80, CESU-8)', bytes: [0xed, 0xa0, 0x80] },
+    ])('refuses a JSON body that is not UTF-8 ($desc) with 400 invalid_body, never handing the service U+FFFD', async ({ bytes }) => {
+      const before = service.calls.length;
+      const body = Buffer.concat([Buffer.from('{"tags": ["a'), Buffer.from(bytes), Buffer.from('b"]}')]);
+      const response = await call('/api/mapping/things/bad', { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      expect(response.status).toBe(400);
+      expect(await response.json()).toMatchObject({ code: 'invalid_body', detail: 'The request body is not UTF-8.' });
+      expect(service.calls.length).toBe(before);
+    });
+
+    it('still refuses a JSON body that starts with a byte order mark (400)', async () => {
+      const before = service.calls.length;
+      const body = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"tags": ["a"]}')]);
+      const response = await call('/api/mapping/things/bad', { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      expect(response.status).toBe(400);
+      expect(service.calls.length).toBe(before);
+    });
+
     it('answers a body that is not JSON with 415', async () => {
       const response = await call('/api/mapping/things/x', { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'id=1' });
       expect(response.status).toBe(415);
