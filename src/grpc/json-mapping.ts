@@ -44,6 +44,8 @@ const BASE64 = /^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+
 /** 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, as google/protobuf/timestamp.proto allows, s. */
 const MIN_TIMESTAMP_SECONDS = -62_135_596_800;
 const MAX_TIMESTAMP_SECONDS = 253_402_300_799;
+/** Half of a UTF-16 surrogate pair alone (`u` reads a whole pair as one code point, never as Cs). */
+const LONE_SURROGATE = /\p{Surrogate}/u;
 /** Nesting beyond this is refused (Struct and messages are recursive). */
 const MAX_DEPTH = 32;
 
@@ -144,6 +146,7 @@ function fieldFromJson(field: protobuf.Field, value: unknown, where: string, dep
     if (!isPlainObject(value)) throw new JsonMappingError(`${where} must be an object`);
     const entries: Record<string, unknown> = {};
     for (const [key, item] of Object.entries(value)) {
+      wellFormed(key, `${where} key`);
       if (field.keyType !== 'string') scalarFromJson(field.keyType, field.keyType === 'bool' ? key === 'true' || (key === 'false' ? false : key) : key, `${where} key`);
       entries[key] = singleFromJson(field, item, `${where}.${truncate(key)}`, depth);
     }
@@ -170,7 +173,7 @@ function singleFromJson(field: protobuf.Field, value: unknown, where: string, de
 function scalarFromJson(type: string, value: unknown, where: string): unknown {
   if (type === 'string') {
     if (typeof value !== 'string') throw new JsonMappingError(`${where} must be a string`);
-    return value;
+    return wellFormed(value, where);
   }
   if (type === 'bool') {
     if (typeof value !== 'boolean') throw new JsonMappingError(`${where} must be true or false`);
@@ -211,10 +214,11 @@ function wellKnownFromJson(type: protobuf.Type, json: unknown, where: string, de
       return durationFromJson(json, where);
     case '.google.protobuf.FieldMask':
       if (typeof json !== 'string') throw new JsonMappingError(`${where} must be a comma-separated string`);
+      wellFormed(json, where);
       return { paths: json === '' ? [] : json.split(',').map((path) => path.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`)) };
     case '.google.protobuf.Struct':
       if (!isPlainObject(json)) throw new JsonMappingError(`${where} must be an object`);
-      return { fields: Object.fromEntries(Object.entries(json).map(([key, item]) => [key, valueFromJson(item, `${where}.${truncate(key)}`, depth + 1)])) };
+      return { fields: fieldsFromJson(json, where, depth) };
     case '.google.protobuf.ListValue':
       if (!Array.isArray(json)) throw new JsonMappingError(`${where} must be an array`);
       return { values: json.map((item, index) => valueFromJson(item, `${where}[${index}]`, depth + 1)) };
@@ -231,11 +235,26 @@ function valueFromJson(json: unknown, where: string, depth: number): Record<stri
   if (depth > MAX_DEPTH) throw new JsonMappingError(`${where} is nested too deeply`);
   if (json === null) return { nullValue: 'NULL_VALUE' };
   if (typeof json === 'number') return { numberValue: json };
-  if (typeof json === 'string') return { stringValue: json };
+  if (typeof json === 'string') return { stringValue: wellFormed(json, where) };
   if (typeof json === 'boolean') return { boolValue: json };
   if (Array.isArray(json)) return { listValue: { values: json.map((item, index) => valueFromJson(item, `${where}[${index}]`, depth + 1)) } };
-  if (isPlainObject(json)) return { structValue: { fields: Object.fromEntries(Object.entries(json).map(([key, item]) => [key, valueFromJson(item, `${where}.${truncate(key)}`, depth + 1)])) } };
+  if (isPlainObject(json)) return { structValue: { fields: fieldsFromJson(json, where, depth) } };
   throw new JsonMappingError(`${where} is not a JSON value`);
+}
+
+/** A Struct's `fields` from a JSON object: its keys are proto3 strings too. */
+function fieldsFromJson(json: Record<string, unknown>, where: string, depth: number): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(json).map(([key, item]) => [wellFormed(key, `${where} key`), valueFromJson(item, `${where}.${truncate(key)}`, depth + 1)]));
+}
+
+/**
+ * `text`, if it is Unicode text. A JSON escape can name half of a UTF-16 surrogate pair alone (`"\ud800"`), which
+ * protobufjs would encode as bytes that are not UTF-8 (ED A0 80): proto3 strings must be UTF-8, so the service
+ * could not even decode the request, and the client would get a 502 blaming it.
+ */
+function wellFormed(text: string, where: string): string {
+  if (LONE_SURROGATE.test(text)) throw new JsonMappingError(`${where} holds a lone UTF-16 surrogate (not Unicode text)`);
+  return text;
 }
 
 function timestampFromJson(json: unknown, where: string): Record<string, unknown> {

@@ -78,6 +78,25 @@ describe('the JSON mapping', () => {
     );
   });
 
+  it('carries every string that is Unicode text exactly, and refuses every one holding a lone UTF-16 surrogate', () => {
+    // Any UTF-16 code unit, so lone surrogates (which a JSON escape can name) come up as often as pairs.
+    const codeUnits = fc.string({ unit: fc.integer({ min: 0, max: 0xffff }).map((unit) => String.fromCharCode(unit)), maxLength: 12 });
+    fc.assert(
+      fc.property(codeUnits, codeUnits, (text, key) => {
+        // Buffer replaces a lone surrogate with U+FFFD: the text comes back changed exactly when it holds one.
+        const isText = (value: string) => Buffer.from(value, 'utf8').toString('utf8') === value;
+        const json = { tags: [text], labels: { [key]: text }, extra: { [key]: [text] } };
+        if (isText(text) && isText(key)) {
+          const back = roundTrip(json);
+          expect([back.tags, back.labels, back.extra]).toEqual([json.tags, json.labels, json.extra]);
+        } else {
+          expect(() => messageFromJson(everything, json)).toThrow(JsonMappingError);
+        }
+      }),
+      RUNS,
+    );
+  });
+
   it('gives back every Timestamp from 0001 to 9999 as the same instant, in UTC', () => {
     fc.assert(
       fc.property(fc.date({ min: new Date('0001-01-01T00:00:00Z'), max: new Date('9999-12-31T23:59:59.999Z'), noInvalidDate: true }), (date) => {

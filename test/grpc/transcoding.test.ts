@@ -141,6 +141,29 @@ describe('gRPC transcoding', () => {
     });
 
     it.each([
+      { desc: 'a string field', body: '{"tags": ["a\\ud800b"]}' },
+      { desc: 'a string wrapper', body: '{"maybeName": "\\udc00"}' },
+      { desc: 'a map key', body: '{"labels": {"\\ud800": "x"}}' },
+      { desc: 'a map value', body: '{"labels": {"k": "x\\udbff"}}' },
+      { desc: 'a Struct key', body: '{"extra": {"\\ud800": 1}}' },
+      { desc: 'a string deep in a Value', body: '{"anything": {"a": [{"b": "\\udfff"}]}}' },
+      { desc: 'a field mask', body: '{"updateMask": "tags,\\ud800"}' },
+      { desc: 'a pair written backwards', body: '{"tags": ["\\ude00\\ud83d"]}' },
+    ])('refuses a lone UTF-16 surrogate escaped in $desc with 400 invalid_body, reaching no service (it would go out as bytes that are not UTF-8)', async ({ body }) => {
+      const before = service.calls.length;
+      const response = await postJson('/api/mapping/things/bad', body);
+      expect(response.status).toBe(400);
+      expect(await response.json()).toMatchObject({ code: 'invalid_body', detail: expect.stringMatching(/lone UTF-16 surrogate/) });
+      expect(service.calls.length).toBe(before);
+    });
+
+    it('carries a surrogate pair escaped in JSON as the one character it is', async () => {
+      const response = await postJson('/api/mapping/things/ok', '{"tags": ["\\ud83d\\ude00"], "labels": {"\\ud83d\\ude00": "\\ud83d\\ude00"}}');
+      expect(response.status).toBe(200);
+      expect(lastCall().request).toMatchObject({ tags: ['\u{1f600}'], labels: { '\u{1f600}': '\u{1f600}' } });
+    });
+
+    it.each([
       { desc: 'bytes that are never UTF-8 (FF FE)', bytes: [0xff, 0xfe] },
       { desc: 'a sequence cut short (E2 82)', bytes: [0xe2, 0x82] },
       { desc: 'an overlong slash (C0 AF)', bytes: [0xc0, 0xaf] },
