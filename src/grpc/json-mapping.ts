@@ -40,6 +40,8 @@ const INT64_RANGE = { signed: [-(2n ** 63n), 2n ** 63n - 1n], unsigned: [0n, 2n 
 const MAX_DURATION_SECONDS = 315_576_000_000n;
 const TIMESTAMP = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$/i;
 const DURATION = /^(-)?(\d+)(?:\.(\d{1,9}))?s$/;
+/** RFC 8259's number grammar: the only text the mapping reads as a float or double. */
+const JSON_NUMBER = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$/;
 const BASE64 = /^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?$/;
 /** 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, as google/protobuf/timestamp.proto allows, s. */
 const MIN_TIMESTAMP_SECONDS = -62_135_596_800;
@@ -185,8 +187,11 @@ function scalarFromJson(type: string, value: unknown, where: string): unknown {
   }
   if (FLOAT.has(type)) {
     if (value === 'NaN' || value === 'Infinity' || value === '-Infinity') return Number(value);
-    const number = typeof value === 'string' && value.trim() !== '' ? Number(value) : value;
+    // A JSON number, bare or quoted: Number() alone would also read " 1", "0x10", "0b101" and "0o7".
+    const number = typeof value === 'string' && JSON_NUMBER.test(value) ? Number(value) : value;
     if (typeof number !== 'number' || !Number.isFinite(number)) throw new JsonMappingError(`${where} must be a number`);
+    // Past about 3.4e38 protobufjs would write a float as Infinity, a value the client never sent.
+    if (type === 'float' && !Number.isFinite(Math.fround(number))) throw new JsonMappingError(`${where} is out of range for float`);
     return number;
   }
   const signed = INT32.has(type) || INT64.has(type);

@@ -97,6 +97,36 @@ describe('the JSON mapping', () => {
     );
   });
 
+  it('takes a float or double in a string only as a JSON number (or NaN, Infinity, -Infinity)', () => {
+    const isJsonNumber = (text: string) => {
+      try {
+        return text === text.trim() && typeof JSON.parse(text) === 'number';
+      } catch {
+        return false;
+      }
+    };
+    const numberish = fc.string({ unit: fc.constantFrom(...'0123456789+-.eExXbBoOaf _'), maxLength: 8 });
+    fc.assert(
+      fc.property(fc.oneof(numberish, fc.double().map(String)), (text) => {
+        const special = text === 'NaN' || text === 'Infinity' || text === '-Infinity';
+        if (special || (isJsonNumber(text) && Number.isFinite(Number(text)))) expect(Object.is(roundTrip({ ratio: text }).ratio, special ? text : Number(text))).toBe(true);
+        else expect(() => messageFromJson(everything, { ratio: text })).toThrow(JsonMappingError);
+      }),
+      RUNS,
+    );
+  });
+
+  it('takes every double a float can hold, and refuses the ones it cannot (never Infinity in their place)', () => {
+    fc.assert(
+      fc.property(fc.double({ noNaN: true, noDefaultInfinity: true }), (value) => {
+        if (Number.isFinite(Math.fround(value))) expect(Object.is(roundTrip({ fraction: value }).fraction, Math.fround(value))).toBe(true);
+        else expect(() => messageFromJson(everything, { fraction: value })).toThrow(JsonMappingError);
+        expect(Object.is(roundTrip({ ratio: value }).ratio, value)).toBe(true);
+      }),
+      RUNS,
+    );
+  });
+
   it('gives back every Timestamp from 0001 to 9999 as the same instant, in UTC', () => {
     fc.assert(
       fc.property(fc.date({ min: new Date('0001-01-01T00:00:00Z'), max: new Date('9999-12-31T23:59:59.999Z'), noInvalidDate: true }), (date) => {

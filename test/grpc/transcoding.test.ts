@@ -107,6 +107,12 @@ describe('gRPC transcoding', () => {
       expect(body).toMatchObject({ smallNumber: 0, bigNumber: '0', flag: false, color: 'COLOR_UNSPECIFIED', owner: null, maybeCount: null, note: null });
     });
 
+    it('takes a float or double as a JSON number, bare or in a string, up to the largest float', async () => {
+      const response = await postJson('/api/mapping/things/numbers', { fraction: '1.5e3', ratio: '-0.25', maybeFraction: 3.4e38 });
+      expect(response.status).toBe(200);
+      expect(lastCall().request).toMatchObject({ fraction: 1500, ratio: -0.25, maybeFraction: { value: Math.fround(3.4e38) } });
+    });
+
     it('answers a method with an Empty request from the path alone', async () => {
       const response = await call('/api/mapping/metadata');
       expect(response.status).toBe(200);
@@ -130,6 +136,13 @@ describe('gRPC transcoding', () => {
       { desc: 'bytes that are not base64', body: { blob: 'not base64!' }, status: 400, code: 'invalid_body' },
       { desc: 'a string for a repeated field', body: { tags: 'x' }, status: 400, code: 'invalid_body' },
       { desc: 'a number for a string field', body: { maybeName: 5 }, status: 400, code: 'invalid_body' },
+      { desc: 'a float beyond its range (it would become Infinity)', body: { fraction: 1e39 }, status: 400, code: 'invalid_body' },
+      { desc: 'a float beyond its range, as a string', body: { fraction: '-1e39' }, status: 400, code: 'invalid_body' },
+      { desc: 'a FloatValue beyond its range', body: { maybeFraction: 3.5e38 }, status: 400, code: 'invalid_body' },
+      { desc: 'a hexadecimal string in a double', body: { ratio: '0x10' }, status: 400, code: 'invalid_body' },
+      { desc: 'a binary string in a double', body: { ratio: '0b101' }, status: 400, code: 'invalid_body' },
+      { desc: 'an octal string in a float', body: { fraction: '0o7' }, status: 400, code: 'invalid_body' },
+      { desc: 'a number with spaces around it, as a string', body: { ratio: ' 1 ' }, status: 400, code: 'invalid_body' },
       { desc: 'a struct nested 40 levels deep', body: { extra: JSON.parse('{"a":'.repeat(40) + '1' + '}'.repeat(40)) as unknown }, status: 400, code: 'invalid_body' },
     ])('answers $desc with $status $code', async ({ body, status, code }) => {
       const before = service.calls.length;
