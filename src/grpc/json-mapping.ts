@@ -146,13 +146,15 @@ export function fieldNamed(type: protobuf.Type, name: string): protobuf.Field | 
 function fieldFromJson(field: protobuf.Field, value: unknown, where: string, depth: number): unknown {
   if (field instanceof protobuf.MapField) {
     if (!isPlainObject(value)) throw new JsonMappingError(`${where} must be an object`);
-    const entries: Record<string, unknown> = {};
-    for (const [key, item] of Object.entries(value)) {
-      wellFormed(key, `${where} key`);
-      if (field.keyType !== 'string') scalarFromJson(field.keyType, field.keyType === 'bool' ? key === 'true' || (key === 'false' ? false : key) : key, `${where} key`);
-      entries[key] = singleFromJson(field, item, `${where}.${truncate(key)}`, depth);
-    }
-    return entries;
+    // Any string is a map key, "__proto__" too: fromEntries makes each an own property, where `entries[key] =`
+    // on a plain object would set that one's prototype and drop the entry without a word.
+    return Object.fromEntries(
+      Object.entries(value).map(([key, item]) => {
+        wellFormed(key, `${where} key`);
+        if (field.keyType !== 'string') scalarFromJson(field.keyType, field.keyType === 'bool' ? key === 'true' || (key === 'false' ? false : key) : key, `${where} key`);
+        return [key, singleFromJson(field, item, `${where}.${truncate(key)}`, depth)];
+      }),
+    );
   }
   if (field.repeated) {
     if (!Array.isArray(value)) throw new JsonMappingError(`${where} must be an array`);

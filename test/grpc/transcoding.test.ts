@@ -107,6 +107,15 @@ describe('gRPC transcoding', () => {
       expect(body).toMatchObject({ smallNumber: 0, bigNumber: '0', flag: false, color: 'COLOR_UNSPECIFIED', owner: null, maybeCount: null, note: null });
     });
 
+    it('carries a map entry keyed "__proto__" both ways, as any other key', async () => {
+      const response = await postJson('/api/mapping/things/proto-key', '{"labels": {"__proto__": "x", "a": "1"}}');
+      expect(response.status).toBe(200);
+      const sorted = (map: object) => Object.entries(map).sort(([a], [b]) => a.localeCompare(b));
+      expect(sorted(lastCall().request.labels as object)).toEqual([['__proto__', 'x'], ['a', '1']]);
+      // JSON.parse makes "__proto__" an own key, as the client's parser would.
+      expect(sorted(((await response.json()) as { labels: object }).labels)).toEqual([['__proto__', 'x'], ['a', '1']]);
+    });
+
     it('takes a float or double as a JSON number, bare or in a string, up to the largest float', async () => {
       const response = await postJson('/api/mapping/things/numbers', { fraction: '1.5e3', ratio: '-0.25', maybeFraction: 3.4e38 });
       expect(response.status).toBe(200);
