@@ -352,7 +352,9 @@ function structToJson(object: Record<string, unknown>, depth = 0): Record<string
 }
 
 function valueToJson(value: Record<string, unknown> | null, depth: number): unknown {
-  if (value === null || depth > MAX_DEPTH) return null;
+  if (value === null) return null;
+  // Refused rather than cut to null: the client would take data the service never sent for its answer.
+  if (depth > MAX_DEPTH) throw new ResponseMappingError(`a Struct nested more than ${MAX_DEPTH} levels deep`);
   // Members of a oneof get no defaults from toObject: the one present is the one set.
   if (value.structValue !== undefined) return structToJson(value.structValue as Record<string, unknown>, depth);
   if (value.listValue !== undefined) return ((value.listValue as { values?: Record<string, unknown>[] }).values ?? []).map((item) => valueToJson(item, depth + 1));

@@ -50,6 +50,12 @@ describe('gRPC transcoding of hostile input', () => {
         const entries = Object.entries(call.metadata.getMap()).flatMap(([key, value]) => (typeof value === 'string' ? [[key, value]] : []));
         callback(null, { entries: Object.fromEntries(entries) });
       },
+      Deep(call: grpc.ServerUnaryCall<Request, unknown>, callback: grpc.sendUnaryData<unknown>) {
+        calls.push({ method: 'Deep', request: call.request });
+        let value: unknown = { stringValue: 'deep' };
+        for (let level = 0; level < Number(call.request.levels); level++) value = { listValue: { values: [value] } };
+        callback(null, { fields: { a: value } });
+      },
       Moments(call: grpc.ServerWritableStream<Request, unknown>) {
         calls.push({ method: 'Moments', request: call.request });
         call.on('cancelled', () => cancelled.push('Moments'));
@@ -154,6 +160,20 @@ describe('gRPC transcoding of hostile input', () => {
     const response = await call(`/api/hostile/when?seconds=${seconds}`);
     expect(response.status).toBe(502);
     expect(await response.json()).toMatchObject({ code: 'upstream_bad_response', requestId: response.headers.get(HEADER.requestId) });
+  });
+
+  it('answers a Struct nested 31 levels deep as it was', async () => {
+    const response = await call('/api/hostile/deep?levels=31');
+    expect(response.status).toBe(200);
+    let expected: unknown = 'deep';
+    for (let level = 0; level < 31; level++) expected = [expected];
+    expect(await response.json()).toEqual({ a: expected });
+  });
+
+  it('answers 502, not 200 with the deep part as null, when a Struct nests deeper than the gateway writes', async () => {
+    const response = await call('/api/hostile/deep?levels=40');
+    expect(response.status).toBe(502);
+    expect(await response.json()).toMatchObject({ code: 'upstream_bad_response', detail: expect.stringMatching(/nested more than 32 levels/) });
   });
 
   it('ends a stream with an error line, and cancels the call, when a message cannot be written as JSON', async () => {
