@@ -33,10 +33,29 @@ export function grpcStatusName(code: number): string {
   return GrpcStatus[code] ?? String(code);
 }
 
+/**
+ * Whether `code` is one of gRPC's 17 statuses. A service can send any `grpc-status` text (grpc-js reads `abc` as
+ * NaN, and keeps 99), and grpc-js fails some broken answers (a compressed message without `grpc-encoding`) with no
+ * code at all. Anything else reads as UNKNOWN, as grpc-java's Status.fromCodeValue reads it.
+ */
+export function isGrpcStatus(code: unknown): code is GrpcStatus {
+  return Number.isInteger(code) && (code as number) >= GrpcStatus.OK && (code as number) <= GrpcStatus.UNAUTHENTICATED;
+}
+
+/** `code` if it is a gRPC status, else UNKNOWN (see isGrpcStatus). */
+export function knownGrpcStatus(code: unknown): GrpcStatus {
+  return isGrpcStatus(code) ? code : GrpcStatus.UNKNOWN;
+}
+
 /** grpc-js's own RESOURCE_EXHAUSTED for an answer over the client's receive limit (stream-decoder.js): no quota of the caller's. */
 const OVER_RECEIVE_LIMIT = /^Received message larger than max /;
 
 export function grpcFailure(service: string, failure: ServiceError): GatewayError {
+  if (!isGrpcStatus(failure.code)) {
+    // grpc-js's own message would read "NaN undefined: " or "undefined undefined: undefined" in the logs.
+    const cause = new Error(`no gRPC status (grpc-js reported code ${String(failure.code)}${failure.details ? `: ${failure.details}` : ''})`, { cause: failure });
+    return new GatewayError('upstream_bad_response', `The ${service} service answered a malformed gRPC response.`, { cause });
+  }
   if (failure.code === GrpcStatus.RESOURCE_EXHAUSTED && OVER_RECEIVE_LIMIT.test(failure.details ?? '')) {
     return new GatewayError('upstream_bad_response', `The ${service} service answered a message larger than the gateway forwards.`, { cause: failure });
   }

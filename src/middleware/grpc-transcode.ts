@@ -9,7 +9,7 @@ import { buildRequestMessage, parseQuery, type HttpBinding } from '../grpc/http-
 import { duplicateJsonKey, JsonMappingError, messageToJson, ResponseMappingError } from '../grpc/json-mapping';
 import { PathVariableError } from '../grpc/path-template';
 import type { GrpcRoute } from '../grpc/route-mappings';
-import { grpcFailure } from '../grpc/status-errors';
+import { grpcFailure, knownGrpcStatus } from '../grpc/status-errors';
 import type { CompiledRoute } from '../routes';
 import type { GatewaySigner } from '../gateway-signature';
 import type { UpstreamInstance } from '../upstream-pool';
@@ -87,9 +87,11 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     const metadata = metadataFromHeaders(upstreamHeadersFor(ctx, instance.host, { underscores: options.underscores, forwardAuthorization: route.forwardAuthorization, sign: options.sign }));
     const span = startGrpcSpan(tracer, binding.method, instance, route.service, context.active(), metadata);
     const call = { client: clientFor(instance), binding, message, metadata };
-    const settle = (code: grpc.status, error?: grpc.ServiceError) => {
+    const settle = (reported: grpc.status, error?: grpc.ServiceError) => {
       if (settled) return;
       settled = true;
+      // A malformed status must not reach the span as NaN or undefined.
+      const code = knownGrpcStatus(reported);
       open.set(instance, open.get(instance)! - 1);
       endGrpcSpan(span, code, error);
       // Like the HTTP proxy's passive health: an instance that cannot be reached or answer in time counts a failure.

@@ -1,3 +1,4 @@
+import http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { activeConfig, createLiveGateway } from '../../src/config-reload';
 import { parseConfig } from '../../src/config';
@@ -211,6 +212,70 @@ describe('gRPC transcoding of hostile input', () => {
     expect(response.status).toBe(502);
     expect(await response.json()).toMatchObject({ code: 'upstream_bad_response' });
     await waitFor(() => cancelled.includes('Moments'));
+  });
+});
+
+describe('a service that answers no valid gRPC status', () => {
+  let gateway: TestServer;
+  let tracing: InMemoryTracing;
+  const gatewayLogs = memoryLogger('gateway');
+  let answer: (stream: http2.ServerHttp2Stream) => void = () => undefined;
+  const service = http2.createServer();
+  service.on('session', (session) => session.on('error', () => undefined));
+  service.on('stream', (stream) => {
+    stream.on('error', () => undefined);
+    answer(stream);
+  });
+
+  beforeAll(async () => {
+    tracing = startInMemoryTracing();
+    await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
+    const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
+    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
+      services: { ...shipped.services, hostile: { url: `http://127.0.0.1:${(service.address() as { port: number }).port}`, ejectAfterFailures: 1000 } },
+      routes: [...shipped.routes, { name: 'hostile', prefix: '/api/hostile', service: 'hostile', upstreamPath: '/v1', auth: 'public', grpc: { proto: HOSTILE_PROTO, service: HOSTILE_SERVICE } }],
+    });
+    gateway = await listen(createGatewayApps(config, { logger: gatewayLogs.logger, tracer: tracing.tracer, metrics: false }).gateway.callback());
+  });
+  afterAll(async () => {
+    await gateway.close();
+    service.close();
+    await tracing.shutdown();
+  });
+
+  /** One gRPC message frame: flag byte, length, bytes. */
+  const frame = (bytes: Buffer, compressed: boolean) => {
+    const head = Buffer.alloc(5);
+    head[0] = compressed ? 1 : 0;
+    head.writeUInt32BE(bytes.length, 1);
+    return Buffer.concat([head, bytes]);
+  };
+
+  it.each([
+    { desc: 'grpc-status: abc', answer: (stream: http2.ServerHttp2Stream) => stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': 'abc' }, { endStream: true }) },
+    { desc: 'grpc-status: 99', answer: (stream: http2.ServerHttp2Stream) => stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '99' }, { endStream: true }) },
+    {
+      desc: 'a compressed message without grpc-encoding (grpc-js fails the call with no code)',
+      answer: (stream: http2.ServerHttp2Stream) => {
+        stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+        stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+        stream.end(frame(Buffer.from([0x08, 0x01]), true));
+      },
+    },
+  ])('answers $desc with 502 upstream_bad_response in words, and records UNKNOWN on the CLIENT span', async ({ answer: given }) => {
+    answer = given;
+    const response = await fetch(`${gateway.url}/api/hostile/when?seconds=1`);
+    expect(response.status).toBe(502);
+    expect(await response.json()).toMatchObject({ code: 'upstream_bad_response', detail: 'The hostile service answered a malformed gRPC response.' });
+    const requestId = response.headers.get(HEADER.requestId)!;
+    const serverSpan = () => tracing.spans().find((span) => span.kind === SpanKind.SERVER && span.attributes[ATTR.requestId] === requestId);
+    await waitFor(() => serverSpan() !== undefined, 'the SERVER span');
+    const traceId = serverSpan()!.spanContext().traceId;
+    const clientSpan = tracing.spans().find((span) => span.kind === SpanKind.CLIENT && span.spanContext().traceId === traceId)!;
+    expect(clientSpan.attributes['rpc.grpc.status_code']).toBe(grpc.status.UNKNOWN);
+    // Logged before the answer was written.
+    const failed = gatewayLogs.lines.find((line) => line.message === 'request failed' && line.request_id === requestId);
+    expect(failed?.error).toEqual(expect.stringContaining('The hostile service answered a malformed gRPC response. (Error: no gRPC status'));
   });
 });
 
