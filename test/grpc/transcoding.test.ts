@@ -130,6 +130,18 @@ describe('gRPC transcoding', () => {
   });
 
   describe('refuses what does not fit, before the service sees it', () => {
+    /** POSTs `body` (JSON, or raw bytes); expects a problem+json `status` with the request id, no call reaching the service; returns the problem. */
+    async function expectRefused(body: unknown, status = 400): Promise<Record<string, unknown>> {
+      const before = service.calls.length;
+      const response = Buffer.isBuffer(body) ? await call('/api/mapping/things/bad', { method: 'POST', headers: { 'content-type': 'application/json' }, body }) : await postJson('/api/mapping/things/bad', body);
+      expect(response.status).toBe(status);
+      expect(response.headers.get('content-type')).toBe('application/problem+json');
+      const problem = (await response.json()) as Record<string, unknown>;
+      expect(problem).toMatchObject({ status, requestId: response.headers.get(HEADER.requestId) });
+      expect(service.calls.length).toBe(before);
+      return problem;
+    }
+
     it.each([
       { desc: 'malformed JSON', body: '{"id": ', status: 400, code: 'invalid_body' },
       { desc: 'a JSON array for body "*"', body: '[1,2]', status: 400, code: 'invalid_body' },
@@ -154,12 +166,7 @@ describe('gRPC transcoding', () => {
       { desc: 'a number with spaces around it, as a string', body: { ratio: ' 1 ' }, status: 400, code: 'invalid_body' },
       { desc: 'a struct nested 40 levels deep', body: { extra: JSON.parse('{"a":'.repeat(40) + '1' + '}'.repeat(40)) as unknown }, status: 400, code: 'invalid_body' },
     ])('answers $desc with $status $code', async ({ body, status, code }) => {
-      const before = service.calls.length;
-      const response = await postJson('/api/mapping/things/bad', body);
-      expect(response.status).toBe(status);
-      expect(response.headers.get('content-type')).toBe('application/problem+json');
-      expect(await response.json()).toMatchObject({ status, code, requestId: response.headers.get(HEADER.requestId) });
-      expect(service.calls.length).toBe(before);
+      expect(await expectRefused(body, status)).toMatchObject({ code });
     });
 
     it.each([
@@ -172,11 +179,7 @@ describe('gRPC transcoding', () => {
       { desc: 'a field mask', body: '{"updateMask": "tags,\\ud800"}' },
       { desc: 'a pair written backwards', body: '{"tags": ["\\ude00\\ud83d"]}' },
     ])('refuses a lone UTF-16 surrogate escaped in $desc with 400 invalid_body, reaching no service (it would go out as bytes that are not UTF-8)', async ({ body }) => {
-      const before = service.calls.length;
-      const response = await postJson('/api/mapping/things/bad', body);
-      expect(response.status).toBe(400);
-      expect(await response.json()).toMatchObject({ code: 'invalid_body', detail: expect.stringMatching(/lone UTF-16 surrogate/) });
-      expect(service.calls.length).toBe(before);
+      expect(await expectRefused(body)).toMatchObject({ code: 'invalid_body', detail: expect.stringMatching(/lone UTF-16 surrogate/) });
     });
 
     it('carries a surrogate pair escaped in JSON as the one character it is', async () => {
@@ -191,20 +194,12 @@ describe('gRPC transcoding', () => {
       { desc: 'an overlong slash (C0 AF)', bytes: [0xc0, 0xaf] },
       { desc: 'an encoded surrogate (ED A0 80, CESU-8)', bytes: [0xed, 0xa0, 0x80] },
     ])('refuses a JSON body that is not UTF-8 ($desc) with 400 invalid_body, never handing the service U+FFFD', async ({ bytes }) => {
-      const before = service.calls.length;
       const body = Buffer.concat([Buffer.from('{"tags": ["a'), Buffer.from(bytes), Buffer.from('b"]}')]);
-      const response = await call('/api/mapping/things/bad', { method: 'POST', headers: { 'content-type': 'application/json' }, body });
-      expect(response.status).toBe(400);
-      expect(await response.json()).toMatchObject({ code: 'invalid_body', detail: 'The request body is not UTF-8.' });
-      expect(service.calls.length).toBe(before);
+      expect(await expectRefused(body)).toMatchObject({ code: 'invalid_body', detail: 'The request body is not UTF-8.' });
     });
 
     it('still refuses a JSON body that starts with a byte order mark (400)', async () => {
-      const before = service.calls.length;
-      const body = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"tags": ["a"]}')]);
-      const response = await call('/api/mapping/things/bad', { method: 'POST', headers: { 'content-type': 'application/json' }, body });
-      expect(response.status).toBe(400);
-      expect(service.calls.length).toBe(before);
+      await expectRefused(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"tags": ["a"]}')]));
     });
 
     it('answers a body that is not JSON with 415', async () => {
