@@ -1,5 +1,5 @@
 import { webcrypto } from 'node:crypto';
-import { SignJWT, createRemoteJWKSet, customFetch, decodeJwt, decodeProtectedHeader, jwtVerify, type FetchImplementation, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import { SignJWT, createRemoteJWKSet, customFetch, decodeProtectedHeader, jwtVerify, type FetchImplementation, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import type { AuthenticatedUser } from './context';
 
 /** The only algorithm the gateway's own tokens use; verification accepts nothing else (no `none`). */
@@ -123,7 +123,8 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
   };
   const cache = new VerifiedTokenCache(options.cacheSize ?? 10_000);
 
-  async function verifyWithKeys(token: string): Promise<AuthenticatedUser> {
+  /** The caller a token proves, and until when (epoch ms) that may be remembered without checking it again. */
+  async function verifyWithKeys(token: string): Promise<{ user: AuthenticatedUser; trustedUntilMs: number }> {
     let alg: string | undefined;
     try {
       alg = decodeProtectedHeader(token).alg;
@@ -133,11 +134,13 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
     try {
       if (alg === TOKEN_ALGORITHM) {
         const { payload } = await jwtVerify(token, await key, ownOptions);
-        return ownIdentity(payload);
+        return { user: ownIdentity(payload), trustedUntilMs: expiryMs(payload) };
       }
       if (providerKeys && providerOptions && jwks && alg !== undefined && jwks.algorithms.includes(alg)) {
         const { payload } = await jwtVerify(token, providerKeys, providerOptions);
-        return providerIdentity(payload, jwks.roleClaim, jwks.subjectPrefix);
+        // No longer than the key set itself is trusted: a key the provider withdrew (rotated, leaked) must stop
+        // working for a token seen before too, not only for new ones, however far off the token's `exp`.
+        return { user: providerIdentity(payload, jwks.roleClaim, jwks.subjectPrefix), trustedUntilMs: Math.min(expiryMs(payload), Date.now() + jwks.cacheMaxAgeMs) };
       }
     } catch (error) {
       if (error instanceof TokenRejectedError || error instanceof TokenVerifierUnavailableError) throw error;
@@ -163,8 +166,8 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
     async verify(token) {
       const known = cache.get(token);
       if (known) return known;
-      const user = await verifyWithKeys(token);
-      cache.set(token, user, expiryOf(token));
+      const { user, trustedUntilMs } = await verifyWithKeys(token);
+      cache.set(token, user, trustedUntilMs);
       return user;
     },
   };
@@ -250,14 +253,16 @@ async function boundedText(response: Response, limit: number): Promise<string> {
  * provider tokens): an internationalised address must not lock its owner out.
  */
 // No space at either end: a header value loses it on the way (RFC 9110 5.5), so `alice ` would reach the services
-// as `alice`, another user, and the gateway's signature over it would not verify.
-const HEADER_SAFE = /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/;
+// as `alice`, another user, and the gateway's signature over it would not verify. No comma: it separates list
+// elements (RFC 9110 5.3), so a framework reading `X-User-Id: mallory, 1` or `X-User-Role: user,admin` as a list
+// would see user 1, or role admin.
+const HEADER_SAFE = /^[\x21-\x2b\x2d-\x7e](?:[\x20-\x2b\x2d-\x7e]*[\x21-\x2b\x2d-\x7e])?$/;
 const MAX_CLAIM_LENGTH = { sub: 255, role: 64, email: 254 } as const;
 const headerSafe = (value: string, max: number) => value.length <= max && HEADER_SAFE.test(value);
 
 function identity(sub: unknown, role: string, email: unknown): AuthenticatedUser {
   if (typeof sub !== 'string' || !headerSafe(sub, MAX_CLAIM_LENGTH.sub) || !headerSafe(role, MAX_CLAIM_LENGTH.role)) {
-    throw new TokenRejectedError('bad_claims', 'The token\'s sub or role claim cannot be passed on (printable ASCII, at most 255 and 64 characters).');
+    throw new TokenRejectedError('bad_claims', 'The token\'s sub or role claim cannot be passed on (printable ASCII without commas, at most 255 and 64 characters).');
   }
   return { id: sub, email: typeof email === 'string' && headerSafe(email, MAX_CLAIM_LENGTH.email) ? email : '', role };
 }
@@ -278,15 +283,15 @@ function providerIdentity(payload: JWTPayload, roleClaim: string, subjectPrefix:
   return identity(`${subjectPrefix}${sub}`, typeof role === 'string' && role !== '' ? role : 'user', email);
 }
 
-/** `exp` of a token that already verified (so it is well formed), in epoch seconds. */
-function expiryOf(token: string): number {
-  const exp = (decodeJwt(token) as JWTPayload).exp;
-  return typeof exp === 'number' ? exp : 0;
+/** `exp` of a token that verified, in epoch ms. */
+function expiryMs(payload: JWTPayload): number {
+  return typeof payload.exp === 'number' ? payload.exp * 1000 : 0;
 }
 
 /**
- * Remembers verified tokens until their `exp`: verifying an HS256 token costs ~65 us of CPU per request,
- * a Map lookup almost nothing. Bounded; when full, the oldest entries go first.
+ * Remembers verified tokens until their `exp` (a provider's, no longer than its key set is trusted): verifying an
+ * HS256 token costs ~65 us of CPU per request, a Map lookup almost nothing. Bounded; when full, the oldest
+ * entries go first.
  */
 class VerifiedTokenCache {
   private readonly entries = new Map<string, { user: AuthenticatedUser; expiresAtMs: number }>();
@@ -302,10 +307,9 @@ class VerifiedTokenCache {
     return entry.user;
   }
 
-  set(token: string, user: AuthenticatedUser, expSeconds: number): void {
+  set(token: string, user: AuthenticatedUser, expiresAtMs: number): void {
     if (this.maxEntries === 0) return;
     // Not past exp even within the clock tolerance that let it verify: expired tokens must fail again.
-    const expiresAtMs = expSeconds * 1000;
     if (expiresAtMs <= Date.now()) return;
     if (this.entries.size >= this.maxEntries) {
       const oldest = this.entries.keys().next().value;

@@ -4,6 +4,7 @@ import { MAX_JWKS_BYTES } from '../../src/tokens';
 import { listen } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
 import { signToken } from '../helpers/tokens';
+import { waitFor } from '../helpers/wait';
 
 const ISSUER = 'https://id.example.test/';
 const AUDIENCE = 'koa-gateway-api';
@@ -49,6 +50,37 @@ function providerToken(key: ProviderKey, claims: Record<string, unknown> = {}, o
     .setExpirationTime(options.expiresIn ?? '10m')
     .sign(key.privateKey);
 }
+
+describe('a provider token remembered as verified', () => {
+  let jwks: Awaited<ReturnType<typeof startJwksServer>>;
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    jwks = await startJwksServer();
+    stack = await startStack({
+      env: { JWKS_URL: `${jwks.url}/.well-known/jwks.json`, JWKS_ISSUER: ISSUER, JWKS_AUDIENCE: AUDIENCE, RATE_LIMIT_MAX: '100000' },
+      // The verified-token cache on (its default), and a key set trusted for one second.
+      overrides: { auth: { jwks: { url: 'http://placeholder', issuer: 'x', audience: 'x', timeoutMs: 500, cooldownMs: 0, cacheMaxAgeMs: 1000 } } },
+    });
+  });
+  afterAll(async () => {
+    await stack.close();
+    await jwks.close();
+  });
+
+  it('stops working once the provider withdrew its key, though the token is far from expiry (it used to work until a restart)', async () => {
+    const withdrawn = await providerKey('withdrawn', 'RS256');
+    const next = await providerKey('next', 'RS256');
+    jwks.state.keys = [withdrawn];
+    const token = await providerToken(withdrawn, {}, { expiresIn: '3650d' });
+    const call = () => fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } });
+    expect((await call()).status).toBe(200);
+    expect((await call()).status).toBe(200);
+    jwks.state.keys = [next];
+    // Within about the key set's trust (cacheMaxAgeMs), however long the token still runs.
+    await waitFor(async () => (await call()).status === 401, 'the token to be refused', 10_000);
+  });
+});
 
 describe('tokens from an identity provider (JWKS)', () => {
   let jwks: Awaited<ReturnType<typeof startJwksServer>>;
@@ -112,6 +144,9 @@ describe('tokens from an identity provider (JWKS)', () => {
     // A header value loses the spaces at its ends: the services would see another user, `idp-alice`.
     { desc: 'a sub ending in a space', claims: { sub: 'idp-alice ' } },
     { desc: 'a role starting with a space', claims: { role: ' admin' } },
+    // A comma separates list elements (RFC 9110 5.3): a service reading the header as a list would see user 1, or role admin.
+    { desc: 'a sub with a comma', claims: { sub: 'mallory, 1' } },
+    { desc: 'a role with a comma', claims: { role: 'user,admin' } },
   ])('refuses a provider token with $desc as 401 problem+json, and nothing reaches the service', async ({ claims }) => {
     const before = stack.notifications.requests.length;
     const response = await call(await providerToken(rsa, claims));
