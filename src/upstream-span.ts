@@ -1,5 +1,5 @@
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
-import { ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_SERVER_ADDRESS, ATTR_SERVER_PORT, ATTR_URL_FULL } from '@opentelemetry/semantic-conventions';
+import { ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_SERVER_ADDRESS, ATTR_SERVER_PORT, ATTR_URL_FULL } from '@opentelemetry/semantic-conventions';
 import { redactUrl } from '../otel/redact-url';
 import { ATTR } from '../otel/wire-names';
 import type { UpstreamInstance } from './upstream-pool';
@@ -48,13 +48,22 @@ export function traceHeaders(span: Span, parent: Context = context.active()): Re
   return headers;
 }
 
+/**
+ * Ends a call's CLIENT span as the HTTP semantic conventions say for clients: an answer of 4xx or 5xx is an
+ * error (a SERVER span leaves 4xx alone: there the client erred), `error.type` its status code as a string; a
+ * call that failed without an error status has its outcome (UpstreamOutcome, a fixed list) as `error.type`.
+ * A client that left is not the call's failure.
+ */
 export function endUpstreamSpan(span: Span, outcome: UpstreamOutcome, status?: number, error?: unknown): void {
   span.setAttribute(ATTR.upstreamOutcome, outcome);
   if (status !== undefined) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
-  if (outcome !== 'ok' && outcome !== 'client_closed') {
+  const failed = outcome !== 'ok' && outcome !== 'client_closed';
+  const errorType = status !== undefined && status >= 400 ? String(status) : failed ? outcome : undefined;
+  if (errorType !== undefined) span.setAttribute(ATTR_ERROR_TYPE, errorType);
+  if (failed) {
     if (error instanceof Error) span.recordException(error);
     span.setStatus({ code: SpanStatusCode.ERROR, message: outcome });
-  } else if (status !== undefined && status >= 500) {
+  } else if (errorType !== undefined) {
     span.setStatus({ code: SpanStatusCode.ERROR });
   }
   span.end();

@@ -3,6 +3,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Context as KoaContext, Middleware } from 'koa';
 import {
   ATTR_CLIENT_ADDRESS,
+  ATTR_ERROR_TYPE,
   ATTR_HTTP_REQUEST_METHOD,
   ATTR_HTTP_RESPONSE_STATUS_CODE,
   ATTR_HTTP_ROUTE,
@@ -133,7 +134,11 @@ export function createTracing(options: TracingOptions): Middleware {
       // recordedStatus).
       if (errorCode !== undefined) span.setAttribute(ATTR.errorCode, errorCode);
       // A response that failed after it started (its status may be 200) failed all the same, as its access-log line says.
-      if (status >= 500 || failedAfterStarting(ctx, status, errorCode)) span.setStatus(errorCode === undefined ? { code: SpanStatusCode.ERROR } : { code: SpanStatusCode.ERROR, message: errorCode });
+      // A 4xx is the client's error, not the server's (semconv): no status, no `error.type`.
+      if (status >= 500 || failedAfterStarting(ctx, status, errorCode)) {
+        span.setAttribute(ATTR_ERROR_TYPE, status >= 500 ? String(status) : errorCode!);
+        span.setStatus(errorCode === undefined ? { code: SpanStatusCode.ERROR } : { code: SpanStatusCode.ERROR, message: errorCode });
+      }
       span.end();
     };
     onResponseClosed(ctx, () => {
