@@ -6,6 +6,7 @@ import tls from 'node:tls';
 import { ROOT_CONTEXT, SpanKind, trace, type Attributes, type SpanContext, type Tracer } from '@opentelemetry/api';
 import { ATTR_CLIENT_ADDRESS, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
 import type Koa from 'koa';
+import { recordedMethod, spanNameMethod } from './http-method';
 import { logLine, type Logger } from './logger';
 import { traceIdFromRequestId, withTraceId } from './trace-ids';
 import { ACCESS_LINE_MESSAGE, ATTR, HEADER, HTTP_METHODS, type AccessLine } from './wire-names';
@@ -195,12 +196,14 @@ function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejecte
   return (rejected: Omit<RejectedRequest, 'spanContext'>, socket: Socket): void => {
     const { status, code, requestId, method } = rejected;
     const attributes: Attributes = {};
-    if (method !== undefined) attributes[ATTR_HTTP_REQUEST_METHOD] = method;
+    // A head that never parsed has no method: `_OTHER`, as the metrics count it.
+    const recorded = recordedMethod(method);
+    attributes[ATTR_HTTP_REQUEST_METHOD] = recorded;
     attributes[ATTR_HTTP_RESPONSE_STATUS_CODE] = status;
     attributes[ATTR.errorCode] = code;
     attributes[ATTR.requestId] = requestId;
     if (socket.remoteAddress !== undefined) attributes[ATTR_CLIENT_ADDRESS] = socket.remoteAddress;
-    const span = withTraceId(traceIdFromRequestId(requestId), () => tracer.startSpan(method ?? 'HTTP', { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT));
+    const span = withTraceId(traceIdFromRequestId(requestId), () => tracer.startSpan(spanNameMethod(recorded), { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT));
     span.end();
     const fields: AccessLine = { method: method ?? null, url: null, status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code, consumer_id: null, cache: null };
     logLine(logger, 'warn', ACCESS_LINE_MESSAGE, fields, trace.setSpan(ROOT_CONTEXT, span));

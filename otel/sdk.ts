@@ -72,6 +72,7 @@ import {
 } from '@opentelemetry/sdk-trace';
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION, ATTR_URL_QUERY } from '@opentelemetry/semantic-conventions';
 import { createGatewayTracer, GATEWAY_TRACER_NAME } from './gateway-tracer';
+import { recordedMethod, spanNameMethod } from './http-method';
 import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
 import { redactUrl } from './redact-url';
 import { RequestIdSpanProcessor } from './request-id-span-processor';
@@ -443,6 +444,13 @@ function instrumentations(names: readonly InstrumentationName[], isExport: (opti
           return { [ATTR_URL_QUERY]: redacted.slice(redacted.indexOf('?') + 1) };
         },
         ignoreOutgoingRequestHook: isExport,
+        // It records a method outside the conventions' list as `_OTHER` but still names the span after it
+        // (`PROPFIND`); the conventions name it `HTTP` (+ route), as the gateway's spans do.
+        applyCustomAttributesOnSpan: (span, request) => {
+          const { method } = request;
+          const name = (span as Partial<ReadableSpan>).name;
+          if (method && name?.startsWith(method) && spanNameMethod(recordedMethod(method)) !== method) span.updateName(`HTTP${name.slice(method.length)}`);
+        },
       }),
     );
   }

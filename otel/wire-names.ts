@@ -271,9 +271,8 @@ export const METRIC_LABEL = {
   cacheResult: 'gateway_cache_result',
 } as const;
 
-/** Label values with a fixed meaning (semantic conventions' `_OTHER` for methods outside the standard set). */
+/** Label values with a fixed meaning (`_OTHER` for a method outside the conventions' set: otel/http-method.ts). */
 export const METRIC_LABEL_VALUE = {
-  otherMethod: '_OTHER',
   /** `http_route` of a request no route (and no endpoint of the gateway's own) took: never the raw path. */
   unmatchedRoute: 'unmatched',
 } as const;

@@ -1,5 +1,6 @@
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
-import { ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_SERVER_ADDRESS, ATTR_SERVER_PORT, ATTR_URL_FULL } from '@opentelemetry/semantic-conventions';
+import { ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_SERVER_ADDRESS, ATTR_SERVER_PORT, ATTR_URL_FULL } from '@opentelemetry/semantic-conventions';
+import { recordedMethod, spanNameMethod } from '../otel/http-method';
 import { redactUrl } from '../otel/redact-url';
 import { ATTR } from '../otel/wire-names';
 import type { UpstreamInstance } from './upstream-pool';
@@ -26,14 +27,16 @@ export function startUpstreamSpan(tracer: Tracer, call: UpstreamCall, parent: Co
   const { instance } = call;
   // Assigned, not a literal with computed keys: see createTracing (src/middleware/tracing.ts).
   const attributes: Attributes = {};
-  attributes[ATTR_HTTP_REQUEST_METHOD] = call.method;
+  const method = recordedMethod(call.method);
+  attributes[ATTR_HTTP_REQUEST_METHOD] = method;
+  if (method !== call.method) attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = call.method;
   // The query as forwarded, its secrets redacted as in the access log.
   attributes[ATTR_URL_FULL] = instance.origin + redactUrl(call.path);
   attributes[ATTR_SERVER_ADDRESS] = instance.hostname;
   attributes[ATTR_SERVER_PORT] = instance.port;
   attributes[ATTR.upstreamService] = call.service;
   if (call.attempt !== undefined) attributes[ATTR.upstreamAttempts] = call.attempt;
-  return tracer.startSpan(call.method, { kind: SpanKind.CLIENT, attributes }, parent);
+  return tracer.startSpan(spanNameMethod(method), { kind: SpanKind.CLIENT, attributes }, parent);
 }
 
 /** Writes `traceparent`, `tracestate` and `baggage` for the call's span into outgoing headers (replacing any). */

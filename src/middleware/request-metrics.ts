@@ -3,6 +3,7 @@ import type { Middleware } from 'koa';
 import type { RejectedRequest } from '../../otel/lifecycle';
 import { onResponseClosed, recordedStatus } from '../response-closed';
 import { UNTRACED_PATHS } from '../../otel/telemetry-config';
+import { KNOWN_HTTP_METHODS, OTHER_HTTP_METHOD, recordedMethod } from '../../otel/http-method';
 import { METRIC_LABEL, METRIC_LABEL_VALUE } from '../../otel/wire-names';
 import { AUTH_FAILURE_CODES, type GatewayMetrics } from '../metrics';
 import { counterSeries, gaugeSeries, type GaugeSeries } from '../metric-series';
@@ -10,9 +11,6 @@ import { counterSeries, gaugeSeries, type GaugeSeries } from '../metric-series';
 export interface RequestMetricsOptions {
   metrics: GatewayMetrics;
 }
-
-/** The semantic conventions' known methods; any other becomes `_OTHER`, so a client cannot mint series. */
-const STANDARD_METHODS = ['CONNECT', 'DELETE', 'GET', 'HEAD', 'OPTIONS', 'PATCH', 'POST', 'PUT', 'TRACE'] as const;
 
 /**
  * `http_server_request_duration_seconds`, `http_server_active_requests` and `gateway_auth_failures_total` for
@@ -28,16 +26,16 @@ const STANDARD_METHODS = ['CONNECT', 'DELETE', 'GET', 'HEAD', 'OPTIONS', 'PATCH'
  */
 export function createRequestMetrics(options: RequestMetricsOptions): Middleware {
   const { activeRequests, authFailures, requestSeries } = options.metrics;
-  const methods = new Map<string, string>(STANDARD_METHODS.map((method) => [method, method]));
   // A method's series appears on its first request, not before: a scrape lists the methods seen.
-  const active = new Map<string, GaugeSeries>([...STANDARD_METHODS, METRIC_LABEL_VALUE.otherMethod].map((method) => [method, gaugeSeries(activeRequests, { [METRIC_LABEL.method]: method })] as const));
+  const active = new Map<string, GaugeSeries>([...KNOWN_HTTP_METHODS, OTHER_HTTP_METHOD].map((method) => [method, gaugeSeries(activeRequests, { [METRIC_LABEL.method]: method })] as const));
   const authFailure = new Map(AUTH_FAILURE_CODES.map((code) => [code as string, counterSeries(authFailures, { [METRIC_LABEL.errorType]: code })] as const));
 
   // Not async: it has nothing to do after next(), so it hands next()'s promise on instead of awaiting it.
   return function recordRequestMetrics(ctx, next) {
     if (UNTRACED_PATHS.includes(ctx.path)) return next();
     const started = performance.now();
-    const method = methods.get(ctx.method) ?? METRIC_LABEL_VALUE.otherMethod;
+    // As the SERVER span records it: a method outside the conventions' list is `_OTHER`, so a client cannot mint series.
+    const method = recordedMethod(ctx.method);
     const inProgress = active.get(method)!;
     inProgress.inc();
     // traceRequest's SERVER span, current here; read once, its context does not change.
@@ -62,5 +60,5 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
  * method never parsed; its duration is unknown (recorded as 0). Its exemplar is the SERVER span runServer recorded.
  */
 export function rejectedRequestMetrics(metrics: GatewayMetrics): (rejected: RejectedRequest) => void {
-  return (rejected) => metrics.requestSeries(rejected.method ?? METRIC_LABEL_VALUE.otherMethod, METRIC_LABEL_VALUE.unmatchedRoute, rejected.status, '', rejected.code).observe(0, rejected.spanContext, performance.now());
+  return (rejected) => metrics.requestSeries(recordedMethod(rejected.method), METRIC_LABEL_VALUE.unmatchedRoute, rejected.status, '', rejected.code).observe(0, rejected.spanContext, performance.now());
 }

@@ -5,6 +5,7 @@ import {
   ATTR_CLIENT_ADDRESS,
   ATTR_ERROR_TYPE,
   ATTR_HTTP_REQUEST_METHOD,
+  ATTR_HTTP_REQUEST_METHOD_ORIGINAL,
   ATTR_HTTP_RESPONSE_STATUS_CODE,
   ATTR_HTTP_ROUTE,
   ATTR_NETWORK_PROTOCOL_VERSION,
@@ -13,6 +14,7 @@ import {
   ATTR_URL_SCHEME,
   ATTR_USER_AGENT_ORIGINAL,
 } from '@opentelemetry/semantic-conventions';
+import { recordedMethod, spanNameMethod } from '../../otel/http-method';
 import { UNTRACED_PATHS } from '../../otel/telemetry-config';
 import { formatTraceparent, TRACE_FLAG_RANDOM } from '../../otel/trace-context';
 import { outgoingTraceFlags, setRandomTraceIdFlag, TraceContextPropagator } from '../../otel/trace-context-propagator';
@@ -92,7 +94,10 @@ export function createTracing(options: TracingOptions): Middleware {
     // Assigned one by one, not written as a literal with computed keys (`{ [ATTR_URL_PATH]: ... }`): until V8's
     // top tier compiles this function, each computed key in a literal is a runtime call (~0.15 µs each here).
     const attributes: Attributes = {};
-    attributes[ATTR_HTTP_REQUEST_METHOD] = ctx.method;
+    // PROPFIND, PURGE and the other methods Node parses are `_OTHER`, named `HTTP` (semconv), as the metrics count them.
+    const method = recordedMethod(ctx.method);
+    attributes[ATTR_HTTP_REQUEST_METHOD] = method;
+    if (method !== ctx.method) attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = ctx.method;
     attributes[ATTR_URL_PATH] = ctx.path;
     attributes[ATTR_URL_SCHEME] = ctx.protocol;
     attributes[ATTR_SERVER_ADDRESS] = ctx.hostname;
@@ -103,7 +108,7 @@ export function createTracing(options: TracingOptions): Middleware {
     // Read by the sampler (ClientTraceIdSampler): the client chose this trace id, so it must not decide sampling.
     if (requestedTraceId !== undefined) attributes[ATTR.traceIdSource] = TRACE_ID_FROM_REQUEST_ID;
     if (configVersion !== undefined) attributes[ATTR.configVersion] = configVersion;
-    const span = withTraceId(requestedTraceId, () => tracer.startSpan(ctx.method, { kind: SpanKind.SERVER, attributes }, parent));
+    const span = withTraceId(requestedTraceId, () => tracer.startSpan(spanNameMethod(method), { kind: SpanKind.SERVER, attributes }, parent));
     const spanContext = span.spanContext();
     const random = remote ? (remote.traceFlags & TRACE_FLAG_RANDOM) !== 0 : requestedTraceId === undefined;
     const active = setRandomTraceIdFlag(trace.setSpan(parent, span), spanContext.traceId, random);
@@ -122,7 +127,7 @@ export function createTracing(options: TracingOptions): Middleware {
       if (--pending > 0) return;
       const route = routeOf(ctx);
       if (route) {
-        span.updateName(`${ctx.method} ${route}`);
+        span.updateName(`${spanNameMethod(method)} ${route}`);
         span.setAttribute(ATTR_HTTP_ROUTE, route);
       }
       if (ctx.state.route) span.setAttribute(ATTR.routeName, ctx.state.route.name);

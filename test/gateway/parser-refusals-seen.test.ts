@@ -1,6 +1,6 @@
 import net from 'node:net';
 import { SpanKind } from '@opentelemetry/api';
-import { ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
+import { ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
 import { runServer, type RejectedRequest, type RunningServer } from '../../otel/lifecycle';
 import { ACCESS_LINE_FIELDS, ACCESS_LINE_MESSAGE, ATTR, LOG_FIELD } from '../../otel/wire-names';
 import { createGateway } from '../../src/gateway';
@@ -91,6 +91,8 @@ describe('requests the HTTP parser refuses are seen', () => {
     const span = spans[0]!;
     expect(span.kind).toBe(SpanKind.SERVER);
     expect(span.attributes).toMatchObject({ [ATTR_HTTP_RESPONSE_STATUS_CODE]: status, [ATTR.errorCode]: code });
+    // Its method never parsed: `_OTHER` and `HTTP`, as the metrics count it (semconv).
+    expect([span.name, span.attributes[ATTR_HTTP_REQUEST_METHOD]]).toEqual(['HTTP', '_OTHER']);
     // The id the client got opens the trace, and the log line points at the span.
     expect(span.spanContext().traceId).toBe(requestId);
     expect(logged[0]).toMatchObject({ [LOG_FIELD.traceId]: requestId, [LOG_FIELD.spanId]: span.spanContext().spanId });
