@@ -8,6 +8,7 @@ import { ATTR_CLIENT_ADDRESS, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATU
 import type Koa from 'koa';
 import { recordedMethod, spanNameMethod } from './http-method';
 import { logLine, type Logger } from './logger';
+import { traceresponseOf } from './trace-context-propagator';
 import { traceIdFromRequestId, withTraceId } from './trace-ids';
 import { ACCESS_LINE_MESSAGE, ATTR, HEADER, HTTP_METHODS, type AccessLine } from './wire-names';
 
@@ -91,7 +92,7 @@ export interface RejectedRequest {
  * the request id the pipeline gave it, so the access log and the span record the 400 or 408 (not a client that
  * left). Once the answer has started, the connection can only be cut.
  */
-function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordRejected: (rejected: Omit<RejectedRequest, 'spanContext'>, socket: Socket) => void): void {
+function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordRejected: RecordRejected): void {
   // A TLS connection whose handshake never finished (its timeout, a bad ClientHello) has no HTTP to answer in:
   // ending it with an HTTP answer writes nothing and leaves it open for good, holding a connection slot.
   if (socket instanceof tls.TLSSocket && !(socket as tls.TLSSocket & { _secureEstablished?: boolean })._secureEstablished) {
@@ -138,18 +139,18 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
   // pipeline then finds its response ended (Koa's respond and the error handler leave it alone) and the
   // request aborted.
   if (inFlight) return void answerProblem(inFlight, problem);
-  // Nothing of the request can be trusted (its X-Request-Id included), but the answer still carries an id.
-  const requestId = endWithProblem(socket, problem);
   // A connection that never sent a byte (a browser's or a balancer's pre-connect) timed out: no request to record.
-  if (socket.bytesRead > 0) recordRejected({ status: problem.status, code: problem.code, requestId }, socket);
+  if (socket.bytesRead === 0) return void endWithProblem(socket, problem);
+  const rejection = recordRejected({ status: problem.status, code: problem.code }, socket);
+  endWithProblem(socket, answering(problem, rejection), rejection.requestId);
+  rejection.record();
 }
 
-/** Writes a server problem (with a minted request id, returned) on a socket no HTTP response owns, and ends it. */
-function endWithProblem(socket: Socket, problem: ServerProblem): string {
-  const { body, headers, requestId } = problemAnswer(undefined, problem);
+/** Writes a server problem (with `requestId`, else a minted one) on a socket no HTTP response owns, and ends it. */
+function endWithProblem(socket: Socket, problem: ServerProblem, requestId?: string): void {
+  const { body, headers } = problemAnswer(requestId, problem);
   const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
   socket.end(`HTTP/1.1 ${problem.status} ${problem.title}\r\n${head}\r\n${body}`);
-  return requestId;
 }
 
 const CONNECT_REFUSED: ServerProblem = { status: 405, title: 'Method not allowed', code: 'method_not_allowed', detail: 'The gateway opens no tunnels (CONNECT).', headers: { Allow: HTTP_METHODS.join(', ') } };
@@ -164,11 +165,13 @@ const CONNECT_LINGER_MS = 1000;
  * parser's refusals are, then the connection closes. (A CONNECT pipelined behind a request still being answered
  * gets no 405: the connection closes once that answer is out, as Node closed it.)
  */
-function refuseConnect(request: http.IncomingMessage, socketOrResponse: Socket | Http2ServerResponse, recordRejected: (rejected: Omit<RejectedRequest, 'spanContext'>, socket: Socket) => void): void {
+function refuseConnect(request: http.IncomingMessage, socketOrResponse: Socket | Http2ServerResponse, recordRejected: RecordRejected): void {
+  const refused = { status: CONNECT_REFUSED.status, code: CONNECT_REFUSED.code, method: 'CONNECT' };
   if (socketOrResponse instanceof http2.Http2ServerResponse) {
     // An HTTP/2 CONNECT stream: answered on it, the connection serves on.
-    const requestId = answerProblem(socketOrResponse, CONNECT_REFUSED);
-    return recordRejected({ status: CONNECT_REFUSED.status, code: CONNECT_REFUSED.code, requestId, method: 'CONNECT' }, request.socket);
+    const rejection = recordRejected(refused, request.socket);
+    answerProblem(socketOrResponse, answering(CONNECT_REFUSED, rejection), rejection.requestId);
+    return rejection.record();
   }
   const socket = socketOrResponse;
   // Node no longer watches this socket (no timer of the server's covers it): a client's reset must not become an
@@ -182,9 +185,27 @@ function refuseConnect(request: http.IncomingMessage, socketOrResponse: Socket |
     return;
   }
   if (!socket.writable) return void socket.destroy();
-  const requestId = endWithProblem(socket, CONNECT_REFUSED);
+  const rejection = recordRejected(refused, socket);
+  endWithProblem(socket, answering(CONNECT_REFUSED, rejection), rejection.requestId);
   socket.setTimeout(CONNECT_LINGER_MS, () => socket.destroy());
-  recordRejected({ status: CONNECT_REFUSED.status, code: CONNECT_REFUSED.code, requestId, method: 'CONNECT' }, socket);
+  rejection.record();
+}
+
+/** A refused request being recorded: its id and SERVER span exist before its answer is written, so the answer names both. */
+interface Rejection {
+  /** Minted: nothing of the request can be trusted (its X-Request-Id included), but the answer still carries an id. */
+  requestId: string;
+  /** The `traceresponse` naming its span, as every answer of the pipeline carries one; none when nothing traces. */
+  traceresponse: string | undefined;
+  /** Ends its span and writes its access line and count: called once the answer is written. */
+  record(): void;
+}
+
+type RecordRejected = (refused: Omit<RejectedRequest, 'spanContext' | 'requestId'>, socket: Socket) => Rejection;
+
+/** The answer to a refused request: `problem` with the `traceresponse` of its span. */
+function answering(problem: ServerProblem, rejection: Rejection): ServerProblem {
+  return rejection.traceresponse === undefined ? problem : { ...problem, headers: { ...problem.headers, [HEADER.traceresponse]: rejection.traceresponse } };
 }
 
 /**
@@ -192,9 +213,10 @@ function refuseConnect(request: http.IncomingMessage, socketOrResponse: Socket |
  * the answer's request id (so that id opens the trace, as for every request), an access-log line with it, and
  * `onRejected` (the gateway's request metrics). Method, path and duration are unknown: the head never parsed.
  */
-function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejected: RejectedRequest) => void) | undefined) {
-  return (rejected: Omit<RejectedRequest, 'spanContext'>, socket: Socket): void => {
-    const { status, code, requestId, method } = rejected;
+function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejected: RejectedRequest) => void) | undefined): RecordRejected {
+  return (refused, socket) => {
+    const { status, code, method } = refused;
+    const requestId = newRequestId();
     const attributes: Attributes = {};
     // A head that never parsed has no method: `_OTHER`, as the metrics count it.
     const recorded = recordedMethod(method);
@@ -204,10 +226,17 @@ function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejecte
     attributes[ATTR.requestId] = requestId;
     if (socket.remoteAddress !== undefined) attributes[ATTR_CLIENT_ADDRESS] = socket.remoteAddress;
     const span = withTraceId(traceIdFromRequestId(requestId), () => tracer.startSpan(spanNameMethod(recorded), { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT));
-    span.end();
-    const fields: AccessLine = { method: method ?? null, url: null, status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code, consumer_id: null, cache: null };
-    logLine(logger, 'warn', ACCESS_LINE_MESSAGE, fields, trace.setSpan(ROOT_CONTEXT, span));
-    onRejected?.({ ...rejected, spanContext: span.spanContext() });
+    return {
+      requestId,
+      // The minted id is random, and so is the trace id made of it (the Level 2 random flag).
+      traceresponse: traceresponseOf(span, ROOT_CONTEXT, true),
+      record() {
+        span.end();
+        const fields: AccessLine = { method: method ?? null, url: null, status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code, consumer_id: null, cache: null };
+        logLine(logger, 'warn', ACCESS_LINE_MESSAGE, fields, trace.setSpan(ROOT_CONTEXT, span));
+        onRejected?.({ ...refused, requestId, spanContext: span.spanContext() });
+      },
+    };
   };
 }
 
@@ -264,6 +293,11 @@ function inTurn(handle: http.RequestListener, logger: Logger, openHttp2Responses
 /** Requests one connection may have waiting behind the one being answered (browsers pipeline none). */
 const MAX_PIPELINED_REQUESTS = 32;
 
+/** A request id for an answer the server writes itself: 32 hex, as the pipeline mints them, so it can be a trace id. */
+function newRequestId(): string {
+  return randomUUID().replaceAll('-', '');
+}
+
 interface ServerProblem {
   status: number;
   title: string;
@@ -277,7 +311,7 @@ interface ServerProblem {
  * (`chosen`), else a new one, and `Connection: close`.
  */
 function problemAnswer(chosen: unknown, problem: ServerProblem): { body: string; headers: Record<string, string | number>; requestId: string } {
-  const requestId = typeof chosen === 'string' ? chosen : randomUUID().replaceAll('-', '');
+  const requestId = typeof chosen === 'string' ? chosen : newRequestId();
   const { status, title, code, detail } = problem;
   const body = JSON.stringify({ type: `urn:koa-gateway:problem:${code}`, title, status, detail, code, requestId });
   return { body, requestId, headers: { 'Content-Type': 'application/problem+json', 'Content-Length': Buffer.byteLength(body), 'X-Request-Id': requestId, ...problem.headers, Connection: 'close' } };
@@ -377,10 +411,13 @@ const REQUEST_TIMEOUT: ServerProblem = { status: 408, title: 'Request timeout', 
 /** A response of either protocol the pipeline is handling. */
 type PipelineResponse = http.ServerResponse | Http2ServerResponse;
 
-/** Answers a request the pipeline has not answered yet with a server problem (problemAnswer); returns its request id. */
-function answerProblem(response: PipelineResponse, problem: ServerProblem): string {
+/**
+ * Answers a request the pipeline has not answered yet with a server problem (problemAnswer), under the request id
+ * the pipeline gave it (or `chosen`); returns that id.
+ */
+function answerProblem(response: PipelineResponse, problem: ServerProblem, chosen: unknown = response.getHeader(HEADER.requestId)): string {
   markServerAnswer(response, problem.code);
-  const { body, headers, requestId } = problemAnswer(response.getHeader(HEADER.requestId), problem);
+  const { body, headers, requestId } = problemAnswer(chosen, problem);
   if (response instanceof http.ServerResponse) {
     response.writeHead(problem.status, problem.title, headers);
     response.end(body);

@@ -3,6 +3,7 @@ import {
   isSpanContextValid,
   trace,
   type Context,
+  type Span,
   type SpanContext,
   type TextMapGetter,
   type TextMapPropagator,
@@ -40,6 +41,17 @@ export function outgoingTraceFlags(context: Context, spanContext: SpanContext, l
   const random =
     recorded?.traceId === spanContext.traceId ? recorded.random : (spanContext.traceFlags & TRACE_FLAG_RANDOM) !== 0 || (!spanContext.isRemote && localTraceIdsAreRandom);
   return (spanContext.traceFlags & TRACE_FLAG_SAMPLED) | (random ? TRACE_FLAG_RANDOM : 0);
+}
+
+/**
+ * The `traceresponse` (Trace Context Level 2) naming `span` as the callee's operation, its flags as
+ * outgoingTraceFlags gives them; undefined when the span neither records nor has a valid context (no SDK, so
+ * nothing under that id would ever be found).
+ */
+export function traceresponseOf(span: Span, context: Context, localTraceIdsAreRandom = false): string | undefined {
+  const spanContext = span.spanContext();
+  if (!span.isRecording() && !isSpanContextValid(spanContext)) return undefined;
+  return formatTraceparent({ traceId: spanContext.traceId, parentId: spanContext.spanId, traceFlags: outgoingTraceFlags(context, spanContext, localTraceIdsAreRandom) });
 }
 
 export interface TraceContextPropagatorOptions {

@@ -16,8 +16,8 @@ import {
 } from '@opentelemetry/semantic-conventions';
 import { recordedMethod, spanNameMethod } from '../../otel/http-method';
 import { UNTRACED_PATHS } from '../../otel/telemetry-config';
-import { formatTraceparent, TRACE_FLAG_RANDOM } from '../../otel/trace-context';
-import { outgoingTraceFlags, setRandomTraceIdFlag, TraceContextPropagator } from '../../otel/trace-context-propagator';
+import { TRACE_FLAG_RANDOM } from '../../otel/trace-context';
+import { setRandomTraceIdFlag, traceresponseOf, TraceContextPropagator } from '../../otel/trace-context-propagator';
 import { TRACE_ID_FROM_REQUEST_ID, traceIdFromRequestId, withTraceId } from '../../otel/trace-ids';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { isWellFormedRequestId } from './request-id';
@@ -112,9 +112,8 @@ export function createTracing(options: TracingOptions): Middleware {
     const spanContext = span.spanContext();
     const random = remote ? (remote.traceFlags & TRACE_FLAG_RANDOM) !== 0 : requestedTraceId === undefined;
     const active = setRandomTraceIdFlag(trace.setSpan(parent, span), spanContext.traceId, random);
-    if (span.isRecording() || trace.isSpanContextValid(spanContext)) {
-      ctx.res.setHeader(HEADER.traceresponse, formatTraceparent({ traceId: spanContext.traceId, parentId: spanContext.spanId, traceFlags: outgoingTraceFlags(active, spanContext) }));
-    }
+    const traceresponse = traceresponseOf(span, active);
+    if (traceresponse !== undefined) ctx.res.setHeader(HEADER.traceresponse, traceresponse);
 
     // Ended once both the response is really over (streamed proxy responses are timed whole) and the
     // middleware below has returned (the proxy records the upstream outcome after the response finished).

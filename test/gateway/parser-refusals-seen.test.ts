@@ -1,5 +1,5 @@
 import net from 'node:net';
-import { SpanKind } from '@opentelemetry/api';
+import { SpanKind, trace } from '@opentelemetry/api';
 import { ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
 import { runServer, type RejectedRequest, type RunningServer } from '../../otel/lifecycle';
 import { ACCESS_LINE_FIELDS, ACCESS_LINE_MESSAGE, ATTR, LOG_FIELD } from '../../otel/wire-names';
@@ -70,9 +70,10 @@ describe('requests the HTTP parser refuses are seen', () => {
   it.each([
     { desc: 'headers over the limit', raw: () => `GET /health HTTP/1.1\r\nHost: ${host()}\r\nCookie: ${'c'.repeat(20 * 1024)}\r\n\r\n`, status: 431, code: 'headers_too_large' },
     { desc: 'a garbage request line', raw: () => 'GARBAGE\r\n\r\n', status: 400, code: 'bad_request' },
+    { desc: 'a lower-case method', raw: () => `get /health HTTP/1.1\r\nHost: ${host()}\r\n\r\n`, status: 400, code: 'bad_request' },
     { desc: 'a CR inside X-Request-Id', raw: () => `GET /health HTTP/1.1\r\nHost: ${host()}\r\nX-Request-Id: evil\rdef\r\n\r\n`, status: 400, code: 'bad_request' },
     { desc: 'a head that trickles in past the headers timeout', raw: () => `GET /health HTTP/1.1\r\nHost: ${host()}\r\nX-Slow: ${'a'.repeat(200)}\r\n\r\n`, status: 408, code: 'request_timeout', trickle: true },
-  ])('$desc: the answer ($status) has an access line, a SERVER span and a count under its request id', async ({ raw, status, code, trickle }) => {
+  ])('$desc: the answer ($status) has an access line, a SERVER span its traceresponse names and a count under its request id', async ({ raw, status, code, trickle }) => {
     const counted = async () =>
       samplesOf(parseOpenMetrics(await metrics.registry.metrics()), 'http_server_request_duration_seconds_count', { http_request_method: '_OTHER', http_route: 'unmatched', http_response_status_code: String(status), error_type: code }).reduce((sum, sample) => sum + sample.value, 0);
     const countBefore = await counted();
@@ -97,6 +98,8 @@ describe('requests the HTTP parser refuses are seen', () => {
     expect(span.spanContext().traceId).toBe(requestId);
     expect(logged[0]).toMatchObject({ [LOG_FIELD.traceId]: requestId, [LOG_FIELD.spanId]: span.spanContext().spanId });
     expect(rejected.filter((each) => each.requestId === requestId)).toEqual([{ status, code, requestId, spanContext: span.spanContext() }]);
+    // As every answer of the pipeline does (sampled, and random: the minted id is).
+    expect(/\r\ntraceresponse: ([^\r]*)\r\n/i.exec(answer)?.[1]).toBe(`00-${requestId}-${span.spanContext().spanId}-03`);
     expect(await counted()).toBe(countBefore + 1);
   });
 
@@ -128,6 +131,7 @@ describe('requests the HTTP parser refuses are seen', () => {
     expect(lines.filter((line) => line.message === ACCESS_LINE_MESSAGE && line.request_id === requestId)).toEqual([expect.objectContaining({ method: 'CONNECT', status: 405, error_code: 'method_not_allowed' })]);
     const spans = tracing.spans().filter((span) => span.attributes[ATTR.requestId] === requestId);
     expect(spans.map((span) => [span.name, span.kind, span.spanContext().traceId])).toEqual([['CONNECT', SpanKind.SERVER, requestId]]);
+    expect(/\r\ntraceresponse: ([^\r]*)\r\n/i.exec(refusal)?.[1]).toBe(`00-${requestId}-${spans[0]!.spanContext().spanId}-03`);
     expect(await counted()).toBe(countBefore + 1);
   });
 
@@ -147,5 +151,24 @@ describe('requests the HTTP parser refuses are seen', () => {
     socket.on('error', () => undefined);
     await waitFor(() => lines.some((line) => line.message === 'request completed' && line.request_id === 'abandoned-upload'), 'the access-log line');
     expect(lines.filter((line) => line.message === 'request completed' && line.request_id === 'abandoned-upload')).toEqual([expect.objectContaining({ status: 499, error_code: null })]);
+  });
+});
+
+describe('a refusal when nothing records spans (no SDK)', () => {
+  it('is answered without traceresponse, as the pipeline answers then', async () => {
+    const { logger, lines } = memoryLogger('gateway');
+    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' });
+    // The global tracer with no provider registered: the API's no-op.
+    const tracer = trace.getTracer('gateway');
+    const gateway = await runServer({ app: createGateway(config, { logger, tracer }), name: 'gateway', port: 0, host: '127.0.0.1', logger, tracer });
+    try {
+      const answer = await exchange(gateway.url, 'GARBAGE\r\n\r\n');
+      expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+      expect(answer).toMatch(/\r\nX-Request-Id: [0-9a-f]{32}\r\n/);
+      expect(answer).not.toMatch(/\r\ntraceresponse:/i);
+      await waitFor(() => lines.some((line) => line.message === ACCESS_LINE_MESSAGE), 'the access-log line');
+    } finally {
+      await gateway.close();
+    }
   });
 });
