@@ -45,12 +45,13 @@ export function outgoingTraceFlags(context: Context, spanContext: SpanContext, l
 
 /**
  * The `traceresponse` (Trace Context Level 2) naming `span` as the callee's operation, its flags as
- * outgoingTraceFlags gives them; undefined when the span neither records nor has a valid context (no SDK, so
- * nothing under that id would ever be found).
+ * outgoingTraceFlags gives them; undefined when the span does not record and its context is invalid or the
+ * caller's own (no tracer provider: the API's no-op tracer hands back the remote parent, and the caller would
+ * read its own span as its callee).
  */
 export function traceresponseOf(span: Span, context: Context, localTraceIdsAreRandom = false): string | undefined {
   const spanContext = span.spanContext();
-  if (!span.isRecording() && !isSpanContextValid(spanContext)) return undefined;
+  if (!span.isRecording() && (spanContext.isRemote === true || !isSpanContextValid(spanContext))) return undefined;
   return formatTraceparent({ traceId: spanContext.traceId, parentId: spanContext.spanId, traceFlags: outgoingTraceFlags(context, spanContext, localTraceIdsAreRandom) });
 }
 

@@ -144,3 +144,30 @@ describe('W3C Trace Context Level 2 at the edge', () => {
     });
   });
 });
+
+// Level 2: traceresponse's child-id is "the ID of the operation of the callee". With no tracer provider (traces
+// not exported, or no SDK) the API's no-op tracer wraps the trusted parent, and the gateway used to answer with
+// the caller's own parent-id and sampled flag, as if the caller were its own callee (audit 19, finding 5).
+describe('a trusted traceparent when the gateway records no spans', () => {
+  let tracing: InMemoryTracing;
+  let stack: TestStack;
+  let token: string;
+  beforeAll(async () => {
+    // The context manager and propagators the bootstrap registers with OTEL_TRACES_EXPORTER=none; the gateway
+    // gets the global tracer, which no provider backs.
+    tracing = startInMemoryTracing();
+    stack = await startStack({ overrides: { trustTraceparent: true } });
+    token = await login(stack.gateway.url);
+  });
+  afterAll(async () => {
+    await stack.close();
+    await tracing.shutdown();
+  });
+
+  it('gets no traceresponse naming the caller, and still reaches the service', async () => {
+    const response = await get(`${stack.gateway.url}/api/users/1`, [['authorization', `Bearer ${token}`], ['traceparent', `00-${TRACE}-${PARENT}-01`]]);
+    expect(response.statusCode).toBe(200);
+    expect(response.headers.traceresponse).toBeUndefined();
+    expect(fields(stack.users.requests.at(-1)!.headers.traceparent)).toMatchObject({ traceId: TRACE, parentId: PARENT });
+  });
+});
