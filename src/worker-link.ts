@@ -13,8 +13,11 @@ export interface WorkerLink {
   readonly id: number;
   /** The config the primary sent first. */
   readonly initial: ActiveConfig;
-  /** With `tls`: the certificate and key the primary read (src/tls.ts CertificatePems). */
-  readonly certificates?: CertificatePems;
+  /**
+   * With `tls`: the certificate and key the primary holds (src/tls.ts CertificatePems), the latest it sent: a
+   * SIGHUP that arrives while this worker starts, before it serves, is not lost.
+   */
+  readonly certificates: CertificatePems | undefined;
   /**
    * Spends the rate-limit tokens the primary leased to this worker, and asks it for more when they are used up;
    * an ask rejects after `timeoutMs` (the limiter's store-down policy then decides).
@@ -41,6 +44,7 @@ export function connectWorker(): Promise<WorkerLink> {
   let onShutdown = (): void => process.exit(0);
   let queued: ActiveConfig | undefined;
   const hangupHandlers: ((certificates: CertificatePems | undefined) => void)[] = [];
+  let certificates: CertificatePems | undefined;
   let leases: LeaseTable | undefined;
   // Without the primary a worker ends (Node's cluster exits it on disconnect); until then nothing is sent.
   const send = (message: ToPrimary) => process.connected && process.send!(message);
@@ -75,11 +79,13 @@ export function connectWorker(): Promise<WorkerLink> {
           if (onApply) return onApply(active);
           // A reload while this worker starts: applied once it serves.
           onApply = (later) => (queued = later);
-          return resolve(link(active, message.certificates));
+          certificates = message.certificates;
+          return resolve(link(active));
         }
         case 'shutdown':
           return onShutdown();
         case 'hangup':
+          if (message.certificates) certificates = message.certificates;
           return hangupHandlers.forEach((handler) => handler(message.certificates));
         case 'ping':
           return send({ gateway: 'pong', id: message.id });
@@ -96,14 +102,16 @@ export function connectWorker(): Promise<WorkerLink> {
     send({ gateway: 'hello' });
   });
 
-  function link(initial: ActiveConfig, certificates: CertificatePems | undefined): WorkerLink {
+  function link(initial: ActiveConfig): WorkerLink {
     // Bounded like the primary's ledger, by the first config's limit (the primary keeps that one too).
     const table = createLeaseTable({ maxTrackedClients: initial.config.rateLimit.maxTrackedClients });
     leases = table;
     return {
       id,
       initial,
-      certificates,
+      get certificates() {
+        return certificates;
+      },
       primaryStore: (timeoutMs) => ({
         take: async (policy, client, max, windowMs) =>
           table.spend(policy, client, max) ?? (await ask<Leased>((requestId) => ({ gateway: 'lease', id: requestId, policy, client, max, windowMs }), timeoutMs)).window,

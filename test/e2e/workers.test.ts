@@ -1,4 +1,4 @@
-import { copyFileSync, mkdtempSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type http from 'node:http';
@@ -225,6 +225,42 @@ describe('workers (two processes behind one port)', () => {
     gateway.child.kill('SIGHUP');
     await waitFor(() => gateway!.lines.slice(from).filter((line) => line.message === 'tls certificates reloaded').length === 2, 'both workers to take the new pair', 20_000);
     expect(await presented()).toEqual([second.fingerprint256]);
+  });
+
+  it('takes a rotation signalled while its workers were still starting (the SIGHUP used to be lost, the old pair served for good)', async () => {
+    const directory = mkdtempSync(path.join(tmpdir(), 'gateway-workers-tls-start-'));
+    const first = makeCertificate('first', directory);
+    const second = makeCertificate('second', directory);
+    const live = { certFile: path.join(directory, 'live.crt'), keyFile: path.join(directory, 'live.key') };
+    copyFileSync(first.certFile, live.certFile);
+    copyFileSync(first.keyFile, live.keyFile);
+    // A "Redis" that accepts and never answers holds each worker in its start-up wait (3 s) after it got its config.
+    const peers = new Set<net.Socket>();
+    const silentRedis = net.createServer((socket) => void peers.add(socket.on('error', () => undefined)));
+    await new Promise<void>((resolve) => silentRedis.listen(0, '127.0.0.1', resolve));
+    const configFile = path.join(directory, 'gateway.config.json');
+    writeFileSync(configFile, JSON.stringify({ ...config(), tls: live }));
+    const { port } = silentRedis.address() as net.AddressInfo;
+    const starting = spawnGateway({ GATEWAY_CONFIG: configFile, HOST: '127.0.0.1', GATEWAY_WORKERS: '2', REDIS_URL: `redis://127.0.0.1:${port}` });
+    try {
+      await waitFor(() => peers.size >= 2, 'both workers to be starting', 20_000);
+      copyFileSync(second.certFile, live.certFile);
+      copyFileSync(second.keyFile, live.keyFile);
+      starting.child.kill('SIGHUP');
+      const origin = String((await starting.waitForLine('gateway listening', 30_000)).url);
+      const seen = new Set<string>();
+      for (let i = 0; i < 6; i++) {
+        const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(origin).port), ca: [first.cert, second.cert], servername: 'localhost' });
+        await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+        seen.add(socket.getPeerCertificate().fingerprint256);
+        socket.destroy();
+      }
+      expect([...seen]).toEqual([second.fingerprint256]);
+    } finally {
+      starting.child.kill('SIGKILL');
+      for (const socket of peers) socket.destroy();
+      silentRedis.close();
+    }
   });
 
   it('replaces a worker that stopped answering (its event loop stuck), which kept getting connections that hung', async () => {
