@@ -127,7 +127,14 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   // Bodies the gateway reads itself (login, gRPC translation) are held to the rate the proxy holds uploads to.
   const bodyRate = { minBytesPerSecond: config.server.minBodyBytesPerSecond, graceMs: config.server.bodyGracePeriodMs };
   const cachedRoutes = new Map(config.routes.flatMap((route) => (route.cache ? [[route.name, route.cache] as const] : [])));
-  const cacheKeyScopes = new Map(config.routes.flatMap((route) => (route.cache ? [[route.name, cacheKey([JSON.stringify(route), JSON.stringify(config.services[route.service])])] as const] : [])));
+  // What a cached route's answers depend on in the config (the service it asks, the path and request rules it asks
+  // with, whether Authorization goes along, the cache's own settings), not what only guards or times it (limits,
+  // CORS, roles, timeouts, the service's instances): replicas that differ in those share their copies.
+  const cacheKeyScopes = new Map(
+    config.routes.flatMap((route) =>
+      route.cache ? [[route.name, cacheKey([JSON.stringify([route.service, route.upstreamPath, route.headers?.request ?? null, route.forwardAuthorization, route.cache])])] as const] : [],
+    ),
+  );
   const hideUpstreamHeaders = [
     ...config.proxy.hideUpstreamHeaders,
     // The request id, trace and rate-limit state the gateway wrote: a service's would replace them.

@@ -15,9 +15,9 @@ export interface ResponseCacheOptions {
   /** The `cache` of each route that has one, by route name. */
   routes: ReadonlyMap<string, RouteCacheConfig>;
   /**
-   * Each of those routes' configuration as its answers are made under (its service, the service's URLs, its
-   * rules), as a digest: part of every key, so a reload that changes it, or a replica that runs another
-   * config, never meets the copies a shared store (Redis) kept under the old one.
+   * Each of those routes' configuration as its answers are made under (its service, upstream path, request
+   * rules, cache settings), as a digest: part of every key, so a reload that changes it, or a replica that runs
+   * another config, never meets the copies a shared store (Redis) kept under the old one.
    */
   keyScopes: ReadonlyMap<string, string>;
   store: ResponseStore;

@@ -645,7 +645,10 @@ describe('response cache shared through Redis', () => {
   it('never answers from copies made for another service: a reload or a replica that points the route elsewhere starts afresh', async () => {
     const other = await catalogService();
     const { logger } = memoryLogger('gateway');
-    const movedConfig = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: other.url }, overrides({ cache: { redisKeyPrefix: prefix } }));
+    // The route, by the same name, now asks another service (users, at `other`).
+    const movedFile = overrides({ cache: { redisKeyPrefix: prefix } });
+    movedFile.routes = (movedFile.routes as Record<string, unknown>[]).map((route) => (route.name === 'open-catalog' ? { ...route, service: 'users' } : route));
+    const movedConfig = testConfig({ users: other.url, orders: 'http://127.0.0.1:9', notifications: service.url }, movedFile);
     const moved = await listen(createGateway(movedConfig, { logger, redis: replicaRedis }).callback());
     try {
       const path = fresh('/api/open', 'cc=max-age%3D60');
@@ -655,6 +658,15 @@ describe('response cache shared through Redis', () => {
       expect((await send(replica.url, path, host)).headers['x-cache']).toBe('HIT');
       const movedAnswer = await send(moved.url, path, host);
       expect(movedAnswer.headers['x-cache']).toBe('MISS');
+      // What only guards or times the route (its rate limit, its timeout) does not split the copies.
+      const guarded = overrides({ cache: { redisKeyPrefix: prefix } });
+      guarded.routes = (guarded.routes as Record<string, unknown>[]).map((route) => (route.name === 'open-catalog' ? { ...route, rateLimit: { max: 5000, windowMs: 1000 }, timeoutMs: 1234 } : route));
+      const sibling = await listen(createGateway(testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: service.url }, guarded), { logger, redis: replicaRedis }).callback());
+      try {
+        expect((await send(sibling.url, path, host)).headers['x-cache']).toBe('HIT');
+      } finally {
+        await sibling.close();
+      }
       const item = `/${path.split('?')[0]!.split('/').pop()}?`;
       expect([service.hits.filter((hit) => hit.url.includes(item)).length, other.hits.filter((hit) => hit.url.includes(item)).length]).toEqual([1, 1]);
     } finally {
