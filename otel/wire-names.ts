@@ -142,6 +142,12 @@ export const FOREIGN_IDENTITY_HEADERS = [
   'x-webauth-user',
   'x-webauth-email',
   'x-webauth-name',
+  // Authelia writes these beside Remote-User; apps behind it map roles from Remote-Groups.
+  'remote-groups',
+  'remote-email',
+  'remote-name',
+  // nginx's usual name for the client certificate it checked (`proxy_set_header X-SSL-CERT ...`).
+  'x-ssl-cert',
 ] as const;
 
 const FOREIGN_IDENTITY_HEADER_SET = new Set<string>(FOREIGN_IDENTITY_HEADERS);
@@ -164,6 +170,12 @@ export const FOREIGN_IDENTITY_HEADER_PREFIXES = [
   'x-client-cert',
   'x-client-verify',
   'x-arr-clientcert',
+  // RFC 9440's Client-Cert and Client-Cert-Chain, what TLS terminators write for the certificate they checked.
+  'client-cert',
+  'x-amzn-mtls-',
+  'x-authentik-',
+  'tailscale-user-',
+  'x-vouch-',
 ] as const;
 
 /**

@@ -1,7 +1,7 @@
 import type http from 'node:http';
 import type { Context as KoaContext } from 'koa';
 import { isoTimestamp } from '../otel/iso-timestamp';
-import { FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
+import { FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
 import type { GatewaySigner } from './gateway-signature';
@@ -41,9 +41,11 @@ const REBUILT_FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-fo
 export function isForbiddenClientHeader(name: string, underscores: UnderscoreHeaderPolicy): boolean {
   if (name.includes('_')) {
     if (underscores !== 'allow') return true;
-    // Allowed, but never as a twin of an owned or rewriting name: CGI, PHP, Rack and WSGI read `x_user_id` as
-    // `X-User-Id`, so under any spelling those names stay the gateway's.
+    // Allowed, but never as a twin of an owned, rewriting or forwarding name: CGI, PHP, Rack and WSGI read
+    // `x_user_id` as `X-User-Id` (and `x_forwarded_host` as `X-Forwarded-Host`), so under any spelling those names
+    // stay the gateway's. No trusted proxy writes the `_` spelling of a forwarding header.
     name = name.replaceAll('_', '-');
+    if (isForwardingHeader(name)) return true;
   }
   return GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) || NEVER_FROM_CLIENTS.has(name) || FOREIGN_IDENTITY_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix));
 }

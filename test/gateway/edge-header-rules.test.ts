@@ -1,6 +1,6 @@
 import http from 'node:http';
 import fc from 'fast-check';
-import { HEADER } from '../../otel/wire-names';
+import { HEADER, isForwardingHeader } from '../../otel/wire-names';
 import { isForbiddenClientHeader, upstreamRequestHeaders, type UnderscoreHeaderPolicy } from '../../src/upstream-headers';
 import { sendRaw } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
@@ -161,7 +161,7 @@ describe('upstream request headers (property over generated client headers)', ()
   /** Names a client might try: owned ones in every case and separator, rewriting ones, forwarding ones, ordinary ones. */
   const nameArbitrary = fc.oneof(
     fc.constantFrom('x-user-id', 'x-user-role', 'x-user-email', 'x-user-anything', 'x-gateway-timestamp', 'x-gateway-x', 'x-request-id', 'authorization', 'host'),
-    fc.constantFrom('x_user_id', 'x-user_role', 'x_gateway_timestamp', 'x_request_id', 'x_forwarded_for'),
+    fc.constantFrom('x_user_id', 'x-user_role', 'x_gateway_timestamp', 'x_request_id', 'x_forwarded_for', 'x_forwarded_host', 'x_real_ip', 'x_forwarded_client_cert'),
     fc.constantFrom('x-http-method-override', 'x-original-url', 'x-rewrite-url', 'x-method-override'),
     fc.constantFrom('x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port'),
     fc.constantFrom('accept', 'content-type', 'x-custom', 'cookie', 'keep-alive', 'te', 'upgrade'),
@@ -201,6 +201,8 @@ describe('upstream request headers (property over generated client headers)', ()
             if (underscores !== 'allow') expect(name.includes('_')).toBe(false);
             // Under `allow` too, no underscore twin of an owned or rewriting name (CGI-style servers fold `_` to `-`).
             if (name.includes('_')) expect(isForbiddenClientHeader(name.replaceAll('_', '-'), 'drop')).toBe(false);
+            // Nor of a forwarding header, which only a trusted proxy may send (and never in that spelling).
+            if (name.includes('_')) expect(isForwardingHeader(name.replaceAll('_', '-'))).toBe(false);
             expect(['x-http-method-override', 'x-original-url', 'x-rewrite-url', 'x-method-override', 'connection', 'keep-alive', 'te', 'upgrade']).not.toContain(name);
           }
           expect('authorization' in headers).toBe(forwardAuthorization && 'authorization' in client && !listed.includes('authorization'));

@@ -142,6 +142,11 @@ describe('header rules in the config', () => {
     expect(() => parse({ [side]: rule })).toThrow(new RegExp(`${at(side, list).replaceAll('.', '\\.')}.*(rule cannot set or remove it|header rule)`));
   });
 
+  it('lets a rule keep an X-Forwarded-* the gateway does not write (a trusted Envoy\'s -Client-Cert) from a service', () => {
+    // Every X-Forwarded-* is stripped from untrusted clients; only the listed ones are the gateway's to write.
+    expect(() => parse({ request: { remove: ['X-Forwarded-Client-Cert'] } })).not.toThrow();
+  });
+
   it('refuses a response rule on the cache status header', () => {
     expect(() => parse({ response: { remove: ['X-Cache'] } })).toThrow(/cache status header/);
   });

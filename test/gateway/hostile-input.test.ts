@@ -446,6 +446,9 @@ describe('hostile input at the gateway', () => {
       { desc: 'X-MS-Client-Principal-Name (Azure App Service)', headers: { 'X-MS-Client-Principal-Name': 'DELETE-admin', 'X-MS-Client-Principal': 'DELETE-admin' } },
       { desc: 'Cf-Access-Authenticated-User-Email (Cloudflare Access)', headers: { 'Cf-Access-Authenticated-User-Email': 'DELETE-admin@example.com' } },
       { desc: 'X-Pomerium-Claim-Email (Pomerium)', headers: { 'X-Pomerium-Claim-Email': 'DELETE-admin@example.com' } },
+      { desc: 'Client-Cert and Client-Cert-Chain (RFC 9440), X-Amzn-Mtls-Clientcert (AWS ALB), X-SSL-Cert (nginx)', headers: { 'Client-Cert': ':DELETE:', 'Client-Cert-Chain': ':DELETE:', 'X-Amzn-Mtls-Clientcert': 'DELETE', 'X-Amzn-Mtls-Clientcert-Subject': 'CN=DELETE-admin', 'X-SSL-Cert': 'DELETE' } },
+      { desc: 'Remote-Groups, -Email and -Name (Authelia, beside Remote-User)', headers: { 'Remote-Groups': 'DELETE-admins', 'Remote-Email': 'DELETE-admin@example.com', 'Remote-Name': 'DELETE-admin' } },
+      { desc: 'X-Authentik-Username, Tailscale-User-Login, X-Vouch-User', headers: { 'X-Authentik-Username': 'DELETE-admin', 'X-Authentik-Groups': 'DELETE-admins', 'Tailscale-User-Login': 'DELETE-admin@example.com', 'X-Vouch-User': 'DELETE-admin' } },
       { desc: 'X-SSL-Client-S-DN, Ssl-Client-Cert and X-Client-Cert (client certificates passed on by nginx, Apache)', headers: { 'X-SSL-Client-S-DN': 'CN=DELETE-admin', 'X-SSL-Client-Verify': 'SUCCESS', 'Ssl-Client-Cert': 'DELETE', 'X-Client-Cert': 'DELETE' } },
     ];
 
