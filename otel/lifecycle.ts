@@ -340,8 +340,8 @@ function bytesTakenByKernel(socket: Socket): number {
  * request is whole, the keep-alive timer starts only once the answer is out, and the proxy's deadline no
  * longer applies to an answer the service has finished. A connection that has had bytes waiting for the
  * client (Node's queue, past the kernel's buffers) for `sendMs`, while the kernel took less than
- * MIN_SEND_BYTES_PER_SECOND on average since they began to wait, is closed, and its answer recorded
- * `client_read_timeout`. One sweep per listener; HTTP/2 connections have their own, per stream.
+ * MIN_SEND_BYTES_PER_SECOND on average over that window (each `sendMs` a new one), is closed, and its answer
+ * recorded `client_read_timeout`. One sweep per listener; HTTP/2 connections have their own, per stream.
  */
 function watchStalledSends(sockets: Set<Socket>, sendMs: number): NodeJS.Timeout {
   const waiting = new WeakMap<Socket, { since: number; taken: number }>();
@@ -361,11 +361,16 @@ function watchStalledSends(sockets: Set<Socket>, sendMs: number): NodeJS.Timeout
           continue;
         }
         const elapsedMs = now - since.since;
-        if (elapsedMs >= sendMs && taken - since.taken < (MIN_SEND_BYTES_PER_SECOND * elapsedMs) / 1000) {
+        if (elapsedMs < sendMs) continue;
+        if (taken - since.taken < (MIN_SEND_BYTES_PER_SECOND * elapsedMs) / 1000) {
           const response = inFlightResponse(socket);
           if (response && !response.writableFinished) markServerAnswer(response, 'client_read_timeout');
           socket.destroy();
+          continue;
         }
+        // Judged window by window: an average since the bytes began to wait would let a client that read fast
+        // for a while then stop for (bytes read / 240) seconds.
+        waiting.set(socket, { since: now, taken });
       }
     },
     Math.min(1000, Math.max(50, sendMs / 4)),

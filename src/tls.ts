@@ -294,11 +294,15 @@ function watchFinishedAnswers(sendMs: number, bytesWritten: () => number) {
       // connection sent (a stream shows none until its whole last write is out): a client reading a large answer
       // steadily is never cut, one taking a byte now and then (a WINDOW_UPDATE of 1) is.
       const taken = bytesWritten() - since.written;
-      if (elapsedMs >= sendMs && taken < (MIN_SEND_BYTES_PER_SECOND * elapsedMs) / 1000) {
+      if (elapsedMs < sendMs) continue;
+      if (taken < (MIN_SEND_BYTES_PER_SECOND * elapsedMs) / 1000) {
         const response = answerOf.get(stream);
         if (response) markServerAnswer(response, 'client_read_timeout');
         resetStream(stream, http2.constants.NGHTTP2_CANCEL);
+        continue;
       }
+      // Window by window, as HTTP/1's (otel/lifecycle.ts watchStalledSends): a fast start buys no long stall.
+      ended.set(stream, { at: now, written: bytesWritten() });
     }
   };
   const stop = () => {

@@ -163,7 +163,7 @@ describe.each([{ transport: 'plain' }, { transport: 'TLS' }])('a client that sto
    * Asks for the large answer on a connection of its own and reads up to `readBytesPerTick` every 10 ms (0: never);
    * a paused socket holds 64 KiB, so at most about 6 MB/s.
    */
-  function askAndRead(requestId: string, readBytesPerTick: number) {
+  function askAndRead(requestId: string, readBytesPerTick: number, stopAfterBytes = Infinity) {
     const { port } = new URL(gateway.url);
     const socket = certificate ? tls.connect({ port: Number(port), host: '127.0.0.1', ca: certificate.cert, servername: 'localhost' }) : net.connect(Number(port), '127.0.0.1');
     socket.on('error', () => undefined);
@@ -174,7 +174,7 @@ describe.each([{ transport: 'plain' }, { transport: 'TLS' }])('a client that sto
       readBytesPerTick > 0
         ? setInterval(() => {
             let taken = 0;
-            for (let chunk: Buffer | null; taken < readBytesPerTick && (chunk = socket.read() as Buffer | null) !== null; ) taken += chunk.length;
+            for (let chunk: Buffer | null; taken < readBytesPerTick && received + taken < stopAfterBytes && (chunk = socket.read() as Buffer | null) !== null; ) taken += chunk.length;
             received += taken;
           }, 10)
         : undefined;
@@ -196,6 +196,18 @@ describe.each([{ transport: 'plain' }, { transport: 'TLS' }])('a client that sto
     try {
       await waitFor(() => accessLine('slow-read-none') !== undefined, 'the access line', 20_000);
       expect(accessLine('slow-read-none')).toMatchObject({ status: 200, error_code: 'client_read_timeout' });
+    } finally {
+      client.stop();
+    }
+  });
+
+  it('closes the connection of a client that read fast, then stopped: a fast start buys no long stall', async () => {
+    // 8 MB at full speed, then nothing: averaged since the bytes began to wait, that was 8 MB / 240 B/s, nine hours.
+    const client = askAndRead('slow-read-stopped', 1024 * 1024, 8 * 1024 * 1024);
+    try {
+      await waitFor(() => accessLine('slow-read-stopped') !== undefined, 'the access line', 20_000);
+      expect(accessLine('slow-read-stopped')).toMatchObject({ status: 200, error_code: 'client_read_timeout' });
+      expect(client.received()).toBeGreaterThanOrEqual(8 * 1024 * 1024);
     } finally {
       client.stop();
     }
