@@ -1,4 +1,4 @@
-import cluster from 'node:cluster';
+import cluster, { type Worker } from 'node:cluster';
 import http from 'node:http';
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, type OpenMetricsContentType } from 'prom-client';
 import { isLocalHost, listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
@@ -172,6 +172,14 @@ export function listenMetrics(metrics: GatewayMetrics, options: MetricsListenerO
   return listenInternal(metricsRequestListener(metrics.registry, options.logger), options);
 }
 
+export interface ClusterMetricsListenerOptions extends MetricsListenerOptions {
+  /**
+   * The workers a scrape asks: those serving. A worker answers prom-client's request only once it has run
+   * shareMetricsWithPrimary, which it does before it listens; asked earlier, it would never answer.
+   */
+  servingWorkers: () => Worker[];
+}
+
 /**
  * A cluster's scrape endpoint, in the primary (src/workers.ts): every scrape asks each worker for its registry
  * over the cluster channel and answers their sum. Each worker listening on the port itself would answer one
@@ -179,54 +187,93 @@ export function listenMetrics(metrics: GatewayMetrics, options: MetricsListenerO
  * reset. Sums are OpenMetrics, as one process's scrape is, without exemplars (an exemplar belongs to one
  * process's bucket); each worker's own, exemplars included, go out over OTLP.
  */
-export function listenClusterMetrics(options: MetricsListenerOptions): Promise<MetricsListener> {
-  return listenInternal(scrapeListener(clusterMetricsCollector(), Registry.OPENMETRICS_CONTENT_TYPE, options.logger), options);
+export function listenClusterMetrics(options: ClusterMetricsListenerOptions): Promise<MetricsListener> {
+  return listenInternal(scrapeListener(clusterMetricsCollector(options.servingWorkers), Registry.OPENMETRICS_CONTENT_TYPE, options.logger), options);
 }
 
 /** prom-client's cluster messages (lib/cluster.js): its workers answer the request (shareMetricsWithPrimary). */
 const WORKER_METRICS_REQUEST = 'prom-client:getMetricsReq';
 const WORKER_METRICS_ANSWER = 'prom-client:getMetricsRes';
-/** How long a scrape waits for every worker's registry (prom-client's own bound). */
-const WORKER_METRICS_TIMEOUT_MS = 5_000;
+/**
+ * How long a scrape waits for a worker's registry before it answers with that worker's last one: well under
+ * Prometheus's default scrape timeout (10 s), and a live worker answers in milliseconds.
+ */
+const WORKER_METRICS_TIMEOUT_MS = 2_000;
 
 type WorkerRegistries = Awaited<ReturnType<Registry['getMetricsAsJSON']>>[];
+
+/** prom-client's sum of registries (each as `getMetricsAsJSON()` gives it), as OpenMetrics. */
+function sumOf(registries: WorkerRegistries): Registry<OpenMetricsContentType> {
+  const sum = AggregatorRegistry.aggregate(registries);
+  sum.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
+  return sum as Registry<OpenMetricsContentType>;
+}
 
 /**
  * The primary's half of prom-client's cluster exchange, kept here because its own (`clusterMetrics()`) sums
  * into the Prometheus text format whatever the registry's type: counters registered by family name
  * (counterFamily) then lose their `_total`, and every dashboard query on `gateway_*_total` finds nothing with
  * more than one worker. The workers' half stays prom-client's; the sum is its `aggregate`, as OpenMetrics.
+ *
+ * The sum must never go down while the primary lives: Prometheus reads any decrease of a counter (or of a
+ * histogram's buckets, sum and count) as a reset, and rate()/increase() then count the surviving workers'
+ * whole totals again. So a scrape sums each worker's last answer, and a worker that exits leaves its last
+ * counters and histograms in `retired`, added to every later sum (its gauges, such as requests in progress,
+ * are gone with it). What it counted after its last answer is lost, but no series drops below a value served.
  */
-function clusterMetricsCollector(): () => Promise<string> {
+function clusterMetricsCollector(servingWorkers: () => Worker[]): () => Promise<string> {
   let nextRequestId = 0;
-  const waiting = new Map<number, { registries: WorkerRegistries; pending: number; settle: (error: Error | undefined) => void }>();
-  cluster.on('message', (_worker, message: { type?: unknown; requestId?: number; metrics?: WorkerRegistries; error?: string }) => {
+  /** Each live worker's last registries, by worker id. */
+  const lastAnswers = new Map<number, WorkerRegistries>();
+  /** The counters and histograms of the workers that exited, folded into one registry. */
+  let retired: WorkerRegistries = [];
+  const waiting = new Map<number, { answered: (workerId: number) => void; fail: (error: Error) => void }>();
+  cluster.on('message', (worker, message: { type?: unknown; requestId?: number; metrics?: WorkerRegistries; error?: string }) => {
     if (message?.type !== WORKER_METRICS_ANSWER) return;
     const request = waiting.get(message.requestId ?? -1);
-    if (!request) return;
-    if (message.error !== undefined) return request.settle(new Error(message.error));
-    request.registries.push(...(message.metrics ?? []));
-    if (--request.pending === 0) request.settle(undefined);
+    if (message.error !== undefined) return request?.fail(new Error(message.error));
+    // Even late (its scrape already answered): a later scrape then sums it. Not once retired: it would count twice.
+    if (message.metrics && !worker.isDead()) lastAnswers.set(worker.id, message.metrics);
+    request?.answered(worker.id);
+  });
+  // One fold at a time, each on the `retired` the previous one left. Until its fold is done a dead worker's last
+  // answer stays in `lastAnswers` (and so in the sums): both change in one step, counting it once throughout.
+  let folding = Promise.resolve();
+  cluster.on('exit', (worker) => {
+    for (const request of waiting.values()) request.answered(worker.id);
+    const last = lastAnswers.get(worker.id);
+    if (!last) return;
+    // The JSON names the type ('counter'), whatever prom-client's typings say (an enum).
+    const cumulative = last.map((registry) => registry.filter((metric) => ['counter', 'histogram'].includes(String(metric.type))));
+    folding = folding.then(async () => {
+      retired = [await sumOf([...retired, ...cumulative]).getMetricsAsJSON()];
+      lastAnswers.delete(worker.id);
+    });
   });
   return () =>
     new Promise<string>((resolve, reject) => {
       const requestId = nextRequestId++;
-      const workers = Object.values(cluster.workers ?? {}).filter((worker) => worker?.isConnected());
-      const registries: WorkerRegistries = [];
-      const timer = setTimeout(() => settle(new Error(`not every worker answered within ${WORKER_METRICS_TIMEOUT_MS} ms`)), WORKER_METRICS_TIMEOUT_MS);
-      function settle(error: Error | undefined) {
+      const workers = servingWorkers().filter((worker) => worker.isConnected());
+      const pending = new Set(workers.map((worker) => worker.id));
+      // A worker that does not answer in time (its event loop stuck until the watchdog replaces it) is summed
+      // with its last answer rather than failing the scrape: a 500 would leave a gap for the whole cluster,
+      // and its last counts keep every series where it was.
+      const timer = setTimeout(settle, WORKER_METRICS_TIMEOUT_MS);
+      function settle() {
         if (!waiting.delete(requestId)) return;
         clearTimeout(timer);
-        if (error) reject(error);
-        else {
-          const sum = AggregatorRegistry.aggregate(registries);
-          sum.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
-          resolve(sum.metrics());
-        }
+        resolve(sumOf([...[...lastAnswers.values()].flat(), ...retired]).metrics());
       }
-      waiting.set(requestId, { registries, pending: workers.length, settle });
-      if (workers.length === 0) return settle(undefined);
-      for (const worker of workers) worker!.send({ type: WORKER_METRICS_REQUEST, requestId });
+      waiting.set(requestId, {
+        answered: (workerId) => pending.delete(workerId) && pending.size === 0 && settle(),
+        fail: (error) => {
+          if (!waiting.delete(requestId)) return;
+          clearTimeout(timer);
+          reject(error);
+        },
+      });
+      if (pending.size === 0) return settle();
+      for (const worker of workers) worker.send({ type: WORKER_METRICS_REQUEST, requestId });
     });
 }
 

@@ -90,7 +90,7 @@ export function toPrimaryMessage(raw: unknown): ToPrimary | undefined {
 /**
  * A serving worker that has not answered the primary's ping for this long is stuck (an endless loop, a hung
  * native call, SIGSTOP): it still gets its share of new connections, which hang, and every cluster scrape of
- * /metrics fails waiting for it. It is killed and replaced like a worker that crashed.
+ * /metrics waits for it (then sums its last answer). It is killed and replaced like a worker that crashed.
  */
 const WORKER_UNRESPONSIVE_MS = 10_000;
 const WATCHDOG_INTERVAL_MS = 1000;
@@ -356,11 +356,12 @@ export function runPrimary(options: PrimaryOptions): void {
   });
   logger.info('gateway primary started', { workers: count, version: active.version, pid: process.pid });
   // The scrape endpoint is the primary's: one answer for all workers (src/metrics.ts listenClusterMetrics).
+  const servingWorkers = () => slots.flatMap((slot) => (slot.worker && listening.has(slot.worker.id) ? [slot.worker] : []));
   const { metrics, server } = active.config;
   const scrape =
     metrics.port === undefined
       ? Promise.resolve(undefined)
-      : listenClusterMetrics({ port: metrics.port, host: metrics.host, timeouts: clientTimeouts(server), logger });
+      : listenClusterMetrics({ port: metrics.port, host: metrics.host, timeouts: clientTimeouts(server), logger, servingWorkers });
   scrape.then(
     (listener) => {
       if (listener) logger.info('metrics listener started', { url: listener.url, endpoints: ['/metrics'], workers: count });

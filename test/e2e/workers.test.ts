@@ -9,7 +9,7 @@ import { makeCertificate } from '../helpers/certificates';
 import { namedUpstream, requestOnNewConnection, startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
 import { spawnGateway } from '../helpers/process-stack';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver';
-import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics, samplesOf } from '../helpers/openmetrics';
+import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics, samplesOf, scrape, scrapeWhen, type Exposition } from '../helpers/openmetrics';
 import { streamSixChunks } from '../helpers/servers';
 import { waitFor } from '../helpers/wait';
 
@@ -166,6 +166,63 @@ describe('workers (two processes behind one port)', () => {
     // No counter sample under its bare family name; the rate limiter's decisions under `_total`, as PromQL asks.
     expect(exposition.samples.filter((sample) => counters.includes(sample.name))).toEqual([]);
     expect(samplesOf(exposition, METRIC.rateLimitDecisions).length).toBeGreaterThan(0);
+  });
+
+  describe('when a worker is replaced or stuck, the summed scrape', () => {
+    /** Every counter and histogram sample (buckets, sum, count) by name and labels: what Prometheus treats as never falling. */
+    const cumulativeSamples = (exposition: Exposition) => {
+      const families = [...exposition.types].filter(([, type]) => type === 'counter' || type === 'histogram').map(([name]) => name);
+      const names = new Set(families.flatMap((family) => [`${family}_total`, `${family}_bucket`, `${family}_sum`, `${family}_count`]));
+      return new Map(exposition.samples.filter((sample) => names.has(sample.name)).map((sample) => [`${sample.name}${JSON.stringify(Object.entries(sample.labels).sort())}`, sample.value]));
+    };
+    /** The series of `before` that are lower (or missing) in `after`: each a counter reset to Prometheus. */
+    const fallen = (before: Exposition, after: Exposition) => {
+      const now = cumulativeSamples(after);
+      return [...cumulativeSamples(before)].filter(([key, value]) => !((now.get(key) ?? -1) >= value)).map(([key, value]) => `${key}: ${value} -> ${now.get(key)}`);
+    };
+    const requestsCounted = (exposition: Exposition) => samplesOf(exposition, `${METRIC.requestDuration}_count`).reduce((sum, sample) => sum + sample.value, 0);
+
+    async function startCounted(): Promise<{ metricsUrl: string; before: Exposition }> {
+      gateway = await start({ METRICS_PORT: '0', OTEL_METRICS_EXPORTER: 'none' });
+      const metricsUrl = String(gateway.lines.find((line) => line.message === 'metrics listener started')!.url);
+      // New connections, so the primary spreads them over both workers.
+      for (let i = 0; i < 20; i++) await requestOnNewConnection(`${gateway.url}/api/counted-${i}`);
+      return { metricsUrl, before: await scrapeWhen(metricsUrl, (exposition) => requestsCounted(exposition) === 20) };
+    }
+
+    // A dead worker's counts vanished from the sum: every counter went down, which Prometheus reads as a reset,
+    // so rate() and increase() counted the surviving worker's whole totals again. The scrape sent as it died
+    // waited 5 s for it and answered 500.
+    it('never goes below what it served when a worker is killed and replaced, and adds the replacement on top', async () => {
+      const { metricsUrl, before } = await startCounted();
+      const victim = (await adminConfig()).workers[0]!;
+      const from = gateway!.lines.length;
+      process.kill(victim.pid, 'SIGKILL');
+      const during = await scrape(metricsUrl);
+      expect(fallen(before, during)).toEqual([]);
+      await gateway!.waitForLine((line) => line.message === 'worker replaced and serving', { from });
+      expect(fallen(before, await scrape(metricsUrl))).toEqual([]);
+      for (let i = 0; i < 10; i++) await requestOnNewConnection(`${gateway!.url}/api/after-${i}`);
+      // The dead worker's share of the first 20 (kept from its last answer), the survivor's and the replacement's.
+      const after = await scrapeWhen(metricsUrl, (exposition) => requestsCounted(exposition) === 30);
+      expect(fallen(before, after)).toEqual([]);
+    });
+
+    // A worker whose event loop is stuck never answers until the watchdog replaces it (10 s).
+    it('answers within its bound when a worker does not answer, with that worker\'s last counts (it answered 500 after 5 s)', async () => {
+      const { metricsUrl, before } = await startCounted();
+      const stuck = (await adminConfig()).workers[0]!;
+      process.kill(stuck.pid, 'SIGSTOP');
+      try {
+        const startedAt = Date.now();
+        const during = await scrape(metricsUrl);
+        expect(Date.now() - startedAt).toBeLessThan(4000);
+        expect(requestsCounted(during)).toBe(20);
+        expect(fallen(before, during)).toEqual([]);
+      } finally {
+        process.kill(stuck.pid, 'SIGKILL');
+      }
+    });
   });
 
   it('replaces a worker that crashed, with back-off logged, and keeps serving', async () => {
