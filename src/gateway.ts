@@ -33,7 +33,7 @@ import { createTokenService } from './tokens';
 import { createConsumerRegistry } from './consumers';
 import { compileHeaderRules, GATEWAY_RESPONSE_HEADERS } from './header-rules';
 import { cacheKey } from './response-cache';
-import { createResponseStore } from './response-store';
+import { createResponseStore, type PeerInvalidations } from './response-store';
 import { createUpstreamPools } from './upstream-pool';
 import { GatewayError } from './errors';
 import { createAdminApp, type ConfigControl } from './admin';
@@ -61,6 +61,8 @@ export interface GatewayDependencies {
   configVersion?: string;
   /** `GET /admin/config` and `POST /admin/reload` on the internal listener; absent: no such endpoints. */
   control?: ConfigControl;
+  /** The other cluster workers' memory response caches (src/worker-link.ts); unused with Redis (one shared store). */
+  cachePeers?: PeerInvalidations;
 }
 
 export interface GatewayApps {
@@ -183,9 +185,11 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   app.use(createAuthorize());
   // Routes with `grpc` end here (REST/JSON -> gRPC); the others go on to the HTTP proxy.
   if (grpc && grpcRoutes.size > 0) app.use(grpc.createGrpcTranscode({ routes: grpcRoutes, tracer, logger, underscores: config.headersWithUnderscores, clients: kept?.grpcClients, bodyRate, sign, maxCallsPerInstance: config.proxy.maxSockets + config.proxy.maxPendingRequests }));
-  // Last before the proxy: a stored answer is only given to a request that passed every check.
+  // Last before the proxy: a stored answer is only given to a request that passed every check. Its store takes
+  // the peers' invalidations over from the running build's; nothing built after it throws, so a reload whose
+  // build fails leaves them with the store that still serves.
   if (cachedRoutes.size > 0) {
-    app.use(createResponseCache({ routes: cachedRoutes, keyScopes: cacheKeyScopes, store: createResponseStore(config, redis, logger), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, headerRules, logger, metrics }));
+    app.use(createResponseCache({ routes: cachedRoutes, keyScopes: cacheKeyScopes, store: createResponseStore(config, redis, logger, deps.cachePeers), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, headerRules, logger, metrics }));
   }
   app.use(
     createProxy({

@@ -107,7 +107,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   // Each config (the first and every reload) becomes a fresh pair of apps over the same collaborators.
   const live = createLiveGateway(
     initial,
-    (active, kept) => createGatewayApps(active.config, { logger, redis, metrics: metrics ?? false, primaryStore, kept, configVersion: active.version, control }),
+    (active, kept) => createGatewayApps(active.config, { logger, redis, metrics: metrics ?? false, primaryStore, kept, configVersion: active.version, control, cachePeers: worker?.cachePeers }),
     logger,
   );
   // SIGHUP reaches a cluster's primary only; it relays it to every worker (src/workers.ts).

@@ -237,11 +237,42 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
 }
 
 /**
- * The store for a config: Redis when the gateway has a client for it (`REDIS_URL`), so every replica answers
- * from the same entries; this process's memory otherwise.
+ * The other processes of this gateway that keep memory stores of their own: the cluster's other workers
+ * (src/worker-link.ts). An unsafe request that succeeded makes what every one of them stored for the resource
+ * out of date (RFC 9111 4.4), not only the copy of the worker that forwarded it.
  */
-export function createResponseStore(config: GatewayConfig, redis: Redis | undefined, logger: Logger): ResponseStore {
+export interface PeerInvalidations {
+  /** Tells the other processes to drop what they stored for `resource` of `route`. */
+  publish(route: string, resource: string): void;
+  /**
+   * `drop` runs for each invalidation another process published. It replaces the previous one: only the store of
+   * the running build (a reload builds a new one) answers requests.
+   */
+  subscribe(drop: (route: string, resource: string) => void): void;
+}
+
+/** `store`, whose invalidations also reach the peers' stores, and which drops what the peers' invalidations name. */
+export function sharingInvalidations(store: ResponseStore, peers: PeerInvalidations): ResponseStore {
+  // Into `store` itself: published again, a peer's invalidation would go round the workers for ever.
+  peers.subscribe((route, resource) => void store.invalidate(route, resource));
+  return {
+    kind: store.kind,
+    get: (route, key) => store.get(route, key),
+    set: (route, key, entry) => store.set(route, key, entry),
+    invalidate(route, resource) {
+      peers.publish(route, resource);
+      return store.invalidate(route, resource);
+    },
+  };
+}
+
+/**
+ * The store for a config: Redis when the gateway has a client for it (`REDIS_URL`), so every replica answers
+ * from the same entries; this process's memory otherwise, told of the `peers`' invalidations (cluster workers).
+ */
+export function createResponseStore(config: GatewayConfig, redis: Redis | undefined, logger: Logger, peers?: PeerInvalidations): ResponseStore {
   if (redis) return createRedisResponseStore({ client: redis, keyPrefix: config.cache.redisKeyPrefix, logger });
   const routeMaxBytes = new Map(config.routes.flatMap((route) => (route.cache ? [[route.name, route.cache.maxBytes ?? Math.min(DEFAULT_ROUTE_MAX_BYTES, config.cache.maxBytes)] as const] : [])));
-  return createMemoryResponseStore({ maxBytes: config.cache.maxBytes, routeMaxBytes });
+  const memory = createMemoryResponseStore({ maxBytes: config.cache.maxBytes, routeMaxBytes });
+  return peers ? sharingInvalidations(memory, peers) : memory;
 }

@@ -4,6 +4,7 @@ import { deepFreeze } from './config';
 import type { ActiveConfig } from './config-reload';
 import { createLeaseTable, type LeaseTable, type Leased } from './rate-limit-leases';
 import type { PrimaryStoreClient } from './rate-limit-store';
+import type { PeerInvalidations } from './response-store';
 import type { CertificatePems } from './tls';
 import type { ToPrimary, ToWorker } from './workers';
 
@@ -24,6 +25,8 @@ export interface WorkerLink {
    */
   primaryStore(timeoutMs: number): PrimaryStoreClient;
   control(active: () => ActiveConfig): ConfigControl;
+  /** The other workers' memory response caches, reached through the primary (without Redis each worker has one). */
+  readonly cachePeers: PeerInvalidations;
   /** `apply` is called with each config the primary sends later (a reload); it answers whether the swap worked. */
   /** `apply` returns why a config could not be built, or undefined once it runs. */
   serve(apply: (active: ActiveConfig) => string | undefined, url: string, close: () => Promise<void>): void;
@@ -46,6 +49,7 @@ export function connectWorker(): Promise<WorkerLink> {
   const hangupHandlers: ((certificates: CertificatePems | undefined) => void)[] = [];
   let certificates: CertificatePems | undefined;
   let leases: LeaseTable | undefined;
+  let dropCachedCopies: ((route: string, resource: string) => void) | undefined;
   // Without the primary a worker ends (Node's cluster exits it on disconnect); until then nothing is sent.
   const send = (message: ToPrimary) => process.connected && process.send!(message);
   const ask = <T extends ToWorker>(build: (id: number) => ToPrimary, timeoutMs?: number): Promise<T> =>
@@ -89,6 +93,8 @@ export function connectWorker(): Promise<WorkerLink> {
           return hangupHandlers.forEach((handler) => handler(message.certificates));
         case 'ping':
           return send({ gateway: 'pong', id: message.id });
+        case 'invalidate':
+          return dropCachedCopies?.(message.route, message.resource);
         case 'recall':
           return send({ gateway: 'recalled', id: message.id, returned: leases?.recall(message) ?? 0 });
         case 'leased':
@@ -126,6 +132,10 @@ export function connectWorker(): Promise<WorkerLink> {
           return (await ask<Extract<ToWorker, { gateway: 'reloaded' }>>((requestId) => ({ gateway: 'reload', id: requestId }))).answer;
         },
       }),
+      cachePeers: {
+        publish: (route, resource) => send({ gateway: 'invalidate', route, resource }),
+        subscribe: (drop) => void (dropCachedCopies = drop),
+      },
       onHangup: (handler) => void hangupHandlers.push(handler),
       serve(apply, url, close) {
         onApply = (active) => {

@@ -14,7 +14,8 @@ import { createLeaseLedger, type LeaseAsk, type Leased, type Recall, type Recall
  * which share the public port (the primary accepts and hands connections round robin). The primary serves no
  * request; it holds what must be one for all workers: the config (read and validated once, sent to each), the
  * rate-limit windows (leased out to the workers in blocks, so limits stay exact without Redis and without a round
- * trip per request: src/rate-limit-leases.ts), the reload, and the workers' lives (a crashed one is replaced with
+ * trip per request: src/rate-limit-leases.ts), the response-cache invalidations (relayed, without Redis each worker
+ * caches in its own memory), the reload, and the workers' lives (a crashed one is replaced with
  * back-off; SIGTERM drains them all). A worker's side is src/worker-link.ts. Why processes and not worker
  * threads: docs/architecture.md.
  */
@@ -33,7 +34,18 @@ export type ToPrimary =
   | Recalled
   | { gateway: 'reload'; id: number }
   | { gateway: 'status'; id: number }
-  | { gateway: 'pong'; id: number };
+  | { gateway: 'pong'; id: number }
+  | CacheInvalidation;
+
+/**
+ * A worker's memory response cache dropped what it stored for `resource` of `route` (an unsafe request to it
+ * succeeded): the primary relays it to the other workers, whose copies are out of date too (src/response-store.ts).
+ */
+export interface CacheInvalidation {
+  gateway: 'invalidate';
+  route: string;
+  resource: string;
+}
 
 export type ToWorker =
   /** `certificates`: with `tls`, the pair the primary holds (a worker never reads the files itself). */
@@ -46,7 +58,13 @@ export type ToWorker =
   | { gateway: 'hangup'; certificates?: CertificatePems }
   | { gateway: 'shutdown' }
   /** The primary's watchdog: a worker whose event loop turns answers `pong` with the same id. */
-  | { gateway: 'ping'; id: number };
+  | { gateway: 'ping'; id: number }
+  | CacheInvalidation;
+
+/** A route name as config.ts allows it, bounded: a worker must not have the primary pass megabytes on to every other one. */
+const ROUTE_NAME = /^[a-z][a-z0-9-]{0,255}$/;
+/** A cached resource: src/response-cache.ts cacheKey, SHA-256 in base64url. */
+const CACHE_RESOURCE = /^[\w-]{43}$/;
 
 /**
  * A worker's message as the primary may act on it, or undefined. A worker is another process: a malformed
@@ -82,6 +100,11 @@ export function toPrimaryMessage(raw: unknown): ToPrimary | undefined {
     case 'status':
     case 'pong':
       return isId(message.id) ? { gateway: message.gateway, id: message.id as number } : undefined;
+    case 'invalidate': {
+      const { route, resource } = message;
+      if (typeof route !== 'string' || typeof resource !== 'string' || !ROUTE_NAME.test(route) || !CACHE_RESOURCE.test(resource)) return undefined;
+      return { gateway: 'invalidate', route, resource };
+    }
     default:
       return undefined;
   }
@@ -233,6 +256,10 @@ export function runPrimary(options: PrimaryOptions): void {
         return;
       case 'reload':
         void reloadAll().then((answer) => send(worker, { gateway: 'reloaded', id: message.id, answer }));
+        return;
+      case 'invalidate':
+        // Only workers without Redis send it; the sender drops its own copies itself.
+        for (const other of slots) if (other.worker && other.worker !== worker) send(other.worker, message);
         return;
     }
   }

@@ -225,6 +225,47 @@ describe('workers (two processes behind one port)', () => {
     });
   });
 
+  it('drops every worker\'s cached copy after a successful PUT through one of them (each kept its own, stale for the TTL)', async () => {
+    let version = 1;
+    let reads = 0;
+    const items = await namedUpstream('items', (req, res) => {
+      if (req.method === 'PUT') {
+        version++;
+        res.writeHead(204).end();
+        return true;
+      }
+      reads++;
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'public, max-age=300' });
+      res.end(JSON.stringify({ version }));
+      return true;
+    });
+    try {
+      // No REDIS_URL: each worker keeps its responses in its own memory.
+      gateway = await startGatewayProcess({
+        config: { ...config([route('items', { service: 'items', cache: { ttlSeconds: 300, scope: 'public' } })]), services: { users: { url: upstream.url }, items: { url: items.url } } },
+        env: { GATEWAY_WORKERS: '2' },
+      });
+      const read = () => requestOnNewConnection(`${gateway!.url}/items/1`);
+      // New connections go to the workers in turn: once the service was asked twice and the next reads are all
+      // hits, both workers hold version 1.
+      const before: string[] = [];
+      await waitFor(async () => {
+        before.push(String((await read()).headers['x-cache']));
+        return reads === 2 && before.slice(-4).join() === 'HIT,HIT,HIT,HIT';
+      }, 'both workers to hold a copy', 20_000);
+      expect(reads).toBe(2);
+
+      expect((await requestOnNewConnection(`${gateway.url}/items/1`, { method: 'PUT' })).status).toBe(204);
+      const after: number[] = [];
+      for (let i = 0; i < 10; i++) after.push((JSON.parse((await read()).body) as { version: number }).version);
+      // Before, every other read was the first worker's version 1 until its TTL ended.
+      expect(after).toEqual(Array<number>(10).fill(2));
+      expect(gateway.lines.filter((line) => line.message === 'ignored a malformed message from a worker')).toEqual([]);
+    } finally {
+      await items.close();
+    }
+  });
+
   it('replaces a worker that crashed, with back-off logged, and keeps serving', async () => {
     gateway = await start();
     const before = await adminConfig();

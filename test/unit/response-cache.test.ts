@@ -1,8 +1,9 @@
 import fc from 'fast-check';
 import { ConfigError, parseConfig } from '../../src/config';
 import { cacheKey, currentAge, isFresh, parseCacheControl, retentionMs, storability, type CachedResponse, type StorabilityInput } from '../../src/response-cache';
-import { createMemoryResponseStore, type CacheKey } from '../../src/response-store';
+import { createMemoryResponseStore, sharingInvalidations, type CacheKey } from '../../src/response-store';
 import { shippedConfigFile } from '../helpers/test-config';
+import { waitFor } from '../helpers/wait';
 
 const NOW = Date.parse('2026-12-01T12:00:00Z');
 const base: StorabilityInput = { status: 200, headers: {}, sharedCredentialed: false, defaultTtlSeconds: 30, now: NOW };
@@ -157,6 +158,21 @@ describe('the in-memory store', () => {
     expect(await store.get('a', at('r1', 'bob'))).toBeUndefined();
     expect(await store.get('a', at('r2', 'alice'))).toBeDefined();
     expect(await store.get('b', at('r1', 'alice'))).toBeDefined();
+  });
+
+  it('tells its peers of its own invalidations, and drops what theirs name without telling them again (it went round for ever)', async () => {
+    const published: string[] = [];
+    let fromPeer: (route: string, resource: string) => void = () => undefined;
+    const memory = createMemoryResponseStore({ maxBytes: 100_000, routeMaxBytes: new Map([['a', 100_000]]) });
+    const store = sharingInvalidations(memory, { publish: (route, resource) => published.push(`${route} ${resource}`), subscribe: (drop) => (fromPeer = drop) });
+    await store.set('a', at('r1'), entry(10));
+    await store.set('a', at('r2'), entry(10));
+    await store.invalidate('a', 'r1');
+    expect(published).toEqual(['a r1']);
+    expect(await store.get('a', at('r1'))).toBeUndefined();
+    fromPeer('a', 'r2');
+    await waitFor(async () => (await store.get('a', at('r2'))) === undefined, 'the peer\'s invalidation to drop r2');
+    expect(published).toEqual(['a r1']);
   });
 });
 

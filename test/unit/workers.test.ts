@@ -33,6 +33,11 @@ describe('toPrimaryMessage (what the primary acts on from a worker)', () => {
     { desc: 'a pong without an id', raw: { gateway: 'pong' } },
     { desc: 'an applied without a version', raw: { gateway: 'applied', ok: true, loadedAt: 'now' } },
     { desc: 'a listening without a url', raw: { gateway: 'listening' } },
+    { desc: 'a cache invalidation without a resource', raw: { gateway: 'invalidate', route: 'items' } },
+    { desc: 'a cache invalidation whose route is an object', raw: { gateway: 'invalidate', route: { toString: 1 }, resource: 'a'.repeat(43) } },
+    { desc: 'a cache invalidation with a megabyte route name', raw: { gateway: 'invalidate', route: 'a'.repeat(1 << 20), resource: 'a'.repeat(43) } },
+    { desc: 'a cache invalidation with a route no config allows', raw: { gateway: 'invalidate', route: 'Items/../x', resource: 'a'.repeat(43) } },
+    { desc: 'a cache invalidation whose resource is no cache key', raw: { gateway: 'invalidate', route: 'items', resource: 'x'.repeat(10_000) } },
   ])('ignores $desc', ({ raw }) => {
     expect(toPrimaryMessage(raw)).toBeUndefined();
   });
@@ -48,6 +53,7 @@ describe('toPrimaryMessage (what the primary acts on from a worker)', () => {
       { gateway: 'reload', id: 4 },
       { gateway: 'status', id: 5 },
       { gateway: 'pong', id: 6 },
+      { gateway: 'invalidate', route: 'items-v2', resource: 'Xk3_-9aZ0pQ1rS2tU3vW4xY5zA6bC7dE8fG9hI0jK1l' },
     ];
     for (const message of messages) expect(toPrimaryMessage(message)).toEqual(message);
   });
