@@ -1,11 +1,9 @@
-import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type http from 'node:http';
 import net from 'node:net';
-import tls from 'node:tls';
 import { METRIC } from '../../otel/wire-names';
-import { makeCertificate } from '../helpers/certificates';
+import { presentedFingerprint, rotatingCertificates } from '../helpers/certificates';
 import { namedUpstream, requestOnNewConnection, startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
 import { spawnGateway } from '../helpers/process-stack';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver';
@@ -29,6 +27,13 @@ interface ConfigAnswer {
 }
 
 const EXPORT_AT_ONCE = { OTEL_BSP_SCHEDULE_DELAY: '100', OTEL_TRACES_SAMPLER: 'always_on', OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none' };
+
+/** The certificates six new connections were shown (the primary hands connections to the workers in turn). */
+async function presentedByWorkers(origin: string, ca: string[]): Promise<string[]> {
+  const seen = new Set<string>();
+  for (let i = 0; i < 6; i++) seen.add(await presentedFingerprint(origin, ca));
+  return [...seen];
+}
 
 /** `/api/stream` answers in six chunks over ~1.2 s. */
 function slowStream(req: http.IncomingMessage, res: http.ServerResponse): boolean {
@@ -283,25 +288,9 @@ describe('workers (two processes behind one port)', () => {
   });
 
   it('serves the certificate in use from every worker, replacements included, after a rotation it refused (the primary reads the files)', async () => {
-    const directory = mkdtempSync(path.join(tmpdir(), 'gateway-workers-tls-'));
-    const first = makeCertificate('first', directory);
-    const second = makeCertificate('second', directory);
-    const live = { certFile: path.join(directory, 'live.crt'), keyFile: path.join(directory, 'live.key') };
-    copyFileSync(first.certFile, live.certFile);
-    copyFileSync(first.keyFile, live.keyFile);
+    const { first, second, live } = rotatingCertificates('gateway-workers-tls-');
     gateway = await startGatewayProcess({ config: { ...config(), tls: live }, env: { GATEWAY_WORKERS: '2' } });
-    const origin = gateway.url;
-    /** The certificates six new connections were shown (the primary hands them to both workers in turn). */
-    const presented = async () => {
-      const seen = new Set<string>();
-      for (let i = 0; i < 6; i++) {
-        const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(origin).port), ca: [first.cert, second.cert], servername: 'localhost' });
-        await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
-        seen.add(socket.getPeerCertificate().fingerprint256);
-        socket.destroy();
-      }
-      return [...seen];
-    };
+    const presented = () => presentedByWorkers(gateway!.url, [first.cert, second.cert]);
     expect(await presented()).toEqual([first.fingerprint256]);
 
     // Half a rotation (the new certificate, the old key): refused once, by the primary; the first pair stays.
@@ -326,12 +315,7 @@ describe('workers (two processes behind one port)', () => {
   });
 
   it('takes a rotation signalled while its workers were still starting (the SIGHUP used to be lost, the old pair served for good)', async () => {
-    const directory = mkdtempSync(path.join(tmpdir(), 'gateway-workers-tls-start-'));
-    const first = makeCertificate('first', directory);
-    const second = makeCertificate('second', directory);
-    const live = { certFile: path.join(directory, 'live.crt'), keyFile: path.join(directory, 'live.key') };
-    copyFileSync(first.certFile, live.certFile);
-    copyFileSync(first.keyFile, live.keyFile);
+    const { directory, first, second, live } = rotatingCertificates('gateway-workers-tls-start-');
     // A "Redis" that accepts and never answers holds each worker in its start-up wait (3 s) after it got its config.
     const peers = new Set<net.Socket>();
     const silentRedis = net.createServer((socket) => void peers.add(socket.on('error', () => undefined)));
@@ -346,14 +330,7 @@ describe('workers (two processes behind one port)', () => {
       copyFileSync(second.keyFile, live.keyFile);
       starting.child.kill('SIGHUP');
       const origin = String((await starting.waitForLine('gateway listening', 30_000)).url);
-      const seen = new Set<string>();
-      for (let i = 0; i < 6; i++) {
-        const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(origin).port), ca: [first.cert, second.cert], servername: 'localhost' });
-        await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
-        seen.add(socket.getPeerCertificate().fingerprint256);
-        socket.destroy();
-      }
-      expect([...seen]).toEqual([second.fingerprint256]);
+      expect(await presentedByWorkers(origin, [first.cert, second.cert])).toEqual([second.fingerprint256]);
     } finally {
       starting.child.kill('SIGKILL');
       for (const socket of peers) socket.destroy();

@@ -1,13 +1,12 @@
-import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { SpanStatusCode } from '@opentelemetry/api';
 import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import { ATTR_ERROR_TYPE, ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
 import fc from 'fast-check';
-import { ATTR, HEADER } from '../../otel/wire-names';
-import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
+import { HEADER } from '../../otel/wire-names';
+import { requestSpans, startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
 import { refusedOrigin, scriptedUpstream, type ScriptedAnswer, type TestServer } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
 import { signToken } from '../helpers/tokens';
-import { waitFor } from '../helpers/wait';
 
 /**
  * OpenTelemetry HTTP semantic conventions, span status: a 4xx answer is an error on a CLIENT span (the call
@@ -35,13 +34,7 @@ describe('gateway span status and error.type follow the HTTP semantic convention
     await tracing.shutdown();
   });
 
-  /** The SERVER span of the request answered with `requestId` (its trace id), and the CLIENT spans under it, once ended. */
-  async function spansOf(requestId: string): Promise<{ server: ReadableSpan; clients: ReadableSpan[] }> {
-    const server = () => tracing.spans().find((span) => span.kind === SpanKind.SERVER && span.attributes[ATTR.requestId] === requestId);
-    await waitFor(() => server() !== undefined, `the SERVER span of ${requestId}`);
-    const { spanId } = server()!.spanContext();
-    return { server: server()!, clients: tracing.spans().filter((span) => span.kind === SpanKind.CLIENT && span.parentSpanContext?.spanId === spanId) };
-  }
+  const spansOf = (requestId: string) => requestSpans(tracing, requestId);
 
   const errorOf = (span: ReadableSpan) => ({ status: span.status.code, errorType: span.attributes[ATTR_ERROR_TYPE] });
 

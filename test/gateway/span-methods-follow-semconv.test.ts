@@ -1,15 +1,13 @@
 import http from 'node:http';
-import { SpanKind } from '@opentelemetry/api';
 import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import { ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_REQUEST_METHOD_ORIGINAL } from '@opentelemetry/semantic-conventions';
 import fc from 'fast-check';
-import { ATTR, HEADER } from '../../otel/wire-names';
-import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
+import { HEADER } from '../../otel/wire-names';
+import { requestSpans, startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
 import { parseOpenMetrics, samplesOf } from '../helpers/openmetrics';
 import { scriptedUpstream, sendRaw, type TestServer } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
 import { signToken } from '../helpers/tokens';
-import { waitFor } from '../helpers/wait';
 
 /**
  * HTTP semantic conventions, `http.request.method`: a method the instrumentation does not know is `_OTHER`,
@@ -38,11 +36,9 @@ describe('gateway spans record methods as the HTTP semantic conventions say', ()
   });
 
   async function spansOf(requestId: string): Promise<{ server: ReadableSpan; clients: ReadableSpan[] }> {
-    const server = () => tracing.spans().find((span) => span.kind === SpanKind.SERVER && span.attributes[ATTR.requestId] === requestId);
-    await waitFor(() => server() !== undefined, `the SERVER span of ${requestId}`);
-    recordedMethods.add(server()!.attributes[ATTR_HTTP_REQUEST_METHOD] as string);
-    const { spanId } = server()!.spanContext();
-    return { server: server()!, clients: tracing.spans().filter((span) => span.kind === SpanKind.CLIENT && span.parentSpanContext?.spanId === spanId) };
+    const spans = await requestSpans(tracing, requestId);
+    recordedMethods.add(spans.server.attributes[ATTR_HTTP_REQUEST_METHOD] as string);
+    return spans;
   }
   const methodOf = (span: ReadableSpan) => [span.name, span.attributes[ATTR_HTTP_REQUEST_METHOD], span.attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL]];
 

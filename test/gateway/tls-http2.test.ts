@@ -1,10 +1,9 @@
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import https from 'node:https';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import { runServer, type RunningServer } from '../../otel/lifecycle';
@@ -12,7 +11,7 @@ import { ACCESS_LINE_MESSAGE, HEADER } from '../../otel/wire-names';
 import { createGatewayApps } from '../../src/gateway';
 import type { ProblemBody } from '../../src/middleware/errors';
 import { createTlsServer, HTTP2_LIMITS, http2SessionTimeoutMs, listenHttpsRedirect, RESET_STREAMS_BUDGET, type RedirectListener, type TlsServer } from '../../src/tls';
-import { makeCertificate, makeCertificateValidBetween, type TestCertificate } from '../helpers/certificates';
+import { makeCertificate, makeCertificateValidBetween, presentedFingerprint, rotatingCertificates, type TestCertificate } from '../helpers/certificates';
 import { exitOf, spawnGateway } from '../helpers/process-stack';
 import { listen, memoryLogger, sendRaw, type RecordedRequest } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
@@ -926,25 +925,7 @@ describe('the HTTPS redirect listener', () => {
 });
 
 describe('certificate reload', () => {
-  /** The fingerprint a new connection is shown. */
-  const presented = async (origin: string, ca: string[]) => {
-    const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(origin).port), ca, servername: 'localhost', ALPNProtocols: ['h2'] });
-    await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
-    const fingerprint = socket.getPeerCertificate().fingerprint256;
-    socket.destroy();
-    return fingerprint;
-  };
-
-  /** Two certificates in a fresh folder, and the `live` pair the server reads, a copy of the first for now. */
-  const rotatingCertificates = (prefix: string) => {
-    const directory = mkdtempSync(path.join(tmpdir(), prefix));
-    const first = makeCertificate('first', directory);
-    const second = makeCertificate('second', directory);
-    const live = { certFile: path.join(directory, 'live.crt'), keyFile: path.join(directory, 'live.key') };
-    copyFileSync(first.certFile, live.certFile);
-    copyFileSync(first.keyFile, live.keyFile);
-    return { directory, first, second, live };
-  };
+  const presented = presentedFingerprint;
 
   it('takes rotated files for new connections, keeps open ones, and keeps the old certificate when the new files are broken', async () => {
     const { first, second, live } = rotatingCertificates('gateway-tls-reload-');
@@ -994,10 +975,7 @@ describe('certificate reload', () => {
         const from = lines.length;
         expect(tlsServer.reloadCertificates()).toBe(false);
         expect(lines.slice(from).find((line) => line.message === 'tls certificates not reloaded; the previous ones stay in use')).toMatchObject({ error: expect.stringMatching(reason) });
-        const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(server.url).port), ca: [first.cert], servername: 'localhost' });
-        await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
-        expect(socket.getPeerCertificate().fingerprint256).toBe(first.fingerprint256);
-        socket.destroy();
+        expect(await presented(server.url, [first.cert])).toBe(first.fingerprint256);
       }
       // At start the gateway cannot fall back to anything: it serves, and says so.
       const { logger: startLogger, lines: startLines } = memoryLogger('gateway');

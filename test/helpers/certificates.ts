@@ -1,8 +1,9 @@
 import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import tls from 'node:tls';
 
 export interface TestCertificate {
   certFile: string;
@@ -47,4 +48,26 @@ export function makeCertificateValidBetween(startDate: string, endDate: string, 
   run(['ca', '-batch', '-config', 'ca.cnf', '-selfsign', '-keyfile', keyFile, '-in', 'request.csr', '-startdate', startDate, '-enddate', endDate, '-notext', '-out', certFile]);
   const cert = readFileSync(certFile, 'utf8');
   return { certFile, keyFile, cert, fingerprint256: new X509Certificate(cert).fingerprint256 };
+}
+
+/** Two certificates in a fresh folder, and the `live` pair a server reads, a copy of the first for now (rotation tests). */
+export function rotatingCertificates(prefix: string) {
+  const directory = mkdtempSync(path.join(tmpdir(), prefix));
+  const first = makeCertificate('first', directory);
+  const second = makeCertificate('second', directory);
+  const live = { certFile: path.join(directory, 'live.crt'), keyFile: path.join(directory, 'live.key') };
+  copyFileSync(first.certFile, live.certFile);
+  copyFileSync(first.keyFile, live.keyFile);
+  return { directory, first, second, live };
+}
+
+/** The fingerprint of the certificate a new TLS connection to `origin` is shown, trusting `ca`. */
+export async function presentedFingerprint(origin: string, ca: string[]): Promise<string> {
+  const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(origin).port), ca, servername: 'localhost', ALPNProtocols: ['h2', 'http/1.1'] });
+  try {
+    await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+    return socket.getPeerCertificate().fingerprint256;
+  } finally {
+    socket.destroy();
+  }
 }

@@ -1,8 +1,10 @@
-import { context, propagation, type Tracer } from '@opentelemetry/api';
+import { context, propagation, SpanKind, type Tracer } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider, type ReadableSpan } from '@opentelemetry/sdk-trace';
 import { createTextMapPropagator } from '../../otel/trace-context-propagator';
 import { RequestedTraceIdGenerator } from '../../otel/trace-ids';
+import { ATTR } from '../../otel/wire-names';
+import { waitFor } from './wait';
 
 export interface InMemoryTracing {
   tracer: Tracer;
@@ -32,4 +34,12 @@ export function startInMemoryTracing(): InMemoryTracing {
       propagation.disable();
     },
   };
+}
+
+/** The SERVER span of the request answered with `requestId` (its `gateway.request_id`), once ended, and the CLIENT spans under it. */
+export async function requestSpans(tracing: InMemoryTracing, requestId: string): Promise<{ server: ReadableSpan; clients: ReadableSpan[] }> {
+  const server = () => tracing.spans().find((span) => span.kind === SpanKind.SERVER && span.attributes[ATTR.requestId] === requestId);
+  await waitFor(() => server() !== undefined, `the SERVER span of ${requestId}`);
+  const { spanId } = server()!.spanContext();
+  return { server: server()!, clients: tracing.spans().filter((span) => span.kind === SpanKind.CLIENT && span.parentSpanContext?.spanId === spanId) };
 }
