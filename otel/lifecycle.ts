@@ -321,7 +321,42 @@ function problemAnswer(chosen: unknown, problem: ServerProblem): { body: string;
 export const DEFAULT_SEND_TIMEOUT_MS = 10_000;
 
 /** Least average rate, bytes/s, at which a client must take an answer's bytes once the send timeout has passed. */
-export const MIN_SEND_BYTES_PER_SECOND = 240;
+const MIN_SEND_BYTES_PER_SECOND = 240;
+
+/**
+ * The rule both protocols hold a client that is sent an answer to (HTTP/1 connections here, HTTP/2 streams in
+ * src/tls.ts), judged window by window of `sendMs`: an average since the bytes began to wait would let a client
+ * that read fast for a while then stop for (bytes read / 240) seconds. Progress is counted on the connection, as a
+ * request body's is (Kestrel's MinResponseDataRate): a client reading a large answer steadily is never cut, one
+ * taking a byte now and then is.
+ */
+export function createSendWindows<Key extends object>(sendMs: number) {
+  const windows = new WeakMap<Key, { since: number; taken: number }>();
+  return {
+    /** How often a sweep looks, ms. */
+    sweepMs: Math.min(1000, Math.max(50, sendMs / 4)),
+    /**
+     * Whether `key`, its connection having taken `taken` bytes by `now`, took less than the least rate over a whole
+     * window; the first look starts its window, a window passed starts the next.
+     */
+    tooSlow(key: Key, now: number, taken: number): boolean {
+      const window = windows.get(key);
+      if (window === undefined) {
+        windows.set(key, { since: now, taken });
+        return false;
+      }
+      const elapsedMs = now - window.since;
+      if (elapsedMs < sendMs) return false;
+      if (taken - window.taken < (MIN_SEND_BYTES_PER_SECOND * elapsedMs) / 1000) return true;
+      windows.set(key, { since: now, taken });
+      return false;
+    },
+    /** Nothing of `key`'s is waiting any more: its next wait starts a new window. */
+    forget(key: Key): void {
+      windows.delete(key);
+    },
+  };
+}
 
 /**
  * Bytes of this connection the kernel has taken: what Node handed to libuv less what libuv still queues (Node's
@@ -344,37 +379,21 @@ function bytesTakenByKernel(socket: Socket): number {
  * recorded `client_read_timeout`. One sweep per listener; HTTP/2 connections have their own, per stream.
  */
 function watchStalledSends(sockets: Set<Socket>, sendMs: number): NodeJS.Timeout {
-  const waiting = new WeakMap<Socket, { since: number; taken: number }>();
-  const sweep = setInterval(
-    () => {
-      const now = performance.now();
-      for (const socket of sockets) {
-        if ((socket as tls.TLSSocket).alpnProtocol === 'h2') continue;
-        if (socket.writableLength === 0 || socket.destroyed) {
-          waiting.delete(socket);
-          continue;
-        }
-        const taken = bytesTakenByKernel(socket);
-        const since = waiting.get(socket);
-        if (since === undefined) {
-          waiting.set(socket, { since: now, taken });
-          continue;
-        }
-        const elapsedMs = now - since.since;
-        if (elapsedMs < sendMs) continue;
-        if (taken - since.taken < (MIN_SEND_BYTES_PER_SECOND * elapsedMs) / 1000) {
-          const response = inFlightResponse(socket);
-          if (response && !response.writableFinished) markServerAnswer(response, 'client_read_timeout');
-          socket.destroy();
-          continue;
-        }
-        // Judged window by window: an average since the bytes began to wait would let a client that read fast
-        // for a while then stop for (bytes read / 240) seconds.
-        waiting.set(socket, { since: now, taken });
+  const windows = createSendWindows<Socket>(sendMs);
+  const sweep = setInterval(() => {
+    const now = performance.now();
+    for (const socket of sockets) {
+      if ((socket as tls.TLSSocket).alpnProtocol === 'h2') continue;
+      if (socket.writableLength === 0 || socket.destroyed) {
+        windows.forget(socket);
+        continue;
       }
-    },
-    Math.min(1000, Math.max(50, sendMs / 4)),
-  );
+      if (!windows.tooSlow(socket, now, bytesTakenByKernel(socket))) continue;
+      const response = inFlightResponse(socket);
+      if (response && !response.writableFinished) markServerAnswer(response, 'client_read_timeout');
+      socket.destroy();
+    }
+  }, windows.sweepMs);
   sweep.unref();
   return sweep;
 }

@@ -6,7 +6,7 @@ import type { Socket } from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import type { Logger } from '../otel/logger';
-import { answerHttp2RequestTimeout, DEFAULT_SEND_TIMEOUT_MS, listenInternal, markServerAnswer, MIN_SEND_BYTES_PER_SECOND, resetByGateway, resetStream, type PublicServer } from '../otel/lifecycle';
+import { answerHttp2RequestTimeout, createSendWindows, DEFAULT_SEND_TIMEOUT_MS, listenInternal, markServerAnswer, resetByGateway, resetStream, type PublicServer } from '../otel/lifecycle';
 import type { TlsConfig } from './config';
 import { createHostMatcher } from './middleware/host-guard';
 import { isHttp2Request } from './middleware/http2-requests';
@@ -271,38 +271,22 @@ function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, se
  * Streams whose answer the gateway has finished (the stream's writable side ended) but the client has not taken:
  * with a flow-control window of 0 a client holds any answer back (a 404, a 429, a proxied 200: the rate limit does
  * not bound them), and PINGs keep the session timer from ever firing; the proxy's deadline no longer applies to an
- * ended response. One sweep per session while streams are open; a stream finished for over `sendMs` while its
- * connection sent less than MIN_SEND_BYTES_PER_SECOND on average is reset (CANCEL, the gateway's) and its answer
- * recorded `client_read_timeout`.
+ * ended response. One sweep per session while streams are open; a finished stream whose connection sent less than
+ * the least rate over a window of `sendMs` (otel/lifecycle.ts createSendWindows) is reset (CANCEL, the gateway's)
+ * and its answer recorded `client_read_timeout`.
  */
 function watchFinishedAnswers(sendMs: number, bytesWritten: () => number) {
   const streams = new Set<http2.ServerHttp2Stream>();
-  /** When each stream's answer was finished, and the connection's bytes written by then. */
-  const ended = new WeakMap<http2.ServerHttp2Stream, { at: number; written: number }>();
+  const windows = createSendWindows<http2.ServerHttp2Stream>(sendMs);
   let sweep: NodeJS.Timeout | undefined;
   const check = () => {
     const now = performance.now();
     for (const stream of streams) {
-      if (!stream.writableEnded || stream.writableFinished || stream.destroyed) continue;
-      const since = ended.get(stream);
-      if (since === undefined) {
-        ended.set(stream, { at: now, written: bytesWritten() });
-        continue;
-      }
-      const elapsedMs = now - since.at;
-      // Progress is judged on average, as a request body's is (Kestrel's MinResponseDataRate), by what the
-      // connection sent (a stream shows none until its whole last write is out): a client reading a large answer
-      // steadily is never cut, one taking a byte now and then (a WINDOW_UPDATE of 1) is.
-      const taken = bytesWritten() - since.written;
-      if (elapsedMs < sendMs) continue;
-      if (taken < (MIN_SEND_BYTES_PER_SECOND * elapsedMs) / 1000) {
-        const response = answerOf.get(stream);
-        if (response) markServerAnswer(response, 'client_read_timeout');
-        resetStream(stream, http2.constants.NGHTTP2_CANCEL);
-        continue;
-      }
-      // Window by window, as HTTP/1's (otel/lifecycle.ts watchStalledSends): a fast start buys no long stall.
-      ended.set(stream, { at: now, written: bytesWritten() });
+      // A stream shows no progress of its own until its whole last write is out: the connection's is counted.
+      if (!stream.writableEnded || stream.writableFinished || stream.destroyed || !windows.tooSlow(stream, now, bytesWritten())) continue;
+      const response = answerOf.get(stream);
+      if (response) markServerAnswer(response, 'client_read_timeout');
+      resetStream(stream, http2.constants.NGHTTP2_CANCEL);
     }
   };
   const stop = () => {
@@ -316,7 +300,7 @@ function watchFinishedAnswers(sendMs: number, bytesWritten: () => number) {
     add(stream: http2.ServerHttp2Stream) {
       streams.add(stream);
       if (sweep) return;
-      sweep = setInterval(check, Math.min(1000, Math.max(50, sendMs / 4)));
+      sweep = setInterval(check, windows.sweepMs);
       sweep.unref();
     },
     delete(stream: http2.ServerHttp2Stream) {
