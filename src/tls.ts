@@ -106,12 +106,24 @@ export function certificateOutOfDate(pems: CertificatePems, now = new Date()): s
   return undefined;
 }
 
-/** A rotated pair as readCertificatePems reads it, refused (thrown) when its certificate is out of date. */
-export function rotatedCertificatePems(tls: TlsConfig, cwd?: string): CertificatePems {
-  const pems = readCertificatePems(tls, cwd);
-  const outOfDate = certificateOutOfDate(pems);
-  if (outOfDate) throw new Error(`tls.certFile (${tls.certFile}) is not usable now: ${outOfDate}`);
-  return pems;
+/**
+ * A rotated pair as readCertificatePems reads it (SIGHUP: by the single process, or a cluster's primary for its
+ * workers), or undefined, logged, when it cannot be read, does not match or is out of date: the pair in use stays.
+ */
+export function readRotatedCertificates(tls: TlsConfig, logger: Logger, cwd?: string): CertificatePems | undefined {
+  try {
+    const pems = readCertificatePems(tls, cwd);
+    const outOfDate = certificateOutOfDate(pems);
+    if (outOfDate) throw new Error(`tls.certFile (${tls.certFile}) is not usable now: ${outOfDate}`);
+    return pems;
+  } catch (error) {
+    logRotationRefused(tls, logger, error);
+    return undefined;
+  }
+}
+
+function logRotationRefused(tls: TlsConfig, logger: Logger, error: unknown): void {
+  logger.error('tls certificates not reloaded; the previous ones stay in use', { certFile: tls.certFile, error: error instanceof Error ? error.message : String(error) });
 }
 
 /** The PEMs as secure-context options; throws, naming `tls`'s files, when they are not a usable pair. */
@@ -195,14 +207,16 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
     },
     reloadCertificates(given) {
       if (!server) return false;
+      const pems = given ?? readRotatedCertificates(tls, logger, options.cwd);
+      if (!pems) return false;
       try {
-        server.setSecureContext(secureContextOptions(tls, given ?? rotatedCertificatePems(tls, options.cwd)));
-        logger.info('tls certificates reloaded', { certFile: tls.certFile });
-        return true;
+        server.setSecureContext(secureContextOptions(tls, pems));
       } catch (error) {
-        logger.error('tls certificates not reloaded; the previous ones stay in use', { certFile: tls.certFile, error: error instanceof Error ? error.message : String(error) });
+        logRotationRefused(tls, logger, error);
         return false;
       }
+      logger.info('tls certificates reloaded', { certFile: tls.certFile });
+      return true;
     },
   };
 }

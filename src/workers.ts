@@ -6,7 +6,7 @@ import type { ReloadAnswer, WorkerConfigStatus } from './admin';
 import { clientTimeouts, type GatewayConfig } from './config';
 import { checkReload, type ActiveConfig } from './config-reload';
 import { isPromClientMessage, listenClusterMetrics } from './metrics';
-import { readCertificatePems, rotatedCertificatePems, type CertificatePems } from './tls';
+import { readCertificatePems, readRotatedCertificates, type CertificatePems } from './tls';
 import { createLeaseLedger, type LeaseAsk, type Leased, type Recall, type Recalled } from './rate-limit-leases';
 
 /**
@@ -176,16 +176,6 @@ export function runPrimary(options: PrimaryOptions): void {
   // With `tls`, read here once for every worker (a bad pair stops startup, as in a single process).
   const tls = active.config.tls;
   let certificates = tls && readCertificatePems(tls);
-  /** The pair read again for a SIGHUP, or undefined (logged) when it does not do: the one in use stays. */
-  const readWorkerCertificates = (): CertificatePems | undefined => {
-    if (!tls) return undefined;
-    try {
-      return rotatedCertificatePems(tls);
-    } catch (error) {
-      logger.error('tls certificates not reloaded; the previous ones stay in use', { certFile: tls.certFile, error: error instanceof Error ? error.message : String(error) });
-      return undefined;
-    }
-  };
 
   const statuses = (): WorkerConfigStatus[] =>
     slots.flatMap((slot) => (slot.worker ? [{ id: slot.worker.id, pid: slot.worker.process.pid ?? 0, version: slot.version, ...(slot.loadedAt ? { loadedAt: slot.loadedAt } : {}) }] : []));
@@ -376,7 +366,7 @@ export function runPrimary(options: PrimaryOptions): void {
   process.on('SIGHUP', () => {
     // What else a single process does on SIGHUP (re-read TLS certificates) each worker does too, with the pair
     // read here: a pair that does not do is refused once, and replacements start with the one in use.
-    const reread = readWorkerCertificates();
+    const reread = tls && readRotatedCertificates(tls, logger);
     if (reread) certificates = reread;
     for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'hangup', certificates: reread });
     void reloadAll();
