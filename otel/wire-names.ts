@@ -108,9 +108,14 @@ export const FORWARDING_HEADER_PREFIX = 'x-forwarded-';
 
 const LISTED_FORWARDING_HEADERS = new Set<string>(FORWARDING_HEADERS);
 
+/** Whether a (lower-case) name is one of FORWARDING_HEADERS: those the gateway writes, rebuilds or guards by name. */
+export function isListedForwardingHeader(name: string): boolean {
+  return LISTED_FORWARDING_HEADERS.has(name);
+}
+
 /** Whether a (lower-case) request header name is a forwarding header: listed, or under `X-Forwarded-`. */
 export function isForwardingHeader(name: string): boolean {
-  return LISTED_FORWARDING_HEADERS.has(name) || (name.startsWith(FORWARDING_HEADER_PREFIX) && !FOREIGN_IDENTITY_HEADER_SET.has(name));
+  return isListedForwardingHeader(name) || (name.startsWith(FORWARDING_HEADER_PREFIX) && !FOREIGN_IDENTITY_HEADER_SET.has(name));
 }
 
 /**

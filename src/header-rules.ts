@@ -1,6 +1,6 @@
 import type { Context } from 'koa';
 import { z } from 'zod';
-import { FIELD_NAME_TOKEN, FORWARDING_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEADERS, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
+import { FIELD_NAME_TOKEN, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEADERS, isListedForwardingHeader, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 
 /**
  * Per-route header rules: headers added, set or removed on the request a service receives and on the
@@ -23,8 +23,6 @@ const MAX_VALUE_LENGTH = 1024;
 /** Most names in one list of one rule. */
 const MAX_RULES = 32;
 
-const LISTED_FORWARDING = new Set<string>(FORWARDING_HEADERS);
-
 /** Framing and connection headers: Node and undici write them; a rule cannot. */
 const FRAMING = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'expect', 'content-length', 'host'];
 
@@ -38,7 +36,7 @@ export function ownedRequestHeader(name: string): string | undefined {
     if (candidate === HEADER.requestId) return 'the request id the gateway writes';
     // The listed ones: the gateway writes or rebuilds them. Another `X-Forwarded-*` (Envoy's -Client-Cert) only
     // passes from a trusted proxy, and a rule may still keep it from a service or set it.
-    if (LISTED_FORWARDING.has(candidate)) return 'a forwarding header the gateway writes';
+    if (isListedForwardingHeader(candidate)) return 'a forwarding header the gateway writes';
     if ((REQUEST_REWRITE_HEADERS as readonly string[]).includes(candidate)) return 'a request-rewriting header the gateway always removes';
     if (candidate === HEADER.traceparent || candidate === HEADER.tracestate || candidate === HEADER.baggage) return 'trace context the gateway writes';
     if (FRAMING.includes(candidate)) return 'a framing or connection header';
