@@ -271,6 +271,7 @@ export const METRIC = {
   upstreamEjections: 'gateway_upstream_ejections_total',
   upstreamRetries: 'gateway_upstream_retries_total',
   cacheLookups: 'gateway_cache_lookups_total',
+  cacheInvalidationFailures: 'gateway_cache_invalidation_failures_total',
 } as const;
 
 /** Metric label keys: the semantic-convention attribute keys (and ours from ATTR) with `.` as `_`. */

@@ -38,6 +38,11 @@ export interface GatewayState {
   cache?: CacheResult;
   /** createResponseCache: sees the service's response as the proxy forwards it, to store a copy. */
   responseTap?: ResponseTap;
+  /**
+   * createResponseCache: what the proxy waits for, given the service's status, before it sends the answer on (a
+   * successful write's invalidation of the stored copies); none, or undefined from it, sends it at once.
+   */
+  holdResponse?: (status: number) => Promise<unknown> | undefined;
 }
 
 declare module 'koa' {

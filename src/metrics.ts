@@ -44,6 +44,8 @@ export interface GatewayMetrics {
   readonly upstreamRetries: Counter<typeof METRIC_LABEL.upstreamService>;
   /** Response-cache lookups of routes with `cache`, by route name and result (CACHE_RESULTS). */
   readonly cacheLookups: Counter<typeof METRIC_LABEL.routeName | typeof METRIC_LABEL.cacheResult>;
+  /** Successful writes answered while a stored copy may be left (the store failed, peers did not confirm), by route name. */
+  readonly cacheInvalidationFailures: Counter<typeof METRIC_LABEL.routeName>;
   /**
    * requestDuration's series by label values, in its label order: method, route template, status, route name,
    * error code (`''` for none). Where requests record, rather than `requestDuration.observe` (src/metric-series.ts).
@@ -105,6 +107,12 @@ export function createGatewayMetrics(): GatewayMetrics {
     }),
     upstreamRetries: new Counter({ name: counterFamily(METRIC.upstreamRetries), help: 'Requests retried on another instance of a service.', labelNames: [METRIC_LABEL.upstreamService], registers }),
     cacheLookups: new Counter({ name: counterFamily(METRIC.cacheLookups), help: 'Response-cache lookups, by route and result (hit, miss, stale, bypass).', labelNames: [METRIC_LABEL.routeName, METRIC_LABEL.cacheResult], registers }),
+    cacheInvalidationFailures: new Counter({
+      name: counterFamily(METRIC.cacheInvalidationFailures),
+      help: 'Successful writes to a cached route answered while a stored copy of the resource may be left (store failed, or other workers did not confirm in time).',
+      labelNames: [METRIC_LABEL.routeName],
+      registers,
+    }),
     // Label values are bounded by the config (route templates, services, instances), so these are too.
     requestSeries: seriesByLabels(REQUEST_LABELS, (labels) => histogramSeries(requestDuration, labels)),
     upstreamSeries: seriesByLabels(UPSTREAM_LABELS, (labels) => histogramSeries(upstreamDuration, labels)),

@@ -2,6 +2,7 @@ import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import { FIELD_NAME_TOKEN } from '../otel/wire-names';
 import type { Logger } from '../otel/logger';
+import { PEER_CONFIRMATION_TIMEOUT_MS, type StaleResources } from './cache-invalidations';
 import type { GatewayConfig } from './config';
 import { DEFAULT_ROUTE_MAX_BYTES, retentionMs, type CachedResponse } from './response-cache';
 
@@ -44,8 +45,18 @@ export interface ResponseStore {
   readonly kind: 'memory' | 'redis';
   get(route: string, key: CacheKey): Promise<CachedResponse | undefined>;
   set(route: string, key: CacheKey, entry: CachedResponse): Promise<void>;
-  /** Drops every variant of a resource (RFC 9111 4.4: after an unsafe request to it succeeded). */
-  invalidate(route: string, resource: string): Promise<void>;
+  /**
+   * Drops every variant of a resource (RFC 9111 4.4: after an unsafe request to it succeeded). Resolves once it
+   * is dropped wherever another request may read it, with undefined; or with why a copy may be left (a failing
+   * store, peers that did not confirm in time).
+   */
+  invalidate(route: string, resource: string): Promise<string | undefined>;
+}
+
+/** A store in this process's memory, which can also be emptied at once. */
+export interface MemoryResponseStore extends ResponseStore {
+  /** Drops every entry of every route. */
+  clear(): void;
 }
 
 /**
@@ -80,7 +91,7 @@ interface RouteEntries {
  * Entries of this process, least recently used first out: each route within its own byte budget, and all of
  * them within `maxBytes`, where the route holding the most bytes gives up its oldest entry first.
  */
-export function createMemoryResponseStore(options: MemoryStoreOptions): ResponseStore {
+export function createMemoryResponseStore(options: MemoryStoreOptions): MemoryResponseStore {
   const now = options.now ?? Date.now;
   const routes = new Map<string, RouteEntries>();
   let totalBytes = 0;
@@ -143,6 +154,11 @@ export function createMemoryResponseStore(options: MemoryStoreOptions): Response
     async invalidate(routeName, resource) {
       const route = routes.get(routeName);
       for (const id of route?.byResource.get(resource) ?? []) evict(route!, id);
+      return undefined;
+    },
+    clear() {
+      routes.clear();
+      totalBytes = 0;
     },
   };
 }
@@ -229,8 +245,10 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
     async invalidate(route, resource) {
       try {
         await client.del(redisKey(route, resource), endsKey(route, resource));
+        return undefined;
       } catch (error) {
-        failed('invalidate', error);
+        // Not logged here: the cache logs and counts a write answered with its copies possibly left.
+        return `the shared store (redis) failed: ${error instanceof Error ? error.message : String(error)}`;
       }
     },
   };
@@ -242,26 +260,32 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
  * out of date (RFC 9111 4.4), not only the copy of the worker that forwarded it.
  */
 export interface PeerInvalidations {
-  /** Tells the other processes to drop what they stored for `resource` of `route`. */
-  publish(route: string, resource: string): void;
   /**
-   * `drop` runs for each invalidation another process published. It replaces the previous one: only the store of
-   * the running build (a reload builds a new one) answers requests.
+   * Tells the other processes to drop what they stored for `resource` of `route`; resolves true once they all
+   * did, false when they did not confirm in time (src/cache-invalidations.ts).
    */
-  subscribe(drop: (route: string, resource: string) => void): void;
+  publish(route: string, resource: string): Promise<boolean>;
+  /**
+   * `drop` runs for each invalidation another process published, and has dropped what it names when it returns
+   * (it is then confirmed). It replaces the previous one: only the store of the running build (a reload builds a
+   * new one) answers requests. Undefined lets the previous store go (a config without cached routes).
+   */
+  subscribe(drop: ((resources: StaleResources) => void) | undefined): void;
 }
 
 /** `store`, whose invalidations also reach the peers' stores, and which drops what the peers' invalidations name. */
-export function sharingInvalidations(store: ResponseStore, peers: PeerInvalidations): ResponseStore {
-  // Into `store` itself: published again, a peer's invalidation would go round the workers for ever.
-  peers.subscribe((route, resource) => void store.invalidate(route, resource));
+export function sharingInvalidations(store: MemoryResponseStore, peers: PeerInvalidations): ResponseStore {
+  // Into `store` itself: published again, a peer's invalidation would go round the workers for ever. The memory
+  // store's invalidate does its work before its first await: dropped when `drop` returns.
+  peers.subscribe((resources) => (resources === 'all' ? store.clear() : resources.forEach(({ route, resource }) => void store.invalidate(route, resource))));
   return {
     kind: store.kind,
     get: (route, key) => store.get(route, key),
     set: (route, key, entry) => store.set(route, key, entry),
-    invalidate(route, resource) {
-      peers.publish(route, resource);
-      return store.invalidate(route, resource);
+    async invalidate(route, resource) {
+      await store.invalidate(route, resource);
+      const confirmed = await peers.publish(route, resource);
+      return confirmed ? undefined : `the other workers did not confirm within ${PEER_CONFIRMATION_TIMEOUT_MS} ms`;
     },
   };
 }

@@ -1,5 +1,6 @@
 import cluster from 'node:cluster';
 import type { ConfigControl, ConfigStatus } from './admin';
+import { createInvalidationQueue, type StaleResources } from './cache-invalidations';
 import { deepFreeze } from './config';
 import type { ActiveConfig } from './config-reload';
 import { createLeaseTable, type LeaseTable, type Leased } from './rate-limit-leases';
@@ -49,9 +50,10 @@ export function connectWorker(): Promise<WorkerLink> {
   const hangupHandlers: ((certificates: CertificatePems | undefined) => void)[] = [];
   let certificates: CertificatePems | undefined;
   let leases: LeaseTable | undefined;
-  let dropCachedCopies: ((route: string, resource: string) => void) | undefined;
+  let dropCachedCopies: ((resources: StaleResources) => void) | undefined;
   // Without the primary a worker ends (Node's cluster exits it on disconnect); until then nothing is sent.
   const send = (message: ToPrimary) => process.connected && process.send!(message);
+  const invalidations = createInvalidationQueue({ send });
   const ask = <T extends ToWorker>(build: (id: number) => ToPrimary, timeoutMs?: number): Promise<T> =>
     new Promise((resolve, reject) => {
       const requestId = nextId++;
@@ -94,7 +96,11 @@ export function connectWorker(): Promise<WorkerLink> {
         case 'ping':
           return send({ gateway: 'pong', id: message.id });
         case 'invalidate':
-          return dropCachedCopies?.(message.route, message.resource);
+          // Confirmed even with no cache (starting, or a config without cached routes): the writer waits for it.
+          dropCachedCopies?.(message.resources);
+          return send({ gateway: 'invalidated', id: message.id });
+        case 'invalidated':
+          return invalidations.confirmed(message.id);
         case 'recall':
           return send({ gateway: 'recalled', id: message.id, returned: leases?.recall(message) ?? 0 });
         case 'leased':
@@ -133,7 +139,7 @@ export function connectWorker(): Promise<WorkerLink> {
         },
       }),
       cachePeers: {
-        publish: (route, resource) => send({ gateway: 'invalidate', route, resource }),
+        publish: (route, resource) => invalidations.publish(route, resource),
         subscribe: (drop) => void (dropCachedCopies = drop),
       },
       onHangup: (handler) => void hangupHandlers.push(handler),

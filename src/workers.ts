@@ -8,14 +8,15 @@ import { checkReload, type ActiveConfig } from './config-reload';
 import { isPromClientMessage, listenClusterMetrics } from './metrics';
 import { readCertificatePems, readRotatedCertificates, type CertificatePems } from './tls';
 import { createLeaseLedger, type LeaseAsk, type Leased, type Recall, type Recalled } from './rate-limit-leases';
+import { createInvalidationRelay, MAX_QUEUED_INVALIDATIONS, type CacheInvalidated, type CacheInvalidation, type StaleResource } from './cache-invalidations';
 
 /**
  * Every core: with `workers` > 1 the process that starts becomes a cluster primary that forks the workers,
  * which share the public port (the primary accepts and hands connections round robin). The primary serves no
  * request; it holds what must be one for all workers: the config (read and validated once, sent to each), the
  * rate-limit windows (leased out to the workers in blocks, so limits stay exact without Redis and without a round
- * trip per request: src/rate-limit-leases.ts), the response-cache invalidations (relayed, without Redis each worker
- * caches in its own memory), the reload, and the workers' lives (a crashed one is replaced with
+ * trip per request: src/rate-limit-leases.ts), the response-cache invalidations (without Redis each worker caches in
+ * its own memory: relayed in batches and confirmed, src/cache-invalidations.ts), the reload, and the workers' lives (a crashed one is replaced with
  * back-off; SIGTERM drains them all). A worker's side is src/worker-link.ts. Why processes and not worker
  * threads: docs/architecture.md.
  */
@@ -35,17 +36,9 @@ export type ToPrimary =
   | { gateway: 'reload'; id: number }
   | { gateway: 'status'; id: number }
   | { gateway: 'pong'; id: number }
-  | CacheInvalidation;
-
-/**
- * A worker's memory response cache dropped what it stored for `resource` of `route` (an unsafe request to it
- * succeeded): the primary relays it to the other workers, whose copies are out of date too (src/response-store.ts).
- */
-export interface CacheInvalidation {
-  gateway: 'invalidate';
-  route: string;
-  resource: string;
-}
+  /** Without Redis: a batch of resources whose copies the other workers must drop, or their confirmation (src/cache-invalidations.ts). */
+  | CacheInvalidation
+  | CacheInvalidated;
 
 export type ToWorker =
   /** `certificates`: with `tls`, the pair the primary holds (a worker never reads the files itself). */
@@ -59,7 +52,8 @@ export type ToWorker =
   | { gateway: 'shutdown' }
   /** The primary's watchdog: a worker whose event loop turns answers `pong` with the same id. */
   | { gateway: 'ping'; id: number }
-  | CacheInvalidation;
+  | CacheInvalidation
+  | CacheInvalidated;
 
 /** A route name as config.ts allows it, bounded: a worker must not have the primary pass megabytes on to every other one. */
 const ROUTE_NAME = /^[a-z][a-z0-9-]{0,255}$/;
@@ -99,11 +93,20 @@ export function toPrimaryMessage(raw: unknown): ToPrimary | undefined {
     case 'reload':
     case 'status':
     case 'pong':
+    case 'invalidated':
       return isId(message.id) ? { gateway: message.gateway, id: message.id as number } : undefined;
     case 'invalidate': {
-      const { route, resource } = message;
-      if (typeof route !== 'string' || typeof resource !== 'string' || !ROUTE_NAME.test(route) || !CACHE_RESOURCE.test(resource)) return undefined;
-      return { gateway: 'invalidate', route, resource };
+      const { id, resources } = message;
+      if (!isId(id)) return undefined;
+      if (resources === 'all') return { gateway: 'invalidate', id: id as number, resources };
+      if (!Array.isArray(resources) || resources.length === 0 || resources.length > MAX_QUEUED_INVALIDATIONS) return undefined;
+      const stale: StaleResource[] = [];
+      for (const entry of resources as unknown[]) {
+        const { route, resource } = (typeof entry === 'object' && entry !== null ? entry : {}) as Record<string, unknown>;
+        if (typeof route !== 'string' || typeof resource !== 'string' || !ROUTE_NAME.test(route) || !CACHE_RESOURCE.test(resource)) return undefined;
+        stale.push({ route, resource });
+      }
+      return { gateway: 'invalidate', id: id as number, resources: stale };
     }
     default:
       return undefined;
@@ -169,6 +172,14 @@ export function runPrimary(options: PrimaryOptions): void {
     },
   });
   const listening = new Set<number>();
+  /** Workers that said hello: their message handler is in place, so they confirm what is relayed to them. */
+  const linked = new Set<number>();
+  const invalidations = createInvalidationRelay({
+    send: (id, message) => {
+      const worker = cluster.workers?.[id];
+      if (worker) send(worker, message);
+    },
+  });
   let url = '';
   let reloads: Promise<unknown> = Promise.resolve();
   const applyWaiters = new Set<() => void>();
@@ -197,7 +208,9 @@ export function runPrimary(options: PrimaryOptions): void {
     worker.on('error', (error: Error) => logger.warn('could not message worker', { worker: worker.id, error: error.message }));
     worker.once('exit', (code, signal) => {
       listening.delete(worker.id);
+      linked.delete(worker.id);
       leases.workerGone(worker.id);
+      invalidations.workerGone(worker.id);
       if (slot.worker === worker) slot.worker = undefined;
       for (const wake of applyWaiters) wake();
       if (stopping) return;
@@ -217,6 +230,7 @@ export function runPrimary(options: PrimaryOptions): void {
   function onMessage(slot: Slot, worker: Worker, message: ToPrimary): void {
     switch (message.gateway) {
       case 'hello':
+        linked.add(worker.id);
         // Stopping: a worker forked just before may have missed the shutdown message while it started.
         return send(worker, stopping ? { gateway: 'shutdown' } : { gateway: 'apply', active, certificates });
       case 'applied':
@@ -249,8 +263,9 @@ export function runPrimary(options: PrimaryOptions): void {
         return;
       case 'invalidate':
         // Only workers without Redis send it; the sender drops its own copies itself.
-        for (const other of slots) if (other.worker && other.worker !== worker) send(other.worker, message);
-        return;
+        return invalidations.relay(worker.id, message, [...linked].filter((id) => id !== worker.id));
+      case 'invalidated':
+        return invalidations.confirmed(worker.id, message.id);
     }
   }
 

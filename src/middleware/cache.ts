@@ -60,6 +60,9 @@ function keyedForwardingHeaders(headers: IncomingHttpHeaders, heard: (name: stri
 /** The request directive `only-if-cached` in a Cache-Control list. */
 const ONLY_IF_CACHED = /(?:^|[\s,])only-if-cached(?=$|[\s,])/i;
 
+/** How often a write answered while a stored copy may be left is logged, ms (the metric counts every one). */
+const INVALIDATION_WARNING_INTERVAL_MS = 10_000;
+
 /** Response headers a 304 repeats from the stored response (RFC 9110 15.4.5). */
 const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag', 'expires', 'vary', 'last-modified'];
 
@@ -80,7 +83,11 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   const now = options.now ?? Date.now;
   const inFlight = new Map<string, Promise<void>>();
   const counters = new Map<string, Record<CacheResult, Counter.Internal | undefined>>();
+  const invalidationFailures = new Map<string, Counter.Internal | undefined>();
   for (const name of options.routes.keys()) {
+    const labels = { [METRIC_LABEL.routeName]: name };
+    options.metrics?.cacheInvalidationFailures.inc(labels, 0);
+    invalidationFailures.set(name, options.metrics?.cacheInvalidationFailures.labels(labels));
     const byResult = {} as Record<CacheResult, Counter.Internal | undefined>;
     for (const result of CACHE_RESULTS) {
       const labels = { [METRIC_LABEL.routeName]: name, [METRIC_LABEL.cacheResult]: result };
@@ -97,6 +104,20 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     ctx.res.setHeader(statusHeader, result.toUpperCase());
     trace.getActiveSpan()?.setAttribute(ATTR.cache, result);
     if (counted) counters.get(routeName)?.[result]?.inc();
+  };
+
+  let lastInvalidationWarning = 0;
+  /**
+   * Drops what is stored for a resource a write changed. A copy that may be left (the store failed, the other
+   * workers did not confirm in time) is counted and logged, never an error: the write itself succeeded.
+   */
+  const dropStoredCopies = async (routeName: string, resource: string) => {
+    const left = await store.invalidate(routeName, resource);
+    if (left === undefined) return;
+    invalidationFailures.get(routeName)?.inc();
+    if (Date.now() - lastInvalidationWarning < INVALIDATION_WARNING_INTERVAL_MS) return;
+    lastInvalidationWarning = Date.now();
+    logger.warn('response cache: a write was answered before its invalidation reached every copy', { route: routeName, reason: left });
   };
 
   /** Answers from a stored copy. */
@@ -159,9 +180,15 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     ]);
     if (!SAFE_METHODS.has(method)) {
       record(ctx, route.name, 'bypass');
+      // RFC 9111 4.4: once an unsafe request to a resource succeeded, what was stored for it is out of date. The
+      // proxy sends the answer before next() returns, so it holds it until the copies are dropped wherever another
+      // request may read them (Redis, the other workers): a client that wrote, then read through another worker
+      // or replica, got the copy from before its write.
+      let invalidation: Promise<void> | undefined;
+      const invalidate = () => (invalidation ??= dropStoredCopies(route.name, resource));
+      ctx.state.holdResponse = (status) => (status < 400 ? invalidate() : undefined);
       await next();
-      // RFC 9111 4.4: once an unsafe request to a resource succeeded, what was stored for it is out of date.
-      if (ctx.status < 400) await store.invalidate(route.name, resource);
+      if (ctx.status < 400) await invalidate();
       return;
     }
     const forwardedCredential = route.forwardAuthorization && headers[HEADER.authorization] !== undefined && !ctx.state.user && !ctx.state.consumer;

@@ -131,6 +131,8 @@ export function createProxy(options: ProxyOptions): Middleware {
        */
       let idle: NodeJS.Timeout | undefined;
       const touch = () => idle?.refresh();
+      /** The service answered, and its answer waits for `ctx.state.holdResponse` before it goes on. */
+      let held = false;
       /** undici is done with the request (ended, failed, or aborted when it finally got a connection). */
       const release = () => {
         if (released) return;
@@ -174,8 +176,8 @@ export function createProxy(options: ProxyOptions): Middleware {
       };
       res.once('close', onClientClose);
       idle = setTimeout(function idleTimeout() {
-        // A client that does not read its response is not the service's silence.
-        if (upstream && res.writableNeedDrain) return void idle!.refresh();
+        // A client that does not read its response is not the service's silence, nor an answer the gateway holds.
+        if (upstream && (res.writableNeedDrain || held)) return void idle!.refresh();
         exchange.timedOut = true;
         exchange.waitedForConnection = !upstream && queuedBehindOthers;
         exchange.neverConnected = !upstream && !queuedBehindOthers;
@@ -186,6 +188,36 @@ export function createProxy(options: ProxyOptions): Middleware {
       const badResponse = (controller: Dispatcher.DispatchController, why: string) => {
         exchange.badResponse = why;
         controller.abort(new Error(`the service's response was refused: ${why}`));
+      };
+
+      /** Sends the service's final answer's head on, or refuses it (502) when it cannot be forwarded. */
+      const answer = (controller: Dispatcher.DispatchController, statusCode: number, upstreamHeaders: Record<string, string | string[] | undefined>, statusMessage: string | undefined) => {
+        const unforwardable = unforwardableResponse(upstreamHeaders);
+        if (unforwardable) return void badResponse(controller, unforwardable);
+        const served = withPublicLocations(upstreamHeaders, instance.origin, ctx, route);
+        const headers = responseHeaders(served, res, corsApplied);
+        // A 204 has no content (RFC 9110 15.3.5, 8.6: no Content-Length): sent on, a non-zero one made HTTP/2
+        // clients reset the stream and get nothing, while the gateway logged a 204.
+        if (statusCode === 204) delete headers['content-length'];
+        rules?.response?.(headers, ctx);
+        // HTTP/2 has no reason phrase (RFC 9113 8.3.2); Node warns when one is set on its responses. One Node
+        // would refuse to write (obs-text, which undici decodes as UTF-8, or a control) gives way to the standard one.
+        if (statusMessage && req.httpVersionMajor < 2 && WRITABLE_REASON_PHRASE.test(statusMessage)) res.statusMessage = statusMessage;
+        try {
+          res.writeHead(statusCode, headers);
+        } catch (error) {
+          // A header value Node will not write: the client gets a 502 of ours, not an empty reply, and none of
+          // the service's headers writeHead had already taken.
+          for (const name of Object.keys(headers)) res.removeHeader(name);
+          res.statusMessage = '';
+          return void badResponse(controller, `a response header the gateway cannot forward (${(error as Error).message})`);
+        }
+        exchange.status = statusCode;
+        tap?.start(statusCode, served);
+        // Node's HTTP/2 compatibility response emits 'finish' when the client resets its stream mid-body: that
+        // is a client gone, whose exchange (paused by back-pressure) would otherwise hold its upstream connection.
+        res.once('finish', () => (res.writableEnded ? done() : onClientClose()));
+        res.on('drain', () => controller.resume());
       };
 
       // Covers the wait for a connection, the upload and the whole response, of every attempt together.
@@ -247,32 +279,20 @@ export function createProxy(options: ProxyOptions): Middleware {
               if (statusCode === 103 && upstreamHeaders.link !== undefined && req.httpVersion !== '1.0') res.writeEarlyHints({ link: upstreamHeaders.link });
               return;
             }
-            const unforwardable = unforwardableResponse(upstreamHeaders);
-            if (unforwardable) return void badResponse(controller, unforwardable);
-            const served = withPublicLocations(upstreamHeaders, instance.origin, ctx, route);
-            const headers = responseHeaders(served, res, corsApplied);
-            // A 204 has no content (RFC 9110 15.3.5, 8.6: no Content-Length): sent on, a non-zero one made HTTP/2
-            // clients reset the stream and get nothing, while the gateway logged a 204.
-            if (statusCode === 204) delete headers['content-length'];
-            rules?.response?.(headers, ctx);
-            // HTTP/2 has no reason phrase (RFC 9113 8.3.2); Node warns when one is set on its responses. One Node
-            // would refuse to write (obs-text, which undici decodes as UTF-8, or a control) gives way to the standard one.
-            if (statusMessage && req.httpVersionMajor < 2 && WRITABLE_REASON_PHRASE.test(statusMessage)) res.statusMessage = statusMessage;
-            try {
-              res.writeHead(statusCode, headers);
-            } catch (error) {
-              // A header value Node will not write: the client gets a 502 of ours, not an empty reply, and none of
-              // the service's headers writeHead had already taken.
-              for (const name of Object.keys(headers)) res.removeHeader(name);
-              res.statusMessage = '';
-              return void badResponse(controller, `a response header the gateway cannot forward (${(error as Error).message})`);
-            }
-            exchange.status = statusCode;
-            tap?.start(statusCode, served);
-            // Node's HTTP/2 compatibility response emits 'finish' when the client resets its stream mid-body: that
-            // is a client gone, whose exchange (paused by back-pressure) would otherwise hold its upstream connection.
-            res.once('finish', () => (res.writableEnded ? done() : onClientClose()));
-            res.on('drain', () => controller.resume());
+            // The cache holds a successful write's answer until the copies it made stale are dropped (src/middleware/cache.ts).
+            const hold = ctx.state.holdResponse?.(statusCode);
+            if (!hold) return answer(controller, statusCode, upstreamHeaders, statusMessage);
+            held = true;
+            controller.pause();
+            const goOn = () => {
+              held = false;
+              // The client left, or the deadline cut the exchange, meanwhile: nothing to send.
+              if (settled) return;
+              touch();
+              answer(controller, statusCode, upstreamHeaders, statusMessage);
+              if (exchange.status !== undefined) controller.resume();
+            };
+            void hold.then(goOn, goOn);
           },
           onResponseData(controller, chunk) {
             touch();

@@ -1,9 +1,9 @@
 import fc from 'fast-check';
 import { ConfigError, parseConfig } from '../../src/config';
 import { cacheKey, currentAge, isFresh, parseCacheControl, retentionMs, storability, type CachedResponse, type StorabilityInput } from '../../src/response-cache';
+import type { StaleResources } from '../../src/cache-invalidations';
 import { createMemoryResponseStore, sharingInvalidations, type CacheKey } from '../../src/response-store';
 import { shippedConfigFile } from '../helpers/test-config';
-import { waitFor } from '../helpers/wait';
 
 const NOW = Date.parse('2026-12-01T12:00:00Z');
 const base: StorabilityInput = { status: 200, headers: {}, sharedCredentialed: false, defaultTtlSeconds: 30, now: NOW };
@@ -162,17 +162,31 @@ describe('the in-memory store', () => {
 
   it('tells its peers of its own invalidations, and drops what theirs name without telling them again (it went round for ever)', async () => {
     const published: string[] = [];
-    let fromPeer: (route: string, resource: string) => void = () => undefined;
-    const memory = createMemoryResponseStore({ maxBytes: 100_000, routeMaxBytes: new Map([['a', 100_000]]) });
-    const store = sharingInvalidations(memory, { publish: (route, resource) => published.push(`${route} ${resource}`), subscribe: (drop) => (fromPeer = drop) });
+    let fromPeer: ((resources: StaleResources) => void) | undefined;
+    const memory = createMemoryResponseStore({ maxBytes: 100_000, routeMaxBytes: new Map([['a', 100_000], ['b', 100_000]]) });
+    const store = sharingInvalidations(memory, {
+      publish: async (route, resource) => published.push(`${route} ${resource}`) > 0,
+      subscribe: (drop) => (fromPeer = drop),
+    });
     await store.set('a', at('r1'), entry(10));
     await store.set('a', at('r2'), entry(10));
-    await store.invalidate('a', 'r1');
+    await store.set('b', at('r3'), entry(10));
+    expect(await store.invalidate('a', 'r1')).toBeUndefined();
     expect(published).toEqual(['a r1']);
     expect(await store.get('a', at('r1'))).toBeUndefined();
-    fromPeer('a', 'r2');
-    await waitFor(async () => (await store.get('a', at('r2'))) === undefined, 'the peer\'s invalidation to drop r2');
+    // Dropped by the time `drop` returns: the peer's confirmation follows at once.
+    fromPeer!([{ route: 'a', resource: 'r2' }]);
+    expect(await store.get('a', at('r2'))).toBeUndefined();
+    expect(await store.get('b', at('r3'))).toBeDefined();
+    fromPeer!('all');
+    expect(await store.get('b', at('r3'))).toBeUndefined();
     expect(published).toEqual(['a r1']);
+  });
+
+  it('says why a copy may be left when its peers do not confirm the invalidation in time', async () => {
+    const memory = createMemoryResponseStore({ maxBytes: 100_000, routeMaxBytes: new Map() });
+    const store = sharingInvalidations(memory, { publish: async () => false, subscribe: () => undefined });
+    expect(await store.invalidate('a', 'r1')).toMatch(/other workers did not confirm within 1000 ms/);
   });
 });
 

@@ -33,11 +33,19 @@ describe('toPrimaryMessage (what the primary acts on from a worker)', () => {
     { desc: 'a pong without an id', raw: { gateway: 'pong' } },
     { desc: 'an applied without a version', raw: { gateway: 'applied', ok: true, loadedAt: 'now' } },
     { desc: 'a listening without a url', raw: { gateway: 'listening' } },
-    { desc: 'a cache invalidation without a resource', raw: { gateway: 'invalidate', route: 'items' } },
-    { desc: 'a cache invalidation whose route is an object', raw: { gateway: 'invalidate', route: { toString: 1 }, resource: 'a'.repeat(43) } },
-    { desc: 'a cache invalidation with a megabyte route name', raw: { gateway: 'invalidate', route: 'a'.repeat(1 << 20), resource: 'a'.repeat(43) } },
-    { desc: 'a cache invalidation with a route no config allows', raw: { gateway: 'invalidate', route: 'Items/../x', resource: 'a'.repeat(43) } },
-    { desc: 'a cache invalidation whose resource is no cache key', raw: { gateway: 'invalidate', route: 'items', resource: 'x'.repeat(10_000) } },
+    { desc: 'a cache invalidation without an id', raw: { gateway: 'invalidate', resources: [{ route: 'items', resource: 'a'.repeat(43) }] } },
+    { desc: 'a cache invalidation without resources', raw: { gateway: 'invalidate', id: 1 } },
+    { desc: 'a cache invalidation naming no resource', raw: { gateway: 'invalidate', id: 1, resources: [] } },
+    { desc: 'a cache invalidation of the earlier one-resource shape', raw: { gateway: 'invalidate', route: 'items', resource: 'a'.repeat(43) } },
+    { desc: 'a cache invalidation with a resource missing', raw: { gateway: 'invalidate', id: 1, resources: [{ route: 'items' }] } },
+    { desc: 'a cache invalidation with null among its resources', raw: { gateway: 'invalidate', id: 1, resources: [null] } },
+    { desc: 'a cache invalidation whose route is an object', raw: { gateway: 'invalidate', id: 1, resources: [{ route: { toString: 1 }, resource: 'a'.repeat(43) }] } },
+    { desc: 'a cache invalidation with a megabyte route name', raw: { gateway: 'invalidate', id: 1, resources: [{ route: 'a'.repeat(1 << 20), resource: 'a'.repeat(43) }] } },
+    { desc: 'a cache invalidation with a route no config allows', raw: { gateway: 'invalidate', id: 1, resources: [{ route: 'Items/../x', resource: 'a'.repeat(43) }] } },
+    { desc: 'a cache invalidation whose resource is no cache key', raw: { gateway: 'invalidate', id: 1, resources: [{ route: 'items', resource: 'x'.repeat(10_000) }] } },
+    { desc: 'a cache invalidation naming more resources than a worker queues', raw: { gateway: 'invalidate', id: 1, resources: Array.from({ length: 1025 }, () => ({ route: 'items', resource: 'a'.repeat(43) })) } },
+    { desc: 'a cache invalidation dropping something other than all', raw: { gateway: 'invalidate', id: 1, resources: 'some' } },
+    { desc: 'a cache invalidation confirmation without an id', raw: { gateway: 'invalidated' } },
   ])('ignores $desc', ({ raw }) => {
     expect(toPrimaryMessage(raw)).toBeUndefined();
   });
@@ -53,7 +61,9 @@ describe('toPrimaryMessage (what the primary acts on from a worker)', () => {
       { gateway: 'reload', id: 4 },
       { gateway: 'status', id: 5 },
       { gateway: 'pong', id: 6 },
-      { gateway: 'invalidate', route: 'items-v2', resource: 'Xk3_-9aZ0pQ1rS2tU3vW4xY5zA6bC7dE8fG9hI0jK1l' },
+      { gateway: 'invalidate', id: 8, resources: [{ route: 'items-v2', resource: 'Xk3_-9aZ0pQ1rS2tU3vW4xY5zA6bC7dE8fG9hI0jK1l' }] },
+      { gateway: 'invalidate', id: 9, resources: 'all' },
+      { gateway: 'invalidated', id: 8 },
     ];
     for (const message of messages) expect(toPrimaryMessage(message)).toEqual(message);
   });

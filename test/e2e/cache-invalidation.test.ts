@@ -1,0 +1,248 @@
+import http from 'node:http';
+import net from 'node:net';
+import { METRIC, METRIC_LABEL } from '../../otel/wire-names';
+import { namedUpstream, startGatewayProcess, type Answer, type GatewayProcess } from '../helpers/gateway-process';
+import { scrapeWhen, valueOf } from '../helpers/openmetrics';
+import { deleteKeys, isolatedKeyPrefix, startOwnRedis } from '../helpers/redis';
+
+/**
+ * Read-your-writes through the response cache (RFC 9111 4.4): a successful write is answered only once what was
+ * stored for its resource is dropped everywhere another request may read it: in the other workers of a cluster,
+ * and in the Redis store that replicas share. A client that writes, then at once reads through another worker or
+ * replica, gets the service's new answer, never the copy from before its write.
+ */
+jest.setTimeout(120_000);
+
+const MACHINE_REDIS = 'redis://127.0.0.1:6379';
+const ROUNDS = 20;
+
+type Upstream = Awaited<ReturnType<typeof namedUpstream>>;
+
+/** `/items/...`: GET answers the current version (cacheable for 5 minutes), PUT makes a new one. */
+async function versionedItems(): Promise<Upstream & { version: () => number }> {
+  let version = 1;
+  const upstream = await namedUpstream('items', (req, res) => {
+    if (req.method === 'PUT') {
+      version++;
+      res.writeHead(204).end();
+      return true;
+    }
+    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'public, max-age=300' });
+    res.end(JSON.stringify({ version }));
+    return true;
+  });
+  return { ...upstream, version: () => version };
+}
+
+const itemsConfig = (items: Upstream, extra: Record<string, unknown> = {}) => ({
+  rateLimit: { max: 1_000_000, windowMs: 60_000 },
+  services: { users: { url: items.url }, items: { url: items.url } },
+  routes: [{ name: 'items', prefix: '/items', service: 'items', upstreamPath: '', auth: 'public', cache: { ttlSeconds: 300, scope: 'public' } }],
+  ...extra,
+});
+
+/** One kept-alive connection: every request through it reaches the same gateway process (the same worker). */
+function connection(origin: string) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const request = (path: string, method = 'GET', headers: Record<string, string> = {}): Promise<Answer> =>
+    new Promise((resolve, reject) => {
+      const sent = http.request(`${origin}${path}`, { method, agent, headers }, (response) => {
+        let body = '';
+        response.setEncoding('utf8');
+        response.on('data', (chunk: string) => (body += chunk));
+        response.on('end', () => resolve({ status: response.statusCode!, headers: response.headers, body }));
+        response.on('error', reject);
+      });
+      sent.on('error', reject);
+      sent.end();
+    });
+  return { request, close: () => agent.destroy() };
+}
+type Connection = ReturnType<typeof connection>;
+
+const versionOf = (answer: Answer) => (JSON.parse(answer.body) as { version: number }).version;
+const readResult = (answer: Answer) => ({ status: answer.status, cache: answer.headers['x-cache'], version: versionOf(answer) });
+
+/** Holds the primary (SIGSTOP) for `ms`, so nothing it relays moves meanwhile; resolves once it runs again. */
+function holdPrimary(gateway: GatewayProcess, ms: number): Promise<void> {
+  process.kill(gateway.child.pid!, 'SIGSTOP');
+  return new Promise((resolve) =>
+    setTimeout(() => {
+      process.kill(gateway.child.pid!, 'SIGCONT');
+      resolve();
+    }, ms),
+  );
+}
+
+describe('a successful write through one worker of a cluster', () => {
+  let items: Awaited<ReturnType<typeof versionedItems>>;
+  let gateway: GatewayProcess;
+  let first: Connection;
+  let second: Connection;
+
+  beforeAll(async () => {
+    items = await versionedItems();
+    // No REDIS_URL: each worker keeps its copies in its own memory.
+    gateway = await startGatewayProcess({ config: itemsConfig(items), env: { GATEWAY_WORKERS: '2' } });
+    // Two connections on different workers: a copy one stored is a miss on the other's.
+    first = connection(gateway.url);
+    expect((await first.request('/items/probe')).headers['x-cache']).toBe('MISS');
+    for (let attempt = 0; ; attempt++) {
+      second = connection(gateway.url);
+      if ((await second.request('/items/probe')).headers['x-cache'] === 'MISS') break;
+      second.close();
+      if (attempt === 10) throw new Error('no connection reached the second worker');
+    }
+  });
+  afterAll(async () => {
+    first?.close();
+    second?.close();
+    if (gateway?.child.exitCode === null) process.kill(gateway.child.pid!, 'SIGCONT');
+    gateway?.child.kill('SIGKILL');
+    await items?.close();
+  });
+
+  it('is answered only once the other worker dropped its copy: a read there right after it is a MISS with the new data', async () => {
+    for (let round = 0; round < ROUNDS; round++) {
+      // Round by round the roles swap: each worker writes, each reads.
+      const [writer, reader] = round % 2 === 0 ? [first, second] : [second, first];
+      await reader.request('/items/1');
+      expect((await reader.request('/items/1')).headers['x-cache']).toBe('HIT');
+      // The primary held for a moment: before, the write's answer went out at once, while the invalidation
+      // waited in the primary, and the read below got the other worker's old copy.
+      const held = holdPrimary(gateway, 150);
+      const write = await writer.request('/items/1', 'PUT');
+      const read = await reader.request('/items/1');
+      await held;
+      expect(write.status).toBe(204);
+      expect(readResult(read)).toEqual({ status: 200, cache: 'MISS', version: items.version() });
+    }
+  });
+
+  it('answers the write within about a second when the other workers do not confirm, and says so in a warning', async () => {
+    await second.request('/items/2');
+    const from = gateway.lines.length;
+    const held = holdPrimary(gateway, 3000);
+    const started = Date.now();
+    const write = await first.request('/items/2', 'PUT');
+    const waitedMs = Date.now() - started;
+    await held;
+    expect(write.status).toBe(204);
+    expect(waitedMs).toBeGreaterThanOrEqual(900);
+    expect(waitedMs).toBeLessThan(2500);
+    expect(await gateway.waitForLine((line) => line.message === 'response cache: a write was answered before its invalidation reached every copy', { from })).toMatchObject({
+      level: 'warn',
+      route: 'items',
+      reason: expect.stringMatching(/other workers did not confirm/),
+    });
+  });
+});
+
+/**
+ * A TCP proxy to Redis that delays what the gateway sends by `delayMs` (answers come back at once): the
+ * gateway's commands reach Redis late, as across a slow network.
+ */
+async function slowRedisLink(redisUrl: string, delayMs: number): Promise<{ url: string; close: () => Promise<void> }> {
+  const target = new URL(redisUrl);
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const redis = net.connect(Number(target.port), target.hostname);
+    sockets.add(client).add(redis);
+    client.on('data', (chunk) => setTimeout(() => redis.write(chunk), delayMs));
+    redis.pipe(client);
+    const end = () => {
+      client.destroy();
+      redis.destroy();
+    };
+    client.on('close', end).on('error', end);
+    redis.on('close', end).on('error', end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    close: () =>
+      new Promise((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+describe('a successful write through one replica sharing Redis', () => {
+  const prefix = isolatedKeyPrefix();
+  let items: Awaited<ReturnType<typeof versionedItems>>;
+  let link: Awaited<ReturnType<typeof slowRedisLink>>;
+  let writer: GatewayProcess;
+  let reader: GatewayProcess;
+
+  beforeAll(async () => {
+    items = await versionedItems();
+    link = await slowRedisLink(MACHINE_REDIS, 50);
+    const config = itemsConfig(items, { cache: { redisKeyPrefix: `${prefix}:cache` } });
+    const rateLimit = { ...config.rateLimit, redisTimeoutMs: 1000, redisKeyPrefix: `${prefix}:limits` };
+    // The writer's commands reach Redis 50 ms late; the reader's at once.
+    writer = await startGatewayProcess({ config: { ...config, rateLimit }, env: { REDIS_URL: link.url } });
+    reader = await startGatewayProcess({ config: { ...config, rateLimit }, env: { REDIS_URL: MACHINE_REDIS } });
+  });
+  afterAll(async () => {
+    writer?.child.kill('SIGKILL');
+    reader?.child.kill('SIGKILL');
+    await link?.close();
+    await items?.close();
+    await deleteKeys(MACHINE_REDIS, prefix);
+  });
+
+  it('is answered only once Redis dropped the copy: a read through the other replica right after it is a MISS with the new data', async () => {
+    // One Host for both: it is part of the key, and the replicas listen on different ports.
+    const host = { host: 'items.example' };
+    const writing = connection(writer.url);
+    const reading = connection(reader.url);
+    try {
+      for (let round = 0; round < ROUNDS; round++) {
+        await reading.request('/items/1', 'GET', host);
+        expect((await reading.request('/items/1', 'GET', host)).headers['x-cache']).toBe('HIT');
+        const write = await writing.request('/items/1', 'PUT', host);
+        const read = await reading.request('/items/1', 'GET', host);
+        expect(write.status).toBe(204);
+        // Before, the write was answered as its DEL left for Redis, and the read got there first: a HIT, version 1.
+        expect(readResult(read)).toEqual({ status: 200, cache: 'MISS', version: items.version() });
+      }
+    } finally {
+      writing.close();
+      reading.close();
+    }
+  });
+});
+
+describe('a successful write while the Redis store is down', () => {
+  it('is still answered as it succeeded; the missed invalidation is logged and counted', async () => {
+    const items = await versionedItems();
+    const redis = await startOwnRedis();
+    const gateway = await startGatewayProcess({
+      config: itemsConfig(items, { rateLimit: { max: 1_000_000, windowMs: 60_000, onStoreFailure: 'allow' } }),
+      env: { REDIS_URL: redis.url, METRICS_PORT: '0' },
+    });
+    try {
+      const metricsUrl = String((await gateway.waitForLine((line) => line.message === 'metrics listener started')).url);
+      await redis.stop();
+      const from = gateway.lines.length;
+      const writing = connection(gateway.url);
+      const write = await writing.request('/items/1', 'PUT');
+      writing.close();
+      expect(write.status).toBe(204);
+      expect(await gateway.waitForLine((line) => line.message === 'response cache: a write was answered before its invalidation reached every copy', { from })).toMatchObject({
+        level: 'warn',
+        route: 'items',
+        reason: expect.stringMatching(/shared store/),
+      });
+      const failures = { [METRIC_LABEL.routeName]: 'items' };
+      const exposition = await scrapeWhen(metricsUrl, (scraped) => valueOf(scraped, METRIC.cacheInvalidationFailures, failures) === 1);
+      expect(valueOf(exposition, METRIC.cacheInvalidationFailures, failures)).toBe(1);
+    } finally {
+      gateway.child.kill('SIGKILL');
+      await redis.stop();
+      await items.close();
+    }
+  });
+});
