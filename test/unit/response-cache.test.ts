@@ -2,7 +2,9 @@ import fc from 'fast-check';
 import { ConfigError, parseConfig } from '../../src/config';
 import { cacheKey, currentAge, isFresh, parseCacheControl, retentionMs, storability, type CachedResponse, type StorabilityInput } from '../../src/response-cache';
 import type { StaleResources } from '../../src/cache-invalidations';
-import { createMemoryResponseStore, sharingInvalidations, type CacheKey } from '../../src/response-store';
+import { createGatewayApps } from '../../src/gateway';
+import { createMemoryResponseStore, sharingInvalidations, type CacheKey, type PeerInvalidations } from '../../src/response-store';
+import { memoryLogger } from '../helpers/servers';
 import { shippedConfigFile } from '../helpers/test-config';
 
 const NOW = Date.parse('2026-12-01T12:00:00Z');
@@ -187,6 +189,21 @@ describe('the in-memory store', () => {
     const memory = createMemoryResponseStore({ maxBytes: 100_000, routeMaxBytes: new Map() });
     const store = sharingInvalidations(memory, { publish: async () => false, subscribe: () => undefined });
     expect(await store.invalidate('a', 'r1')).toMatch(/other workers did not confirm within 1000 ms/);
+  });
+});
+
+describe('the store that takes the other workers\' invalidations', () => {
+  it('is let go when a reload leaves no cached route (it kept its memory and went on dropping for them)', () => {
+    let drop: ((resources: StaleResources) => void) | undefined;
+    const peers: PeerInvalidations = { publish: async () => true, subscribe: (next) => void (drop = next) };
+    const build = (cache: unknown) => {
+      const routes = (shippedConfigFile().routes as Record<string, unknown>[]).map((route) => (route.name === 'notifications' ? { ...route, cache } : route));
+      createGatewayApps(parseConfig({ ...shippedConfigFile(), routes }), { logger: memoryLogger('gateway').logger, metrics: false, cachePeers: peers });
+    };
+    build({ ttlSeconds: 30 });
+    expect(drop).toBeDefined();
+    build(undefined);
+    expect(drop).toBeUndefined();
   });
 });
 
