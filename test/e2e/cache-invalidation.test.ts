@@ -1,7 +1,7 @@
 import http from 'node:http';
 import net from 'node:net';
 import { METRIC, METRIC_LABEL } from '../../otel/wire-names';
-import { namedUpstream, startGatewayProcess, type Answer, type GatewayProcess } from '../helpers/gateway-process';
+import { namedUpstream, requestThrough, startGatewayProcess, type Answer, type GatewayProcess } from '../helpers/gateway-process';
 import { scrapeWhen, valueOf } from '../helpers/openmetrics';
 import { deleteKeys, isolatedKeyPrefix, startOwnRedis } from '../helpers/redis';
 
@@ -44,18 +44,7 @@ const itemsConfig = (items: Upstream, extra: Record<string, unknown> = {}) => ({
 /** One kept-alive connection: every request through it reaches the same gateway process (the same worker). */
 function connection(origin: string) {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-  const request = (path: string, method = 'GET', headers: Record<string, string> = {}): Promise<Answer> =>
-    new Promise((resolve, reject) => {
-      const sent = http.request(`${origin}${path}`, { method, agent, headers }, (response) => {
-        let body = '';
-        response.setEncoding('utf8');
-        response.on('data', (chunk: string) => (body += chunk));
-        response.on('end', () => resolve({ status: response.statusCode!, headers: response.headers, body }));
-        response.on('error', reject);
-      });
-      sent.on('error', reject);
-      sent.end();
-    });
+  const request = (path: string, method = 'GET', headers: Record<string, string> = {}): Promise<Answer> => requestThrough(agent, `${origin}${path}`, { method, headers });
   return { request, close: () => agent.destroy() };
 }
 type Connection = ReturnType<typeof connection>;

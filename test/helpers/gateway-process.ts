@@ -80,8 +80,13 @@ export interface Answer {
  * each to another worker.
  */
 export function requestOnNewConnection(url: string, init: { method?: string; headers?: Record<string, string> } = {}): Promise<Answer> {
+  return requestThrough(false, url, init);
+}
+
+/** One request through `agent` (a kept-alive one keeps a test's requests on one connection, so on one worker), its body read whole. */
+export function requestThrough(agent: http.Agent | false, url: string, init: { method?: string; headers?: Record<string, string> } = {}): Promise<Answer> {
   return new Promise((resolve, reject) => {
-    const request = http.request(url, { method: init.method ?? 'GET', headers: init.headers, agent: false }, (response) => {
+    const request = http.request(url, { method: init.method ?? 'GET', headers: init.headers, agent }, (response) => {
       let body = '';
       response.setEncoding('utf8');
       response.on('data', (chunk: string) => (body += chunk));
