@@ -102,14 +102,42 @@ export class KeptAcrossReloads {
   /** gRPC channels by origin (src/grpc/grpc-clients.ts): each one made is never freed, so builds share them. */
   readonly grpcClients: GrpcClientCache = new Map();
   private agent?: { maxSockets: number; agent: Agent };
+  /** Connections a newer build no longer uses, which the running one may still: closed by retireReplaced. */
+  private replaced: Agent[] = [];
 
   upstreamAgent(maxSockets: number): Agent {
     if (this.agent?.maxSockets === maxSockets) return this.agent.agent;
-    // undici closes it once the old app's exchanges on it have finished.
-    void this.agent?.agent.close();
+    // Not closed here: the running app still dispatches on it (and keeps doing so if this build fails).
+    if (this.agent) this.replaced.push(this.agent.agent);
     this.agent = { maxSockets, agent: new Agent({ connections: maxSockets, pipelining: 1 }) };
     return this.agent.agent;
   }
+
+  /**
+   * Closes the connections the build just swapped in replaced, once the build before it has no request left
+   * (`drained`) or after `boundMs`. Closed at the swap, they failed the old build's requests that had not
+   * dispatched yet (waiting on Redis, a JWKS fetch, a coalesced cache miss): undici refuses every dispatch after
+   * `close()`. After the bound, `close()` still lets exchanges under way finish; only a request that has not
+   * dispatched by then is refused (503, not counted against the instance: src/middleware/proxy.ts).
+   */
+  retireReplaced(drained: Promise<void>, boundMs: number): void {
+    const replaced = this.replaced.splice(0);
+    if (replaced.length === 0) return;
+    let bound: NodeJS.Timeout | undefined;
+    const outlived = new Promise<void>((resolve) => (bound = setTimeout(resolve, boundMs).unref()));
+    void Promise.race([drained, outlived]).then(() => {
+      clearTimeout(bound);
+      for (const agent of replaced) void agent.close();
+    });
+  }
+}
+
+/**
+ * The longest an upstream exchange of `config` may last, ms: how long a replaced build's connections are kept
+ * for requests of it still under way.
+ */
+export function longestExchangeMs(config: GatewayConfig): number {
+  return Math.max(config.proxy.deadlineMs, ...config.routes.map((route) => route.deadlineMs ?? 0));
 }
 
 export interface BuiltGateway {
@@ -133,23 +161,49 @@ export interface LiveGateway {
   apply(next: ActiveConfig): string | undefined;
 }
 
+/** A built gateway's request handlers, counting the public listener's requests until each is handled. */
+interface ServingBuild {
+  listener: http.RequestListener;
+  adminListener: http.RequestListener;
+  /** Settles once no public request that this build started is still being handled. */
+  drained(): Promise<void>;
+}
+
+function serve(built: BuiltGateway): ServingBuild {
+  const handle = built.gateway.callback();
+  const handleAdmin = built.admin.callback();
+  let handling = 0;
+  let onDrained: (() => void) | undefined;
+  // Koa's promise settles once the pipeline is through, the proxy's exchange included (never rejects).
+  const handled = () => {
+    if (--handling === 0) onDrained?.();
+  };
+  return {
+    listener: (req, res) => {
+      handling++;
+      void handle(req, res).then(handled);
+    },
+    adminListener: (req, res) => void handleAdmin(req, res),
+    drained: () => (handling === 0 ? Promise.resolve() : new Promise((resolve) => (onDrained = resolve))),
+  };
+}
+
 /** A gateway whose app can be replaced while it serves (the swap is one assignment, between requests). */
 export function createLiveGateway(initial: ActiveConfig, build: BuildGateway, logger: Logger): LiveGateway {
   const kept = new KeptAcrossReloads();
   let active = initial;
-  let built = build(initial, kept);
+  let serving = serve(build(initial, kept));
   kept.windows.sweep();
-  let handle = built.gateway.callback();
-  let handleAdmin = built.admin.callback();
   return {
-    listener: (req, res) => void handle(req, res),
-    adminListener: (req, res) => void handleAdmin(req, res),
+    listener: (req, res) => serving.listener(req, res),
+    adminListener: (req, res) => serving.adminListener(req, res),
     active: () => active,
     apply(next) {
       if (next.version === active.version) {
         active = next;
         return undefined;
       }
+      let built: BuiltGateway;
       try {
         built = build(next, kept);
       } catch (error) {
@@ -158,9 +212,11 @@ export function createLiveGateway(initial: ActiveConfig, build: BuildGateway, lo
         return why;
       }
       kept.windows.sweep();
+      const previous = serving;
+      serving = serve(built);
+      // Requests that started under the previous build finish on its connections.
+      kept.retireReplaced(previous.drained(), longestExchangeMs(active.config));
       active = next;
-      handle = built.gateway.callback();
-      handleAdmin = built.admin.callback();
       return undefined;
     },
   };

@@ -21,7 +21,20 @@ export interface UpstreamCall {
 }
 
 /** How a call to a service ended; recorded on both the client span and the gateway's server span. */
-export type UpstreamOutcome = 'ok' | 'refused' | 'timeout' | 'no_connection' | 'deadline' | 'reset' | 'aborted_by_upstream' | 'client_closed' | 'body_too_large' | 'body_too_slow' | 'bad_response';
+export type UpstreamOutcome =
+  | 'ok'
+  | 'refused'
+  | 'timeout'
+  | 'no_connection'
+  | 'deadline'
+  | 'reset'
+  | 'aborted_by_upstream'
+  | 'client_closed'
+  | 'body_too_large'
+  | 'body_too_slow'
+  | 'bad_response'
+  /** The gateway had closed the connections the request was to use (a reload replaced them): not the service's doing. */
+  | 'connections_closed';
 
 export function startUpstreamSpan(tracer: Tracer, call: UpstreamCall, parent: Context = context.active()): Span {
   const { instance } = call;

@@ -403,6 +403,8 @@ export function createProxy(options: ProxyOptions): Middleware {
           throw new GatewayError('upstream_timeout', `The ${route.service} service sent nothing for ${route.timeoutMs} ms.`, { cause: exchange.failure });
         case 'aborted_by_upstream':
           throw new GatewayError('upstream_reset', `The ${route.service} service closed the connection mid-response.`);
+        case 'connections_closed':
+          throw new GatewayError('upstream_unavailable', `The gateway's connections to the ${route.service} service were replaced by a config reload while this request waited; try again.`, { cause: exchange.failure });
         case 'bad_response':
           if (exchange.badResponse === undefined) throw upstreamFailure(route.service, exchange.failure);
           throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with ${exchange.badResponse}.`);
@@ -489,10 +491,21 @@ function outcomeOf(exchange: Exchange): UpstreamOutcome {
   if (exchange.timedOut) return exchange.waitedForConnection ? 'no_connection' : 'timeout';
   if (exchange.upstreamAborted) return 'aborted_by_upstream';
   if (exchange.clientClosed) return 'client_closed';
+  if (exchange.failure && closedByGateway(exchange.failure)) return 'connections_closed';
   // An answer that is not HTTP counts as a failed connection (retried elsewhere, ejecting an instance that keeps
   // sending it); only its error code says what it was (upstreamFailure: upstream_bad_response).
   if (exchange.failure) return upstreamUnreachable(exchange.failure) ? 'refused' : headersOverflow(exchange.failure) ? 'bad_response' : 'reset';
   return 'ok';
+}
+
+/**
+ * undici refused the dispatch because the gateway had closed (or destroyed) the connections itself: a reload
+ * retired them (src/config-reload.ts). Counted against the instance, it ejected a healthy one, and the next
+ * config inherited the ejection with the pool.
+ */
+function closedByGateway(failure: Error): boolean {
+  const { code } = failure as NodeJS.ErrnoException;
+  return code === 'UND_ERR_CLOSED' || code === 'UND_ERR_DESTROYED';
 }
 
 /**

@@ -141,6 +141,32 @@ describe('config reload (one process)', () => {
     expect(finished.body.trim().split('\n')).toHaveLength(6);
   });
 
+  it('finishes requests that started before a reload changing proxy.maxSockets on the old connections, ejecting no instance (they got 503 and the service was ejected)', async () => {
+    // 1.5 s and not storable: requests coalesced behind the first cache miss go to the service themselves once it
+    // answers, after the reload, on the connections of the build they started under.
+    const slow = await namedUpstream('slow', (_req, res) => {
+      setTimeout(() => res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end('{"upstream":"slow"}'), 1500);
+      return true;
+    });
+    try {
+      const routes = [route('cached', 'slow', { cache: { ttlSeconds: 60, scope: 'public' } }), route('direct', 'slow')];
+      const withMaxSockets = (maxSockets: number) => config({ services: { slow: slow.url }, routes, extra: { proxy: { maxSockets } } });
+      gateway = await startGatewayProcess({ config: withMaxSockets(256) });
+      const first = upstreamOf('/cached/x');
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const waiting = Array.from({ length: 4 }, () => upstreamOf('/cached/x'));
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      gateway.writeConfig(withMaxSockets(128));
+      expect((await reload()).body.status).toBe('reloaded');
+      expect(await Promise.all([first, ...waiting])).toEqual(['slow', 'slow', 'slow', 'slow', 'slow']);
+      // The service was not blamed for the gateway's own closed connections, so the next config still reaches it.
+      expect(await upstreamOf('/direct/y')).toBe('slow');
+      expect(gateway.lines.filter((line) => JSON.stringify(line).includes('UND_ERR_CLOSED'))).toEqual([]);
+    } finally {
+      await slow.close();
+    }
+  });
+
   it('keeps the connections of unchanged upstreams and the counts of unchanged limits', async () => {
     gateway = await startGatewayProcess({ config: config({ routes: [route('gamma', 'gamma'), route('limited', 'alpha', { rateLimit: { max: 3, windowMs: 60_000 } })] }) });
     expect(await upstreamOf('/gamma/1')).toBe('gamma');

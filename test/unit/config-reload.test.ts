@@ -1,5 +1,5 @@
 import { ConfigError, parseConfig, type GatewayConfig } from '../../src/config';
-import { activeConfig, checkReload, configVersion, keepRestartOnly, RESTART_ONLY_KEYS } from '../../src/config-reload';
+import { activeConfig, checkReload, configVersion, keepRestartOnly, KeptAcrossReloads, RESTART_ONLY_KEYS } from '../../src/config-reload';
 import { RateLimitWindows } from '../../src/rate-limit-store';
 import http from 'node:http';
 import type { ConfigControl } from '../../src/admin';
@@ -141,6 +141,41 @@ describe('RateLimitWindows', () => {
     const [againA, againB] = [windows.for('default|100|60000', 10), windows.for('default|100|60000', 10)];
     expect(againA).toBe(a);
     expect(againB).toBe(b);
+  });
+});
+
+describe('upstream connections replaced by a reload (proxy.maxSockets changed)', () => {
+  let upstream: TestServer;
+  beforeAll(async () => {
+    upstream = await listen((_req, res) => res.end('{}'));
+  });
+  afterAll(() => upstream.close());
+
+  const config = (maxSockets: number) =>
+    testConfig({ users: upstream.url, orders: upstream.url, notifications: upstream.url }, {
+      proxy: { maxSockets },
+      services: { users: { url: upstream.url, ejectAfterFailures: 1 }, orders: { url: upstream.url }, notifications: { url: upstream.url } },
+      routes: [{ name: 'open', prefix: '/open', service: 'users', upstreamPath: '', auth: 'public' }],
+    });
+
+  it('closes them after the bound when the old build never drains, and counts a request refused on them against no instance (it ejected a healthy one)', async () => {
+    const { logger } = memoryLogger('gateway');
+    const kept = new KeptAcrossReloads();
+    const old = await listen(createGatewayApps(config(256), { logger, metrics: false, kept }).gateway.callback());
+    const current = await listen(createGatewayApps(config(128), { logger, metrics: false, kept }).gateway.callback());
+    try {
+      kept.retireReplaced(new Promise(() => {}), 20);
+      // Still open until the bound: a request of the old build finishes on them.
+      expect((await fetch(`${old.url}/open/1`)).status).toBe(200);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const refused = await fetch(`${old.url}/open/1`);
+      expect(refused.status).toBe(503);
+      expect(await refused.json()).toMatchObject({ code: 'upstream_unavailable', detail: expect.stringContaining('config reload') });
+      expect(kept.pools.get('users')!.pool.health()).toEqual([expect.objectContaining({ state: 'healthy', consecutiveFailures: 0 })]);
+      expect((await fetch(`${current.url}/open/1`)).status).toBe(200);
+    } finally {
+      await Promise.all([old.close(), current.close()]);
+    }
   });
 });
 
