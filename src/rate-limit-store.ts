@@ -134,7 +134,8 @@ export class RateLimitWindows {
   private asked = new Set<string>();
 
   for(policy: string, maxTrackedClients: number): BoundedWindowStore {
-    // Two limiters of one build with the same policy (a route named `default`) still count apart, as before.
+    // Two limiters of one build with the same policy still count apart. The config makes none (route names and
+    // consumer ids are unique, route windows are `route:<name>`): this keeps a slip of the builder from merging two.
     let key = policy;
     for (let n = 2; this.asked.has(key); n++) key = `${policy}#${n}`;
     this.asked.add(key);

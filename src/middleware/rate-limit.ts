@@ -52,8 +52,14 @@ export type RateLimitStore =
   | { kind: 'redis'; client: Redis; keyPrefix: string };
 
 export interface RateLimiterOptions {
-  /** Policy name, shown in `RateLimit-Policy` and part of the store key. */
+  /** Policy name, shown in `RateLimit-Policy`, logs and metrics, and part of the store key. */
   name: string;
+  /**
+   * Whose policy it is: a route's (`routes[].rateLimit`, named after the route) or the gateway's own (`default`,
+   * `login`, `login-account`, `consumer-<id>`). Route windows are stored under `route:<name>`, so a route named
+   * like one of the gateway's policies never counts with it (a route named `login` spent the login attempts).
+   */
+  owner: 'route' | 'gateway';
   max: number;
   windowMs: number;
   store: RateLimitStore;
@@ -94,15 +100,18 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
   // koa-ratelimit asks for the key through `id(ctx)`; check() decides it and hands it over here.
   const keys = new WeakMap<Context, string>();
   const id = (ctx: Context) => keys.get(ctx) ?? clientNetworkKey(ctx.ip, ipv6PrefixLength);
+  // Where its windows are, in every store. The gateway's own keep their bare names (none starts with `route:`),
+  // so their counts in Redis carry over an upgrade; a route's start afresh once under the new key.
+  const storeName = options.owner === 'route' ? `route:${options.name}` : options.name;
   // The policy's identity for windows kept across reloads: an unchanged limit keeps its counts.
-  const windowPolicy = `${options.name}|${options.max}|${options.windowMs}`;
+  const windowPolicy = `${storeName}|${options.max}|${options.windowMs}`;
   const limit =
     store.kind === 'primary'
       ? createPrimaryLimit({ client: store.client, policy: windowPolicy, max: options.max, windowMs: options.windowMs, id })
       : ratelimit({
           ...(store.kind === 'redis'
-            ? { driver: 'redis' as const, db: store.client, namespace: `${store.keyPrefix}:${options.name}` }
-            : { driver: 'memory' as const, db: store.windows?.for(windowPolicy, store.maxTrackedClients) ?? new BoundedWindowStore(store.maxTrackedClients), namespace: options.name }),
+            ? { driver: 'redis' as const, db: store.client, namespace: `${store.keyPrefix}:${storeName}` }
+            : { driver: 'memory' as const, db: store.windows?.for(windowPolicy, store.maxTrackedClients) ?? new BoundedWindowStore(store.maxTrackedClients), namespace: storeName }),
           duration: options.windowMs,
           max: options.max,
           id,

@@ -1,10 +1,11 @@
 import { Redis } from 'ioredis';
 import { createGateway } from '../../src/gateway';
-import { createRedisStore } from '../../src/rate-limit-store';
+import type { GatewayDependencies } from '../../src/gateway';
+import { createRedisStore, type PrimaryStoreClient } from '../../src/rate-limit-store';
 import { deleteKeys, isolatedKeyPrefix, requireRedis, startOwnRedis, type OwnRedis } from '../helpers/redis';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
-import { shippedConfigFile } from '../helpers/test-config';
+import { shippedConfigFile, testConfig } from '../helpers/test-config';
 import { waitFor } from '../helpers/wait';
 
 const MACHINE_REDIS = 'redis://127.0.0.1:6379';
@@ -50,6 +51,80 @@ describe('rate limits shared through Redis', () => {
     expect(statuses).toEqual([200, 200, 200, 200, 200, 200, 429, 429]);
     const keys = await clients[0]!.keys(`${prefix}:*`);
     expect(keys.length).toBeGreaterThan(0);
+  });
+});
+
+describe('a route named like one of the gateway\'s own limits', () => {
+  let upstream: TestServer;
+  const prefix = isolatedKeyPrefix();
+  let redis: Redis | undefined;
+  beforeAll(async () => {
+    // The routes answer 200; the credential check refuses every login (401), so only the limits differ.
+    upstream = await listen((req, res) => {
+      const refused = req.url?.startsWith('/internal/');
+      res.writeHead(refused ? 401 : 200, { 'content-type': 'application/json' }).end(refused ? '{"code":"invalid_credentials"}' : '{}');
+    });
+  });
+  afterAll(async () => {
+    await upstream?.close();
+    redis?.disconnect();
+    await deleteKeys(MACHINE_REDIS, prefix);
+  });
+
+  /** The cluster primary's windows as a worker asks for them: one count per policy and client, nothing leased. */
+  function primaryWindows(): PrimaryStoreClient {
+    const used = new Map<string, number>();
+    return {
+      take: async (policy, client, max, windowMs) => {
+        const key = `${policy} ${client}`;
+        const before = used.get(key) ?? 0;
+        if (before < max) used.set(key, before + 1);
+        return { remaining: max - before, reset: Math.ceil((Date.now() + windowMs) / 1000), total: max };
+      },
+    };
+  }
+
+  const stores: { desc: string; store: () => Promise<Partial<GatewayDependencies>> }[] = [
+    {
+      desc: 'Redis',
+      store: async () => {
+        redis = createRedisStore({ url: MACHINE_REDIS, commandTimeoutMs: 500, logger: memoryLogger('gateway').logger });
+        await requireRedis(redis, MACHINE_REDIS);
+        return { redis };
+      },
+    },
+    { desc: 'the cluster primary', store: async () => ({ primaryStore: primaryWindows() }) },
+    { desc: 'memory', store: async () => ({}) },
+  ];
+
+  it.each(stores)('counts apart from it in $desc: ten requests on routes named login and default spent the login attempts and the global limit', async ({ store }) => {
+    const deps = await store();
+    // Each route's limit is the one of the gateway's policy it is named after (10 per minute): the same policy in
+    // every store key but the owner.
+    const limit = { max: 10, windowMs: 60_000 };
+    const route = (name: string, prefixPath: string, rateLimit?: typeof limit) => ({ name, prefix: prefixPath, service: 'users', upstreamPath: '', auth: 'public', ...(rateLimit && { rateLimit }) });
+    const config = testConfig(
+      { users: upstream.url, orders: upstream.url, notifications: upstream.url },
+      { rateLimit: { ...limit, redisKeyPrefix: prefix, ...(deps.redis && { redisUrl: MACHINE_REDIS }) }, routes: [route('login', '/sso', limit), route('default', '/fallback', limit), route('plain', '/plain')] },
+    );
+    const gateway = await listen(createGateway(config, { logger: memoryLogger('gateway').logger, metrics: false, ...deps }).callback());
+    try {
+      const statuses = async (path: string, times: number, init?: RequestInit) => {
+        const answers: number[] = [];
+        for (let i = 0; i < times; i++) answers.push((await fetch(`${gateway.url}${path}`, init)).status);
+        return answers;
+      };
+      expect(await statuses('/sso/page', 10)).toEqual(Array(10).fill(200));
+      expect(await statuses('/fallback/page', 10)).toEqual(Array(10).fill(200));
+      const loginBody = { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'nobody@example.com', password: 'wrong-password' }) };
+      // The login attempts and the global limit are untouched: these were 429.
+      expect(await statuses('/api/auth/login', 1, loginBody)).toEqual([401]);
+      expect(await statuses('/plain/page', 1)).toEqual([200]);
+      // And the other way round: the routes' own windows are spent, each on its own.
+      expect(await statuses('/sso/page', 1)).toEqual([429]);
+    } finally {
+      await gateway.close();
+    }
   });
 });
 
