@@ -174,13 +174,29 @@ export interface RedisStoreOptions {
 const FAILURE_LOG_INTERVAL_MS = 10_000;
 
 /**
+ * The part of Redis's `maxmemory` past which the cache stores nothing more. The rate-limit windows live in the
+ * same Redis, and every key of both has a TTL, so no eviction policy tells them apart: a cache filling Redis to
+ * its cap made it evict the least recently used keys, which were the windows of clients idle for a while (their
+ * counts started over). Below this share, the cache never makes Redis evict; its entries leave as they expire.
+ */
+const CACHE_SHARE_OF_MAXMEMORY = 0.75;
+
+/**
  * Stores a variant (ARGV[1], value ARGV[2], retention ARGV[3] ms from ARGV[4], now in ms) in its resource's hash
  * (KEYS[1]) and its end in a sorted set beside it (KEYS[2]); both live as long as their longest variant. Every
  * store first drops variants past their retention (64 at most): the hash's TTL is extended by each new
  * variant, so on a resource stored for many callers or header values it may never expire, and dead variants
- * would otherwise pile up in it without bound (a per-field TTL needs Redis 7.4).
+ * would otherwise pile up in it without bound (a per-field TTL needs Redis 7.4). Returns 0, storing nothing,
+ * when Redis has a `maxmemory` and the value would take it past ARGV[5] of it (CACHE_SHARE_OF_MAXMEMORY); a Redis
+ * that does not let a script read INFO stores as if it had none.
  */
 const STORE_VARIANT = `
+local memory = redis.pcall('INFO', 'memory')
+if type(memory) == 'string' then
+  local maxmemory = tonumber(string.match(memory, 'maxmemory:(%d+)')) or 0
+  local used = tonumber(string.match(memory, 'used_memory:(%d+)')) or 0
+  if maxmemory > 0 and used + #ARGV[2] > maxmemory * tonumber(ARGV[5]) then return 0 end
+end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 64)
 if #expired > 0 then
   redis.call('HDEL', KEYS[1], unpack(expired))
@@ -195,8 +211,8 @@ return 1`;
 
 /**
  * Entries shared by every replica, in Redis: one hash per resource (so an unsafe request drops all its
- * variants with one DEL), a field per variant, and when each variant ends (see STORE_VARIANT). Redis bounds
- * its own memory (`maxmemory` with an LRU policy); entry size is still bounded by `cache.maxEntryBytes`. The client fails fast (src/rate-limit-store.ts), and
+ * variants with one DEL), a field per variant, and when each variant ends (see STORE_VARIANT). The cache takes
+ * at most CACHE_SHARE_OF_MAXMEMORY of Redis's `maxmemory`; entry size is still bounded by `cache.maxEntryBytes`. The client fails fast (src/rate-limit-store.ts), and
  * any failure is a miss: the request goes to the service. A value is 4 bytes of metadata length, the
  * metadata as JSON, then the body as it is.
  */
@@ -237,7 +253,8 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
       const length = Buffer.alloc(4);
       length.writeUInt32BE(metaBytes.length, 0);
       try {
-        await client.eval(STORE_VARIANT, 2, redisKey(route, key.resource), endsKey(route, key.resource), key.variant, Buffer.concat([length, metaBytes, body]), ttl, storedAt);
+        const stored = await client.eval(STORE_VARIANT, 2, redisKey(route, key.resource), endsKey(route, key.resource), key.variant, Buffer.concat([length, metaBytes, body]), ttl, storedAt, CACHE_SHARE_OF_MAXMEMORY);
+        if (stored === 0) failed('set', new Error(`Redis is past ${CACHE_SHARE_OF_MAXMEMORY * 100}% of its maxmemory: the answer is not stored, the rate-limit windows keep the rest`));
       } catch (error) {
         failed('set', error);
       }

@@ -6,6 +6,7 @@ import { deleteKeys, isolatedKeyPrefix, requireRedis, startOwnRedis, type OwnRed
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile, testConfig } from '../helpers/test-config';
+import { readCompose, service } from '../stack/stack-files';
 import { waitFor } from '../helpers/wait';
 
 const MACHINE_REDIS = 'redis://127.0.0.1:6379';
@@ -122,6 +123,57 @@ describe('a route named like one of the gateway\'s own limits', () => {
       expect(await statuses('/plain/page', 1)).toEqual([200]);
       // And the other way round: the routes' own windows are spent, each on its own.
       expect(await statuses('/sso/page', 1)).toEqual([429]);
+    } finally {
+      await gateway.close();
+    }
+  });
+});
+
+describe('a Redis run as shipped, filled with cached answers', () => {
+  let own: OwnRedis | undefined;
+  let upstream: TestServer | undefined;
+  let client: Redis | undefined;
+  afterAll(async () => {
+    client?.disconnect();
+    await upstream?.close();
+    await own?.stop();
+  });
+
+  it('keeps an idle rate-limit window while the cache fills it to its maxmemory (it was evicted, the client\'s count started over)', async () => {
+    // Compose's command (the cluster runs the same: test/stack/kubernetes-wiring.test.ts), with a cap of 8 MB
+    // instead of 96 so that 48 answers of 256 KiB overfill it.
+    const [, ...shipped] = service(readCompose(), 'redis').command;
+    expect(shipped).toEqual(expect.arrayContaining(['--maxmemory-policy', 'volatile-lru']));
+    own = await startOwnRedis([...shipped, '--maxmemory', '8mb']);
+    const body = 'x'.repeat(256 * 1024);
+    upstream = await listen((_req, res) => res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=300' }).end(body));
+    client = createRedisStore({ url: own.url, commandTimeoutMs: 500, logger: memoryLogger('gateway').logger });
+    await requireRedis(client, own.url);
+    const route = (name: string, extra: Record<string, unknown>) => ({ name, prefix: `/${name}`, service: 'users', upstreamPath: '', auth: 'public', ...extra });
+    const config = testConfig(
+      { users: upstream.url, orders: upstream.url, notifications: upstream.url },
+      {
+        rateLimit: { max: 1_000_000, windowMs: 60_000, redisUrl: own.url },
+        routes: [route('limited', { rateLimit: { max: 3, windowMs: 300_000 } }), route('cached', { cache: { ttlSeconds: 300, scope: 'public' } })],
+      },
+    );
+    const gateway = await listen(createGateway(config, { logger: memoryLogger('gateway').logger, metrics: false, redis: client }).callback());
+    try {
+      const status = async (path: string) => {
+        const response = await fetch(`${gateway.url}${path}`);
+        await response.arrayBuffer();
+        return response.status;
+      };
+      expect([await status('/limited/a'), await status('/limited/b')]).toEqual([200, 200]);
+      for (let page = 0; page < 48; page++) expect(await status(`/cached/${page}`)).toBe(200);
+      const memory = await client.info('memory');
+      const used = Number(/used_memory:(\d+)/.exec(memory)![1]);
+      expect(used).toBeLessThanOrEqual(8 * 1024 * 1024);
+      // One request left of three, then the limit: the window was not evicted for the cached answers.
+      expect([await status('/limited/c'), await status('/limited/d')]).toEqual([200, 429]);
+      expect(Number(/evicted_keys:(\d+)/.exec(await client.info('stats'))![1])).toBe(0);
+      // The cache still answers from what it stored before it reached its share.
+      expect((await fetch(`${gateway.url}/cached/0`)).headers.get('x-cache')).toBe('HIT');
     } finally {
       await gateway.close();
     }

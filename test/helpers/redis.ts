@@ -47,14 +47,17 @@ export interface OwnRedis {
   resume(): void;
 }
 
-/** A redis-server of the test's own on a free loopback port, which the test may stop and start again. */
-export async function startOwnRedis(): Promise<OwnRedis> {
+/**
+ * A redis-server of the test's own on a free loopback port, which the test may stop and start again. `args`:
+ * its settings (default: no persistence, as shipped).
+ */
+export async function startOwnRedis(args: readonly string[] = ['--save', '', '--appendonly', 'no']): Promise<OwnRedis> {
   const port = await freePort();
   let child: ChildProcess | undefined;
   const url = `redis://127.0.0.1:${port}`;
   const start = async () => {
     let spawnError: Error | undefined;
-    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    child = spawn('redis-server', [...args, '--port', String(port), '--bind', '127.0.0.1'], { stdio: 'ignore' });
     // Without a listener, a missing redis-server binary (ENOENT) would be an uncaught 'error' event.
     child.on('error', (error) => (spawnError = error));
     for (let attempt = 0; attempt < 100; attempt++) {

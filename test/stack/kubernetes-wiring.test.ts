@@ -189,6 +189,24 @@ describe('configuration from the repository files (one source of truth)', () => 
     expect(loadServiceEnv(key, { ...env, GATEWAY_SIGNING_KEY: RANDOM_KEY }).PORT).toBe(resolvePort(container(name), 'http'));
   });
 
+  it('caps Redis below its memory limit, evicting only keys that expire, with the same command as compose', () => {
+    // The rate-limit windows and the shared response cache live in it; without a cap the cache grew past the
+    // limit and the kernel killed Redis, every window with it. src/response-store.ts keeps the cache below 3/4 of
+    // the cap, so volatile-lru never evicts windows for cached answers (test/gateway/shared-rate-limit.test.ts).
+    const args = container('redis').args ?? [];
+    const option = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
+    expect(option('--maxmemory-policy')).toBe('volatile-lru');
+    const maxmemory = /^(\d+)mb$/.exec(option('--maxmemory') ?? '');
+    expect(maxmemory).not.toBeNull();
+    const limit = container('redis').resources?.limits?.memory ?? '';
+    expect(limit).toMatch(/^\d+Mi$/);
+    // Redis's `mb` is MiB. A quarter of the limit at least is left for what maxmemory does not count
+    // (allocator fragmentation, client buffers, the process itself).
+    expect(Number(maxmemory![1])).toBeGreaterThan(0);
+    expect(Number(maxmemory![1])).toBeLessThanOrEqual(parseInt(limit, 10) * 0.75);
+    expect(service(compose, 'redis').command).toEqual(args);
+  });
+
   it('sizes the Collector above its memory_limiter, so the limiter acts before the kernel kills it', () => {
     const collectorConfig = asMap(readYaml('otel/collector.yaml'), 'otel/collector.yaml');
     const limiter = asMap(asMap(collectorConfig.processors, 'processors').memory_limiter, 'memory_limiter');
