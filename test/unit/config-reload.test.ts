@@ -158,23 +158,51 @@ describe('upstream connections replaced by a reload (proxy.maxSockets changed)',
       routes: [{ name: 'open', prefix: '/open', service: 'users', upstreamPath: '', auth: 'public' }],
     });
 
-  it('closes them after the bound when the old build never drains, and counts a request refused on them against no instance (it ejected a healthy one)', async () => {
+  /** The old build's and the new build's apps on one KeptAcrossReloads, the new one with other `maxSockets`. */
+  async function reloaded() {
     const { logger } = memoryLogger('gateway');
     const kept = new KeptAcrossReloads();
     const old = await listen(createGatewayApps(config(256), { logger, metrics: false, kept }).gateway.callback());
     const current = await listen(createGatewayApps(config(128), { logger, metrics: false, kept }).gateway.callback());
+    return { kept, old, current, close: () => Promise.all([old.close(), current.close()]) };
+  }
+
+  /** Asks the old build until its replaced connections refuse it (a 503), at most `withinMs`. */
+  async function refusedOn(url: string, withinMs: number): Promise<Response> {
+    const deadline = Date.now() + withinMs;
+    for (;;) {
+      const answer = await fetch(`${url}/open/1`);
+      if (answer.status !== 200 || Date.now() > deadline) return answer;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  }
+
+  it('keeps them open while the old build has requests, and closes them once it has none', async () => {
+    const { kept, old, current, close } = await reloaded();
+    try {
+      let drain!: () => void;
+      kept.retireReplaced(new Promise((resolve) => (drain = resolve)), 60_000);
+      // Not drained: a request of the old build still finishes on them, however long it waited to dispatch.
+      expect((await fetch(`${old.url}/open/1`)).status).toBe(200);
+      drain();
+      expect((await refusedOn(old.url, 5_000)).status).toBe(503);
+      expect((await fetch(`${current.url}/open/1`)).status).toBe(200);
+    } finally {
+      await close();
+    }
+  });
+
+  it('closes them after the bound when the old build never drains, and counts a request refused on them against no instance (it ejected a healthy one)', async () => {
+    const { kept, old, current, close } = await reloaded();
     try {
       kept.retireReplaced(new Promise(() => {}), 20);
-      // Still open until the bound: a request of the old build finishes on them.
-      expect((await fetch(`${old.url}/open/1`)).status).toBe(200);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      const refused = await fetch(`${old.url}/open/1`);
+      const refused = await refusedOn(old.url, 5_000);
       expect(refused.status).toBe(503);
       expect(await refused.json()).toMatchObject({ code: 'upstream_unavailable', detail: expect.stringContaining('config reload') });
       expect(kept.pools.get('users')!.pool.health()).toEqual([expect.objectContaining({ state: 'healthy', consecutiveFailures: 0 })]);
       expect((await fetch(`${current.url}/open/1`)).status).toBe(200);
     } finally {
-      await Promise.all([old.close(), current.close()]);
+      await close();
     }
   });
 });
