@@ -41,11 +41,12 @@ const REBUILT_FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-fo
 export function isForbiddenClientHeader(name: string, underscores: UnderscoreHeaderPolicy): boolean {
   if (name.includes('_')) {
     if (underscores !== 'allow') return true;
-    // Allowed, but never as a twin of an owned, rewriting or forwarding name: CGI, PHP, Rack and WSGI read
-    // `x_user_id` as `X-User-Id` (and `x_forwarded_host` as `X-Forwarded-Host`), so under any spelling those names
-    // stay the gateway's. No trusted proxy writes the `_` spelling of a forwarding header.
+    // Allowed, but never as a twin of an owned, rewriting or forwarding name, nor of the request id and API key
+    // the gateway writes and reads: CGI, PHP, Rack and WSGI read `x_user_id` as `X-User-Id` (and
+    // `x_forwarded_host` as `X-Forwarded-Host`, `x_request_id` as the gateway's `X-Request-Id`), so under any
+    // spelling those names stay the gateway's. No trusted proxy writes the `_` spelling of a forwarding header.
     name = name.replaceAll('_', '-');
-    if (isForwardingHeader(name)) return true;
+    if (isForwardingHeader(name) || name === HEADER.requestId || name === HEADER.apiKey) return true;
   }
   return GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) || NEVER_FROM_CLIENTS.has(name) || FOREIGN_IDENTITY_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix));
 }
@@ -122,11 +123,9 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
     (name) =>
       isForbiddenClientHeader(name, input.underscores) ||
       // An API key is the gateway's credential alone, in either header and any spelling a service might read
-      // (the scheme before a tab; `X_API_Key`, which CGI-style servers read as X-API-Key), even where the route
-      // forwards Authorization.
+      // (the scheme before a tab; `X_API_Key` is isForbiddenClientHeader's), even where the route forwards Authorization.
       (name === HEADER.authorization && (!input.forwardAuthorization || API_KEY_SCHEME.test(String(client.authorization)))) ||
       name === HEADER.apiKey ||
-      (input.underscores === 'allow' && name.includes('_') && name.replaceAll('_', '-') === HEADER.apiKey) ||
       name === HEADER.requestId ||
       name === 'host' ||
       // HTTP/2 pseudo-headers (`:authority`, `:path`, ...) describe this hop's request line, already turned into Host and path.
