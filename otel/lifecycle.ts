@@ -508,6 +508,19 @@ export function isLocalHost(host: string | undefined): boolean {
   return isIP(name) === 4 || name === 'localhost' || name.endsWith('.localhost');
 }
 
+/** One DNS label: a compose service or a cluster-local short Service name (`gateway`, `koa-gateway-metrics`). */
+const SINGLE_LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/**
+ * isLocalHost, or a single-label name: the Host Prometheus sends when it scrapes a container by its service name
+ * (`gateway:9464` in compose), which the metrics listener refused, so the shipped stack never scraped it. A
+ * rebinding page needs a name its author's DNS answers for, and such a name has a dot; a single label resolves
+ * only through the scraper's own search domains. The admin listener, which can reload, keeps isLocalHost.
+ */
+export function isScrapeHost(host: string | undefined): boolean {
+  return isLocalHost(host) || SINGLE_LABEL.test(host!.toLowerCase().replace(/:\d*$/, ''));
+}
+
 export interface InternalListenerOptions {
   port: number;
   host: string;

@@ -1,7 +1,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import http from 'node:http';
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, type OpenMetricsContentType } from 'prom-client';
-import { isLocalHost, listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
+import { isScrapeHost, listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
 import type { Logger } from '../otel/logger';
 import { METRIC, METRIC_LABEL, RATE_LIMIT_DECISIONS, type RateLimitDecision } from '../otel/wire-names';
 import type { ErrorCode } from './errors';
@@ -144,8 +144,8 @@ export function metricsRequestListener(registry: Registry<OpenMetricsContentType
 function scrapeListener(collect: () => Promise<string>, contentType: string, logger?: Logger): http.RequestListener {
   return function serveMetrics(req, res) {
     // The series name instance addresses: not for a page that reached this listener by DNS rebinding (src/admin.ts does the same).
-    if (!isLocalHost(req.headers.host)) {
-      res.writeHead(421, { 'content-type': 'text/plain; charset=utf-8' }).end('Misdirected request: the metrics listener answers requests for an IP address or localhost only.\n');
+    if (!isScrapeHost(req.headers.host)) {
+      res.writeHead(421, { 'content-type': 'text/plain; charset=utf-8' }).end('Misdirected request: the metrics listener answers requests for an IP address, localhost or a single-label name (a compose service) only.\n');
       return;
     }
     const path = (req.url ?? '').split('?', 1)[0];

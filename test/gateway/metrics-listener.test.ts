@@ -2,6 +2,7 @@ import http from 'node:http';
 import { createGatewayMetrics, listenMetrics, type MetricsListener } from '../../src/metrics';
 import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics } from '../helpers/openmetrics';
 import { startStack, type TestStack } from '../helpers/stack';
+import { asList, asMap, asString, readYaml } from '../stack/stack-files';
 
 const timeouts = { headersMs: 5000, requestMs: 10_000, keepAliveMs: 5000 };
 
@@ -51,8 +52,22 @@ describe('the metrics listener (listenMetrics)', () => {
     { host: '127.0.0.1:9000', status: 200 },
     { host: '[::1]:9000', status: 200 },
     { host: 'localhost:9000', status: 200 },
+    // Prometheus scraping a container by its service name (otel/prometheus.yaml's `gateway:9464`).
+    { host: 'gateway:9464', status: 200 },
+    { host: 'koa-gateway-metrics', status: 200 },
+    { host: 'gateway.:9464', status: 421 },
+    { host: 'gateway.attacker.example:9464', status: 421 },
+    { host: '-gateway:9464', status: 421 },
   ])('answers a scrape with Host $host with $status', async ({ host, status }) => {
     expect(await scrape(host)).toBe(status);
+  });
+
+  it('answers the shipped Prometheus (otel/prometheus.yaml), which scrapes the gateway by its compose name', async () => {
+    const jobs = asList(asMap(readYaml('otel/prometheus.yaml'), 'otel/prometheus.yaml').scrape_configs, 'scrape_configs').map((job) => asMap(job, 'scrape_configs[]'));
+    const gateway = jobs.find((job) => job.job_name === 'gateway')!;
+    const targets = asList(asMap(asList(gateway.static_configs, 'static_configs')[0], 'static_configs[0]').targets, 'targets').map((target) => asString(target, 'target'));
+    expect(targets.length).toBeGreaterThan(0);
+    for (const target of targets) expect(await scrape(target)).toBe(200);
   });
 
   it('stops answering once closed', async () => {
