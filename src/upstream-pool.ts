@@ -60,6 +60,8 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
   const now = options.now ?? Date.now;
   const instances: InstanceState[] = options.origins.map((origin) => ({ ...parseOrigin(origin), consecutiveFailures: 0, ejectedUntil: 0 }));
   if (options.metrics) {
+    // Known from the start, as the ejections below: rate() and increase() need a sample from before the first retry.
+    options.metrics.upstreamRetries.inc({ [METRIC_LABEL.upstreamService]: options.service }, 0);
     const ejections = options.metrics.upstreamEjections;
     for (const instance of instances) {
       // `host:port` is bounded by the config; the series exists (at 0) before the first ejection.
