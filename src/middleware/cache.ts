@@ -45,7 +45,8 @@ const UNKEYED_FORWARDING_HEADERS = new Set<string>([...CLIENT_ADDRESS_HEADERS, '
 /**
  * The forwarding headers a trusted proxy sent that pass on to the service as they came (the listed ones and any
  * other `X-Forwarded-*`: frameworks build absolute links and decisions from them), as the service hears them,
- * one `name: value` per line in name order: part of the key. From anyone else they were removed before this.
+ * one `name: value` per line in name order: part of the variant (a write drops the copies stored under every
+ * value). From anyone else they were removed before this.
  */
 function keyedForwardingHeaders(headers: IncomingHttpHeaders, heard: (name: string) => string | null): string {
   const keyed: string[] = [];
@@ -59,6 +60,23 @@ function keyedForwardingHeaders(headers: IncomingHttpHeaders, heard: (name: stri
 
 /** The request directive `only-if-cached` in a Cache-Control list. */
 const ONLY_IF_CACHED = /(?:^|[\s,])only-if-cached(?=$|[\s,])/i;
+
+/** The port each scheme means when the Host names none. */
+const DEFAULT_PORTS: Readonly<Record<string, string>> = { http: ':80', https: ':443' };
+
+/**
+ * The Host as keyed: lower case, without the scheme's default port, so `api.example:80` over http is
+ * `api.example` (RFC 3986 6.2.3): one variant whichever spelling a client used, and a service building links
+ * from either builds equivalent ones. Only from a host name or a bracketed IP literal: a Host that is not one
+ * keeps its spelling.
+ */
+function hostKey(host: string, protocol: string): string {
+  const lower = host.toLowerCase();
+  const port = DEFAULT_PORTS[protocol];
+  if (port === undefined || !lower.endsWith(port)) return lower;
+  const name = lower.slice(0, -port.length);
+  return name !== '' && (!name.includes(':') || (name.startsWith('[') && name.endsWith(']'))) ? name : lower;
+}
 
 /** How often a write answered while a stored copy may be left is logged, ms (the metric counts every one). */
 const INVALIDATION_WARNING_INTERVAL_MS = 10_000;
@@ -163,21 +181,10 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     // accept-language` would store the answer to no language as the French one.
     const stopsHere = stopsAtThisHop(headers.connection);
     const heard = (name: string) => (stopsHere(name) ? null : requestHeaderValue(headers[name]));
-    // Everything the service's answer may depend on that the gateway controls or forwards: the route, the
-    // public origin it forwards as X-Forwarded-Host/-Proto/-Port and a trusted proxy's X-Forwarded-Prefix,
-    // Forwarded, ... (a service may build links from them), the upstream path and query byte for byte
-    // (another spelling is another key, never a wrong answer). Never a header the service is not told about
-    // or the gateway removes (X-Original-URL, untrusted X-Forwarded-*): those cannot change the answer, so
-    // they cannot poison it either.
-    const resource = cacheKey([
-      route.name,
-      options.keyScopes.get(route.name) ?? null,
-      ctx.protocol,
-      ctx.host.toLowerCase(),
-      requestHeaderValue(headers['x-forwarded-port']),
-      keyedForwardingHeaders(headers, heard),
-      ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!,
-    ]);
+    // The resource: what the service is asked for, the route as configured and the upstream path and query byte
+    // for byte (another spelling is another resource, never a wrong answer). A successful write drops every stored
+    // variant of it (RFC 9111 4.4), however the requests that stored them were forwarded.
+    const resource = cacheKey([route.name, options.keyScopes.get(route.name) ?? null, ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!]);
     if (!SAFE_METHODS.has(method)) {
       record(ctx, route.name, 'bypass');
       // RFC 9111 4.4: once an unsafe request to a resource succeeded, what was stored for it is out of date. The
@@ -210,7 +217,20 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const cookie = heard('cookie') !== null && !rules?.replacedRequestHeaders.has('cookie');
     const sharedCredentialed = policy.scope === 'public' ? caller !== undefined || cookie : caller === undefined && cookie;
     const scopeKey = policy.scope === 'user' ? (caller ?? ['anonymous']) : ['shared'];
-    const key: CacheKey = { resource, variant: cacheKey([...scopeKey, ...policy.varyHeaders.map((name) => heard(name.toLowerCase()))]) };
+    // The variant: everything else the service's answer may depend on that the gateway controls or forwards. The
+    // public origin it forwards as X-Forwarded-Host/-Proto/-Port and a trusted proxy's X-Forwarded-Prefix,
+    // Forwarded, X-Forwarded-Server, ... (a service may build links from them), the caller's scope and the route's
+    // varyHeaders. Never a header the service is not told about or the gateway removes (X-Original-URL, untrusted
+    // X-Forwarded-*): those cannot change the answer, so they cannot poison it either.
+    const variant = cacheKey([
+      ctx.protocol,
+      hostKey(ctx.host, ctx.protocol),
+      requestHeaderValue(headers['x-forwarded-port']),
+      keyedForwardingHeaders(headers, heard),
+      ...scopeKey,
+      ...policy.varyHeaders.map((name) => heard(name.toLowerCase())),
+    ]);
+    const key: CacheKey = { resource, variant };
     const flightKey = `${key.resource} ${key.variant}`;
     const lookup = async (): Promise<CachedResponse | undefined> => {
       const entry = await store.get(route.name, key);

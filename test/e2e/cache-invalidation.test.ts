@@ -204,6 +204,63 @@ describe('a successful write through one replica sharing Redis', () => {
   });
 });
 
+/**
+ * Behind a trusted proxy, the forwarding headers it sends pass on to the service, so they are keyed: but as variants
+ * of one resource, which a write drops all at once (RFC 9111 4.4). Before, each of their values (and each Host
+ * spelling) was a resource of its own, and a write dropped only the copy stored under the writer's.
+ */
+describe.each([
+  { store: 'this process\'s memory', redis: false },
+  { store: 'Redis', redis: true },
+])('a successful write behind a trusted proxy, copies in $store', ({ redis }) => {
+  const prefix = isolatedKeyPrefix();
+  let items: Awaited<ReturnType<typeof versionedItems>>;
+  let gateway: GatewayProcess;
+
+  beforeAll(async () => {
+    items = await versionedItems();
+    const config = itemsConfig(items, { trustProxy: true, trustedProxies: ['127.0.0.1', '::1'], ...(redis && { cache: { redisKeyPrefix: `${prefix}:cache` } }) });
+    const rateLimit = redis ? { ...config.rateLimit, redisKeyPrefix: `${prefix}:limits` } : config.rateLimit;
+    gateway = await startGatewayProcess({ config: { ...config, rateLimit }, env: redis ? { REDIS_URL: MACHINE_REDIS } : {} });
+  });
+  afterAll(async () => {
+    gateway?.child.kill('SIGKILL');
+    await items?.close();
+    if (redis) await deleteKeys(MACHINE_REDIS, prefix);
+  });
+
+  let item = 0;
+  it.each<{ desc: string; writer: Record<string, string>; reader: Record<string, string> }>([
+    {
+      desc: 'the same client\'s read through another front-proxy replica (X-Forwarded-Server, as Traefik sends)',
+      writer: { 'x-forwarded-for': '198.51.100.7', 'x-forwarded-server': 'traefik-a' },
+      reader: { 'x-forwarded-for': '198.51.100.7', 'x-forwarded-server': 'traefik-b' },
+    },
+    {
+      desc: 'another client\'s read behind a proxy that sends Forwarded: for=<client>',
+      writer: { 'x-forwarded-for': '198.51.100.1', forwarded: 'for=198.51.100.1;proto=http' },
+      reader: { 'x-forwarded-for': '198.51.100.2', forwarded: 'for=198.51.100.2;proto=http' },
+    },
+    {
+      desc: 'another client\'s read with its own certificate (X-Forwarded-Client-Cert, as Envoy sends)',
+      writer: { 'x-forwarded-client-cert': 'By=spiffe://items;Hash=aaaa;Subject="CN=one"' },
+      reader: { 'x-forwarded-client-cert': 'By=spiffe://items;Hash=bbbb;Subject="CN=two"' },
+    },
+    { desc: 'a read that named the host with a port the write did not', writer: { host: 'items.example' }, reader: { host: 'items.example:8080' } },
+  ])('drops the copy stored for $desc', async ({ writer, reader }) => {
+    const path = `/items/proxied-${++item}`;
+    const client = connection(gateway.url);
+    try {
+      await client.request(path, 'GET', reader);
+      expect((await client.request(path, 'GET', reader)).headers['x-cache']).toBe('HIT');
+      expect((await client.request(path, 'PUT', writer)).status).toBe(204);
+      expect(readResult(await client.request(path, 'GET', reader))).toEqual({ status: 200, cache: 'MISS', version: items.version() });
+    } finally {
+      client.close();
+    }
+  });
+});
+
 describe('a successful write while the Redis store is down', () => {
   it('is still answered as it succeeded; the missed invalidation is logged and counted', async () => {
     const items = await versionedItems();

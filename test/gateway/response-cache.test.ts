@@ -432,6 +432,15 @@ describe('response cache', () => {
     expect([alike.headers['x-cache'], alike.json.lang]).toEqual([alikeResult, null]);
   });
 
+  it('keeps one copy for the spellings of one origin (Host case, the scheme\'s default port), and another for another port', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60');
+    const stored = await send(stack.gateway.url, path, { host: 'Shop.Example:80' });
+    const alike = await send(stack.gateway.url, path, { host: 'shop.example' });
+    const otherPort = await send(stack.gateway.url, path, { host: 'shop.example:8080' });
+    expect([stored.headers['x-cache'], alike.headers['x-cache'], otherPort.headers['x-cache']]).toEqual(['MISS', 'HIT', 'MISS']);
+    expect(otherPort.json.forwardedHost).toBe('shop.example:8080');
+  });
+
   it('keeps one variant per value of a Vary header the service names', async () => {
     const path = fresh('/api/catalog', 'vary=Accept-Encoding');
     const results = [];
