@@ -253,33 +253,34 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       record(ctx, route.name, 'miss');
       throw new GatewayError('not_cached', 'No stored answer, and the request said Cache-Control: only-if-cached.');
     }
-    // HEAD answers carry no body to keep: forwarded as they are; a GET fills the entry HEAD then uses.
-    if (method === 'HEAD') {
-      record(ctx, route.name, 'miss');
-      return next();
-    }
     record(ctx, route.name, 'miss', false);
     let release = () => {};
-    if (!inFlight.has(flightKey)) {
-      // Waiters are let go as soon as the answer is stored or known not to be, or once this request's own
-      // client stops keeping up (the service is paused for it): a slow reader must not stall them.
-      let finished!: () => void;
-      inFlight.set(flightKey, new Promise<void>((resolve) => (finished = resolve)));
-      release = () => {
-        inFlight.delete(flightKey);
-        finished();
-        release = () => {};
-      };
+    let stored = () => Promise.resolve();
+    // HEAD answers carry no body to keep: forwarded as they are; a GET fills the entry HEAD then uses.
+    if (method === 'GET') {
+      if (!inFlight.has(flightKey)) {
+        // Waiters are let go as soon as the answer is stored or known not to be, or once this request's own
+        // client stops keeping up (the service is paused for it): a slow reader must not stall them.
+        let finished!: () => void;
+        inFlight.set(flightKey, new Promise<void>((resolve) => (finished = resolve)));
+        release = () => {
+          inFlight.delete(flightKey);
+          finished();
+          release = () => {};
+        };
+      }
+      // The one request directive obeyed: `no-store` (RFC 9111 5.2.1.5) only keeps this client's answer out.
+      const storable = !parseCacheControl(headers['cache-control']).noStore;
+      const capture = captureResponse({ store, routeName: route.name, key, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, now, settled: () => release() });
+      ctx.state.responseTap = capture.tap;
+      stored = capture.stored;
     }
-    // The one request directive obeyed: `no-store` (RFC 9111 5.2.1.5) only keeps this client's answer out.
-    const storable = !parseCacheControl(headers['cache-control']).noStore;
-    const capture = captureResponse({ store, routeName: route.name, key, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, now, settled: () => release() });
-    ctx.state.responseTap = capture.tap;
     try {
       await next();
-      await capture.stored();
+      await stored();
     } catch (error) {
-      // The service could not be reached: a stale copy it allowed to stand in (stale-if-error) answers instead.
+      // The service could not be reached: a stale copy it allowed to stand in (stale-if-error) answers instead, to
+      // HEAD as to GET (RFC 5861 names no method; HEAD is GET without the content, RFC 9110 9.3.2).
       const stale = entry;
       if (stale && !ctx.res.headersSent && isGatewayError(error) && error.code.startsWith('upstream_') && currentAge(stale, now()) < stale.lifetimeSeconds + stale.staleIfErrorSeconds) {
         serve(ctx, stale, 'stale', rules, false);

@@ -502,7 +502,7 @@ describe('response cache', () => {
     expect(new Set(done.map((reply) => reply.text)).size).toBe(1);
   });
 
-  it('stands in with a stale copy while the service is unreachable and stale-if-error allows (STALE)', async () => {
+  it('stands in with a stale copy, to HEAD as to GET, while the service is unreachable and stale-if-error allows (STALE)', async () => {
     const path = fresh('/api/flaky', 'cc=max-age%3D1,stale-if-error%3D600');
     const count = async (result: string) => {
       const scrape = await (await fetch(`${stack.metrics.url}/metrics`)).text();
@@ -521,6 +521,10 @@ describe('response cache', () => {
     // One result per request: the miss that ended stale counts as stale only.
     expect(await count('miss')).toBe(missesBefore + 1);
     expect(await count('stale')).toBe(staleBefore + 1);
+    // HEAD is GET without the content: it got 502 where GET got the copy (its miss was forwarded before the stand-in).
+    const head = await send(stack.gateway.url, path, {}, 'HEAD');
+    expect([head.status, head.headers['x-cache'], head.text]).toEqual([200, 'STALE', '']);
+    expect(head.headers['content-length']).toBe(String(Buffer.byteLength(stored.text)));
   });
 
   it('records the result on the span, in the access log and in the metrics', async () => {
