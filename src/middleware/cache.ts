@@ -61,6 +61,13 @@ function keyedForwardingHeaders(headers: IncomingHttpHeaders, heard: (name: stri
 /** The request directive `only-if-cached` in a Cache-Control list. */
 const ONLY_IF_CACHED = /(?:^|[\s,])only-if-cached(?=$|[\s,])/i;
 
+/**
+ * The answer to `only-if-cached` when no stored answer can serve the request, whatever the reason (nothing
+ * stored, or a request the cache passes by: a write, a body, a Range, an unverified credential): 504 and never
+ * a trip to the service (RFC 9111 5.2.1.7).
+ */
+const notCached = () => new GatewayError('not_cached', 'No stored answer can serve this request, and it said Cache-Control: only-if-cached.');
+
 /** The port each scheme means when the Host names none. */
 const DEFAULT_PORTS: Readonly<Record<string, string>> = { http: ':80', https: ':443' };
 
@@ -185,8 +192,11 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     // for byte (another spelling is another resource, never a wrong answer). A successful write drops every stored
     // variant of it (RFC 9111 4.4), however the requests that stored them were forwarded.
     const resource = cacheKey([route.name, options.keyScopes.get(route.name) ?? null, ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!]);
+    const onlyIfCached = ONLY_IF_CACHED.test(requestHeaderValue(headers['cache-control']) ?? '');
     if (!SAFE_METHODS.has(method)) {
       record(ctx, route.name, 'bypass');
+      // A client that asked for a stored answer only gets none rather than a trip to the service (RFC 9111 5.2.1.7).
+      if (onlyIfCached) throw notCached();
       // RFC 9111 4.4: once an unsafe request to a resource succeeded, what was stored for it is out of date. The
       // proxy sends the answer before next() returns, so it holds it until the copies are dropped wherever another
       // request may read them (Redis, the other workers): a client that wrote, then read through another worker
@@ -205,6 +215,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     // key cannot describe.
     if ((method !== 'GET' && method !== 'HEAD') || Number(headers['content-length'] ?? 0) > 0 || headers['transfer-encoding'] !== undefined || headers.range !== undefined || forwardedCredential) {
       record(ctx, route.name, 'bypass');
+      if (onlyIfCached) throw notCached();
       return next();
     }
 
@@ -248,10 +259,9 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       if (entry && isFresh(entry, now())) return serve(ctx, entry, 'hit', rules);
     }
 
-    // A client that asked for a stored answer only gets none rather than a trip to the service (RFC 9111 5.2.1.7).
-    if (ONLY_IF_CACHED.test(requestHeaderValue(headers['cache-control']) ?? '')) {
+    if (onlyIfCached) {
       record(ctx, route.name, 'miss');
-      throw new GatewayError('not_cached', 'No stored answer, and the request said Cache-Control: only-if-cached.');
+      throw notCached();
     }
     record(ctx, route.name, 'miss', false);
     let release = () => {};

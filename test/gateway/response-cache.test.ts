@@ -271,6 +271,18 @@ describe('response cache', () => {
     expect(hitsFor(path)).toBe(1);
   });
 
+  it.each([
+    { desc: 'a Range request', prefix: '/api/open', method: 'GET', headers: { range: 'bytes=0-1' } },
+    { desc: 'a GET with a body', prefix: '/api/open', method: 'GET', headers: { 'transfer-encoding': 'chunked' } },
+    { desc: 'a credential the route forwards unverified', prefix: '/api/fwd', method: 'GET', headers: { authorization: 'Bearer whatever-the-service-checks' } },
+    { desc: 'a PUT', prefix: '/api/open', method: 'PUT', headers: {} },
+  ])('answers only-if-cached on $desc, which the cache passes by, with 504 and never a trip to the service', async ({ prefix, method, headers }) => {
+    const path = fresh(prefix, 'cc=public,max-age%3D60');
+    const reply = await send(stack.gateway.url, path, { 'cache-control': 'only-if-cached', ...headers }, method);
+    expect([reply.status, reply.json.code, reply.headers['x-cache']]).toEqual([504, 'not_cached', 'BYPASS']);
+    expect(hitsFor(path)).toBe(0);
+  });
+
   it('ignores a client\'s no-cache (a client cannot send every request through) but keeps its no-store answer out', async () => {
     const path = fresh('/api/open', 'cc=max-age%3D60');
     const noStore = await send(stack.gateway.url, path, { 'cache-control': 'no-store' });
