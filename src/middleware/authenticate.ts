@@ -10,8 +10,34 @@ export interface AuthenticateOptions {
   tokens: TokenService;
   /** API-key consumers (src/consumers.ts); absent when none are declared, and API keys are then refused. */
   consumers?: ConsumerRegistry;
-  /** `realm` of the `WWW-Authenticate` challenge. Default `koa-gateway`. */
+  /** `realm` of the `WWW-Authenticate` challenge. Default DEFAULT_REALM. */
   realm?: string;
+}
+
+/** `realm` of the gateway's `WWW-Authenticate` challenges. */
+export const DEFAULT_REALM = 'koa-gateway';
+
+/** Which credential failed, and why, for the challenge's `error_description`. */
+export interface CredentialFailure {
+  method: AuthMethod;
+  description: string;
+}
+
+/**
+ * The `WWW-Authenticate` header of a 401, which must carry at least one challenge (RFC 9110 11.6.1): one per
+ * credential `methods` takes, following RFC 6750 section 3: no error code when the credential is missing,
+ * `invalid_token` (or `invalid_key`) for the one that `failed`.
+ */
+export function authenticationChallenge(realm: string, methods: Iterable<AuthMethod>, failed?: CredentialFailure): Record<string, string> {
+  const accepted = new Set(methods);
+  const challenges: string[] = [];
+  if (accepted.has('jwt')) {
+    challenges.push(failed?.method === 'jwt' ? `Bearer realm="${realm}", error="invalid_token", error_description="${failed.description}"` : `Bearer realm="${realm}"`);
+  }
+  if (accepted.has('apiKey')) {
+    challenges.push(failed?.method === 'apiKey' ? `ApiKey realm="${realm}", error="invalid_key", error_description="${failed.description}"` : `ApiKey realm="${realm}"`);
+  }
+  return { 'WWW-Authenticate': challenges.join(', ') };
 }
 
 /**
@@ -29,22 +55,13 @@ const API_KEY_SCHEME = /^apikey(?: (.*))?$/is;
  * `ctx.state.consumer`). The proxy turns either into the identity headers services trust
  * (src/upstream-headers.ts). Public routes pass through untouched (forged identity headers never reach a
  * service on any route).
- * Challenges follow RFC 6750 section 3: no error code when the credential is missing, `invalid_token` (or
- * `invalid_key`) otherwise; one challenge per accepted method (RFC 9110 11.6.1).
  */
 export function createAuthenticate(options: AuthenticateOptions): Middleware {
-  const realm = options.realm ?? 'koa-gateway';
+  const realm = options.realm ?? DEFAULT_REALM;
   const { consumers } = options;
-  const challenge = (methods: ReadonlySet<AuthMethod>, failed?: { method: AuthMethod; description: string }) => {
-    const challenges: string[] = [];
-    if (methods.has('jwt')) {
-      challenges.push(failed?.method === 'jwt' ? `Bearer realm="${realm}", error="invalid_token", error_description="${failed.description}"` : `Bearer realm="${realm}"`);
-    }
-    if (methods.has('apiKey') && consumers) {
-      challenges.push(failed?.method === 'apiKey' ? `ApiKey realm="${realm}", error="invalid_key", error_description="${failed.description}"` : `ApiKey realm="${realm}"`);
-    }
-    return { 'WWW-Authenticate': challenges.join(', ') };
-  };
+  // API keys are challenged for only where they can be checked.
+  const challenge = (methods: ReadonlySet<AuthMethod>, failed?: CredentialFailure) =>
+    authenticationChallenge(realm, consumers ? methods : [...methods].filter((method) => method !== 'apiKey'), failed);
 
   return async function authenticate(ctx, next) {
     const route = ctx.state.route;

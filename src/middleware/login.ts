@@ -9,6 +9,7 @@ import { DEFAULT_RETRY_AFTER_SECONDS, GatewayError, isGatewayError, upstreamFail
 import type { TokenService } from '../tokens';
 import type { UpstreamPool } from '../upstream-pool';
 import { endUpstreamSpan, startUpstreamSpan, traceHeaders } from '../upstream-span';
+import { authenticationChallenge, DEFAULT_REALM } from './authenticate';
 import type { RateLimiter } from './rate-limit';
 import { continueIfExpected } from './request-head';
 import { readWithinRate, type BodyRate } from '../body-rate';
@@ -79,6 +80,12 @@ const REFUSALS: Partial<Record<number, { code: ErrorCode; detail: string }>> = {
   429: { code: 'rate_limited', detail: 'Too many login attempts; try again later.' },
 };
 
+/**
+ * A failed login's challenge: a 401 must carry one (RFC 9110 11.6.1), and some clients refuse a 401 without it.
+ * It names the credential the login issues, as the gateway's other 401s do.
+ */
+const LOGIN_CHALLENGE = authenticationChallenge(DEFAULT_REALM, ['jwt']);
+
 /** Statuses of the credential check that say its endpoint is missing, not that the request was wrong. */
 const CHECK_MISSING = new Set([404, 405]);
 
@@ -87,6 +94,7 @@ function refusal(response: Response): GatewayError {
     return new GatewayError('upstream_bad_response', `The users service answered the credential check with ${response.status}: is it a version without the check?`);
   }
   const { code, detail } = REFUSALS[response.status] ?? { code: 'bad_request' as const, detail: 'The login request was refused.' };
+  if (code === 'invalid_credentials') return new GatewayError(code, detail, { headers: LOGIN_CHALLENGE });
   if (code !== 'rate_limited') return new GatewayError(code, detail);
   // Every 429 says when to come back; user-service's own delay when it gave one in seconds.
   const retryAfter = response.headers.get(HEADER.retryAfter) ?? '';

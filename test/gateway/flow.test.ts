@@ -21,9 +21,10 @@ describe('the classic flow through the gateway', () => {
     expect(Number(claims.exp) - Number(claims.iat)).toBe(3600);
   });
 
-  it('answers wrong credentials with 401 problem+json', async () => {
+  it('answers wrong credentials with 401 problem+json and a challenge, as every 401 must have (RFC 9110 11.6.1)', async () => {
     const response = await fetch(`${stack.gateway.url}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'nope' }) });
     expect(response.status).toBe(401);
+    expect(response.headers.get('www-authenticate')).toBe('Bearer realm="koa-gateway"');
     expect(response.headers.get('content-type')).toBe('application/problem+json');
     expect(await response.json()).toMatchObject({ status: 401, code: 'invalid_credentials', requestId: response.headers.get(HEADER.requestId) });
   });
