@@ -93,6 +93,15 @@ export function isGatewayError(error: unknown): error is GatewayError {
   return error instanceof GatewayError;
 }
 
+/**
+ * A request body that does not parse as JSON. The detail is fixed: a parser's own message quotes the body around
+ * the error (V8: `Unexpected token 'B', ..."password":Builder-20"... is not valid JSON`), and no part of a body is
+ * ever echoed (it may hold a secret, or a log-injection payload). Nor is the parser's error kept as the cause.
+ */
+export function invalidJsonBody(): GatewayError {
+  return new GatewayError('invalid_body', 'The request body is not valid JSON.');
+}
+
 /** Koa and its middleware (body parser, router) throw `http-errors`; they carry `status` and `expose`. */
 interface HttpErrorLike {
   status: number;

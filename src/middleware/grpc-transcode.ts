@@ -3,7 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import { context, type Tracer } from '@opentelemetry/api';
 import type { Context as KoaContext, Middleware } from 'koa';
 import type * as protobuf from 'protobufjs';
-import { GatewayError, toGatewayError } from '../errors';
+import { GatewayError, invalidJsonBody, toGatewayError } from '../errors';
 import { createGrpcClients, deserializer, type GrpcClientCache, endGrpcSpan, metadataFromHeaders, serializer, startGrpcSpan } from '../grpc/grpc-clients';
 import { buildRequestMessage, parseQuery, type HttpBinding } from '../grpc/http-rules';
 import { duplicateJsonKey, JsonMappingError, messageToJson, ResponseMappingError } from '../grpc/json-mapping';
@@ -283,7 +283,7 @@ async function readJsonBody(ctx: KoaContext, limit: number): Promise<unknown> {
   try {
     body = JSON.parse(text);
   } catch {
-    throw new GatewayError('invalid_body', 'The request body is not valid JSON.');
+    throw invalidJsonBody();
   }
   const twice = duplicateJsonKey(text);
   if (twice !== undefined) throw new GatewayError('invalid_body', `The request body names the key ${JSON.stringify(twice.slice(0, 64))} twice in one object.`);

@@ -5,7 +5,7 @@ import type { Context, Middleware } from 'koa';
 import type { Logger } from '../../otel/logger';
 import { CREDENTIAL_LIMITS, HEADER } from '../../otel/wire-names';
 import type { AuthenticatedUser } from '../context';
-import { DEFAULT_RETRY_AFTER_SECONDS, GatewayError, isGatewayError, upstreamFailure, type ErrorCode } from '../errors';
+import { DEFAULT_RETRY_AFTER_SECONDS, GatewayError, invalidJsonBody, isGatewayError, upstreamFailure, type ErrorCode } from '../errors';
 import type { TokenService } from '../tokens';
 import type { UpstreamPool } from '../upstream-pool';
 import { endUpstreamSpan, startUpstreamSpan, traceHeaders } from '../upstream-span';
@@ -198,8 +198,10 @@ export function createLogin(options: LoginOptions): Middleware[] {
     try {
       await readWithinRate(ctx.req, options.bodyRate, () => parseJson(ctx, async () => {}));
     } catch (error) {
-      // The parser's own refusals carry a 4xx status (413, 415, 400 for bad JSON). A body whose gzip, deflate
-      // or br encoding is corrupt fails in zlib with none, which would read as the gateway's own 500.
+      // Bad JSON is a SyntaxError (with status 400) whose message quotes the body, password included.
+      if (error instanceof SyntaxError) throw invalidJsonBody();
+      // The parser's other refusals carry a 4xx status (413, 415). A body whose gzip, deflate or br encoding is
+      // corrupt fails in zlib with none, which would read as the gateway's own 500.
       if (isGatewayError(error) || (typeof (error as { status?: unknown }).status === 'number')) throw error;
       throw new GatewayError('bad_request', 'The login body could not be decoded (its Content-Encoding does not match its bytes).', { cause: error });
     }

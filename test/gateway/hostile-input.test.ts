@@ -583,7 +583,9 @@ describe('hostile input at the gateway', () => {
       { desc: 'a form-encoded body', contentType: 'application/x-www-form-urlencoded', body: 'email=alice%40example.com&password=wonderland', status: 415, code: 'unsupported_media_type' },
       { desc: 'no content type', contentType: undefined, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }), status: 415, code: 'unsupported_media_type' },
       { desc: 'a UTF-16 charset (JSON is UTF-8)', contentType: 'application/json; charset=utf-16', body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }), status: 415, code: 'unsupported_media_type' },
-      { desc: 'malformed JSON', contentType: 'application/json', body: '{"email": "alice@example.com", "password": ', status: 400, code: 'bad_request' },
+      { desc: 'malformed JSON', contentType: 'application/json', body: '{"email": "alice@example.com", "password": ', status: 400, code: 'invalid_body' },
+      // The parser's message quotes the text around the error: here, the password.
+      { desc: 'JSON with the password unquoted', contentType: 'application/json', body: '{"email":"alice@example.com","password":wonderland}', status: 400, code: 'invalid_body' },
       { desc: 'a body over 16 KiB', contentType: 'application/json', body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland', padding: 'p'.repeat(16 * 1024) }), status: 413, code: 'payload_too_large' },
       { desc: 'a missing password', contentType: 'application/json', body: JSON.stringify({ email: 'alice@example.com' }), status: 400, code: 'invalid_body' },
       { desc: 'an empty password', contentType: 'application/json', body: JSON.stringify({ email: 'alice@example.com', password: '' }), status: 400, code: 'invalid_body' },
