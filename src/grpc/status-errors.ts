@@ -1,5 +1,7 @@
 import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
+import type { AuthMethod } from '../config';
 import { GatewayError, type ErrorCode } from '../errors';
+import { authenticationChallenge, DEFAULT_REALM } from '../middleware/authenticate';
 
 /**
  * gRPC status -> the gateway's error catalog, once, at the gRPC boundary (as upstreamFailure does for HTTP).
@@ -50,7 +52,11 @@ export function knownGrpcStatus(code: unknown): GrpcStatus {
 /** grpc-js's own RESOURCE_EXHAUSTED for an answer over the client's receive limit (stream-decoder.js): no quota of the caller's. */
 const OVER_RECEIVE_LIMIT = /^Received message larger than max /;
 
-export function grpcFailure(service: string, failure: ServiceError): GatewayError {
+/**
+ * `authMethods`: the route's (src/routes.ts), named in the challenge of an UNAUTHENTICATED answer: a 401 carries
+ * one (RFC 9110 11.6.1), a bearer token where the route names none (a public route whose service wants a caller).
+ */
+export function grpcFailure(service: string, failure: ServiceError, authMethods: ReadonlySet<AuthMethod> = new Set()): GatewayError {
   if (!isGrpcStatus(failure.code)) {
     // grpc-js's own message would read "NaN undefined: " or "undefined undefined: undefined" in the logs.
     const cause = new Error(`no gRPC status (grpc-js reported code ${String(failure.code)}${failure.details ? `: ${failure.details}` : ''})`, { cause: failure });
@@ -65,7 +71,8 @@ export function grpcFailure(service: string, failure: ServiceError): GatewayErro
     // Printable text only, and bounded: the message ends up in a JSON body and in logs.
     const message = (failure.details ?? '').replace(/[^\x20-\x7e\u00a0-\uffff]/g, ' ').trim();
     const detail = message === '' ? `The ${service} service answered ${name}.` : message.length > MAX_GRPC_DETAIL_LENGTH ? `${message.slice(0, MAX_GRPC_DETAIL_LENGTH - 3)}...` : message;
-    return new GatewayError(code, detail, { cause: failure });
+    const headers = code === 'grpc_unauthenticated' ? authenticationChallenge(DEFAULT_REALM, authMethods.size > 0 ? authMethods : ['jwt']) : undefined;
+    return new GatewayError(code, detail, { cause: failure, headers });
   }
   if (code === 'upstream_timeout') return new GatewayError(code, `The ${service} service did not answer in time.`, { cause: failure });
   return new GatewayError(code, `The ${service} service answered ${name}.`, { cause: failure });

@@ -133,7 +133,7 @@ async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, bindin
       settle(error ? error.code : grpc.status.OK, error ?? undefined);
       // Cancelled because the client left: nobody to answer, and no upstream failure to report.
       if (error && clientGone) resolve(undefined);
-      else if (error) reject(grpcFailure(route.service, error));
+      else if (error) reject(grpcFailure(route.service, error, route.authMethods));
       else resolve(value!);
     });
     // The client went away: the service need not finish the work.
@@ -183,7 +183,7 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
       ctx.res.off('close', cancel);
       settle(error.code, error);
       if (error.code === grpc.status.CANCELLED && ctx.res.destroyed) resolve(undefined);
-      else reject(grpcFailure(route.service, error));
+      else reject(grpcFailure(route.service, error, route.authMethods));
     };
     const onEnd = () => {
       call.off('data', onData).off('error', onError);
@@ -221,7 +221,7 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
     ctx.res.off('close', cancel);
     settle(error.code, error);
     if (error.code === grpc.status.CANCELLED && ctx.res.destroyed) return;
-    const problem = failure ?? grpcFailure(route.service, error);
+    const problem = failure ?? grpcFailure(route.service, error, route.authMethods);
     // The 200 went out with the first line: only the last line tells the client. The access line, the metric and
     // the SERVER span read the code when the response closes, so it is recorded before the end, as the proxy
     // records a response it cuts midway; without it the stream would read as a success.

@@ -274,6 +274,8 @@ describe('gRPC transcoding', () => {
       if (status < 500) expect(body.detail).toBe(message);
       else expect(body.detail).not.toContain('secret-internal-detail');
       if (status === 503) expect(response.headers.get('retry-after')).toBe('1');
+      // A 401 carries a challenge (RFC 9110 11.6.1), as the gateway's own 401s do.
+      expect(response.headers.get('www-authenticate')).toBe(status === 401 ? 'Bearer realm="koa-gateway"' : null);
     });
 
     it('bounds a long service message in the detail', async () => {
