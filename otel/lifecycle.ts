@@ -326,29 +326,36 @@ const MIN_SEND_BYTES_PER_SECOND = 240;
 /**
  * The rule both protocols hold a client that is sent an answer to (HTTP/1 connections here, HTTP/2 streams in
  * src/tls.ts), judged window by window of `sendMs`: an average since the bytes began to wait would let a client
- * that read fast for a while then stop for (bytes read / 240) seconds. Progress is counted on the connection, as a
- * request body's is (Kestrel's MinResponseDataRate): a client reading a large answer steadily is never cut, one
- * taking a byte now and then is.
+ * that read fast for a while then stop for (bytes read / 240) seconds. Progress is counted on what the client is
+ * sent, as a request body's is (Kestrel's MinResponseDataRate): a client reading a large answer steadily is never
+ * cut, one taking a byte now and then is.
+ *
+ * `bursts`, for HTTP/2 streams: flow control moves a steady reader's bytes in bursts (a client opens its stream's
+ * window again only once it has read half of it: 32 KB every 8 s for a reader at 4 KB/s with the default 64 KB),
+ * so a window may see none. The bytes the key took before its first window count in it, and what a window took
+ * beyond its due carries into the next, up to one window's due: a burst covers two windows, no more.
  */
-export function createSendWindows<Key extends object>(sendMs: number) {
-  const windows = new WeakMap<Key, { since: number; taken: number }>();
+export function createSendWindows<Key extends object>(sendMs: number, options: { bursts?: boolean } = {}) {
+  const windows = new WeakMap<Key, { since: number; taken: number; credit: number }>();
+  const due = (elapsedMs: number) => (MIN_SEND_BYTES_PER_SECOND * elapsedMs) / 1000;
   return {
     /** How often a sweep looks, ms. */
     sweepMs: Math.min(1000, Math.max(50, sendMs / 4)),
     /**
-     * Whether `key`, its connection having taken `taken` bytes by `now`, took less than the least rate over a whole
-     * window; the first look starts its window, a window passed starts the next.
+     * Whether `key`, having taken `taken` bytes by `now` (its connection's over HTTP/1, its own over HTTP/2), took
+     * less than the least rate over a whole window; the first look starts its window, a window passed starts the next.
      */
     tooSlow(key: Key, now: number, taken: number): boolean {
       const window = windows.get(key);
       if (window === undefined) {
-        windows.set(key, { since: now, taken });
+        windows.set(key, { since: now, taken: options.bursts ? 0 : taken, credit: 0 });
         return false;
       }
       const elapsedMs = now - window.since;
       if (elapsedMs < sendMs) return false;
-      if (taken - window.taken < (MIN_SEND_BYTES_PER_SECOND * elapsedMs) / 1000) return true;
-      windows.set(key, { since: now, taken });
+      const surplus = taken - window.taken + window.credit - due(elapsedMs);
+      if (surplus < 0) return true;
+      windows.set(key, { since: now, taken, credit: options.bursts ? Math.min(surplus, due(sendMs)) : 0 });
       return false;
     },
     /** Nothing of `key`'s is waiting any more: its next wait starts a new window. */

@@ -344,10 +344,11 @@ const configSchema = z
         /** Idle keep-alive connections from clients are closed after this, ms. Default 5 s. */
         keepAliveTimeoutMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(5_000),
         /**
-         * An answer the gateway has finished must be taken by the client within this, ms: an HTTP/2 client can hold
-         * one back for good with a flow-control window of 0 (its stream, memory and a connection slot), PINGs
-         * keeping the session alive. Past it, unless the client takes it at 240 bytes/s on average, the stream is reset
-         * (CANCEL) and logged `client_read_timeout`. Default 10 s.
+         * Bytes of an answer waiting for the client must be taken within this, ms: an HTTP/2 client can hold one back
+         * for good with a flow-control window of 0 (its stream, memory and a connection slot), PINGs keeping the
+         * session alive. Past it, unless the client takes it at 240 bytes/s on average (judged per stream over
+         * HTTP/2), the stream is reset (CANCEL) or the HTTP/1.1 connection closed, logged `client_read_timeout`.
+         * Default 10 s.
          */
         sendTimeoutMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(10_000),
         /** Client connections open at once; further ones are closed at accept. Default 10 000. */

@@ -12,6 +12,7 @@ import { createHostMatcher } from './middleware/host-guard';
 import { isHttp2Request } from './middleware/http2-requests';
 import { mintRequestId } from './middleware/request-id';
 import { hostFieldLines } from './middleware/request-head';
+import { countSentBytes } from './http2-sent-bytes';
 
 /**
  * TLS termination on the public port: one `http2.createSecureServer` that offers `h2` and `http/1.1` by ALPN
@@ -240,7 +241,11 @@ const RESET_WINDOW_MS = 10_000;
 function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, sendMs: number, logger: Logger): void {
   let resets = 0;
   /** The session's open streams (their count arms the idle close), watched until their answers are taken. */
-  const streams = watchFinishedAnswers(sendMs, () => session.socket?.bytesWritten ?? 0);
+  const streams = watchStalledStreams(sendMs, () => {
+    // Every stream open is one its client holds back: nothing on this connection is worth keeping it for.
+    logger.warn('closed an HTTP/2 connection whose every stream its client held back', { remote_address: session.socket?.remoteAddress });
+    if (!session.destroyed) session.close();
+  });
   let windowStarted = performance.now();
   let idle: NodeJS.Timeout | undefined;
   const armIdle = () => {
@@ -282,26 +287,34 @@ function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, se
 }
 
 /**
- * Streams whose answer the gateway has finished (the stream's writable side ended) but the client has not taken:
- * with a flow-control window of 0 a client holds any answer back (a 404, a 429, a proxied 200: the rate limit does
- * not bound them), and PINGs keep the session timer from ever firing; the proxy's deadline no longer applies to an
- * ended response. One sweep per session while streams are open; a finished stream whose connection sent less than
- * the least rate over a window of `sendMs` (otel/lifecycle.ts createSendWindows) is reset (CANCEL, the gateway's)
- * and its answer recorded `client_read_timeout`.
+ * Streams whose answer waits for its client: with a flow-control window of 0 a client holds any answer back (a
+ * 404, a 429, a proxied 200: the rate limit does not bound them), and PINGs, or another stream it reads, keep the
+ * session timer from ever firing; the proxy's deadline no longer applies to an ended response. One sweep per
+ * session while streams are open; a stream with bytes waiting that was sent less than the least rate over a
+ * window of `sendMs` (otel/lifecycle.ts createSendWindows), counted on the stream itself (countSentBytes), is
+ * reset (CANCEL, the gateway's) and its answer recorded `client_read_timeout`. When every open stream of the
+ * connection was held back so, `onAllStalled` is called.
  */
-function watchFinishedAnswers(sendMs: number, bytesWritten: () => number) {
-  const streams = new Set<http2.ServerHttp2Stream>();
-  const windows = createSendWindows<http2.ServerHttp2Stream>(sendMs);
+function watchStalledStreams(sendMs: number, onAllStalled: () => void) {
+  const streams = new Map<http2.ServerHttp2Stream, () => number>();
+  const windows = createSendWindows<http2.ServerHttp2Stream>(sendMs, { bursts: true });
   let sweep: NodeJS.Timeout | undefined;
   const check = () => {
     const now = performance.now();
-    for (const stream of streams) {
-      // A stream shows no progress of its own until its whole last write is out: the connection's is counted.
-      if (!stream.writableEnded || stream.writableFinished || stream.destroyed || !windows.tooSlow(stream, now, bytesWritten())) continue;
+    let stalled = 0;
+    for (const [stream, sent] of streams) {
+      const waiting = stream.writableLength > 0 || (stream.writableEnded && !stream.writableFinished);
+      if (!waiting || stream.destroyed) {
+        windows.forget(stream);
+        continue;
+      }
+      if (!windows.tooSlow(stream, now, sent())) continue;
+      stalled++;
       const response = answerOf.get(stream);
       if (response) markServerAnswer(response, 'client_read_timeout');
       resetStream(stream, http2.constants.NGHTTP2_CANCEL);
     }
+    if (stalled > 0 && stalled === streams.size) onAllStalled();
   };
   const stop = () => {
     clearInterval(sweep);
@@ -312,7 +325,7 @@ function watchFinishedAnswers(sendMs: number, bytesWritten: () => number) {
       return streams.size;
     },
     add(stream: http2.ServerHttp2Stream) {
-      streams.add(stream);
+      streams.set(stream, countSentBytes(stream));
       if (sweep) return;
       sweep = setInterval(check, windows.sweepMs);
       sweep.unref();
