@@ -30,6 +30,8 @@ export type UpstreamOutcome =
   | 'reset'
   | 'aborted_by_upstream'
   | 'client_closed'
+  /** The service closed its connection while the gateway held its answer for a client reading slower: the client's doing. */
+  | 'client_backed_up'
   | 'body_too_large'
   | 'body_too_slow'
   | 'bad_response'
@@ -68,12 +70,12 @@ export function traceHeaders(span: Span, parent: Context = context.active()): Re
  * Ends a call's CLIENT span as the HTTP semantic conventions say for clients: an answer of 4xx or 5xx is an
  * error (a SERVER span leaves 4xx alone: there the client erred), `error.type` its status code as a string; a
  * call that failed without an error status has its outcome (UpstreamOutcome, a fixed list) as `error.type`.
- * A client that left is not the call's failure.
+ * A client that left, or read too slowly, is not the call's failure.
  */
 export function endUpstreamSpan(span: Span, outcome: UpstreamOutcome, status?: number, error?: unknown): void {
   span.setAttribute(ATTR.upstreamOutcome, outcome);
   if (status !== undefined) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
-  const failed = outcome !== 'ok' && outcome !== 'client_closed';
+  const failed = outcome !== 'ok' && outcome !== 'client_closed' && outcome !== 'client_backed_up';
   const errorType = status !== undefined && status >= 400 ? String(status) : failed ? outcome : undefined;
   if (errorType !== undefined) span.setAttribute(ATTR_ERROR_TYPE, errorType);
   if (failed) {

@@ -14,6 +14,7 @@ import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOu
 import { continueIfExpected } from './request-head';
 import { bodyTooSlowError, watchBodyRate, type BodyRate } from '../body-rate';
 import { cutResponse } from '../response-closed';
+import { markServerAnswer } from '../../otel/lifecycle';
 import type { GatewaySigner } from '../gateway-signature';
 
 export interface ProxyOptions {
@@ -61,6 +62,12 @@ interface Exchange {
   /** The client sent its body slower than the minimum rate. */
   bodyTooSlow?: boolean;
   upstreamAborted?: boolean;
+  /**
+   * The exchange failed while the gateway held the service's answer back because the client read it slower: a
+   * service closes a connection it has finished writing to once it sits idle (Node's keep-alive timeout, 5 s), and
+   * undici then fails the paused answer. The client's doing, never counted against the instance.
+   */
+  heldForClient?: boolean;
   clientClosed?: boolean;
   /** Why the service's response could not be forwarded (502 `upstream_bad_response`). */
   badResponse?: string;
@@ -133,6 +140,8 @@ export function createProxy(options: ProxyOptions): Middleware {
       const touch = () => idle?.refresh();
       /** The service answered, and its answer waits for `ctx.state.holdResponse` before it goes on. */
       let held = false;
+      /** The service's answer is paused because the client has not taken what the gateway holds for it. */
+      let backedUp = false;
       /** undici is done with the request (ended, failed, or aborted when it finally got a connection). */
       const release = () => {
         if (released) return;
@@ -177,7 +186,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       res.once('close', onClientClose);
       idle = setTimeout(function idleTimeout() {
         // A client that does not read its response is not the service's silence, nor an answer the gateway holds.
-        if (upstream && (res.writableNeedDrain || held)) return void idle!.refresh();
+        if (upstream && (backedUp || held)) return void idle!.refresh();
         exchange.timedOut = true;
         exchange.waitedForConnection = !upstream && queuedBehindOthers;
         exchange.neverConnected = !upstream && !queuedBehindOthers;
@@ -217,7 +226,10 @@ export function createProxy(options: ProxyOptions): Middleware {
         // Node's HTTP/2 compatibility response emits 'finish' when the client resets its stream mid-body: that
         // is a client gone, whose exchange (paused by back-pressure) would otherwise hold its upstream connection.
         res.once('finish', () => (res.writableEnded ? done() : onClientClose()));
-        res.on('drain', () => controller.resume());
+        res.on('drain', () => {
+          backedUp = false;
+          controller.resume();
+        });
       };
 
       // Covers the wait for a connection, the upload and the whole response, of every attempt together.
@@ -298,7 +310,10 @@ export function createProxy(options: ProxyOptions): Middleware {
             touch();
             tap?.data(chunk);
             if (res.destroyed || res.writableEnded) controller.abort(new Error('the client closed the connection'));
-            else if (!res.write(chunk)) {
+            // Up to CLIENT_BUFFER_BYTES wait in the gateway: an answer that fits is read whole and its connection
+            // freed, whatever the client's pace, instead of lying paused until the service closes it as idle.
+            else if (!res.write(chunk) && res.writableLength >= CLIENT_BUFFER_BYTES) {
+              backedUp = true;
               controller.pause();
               tap?.clientBackedUp();
             }
@@ -318,10 +333,16 @@ export function createProxy(options: ProxyOptions): Middleware {
               done();
             } else if (!res.writableEnded) {
               // Mid-body death: the client must see a broken response at once, not a hang or a truncated success.
-              exchange.upstreamAborted = !exchange.clientClosed;
               // The abort of a client that left comes back here too: its cut is not the service's failure.
-              if (exchange.clientClosed) res.destroy();
-              else cutStartedResponse(exchange.timedOut ? 'upstream_timeout' : 'upstream_reset');
+              if (exchange.clientClosed) return void res.destroy();
+              if (backedUp && !exchange.timedOut) {
+                exchange.heldForClient = true;
+                // Recorded as the send timeout records a client that does not take its answer (otel/lifecycle.ts).
+                markServerAnswer(res, 'client_read_timeout');
+                return void cutResponse(ctx);
+              }
+              exchange.upstreamAborted = true;
+              cutStartedResponse(exchange.timedOut ? 'upstream_timeout' : 'upstream_reset');
             }
           },
         },
@@ -386,6 +407,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       switch (outcome) {
         case 'ok':
         case 'client_closed':
+        case 'client_backed_up':
           return;
         case 'body_too_large':
           throw bodyTooLarge(options.maxBodyBytes);
@@ -414,6 +436,15 @@ export function createProxy(options: ProxyOptions): Middleware {
     }
   };
 }
+
+/**
+ * Bytes of a service's answer the gateway holds for a client that reads slower than the service sends, beyond
+ * which it stops reading from the service (back-pressure). Most answers fit, so a slow client does not keep the
+ * service's connection, nor lose its answer when the service closes that connection as idle; a bigger one is held
+ * paused (the client's send timeout, `server.sendTimeoutMs`, bounds a client that does not take it). Per exchange:
+ * an HTTP/2 connection's 100 streams hold at most 25 MiB.
+ */
+export const CLIENT_BUFFER_BYTES = 256 * 1024;
 
 /** Extra attempts on other instances after a connection failure, at most. */
 const MAX_RETRIES = 2;
@@ -490,6 +521,7 @@ function outcomeOf(exchange: Exchange): UpstreamOutcome {
   if (exchange.deadlineExceeded) return 'deadline';
   if (exchange.timedOut) return exchange.waitedForConnection ? 'no_connection' : 'timeout';
   if (exchange.upstreamAborted) return 'aborted_by_upstream';
+  if (exchange.heldForClient) return 'client_backed_up';
   if (exchange.clientClosed) return 'client_closed';
   if (exchange.failure && closedByGateway(exchange.failure)) return 'connections_closed';
   // An answer that is not HTTP counts as a failed connection (retried elsewhere, ejecting an instance that keeps

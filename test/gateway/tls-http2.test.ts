@@ -783,6 +783,154 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
   });
 });
 
+describe('HTTP/2 clients that read slowly', () => {
+  let certificate: TestCertificate;
+  let stack: TestStack;
+  let gateway: RunningServer;
+  let gatewayLog: Record<string, unknown>[];
+  let service: http.Server;
+  const SEND_MS = 1000;
+  const accessLine = (requestId: string) => gatewayLog.find((line) => line.message === ACCESS_LINE_MESSAGE && line.request_id === requestId);
+
+  beforeAll(async () => {
+    certificate = makeCertificate();
+    // A service as Node makes one, closing a connection idle for its keep-alive timeout (5 s by default, short
+    // here): once it has written a whole answer, a connection the gateway stopped reading is idle to it.
+    service = http.createServer((req, res) => {
+      if (req.url?.startsWith('/orders/die-mid-body')) {
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': '1000000' });
+        res.write(Buffer.alloc(1000));
+        setTimeout(() => req.socket.destroy(), 50);
+        return;
+      }
+      const size = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('size') ?? 1000);
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(size), 'cache-control': 'no-store' });
+      res.end(Buffer.alloc(size, 'x'));
+    });
+    service.keepAliveTimeout = 100;
+    await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
+    stack = await startStack({
+      serviceUrls: { orders: `http://127.0.0.1:${(service.address() as { port: number }).port}` },
+      env: { RATE_LIMIT_MAX: '100000' },
+      overrides: {
+        tls: { certFile: certificate.certFile, keyFile: certificate.keyFile },
+        proxy: { timeoutMs: 60_000, deadlineMs: 120_000 },
+        // One failure ejects the only instance: any blame shows as a 503 for the next request.
+        services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 1 }, notifications: { url: 'http://placeholder' } },
+      },
+    });
+    const { logger, lines } = memoryLogger('gateway');
+    gatewayLog = lines;
+    gateway = await runServer({ app: createGatewayApps(stack.config, { logger, metrics: false }).gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: TIMEOUTS, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: TIMEOUTS, sendTimeoutMs: SEND_MS, logger }).create });
+  });
+  afterAll(async () => {
+    service?.closeAllConnections();
+    await new Promise((resolve) => service?.close(resolve));
+    await gateway?.close();
+    await stack?.close();
+  });
+
+  /** A normal request to the orders service on a new connection: 503 once the instance is ejected. */
+  const ordersStatus = async () => {
+    const session = await connectH2(gateway.url, certificate.cert);
+    try {
+      return (await h2Request(session, { ':path': '/api/orders/small', authorization: `Bearer ${await signToken()}` })).status;
+    } finally {
+      session.destroy();
+    }
+  };
+
+  it('resets a stream held back with a window of 0 though the client keeps its connection busy with PINGs (they counted as the stream\'s progress)', async () => {
+    const session = await connectH2(gateway.url, certificate.cert, { initialWindowSize: 0 });
+    session.on('error', () => undefined);
+    const pings = setInterval(() => session.ping(() => undefined), 40);
+    try {
+      const started = performance.now();
+      const rstCode = await new Promise<number>((resolve) => {
+        const stream = session.request({ ':path': '/api/nothing-here', [HEADER.requestId]: 'h2-window-0-pings' });
+        stream.on('error', () => undefined);
+        stream.on('close', () => resolve(stream.rstCode));
+      });
+      expect(rstCode).toBe(http2.constants.NGHTTP2_CANCEL);
+      expect(performance.now() - started).toBeLessThan(4 * SEND_MS);
+      await waitFor(() => accessLine('h2-window-0-pings') !== undefined, 'the access line');
+      expect(accessLine('h2-window-0-pings')).toMatchObject({ status: 404, error_code: 'client_read_timeout' });
+    } finally {
+      clearInterval(pings);
+      session.destroy();
+    }
+  });
+
+  it('gives a steady reader its whole proxied answer though the service closes its idle connection meanwhile, and blames no one', async () => {
+    const size = 100_000;
+    // A window of 16 KB read at 20 KB/s: 5 s for the answer, its window opened again every 400 ms or so, each time
+    // longer than the service's keep-alive timeout.
+    const session = await connectH2(gateway.url, certificate.cert, { initialWindowSize: 16_384 });
+    session.on('error', () => undefined);
+    try {
+      const authorization = `Bearer ${await signToken()}`;
+      const outcome = await new Promise<{ status?: number; received: number; rstCode: number }>((resolve) => {
+        const stream = session.request({ ':path': `/api/orders/download?size=${size}`, authorization, [HEADER.requestId]: 'h2-steady-reader' });
+        let status: number | undefined;
+        let received = 0;
+        stream.on('response', (headers) => (status = Number(headers[':status'])));
+        stream.on('error', () => undefined);
+        stream.pause();
+        const reader = setInterval(() => {
+          const chunk = stream.read(Math.min(2000, stream.readableLength)) as Buffer | null;
+          if (chunk) received += chunk.length;
+        }, 100);
+        stream.on('close', () => {
+          clearInterval(reader);
+          resolve({ status, received, rstCode: stream.rstCode });
+        });
+      });
+      expect(outcome).toEqual({ status: 200, received: size, rstCode: http2.constants.NGHTTP2_NO_ERROR });
+      await waitFor(() => accessLine('h2-steady-reader') !== undefined, 'the access line');
+      expect(accessLine('h2-steady-reader')).toMatchObject({ status: 200, error_code: null });
+      expect(await ordersStatus()).toBe(200);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('records client_read_timeout, not the service\'s failure, when a client leaves an answer too big to hold unread while its service closes the connection (the instance was ejected)', async () => {
+    // More than the gateway holds for a client (CLIENT_BUFFER_BYTES): the service's answer is paused for it.
+    const session = await connectH2(gateway.url, certificate.cert);
+    session.on('error', () => undefined);
+    try {
+      const stream = session.request({ ':path': '/api/orders/download?size=600000', authorization: `Bearer ${await signToken()}`, [HEADER.requestId]: 'h2-never-reads' });
+      stream.on('error', () => undefined);
+      stream.pause();
+      await waitFor(() => accessLine('h2-never-reads') !== undefined, 'the access line', 10_000);
+      expect(accessLine('h2-never-reads')).toMatchObject({ status: 200, error_code: 'client_read_timeout' });
+      expect(await ordersStatus()).toBe(200);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('still blames a service that dies mid-body while its answer is read normally (upstream_reset, the instance ejected)', async () => {
+    const session = await connectH2(gateway.url, certificate.cert);
+    session.on('error', () => undefined);
+    try {
+      const authorization = `Bearer ${await signToken()}`;
+      const rstCode = await new Promise<number>((resolve) => {
+        const stream = session.request({ ':path': '/api/orders/die-mid-body', authorization, [HEADER.requestId]: 'h2-dies-mid-body' });
+        stream.on('error', () => undefined);
+        stream.resume();
+        stream.on('close', () => resolve(stream.rstCode));
+      });
+      expect(rstCode).toBe(http2.constants.NGHTTP2_INTERNAL_ERROR);
+      await waitFor(() => accessLine('h2-dies-mid-body') !== undefined, 'the access line');
+      expect(accessLine('h2-dies-mid-body')).toMatchObject({ status: 200, error_code: 'upstream_reset' });
+      expect(await ordersStatus()).toBe(503);
+    } finally {
+      session.destroy();
+    }
+  });
+});
+
 describe('certificate files that cannot serve', () => {
   // OpenSSL alone says "key values mismatch" or "bad decrypt": the error must say which setting to fix.
   it('refuses at start-up a certificate and key that do not belong together, naming both settings', () => {
