@@ -123,8 +123,11 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
   };
   const cache = new VerifiedTokenCache(options.cacheSize ?? 10_000);
 
-  /** The caller a token proves, and until when (epoch ms) that may be remembered without checking it again. */
-  async function verifyWithKeys(token: string): Promise<{ user: AuthenticatedUser; trustedUntilMs: number }> {
+  /**
+   * The caller a token proves, until when (epoch ms) that may be remembered without checking it again, and for a
+   * provider token whether the key that signed it is still published.
+   */
+  async function verifyWithKeys(token: string): Promise<{ user: AuthenticatedUser; trustedUntilMs: number; stillPublished?: () => boolean }> {
     let alg: string | undefined;
     try {
       alg = decodeProtectedHeader(token).alg;
@@ -137,10 +140,17 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
         return { user: ownIdentity(payload), trustedUntilMs: expiryMs(payload) };
       }
       if (providerKeys && providerOptions && jwks && alg !== undefined && jwks.algorithms.includes(alg)) {
-        const { payload } = await jwtVerify(token, providerKeys, providerOptions);
-        // No longer than the key set itself is trusted: a key the provider withdrew (rotated, leaked) must stop
+        const { payload, protectedHeader } = await jwtVerify(token, providerKeys.getKey, providerOptions);
+        // No longer than the key set it was checked against is trusted (from its fetch, not from this check), nor
+        // past a refetch that no longer holds its key: a key the provider withdrew (rotated, leaked) must stop
         // working for a token seen before too, not only for new ones, however far off the token's `exp`.
-        return { user: providerIdentity(payload, jwks.roleClaim, jwks.subjectPrefix), trustedUntilMs: Math.min(expiryMs(payload), Date.now() + jwks.cacheMaxAgeMs) };
+        const keySet = providerKeys.current();
+        const fetchedAtMs = keySet?.fetchedAtMs ?? Date.now();
+        return {
+          user: providerIdentity(payload, jwks.roleClaim, jwks.subjectPrefix),
+          trustedUntilMs: Math.min(expiryMs(payload), fetchedAtMs + jwks.cacheMaxAgeMs),
+          stillPublished: () => providerKeys.stillPublished(keySet, protectedHeader.kid),
+        };
       }
     } catch (error) {
       if (error instanceof TokenRejectedError || error instanceof TokenVerifierUnavailableError) throw error;
@@ -166,26 +176,40 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
     async verify(token) {
       const known = cache.get(token);
       if (known) return known;
-      const { user, trustedUntilMs } = await verifyWithKeys(token);
-      cache.set(token, user, trustedUntilMs);
+      const { user, trustedUntilMs, stillPublished } = await verifyWithKeys(token);
+      cache.set(token, user, trustedUntilMs, stillPublished);
       return user;
     },
   };
+}
+
+/** A key set as fetched: when, and the `kid`s it held. */
+interface FetchedKeySet {
+  fetchedAtMs: number;
+  kids: ReadonlySet<string>;
 }
 
 /**
  * The provider's keys (cached, refetched on an unknown `kid` at most once per cooldown, each fetch bounded by
  * `timeoutMs`), with failures sorted at this boundary: a key the token names but the set lacks is the token's
  * fault; failing to get the set at all is a TokenVerifierUnavailableError. jwtVerify passes both on unchanged.
+ * `current` is the key set last fetched (the one jose verifies with); `stillPublished` says whether the key a
+ * token named (`kid`) when it verified against `used` is in it still (one without a `kid`: the set was not refetched).
  */
-function providerKeyLookup(jwks: JwksOptions): JWTVerifyGetKey {
+function providerKeyLookup(jwks: JwksOptions): { getKey: JWTVerifyGetKey; current(): FetchedKeySet | undefined; stillPublished(used: FetchedKeySet | undefined, kid: string | undefined): boolean } {
+  let current: FetchedKeySet | undefined;
   const remote = createRemoteJWKSet(new URL(jwks.url), {
     timeoutDuration: jwks.timeoutMs,
     cooldownDuration: jwks.cooldownMs,
     cacheMaxAge: jwks.cacheMaxAgeMs,
-    [customFetch]: jwksFetch(Math.min(jwks.cooldownMs, JWKS_FAILURE_BACKOFF_MS)),
+    [customFetch]: jwksFetch(Math.min(jwks.cooldownMs, JWKS_FAILURE_BACKOFF_MS), (keySet) => (current = keySet)),
   });
-  return async function providerKey(header, token) {
+  return {
+    getKey: providerKey,
+    current: () => current,
+    stillPublished: (used, kid) => used === current || (kid !== undefined && current !== undefined && current.kids.has(kid)),
+  };
+  async function providerKey(...[header, token]: Parameters<JWTVerifyGetKey>) {
     try {
       return await remote(header, token);
     } catch (error) {
@@ -209,7 +233,7 @@ const JWKS_FAILURE_BACKOFF_MS = 5000;
  * 200 with a JSON key set is a failure that later fetches repeat for `backoffMs` without asking the provider
  * again, instead of sending it one request per provider token while it is failing.
  */
-function jwksFetch(backoffMs: number): FetchImplementation {
+function jwksFetch(backoffMs: number, fetched: (keySet: FetchedKeySet) => void): FetchImplementation {
   let lastFailure: { at: number; error: unknown } | undefined;
   return async (url, init) => {
     if (lastFailure && Date.now() - lastFailure.at < backoffMs) throw lastFailure.error;
@@ -220,6 +244,8 @@ function jwksFetch(backoffMs: number): FetchImplementation {
       const keySet: unknown = JSON.parse(text);
       if (typeof keySet !== 'object' || keySet === null || !Array.isArray((keySet as { keys?: unknown }).keys)) throw Object.assign(new Error('the JWKS answer is not a key set'), { code: 'ERR_JWKS_INVALID' });
       lastFailure = undefined;
+      const kids = (keySet as { keys: unknown[] }).keys.map((key) => (key as { kid?: unknown } | null)?.kid).filter((kid): kid is string => typeof kid === 'string');
+      fetched({ fetchedAtMs: Date.now(), kids: new Set(kids) });
       return new Response(text, { status: 200, headers: { 'content-type': 'application/json' } });
     } catch (error) {
       lastFailure = { at: Date.now(), error };
@@ -294,20 +320,21 @@ function expiryMs(payload: JWTPayload): number {
  * entries go first.
  */
 class VerifiedTokenCache {
-  private readonly entries = new Map<string, { user: AuthenticatedUser; expiresAtMs: number }>();
+  private readonly entries = new Map<string, { user: AuthenticatedUser; expiresAtMs: number; stillTrusted?: () => boolean }>();
   constructor(private readonly maxEntries: number) {}
 
   get(token: string): AuthenticatedUser | undefined {
     const entry = this.entries.get(token);
     if (!entry) return undefined;
-    if (entry.expiresAtMs <= Date.now()) {
+    if (entry.expiresAtMs <= Date.now() || entry.stillTrusted?.() === false) {
       this.entries.delete(token);
       return undefined;
     }
     return entry.user;
   }
 
-  set(token: string, user: AuthenticatedUser, expiresAtMs: number): void {
+  /** `stillTrusted`: checked on every use besides the expiry (a provider token's key still published). */
+  set(token: string, user: AuthenticatedUser, expiresAtMs: number, stillTrusted?: () => boolean): void {
     if (this.maxEntries === 0) return;
     // Not past exp even within the clock tolerance that let it verify: expired tokens must fail again.
     if (expiresAtMs <= Date.now()) return;
@@ -315,6 +342,6 @@ class VerifiedTokenCache {
       const oldest = this.entries.keys().next().value;
       if (oldest !== undefined) this.entries.delete(oldest);
     }
-    this.entries.set(token, { user, expiresAtMs });
+    this.entries.set(token, { user, expiresAtMs, stillTrusted });
   }
 }

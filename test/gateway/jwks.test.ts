@@ -80,6 +80,25 @@ describe('a provider token remembered as verified', () => {
     // Within about the key set's trust (cacheMaxAgeMs), however long the token still runs.
     await waitFor(async () => (await call()).status === 401, 'the token to be refused', 10_000);
   });
+
+  it('refuses a token first seen late in its key set\'s life once a refetch dropped its key (it stayed accepted for cacheMaxAgeMs after)', async () => {
+    const old = await providerKey('old-late', 'RS256');
+    const fresh = await providerKey('fresh-late', 'RS256');
+    jwks.state.keys = [old];
+    const call = async (token: string) => (await fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } })).status;
+    // The key set is fetched now (kid `old-late` is new to it)...
+    expect(await call(await providerToken(old, { sub: 'idp-early' }))).toBe(200);
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    // ...and this token is first verified 600 ms into the set's second of trust: remembered from then on, it outlived the set.
+    const late = await providerToken(old, { sub: 'idp-late' });
+    expect(await call(late)).toBe(200);
+    jwks.state.keys = [fresh];
+    // A token naming a key the set lacks makes the gateway refetch: the set it holds now has no `old-late`.
+    const fetches = jwks.state.fetches;
+    expect(await call(await providerToken(fresh, { sub: 'idp-fresh' }))).toBe(200);
+    expect(jwks.state.fetches).toBeGreaterThan(fetches);
+    expect(await call(late)).toBe(401);
+  });
 });
 
 describe('tokens from an identity provider (JWKS)', () => {
