@@ -142,6 +142,14 @@ export function createProxy(options: ProxyOptions): Middleware {
       let held = false;
       /** The service's answer is paused because the client has not taken what the gateway holds for it. */
       let backedUp = false;
+      /** This exchange holds one of the slow-client buffers (CLIENT_BUFFERS): more than Node's mark waits for its client. */
+      let buffering = false;
+      const releaseBuffer = () => {
+        if (!buffering) return;
+        buffering = false;
+        clientBuffersInUse--;
+      };
+      res.once('close', releaseBuffer);
       /** undici is done with the request (ended, failed, or aborted when it finally got a connection). */
       const release = () => {
         if (released) return;
@@ -228,6 +236,7 @@ export function createProxy(options: ProxyOptions): Middleware {
         res.once('finish', () => (res.writableEnded ? done() : onClientClose()));
         res.on('drain', () => {
           backedUp = false;
+          releaseBuffer();
           controller.resume();
         });
       };
@@ -311,11 +320,19 @@ export function createProxy(options: ProxyOptions): Middleware {
             tap?.data(chunk);
             if (res.destroyed || res.writableEnded) controller.abort(new Error('the client closed the connection'));
             // Up to CLIENT_BUFFER_BYTES wait in the gateway: an answer that fits is read whole and its connection
-            // freed, whatever the client's pace, instead of lying paused until the service closes it as idle.
-            else if (!res.write(chunk) && res.writableLength >= CLIENT_BUFFER_BYTES) {
-              backedUp = true;
-              controller.pause();
-              tap?.clientBackedUp();
+            // freed, whatever the client's pace, instead of lying paused until the service closes it as idle. Only
+            // CLIENT_BUFFERS exchanges at once: clients that open many streams or connections and read none must
+            // not make the gateway hold CLIENT_BUFFER_BYTES for each; past that, an answer pauses at Node's mark.
+            else if (!res.write(chunk)) {
+              if (!buffering && clientBuffersInUse < CLIENT_BUFFERS) {
+                buffering = true;
+                clientBuffersInUse++;
+              }
+              if (!buffering || res.writableLength >= CLIENT_BUFFER_BYTES) {
+                backedUp = true;
+                controller.pause();
+                tap?.clientBackedUp();
+              }
             }
           },
           onResponseEnd() {
@@ -441,10 +458,19 @@ export function createProxy(options: ProxyOptions): Middleware {
  * Bytes of a service's answer the gateway holds for a client that reads slower than the service sends, beyond
  * which it stops reading from the service (back-pressure). Most answers fit, so a slow client does not keep the
  * service's connection, nor lose its answer when the service closes that connection as idle; a bigger one is held
- * paused (the client's send timeout, `server.sendTimeoutMs`, bounds a client that does not take it). Per exchange:
- * an HTTP/2 connection's 100 streams hold at most 25 MiB.
+ * paused (the client's send timeout, `server.sendTimeoutMs`, bounds a client that does not take it). Per exchange,
+ * and only CLIENT_BUFFERS exchanges at once.
  */
 export const CLIENT_BUFFER_BYTES = 256 * 1024;
+
+/**
+ * Exchanges that may hold up to CLIENT_BUFFER_BYTES for their client at once (64 MiB in all, per process); the
+ * others pause the service at Node's own mark, as every answer did before. Without a bound, 10,000 connections
+ * (`server.maxConnections`), or one HTTP/2 connection's 100 streams per connection, not reading large answers
+ * made the gateway hold 256 KiB for each.
+ */
+const CLIENT_BUFFERS = 256;
+let clientBuffersInUse = 0;
 
 /** Extra attempts on other instances after a connection failure, at most. */
 const MAX_RETRIES = 2;
