@@ -69,6 +69,8 @@ interface Exchange {
    */
   heldForClient?: boolean;
   clientClosed?: boolean;
+  /** The service's final answer arrived (held for the cache's invalidation, so not yet sent on): the request is not resent. */
+  answeredByService?: boolean;
   /** Why the service's response could not be forwarded (502 `upstream_bad_response`). */
   badResponse?: string;
 }
@@ -140,6 +142,9 @@ export function createProxy(options: ProxyOptions): Middleware {
       const touch = () => idle?.refresh();
       /** The service answered, and its answer waits for `ctx.state.holdResponse` before it goes on. */
       let held = false;
+      /** When the hold began (performance.now()), and whether the deadline came while it lasted. */
+      let heldSince = 0;
+      let deadlineCameWhileHeld = false;
       /** The service's answer is paused because the client has not taken what the gateway holds for it. */
       let backedUp = false;
       /** This exchange holds one of the slow-client buffers (CLIENT_BUFFERS): more than Node's mark waits for its client. */
@@ -241,13 +246,19 @@ export function createProxy(options: ProxyOptions): Middleware {
         });
       };
 
-      // Covers the wait for a connection, the upload and the whole response, of every attempt together.
+      // Covers the wait for a connection, the upload and the whole response, of every attempt together; not the
+      // time the gateway holds a service's answer (a write's invalidation): that answer came in time.
+      const deadlineCame = () => {
+        if (held) {
+          deadlineCameWhileHeld = true;
+          return;
+        }
+        exchange.deadlineExceeded = true;
+        cut('the exchange outlived its deadline', 'upstream_timeout');
+      };
       timers.push(
         setTimeout(
-          () => {
-            exchange.deadlineExceeded = true;
-            cut('the exchange outlived its deadline', 'upstream_timeout');
-          },
+          deadlineCame,
           Math.max(0, deadlineAt - performance.now()),
         ),
       );
@@ -304,11 +315,16 @@ export function createProxy(options: ProxyOptions): Middleware {
             const hold = ctx.state.holdResponse?.(statusCode);
             if (!hold) return answer(controller, statusCode, upstreamHeaders, statusMessage);
             held = true;
+            heldSince = performance.now();
+            // The service answered: whatever befalls its connection now, the request was done and is never resent.
+            exchange.answeredByService = true;
             controller.pause();
             const goOn = () => {
               held = false;
-              // The client left, or the deadline cut the exchange, meanwhile: nothing to send.
+              // The client left meanwhile: nothing to send.
               if (settled) return;
+              // The deadline passed during the hold: the rest of the answer gets as long as the hold took.
+              if (deadlineCameWhileHeld) timers.push(setTimeout(deadlineCame, performance.now() - heldSince));
               touch();
               answer(controller, statusCode, upstreamHeaders, statusMessage);
               if (exchange.status !== undefined) controller.resume();
@@ -410,7 +426,7 @@ export function createProxy(options: ProxyOptions): Middleware {
         pool.reportFailure(instance, outcome);
       }
 
-      const retryable = replayable && (outcome === 'refused' || outcome === 'reset') && exchange.status === undefined && !ctx.res.headersSent;
+      const retryable = replayable && (outcome === 'refused' || outcome === 'reset') && exchange.status === undefined && !exchange.answeredByService && !ctx.res.headersSent;
       // Another instance first. With none left, a reset before any answer is retried on the same one: it is most
       // often a kept-alive connection the service closed just as it was reused (a race every keep-alive client
       // meets), and the retry goes out on another connection. A refused connection would only be refused again.

@@ -292,3 +292,78 @@ describe('a successful write while the Redis store is down', () => {
     }
   });
 });
+
+describe("a write whose answer the gateway holds for the invalidation", () => {
+  it('is answered, not 504, when the hold outlasts the exchange deadline: the service answered in time', async () => {
+    // The PUT is answered after 300 ms; the route's deadline is 800 ms; the other worker never confirms, so the
+    // answer waits about a second more. Before, the deadline ran through the hold and the client got 504 for a
+    // write the service had done (and might send it again).
+    const items = await namedUpstream('items', (req, res) => {
+      if (req.method !== 'PUT') return false;
+      setTimeout(() => res.writeHead(204).end(), 300);
+      return true;
+    });
+    const config = itemsConfig(items);
+    (config.routes[0] as Record<string, unknown>).deadlineMs = 800;
+    const gateway = await startGatewayProcess({ config, env: { GATEWAY_WORKERS: '2' } });
+    try {
+      const writer = connection(gateway.url);
+      // A copy stored first: a write with one to drop waits for the other worker's confirmation.
+      await writer.request('/items/1');
+      const held = holdPrimary(gateway, 2500);
+      const write = await writer.request('/items/1', 'PUT');
+      await held;
+      writer.close();
+      expect(write.status).toBe(204);
+    } finally {
+      gateway.child.kill('SIGKILL');
+      await items.close();
+    }
+  });
+
+  it('is never sent to the service again when the service resets its connection during the hold', async () => {
+    // The service answers the DELETE (a head and part of the body), then resets; Redis hangs, so the answer is
+    // still held. Before, that read as a connection reset before any answer, and the DELETE went out twice more.
+    let deletes = 0;
+    const service = net.createServer((socket) => {
+      socket.on('error', () => undefined);
+      let head = '';
+      socket.on('data', (chunk) => {
+        head += String(chunk);
+        if (!head.includes('\r\n\r\n')) return;
+        const method = head.split(' ', 1)[0];
+        head = '';
+        if (method !== 'DELETE') return void socket.write('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncache-control: max-age=300\r\ncontent-length: 2\r\n\r\nok');
+        deletes++;
+        socket.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"deleted":');
+        setTimeout(() => socket.resetAndDestroy(), 20);
+      });
+    });
+    await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
+    const url = `http://127.0.0.1:${(service.address() as net.AddressInfo).port}`;
+    const redis = await startOwnRedis();
+    const gateway = await startGatewayProcess({
+      config: {
+        rateLimit: { max: 1_000_000, windowMs: 60_000, onStoreFailure: 'allow' },
+        services: { users: { url }, items: { url } },
+        routes: [{ name: 'items', prefix: '/items', service: 'items', upstreamPath: '', auth: 'public', cache: { ttlSeconds: 300, scope: 'public' } }],
+      },
+      env: { REDIS_URL: redis.url },
+    });
+    try {
+      const client = connection(gateway.url);
+      await client.request('/items/1');
+      redis.pause();
+      const answer = await client.request('/items/1', 'DELETE').catch((error: Error) => ({ status: 0, error: error.message }));
+      client.close();
+      redis.resume();
+      expect(answer.status).toBe(502);
+      expect(deletes).toBe(1);
+    } finally {
+      redis.resume();
+      gateway.child.kill('SIGKILL');
+      await redis.stop();
+      await new Promise((resolve) => service.close(resolve));
+    }
+  });
+});
