@@ -174,28 +174,57 @@ export interface RedisStoreOptions {
 const FAILURE_LOG_INTERVAL_MS = 10_000;
 
 /**
- * The part of Redis's `maxmemory` past which the cache stores nothing more. The rate-limit windows live in the
- * same Redis, and every key of both has a TTL, so no eviction policy tells them apart: a cache filling Redis to
- * its cap made it evict the least recently used keys, which were the windows of clients idle for a while (their
- * counts started over). Below this share, the cache never makes Redis evict; its entries leave as they expire.
+ * The part of Redis's `maxmemory` the cache keeps within. The rate-limit windows live in the same Redis, and every
+ * key of both has a TTL, so no eviction policy tells them apart: a cache filling Redis to its cap made it evict
+ * the least recently used keys, which were the windows of clients idle for a while (their counts started over).
+ * Within this share, the cache never makes Redis evict: it evicts its own entries (STORE_VARIANT).
  */
 const CACHE_SHARE_OF_MAXMEMORY = 0.75;
+
+/**
+ * Most resources one store evicts to fit its share: each eviction reads INFO again, and a store must stay quick
+ * however small the entries ahead of it are (they are bounded by `cache.maxEntryBytes`, the value by it too).
+ */
+const MAX_EVICTIONS_PER_STORE = 32;
+
+/** What a resource's sorted set of variant ends is named, after the resource's own key. */
+const ENDS_SUFFIX = ':ends';
 
 /**
  * Stores a variant (ARGV[1], value ARGV[2], retention ARGV[3] ms from ARGV[4], now in ms) in its resource's hash
  * (KEYS[1]) and its end in a sorted set beside it (KEYS[2]); both live as long as their longest variant. Every
  * store first drops variants past their retention (64 at most): the hash's TTL is extended by each new
  * variant, so on a resource stored for many callers or header values it may never expire, and dead variants
- * would otherwise pile up in it without bound (a per-field TTL needs Redis 7.4). Returns 0, storing nothing,
- * when Redis has a `maxmemory` and the value would take it past ARGV[5] of it (CACHE_SHARE_OF_MAXMEMORY); a Redis
- * that does not let a script read INFO stores as if it had none.
+ * would otherwise pile up in it without bound (a per-field TTL needs Redis 7.4).
+ *
+ * The cache's resources are indexed by when they end (KEYS[3], the resource's key scored by its hash's expiry;
+ * cleaned of ended ones, 64 at most per store, and living as long as its longest member). When Redis has a
+ * `maxmemory` and the value would take it past ARGV[5] of it (CACHE_SHARE_OF_MAXMEMORY), the script first
+ * evicts the cache's own resources that end soonest, every variant of each (as Redis's volatile-ttl would, but
+ * never a rate-limit window), at most ARGV[7] of them, until the value fits; a client filling the share with
+ * junk thus pushes out the oldest junk, not every answer stored after it. Returns 0, storing nothing, only when
+ * it still does not fit (the windows take the rest). A member whose resource was invalidated (a DEL) stays until
+ * it ends or is evicted, which deletes nothing. A Redis that does not let a script read INFO stores as if it had
+ * no `maxmemory`. The evicted resources' keys are not among KEYS: like KEYS[1] and KEYS[2], which share no hash
+ * tag, this is for a single Redis, not a Redis Cluster.
  */
 const STORE_VARIANT = `
+local ended = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4], 'LIMIT', 0, 64)
+if #ended > 0 then redis.call('ZREM', KEYS[3], unpack(ended)) end
 local memory = redis.pcall('INFO', 'memory')
 if type(memory) == 'string' then
   local maxmemory = tonumber(string.match(memory, 'maxmemory:(%d+)')) or 0
+  local share = maxmemory * tonumber(ARGV[5])
   local used = tonumber(string.match(memory, 'used_memory:(%d+)')) or 0
-  if maxmemory > 0 and used + #ARGV[2] > maxmemory * tonumber(ARGV[5]) then return 0 end
+  local evicted = 0
+  while maxmemory > 0 and used + #ARGV[2] > share do
+    local soonest = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+    if not soonest or evicted == tonumber(ARGV[7]) then return 0 end
+    redis.call('ZREM', KEYS[3], soonest)
+    redis.call('DEL', soonest, soonest .. ARGV[6])
+    evicted = evicted + 1
+    used = tonumber(string.match(redis.call('INFO', 'memory'), 'used_memory:(%d+)')) or 0
+  end
 end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 64)
 if #expired > 0 then
@@ -203,7 +232,10 @@ if #expired > 0 then
   redis.call('ZREM', KEYS[2], unpack(expired))
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[1])
+local ends = tonumber(ARGV[4]) + tonumber(ARGV[3])
+redis.call('ZADD', KEYS[2], ends, ARGV[1])
+local indexed = tonumber(redis.call('ZSCORE', KEYS[3], KEYS[1]))
+if not indexed or indexed < ends then redis.call('ZADD', KEYS[3], ends, KEYS[1]) end
 for _, key in ipairs(KEYS) do
   if redis.call('PTTL', key) < tonumber(ARGV[3]) then redis.call('PEXPIRE', key, ARGV[3]) end
 end
@@ -212,7 +244,8 @@ return 1`;
 /**
  * Entries shared by every replica, in Redis: one hash per resource (so an unsafe request drops all its
  * variants with one DEL), a field per variant, and when each variant ends (see STORE_VARIANT). The cache takes
- * at most CACHE_SHARE_OF_MAXMEMORY of Redis's `maxmemory`; entry size is still bounded by `cache.maxEntryBytes`. The client fails fast (src/rate-limit-store.ts), and
+ * at most CACHE_SHARE_OF_MAXMEMORY of Redis's `maxmemory`, evicting its own resources that end soonest to stay
+ * within it; entry size is still bounded by `cache.maxEntryBytes`. The client fails fast (src/rate-limit-store.ts), and
  * any failure is a miss: the request goes to the service. A value is 4 bytes of metadata length, the
  * metadata as JSON, then the body as it is.
  */
@@ -227,7 +260,9 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
   };
   const redisKey = (route: string, resource: string) => `${keyPrefix}:${route}:${resource}`;
   // A resource is a fixed-length base64url hash (no `:`), so no resource's key can end in `:ends`.
-  const endsKey = (route: string, resource: string) => `${redisKey(route, resource)}:ends`;
+  const endsKey = (route: string, resource: string) => `${redisKey(route, resource)}${ENDS_SUFFIX}`;
+  // One segment after the prefix where every resource's key has two (a route name has no `:`).
+  const indexKey = `${keyPrefix}:resources`;
 
   return {
     kind: 'redis',
@@ -253,8 +288,8 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
       const length = Buffer.alloc(4);
       length.writeUInt32BE(metaBytes.length, 0);
       try {
-        const stored = await client.eval(STORE_VARIANT, 2, redisKey(route, key.resource), endsKey(route, key.resource), key.variant, Buffer.concat([length, metaBytes, body]), ttl, storedAt, CACHE_SHARE_OF_MAXMEMORY);
-        if (stored === 0) failed('set', new Error(`Redis is past ${CACHE_SHARE_OF_MAXMEMORY * 100}% of its maxmemory: the answer is not stored, the rate-limit windows keep the rest`));
+        const stored = await client.eval(STORE_VARIANT, 3, redisKey(route, key.resource), endsKey(route, key.resource), indexKey, key.variant, Buffer.concat([length, metaBytes, body]), ttl, storedAt, CACHE_SHARE_OF_MAXMEMORY, ENDS_SUFFIX, MAX_EVICTIONS_PER_STORE);
+        if (stored === 0) failed('set', new Error(`the answer would take Redis past ${CACHE_SHARE_OF_MAXMEMORY * 100}% of its maxmemory even after evicting up to ${MAX_EVICTIONS_PER_STORE} of the cache's own entries: it is not stored, the rate-limit windows keep the rest`));
       } catch (error) {
         failed('set', error);
       }

@@ -130,53 +130,73 @@ describe('a route named like one of the gateway\'s own limits', () => {
 });
 
 describe('a Redis run as shipped, filled with cached answers', () => {
-  let own: OwnRedis | undefined;
-  let upstream: TestServer | undefined;
-  let client: Redis | undefined;
+  let own: OwnRedis;
+  let upstream: TestServer;
+  let client: Redis;
+  let gateway: TestServer;
+  const status = async (path: string) => {
+    const response = await fetch(`${gateway.url}${path}`);
+    await response.arrayBuffer();
+    return response.status;
+  };
+  const cacheResult = async (path: string) => {
+    const response = await fetch(`${gateway.url}${path}`);
+    await response.arrayBuffer();
+    return response.headers.get('x-cache');
+  };
+  const redisInfo = async (section: string, field: string) => Number(new RegExp(`${field}:(\\d+)`).exec(await client.info(section))![1]);
+
+  beforeAll(async () => {
+    // Compose's command (the cluster runs the same: test/stack/kubernetes-wiring.test.ts), with a cap of 8 MB
+    // instead of 96 so that 48 answers of 256 KiB overfill it.
+    const [, ...shipped] = service(readCompose(), 'redis').command;
+    expect(shipped).toEqual(expect.arrayContaining(['--maxmemory-policy', 'volatile-lru']));
+    own = await startOwnRedis([...shipped, '--maxmemory', '8mb']);
+    const large = 'x'.repeat(256 * 1024);
+    const small = 'y'.repeat(2048);
+    upstream = await listen((req, res) => res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=300' }).end(req.url!.startsWith('/small/') ? small : large));
+    client = createRedisStore({ url: own.url, commandTimeoutMs: 500, logger: memoryLogger('gateway').logger });
+    await requireRedis(client, own.url);
+    const route = (name: string, extra: Record<string, unknown>) => ({ name, prefix: `/${name}`, service: 'users', upstreamPath: '', auth: 'public', ...extra });
+    const limited = { rateLimit: { max: 3, windowMs: 300_000 } };
+    const config = testConfig(
+      { users: upstream.url, orders: upstream.url, notifications: upstream.url },
+      {
+        rateLimit: { max: 1_000_000, windowMs: 60_000, redisUrl: own.url },
+        routes: [route('limited', limited), route('idle', limited), route('cached', { cache: { ttlSeconds: 300, scope: 'public' } })],
+      },
+    );
+    gateway = await listen(createGateway(config, { logger: memoryLogger('gateway').logger, metrics: false, redis: client }).callback());
+  });
   afterAll(async () => {
+    await gateway?.close();
     client?.disconnect();
     await upstream?.close();
     await own?.stop();
   });
 
   it('keeps an idle rate-limit window while the cache fills it to its maxmemory (it was evicted, the client\'s count started over)', async () => {
-    // Compose's command (the cluster runs the same: test/stack/kubernetes-wiring.test.ts), with a cap of 8 MB
-    // instead of 96 so that 48 answers of 256 KiB overfill it.
-    const [, ...shipped] = service(readCompose(), 'redis').command;
-    expect(shipped).toEqual(expect.arrayContaining(['--maxmemory-policy', 'volatile-lru']));
-    own = await startOwnRedis([...shipped, '--maxmemory', '8mb']);
-    const body = 'x'.repeat(256 * 1024);
-    upstream = await listen((_req, res) => res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=300' }).end(body));
-    client = createRedisStore({ url: own.url, commandTimeoutMs: 500, logger: memoryLogger('gateway').logger });
-    await requireRedis(client, own.url);
-    const route = (name: string, extra: Record<string, unknown>) => ({ name, prefix: `/${name}`, service: 'users', upstreamPath: '', auth: 'public', ...extra });
-    const config = testConfig(
-      { users: upstream.url, orders: upstream.url, notifications: upstream.url },
-      {
-        rateLimit: { max: 1_000_000, windowMs: 60_000, redisUrl: own.url },
-        routes: [route('limited', { rateLimit: { max: 3, windowMs: 300_000 } }), route('cached', { cache: { ttlSeconds: 300, scope: 'public' } })],
-      },
-    );
-    const gateway = await listen(createGateway(config, { logger: memoryLogger('gateway').logger, metrics: false, redis: client }).callback());
-    try {
-      const status = async (path: string) => {
-        const response = await fetch(`${gateway.url}${path}`);
-        await response.arrayBuffer();
-        return response.status;
-      };
-      expect([await status('/limited/a'), await status('/limited/b')]).toEqual([200, 200]);
-      for (let page = 0; page < 48; page++) expect(await status(`/cached/${page}`)).toBe(200);
-      const memory = await client.info('memory');
-      const used = Number(/used_memory:(\d+)/.exec(memory)![1]);
-      expect(used).toBeLessThanOrEqual(8 * 1024 * 1024);
-      // One request left of three, then the limit: the window was not evicted for the cached answers.
-      expect([await status('/limited/c'), await status('/limited/d')]).toEqual([200, 429]);
-      expect(Number(/evicted_keys:(\d+)/.exec(await client.info('stats'))![1])).toBe(0);
-      // The cache still answers from what it stored before it reached its share.
-      expect((await fetch(`${gateway.url}/cached/0`)).headers.get('x-cache')).toBe('HIT');
-    } finally {
-      await gateway.close();
-    }
+    expect([await status('/limited/a'), await status('/limited/b')]).toEqual([200, 200]);
+    for (let page = 0; page < 48; page++) expect(await status(`/cached/${page}`)).toBe(200);
+    expect(await redisInfo('memory', 'used_memory')).toBeLessThanOrEqual(8 * 1024 * 1024);
+    // One request left of three, then the limit: the window was not evicted for the cached answers.
+    expect([await status('/limited/c'), await status('/limited/d')]).toEqual([200, 429]);
+    expect(await redisInfo('stats', 'evicted_keys')).toBe(0);
+    // The cache answers from what it stored last; it made room for it by evicting its own first pages.
+    expect(await cacheResult('/cached/47')).toBe('HIT');
+    expect(await cacheResult('/cached/0')).toBe('MISS');
+  });
+
+  it('still stores a new answer after a client flooded its share with junk, evicting the junk that ends soonest (it stored nothing until the junk expired)', async () => {
+    expect([await status('/idle/a'), await status('/idle/b')]).toEqual([200, 200]);
+    // Distinct URLs any client may ask for: 12 MiB of large answers, then small ones, against a share of 6 MiB.
+    for (let page = 0; page < 48; page++) expect(await status(`/cached/junk/${page}`)).toBe(200);
+    for (let page = 0; page < 300; page++) expect(await status(`/cached/small/${page}`)).toBe(200);
+    expect([await cacheResult('/cached/hot'), await cacheResult('/cached/hot'), await cacheResult('/cached/hot')]).toEqual(['MISS', 'HIT', 'HIT']);
+    expect(await redisInfo('memory', 'used_memory')).toBeLessThanOrEqual(8 * 1024 * 1024);
+    // Redis itself evicted nothing: the window of a client idle through the flood still counts.
+    expect(await redisInfo('stats', 'evicted_keys')).toBe(0);
+    expect([await status('/idle/c'), await status('/idle/d')]).toEqual([200, 429]);
   });
 });
 
