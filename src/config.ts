@@ -137,9 +137,18 @@ const serviceUrl = z
     return (url.pathname === '/' || url.pathname === '') && url.search === '' && url.hash === '' && url.username === '' && url.password === '' && !/[?#]/.test(value);
   }, 'must be an origin (scheme, host, port) without path, query, fragment or credentials: put a path in the route\'s upstreamPath');
 
+/** What a route name is made of. */
+export const ROUTE_NAME = /^[a-z][a-z0-9-]*$/;
+/**
+ * The longest route name, characters. A worker names the route of each cache invalidation it sends the cluster
+ * primary, which refuses longer names (src/workers.ts: it must not pass megabytes on to every other worker);
+ * a name the config accepted but the primary refused would leave the other workers' copies stale.
+ */
+export const MAX_ROUTE_NAME_LENGTH = 256;
+
 const routeSchema = z.strictObject({
   /** Route name, used in logs, spans and metrics. */
-  name: z.string().regex(/^[a-z][a-z0-9-]*$/, 'must be lower-case letters, digits and dashes'),
+  name: z.string().max(MAX_ROUTE_NAME_LENGTH, `must be at most ${MAX_ROUTE_NAME_LENGTH} characters`).regex(ROUTE_NAME, 'must be lower-case letters, digits and dashes'),
   /** Public path prefix, matched segment by segment (`/api/users` matches `/api/users/1`, not `/api/usersX`). */
   prefix: pathPrefix,
   /** Key of `services` this route forwards to. */

@@ -3,7 +3,7 @@ import os from 'node:os';
 import type { Logger } from '../otel/logger';
 import { shutdownTelemetry } from '../otel/telemetry';
 import type { ReloadAnswer, WorkerConfigStatus } from './admin';
-import { clientTimeouts, type GatewayConfig } from './config';
+import { clientTimeouts, MAX_ROUTE_NAME_LENGTH, ROUTE_NAME, type GatewayConfig } from './config';
 import { checkReload, type ActiveConfig } from './config-reload';
 import { isPromClientMessage, listenClusterMetrics } from './metrics';
 import { readCertificatePems, readRotatedCertificates, type CertificatePems } from './tls';
@@ -55,8 +55,6 @@ export type ToWorker =
   | CacheInvalidation
   | CacheInvalidated;
 
-/** A route name as config.ts allows it, bounded: a worker must not have the primary pass megabytes on to every other one. */
-const ROUTE_NAME = /^[a-z][a-z0-9-]{0,255}$/;
 /** A cached resource: src/response-cache.ts cacheKey, SHA-256 in base64url. */
 const CACHE_RESOURCE = /^[\w-]{43}$/;
 
@@ -103,7 +101,9 @@ export function toPrimaryMessage(raw: unknown): ToPrimary | undefined {
       const stale: StaleResource[] = [];
       for (const entry of resources as unknown[]) {
         const { route, resource } = (typeof entry === 'object' && entry !== null ? entry : {}) as Record<string, unknown>;
-        if (typeof route !== 'string' || typeof resource !== 'string' || !ROUTE_NAME.test(route) || !CACHE_RESOURCE.test(resource)) return undefined;
+        // A route name as config.ts allows it, bounded there: a worker must not have the primary pass megabytes on to every other one.
+        if (typeof route !== 'string' || route.length > MAX_ROUTE_NAME_LENGTH || !ROUTE_NAME.test(route)) return undefined;
+        if (typeof resource !== 'string' || !CACHE_RESOURCE.test(resource)) return undefined;
         stale.push({ route, resource });
       }
       return { gateway: 'invalidate', id: id as number, resources: stale };
@@ -125,6 +125,11 @@ const WATCHDOG_INTERVAL_MS = 1000;
 const STABLE_AFTER_MS = 10_000;
 const FIRST_RESTART_DELAY_MS = 100;
 const MAX_RESTART_DELAY_MS = 10_000;
+/**
+ * How often the primary logs that it ignored malformed messages, ms. Each is a bug (or a compromised worker), and
+ * one refused cache invalidation leaves the other workers' copies stale; a worker repeating it must not flood the log.
+ */
+const MALFORMED_LOG_INTERVAL_MS = 10_000;
 /** Longest the workers may take to drain after SIGTERM (their own bound is 10 s, telemetry flush 5 s). */
 export const SHUTDOWN_BOUND_MS = 20_000;
 /** Longest a reload waits for every worker to report the new version. */
@@ -193,6 +198,16 @@ export function runPrimary(options: PrimaryOptions): void {
   const send = (worker: Worker, message: ToWorker) => {
     if (worker.isConnected()) worker.send(message);
   };
+  let malformedLoggedAt = 0;
+  let malformedSinceLog = 0;
+  const ignoredMalformed = (worker: Worker, raw: unknown) => {
+    malformedSinceLog++;
+    if (Date.now() - malformedLoggedAt < MALFORMED_LOG_INTERVAL_MS) return;
+    const kind = (raw as { gateway?: unknown } | null)?.gateway;
+    logger.warn('ignored a malformed message from a worker', { worker: worker.id, kind: typeof kind === 'string' ? kind.slice(0, 32) : typeof kind, ignored: malformedSinceLog });
+    malformedLoggedAt = Date.now();
+    malformedSinceLog = 0;
+  };
 
   function fork(index: number): void {
     const slot = slots[index]!;
@@ -202,7 +217,7 @@ export function runPrimary(options: PrimaryOptions): void {
     worker.on('message', (raw: unknown) => {
       const message = toPrimaryMessage(raw);
       if (message) onMessage(slot, worker, message);
-      else if (!isPromClientMessage(raw)) logger.warn('ignored a malformed message from a worker', { worker: worker.id });
+      else if (!isPromClientMessage(raw)) ignoredMalformed(worker, raw);
     });
     // A message to a worker that is just exiting fails here; its exit is handled below. Unheard, it would end the primary.
     worker.on('error', (error: Error) => logger.warn('could not message worker', { worker: worker.id, error: error.message }));

@@ -1,7 +1,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ConfigError, GATEWAY_ENV_VARIABLES, loadConfig, parseConfig, PUBLISHED_JWT_SECRETS } from '../../src/config';
+import { ConfigError, GATEWAY_ENV_VARIABLES, loadConfig, MAX_ROUTE_NAME_LENGTH, parseConfig, PUBLISHED_JWT_SECRETS } from '../../src/config';
 import { shippedConfigFile, TEST_JWT_SECRET, TEST_SIGNING_KEY } from '../helpers/test-config';
 
 describe('gateway config', () => {
@@ -104,6 +104,8 @@ describe('gateway config', () => {
     { desc: 'roles on a public route', patch: (file: any) => (file.routes[0].roles = ['admin']), message: /^config: routes\.0\.roles: need auth "required"/ },
     { desc: 'an unknown auth mode', patch: (file: any) => (file.routes[1].auth = 'maybe'), message: /^config: routes\.1\.auth: / },
     { desc: 'no users service', patch: (file: any) => delete file.services.users, message: /^config: services\.users: is required/ },
+    // The cluster primary refused a worker's cache invalidations naming it, so the other workers kept stale copies.
+    { desc: 'a route name longer than a worker may name to the cluster primary', patch: (file: any) => (file.routes[1].name = `items-${'a'.repeat(MAX_ROUTE_NAME_LENGTH)}`), message: /^config: routes\.1\.name: must be at most 256 characters \(got "items-a+\.\.\.\)/ },
     {
       desc: 'a trusted proxy range of every IPv4 address',
       patch: (file: any) => Object.assign(file, { trustProxy: true, trustedProxies: ['10.0.0.1', '0.0.0.0/0'] }),
@@ -127,6 +129,12 @@ describe('gateway config', () => {
     const file = shippedConfigFile();
     patch(file);
     expect(() => parseConfig(file)).toThrow(message);
+  });
+
+  it('takes a route name of the longest length', () => {
+    const file = shippedConfigFile() as any;
+    file.routes[1].name = `r${'-'.repeat(MAX_ROUTE_NAME_LENGTH - 1)}`;
+    expect(parseConfig(file).routes[1]!.name).toHaveLength(MAX_ROUTE_NAME_LENGTH);
   });
 
   it('names GATEWAY_CONFIG when the file cannot be read, and the file when it is not JSON', () => {

@@ -1,4 +1,5 @@
 import os from 'node:os';
+import { MAX_ROUTE_NAME_LENGTH } from '../../src/config';
 import { restartDelayMs, toPrimaryMessage, workerCount } from '../../src/workers';
 
 describe('workerCount', () => {
@@ -41,6 +42,7 @@ describe('toPrimaryMessage (what the primary acts on from a worker)', () => {
     { desc: 'a cache invalidation with null among its resources', raw: { gateway: 'invalidate', id: 1, resources: [null] } },
     { desc: 'a cache invalidation whose route is an object', raw: { gateway: 'invalidate', id: 1, resources: [{ route: { toString: 1 }, resource: 'a'.repeat(43) }] } },
     { desc: 'a cache invalidation with a megabyte route name', raw: { gateway: 'invalidate', id: 1, resources: [{ route: 'a'.repeat(1 << 20), resource: 'a'.repeat(43) }] } },
+    { desc: 'a cache invalidation with a route name longer than a config allows', raw: { gateway: 'invalidate', id: 1, resources: [{ route: 'a'.repeat(MAX_ROUTE_NAME_LENGTH + 1), resource: 'a'.repeat(43) }] } },
     { desc: 'a cache invalidation with a route no config allows', raw: { gateway: 'invalidate', id: 1, resources: [{ route: 'Items/../x', resource: 'a'.repeat(43) }] } },
     { desc: 'a cache invalidation whose resource is no cache key', raw: { gateway: 'invalidate', id: 1, resources: [{ route: 'items', resource: 'x'.repeat(10_000) }] } },
     { desc: 'a cache invalidation naming more resources than a worker queues', raw: { gateway: 'invalidate', id: 1, resources: Array.from({ length: 1025 }, () => ({ route: 'items', resource: 'a'.repeat(43) })) } },
@@ -63,6 +65,8 @@ describe('toPrimaryMessage (what the primary acts on from a worker)', () => {
       { gateway: 'pong', id: 6 },
       { gateway: 'invalidate', id: 8, resources: [{ route: 'items-v2', resource: 'Xk3_-9aZ0pQ1rS2tU3vW4xY5zA6bC7dE8fG9hI0jK1l' }] },
       { gateway: 'invalidate', id: 9, resources: 'all' },
+      // The longest route name a config takes is named to the primary as it is (it refused those past 256 characters).
+      { gateway: 'invalidate', id: 10, resources: [{ route: `r${'-'.repeat(MAX_ROUTE_NAME_LENGTH - 1)}`, resource: 'a'.repeat(43) }, { route: 'items', resource: 'b'.repeat(43) }] },
       { gateway: 'invalidated', id: 8 },
     ];
     for (const message of messages) expect(toPrimaryMessage(message)).toEqual(message);
