@@ -830,44 +830,41 @@ describe('HTTP/2 clients that read slowly', () => {
     await stack?.close();
   });
 
-  /** A normal request to the orders service on a new connection: 503 once the instance is ejected. */
-  const ordersStatus = async () => {
-    const session = await connectH2(gateway.url, certificate.cert);
+  /** `use` on a new HTTP/2 connection to the gateway, closed after it whatever happens. */
+  const inSession = async <T>(use: (session: http2.ClientHttp2Session) => Promise<T>, settings?: http2.Settings): Promise<T> => {
+    const session = await connectH2(gateway.url, certificate.cert, settings);
+    session.on('error', () => undefined);
     try {
-      return (await h2Request(session, { ':path': '/api/orders/small', authorization: `Bearer ${await signToken()}` })).status;
+      return await use(session);
     } finally {
       session.destroy();
     }
   };
 
+  /** A normal request to the orders service on a new connection: 503 once the instance is ejected. */
+  const ordersStatus = () => inSession(async (session) => (await h2Request(session, { ':path': '/api/orders/small', authorization: `Bearer ${await signToken()}` })).status);
+
   it('resets a stream held back with a window of 0 though the client keeps its connection busy with PINGs (they counted as the stream\'s progress)', async () => {
-    const session = await connectH2(gateway.url, certificate.cert, { initialWindowSize: 0 });
-    session.on('error', () => undefined);
-    const pings = setInterval(() => session.ping(() => undefined), 40);
-    try {
+    await inSession(async (session) => {
+      const pings = setInterval(() => session.ping(() => undefined), 40);
       const started = performance.now();
       const rstCode = await new Promise<number>((resolve) => {
         const stream = session.request({ ':path': '/api/nothing-here', [HEADER.requestId]: 'h2-window-0-pings' });
         stream.on('error', () => undefined);
         stream.on('close', () => resolve(stream.rstCode));
-      });
+      }).finally(() => clearInterval(pings));
       expect(rstCode).toBe(http2.constants.NGHTTP2_CANCEL);
       expect(performance.now() - started).toBeLessThan(4 * SEND_MS);
       await waitFor(() => accessLine('h2-window-0-pings') !== undefined, 'the access line');
       expect(accessLine('h2-window-0-pings')).toMatchObject({ status: 404, error_code: 'client_read_timeout' });
-    } finally {
-      clearInterval(pings);
-      session.destroy();
-    }
+    }, { initialWindowSize: 0 });
   });
 
   it('gives a steady reader its whole proxied answer though the service closes its idle connection meanwhile, and blames no one', async () => {
     const size = 100_000;
     // A window of 16 KB read at 20 KB/s: 5 s for the answer, its window opened again every 400 ms or so, each time
     // longer than the service's keep-alive timeout.
-    const session = await connectH2(gateway.url, certificate.cert, { initialWindowSize: 16_384 });
-    session.on('error', () => undefined);
-    try {
+    await inSession(async (session) => {
       const authorization = `Bearer ${await signToken()}`;
       const outcome = await new Promise<{ status?: number; received: number; rstCode: number }>((resolve) => {
         const stream = session.request({ ':path': `/api/orders/download?size=${size}`, authorization, [HEADER.requestId]: 'h2-steady-reader' });
@@ -889,31 +886,23 @@ describe('HTTP/2 clients that read slowly', () => {
       await waitFor(() => accessLine('h2-steady-reader') !== undefined, 'the access line');
       expect(accessLine('h2-steady-reader')).toMatchObject({ status: 200, error_code: null });
       expect(await ordersStatus()).toBe(200);
-    } finally {
-      session.destroy();
-    }
+    }, { initialWindowSize: 16_384 });
   });
 
   it('records client_read_timeout, not the service\'s failure, when a client leaves an answer too big to hold unread while its service closes the connection (the instance was ejected)', async () => {
     // More than the gateway holds for a client (CLIENT_BUFFER_BYTES): the service's answer is paused for it.
-    const session = await connectH2(gateway.url, certificate.cert);
-    session.on('error', () => undefined);
-    try {
+    await inSession(async (session) => {
       const stream = session.request({ ':path': '/api/orders/download?size=600000', authorization: `Bearer ${await signToken()}`, [HEADER.requestId]: 'h2-never-reads' });
       stream.on('error', () => undefined);
       stream.pause();
       await waitFor(() => accessLine('h2-never-reads') !== undefined, 'the access line', 10_000);
       expect(accessLine('h2-never-reads')).toMatchObject({ status: 200, error_code: 'client_read_timeout' });
       expect(await ordersStatus()).toBe(200);
-    } finally {
-      session.destroy();
-    }
+    });
   });
 
   it('still blames a service that dies mid-body while its answer is read normally (upstream_reset, the instance ejected)', async () => {
-    const session = await connectH2(gateway.url, certificate.cert);
-    session.on('error', () => undefined);
-    try {
+    await inSession(async (session) => {
       const authorization = `Bearer ${await signToken()}`;
       const rstCode = await new Promise<number>((resolve) => {
         const stream = session.request({ ':path': '/api/orders/die-mid-body', authorization, [HEADER.requestId]: 'h2-dies-mid-body' });
@@ -925,9 +914,7 @@ describe('HTTP/2 clients that read slowly', () => {
       await waitFor(() => accessLine('h2-dies-mid-body') !== undefined, 'the access line');
       expect(accessLine('h2-dies-mid-body')).toMatchObject({ status: 200, error_code: 'upstream_reset' });
       expect(await ordersStatus()).toBe(503);
-    } finally {
-      session.destroy();
-    }
+    });
   });
 });
 
