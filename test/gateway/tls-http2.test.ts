@@ -579,6 +579,15 @@ async function loginOver(session: http2.ClientHttp2Session): Promise<string> {
   return (JSON.parse(reply.text) as { token: string }).token;
 }
 
+
+/** `/orders/die-mid-body`: a service that starts a 1 MB answer, then dies 1 KB into it (true when it took the request). */
+function diedMidBody(req: http.IncomingMessage, res: http.ServerResponse): boolean {
+  if (!req.url?.startsWith('/orders/die-mid-body')) return false;
+  res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': '1000000' });
+  res.write(Buffer.alloc(1000));
+  setTimeout(() => req.socket.destroy(), 50);
+  return true;
+}
 describe('HTTP/2 clients that leave, and TLS connections that never start', () => {
   let certificate: TestCertificate;
   let stack: TestStack;
@@ -592,12 +601,7 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
     certificate = makeCertificate();
     // A service that streams an endless download, recording when the gateway gives up on it.
     service = http.createServer((req, res) => {
-      if (req.url?.startsWith('/orders/die-mid-body')) {
-        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': '1000000' });
-        res.write(Buffer.alloc(1000));
-        setTimeout(() => req.socket.destroy(), 50);
-        return;
-      }
+      if (diedMidBody(req, res)) return;
       res.writeHead(200, { 'content-type': 'application/octet-stream' });
       const chunk = Buffer.alloc(64 * 1024);
       const pump = () => {
@@ -797,12 +801,7 @@ describe('HTTP/2 clients that read slowly', () => {
     // A service as Node makes one, closing a connection idle for its keep-alive timeout (5 s by default, short
     // here): once it has written a whole answer, a connection the gateway stopped reading is idle to it.
     service = http.createServer((req, res) => {
-      if (req.url?.startsWith('/orders/die-mid-body')) {
-        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': '1000000' });
-        res.write(Buffer.alloc(1000));
-        setTimeout(() => req.socket.destroy(), 50);
-        return;
-      }
+      if (diedMidBody(req, res)) return;
       const size = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('size') ?? 1000);
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(size), 'cache-control': 'no-store' });
       res.end(Buffer.alloc(size, 'x'));
