@@ -94,6 +94,20 @@ export function logLine(logger: Logger, level: string, message: string, fields: 
 
 function ignoreCallback(): void {}
 
+/**
+ * A gate for a line that could repeat on every request or message (a store that is down, a refused message):
+ * open at most once per `intervalMs`, so an outage is said, not flooded. The first call opens it.
+ */
+export function atMostEvery(intervalMs: number): () => boolean {
+  let openedAt = -Infinity;
+  return () => {
+    const now = Date.now();
+    if (now - openedAt < intervalMs) return false;
+    openedAt = now;
+    return true;
+  };
+}
+
 /** A key shape seen before: its keys in the order they came, and the JSON text of each key in sorted order. */
 interface KeyShape {
   keys: readonly string[];

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import { FIELD_NAME_TOKEN } from '../otel/wire-names';
-import type { Logger } from '../otel/logger';
+import { atMostEvery, type Logger } from '../otel/logger';
 import { PEER_CONFIRMATION_TIMEOUT_MS, type StaleResources } from './cache-invalidations';
 import type { GatewayConfig } from './config';
 import { DEFAULT_ROUTE_MAX_BYTES, retentionMs, type CachedResponse } from './response-cache';
@@ -252,10 +252,9 @@ return 1`;
 export function createRedisResponseStore(options: RedisStoreOptions): ResponseStore {
   const { client, keyPrefix, logger } = options;
   const now = options.now ?? Date.now;
-  let lastReport = 0;
+  const mayReport = atMostEvery(FAILURE_LOG_INTERVAL_MS);
   const failed = (operation: string, error: unknown) => {
-    if (Date.now() - lastReport < FAILURE_LOG_INTERVAL_MS) return;
-    lastReport = Date.now();
+    if (!mayReport()) return;
     logger.warn('response cache store failed; answering from the service', { store: 'redis', operation, error: error instanceof Error ? error.message : String(error) });
   };
   const redisKey = (route: string, resource: string) => `${keyPrefix}:${route}:${resource}`;

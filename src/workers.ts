@@ -1,6 +1,6 @@
 import cluster, { type Worker } from 'node:cluster';
 import os from 'node:os';
-import type { Logger } from '../otel/logger';
+import { atMostEvery, type Logger } from '../otel/logger';
 import { shutdownTelemetry } from '../otel/telemetry';
 import type { ReloadAnswer, WorkerConfigStatus } from './admin';
 import { clientTimeouts, MAX_ROUTE_NAME_LENGTH, ROUTE_NAME, type GatewayConfig } from './config';
@@ -198,14 +198,13 @@ export function runPrimary(options: PrimaryOptions): void {
   const send = (worker: Worker, message: ToWorker) => {
     if (worker.isConnected()) worker.send(message);
   };
-  let malformedLoggedAt = 0;
+  const mayLogMalformed = atMostEvery(MALFORMED_LOG_INTERVAL_MS);
   let malformedSinceLog = 0;
   const ignoredMalformed = (worker: Worker, raw: unknown) => {
     malformedSinceLog++;
-    if (Date.now() - malformedLoggedAt < MALFORMED_LOG_INTERVAL_MS) return;
+    if (!mayLogMalformed()) return;
     const kind = (raw as { gateway?: unknown } | null)?.gateway;
     logger.warn('ignored a malformed message from a worker', { worker: worker.id, kind: typeof kind === 'string' ? kind.slice(0, 32) : typeof kind, ignored: malformedSinceLog });
-    malformedLoggedAt = Date.now();
     malformedSinceLog = 0;
   };
 

@@ -2,7 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { trace } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
 import type { Counter } from 'prom-client';
-import type { Logger } from '../../otel/logger';
+import { atMostEvery, type Logger } from '../../otel/logger';
 import { ATTR, CACHE_RESULTS, CLIENT_ADDRESS_HEADERS, HEADER, isForwardingHeader, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
 import { GatewayError, isGatewayError } from '../errors';
 import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
@@ -131,7 +131,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     if (counted) counters.get(routeName)?.[result]?.inc();
   };
 
-  let lastInvalidationWarning = 0;
+  const mayWarnOfInvalidation = atMostEvery(INVALIDATION_WARNING_INTERVAL_MS);
   /**
    * Drops what is stored for a resource a write changed. A copy that may be left (the store failed, the other
    * workers did not confirm in time) is counted and logged, never an error: the write itself succeeded.
@@ -140,8 +140,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const left = await store.invalidate(routeName, resource);
     if (left === undefined) return;
     invalidationFailures.get(routeName)?.inc();
-    if (Date.now() - lastInvalidationWarning < INVALIDATION_WARNING_INTERVAL_MS) return;
-    lastInvalidationWarning = Date.now();
+    if (!mayWarnOfInvalidation()) return;
     logger.warn('response cache: a write was answered before its invalidation reached every copy', { route: routeName, reason: left });
   };
 

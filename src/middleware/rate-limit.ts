@@ -3,7 +3,7 @@ import { trace } from '@opentelemetry/api';
 import type { Redis } from 'ioredis';
 import type { Context, Middleware } from 'koa';
 import ratelimit from 'koa-ratelimit';
-import type { Logger } from '../../otel/logger';
+import { atMostEvery, type Logger } from '../../otel/logger';
 import { ATTR } from '../../otel/wire-names';
 import { GatewayError, isGatewayError } from '../errors';
 import { rateLimitDecisionCounters, type GatewayMetrics } from '../metrics';
@@ -116,15 +116,14 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
           max: options.max,
           id,
         });
-  let lastFailureLog = 0;
+  const mayLogFailure = atMostEvery(STORE_FAILURE_LOG_INTERVAL_MS);
   const decided = options.metrics && rateLimitDecisionCounters(options.metrics, options.name);
 
   async function storeFailed(ctx: Context, next: () => Promise<void>, error: unknown): Promise<void> {
     const decision = onStoreFailure === 'allow' ? 'store_down_allowed' : 'store_down_rejected';
     trace.getActiveSpan()?.setAttribute(ATTR.rateLimitDecision, decision);
     decided?.[decision].inc();
-    if (Date.now() - lastFailureLog >= STORE_FAILURE_LOG_INTERVAL_MS) {
-      lastFailureLog = Date.now();
+    if (mayLogFailure()) {
       logger.warn('rate limit store failed', { policy: options.name, decision, error: error instanceof Error ? error.message : String(error) });
     }
     if (onStoreFailure === 'reject') {
