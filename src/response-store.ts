@@ -197,7 +197,8 @@ const ENDS_SUFFIX = ':ends';
  * variant, so on a resource stored for many callers or header values it may never expire, and dead variants
  * would otherwise pile up in it without bound (a per-field TTL needs Redis 7.4).
  *
- * The cache's resources are indexed by when they end (KEYS[3], the resource's key scored by its hash's expiry;
+ * The cache's resources are indexed by when they end (KEYS[3], the resource's key scored by its hash's expiry in
+ * seconds, ties in store order;
  * cleaned of ended ones, 64 at most per store, and living as long as its longest member). When Redis has a
  * `maxmemory` and the value would take it past ARGV[5] of it (CACHE_SHARE_OF_MAXMEMORY), the script first
  * evicts the cache's own resources that end soonest, every variant of each (as Redis's volatile-ttl would, but
@@ -209,7 +210,7 @@ const ENDS_SUFFIX = ':ends';
  * tag, this is for a single Redis, not a Redis Cluster.
  */
 const STORE_VARIANT = `
-local ended = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4], 'LIMIT', 0, 64)
+local ended = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[4]) / 1000, 'LIMIT', 0, 64)
 if #ended > 0 then redis.call('ZREM', KEYS[3], unpack(ended)) end
 local memory = redis.pcall('INFO', 'memory')
 if type(memory) == 'string' then
@@ -234,8 +235,12 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local ends = tonumber(ARGV[4]) + tonumber(ARGV[3])
 redis.call('ZADD', KEYS[2], ends, ARGV[1])
+-- The index counts in seconds: answers that came within one second of their Date end together (their age counts
+-- from it), give or take the milliseconds their bodies took to arrive, which ordered them at random; within the
+-- second, the one stored first goes first (the store time's place in a 1,000 s cycle, in the fraction).
+local order = math.floor(ends / 1000 + 0.5) + (tonumber(ARGV[4]) % 1000000) / 1000000
 local indexed = tonumber(redis.call('ZSCORE', KEYS[3], KEYS[1]))
-if not indexed or indexed < ends then redis.call('ZADD', KEYS[3], ends, KEYS[1]) end
+if not indexed or indexed < order then redis.call('ZADD', KEYS[3], order, KEYS[1]) end
 for _, key in ipairs(KEYS) do
   if redis.call('PTTL', key) < tonumber(ARGV[3]) then redis.call('PEXPIRE', key, ARGV[3]) end
 end
