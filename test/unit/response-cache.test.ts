@@ -1,3 +1,4 @@
+import { hash } from 'node:crypto';
 import fc from 'fast-check';
 import { ConfigError, parseConfig } from '../../src/config';
 import { cacheKey, currentAge, isFresh, parseCacheControl, retentionMs, storability, type CachedResponse, type StorabilityInput } from '../../src/response-cache';
@@ -107,6 +108,20 @@ describe('Cache-Control and storability (RFC 9111)', () => {
         if (JSON.stringify(a) !== JSON.stringify(b)) expect(cacheKey(a)).not.toBe(cacheKey(b));
       }),
       { seed: 7, numRuns: 500 },
+    );
+  });
+
+  it('gives a list of parts the same key every time, remembered or not (sha256 of its JSON text)', () => {
+    const expected = (parts: (string | null)[]) => hash('sha256', JSON.stringify(parts), 'base64url');
+    // Past the remembered keys' bound (4,096), and texts too long to be remembered (over 512 characters).
+    const lists = Array.from({ length: 5_000 }, (_, index) => ['route', null, `/items/${index}`, index % 7 === 0 ? 'x'.repeat(600 + index) : 'v']);
+    for (const round of [1, 2]) for (const list of lists) expect([round, cacheKey(list)]).toEqual([round, expected(list)]);
+    fc.assert(
+      fc.property(fc.array(fc.option(fc.string({ maxLength: 700 })), { maxLength: 5 }), (parts) => {
+        expect(cacheKey(parts)).toBe(expected(parts));
+        expect(cacheKey([...parts])).toBe(expected(parts));
+      }),
+      { seed: 8, numRuns: 300 },
     );
   });
 });
