@@ -163,9 +163,36 @@ function compileRule(rule: RuleConfig | undefined, alsoRemove: readonly string[]
   };
 }
 
+/** A header name as CGI, PHP, Rack and WSGI read it: lower case, `_` as `-` (`X_Caller` and `x-caller` are both `HTTP_X_CALLER`). */
+function cgiSpelling(name: string): string {
+  return name.toLowerCase().replaceAll('_', '-');
+}
+
+/**
+ * A test for the client headers that are another spelling of a name in `names` (lower case): the same once `_`
+ * reads as `-`, but not that name itself, which the rule handles. Undefined when there are no names. A name
+ * without `_` is looked up as it is (it can only be the `-` spelling of a rule's `_` name); one with `_` is
+ * respelt first.
+ */
+function otherSpellingsOf(names: ReadonlySet<string>): ((name: string) => boolean) | undefined {
+  if (names.size === 0) return undefined;
+  const spelt = new Set([...names].map(cgiSpelling));
+  const dashedOnly = new Set([...spelt].filter((name) => !names.has(name)));
+  return function isOtherSpelling(name) {
+    return name.includes('_') ? !names.has(name) && spelt.has(cgiSpelling(name)) : dashedOnly.has(name);
+  };
+}
+
 export interface RouteHeaderRules {
   /** Applied to the service's request after the client's headers were filtered, before the gateway writes its own. */
   readonly request?: Transform;
+  /**
+   * Client request headers (lower-case names) dropped before the request rules run: other spellings of a name a
+   * rule sets, adds or removes (`x_caller` for `x-caller`, `x-legacy-auth` for `x_legacy_auth`), which CGI, PHP, Rack and WSGI read
+   * as that header. Under `headersWithUnderscores: allow` the client would otherwise put a value next to the
+   * one the rule vouches for, or bring back a header the rule removed. Undefined without request rules.
+   */
+  readonly isRequestRuleTwin?: (name: string) => boolean;
   /** Applied to every response from the service (and to cached copies of it) before the client gets it. */
   readonly response?: Transform;
   /** Request header names a rule changes: a service's `Vary` on one of them says nothing about the client's request. */
@@ -184,10 +211,12 @@ export interface CompileHeaderRulesOptions {
 export function compileHeaderRules(options: CompileHeaderRulesOptions): RouteHeaderRules {
   const { rules } = options;
   const request = rules?.request;
+  const rewrittenRequestHeaders = new Set([...Object.keys(request?.add ?? {}), ...Object.keys(request?.set ?? {}), ...(request?.remove ?? [])].map((name) => name.toLowerCase()));
   return {
     request: compileRule(request),
+    isRequestRuleTwin: otherSpellingsOf(rewrittenRequestHeaders),
     response: compileRule(rules?.response, options.hideUpstreamHeaders),
-    rewrittenRequestHeaders: new Set([...Object.keys(request?.add ?? {}), ...Object.keys(request?.set ?? {}), ...(request?.remove ?? [])].map((name) => name.toLowerCase())),
+    rewrittenRequestHeaders,
     replacedRequestHeaders: new Set([...Object.keys(request?.set ?? {}), ...(request?.remove ?? [])].map((name) => name.toLowerCase())),
   };
 }

@@ -107,6 +107,8 @@ export interface UpstreamRequestHeadersInput {
   timestamp: string;
   /** The route's request header rules (src/header-rules.ts): run on the filtered client headers, before the gateway writes its own. */
   rules?: (headers: Record<string, string | string[]>) => void;
+  /** Client headers that are another spelling of a name the rules name (RouteHeaderRules.isRequestRuleTwin): dropped. */
+  isRuleTwin?: (name: string) => boolean;
   /** Signs the identity headers (`X-Gateway-Signature`, src/gateway-signature.ts); none without a signing key. */
   sign?: GatewaySigner;
 }
@@ -131,7 +133,9 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
       // HTTP/2 pseudo-headers (`:authority`, `:path`, ...) describe this hop's request line, already turned into Host and path.
       name.charCodeAt(0) === 58 /* : */ ||
       // Rebuilt below from what a trusted proxy said (createTrustedProxies removed them from anyone else).
-      REBUILT_FORWARDING.has(name),
+      REBUILT_FORWARDING.has(name) ||
+      // `x_caller` where a rule sets `x-caller`: the same header to a CGI-style service, so the rule's, in any spelling.
+      input.isRuleTwin?.(name) === true,
   );
   input.rules?.(headers);
   headers.host = input.targetHost;
@@ -163,7 +167,7 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
 export function upstreamHeadersFor(
   ctx: KoaContext,
   targetHost: string,
-  options: Pick<UpstreamRequestHeadersInput, 'underscores' | 'forwardAuthorization' | 'rules' | 'sign'>,
+  options: Pick<UpstreamRequestHeadersInput, 'underscores' | 'forwardAuthorization' | 'rules' | 'isRuleTwin' | 'sign'>,
 ): Record<string, string | string[]> {
   const publicHost = ctx.host || localAuthority(ctx);
   return upstreamRequestHeaders({
@@ -180,6 +184,7 @@ export function upstreamHeadersFor(
     publicPort: publicPort(ctx, publicHost),
     timestamp: isoTimestamp(),
     rules: options.rules,
+    isRuleTwin: options.isRuleTwin,
     sign: options.sign,
   });
 }

@@ -115,6 +115,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       underscores: options.underscores,
       forwardAuthorization: route.forwardAuthorization,
       rules: requestRules && ((filtered) => requestRules(filtered, ctx)),
+      isRuleTwin: rules?.isRequestRuleTwin,
       sign: options.sign,
     });
     injectTraceHeaders(exchange.span, parent, headers);

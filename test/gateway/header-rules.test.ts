@@ -1,9 +1,14 @@
 import type http from 'node:http';
+import http2 from 'node:http2';
 import fc from 'fast-check';
+import { runServer, type RunningServer } from '../../otel/lifecycle';
 import { HEADER } from '../../otel/wire-names';
-import { ConfigError, parseConfig } from '../../src/config';
+import { clientTimeouts, ConfigError, parseConfig } from '../../src/config';
+import { createGatewayApps } from '../../src/gateway';
 import { headerSafe } from '../../src/header-rules';
-import { listen, type TestServer } from '../helpers/servers';
+import { createTlsServer } from '../../src/tls';
+import { makeCertificate } from '../helpers/certificates';
+import { listen, memoryLogger, sendRaw, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
 
@@ -110,6 +115,87 @@ describe('header rules per route', () => {
     expect(echoed).not.toBe(requestId);
     expect(response.headers.get('x-served-for')).toBe(echoed);
     expect(last()['x-caller']).toBe(`user=2;request=${echoed};route=notifications;consumer=`);
+  });
+});
+
+describe('header rules under headersWithUnderscores: allow', () => {
+  // CGI, PHP, Rack and WSGI read `x_caller`, `X_Caller` and `x-caller` alike, as HTTP_X_CALLER.
+  const rules = { request: { set: { 'x-caller': '{userId}@{route}' }, add: { 'x-via-gateway': 'koa-gateway' }, remove: ['x-debug', 'x_legacy_auth'] } };
+  const ruleNames = ['x-caller', 'x-via-gateway', 'x-debug', 'x-legacy-auth'];
+  const asCgiReadsIt = (name: string) => name.toLowerCase().replaceAll('_', '-');
+  /** What the client sends: each rule's own name, and other spellings of it, next to an unrelated `_` name. */
+  const forged = {
+    'x-caller': 'forged-0',
+    x_caller: 'forged-1',
+    'x-debug': 'true',
+    x_debug: 'true',
+    'x-via-gateway': 'client-said',
+    'x_via-gateway': 'forged-2',
+    'x-via_gateway': 'forged-3',
+    'x-legacy-auth': 'forged-4',
+    x_legacy_auth: 'forged-5',
+    x_trace_note: 'kept',
+  };
+  let service: Awaited<ReturnType<typeof recordingService>>;
+  let stack: TestStack;
+  let tlsGateway: RunningServer;
+  let ca: string;
+  let token: string;
+  const seenWithRequestId = (requestId: string) => service.seen.filter((headers) => headers[HEADER.requestId] === requestId);
+
+  beforeAll(async () => {
+    const certificate = makeCertificate();
+    ca = certificate.cert;
+    service = await recordingService(() => ({}));
+    stack = await startStack({
+      serviceUrls: { notifications: service.url },
+      overrides: { headersWithUnderscores: 'allow', routes: routesWith(rules), tls: { certFile: certificate.certFile, keyFile: certificate.keyFile } },
+    });
+    // The same config over TLS, HTTP/2 offered (as main.ts serves it with `tls`).
+    const { logger } = memoryLogger('gateway');
+    const timeouts = clientTimeouts(stack.config.server);
+    const app = createGatewayApps(stack.config, { logger, metrics: false }).gateway;
+    tlsGateway = await runServer({ app, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts, createServer: createTlsServer({ tls: stack.config.tls!, timeouts, logger }).create });
+    token = await login(stack.gateway.url, 'bob@example.com', 'builder');
+  });
+  afterAll(async () => {
+    await tlsGateway?.close();
+    await stack?.close();
+    await service?.close();
+  });
+
+  /** One HTTP/2 request on a fresh session; resolves with the status. */
+  async function overHttp2(headers: Record<string, string>): Promise<number> {
+    const session = http2.connect(tlsGateway.url, { ca });
+    try {
+      return await new Promise<number>((resolve, reject) => {
+        const stream = session.request({ ':method': 'GET', ':path': '/api/notifications', ...headers });
+        let status = 0;
+        stream.on('response', (received) => (status = Number(received[':status'])));
+        stream.on('end', () => resolve(status));
+        stream.on('error', reject);
+        stream.resume();
+      });
+    } finally {
+      session.close();
+    }
+  }
+
+  it.each([
+    // Sent byte for byte: names in the case given, `X_Caller` beside `x_caller` as separate lines.
+    { desc: 'HTTP/1.1', send: (headers: Record<string, string>) => sendRaw(stack.gateway.url, '/api/notifications', { ...headers, X_Caller: 'forged-6', X_DEBUG: 'true' }).then((reply) => reply.status) },
+    { desc: 'HTTP/2', send: overHttp2 },
+  ])('drops every other spelling of a header a request rule sets, adds or removes ($desc)', async ({ desc, send }) => {
+    const requestId = `underscore-twins-${desc}`;
+    expect(await send({ authorization: `Bearer ${token}`, [HEADER.requestId]: requestId, ...forged })).toBe(200);
+    const [seen] = seenWithRequestId(requestId);
+    // Of the rules' headers, the service gets only the spellings the rules wrote, with the rules' values.
+    expect(Object.keys(seen!).filter((name) => ruleNames.includes(asCgiReadsIt(name))).sort()).toEqual(['x-caller', 'x-via-gateway']);
+    expect(seen!['x-caller']).toBe('2@notifications');
+    // `add` keeps the client's value of the rule's own name, and only that one.
+    expect(seen!['x-via-gateway']).toBe('client-said, koa-gateway');
+    // Under `allow`, a `_` name no rule names still passes.
+    expect(seen!.x_trace_note).toBe('kept');
   });
 });
 
