@@ -89,9 +89,11 @@ function ruleSchema(owned: (name: string) => string | undefined) {
           const reason = owned(name);
           if (!FIELD_NAME_TOKEN.test(name) || name.length > 128) ctx.addIssue({ code: 'custom', path, message: 'must be a header name (letters, digits and !#$%&\'*+.^_`|~-, at most 128)', input: name });
           else if (reason) ctx.addIssue({ code: 'custom', path, message: `is ${reason}; a header rule cannot set or remove it`, input: name });
-          const other = seen.get(name.toLowerCase());
-          if (other !== undefined) ctx.addIssue({ code: 'custom', path, message: `names ${name} again (also in ${other}): one rule per header`, input: name });
-          seen.set(name.toLowerCase(), list);
+          // `x-a` and `x_a` are one header to CGI, PHP, Rack and WSGI: `set x-a` beside `remove x_a` would leave the
+          // service with whichever rule ran last.
+          const other = seen.get(cgiSpelling(name));
+          if (other !== undefined) ctx.addIssue({ code: 'custom', path, message: `names ${name} again (also in ${other}, in this or another spelling): one rule per header`, input: name });
+          seen.set(cgiSpelling(name), list);
         });
       }
     });

@@ -253,6 +253,9 @@ describe('header rules in the config', () => {
     { desc: 'a name with a space', rule: { request: { set: { 'x note': 'a' } } } },
     { desc: 'a name with a colon', rule: { response: { remove: ['x-a:b'] } } },
     { desc: 'the same header in two lists', rule: { request: { set: { 'x-a': '1' }, remove: ['X-A'] } } },
+    // One header to CGI, PHP, Rack and WSGI: which rule the service sees would depend on the order they ran.
+    { desc: 'the same header in two spellings', rule: { request: { set: { 'x-a-b': '1' }, remove: ['X_A-b'] } } },
+    { desc: 'the same response header in two spellings', rule: { response: { add: { x_a: '1', 'X-A': '2' } } } },
     { desc: 'an unknown list', rule: { request: { rename: { 'x-a': 'x-b' } } } },
   ])('refuses $desc', ({ rule }) => {
     expect(() => parse(rule)).toThrow(ConfigError);
