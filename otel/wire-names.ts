@@ -49,6 +49,14 @@ export const REQUEST_REWRITE_HEADERS = [
 ] as const;
 
 /**
+ * Request headers that no client legitimately sends and that CGI-style servers turn into their own settings:
+ * `Proxy:` becomes `HTTP_PROXY` (RFC 3875 4.1.18), the outbound proxy of PHP's Guzzle, Go's net/http/cgi, Python's
+ * CGI and HHVM (httpoxy, CVE-2016-5385..5388, CVE-2016-1000109/1000110). Removed from every client request, and no
+ * header rule may set them (nginx's `proxy_set_header Proxy ""`, HAProxy's `del-header Proxy`).
+ */
+export const CGI_HAZARD_HEADERS = ['proxy'] as const;
+
+/**
  * Headers naming the client's address, as proxies and CDNs write them (`X-Forwarded-For` and `X-Real-IP`, and
  * the spellings of Akamai, Cloudflare, Fastly, Rackspace and others that frameworks read the same way).
  */
@@ -72,6 +80,10 @@ export const CLIENT_ADDRESS_HEADERS = [
   'fly-client-ip',
   'x-azure-clientip',
   'x-azure-socketip',
+  // The Java `getIpAddr` idiom's fallbacks (WebLogic's plugin, Apache's), and CloudFront's viewer address.
+  'wl-proxy-client-ip',
+  'proxy-client-ip',
+  'cloudfront-viewer-address',
 ] as const;
 
 /**
@@ -95,6 +107,19 @@ export const FORWARDING_HEADERS = [
   'x-http-host-override',
   // Envoy's mark of a request from inside the mesh, which its services believe as they believe an address.
   'x-envoy-internal',
+  // Scheme spellings frameworks read beside X-Forwarded-Proto, some before it: Tornado's xheaders take X-Scheme
+  // first, WSGI and PHP scheme fix-ups read X-Url-Scheme, Front-End-Https and X-Real-Scheme, ASP.NET behind IIS's
+  // ARR reads X-ARR-SSL; Cloudflare's CF-Visitor, Fastly's Fastly-SSL and CloudFront's -Forwarded-Proto.
+  'x-scheme',
+  'x-url-scheme',
+  'x-real-scheme',
+  'front-end-https',
+  'x-arr-ssl',
+  'cf-visitor',
+  'fastly-ssl',
+  'cloudfront-forwarded-proto',
+  // The path prefix of the widely copied WSGI ReverseProxied middleware (as X-Forwarded-Prefix elsewhere).
+  'x-script-name',
   ...CLIENT_ADDRESS_HEADERS,
 ] as const;
 

@@ -1,6 +1,6 @@
 import type { Context } from 'koa';
 import { z } from 'zod';
-import { FIELD_NAME_TOKEN, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEADERS, isListedForwardingHeader, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
+import { CGI_HAZARD_HEADERS, FIELD_NAME_TOKEN, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEADERS, isListedForwardingHeader, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 
 /**
  * Per-route header rules: headers added, set or removed on the request a service receives and on the
@@ -38,6 +38,7 @@ export function ownedRequestHeader(name: string): string | undefined {
     // passes from a trusted proxy, and a rule may still keep it from a service or set it.
     if (isListedForwardingHeader(candidate)) return 'a forwarding header the gateway writes';
     if ((REQUEST_REWRITE_HEADERS as readonly string[]).includes(candidate)) return 'a request-rewriting header the gateway always removes';
+    if ((CGI_HAZARD_HEADERS as readonly string[]).includes(candidate)) return 'a header CGI servers take as their outbound proxy (httpoxy)';
     if (candidate === HEADER.traceparent || candidate === HEADER.tracestate || candidate === HEADER.baggage) return 'trace context the gateway writes';
     if (FRAMING.includes(candidate)) return 'a framing or connection header';
   }

@@ -1,7 +1,7 @@
 import type http from 'node:http';
 import type { Context as KoaContext } from 'koa';
 import { isoTimestamp } from '../otel/iso-timestamp';
-import { FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
+import { CGI_HAZARD_HEADERS, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
 import type { GatewaySigner } from './gateway-signature';
@@ -22,8 +22,8 @@ export type UnderscoreHeaderPolicy = 'drop' | 'reject' | 'allow';
  * (chunked when the length is unknown).
  */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'expect']);
-/** Removed from every client request whatever the route: request-rewriting headers and other proxies' identity headers. */
-const NEVER_FROM_CLIENTS = new Set<string>([...REQUEST_REWRITE_HEADERS, ...FOREIGN_IDENTITY_HEADERS]);
+/** Removed from every client request whatever the route: request-rewriting headers, other proxies' identity headers and `Proxy` (httpoxy). */
+const NEVER_FROM_CLIENTS = new Set<string>([...REQUEST_REWRITE_HEADERS, ...FOREIGN_IDENTITY_HEADERS, ...CGI_HAZARD_HEADERS]);
 /** An `Authorization` value in the API-key scheme, whatever whitespace follows the scheme. */
 const API_KEY_SCHEME = /^\s*apikey(?:\s|$)/i;
 /** Forwarding headers this hop writes itself (the others a trusted proxy sent pass as they are). */
@@ -32,7 +32,8 @@ const REBUILT_FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-fo
 /**
  * Client header names the gateway never passes on, whatever the route: names under a prefix the gateway owns
  * (`x-user-*`, `x-gateway-*`), request-rewriting headers (`X-HTTP-Method-Override`, `X-Original-URL`, ...)
- * that would let a service act on another method or path than the one the gateway checked, other proxies'
+ * that would let a service act on another method or path than the one the gateway checked, `Proxy` (which CGI
+ * makes the service's outbound proxy: CGI_HAZARD_HEADERS), other proxies'
  * identity headers (`Remote-User`, `X-Forwarded-User`, ...: FOREIGN_IDENTITY_HEADERS, and the cloud front ends'
  * families: FOREIGN_IDENTITY_HEADER_PREFIXES), and, under the
  * `drop` policy, names with `_`, which CGI, PHP, Rack and WSGI read as their `-` twins (`X_User_Id` is
