@@ -217,12 +217,20 @@ export function createProxy(options: ProxyOptions): Middleware {
       const answer = (controller: Dispatcher.DispatchController, statusCode: number, upstreamHeaders: Record<string, string | string[] | undefined>, statusMessage: string | undefined) => {
         const unforwardable = unforwardableResponse(upstreamHeaders);
         if (unforwardable) return void badResponse(controller, unforwardable);
-        const served = withPublicLocations(upstreamHeaders, instance.origin, ctx, route);
-        const headers = responseHeaders(served, res, corsApplied);
-        // A 204 has no content (RFC 9110 15.3.5, 8.6: no Content-Length): sent on, a non-zero one made HTTP/2
-        // clients reset the stream and get nothing, while the gateway logged a 204.
-        if (statusCode === 204) delete headers['content-length'];
-        rules?.response?.(headers, ctx);
+        let served: http.IncomingHttpHeaders;
+        let headers: http.OutgoingHttpHeaders;
+        try {
+          served = withPublicLocations(upstreamHeaders, instance.origin, ctx, route);
+          headers = responseHeaders(served, res, corsApplied);
+          // A 204 has no content (RFC 9110 15.3.5, 8.6: no Content-Length): sent on, a non-zero one made HTTP/2
+          // clients reset the stream and get nothing, while the gateway logged a 204.
+          if (statusCode === 204) delete headers['content-length'];
+          rules?.response?.(headers, ctx);
+        } catch (error) {
+          // Thrown here, inside undici's handler, it came back as the connection's failure: the request was
+          // resent to the service and the instance counted failing (ejected) for a head the gateway could not read.
+          return void badResponse(controller, `a response head the gateway could not process (${(error as Error).message})`);
+        }
         // HTTP/2 has no reason phrase (RFC 9113 8.3.2); Node warns when one is set on its responses. One Node
         // would refuse to write (obs-text, which undici decodes as UTF-8, or a control) gives way to the standard one.
         if (statusMessage && req.httpVersionMajor < 2 && WRITABLE_REASON_PHRASE.test(statusMessage)) res.statusMessage = statusMessage;
@@ -518,26 +526,55 @@ function pickWithRoom(pool: CompiledRoute['pool'], tried: ReadonlySet<UpstreamIn
   return sawFull ? 'busy' : undefined;
 }
 
-/** The service's headers with `Location` and `Content-Location` naming the public URL, not the instance (publicLocation). */
+/**
+ * The service's headers with `Location`, `Content-Location` and the URL of `Refresh` naming the public URL, not
+ * the instance (publicLocation; nginx's `proxy_redirect` rewrites `Location` and `Refresh`). Each is one field at
+ * most here: unforwardableResponse refused repeats.
+ */
 function withPublicLocations(headers: http.IncomingHttpHeaders, instanceOrigin: string, ctx: KoaContext, route: CompiledRoute): http.IncomingHttpHeaders {
-  const { location, 'content-location': contentLocation } = headers;
-  if ((location === undefined && contentLocation === undefined) || !ctx.host) return headers;
+  const { location, 'content-location': contentLocation, refresh } = headers as Record<string, string | undefined>;
+  if ((location === undefined && contentLocation === undefined && refresh === undefined) || !ctx.host) return headers;
   const publicOrigin = `${ctx.protocol}://${ctx.host}`;
-  const rewritten = { ...headers };
+  const rewritten: Record<string, string | string[] | undefined> = { ...headers };
   if (location !== undefined) rewritten.location = publicLocation(location, instanceOrigin, publicOrigin, route);
-  if (typeof contentLocation === 'string') rewritten['content-location'] = publicLocation(contentLocation, instanceOrigin, publicOrigin, route);
+  if (contentLocation !== undefined) rewritten['content-location'] = publicLocation(contentLocation, instanceOrigin, publicOrigin, route);
+  if (refresh !== undefined) rewritten.refresh = publicRefresh(refresh, (url) => publicLocation(url, instanceOrigin, publicOrigin, route));
   return rewritten;
 }
+
+/**
+ * The start of a `Refresh` value up to its URL, as browsers parse it (HTML's shared declarative refresh steps):
+ * the delay, `;` or `,`, an optional `url=`, an optional quote.
+ */
+const REFRESH_URL_START = /^\s*[\d.]+\s*[;,]?\s*(?:url\s*=\s*)?(['"]?)/i;
+
+/** A `Refresh` value (`5; url=http://10.0.3.7:4001/next`) with its URL passed through `rewrite`. */
+function publicRefresh(value: string, rewrite: (url: string) => string): string {
+  const start = REFRESH_URL_START.exec(value);
+  if (!start) return value;
+  const from = start[0].length;
+  const quote = start[1];
+  const to = quote ? (value.indexOf(quote, from) === -1 ? value.length : value.indexOf(quote, from)) : value.trimEnd().length;
+  return value.slice(0, from) + rewrite(value.slice(from, to)) + value.slice(to);
+}
+
+/**
+ * Response fields the gateway rewrites that RFC 9110 allows once (a single URI): repeated, the gateway could not
+ * say which to rewrite, and passing them on leaked the instance's address.
+ */
+const SINGLE_URL_FIELDS = ['location', 'content-location', 'refresh'];
 
 /** A reason phrase Node writes as it is: visible ASCII, spaces and tabs. */
 const WRITABLE_REASON_PHRASE = /^[\t\x20-\x7e]*$/;
 
 /**
- * Why a response cannot be passed on, if it cannot. A transfer-coding other than chunked (`gzip, chunked`):
+ * Why a response cannot be passed on, if it cannot. A repeated field the gateway rewrites (SINGLE_URL_FIELDS).
+ * A transfer-coding other than chunked (`gzip, chunked`):
  * undici removes the chunked framing only, and the client would take the still-coded bytes for the body, with
  * no Content-Encoding to say so (nginx and Envoy refuse these too).
  */
 function unforwardableResponse(headers: http.IncomingHttpHeaders): string | undefined {
+  for (const name of SINGLE_URL_FIELDS) if (Array.isArray(headers[name])) return `more than one ${name} field`;
   const codings = headers['transfer-encoding'];
   if (codings !== undefined && String(codings).trim().toLowerCase() !== 'chunked') return `a transfer-coding the gateway does not decode (${String(codings).slice(0, 40)})`;
   return undefined;

@@ -28,7 +28,24 @@ const REASON_PHRASES: Record<string, Buffer> = {
   '/orders/reason-control': Buffer.from('O\x01K', 'latin1'),
 };
 
-function startRawService(): Promise<{ url: string; close(): Promise<void> }> {
+/**
+ * Redirect heads naming the instance (`{origin}`, as a framework builds them from the Host it received): fields
+ * the gateway rewrites, some repeated, which RFC 9110 allows once.
+ */
+const REDIRECTS: Record<string, (origin: string) => string[]> = {
+  '/orders/refresh': (origin) => [`Location: ${origin}/orders/done`, `Refresh: 0; url=${origin}/orders/done?x=1`],
+  '/orders/refresh-quoted': (origin) => [`Refresh: 5;URL='${origin}/orders/done'`],
+  '/orders/refresh-bare-url': (origin) => [`Refresh: 3, ${origin}/orders/done `],
+  '/orders/refresh-elsewhere': () => ['Refresh: 1; url=https://example.org/orders/done'],
+  '/orders/location-twice': (origin) => [`Location: ${origin}/orders/one`, `Location: ${origin}/orders/two`],
+  // As many as the instance origin has characters: the count at which rewriting them threw inside undici's handler.
+  '/orders/location-many': (origin) => Array.from({ length: origin.length + 1 }, (_, index) => `Location: ${origin}/orders/${index}`),
+  '/orders/content-location-twice': (origin) => [`Content-Location: ${origin}/orders/one`, `Content-Location: ${origin}/orders/two`],
+  '/orders/refresh-twice': (origin) => [`Refresh: 0; url=${origin}/orders/one`, `Refresh: 0; url=${origin}/orders/two`],
+};
+
+function startRawService(): Promise<{ url: string; asked: Map<string, number>; close(): Promise<void> }> {
+  const asked = new Map<string, number>();
   const server = net.createServer((socket) => {
     let head = '';
     socket.on('error', () => undefined);
@@ -36,8 +53,13 @@ function startRawService(): Promise<{ url: string; close(): Promise<void> }> {
       head += chunk.toString('latin1');
       if (!head.includes('\r\n\r\n')) return;
       const path = head.split(' ')[1]!.split('?')[0]!;
+      asked.set(path, (asked.get(path) ?? 0) + 1);
       const phrase = REASON_PHRASES[path];
-      if (path === '/orders/absolute-redirect') {
+      const redirect = REDIRECTS[path];
+      if (redirect) {
+        const origin = `http://${/\r\nhost: *([^\r]*)/i.exec(head)![1]}`;
+        socket.end(`HTTP/1.1 302 Found\r\n${redirect(origin).map((line) => `${line}\r\n`).join('')}Content-Length: 0\r\nConnection: close\r\n\r\n`);
+      } else if (path === '/orders/absolute-redirect') {
         // As a framework builds absolute URLs: from the Host it received (the instance's address).
         const host = /\r\nhost: *([^\r]*)/i.exec(head)![1];
         socket.end(`HTTP/1.1 302 Found\r\nLocation: http://${host}/orders/login?next=%2Forders\r\nContent-Location: http://${host}/orders/absolute-redirect\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
@@ -47,7 +69,7 @@ function startRawService(): Promise<{ url: string; close(): Promise<void> }> {
     });
   });
   return new Promise((resolve) =>
-    server.listen(0, '127.0.0.1', () => resolve({ url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, close: () => new Promise((done) => server.close(() => done())) })),
+    server.listen(0, '127.0.0.1', () => resolve({ url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, asked, close: () => new Promise((done) => server.close(() => done())) })),
   );
 }
 
@@ -143,6 +165,40 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
     expect(reply.headers.get('location')).toBe(`${stack.gateway.url}/api/orders/login?next=%2Forders`);
     expect(reply.headers.get('content-location')).toBe(`${stack.gateway.url}/api/orders/absolute-redirect`);
     expect(JSON.stringify([...reply.headers])).not.toContain(new URL(service.url).host);
+  });
+
+  it.each([
+    { desc: 'Refresh beside Location', path: '/orders/refresh', refresh: (gateway: string) => `0; url=${gateway}/api/orders/done?x=1` },
+    { desc: "a quoted URL= in Refresh", path: '/orders/refresh-quoted', refresh: (gateway: string) => `5;URL='${gateway}/api/orders/done'` },
+    { desc: 'a Refresh URL without url=', path: '/orders/refresh-bare-url', refresh: (gateway: string) => `3, ${gateway}/api/orders/done` },
+  ])('rewrites $desc naming the instance as it rewrites Location', async ({ path, refresh }) => {
+    const reply = await fetch(`${stack.gateway.url}/api${path}`, { headers: { authorization: `Bearer ${token}` }, redirect: 'manual' });
+    expect(reply.status).toBe(302);
+    expect(reply.headers.get('refresh')?.trimEnd()).toBe(refresh(stack.gateway.url));
+    expect(JSON.stringify([...reply.headers])).not.toContain(new URL(service.url).host);
+  });
+
+  it('leaves a Refresh naming another origin as it is', async () => {
+    const reply = await fetch(`${stack.gateway.url}/api/orders/refresh-elsewhere`, { headers: { authorization: `Bearer ${token}` }, redirect: 'manual' });
+    expect(reply.headers.get('refresh')).toBe('1; url=https://example.org/orders/done');
+  });
+
+  it.each([
+    { desc: 'Location twice', path: '/orders/location-twice' },
+    { desc: 'Location more times than the instance origin has characters', path: '/orders/location-many' },
+    { desc: 'Content-Location twice', path: '/orders/content-location-twice' },
+    { desc: 'Refresh twice', path: '/orders/refresh-twice' },
+  ])('answers $desc with 502 upstream_bad_response: asked once, the instance neither leaked nor blamed', async ({ path }) => {
+    // Past the default ejection (3 failures in a row): a response counted as the instance's failure would eject it.
+    for (let round = 0; round < 4; round++) {
+      const before = service.asked.get(path) ?? 0;
+      const answer = await get(`${stack.gateway.url}/api${path}`, token);
+      expect(answer.status).toBe(502);
+      expect(JSON.parse(answer.body)).toMatchObject({ code: 'upstream_bad_response', requestId: answer.headers[HEADER.requestId] });
+      expect(JSON.stringify(answer.headers) + answer.body).not.toContain(new URL(service.url).host);
+      expect(service.asked.get(path)! - before).toBe(1);
+    }
+    expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
   });
 
   it('refuses a transfer-coding it does not decode (gzip, chunked) with 502 upstream_bad_response, and keeps the instance', async () => {
