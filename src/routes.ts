@@ -61,8 +61,8 @@ export interface RouteTable {
 
 /**
  * The form every spelling of one resource shares, which routing decides on: percent-decoded (encoded
- * slashes, dots, backslashes and malformed escapes never get here: createPathGuard refuses them, so decoding
- * is unambiguous), case-folded (most upstream routers, @koa/router and Express among them, match without
+ * slashes, dots, backslashes, malformed escapes and a `%` left after one decoding never get here:
+ * createPathGuard refuses them, so one decoding is unambiguous and the last), case-folded (most upstream routers, @koa/router and Express among them, match without
  * case), and without a trailing slash (which they ignore too). `/API/%75sers/` and `/api/users` are one key,
  * so a rule on one holds for the other.
  */
@@ -104,26 +104,45 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
     .sort((a, b) => b.segments - a.segments || Number(b.route.exact) - Number(a.route.exact));
   const reserved = new Set(ownPaths(config).map(routeKey));
 
+  /**
+   * The route that owns a key, and whether it owns it through a format suffix: `/api/admin.json` is `/api/admin`
+   * to Rails (`(.:format)`) and to Spring MVC before 5.3 (suffix patterns), so a route whose prefix is the path
+   * but for a last-segment `.ext` owns it when no route with as many segments covers it plainly; otherwise
+   * `/api/admin.json` fell to an enclosing `/api` route with weaker rules.
+   */
+  function ownerOf(key: string): { route: CompiledRoute; suffixed: boolean } | undefined {
+    let suffixed: (typeof bySpecificity)[number] | undefined;
+    for (const entry of bySpecificity) {
+      const { route, key: prefixKey } = entry;
+      if (suffixed && entry.segments < suffixed.segments) break;
+      // Segment boundary: `/api/users` covers `/api/users/1`, never `/api/usersX`.
+      if (key === prefixKey || (!route.exact && key.startsWith(prefixKey) && key.charCodeAt(prefixKey.length) === 47 /* / */)) return { route, suffixed: false };
+      if (!suffixed && key.startsWith(prefixKey) && key.charCodeAt(prefixKey.length) === 46 /* . */ && !key.includes('/', prefixKey.length)) suffixed = entry;
+    }
+    return suffixed && { route: suffixed.route, suffixed: true };
+  }
+
   function owner(rawPath: string): CompiledRoute | undefined {
     const key = routeKey(rawPath);
-    if (reserved.has(key)) return undefined;
-    for (const { route, key: prefixKey } of bySpecificity) {
-      // Segment boundary: `/api/users` covers `/api/users/1`, never `/api/usersX`.
-      if (key === prefixKey || (!route.exact && key.startsWith(prefixKey) && key.charCodeAt(prefixKey.length) === 47 /* / */)) return route;
-    }
-    return undefined;
+    // The gateway's own paths with a format suffix (`/health.json`) are theirs too: no service answers them.
+    if (reserved.has(key) || reserved.has(key.replace(/\.[^/]*$/, ''))) return undefined;
+    return ownerOf(key)?.route;
   }
 
   return {
     routes,
     owner,
     match(rawPath, method) {
-      const route = owner(rawPath);
-      if (!route) return undefined;
+      const key = routeKey(rawPath);
+      if (reserved.has(key) || reserved.has(key.replace(/\.[^/]*$/, ''))) return undefined;
+      const owned = ownerOf(key);
+      if (!owned) return undefined;
+      const { route } = owned;
       if (route.methods ? !route.methods.has(method) : NOT_TAKEN_BY_DEFAULT.has(method)) {
         return { kind: 'method_not_allowed', route, allowed: route.methods ? [...route.methods] : [...HTTP_METHODS] };
       }
-      return { kind: 'matched', route, upstreamPath: route.upstreamPath + restOf(rawPath, route.prefix) || '/' };
+      const rest = owned.suffixed ? formatSuffix(rawPath, route.prefix) : restOf(rawPath, route.prefix);
+      return { kind: 'matched', route, upstreamPath: route.upstreamPath + rest || '/' };
     },
   };
 }
@@ -151,4 +170,21 @@ function restOf(rawPath: string, prefix: string): string {
     slashes--;
   }
   return rawPath.slice(index);
+}
+
+/**
+ * The format suffix (`.json`) of a path its route owns through one (ownerOf), as the client spelt it: from the
+ * dot that follows the prefix's last segment, plain or encoded (`%2e`), in the path's last segment.
+ */
+function formatSuffix(rawPath: string, prefix: string): string {
+  // A trailing slash (which routing ignores) goes on with the suffix.
+  const slash = rawPath.length > 1 && rawPath.endsWith('/') ? '/' : '';
+  const path = slash ? rawPath.slice(0, -1) : rawPath;
+  const segment = path.slice(path.lastIndexOf('/') + 1);
+  const dotsInPrefix = prefix.slice(prefix.lastIndexOf('/') + 1).split('.').length - 1;
+  const dots = /\.|%2e/gi;
+  for (let seen = 0, found = dots.exec(segment); found; found = dots.exec(segment), seen++) {
+    if (seen === dotsInPrefix) return segment.slice(found.index) + slash;
+  }
+  return slash;
 }

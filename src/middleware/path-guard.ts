@@ -6,13 +6,18 @@ export const MAX_PATH_LENGTH = 2048;
 
 /** A whole segment that is `.` or `..` (what splitting on `/` would find, without building the array per request). */
 const DOT_SEGMENT = /(?:^|\/)\.{1,2}(?:\/|$)/;
+/** A segment ending in a dot or white space, which Windows and IIS strip (`admin.`, `admin%20` are `admin` there). */
+const TRAILING_DOT_OR_SPACE = /[.\s](?:\/|$)/;
 
 /**
  * Why a path is refused, or undefined when it is safe to route. Routing and the upstream see the same raw
  * path, so anything that a server behind us could decode into a different route is refused rather than
- * "fixed": dot segments (plain, encoded or double-encoded), encoded slashes and backslashes, empty
- * segments, NUL and control characters, and malformed or overlong UTF-8 (which `decodeURIComponent`
- * rejects).
+ * "fixed": dot segments (plain or encoded), encoded slashes and backslashes, empty segments, NUL and control
+ * characters, malformed or overlong UTF-8 (which `decodeURIComponent` rejects), segments ending in a dot or
+ * white space, and any `%` left after one decoding: routing decides on one decoding, and a second one behind
+ * the gateway (another proxy or sidecar that normalises, a framework decoding a parameter its router already
+ * decoded) turns `/api/%2561dmin` into `/api/admin`, a route with other rules, whatever character is
+ * double-encoded (Spring's StrictHttpFirewall refuses an encoded `%` by default for this reason).
  */
 export function pathProblem(rawPath: string): string | undefined {
   if (rawPath.length > MAX_PATH_LENGTH) return `the path is longer than ${MAX_PATH_LENGTH} characters`;
@@ -31,16 +36,52 @@ export function pathProblem(rawPath: string): string | undefined {
   // Matrix parameters: Tomcat, Jetty and Spring strip `;...` from a segment before routing, so
   // `/admin;x=1` would be `/admin` there but not here (Spring's StrictHttpFirewall refuses them too).
   if (decoded.includes(';')) return 'path parameters (;) are not allowed';
-  if (/%(2e|2f|5c)/i.test(decoded)) return 'double-encoded dots or slashes are not allowed';
+  if (decoded.includes('%')) return 'double-encoded characters (an encoded %) are not allowed';
+  if (TRAILING_DOT_OR_SPACE.test(decoded)) return 'a path segment may not end in a dot or white space';
   return undefined;
 }
 
-/** Refuses ambiguous paths with 400 before anything routes, limits or forwards on them. */
+/**
+ * Query parameters that frameworks read as the request's real method: `_method` (Laravel and Symfony, Express's
+ * method-override as usually configured, Rails' forms) and the method-override header names some accept as
+ * parameters too. The gateway decides auth, roles and `methods` on the method it sees, so a `POST` carrying
+ * `_method=DELETE` would be a DELETE the gateway never checked; the headers are removed (REQUEST_REWRITE_HEADERS),
+ * a parameter cannot be without changing the query, so the request is refused.
+ */
+const METHOD_OVERRIDE_PARAMETERS = new Set(['_method', 'x_http_method_override', 'x_http_method', 'x_method_override']);
+
+/**
+ * Whether a query carries a method-override parameter, under any spelling a framework could read as one:
+ * percent-encoded, any case, `-` or `_`, and the `.`, space and `[` PHP turns into `_` in parameter names
+ * (`.method` is `$_GET['_method']`), with an array suffix (`_method[]`).
+ */
+export function methodOverrideParameter(querystring: string): boolean {
+  if (querystring === '') return false;
+  // `;` too: Rack and older CGI parsers split pairs on it.
+  for (const pair of querystring.split(/[&;]/)) {
+    const rawName = pair.split('=', 1)[0]!;
+    let name: string;
+    try {
+      name = decodeURIComponent(rawName.replaceAll('+', ' '));
+    } catch {
+      name = rawName;
+    }
+    const folded = name.toLowerCase().trimStart().replace(/\[[^\]]*\]$/, '').replace(/[-. []/g, '_');
+    if (METHOD_OVERRIDE_PARAMETERS.has(folded)) return true;
+  }
+  return false;
+}
+
+/**
+ * Refuses ambiguous paths (400 bad_path) and method overrides in the query (400 bad_request) before anything
+ * routes, limits or forwards on them.
+ */
 export function createPathGuard(): Middleware {
   // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
   return function guardPath(ctx, next) {
     const problem = pathProblem(ctx.path);
     if (problem !== undefined) throw new GatewayError('bad_path', `${problem}.`);
+    if (methodOverrideParameter(ctx.querystring)) throw new GatewayError('bad_request', 'A method override in the query (_method, X-HTTP-Method-Override) is not accepted: send the method itself.');
     return next();
   };
 }

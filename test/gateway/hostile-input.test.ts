@@ -269,6 +269,9 @@ describe('hostile input at the gateway', () => {
       { desc: 'an empty matrix parameter', path: '/api/users;' },
       { desc: 'an encoded semicolon', path: '/api/users%3Bx' },
       { desc: 'a matrix parameter mid-path', path: '/api/users;x=1/2' },
+      { desc: 'an encoded space after the prefix (Windows and IIS strip it)', path: '/api/users%20/1' },
+      { desc: 'a trailing dot on the admin-only listing (Windows and IIS strip it)', path: '/api/users.' },
+      { desc: 'a double-encoded letter', path: '/api/%2575sers' },
     ])('refuses $desc ($path) with 400 bad_path, reaching no service', async ({ path }) => {
       const before = reached();
       const reply = await send(url, path, { headers: { authorization: `Bearer ${bob}` } });
@@ -280,7 +283,6 @@ describe('hostile input at the gateway', () => {
     it.each([
       { desc: 'a longer first segment', path: '/api/usersX/1' },
       { desc: 'a shorter segment', path: '/api/user' },
-      { desc: 'an encoded space after the prefix', path: '/api/users%20/1' },
       { desc: 'the bare /api', path: '/api' },
       { desc: 'the root', path: '/' },
       { desc: 'an unknown route', path: '/admin/secrets' },

@@ -9,7 +9,7 @@ describe('pathProblem', () => {
     { desc: 'an encoded space', path: '/api/users/john%20doe' },
     { desc: 'UTF-8 in a segment', path: '/api/users/%C3%A9' },
     { desc: 'a dot inside a segment', path: '/api/users/file.tar.gz' },
-    { desc: 'three dots (not a dot segment)', path: '/api/users/...' },
+    { desc: 'a format suffix', path: '/api/users.json' },
   ])('accepts $desc', ({ path }) => {
     expect(pathProblem(path)).toBeUndefined();
   });
@@ -25,6 +25,11 @@ describe('pathProblem', () => {
     { desc: 'an encoded backslash', path: '/api/users/..%5corders', reason: /encoded slashes/ },
     { desc: 'a raw backslash', path: '/api/users\\..\\orders', reason: /backslashes/ },
     { desc: 'double-encoded dots', path: '/api/users/%252e%252e/orders', reason: /double-encoded/ },
+    { desc: 'a double-encoded letter', path: '/api/%2561dmin', reason: /double-encoded/ },
+    { desc: 'an encoded % alone', path: '/api/files/100%25', reason: /double-encoded/ },
+    { desc: 'three dots (Windows strips trailing dots)', path: '/api/users/...', reason: /end in a dot/ },
+    { desc: 'a trailing dot', path: '/api/admin./users', reason: /end in a dot/ },
+    { desc: 'a trailing encoded space', path: '/api/admin%20', reason: /white space/ },
     { desc: 'a double slash', path: '/api/users//1', reason: /empty path segments/ },
     { desc: 'an encoded NUL', path: '/api/users/1%00', reason: /control characters/ },
     { desc: 'an encoded newline', path: '/api/users/1%0d%0aX-Injected:%201', reason: /control characters/ },
@@ -52,6 +57,18 @@ describe('pathProblem', () => {
         expect(pathProblem(path) === 'dot segments are not allowed').toBe(hasDotSegment);
       }),
       { seed: 18, numRuns: 500 },
+    );
+  });
+
+  it('refuses every path in which one decoding leaves a % (generated paths)', () => {
+    const piece = fc.oneof(fc.constantFrom('a', 'admin', '%61', '%2561', '%25', '%2525', '%25%36%31', 'x.y'), fc.integer({ min: 0x20, max: 0x7e }).map((code) => `%25${code.toString(16)}`));
+    fc.assert(
+      fc.property(fc.array(fc.array(piece, { minLength: 1, maxLength: 3 }), { minLength: 1, maxLength: 4 }), (segments) => {
+        const path = `/${segments.map((parts) => parts.join('')).join('/')}`;
+        const once = decodeURIComponent(path);
+        expect({ path, problem: pathProblem(path) }).toEqual({ path, problem: once.includes('%') ? 'double-encoded characters (an encoded %) are not allowed' : undefined });
+      }),
+      { seed: 32, numRuns: 500 },
     );
   });
 });
