@@ -122,10 +122,18 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
     return suffixed && { route: suffixed.route, suffixed: true };
   }
 
+  /** The gateway's own paths, also with a format suffix (`/health.json`): no service answers them. */
+  function isReserved(key: string): boolean {
+    if (reserved.has(key)) return true;
+    // Most paths have no dot in their last segment: no second lookup, no string built for them.
+    // The first dot of the last segment: `/health.v1.json` is `/health` too.
+    const dot = key.indexOf('.', key.lastIndexOf('/'));
+    return dot !== -1 && reserved.has(key.slice(0, dot));
+  }
+
   function owner(rawPath: string): CompiledRoute | undefined {
     const key = routeKey(rawPath);
-    // The gateway's own paths with a format suffix (`/health.json`) are theirs too: no service answers them.
-    if (reserved.has(key) || reserved.has(key.replace(/\.[^/]*$/, ''))) return undefined;
+    if (isReserved(key)) return undefined;
     return ownerOf(key)?.route;
   }
 
@@ -134,7 +142,7 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
     owner,
     match(rawPath, method) {
       const key = routeKey(rawPath);
-      if (reserved.has(key) || reserved.has(key.replace(/\.[^/]*$/, ''))) return undefined;
+      if (isReserved(key)) return undefined;
       const owned = ownerOf(key);
       if (!owned) return undefined;
       const { route } = owned;
