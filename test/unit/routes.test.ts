@@ -50,8 +50,23 @@ describe('route table', () => {
     { desc: 'another spelling of the login path', path: '/api/auth/login/' },
     { desc: 'another case of the login path', path: '/API/auth/login' },
     { desc: 'another case of /health', path: '/Health' },
+    // The gateway's own paths with a format suffix, first dot of the last segment on.
+    { desc: '/health with a format suffix', path: '/health.json' },
+    { desc: '/health with two suffixes', path: '/health.v1.json' },
   ])('does not match $desc', ({ path }) => {
     expect(table.match(path, 'GET')).toBeUndefined();
+    expect(table.owner(path)).toBeUndefined();
+  });
+
+  it('leaves the login path to the gateway with a format suffix too, under a route that covers it', () => {
+    const covering = shippedConfigFile();
+    (covering.routes as unknown[]).push({ name: 'auth-area', prefix: '/api/auth', service: 'users', upstreamPath: '/auth' });
+    const withAuthArea = tableOf(parseConfig(covering));
+    expect(withAuthArea.owner('/api/auth/other.json')?.name).toBe('auth-area');
+    for (const path of ['/api/auth/login', '/api/auth/login.json', '/api/auth/login.v1.json']) {
+      expect([path, withAuthArea.match(path, 'POST')]).toEqual([path, undefined]);
+      expect([path, withAuthArea.owner(path)]).toEqual([path, undefined]);
+    }
   });
 
   it.each([
