@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import { FIELD_NAME_TOKEN } from '../otel/wire-names';
@@ -40,15 +41,36 @@ const storedMeta = z.object({
   varyValues: z.array(z.string().nullable()),
 }).refine((meta) => meta.vary.length === meta.varyValues.length, 'vary and varyValues differ in length');
 
+/**
+ * Where a resource's invalidations stood when a miss went to the service (ResponseStore.fetchStarting). The
+ * answer is stored only if none came since: a write may have changed the resource after the service read it.
+ */
+export interface FetchStart {
+  /** The resource's invalidation generation: a count (memory), Redis's value ('' for none), or undefined when it could not be read (nothing is stored). */
+  readonly generation: number | string | undefined;
+  /** performance.now() when it was read. */
+  readonly startedMs: number;
+}
+
 /** Where entries live. No method throws: a failing store is a miss. */
 export interface ResponseStore {
   readonly kind: 'memory' | 'redis';
   get(route: string, key: CacheKey): Promise<CachedResponse | undefined>;
-  set(route: string, key: CacheKey, entry: CachedResponse): Promise<void>;
   /**
-   * Drops every variant of a resource (RFC 9111 4.4: after an unsafe request to it succeeded). Resolves once it
-   * is dropped wherever another request may read it, with undefined; or with why a copy may be left (a failing
-   * store, peers that did not confirm in time).
+   * Called before a miss is sent to the service; resolves once the store knows where the resource's invalidations
+   * stand (Redis: one round trip; hits never call it).
+   */
+  fetchStarting(route: string, resource: string): Promise<FetchStart>;
+  /**
+   * Stores the answer of the fetch that `since` started, unless the resource was invalidated since (here, by a
+   * peer worker, or through Redis by any replica): its answer may be from before the write (RFC 9111 4.4), and
+   * an invalidation must win over every fetch that started before it.
+   */
+  set(route: string, key: CacheKey, entry: CachedResponse, since: FetchStart): Promise<void>;
+  /**
+   * Drops every variant of a resource (RFC 9111 4.4: after an unsafe request to it succeeded), and keeps fetches of
+   * it already under way from storing. Resolves once that holds wherever another request may read it, with
+   * undefined; or with why a copy may be left (a failing store, peers that did not confirm in time).
    */
   invalidate(route: string, resource: string): Promise<string | undefined>;
 }
@@ -69,6 +91,12 @@ function sizeOf(entry: CachedResponse): number {
   entry.vary.forEach((name, index) => (size += name.length + (entry.varyValues[index]?.length ?? 0) + 4));
   return size;
 }
+
+/**
+ * Resources whose last invalidation a memory store remembers (for the fetches under way). One more and it forgets
+ * them all and refuses the answers of every fetch that started before, which is never wrong, only costly.
+ */
+export const MAX_REMEMBERED_INVALIDATIONS = 4096;
 
 export interface MemoryStoreOptions {
   /** All routes together, bytes. */
@@ -115,6 +143,15 @@ export function createMemoryResponseStore(options: MemoryStoreOptions): MemoryRe
     if (!oldest.done) evict(route, oldest.value);
   };
   const idOf = (key: CacheKey) => `${key.resource} ${key.variant}`;
+  // Invalidations counted: a fetch takes the count as it starts, and its answer is not stored if the resource's
+  // last invalidation, or the moment the store forgot them, came after.
+  let invalidations = 0;
+  let forgottenAt = 0;
+  const lastInvalidated = new Map<string, number>();
+  const forgetInvalidations = () => {
+    lastInvalidated.clear();
+    forgottenAt = invalidations;
+  };
 
   return {
     kind: 'memory',
@@ -132,7 +169,12 @@ export function createMemoryResponseStore(options: MemoryStoreOptions): MemoryRe
       route.entries.set(id, held);
       return held.entry;
     },
-    async set(routeName, key, entry) {
+    async fetchStarting() {
+      return { generation: invalidations, startedMs: performance.now() };
+    },
+    async set(routeName, key, entry, since) {
+      const started = since.generation;
+      if (typeof started !== 'number' || started < forgottenAt || (lastInvalidated.get(`${routeName} ${key.resource}`) ?? 0) > started) return;
       const route = routeOf(routeName);
       const id = idOf(key);
       const size = sizeOf(entry);
@@ -152,11 +194,16 @@ export function createMemoryResponseStore(options: MemoryStoreOptions): MemoryRe
       totalBytes += size;
     },
     async invalidate(routeName, resource) {
+      invalidations++;
+      if (lastInvalidated.size < MAX_REMEMBERED_INVALIDATIONS) lastInvalidated.set(`${routeName} ${resource}`, invalidations);
+      else forgetInvalidations();
       const route = routes.get(routeName);
       for (const id of route?.byResource.get(resource) ?? []) evict(route!, id);
       return undefined;
     },
     clear() {
+      invalidations++;
+      forgetInvalidations();
       routes.clear();
       totalBytes = 0;
     },
@@ -189,10 +236,31 @@ const MAX_EVICTIONS_PER_STORE = 32;
 
 /** What a resource's sorted set of variant ends is named, after the resource's own key. */
 const ENDS_SUFFIX = ':ends';
+/** What a resource's invalidation generation is named, after the resource's own key. */
+const GENERATION_SUFFIX = ':generation';
+
+/**
+ * How long Redis keeps a resource's invalidation generation after its last invalidation, ms. A fetch that took
+ * longer than half of it stores nothing: the generation it read may have ended meanwhile, and a new one starts
+ * again from the same count.
+ */
+const GENERATION_RETENTION_MS = 10 * 60_000;
+
+/**
+ * Drops every variant of a resource (KEYS[1], KEYS[2]) and counts its invalidation (KEYS[3], kept ARGV[1] ms), in
+ * one step: a fetch that read the generation before this stores nothing after it (STORE_VARIANT).
+ */
+const INVALIDATE = `
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('INCR', KEYS[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[1])
+return 1`;
 
 /**
  * Stores a variant (ARGV[1], value ARGV[2], retention ARGV[3] ms from ARGV[4], now in ms) in its resource's hash
- * (KEYS[1]) and its end in a sorted set beside it (KEYS[2]); both live as long as their longest variant. Every
+ * (KEYS[1]) and its end in a sorted set beside it (KEYS[2]); both live as long as their longest variant. Returns 2,
+ * storing nothing, when the resource's invalidation generation (KEYS[4]) is no longer the one its fetch read as it
+ * started (ARGV[8], '' for none): a write through any replica invalidated it since (INVALIDATE). Every
  * store first drops variants past their retention (64 at most): the hash's TTL is extended by each new
  * variant, so on a resource stored for many callers or header values it may never expire, and dead variants
  * would otherwise pile up in it without bound (a per-field TTL needs Redis 7.4).
@@ -210,6 +278,7 @@ const ENDS_SUFFIX = ':ends';
  * tag, this is for a single Redis, not a Redis Cluster.
  */
 const STORE_VARIANT = `
+if (redis.call('GET', KEYS[4]) or '') ~= ARGV[8] then return 2 end
 local ended = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[4]) / 1000, 'LIMIT', 0, 64)
 if #ended > 0 then redis.call('ZREM', KEYS[3], unpack(ended)) end
 local memory = redis.pcall('INFO', 'memory')
@@ -241,14 +310,15 @@ redis.call('ZADD', KEYS[2], ends, ARGV[1])
 local order = math.floor(ends / 1000 + 0.5) + (tonumber(ARGV[4]) % 1000000) / 1000000
 local indexed = tonumber(redis.call('ZSCORE', KEYS[3], KEYS[1]))
 if not indexed or indexed < order then redis.call('ZADD', KEYS[3], order, KEYS[1]) end
-for _, key in ipairs(KEYS) do
-  if redis.call('PTTL', key) < tonumber(ARGV[3]) then redis.call('PEXPIRE', key, ARGV[3]) end
+for index = 1, 3 do
+  if redis.call('PTTL', KEYS[index]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[index], ARGV[3]) end
 end
 return 1`;
 
 /**
  * Entries shared by every replica, in Redis: one hash per resource (so an unsafe request drops all its
- * variants with one DEL), a field per variant, and when each variant ends (see STORE_VARIANT). The cache takes
+ * variants at once), a field per variant, when each variant ends (see STORE_VARIANT), and how many times it was
+ * invalidated lately (INVALIDATE). The cache takes
  * at most CACHE_SHARE_OF_MAXMEMORY of Redis's `maxmemory`, evicting its own resources that end soonest to stay
  * within it; entry size is still bounded by `cache.maxEntryBytes`. The client fails fast (src/rate-limit-store.ts), and
  * any failure is a miss: the request goes to the service. A value is 4 bytes of metadata length, the
@@ -265,6 +335,8 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
   const redisKey = (route: string, resource: string) => `${keyPrefix}:${route}:${resource}`;
   // A resource is a fixed-length base64url hash (no `:`), so no resource's key can end in `:ends`.
   const endsKey = (route: string, resource: string) => `${redisKey(route, resource)}${ENDS_SUFFIX}`;
+  // Apart from the resource's hash, which an eviction deletes: a generation gone with it would read as none again.
+  const generationKey = (route: string, resource: string) => `${redisKey(route, resource)}${GENERATION_SUFFIX}`;
   // One segment after the prefix where every resource's key has two (a route name has no `:`).
   const indexKey = `${keyPrefix}:resources`;
 
@@ -283,7 +355,17 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
         return undefined;
       }
     },
-    async set(route, key, entry) {
+    async fetchStarting(route, resource) {
+      const startedMs = performance.now();
+      try {
+        return { generation: (await client.get(generationKey(route, resource))) ?? '', startedMs };
+      } catch (error) {
+        failed('get', error);
+        return { generation: undefined, startedMs };
+      }
+    },
+    async set(route, key, entry, since) {
+      if (typeof since.generation !== 'string' || performance.now() - since.startedMs > GENERATION_RETENTION_MS / 2) return;
       const storedAt = now();
       const ttl = Math.ceil(retentionMs(entry, storedAt));
       if (ttl <= 0) return;
@@ -292,7 +374,7 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
       const length = Buffer.alloc(4);
       length.writeUInt32BE(metaBytes.length, 0);
       try {
-        const stored = await client.eval(STORE_VARIANT, 3, redisKey(route, key.resource), endsKey(route, key.resource), indexKey, key.variant, Buffer.concat([length, metaBytes, body]), ttl, storedAt, CACHE_SHARE_OF_MAXMEMORY, ENDS_SUFFIX, MAX_EVICTIONS_PER_STORE);
+        const stored = await client.eval(STORE_VARIANT, 4, redisKey(route, key.resource), endsKey(route, key.resource), indexKey, generationKey(route, key.resource), key.variant, Buffer.concat([length, metaBytes, body]), ttl, storedAt, CACHE_SHARE_OF_MAXMEMORY, ENDS_SUFFIX, MAX_EVICTIONS_PER_STORE, since.generation);
         if (stored === 0) failed('set', new Error(`the answer would take Redis past ${CACHE_SHARE_OF_MAXMEMORY * 100}% of its maxmemory even after evicting up to ${MAX_EVICTIONS_PER_STORE} of the cache's own entries: it is not stored, the rate-limit windows keep the rest`));
       } catch (error) {
         failed('set', error);
@@ -300,7 +382,7 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
     },
     async invalidate(route, resource) {
       try {
-        await client.del(redisKey(route, resource), endsKey(route, resource));
+        await client.eval(INVALIDATE, 3, redisKey(route, resource), endsKey(route, resource), generationKey(route, resource), GENERATION_RETENTION_MS);
         return undefined;
       } catch (error) {
         // Not logged here: the cache logs and counts a write answered with its copies possibly left.
@@ -337,7 +419,8 @@ export function sharingInvalidations(store: MemoryResponseStore, peers: PeerInva
   return {
     kind: store.kind,
     get: (route, key) => store.get(route, key),
-    set: (route, key, entry) => store.set(route, key, entry),
+    fetchStarting: (route, resource) => store.fetchStarting(route, resource),
+    set: (route, key, entry, since) => store.set(route, key, entry, since),
     async invalidate(route, resource) {
       await store.invalidate(route, resource);
       const confirmed = await peers.publish(route, resource);

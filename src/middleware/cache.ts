@@ -8,7 +8,7 @@ import { GatewayError, isGatewayError } from '../errors';
 import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
 import type { GatewayMetrics } from '../metrics';
 import { cacheKey, currentAge, isFresh, parseCacheControl, parseHttpDate, requestHeaderValue, storability, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
-import type { CacheKey, ResponseStore } from '../response-store';
+import type { CacheKey, FetchStart, ResponseStore } from '../response-store';
 import { endToEndHeaders, stopsAtThisHop } from '../upstream-headers';
 
 export interface ResponseCacheOptions {
@@ -106,7 +106,8 @@ const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag
 export function createResponseCache(options: ResponseCacheOptions): Middleware {
   const { store, statusHeader, logger } = options;
   const now = options.now ?? Date.now;
-  const inFlight = new Map<string, Promise<void>>();
+  /** Misses under way by key, with their resource: a write to it lets later requests fetch their own. */
+  const inFlight = new Map<string, { resource: string; done: Promise<void> }>();
   const counters = new Map<string, Record<CacheResult, Counter.Internal | undefined>>();
   const invalidationFailures = new Map<string, Counter.Internal | undefined>();
   for (const name of options.routes.keys()) {
@@ -137,6 +138,9 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
    * workers did not confirm in time) is counted and logged, never an error: the write itself succeeded.
    */
   const dropStoredCopies = async (routeName: string, resource: string) => {
+    // A fetch under way may have read the resource before the write: requests from now on do not wait for its
+    // answer (which the store refuses, FetchStart), they fetch their own.
+    for (const [flightKey, flight] of inFlight) if (flight.resource === resource) inFlight.delete(flightKey);
     const left = await store.invalidate(routeName, resource);
     if (left === undefined) return;
     invalidationFailures.get(routeName)?.inc();
@@ -251,9 +255,10 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     if (entry && isFresh(entry, now())) return serve(ctx, entry, 'hit', rules);
     const pending = inFlight.get(flightKey);
     if (pending) {
-      // Another request is fetching this very answer: wait for it rather than asking the service again.
+      // Another request is fetching this very answer: wait for it rather than asking the service again. Its answer
+      // is read from the store, which keeps none a write invalidated after that fetch started.
       logger.debug('response cache: waiting for a fetch in flight', { route: route.name });
-      await pending;
+      await pending.done;
       entry = (await lookup()) ?? entry;
       if (entry && isFresh(entry, now())) return serve(ctx, entry, 'hit', rules);
     }
@@ -266,25 +271,29 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     let release = () => {};
     let stored = () => Promise.resolve();
     // HEAD answers carry no body to keep: forwarded as they are; a GET fills the entry HEAD then uses.
-    if (method === 'GET') {
-      if (!inFlight.has(flightKey)) {
-        // Waiters are let go as soon as the answer is stored or known not to be, or once this request's own
-        // client stops keeping up (the service is paused for it): a slow reader must not stall them.
-        let finished!: () => void;
-        inFlight.set(flightKey, new Promise<void>((resolve) => (finished = resolve)));
-        release = () => {
-          inFlight.delete(flightKey);
-          finished();
-          release = () => {};
-        };
-      }
-      // The one request directive obeyed: `no-store` (RFC 9111 5.2.1.5) only keeps this client's answer out.
-      const storable = !parseCacheControl(headers['cache-control']).noStore;
-      const capture = captureResponse({ store, routeName: route.name, key, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, now, settled: () => release() });
-      ctx.state.responseTap = capture.tap;
-      stored = capture.stored;
+    if (method === 'GET' && !inFlight.has(flightKey)) {
+      // Waiters are let go as soon as the answer is stored or known not to be, or once this request's own
+      // client stops keeping up (the service is paused for it): a slow reader must not stall them.
+      let finished!: () => void;
+      const flight = { resource, done: new Promise<void>((resolve) => (finished = resolve)) };
+      inFlight.set(flightKey, flight);
+      release = () => {
+        // A write may have let a later request start a fetch of its own under this key.
+        if (inFlight.get(flightKey) === flight) inFlight.delete(flightKey);
+        finished();
+        release = () => {};
+      };
     }
     try {
+      if (method === 'GET') {
+        // Before the service is asked: a write the store hears of after this keeps this answer out.
+        const since = await store.fetchStarting(route.name, resource);
+        // The one request directive obeyed: `no-store` (RFC 9111 5.2.1.5) only keeps this client's answer out.
+        const storable = !parseCacheControl(headers['cache-control']).noStore;
+        const capture = captureResponse({ store, routeName: route.name, key, since, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, now, settled: () => release() });
+        ctx.state.responseTap = capture.tap;
+        stored = capture.stored;
+      }
       await next();
       await stored();
     } catch (error) {
@@ -307,6 +316,8 @@ interface CaptureOptions {
   store: ResponseStore;
   routeName: string;
   key: CacheKey;
+  /** Where the resource's invalidations stood as the request went to the service. */
+  since: FetchStart;
   policy: RouteCacheConfig;
   /** False when the client asked for its answer not to be stored. */
   storable: boolean;
@@ -370,7 +381,7 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
         varyValues: vary.map(options.heard),
       };
       chunks = undefined;
-      pending = options.store.set(options.routeName, options.key, entry).finally(options.settled);
+      pending = options.store.set(options.routeName, options.key, entry, options.since).finally(options.settled);
     },
   };
   return { tap, stored: () => pending ?? Promise.resolve() };

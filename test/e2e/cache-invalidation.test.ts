@@ -4,6 +4,7 @@ import { METRIC, METRIC_LABEL } from '../../otel/wire-names';
 import { namedUpstream, requestThrough, startGatewayProcess, type Answer, type GatewayProcess } from '../helpers/gateway-process';
 import { scrapeWhen, valueOf } from '../helpers/openmetrics';
 import { deleteKeys, isolatedKeyPrefix, startOwnRedis } from '../helpers/redis';
+import { waitFor } from '../helpers/wait';
 
 /**
  * Read-your-writes through the response cache (RFC 9111 4.4): a successful write is answered only once what was
@@ -17,21 +18,47 @@ const MACHINE_REDIS = 'redis://127.0.0.1:6379';
 const ROUNDS = 20;
 
 type Upstream = Awaited<ReturnType<typeof namedUpstream>>;
+type Items = Awaited<ReturnType<typeof versionedItems>>;
 
-/** `/items/...`: GET answers the current version (cacheable for 5 minutes), PUT makes a new one. */
-async function versionedItems(): Promise<Upstream & { version: () => number }> {
+/**
+ * `/items/...`: GET answers the version it read as it arrived (cacheable for 5 minutes), PUT makes a new one.
+ * `holdNextGet` keeps the next GET's answer back until released, as a slow query or render would.
+ */
+async function versionedItems() {
   let version = 1;
+  let gets = 0;
+  let hold: { arrived: () => void; released: Promise<void> } | undefined;
   const upstream = await namedUpstream('items', (req, res) => {
     if (req.method === 'PUT') {
       version++;
       res.writeHead(204).end();
       return true;
     }
-    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'public, max-age=300' });
-    res.end(JSON.stringify({ version }));
+    gets++;
+    const seen = version;
+    const answer = () => {
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'public, max-age=300' });
+      res.end(JSON.stringify({ version: seen }));
+    };
+    const held = hold;
+    hold = undefined;
+    if (held) {
+      held.arrived();
+      void held.released.then(answer);
+    } else answer();
     return true;
   });
-  return { ...upstream, version: () => version };
+  return {
+    ...upstream,
+    version: () => version,
+    gets: () => gets,
+    holdNextGet() {
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      const arrived = new Promise<void>((resolve) => (hold = { arrived: resolve, released }));
+      return { arrived, release };
+    },
+  };
 }
 
 const itemsConfig = (items: Upstream, extra: Record<string, unknown> = {}) => ({
@@ -49,6 +76,23 @@ function connection(origin: string) {
 }
 type Connection = ReturnType<typeof connection>;
 
+let probes = 0;
+/**
+ * A kept-alive connection that reaches the same worker as `beside`, or another one: a copy `beside` just stored
+ * is a HIT on its own worker only (each keeps its copies in its own memory).
+ */
+async function connectionBeside(origin: string, beside: Connection, worker: 'the same' | 'another'): Promise<Connection> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const probe = `/items/probe-${++probes}`;
+    expect((await beside.request(probe)).headers['x-cache']).toBe('MISS');
+    const candidate = connection(origin);
+    const hit = (await candidate.request(probe)).headers['x-cache'] === 'HIT';
+    if (hit === (worker === 'the same')) return candidate;
+    candidate.close();
+  }
+  throw new Error(`no connection reached ${worker} worker`);
+}
+
 const versionOf = (answer: Answer) => (JSON.parse(answer.body) as { version: number }).version;
 const readResult = (answer: Answer) => ({ status: answer.status, cache: answer.headers['x-cache'], version: versionOf(answer) });
 
@@ -64,7 +108,7 @@ function holdPrimary(gateway: GatewayProcess, ms: number): Promise<void> {
 }
 
 describe('a successful write through one worker of a cluster', () => {
-  let items: Awaited<ReturnType<typeof versionedItems>>;
+  let items: Items;
   let gateway: GatewayProcess;
   let first: Connection;
   let second: Connection;
@@ -75,13 +119,7 @@ describe('a successful write through one worker of a cluster', () => {
     gateway = await startGatewayProcess({ config: itemsConfig(items), env: { GATEWAY_WORKERS: '2' } });
     // Two connections on different workers: a copy one stored is a miss on the other's.
     first = connection(gateway.url);
-    expect((await first.request('/items/probe')).headers['x-cache']).toBe('MISS');
-    for (let attempt = 0; ; attempt++) {
-      second = connection(gateway.url);
-      if ((await second.request('/items/probe')).headers['x-cache'] === 'MISS') break;
-      second.close();
-      if (attempt === 10) throw new Error('no connection reached the second worker');
-    }
+    second = await connectionBeside(gateway.url, first, 'another');
   });
   afterAll(async () => {
     first?.close();
@@ -160,7 +198,7 @@ async function slowRedisLink(redisUrl: string, delayMs: number): Promise<{ url: 
 
 describe('a successful write through one replica sharing Redis', () => {
   const prefix = isolatedKeyPrefix();
-  let items: Awaited<ReturnType<typeof versionedItems>>;
+  let items: Items;
   let link: Awaited<ReturnType<typeof slowRedisLink>>;
   let writer: GatewayProcess;
   let reader: GatewayProcess;
@@ -205,6 +243,101 @@ describe('a successful write through one replica sharing Redis', () => {
 });
 
 /**
+ * A read the service took before a write and answers after it carries the data from before the write. Once the
+ * write is answered, that answer must not be stored (it was, after the invalidation, and every reader got it for
+ * the TTL), nor handed to a request that joined the read after the write: wherever the read and the write ran.
+ */
+describe.each<{ desc: string; start: (items: Items) => Promise<OverlapSetup> }>([
+  {
+    desc: 'in one process (memory store)',
+    async start(items) {
+      const gateway = await startGatewayProcess({ config: itemsConfig(items), env: { LOG_LEVEL: 'debug' } });
+      return { reader: gateway, slow: connection(gateway.url), after: connection(gateway.url), writer: connection(gateway.url), stop: () => void gateway.child.kill('SIGKILL') };
+    },
+  },
+  {
+    desc: 'on one worker, the write through another (each worker\'s memory)',
+    async start(items) {
+      const gateway = await startGatewayProcess({ config: itemsConfig(items), env: { GATEWAY_WORKERS: '2', LOG_LEVEL: 'debug' } });
+      const slow = connection(gateway.url);
+      const after = await connectionBeside(gateway.url, slow, 'the same');
+      const writer = await connectionBeside(gateway.url, slow, 'another');
+      return { reader: gateway, slow, after, writer, stop: () => void gateway.child.kill('SIGKILL') };
+    },
+  },
+  {
+    desc: 'on one replica, the write through another (shared Redis)',
+    async start(items) {
+      const prefix = isolatedKeyPrefix();
+      const config = itemsConfig(items, { cache: { redisKeyPrefix: `${prefix}:cache` } });
+      const rateLimit = { ...config.rateLimit, redisKeyPrefix: `${prefix}:limits` };
+      const env = { REDIS_URL: MACHINE_REDIS, LOG_LEVEL: 'debug' };
+      const [reader, other] = await Promise.all([startGatewayProcess({ config: { ...config, rateLimit }, env }), startGatewayProcess({ config: { ...config, rateLimit }, env })]);
+      // One Host for both: it is part of the key, and the replicas listen on different ports.
+      const host = { host: 'items.example' };
+      const on = (origin: string): Connection => {
+        const plain = connection(origin);
+        return { request: (path, method, headers) => plain.request(path, method, { ...host, ...headers }), close: plain.close };
+      };
+      return {
+        reader,
+        slow: on(reader.url),
+        after: on(reader.url),
+        writer: on(other.url),
+        async stop() {
+          reader.child.kill('SIGKILL');
+          other.child.kill('SIGKILL');
+          await deleteKeys(MACHINE_REDIS, prefix);
+        },
+      };
+    },
+  },
+])('a read under way during a successful write, $desc', ({ start }) => {
+  let items: Items;
+  let setup: OverlapSetup;
+
+  beforeAll(async () => {
+    items = await versionedItems();
+    setup = await start(items);
+  });
+  afterAll(async () => {
+    for (const client of [setup?.slow, setup?.after, setup?.writer]) client?.close();
+    await setup?.stop();
+    await items?.close();
+  });
+
+  it('is never stored nor given to a read after the write: that read and every later one get the new data', async () => {
+    const { reader, slow, after, writer } = setup;
+    const held = items.holdNextGet();
+    const slowRead = slow.request('/items/1');
+    await held.arrived;
+    const before = items.version();
+    expect((await writer.request('/items/1', 'PUT')).status).toBe(204);
+    // The writer's read, sent once the write was answered, while the read from before it is still under way: it
+    // either waits for that one (the same process, or one that heard of the write) or goes to the service itself.
+    const from = reader.lines.length;
+    const gets = items.gets();
+    const readAfterWrite = after.request('/items/1');
+    await waitFor(() => items.gets() > gets || reader.lines.slice(from).some((line) => line.message === 'response cache: waiting for a fetch in flight'), 'the read after the write to wait or reach the service');
+    held.release();
+    expect(versionOf(await slowRead)).toBe(before);
+    expect(versionOf(await readAfterWrite)).toBe(items.version());
+    // Before, the read from before the write stored its answer after the write's invalidation: a HIT, one version behind.
+    expect(versionOf(await after.request('/items/1'))).toBe(items.version());
+    expect(versionOf(await slow.request('/items/1'))).toBe(items.version());
+  });
+});
+
+interface OverlapSetup {
+  /** The process `slow` and `after` reach, with its log lines. */
+  reader: GatewayProcess;
+  slow: Connection;
+  after: Connection;
+  writer: Connection;
+  stop: () => void | Promise<void>;
+}
+
+/**
  * Behind a trusted proxy, the forwarding headers it sends pass on to the service, so they are keyed: but as variants
  * of one resource, which a write drops all at once (RFC 9111 4.4). Before, each of their values (and each Host
  * spelling) was a resource of its own, and a write dropped only the copy stored under the writer's.
@@ -214,7 +347,7 @@ describe.each([
   { store: 'Redis', redis: true },
 ])('a successful write behind a trusted proxy, copies in $store', ({ redis }) => {
   const prefix = isolatedKeyPrefix();
-  let items: Awaited<ReturnType<typeof versionedItems>>;
+  let items: Items;
   let gateway: GatewayProcess;
 
   beforeAll(async () => {

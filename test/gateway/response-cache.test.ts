@@ -705,7 +705,7 @@ describe('response cache shared through Redis', () => {
     const store = createRedisResponseStore({ client: replicaRedis!, keyPrefix: `${prefix}:store`, logger: memoryLogger('gateway').logger, now: () => clock });
     // One caller (or header value) after another, each variant over before the next is stored.
     for (let caller = 0; caller < 10; caller++) {
-      await store.set('route', { resource: 'resource', variant: `caller-${caller}` }, { status: 200, headers: {}, body: Buffer.from('{}'), storedAt: clock, initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [], varyValues: [] });
+      await store.set('route', { resource: 'resource', variant: `caller-${caller}` }, { status: 200, headers: {}, body: Buffer.from('{}'), storedAt: clock, initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [], varyValues: [] }, await store.fetchStarting('route', 'resource'));
       clock += 61_000;
     }
     expect(await replicaRedis!.hkeys(`${prefix}:store:route:resource`)).toEqual(['caller-9']);
@@ -752,7 +752,7 @@ describe('entries of another shape in the shared Redis store', () => {
     const { logger, lines } = memoryLogger('gateway');
     const store = createRedisResponseStore({ client: redis!, keyPrefix: `${prefix}:${desc.replaceAll(' ', '-')}`, logger });
     const key = { resource: 'resource', variant: 'shared' };
-    await store.set('route', key, { ...valid, body: Buffer.from('{}') });
+    await store.set('route', key, { ...valid, body: Buffer.from('{}') }, await store.fetchStarting('route', key.resource));
     expect(await store.get('route', key)).toMatchObject({ status: 200 });
     await redis!.hset(`${prefix}:${desc.replaceAll(' ', '-')}:route:resource`, 'shared', encoded(meta));
     expect(await store.get('route', key)).toBeUndefined();

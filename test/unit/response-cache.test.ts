@@ -4,7 +4,7 @@ import { ConfigError, parseConfig } from '../../src/config';
 import { cacheKey, currentAge, isFresh, parseCacheControl, retentionMs, storability, type CachedResponse, type StorabilityInput } from '../../src/response-cache';
 import type { StaleResources } from '../../src/cache-invalidations';
 import { createGatewayApps } from '../../src/gateway';
-import { createMemoryResponseStore, sharingInvalidations, type CacheKey, type PeerInvalidations } from '../../src/response-store';
+import { createMemoryResponseStore, MAX_REMEMBERED_INVALIDATIONS, sharingInvalidations, type CacheKey, type PeerInvalidations, type ResponseStore } from '../../src/response-store';
 import { memoryLogger } from '../helpers/servers';
 import { shippedConfigFile } from '../helpers/test-config';
 
@@ -126,16 +126,19 @@ describe('Cache-Control and storability (RFC 9111)', () => {
   });
 });
 
+/** Stores as a fetch that started just now would. */
+const put = async (store: ResponseStore, route: string, key: CacheKey, entry: CachedResponse) => store.set(route, key, entry, await store.fetchStarting(route, key.resource));
+
 describe('the in-memory store', () => {
   const at = (resource: string, variant = 'v'): CacheKey => ({ resource, variant });
   const entry = (bytes: number): CachedResponse => ({ status: 200, headers: {}, body: Buffer.alloc(bytes), storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [], varyValues: [] });
 
   it('drops the least recently used entries of a route beyond its byte budget', async () => {
     const store = createMemoryResponseStore({ maxBytes: 1_000_000, routeMaxBytes: new Map([['a', 3000]]) });
-    await store.set('a', at('k1'), entry(800));
-    await store.set('a', at('k2'), entry(800));
+    await put(store, 'a', at('k1'), entry(800));
+    await put(store, 'a', at('k2'), entry(800));
     await store.get('a', at('k1')); // k1 is now the most recently used
-    await store.set('a', at('k3'), entry(800));
+    await put(store, 'a', at('k3'), entry(800));
     expect(await store.get('a', at('k1'))).toBeDefined();
     expect(await store.get('a', at('k2'))).toBeUndefined();
     expect(await store.get('a', at('k3'))).toBeDefined();
@@ -144,10 +147,10 @@ describe('the in-memory store', () => {
   it('keeps all routes within the global budget, taking from the largest route first', async () => {
     // Each entry counts as 1000 body bytes plus bookkeeping (about 1.5 kB): three fit in 5000, four do not.
     const store = createMemoryResponseStore({ maxBytes: 5000, routeMaxBytes: new Map([['big', 5000], ['small', 5000]]) });
-    await store.set('big', at('b1'), entry(1000));
-    await store.set('big', at('b2'), entry(1000));
-    await store.set('big', at('b3'), entry(1000));
-    await store.set('small', at('s1'), entry(1000));
+    await put(store, 'big', at('b1'), entry(1000));
+    await put(store, 'big', at('b2'), entry(1000));
+    await put(store, 'big', at('b3'), entry(1000));
+    await put(store, 'small', at('s1'), entry(1000));
     expect(await store.get('big', at('b1'))).toBeUndefined();
     expect(await store.get('big', at('b2'))).toBeDefined();
     expect(await store.get('big', at('b3'))).toBeDefined();
@@ -157,24 +160,47 @@ describe('the in-memory store', () => {
   it('never keeps an entry larger than the budget, and forgets entries past their retention', async () => {
     let now = Date.now();
     const store = createMemoryResponseStore({ maxBytes: 2000, routeMaxBytes: new Map([['a', 2000]]), now: () => now });
-    await store.set('a', at('huge'), entry(5000));
+    await put(store, 'a', at('huge'), entry(5000));
     expect(await store.get('a', at('huge'))).toBeUndefined();
-    await store.set('a', at('k'), { ...entry(10), storedAt: now });
+    await put(store, 'a', at('k'), { ...entry(10), storedAt: now });
     now += 61_000;
     expect(await store.get('a', at('k'))).toBeUndefined();
   });
 
   it('drops every variant of a resource on invalidation, and nothing else', async () => {
     const store = createMemoryResponseStore({ maxBytes: 100_000, routeMaxBytes: new Map([['a', 100_000]]) });
-    await store.set('a', at('r1', 'alice'), entry(10));
-    await store.set('a', at('r1', 'bob'), entry(10));
-    await store.set('a', at('r2', 'alice'), entry(10));
-    await store.set('b', at('r1', 'alice'), entry(10));
+    await put(store, 'a', at('r1', 'alice'), entry(10));
+    await put(store, 'a', at('r1', 'bob'), entry(10));
+    await put(store, 'a', at('r2', 'alice'), entry(10));
+    await put(store, 'b', at('r1', 'alice'), entry(10));
     await store.invalidate('a', 'r1');
     expect(await store.get('a', at('r1', 'alice'))).toBeUndefined();
     expect(await store.get('a', at('r1', 'bob'))).toBeUndefined();
     expect(await store.get('a', at('r2', 'alice'))).toBeDefined();
     expect(await store.get('b', at('r1', 'alice'))).toBeDefined();
+  });
+
+  it('stores nothing from a fetch that started before an invalidation of its resource (its answer may predate the write)', async () => {
+    const store = createMemoryResponseStore({ maxBytes: 100_000, routeMaxBytes: new Map([['a', 100_000]]) });
+    const before = await store.fetchStarting('a', 'r1');
+    const elsewhere = await store.fetchStarting('a', 'r2');
+    await store.invalidate('a', 'r1');
+    await store.set('a', at('r1'), entry(10), before);
+    await store.set('a', at('r2'), entry(10), elsewhere);
+    expect(await store.get('a', at('r1'))).toBeUndefined();
+    expect(await store.get('a', at('r2'))).toBeDefined();
+    await put(store, 'a', at('r1'), entry(10));
+    expect(await store.get('a', at('r1'))).toBeDefined();
+  });
+
+  it('refuses every fetch from before it forgot the invalidations it remembers (past MAX_REMEMBERED_INVALIDATIONS), none after', async () => {
+    const store = createMemoryResponseStore({ maxBytes: 100_000, routeMaxBytes: new Map([['a', 100_000]]) });
+    const before = await store.fetchStarting('a', 'untouched');
+    for (let resource = 0; resource <= MAX_REMEMBERED_INVALIDATIONS; resource++) await store.invalidate('a', `r${resource}`);
+    await store.set('a', at('untouched'), entry(10), before);
+    expect(await store.get('a', at('untouched'))).toBeUndefined();
+    await put(store, 'a', at('r0'), entry(10));
+    expect(await store.get('a', at('r0'))).toBeDefined();
   });
 
   it('tells its peers of its own invalidations, and drops what theirs name without telling them again (it went round for ever)', async () => {
@@ -185,9 +211,9 @@ describe('the in-memory store', () => {
       publish: async (route, resource) => published.push(`${route} ${resource}`) > 0,
       subscribe: (drop) => (fromPeer = drop),
     });
-    await store.set('a', at('r1'), entry(10));
-    await store.set('a', at('r2'), entry(10));
-    await store.set('b', at('r3'), entry(10));
+    await put(store, 'a', at('r1'), entry(10));
+    await put(store, 'a', at('r2'), entry(10));
+    await put(store, 'b', at('r3'), entry(10));
     expect(await store.invalidate('a', 'r1')).toBeUndefined();
     expect(published).toEqual(['a r1']);
     expect(await store.get('a', at('r1'))).toBeUndefined();
