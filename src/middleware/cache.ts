@@ -9,7 +9,7 @@ import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
 import type { GatewayMetrics } from '../metrics';
 import { cacheKey, currentAge, isFresh, parseCacheControl, parseHttpDate, requestHeaderValue, storability, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
 import type { CacheKey, FetchStart, ResponseStore } from '../response-store';
-import { endToEndHeaders, stopsAtThisHop } from '../upstream-headers';
+import { endToEndHeaders, stopsAtThisHop, type UnderscoreHeaderPolicy } from '../upstream-headers';
 
 export interface ResponseCacheOptions {
   /** The `cache` of each route that has one, by route name. */
@@ -27,6 +27,8 @@ export interface ResponseCacheOptions {
   maxEntryBytes: number;
   /** Each route's header rules: cached copies get the response rules per request, and `Vary` on a rewritten request header is not trusted. */
   headerRules: ReadonlyMap<string, RouteHeaderRules>;
+  /** Client header names with `_` (config `headersWithUnderscores`): under `allow` they reach the service. */
+  underscores: UnderscoreHeaderPolicy;
   logger: Logger;
   /** Counts lookups by result (`gateway_cache_lookups_total`); none when metrics are off. */
   metrics?: GatewayMetrics;
@@ -83,6 +85,16 @@ function hostKey(host: string, protocol: string): string {
   if (port === undefined || !lower.endsWith(port)) return lower;
   const name = lower.slice(0, -port.length);
   return name !== '' && (!name.includes(':') || (name.startsWith('[') && name.endsWith(']'))) ? name : lower;
+}
+
+/**
+ * The names a request's `_`-spelled headers stand for with `-` (`accept_language` is `accept-language`), or
+ * undefined when it has none. CGI, PHP, Rack and WSGI read either spelling as the same header (HTTP_ACCEPT_LANGUAGE).
+ */
+function underscoreTwins(headers: IncomingHttpHeaders): Set<string> | undefined {
+  let twins: Set<string> | undefined;
+  for (const name in headers) if (name.includes('_')) (twins ??= new Set()).add(name.replaceAll('_', '-'));
+  return twins;
 }
 
 /** How often a write answered while a stored copy may be left is logged, ms (the metric counts every one). */
@@ -212,11 +224,24 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       return;
     }
     const forwardedCredential = route.forwardAuthorization && headers[HEADER.authorization] !== undefined && !ctx.state.user && !ctx.state.consumer;
+    // Under `headersWithUnderscores: allow`, `accept_language` reaches the service, which may answer by it as by
+    // Accept-Language. How a server merges the spellings (first, last, joined) is its own, so a request with a `_`
+    // twin of a header the answer varies on (the route's varyHeaders, a Vary name) is never answered from a copy
+    // nor stored: keyed on `Accept-Language` alone, it would store its answer as the one for its `-` value.
+    const twins = options.underscores === 'allow' ? underscoreTwins(headers) : undefined;
+    const twinned = (name: string) => twins?.has(name) ?? false;
     // Only GET fills an entry and only GET and HEAD read one: the key has no method, so a TRACE (which a
     // service echoes, or answers 405) must neither be answered with the GET copy nor become it. A body, a range
     // or a credential the gateway did not verify (passed on to the service) all make the answer something the
     // key cannot describe.
-    if ((method !== 'GET' && method !== 'HEAD') || Number(headers['content-length'] ?? 0) > 0 || headers['transfer-encoding'] !== undefined || headers.range !== undefined || forwardedCredential) {
+    if (
+      (method !== 'GET' && method !== 'HEAD') ||
+      Number(headers['content-length'] ?? 0) > 0 ||
+      headers['transfer-encoding'] !== undefined ||
+      headers.range !== undefined ||
+      forwardedCredential ||
+      (twins && policy.varyHeaders.some((name) => twinned(name.toLowerCase())))
+    ) {
       record(ctx, route.name, 'bypass');
       if (onlyIfCached) throw notCached();
       return next();
@@ -248,7 +273,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const flightKey = `${key.resource} ${key.variant}`;
     const lookup = async (): Promise<CachedResponse | undefined> => {
       const entry = await store.get(route.name, key);
-      return entry && entry.vary.every((name, index) => heard(name) === entry.varyValues[index]) ? entry : undefined;
+      return entry && entry.vary.every((name, index) => heard(name) === entry.varyValues[index] && !twinned(name)) ? entry : undefined;
     };
 
     let entry = await lookup();
@@ -290,7 +315,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
         const since = await store.fetchStarting(route.name, resource);
         // The one request directive obeyed: `no-store` (RFC 9111 5.2.1.5) only keeps this client's answer out.
         const storable = !parseCacheControl(headers['cache-control']).noStore;
-        const capture = captureResponse({ store, routeName: route.name, key, since, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, now, settled: () => release() });
+        const capture = captureResponse({ store, routeName: route.name, key, since, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, twinned, now, settled: () => release() });
         ctx.state.responseTap = capture.tap;
         stored = capture.stored;
       }
@@ -326,6 +351,8 @@ interface CaptureOptions {
   rules: RouteHeaderRules | undefined;
   /** A request header's value as the service heard it (null: it did not). */
   heard: (name: string) => string | null;
+  /** Whether the request has a `_` twin of the header that reaches the service (the answer must not be stored if it varies on it). */
+  twinned: (name: string) => boolean;
   now: () => number;
   /** Called once it is clear whether the answer is stored (stored, or not storable, or cut short), or the client backs up. */
   settled: () => void;
@@ -346,8 +373,9 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
     start(responseStatus, headers) {
       const verdict = storability({ status: responseStatus, headers, sharedCredentialed: options.sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: options.now() });
       vary = varyNames(headers.vary);
-      // The service saw the gateway's value of these, not the client's: comparing the client's would be wrong.
-      const varyTrusted = !vary.some((name) => ownedRequestHeader(name) !== undefined || options.rules?.rewrittenRequestHeaders.has(name));
+      // The service saw the gateway's value of these, not the client's: comparing the client's would be wrong. So
+      // it is for a name whose `_` twin the request carries: the service may have read that one instead.
+      const varyTrusted = !vary.some((name) => ownedRequestHeader(name) !== undefined || options.rules?.rewrittenRequestHeaders.has(name) || options.twinned(name));
       if (!options.storable || !verdict.store || !varyTrusted || Number(headers['content-length'] ?? 0) > options.maxEntryBytes) return options.settled();
       // Not kept: framing (Koa frames the copy), the age (computed per answer), and what a service echoed of
       // this request's own telemetry, which would otherwise label every later answer with this request's id.

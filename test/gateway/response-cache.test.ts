@@ -65,7 +65,8 @@ async function catalogService(): Promise<CatalogService> {
         forwardedPath: req.headers['x-forwarded-path'] ?? null,
         originalUrl: req.headers['x-original-url'] ?? null,
         methodOverride: req.headers['x-http-method-override'] ?? null,
-        lang: req.headers['accept-language'] ?? null,
+        // As CGI, PHP, Rack and WSGI read it: `accept_language` is HTTP_ACCEPT_LANGUAGE too.
+        lang: req.headers['accept-language'] ?? req.headers.accept_language ?? null,
         hostOverride: req.headers['x-host'] ?? req.headers['x-original-host'] ?? null,
         cookie: req.headers.cookie ?? null,
         padding: 'x'.repeat(Number(query.get('size') ?? 0)),
@@ -592,6 +593,48 @@ describe('response cache behind a trusted proxy', () => {
     await send(stack.gateway.url, path, relayed);
     const again = await send(stack.gateway.url, path, { ...relayed, 'x-forwarded-for': '203.0.113.9', 'cf-connecting-ip': '203.0.113.9' });
     expect([again.headers['x-cache'], again.json.forwardedPrefix]).toEqual(['HIT', '/shop']);
+  });
+});
+
+/**
+ * Under `headersWithUnderscores: allow`, `accept_language` reaches the service, which (CGI, PHP, Rack, WSGI) reads it
+ * as Accept-Language. Keyed on the `-` spelling only, one request stored its answer as the one for no
+ * Accept-Language, and every client that sent none got it.
+ */
+describe('response cache with headers spelled with `_` allowed', () => {
+  let service: CatalogService;
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    service = await catalogService();
+    stack = await startStack({ serviceUrls: { notifications: service.url }, overrides: overrides({ headersWithUnderscores: 'allow' }) });
+  });
+  afterAll(async () => {
+    await stack.close();
+    await service.close();
+  });
+  const hits = (path: string) => service.hits.filter((hit) => hit.url.includes(/item-\d+/.exec(path)![0])).length;
+
+  it.each([
+    { desc: 'the route\'s varyHeaders name (accept_language)', path: () => fresh('/api/open', 'cc=max-age%3D60'), twin: { accept_language: 'evil' }, result: 'BYPASS' },
+    { desc: 'a name the service\'s Vary lists (Accept_Language)', path: () => fresh('/api/fwd', 'cc=max-age%3D60&vary=Accept-Language'), twin: { Accept_Language: 'evil' }, result: 'MISS' },
+    { desc: 'a name the service\'s Vary lists, - and _ mixed (x_api-version)', path: () => fresh('/api/fwd', 'cc=max-age%3D60&vary=X-Api-Version'), twin: { 'x_api-version': '0-evil' }, result: 'MISS' },
+  ])('never stores the answer to a request with a `_` twin of $desc, nor answers it from a copy', async ({ path: next, twin, result }) => {
+    const path = next();
+    const poisoned = await send(stack.gateway.url, path, twin);
+    const victim = await send(stack.gateway.url, path);
+    expect([poisoned.headers['x-cache'], victim.headers['x-cache']]).toEqual([result, 'MISS']);
+    expect(victim.json.lang).toBeNull();
+    // Now a copy is stored for no Accept-Language: the twin's request is not given it, nor replaces it.
+    expect((await send(stack.gateway.url, path, twin)).headers['x-cache']).toBe(result);
+    const again = await send(stack.gateway.url, path);
+    expect([again.headers['x-cache'], again.json.lang, hits(path)]).toEqual(['HIT', null, 3]);
+  });
+
+  it('still answers from the cache a request whose `_` header the answer does not vary on', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60&vary=Accept-Language');
+    await send(stack.gateway.url, path, { x_client_tag: 'one' });
+    expect((await send(stack.gateway.url, path, { x_client_tag: 'two' })).headers['x-cache']).toBe('HIT');
   });
 });
 
