@@ -1,7 +1,7 @@
 /**
  * Query secrets kept out of telemetry: the access log's `url`, the gateway's upstream CLIENT spans' `url.full`,
  * and the services' SERVER spans' `url.query` (the gateway forwards the query byte for byte, and the http
- * instrumentation records it, redacting only a few exact names) all go through `redactUrl`.
+ * instrumentation records it, redacting only a few exact names) all go through here.
  */
 
 /** Query parameters whose values never reach a log (tokens in URLs are still tokens). */
@@ -32,11 +32,21 @@ function isSecretName(rawName: string): boolean {
   return SECRET_QUERY_PARAM.test(name);
 }
 
+/**
+ * What a redacted value is replaced by: `REDACTED`, as the HTTP semantic conventions write it in `url.full` and
+ * `url.query` (the name is kept: `sig=REDACTED`). The access log uses the same marker, so one search finds both.
+ */
+export const REDACTED = 'REDACTED';
+
+/** A query (without its `?`) with the value of every secret-looking parameter replaced, each occurrence. */
+export function redactQuery(query: string): string {
+  // `;` separates parameters for some servers too (HTML 4's recommendation; older Rack, Python < 3.10).
+  return query.replace(/(^|[&;])([^&;=]*)=([^&;]*)/g, (pair, separator: string, name: string) => (isSecretName(name) ? `${separator}${name}=${REDACTED}` : pair));
+}
+
 /** A request target (path and query) with the value of every secret-looking query parameter replaced, each occurrence. */
 export function redactUrl(url: string): string {
   const queryStart = url.indexOf('?');
   if (queryStart === -1) return url;
-  // `;` separates parameters for some servers too (HTML 4's recommendation; older Rack, Python < 3.10).
-  const query = url.slice(queryStart + 1).replace(/(^|[&;])([^&;=]*)=([^&;]*)/g, (pair, separator: string, name: string) => (isSecretName(name) ? `${separator}${name}=[REDACTED]` : pair));
-  return `${url.slice(0, queryStart)}?${query}`;
+  return `${url.slice(0, queryStart)}?${redactQuery(url.slice(queryStart + 1))}`;
 }

@@ -74,7 +74,7 @@ import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION, ATTR_URL_QUERY } from '@opente
 import { createGatewayTracer, GATEWAY_TRACER_NAME } from './gateway-tracer';
 import { recordedMethod, spanNameMethod } from './http-method';
 import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
-import { redactUrl } from './redact-url';
+import { redactQuery } from './redact-url';
 import { RequestIdSpanProcessor } from './request-id-span-processor';
 import { createTextMapPropagator } from './trace-context-propagator';
 import { ClientTraceIdSampler, RequestedTraceIdGenerator } from './trace-ids';
@@ -439,9 +439,8 @@ function instrumentations(names: readonly InstrumentationName[], isExport: (opti
         // byte for byte, so a service's span would carry the `?token=` the gateway's log redacts. Same rules here.
         startIncomingSpanHook: (request) => {
           const url = (request as { url?: string }).url ?? '';
-          if (!url.includes('?')) return {};
-          const redacted = redactUrl(url);
-          return { [ATTR_URL_QUERY]: redacted.slice(redacted.indexOf('?') + 1) };
+          const queryStart = url.indexOf('?');
+          return queryStart === -1 ? {} : { [ATTR_URL_QUERY]: redactQuery(url.slice(queryStart + 1)) };
         },
         ignoreOutgoingRequestHook: isExport,
         // It records a method outside the conventions' list as `_OTHER` but still names the span after it

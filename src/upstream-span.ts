@@ -13,8 +13,8 @@ import type { UpstreamInstance } from './upstream-pool';
 export interface UpstreamCall {
   method: string;
   instance: UpstreamInstance;
-  /** Upstream path without the query string (queries can carry secrets). */
-  path: string;
+  /** The request target sent: path and query, if any (`url.full` carries it with the query's secrets redacted). */
+  target: string;
   service: string;
   /** 1 for the first try; retries count up. */
   attempt?: number;
@@ -46,7 +46,7 @@ export function startUpstreamSpan(tracer: Tracer, call: UpstreamCall, parent: Co
   attributes[ATTR_HTTP_REQUEST_METHOD] = method;
   if (method !== call.method) attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = call.method;
   // The query as forwarded, its secrets redacted as in the access log.
-  attributes[ATTR_URL_FULL] = instance.origin + redactUrl(call.path);
+  attributes[ATTR_URL_FULL] = instance.origin + redactUrl(call.target);
   attributes[ATTR_SERVER_ADDRESS] = instance.hostname;
   attributes[ATTR_SERVER_PORT] = instance.port;
   attributes[ATTR.upstreamService] = call.service;

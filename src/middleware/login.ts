@@ -147,7 +147,7 @@ export function createLogin(options: LoginOptions): Middleware[] {
     const instance = options.users.pick();
     if (!instance) throw new GatewayError('upstream_unavailable', 'No healthy instance of the users service.');
     const checkUrl = instance.origin + CREDENTIALS_CHECK_PATH;
-    const span = startUpstreamSpan(options.tracer, { method: 'POST', instance, path: CREDENTIALS_CHECK_PATH, service: 'users' });
+    const span = startUpstreamSpan(options.tracer, { method: 'POST', instance, target: CREDENTIALS_CHECK_PATH, service: 'users' });
     let response: Response;
     try {
       response = await fetch(checkUrl, {

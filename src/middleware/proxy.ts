@@ -106,7 +106,9 @@ export function createProxy(options: ProxyOptions): Middleware {
   function forward(ctx: KoaContext, instance: UpstreamInstance, attempt: number, parent: OtelContext, route: CompiledRoute, corsApplied: boolean, deadlineAt: number): Promise<Exchange> {
     const { req, res } = ctx;
     const path = ctx.state.upstreamPath!;
-    const exchange: Exchange = { span: startUpstreamSpan(options.tracer, { method: req.method!, instance, path, service: route.service, attempt }, parent) };
+    // The request target as forwarded: the route's upstream path and the client's query, byte for byte.
+    const target = ctx.querystring ? `${path}?${ctx.querystring}` : path;
+    const exchange: Exchange = { span: startUpstreamSpan(options.tracer, { method: req.method!, instance, target, service: route.service, attempt }, parent) };
     const rules = options.headerRules?.get(route.name);
     const requestRules = rules?.request;
     // The response cache (src/middleware/cache.ts) copies what the service sends; absent on routes without it.
@@ -293,7 +295,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       upstreams.dispatch(
         {
           origin: instance.origin,
-          path: ctx.querystring ? `${path}?${ctx.querystring}` : path,
+          path: target,
           method: req.method as Dispatcher.HttpMethod,
           headers,
           // Through a stream of our own: undici destroys a body it gives up on, and destroying `req` would

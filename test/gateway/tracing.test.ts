@@ -82,6 +82,18 @@ describe('gateway spans', () => {
     expect(seen.headers.baggage).toBe(`request.id=${response.headers.get(HEADER.requestId)}`);
   });
 
+  // semconv `url.full`: `scheme://host[:port][path][?query]`, sensitive query values replaced by `REDACTED`, the
+  // name kept. The CLIENT span left the forwarded query out (audit 31, finding 4).
+  it('records the query it forwards in the CLIENT span url.full, secrets REDACTED, as the service received it', async () => {
+    const response = await fetch(`${stack.gateway.url}/api/users/1?color=blue&sig=s3cr3t&access_token=t0k3n`, { headers: { authorization: `Bearer ${token}` } });
+    await response.arrayBuffer();
+    const requestId = response.headers.get(HEADER.requestId)!;
+    await serverSpanOf(requestId);
+    const client = tracing.spans().find((span) => span.kind === SpanKind.CLIENT && span.spanContext().traceId === requestId)!;
+    expect(client.attributes['url.full']).toBe(`${stack.users.url}/users/1?color=blue&sig=REDACTED&access_token=REDACTED`);
+    expect(stack.users.requests.at(-1)!.url).toBe('/users/1?color=blue&sig=s3cr3t&access_token=t0k3n');
+  });
+
   it.each([
     { desc: 'a UUID', id: '6f1c2b3a-9d8e-4f70-a1b2-c3d4e5f60718', traceId: '6f1c2b3a9d8e4f70a1b2c3d4e5f60718' },
     { desc: 'a 32-hex id in upper case', id: 'ABCDEF0123456789ABCDEF0123456789', traceId: 'abcdef0123456789abcdef0123456789' },
