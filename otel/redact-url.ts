@@ -1,7 +1,7 @@
 /**
- * Query secrets kept out of telemetry: the access log's `url`, the gateway's upstream CLIENT spans' `url.full`,
- * and the services' SERVER spans' `url.query` (the gateway forwards the query byte for byte, and the http
- * instrumentation records it, redacting only a few exact names) all go through here.
+ * Query secrets kept out of telemetry: the access log's `url`, the gateway's SERVER span's `url.query` and its
+ * upstream CLIENT spans' `url.full`, and the services' SERVER spans' `url.query` (the gateway forwards the query
+ * byte for byte, and the http instrumentation records it, redacting only a few exact names) all go through here.
  */
 
 /** Query parameters whose values never reach a log (tokens in URLs are still tokens). */

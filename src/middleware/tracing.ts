@@ -10,11 +10,14 @@ import {
   ATTR_HTTP_ROUTE,
   ATTR_NETWORK_PROTOCOL_VERSION,
   ATTR_SERVER_ADDRESS,
+  ATTR_SERVER_PORT,
   ATTR_URL_PATH,
+  ATTR_URL_QUERY,
   ATTR_URL_SCHEME,
   ATTR_USER_AGENT_ORIGINAL,
 } from '@opentelemetry/semantic-conventions';
 import { recordedMethod, spanNameMethod } from '../../otel/http-method';
+import { redactQuery } from '../../otel/redact-url';
 import { UNTRACED_PATHS } from '../../otel/telemetry-config';
 import { TRACE_FLAG_RANDOM } from '../../otel/trace-context';
 import { setRandomTraceIdFlag, traceresponseOf, TraceContextPropagator } from '../../otel/trace-context-propagator';
@@ -48,6 +51,27 @@ export interface TracingOptions {
 /** The route template for span names: the matched gateway route's, or the path @koa/router matched (login), or nothing. */
 function routeOf(ctx: KoaContext): string | undefined {
   return ctx.state.route?.template ?? ctx.routerPath;
+}
+
+/** The port a scheme implies when the authority names none (RFC 9110 4.2.1, 4.2.2). */
+const DEFAULT_PORTS: Readonly<Record<string, number>> = { http: 80, https: 443 };
+
+/**
+ * `server.port` as the HTTP semantic conventions take it from the request's authority (`Host`, `:authority`, or a
+ * trusted `X-Forwarded-Host`): the port it names after the host (after the `]` of an IPv6 literal), else the
+ * scheme's default (an empty port too, RFC 3986 3.2.3); undefined for anything else. No allocation: per request.
+ */
+function authorityPort(host: string, scheme: string): number | undefined {
+  const colon = host.indexOf(':', host.charCodeAt(0) === 0x5b ? host.indexOf(']') : 0);
+  if (colon === -1 || colon === host.length - 1) return DEFAULT_PORTS[scheme];
+  if (host.length - colon > 6) return undefined;
+  let port = 0;
+  for (let i = colon + 1; i < host.length; i++) {
+    const digit = host.charCodeAt(i) - 0x30;
+    if (digit < 0 || digit > 9) return undefined;
+    port = port * 10 + digit;
+  }
+  return port <= 0xffff ? port : undefined;
 }
 
 /**
@@ -99,10 +123,26 @@ export function createTracing(options: TracingOptions): Middleware {
     attributes[ATTR_HTTP_REQUEST_METHOD] = method;
     if (method !== ctx.method) attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = ctx.method;
     attributes[ATTR_URL_PATH] = ctx.path;
-    attributes[ATTR_URL_SCHEME] = ctx.protocol;
-    attributes[ATTR_SERVER_ADDRESS] = ctx.hostname;
+    // Conditionally required when the request had one; its secrets redacted as in the access log.
+    const query = ctx.querystring;
+    if (query !== '') attributes[ATTR_URL_QUERY] = redactQuery(query);
+    const scheme = ctx.protocol;
+    attributes[ATTR_URL_SCHEME] = scheme;
+    // From the authority the client addressed (semconv "Setting server.address and server.port"); none without one.
+    const host = ctx.host;
+    if (host !== '') {
+      // ctx.hostname without reading the headers again; an IPv6 literal goes through it (URL normalises it).
+      const colon = host.indexOf(':');
+      const address = host.charCodeAt(0) === 0x5b ? ctx.hostname : colon === -1 ? host : host.slice(0, colon);
+      if (address !== '') {
+        attributes[ATTR_SERVER_ADDRESS] = address;
+        const port = authorityPort(host, scheme);
+        if (port !== undefined) attributes[ATTR_SERVER_PORT] = port;
+      }
+    }
     attributes[ATTR_CLIENT_ADDRESS] = ctx.ip;
-    attributes[ATTR_NETWORK_PROTOCOL_VERSION] = ctx.req.httpVersion;
+    // The conventions write HTTP/2 as `2` (Node says `2.0`).
+    attributes[ATTR_NETWORK_PROTOCOL_VERSION] = ctx.req.httpVersionMajor === 2 ? '2' : ctx.req.httpVersion;
     const userAgent = headers['user-agent'];
     if (userAgent) attributes[ATTR_USER_AGENT_ORIGINAL] = userAgent;
     // Read by the sampler (ClientTraceIdSampler): the client chose this trace id, so it must not decide sampling.
