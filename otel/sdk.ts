@@ -9,7 +9,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { RequestOptions } from 'node:http';
-import { context, diag, DiagConsoleLogger, DiagLogLevel, logs, metrics, propagation, trace, type Tracer, type TracerProvider as ApiTracerProvider } from '@opentelemetry/api';
+import { context, diag, DiagConsoleLogger, DiagLogLevel, logs, metrics, propagation, trace, type Attributes, type Tracer, type TracerProvider as ApiTracerProvider } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { diagLogLevelFromString, ExportResultCode, getNumberFromEnv, getStringListFromEnv, setGlobalErrorHandler } from '@opentelemetry/core';
 import { OTLPExporterBase } from '@opentelemetry/otlp-exporter-base';
@@ -70,7 +70,7 @@ import {
   type SpanLimits,
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
-import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION, ATTR_URL_QUERY } from '@opentelemetry/semantic-conventions';
+import { ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION, ATTR_URL_FULL, ATTR_URL_QUERY } from '@opentelemetry/semantic-conventions';
 import { createGatewayTracer, GATEWAY_TRACER_NAME } from './gateway-tracer';
 import { recordedMethod, spanNameMethod } from './http-method';
 import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
@@ -457,8 +457,38 @@ function instrumentations(names: readonly InstrumentationName[], isExport: (opti
   // caller's `traceparent` metadata, and CLIENT spans that inject it (services/notifications, services/orders).
   if (names.includes('http-server') || names.includes('http-client')) result.push(new (lazy('@opentelemetry/instrumentation-grpc') as typeof import('@opentelemetry/instrumentation-grpc')).GrpcInstrumentation());
   if (names.includes('koa')) result.push(new (lazy('@opentelemetry/instrumentation-koa') as typeof import('@opentelemetry/instrumentation-koa')).KoaInstrumentation());
-  if (names.includes('undici')) result.push(new (lazy('@opentelemetry/instrumentation-undici') as typeof import('@opentelemetry/instrumentation-undici')).UndiciInstrumentation());
+  if (names.includes('undici')) result.push(new (lazy('@opentelemetry/instrumentation-undici') as typeof import('@opentelemetry/instrumentation-undici')).UndiciInstrumentation({ startSpanHook: undiciSpanCorrections }));
   return result;
+}
+
+/**
+ * What instrumentation-undici (0.34) gets wrong at span start, undone: it writes `http.request.method_original`
+ * on every span, which the conventions want "if and only if it's different than `http.request.method`", and
+ * `url.query` as the URL's `search` (`""` without a query, `"?a=1"` with one, secrets and all), where the
+ * conventions want the query component, only when there is one, redacted (with `url.full`) as every process
+ * redacts queries. These hook attributes replace the instrumentation's, and one set to undefined is dropped by
+ * the tracer. Its method is a known method in upper case, so an original that is a known method as written is
+ * the same.
+ */
+function undiciSpanCorrections(request: { origin: string; method: string; path: string }): Attributes {
+  const corrections: Attributes = {};
+  if (recordedMethod(request.method) === request.method) corrections[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = undefined;
+  const queryStart = request.path.indexOf('?');
+  const query = queryStart === -1 ? '' : request.path.slice(queryStart + 1);
+  if (query === '') {
+    corrections[ATTR_URL_QUERY] = undefined;
+    return corrections;
+  }
+  const redacted = redactQuery(query);
+  corrections[ATTR_URL_QUERY] = redacted;
+  if (redacted !== query) {
+    try {
+      corrections[ATTR_URL_FULL] = new URL(`${request.path.slice(0, queryStart)}?${redacted}`, request.origin).toString();
+    } catch {
+      // The instrumentation could not parse it either, and then starts no span.
+    }
+  }
+  return corrections;
 }
 
 /**

@@ -111,6 +111,31 @@ it('carries the trace and the request id through fetch to the next service, and 
   app.kill();
 });
 
+/**
+ * instrumentation-undici wrote `http.request.method_original` on every span ("GET"/"GET"), and `url.query` as the
+ * URL's search (`""`, `"?sig=..."`, unredacted); the conventions want the first only when it differs from
+ * `http.request.method`, the second only when there is a query, without its `?` (audit 31, finding 5).
+ */
+it.each([
+  { desc: 'GET without a query', method: 'GET', query: '', recorded: 'GET', original: undefined, urlQuery: undefined, full: '/hello' },
+  { desc: 'POST with a query carrying a secret', method: 'POST', query: '?color=blue&sig=s3cr3t', recorded: 'POST', original: undefined, urlQuery: 'color=blue&sig=REDACTED', full: '/hello?color=blue&sig=REDACTED' },
+  { desc: 'a method outside the list', method: 'PROPFIND', query: '?page=2', recorded: '_OTHER', original: 'PROPFIND', urlQuery: 'page=2', full: '/hello?page=2' },
+  { desc: 'a known method in lower case (fetch sends patch as written)', method: 'patch', query: '', recorded: 'PATCH', original: 'patch', urlQuery: undefined, full: '/hello' },
+])('records a fetch CLIENT span as the conventions say: $desc', async ({ method, query, recorded, original, urlQuery, full }) => {
+  const app = await startInstrumentedApp({ ...FAST_EXPORT, OTEL_SERVICE_NAME: SERVICE_NAME.orders, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url });
+  const { traceparent, traceId } = newTraceparent();
+  await (await fetch(`${app.url}/chain${query}`, { headers: { traceparent, 'x-chain-method': method } })).arrayBuffer();
+  const { spans } = await receiver.waitFor(({ spans }) => spans.some((s) => s.traceId === traceId && s.kind === 'CLIENT'));
+  const client = spans.find((s) => s.traceId === traceId && s.kind === 'CLIENT')!;
+  expect({
+    method: client.attributes['http.request.method'],
+    original: client.attributes['http.request.method_original'],
+    query: client.attributes['url.query'],
+    full: client.attributes['url.full'],
+  }).toEqual({ method: recorded, original, query: urlQuery, full: `${app.url}${full}` });
+  app.kill();
+});
+
 it('sends nothing and says so once when OTEL_SDK_DISABLED=true', async () => {
   // A receiver of its own: an export the previous test's process had in flight when it was killed can land on
   // the shared one after it was cleared (seen on a loaded machine), and "nothing" must mean nothing from this one.
