@@ -314,6 +314,12 @@ export const METRIC_LABEL = {
   cacheResult: 'gateway_cache_result',
 } as const;
 
+/**
+ * `error.type` values of the gateway's own (beside error codes and status codes), on spans and in the metrics'
+ * `error_type`. `clientClosed`: the client went away before its response ended (the access log's 499).
+ */
+export const ERROR_TYPE = { clientClosed: 'client_closed' } as const;
+
 /** Label values with a fixed meaning (`_OTHER` for a method outside the conventions' set: otel/http-method.ts). */
 export const METRIC_LABEL_VALUE = {
   /** `http_route` of a request no route (and no endpoint of the gateway's own) took: never the raw path. */

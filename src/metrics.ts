@@ -47,10 +47,11 @@ export interface GatewayMetrics {
   /** Successful writes answered while a stored copy may be left (the store failed, peers did not confirm), by route name. */
   readonly cacheInvalidationFailures: Counter<typeof METRIC_LABEL.routeName>;
   /**
-   * requestDuration's series by label values, in its label order: method, route template, status, route name,
-   * error code (`''` for none). Where requests record, rather than `requestDuration.observe` (src/metric-series.ts).
+   * requestDuration's series by label values, in its label order: method, route template, status sent (`''` for
+   * none: the client left first), route name, error code (`''` for none). Where requests record, rather than `requestDuration.observe`
+   * (src/metric-series.ts).
    */
-  readonly requestSeries: (method: string, route: string, status: number, routeName: string, errorType: string) => HistogramSeries;
+  readonly requestSeries: (method: string, route: string, status: number | '', routeName: string, errorType: string) => HistogramSeries;
   /** upstreamDuration's series by label values: service, instance address (`host[:port]`), outcome. */
   readonly upstreamSeries: (service: string, serverAddress: string, outcome: string) => HistogramSeries;
 }

@@ -2,6 +2,9 @@ import http2 from 'node:http2';
 import type { Context } from 'koa';
 import { resetStream, serverAnswerCode } from '../otel/lifecycle';
 
+/** nginx's "client closed request", the access log's status for a client that left before its response ended. */
+const CLIENT_CLOSED_REQUEST = 499;
+
 /**
  * Runs `callback` once the response is really over (finished, or aborted by the client), after the callbacks
  * registered before it. Tracing, the access log and the metrics each wait for that moment on every request;
@@ -21,17 +24,32 @@ export function onResponseClosed(ctx: Context, callback: () => void): void {
 }
 
 /**
- * The status a response is recorded with once it closed: the one sent, or 499 when the client went away before
- * the end (as nginx logs it). A response the gateway cut (a service that died mid-body, a deadline) keeps the
- * status it was sent with, and `ctx.state.errorCode`, set before the cut, says why.
+ * Whether the client went away before its response ended. A response the server answered or cut itself (a
+ * service that died mid-body, a deadline, a body that did not arrive in time, the drain bound at shutdown) did not
+ * see its client leave: `ctx.state.errorCode`, set before the cut or here from serverAnswerCode, says why.
  */
-export function recordedStatus(ctx: Context): number {
-  // Answered or cut by the server outside the pipeline (a body that did not arrive in time, the drain bound at
-  // shutdown): that is what the client got, whatever the pipeline threw after it.
+export function clientLeft(ctx: Context): boolean {
+  // Answered or cut by the server outside the pipeline: that is what the client got, whatever the pipeline threw after it.
   const serverCode = serverAnswerCode(ctx.res);
   if (serverCode !== undefined) ctx.state.errorCode = serverCode;
   // writableEnded too: an HTTP/2 stream the client reset reports itself finished (Node's compatibility API).
-  return (ctx.res.writableFinished && ctx.res.writableEnded) || ctx.state.errorCode !== undefined ? ctx.res.statusCode : 499;
+  return !(ctx.res.writableFinished && ctx.res.writableEnded) && ctx.state.errorCode === undefined;
+}
+
+/**
+ * The status the access log records once the response closed: the one sent, or 499 when the client went away
+ * before the end (as nginx logs it; no status anyone sent, so spans and metrics use sentStatus instead).
+ */
+export function recordedStatus(ctx: Context): number {
+  return clientLeft(ctx) ? CLIENT_CLOSED_REQUEST : ctx.res.statusCode;
+}
+
+/**
+ * `http.response.status_code` as the HTTP semantic conventions record it once the response closed: the status
+ * sent, or undefined when none was (the client left first), "if and only if one was sent".
+ */
+export function sentStatus(ctx: Context): number | undefined {
+  return ctx.res.headersSent ? ctx.res.statusCode : undefined;
 }
 
 /**

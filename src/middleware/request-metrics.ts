@@ -1,10 +1,10 @@
 import { trace } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import type { RejectedRequest } from '../../otel/lifecycle';
-import { onResponseClosed, recordedStatus } from '../response-closed';
+import { clientLeft, onResponseClosed, sentStatus } from '../response-closed';
 import { UNTRACED_PATHS } from '../../otel/telemetry-config';
 import { KNOWN_HTTP_METHODS, OTHER_HTTP_METHOD, recordedMethod } from '../../otel/http-method';
-import { METRIC_LABEL, METRIC_LABEL_VALUE } from '../../otel/wire-names';
+import { ERROR_TYPE, METRIC_LABEL, METRIC_LABEL_VALUE } from '../../otel/wire-names';
 import { AUTH_FAILURE_CODES, type GatewayMetrics } from '../metrics';
 import { counterSeries, gaugeSeries, type GaugeSeries } from '../metric-series';
 
@@ -16,7 +16,8 @@ export interface RequestMetricsOptions {
  * `http_server_request_duration_seconds`, `http_server_active_requests` and `gateway_auth_failures_total` for
  * every request but the probes (`/health`, `/ready`: health checks every few seconds would swamp the rates,
  * as they would the traces). Recorded when the response is really over, as the access log is, so streamed
- * responses are timed whole and a client that left counts as 499.
+ * responses are timed whole. A client that left before the end counts with the status sent (`""` when none was)
+ * and `error_type="client_closed"`, as its SERVER span records it (the access log writes 499).
  *
  * Labels are bounded by the config, never by what a client sends: `http_route` is the route template as the
  * span names it (`/api/users/*`, an exact route's path, the router path of the gateway's own endpoints,
@@ -43,10 +44,13 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
 
     onResponseClosed(ctx, () => {
       inProgress.dec();
+      const left = clientLeft(ctx);
       const { route, errorCode } = ctx.state;
-      const status = recordedStatus(ctx);
+      // As the SERVER span records them: the status sent (none, `""`, when the client left before one was), and
+      // `client_closed` as the error of a client that left before the end.
+      const status = sentStatus(ctx) ?? '';
       const ended = performance.now();
-      const series = requestSeries(method, route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute, status, route ? route.name : '', errorCode ?? '');
+      const series = requestSeries(method, route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute, status, route ? route.name : '', errorCode ?? (left ? ERROR_TYPE.clientClosed : ''));
       series.observe((ended - started) / 1000, spanContext, ended);
       if (errorCode !== undefined) authFailure.get(errorCode)?.inc();
     });

@@ -22,9 +22,9 @@ import { UNTRACED_PATHS } from '../../otel/telemetry-config';
 import { TRACE_FLAG_RANDOM } from '../../otel/trace-context';
 import { setRandomTraceIdFlag, traceresponseOf, TraceContextPropagator } from '../../otel/trace-context-propagator';
 import { TRACE_ID_FROM_REQUEST_ID, traceIdFromRequestId, withTraceId } from '../../otel/trace-ids';
-import { ATTR, HEADER } from '../../otel/wire-names';
+import { ATTR, ERROR_TYPE, HEADER } from '../../otel/wire-names';
 import { isWellFormedRequestId } from './request-id';
-import { failedAfterStarting, onResponseClosed, recordedStatus } from '../response-closed';
+import { clientLeft, failedAfterStarting, onResponseClosed, sentStatus } from '../response-closed';
 
 export interface TracingOptions {
   tracer: Tracer;
@@ -157,10 +157,13 @@ export function createTracing(options: TracingOptions): Middleware {
 
     // Ended once both the response is really over (streamed proxy responses are timed whole) and the
     // middleware below has returned (the proxy records the upstream outcome after the response finished).
-    let status = 0;
+    // The status sent, none when the client left before one was (semconv: "if and only if one was sent"; the
+    // access log's 499 is not a status anyone sent).
+    let status: number | undefined;
     // Read when the response closed, with the status, as the access log and the metrics read them: an error the
     // pipeline throws after that (a client gone before a step failed) changes none of the three.
     let errorCode: string | undefined;
+    let left = false;
     let pending = 2;
     const finish = () => {
       if (--pending > 0) return;
@@ -173,20 +176,30 @@ export function createTracing(options: TracingOptions): Middleware {
       const { user, consumer } = ctx.state;
       if (user) span.setAttribute(ATTR.userId, user.id).setAttribute(ATTR.userRole, user.role);
       if (consumer) span.setAttribute(ATTR.consumerId, consumer.id).setAttribute(ATTR.userRole, consumer.role);
-      span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
+      if (status !== undefined) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
       // What the pipeline threw (handleErrors) or the server answered or cut itself (otel/lifecycle.ts, through
-      // recordedStatus).
+      // clientLeft).
       if (errorCode !== undefined) span.setAttribute(ATTR.errorCode, errorCode);
-      // A response that failed after it started (its status may be 200) failed all the same, as its access-log line says.
-      // A 4xx is the client's error, not the server's (semconv): no status, no `error.type`.
-      if (status >= 500 || failedAfterStarting(ctx, status, errorCode)) {
-        span.setAttribute(ATTR_ERROR_TYPE, status >= 500 ? String(status) : errorCode!);
+      // A 5xx; a response that failed after it started (its status may be 200), or before any status went out, as
+      // its access-log line says; a client that left before the end (semconv: a request "cancelled" before the
+      // response was sent fully is an error). A 4xx is the client's error, not the server's: no status, no `error.type`.
+      const errorType =
+        status !== undefined && status >= 500
+          ? String(status)
+          : errorCode !== undefined && (status === undefined || failedAfterStarting(ctx, status, errorCode))
+            ? errorCode
+            : left
+              ? ERROR_TYPE.clientClosed
+              : undefined;
+      if (errorType !== undefined) {
+        span.setAttribute(ATTR_ERROR_TYPE, errorType);
         span.setStatus(errorCode === undefined ? { code: SpanStatusCode.ERROR } : { code: SpanStatusCode.ERROR, message: errorCode });
       }
       span.end();
     };
     onResponseClosed(ctx, () => {
-      status = recordedStatus(ctx);
+      left = clientLeft(ctx);
+      status = sentStatus(ctx);
       errorCode = ctx.state.errorCode;
       finish();
     });

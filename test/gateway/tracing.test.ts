@@ -1,6 +1,6 @@
 import http from 'node:http';
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
-import { ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
+import { ATTR_ERROR_TYPE, ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
 import Koa from 'koa';
 import { ACCESS_LINE_MESSAGE, ATTR, HEADER } from '../../otel/wire-names';
 import { GatewayError } from '../../src/errors';
@@ -209,7 +209,8 @@ describe('gateway spans', () => {
 describe('an error thrown after the client left', () => {
   // The pipeline's own steps in front of one that fails only once the response closed (a client gone while a
   // step still ran): what the span says is what the access line says, read at the same moment.
-  it('is recorded alike in the span and the access line: 499, no error code (the span used to take the late code and ERROR)', async () => {
+  // The access line's 499 is nginx's; the span records no status (none was sent) and `client_closed` (audit 31, #6).
+  it('is recorded alike in the span and the access line: a client that left (499 / client_closed), not the late error code', async () => {
     const tracing = startInMemoryTracing();
     const { logger, lines } = memoryLogger('gateway');
     const app = new Koa();
@@ -233,7 +234,7 @@ describe('an error thrown after the client left', () => {
       await waitFor(() => span() !== undefined, 'the SERVER span');
       const line = lines.find((each) => each.message === ACCESS_LINE_MESSAGE && each.request_id === 'left-before-the-error');
       expect([line?.status, line?.error_code]).toEqual([499, null]);
-      expect([span()!.attributes[ATTR_HTTP_RESPONSE_STATUS_CODE], span()!.attributes[ATTR.errorCode], span()!.status.code]).toEqual([499, undefined, SpanStatusCode.UNSET]);
+      expect([span()!.attributes[ATTR_HTTP_RESPONSE_STATUS_CODE], span()!.attributes[ATTR_ERROR_TYPE], span()!.attributes[ATTR.errorCode], span()!.status.code]).toEqual([undefined, 'client_closed', undefined, SpanStatusCode.ERROR]);
     } finally {
       await server.close();
       await tracing.shutdown();

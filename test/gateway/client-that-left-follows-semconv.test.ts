@@ -1,0 +1,80 @@
+import net from 'node:net';
+import { SpanStatusCode } from '@opentelemetry/api';
+import { ATTR_ERROR_TYPE, ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
+import { ACCESS_LINE_MESSAGE, ATTR, HEADER } from '../../otel/wire-names';
+import { requestSpans, startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
+import { scrapeWhen, valueOf } from '../helpers/openmetrics';
+import { listen, type TestServer } from '../helpers/servers';
+import { startStack, type TestStack } from '../helpers/stack';
+import { signToken } from '../helpers/tokens';
+import { waitFor } from '../helpers/wait';
+
+/**
+ * A client that goes away before its response ended. HTTP semantic conventions: `http.response.status_code` is
+ * set "if and only if one was sent", and a request cancelled before its response was sent fully SHOULD get span
+ * status Error and `error.type` (their example "connection dropped before response body was sent": the status
+ * sent, 201, plus `error.type`). The gateway recorded 499 on the span and in `http_server_request_duration_seconds`
+ * instead, a status never sent that replaced the 200 that was, with status Unset and no `error.type` (audit 31,
+ * finding 6). 499 stays nginx's convention in the access log.
+ */
+describe('a client that left before its response ended', () => {
+  let tracing: InMemoryTracing;
+  let upstream: TestServer;
+  let stack: TestStack;
+  let token: string;
+  /** The paths the stand-in received, as their heads arrived. */
+  const arrived: string[] = [];
+
+  beforeAll(async () => {
+    tracing = startInMemoryTracing();
+    // order-service's stand-in: a download that starts at once and then trickles, or an answer that comes late.
+    upstream = await listen((req, res) => {
+      arrived.push(req.url!);
+      const timer = req.url!.startsWith('/orders/late')
+        ? setTimeout(() => res.end('late'), 30_000)
+        : (res.writeHead(200, { 'content-type': 'text/plain' }), res.write('first chunk\n'), setInterval(() => res.write('more\n'), 100));
+      res.on('close', () => clearInterval(timer));
+    });
+    stack = await startStack({ tracer: tracing.tracer, serviceUrls: { orders: upstream.url } });
+    token = await signToken();
+  });
+  afterAll(async () => {
+    await stack.close();
+    await upstream.close();
+    await tracing.shutdown();
+  });
+
+  /** Sends the request on a raw connection, waits until `leaveWhen` holds for what arrived, then resets it. */
+  async function abandon(path: string, requestId: string, leaveWhen: (received: string) => boolean): Promise<void> {
+    const socket = net.connect(Number(new URL(stack.gateway.url).port), '127.0.0.1');
+    socket.on('error', () => undefined);
+    let received = '';
+    socket.on('data', (chunk: Buffer) => (received += chunk.toString()));
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: gw.example.com\r\nAuthorization: Bearer ${token}\r\n${HEADER.requestId}: ${requestId}\r\n\r\n`);
+    await waitFor(() => leaveWhen(received), `the moment to leave ${path}`);
+    socket.resetAndDestroy();
+  }
+
+  it.each([
+    { desc: 'mid-body, after the 200 went out', path: '/api/orders/download', leaveWhen: (received: string) => received.includes('first chunk'), sent: 200 },
+    // Once the gateway's exchange with the service is open: the request is well inside the pipeline.
+    { desc: 'before any answer', path: '/api/orders/late', leaveWhen: () => arrived.includes('/orders/late'), sent: undefined },
+  ])('is recorded $desc with the status sent (if any) and error.type client_closed, and logged 499', async ({ path, leaveWhen, sent }) => {
+    const requestId = `left-${path.split('/').at(-1)}`;
+    await abandon(path, requestId, leaveWhen);
+    const { server } = await requestSpans(tracing, requestId);
+    expect({ status: server.attributes[ATTR_HTTP_RESPONSE_STATUS_CODE], errorType: server.attributes[ATTR_ERROR_TYPE], errorCode: server.attributes[ATTR.errorCode], spanStatus: server.status.code }).toEqual({
+      status: sent,
+      errorType: 'client_closed',
+      errorCode: undefined,
+      spanStatus: SpanStatusCode.ERROR,
+    });
+    const line = () => stack.gatewayLogs.find((entry) => entry.message === ACCESS_LINE_MESSAGE && entry.request_id === requestId);
+    await waitFor(() => line() !== undefined, 'the access line');
+    expect(line()).toMatchObject({ status: 499, error_code: null });
+    // The metric as the span: the status sent (the label empty, i.e. absent, when none was), error_type client_closed.
+    const labels = { http_request_method: 'GET', http_route: '/api/orders/*', http_response_status_code: sent === undefined ? '' : String(sent), gateway_route_name: 'orders', error_type: 'client_closed' };
+    const exposition = await scrapeWhen(stack.metrics.url, (scraped) => valueOf(scraped, 'http_server_request_duration_seconds_count', labels) === 1);
+    expect(valueOf(exposition, 'http_server_request_duration_seconds_count', { ...labels, http_response_status_code: '499', error_type: '' })).toBeUndefined();
+  });
+});
