@@ -6,6 +6,7 @@ import type { Logger } from '../otel/logger';
 import { METRIC, METRIC_LABEL, RATE_LIMIT_DECISIONS, type RateLimitDecision } from '../otel/wire-names';
 import type { ErrorCode } from './errors';
 import { counterSeries, histogramSeries, seriesByLabels, type CounterSeries, type HistogramSeries } from './metric-series';
+import { EXPOSITION_CONTENT_TYPE, negotiateExposition, renderExposition, type MetricFamilyJSON } from './metrics-exposition';
 
 /**
  * The gateway's metrics, recorded with prom-client rather than the OpenTelemetry metrics SDK: no published
@@ -28,8 +29,8 @@ type UpstreamLabel = (typeof UPSTREAM_LABELS)[number];
 export interface GatewayMetrics {
   /**
    * This gateway's own registry (never prom-client's global one: tests build many gateways in one process),
-   * OpenMetrics content type. The scrape listener serves `registry.metrics()`; an OTLP bridge reads
-   * `registry.getMetricsAsJSON()` (histogram bucket values carry their `exemplar`).
+   * OpenMetrics content type. The scrape listener and the OTLP bridge read `registry.getMetricsAsJSON()`
+   * (histogram bucket values carry their `exemplar`); src/metrics-exposition.ts renders the scrape.
    */
   readonly registry: Registry<OpenMetricsContentType>;
   /** Whole request, s, until the response closed. Labels: method, route template, status, route name, error code. */
@@ -134,15 +135,19 @@ export function rateLimitDecisionCounters(metrics: GatewayMetrics, policy: strin
 }
 
 /**
- * `GET /metrics` (query ignored): the registry in the OpenMetrics text format; 404 for anything else. A plain
- * handler, not a Koa app: Prometheus is its only client and a scrape should cost as little as possible.
+ * `GET /metrics` (query ignored): the registry in the format `Accept` asks for, OpenMetrics (with exemplars) or
+ * the Prometheus text format 0.0.4 (src/metrics-exposition.ts); 404 for anything else. A plain handler, not a
+ * Koa app: Prometheus is its only client and a scrape should cost as little as possible.
  */
-export function metricsRequestListener(registry: Registry<OpenMetricsContentType>, logger?: Logger): http.RequestListener {
-  return scrapeListener(() => registry.metrics(), registry.contentType, logger);
+export function metricsRequestListener(metrics: Pick<GatewayMetrics, 'registry'>, logger?: Logger): http.RequestListener {
+  return scrapeListener(() => metrics.registry.getMetricsAsJSON() as Promise<unknown> as Promise<MetricFamilyJSON[]>, logger);
 }
 
-/** The scrape endpoint around `collect` (the exposition text, of `contentType`). */
-function scrapeListener(collect: () => Promise<string>, contentType: string, logger?: Logger): http.RequestListener {
+/**
+ * The scrape endpoint around `collect` (the registry as `getMetricsAsJSON()` gives it). The format is negotiated (RFC 9110 12.5.1, as OpenMetrics' "Protocol Negotiation" asks): a
+ * client that parses only the text format 0.0.4 (promtool, older scrapers) cannot read OpenMetrics' exemplars.
+ */
+function scrapeListener(collect: () => Promise<MetricFamilyJSON[]>, logger?: Logger): http.RequestListener {
   return function serveMetrics(req, res) {
     // The series name instance addresses: not for a page that reached this listener by DNS rebinding (src/admin.ts does the same).
     if (!isScrapeHost(req.headers.host)) {
@@ -154,9 +159,17 @@ function scrapeListener(collect: () => Promise<string>, contentType: string, log
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('Not found: the metrics are at GET /metrics.\n');
       return;
     }
+    const format = negotiateExposition(req.headers.accept);
+    if (format === undefined) {
+      res
+        .writeHead(406, { 'content-type': 'text/plain; charset=utf-8', vary: 'Accept' })
+        .end(`Not acceptable: the metrics are served as ${EXPOSITION_CONTENT_TYPE.openmetrics} or ${EXPOSITION_CONTENT_TYPE.text}.\n`);
+      return;
+    }
     collect().then(
-      (text) => {
-        res.writeHead(200, { 'content-type': contentType, 'cache-control': 'no-store' });
+      (families) => {
+        const text = renderExposition(families, format);
+        res.writeHead(200, { 'content-type': EXPOSITION_CONTENT_TYPE[format], 'cache-control': 'no-store', vary: 'Accept' });
         res.end(req.method === 'HEAD' ? undefined : text);
       },
       (error: unknown) => {
@@ -178,7 +191,7 @@ export type MetricsListener = InternalListener;
  * series name routes, services and instance addresses.
  */
 export function listenMetrics(metrics: GatewayMetrics, options: MetricsListenerOptions): Promise<MetricsListener> {
-  return listenInternal(metricsRequestListener(metrics.registry, options.logger), options);
+  return listenInternal(metricsRequestListener(metrics, options.logger), options);
 }
 
 export interface ClusterMetricsListenerOptions extends MetricsListenerOptions {
@@ -193,11 +206,11 @@ export interface ClusterMetricsListenerOptions extends MetricsListenerOptions {
  * A cluster's scrape endpoint, in the primary (src/workers.ts): every scrape asks each worker for its registry
  * over the cluster channel and answers their sum. Each worker listening on the port itself would answer one
  * worker's counters per scrape, a different one each time: Prometheus would read every switch as a counter
- * reset. Sums are OpenMetrics, as one process's scrape is, without exemplars (an exemplar belongs to one
+ * reset. Sums are negotiated as one process's scrape is, without exemplars (an exemplar belongs to one
  * process's bucket); each worker's own, exemplars included, go out over OTLP.
  */
 export function listenClusterMetrics(options: ClusterMetricsListenerOptions): Promise<MetricsListener> {
-  return listenInternal(scrapeListener(clusterMetricsCollector(options.servingWorkers), Registry.OPENMETRICS_CONTENT_TYPE, options.logger), options);
+  return listenInternal(scrapeListener(clusterMetricsCollector(options.servingWorkers), options.logger), options);
 }
 
 /** prom-client's cluster messages (lib/cluster.js): its workers answer the request (shareMetricsWithPrimary). */
@@ -211,18 +224,17 @@ const WORKER_METRICS_TIMEOUT_MS = 2_000;
 
 type WorkerRegistries = Awaited<ReturnType<Registry['getMetricsAsJSON']>>[];
 
-/** prom-client's sum of registries (each as `getMetricsAsJSON()` gives it), as OpenMetrics. */
-function sumOf(registries: WorkerRegistries): Registry<OpenMetricsContentType> {
-  const sum = AggregatorRegistry.aggregate(registries);
-  sum.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
-  return sum as Registry<OpenMetricsContentType>;
+/** prom-client's sum of registries, each and the result as `getMetricsAsJSON()` gives them. */
+function sumOf(registries: WorkerRegistries): Promise<WorkerRegistries[number]> {
+  return AggregatorRegistry.aggregate(registries).getMetricsAsJSON();
 }
 
 /**
  * The primary's half of prom-client's cluster exchange, kept here because its own (`clusterMetrics()`) sums
  * into the Prometheus text format whatever the registry's type: counters registered by family name
  * (counterFamily) then lose their `_total`, and every dashboard query on `gateway_*_total` finds nothing with
- * more than one worker. The workers' half stays prom-client's; the sum is its `aggregate`, as OpenMetrics.
+ * more than one worker. The workers' half stays prom-client's; the sum is its `aggregate`, rendered as one
+ * process's scrape is (src/metrics-exposition.ts).
  *
  * The sum must never go down while the primary lives: Prometheus reads any decrease of a counter (or of a
  * histogram's buckets, sum and count) as a reset, and rate()/increase() then count the surviving workers'
@@ -230,7 +242,7 @@ function sumOf(registries: WorkerRegistries): Registry<OpenMetricsContentType> {
  * counters and histograms in `retired`, added to every later sum (its gauges, such as requests in progress,
  * are gone with it). What it counted after its last answer is lost, but no series drops below a value served.
  */
-function clusterMetricsCollector(servingWorkers: () => Worker[]): () => Promise<string> {
+function clusterMetricsCollector(servingWorkers: () => Worker[]): () => Promise<MetricFamilyJSON[]> {
   let nextRequestId = 0;
   /** Each live worker's last registries, by worker id. */
   const lastAnswers = new Map<number, WorkerRegistries>();
@@ -255,12 +267,12 @@ function clusterMetricsCollector(servingWorkers: () => Worker[]): () => Promise<
     // The JSON names the type ('counter'), whatever prom-client's typings say (an enum).
     const cumulative = last.map((registry) => registry.filter((metric) => ['counter', 'histogram'].includes(String(metric.type))));
     folding = folding.then(async () => {
-      retired = [await sumOf([...retired, ...cumulative]).getMetricsAsJSON()];
+      retired = [await sumOf([...retired, ...cumulative])];
       lastAnswers.delete(worker.id);
     });
   });
   return () =>
-    new Promise<string>((resolve, reject) => {
+    new Promise<MetricFamilyJSON[]>((resolve, reject) => {
       const requestId = nextRequestId++;
       const workers = servingWorkers().filter((worker) => worker.isConnected());
       const pending = new Set(workers.map((worker) => worker.id));
@@ -271,7 +283,7 @@ function clusterMetricsCollector(servingWorkers: () => Worker[]): () => Promise<
       function settle() {
         if (!waiting.delete(requestId)) return;
         clearTimeout(timer);
-        resolve(sumOf([...[...lastAnswers.values()].flat(), ...retired]).metrics());
+        resolve(sumOf([...[...lastAnswers.values()].flat(), ...retired]) as Promise<unknown> as Promise<MetricFamilyJSON[]>);
       }
       waiting.set(requestId, {
         answered: (workerId) => pending.delete(workerId) && pending.size === 0 && settle(),

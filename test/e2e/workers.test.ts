@@ -7,7 +7,7 @@ import { presentedFingerprint, rotatingCertificates } from '../helpers/certifica
 import { namedUpstream, requestOnNewConnection, startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
 import { spawnGateway } from '../helpers/process-stack';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver';
-import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics, samplesOf, scrape, scrapeWhen, type Exposition } from '../helpers/openmetrics';
+import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics, PROMETHEUS_ACCEPT, samplesOf, scrape, scrapeWhen, type Exposition } from '../helpers/openmetrics';
 import { streamSixChunks } from '../helpers/servers';
 import { waitFor } from '../helpers/wait';
 
@@ -161,9 +161,9 @@ describe('workers (two processes behind one port)', () => {
     for (let i = 0; i < 6; i++) scrapes.push(await counted());
     expect(scrapes).toEqual(Array<number>(6).fill(20));
     expect(gateway.lines.filter((line) => line.message === 'ignored a malformed message from a worker')).toEqual([]);
-    // The sum is OpenMetrics, as one process's scrape is: in the older text format the counters lost their
-    // `_total`, and every dashboard query on `gateway_*_total` found nothing with more than one worker.
-    const response = await fetch(scrapeUrl);
+    // The sum is OpenMetrics, as one process's scrape is: prom-client's own sum, in the older text format, lost
+    // the counters' `_total`, and every dashboard query on `gateway_*_total` found nothing with more than one worker.
+    const response = await fetch(scrapeUrl, { headers: { accept: PROMETHEUS_ACCEPT } });
     expect(response.headers.get('content-type')).toBe(OPENMETRICS_CONTENT_TYPE);
     const exposition = parseOpenMetrics(await response.text());
     const counters = [...exposition.types].filter(([, type]) => type === 'counter').map(([name]) => name);

@@ -1,6 +1,6 @@
 import http from 'node:http';
 import { createGatewayMetrics, listenMetrics, type MetricsListener } from '../../src/metrics';
-import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics } from '../helpers/openmetrics';
+import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics, PROMETHEUS_ACCEPT } from '../helpers/openmetrics';
 import { startStack, type TestStack } from '../helpers/stack';
 import { asList, asMap, asString, readYaml } from '../stack/stack-files';
 
@@ -13,9 +13,9 @@ describe('the metrics listener (listenMetrics)', () => {
   });
   afterAll(() => listener.close());
 
-  it('serves GET /metrics in the OpenMetrics format, ending in # EOF', async () => {
+  it('serves GET /metrics to Prometheus in the OpenMetrics format, ending in # EOF', async () => {
     expect(listener.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
-    const response = await fetch(`${listener.url}/metrics`);
+    const response = await fetch(`${listener.url}/metrics`, { headers: { accept: PROMETHEUS_ACCEPT } });
     expect(response.status).toBe(200);
     expect(response.headers.get('content-type')).toBe(OPENMETRICS_CONTENT_TYPE);
     const text = await response.text();

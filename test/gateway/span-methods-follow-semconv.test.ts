@@ -4,7 +4,7 @@ import { ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_REQUEST_METHOD_ORIGINAL } from '@op
 import fc from 'fast-check';
 import { HEADER } from '../../otel/wire-names';
 import { requestSpans, startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
-import { parseOpenMetrics, samplesOf } from '../helpers/openmetrics';
+import { parseOpenMetrics, PROMETHEUS_ACCEPT, samplesOf } from '../helpers/openmetrics';
 import { scriptedUpstream, sendRaw, type TestServer } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
 import { signToken } from '../helpers/tokens';
@@ -69,7 +69,7 @@ describe('gateway spans record methods as the HTTP semantic conventions say', ()
       }),
       { seed: 19, numRuns: 60 },
     );
-    const scraped = parseOpenMetrics(await (await fetch(`${stack.metrics.url}/metrics`)).text());
+    const scraped = parseOpenMetrics(await (await fetch(`${stack.metrics.url}/metrics`, { headers: { accept: PROMETHEUS_ACCEPT } })).text());
     const counted = new Set(samplesOf(scraped, 'http_server_request_duration_seconds_count').map((sample) => sample.labels.http_request_method));
     expect([...counted].sort()).toEqual([...recordedMethods].sort());
     expect(counted).toContain('_OTHER');

@@ -1,7 +1,8 @@
 /**
- * A small reader of the OpenMetrics text format (https://prometheus.io/docs/specs/om/open_metrics_spec/), enough
- * for what the gateway's scrape endpoint writes: samples with labels, values and exemplars, `# TYPE` lines, `# EOF`.
- * It rejects what it does not understand, so a malformed exposition fails the test instead of reading as empty.
+ * A small reader of the OpenMetrics text format (https://prometheus.io/docs/specs/om/open_metrics_spec/) and of
+ * the Prometheus text format 0.0.4, enough for what the gateway's scrape endpoint writes: samples with labels,
+ * values and exemplars, `# TYPE` lines, `# EOF`. It rejects what it does not understand, so a malformed
+ * exposition fails the test instead of reading as empty.
  */
 export interface Exemplar {
   labels: Record<string, string>;
@@ -25,6 +26,13 @@ export interface Exposition {
 }
 
 export const OPENMETRICS_CONTENT_TYPE = 'application/openmetrics-text; version=1.0.0; charset=utf-8';
+export const TEXT_FORMAT_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
+
+/**
+ * The `Accept` of the shipped Prometheus job (otel/prometheus.yaml's scrape_protocols, in the form Prometheus 3
+ * builds it): OpenMetrics preferred, the text format as a fallback.
+ */
+export const PROMETHEUS_ACCEPT = 'application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.3';
 
 /** `{a="1",b="x\"y"}` from `text[start]` (the `{`): the labels and the index after the `}`. */
 function readLabels(text: string, start: number): { labels: Record<string, string>; end: number } {
@@ -59,27 +67,48 @@ function parseNumber(raw: string | undefined): number {
   return value;
 }
 
-export function parseOpenMetrics(text: string): Exposition {
-  const lines = text.split('\n');
-  if (lines.at(-1) !== '' || lines.at(-2) !== '# EOF') throw new Error('an OpenMetrics exposition ends with "# EOF\\n"');
+/** The sample suffixes each type allows, per format (OpenMetrics 1.0 "Suffixes"; the text format 0.0.4). */
+const SUFFIXES: Record<'openmetrics' | 'text', Record<string, readonly string[]>> = {
+  openmetrics: { counter: ['_total', '_created'], gauge: [''], histogram: ['_bucket', '_sum', '_count', '_created'], summary: ['', '_sum', '_count', '_created'] },
+  // A text-format counter's family is named as its sample is (`x_total`), and nothing carries a `_created`.
+  text: { counter: [''], gauge: [''], histogram: ['_bucket', '_sum', '_count'], summary: ['', '_sum', '_count'] },
+};
+
+/**
+ * Reads the sample lines and `# TYPE` lines of one exposition format; every sample must follow its family's
+ * `# TYPE` with a suffix that type allows there, and an exemplar (OpenMetrics only) sit on a `_bucket` or `_total`.
+ */
+function parseExposition(text: string, lines: readonly string[], format: 'openmetrics' | 'text'): Exposition {
   const types = new Map<string, string>();
   const samples: Sample[] = [];
-  for (const line of lines.slice(0, -2)) {
+  let family: string | undefined;
+  for (const line of lines) {
     if (line.startsWith('# TYPE ')) {
-      const [name, type] = line.slice(7).split(' ');
-      types.set(name!, type!);
+      const [name, type, extra] = line.slice(7).split(' ');
+      if (!name || !type || extra !== undefined || !SUFFIXES[format][type] || types.has(name)) throw new Error(`bad or repeated TYPE line: ${line}`);
+      types.set(name, type);
+      family = name;
       continue;
     }
-    if (line.startsWith('# HELP ') || line.startsWith('# UNIT ')) continue;
+    if (line.startsWith('# HELP ') || (format === 'openmetrics' && line.startsWith('# UNIT '))) continue;
     if (line.startsWith('#') || line === '') throw new Error(`unexpected line: ${line}`);
     const nameEnd = line.search(/[{ ]/);
     const name = line.slice(0, nameEnd);
+    if (!/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(name)) throw new Error(`bad metric name: ${line}`);
+    const suffix = family !== undefined && name.startsWith(family) ? name.slice(family.length) : undefined;
+    if (suffix === undefined || !SUFFIXES[format][types.get(family!)!]!.includes(suffix)) throw new Error(`sample outside its family (${family}): ${line}`);
     let rest = nameEnd;
     let labels: Record<string, string> = {};
     if (line[rest] === '{') ({ labels, end: rest } = readLabels(line, rest));
+    if (line[rest] !== ' ') throw new Error(`expected a space after the labels: ${line}`);
     const [valuePart, exemplarPart] = line.slice(rest + 1).split(' # ');
-    const sample: Sample = { name, labels, value: parseNumber(valuePart!.split(' ')[0]) };
+    const [value, timestamp, extra] = valuePart!.split(' ');
+    // The text format's timestamp is an integer (ms); anything else after the value is what promtool rejects.
+    if (extra !== undefined || (timestamp !== undefined && !(format === 'openmetrics' ? Number.isFinite(Number(timestamp)) : /^-?\d+$/.test(timestamp)))) throw new Error(`bad value or timestamp: ${line}`);
+    const sample: Sample = { name, labels, value: parseNumber(value) };
     if (exemplarPart !== undefined) {
+      if (format === 'text') throw new Error(`exemplar in the text format: ${line}`);
+      if (suffix !== '_bucket' && suffix !== '_total') throw new Error(`exemplar on ${name}: ${line}`);
       const { labels: exemplarLabels, end } = readLabels(exemplarPart, 0);
       const [value, timestamp] = exemplarPart.slice(end + 1).split(' ');
       sample.exemplar = { labels: exemplarLabels, value: parseNumber(value), ...(timestamp ? { timestamp: parseNumber(timestamp) } : {}) };
@@ -87,6 +116,23 @@ export function parseOpenMetrics(text: string): Exposition {
     samples.push(sample);
   }
   return { text, types, samples };
+}
+
+/** An OpenMetrics 1.0 exposition (it must end with `# EOF`). */
+export function parseOpenMetrics(text: string): Exposition {
+  const lines = text.split('\n');
+  if (lines.at(-1) !== '' || lines.at(-2) !== '# EOF') throw new Error('an OpenMetrics exposition ends with "# EOF\\n"');
+  return parseExposition(text, lines.slice(0, -2), 'openmetrics');
+}
+
+/**
+ * A Prometheus text format 0.0.4 exposition, as the gateway writes it: no exemplars, `_created` or `# EOF`
+ * (the format has no syntax for the first and no meaning for the others).
+ */
+export function parsePrometheusText(text: string): Exposition {
+  const lines = text.split('\n');
+  if (lines.pop() !== '') throw new Error('a text exposition ends with a line feed');
+  return parseExposition(text, lines, 'text');
 }
 
 /** The samples named `name` whose labels include every pair of `labels`. */
@@ -102,9 +148,9 @@ export function valueOf(exposition: Exposition, name: string, labels: Record<str
   return matches[0]?.value;
 }
 
-/** GETs `<metricsUrl>/metrics` and parses it, checking status and content type. */
+/** GETs `<metricsUrl>/metrics` as Prometheus does (OpenMetrics) and parses it, checking status and content type. */
 export async function scrape(metricsUrl: string): Promise<Exposition> {
-  const response = await fetch(`${metricsUrl}/metrics`);
+  const response = await fetch(`${metricsUrl}/metrics`, { headers: { accept: PROMETHEUS_ACCEPT } });
   const text = await response.text();
   if (response.status !== 200) throw new Error(`scrape answered ${response.status}: ${text}`);
   if (response.headers.get('content-type') !== OPENMETRICS_CONTENT_TYPE) throw new Error(`scrape content type ${response.headers.get('content-type')}`);

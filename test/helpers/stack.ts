@@ -67,7 +67,7 @@ export async function startStack(options: StackOptions = {}): Promise<TestStack>
   }
   const metrics = createGatewayMetrics();
   const apps = createGatewayApps(config, { logger, redis, tracer: options.tracer, metrics });
-  const [gateway, admin, metricsServer] = await Promise.all([listen(apps.gateway.callback()), listen(apps.admin.callback()), listen(metricsRequestListener(metrics.registry))]);
+  const [gateway, admin, metricsServer] = await Promise.all([listen(apps.gateway.callback()), listen(apps.admin.callback()), listen(metricsRequestListener(metrics))]);
   return {
     gateway,
     admin,

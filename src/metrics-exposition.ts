@@ -1,0 +1,162 @@
+/**
+ * The scrape endpoint's two exposition formats, chosen by the request's `Accept` and rendered from prom-client's
+ * `getMetricsAsJSON()`. prom-client's own `registry.metrics()` renders the one format its registry is fixed to
+ * (OpenMetrics here: only that format carries exemplars); and in the text format a counter registered by its
+ * family name loses its `_total`.
+ */
+
+/** OpenMetrics 1.0.0 (exemplars, `# EOF`) or the Prometheus text format 0.0.4 (neither). */
+export type ExpositionFormat = 'openmetrics' | 'text';
+
+export const EXPOSITION_CONTENT_TYPE: Readonly<Record<ExpositionFormat, string>> = {
+  openmetrics: 'application/openmetrics-text; version=1.0.0; charset=utf-8',
+  text: 'text/plain; version=0.0.4; charset=utf-8',
+};
+
+/** The media types offered, for matching `Accept` media ranges (`version` values a range may name). */
+const OFFERED: ReadonlyArray<{ format: ExpositionFormat; type: string; subtype: string; versions: readonly string[] }> = [
+  // 0.0.1 is the draft that became 1.0.0: Prometheus releases that ask for it parse 1.0.0 with the same parser.
+  { format: 'openmetrics', type: 'application', subtype: 'openmetrics-text', versions: ['1.0.0', '0.0.1'] },
+  { format: 'text', type: 'text', subtype: 'plain', versions: ['0.0.4'] },
+];
+
+interface MediaRange {
+  type: string;
+  subtype: string;
+  params: Map<string, string>;
+  q: number;
+}
+
+/** `Accept`'s media ranges (RFC 9110 12.5.1); an element that does not parse is skipped. */
+function mediaRanges(accept: string): MediaRange[] {
+  const ranges: MediaRange[] = [];
+  // Commas and semicolons inside a quoted parameter value do not separate anything.
+  for (const element of accept.match(/(?:[^,"]|"(?:[^"\\]|\\.)*")+/g) ?? []) {
+    const [range = '', ...parameters] = (element.match(/(?:[^;"]|"(?:[^"\\]|\\.)*")+/g) ?? []).map((part) => part.trim());
+    const [type, subtype] = range.toLowerCase().split('/');
+    if (!type || !subtype || (type === '*' && subtype !== '*')) continue;
+    const params = new Map<string, string>();
+    let q = 1;
+    for (const parameter of parameters) {
+      const eq = parameter.indexOf('=');
+      if (eq <= 0) continue;
+      const name = parameter.slice(0, eq).trim().toLowerCase();
+      const value = parameter.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1').replace(/\\(.)/g, '$1');
+      // `q` ends the media type's parameters; what follows it are accept-extensions.
+      if (name === 'q') {
+        q = /^(0(\.\d{0,3})?|1(\.0{0,3})?)$/.test(value) ? Number(value) : NaN;
+        break;
+      }
+      params.set(name, value);
+    }
+    if (!Number.isNaN(q)) ranges.push({ type, subtype, params, q });
+  }
+  return ranges;
+}
+
+/**
+ * The format to answer `accept` with; undefined when the client accepts neither (406). No `Accept` (nor one
+ * that does not parse, nor `*\/*`) gets the text format 0.0.4, as Prometheus' own client libraries answer;
+ * OpenMetrics when its weight is higher, or equal but given by naming `application/openmetrics-text` rather
+ * than by a wildcard. For each offered type the most specific range that matches it gives its weight
+ * (`text/plain;version=0.0.4` before `text/plain` before `text/*` before `*\/*`). A range's `version` must be
+ * one the type is offered in, and `charset` UTF-8; other parameters (Prometheus' `escaping`) are satisfied by
+ * the names the gateway exposes, all of them legacy.
+ */
+export function negotiateExposition(accept: string | undefined): ExpositionFormat | undefined {
+  const ranges = accept === undefined ? [] : mediaRanges(accept);
+  // A header with no media range that parses is disregarded (RFC 9110 allows that rather than 406).
+  if (ranges.length === 0) return 'text';
+  const weights = OFFERED.map((offered) => {
+    let best: { specificity: number; q: number } | undefined;
+    for (const range of ranges) {
+      if (range.type !== '*' && (range.type !== offered.type || (range.subtype !== '*' && range.subtype !== offered.subtype))) continue;
+      const version = range.params.get('version');
+      const charset = range.params.get('charset')?.toLowerCase();
+      if ((version !== undefined && !offered.versions.includes(version)) || (charset !== undefined && charset !== 'utf-8')) continue;
+      const specificity = (range.type === '*' ? 0 : range.subtype === '*' ? 1 : 2) * 100 + range.params.size;
+      if (!best || specificity > best.specificity) best = { specificity, q: range.q };
+    }
+    return { format: offered.format, q: best?.q ?? 0, named: (best?.specificity ?? 0) >= 200 };
+  });
+  const [openmetrics, text] = weights as [(typeof weights)[number], (typeof weights)[number]];
+  if (openmetrics.q === 0 && text.q === 0) return undefined;
+  return openmetrics.q > text.q || (openmetrics.q === text.q && openmetrics.named) ? 'openmetrics' : 'text';
+}
+
+/** What `registry.getMetricsAsJSON()` returns at run time (its declared types name an enum it does not use). */
+export interface MetricFamilyJSON {
+  name: string;
+  help: string;
+  type: string;
+  values: ReadonlyArray<{
+    value: number;
+    labels: Readonly<Record<string, string | number | undefined>>;
+    metricName?: string;
+    exemplar?: { labelSet: Readonly<Record<string, string | number>>; value: number; timestamp?: number } | null;
+  }>;
+}
+
+/** `families` in `format`. */
+export function renderExposition(families: readonly MetricFamilyJSON[], format: ExpositionFormat): string {
+  const openMetrics = format === 'openmetrics';
+  const lines: string[] = [];
+  for (const family of families) {
+    const counter = family.type === 'counter';
+    const base = counter ? family.name.replace(/_total$/, '') : family.name;
+    // In the text format a counter's family is named as its samples are; OpenMetrics names it without `_total`.
+    const name = counter && !openMetrics ? `${base}_total` : base;
+    lines.push(`# TYPE ${name} ${family.type}`, `# HELP ${name} ${escapeHelp(family.help, openMetrics)}`);
+    for (const sample of family.values) {
+      const sampleName = counter ? `${base}_total` : (sample.metricName ?? base);
+      const labels = renderLabels(sample.labels, openMetrics);
+      let line = `${sampleName}${labels} ${renderValue(sample.value)}`;
+      const { exemplar } = sample;
+      if (openMetrics && exemplar) {
+        line += ` # ${renderLabels(exemplar.labelSet, true) || '{}'} ${renderValue(exemplar.value)}${exemplar.timestamp === undefined ? '' : ` ${exemplar.timestamp}`}`;
+      }
+      lines.push(line);
+    }
+  }
+  if (openMetrics) lines.push('# EOF');
+  return `${lines.join('\n')}\n`;
+}
+
+function renderLabels(labels: Readonly<Record<string, string | number | undefined>>, openMetrics: boolean): string {
+  const pairs: string[] = [];
+  for (const [name, value] of Object.entries(labels)) {
+    if (value === undefined) continue;
+    const text = name === 'le' || name === 'quantile' ? renderBound(value) : String(value);
+    pairs.push(`${name}="${text.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"')}"`);
+  }
+  return pairs.length ? `{${pairs.join(',')}}` : '';
+}
+
+/** Both formats escape backslash and line feed in HELP; OpenMetrics also the double quote. */
+function escapeHelp(help: string, openMetrics: boolean): string {
+  const escaped = help.replace(/\\/g, '\\\\').replace(/\n/g, '\\n');
+  return openMetrics ? escaped.replace(/"/g, '\\"') : escaped;
+}
+
+function renderValue(value: number): string {
+  if (Number.isNaN(value)) return 'NaN';
+  if (!Number.isFinite(value)) return value > 0 ? '+Inf' : '-Inf';
+  return String(value);
+}
+
+/** An `le` or `quantile` value, as Prometheus' Go client writes it (Go's `%g`: `1`, `0.005`, `1e+06`). */
+export function renderBound(value: string | number): string {
+  const number = typeof value === 'number' ? value : Number(value);
+  if (value === '' || Number.isNaN(number)) return String(value);
+  return goFloat(number);
+}
+
+/** Go's `strconv.FormatFloat(value, 'g', -1, 64)`: the shortest digits, exponent form below 1e-4 or from 1e6. */
+function goFloat(value: number): string {
+  if (!Number.isFinite(value)) return renderValue(value);
+  if (value === 0) return Object.is(value, -0) ? '-0' : '0';
+  const [mantissa, exponentText] = value.toExponential().split('e') as [string, string];
+  const exponent = Number(exponentText);
+  if (exponent < -4 || exponent >= 6) return `${mantissa}e${exponent < 0 ? '-' : '+'}${String(Math.abs(exponent)).padStart(2, '0')}`;
+  return String(value);
+}

@@ -1,0 +1,35 @@
+import { negotiateExposition } from '../../src/metrics-exposition';
+import { PROMETHEUS_ACCEPT } from '../helpers/openmetrics';
+
+/** The scrape's content negotiation (RFC 9110 12.5.1), case by case. */
+describe('negotiateExposition', () => {
+  it.each([
+    { desc: 'no Accept: the text format, as Prometheus client libraries answer', accept: undefined, format: 'text' },
+    { desc: 'an empty Accept, read as none', accept: ' ', format: 'text' },
+    { desc: 'anything', accept: '*/*', format: 'text' },
+    { desc: 'the text format 0.0.4 only (promtool, older scrapers)', accept: 'text/plain;version=0.0.4', format: 'text' },
+    { desc: 'text/plain without a version', accept: 'text/plain', format: 'text' },
+    { desc: 'text/*', accept: 'text/*', format: 'text' },
+    { desc: 'the shipped Prometheus job', accept: PROMETHEUS_ACCEPT, format: 'openmetrics' },
+    { desc: 'Prometheus 2 (OpenMetrics 1.0.0 first)', accept: 'application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1', format: 'openmetrics' },
+    { desc: 'OpenMetrics draft 0.0.1, the same parser in Prometheus', accept: 'application/openmetrics-text; version=0.0.1,text/plain;version=0.0.4;q=0.5,*/*;q=0.1', format: 'openmetrics' },
+    { desc: 'OpenMetrics without a version', accept: 'application/openmetrics-text', format: 'openmetrics' },
+    { desc: 'application/*', accept: 'application/*', format: 'openmetrics' },
+    { desc: 'a quoted version, names in capitals', accept: 'Application/OpenMetrics-Text; Version="1.0.0"', format: 'openmetrics' },
+    { desc: 'both named at the same weight', accept: 'text/plain;version=0.0.4, application/openmetrics-text;version=1.0.0', format: 'openmetrics' },
+    { desc: 'OpenMetrics only through a wildcard, text named at the same weight', accept: 'text/plain, */*', format: 'text' },
+    { desc: 'the text format weighted higher', accept: 'application/openmetrics-text;q=0.3, text/plain;q=0.5', format: 'text' },
+    { desc: 'text refused, anything else welcome', accept: 'text/plain;q=0, */*', format: 'openmetrics' },
+    { desc: 'the more specific range decides: text/plain;version=0.0.4 refused despite text/*', accept: 'text/*, text/plain;version=0.0.4;q=0', format: undefined },
+    { desc: 'a version not offered (OpenMetrics 2.0.0)', accept: 'application/openmetrics-text;version=2.0.0', format: undefined },
+    { desc: 'a version not offered, the text format as fallback', accept: 'application/openmetrics-text;version=2.0.0, text/plain;q=0.1', format: 'text' },
+    { desc: 'another charset', accept: 'text/plain;charset=iso-8859-1', format: undefined },
+    { desc: 'neither type', accept: 'application/json', format: undefined },
+    { desc: 'everything refused', accept: '*/*;q=0', format: undefined },
+    { desc: 'a malformed weight skips its range', accept: 'application/openmetrics-text;q=2, text/plain', format: 'text' },
+    { desc: 'a comma inside a quoted parameter', accept: 'application/openmetrics-text;foo="a,b";q=0.9, text/plain;q=0.1', format: 'openmetrics' },
+    { desc: 'nothing that parses, read as no Accept', accept: ';,/,=;', format: 'text' },
+  ])('$desc: $format', ({ accept, format }) => {
+    expect(negotiateExposition(accept)).toBe(format);
+  });
+});
