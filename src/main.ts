@@ -101,7 +101,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   // rather than defaulted by createGatewayApps: the scrape listener below serves its registry.
   const metrics = config.metrics.port !== undefined || metricExportEnabled() ? createGatewayMetrics() : undefined;
   // Pushed over OTLP too, with the bootstrap's metric exporter and OTEL_* settings.
-  if (metrics) exportPromClientRegistry(metrics.registry);
+  if (metrics) exportPromClientRegistry(metrics.registry, { startTimeMs: metrics.startedAtMs });
   const single = worker ? undefined : singleProcessControl(() => live, logger, generatedSecretOf(config));
   const control = worker ? worker.control(() => live.active()) : single!;
   // Each config (the first and every reload) becomes a fresh pair of apps over the same collaborators.

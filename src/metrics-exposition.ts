@@ -1,11 +1,12 @@
 /**
  * The scrape endpoint's two exposition formats, chosen by the request's `Accept` and rendered from prom-client's
  * `getMetricsAsJSON()`. prom-client's own `registry.metrics()` renders the one format its registry is fixed to
- * (OpenMetrics here: only that format carries exemplars); and in the text format a counter registered by its
- * family name loses its `_total`.
+ * (OpenMetrics here: only that format carries exemplars), writes `le` as `String(bound)` (`1`, where OpenMetrics
+ * wants the canonical `1.0`), and no `_created`; and in the text format a counter registered by its family name
+ * loses its `_total`.
  */
 
-/** OpenMetrics 1.0.0 (exemplars, `# EOF`) or the Prometheus text format 0.0.4 (neither). */
+/** OpenMetrics 1.0.0 (exemplars, `_created`, `# EOF`) or the Prometheus text format 0.0.4 (neither). */
 export type ExpositionFormat = 'openmetrics' | 'text';
 
 export const EXPOSITION_CONTENT_TYPE: Readonly<Record<ExpositionFormat, string>> = {
@@ -97,8 +98,11 @@ export interface MetricFamilyJSON {
   }>;
 }
 
-/** `families` in `format`. */
-export function renderExposition(families: readonly MetricFamilyJSON[], format: ExpositionFormat): string {
+/**
+ * `families` in `format`. `createdSeconds` (s since the epoch, when the counts began) is written as every
+ * counter's and histogram's `_created` in OpenMetrics, which says they SHOULD carry one; the text format has none.
+ */
+export function renderExposition(families: readonly MetricFamilyJSON[], format: ExpositionFormat, createdSeconds?: number): string {
   const openMetrics = format === 'openmetrics';
   const lines: string[] = [];
   for (const family of families) {
@@ -107,6 +111,7 @@ export function renderExposition(families: readonly MetricFamilyJSON[], format: 
     // In the text format a counter's family is named as its samples are; OpenMetrics names it without `_total`.
     const name = counter && !openMetrics ? `${base}_total` : base;
     lines.push(`# TYPE ${name} ${family.type}`, `# HELP ${name} ${escapeHelp(family.help, openMetrics)}`);
+    const created = openMetrics && createdSeconds !== undefined && ['counter', 'histogram', 'summary'].includes(family.type) ? ` ${createdSeconds}` : undefined;
     for (const sample of family.values) {
       const sampleName = counter ? `${base}_total` : (sample.metricName ?? base);
       const labels = renderLabels(sample.labels, openMetrics);
@@ -116,6 +121,8 @@ export function renderExposition(families: readonly MetricFamilyJSON[], format: 
         line += ` # ${renderLabels(exemplar.labelSet, true) || '{}'} ${renderValue(exemplar.value)}${exemplar.timestamp === undefined ? '' : ` ${exemplar.timestamp}`}`;
       }
       lines.push(line);
+      // After the series' last sample: a counter's total, a histogram's or summary's count.
+      if (created && (counter || sampleName === `${base}_count`)) lines.push(`${base}_created${labels}${created}`);
     }
   }
   if (openMetrics) lines.push('# EOF');
@@ -126,7 +133,7 @@ function renderLabels(labels: Readonly<Record<string, string | number | undefine
   const pairs: string[] = [];
   for (const [name, value] of Object.entries(labels)) {
     if (value === undefined) continue;
-    const text = name === 'le' || name === 'quantile' ? renderBound(value) : String(value);
+    const text = name === 'le' || name === 'quantile' ? renderBound(value, openMetrics) : String(value);
     pairs.push(`${name}="${text.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"')}"`);
   }
   return pairs.length ? `{${pairs.join(',')}}` : '';
@@ -144,11 +151,16 @@ function renderValue(value: number): string {
   return String(value);
 }
 
-/** An `le` or `quantile` value, as Prometheus' Go client writes it (Go's `%g`: `1`, `0.005`, `1e+06`). */
-export function renderBound(value: string | number): string {
+/**
+ * An `le` or `quantile` value. OpenMetrics ("Canonical Numbers") wants Go's `%g` with `.0` appended when there is
+ * neither a point nor an exponent (`1.0`, `0.005`, `1e+06`): a label value is compared as a string, so `1` and
+ * `1.0` would be two series. The text format keeps Go's `%g` itself (`1`), as Prometheus' Go client writes it.
+ */
+export function renderBound(value: string | number, openMetrics: boolean): string {
   const number = typeof value === 'number' ? value : Number(value);
   if (value === '' || Number.isNaN(number)) return String(value);
-  return goFloat(number);
+  const g = goFloat(number);
+  return openMetrics && /^-?\d+$/.test(g) ? `${g}.0` : g;
 }
 
 /** Go's `strconv.FormatFloat(value, 'g', -1, 64)`: the shortest digits, exponent form below 1e-4 or from 1e6. */

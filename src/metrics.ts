@@ -33,6 +33,8 @@ export interface GatewayMetrics {
    * (histogram bucket values carry their `exemplar`); src/metrics-exposition.ts renders the scrape.
    */
   readonly registry: Registry<OpenMetricsContentType>;
+  /** When the registry began counting, ms since the epoch: its counters' and histograms' `_created`. */
+  readonly startedAtMs: number;
   /** Whole request, s, until the response closed. Labels: method, route template, status, route name, error code. */
   readonly requestDuration: Histogram<RequestLabel>;
   /** Requests between arrival and response close, by method. */
@@ -72,6 +74,7 @@ export function createGatewayMetrics(): GatewayMetrics {
   // an exemplar-enabled instrument on a registry of the older text format.
   const registry = new Registry<OpenMetricsContentType>();
   registry.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
+  const startedAtMs = Date.now();
   const registers = [registry];
   const requestDuration = new Histogram({
     name: METRIC.requestDuration,
@@ -91,6 +94,7 @@ export function createGatewayMetrics(): GatewayMetrics {
   });
   const metrics: GatewayMetrics = {
     registry,
+    startedAtMs,
     requestDuration,
     activeRequests: new Gauge({ name: METRIC.activeRequests, help: 'HTTP server requests in progress.', labelNames: [METRIC_LABEL.method], registers }),
     upstreamDuration,
@@ -139,15 +143,16 @@ export function rateLimitDecisionCounters(metrics: GatewayMetrics, policy: strin
  * the Prometheus text format 0.0.4 (src/metrics-exposition.ts); 404 for anything else. A plain handler, not a
  * Koa app: Prometheus is its only client and a scrape should cost as little as possible.
  */
-export function metricsRequestListener(metrics: Pick<GatewayMetrics, 'registry'>, logger?: Logger): http.RequestListener {
-  return scrapeListener(() => metrics.registry.getMetricsAsJSON() as Promise<unknown> as Promise<MetricFamilyJSON[]>, logger);
+export function metricsRequestListener(metrics: Pick<GatewayMetrics, 'registry' | 'startedAtMs'>, logger?: Logger): http.RequestListener {
+  return scrapeListener(() => metrics.registry.getMetricsAsJSON() as Promise<unknown> as Promise<MetricFamilyJSON[]>, metrics.startedAtMs, logger);
 }
 
 /**
- * The scrape endpoint around `collect` (the registry as `getMetricsAsJSON()` gives it). The format is negotiated (RFC 9110 12.5.1, as OpenMetrics' "Protocol Negotiation" asks): a
+ * The scrape endpoint around `collect` (the registry as `getMetricsAsJSON()` gives it), counting since
+ * `startedAtMs`. The format is negotiated (RFC 9110 12.5.1, as OpenMetrics' "Protocol Negotiation" asks): a
  * client that parses only the text format 0.0.4 (promtool, older scrapers) cannot read OpenMetrics' exemplars.
  */
-function scrapeListener(collect: () => Promise<MetricFamilyJSON[]>, logger?: Logger): http.RequestListener {
+function scrapeListener(collect: () => Promise<MetricFamilyJSON[]>, startedAtMs: number, logger?: Logger): http.RequestListener {
   return function serveMetrics(req, res) {
     // The series name instance addresses: not for a page that reached this listener by DNS rebinding (src/admin.ts does the same).
     if (!isScrapeHost(req.headers.host)) {
@@ -168,7 +173,7 @@ function scrapeListener(collect: () => Promise<MetricFamilyJSON[]>, logger?: Log
     }
     collect().then(
       (families) => {
-        const text = renderExposition(families, format);
+        const text = renderExposition(families, format, startedAtMs / 1000);
         res.writeHead(200, { 'content-type': EXPOSITION_CONTENT_TYPE[format], 'cache-control': 'no-store', vary: 'Accept' });
         res.end(req.method === 'HEAD' ? undefined : text);
       },
@@ -207,10 +212,11 @@ export interface ClusterMetricsListenerOptions extends MetricsListenerOptions {
  * over the cluster channel and answers their sum. Each worker listening on the port itself would answer one
  * worker's counters per scrape, a different one each time: Prometheus would read every switch as a counter
  * reset. Sums are negotiated as one process's scrape is, without exemplars (an exemplar belongs to one
- * process's bucket); each worker's own, exemplars included, go out over OTLP.
+ * process's bucket); each worker's own, exemplars included, go out over OTLP. They count since this listener
+ * started (their `_created`), before the primary forks any worker; a replaced worker's counts stay in them.
  */
 export function listenClusterMetrics(options: ClusterMetricsListenerOptions): Promise<MetricsListener> {
-  return listenInternal(scrapeListener(clusterMetricsCollector(options.servingWorkers), options.logger), options);
+  return listenInternal(scrapeListener(clusterMetricsCollector(options.servingWorkers), Date.now(), options.logger), options);
 }
 
 /** prom-client's cluster messages (lib/cluster.js): its workers answer the request (shareMetricsWithPrimary). */

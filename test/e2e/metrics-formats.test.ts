@@ -11,7 +11,7 @@ import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
  * The scrape endpoint negotiates its format (OpenMetrics 1.0 "Protocol Negotiation", RFC 9110 12.5.1), on every
  * listener that serves it: one process's, and a cluster primary's sum of its workers. A client that asked only for
  * the Prometheus text format 0.0.4 (promtool, older scrapers) was answered OpenMetrics, whose exemplars it cannot
- * parse.
+ * parse; and OpenMetrics' `le` values were not canonical (`le="1"`, where the spec writes `1.0`).
  */
 // Real processes (a cluster: three), slow on a busy machine.
 jest.setTimeout(120_000);
@@ -31,12 +31,14 @@ describe.each([
   let receiver: OtlpReceiver;
   let gateway: GatewayProcess;
   let metricsUrl: string;
+  let startedAt: number;
   const scrapeAs = (accept: string | undefined, method = 'GET'): Promise<Answer> =>
     requestOnNewConnection(`${metricsUrl}/metrics`, { method, headers: accept === undefined ? {} : { accept } });
 
   beforeAll(async () => {
     upstream = await namedUpstream('api');
     receiver = await startOtlpReceiver();
+    startedAt = Date.now() / 1000;
     const route = (name: string, extra: Record<string, unknown> = {}) => ({ name, prefix: `/${name}`, service: 'api', upstreamPath: '', auth: 'public', ...extra });
     gateway = await startGatewayProcess({
       config: { services: { users: { url: upstream.url }, api: { url: upstream.url } }, routes: [route('api'), route('limited', { rateLimit: { max: 5, windowMs: 60_000 } })] },
@@ -82,10 +84,10 @@ describe.each([
       .map((sample) => `${sample.name}${JSON.stringify(Object.entries(sample.labels).map(([name, value]) => [name, name === 'le' ? Number(value) : value]))}`)
       .sort();
 
-  it('answers the text format without exemplars or # EOF, its counters named *_total, `le` as Go writes it', async () => {
+  it('answers the text format without exemplars, _created or # EOF, its counters named *_total, `le` as Go writes it', async () => {
     const answer = await scrapeAs('text/plain;version=0.0.4');
     const text = parsePrometheusText(answer.body);
-    expect(answer.body).not.toMatch(/# EOF|# \{/);
+    expect(answer.body).not.toMatch(/# EOF|_created|# \{/);
     expect(text.types.get(METRIC.rateLimitDecisions)).toBe('counter');
     expect(text.samples.filter((sample) => sample.name === METRIC.rateLimitDecisions).length).toBeGreaterThan(0);
     expect(new Set(text.samples.flatMap((sample) => sample.labels.le ?? []))).toEqual(new Set(['0.005', '0.01', '0.025', '0.05', '0.075', '0.1', '0.25', '0.5', '0.75', '1', '2.5', '5', '7.5', '10', '+Inf']));
@@ -93,8 +95,21 @@ describe.each([
     expect(seriesOf(text)).toEqual(seriesOf(parseOpenMetrics((await scrapeAs(PROMETHEUS_ACCEPT)).body)));
   });
 
-  it('answers OpenMetrics with exemplars only from one process', async () => {
-    const openMetrics = parseOpenMetrics((await scrapeAs(PROMETHEUS_ACCEPT)).body);
+  it('answers OpenMetrics with canonical `le` values, a _created for every counter and histogram series, and exemplars only from one process', async () => {
+    const answer = await scrapeAs(PROMETHEUS_ACCEPT);
+    const openMetrics = parseOpenMetrics(answer.body);
+    expect(new Set(openMetrics.samples.flatMap((sample) => sample.labels.le ?? []))).toEqual(new Set(['0.005', '0.01', '0.025', '0.05', '0.075', '0.1', '0.25', '0.5', '0.75', '1.0', '2.5', '5.0', '7.5', '10.0', '+Inf']));
+    const cumulative = [...openMetrics.types].filter(([, type]) => type === 'counter' || type === 'histogram').map(([name]) => name);
+    const withoutLe = (labels: Record<string, string>) => JSON.stringify(Object.entries(labels).filter(([name]) => name !== 'le'));
+    for (const family of cumulative) {
+      const series = new Set(openMetrics.samples.filter((sample) => sample.name === `${family}_total` || sample.name === `${family}_count`).map((sample) => withoutLe(sample.labels)));
+      const created = openMetrics.samples.filter((sample) => sample.name === `${family}_created`);
+      expect(new Set(created.map((sample) => withoutLe(sample.labels)))).toEqual(series);
+      // When the counts began: after this test started the process, before the first request.
+      for (const sample of created) expect(sample.value).toBeGreaterThanOrEqual(Math.floor(startedAt));
+      for (const sample of created) expect(sample.value).toBeLessThanOrEqual(Date.now() / 1000);
+    }
+    expect(openMetrics.samples.some((sample) => sample.name === `${METRIC.requestDuration}_created`)).toBe(true);
     // An exemplar belongs to one process's bucket: the primary's sum has none.
     expect(openMetrics.samples.some((sample) => sample.exemplar !== undefined)).toBe(workers === undefined);
   });

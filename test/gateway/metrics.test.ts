@@ -14,7 +14,8 @@ import { login, startStack, type StackOptions, type TestStack } from '../helpers
  */
 const DURATION = 'http_server_request_duration_seconds';
 const UPSTREAM = 'gateway_upstream_request_duration_seconds';
-const BUCKETS = ['0.005', '0.01', '0.025', '0.05', '0.075', '0.1', '0.25', '0.5', '0.75', '1', '2.5', '5', '7.5', '10', '+Inf'];
+/** OpenMetrics' canonical `le` values ("Canonical Numbers": `1.0`, not `1`). */
+const BUCKETS = ['0.005', '0.01', '0.025', '0.05', '0.075', '0.1', '0.25', '0.5', '0.75', '1.0', '2.5', '5.0', '7.5', '10.0', '+Inf'];
 
 let stack: TestStack | undefined;
 afterEach(async () => {

@@ -1,7 +1,7 @@
-import { negotiateExposition } from '../../src/metrics-exposition';
+import { negotiateExposition, renderBound } from '../../src/metrics-exposition';
 import { PROMETHEUS_ACCEPT } from '../helpers/openmetrics';
 
-/** The scrape's content negotiation (RFC 9110 12.5.1), case by case. */
+/** The scrape's content negotiation (RFC 9110 12.5.1) and OpenMetrics' canonical `le` rendering, case by case. */
 describe('negotiateExposition', () => {
   it.each([
     { desc: 'no Accept: the text format, as Prometheus client libraries answer', accept: undefined, format: 'text' },
@@ -31,5 +31,45 @@ describe('negotiateExposition', () => {
     { desc: 'nothing that parses, read as no Accept', accept: ';,/,=;', format: 'text' },
   ])('$desc: $format', ({ accept, format }) => {
     expect(negotiateExposition(accept)).toBe(format);
+  });
+});
+
+describe('renderBound', () => {
+  // OpenMetrics 1.0, "Considerations: Canonical Numbers": the examples it lists, as Go's %g with ".0" appended.
+  it.each([
+    [0, '0.0'],
+    [0.001, '0.001'],
+    [0.002, '0.002'],
+    [0.01, '0.01'],
+    [0.1, '0.1'],
+    [0.9, '0.9'],
+    [0.95, '0.95'],
+    [0.99, '0.99'],
+    [0.999, '0.999'],
+    [1, '1.0'],
+    [1.7, '1.7'],
+    [10, '10.0'],
+    [1e-10, '1e-10'],
+    [1e-9, '1e-09'],
+    [1e-5, '1e-05'],
+    [0.0001, '0.0001'],
+    [100000, '100000.0'],
+    [1e6, '1e+06'],
+    [1e10, '1e+10'],
+    [Infinity, '+Inf'],
+    ['+Inf', '+Inf'],
+  ])('OpenMetrics writes %p as %p', (value, expected) => {
+    expect(renderBound(value, true)).toBe(expected);
+  });
+
+  it.each([
+    [1, '1'],
+    [10, '10'],
+    [0.005, '0.005'],
+    [2.5, '2.5'],
+    [1e6, '1e+06'],
+    ['+Inf', '+Inf'],
+  ])('the text format writes %p as %p (Go %g)', (value, expected) => {
+    expect(renderBound(value, false)).toBe(expected);
   });
 });
