@@ -1,5 +1,5 @@
 import { webcrypto } from 'node:crypto';
-import { SignJWT, createRemoteJWKSet, customFetch, decodeProtectedHeader, jwtVerify, type FetchImplementation, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import { SignJWT, createRemoteJWKSet, customFetch, decodeProtectedHeader, jwksCache, jwtVerify, type ExportedJWKSCache, type FetchImplementation, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import type { AuthenticatedUser } from './context';
 
 /** The only algorithm the gateway's own tokens use; verification accepts nothing else (no `none`). */
@@ -140,16 +140,30 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
         return { user: ownIdentity(payload), trustedUntilMs: expiryMs(payload) };
       }
       if (providerKeys && providerOptions && jwks && alg !== undefined && jwks.algorithms.includes(alg)) {
+        // The set jose holds can change while a verification is under way (its key looked up, the signature checked
+        // on the thread pool, a refetch landing in between), so what the token is checked against is the set held
+        // once it verified: a key the provider withdrew (rotated, leaked) must stop working at once, for a token
+        // verified during the refetch too, and for one seen before, however far off the token's `exp`.
+        const before = providerKeys.current();
         const { payload, protectedHeader } = await jwtVerify(token, providerKeys.getKey, providerOptions);
-        // No longer than the key set it was checked against is trusted (from its fetch, not from this check), nor
-        // past a refetch that no longer holds its key: a key the provider withdrew (rotated, leaked) must stop
-        // working for a token seen before too, not only for new ones, however far off the token's `exp`.
-        const keySet = providerKeys.current();
-        const fetchedAtMs = keySet?.fetchedAtMs ?? Date.now();
+        const user = providerIdentity(payload, jwks.roleClaim, jwks.subjectPrefix);
+        const after = providerKeys.current();
+        const { kid } = protectedHeader;
+        const published = kid === undefined ? undefined : after?.keys.get(kid);
+        if (kid !== undefined && published === undefined) throw new TokenRejectedError('unknown_key', REJECTION_MESSAGE.unknown_key);
+        // Remembered only when the key that signed it is surely the one `after` publishes under its `kid`: the set
+        // did not change under the verification, or the `kid` named that key before too, or named none before and
+        // `after` is the very next set (the key can only have come from it). Otherwise (a token without `kid` that
+        // verified across a refetch) it is accepted this once, not remembered. No longer than the set is trusted
+        // (from its fetch, not from this check), nor past a refetch that drops or changes its key (stillPublished).
+        const nextSet = after !== undefined && after.generation === (before?.generation ?? 0) + 1;
+        const earlier = kid === undefined ? undefined : before?.keys.get(kid);
+        const certain = before === after || (kid === undefined ? nextSet && before === undefined : earlier === published || (nextSet && earlier === undefined));
+        if (after === undefined || !certain) return { user, trustedUntilMs: 0 };
         return {
-          user: providerIdentity(payload, jwks.roleClaim, jwks.subjectPrefix),
-          trustedUntilMs: Math.min(expiryMs(payload), fetchedAtMs + jwks.cacheMaxAgeMs),
-          stillPublished: () => providerKeys.stillPublished(keySet, protectedHeader.kid),
+          user,
+          trustedUntilMs: Math.min(expiryMs(payload), after.fetchedAtMs + jwks.cacheMaxAgeMs),
+          stillPublished: () => providerKeys.stillPublished(after, kid, published),
         };
       }
     } catch (error) {
@@ -183,31 +197,49 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
   };
 }
 
-/** A key set as fetched: when, and the `kid`s it held. */
+/** A key set as jose holds it: since when, and each key it publishes by `kid`. */
 interface FetchedKeySet {
+  /** 1 for the first set jose held, then one more for each set it switched to. */
+  generation: number;
   fetchedAtMs: number;
-  kids: ReadonlySet<string>;
+  /** Each `kid` with its JWK as published (JSON, members sorted): a `kid` reused for other key material is another key. */
+  keys: ReadonlyMap<string, string>;
 }
 
 /**
  * The provider's keys (cached, refetched on an unknown `kid` at most once per cooldown, each fetch bounded by
  * `timeoutMs`), with failures sorted at this boundary: a key the token names but the set lacks is the token's
  * fault; failing to get the set at all is a TokenVerifierUnavailableError. jwtVerify passes both on unchanged.
- * `current` is the key set last fetched (the one jose verifies with); `stillPublished` says whether the key a
- * token named (`kid`) when it verified against `used` is in it still (one without a `kid`: the set was not refetched).
+ * `current` is the key set jose verifies with now; `stillPublished` says whether a token remembered as verified
+ * against `used` may still be trusted: the set is the same, or its `kid` still names the same key (`published`).
  */
-function providerKeyLookup(jwks: JwksOptions): { getKey: JWTVerifyGetKey; current(): FetchedKeySet | undefined; stillPublished(used: FetchedKeySet | undefined, kid: string | undefined): boolean } {
+function providerKeyLookup(jwks: JwksOptions): {
+  getKey: JWTVerifyGetKey;
+  current(): FetchedKeySet | undefined;
+  stillPublished(used: FetchedKeySet, kid: string | undefined, published: string | undefined): boolean;
+} {
   let current: FetchedKeySet | undefined;
+  // jose writes its cache export at the moment it switches to a newly fetched set, and only then (not for a set
+  // it refuses as malformed, nor for an older fetch that lands late): mirrored from there, `current` is always
+  // the set jose looks keys up in, never one a fetch returned that jose does not use yet. Its `uat` of 0 is
+  // never fresh, so jose starts without a set, as without this option.
+  const mirror = {
+    uat: 0,
+    set jwks(keySet: JSONWebKeySet) {
+      current = { generation: (current?.generation ?? 0) + 1, fetchedAtMs: Date.now(), keys: publishedKeys(keySet) };
+    },
+  } as ExportedJWKSCache;
   const remote = createRemoteJWKSet(new URL(jwks.url), {
     timeoutDuration: jwks.timeoutMs,
     cooldownDuration: jwks.cooldownMs,
     cacheMaxAge: jwks.cacheMaxAgeMs,
-    [customFetch]: jwksFetch(Math.min(jwks.cooldownMs, JWKS_FAILURE_BACKOFF_MS), (keySet) => (current = keySet)),
+    [jwksCache]: mirror,
+    [customFetch]: jwksFetch(Math.min(jwks.cooldownMs, JWKS_FAILURE_BACKOFF_MS)),
   });
   return {
     getKey: providerKey,
     current: () => current,
-    stillPublished: (used, kid) => used === current || (kid !== undefined && current !== undefined && current.kids.has(kid)),
+    stillPublished: (used, kid, published) => used === current || (kid !== undefined && current?.keys.get(kid) === published),
   };
   async function providerKey(...[header, token]: Parameters<JWTVerifyGetKey>) {
     try {
@@ -219,6 +251,15 @@ function providerKeyLookup(jwks: JwksOptions): { getKey: JWTVerifyGetKey; curren
       throw new TokenVerifierUnavailableError(`The identity provider's keys could not be fetched from ${jwks.url} (${why}).`, { cause: error });
     }
   };
+}
+
+/** The keys of a set by `kid`, each as its JSON with sorted members (the same key however the provider orders them). */
+function publishedKeys(keySet: JSONWebKeySet): Map<string, string> {
+  const keys = new Map<string, string>();
+  for (const key of keySet.keys) {
+    if (typeof key.kid === 'string') keys.set(key.kid, JSON.stringify(key, Object.keys(key).sort()));
+  }
+  return keys;
 }
 
 /** Largest key set read, bytes: a real one is a few KB (tens with certificate chains); a bigger answer is refused unread. */
@@ -233,7 +274,7 @@ const JWKS_FAILURE_BACKOFF_MS = 5000;
  * 200 with a JSON key set is a failure that later fetches repeat for `backoffMs` without asking the provider
  * again, instead of sending it one request per provider token while it is failing.
  */
-function jwksFetch(backoffMs: number, fetched: (keySet: FetchedKeySet) => void): FetchImplementation {
+function jwksFetch(backoffMs: number): FetchImplementation {
   let lastFailure: { at: number; error: unknown } | undefined;
   return async (url, init) => {
     if (lastFailure && Date.now() - lastFailure.at < backoffMs) throw lastFailure.error;
@@ -244,8 +285,6 @@ function jwksFetch(backoffMs: number, fetched: (keySet: FetchedKeySet) => void):
       const keySet: unknown = JSON.parse(text);
       if (typeof keySet !== 'object' || keySet === null || !Array.isArray((keySet as { keys?: unknown }).keys)) throw Object.assign(new Error('the JWKS answer is not a key set'), { code: 'ERR_JWKS_INVALID' });
       lastFailure = undefined;
-      const kids = (keySet as { keys: unknown[] }).keys.map((key) => (key as { kid?: unknown } | null)?.kid).filter((kid): kid is string => typeof kid === 'string');
-      fetched({ fetchedAtMs: Date.now(), kids: new Set(kids) });
       return new Response(text, { status: 200, headers: { 'content-type': 'application/json' } });
     } catch (error) {
       lastFailure = { at: Date.now(), error };

@@ -1,10 +1,39 @@
-import { exportJWK, exportSPKI, generateKeyPair, importJWK, SignJWT, type CryptoKey, type JWK } from 'jose';
+import { exportJWK, exportSPKI, generateKeyPair, importJWK, jwtVerify, SignJWT, type CryptoKey, type JWK, type JWTVerifyGetKey } from 'jose';
 import { HEADER } from '../../otel/wire-names';
 import { MAX_JWKS_BYTES } from '../../src/tokens';
 import { listen } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
 import { signToken } from '../helpers/tokens';
 import { waitFor } from '../helpers/wait';
+
+// jose's own jwtVerify, passed through unless a test holds one verification (holdVerification).
+jest.mock('jose', () => {
+  const actual = jest.requireActual<typeof import('jose')>('jose');
+  return { ...actual, jwtVerify: jest.fn(actual.jwtVerify) };
+});
+const verifications = jest.mocked(jwtVerify);
+
+/**
+ * Holds the gateway's verification of `token` once its key was looked up, before the signature is checked, until
+ * `release()`: a verification under way, for as long as the test needs, without sleeping.
+ */
+function holdVerification(token: string) {
+  const actual = jest.requireActual<typeof import('jose')>('jose').jwtVerify;
+  let keyFound!: () => void;
+  let release!: () => void;
+  const found = new Promise<void>((resolve) => (keyFound = resolve));
+  const released = new Promise<void>((resolve) => (release = resolve));
+  verifications.mockImplementation(((presented: string, key: JWTVerifyGetKey, options: object) => {
+    if (presented !== token || typeof key !== 'function') return actual(presented, key, options);
+    return actual(presented, async (...args: Parameters<JWTVerifyGetKey>) => {
+      const looked = await key(...args);
+      keyFound();
+      await released;
+      return looked;
+    }, options);
+  }) as typeof jwtVerify);
+  return { keyFound: found, release };
+}
 
 const ISSUER = 'https://id.example.test/';
 const AUDIENCE = 'koa-gateway-api';
@@ -40,9 +69,9 @@ async function startJwksServer() {
   return Object.assign(server, { state });
 }
 
-function providerToken(key: ProviderKey, claims: Record<string, unknown> = {}, options: { issuer?: string; audience?: string; expiresIn?: string } = {}): Promise<string> {
+function providerToken(key: ProviderKey, claims: Record<string, unknown> = {}, options: { issuer?: string; audience?: string; expiresIn?: string; withoutKid?: boolean } = {}): Promise<string> {
   return new SignJWT({ email: 'dana@example.test', ...claims })
-    .setProtectedHeader({ alg: key.alg, kid: key.kid })
+    .setProtectedHeader(options.withoutKid ? { alg: key.alg } : { alg: key.alg, kid: key.kid })
     .setSubject(typeof claims.sub === 'string' ? claims.sub : 'idp-dana')
     .setIssuer(options.issuer ?? ISSUER)
     .setAudience(options.audience ?? AUDIENCE)
@@ -98,6 +127,84 @@ describe('a provider token remembered as verified', () => {
     expect(await call(await providerToken(fresh, { sub: 'idp-fresh' }))).toBe(200);
     expect(jwks.state.fetches).toBeGreaterThan(fetches);
     expect(await call(late)).toBe(401);
+  });
+});
+
+describe('a provider key withdrawn while a token signed with it is being verified', () => {
+  let jwks: Awaited<ReturnType<typeof startJwksServer>>;
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    jwks = await startJwksServer();
+    stack = await startStack({
+      env: { JWKS_URL: `${jwks.url}/.well-known/jwks.json`, JWKS_ISSUER: ISSUER, JWKS_AUDIENCE: AUDIENCE, RATE_LIMIT_MAX: '100000' },
+      // The verified-token cache on, a key set trusted far longer than the test runs, and a refetch for every unknown kid.
+      overrides: { auth: { jwks: { url: 'http://placeholder', issuer: 'x', audience: 'x', timeoutMs: 2000, cooldownMs: 0, cacheMaxAgeMs: 600_000 } } },
+    });
+  });
+  afterAll(async () => {
+    await stack.close();
+    await jwks.close();
+  });
+  afterEach(() => verifications.mockImplementation(jest.requireActual<typeof import('jose')>('jose').jwtVerify));
+
+  const call = async (token: string) => (await fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } })).status;
+  /** Publishes `keys` and sends a token naming a kid the gateway does not know: the refetch has landed when this resolves. */
+  async function rotateTo(keys: ProviderKey[], trigger: ProviderKey) {
+    jwks.state.keys = keys;
+    const fetches = jwks.state.fetches;
+    const status = await call(await providerToken(trigger, { sub: 'idp-trigger' }));
+    expect(jwks.state.fetches).toBe(fetches + 1);
+    return status;
+  }
+
+  // It was remembered as checked against the new set, which it was not, and stayed accepted until its key set aged out.
+  it('refuses the token, then and later, when the refetch that dropped its kid landed during its verification', async () => {
+    const withdrawn = await providerKey('race-withdrawn', 'RS256');
+    const next = await providerKey('race-next', 'RS256');
+    jwks.state.keys = [withdrawn];
+    expect(await call(await providerToken(withdrawn, { sub: 'idp-before' }))).toBe(200);
+    const during = await providerToken(withdrawn, { sub: 'idp-during' });
+    const held = holdVerification(during);
+    const answer = call(during);
+    await held.keyFound;
+    expect(await rotateTo([next], next)).toBe(200);
+    held.release();
+    expect(await answer).toBe(401);
+    expect(await call(during)).toBe(401);
+  });
+
+  it('does not remember a token without kid that verified across a refetch (it stayed accepted with its key withdrawn)', async () => {
+    const unnamed = await providerKey('race-unnamed', 'RS256');
+    const named = await providerKey('race-named-ec', 'ES256');
+    const next = await providerKey('race-named', 'RS256');
+    // Published without kid: a token without one is checked against the only key of its algorithm.
+    const { kid: _, ...jwkWithoutKid } = unnamed.jwk;
+    expect(await rotateTo([{ ...unnamed, jwk: jwkWithoutKid }, named], named)).toBe(200);
+    expect(await call(await providerToken(unnamed, { sub: 'idp-unnamed-before' }, { withoutKid: true }))).toBe(200);
+    const during = await providerToken(unnamed, { sub: 'idp-unnamed-during' }, { withoutKid: true });
+    const held = holdVerification(during);
+    const answer = call(during);
+    await held.keyFound;
+    expect(await rotateTo([next], next)).toBe(200);
+    held.release();
+    // Its key was published when it arrived, and which key signed it cannot be told apart: accepted this once...
+    expect(await answer).toBe(200);
+    // ...and checked again next time, against the key published now.
+    expect(await call(during)).toBe(401);
+  });
+
+  it('stops trusting a remembered token once a refetch publishes other key material under its kid (the kid alone kept it)', async () => {
+    const first = await providerKey('race-reused', 'RS256');
+    const second = await providerKey('race-reused', 'RS256');
+    jwks.state.keys = [first];
+    const token = await providerToken(first, { sub: 'idp-reused' });
+    expect(await call(token)).toBe(200);
+    expect(await call(token)).toBe(200);
+    // Remembered: verified once for the two requests.
+    expect(verifications.mock.calls.filter(([verified]) => verified === token)).toHaveLength(1);
+    expect(await rotateTo([second], await providerKey('race-unpublished', 'RS256'))).toBe(401);
+    expect(await call(token)).toBe(401);
   });
 });
 
