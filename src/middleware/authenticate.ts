@@ -42,12 +42,17 @@ export function authenticationChallenge(realm: string, methods: Iterable<AuthMet
 
 /**
  * Compact JWS: three base64url parts. Anything else is refused before any crypto runs. The scheme name is
- * case-insensitive (RFC 9110 section 11.1).
+ * case-insensitive (RFC 9110 section 11.1), and one or more spaces, only spaces, follow it (`1*SP`: RFC 9110
+ * section 11.4, RFC 6750 section 2.1); a tab there is refused. The token's characters exclude the space, so the
+ * match never backtracks.
  */
-const BEARER = /^[Bb][Ee][Aa][Rr][Ee][Rr] ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)$/;
+const BEARER = /^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)$/;
 
-/** `Authorization: ApiKey <key>`, the scheme in any case; the key's own shape is the registry's to judge. */
-const API_KEY_SCHEME = /^apikey(?: (.*))?$/is;
+/**
+ * `Authorization: ApiKey <key>`, the scheme in any case and `1*SP` after it, as for Bearer; the key's own shape
+ * is the registry's to judge.
+ */
+const API_KEY_SCHEME = /^apikey(?: +(.*))?$/is;
 
 /**
  * Verifies the credential on routes that require one, by the methods the route accepts: a bearer token

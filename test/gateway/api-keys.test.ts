@@ -101,6 +101,9 @@ describe('API keys and consumers', () => {
       { desc: 'as Authorization: ApiKey', headers: () => ({ authorization: `ApiKey ${ACME_KEY}` }) },
       { desc: 'as Authorization with the scheme in lower case (schemes are case-insensitive, RFC 9110 11.1)', headers: () => ({ authorization: `apikey ${ACME_KEY}` }) },
       { desc: 'as Authorization with the scheme in upper case', headers: () => ({ authorization: `APIKEY ${ACME_KEY}` }) },
+      // It was refused: RFC 9110 11.4 allows any number of spaces (1*SP) after the scheme.
+      { desc: 'as Authorization with two spaces after the scheme', headers: () => ({ authorization: `ApiKey  ${ACME_KEY}` }) },
+      { desc: 'as Authorization with four spaces after a lower-case scheme', headers: () => ({ authorization: `apikey    ${ACME_KEY}` }) },
       { desc: 'the consumer’s second key (rotation)', headers: () => ({ 'X-API-Key': ACME_SECOND_KEY }) },
     ])('$desc reaches the service as X-Consumer-Id, the key itself never', async ({ headers }) => {
       const requestId = nextRequestId();
@@ -185,6 +188,16 @@ describe('API keys and consumers', () => {
       const requestId = nextRequestId();
       const head = Buffer.concat([Buffer.from(`GET /api/either HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\nX-API-Key: `), value, Buffer.from('\r\n\r\n')]);
       expect(await sendRaw(url, head)).toBe(status);
+      expect(seenWithRequestId(requestId)).toEqual([]);
+    });
+
+    it.each([
+      { desc: 'a tab', authorization: () => `ApiKey\t${ACME_KEY}` },
+      { desc: 'a space and a tab', authorization: () => `ApiKey \t${ACME_KEY}` },
+      { desc: 'nothing', authorization: () => `ApiKey${ACME_KEY}` },
+    ])('refuses a valid key after $desc in place of the spaces (RFC 9110 11.4: 1*SP), reaching no service', async ({ authorization }) => {
+      const requestId = nextRequestId();
+      expect((await send(url, '/api/either', { authorization: authorization(), [HEADER.requestId]: requestId })).status).toBe(401);
       expect(seenWithRequestId(requestId)).toEqual([]);
     });
 

@@ -122,7 +122,10 @@ describe('hostile input at the gateway', () => {
       { desc: 'Bearer with nothing after it', authorization: async () => 'Bearer ', code: 'invalid_token' },
       { desc: 'Bearer with garbage', authorization: async () => 'Bearer not-a-jwt', code: 'invalid_token' },
       { desc: 'Bearer with three garbage parts', authorization: async () => 'Bearer aaa.bbb.ccc', code: 'invalid_token' },
-      { desc: 'a real token after two spaces', authorization: async () => `Bearer  ${bob}`, code: 'invalid_token' },
+      // RFC 9110 11.4 and RFC 6750 2.1 allow spaces (1*SP) between scheme and token, nothing else.
+      { desc: 'a real token after a tab', authorization: async () => `Bearer\t${bob}`, code: 'invalid_token' },
+      { desc: 'a real token after a space and a tab', authorization: async () => `Bearer \t${bob}`, code: 'invalid_token' },
+      { desc: 'a real token right after the scheme', authorization: async () => `Bearer${bob}`, code: 'invalid_token' },
       { desc: 'an unsigned alg: none token', authorization: async () => `Bearer ${unsignedToken()}`, code: 'invalid_token' },
       { desc: 'an HS256 token signed with the wrong secret', authorization: async () => `Bearer ${await signToken({ secret: 'not-the-gateway-secret-but-just-as-long' })}`, code: 'invalid_token' },
       { desc: 'an expired token', authorization: async () => `Bearer ${await signToken({ expiresInSeconds: -3600 })}`, code: 'invalid_token' },
@@ -151,6 +154,17 @@ describe('hostile input at the gateway', () => {
       expect(reached()).toBe(before);
       await expectStillServing();
     });
+  });
+
+  // It was refused with one space more: RFC 9110 11.4 (`auth-scheme 1*SP token68`) and RFC 6750 2.1 allow any number.
+  it.each([
+    { desc: 'two spaces after the scheme', authorization: () => `Bearer  ${bob}` },
+    { desc: 'five spaces after the scheme', authorization: () => `Bearer     ${bob}` },
+    { desc: 'two spaces after the scheme in lower case', authorization: () => `bearer  ${bob}` },
+  ])('accepts a real token with $desc', async ({ authorization }) => {
+    const reply = await send(url, '/api/users/2', { headers: { authorization: authorization() } });
+    expect(reply.status).toBe(200);
+    expect(JSON.parse(reply.text)).toMatchObject({ id: '2', email: 'bob@example.com' });
   });
 
   describe('forged identity headers', () => {

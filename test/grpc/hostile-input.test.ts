@@ -124,6 +124,16 @@ describe('gRPC transcoding of hostile input', () => {
     expect(entries).not.toHaveProperty(HEADER.apiKey);
   });
 
+  // The same parser as HTTP routes: RFC 9110 11.4 allows any number of spaces (1*SP) after the scheme.
+  it('takes an API key sent as Authorization with spaces after the scheme, and passes neither on as metadata', async () => {
+    const response = await call('/api/keyed-hostile/metadata', { headers: { authorization: `ApiKey   ${ACME_KEY}` } });
+    expect(response.status).toBe(200);
+    const { entries } = (await response.json()) as { entries: Record<string, string> };
+    expect(entries[HEADER.consumerId]).toBe('acme');
+    expect(entries).not.toHaveProperty('authorization');
+    expect(JSON.stringify(entries)).not.toContain(ACME_KEY);
+  });
+
   it('never turns reserved or binary client headers into metadata (deadline, encoding, status, -bin)', async () => {
     const response = await call('/api/hostile/metadata', {
       headers: { 'grpc-timeout': '1n', 'grpc-encoding': 'gzip', 'grpc-status': '0', 'x-trace-bin': 'AAAA', 'x-user-id-bin': 'AAAA', 'x-kept': 'yes' },
