@@ -2,6 +2,7 @@ import type { Context as OtelContext } from '@opentelemetry/api';
 import type {} from 'koa';
 import type { CacheResult } from '../otel/wire-names';
 import type { Consumer } from './consumers';
+import type { CheckedRateLimit } from './middleware/rate-limit';
 import type { ResponseTap } from './response-cache';
 import type { CompiledRoute } from './routes';
 
@@ -32,6 +33,8 @@ export interface GatewayState {
   corsApplied?: boolean;
   /** onResponseClosed (src/response-closed.ts): what runs once the response is over, in order. */
   onResponseClosed?: (() => void)[];
+  /** createRateLimiter: every limit policy this request met, most restrictive first, for the rate-limit fields. */
+  rateLimits?: CheckedRateLimit[];
   /** createErrorHandler: the error code of a failed request, for the access log. */
   errorCode?: string;
   /** createResponseCache: how the cache answered, for the access log (routes with `cache` only). */

@@ -1,5 +1,4 @@
 import { Redis } from 'ioredis';
-import type { Context } from 'koa';
 import type { Logger } from '../otel/logger';
 import { BoundedWindowStore } from './middleware/rate-limit';
 
@@ -92,7 +91,7 @@ export async function waitForRedis(redis: Redis, timeoutMs: number): Promise<boo
   });
 }
 
-/** One client's window as koa-ratelimit reports it: `remaining` before this request, `reset` in epoch seconds. */
+/** One client's window as a store reports it: `remaining` before this request, `reset` in epoch seconds. */
 export interface WindowState {
   remaining: number;
   reset: number;
@@ -109,20 +108,60 @@ export interface PrimaryStoreClient {
   take(policy: string, client: string, max: number, windowMs: number): Promise<WindowState>;
 }
 
+/** One request's count: whether it is admitted, what the window has left after it, and when it admits again. */
+export interface WindowCount {
+  admitted: boolean;
+  remaining: number;
+  total: number;
+  /** Epoch seconds, never before the window admits again (a store that rounds it is rounded up). */
+  reset: number;
+}
+
+/** A policy's windows in one store (RateLimitStore in middleware/rate-limit.ts). */
+export interface WindowCounter {
+  /** Counts one request of `client`. */
+  take(client: string): Promise<WindowCount>;
+}
+
+/** A window as koa-ratelimit's drivers and the primary report it (`remaining` before this request) as a count. */
+function counted(window: WindowState): WindowCount {
+  const admitted = window.remaining > 0;
+  return { admitted, remaining: admitted ? window.remaining - 1 : 0, total: window.total, reset: window.reset };
+}
+
+interface DriverOptions {
+  id: string;
+  max: number;
+  duration: number;
+  namespace: string;
+}
+// koa-ratelimit's two drivers, without its middleware: that one writes X-RateLimit-* itself, so the limit checked
+// last described a request limited by two (src/middleware/rate-limit.ts writes them for all at once).
+type Driver = { get(): Promise<WindowState> };
+const MemoryDriver = require('koa-ratelimit/limiter/memory') as new (options: DriverOptions & { db: Map<string, unknown> }) => Driver;
+const RedisDriver = require('koa-ratelimit/limiter/redis') as new (options: DriverOptions & { db: Redis }) => Driver;
+
+export type WindowCounterStore =
+  | { kind: 'memory'; db: Map<string, unknown> }
+  | { kind: 'primary'; client: PrimaryStoreClient }
+  | { kind: 'redis'; client: Redis; keyPrefix: string };
+
 /**
- * koa-ratelimit's middleware contract (same headers, `next` only under the limit, nothing written over it)
- * for windows counted in the primary, so createRateLimiter treats it like the memory and Redis drivers.
+ * One policy's counter. `storeName` keys its windows (memory and Redis keep koa-ratelimit's `<namespace>:<client>`
+ * keys, so counts carry over an upgrade); `windowPolicy` names them in the primary.
  */
-export function createPrimaryLimit(options: { client: PrimaryStoreClient; policy: string; max: number; windowMs: number; id: (ctx: Context) => string }) {
-  const { client, policy, max, windowMs, id } = options;
-  return async function limitInPrimary(ctx: Context, next: () => Promise<void>): Promise<void> {
-    const window = await client.take(policy, id(ctx), max, windowMs);
-    // Node's setHeader, not ctx.set (per-call arrays and closures): see writeStandardHeaders (middleware/rate-limit.ts).
-    ctx.res.setHeader('X-RateLimit-Remaining', String(window.remaining > 0 ? window.remaining - 1 : 0));
-    ctx.res.setHeader('X-RateLimit-Reset', String(window.reset));
-    ctx.res.setHeader('X-RateLimit-Limit', String(window.total));
-    if (window.remaining > 0) await next();
-  };
+export function createWindowCounter(store: WindowCounterStore, options: { storeName: string; windowPolicy: string; max: number; windowMs: number }): WindowCounter {
+  const { storeName, windowPolicy, max, windowMs } = options;
+  if (store.kind === 'primary') {
+    return { take: async (client) => counted(await store.client.take(windowPolicy, client, max, windowMs)) };
+  }
+  if (store.kind === 'redis') {
+    const namespace = `${store.keyPrefix}:${storeName}`;
+    const driver = (id: string) => new RedisDriver({ db: store.client, id, max, duration: windowMs, namespace });
+    return { take: async (client) => counted(await driver(client).get()) };
+  }
+  const { db } = store;
+  return { take: async (client) => counted(await new MemoryDriver({ db, id: client, max, duration: windowMs, namespace: storeName }).get()) };
 }
 
 /**

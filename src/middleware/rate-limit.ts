@@ -2,14 +2,13 @@ import net from 'node:net';
 import { trace } from '@opentelemetry/api';
 import type { Redis } from 'ioredis';
 import type { Context, Middleware } from 'koa';
-import ratelimit from 'koa-ratelimit';
 import { atMostEvery, type Logger } from '../../otel/logger';
 import { ATTR } from '../../otel/wire-names';
 import { GatewayError, isGatewayError } from '../errors';
 import { rateLimitDecisionCounters, type GatewayMetrics } from '../metrics';
-import { createPrimaryLimit, type PrimaryStoreClient, type RateLimitWindows } from '../rate-limit-store';
+import { createWindowCounter, type PrimaryStoreClient, type RateLimitWindows, type WindowCount } from '../rate-limit-store';
 
-/** The state koa-ratelimit's memory driver keeps per client; `reset` is in epoch seconds. */
+/** The state a memory window keeps per client (koa-ratelimit's driver, leases); `reset` is in epoch seconds. */
 interface WindowEntry {
   reset: number;
 }
@@ -81,15 +80,24 @@ export interface RateLimiter {
   check(ctx: Context, next: () => Promise<void>, key?: string): Promise<void>;
 }
 
+/** A policy checked for the current request: what the rate-limit fields say of it (`ctx.state.rateLimits`). */
+export interface CheckedRateLimit {
+  name: string;
+  /** Its `RateLimit-Policy` item. */
+  policy: string;
+  windowSeconds: number;
+  count: WindowCount;
+}
+
 /** How often a store outage is logged while it lasts, ms. */
 const STORE_FAILURE_LOG_INTERVAL_MS = 10_000;
 
 /**
- * One limit policy: koa-ratelimit's window counting with its `X-RateLimit-*` headers, plus the IETF
- * `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers) and an integer
- * `Retry-After`. Exceeding the limit becomes a `rate_limited` GatewayError (429). koa-ratelimit has no
- * answer for a store that fails, so that case is decided here by `onStoreFailure`, logged once per interval
- * and recorded on the request's span.
+ * One limit policy: a window per client counted in the store (koa-ratelimit's drivers, or the primary), the
+ * `X-RateLimit-*` fields and the IETF `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers)
+ * of every policy the request met, and an integer `Retry-After`. Exceeding the limit becomes a `rate_limited`
+ * GatewayError (429). A store that fails is decided by `onStoreFailure`, logged once per interval and recorded on
+ * the request's span.
  */
 export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
   const { store, logger } = options;
@@ -97,25 +105,15 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
   const policy = `"${options.name}";q=${options.max};w=${windowSeconds}`;
   const onStoreFailure = options.onStoreFailure ?? 'allow';
   const ipv6PrefixLength = options.ipv6PrefixLength ?? 64;
-  // koa-ratelimit asks for the key through `id(ctx)`; check() decides it and hands it over here.
-  const keys = new WeakMap<Context, string>();
-  const id = (ctx: Context) => keys.get(ctx) ?? clientNetworkKey(ctx.ip, ipv6PrefixLength);
   // Where its windows are, in every store. The gateway's own keep their bare names (none starts with `route:`),
   // so their counts in Redis carry over an upgrade; a route's start afresh once under the new key.
   const storeName = options.owner === 'route' ? `route:${options.name}` : options.name;
   // The policy's identity for windows kept across reloads: an unchanged limit keeps its counts.
   const windowPolicy = `${storeName}|${options.max}|${options.windowMs}`;
-  const limit =
-    store.kind === 'primary'
-      ? createPrimaryLimit({ client: store.client, policy: windowPolicy, max: options.max, windowMs: options.windowMs, id })
-      : ratelimit({
-          ...(store.kind === 'redis'
-            ? { driver: 'redis' as const, db: store.client, namespace: `${store.keyPrefix}:${storeName}` }
-            : { driver: 'memory' as const, db: store.windows?.for(windowPolicy, store.maxTrackedClients) ?? new BoundedWindowStore(store.maxTrackedClients), namespace: storeName }),
-          duration: options.windowMs,
-          max: options.max,
-          id,
-        });
+  const counter = createWindowCounter(
+    store.kind === 'memory' ? { kind: 'memory', db: store.windows?.for(windowPolicy, store.maxTrackedClients) ?? new BoundedWindowStore(store.maxTrackedClients) } : store,
+    { storeName, windowPolicy, max: options.max, windowMs: options.windowMs },
+  );
   const mayLogFailure = atMostEvery(STORE_FAILURE_LOG_INTERVAL_MS);
   const decided = options.metrics && rateLimitDecisionCounters(options.metrics, options.name);
 
@@ -132,29 +130,28 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
     await next();
   }
 
+  function refuse(ctx: Context, count: WindowCount): never {
+    const retryAfter = Math.max(1, recordCheck(ctx, { name: options.name, policy, windowSeconds, count }));
+    trace.getActiveSpan()?.setAttribute(ATTR.rateLimitDecision, 'limited');
+    decided?.limited.inc();
+    throw new GatewayError('rate_limited', `Rate limit of ${options.max} requests per ${windowSeconds} s exceeded; retry in ${retryAfter} s.`, {
+      headers: { 'Retry-After': String(retryAfter) },
+    });
+  }
+
   return {
     name: options.name,
     async check(ctx, next, key = clientNetworkKey(ctx.ip, ipv6PrefixLength)) {
-      keys.set(ctx, key);
-      let passed = false;
+      let count: WindowCount;
       try {
-        await limit(ctx, async () => {
-          passed = true;
-          decided?.allowed.inc();
-          writeStandardHeaders(ctx, policy, options.name);
-          await next();
-        });
+        count = await counter.take(key);
       } catch (error) {
-        if (passed) throw error;
         return storeFailed(ctx, next, error);
       }
-      if (passed) return;
-      const retryAfter = Math.max(1, writeStandardHeaders(ctx, policy, options.name));
-      trace.getActiveSpan()?.setAttribute(ATTR.rateLimitDecision, 'limited');
-      decided?.limited.inc();
-      throw new GatewayError('rate_limited', `Rate limit of ${options.max} requests per ${windowSeconds} s exceeded; retry in ${retryAfter} s.`, {
-        headers: { 'Retry-After': String(retryAfter) },
-      });
+      if (!count.admitted) refuse(ctx, count);
+      decided?.allowed.inc();
+      recordCheck(ctx, { name: options.name, policy, windowSeconds, count });
+      await next();
     },
   };
 }
@@ -211,19 +208,31 @@ function groupMask(bits: number): number {
   return (0xffff << (16 - bits)) & 0xffff;
 }
 
-/** Writes the IETF fields beside koa-ratelimit's and returns the whole seconds until the window resets. */
-function writeStandardHeaders(ctx: Context, policy: string, name: string): number {
-  // The memory driver reports a fractional epoch; clients expect whole seconds.
-  // Node's own getHeader/setHeader: Koa's ctx.response.get copies every response header per call, and ctx.set
-  // builds arrays and closures per call; these run on every request.
+/**
+ * Adds a policy to the request's and writes the rate-limit fields for all of them; returns the whole seconds until
+ * the most restrictive one admits again (its Retry-After). With several (login per client and per account, a route
+ * and a consumer), the fields of the one checked last said "7 left" to a client whose next request was refused:
+ * `X-RateLimit-*` now describe the most restrictive (least remaining; of equals, the one that resets last), and
+ * `RateLimit-Policy` / `RateLimit` list every policy, that one first (draft-ietf-httpapi-ratelimit-headers-08 and
+ * later: both fields are lists, one item per policy).
+ */
+function recordCheck(ctx: Context, checked: CheckedRateLimit): number {
+  const all = (ctx.state.rateLimits ??= []);
+  const same = all.findIndex((each) => each.name === checked.name);
+  if (same === -1) all.push(checked);
+  else all[same] = checked;
+  if (all.length > 1) all.sort((a, b) => a.count.remaining - b.count.remaining || b.count.reset - a.count.reset);
+  const nowSeconds = Date.now() / 1000;
+  const secondsLeft = (each: CheckedRateLimit) => Math.max(0, Math.ceil(each.count.reset - nowSeconds));
+  // Node's own getHeader/setHeader: Koa's ctx.set builds arrays and closures per call; these run on every request.
   const { res } = ctx;
-  const resetAt = Number(res.getHeader('x-ratelimit-reset'));
-  const secondsLeft = Math.max(0, Math.ceil(resetAt - Date.now() / 1000));
-  const remaining = Number(res.getHeader('x-ratelimit-remaining'));
-  res.setHeader('X-RateLimit-Reset', String(Math.ceil(resetAt)));
-  res.setHeader('RateLimit-Policy', policy);
-  res.setHeader('RateLimit', `"${name}";r=${remaining};t=${secondsLeft}`);
-  return secondsLeft;
+  const first = all[0]!;
+  res.setHeader('X-RateLimit-Limit', String(first.count.total));
+  res.setHeader('X-RateLimit-Remaining', String(first.count.remaining));
+  res.setHeader('X-RateLimit-Reset', String(Math.ceil(first.count.reset)));
+  res.setHeader('RateLimit-Policy', all.length === 1 ? first.policy : all.map((each) => each.policy).join(', '));
+  res.setHeader('RateLimit', all.map((each) => `"${each.name}";r=${each.count.remaining};t=${secondsLeft(each)}`).join(', '));
+  return secondsLeft(first);
 }
 
 export interface RouteRateLimitOptions {

@@ -289,7 +289,8 @@ describe('API keys and consumers', () => {
     it('applies a consumer’s own limit on every route, with RateLimit-Policy naming it', async () => {
       const first = await send(url, '/api/either', { 'X-API-Key': METERED_KEY });
       expect(first.status).toBe(200);
-      expect(first.headers['ratelimit-policy']).toBe('"consumer-metered";q=1;w=60');
+      // Listed first, before the address's default limit: the most restrictive of the two.
+      expect(first.headers['ratelimit-policy']).toBe('"consumer-metered";q=1;w=60, "default";q=100000;w=60');
       const second = await send(url, '/api/keys-only', { 'X-API-Key': METERED_KEY });
       expect(second.status).toBe(429);
       expect(problemOf(second).code).toBe('rate_limited');

@@ -142,7 +142,7 @@ describe('per-account login limit (shared through Redis)', () => {
     const rightPassword = await loginAttempt(stack.gateway.url, 'bob@example.com', 'builder', anotherNetwork());
     expect([...replies, rightPassword].map((reply) => reply.status)).toEqual([401, 401, 401, 429]);
     expectLimited(rightPassword, 'login-account');
-    expect(rightPassword.headers.get('ratelimit-policy')).toBe('"login-account";q=3;w=60');
+    expect(rightPassword.headers.get('ratelimit-policy')).toBe('"login-account";q=3;w=60, "login";q=1000;w=60');
     expect(rightPassword.body).not.toHaveProperty('token');
     // The limited attempt never reached user-service.
     expect(credentialChecks(stack) - before).toBe(3);

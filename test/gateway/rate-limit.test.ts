@@ -1,5 +1,7 @@
 import { HEADER } from '../../otel/wire-names';
+import { generateApiKey, hashApiKey } from '../../src/consumers';
 import { login, startStack, type TestStack } from '../helpers/stack';
+import { shippedConfigFile } from '../helpers/test-config';
 
 describe('rate limiting', () => {
   // A fresh gateway (and so fresh counters) per test: no test depends on what another one spent.
@@ -38,5 +40,55 @@ describe('rate limiting', () => {
     expect(statuses).toEqual([401, 401, 401, 429, 429]);
     // The refused attempts never reached the credential check.
     expect(stack.users.requests.filter((request) => request.url.startsWith('/internal/credentials/verify'))).toHaveLength(3);
+  });
+});
+
+describe('with two limits on one request', () => {
+  const KEY = generateApiKey();
+  const shippedAuth = shippedConfigFile().auth as Record<string, unknown>;
+  const perMinute = (max: number) => ({ max, windowMs: 60_000 });
+  const loginLimits = (client: number, account: number) => ({ auth: { ...shippedAuth, loginRateLimit: perMinute(client), loginAccountRateLimit: { max: account, windowMs: 300_000 } } });
+  // A route counted per consumer, and the consumer's own limit over every route.
+  const tenantLimits = (route: number, consumer: number) => ({
+    consumers: [{ id: 'acme', role: 'partner', keys: [{ hash: hashApiKey(KEY) }], rateLimit: perMinute(consumer) }],
+    routes: [{ name: 'tenant', prefix: '/api/tenant', service: 'users', upstreamPath: '/health', rateLimit: { ...perMinute(route), by: 'consumer' } }],
+  });
+  const wrongPassword = (url: string) => fetch(`${url}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'bob@example.com', password: 'guess' }) });
+  const withKey = (url: string) => fetch(`${url}/api/tenant`, { headers: { 'X-API-Key': KEY } });
+
+  it.each([
+    { desc: 'login, the per-client limit smaller', overrides: loginLimits(3, 10), send: wrongPassword, statuses: [401, 401, 401, 429], tightest: 'login', refusedBy: 'login' },
+    { desc: 'login, the per-account limit smaller', overrides: loginLimits(10, 3), send: wrongPassword, statuses: [401, 401, 401, 429], tightest: 'login-account', refusedBy: 'login-account' },
+    { desc: 'login, both as small: the one that resets later', overrides: loginLimits(3, 3), send: wrongPassword, statuses: [401, 401, 401, 429], tightest: 'login-account', refusedBy: 'login' },
+    { desc: 'a route per consumer, smaller than the consumer’s own limit', overrides: tenantLimits(2, 100), send: withKey, statuses: [200, 200, 429], tightest: 'tenant', refusedBy: 'tenant' },
+    { desc: 'a consumer’s own limit, smaller than its route’s', overrides: tenantLimits(100, 2), send: withKey, statuses: [200, 200, 429], tightest: 'consumer-acme', refusedBy: 'consumer-acme' },
+  ])('$desc: every answer describes the most restrictive, and none says more is left than the next request gets', async ({ overrides, send, statuses, tightest, refusedBy }) => {
+    const stack = await startStack({ env: { RATE_LIMIT_MAX: '100000' }, overrides });
+    try {
+      const answers: Response[] = [];
+      for (let i = 0; i < statuses.length; i++) {
+        const answer = await send(stack.gateway.url);
+        await answer.arrayBuffer();
+        answers.push(answer);
+      }
+      expect(answers.map((answer) => answer.status)).toEqual(statuses);
+      answers.slice(0, -1).forEach((answer, i) => {
+        const left = Number(answer.headers.get('x-ratelimit-remaining'));
+        // What a client paces itself by: "some left" held for the next request, "none left" did too (it said 7 or 98).
+        expect({ left, next: answers[i + 1]!.status }).toEqual({ left: statuses.length - 2 - i, next: statuses[i + 1] });
+        // Both policies listed (draft-ietf-httpapi-ratelimit-headers-08 on: lists), the most restrictive first.
+        expect(answer.headers.get('ratelimit')).toMatch(new RegExp(`^"${tightest}";r=${left};t=\\d+, "[a-z-]+";r=\\d+;t=\\d+$`));
+        expect(answer.headers.get('ratelimit-policy')).toMatch(new RegExp(`^"${tightest}";q=\\d+;w=\\d+, "[a-z-]+";q=\\d+;w=\\d+$`));
+      });
+      const tie = answers.at(-2)!;
+      // Of two exhausted, the later reset is when the client may come back.
+      if (tightest === 'login-account') expect(Number(tie.headers.get('x-ratelimit-reset'))).toBeGreaterThan(Date.now() / 1000 + 240);
+      const refused = answers.at(-1)!;
+      const retryAfter = refused.headers.get('retry-after');
+      expect(refused.headers.get('ratelimit')).toMatch(new RegExp(`^"${refusedBy}";r=0;t=${retryAfter}(, |$)`));
+      expect(refused.headers.get('x-ratelimit-remaining')).toBe('0');
+    } finally {
+      await stack.close();
+    }
   });
 });
