@@ -124,9 +124,9 @@ export interface WindowCounter {
 }
 
 /** A window as koa-ratelimit's drivers and the primary report it (`remaining` before this request) as a count. */
-function counted(window: WindowState): WindowCount {
+function counted(window: WindowState, resetLag = 0): WindowCount {
   const admitted = window.remaining > 0;
-  return { admitted, remaining: admitted ? window.remaining - 1 : 0, total: window.total, reset: window.reset };
+  return { admitted, remaining: admitted ? window.remaining - 1 : 0, total: window.total, reset: window.reset + resetLag };
 }
 
 interface DriverOptions {
@@ -158,7 +158,9 @@ export function createWindowCounter(store: WindowCounterStore, options: { storeN
   if (store.kind === 'redis') {
     const namespace = `${store.keyPrefix}:${storeName}`;
     const driver = (id: string) => new RedisDriver({ db: store.client, id, max, duration: windowMs, namespace });
-    return { take: async (client) => counted(await driver(client).get()) };
+    // async-ratelimiter floors the reset to the second (its script and get() both do): a second added rounds it up,
+    // so Retry-After and X-RateLimit-Reset are never early (they were by up to 1 s).
+    return { take: async (client) => counted(await driver(client).get(), 1) };
   }
   const { db } = store;
   return { take: async (client) => counted(await new MemoryDriver({ db, id: client, max, duration: windowMs, namespace: storeName }).get()) };

@@ -223,7 +223,9 @@ function recordCheck(ctx: Context, checked: CheckedRateLimit): number {
   else all[same] = checked;
   if (all.length > 1) all.sort((a, b) => a.count.remaining - b.count.remaining || b.count.reset - a.count.reset);
   const nowSeconds = Date.now() / 1000;
-  const secondsLeft = (each: CheckedRateLimit) => Math.max(0, Math.ceil(each.count.reset - nowSeconds));
+  // Whole seconds, rounded up (never early), and never more than the window: the memory driver's clock runs a
+  // little ahead of Date.now(), which made the first answer of a window say t=61 under w=60.
+  const secondsLeft = (each: CheckedRateLimit) => Math.min(each.windowSeconds, Math.max(0, Math.ceil(each.count.reset - nowSeconds)));
   // Node's own getHeader/setHeader: Koa's ctx.set builds arrays and closures per call; these run on every request.
   const { res } = ctx;
   const first = all[0]!;

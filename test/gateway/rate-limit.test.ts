@@ -91,4 +91,22 @@ describe('with two limits on one request', () => {
       await stack.close();
     }
   });
+
+  it('never says t= more than the window, in the first answer of a window either (it said t=61 under w=60)', async () => {
+    const stack = await startStack({ env: { RATE_LIMIT_MAX: '100000' }, overrides: loginLimits(1000, 10) });
+    try {
+      // Each email opens a window of its own: every answer is the first of a per-account window.
+      for (let i = 0; i < 20; i++) {
+        const answer = await fetch(`${stack.gateway.url}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: `nobody-${i}@example.com`, password: 'guess' }) });
+        await answer.arrayBuffer();
+        expect(answer.headers.get('ratelimit')).toMatch(/^"login-account";r=9;t=/);
+        const windows = Object.fromEntries((answer.headers.get('ratelimit-policy') ?? '').split(', ').map((item) => [/^"([^"]+)"/.exec(item)?.[1], Number(/;w=(\d+)/.exec(item)?.[1])]));
+        for (const item of (answer.headers.get('ratelimit') ?? '').split(', ')) {
+          expect(Number(/;t=(\d+)/.exec(item)?.[1])).toBeLessThanOrEqual(windows[/^"([^"]+)"/.exec(item)?.[1] ?? '']!);
+        }
+      }
+    } finally {
+      await stack.close();
+    }
+  });
 });

@@ -55,6 +55,52 @@ describe('rate limits shared through Redis', () => {
   });
 });
 
+describe('the reset a Redis window reports', () => {
+  const prefix = isolatedKeyPrefix();
+  let stack: TestStack | undefined;
+  afterAll(async () => {
+    if (!stack) return;
+    await stack.close();
+    await deleteKeys(MACHINE_REDIS, prefix);
+  });
+
+  /** Polls the clock (no fixed wait): resolves once the current millisecond of the second is in [from, to). */
+  const inFraction = (from: number, to: number) => waitFor(() => Date.now() % 1000 >= from && Date.now() % 1000 < to, `a time ${from}-${to} ms into a second`, 2000);
+
+  it('is never early: Retry-After, t= and X-RateLimit-Reset hold until the window admits, and a client waiting exactly Retry-After is admitted (they were up to 1 s early)', async () => {
+    const WINDOW_MS = 3000;
+    stack = await startStack({
+      env: { REDIS_URL: MACHINE_REDIS },
+      overrides: { rateLimit: { max: 1, windowMs: WINDOW_MS, redisKeyPrefix: prefix }, routes: [{ name: 'open', prefix: '/api/open', service: 'users', upstreamPath: '/health', auth: 'public' }] },
+      withRedis: true,
+    });
+    const url = `${stack.gateway.url}/api/open`;
+    // Twice: the window's request late in a second, the refused one early in a later second (the floor lost most).
+    for (let round = 0; round < 2; round++) {
+      await inFraction(850, 950);
+      const sentFirst = Date.now();
+      expect((await fetch(url)).status).toBe(200);
+      await waitFor(() => Date.now() - sentFirst > 250, 'a later second', 2000);
+      await inFraction(50, 150);
+      const refused = await fetch(url);
+      const answeredAt = Date.now();
+      expect(refused.status).toBe(429);
+      const retryAfter = Number(refused.headers.get('retry-after'));
+      // The window admits again no sooner than its request plus the window.
+      const admitsAt = sentFirst + WINDOW_MS;
+      expect(answeredAt + retryAfter * 1000).toBeGreaterThanOrEqual(admitsAt);
+      expect(Number(refused.headers.get('x-ratelimit-reset')) * 1000).toBeGreaterThanOrEqual(admitsAt);
+      expect(refused.headers.get('ratelimit')).toBe(`"default";r=0;t=${retryAfter}`);
+      expect(retryAfter).toBeLessThanOrEqual(WINDOW_MS / 1000);
+      // Exactly Retry-After later, as a client that obeys it would.
+      await new Promise((resolve) => setTimeout(resolve, retryAfter * 1000));
+      const retriedAt = Date.now();
+      expect((await fetch(url)).status).toBe(200);
+      await waitFor(() => Date.now() > retriedAt + WINDOW_MS + 50, 'the retried request\'s window to end', WINDOW_MS + 2000);
+    }
+  });
+});
+
 describe('a route named like one of the gateway\'s own limits', () => {
   let upstream: TestServer;
   const prefix = isolatedKeyPrefix();
