@@ -60,6 +60,17 @@ export interface Recall {
   reset: number;
 }
 
+/**
+ * The primary tells every worker that `client`'s window of `policy` ending at `reset` has nothing left: each
+ * refuses the client's next requests itself, and can say so before a request costs anything (a credential check).
+ */
+export interface Spent {
+  gateway: 'spent';
+  policy: string;
+  client: string;
+  reset: number;
+}
+
 /** A worker's answer to recall `id`: it zeroed `returned` tokens. */
 export interface Recalled {
   gateway: 'recalled';
@@ -88,6 +99,8 @@ export interface LeaseLedgerOptions {
   workers: number;
   /** Delivers a message to the worker with this cluster id (dropped when it is gone). */
   send: (worker: number, message: Leased | Recall) => void;
+  /** Delivers a message to every worker; without it, only the worker denied learns that a window is spent. */
+  broadcast?: (message: Spent) => void;
   /** Clock in epoch ms; default Date.now. */
   now?: () => number;
   /** Runs `callback` after `ms`; returns what cancels it. Default setTimeout. */
@@ -108,6 +121,8 @@ interface Ledger {
   held?: Map<number, number>;
   /** Set while a recall of this window is out; asks wait in it. */
   recalling?: RecallRound;
+  /** Every worker was told the window is spent. */
+  announced?: boolean;
 }
 
 interface RecallRound {
@@ -160,6 +175,12 @@ export function createLeaseLedger(options: LeaseLedgerOptions) {
   function answer(ledger: Ledger, { worker, ask }: Ask, granted: number): void {
     const remaining = granted > 0 ? ledger.unleased + granted : 0;
     options.send(worker, { gateway: 'leased', id: ask.id, policy: ask.policy, client: ask.client, granted, window: { remaining, reset: ledger.reset, total: ledger.max } });
+    // The last token went to this request (or none was left) and no worker holds any: the window is spent. Said
+    // once, after the answer, so the asker keeps its token first.
+    if (ledger.unleased === 0 && !ledger.held?.size && !ledger.announced && options.broadcast) {
+      ledger.announced = true;
+      options.broadcast({ gateway: 'spent', policy: ask.policy, client: ask.client, reset: ledger.reset });
+    }
   }
 
   function recall(ledger: Ledger, first: Ask): void {
@@ -257,6 +278,21 @@ export function createLeaseTable(options: { maxTrackedClients: number; now?: () 
       if (lease?.reset !== window.reset) leases.set(policy, client, (lease = { reset: window.reset, tokens: 0, exhausted: false }));
       lease.tokens += unspent;
       if (granted === 0) lease.exhausted = true;
+    },
+
+    /** The window when this worker knows it has nothing left (a denial, or the primary said so); asks no one. */
+    exhausted(policy: string, client: string, max: number): WindowState | undefined {
+      const lease = leases.get(policy, client);
+      if (lease === undefined || !lease.exhausted || lease.tokens > 0 || lease.reset < now() / 1000) return undefined;
+      return { remaining: 0, reset: lease.reset, total: max };
+    },
+
+    /** Keeps what the primary said: that window has nothing left anywhere. */
+    spent(message: Spent): void {
+      if (message.reset < now() / 1000) return;
+      let lease = leases.get(message.policy, message.client);
+      if (lease?.reset !== message.reset) leases.set(message.policy, message.client, (lease = { reset: message.reset, tokens: 0, exhausted: true }));
+      lease.exhausted = true;
     },
 
     /** Zeroes this worker's unspent tokens of the recalled window and says how many there were. */

@@ -106,6 +106,8 @@ export interface WindowState {
  */
 export interface PrimaryStoreClient {
   take(policy: string, client: string, max: number, windowMs: number): Promise<WindowState>;
+  /** The window when this worker knows it has nothing left (the primary denied or announced it), else undefined; asks no one. */
+  exhausted(policy: string, client: string, max: number): WindowState | undefined;
 }
 
 /** One request's count: whether it is admitted, what the window has left after it, and when it admits again. */
@@ -121,6 +123,8 @@ export interface WindowCount {
 export interface WindowCounter {
   /** Counts one request of `client`. */
   take(client: string): Promise<WindowCount>;
+  /** `client`'s window when its next request would be refused, counting nothing; undefined while it would pass. */
+  exhausted(client: string): Promise<WindowCount | undefined>;
 }
 
 /** A window as koa-ratelimit's drivers and the primary report it (`remaining` before this request) as a count. */
@@ -137,9 +141,16 @@ interface DriverOptions {
 }
 // koa-ratelimit's two drivers, without its middleware: that one writes X-RateLimit-* itself, so the limit checked
 // last described a request limited by two (src/middleware/rate-limit.ts writes them for all at once).
-type Driver = { get(): Promise<WindowState> };
+type Driver = { get(options?: { peek?: boolean }): Promise<WindowState> };
 const MemoryDriver = require('koa-ratelimit/limiter/memory') as new (options: DriverOptions & { db: Map<string, unknown> }) => Driver;
 const RedisDriver = require('koa-ratelimit/limiter/redis') as new (options: DriverOptions & { db: Redis }) => Driver;
+
+/** The memory driver's entry: `remaining` before the window's next request (koa-ratelimit's count). */
+interface MemoryEntry {
+  remaining: number;
+  reset: number;
+  total: number;
+}
 
 export type WindowCounterStore =
   | { kind: 'memory'; db: Map<string, unknown> }
@@ -153,17 +164,37 @@ export type WindowCounterStore =
 export function createWindowCounter(store: WindowCounterStore, options: { storeName: string; windowPolicy: string; max: number; windowMs: number }): WindowCounter {
   const { storeName, windowPolicy, max, windowMs } = options;
   if (store.kind === 'primary') {
-    return { take: async (client) => counted(await store.client.take(windowPolicy, client, max, windowMs)) };
+    return {
+      take: async (client) => counted(await store.client.take(windowPolicy, client, max, windowMs)),
+      exhausted: async (client) => {
+        const window = store.client.exhausted(windowPolicy, client, max);
+        return window && counted(window);
+      },
+    };
   }
   if (store.kind === 'redis') {
     const namespace = `${store.keyPrefix}:${storeName}`;
     const driver = (id: string) => new RedisDriver({ db: store.client, id, max, duration: windowMs, namespace });
     // async-ratelimiter floors the reset to the second (its script and get() both do): a second added rounds it up,
     // so Retry-After and X-RateLimit-Reset are never early (they were by up to 1 s).
-    return { take: async (client) => counted(await driver(client).get(), 1) };
+    return {
+      take: async (client) => counted(await driver(client).get(), 1),
+      exhausted: async (client) => {
+        const window = await driver(client).get({ peek: true });
+        return window.remaining > 0 ? undefined : counted(window, 1);
+      },
+    };
   }
   const { db } = store;
-  return { take: async (client) => counted(await new MemoryDriver({ db, id: client, max, duration: windowMs, namespace: storeName }).get()) };
+  return {
+    take: async (client) => counted(await new MemoryDriver({ db, id: client, max, duration: windowMs, namespace: storeName }).get()),
+    exhausted: async (client) => {
+      const entry = db.get(`${storeName}:${client}`) as MemoryEntry | undefined;
+      // The driver spends a request by taking one off `remaining` first: at 1 the next one is refused.
+      if (entry === undefined || entry.reset < Date.now() / 1000 || entry.remaining > 1) return undefined;
+      return { admitted: false, remaining: 0, total: entry.total, reset: entry.reset };
+    },
+  };
 }
 
 /**

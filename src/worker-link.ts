@@ -103,6 +103,8 @@ export function connectWorker(): Promise<WorkerLink> {
           return invalidations.confirmed(message.id);
         case 'recall':
           return send({ gateway: 'recalled', id: message.id, returned: leases?.recall(message) ?? 0 });
+        case 'spent':
+          return leases?.spent(message);
         case 'leased':
           // Here, not where the asking request resumes: a recall in the next message must find these tokens.
           leases?.keep(message, pending.has(message.id));
@@ -127,6 +129,7 @@ export function connectWorker(): Promise<WorkerLink> {
       primaryStore: (timeoutMs) => ({
         take: async (policy, client, max, windowMs) =>
           table.spend(policy, client, max) ?? (await ask<Leased>((requestId) => ({ gateway: 'lease', id: requestId, policy, client, max, windowMs }), timeoutMs)).window,
+        exhausted: (policy, client, max) => table.exhausted(policy, client, max),
       }),
       control: (active) => ({
         async status(): Promise<ConfigStatus> {

@@ -7,7 +7,7 @@ import { clientTimeouts, MAX_ROUTE_NAME_LENGTH, ROUTE_NAME, type GatewayConfig }
 import { checkReload, type ActiveConfig } from './config-reload';
 import { isPromClientMessage, listenClusterMetrics } from './metrics';
 import { readCertificatePems, readRotatedCertificates, type CertificatePems } from './tls';
-import { createLeaseLedger, type LeaseAsk, type Leased, type Recall, type Recalled } from './rate-limit-leases';
+import { createLeaseLedger, type LeaseAsk, type Leased, type Recall, type Recalled, type Spent } from './rate-limit-leases';
 import { createInvalidationRelay, MAX_QUEUED_INVALIDATIONS, type CacheInvalidated, type CacheInvalidation, type StaleResource } from './cache-invalidations';
 
 /**
@@ -45,6 +45,7 @@ export type ToWorker =
   | { gateway: 'apply'; active: ActiveConfig; certificates?: CertificatePems }
   | Leased
   | Recall
+  | Spent
   | { gateway: 'reloaded'; id: number; answer: ReloadAnswer }
   | { gateway: 'workers'; id: number; workers: WorkerConfigStatus[]; pendingRestart: string[] }
   /** SIGHUP: `certificates` read again by the primary; none when it could not (the ones in use stay). */
@@ -174,6 +175,9 @@ export function runPrimary(options: PrimaryOptions): void {
     send: (id, message) => {
       const worker = cluster.workers?.[id];
       if (worker) send(worker, message);
+    },
+    broadcast: (message) => {
+      for (const worker of Object.values(cluster.workers ?? {})) if (worker) send(worker, message);
     },
   });
   const listening = new Set<number>();

@@ -78,6 +78,12 @@ export interface RateLimiter {
    * by default the client's network (`clientNetworkKey` of `ctx.ip`); a caller may name another (an account).
    */
   check(ctx: Context, next: () => Promise<void>, key?: string): Promise<void>;
+  /**
+   * Throws `rate_limited` when `key`'s window has nothing left, counting nothing: for a budget spent only by some
+   * requests (failed authentications) that must still stop the next one before it costs anything. A store that
+   * cannot answer lets it pass (the `check` that follows applies the store-down policy).
+   */
+  refuseIfSpent(ctx: Context, key?: string): Promise<void>;
 }
 
 /** A policy checked for the current request: what the rate-limit fields say of it (`ctx.state.rateLimits`). */
@@ -152,6 +158,10 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
       decided?.allowed.inc();
       recordCheck(ctx, { name: options.name, policy, windowSeconds, count });
       await next();
+    },
+    async refuseIfSpent(ctx, key = clientNetworkKey(ctx.ip, ipv6PrefixLength)) {
+      const count = await counter.exhausted(key).catch(() => undefined);
+      if (count) refuse(ctx, count);
     },
   };
 }
@@ -249,13 +259,18 @@ export interface RouteRateLimitOptions {
 /**
  * Applies the matched route's limit (or the global one) before any token is verified. On a route limited by
  * caller, the caller is not known yet: requests that then fail authentication (401) are counted per client
- * network instead, so guessing credentials there stays limited.
+ * network instead, and a network that has used up that budget is refused (429) before any credential is checked,
+ * until its window ends, so guessing credentials there stays limited and forged tokens cost no crypto.
  */
 export function createRouteRateLimit(options: RouteRateLimitOptions): Middleware {
   return async function limitRate(ctx, next) {
     const routeName = ctx.state.route?.name;
     const limiter = (routeName && options.byRoute.get(routeName)) || options.fallback;
     if (!routeName || !options.byCaller?.has(routeName)) return limiter.check(ctx, next);
+    // A client network that spent its budget of failures is refused before its credential is checked: counting
+    // the 401s alone turned a wrong guess's 401 into 429 but still let a right one through, and every forged
+    // token still cost a signature check (and a JWKS fetch for an unknown key).
+    await limiter.refuseIfSpent(ctx);
     try {
       await next();
     } catch (error) {

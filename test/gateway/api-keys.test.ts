@@ -282,8 +282,10 @@ describe('API keys and consumers', () => {
     it('counts failed authentications on a caller-limited route per address, so key guessing stays limited', async () => {
       const guess = () => from('192.0.2.77', { 'X-API-Key': generateApiKey() });
       expect(await statuses('/api/per-consumer', [guess(), guess(), guess()])).toEqual([401, 401, 429]);
-      // The guesser's address is limited, not the consumers calling from it.
-      expect(await statuses('/api/per-consumer', [from('192.0.2.77', { 'X-API-Key': ROOT_KEY })])).toEqual([200]);
+      // Over its budget the address is refused before any key is checked, a right one too (a 200 would tell the
+      // guesser it found one), until its window ends; consumers calling from other addresses are not limited.
+      expect(await statuses('/api/per-consumer', [from('192.0.2.77', { 'X-API-Key': ROOT_KEY })])).toEqual([429]);
+      expect(await statuses('/api/per-consumer', [from('192.0.2.78', { 'X-API-Key': ROOT_KEY })])).toEqual([200]);
     });
 
     it('applies a consumer’s own limit on every route, with RateLimit-Policy naming it', async () => {

@@ -128,6 +128,7 @@ describe('a route named like one of the gateway\'s own limits', () => {
         if (before < max) used.set(key, before + 1);
         return { remaining: max - before, reset: Math.ceil((Date.now() + windowMs) / 1000), total: max };
       },
+      exhausted: () => undefined,
     };
   }
 

@@ -1,0 +1,131 @@
+import { generateKeyPair, SignJWT } from 'jose';
+import type { Redis } from 'ioredis';
+import { generateApiKey, hashApiKey } from '../../src/consumers';
+import { createGateway, type GatewayDependencies } from '../../src/gateway';
+import { createRedisStore } from '../../src/rate-limit-store';
+import { requestOnNewConnection, startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
+import { deleteKeys, isolatedKeyPrefix, requireRedis } from '../helpers/redis';
+import { listen, memoryLogger, sendRaw, type TestServer } from '../helpers/servers';
+import { testConfig } from '../helpers/test-config';
+import { signToken } from '../helpers/tokens';
+
+/**
+ * On a route limited `by: user` or `by: consumer`, failed authentications are counted per client network. Once a
+ * network has used up that budget, its next requests are refused before any credential is checked: a right key or
+ * token is 429 too (a 200 told the guesser it had found one), and a forged provider token costs no signature check
+ * and no JWKS fetch. Other networks, and the same network on another route, keep their own budgets.
+ */
+jest.setTimeout(60_000);
+
+const MACHINE_REDIS = 'redis://127.0.0.1:6379';
+const ISSUER = 'https://id.example.test/';
+const AUDIENCE = 'koa-gateway-api';
+const KEY = generateApiKey();
+const consumers = [{ id: 'acme', role: 'partner', keys: [{ hash: hashApiKey(KEY) }] }];
+const BUDGET = 3;
+const route = (name: string, by: 'user' | 'consumer') => ({ name, prefix: `/api/${name}`, service: 'users', upstreamPath: '/health', rateLimit: { max: BUDGET, windowMs: 60_000, by } });
+const routes = [route('per-consumer', 'consumer'), route('per-user', 'user')];
+
+/** An RS256 token whose `kid` the provider does not publish: verifying it means fetching the JWKS again. */
+async function forgedProviderToken(kid: string): Promise<string> {
+  const { privateKey } = await generateKeyPair('RS256');
+  return new SignJWT({}).setProtectedHeader({ alg: 'RS256', kid }).setSubject('mallory').setIssuer(ISSUER).setAudience(AUDIENCE).setExpirationTime('10m').sign(privateKey);
+}
+
+describe('a client network over its budget of failed authentications', () => {
+  let upstream: TestServer;
+  let jwks: TestServer;
+  let jwksFetches = 0;
+  let redis: Redis | undefined;
+  const prefix = isolatedKeyPrefix();
+
+  beforeAll(async () => {
+    upstream = await listen((_req, res) => void res.writeHead(200, { 'content-type': 'application/json' }).end('{}'));
+    jwks = await listen((_req, res) => {
+      jwksFetches++;
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"keys":[]}');
+    });
+  });
+  afterAll(async () => {
+    await upstream.close();
+    await jwks.close();
+    redis?.disconnect();
+    await deleteKeys(MACHINE_REDIS, prefix);
+  });
+
+  const stores: { desc: string; deps: () => Promise<Partial<GatewayDependencies>> }[] = [
+    { desc: 'memory', deps: async () => ({}) },
+    {
+      desc: 'Redis',
+      deps: async () => {
+        redis = createRedisStore({ url: MACHINE_REDIS, commandTimeoutMs: 500, logger: memoryLogger('gateway').logger });
+        await requireRedis(redis, MACHINE_REDIS);
+        return { redis };
+      },
+    },
+  ];
+
+  it.each(stores)('is refused before any credential is checked, on every caller-limited route ($desc store)', async ({ deps }) => {
+    const store = await deps();
+    const config = testConfig(
+      { users: upstream.url, orders: upstream.url, notifications: upstream.url },
+      {
+        routes,
+        consumers,
+        trustProxy: true,
+        trustedProxies: ['127.0.0.1'],
+        rateLimit: { max: 100_000, windowMs: 60_000, redisKeyPrefix: prefix, ...(store.redis && { redisUrl: MACHINE_REDIS }) },
+        auth: { jwks: { url: `${jwks.url}/jwks.json`, issuer: ISSUER, audience: AUDIENCE, cooldownMs: 0 } },
+      },
+    );
+    const gateway = await listen(createGateway(config, { logger: memoryLogger('gateway').logger, metrics: false, ...store }).callback());
+    try {
+      // Each network of its own per store: the Redis windows outlive the memory gateway's.
+      const guesser = store.redis ? '198.51.100.17' : '198.51.100.7';
+      const neighbour = store.redis ? '198.51.100.18' : '198.51.100.8';
+      const call = async (path: string, address: string, headers: Record<string, string>) => (await sendRaw(gateway.url, path, { ...headers, 'X-Forwarded-For': address })).status;
+      const validToken = await signToken();
+
+      for (let i = 0; i < BUDGET; i++) expect(await call('/api/per-consumer/x', guesser, { 'X-API-Key': generateApiKey() })).toBe(401);
+      // Over budget: the right key is not even looked at (it was 200, telling the guesser it had found one).
+      const right = await sendRaw(gateway.url, '/api/per-consumer/x', { 'X-API-Key': KEY, 'X-Forwarded-For': guesser });
+      expect(right.status).toBe(429);
+      expect(Number(right.headers['retry-after'])).toBeGreaterThan(0);
+      expect(right.headers.ratelimit).toMatch(/^"per-consumer";r=0;t=\d+$/);
+      // Nor is a forged provider token: no signature check, no JWKS fetch (each one fetched the key set).
+      const fetchesBefore = jwksFetches;
+      for (let i = 0; i < 3; i++) expect(await call('/api/per-consumer/x', guesser, { authorization: `Bearer ${await forgedProviderToken(`unknown-${i}`)}` })).toBe(429);
+      expect(jwksFetches).toBe(fetchesBefore);
+
+      // A by-user route has its own budget: spent with bad tokens, then a valid token is refused as well.
+      for (let i = 0; i < BUDGET; i++) expect(await call('/api/per-user/x', guesser, { authorization: `Bearer ${await signToken({ secret: 'not-the-gateway-secret-but-long-enough-xyz' })}` })).toBe(401);
+      expect(await call('/api/per-user/x', guesser, { authorization: `Bearer ${validToken}` })).toBe(429);
+
+      // A network under its budget is not affected, on either route.
+      expect(await call('/api/per-consumer/x', neighbour, { 'X-API-Key': KEY })).toBe(200);
+      expect(await call('/api/per-user/x', neighbour, { authorization: `Bearer ${validToken}` })).toBe(200);
+    } finally {
+      await gateway.close();
+    }
+  });
+
+  describe('with two workers (windows counted in the cluster primary)', () => {
+    let gateway: GatewayProcess | undefined;
+    afterAll(() => {
+      if (gateway?.child.exitCode === null) gateway.child.kill('SIGKILL');
+    });
+
+    it('is refused by every worker once the budget is spent, whichever worker saw the failures', async () => {
+      gateway = await startGatewayProcess({
+        config: { rateLimit: { max: 100_000, windowMs: 60_000 }, services: { users: { url: upstream.url } }, consumers, routes: [routes[0]] },
+        env: { GATEWAY_WORKERS: '2' },
+      });
+      const url = `${gateway.url}/api/per-consumer/x`;
+      // New connections: the primary hands them to the workers in turn.
+      for (let i = 0; i < BUDGET; i++) expect((await requestOnNewConnection(url, { headers: { 'X-API-Key': generateApiKey() } })).status).toBe(401);
+      const answers: number[] = [];
+      for (let i = 0; i < 4; i++) answers.push((await requestOnNewConnection(url, { headers: { 'X-API-Key': KEY } })).status);
+      expect(answers).toEqual([429, 429, 429, 429]);
+    });
+  });
+});
