@@ -47,6 +47,13 @@ export interface RunServerOptions {
   onRejected?: (rejected: RejectedRequest) => void;
   /** Records those spans; default the global provider's tracer named after the process. */
   tracer?: Tracer;
+  /**
+   * The `Strict-Transport-Security` value (src/middleware/hsts.ts) for the answers written here rather than by
+   * the app: Node's parser refusals (400, 408, 431), CONNECT's 405, the drain bound's 503. RFC 6797 7.1 wants it
+   * on every answer over TLS, and these go to the same browsers. Written only when the server is a TLS one
+   * (7.2: never over plain HTTP). None when absent.
+   */
+  strictTransportSecurity?: string;
 }
 
 /** What runServer needs of a server: Node's http.Server, or an HTTPS / HTTP/2 one that can close its connections alike. */
@@ -92,7 +99,7 @@ export interface RejectedRequest {
  * the request id the pipeline gave it, so the access log and the span record the 400 or 408 (not a client that
  * left). Once the answer has started, the connection can only be cut.
  */
-function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordRejected: RecordRejected): void {
+function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordRejected: RecordRejected, ownHeaders: OwnHeaders): void {
   // A TLS connection whose handshake never finished (its timeout, a bad ClientHello) has no HTTP to answer in:
   // ending it with an HTTP answer writes nothing and leaves it open for good, holding a connection slot.
   if (socket instanceof tls.TLSSocket && !(socket as tls.TLSSocket & { _secureEstablished?: boolean })._secureEstablished) {
@@ -106,11 +113,14 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
   }
   const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
   const tooSlow = error.code === 'ERR_HTTP_REQUEST_TIMEOUT';
-  const problem = tooLarge
-    ? { status: 431, title: 'Request header fields too large', code: 'headers_too_large', detail: 'The request headers are too large.' }
-    : tooSlow
-      ? REQUEST_TIMEOUT
-      : { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request could not be parsed as HTTP.' };
+  const problem = withOwnHeaders(
+    tooLarge
+      ? { status: 431, title: 'Request header fields too large', code: 'headers_too_large', detail: 'The request headers are too large.' }
+      : tooSlow
+        ? REQUEST_TIMEOUT
+        : { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request could not be parsed as HTTP.' },
+    ownHeaders,
+  );
   const inFlight = inFlightResponse(socket);
   // The request in flight was read whole: the error is in bytes after it (a malformed next request, data after
   // its `Connection: close`), not in it. Its answer goes out as it will (streaming or not yet begun), and the
@@ -165,12 +175,14 @@ const CONNECT_LINGER_MS = 1000;
  * parser's refusals are, then the connection closes. (A CONNECT pipelined behind a request still being answered
  * gets no 405: the connection closes once that answer is out, as Node closed it.)
  */
-function refuseConnect(request: http.IncomingMessage, socketOrResponse: Socket | Http2ServerResponse, recordRejected: RecordRejected): void {
+function refuseConnect(request: http.IncomingMessage, socketOrResponse: Socket | Http2ServerResponse, recordRejected: RecordRejected, ownHeaders: OwnHeaders): void {
   const refused = { status: CONNECT_REFUSED.status, code: CONNECT_REFUSED.code, method: 'CONNECT' };
+  // No pipeline set anything on this answer (an HTTP/2 CONNECT's response never went through it either).
+  const refusal = withOwnHeaders(CONNECT_REFUSED, ownHeaders);
   if (socketOrResponse instanceof http2.Http2ServerResponse) {
     // An HTTP/2 CONNECT stream: answered on it, the connection serves on.
     const rejection = recordRejected(refused, request.socket);
-    answerProblem(socketOrResponse, answering(CONNECT_REFUSED, rejection), rejection.requestId);
+    answerProblem(socketOrResponse, answering(refusal, rejection), rejection.requestId);
     return rejection.record();
   }
   const socket = socketOrResponse;
@@ -186,7 +198,7 @@ function refuseConnect(request: http.IncomingMessage, socketOrResponse: Socket |
   }
   if (!socket.writable) return void socket.destroy();
   const rejection = recordRejected(refused, socket);
-  endWithProblem(socket, answering(CONNECT_REFUSED, rejection), rejection.requestId);
+  endWithProblem(socket, answering(refusal, rejection), rejection.requestId);
   socket.setTimeout(CONNECT_LINGER_MS, () => socket.destroy());
   rejection.record();
 }
@@ -304,6 +316,14 @@ interface ServerProblem {
   code: string;
   detail: string;
   headers?: Record<string, string>;
+}
+
+/** Headers every answer a server writes itself carries (runServer: `Strict-Transport-Security` on a TLS listener). */
+type OwnHeaders = Readonly<Record<string, string>>;
+
+/** `problem` carrying the server's own headers too. */
+function withOwnHeaders(problem: ServerProblem, ownHeaders: OwnHeaders): ServerProblem {
+  return { ...problem, headers: { ...ownHeaders, ...problem.headers } };
 }
 
 /**
@@ -467,7 +487,8 @@ function answerProblem(response: PipelineResponse, problem: ServerProblem, chose
 
 /**
  * HTTP/2's request timeout (src/tls.ts; Node's HTTP/2 server has none): a stream whose client has not sent its
- * whole request within `server.requestTimeoutMs` is answered 408 with its request id, as HTTP/1.1's is, or,
+ * whole request within `server.requestTimeoutMs` is answered 408 with its request id and the headers the
+ * pipeline set on it (the gateway's HSTS among them: its first middleware), as HTTP/1.1's is, or,
  * when its answer already started, cut (CANCEL); recorded as `request_timeout` either way, not as a client
  * that left.
  */
@@ -492,8 +513,8 @@ function closeAfterAnswer(response: unknown): void {
 }
 
 /** The answer to a request still waiting at the drain bound: 503 problem+json with its request id, and the connection closes. */
-function answerShuttingDown(response: PipelineResponse): PipelineResponse {
-  answerProblem(response, { status: 503, title: 'Shutting down', code: 'shutting_down', detail: 'The gateway stopped before this request was answered; retry it.', headers: { 'Retry-After': '1' } });
+function answerShuttingDown(response: PipelineResponse, ownHeaders: OwnHeaders): PipelineResponse {
+  answerProblem(response, withOwnHeaders({ status: 503, title: 'Shutting down', code: 'shutting_down', detail: 'The gateway stopped before this request was answered; retry it.', headers: { 'Retry-After': '1' } }, ownHeaders));
   return response;
 }
 
@@ -581,12 +602,13 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
       );
   if (options.appChecksHost) (server as PublicServer & { requireHostHeader: boolean }).requireHostHeader = false;
   const recordRejected = rejectionRecorder(options.tracer ?? trace.getTracer(options.name), logger, options.onRejected);
-  server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => answerClientError(error, socket, recordRejected));
+  const ownHeaders: OwnHeaders = options.strictTransportSecurity !== undefined && server instanceof tls.Server ? { 'Strict-Transport-Security': options.strictTransportSecurity } : {};
+  server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => answerClientError(error, socket, recordRejected, ownHeaders));
   // The HTTP/2 server emits 'connect' too, for a CONNECT stream, with its compatibility response: that one is an
   // ordinary request to the pipeline (which refuses it in problem+json), not a socket to write HTTP/1.1 on.
   // The HTTP/2 server emits 'connect' too, for a CONNECT stream, with its compatibility response (not a socket to
   // write HTTP/1.1 on: that was a `:status 200` carrying the text of a 405).
-  server.on('connect', (request: http.IncomingMessage, socketOrResponse: Socket | Http2ServerResponse) => refuseConnect(request, socketOrResponse, recordRejected));
+  server.on('connect', (request: http.IncomingMessage, socketOrResponse: Socket | Http2ServerResponse) => refuseConnect(request, socketOrResponse, recordRejected, ownHeaders));
   // Per connection (not per request): what the drain bound still finds in flight is answered or cut at close.
   const sockets = new Set<Socket>();
   server.on(server instanceof tls.Server ? 'secureConnection' : 'connection', (socket: Socket) => {
@@ -641,7 +663,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
         // are written: 503, not a client that left) before onShutdown flushes them.
         const answered: PipelineResponse[] = [];
         for (const response of [...[...sockets].map(inFlightResponse), ...openHttp2Responses]) {
-          if (response && !response.headersSent) answered.push(answerShuttingDown(response));
+          if (response && !response.headersSent) answered.push(answerShuttingDown(response, ownHeaders));
         }
         await until(() => answered.every((response) => response.writableFinished || response.destroyed), SETTLE_MS);
         // Those still streaming are cut by the gateway, not left by their clients.

@@ -159,7 +159,10 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
       throw new GatewayError('method_not_allowed', 'Login accepts POST only.', { headers: { Allow: 'POST' } });
     });
 
-  // First: the target and Host everything below reads (an absolute-form target names the host itself).
+  // First, with `tls.hsts`: the policy goes on every HTTPS answer (RFC 6797 7.1), so also on those of the
+  // request-head check and the error handler below.
+  if (config.tls?.hsts) app.use(createStrictTransportSecurity(config.tls.hsts));
+  // Then the target and Host everything below reads (an absolute-form target names the host itself).
   app.use(createRequestTargetForm());
   // Then which peer's X-Forwarded-* count must be settled before anything reads ctx.ip (Koa caches it).
   app.use(createTrustedProxies({ trustProxy: config.trustProxy, trustedProxies: config.trustedProxies }));
@@ -169,8 +172,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   app.use(createAccessLog({ logger }));
   app.use(createErrorHandler({ logger }));
   app.use(createRequestHeadCheck());
-  // With TLS: HSTS on every HTTPS answer (errors too), and HTTP/2 requests made to mean what they say on the wire.
-  if (config.tls?.hsts) app.use(createStrictTransportSecurity(config.tls.hsts));
+  // With TLS: HTTP/2 requests made to mean what they say on the wire.
   if (config.tls) app.use(createHttp2Requests());
   app.use(createPathGuard());
   const guardHost = createHostGuard({ allowedHosts: config.allowedHosts });

@@ -8,6 +8,7 @@ import { clientTimeouts, ConfigError, loadConfig, type GatewayConfig } from './c
 import { activeConfig, checkReload, createLiveGateway, type ActiveConfig } from './config-reload';
 import { listenAdmin } from './admin';
 import { createGatewayApps } from './gateway';
+import { strictTransportSecurityValue } from './middleware/hsts';
 import { rejectedRequestMetrics } from './middleware/request-metrics';
 import { createGatewayMetrics, listenMetrics, shareMetricsWithPrimary } from './metrics';
 import { createRedisStore, waitForRedis } from './rate-limit-store';
@@ -139,6 +140,8 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     sendTimeoutMs: config.server.sendTimeoutMs,
     createServer: tlsServer?.create,
     appChecksHost: true,
+    // The answers runServer writes itself (parser refusals, CONNECT) carry the policy the pipeline's carry.
+    strictTransportSecurity: config.tls?.hsts ? strictTransportSecurityValue(config.tls.hsts) : undefined,
     onRejected: metrics && rejectedRequestMetrics(metrics),
     async onShutdown() {
       await redirectListener?.close();
