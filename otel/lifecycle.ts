@@ -604,8 +604,6 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   const recordRejected = rejectionRecorder(options.tracer ?? trace.getTracer(options.name), logger, options.onRejected);
   const ownHeaders: OwnHeaders = options.strictTransportSecurity !== undefined && server instanceof tls.Server ? { 'Strict-Transport-Security': options.strictTransportSecurity } : {};
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => answerClientError(error, socket, recordRejected, ownHeaders));
-  // The HTTP/2 server emits 'connect' too, for a CONNECT stream, with its compatibility response: that one is an
-  // ordinary request to the pipeline (which refuses it in problem+json), not a socket to write HTTP/1.1 on.
   // The HTTP/2 server emits 'connect' too, for a CONNECT stream, with its compatibility response (not a socket to
   // write HTTP/1.1 on: that was a `:status 200` carrying the text of a 405).
   server.on('connect', (request: http.IncomingMessage, socketOrResponse: Socket | Http2ServerResponse) => refuseConnect(request, socketOrResponse, recordRejected, ownHeaders));
