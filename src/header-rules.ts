@@ -157,7 +157,9 @@ function compileRule(rule: RuleConfig | undefined, alsoRemove: readonly string[]
   const add = Object.entries(rule?.add ?? {}).map(([name, value]) => [name.toLowerCase(), compileTemplate(value)] as const);
   if (remove.length + set.length + add.length === 0) return undefined;
   return function applyHeaderRules(headers, ctx) {
-    for (const name of remove) delete headers[name];
+    // Most names are absent (the hidden list is long, a service sends few of them): `in` is an inline-cached
+    // lookup, a `delete` of an absent property a call into V8's runtime each (~4k instructions per answer).
+    for (const name of remove) if (name in headers) delete headers[name];
     for (const [name, value] of set) headers[name] = value(ctx);
     for (const [name, value] of add) {
       const existing = headers[name];
