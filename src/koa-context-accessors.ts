@@ -135,3 +135,45 @@ export function installDirectAccessors(context: object): void {
   Object.defineProperties(context, Object.getOwnPropertyDescriptors(responseAccessors));
   Object.defineProperties(context, Object.getOwnPropertyDescriptors(requestAccessors));
 }
+
+/** What Koa's request getters read: its app's settings and Node's request. */
+interface KoaRequestSource {
+  app: { proxy: boolean };
+  req: { headers: Record<string, string | string[] | undefined>; httpVersionMajor: number };
+}
+
+/**
+ * koa/lib/request.js `host` (3.3.0) without its array per call: Koa splits the header on commas into an array,
+ * trims every piece and keeps the first; read by the tracing, the cache and the proxy on every request, that was
+ * ~3k instructions per request. Same answer for every header value: the text before the first comma, trimmed
+ * (`String.prototype.trim` and Koa's `.map(v => v.trim())` are one function), then Koa's userinfo rule.
+ */
+const fasterRequestAccessors: ThisType<KoaRequestSource> & object = {
+  get host() {
+    const { headers } = this.req;
+    // Koa's `this.get(name)` is `req.headers[name] || ''`.
+    let host = (this.app.proxy && headers['x-forwarded-host']) || '';
+    if (!host) {
+      if (this.req.httpVersionMajor >= 2) host = headers[':authority'] || '';
+      if (!host) host = headers.host || '';
+    }
+    if (!host) return '';
+    const text = String(host);
+    const comma = text.indexOf(',');
+    let first = (comma === -1 ? text : text.slice(0, comma)).trim();
+    // Host header may contain userinfo (e.g., "user@host"), which is invalid per RFC 7230: Koa keeps URL's host.
+    if (first.includes('@')) {
+      try {
+        first = new URL(`http://${first}`).host;
+      } catch {
+        return '';
+      }
+    }
+    return first;
+  },
+};
+
+/** Defines the request getters above as own properties of `request` (an app's own `app.request`, not Koa's prototype). */
+export function installFasterRequestAccessors(request: object): void {
+  Object.defineProperties(request, Object.getOwnPropertyDescriptors(fasterRequestAccessors));
+}
