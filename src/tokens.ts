@@ -94,6 +94,8 @@ export interface TokenService {
    * TokenVerifierUnavailableError (the provider's keys could not be had: fail closed, 503).
    */
   verify(token: string): Promise<AuthenticatedUser>;
+  /** Whether `token` verified before and is remembered (it may have expired since: `verify` says). */
+  remembers(token: string): boolean;
 }
 
 /**
@@ -185,6 +187,10 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
         .setExpirationTime(`${options.tokenTtlSeconds}s`)
         .sign(await key);
       return { token, expiresIn: options.tokenTtlSeconds };
+    },
+
+    remembers(token) {
+      return cache.has(token);
     },
 
     async verify(token) {
@@ -361,6 +367,10 @@ function expiryMs(payload: JWTPayload): number {
 class VerifiedTokenCache {
   private readonly entries = new Map<string, { user: AuthenticatedUser; expiresAtMs: number; stillTrusted?: () => boolean }>();
   constructor(private readonly maxEntries: number) {}
+
+  has(token: string): boolean {
+    return this.entries.has(token);
+  }
 
   get(token: string): AuthenticatedUser | undefined {
     const entry = this.entries.get(token);
