@@ -48,7 +48,7 @@ export function createRequestId(options: RequestIdOptions = {}): Middleware {
     const inbound = propagation.getBaggage(active);
     // First of all entries: the W3C propagator sends at most 180 entries and 8192 bytes, keeping the first, so a
     // trusted client's full baggage would otherwise push request.id out of what the services receive.
-    const baggage = inbound === undefined ? propagation.createBaggage().setEntry(BAGGAGE_REQUEST_ID, { value: id }) : requestIdFirst(inbound, id);
+    const baggage = inbound === undefined ? propagation.createBaggage({ [BAGGAGE_REQUEST_ID]: { value: id } }) : requestIdFirst(inbound, id);
     await context.with(propagation.setBaggage(active, baggage), next);
   };
 }
