@@ -116,7 +116,10 @@ const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag
  * client's `no-store` is: its answer is not stored (a stored one may still answer it).
  */
 export function createResponseCache(options: ResponseCacheOptions): Middleware {
-  const { store, statusHeader, logger } = options;
+  const { store, logger } = options;
+  // Written in lower case, as the rate-limit fields are (src/middleware/rate-limit.ts says why).
+  const statusHeader = options.statusHeader.toLowerCase();
+  const statusValues: Record<CacheResult, string> = { hit: 'HIT', miss: 'MISS', stale: 'STALE', bypass: 'BYPASS' };
   const now = options.now ?? Date.now;
   /** Misses under way by key, with their resource: a write to it lets later requests fetch their own. */
   const inFlight = new Map<string, { resource: string; done: Promise<void> }>();
@@ -139,7 +142,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   const record = (ctx: Context, routeName: string, result: CacheResult, counted = true) => {
     ctx.state.cache = result;
     // Node's setHeader, not Koa's ctx.set (arrays and closures per call): this runs on every cached route's request.
-    ctx.res.setHeader(statusHeader, result.toUpperCase());
+    ctx.res.setHeader(statusHeader, statusValues[result]);
     trace.getActiveSpan()?.setAttribute(ATTR.cache, result);
     if (counted) counters.get(routeName)?.[result]?.inc();
   };
