@@ -1,3 +1,4 @@
+import { unescape as percentDecoded } from 'node:querystring';
 import type { Middleware } from 'koa';
 import { GatewayError } from '../errors';
 
@@ -53,20 +54,18 @@ const METHOD_OVERRIDE_PARAMETERS = new Set(['_method', 'x_http_method_override',
 /**
  * Whether a query carries a method-override parameter, under any spelling a framework could read as one:
  * percent-encoded, any case, `-` or `_`, and the `.`, space and `[` PHP turns into `_` in parameter names
- * (`.method` is `$_GET['_method']`), with an array suffix (`_method[]`).
+ * (`.method` is `$_GET['_method']`), with an array suffix (`_method[]`), or cut short by a NUL: PHP keeps a
+ * decoded name as a C string, so `_method%00` and `_method%00anything` are `$_GET['_method']` too.
  */
 export function methodOverrideParameter(querystring: string): boolean {
   if (querystring === '') return false;
   // `;` too: Rack and older CGI parsers split pairs on it.
   for (const pair of querystring.split(/[&;]/)) {
-    const rawName = pair.split('=', 1)[0]!;
-    let name: string;
-    try {
-      name = decodeURIComponent(rawName.replaceAll('+', ' '));
-    } catch {
-      name = rawName;
-    }
-    const folded = name.toLowerCase().trimStart().replace(/\[[^\]]*\]$/, '').replace(/[-. []/g, '_');
+    // Decoded as PHP does, byte by byte, whatever follows: a name whose escapes are not UTF-8 (`_method%00%FF`)
+    // is still read up to its NUL there (percentDecoded, Node's querystring.unescape, never throws; bad bytes become U+FFFD).
+    const name = percentDecoded(pair.split('=', 1)[0]!.replaceAll('+', ' '));
+    const nul = name.indexOf('\0');
+    const folded = (nul === -1 ? name : name.slice(0, nul)).toLowerCase().trimStart().replace(/\[[^\]]*\]$/, '').replace(/[-. []/g, '_');
     if (METHOD_OVERRIDE_PARAMETERS.has(folded)) return true;
   }
   return false;

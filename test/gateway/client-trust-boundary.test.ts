@@ -241,6 +241,10 @@ describe('method overrides in the query', () => {
     { desc: 'X-HTTP-Method-Override as a parameter', path: '/api/orders/1?X-HTTP-Method-Override=DELETE', method: 'POST' },
     { desc: 'x_http_method as a parameter on a GET', path: '/pub/x?x_http_method=DELETE', method: 'GET' },
     { desc: '_method after a ; separator', path: '/pub/x?a=1;_method=PUT', method: 'POST' },
+    { desc: '_method cut short by a NUL (PHP reads _method%00 as _method)', path: '/api/orders/1?_method%00=DELETE', method: 'POST' },
+    { desc: '_method with anything after a NUL', path: '/api/orders/1?_method%00x=DELETE', method: 'POST' },
+    { desc: '_method with a NUL and escapes that are not UTF-8', path: '/api/orders/1?%5Fmethod%00%FF=DELETE', method: 'POST' },
+    { desc: 'x-http-method-override cut short by a NUL', path: '/pub/x?x-http-method-override%00%C0=PUT', method: 'POST' },
   ])('answers $desc with 400 bad_request, reaching no service', async ({ path, method }) => {
     const before = seen.length;
     expectProblem(await send(path, { authorization: `Bearer ${user}` }, method), 400, 'bad_request');
@@ -249,8 +253,8 @@ describe('method overrides in the query', () => {
 
   it('forwards parameters that only look alike (method, _methods, a value of _method)', async () => {
     const requestId = nextRequestId();
-    expect((await send('/pub/x?method=DELETE&_methods=1&q=_method', { [HEADER.requestId]: requestId })).status).toBe(200);
-    expect(seenWith(requestId)[0]?.url).toBe('/p/x?method=DELETE&_methods=1&q=_method');
+    expect((await send('/pub/x?method=DELETE&_methods=1&q=_method&%00_method=1&bad%FF=1', { [HEADER.requestId]: requestId })).status).toBe(200);
+    expect(seenWith(requestId)[0]?.url).toBe('/p/x?method=DELETE&_methods=1&q=_method&%00_method=1&bad%FF=1');
   });
 });
 
