@@ -117,7 +117,9 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
       if (suffixed && entry.segments < suffixed.segments) break;
       // Segment boundary: `/api/users` covers `/api/users/1`, never `/api/usersX`.
       if (key === prefixKey || (!route.exact && key.startsWith(prefixKey) && key.charCodeAt(prefixKey.length) === 47 /* / */)) return { route, suffixed: false };
-      if (!suffixed && key.startsWith(prefixKey) && key.charCodeAt(prefixKey.length) === 46 /* . */ && !key.includes('/', prefixKey.length)) suffixed = entry;
+      // Of the routes a suffix leaves to, the longest prefix: `/api/report.internal.json` is `/api/report.internal`'s
+      // (Rails' format has no dot, Spring takes the most specific pattern), not `/api/report`'s, in any config order.
+      if (key.startsWith(prefixKey) && key.charCodeAt(prefixKey.length) === 46 /* . */ && !key.includes('/', prefixKey.length) && (!suffixed || prefixKey.length > suffixed.key.length)) suffixed = entry;
     }
     return suffixed && { route: suffixed.route, suffixed: true };
   }

@@ -101,6 +101,9 @@ beforeAll(async () => {
         { name: 'pub', prefix: '/pub', service: 'rec', upstreamPath: '/p', auth: 'public' },
         { name: 'admin', prefix: '/api/admin', service: 'rec', upstreamPath: '/svc/admin', auth: 'required', roles: ['admin'] },
         { name: 'api', prefix: '/api', service: 'rec', upstreamPath: '/svc', auth: 'required' },
+        // A public route listed before a protected one whose prefix is its own with a dot: a suffix on the longer one is its.
+        { name: 'report', prefix: '/report', service: 'rec', upstreamPath: '/report', auth: 'public' },
+        { name: 'report-internal', prefix: '/report.internal', service: 'rec', upstreamPath: '/report.internal', auth: 'required', roles: ['admin'] },
       ],
     },
     env: { JWT_SECRET: TEST_JWT_SECRET },
@@ -285,6 +288,25 @@ describe('trailing dots, white space and format suffixes on a nested protected r
     const requestId = nextRequestId();
     expect((await send(path, { authorization: `Bearer ${admin}`, [HEADER.requestId]: requestId })).status).toBe(200);
     expect(seenWith(requestId)[0]?.url).toBe(upstream);
+  });
+
+  it.each([
+    { desc: 'a suffix', path: '/report.internal.json', upstream: '/report.internal.json' },
+    { desc: 'an encoded dot and an upper-case suffix', path: '/REPORT%2Einternal.JSON', upstream: '/report.internal.JSON' },
+  ])('gives $desc ($path) to the route named without it, not to a shorter one listed first: 401, 403, forwarded for an admin', async ({ path, upstream }) => {
+    const before = seen.length;
+    expectProblem(await send(path), 401, 'missing_token');
+    expectProblem(await send(path, { authorization: `Bearer ${user}` }), 403, 'forbidden');
+    expect(seen.length).toBe(before);
+    const requestId = nextRequestId();
+    expect((await send(path, { authorization: `Bearer ${admin}`, [HEADER.requestId]: requestId })).status).toBe(200);
+    expect(seenWith(requestId)[0]?.url).toBe(upstream);
+  });
+
+  it('leaves the shorter route its own suffixes (/report.json)', async () => {
+    const requestId = nextRequestId();
+    expect((await send('/report.json', { [HEADER.requestId]: requestId })).status).toBe(200);
+    expect(seenWith(requestId)[0]?.url).toBe('/report.json');
   });
 
   it.each([
