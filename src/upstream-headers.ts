@@ -210,16 +210,24 @@ function publicPort(ctx: KoaContext, host: string): string {
   return inHost ? inHost[1]! : ctx.protocol === 'https' ? '443' : '80';
 }
 
+/** Whether a URL reference starts with two slashes, either of them a backslash (WHATWG URL: the same for http and https). */
+function isSchemeRelative(value: string): boolean {
+  return (value.charCodeAt(0) === 0x2f || value.charCodeAt(0) === 0x5c) && (value.charCodeAt(1) === 0x2f || value.charCodeAt(1) === 0x5c);
+}
+
 /**
  * A URL a service wrote into `Location` or `Content-Location`, as the client must see it. A service that builds
  * absolute URLs from the Host it received names the instance (`http://10.0.3.7:4001/users/7`): that address
  * means nothing to the client and maps the network behind the gateway. Such a URL becomes the public origin
  * and, when its path is under the route's upstream path, the route's public path (nginx's `proxy_redirect
- * default`). Relative URLs and other origins pass as they are.
+ * default`), scheme-relative ones (`//10.0.3.7:4001/users/7`) too. Relative URLs and other origins pass as they are.
  */
 export function publicLocation(value: string, instanceOrigin: string, publicOrigin: string, route: { prefix: string; upstreamPath: string }): string {
-  if (value.length < instanceOrigin.length || value.slice(0, instanceOrigin.length).toLowerCase() !== instanceOrigin) return value;
-  let rest = value.slice(instanceOrigin.length);
+  // A scheme-relative reference (`//10.0.3.7:4001/users/7`; browsers read `\` as `/` there) names the instance as
+  // surely: the client resolves it against the public scheme and goes to the instance's address.
+  const origin = isSchemeRelative(value) ? `//${instanceOrigin.slice(instanceOrigin.indexOf('//') + 2)}` : instanceOrigin;
+  if (value.length < origin.length || value.slice(0, origin.length).replaceAll('\\', '/').toLowerCase() !== origin) return value;
+  let rest = value.slice(origin.length);
   if (rest !== '' && !'/?#'.includes(rest[0]!)) return value;
   const { upstreamPath, prefix } = route;
   if (rest === '' || rest[0] !== '/') rest = `/${rest}`;

@@ -37,6 +37,9 @@ const REDIRECTS: Record<string, (origin: string) => string[]> = {
   '/orders/refresh-quoted': (origin) => [`Refresh: 5;URL='${origin}/orders/done'`],
   '/orders/refresh-bare-url': (origin) => [`Refresh: 3, ${origin}/orders/done `],
   '/orders/refresh-elsewhere': () => ['Refresh: 1; url=https://example.org/orders/done'],
+  // Scheme-relative (`//host:port/...`), as a service that builds URLs without a scheme writes them.
+  '/orders/scheme-relative': (origin) => [`Location: ${origin.slice('http:'.length)}/orders/done`, `Refresh: 0; url=${origin.slice('http:'.length)}/orders/done`],
+  '/orders/scheme-relative-backslashes': (origin) => [`Location: \\\\${origin.slice('http://'.length)}/orders/done`],
   '/orders/location-twice': (origin) => [`Location: ${origin}/orders/one`, `Location: ${origin}/orders/two`],
   // As many as the instance origin has characters: the count at which rewriting them threw inside undici's handler.
   '/orders/location-many': (origin) => Array.from({ length: origin.length + 1 }, (_, index) => `Location: ${origin}/orders/${index}`),
@@ -175,6 +178,17 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
     const reply = await fetch(`${stack.gateway.url}/api${path}`, { headers: { authorization: `Bearer ${token}` }, redirect: 'manual' });
     expect(reply.status).toBe(302);
     expect(reply.headers.get('refresh')?.trimEnd()).toBe(refresh(stack.gateway.url));
+    expect(JSON.stringify([...reply.headers])).not.toContain(new URL(service.url).host);
+  });
+
+  it.each([
+    { desc: 'scheme-relative Location and Refresh', path: '/orders/scheme-relative', refresh: (gateway: string) => `0; url=${gateway}/api/orders/done` },
+    { desc: 'a scheme-relative Location written with backslashes', path: '/orders/scheme-relative-backslashes', refresh: () => null },
+  ])('rewrites $desc naming the instance to the public URL', async ({ path, refresh }) => {
+    const reply = await fetch(`${stack.gateway.url}/api${path}`, { headers: { authorization: `Bearer ${token}` }, redirect: 'manual' });
+    expect(reply.status).toBe(302);
+    expect(reply.headers.get('location')).toBe(`${stack.gateway.url}/api/orders/done`);
+    expect(reply.headers.get('refresh')).toBe(refresh(stack.gateway.url));
     expect(JSON.stringify([...reply.headers])).not.toContain(new URL(service.url).host);
   });
 

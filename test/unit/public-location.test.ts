@@ -17,6 +17,11 @@ describe('publicLocation: a Location naming the instance, as the client must see
     ['another origin', 'https://idp.example.com/authorize?x=1', 'https://idp.example.com/authorize?x=1'],
     ['another port of the same address', 'http://10.0.3.7:40011/users/7', 'http://10.0.3.7:40011/users/7'],
     ['the instance as userinfo of another host', 'http://10.0.3.7:4001@evil.example/x', 'http://10.0.3.7:4001@evil.example/x'],
+    ['the instance, scheme-relative', '//10.0.3.7:4001/users/7', 'https://api.example.com/api/users/7'],
+    ['the instance, scheme-relative with backslashes', '\\\\10.0.3.7:4001/users/7', 'https://api.example.com/api/users/7'],
+    ['the instance, scheme-relative with one backslash', '/\\10.0.3.7:4001/users/7', 'https://api.example.com/api/users/7'],
+    ['another host, scheme-relative', '//cdn.example.com/users/7', '//cdn.example.com/users/7'],
+    ['another port of the same address, scheme-relative', '//10.0.3.7:40011/users/7', '//10.0.3.7:40011/users/7'],
   ])('%s', (_desc, value, expected) => {
     expect(publicLocation(value, instance, publicOrigin, route)).toBe(expected);
   });
