@@ -276,7 +276,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const flightKey = `${key.resource} ${key.variant}`;
     const lookup = async (): Promise<CachedResponse | undefined> => {
       const entry = await store.get(route.name, key);
-      return entry && entry.vary.every((name, index) => heard(name) === entry.varyValues[index] && !twinned(name)) ? entry : undefined;
+      // Not a copy varying on a `_` name either (captureResponse stores none; a replica of an earlier version may have).
+      return entry && entry.vary.every((name, index) => heard(name) === entry.varyValues[index] && !twinned(name) && !name.includes('_')) ? entry : undefined;
     };
 
     let entry = await lookup();
@@ -377,8 +378,10 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
       const verdict = storability({ status: responseStatus, headers, sharedCredentialed: options.sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: options.now() });
       vary = varyNames(headers.vary);
       // The service saw the gateway's value of these, not the client's: comparing the client's would be wrong. So
-      // it is for a name whose `_` twin the request carries: the service may have read that one instead.
-      const varyTrusted = !vary.some((name) => ownedRequestHeader(name) !== undefined || options.rules?.rewrittenRequestHeaders.has(name) || options.twinned(name));
+      // it is for a name whose `_` twin the request carries: the service may have read that one instead. And for a
+      // name spelt with `_` (`Vary: X_Api_Version`): CGI, PHP, Rack and WSGI read the client's `X-Api-Version` as
+      // that header, whatever `headersWithUnderscores` says, and no one spelling of the request could key it.
+      const varyTrusted = !vary.some((name) => ownedRequestHeader(name) !== undefined || options.rules?.rewrittenRequestHeaders.has(name) || options.twinned(name) || name.includes('_'));
       if (!options.storable || !verdict.store || !varyTrusted || Number(headers['content-length'] ?? 0) > options.maxEntryBytes) return options.settled();
       // Not kept: framing (Koa frames the copy), the age (computed per answer), and what a service echoed of
       // this request's own telemetry, which would otherwise label every later answer with this request's id.

@@ -540,6 +540,13 @@ describe('response cache', () => {
     expect(head.headers['content-length']).toBe(String(Buffer.byteLength(stored.text)));
   });
 
+  it('never stores an answer whose Vary names a header spelt with `_` (headersWithUnderscores drop): the service reads Accept-Language as it', async () => {
+    const path = fresh('/api/fwd', 'cc=max-age%3D60&vary=Accept_Language');
+    const poisoned = await send(stack.gateway.url, path, { 'accept-language': 'evil' });
+    const victim = await send(stack.gateway.url, path);
+    expect([poisoned.headers['x-cache'], poisoned.json.lang, victim.headers['x-cache'], victim.json.lang, hitsFor(path)]).toEqual(['MISS', 'evil', 'MISS', null, 2]);
+  });
+
   it('records the result on the span, in the access log and in the metrics', async () => {
     const path = fresh('/api/open');
     await send(stack.gateway.url, path, { 'x-request-id': 'cache-miss-1' });
@@ -629,6 +636,17 @@ describe('response cache with headers spelled with `_` allowed', () => {
     expect((await send(stack.gateway.url, path, twin)).headers['x-cache']).toBe(result);
     const again = await send(stack.gateway.url, path);
     expect([again.headers['x-cache'], again.json.lang, hits(path)]).toEqual(['HIT', null, 3]);
+  });
+
+  it('never stores an answer whose Vary names a header spelt with `_`: the service reads the client’s `-` spelling as it', async () => {
+    const path = fresh('/api/fwd', 'cc=max-age%3D60&vary=Accept_Language');
+    const poisoned = await send(stack.gateway.url, path, { 'accept-language': 'evil' });
+    expect([poisoned.headers['x-cache'], poisoned.json.lang]).toEqual(['MISS', 'evil']);
+    for (const headers of [{}, { accept_language: 'fr' }, {}]) {
+      const victim = await send(stack.gateway.url, path, headers);
+      expect([victim.headers['x-cache'], victim.json.lang]).toEqual(['MISS', (headers as { accept_language?: string }).accept_language ?? null]);
+    }
+    expect(hits(path)).toBe(4);
   });
 
   it('still answers from the cache a request whose `_` header the answer does not vary on', async () => {
