@@ -42,10 +42,11 @@ export interface GatewayState {
   /** createResponseCache: sees the service's response as the proxy forwards it, to store a copy. */
   responseTap?: ResponseTap;
   /**
-   * createResponseCache: what the proxy waits for, given the service's status, before it sends the answer on (a
-   * successful write's invalidation of the stored copies); none, or undefined from it, sends it at once.
+   * createResponseCache: what the proxy waits for, given the service's status and the URLs its answer names in
+   * `Location` and `Content-Location` as the client will see them, before it sends the answer on (a successful
+   * write's invalidation of the stored copies); none, or undefined from it, sends it at once.
    */
-  holdResponse?: (status: number) => Promise<unknown> | undefined;
+  holdResponse?: (status: number, locations: readonly string[]) => Promise<unknown> | undefined;
 }
 
 declare module 'koa' {

@@ -192,7 +192,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   // the peers' invalidations over from the running build's; nothing built after it throws, so a reload whose
   // build fails leaves them with the store that still serves.
   if (cachedRoutes.size > 0) {
-    app.use(createResponseCache({ routes: cachedRoutes, keyScopes: cacheKeyScopes, store: createResponseStore(config, redis, logger, deps.cachePeers), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, headerRules, underscores: config.headersWithUnderscores, logger, metrics }));
+    app.use(createResponseCache({ routes: cachedRoutes, keyScopes: cacheKeyScopes, routeTable: routes, store: createResponseStore(config, redis, logger, deps.cachePeers), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, headerRules, underscores: config.headersWithUnderscores, logger, metrics }));
   } else {
     // No cached route left: the running build's store goes with its app instead of staying held (its entries
     // up to cache.maxBytes) by the peers' subscription; their invalidations are still confirmed, with nothing to drop.

@@ -264,6 +264,14 @@ export function cacheKey(parts: readonly (string | null)[]): string {
 }
 
 /**
+ * A resource's key: the route as configured (its name and `keyScope` digest) and the upstream target (path and
+ * query) byte for byte. What a successful write invalidates, every variant at once.
+ */
+export function resourceKey(routeName: string, keyScope: string | undefined, upstreamTarget: string): string {
+  return cacheKey([routeName, keyScope ?? null, upstreamTarget]);
+}
+
+/**
  * Keys hashed lately, by their text: a hit computes two keys (resource and variant), and the same few recur
  * request after request; the hash was ~14k of a cache hit's ~370k instructions, a lookup of the text is a tenth of
  * that. Bounded in entries and in each text's length (at most ~4 MiB held); past the bound it starts again, so a

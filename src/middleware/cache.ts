@@ -7,8 +7,10 @@ import { ATTR, CACHE_RESULTS, CLIENT_ADDRESS_HEADERS, HEADER, isForwardingHeader
 import { GatewayError, isGatewayError } from '../errors';
 import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
 import type { GatewayMetrics } from '../metrics';
-import { cacheKey, currentAge, isFresh, parseCacheControl, parseHttpDate, requestHeaderValue, storability, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
+import { createNamedResources } from '../cache-named-resources';
+import { cacheKey, currentAge, isFresh, parseCacheControl, parseHttpDate, requestHeaderValue, resourceKey, storability, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
 import type { CacheKey, FetchStart, ResponseStore } from '../response-store';
+import type { RouteTable } from '../routes';
 import { endToEndHeaders, stopsAtThisHop, type UnderscoreHeaderPolicy } from '../upstream-headers';
 
 export interface ResponseCacheOptions {
@@ -20,6 +22,8 @@ export interface ResponseCacheOptions {
    * another config, never meets the copies a shared store (Redis) kept under the old one.
    */
   keyScopes: ReadonlyMap<string, string>;
+  /** The gateway's routes: a write's answer may name (`Location`, `Content-Location`) a resource of another path it changed. */
+  routeTable: Pick<RouteTable, 'match'>;
   store: ResponseStore;
   /** Response header naming the result (`X-Cache`). */
   statusHeader: string;
@@ -121,6 +125,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   const statusHeader = options.statusHeader.toLowerCase();
   const statusValues: Record<CacheResult, string> = { hit: 'HIT', miss: 'MISS', stale: 'STALE', bypass: 'BYPASS' };
   const now = options.now ?? Date.now;
+  const namedResources = createNamedResources({ routeTable: options.routeTable, keyScopes: options.keyScopes });
   /** Misses under way by key, with their resource: a write to it lets later requests fetch their own. */
   const inFlight = new Map<string, { resource: string; done: Promise<void> }>();
   const counters = new Map<string, Record<CacheResult, Counter.Internal | undefined>>();
@@ -209,7 +214,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     // The resource: what the service is asked for, the route as configured and the upstream path and query byte
     // for byte (another spelling is another resource, never a wrong answer). A successful write drops every stored
     // variant of it (RFC 9111 4.4), however the requests that stored them were forwarded.
-    const resource = cacheKey([route.name, options.keyScopes.get(route.name) ?? null, ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!]);
+    const resource = resourceKey(route.name, options.keyScopes.get(route.name), ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!);
     const onlyIfCached = ONLY_IF_CACHED.test(requestHeaderValue(headers['cache-control']) ?? '');
     if (!SAFE_METHODS.has(method)) {
       record(ctx, route.name, 'bypass');
@@ -218,12 +223,18 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       // RFC 9111 4.4: once an unsafe request to a resource succeeded, what was stored for it is out of date. The
       // proxy sends the answer before next() returns, so it holds it until the copies are dropped wherever another
       // request may read them (Redis, the other workers): a client that wrote, then read through another worker
-      // or replica, got the copy from before its write.
-      let invalidation: Promise<void> | undefined;
-      const invalidate = () => (invalidation ??= dropStoredCopies(route.name, resource));
-      ctx.state.holdResponse = (status) => (status < 400 ? invalidate() : undefined);
+      // or replica, got the copy from before its write. So are the resources its answer names (Location,
+      // Content-Location), which a client reads next (src/cache-named-resources.ts).
+      let invalidation: Promise<unknown> | undefined;
+      const invalidate = (locations: readonly string[]) => {
+        if (invalidation) return invalidation;
+        const named = namedResources({ protocol: ctx.protocol, host: ctx.host, path: ctx.path, route }, locations).filter((each) => each.route !== route.name || each.resource !== resource);
+        return (invalidation = Promise.all([dropStoredCopies(route.name, resource), ...named.map((each) => dropStoredCopies(each.route, each.resource))]));
+      };
+      ctx.state.holdResponse = (status, locations) => (status < 400 ? invalidate(locations) : undefined);
       await next();
-      if (ctx.status < 400) await invalidate();
+      // An answer the proxy did not hold (none reached it): the locations as it went out.
+      if (ctx.status < 400) await invalidate([ctx.response.get('location'), ctx.response.get('content-location')].filter(Boolean));
       return;
     }
     const forwardedCredential = route.forwardAuthorization && headers[HEADER.authorization] !== undefined && !ctx.state.user && !ctx.state.consumer;

@@ -323,7 +323,7 @@ export function createProxy(options: ProxyOptions): Middleware {
               return;
             }
             // The cache holds a successful write's answer until the copies it made stale are dropped (src/middleware/cache.ts).
-            const hold = ctx.state.holdResponse?.(statusCode);
+            const hold = ctx.state.holdResponse?.(statusCode, namedLocations(upstreamHeaders, instance.origin, ctx, route));
             if (!hold) return answer(controller, statusCode, upstreamHeaders, statusMessage);
             held = true;
             heldSince = performance.now();
@@ -542,6 +542,20 @@ function withPublicLocations(headers: http.IncomingHttpHeaders, instanceOrigin: 
   if (contentLocation !== undefined) rewritten['content-location'] = publicLocation(contentLocation, instanceOrigin, publicOrigin, route);
   if (refresh !== undefined) rewritten.refresh = publicRefresh(refresh, (url) => publicLocation(url, instanceOrigin, publicOrigin, route));
   return rewritten;
+}
+
+/**
+ * The URLs an answer names in `Location` and `Content-Location`, as the client will see them (withPublicLocations):
+ * a write's answer may name the resource it changed (RFC 9111 4.4). A repeated field names none: the answer is
+ * refused (unforwardableResponse).
+ */
+function namedLocations(headers: http.IncomingHttpHeaders, instanceOrigin: string, ctx: KoaContext, route: CompiledRoute): string[] {
+  const urls: string[] = [];
+  for (const name of ['location', 'content-location']) {
+    const value = headers[name];
+    if (typeof value === 'string') urls.push(ctx.host ? publicLocation(value, instanceOrigin, `${ctx.protocol}://${ctx.host}`, route) : value);
+  }
+  return urls;
 }
 
 /**

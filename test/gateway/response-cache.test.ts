@@ -28,7 +28,7 @@ interface CatalogService extends TestServer {
 
 /**
  * A service whose answer the query decides: `cc` (Cache-Control), `vary`, `status`, `etag`, `lm`
- * (Last-Modified), `cookie` (Set-Cookie), `xcache` (its own X-Cache), `age`, `size` (body padding), `untyped` (no Content-Type), `gate`
+ * (Last-Modified), `cookie` (Set-Cookie), `xcache` (its own X-Cache), `age`, `loc` (Location), `cloc` (Content-Location), `size` (body padding), `untyped` (no Content-Type), `gate`
  * (hold the answer until the test releases it); the `X-Answer-Status` request header overrides the status. The body reflects the request headers a poisoner would aim at.
  */
 async function catalogService(): Promise<CatalogService> {
@@ -52,6 +52,8 @@ async function catalogService(): Promise<CatalogService> {
       set('xcache', 'x-cache');
       set('age', 'age');
       set('expires', 'expires');
+      set('loc', 'location');
+      set('cloc', 'content-location');
       if (query.has('untyped')) delete headers['content-type'];
       const body = JSON.stringify({
         n: hits.filter((hit) => hit.url === req.url).length,
@@ -491,6 +493,27 @@ describe('response cache', () => {
     const unsafe = await send(stack.gateway.url, path, as(bob, { 'x-answer-status': String(status) }), method);
     expect([unsafe.status, unsafe.headers['x-cache']]).toEqual([status, 'BYPASS']);
     expect((await send(stack.gateway.url, path, as(alice))).headers['x-cache']).toBe(kept ? 'HIT' : 'MISS');
+  });
+
+  it.each([
+    { desc: 'a 201 naming it in Location by the instance\'s own address (made public by the gateway)', method: 'POST', status: 201, header: 'loc', location: (child: string) => `${service.url}${child.replace('/api/catalog', '/catalog')}`, dropped: true },
+    { desc: 'a 303 naming it in a relative Location', method: 'POST', status: 303, header: 'loc', location: (child: string) => child.split('/').slice(-2).join('/'), dropped: true },
+    { desc: 'a 200 to a PUT naming it in Content-Location by its public URL', method: 'PUT', status: 200, header: 'cloc', location: (child: string) => `${stack.gateway.url}${child}`, dropped: true },
+    // RFC 9111 4.4: never another origin's URI.
+    { desc: 'a 201 naming it in a Location on another origin', method: 'POST', status: 201, header: 'loc', location: (child: string) => `http://elsewhere.example${child}`, dropped: false },
+  ])('after a write answered with $desc, a resource it names is read afresh: $dropped (RFC 9111 4.4)', async ({ method, status, header, location, dropped }) => {
+    const item = fresh('/api/catalog');
+    const child = `${item}/child`;
+    // Not there yet: a 404, stored for the route's ttl like any other.
+    const before = [await send(stack.gateway.url, child, as(alice, { 'x-answer-status': '404' })), await send(stack.gateway.url, child, as(alice, { 'x-answer-status': '404' }))];
+    expect(before.map((reply) => [reply.status, reply.headers['x-cache']])).toEqual([
+      [404, 'MISS'],
+      [404, 'HIT'],
+    ]);
+    const write = await send(stack.gateway.url, `${item}?${header}=${encodeURIComponent(location(child))}`, as(bob, { 'x-answer-status': String(status) }), method);
+    expect(write.status).toBe(status);
+    const after = await send(stack.gateway.url, child, as(alice));
+    expect([after.status, after.headers['x-cache']]).toEqual(dropped ? [200, 'MISS'] : [404, 'HIT']);
   });
 
   it('passes by a credential the gateway did not verify but forwards to the service (forwardAuthorization)', async () => {
