@@ -69,6 +69,7 @@ export interface CacheControl {
   /** `must-revalidate` or `proxy-revalidate`: never served stale. */
   mustRevalidate: boolean;
   maxAge?: number;
+  /** The lifetime for a shared cache; it also means proxy-revalidate there (RFC 9111 5.2.2.10): never served stale. */
   sMaxAge?: number;
   /** RFC 5861: how long past freshness the response may stand in for a failed service, s. */
   staleIfError?: number;
@@ -207,7 +208,10 @@ export function storability(input: StorabilityInput): Storability {
   const apparentAge = Math.max(0, (input.now - dateValue) / 1000);
   const initialAge = Math.max(ageHeader, apparentAge);
   if (lifetime <= initialAge) return { store: false, reason: 'stale on arrival' };
-  return { store: true, lifetimeSeconds: lifetime, initialAgeSeconds: initialAge, staleIfErrorSeconds: control.mustRevalidate ? 0 : (control.staleIfError ?? 0) };
+  // What forbids a stale answer wins over stale-if-error's leave (RFC 9111 4.2.4): must-revalidate, proxy-revalidate
+  // and, in a shared cache, s-maxage (5.2.2.10), which a service sends to say how long the gateway may answer for it.
+  const neverStale = control.mustRevalidate || control.sMaxAge !== undefined;
+  return { store: true, lifetimeSeconds: lifetime, initialAgeSeconds: initialAge, staleIfErrorSeconds: neverStale ? 0 : (control.staleIfError ?? 0) };
 }
 
 /** A stored response. */

@@ -589,6 +589,42 @@ describe('response cache', () => {
   });
 });
 
+describe('response cache while its service is down', () => {
+  let service: CatalogService;
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    service = await catalogService();
+    stack = await startStack({ serviceUrls: { orders: service.url }, overrides: overrides() });
+  });
+  afterAll(async () => {
+    await stack.close();
+    await service.close();
+  });
+
+  // RFC 9111 4.2.4: a directive that forbids a stale answer wins over stale-if-error's leave.
+  const rows = [
+    { desc: 'stale-if-error alone', cc: 'max-age=1, stale-if-error=600', result: 'STALE' },
+    { desc: 'must-revalidate', cc: 'max-age=1, must-revalidate, stale-if-error=600', result: undefined },
+    { desc: 'proxy-revalidate', cc: 'max-age=1, proxy-revalidate, stale-if-error=600', result: undefined },
+    // RFC 9111 5.2.2.10: s-maxage means proxy-revalidate for a shared cache.
+    { desc: 's-maxage', cc: 's-maxage=1, stale-if-error=600', result: undefined },
+  ];
+
+  it(`stands in with a stale copy only where the service allowed it: ${rows.map((row) => `${row.desc} ${row.result ?? 'error'}`).join(', ')}`, async () => {
+    const paths = rows.map((row) => fresh('/api/flaky', `cc=${encodeURIComponent(row.cc)}`));
+    for (const path of paths) expect((await send(stack.gateway.url, path)).headers['x-cache']).toBe('MISS');
+    await service.close();
+    const replies: Reply[] = [];
+    for (const path of paths) {
+      let reply = await send(stack.gateway.url, path);
+      await waitFor(async () => (reply = await send(stack.gateway.url, path)).headers['x-cache'] !== 'HIT');
+      replies.push(reply);
+    }
+    expect(replies.map((reply) => [reply.headers['x-cache'], reply.status === 200 ? 'copy' : 'error'])).toEqual(rows.map((row) => (row.result ? [row.result, 'copy'] : ['MISS', 'error'])));
+  });
+});
+
 describe('response cache behind a trusted proxy', () => {
   let service: CatalogService;
   let stack: TestStack;
