@@ -190,7 +190,11 @@ export function storability(input: StorabilityInput): Storability {
   if (control.noCache) return { store: false, reason: 'no-cache' };
   if (control.invalid) return { store: false, reason: 'invalid cache-control' };
   if (headers['set-cookie'] !== undefined) return { store: false, reason: 'set-cookie' };
-  if (varyNames(headers.vary).includes('*')) return { store: false, reason: 'vary *' };
+  const vary = varyNames(headers.vary);
+  if (vary.includes('*')) return { store: false, reason: 'vary *' };
+  // `Vary: Accept, x y`: a member that names no header says nothing the key could match (RFC 9110 12.5.5). Kept, the
+  // shared store refused the entry on every read, and logged Redis as failing (src/response-store.ts storedMeta).
+  if (!vary.every((name) => FIELD_NAME_TOKEN.test(name))) return { store: false, reason: 'vary names no header' };
   // RFC 9111 3.5: a response to an authenticated request is shared only when the service says so.
   if (input.sharedCredentialed && !control.public && control.sMaxAge === undefined) return { store: false, reason: 'credentialed, not public' };
 

@@ -241,6 +241,7 @@ describe('response cache', () => {
     { desc: 'an Expires that is not an HTTP-date', query: 'expires=2099-01-01' },
     { desc: 'Set-Cookie', query: 'cookie=session%3Dabc' },
     { desc: 'Vary: *', query: 'vary=*' },
+    { desc: 'a Vary member that names no header', query: 'vary=Accept%2C%20x%20y' },
     { desc: 'Vary on a header the gateway writes (X-Forwarded-Host)', query: 'vary=X-Forwarded-Host' },
     { desc: 'Vary on a header a request rule sets (X-Tenant)', query: 'vary=X-Tenant' },
     { desc: 'a 500', query: 'status=500' },
@@ -818,6 +819,16 @@ describe('response cache shared through Redis', () => {
       await moved.close();
       await other.close();
     }
+  });
+
+  it('keeps no answer whose Vary names no header, and never reports the store failing for it', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60&vary=Accept%2C%20x%20y');
+    const replies = [await send(stack.gateway.url, path), await send(stack.gateway.url, path)];
+    expect(replies.map((reply) => [reply.status, reply.headers['x-cache']])).toEqual([
+      [200, 'MISS'],
+      [200, 'MISS'],
+    ]);
+    expect(stack.gatewayLogs.filter((line) => line.message === 'response cache store failed; answering from the service')).toEqual([]);
   });
 
   it('drops variants past their retention as it stores new ones, so a resource kept alive by new variants does not grow without bound', async () => {
