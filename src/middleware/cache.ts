@@ -448,7 +448,9 @@ function opaqueTags(list: string): string[] | undefined {
 
 /**
  * A conditional GET/HEAD the stored response satisfies (RFC 9110 13.1.2 and 13.1.3, weak comparison;
- * If-None-Match first). An If-Modified-Since or Last-Modified that is not an HTTP-date is ignored.
+ * If-None-Match first). An If-Modified-Since or Last-Modified that is not an HTTP-date is ignored. Without a
+ * Last-Modified, the stored response is as of its Date, else of when it was stored (RFC 9111 4.3.2): a client
+ * whose copy is from then or later already has what the cache would send.
  */
 function matchesConditional(ctx: Context, entry: CachedResponse): boolean {
   const ifNoneMatch = requestHeaderValue(ctx.req.headers['if-none-match']);
@@ -458,6 +460,8 @@ function matchesConditional(ctx: Context, entry: CachedResponse): boolean {
     return etag !== undefined && (opaqueTags(ifNoneMatch)?.includes(etag) ?? false);
   }
   const since = parseHttpDate(ctx.req.headers['if-modified-since']);
-  const modified = parseHttpDate(entry.headers['last-modified']);
+  const lastModified = entry.headers['last-modified'];
+  const date = parseHttpDate(entry.headers.date);
+  const modified = lastModified !== undefined ? parseHttpDate(lastModified) : Number.isNaN(date) ? entry.storedAt : date;
   return !Number.isNaN(since) && !Number.isNaN(modified) && modified <= since;
 }

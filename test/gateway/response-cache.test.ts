@@ -257,6 +257,20 @@ describe('response cache', () => {
     expect(hitsFor(path)).toBe(2);
   });
 
+  it('answers If-Modified-Since for a stored answer without Last-Modified by its Date (RFC 9111 4.3.2)', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60');
+    const stored = await send(stack.gateway.url, path);
+    expect(stored.headers['last-modified']).toBeUndefined();
+    const date = Date.parse(stored.headers.date!);
+    const since = (ms: number) => ({ 'if-modified-since': new Date(ms).toUTCString() });
+    const replies = [await send(stack.gateway.url, path, since(date)), await send(stack.gateway.url, path, since(date + 60_000)), await send(stack.gateway.url, path, since(date - 60_000))];
+    expect(replies.map((reply) => [reply.status, reply.headers['x-cache']])).toEqual([
+      [304, 'HIT'],
+      [304, 'HIT'],
+      [200, 'HIT'],
+    ]);
+  });
+
   it('answers If-None-Match with an entity tag holding a comma (RFC 9110 8.8.3) with 304', async () => {
     const path = fresh('/api/open', 'etag=%22a,b%22');
     await send(stack.gateway.url, path);
