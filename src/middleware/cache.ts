@@ -44,7 +44,8 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 
 /**
  * Forwarding headers left out of the key: the ones the gateway rebuilds are keyed through what it rebuilds
- * them from, and the client-address ones, like X-Forwarded-For, would give each client an entry of its own.
+ * them from, and the client-address ones, like X-Forwarded-For, would give each client an entry of its own
+ * (so is `Forwarded`'s `for=`: forwardedWithoutClients).
  */
 const UNKEYED_FORWARDING_HEADERS = new Set<string>([...CLIENT_ADDRESS_HEADERS, 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port']);
 
@@ -59,9 +60,36 @@ function keyedForwardingHeaders(headers: IncomingHttpHeaders, heard: (name: stri
   for (const name in headers) {
     if (!isForwardingHeader(name) || UNKEYED_FORWARDING_HEADERS.has(name)) continue;
     const value = heard(name);
-    if (value !== null) keyed.push(`${name}: ${value}`);
+    if (value !== null) keyed.push(`${name}: ${name === 'forwarded' ? forwardedWithoutClients(value) : value}`);
   }
   return keyed.sort().join('\n');
+}
+
+/** A `Forwarded` pair (RFC 7239 4) and the separator after it: a token or a quoted string without escapes as its value. */
+const FORWARDED_PAIR = /\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("[^"\\]*"|[!#$%&'*+.^_`|~0-9A-Za-z-]*)\s*([;,]|$)/y;
+
+/** A `for=` value that is only a node (an address, a port, an obfuscated name): no other pair can hide in it. */
+const FORWARDED_NODE = /^"?[0-9A-Za-z.:[\]_-]*"?$/;
+
+/**
+ * `Forwarded` as keyed: without its `for=` pairs, which name the client as X-Forwarded-For does (unkeyed, or each
+ * client would get an entry of its own), and keep `host`, `proto`, `by`. A value that is not plainly that (a
+ * `for` value with a `;host=` inside its quotes, which a lax parser such as Spring's reads as the host) is keyed
+ * whole: leaving anything out of the key must never hide what a service may read.
+ */
+function forwardedWithoutClients(value: string): string {
+  let kept = '';
+  FORWARDED_PAIR.lastIndex = 0;
+  while (FORWARDED_PAIR.lastIndex < value.length) {
+    const pair = FORWARDED_PAIR.exec(value);
+    if (!pair) return value;
+    const [text, name, nodeOrValue, separator] = pair;
+    // The other pairs as they came, spacing included: two spellings a lax parser may read apart stay apart.
+    if (name!.toLowerCase() !== 'for') kept += text;
+    else if (FORWARDED_NODE.test(nodeOrValue!)) kept += separator;
+    else return value;
+  }
+  return kept;
 }
 
 /** The request directive `only-if-cached` in a Cache-Control list. */

@@ -670,10 +670,21 @@ describe('response cache behind a trusted proxy', () => {
   it('still shares one entry between requests the proxy forwarded alike', async () => {
     const path = fresh('/api/open', 'cc=max-age%3D60');
     // Client addresses, in any of their spellings, are not keyed: each client would get an entry of its own.
-    const relayed = { 'x-forwarded-prefix': '/shop', 'x-forwarded-for': '198.51.100.7', 'cf-connecting-ip': '198.51.100.7' };
+    const relayed = { 'x-forwarded-prefix': '/shop', 'x-forwarded-for': '198.51.100.7', 'cf-connecting-ip': '198.51.100.7', forwarded: 'for=198.51.100.7;proto=https;host=shop.example' };
     await send(stack.gateway.url, path, relayed);
-    const again = await send(stack.gateway.url, path, { ...relayed, 'x-forwarded-for': '203.0.113.9', 'cf-connecting-ip': '203.0.113.9' });
+    const again = await send(stack.gateway.url, path, { ...relayed, 'x-forwarded-for': '203.0.113.9', 'cf-connecting-ip': '203.0.113.9', forwarded: 'for="[2001:db8::9]:4711";proto=https;host=shop.example' });
     expect([again.headers['x-cache'], again.json.forwardedPrefix]).toEqual(['HIT', '/shop']);
+  });
+
+  it.each([
+    { desc: 'a host hidden in a quoted for= (Spring reads `host=` anywhere in the element)', poisoned: 'for="x;host=evil.example";proto=https' },
+    { desc: 'a host spelled with spaces around `=`', poisoned: 'for=198.51.100.7;proto=https;host = evil.example' },
+  ])('keys the Forwarded without its client address only where nothing can hide in it: $desc', async ({ poisoned }) => {
+    const path = fresh('/api/open', 'cc=max-age%3D60');
+    await send(stack.gateway.url, path, { forwarded: poisoned });
+    const victim = await send(stack.gateway.url, path, { forwarded: 'for=203.0.113.9;proto=https;host=evil.example' });
+    const plain = await send(stack.gateway.url, path, { forwarded: 'for=203.0.113.9;proto=https' });
+    expect([victim.headers['x-cache'], plain.headers['x-cache']]).toEqual(['MISS', 'MISS']);
   });
 });
 
