@@ -129,6 +129,13 @@ function underscoreTwins(headers: IncomingHttpHeaders): Set<string> | undefined 
   return twins;
 }
 
+/**
+ * Failures after which a write may still have been done by the service: it timed out or the connection failed
+ * after the request may have reached it, or it answered something the gateway would not forward. Not those that
+ * kept the request from it (a refused connection, no healthy or free instance).
+ */
+const WRITE_MAY_HAVE_HAPPENED: ReadonlySet<string> = new Set(['upstream_timeout', 'upstream_reset', 'upstream_bad_response']);
+
 /** How often a write answered while a stored copy may be left is logged, ms (the metric counts every one). */
 const INVALIDATION_WARNING_INTERVAL_MS = 10_000;
 
@@ -260,7 +267,14 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
         return (invalidation = Promise.all([dropStoredCopies(route.name, resource), ...named.map((each) => dropStoredCopies(each.route, each.resource))]));
       };
       ctx.state.holdResponse = (status, locations) => (status < 400 ? invalidate(locations) : undefined);
-      await next();
+      try {
+        await next();
+      } catch (error) {
+        // The service may have done a write whose answer never came whole: a client that retries or reads next
+        // must not read the copy from before it (and, seeing its order missing, order again).
+        if (isGatewayError(error) && WRITE_MAY_HAVE_HAPPENED.has(error.code)) await invalidate([]);
+        throw error;
+      }
       // An answer the proxy did not hold (none reached it): the locations as it went out.
       if (ctx.status < 400) await invalidate([ctx.response.get('location'), ctx.response.get('content-location')].filter(Boolean));
       return;

@@ -29,7 +29,7 @@ interface CatalogService extends TestServer {
 /**
  * A service whose answer the query decides: `cc` (Cache-Control), `vary`, `status`, `etag`, `lm`
  * (Last-Modified), `cookie` (Set-Cookie), `xcache` (its own X-Cache), `age`, `loc` (Location), `cloc` (Content-Location), `size` (body padding), `untyped` (no Content-Type), `gate`
- * (hold the answer until the test releases it); the `X-Answer-Status` request header overrides the status. The body reflects the request headers a poisoner would aim at.
+ * (hold the answer until the test releases it; so does an `X-Gate` request header); the `X-Answer-Status` request header overrides the status. The body reflects the request headers a poisoner would aim at.
  */
 async function catalogService(): Promise<CatalogService> {
   let open!: () => void;
@@ -40,7 +40,7 @@ async function catalogService(): Promise<CatalogService> {
     const query = new URL(req.url ?? '/', 'http://service').searchParams;
     req.resume();
     req.on('end', async () => {
-      if (query.has('gate')) await gate;
+      if (query.has('gate') || req.headers['x-gate'] !== undefined) await gate;
       // As the real services do, it echoes the request id.
       const headers: Record<string, string> = { 'content-type': 'application/json', [HEADER.requestId]: String(req.headers[HEADER.requestId]) };
       const set = (param: string, name: string) => query.has(param) && (headers[name] = query.get(param)!);
@@ -601,6 +601,33 @@ describe('response cache', () => {
     expect(count('hit')).toBeGreaterThanOrEqual(1);
     expect(count('miss')).toBeGreaterThanOrEqual(1);
     expect(count('stale')).toBe(0);
+  });
+});
+
+describe('response cache with writes whose answer never comes', () => {
+  let service: CatalogService;
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    service = await catalogService();
+    const slowWrites = { name: 'slow-writes', prefix: '/api/slow', service: 'notifications', upstreamPath: '/slow', auth: 'public', timeoutMs: 300, cache: { ttlSeconds: 60 } };
+    stack = await startStack({ serviceUrls: { notifications: service.url }, overrides: overrides({ routes: [...(shippedConfigFile().routes as unknown[]), slowWrites] }) });
+  });
+  afterAll(async () => {
+    service.release();
+    await stack.close();
+    await service.close();
+  });
+
+  it('drops the stored copy after a write that timed out at the service, which may have done it', async () => {
+    const path = fresh('/api/slow', '');
+    await send(stack.gateway.url, path);
+    expect((await send(stack.gateway.url, path)).headers['x-cache']).toBe('HIT');
+    const write = await send(stack.gateway.url, path, { 'x-gate': '1' }, 'PUT');
+    expect([write.status, write.json.code]).toEqual([504, 'upstream_timeout']);
+    // The service did the write after all (it answers late, to nobody).
+    service.release();
+    expect((await send(stack.gateway.url, path)).headers['x-cache']).toBe('MISS');
   });
 });
 
