@@ -12,8 +12,8 @@ import type { RouteTable } from './routes';
 export interface NamedResourcesOptions {
   /** The gateway's routes: which one, and which upstream path, a named URL is. */
   routeTable: Pick<RouteTable, 'match'>;
-  /** The names of the routes with a `cache`, and each one's configuration digest (src/response-cache.ts resourceKey). */
-  keyScopes: ReadonlyMap<string, string>;
+  /** The routes with a `cache`, by name. */
+  cachedRoutes: ReadonlyMap<string, unknown>;
 }
 
 /** The write as the client sent it: its public origin and path, and the route that took it. */
@@ -53,10 +53,9 @@ export function createNamedResources(options: NamedResourcesOptions): (request: 
       if (url.origin !== base.origin) continue;
       const match = options.routeTable.match(url.pathname, 'GET');
       if (match?.kind !== 'matched' || match.route.service !== request.route.service) continue;
-      const keyScope = options.keyScopes.get(match.route.name);
-      if (keyScope === undefined) continue;
+      if (!options.cachedRoutes.has(match.route.name)) continue;
       const query = url.search.slice(1);
-      named.push({ route: match.route.name, resource: resourceKey(match.route.name, keyScope, query ? `${match.upstreamPath}?${query}` : match.upstreamPath) });
+      named.push({ route: match.route.name, resource: resourceKey(match.route.name, query ? `${match.upstreamPath}?${query}` : match.upstreamPath) });
     }
     return named;
   };

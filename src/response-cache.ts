@@ -272,11 +272,12 @@ export function cacheKey(parts: readonly (string | null)[]): string {
 }
 
 /**
- * A resource's key: the route as configured (its name and `keyScope` digest) and the upstream target (path and
- * query) byte for byte. What a successful write invalidates, every variant at once.
+ * A resource's key: the route's name and the upstream target (path and query) byte for byte. What a successful
+ * write invalidates, every variant at once: also those stored under another configuration of the route (the
+ * variant holds its digest), by a replica in the middle of a rollout that changes it.
  */
-export function resourceKey(routeName: string, keyScope: string | undefined, upstreamTarget: string): string {
-  return cacheKey([routeName, keyScope ?? null, upstreamTarget]);
+export function resourceKey(routeName: string, upstreamTarget: string): string {
+  return cacheKey([routeName, upstreamTarget]);
 }
 
 /**

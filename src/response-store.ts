@@ -14,9 +14,9 @@ import { DEFAULT_ROUTE_MAX_BYTES, retentionMs, type CachedResponse } from './res
 
 /** A stored response's place: the resource it answers, and its variant of it. */
 export interface CacheKey {
-  /** The route as configured and the upstream path and query: what a successful write invalidates, every variant at once. */
+  /** The route and the upstream path and query: what a successful write invalidates, every variant at once. */
   resource: string;
-  /** The origin forwarded to the service (Host, scheme, port, a trusted proxy's forwarding headers), the caller's scope key and the route's `varyHeaders` values. */
+  /** The route as configured (a digest), the origin forwarded to the service (Host, scheme, port, a trusted proxy's forwarding headers), the caller's scope key and the route's `varyHeaders` values. */
   variant: string;
 }
 

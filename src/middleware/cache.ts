@@ -18,8 +18,9 @@ export interface ResponseCacheOptions {
   routes: ReadonlyMap<string, RouteCacheConfig>;
   /**
    * Each of those routes' configuration as its answers are made under (its service, upstream path, request
-   * rules, cache settings), as a digest: part of every key, so a reload that changes it, or a replica that runs
-   * another config, never meets the copies a shared store (Redis) kept under the old one.
+   * rules, cache settings), as a digest: part of every variant, so a reload that changes it, or a replica that
+   * runs another config, never meets the copies a shared store (Redis) kept under the old one; not of the
+   * resource, so a write through either drops both's copies.
    */
   keyScopes: ReadonlyMap<string, string>;
   /** The gateway's routes: a write's answer may name (`Location`, `Content-Location`) a resource of another path it changed. */
@@ -160,7 +161,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   const statusHeader = options.statusHeader.toLowerCase();
   const statusValues: Record<CacheResult, string> = { hit: 'HIT', miss: 'MISS', stale: 'STALE', bypass: 'BYPASS' };
   const now = options.now ?? Date.now;
-  const namedResources = createNamedResources({ routeTable: options.routeTable, keyScopes: options.keyScopes });
+  const namedResources = createNamedResources({ routeTable: options.routeTable, cachedRoutes: options.routes });
   /** Misses under way by key, with their resource: a write to it lets later requests fetch their own. */
   const inFlight = new Map<string, { resource: string; done: Promise<void> }>();
   const counters = new Map<string, Record<CacheResult, Counter.Internal | undefined>>();
@@ -246,10 +247,11 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     // accept-language` would store the answer to no language as the French one.
     const stopsHere = stopsAtThisHop(headers.connection);
     const heard = (name: string) => (stopsHere(name) ? null : requestHeaderValue(headers[name]));
-    // The resource: what the service is asked for, the route as configured and the upstream path and query byte
-    // for byte (another spelling is another resource, never a wrong answer). A successful write drops every stored
-    // variant of it (RFC 9111 4.4), however the requests that stored them were forwarded.
-    const resource = resourceKey(route.name, options.keyScopes.get(route.name), ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!);
+    // The resource: what the service is asked for, the route and the upstream path and query byte for byte
+    // (another spelling is another resource, never a wrong answer). A successful write drops every stored variant
+    // of it (RFC 9111 4.4), however the requests that stored them were forwarded and whichever configuration of
+    // the route they were stored under.
+    const resource = resourceKey(route.name, ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!);
     const onlyIfCached = ONLY_IF_CACHED.test(requestHeaderValue(headers['cache-control']) ?? '');
     if (!SAFE_METHODS.has(method)) {
       record(ctx, route.name, 'bypass');
@@ -313,11 +315,13 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const sharedCredentialed = policy.scope === 'public' ? caller !== undefined || cookie : caller === undefined && cookie;
     const scopeKey = policy.scope === 'user' ? (caller ?? ['anonymous']) : ['shared'];
     // The variant: everything else the service's answer may depend on that the gateway controls or forwards. The
+    // route as configured (a replica on another config asks the service otherwise, so keeps copies of its own). The
     // public origin it forwards as X-Forwarded-Host/-Proto/-Port and a trusted proxy's X-Forwarded-Prefix,
     // Forwarded, X-Forwarded-Server, ... (a service may build links from them), the caller's scope and the route's
     // varyHeaders. Never a header the service is not told about or the gateway removes (X-Original-URL, untrusted
     // X-Forwarded-*): those cannot change the answer, so they cannot poison it either.
     const variant = cacheKey([
+      options.keyScopes.get(route.name) ?? null,
       ctx.protocol,
       hostKey(ctx.host, ctx.protocol),
       requestHeaderValue(headers['x-forwarded-port']),

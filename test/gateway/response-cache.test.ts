@@ -883,6 +883,26 @@ describe('response cache shared through Redis', () => {
     expect(stack.gatewayLogs.filter((line) => line.message === 'response cache store failed; answering from the service')).toEqual([]);
   });
 
+  it('drops the copies a replica on another config of the route made when a write succeeds through this one (a rollout changing its cache settings)', async () => {
+    const { logger } = memoryLogger('gateway');
+    const changedFile = overrides({ cache: { redisKeyPrefix: prefix } });
+    changedFile.routes = (changedFile.routes as Record<string, unknown>[]).map((route) => (route.name === 'open-catalog' ? { ...route, cache: { ...(route.cache as object), ttlSeconds: 120 } } : route));
+    const changed = await listen(createGateway(testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: service.url }, changedFile), { logger, redis: replicaRedis }).callback());
+    try {
+      const path = fresh('/api/open', 'cc=max-age%3D60');
+      const host = { host: 'api.example.test' };
+      // Each config keeps copies of its own: another ttl may mean another answer.
+      expect((await send(stack.gateway.url, path, host)).headers['x-cache']).toBe('MISS');
+      expect((await send(changed.url, path, host)).headers['x-cache']).toBe('MISS');
+      expect((await send(changed.url, path, host)).headers['x-cache']).toBe('HIT');
+      // A write through the old config changed the resource for both.
+      expect((await send(stack.gateway.url, path, host, 'PUT')).status).toBe(200);
+      expect((await send(changed.url, path, host)).headers['x-cache']).toBe('MISS');
+    } finally {
+      await changed.close();
+    }
+  });
+
   it('drops variants past their retention as it stores new ones, so a resource kept alive by new variants does not grow without bound', async () => {
     let clock = Date.now();
     const store = createRedisResponseStore({ client: replicaRedis!, keyPrefix: `${prefix}:store`, logger: memoryLogger('gateway').logger, now: () => clock });
