@@ -170,7 +170,7 @@ export function upstreamHeadersFor(
   targetHost: string,
   options: Pick<UpstreamRequestHeadersInput, 'underscores' | 'forwardAuthorization' | 'rules' | 'isRuleTwin' | 'sign'>,
 ): Record<string, string | string[]> {
-  const publicHost = ctx.host || localAuthority(ctx);
+  const publicHost = forwardedHost(ctx);
   return upstreamRequestHeaders({
     client: ctx.req.headers,
     underscores: options.underscores,
@@ -188,6 +188,15 @@ export function upstreamHeadersFor(
     isRuleTwin: options.isRuleTwin,
     sign: options.sign,
   });
+}
+
+/**
+ * The host a service is told the client addressed (`X-Forwarded-Host`): the one Koa settled on (a trusted proxy's
+ * `X-Forwarded-Host`, else `Host` or `:authority`), else the address and port the client connected to. The
+ * response cache keys this very value.
+ */
+export function forwardedHost(ctx: KoaContext): string {
+  return ctx.host || localAuthority(ctx);
 }
 
 /**

@@ -11,7 +11,7 @@ import { createNamedResources } from '../cache-named-resources';
 import { cacheKey, currentAge, isFresh, parseCacheControl, parseHttpDate, requestHeaderValue, resourceKey, storability, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
 import type { CacheKey, FetchStart, ResponseStore } from '../response-store';
 import type { RouteTable } from '../routes';
-import { endToEndHeaders, stopsAtThisHop, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { endToEndHeaders, forwardedHost, stopsAtThisHop, type UnderscoreHeaderPolicy } from '../upstream-headers';
 
 export interface ResponseCacheOptions {
   /** The `cache` of each route that has one, by route name. */
@@ -265,7 +265,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       let invalidation: Promise<unknown> | undefined;
       const invalidate = (locations: readonly string[]) => {
         if (invalidation) return invalidation;
-        const named = namedResources({ protocol: ctx.protocol, host: ctx.host, path: ctx.path, route }, locations).filter((each) => each.route !== route.name || each.resource !== resource);
+        const named = namedResources({ protocol: ctx.protocol, host: forwardedHost(ctx), path: ctx.path, route }, locations).filter((each) => each.route !== route.name || each.resource !== resource);
         return (invalidation = Promise.all([dropStoredCopies(route.name, resource), ...named.map((each) => dropStoredCopies(each.route, each.resource))]));
       };
       ctx.state.holdResponse = (status, locations) => (status < 400 ? invalidate(locations) : undefined);
@@ -323,7 +323,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const variant = cacheKey([
       options.keyScopes.get(route.name) ?? null,
       ctx.protocol,
-      hostKey(ctx.host, ctx.protocol),
+      // As the service is told it: with no Host (HTTP/1.0), the local address the client connected to.
+      hostKey(forwardedHost(ctx), ctx.protocol),
       requestHeaderValue(headers['x-forwarded-port']),
       keyedForwardingHeaders(headers, heard),
       ...scopeKey,

@@ -1,4 +1,5 @@
 import http from 'node:http';
+import net from 'node:net';
 import { Redis } from 'ioredis';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { createGateway } from '../../src/gateway';
@@ -469,6 +470,32 @@ describe('response cache', () => {
     const otherPort = await send(stack.gateway.url, path, { host: 'shop.example:8080' });
     expect([stored.headers['x-cache'], alike.headers['x-cache'], otherPort.headers['x-cache']]).toEqual(['MISS', 'HIT', 'MISS']);
     expect(otherPort.json.forwardedHost).toBe('shop.example:8080');
+  });
+
+  it('keys a request without Host (HTTP/1.0) by the address the service is told it came to, not one for all', async () => {
+    const { logger } = memoryLogger('gateway');
+    // One gateway reachable at two addresses, as on `::` (dual stack).
+    const dualStack = http.createServer(createGateway(stack.config, { logger }).callback());
+    await new Promise<void>((resolve) => dualStack.listen(0, '::', resolve));
+    const { port } = dualStack.address() as net.AddressInfo;
+    const path = fresh('/api/open', 'cc=max-age%3D60');
+    const withoutHost = (host: string) =>
+      new Promise<string>((resolve, reject) => {
+        const socket = net.connect({ host, port }, () => socket.write(`GET ${path} HTTP/1.0\r\n\r\n`));
+        const chunks: Buffer[] = [];
+        socket.on('data', (chunk) => chunks.push(chunk));
+        socket.on('end', () => resolve(Buffer.concat(chunks).toString()));
+        socket.on('error', reject);
+      });
+    try {
+      const [viaV4, viaV6] = [await withoutHost('127.0.0.1'), await withoutHost('::1')];
+      expect(viaV4).toMatch(/^HTTP\/1\.1 200/);
+      expect(/x-cache: (\w+)/i.exec(viaV6)?.[1]).toBe('MISS');
+      expect(viaV6).toContain(`"forwardedHost":"[::1]:${port}"`);
+    } finally {
+      dualStack.closeAllConnections();
+      await new Promise((resolve) => dualStack.close(resolve));
+    }
   });
 
   it('keeps one variant per value of a Vary header the service names', async () => {
