@@ -277,8 +277,9 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
         if (isGatewayError(error) && WRITE_MAY_HAVE_HAPPENED.has(error.code)) await invalidate([]);
         throw error;
       }
-      // An answer the proxy did not hold (none reached it): the locations as it went out.
-      if (ctx.status < 400) await invalidate([ctx.response.get('location'), ctx.response.get('content-location')].filter(Boolean));
+      // An answer the proxy did not hold (none reached it): the locations as it went out. None at all: the client
+      // left while the service had the request, which it may still have done.
+      if (ctx.status < 400 || !ctx.res.headersSent) await invalidate([ctx.response.get('location'), ctx.response.get('content-location')].filter(Boolean));
       return;
     }
     const forwardedCredential = route.forwardAuthorization && headers[HEADER.authorization] !== undefined && !ctx.state.user && !ctx.state.consumer;

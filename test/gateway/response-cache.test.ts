@@ -656,6 +656,24 @@ describe('response cache with writes whose answer never comes', () => {
     service.release();
     expect((await send(stack.gateway.url, path)).headers['x-cache']).toBe('MISS');
   });
+
+  it('drops the stored copy after a write whose client left while the service had it', async () => {
+    const path = fresh('/api/slow', '');
+    await send(stack.gateway.url, path);
+    expect((await send(stack.gateway.url, path)).headers['x-cache']).toBe('HIT');
+    const { hostname, port } = new URL(stack.gateway.url);
+    const hits = () => service.hits.filter((hit) => hit.method === 'DELETE' && hit.url.startsWith(path.replace('/api/slow', '/slow'))).length;
+    const leaving = http.request({ host: hostname, port: Number(port), path, method: 'DELETE', headers: { 'x-gate': '1' }, agent: false });
+    leaving.on('error', () => undefined);
+    leaving.end();
+    await waitFor(() => hits() === 1);
+    leaving.destroy();
+    // The gateway saw it go (499) before the service answers, late, to nobody.
+    await waitFor(() => stack.gatewayLogs.some((line) => line.method === 'DELETE' && line.url === path && line.status === 499));
+    service.release();
+    // Whatever the client saw, the service had the write: the copy from before it goes.
+    await waitFor(async () => (await send(stack.gateway.url, path)).headers['x-cache'] === 'MISS');
+  });
 });
 
 describe('response cache while its service is down', () => {
