@@ -137,6 +137,15 @@ function underscoreTwins(headers: IncomingHttpHeaders): Set<string> | undefined 
  */
 const WRITE_MAY_HAVE_HAPPENED: ReadonlySet<string> = new Set(['upstream_timeout', 'upstream_reset', 'upstream_bad_response']);
 
+/**
+ * Keys whose last answer the service would not let be stored, remembered at most this long, s (and no longer than
+ * the route's ttlSeconds), and at most this many: their misses are not held behind one another (Varnish's
+ * hit-for-miss). Without it, every burst of requests for an answer never stored (no-store, private, Set-Cookie)
+ * queued behind one of them, and took two trips to the service instead of one.
+ */
+const NOT_STORED_MEMORY_SECONDS = 120;
+const MAX_NOT_STORED_KEYS = 4096;
+
 /** How often a write answered while a stored copy may be left is logged, ms (the metric counts every one). */
 const INVALIDATION_WARNING_INTERVAL_MS = 10_000;
 
@@ -164,6 +173,14 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   const namedResources = createNamedResources({ routeTable: options.routeTable, cachedRoutes: options.routes });
   /** Misses under way by key, with their resource: a write to it lets later requests fetch their own. */
   const inFlight = new Map<string, { resource: string; done: Promise<void> }>();
+  /** Keys whose answer was last refused by the service's own say, until when (ms): their misses do not wait on one another. */
+  const notStoredUntil = new Map<string, number>();
+  const rememberNotStored = (flightKey: string, policy: RouteCacheConfig) => {
+    notStoredUntil.delete(flightKey);
+    if (notStoredUntil.size >= MAX_NOT_STORED_KEYS) notStoredUntil.delete(notStoredUntil.keys().next().value!);
+    notStoredUntil.set(flightKey, now() + Math.min(policy.ttlSeconds, NOT_STORED_MEMORY_SECONDS) * 1000);
+  };
+  const knownNotStored = (flightKey: string) => (notStoredUntil.get(flightKey) ?? 0) > now();
   const counters = new Map<string, Record<CacheResult, Counter.Internal | undefined>>();
   const invalidationFailures = new Map<string, Counter.Internal | undefined>();
   for (const name of options.routes.keys()) {
@@ -359,7 +376,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     let release = () => {};
     let stored = () => Promise.resolve();
     // HEAD answers carry no body to keep: forwarded as they are; a GET fills the entry HEAD then uses.
-    if (method === 'GET' && !inFlight.has(flightKey)) {
+    if (method === 'GET' && !inFlight.has(flightKey) && !knownNotStored(flightKey)) {
       // Waiters are let go as soon as the answer is stored or known not to be, or once this request's own
       // client stops keeping up (the service is paused for it): a slow reader must not stall them.
       let finished!: () => void;
@@ -378,7 +395,12 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
         const since = await store.fetchStarting(route.name, resource);
         // The one request directive obeyed: `no-store` (RFC 9111 5.2.1.5) only keeps this client's answer out.
         const storable = !parseCacheControl(headers['cache-control']).noStore;
-        const capture = captureResponse({ store, routeName: route.name, key, since, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, twinned, now, settled: () => release() });
+        const settled = (outcome?: 'stored' | 'not stored') => {
+          if (outcome === 'not stored') rememberNotStored(flightKey, policy);
+          else if (outcome === 'stored') notStoredUntil.delete(flightKey);
+          release();
+        };
+        const capture = captureResponse({ store, routeName: route.name, key, since, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, twinned, now, settled });
         ctx.state.responseTap = capture.tap;
         stored = capture.stored;
       }
@@ -417,8 +439,21 @@ interface CaptureOptions {
   /** Whether the request has a `_` twin of the header that reaches the service (the answer must not be stored if it varies on it). */
   twinned: (name: string) => boolean;
   now: () => number;
-  /** Called once it is clear whether the answer is stored (stored, or not storable, or cut short), or the client backs up. */
-  settled: () => void;
+  /**
+   * Called once it is clear whether the answer is stored (`stored`: handed to the store), or is not by what the
+   * service sent and would not be if asked again (`not stored`), or neither (this client's no-store, a credential
+   * the next request may not carry, a status that may pass: 5xx, 429), or once the client backs up.
+   */
+  settled: (outcome?: 'stored' | 'not stored') => void;
+}
+
+/**
+ * Statuses not stored that say nothing of the next request's answer: one that may pass (5xx, 429: coalescing
+ * matters most while the service struggles) or that answers this request's own conditions (304, 412). A refusal
+ * for this request's own sake (its credential, a `_` twin) says nothing either; any other would be made again.
+ */
+function isPassingStatus(status: number): boolean {
+  return status >= 500 || status === 429 || status === 304 || status === 412;
 }
 
 /** Copies the service's response as the proxy forwards it, and stores it at the end when it may be stored. */
@@ -441,7 +476,12 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
       // name spelt with `_` (`Vary: X_Api_Version`): CGI, PHP, Rack and WSGI read the client's `X-Api-Version` as
       // that header, whatever `headersWithUnderscores` says, and no one spelling of the request could key it.
       const varyTrusted = !vary.some((name) => ownedRequestHeader(name) !== undefined || options.rules?.rewrittenRequestHeaders.has(name) || options.twinned(name) || name.includes('_'));
-      if (!options.storable || !verdict.store || !varyTrusted || Number(headers['content-length'] ?? 0) > options.maxEntryBytes) return options.settled();
+      const tooLarge = Number(headers['content-length'] ?? 0) > options.maxEntryBytes;
+      if (!verdict.store || !varyTrusted || tooLarge) {
+        const lasting = !(verdict.store === false && verdict.reason === 'credentialed, not public') && !isPassingStatus(responseStatus) && !vary.some(options.twinned);
+        return options.settled(lasting ? 'not stored' : undefined);
+      }
+      if (!options.storable) return options.settled();
       // Not kept: framing (Koa frames the copy), the age (computed per answer), and what a service echoed of
       // this request's own telemetry, which would otherwise label every later answer with this request's id.
       const { 'content-length': _length, age: _age, [HEADER.requestId]: _id, [HEADER.traceresponse]: _trace, ...rest } = endToEndHeaders(headers);
@@ -455,7 +495,7 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
       bytes += chunk.length;
       if (bytes <= options.maxEntryBytes) return void chunks.push(chunk);
       chunks = undefined;
-      options.settled();
+      options.settled('not stored');
     },
     clientBackedUp() {
       // The copy now arrives only as fast as this client reads it: waiters fetch their own instead of
@@ -474,7 +514,7 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
         varyValues: vary.map(options.heard),
       };
       chunks = undefined;
-      pending = options.store.set(options.routeName, options.key, entry, options.since).finally(options.settled);
+      pending = options.store.set(options.routeName, options.key, entry, options.since).finally(() => options.settled('stored'));
     },
   };
   return { tap, stored: () => pending ?? Promise.resolve() };

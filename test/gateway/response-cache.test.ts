@@ -580,6 +580,50 @@ describe('response cache', () => {
     expect(new Set(done.map((reply) => reply.text)).size).toBe(1);
   });
 
+  it.each([
+    { desc: 'no-store', query: 'cc=no-store', atOnce: 5 },
+    { desc: 'private', query: 'cc=private', atOnce: 5 },
+    { desc: 'Set-Cookie', query: 'cc=max-age%3D60&cookie=a%3D1', atOnce: 5 },
+    // A status that may pass: held as before, for the service's sake while it struggles.
+    { desc: 'a 503', query: 'status=503', atOnce: 1 },
+  ])('does not hold concurrent misses behind one another once the service answered $desc, which is never stored: $atOnce at once', async ({ query, atOnce }) => {
+    const path = fresh('/api/open', `gate=1&${query}`);
+    const waiting = () => stack.gatewayLogs.filter((line) => line.message === 'response cache: waiting for a fetch in flight').length;
+    const first = send(stack.gateway.url, path);
+    await waitFor(() => hitsFor(path) === 1);
+    service.release();
+    expect((await first).headers['x-cache']).toBe('MISS');
+    const before = waiting();
+    const burst = Promise.all(Array.from({ length: 5 }, () => send(stack.gateway.url, path)));
+    // Awaited below; should a wait fail first, its end (the gateway closing at teardown) is not an unhandled rejection.
+    burst.catch(() => undefined);
+    // Those held wait in the gateway (logged), the others are at the service.
+    await waitFor(() => hitsFor(path) === 1 + atOnce && waiting() - before === 5 - atOnce);
+    service.release();
+    if (atOnce < 5) {
+      await waitFor(() => hitsFor(path) === 6);
+      service.release();
+    }
+    expect((await burst).map((reply) => reply.headers['x-cache'])).toEqual(Array(5).fill('MISS'));
+  });
+
+  it('still holds concurrent misses behind one another after a 304 to a conditional request, which said nothing of the next answer', async () => {
+    const path = fresh('/api/open', 'gate=1&cc=max-age%3D60');
+    const waiting = () => stack.gatewayLogs.filter((line) => line.message === 'response cache: waiting for a fetch in flight').length;
+    // The service answers one client's own If-None-Match: nothing to store, and nothing learnt.
+    const conditional = send(stack.gateway.url, path, { 'if-none-match': '"v1"', 'x-answer-status': '304' });
+    await waitFor(() => hitsFor(path) === 1);
+    service.release();
+    expect((await conditional).status).toBe(304);
+    const before = waiting();
+    const burst = Promise.all(Array.from({ length: 5 }, () => send(stack.gateway.url, path)));
+    // Awaited below; should a wait fail first, its end (the gateway closing at teardown) is not an unhandled rejection.
+    burst.catch(() => undefined);
+    await waitFor(() => hitsFor(path) === 2 && waiting() - before === 4);
+    service.release();
+    expect((await burst).map((reply) => reply.headers['x-cache']).sort()).toEqual(['HIT', 'HIT', 'HIT', 'HIT', 'MISS']);
+  });
+
   it('stands in with a stale copy, to HEAD as to GET, while the service is unreachable and stale-if-error allows (STALE)', async () => {
     const path = fresh('/api/flaky', 'cc=max-age%3D1,stale-if-error%3D600');
     const count = async (result: string) => {
