@@ -3,12 +3,14 @@ import { trace } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
 import type { Counter } from 'prom-client';
 import { atMostEvery, type Logger } from '../../otel/logger';
-import { ATTR, CACHE_RESULTS, CLIENT_ADDRESS_HEADERS, HEADER, isForwardingHeader, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
+import { ATTR, CACHE_RESULTS, HEADER, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
+import { forwardedOrigin } from '../cache-forwarded-origin';
+import { createNamedResources } from '../cache-named-resources';
+import { satisfiesConditional } from '../conditional-request';
 import { GatewayError, isGatewayError } from '../errors';
 import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
 import type { GatewayMetrics } from '../metrics';
-import { createNamedResources } from '../cache-named-resources';
-import { cacheKey, currentAge, isFresh, parseCacheControl, parseHttpDate, requestHeaderValue, resourceKey, storability, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
+import { cacheKey, currentAge, isFresh, parseCacheControl, requestHeaderValue, resourceKey, storability, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
 import type { CacheKey, FetchStart, ResponseStore } from '../response-store';
 import type { RouteTable } from '../routes';
 import { endToEndHeaders, forwardedHost, stopsAtThisHop, type UnderscoreHeaderPolicy } from '../upstream-headers';
@@ -43,56 +45,6 @@ export interface ResponseCacheOptions {
 /** Methods that do not change the resource (RFC 9110 9.2.1); any other invalidates what is stored for it. */
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 
-/**
- * Forwarding headers left out of the key: the ones the gateway rebuilds are keyed through what it rebuilds
- * them from, and the client-address ones, like X-Forwarded-For, would give each client an entry of its own
- * (so is `Forwarded`'s `for=`: forwardedWithoutClients).
- */
-const UNKEYED_FORWARDING_HEADERS = new Set<string>([...CLIENT_ADDRESS_HEADERS, 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port']);
-
-/**
- * The forwarding headers a trusted proxy sent that pass on to the service as they came (the listed ones and any
- * other `X-Forwarded-*`: frameworks build absolute links and decisions from them), as the service hears them,
- * one `name: value` per line in name order: part of the variant (a write drops the copies stored under every
- * value). From anyone else they were removed before this.
- */
-function keyedForwardingHeaders(headers: IncomingHttpHeaders, heard: (name: string) => string | null): string {
-  const keyed: string[] = [];
-  for (const name in headers) {
-    if (!isForwardingHeader(name) || UNKEYED_FORWARDING_HEADERS.has(name)) continue;
-    const value = heard(name);
-    if (value !== null) keyed.push(`${name}: ${name === 'forwarded' ? forwardedWithoutClients(value) : value}`);
-  }
-  return keyed.sort().join('\n');
-}
-
-/** A `Forwarded` pair (RFC 7239 4) and the separator after it: a token or a quoted string without escapes as its value. */
-const FORWARDED_PAIR = /\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("[^"\\]*"|[!#$%&'*+.^_`|~0-9A-Za-z-]*)\s*([;,]|$)/y;
-
-/** A `for=` value that is only a node (an address, a port, an obfuscated name): no other pair can hide in it. */
-const FORWARDED_NODE = /^"?[0-9A-Za-z.:[\]_-]*"?$/;
-
-/**
- * `Forwarded` as keyed: without its `for=` pairs, which name the client as X-Forwarded-For does (unkeyed, or each
- * client would get an entry of its own), and keep `host`, `proto`, `by`. A value that is not plainly that (a
- * `for` value with a `;host=` inside its quotes, which a lax parser such as Spring's reads as the host) is keyed
- * whole: leaving anything out of the key must never hide what a service may read.
- */
-function forwardedWithoutClients(value: string): string {
-  let kept = '';
-  FORWARDED_PAIR.lastIndex = 0;
-  while (FORWARDED_PAIR.lastIndex < value.length) {
-    const pair = FORWARDED_PAIR.exec(value);
-    if (!pair) return value;
-    const [text, name, nodeOrValue, separator] = pair;
-    // The other pairs as they came, spacing included: two spellings a lax parser may read apart stay apart.
-    if (name!.toLowerCase() !== 'for') kept += text;
-    else if (FORWARDED_NODE.test(nodeOrValue!)) kept += separator;
-    else return value;
-  }
-  return kept;
-}
-
 /** The request directive `only-if-cached` in a Cache-Control list. */
 const ONLY_IF_CACHED = /(?:^|[\s,])only-if-cached(?=$|[\s,])/i;
 
@@ -102,23 +54,6 @@ const ONLY_IF_CACHED = /(?:^|[\s,])only-if-cached(?=$|[\s,])/i;
  * a trip to the service (RFC 9111 5.2.1.7).
  */
 const notCached = () => new GatewayError('not_cached', 'No stored answer can serve this request, and it said Cache-Control: only-if-cached.');
-
-/** The port each scheme means when the Host names none. */
-const DEFAULT_PORTS: Readonly<Record<string, string>> = { http: ':80', https: ':443' };
-
-/**
- * The Host as keyed: lower case, without the scheme's default port, so `api.example:80` over http is
- * `api.example` (RFC 3986 6.2.3): one variant whichever spelling a client used, and a service building links
- * from either builds equivalent ones. Only from a host name or a bracketed IP literal: a Host that is not one
- * keeps its spelling.
- */
-function hostKey(host: string, protocol: string): string {
-  const lower = host.toLowerCase();
-  const port = DEFAULT_PORTS[protocol];
-  if (port === undefined || !lower.endsWith(port)) return lower;
-  const name = lower.slice(0, -port.length);
-  return name !== '' && (!name.includes(':') || (name.startsWith('[') && name.endsWith(']'))) ? name : lower;
-}
 
 /**
  * The names a request's `_`-spelled headers stand for with `-` (`accept_language` is `accept-language`), or
@@ -232,7 +167,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     }
     rules?.response?.(headers, ctx);
     headers.age = String(Math.floor(currentAge(entry, now())));
-    const notModified = entry.status === 200 && result === 'hit' && matchesConditional(ctx, entry);
+    const notModified = entry.status === 200 && result === 'hit' && satisfiesConditional(ctx.req.headers, entry);
     for (const name in headers) {
       if (notModified && !NOT_MODIFIED_HEADERS.includes(name) && name !== 'age') continue;
       const value = headers[name];
@@ -340,11 +275,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     // X-Forwarded-*): those cannot change the answer, so they cannot poison it either.
     const variant = cacheKey([
       options.keyScopes.get(route.name) ?? null,
-      ctx.protocol,
-      // As the service is told it: with no Host (HTTP/1.0), the local address the client connected to.
-      hostKey(forwardedHost(ctx), ctx.protocol),
-      requestHeaderValue(headers['x-forwarded-port']),
-      keyedForwardingHeaders(headers, heard),
+      ...forwardedOrigin(ctx, heard),
       ...scopeKey,
       ...policy.varyHeaders.map((name) => heard(name.toLowerCase())),
     ]);
@@ -518,38 +449,4 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
     },
   };
   return { tap, stored: () => pending ?? Promise.resolve() };
-}
-
-/** An entity-tag (RFC 9110 8.8.3): optional `W/`, then an opaque tag in quotes, which may itself hold commas. */
-const ENTITY_TAG = /\s*(?:W\/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)/gy;
-
-/** The opaque tags of an entity-tag list, or undefined when the list is not one. */
-function opaqueTags(list: string): string[] | undefined {
-  const tags: string[] = [];
-  ENTITY_TAG.lastIndex = 0;
-  for (let match = ENTITY_TAG.exec(list); match; match = ENTITY_TAG.exec(list)) {
-    tags.push(match[1]!);
-    if (ENTITY_TAG.lastIndex >= list.length) return tags;
-  }
-  return undefined;
-}
-
-/**
- * A conditional GET/HEAD the stored response satisfies (RFC 9110 13.1.2 and 13.1.3, weak comparison;
- * If-None-Match first). An If-Modified-Since or Last-Modified that is not an HTTP-date is ignored. Without a
- * Last-Modified, the stored response is as of its Date, else of when it was stored (RFC 9111 4.3.2): a client
- * whose copy is from then or later already has what the cache would send.
- */
-function matchesConditional(ctx: Context, entry: CachedResponse): boolean {
-  const ifNoneMatch = requestHeaderValue(ctx.req.headers['if-none-match']);
-  if (ifNoneMatch !== null) {
-    if (ifNoneMatch.trim() === '*') return true;
-    const etag = opaqueTags(requestHeaderValue(entry.headers.etag) ?? '')?.[0];
-    return etag !== undefined && (opaqueTags(ifNoneMatch)?.includes(etag) ?? false);
-  }
-  const since = parseHttpDate(ctx.req.headers['if-modified-since']);
-  const lastModified = entry.headers['last-modified'];
-  const date = parseHttpDate(entry.headers.date);
-  const modified = lastModified !== undefined ? parseHttpDate(lastModified) : Number.isNaN(date) ? entry.storedAt : date;
-  return !Number.isNaN(since) && !Number.isNaN(modified) && modified <= since;
 }
