@@ -417,6 +417,9 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
       // this request's own telemetry, which would otherwise label every later answer with this request's id.
       const { 'content-length': _length, age: _age, [HEADER.requestId]: _id, [HEADER.traceresponse]: _trace, ...rest } = endToEndHeaders(headers);
       kept = rest;
+      // RFC 9110 6.6.1: a response without Date gets the time it was received, kept with it; left out, each answer
+      // from the copy said it was made just now while its Age said otherwise.
+      kept.date ??= new Date(options.now()).toUTCString();
       status = responseStatus;
       lifetime = verdict;
       chunks = [];

@@ -29,7 +29,7 @@ interface CatalogService extends TestServer {
 
 /**
  * A service whose answer the query decides: `cc` (Cache-Control), `vary`, `status`, `etag`, `lm`
- * (Last-Modified), `cookie` (Set-Cookie), `xcache` (its own X-Cache), `age`, `loc` (Location), `cloc` (Content-Location), `size` (body padding), `untyped` (no Content-Type), `gate`
+ * (Last-Modified), `cookie` (Set-Cookie), `xcache` (its own X-Cache), `age`, `loc` (Location), `cloc` (Content-Location), `size` (body padding), `untyped` (no Content-Type), `nodate` (no Date), `gate`
  * (hold the answer until the test releases it; so does an `X-Gate` request header); the `X-Answer-Status` request header overrides the status. The body reflects the request headers a poisoner would aim at.
  */
 async function catalogService(): Promise<CatalogService> {
@@ -56,6 +56,7 @@ async function catalogService(): Promise<CatalogService> {
       set('loc', 'location');
       set('cloc', 'content-location');
       if (query.has('untyped')) delete headers['content-type'];
+      if (query.has('nodate')) res.sendDate = false;
       const body = JSON.stringify({
         n: hits.filter((hit) => hit.url === req.url).length,
         method: req.method,
@@ -317,6 +318,16 @@ describe('response cache', () => {
     const path = fresh('/api/open', query);
     await send(stack.gateway.url, path);
     expect((await send(stack.gateway.url, path)).headers['x-cache']).toBe('HIT');
+  });
+
+  it('answers from a copy the service sent without Date with the time the gateway received it, not each answer\'s (RFC 9110 6.6.1)', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60&nodate=1');
+    const stored = await send(stack.gateway.url, path);
+    let hit = await send(stack.gateway.url, path);
+    await waitFor(async () => Number((hit = await send(stack.gateway.url, path)).headers.age) >= 2);
+    expect(hit.headers['x-cache']).toBe('HIT');
+    // The copy was received when the first answer went out, under its Date (Node dated it as it forwarded it).
+    expect(Date.parse(hit.headers.date!) - Date.parse(stored.headers.date!)).toBeLessThanOrEqual(1000);
   });
 
   it('answers from the cache without a Content-Type where the service sent none', async () => {
