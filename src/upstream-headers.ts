@@ -115,6 +115,14 @@ export interface UpstreamRequestHeadersInput {
 }
 
 /**
+ * Whether the client's `Authorization` goes on to the service: only where the route forwards it, and never an
+ * API key (`ApiKey ...`), the gateway's credential alone.
+ */
+export function forwardsAuthorization(client: http.IncomingHttpHeaders, forwardAuthorization: boolean): boolean {
+  return forwardAuthorization && client.authorization !== undefined && !API_KEY_SCHEME.test(String(client.authorization));
+}
+
+/**
  * The headers a service receives. First the client's, minus hop-by-hop ones (and those its `Connection`
  * lists), forbidden names (see isForbiddenClientHeader), the credential (unless the route forwards it) and
  * every header the gateway writes itself; then the gateway's own, which therefore always win.
@@ -127,7 +135,7 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
       isForbiddenClientHeader(name, input.underscores) ||
       // An API key is the gateway's credential alone, in either header and any spelling a service might read
       // (the scheme before a tab; `X_API_Key` is isForbiddenClientHeader's), even where the route forwards Authorization.
-      (name === HEADER.authorization && (!input.forwardAuthorization || API_KEY_SCHEME.test(String(client.authorization)))) ||
+      (name === HEADER.authorization && !forwardsAuthorization(client, input.forwardAuthorization)) ||
       name === HEADER.apiKey ||
       name === HEADER.requestId ||
       name === 'host' ||

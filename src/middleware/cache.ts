@@ -13,7 +13,7 @@ import type { GatewayMetrics } from '../metrics';
 import { cacheKey, currentAge, isFresh, parseCacheControl, requestHeaderValue, resourceKey, storability, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
 import type { CacheKey, FetchStart, ResponseStore } from '../response-store';
 import type { RouteTable } from '../routes';
-import { endToEndHeaders, forwardedHost, stopsAtThisHop, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { endToEndHeaders, forwardedHost, forwardsAuthorization, stopsAtThisHop, type UnderscoreHeaderPolicy } from '../upstream-headers';
 
 export interface ResponseCacheOptions {
   /** The `cache` of each route that has one, by route name. */
@@ -261,7 +261,10 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const rules = options.headerRules.get(route.name);
     // The whole identity the service is told (X-User-Id, -Role, -Email): a user whose role changed gets new answers.
     const { user, consumer } = ctx.state;
-    const caller = user ? ['user', user.id, user.role, user.email] : consumer ? ['consumer', consumer.id] : undefined;
+    // And the token itself where the service reads it (forwardAuthorization): it may answer by what the gateway does
+    // not tell it (the token's scopes, the client it was issued to), so one token's answer is not another's.
+    const token = forwardsAuthorization(headers, route.forwardAuthorization) && !rules?.replacedRequestHeaders.has(HEADER.authorization) ? heard(HEADER.authorization) : null;
+    const caller = user ? ['user', user.id, user.role, user.email, token] : consumer ? ['consumer', consumer.id, token] : undefined;
     // A cookie the service sees may be a session of its own: shared under one key only if the service says public.
     // A rule that adds a cookie still passes the client's on.
     const cookie = heard('cookie') !== null && !rules?.replacedRequestHeaders.has('cookie');

@@ -73,6 +73,8 @@ async function catalogService(): Promise<CatalogService> {
         lang: req.headers['accept-language'] ?? req.headers.accept_language ?? null,
         hostOverride: req.headers['x-host'] ?? req.headers['x-original-host'] ?? null,
         cookie: req.headers.cookie ?? null,
+        // A service behind forwardAuthorization reads the token itself (its scopes, its client).
+        scope: req.headers.authorization ? JSON.parse(Buffer.from(req.headers.authorization.split('.')[1] ?? '', 'base64url').toString() || '{}').scope ?? null : null,
         padding: 'x'.repeat(Number(query.get('size') ?? 0)),
       });
       res.writeHead(Number(req.headers['x-answer-status'] ?? query.get('status') ?? 200), headers);
@@ -100,6 +102,7 @@ const CACHED_ROUTES = [
     cache: { ttlSeconds: 60, scope: 'public', varyHeaders: ['accept-language'] },
     headers: { request: { set: { 'x-tenant': 'acme' } }, response: { set: { 'x-served-for': '{requestId}' } } },
   },
+  { name: 'forwarding-signed-in', prefix: '/api/fwd-user', service: 'notifications', upstreamPath: '/fwd-user', forwardAuthorization: true, cache: { ttlSeconds: 60 } },
   { name: 'forwarding', prefix: '/api/fwd', service: 'notifications', upstreamPath: '/fwd', auth: 'public', forwardAuthorization: true, cache: { ttlSeconds: 60, scope: 'public' } },
   { name: 'flaky', prefix: '/api/flaky', service: 'orders', upstreamPath: '/flaky', auth: 'public', cache: { ttlSeconds: 60 } },
   {
@@ -567,6 +570,19 @@ describe('response cache', () => {
     expect(write.status).toBe(status);
     const after = await send(stack.gateway.url, child, as(alice));
     expect([after.status, after.headers['x-cache']]).toEqual(dropped ? [200, 'MISS'] : [404, 'HIT']);
+  });
+
+  it('keeps a signed-in caller\'s answers per token where the service reads the token itself (forwardAuthorization)', async () => {
+    // One user, two tokens: the service answers each by its own scope, which the gateway does not tell it.
+    const token = (scope: string) => signToken({ subject: '9', claims: { role: 'user', email: 'dora@example.com', scope } });
+    const [admin, reader] = [await token('orders:admin'), await token('orders:read')];
+    const path = fresh('/api/fwd-user', 'cc=max-age%3D60');
+    const replies = [await send(stack.gateway.url, path, as(admin)), await send(stack.gateway.url, path, as(reader)), await send(stack.gateway.url, path, as(admin))];
+    expect(replies.map((reply) => [reply.headers['x-cache'], reply.json.scope])).toEqual([
+      ['MISS', 'orders:admin'],
+      ['MISS', 'orders:read'],
+      ['HIT', 'orders:admin'],
+    ]);
   });
 
   it('passes by a credential the gateway did not verify but forwards to the service (forwardAuthorization)', async () => {
