@@ -231,9 +231,9 @@ const RESET_WINDOW_MS = 10_000;
  * - Rapid reset (CVE-2023-44487): a client opening streams and resetting them at once makes the gateway run its
  *   pipeline for each while never reading an answer. nghttp2's own limit let about 1,000 per connection through,
  *   and `maxSessionRejectedStreams` counts only streams the server refuses. Once more than RESET_STREAMS_BUDGET
- *   streams were reset before their answer finished within 10 s, the connection is closed (GOAWAY
- *   ENHANCE_YOUR_CALM). Not a share of all its streams, as Envoy counts: cheap completed requests in between
- *   would keep any number of resets under a share.
+ *   streams were reset by their client before their answer finished (whatever the code, resetByClient) within
+ *   10 s, the connection is closed (GOAWAY ENHANCE_YOUR_CALM). Not a share of all its streams, as Envoy counts:
+ *   cheap completed requests in between would keep any number of resets under a share.
  * - Idle connections: with no stream open, one closes after `keepAliveMs`, as an idle HTTP/1.1 connection does
  *   (the session timer is as long as a whole request may take, 120 s by default, because it cannot see a stream
  *   waiting for its service).
@@ -261,9 +261,7 @@ function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, se
     streams.add(stream);
     stream.once('close', () => {
       streams.delete(stream);
-      // Reset before the answer ended by the client (RST_STREAM). The gateway's own resets (a cut answer, a
-      // timeout) are no sign of abuse: counted, a service dying mid-body a hundred times closed its clients.
-      if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && !resetByGateway(stream)) {
+      if (resetByClient(stream)) {
         const now = performance.now();
         if (now - windowStarted > RESET_WINDOW_MS) {
           windowStarted = now;
@@ -284,6 +282,18 @@ function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, se
     clearTimeout(idle);
     streams.stop();
   });
+}
+
+/**
+ * Whether the client reset this stream (RST_STREAM) before its answer was over: with any code while the gateway
+ * had not ended its answer (`aborted`: Node closed the stream with the gateway's side still open), or with an
+ * error code at any time. Rapid reset works as well with NO_ERROR (code 0) as with CANCEL, and reading the code
+ * alone took such a stream for one that ended normally. The gateway's own resets (a cut answer, a timeout, a
+ * request stopped once answered) are no sign of abuse: counted, a service dying mid-body a hundred times closed
+ * its clients.
+ */
+function resetByClient(stream: http2.ServerHttp2Stream): boolean {
+  return !resetByGateway(stream) && (stream.aborted || stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR);
 }
 
 /**
