@@ -441,6 +441,22 @@ export function resetStream(stream: http2.Http2Stream, code: number): void {
   if (!stream.destroyed && !stream.closed) stream.close(code);
 }
 
+/**
+ * Ends an HTTP/2 stream whose answer is out while its client is still sending the request (an early 413, 401 or
+ * 408): RST_STREAM NO_ERROR, as RFC 9113 8.1 has a server do once its response is complete. Left open, the
+ * stream held its slot until the request timeout, which then recorded the finished answer as `request_timeout`.
+ * Call it once the answer finished (its stream's 'finish': Node has handed every byte of it to nghttp2, so the
+ * reset cannot overtake it); the reset is the gateway's, no sign of abuse. What the request still holds unread is
+ * dropped, as Node's HTTP/1 server drops an unread body: Node closes a stream reset with NO_ERROR only once its
+ * request was read to the end, and a 413 refused by its declared length left it unread, the stream open for good.
+ */
+export function stopRequestOnceAnswered(response: Http2ServerResponse): void {
+  const { stream } = response;
+  if (stream.destroyed || stream.closed || stream.state.remoteClose) return;
+  response.req.resume();
+  resetStream(stream, http2.constants.NGHTTP2_NO_ERROR);
+}
+
 /** Whether the gateway, not the client, reset this stream. */
 export function resetByGateway(stream: http2.Http2Stream): boolean {
   return gatewayResets.has(stream);
@@ -478,10 +494,7 @@ function answerProblem(response: PipelineResponse, problem: ServerProblem, chose
   // client still sending its request is told to stop without error once the answer is whole (RFC 9113 8.1).
   delete headers.Connection;
   response.writeHead(problem.status, headers);
-  const { stream } = response;
-  response.end(body, () => {
-    if (!stream.destroyed && !stream.closed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
-  });
+  response.end(body, () => stopRequestOnceAnswered(response));
   return requestId;
 }
 

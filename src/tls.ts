@@ -6,7 +6,7 @@ import type { Socket } from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import type { Logger } from '../otel/logger';
-import { answerHttp2RequestTimeout, createSendWindows, DEFAULT_SEND_TIMEOUT_MS, listenInternal, markServerAnswer, resetByGateway, resetStream, type PublicServer } from '../otel/lifecycle';
+import { answerHttp2RequestTimeout, createSendWindows, DEFAULT_SEND_TIMEOUT_MS, listenInternal, markServerAnswer, resetByGateway, resetStream, stopRequestOnceAnswered, type PublicServer } from '../otel/lifecycle';
 import type { TlsConfig } from './config';
 import { createHostMatcher } from './middleware/host-guard';
 import { isHttp2Request } from './middleware/http2-requests';
@@ -358,6 +358,8 @@ const answerOf = new WeakMap<http2.ServerHttp2Stream, http2.Http2ServerResponse>
  * gRPC translation) holds its stream, and the connection's slot, for ever. A stream whose client has not ended
  * its request by then is answered 408 and closed (or, its answer started, reset), as after an HTTP/1.1 request
  * timeout (otel/lifecycle.ts answerHttp2RequestTimeout). HTTP/1.1 requests on this listener are Node's to time.
+ * A stream whose answer finished while its client was still sending (an early 413 or 401) is ended then
+ * (stopRequestOnceAnswered), not at the timeout, which would record the finished answer as `request_timeout`.
  * Each HTTP/2 stream's response is kept here too (`answerOf`), for the record of a stream the send sweep resets.
  */
 function withStreamRequestTimeout(listener: (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void, requestMs: number) {
@@ -365,14 +367,19 @@ function withStreamRequestTimeout(listener: (request: http2.Http2ServerRequest, 
     // The HTTP/2 compatibility request, not its version: an HTTP/1.1 request line may say `HTTP/2.0` (Node's
     // HTTP/1 parser accepts it), and that request has no stream (createRequestHeadCheck refuses it).
     if (!isHttp2Request(request)) return listener(request, response);
-    answerOf.set(request.stream, response);
-    if (requestMs !== 0 && !request.stream.endAfterHeaders) {
-      const { stream } = request;
-      const timer = setTimeout(() => {
-        // `remoteClose`: the client's END_STREAM arrived (a body read or not, as HTTP/1's parser counts it).
-        if (!stream.destroyed && !stream.state.remoteClose) answerHttp2RequestTimeout(response);
-      }, requestMs);
-      stream.once('close', () => clearTimeout(timer));
+    const { stream } = request;
+    answerOf.set(stream, response);
+    if (!stream.endAfterHeaders) {
+      stream.once('finish', () => stopRequestOnceAnswered(response));
+      if (requestMs !== 0) {
+        const timer = setTimeout(() => {
+          // `remoteClose`: the client's END_STREAM arrived (a body read or not, as HTTP/1's parser counts it). An
+          // answer already ended is the pipeline's, whatever the upload does (a client slow to take it is the send
+          // sweep's).
+          if (!stream.destroyed && !stream.state.remoteClose && !response.writableEnded) answerHttp2RequestTimeout(response);
+        }, requestMs);
+        stream.once('close', () => clearTimeout(timer));
+      }
     }
     listener(request, response);
   };

@@ -381,6 +381,51 @@ describe('TLS termination and HTTP/2', () => {
     });
   });
 
+  describe('HTTP/2 uploads answered before they end', () => {
+    // requestTimeoutMs far longer than the test: a stream left open until then fails it.
+    const long = { ...TIMEOUTS, requestMs: 60_000 };
+    let early: RunningServer;
+    let earlyLog: Record<string, unknown>[];
+    beforeAll(async () => {
+      const { logger, lines } = memoryLogger('gateway');
+      earlyLog = lines;
+      early = await runServer({ app: createGatewayApps(stack.config, { logger, metrics: false }).gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: long, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: long, logger }).create });
+    });
+    afterAll(() => early?.close());
+
+    it.each([
+      { desc: 'declares a body over the login limit', headers: { 'content-length': '100000' }, sent: 1000 },
+      { desc: 'streams a body over the login limit', headers: {}, sent: 20_000 },
+    ])('answers 413 to an upload that $desc while it is still open, ends its stream at once (RFC 9113 8.1), and records 413, not request_timeout', async ({ desc, headers, sent }) => {
+      const requestId = `h2-early-413-${sent}`;
+      const session = await connectH2(early.url, certificate.cert);
+      session.on('error', () => undefined);
+      try {
+        const started = performance.now();
+        const outcome = await new Promise<{ status?: number; body: string; rstCode: number }>((resolve) => {
+          const stream = session.request({ ':method': 'POST', ':path': '/api/auth/login', 'content-type': 'application/json', [HEADER.requestId]: requestId, ...headers }, { endStream: false });
+          let status: number | undefined;
+          let body = '';
+          stream.on('response', (received) => (status = Number(received[':status'])));
+          stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
+          stream.on('error', () => undefined);
+          stream.on('close', () => resolve({ status, body, rstCode: stream.rstCode }));
+          // The upload is never ended: only the gateway can close this stream.
+          stream.write('{"email":"' + 'x'.repeat(sent) + '"');
+        });
+        expect(outcome).toMatchObject({ status: 413, rstCode: http2.constants.NGHTTP2_NO_ERROR });
+        expect(JSON.parse(outcome.body)).toMatchObject({ status: 413, requestId });
+        expect(performance.now() - started).toBeLessThan(long.requestMs / 10);
+        await waitFor(() => earlyLog.some((line) => line.message === ACCESS_LINE_MESSAGE && line.request_id === requestId), `the access line (${desc})`);
+        expect(earlyLog.filter((line) => line.message === ACCESS_LINE_MESSAGE && line.request_id === requestId)).toEqual([expect.objectContaining({ status: 413, error_code: 'payload_too_large' })]);
+        // The gateway's own reset: the connection serves on.
+        expect((await h2Request(session, { ':path': '/health' })).status).toBe(200);
+      } finally {
+        session.destroy();
+      }
+    }, 15_000);
+  });
+
   describe('hostile input over HTTP/2 (the rows of hostile-input.test.ts that HTTP/2 can carry)', () => {
     it.each([
       { desc: 'no Authorization header', headers: () => ({ ':path': '/api/orders' }), status: 401 },
