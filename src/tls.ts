@@ -188,12 +188,19 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
       );
       secure.setTimeout(http2SessionTimeoutMs(timeouts));
       const sendMs = options.sendTimeoutMs ?? DEFAULT_SEND_TIMEOUT_MS;
-      secure.on('session', (session: http2.ServerHttp2Session) => guardSession(session, timeouts.keepAliveMs, sendMs, logger));
       const sockets = new Set<Socket>();
-      secure.on('secureConnection', (socket: Socket) => {
+      /**
+       * The TLS socket of the connection being opened: ahead of Node's own 'secureConnection' listener, which
+       * opens the HTTP/2 session on it and emits 'session' at once. `session.socket` is a proxy that can destroy
+       * nothing, and a session closed gracefully only ends its socket (guardSession needs the socket itself).
+       */
+      let opening: Socket | undefined;
+      secure.prependListener('secureConnection', (socket: Socket) => {
+        opening = socket;
         sockets.add(socket);
         socket.once('close', () => sockets.delete(socket));
       });
+      secure.on('session', (session: http2.ServerHttp2Session) => guardSession(session, opening!, { keepAliveMs: timeouts.keepAliveMs, sendMs, logger }));
       // Broken handshakes and protocol errors are the client's; they close its connection and nothing else.
       secure.on('tlsClientError', () => {});
       secure.on('sessionError', () => {});
@@ -222,6 +229,12 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
   };
 }
 
+/**
+ * How long an HTTP/2 connection asked to close (GOAWAY: idle, every stream held back, the server stopping) may
+ * stay open once no stream the gateway still serves is left, ms; then its session and TLS socket are destroyed.
+ */
+export const HTTP2_CLOSE_GRACE_MS = 1000;
+
 /** Streams a client may reset before their answer, per connection and RESET_WINDOW_MS, before the connection is closed (below). */
 export const RESET_STREAMS_BUDGET = 100;
 const RESET_WINDOW_MS = 10_000;
@@ -237,15 +250,43 @@ const RESET_WINDOW_MS = 10_000;
  * - Idle connections: with no stream open, one closes after `keepAliveMs`, as an idle HTTP/1.1 connection does
  *   (the session timer is as long as a whole request may take, 120 s by default, because it cannot see a stream
  *   waiting for its service).
+ * - Closing connections: a graceful close (GOAWAY: idle, every stream held back, the server stopping) waits for
+ *   the open streams, and Node then only ends the socket (its FIN) and waits for the client's. A client that
+ *   answers no FIN, reads nothing more (the gateway's last frames wait behind bytes that never leave) or leaves
+ *   a header block unfinished (no stream Node sees) held the connection and its slot for good, its session timer
+ *   off once closing. Once no stream the gateway still serves is open (the rest it reset itself), the connection
+ *   gets HTTP2_CLOSE_GRACE_MS, then its session and `socket` (the TLS socket, not the session's proxy) are destroyed.
  */
-function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, sendMs: number, logger: Logger): void {
+function guardSession(session: http2.ServerHttp2Session, socket: Socket, options: { keepAliveMs: number; sendMs: number; logger: Logger }): void {
+  const { keepAliveMs, sendMs, logger } = options;
   let resets = 0;
   /** The session's open streams (their count arms the idle close), watched until their answers are taken. */
-  const streams = watchStalledStreams(sendMs, () => {
-    // Every stream open is one its client holds back: nothing on this connection is worth keeping it for.
-    logger.warn('closed an HTTP/2 connection whose every stream its client held back', { remote_address: session.socket?.remoteAddress });
-    if (!session.destroyed) session.close();
+  const streams = watchStalledStreams(sendMs, (allStalled) => {
+    // Every stream open is one its client holds back: nothing on this connection is worth keeping it for. Said
+    // once: the streams stay open until their resets can be sent, and each sweep finds them held back again.
+    if (allStalled && !session.closed && !session.destroyed) {
+      logger.warn('closed an HTTP/2 connection whose every stream its client held back', { remote_address: session.socket?.remoteAddress });
+      session.close();
+    }
+    // A stream it reset may be the last one it served.
+    boundClose();
   });
+  let closeGrace: NodeJS.Timeout | undefined;
+  const boundClose = () => {
+    if (closeGrace || !(session.closed || session.destroyed) || streams.served > 0) return;
+    closeGrace = setTimeout(() => {
+      session.destroy();
+      socket.destroy();
+    }, HTTP2_CLOSE_GRACE_MS);
+    closeGrace.unref();
+  };
+  // Every graceful close goes through session.close() (Node's own at server shutdown too: closeAllSessions), and
+  // nothing is emitted when one starts.
+  const close = session.close.bind(session);
+  session.close = (callback?: () => void) => {
+    close(callback);
+    boundClose();
+  };
   let windowStarted = performance.now();
   let idle: NodeJS.Timeout | undefined;
   const armIdle = () => {
@@ -273,13 +314,14 @@ function guardSession(session: http2.ServerHttp2Session, keepAliveMs: number, se
         logger.warn('closed an HTTP/2 connection that reset too many of its streams', { resets, window_ms: RESET_WINDOW_MS, remote_address: session.socket?.remoteAddress });
         session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
         session.destroy();
-        return;
       }
       if (streams.open === 0) armIdle();
+      boundClose();
     });
   });
   session.once('close', () => {
     clearTimeout(idle);
+    clearTimeout(closeGrace);
     streams.stop();
   });
 }
@@ -302,10 +344,10 @@ function resetByClient(stream: http2.ServerHttp2Stream): boolean {
  * session timer from ever firing; the proxy's deadline no longer applies to an ended response. One sweep per
  * session while streams are open; a stream with bytes waiting that was sent less than the least rate over a
  * window of `sendMs` (otel/lifecycle.ts createSendWindows), counted on the stream itself (countSentBytes), is
- * reset (CANCEL, the gateway's) and its answer recorded `client_read_timeout`. When every open stream of the
- * connection was held back so, `onAllStalled` is called.
+ * reset (CANCEL, the gateway's) and its answer recorded `client_read_timeout`. `afterSweep` is told after each
+ * sweep whether every open stream of the connection was held back so.
  */
-function watchStalledStreams(sendMs: number, onAllStalled: () => void) {
+function watchStalledStreams(sendMs: number, afterSweep: (allStalled: boolean) => void) {
   const streams = new Map<http2.ServerHttp2Stream, () => number>();
   const windows = createSendWindows<http2.ServerHttp2Stream>(sendMs, { bursts: true });
   let sweep: NodeJS.Timeout | undefined;
@@ -324,7 +366,7 @@ function watchStalledStreams(sendMs: number, onAllStalled: () => void) {
       if (response) markServerAnswer(response, 'client_read_timeout');
       resetStream(stream, http2.constants.NGHTTP2_CANCEL);
     }
-    if (stalled > 0 && stalled === streams.size) onAllStalled();
+    afterSweep(stalled > 0 && stalled === streams.size);
   };
   const stop = () => {
     clearInterval(sweep);
@@ -333,6 +375,12 @@ function watchStalledStreams(sendMs: number, onAllStalled: () => void) {
   return {
     get open() {
       return streams.size;
+    },
+    /** Open streams the gateway has not reset itself (those only wait for their RST_STREAM to go out). */
+    get served() {
+      let served = 0;
+      for (const stream of streams.keys()) if (!resetByGateway(stream)) served++;
+      return served;
     },
     add(stream: http2.ServerHttp2Stream) {
       streams.set(stream, countSentBytes(stream));

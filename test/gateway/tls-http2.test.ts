@@ -10,7 +10,7 @@ import { runServer, type RunningServer } from '../../otel/lifecycle';
 import { ACCESS_LINE_MESSAGE, HEADER } from '../../otel/wire-names';
 import { createGatewayApps } from '../../src/gateway';
 import type { ProblemBody } from '../../src/middleware/errors';
-import { createTlsServer, HTTP2_LIMITS, http2SessionTimeoutMs, listenHttpsRedirect, RESET_STREAMS_BUDGET, type RedirectListener, type TlsServer } from '../../src/tls';
+import { createTlsServer, HTTP2_CLOSE_GRACE_MS, HTTP2_LIMITS, http2SessionTimeoutMs, listenHttpsRedirect, RESET_STREAMS_BUDGET, type RedirectListener, type TlsServer } from '../../src/tls';
 import { makeCertificate, makeCertificateValidBetween, presentedFingerprint, rotatingCertificates, type TestCertificate } from '../helpers/certificates';
 import { exitOf, spawnGateway } from '../helpers/process-stack';
 import { listen, memoryLogger, sendRaw, type RecordedRequest } from '../helpers/servers';
@@ -69,7 +69,7 @@ const plainRequest = sendRaw;
 
 // --- HTTP/2 frames by hand: for the shapes Node's client refuses to send -------------------------------------
 
-const FRAME = { data: 0x0, headers: 0x1, rstStream: 0x3, settings: 0x4, goaway: 0x7, continuation: 0x9 } as const;
+const FRAME = { data: 0x0, headers: 0x1, rstStream: 0x3, settings: 0x4, goaway: 0x7, windowUpdate: 0x8, continuation: 0x9 } as const;
 const FLAG = { endStream: 0x1, endHeaders: 0x4, ack: 0x1 } as const;
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
@@ -161,6 +161,52 @@ function rawHttp2(origin: string, ca: string, frames: Buffer[]): Promise<RawOutc
         else if (type === FRAME.rstStream && streamId === 1) settle({ kind: 'reset' });
         else if (type === FRAME.goaway) settle({ kind: 'goaway' });
       }
+    });
+  });
+}
+
+/**
+ * A hand-driven HTTP/2 connection that never closes its side on its own (`allowHalfOpen`: a FIN from the gateway
+ * is not answered with one), as a client that stops cooperating holds it: the preface, `settings` and `frames`
+ * are sent, the gateway's SETTINGS acknowledged, and the type of every frame it sends is collected in `received`.
+ */
+function holdRawHttp2(origin: string, ca: string, settings: Buffer, frames: Buffer[] = []): Promise<{ socket: tls.TLSSocket; received: number[] }> {
+  const { hostname, port } = new URL(origin);
+  const received: number[] = [];
+  return new Promise((resolve, reject) => {
+    // Node's tls.connect takes allowHalfOpen (as net.connect does); its types do not list it.
+    const options = { host: hostname, port: Number(port), ca, ALPNProtocols: ['h2'], servername: 'localhost', allowHalfOpen: true } as tls.ConnectionOptions;
+    const socket = tls.connect(options, () => {
+      socket.write(Buffer.concat([PREFACE, frame(FRAME.settings, 0, 0, settings), ...frames]));
+      resolve({ socket, received });
+    });
+    socket.on('error', reject);
+    let buffered = Buffer.alloc(0);
+    socket.on('data', (chunk: Buffer) => {
+      buffered = Buffer.concat([buffered, chunk]);
+      while (buffered.length >= 9 && buffered.length >= 9 + buffered.readUIntBE(0, 3)) {
+        const type = buffered[3]!;
+        if (type === FRAME.settings && !(buffered[4]! & FLAG.ack)) socket.write(frame(FRAME.settings, FLAG.ack, 0));
+        received.push(type);
+        buffered = buffered.subarray(9 + buffered.readUIntBE(0, 3));
+      }
+    });
+  });
+}
+
+/** The gateway's side of the next connection it accepts (its own TLS socket, which holds the connection slot). */
+function nextAccepted(server: RunningServer['server']): Promise<tls.TLSSocket> {
+  return new Promise((resolve) => server.once('secureConnection', resolve));
+}
+
+/** Resolves true once `socket` closed, false if it is still open after `boundMs`. */
+function closedWithin(socket: tls.TLSSocket, boundMs: number): Promise<boolean> {
+  if (socket.destroyed) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), boundMs);
+    socket.once('close', () => {
+      clearTimeout(timer);
+      resolve(true);
     });
   });
 }
@@ -852,6 +898,51 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
     await waitFor(() => closed, 'the idle connection to be closed', short.keepAliveMs * 3).catch(() => undefined);
     expect(closed).toBe(true);
     idle.destroy();
+  });
+
+  it('closes a connection asked to close (idle) whose client answers no FIN and leaves a header block unfinished (HEADERS without END_HEADERS): it held its slot for good', async () => {
+    const accepted = nextAccepted(gateway.server);
+    const { socket, received } = await holdRawHttp2(gateway.url, certificate.cert, Buffer.alloc(0));
+    socket.on('error', () => undefined);
+    const gatewaySide = await accepted;
+    try {
+      await waitFor(() => received.includes(FRAME.goaway), 'the idle close (GOAWAY)', short.keepAliveMs * 5);
+      // A request head begun after the GOAWAY and never finished: no CONTINUATION follows.
+      const head = Buffer.concat([hpackLiteral(':method', 'GET'), hpackLiteral(':scheme', 'https'), hpackLiteral(':path', '/health')]);
+      socket.write(frame(FRAME.headers, FLAG.endStream, 1, head));
+      expect(await closedWithin(gatewaySide, HTTP2_CLOSE_GRACE_MS + 5_000)).toBe(true);
+    } finally {
+      socket.destroy();
+    }
+  });
+
+  it('warns once of a connection whose every stream its client held back, and closes it though the client reads nothing more (the warning came every second, the connection stayed)', async () => {
+    const logFrom = gatewayLog.length;
+    const heldBack = () => gatewayLog.slice(logFrom).filter((line) => line.message === 'closed an HTTP/2 connection whose every stream its client held back');
+    // Windows as large as HTTP/2 allows, so the endless answer fills every buffer up to the client's socket; then
+    // the client stops reading: the gateway's RST_STREAM and GOAWAY wait behind bytes that never leave.
+    const largest = 2 ** 31 - 1;
+    const settings = Buffer.alloc(6);
+    settings.writeUInt16BE(0x4, 0);
+    settings.writeUInt32BE(largest, 2);
+    const increment = Buffer.alloc(4);
+    increment.writeUInt32BE(largest - 65_535);
+    const { host } = new URL(gateway.url);
+    const head = [[':method', 'GET'], [':scheme', 'https'], [':path', '/api/orders/download?client=held-back'], [':authority', host], ['authorization', `Bearer ${await signToken()}`]];
+    const request = frame(FRAME.headers, FLAG.endStream | FLAG.endHeaders, 1, Buffer.concat(head.map(([name, value]) => hpackLiteral(name!, value!))));
+    const accepted = nextAccepted(gateway.server);
+    const { socket, received } = await holdRawHttp2(gateway.url, certificate.cert, settings, [frame(FRAME.windowUpdate, 0, 0, increment), request]);
+    socket.on('error', () => undefined);
+    const gatewaySide = await accepted;
+    try {
+      await waitFor(() => received.includes(FRAME.data), 'the answer to start');
+      socket.pause();
+      await waitFor(() => heldBack().length > 0, 'the held-back warning', 10_000);
+      expect(await closedWithin(gatewaySide, HTTP2_CLOSE_GRACE_MS + 5_000)).toBe(true);
+      expect(heldBack()).toHaveLength(1);
+    } finally {
+      socket.destroy();
+    }
   });
 
   it('closes a TCP connection that never starts its TLS handshake once the head timeout passed (it held a connection slot for good)', async () => {
