@@ -8,15 +8,24 @@ import { HEADER } from '../otel/wire-names';
  * strips clients' own and writes them after verifying a token. That alone holds only while nothing but the gateway
  * can reach a service: any pod, container or host that could would be whoever it said it was. With a key shared by
  * the gateway and the services (`GATEWAY_SIGNING_KEY`), every request the gateway sends carries an HMAC-SHA256 of
- * those headers and a time, and a service answers only requests whose signature verifies. A service calling
- * another within a request passes the headers and the signature on as it received them.
+ * those headers, the request's method and target, and a time, and a service answers only requests whose signature
+ * verifies.
  *
- * Header: `t=<unix seconds>,v1=<base64url HMAC-SHA256>`, over
- * `koa-gateway-signature-v1\n<t>\n<x-user-id>\n<x-user-role>\n<x-user-email>\n<x-consumer-id>` (absent headers
- * are empty; header values cannot hold a line feed, so the fields cannot run into each other). A signature is
- * accepted for SIGNATURE_MAX_AGE_SECONDS either side of `t` (clock skew, and calls made late in a long request).
- * It vouches for the identity, not for one request: a party that can read the gateway's traffic to the services
- * could replay it within that window, as it could read the headers themselves.
+ * Header: `t=<unix seconds>,v2=<base64url HMAC-SHA256>`, over
+ * `koa-gateway-signature-v2\n<t>\n<method>\n<target>\n<x-user-id>\n<x-user-role>\n<x-user-email>\n<x-consumer-id>`:
+ * the method as sent, the request target as sent (path and query, byte for byte; for gRPC `POST` and the call's
+ * path, `/<package.Service>/<Method>`), absent headers empty. Neither a request line nor a header value can hold a
+ * line feed, so the fields cannot run into each other. A signature is accepted for SIGNATURE_MAX_AGE_SECONDS
+ * either side of `t` (clock skew).
+ *
+ * Why the method and target are signed: a signature over the identity alone was a bearer token for that identity
+ * on every service, path and method. Whoever saw one (a service the request was forwarded to, anyone reading the
+ * traffic, the anonymous signature every public route and login carried) could send it straight to a service's
+ * `/internal/*` endpoints or any other path for five minutes. Signed with its request, it is good for that method
+ * and target only. A service calling another within a request signs its own call with the key it holds, over the
+ * identity it verified (services/shared/service-app.ts). The body is not signed (the gateway streams it): someone
+ * who reads the traffic to the services could still repeat a request with another body within the window, so keep
+ * the services off every network but the gateway's as well.
  */
 
 /** The headers a signature covers, in signing order. */
@@ -36,54 +45,46 @@ export function isGuessableSecret(secret: string): boolean {
   return new Set(secret.trim()).size < 8;
 }
 
-/** The gateway re-signs an identity once per period, s: one HMAC per identity per minute, not per request. */
-const SIGNING_PERIOD_SECONDS = 60;
-
-/** Identities whose signature is kept for the current period; past it the table is emptied (bounded memory). */
-const MAX_KEPT_SIGNATURES = 10_000;
-
-const PREFIX = 'koa-gateway-signature-v1';
+const PREFIX = 'koa-gateway-signature-v2';
 
 /** The values of the signed headers (a missing one as ''), in SIGNED_HEADERS order. */
 export type SignedValues = readonly [userId: string, userRole: string, userEmail: string, consumerId: string];
 
-function mac(key: string, time: number, values: SignedValues): Buffer {
-  return createHmac('sha256', key).update(`${PREFIX}\n${time}\n${values.join('\n')}`).digest();
+/** The request a signature is for: its method and its target (path and query) as sent. */
+export interface SignedRequest {
+  method: string;
+  target: string;
 }
 
-/** The `X-Gateway-Signature` value for the signed headers' values. */
-export type GatewaySigner = (values: SignedValues) => string;
+function mac(key: string, time: number, request: SignedRequest, values: SignedValues): Buffer {
+  return createHmac('sha256', key).update(`${PREFIX}\n${time}\n${request.method}\n${request.target}\n${values.join('\n')}`).digest();
+}
 
-/** Signs the values the gateway sends; the same values give the same header for a minute. */
+/** The `X-Gateway-Signature` value of one request carrying the signed headers' values. */
+export type GatewaySigner = (request: SignedRequest, values: SignedValues) => string;
+
+/**
+ * Signs each request sent with the key: one HMAC per request (a few microseconds), since no two requests share a
+ * method, target and identity long enough to be worth a table.
+ */
 export function createGatewaySigner(key: string, now: () => number = Date.now): GatewaySigner {
-  let period = -1;
-  let kept = new Map<string, string>();
-  return (values) => {
-    const time = Math.floor(now() / 1000 / SIGNING_PERIOD_SECONDS) * SIGNING_PERIOD_SECONDS;
-    if (time !== period || kept.size >= MAX_KEPT_SIGNATURES) {
-      period = time;
-      kept = new Map();
-    }
-    const id = values.join('\n');
-    let header = kept.get(id);
-    if (header === undefined) {
-      header = `t=${time},v1=${mac(key, time, values).toString('base64url')}`;
-      kept.set(id, header);
-    }
-    return header;
+  return (request, values) => {
+    const time = Math.floor(now() / 1000);
+    return `t=${time},v2=${mac(key, time, request, values).toString('base64url')}`;
   };
 }
 
-const HEADER_FORMAT = /^t=(\d{1,12}),v1=([A-Za-z0-9_-]{43})$/;
+const HEADER_FORMAT = /^t=(\d{1,12}),v2=([A-Za-z0-9_-]{43})$/;
 
 /** Why a request's signature was not accepted; undefined when it was. */
 export type SignatureProblem = 'missing' | 'malformed' | 'expired' | 'mismatch';
 
 /**
- * Checks a request's `X-Gateway-Signature` against its signed headers (`read(name)`: the header's one value, or
- * undefined; a repeated header is not one value and fails). Constant time in the MAC comparison.
+ * Checks a request's `X-Gateway-Signature` against its method and target as received and its signed headers
+ * (`read(name)`: the header's one value, or undefined; a repeated header is not one value and fails). Constant
+ * time in the MAC comparison.
  */
-export function verifyGatewaySignature(key: string, read: (name: string) => string | string[] | undefined, now: number = Date.now()): SignatureProblem | undefined {
+export function verifyGatewaySignature(key: string, request: SignedRequest, read: (name: string) => string | string[] | undefined, now: number = Date.now()): SignatureProblem | undefined {
   const header = read(HEADER.gatewaySignature);
   if (header === undefined) return 'missing';
   const parts = typeof header === 'string' ? HEADER_FORMAT.exec(header) : null;
@@ -96,7 +97,7 @@ export function verifyGatewaySignature(key: string, read: (name: string) => stri
     if (typeof value !== 'string') return 'mismatch';
     values.push(value);
   }
-  const expected = mac(key, time, values as unknown as SignedValues);
+  const expected = mac(key, time, request, values as unknown as SignedValues);
   const given = Buffer.from(parts[2]!, 'base64url');
   return given.length === expected.length && timingSafeEqual(given, expected) ? undefined : 'mismatch';
 }

@@ -4,7 +4,7 @@ import { isoTimestamp } from '../otel/iso-timestamp';
 import { CGI_HAZARD_HEADERS, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
-import type { GatewaySigner } from './gateway-signature';
+import type { GatewaySigner, SignedRequest, SignedValues } from './gateway-signature';
 
 /**
  * Who owns which request header on the way to a service, in one place. The client's headers are filtered
@@ -110,8 +110,11 @@ export interface UpstreamRequestHeadersInput {
   rules?: (headers: Record<string, string | string[]>) => void;
   /** Client headers that are another spelling of a name the rules name (RouteHeaderRules.isRequestRuleTwin): dropped. */
   isRuleTwin?: (name: string) => boolean;
-  /** Signs the identity headers (`X-Gateway-Signature`, src/gateway-signature.ts); none without a signing key. */
-  sign?: GatewaySigner;
+  /**
+   * Signs the identity headers for the request these headers go with (`X-Gateway-Signature`,
+   * src/gateway-signature.ts); none without a signing key.
+   */
+  sign?: (values: SignedValues) => string;
 }
 
 /**
@@ -164,7 +167,8 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
     if (input.user.email !== '') headers[HEADER.userEmail] = input.user.email;
   }
   if (input.consumer) headers[HEADER.consumerId] = input.consumer.id;
-  // Over exactly the identity headers just written: a rule cannot set them, and the client's were removed.
+  // Over exactly the identity headers just written (a rule cannot set them, and the client's were removed) and
+  // the request they go with.
   if (input.sign) headers[HEADER.gatewaySignature] = input.sign([input.user?.id ?? '', input.user?.role ?? '', input.user?.email ?? '', input.consumer?.id ?? '']);
   return headers;
 }
@@ -176,7 +180,12 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
 export function upstreamHeadersFor(
   ctx: KoaContext,
   targetHost: string,
-  options: Pick<UpstreamRequestHeadersInput, 'underscores' | 'forwardAuthorization' | 'rules' | 'isRuleTwin' | 'sign'>,
+  options: Pick<UpstreamRequestHeadersInput, 'underscores' | 'forwardAuthorization' | 'rules' | 'isRuleTwin'> & {
+    /** The gateway's signer (config `proxy.signingKey`); none without a key. */
+    sign?: GatewaySigner;
+    /** The request the headers go with, as sent (method and target): the signature is good for it alone. */
+    request: SignedRequest;
+  },
 ): Record<string, string | string[]> {
   const publicHost = forwardedHost(ctx);
   return upstreamRequestHeaders({
@@ -194,7 +203,7 @@ export function upstreamHeadersFor(
     timestamp: isoTimestamp(),
     rules: options.rules,
     isRuleTwin: options.isRuleTwin,
-    sign: options.sign,
+    sign: options.sign && ((values) => options.sign!(options.request, values)),
   });
 }
 

@@ -39,7 +39,7 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
       const log = (code: grpc.status) =>
         logger.info('rpc handled', { rpc: method, grpc_status: grpc.status[code], duration_ms: Math.round((performance.now() - started) * 1000) / 1000, request_id: requestId });
       try {
-        if (options.signingKey !== undefined) requireGatewaySignature(call.metadata, options.signingKey);
+        if (options.signingKey !== undefined) requireGatewaySignature(call, options.signingKey);
         const result = handler(call);
         if (callback) callback(null, result);
         log(grpc.status.OK);
@@ -78,9 +78,10 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
   return server;
 }
 
-function requireGatewaySignature(metadata: grpc.Metadata, key: string): void {
-  const problem = verifyGatewaySignature(key, (name) => {
-    const values = metadata.get(name);
+/** A gRPC call is an HTTP/2 POST to its path: the signature must have been made for this method's. */
+function requireGatewaySignature(call: { metadata: grpc.Metadata; getPath(): string }, key: string): void {
+  const problem = verifyGatewaySignature(key, { method: 'POST', target: call.getPath() }, (name) => {
+    const values = call.metadata.get(name);
     if (values.length === 0) return undefined;
     return values.length === 1 && typeof values[0] === 'string' ? values[0] : values.map(String);
   });

@@ -5,7 +5,8 @@ import type Koa from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { SERVICE_NAME } from '../../otel/wire-names';
-import { callService, createServiceApp, gatewayHeadersOf, requireOwner, ServiceError, validBody, type Caller, type GatewayHeaders, type Owner } from '../shared/service-app';
+import { createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
+import { callService, createServiceApp, identityOf, requireOwner, ServiceError, validBody, type Caller, type Owner } from '../shared/service-app';
 import { createNotificationsGrpcClient } from './notifications-client';
 
 export interface Order {
@@ -26,7 +27,7 @@ export interface OrdersAppOptions {
   notificationsUrl: string;
   /** notification-service's gRPC interface; when set, new orders are notified over gRPC instead of HTTP. */
   notificationsGrpcUrl?: string;
-  /** The gateway's signing key (service-app.ts `signingKey`). */
+  /** The gateway's signing key (service-app.ts `signingKey`); its calls to the other services are signed with it too. */
   signingKey?: string;
 }
 
@@ -46,11 +47,13 @@ export function createApp(options: OrdersAppOptions): Koa {
   const { logger } = options;
   const orders = new Map<string, Order>();
   const router = new Router();
+  // A signature is good only for the request it was made for: each call to another service is signed here.
+  const sign = options.signingKey === undefined ? undefined : createGatewaySigner(options.signingKey);
 
-  async function checkUser(caller: Caller, requestId: string, gateway: GatewayHeaders): Promise<void> {
+  async function checkUser(caller: Caller, requestId: string, identity: SignedValues): Promise<void> {
     let response: Response;
     try {
-      response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, gateway });
+      response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, identity, sign });
     } catch (error) {
       logger.error('user-service unreachable', { error: (error as Error).message });
       throw new ServiceError(503, 'dependency_unavailable', 'The users service is unavailable; try again.');
@@ -60,13 +63,13 @@ export function createApp(options: OrdersAppOptions): Koa {
     if (!response.ok) throw new ServiceError(503, 'dependency_unavailable', `The users service answered ${response.status}.`);
   }
 
-  const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl) : undefined;
+  const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl, sign) : undefined;
 
-  async function notify(order: Order, userId: string, requestId: string, gateway: GatewayHeaders): Promise<void> {
+  async function notify(order: Order, userId: string, requestId: string, identity: SignedValues): Promise<void> {
     const event = { userId, type: 'order.created', orderId: order.id, message: `Order ${order.id} was created.` };
     if (notificationsGrpc) {
       try {
-        await notificationsGrpc.create(event, requestId, gateway);
+        await notificationsGrpc.create(event, requestId, identity);
       } catch (error) {
         const { code, details } = error as { code?: number; details?: string };
         // As over HTTP: the service answering no (a status of its own) is "rejected", no answer is "unreachable".
@@ -79,7 +82,8 @@ export function createApp(options: OrdersAppOptions): Koa {
       const response = await callService(new URL('/internal/notifications', options.notificationsUrl).href, {
         method: 'POST',
         requestId,
-        gateway,
+        identity,
+        sign,
         body: event,
       });
       await response.body?.cancel();
@@ -96,17 +100,17 @@ export function createApp(options: OrdersAppOptions): Koa {
     const owner = requireOwner(ctx);
     const { items } = validBody(ctx, newOrder);
     const requestId = ctx.get('x-request-id');
-    // The caller and the gateway's signature on it go on to user-service and notification-service as they came.
-    const gateway = gatewayHeadersOf(ctx);
+    // The caller the gateway vouched for goes on to user-service and notification-service, in calls signed here.
+    const identity = identityOf(ctx);
     // A user's account must still exist; a consumer is vouched for by the gateway's registry alone.
-    if (owner.kind === 'user') await checkUser(owner.user, requestId, gateway);
+    if (owner.kind === 'user') await checkUser(owner.user, requestId, identity);
     const placedBy = owner.kind === 'user' ? { userId: owner.user.id } : { consumerId: owner.consumerId };
     const order: Order = { id: randomUUID(), ...placedBy, items, status: 'created', createdAt: new Date().toISOString() };
     orders.set(order.id, order);
     ownerOf.set(order, owner.key);
     logger.info('order created', { order_id: order.id, user_id: order.userId, consumer_id: order.consumerId, items: items.length });
     // Notifications go to users (notification-service keeps them per user).
-    if (owner.kind === 'user') await notify(order, owner.user.id, requestId, gateway);
+    if (owner.kind === 'user') await notify(order, owner.user.id, requestId, identity);
     ctx.status = 201;
     ctx.body = order;
   });

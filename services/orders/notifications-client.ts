@@ -1,6 +1,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { loadProtoRoot } from '../../src/grpc/proto-files';
 import { HEADER } from '../../otel/wire-names';
+import type { GatewaySigner, SignedValues } from '../../src/gateway-signature';
+import { signedIdentityHeaders } from '../shared/service-app';
 import { NOTIFICATIONS_PROTO, NOTIFICATIONS_SERVICE } from '../notifications/grpc-server';
 
 export interface NewOrderNotification {
@@ -12,8 +14,8 @@ export interface NewOrderNotification {
 
 /** notification-service's CreateNotification over gRPC (proto/notifications.proto). */
 export interface NotificationsGrpcClient {
-  /** Resolves when stored; rejects with the grpc-js error (its `code` is the gRPC status). `gateway`: the headers the gateway vouched for, passed on as metadata. */
-  create(input: NewOrderNotification, requestId: string, gateway: Readonly<Record<string, string>>): Promise<void>;
+  /** Resolves when stored; rejects with the grpc-js error (its `code` is the gRPC status). `identity`: the caller the gateway vouched for, passed on as metadata. */
+  create(input: NewOrderNotification, requestId: string, identity: SignedValues): Promise<void>;
   close(): void;
 }
 
@@ -23,9 +25,10 @@ const DEADLINE_MS = 2000;
 /**
  * One channel to notification-service's gRPC interface. The OpenTelemetry gRPC instrumentation wraps
  * `makeUnaryRequest`, so each call gets a CLIENT span and carries `traceparent` as metadata; the request id
- * travels as `x-request-id` metadata, as it does as a header over HTTP.
+ * travels as `x-request-id` metadata, as it does as a header over HTTP. With the key's signer (`sign`) each call
+ * carries a signature for that call (`POST` and its path), as the gateway's do.
  */
-export function createNotificationsGrpcClient(url: string): NotificationsGrpcClient {
+export function createNotificationsGrpcClient(url: string, sign: GatewaySigner | undefined): NotificationsGrpcClient {
   const { hostname, port, protocol } = new URL(url);
   const client = new grpc.Client(`${hostname}:${port || (protocol === 'https:' ? 443 : 80)}`, protocol === 'https:' ? grpc.credentials.createSsl() : grpc.credentials.createInsecure());
   const service = loadProtoRoot(NOTIFICATIONS_PROTO).lookupService(NOTIFICATIONS_SERVICE);
@@ -33,13 +36,14 @@ export function createNotificationsGrpcClient(url: string): NotificationsGrpcCli
   const requestType = method.resolvedRequestType!;
   const responseType = method.resolvedResponseType!;
   return {
-    create(input, requestId, gateway) {
+    create(input, requestId, identity) {
+      const path = `/${NOTIFICATIONS_SERVICE}/CreateNotification`;
       const metadata = new grpc.Metadata();
       if (requestId) metadata.set(HEADER.requestId, requestId);
-      for (const [name, value] of Object.entries(gateway)) metadata.set(name, value);
+      for (const [name, value] of Object.entries(signedIdentityHeaders(identity, { method: 'POST', target: path }, sign))) metadata.set(name, value);
       return new Promise((resolve, reject) => {
         client.makeUnaryRequest(
-          `/${NOTIFICATIONS_SERVICE}/CreateNotification`,
+          path,
           (value: object) => Buffer.from(requestType.encode(requestType.fromObject(value)).finish()),
           (bytes: Buffer) => responseType.decode(bytes),
           input,

@@ -4,7 +4,7 @@ import Koa, { type Context } from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { HEADER } from '../../otel/wire-names';
-import { SIGNED_HEADERS, verifyGatewaySignature } from '../../src/gateway-signature';
+import { SIGNED_HEADERS, verifyGatewaySignature, type GatewaySigner, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 
 /** An error a service answers with; `code` is stable, `detail` is for humans. */
 export class ServiceError extends Error {
@@ -87,22 +87,29 @@ export interface ServiceAppOptions {
   bodyLimitBytes?: number;
   /**
    * The gateway's signing key (`GATEWAY_SIGNING_KEY`): every request but `GET /health` must carry the gateway's
-   * signature over its identity headers (src/gateway-signature.ts), or is refused with 401. Unset (development
-   * and tests only; production refuses to start without it): identity headers are believed from any peer.
+   * signature over its method, target and identity headers (src/gateway-signature.ts), or is refused with 401.
+   * Unset (development and tests only; production refuses to start without it): identity headers are believed
+   * from any peer.
    */
   signingKey?: string;
 }
 
-/** The headers the gateway vouched for, as this request carried them: what a call to another service passes on. */
-export type GatewayHeaders = Readonly<Record<string, string>>;
+/** The identity the gateway vouched for in `ctx`'s request (absent headers as ''): what a call to another service carries on. */
+export function identityOf(ctx: Context): SignedValues {
+  return SIGNED_HEADERS.map((name) => ctx.get(name)) as unknown as SignedValues;
+}
 
-/** The gateway's headers of `ctx`'s request (identity and signature), to pass on to another service unchanged. */
-export function gatewayHeadersOf(ctx: Context): GatewayHeaders {
+/**
+ * The identity headers of a call to another service (absent ones left out) and, with the key's signer, the
+ * signature for that call: a service signs each of its own calls, since a signature is good only for the request
+ * it was made for (src/gateway-signature.ts).
+ */
+export function signedIdentityHeaders(identity: SignedValues, request: SignedRequest, sign: GatewaySigner | undefined): Record<string, string> {
   const headers: Record<string, string> = {};
-  for (const name of [...SIGNED_HEADERS, HEADER.gatewaySignature]) {
-    const value = ctx.get(name);
-    if (value) headers[name] = value;
-  }
+  SIGNED_HEADERS.forEach((name, index) => {
+    if (identity[index] !== '') headers[name] = identity[index]!;
+  });
+  if (sign) headers[HEADER.gatewaySignature] = sign(request, identity);
   return headers;
 }
 
@@ -158,7 +165,8 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
   if (signingKey !== undefined) {
     // Before the body is read: an unsigned request costs the service nothing.
     app.use(function requireGatewaySignature(ctx, next) {
-      const problem = verifyGatewaySignature(signingKey, (name) => ctx.req.headers[name]);
+      // Over the request as it arrived: a signature made for another method or target does not verify.
+      const problem = verifyGatewaySignature(signingKey, { method: ctx.method, target: ctx.originalUrl }, (name) => ctx.req.headers[name]);
       if (problem) throw new ServiceError(401, 'gateway_signature_invalid', `This service answers only requests signed by the gateway (signature ${problem}).`);
       return next();
     });
@@ -184,15 +192,18 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
 }
 
 /**
- * Calls another service with a deadline, passing the request id and the gateway's headers on: the caller's
- * identity and the gateway's signature over it, as this request received them.
+ * Calls another service with a deadline, passing the request id and the caller's identity on, signed for this
+ * call when the service holds the key (`sign`).
  */
-export async function callService(url: string, init: { method?: string; body?: unknown; requestId?: string; gateway: GatewayHeaders; timeoutMs?: number }): Promise<Response> {
-  const headers: Record<string, string> = { ...init.gateway };
+export async function callService(url: string, init: { method?: string; body?: unknown; requestId?: string; identity: SignedValues; sign: GatewaySigner | undefined; timeoutMs?: number }): Promise<Response> {
+  const method = init.method ?? 'GET';
+  // The target as fetch sends it: the URL's path and query.
+  const { pathname, search } = new URL(url);
+  const headers = signedIdentityHeaders(init.identity, { method, target: pathname + search }, init.sign);
   if (init.body !== undefined) headers['content-type'] = 'application/json';
   if (init.requestId) headers[HEADER.requestId] = init.requestId;
   return fetch(url, {
-    method: init.method ?? 'GET',
+    method,
     headers,
     body: init.body === undefined ? undefined : JSON.stringify(init.body),
     signal: AbortSignal.timeout(init.timeoutMs ?? 3000),

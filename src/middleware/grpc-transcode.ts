@@ -84,7 +84,7 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     }
     open.set(instance, calls + 1);
     let settled = false;
-    const metadata = metadataFromHeaders(upstreamHeadersFor(ctx, instance.host, { underscores: options.underscores, forwardAuthorization: route.forwardAuthorization, sign: options.sign }));
+    const metadata = metadataFromHeaders(upstreamHeadersFor(ctx, instance.host, { underscores: options.underscores, forwardAuthorization: route.forwardAuthorization, sign: options.sign, request: { method: 'POST', target: binding.method.path } }));
     const span = startGrpcSpan(tracer, binding.method, instance, route.service, context.active(), metadata);
     const call = { client: clientFor(instance), binding, message, metadata };
     const settle = (reported: grpc.status, error?: grpc.ServiceError) => {

@@ -119,6 +119,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       rules: requestRules && ((filtered) => requestRules(filtered, ctx)),
       isRuleTwin: rules?.isRequestRuleTwin,
       sign: options.sign,
+      request: { method: req.method!, target },
     });
     injectTraceHeaders(exchange.span, parent, headers);
     const withBody = hasBody(req.headers);

@@ -1,6 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { HEADER } from '../../otel/wire-names';
 import { createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
+import { NOTIFICATIONS_SERVICE } from '../../services/notifications/grpc-server';
 import { createNotificationsGrpcClient } from '../../services/orders/notifications-client';
 import { startProcessStack, type ProcessStack } from '../helpers/process-stack';
 import { freePort } from '../helpers/servers';
@@ -67,18 +68,19 @@ describe('services answer only what the gateway signed', () => {
   });
 
   it("refuses a signature made with another key, and Bob's real signature with Alice's role", async () => {
-    const forged = createGatewaySigner('a-key-that-is-not-the-gateways-but-long-enough')(ALICE);
+    const forged = createGatewaySigner('a-key-that-is-not-the-gateways-but-long-enough')({ method: 'GET', target: '/users' }, ALICE);
     expect((await fetch(`${users}/users`, { headers: { ...identityHeaders(ALICE), [HEADER.gatewaySignature]: forged } })).status).toBe(401);
-    const bobs = createGatewaySigner(TEST_SIGNING_KEY)(BOB);
+    const bobs = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'GET', target: '/users' }, BOB);
     const promoted = await fetch(`${users}/users`, { headers: { ...identityHeaders(BOB), [HEADER.userRole]: 'admin', [HEADER.gatewaySignature]: bobs } });
     expect(promoted.status).toBe(401);
-    // The control: the same request with the signature the gateway would give it is answered.
-    const honest = await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: bobs } });
+    // The control: the request with the signature the gateway would give it is answered.
+    const bobsProfile = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'GET', target: '/users/2' }, BOB);
+    const honest = await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: bobsProfile } });
     expect(honest.status).toBe(200);
   });
 
   it('refuses a signature older than five minutes', async () => {
-    const old = createGatewaySigner(TEST_SIGNING_KEY, () => Date.now() - 6 * 60_000)(BOB);
+    const old = createGatewaySigner(TEST_SIGNING_KEY, () => Date.now() - 6 * 60_000)({ method: 'GET', target: '/users/2' }, BOB);
     const reply = await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: old } });
     expect(reply.status).toBe(401);
     expect(((await reply.json()) as { detail: string }).detail).toMatch(/expired/);
@@ -92,15 +94,20 @@ describe('services answer only what the gateway signed', () => {
     expect((await fetch(`${origin()}/health`)).status).toBe(200);
   });
 
-  it("notification-service's gRPC interface refuses unsigned calls, and takes signed ones", async () => {
-    const client = createNotificationsGrpcClient(grpcUrl);
+  it("notification-service's gRPC interface refuses unsigned calls and calls signed for another method, and takes signed ones", async () => {
+    const sign = createGatewaySigner(TEST_SIGNING_KEY);
+    const unsigned = createNotificationsGrpcClient(grpcUrl, undefined);
+    // A signature the gateway made for a ListNotifications call, carried on a CreateNotification one.
+    const listing = { method: 'POST', target: `/${NOTIFICATIONS_SERVICE}/ListNotifications` };
+    const replaying = createNotificationsGrpcClient(grpcUrl, (_request, values) => sign(listing, values));
+    const signed = createNotificationsGrpcClient(grpcUrl, sign);
     try {
       const event = { userId: '2', type: 'forged', message: 'not from the gateway', orderId: '' };
-      await expect(client.create(event, 'sig-test', identityHeaders(BOB))).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
-      const signature = createGatewaySigner(TEST_SIGNING_KEY)(BOB);
-      await expect(client.create({ ...event, type: 'signed' }, 'sig-test', { ...identityHeaders(BOB), [HEADER.gatewaySignature]: signature })).resolves.toBeUndefined();
+      await expect(unsigned.create(event, 'sig-test', BOB)).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+      await expect(replaying.create(event, 'sig-test', BOB)).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+      await expect(signed.create({ ...event, type: 'signed' }, 'sig-test', BOB)).resolves.toBeUndefined();
     } finally {
-      client.close();
+      for (const client of [unsigned, replaying, signed]) client.close();
     }
   });
 });

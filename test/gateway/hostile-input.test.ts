@@ -175,7 +175,7 @@ describe('hostile input at the gateway', () => {
       { desc: 'X-User-Anything', headers: { 'X-User-Anything': 'mallory' } },
       { desc: 'X-Gateway-Whatever', headers: { 'X-Gateway-Whatever': 'mallory' } },
       { desc: 'X-Gateway-Timestamp from the past', headers: { 'X-Gateway-Timestamp': '1999-01-01T00:00:00.000Z' } },
-      { desc: 'X-Gateway-Signature of its own', headers: { 'X-Gateway-Signature': `t=${Math.floor(Date.now() / 1000)},v1=${'A'.repeat(43)}` } },
+      { desc: 'X-Gateway-Signature of its own', headers: { 'X-Gateway-Signature': `t=${Math.floor(Date.now() / 1000)},v2=${'A'.repeat(43)}` } },
     ];
     /** Headers the gateway writes on every forwarded request, whatever the client sent under their names. */
     const alwaysWritten: string[] = [HEADER.gatewayTimestamp, HEADER.gatewaySignature];
@@ -187,7 +187,7 @@ describe('hostile input at the gateway', () => {
       expect(owned.sort()).toEqual(expected.sort());
       if (identity) expect(seen.headers).toMatchObject(identity);
       // The gateway's signature, over exactly the identity the service saw (none on the public route).
-      expect(verifyGatewaySignature(TEST_SIGNING_KEY, (name) => seen.headers[name])).toBeUndefined();
+      expect(verifyGatewaySignature(TEST_SIGNING_KEY, { method: seen.method, target: seen.url }, (name) => seen.headers[name])).toBeUndefined();
       const stamped = Date.parse(String(seen.headers[HEADER.gatewayTimestamp]));
       expect(Math.abs(Date.now() - stamped)).toBeLessThan(60_000);
       for (const [name, value] of Object.entries(forged)) {

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { HEADER } from '../../otel/wire-names';
-import { createGatewaySigner, SIGNATURE_MAX_AGE_SECONDS, SIGNED_HEADERS, verifyGatewaySignature, type SignedValues } from '../../src/gateway-signature';
+import { createGatewaySigner, SIGNATURE_MAX_AGE_SECONDS, SIGNED_HEADERS, verifyGatewaySignature, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 
 const KEY = 'k'.repeat(16) + 'unit-test-signing-key';
 const NOW = Date.UTC(2026, 11, 2, 10, 0, 0);
@@ -18,13 +18,16 @@ function received(values: SignedValues, signature: string): Record<string, strin
   return headers;
 }
 
-const verify = (headers: Record<string, string | string[]>, now = NOW, key = KEY) => verifyGatewaySignature(key, (name) => headers[name], now);
+/** The request the signatures below are made for, unless a test says otherwise. */
+const REQUEST: SignedRequest = { method: 'GET', target: '/notifications' };
+
+const verify = (headers: Record<string, string | string[]>, now = NOW, key = KEY, request = REQUEST) => verifyGatewaySignature(key, request, (name) => headers[name], now);
 
 describe('the gateway signature', () => {
   it('verifies for every identity the gateway signs (generated)', () => {
     const sign = createGatewaySigner(KEY, () => NOW);
     fc.assert(
-      fc.property(identity, (values) => verify(received(values, sign(values))) === undefined),
+      fc.property(identity, (values) => verify(received(values, sign(REQUEST, values))) === undefined),
       { seed: 20261202, numRuns: 300 },
     );
   });
@@ -36,7 +39,7 @@ describe('the gateway signature', () => {
         fc.pre(values[index] !== other);
         const changed = [...values] as [string, string, string, string];
         changed[index] = other;
-        return verify(received(changed, sign(values))) === 'mismatch';
+        return verify(received(changed, sign(REQUEST, values))) === 'mismatch';
       }),
       { seed: 20261202, numRuns: 300 },
     );
@@ -44,20 +47,20 @@ describe('the gateway signature', () => {
 
   it('does not let values run into each other: moving text between two headers is another signature', () => {
     const sign = createGatewaySigner(KEY, () => NOW);
-    const signature = sign(['1', 'admin', '', '']);
+    const signature = sign(REQUEST, ['1', 'admin', '', '']);
     expect(verify(received(['1a', 'dmin', '', ''], signature))).toBe('mismatch');
     expect(verify(received(['1', '', 'admin', ''], signature))).toBe('mismatch');
   });
 
   it('fails under another key', () => {
     const values: SignedValues = ['2', 'user', 'bob@example.com', ''];
-    const signature = createGatewaySigner(KEY, () => NOW)(values);
+    const signature = createGatewaySigner(KEY, () => NOW)(REQUEST, values);
     expect(verify(received(values, signature), NOW, `${KEY}-rotated`)).toBe('mismatch');
   });
 
   it(`holds for ${SIGNATURE_MAX_AGE_SECONDS} s either side of its time, and no longer`, () => {
     const values: SignedValues = ['2', 'user', 'bob@example.com', ''];
-    const signature = createGatewaySigner(KEY, () => NOW)(values);
+    const signature = createGatewaySigner(KEY, () => NOW)(REQUEST, values);
     const time = Number(/^t=(\d+),/.exec(signature)![1]) * 1000;
     const headers = received(values, signature);
     expect(verify(headers, time + SIGNATURE_MAX_AGE_SECONDS * 1000)).toBeUndefined();
@@ -69,12 +72,13 @@ describe('the gateway signature', () => {
   it.each([
     ['absent', undefined, 'missing'],
     ['empty', '', 'malformed'],
-    ['without a time', `v1=${'A'.repeat(43)}`, 'malformed'],
-    ['a short MAC', `t=${NOW / 1000},v1=${'A'.repeat(42)}`, 'malformed'],
-    ['padding after the MAC', `t=${NOW / 1000},v1=${'A'.repeat(43)} `, 'malformed'],
-    ['a second version', `t=${NOW / 1000},v1=${'A'.repeat(43)},v2=x`, 'malformed'],
-    ['sent twice', [`t=${NOW / 1000},v1=${'A'.repeat(43)}`, `t=${NOW / 1000},v1=${'A'.repeat(43)}`], 'malformed'],
-    ['a well-formed forgery', `t=${NOW / 1000},v1=${'A'.repeat(43)}`, 'mismatch'],
+    ['without a time', `v2=${'A'.repeat(43)}`, 'malformed'],
+    ['in the format before the request was signed (v1)', `t=${NOW / 1000},v1=${'A'.repeat(43)}`, 'malformed'],
+    ['a short MAC', `t=${NOW / 1000},v2=${'A'.repeat(42)}`, 'malformed'],
+    ['padding after the MAC', `t=${NOW / 1000},v2=${'A'.repeat(43)} `, 'malformed'],
+    ['a second version', `t=${NOW / 1000},v2=${'A'.repeat(43)},v3=x`, 'malformed'],
+    ['sent twice', [`t=${NOW / 1000},v2=${'A'.repeat(43)}`, `t=${NOW / 1000},v2=${'A'.repeat(43)}`], 'malformed'],
+    ['a well-formed forgery', `t=${NOW / 1000},v2=${'A'.repeat(43)}`, 'mismatch'],
   ] as const)('refuses a signature header %s', (_desc, header, problem) => {
     const headers: Record<string, string | string[]> = { [HEADER.userId]: '1', [HEADER.userRole]: 'admin' };
     if (header !== undefined) headers[HEADER.gatewaySignature] = header as string | string[];
@@ -83,20 +87,37 @@ describe('the gateway signature', () => {
 
   it('refuses a signed header sent twice', () => {
     const values: SignedValues = ['2', 'user', '', ''];
-    const headers = received(values, createGatewaySigner(KEY, () => NOW)(values));
+    const headers = received(values, createGatewaySigner(KEY, () => NOW)(REQUEST, values));
     headers[HEADER.userRole] = ['user', 'admin'];
     expect(verify(headers)).toBe('mismatch');
   });
 
-  it('signs an identity once per minute: the same header within it, a new time after it', () => {
+  it.each([
+    { desc: 'another method', request: { method: 'POST', target: '/notifications' } },
+    { desc: 'another path', request: { method: 'GET', target: '/internal/notifications' } },
+    { desc: 'another query', request: { method: 'GET', target: '/notifications?page=2' } },
+    { desc: 'the same path with a query it did not have', request: { method: 'GET', target: '/notifications?' } },
+    { desc: 'the method in another case', request: { method: 'get', target: '/notifications' } },
+    { desc: 'a gRPC method', request: { method: 'POST', target: '/koagateway.notifications.v1.Notifications/CreateNotification' } },
+  ])('is good for its own request only: refused for $desc', ({ request }) => {
+    const values: SignedValues = ['2', 'user', 'bob@example.com', ''];
+    const headers = received(values, createGatewaySigner(KEY, () => NOW)(REQUEST, values));
+    expect(verify(headers)).toBeUndefined();
+    expect(verify(headers, NOW, KEY, request)).toBe('mismatch');
+  });
+
+  it('does not let the target run into the identity: moving text between them is another signature', () => {
+    const signature = createGatewaySigner(KEY, () => NOW)({ method: 'GET', target: '/users/1' }, ['2', 'user', '', '']);
+    expect(verify(received(['12', 'user', '', ''], signature), NOW, KEY, { method: 'GET', target: '/users/' })).toBe('mismatch');
+  });
+
+  it('signs each request at its own time', () => {
     let now = NOW;
     const sign = createGatewaySigner(KEY, () => now);
     const values: SignedValues = ['2', 'user', 'bob@example.com', ''];
-    const first = sign(values);
-    now += 59_000;
-    expect(sign(values)).toBe(first);
-    now += 2_000;
-    const next = sign(values);
+    const first = sign(REQUEST, values);
+    now += 1_000;
+    const next = sign(REQUEST, values);
     expect(next).not.toBe(first);
     expect(verify(received(values, next), now)).toBeUndefined();
   });
