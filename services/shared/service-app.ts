@@ -64,6 +64,12 @@ export function validBody<T extends z.ZodType>(ctx: Context, schema: T): z.outpu
   return result.data;
 }
 
+/** The media types of the bodies the services read: JSON, under its own name or a `+json` suffix (RFC 6839). */
+const JSON_BODY_TYPES = ['application/json', '+json'];
+
+/** The methods whose bodies the services read (the body parser's). */
+const BODY_METHODS: ReadonlySet<string> = new Set(['POST', 'PUT', 'PATCH']);
+
 /** Codes for errors Koa or the body parser throw (http-errors carry only a status). */
 const CODE_BY_STATUS: Partial<Record<number, string>> = {
   404: 'not_found',
@@ -171,8 +177,15 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
       return next();
     });
   }
-  const parseBody = bodyParser({ enableTypes: ['json'], jsonLimit: options.bodyLimitBytes ?? 1024 * 1024, encoding: 'utf-8' });
+  // Every JSON media type (`application/json`, `application/*+json`), not only the parser's own short list.
+  const parseBody = bodyParser({ enableTypes: ['json'], detectJSON: (ctx) => typeof ctx.request.is(JSON_BODY_TYPES) === 'string', jsonLimit: options.bodyLimitBytes ?? 1024 * 1024, encoding: 'utf-8' });
   app.use(async function readBody(ctx, next) {
+    // The parser skips a body it does not read (text, a form, one without a Content-Type), which a route then
+    // saw as no body: a 400 about missing fields the client did send. An empty body (`Content-Length: 0`) is none.
+    const hasBody = (ctx.request.length ?? 0) > 0 || ctx.req.headers['transfer-encoding'] !== undefined;
+    if (hasBody && BODY_METHODS.has(ctx.method) && ctx.request.is(JSON_BODY_TYPES) === false) {
+      throw new ServiceError(415, 'unsupported_media_type', `The body must be JSON (Content-Type: application/json), not ${ctx.request.type || 'untyped'}.`);
+    }
     try {
       await parseBody(ctx, async () => {});
     } catch (error) {

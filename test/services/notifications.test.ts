@@ -67,13 +67,13 @@ describe('notification-service on its own', () => {
     { desc: 'an empty message', body: JSON.stringify({ userId: '30', type: 'welcome', message: '' }) },
     { desc: 'a message over 1000 characters', body: JSON.stringify({ userId: '30', type: 'welcome', message: 'm'.repeat(1001) }) },
     { desc: 'a non-string orderId', body: JSON.stringify({ userId: '30', type: 'welcome', message: 'hi', orderId: 7 }) },
-    { desc: 'a non-JSON body', body: 'userId=30', contentType: 'text/plain' },
-  ])('refuses $desc with 400 invalid_body and stores nothing', async ({ body, contentType }) => {
+    { desc: 'a non-JSON body (text/plain)', body: 'userId=30', contentType: 'text/plain', status: 415, code: 'unsupported_media_type' },
+  ])('refuses $desc with a problem (400 invalid_body unless said) and stores nothing', async ({ body, contentType, status = 400, code = 'invalid_body' }) => {
     const requestId = nextRequestId();
     const response = await post(body, { contentType, requestId });
-    expect(response.status).toBe(400);
+    expect(response.status).toBe(status);
     expect(response.headers.get('content-type')).toBe('application/problem+json');
-    expect(await response.json()).toMatchObject({ status: 400, code: 'invalid_body', requestId });
+    expect(await response.json()).toMatchObject({ status, code, requestId });
     expect(await inbox('30')).toEqual([]);
   });
 });

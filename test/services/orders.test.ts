@@ -119,12 +119,12 @@ describe('order-service on its own', () => {
     { desc: 'a blank sku', body: JSON.stringify({ items: [{ sku: '   ', quantity: 1 }] }) },
     { desc: 'a sku over 64 characters', body: JSON.stringify({ items: [{ sku: 's'.repeat(65), quantity: 1 }] }) },
     { desc: 'a JSON array body', body: JSON.stringify([{ sku: 'hammer', quantity: 1 }]) },
-    { desc: 'a non-JSON body', body: 'items=hammer', contentType: 'text/plain' },
-  ])('refuses $desc with 400 invalid_body before calling user-service', async ({ body, contentType }) => {
+    { desc: 'a non-JSON body (text/plain)', body: 'items=hammer', contentType: 'text/plain', status: 415, code: 'unsupported_media_type' },
+  ])('refuses $desc with a problem (400 invalid_body unless said) before calling user-service', async ({ body, contentType, status = 400, code = 'invalid_body' }) => {
     const before = dependencyCalls();
     const stored = (await ordersOf(orders, BOB)).length;
     const requestId = nextRequestId();
-    await expectProblem(await call(orders, 'POST', '/orders', { caller: BOB, body, contentType, requestId }), 400, 'invalid_body', requestId);
+    await expectProblem(await call(orders, 'POST', '/orders', { caller: BOB, body, contentType, requestId }), status, code, requestId);
     expect(dependencyCalls()).toBe(before);
     expect(await ordersOf(orders, BOB)).toHaveLength(stored);
   });

@@ -53,6 +53,33 @@ describe('the services\' shared app', () => {
     expect([response.status, await response.json()]).toEqual([200, { a: 1 }]);
   });
 
+  it.each([
+    { desc: 'text/plain', contentType: 'text/plain' },
+    { desc: 'a form', contentType: 'application/x-www-form-urlencoded' },
+    { desc: 'XML', contentType: 'application/xml' },
+    { desc: 'no Content-Type at all', contentType: undefined },
+  ])('answers a body sent as $desc with 415 naming JSON, not 400 for fields it never read', async ({ contentType }) => {
+    const headers: Record<string, string> = { [HEADER.requestId]: 'svc-415' };
+    if (contentType) headers['content-type'] = contentType;
+    const response = await fetch(`${server.url}/things`, { method: 'POST', headers, body: Buffer.from('{"a":1}') });
+    expect(response.status).toBe(415);
+    expect(await problemOf(response)).toMatchObject({ code: 'unsupported_media_type', requestId: 'svc-415', detail: expect.stringContaining('application/json') });
+  });
+
+  it.each([
+    { desc: 'application/json', contentType: 'application/json' },
+    { desc: 'application/json with a charset', contentType: 'application/json; charset=utf-8' },
+    { desc: 'a +json type', contentType: 'application/merge-patch+json' },
+  ])('reads a JSON body sent as $desc', async ({ contentType }) => {
+    const response = await fetch(`${server.url}/things`, { method: 'POST', headers: { 'content-type': contentType }, body: '{"a":1}' });
+    expect([response.status, await response.json()]).toEqual([200, { a: 1 }]);
+  });
+
+  it('takes a POST without a body, whatever its Content-Type says', async () => {
+    const response = await fetch(`${server.url}/things`, { method: 'POST', headers: { 'content-type': 'text/plain' } });
+    expect(response.status).toBe(200);
+  });
+
   it('sends Retry-After with a 503, as the gateway does', async () => {
     const response = await fetch(`${server.url}/busy`);
     expect([response.status, response.headers.get('retry-after')]).toEqual([503, '1']);
