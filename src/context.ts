@@ -47,6 +47,12 @@ export interface GatewayState {
    * write's invalidation of the stored copies); none, or undefined from it, sends it at once.
    */
   holdResponse?: (status: number, locations: readonly string[]) => Promise<unknown> | undefined;
+  /**
+   * createResponseCache: when this request began waiting for another's fetch of the same answer (performance.now()):
+   * the route's `deadlineMs` counts from then, so a request that waited out a failed fetch does not wait as long
+   * again for its own, nor reach the service once its deadline has passed.
+   */
+  upstreamWaitSince?: number;
 }
 
 declare module 'koa' {

@@ -297,6 +297,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       // Another request is fetching this very answer: wait for it rather than asking the service again. Its answer
       // is read from the store, which keeps none a write invalidated after that fetch started.
       logger.debug('response cache: waiting for a fetch in flight', { route: route.name });
+      ctx.state.upstreamWaitSince = performance.now();
       await pending.done;
       entry = (await lookup()) ?? entry;
       if (entry && isFresh(entry, now())) return serve(ctx, entry, 'hit', rules);

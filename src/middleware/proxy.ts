@@ -411,7 +411,12 @@ export function createProxy(options: ProxyOptions): Middleware {
     const tried = new Set<UpstreamInstance>();
     /** Instances this request already counted a failure against: retries on one are one failure of it, not three. */
     const blamed = new Set<UpstreamInstance>();
-    const deadlineAt = performance.now() + route.deadlineMs;
+    // From when it began waiting for a coalesced fetch of the same answer (src/middleware/cache.ts), if it did: as
+    // nginx's proxy_cache_lock_timeout bounds that wait, a failed fetch does not double its waiters' time.
+    const deadlineAt = (ctx.state.upstreamWaitSince ?? performance.now()) + route.deadlineMs;
+    if (performance.now() >= deadlineAt) {
+      throw new GatewayError('upstream_timeout', `The exchange with the ${route.service} service did not finish within ${route.deadlineMs} ms (waiting for another request's fetch of the same answer).`);
+    }
 
     for (let attempt = 1; ; attempt++) {
       const instance = pickWithRoom(pool, tried, hasRoom);

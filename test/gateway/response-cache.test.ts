@@ -709,12 +709,26 @@ describe('response cache with writes whose answer never comes', () => {
   beforeAll(async () => {
     service = await catalogService();
     const slowWrites = { name: 'slow-writes', prefix: '/api/slow', service: 'notifications', upstreamPath: '/slow', auth: 'public', timeoutMs: 300, cache: { ttlSeconds: 60 } };
-    stack = await startStack({ serviceUrls: { notifications: service.url }, overrides: overrides({ routes: [...(shippedConfigFile().routes as unknown[]), slowWrites] }) });
+    // A whole exchange bounded as tightly as a silence: a fetch that times out leaves its waiters no time of their own.
+    const slowReads = { name: 'slow-reads', prefix: '/api/slow-reads', service: 'notifications', upstreamPath: '/slow-reads', auth: 'public', timeoutMs: 300, deadlineMs: 300, cache: { ttlSeconds: 60 } };
+    stack = await startStack({ serviceUrls: { notifications: service.url }, overrides: overrides({ routes: [...(shippedConfigFile().routes as unknown[]), slowWrites, slowReads] }) });
   });
   afterAll(async () => {
     service.release();
     await stack.close();
     await service.close();
+  });
+
+  it('counts the deadline of requests that waited for a fetch of the same answer from when they began to wait', async () => {
+    const path = fresh('/api/slow-reads', '');
+    const upstreamPath = path.replace('/api/slow-reads', '/slow-reads');
+    // Three at once: one fetches (and times out at the held service), two wait for it. Their deadline is spent
+    // by the time it failed, so they answer 504 too, without a trip of their own (before, each waited a
+    // timeout more and the service saw all three).
+    const replies = await Promise.all([0, 1, 2].map(() => send(stack.gateway.url, path, { 'x-gate': '1' })));
+    expect(replies.map((reply) => [reply.status, reply.json.code])).toEqual([0, 1, 2].map(() => [504, 'upstream_timeout']));
+    expect(service.hits.filter((hit) => hit.url === upstreamPath)).toHaveLength(1);
+    service.release();
   });
 
   it('drops the stored copy after a write that timed out at the service, which may have done it', async () => {
