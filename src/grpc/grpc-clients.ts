@@ -113,8 +113,20 @@ export function endGrpcSpan(span: Span, code: grpc.status, error?: Error): void 
   span.end();
 }
 
-export function serializer(type: protobuf.Type): (message: protobuf.Message) => Buffer {
-  return (message) => Buffer.from(type.encode(message).finish());
+/**
+ * The request message as the bytes of one call, or undefined when they exceed MAX_GRPC_MESSAGE_BYTES. Encoded by
+ * the gateway, not by grpc-js's serializer, so that size is known before the call: the proto3 JSON mapping can
+ * grow a body several times over (each `0` in a ListValue is an 11-byte Value), and grpc-js refuses an oversized
+ * message only once called, as RESOURCE_EXHAUSTED, the status a service uses for "over your quota, retry later".
+ */
+export function encodeRequest(type: protobuf.Type, message: protobuf.Message): Buffer | undefined {
+  const bytes = type.encode(message).finish();
+  return bytes.length > MAX_GRPC_MESSAGE_BYTES ? undefined : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+}
+
+/** grpc-js's serializer for a request encodeRequest already made. */
+export function encodedBytes(bytes: Buffer): Buffer {
+  return bytes;
 }
 
 export function deserializer(type: protobuf.Type): (bytes: Buffer) => protobuf.Message {

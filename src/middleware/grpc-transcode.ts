@@ -4,7 +4,7 @@ import { context, type Tracer } from '@opentelemetry/api';
 import type { Context as KoaContext, Middleware } from 'koa';
 import type * as protobuf from 'protobufjs';
 import { GatewayError, invalidJsonBody, toGatewayError } from '../errors';
-import { createGrpcClients, deserializer, type GrpcClientCache, endGrpcSpan, metadataFromHeaders, serializer, startGrpcSpan } from '../grpc/grpc-clients';
+import { createGrpcClients, deserializer, encodedBytes, encodeRequest, type GrpcClientCache, endGrpcSpan, MAX_GRPC_MESSAGE_BYTES, metadataFromHeaders, startGrpcSpan } from '../grpc/grpc-clients';
 import { buildRequestMessage, parseQuery, type HttpBinding } from '../grpc/http-rules';
 import { duplicateJsonKey, JsonMappingError, messageToJson, ResponseMappingError } from '../grpc/json-mapping';
 import { PathVariableError } from '../grpc/path-template';
@@ -75,6 +75,8 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     const { binding } = found;
     const body = binding.body === undefined ? undefined : await readWithinRate(ctx.req, options.bodyRate, () => readJsonBody(ctx, maxBodyBytes));
     const message = refusingBadInput(() => buildRequestMessage(binding, found.variables, body, parseQuery(ctx.querystring)));
+    const request = encodeRequest(binding.method.requestType, message);
+    if (!request) throw new GatewayError('payload_too_large', `The request is larger than the ${MAX_GRPC_MESSAGE_BYTES}-byte gRPC message the gateway sends once encoded.`);
 
     const instance = pool.pick();
     if (!instance) throw new GatewayError('upstream_unavailable', `No instance of the ${route.service} service is available.`);
@@ -86,7 +88,7 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     let settled = false;
     const metadata = metadataFromHeaders(upstreamHeadersFor(ctx, instance.host, { underscores: options.underscores, forwardAuthorization: route.forwardAuthorization, sign: options.sign, request: { method: 'POST', target: binding.method.path } }));
     const span = startGrpcSpan(tracer, binding.method, instance, route.service, context.active(), metadata);
-    const call = { client: clientFor(instance), binding, message, metadata };
+    const call = { client: clientFor(instance), binding, request, metadata };
     const settle = (reported: grpc.status, error?: grpc.ServiceError) => {
       if (settled) return;
       settled = true;
@@ -117,18 +119,19 @@ function refusingBadInput<T>(step: () => T): T {
 interface Call {
   client: grpc.Client;
   binding: HttpBinding;
-  message: protobuf.Message;
+  /** The request message, encoded (encodeRequest). */
+  request: Buffer;
   metadata: grpc.Metadata;
 }
 type Settle = (code: grpc.status, error?: grpc.ServiceError) => void;
 
 /** The route's timeout is the whole unary call's deadline: nothing flows until the answer, so idle = whole. */
-async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, binding, message, metadata }: Call, settle: Settle): Promise<void> {
+async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, binding, request, metadata }: Call, settle: Settle): Promise<void> {
   const { method } = binding;
   const deadline = Date.now() + Math.min(route.timeoutMs, route.deadlineMs);
   let clientGone = false;
   const response = await new Promise<protobuf.Message | undefined>((resolve, reject) => {
-    const pending = client.makeUnaryRequest(method.path, serializer(method.requestType), deserializer(method.responseType), message, metadata, { deadline }, (error, value) => {
+    const pending = client.makeUnaryRequest(method.path, encodedBytes, deserializer(method.responseType), request, metadata, { deadline }, (error, value) => {
       ctx.res.off('close', cancel);
       settle(error ? error.code : grpc.status.OK, error ?? undefined);
       // Cancelled because the client left: nobody to answer, and no upstream failure to report.
@@ -163,11 +166,11 @@ function answerJson(route: CompiledRoute, type: protobuf.Type, message: protobuf
  * slow). Until the first message the status is open, so an early failure is an ordinary problem response;
  * after it, a failure is written as a last line `{"error": <problem>}` and the stream ends.
  */
-async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, binding, message, metadata }: Call, settle: Settle, logger: Logger): Promise<void> {
+async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, binding, request, metadata }: Call, settle: Settle, logger: Logger): Promise<void> {
   const { method } = binding;
   // grpc-js's events run outside the request's context; a failure after the first line is recorded in it.
   const requestContext = context.active();
-  const call = client.makeServerStreamRequest(method.path, serializer(method.requestType), deserializer(method.responseType), message, metadata, { deadline: Date.now() + route.deadlineMs });
+  const call = client.makeServerStreamRequest(method.path, encodedBytes, deserializer(method.responseType), request, metadata, { deadline: Date.now() + route.deadlineMs });
   const line = (value: unknown) => `${JSON.stringify(value)}\n`;
   const cancel = () => call.cancel();
   ctx.res.once('close', cancel);

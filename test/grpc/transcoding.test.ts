@@ -202,6 +202,13 @@ describe('gRPC transcoding', () => {
       await expectRefused(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"tags": ["a"]}')]));
     });
 
+    it('answers 413, not 429 "resource exhausted", for a body under the limit whose message is over the 4 MiB gRPC sends', async () => {
+      // Each 0 of a ListValue is an 11-byte Value: 800 KB of JSON, about 4.4 MB of message.
+      const body = `{"anything": [${Array.from({ length: 400_000 }, () => '0').join(',')}]}`;
+      expect(body.length).toBeLessThan(1024 * 1024);
+      expect(await expectRefused(body, 413)).toMatchObject({ code: 'payload_too_large', detail: expect.stringMatching(/gRPC message/) });
+    });
+
     it('answers a body that is not JSON with 415', async () => {
       const response = await call('/api/mapping/things/x', { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'id=1' });
       expect(response.status).toBe(415);
