@@ -287,6 +287,30 @@ describe('a service that answers no valid gRPC status', () => {
     const failed = gatewayLogs.lines.find((line) => line.message === 'request failed' && line.request_id === requestId);
     expect(failed?.error).toEqual(expect.stringContaining('The hostile service answered a malformed gRPC response. (Error: no gRPC status'));
   });
+
+  /** Answers `count` empty accounts, 2 bytes each on the wire (field 1, length 0). */
+  const emptyAccounts = (count: number) => (stream: http2.ServerHttp2Stream) => {
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+    stream.end(frame(Buffer.from(new Uint8Array(count * 2).map((_, index) => (index % 2 === 0 ? 0x0a : 0))), false));
+  };
+
+  it('writes an answer of many unset fields as JSON (each empty account with its two fields)', async () => {
+    answer = emptyAccounts(100_000);
+    const response = await fetch(`${gateway.url}/api/hostile/crowd`);
+    expect(response.status).toBe(200);
+    const { accounts } = (await response.json()) as { accounts: unknown[] };
+    expect(accounts).toHaveLength(100_000);
+    expect(accounts[0]).toEqual({ accountId: '', displayName: '' });
+  });
+
+  // 4 MB on the wire would be 70 MB of JSON, built while every other request waited.
+  it('answers 502 when an answer would be written as more than 2 Mi JSON fields (2 million empty accounts)', async () => {
+    answer = emptyAccounts(2_000_000);
+    const response = await fetch(`${gateway.url}/api/hostile/crowd`);
+    expect(response.status).toBe(502);
+    expect(await response.json()).toMatchObject({ code: 'upstream_bad_response', detail: 'The hostile service answered a message that would be written as more than 2097152 JSON fields.' });
+  });
 });
 
 describe('gRPC channels across config reloads', () => {
