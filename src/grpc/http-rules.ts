@@ -130,7 +130,7 @@ function compileBinding(rule: HttpRuleOption, method: GrpcMethod, where: string)
     throw new Error(`${where}: ${(error as Error).message}`);
   }
   for (const variable of template.variables) {
-    const field = fieldAt(method.requestType, variable.fieldPath.map(protobuf.util.camelCase));
+    const field = fieldAt(method.requestType, variable.fieldPath);
     if (!field || field.repeated || (field.resolvedType instanceof protobuf.Type && !isTextSettable(field.resolvedType))) {
       throw new Error(`${where}: path variable {${variable.fieldPath.join('.')}} names no singular field of ${method.requestType.name}`);
     }
@@ -138,23 +138,29 @@ function compileBinding(rule: HttpRuleOption, method: GrpcMethod, where: string)
   let body: HttpBinding['body'];
   if (rule.body === '*') body = '*';
   else if (rule.body) {
-    body = protobuf.util.camelCase(rule.body);
-    if (!method.requestType.fields[body]) throw new Error(`${where}: body "${rule.body}" names no field of ${method.requestType.name}`);
+    const field = protoNamed(method.requestType, rule.body);
+    if (!field) throw new Error(`${where}: body "${rule.body}" names no field of ${method.requestType.name}`);
+    body = field.name;
   }
   return { httpMethod: verb.toUpperCase(), template, body, method };
 }
 
-/** The field at a lowerCamelCase path, through singular message fields. */
+/** The field at a path of proto field names (as templates and `body` name them), through singular message fields. */
 function fieldAt(type: protobuf.Type, path: readonly string[]): protobuf.Field | undefined {
   let current: protobuf.Type = type;
   for (let index = 0; index < path.length; index++) {
-    const field = current.fields[path[index]!];
+    const field = protoNamed(current, path[index]!);
     if (!field) return undefined;
     if (index === path.length - 1) return field;
-    if (field.repeated || !(field.resolvedType instanceof protobuf.Type)) return undefined;
+    if (field.repeated || field instanceof protobuf.MapField || !(field.resolvedType instanceof protobuf.Type)) return undefined;
     current = field.resolvedType;
   }
   return undefined;
+}
+
+/** The field of `type` whose name in the proto is `name`. */
+function protoNamed(type: protobuf.Type, name: string): protobuf.Field | undefined {
+  return type.fieldsArray.find((field) => field.protoName === name);
 }
 
 /**
@@ -188,37 +194,57 @@ export function buildRequestMessage(binding: HttpBinding, variables: readonly Pa
   } else if (binding.body !== undefined && body !== undefined) {
     json[binding.body] = body;
   }
+  // Field paths the path bound, by the fields they reach: a query parameter may name one by any of its names.
   const bound = new Set<string>();
   for (const { fieldPath, value } of variables) {
-    const camel = fieldPath.map(protobuf.util.camelCase);
-    setText(type, json, camel, value, false, `path variable ${fieldPath.join('.')}`);
-    bound.add(camel.join('.'));
+    const where = `path variable ${fieldPath.join('.')}`;
+    const fields = fieldsAt(type, fieldPath, protoNamed, where);
+    setText(type, json, fields, value, false, where);
+    bound.add(pathKey(fields));
   }
   if (binding.body !== '*') {
     let count = 0;
     for (const [key, value] of query) {
       if (++count > MAX_QUERY_PARAMETERS) throw new JsonMappingError(`more than ${MAX_QUERY_PARAMETERS} query parameters`);
-      const camel = key.split('.').map(protobuf.util.camelCase);
-      const dotted = camel.join('.');
-      if (bound.has(dotted)) throw new JsonMappingError(`query parameter ${truncate(key)} is already bound by the path`);
-      if (binding.body !== undefined && camel[0] === binding.body) throw new JsonMappingError(`query parameter ${truncate(key)} is bound by the body`);
-      setText(type, json, camel, value, true, `query parameter ${truncate(key)}`);
+      const where = `query parameter ${truncate(key)}`;
+      // JSON names (`displayName`, a `json_name`) or proto names (`display_name`), as grpc-gateway reads them.
+      const fields = fieldsAt(type, key.split('.'), fieldNamed, where);
+      if (bound.has(pathKey(fields))) throw new JsonMappingError(`${where} is already bound by the path`);
+      if (binding.body !== undefined && fields[0]!.name === binding.body) throw new JsonMappingError(`${where} is bound by the body`);
+      setText(type, json, fields, value, true, where);
     }
   }
   return messageFromJson(type, json);
 }
 
-/** Sets one text value at a field path of the JSON being built; repeated fields collect every occurrence. */
-function setText(type: protobuf.Type, json: Record<string, unknown>, path: readonly string[], text: string, repeatable: boolean, where: string): void {
+/** The fields a dotted name reaches from `type`, through singular message fields, each name looked up by `named`. */
+function fieldsAt(type: protobuf.Type, names: readonly string[], named: (type: protobuf.Type, name: string) => protobuf.Field | undefined, where: string): protobuf.Field[] {
+  const fields: protobuf.Field[] = [];
+  let current = type;
+  names.forEach((name, index) => {
+    const field = named(current, name);
+    if (!field) throw new JsonMappingError(`${where} names no field of ${current.name}`);
+    fields.push(field);
+    if (index === names.length - 1) return;
+    if (field.repeated || field instanceof protobuf.MapField || !(field.resolvedType instanceof protobuf.Type)) throw new JsonMappingError(`${where}: ${field.name} is not a message`);
+    current = field.resolvedType;
+  });
+  return fields;
+}
+
+function pathKey(fields: readonly protobuf.Field[]): string {
+  return fields.map((field) => field.name).join('.');
+}
+
+/** Sets one text value at a field path of the JSON being built (keyed by protobufjs's names); repeated fields collect every occurrence. */
+function setText(type: protobuf.Type, json: Record<string, unknown>, fields: readonly protobuf.Field[], text: string, repeatable: boolean, where: string): void {
   let current: protobuf.Type = type;
   let node = json;
-  for (let index = 0; index < path.length; index++) {
-    const field = fieldNamed(current, path[index]!);
-    if (!field) throw new JsonMappingError(`${where} names no field of ${current.name}`);
-    if (index === path.length - 1) {
+  fields.forEach((field, index) => {
+    if (index === fields.length - 1) {
       if (field instanceof protobuf.MapField) throw new JsonMappingError(`${where} is a map and cannot be set from text`);
       const value = jsonFromText(field, text, where);
-      const previous = takeField(node, field);
+      const previous = takeField(current, node, field);
       if (field.repeated) {
         if (!repeatable) throw new JsonMappingError(`${where} is repeated`);
         const list = Array.isArray(previous) ? (previous as unknown[]) : [];
@@ -232,21 +258,20 @@ function setText(type: protobuf.Type, json: Record<string, unknown>, path: reado
       }
       return;
     }
-    if (field.repeated || !(field.resolvedType instanceof protobuf.Type)) throw new JsonMappingError(`${where}: ${field.name} is not a message`);
-    const child = takeField(node, field);
+    const child = takeField(current, node, field);
     node = node[field.name] = typeof child === 'object' && child !== null && !Array.isArray(child) ? { ...(child as Record<string, unknown>) } : {};
-    current = field.resolvedType;
-  }
+    current = field.resolvedType as protobuf.Type;
+  });
 }
 
 /**
- * What `node` (JSON being built) holds for `field`, under its lowerCamelCase or its proto name, leaving only the
- * former: a body's `account_id` must not survive beside the path's `accountId` (two names of one field are refused).
+ * What `node` (JSON of `type` being built) holds for `field`, under any of its names, leaving only protobufjs's:
+ * a body's `account_id` (or `json_name`) must not survive beside the path's value (two names of one field are refused).
  */
-function takeField(node: Record<string, unknown>, field: protobuf.Field): unknown {
+function takeField(type: protobuf.Type, node: Record<string, unknown>, field: protobuf.Field): unknown {
   let value = node[field.name];
   for (const key of Object.keys(node)) {
-    if (key !== field.name && protobuf.util.camelCase(key) === field.name) {
+    if (key !== field.name && fieldNamed(type, key) === field) {
       value ??= node[key];
       delete node[key];
     }

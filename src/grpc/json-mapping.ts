@@ -87,7 +87,7 @@ function jsonFieldCount(type: protobuf.Type, message: protobuf.Message, budget: 
     const [current, node] = pending.pop()!;
     count += writtenUnset(current);
     for (const name of Object.keys(node)) {
-      const field = fieldNamed(current, name);
+      const field = Object.hasOwn(current.fields, name) ? current.fields[name]! : undefined;
       if (!field) continue;
       if (field.partOf) count++;
       const resolved = field.resolvedType;
@@ -140,7 +140,7 @@ function objectFromJson(type: protobuf.Type, json: unknown, where: string, depth
   const result: Record<string, unknown> = {};
   const seen = new Set<string>();
   for (const [key, value] of Object.entries(json)) {
-    const field = fieldNamed(type, key) ?? fieldNamed(type, protobuf.util.camelCase(key));
+    const field = fieldNamed(type, key);
     if (!field) throw new JsonMappingError(`${where} has no field "${truncate(key)}"`);
     // `display_name` and `displayName` are one field: the later would silently win, over a path variable too.
     if (seen.has(field.name)) throw new JsonMappingError(`${where}.${field.name} is set twice`);
@@ -188,10 +188,24 @@ export function duplicateJsonKey(text: string): string | undefined {
   return undefined;
 }
 
-/** The field of `type` named `name` (lowerCamelCase); never an inherited property such as `constructor`. */
+/**
+ * The field of `type` that `name` names in JSON, a query parameter or a path template: its JSON name (protoc's
+ * lowerCamelCase, or the proto's `json_name`), its name in the proto, or protobufjs's own camelCase of it (the
+ * gateway's inner name, which differs from protoc's for `foo_1bar` or `field__x`), in that order, as protoc's
+ * parsers look names up. Never an inherited property such as `constructor`.
+ */
 export function fieldNamed(type: protobuf.Type, name: string): protobuf.Field | undefined {
-  return Object.hasOwn(type.fields, name) ? type.fields[name] : undefined;
+  let names = fieldsByName.get(type);
+  if (!names) {
+    names = new Map();
+    for (const field of type.fieldsArray) if (!names.has(field.name)) names.set(field.name, field);
+    for (const field of type.fieldsArray) names.set(field.protoName, field);
+    for (const field of type.fieldsArray) names.set(field.jsonName, field);
+    fieldsByName.set(type, names);
+  }
+  return names.get(name);
 }
+const fieldsByName = new WeakMap<protobuf.Type, Map<string, protobuf.Field>>();
 
 function fieldFromJson(field: protobuf.Field, value: unknown, where: string, depth: number): unknown {
   if (field instanceof protobuf.MapField) {
@@ -343,20 +357,26 @@ function durationFromJson(json: unknown, where: string): Record<string, unknown>
   return { seconds: String(BigInt(sign) * seconds), nanos: sign * nanos };
 }
 
-/** `toObject`'s plain form of `type`, with the well-known types in their JSON form. */
+/** `toObject`'s plain form of `type`, with the well-known types in their JSON form and each field under its JSON name. */
 function toJsonValue(type: protobuf.Type, object: Record<string, unknown>, depth: number): unknown {
   const special = wellKnownToJson(type, object, depth);
   if (special !== NOT_SPECIAL) return special;
+  const json: Record<string, unknown> = {};
   for (const field of type.fieldsArray) {
+    if (!Object.hasOwn(object, field.name)) continue;
     const resolved = field.resolvedType;
     const value = object[field.name];
-    if (!(resolved instanceof protobuf.Type) || value === null || value === undefined) continue;
+    // toObject keys fields by protobufjs's camelCase; the JSON mapping writes the JSON name (`json_name`, `foo1bar`).
+    if (!(resolved instanceof protobuf.Type) || value === null || value === undefined) {
+      json[field.jsonName] = value;
+      continue;
+    }
     const convert = (item: unknown) => toJsonValue(resolved, item as Record<string, unknown>, depth + 1);
-    if (field instanceof protobuf.MapField) object[field.name] = Object.fromEntries(Object.entries(value as object).map(([key, item]) => [key, convert(item)]));
-    else if (field.repeated) object[field.name] = (value as unknown[]).map(convert);
-    else object[field.name] = convert(value);
+    if (field instanceof protobuf.MapField) json[field.jsonName] = Object.fromEntries(Object.entries(value as object).map(([key, item]) => [key, convert(item)]));
+    else if (field.repeated) json[field.jsonName] = (value as unknown[]).map(convert);
+    else json[field.jsonName] = convert(value);
   }
-  return object;
+  return json;
 }
 
 const NOT_SPECIAL = Symbol('not a well-known type');

@@ -42,6 +42,7 @@ describe('gRPC transcoding of hostile input', () => {
     server.addService(grpcServiceDefinition(HOSTILE_PROTO, HOSTILE_SERVICE), {
       Update: echo('Update'),
       Pick: echo('Pick'),
+      Rename: echo('Rename'),
       When(call: grpc.ServerUnaryCall<Request, unknown>, callback: grpc.sendUnaryData<unknown>) {
         calls.push({ method: 'When', request: call.request });
         callback(null, { at: { seconds: String(call.request.seconds), nanos: 0 } });
@@ -113,6 +114,42 @@ describe('gRPC transcoding of hostile input', () => {
     const response = await postJson('/api/hostile/accounts/alice', body);
     expect(response.status).toBe(400);
     expect(await response.json()).toMatchObject({ code: 'invalid_body' });
+    expect(calls.length).toBe(before);
+  });
+
+  it('reads and writes each field under its JSON name as protoc spells it (a json_name; line_2 is line2)', async () => {
+    const response = await postJson('/api/hostile/renamed/L2', '{"alias": "bob", "note": "n"}');
+    expect(response.status).toBe(200);
+    expect(calls.at(-1)!.request).toEqual({ nickName: 'bob', line_2: 'L2', note: 'n' });
+    expect(await response.json()).toEqual({ alias: 'bob', line2: 'L2', note: 'n' });
+  });
+
+  it.each([
+    { desc: 'its proto name', body: '{"nick_name": "bob"}' },
+    { desc: 'its JSON name', body: '{"alias": "bob"}' },
+  ])('takes a field named in the body by $desc', async ({ body }) => {
+    expect((await postJson('/api/hostile/renamed/L2', body)).status).toBe(200);
+    expect(calls.at(-1)!.request).toMatchObject({ nickName: 'bob' });
+  });
+
+  it('lets the path variable win over the field it binds, named in the body by its JSON name', async () => {
+    expect((await postJson('/api/hostile/renamed/L2', '{"line2": "mallory"}')).status).toBe(200);
+    expect(calls.at(-1)!.request).toMatchObject({ line_2: 'L2' });
+  });
+
+  it('takes query parameters by JSON name', async () => {
+    const response = await call('/api/hostile/renamed/L2?alias=bob');
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ alias: 'bob', line2: 'L2', note: '' });
+  });
+
+  it.each([
+    { desc: 'its JSON name', query: 'line2=mallory' },
+    { desc: 'its proto name', query: 'line_2=mallory' },
+  ])('refuses a query parameter re-binding a path variable by $desc (400), reaching no service', async ({ query }) => {
+    const before = calls.length;
+    const response = await call(`/api/hostile/renamed/L2?${query}`);
+    expect(response.status).toBe(400);
     expect(calls.length).toBe(before);
   });
 
