@@ -5,10 +5,10 @@ import type * as protobuf from 'protobufjs';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import type { UpstreamInstance } from '../upstream-pool';
 import type { GrpcMethod } from './http-rules';
+import { MAX_GRPC_MESSAGE_BYTES } from './message-limits';
 import { grpcStatusName } from './status-errors';
 
-/** Largest message the gateway sends or accepts from a service, bytes (gRPC's own default receive limit). */
-export const MAX_GRPC_MESSAGE_BYTES = 4 * 1024 * 1024;
+export { MAX_GRPC_MESSAGE_BYTES } from './message-limits';
 
 /**
  * Longest wait between a channel's attempts to reconnect to an instance that went away, ms. grpc-js retries on

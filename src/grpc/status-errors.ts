@@ -2,6 +2,7 @@ import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
 import type { AuthMethod } from '../config';
 import { GatewayError, type ErrorCode } from '../errors';
 import { authenticationChallenge, DEFAULT_REALM } from '../middleware/authenticate';
+import { MAX_GRPC_MESSAGE_BYTES } from './message-limits';
 
 /**
  * gRPC status -> the gateway's error catalog, once, at the gRPC boundary (as upstreamFailure does for HTTP).
@@ -49,8 +50,19 @@ export function knownGrpcStatus(code: unknown): GrpcStatus {
   return isGrpcStatus(code) ? code : GrpcStatus.UNKNOWN;
 }
 
-/** grpc-js's own RESOURCE_EXHAUSTED for an answer over the client's receive limit (stream-decoder.js): no quota of the caller's. */
-const OVER_RECEIVE_LIMIT = /^Received message larger than max /;
+/**
+ * grpc-js's own RESOURCE_EXHAUSTED for an answer over the gateway's receive limit (stream-decoder.js): no quota of
+ * the caller's. Told by the limit it names: the gateway never sends a message over that size, so a service cannot
+ * have received one.
+ */
+const OVER_OWN_RECEIVE_LIMIT = new RegExp(`^Received message larger than max \\(\\d+ vs ${MAX_GRPC_MESSAGE_BYTES}\\)$`);
+/**
+ * A service refusing the request as over its own receive limit, in the words of grpc-js and grpc-core ("Received
+ * message larger than max"), grpc-go ("grpc: received message larger than max") and grpc-java ("gRPC message
+ * exceeds maximum size"), or a decompressed size over it: the request is too large for the service (413), never
+ * the service's answer too large for the gateway, nor a quota the caller may wait out.
+ */
+const OVER_SERVICE_RECEIVE_LIMIT = /received message larger than max|message exceeds maximum size|decompresses to a size larger than/i;
 
 /**
  * `authMethods`: the route's (src/routes.ts), named in the challenge of an UNAUTHENTICATED answer: a 401 carries
@@ -62,8 +74,11 @@ export function grpcFailure(service: string, failure: ServiceError, authMethods:
     const cause = new Error(`no gRPC status (grpc-js reported code ${String(failure.code)}${failure.details ? `: ${failure.details}` : ''})`, { cause: failure });
     return new GatewayError('upstream_bad_response', `The ${service} service answered a malformed gRPC response.`, { cause });
   }
-  if (failure.code === GrpcStatus.RESOURCE_EXHAUSTED && OVER_RECEIVE_LIMIT.test(failure.details ?? '')) {
+  if (failure.code === GrpcStatus.RESOURCE_EXHAUSTED && OVER_OWN_RECEIVE_LIMIT.test(failure.details ?? '')) {
     return new GatewayError('upstream_bad_response', `The ${service} service answered a message larger than the gateway forwards.`, { cause: failure });
+  }
+  if (failure.code === GrpcStatus.RESOURCE_EXHAUSTED && OVER_SERVICE_RECEIVE_LIMIT.test(failure.details ?? '')) {
+    return new GatewayError('payload_too_large', `The request message is larger than the ${service} service accepts.`, { cause: failure });
   }
   const code = CODE_BY_STATUS[failure.code] ?? 'upstream_bad_response';
   const name = grpcStatusName(failure.code);

@@ -27,6 +27,7 @@ const ACME_KEY = generateApiKey();
 describe('gRPC transcoding of hostile input', () => {
   let gateway: TestServer;
   let server: grpc.Server;
+  let smallServer: grpc.Server;
   const gatewayLogs = memoryLogger('gateway');
   let tracing: InMemoryTracing;
   const calls: { method: string; request: Request }[] = [];
@@ -70,13 +71,18 @@ describe('gRPC transcoding of hostile input', () => {
       },
     });
     const port = await bindGrpcServer(server, '127.0.0.1', 0);
+    // A service that takes messages of at most 64 bytes.
+    smallServer = new grpc.Server({ 'grpc.max_receive_message_length': 64 });
+    smallServer.addService(grpcServiceDefinition(HOSTILE_PROTO, HOSTILE_SERVICE), { Update: echo('Update') });
+    const smallPort = await bindGrpcServer(smallServer, '127.0.0.1', 0);
     const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
     const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
-      services: { ...shipped.services, hostile: { url: `http://127.0.0.1:${port}` } },
+      services: { ...shipped.services, hostile: { url: `http://127.0.0.1:${port}` }, 'hostile-small': { url: `http://127.0.0.1:${smallPort}` } },
       consumers: [{ id: 'acme', role: 'partner', keys: [{ hash: hashApiKey(ACME_KEY) }] }],
       routes: [
         ...shipped.routes,
         { name: 'hostile', prefix: '/api/hostile', service: 'hostile', upstreamPath: '/v1', auth: 'public', grpc: { proto: HOSTILE_PROTO, service: HOSTILE_SERVICE } },
+        { name: 'hostile-small', prefix: '/api/small-hostile', service: 'hostile-small', upstreamPath: '/v1', auth: 'public', grpc: { proto: HOSTILE_PROTO, service: HOSTILE_SERVICE } },
         { name: 'hostile-keys', prefix: '/api/keyed-hostile', service: 'hostile', upstreamPath: '/v1', auth: { methods: ['apiKey'] }, grpc: { proto: HOSTILE_PROTO, service: HOSTILE_SERVICE } },
       ],
     });
@@ -85,6 +91,7 @@ describe('gRPC transcoding of hostile input', () => {
   afterAll(async () => {
     await gateway.close();
     server.forceShutdown();
+    smallServer.forceShutdown();
     await tracing.shutdown();
   });
 
@@ -115,6 +122,13 @@ describe('gRPC transcoding of hostile input', () => {
     expect(response.status).toBe(400);
     expect(await response.json()).toMatchObject({ code: 'invalid_body' });
     expect(calls.length).toBe(before);
+  });
+
+  it("answers 413 when the service refuses the request as over its receive limit, not 502 blaming the service's answer", async () => {
+    const response = await postJson('/api/small-hostile/accounts/alice', JSON.stringify({ displayName: 'x'.repeat(100) }));
+    expect(response.status).toBe(413);
+    expect(await response.json()).toMatchObject({ code: 'payload_too_large', detail: 'The request message is larger than the hostile-small service accepts.' });
+    expect((await postJson('/api/small-hostile/accounts/alice', '{"displayName": "x"}')).status).toBe(200);
   });
 
   it('reads and writes each field under its JSON name as protoc spells it (a json_name; line_2 is line2)', async () => {

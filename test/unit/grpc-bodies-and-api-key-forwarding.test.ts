@@ -45,6 +45,14 @@ describe('grpcFailure: an answer over the receive limit', () => {
     expect(error.message).not.toContain('4194304');
   });
 
+  it.each([
+    ['grpc-js or grpc-core', 'Received message larger than max (1605 vs 1000)'],
+    ['grpc-go', 'grpc: received message larger than max (1605 vs. 1000)'],
+    ['grpc-java', 'gRPC message exceeds maximum size 1000: 1605'],
+  ])("is the request over the service's receive limit (413) in the words of %s", (_desc, details) => {
+    expect(grpcFailure('echo', failure(GrpcStatus.RESOURCE_EXHAUSTED, details))).toMatchObject({ code: 'payload_too_large', status: 413 });
+  });
+
   it('leaves a RESOURCE_EXHAUSTED the service sent as the service said it (429)', () => {
     expect(grpcFailure('echo', failure(GrpcStatus.RESOURCE_EXHAUSTED, 'quota exceeded'))).toMatchObject({ code: 'grpc_resource_exhausted', status: 429, message: 'quota exceeded' });
   });
