@@ -123,6 +123,8 @@ export function jsonFromText(field: protobuf.Field, text: string, where: string)
   if (field.resolvedType instanceof protobuf.Type && !isTextSettable(field.resolvedType)) {
     throw new JsonMappingError(`${where} is a message and cannot be set from text`);
   }
+  // An enum by number (`?color=2`), as a body may give it: text has no numbers, so digits are the number's form.
+  if (field.resolvedType instanceof protobuf.Enum && /^-?\d{1,10}$/.test(text)) return Number(text);
   return text;
 }
 

@@ -75,6 +75,13 @@ describe('gRPC transcoding', () => {
       });
     });
 
+    it('takes an enum query parameter by number as by name (the JSON mapping reads both)', async () => {
+      const response = await call('/api/mapping/things/t1/owners/o?color=2&colors=1&colors=COLOR_BLUE');
+      expect(response.status).toBe(200);
+      expect(await response.json()).toMatchObject({ color: 'COLOR_BLUE', colors: ['COLOR_RED', 'COLOR_BLUE'] });
+      expect((await call('/api/mapping/things/t1/owners/o?color=7')).status).toBe(400);
+    });
+
     it('binds the body to the one field the annotation names', async () => {
       const response = await postJson('/api/mapping/things/t2/note', { text: 'hello' }, 'PUT');
       expect(response.status).toBe(200);
