@@ -339,7 +339,9 @@ function timestampFromJson(json: unknown, where: string): Record<string, unknown
   check.setUTCFullYear(Number(year), Number(month) - 1, Number(day));
   check.setUTCHours(Number(hour), Number(minute), Number(second), 0);
   const millis = check.getTime();
-  if (Number.isNaN(millis) || check.getUTCDate() !== Number(day) || check.getUTCMonth() !== Number(month) - 1 || Number(hour) > 23 || Number(minute) > 59 || Number(second) > 59) {
+  // RFC 3339 5.6: time-numoffset is 00-23 hours and 00-59 minutes (`+99:99` is no offset at all).
+  const badOffset = zone!.length === 6 && (Number(zone!.slice(1, 3)) > 23 || Number(zone!.slice(4, 6)) > 59);
+  if (Number.isNaN(millis) || badOffset || check.getUTCDate() !== Number(day) || check.getUTCMonth() !== Number(month) - 1 || Number(hour) > 23 || Number(minute) > 59 || Number(second) > 59) {
     throw new JsonMappingError(`${where} is not a valid date and time`);
   }
   const offsetMinutes = zone!.toUpperCase() === 'Z' ? 0 : (zone!.startsWith('-') ? -1 : 1) * (Number(zone!.slice(1, 3)) * 60 + Number(zone!.slice(4, 6)));

@@ -160,6 +160,8 @@ describe('gRPC transcoding', () => {
       { desc: 'an unknown enum name', body: { color: 'COLOR_GREEN' }, status: 400, code: 'invalid_body' },
       { desc: 'a timestamp that is not RFC 3339', body: { createdAt: 'yesterday' }, status: 400, code: 'invalid_body' },
       { desc: 'an impossible date', body: { createdAt: '2026-02-30T00:00:00Z' }, status: 400, code: 'invalid_body' },
+      { desc: 'a timestamp with an offset past 23:59', body: { createdAt: '2026-01-01T00:00:00+99:99' }, status: 400, code: 'invalid_body' },
+      { desc: 'a timestamp with an offset of 60 minutes', body: { createdAt: '2026-01-01T00:00:00-05:60' }, status: 400, code: 'invalid_body' },
       { desc: 'a duration without unit', body: { ttl: '5' }, status: 400, code: 'invalid_body' },
       { desc: 'bytes that are not base64', body: { blob: 'not base64!' }, status: 400, code: 'invalid_body' },
       { desc: 'a string for a repeated field', body: { tags: 'x' }, status: 400, code: 'invalid_body' },
