@@ -266,6 +266,12 @@ async function readJsonBody(ctx: KoaContext, limit: number): Promise<unknown> {
   const declared = ctx.get('content-length');
   if (declared === '0' || (declared === '' && !ctx.get('transfer-encoding'))) return undefined;
   if (!ctx.is('application/json', '+json')) throw new GatewayError('unsupported_media_type', 'The request body must be application/json.');
+  // The gateway reads this body itself and decodes no content coding: gzip bytes would be refused as "not UTF-8",
+  // telling the client its JSON is broken. RFC 9110 15.5.16: 415, with the codings taken in Accept-Encoding.
+  const coding = ctx.get('content-encoding').trim().toLowerCase();
+  if (coding !== '' && coding !== 'identity') {
+    throw new GatewayError('unsupported_media_type', 'The request body must not be content-coded (Content-Encoding): send the JSON as it is.', { headers: { 'Accept-Encoding': 'identity' } });
+  }
   if (declared !== '' && Number(declared) > limit) throw new GatewayError('payload_too_large', `The request body is larger than ${limit} bytes.`);
   continueIfExpected(ctx);
   const chunks: Buffer[] = [];

@@ -1,4 +1,5 @@
 import http from 'node:http';
+import { gzipSync } from 'node:zlib';
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { createGatewayApps } from '../../src/gateway';
 import { ACCESS_LINE_MESSAGE, ATTR, HEADER } from '../../otel/wire-names';
@@ -216,6 +217,16 @@ describe('gRPC transcoding', () => {
       const body = `{"anything": [${Array.from({ length: 400_000 }, () => '0').join(',')}]}`;
       expect(body.length).toBeLessThan(1024 * 1024);
       expect(await expectRefused(body, 413)).toMatchObject({ code: 'payload_too_large', detail: expect.stringMatching(/gRPC message/) });
+    });
+
+    it('answers a gzip-coded JSON body with 415 and Accept-Encoding: identity, not 400 "not UTF-8"', async () => {
+      const before = service.calls.length;
+      const body = gzipSync('{"tags": ["a"]}');
+      const response = await call('/api/mapping/things/x', { method: 'POST', headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' }, body });
+      expect(response.status).toBe(415);
+      expect(response.headers.get('accept-encoding')).toBe('identity');
+      expect(await response.json()).toMatchObject({ code: 'unsupported_media_type' });
+      expect(service.calls.length).toBe(before);
     });
 
     it('answers a body that is not JSON with 415', async () => {
