@@ -63,16 +63,28 @@ const METADATA_KEY = /^[0-9a-z_.-]+$/;
 const METADATA_VALUE = /^[\x20-\x7e]*$/;
 
 /**
+ * Most metadata entries (header fields) a call carries from the request's headers. A Node service's HTTP/2 server
+ * takes at most 128 header fields per stream (`maxHeaderListPairs`) and resets a stream with more, which grpc-js
+ * reports as RESOURCE_EXHAUSTED ("Bandwidth exhausted"): a request with 120 headers was answered 429 "retry later".
+ * 100 leaves room for the pseudo-headers (4), grpc-js's own fields (up to 7) and the trace context (up to 3).
+ */
+export const MAX_METADATA_ENTRIES = 100;
+
+/**
  * gRPC metadata from the headers a service would get over HTTP (upstreamRequestHeaders: client headers
  * filtered, then request id, identity and forwarding headers written by the gateway), so both protocols
  * strip and inject by the same rules. Binary (`-bin`) and non-ASCII values are dropped: grpc-js refuses them.
+ * Undefined when that is more than MAX_METADATA_ENTRIES fields.
  */
-export function metadataFromHeaders(headers: Readonly<Record<string, string | string[]>>): grpc.Metadata {
+export function metadataFromHeaders(headers: Readonly<Record<string, string | string[]>>): grpc.Metadata | undefined {
   const metadata = new grpc.Metadata();
+  let entries = 0;
   for (const [name, value] of Object.entries(headers)) {
     if (NOT_METADATA.has(name) || name.startsWith('grpc-') || name.endsWith('-bin') || !METADATA_KEY.test(name)) continue;
     for (const each of Array.isArray(value) ? value : [value]) {
-      if (METADATA_VALUE.test(each)) metadata.add(name, each);
+      if (!METADATA_VALUE.test(each)) continue;
+      if (++entries > MAX_METADATA_ENTRIES) return undefined;
+      metadata.add(name, each);
     }
   }
   return metadata;

@@ -4,7 +4,7 @@ import { context, type Tracer } from '@opentelemetry/api';
 import type { Context as KoaContext, Middleware } from 'koa';
 import type * as protobuf from 'protobufjs';
 import { GatewayError, invalidJsonBody, toGatewayError } from '../errors';
-import { createGrpcClients, deserializer, encodedBytes, encodeRequest, type GrpcClientCache, endGrpcSpan, MAX_GRPC_MESSAGE_BYTES, metadataFromHeaders, startGrpcSpan } from '../grpc/grpc-clients';
+import { createGrpcClients, deserializer, encodedBytes, encodeRequest, type GrpcClientCache, endGrpcSpan, MAX_GRPC_MESSAGE_BYTES, MAX_METADATA_ENTRIES, metadataFromHeaders, startGrpcSpan } from '../grpc/grpc-clients';
 import { buildRequestMessage, parseQuery, type HttpBinding } from '../grpc/http-rules';
 import { duplicateJsonKey, JsonMappingError, messageToJson, ResponseMappingError } from '../grpc/json-mapping';
 import { PathVariableError } from '../grpc/path-template';
@@ -80,13 +80,14 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
 
     const instance = pool.pick();
     if (!instance) throw new GatewayError('upstream_unavailable', `No instance of the ${route.service} service is available.`);
+    const metadata = metadataFromHeaders(upstreamHeadersFor(ctx, instance.host, { underscores: options.underscores, forwardAuthorization: route.forwardAuthorization, sign: options.sign, request: { method: 'POST', target: binding.method.path } }));
+    if (!metadata) throw new GatewayError('headers_too_large', `The request carries more header fields than a gRPC call passes on (${MAX_METADATA_ENTRIES}).`);
     const calls = open.get(instance) ?? 0;
     if (calls >= options.maxCallsPerInstance) {
       throw new GatewayError('upstream_busy', `${calls} calls to the ${route.service} service are already open; try again shortly.`);
     }
     open.set(instance, calls + 1);
     let settled = false;
-    const metadata = metadataFromHeaders(upstreamHeadersFor(ctx, instance.host, { underscores: options.underscores, forwardAuthorization: route.forwardAuthorization, sign: options.sign, request: { method: 'POST', target: binding.method.path } }));
     const span = startGrpcSpan(tracer, binding.method, instance, route.service, context.active(), metadata);
     const call = { client: clientFor(instance), binding, request, metadata };
     const settle = (reported: grpc.status, error?: grpc.ServiceError) => {

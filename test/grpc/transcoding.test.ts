@@ -343,6 +343,20 @@ describe('gRPC transcoding', () => {
   describe('metadata', () => {
     const forged = { 'x-user-id': '999', 'x-user-role': 'admin', 'x-user-email': 'mallory@example.com', 'x-gateway-timestamp': 'forged', 'x-request-id': 'client-chosen-id-1' };
 
+    it.each([
+      { count: 90, status: 200 },
+      { count: 120, status: 431 },
+    ])('answers a request with $count headers $status (a Node gRPC server resets a stream of over 128 fields: it was 429 "retry later")', async ({ count, status }) => {
+      const before = service.calls.length;
+      const headers = Object.fromEntries(Array.from({ length: count }, (_, index) => [`x-h${index}`, 'v']));
+      const response = await call('/api/mapping/metadata', { headers });
+      expect(response.status).toBe(status);
+      if (status === 431) {
+        expect(await response.json()).toMatchObject({ code: 'headers_too_large' });
+        expect(service.calls.length).toBe(before);
+      }
+    });
+
     it('strips identity metadata a client forges on a public route, and carries the request id', async () => {
       const response = await call('/api/mapping/metadata', { headers: { ...forged, 'x-custom': 'kept' } });
       expect(response.status).toBe(200);
