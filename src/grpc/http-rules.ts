@@ -103,6 +103,8 @@ export function loadGrpcServiceMapping(protoFile: string, serviceName: string): 
         if (!variables) continue;
         if (binding.httpMethod === wanted) return { kind: 'matched', binding, variables };
         allowed.add(binding.httpMethod);
+        // HEAD is served wherever GET is (above), and Allow says so, as the route table's 405 does.
+        if (binding.httpMethod === 'GET') allowed.add('HEAD');
       }
       return allowed.size > 0 ? { kind: 'method_not_allowed', allowed: [...allowed] } : undefined;
     },

@@ -269,6 +269,11 @@ describe('gRPC transcoding', () => {
       const wrongMethod = await call('/api/mapping/things/x', { method: 'DELETE' });
       expect(wrongMethod.status).toBe(405);
       expect(wrongMethod.headers.get('allow')).toBe('POST');
+      // HEAD is served wherever GET is, so Allow names it (RFC 9110 10.2.1), as the route table's 405 does.
+      const getOnly = await call('/api/mapping/files/files/a', { method: 'POST' });
+      expect(getOnly.status).toBe(405);
+      expect(getOnly.headers.get('allow')).toBe('GET, HEAD');
+      expect((await call('/api/mapping/files/files/a', { method: 'HEAD' })).status).toBe(200);
     });
   });
 
