@@ -86,6 +86,12 @@ function jsonFieldCount(type: protobuf.Type, message: protobuf.Message, budget: 
   while (pending.length > 0 && count <= budget) {
     const [current, node] = pending.pop()!;
     count += writtenUnset(current);
+    // An Any's message is written too (anyToJson): counted as it will be, from its bytes.
+    if (current.fullName === ANY) {
+      const packed = packedMessage(current, node as unknown as PackedAny);
+      if (packed) pending.push(packed);
+      continue;
+    }
     for (const name of Object.keys(node)) {
       const field = Object.hasOwn(current.fields, name) ? current.fields[name]! : undefined;
       if (!field) continue;
@@ -415,8 +421,62 @@ function wellKnownToJson(type: protobuf.Type, object: Record<string, unknown>, d
       return valueToJson(object, depth);
     case '.google.protobuf.Empty':
       return {};
+    case ANY:
+      return anyToJson(type, object, depth);
     default:
       return NOT_SPECIAL;
+  }
+}
+
+const ANY = '.google.protobuf.Any';
+
+/** Well-known types whose JSON form is not an object of their fields: inside an Any it goes under `value`. */
+const OWN_JSON_FORM = new Set([...Object.keys(WRAPPERS), ...TEXT_TYPES, '.google.protobuf.Struct', '.google.protobuf.Value', '.google.protobuf.ListValue', '.google.protobuf.Empty', ANY]);
+
+/**
+ * An Any as the JSON mapping writes it: `{"@type": url, ...the message's fields}`, or `{"@type": url, "value": ...}`
+ * for a well-known type with a JSON form of its own. toObject has already decoded the message when it knew the type
+ * and had bytes (it gives `@type` and the message's fields, protobufjs-named); a type the gateway's protos do not
+ * define has no JSON form here (502): the client must not get `{}` or raw bytes for data the service sent.
+ */
+function anyToJson(type: protobuf.Type, object: Record<string, unknown>, depth: number): unknown {
+  const { '@type': decodedUrl, ...fields } = object;
+  const url = typeof decodedUrl === 'string' ? decodedUrl : (anyTypeUrl(object as PackedAny) ?? '');
+  if (url === '') return {};
+  const packed = packedType(type, url);
+  if (!packed) throw new ResponseMappingError(`an Any of a type the gateway does not know (${truncate(url)})`);
+  // An Any of a message with every field unset carries no bytes, and toObject leaves it undecoded.
+  const plain = typeof decodedUrl === 'string' ? fields : packed.toObject(packed.create(), TO_OBJECT);
+  const json = toJsonValue(packed, plain, depth + 1);
+  return OWN_JSON_FORM.has(packed.fullName) ? { '@type': url, value: json } : { '@type': url, ...(json as Record<string, unknown>) };
+}
+
+/** The message type an Any's type URL names (`type.googleapis.com/pkg.Message`), if the gateway's protos define it. */
+function packedType(any: protobuf.Type, url: string): protobuf.Type | undefined {
+  const found = any.root.lookup(url.slice(url.lastIndexOf('/') + 1));
+  return found instanceof protobuf.Type ? found : undefined;
+}
+
+/** An Any, decoded or as toObject leaves it: protobufjs's built-in Any keeps the proto name `type_url`. */
+interface PackedAny {
+  type_url?: string;
+  typeUrl?: string;
+  value?: Uint8Array | string;
+}
+
+function anyTypeUrl(any: PackedAny): string | undefined {
+  return any.type_url || any.typeUrl || undefined;
+}
+
+/** A decoded Any's message, decoded, with its type (undefined when it is empty or its type unknown: anyToJson decides). */
+function packedMessage(any: protobuf.Type, node: PackedAny): [protobuf.Type, protobuf.Message] | undefined {
+  const url = anyTypeUrl(node);
+  const packed = url ? packedType(any, url) : undefined;
+  if (!packed) return undefined;
+  try {
+    return [packed, packed.decode(typeof node.value === 'object' ? node.value : new Uint8Array())];
+  } catch (error) {
+    throw new ResponseMappingError(`an Any whose ${truncate(url!)} message does not decode (${(error as Error).message})`);
   }
 }
 

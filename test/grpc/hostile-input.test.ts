@@ -8,6 +8,7 @@ import { ATTR, HEADER } from '../../otel/wire-names';
 import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
 import { generateApiKey, hashApiKey } from '../../src/consumers';
 import { bindGrpcServer, grpcServiceDefinition } from '../../services/shared/grpc-service';
+import { loadProtoRoot } from '../../src/grpc/proto-files';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 import { shippedConfigFile, TEST_JWT_SECRET, testConfig } from '../helpers/test-config';
 import { waitFor } from '../helpers/wait';
@@ -44,6 +45,16 @@ describe('gRPC transcoding of hostile input', () => {
       Update: echo('Update'),
       Pick: echo('Pick'),
       Rename: echo('Rename'),
+      Wrap(call: grpc.ServerUnaryCall<Request, unknown>, callback: grpc.sendUnaryData<unknown>) {
+        const root = loadProtoRoot(HOSTILE_PROTO);
+        const packed: Record<number, [string, Uint8Array]> = {
+          1: ['type.googleapis.com/koagateway.test.v1.Account', root.lookupType('koagateway.test.v1.Account').encode({ accountId: 'a1', displayName: 'A' }).finish()],
+          2: ['type.googleapis.com/google.protobuf.Timestamp', root.lookupType('google.protobuf.Timestamp').encode({ seconds: 1_700_000_000, nanos: 0 }).finish()],
+          3: ['type.googleapis.com/elsewhere.v1.Secret', Buffer.from([0x08, 0x01])],
+        };
+        const [url, value] = packed[Number(call.request.levels)]!;
+        callback(null, { item: { type_url: url, value } });
+      },
       When(call: grpc.ServerUnaryCall<Request, unknown>, callback: grpc.sendUnaryData<unknown>) {
         calls.push({ method: 'When', request: call.request });
         callback(null, { at: { seconds: String(call.request.seconds), nanos: 0 } });
@@ -165,6 +176,21 @@ describe('gRPC transcoding of hostile input', () => {
     const response = await call(`/api/hostile/renamed/L2?${query}`);
     expect(response.status).toBe(400);
     expect(calls.length).toBe(before);
+  });
+
+  it.each([
+    { desc: 'a message: its fields beside @type, under their JSON names', levels: 1, item: { '@type': 'type.googleapis.com/koagateway.test.v1.Account', accountId: 'a1', displayName: 'A' } },
+    { desc: 'a Timestamp: its own JSON form as value', levels: 2, item: { '@type': 'type.googleapis.com/google.protobuf.Timestamp', value: '2023-11-14T22:13:20Z' } },
+  ])('writes an Any holding $desc', async ({ levels, item }) => {
+    const response = await call(`/api/hostile/wrapped?levels=${levels}`);
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ item });
+  });
+
+  it("answers 502, not {} or the raw bytes, for an Any of a type the gateway's protos do not define", async () => {
+    const response = await call('/api/hostile/wrapped?levels=3');
+    expect(response.status).toBe(502);
+    expect(await response.json()).toMatchObject({ code: 'upstream_bad_response', detail: expect.stringMatching(/an Any of a type the gateway does not know/) });
   });
 
   it("carries the verified API-key consumer as x-consumer-id metadata, replacing a forged one", async () => {
