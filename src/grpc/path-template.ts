@@ -5,7 +5,8 @@
  *   Template = "/" Segments ;  Segment = "*" | "**" | LITERAL | Variable ;
  *   Variable = "{" FieldPath [ "=" Segments ] "}" ;  FieldPath = IDENT { "." IDENT } ;
  *
- * A variable without `=` is one segment (`{id}` = `{id=*}`); `**` (only last) matches the rest of the path.
+ * A variable without `=` is one segment (`{id}` = `{id=*}`); `**` (only last) matches the rest of the path, which
+ * may be no segment at all.
  * Verbs (`:cancel`) are not supported: a template with one is refused at start-up.
  */
 
@@ -108,7 +109,8 @@ export function matchPathTemplate(template: PathTemplate, path: string): PathBin
   const parts = path.split('/').slice(1);
   const { segments } = template;
   const hasRest = segments.at(-1)?.kind === 'rest';
-  if (hasRest ? parts.length < segments.length : parts.length !== segments.length) return undefined;
+  // `**` matches zero or more segments (google/api/http.proto): `/v1/{name=files/**}` takes `/v1/files` too.
+  if (hasRest ? parts.length < segments.length - 1 : parts.length !== segments.length) return undefined;
   for (let index = 0; index < segments.length; index++) {
     const segment = segments[index]!;
     if (segment.kind === 'literal' && parts[index] !== segment.text) return undefined;

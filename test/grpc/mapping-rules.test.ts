@@ -38,6 +38,20 @@ describe('path variables', () => {
   });
 
   it.each([
+    { template: '/v1/{name=files/**}', path: '/v1/files', name: 'files' },
+    { template: '/v1/{name=files/**}', path: '/v1/files/a/b', name: 'files/a/b' },
+    { template: '/v1/files/{rest=**}', path: '/v1/files', name: '' },
+    { template: '/v1/files/**', path: '/v1/files', name: undefined },
+    { template: '/v1/{name=files/**}', path: '/v1', name: null },
+    { template: '/v1/{name=files/**}', path: '/v1/other', name: null },
+  ])('"**" matches zero or more segments: $template takes $path as $name', ({ template, path, name }) => {
+    const bound = matchPathTemplate(parsePathTemplate(template), path);
+    if (name === null) return expect(bound).toBeUndefined();
+    if (name === undefined) return expect(bound).toEqual([]);
+    expect(bound?.[0]?.value).toBe(name);
+  });
+
+  it.each([
     { desc: 'a verb', source: '/v1/things:cancel' },
     { desc: '"**" before the end', source: '/v1/**/x' },
     { desc: 'a dot segment', source: '/v1/../x' },
