@@ -143,6 +143,9 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     ctx.type = 'application/problem+json';
     // A 503 says when to try again, as the gateway's own do.
     if (status === 503) ctx.set('Retry-After', '1');
+    // The body names this request: a shared cache (the gateway's, a CDN) must not give it to another caller, whose
+    // support ticket would then quote someone else's request id. A 404 is cacheable by default (RFC 9111 4.2.2).
+    ctx.set('Cache-Control', 'no-store');
     ctx.body = { type: `urn:koa-gateway:problem:${code}`, title: code.replaceAll('_', ' '), status, detail, code, requestId: ctx.get(HEADER.requestId) || undefined, service: serviceName };
   };
   app.use(async function handleErrors(ctx, next) {

@@ -54,6 +54,9 @@ export function createErrorHandler(options: ErrorHandlerOptions): Middleware {
       ctx.status = error.status;
       ctx.set(error.headers);
       ctx.set(HEADER.requestId, ctx.state.requestId);
+      // The body names this request: a cache in front (a CDN) must not give it to another caller. A 404, 405 or
+      // 414 would otherwise be stored by default (RFC 9111 4.2.2), and a 429 or 503 says when to retry regardless.
+      ctx.set('Cache-Control', 'no-store');
       ctx.type = PROBLEM_CONTENT_TYPE;
       ctx.body = problemBody(error, ctx.state.requestId, ctx.originalUrl.split('?')[0]!);
     }

@@ -80,6 +80,22 @@ describe('the services\' shared app', () => {
     expect(response.status).toBe(200);
   });
 
+  it.each([
+    { desc: 'a path no route serves (404)', method: 'GET', path: '/things/1/extra', status: 404 },
+    { desc: 'a method the route does not take (405)', method: 'DELETE', path: '/things/1', status: 405 },
+    { desc: 'a body that is not JSON (415)', method: 'POST', path: '/things', status: 415, body: 'text' },
+    { desc: 'a ServiceError (503)', method: 'GET', path: '/busy', status: 503 },
+  ])('answers $desc with Cache-Control: no-store: its body names the request, no shared cache may give it to another', async ({ method, path, status, body }) => {
+    const response = await fetch(`${server.url}${path}`, { method, body, headers: { [HEADER.requestId]: 'svc-no-store', 'content-type': 'text/plain' } });
+    expect([response.status, response.headers.get('cache-control')]).toEqual([status, 'no-store']);
+    expect(await problemOf(response)).toMatchObject({ requestId: 'svc-no-store' });
+  });
+
+  it('leaves the caching of an ordinary answer to the route', async () => {
+    const response = await fetch(`${server.url}/things/1`, { headers: { [HEADER.requestId]: 'svc-ok' } });
+    expect([response.status, response.headers.get('cache-control')]).toEqual([200, null]);
+  });
+
   it('sends Retry-After with a 503, as the gateway does', async () => {
     const response = await fetch(`${server.url}/busy`);
     expect([response.status, response.headers.get('retry-after')]).toEqual([503, '1']);
