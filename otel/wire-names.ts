@@ -214,6 +214,18 @@ export const FOREIGN_IDENTITY_HEADER_PREFIXES = [
  */
 export const CREDENTIAL_LIMITS = { emailMaxLength: 254, passwordMaxLength: 128 } as const;
 
+/**
+ * What a token's identity claims must be for the gateway to pass them on as identity headers (src/tokens.ts), and
+ * so what a caller id is wherever a service takes one in a body (notification-service's `userId`): printable
+ * ASCII, no space at either end (a header value loses it on the way, RFC 9110 5.5: `alice ` would reach the
+ * services as `alice`, another user) and no comma (it separates list elements, RFC 9110 5.3: a framework reading
+ * `X-User-Id: mallory, 1` as a list would see user 1).
+ */
+export const IDENTITY_VALUE = /^[\x21-\x2b\x2d-\x7e](?:[\x20-\x2b\x2d-\x7e]*[\x21-\x2b\x2d-\x7e])?$/;
+
+/** Longest identity claims the gateway passes on, characters; a provider's `sub` is passed on behind `subjectPrefix`. */
+export const IDENTITY_CLAIM_LIMITS = { subMaxLength: 255, roleMaxLength: 64, emailMaxLength: 254 } as const;
+
 /** The identity headers the gateway injects from a verified token. */
 export const IDENTITY_HEADERS = [HEADER.userId, HEADER.userRole, HEADER.userEmail] as const;
 

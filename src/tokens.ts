@@ -1,5 +1,6 @@
 import { webcrypto } from 'node:crypto';
 import { SignJWT, createRemoteJWKSet, customFetch, decodeProtectedHeader, jwksCache, jwtVerify, type ExportedJWKSCache, type FetchImplementation, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import { IDENTITY_CLAIM_LIMITS, IDENTITY_VALUE } from '../otel/wire-names';
 import type { AuthenticatedUser } from './context';
 
 /** The only algorithm the gateway's own tokens use; verification accepts nothing else (no `none`). */
@@ -323,19 +324,15 @@ async function boundedText(response: Response, limit: number): Promise<string> {
  * garbled (Latin-1 bytes), so such a `sub` or role, or one of absurd length, refuses the token. An email that cannot be sent is left out instead (it is informative, and optional for
  * provider tokens): an internationalised address must not lock its owner out.
  */
-// No space at either end: a header value loses it on the way (RFC 9110 5.5), so `alice ` would reach the services
-// as `alice`, another user, and the gateway's signature over it would not verify. No comma: it separates list
-// elements (RFC 9110 5.3), so a framework reading `X-User-Id: mallory, 1` or `X-User-Role: user,admin` as a list
-// would see user 1, or role admin.
-const HEADER_SAFE = /^[\x21-\x2b\x2d-\x7e](?:[\x20-\x2b\x2d-\x7e]*[\x21-\x2b\x2d-\x7e])?$/;
-const MAX_CLAIM_LENGTH = { sub: 255, role: 64, email: 254 } as const;
-const headerSafe = (value: string, max: number) => value.length <= max && HEADER_SAFE.test(value);
+// IDENTITY_VALUE has no space at either end, so the gateway's signature over a value verifies where it arrives,
+// and no comma, so `X-User-Role: user,admin` is never read as a list holding admin.
+const headerSafe = (value: string, max: number) => value.length <= max && IDENTITY_VALUE.test(value);
 
 function identity(sub: unknown, role: string, email: unknown): AuthenticatedUser {
-  if (typeof sub !== 'string' || !headerSafe(sub, MAX_CLAIM_LENGTH.sub) || !headerSafe(role, MAX_CLAIM_LENGTH.role)) {
+  if (typeof sub !== 'string' || !headerSafe(sub, IDENTITY_CLAIM_LIMITS.subMaxLength) || !headerSafe(role, IDENTITY_CLAIM_LIMITS.roleMaxLength)) {
     throw new TokenRejectedError('bad_claims', 'The token\'s sub or role claim cannot be passed on (printable ASCII without commas, at most 255 and 64 characters).');
   }
-  return { id: sub, email: typeof email === 'string' && headerSafe(email, MAX_CLAIM_LENGTH.email) ? email : '', role };
+  return { id: sub, email: typeof email === 'string' && headerSafe(email, IDENTITY_CLAIM_LIMITS.emailMaxLength) ? email : '', role };
 }
 
 function ownIdentity(payload: JWTPayload): AuthenticatedUser {

@@ -1,10 +1,9 @@
 import Router from '@koa/router';
 import type Koa from 'koa';
-import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { SERVICE_NAME } from '../../otel/wire-names';
 import { createServiceApp, requireCaller, validBody } from '../shared/service-app';
-import { createNotificationStore, NOTIFICATION_LIMITS, type NotificationStore } from './notification-store';
+import { createNotificationStore, newNotification, type NotificationStore } from './notification-store';
 
 export type { Notification } from './notification-store';
 
@@ -16,13 +15,6 @@ export interface NotificationsAppOptions {
   signingKey?: string;
 }
 
-const incoming = z.object({
-  userId: z.string().min(1),
-  type: z.string().min(1).max(NOTIFICATION_LIMITS.typeMaxLength),
-  message: z.string().min(1).max(NOTIFICATION_LIMITS.messageMaxLength),
-  orderId: z.string().optional(),
-});
-
 /**
  * notification-service: other services post events to `/internal/notifications` (unreachable through the
  * gateway, so clients cannot notify each other); users read their own at `GET /notifications`. The same
@@ -33,7 +25,7 @@ export function createApp(options: NotificationsAppOptions): Koa {
   const router = new Router();
 
   router.post('/internal/notifications', async function receiveNotification(ctx) {
-    const notification = store.add(validBody(ctx, incoming));
+    const notification = store.add(validBody(ctx, newNotification));
     options.logger.info('notification stored', { notification_id: notification.id, type: notification.type, user_id: notification.userId });
     ctx.status = 201;
     ctx.body = notification;

@@ -1,10 +1,12 @@
 import * as grpc from '@grpc/grpc-js';
+import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { HEADER } from '../../otel/wire-names';
 import { verifyGatewaySignature } from '../../src/gateway-signature';
 import { callerFromMetadata, grpcError, grpcServiceDefinition, metadataValue } from '../shared/grpc-service';
 import type { Caller } from '../shared/service-app';
-import { NOTIFICATION_LIMITS, type Notification, type NotificationStore } from './notification-store';
+import { describeFirstIssue, recordId } from '../shared/input-limits';
+import { NOTIFICATION_LIMITS, newNotification, type NewNotification, type Notification, type NotificationStore } from './notification-store';
 
 export const NOTIFICATIONS_PROTO = 'proto/notifications.proto';
 export const NOTIFICATIONS_SERVICE = 'koagateway.notifications.v1.Notifications';
@@ -20,6 +22,9 @@ export interface NotificationsGrpcOptions {
 type Request = Record<string, unknown>;
 type Unary = grpc.ServerUnaryCall<Request, unknown>;
 type Reply = grpc.sendUnaryData<unknown>;
+
+/** ListNotifications' `type` filter: '' (every type) or a type a notification can have. */
+const typeFilter = z.string().max(NOTIFICATION_LIMITS.typeMaxLength);
 
 /**
  * notification-service's gRPC interface (proto/notifications.proto), over the same store as its HTTP one.
@@ -54,12 +59,12 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
 
   server.addService(grpcServiceDefinition(NOTIFICATIONS_PROTO, NOTIFICATIONS_SERVICE), {
     ListNotifications: handled('ListNotifications', (call: Unary) => {
-      const type = String(call.request.type ?? '');
+      const type = valid(typeFilter, String(call.request.type ?? ''), 'type');
       const mine = store.forUser(requireCaller(call).id).filter((notification) => type === '' || notification.type === type);
       return { notifications: mine.map(toMessage) };
     }),
     GetNotification: handled('GetNotification', (call: Unary) => {
-      const id = String(call.request.id ?? '');
+      const id = valid(recordId, String(call.request.id ?? ''), 'id');
       const found = store.forUser(requireCaller(call).id).find((notification) => notification.id === id);
       // Someone else's notification is reported as missing, so ids cannot be probed.
       if (!found) throw grpcError(grpc.status.NOT_FOUND, `No notification ${id}.`);
@@ -94,14 +99,19 @@ function requireCaller(call: { metadata: grpc.Metadata }): Caller {
   return caller;
 }
 
-/** The same rules as the HTTP interface's POST /internal/notifications. */
-function validNewNotification(request: Request): Pick<Notification, 'userId' | 'type' | 'message' | 'orderId'> {
+/** The same rules as the HTTP interface's POST /internal/notifications (newNotification). */
+function validNewNotification(request: Request): NewNotification {
   const text = (name: string) => String(request[name] ?? '');
-  const [userId, type, message, orderId] = [text('userId'), text('type'), text('message'), text('orderId')];
-  if (userId === '') throw grpcError(grpc.status.INVALID_ARGUMENT, 'userId: must not be empty');
-  if (type === '' || type.length > NOTIFICATION_LIMITS.typeMaxLength) throw grpcError(grpc.status.INVALID_ARGUMENT, `type: must be 1 to ${NOTIFICATION_LIMITS.typeMaxLength} characters`);
-  if (message === '' || message.length > NOTIFICATION_LIMITS.messageMaxLength) throw grpcError(grpc.status.INVALID_ARGUMENT, `message: must be 1 to ${NOTIFICATION_LIMITS.messageMaxLength} characters`);
-  return { userId, type, message, ...(orderId === '' ? {} : { orderId }) };
+  // proto3 sends an unset string as '': an order id left out.
+  const orderId = text('orderId');
+  return valid(newNotification, { userId: text('userId'), type: text('type'), message: text('message'), ...(orderId === '' ? {} : { orderId }) });
+}
+
+/** `value` checked with a zod schema; failures are INVALID_ARGUMENT naming the field. */
+function valid<T extends z.ZodType>(schema: T, value: unknown, field = 'request'): z.output<T> {
+  const result = schema.safeParse(value);
+  if (!result.success) throw grpcError(grpc.status.INVALID_ARGUMENT, describeFirstIssue(result.error, field));
+  return result.data;
 }
 
 function toMessage(notification: Notification): Record<string, unknown> {

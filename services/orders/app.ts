@@ -6,7 +6,9 @@ import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { SERVICE_NAME } from '../../otel/wire-names';
 import { createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
-import { callService, createServiceApp, identityOf, requireOwner, ServiceError, validBody, type Caller, type Owner } from '../shared/service-app';
+import { createBoundedStore, type BoundedStoreLimits } from '../shared/bounded-store';
+import { recordId } from '../shared/input-limits';
+import { callService, createServiceApp, identityOf, requireOwner, ServiceError, validBody, validParam, type Caller } from '../shared/service-app';
 import { createNotificationsGrpcClient } from './notifications-client';
 
 export interface Order {
@@ -29,7 +31,11 @@ export interface OrdersAppOptions {
   notificationsGrpcUrl?: string;
   /** The gateway's signing key (service-app.ts `signingKey`); its calls to the other services are signed with it too. */
   signingKey?: string;
+  /** How many orders are kept in memory; default the newest 1,000 per owner and 10,000 in all (older ones are dropped). */
+  storeLimits?: BoundedStoreLimits;
 }
+
+export const DEFAULT_ORDER_STORE_LIMITS: BoundedStoreLimits = { maxPerOwner: 1000, maxTotal: 10_000 };
 
 const newOrder = z.object({
   items: z
@@ -45,7 +51,8 @@ const newOrder = z.object({
  */
 export function createApp(options: OrdersAppOptions): Koa {
   const { logger } = options;
-  const orders = new Map<string, Order>();
+  // Kept per owner key (requireOwner): orders of a user and of a consumer never mix.
+  const orders = createBoundedStore<Order>(options.storeLimits ?? DEFAULT_ORDER_STORE_LIMITS);
   const router = new Router();
   // A signature is good only for the request it was made for: each call to another service is signed here.
   const sign = options.signingKey === undefined ? undefined : createGatewaySigner(options.signingKey);
@@ -93,9 +100,6 @@ export function createApp(options: OrdersAppOptions): Koa {
     }
   }
 
-  /** Each order's owner key (requireOwner), kept beside it: orders of a user and of a consumer never mix. */
-  const ownerOf = new WeakMap<Order, string>();
-
   router.post('/orders', async function createOrder(ctx) {
     const owner = requireOwner(ctx);
     const { items } = validBody(ctx, newOrder);
@@ -106,8 +110,7 @@ export function createApp(options: OrdersAppOptions): Koa {
     if (owner.kind === 'user') await checkUser(owner.user, requestId, identity);
     const placedBy = owner.kind === 'user' ? { userId: owner.user.id } : { consumerId: owner.consumerId };
     const order: Order = { id: randomUUID(), ...placedBy, items, status: 'created', createdAt: new Date().toISOString() };
-    orders.set(order.id, order);
-    ownerOf.set(order, owner.key);
+    orders.add(owner.key, order);
     logger.info('order created', { order_id: order.id, user_id: order.userId, consumer_id: order.consumerId, items: items.length });
     // Notifications go to users (notification-service keeps them per user).
     if (owner.kind === 'user') await notify(order, owner.user.id, requestId, identity);
@@ -115,18 +118,17 @@ export function createApp(options: OrdersAppOptions): Koa {
     ctx.body = order;
   });
 
-  const ownedBy = (order: Order, owner: Owner) => ownerOf.get(order) === owner.key;
-
   router.get('/orders', async function listOrders(ctx) {
     const owner = requireOwner(ctx);
-    ctx.body = [...orders.values()].filter((order) => ownedBy(order, owner));
+    ctx.body = orders.forOwner(owner.key);
   });
 
   router.get('/orders/:id', async function getOrder(ctx) {
     const owner = requireOwner(ctx);
-    const order = orders.get(ctx.params.id!);
+    const id = validParam(ctx, 'id', recordId);
+    const order = orders.get(owner.key, id);
     // Someone else's order is reported as missing, so ids cannot be probed.
-    if (!order || !ownedBy(order, owner)) throw new ServiceError(404, 'order_not_found', `No order ${ctx.params.id}.`);
+    if (!order) throw new ServiceError(404, 'order_not_found', `No order ${id}.`);
     ctx.body = order;
   });
 

@@ -4,6 +4,7 @@ import Koa, { type Context } from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { HEADER } from '../../otel/wire-names';
+import { describeFirstIssue } from './input-limits';
 import { SIGNED_HEADERS, verifyGatewaySignature, type GatewaySigner, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 
 /** An error a service answers with; `code` is stable, `detail` is for humans. */
@@ -57,10 +58,14 @@ export function requireOwner(ctx: Context): Owner {
 /** Parses `ctx.request.body` with a zod schema; failures are 400 with the first problem named. */
 export function validBody<T extends z.ZodType>(ctx: Context, schema: T): z.output<T> {
   const result = schema.safeParse(ctx.request.body);
-  if (!result.success) {
-    const issue = result.error.issues[0]!;
-    throw new ServiceError(400, 'invalid_body', `${issue.path.join('.') || 'body'}: ${issue.message}`);
-  }
+  if (!result.success) throw new ServiceError(400, 'invalid_body', describeFirstIssue(result.error));
+  return result.data;
+}
+
+/** The path variable `name` (`:id`), checked with a zod schema; failures are 400 naming it. */
+export function validParam<T extends z.ZodType>(ctx: Context & { params?: Record<string, string> }, name: string, schema: T): z.output<T> {
+  const result = schema.safeParse(ctx.params?.[name]);
+  if (!result.success) throw new ServiceError(400, 'invalid_param', describeFirstIssue(result.error, name));
   return result.data;
 }
 

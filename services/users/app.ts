@@ -3,8 +3,9 @@ import type Koa from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { CREDENTIAL_LIMITS, SERVICE_NAME } from '../../otel/wire-names';
-import { createServiceApp, requireCaller, ServiceError, validBody } from '../shared/service-app';
-import { DuplicateEmailError, UserStore } from './user-store';
+import { recordId } from '../shared/input-limits';
+import { createServiceApp, requireCaller, ServiceError, validBody, validParam } from '../shared/service-app';
+import { DuplicateEmailError, UserStore, UserStoreFullError } from './user-store';
 
 export interface UsersAppOptions {
   logger: Logger;
@@ -38,6 +39,7 @@ export async function createApp(options: UsersAppOptions): Promise<Koa> {
       ctx.status = 201;
     } catch (error) {
       if (error instanceof DuplicateEmailError) throw new ServiceError(409, 'email_taken', error.message);
+      if (error instanceof UserStoreFullError) throw new ServiceError(507, 'user_store_full', error.message);
       throw error;
     }
   });
@@ -49,7 +51,7 @@ export async function createApp(options: UsersAppOptions): Promise<Koa> {
 
   router.get('/users/:id', async function getUser(ctx) {
     const caller = requireCaller(ctx);
-    const id = ctx.params.id!;
+    const id = validParam(ctx, 'id', recordId);
     if (caller.id !== id && caller.role !== 'admin') throw new ServiceError(403, 'forbidden', 'You can only read your own profile.');
     const user = store.get(id);
     if (!user) throw new ServiceError(404, 'user_not_found', `No user ${id}.`);

@@ -21,6 +21,14 @@ export class DuplicateEmailError extends Error {
   override name = 'DuplicateEmailError';
 }
 
+/** The store holds its most users; registrations are refused (an account is never dropped to make room). */
+export class UserStoreFullError extends Error {
+  override name = 'UserStoreFullError';
+}
+
+/** Most users the store keeps, by default: registration is public, and every account stays in memory. */
+export const DEFAULT_MAX_USERS = 10_000;
+
 /** The demo accounts documented in the README, seeded outside production. */
 export const DEMO_ACCOUNTS = [
   { name: 'Alice', email: 'alice@example.com', password: 'wonderland', role: 'admin' },
@@ -33,6 +41,9 @@ function publicView({ salt: _salt, passwordHash: _hash, ...user }: StoredUser): 
 
 /** In-memory users with scrypt password hashes. Ids are sequential ("1", "2", ...). */
 export class UserStore {
+  /** `maxUsers`: most accounts kept, default DEFAULT_MAX_USERS; past it `create` throws UserStoreFullError. */
+  constructor(private readonly maxUsers = DEFAULT_MAX_USERS) {}
+
   private readonly byId = new Map<string, StoredUser>();
   private readonly idByEmail = new Map<string, string>();
   private nextId = 1;
@@ -42,14 +53,20 @@ export class UserStore {
   async create(input: { name: string; email: string; password: string; role?: User['role'] }): Promise<User> {
     const email = input.email.toLowerCase();
     if (this.idByEmail.has(email)) throw new DuplicateEmailError(`${email} is already registered.`);
+    this.requireRoom();
     const salt = randomBytes(16);
     const passwordHash = await scryptAsync(input.password, salt, KEY_LENGTH);
     // Checked again: another registration of the same email may have finished while we hashed.
     if (this.idByEmail.has(email)) throw new DuplicateEmailError(`${email} is already registered.`);
+    this.requireRoom();
     const user: StoredUser = { id: String(this.nextId++), name: input.name, email, role: input.role ?? 'user', createdAt: new Date().toISOString(), salt, passwordHash };
     this.byId.set(user.id, user);
     this.idByEmail.set(email, user.id);
     return publicView(user);
+  }
+
+  private requireRoom(): void {
+    if (this.byId.size >= this.maxUsers) throw new UserStoreFullError(`The example user store holds its most users (${this.maxUsers}); no more can register.`);
   }
 
   get(id: string): User | undefined {

@@ -87,6 +87,18 @@ describe('notification-service over gRPC, through the shipped gateway config', (
     }
   });
 
+  it.each([
+    { desc: 'an id over 128 characters', path: `/api/v1/notifications/${'n'.repeat(129)}`, field: 'id' },
+    { desc: 'an id with a space', path: '/api/v1/notifications/no%20such', field: 'id' },
+    { desc: 'a type filter of 4 kB', path: `/api/v1/notifications?type=${'t'.repeat(4096)}`, field: 'type' },
+  ])('answers 400 grpc_invalid_argument naming the field for $desc (the service bounds every string it takes)', async ({ path, field }) => {
+    const response = await get(path);
+    expect(response.status).toBe(400);
+    const problem = (await response.json()) as { code: string; detail: string };
+    expect(problem.code).toBe('grpc_invalid_argument');
+    expect(problem.detail).toContain(`${field}: `);
+  });
+
   it('streams the notifications as newline-delimited JSON', async () => {
     await createOrder();
     const response = await get('/api/v1/notifications/stream');

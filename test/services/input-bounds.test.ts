@@ -1,0 +1,180 @@
+import type * as grpc from '@grpc/grpc-js';
+import { HEADER, SERVICE_NAME } from '../../otel/wire-names';
+import { createApp as createNotificationsApp, type Notification } from '../../services/notifications/app';
+import { createGrpcServer } from '../../services/notifications/grpc-server';
+import { createNotificationStore } from '../../services/notifications/notification-store';
+import { createApp as createOrdersApp } from '../../services/orders/app';
+import { createNotificationsGrpcClient, type NotificationsGrpcClient } from '../../services/orders/notifications-client';
+import { bindGrpcServer } from '../../services/shared/grpc-service';
+import type { SignedValues } from '../../src/gateway-signature';
+import { createApp as createUsersApp } from '../../services/users/app';
+import { UserStore } from '../../services/users/user-store';
+import { ALICE, BOB, identityHeaders } from '../helpers/callers';
+import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
+
+/**
+ * Every string the services take in is bounded, and so is what their in-memory stores keep: notification-service
+ * took a 100 kB `userId` with 201 and kept it, over HTTP and gRPC alike, and every store grew without end.
+ */
+const quiet = (name: string) => memoryLogger(name).logger;
+const HUGE = 'u'.repeat(100_000);
+
+interface Problem {
+  status: number;
+  code: string;
+  detail: string;
+  requestId: string;
+}
+
+async function problemOf(response: Response): Promise<Problem> {
+  expect(response.headers.get('content-type')).toBe('application/problem+json');
+  return (await response.json()) as Problem;
+}
+
+describe('notification-service inputs', () => {
+  let http: TestServer;
+  let grpcServer: grpc.Server;
+  let grpcClient: NotificationsGrpcClient;
+
+  beforeAll(async () => {
+    const store = createNotificationStore();
+    http = await listen(createNotificationsApp({ logger: quiet(SERVICE_NAME.notifications), store }).callback());
+    grpcServer = createGrpcServer({ logger: quiet(SERVICE_NAME.notifications), store });
+    grpcClient = createNotificationsGrpcClient(`http://127.0.0.1:${await bindGrpcServer(grpcServer, '127.0.0.1', 0)}`, undefined);
+  });
+  afterAll(async () => {
+    grpcClient.close();
+    await http.close();
+    await new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve()));
+  });
+
+  const post = (body: Record<string, unknown>) =>
+    fetch(`${http.url}/internal/notifications`, { method: 'POST', headers: { 'content-type': 'application/json', [HEADER.requestId]: 'bounds' }, body: JSON.stringify(body) });
+  const inbox = async (userId: string) => (await (await fetch(`${http.url}/notifications`, { headers: identityHeaders({ id: userId, role: 'user', email: '' }) })).json()) as Notification[];
+
+  const refused = [
+    { desc: 'a 100 kB userId', field: 'userId', input: { userId: HUGE } },
+    { desc: 'a userId over 512 characters', field: 'userId', input: { userId: 'u'.repeat(513) } },
+    { desc: 'a userId with a comma (X-User-Id could not carry it)', field: 'userId', input: { userId: 'mallory, 1' } },
+    { desc: 'a userId with a control character', field: 'userId', input: { userId: 'u\u0000' } },
+    { desc: 'a userId with a space at its end', field: 'userId', input: { userId: 'bounds ' } },
+    { desc: 'a 100 kB orderId', field: 'orderId', input: { orderId: 'o'.repeat(100_000) } },
+    { desc: 'an orderId over 128 characters', field: 'orderId', input: { orderId: 'o'.repeat(129) } },
+    { desc: 'an orderId with a slash', field: 'orderId', input: { orderId: 'o/1' } },
+    { desc: 'a 100 kB type', field: 'type', input: { type: 't'.repeat(100_000) } },
+    { desc: 'a 100 kB message', field: 'message', input: { message: 'm'.repeat(100_000) } },
+  ];
+
+  it.each(refused)('POST /internal/notifications refuses $desc with 400 naming the field and stores nothing', async ({ field, input }) => {
+    const response = await post({ userId: 'bounds', type: 'welcome', message: 'hi', ...input });
+    expect(response.status).toBe(400);
+    const problem = await problemOf(response);
+    expect(problem).toMatchObject({ code: 'invalid_body', requestId: 'bounds' });
+    expect(problem.detail).toMatch(new RegExp(`^${field}: `));
+    expect(problem.detail.length).toBeLessThan(200);
+    expect(await inbox('bounds')).toEqual([]);
+  });
+
+  it.each(refused)('gRPC CreateNotification refuses $desc with INVALID_ARGUMENT naming the field and stores nothing', async ({ field, input }) => {
+    const call = grpcClient.create({ userId: 'bounds', type: 'welcome', message: 'hi', orderId: '', ...input } as never, 'bounds', ['', '', '', ''] as unknown as SignedValues);
+    await expect(call).rejects.toMatchObject({ code: 3, details: expect.stringMatching(new RegExp(`^${field}: `)) });
+    expect(await inbox('bounds')).toEqual([]);
+  });
+
+  it.each([
+    { desc: 'the gateway\'s own user id', userId: '1' },
+    { desc: 'a provider\'s subject behind its prefix', userId: 'idp:auth0|5f7c8ec7c33c6c004bbafe82' },
+    { desc: 'a caller id of 512 characters', userId: 'u'.repeat(512) },
+  ])('takes $desc as userId on both interfaces', async ({ userId }) => {
+    expect((await post({ userId, type: 'welcome', message: 'over HTTP', orderId: '7f0c1e2a-5b7d-4c47-9a8e-1f2d3c4b5a69' })).status).toBe(201);
+    await grpcClient.create({ userId, type: 'welcome', message: 'over gRPC', orderId: '' }, 'bounds', ['', '', '', ''] as unknown as SignedValues);
+    expect((await inbox(userId)).map((notification) => notification.message)).toEqual(['over HTTP', 'over gRPC']);
+  });
+});
+
+describe('path variables', () => {
+  let users: TestServer;
+  let orders: TestServer;
+
+  beforeAll(async () => {
+    users = await listen((await createUsersApp({ logger: quiet(SERVICE_NAME.users) })).callback());
+    orders = await listen(createOrdersApp({ logger: quiet(SERVICE_NAME.orders), usersUrl: users.url, notificationsUrl: await refusedOrigin() }).callback());
+  });
+  afterAll(() => Promise.all([users.close(), orders.close()]));
+
+  it.each([
+    { desc: 'a user id of 4 kB', service: 'users', path: `/users/${'1'.repeat(4096)}` },
+    { desc: 'a user id with a space', service: 'users', path: '/users/1%201' },
+    { desc: 'an order id of 4 kB', service: 'orders', path: `/orders/${'o'.repeat(4096)}` },
+    { desc: 'an order id with a quote', service: 'orders', path: '/orders/%22x%22' },
+  ])('answers $desc with 400 invalid_param naming id, never echoing it', async ({ service, path }) => {
+    const response = await fetch(`${service === 'users' ? users.url : orders.url}${path}`, { headers: { ...identityHeaders(ALICE), [HEADER.requestId]: 'param' } });
+    expect(response.status).toBe(400);
+    const problem = await problemOf(response);
+    expect(problem).toMatchObject({ code: 'invalid_param', requestId: 'param' });
+    expect(problem.detail).toMatch(/^id: /);
+    expect(problem.detail.length).toBeLessThan(200);
+  });
+
+  it('still answers 404 for a well-formed id that names nothing', async () => {
+    const [user, order] = await Promise.all([fetch(`${users.url}/users/999`, { headers: identityHeaders(ALICE) }), fetch(`${orders.url}/orders/no-such-order`, { headers: identityHeaders(ALICE) })]);
+    expect([user.status, order.status]).toEqual([404, 404]);
+  });
+});
+
+describe('the in-memory stores are bounded', () => {
+  it('notification-service keeps the newest per user and in all, dropping the oldest', async () => {
+    const server = await listen(createNotificationsApp({ logger: quiet(SERVICE_NAME.notifications), store: createNotificationStore({ maxPerOwner: 3, maxTotal: 5 }) }).callback());
+    try {
+      const notify = async (userId: string, message: string) => {
+        const response = await fetch(`${server.url}/internal/notifications`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ userId, type: 'welcome', message }) });
+        expect(response.status).toBe(201);
+      };
+      const inbox = async (userId: string) => ((await (await fetch(`${server.url}/notifications`, { headers: identityHeaders({ id: userId, role: 'user', email: '' }) })).json()) as Notification[]).map((notification) => notification.message);
+      for (const message of ['a1', 'a2', 'a3', 'a4']) await notify('a', message);
+      expect(await inbox('a')).toEqual(['a2', 'a3', 'a4']);
+      for (const message of ['b1', 'b2', 'b3']) await notify('b', message);
+      // Six kept would pass the five in all: the oldest of all (a2) goes.
+      expect([await inbox('a'), await inbox('b')]).toEqual([['a3', 'a4'], ['b1', 'b2', 'b3']]);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('order-service keeps the newest per owner and in all, and a dropped order is 404', async () => {
+    const server = await listen(createOrdersApp({ logger: quiet(SERVICE_NAME.orders), usersUrl: await refusedOrigin(), notificationsUrl: await refusedOrigin(), storeLimits: { maxPerOwner: 2, maxTotal: 3 } }).callback());
+    try {
+      const as = (consumerId: string) => ({ [HEADER.consumerId]: consumerId });
+      const place = async (consumerId: string) => {
+        const response = await fetch(`${server.url}/orders`, { method: 'POST', headers: { 'content-type': 'application/json', ...as(consumerId) }, body: JSON.stringify({ items: [{ sku: 'book', quantity: 1 }] }) });
+        expect(response.status).toBe(201);
+        return ((await response.json()) as { id: string }).id;
+      };
+      const list = async (consumerId: string) => ((await (await fetch(`${server.url}/orders`, { headers: as(consumerId) })).json()) as { id: string }[]).map((order) => order.id);
+      const [c1, c2, c3] = [await place('c'), await place('c'), await place('c')];
+      expect(await list('c')).toEqual([c2, c3]);
+      expect((await fetch(`${server.url}/orders/${c1}`, { headers: as('c') })).status).toBe(404);
+      const [d1, d2] = [await place('d'), await place('d')];
+      expect([await list('c'), await list('d')]).toEqual([[c3], [d1, d2]]);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('user-service refuses a registration past its most users with 507, dropping no account', async () => {
+    const server = await listen((await createUsersApp({ logger: quiet(SERVICE_NAME.users), store: new UserStore(3) })).callback());
+    try {
+      const register = (email: string) => fetch(`${server.url}/users`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'N', email, password: 'long enough' }) });
+      // Alice and Bob are seeded: one more fits.
+      expect((await register('carol@example.com')).status).toBe(201);
+      const refusal = await register('dave@example.com');
+      expect(refusal.status).toBe(507);
+      expect(await problemOf(refusal)).toMatchObject({ code: 'user_store_full' });
+      const everyone = (await (await fetch(`${server.url}/users`, { headers: identityHeaders(ALICE) })).json()) as { email: string }[];
+      expect(everyone.map((user) => user.email)).toEqual(['alice@example.com', 'bob@example.com', 'carol@example.com']);
+      expect((await fetch(`${server.url}/users/2`, { headers: identityHeaders(BOB) })).status).toBe(200);
+    } finally {
+      await server.close();
+    }
+  });
+});
