@@ -12,6 +12,11 @@ import { loadConfig } from '../src/config';
  * wait), `USERS_PORT`, `ORDERS_PORT` and `NOTIFICATIONS_PORT` for the services (default 4001, 4002, 4003), and
  * `NOTIFICATIONS_GRPC_PORT` for notification-service's gRPC interface (default 50053), so a second stack can run
  * beside the first.
+ *
+ * `HOST` is the gateway's public listener only (the gateway reads it itself). The services always listen on
+ * 127.0.0.1 and the gateway reaches them there: given HOST too, `::1` left every connection between them refused
+ * (they dialled 127.0.0.1), and `0.0.0.0` put the services, which trust the gateway's signed identity headers,
+ * on every interface beside it.
  */
 
 const dist = path.resolve(__dirname, '..');
@@ -41,21 +46,22 @@ const SERVICE_PORTS = { users: portFrom('USERS_PORT', 4001), orders: portFrom('O
 const NOTIFICATIONS_GRPC_PORT = portFrom('NOTIFICATIONS_GRPC_PORT', 50053);
 /** Where the launcher waits for the gateway; the gateway's config validates PORT itself. */
 const GATEWAY_PORT = portFrom('PORT', 3000);
-const host = '127.0.0.1';
+/** Where the services listen and the gateway and order-service reach them, whatever HOST says. */
+const SERVICE_HOST = '127.0.0.1';
 /**
  * The key the gateway signs what it tells the services with (src/gateway-signature.ts): the environment's, else
  * one made for this run and given to all four, so the services refuse requests that did not come from it.
  */
 const SIGNING_KEY = process.env.GATEWAY_SIGNING_KEY || randomBytes(32).toString('base64url');
-const urlOf = (port: number) => `http://${host}:${port}`;
+const urlOf = (port: number) => `http://${SERVICE_HOST}:${port}`;
 
 const members: Member[] = [
-  { name: 'user-service', entry: 'services/users/main.js', env: { PORT: String(SERVICE_PORTS.users) } },
-  { name: 'notification-service', entry: 'services/notifications/main.js', env: { PORT: String(SERVICE_PORTS.notifications), GRPC_PORT: String(NOTIFICATIONS_GRPC_PORT) } },
+  { name: 'user-service', entry: 'services/users/main.js', env: { HOST: SERVICE_HOST, PORT: String(SERVICE_PORTS.users) } },
+  { name: 'notification-service', entry: 'services/notifications/main.js', env: { HOST: SERVICE_HOST, PORT: String(SERVICE_PORTS.notifications), GRPC_PORT: String(NOTIFICATIONS_GRPC_PORT) } },
   {
     name: 'order-service',
     entry: 'services/orders/main.js',
-    env: { PORT: String(SERVICE_PORTS.orders), USER_SERVICE_URL: urlOf(SERVICE_PORTS.users), NOTIF_SERVICE_URL: urlOf(SERVICE_PORTS.notifications), NOTIF_GRPC_SERVICE_URL: urlOf(NOTIFICATIONS_GRPC_PORT) },
+    env: { HOST: SERVICE_HOST, PORT: String(SERVICE_PORTS.orders), USER_SERVICE_URL: urlOf(SERVICE_PORTS.users), NOTIF_SERVICE_URL: urlOf(SERVICE_PORTS.notifications), NOTIF_GRPC_SERVICE_URL: urlOf(NOTIFICATIONS_GRPC_PORT) },
   },
   {
     name: 'gateway',
@@ -76,7 +82,8 @@ let stopping = false;
 
 function start(member: Member): void {
   const child = spawn(process.execPath, [...(member.nodeOptions ?? []), '--require', register, path.join(dist, member.entry)], {
-    env: { ...process.env, HOST: process.env.HOST ?? host, GATEWAY_SIGNING_KEY: SIGNING_KEY, ...member.env },
+    // The gateway's HOST is the user's (else its config's, else 127.0.0.1); the services' is SERVICE_HOST.
+    env: { ...process.env, GATEWAY_SIGNING_KEY: SIGNING_KEY, ...member.env },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   children.set(member.name, child);
@@ -117,8 +124,27 @@ async function waitUntilReady(gatewayUrl: string, deadlineMs: number): Promise<b
   return false;
 }
 
+/** The gateway's config, as the gateway reads it. */
+const gatewayConfig = () => loadConfig({ ...process.env, GATEWAY_SIGNING_KEY: SIGNING_KEY, ...members.at(-1)!.env });
+
+/**
+ * A URL this machine reaches the gateway at: the address it listens on (HOST, else the config file's `host`, else
+ * 127.0.0.1), loopback when that is every address. A config the gateway refuses: it says why and exits, and so does
+ * the launcher, so any address will do.
+ */
+function gatewayUrl(): string {
+  let host: string;
+  try {
+    host = gatewayConfig().host;
+  } catch {
+    host = SERVICE_HOST;
+  }
+  const reachable = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+  return `http://${reachable.includes(':') ? `[${reachable}]` : reachable}:${GATEWAY_PORT}`;
+}
+
 function banner(gatewayUrl: string): string {
-  const config = loadConfig({ ...process.env, GATEWAY_SIGNING_KEY: SIGNING_KEY, ...members.at(-1)!.env });
+  const config = gatewayConfig();
   const routes = config.routes.map((route) => {
     const methods = route.methods ? `${route.methods.join(',')} ` : '';
     const path = `${methods}${route.prefix}${route.exact ? '' : '/*'}`;
@@ -146,9 +172,9 @@ async function main(): Promise<void> {
   process.once('SIGINT', () => void stop(0));
   process.once('SIGTERM', () => void stop(0));
   for (const member of members) start(member);
-  const gatewayUrl = urlOf(GATEWAY_PORT);
-  if (await waitUntilReady(gatewayUrl, 20_000)) {
-    process.stdout.write(banner(gatewayUrl));
+  const url = gatewayUrl();
+  if (await waitUntilReady(url, 20_000)) {
+    process.stdout.write(banner(url));
   } else if (!stopping) {
     process.stderr.write('stack: the gateway did not become ready within 20 s; stopping\n');
     await stop(1);

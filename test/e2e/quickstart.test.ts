@@ -1,6 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { childEnvironment } from '../helpers/process-stack';
 
@@ -41,29 +42,45 @@ function waitForOutput(child: ChildProcess, pattern: RegExp, timeoutMs: number):
   });
 }
 
+/** The stack launcher on free loopback ports, with `env` besides. */
+async function startLauncher(env: Record<string, string> = {}) {
+  const ports = await freePorts(5);
+  const [gatewayPort, usersPort, ordersPort, notificationsPort, notificationsGrpcPort] = ports.map(String) as [string, string, string, string, string];
+  const child = spawn(process.execPath, [path.join(root, 'dist/services/stack.js')], {
+    cwd: root,
+    env: childEnvironment({ PORT: gatewayPort, USERS_PORT: usersPort, ORDERS_PORT: ordersPort, NOTIFICATIONS_PORT: notificationsPort, NOTIFICATIONS_GRPC_PORT: notificationsGrpcPort, OTEL_TRACES_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', ...env }),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  return { child, ports, gatewayPort, servicePorts: [usersPort, ordersPort, notificationsPort], notificationsGrpcPort };
+}
+
+async function loginAsAlice(gateway: string): Promise<string> {
+  const login = await fetch(`${gateway}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
+  expect(login.status).toBe(200);
+  return ((await login.json()) as { token: string }).token;
+}
+
+/** Whether this machine has an IPv6 loopback address (a container may have none). */
+const HAS_IPV6_LOOPBACK = Object.values(os.networkInterfaces()).some((addresses) => addresses?.some((address) => address.address === '::1'));
+
 describe('npm start', () => {
   let stack: ChildProcess | undefined;
-  afterAll(() => {
+  afterEach(() => {
     if (stack && stack.exitCode === null) stack.kill('SIGKILL');
   });
 
   it('starts the gateway and three services, prints a curl, serves it, and stops all four on SIGINT', async () => {
-    const ports = await freePorts(5);
-    const [gatewayPort, usersPort, ordersPort, notificationsPort, notificationsGrpcPort] = ports.map(String) as [string, string, string, string, string];
+    const launched = await startLauncher();
+    const { ports, gatewayPort } = launched;
+    const [usersPort, ordersPort, notificationsPort] = launched.servicePorts;
+    stack = launched.child;
     const GATEWAY = `http://127.0.0.1:${gatewayPort}`;
-    stack = spawn(process.execPath, [path.join(root, 'dist/services/stack.js')], {
-      cwd: root,
-      env: childEnvironment({ PORT: gatewayPort, USERS_PORT: usersPort, ORDERS_PORT: ordersPort, NOTIFICATIONS_PORT: notificationsPort, NOTIFICATIONS_GRPC_PORT: notificationsGrpcPort, OTEL_TRACES_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none' }),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
     const banner = await waitForOutput(stack, /Ctrl-C stops all four processes/, 30_000);
     expect(banner).toContain(`Koa Gateway is up on ${GATEWAY}`);
     expect(banner).toMatch(/\/api\/users\/\*\s+-> users \/users/);
     expect(banner).toContain('curl');
 
-    const login = await fetch(`${GATEWAY}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
-    expect(login.status).toBe(200);
-    const { token } = (await login.json()) as { token: string };
+    const token = await loginAsAlice(GATEWAY);
     const users = await fetch(`${GATEWAY}/api/users/1`, { headers: { authorization: `Bearer ${token}` } });
     expect(users.status).toBe(200);
     // Each service listens on the port it was given.
@@ -76,6 +93,40 @@ describe('npm start', () => {
       await expect(fetch(`http://127.0.0.1:${port}/health`)).rejects.toThrow();
     }
   });
+
+  // HOST was given to all four processes, which dial each other at 127.0.0.1: with ::1 every call between them was
+  // refused, and with 0.0.0.0 the services listened on every interface beside the gateway.
+  (HAS_IPV6_LOOPBACK ? it : it.skip)(
+    `with HOST=::1, the gateway listens on [::1] and reaches the services, which stay on 127.0.0.1${HAS_IPV6_LOOPBACK ? '' : ' (skipped: this machine has no IPv6 loopback address)'}`,
+    async () => {
+      const launched = await startLauncher({ HOST: '::1' });
+      stack = launched.child;
+      const GATEWAY = `http://[::1]:${launched.gatewayPort}`;
+      const output = await waitForOutput(stack, /Ctrl-C stops all four processes/, 30_000);
+      expect(output).toContain(`Koa Gateway is up on ${GATEWAY}`);
+
+      const token = await loginAsAlice(GATEWAY);
+      const directory = await fetch(`${GATEWAY}/api/users`, { headers: { authorization: `Bearer ${token}` } });
+      expect(directory.status).toBe(200);
+      expect(((await directory.json()) as { email: string }[]).map((user) => user.email)).toContain('alice@example.com');
+      // Over order-service's calls to user-service and (gRPC) notification-service too.
+      const order = await fetch(`${GATEWAY}/api/orders`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ items: [{ sku: 'book', quantity: 1 }] }) });
+      expect(order.status).toBe(201);
+
+      // The services (HTTP and gRPC) listen on 127.0.0.1 only, as they said when they started.
+      for (const port of [...launched.servicePorts, launched.notificationsGrpcPort]) expect(output).toMatch(new RegExp(`"(?:grpc_)?url":"http://127\\.0\\.0\\.1:${port}"`));
+      for (const port of launched.servicePorts) {
+        expect((await fetch(`http://127.0.0.1:${port}/health`)).status).toBe(200);
+        await expect(fetch(`http://[::1]:${port}/health`)).rejects.toThrow();
+      }
+      await expect(fetch(`http://127.0.0.1:${launched.gatewayPort}/health`)).rejects.toThrow();
+
+      const exited = new Promise<number | null>((resolve) => stack!.once('exit', (code) => resolve(code)));
+      stack.kill('SIGINT');
+      expect(await exited).toBe(0);
+    },
+    60_000,
+  );
 });
 
 describe('each process on its own', () => {
