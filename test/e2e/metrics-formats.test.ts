@@ -6,6 +6,7 @@ import { METRIC } from '../../otel/wire-names';
 import { namedUpstream, requestOnNewConnection, startGatewayProcess, type Answer, type GatewayProcess } from '../helpers/gateway-process';
 import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics, parsePrometheusText, PROMETHEUS_ACCEPT, scrapeWhen, TEXT_FORMAT_CONTENT_TYPE, type Exposition } from '../helpers/openmetrics';
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
+import { promqlGroupingLabels, promqlSelectors, readDashboards } from '../stack/stack-files';
 
 /**
  * The scrape endpoint negotiates its format (OpenMetrics 1.0 "Protocol Negotiation", RFC 9110 12.5.1), on every
@@ -22,6 +23,26 @@ const withPromtool = PROMTOOL ? it : it.skip;
 const promtoolNote = PROMTOOL ? '' : ' (skipped: promtool is not installed)';
 
 type Upstream = Awaited<ReturnType<typeof namedUpstream>>;
+
+/** Labels Prometheus adds to a scraped series itself (the target's), never in the exposition. */
+const TARGET_LABELS: ReadonlySet<string> = new Set(['job', 'instance']);
+
+/**
+ * The gateway's series the Grafana dashboards query (`job="gateway"`): each selector's metric name, and every label
+ * it matches on or the expression groups by. The static dashboard tests read the names from otel/wire-names.ts;
+ * these are checked against what a scrape really answers.
+ */
+const DASHBOARD_GATEWAY_SELECTORS = readDashboards()
+  .flatMap(({ panels }) => panels.flatMap((panel) => (panel.targets ?? []).map((target) => target.expr ?? '')))
+  .flatMap((expr) =>
+    promqlSelectors(expr)
+      .filter((selector) => selector.matchers.some((m) => m.label === 'job' && m.op === '=' && m.value === 'gateway'))
+      .map((selector) => ({
+        expr,
+        metric: selector.metric,
+        labels: [...new Set([...selector.matchers.map((m) => m.label), ...promqlGroupingLabels(expr)])].filter((label) => !TARGET_LABELS.has(label)),
+      })),
+  );
 
 describe.each([
   { mode: 'one process', workers: undefined },
@@ -75,6 +96,23 @@ describe.each([
       expect({ status: answer.status, type: answer.headers['content-type'] }).toEqual({ status: 200, type });
       if (method === 'GET') expect(type === OPENMETRICS_CONTENT_TYPE ? parseOpenMetrics(answer.body) : parsePrometheusText(answer.body)).toBeDefined();
     }
+  });
+
+  it('has dashboard queries of the gateway to check', () => {
+    expect(DASHBOARD_GATEWAY_SELECTORS.length).toBeGreaterThan(0);
+  });
+
+  it.each([
+    { desc: 'OpenMetrics (what Prometheus asks for)', accept: PROMETHEUS_ACCEPT, parse: parseOpenMetrics },
+    { desc: 'the text format 0.0.4 (the fallback scrape protocol)', accept: 'text/plain;version=0.0.4', parse: parsePrometheusText },
+  ])('serves, in $desc, every series the Grafana dashboards query, with every label they match or group by', async ({ accept, parse }) => {
+    const exposition = parse((await scrapeAs(accept)).body);
+    const missing = DASHBOARD_GATEWAY_SELECTORS.flatMap(({ expr, metric, labels }) => {
+      const samples = exposition.samples.filter((sample) => sample.name === metric);
+      if (samples.length === 0) return [`${metric}: no such series (${expr})`];
+      return labels.filter((label) => !samples.every((sample) => label in sample.labels)).map((label) => `${metric}: no label ${label} (${expr})`);
+    });
+    expect(missing).toEqual([]);
   });
 
   /** Each sample's name and labels, `le` as a number: what the two formats must agree on. */
