@@ -24,6 +24,18 @@ export function onResponseClosed(ctx: Context, callback: () => void): void {
 }
 
 /**
+ * Whether the response is already over before its answer: the client reset its HTTP/2 stream or closed its
+ * connection (or the server cut it). Its 'close' has come, or is due, so a 'close' listener added now may never
+ * run: work that relies on one to stop (an upstream exchange) checks this first. An HTTP/2 reset that arrives
+ * with its stream's HEADERS, as rapid-reset clients send it, is taken before the pipeline runs a single step.
+ */
+export function responseClosed(ctx: Context): boolean {
+  const response: unknown = ctx.res;
+  if (response instanceof http2.Http2ServerResponse) return response.stream.closed || response.stream.destroyed;
+  return ctx.res.destroyed || ctx.req.socket.destroyed;
+}
+
+/**
  * Whether the client went away before its response ended. A response the server answered or cut itself (a
  * service that died mid-body, a deadline, a body that did not arrive in time, the drain bound at shutdown) did not
  * see its client leave: `ctx.state.errorCode`, set before the cut or here from serverAnswerCode, says why.

@@ -13,7 +13,7 @@ import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
 import { bodyTooSlowError, watchBodyRate, type BodyRate } from '../body-rate';
-import { cutResponse } from '../response-closed';
+import { cutResponse, responseClosed } from '../response-closed';
 import { markServerAnswer } from '../../otel/lifecycle';
 import type { GatewaySigner } from '../gateway-signature';
 
@@ -122,6 +122,14 @@ export function createProxy(options: ProxyOptions): Middleware {
       request: { method: req.method!, target },
     });
     injectTraceHeaders(exchange.span, parent, headers);
+    // A client that left before the proxy got here (an HTTP/2 stream reset as soon as it was opened, a connection
+    // closed right after its request head): its response's 'close' came already, so the listener below would never
+    // run, and nothing would stop an exchange started now until a timeout, a slow answer's connection to the service
+    // held all along (a few connections resetting their streams took every one of `maxSockets`). Not forwarded.
+    if (responseClosed(ctx)) {
+      exchange.clientClosed = true;
+      return Promise.resolve(exchange);
+    }
     const withBody = hasBody(req.headers);
     inFlight.set(instance, (inFlight.get(instance) ?? 0) + 1);
     // Behind `maxSockets` others: waiting for one of the instance's connections to come free. Otherwise a wait for a
@@ -346,7 +354,7 @@ export function createProxy(options: ProxyOptions): Middleware {
           onResponseData(controller, chunk) {
             touch();
             tap?.data(chunk);
-            if (res.destroyed || res.writableEnded) controller.abort(new Error('the client closed the connection'));
+            if (responseClosed(ctx) || res.writableEnded) controller.abort(new Error('the client closed the connection'));
             // Up to CLIENT_BUFFER_BYTES wait in the gateway: an answer that fits is read whole and its connection
             // freed, whatever the client's pace, instead of lying paused until the service closes it as idle. Only
             // CLIENT_BUFFERS exchanges at once: clients that open many streams or connections and read none must

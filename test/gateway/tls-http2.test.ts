@@ -7,8 +7,9 @@ import https from 'node:https';
 import path from 'node:path';
 import tls from 'node:tls';
 import { runServer, type RunningServer } from '../../otel/lifecycle';
-import { ACCESS_LINE_MESSAGE, HEADER } from '../../otel/wire-names';
+import { ACCESS_LINE_MESSAGE, HEADER, METRIC_LABEL } from '../../otel/wire-names';
 import { createGatewayApps } from '../../src/gateway';
+import { createGatewayMetrics } from '../../src/metrics';
 import type { ProblemBody } from '../../src/middleware/errors';
 import { createTlsServer, HTTP2_CLOSE_GRACE_MS, HTTP2_LIMITS, http2SessionTimeoutMs, listenHttpsRedirect, RESET_STREAMS_BUDGET, type RedirectListener, type TlsServer } from '../../src/tls';
 import { makeCertificate, makeCertificateValidBetween, presentedFingerprint, rotatingCertificates, type TestCertificate } from '../helpers/certificates';
@@ -686,13 +687,28 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
   let gatewayLog: Record<string, unknown>[];
   let service: http.Server;
   const closedEarly: string[] = [];
+  /** Every request the service got, by URL, and whether it is still open (the gateway holds it and a connection). */
+  const upstreamOpen = new Map<string, boolean>();
+  const stillOpenUpstream = (tag: string) => [...upstreamOpen].filter(([url, open]) => open && url.includes(tag)).map(([url]) => url);
   const short = { ...TIMEOUTS, headersMs: 1_000, keepAliveMs: 1_000 };
+  const metrics = createGatewayMetrics();
+  /** Attempts at the service that ended because their client left (gateway_upstream_request_duration_seconds). */
+  const clientClosedAttempts = async () =>
+    (await metrics.upstreamDuration.get()).values.filter((sample) => sample.metricName?.endsWith('_count') && sample.labels[METRIC_LABEL.upstreamOutcome] === 'client_closed').reduce((sum, sample) => sum + sample.value, 0);
 
   beforeAll(async () => {
     certificate = makeCertificate();
     // A service that streams an endless download, recording when the gateway gives up on it.
     service = http.createServer((req, res) => {
+      upstreamOpen.set(req.url ?? '', true);
+      res.on('close', () => upstreamOpen.set(req.url ?? '', false));
       if (diedMidBody(req, res)) return;
+      // A slow download: its head, then nothing for as long as the gateway waits.
+      if (req.url?.startsWith('/orders/slow-download')) {
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        res.flushHeaders();
+        return;
+      }
       // Uploads are answered once read: the streams rapid-reset clients open must not each hold a download open.
       if (req.url?.startsWith('/orders/upload')) {
         req.resume();
@@ -723,7 +739,7 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
     });
     const { logger, lines } = memoryLogger('gateway');
     gatewayLog = lines;
-    gateway = await runServer({ app: createGatewayApps(stack.config, { logger, metrics: false }).gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: short, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: short, sendTimeoutMs: 1000, logger }).create });
+    gateway = await runServer({ app: createGatewayApps(stack.config, { logger, metrics }).gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: short, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: short, sendTimeoutMs: 1000, logger }).create });
   });
   afterAll(async () => {
     // The service's connections first: an exchange the gateway failed to end would keep everything else open.
@@ -752,6 +768,69 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
     expect(gatewayLog.find((line) => line.message === 'request completed' && line.url === `/api${path}`)).toMatchObject({ status: 499, error_code: null });
     session.destroy();
   });
+
+  it.each([
+    { desc: 'CANCEL', code: http2.constants.NGHTTP2_CANCEL, download: 'download' },
+    { desc: 'NO_ERROR', code: http2.constants.NGHTTP2_NO_ERROR, download: 'download' },
+    { desc: 'CANCEL', code: http2.constants.NGHTTP2_CANCEL, download: 'slow-download' },
+  ])('holds no upstream request of an HTTP/2 client that resets its streams as soon as it opens them (RST_STREAM $desc, $download): they stayed open at the service, exhausting its connections', async ({ desc, code, download }) => {
+    const tag = `early-reset-${desc}-${download}`;
+    const attemptsBefore = await clientClosedAttempts();
+    const session = await connectH2(gateway.url, certificate.cert);
+    session.on('error', () => undefined);
+    try {
+      const token = await loginOver(session);
+      // Well within the rapid-reset budget, so the connection stays open. Each reset comes in with its HEADERS, so
+      // it reaches the gateway before the request reaches the proxy (authentication and the rate limit run first).
+      for (let index = 0; index < 20; index++) {
+        const stream = session.request({ ':path': `/api/orders/${download}?${tag}=${index}`, authorization: `Bearer ${token}` });
+        stream.on('error', () => undefined);
+        stream.close(code);
+      }
+      await expectNoneHeldUpstream(tag, attemptsBefore);
+      // The connection serves on.
+      const upload = await h2Request(session, { ':method': 'POST', ':path': `/api/orders/upload?${tag}=after`, 'content-type': 'application/json', authorization: `Bearer ${token}` }, '{}');
+      expect(upload.status).toBe(200);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it.each(['download', 'slow-download'])('holds no upstream request of an HTTP/1.1 client that closes its connection right after the request head (%s)', async (download) => {
+    const tag = `early-close-h1-${download}`;
+    const attemptsBefore = await clientClosedAttempts();
+    const { port } = new URL(gateway.url);
+    await Promise.all(
+      Array.from({ length: 20 }, (_, index) =>
+        new Promise<void>((resolve) => {
+          const socket = tls.connect({ host: '127.0.0.1', port: Number(port), ca: certificate.cert, ALPNProtocols: ['http/1.1'], servername: 'localhost' }, () => {
+            // The head and the close in one go; a token of its own, whose check (not yet cached) lets the close arrive
+            // before the request reaches the proxy.
+            void signToken({ claims: { connection: index } }).then((token) => socket.end(`GET /api/orders/${download}?${tag}=${index} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\n\r\n`));
+          });
+          socket.on('error', () => undefined);
+          socket.on('close', () => resolve());
+        }),
+      ),
+    );
+    await expectNoneHeldUpstream(tag, attemptsBefore);
+    const token = await signToken();
+    expect((await h1Request(gateway.url, certificate.cert, `/api/orders/upload?${tag}=after`, { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, 'POST', '{}')).status).toBe(200);
+  });
+
+  /**
+   * The 20 requests tagged `tag` ended as clients that left: logged 499, each attempt at the service recorded
+   * `client_closed` (the gateway is done with it), and every request the service got of them closed.
+   */
+  async function expectNoneHeldUpstream(tag: string, attemptsBefore: number): Promise<void> {
+    const accessLines = () => gatewayLog.filter((line) => line.message === ACCESS_LINE_MESSAGE && String(line.url).includes(`${tag}=`));
+    await waitFor(() => accessLines().length === 20, 'the access lines of the clients that left');
+    expect(new Set(accessLines().map((line) => line.status))).toEqual(new Set([499]));
+    await waitFor(async () => (await clientClosedAttempts()) - attemptsBefore >= 20, 'every attempt at the service to end as client_closed').catch(() => undefined);
+    expect((await clientClosedAttempts()) - attemptsBefore).toBeGreaterThanOrEqual(20);
+    await waitFor(() => stillOpenUpstream(tag).length === 0, 'every upstream request of the clients that left to be closed').catch(() => undefined);
+    expect(stillOpenUpstream(tag)).toEqual([]);
+  }
 
   it.each([
     { desc: 'CANCEL', code: http2.constants.NGHTTP2_CANCEL },
