@@ -1,5 +1,4 @@
 import type http from 'node:http';
-import { PassThrough } from 'node:stream';
 import { context, trace, type Context as OtelContext, type Span, type Tracer } from '@opentelemetry/api';
 import type { Context as KoaContext, Middleware } from 'koa';
 import { Agent, type Dispatcher } from 'undici';
@@ -13,6 +12,7 @@ import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
 import { bodyTooSlowError, watchBodyRate, type BodyRate } from '../body-rate';
+import { forwardedBody } from '../forwarded-body';
 import { cutResponse, responseClosed } from '../response-closed';
 import { markServerAnswer } from '../../otel/lifecycle';
 import type { GatewaySigner } from '../gateway-signature';
@@ -301,15 +301,19 @@ export function createProxy(options: ProxyOptions): Middleware {
         });
       }
 
+      /** The client broke off its body (src/forwarded-body.ts): recorded as a client that left, while the exchange runs. */
+      const clientBrokeOffBody = () => {
+        if (!settled) exchange.clientClosed = true;
+      };
       upstreams.dispatch(
         {
           origin: instance.origin,
           path: target,
           method: req.method as Dispatcher.HttpMethod,
           headers,
-          // Through a stream of our own: undici destroys a body it gives up on, and destroying `req` would
-          // take the client's socket (and the 413/502 the gateway still owes it) down with it.
-          body: withBody ? req.pipe(new PassThrough()) : null,
+          // A body its client broke off (an HTTP/2 stream reset mid-upload) is not passed on as whole: the service
+          // sees its request aborted, and the exchange ends as the client's doing, not the instance's failure.
+          body: withBody ? forwardedBody(req, clientBrokeOffBody) : null,
           headersTimeout: route.timeoutMs,
           bodyTimeout: route.timeoutMs,
         },

@@ -690,6 +690,8 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
   /** Every request the service got, by URL, and whether it is still open (the gateway holds it and a connection). */
   const upstreamOpen = new Map<string, boolean>();
   const stillOpenUpstream = (tag: string) => [...upstreamOpen].filter(([url, open]) => open && url.includes(tag)).map(([url]) => url);
+  /** What the service got of each `/orders/record-upload` body: bytes, and whether it ended (complete) or was aborted. */
+  const recordedUploads = new Map<string, { received: number; ended: boolean; aborted: boolean }>();
   const short = { ...TIMEOUTS, headersMs: 1_000, keepAliveMs: 1_000 };
   const metrics = createGatewayMetrics();
   /** Attempts at the service that ended because their client left (gateway_upstream_request_duration_seconds). */
@@ -703,6 +705,23 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
       upstreamOpen.set(req.url ?? '', true);
       res.on('close', () => upstreamOpen.set(req.url ?? '', false));
       if (diedMidBody(req, res)) return;
+      // An upload stored only once its body ended: a body cut short must never look complete.
+      if (req.url?.startsWith('/orders/record-upload')) {
+        // `answer-first`: the head and a first chunk go out at once, before the body is read (a streaming exchange).
+        if (req.url.includes('answer-first')) {
+          res.writeHead(200, { 'content-type': 'application/octet-stream' });
+          res.write(Buffer.alloc(1024));
+        }
+        const record = { received: 0, ended: false, aborted: false };
+        recordedUploads.set(req.url, record);
+        req.on('data', (chunk: Buffer) => (record.received += chunk.length));
+        req.on('end', () => {
+          record.ended = true;
+          res.end('stored');
+        });
+        req.on('error', () => (record.aborted = true));
+        return;
+      }
       // A slow download: its head, then nothing for as long as the gateway waits.
       if (req.url?.startsWith('/orders/slow-download')) {
         res.writeHead(200, { 'content-type': 'application/octet-stream' });
@@ -831,6 +850,68 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
     await waitFor(() => stillOpenUpstream(tag).length === 0, 'every upstream request of the clients that left to be closed').catch(() => undefined);
     expect(stillOpenUpstream(tag)).toEqual([]);
   }
+
+  /** Starts an upload of part of a JSON body, its end never sent; resolves to how its client then leaves. */
+  type CutUpload = (path: string, token: string) => Promise<() => void>;
+  const uploadSockets: tls.TLSSocket[] = [];
+  /**
+   * HEADERS and a DATA frame without END_STREAM, then RST_STREAM, written by hand: Node's client ends a stream
+   * (END_STREAM) before the reset it is asked to send, which is a body its client declared whole.
+   */
+  const http2Upload =
+    (code: number, fields: [string, string][] = [], settings = Buffer.alloc(0)): CutUpload =>
+    async (path, token) => {
+      const head: [string, string][] = [[':method', 'POST'], [':scheme', 'https'], [':path', path], [':authority', new URL(gateway.url).host], ['content-type', 'application/json'], ['authorization', `Bearer ${token}`], ...fields];
+      const { socket } = await holdRawHttp2(gateway.url, certificate.cert, settings, [
+        frame(FRAME.headers, FLAG.endHeaders, 1, Buffer.concat(head.map(([name, value]) => hpackLiteral(name, value)))),
+        frame(FRAME.data, 0, 1, Buffer.from('{"items": [')),
+      ]);
+      uploadSockets.push(socket);
+      const errorCode = Buffer.alloc(4);
+      errorCode.writeUInt32BE(code);
+      return () => socket.write(frame(FRAME.rstStream, 0, 1, errorCode));
+    };
+  const http1ChunkedUpload: CutUpload = async (path, token) => {
+    const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(gateway.url).port), ca: certificate.cert, ALPNProtocols: ['http/1.1'], servername: 'localhost' });
+    socket.on('error', () => undefined);
+    await new Promise((resolve) => socket.once('secureConnect', resolve));
+    uploadSockets.push(socket);
+    socket.write(`POST ${path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nb\r\n{"items": [\r\n`);
+    return () => socket.destroy();
+  };
+
+  /** SETTINGS_INITIAL_WINDOW_SIZE 0: the gateway may send no byte of an answer on the client's streams. */
+  const noWindow = Buffer.from([0x00, 0x04, 0x00, 0x00, 0x00, 0x00]);
+
+  it.each([
+    { desc: 'an HTTP/2 stream reset with CANCEL', start: http2Upload(http2.constants.NGHTTP2_CANCEL), answerFirst: false },
+    { desc: 'an HTTP/2 stream reset with NO_ERROR', start: http2Upload(http2.constants.NGHTTP2_NO_ERROR), answerFirst: false },
+    // The service answers while it reads, and the client takes none of it: Node keeps the stream open (its side not
+    // finished) past the request's 'end', and the body without Content-Length went on with its last chunk.
+    { desc: 'an HTTP/2 stream reset with NO_ERROR during an answer its client holds back', start: http2Upload(http2.constants.NGHTTP2_NO_ERROR, [], noWindow), answerFirst: true },
+    { desc: 'an HTTP/2 stream reset with CANCEL during an answer its client holds back', start: http2Upload(http2.constants.NGHTTP2_CANCEL, [], noWindow), answerFirst: true },
+    { desc: 'an HTTP/2 stream reset with CANCEL, content-length declared', start: http2Upload(http2.constants.NGHTTP2_CANCEL, [['content-length', '100']]), answerFirst: false },
+    // Node's HTTP/1 parser never ends such a body ('aborted' and 'error', no 'end').
+    { desc: 'an HTTP/1.1 connection closed mid-chunked-body', start: http1ChunkedUpload, answerFirst: false },
+  ])('never hands the service an upload its client cut short as a complete request ($desc): the service sees it aborted', async ({ desc, start, answerFirst }) => {
+    const path = `/orders/record-upload?${answerFirst ? 'answer-first&' : ''}cut=${encodeURIComponent(desc)}`;
+    const attemptsBefore = await clientClosedAttempts();
+    try {
+      const leave = await start(`/api${path}`, await signToken());
+      // The gateway is forwarding the body: the service has its start.
+      await waitFor(() => (recordedUploads.get(path)?.received ?? 0) > 0, 'the start of the body at the service');
+      leave();
+      const recorded = recordedUploads.get(path)!;
+      await waitFor(() => recorded.ended || recorded.aborted, 'the service to see the upload end or break off');
+      expect(recorded).toMatchObject({ ended: false, aborted: true });
+      // The client's doing: logged 499, the attempt recorded client_closed, not the instance's failure.
+      await waitFor(() => gatewayLog.some((line) => line.message === ACCESS_LINE_MESSAGE && line.url === `/api${path}`), 'the access line');
+      expect(gatewayLog.find((line) => line.message === ACCESS_LINE_MESSAGE && line.url === `/api${path}`)).toMatchObject({ status: 499, error_code: null });
+      await waitFor(async () => (await clientClosedAttempts()) > attemptsBefore, 'the attempt to be recorded client_closed');
+    } finally {
+      for (const socket of uploadSockets.splice(0)) socket.destroy();
+    }
+  });
 
   it.each([
     { desc: 'CANCEL', code: http2.constants.NGHTTP2_CANCEL },

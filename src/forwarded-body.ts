@@ -1,0 +1,31 @@
+import type { IncomingMessage } from 'node:http';
+import type { Http2ServerRequest } from 'node:http2';
+import { PassThrough, type Readable } from 'node:stream';
+
+/**
+ * The client's request body as the proxy streams it to a service, ending only where the client ended it.
+ *
+ * Through a stream of its own: undici destroys a body it gives up on, and destroying the request would take the
+ * client's socket (and the 413 or 502 the gateway still owes it) down with it.
+ *
+ * An HTTP/2 client that resets its stream mid-upload (RST_STREAM, whatever the code) gets its request ended
+ * normally by Node's compatibility API: 'aborted', then 'end'. Piped on as it was, a body without Content-Length
+ * then went on with its last chunk unless the response's 'close' (which aborts the exchange) came first, and with
+ * NO_ERROR it comes only once the gateway's side of the stream is done too: during an answer its client held back,
+ * the service took the truncated POST for a whole one, every time. A body its client broke off is destroyed
+ * instead (`onBrokenOff` called first): undici resets the connection, and the service sees its request aborted.
+ * Node's HTTP/1 server never ends such a body ('aborted' and 'error', no 'end'); it is cut at once too, rather
+ * than when the response closes.
+ */
+export function forwardedBody(request: IncomingMessage | Http2ServerRequest, onBrokenOff: () => void): Readable {
+  const body = new PassThrough();
+  const breakOff = () => {
+    if (body.destroyed) return;
+    onBrokenOff();
+    body.destroy(new Error('the client broke off its request body'));
+  };
+  request.once('aborted', breakOff);
+  request.pipe(body, { end: false });
+  request.once('end', () => (request.aborted ? breakOff() : body.end()));
+  return body;
+}
