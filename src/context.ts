@@ -48,9 +48,11 @@ export interface GatewayState {
    */
   holdResponse?: (status: number, locations: readonly string[]) => Promise<unknown> | undefined;
   /**
-   * createResponseCache: when this request began waiting for another's fetch of the same answer (performance.now()):
-   * the route's `deadlineMs` counts from then, so a request that waited out a failed fetch does not wait as long
-   * again for its own, nor reach the service once its deadline has passed.
+   * createResponseCache: when this request began waiting for another's fetch of the same answer (performance.now()),
+   * set only when that fetch failed (no answer from the service): the route's `deadlineMs` counts from then, so a
+   * request that waited out a failed fetch does not wait as long again for its own, nor reach the service once its
+   * deadline has passed. A fetch the service answered in time, with nothing this request could use, leaves it a
+   * whole deadline.
    */
   upstreamWaitSince?: number;
 }

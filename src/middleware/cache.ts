@@ -65,6 +65,9 @@ function underscoreTwins(headers: IncomingHttpHeaders): Set<string> | undefined 
   return twins;
 }
 
+/** How a fetch other requests waited for ended: with the service's answer (used or not), or without one. */
+type FetchOutcome = 'answered' | 'failed';
+
 /**
  * Failures after which a write may still have been done by the service: it timed out or the connection failed
  * after the request may have reached it, or it answered something the gateway would not forward. Not those that
@@ -107,7 +110,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   const now = options.now ?? Date.now;
   const namedResources = createNamedResources({ routeTable: options.routeTable, cachedRoutes: options.routes });
   /** Misses under way by key, with their resource: a write to it lets later requests fetch their own. */
-  const inFlight = new Map<string, { resource: string; done: Promise<void> }>();
+  const inFlight = new Map<string, { resource: string; done: Promise<FetchOutcome> }>();
   /** Keys whose answer was last refused by the service's own say, until when (ms): their misses do not wait on one another. */
   const notStoredUntil = new Map<string, number>();
   const rememberNotStored = (flightKey: string, policy: RouteCacheConfig) => {
@@ -297,8 +300,12 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       // Another request is fetching this very answer: wait for it rather than asking the service again. Its answer
       // is read from the store, which keeps none a write invalidated after that fetch started.
       logger.debug('response cache: waiting for a fetch in flight', { route: route.name });
-      ctx.state.upstreamWaitSince = performance.now();
-      await pending.done;
+      const waitSince = performance.now();
+      // Its deadline counts from here only when the fetch it waited for failed (nginx's proxy_cache_lock_timeout
+      // bounds the wait alone): one the service answered in time, but with nothing this request can use (another
+      // Vary variant, an answer not stored), leaves it a whole exchange of its own, or a healthy service answering
+      // in over half the deadline would get its waiters a 504 for a timeout that never happened.
+      if ((await pending.done) === 'failed') ctx.state.upstreamWaitSince = waitSince;
       entry = (await lookup()) ?? entry;
       if (entry && isFresh(entry, now())) return serve(ctx, entry, 'hit', rules);
     }
@@ -308,19 +315,19 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       throw notCached();
     }
     record(ctx, route.name, 'miss', false);
-    let release = () => {};
+    let release = (_outcome: FetchOutcome) => {};
     let stored = () => Promise.resolve();
     // HEAD answers carry no body to keep: forwarded as they are; a GET fills the entry HEAD then uses.
     if (method === 'GET' && !inFlight.has(flightKey) && !knownNotStored(flightKey)) {
       // Waiters are let go as soon as the answer is stored or known not to be, or once this request's own
       // client stops keeping up (the service is paused for it): a slow reader must not stall them.
-      let finished!: () => void;
-      const flight = { resource, done: new Promise<void>((resolve) => (finished = resolve)) };
+      let finished!: (outcome: FetchOutcome) => void;
+      const flight = { resource, done: new Promise<FetchOutcome>((resolve) => (finished = resolve)) };
       inFlight.set(flightKey, flight);
-      release = () => {
+      release = (outcome) => {
         // A write may have let a later request start a fetch of its own under this key.
         if (inFlight.get(flightKey) === flight) inFlight.delete(flightKey);
-        finished();
+        finished(outcome);
         release = () => {};
       };
     }
@@ -333,7 +340,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
         const settled = (outcome?: 'stored' | 'not stored') => {
           if (outcome === 'not stored') rememberNotStored(flightKey, policy);
           else if (outcome === 'stored') notStoredUntil.delete(flightKey);
-          release();
+          release('answered');
         };
         const capture = captureResponse({ store, routeName: route.name, key, since, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, twinned, now, settled });
         ctx.state.responseTap = capture.tap;
@@ -351,7 +358,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       }
       throw error;
     } finally {
-      release();
+      // No answer of the service's went out (an error, a stale stand-in): the fetch its waiters waited for failed.
+      release(ctx.res.headersSent ? 'answered' : 'failed');
       counters.get(route.name)?.[ctx.state.cache!]?.inc();
     }
   };

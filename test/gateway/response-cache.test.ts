@@ -711,7 +711,9 @@ describe('response cache with writes whose answer never comes', () => {
     const slowWrites = { name: 'slow-writes', prefix: '/api/slow', service: 'notifications', upstreamPath: '/slow', auth: 'public', timeoutMs: 300, cache: { ttlSeconds: 60 } };
     // A whole exchange bounded as tightly as a silence: a fetch that times out leaves its waiters no time of their own.
     const slowReads = { name: 'slow-reads', prefix: '/api/slow-reads', service: 'notifications', upstreamPath: '/slow-reads', auth: 'public', timeoutMs: 300, deadlineMs: 300, cache: { ttlSeconds: 60 } };
-    stack = await startStack({ serviceUrls: { notifications: service.url }, overrides: overrides({ routes: [...(shippedConfigFile().routes as unknown[]), slowWrites, slowReads] }) });
+    // A deadline long enough for the service's slow but timely answers below.
+    const slowVariants = { name: 'slow-variants', prefix: '/api/slow-variants', service: 'notifications', upstreamPath: '/slow-variants', auth: 'public', timeoutMs: 3000, deadlineMs: 2000, cache: { ttlSeconds: 60, scope: 'public' } };
+    stack = await startStack({ serviceUrls: { notifications: service.url }, overrides: overrides({ routes: [...(shippedConfigFile().routes as unknown[]), slowWrites, slowReads, slowVariants] }) });
   });
   afterAll(async () => {
     service.release();
@@ -729,6 +731,25 @@ describe('response cache with writes whose answer never comes', () => {
     expect(replies.map((reply) => [reply.status, reply.json.code])).toEqual([0, 1, 2].map(() => [504, 'upstream_timeout']));
     expect(service.hits.filter((hit) => hit.url === upstreamPath)).toHaveLength(1);
     service.release();
+  });
+
+  it('leaves a waiter a whole deadline of its own when the fetch it waited for was answered in time', async () => {
+    // The service answers each request in about 1.2 s, within the 2 s deadline, and varies on Accept-Language.
+    const path = fresh('/api/slow-variants', `vary=accept-language&cc=${encodeURIComponent('public, max-age=60')}`);
+    const upstreamHits = () => service.hits.filter((hit) => hit.url === path.replace('/api/slow-variants', '/slow-variants')).length;
+    const french = send(stack.gateway.url, path, { 'accept-language': 'fr', 'x-gate': '1' });
+    await waitFor(() => upstreamHits() === 1);
+    // German waits for the French fetch (one key until the answer says Vary), then needs a fetch of its own.
+    const german = send(stack.gateway.url, path, { 'accept-language': 'de', 'x-gate': '1' });
+    await new Promise((resolve) => setTimeout(resolve, 1200));
+    service.release();
+    expect((await french).status).toBe(200);
+    await waitFor(() => upstreamHits() === 2);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    service.release();
+    // Before, its deadline counted from its wait: 0.8 s were left for its own 1 s exchange, and it was 504.
+    const answer = await german;
+    expect([answer.status, answer.json.lang]).toEqual([200, 'de']);
   });
 
   it('drops the stored copy after a write that timed out at the service, which may have done it', async () => {
