@@ -236,9 +236,21 @@ function publicPort(ctx: KoaContext, host: string): string {
   return inHost ? inHost[1]! : ctx.protocol === 'https' ? '443' : '80';
 }
 
-/** Whether a URL reference starts with two slashes, either of them a backslash (WHATWG URL: the same for http and https). */
+/**
+ * A host no URL a service sends can name: references resolve against it (with the public scheme, as the client's
+ * browser resolves them) to tell those naming a host of their own (absolute, scheme-relative, `http:host` seen
+ * from an https page) from those relative to wherever the client is.
+ */
+const NO_HOST = '//public-location.invalid/';
+
+/**
+ * Whether a URL reference is scheme-relative as a browser reads it (WHATWG URL): two slashes, either of them a
+ * backslash, once the tabs and line feeds it drops anywhere and the spaces and controls it trims in front are gone.
+ */
 function isSchemeRelative(value: string): boolean {
-  return (value.charCodeAt(0) === 0x2f || value.charCodeAt(0) === 0x5c) && (value.charCodeAt(1) === 0x2f || value.charCodeAt(1) === 0x5c);
+  // eslint-disable-next-line no-control-regex
+  const read = value.replace(/[\t\n\r]/g, '').replace(/^[\x00-\x20]+/, '');
+  return (read.charCodeAt(0) === 0x2f || read.charCodeAt(0) === 0x5c) && (read.charCodeAt(1) === 0x2f || read.charCodeAt(1) === 0x5c);
 }
 
 /**
@@ -247,16 +259,25 @@ function isSchemeRelative(value: string): boolean {
  * means nothing to the client and maps the network behind the gateway. Such a URL becomes the public origin
  * and, when its path is under the route's upstream path, the route's public path (nginx's `proxy_redirect
  * default`), scheme-relative ones (`//10.0.3.7:4001/users/7`) too. Relative URLs and other origins pass as they are.
+ *
+ * Whether it names the instance is decided as a browser parses it (WHATWG URL), not by its spelling: a browser
+ * reads `\` as `/` anywhere in an http(s) URL (`//10.0.3.7:4001\users\7`), drops tabs and line feeds
+ * (`/\t/10.0.3.7:4001/`) and a default port, and takes `http:10.0.3.7:4001/` on an https page as absolute, so a comparison of text let such spellings through to the client,
+ * who then went to the instance.
  */
 export function publicLocation(value: string, instanceOrigin: string, publicOrigin: string, route: { prefix: string; upstreamPath: string }): string {
-  // A scheme-relative reference (`//10.0.3.7:4001/users/7`; browsers read `\` as `/` there) names the instance as
-  // surely: the client resolves it against the public scheme and goes to the instance's address.
-  const origin = isSchemeRelative(value) ? `//${instanceOrigin.slice(instanceOrigin.indexOf('//') + 2)}` : instanceOrigin;
-  if (value.length < origin.length || value.slice(0, origin.length).replaceAll('\\', '/').toLowerCase() !== origin) return value;
-  let rest = value.slice(origin.length);
-  if (rest !== '' && !'/?#'.includes(rest[0]!)) return value;
+  let named: URL;
+  let instance: URL;
+  try {
+    named = new URL(value, publicOrigin.slice(0, publicOrigin.indexOf(':') + 1) + NO_HOST);
+    instance = new URL(instanceOrigin);
+  } catch {
+    return value;
+  }
+  // A scheme-relative reference takes the public scheme, and still sends the client to the instance's address.
+  if (named.host !== instance.host || (named.protocol !== instance.protocol && !isSchemeRelative(value))) return value;
+  let rest = named.pathname + named.search + named.hash;
   const { upstreamPath, prefix } = route;
-  if (rest === '' || rest[0] !== '/') rest = `/${rest}`;
   if (upstreamPath === '' || rest === upstreamPath || '/?#'.includes(rest[upstreamPath.length] ?? '') && rest.startsWith(upstreamPath)) {
     rest = prefix + rest.slice(upstreamPath.length);
   }

@@ -40,6 +40,9 @@ const REDIRECTS: Record<string, (origin: string) => string[]> = {
   // Scheme-relative (`//host:port/...`), as a service that builds URLs without a scheme writes them.
   '/orders/scheme-relative': (origin) => [`Location: ${origin.slice('http:'.length)}/orders/done`, `Refresh: 0; url=${origin.slice('http:'.length)}/orders/done`],
   '/orders/scheme-relative-backslashes': (origin) => [`Location: \\\\${origin.slice('http://'.length)}/orders/done`],
+  // Spellings a browser reads as the instance's URL: `\` after the authority, a tab it drops.
+  '/orders/backslash-after-authority': (origin) => [`Location: ${origin.slice('http:'.length)}\\orders\\done`],
+  '/orders/tab-in-slashes': (origin) => [`Location: /\t${origin.slice('http:'.length)}/orders/done`],
   '/orders/location-twice': (origin) => [`Location: ${origin}/orders/one`, `Location: ${origin}/orders/two`],
   // As many as the instance origin has characters: the count at which rewriting them threw inside undici's handler.
   '/orders/location-many': (origin) => Array.from({ length: origin.length + 1 }, (_, index) => `Location: ${origin}/orders/${index}`),
@@ -184,6 +187,8 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
   it.each([
     { desc: 'scheme-relative Location and Refresh', path: '/orders/scheme-relative', refresh: (gateway: string) => `0; url=${gateway}/api/orders/done` },
     { desc: 'a scheme-relative Location written with backslashes', path: '/orders/scheme-relative-backslashes', refresh: () => null },
+    { desc: 'a scheme-relative Location with backslashes after the authority', path: '/orders/backslash-after-authority', refresh: () => null },
+    { desc: 'a scheme-relative Location with a tab between its slashes', path: '/orders/tab-in-slashes', refresh: () => null },
   ])('rewrites $desc naming the instance to the public URL', async ({ path, refresh }) => {
     const reply = await fetch(`${stack.gateway.url}/api${path}`, { headers: { authorization: `Bearer ${token}` }, redirect: 'manual' });
     expect(reply.status).toBe(302);

@@ -20,6 +20,10 @@ describe('publicLocation: a Location naming the instance, as the client must see
     ['the instance, scheme-relative', '//10.0.3.7:4001/users/7', 'https://api.example.com/api/users/7'],
     ['the instance, scheme-relative with backslashes', '\\\\10.0.3.7:4001/users/7', 'https://api.example.com/api/users/7'],
     ['the instance, scheme-relative with one backslash', '/\\10.0.3.7:4001/users/7', 'https://api.example.com/api/users/7'],
+    ['the instance, scheme-relative with backslashes after the authority', '//10.0.3.7:4001\\users\\7', 'https://api.example.com/api/users/7'],
+    ['the instance, absolute with a backslash after the authority', 'http://10.0.3.7:4001\\users/7', 'https://api.example.com/api/users/7'],
+    ['the instance, scheme-relative with a tab a browser drops', '/\t/10.0.3.7:4001/users/7', 'https://api.example.com/api/users/7'],
+    ['the instance, http: without slashes (absolute from an https page)', 'http:10.0.3.7:4001/users/7', 'https://api.example.com/api/users/7'],
     ['another host, scheme-relative', '//cdn.example.com/users/7', '//cdn.example.com/users/7'],
     ['another port of the same address, scheme-relative', '//10.0.3.7:40011/users/7', '//10.0.3.7:40011/users/7'],
   ])('%s', (_desc, value, expected) => {
