@@ -3,7 +3,7 @@ import type Koa from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { CREDENTIAL_LIMITS, SERVICE_NAME } from '../../otel/wire-names';
-import { recordId } from '../shared/input-limits';
+import { callerId } from '../shared/input-limits';
 import { createServiceApp, requireCaller, ServiceError, validBody, validParam } from '../shared/service-app';
 import { DuplicateEmailError, UserStore, UserStoreFullError } from './user-store';
 
@@ -51,7 +51,9 @@ export async function createApp(options: UsersAppOptions): Promise<Koa> {
 
   router.get('/users/:id', async function getUser(ctx) {
     const caller = requireCaller(ctx);
-    const id = validParam(ctx, 'id', recordId);
+    // Any id a caller can have, not only those this service makes ("1", "2", ...): order-service asks for the
+    // caller's own account, and a provider's user (`idp:auth0|123`, `idp:someone@example.com`) is told 404, not 400.
+    const id = validParam(ctx, 'id', callerId);
     if (caller.id !== id && caller.role !== 'admin') throw new ServiceError(403, 'forbidden', 'You can only read your own profile.');
     const user = store.get(id);
     if (!user) throw new ServiceError(404, 'user_not_found', `No user ${id}.`);

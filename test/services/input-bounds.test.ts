@@ -104,7 +104,7 @@ describe('path variables', () => {
 
   it.each([
     { desc: 'a user id of 4 kB', service: 'users', path: `/users/${'1'.repeat(4096)}` },
-    { desc: 'a user id with a space', service: 'users', path: '/users/1%201' },
+    { desc: 'a user id with a comma (no caller id has one)', service: 'users', path: '/users/1%2C1' },
     { desc: 'an order id of 4 kB', service: 'orders', path: `/orders/${'o'.repeat(4096)}` },
     { desc: 'an order id with a quote', service: 'orders', path: '/orders/%22x%22' },
   ])('answers $desc with 400 invalid_param naming id, never echoing it', async ({ service, path }) => {
@@ -114,6 +114,14 @@ describe('path variables', () => {
     expect(problem).toMatchObject({ code: 'invalid_param', requestId: 'param' });
     expect(problem.detail).toMatch(/^id: /);
     expect(problem.detail.length).toBeLessThan(200);
+  });
+
+  it.each(['idp:auth0|abc', 'idp:someone@example.com', `idp:${'s'.repeat(255)}`])('takes %s, a caller id it did not make, as a user id: 404 to its caller, 403 unknown_user from order-service', async (id) => {
+    const caller = identityHeaders({ id, role: 'user', email: '' });
+    expect((await fetch(`${users.url}/users/${encodeURIComponent(id)}`, { headers: caller })).status).toBe(404);
+    // Before, user-service refused the id (400) and order-service answered 503 dependency_unavailable, retry later.
+    const order = await fetch(`${orders.url}/orders`, { method: 'POST', headers: { 'content-type': 'application/json', ...caller }, body: JSON.stringify({ items: [{ sku: 'book', quantity: 1 }] }) });
+    expect([order.status, (await problemOf(order)).code]).toEqual([403, 'unknown_user']);
   });
 
   it('still answers 404 for a well-formed id that names nothing', async () => {
