@@ -7,7 +7,7 @@ import { GatewayError, upstreamFailure, upstreamUnreachable, type ErrorCode } fr
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
 import type { RouteHeaderRules } from '../header-rules';
-import { endToEndHeaders, publicLocation, upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { endToEndHeaders, forwardedHost, publicLocation, upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
@@ -553,8 +553,12 @@ function pickWithRoom(pool: CompiledRoute['pool'], tried: ReadonlySet<UpstreamIn
  */
 function withPublicLocations(headers: http.IncomingHttpHeaders, instanceOrigin: string, ctx: KoaContext, route: CompiledRoute): http.IncomingHttpHeaders {
   const { location, 'content-location': contentLocation, refresh } = headers as Record<string, string | undefined>;
-  if ((location === undefined && contentLocation === undefined && refresh === undefined) || !ctx.host) return headers;
-  const publicOrigin = `${ctx.protocol}://${ctx.host}`;
+  if (location === undefined && contentLocation === undefined && refresh === undefined) return headers;
+  // The Host the client named or, an HTTP/1.0 request naming none, the address it connected to (what the service
+  // is told as X-Forwarded-Host): left as it came, such a request was sent the instance's address.
+  const host = forwardedHost(ctx);
+  if (!host) return headers;
+  const publicOrigin = `${ctx.protocol}://${host}`;
   const rewritten: Record<string, string | string[] | undefined> = { ...headers };
   if (location !== undefined) rewritten.location = publicLocation(location, instanceOrigin, publicOrigin, route);
   if (contentLocation !== undefined) rewritten['content-location'] = publicLocation(contentLocation, instanceOrigin, publicOrigin, route);
@@ -571,7 +575,8 @@ function namedLocations(headers: http.IncomingHttpHeaders, instanceOrigin: strin
   const urls: string[] = [];
   for (const name of ['location', 'content-location']) {
     const value = headers[name];
-    if (typeof value === 'string') urls.push(ctx.host ? publicLocation(value, instanceOrigin, `${ctx.protocol}://${ctx.host}`, route) : value);
+    const host = forwardedHost(ctx);
+    if (typeof value === 'string') urls.push(host ? publicLocation(value, instanceOrigin, `${ctx.protocol}://${host}`, route) : value);
   }
   return urls;
 }

@@ -173,6 +173,22 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
     expect(JSON.stringify([...reply.headers])).not.toContain(new URL(service.url).host);
   });
 
+  it('rewrites them for an HTTP/1.0 request without Host too, to the address it connected to', async () => {
+    // What the service is told as X-Forwarded-Host for such a request; left as it came, it named the instance.
+    const { hostname, port } = new URL(stack.gateway.url);
+    const head = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(Number(port), hostname, () => socket.write(`GET /api/orders/absolute-redirect HTTP/1.0\r\nAuthorization: Bearer ${token}\r\n\r\n`));
+      let received = '';
+      socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+      socket.on('end', () => resolve(received.split('\r\n\r\n')[0]!));
+      socket.on('error', reject);
+    });
+    expect(head).toMatch(/^HTTP\/1\.1 302 /);
+    expect(head.toLowerCase()).toContain(`\r\nlocation: http://${hostname}:${port}/api/orders/login?next=%2forders`);
+    expect(head.toLowerCase()).toContain(`\r\ncontent-location: http://${hostname}:${port}/api/orders/absolute-redirect`);
+    expect(head).not.toContain(new URL(service.url).host);
+  });
+
   it.each([
     { desc: 'Refresh beside Location', path: '/orders/refresh', refresh: (gateway: string) => `0; url=${gateway}/api/orders/done?x=1` },
     { desc: "a quoted URL= in Refresh", path: '/orders/refresh-quoted', refresh: (gateway: string) => `5;URL='${gateway}/api/orders/done'` },
