@@ -18,6 +18,7 @@ import type { Logger } from '../../otel/logger';
 import { problemBody, recordFailure } from './errors';
 import { continueIfExpected } from './request-head';
 import { readWithinRate, type BodyRate } from '../body-rate';
+import { responseClosed } from '../response-closed';
 
 export interface GrpcTranscodeOptions {
   /** The JSON body's least rate (config `server`), as on proxied routes: a body dripped in gets 408. */
@@ -78,6 +79,12 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     const request = encodeRequest(binding.method.requestType, message);
     if (!request) throw new GatewayError('payload_too_large', `The request is larger than the ${MAX_GRPC_MESSAGE_BYTES}-byte gRPC message the gateway sends once encoded.`);
 
+    // A client that left before the call starts (an HTTP/2 stream reset along with its HEADERS, an HTTP/1.1
+    // connection closed right after its request head, while its token was checked): its response's 'close' came
+    // already, so the listener that cancels the call would never run and the call would stay open at the service
+    // until its deadline (a rapid-reset client could keep many open). No call; the access log records the 499.
+    // Nothing below awaits before the call and its listener start, so a client leaving later is heard.
+    if (responseClosed(ctx)) return;
     const instance = pool.pick();
     if (!instance) throw new GatewayError('upstream_unavailable', `No instance of the ${route.service} service is available.`);
     const metadata = metadataFromHeaders(upstreamHeadersFor(ctx, instance.host, { underscores: options.underscores, forwardAuthorization: route.forwardAuthorization, sign: options.sign, request: { method: 'POST', target: binding.method.path } }));
@@ -186,7 +193,8 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
       call.off('data', onData).off('end', onEnd);
       ctx.res.off('close', cancel);
       settle(error.code, error);
-      if (error.code === grpc.status.CANCELLED && ctx.res.destroyed) resolve(undefined);
+      // Cancelled because the client left (responseClosed: an HTTP/2 response has no `destroyed` to tell it).
+      if (error.code === grpc.status.CANCELLED && responseClosed(ctx)) resolve(undefined);
       else reject(grpcFailure(route.service, error, route.authMethods));
     };
     const onEnd = () => {
@@ -224,7 +232,7 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
   call.once('error', (error: grpc.ServiceError) => {
     ctx.res.off('close', cancel);
     settle(error.code, error);
-    if (error.code === grpc.status.CANCELLED && ctx.res.destroyed) return;
+    if (error.code === grpc.status.CANCELLED && responseClosed(ctx)) return;
     const problem = failure ?? grpcFailure(route.service, error, route.authMethods);
     // The 200 went out with the first line: only the last line tells the client. The access line, the metric and
     // the SERVER span read the code when the response closes, so it is recorded before the end, as the proxy

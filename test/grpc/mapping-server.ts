@@ -7,8 +7,11 @@ export const MAPPING_SERVICE = 'koagateway.test.v1.Mapping';
 export interface MappingServer {
   /** `http://127.0.0.1:port`, as the gateway's `services` names it. */
   url: string;
-  /** Every call's method, decoded request (plain object) and metadata, in arrival order. */
-  calls: { method: string; request: Record<string, unknown>; metadata: Record<string, string> }[];
+  /**
+   * Every call's method, decoded request (plain object) and metadata, in arrival order, and whether it is still
+   * open (neither answered in full nor cancelled: the service still holds it).
+   */
+  calls: { method: string; request: Record<string, unknown>; metadata: Record<string, string>; open: boolean }[];
   /** Calls the server saw cancelled (the client went away or its deadline passed). */
   cancelled: string[];
   close(): Promise<void>;
@@ -19,46 +22,63 @@ export async function startMappingServer(port = 0): Promise<MappingServer> {
   const server = new grpc.Server();
   const calls: MappingServer['calls'] = [];
   const cancelled: string[] = [];
+  /** Records a call, open until its handler closes it or it is cancelled. */
   const record = (method: string, call: grpc.ServerUnaryCall<Record<string, unknown>, unknown> | grpc.ServerWritableStream<Record<string, unknown>, unknown>) => {
-    calls.push({ method, request: call.request, metadata: stringEntries(call.metadata) });
-    call.on('cancelled', () => cancelled.push(method));
+    const entry = { method, request: call.request, metadata: stringEntries(call.metadata), open: true };
+    calls.push(entry);
+    call.on('cancelled', () => {
+      entry.open = false;
+      cancelled.push(method);
+    });
+    return () => void (entry.open = false);
   };
   type Unary = grpc.ServerUnaryCall<Record<string, unknown>, unknown>;
   server.addService(grpcServiceDefinition(MAPPING_PROTO, MAPPING_SERVICE), {
     Echo(call: Unary, callback: grpc.sendUnaryData<unknown>) {
-      record('Echo', call);
+      const close = record('Echo', call);
       callback(null, call.request);
+      close();
     },
     Fail(call: Unary, callback: grpc.sendUnaryData<unknown>) {
-      record('Fail', call);
+      const close = record('Fail', call);
       callback(grpcError(Number(call.request.code), String(call.request.message)));
+      close();
     },
     Slow(call: Unary, callback: grpc.sendUnaryData<unknown>) {
-      record('Slow', call);
-      const timer = setTimeout(() => callback(null, {}), Math.min(Number(call.request.delayMs), 10_000));
+      const close = record('Slow', call);
+      const timer = setTimeout(() => {
+        callback(null, {});
+        close();
+      }, Math.min(Number(call.request.delayMs), 10_000));
       call.on('cancelled', () => clearTimeout(timer));
     },
     Metadata(call: Unary, callback: grpc.sendUnaryData<unknown>) {
-      record('Metadata', call);
+      const close = record('Metadata', call);
       callback(null, { entries: stringEntries(call.metadata) });
+      close();
     },
     Count(call: grpc.ServerWritableStream<Record<string, unknown>, unknown>) {
-      record('Count', call);
+      const close = record('Count', call);
       const count = Math.min(Number(call.request.count), 10_000);
       const failWith = Number(call.request.failWith);
       const delayMs = Number(call.request.delayMs);
       let n = 0;
+      let timer: NodeJS.Timeout | undefined;
+      // A long delay must not outlive a cancelled call (nor keep the test process up).
+      call.on('cancelled', () => clearTimeout(timer));
       const step = () => {
         if (call.cancelled) return;
         if (n < count) {
           n++;
           call.write({ n, at: { seconds: 1_700_000_000 + n, nanos: 0 } });
-          if (delayMs > 0) setTimeout(step, delayMs);
+          if (delayMs > 0) timer = setTimeout(step, delayMs);
           else setImmediate(step);
         } else if (failWith) {
           call.emit('error', grpcError(failWith, `failed after ${count}`));
+          close();
         } else {
           call.end();
+          close();
         }
       };
       step();
