@@ -106,7 +106,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   const { store, logger } = options;
   // Written in lower case, as the rate-limit fields are (src/middleware/rate-limit.ts says why).
   const statusHeader = options.statusHeader.toLowerCase();
-  const statusValues: Record<CacheResult, string> = { hit: 'HIT', miss: 'MISS', stale: 'STALE', bypass: 'BYPASS' };
+  const statusValues = Object.fromEntries(CACHE_RESULTS.map((result) => [result, result.toUpperCase()])) as Record<CacheResult, string>;
   const now = options.now ?? Date.now;
   const namedResources = createNamedResources({ routeTable: options.routeTable, cachedRoutes: options.routes });
   /** Misses under way by key, with their resource: a write to it lets later requests fetch their own. */
