@@ -80,17 +80,22 @@ function providerToken(key: ProviderKey, claims: Record<string, unknown> = {}, o
     .sign(key.privateKey);
 }
 
+/** A gateway verifying provider tokens at `jwksUrl` (refetching for every unknown kid), with the verified-token cache on. */
+function startProviderStack(jwksUrl: string, jwks: { timeoutMs: number; cacheMaxAgeMs: number }): Promise<TestStack> {
+  return startStack({
+    env: { JWKS_URL: `${jwksUrl}/.well-known/jwks.json`, JWKS_ISSUER: ISSUER, JWKS_AUDIENCE: AUDIENCE, RATE_LIMIT_MAX: '100000' },
+    overrides: { auth: { jwks: { url: 'http://placeholder', issuer: 'x', audience: 'x', cooldownMs: 0, ...jwks } } },
+  });
+}
+
 describe('a provider token remembered as verified', () => {
   let jwks: Awaited<ReturnType<typeof startJwksServer>>;
   let stack: TestStack;
 
   beforeAll(async () => {
     jwks = await startJwksServer();
-    stack = await startStack({
-      env: { JWKS_URL: `${jwks.url}/.well-known/jwks.json`, JWKS_ISSUER: ISSUER, JWKS_AUDIENCE: AUDIENCE, RATE_LIMIT_MAX: '100000' },
-      // The verified-token cache on (its default), and a key set trusted for one second.
-      overrides: { auth: { jwks: { url: 'http://placeholder', issuer: 'x', audience: 'x', timeoutMs: 500, cooldownMs: 0, cacheMaxAgeMs: 1000 } } },
-    });
+    // The verified-token cache on (its default), and a key set trusted for one second.
+    stack = await startProviderStack(jwks.url, { timeoutMs: 500, cacheMaxAgeMs: 1000 });
   });
   afterAll(async () => {
     await stack.close();
@@ -136,11 +141,8 @@ describe('a provider key withdrawn while a token signed with it is being verifie
 
   beforeAll(async () => {
     jwks = await startJwksServer();
-    stack = await startStack({
-      env: { JWKS_URL: `${jwks.url}/.well-known/jwks.json`, JWKS_ISSUER: ISSUER, JWKS_AUDIENCE: AUDIENCE, RATE_LIMIT_MAX: '100000' },
-      // The verified-token cache on, a key set trusted far longer than the test runs, and a refetch for every unknown kid.
-      overrides: { auth: { jwks: { url: 'http://placeholder', issuer: 'x', audience: 'x', timeoutMs: 2000, cooldownMs: 0, cacheMaxAgeMs: 600_000 } } },
-    });
+    // The verified-token cache on, a key set trusted far longer than the test runs, and a refetch for every unknown kid.
+    stack = await startProviderStack(jwks.url, { timeoutMs: 2000, cacheMaxAgeMs: 600_000 });
   });
   afterAll(async () => {
     await stack.close();
