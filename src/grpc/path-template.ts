@@ -6,7 +6,7 @@
  *   Variable = "{" FieldPath [ "=" Segments ] "}" ;  FieldPath = IDENT { "." IDENT } ;
  *
  * A variable without `=` is one segment (`{id}` = `{id=*}`); `**` (only last) matches the rest of the path, which
- * may be no segment at all.
+ * may be no segment at all. `*` and each segment `**` takes are never empty: a trailing slash fits no template.
  * Verbs (`:cancel`) are not supported: a template with one is refused at start-up.
  */
 
@@ -101,8 +101,8 @@ export interface PathBinding {
 
 /**
  * The variables of `path` (the route's upstream path, as the client spelled it) when it fits the template,
- * or undefined. Each segment is percent-decoded on its own; a decoded value that could change which resource
- * is meant (a `/` inside one segment, a dot segment, a control character) or is over
+ * or undefined (also when a wildcard would take an empty segment). Each segment is percent-decoded on its own; a
+ * decoded value that could change which resource is meant (a `/` inside one segment, a dot segment, a control character) or is over
  * MAX_PATH_VARIABLE_LENGTH is refused with PathVariableError rather than passed to the service.
  */
 export function matchPathTemplate(template: PathTemplate, path: string): PathBinding[] | undefined {
@@ -114,6 +114,10 @@ export function matchPathTemplate(template: PathTemplate, path: string): PathBin
   for (let index = 0; index < segments.length; index++) {
     const segment = segments[index]!;
     if (segment.kind === 'literal' && parts[index] !== segment.text) return undefined;
+    // An empty segment (a trailing slash: `/v1/things/` for `{id}`, `/v1/files/a/` for `**`) is no segment a
+    // wildcard takes: the path fits no template (404, as any unmatched path), never a call with an empty value.
+    if (segment.kind === 'one' && parts[index] === '') return undefined;
+    if (segment.kind === 'rest' && parts.slice(index).includes('')) return undefined;
   }
   return template.variables.map(({ fieldPath, start, end }) => {
     const covered = parts.slice(start, end === Infinity ? undefined : end);

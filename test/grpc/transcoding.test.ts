@@ -31,6 +31,8 @@ describe('gRPC transcoding', () => {
         ...shipped.routes,
         { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', timeoutMs: 400, grpc },
         { name: 'mapping-private', prefix: '/api/private-mapping', service: 'mapping', upstreamPath: '/v1', grpc },
+        // Its own limit: the paths a trailing slash leaves unmatched are probed here without spending the main route's.
+        { name: 'mapping-paths', prefix: '/api/mapping-paths', service: 'mapping', upstreamPath: '/v1', auth: 'public', grpc, rateLimit: { max: 1000, windowMs: 60_000 } },
         { name: 'mapping-down', prefix: '/api/down-mapping', service: 'mapping-down', upstreamPath: '/v1', auth: 'public', grpc },
       ],
     });
@@ -262,6 +264,25 @@ describe('gRPC transcoding', () => {
       const status = await rawPost(gateway.url, `/api/mapping/things/${segment}`, '{}');
       expect(status).toBe(400);
       expect(service.calls.length).toBe(before);
+    });
+
+    it.each([
+      { desc: "a trailing slash after `{id}`'s value", method: 'POST', path: '/api/mapping-paths/things/abc/' },
+      { desc: 'an empty `{id}` (a trailing slash where the value goes)', method: 'POST', path: '/api/mapping-paths/things/' },
+      { desc: 'a trailing slash after the last of two variables', method: 'GET', path: '/api/mapping-paths/things/t/owners/o/' },
+      { desc: 'a trailing slash after the segments `**` takes', method: 'GET', path: '/api/mapping-paths/files/files/a/' },
+      { desc: 'a trailing slash where `**` takes no segment', method: 'GET', path: '/api/mapping-paths/files/files/' },
+    ])('answers 404 route_not_found for $desc, reaching no service (a wildcard never takes an empty segment)', async ({ method, path }) => {
+      const before = service.calls.length;
+      const response = await call(path, method === 'POST' ? { method, headers: { 'content-type': 'application/json' }, body: '{}' } : { method });
+      expect(response.status).toBe(404);
+      expect(await response.json()).toMatchObject({ code: 'route_not_found' });
+      expect(service.calls.length).toBe(before);
+    });
+
+    it('still binds `**` to every segment it takes, and to none', async () => {
+      expect(await (await call('/api/mapping-paths/files/files/a/b')).json()).toMatchObject({ id: 'files/a/b' });
+      expect(await (await call('/api/mapping-paths/files/files')).json()).toMatchObject({ id: 'files' });
     });
 
     it('answers 404 for a path no annotation maps and 405 with Allow for another method', async () => {
