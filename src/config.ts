@@ -56,6 +56,30 @@ const listenHost = z.string().refine((value) => isIP(value) !== 0 || /^[A-Za-z0-
 export const MAX_TIMER_MS = 2_147_483_647;
 const TIMER_RULE = `must be at most ${MAX_TIMER_MS} ms (Node's longest timer, ~24.8 days)`;
 
+/** Shortest `services.<name>.keepalive.timeMs`, ms: gRPC's own floor for client keepalive (gRFC A8). */
+export const MIN_GRPC_KEEPALIVE_TIME_MS = 10_000;
+
+/**
+ * HTTP/2 keepalive on a service's gRPC channels (gRFC A8, https://github.com/grpc/proposal/blob/master/A8-client-side-keepalive.md):
+ * a PING every `timeMs` while a call is open (also while none is, with `withoutCalls`); an instance that does not
+ * answer one within `timeoutMs` has its connection dropped, and its open calls fail UNAVAILABLE (503) at once, not
+ * at their deadline. Without it an instance that vanished without a FIN or RST (a network drop, a host powered
+ * off) costs every call on its channel a whole deadline, until the kernel gives up on the connection (minutes).
+ * Off by default because servers limit pings: gRPC's C++ and Go servers allow one per 5 minutes unless told
+ * otherwise (`grpc.http2.min_ping_interval_without_data_ms`, Go's `keepalive.EnforcementPolicy.MinTime`), and
+ * without calls none at all (`PermitWithoutStream`); beyond, they close the connection with GOAWAY
+ * ENHANCE_YOUR_CALM "too_many_pings", failing the calls on it. Turn it on with the service's limits set to match.
+ */
+const grpcKeepaliveSchema = z.strictObject({
+  /** Time between pings, ms (`grpc.keepalive_time_ms`). At least 10 s. */
+  timeMs: z.int().min(MIN_GRPC_KEEPALIVE_TIME_MS, `must be at least ${MIN_GRPC_KEEPALIVE_TIME_MS} ms: servers refuse more frequent pings`).max(MAX_TIMER_MS, TIMER_RULE),
+  /** How long a ping waits for its answer before the connection is dropped, ms (`grpc.keepalive_timeout_ms`). Default 20 s. */
+  timeoutMs: z.int().min(1000, 'must be at least 1000 ms: a shorter wait drops live connections on a busy network').max(MAX_TIMER_MS, TIMER_RULE).default(20_000),
+  /** Ping also while no call is open (`grpc.keepalive_permit_without_calls`), so a dead idle connection is found before a call is put on it. Default false. */
+  withoutCalls: z.boolean().default(false),
+});
+export type GrpcKeepalive = Readonly<z.output<typeof grpcKeepaliveSchema>>;
+
 const rateLimitSchema = z.strictObject({
   /** Requests allowed per client per window. */
   max: z.int().positive(),
@@ -470,6 +494,8 @@ const configSchema = z
         ejectAfterFailures: z.int().positive().default(3),
         /** How long an ejected instance gets no traffic, ms. Default 10 s. */
         ejectMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(10_000),
+        /** HTTP/2 keepalive pings on the gRPC channels to this service's instances (grpcKeepaliveSchema). Off when absent. */
+        keepalive: grpcKeepaliveSchema.optional(),
       }),
     ),
     routes: z.array(routeSchema).nonempty(),

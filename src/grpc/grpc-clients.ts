@@ -3,6 +3,7 @@ import { propagation, SpanKind, SpanStatusCode, type Context, type Span, type Tr
 import { ATTR_SERVER_ADDRESS, ATTR_SERVER_PORT } from '@opentelemetry/semantic-conventions';
 import type * as protobuf from 'protobufjs';
 import { ATTR, HEADER } from '../../otel/wire-names';
+import type { GrpcKeepalive } from '../config';
 import type { UpstreamInstance } from '../upstream-pool';
 import type { GrpcMethod } from './http-rules';
 import { MAX_GRPC_MESSAGE_BYTES } from './message-limits';
@@ -24,19 +25,22 @@ export const MAX_GRPC_RECONNECT_BACKOFF_MS = 2000;
 export const INITIAL_GRPC_RECONNECT_BACKOFF_MS = 1000;
 
 /**
- * grpc-js clients by instance origin. Kept across config reloads (src/config-reload.ts) as the HTTP connections
- * are: a channel is never garbage (grpc-js registers each in its global channelz table until `close()`), so one
- * made per reload would be one leaked per reload.
+ * grpc-js clients by instance origin (and keepalive settings). Kept across config reloads (src/config-reload.ts) as
+ * the HTTP connections are: a channel is never garbage (grpc-js registers each in its global channelz table until
+ * `close()`), so one made per reload would be one leaked per reload.
  */
 export type GrpcClientCache = Map<string, grpc.Client>;
 
 /**
- * One grpc-js client (one HTTP/2 channel) per service instance, made on first use and reused: channels
- * multiplex every call, so there is nothing to pool. Plaintext (h2c) for `http://` origins, TLS for `https://`.
+ * One grpc-js client (one HTTP/2 channel) per service instance and keepalive setting, made on first use and
+ * reused: channels multiplex every call, so there is nothing to pool. Plaintext (h2c) for `http://` origins, TLS
+ * for `https://`. `keepalive` is the service's (config `services.<name>.keepalive`, none when absent); a reload that
+ * changes it gets a channel of its own, as grpc-js fixes a channel's options when it is made.
  */
-export function createGrpcClients(clients: GrpcClientCache = new Map()): (instance: UpstreamInstance) => grpc.Client {
-  return (instance) => {
-    const key = `${instance.secure ? 'https' : 'http'}://${instance.host}`;
+export function createGrpcClients(clients: GrpcClientCache = new Map()): (instance: UpstreamInstance, keepalive?: GrpcKeepalive) => grpc.Client {
+  return (instance, keepalive) => {
+    const origin = `${instance.secure ? 'https' : 'http'}://${instance.host}`;
+    const key = keepalive ? `${origin} keepalive=${keepalive.timeMs}/${keepalive.timeoutMs}/${keepalive.withoutCalls}` : origin;
     let client = clients.get(key);
     if (!client) {
       const host = instance.hostname.includes(':') ? `[${instance.hostname}]` : instance.hostname;
@@ -47,10 +51,24 @@ export function createGrpcClients(clients: GrpcClientCache = new Map()): (instan
         'grpc.enable_retries': 0,
         'grpc.initial_reconnect_backoff_ms': INITIAL_GRPC_RECONNECT_BACKOFF_MS,
         'grpc.max_reconnect_backoff_ms': MAX_GRPC_RECONNECT_BACKOFF_MS,
+        ...(keepalive && keepaliveOptions(keepalive)),
       });
       clients.set(key, client);
     }
     return client;
+  };
+}
+
+/**
+ * grpc-js's names for a service's keepalive (@grpc/grpc-js 1.14, src/transport.ts). A ping unanswered within
+ * `timeoutMs` closes the connection, failing its calls UNAVAILABLE; a server's GOAWAY "too_many_pings" makes grpc-js
+ * double `timeMs` for that channel (gRFC A8).
+ */
+function keepaliveOptions(keepalive: GrpcKeepalive): grpc.ChannelOptions {
+  return {
+    'grpc.keepalive_time_ms': keepalive.timeMs,
+    'grpc.keepalive_timeout_ms': keepalive.timeoutMs,
+    'grpc.keepalive_permit_without_calls': keepalive.withoutCalls ? 1 : 0,
   };
 }
 

@@ -1,4 +1,4 @@
-import type { GatewayConfig } from '../config';
+import type { GatewayConfig, GrpcKeepalive } from '../config';
 import type { GatewayMetrics } from '../metrics';
 import { createUpstreamPool, type UpstreamPool } from '../upstream-pool';
 import { loadGrpcServiceMapping, type GrpcServiceMapping } from './http-rules';
@@ -7,6 +7,8 @@ import { loadGrpcServiceMapping, type GrpcServiceMapping } from './http-rules';
 export interface GrpcRoute {
   readonly mapping: GrpcServiceMapping;
   readonly pool: UpstreamPool;
+  /** The service's HTTP/2 keepalive for its channels (config `services.<name>.keepalive`); none when absent. */
+  readonly keepalive?: GrpcKeepalive;
 }
 
 /**
@@ -32,7 +34,7 @@ export function compileGrpcRoutes(config: GatewayConfig, metrics?: GatewayMetric
   config.routes.forEach((route, index) => {
     if (!route.grpc) return;
     try {
-      routes.set(route.name, { mapping: loadGrpcServiceMapping(route.grpc.proto, route.grpc.service), pool: poolOf(route.service) });
+      routes.set(route.name, { mapping: loadGrpcServiceMapping(route.grpc.proto, route.grpc.service), pool: poolOf(route.service), keepalive: config.services[route.service]!.keepalive });
     } catch (error) {
       throw new Error(`config: routes.${index}.grpc: ${(error as Error).message}`, { cause: error });
     }

@@ -96,7 +96,7 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     open.set(instance, calls + 1);
     let settled = false;
     const span = startGrpcSpan(tracer, binding.method, instance, route.service, context.active(), metadata);
-    const call = { client: clientFor(instance), binding, request, metadata };
+    const call = { client: clientFor(instance, grpcRoute.keepalive), binding, request, metadata };
     const settle = (reported: grpc.status, error?: grpc.ServiceError) => {
       if (settled) return;
       settled = true;

@@ -57,3 +57,69 @@ describe('gRPC service recovery after an outage', () => {
     expect(Date.now() - back).toBeLessThan(EJECT_MS + MAX_GRPC_RECONNECT_BACKOFF_MS + SLACK_MS + 1000);
   });
 });
+
+/**
+ * A TCP relay to `target` that can go silent: once `vanish()` is called it forwards nothing either way and closes
+ * nothing, as an instance behind a network drop (no FIN, no RST: the gateway's socket stays open and writable).
+ */
+async function startVanishingRelay(target: number): Promise<{ port: number; vanish(): void; close(): void }> {
+  let silent = false;
+  const sockets = new Set<net.Socket>();
+  const relay = net.createServer((client) => {
+    const upstream = net.connect(target, '127.0.0.1');
+    for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
+      sockets.add(from);
+      from.on('data', (chunk) => void (silent || to.write(chunk)));
+      from.on('error', () => to.destroy());
+      from.on('close', () => void (silent || to.destroy()));
+    }
+  });
+  await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (relay.address() as net.AddressInfo).port,
+    vanish: () => void (silent = true),
+    close: () => {
+      for (const socket of sockets) socket.destroy();
+      relay.close();
+    },
+  };
+}
+
+describe('gRPC keepalive (services.<name>.keepalive)', () => {
+  const KEEPALIVE = { timeMs: 10_000, timeoutMs: 1000 };
+  /** The route's timeout, the unary call's deadline: far beyond the keepalive's ping and its wait. */
+  const TIMEOUT_MS = 40_000;
+  let gateway: TestServer | undefined;
+  let service: MappingServer | undefined;
+  let relay: Awaited<ReturnType<typeof startVanishingRelay>> | undefined;
+  afterAll(async () => {
+    await gateway?.close();
+    relay?.close();
+    await service?.close();
+  });
+
+  it('answers 503 within timeMs + timeoutMs, not at the deadline, when an instance vanishes without closing the connection mid-call', async () => {
+    service = await startMappingServer();
+    relay = await startVanishingRelay(Number(new URL(service.url).port));
+    const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
+    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
+      services: { ...shipped.services, vanishing: { url: `http://127.0.0.1:${relay.port}`, keepalive: KEEPALIVE } },
+      routes: [...shipped.routes, { name: 'vanishing', prefix: '/api/vanishing', service: 'vanishing', upstreamPath: '/v1', auth: 'public', timeoutMs: TIMEOUT_MS, deadlineMs: TIMEOUT_MS, grpc: { proto: MAPPING_PROTO, service: MAPPING_SERVICE } }],
+    });
+    gateway = await listen(createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false }).gateway.callback());
+    // The channel is connected and known good before the instance goes.
+    expect((await fetch(`${gateway.url}/api/vanishing/metadata`)).status).toBe(200);
+
+    const started = Date.now();
+    // The service would answer after 10 s; by then nothing it sends gets through.
+    const answer = fetch(`${gateway.url}/api/vanishing/slow?delayMs=10000`);
+    await waitFor(() => service!.calls.some((call) => call.method === 'Slow'), 'the call to reach the service', 5000);
+    relay.vanish();
+    const response = await answer;
+    const elapsed = Date.now() - started;
+    expect(response.status).toBe(503);
+    expect(await response.json()).toMatchObject({ code: 'upstream_unavailable' });
+    // One ping 10 s into the call, unanswered for 1 s: the connection is dropped then, not at the 40 s deadline.
+    expect(elapsed).toBeLessThan(KEEPALIVE.timeMs + KEEPALIVE.timeoutMs + 5000);
+  }, 60_000);
+});

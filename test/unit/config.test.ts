@@ -124,11 +124,23 @@ describe('gateway config', () => {
       message: /^config: routes\.1\.headers\.response: may not write Strict-Transport-Security: with tls\.hsts the gateway writes it/,
     },
     { desc: "a route rule removing the gateway's RateLimit header", patch: (file: any) => (file.routes[1].headers = { response: { remove: ['RateLimit'] } }), message: /written by the gateway on every response/ },
+    // Servers answer pings more frequent than they allow with GOAWAY "too_many_pings", failing the calls on the connection.
+    { desc: 'a gRPC keepalive pinging more often than every 10 s', patch: (file: any) => (file.services.notifications.keepalive = { timeMs: 5000 }), message: /^config: services\.notifications\.keepalive\.timeMs: must be at least 10000 ms/ },
+    { desc: 'a gRPC keepalive waiting under 1 s for a ping', patch: (file: any) => (file.services.notifications.keepalive = { timeMs: 10_000, timeoutMs: 10 }), message: /^config: services\.notifications\.keepalive\.timeoutMs: must be at least 1000 ms/ },
+    { desc: 'a gRPC keepalive with an unknown key', patch: (file: any) => (file.services.notifications.keepalive = { timeMs: 10_000, intervalMs: 1 }), message: /^config: services\.notifications\.keepalive: Unrecognized key/ },
     { desc: "a route rule setting the gateway's X-RateLimit-Remaining", patch: (file: any) => (file.routes[1].headers = { response: { set: { 'X-RateLimit-Remaining': '1' } } }), message: /written by the gateway on every response/ },
   ])('refuses $desc', ({ patch, message }) => {
     const file = shippedConfigFile();
     patch(file);
     expect(() => parseConfig(file)).toThrow(message);
+  });
+
+  it('takes a gRPC keepalive with its defaults: a 20 s wait for the ping, none without calls; none when absent', () => {
+    const file = shippedConfigFile() as any;
+    file.services.notifications.keepalive = { timeMs: 10_000 };
+    const config = parseConfig(file);
+    expect(config.services.notifications!.keepalive).toEqual({ timeMs: 10_000, timeoutMs: 20_000, withoutCalls: false });
+    expect(config.services.users!.keepalive).toBeUndefined();
   });
 
   it('takes a route name of the longest length', () => {
