@@ -1,5 +1,5 @@
 import { webcrypto } from 'node:crypto';
-import { SignJWT, createRemoteJWKSet, customFetch, decodeProtectedHeader, jwksCache, jwtVerify, type ExportedJWKSCache, type FetchImplementation, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import { SignJWT, createLocalJWKSet, createRemoteJWKSet, customFetch, decodeProtectedHeader, jwksCache, jwtVerify, type ExportedJWKSCache, type FetchImplementation, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey, type JWTVerifyOptions } from 'jose';
 import { IDENTITY_CLAIM_LIMITS, IDENTITY_VALUE } from '../otel/wire-names';
 import type { AuthenticatedUser } from './context';
 
@@ -152,21 +152,23 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
         const user = providerIdentity(payload, jwks.roleClaim, jwks.subjectPrefix);
         const after = providerKeys.current();
         const { kid } = protectedHeader;
-        const published = kid === undefined ? undefined : after?.keys.get(kid);
-        if (kid !== undefined && published === undefined) throw new TokenRejectedError('unknown_key', REJECTION_MESSAGE.unknown_key);
-        // Remembered only when the key that signed it is surely the one `after` publishes under its `kid`: the set
-        // did not change under the verification, or the `kid` named that key before too, or named none before and
-        // `after` is the very next set (the key can only have come from it). Otherwise (a token without `kid` that
-        // verified across a refetch) it is accepted this once, not remembered. No longer than the set is trusted
-        // (from its fetch, not from this check), nor past a refetch that drops or changes its key (stillPublished).
+        if (kid !== undefined && after?.keys.get(kid) === undefined) throw new TokenRejectedError('unknown_key', REJECTION_MESSAGE.unknown_key);
+        // The key that signed it is surely the one `after` publishes under its `kid` when the set did not change
+        // under the verification, or the `kid` named that key before too, or named none before and `after` is the
+        // very next set (the key can only have come from it). Otherwise (the `kid` re-published with other key
+        // material, as after a leak, or a token without `kid` across a refetch) the key looked up may be one `after`
+        // no longer publishes: the token is checked again against the set held now, and refused if it fails there.
         const nextSet = after !== undefined && after.generation === (before?.generation ?? 0) + 1;
         const earlier = kid === undefined ? undefined : before?.keys.get(kid);
-        const certain = before === after || (kid === undefined ? nextSet && before === undefined : earlier === published || (nextSet && earlier === undefined));
-        if (after === undefined || !certain) return { user, trustedUntilMs: 0 };
+        const certain = after !== undefined && (before === after || (kid === undefined ? nextSet && before === undefined : earlier === after.keys.get(kid) || (nextSet && earlier === undefined)));
+        const held = certain ? after : await verifiedAgainstHeldSet(token, providerKeys, providerOptions);
+        const published = kid === undefined ? undefined : held.keys.get(kid);
+        // No longer than the set is trusted (from its fetch, not from this check), nor past a refetch that drops or
+        // changes its key (stillPublished).
         return {
           user,
-          trustedUntilMs: Math.min(expiryMs(payload), after.fetchedAtMs + jwks.cacheMaxAgeMs),
-          stillPublished: () => providerKeys.stillPublished(after, kid, published),
+          trustedUntilMs: Math.min(expiryMs(payload), held.fetchedAtMs + jwks.cacheMaxAgeMs),
+          stillPublished: () => providerKeys.stillPublished(held, kid, published),
         };
       }
     } catch (error) {
@@ -211,6 +213,30 @@ interface FetchedKeySet {
   fetchedAtMs: number;
   /** Each `kid` with its JWK as published (JSON, members sorted): a `kid` reused for other key material is another key. */
   keys: ReadonlyMap<string, string>;
+  /** Looks keys up in this set alone (never refetching): a token checked again against it (verifiedAgainstHeldSet). */
+  getKey: JWTVerifyGetKey;
+}
+
+/** Times a token is checked again when the set keeps changing under each check; then the keys are taken as unavailable. */
+const MAX_KEY_SET_RECHECKS = 3;
+
+/**
+ * The set jose holds now, once `token` verified against that set alone, with no refetch landing during the check; a
+ * token that fails there was signed with a key the provider no longer publishes (unknown_key). Used when a refetch
+ * landed during a verification and the key it looked up may have been replaced since.
+ */
+async function verifiedAgainstHeldSet(token: string, providerKeys: ReturnType<typeof providerKeyLookup>, options: JWTVerifyOptions): Promise<FetchedKeySet> {
+  for (let attempt = 0; attempt < MAX_KEY_SET_RECHECKS; attempt++) {
+    const held = providerKeys.current();
+    if (held === undefined) break;
+    try {
+      await jwtVerify(token, held.getKey, options);
+    } catch {
+      throw new TokenRejectedError('unknown_key', REJECTION_MESSAGE.unknown_key);
+    }
+    if (providerKeys.current() === held) return held;
+  }
+  throw new TokenVerifierUnavailableError(`The identity provider's key set could not be held still for a check of the token (${MAX_KEY_SET_RECHECKS} tries).`);
 }
 
 /**
@@ -233,7 +259,7 @@ function providerKeyLookup(jwks: JwksOptions): {
   const mirror = {
     uat: 0,
     set jwks(keySet: JSONWebKeySet) {
-      current = { generation: (current?.generation ?? 0) + 1, fetchedAtMs: Date.now(), keys: publishedKeys(keySet) };
+      current = { generation: (current?.generation ?? 0) + 1, fetchedAtMs: Date.now(), keys: publishedKeys(keySet), getKey: createLocalJWKSet(keySet) };
     },
   } as ExportedJWKSCache;
   const remote = createRemoteJWKSet(new URL(jwks.url), {

@@ -176,7 +176,27 @@ describe('a provider key withdrawn while a token signed with it is being verifie
     expect(await call(during)).toBe(401);
   });
 
-  it('does not remember a token without kid that verified across a refetch (it stayed accepted with its key withdrawn)', async () => {
+  // K named the old key when the verification looked it up, the new one once it finished: the token, signed with a key
+  // the provider no longer publishes (replaced under the same kid, as after a leak), was accepted that once.
+  it('refuses a token signed with the key its kid named before, when a refetch re-publishing the kid with other key material landed during its verification', async () => {
+    const replaced = await providerKey('race-republished', 'RS256');
+    const replacement = await providerKey('race-republished', 'RS256');
+    jwks.state.keys = [replaced];
+    expect(await call(await providerToken(replaced, { sub: 'idp-republished-before' }))).toBe(200);
+    const during = await providerToken(replaced, { sub: 'idp-republished-during' });
+    const held = holdVerification(during);
+    const answer = call(during);
+    await held.keyFound;
+    const trigger = await providerKey('race-republish-trigger', 'RS256');
+    expect(await rotateTo([replacement, trigger], trigger)).toBe(200);
+    held.release();
+    expect(await answer).toBe(401);
+    expect(await call(during)).toBe(401);
+    // The key published under the kid now works.
+    expect(await call(await providerToken(replacement, { sub: 'idp-republished-after' }))).toBe(200);
+  });
+
+  it('refuses a token without kid that verified across a refetch withdrawing its key, then and later (it was accepted that once)', async () => {
     const unnamed = await providerKey('race-unnamed', 'RS256');
     const named = await providerKey('race-named-ec', 'ES256');
     const next = await providerKey('race-named', 'RS256');
@@ -190,10 +210,29 @@ describe('a provider key withdrawn while a token signed with it is being verifie
     await held.keyFound;
     expect(await rotateTo([next], next)).toBe(200);
     held.release();
-    // Its key was published when it arrived, and which key signed it cannot be told apart: accepted this once...
-    expect(await answer).toBe(200);
-    // ...and checked again next time, against the key published now.
+    // Its key was published when it arrived, but not once it verified: checked again against the set held then.
+    expect(await answer).toBe(401);
     expect(await call(during)).toBe(401);
+  });
+
+  it('accepts and remembers a token without kid that verified across a refetch still publishing its key', async () => {
+    const kept = await providerKey('race-kept', 'RS256');
+    const { kid: _, ...jwkWithoutKid } = kept.jwk;
+    const unnamed = { ...kept, jwk: jwkWithoutKid };
+    const trigger = await providerKey('race-kept-trigger', 'ES256');
+    expect(await rotateTo([unnamed, trigger], trigger)).toBe(200);
+    const during = await providerToken(kept, { sub: 'idp-kept-during' }, { withoutKid: true });
+    const held = holdVerification(during);
+    const answer = call(during);
+    await held.keyFound;
+    const nextTrigger = await providerKey('race-kept-trigger-2', 'ES256');
+    expect(await rotateTo([unnamed, nextTrigger], nextTrigger)).toBe(200);
+    held.release();
+    expect(await answer).toBe(200);
+    const checks = verifications.mock.calls.filter(([verified]) => verified === during).length;
+    expect(await call(during)).toBe(200);
+    // Remembered as checked against the set held now: not verified again.
+    expect(verifications.mock.calls.filter(([verified]) => verified === during)).toHaveLength(checks);
   });
 
   it('stops trusting a remembered token once a refetch publishes other key material under its kid (the kid alone kept it)', async () => {
