@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
@@ -46,7 +47,7 @@ const storedMeta = z.object({
  * answer is stored only if none came since: a write may have changed the resource after the service read it.
  */
 export interface FetchStart {
-  /** The resource's invalidation generation: a count (memory), Redis's value ('' for none), or undefined when it could not be read (nothing is stored). */
+  /** The resource's invalidation generation: a count (memory), Redis's value (GENERATION_START), or undefined when it could not be read (nothing is stored). */
   readonly generation: number | string | undefined;
   /** performance.now() when it was read. */
   readonly startedMs: number;
@@ -240,27 +241,44 @@ const ENDS_SUFFIX = ':ends';
 const GENERATION_SUFFIX = ':generation';
 
 /**
- * How long Redis keeps a resource's invalidation generation after its last invalidation, ms. A fetch that took
- * longer than half of it stores nothing: the generation it read may have ended meanwhile, and a new one starts
- * again from the same count.
+ * How long Redis keeps a resource's invalidation generation after the last fetch that read it began, ms. Its TTL
+ * keeps the generations bounded (one per resource fetched lately) and lets Redis evict them, as every key the
+ * gateway writes (README: the rate-limit windows and the cache share one `volatile-lru` Redis); evicted or expired,
+ * a generation makes the fetches that read it store nothing (GENERATION_START), never one that predates a write.
  */
 const GENERATION_RETENTION_MS = 10 * 60_000;
 
 /**
- * Drops every variant of a resource (KEYS[1], KEYS[2]) and counts its invalidation (KEYS[3], kept ARGV[1] ms), in
- * one step: a fetch that read the generation before this stores nothing after it (STORE_VARIANT).
+ * The resource's invalidation generation (KEYS[1]) as a miss goes to the service: its value, or ARGV[1] (a value
+ * never used before) when it has none, kept ARGV[2] ms from now. STORE_VARIANT stores the fetch's answer only
+ * while the generation is still this value: a write deletes it (INVALIDATE), and so do eviction and expiry, so a
+ * write's invalidation cannot be forgotten while a fetch is under way (a count that restarted from nothing after
+ * its key was evicted, or that a write created after the fetch read none, matched what the fetch read, and an
+ * answer from before the write was stored).
+ */
+const GENERATION_START = `
+local generation = redis.call('GET', KEYS[1])
+if not generation then
+  generation = ARGV[1]
+  redis.call('SET', KEYS[1], generation)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return generation`;
+
+/**
+ * Drops every variant of a resource (KEYS[1], KEYS[2]) and ends its invalidation generation (KEYS[3]), in one step:
+ * a fetch that read the generation before this stores nothing after it (STORE_VARIANT).
  */
 const INVALIDATE = `
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('INCR', KEYS[3])
-redis.call('PEXPIRE', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 return 1`;
 
 /**
  * Stores a variant (ARGV[1], value ARGV[2], retention ARGV[3] ms from ARGV[4], now in ms) in its resource's hash
  * (KEYS[1]) and its end in a sorted set beside it (KEYS[2]); both live as long as their longest variant. Returns 2,
  * storing nothing, when the resource's invalidation generation (KEYS[4]) is no longer the one its fetch read as it
- * started (ARGV[8], '' for none): a write through any replica invalidated it since (INVALIDATE). Every
+ * started (ARGV[8], GENERATION_START): a write through any replica ended it since (INVALIDATE), or Redis evicted it
+ * or let it expire, which may have taken a write's invalidation with it. Every
  * store first drops variants past their retention (64 at most): the hash's TTL is extended by each new
  * variant, so on a resource stored for many callers or header values it may never expire, and dead variants
  * would otherwise pile up in it without bound (a per-field TTL needs Redis 7.4).
@@ -317,8 +335,8 @@ return 1`;
 
 /**
  * Entries shared by every replica, in Redis: one hash per resource (so an unsafe request drops all its
- * variants at once), a field per variant, when each variant ends (see STORE_VARIANT), and how many times it was
- * invalidated lately (INVALIDATE). The cache takes
+ * variants at once), a field per variant, when each variant ends (see STORE_VARIANT), and its invalidation
+ * generation since its last write (GENERATION_START, INVALIDATE). The cache takes
  * at most CACHE_SHARE_OF_MAXMEMORY of Redis's `maxmemory`, evicting its own resources that end soonest to stay
  * within it; entry size is still bounded by `cache.maxEntryBytes`. The client fails fast (src/rate-limit-store.ts), and
  * any failure is a miss: the request goes to the service. A value is 4 bytes of metadata length, the
@@ -335,7 +353,7 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
   const redisKey = (route: string, resource: string) => `${keyPrefix}:${route}:${resource}`;
   // A resource is a fixed-length base64url hash (no `:`), so no resource's key can end in `:ends`.
   const endsKey = (route: string, resource: string) => `${redisKey(route, resource)}${ENDS_SUFFIX}`;
-  // Apart from the resource's hash, which an eviction deletes: a generation gone with it would read as none again.
+  // Apart from the resource's hash, which the cache's own eviction deletes: the fetches under way may still store.
   const generationKey = (route: string, resource: string) => `${redisKey(route, resource)}${GENERATION_SUFFIX}`;
   // One segment after the prefix where every resource's key has two (a route name has no `:`).
   const indexKey = `${keyPrefix}:resources`;
@@ -358,14 +376,15 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
     async fetchStarting(route, resource) {
       const startedMs = performance.now();
       try {
-        return { generation: (await client.get(generationKey(route, resource))) ?? '', startedMs };
+        const generation = await client.eval(GENERATION_START, 1, generationKey(route, resource), randomBytes(16).toString('base64url'), GENERATION_RETENTION_MS);
+        return { generation: typeof generation === 'string' ? generation : undefined, startedMs };
       } catch (error) {
         failed('get', error);
         return { generation: undefined, startedMs };
       }
     },
     async set(route, key, entry, since) {
-      if (typeof since.generation !== 'string' || performance.now() - since.startedMs > GENERATION_RETENTION_MS / 2) return;
+      if (typeof since.generation !== 'string') return;
       const storedAt = now();
       const ttl = Math.ceil(retentionMs(entry, storedAt));
       if (ttl <= 0) return;
@@ -382,7 +401,7 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
     },
     async invalidate(route, resource) {
       try {
-        await client.eval(INVALIDATE, 3, redisKey(route, resource), endsKey(route, resource), generationKey(route, resource), GENERATION_RETENTION_MS);
+        await client.eval(INVALIDATE, 3, redisKey(route, resource), endsKey(route, resource), generationKey(route, resource));
         return undefined;
       } catch (error) {
         // Not logged here: the cache logs and counts a write answered with its copies possibly left.

@@ -1068,6 +1068,49 @@ describe('response cache shared through Redis', () => {
   });
 });
 
+describe("a write's invalidation in the shared Redis store", () => {
+  let redis: Redis | undefined;
+  const prefix = isolatedKeyPrefix();
+  const entry = { status: 200, headers: { 'content-type': 'application/json' }, storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [] as string[], varyValues: [] as (string | null)[], body: Buffer.from('{"before":"the write"}') };
+
+  beforeAll(async () => {
+    redis = createRedisStore({ url: MACHINE_REDIS, commandTimeoutMs: 500, logger: memoryLogger('gateway').logger });
+    await requireRedis(redis, MACHINE_REDIS);
+  });
+  afterAll(async () => {
+    redis?.disconnect();
+    await deleteKeys(MACHINE_REDIS, prefix);
+  });
+
+  /** Every key of `resource` the store keeps beside its entries (what Redis may evict, under volatile-lru, or let expire). */
+  const bookkeeping = async (storePrefix: string) => (await redis!.keys(`${storePrefix}:route:resource:*`)).filter((key) => !key.endsWith(':ends'));
+
+  // The record of the write was the only thing keeping the fetch from storing: with it evicted, the fetch read no
+  // invalidation as it started and found none as it stored, and the answer from before the write was served until it expired.
+  it.each([
+    { desc: 'never invalidated before', writesBefore: 0, writesAfter: 0 },
+    { desc: 'invalidated twice before', writesBefore: 2, writesAfter: 0 },
+    // The count started again from nothing and reached the value the fetch read.
+    { desc: 'invalidated once before, and once more after the eviction', writesBefore: 1, writesAfter: 1 },
+  ])('stores nothing from a fetch under way across a write, when Redis evicts the record of the write before the fetch ends (a resource $desc)', async ({ desc, writesBefore, writesAfter }) => {
+    const storePrefix = `${prefix}:${desc.replaceAll(' ', '-')}`;
+    const store = createRedisResponseStore({ client: redis!, keyPrefix: storePrefix, logger: memoryLogger('gateway').logger });
+    const key = { resource: 'resource', variant: 'shared' };
+    for (let write = 0; write < writesBefore; write++) expect(await store.invalidate('route', key.resource)).toBeUndefined();
+    const fetch = await store.fetchStarting('route', key.resource);
+    expect(await store.invalidate('route', key.resource)).toBeUndefined();
+    // What volatile-lru eviction (or the key's TTL running out) does to the store's bookkeeping keys of the resource.
+    const evicted = await bookkeeping(storePrefix);
+    if (evicted.length > 0) await redis!.del(...evicted);
+    for (let write = 0; write < writesAfter; write++) expect(await store.invalidate('route', key.resource)).toBeUndefined();
+    await store.set('route', key, entry, fetch);
+    expect(await store.get('route', key)).toBeUndefined();
+    // A fetch that starts after the write stores as usual.
+    await store.set('route', key, entry, await store.fetchStarting('route', key.resource));
+    expect(await store.get('route', key)).toMatchObject({ status: 200 });
+  });
+});
+
 describe('entries of another shape in the shared Redis store', () => {
   let redis: Redis | undefined;
   const prefix = isolatedKeyPrefix();
