@@ -42,6 +42,10 @@ export function parseTraceparent(header: HeaderValue): TraceParent | undefined {
   const value = trimOws(single);
   const version = value.slice(0, 2);
   if (version === 'ff') return undefined;
+  // A repeated header arrives as one value joined by `, ` (Node, and any proxy may, RFC 9110 5.3), and a list in
+  // one field line is the same thing. Version 00's exact pattern refuses it; a later version's tail is open-ended,
+  // so `cc-...-01-x, cc-...-01-x` would pass as one header. No version's fields can hold a comma.
+  if (value.includes(',')) return undefined;
   const match = (version === '00' ? VERSION_00 : LATER_VERSION).exec(value);
   if (!match) return undefined;
   const [, traceId, parentId, flags] = match as unknown as [string, string, string, string];

@@ -115,6 +115,16 @@ describe('W3C Trace Context Level 2 at the edge', () => {
       expect(requestId).toBe(traceparent.traceId);
     });
 
+    it.each([
+      { desc: 'twice, as two header lines', lines: [['traceparent', `cc-${TRACE}-${PARENT}-03-future`], ['traceparent', `cc-${TRACE}-${PARENT}-03-future`]] },
+      { desc: 'as a list in one header line', lines: [['traceparent', `cc-${TRACE}-${PARENT}-03-future, cc-${TRACE}-${PARENT}-03-future`]] },
+    ] as const)('starts a new trace and drops the tracestate when a later-version traceparent comes $desc', async ({ lines }) => {
+      const { traceparent, tracestate, traceresponse } = await through(trusting, trustingToken, [...lines, ['tracestate', 'foo=1']]);
+      expect(traceparent.traceId).not.toBe(TRACE);
+      expect(tracestate).toBeUndefined();
+      expect(traceresponse.traceId).toBe(traceparent.traceId);
+    });
+
     it('answers traceresponse with the server span, and sends the service the client span under it', async () => {
       tracing.reset();
       const { traceparent, traceresponse } = await through(trusting, trustingToken, [['traceparent', `00-${TRACE}-${PARENT}-03`]]);
