@@ -9,7 +9,8 @@ import {
   type TextMapPropagator,
   type TextMapSetter,
 } from '@opentelemetry/api';
-import { CompositePropagator, isTracingSuppressed, W3CBaggagePropagator } from '@opentelemetry/core';
+import { CompositePropagator, isTracingSuppressed } from '@opentelemetry/core';
+import { BaggagePropagator } from './baggage-propagator';
 import { formatTraceparent, parseTraceparent, parseTracestate, TRACE_FLAG_RANDOM, TRACE_FLAG_SAMPLED, W3CTraceState } from './trace-context';
 import { HEADER } from './wire-names';
 
@@ -107,11 +108,12 @@ export class TraceContextPropagator implements TextMapPropagator {
 }
 
 /**
- * The propagators every process registers (otel/sdk.ts): Trace Context Level 2 as above, and W3C Baggage, which
- * carries the request id (`request.id`) beside `traceparent`. The SDK's id generator is random in every process
- * except for the trace ids the gateway derives from a client's request id, and the gateway records those as not
- * random (src/middleware/tracing.ts), so traces started here claim the random flag.
+ * The propagators every process registers (otel/sdk.ts): Trace Context Level 2 as above, and W3C Baggage
+ * (baggage-propagator.ts), which carries the request id (`request.id`) beside `traceparent`. The SDK's id
+ * generator is random in every process except for the trace ids the gateway derives from a client's request id,
+ * and the gateway records those as not random (src/middleware/tracing.ts), so traces started here claim the
+ * random flag.
  */
 export function createTextMapPropagator(): TextMapPropagator {
-  return new CompositePropagator({ propagators: [new TraceContextPropagator({ localTraceIdsAreRandom: true }), new W3CBaggagePropagator()] });
+  return new CompositePropagator({ propagators: [new TraceContextPropagator({ localTraceIdsAreRandom: true }), new BaggagePropagator()] });
 }

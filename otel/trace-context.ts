@@ -148,7 +148,7 @@ export class W3CTraceState implements TraceState {
 }
 
 /** Strips the spaces and tabs (RFC 9110 OWS) around a value; by index, so a long run of blanks costs one pass. */
-function trimOws(value: string): string {
+export function trimOws(value: string): string {
   let start = 0;
   let end = value.length;
   while (start < end && (value[start] === ' ' || value[start] === '\t')) start++;

@@ -125,6 +125,37 @@ describe('W3C Trace Context Level 2 at the edge', () => {
       expect(traceresponse.traceId).toBe(traceparent.traceId);
     });
 
+    // W3C Baggage "Limits": 64 members and 8192 bytes, the gateway's own included, MUST all go on. Values of
+    // baggage-octets (`:`) used to be re-encoded three bytes for one, and the last third was dropped.
+    it('forwards 63 baggage members and its own request id, 64 in under 8192 bytes, every one whole', async () => {
+      const members = Array.from({ length: 63 }, (_, i) => `k${String(i).padStart(2, '0')}=${'a:'.repeat(50)}`);
+      const response = await get(`${trusting.gateway.url}/api/users/1`, [
+        ['authorization', `Bearer ${trustingToken}`],
+        ['traceparent', `00-${TRACE}-${PARENT}-03`],
+        ['baggage', members.join(',')],
+      ]);
+      expect(response.statusCode).toBe(200);
+      expect(trusting.users.requests.at(-1)!.headers.baggage).toBe([`request.id=${String(response.headers[HEADER.requestId])}`, ...members].join(','));
+    });
+
+    it.each([
+      { desc: 'a key as sent, though a URI would escape it', sent: 'user#id=1', forwarded: 'user#id=1' },
+      { desc: 'a key that looks percent-encoded, as sent (keys are tokens, never decoded)', sent: 'a%41=2', forwarded: 'a%41=2' },
+      { desc: 'a key that would decode to request.id, as a key of its own', sent: 'request%2Eid=forged', forwarded: 'request%2Eid=forged' },
+      { desc: 'a value of baggage-octets unencoded', sent: 'url=https://example.com/a?b=c', forwarded: 'url=https://example.com/a?b=c' },
+      { desc: 'a value whose escapes are not UTF-8, as U+FFFD', sent: 'bad=%FF', forwarded: 'bad=%EF%BF%BD' },
+      { desc: 'an empty value', sent: 'e=', forwarded: 'e=' },
+      { desc: 'properties', sent: 'k=v;p=1;q', forwarded: 'k=v;p=1;q' },
+    ])('forwards in baggage $desc, after its own request id', async ({ sent, forwarded }) => {
+      const response = await get(`${trusting.gateway.url}/api/users/1`, [
+        ['authorization', `Bearer ${trustingToken}`],
+        ['traceparent', `00-${TRACE}-${PARENT}-03`],
+        ['baggage', `request.id=forged,${sent}`],
+      ]);
+      expect(response.statusCode).toBe(200);
+      expect(trusting.users.requests.at(-1)!.headers.baggage).toBe(`request.id=${String(response.headers[HEADER.requestId])},${forwarded}`);
+    });
+
     it('answers traceresponse with the server span, and sends the service the client span under it', async () => {
       tracing.reset();
       const { traceparent, traceresponse } = await through(trusting, trustingToken, [['traceparent', `00-${TRACE}-${PARENT}-03`]]);

@@ -1,0 +1,141 @@
+/**
+ * W3C Baggage (https://www.w3.org/TR/baggage/) for OpenTelemetry, in place of @opentelemetry/core's
+ * W3CBaggagePropagator (3.0), which percent-decodes keys and re-encodes them with encodeURIComponent (`user#id`
+ * went on as `user%23id`, `a%41` as `aA`: a key is a token, never encoded), re-encodes every value the same way
+ * (`a:b` became `a%3Ab`, three bytes for one, so 64 members well under 8192 bytes grew past it and lost their
+ * right-most third, where the spec says they MUST all go on), and drops a value whose escapes are not UTF-8
+ * instead of decoding it with U+FFFD. Here keys go on as received, values are decoded as the spec says and
+ * encoded only where they must be, and properties are kept as the opaque metadata OpenTelemetry makes of them.
+ */
+import { baggageEntryMetadataFromString, propagation, type BaggageEntry, type Context, type TextMapGetter, type TextMapPropagator, type TextMapSetter } from '@opentelemetry/api';
+import { isTracingSuppressed } from '@opentelemetry/core';
+import { trimOws } from './trace-context';
+import { HEADER } from './wire-names';
+
+/** Most list members read or sent: the grammar's 180 (the spec asks everyone to carry at least 64). */
+export const MAX_BAGGAGE_MEMBERS = 180;
+/** Longest `baggage` read or sent, bytes: the spec's 8192, counted over whole members and their commas. */
+export const MAX_BAGGAGE_LENGTH = 8192;
+/** Longest single member read or sent, characters (OpenTelemetry's limit; none is ever cut, only left out). */
+const MAX_MEMBER_LENGTH = 4096;
+
+/** RFC 9110 token: a key, and a property's key. */
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** `*baggage-octet`: printable ASCII but space, `"`, `,`, `;` and `\`. */
+const VALUE = /^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*$/;
+/** What a value may hold unencoded when sent: a baggage-octet that is not `%`. */
+const SENDABLE_VALUE = /^[\x21\x23\x24\x26-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*$/;
+/** `key OWS "=" OWS value` or `key`, OWS around it already removed. */
+const PROPERTY = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*=[ \t]*[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*)?$/;
+const HEX = /^[0-9A-Fa-f]{2}$/;
+/** Not fatal: escapes that are not UTF-8 become U+FFFD, as the spec says for a value. */
+const UTF8 = new TextDecoder('utf-8');
+
+/**
+ * One list member as `[key, entry]`, or undefined when it is not `key OWS "=" OWS value *( OWS ";" OWS property )`.
+ * Such a member is left out and the rest kept (the spec leaves the choice to the receiver).
+ */
+function parseMember(member: string): [string, BaggageEntry] | undefined {
+  const semicolon = member.indexOf(';');
+  const pair = semicolon === -1 ? member : member.slice(0, semicolon);
+  const equals = pair.indexOf('=');
+  if (equals === -1) return undefined;
+  const key = trimOws(pair.slice(0, equals));
+  const value = trimOws(pair.slice(equals + 1));
+  if (!TOKEN.test(key) || !VALUE.test(value)) return undefined;
+  if (semicolon === -1) return [key, { value: decodeValue(value) }];
+  const properties = member
+    .slice(semicolon + 1)
+    .split(';')
+    .map(trimOws)
+    .filter((property) => property !== '');
+  if (!properties.every((property) => PROPERTY.test(property))) return undefined;
+  return [key, properties.length === 0 ? { value: decodeValue(value) } : { value: decodeValue(value), metadata: baggageEntryMetadataFromString(properties.join(';')) }];
+}
+
+/** Percent-decoding to UTF-8 bytes and then text; a `%` not followed by two hex digits stays as it is. */
+function decodeValue(value: string): string {
+  if (!value.includes('%')) return value;
+  const bytes: number[] = [];
+  for (let i = 0; i < value.length; i++) {
+    const escape = value.charCodeAt(i) === 0x25 ? value.slice(i + 1, i + 3) : '';
+    if (HEX.test(escape)) {
+      bytes.push(Number.parseInt(escape, 16));
+      i += 2;
+    } else {
+      bytes.push(value.charCodeAt(i));
+    }
+  }
+  return UTF8.decode(Uint8Array.from(bytes));
+}
+
+/** A value as sent: its UTF-8 bytes, those that are not baggage-octets (and `%`) percent-encoded. */
+function encodeValue(value: string): string {
+  if (SENDABLE_VALUE.test(value)) return value;
+  let encoded = '';
+  for (const byte of Buffer.from(value, 'utf8')) {
+    encoded += SENDABLE_VALUE.test(String.fromCharCode(byte)) && byte < 0x80 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return encoded;
+}
+
+/** A `baggage` header (several header fields are one list) as entries; a repeated key keeps its first value. */
+export function parseBaggage(header: string | readonly string[]): Record<string, BaggageEntry> {
+  // No prototype: a `__proto__` key is a key like any other.
+  const entries = Object.create(null) as Record<string, BaggageEntry>;
+  let members = 0;
+  let length = 0;
+  for (const raw of (typeof header === 'string' ? header : header.join(',')).split(',')) {
+    const member = trimOws(raw);
+    if (member === '' || member.length > MAX_MEMBER_LENGTH) continue;
+    const parsed = parseMember(member);
+    if (parsed === undefined || parsed[0] in entries) continue;
+    const added = member.length + (members > 0 ? 1 : 0);
+    if (length + added > MAX_BAGGAGE_LENGTH) continue;
+    entries[parsed[0]] = parsed[1];
+    length += added;
+    if (++members === MAX_BAGGAGE_MEMBERS) break;
+  }
+  return entries;
+}
+
+/**
+ * The `baggage` to send for `entries`, in their order: whole members only, at most 180 and 8192 bytes (one that
+ * does not fit is left out). A key that is not a token cannot be sent and is left out; properties that are not
+ * the grammar's are not sent.
+ */
+export function formatBaggage(entries: Iterable<readonly [string, BaggageEntry]>): string {
+  let header = '';
+  let members = 0;
+  for (const [key, entry] of entries) {
+    if (!TOKEN.test(key)) continue;
+    let member = `${key}=${encodeValue(entry.value)}`;
+    const metadata = entry.metadata?.toString();
+    if (metadata !== undefined && metadata !== '' && metadata.split(';').every((property) => PROPERTY.test(trimOws(property)))) member += `;${metadata}`;
+    if (member.length > MAX_MEMBER_LENGTH || header.length + member.length + (members > 0 ? 1 : 0) > MAX_BAGGAGE_LENGTH) continue;
+    header += members > 0 ? `,${member}` : member;
+    if (++members === MAX_BAGGAGE_MEMBERS) break;
+  }
+  return header;
+}
+
+/** The W3C Baggage propagator every process registers (trace-context-propagator.ts createTextMapPropagator). */
+export class BaggagePropagator implements TextMapPropagator {
+  inject(context: Context, carrier: unknown, setter: TextMapSetter): void {
+    const baggage = propagation.getBaggage(context);
+    if (!baggage || isTracingSuppressed(context)) return;
+    const header = formatBaggage(baggage.getAllEntries());
+    if (header !== '') setter.set(carrier, HEADER.baggage, header);
+  }
+
+  extract(context: Context, carrier: unknown, getter: TextMapGetter): Context {
+    const header = getter.get(carrier, HEADER.baggage);
+    if (header === undefined || header.length === 0) return context;
+    const entries = parseBaggage(header);
+    return Object.keys(entries).length === 0 ? context : propagation.setBaggage(context, propagation.createBaggage(entries));
+  }
+
+  fields(): string[] {
+    return [HEADER.baggage];
+  }
+}

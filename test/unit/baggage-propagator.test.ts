@@ -1,0 +1,58 @@
+import { baggageEntryMetadataFromString, defaultTextMapGetter, defaultTextMapSetter, propagation, ROOT_CONTEXT, type BaggageEntry } from '@opentelemetry/api';
+import { BaggagePropagator, formatBaggage, MAX_BAGGAGE_LENGTH, parseBaggage } from '../../otel/baggage-propagator';
+
+/**
+ * W3C Baggage (https://www.w3.org/TR/baggage/), rule by rule: keys are tokens and travel as they are, values are
+ * percent-decoded (escapes that are not UTF-8 as U+FFFD) and encoded only where they must be, properties are kept.
+ */
+const values = (header: string | string[]) => Object.fromEntries(Object.entries(parseBaggage(header)).map(([key, entry]) => [key, entry.value]));
+
+describe('parseBaggage', () => {
+  it.each<{ desc: string; header: string | string[]; expected: Record<string, string> }>([
+    { desc: 'members and spaces around them', header: 'userId = alice , serverNode=DF%2028', expected: { userId: 'alice', serverNode: 'DF 28' } },
+    { desc: 'several header fields as one list', header: ['userId=alice', 'isProduction=false'], expected: { userId: 'alice', isProduction: 'false' } },
+    { desc: 'UTF-8 escapes', header: 'userId=Am%C3%A9lie', expected: { userId: 'Amélie' } },
+    { desc: 'escapes that are not UTF-8, as U+FFFD', header: 'k=%FF', expected: { k: '\uFFFD' } },
+    { desc: 'a key that looks percent-encoded, as it is', header: 'a%41=1,user#id=2', expected: { 'a%41': '1', 'user#id': '2' } },
+    { desc: 'a value with equal signs', header: 'k=a=b=', expected: { k: 'a=b=' } },
+    { desc: 'an empty value', header: 'k=', expected: { k: '' } },
+    { desc: 'the first of a repeated key', header: 'request.id=gateway,request.id=other', expected: { 'request.id': 'gateway' } },
+    { desc: 'a __proto__ key as any other', header: '__proto__=x', expected: { ['__proto__']: 'x' } },
+    { desc: 'the valid members beside one that is not', header: 'a=1,b c=2,d="x",e=3', expected: { a: '1', e: '3' } },
+  ])('reads $desc', ({ header, expected }) => {
+    expect(values(header)).toEqual(expected);
+  });
+
+  it('keeps properties as the entry metadata, without the blanks around them', () => {
+    expect(parseBaggage('k=v ; p = 1 ;q')['k']!.metadata?.toString()).toBe('p = 1;q');
+  });
+
+  it('reads at most 8192 bytes of whole members', () => {
+    const member = (i: number) => `k${String(i).padStart(3, '0')}=${'v'.repeat(95)}`;
+    const entries = parseBaggage(Array.from({ length: 100 }, (_, i) => member(i)).join(','));
+    expect(Object.keys(entries)).toHaveLength(Math.floor((MAX_BAGGAGE_LENGTH + 1) / (member(0).length + 1)));
+  });
+});
+
+describe('formatBaggage', () => {
+  const entry = (value: string, metadata?: string): BaggageEntry => (metadata === undefined ? { value } : { value, metadata: baggageEntryMetadataFromString(metadata) });
+  it.each<{ desc: string; entries: [string, BaggageEntry][]; expected: string }>([
+    { desc: 'baggage-octets unencoded', entries: [['url', entry('https://example.com/a?b=c')]], expected: 'url=https://example.com/a?b=c' },
+    { desc: 'spaces, commas, semicolons, quotes, backslashes and % encoded', entries: [['k', entry(' ,;"\\%')]], expected: 'k=%20%2C%3B%22%5C%25' },
+    { desc: 'text beyond ASCII as UTF-8 escapes', entries: [['userId', entry('Amélie')]], expected: 'userId=Am%C3%A9lie' },
+    { desc: 'properties', entries: [['k', entry('v', 'p=1;q')]], expected: 'k=v;p=1;q' },
+    { desc: 'no key that is not a token', entries: [['a b', entry('1')], ['c', entry('2')]], expected: 'c=2' },
+    { desc: 'no properties that are not the grammar', entries: [['k', entry('v', 'p,q')]], expected: 'k=v' },
+  ])('sends $desc', ({ entries, expected }) => {
+    expect(formatBaggage(entries)).toBe(expected);
+  });
+
+  it('sends what it reads unchanged when it needs no encoding', () => {
+    const propagator = new BaggagePropagator();
+    const header = 'request.id=abc,user#id=1,a%41=2,k=v;p=1;q,e=';
+    const carrier: Record<string, string> = {};
+    propagator.inject(propagator.extract(ROOT_CONTEXT, { baggage: header }, defaultTextMapGetter), carrier, defaultTextMapSetter);
+    expect(carrier).toEqual({ baggage: header });
+    expect(propagation.getBaggage(propagator.extract(ROOT_CONTEXT, { baggage: ' , ' }, defaultTextMapGetter))).toBeUndefined();
+  });
+});
