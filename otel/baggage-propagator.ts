@@ -25,8 +25,10 @@ const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const VALUE = /^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*$/;
 /** What a value may hold unencoded when sent: a baggage-octet that is not `%`. */
 const SENDABLE_VALUE = /^[\x21\x23\x24\x26-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*$/;
-/** `key OWS "=" OWS value` or `key`, OWS around it already removed. */
-const PROPERTY = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*=[ \t]*[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*)?$/;
+/** A property as sent, `key "=" value` or `key`: what a received `key OWS "=" OWS value` is rewritten to. */
+const PROPERTY = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:=[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*)?$/;
+/** The blanks around a property's `=`, which are not part of its key or value. */
+const PROPERTY_OWS = /[ \t]*=[ \t]*/;
 const HEX = /^[0-9A-Fa-f]{2}$/;
 /** Not fatal: escapes that are not UTF-8 become U+FFFD, as the spec says for a value. */
 const UTF8 = new TextDecoder('utf-8');
@@ -47,7 +49,8 @@ function parseMember(member: string): [string, BaggageEntry] | undefined {
   const properties = member
     .slice(semicolon + 1)
     .split(';')
-    .map(trimOws)
+    // Without blanks: a tab is no gRPC metadata (grpc-js refuses the whole header, request.id with it).
+    .map((property) => trimOws(property).replace(PROPERTY_OWS, '='))
     .filter((property) => property !== '');
   if (!properties.every((property) => PROPERTY.test(property))) return undefined;
   return [key, properties.length === 0 ? { value: decodeValue(value) } : { value: decodeValue(value), metadata: baggageEntryMetadataFromString(properties.join(';')) }];
@@ -111,7 +114,7 @@ export function formatBaggage(entries: Iterable<readonly [string, BaggageEntry]>
     if (!TOKEN.test(key)) continue;
     let member = `${key}=${encodeValue(entry.value)}`;
     const metadata = entry.metadata?.toString();
-    if (metadata !== undefined && metadata !== '' && metadata.split(';').every((property) => PROPERTY.test(trimOws(property)))) member += `;${metadata}`;
+    if (metadata !== undefined && metadata !== '' && metadata.split(';').every((property) => PROPERTY.test(property))) member += `;${metadata}`;
     if (member.length > MAX_MEMBER_LENGTH || header.length + member.length + (members > 0 ? 1 : 0) > MAX_BAGGAGE_LENGTH) continue;
     header += members > 0 ? `,${member}` : member;
     if (++members === MAX_BAGGAGE_MEMBERS) break;

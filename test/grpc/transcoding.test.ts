@@ -17,6 +17,8 @@ import { waitFor } from '../helpers/wait';
 describe('gRPC transcoding', () => {
   let service: MappingServer;
   let gateway: TestServer;
+  /** The same gateway, continuing clients' trace context (`trustTraceparent`). */
+  let trusting: TestServer;
   let tracing: InMemoryTracing;
   const gatewayLogs = memoryLogger('gateway');
   const grpc = { proto: MAPPING_PROTO, service: MAPPING_SERVICE };
@@ -38,9 +40,11 @@ describe('gRPC transcoding', () => {
     });
     const apps = createGatewayApps(config, { logger: gatewayLogs.logger, tracer: tracing.tracer, metrics: false });
     gateway = await listen(apps.gateway.callback());
+    trusting = await listen(createGatewayApps({ ...config, trustTraceparent: true }, { logger: gatewayLogs.logger, tracer: tracing.tracer, metrics: false }).gateway.callback());
   });
   afterAll(async () => {
     await gateway.close();
+    await trusting.close();
     await service.close();
     await tracing.shutdown();
   });
@@ -409,6 +413,14 @@ describe('gRPC transcoding', () => {
       const before = service.calls.length;
       expect((await call('/api/private-mapping/metadata')).status).toBe(401);
       expect(service.calls.length).toBe(before);
+    });
+
+    // grpc-js refuses a metadata value with a tab, and the propagator's whole baggage (request.id included) was lost.
+    it("carries a trusted client's baggage after the request id when a property has blanks around its =", async () => {
+      const response = await fetch(`${trusting.url}/api/mapping/metadata`, { headers: { traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', baggage: 'k=v;p\t=\t1' } });
+      expect(response.status).toBe(200);
+      const { entries } = (await response.json()) as { entries: Record<string, string> };
+      expect(entries.baggage).toBe(`request.id=${response.headers.get(HEADER.requestId)},k=v;p=1`);
     });
 
     it("sends the gateway's CLIENT span as traceparent, in the request's trace", async () => {

@@ -23,8 +23,8 @@ describe('parseBaggage', () => {
     expect(values(header)).toEqual(expected);
   });
 
-  it('keeps properties as the entry metadata, without the blanks around them', () => {
-    expect(parseBaggage('k=v ; p = 1 ;q')['k']!.metadata?.toString()).toBe('p = 1;q');
+  it('keeps properties as the entry metadata, without the blanks around them and their equal signs', () => {
+    expect(parseBaggage('k=v ; p \t= 1 ;q')['k']!.metadata?.toString()).toBe('p=1;q');
   });
 
   it('reads at most 8192 bytes of whole members', () => {
@@ -43,6 +43,7 @@ describe('formatBaggage', () => {
     { desc: 'properties', entries: [['k', entry('v', 'p=1;q')]], expected: 'k=v;p=1;q' },
     { desc: 'no key that is not a token', entries: [['a b', entry('1')], ['c', entry('2')]], expected: 'c=2' },
     { desc: 'no properties that are not the grammar', entries: [['k', entry('v', 'p,q')]], expected: 'k=v' },
+    { desc: 'no properties with blanks (no gRPC metadata could hold a tab)', entries: [['k', entry('v', 'p\t=1')]], expected: 'k=v' },
   ])('sends $desc', ({ entries, expected }) => {
     expect(formatBaggage(entries)).toBe(expected);
   });
