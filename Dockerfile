@@ -37,6 +37,8 @@ COPY proto ./proto
 USER node
 EXPOSE 3000 4001 4002 4003
 # The telemetry bootstrap is preloaded so http, koa and winston are patched before the app requires them.
-# --max-semi-space-size=8: V8 otherwise lets the young generation grow to ~100 MB under load; capped, the
-# gateway peaks ~60 MB lower at the same CPU per request (bench/RESULTS.md). Same flags as `npm run start:gateway`.
-CMD ["node", "--max-semi-space-size=8", "--require", "./dist/otel/register.js", "dist/src/main.js"]
+# --max-semi-space-size=16: V8 otherwise lets the young generation grow to ~100 MB under load. The earlier cap of 8
+# made the traced gateway scavenge twice as often, copying the same in-flight requests and span batches each time and
+# promoting more of them (more full collections, a higher peak): 16 measured less GC per request and a lower peak RSS
+# than 8 (bench/RESULTS.md, issue 12). Same flags as `npm run start:gateway`.
+CMD ["node", "--max-semi-space-size=16", "--require", "./dist/otel/register.js", "dist/src/main.js"]

@@ -67,7 +67,7 @@ const members: Member[] = [
     name: 'gateway',
     entry: 'src/main.js',
     // As `npm run start:gateway`: V8's young generation capped (see the Dockerfile).
-    nodeOptions: ['--max-semi-space-size=8'],
+    nodeOptions: ['--max-semi-space-size=16'],
     env: {
       USER_SERVICE_URL: urlOf(SERVICE_PORTS.users),
       ORDER_SERVICE_URL: urlOf(SERVICE_PORTS.orders),
