@@ -6,19 +6,30 @@
  * loses its `_total`.
  */
 
-/** OpenMetrics 1.0.0 (exemplars, `_created`, `# EOF`) or the Prometheus text format 0.0.4 (neither). */
-export type ExpositionFormat = 'openmetrics' | 'text';
+/**
+ * OpenMetrics 1.0.0 (exemplars, `_created`, `# EOF`), or the Prometheus text format (neither) labelled 0.0.4 or
+ * 1.0.0: the same text, as 1.0.0 only adds quoted UTF-8 names, which no name of the gateway needs.
+ */
+export type ExpositionFormat = 'openmetrics' | 'text' | 'text-1.0.0';
 
 export const EXPOSITION_CONTENT_TYPE: Readonly<Record<ExpositionFormat, string>> = {
   openmetrics: 'application/openmetrics-text; version=1.0.0; charset=utf-8',
   text: 'text/plain; version=0.0.4; charset=utf-8',
+  'text-1.0.0': 'text/plain; version=1.0.0; charset=utf-8',
 };
 
-/** The media types offered, for matching `Accept` media ranges (`version` values a range may name). */
+/**
+ * The media types offered, for matching `Accept` media ranges (`version` values a range may name), in the order
+ * that breaks a tie between two reached by wildcards alone: the text format 0.0.4 first, what every scraper parses.
+ */
 const OFFERED: ReadonlyArray<{ format: ExpositionFormat; type: string; subtype: string; versions: readonly string[] }> = [
+  { format: 'text', type: 'text', subtype: 'plain', versions: ['0.0.4'] },
+  // Prometheus 3's `PrometheusText1.0.0` scrape protocol asks for it (`text/plain;version=1.0.0;escaping=...`):
+  // the 0.0.4 text with names that may be quoted UTF-8. Every name here is a legacy one, so no `escaping` asked
+  // for changes a byte, and a client that accepts only 1.0.0 is answered rather than refused (406).
+  { format: 'text-1.0.0', type: 'text', subtype: 'plain', versions: ['1.0.0'] },
   // 0.0.1 is the draft that became 1.0.0: Prometheus releases that ask for it parse 1.0.0 with the same parser.
   { format: 'openmetrics', type: 'application', subtype: 'openmetrics-text', versions: ['1.0.0', '0.0.1'] },
-  { format: 'text', type: 'text', subtype: 'plain', versions: ['0.0.4'] },
 ];
 
 interface MediaRange {
@@ -56,19 +67,21 @@ function mediaRanges(accept: string): MediaRange[] {
 }
 
 /**
- * The format to answer `accept` with; undefined when the client accepts neither (406). No `Accept` (nor one
- * that does not parse, nor `*\/*`) gets the text format 0.0.4, as Prometheus' own client libraries answer;
- * OpenMetrics when its weight is higher, or equal but given by naming `application/openmetrics-text` rather
- * than by a wildcard. For each offered type the most specific range that matches it gives its weight
+ * The format to answer `accept` with; undefined when the client accepts none (406). No `Accept` (nor one that
+ * does not parse, nor `*\/*`) gets the text format 0.0.4, as Prometheus' own client libraries answer;
+ * OpenMetrics when its weight is higher, or equal but given by naming `application/openmetrics-text` rather than
+ * by a wildcard. For each offered type the most specific range that matches it gives its weight
  * (`text/plain;version=0.0.4` before `text/plain` before `text/*` before `*\/*`). A range's `version` must be
  * one the type is offered in, and `charset` UTF-8; other parameters (Prometheus' `escaping`) are satisfied by
- * the names the gateway exposes, all of them legacy.
+ * the names the gateway exposes, all of them legacy. The text format is labelled 1.0.0 only for a client that
+ * weights that version above 0.0.4 (or accepts no other).
  */
 export function negotiateExposition(accept: string | undefined): ExpositionFormat | undefined {
   const ranges = accept === undefined ? [] : mediaRanges(accept);
   // A header with no media range that parses is disregarded (RFC 9110 allows that rather than 406).
   if (ranges.length === 0) return 'text';
-  const weights = OFFERED.map((offered) => {
+  let chosen: { format: ExpositionFormat; q: number; named: boolean } | undefined;
+  for (const offered of OFFERED) {
     let best: { specificity: number; q: number } | undefined;
     for (const range of ranges) {
       if (range.type !== '*' && (range.type !== offered.type || (range.subtype !== '*' && range.subtype !== offered.subtype))) continue;
@@ -78,11 +91,13 @@ export function negotiateExposition(accept: string | undefined): ExpositionForma
       const specificity = (range.type === '*' ? 0 : range.subtype === '*' ? 1 : 2) * 100 + range.params.size;
       if (!best || specificity > best.specificity) best = { specificity, q: range.q };
     }
-    return { format: offered.format, q: best?.q ?? 0, named: (best?.specificity ?? 0) >= 200 };
-  });
-  const [openmetrics, text] = weights as [(typeof weights)[number], (typeof weights)[number]];
-  if (openmetrics.q === 0 && text.q === 0) return undefined;
-  return openmetrics.q > text.q || (openmetrics.q === text.q && openmetrics.named) ? 'openmetrics' : 'text';
+    const candidate = { format: offered.format, q: best?.q ?? 0, named: (best?.specificity ?? 0) >= 200 };
+    if (candidate.q === 0) continue;
+    // At equal weight a type named outranks one reached by a wildcard, and OpenMetrics one text format also named.
+    const better = !chosen || candidate.q > chosen.q || (candidate.q === chosen.q && candidate.named && (!chosen.named || candidate.format === 'openmetrics'));
+    if (better) chosen = candidate;
+  }
+  return chosen?.format;
 }
 
 /** What `registry.getMetricsAsJSON()` returns at run time (its declared types name an enum it does not use). */

@@ -140,7 +140,7 @@ export function rateLimitDecisionCounters(metrics: GatewayMetrics, policy: strin
 
 /**
  * `GET /metrics` (query ignored): the registry in the format `Accept` asks for, OpenMetrics (with exemplars) or
- * the Prometheus text format 0.0.4 (src/metrics-exposition.ts); 404 for anything else. A plain handler, not a
+ * the Prometheus text format 0.0.4 or 1.0.0 (src/metrics-exposition.ts); 404 for anything else. A plain handler, not a
  * Koa app: Prometheus is its only client and a scrape should cost as little as possible.
  */
 export function metricsRequestListener(metrics: Pick<GatewayMetrics, 'registry' | 'startedAtMs'>, logger?: Logger): http.RequestListener {
@@ -168,7 +168,7 @@ function scrapeListener(collect: () => Promise<MetricFamilyJSON[]>, startedAtMs:
     if (format === undefined) {
       res
         .writeHead(406, { 'content-type': 'text/plain; charset=utf-8', vary: 'Accept' })
-        .end(`Not acceptable: the metrics are served as ${EXPOSITION_CONTENT_TYPE.openmetrics} or ${EXPOSITION_CONTENT_TYPE.text}.\n`);
+        .end(`Not acceptable: the metrics are served as ${Object.values(EXPOSITION_CONTENT_TYPE).join(', or ')}.\n`);
       return;
     }
     collect().then(

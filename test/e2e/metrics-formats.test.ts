@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { METRIC } from '../../otel/wire-names';
 import { namedUpstream, requestOnNewConnection, startGatewayProcess, type Answer, type GatewayProcess } from '../helpers/gateway-process';
-import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics, parsePrometheusText, PROMETHEUS_ACCEPT, scrapeWhen, TEXT_FORMAT_CONTENT_TYPE, type Exposition } from '../helpers/openmetrics';
+import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics, parsePrometheusText, PROMETHEUS_ACCEPT, scrapeWhen, TEXT_1_0_0_CONTENT_TYPE, TEXT_FORMAT_CONTENT_TYPE, type Exposition } from '../helpers/openmetrics';
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
 import { promqlGroupingLabels, promqlSelectors, readDashboards } from '../stack/stack-files';
 
@@ -84,6 +84,7 @@ describe.each([
     { desc: 'Prometheus (OpenMetrics preferred)', accept: PROMETHEUS_ACCEPT, type: OPENMETRICS_CONTENT_TYPE },
     { desc: 'a scrape naming OpenMetrics', accept: 'application/openmetrics-text', type: OPENMETRICS_CONTENT_TYPE },
     { desc: 'a scrape weighting the text format above OpenMetrics', accept: 'application/openmetrics-text;version=1.0.0;q=0.3, text/plain;version=0.0.4;q=0.5', type: TEXT_FORMAT_CONTENT_TYPE },
+    { desc: 'a scrape accepting only the text format 1.0.0 (Prometheus 3, PrometheusText1.0.0)', accept: 'text/plain;version=1.0.0;escaping=allow-utf-8', type: TEXT_1_0_0_CONTENT_TYPE },
     { desc: 'a scrape accepting neither format (406)', accept: 'application/json', type: undefined },
   ])('answers $desc in the format it asked for, with Vary: Accept', async ({ accept, type }) => {
     for (const method of ['GET', 'HEAD']) {

@@ -27,6 +27,8 @@ export interface Exposition {
 
 export const OPENMETRICS_CONTENT_TYPE = 'application/openmetrics-text; version=1.0.0; charset=utf-8';
 export const TEXT_FORMAT_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
+/** The same text, labelled as the version Prometheus 3 asks for with `PrometheusText1.0.0`. */
+export const TEXT_1_0_0_CONTENT_TYPE = 'text/plain; version=1.0.0; charset=utf-8';
 
 /**
  * The `Accept` of the shipped Prometheus job (otel/prometheus.yaml's scrape_protocols, in the form Prometheus 3
