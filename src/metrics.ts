@@ -5,6 +5,7 @@ import { isScrapeHost, listenInternal, type InternalListener, type InternalListe
 import type { Logger } from '../otel/logger';
 import { METRIC, METRIC_LABEL, RATE_LIMIT_DECISIONS, type RateLimitDecision } from '../otel/wire-names';
 import type { ErrorCode } from './errors';
+import { absoluteFormTarget, hostFieldLines } from './middleware/request-head';
 import { counterSeries, histogramSeries, seriesByLabels, type CounterSeries, type HistogramSeries } from './metric-series';
 import { EXPOSITION_CONTENT_TYPE, negotiateExposition, renderExposition, type MetricFamilyJSON } from './metrics-exposition';
 
@@ -154,12 +155,22 @@ export function metricsRequestListener(metrics: Pick<GatewayMetrics, 'registry' 
  */
 function scrapeListener(collect: () => Promise<MetricFamilyJSON[]>, startedAtMs: number, logger?: Logger): http.RequestListener {
   return function serveMetrics(req, res) {
+    // RFC 9112 3.2: one Host field line. Node keeps the first of several, so the check below would judge one
+    // host while a proxy in front that keeps the last had routed by another.
+    if (hostFieldLines(req.rawHeaders) > 1) {
+      res.writeHead(400, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' }).end('Bad request: more than one Host field.\n');
+      return;
+    }
+    // RFC 9112 3.2.2: a server accepts an absolute-form target (`GET http://gateway:9464/metrics`, as a scraper
+    // sends it through a forward proxy), and its authority, not Host, names the host.
+    const target = req.url ?? '';
+    const absolute = absoluteFormTarget(target);
     // The series name instance addresses: not for a page that reached this listener by DNS rebinding (src/admin.ts does the same).
-    if (!isScrapeHost(req.headers.host)) {
+    if (!isScrapeHost(absolute ? absolute.authority : req.headers.host)) {
       res.writeHead(421, { 'content-type': 'text/plain; charset=utf-8' }).end('Misdirected request: the metrics listener answers requests for an IP address, localhost or a single-label name (a compose service) only.\n');
       return;
     }
-    const path = (req.url ?? '').split('?', 1)[0];
+    const path = (absolute ? absolute.originForm : target).split('?', 1)[0];
     if (path !== '/metrics' || (req.method !== 'GET' && req.method !== 'HEAD')) {
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('Not found: the metrics are at GET /metrics.\n');
       return;

@@ -17,6 +17,17 @@ const SERVER_METHODS = HTTP_METHODS.join(', ');
 const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)([^#]*)$/i;
 
 /**
+ * An http or https absolute-form target as the authority that takes the place of `Host` and the origin-form
+ * target it stands for (`/` when it names no path); undefined for any other target, and for one with userinfo.
+ */
+export function absoluteFormTarget(target: string): { authority: string; originForm: string } | undefined {
+  const absolute = ABSOLUTE_FORM.exec(target);
+  if (!absolute || absolute[1]!.includes('@')) return undefined;
+  const rest = absolute[2] || '/';
+  return { authority: absolute[1]!, originForm: rest.charCodeAt(0) === 47 ? rest : `/${rest}` };
+}
+
+/**
  * An absolute-form request target (`GET http://api.example.com/api/users HTTP/1.1`) made the origin-form one
  * everything after it reads, its authority taking the place of `Host` (RFC 9112 3.2.2: a server accepts the
  * absolute form, and then ignores `Host`). The host guard, the route and the forwarded `X-Forwarded-Host` all
@@ -28,11 +39,10 @@ export function createRequestTargetForm(): Middleware {
     const request = ctx.req;
     const target = request.url ?? '';
     if (target.charCodeAt(0) !== 47 /* / */ && !isHttp2Request(request)) {
-      const absolute = ABSOLUTE_FORM.exec(target);
-      if (absolute && !absolute[1]!.includes('@')) {
-        request.headers.host = absolute[1]!;
-        const rest = absolute[2] || '/';
-        request.url = rest.charCodeAt(0) === 47 ? rest : `/${rest}`;
+      const absolute = absoluteFormTarget(target);
+      if (absolute) {
+        request.headers.host = absolute.authority;
+        request.url = absolute.originForm;
         ctx.originalUrl = ctx.request.originalUrl = request.url;
       }
     }

@@ -1,4 +1,5 @@
 import http from 'node:http';
+import net from 'node:net';
 import { createGatewayMetrics, listenMetrics, type MetricsListener } from '../../src/metrics';
 import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics, PROMETHEUS_ACCEPT } from '../helpers/openmetrics';
 import { startStack, type TestStack } from '../helpers/stack';
@@ -60,6 +61,29 @@ describe('the metrics listener (listenMetrics)', () => {
     { host: '-gateway:9464', status: 421 },
   ])('answers a scrape with Host $host with $status', async ({ host, status }) => {
     expect(await scrape(host)).toBe(status);
+  });
+
+  /** The status of a request head sent as it is, on a connection of its own (fetch cannot send these heads). */
+  const rawStatus = (requestLine: string, hosts: readonly string[]) =>
+    new Promise<number>((resolve, reject) => {
+      const head = `${requestLine}\r\n${hosts.map((host) => `${host}\r\n`).join('')}Connection: close\r\n\r\n`;
+      const socket = net.connect(Number(new URL(listener.url).port), '127.0.0.1', () => socket.end(head));
+      let answer = '';
+      socket.setEncoding('latin1').on('data', (chunk: string) => (answer += chunk));
+      socket.on('close', () => resolve(Number(/^HTTP\/1\.1 (\d{3}) /.exec(answer)?.[1] ?? NaN))).on('error', reject);
+    });
+
+  // RFC 9112 3.2 (one Host field line, else 400) and 3.2.2 (a server accepts the absolute form, whose
+  // authority stands for Host): what a scraper behind a forward proxy sends, and what an HTTP conformance checker tries.
+  it.each([
+    { desc: 'an absolute-form target', line: 'GET http://127.0.0.1:9464/metrics HTTP/1.1', hosts: ['Host: 127.0.0.1'], status: 200 },
+    { desc: 'an absolute-form target with a query, naming a compose service', line: 'GET HTTP://gateway:9464/metrics?x=1 HTTP/1.1', hosts: ['Host: gateway'], status: 200 },
+    { desc: 'an absolute-form target whose authority is a rebinding name, whatever Host says', line: 'GET http://attacker.example/metrics HTTP/1.1', hosts: ['Host: 127.0.0.1'], status: 421 },
+    { desc: 'an absolute-form target of another path', line: 'GET http://127.0.0.1/ HTTP/1.1', hosts: ['Host: 127.0.0.1'], status: 404 },
+    { desc: 'two Host field lines', line: 'GET /metrics HTTP/1.1', hosts: ['Host: 127.0.0.1', 'Host: attacker.example'], status: 400 },
+    { desc: 'two Host field lines of one value', line: 'GET /metrics HTTP/1.1', hosts: ['Host: 127.0.0.1', 'host: 127.0.0.1'], status: 400 },
+  ])('answers $status to a scrape with $desc', async ({ line, hosts, status }) => {
+    expect(await rawStatus(line, hosts)).toBe(status);
   });
 
   it('answers the shipped Prometheus (otel/prometheus.yaml), which scrapes the gateway by its compose name', async () => {
