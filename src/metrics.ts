@@ -40,7 +40,10 @@ export interface GatewayMetrics {
   readonly requestDuration: Histogram<RequestLabel>;
   /** Requests between arrival and response close, by method. */
   readonly activeRequests: Gauge<typeof METRIC_LABEL.method>;
-  /** One attempt at a service (a retry is another observation), s, until the response to the client finished. */
+  /**
+   * One attempt at a service (a retry is another observation), s, until the response to the client finished; a
+   * gRPC route's call until it ended (src/middleware/grpc-transcode.ts).
+   */
   readonly upstreamDuration: Histogram<UpstreamLabel>;
   readonly rateLimitDecisions: Counter<typeof METRIC_LABEL.rateLimitPolicy | typeof METRIC_LABEL.rateLimitDecision>;
   readonly authFailures: Counter<typeof METRIC_LABEL.errorType>;

@@ -13,6 +13,8 @@ import { grpcFailure, knownGrpcStatus } from '../grpc/status-errors';
 import type { CompiledRoute } from '../routes';
 import type { GatewaySigner } from '../gateway-signature';
 import type { UpstreamInstance } from '../upstream-pool';
+import type { UpstreamOutcome } from '../upstream-span';
+import type { GatewayMetrics } from '../metrics';
 import { upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import type { Logger } from '../../otel/logger';
 import { problemBody, recordFailure } from './errors';
@@ -43,6 +45,8 @@ export interface GrpcTranscodeOptions {
    * holds its buffers until the deadline).
    */
   maxCallsPerInstance: number;
+  /** Where each call is recorded as an upstream attempt (`gateway_upstream_request_duration_seconds`), as the HTTP proxy records its own. */
+  metrics?: Pick<GatewayMetrics, 'upstreamSeries'>;
 }
 
 /** Server-streaming answers: one JSON message per line (https://github.com/ndjson/ndjson-spec). */
@@ -95,14 +99,20 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     }
     open.set(instance, calls + 1);
     let settled = false;
+    const started = performance.now();
     const span = startGrpcSpan(tracer, binding.method, instance, route.service, context.active(), metadata);
     const call = { client: clientFor(instance, grpcRoute.keepalive), binding, request, metadata };
-    const settle = (reported: grpc.status, error?: grpc.ServiceError) => {
+    const settle = (reported: grpc.status, error?: grpc.ServiceError, badAnswer = false) => {
       if (settled) return;
       settled = true;
       // A malformed status must not reach the span as NaN or undefined.
       const code = knownGrpcStatus(reported);
       open.set(instance, open.get(instance)! - 1);
+      if (options.metrics) {
+        const ended = performance.now();
+        const outcome = badAnswer ? 'bad_response' : callOutcome(code, binding.method.serverStreaming, responseClosed(ctx));
+        options.metrics.upstreamSeries(route.service, instance.host, outcome).observe((ended - started) / 1000, span.spanContext(), ended);
+      }
       endGrpcSpan(span, code, error);
       // Like the HTTP proxy's passive health: an instance that cannot be reached or answer in time counts a failure.
       if (code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED) pool.reportFailure(instance, error?.details ?? String(code));
@@ -111,6 +121,28 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     if (binding.method.serverStreaming) await streamCall(ctx, route, call, settle, options.logger);
     else await unaryCall(ctx, route, call, settle);
   };
+}
+
+/**
+ * A call's end as the HTTP proxy names an attempt's (UpstreamOutcome), for `gateway_upstream_outcome`: a status
+ * the service sent is an answer (`ok`, as an HTTP 404 or 500 is), whatever it says. DEADLINE_EXCEEDED is the
+ * route's `timeoutMs` for a unary call (its whole deadline: nothing flows until the answer) and `deadlineMs` for a
+ * stream; UNAVAILABLE, which grpc-js gives a connection refused or dropped and a service's own refusal alike
+ * (only its text tells them apart), counts with the refused connections, as the passive health check does;
+ * CANCELLED is a client that left (the gateway cancels its call), or else the service's own. A message with no
+ * JSON form is the service's bad answer (`bad_response`, settle's `badAnswer`), as an HTTP answer that does not parse.
+ */
+function callOutcome(code: grpc.status, serverStreaming: boolean, clientLeft: boolean): UpstreamOutcome {
+  switch (code) {
+    case grpc.status.DEADLINE_EXCEEDED:
+      return serverStreaming ? 'deadline' : 'timeout';
+    case grpc.status.UNAVAILABLE:
+      return 'refused';
+    case grpc.status.CANCELLED:
+      return clientLeft ? 'client_closed' : 'ok';
+    default:
+      return 'ok';
+  }
 }
 
 /** Runs `step`, turning a hostile path variable (400 bad_path) or input that does not fit the message (400 invalid_body) into catalog errors. */
@@ -131,21 +163,35 @@ interface Call {
   request: Buffer;
   metadata: grpc.Metadata;
 }
-type Settle = (code: grpc.status, error?: grpc.ServiceError) => void;
+/** Ends a call's span and its count: `badAnswer` when the service's message had no JSON form (502 upstream_bad_response). */
+type Settle = (code: grpc.status, error?: grpc.ServiceError, badAnswer?: boolean) => void;
 
 /** The route's timeout is the whole unary call's deadline: nothing flows until the answer, so idle = whole. */
 async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, binding, request, metadata }: Call, settle: Settle): Promise<void> {
   const { method } = binding;
   const deadline = Date.now() + Math.min(route.timeoutMs, route.deadlineMs);
   let clientGone = false;
-  const response = await new Promise<protobuf.Message | undefined>((resolve, reject) => {
+  const response = await new Promise<{ json: unknown } | undefined>((resolve, reject) => {
     const pending = client.makeUnaryRequest(method.path, encodedBytes, deserializer(method.responseType), request, metadata, { deadline }, (error, value) => {
       ctx.res.off('close', cancel);
-      settle(error ? error.code : grpc.status.OK, error ?? undefined);
-      // Cancelled because the client left: nobody to answer, and no upstream failure to report.
-      if (error && clientGone) resolve(undefined);
-      else if (error) reject(grpcFailure(route.service, error, route.authMethods));
-      else resolve(value!);
+      if (error) {
+        settle(error.code, error);
+        // Cancelled because the client left: nobody to answer, and no upstream failure to report.
+        if (clientGone) resolve(undefined);
+        else reject(grpcFailure(route.service, error, route.authMethods));
+        return;
+      }
+      // Written as JSON before the call is settled, so a message without a JSON form counts as the bad answer it is.
+      let json: unknown;
+      try {
+        json = answerJson(route, method.responseType, value!);
+      } catch (failure) {
+        settle(grpc.status.OK, undefined, true);
+        reject(failure);
+        return;
+      }
+      settle(grpc.status.OK);
+      resolve({ json });
     });
     // The client went away: the service need not finish the work.
     const cancel = () => {
@@ -156,7 +202,7 @@ async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, bindin
   });
   if (response === undefined) return;
   ctx.status = 200;
-  ctx.body = answerJson(route, method.responseType, response);
+  ctx.body = response.json;
 }
 
 /** A service's message as JSON; one without a JSON form is the service's bad answer (502), never a crash or a 500. */
@@ -231,7 +277,7 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
   out.on('drain', () => call.resume());
   call.once('error', (error: grpc.ServiceError) => {
     ctx.res.off('close', cancel);
-    settle(error.code, error);
+    settle(error.code, error, failure !== undefined);
     if (error.code === grpc.status.CANCELLED && responseClosed(ctx)) return;
     const problem = failure ?? grpcFailure(route.service, error, route.authMethods);
     // The 200 went out with the first line: only the last line tells the client. The access line, the metric and

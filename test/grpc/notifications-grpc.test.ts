@@ -1,5 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { createGatewayApps } from '../../src/gateway';
+import { createGatewayMetrics, metricsRequestListener } from '../../src/metrics';
 import { HEADER, SERVICE_NAME } from '../../otel/wire-names';
 import { createApp as createNotificationsApp } from '../../services/notifications/app';
 import { createGrpcServer } from '../../services/notifications/grpc-server';
@@ -7,6 +8,7 @@ import { createNotificationStore } from '../../services/notifications/notificati
 import { createApp as createOrdersApp } from '../../services/orders/app';
 import { createApp as createUsersApp } from '../../services/users/app';
 import { bindGrpcServer } from '../../services/shared/grpc-service';
+import { scrapeWhen, valueOf, type Exposition } from '../helpers/openmetrics';
 import { login } from '../helpers/stack';
 import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
 import { testConfig } from '../helpers/test-config';
@@ -121,6 +123,59 @@ describe('notification-service over gRPC, through the shipped gateway config', (
     const response = await get('/api/v1/notifications');
     const requestId = response.headers.get(HEADER.requestId);
     expect(notificationsLogs.lines).toContainEqual(expect.objectContaining({ message: 'rpc handled', rpc: 'ListNotifications', grpc_status: 'OK', request_id: requestId }));
+  });
+});
+
+/** One upstream attempt per gRPC call, as per HTTP exchange: the upstream histogram's count of each outcome. */
+describe('gRPC calls in the upstream metrics (gateway_upstream_request_duration_seconds)', () => {
+  const UPSTREAM_COUNT = 'gateway_upstream_request_duration_seconds_count';
+  let servers: TestServer[] = [];
+  let grpcServer: grpc.Server | undefined;
+  afterEach(async () => {
+    await Promise.all(servers.map((server) => server.close()));
+    servers = [];
+    if (grpcServer) await new Promise<void>((resolve) => grpcServer!.tryShutdown(() => resolve()));
+    grpcServer = undefined;
+  });
+
+  /** A gateway with metrics whose gRPC route calls `grpcUrl`; its scrape endpoint's URL and a token. */
+  async function gatewayCalling(grpcUrl: string) {
+    const quiet = memoryLogger('quiet').logger;
+    const users = await listen((await createUsersApp({ logger: quiet })).callback());
+    const config = testConfig({ users: users.url, orders: await refusedOrigin(), notifications: await refusedOrigin() }, {}, { NOTIF_GRPC_SERVICE_URL: grpcUrl });
+    const metrics = createGatewayMetrics();
+    const gateway = await listen(createGatewayApps(config, { logger: quiet, metrics }).gateway.callback());
+    const scrapeEndpoint = await listen(metricsRequestListener(metrics));
+    servers = [users, gateway, scrapeEndpoint];
+    return { gatewayUrl: gateway.url, metricsUrl: scrapeEndpoint.url, token: await login(gateway.url) };
+  }
+  const attempts = (exposition: Exposition, grpcUrl: string, outcome: string) =>
+    valueOf(exposition, UPSTREAM_COUNT, { gateway_upstream_service: 'notifications', server_address: new URL(grpcUrl).host, gateway_upstream_outcome: outcome }) ?? 0;
+
+  it('counts every call the service answered as an ok attempt at its instance: a list, a NOT_FOUND and a stream', async () => {
+    grpcServer = createGrpcServer({ logger: memoryLogger('quiet').logger, store: createNotificationStore() });
+    const grpcUrl = `http://127.0.0.1:${await bindGrpcServer(grpcServer, '127.0.0.1', 0)}`;
+    const { gatewayUrl, metricsUrl, token } = await gatewayCalling(grpcUrl);
+    const statuses = [];
+    for (const path of ['/api/v1/notifications', '/api/v1/notifications/zzz', '/api/v1/notifications/stream']) {
+      const response = await fetch(`${gatewayUrl}${path}`, { headers: { authorization: `Bearer ${token}` } });
+      await response.arrayBuffer();
+      statuses.push(response.status);
+    }
+    expect(statuses).toEqual([200, 404, 200]);
+    const exposition = await scrapeWhen(metricsUrl, (e) => attempts(e, grpcUrl, 'ok') >= 3);
+    expect(attempts(exposition, grpcUrl, 'ok')).toBe(3);
+  });
+
+  it('counts a call to an instance that refuses connections as a refused attempt', async () => {
+    const grpcUrl = await refusedOrigin();
+    const { gatewayUrl, metricsUrl, token } = await gatewayCalling(grpcUrl);
+    const response = await fetch(`${gatewayUrl}/api/v1/notifications`, { headers: { authorization: `Bearer ${token}` } });
+    await response.arrayBuffer();
+    expect(response.status).toBe(503);
+    const exposition = await scrapeWhen(metricsUrl, (e) => attempts(e, grpcUrl, 'refused') >= 1);
+    expect(attempts(exposition, grpcUrl, 'refused')).toBe(1);
+    expect(attempts(exposition, grpcUrl, 'ok')).toBe(0);
   });
 });
 
