@@ -144,7 +144,7 @@ export function rateLimitDecisionCounters(metrics: GatewayMetrics, policy: strin
 
 /**
  * `GET /metrics` (query ignored): the registry in the format `Accept` asks for, OpenMetrics (with exemplars) or
- * the Prometheus text format 0.0.4 or 1.0.0 (src/metrics-exposition.ts); 404 for anything else. A plain handler, not a
+ * the Prometheus text format 0.0.4 or 1.0.0 (src/metrics-exposition.ts); 405 for another method, 404 for another path. A plain handler, not a
  * Koa app: Prometheus is its only client and a scrape should cost as little as possible.
  */
 export function metricsRequestListener(metrics: Pick<GatewayMetrics, 'registry' | 'startedAtMs'>, logger?: Logger): http.RequestListener {
@@ -174,8 +174,13 @@ function scrapeListener(collect: () => Promise<MetricFamilyJSON[]>, startedAtMs:
       return;
     }
     const path = (absolute ? absolute.originForm : target).split('?', 1)[0];
-    if (path !== '/metrics' || (req.method !== 'GET' && req.method !== 'HEAD')) {
+    if (path !== '/metrics') {
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('Not found: the metrics are at GET /metrics.\n');
+      return;
+    }
+    // RFC 9110 15.5.6: the resource exists, the method is not one it takes; 405 names the ones it does.
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { 'content-type': 'text/plain; charset=utf-8', allow: 'GET, HEAD' }).end('Method not allowed: the metrics are read with GET (or HEAD).\n');
       return;
     }
     const format = negotiateExposition(req.headers.accept);

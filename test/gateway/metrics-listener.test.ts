@@ -30,11 +30,18 @@ describe('the metrics listener (listenMetrics)', () => {
     { desc: 'the root', method: 'GET', path: '/', status: 404 },
     { desc: 'a trailing slash', method: 'GET', path: '/metrics/', status: 404 },
     { desc: 'another case', method: 'GET', path: '/METRICS', status: 404 },
-    { desc: 'POST', method: 'POST', path: '/metrics', status: 404 },
+    { desc: 'POST to another path', method: 'POST', path: '/', status: 404 },
   ])('answers $status to $desc', async ({ method, path, status }) => {
     const response = await fetch(`${listener.url}${path}`, { method });
     await response.arrayBuffer();
     expect(response.status).toBe(status);
+  });
+
+  // RFC 9110 15.5.6: /metrics exists; a method it does not take is 405 with the methods it does, not 404.
+  it.each(['POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH'])('answers 405 with Allow: GET, HEAD to %s /metrics', async (method) => {
+    const response = await fetch(`${listener.url}/metrics`, { method });
+    await response.arrayBuffer();
+    expect({ status: response.status, allow: response.headers.get('allow') }).toEqual({ status: 405, allow: 'GET, HEAD' });
   });
 
   /** A scrape with the Host a browser would send (fetch cannot set Host). */
