@@ -1,0 +1,107 @@
+// The garbage collector's share under the bench's load, for several caps of V8's young generation
+// (`--max-semi-space-size`), one gateway per cap, measured in turn: scavenges and full collections per request
+// (V8's `--trace-gc` lines), their main-thread pauses, CPU per request and peak RSS. Interleaved rounds, so the
+// machine's drift falls on every cap alike. Counts and pauses move far less with a busy machine than CPU time does.
+//   node bench/young-generation.mjs [--sizes 8,16,32] [--seconds 10] [--rounds 3] [--untraced] [--connections 50]
+// Needs `npm run build` and Debian's wrk.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { cpuTicks, freePort, memoryMiB, start, stopAll, waitUntilServing } from './processes.mjs';
+import { BENCH_DIR, BENCH_SIGNING_KEY, ROOT, cleanEnv, mintToken, startUpstreamAndSink } from './servers.mjs';
+import { runWrk } from './wrk.mjs';
+
+const { values: flags } = parseArgs({
+  options: {
+    sizes: { type: 'string', default: '8,16,32' },
+    seconds: { type: 'string', default: '10' },
+    rounds: { type: 'string', default: '3' },
+    connections: { type: 'string', default: '50' },
+    untraced: { type: 'boolean', default: false },
+    out: { type: 'string', default: path.join(BENCH_DIR, 'out') },
+  },
+});
+const sizes = flags.sizes.split(',').map(Number);
+if (!sizes.every((size) => Number.isInteger(size) && size > 0)) throw new Error('--sizes is a list of whole MiB, e.g. 8,16,32');
+const seconds = Number(flags.seconds);
+const connections = Number(flags.connections);
+const logs = path.join(path.resolve(flags.out), 'young-generation');
+fs.rmSync(logs, { recursive: true, force: true });
+fs.mkdirSync(logs, { recursive: true });
+
+const secret = randomBytes(32).toString('hex');
+const headers = { Authorization: `Bearer ${await mintToken(secret)}` };
+const { upstreamPort, sinkPort } = await startUpstreamAndSink(logs);
+const telemetry = flags.untraced
+  ? { OTEL_SDK_DISABLED: 'true' }
+  : { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${sinkPort}`, OTEL_TRACES_SAMPLER: 'always_on', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' };
+
+const gateways = [];
+for (const size of sizes) {
+  const name = `semi-${size}`;
+  const port = await freePort();
+  const env = cleanEnv({
+    GATEWAY_CONFIG: path.join(BENCH_DIR, 'gateway.bench.json'),
+    NODE_ENV: 'production',
+    HOST: '127.0.0.1',
+    PORT: String(port),
+    JWT_SECRET: secret,
+    GATEWAY_SIGNING_KEY: BENCH_SIGNING_KEY,
+    USER_SERVICE_URL: `http://127.0.0.1:${upstreamPort}`,
+    RATE_LIMIT_MAX: '1000000000',
+    LOG_LEVEL: 'info',
+    ...telemetry,
+  });
+  // --trace-gc writes to stdout, beside the access log: its lines are told apart by their shape.
+  const stdout = path.join(logs, `${name}.out.log`);
+  const child = start(name, process.execPath, [`--max-semi-space-size=${size}`, '--trace-gc', '--require', './dist/otel/register.js', 'dist/src/main.js'], { cwd: ROOT, env, stdoutFile: stdout, stderrFile: path.join(logs, `${name}.err.log`) });
+  const url = `http://127.0.0.1:${port}/api/users/42`;
+  await waitUntilServing(url, { headers, child });
+  gateways.push({ size, name, url, child, stdout, runs: [] });
+}
+
+/** Collections so far in a --trace-gc log: young (scavenges, minor mark-sweeps), full, and their pauses in ms. */
+function collections(file) {
+  let young = 0;
+  let full = 0;
+  let pauseMs = 0;
+  for (const line of fs.readFileSync(file, 'utf8').split('\n')) {
+    const match = /ms: (Scavenge|Minor Mark-Sweep|Mark-Compact)[^,]*,.*?([\d.]+) \/ [\d.]+ ms/.exec(line);
+    if (!match) continue;
+    if (match[1] === 'Mark-Compact') full++;
+    else young++;
+    pauseMs += Number(match[2]);
+  }
+  return { young, full, pauseMs };
+}
+
+for (const gateway of gateways) await runWrk({ url: gateway.url, connections, seconds: 3, headers });
+for (let round = 0; round < Number(flags.rounds); round++) {
+  for (const gateway of round % 2 === 0 ? gateways : [...gateways].reverse()) {
+    const cpuBefore = cpuTicks(gateway.child.pid).own;
+    const before = collections(gateway.stdout);
+    const load = await runWrk({ url: gateway.url, connections, seconds, headers });
+    const cpuAfter = cpuTicks(gateway.child.pid).own;
+    const after = collections(gateway.stdout);
+    const requests = load.requests;
+    const run = {
+      rps: Math.round(load.rps),
+      cpuUsPerRequest: Math.round(((cpuAfter - cpuBefore) * 1e6) / 100 / requests * 10) / 10,
+      scavengesPer1000: Math.round(((after.young - before.young) * 1e6) / requests) / 1000,
+      fullCollections: after.full - before.full,
+      pauseUsPerRequest: Math.round(((after.pauseMs - before.pauseMs) * 1e4) / requests) / 10,
+      peakRssMiB: memoryMiB(gateway.child.pid).peak,
+    };
+    gateway.runs.push(run);
+    console.log(`round ${round + 1} ${gateway.name} ${JSON.stringify(run)}`);
+  }
+}
+await stopAll();
+
+console.log(`\n| --max-semi-space-size | scavenges per 1,000 requests | full collections per ${seconds} s | GC pause µs per request | CPU µs per request | peak RSS MiB |`);
+console.log('|---|---|---|---|---|---|');
+const list = (runs, key) => runs.map((run) => run[key]).join(', ');
+for (const { size, runs } of gateways) {
+  console.log(`| ${size} | ${list(runs, 'scavengesPer1000')} | ${list(runs, 'fullCollections')} | ${list(runs, 'pauseUsPerRequest')} | ${list(runs, 'cpuUsPerRequest')} | ${list(runs, 'peakRssMiB')} |`);
+}
