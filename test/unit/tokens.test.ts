@@ -27,6 +27,22 @@ describe('token service', () => {
     expect(verifiedCounts(token)).toEqual([1]);
   });
 
+  it('never takes a token that ends as a remembered one does for it (a forged payload under a copied signature)', async () => {
+    const tokens = createTokenService({ ...options, tokenTtlSeconds: 60 });
+    const { token } = await tokens.issue(alice);
+    await expect(tokens.verify(token)).resolves.toEqual(alice);
+    expect(tokens.remembers(token)).toBe(true);
+    // The remembered token's header and signature around another caller's claims: the same last characters.
+    const [header, , signature] = token.split('.');
+    const claims = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as Record<string, unknown>;
+    const forged = `${header}.${Buffer.from(JSON.stringify({ ...claims, sub: 'mallory', role: 'admin' })).toString('base64url')}.${signature}`;
+    expect(forged.slice(-40)).toBe(token.slice(-40));
+    expect(tokens.remembers(forged)).toBe(false);
+    await expect(tokens.verify(forged)).rejects.toMatchObject({ reason: 'bad_signature' });
+    await expect(tokens.verify(token)).resolves.toEqual(alice);
+    expect(verifiedCounts(token, forged)).toEqual([1, 1]);
+  });
+
   it('verifies every time with cacheSize 0', async () => {
     const tokens = createTokenService({ ...options, tokenTtlSeconds: 60, cacheSize: 0 });
     const { token } = await tokens.issue(alice);
