@@ -1,4 +1,4 @@
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac, createSecretKey, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { HEADER } from '../otel/wire-names';
 
 /**
@@ -56,7 +56,7 @@ export interface SignedRequest {
   target: string;
 }
 
-function mac(key: string, time: number, request: SignedRequest, values: SignedValues): Buffer {
+function mac(key: string | KeyObject, time: number, request: SignedRequest, values: SignedValues): Buffer {
   return createHmac('sha256', key).update(`${PREFIX}\n${time}\n${request.method}\n${request.target}\n${values.join('\n')}`).digest();
 }
 
@@ -68,9 +68,11 @@ export type GatewaySigner = (request: SignedRequest, values: SignedValues) => st
  * method, target and identity long enough to be worth a table.
  */
 export function createGatewaySigner(key: string, now: () => number = Date.now): GatewaySigner {
+  // A KeyObject made once: given the string, createHmac converts it to key bytes on every call.
+  const secret = createSecretKey(Buffer.from(key, 'utf8'));
   return (request, values) => {
     const time = Math.floor(now() / 1000);
-    return `t=${time},v2=${mac(key, time, request, values).toString('base64url')}`;
+    return `t=${time},v2=${mac(secret, time, request, values).toString('base64url')}`;
   };
 }
 
