@@ -61,6 +61,8 @@ describe('logLine (the access log fast path)', () => {
       fc.string({ maxLength: 6 }),
       fc.string({ unit: 'binary', maxLength: 6 }),
       awkward,
+      // Both sides of the scan's length limit (64): an awkward character at the end of a string of 58 to 70.
+      fc.tuple(fc.string({ minLength: 58, maxLength: 70 }), awkward).map(([text, end]) => text + end),
       fc.integer(),
       fc.double(),
       fc.constantFrom(-0, 1e21, 5e-7, Number.NaN, Number.POSITIVE_INFINITY),
