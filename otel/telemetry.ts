@@ -14,6 +14,7 @@ const SHUTDOWN_TIMEOUT_COLLECTOR_DOWN_MS = 1_000;
 
 let started = false;
 let active: Telemetry | undefined;
+let propagating = false;
 let stopping: Promise<void> | undefined;
 let write = (line: string) => {
   process.stderr.write(`${line}\n`);
@@ -53,6 +54,26 @@ export function startTelemetry(options: StartTelemetryOptions = {}): void {
     write(`telemetry: could not start (${error instanceof Error ? error.message : String(error)}); running without it`);
     void telemetry?.shutdown(0);
   }
+}
+
+/**
+ * Registers the context manager and the propagators (W3C Trace Context Level 2 and W3C Baggage) as the SDK
+ * registers them, when it did not: telemetry off (`OTEL_SDK_DISABLED=true`) or `otel/register` not preloaded.
+ * For a process that passes its callers' trace context on without tracing anything: W3C Trace Context says a
+ * participant that receives a valid `traceparent` MUST propagate it, and without these the API's no-op
+ * propagator sends nothing and the no-op context manager loses the request's context before the call is made.
+ * With no tracer provider the gateway's span is the caller's own, so the caller's `traceparent` goes on
+ * unchanged, as with `OTEL_TRACES_EXPORTER=none`. Does nothing when the SDK started, or a second time.
+ */
+export function startPropagation(): void {
+  if (active !== undefined || propagating) return;
+  propagating = true;
+  // Required here, not imported above, so a process that never propagates does not load them.
+  const { context, propagation } = require('@opentelemetry/api') as typeof import('@opentelemetry/api');
+  const { AsyncLocalStorageContextManager } = require('@opentelemetry/context-async-hooks') as typeof import('@opentelemetry/context-async-hooks');
+  const { createTextMapPropagator } = require('./trace-context-propagator') as typeof import('./trace-context-propagator');
+  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+  propagation.setGlobalPropagator(createTextMapPropagator());
 }
 
 /**

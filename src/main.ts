@@ -1,7 +1,7 @@
 import cluster from 'node:cluster';
 import { createLogger, type Logger } from '../otel/logger';
 import { runServer } from '../otel/lifecycle';
-import { exportPromClientRegistry, metricExportEnabled, shutdownTelemetry } from '../otel/telemetry';
+import { exportPromClientRegistry, metricExportEnabled, shutdownTelemetry, startPropagation } from '../otel/telemetry';
 import { SERVICE_NAME } from '../otel/wire-names';
 import type { ConfigControl, ReloadAnswer } from './admin';
 import { clientTimeouts, ConfigError, loadConfig, type GatewayConfig } from './config';
@@ -108,7 +108,13 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   // Each config (the first and every reload) becomes a fresh pair of apps over the same collaborators.
   const live = createLiveGateway(
     initial,
-    (active, kept) => createGatewayApps(active.config, { logger, redis, metrics: metrics ?? false, primaryStore, kept, configVersion: active.version, control, cachePeers: worker?.cachePeers }),
+    (active, kept) => {
+      // A gateway that trusts its clients' trace context passes it on even with telemetry off (W3C Trace Context:
+      // MUST propagate); the first config that trusts it, at start or at a reload, registers what that takes.
+      // Without trust nothing is propagated, and telemetry off stays free of a context manager's cost.
+      if (active.config.trustTraceparent) startPropagation();
+      return createGatewayApps(active.config, { logger, redis, metrics: metrics ?? false, primaryStore, kept, configVersion: active.version, control, cachePeers: worker?.cachePeers });
+    },
     logger,
   );
   // SIGHUP reaches a cluster's primary only; it relays it to every worker (src/workers.ts).

@@ -3,6 +3,10 @@ import { SpanKind } from '@opentelemetry/api';
 import { HEADER } from '../../otel/wire-names';
 import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
 import { login, startStack, type TestStack } from '../helpers/stack';
+import { requestOnNewConnection, startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
+import { listen, type TestServer } from '../helpers/servers';
+import { TEST_JWT_SECRET } from '../helpers/test-config';
+import { MAPPING_PROTO, MAPPING_SERVICE, startMappingServer, type MappingServer } from '../grpc/mapping-server';
 
 /**
  * W3C Trace Context Level 2 at the edge (issue 11), through the real gateway: what the users service receives
@@ -211,4 +215,92 @@ describe('a trusted traceparent when the gateway records no spans', () => {
     expect(response.headers.traceresponse).toBeUndefined();
     expect(fields(stack.users.requests.at(-1)!.headers.traceparent)).toMatchObject({ traceId: TRACE, parentId: PARENT });
   });
+});
+
+// W3C Trace Context: a participant that receives a valid traceparent MUST propagate it. With telemetry off there
+// was no propagator and no context manager, so a trusting gateway deleted the client's trace headers and sent
+// nothing in their place, to HTTP services and gRPC services alike (the services got X-Request-Id alone).
+describe('a trusted traceparent with telemetry off (the built gateway, as a process)', () => {
+  const TRUSTED_TRACEPARENT = `00-${TRACE}-${PARENT}-03`;
+  const CLIENT_TRACE_HEADERS = { traceparent: TRUSTED_TRACEPARENT, tracestate: 'congo=t61rcWkgMzE,rojo=00f067aa0ba902b7', baggage: 'tenant=acme' };
+  let service: TestServer & { requests: { headers: http.IncomingHttpHeaders }[] };
+  let mapping: MappingServer;
+
+  beforeAll(async () => {
+    const requests: { headers: http.IncomingHttpHeaders }[] = [];
+    service = Object.assign(
+      await listen((req, res) => {
+        requests.push({ headers: { ...req.headers } });
+        req.resume();
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      }),
+      { requests },
+    );
+    mapping = await startMappingServer();
+  });
+  afterAll(async () => {
+    await service.close();
+    await mapping.close();
+  });
+
+  async function withGateway(options: { trust: boolean; telemetry: boolean; env: Record<string, string> }, check: (gateway: GatewayProcess) => Promise<void>) {
+    const gateway = await startGatewayProcess({
+      config: {
+        port: 0,
+        trustTraceparent: options.trust,
+        services: { rec: { url: service.url }, mapping: { url: mapping.url }, users: { url: service.url }, orders: { url: service.url }, notifications: { url: service.url } },
+        routes: [
+          { name: 'pub', prefix: '/pub', service: 'rec', upstreamPath: '/p', auth: 'public' },
+          { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', grpc: { proto: MAPPING_PROTO, service: MAPPING_SERVICE } },
+        ],
+      },
+      telemetry: options.telemetry,
+      env: { JWT_SECRET: TEST_JWT_SECRET, ...options.env },
+    });
+    try {
+      await check(gateway);
+    } finally {
+      gateway.child.kill('SIGKILL');
+      await gateway.exited();
+    }
+  }
+
+  /** What the HTTP service and the gRPC service received for one request each with the client's trace headers. */
+  let sent = 0;
+  async function sentOn(gateway: GatewayProcess) {
+    const proxiedId = `proxied-${++sent}`;
+    const proxied = await requestOnNewConnection(`${gateway.url}/pub/x`, { headers: { ...CLIENT_TRACE_HEADERS, [HEADER.requestId]: proxiedId } });
+    expect(proxied.status).toBe(200);
+    const http1 = service.requests.find((request) => request.headers[HEADER.requestId] === proxiedId)!.headers;
+    const transcodedId = `transcoded-${sent}`;
+    const transcoded = await requestOnNewConnection(`${gateway.url}/api/mapping/metadata`, { headers: { ...CLIENT_TRACE_HEADERS, [HEADER.requestId]: transcodedId } });
+    expect(transcoded.status).toBe(200);
+    const grpc = mapping.calls.find((call) => call.metadata[HEADER.requestId] === transcodedId)!.metadata;
+    return [
+      { to: 'http', traceparent: http1.traceparent, tracestate: http1.tracestate, baggage: String(http1.baggage ?? '') },
+      { to: 'grpc', traceparent: grpc.traceparent, tracestate: grpc.tracestate, baggage: grpc.baggage ?? '' },
+    ];
+  }
+
+  it.each([
+    { desc: 'OTEL_SDK_DISABLED=true', telemetry: true, env: { OTEL_SDK_DISABLED: 'true' } },
+    { desc: 'no otel/register preload', telemetry: false, env: { OTEL_SDK_DISABLED: 'false' } },
+  ])('passes the client’s traceparent, tracestate and baggage on unchanged to HTTP and gRPC services ($desc)', async ({ telemetry, env }) => {
+    await withGateway({ trust: true, telemetry, env }, async (gateway) => {
+      for (const sent of await sentOn(gateway)) {
+        expect({ to: sent.to, traceparent: sent.traceparent, tracestate: sent.tracestate }).toEqual({ to: sent.to, traceparent: TRUSTED_TRACEPARENT, tracestate: CLIENT_TRACE_HEADERS.tracestate });
+        expect(sent.baggage.split(',')).toContain('tenant=acme');
+      }
+    });
+  }, 60_000);
+
+  it('still forwards none of the client’s trace headers with trustTraceparent off', async () => {
+    await withGateway({ trust: false, telemetry: false, env: {} }, async (gateway) => {
+      for (const sent of await sentOn(gateway)) {
+        expect(sent.traceparent ?? '').not.toContain(TRACE);
+        expect(sent.tracestate).toBeUndefined();
+        expect(sent.baggage).not.toContain('tenant=acme');
+      }
+    });
+  }, 60_000);
 });
