@@ -563,11 +563,45 @@ export function isScrapeHost(host: string | undefined): boolean {
   return isLocalHost(host) || SINGLE_LABEL.test(host!.toLowerCase().replace(/:\d*$/, ''));
 }
 
+/** `http://authority/path?query` (RFC 9112 3.2.2), split into the authority and the origin-form rest. */
+const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)([^#]*)$/i;
+
+/**
+ * An http or https absolute-form target as the authority that takes the place of `Host` and the origin-form
+ * target it stands for (`/` when it names no path); undefined for any other target, and for one with userinfo.
+ */
+export function absoluteFormTarget(target: string): { authority: string; originForm: string } | undefined {
+  const absolute = ABSOLUTE_FORM.exec(target);
+  if (!absolute || absolute[1]!.includes('@')) return undefined;
+  const rest = absolute[2] || '/';
+  return { authority: absolute[1]!, originForm: rest.charCodeAt(0) === 47 ? rest : `/${rest}` };
+}
+
+/** How many Host field lines an HTTP/1 request head carries (Node keeps the first of several in `headers`). */
+export function hostFieldLines(rawHeaders: readonly string[]): number {
+  let lines = 0;
+  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i]!.length === 4 && rawHeaders[i]!.toLowerCase() === 'host') lines++;
+  return lines;
+}
+
+/** Which hosts a listener for operators answers (DNS rebinding: isLocalHost, isScrapeHost). */
+export interface ServedHosts {
+  /** Whether a request naming this authority (its Host, or its absolute-form target's) is answered. */
+  allows(host: string | undefined): boolean;
+  /** Those hosts in words, for the 421 (`an IP address or localhost`). */
+  description: string;
+}
+
 export interface InternalListenerOptions {
   port: number;
   host: string;
   /** Client timeouts, ms, as on the public listener (`server.*`). */
   timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
+  /**
+   * The hosts it answers; others get 421. With it, the request head is also held to one authority before the
+   * handler sees it (servingHosts). Without it (the HTTPS redirect listener, which judges its own), neither.
+   */
+  servedHosts?: ServedHosts;
 }
 
 export interface InternalListener {
@@ -583,7 +617,8 @@ export interface InternalListener {
  */
 export async function listenInternal(handler: http.RequestListener, options: InternalListenerOptions): Promise<InternalListener> {
   const { headersMs, requestMs, keepAliveMs } = options.timeouts;
-  const server = http.createServer({ headersTimeout: headersMs, requestTimeout: requestMs, keepAliveTimeout: keepAliveMs }, handler);
+  const served = options.servedHosts === undefined ? handler : servingHosts(options.servedHosts, handler);
+  const server = http.createServer({ headersTimeout: headersMs, requestTimeout: requestMs, keepAliveTimeout: keepAliveMs }, served);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port, options.host, () => resolve());
@@ -598,6 +633,38 @@ export async function listenInternal(handler: http.RequestListener, options: Int
         server.closeAllConnections();
       }),
   };
+}
+
+/**
+ * The request head an internal listener (admin, metrics) holds before its handler runs, here once so the
+ * listeners cannot drift apart (the admin listener had neither of the first two when the metrics one got them):
+ * - more than one Host field line: 400 (RFC 9112 3.2). Node keeps the first of several, so the host check would
+ *   judge one host while a proxy in front that keeps the last had routed by another;
+ * - an absolute-form target (`GET http://127.0.0.1:9901/ready`, as a tool sends it through a forward proxy) is
+ *   served (RFC 9112 3.2.2: a server MUST accept it) as its origin form, its authority taking the place of Host;
+ * - that one authority must be one `hosts` allows, else 421: a DNS-rebinding page's name in the target is
+ *   refused whatever Host says.
+ * Answered as problem+json with a request id, as every answer the gateway writes itself.
+ */
+function servingHosts(hosts: ServedHosts, handler: http.RequestListener): http.RequestListener {
+  const misdirected: ServerProblem = { status: 421, title: 'Misdirected request', code: 'host_not_allowed', detail: `This listener answers requests for ${hosts.description} only.` };
+  return function serveOwnHostsOnly(req, res) {
+    if (hostFieldLines(req.rawHeaders) > 1) return answerInternal(res, TWO_HOST_LINES);
+    const absolute = absoluteFormTarget(req.url ?? '');
+    if (absolute) {
+      req.headers.host = absolute.authority;
+      req.url = absolute.originForm;
+    }
+    if (!hosts.allows(req.headers.host)) return answerInternal(res, misdirected);
+    handler(req, res);
+  };
+}
+
+const TWO_HOST_LINES: ServerProblem = { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request carries more than one Host field line.' };
+
+function answerInternal(response: http.ServerResponse, problem: ServerProblem): void {
+  const { body, headers } = problemAnswer(undefined, problem);
+  response.writeHead(problem.status, problem.title, headers).end(body);
 }
 
 /** Listens, answers parser errors as JSON, and shuts down gracefully on SIGTERM / SIGINT. */

@@ -1,7 +1,7 @@
 import type http from 'node:http';
 import Router from '@koa/router';
 import Koa from 'koa';
-import { isLocalHost, listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
+import { isLocalHost, listenInternal, type InternalListener, type InternalListenerOptions, type ServedHosts } from '../otel/lifecycle';
 import type { Logger } from '../otel/logger';
 import './context';
 import { GatewayError } from './errors';
@@ -85,7 +85,6 @@ export function createAdminApp(options: AdminOptions): Koa {
 
   app.use(createRequestId());
   app.use(createErrorHandler({ logger }));
-  app.use(refuseForeignHost);
   app.use(endpoints.routes());
   app.use(async function adminNotFound() {
     throw new GatewayError('route_not_found', 'No admin endpoint at this path.');
@@ -97,15 +96,16 @@ export function createAdminApp(options: AdminOptions): Koa {
 
 /**
  * DNS rebinding: a page from attacker.example, its name re-pointed at 127.0.0.1, reads this listener as its own
- * origin (same-origin, no CORS, no Origin on a GET) and sees instance addresses and failures. Its requests carry
- * the attacker's name in Host; operators' tools, probes and `kubectl port-forward` use an address or localhost.
+ * origin (same-origin, no CORS, no Origin on a GET) and sees instance addresses and failures, or reloads. Its
+ * requests carry the attacker's name in Host (or in an absolute-form target); operators' tools, probes and
+ * `kubectl port-forward` use an address or localhost.
  */
-async function refuseForeignHost(ctx: Koa.Context, next: Koa.Next): Promise<void> {
-  if (!isLocalHost(ctx.get('host'))) throw new GatewayError('host_not_allowed', 'The internal listener answers requests for an IP address or localhost only.');
-  await next();
-}
+const ADMIN_HOSTS: ServedHosts = { allows: isLocalHost, description: 'an IP address or localhost' };
 
-/** The admin app on its internal listener (`admin.port`, loopback by default). */
+/**
+ * The admin app on its internal listener (`admin.port`, loopback by default), which holds the request head to one
+ * Host line and one authority, and answers only ADMIN_HOSTS (listenInternal, as the metrics listener).
+ */
 export function listenAdmin(app: { callback(): http.RequestListener }, options: InternalListenerOptions): Promise<InternalListener> {
-  return listenInternal(app.callback(), options);
+  return listenInternal(app.callback(), { ...options, servedHosts: ADMIN_HOSTS });
 }

@@ -1,11 +1,10 @@
 import cluster, { type Worker } from 'node:cluster';
 import http from 'node:http';
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, type OpenMetricsContentType } from 'prom-client';
-import { isScrapeHost, listenInternal, type InternalListener, type InternalListenerOptions } from '../otel/lifecycle';
+import { isScrapeHost, listenInternal, type InternalListener, type InternalListenerOptions, type ServedHosts } from '../otel/lifecycle';
 import type { Logger } from '../otel/logger';
 import { METRIC, METRIC_LABEL, RATE_LIMIT_DECISIONS, type RateLimitDecision } from '../otel/wire-names';
 import type { ErrorCode } from './errors';
-import { absoluteFormTarget, hostFieldLines } from './middleware/request-head';
 import { counterSeries, histogramSeries, seriesByLabels, type CounterSeries, type HistogramSeries } from './metric-series';
 import { EXPOSITION_CONTENT_TYPE, negotiateExposition, renderExposition, type MetricFamilyJSON } from './metrics-exposition';
 
@@ -158,22 +157,8 @@ export function metricsRequestListener(metrics: Pick<GatewayMetrics, 'registry' 
  */
 function scrapeListener(collect: () => Promise<MetricFamilyJSON[]>, startedAtMs: number, logger?: Logger): http.RequestListener {
   return function serveMetrics(req, res) {
-    // RFC 9112 3.2: one Host field line. Node keeps the first of several, so the check below would judge one
-    // host while a proxy in front that keeps the last had routed by another.
-    if (hostFieldLines(req.rawHeaders) > 1) {
-      res.writeHead(400, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' }).end('Bad request: more than one Host field.\n');
-      return;
-    }
-    // RFC 9112 3.2.2: a server accepts an absolute-form target (`GET http://gateway:9464/metrics`, as a scraper
-    // sends it through a forward proxy), and its authority, not Host, names the host.
-    const target = req.url ?? '';
-    const absolute = absoluteFormTarget(target);
-    // The series name instance addresses: not for a page that reached this listener by DNS rebinding (src/admin.ts does the same).
-    if (!isScrapeHost(absolute ? absolute.authority : req.headers.host)) {
-      res.writeHead(421, { 'content-type': 'text/plain; charset=utf-8' }).end('Misdirected request: the metrics listener answers requests for an IP address, localhost or a single-label name (a compose service) only.\n');
-      return;
-    }
-    const path = (absolute ? absolute.originForm : target).split('?', 1)[0];
+    // One Host line, an absolute-form target taken as its origin form, and the host checked: listenInternal (SCRAPE_HOSTS).
+    const path = (req.url ?? '').split('?', 1)[0];
     if (path !== '/metrics') {
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('Not found: the metrics are at GET /metrics.\n');
       return;
@@ -204,6 +189,12 @@ function scrapeListener(collect: () => Promise<MetricFamilyJSON[]>, startedAtMs:
   };
 }
 
+/**
+ * The series name instance addresses: not for a page that reached this listener by DNS rebinding. A scrape by a
+ * compose service's name (`gateway:9464`) is answered (isScrapeHost).
+ */
+const SCRAPE_HOSTS: ServedHosts = { allows: isScrapeHost, description: 'an IP address, localhost or a single-label name (a compose service)' };
+
 export interface MetricsListenerOptions extends InternalListenerOptions {
   logger?: Logger;
 }
@@ -215,7 +206,7 @@ export type MetricsListener = InternalListener;
  * series name routes, services and instance addresses.
  */
 export function listenMetrics(metrics: GatewayMetrics, options: MetricsListenerOptions): Promise<MetricsListener> {
-  return listenInternal(metricsRequestListener(metrics, options.logger), options);
+  return listenInternal(metricsRequestListener(metrics, options.logger), { ...options, servedHosts: SCRAPE_HOSTS });
 }
 
 export interface ClusterMetricsListenerOptions extends MetricsListenerOptions {
@@ -235,7 +226,7 @@ export interface ClusterMetricsListenerOptions extends MetricsListenerOptions {
  * started (their `_created`), before the primary forks any worker; a replaced worker's counts stay in them.
  */
 export function listenClusterMetrics(options: ClusterMetricsListenerOptions): Promise<MetricsListener> {
-  return listenInternal(scrapeListener(clusterMetricsCollector(options.servingWorkers), Date.now(), options.logger), options);
+  return listenInternal(scrapeListener(clusterMetricsCollector(options.servingWorkers), Date.now(), options.logger), { ...options, servedHosts: SCRAPE_HOSTS });
 }
 
 /** prom-client's cluster messages (lib/cluster.js): its workers answer the request (shareMetricsWithPrimary). */

@@ -6,12 +6,11 @@ import type { Socket } from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import type { Logger } from '../otel/logger';
-import { answerHttp2RequestTimeout, createSendWindows, DEFAULT_SEND_TIMEOUT_MS, listenInternal, markServerAnswer, resetByGateway, resetStream, stopRequestOnceAnswered, type PublicServer } from '../otel/lifecycle';
+import { answerHttp2RequestTimeout, createSendWindows, DEFAULT_SEND_TIMEOUT_MS, hostFieldLines, listenInternal, markServerAnswer, resetByGateway, resetStream, stopRequestOnceAnswered, type PublicServer } from '../otel/lifecycle';
 import type { TlsConfig } from './config';
 import { createHostMatcher } from './middleware/host-guard';
 import { isHttp2Request } from './middleware/http2-requests';
 import { mintRequestId } from './middleware/request-id';
-import { hostFieldLines } from './middleware/request-head';
 import { countSentBytes } from './http2-sent-bytes';
 
 /**

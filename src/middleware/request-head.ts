@@ -1,4 +1,5 @@
 import type { Context, Middleware } from 'koa';
+import { absoluteFormTarget, hostFieldLines } from '../../otel/lifecycle';
 import { HTTP_METHODS } from '../config';
 import { GatewayError } from '../errors';
 import { isHttp2Request } from './http2-requests';
@@ -12,20 +13,6 @@ const HOST_VALUE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-
 
 /** `Allow` of `OPTIONS *`: every method a route can be configured to take. */
 const SERVER_METHODS = HTTP_METHODS.join(', ');
-
-/** `http://authority/path?query` (RFC 9112 3.2.2), split into the authority and the origin-form rest. */
-const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)([^#]*)$/i;
-
-/**
- * An http or https absolute-form target as the authority that takes the place of `Host` and the origin-form
- * target it stands for (`/` when it names no path); undefined for any other target, and for one with userinfo.
- */
-export function absoluteFormTarget(target: string): { authority: string; originForm: string } | undefined {
-  const absolute = ABSOLUTE_FORM.exec(target);
-  if (!absolute || absolute[1]!.includes('@')) return undefined;
-  const rest = absolute[2] || '/';
-  return { authority: absolute[1]!, originForm: rest.charCodeAt(0) === 47 ? rest : `/${rest}` };
-}
 
 /**
  * An absolute-form request target (`GET http://api.example.com/api/users HTTP/1.1`) made the origin-form one
@@ -66,13 +53,6 @@ export function createRequestTargetForm(): Middleware {
  */
 /** HTTP/1 only (a connection-specific header is malformed in HTTP/2): what follows a malformed head is not trusted. */
 const CLOSE_CONNECTION = { headers: { Connection: 'close' } };
-
-/** How many Host field lines an HTTP/1 request head carries (Node keeps the first of several in `headers`). */
-export function hostFieldLines(rawHeaders: readonly string[]): number {
-  let lines = 0;
-  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i]!.length === 4 && rawHeaders[i]!.toLowerCase() === 'host') lines++;
-  return lines;
-}
 
 export function createRequestHeadCheck(): Middleware {
   return function checkRequestHead(ctx, next) {

@@ -1,3 +1,6 @@
+import net from 'node:net';
+import type { InternalListener } from '../../otel/lifecycle';
+import { listenAdmin } from '../../src/admin';
 import { createGatewayApps } from '../../src/gateway';
 import { startStack, type TestStack } from '../helpers/stack';
 import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
@@ -232,5 +235,53 @@ describe('admin listener', () => {
     expect(body.code).toBe('route_not_found');
     expect(body.requestId).toBe(response.headers.get('x-request-id'));
     expect(live.every((instance) => instance.probes.length === 0)).toBe(true);
+  });
+});
+
+// RFC 9112 3.2 (one Host field line, else 400) and 3.2.2 (a server accepts the absolute form, whose authority
+// stands for Host). The admin listener answered 200 to two Host lines, and served `GET http://attacker.example/ready`
+// with a loopback Host: the DNS-rebinding check judged Host, not the authority the target named.
+describe('the admin listener (listenAdmin): one authority per request', () => {
+  let instance: FakeInstance;
+  let admin: InternalListener;
+  beforeAll(async () => {
+    instance = await fakeInstance();
+    const apps = createGatewayApps(testConfig({ users: instance.url, orders: instance.url, notifications: instance.url }), { logger: memoryLogger('gateway').logger });
+    admin = await listenAdmin(apps.admin, { port: 0, host: '127.0.0.1', timeouts: { headersMs: 5_000, requestMs: 5_000, keepAliveMs: 1_000 } });
+  });
+  afterAll(async () => {
+    await admin.close();
+    await instance.close();
+  });
+
+  /** The answer to a request head sent as it is, on a connection of its own (fetch cannot send these heads). */
+  const raw = (requestLine: string, hosts: readonly string[]) =>
+    new Promise<{ status: number; head: string; body: string }>((resolve, reject) => {
+      const head = `${requestLine}\r\n${hosts.map((host) => `${host}\r\n`).join('')}Connection: close\r\n\r\n`;
+      const socket = net.connect(Number(new URL(admin.url).port), '127.0.0.1', () => socket.end(head));
+      let answer = '';
+      socket.setEncoding('latin1').on('data', (chunk: string) => (answer += chunk));
+      socket.on('error', reject).on('close', () => {
+        const [responseHead = '', body = ''] = answer.split('\r\n\r\n');
+        resolve({ status: Number(/^HTTP\/1\.1 (\d{3}) /.exec(responseHead)?.[1] ?? NaN), head: responseHead.toLowerCase(), body });
+      });
+    });
+
+  it.each([
+    { desc: 'an absolute-form target naming a loopback address', line: 'GET http://127.0.0.1:9901/health HTTP/1.1', hosts: ['Host: 127.0.0.1'], status: 200 },
+    { desc: 'an absolute-form target naming localhost, with a query', line: 'GET HTTP://localhost/health?x=1 HTTP/1.1', hosts: ['Host: localhost'], status: 200 },
+    { desc: 'an absolute-form target whose authority is a rebinding name, whatever Host says', line: 'GET http://attacker.example/ready HTTP/1.1', hosts: ['Host: 127.0.0.1'], status: 421 },
+    { desc: 'an absolute-form reload whose authority is a rebinding name', line: 'POST http://attacker.example:9901/admin/reload HTTP/1.1', hosts: ['Host: localhost', 'Content-Length: 0'], status: 421 },
+    { desc: 'a rebinding name in Host', line: 'GET /ready HTTP/1.1', hosts: ['Host: attacker.example'], status: 421 },
+    { desc: 'two Host field lines', line: 'GET /ready HTTP/1.1', hosts: ['Host: 127.0.0.1', 'Host: attacker.example'], status: 400 },
+    { desc: 'two Host field lines of one value', line: 'GET /health HTTP/1.1', hosts: ['Host: 127.0.0.1', 'host: 127.0.0.1'], status: 400 },
+  ])('answers $status to $desc', async ({ line, hosts, status }) => {
+    const answer = await raw(line, hosts);
+    expect(answer.status).toBe(status);
+    if (status === 200) return;
+    expect(answer.head).toContain('content-type: application/problem+json');
+    const problem = JSON.parse(answer.body) as { status: number; code: string; requestId: string };
+    expect(problem).toMatchObject({ status, code: status === 421 ? 'host_not_allowed' : 'bad_request' });
+    expect(answer.head).toContain(`x-request-id: ${problem.requestId.toLowerCase()}`);
   });
 });
