@@ -8,7 +8,7 @@
  * Exporters and instrumentations are required only when the configuration names them.
  */
 import { randomUUID } from 'node:crypto';
-import type { RequestOptions } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage, RequestOptions } from 'node:http';
 import { context, diag, DiagConsoleLogger, DiagLogLevel, logs, metrics, propagation, trace, type Attributes, type Tracer, type TracerProvider as ApiTracerProvider } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { diagLogLevelFromString, ExportResultCode, getNumberFromEnv, getStringListFromEnv, setGlobalErrorHandler } from '@opentelemetry/core';
@@ -79,6 +79,7 @@ import { RequestIdSpanProcessor } from './request-id-span-processor';
 import { createTextMapPropagator } from './trace-context-propagator';
 import { ClientTraceIdSampler, RequestedTraceIdGenerator } from './trace-ids';
 import { createTelemetryDiagnostics, type TelemetryDiagnostics } from './telemetry-diagnostics';
+import { HEADER } from './wire-names';
 import { UNTRACED_PATHS, type InstrumentationName, type MetricsConfig, type SamplerConfig, type SignalConfig, type TelemetryConfig } from './telemetry-config';
 
 /** Incubating in semantic-conventions 1.45 (not exported from the stable entry point). */
@@ -106,6 +107,12 @@ export interface Telemetry {
 export interface CreateTelemetryOptions {
   /** Writes one diagnostic line; default stderr. */
   write?: (line: string) => void;
+  /**
+   * Whether an inbound HTTP request's `traceparent`, `tracestate` and `baggage` are continued; when false they are
+   * dropped before the http instrumentation reads them, and its server span starts a trace of its own. Asked per
+   * request; default: always continued.
+   */
+  continuesTraceContext?: (request: IncomingMessage) => boolean;
 }
 
 /**
@@ -159,7 +166,7 @@ export function createTelemetry(config: TelemetryConfig, options: CreateTelemetr
         spanProcessors: spanProcessors.length > 0 ? [new RequestIdSpanProcessor(), ...spanProcessors] : [],
         logRecordProcessors,
         metricReaders,
-        instrumentations: instrumentations(config.instrumentations, isOtlpExport(config)),
+        instrumentations: instrumentations(config.instrumentations, isOtlpExport(config), options.continuesTraceContext),
       });
     },
     async shutdown(timeoutMs) {
@@ -426,7 +433,7 @@ function metricProducerList(): { producer: MetricProducer; add(producer: MetricP
  * Koa keeps its per-middleware spans: our middleware are named functions (STYLE.md), so each shows up as
  * `middleware - <name>`.
  */
-function instrumentations(names: readonly InstrumentationName[], isExport: (options: RequestOptions) => boolean): Instrumentation[] {
+function instrumentations(names: readonly InstrumentationName[], isExport: (options: RequestOptions) => boolean, continuesTraceContext?: (request: IncomingMessage) => boolean): Instrumentation[] {
   const result: Instrumentation[] = [];
   if (names.includes('http-server') || names.includes('http-client')) {
     const { HttpInstrumentation } = lazy('@opentelemetry/instrumentation-http') as typeof import('@opentelemetry/instrumentation-http');
@@ -438,6 +445,9 @@ function instrumentations(names: readonly InstrumentationName[], isExport: (opti
         // The instrumentation redacts a few exact parameter names in `url.query`; the gateway forwards every query
         // byte for byte, so a service's span would carry the `?token=` the gateway's log redacts. Same rules here.
         startIncomingSpanHook: (request) => {
+          // Called before the instrumentation extracts the caller's context (instrumentation-http 0.300), so a
+          // request the process does not believe (a service's, not signed by the gateway) starts a trace of its own.
+          if (continuesTraceContext !== undefined && !continuesTraceContext(request)) dropTraceContext(request.headers);
           const url = (request as { url?: string }).url ?? '';
           const queryStart = url.indexOf('?');
           return queryStart === -1 ? {} : { [ATTR_URL_QUERY]: redactQuery(url.slice(queryStart + 1)) };
@@ -459,6 +469,13 @@ function instrumentations(names: readonly InstrumentationName[], isExport: (opti
   if (names.includes('koa')) result.push(new (lazy('@opentelemetry/instrumentation-koa') as typeof import('@opentelemetry/instrumentation-koa')).KoaInstrumentation());
   if (names.includes('undici')) result.push(new (lazy('@opentelemetry/instrumentation-undici') as typeof import('@opentelemetry/instrumentation-undici')).UndiciInstrumentation({ startSpanHook: undiciSpanCorrections }));
   return result;
+}
+
+/** Removes the W3C trace context and baggage a request carried. */
+function dropTraceContext(headers: IncomingHttpHeaders): void {
+  delete headers[HEADER.traceparent];
+  delete headers[HEADER.tracestate];
+  delete headers[HEADER.baggage];
 }
 
 /**

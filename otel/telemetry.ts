@@ -3,6 +3,7 @@
  * each `main.ts` after it closes its server. Light on purpose: `main.ts` and `logger.ts` import it even when
  * telemetry is off, and it loads the SDK (`./sdk`) only when telemetry is on.
  */
+import type { IncomingMessage } from 'node:http';
 import type { MetricProducer } from '@opentelemetry/sdk-metrics';
 import type { PromClientMetricProducerOptions, PromClientRegistry } from './prom-client-otlp-bridge';
 import { readTelemetryConfig, type TelemetryConfig } from './telemetry-config';
@@ -15,6 +16,7 @@ const SHUTDOWN_TIMEOUT_COLLECTOR_DOWN_MS = 1_000;
 let started = false;
 let active: Telemetry | undefined;
 let propagating = false;
+let continuesTraceContext: ((request: IncomingMessage) => boolean) | undefined;
 let stopping: Promise<void> | undefined;
 let write = (line: string) => {
   process.stderr.write(`${line}\n`);
@@ -46,7 +48,7 @@ export function startTelemetry(options: StartTelemetryOptions = {}): void {
     }
     // Required here, not imported above, so a process with telemetry off never loads the SDK.
     const { createTelemetry } = require('./sdk') as typeof import('./sdk');
-    telemetry = createTelemetry(config, { write });
+    telemetry = createTelemetry(config, { write, continuesTraceContext: (request) => continuesTraceContext?.(request) ?? true });
     telemetry.start();
     active = telemetry;
     write(`telemetry: ${describeDestination(config)}`);
@@ -54,6 +56,17 @@ export function startTelemetry(options: StartTelemetryOptions = {}): void {
     write(`telemetry: could not start (${error instanceof Error ? error.message : String(error)}); running without it`);
     void telemetry?.shutdown(0);
   }
+}
+
+/**
+ * From now on, an inbound HTTP request's `traceparent`, `tracestate` and `baggage` are continued only when
+ * `check` says so; otherwise its server span (the http instrumentation's) starts a trace of its own. For a
+ * service that believes only what the gateway signed: a peer's forged trace context must not put its request
+ * into someone else's trace. Set by a process's main (services/shared/service-main.ts), after the bootstrap
+ * started; asked once per request, so it must be cheap.
+ */
+export function continueTraceContextOnlyWhen(check: (request: IncomingMessage) => boolean): void {
+  continuesTraceContext = check;
 }
 
 /**

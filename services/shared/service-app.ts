@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http';
 import { bodyParser } from '@koa/bodyparser';
 import type Router from '@koa/router';
 import Koa, { type Context } from 'koa';
@@ -5,7 +6,8 @@ import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { HEADER } from '../../otel/wire-names';
 import { describeFirstIssue } from './input-limits';
-import { SIGNED_HEADERS, verifyGatewaySignature, type GatewaySigner, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
+import { SIGNED_HEADERS, verifyGatewaySignature, type GatewaySigner, type SignatureProblem, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
+import { mintRequestId } from '../../src/middleware/request-id';
 
 /** An error a service answers with; `code` is stable, `detail` is for humans. */
 export class ServiceError extends Error {
@@ -124,17 +126,34 @@ export function signedIdentityHeaders(identity: SignedValues, request: SignedReq
   return headers;
 }
 
+/** What is wrong with `request`'s gateway signature, over the request as it arrived (method and target); undefined when it verifies. */
+function signatureProblemOf(signingKey: string, request: IncomingMessage): SignatureProblem | undefined {
+  return verifyGatewaySignature(signingKey, { method: request.method ?? '', target: request.url ?? '' }, (name) => request.headers[name]);
+}
+
+/** Whether a request carries the gateway's valid signature for itself: what a service believes the trace context of (service-main.ts). */
+export function signedByGateway(signingKey: string): (request: IncomingMessage) => boolean {
+  return (request) => signatureProblemOf(signingKey, request) === undefined;
+}
+
 /**
  * The bootstrap the three services share: request id echo, one log line per request, problem+json
  * errors (the same shape the gateway uses), a JSON body parser and `GET /health`.
  */
 export function createServiceApp(options: ServiceAppOptions): Koa {
-  const { logger, serviceName } = options;
+  const { logger, serviceName, signingKey } = options;
   const app = new Koa();
+  /** Why a request's signature failed, decided once before anything records it (logRequest), refused by requireGatewaySignature. */
+  const refusedSignatures = new WeakMap<Context, SignatureProblem>();
 
   app.use(async function logRequest(ctx, next) {
     const started = performance.now();
-    const requestId = ctx.get(HEADER.requestId) || undefined;
+    // Only what the gateway signed is believed, its request id included: a peer sending a forged X-Request-Id
+    // would otherwise have its 401 logged under someone else's id. It gets one of its own (and its forged
+    // traceparent and baggage were not continued either: otel/telemetry.ts continueTraceContextOnlyWhen).
+    const problem = signingKey === undefined || ctx.path === '/health' ? undefined : signatureProblemOf(signingKey, ctx.req);
+    if (problem !== undefined) refusedSignatures.set(ctx, problem);
+    const requestId = problem === undefined ? ctx.get(HEADER.requestId) || undefined : mintRequestId();
     if (requestId) ctx.set(HEADER.requestId, requestId);
     try {
       await next();
@@ -151,7 +170,8 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     // The body names this request: a shared cache (the gateway's, a CDN) must not give it to another caller, whose
     // support ticket would then quote someone else's request id. A 404 is cacheable by default (RFC 9111 4.2.2).
     ctx.set('Cache-Control', 'no-store');
-    ctx.body = { type: `urn:koa-gateway:problem:${code}`, title: code.replaceAll('_', ' '), status, detail, code, requestId: ctx.get(HEADER.requestId) || undefined, service: serviceName };
+    // The id logRequest chose and echoed (a refused request's is not the one it sent).
+    ctx.body = { type: `urn:koa-gateway:problem:${code}`, title: code.replaceAll('_', ' '), status, detail, code, requestId: ctx.response.get(HEADER.requestId) || undefined, service: serviceName };
   };
   app.use(async function handleErrors(ctx, next) {
     try {
@@ -175,12 +195,11 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     if (ctx.path !== '/health') return next();
     ctx.body = { status: 'ok', service: serviceName };
   });
-  const { signingKey } = options;
   if (signingKey !== undefined) {
     // Before the body is read: an unsigned request costs the service nothing.
     app.use(function requireGatewaySignature(ctx, next) {
       // Over the request as it arrived: a signature made for another method or target does not verify.
-      const problem = verifyGatewaySignature(signingKey, { method: ctx.method, target: ctx.originalUrl }, (name) => ctx.req.headers[name]);
+      const problem = refusedSignatures.get(ctx);
       if (problem) throw new ServiceError(401, 'gateway_signature_invalid', `This service answers only requests signed by the gateway (signature ${problem}).`);
       return next();
     });

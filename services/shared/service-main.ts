@@ -1,7 +1,8 @@
 import type Koa from 'koa';
 import { createLogger, type Logger } from '../../otel/logger';
 import { runServer } from '../../otel/lifecycle';
-import { shutdownTelemetry } from '../../otel/telemetry';
+import { continueTraceContextOnlyWhen, shutdownTelemetry } from '../../otel/telemetry';
+import { signedByGateway } from './service-app';
 import { loadServiceEnv, type ServiceEnv, type ServiceKey } from './service-config';
 
 /** A service with more to stop than its HTTP server (notification-service's gRPC interface). */
@@ -23,6 +24,10 @@ export async function startService<K extends ServiceKey>(service: K, serviceName
   const logger = createLogger({ serviceName, level: env.LOG_LEVEL });
   if (env.GATEWAY_SIGNING_KEY === undefined) {
     logger.warn('GATEWAY_SIGNING_KEY is unset: identity headers are believed from any peer that reaches this service (development only; production refuses to start without it)');
+  } else {
+    // A request the gateway did not sign is refused (createServiceApp), and its span starts a trace of its own:
+    // a peer's forged traceparent must not record a 401 inside someone else's trace.
+    continueTraceContextOnlyWhen(signedByGateway(env.GATEWAY_SIGNING_KEY));
   }
   try {
     const built = await build(env, logger);

@@ -1,9 +1,12 @@
+import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { HEADER } from '../../otel/wire-names';
+import { ATTR, HEADER, LOG_FIELD } from '../../otel/wire-names';
 import { createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
 import { NOTIFICATIONS_SERVICE } from '../../services/notifications/grpc-server';
 import { createNotificationsGrpcClient } from '../../services/orders/notifications-client';
-import { startProcessStack, type ProcessStack } from '../helpers/process-stack';
+import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
+import { exitOf, startProcess, startProcessStack, type ProcessStack, type RunningProcess } from '../helpers/process-stack';
+import { waitFor } from '../helpers/wait';
 import { freePort } from '../helpers/servers';
 import { login } from '../helpers/stack';
 import { TEST_SIGNING_KEY } from '../helpers/test-config';
@@ -109,5 +112,74 @@ describe('services answer only what the gateway signed', () => {
     } finally {
       for (const client of [unsigned, replaying, signed]) client.close();
     }
+  });
+});
+
+// A peer inside the network reaching a service directly with a forged traceparent and request id: its 401 was
+// recorded as a span inside the forged trace (someone else's) and logged under the forged id, because the span
+// and the log line were started from the request's headers before its signature was checked.
+describe('what a service records for a request the gateway did not sign', () => {
+  let receiver: OtlpReceiver;
+  let users: RunningProcess;
+  const newTrace = () => ({ traceId: randomBytes(16).toString('hex'), parentId: randomBytes(8).toString('hex') });
+
+  beforeAll(async () => {
+    receiver = await startOtlpReceiver();
+    users = await startProcess('user-service', 'services/users/main.js', {
+      GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY,
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+      OTEL_BSP_SCHEDULE_DELAY: '50',
+      OTEL_METRICS_EXPORTER: 'none',
+      OTEL_LOGS_EXPORTER: 'none',
+    });
+  }, 30_000);
+  afterAll(async () => {
+    users?.child.kill('SIGKILL');
+    if (users) await exitOf(users.child);
+    await receiver?.close();
+  });
+
+  /** The service's access line for the request answered with `requestId`. */
+  async function lineFor(requestId: string): Promise<Record<string, unknown>> {
+    await waitFor(() => users.lines.some((line) => line.message === 'request handled' && line[LOG_FIELD.requestId] === requestId), `the line of ${requestId}`);
+    return users.lines.find((line) => line.message === 'request handled' && line[LOG_FIELD.requestId] === requestId)!;
+  }
+
+  it('records its 401 in a new trace and under a new request id, neither the forged one', async () => {
+    const forged = newTrace();
+    const forgedId = `forged-${forged.traceId}`;
+    const reply = await fetch(`${users.url}/users/1`, {
+      headers: { ...identityHeaders(ALICE), traceparent: `00-${forged.traceId}-${forged.parentId}-01`, [HEADER.requestId]: forgedId, baggage: `request.id=${forgedId}` },
+    });
+    expect(reply.status).toBe(401);
+    const requestId = reply.headers.get(HEADER.requestId)!;
+    expect(requestId).toMatch(/^[0-9a-f]{32}$/);
+    expect(((await reply.json()) as { requestId: string }).requestId).toBe(requestId);
+
+    const line = await lineFor(requestId);
+    expect(line).toMatchObject({ status: 401, url: '/users/1' });
+    const { spans } = await receiver.waitFor((received) => received.spans.some((span) => span.kind === 'SERVER' && span.traceId === line[LOG_FIELD.traceId]));
+    const server = spans.find((span) => span.kind === 'SERVER' && span.traceId === line[LOG_FIELD.traceId])!;
+    expect({ traceId: server.traceId, parentSpanId: server.parentSpanId, status: server.attributes['http.response.status_code'] }).toEqual({
+      traceId: expect.not.stringMatching(forged.traceId),
+      parentSpanId: undefined,
+      status: 401,
+    });
+    expect(server.attributes[ATTR.requestId]).not.toBe(forgedId);
+    expect(spans.filter((span) => span.traceId === forged.traceId)).toEqual([]);
+  });
+
+  it('still continues a signed request’s trace and logs it under the request id the gateway sent', async () => {
+    const caller = newTrace();
+    const requestId = `signed-${caller.traceId}`;
+    const signature = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'GET', target: '/users/2' }, BOB);
+    const reply = await fetch(`${users.url}/users/2`, {
+      headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: signature, traceparent: `00-${caller.traceId}-${caller.parentId}-01`, [HEADER.requestId]: requestId, baggage: `request.id=${requestId}` },
+    });
+    expect(reply.status).toBe(200);
+    expect(reply.headers.get(HEADER.requestId)).toBe(requestId);
+    expect(await lineFor(requestId)).toMatchObject({ status: 200, [LOG_FIELD.traceId]: caller.traceId });
+    const { spans } = await receiver.waitFor((received) => received.spans.some((span) => span.kind === 'SERVER' && span.traceId === caller.traceId));
+    expect(spans.find((span) => span.kind === 'SERVER' && span.traceId === caller.traceId)).toMatchObject({ parentSpanId: caller.parentId, attributes: expect.objectContaining({ [ATTR.requestId]: requestId }) });
   });
 });

@@ -87,7 +87,8 @@ export function exitOf(child: ChildProcess): Promise<number | null> {
   return child.exitCode !== null ? Promise.resolve(child.exitCode) : new Promise((resolve) => child.once('exit', (code) => resolve(code)));
 }
 
-function startProcess(name: string, entry: string, env: Record<string, string>): Promise<RunningProcess> {
+/** One of the processes, from dist/ with the telemetry bootstrap, once it logged that it listens. */
+export function startProcess(name: string, entry: string, env: Record<string, string>): Promise<RunningProcess> {
   const child = spawn(process.execPath, ['--require', REGISTER, path.join(ROOT, 'dist', entry)], {
     cwd: ROOT,
     env: childEnvironment({ NODE_ENV: 'test', PORT: '0', HOST: '127.0.0.1', ...env }),
