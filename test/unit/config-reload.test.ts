@@ -2,7 +2,7 @@ import { ConfigError, parseConfig, type GatewayConfig } from '../../src/config';
 import { activeConfig, checkReload, configVersion, keepRestartOnly, KeptAcrossReloads, RESTART_ONLY_KEYS } from '../../src/config-reload';
 import { RateLimitWindows } from '../../src/rate-limit-store';
 import http from 'node:http';
-import type { ConfigControl } from '../../src/admin';
+import { listenAdmin, type ConfigControl } from '../../src/admin';
 import { createGatewayApps } from '../../src/gateway';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 import { shippedConfigFile, TEST_JWT_SECRET, testConfig } from '../helpers/test-config';
@@ -208,7 +208,8 @@ describe('upstream connections replaced by a reload (proxy.maxSockets changed)',
 });
 
 describe('the internal listener against DNS rebinding', () => {
-  let admin: TestServer;
+  // The admin app on its real listener: the host check is the listener's (listenInternal), before the app.
+  let admin: { url: string; close(): Promise<void> };
   let reloads = 0;
   const control: ConfigControl = {
     status: async () => ({ version: 'abcdef012345', loadedAt: new Date(0).toISOString(), pendingRestart: [], servedBy: { worker: 0, pid: process.pid }, workers: [] }),
@@ -219,7 +220,8 @@ describe('the internal listener against DNS rebinding', () => {
   };
   beforeAll(async () => {
     const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' });
-    admin = await listen(createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false, control }).admin.callback());
+    const { admin: app } = createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false, control });
+    admin = await listenAdmin(app, { port: 0, host: '127.0.0.1', timeouts: { headersMs: 5_000, requestMs: 5_000, keepAliveMs: 1_000 } });
   });
   afterAll(() => admin.close());
 
