@@ -226,7 +226,7 @@ export function createProxy(options: ProxyOptions): Middleware {
 
       /** Sends the service's final answer's head on, or refuses it (502) when it cannot be forwarded. */
       const answer = (controller: Dispatcher.DispatchController, statusCode: number, upstreamHeaders: Record<string, string | string[] | undefined>, statusMessage: string | undefined) => {
-        const unforwardable = unforwardableResponse(upstreamHeaders);
+        const unforwardable = unforwardableResponse(statusCode, upstreamHeaders);
         if (unforwardable) return void badResponse(controller, unforwardable);
         let served: http.IncomingHttpHeaders;
         let headers: http.OutgoingHttpHeaders;
@@ -603,16 +603,22 @@ function publicRefresh(value: string, rewrite: (url: string) => string): string 
  */
 const SINGLE_URL_FIELDS = ['location', 'content-location', 'refresh'];
 
+/** The last status code HTTP defines a class for (RFC 9110 15: 1xx-5xx). */
+const MAX_STATUS = 599;
+
 /** A reason phrase Node writes as it is: visible ASCII, spaces and tabs. */
 const WRITABLE_REASON_PHRASE = /^[\t\x20-\x7e]*$/;
 
 /**
- * Why a response cannot be passed on, if it cannot. A repeated field the gateway rewrites (SINGLE_URL_FIELDS).
- * A transfer-coding other than chunked (`gzip, chunked`):
+ * Why a response cannot be passed on, if it cannot. A status outside 100-599: RFC 9110 15 defines none beyond 599
+ * (a client SHOULD take one for a 5xx; Node's HTTP/2 will not write it). Relayed over HTTP/1.1 as it came, the
+ * client was handed a `999` whose meaning is private to the service. A repeated field the gateway rewrites
+ * (SINGLE_URL_FIELDS). A transfer-coding other than chunked (`gzip, chunked`):
  * undici removes the chunked framing only, and the client would take the still-coded bytes for the body, with
  * no Content-Encoding to say so (nginx and Envoy refuse these too).
  */
-function unforwardableResponse(headers: http.IncomingHttpHeaders): string | undefined {
+function unforwardableResponse(statusCode: number, headers: http.IncomingHttpHeaders): string | undefined {
+  if (statusCode > MAX_STATUS) return `a status code outside 100-599 (${statusCode})`;
   for (const name of SINGLE_URL_FIELDS) if (Array.isArray(headers[name])) return `more than one ${name} field`;
   const codings = headers['transfer-encoding'];
   if (codings !== undefined && String(codings).trim().toLowerCase() !== 'chunked') return `a transfer-coding the gateway does not decode (${String(codings).slice(0, 40)})`;

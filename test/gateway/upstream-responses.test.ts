@@ -19,6 +19,9 @@ const ANSWERS: Record<string, string> = {
   '/orders/own-ids': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Request-Id: svc-0f3c2a\r\ntraceresponse: 00-11111111111111111111111111111111-2222222222222222-01\r\nX-RateLimit-Limit: 5000\r\nX-RateLimit-Remaining: 4999\r\nX-RateLimit-Reset: 1\r\nRateLimit: "svc";r=4999;t=1\r\nRateLimit-Policy: "svc";q=5000;w=1\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   // RFC 9110 forbids Content-Length on a 204; HTTP/2 clients (Node's, curl) reset a stream that claims content it does not send.
   '/orders/no-content-with-length': `HTTP/1.1 204 No Content\r\nContent-Length: 10\r\nConnection: close\r\n\r\n`,
+  // RFC 9110 15 defines no status beyond 599; some frameworks use 6xx-9xx for errors of their own.
+  '/orders/status-600': `HTTP/1.1 600 Unknown\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  '/orders/status-999': `HTTP/1.1 999 Request Denied\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/gzip-coded': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n`,
 };
 /** Reason phrases Node refuses to write: ISO-8859-1 obs-text (allowed by RFC 9112), UTF-8 beyond Latin-1, a control. */
@@ -231,6 +234,18 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
       expect(answer.status).toBe(502);
       expect(JSON.parse(answer.body)).toMatchObject({ code: 'upstream_bad_response', requestId: answer.headers[HEADER.requestId] });
       expect(JSON.stringify(answer.headers) + answer.body).not.toContain(new URL(service.url).host);
+      expect(service.asked.get(path)! - before).toBe(1);
+    }
+    expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
+  });
+
+  it.each(['/orders/status-600', '/orders/status-999'])('answers %s (a status outside 100-599) with 502 upstream_bad_response: asked once, the instance not blamed', async (path) => {
+    // Past the default ejection (3 failures in a row): a response counted as the instance's failure would eject it.
+    for (let round = 0; round < 4; round++) {
+      const before = service.asked.get(path) ?? 0;
+      const answer = await get(`${stack.gateway.url}/api${path}`, token);
+      expect(answer.status).toBe(502);
+      expect(JSON.parse(answer.body)).toMatchObject({ code: 'upstream_bad_response', requestId: answer.headers[HEADER.requestId] });
       expect(service.asked.get(path)! - before).toBe(1);
     }
     expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
