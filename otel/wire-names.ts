@@ -24,6 +24,8 @@ export const HEADER = {
   tracestate: 'tracestate',
   baggage: 'baggage',
   traceresponse: 'traceresponse',
+  /** How many more proxies an OPTIONS (or TRACE) request may pass (RFC 9110 7.6.2); the gateway counts itself. */
+  maxForwards: 'max-forwards',
 } as const;
 
 /**

@@ -20,6 +20,7 @@ import { createProxy } from './middleware/proxy';
 import { createRequestMetrics } from './middleware/request-metrics';
 import { createCallerRateLimit, createRateLimiter, createRouteRateLimit, type RateLimiter, type RateLimiterOptions, type RateLimitStore } from './middleware/rate-limit';
 import { createRequestId } from './middleware/request-id';
+import { createMaxForwards } from './middleware/max-forwards';
 import { createRouteMatch } from './middleware/route-match';
 import { createTracing } from './middleware/tracing';
 import { createTrustedProxies } from './middleware/trusted-proxies';
@@ -183,6 +184,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   app.use(ownEndpoints.routes());
   app.use(createRouteMatch({ routes }));
   app.use(createRouteRateLimit({ fallback: limiter('default', config.rateLimit), byRoute: routeLimiters, byCaller }));
+  app.use(createMaxForwards());
   app.use(createAuthenticate({ tokens, consumers }));
   if (limitCallers) app.use(limitCallers);
   app.use(createAuthorize());

@@ -4,6 +4,7 @@ import { isoTimestamp } from '../otel/iso-timestamp';
 import { CGI_HAZARD_HEADERS, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
+import { maxForwardsOf } from './middleware/max-forwards';
 import type { GatewaySigner, SignedRequest, SignedValues } from './gateway-signature';
 
 /**
@@ -104,6 +105,8 @@ export interface UpstreamRequestHeadersInput {
   /** The client's request headers (forwarding headers already removed unless a trusted proxy sent them). */
   client: http.IncomingHttpHeaders;
   underscores: UnderscoreHeaderPolicy;
+  /** The request's method: an OPTIONS request's `Max-Forwards` is spent here. */
+  method?: string;
   /** The route lets the client's `Authorization` through (a service that verifies tokens itself). */
   forwardAuthorization: boolean;
   /** `host[:port]` of the chosen instance. */
@@ -164,6 +167,9 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
       // `x_caller` where a rule sets `x-caller`: the same header to a CGI-style service, so the rule's, in any spelling.
       input.isRuleTwin?.(name) === true,
   );
+  // This hop spends one of an OPTIONS request's Max-Forwards (RFC 9110 7.6.2; at 0 createMaxForwards answered it).
+  const maxForwards = input.method === 'OPTIONS' ? maxForwardsOf(client[HEADER.maxForwards]) : undefined;
+  if (maxForwards) headers[HEADER.maxForwards] = String(maxForwards - 1);
   input.rules?.(headers);
   headers.host = input.targetHost;
   headers[HEADER.requestId] = input.requestId;
@@ -206,6 +212,7 @@ export function upstreamHeadersFor(
   return upstreamRequestHeaders({
     client: ctx.req.headers,
     underscores: options.underscores,
+    method: options.request.method,
     forwardAuthorization: options.forwardAuthorization,
     targetHost,
     requestId: ctx.state.requestId,

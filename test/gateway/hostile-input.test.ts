@@ -389,6 +389,32 @@ describe('hostile input at the gateway', () => {
     });
   });
 
+  // RFC 9110 7.6.2: every intermediary spends one of an OPTIONS request's Max-Forwards, and answers itself at 0.
+  describe('Max-Forwards on OPTIONS', () => {
+    it.each([
+      { desc: '0', value: '0' },
+      { desc: '0 with white space around it', value: ' 0\t' },
+      { desc: '00', value: '00' },
+    ])('answers OPTIONS with Max-Forwards: $desc itself, 204 with the route’s Allow, reaching no service', async ({ value }) => {
+      const requestId = nextRequestId();
+      const reply = await send(url, '/api/users/2', { method: 'OPTIONS', headers: { authorization: `Bearer ${bob}`, 'max-forwards': value, [HEADER.requestId]: requestId } });
+      expect(reply.status).toBe(204);
+      expect(headerOf(reply, 'allow')).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
+      expect(headerOf(reply, HEADER.requestId)).toBe(requestId);
+      expect(seenWithRequestId(requestId)).toEqual([]);
+      await expectStillServing();
+    });
+
+    it('tells the service one less Max-Forwards on OPTIONS, and leaves it on other methods', async () => {
+      const options = nextRequestId();
+      await send(url, '/api/users/2', { method: 'OPTIONS', headers: { authorization: `Bearer ${bob}`, 'max-forwards': '3', [HEADER.requestId]: options } });
+      expect(seenWithRequestId(options).map((request) => request.headers['max-forwards'])).toEqual(['2']);
+      const get = nextRequestId();
+      await send(url, '/api/users/2', { headers: { authorization: `Bearer ${bob}`, 'max-forwards': '3', [HEADER.requestId]: get } });
+      expect(seenWithRequestId(get).map((request) => request.headers['max-forwards'])).toEqual(['3']);
+    });
+  });
+
   describe('Connection headers naming headers the gateway owns', () => {
     it.each([
       { desc: 'the identity and request id', connection: 'x-user-role, x-user-id, x-request-id' },
