@@ -26,6 +26,8 @@ export const HEADER = {
   traceresponse: 'traceresponse',
   /** How many more proxies an OPTIONS (or TRACE) request may pass (RFC 9110 7.6.2); the gateway counts itself. */
   maxForwards: 'max-forwards',
+  /** The path prefix the proxies in front and the route took off: a trusted proxy's, then the gateway's own (src/upstream-headers.ts). */
+  forwardedPrefix: 'x-forwarded-prefix',
 } as const;
 
 /**

@@ -11,6 +11,12 @@ export interface CompiledRoute {
   /** The service's instances. */
   readonly pool: UpstreamPool;
   readonly upstreamPath: string;
+  /**
+   * The public path prefix the route takes off before forwarding, told to the service as `X-Forwarded-Prefix`
+   * (strippedPrefixOf): `/api` for `/api/orders` -> `/orders`. Empty when the upstream path is not the public one
+   * with a prefix taken off (`/api/auth/register` -> `/users`), or nothing is taken off.
+   */
+  readonly strippedPrefix: string;
   readonly exact: boolean;
   /** Allowed methods (`HEAD` wherever `GET` is), or undefined for any. */
   readonly methods: ReadonlySet<string> | undefined;
@@ -87,6 +93,7 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
     service: route.service,
     pool: pools.get(route.service)!,
     upstreamPath: route.upstreamPath,
+    strippedPrefix: strippedPrefixOf(route.prefix, route.upstreamPath),
     exact: route.exact,
     // `HEAD` is a `GET` without the body (RFC 9110 9.3.2): whatever takes GET takes HEAD under the same rules.
     methods: route.methods ? new Set(route.methods.includes('GET') ? [...route.methods, 'HEAD'] : route.methods) : undefined,
@@ -155,6 +162,17 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
       return { kind: 'matched', route, upstreamPath: route.upstreamPath + rest || '/' };
     },
   };
+}
+
+/**
+ * What a service must put before the path it receives to name the public one (a service building links, as
+ * Spring's ForwardedHeaderFilter, Werkzeug's ProxyFix or ASP.NET's UsePathBase read `X-Forwarded-Prefix`; Traefik's
+ * StripPrefix sends it): the route's prefix without its upstream path at the end, which both start a segment
+ * with. Nothing when that is not how the route maps paths, or the prefix is the root.
+ */
+function strippedPrefixOf(prefix: string, upstreamPath: string): string {
+  if (prefix === '/' || !prefix.endsWith(upstreamPath)) return '';
+  return prefix.slice(0, prefix.length - upstreamPath.length);
 }
 
 /**

@@ -28,7 +28,7 @@ const NEVER_FROM_CLIENTS = new Set<string>([...REQUEST_REWRITE_HEADERS, ...FOREI
 /** An `Authorization` value in the API-key scheme, whatever whitespace follows the scheme. */
 const API_KEY_SCHEME = /^\s*apikey(?:\s|$)/i;
 /** Forwarding headers this hop writes itself (the others a trusted proxy sent pass as they are). */
-const REBUILT_FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port']);
+const REBUILT_FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port', HEADER.forwardedPrefix]);
 
 /**
  * Client header names the gateway never passes on, whatever the route: names under a prefix the gateway owns
@@ -122,6 +122,11 @@ export interface UpstreamRequestHeadersInput {
   publicHost: string;
   publicProto: string;
   publicPort: string;
+  /**
+   * The path prefix the route took off (CompiledRoute.strippedPrefix), after whatever prefix a trusted proxy
+   * sent in `X-Forwarded-Prefix`: together they are the `X-Forwarded-Prefix` the service gets. Empty: none taken off.
+   */
+  strippedPrefix?: string;
   /** ISO time the gateway forwarded the request at. */
   timestamp: string;
   /** The route's request header rules (src/header-rules.ts): run on the filtered client headers, before the gateway writes its own. */
@@ -179,6 +184,8 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
   headers['x-forwarded-host'] = input.publicHost;
   headers['x-forwarded-proto'] = input.publicProto;
   headers['x-forwarded-port'] = input.publicPort;
+  const prefix = forwardedPrefix(client[HEADER.forwardedPrefix], input.strippedPrefix ?? '');
+  if (prefix) headers[HEADER.forwardedPrefix] = prefix;
   headers[HEADER.gatewayTimestamp] = input.timestamp;
   if (input.user) {
     headers[HEADER.userId] = input.user.id;
@@ -195,13 +202,28 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
 }
 
 /**
+ * `X-Forwarded-Prefix` for the service: the prefix a trusted proxy in front took off (its `X-Forwarded-Prefix`;
+ * from anyone else createTrustedProxies removed it), then the one this route took off. A service adds it before
+ * the path it received to build its public links: without the route's part, behind `/api/orders` -> `/orders` they
+ * said `/orders/7`, a path the gateway does not serve. A list from several proxies is joined into one prefix,
+ * as Spring joins one, so a reader that takes one value (Werkzeug's ProxyFix) reads the same. Nothing taken off
+ * by the route: the trusted value as it came.
+ */
+function forwardedPrefix(trusted: string | string[] | undefined, stripped: string): string | undefined {
+  if (stripped === '') return Array.isArray(trusted) ? trusted.join(', ') : trusted;
+  if (trusted === undefined) return stripped;
+  const before = (Array.isArray(trusted) ? trusted.join(',') : trusted).split(',').map((part) => part.trim().replace(/\/+$/, '')).join('');
+  return before + stripped;
+}
+
+/**
  * The headers a forwarder (the HTTP proxy, the gRPC translation) sends a service for `ctx`'s request to the
  * instance at `targetHost`: the client's, filtered, and the gateway's own from the request's state.
  */
 export function upstreamHeadersFor(
   ctx: KoaContext,
   targetHost: string,
-  options: Pick<UpstreamRequestHeadersInput, 'underscores' | 'forwardAuthorization' | 'rules' | 'isRuleTwin'> & {
+  options: Pick<UpstreamRequestHeadersInput, 'underscores' | 'forwardAuthorization' | 'rules' | 'isRuleTwin' | 'strippedPrefix'> & {
     /** The gateway's signer (config `proxy.signingKey`); none without a key. */
     sign?: GatewaySigner;
     /** The request the headers go with, as sent (method and target): the signature is good for it alone. */
@@ -222,6 +244,7 @@ export function upstreamHeadersFor(
     publicHost,
     publicProto: ctx.protocol,
     publicPort: publicPort(ctx, publicHost),
+    strippedPrefix: options.strippedPrefix,
     timestamp: isoTimestamp(),
     rules: options.rules,
     isRuleTwin: options.isRuleTwin,

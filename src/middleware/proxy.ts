@@ -116,6 +116,7 @@ export function createProxy(options: ProxyOptions): Middleware {
     const headers = upstreamHeadersFor(ctx, instance.host, {
       underscores: options.underscores,
       forwardAuthorization: route.forwardAuthorization,
+      strippedPrefix: route.strippedPrefix,
       rules: requestRules && ((filtered) => requestRules(filtered, ctx)),
       isRuleTwin: rules?.isRequestRuleTwin,
       sign: options.sign,

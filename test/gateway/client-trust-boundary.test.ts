@@ -99,6 +99,8 @@ beforeAll(async () => {
       services: { rec: { url: service.url }, users: { url: service.url }, orders: { url: service.url }, notifications: { url: service.url } },
       routes: [
         { name: 'pub', prefix: '/pub', service: 'rec', upstreamPath: '/p', auth: 'public' },
+        // Takes `/shop` off, as Traefik's StripPrefix does: the service is told so in X-Forwarded-Prefix.
+        { name: 'shop', prefix: '/shop/orders', service: 'rec', upstreamPath: '/orders', auth: 'public' },
         { name: 'admin', prefix: '/api/admin', service: 'rec', upstreamPath: '/svc/admin', auth: 'required', roles: ['admin'] },
         { name: 'api', prefix: '/api', service: 'rec', upstreamPath: '/svc', auth: 'required' },
         // A public route listed before a protected one whose prefix is its own with a dot: a suffix on the longer one is its.
@@ -188,6 +190,32 @@ describe('scheme, prefix and address spellings pass only from a trusted proxy', 
     const [request] = seenWith(requestId);
     expect(request).toBeDefined();
     expect(Object.keys(request!.headers).filter((name) => name in headers)).toEqual([]);
+  });
+});
+
+describe('X-Forwarded-Prefix is the gateway’s: the prefix the route took off, never a client’s', () => {
+  it.each<{ desc: string; headers: Record<string, string> }>([
+    { desc: 'none', headers: {} },
+    { desc: 'one of its own', headers: { 'X-Forwarded-Prefix': '/evil-prefix' } },
+    { desc: 'its _ twin', headers: { X_Forwarded_Prefix: '/evil-prefix' } },
+    { desc: 'a Connection that lists it', headers: { Connection: 'x-forwarded-prefix', 'X-Forwarded-Prefix': '/evil-prefix' } },
+  ])('tells the service /shop for /shop/orders -> /orders when the client sends $desc', async ({ headers }) => {
+    const requestId = nextRequestId();
+    expect((await send('/shop/orders/7?x=1', { ...headers, [HEADER.requestId]: requestId })).status).toBe(200);
+    const [request] = seenWith(requestId);
+    expect({ url: request?.url, prefix: request?.headers['x-forwarded-prefix'], twin: request?.headers.x_forwarded_prefix }).toEqual({ url: '/orders/7?x=1', prefix: '/shop', twin: undefined });
+  });
+
+  it('tells it over HTTP/2 too', async () => {
+    const requestId = nextRequestId();
+    expect((await sendH2('/shop/orders/7', { 'x-forwarded-prefix': '/evil-prefix', [HEADER.requestId]: requestId })).status).toBe(200);
+    expect(seenWith(requestId).map((request) => request.headers['x-forwarded-prefix'])).toEqual(['/shop']);
+  });
+
+  it('sends none where the route does not take a prefix off (/pub -> /p), whatever the client sends', async () => {
+    const requestId = nextRequestId();
+    expect((await send('/pub/x', { 'X-Forwarded-Prefix': '/evil-prefix', [HEADER.requestId]: requestId })).status).toBe(200);
+    expect(seenWith(requestId).map((request) => request.headers['x-forwarded-prefix'])).toEqual([undefined]);
   });
 });
 

@@ -68,6 +68,20 @@ describe('client addresses behind proxies', () => {
     }
   });
 
+  it.each([
+    { desc: 'a prefix', sent: '/edge', told: '/edge/api' },
+    { desc: 'a prefix with a trailing slash', sent: '/edge/', told: '/edge/api' },
+    { desc: 'a list from two proxies', sent: '/outer, /edge', told: '/outer/edge/api' },
+  ])('puts the route’s own prefix after $desc a trusted proxy sent in X-Forwarded-Prefix', async ({ sent, told }) => {
+    const stack = await startStack({ env: { TRUST_PROXY: 'true' }, overrides: { routes: [{ name: 'stripped', prefix: '/api/stripped', service: 'users', upstreamPath: '/stripped', auth: 'public' }], trustedProxies: ['127.0.0.0/8'] } });
+    try {
+      await (await fetch(`${stack.gateway.url}/api/stripped/1`, { headers: { 'x-forwarded-prefix': sent } })).arrayBuffer();
+      expect(stack.users.requests.map((request) => [request.url, request.headers['x-forwarded-prefix']])).toEqual([['/stripped/1', told]]);
+    } finally {
+      await stack.close();
+    }
+  });
+
   // Koa caches ctx.ip on first read and tracing reads it first: the decision has to come before it.
   it('puts the settled client address on the server span, not a spoofed one', async () => {
     const tracing = startInMemoryTracing();
