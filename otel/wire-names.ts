@@ -28,7 +28,15 @@ export const HEADER = {
   maxForwards: 'max-forwards',
   /** The path prefix the proxies in front and the route took off: a trusted proxy's, then the gateway's own (src/upstream-headers.ts). */
   forwardedPrefix: 'x-forwarded-prefix',
+  /** The intermediaries a request passed (RFC 9110 7.6.3); the gateway adds itself as VIA_PSEUDONYM. */
+  via: 'via',
 } as const;
+
+/**
+ * How the gateway names itself in `Via` (RFC 9110 7.6.3 allows a pseudonym for the host): the instance's host
+ * and port would map the network behind it for every service log that records the header.
+ */
+export const VIA_PSEUDONYM = 'koa-gateway';
 
 /**
  * Header prefixes the gateway owns. Anything a client sends under them is removed before routing, so a

@@ -1,7 +1,7 @@
 import type http from 'node:http';
 import type { Context as KoaContext } from 'koa';
 import { isoTimestamp } from '../otel/iso-timestamp';
-import { CGI_HAZARD_HEADERS, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
+import { CGI_HAZARD_HEADERS, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, REQUEST_REWRITE_HEADERS, VIA_PSEUDONYM } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
 import { maxForwardsOf } from './middleware/max-forwards';
@@ -107,6 +107,8 @@ export interface UpstreamRequestHeadersInput {
   underscores: UnderscoreHeaderPolicy;
   /** The request's method: an OPTIONS request's `Max-Forwards` is spent here. */
   method?: string;
+  /** The HTTP version the client's request came in (`1.0`, `1.1`, `2.0`), for `Via`. */
+  httpVersion?: string;
   /** The route lets the client's `Authorization` through (a service that verifies tokens itself). */
   forwardAuthorization: boolean;
   /** `host[:port]` of the chosen instance. */
@@ -176,6 +178,9 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
   const maxForwards = input.method === 'OPTIONS' ? maxForwardsOf(client[HEADER.maxForwards]) : undefined;
   if (maxForwards) headers[HEADER.maxForwards] = String(maxForwards - 1);
   input.rules?.(headers);
+  // RFC 9110 7.6.3: a gateway MUST add itself to the Via of every request it forwards, after whoever the request
+  // passed before (a client's or a proxy's entries stay: they only describe, the gateway trusts none of them).
+  if (input.httpVersion !== undefined) headers[HEADER.via] = viaWith(headers[HEADER.via], input.httpVersion);
   headers.host = input.targetHost;
   headers[HEADER.requestId] = input.requestId;
   // The chain a trusted proxy started, with this hop's peer appended (as http-proxy's xfwd did).
@@ -199,6 +204,13 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
   // the request they go with.
   if (input.sign) headers[HEADER.gatewaySignature] = input.sign([input.user?.id ?? '', input.user?.role ?? '', input.user?.email ?? '', input.consumer?.id ?? '']);
   return headers;
+}
+
+/** `Via` with the gateway appended: `1.1 koa-gateway`, `2 koa-gateway` for HTTP/2 (its version has no minor, RFC 9113). */
+function viaWith(before: string | string[] | undefined, httpVersion: string): string {
+  const own = `${httpVersion === '2.0' ? '2' : httpVersion} ${VIA_PSEUDONYM}`;
+  if (before === undefined) return own;
+  return `${Array.isArray(before) ? before.join(', ') : before}, ${own}`;
 }
 
 /**
@@ -235,6 +247,7 @@ export function upstreamHeadersFor(
     client: ctx.req.headers,
     underscores: options.underscores,
     method: options.request.method,
+    httpVersion: ctx.req.httpVersion,
     forwardAuthorization: options.forwardAuthorization,
     targetHost,
     requestId: ctx.state.requestId,

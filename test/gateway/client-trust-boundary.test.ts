@@ -219,6 +219,24 @@ describe('X-Forwarded-Prefix is the gateway’s: the prefix the route took off, 
   });
 });
 
+describe('Via (RFC 9110 7.6.3): the gateway adds itself to every request it forwards', () => {
+  it.each<{ desc: string; headers: Record<string, string>; via: string }>([
+    { desc: 'none of its own', headers: {}, via: '1.1 koa-gateway' },
+    { desc: 'the proxies it passed', headers: { Via: '1.0 fred, 1.1 p.example' }, via: '1.0 fred, 1.1 p.example, 1.1 koa-gateway' },
+    { desc: 'a Connection that lists Via (its Via is for one hop)', headers: { Via: '1.1 p.example', Connection: 'via' }, via: '1.1 koa-gateway' },
+  ])('adds 1.1 koa-gateway after $desc', async ({ headers, via }) => {
+    const requestId = nextRequestId();
+    expect((await send('/pub/x', { ...headers, [HEADER.requestId]: requestId })).status).toBe(200);
+    expect(seenWith(requestId).map((request) => request.headers.via)).toEqual([via]);
+  });
+
+  it('adds 2 koa-gateway for an HTTP/2 request', async () => {
+    const requestId = nextRequestId();
+    expect((await sendH2('/pub/x', { via: '2 edge', [HEADER.requestId]: requestId })).status).toBe(200);
+    expect(seenWith(requestId).map((request) => request.headers.via)).toEqual(['2 edge, 2 koa-gateway']);
+  });
+});
+
 describe('a % left after one decoding is refused: a nested route’s rules cannot be decided on another spelling', () => {
   it.each([
     { desc: 'a double-encoded letter', path: '/api/%2561dmin/users' },
