@@ -24,7 +24,7 @@ const MAX_VALUE_LENGTH = 1024;
 const MAX_RULES = 32;
 
 /** Framing and connection headers: Node and undici write them; a rule cannot. */
-const FRAMING = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'expect', 'content-length', 'host'];
+const FRAMING = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'expect', 'http2-settings', 'content-length', 'host'];
 
 /**
  * Why a request header name belongs to the gateway, or undefined when a rule may touch it. Checked on the

@@ -20,9 +20,11 @@ export type UnderscoreHeaderPolicy = 'drop' | 'reject' | 'allow';
 /**
  * Hop-by-hop headers (RFC 9110 7.6.1) describe one connection and are never forwarded; `expect` is answered by
  * the gateway itself (continueIfExpected, src/middleware/request-head.ts). undici frames the body itself
- * (chunked when the length is unknown).
+ * (chunked when the length is unknown). `HTTP2-Settings` is the settings of an h2c upgrade of one connection
+ * (RFC 7540 3.2.1), whether or not its `Connection` lists it: from a service, Node's HTTP/2 refused to write it
+ * (an HTTP/2 client got 502 where an HTTP/1.1 one got the answer).
  */
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'expect']);
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'expect', 'http2-settings']);
 /** Removed from every client request whatever the route: request-rewriting headers, other proxies' identity headers and `Proxy` (httpoxy). */
 const NEVER_FROM_CLIENTS = new Set<string>([...REQUEST_REWRITE_HEADERS, ...FOREIGN_IDENTITY_HEADERS, ...CGI_HAZARD_HEADERS]);
 /** An `Authorization` value in the API-key scheme, whatever whitespace follows the scheme. */

@@ -444,6 +444,14 @@ describe('hostile input at the gateway', () => {
       await expectStillServing();
     });
 
+    it('never forwards HTTP2-Settings, connection-specific even where Connection does not list it', async () => {
+      const requestId = nextRequestId();
+      await send(url, '/api/users/2', { headers: { authorization: `Bearer ${bob}`, [HEADER.requestId]: requestId, 'http2-settings': 'AAMAAABkAAQAoAAAAAIAAAAA' } });
+      const seen = seenWithRequestId(requestId);
+      expect(seen).toHaveLength(1);
+      expect(seen[0]!.headers['http2-settings']).toBeUndefined();
+    });
+
     it('still removes a client header its Connection lists (a real hop-by-hop header)', async () => {
       const requestId = nextRequestId();
       await send(url, '/api/users/2', { headers: { authorization: `Bearer ${bob}`, [HEADER.requestId]: requestId, connection: 'x-hop-only', 'x-hop-only': 'one hop', 'x-end-to-end': 'kept' } });

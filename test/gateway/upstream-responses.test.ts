@@ -22,6 +22,8 @@ const ANSWERS: Record<string, string> = {
   // RFC 9110 15 defines no status beyond 599; some frameworks use 6xx-9xx for errors of their own.
   '/orders/status-600': `HTTP/1.1 600 Unknown\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/status-999': `HTTP/1.1 999 Request Denied\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  // Connection-specific (RFC 7540 3.2.1), not listed in Connection: what a service upgraded over h2c may still send.
+  '/orders/http2-settings': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/gzip-coded': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n`,
 };
 /** Reason phrases Node refuses to write: ISO-8859-1 obs-text (allowed by RFC 9112), UTF-8 beyond Latin-1, a control. */
@@ -249,6 +251,12 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
       expect(service.asked.get(path)! - before).toBe(1);
     }
     expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
+  });
+
+  it('passes an answer on without the HTTP2-Settings its service sent, a connection-specific header', async () => {
+    const answer = await get(`${stack.gateway.url}/api/orders/http2-settings`, token);
+    expect({ status: answer.status, body: answer.body }).toEqual({ status: 200, body: BODY });
+    expect(answer.headers['http2-settings']).toBeUndefined();
   });
 
   it('refuses a transfer-coding it does not decode (gzip, chunked) with 502 upstream_bad_response, and keeps the instance', async () => {
