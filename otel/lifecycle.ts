@@ -118,7 +118,9 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
       ? { status: 431, title: 'Request header fields too large', code: 'headers_too_large', detail: 'The request headers are too large.' }
       : tooSlow
         ? REQUEST_TIMEOUT
-        : { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request could not be parsed as HTTP.' },
+        : unknownMethod(error)
+          ? METHOD_NOT_IMPLEMENTED
+          : { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request could not be parsed as HTTP.' },
     ownHeaders,
   );
   const inFlight = inFlightResponse(socket);
@@ -475,6 +477,19 @@ export function serverAnswerCode(response: object): string | undefined {
 
 /** A request not received whole within `server.requestTimeoutMs`, over either protocol. */
 const REQUEST_TIMEOUT: ServerProblem = { status: 408, title: 'Request timeout', code: 'request_timeout', detail: 'The request did not arrive in time.' };
+const METHOD_NOT_IMPLEMENTED: ServerProblem = { status: 501, title: 'Method not implemented', code: 'method_not_implemented', detail: 'The gateway does not implement the request method.' };
+
+/** A request line as RFC 9112 3 frames it, its method any token: what Node's parser refused was the method alone. */
+const REQUEST_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\xff]+ HTTP\/1\.[01]\r?\n/;
+
+/**
+ * A well-formed request line whose method Node's parser does not know (`FOO`, `get`, WebDAV's `SEARCH` aside):
+ * 501, as RFC 9110 9.1 and 15.6.2 say of a method a server does not recognise, where a 400 told the client its
+ * request was malformed. Bytes that are no request line (a TLS ClientHello on the plain port) stay a 400.
+ */
+function unknownMethod(error: NodeJS.ErrnoException & { rawPacket?: Buffer }): boolean {
+  return error.code === 'HPE_INVALID_METHOD' && error.rawPacket !== undefined && REQUEST_LINE.test(error.rawPacket.toString('latin1', 0, 8192));
+}
 
 /** A response of either protocol the pipeline is handling. */
 type PipelineResponse = http.ServerResponse | Http2ServerResponse;

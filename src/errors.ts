@@ -38,6 +38,8 @@ export const ERROR_CATALOG = {
   grpc_resource_exhausted: { status: 429, title: 'Resource exhausted' },
   /** A request body in a transfer coding other than chunked (RFC 9112 6.1: 501); its bytes would reach a service still coded. */
   unsupported_transfer_coding: { status: 501, title: 'Transfer coding not implemented' },
+  /** A method the gateway cannot carry to a service (RFC 9110 9.1: 501 for an unrecognised method); HTTP/1.1's parser's are otel/lifecycle.ts's. */
+  method_not_implemented: { status: 501, title: 'Method not implemented' },
   upstream_unimplemented: { status: 501, title: 'Not implemented by the upstream' },
   internal: { status: 500, title: 'Internal error' },
   upstream_refused: { status: 502, title: 'Upstream refused the connection' },

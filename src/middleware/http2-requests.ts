@@ -56,8 +56,8 @@ function headerListSize(rawHeaders: readonly string[]): number {
  * - Field names and values HTTP/1.1 could not carry are refused (400): Node's HTTP/2 parser passes a value with
  *   CR LF or NUL, or a name with a space, which the HTTP/1.1 parser would never; forwarded, they would be header
  *   injection into the upstream request.
- * - Connection-specific headers, and `TE` other than `trailers`, are refused (400); so is a method HTTP/1.1's
- *   parser would refuse (lower case, unregistered).
+ * - Connection-specific headers, and `TE` other than `trailers`, are refused (400). A method HTTP/1.1's parser
+ *   would refuse (lower case, unregistered) is one the gateway does not implement (501, RFC 9110 9.1).
  * - A `Host` that names another authority than `:authority` is refused (400, RFC 9113 8.3.1): the host guard
  *   and the services must never judge by different names.
  * - A body without `content-length` (HTTP/2 frames bodies itself, RFC 9113 8.1) is marked as one of unknown
@@ -72,7 +72,7 @@ export function createHttp2Requests(): Middleware {
   return async function normaliseHttp2Request(ctx, next) {
     const request: IncomingMessage | Http2ServerRequest = ctx.req;
     if (!isHttp2Request(request)) return next();
-    if (!HTTP1_METHODS.has(request.method)) throw new GatewayError('bad_request', `HTTP/1.1 could not carry the method ${JSON.stringify(request.method.slice(0, 32))}.`);
+    if (!HTTP1_METHODS.has(request.method)) throw new GatewayError('method_not_implemented', `HTTP/1.1 could not carry the method ${JSON.stringify(request.method.slice(0, 32))}.`);
     // `:path` as it came: bytes outside visible ASCII (the overlong `\xC0\xAE` of a dot among them) pass the path
     // guard's decoding untouched and reach the service, which may read them as it likes; HTTP/1.1's parser
     // refuses them in the request line.

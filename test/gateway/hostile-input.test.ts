@@ -692,6 +692,10 @@ describe('hostile input at the gateway', () => {
       { desc: 'an obs-folded X-Request-Id (CR LF SP)', raw: () => get('X-Request-Id: evil\r\n def\r\n'), status: 400, code: 'bad_request', hostile: 'evil' },
       { desc: 'a 20 KB cookie', raw: () => get(`Cookie: session=${'c'.repeat(20 * 1024)}\r\n`), status: 431, code: 'headers_too_large', hostile: 'ccccccccccccccccccc' },
       { desc: 'a garbage request line', raw: () => 'GARBAGE\r\n\r\n', status: 400, code: 'bad_request', hostile: 'GARBAGE' },
+      // RFC 9110 9.1: a method the server does not recognise is 501, not a malformed request.
+      { desc: 'an unknown method', raw: () => `FROBNICATE /api/users/2 HTTP/1.1\r\nHost: ${host()}\r\nX-Marker: method-marker\r\nConnection: close\r\n\r\n`, status: 501, code: 'method_not_implemented', hostile: 'method-marker' },
+      { desc: 'a lower-case get', raw: () => `get /api/users/2 HTTP/1.1\r\nHost: ${host()}\r\nX-Marker: method-marker\r\nConnection: close\r\n\r\n`, status: 501, code: 'method_not_implemented', hostile: 'method-marker' },
+      { desc: 'an unknown method before a target with a space in it (not a request line)', raw: () => `FROBNICATE /api/users 2 HTTP/1.1\r\nHost: ${host()}\r\n\r\n`, status: 400, code: 'bad_request', hostile: 'FROBNICATE' },
       { desc: 'an unknown HTTP version', raw: () => `GET /api/users/2 HTTP/9.9\r\nHost: ${host()}\r\n\r\n`, status: 400, code: 'bad_request', hostile: '9.9' },
       { desc: 'a header line without a colon', raw: () => get('NoColonHere\r\n'), status: 400, code: 'bad_request', hostile: 'NoColonHere' },
       { desc: 'whitespace before a header colon', raw: () => get('X-Request-Id : evil\r\n'), status: 400, code: 'bad_request', hostile: 'evil' },

@@ -70,7 +70,7 @@ describe('requests the HTTP parser refuses are seen', () => {
   it.each([
     { desc: 'headers over the limit', raw: () => `GET /health HTTP/1.1\r\nHost: ${host()}\r\nCookie: ${'c'.repeat(20 * 1024)}\r\n\r\n`, status: 431, code: 'headers_too_large' },
     { desc: 'a garbage request line', raw: () => 'GARBAGE\r\n\r\n', status: 400, code: 'bad_request' },
-    { desc: 'a lower-case method', raw: () => `get /health HTTP/1.1\r\nHost: ${host()}\r\n\r\n`, status: 400, code: 'bad_request' },
+    { desc: 'a lower-case method', raw: () => `get /health HTTP/1.1\r\nHost: ${host()}\r\n\r\n`, status: 501, code: 'method_not_implemented' },
     { desc: 'a CR inside X-Request-Id', raw: () => `GET /health HTTP/1.1\r\nHost: ${host()}\r\nX-Request-Id: evil\rdef\r\n\r\n`, status: 400, code: 'bad_request' },
     { desc: 'a head that trickles in past the headers timeout', raw: () => `GET /health HTTP/1.1\r\nHost: ${host()}\r\nX-Slow: ${'a'.repeat(200)}\r\n\r\n`, status: 408, code: 'request_timeout', trickle: true },
   ])('$desc: the answer ($status) has an access line, a SERVER span its traceresponse names and a count under its request id', async ({ raw, status, code, trickle }) => {
