@@ -333,7 +333,7 @@ export function createProxy(options: ProxyOptions): Middleware {
             if (statusCode < 200) {
               // An interim answer (RFC 9110 15.2), then the final one: 103 Early Hints goes on to a client that
               // can take it (its Link preloads); the others (102 Processing) say nothing the client needs.
-              if (statusCode === 103 && upstreamHeaders.link !== undefined && req.httpVersion !== '1.0') res.writeEarlyHints({ link: upstreamHeaders.link });
+              if (statusCode === 103 && upstreamHeaders.link !== undefined && req.httpVersion !== '1.0') relayEarlyHints(res, upstreamHeaders.link);
               return;
             }
             // The cache holds a successful write's answer until the copies it made stale are dropped (src/middleware/cache.ts).
@@ -498,6 +498,46 @@ export function createProxy(options: ProxyOptions): Middleware {
       }
     }
   };
+}
+
+/**
+ * A service's 103 Early Hints passed on: its `Link` as separate links, as Node's writeEarlyHints takes them (one
+ * field listing several, `</a.css>; rel=preload, </b.js>; rel=preload` as RFC 8288 writes them, it refused).
+ * A link Node will not write (a quoted parameter with a space: `title="a b"`) drops the hints: they are advisory
+ * (RFC 8297), and thrown inside undici's handler the refusal failed the whole exchange, a GET resent to the
+ * service and its instance blamed, a POST it had done answered 502.
+ */
+function relayEarlyHints(res: KoaContext['res'], link: string | string[]): void {
+  try {
+    res.writeEarlyHints({ link: linkValues(link) });
+  } catch {
+    // Not passed on: the final answer follows as it would without hints.
+  }
+}
+
+/** The link-values of `Link` fields (RFC 8288 3): split at commas outside `<URI>` and quoted strings. */
+function linkValues(field: string | string[]): string[] {
+  const links: string[] = [];
+  for (const line of Array.isArray(field) ? field : [field]) {
+    let start = 0;
+    let inUri = false;
+    let inQuotes = false;
+    for (let at = 0; at < line.length; at++) {
+      const char = line[at];
+      if (inQuotes) {
+        if (char === '\\') at++;
+        else if (char === '"') inQuotes = false;
+      } else if (inUri) inUri = char !== '>';
+      else if (char === '<') inUri = true;
+      else if (char === '"') inQuotes = true;
+      else if (char === ',') {
+        links.push(line.slice(start, at));
+        start = at + 1;
+      }
+    }
+    links.push(line.slice(start));
+  }
+  return links.map((link) => link.trim()).filter((link) => link !== '');
 }
 
 /**

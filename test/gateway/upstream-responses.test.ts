@@ -15,6 +15,9 @@ const BODY = '{"ok":true}';
 const ANSWERS: Record<string, string> = {
   '/orders/plain': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/early-hints': `HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload; as=style\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  // One Link field listing two links (RFC 8288 3), as frameworks write them; then one with a title Node will not write.
+  '/orders/early-hints-list': `HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload; as=style, </app.js>; rel=preload; as=script\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  '/orders/early-hints-title': `HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload; title="main styles"\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/processing': `HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/own-ids': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Request-Id: svc-0f3c2a\r\ntraceresponse: 00-11111111111111111111111111111111-2222222222222222-01\r\nX-RateLimit-Limit: 5000\r\nX-RateLimit-Remaining: 4999\r\nX-RateLimit-Reset: 1\r\nRateLimit: "svc";r=4999;t=1\r\nRateLimit-Policy: "svc";q=5000;w=1\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   // RFC 9110 forbids Content-Length on a 204; HTTP/2 clients (Node's, curl) reset a stream that claims content it does not send.
@@ -130,6 +133,28 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
       expect(answer.interim).toEqual([expect.objectContaining({ status: 103, headers: expect.objectContaining({ link: '</app.css>; rel=preload; as=style' }) })]);
       expect({ status: answer.status, body: answer.body }).toEqual({ status: 200, body: BODY });
       expect(answer.headers[HEADER.requestId]).toMatch(/^[0-9a-f]{32}$/);
+    }
+    expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
+  });
+
+  it('passes 103 Early Hints whose Link lists several links on, then the final answer, asking the service once', async () => {
+    // Past the default ejection (3 failures in a row): a hint counted as the instance's failure would eject it.
+    for (let round = 0; round < 4; round++) {
+      const before = service.asked.get('/orders/early-hints-list') ?? 0;
+      const answer = await get(`${stack.gateway.url}/api/orders/early-hints-list`, token);
+      expect(answer.interim.map(({ status, headers }) => [status, ([] as string[]).concat(headers.link ?? []).join(', ')])).toEqual([[103, '</app.css>; rel=preload; as=style, </app.js>; rel=preload; as=script']]);
+      expect({ status: answer.status, body: answer.body }).toEqual({ status: 200, body: BODY });
+      expect(service.asked.get('/orders/early-hints-list')! - before).toBe(1);
+    }
+    expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
+  });
+
+  it('delivers the final answer without the hints when a 103 Link is one Node will not write, asking the service once', async () => {
+    for (let round = 0; round < 4; round++) {
+      const before = service.asked.get('/orders/early-hints-title') ?? 0;
+      const answer = await get(`${stack.gateway.url}/api/orders/early-hints-title`, token);
+      expect({ status: answer.status, body: answer.body, interim: answer.interim }).toEqual({ status: 200, body: BODY, interim: [] });
+      expect(service.asked.get('/orders/early-hints-title')! - before).toBe(1);
     }
     expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
   });
