@@ -98,11 +98,13 @@ export function createRequestHeadCheck(): Middleware {
  * `100 Continue` for a request that asked for it (`Expect: 100-continue`), sent by whatever reads the body, once
  * the checks before it passed. runServer takes the answer away from Node (which would send it before the
  * pipeline ran, inviting an upload the gateway is about to refuse with 401, 403, 413 or 429); a request nothing
- * reads the body of gets its final answer only, as RFC 9110 10.1.1 allows.
+ * reads the body of gets its final answer only, as RFC 9110 10.1.1 allows. An HTTP/1.0 request's expectation is
+ * ignored (RFC 9110 10.1.1), and no 1xx is ever sent to an HTTP/1.0 client (15.2): it took `HTTP/1.1 100
+ * Continue` for the final answer, and the real answer after it for the start of the next.
  */
 export function continueIfExpected(ctx: Context): void {
   const expect = ctx.req.headers.expect;
-  if (expect !== undefined && CONTINUE_EXPECTATION.test(expect) && !ctx.res.headersSent) ctx.res.writeContinue();
+  if (expect !== undefined && CONTINUE_EXPECTATION.test(expect) && !ctx.res.headersSent && ctx.req.httpVersion !== '1.0') ctx.res.writeContinue();
 }
 
 /** `100-continue` in an Expect value, as Node's HTTP server finds it (it sends such requests to checkContinue). */

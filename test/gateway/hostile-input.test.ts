@@ -883,6 +883,17 @@ describe('hostile input at the gateway', () => {
       expect(seenWithRequestId(requestId)).toEqual([]);
     });
 
+    // RFC 9110 10.1.1 and 15.2: an HTTP/1.0 client's 100-continue is ignored, and it is sent no 1xx, which it
+    // would take for the final answer (and the real one after it for garbage).
+    it('sends an HTTP/1.0 client with Expect: 100-continue no 100 Continue, only the final answer', async () => {
+      const requestId = nextRequestId();
+      const body = JSON.stringify({ name: 'Expecting', email: `expect-${requestId}@example.com`, password: 'long enough' });
+      const reply = await sendRaw(served.url, `POST /api/auth/register HTTP/1.0\r\nHost: ${host()}\r\nX-Request-Id: ${requestId}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nExpect: 100-continue\r\n\r\n${body}`);
+      expect(reply.status).toBe(201);
+      expect(reply.text).not.toContain('100 Continue');
+      expect(seenWithRequestId(requestId)).toHaveLength(1);
+    });
+
     it('sends 100 Continue once the checks passed and the body is read, then forwards the body', async () => {
       const requestId = nextRequestId();
       const body = JSON.stringify({ name: 'Expecting', email: `expect-${requestId}@example.com`, password: 'long enough' });
