@@ -120,7 +120,7 @@ export interface UpstreamRequestHeadersInput {
   user?: AuthenticatedUser;
   /** Set only after an API key verified. */
   consumer?: Consumer;
-  /** The TCP peer, appended to `X-Forwarded-For`. */
+  /** The TCP peer (an IPv4 one as such, not IPv4-mapped), appended to `X-Forwarded-For`. */
   peerAddress: string;
   /** What the client asked for, as the gateway saw it (a trusted proxy's `X-Forwarded-Host` / `-Proto` when one sent them). */
   publicHost: string;
@@ -255,7 +255,7 @@ export function upstreamHeadersFor(
     requestId: ctx.state.requestId,
     user: ctx.state.user,
     consumer: ctx.state.consumer,
-    peerAddress: ctx.req.socket.remoteAddress ?? '',
+    peerAddress: unmapped(ctx.req.socket.remoteAddress ?? ''),
     publicHost,
     publicProto: ctx.protocol,
     publicPort: publicPort(ctx, publicHost),
@@ -283,8 +283,17 @@ export function forwardedHost(ctx: KoaContext): string {
 function localAuthority(ctx: KoaContext): string {
   const { localAddress, localPort } = ctx.req.socket;
   if (!localAddress) return '';
-  const address = localAddress.startsWith('::ffff:') ? localAddress.slice(7) : localAddress;
+  const address = unmapped(localAddress);
   return `${address.includes(':') ? `[${address}]` : address}:${localPort}`;
+}
+
+/**
+ * An address as the client used it: an IPv4 one that reached a dual-stack listener (`::`) is reported by the
+ * socket IPv4-mapped (`::ffff:203.0.113.7`), and told to a service so it failed the IPv4 allowlists, geo lookups
+ * and log searches that take the client for the IPv4 host it is.
+ */
+function unmapped(address: string): string {
+  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
 }
 
 /** The port the client addressed: a trusted proxy's `X-Forwarded-Port` (still present only then), else the Host's, else the scheme's. */

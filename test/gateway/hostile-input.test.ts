@@ -311,6 +311,34 @@ describe('hostile input at the gateway', () => {
     });
   });
 
+  describe('the client address a dual-stack listener (::) reports', () => {
+    it('tells the service an IPv4 client as its IPv4 address in X-Forwarded-For, not IPv4-mapped, and an IPv6 one as it is', async () => {
+      const { logger } = memoryLogger('gateway');
+      const dualStack = http.createServer(createGateway(stack.config, { logger }).callback());
+      await new Promise<void>((resolve) => dualStack.listen(0, '::', resolve));
+      const { port } = dualStack.address() as net.AddressInfo;
+      try {
+        const forwardedFor: unknown[] = [];
+        for (const host of ['127.0.0.1', '::1']) {
+          const requestId = nextRequestId();
+          const status = await new Promise<number | undefined>((resolve, reject) => {
+            const request = http.get({ host, port, path: '/api/users/2', agent: false, headers: { authorization: `Bearer ${bob}`, [HEADER.requestId]: requestId } }, (response) => {
+              response.resume();
+              response.on('end', () => resolve(response.statusCode));
+            });
+            request.on('error', reject);
+          });
+          expect(status).toBe(200);
+          forwardedFor.push(...seenWithRequestId(requestId).map((request) => request.headers['x-forwarded-for']));
+        }
+        expect(forwardedFor).toEqual(['127.0.0.1', '::1']);
+      } finally {
+        dualStack.closeAllConnections();
+        await new Promise((resolve) => dualStack.close(resolve));
+      }
+    });
+  });
+
   describe('wrong methods on routes the gateway restricts', () => {
     it.each([
       { desc: 'GET on login', method: 'GET', path: '/api/auth/login' },
