@@ -49,7 +49,7 @@ export function createRequestTargetForm(): Middleware {
  * - A path (origin form) as the target, or `*` for OPTIONS, answered here (204 with the server's `Allow`): an
  *   absolute-form target createRequestTargetForm could not take (a scheme other than http and https, userinfo)
  *   or CONNECT's authority form is refused.
- * - No `Expect` but 100-continue (417); no transfer coding but chunked (501).
+ * - No `Expect` but 100-continue (417); no transfer coding but chunked (501), and none at all in HTTP/1.0 (400).
  */
 /** HTTP/1 only (a connection-specific header is malformed in HTTP/2): what follows a malformed head is not trusted. */
 const CLOSE_CONNECTION = { headers: { Connection: 'close' } };
@@ -75,6 +75,12 @@ export function createRequestHeadCheck(): Middleware {
       // Node's parser takes `gzip, chunked` (or `identity, chunked`) and removes the chunking only: the service
       // would get gzip bytes with a Content-Length and nothing saying they are coded.
       const codings = request.headers['transfer-encoding'];
+      // HTTP/1.0 has no transfer codings: RFC 9112 6.1 has such a message's framing taken for faulty and its
+      // connection closed. Node's parser decoded the chunks and kept the connection, so bytes a proxy in front
+      // that goes by HTTP/1.0 read as this body were run here as the next request (nginx refuses these too).
+      if (codings !== undefined && request.httpVersionMinor === 0) {
+        throw new GatewayError('bad_request', 'An HTTP/1.0 request cannot carry Transfer-Encoding.', CLOSE_CONNECTION);
+      }
       if (codings !== undefined && codings.trim().toLowerCase() !== 'chunked') {
         throw new GatewayError('unsupported_transfer_coding', 'The gateway takes request bodies as they are or chunked; no other transfer coding.', CLOSE_CONNECTION);
       }

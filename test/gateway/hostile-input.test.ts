@@ -741,6 +741,15 @@ describe('hostile input at the gateway', () => {
       // Node's parser takes these and removes only the chunking: the service would get gzip-coded bytes as plain.
       { desc: 'a gzip-coded chunked body', raw: () => `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Marker: coded-marker\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n`, status: 501, code: 'unsupported_transfer_coding', hostile: 'coded-marker' },
       { desc: 'an identity, chunked body', raw: () => `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Marker: coded-marker\r\nContent-Type: application/json\r\nTransfer-Encoding: identity, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n`, status: 501, code: 'unsupported_transfer_coding', hostile: 'coded-marker' },
+      // RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing. A front proxy that goes by
+      // HTTP/1.0 would take the GET after the chunks for part of the body; the gateway must not run it.
+      {
+        desc: 'an HTTP/1.0 request with a chunked body and a request after it',
+        raw: () => `POST /api/orders HTTP/1.0\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Marker: chunked-10-marker\r\nConnection: keep-alive\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nGET /api/users/2 HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\n\r\n`,
+        status: 400,
+        code: 'bad_request',
+        hostile: 'chunked-10-marker',
+      },
       // Node answers this itself unless runServer passes it on: a bare 417 with no request id.
       { desc: 'an Expect other than 100-continue', raw: () => get('Expect: evil-expectation\r\n'), status: 417, code: 'expectation_failed', hostile: 'evil-expectation' },
     ];
