@@ -2,7 +2,8 @@ import * as grpc from '@grpc/grpc-js';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { HEADER } from '../../otel/wire-names';
-import { verifyGatewaySignature } from '../../src/gateway-signature';
+import { verifyGatewaySignature, type SignatureProblem } from '../../src/gateway-signature';
+import { mintRequestId } from '../../src/middleware/request-id';
 import { callerFromMetadata, grpcError, grpcServiceDefinition, metadataValue } from '../shared/grpc-service';
 import type { Caller } from '../shared/service-app';
 import { describeFirstIssue, recordId } from '../shared/input-limits';
@@ -33,18 +34,29 @@ const typeFilter = z.string().max(NOTIFICATION_LIMITS.typeMaxLength);
  * line per call, with the request id, as the HTTP side logs one per request.
  */
 export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server {
-  const { logger, store } = options;
-  const server = new grpc.Server();
+  const { logger, store, signingKey } = options;
+  /** Each call's signature verdict (undefined: it verifies), by its metadata: decided once, before anything records the call. */
+  const verdicts = new WeakMap<grpc.Metadata, SignatureProblem | undefined>();
+  const server = new grpc.Server(signingKey === undefined ? {} : { interceptors: [createSignatureVerdict(signingKey, verdicts)] });
+
+  /** Why `call`'s signature fails (undefined: it verifies, or no key): the interceptor's verdict, else decided now. */
+  function signatureProblemOfCall(call: { metadata: grpc.Metadata; getPath(): string }): SignatureProblem | undefined {
+    if (signingKey === undefined) return undefined;
+    return verdicts.has(call.metadata) ? verdicts.get(call.metadata) : signatureProblemOf(signingKey, call.getPath(), call.metadata);
+  }
 
   /** Runs a handler, logging its outcome; a thrown gRPC error becomes the call's status. */
   function handled<T extends Unary | grpc.ServerWritableStream<Request, unknown>>(method: string, handler: (call: T) => unknown) {
     return (call: T, callback?: Reply) => {
       const started = performance.now();
-      const requestId = metadataValue(call.metadata, HEADER.requestId) || undefined;
+      const problem = signatureProblemOfCall(call);
+      // Only what the gateway signed is believed, its request id included: a peer's forged x-request-id would
+      // otherwise have its refusal logged under someone else's id. It gets one of its own, as over HTTP.
+      const requestId = problem === undefined ? metadataValue(call.metadata, HEADER.requestId) || undefined : mintRequestId();
       const log = (code: grpc.status) =>
         logger.info('rpc handled', { rpc: method, grpc_status: grpc.status[code], duration_ms: Math.round((performance.now() - started) * 1000) / 1000, request_id: requestId });
       try {
-        if (options.signingKey !== undefined) requireGatewaySignature(call, options.signingKey);
+        if (problem !== undefined) throw grpcError(grpc.status.UNAUTHENTICATED, `This service answers only calls signed by the gateway (signature ${problem}).`);
         const result = handler(call);
         if (callback) callback(null, result);
         log(grpc.status.OK);
@@ -84,13 +96,45 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
 }
 
 /** A gRPC call is an HTTP/2 POST to its path: the signature must have been made for this method's. */
-function requireGatewaySignature(call: { metadata: grpc.Metadata; getPath(): string }, key: string): void {
-  const problem = verifyGatewaySignature(key, { method: 'POST', target: call.getPath() }, (name) => {
-    const values = call.metadata.get(name);
+function signatureProblemOf(key: string, path: string, metadata: grpc.Metadata): SignatureProblem | undefined {
+  return verifyGatewaySignature(key, { method: 'POST', target: path }, (name) => {
+    const values = metadata.get(name);
     if (values.length === 0) return undefined;
     return values.length === 1 && typeof values[0] === 'string' ? values[0] : values.map(String);
   });
-  if (problem) throw grpcError(grpc.status.UNAUTHENTICATED, `This service answers only calls signed by the gateway (signature ${problem}).`);
+}
+
+/** The metadata a call's trace context travels in (W3C Trace Context and Baggage, as over HTTP). */
+const TRACE_CONTEXT_METADATA = [HEADER.traceparent, HEADER.tracestate, HEADER.baggage] as const;
+
+/**
+ * Decides each call's signature as its metadata arrives, before any handler runs, recording the verdict in
+ * `verdicts`; a call whose signature fails loses its `traceparent`, `tracestate` and `baggage` there, so its
+ * SERVER span starts a trace of its own instead of landing in the (someone else's) trace it named, as an unsigned
+ * HTTP request's does (otel/telemetry.ts continueTraceContextOnlyWhen).
+ *
+ * Why a grpc-js server interceptor: @opentelemetry/instrumentation-grpc (0.300) has no hook before it continues
+ * the caller's context (its options are `ignoreGrpcMethods` and `metadataToSpanAttributes`; there is no
+ * counterpart of the http instrumentation's startIncomingSpanHook). It extracts from the metadata the handler is
+ * given, in the wrapper it puts around the registered handler; interceptors (grpc-js's public API) see that
+ * metadata first and pass it on, so dropping the names here keeps them from the instrumentation, whichever
+ * version, and from anything else that reads them. Ignoring the call altogether (`ignoreGrpcMethods`) would lose
+ * the refusal's span, which an operator wants to see.
+ */
+function createSignatureVerdict(key: string, verdicts: WeakMap<grpc.Metadata, SignatureProblem | undefined>): grpc.ServerInterceptor {
+  return (method, call) =>
+    new grpc.ServerInterceptingCall(call, {
+      start(next) {
+        next({
+          onReceiveMetadata(metadata, pass) {
+            const problem = signatureProblemOf(key, method.path, metadata);
+            if (problem !== undefined) for (const name of TRACE_CONTEXT_METADATA) metadata.remove(name);
+            verdicts.set(metadata, problem);
+            pass(metadata);
+          },
+        });
+      },
+    });
 }
 
 function requireCaller(call: { metadata: grpc.Metadata }): Caller {

@@ -183,3 +183,84 @@ describe('what a service records for a request the gateway did not sign', () => 
     expect(spans.find((span) => span.kind === 'SERVER' && span.traceId === caller.traceId)).toMatchObject({ parentSpanId: caller.parentId, attributes: expect.objectContaining({ [ATTR.requestId]: requestId }) });
   });
 });
+
+describe('what notification-service records for a gRPC call the gateway did not sign', () => {
+  // The same peer calling notification-service's gRPC interface: the `rpc handled` line took the forged
+  // x-request-id before the signature was checked, and the gRPC instrumentation continued the forged traceparent
+  // before the handler ran, so the refused call was recorded inside someone else's trace.
+  let receiver: OtlpReceiver;
+  let notifications: RunningProcess;
+  let client: grpc.Client;
+  const newTrace = () => ({ traceId: randomBytes(16).toString('hex'), parentId: randomBytes(8).toString('hex') });
+  const path = `/${NOTIFICATIONS_SERVICE}/CreateNotification`;
+  const spanName = `grpc.${NOTIFICATIONS_SERVICE}/CreateNotification`;
+
+  beforeAll(async () => {
+    receiver = await startOtlpReceiver();
+    const grpcPort = await freePort();
+    notifications = await startProcess('notification-service', 'services/notifications/main.js', {
+      GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY,
+      GRPC_PORT: String(grpcPort),
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+      OTEL_BSP_SCHEDULE_DELAY: '50',
+      OTEL_METRICS_EXPORTER: 'none',
+      OTEL_LOGS_EXPORTER: 'none',
+    });
+    await waitFor(() => notifications.lines.some((line) => typeof line.grpc_url === 'string'), 'the gRPC listener');
+    client = new grpc.Client(`127.0.0.1:${grpcPort}`, grpc.credentials.createInsecure());
+  }, 30_000);
+  afterAll(async () => {
+    client?.close();
+    notifications?.child.kill('SIGKILL');
+    if (notifications) await exitOf(notifications.child);
+    await receiver?.close();
+  });
+
+  /** CreateNotification with exactly `entries` as metadata (the message is empty: a signed one is then refused as INVALID_ARGUMENT); resolves with the status code. */
+  function call(entries: Record<string, string>): Promise<grpc.status> {
+    const metadata = new grpc.Metadata();
+    for (const [name, value] of Object.entries(entries)) metadata.set(name, value);
+    return new Promise((resolve) => {
+      client.makeUnaryRequest(path, (value: Buffer) => value, (bytes: Buffer) => bytes, Buffer.alloc(0), metadata, { deadline: Date.now() + 5000 }, (error) => resolve(error?.code ?? grpc.status.OK));
+    });
+  }
+
+  /** The `rpc handled` lines logged with `status`. */
+  const linesWith = (status: string) => notifications.lines.filter((line) => line.message === 'rpc handled' && line.grpc_status === status);
+
+  it.each([
+    ['no signature', () => ({})],
+    ['a signature made with another key', () => ({ [HEADER.gatewaySignature]: createGatewaySigner('a-key-that-is-not-the-gateways-but-long-enough')({ method: 'POST', target: path }, BOB) })],
+  ])('logs its refusal (%s) under a new request id and in a new trace, neither the forged one', async (_desc, signature) => {
+    const forged = newTrace();
+    const forgedId = `forged-${forged.traceId}`;
+    const before = linesWith('UNAUTHENTICATED').length;
+    const code = await call({ ...identityHeaders(BOB), ...signature(), traceparent: `00-${forged.traceId}-${forged.parentId}-01`, tracestate: 'victim=1', [HEADER.requestId]: forgedId, baggage: `request.id=${forgedId}` });
+    expect(code).toBe(grpc.status.UNAUTHENTICATED);
+
+    // This call's line: the calls of this file are made one at a time.
+    await waitFor(() => linesWith('UNAUTHENTICATED').length > before, 'the refused call\'s line');
+    const refused = linesWith('UNAUTHENTICATED')[before]!;
+    expect(refused[LOG_FIELD.requestId]).toMatch(/^[0-9a-f]{32}$/);
+    expect(refused[LOG_FIELD.traceId]).not.toBe(forged.traceId);
+
+    const { spans } = await receiver.waitFor((received) => received.spans.some((span) => span.kind === 'SERVER' && span.traceId === refused[LOG_FIELD.traceId]));
+    const server = spans.find((span) => span.kind === 'SERVER' && span.traceId === refused[LOG_FIELD.traceId])!;
+    expect({ name: server.name, parentSpanId: server.parentSpanId }).toEqual({ name: spanName, parentSpanId: undefined });
+    expect(server.attributes[ATTR.requestId]).not.toBe(forgedId);
+    expect(spans.filter((span) => span.traceId === forged.traceId)).toEqual([]);
+  });
+
+  it('still continues a signed call’s trace and logs it under the request id the gateway sent', async () => {
+    const caller = newTrace();
+    const requestId = `signed-${caller.traceId}`;
+    const signature = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'POST', target: path }, BOB);
+    const code = await call({ ...identityHeaders(BOB), [HEADER.gatewaySignature]: signature, traceparent: `00-${caller.traceId}-${caller.parentId}-01`, [HEADER.requestId]: requestId, baggage: `request.id=${requestId}` });
+    // Signed, so past the signature: the empty message is what it refuses.
+    expect(code).toBe(grpc.status.INVALID_ARGUMENT);
+    await waitFor(() => linesWith('INVALID_ARGUMENT').some((line) => line[LOG_FIELD.requestId] === requestId), 'the signed call\'s line');
+    expect(linesWith('INVALID_ARGUMENT').find((line) => line[LOG_FIELD.requestId] === requestId)).toMatchObject({ [LOG_FIELD.traceId]: caller.traceId });
+    const { spans } = await receiver.waitFor((received) => received.spans.some((span) => span.kind === 'SERVER' && span.traceId === caller.traceId));
+    expect(spans.find((span) => span.kind === 'SERVER' && span.traceId === caller.traceId)).toMatchObject({ name: spanName, parentSpanId: caller.parentId });
+  });
+});
