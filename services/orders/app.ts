@@ -31,6 +31,12 @@ export interface OrdersAppOptions {
   notificationsGrpcUrl?: string;
   /** The gateway's signing key (service-app.ts `signingKey`); its calls to the other services are signed with it too. */
   signingKey?: string;
+  /**
+   * Continue each request's trace context (`traceparent`, `tracestate`, `baggage`) and pass it on to user-service
+   * and notification-service by hand: for a process without the http, undici and grpc instrumentations, which do
+   * it otherwise (telemetry off: services/shared/service-main.ts). Default false.
+   */
+  propagateTraceContext?: boolean;
   /** How many orders are kept in memory; default the newest 1,000 per owner and 10,000 in all (older ones are dropped). */
   storeLimits?: BoundedStoreLimits;
 }
@@ -56,11 +62,12 @@ export function createApp(options: OrdersAppOptions): Koa {
   const router = new Router();
   // A signature is good only for the request it was made for: each call to another service is signed here.
   const sign = options.signingKey === undefined ? undefined : createGatewaySigner(options.signingKey);
+  const propagate = options.propagateTraceContext ?? false;
 
   async function checkUser(caller: Caller, requestId: string, identity: SignedValues): Promise<void> {
     let response: Response;
     try {
-      response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, identity, sign });
+      response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, identity, sign, propagate });
     } catch (error) {
       logger.error('user-service unreachable', { error: (error as Error).message });
       throw new ServiceError(503, 'dependency_unavailable', 'The users service is unavailable; try again.');
@@ -70,7 +77,7 @@ export function createApp(options: OrdersAppOptions): Koa {
     if (!response.ok) throw new ServiceError(503, 'dependency_unavailable', `The users service answered ${response.status}.`);
   }
 
-  const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl, sign) : undefined;
+  const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl, sign, { propagate }) : undefined;
 
   async function notify(order: Order, userId: string, requestId: string, identity: SignedValues): Promise<void> {
     const event = { userId, type: 'order.created', orderId: order.id, message: `Order ${order.id} was created.` };
@@ -91,6 +98,7 @@ export function createApp(options: OrdersAppOptions): Koa {
         requestId,
         identity,
         sign,
+        propagate,
         body: event,
       });
       await response.body?.cancel();
@@ -132,5 +140,5 @@ export function createApp(options: OrdersAppOptions): Koa {
     ctx.body = order;
   });
 
-  return createServiceApp({ serviceName: SERVICE_NAME.orders, logger, router, signingKey: options.signingKey });
+  return createServiceApp({ serviceName: SERVICE_NAME.orders, logger, router, signingKey: options.signingKey, continueTraceContext: propagate });
 }

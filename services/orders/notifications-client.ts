@@ -1,4 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
+import { context, propagation } from '@opentelemetry/api';
 import { loadProtoRoot } from '../../src/grpc/proto-files';
 import { HEADER } from '../../otel/wire-names';
 import type { GatewaySigner, SignedValues } from '../../src/gateway-signature';
@@ -19,6 +20,16 @@ export interface NotificationsGrpcClient {
   close(): void;
 }
 
+export interface NotificationsGrpcClientOptions {
+  /**
+   * Write the active context's `traceparent`, `tracestate` and `baggage` into each call's metadata: for a process
+   * without the gRPC instrumentation, which does it otherwise (telemetry off). Default false.
+   */
+  propagate?: boolean;
+}
+
+const metadataSetter = { set: (carrier: grpc.Metadata, key: string, value: string) => carrier.set(key, value) };
+
 /** Longest wait for the notification service, ms: an order never waits long for its notification. */
 const DEADLINE_MS = 2000;
 
@@ -28,7 +39,7 @@ const DEADLINE_MS = 2000;
  * travels as `x-request-id` metadata, as it does as a header over HTTP. With the key's signer (`sign`) each call
  * carries a signature for that call (`POST` and its path), as the gateway's do.
  */
-export function createNotificationsGrpcClient(url: string, sign: GatewaySigner | undefined): NotificationsGrpcClient {
+export function createNotificationsGrpcClient(url: string, sign: GatewaySigner | undefined, options: NotificationsGrpcClientOptions = {}): NotificationsGrpcClient {
   const { hostname, port, protocol } = new URL(url);
   const client = new grpc.Client(`${hostname}:${port || (protocol === 'https:' ? 443 : 80)}`, protocol === 'https:' ? grpc.credentials.createSsl() : grpc.credentials.createInsecure());
   const service = loadProtoRoot(NOTIFICATIONS_PROTO).lookupService(NOTIFICATIONS_SERVICE);
@@ -41,6 +52,7 @@ export function createNotificationsGrpcClient(url: string, sign: GatewaySigner |
       const metadata = new grpc.Metadata();
       if (requestId) metadata.set(HEADER.requestId, requestId);
       for (const [name, value] of Object.entries(signedIdentityHeaders(identity, { method: 'POST', target: path }, sign))) metadata.set(name, value);
+      if (options.propagate) propagation.inject(context.active(), metadata, metadataSetter);
       return new Promise((resolve, reject) => {
         client.makeUnaryRequest(
           path,

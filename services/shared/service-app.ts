@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import { bodyParser } from '@koa/bodyparser';
+import { context, propagation } from '@opentelemetry/api';
 import type Router from '@koa/router';
 import Koa, { type Context } from 'koa';
 import { z } from 'zod';
@@ -105,6 +106,13 @@ export interface ServiceAppOptions {
    * from any peer.
    */
   signingKey?: string;
+  /**
+   * Continue each believed request's `traceparent`, `tracestate` and `baggage` in its context by hand, for the
+   * calls made within it to pass on (callService `propagate`): for a process without the http instrumentation,
+   * which does it otherwise (telemetry off: service-main.ts). A request the gateway did not sign is not continued,
+   * as with the instrumentation. Default false.
+   */
+  continueTraceContext?: boolean;
 }
 
 /** The identity the gateway vouched for in `ctx`'s request (absent headers as ''): what a call to another service carries on. */
@@ -142,6 +150,7 @@ export function signedByGateway(signingKey: string): (request: IncomingMessage) 
  */
 export function createServiceApp(options: ServiceAppOptions): Koa {
   const { logger, serviceName, signingKey } = options;
+  const continueTraceContext = options.continueTraceContext ?? false;
   const app = new Koa();
   /** Why a request's signature failed, decided once before anything records it (logRequest), refused by requireGatewaySignature. */
   const refusedSignatures = new WeakMap<Context, SignatureProblem>();
@@ -156,7 +165,8 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     const requestId = problem === undefined ? ctx.get(HEADER.requestId) || undefined : mintRequestId();
     if (requestId) ctx.set(HEADER.requestId, requestId);
     try {
-      await next();
+      if (continueTraceContext && problem === undefined) await context.with(propagation.extract(context.active(), ctx.req.headers), next);
+      else await next();
     } finally {
       logger.info('request handled', { method: ctx.method, url: ctx.path, status: ctx.status, duration_ms: Math.round((performance.now() - started) * 1000) / 1000, request_id: requestId });
     }
@@ -233,15 +243,18 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
 
 /**
  * Calls another service with a deadline, passing the request id and the caller's identity on, signed for this
- * call when the service holds the key (`sign`).
+ * call when the service holds the key (`sign`), and with `propagate` the active context's `traceparent`,
+ * `tracestate` and `baggage` (only without the undici instrumentation: it writes them itself, and a call would
+ * then carry two of each).
  */
-export async function callService(url: string, init: { method?: string; body?: unknown; requestId?: string; identity: SignedValues; sign: GatewaySigner | undefined; timeoutMs?: number }): Promise<Response> {
+export async function callService(url: string, init: { method?: string; body?: unknown; requestId?: string; identity: SignedValues; sign: GatewaySigner | undefined; propagate?: boolean; timeoutMs?: number }): Promise<Response> {
   const method = init.method ?? 'GET';
   // The target as fetch sends it: the URL's path and query.
   const { pathname, search } = new URL(url);
   const headers = signedIdentityHeaders(init.identity, { method, target: pathname + search }, init.sign);
   if (init.body !== undefined) headers['content-type'] = 'application/json';
   if (init.requestId) headers[HEADER.requestId] = init.requestId;
+  if (init.propagate) propagation.inject(context.active(), headers);
   return fetch(url, {
     method,
     headers,

@@ -1,7 +1,7 @@
 import type Koa from 'koa';
 import { createLogger, type Logger } from '../../otel/logger';
 import { runServer } from '../../otel/lifecycle';
-import { continueTraceContextOnlyWhen, shutdownTelemetry } from '../../otel/telemetry';
+import { continueTraceContextOnlyWhen, isTelemetryActive, shutdownTelemetry, startPropagation } from '../../otel/telemetry';
 import { signedByGateway } from './service-app';
 import { loadServiceEnv, type ServiceEnv, type ServiceKey } from './service-config';
 
@@ -12,8 +12,27 @@ export interface BuiltService {
   onShutdown(): Promise<void>;
 }
 
+export interface StartServiceOptions {
+  /** Whether the service calls other services within a request (order-service); default false. */
+  callsOtherServices?: boolean;
+}
+
+/** What startService decided about the process, for a service's build. */
+export interface ServiceRuntime {
+  /**
+   * True when the service must continue its callers' trace context and pass it on to the services it calls by
+   * itself: it calls others and telemetry is off, so no instrumentation does (see startService).
+   */
+  propagateTraceContextByHand: boolean;
+}
+
 /** What each service's main.ts does: read its env, build its app, listen, stop gracefully. */
-export async function startService<K extends ServiceKey>(service: K, serviceName: string, build: (env: ServiceEnv<K>, logger: Logger) => Promise<Koa | BuiltService> | Koa | BuiltService): Promise<void> {
+export async function startService<K extends ServiceKey>(
+  service: K,
+  serviceName: string,
+  build: (env: ServiceEnv<K>, logger: Logger, runtime: ServiceRuntime) => Promise<Koa | BuiltService> | Koa | BuiltService,
+  options: StartServiceOptions = {},
+): Promise<void> {
   let env: ServiceEnv<K>;
   try {
     env = loadServiceEnv(service);
@@ -29,8 +48,15 @@ export async function startService<K extends ServiceKey>(service: K, serviceName
     // a peer's forged traceparent must not record a 401 inside someone else's trace.
     continueTraceContextOnlyWhen(signedByGateway(env.GATEWAY_SIGNING_KEY));
   }
+  // W3C Trace Context: a participant that receives a valid traceparent MUST propagate it. With telemetry on, the
+  // http, undici and grpc instrumentations continue a request's trace context and pass it on; with it off
+  // (OTEL_SDK_DISABLED=true, or no otel/register preload) none is loaded, and a service calling others sent its
+  // callers' traceparent, tracestate and baggage nowhere. Such a service then registers the context manager and
+  // the propagators (startPropagation, as the gateway does) and carries them itself; the others pay nothing.
+  const runtime: ServiceRuntime = { propagateTraceContextByHand: options.callsOtherServices === true && !isTelemetryActive() };
+  if (runtime.propagateTraceContextByHand) startPropagation();
   try {
-    const built = await build(env, logger);
+    const built = await build(env, logger, runtime);
     const { app, onShutdown } = 'onShutdown' in built ? built : { app: built, onShutdown: undefined };
     const stop = async () => {
       await onShutdown?.();

@@ -1,10 +1,17 @@
+import type http from 'node:http';
+import * as grpc from '@grpc/grpc-js';
+import { createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
 import { createApp as createNotificationsApp } from '../../services/notifications/app';
+import { NOTIFICATIONS_PROTO, NOTIFICATIONS_SERVICE } from '../../services/notifications/grpc-server';
+import { bindGrpcServer, grpcServiceDefinition } from '../../services/shared/grpc-service';
 import { createApp as createOrdersApp } from '../../services/orders/app';
 import { createApp as createUsersApp } from '../../services/users/app';
 import { HEADER, SERVICE_NAME } from '../../otel/wire-names';
 import type { Caller } from '../../services/shared/service-app';
 import { ALICE, BOB, identityHeaders } from '../helpers/callers';
+import { exitOf, startProcess, type RunningProcess } from '../helpers/process-stack';
 import { listen, listenRecording, memoryLogger, refusedOrigin, type RecordedRequest, type TestServer } from '../helpers/servers';
+import { TEST_SIGNING_KEY } from '../helpers/test-config';
 
 
 interface Order {
@@ -200,4 +207,75 @@ describe('order-service on its own', () => {
     const read = await call(ordersWithoutNotifications, 'GET', `/orders/${order.id}`, { caller: BOB });
     expect(read.status).toBe(200);
   });
+});
+
+// W3C Trace Context: a participant that receives a valid traceparent MUST propagate it. Started with telemetry off,
+// order-service had no instrumentation to continue its caller's trace context and none to pass it on: user-service
+// and notification-service got X-Request-Id and the identity alone, and the gateway's trace broke at order-service.
+describe('order-service with telemetry off (the built service, as a process)', () => {
+  const CALLER_TRACE = { traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', tracestate: 'congo=t61rcWkgMzE,rojo=00f067aa0ba902b7', baggage: 'tenant=acme,request.id=trace-off-1' };
+  const ALICE_SIGNED: SignedValues = [ALICE.id, ALICE.role, ALICE.email, ''];
+  /** The trace headers each stub received, by request id. */
+  const received: { to: string; requestId: string; traceparent?: string; tracestate?: string; baggage?: string }[] = [];
+  let stubs: TestServer;
+  let grpcStub: grpc.Server;
+  let grpcUrl: string;
+
+  const record = (to: string, read: (name: string) => string | undefined) =>
+    received.push({ to, requestId: read(HEADER.requestId) ?? '', traceparent: read(HEADER.traceparent), tracestate: read(HEADER.tracestate), baggage: read(HEADER.baggage) });
+
+  beforeAll(async () => {
+    // user-service (GET /users/:id) and notification-service's HTTP interface, as stubs that record what arrives.
+    stubs = await listen((req: http.IncomingMessage, res: http.ServerResponse) => {
+      record(req.url!.startsWith('/users/') ? 'user-service' : 'notification-service (HTTP)', (name) => req.headers[name] as string | undefined);
+      req.resume();
+      res.writeHead(req.method === 'POST' ? 201 : 200, { 'content-type': 'application/json' }).end('{}');
+    });
+    grpcStub = new grpc.Server();
+    grpcStub.addService(grpcServiceDefinition(NOTIFICATIONS_PROTO, NOTIFICATIONS_SERVICE), {
+      CreateNotification: (call: grpc.ServerUnaryCall<object, object>, callback: grpc.sendUnaryData<object>) => {
+        record('notification-service (gRPC)', (name) => call.metadata.get(name)[0] as string | undefined);
+        callback(null, {});
+      },
+    });
+    grpcUrl = `http://127.0.0.1:${await bindGrpcServer(grpcStub, '127.0.0.1', 0)}`;
+  });
+  afterAll(async () => {
+    await stubs?.close();
+    grpcStub?.forceShutdown();
+  });
+
+  it.each([
+    { desc: 'notifications over HTTP', env: () => ({}), notified: 'notification-service (HTTP)' },
+    { desc: 'notifications over gRPC', env: () => ({ NOTIF_GRPC_SERVICE_URL: grpcUrl }), notified: 'notification-service (gRPC)' },
+  ])('passes its caller’s traceparent, tracestate and baggage on to user-service and notification-service ($desc)', async ({ env, notified }) => {
+    let orders: RunningProcess | undefined;
+    try {
+      orders = await startProcess('order-service', 'services/orders/main.js', {
+        OTEL_SDK_DISABLED: 'true',
+        GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY,
+        USER_SERVICE_URL: stubs.url,
+        NOTIF_SERVICE_URL: stubs.url,
+        ...env(),
+      });
+      const requestId = `trace-off-${notified}`;
+      const signature = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'POST', target: '/orders' }, ALICE_SIGNED);
+      const response = await fetch(`${orders.url}/orders`, {
+        method: 'POST',
+        headers: { ...identityHeaders(ALICE), [HEADER.gatewaySignature]: signature, [HEADER.requestId]: requestId, 'content-type': 'application/json', ...CALLER_TRACE },
+        body: JSON.stringify({ items: [{ sku: 'hammer', quantity: 1 }] }),
+      });
+      expect(response.status).toBe(201);
+      // Both calls are made before order-service answers.
+      const sent = received.filter((each) => each.requestId === requestId).map(({ to, traceparent, tracestate, baggage }) => ({ to, traceparent, tracestate, baggage: baggage?.split(',').sort() }));
+      const expected = { traceparent: CALLER_TRACE.traceparent, tracestate: CALLER_TRACE.tracestate, baggage: CALLER_TRACE.baggage.split(',').sort() };
+      expect(sent).toEqual([
+        { to: 'user-service', ...expected },
+        { to: notified, ...expected },
+      ]);
+    } finally {
+      orders?.child.kill('SIGKILL');
+      if (orders) await exitOf(orders.child);
+    }
+  }, 30_000);
 });
