@@ -86,6 +86,12 @@ const REFUSALS: Partial<Record<number, { code: ErrorCode; detail: string }>> = {
  */
 const LOGIN_CHALLENGE = authenticationChallenge(DEFAULT_REALM, ['jwt']);
 
+/** Content codings the body parser decodes (`inflation`), lower case; `identity` is no coding. */
+const DECODED_CODINGS = new Set(['identity', 'gzip', 'deflate', 'br']);
+
+/** `Accept-Encoding` of a 415 for another coding: the codings a login body may come in (RFC 9110 12.5.3). */
+const ACCEPTED_CODINGS = 'gzip, deflate, br';
+
 /** Statuses of the credential check that say its endpoint is missing, not that the request was wrong. */
 const CHECK_MISSING = new Set([404, 405]);
 
@@ -126,6 +132,19 @@ export function createLogin(options: LoginOptions): Middleware[] {
     // JSON is UTF-8 (RFC 8259 8.1): the parser would read a UTF-16 body as UTF-8 and see other credentials.
     const charset = ctx.request.charset.toLowerCase();
     if (charset !== '' && charset !== 'utf-8' && charset !== 'utf8') throw new GatewayError('unsupported_media_type', 'Login expects a UTF-8 JSON body.');
+    // What the head alone decides is decided before the body is invited: the parser refused a coding it cannot
+    // decode (415) or a declared length over the limit (413) only after 100 Continue had asked the client to send it.
+    const coding = (ctx.get('content-encoding').trim() || 'identity').toLowerCase();
+    if (!DECODED_CODINGS.has(coding)) {
+      throw new GatewayError('unsupported_media_type', 'The login body is in a content coding the gateway cannot decode.', { headers: { 'Accept-Encoding': ACCEPTED_CODINGS } });
+    }
+    // Coding names are case-insensitive (RFC 9110 8.4.1), the parser's match is not: it refused `GZIP`.
+    if (coding !== 'identity') ctx.req.headers['content-encoding'] = coding;
+    const declared = ctx.get('content-length');
+    // A coded body's declared length is the coded one; the parser bounds what it decodes as it reads.
+    if (coding === 'identity' && declared !== '' && Number(declared) > options.bodyLimitBytes) {
+      throw new GatewayError('payload_too_large', `The login body is larger than ${options.bodyLimitBytes} bytes.`);
+    }
     // The body is read next: a client waiting for 100 Continue may send it now.
     continueIfExpected(ctx);
     await next();

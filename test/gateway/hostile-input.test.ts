@@ -1,5 +1,6 @@
 import http from 'node:http';
 import net from 'node:net';
+import { gzipSync } from 'node:zlib';
 import fc from 'fast-check';
 import type { ProblemBody } from '../../src/middleware/errors';
 import { runServer, type RunningServer } from '../../otel/lifecycle';
@@ -34,7 +35,7 @@ function headerOf(reply: Reply, name: string): string | undefined {
  * One request with the path sent byte for byte: fetch and curl normalise dot segments, `http.request` does not.
  * A fresh connection each time (`agent: false`), so one row's connection state cannot leak into the next.
  */
-function send(origin: string, path: string, init: { method?: string; headers?: http.OutgoingHttpHeaders; body?: string } = {}): Promise<Reply> {
+function send(origin: string, path: string, init: { method?: string; headers?: http.OutgoingHttpHeaders; body?: string | Buffer } = {}): Promise<Reply> {
   const { hostname, port } = new URL(origin);
   return new Promise((resolve, reject) => {
     const request = http.request({ host: hostname, port: Number(port), path, method: init.method ?? 'GET', headers: init.headers, agent: false }, (response) => {
@@ -929,6 +930,24 @@ describe('hostile input at the gateway', () => {
       expect(reply.status).toBe(201);
       expect(reply.text).not.toContain('100 Continue');
       expect(seenWithRequestId(requestId)).toHaveLength(1);
+    });
+
+    // The login's parser refused these from the head alone, but only after 100 Continue had invited the upload.
+    it.each([
+      { desc: 'a declared length over auth.loginBodyLimitBytes', headers: 'Content-Length: 5000000\r\n', status: 413, code: 'payload_too_large' },
+      { desc: 'a content coding the gateway cannot decode', headers: 'Content-Encoding: compress\r\nContent-Length: 60\r\n', status: 415, code: 'unsupported_media_type' },
+    ])('answers Expect: 100-continue on login with $desc with the $status alone, never inviting the upload', async ({ headers, status, code }) => {
+      const requestId = nextRequestId();
+      const reply = await sendRaw(served.url, `POST /api/auth/login HTTP/1.1\r\nHost: ${host()}\r\nX-Request-Id: ${requestId}\r\nContent-Type: application/json\r\n${headers}Expect: 100-continue\r\nConnection: close\r\n\r\n`);
+      expect(expectProblem(reply, status, code).requestId).toBe(requestId);
+      expect(reply.text).not.toContain('100 Continue');
+      if (status === 415) expect(headerOf(reply, 'accept-encoding')).toBe('gzip, deflate, br');
+    });
+
+    it('takes a login body whose content coding is named in upper case (coding names are case-insensitive)', async () => {
+      const body = gzipSync(JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }));
+      const reply = await send(served.url, '/api/auth/login', { method: 'POST', headers: { 'content-type': 'application/json', 'content-encoding': 'GZIP' }, body });
+      expect(reply.status).toBe(200);
     });
 
     it('sends 100 Continue once the checks passed and the body is read, then forwards the body', async () => {
