@@ -110,13 +110,14 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
     : deps.primaryStore
       ? { kind: 'primary', client: deps.primaryStore }
       : { kind: 'memory', maxTrackedClients: config.rateLimit.maxTrackedClients, windows: kept?.windows };
-  const limiter = (name: string, limit: RateLimitConfig, { owner = 'gateway', onStoreFailure = config.rateLimit.onStoreFailure }: Partial<Pick<RateLimiterOptions, 'owner' | 'onStoreFailure'>> = {}): RateLimiter =>
-    createRateLimiter({ name, owner, max: limit.max, windowMs: limit.windowMs, onStoreFailure: limit.onStoreFailure ?? onStoreFailure, ipv6PrefixLength: config.rateLimit.ipv6PrefixLength, store, logger, metrics });
+  const limiter = (name: string, limit: RateLimitConfig, { owner = 'gateway', onStoreFailure = config.rateLimit.onStoreFailure, hiddenUntilRefused }: Partial<Pick<RateLimiterOptions, 'owner' | 'onStoreFailure' | 'hiddenUntilRefused'>> = {}): RateLimiter =>
+    createRateLimiter({ name, owner, max: limit.max, windowMs: limit.windowMs, onStoreFailure: limit.onStoreFailure ?? onStoreFailure, ipv6PrefixLength: config.rateLimit.ipv6PrefixLength, store, logger, metrics, hiddenUntilRefused });
   // Login fails closed with the store down (an outage must not mean unlimited password guesses) unless its
   // own policy says `allow`; the per-account limit follows the per-client one unless it says otherwise.
   const loginOnStoreFailure = config.auth.loginRateLimit.onStoreFailure ?? 'reject';
   const loginLimiter = limiter('login', config.auth.loginRateLimit, { onStoreFailure: loginOnStoreFailure });
-  const loginAccountLimiter = limiter('login-account', config.auth.loginAccountRateLimit, { onStoreFailure: loginOnStoreFailure });
+  // Every client's attempts spend an account's window: its count is shown to none but the one it refuses.
+  const loginAccountLimiter = limiter('login-account', config.auth.loginAccountRateLimit, { onStoreFailure: loginOnStoreFailure, hiddenUntilRefused: true });
   const routeLimiters = new Map(routes.routes.flatMap((route) => (route.rateLimit ? [[route.name, limiter(route.name, route.rateLimit, { owner: 'route' })] as const] : [])));
   // API keys only when consumers are declared; caller-keyed limits only where a route or consumer asks for one.
   const consumers = config.consumers.length > 0 ? createConsumerRegistry(config.consumers) : undefined;

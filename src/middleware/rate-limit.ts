@@ -69,6 +69,14 @@ export interface RateLimiterOptions {
   metrics?: GatewayMetrics;
   /** IPv6 clients are counted per network of this many bits (see `clientNetworkKey`). Default 64; 128 = per address. */
   ipv6PrefixLength?: number;
+  /**
+   * Shows this policy's window only on the answer it refuses (429, with `Retry-After`), never on one it admits.
+   * Default false. For a window clients share with others they must learn nothing of: login per account is spent by
+   * every attempt from anyone, and its `r` and `t` told any client how often, and since when, someone had tried to
+   * log in as that user (one wrong guess sufficed to watch an account's logins; draft-ietf-httpapi-ratelimit-headers,
+   * "Information disclosure": error responses counted against a quota let a client probe another user's traffic).
+   */
+  hiddenUntilRefused?: boolean;
 }
 
 export interface RateLimiter {
@@ -156,7 +164,7 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
       }
       if (!count.admitted) refuse(ctx, count);
       decided?.allowed.inc();
-      recordCheck(ctx, { name: options.name, policy, windowSeconds, count });
+      if (!options.hiddenUntilRefused) recordCheck(ctx, { name: options.name, policy, windowSeconds, count });
       await next();
     },
     async refuseIfSpent(ctx, key = clientNetworkKey(ctx.ip, ipv6PrefixLength)) {
@@ -224,7 +232,7 @@ function groupMask(bits: number): number {
  * and a consumer), the fields of the one checked last said "7 left" to a client whose next request was refused:
  * `X-RateLimit-*` now describe the most restrictive (least remaining; of equals, the one that resets last), and
  * `RateLimit-Policy` / `RateLimit` list every policy, that one first (draft-ietf-httpapi-ratelimit-headers-08 and
- * later: both fields are lists, one item per policy).
+ * later: both fields are lists, one item per policy). A `hiddenUntilRefused` policy is recorded only when it refuses.
  */
 function recordCheck(ctx: Context, checked: CheckedRateLimit): number {
   const all = (ctx.state.rateLimits ??= []);

@@ -149,6 +149,23 @@ describe('per-account login limit (shared through Redis)', () => {
     expect((await loginAttempt(stack.gateway.url, 'alice@example.com', 'wonderland', anotherNetwork())).status).toBe(200);
   });
 
+  // Every attempt on an account spends its window, whoever sends it: its r and t told anyone with one wrong guess how
+  // often, and since when, someone had tried to log in as that user (draft-ietf-httpapi-ratelimit-headers, "Information disclosure").
+  it('never shows a client the attempts others made on an account: the per-account window appears only on the answer it refuses', async () => {
+    const watched = `watched-${Date.now()}@example.com`;
+    for (let i = 0; i < 2; i++) expect((await loginAttempt(stack.gateway.url, watched, `owner-${i}`, anotherNetwork())).status).toBe(401);
+    const probe = await loginAttempt(stack.gateway.url, watched, 'guess', anotherNetwork());
+    const untouched = await loginAttempt(stack.gateway.url, `untouched-${Date.now()}@example.com`, 'guess', anotherNetwork());
+    expect([probe.status, untouched.status]).toEqual([401, 401]);
+    const fields = (reply: Reply) => ['ratelimit', 'ratelimit-policy', 'x-ratelimit-limit', 'x-ratelimit-remaining'].map((name) => reply.headers.get(name));
+    expect(fields(probe)).toEqual(['"login";r=999;t=60', '"login";q=1000;w=60', '1000', '999']);
+    expect(fields(probe)).toEqual(fields(untouched));
+    // The answer it refuses says so, and when to come back.
+    const refused = await loginAttempt(stack.gateway.url, watched, 'guess', anotherNetwork());
+    expectLimited(refused, 'login-account');
+    expect(refused.headers.get('ratelimit')).toMatch(/^"login-account";r=0;t=\d+, "login";r=999;t=60$/);
+  });
+
   it('stores a hash of the folded email, never the email', async () => {
     const keys = await redis.keys(`${prefix}:login-account:*`);
     const bobKey = createHash('sha256').update('bob@example.com').digest('hex');
