@@ -39,6 +39,12 @@ export const HEADER = {
 export const VIA_PSEUDONYM = 'koa-gateway';
 
 /**
+ * `realm` of every `WWW-Authenticate` challenge, the gateway's and the services' (a 401 a service answers reaches the
+ * client through the gateway and names the same protection space, RFC 9110 11.5).
+ */
+export const AUTH_REALM = 'koa-gateway';
+
+/**
  * Header prefixes the gateway owns. Anything a client sends under them is removed before routing, so a
  * service that sees `x-user-id` knows the gateway put it there after verifying a token.
  */

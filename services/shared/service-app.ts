@@ -5,7 +5,7 @@ import type Router from '@koa/router';
 import Koa, { type Context } from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
-import { HEADER } from '../../otel/wire-names';
+import { AUTH_REALM, HEADER } from '../../otel/wire-names';
 import { describeFirstIssue } from './input-limits';
 import { SIGNED_HEADERS, verifyGatewaySignature, type GatewaySigner, type SignatureProblem, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 import { mintRequestId } from '../../src/middleware/request-id';
@@ -17,10 +17,21 @@ export class ServiceError extends Error {
     readonly status: number,
     readonly code: string,
     detail: string,
+    /** Sent with the answer (a 401's `WWW-Authenticate`). */
+    readonly headers: Readonly<Record<string, string>> = {},
   ) {
     super(detail);
   }
 }
+
+/**
+ * The challenges of a 401 for a request that carries no identity the service serves: every 401 must carry one (RFC
+ * 9110 11.6.1), and it reaches the client unchanged through the gateway. A users-only endpoint asked by an API-key
+ * consumer answered 401 with none: it names the credential that would be served, a bearer token (and, where
+ * consumers are served too, an API key), in the gateway's realm.
+ */
+const USER_CHALLENGE = { 'WWW-Authenticate': `Bearer realm="${AUTH_REALM}"` };
+const OWNER_CHALLENGE = { 'WWW-Authenticate': `Bearer realm="${AUTH_REALM}", ApiKey realm="${AUTH_REALM}"` };
 
 /** The caller, as the gateway vouched for it in the identity headers. */
 export interface Caller {
@@ -36,7 +47,7 @@ export interface Caller {
  */
 export function requireCaller(ctx: Context): Caller {
   const id = ctx.get(HEADER.userId);
-  if (!id) throw new ServiceError(401, 'missing_identity', 'This endpoint needs the caller identity the gateway injects.');
+  if (!id) throw new ServiceError(401, 'missing_identity', 'This endpoint needs the caller identity the gateway injects.', USER_CHALLENGE);
   return { id, role: ctx.get(HEADER.userRole), email: ctx.get(HEADER.userEmail) };
 }
 
@@ -54,7 +65,7 @@ export function requireOwner(ctx: Context): Owner {
     return { kind: 'user', key: `user:${user.id}`, user };
   }
   const consumerId = ctx.get(HEADER.consumerId);
-  if (!consumerId) throw new ServiceError(401, 'missing_identity', 'This endpoint needs the caller identity the gateway injects.');
+  if (!consumerId) throw new ServiceError(401, 'missing_identity', 'This endpoint needs the caller identity the gateway injects.', OWNER_CHALLENGE);
   return { kind: 'consumer', key: `consumer:${consumerId}`, consumerId };
 }
 
@@ -192,6 +203,7 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
       const exposed = status < 500 || thrown instanceof ServiceError;
       if (!exposed) logger.error('request failed', { error: thrown instanceof Error ? thrown.message : String(thrown) });
       answerProblem(ctx, status, code, exposed ? (thrown as Error).message : 'Internal error');
+      if (thrown instanceof ServiceError) ctx.set(thrown.headers);
       return;
     }
     // What no route answered (Koa's 404) or the router refused without throwing (405 and 501, with Allow): Koa

@@ -1,6 +1,6 @@
 import type { Middleware } from 'koa';
 import { trace } from '@opentelemetry/api';
-import { ATTR, HEADER } from '../../otel/wire-names';
+import { ATTR, AUTH_REALM, HEADER } from '../../otel/wire-names';
 import type { AuthMethod } from '../config';
 import type { ConsumerRegistry } from '../consumers';
 import { GatewayError } from '../errors';
@@ -15,7 +15,7 @@ export interface AuthenticateOptions {
 }
 
 /** `realm` of the gateway's `WWW-Authenticate` challenges. */
-export const DEFAULT_REALM = 'koa-gateway';
+export const DEFAULT_REALM = AUTH_REALM;
 
 /** Which credential failed, and why, for the challenge's `error_description`. */
 export interface CredentialFailure {

@@ -138,6 +138,17 @@ describe('API keys and consumers', () => {
       expect((await send(url, '/api/admin-only', { 'X-API-Key': ROOT_KEY })).status).toBe(200);
     });
 
+    // A 401 must carry a challenge (RFC 9110 11.6.1); the users-only services answered a consumer's request without one.
+    it.each([
+      { desc: 'user-service', path: '/api/users/1' },
+      { desc: 'notification-service', path: '/api/notifications' },
+    ])('reaches $desc, which serves users only, and is answered 401 missing_identity with a Bearer challenge', async ({ path }) => {
+      const reply = await send(url, path, { 'X-API-Key': ACME_KEY });
+      expect(reply.status).toBe(401);
+      expect(problemOf(reply).code).toBe('missing_identity');
+      expect(reply.headers['www-authenticate']).toBe('Bearer realm="koa-gateway"');
+    });
+
     it('is not forwarded in Authorization even on a route that forwards Authorization (bearer tokens still are)', async () => {
       const withKey = nextRequestId();
       expect((await send(url, '/api/passes-authorization', { authorization: `ApiKey ${ACME_KEY}`, [HEADER.requestId]: withKey })).status).toBe(200);

@@ -108,7 +108,10 @@ describe('order-service on its own', () => {
   ])('answers 401 missing_identity to $desc without X-User-Id, calling nobody', async ({ method, path, json }) => {
     const before = dependencyCalls();
     const requestId = nextRequestId();
-    await expectProblem(await call(orders, method, path, { json, requestId }), 401, 'missing_identity', requestId);
+    const response = await call(orders, method, path, { json, requestId });
+    // Every 401 carries a challenge (RFC 9110 11.6.1): both credentials the gateway turns into an owner served here.
+    expect(response.headers.get('www-authenticate')).toBe('Bearer realm="koa-gateway", ApiKey realm="koa-gateway"');
+    await expectProblem(response, 401, 'missing_identity', requestId);
     expect(dependencyCalls()).toBe(before);
   });
 
