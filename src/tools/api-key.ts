@@ -28,6 +28,13 @@ async function main(argv: readonly string[]): Promise<void> {
   process.stdout.write(`${JSON.stringify({ id: 'CHANGE-ME', role: 'user', keys: [{ hash }] }, null, 2)}\n`);
 }
 
+// A reader that stops early (`npm run apikey | head -2`, which takes the key and the hash) closes the pipe under the
+// lines that follow: Node raised that EPIPE as an unhandled 'error' event, a stack trace and exit status 1.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code === 'EPIPE') process.exit(0);
+  throw error;
+});
+
 main(process.argv.slice(2)).catch((error: unknown) => {
   process.stderr.write(`api-key: ${error instanceof Error ? error.message : String(error)}\n`);
   process.exit(1);

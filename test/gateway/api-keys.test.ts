@@ -344,6 +344,18 @@ describe('npm run apikey (dist/src/tools/api-key.js, built by npm test)', () => 
     expect(parsed[0]!.key).not.toBe(parsed[1]!.key);
   });
 
+  it('ends quietly (status 0, nothing on stderr) when its reader stops early, as `npm run apikey | head -2` does', async () => {
+    const child = execFile(process.execPath, [tool], { env });
+    // The read end closed before the tool writes: every line it prints meets a closed pipe (EPIPE).
+    child.stdout!.destroy();
+    const outcome = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      let stderr = '';
+      child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      child.on('close', (code) => resolve({ code, stderr }));
+    });
+    expect(outcome).toEqual({ code: 0, stderr: '' });
+  });
+
   it('with --hash, prints the hash of a key read from stdin', async () => {
     const key = generateApiKey();
     const child = execFile(process.execPath, [tool, '--hash'], { env });
