@@ -51,17 +51,23 @@ const BEARER_SCHEME = [...'bearer'].map((letter) => letter.charCodeAt(0));
 
 /**
  * What follows `Bearer` and one or more spaces, only spaces (`1*SP`: RFC 9110 section 11.4, RFC 6750 section
- * 2.1; a tab there is refused), or undefined when the header is not of that scheme. Its shape is checked apart
- * (COMPACT_JWS), and only for a token not verified before: the regular expression over a whole token was ~4k
- * instructions of every authenticated request, a token the cache remembers passed it when it was verified.
+ * 2.1; a tab there is refused), or undefined when nothing does, of a header that starts with the scheme
+ * (startsWithBearer). Its shape is checked apart (COMPACT_JWS), and only for a token not verified before: the
+ * regular expression over a whole token was ~4k instructions of every authenticated request, a token the cache
+ * remembers passed it when it was verified.
  */
 function bearerCredential(header: string): string | undefined {
   const { length } = BEARER_SCHEME;
-  // `| 0x20` lower-cases an ASCII letter, and maps nothing else onto one.
-  for (let index = 0; index < length; index++) if ((header.charCodeAt(index) | 0x20) !== BEARER_SCHEME[index]) return undefined;
   let start = length;
   while (header.charCodeAt(start) === 0x20) start++;
   return start === length ? undefined : header.slice(start);
+}
+
+/** Whether the header starts with `Bearer`, in any case: a credential of that scheme, if perhaps a malformed one. */
+function startsWithBearer(header: string): boolean {
+  // `| 0x20` lower-cases an ASCII letter, and maps nothing else onto one.
+  for (let index = 0; index < BEARER_SCHEME.length; index++) if ((header.charCodeAt(index) | 0x20) !== BEARER_SCHEME[index]) return false;
+  return true;
 }
 
 /**
@@ -116,7 +122,10 @@ export function createAuthenticate(options: AuthenticateOptions): Middleware {
     if (!methods.has('jwt')) {
       throw new GatewayError('missing_token', 'This route needs an API key (X-API-Key or Authorization: ApiKey <key>).', { headers: challenge(methods) });
     }
-    if (!hasAuthorization) {
+    // Another scheme (`Basic`, `Digest`, ...) is no token at all: RFC 6750 3.1 counts a request that tried an unsupported
+    // method as lacking authentication, whose challenge SHOULD NOT carry an error code (error="invalid_token" would
+    // tell the client its bearer token is bad, and send it to refresh one it never sent).
+    if (!hasAuthorization || !startsWithBearer(header)) {
       throw new GatewayError('missing_token', `This route needs an Authorization: Bearer token${methods.has('apiKey') && consumers ? ' or an API key' : ''}.`, { headers: challenge(methods) });
     }
     const token = bearerCredential(header);

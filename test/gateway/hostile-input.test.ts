@@ -119,7 +119,10 @@ describe('hostile input at the gateway', () => {
     it.each([
       { desc: 'no Authorization header', authorization: async () => undefined, code: 'missing_token' },
       { desc: 'an empty Authorization header', authorization: async () => '', code: 'missing_token' },
-      { desc: 'a Basic credential', authorization: async () => `Basic ${Buffer.from('alice@example.com:wonderland').toString('base64')}`, code: 'invalid_token' },
+      // Another scheme is no bearer token at all: no error code in the challenge (RFC 6750 3.1), as with no credential.
+      { desc: 'a Basic credential', authorization: async () => `Basic ${Buffer.from('alice@example.com:wonderland').toString('base64')}`, code: 'missing_token' },
+      { desc: 'a Digest credential', authorization: async () => 'Digest username="alice", realm="koa-gateway", nonce="abc", uri="/api/orders", response="0123"', code: 'missing_token' },
+      { desc: 'a token under another scheme', authorization: async () => `Token ${bob}`, code: 'missing_token' },
       { desc: 'Bearer with nothing after it', authorization: async () => 'Bearer ', code: 'invalid_token' },
       { desc: 'Bearer with garbage', authorization: async () => 'Bearer not-a-jwt', code: 'invalid_token' },
       { desc: 'Bearer with three garbage parts', authorization: async () => 'Bearer aaa.bbb.ccc', code: 'invalid_token' },

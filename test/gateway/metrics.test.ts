@@ -188,8 +188,8 @@ describe('auth failures', () => {
 
     const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 11);
     expect(Object.fromEntries(samplesOf(m, 'gateway_auth_failures_total').map((s) => [s.labels.error_type, s.value]))).toEqual({
-      missing_token: 2,
-      invalid_token: 3,
+      missing_token: 3,
+      invalid_token: 2,
       forbidden: 1,
       invalid_credentials: 2,
       auth_unavailable: 0,
