@@ -69,6 +69,11 @@ export interface ResponseStore {
    */
   set(route: string, key: CacheKey, entry: CachedResponse, since: FetchStart): Promise<void>;
   /**
+   * Called once the fetch that `since` started is over (its answer stored, or known never to be): what the store
+   * kept for it alone is let go (Redis: the generation its last fetch under way read), so a miss leaves nothing.
+   */
+  fetchEnded(route: string, resource: string, since: FetchStart): Promise<void>;
+  /**
    * Drops every variant of a resource (RFC 9111 4.4: after an unsafe request to it succeeded), and keeps fetches of
    * it already under way from storing. Resolves once that holds wherever another request may read it, with
    * undefined; or with why a copy may be left (a failing store, peers that did not confirm in time).
@@ -173,6 +178,9 @@ export function createMemoryResponseStore(options: MemoryStoreOptions): MemoryRe
     async fetchStarting() {
       return { generation: invalidations, startedMs: performance.now() };
     },
+    async fetchEnded() {
+      // A count for the whole process: nothing kept per fetch.
+    },
     async set(routeName, key, entry, since) {
       const started = since.generation;
       if (typeof started !== 'number' || started < forgottenAt || (lastInvalidated.get(`${routeName} ${key.resource}`) ?? 0) > started) return;
@@ -241,29 +249,44 @@ const ENDS_SUFFIX = ':ends';
 const GENERATION_SUFFIX = ':generation';
 
 /**
- * How long Redis keeps a resource's invalidation generation after the last fetch that read it began, ms. Its TTL
- * keeps the generations bounded (one per resource fetched lately) and lets Redis evict them, as every key the
+ * How long Redis keeps a resource's invalidation generation after the last fetch that read it began, ms, when no
+ * fetch says it ended (GENERATION_END: a gateway stopped mid-fetch). Its TTL lets Redis evict it, as every key the
  * gateway writes (README: the rate-limit windows and the cache share one `volatile-lru` Redis); evicted or expired,
  * a generation makes the fetches that read it store nothing (GENERATION_START), never one that predates a write.
  */
 const GENERATION_RETENTION_MS = 10 * 60_000;
 
 /**
- * The resource's invalidation generation (KEYS[1]) as a miss goes to the service: its value, or ARGV[1] (a value
- * never used before) when it has none, kept ARGV[2] ms from now. STORE_VARIANT stores the fetch's answer only
- * while the generation is still this value: a write deletes it (INVALIDATE), and so do eviction and expiry, so a
- * write's invalidation cannot be forgotten while a fetch is under way (a count that restarted from nothing after
- * its key was evicted, or that a write created after the fetch read none, matched what the fetch read, and an
- * answer from before the write was stored).
+ * The resource's invalidation generation (KEYS[1], a hash: `g` its value, `n` the fetches under way that read it)
+ * as a miss goes to the service: its value, or ARGV[1] (a value never used before) when it has none, with one
+ * more fetch counted, kept ARGV[2] ms from now. STORE_VARIANT stores the fetch's answer only while the generation
+ * is still this value: a write deletes it (INVALIDATE), and so do eviction and expiry, so a write's invalidation
+ * cannot be forgotten while a fetch is under way (a count that restarted from nothing after its key was evicted,
+ * or that a write created after the fetch read none, matched what the fetch read, and an answer from before the
+ * write was stored). GENERATION_END deletes it once its last fetch is over: it exists only while a fetch needs it.
  */
 const GENERATION_START = `
-local generation = redis.call('GET', KEYS[1])
+local generation = redis.call('HGET', KEYS[1], 'g')
 if not generation then
   generation = ARGV[1]
-  redis.call('SET', KEYS[1], generation)
+  redis.call('HSET', KEYS[1], 'g', generation)
 end
+redis.call('HINCRBY', KEYS[1], 'n', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return generation`;
+
+/**
+ * A fetch that read generation ARGV[1] of a resource (KEYS[1]) is over: one fetch fewer under way, and the
+ * generation deleted with the last. Kept for the whole retention, every miss of every URL (a query string, a 404,
+ * a `no-store` answer) left a key in the Redis the rate-limit windows share, outside the share of it the cache keeps
+ * within (STORE_VARIANT): at a thousand misses a second, ~90 MB, past the shipped Redis's whole `maxmemory`.
+ * A generation a write ended, or that Redis evicted, is not touched (its fetches store nothing anyway).
+ */
+const GENERATION_END = `
+if redis.call('HGET', KEYS[1], 'g') == ARGV[1] and redis.call('HINCRBY', KEYS[1], 'n', -1) <= 0 then
+  redis.call('DEL', KEYS[1])
+end
+return 1`;
 
 /**
  * Drops every variant of a resource (KEYS[1], KEYS[2]) and ends its invalidation generation (KEYS[3]), in one step:
@@ -296,7 +319,7 @@ return 1`;
  * tag, this is for a single Redis, not a Redis Cluster.
  */
 const STORE_VARIANT = `
-if (redis.call('GET', KEYS[4]) or '') ~= ARGV[8] then return 2 end
+if (redis.call('HGET', KEYS[4], 'g') or '') ~= ARGV[8] then return 2 end
 local ended = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[4]) / 1000, 'LIMIT', 0, 64)
 if #ended > 0 then redis.call('ZREM', KEYS[3], unpack(ended)) end
 local memory = redis.pcall('INFO', 'memory')
@@ -399,6 +422,15 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
         failed('set', error);
       }
     },
+    async fetchEnded(route, resource, since) {
+      if (typeof since.generation !== 'string') return;
+      try {
+        await client.eval(GENERATION_END, 1, generationKey(route, resource), since.generation);
+      } catch (error) {
+        // Left to its TTL.
+        failed('set', error);
+      }
+    },
     async invalidate(route, resource) {
       try {
         await client.eval(INVALIDATE, 3, redisKey(route, resource), endsKey(route, resource), generationKey(route, resource));
@@ -440,6 +472,7 @@ export function sharingInvalidations(store: MemoryResponseStore, peers: PeerInva
     get: (route, key) => store.get(route, key),
     fetchStarting: (route, resource) => store.fetchStarting(route, resource),
     set: (route, key, entry, since) => store.set(route, key, entry, since),
+    fetchEnded: (route, resource, since) => store.fetchEnded(route, resource, since),
     async invalidate(route, resource) {
       await store.invalidate(route, resource);
       const confirmed = await peers.publish(route, resource);

@@ -317,6 +317,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     record(ctx, route.name, 'miss', false);
     let release = (_outcome: FetchOutcome) => {};
     let stored = () => Promise.resolve();
+    // Once the answer is stored or known never to be: the store lets go of what it kept for this fetch.
+    let fetchEnded = () => {};
     // HEAD answers carry no body to keep: forwarded as they are; a GET fills the entry HEAD then uses.
     if (method === 'GET' && !inFlight.has(flightKey) && !knownNotStored(flightKey)) {
       // Waiters are let go as soon as the answer is stored or known not to be, or once this request's own
@@ -335,6 +337,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       if (method === 'GET') {
         // Before the service is asked: a write the store hears of after this keeps this answer out.
         const since = await store.fetchStarting(route.name, resource);
+        fetchEnded = () => void store.fetchEnded(route.name, resource, since);
         // The one request directive obeyed: `no-store` (RFC 9111 5.2.1.5) only keeps this client's answer out.
         const storable = !parseCacheControl(headers['cache-control']).noStore;
         const settled = (outcome?: 'stored' | 'not stored') => {
@@ -361,6 +364,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       // No answer of the service's went out (an error, a stale stand-in): the fetch its waiters waited for failed.
       release(ctx.res.headersSent ? 'answered' : 'failed');
       counters.get(route.name)?.[ctx.state.cache!]?.inc();
+      // The proxy returns once its exchange is over, so the answer is handed to the store (stored) or never will be.
+      void stored().then(fetchEnded, fetchEnded);
     }
   };
 }
