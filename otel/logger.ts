@@ -161,24 +161,8 @@ function sameKeys(a: readonly string[], b: readonly string[]): boolean {
 /** Characters JSON.stringify escapes in a string: quote, backslash, controls, and surrogates (lone ones; pairs are written as they are, by JSON.stringify too). */
 const NEEDS_ESCAPING = /["\\\u0000-\u001f\ud800-\udfff]/;
 
-/** Strings up to this long are scanned by a loop: a regular-expression call costs more than the scan (~300 instructions). */
-const SHORT_JSON_STRING = 64;
-
-/** `String.prototype.charCodeAt` itself: a line's strings come in many representations (`value.charCodeAt` was megamorphic). */
-const charCodeAt = String.prototype.charCodeAt;
-
-/** Whether JSON.stringify would escape something in `value` (NEEDS_ESCAPING's test). */
-function needsEscaping(value: string): boolean {
-  if (value.length > SHORT_JSON_STRING) return NEEDS_ESCAPING.test(value);
-  for (let i = 0; i < value.length; i++) {
-    const code = charCodeAt.call(value, i);
-    if (code < 0x20 || code === 0x22 || code === 0x5c || (code >= 0xd800 && code <= 0xdfff)) return true;
-  }
-  return false;
-}
-
 function jsonValue(value: unknown): string | undefined {
-  if (typeof value === 'string') return needsEscaping(value) ? JSON.stringify(value) : `"${value}"`;
+  if (typeof value === 'string') return NEEDS_ESCAPING.test(value) ? JSON.stringify(value) : `"${value}"`;
   if (typeof value === 'number') return Number.isFinite(value) ? String(value) : 'null';
   if (value === null) return 'null';
   if (value === true) return 'true';

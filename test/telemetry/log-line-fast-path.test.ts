@@ -61,7 +61,7 @@ describe('logLine (the access log fast path)', () => {
       fc.string({ maxLength: 6 }),
       fc.string({ unit: 'binary', maxLength: 6 }),
       awkward,
-      // Both sides of the scan's length limit (64): an awkward character at the end of a string of 58 to 70.
+      // Long strings with an awkward character at their end.
       fc.tuple(fc.string({ minLength: 58, maxLength: 70 }), awkward).map(([text, end]) => text + end),
       fc.integer(),
       fc.double(),
