@@ -80,6 +80,9 @@ const grpcKeepaliveSchema = z.strictObject({
 });
 export type GrpcKeepalive = Readonly<z.output<typeof grpcKeepaliveSchema>>;
 
+/** The gateway-wide limit when the config names none: 100 requests per client per minute. */
+const DEFAULT_RATE_LIMIT = { max: 100, windowMs: 60_000 } as const;
+
 const rateLimitSchema = z.strictObject({
   /** Requests allowed per client per window. */
   max: z.int().positive(),
@@ -353,6 +356,12 @@ const configSchema = z
     rateLimit: z
       .strictObject({
         ...rateLimitSchema.shape,
+        // Defaults here, not only in the prefault below: a block that names any other key (the file's
+        // `"rateLimit": { "redisUrl": ... }`, or REDIS_URL / RATE_LIMIT_IPV6_PREFIX / one of RATE_LIMIT_MAX and
+        // RATE_LIMIT_WINDOW_MS over a file without the block) skips the prefault, and startup was refused for a
+        // missing value whose default is documented.
+        max: rateLimitSchema.shape.max.default(DEFAULT_RATE_LIMIT.max),
+        windowMs: rateLimitSchema.shape.windowMs.default(DEFAULT_RATE_LIMIT.windowMs),
         /** Clients tracked at once by the in-memory store; the oldest windows are dropped beyond it. */
         maxTrackedClients: z.int().positive().default(100_000),
         /** Shared store for several gateway replicas (`redis://host:6379/0`); in-memory per process when absent. */
@@ -367,7 +376,7 @@ const configSchema = z
          */
         ipv6PrefixLength: z.int().min(1).max(128).default(64),
       })
-      .prefault({ max: 100, windowMs: 60_000 }),
+      .prefault({}),
     server: z
       .strictObject({
         /** A client must send its whole request head within this, ms (slow-header clients get 408). Default 10 s. */

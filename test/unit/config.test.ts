@@ -143,6 +143,18 @@ describe('gateway config', () => {
     expect(config.services.users!.keepalive).toBeUndefined();
   });
 
+  // Startup was refused ("RATE_LIMIT_MAX (rateLimit.max): ... received undefined") for a value whose default is documented.
+  it.each([
+    { desc: 'REDIS_URL alone', env: { REDIS_URL: 'redis://127.0.0.1:6379' }, file: {}, expected: { max: 100, windowMs: 60_000, redisUrl: 'redis://127.0.0.1:6379' } },
+    { desc: 'RATE_LIMIT_IPV6_PREFIX alone', env: { RATE_LIMIT_IPV6_PREFIX: '56' }, file: {}, expected: { max: 100, windowMs: 60_000, ipv6PrefixLength: 56 } },
+    { desc: 'RATE_LIMIT_MAX alone', env: { RATE_LIMIT_MAX: '7' }, file: {}, expected: { max: 7, windowMs: 60_000 } },
+    { desc: 'RATE_LIMIT_WINDOW_MS alone', env: { RATE_LIMIT_WINDOW_MS: '5000' }, file: {}, expected: { max: 100, windowMs: 5000 } },
+    { desc: 'a file block naming only redisUrl', env: {}, file: { rateLimit: { redisUrl: 'redis://127.0.0.1:6379' } }, expected: { max: 100, windowMs: 60_000, redisUrl: 'redis://127.0.0.1:6379' } },
+  ])('keeps the documented default limit (100 per 60 s) with $desc over a file without one', ({ env, file, expected }) => {
+    const { rateLimit: _shipped, ...rest } = shippedConfigFile() as Record<string, unknown>;
+    expect(parseConfig({ ...rest, ...file }, env).rateLimit).toMatchObject(expected);
+  });
+
   it('takes a route name of the longest length', () => {
     const file = shippedConfigFile() as any;
     file.routes[1].name = `r${'-'.repeat(MAX_ROUTE_NAME_LENGTH - 1)}`;
