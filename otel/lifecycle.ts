@@ -735,8 +735,6 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
-      process.off('SIGTERM', onSignal);
-      process.off('SIGINT', onSignal);
       const drained = new Promise<void>((resolve) => server.close(() => resolve()));
       // Answers from now on say `Connection: close`, so a client does not send its next request on a connection
       // that is about to be closed (it would race the idle sweep below and meet a reset). HTTP/2 has GOAWAY.
@@ -769,10 +767,24 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
       await until(() => sockets.size === 0, SETTLE_MS);
       // Close events are handled on the next turns: let the pipeline end its spans before they are flushed.
       await new Promise<void>((resolve) => setImmediate(() => setImmediate(resolve)));
-      await options.onShutdown?.();
+      try {
+        await options.onShutdown?.();
+      } finally {
+        // Only now: until the exit, a repeated signal must find onSignal (below), not Node's default.
+        process.off('SIGTERM', onSignal);
+        process.off('SIGINT', onSignal);
+      }
     })());
 
+  /** Whether a signal asked to stop: the first one closes (or joins a close under way) and exits after it. */
+  let signalled = false;
   function onSignal(signal: NodeJS.Signals) {
+    // A second SIGTERM or SIGINT during the drain (a supervisor repeating itself, Ctrl-C reaching a process group
+    // twice) found no listener and took Node's default: the process died at once, its requests in flight cut
+    // without their 503, their spans never flushed, exit 143 or 130. The drain is bounded already; SIGKILL stops
+    // at once. A cluster primary ignores repeats alike (src/workers.ts stop).
+    if (signalled) return void logger.warn(`${options.name} already stopping; ${signal} ignored`, { signal });
+    signalled = true;
     logger.info(`${options.name} stopping`, { signal });
     close().then(
       () => process.exit(0),
@@ -782,7 +794,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
       },
     );
   }
-  process.once('SIGTERM', onSignal);
-  process.once('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
   return { server, url, close };
 }

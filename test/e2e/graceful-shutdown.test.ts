@@ -76,6 +76,39 @@ describe('graceful shutdown', () => {
 });
 
 describe('during the drain', () => {
+  it('ignores a second SIGTERM and a SIGINT: the request in flight still completes and the exit code is 0 (the second signal killed the process at once)', async () => {
+    // Answers after 1.5 s: both repeated signals arrive while it is in flight.
+    let arrived = 0;
+    const slow = await listen((_req, res) => {
+      arrived++;
+      setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end('[]'), 1500);
+    });
+    const gateway = spawn(process.execPath, [path.join(root, 'dist/src/main.js')], {
+      cwd: root,
+      env: childEnvironment({ PORT: '0', JWT_SECRET: TEST_JWT_SECRET, ORDER_SERVICE_URL: slow.url, OTEL_SDK_DISABLED: 'true' }),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    try {
+      const { url } = (await waitForLog(gateway, (line) => line.message === 'gateway listening')) as { url: string };
+      const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
+      const inFlight = fetch(`${url}/api/orders`, { headers: { authorization: `Bearer ${token}` } }).then(async (response) => ({ status: response.status, body: await response.text() }));
+      const exited = new Promise<number | null>((resolve) => gateway.once('exit', (code) => resolve(code)));
+      await waitFor(() => arrived === 1, 'the request to reach the service');
+      const stopping = waitForLog(gateway, (line) => line.message === 'gateway stopping');
+      const ignored = waitForLog(gateway, (line) => line.message === 'gateway already stopping; SIGINT ignored');
+      gateway.kill('SIGTERM');
+      await stopping;
+      gateway.kill('SIGTERM');
+      gateway.kill('SIGINT');
+      expect(await inFlight).toEqual({ status: 200, body: '[]' });
+      expect(await exited).toBe(0);
+      await ignored;
+    } finally {
+      if (gateway.exitCode === null) gateway.kill('SIGKILL');
+      await slow.close();
+    }
+  });
+
   it('tells a keep-alive client whose answer is still coming to close its connection, so it does not reuse it', async () => {
     const arrived: string[] = [];
     // Answers after 300 ms: the request is in flight when the drain starts, and its answer comes within it.
