@@ -87,6 +87,15 @@ function singleProcessControl(live: () => ReturnType<typeof createLiveGateway>, 
 /** Serves the public port (and the internal listeners): the single process, or one cluster worker. */
 async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> {
   const { config } = initial;
+  // One process: SIGHUP is listened for from here on. Registered only once the apps were built, its handlers left
+  // the start-up (the wait for Redis: up to 3 s) to Node's default action, and a reload signalled then (an
+  // operator, a config watcher, `systemctl reload`) ended the gateway with exit 129. One arriving before they are
+  // in place is held and answered once they are: the file may have changed after start-up read it.
+  const hangupHandlers: (() => void)[] = [];
+  const hangUp = () => hangupHandlers.forEach((handler) => handler());
+  let starting = true;
+  let hungUpWhileStarting = false;
+  if (!worker) process.on('SIGHUP', () => (starting ? (hungUpWhileStarting = true) : hangUp()));
   const logger = createLogger({ serviceName: SERVICE_NAME.gateway, level: config.logLevel });
   const { redisUrl, redisTimeoutMs } = config.rateLimit;
   const redis = redisUrl ? createRedisStore({ url: redisUrl, commandTimeoutMs: redisTimeoutMs, logger }) : undefined;
@@ -118,7 +127,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     logger,
   );
   // SIGHUP reaches a cluster's primary only; it relays it to every worker (src/workers.ts).
-  const onHangup = (handler: (certificates?: CertificatePems) => void) => (worker ? worker.onHangup(handler) : process.on('SIGHUP', () => handler()));
+  const onHangup = (handler: (certificates?: CertificatePems) => void) => (worker ? worker.onHangup(handler) : void hangupHandlers.push(() => handler()));
   if (single) onHangup(() => single.reloadNow());
   const timeouts = clientTimeouts(config.server);
   // Opened before the public listener, so a taken admin port stops startup rather than going unnoticed.
@@ -134,6 +143,8 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   // A cluster worker serves the pair its primary read and hands it at each SIGHUP (src/workers.ts); it never reads the files.
   const tlsServer = config.tls ? createTlsServer({ tls: config.tls, timeouts, sendTimeoutMs: config.server.sendTimeoutMs, logger, certificates: worker?.certificates }) : undefined;
   if (tlsServer) onHangup((certificates) => (worker ? certificates && tlsServer.reloadCertificates(certificates) : tlsServer.reloadCertificates()));
+  starting = false;
+  if (hungUpWhileStarting) hangUp();
   let redirectListener: RedirectListener | undefined;
   const running = await runServer({
     app: { callback: () => live.listener },

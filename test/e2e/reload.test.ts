@@ -201,6 +201,22 @@ describe('config reload (one process)', () => {
     expect(await gateway.exited()).toBe(0);
   });
 
+  it('takes a SIGHUP sent while it starts (waiting for Redis) as a reload once it serves, instead of ending with exit 129', async () => {
+    // Nothing listens on port 1: start-up waits its 3 s for Redis, then serves under the store-down policy.
+    gateway = await startGatewayProcess({
+      config: config(),
+      env: { REDIS_URL: 'redis://127.0.0.1:1' },
+      async whileStarting(starting) {
+        await starting.waitForLine((line) => line.message === 'rate-limit store unavailable');
+        starting.writeConfig(config({ routes: [route('alpha', 'alpha'), route('beta', 'beta')] }));
+        starting.child.kill('SIGHUP');
+      },
+    });
+    await gateway.waitForLine((line) => line.message === 'config reloaded');
+    expect(await upstreamOf('/beta/ping')).toBe('beta');
+    expect(gateway.child.exitCode).toBeNull();
+  });
+
   it('answers "unchanged" for the same file, and refuses a reload from a browser page or by GET', async () => {
     gateway = await startGatewayProcess({ config: config() });
     const { version, loadedAt } = await adminConfig();

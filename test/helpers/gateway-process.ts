@@ -32,6 +32,8 @@ export interface StartOptions {
   env?: Record<string, string>;
   /** Preload the telemetry bootstrap, as production does (`--require dist/otel/register.js`). */
   telemetry?: boolean;
+  /** Acts on the process before it listens (after its first lines, say); it must still come to listen. */
+  whileStarting?: (starting: Pick<GatewayProcess, 'child' | 'lines' | 'writeConfig' | 'waitForLine'>) => Promise<void>;
 }
 
 export async function startGatewayProcess(options: StartOptions): Promise<GatewayProcess> {
@@ -55,11 +57,12 @@ export async function startGatewayProcess(options: StartOptions): Promise<Gatewa
     for (;;) {
       const line = lines.slice(from).find(match);
       if (line) return line;
-      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`no matching log line; stderr:\n${stderr}\nlines:\n${lines.map((l) => JSON.stringify(l)).join('\n')}`);
+      if (Date.now() > deadline || child.exitCode !== null || child.signalCode !== null) throw new Error(`no matching log line; stderr:\n${stderr}\nlines:\n${lines.map((l) => JSON.stringify(l)).join('\n')}`);
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   }
   try {
+    await options.whileStarting?.({ child, lines, writeConfig, waitForLine });
     const listening = await waitForLine((line) => line.message === 'gateway listening');
     const admin = await waitForLine((line) => line.message === 'admin listener started');
     return { child, lines, url: String(listening.url), adminUrl: String(admin.url), configFile, writeConfig, waitForLine, stderr: () => stderr, exited: () => exit };
