@@ -725,10 +725,16 @@ function setPath(target: Record<string, unknown>, dotted: string, value: unknown
   node[keys[keys.length - 1]!] = value;
 }
 
-/** The variable that sets a key, or a list element's key (`allowedHosts.0` is ALLOWED_HOSTS). */
-function envNameFor(keyPath: string): string | undefined {
+/**
+ * The variable that sets a key, or a list element's key (`allowedHosts.0` is ALLOWED_HOSTS), when it is the one
+ * to look at: it is set, or the value is missing (either may supply it). Not for a wrong value from the file:
+ * named whenever one could have set it, a file's `"port": "3000"` was reported as `PORT (port)`, and the
+ * operator looked for a variable that was not there.
+ */
+function envNameFor(keyPath: string, env: Env, missing: boolean): string | undefined {
   const listKey = keyPath.replace(/(\.\d+)+$/, '');
-  return Object.entries(ENV_OVERRIDES).find(([, key]) => key === keyPath || key === listKey)?.[0];
+  const name = Object.entries(ENV_OVERRIDES).find(([, key]) => key === keyPath || key === listKey)?.[0];
+  return name !== undefined && (missing || (env[name] !== undefined && env[name] !== '')) ? name : undefined;
 }
 
 function describe(value: unknown): string {
@@ -768,7 +774,7 @@ export function parseConfig(file: unknown, env: Env = {}, options: ParseOptions 
   if (!result.success) {
     const issue = result.error.issues[0]!;
     const keyPath = issue.path.join('.');
-    const envName = envNameFor(keyPath);
+    const envName = envNameFor(keyPath, env, issue.input === undefined);
     const key = envName ? `${envName} (${keyPath})` : keyPath || '(root)';
     // The secret is never echoed, not even a wrong one.
     const shown = SECRET_KEYS.has(keyPath) ? undefined : issue.input;

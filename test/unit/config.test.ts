@@ -96,6 +96,9 @@ describe('gateway config', () => {
   });
 
   it.each([
+    // Named as PORT (port) and RATE_LIMIT_MAX (rateLimit.max): variables that were not set, while the file was wrong.
+    { desc: 'a port written as text in the file, naming the key only', patch: (file: any) => (file.port = '3000'), message: /^config: port: Invalid input: expected number, received string \(got "3000"\)$/ },
+    { desc: 'a limit of zero in the file, naming the key only', patch: (file: any) => (file.rateLimit.max = 0), message: /^config: rateLimit\.max: Too small: expected number to be >0 \(got 0\)$/ },
     { desc: 'a route naming an unknown service', patch: (file: any) => (file.routes[1].service = 'billing'), message: /^config: routes\.1\.service: names no entry of services/ },
     { desc: 'two routes with the same prefix', patch: (file: any) => (file.routes[3].prefix = '/api/users'), message: /^config: routes\.3\.prefix: is already taken/ },
     { desc: 'a prefix with dot segments', patch: (file: any) => (file.routes[1].prefix = '/api/../users'), message: /^config: routes\.1\.prefix: must not contain dot segments/ },
