@@ -24,6 +24,8 @@ export interface RunServerOptions {
   drainTimeoutMs?: number;
   /** Runs after the server closed, before exit (telemetry flush). */
   onShutdown?: () => Promise<void>;
+  /** Called once as the drain begins (SIGTERM, SIGINT or close()), before the listener stops accepting. */
+  onDrain?: () => void;
   /** Client timeouts, ms (Node's defaults when absent): whole head, whole request, idle keep-alive. */
   timeouts?: { headersMs: number; requestMs: number; keepAliveMs: number };
   /** Client connections open at once; Node closes further ones at accept. Unbounded when absent. */
@@ -735,6 +737,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
+      options.onDrain?.();
       const drained = new Promise<void>((resolve) => server.close(() => resolve()));
       // Answers from now on say `Connection: close`, so a client does not send its next request on a connection
       // that is about to be closed (it would race the idle sweep below and meet a reset). HTTP/2 has GOAWAY.

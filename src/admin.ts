@@ -50,6 +50,8 @@ export interface AdminOptions {
   logger: Logger;
   /** `GET /admin/config` and `POST /admin/reload`; without it neither endpoint exists. */
   control?: ConfigControl;
+  /** Whether the process is draining: `/ready` answers 503 `stopping` (src/middleware/health.ts). */
+  stopping?: () => boolean;
 }
 
 /**
@@ -62,7 +64,7 @@ export function createAdminApp(options: AdminOptions): Koa {
   const app = new Koa();
   const endpoints = new Router({ sensitive: true, strict: true })
     .get('/health', createHealth())
-    .get('/ready', createReadinessDetails({ check: options.readiness, pools: options.pools }));
+    .get('/ready', createReadinessDetails({ check: options.readiness, pools: options.pools, stopping: options.stopping }));
   const { control } = options;
   if (control) {
     endpoints

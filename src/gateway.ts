@@ -64,6 +64,8 @@ export interface GatewayDependencies {
   control?: ConfigControl;
   /** The other cluster workers' memory response caches (src/worker-link.ts); unused with Redis (one shared store). */
   cachePeers?: PeerInvalidations;
+  /** Whether the process is draining (main.ts, from runServer's onDrain): both `/ready` answer 503 `stopping`. Default never. */
+  stopping?: () => boolean;
 }
 
 export interface GatewayApps {
@@ -156,7 +158,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   // Case-sensitive and strict, like the route table: `/HEALTH` and `/api/auth/login/` are not these.
   const ownEndpoints = new Router({ sensitive: true, strict: true })
     .get('/health', createHealth())
-    .get('/ready', createReadiness({ check: readiness }))
+    .get('/ready', createReadiness({ check: readiness, stopping: deps.stopping }))
     .post(config.auth.loginPath, ...createLogin({ tokens, tracer, logger, sign, users: pools.get('users')!, bodyLimitBytes: config.auth.loginBodyLimitBytes, bodyRate, clientLimit: loginLimiter, accountLimit: loginAccountLimiter }))
     .all(config.auth.loginPath, () => {
       throw new GatewayError('method_not_allowed', 'Login accepts POST only.', { headers: { Allow: 'POST' } });
@@ -219,7 +221,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
 
   // Errors are answered by handleErrors; this channel only sees what Koa itself could not hand to it.
   app.on('error', (error: Error) => logger.error('unhandled gateway error', { error: error.message }));
-  return { gateway: app, admin: createAdminApp({ readiness, pools, logger, control: deps.control }) };
+  return { gateway: app, admin: createAdminApp({ readiness, pools, logger, control: deps.control, stopping: deps.stopping }) };
 }
 
 /** REST/JSON -> gRPC translation (src/grpc/, src/middleware/grpc-transcode.ts), required on first use. */

@@ -114,6 +114,8 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   if (metrics) exportPromClientRegistry(metrics.registry, { startTimeMs: metrics.startedAtMs });
   const single = worker ? undefined : singleProcessControl(() => live, logger, generatedSecretOf(config));
   const control = worker ? worker.control(() => live.active()) : single!;
+  // Set as the drain begins; every build reads it (a reload during the drain too).
+  let stopping = false;
   // Each config (the first and every reload) becomes a fresh pair of apps over the same collaborators.
   const live = createLiveGateway(
     initial,
@@ -122,7 +124,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
       // MUST propagate); the first config that trusts it, at start or at a reload, registers what that takes.
       // Without trust nothing is propagated, and telemetry off stays free of a context manager's cost.
       if (active.config.trustTraceparent) startPropagation();
-      return createGatewayApps(active.config, { logger, redis, metrics: metrics ?? false, primaryStore, kept, configVersion: active.version, control, cachePeers: worker?.cachePeers });
+      return createGatewayApps(active.config, { logger, redis, metrics: metrics ?? false, primaryStore, kept, configVersion: active.version, control, cachePeers: worker?.cachePeers, stopping: () => stopping });
     },
     logger,
   );
@@ -160,6 +162,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     // The answers runServer writes itself (parser refusals, CONNECT) carry the policy the pipeline's carry.
     strictTransportSecurity: config.tls?.hsts ? strictTransportSecurityValue(config.tls.hsts) : undefined,
     onRejected: metrics && rejectedRequestMetrics(metrics),
+    onDrain: () => void (stopping = true),
     async onShutdown() {
       await redirectListener?.close();
       // Closed only now: operators can watch readiness while the public listener drains.

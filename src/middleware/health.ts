@@ -16,6 +16,8 @@ export function createHealth(): Middleware {
 export interface ReadinessOptions {
   /** The shared, cached probe of every instance (src/readiness.ts). */
   check: ReadinessCheck;
+  /** Whether this process is draining (SIGTERM): it will not be ready again. Default never. */
+  stopping?: () => boolean;
 }
 
 export interface ReadinessDetailsOptions extends ReadinessOptions {
@@ -34,6 +36,17 @@ function answerReadiness(ctx: Context, ready: boolean, cacheMs: number): void {
   if (!ready) ctx.set(HEADER.retryAfter, String(Math.max(DEFAULT_RETRY_AFTER_SECONDS, Math.ceil(cacheMs / 1000))));
 }
 
+/**
+ * The answer while the process drains: 503 `stopping`, without a probe round. It said `ready` until the process
+ * exited, to a balancer's health check on a kept-alive connection and to an operator watching the internal
+ * listener, which stays open through the drain for that. No Retry-After: this process will not be ready again.
+ */
+function answerStopping(ctx: Context): void {
+  ctx.set('Cache-Control', 'no-store');
+  ctx.status = 503;
+  ctx.body = { status: 'stopping' };
+}
+
 function summarize(round: ProbeRound): { ready: boolean; services: Record<string, 'up' | 'down'> } {
   const services = Object.fromEntries([...round.services].map(([name, probes]) => [name, isServiceUp(probes) ? ('up' as const) : ('down' as const)]));
   return { ready: Object.values(services).every((status) => status === 'up'), services };
@@ -45,8 +58,9 @@ function summarize(round: ProbeRound): { ready: boolean; services: Record<string
  * the internal listener (`createReadinessDetails`): this answer is unauthenticated.
  */
 export function createReadiness(options: ReadinessOptions): Middleware {
-  const { check } = options;
+  const { check, stopping } = options;
   return async function ready(ctx) {
+    if (stopping?.()) return answerStopping(ctx);
     const { ready, services } = summarize(await check.current(ctx.state.requestId));
     answerReadiness(ctx, ready, check.cacheMs);
     ctx.body = { status: ready ? 'ready' : 'degraded', services };
@@ -59,8 +73,9 @@ export function createReadiness(options: ReadinessOptions): Middleware {
  * request, and an ejection should show the moment it happens.
  */
 export function createReadinessDetails(options: ReadinessDetailsOptions): Middleware {
-  const { check, pools } = options;
+  const { check, pools, stopping } = options;
   return async function readyDetails(ctx) {
+    if (stopping?.()) return answerStopping(ctx);
     const round = await check.current(ctx.state.requestId);
     const { ready } = summarize(round);
     const services = Object.fromEntries(

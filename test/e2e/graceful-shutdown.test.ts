@@ -11,6 +11,7 @@ import { memoryLogger } from '../helpers/servers';
 import { testConfig } from '../helpers/test-config';
 import { waitFor } from '../helpers/wait';
 import { childEnvironment } from '../helpers/process-stack';
+import { requestOnNewConnection, startGatewayProcess } from '../helpers/gateway-process';
 import { listen, streamSixChunks, type TestServer } from '../helpers/servers';
 import { signToken } from '../helpers/tokens';
 import { TEST_JWT_SECRET } from '../helpers/test-config';
@@ -105,6 +106,33 @@ describe('during the drain', () => {
       await ignored;
     } finally {
       if (gateway.exitCode === null) gateway.kill('SIGKILL');
+      await slow.close();
+    }
+  });
+
+  it('answers /ready on the internal listener with 503 stopping once the drain began (it said ready until the exit)', async () => {
+    let arrived = 0;
+    // Its readiness probe (/health) is answered at once; the request, after 1.5 s.
+    const slow = await listen((req, res) => {
+      if (req.url === '/health') return void res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
+      arrived++;
+      setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end('[]'), 1500);
+    });
+    const gateway = await startGatewayProcess({
+      config: { services: { users: { url: slow.url }, slow: { url: slow.url } }, routes: [{ name: 'slow', prefix: '/slow', service: 'slow', upstreamPath: '', auth: 'public' }] },
+    });
+    try {
+      const inFlight = requestOnNewConnection(`${gateway.url}/slow/orders`);
+      await waitFor(() => arrived === 1, 'the request to reach the service');
+      const from = gateway.lines.length;
+      gateway.child.kill('SIGTERM');
+      await gateway.waitForLine((line) => line.message === 'gateway stopping', { from });
+      const ready = await fetch(`${gateway.adminUrl}/ready`);
+      expect({ status: ready.status, cacheControl: ready.headers.get('cache-control'), body: await ready.json() }).toEqual({ status: 503, cacheControl: 'no-store', body: { status: 'stopping' } });
+      expect((await inFlight).status).toBe(200);
+      expect(await gateway.exited()).toBe(0);
+    } finally {
+      if (gateway.child.exitCode === null) gateway.child.kill('SIGKILL');
       await slow.close();
     }
   });
