@@ -327,6 +327,11 @@ export const METRIC = {
   upstreamRetries: 'gateway_upstream_retries_total',
   cacheLookups: 'gateway_cache_lookups_total',
   cacheInvalidationFailures: 'gateway_cache_invalidation_failures_total',
+  /** A cluster primary's own (src/workers.ts): workers it replaced (crashed, or killed by its watchdog). */
+  workerRestarts: 'gateway_worker_restarts_total',
+  /** A cluster primary's own: workers serving now, and how many it runs. */
+  workersServing: 'gateway_workers_serving',
+  workersConfigured: 'gateway_workers_configured',
 } as const;
 
 /** Metric label keys: the semantic-convention attribute keys (and ours from ATTR) with `.` as `_`. */

@@ -215,6 +215,36 @@ export interface ClusterMetricsListenerOptions extends MetricsListenerOptions {
    * shareMetricsWithPrimary, which it does before it listens; asked earlier, it would never answer.
    */
   servingWorkers: () => Worker[];
+  /** The primary's own series (createPrimaryMetrics), answered beside the workers' sum. */
+  primary?: PrimaryMetrics;
+}
+
+/**
+ * A cluster primary's own series: what no worker can count, because it is about the workers. Without them a
+ * worker crashing (a request that kills it, a leak that ends in OOM) and being replaced every few seconds left
+ * the scrape unchanged: only the log said so, and no alert could.
+ */
+export interface PrimaryMetrics {
+  readonly registry: Registry;
+  /** One per worker the primary replaced: it exited (crash, signal) or its watchdog killed it. */
+  readonly workerRestarts: Counter;
+}
+
+/** The primary's series: `gateway_worker_restarts_total`, and the workers serving (`servingWorkers`) beside `configured`. */
+export function createPrimaryMetrics(configured: number, servingWorkers: () => number): PrimaryMetrics {
+  const registry = new Registry();
+  const registers = [registry];
+  const workerRestarts = new Counter({ name: counterFamily(METRIC.workerRestarts), help: 'Cluster workers the primary replaced (exited or unresponsive).', registers });
+  new Gauge({
+    name: METRIC.workersServing,
+    help: 'Cluster workers serving requests now.',
+    registers,
+    collect() {
+      this.set(servingWorkers());
+    },
+  });
+  new Gauge({ name: METRIC.workersConfigured, help: 'Cluster workers the primary runs when all are up (workers).', registers }).set(configured);
+  return { registry, workerRestarts };
 }
 
 /**
@@ -226,7 +256,7 @@ export interface ClusterMetricsListenerOptions extends MetricsListenerOptions {
  * started (their `_created`), before the primary forks any worker; a replaced worker's counts stay in them.
  */
 export function listenClusterMetrics(options: ClusterMetricsListenerOptions): Promise<MetricsListener> {
-  return listenInternal(scrapeListener(clusterMetricsCollector(options.servingWorkers), Date.now(), options.logger), { ...options, servedHosts: SCRAPE_HOSTS });
+  return listenInternal(scrapeListener(clusterMetricsCollector(options.servingWorkers, options.primary?.registry), Date.now(), options.logger), { ...options, servedHosts: SCRAPE_HOSTS });
 }
 
 /** prom-client's cluster messages (lib/cluster.js): its workers answer the request (shareMetricsWithPrimary). */
@@ -258,7 +288,7 @@ function sumOf(registries: WorkerRegistries): Promise<WorkerRegistries[number]> 
  * counters and histograms in `retired`, added to every later sum (its gauges, such as requests in progress,
  * are gone with it). What it counted after its last answer is lost, but no series drops below a value served.
  */
-function clusterMetricsCollector(servingWorkers: () => Worker[]): () => Promise<MetricFamilyJSON[]> {
+function clusterMetricsCollector(servingWorkers: () => Worker[], primary?: Registry): () => Promise<MetricFamilyJSON[]> {
   let nextRequestId = 0;
   /** Each live worker's last registries, by worker id. */
   const lastAnswers = new Map<number, WorkerRegistries>();
@@ -299,7 +329,8 @@ function clusterMetricsCollector(servingWorkers: () => Worker[]): () => Promise<
       function settle() {
         if (!waiting.delete(requestId)) return;
         clearTimeout(timer);
-        resolve(sumOf([...[...lastAnswers.values()].flat(), ...retired]) as Promise<unknown> as Promise<MetricFamilyJSON[]>);
+        const own = primary ? primary.getMetricsAsJSON() : Promise.resolve([]);
+        resolve(Promise.all([sumOf([...[...lastAnswers.values()].flat(), ...retired]), own]).then(([summed, mine]) => [...summed, ...mine]) as Promise<unknown> as Promise<MetricFamilyJSON[]>);
       }
       waiting.set(requestId, {
         answered: (workerId) => pending.delete(workerId) && pending.size === 0 && settle(),

@@ -5,7 +5,7 @@ import { shutdownTelemetry } from '../otel/telemetry';
 import type { ReloadAnswer, WorkerConfigStatus } from './admin';
 import { clientTimeouts, MAX_ROUTE_NAME_LENGTH, ROUTE_NAME, type GatewayConfig } from './config';
 import { checkReload, type ActiveConfig } from './config-reload';
-import { isPromClientMessage, listenClusterMetrics } from './metrics';
+import { createPrimaryMetrics, isPromClientMessage, listenClusterMetrics } from './metrics';
 import { readCertificatePems, readRotatedCertificates, type CertificatePems } from './tls';
 import { createLeaseLedger, type LeaseAsk, type Leased, type Recall, type Recalled, type Spent } from './rate-limit-leases';
 import { createInvalidationRelay, MAX_QUEUED_INVALIDATIONS, type CacheInvalidated, type CacheInvalidation, type StaleResource } from './cache-invalidations';
@@ -181,6 +181,8 @@ export function runPrimary(options: PrimaryOptions): void {
     },
   });
   const listening = new Set<number>();
+  // Scraped with the workers' sum on METRICS_PORT (none without it).
+  const primaryMetrics = active.config.metrics.port === undefined ? undefined : createPrimaryMetrics(count, () => listening.size);
   /** Workers that said hello: their message handler is in place, so they confirm what is relayed to them. */
   const linked = new Set<number>();
   const invalidations = createInvalidationRelay({
@@ -238,6 +240,7 @@ export function runPrimary(options: PrimaryOptions): void {
         logger.error('worker exited before the gateway started; stopping', { worker: worker.id, code, signal });
         return stop('startup-failed', 1);
       }
+      primaryMetrics?.workerRestarts.inc();
       slot.quickExits = Date.now() - slot.startedAt < STABLE_AFTER_MS ? slot.quickExits + 1 : 1;
       const delayMs = restartDelayMs(slot.quickExits);
       logger.warn('worker exited; replacing it', { worker: worker.id, pid: worker.process.pid, code, signal, delayMs });
@@ -411,7 +414,7 @@ export function runPrimary(options: PrimaryOptions): void {
   const scrape =
     metrics.port === undefined
       ? Promise.resolve(undefined)
-      : listenClusterMetrics({ port: metrics.port, host: metrics.host, timeouts: clientTimeouts(server), logger, servingWorkers });
+      : listenClusterMetrics({ port: metrics.port, host: metrics.host, timeouts: clientTimeouts(server), logger, servingWorkers, primary: primaryMetrics });
   scrape.then(
     (listener) => {
       if (listener) logger.info('metrics listener started', { url: listener.url, endpoints: ['/metrics'], workers: count });

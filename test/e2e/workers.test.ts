@@ -213,6 +213,19 @@ describe('workers (two processes behind one port)', () => {
       expect(fallen(before, after)).toEqual([]);
     });
 
+    // Only the log said a worker had died and been replaced: a worker crashing again and again left the scrape as it was.
+    it('counts the worker it replaced in gateway_worker_restarts_total, beside the workers serving and configured', async () => {
+      gateway = await start({ METRICS_PORT: '0', OTEL_METRICS_EXPORTER: 'none' });
+      const metricsUrl = String(gateway.lines.find((line) => line.message === 'metrics listener started')!.url);
+      const own = (exposition: Exposition) => [METRIC.workerRestarts, METRIC.workersServing, METRIC.workersConfigured].map((name) => samplesOf(exposition, name).map((sample) => sample.value));
+      expect(own(await scrape(metricsUrl))).toEqual([[0], [2], [2]]);
+      const victim = (await adminConfig()).workers[0]!;
+      const from = gateway.lines.length;
+      process.kill(victim.pid, 'SIGKILL');
+      await gateway.waitForLine((line) => line.message === 'worker replaced and serving', { from });
+      expect(own(await scrape(metricsUrl))).toEqual([[1], [2], [2]]);
+    });
+
     // A worker whose event loop is stuck never answers until the watchdog replaces it (10 s).
     it('answers within its bound when a worker does not answer, with that worker\'s last counts (it answered 500 after 5 s)', async () => {
       const { metricsUrl, before } = await startCounted();
