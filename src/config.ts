@@ -160,6 +160,9 @@ const corsSchema = z
 const serviceUrl = z
   .url({ protocol: /^https?$/, error: 'must be an http(s) URL' })
   .refine((value) => {
+    // Zod runs this check after a failed URL check too: `new URL` threw, and startup ended with a bare
+    // "Invalid URL" naming neither the key nor the value (a reload called it a bug). The URL check said why.
+    if (!URL.canParse(value)) return true;
     const url = new URL(value);
     return (url.pathname === '/' || url.pathname === '') && url.search === '' && url.hash === '' && url.username === '' && url.password === '' && !/[?#]/.test(value);
   }, 'must be an origin (scheme, host, port) without path, query, fragment or credentials: put a path in the route\'s upstreamPath');
@@ -602,7 +605,8 @@ const configSchema = z
     if (config.environment === 'production' && config.proxy.signingKey !== undefined && isGuessableSecret(config.proxy.signingKey)) {
       ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: GUESSABLE_RULE, input: '(hidden)' });
     }
-    if (config.environment === 'production' && config.auth.jwks && new URL(config.auth.jwks.url).protocol !== 'https:') {
+    // Not a URL at all: its own check said so (this refinement runs regardless, and `new URL` would throw).
+    if (config.environment === 'production' && config.auth.jwks && URL.canParse(config.auth.jwks.url) && new URL(config.auth.jwks.url).protocol !== 'https:') {
       ctx.addIssue({ code: 'custom', path: ['auth', 'jwks', 'url'], message: 'must be https in production: keys fetched over plain HTTP can be replaced on the way, and with them any token', input: config.auth.jwks.url });
     }
     if (config.tls?.hsts) {

@@ -81,6 +81,14 @@ describe('gateway config', () => {
     { desc: 'an internal listener address with a port in it', env: { ADMIN_HOST: '127.0.0.1:9000' }, message: /^config: ADMIN_HOST \(admin\.host\): must be an IP address or a host name/ },
     { desc: 'a proxy timeout beyond what a Node timer holds (it would fire at once)', env: { PROXY_TIMEOUT_MS: '2147483648' }, message: /^config: PROXY_TIMEOUT_MS \(proxy\.timeoutMs\): must be at most 2147483647 ms/ },
     { desc: 'a rate-limit window under a second (any rate passes)', env: { RATE_LIMIT_WINDOW_MS: '1' }, message: /^config: RATE_LIMIT_WINDOW_MS \(rateLimit\.windowMs\): must be at least 1000 ms/ },
+    // These ended startup with a bare "Invalid URL" (a TypeError, not a ConfigError): no key, no value.
+    { desc: 'a service URL that is no URL at all', env: { USER_SERVICE_URL: 'users-service' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an http\(s\) URL \(got "users-service"\)/ },
+    { desc: 'one of several service URLs that is no URL at all', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001,users-2' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\.1\): must be an http\(s\) URL \(got "users-2"\)/ },
+    {
+      desc: 'production with a JWKS URL that is no URL at all',
+      env: { NODE_ENV: 'production', JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY, JWKS_URL: 'idp/jwks.json', JWKS_ISSUER: 'idp', JWKS_AUDIENCE: 'api' },
+      message: /^config: JWKS_URL \(auth\.jwks\.url\): must be an http\(s\) URL \(got "idp\/jwks\.json"\)/,
+    },
     { desc: 'a service URL with a path (it would be dropped)', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001/v2' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an origin/ },
     { desc: 'a service URL with credentials', env: { USER_SERVICE_URL: 'http://svc:s3cret@127.0.0.1:4001' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an origin.*\(got "http:\/\/svc:\*\*\*@/ },
     { desc: 'a service URL with a query', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001?tenant=a' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an origin/ },
