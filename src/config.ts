@@ -108,6 +108,10 @@ const routeRateLimitSchema = rateLimitSchema.extend({
 
 /** Ways a caller can prove who it is on a route: a bearer JWT, or an API key of a declared consumer. */
 export const AUTH_METHODS = ['jwt', 'apiKey'] as const;
+// The rules of the unions below: without them a value of neither kind was refused as "Invalid input", which
+// names no rule (README: a bad value stops startup naming the key, the rule and the value).
+const ROUTE_AUTH_RULE = `must be "required", "public" or { "methods": [${AUTH_METHODS.map((method) => `"${method}"`).join(', ')}] } (one or both)`;
+const SERVICE_URLS_RULE = 'must be an http(s) URL, or a non-empty list of them';
 export type AuthMethod = (typeof AUTH_METHODS)[number];
 
 /**
@@ -193,7 +197,7 @@ const routeSchema = z.strictObject({
    * `required`: a valid bearer token, or an API key when `consumers` are declared; `{ methods: [...] }`:
    * only these (`jwt`, `apiKey`); `public`: no credential needed (identity headers are still stripped).
    */
-  auth: z.union([z.enum(['required', 'public']), z.strictObject({ methods: z.array(z.enum(AUTH_METHODS)).nonempty() })]).default('required'),
+  auth: z.union([z.enum(['required', 'public']), z.strictObject({ methods: z.array(z.enum(AUTH_METHODS)).nonempty() })], { error: ROUTE_AUTH_RULE }).default('required'),
   /**
    * Upstream idle timeout for this route, ms (no byte either way for this long once the request is on a
    * connection -> 504, or a cut mid-response); defaults to `proxy.timeoutMs`.
@@ -202,7 +206,7 @@ const routeSchema = z.strictObject({
   /** Rate limit for this route; defaults to `rateLimit` (by client network). */
   rateLimit: routeRateLimitSchema.optional(),
   /** CORS for this route (replaces the global `cors`), or false to refuse cross-origin use of it. */
-  cors: z.union([corsSchema, z.literal(false)]).optional(),
+  cors: z.union([corsSchema, z.literal(false)], { error: 'must be a CORS policy ({ "origins": [...], ... }) or false' }).optional(),
   /** Roles (the token's `role` claim) allowed on this route; others get 403. Any role when absent. */
   roles: z.array(z.string().min(1)).nonempty().optional(),
   /**
@@ -496,12 +500,12 @@ const configSchema = z
       z.string().regex(/^[a-z][a-z0-9-]*$/),
       z.strictObject({
         /** One origin, or several to balance round robin (env: comma-separated). */
-        url: z.union([serviceUrl, z.array(serviceUrl).nonempty()]),
+        url: z.union([serviceUrl, z.array(serviceUrl).nonempty()], { error: SERVICE_URLS_RULE }),
         /**
          * The service's gRPC interface, when it has one beside its HTTP `url` (one origin or several, `http://`
          * for plaintext h2c); routes with `grpc` call it. Default: `url` (a service that speaks only gRPC).
          */
-        grpcUrl: z.union([serviceUrl, z.array(serviceUrl).nonempty()]).optional(),
+        grpcUrl: z.union([serviceUrl, z.array(serviceUrl).nonempty()], { error: SERVICE_URLS_RULE }).optional(),
         /** Passive health: consecutive connection failures (refused, reset, timeout) that eject an instance. Default 3. */
         ejectAfterFailures: z.int().positive().default(3),
         /** How long an ejected instance gets no traffic, ms. Default 10 s. */

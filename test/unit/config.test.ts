@@ -114,6 +114,10 @@ describe('gateway config', () => {
     { desc: 'an unknown key (typo)', patch: (file: any) => (file.rateLimt = {}), message: /^config: \(root\): Unrecognized key/ },
     { desc: 'roles on a public route', patch: (file: any) => (file.routes[0].roles = ['admin']), message: /^config: routes\.0\.roles: need auth "required"/ },
     { desc: 'an unknown auth mode', patch: (file: any) => (file.routes[1].auth = 'maybe'), message: /^config: routes\.1\.auth: / },
+    // These three said only "Invalid input": no rule.
+    { desc: 'an unknown auth mode, naming the modes there are', patch: (file: any) => (file.routes[1].auth = 'maybe'), message: /^config: routes\.1\.auth: must be "required", "public" or \{ "methods": \["jwt", "apiKey"\] \} \(one or both\) \(got "maybe"\)$/ },
+    { desc: 'a service URL that is a number, naming what it must be', patch: (file: any) => (file.services.orders.url = 4002), message: /^config: services\.orders\.url: must be an http\(s\) URL, or a non-empty list of them \(got 4002\)$/ },
+    { desc: 'a route cors of true, naming what it must be', patch: (file: any) => (file.routes[1].cors = true), message: /^config: routes\.1\.cors: must be a CORS policy .* or false \(got true\)$/ },
     { desc: 'no users service', patch: (file: any) => delete file.services.users, message: /^config: services\.users: is required/ },
     // The cluster primary refused a worker's cache invalidations naming it, so the other workers kept stale copies.
     { desc: 'a route name longer than a worker may name to the cluster primary', patch: (file: any) => (file.routes[1].name = `items-${'a'.repeat(MAX_ROUTE_NAME_LENGTH)}`), message: /^config: routes\.1\.name: must be at most 256 characters \(got "items-a+\.\.\.\)/ },
