@@ -40,6 +40,39 @@ function load(): GatewayConfig {
   }
 }
 
+/** Why a listener could not open, by the code Node's `listen` failed with. */
+const LISTEN_FAILURES: Readonly<Record<string, string>> = {
+  EADDRINUSE: 'is in use by another process',
+  EACCES: 'is not permitted to this user (a port under 1024?)',
+  EADDRNOTAVAIL: 'is not an address of this machine',
+};
+
+/** Listeners by the keys that choose their port and address. */
+const LISTENER_KEYS = {
+  public: { port: 'port (PORT)', host: 'host (HOST)' },
+  admin: { port: 'admin.port (ADMIN_PORT)', host: 'admin.host (ADMIN_HOST)' },
+  metrics: { port: 'metrics.port (METRICS_PORT)', host: 'metrics.host (METRICS_HOST)' },
+  redirect: { port: 'tls.redirectHttpPort', host: 'host (HOST)' },
+} as const;
+
+/**
+ * `opening` (a listener whose port and address `keys` name), its failure to bind said with the key: Node's own message
+ * (`listen EADDRINUSE: address already in use 127.0.0.1:9000`, in a cluster worker `bind EADDRINUSE`) named
+ * neither which of the gateway's up to four listeners it was nor the setting that chose the port.
+ */
+async function listening<T>(keys: (typeof LISTENER_KEYS)[keyof typeof LISTENER_KEYS], host: string, port: number, opening: Promise<T>): Promise<T> {
+  try {
+    return await opening;
+  } catch (error) {
+    const { code = '' } = error as NodeJS.ErrnoException;
+    const why = LISTEN_FAILURES[code];
+    if (why === undefined) throw error;
+    // The address is the host's fault, the rest the port's.
+    const key = code === 'EADDRNOTAVAIL' ? keys.host : keys.port;
+    throw new Error(`${key}: ${host.includes(':') ? `[${host}]` : host}:${port} ${why} (${code})`, { cause: error });
+  }
+}
+
 function generatedSecretOf(config: GatewayConfig): string | undefined {
   return config.auth.secretSource === 'generated' ? config.auth.secret : undefined;
 }
@@ -133,13 +166,18 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   if (single) onHangup(() => single.reloadNow());
   const timeouts = clientTimeouts(config.server);
   // Opened before the public listener, so a taken admin port stops startup rather than going unnoticed.
-  const adminListener = config.admin.port === undefined ? undefined : await listenAdmin({ callback: () => live.adminListener }, { port: config.admin.port, host: config.admin.host, timeouts });
+  const adminListener =
+    config.admin.port === undefined
+      ? undefined
+      : await listening(LISTENER_KEYS.admin, config.admin.host, config.admin.port, listenAdmin({ callback: () => live.adminListener }, { port: config.admin.port, host: config.admin.host, timeouts }));
   if (adminListener) logger.info('admin listener started', { url: adminListener.url, endpoints: ['/health', '/ready', '/admin/config', '/admin/reload'] });
   // Also before the public listener, for the same reason; never on the public port (config refuses that).
   // In a cluster the primary serves the scrape, summing the workers' registries (src/workers.ts).
   if (worker && metrics && config.metrics.port !== undefined) shareMetricsWithPrimary(metrics);
   const metricsListener =
-    config.metrics.port === undefined || metrics === undefined || worker ? undefined : await listenMetrics(metrics, { port: config.metrics.port, host: config.metrics.host, timeouts, logger });
+    config.metrics.port === undefined || metrics === undefined || worker
+      ? undefined
+      : await listening(LISTENER_KEYS.metrics, config.metrics.host, config.metrics.port, listenMetrics(metrics, { port: config.metrics.port, host: config.metrics.host, timeouts, logger }));
   if (metricsListener) logger.info('metrics listener started', { url: metricsListener.url, endpoints: ['/metrics'] });
   // HTTPS with HTTP/2 when `tls` is set (src/tls.ts); rotated certificates are read again on SIGHUP, open connections kept.
   // A cluster worker serves the pair its primary read and hands it at each SIGHUP (src/workers.ts); it never reads the files.
@@ -148,7 +186,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   starting = false;
   if (hungUpWhileStarting) hangUp();
   let redirectListener: RedirectListener | undefined;
-  const running = await runServer({
+  const running = await listening(LISTENER_KEYS.public, config.host, config.port, runServer({
     app: { callback: () => live.listener },
     name: SERVICE_NAME.gateway,
     port: config.port,
@@ -172,11 +210,16 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
       redis?.disconnect();
       await shutdownTelemetry();
     },
-  });
+  }));
   const { url } = running;
   const redirectHttpPort = config.tls?.redirectHttpPort;
   if (redirectHttpPort !== undefined) {
-    redirectListener = await listenHttpsRedirect({ port: redirectHttpPort, host: config.host, httpsPort: Number(new URL(url).port || 443), allowedHosts: config.allowedHosts, health: live.listener, timeouts });
+    redirectListener = await listening(
+      LISTENER_KEYS.redirect,
+      config.host,
+      redirectHttpPort,
+      listenHttpsRedirect({ port: redirectHttpPort, host: config.host, httpsPort: Number(new URL(url).port || 443), allowedHosts: config.allowedHosts, health: live.listener, timeouts }),
+    );
     logger.info('https redirect listener started', { url: redirectListener.url, redirectsTo: url });
   }
   if (worker) {

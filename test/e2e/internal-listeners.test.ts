@@ -72,6 +72,21 @@ describe('internal listeners (process)', () => {
     await expect(fetch(`${metricsUrl}/metrics`)).rejects.toThrow();
   });
 
+  // Node's own "listen EADDRINUSE: address already in use 127.0.0.1:9000" named neither the listener nor its setting.
+  it.each([
+    { desc: 'the public port', env: (port: string) => ({ PORT: port }), key: 'port (PORT)' },
+    { desc: 'the admin port', env: (port: string) => ({ PORT: '0', ADMIN_PORT: port }), key: 'admin.port (ADMIN_PORT)' },
+    { desc: 'the metrics port', env: (port: string) => ({ PORT: '0', METRICS_PORT: port }), key: 'metrics.port (METRICS_PORT)' },
+  ])('stops with exit code 1 and a line naming the key when $desc is taken', async ({ env, key }) => {
+    const port = new URL(upstream.url).port;
+    const gateway = startGateway({ ...services(), ...env(port) });
+    child = gateway.child;
+    // 'close': exited and its output read to the end.
+    await new Promise((resolve) => gateway.child.once('close', resolve));
+    expect(gateway.child.exitCode).toBe(1);
+    expect(gateway.stderr()).toContain(`gateway: failed to start: ${key}: 127.0.0.1:${port} is in use by another process (EADDRINUSE)\n`);
+  });
+
   it('without METRICS_PORT, opens no metrics listener', async () => {
     const gateway = startGateway(services());
     child = gateway.child;
