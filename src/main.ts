@@ -17,6 +17,9 @@ import { startupWarnings } from './startup-warnings';
 import { runPrimary, workerCount } from './workers';
 import { createTlsServer, listenHttpsRedirect, type CertificatePems, type RedirectListener } from './tls';
 
+/** The signals runServer stops on. */
+const STOP_SIGNALS = ['SIGTERM', 'SIGINT'] as const;
+
 /** Longest a rate-limit check waits for the cluster primary's answer, ms (then the store-down policy decides). */
 const PRIMARY_STORE_TIMEOUT_MS = 2_000;
 
@@ -129,6 +132,13 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   let starting = true;
   let hungUpWhileStarting = false;
   if (!worker) process.on('SIGHUP', () => (starting ? (hungUpWhileStarting = true) : hangUp()));
+  // Likewise SIGTERM and SIGINT until runServer listens for them. In a container the gateway is PID 1, for which
+  // a signal nobody listens for is ignored: a pod deleted while it started went on to serve until SIGKILL 30 s
+  // later (elsewhere it died at once, its telemetry unflushed). Held, the signal is raised again once it serves,
+  // and runServer stops as on any other.
+  let stopWhileStarting: NodeJS.Signals | undefined;
+  const holdStop = (signal: NodeJS.Signals) => void (stopWhileStarting ??= signal);
+  if (!worker) for (const signal of STOP_SIGNALS) process.on(signal, holdStop);
   const logger = createLogger({ serviceName: SERVICE_NAME.gateway, level: config.logLevel });
   const { redisUrl, redisTimeoutMs } = config.rateLimit;
   const redis = redisUrl ? createRedisStore({ url: redisUrl, commandTimeoutMs: redisTimeoutMs, logger }) : undefined;
@@ -211,6 +221,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
       await shutdownTelemetry();
     },
   }));
+  for (const signal of STOP_SIGNALS) process.off(signal, holdStop);
   const { url } = running;
   const redirectHttpPort = config.tls?.redirectHttpPort;
   if (redirectHttpPort !== undefined) {
@@ -234,6 +245,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     rateLimitStore: redis ? 'redis' : 'memory',
     routes: config.routes.map((route) => `${route.prefix} -> ${route.service}${route.upstreamPath}`),
   });
+  if (stopWhileStarting) process.kill(process.pid, stopWhileStarting);
 }
 
 main().catch((error: unknown) => {

@@ -76,6 +76,28 @@ describe('graceful shutdown', () => {
   });
 });
 
+describe('while it starts', () => {
+  // As PID 1 (a container) the signal was ignored and the gateway served on until SIGKILL; elsewhere it died by it.
+  it('holds a SIGTERM that arrives while it waits for Redis, then stops cleanly once it serves, exit code 0', async () => {
+    const gateway = spawn(process.execPath, [path.join(root, 'dist/src/main.js')], {
+      cwd: root,
+      // Nothing listens on port 1: start-up waits its 3 s for Redis.
+      env: childEnvironment({ PORT: '0', JWT_SECRET: TEST_JWT_SECRET, REDIS_URL: 'redis://127.0.0.1:1', OTEL_SDK_DISABLED: 'true' }),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    try {
+      const exited = new Promise<number | null>((resolve) => gateway.once('exit', (code) => resolve(code)));
+      await waitForLog(gateway, (line) => line.message === 'rate-limit store unavailable');
+      const stopping = waitForLog(gateway, (line) => line.message === 'gateway stopping');
+      gateway.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      expect(await stopping).toMatchObject({ signal: 'SIGTERM' });
+    } finally {
+      if (gateway.exitCode === null) gateway.kill('SIGKILL');
+    }
+  });
+});
+
 describe('during the drain', () => {
   it('ignores a second SIGTERM and a SIGINT: the request in flight still completes and the exit code is 0 (the second signal killed the process at once)', async () => {
     // Answers after 1.5 s: both repeated signals arrive while it is in flight.
