@@ -4,7 +4,7 @@ import { isoTimestamp } from '../otel/iso-timestamp';
 import { CGI_HAZARD_HEADERS, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, REQUEST_REWRITE_HEADERS, VIA_PSEUDONYM } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
-import { maxForwardsOf } from './middleware/max-forwards';
+import { MAX_FORWARDS_SUPPORTED, maxForwardsOf } from './middleware/max-forwards';
 import type { GatewaySigner, SignedRequest, SignedValues } from './gateway-signature';
 
 /**
@@ -178,7 +178,7 @@ export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Reco
   );
   // This hop spends one of an OPTIONS request's Max-Forwards (RFC 9110 7.6.2; at 0 createMaxForwards answered it).
   const maxForwards = input.method === 'OPTIONS' ? maxForwardsOf(client[HEADER.maxForwards]) : undefined;
-  if (maxForwards) headers[HEADER.maxForwards] = String(maxForwards - 1);
+  if (maxForwards) headers[HEADER.maxForwards] = String(Math.min(maxForwards - 1, MAX_FORWARDS_SUPPORTED));
   input.rules?.(headers);
   // RFC 9110 7.6.3: a gateway MUST add itself to the Via of every request it forwards, after whoever the request
   // passed before (a client's or a proxy's entries stay: they only describe, the gateway trusts none of them).

@@ -2,13 +2,25 @@ import type { Middleware } from 'koa';
 import { HTTP_METHODS } from '../config';
 import { HEADER } from '../../otel/wire-names';
 
-/** A Max-Forwards value (RFC 9110 7.6.2: `1*DIGIT`); anything else is not one, and is left as it came. */
-const MAX_FORWARDS_VALUE = /^[\t ]*(\d{1,15})[\t ]*$/;
+/** A Max-Forwards value (RFC 9110 7.6.2: `1*DIGIT`, any length); anything else is not one, and is left as it came. */
+const MAX_FORWARDS_VALUE = /^[\t ]*0*(\d+)[\t ]*$/;
 
-/** The count a request's `Max-Forwards` holds, if it holds one. */
+/**
+ * The largest count the gateway sends on: RFC 9110 7.6.2 has an intermediary send "the lesser of" the count less one
+ * and its own maximum, so a count too long for a number (`99999999999999999999`) goes on as this.
+ */
+export const MAX_FORWARDS_SUPPORTED = 10 ** 15 - 1;
+
+/**
+ * The count a request's `Max-Forwards` holds, if it holds one: leading zeros of any length are no count of their own
+ * (`0000000000000000` is 0); a field sent twice (two HTTP/2 header fields, which Node hands over as a list) counts
+ * by its first, as Node keeps only the first over HTTP/1.1.
+ */
 export function maxForwardsOf(value: string | string[] | undefined): number | undefined {
-  const count = typeof value === 'string' ? MAX_FORWARDS_VALUE.exec(value) : null;
-  return count ? Number(count[1]) : undefined;
+  const first = Array.isArray(value) ? value[0] : value;
+  const count = typeof first === 'string' ? MAX_FORWARDS_VALUE.exec(first) : null;
+  if (!count) return undefined;
+  return count[1]!.length > 15 ? MAX_FORWARDS_SUPPORTED + 1 : Number(count[1]);
 }
 
 /**

@@ -427,6 +427,7 @@ describe('hostile input at the gateway', () => {
       { desc: '0', value: '0' },
       { desc: '0 with white space around it', value: ' 0\t' },
       { desc: '00', value: '00' },
+      { desc: 'sixteen zeros (longer than any number it reads)', value: '0000000000000000' },
     ])('answers OPTIONS with Max-Forwards: $desc itself, 204 with the route’s Allow, reaching no service', async ({ value }) => {
       const requestId = nextRequestId();
       const reply = await send(url, '/api/users/2', { method: 'OPTIONS', headers: { authorization: `Bearer ${bob}`, 'max-forwards': value, [HEADER.requestId]: requestId } });
@@ -444,6 +445,16 @@ describe('hostile input at the gateway', () => {
       const get = nextRequestId();
       await send(url, '/api/users/2', { headers: { authorization: `Bearer ${bob}`, 'max-forwards': '3', [HEADER.requestId]: get } });
       expect(seenWithRequestId(get).map((request) => request.headers['max-forwards'])).toEqual(['3']);
+    });
+
+    // RFC 9110 7.6.2: "the lesser of" the count less one and the intermediary's own maximum.
+    it.each([
+      { desc: 'a count longer than a number holds', value: '99999999999999999999', forwarded: '999999999999999' },
+      { desc: 'a count behind leading zeros', value: '0000000000000000007', forwarded: '6' },
+    ])('tells the service a count it can read for $desc', async ({ value, forwarded }) => {
+      const requestId = nextRequestId();
+      await send(url, '/api/users/2', { method: 'OPTIONS', headers: { authorization: `Bearer ${bob}`, 'max-forwards': value, [HEADER.requestId]: requestId } });
+      expect(seenWithRequestId(requestId).map((request) => request.headers['max-forwards'])).toEqual([forwarded]);
     });
   });
 
