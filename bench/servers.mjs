@@ -103,7 +103,11 @@ export function startGateway({ name, port, upstreamPort, secret, tracing, metric
     ...telemetry,
     ...extraEnv,
   });
-  const args = [...nodeArgs, ...startGatewayArgs()];
+  // `nodeArgs` after the launch's own node flags, before its preload: a V8 flag given here wins over the launch's
+  // (bench/young-generation.mjs tries other --max-semi-space-size values).
+  const launch = startGatewayArgs();
+  const preload = launch.indexOf('--require');
+  const args = [...launch.slice(0, preload), ...nodeArgs, ...launch.slice(preload)];
   return start(name, process.execPath, args, { cwd: ROOT, env, stdoutFile: path.join(logs, `${name}-access.log`), stderrFile: path.join(logs, `${name}.err.log`) });
 }
 

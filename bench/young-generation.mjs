@@ -8,8 +8,8 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { cpuTicks, freePort, memoryMiB, start, stopAll, waitUntilServing } from './processes.mjs';
-import { BENCH_DIR, BENCH_SIGNING_KEY, ROOT, cleanEnv, mintToken, startUpstreamAndSink } from './servers.mjs';
+import { cpuTicks, freePort, memoryMiB, stopAll, waitUntilServing } from './processes.mjs';
+import { BENCH_DIR, mintToken, startGateway, startUpstreamAndSink } from './servers.mjs';
 import { runWrk } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
@@ -33,32 +33,15 @@ fs.mkdirSync(logs, { recursive: true });
 const secret = randomBytes(32).toString('hex');
 const headers = { Authorization: `Bearer ${await mintToken(secret)}` };
 const { upstreamPort, sinkPort } = await startUpstreamAndSink(logs);
-const telemetry = flags.untraced
-  ? { OTEL_SDK_DISABLED: 'true' }
-  : { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${sinkPort}`, OTEL_TRACES_SAMPLER: 'always_on', OTEL_LOGS_EXPORTER: 'none', OTEL_METRICS_EXPORTER: 'none' };
-
 const gateways = [];
 for (const size of sizes) {
   const name = `semi-${size}`;
   const port = await freePort();
-  const env = cleanEnv({
-    GATEWAY_CONFIG: path.join(BENCH_DIR, 'gateway.bench.json'),
-    NODE_ENV: 'production',
-    HOST: '127.0.0.1',
-    PORT: String(port),
-    JWT_SECRET: secret,
-    GATEWAY_SIGNING_KEY: BENCH_SIGNING_KEY,
-    USER_SERVICE_URL: `http://127.0.0.1:${upstreamPort}`,
-    RATE_LIMIT_MAX: '1000000000',
-    LOG_LEVEL: 'info',
-    ...telemetry,
-  });
-  // --trace-gc writes to stdout, beside the access log: its lines are told apart by their shape.
-  const stdout = path.join(logs, `${name}.out.log`);
-  const child = start(name, process.execPath, [`--max-semi-space-size=${size}`, '--trace-gc', '--require', './dist/otel/register.js', 'dist/src/main.js'], { cwd: ROOT, env, stdoutFile: stdout, stderrFile: path.join(logs, `${name}.err.log`) });
+  // --trace-gc writes to stdout, beside the access log (<name>-access.log): its lines are told apart by their shape.
+  const child = startGateway({ name, port, upstreamPort, secret, tracing: flags.untraced ? false : { sinkPort }, logs, nodeArgs: [`--max-semi-space-size=${size}`, '--trace-gc'] });
   const url = `http://127.0.0.1:${port}/api/users/42`;
   await waitUntilServing(url, { headers, child });
-  gateways.push({ size, name, url, child, stdout, runs: [] });
+  gateways.push({ size, name, url, child, stdout: path.join(logs, `${name}-access.log`), runs: [] });
 }
 
 /** Collections so far in a --trace-gc log: young (scavenges, minor mark-sweeps), full, and their pauses in ms. */
