@@ -1102,11 +1102,9 @@ describe('response cache shared through Redis', () => {
   });
 });
 
-describe("a write's invalidation in the shared Redis store", () => {
+/** The machine's Redis for one describe block (failing with a clear message when it is not there), its keys under `prefix` deleted after. */
+function useMachineRedis(prefix: string): () => Redis {
   let redis: Redis | undefined;
-  const prefix = isolatedKeyPrefix();
-  const entry = { status: 200, headers: { 'content-type': 'application/json' }, storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [] as string[], varyValues: [] as (string | null)[], body: Buffer.from('{"before":"the write"}') };
-
   beforeAll(async () => {
     redis = createRedisStore({ url: MACHINE_REDIS, commandTimeoutMs: 500, logger: memoryLogger('gateway').logger });
     await requireRedis(redis, MACHINE_REDIS);
@@ -1115,9 +1113,17 @@ describe("a write's invalidation in the shared Redis store", () => {
     redis?.disconnect();
     await deleteKeys(MACHINE_REDIS, prefix);
   });
+  return () => redis!;
+}
+
+describe("a write's invalidation in the shared Redis store", () => {
+  const prefix = isolatedKeyPrefix();
+  const machineRedis = useMachineRedis(prefix);
+  const entry = { status: 200, headers: { 'content-type': 'application/json' }, storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [] as string[], varyValues: [] as (string | null)[], body: Buffer.from('{"before":"the write"}') };
+
 
   /** Every key of `resource` the store keeps beside its entries (what Redis may evict, under volatile-lru, or let expire). */
-  const bookkeeping = async (storePrefix: string) => (await redis!.keys(`${storePrefix}:route:resource:*`)).filter((key) => !key.endsWith(':ends'));
+  const bookkeeping = async (storePrefix: string) => (await machineRedis().keys(`${storePrefix}:route:resource:*`)).filter((key) => !key.endsWith(':ends'));
 
   // The record of the write was the only thing keeping the fetch from storing: with it evicted, the fetch read no
   // invalidation as it started and found none as it stored, and the answer from before the write was served until it expired.
@@ -1128,14 +1134,14 @@ describe("a write's invalidation in the shared Redis store", () => {
     { desc: 'invalidated once before, and once more after the eviction', writesBefore: 1, writesAfter: 1 },
   ])('stores nothing from a fetch under way across a write, when Redis evicts the record of the write before the fetch ends (a resource $desc)', async ({ desc, writesBefore, writesAfter }) => {
     const storePrefix = `${prefix}:${desc.replaceAll(' ', '-')}`;
-    const store = createRedisResponseStore({ client: redis!, keyPrefix: storePrefix, logger: memoryLogger('gateway').logger });
+    const store = createRedisResponseStore({ client: machineRedis(), keyPrefix: storePrefix, logger: memoryLogger('gateway').logger });
     const key = { resource: 'resource', variant: 'shared' };
     for (let write = 0; write < writesBefore; write++) expect(await store.invalidate('route', key.resource)).toBeUndefined();
     const fetch = await store.fetchStarting('route', key.resource);
     expect(await store.invalidate('route', key.resource)).toBeUndefined();
     // What volatile-lru eviction (or the key's TTL running out) does to the store's bookkeeping keys of the resource.
     const evicted = await bookkeeping(storePrefix);
-    if (evicted.length > 0) await redis!.del(...evicted);
+    if (evicted.length > 0) await machineRedis().del(...evicted);
     for (let write = 0; write < writesAfter; write++) expect(await store.invalidate('route', key.resource)).toBeUndefined();
     await store.set('route', key, entry, fetch);
     expect(await store.get('route', key)).toBeUndefined();
@@ -1146,18 +1152,10 @@ describe("a write's invalidation in the shared Redis store", () => {
 });
 
 describe('entries of another shape in the shared Redis store', () => {
-  let redis: Redis | undefined;
   const prefix = isolatedKeyPrefix();
+  const machineRedis = useMachineRedis(prefix);
   const valid = { status: 200, headers: { 'content-type': 'application/json' }, storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [] as string[], varyValues: [] as (string | null)[] };
 
-  beforeAll(async () => {
-    redis = createRedisStore({ url: MACHINE_REDIS, commandTimeoutMs: 500, logger: memoryLogger('gateway').logger });
-    await requireRedis(redis, MACHINE_REDIS);
-  });
-  afterAll(async () => {
-    redis?.disconnect();
-    await deleteKeys(MACHINE_REDIS, prefix);
-  });
 
   /** The store's layout (src/response-store.ts): the meta's length, the meta as JSON, the body. */
   const encoded = (meta: unknown) => {
@@ -1181,11 +1179,11 @@ describe('entries of another shape in the shared Redis store', () => {
     { desc: 'a lifetime that is text', meta: { ...valid, lifetimeSeconds: '60' } },
   ])('reads an entry with $desc as a miss, and says so once in the log', async ({ desc, meta }) => {
     const { logger, lines } = memoryLogger('gateway');
-    const store = createRedisResponseStore({ client: redis!, keyPrefix: `${prefix}:${desc.replaceAll(' ', '-')}`, logger });
+    const store = createRedisResponseStore({ client: machineRedis(), keyPrefix: `${prefix}:${desc.replaceAll(' ', '-')}`, logger });
     const key = { resource: 'resource', variant: 'shared' };
     await store.set('route', key, { ...valid, body: Buffer.from('{}') }, await store.fetchStarting('route', key.resource));
     expect(await store.get('route', key)).toMatchObject({ status: 200 });
-    await redis!.hset(`${prefix}:${desc.replaceAll(' ', '-')}:route:resource`, 'shared', encoded(meta));
+    await machineRedis().hset(`${prefix}:${desc.replaceAll(' ', '-')}:route:resource`, 'shared', encoded(meta));
     expect(await store.get('route', key)).toBeUndefined();
     expect(lines.filter((line) => line.message === 'response cache store failed; answering from the service')).toHaveLength(1);
   });
