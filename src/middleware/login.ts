@@ -138,8 +138,9 @@ export function createLogin(options: LoginOptions): Middleware[] {
     if (!DECODED_CODINGS.has(coding)) {
       throw new GatewayError('unsupported_media_type', 'The login body is in a content coding the gateway cannot decode.', { headers: { 'Accept-Encoding': ACCEPTED_CODINGS } });
     }
-    // Coding names are case-insensitive (RFC 9110 8.4.1), the parser's match is not: it refused `GZIP`.
-    if (coding !== 'identity') ctx.req.headers['content-encoding'] = coding;
+    // Coding names are case-insensitive (RFC 9110 8.4.1), the parser's match is not: it refused `GZIP`, and
+    // `Identity` too, so a named identity is written in lower case like any other coding.
+    if (ctx.req.headers['content-encoding'] !== undefined) ctx.req.headers['content-encoding'] = coding;
     const declared = ctx.get('content-length');
     // A coded body's declared length is the coded one; the parser bounds what it decodes as it reads.
     if (coding === 'identity' && declared !== '' && Number(declared) > options.bodyLimitBytes) {
