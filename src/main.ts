@@ -135,10 +135,12 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   // Likewise SIGTERM and SIGINT until runServer listens for them. In a container the gateway is PID 1, for which
   // a signal nobody listens for is ignored: a pod deleted while it started went on to serve until SIGKILL 30 s
   // later (elsewhere it died at once, its telemetry unflushed). Held, the signal is raised again once it serves,
-  // and runServer stops as on any other.
+  // and runServer stops as on any other. A cluster worker holds it too: Ctrl-C reaches the whole process group,
+  // and a worker still starting died by it, which its primary took for an unclean stop (exit 1). Its primary's
+  // shutdown message, sent on that same Ctrl-C, ends a worker that does not serve yet at once (src/worker-link.ts).
   let stopWhileStarting: NodeJS.Signals | undefined;
   const holdStop = (signal: NodeJS.Signals) => void (stopWhileStarting ??= signal);
-  if (!worker) for (const signal of STOP_SIGNALS) process.on(signal, holdStop);
+  for (const signal of STOP_SIGNALS) process.on(signal, holdStop);
   const logger = createLogger({ serviceName: SERVICE_NAME.gateway, level: config.logLevel });
   const { redisUrl, redisTimeoutMs } = config.rateLimit;
   const redis = redisUrl ? createRedisStore({ url: redisUrl, commandTimeoutMs: redisTimeoutMs, logger }) : undefined;
@@ -236,6 +238,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   if (worker) {
     worker.serve((active) => live.apply(active), url, running.close);
     logger.info('worker listening', { url, worker: worker.id, pid: process.pid, version: initial.version });
+    if (stopWhileStarting) process.kill(process.pid, stopWhileStarting);
     return;
   }
   startupWarnings(config, logger);

@@ -96,6 +96,26 @@ describe('while it starts', () => {
       if (gateway.exitCode === null) gateway.kill('SIGKILL');
     }
   });
+
+  // Ctrl-C reaches the whole process group: the primary, and workers still waiting for Redis. They died by the
+  // signal, and the primary, finding them gone uncleanly, exited 1 (npm start with GATEWAY_WORKERS, a supervisor).
+  it('exits 0 on a SIGINT to the process group of a cluster whose workers are still starting', async () => {
+    const gateway = spawn(process.execPath, [path.join(root, 'dist/src/main.js')], {
+      cwd: root,
+      env: childEnvironment({ PORT: '0', GATEWAY_WORKERS: '2', JWT_SECRET: TEST_JWT_SECRET, REDIS_URL: 'redis://127.0.0.1:1', OTEL_SDK_DISABLED: 'true' }),
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    try {
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => gateway.once('exit', (code, signal) => resolve({ code, signal })));
+      let waiting = 0;
+      await waitForLog(gateway, (line) => line.message === 'rate-limit store unavailable' && ++waiting === 2);
+      process.kill(-gateway.pid!, 'SIGINT');
+      expect(await exited).toEqual({ code: 0, signal: null });
+    } finally {
+      if (gateway.exitCode === null) process.kill(-gateway.pid!, 'SIGKILL');
+    }
+  });
 });
 
 describe('during the drain', () => {
