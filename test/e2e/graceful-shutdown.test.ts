@@ -18,6 +18,16 @@ import { TEST_JWT_SECRET } from '../helpers/test-config';
 
 const root = path.join(__dirname, '../..');
 
+/** The built gateway as a child (telemetry off, the test's JWT secret), with `env` on top; `detached` gives it a process group. */
+function spawnGateway(env: Record<string, string>, detached = false) {
+  return spawn(process.execPath, [path.join(root, 'dist/src/main.js')], {
+    cwd: root,
+    env: childEnvironment({ PORT: '0', JWT_SECRET: TEST_JWT_SECRET, OTEL_SDK_DISABLED: 'true', ...env }),
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached,
+  });
+}
+
 /** Waits for a line on the child's stdout that parses as JSON and matches. */
 function waitForLog(child: ReturnType<typeof spawn>, match: (line: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
@@ -47,11 +57,7 @@ describe('graceful shutdown', () => {
   it('on SIGTERM finishes a streaming request in flight, refuses new connections, and exits 0', async () => {
     // An upstream that streams its answer over ~1.2 s.
     upstream = await listen((_req, res) => streamSixChunks(res));
-    const gateway = spawn(process.execPath, [path.join(root, 'dist/src/main.js')], {
-      cwd: root,
-      env: childEnvironment({ PORT: '0', JWT_SECRET: TEST_JWT_SECRET, ORDER_SERVICE_URL: upstream.url, OTEL_SDK_DISABLED: 'true' }),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const gateway = spawnGateway({ ORDER_SERVICE_URL: upstream.url });
     try {
       const { url } = (await waitForLog(gateway, (line) => line.message === 'gateway listening')) as { url: string };
       const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
@@ -79,12 +85,8 @@ describe('graceful shutdown', () => {
 describe('while it starts', () => {
   // As PID 1 (a container) the signal was ignored and the gateway served on until SIGKILL; elsewhere it died by it.
   it('holds a SIGTERM that arrives while it waits for Redis, then stops cleanly once it serves, exit code 0', async () => {
-    const gateway = spawn(process.execPath, [path.join(root, 'dist/src/main.js')], {
-      cwd: root,
-      // Nothing listens on port 1: start-up waits its 3 s for Redis.
-      env: childEnvironment({ PORT: '0', JWT_SECRET: TEST_JWT_SECRET, REDIS_URL: 'redis://127.0.0.1:1', OTEL_SDK_DISABLED: 'true' }),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    // Nothing listens on port 1: start-up waits its 3 s for Redis.
+    const gateway = spawnGateway({ REDIS_URL: 'redis://127.0.0.1:1' });
     try {
       const exited = new Promise<number | null>((resolve) => gateway.once('exit', (code) => resolve(code)));
       await waitForLog(gateway, (line) => line.message === 'rate-limit store unavailable');
@@ -100,12 +102,7 @@ describe('while it starts', () => {
   // Ctrl-C reaches the whole process group: the primary, and workers still waiting for Redis. They died by the
   // signal, and the primary, finding them gone uncleanly, exited 1 (npm start with GATEWAY_WORKERS, a supervisor).
   it('exits 0 on a SIGINT to the process group of a cluster whose workers are still starting', async () => {
-    const gateway = spawn(process.execPath, [path.join(root, 'dist/src/main.js')], {
-      cwd: root,
-      env: childEnvironment({ PORT: '0', GATEWAY_WORKERS: '2', JWT_SECRET: TEST_JWT_SECRET, REDIS_URL: 'redis://127.0.0.1:1', OTEL_SDK_DISABLED: 'true' }),
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true,
-    });
+    const gateway = spawnGateway({ GATEWAY_WORKERS: '2', REDIS_URL: 'redis://127.0.0.1:1' }, true);
     try {
       const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => gateway.once('exit', (code, signal) => resolve({ code, signal })));
       let waiting = 0;
@@ -126,11 +123,7 @@ describe('during the drain', () => {
       arrived++;
       setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end('[]'), 1500);
     });
-    const gateway = spawn(process.execPath, [path.join(root, 'dist/src/main.js')], {
-      cwd: root,
-      env: childEnvironment({ PORT: '0', JWT_SECRET: TEST_JWT_SECRET, ORDER_SERVICE_URL: slow.url, OTEL_SDK_DISABLED: 'true' }),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const gateway = spawnGateway({ ORDER_SERVICE_URL: slow.url });
     try {
       const { url } = (await waitForLog(gateway, (line) => line.message === 'gateway listening')) as { url: string };
       const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
