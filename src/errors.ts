@@ -57,6 +57,14 @@ export const ERROR_CATALOG = {
 
 export type ErrorCode = keyof typeof ERROR_CATALOG;
 
+/**
+ * 5xx answers the request alone brings about (RFC 9110 answers a method or coding the server does not implement,
+ * or a version it does not speak, with 5xx), not a failure of the gateway or a service: logged as other
+ * client-caused answers are (warn, no `request failed` line), so no client can write error-level lines at will.
+ * Their SERVER span is still an error (semconv: every 5xx), as HTTP/1.1's parser records its own (otel/lifecycle.ts).
+ */
+export const REQUEST_CAUSED_SERVER_ERRORS: ReadonlySet<string> = new Set<ErrorCode>(['method_not_implemented', 'unsupported_transfer_coding', 'http_version_not_supported']);
+
 /** `Retry-After` of a 503 that names no better time, s. */
 export const DEFAULT_RETRY_AFTER_SECONDS = 1;
 

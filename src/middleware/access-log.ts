@@ -3,6 +3,7 @@ import type { Middleware } from 'koa';
 import { logLine, type Logger } from '../../otel/logger';
 import { redactUrl } from '../../otel/redact-url';
 import { ACCESS_LINE_MESSAGE, type AccessLine } from '../../otel/wire-names';
+import { REQUEST_CAUSED_SERVER_ERRORS } from '../errors';
 import { failedAfterStarting, onResponseClosed, recordedStatus } from '../response-closed';
 
 export interface AccessLogOptions {
@@ -39,8 +40,10 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
         consumer_id: state.consumer?.id ?? null,
         cache: state.cache ?? null,
       };
-      // A response that failed after it started (its status may be 200) failed all the same.
-      const level = status >= 500 || failedAfterStarting(ctx, status, state.errorCode) ? 'error' : status >= 400 ? 'warn' : 'info';
+      // A response that failed after it started (its status may be 200) failed all the same; a 5xx the request
+      // itself brought about (an unknown method) is the client's doing, as over HTTP/1.1's parser (otel/lifecycle.ts).
+      const serverFailed = status >= 500 && (state.errorCode === undefined || !REQUEST_CAUSED_SERVER_ERRORS.has(state.errorCode));
+      const level = serverFailed || failedAfterStarting(ctx, status, state.errorCode) ? 'error' : status >= 400 ? 'warn' : 'info';
       logLine(logger, level, ACCESS_LINE_MESSAGE, entry, requestContext);
     });
     await next();

@@ -2,7 +2,7 @@ import { trace } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
 import { HEADER } from '../../otel/wire-names';
 import type { Logger } from '../../otel/logger';
-import { toGatewayError, type GatewayError } from '../errors';
+import { REQUEST_CAUSED_SERVER_ERRORS, toGatewayError, type GatewayError } from '../errors';
 import { cutResponse } from '../response-closed';
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
@@ -66,14 +66,15 @@ export function createErrorHandler(options: ErrorHandlerOptions): Middleware {
 /**
  * Records why a request failed. The SERVER span, the access line and the metric all take the code (and the span
  * its error status) from `ctx.state.errorCode` when the response closes (src/middleware/tracing.ts): one answer,
- * recorded alike in all three. A failure of the gateway or its upstream (5xx) is also logged, and its cause
- * recorded on the active span (the SERVER span, in the request's context). handleErrors records what the
+ * recorded alike in all three. A failure of the gateway or its upstream (a 5xx the request did not bring about,
+ * REQUEST_CAUSED_SERVER_ERRORS) is also logged, and its cause recorded on the active span (the SERVER span, in the
+ * request's context). handleErrors records what the
  * pipeline throws; a server stream that fails after its first line (src/middleware/grpc-transcode.ts) records
  * its failure itself, since the pipeline returned long before.
  */
 export function recordFailure(ctx: Context, error: GatewayError, logger: Logger): void {
   ctx.state.errorCode = error.code;
-  if (error.status >= 500) {
+  if (error.status >= 500 && !REQUEST_CAUSED_SERVER_ERRORS.has(error.code)) {
     logger.error('request failed', { code: error.code, error: describeCause(error) });
     trace.getActiveSpan()?.recordException(error.cause instanceof Error ? error.cause : error);
   }
