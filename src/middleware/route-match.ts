@@ -16,6 +16,8 @@ export function createRouteMatch(options: RouteMatchOptions): Middleware {
     const match = options.routes.match(ctx.path, ctx.method);
     if (!match) throw new GatewayError('route_not_found', `No route matches ${ctx.method} ${ctx.path}.`);
     if (match.kind === 'method_not_allowed') {
+      // The route exists: its 405 is recorded under it (span, access line, metrics), not with paths that match none.
+      ctx.state.route = match.route;
       const allow = match.allowed.join(', ');
       throw new GatewayError('method_not_allowed', `${ctx.path} accepts ${allow}.`, { headers: { Allow: allow } });
     }

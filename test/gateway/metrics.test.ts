@@ -126,6 +126,20 @@ describe('request duration, by route template, status and error code', () => {
     ]);
     expect(samplesOf(m, 'http_server_active_requests').map((sample) => sample.labels.http_request_method)).toEqual(['_OTHER']);
   });
+
+  // The route exists, the method is what it refuses: counted under that route, as its SERVER span names it, not
+  // with the paths that matched nothing.
+  it('counts a 405 under the route whose method it refused, exact routes included', async () => {
+    const { gateway, metrics } = await start();
+    expect(await send(`${gateway.url}/api/users`, { method: 'DELETE' })).toBe(405);
+    expect(await send(`${gateway.url}/api/auth/register`, { method: 'PUT' })).toBe(405);
+
+    const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 2);
+    expect(samplesOf(m, `${DURATION}_count`).map((sample) => [sample.labels, sample.value])).toEqual([
+      [{ http_request_method: 'DELETE', http_route: '/api/users', http_response_status_code: '405', gateway_route_name: 'users-directory', error_type: 'method_not_allowed' }, 1],
+      [{ http_request_method: 'PUT', http_route: '/api/auth/register', http_response_status_code: '405', gateway_route_name: 'register', error_type: 'method_not_allowed' }, 1],
+    ]);
+  });
 });
 
 describe('rate-limit decisions', () => {
