@@ -14,9 +14,9 @@ export interface RequestMetricsOptions {
 
 /**
  * `http_server_request_duration_seconds`, `http_server_active_requests` and `gateway_auth_failures_total` for
- * every request but the probes (`/health`, `/ready`: health checks every few seconds would swamp the rates,
- * as they would the traces). Recorded when the response is really over, as the access log is, so streamed
- * responses are timed whole. A client that left before the end counts with the status sent (`""` when none was)
+ * every request but the probes (GET or HEAD `/health`, `/ready`: health checks every few seconds would swamp the
+ * rates, as they would the traces; any other method there is counted, on the labels any request gets). Recorded
+ * when the response is really over, as the access log is, so streamed responses are timed whole. A client that left before the end counts with the status sent (`""` when none was)
  * and `error_type="client_closed"`, as its SERVER span records it (the access log writes 499).
  *
  * Labels are bounded by the config, never by what a client sends: `http_route` is the route template as the
@@ -33,7 +33,7 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
 
   // Not async: it has nothing to do after next(), so it hands next()'s promise on instead of awaiting it.
   return function recordRequestMetrics(ctx, next) {
-    if (UNTRACED_PATHS.includes(ctx.path)) return next();
+    if (UNTRACED_PATHS.includes(ctx.path) && isProbeMethod(ctx.method)) return next();
     const started = performance.now();
     // As the SERVER span records it: a method outside the conventions' list is `_OTHER`, so a client cannot mint series.
     const method = recordedMethod(ctx.method);
@@ -56,6 +56,11 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
     });
     return next();
   };
+}
+
+/** What a probe sends (`HEAD` is answered by the same endpoints as `GET`). */
+function isProbeMethod(method: string): boolean {
+  return method === 'GET' || method === 'HEAD';
 }
 
 /**

@@ -127,6 +127,24 @@ describe('request duration, by route template, status and error code', () => {
     expect(samplesOf(m, 'http_server_active_requests').map((sample) => sample.labels.http_request_method)).toEqual(['_OTHER']);
   });
 
+  // Only a probe (GET, or HEAD, which the same endpoint answers) is left out: any other method there is a request
+  // like any other, and was never counted.
+  it('counts other methods to /health and /ready, on bounded labels', async () => {
+    const { gateway, metrics } = await start();
+    expect(await send(`${gateway.url}/health`, { method: 'HEAD' })).toBe(200);
+    expect(await send(`${gateway.url}/health`, { method: 'POST' })).toBe(404);
+    expect(await send(`${gateway.url}/ready`, { method: 'DELETE' })).toBe(404);
+    expect(await send(`${gateway.url}/ready`, { method: 'PROPFIND' })).toBe(404);
+
+    const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 3);
+    const refused = { http_route: 'unmatched', http_response_status_code: '404', gateway_route_name: '', error_type: 'route_not_found' };
+    expect(samplesOf(m, `${DURATION}_count`).map((sample) => [sample.labels, sample.value])).toEqual([
+      [{ http_request_method: 'POST', ...refused }, 1],
+      [{ http_request_method: 'DELETE', ...refused }, 1],
+      [{ http_request_method: '_OTHER', ...refused }, 1],
+    ]);
+  });
+
   // The route exists, the method is what it refuses: counted under that route, as its SERVER span names it, not
   // with the paths that matched nothing.
   it('counts a 405 under the route whose method it refused, exact routes included', async () => {
