@@ -30,6 +30,8 @@ export const HEADER = {
   forwardedPrefix: 'x-forwarded-prefix',
   /** The intermediaries a request passed (RFC 9110 7.6.3); the gateway adds itself as VIA_PSEUDONYM. */
   via: 'via',
+  /** How long Prometheus waits for a scrape's answer, s (it sends it on every scrape); src/metrics.ts answers within it. */
+  prometheusScrapeTimeout: 'x-prometheus-scrape-timeout-seconds',
 } as const;
 
 /**

@@ -3,7 +3,7 @@ import http from 'node:http';
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, type OpenMetricsContentType } from 'prom-client';
 import { isScrapeHost, listenInternal, type InternalListener, type InternalListenerOptions, type ServedHosts } from '../otel/lifecycle';
 import type { Logger } from '../otel/logger';
-import { METRIC, METRIC_LABEL, RATE_LIMIT_DECISIONS, type RateLimitDecision } from '../otel/wire-names';
+import { HEADER, METRIC, METRIC_LABEL, RATE_LIMIT_DECISIONS, type RateLimitDecision } from '../otel/wire-names';
 import type { ErrorCode } from './errors';
 import { counterSeries, histogramSeries, seriesByLabels, type CounterSeries, type HistogramSeries } from './metric-series';
 import { EXPOSITION_CONTENT_TYPE, negotiateExposition, renderExposition, type MetricFamilyJSON } from './metrics-exposition';
@@ -155,7 +155,7 @@ export function metricsRequestListener(metrics: Pick<GatewayMetrics, 'registry' 
  * `startedAtMs`. The format is negotiated (RFC 9110 12.5.1, as OpenMetrics' "Protocol Negotiation" asks): a
  * client that parses only the text format 0.0.4 (promtool, older scrapers) cannot read OpenMetrics' exemplars.
  */
-function scrapeListener(collect: () => Promise<MetricFamilyJSON[]>, startedAtMs: number, logger?: Logger): http.RequestListener {
+function scrapeListener(collect: (workerWaitMs: number) => Promise<MetricFamilyJSON[]>, startedAtMs: number, logger?: Logger): http.RequestListener {
   return function serveMetrics(req, res) {
     // One Host line, an absolute-form target taken as its origin form, and the host checked: listenInternal (SCRAPE_HOSTS).
     const path = (req.url ?? '').split('?', 1)[0];
@@ -175,7 +175,7 @@ function scrapeListener(collect: () => Promise<MetricFamilyJSON[]>, startedAtMs:
         .end(`Not acceptable: the metrics are served as ${Object.values(EXPOSITION_CONTENT_TYPE).join(', or ')}.\n`);
       return;
     }
-    collect().then(
+    collect(workerWaitMs(req.headers[HEADER.prometheusScrapeTimeout])).then(
       (families) => {
         const text = renderExposition(families, format, startedAtMs / 1000);
         res.writeHead(200, { 'content-type': EXPOSITION_CONTENT_TYPE[format], 'cache-control': 'no-store', vary: 'Accept' });
@@ -263,10 +263,25 @@ export function listenClusterMetrics(options: ClusterMetricsListenerOptions): Pr
 const WORKER_METRICS_REQUEST = 'prom-client:getMetricsReq';
 const WORKER_METRICS_ANSWER = 'prom-client:getMetricsRes';
 /**
- * How long a scrape waits for a worker's registry before it answers with that worker's last one: well under
- * Prometheus's default scrape timeout (10 s), and a live worker answers in milliseconds.
+ * How long a scrape waits for a worker's registry before it answers with that worker's last one, at most: well
+ * under Prometheus's default scrape timeout (10 s), and a live worker answers in milliseconds.
  */
 const WORKER_METRICS_TIMEOUT_MS = 2_000;
+/** What a scrape keeps of the scraper's own timeout for summing, rendering and sending, ms: this, or a tenth, if more. */
+const SCRAPE_ANSWER_MARGIN_MS = 250;
+
+/**
+ * How long a cluster scrape waits for its workers: WORKER_METRICS_TIMEOUT_MS, or less when the scraper says it
+ * gives up sooner (Prometheus sends `X-Prometheus-Scrape-Timeout-Seconds`, its `scrape_timeout`), less a margin.
+ * A fixed 2 s outlived a 1 s scrape timeout: with one worker stuck, every scrape of the cluster failed, where its
+ * last counts would have done. A value that is no positive number of seconds is ignored.
+ */
+export function workerWaitMs(scrapeTimeoutSeconds: string | string[] | undefined): number {
+  const seconds = typeof scrapeTimeoutSeconds === 'string' ? Number(scrapeTimeoutSeconds) : NaN;
+  if (!(seconds > 0) || !Number.isFinite(seconds)) return WORKER_METRICS_TIMEOUT_MS;
+  const timeoutMs = seconds * 1000;
+  return Math.max(0, Math.min(WORKER_METRICS_TIMEOUT_MS, Math.floor(timeoutMs - Math.max(SCRAPE_ANSWER_MARGIN_MS, timeoutMs / 10))));
+}
 
 type WorkerRegistries = Awaited<ReturnType<Registry['getMetricsAsJSON']>>[];
 
@@ -288,7 +303,7 @@ function sumOf(registries: WorkerRegistries): Promise<WorkerRegistries[number]> 
  * counters and histograms in `retired`, added to every later sum (its gauges, such as requests in progress,
  * are gone with it). What it counted after its last answer is lost, but no series drops below a value served.
  */
-function clusterMetricsCollector(servingWorkers: () => Worker[], primary?: Registry): () => Promise<MetricFamilyJSON[]> {
+function clusterMetricsCollector(servingWorkers: () => Worker[], primary?: Registry): (workerWaitMs: number) => Promise<MetricFamilyJSON[]> {
   let nextRequestId = 0;
   /** Each live worker's last registries, by worker id. */
   const lastAnswers = new Map<number, WorkerRegistries>();
@@ -317,7 +332,7 @@ function clusterMetricsCollector(servingWorkers: () => Worker[], primary?: Regis
       lastAnswers.delete(worker.id);
     });
   });
-  return () =>
+  return (workerWaitMs) =>
     new Promise<MetricFamilyJSON[]>((resolve, reject) => {
       const requestId = nextRequestId++;
       const workers = servingWorkers().filter((worker) => worker.isConnected());
@@ -325,7 +340,7 @@ function clusterMetricsCollector(servingWorkers: () => Worker[], primary?: Regis
       // A worker that does not answer in time (its event loop stuck until the watchdog replaces it) is summed
       // with its last answer rather than failing the scrape: a 500 would leave a gap for the whole cluster,
       // and its last counts keep every series where it was.
-      const timer = setTimeout(settle, WORKER_METRICS_TIMEOUT_MS);
+      const timer = setTimeout(settle, workerWaitMs);
       function settle() {
         if (!waiting.delete(requestId)) return;
         clearTimeout(timer);

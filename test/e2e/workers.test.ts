@@ -237,6 +237,12 @@ describe('workers (two processes behind one port)', () => {
         expect(Date.now() - startedAt).toBeLessThan(4000);
         expect(requestsCounted(during)).toBe(20);
         expect(fallen(before, during)).toEqual([]);
+        // Within the timeout Prometheus says it keeps (a fixed 2 s wait outlived a 1 s scrape_timeout).
+        const askedAt = Date.now();
+        const response = await fetch(`${metricsUrl}/metrics`, { headers: { accept: PROMETHEUS_ACCEPT, 'x-prometheus-scrape-timeout-seconds': '1' } });
+        const text = await response.text();
+        expect([response.status, Date.now() - askedAt < 1000]).toEqual([200, true]);
+        expect(requestsCounted(parseOpenMetrics(text))).toBe(20);
       } finally {
         process.kill(stuck.pid, 'SIGKILL');
       }
