@@ -32,6 +32,45 @@ const OFFERED: ReadonlyArray<{ format: ExpositionFormat; type: string; subtype: 
   { format: 'openmetrics', type: 'application', subtype: 'openmetrics-text', versions: ['1.0.0', '0.0.1'] },
 ];
 
+/** A weight as RFC 9110 12.4.2 writes it (`0` to `1`, three decimals at most). */
+const QVALUE = /^(0(\.\d{0,3})?|1(\.0{0,3})?)$/;
+
+/** How a scrape's body is sent: gzip when asked for (Prometheus asks on every scrape), else as it is. */
+export type ExpositionCoding = 'gzip' | 'identity';
+
+/**
+ * The content coding to answer `acceptEncoding` with (RFC 9110 12.5.3): gzip when it (or its alias `x-gzip`, 8.4.1.3),
+ * or else `*`, has a weight above 0 no lower than identity's; otherwise the body as it is. Identity named by no
+ * element is acceptable but weighs least (it wins no tie); `identity;q=0` with gzip refused too still gets the body
+ * as it is (the RFC allows it, and a scrape the client can read beats a 415 it cannot act on). No header, or an
+ * empty one ("no coding wanted"): identity. An element whose weight does not parse is skipped.
+ */
+export function negotiateCoding(acceptEncoding: string | undefined): ExpositionCoding {
+  if (acceptEncoding === undefined) return 'identity';
+  let gzip: number | undefined;
+  let identity: number | undefined;
+  let any: number | undefined;
+  for (const element of acceptEncoding.split(',')) {
+    const [name = '', ...parameters] = element.split(';').map((part) => part.trim());
+    let q = 1;
+    for (const parameter of parameters) {
+      const eq = parameter.indexOf('=');
+      if (eq > 0 && parameter.slice(0, eq).trim().toLowerCase() === 'q') {
+        const value = parameter.slice(eq + 1).trim();
+        q = QVALUE.test(value) ? Number(value) : NaN;
+        break;
+      }
+    }
+    if (Number.isNaN(q)) continue;
+    const coding = name.toLowerCase();
+    if (coding === 'gzip' || coding === 'x-gzip') gzip = Math.max(gzip ?? 0, q);
+    else if (coding === 'identity') identity = Math.max(identity ?? 0, q);
+    else if (coding === '*') any = Math.max(any ?? 0, q);
+  }
+  const gzipWeight = gzip ?? any ?? 0;
+  return gzipWeight > 0 && gzipWeight >= (identity ?? any ?? 0) ? 'gzip' : 'identity';
+}
+
 interface MediaRange {
   type: string;
   subtype: string;
@@ -56,7 +95,7 @@ function mediaRanges(accept: string): MediaRange[] {
       const value = parameter.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1').replace(/\\(.)/g, '$1');
       // `q` ends the media type's parameters; what follows it are accept-extensions.
       if (name === 'q') {
-        q = /^(0(\.\d{0,3})?|1(\.0{0,3})?)$/.test(value) ? Number(value) : NaN;
+        q = QVALUE.test(value) ? Number(value) : NaN;
         break;
       }
       params.set(name, value);

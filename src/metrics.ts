@@ -1,12 +1,13 @@
 import cluster, { type Worker } from 'node:cluster';
 import http from 'node:http';
+import { gzip } from 'node:zlib';
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, type OpenMetricsContentType } from 'prom-client';
 import { isScrapeHost, listenInternal, type InternalListener, type InternalListenerOptions, type ServedHosts } from '../otel/lifecycle';
 import type { Logger } from '../otel/logger';
 import { HEADER, METRIC, METRIC_LABEL, RATE_LIMIT_DECISIONS, type RateLimitDecision } from '../otel/wire-names';
 import type { ErrorCode } from './errors';
 import { counterSeries, histogramSeries, seriesByLabels, type CounterSeries, type HistogramSeries } from './metric-series';
-import { EXPOSITION_CONTENT_TYPE, negotiateExposition, renderExposition, type MetricFamilyJSON } from './metrics-exposition';
+import { EXPOSITION_CONTENT_TYPE, negotiateCoding, negotiateExposition, renderExposition, type MetricFamilyJSON } from './metrics-exposition';
 
 /**
  * The gateway's metrics, recorded with prom-client rather than the OpenTelemetry metrics SDK: no published
@@ -175,17 +176,21 @@ function scrapeListener(collect: (workerWaitMs: number) => Promise<MetricFamilyJ
         .end(`Not acceptable: the metrics are served as ${Object.values(EXPOSITION_CONTENT_TYPE).join(', or ')}.\n`);
       return;
     }
-    collect(workerWaitMs(req.headers[HEADER.prometheusScrapeTimeout])).then(
-      (families) => {
-        const text = renderExposition(families, format, startedAtMs / 1000);
-        res.writeHead(200, { 'content-type': EXPOSITION_CONTENT_TYPE[format], 'cache-control': 'no-store', vary: 'Accept' });
-        res.end(req.method === 'HEAD' ? undefined : text);
-      },
-      (error: unknown) => {
-        logger?.error('metrics scrape failed', { error: error instanceof Error ? error.message : String(error) });
-        res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' }).end('The metrics could not be collected.\n');
-      },
-    );
+    const failed = (error: unknown) => {
+      logger?.error('metrics scrape failed', { error: error instanceof Error ? error.message : String(error) });
+      res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' }).end('The metrics could not be collected.\n');
+    };
+    // Prometheus asks for gzip on every scrape: the text of a gateway with many routes is mostly repeated labels.
+    const coding = negotiateCoding(req.headers['accept-encoding']);
+    collect(workerWaitMs(req.headers[HEADER.prometheusScrapeTimeout])).then((families) => {
+      const text = renderExposition(families, format, startedAtMs / 1000);
+      const headers = { 'content-type': EXPOSITION_CONTENT_TYPE[format], 'cache-control': 'no-store', vary: 'Accept, Accept-Encoding' };
+      if (coding === 'identity') return void res.writeHead(200, headers).end(req.method === 'HEAD' ? undefined : text);
+      // A HEAD answer carries the headers a GET's would, Content-Encoding included (RFC 9110 9.3.2), and no body.
+      if (req.method === 'HEAD') return void res.writeHead(200, { ...headers, 'content-encoding': 'gzip' }).end();
+      // Off the event loop (zlib's thread pool): a large exposition would hold the primary's or a worker's requests.
+      gzip(text, (error, body) => (error ? failed(error) : res.writeHead(200, { ...headers, 'content-encoding': 'gzip' }).end(body)));
+    }, failed);
   };
 }
 

@@ -86,10 +86,10 @@ describe.each([
     { desc: 'a scrape weighting the text format above OpenMetrics', accept: 'application/openmetrics-text;version=1.0.0;q=0.3, text/plain;version=0.0.4;q=0.5', type: TEXT_FORMAT_CONTENT_TYPE },
     { desc: 'a scrape accepting only the text format 1.0.0 (Prometheus 3, PrometheusText1.0.0)', accept: 'text/plain;version=1.0.0;escaping=allow-utf-8', type: TEXT_1_0_0_CONTENT_TYPE },
     { desc: 'a scrape accepting neither format (406)', accept: 'application/json', type: undefined },
-  ])('answers $desc in the format it asked for, with Vary: Accept', async ({ accept, type }) => {
+  ])('answers $desc in the format it asked for, with Vary: Accept (and Accept-Encoding on a scrape)', async ({ accept, type }) => {
     for (const method of ['GET', 'HEAD']) {
       const answer = await scrapeAs(accept, method);
-      expect(answer.headers.vary).toBe('Accept');
+      expect(answer.headers.vary).toBe(type === undefined ? 'Accept' : 'Accept, Accept-Encoding');
       if (type === undefined) {
         expect(answer.status).toBe(406);
         continue;

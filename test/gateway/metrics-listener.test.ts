@@ -1,5 +1,6 @@
 import http from 'node:http';
 import net from 'node:net';
+import { gunzipSync } from 'node:zlib';
 import { createGatewayMetrics, listenMetrics, type MetricsListener } from '../../src/metrics';
 import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics, PROMETHEUS_ACCEPT } from '../helpers/openmetrics';
 import { startStack, type TestStack } from '../helpers/stack';
@@ -22,6 +23,32 @@ describe('the metrics listener (listenMetrics)', () => {
     const text = await response.text();
     expect(text.endsWith('# EOF\n')).toBe(true);
     expect(parseOpenMetrics(text).types.get('http_server_request_duration_seconds')).toBe('histogram');
+  });
+
+  /** One scrape, its body as it came over the wire (fetch would decode it). */
+  const rawScrape = (method: string, headers: http.OutgoingHttpHeaders) =>
+    new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }>((resolve, reject) => {
+      const request = http.request(`${listener.url}/metrics`, { method, headers }, (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () => resolve({ status: response.statusCode!, headers: response.headers, body: Buffer.concat(chunks) }));
+      });
+      request.on('error', reject).end();
+    });
+
+  // Prometheus sends `Accept-Encoding: gzip` on every scrape; the exposition was always sent as it is.
+  it('gzips the exposition when asked (Vary: Accept-Encoding), and sends it as it is otherwise', async () => {
+    const zipped = await rawScrape('GET', { accept: PROMETHEUS_ACCEPT, 'accept-encoding': 'gzip' });
+    expect([zipped.status, zipped.headers['content-encoding'], zipped.headers.vary]).toEqual([200, 'gzip', 'Accept, Accept-Encoding']);
+    const text = gunzipSync(zipped.body).toString();
+    expect(text.endsWith('# EOF\n')).toBe(true);
+    expect(parseOpenMetrics(text).types.get('http_server_request_duration_seconds')).toBe('histogram');
+    const head = await rawScrape('HEAD', { accept: PROMETHEUS_ACCEPT, 'accept-encoding': 'gzip' });
+    expect([head.status, head.headers['content-encoding'], head.body.length]).toEqual([200, 'gzip', 0]);
+    for (const acceptEncoding of [undefined, 'gzip;q=0', 'br']) {
+      const plain = await rawScrape('GET', { accept: PROMETHEUS_ACCEPT, ...(acceptEncoding === undefined ? {} : { 'accept-encoding': acceptEncoding }) });
+      expect([plain.status, plain.headers['content-encoding'], plain.headers.vary, plain.body.toString().endsWith('# EOF\n')]).toEqual([200, undefined, 'Accept, Accept-Encoding', true]);
+    }
   });
 
   it.each([

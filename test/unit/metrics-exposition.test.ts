@@ -1,4 +1,4 @@
-import { negotiateExposition, renderBound } from '../../src/metrics-exposition';
+import { negotiateCoding, negotiateExposition, renderBound } from '../../src/metrics-exposition';
 import { PROMETHEUS_ACCEPT } from '../helpers/openmetrics';
 
 /** The scrape's content negotiation (RFC 9110 12.5.1) and OpenMetrics' canonical `le` rendering, case by case. */
@@ -77,5 +77,30 @@ describe('renderBound', () => {
     ['+Inf', '+Inf'],
   ])('the text format writes %p as %p (Go %g)', (value, expected) => {
     expect(renderBound(value, false)).toBe(expected);
+  });
+});
+
+/** The scrape's content coding (RFC 9110 12.5.3): gzip when asked for, the body as it is otherwise. */
+describe('negotiateCoding', () => {
+  it.each([
+    { desc: 'no Accept-Encoding', acceptEncoding: undefined, coding: 'identity' },
+    { desc: 'an empty one: no coding wanted', acceptEncoding: '', coding: 'identity' },
+    { desc: "Prometheus's", acceptEncoding: 'gzip', coding: 'gzip' },
+    { desc: 'a browser’s', acceptEncoding: 'gzip, deflate, br, zstd', coding: 'gzip' },
+    { desc: 'the x-gzip alias, any case', acceptEncoding: 'X-GZIP', coding: 'gzip' },
+    { desc: 'gzip refused', acceptEncoding: 'gzip;q=0', coding: 'identity' },
+    { desc: 'gzip refused with spaces and an upper-case Q', acceptEncoding: 'gzip ; Q=0', coding: 'identity' },
+    { desc: 'anything', acceptEncoding: '*', coding: 'gzip' },
+    { desc: 'anything but gzip', acceptEncoding: '*, gzip;q=0', coding: 'identity' },
+    { desc: 'codings not offered only', acceptEncoding: 'br, deflate', coding: 'identity' },
+    { desc: 'identity preferred', acceptEncoding: 'gzip;q=0.5, identity', coding: 'identity' },
+    { desc: 'gzip preferred over identity', acceptEncoding: 'gzip, identity;q=0.5', coding: 'gzip' },
+    { desc: 'one weight: gzip', acceptEncoding: 'identity;q=0.5, gzip;q=0.5', coding: 'gzip' },
+    { desc: 'identity refused, gzip through the wildcard', acceptEncoding: 'identity;q=0, *;q=0.1', coding: 'gzip' },
+    { desc: 'everything refused: the body as it is', acceptEncoding: '*;q=0', coding: 'identity' },
+    { desc: 'a weight that does not parse: that element skipped', acceptEncoding: 'gzip;q=2', coding: 'identity' },
+    { desc: 'a weight with four decimals: skipped', acceptEncoding: 'gzip;q=0.0001', coding: 'identity' },
+  ])('$desc ($acceptEncoding) -> $coding', ({ acceptEncoding, coding }) => {
+    expect(negotiateCoding(acceptEncoding)).toBe(coding);
   });
 });
