@@ -145,9 +145,20 @@ export function signedIdentityHeaders(identity: SignedValues, request: SignedReq
   return headers;
 }
 
+/**
+ * Each request's signature verdict, with the key it was decided by. Both the http instrumentation (telemetry on:
+ * signedByGateway, asked before the app runs) and logRequest ask about every request; the HMAC is computed once.
+ * Keyed by the request, so a verdict lives only as long as its request.
+ */
+const verdicts = new WeakMap<IncomingMessage, { signingKey: string; problem: SignatureProblem | undefined }>();
+
 /** What is wrong with `request`'s gateway signature, over the request as it arrived (method and target); undefined when it verifies. */
 function signatureProblemOf(signingKey: string, request: IncomingMessage): SignatureProblem | undefined {
-  return verifyGatewaySignature(signingKey, { method: request.method ?? '', target: request.url ?? '' }, (name) => request.headers[name]);
+  const decided = verdicts.get(request);
+  if (decided?.signingKey === signingKey) return decided.problem;
+  const problem = verifyGatewaySignature(signingKey, { method: request.method ?? '', target: request.url ?? '' }, (name) => request.headers[name]);
+  verdicts.set(request, { signingKey, problem });
+  return problem;
 }
 
 /** Whether a request carries the gateway's valid signature for itself: what a service believes the trace context of (service-main.ts). */
