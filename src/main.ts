@@ -212,7 +212,10 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     // The answers runServer writes itself (parser refusals, CONNECT) carry the policy the pipeline's carry.
     strictTransportSecurity: config.tls?.hsts ? strictTransportSecurityValue(config.tls.hsts) : undefined,
     onRejected: metrics && rejectedRequestMetrics(metrics),
-    onDrain: () => void (stopping = true),
+    onDrain: () => {
+      stopping = true;
+      worker?.draining();
+    },
     async onShutdown() {
       await redirectListener?.close();
       // Closed only now: operators can watch readiness while the public listener drains.

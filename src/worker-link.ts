@@ -36,6 +36,8 @@ export interface WorkerLink {
    * it read again, or none when it could not (the ones in use stay).
    */
   onHangup(handler: (certificates: CertificatePems | undefined) => void): void;
+  /** Tells the primary this worker drains (it no longer counts in `gateway_workers_serving`). */
+  draining(): void;
 }
 
 /** Connects a worker to its primary: waits for the config, then answers reloads and shutdown from it. */
@@ -146,6 +148,7 @@ export function connectWorker(): Promise<WorkerLink> {
         subscribe: (drop) => void (dropCachedCopies = drop),
       },
       onHangup: (handler) => void hangupHandlers.push(handler),
+      draining: () => void send({ gateway: 'draining' }),
       serve(apply, url, close) {
         onApply = (active) => {
           const unbuilt = apply(active);

@@ -36,6 +36,8 @@ export type ToPrimary =
   | { gateway: 'reload'; id: number }
   | { gateway: 'status'; id: number }
   | { gateway: 'pong'; id: number }
+  /** It stopped taking connections and finishes those it has (a SIGTERM of its own): no longer serving. */
+  | { gateway: 'draining' }
   /** Without Redis: a batch of resources whose copies the other workers must drop, or their confirmation (src/cache-invalidations.ts). */
   | CacheInvalidation
   | CacheInvalidated;
@@ -71,6 +73,8 @@ export function toPrimaryMessage(raw: unknown): ToPrimary | undefined {
   switch (message.gateway) {
     case 'hello':
       return { gateway: 'hello' };
+    case 'draining':
+      return { gateway: 'draining' };
     case 'listening':
       return typeof message.url === 'string' ? { gateway: 'listening', url: message.url } : undefined;
     case 'applied':
@@ -181,8 +185,10 @@ export function runPrimary(options: PrimaryOptions): void {
     },
   });
   const listening = new Set<number>();
+  /** Listening workers that drain (told to stop, or stopping on their own) until they exit: they still answer scrapes, but serve no more. */
+  const draining = new Set<number>();
   // Scraped with the workers' sum on METRICS_PORT (none without it).
-  const primaryMetrics = active.config.metrics.port === undefined ? undefined : createPrimaryMetrics(count, () => listening.size);
+  const primaryMetrics = active.config.metrics.port === undefined ? undefined : createPrimaryMetrics(count, () => listening.size - draining.size);
   /** Workers that said hello: their message handler is in place, so they confirm what is relayed to them. */
   const linked = new Set<number>();
   const invalidations = createInvalidationRelay({
@@ -228,6 +234,7 @@ export function runPrimary(options: PrimaryOptions): void {
     worker.on('error', (error: Error) => logger.warn('could not message worker', { worker: worker.id, error: error.message }));
     worker.once('exit', (code, signal) => {
       listening.delete(worker.id);
+      draining.delete(worker.id);
       linked.delete(worker.id);
       leases.workerGone(worker.id);
       invalidations.workerGone(worker.id);
@@ -278,6 +285,9 @@ export function runPrimary(options: PrimaryOptions): void {
         return send(worker, { gateway: 'workers', id: message.id, workers: statuses(), pendingRestart: active.pendingRestart });
       case 'pong':
         slot.aliveAt = Date.now();
+        return;
+      case 'draining':
+        if (listening.has(worker.id)) draining.add(worker.id);
         return;
       case 'reload':
         void reloadAll().then((answer) => send(worker, { gateway: 'reloaded', id: message.id, answer }));
@@ -348,6 +358,7 @@ export function runPrimary(options: PrimaryOptions): void {
     const exits = slots.flatMap((slot) => {
       const worker = slot.worker;
       if (!worker) return [];
+      if (listening.has(worker.id)) draining.add(worker.id);
       return [
         new Promise<boolean>((resolve) => {
           const killer = setTimeout(() => worker.process.kill('SIGKILL'), SHUTDOWN_BOUND_MS);

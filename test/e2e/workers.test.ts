@@ -36,7 +36,15 @@ async function presentedByWorkers(origin: string, ca: string[]): Promise<string[
 }
 
 /** `/api/stream` answers in six chunks over ~1.2 s. */
+/** Answers to `/held` requests, kept until the test releases them: a worker draining for as long as a test needs. */
+const heldAnswers: http.ServerResponse[] = [];
+const releaseHeld = () => heldAnswers.splice(0).forEach((res) => res.writeHead(200, { 'content-type': 'text/plain' }).end('released\n'));
+
 function slowStream(req: http.IncomingMessage, res: http.ServerResponse): boolean {
+  if (req.url?.endsWith('/held')) {
+    heldAnswers.push(res);
+    return true;
+  }
   if (!req.url?.endsWith('/stream')) return false;
   streamSixChunks(res);
   return true;
@@ -51,6 +59,7 @@ describe('workers (two processes behind one port)', () => {
     upstream = await namedUpstream('api', slowStream);
   });
   afterEach(async () => {
+    releaseHeld();
     // The primary takes its workers down with it (they exit when their IPC channel closes).
     if (gateway?.child.exitCode === null) gateway.child.kill('SIGKILL');
     gateway = undefined;
@@ -224,6 +233,44 @@ describe('workers (two processes behind one port)', () => {
       process.kill(victim.pid, 'SIGKILL');
       await gateway.waitForLine((line) => line.message === 'worker replaced and serving', { from });
       expect(own(await scrape(metricsUrl))).toEqual([[1], [2], [2]]);
+    });
+
+    // A draining worker counted as serving until it exited: a rolling stop looked like a cluster at full strength.
+    describe('gateway_workers_serving leaves out workers that drain', () => {
+      const serving = (exposition: Exposition) => samplesOf(exposition, METRIC.workersServing).map((sample) => sample.value);
+
+      /** A cluster with the metrics listener, and a request held by one of its workers (which then drains until it is released). */
+      async function startWithHeldRequest(): Promise<{ metricsUrl: string; held: Promise<number> }> {
+        gateway = await start({ METRICS_PORT: '0', OTEL_METRICS_EXPORTER: 'none' });
+        const metricsUrl = String(gateway.lines.find((line) => line.message === 'metrics listener started')!.url);
+        expect(serving(await scrape(metricsUrl))).toEqual([2]);
+        const held = fetch(`${gateway.url}/api/held`).then(async (response) => (await response.text(), response.status));
+        await waitFor(() => heldAnswers.length === 1, 'the held request to reach the upstream');
+        return { metricsUrl, held };
+      }
+
+      it('counts none once the primary stops them, though one still finishes a request', async () => {
+        const { metricsUrl, held } = await startWithHeldRequest();
+        const from = gateway!.lines.length;
+        gateway!.child.kill('SIGTERM');
+        await gateway!.waitForLine((line) => line.message === 'gateway stopping', { from });
+        expect(serving(await scrape(metricsUrl))).toEqual([0]);
+        releaseHeld();
+        expect(await held).toBe(200);
+        expect(await gateway!.exited()).toBe(0);
+      });
+
+      it('leaves out a worker stopped on its own (SIGTERM to the worker) while it drains, and counts its replacement', async () => {
+        const { metricsUrl, held } = await startWithHeldRequest();
+        const from = gateway!.lines.length;
+        // Both: one drains with the held request, the other has none and is replaced at once.
+        for (const worker of (await adminConfig()).workers) process.kill(worker.pid, 'SIGTERM');
+        await gateway!.waitForLine((line) => line.message === 'worker replaced and serving', { from, timeoutMs: 15_000 });
+        expect(serving(await scrape(metricsUrl))).toEqual([1]);
+        releaseHeld();
+        expect(await held).toBe(200);
+        await scrapeWhen(metricsUrl, (exposition) => serving(exposition)[0] === 2, 15_000);
+      });
     });
 
     // A worker whose event loop is stuck never answers until the watchdog replaces it (10 s).
