@@ -170,7 +170,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   // Then the target and Host everything below reads (an absolute-form target names the host itself).
   app.use(createRequestTargetForm());
   // Then which peer's X-Forwarded-* count must be settled before anything reads ctx.ip (Koa caches it).
-  app.use(createTrustedProxies({ trustProxy: config.trustProxy, trustedProxies: config.trustedProxies }));
+  app.use(createTrustedProxies({ trustProxy: config.trustProxy, trustedProxies: config.trustedProxies, trustedProxyHops: config.trustedProxyHops }));
   app.use(createTracing({ tracer, trustTraceparent: config.trustTraceparent, mapRequestIdToTraceId: config.mapRequestIdToTraceId, configVersion: deps.configVersion }));
   app.use(createRequestId());
   if (metrics) app.use(createRequestMetrics({ metrics }));

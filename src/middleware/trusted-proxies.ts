@@ -11,13 +11,28 @@ export interface TrustedProxiesOptions {
    * only when nothing but the proxy can reach the gateway.
    */
   trustedProxies?: readonly string[];
+  /**
+   * How many trusted proxies are in front (`trustedProxyHops`, Koa's `maxIpsCount`). Default 1. Each appends to
+   * the `X-Forwarded-*` lists, so the entry this many from the right is what the outermost one saw; the ones
+   * before it are the client's own.
+   */
+  trustedProxyHops?: number;
 }
+
+/**
+ * What the client addressed, one entry per proxy that appended to them. Koa and the gateway read one value of
+ * each (Koa the leftmost, which a client that sends its own gets to choose), so the trusted one is settled here.
+ */
+const ADDRESSED_HEADERS = ['x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port'] as const;
 
 /**
  * Decides, per connection, whether the forwarding headers (`X-Forwarded-For`, `-Proto`, `-Host`, any other
  * `X-Forwarded-*`, `Forwarded`, ...: isForwardingHeader) came from a proxy we trust; from anyone else they are removed, so `ctx.ip` is the peer itself and a
  * client that reaches the gateway directly cannot pick its rate-limit bucket. Which `X-Forwarded-For` entry is
- * the client is then Koa's `maxIpsCount` (`trustedProxyHops`), counted from the right.
+ * the client is then Koa's `maxIpsCount` (`trustedProxyHops`), counted from the right; `X-Forwarded-Host`,
+ * `-Proto` and `-Port` from a trusted proxy are cut here to their entry at the same place, so `ctx.host`,
+ * `ctx.protocol` and everything built on them (the services' `X-Forwarded-*`, `Location` rewriting, the host
+ * guard, the cache key, spans and logs) read what the outermost trusted proxy saw, not what a client prepended.
  *
  * Runs first in the pipeline: Koa caches `ctx.ip` on first read, and tracing reads it for the server span.
  * (Without `trustProxy` Koa ignores these headers anyway; they are removed so no service sees them either.)
@@ -25,21 +40,38 @@ export interface TrustedProxiesOptions {
 export function createTrustedProxies(options: TrustedProxiesOptions): Middleware {
   const trusted = options.trustProxy && options.trustedProxies ? blockListOf(options.trustedProxies) : undefined;
   const trustsEveryPeer = options.trustProxy && !trusted;
+  const hops = options.trustedProxyHops ?? 1;
 
   // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
   return function trustForwardedHeaders(ctx, next) {
+    const headers = ctx.req.headers;
     if (!trustsEveryPeer) {
       const peer = ctx.req.socket.remoteAddress;
       const fromTrustedProxy = trusted !== undefined && peer !== undefined && trusted.check(peer, net.isIPv6(peer) ? 'ipv6' : 'ipv4');
       if (!fromTrustedProxy) {
-        const headers = ctx.req.headers;
         // By the request's own names (a handful), not the list's: any `X-Forwarded-*` is one, and a `delete` of
         // an absent key still costs a runtime call.
         for (const name in headers) if (isForwardingHeader(name)) delete headers[name];
+        return next();
       }
+    }
+    for (const name of ADDRESSED_HEADERS) {
+      const value = headers[name];
+      if (value !== undefined) headers[name] = trustedEntry(value, hops);
     }
     return next();
   };
+}
+
+/**
+ * The entry `hops` from the right of a comma-separated list (the leftmost when there are fewer), trimmed: where
+ * Koa finds the client in `X-Forwarded-For`. A single value (the common case) is returned as it is.
+ */
+function trustedEntry(value: string | string[], hops: number): string {
+  const text = Array.isArray(value) ? value.join(',') : value;
+  if (!text.includes(',')) return text;
+  const entries = text.split(',');
+  return entries[Math.max(0, entries.length - hops)]!.trim();
 }
 
 /** net.BlockList matches IPv4 rules against IPv4-mapped IPv6 peers (`::ffff:10.0.0.1`) too. */

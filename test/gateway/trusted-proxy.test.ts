@@ -82,6 +82,23 @@ describe('client addresses behind proxies', () => {
     }
   });
 
+  it.each([
+    { desc: 'one trusted hop: the right-most entries', hops: '1', sent: { 'x-forwarded-host': 'evil.example, api.example', 'x-forwarded-proto': 'http, https', 'x-forwarded-port': '1, 8443' }, told: { 'x-forwarded-host': 'api.example', 'x-forwarded-proto': 'https', 'x-forwarded-port': '8443' } },
+    { desc: 'two trusted hops: the outer proxy’s entries', hops: '2', sent: { 'x-forwarded-host': 'evil.example,api.example , inner.internal', 'x-forwarded-proto': 'http, HTTPS, http', 'x-forwarded-port': '1, 8443, 80' }, told: { 'x-forwarded-host': 'api.example', 'x-forwarded-proto': 'https', 'x-forwarded-port': '8443' } },
+    { desc: 'two trusted hops, one entry each', hops: '2', sent: { 'x-forwarded-host': 'api.example', 'x-forwarded-proto': 'https', 'x-forwarded-port': '8443' }, told: { 'x-forwarded-host': 'api.example', 'x-forwarded-proto': 'https', 'x-forwarded-port': '8443' } },
+  ])('with $desc of X-Forwarded-Host/-Proto/-Port, not the ones a client prepended', async ({ hops, sent, told }) => {
+    const stack = await startStack({ env: { TRUST_PROXY: 'true', TRUSTED_PROXY_HOPS: hops }, overrides: { ...limitedRoute, trustedProxies: ['127.0.0.0/8'], allowedHosts: ['api.example'] } });
+    try {
+      // The host guard reads the same host: the client's `evil.example` would be a 421.
+      const response = await fetch(`${stack.gateway.url}/api/unknown-but-limited`, { headers: sent });
+      await response.arrayBuffer();
+      expect(response.status).toBe(200);
+      expect(stack.users.requests.at(-1)!.headers).toMatchObject(told);
+    } finally {
+      await stack.close();
+    }
+  });
+
   // Koa caches ctx.ip on first read and tracing reads it first: the decision has to come before it.
   it('puts the settled client address on the server span, not a spoofed one', async () => {
     const tracing = startInMemoryTracing();
