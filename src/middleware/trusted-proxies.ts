@@ -1,3 +1,4 @@
+import type { IncomingHttpHeaders } from 'node:http';
 import net from 'node:net';
 import type { Middleware } from 'koa';
 import { isForwardingHeader } from '../../otel/wire-names';
@@ -55,12 +56,29 @@ export function createTrustedProxies(options: TrustedProxiesOptions): Middleware
         return next();
       }
     }
+    const connection = headers.connection;
+    if (connection !== undefined && !USUAL_CONNECTION.has(connection)) dropConnectionListed(headers, connection);
     for (const name of ADDRESSED_HEADERS) {
       const value = headers[name];
       if (value !== undefined) headers[name] = trustedEntry(value, hops);
     }
     return next();
   };
+}
+
+/** The `Connection` values nearly every HTTP/1.1 request carries: they name no forwarding header. */
+const USUAL_CONNECTION: ReadonlySet<string> = new Set(['keep-alive', 'Keep-Alive', 'close', 'Close']);
+
+/**
+ * A field the request's `Connection` names is for that hop alone (RFC 9110 7.6.1): not forwarded, and so not the
+ * trusted proxy's word on the client either. Removed before anything reads it (Koa's `ctx.ip`, `ctx.host`, the
+ * services' `X-Forwarded-*`), not just left out of what is forwarded.
+ */
+function dropConnectionListed(headers: IncomingHttpHeaders, connection: string): void {
+  for (const listed of connection.split(',')) {
+    const name = listed.trim().toLowerCase();
+    if (isForwardingHeader(name)) delete headers[name];
+  }
 }
 
 /**

@@ -1,3 +1,4 @@
+import http from 'node:http';
 import { ATTR_CLIENT_ADDRESS } from '@opentelemetry/semantic-conventions';
 import { parseConfig } from '../../src/config';
 import { startInMemoryTracing } from '../helpers/in-memory-tracing';
@@ -94,6 +95,37 @@ describe('client addresses behind proxies', () => {
       await response.arrayBuffer();
       expect(response.status).toBe(200);
       expect(stack.users.requests.at(-1)!.headers).toMatchObject(told);
+    } finally {
+      await stack.close();
+    }
+  });
+
+  // fetch refuses to send `Connection`; Node's client sends it as given.
+  const sendWithConnection = (origin: string, path: string, headers: http.OutgoingHttpHeaders) =>
+    new Promise<number>((resolve, reject) => {
+      const { hostname, port } = new URL(origin);
+      http.request({ host: hostname, port: Number(port), path, headers, agent: false }, (response) => {
+        response.resume();
+        response.on('end', () => resolve(response.statusCode!));
+      }).on('error', reject).end();
+    });
+
+  it.each([
+    { desc: 'X-Forwarded-For', connection: 'X-Forwarded-For', told: { 'x-forwarded-for': '127.0.0.1' } },
+    { desc: 'X-Forwarded-Host and -Proto among others', connection: 'keep-alive, x-forwarded-host,X-FORWARDED-PROTO', told: { 'x-forwarded-for': '203.0.113.7,127.0.0.1', 'x-forwarded-proto': 'http' } },
+    { desc: 'X-Forwarded-Prefix', connection: 'close, X-Forwarded-Prefix', told: { 'x-forwarded-for': '203.0.113.7,127.0.0.1', 'x-forwarded-host': 'api.example' } },
+  ])('drops $desc named in a trusted proxy’s Connection (hop-by-hop, RFC 9110 7.6.1) before anything reads it', async ({ connection, told }) => {
+    const stack = await startStack({ env: { TRUST_PROXY: 'true', RATE_LIMIT_MAX: '1' }, overrides: { ...limitedRoute, trustedProxies: ['127.0.0.0/8'] } });
+    try {
+      const headers = { connection, 'x-forwarded-for': '203.0.113.7', 'x-forwarded-host': 'api.example', 'x-forwarded-proto': 'https', 'x-forwarded-prefix': '/edge' };
+      expect(await sendWithConnection(stack.gateway.url, '/api/unknown-but-limited', headers)).toBe(200);
+      const seen = stack.users.requests.at(-1)!.headers;
+      expect(seen).toMatchObject(told);
+      const listed = connection.toLowerCase().split(',').map((name) => name.trim());
+      if (listed.includes('x-forwarded-host')) expect(seen['x-forwarded-host']).toBe(new URL(stack.gateway.url).host);
+      if (listed.includes('x-forwarded-prefix')) expect(seen['x-forwarded-prefix']).toBeUndefined();
+      // The rate-limit bucket is the same address: 127.0.0.1 spent, whatever X-Forwarded-For says once listed.
+      if (listed.includes('x-forwarded-for')) expect(await statuses(stack, ['127.0.0.1'])).toEqual([429]);
     } finally {
       await stack.close();
     }
