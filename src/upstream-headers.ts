@@ -220,14 +220,14 @@ function viaWith(before: string | string[] | undefined, httpVersion: string): st
  * from anyone else createTrustedProxies removed it), then the one this route took off. A service adds it before
  * the path it received to build its public links: without the route's part, behind `/api/orders` -> `/orders` they
  * said `/orders/7`, a path the gateway does not serve. A list from several proxies is joined into one prefix,
- * as Spring joins one, so a reader that takes one value (Werkzeug's ProxyFix) reads the same. Nothing taken off
- * by the route: the trusted value as it came.
+ * as Spring joins one, so a reader that takes one value (Werkzeug's ProxyFix) reads the same, on every route
+ * whether or not it takes a prefix off (a service must not have to parse a list on some routes only). None when
+ * both are empty.
  */
 function forwardedPrefix(trusted: string | string[] | undefined, stripped: string): string | undefined {
-  if (stripped === '') return Array.isArray(trusted) ? trusted.join(', ') : trusted;
-  if (trusted === undefined) return stripped;
-  const before = (Array.isArray(trusted) ? trusted.join(',') : trusted).split(',').map((part) => part.trim().replace(/\/+$/, '')).join('');
-  return before + stripped;
+  const before = trusted === undefined ? '' : (Array.isArray(trusted) ? trusted.join(',') : trusted).split(',').map((part) => part.trim().replace(/\/+$/, '')).join('');
+  const prefix = before + stripped;
+  return prefix === '' ? undefined : prefix;
 }
 
 /**

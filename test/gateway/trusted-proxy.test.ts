@@ -100,6 +100,20 @@ describe('client addresses behind proxies', () => {
     }
   });
 
+  it.each([
+    { desc: 'a list from two proxies', sent: '/outer, /edge', told: '/outer/edge' },
+    { desc: 'a prefix with a trailing slash', sent: '/edge/', told: '/edge' },
+    { desc: 'one prefix', sent: '/edge', told: '/edge' },
+  ])('passes on $desc a trusted proxy sent in X-Forwarded-Prefix as one prefix where the route takes none off', async ({ sent, told }) => {
+    const stack = await startStack({ env: { TRUST_PROXY: 'true' }, overrides: { routes: [{ name: 'whole', prefix: '/api/whole', service: 'users', upstreamPath: '/elsewhere', auth: 'public' }], trustedProxies: ['127.0.0.0/8'] } });
+    try {
+      await (await fetch(`${stack.gateway.url}/api/whole/1`, { headers: { 'x-forwarded-prefix': sent } })).arrayBuffer();
+      expect(stack.users.requests.map((request) => [request.url, request.headers['x-forwarded-prefix']])).toEqual([['/elsewhere/1', told]]);
+    } finally {
+      await stack.close();
+    }
+  });
+
   // fetch refuses to send `Connection`; Node's client sends it as given.
   const sendWithConnection = (origin: string, path: string, headers: http.OutgoingHttpHeaders) =>
     new Promise<number>((resolve, reject) => {
