@@ -14,7 +14,7 @@ import { createResponseCache } from './middleware/cache';
 import { createCors } from './middleware/cors';
 import { createErrorHandler } from './middleware/errors';
 import { createHealth, createReadiness } from './middleware/health';
-import { createLogin } from './middleware/login';
+import { createLogin, createLoginEndpoint } from './middleware/login';
 import { createPathGuard } from './middleware/path-guard';
 import { createProxy } from './middleware/proxy';
 import { createRequestMetrics } from './middleware/request-metrics';
@@ -36,7 +36,6 @@ import { compileHeaderRules, GATEWAY_RESPONSE_HEADERS } from './header-rules';
 import { cacheKey } from './response-cache';
 import { createResponseStore, type PeerInvalidations } from './response-store';
 import { createUpstreamPools } from './upstream-pool';
-import { GatewayError } from './errors';
 import { createAdminApp, type ConfigControl } from './admin';
 import type { KeptAcrossReloads } from './config-reload';
 import type { PrimaryStoreClient } from './rate-limit-store';
@@ -155,14 +154,12 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   const headerRules = new Map(config.routes.map((route) => [route.name, compileHeaderRules({ rules: route.headers, hideUpstreamHeaders })] as const));
 
   // Answered by the gateway itself.
-  // Case-sensitive and strict, like the route table: `/HEALTH` and `/api/auth/login/` are not these.
+  // Probes: case-sensitive and strict, `/HEALTH` and `/health/` are not these.
   const ownEndpoints = new Router({ sensitive: true, strict: true })
     .get('/health', createHealth())
-    .get('/ready', createReadiness({ check: readiness, stopping: deps.stopping }))
-    .post(config.auth.loginPath, ...createLogin({ tokens, tracer, logger, sign, users: pools.get('users')!, bodyLimitBytes: config.auth.loginBodyLimitBytes, bodyRate, clientLimit: loginLimiter, accountLimit: loginAccountLimiter }))
-    .all(config.auth.loginPath, () => {
-      throw new GatewayError('method_not_allowed', 'Login accepts POST only.', { headers: { Allow: 'POST' } });
-    });
+    .get('/ready', createReadiness({ check: readiness, stopping: deps.stopping }));
+  // Login matches as routes do (any case, a trailing slash): a client's `/api/auth/login/` is the login.
+  const login = createLoginEndpoint(config.auth.loginPath, createLogin({ tokens, tracer, logger, sign, users: pools.get('users')!, bodyLimitBytes: config.auth.loginBodyLimitBytes, bodyRate, clientLimit: loginLimiter, accountLimit: loginAccountLimiter }));
 
   // First, with `tls.hsts`: the policy goes on every HTTPS answer (RFC 6797 7.1), so also on those of the
   // request-head check and the error handler below.
@@ -185,6 +182,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   app.use(createClientHeaderPolicy({ underscores: config.headersWithUnderscores }));
   app.use(createCors({ defaults: config.cors, byRoute: new Map(config.routes.flatMap((route) => (route.cors === undefined ? [] : [[route.name, route.cors] as const]))), routes }));
   app.use(ownEndpoints.routes());
+  app.use(login);
   app.use(createRouteMatch({ routes }));
   app.use(createRouteRateLimit({ fallback: limiter('default', config.rateLimit), byRoute: routeLimiters, byCaller }));
   app.use(createMaxForwards());

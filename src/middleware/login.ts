@@ -14,6 +14,7 @@ import type { RateLimiter } from './rate-limit';
 import { continueIfExpected } from './request-head';
 import { readWithinRate, type BodyRate } from '../body-rate';
 import type { GatewaySigner } from '../gateway-signature';
+import { routeKey } from '../routes';
 
 /** Where user-service checks credentials. Outside `/users`, so no public route can reach it. */
 export const CREDENTIALS_CHECK_PATH = '/internal/credentials/verify';
@@ -229,4 +230,27 @@ export function createLogin(options: LoginOptions): Middleware[] {
   }
 
   return [limitLoginClient, requireJson, readBody, validateCredentials, limitLoginAccount, login];
+}
+
+/**
+ * Where login answers: its path matched as the route table matches one (routeKey: any letter case, a trailing
+ * slash, encoded letters), so `/API/auth/login/` is the login as `/API/users/` is the users route, not a 404.
+ * POST runs `steps` (createLogin's); any other method is 405 with `Allow: POST`. `ctx.routerPath` (the spans' and
+ * metrics' `http.route`) is the configured path, whatever the spelling.
+ */
+export function createLoginEndpoint(path: string, steps: readonly Middleware[]): Middleware {
+  const key = routeKey(path);
+  // Not async: a request for another path costs a length check (routeKey only for a spelling that could be this one).
+  return function answerLogin(ctx, next) {
+    const requested = ctx.path;
+    const couldBeLogin = requested.length === key.length || requested.length === key.length + 1 || requested.includes('%');
+    if (!couldBeLogin || routeKey(requested) !== key) return next();
+    ctx.routerPath = path;
+    if (ctx.method !== 'POST') throw new GatewayError('method_not_allowed', 'Login accepts POST only.', { headers: { Allow: 'POST' } });
+    // The login answers: nothing after it runs, as nothing after a router's matched route did.
+    const step = async (index: number): Promise<void> => {
+      if (index < steps.length) await steps[index]!(ctx, () => step(index + 1));
+    };
+    return step(0);
+  };
 }

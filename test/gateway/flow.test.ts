@@ -1,6 +1,7 @@
 import { ACCESS_LINE_FIELDS, ACCESS_LINE_MESSAGE, HEADER } from '../../otel/wire-names';
 import { waitFor } from '../helpers/wait';
 import { login, startStack, type TestStack } from '../helpers/stack';
+import { shippedConfigFile } from '../helpers/test-config';
 
 describe('the classic flow through the gateway', () => {
   let stack: TestStack;
@@ -52,10 +53,8 @@ describe('the classic flow through the gateway', () => {
     }
   });
 
-  it('matches its own endpoints exactly, like the route table', async () => {
+  it('matches its probes exactly: /HEALTH is not /health', async () => {
     expect((await fetch(`${stack.gateway.url}/HEALTH`)).status).toBe(404);
-    const loginWithSlash = await fetch(`${stack.gateway.url}/api/auth/login/`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
-    expect(loginWithSlash.status).toBe(404);
   });
 
   it('registers a user through the public route, who can then log in', async () => {
@@ -120,3 +119,39 @@ describe('the classic flow through the gateway', () => {
     expect(everything).not.toContain('wonderland');
   });
 });
+
+describe('login and register match their paths as routes do', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack({ overrides: { auth: { ...(shippedConfigFile().auth as Record<string, unknown>), loginRateLimit: { max: 1000, windowMs: 60_000 } } } });
+  });
+  afterAll(() => stack.close());
+
+  const post = (path: string, body: unknown) => fetch(`${stack.gateway.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+
+  it.each([
+    { desc: 'a trailing slash', path: '/api/auth/login/' },
+    { desc: 'upper case', path: '/API/auth/login' },
+    { desc: 'mixed case and a trailing slash', path: '/Api/Auth/LOGIN/' },
+    { desc: 'an encoded letter', path: '/api/auth/%6Cogin' },
+  ])('logs in at the login path with $desc, as at /api/auth/login', async ({ path }) => {
+    const response = await post(path, { email: 'alice@example.com', password: 'wonderland' });
+    expect(response.status).toBe(200);
+    expect(await response.json()).toMatchObject({ token: expect.any(String), user: { email: 'alice@example.com' } });
+  });
+
+  it('answers another method on another spelling of the login path with 405 Allow: POST', async () => {
+    const response = await fetch(`${stack.gateway.url}/API/auth/login/`);
+    expect([response.status, response.headers.get('allow')]).toEqual([405, 'POST']);
+  });
+
+  it.each([
+    { desc: 'a trailing slash', path: '/api/auth/register/' },
+    { desc: 'upper case', path: '/API/Auth/Register' },
+  ])('registers at the register path with $desc', async ({ path }) => {
+    const email = `${path.length}-${path.charCodeAt(5)}@example.com`;
+    const response = await post(path, { name: 'Dana', email, password: 'correct horse' });
+    expect(response.status).toBe(201);
+  });
+});
+
