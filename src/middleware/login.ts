@@ -90,6 +90,22 @@ const LOGIN_CHALLENGE = authenticationChallenge(DEFAULT_REALM, ['jwt']);
 /** Content codings the body parser decodes (`inflation`), lower case; `identity` is no coding. */
 const DECODED_CODINGS = new Set(['identity', 'gzip', 'deflate', 'br']);
 
+/**
+ * The one content coding a `Content-Encoding` list applies, lower case: `identity` entries are no coding
+ * (RFC 9110 8.4.1) and drop out (`gzip, identity` is gzip; none left, or an empty header, is identity).
+ * Undefined when more than one remains: codings applied one after another, which the parser does not undo.
+ */
+function appliedCoding(header: string): string | undefined {
+  let applied: string | undefined;
+  for (const entry of header.split(',')) {
+    const coding = entry.trim().toLowerCase();
+    if (coding === '' || coding === 'identity') continue;
+    if (applied !== undefined) return undefined;
+    applied = coding;
+  }
+  return applied ?? 'identity';
+}
+
 /** `Accept-Encoding` of a 415 for another coding: the codings a login body may come in (RFC 9110 12.5.3). */
 const ACCEPTED_CODINGS = 'gzip, deflate, br';
 
@@ -135,12 +151,12 @@ export function createLogin(options: LoginOptions): Middleware[] {
     if (charset !== '' && charset !== 'utf-8' && charset !== 'utf8') throw new GatewayError('unsupported_media_type', 'Login expects a UTF-8 JSON body.');
     // What the head alone decides is decided before the body is invited: the parser refused a coding it cannot
     // decode (415) or a declared length over the limit (413) only after 100 Continue had asked the client to send it.
-    const coding = (ctx.get('content-encoding').trim() || 'identity').toLowerCase();
-    if (!DECODED_CODINGS.has(coding)) {
+    const coding = appliedCoding(ctx.get('content-encoding'));
+    if (coding === undefined || !DECODED_CODINGS.has(coding)) {
       throw new GatewayError('unsupported_media_type', 'The login body is in a content coding the gateway cannot decode.', { headers: { 'Accept-Encoding': ACCEPTED_CODINGS } });
     }
     // Coding names are case-insensitive (RFC 9110 8.4.1), the parser's match is not: it refused `GZIP`, and
-    // `Identity` too, so a named identity is written in lower case like any other coding.
+    // `Identity` too, and any list; so the one coding applied is written alone, in lower case.
     if (ctx.req.headers['content-encoding'] !== undefined) ctx.req.headers['content-encoding'] = coding;
     const declared = ctx.get('content-length');
     // A coded body's declared length is the coded one; the parser bounds what it decodes as it reads.

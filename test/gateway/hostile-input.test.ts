@@ -1,6 +1,6 @@
 import http from 'node:http';
 import net from 'node:net';
-import { gzipSync } from 'node:zlib';
+import { brotliCompressSync, gzipSync } from 'node:zlib';
 import fc from 'fast-check';
 import type { ProblemBody } from '../../src/middleware/errors';
 import { runServer, type RunningServer } from '../../otel/lifecycle';
@@ -950,6 +950,8 @@ describe('hostile input at the gateway', () => {
     it.each([
       { desc: 'a declared length over auth.loginBodyLimitBytes', headers: 'Content-Length: 5000000\r\n', status: 413, code: 'payload_too_large' },
       { desc: 'a content coding the gateway cannot decode', headers: 'Content-Encoding: compress\r\nContent-Length: 60\r\n', status: 415, code: 'unsupported_media_type' },
+      { desc: 'two codings applied one after the other', headers: 'Content-Encoding: gzip, gzip\r\nContent-Length: 60\r\n', status: 415, code: 'unsupported_media_type' },
+      { desc: 'an unknown coding beside identity', headers: 'Content-Encoding: identity, compress\r\nContent-Length: 60\r\n', status: 415, code: 'unsupported_media_type' },
     ])('answers Expect: 100-continue on login with $desc with the $status alone, never inviting the upload', async ({ headers, status, code }) => {
       const requestId = nextRequestId();
       const reply = await sendRaw(served.url, `POST /api/auth/login HTTP/1.1\r\nHost: ${host()}\r\nX-Request-Id: ${requestId}\r\nContent-Type: application/json\r\n${headers}Expect: 100-continue\r\nConnection: close\r\n\r\n`);
@@ -963,7 +965,13 @@ describe('hostile input at the gateway', () => {
       { coding: 'GZIP', encode: (text: string) => gzipSync(text) },
       { coding: 'Identity', encode: (text: string) => Buffer.from(text) },
       { coding: 'IDENTITY', encode: (text: string) => Buffer.from(text) },
-    ])('takes a login body whose content coding is named in another case ($coding: coding names are case-insensitive)', async ({ coding, encode }) => {
+      // `identity` is no coding (RFC 9110 8.4.1): in a list it changes nothing.
+      { coding: 'gzip, identity', encode: (text: string) => gzipSync(text) },
+      { coding: 'identity, gzip', encode: (text: string) => gzipSync(text) },
+      { coding: ' Identity ,GZIP ', encode: (text: string) => gzipSync(text) },
+      { coding: 'identity,identity', encode: (text: string) => Buffer.from(text) },
+      { coding: 'identity, br', encode: (text: string) => brotliCompressSync(text) },
+    ])('takes a login body whose content coding is named in another case or beside identity ($coding: coding names are case-insensitive)', async ({ coding, encode }) => {
       const body = encode(JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }));
       const reply = await send(served.url, '/api/auth/login', { method: 'POST', headers: { 'content-type': 'application/json', 'content-encoding': coding }, body });
       expect(reply.status).toBe(200);
