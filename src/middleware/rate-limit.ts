@@ -4,7 +4,7 @@ import type { Redis } from 'ioredis';
 import type { Context, Middleware } from 'koa';
 import { atMostEvery, type Logger } from '../../otel/logger';
 import { ATTR } from '../../otel/wire-names';
-import { GatewayError, isGatewayError } from '../errors';
+import { GatewayError, isGatewayError, type ErrorCode } from '../errors';
 import { rateLimitDecisionCounters, type GatewayMetrics } from '../metrics';
 import { createWindowCounter, type PrimaryStoreClient, type RateLimitWindows, type WindowCount } from '../rate-limit-store';
 
@@ -259,6 +259,13 @@ function recordCheck(ctx: Context, checked: CheckedRateLimit): number {
   return secondsLeft(first);
 }
 
+/**
+ * The gateway's own refusals of a credential: what the failure budget counts. Not every 401: a service's
+ * UNAUTHENTICATED (`grpc_unauthenticated`) refuses a caller the gateway did authenticate, as an HTTP service's 401
+ * (passed on, never thrown) does, and neither is a guess at a credential.
+ */
+const FAILED_AUTHENTICATION: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['missing_token', 'invalid_token', 'invalid_api_key']);
+
 export interface RouteRateLimitOptions {
   /** The limit of routes without their own. */
   fallback: RateLimiter;
@@ -286,7 +293,7 @@ export function createRouteRateLimit(options: RouteRateLimitOptions): Middleware
     try {
       await next();
     } catch (error) {
-      if (isGatewayError(error) && error.status === 401) await limiter.check(ctx, async () => {});
+      if (isGatewayError(error) && FAILED_AUTHENTICATION.has(error.code)) await limiter.check(ctx, async () => {});
       throw error;
     }
   };

@@ -8,6 +8,7 @@ import { deleteKeys, isolatedKeyPrefix, requireRedis } from '../helpers/redis';
 import { listen, memoryLogger, sendRaw, type TestServer } from '../helpers/servers';
 import { testConfig } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
+import { MAPPING_PROTO, MAPPING_SERVICE, startMappingServer, type MappingServer } from '../grpc/mapping-server';
 
 /**
  * On a route limited `by: user` or `by: consumer`, failed authentications are counted per client network. Once a
@@ -129,3 +130,58 @@ describe('a client network over its budget of failed authentications', () => {
     });
   });
 });
+
+/**
+ * A service's own refusal of an authenticated caller (HTTP 401, gRPC UNAUTHENTICATED) is the service's answer,
+ * not a failed authentication at the gateway: it spends no network's budget, over HTTP and gRPC alike.
+ */
+describe('a service that refuses an authenticated caller', () => {
+  let refusing: TestServer;
+  let grpcService: MappingServer;
+  let gateway: TestServer;
+
+  beforeAll(async () => {
+    refusing = await listen((_req, res) => void res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer' }).end('{}'));
+    grpcService = await startMappingServer();
+    const config = testConfig(
+      { users: refusing.url, orders: refusing.url, notifications: refusing.url },
+      {
+        services: { users: { url: refusing.url }, orders: { url: refusing.url }, notifications: { url: refusing.url }, mapping: { url: grpcService.url } },
+        routes: [
+          route('per-user', 'user'),
+          { name: 'grpc-per-user', prefix: '/api/grpc-per-user', service: 'mapping', upstreamPath: '/v1', rateLimit: { max: BUDGET, windowMs: 60_000, by: 'user' }, grpc: { proto: MAPPING_PROTO, service: MAPPING_SERVICE } },
+        ],
+        trustProxy: true,
+        trustedProxies: ['127.0.0.1'],
+        rateLimit: { max: 100_000, windowMs: 60_000 },
+      },
+    );
+    gateway = await listen(createGateway(config, { logger: memoryLogger('gateway').logger, metrics: false }).callback());
+  });
+  afterAll(async () => {
+    await gateway.close();
+    await grpcService.close();
+    await refusing.close();
+  });
+
+  it.each([
+    { desc: 'an HTTP service’s 401', path: '/api/per-user/x', body: undefined, network: '198.51.100.27' },
+    { desc: 'a gRPC service’s UNAUTHENTICATED', path: '/api/grpc-per-user/fail', body: JSON.stringify({ code: 16, message: 'not you' }), network: '198.51.100.28' },
+  ])('passes on $desc past the budget, and the network keeps its budget for failed authentications', async ({ path, body, network }) => {
+    const statuses: number[] = [];
+    for (let i = 0; i < BUDGET + 2; i++) {
+      // A user of its own each time: the route's limit per user is not what is looked at.
+      const token = await signToken({ subject: `${network}-${i}` });
+      const response = await fetch(`${gateway.url}${path}`, {
+        method: body === undefined ? 'GET' : 'POST',
+        headers: { authorization: `Bearer ${token}`, 'x-forwarded-for': network, ...(body !== undefined && { 'content-type': 'application/json' }) },
+        body,
+      });
+      await response.arrayBuffer();
+      statuses.push(response.status);
+    }
+    // Over its budget a network is 429 before any credential is checked; these stay the service's 401s.
+    expect(statuses).toEqual(Array(BUDGET + 2).fill(401));
+  });
+});
+
