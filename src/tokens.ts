@@ -221,8 +221,19 @@ interface FetchedKeySet {
 const MAX_KEY_SET_RECHECKS = 3;
 
 /**
+ * Why a token that verified is refused by its check against the set held now. Its key gone from that set, or its
+ * `kid` (or, without one, its algorithm) now naming other key material, so that the signature no longer verifies,
+ * is unknown_key; any other failure (its `exp` passed between the two checks) is what it would be on a first check.
+ */
+function recheckRejection(error: unknown): TokenRejectedError {
+  const code = (error as { code?: string }).code ?? '';
+  const reason = code === 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED' ? 'unknown_key' : (REJECTION_BY_JOSE_CODE[code] ?? 'malformed');
+  return new TokenRejectedError(reason, REJECTION_MESSAGE[reason]);
+}
+
+/**
  * The set jose holds now, once `token` verified against that set alone, with no refetch landing during the check; a
- * token that fails there was signed with a key the provider no longer publishes (unknown_key). Used when a refetch
+ * token that fails there is refused (recheckRejection: unknown_key when its key is no longer published). Used when a refetch
  * landed during a verification and the key it looked up may have been replaced since.
  */
 async function verifiedAgainstHeldSet(token: string, providerKeys: ReturnType<typeof providerKeyLookup>, options: JWTVerifyOptions): Promise<FetchedKeySet> {
@@ -231,8 +242,8 @@ async function verifiedAgainstHeldSet(token: string, providerKeys: ReturnType<ty
     if (held === undefined) break;
     try {
       await jwtVerify(token, held.getKey, options);
-    } catch {
-      throw new TokenRejectedError('unknown_key', REJECTION_MESSAGE.unknown_key);
+    } catch (error) {
+      throw recheckRejection(error);
     }
     if (providerKeys.current() === held) return held;
   }

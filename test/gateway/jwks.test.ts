@@ -185,12 +185,15 @@ describe('a provider key withdrawn while a token signed with it is being verifie
     expect(await call(await providerToken(replaced, { sub: 'idp-republished-before' }))).toBe(200);
     const during = await providerToken(replaced, { sub: 'idp-republished-during' });
     const held = holdVerification(during);
-    const answer = call(during);
+    const answer = fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${during}` } });
     await held.keyFound;
     const trigger = await providerKey('race-republish-trigger', 'RS256');
     expect(await rotateTo([replacement, trigger], trigger)).toBe(200);
     held.release();
-    expect(await answer).toBe(401);
+    const refused = await answer;
+    expect(refused.status).toBe(401);
+    // Its signature fails against the key the kid names now: the key it was signed with is no longer published.
+    expect(refused.headers.get('www-authenticate')).toContain('error_description="unknown key"');
     expect(await call(during)).toBe(401);
     // The key published under the kid now works.
     expect(await call(await providerToken(replacement, { sub: 'idp-republished-after' }))).toBe(200);
@@ -233,6 +236,31 @@ describe('a provider key withdrawn while a token signed with it is being verifie
     expect(await call(during)).toBe(200);
     // Remembered as checked against the set held now: not verified again.
     expect(verifications.mock.calls.filter(([verified]) => verified === during)).toHaveLength(checks);
+  });
+
+  // The check against the set held now is a whole verification: a failure there other than the key's (its `exp`
+  // passing in between, here) was reported as unknown_key.
+  it('refuses a token whose exp passed between its check and the check against the set held now as expired, not as an unknown key', async () => {
+    const kept = await providerKey('race-expiring', 'RS256');
+    const { kid: _, ...jwkWithoutKid } = kept.jwk;
+    const unnamed = { ...kept, jwk: jwkWithoutKid };
+    const trigger = await providerKey('race-expiring-trigger', 'ES256');
+    expect(await rotateTo([unnamed, trigger], trigger)).toBe(200);
+    const during = await providerToken(kept, { sub: 'idp-expiring-during' }, { withoutKid: true });
+    const held = holdVerification(during);
+    const answer = fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${during}` } });
+    await held.keyFound;
+    const nextTrigger = await providerKey('race-expiring-trigger-2', 'ES256');
+    expect(await rotateTo([unnamed, nextTrigger], nextTrigger)).toBe(200);
+    // The second check of the token runs an hour later, as far as its clock says: past the token's exp.
+    const actual = jest.requireActual<typeof import('jose')>('jose').jwtVerify;
+    verifications.mockImplementation(((presented: string, key: JWTVerifyGetKey, options: object) =>
+      actual(presented, key, presented === during ? { ...options, currentDate: new Date(Date.now() + 3_600_000) } : options)) as typeof jwtVerify);
+    held.release();
+    const response = await answer;
+    expect(response.status).toBe(401);
+    expect(response.headers.get('www-authenticate')).toContain('error_description="expired"');
+    expect(await response.json()).toMatchObject({ code: 'invalid_token', detail: 'The token has expired.' });
   });
 
   it('stops trusting a remembered token once a refetch publishes other key material under its kid (the kid alone kept it)', async () => {
