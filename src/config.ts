@@ -593,6 +593,13 @@ const configSchema = z
         seenHashes.add(key.hash);
       });
     });
+    // Keepalive is HTTP/2 pings on gRPC channels: a service that only HTTP routes call has none to ping on.
+    const grpcServices = new Set(config.routes.flatMap((route) => (route.grpc ? [route.service] : [])));
+    for (const [name, service] of Object.entries(config.services)) {
+      if (service.keepalive && !grpcServices.has(name)) {
+        ctx.addIssue({ code: 'custom', path: ['services', name, 'keepalive'], message: 'applies to gRPC channels only, and no route with grpc calls this service: it would do nothing', input: service.keepalive });
+      }
+    }
     if (config.trustedProxies && !config.trustProxy) {
       ctx.addIssue({ code: 'custom', path: ['trustedProxies'], message: 'need trustProxy true (TRUST_PROXY=true)', input: config.trustedProxies });
     }

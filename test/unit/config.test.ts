@@ -142,6 +142,8 @@ describe('gateway config', () => {
     // Servers answer pings more frequent than they allow with GOAWAY "too_many_pings", failing the calls on the connection.
     { desc: 'a gRPC keepalive pinging more often than every 10 s', patch: (file: any) => (file.services.notifications.keepalive = { timeMs: 5000 }), message: /^config: services\.notifications\.keepalive\.timeMs: must be at least 10000 ms/ },
     { desc: 'a gRPC keepalive waiting under 1 s for a ping', patch: (file: any) => (file.services.notifications.keepalive = { timeMs: 10_000, timeoutMs: 10 }), message: /^config: services\.notifications\.keepalive\.timeoutMs: must be at least 1000 ms/ },
+    // It would do nothing: the HTTP proxy's connections have no HTTP/2 pings.
+    { desc: 'a gRPC keepalive on a service no grpc route calls', patch: (file: any) => (file.services.users.keepalive = { timeMs: 10_000 }), message: /^config: services\.users\.keepalive: applies to gRPC channels only, and no route with grpc calls this service/ },
     { desc: 'a gRPC keepalive with an unknown key', patch: (file: any) => (file.services.notifications.keepalive = { timeMs: 10_000, intervalMs: 1 }), message: /^config: services\.notifications\.keepalive: Unrecognized key/ },
     { desc: "a route rule setting the gateway's X-RateLimit-Remaining", patch: (file: any) => (file.routes[1].headers = { response: { set: { 'X-RateLimit-Remaining': '1' } } }), message: /written by the gateway on every response/ },
   ])('refuses $desc', ({ patch, message }) => {
