@@ -104,6 +104,8 @@ export class KeptAcrossReloads {
   private agent?: { maxSockets: number; agent: Agent };
   /** Connections a newer build no longer uses, which the running one may still: closed by retireReplaced. */
   private replaced: Agent[] = [];
+  /** gRPC channels no route of a newer build calls (keepalive changed, instance or route gone): closed by retireReplaced. */
+  private replacedChannels: { close(): void }[] = [];
 
   upstreamAgent(maxSockets: number): Agent {
     if (this.agent?.maxSockets === maxSockets) return this.agent.agent;
@@ -114,7 +116,21 @@ export class KeptAcrossReloads {
   }
 
   /**
-   * Closes the connections the build just swapped in replaced, once the build before it has no request left
+   * Takes the channels that no route of the build being made calls (`used`: src/grpc/route-mappings.ts
+   * grpcChannelKeys) out of the cache, to be closed by retireReplaced: a reload that changed a service's keepalive
+   * made channels of the new setting and left the old ones open for good (grpc-js keeps every channel until
+   * `close()`). A build that fails after this leaves the running one to make a channel again on its next call.
+   */
+  keepOnlyGrpcChannels(used: ReadonlySet<string>): void {
+    for (const [key, client] of this.grpcClients) {
+      if (used.has(key)) continue;
+      this.grpcClients.delete(key);
+      this.replacedChannels.push(client);
+    }
+  }
+
+  /**
+   * Closes the connections (and gRPC channels) the build just swapped in replaced, once the build before it has no request left
    * (`drained`) or after `boundMs`. Closed at the swap, they failed the old build's requests that had not
    * dispatched yet (waiting on Redis, a JWKS fetch, a coalesced cache miss): undici refuses every dispatch after
    * `close()`. After the bound, `close()` still lets exchanges under way finish; only a request that has not
@@ -122,12 +138,15 @@ export class KeptAcrossReloads {
    */
   retireReplaced(drained: Promise<void>, boundMs: number): void {
     const replaced = this.replaced.splice(0);
-    if (replaced.length === 0) return;
+    const channels = this.replacedChannels.splice(0);
+    if (replaced.length === 0 && channels.length === 0) return;
     let bound: NodeJS.Timeout | undefined;
     const outlived = new Promise<void>((resolve) => (bound = setTimeout(resolve, boundMs).unref()));
     void Promise.race([drained, outlived]).then(() => {
       clearTimeout(bound);
       for (const agent of replaced) void agent.close();
+      // grpc-js refuses new calls on a closed channel and lets the ones under way finish before the connection goes.
+      for (const channel of channels) channel.close();
     });
   }
 }

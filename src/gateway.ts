@@ -217,6 +217,10 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
     }),
   );
 
+  // Last, once nothing above threw: the channels of earlier builds that no route of this one calls go (closed once
+  // those builds drain, by KeptAcrossReloads.retireReplaced).
+  kept?.keepOnlyGrpcChannels(grpc ? grpc.grpcChannelKeys(grpcRoutes) : new Set());
+
   // Errors are answered by handleErrors; this channel only sees what Koa itself could not hand to it.
   app.on('error', (error: Error) => logger.error('unhandled gateway error', { error: error.message }));
   return { gateway: app, admin: createAdminApp({ readiness, pools, logger, control: deps.control, stopping: deps.stopping }) };

@@ -39,8 +39,7 @@ export type GrpcClientCache = Map<string, grpc.Client>;
  */
 export function createGrpcClients(clients: GrpcClientCache = new Map()): (instance: UpstreamInstance, keepalive?: GrpcKeepalive) => grpc.Client {
   return (instance, keepalive) => {
-    const origin = `${instance.secure ? 'https' : 'http'}://${instance.host}`;
-    const key = keepalive ? `${origin} keepalive=${keepalive.timeMs}/${keepalive.timeoutMs}/${keepalive.withoutCalls}` : origin;
+    const key = grpcChannelKey(instance.origin, keepalive);
     let client = clients.get(key);
     if (!client) {
       const host = instance.hostname.includes(':') ? `[${instance.hostname}]` : instance.hostname;
@@ -57,6 +56,11 @@ export function createGrpcClients(clients: GrpcClientCache = new Map()): (instan
     }
     return client;
   };
+}
+
+/** A channel's key in the GrpcClientCache: the instance's origin (`http://10.0.0.7:50051`) and its keepalive setting. */
+export function grpcChannelKey(origin: string, keepalive?: GrpcKeepalive): string {
+  return keepalive ? `${origin} keepalive=${keepalive.timeMs}/${keepalive.timeoutMs}/${keepalive.withoutCalls}` : origin;
 }
 
 /**

@@ -1,6 +1,7 @@
 import type { GatewayConfig, GrpcKeepalive } from '../config';
 import type { GatewayMetrics } from '../metrics';
 import { createUpstreamPool, type UpstreamPool } from '../upstream-pool';
+import { grpcChannelKey } from './grpc-clients';
 import { loadGrpcServiceMapping, type GrpcServiceMapping } from './http-rules';
 
 /** What the translation needs for one route: its compiled REST mapping and the instances of the service's gRPC interface. */
@@ -40,6 +41,13 @@ export function compileGrpcRoutes(config: GatewayConfig, metrics?: GatewayMetric
     }
   });
   return routes;
+}
+
+/** The channels (GrpcClientCache keys) `routes` call on: each instance of each route's service, with its keepalive. */
+export function grpcChannelKeys(routes: ReadonlyMap<string, GrpcRoute>): Set<string> {
+  const keys = new Set<string>();
+  for (const { pool, keepalive } of routes.values()) for (const { origin } of pool.health()) keys.add(grpcChannelKey(origin, keepalive));
+  return keys;
 }
 
 /**

@@ -1,4 +1,6 @@
 import net from 'node:net';
+import * as grpc from '@grpc/grpc-js';
+import { KeptAcrossReloads } from '../../src/config-reload';
 import { createGatewayApps } from '../../src/gateway';
 import { MAX_GRPC_RECONNECT_BACKOFF_MS } from '../../src/grpc/grpc-clients';
 import { freePort, listen, memoryLogger, type TestServer } from '../helpers/servers';
@@ -122,4 +124,61 @@ describe('gRPC keepalive (services.<name>.keepalive)', () => {
     // One ping 10 s into the call, unanswered for 1 s: the connection is dropped then, not at the 40 s deadline.
     expect(elapsed).toBeLessThan(KEEPALIVE.timeMs + KEEPALIVE.timeoutMs + 5000);
   }, 60_000);
+});
+
+/**
+ * Channels are kept across config reloads (KeptAcrossReloads.grpcClients) and made per keepalive setting: a reload
+ * that changes a service's keepalive must close the channels of the old setting once nothing calls on them, or
+ * every such reload leaves a connection per instance open for good.
+ */
+describe('gRPC channels across config reloads', () => {
+  let service: MappingServer;
+  const servers: TestServer[] = [];
+  beforeAll(async () => {
+    service = await startMappingServer();
+  });
+  afterAll(async () => {
+    await Promise.all(servers.map((server) => server.close()));
+    await service.close();
+  });
+
+  const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
+  const configWith = (keepalive: { timeMs: number; timeoutMs?: number }) =>
+    testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
+      services: { ...shipped.services, mapping: { url: service.url, keepalive } },
+      routes: [...shipped.routes, { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', grpc: { proto: MAPPING_PROTO, service: MAPPING_SERVICE } }],
+    });
+  const build = async (kept: KeptAcrossReloads, keepalive: { timeMs: number; timeoutMs?: number }) => {
+    const server = await listen(createGatewayApps(configWith(keepalive), { logger: memoryLogger('gateway').logger, metrics: false, kept }).gateway.callback());
+    servers.push(server);
+    return server;
+  };
+  const isShutDown = (client: grpc.Client) => client.getChannel().getConnectivityState(false) === grpc.connectivityState.SHUTDOWN;
+
+  it('closes the channels of a keepalive a reload changed, letting a call under way on them finish, and keeps the unchanged ones', async () => {
+    const kept = new KeptAcrossReloads();
+    const old = await build(kept, { timeMs: 10_000 });
+    expect((await fetch(`${old.url}/api/mapping/metadata`)).status).toBe(200);
+    const [oldChannel] = [...kept.grpcClients.values()];
+    // A call of the old build under way when its channel is retired.
+    const underWay = fetch(`${old.url}/api/mapping/slow?delayMs=500`);
+    await waitFor(() => service.calls.some((call) => call.method === 'Slow' && call.open), 'the call to reach the service');
+
+    const current = await build(kept, { timeMs: 20_000 });
+    expect([...kept.grpcClients.values()].includes(oldChannel!)).toBe(false);
+    // Retired at once (the old build never drains here): the call under way still ends well.
+    kept.retireReplaced(new Promise(() => {}), 0);
+    await waitFor(() => isShutDown(oldChannel!), 'the old channel to be closed');
+    expect((await underWay).status).toBe(200);
+    expect((await fetch(`${current.url}/api/mapping/metadata`)).status).toBe(200);
+    const [currentChannel] = [...kept.grpcClients.values()];
+    expect(kept.grpcClients.size).toBe(1);
+
+    // A reload that leaves the keepalive as it was keeps its channel open.
+    const again = await build(kept, { timeMs: 20_000 });
+    kept.retireReplaced(Promise.resolve(), 0);
+    expect((await fetch(`${again.url}/api/mapping/metadata`)).status).toBe(200);
+    expect([...kept.grpcClients.values()]).toEqual([currentChannel]);
+    expect(isShutDown(currentChannel!)).toBe(false);
+  });
 });
