@@ -45,7 +45,7 @@ export interface IssuedToken {
 }
 
 /** Why a presented token was refused; jose's error code decides it, never its message text. */
-export type TokenRejection = 'expired' | 'bad_signature' | 'bad_claims' | 'malformed' | 'algorithm_not_allowed' | 'unknown_key';
+export type TokenRejection = 'expired' | 'bad_signature' | 'bad_claims' | 'malformed' | 'algorithm_not_allowed' | 'unknown_key' | 'unsupported_critical_header';
 
 export class TokenRejectedError extends Error {
   override name = 'TokenRejectedError';
@@ -81,7 +81,20 @@ const REJECTION_MESSAGE: Record<TokenRejection, string> = {
   malformed: 'The token is malformed.',
   algorithm_not_allowed: 'The token algorithm is not allowed here.',
   unknown_key: 'The token was signed with a key the identity provider does not publish.',
+  unsupported_critical_header: 'The token has a critical header parameter (crit) the gateway does not support.',
 };
+
+/**
+ * The `crit` header parameters jose's jwtVerify understands (`b64`, RFC 7797). A token naming any other must be
+ * refused (RFC 7515 4.1.11); jose does so with ERR_JOSE_NOT_SUPPORTED, a code its key lookup shares, which read as
+ * algorithm_not_allowed.
+ */
+const UNDERSTOOD_CRITICAL_PARAMETERS: ReadonlySet<unknown> = new Set(['b64']);
+
+/** Whether a header's `crit` names a parameter jose does not understand (a malformed `crit` is jose's to refuse). */
+function namesUnsupportedCritical(crit: unknown): boolean {
+  return Array.isArray(crit) && crit.some((name) => !UNDERSTOOD_CRITICAL_PARAMETERS.has(name));
+}
 
 /** The keys to verify a token could not be fetched (JWKS down, slow or broken): fail closed, but say so. */
 export class TokenVerifierUnavailableError extends Error {
@@ -132,11 +145,14 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
    */
   async function verifyWithKeys(token: string): Promise<{ user: AuthenticatedUser; trustedUntilMs: number; stillPublished?: () => boolean }> {
     let alg: string | undefined;
+    let crit: unknown;
     try {
-      alg = decodeProtectedHeader(token).alg;
+      ({ alg, crit } = decodeProtectedHeader(token));
     } catch {
       throw new TokenRejectedError('malformed', REJECTION_MESSAGE.malformed);
     }
+    // Before any key is looked up, where jose checks it too.
+    if (crit !== undefined && namesUnsupportedCritical(crit)) throw new TokenRejectedError('unsupported_critical_header', REJECTION_MESSAGE.unsupported_critical_header);
     try {
       if (alg === TOKEN_ALGORITHM) {
         const { payload } = await jwtVerify(token, await key, ownOptions);

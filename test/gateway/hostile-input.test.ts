@@ -13,7 +13,7 @@ import { login, startStack, type TestStack } from '../helpers/stack';
 import { waitFor } from '../helpers/wait';
 import { spawnGateway } from '../helpers/process-stack';
 import { shippedConfigFile, TEST_JWT_SECRET, TEST_SIGNING_KEY } from '../helpers/test-config';
-import { rs256Token, signToken, unsignedToken } from '../helpers/tokens';
+import { rs256Token, signToken, unsignedToken, unsupportedCritToken } from '../helpers/tokens';
 
 /** What came back, from `http.request` or a raw socket alike. */
 interface Reply {
@@ -138,12 +138,14 @@ describe('hostile input at the gateway', () => {
       { desc: 'a token without sub', authorization: async () => `Bearer ${await signToken({ subject: null })}`, code: 'invalid_token' },
       { desc: 'an HS512 token with the right secret (algorithm not allowed)', authorization: async () => `Bearer ${await signToken({ alg: 'HS512', secret: TEST_JWT_SECRET })}`, code: 'invalid_token' },
       { desc: 'an RS256 token (algorithm confusion)', authorization: async () => `Bearer ${await rs256Token()}`, code: 'invalid_token' },
+      // Its own reason: it was "algorithm not allowed", of a token in the allowed algorithm.
+      { desc: 'a token whose crit names a parameter the gateway does not support', authorization: async () => `Bearer ${unsupportedCritToken()}`, code: 'invalid_token', description: 'unsupported critical header' },
       {
         desc: 'an admin token signed with the formerly published development secret',
         authorization: async () => `Bearer ${await signToken({ secret: PUBLISHED_JWT_SECRETS[0]!, subject: '666', claims: { role: 'admin' } })}`,
         code: 'invalid_token',
       },
-    ])('answers $desc with 401 $code, reaching no service', async ({ authorization, code }) => {
+    ] as { desc: string; authorization: () => Promise<string | undefined>; code: string; description?: string }[])('answers $desc with 401 $code, reaching no service', async ({ authorization, code, description }) => {
       const value = await authorization();
       const before = reached();
       const reply = await send(url, '/api/orders', { headers: value === undefined ? {} : { authorization: value } });
@@ -154,6 +156,7 @@ describe('hostile input at the gateway', () => {
       } else {
         expect(challenge).toMatch(/^Bearer realm="koa-gateway", /);
         expect(challenge).toContain('error="invalid_token"');
+        if (description) expect(challenge).toContain(`error_description="${description}"`);
       }
       expect(reached()).toBe(before);
       await expectStillServing();

@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto';
 import { generateKeyPair, SignJWT } from 'jose';
 import { TEST_JWT_SECRET } from './test-config';
 
@@ -33,6 +34,17 @@ export function unsignedToken(): string {
   const now = Math.floor(Date.now() / 1000);
   const claims = { sub: '1', email: 'mallory@example.com', role: 'admin', iss: 'koa-gateway', aud: 'koa-gateway-api', iat: now, exp: now + 600 };
   return `${base64url({ alg: 'none', typ: 'JWT' })}.${base64url(claims)}.`;
+}
+
+/**
+ * An HS256 token signed with the gateway's test secret whose header marks a parameter critical (`crit`) that no
+ * verifier understands (jose's signer refuses to make one, so it is signed by hand).
+ */
+export function unsupportedCritToken(): string {
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { sub: '1', email: 'mallory@example.com', role: 'admin', iss: 'koa-gateway', aud: 'koa-gateway-api', iat: now, exp: now + 600 };
+  const signingInput = `${base64url({ alg: 'HS256', typ: 'JWT', crit: ['x-policy'], 'x-policy': 'strict' })}.${base64url(claims)}`;
+  return `${signingInput}.${createHmac('sha256', TEST_JWT_SECRET).update(signingInput).digest('base64url')}`;
 }
 
 /** An RS256 token from a key the gateway has never seen (algorithm confusion attempt). */

@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto';
 import { jwtVerify } from 'jose';
 import { createTokenService, TokenRejectedError } from '../../src/tokens';
 
@@ -89,5 +90,27 @@ describe('token service', () => {
     await expect(other.verify(token)).resolves.toEqual(alice);
     const tokens = createTokenService({ ...options, tokenTtlSeconds: 60 });
     await expect(tokens.verify(token)).rejects.toMatchObject({ reason: 'bad_signature' });
+  });
+
+  /** An HS256 token with exactly this header, signed with the service's secret (jose's signer refuses an unknown `crit`). */
+  const signedWithHeader = (header: Record<string, unknown>) => {
+    const now = Math.floor(Date.now() / 1000);
+    const claims = { sub: '1', email: 'alice@example.com', role: 'admin', iss: options.issuer, aud: options.audience, iat: now, exp: now + 60 };
+    const signingInput = `${Buffer.from(JSON.stringify(header)).toString('base64url')}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`;
+    return `${signingInput}.${createHmac('sha256', options.secret).update(signingInput).digest('base64url')}`;
+  };
+
+  it.each([
+    { desc: 'one the gateway does not know', header: { alg: 'HS256', typ: 'JWT', crit: ['exp-ext'], 'exp-ext': 1 } },
+    { desc: 'a known one beside an unknown one', header: { alg: 'HS256', typ: 'JWT', crit: ['b64', 'x-policy'], b64: true, 'x-policy': 'strict' } },
+  ])('refuses a token whose crit names $desc as an unsupported critical header, not as a disallowed algorithm', async ({ header }) => {
+    const tokens = createTokenService(options);
+    const rejection = await tokens.verify(signedWithHeader(header)).catch((error: unknown) => error);
+    expect(rejection).toBeInstanceOf(TokenRejectedError);
+    expect(rejection).toMatchObject({ reason: 'unsupported_critical_header', message: 'The token has a critical header parameter (crit) the gateway does not support.' });
+  });
+
+  it('still takes a well-signed token whose header has no crit', async () => {
+    await expect(createTokenService(options).verify(signedWithHeader({ alg: 'HS256', typ: 'JWT' }))).resolves.toEqual(alice);
   });
 });
