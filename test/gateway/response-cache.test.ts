@@ -19,6 +19,9 @@ interface Hit {
   method: string;
   url: string;
   headers: http.IncomingHttpHeaders;
+  /** When the request arrived, and when its exchange ended (answered, or cut by the gateway), performance.now(). */
+  arrivedAt: number;
+  closedAt?: number;
 }
 
 interface CatalogService extends TestServer {
@@ -37,7 +40,9 @@ async function catalogService(): Promise<CatalogService> {
   let gate = new Promise<void>((resolve) => (open = resolve));
   const hits: Hit[] = [];
   const server = await listen((req, res) => {
-    hits.push({ method: req.method ?? '', url: req.url ?? '', headers: { ...req.headers } });
+    const hit: Hit = { method: req.method ?? '', url: req.url ?? '', headers: { ...req.headers }, arrivedAt: performance.now() };
+    hits.push(hit);
+    res.on('close', () => (hit.closedAt = performance.now()));
     const query = new URL(req.url ?? '/', 'http://service').searchParams;
     req.resume();
     req.on('end', async () => {
@@ -702,6 +707,9 @@ describe('response cache', () => {
   });
 });
 
+/** The `slow-reads` route's whole deadline (and silence timeout), ms: long beside the scheduling of three requests sent at once. */
+const SLOW_READS_DEADLINE_MS = 600;
+
 describe('response cache with writes whose answer never comes', () => {
   let service: CatalogService;
   let stack: TestStack;
@@ -709,8 +717,8 @@ describe('response cache with writes whose answer never comes', () => {
   beforeAll(async () => {
     service = await catalogService();
     const slowWrites = { name: 'slow-writes', prefix: '/api/slow', service: 'notifications', upstreamPath: '/slow', auth: 'public', timeoutMs: 300, cache: { ttlSeconds: 60 } };
-    // A whole exchange bounded as tightly as a silence: a fetch that times out leaves its waiters no time of their own.
-    const slowReads = { name: 'slow-reads', prefix: '/api/slow-reads', service: 'notifications', upstreamPath: '/slow-reads', auth: 'public', timeoutMs: 300, deadlineMs: 300, cache: { ttlSeconds: 60 } };
+    // A whole exchange bounded as tightly as a silence: a fetch that times out leaves its waiters little or no time of their own.
+    const slowReads = { name: 'slow-reads', prefix: '/api/slow-reads', service: 'notifications', upstreamPath: '/slow-reads', auth: 'public', timeoutMs: SLOW_READS_DEADLINE_MS, deadlineMs: SLOW_READS_DEADLINE_MS, cache: { ttlSeconds: 60 } };
     // A deadline long enough for the service's slow but timely answers below.
     const slowVariants = { name: 'slow-variants', prefix: '/api/slow-variants', service: 'notifications', upstreamPath: '/slow-variants', auth: 'public', timeoutMs: 3000, deadlineMs: 2000, cache: { ttlSeconds: 60, scope: 'public' } };
     stack = await startStack({ serviceUrls: { notifications: service.url }, overrides: overrides({ routes: [...(shippedConfigFile().routes as unknown[]), slowWrites, slowReads, slowVariants] }) });
@@ -723,13 +731,20 @@ describe('response cache with writes whose answer never comes', () => {
 
   it('counts the deadline of requests that waited for a fetch of the same answer from when they began to wait', async () => {
     const path = fresh('/api/slow-reads', '');
-    const upstreamPath = path.replace('/api/slow-reads', '/slow-reads');
-    // Three at once: one fetches (and times out at the held service), two wait for it. Their deadline is spent
-    // by the time it failed, so they answer 504 too, without a trip of their own (before, each waited a
-    // timeout more and the service saw all three).
+    const trips = () => service.hits.filter((hit) => hit.url === path.replace('/api/slow-reads', '/slow-reads'));
+    // Three at once: one fetches (and times out at the held service), two wait for it. A waiter's deadline runs from
+    // when it began to wait, a moment before or after the fetch's: by the time the fetch failed it is spent, or all but
+    // the few ms between (how many is the scheduler's doing), so they answer 504 too, without a trip of their own or
+    // after one of those few ms. Before, each waiter's deadline started again then: it waited a whole one more at the
+    // service, which saw all three.
     const replies = await Promise.all([0, 1, 2].map(() => send(stack.gateway.url, path, { 'x-gate': '1' })));
     expect(replies.map((reply) => [reply.status, reply.json.code])).toEqual([0, 1, 2].map(() => [504, 'upstream_timeout']));
-    expect(service.hits.filter((hit) => hit.url === upstreamPath)).toHaveLength(1);
+    // The first to reach the service is the fetch (the waiters' own trips start once it failed); the others' cut is
+    // seen by the service a moment after the gateway answered.
+    await waitFor(() => trips().every((trip) => trip.closedAt !== undefined));
+    const [fetch, ...waiters] = trips();
+    expect(fetch!.closedAt! - fetch!.arrivedAt).toBeGreaterThan(SLOW_READS_DEADLINE_MS / 2);
+    for (const trip of waiters) expect(trip.closedAt! - trip.arrivedAt).toBeLessThan(SLOW_READS_DEADLINE_MS / 2);
     service.release();
   });
 
