@@ -1,7 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import https from 'node:https';
 import path from 'node:path';
-import { loadConfig } from '../src/config';
+import { loadConfig, type GatewayConfig } from '../src/config';
 
 /**
  * `npm start`: the gateway and the three services as four processes on one machine, the way
@@ -44,7 +46,7 @@ function portFrom(name: string, fallback: number): number {
 const SERVICE_PORTS = { users: portFrom('USERS_PORT', 4001), orders: portFrom('ORDERS_PORT', 4002), notifications: portFrom('NOTIFICATIONS_PORT', 4003) } as const;
 /** notification-service's gRPC interface, which order-service and the gateway's `/api/v1/notifications` route call. */
 const NOTIFICATIONS_GRPC_PORT = portFrom('NOTIFICATIONS_GRPC_PORT', 50053);
-/** Where the launcher waits for the gateway; the gateway's config validates PORT itself. */
+/** Where the launcher waits for a gateway whose config it cannot read (that gateway says why and exits); the gateway's config validates PORT itself. */
 const GATEWAY_PORT = portFrom('PORT', 3000);
 /** Where the services listen and the gateway and order-service reach them, whatever HOST says. */
 const SERVICE_HOST = '127.0.0.1';
@@ -109,42 +111,71 @@ async function stop(exitCode: number): Promise<void> {
   process.exit(exitCode);
 }
 
-async function waitUntilReady(gatewayUrl: string, deadlineMs: number): Promise<boolean> {
+async function waitUntilReady(probeUrl: string, deadlineMs: number): Promise<boolean> {
   const deadline = Date.now() + deadlineMs;
   while (Date.now() < deadline && !stopping) {
-    try {
-      const response = await fetch(`${gatewayUrl}/ready`, { signal: AbortSignal.timeout(1000) });
-      await response.body?.cancel();
-      if (response.ok) return true;
-    } catch {
-      // not listening yet
-    }
+    if (await answersReady(probeUrl)) return true;
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
   return false;
 }
 
+/**
+ * Whether the gateway answers 200 at `/ready` (false while it is not listening yet). Over HTTPS its certificate is
+ * not checked: this asks the launcher's own child on this machine whether it serves, and the certificate names the
+ * public host, seldom the address dialled here.
+ */
+function answersReady(probeUrl: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const get = probeUrl.startsWith('https:') ? https.get : http.get;
+    const request = get(`${probeUrl}/ready`, { timeout: 1000, rejectUnauthorized: false }, (response) => {
+      response.resume();
+      resolve(response.statusCode === 200);
+    });
+    request.on('timeout', () => request.destroy());
+    request.on('error', () => resolve(false));
+  });
+}
+
 /** The gateway's config, as the gateway reads it. */
 const gatewayConfig = () => loadConfig({ ...process.env, GATEWAY_SIGNING_KEY: SIGNING_KEY, ...members.at(-1)!.env });
 
-/**
- * A URL this machine reaches the gateway at: the address it listens on (HOST, else the config file's `host`, else
- * 127.0.0.1), loopback when that is every address. A config the gateway refuses: it says why and exits, and so does
- * the launcher, so any address will do.
- */
-function gatewayUrl(): string {
-  let host: string;
-  try {
-    host = gatewayConfig().host;
-  } catch {
-    host = SERVICE_HOST;
-  }
-  const reachable = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
-  return `http://${reachable.includes(':') ? `[${reachable}]` : reachable}:${GATEWAY_PORT}`;
+interface GatewayAddress {
+  /** Where the launcher asks for `/ready`. */
+  probeUrl: string;
+  /** The URL printed for curl. */
+  url: string;
+  /** With `tls`: the certificate file the printed curls trust (`--cacert`). */
+  certFile?: string;
 }
 
-function banner(gatewayUrl: string): string {
+/**
+ * Where this machine reaches the gateway, as its config says: `https` with `tls`, the address it listens on (HOST,
+ * else the file's `host`, else 127.0.0.1; loopback when that is every address) and its port (PORT, else the file's
+ * `port`). Before, the launcher waited at http://...:PORT only, and gave up after 20 s on a gateway serving HTTPS or
+ * on the file's port. A config the gateway refuses: it says why and exits, and so does the launcher, so any address
+ * will do.
+ */
+function gatewayAddress(): GatewayAddress {
+  let config: GatewayConfig | undefined;
+  try {
+    config = gatewayConfig();
+  } catch {
+    config = undefined;
+  }
+  const host = config?.host ?? SERVICE_HOST;
+  const port = config?.port ?? GATEWAY_PORT;
+  const reachable = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+  const origin = (scheme: string, name: string) => `${scheme}://${name.includes(':') ? `[${name}]` : name}:${port}`;
+  if (!config?.tls) return { probeUrl: origin('http', reachable), url: origin('http', reachable) };
+  // A certificate names a host, seldom a loopback address: curl asks for `localhost`, as the README's does.
+  const named = reachable === '127.0.0.1' || reachable === '::1' ? 'localhost' : reachable;
+  return { probeUrl: origin('https', reachable), url: origin('https', named), certFile: config.tls.certFile };
+}
+
+function banner({ url: gatewayUrl, certFile }: GatewayAddress): string {
   const config = gatewayConfig();
+  const trust = certFile === undefined ? '' : ` --cacert ${certFile}`;
   const routes = config.routes.map((route) => {
     const methods = route.methods ? `${route.methods.join(',')} ` : '';
     const path = `${methods}${route.prefix}${route.exact ? '' : '/*'}`;
@@ -158,10 +189,10 @@ function banner(gatewayUrl: string): string {
     ...routes,
     '',
     'Try it:',
-    `  TOKEN=$(curl -s -X POST ${gatewayUrl}${config.auth.loginPath} -H 'content-type: application/json' \\`,
+    `  TOKEN=$(curl -s${trust} -X POST ${gatewayUrl}${config.auth.loginPath} -H 'content-type: application/json' \\`,
     `    -d '{"email":"alice@example.com","password":"wonderland"}' | node -pe 'JSON.parse(require("fs").readFileSync(0)).token')`,
-    `  curl -i ${gatewayUrl}/api/users/1 -H "authorization: Bearer $TOKEN"`,
-    `  curl -i ${gatewayUrl}/api/v1/notifications -H "authorization: Bearer $TOKEN"   # REST -> gRPC`,
+    `  curl -i${trust} ${gatewayUrl}/api/users/1 -H "authorization: Bearer $TOKEN"`,
+    `  curl -i${trust} ${gatewayUrl}/api/v1/notifications -H "authorization: Bearer $TOKEN"   # REST -> gRPC`,
     '',
     'Ctrl-C stops all four processes.',
     '',
@@ -172,9 +203,9 @@ async function main(): Promise<void> {
   process.once('SIGINT', () => void stop(0));
   process.once('SIGTERM', () => void stop(0));
   for (const member of members) start(member);
-  const url = gatewayUrl();
-  if (await waitUntilReady(url, 20_000)) {
-    process.stdout.write(banner(url));
+  const address = gatewayAddress();
+  if (await waitUntilReady(address.probeUrl, 20_000)) {
+    process.stdout.write(banner(address));
   } else if (!stopping) {
     process.stderr.write('stack: the gateway did not become ready within 20 s; stopping\n');
     await stop(1);

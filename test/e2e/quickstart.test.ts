@@ -1,9 +1,12 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { makeCertificate } from '../helpers/certificates';
 import { childEnvironment } from '../helpers/process-stack';
+import { shippedConfigFile } from '../helpers/test-config';
 
 /**
  * The README's contract, as a user runs it: `npm start` (here: the built stack launcher it runs) brings up
@@ -93,6 +96,27 @@ describe('npm start', () => {
       await expect(fetch(`http://127.0.0.1:${port}/health`)).rejects.toThrow();
     }
   });
+
+  // The launcher waited at http://<host>:PORT whatever the config said: a gateway serving HTTPS (`tls`, as the README's
+  // "HTTPS and HTTP/2" shows), or on the file's `port` with PORT unset, was given up on after 20 s and the stack stopped.
+  it("waits for the gateway where its config puts it (HTTPS with `tls`, the file's `port`) and prints curls that trust its certificate", async () => {
+    const certificate = makeCertificate();
+    const [port] = await freePorts(1);
+    const configFile = path.join(mkdtempSync(path.join(os.tmpdir(), 'quickstart-tls-')), 'gateway.config.json');
+    writeFileSync(configFile, JSON.stringify({ ...shippedConfigFile(), port, tls: { certFile: certificate.certFile, keyFile: certificate.keyFile } }));
+    const launched = await startLauncher({ PORT: '', GATEWAY_CONFIG: configFile });
+    stack = launched.child;
+    const banner = await waitForOutput(stack, /Ctrl-C stops all four processes/, 30_000);
+    expect(banner).toContain(`Koa Gateway is up on https://localhost:${port}`);
+    expect(banner).toContain(`curl -i --cacert ${certificate.certFile} https://localhost:${port}/api/users/1`);
+    const status = await new Promise<number | undefined>((resolve, reject) => {
+      https.get({ host: '127.0.0.1', servername: 'localhost', port, path: '/ready', ca: certificate.cert }, (response) => resolve(response.resume().statusCode)).on('error', reject);
+    });
+    expect(status).toBe(200);
+    const exited = new Promise<number | null>((resolve) => stack!.once('exit', (code) => resolve(code)));
+    stack.kill('SIGINT');
+    expect(await exited).toBe(0);
+  }, 60_000);
 
   // HOST was given to all four processes, which dial each other at 127.0.0.1: with ::1 every call between them was
   // refused, and with 0.0.0.0 the services listened on every interface beside the gateway.
