@@ -122,7 +122,9 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
         ? REQUEST_TIMEOUT
         : unknownMethod(error)
           ? METHOD_NOT_IMPLEMENTED
-          : { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request could not be parsed as HTTP.' },
+          : unsupportedVersion(error)
+            ? VERSION_NOT_SUPPORTED
+            : { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request could not be parsed as HTTP.' },
     ownHeaders,
   );
   const inFlight = inFlightResponse(socket);
@@ -494,6 +496,20 @@ const REQUEST_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\xff]+ HTTP\/1\.[01]\r?
  */
 function unknownMethod(error: NodeJS.ErrnoException & { rawPacket?: Buffer }): boolean {
   return error.code === 'HPE_INVALID_METHOD' && error.rawPacket !== undefined && REQUEST_LINE.test(error.rawPacket.toString('latin1', 0, 8192));
+}
+
+const VERSION_NOT_SUPPORTED: ServerProblem = { status: 505, title: 'HTTP version not supported', code: 'http_version_not_supported', detail: 'The gateway speaks HTTP/1.0, HTTP/1.1 and HTTP/2 (by ALPN over TLS).' };
+
+/** A request line whose version is well formed (RFC 9112 2.3: `HTTP/` DIGIT `.` DIGIT), whatever its number. */
+const VERSIONED_REQUEST_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\xff]+ HTTP\/\d\.\d\r?\n/;
+
+/**
+ * A well-formed request line naming a version Node's parser does not take (`HTTP/1.2`, `HTTP/3.0`; it takes 0.9 and
+ * 2.0, which src/middleware/request-head.ts answers): 505, as for those two and as RFC 9110 15.6.6 says, where a 400
+ * told the client its request was malformed. A version that is not `HTTP/d.d` (`HTTP/1.10`) stays a 400.
+ */
+function unsupportedVersion(error: NodeJS.ErrnoException & { rawPacket?: Buffer }): boolean {
+  return error.code === 'HPE_INVALID_VERSION' && error.rawPacket !== undefined && VERSIONED_REQUEST_LINE.test(error.rawPacket.toString('latin1', 0, 8192));
 }
 
 /** A response of either protocol the pipeline is handling. */

@@ -138,7 +138,8 @@ describe('Strict-Transport-Security on every HTTPS answer, whoever writes it (RF
       { desc: 'OPTIONS *', request: 'OPTIONS * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n', status: 204 },
       { desc: 'an expectation other than 100-continue', request: 'GET /api/orders HTTP/1.1\r\nHost: localhost\r\nExpect: something\r\nConnection: close\r\n\r\n', status: 417 },
       // Answered by otel/lifecycle.ts on the socket, Koa never having seen a request.
-      { desc: 'a request line saying HTTP/3.0 (refused by the parser)', request: 'GET /api/orders HTTP/3.0\r\nHost: localhost\r\n\r\n', status: 400 },
+      { desc: 'a request line saying HTTP/3.0 (refused by the parser)', request: 'GET /api/orders HTTP/3.0\r\nHost: localhost\r\n\r\n', status: 505 },
+      { desc: 'a request line the parser refuses', request: 'GET /api/orders HTTP/1.10\r\nHost: localhost\r\n\r\n', status: 400 },
       { desc: 'a header block over the limit', request: oversizedHead, status: 431 },
       { desc: 'a garbage request line', request: 'this is not http\r\n\r\n', status: 400 },
       { desc: 'CONNECT', request: 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', status: 405 },
