@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { RESTART_ONLY_KEYS } from '../../src/config-reload';
 import { ERROR_CATALOG } from '../../src/errors';
 
 /**
@@ -22,5 +23,14 @@ const rows = table
 describe("the README's error table", () => {
   it.each(Object.entries(ERROR_CATALOG).map(([code, { status }]) => ({ code, status })))('names $code at $status', ({ code, status }) => {
     expect(rows.filter((row) => row.codes.includes(code)).map((row) => status >= row.low && status <= row.high)).toEqual([true]);
+  });
+});
+
+describe("the README's reload paragraph", () => {
+  // `tls` was left out: an operator who changed `minVersion` or `hsts` and reloaded was told nothing by the docs of
+  // what `pendingRestart` then said.
+  const paragraph = readme.slice(readme.indexOf('An invalid file changes nothing'), readme.indexOf('until a restart.'));
+  it.each(RESTART_ONLY_KEYS)('names %s among the keys that apply only after a restart', (key) => {
+    expect(paragraph).toContain(`\`${key}\``);
   });
 });
