@@ -1,5 +1,14 @@
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
-import { ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_SERVER_ADDRESS, ATTR_SERVER_PORT, ATTR_URL_FULL } from '@opentelemetry/semantic-conventions';
+import {
+  ATTR_ERROR_TYPE,
+  ATTR_HTTP_REQUEST_METHOD,
+  ATTR_HTTP_REQUEST_METHOD_ORIGINAL,
+  ATTR_HTTP_REQUEST_RESEND_COUNT,
+  ATTR_HTTP_RESPONSE_STATUS_CODE,
+  ATTR_SERVER_ADDRESS,
+  ATTR_SERVER_PORT,
+  ATTR_URL_FULL,
+} from '@opentelemetry/semantic-conventions';
 import { recordedMethod, spanNameMethod } from '../otel/http-method';
 import { redactUrl } from '../otel/redact-url';
 import { ATTR } from '../otel/wire-names';
@@ -50,7 +59,11 @@ export function startUpstreamSpan(tracer: Tracer, call: UpstreamCall, parent: Co
   attributes[ATTR_SERVER_ADDRESS] = instance.hostname;
   attributes[ATTR_SERVER_PORT] = instance.port;
   attributes[ATTR.upstreamService] = call.service;
-  if (call.attempt !== undefined) attributes[ATTR.upstreamAttempts] = call.attempt;
+  if (call.attempt !== undefined) {
+    attributes[ATTR.upstreamAttempts] = call.attempt;
+    // The conventions' count of resends, conditionally required on a retried request's span (none on the first).
+    if (call.attempt > 1) attributes[ATTR_HTTP_REQUEST_RESEND_COUNT] = call.attempt - 1;
+  }
   return tracer.startSpan(spanNameMethod(method), { kind: SpanKind.CLIENT, attributes }, parent);
 }
 
