@@ -4,7 +4,7 @@ import http2, { type Http2ServerResponse } from 'node:http2';
 import { isIP, type Server, type Socket } from 'node:net';
 import tls from 'node:tls';
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type SpanContext, type Tracer } from '@opentelemetry/api';
-import { ATTR_CLIENT_ADDRESS, ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
+import { ATTR_CLIENT_ADDRESS, ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_URL_SCHEME } from '@opentelemetry/semantic-conventions';
 import type Koa from 'koa';
 import { recordedMethod, spanNameMethod } from './http-method';
 import { logLine, type Logger } from './logger';
@@ -240,13 +240,17 @@ function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejecte
     const recorded = recordedMethod(method);
     attributes[ATTR_HTTP_REQUEST_METHOD] = recorded;
     attributes[ATTR_HTTP_RESPONSE_STATUS_CODE] = status;
+    // Known without the head: the listener's (an HTTP/2 CONNECT's socket stands for its session's TLS socket).
+    attributes[ATTR_URL_SCHEME] = (socket as Partial<tls.TLSSocket>).encrypted === true ? 'https' : 'http';
     attributes[ATTR.errorCode] = code;
     attributes[ATTR.requestId] = requestId;
     if (socket.remoteAddress !== undefined) attributes[ATTR_CLIENT_ADDRESS] = socket.remoteAddress;
+    // A 5xx (the 501 to a method the parser does not know) is the server's error, as src/middleware/tracing.ts
+    // records one (semconv: SERVER span status); a 4xx is the client's.
+    if (status >= 500) attributes[ATTR_ERROR_TYPE] = String(status);
     const span = withTraceId(traceIdFromRequestId(requestId), () => tracer.startSpan(spanNameMethod(recorded), { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT));
-    // A 5xx (the unknown method's 501) is an error on a SERVER span (HTTP semconv), as the pipeline marks it over
-    // HTTP/2; still the client's doing, so its line stays at warn below, as there.
-    if (status >= 500) span.setAttribute(ATTR_ERROR_TYPE, String(status)).setStatus({ code: SpanStatusCode.ERROR, message: code });
+    // Its line stays at warn below all the same: the client's doing, as the pipeline logs it over HTTP/2.
+    if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR, message: code });
     return {
       requestId,
       // The minted id is random, and so is the trace id made of it (the Level 2 random flag).

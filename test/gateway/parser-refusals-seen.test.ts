@@ -1,6 +1,6 @@
 import net from 'node:net';
-import { SpanKind, trace } from '@opentelemetry/api';
-import { ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE } from '@opentelemetry/semantic-conventions';
+import { SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import { ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_URL_SCHEME } from '@opentelemetry/semantic-conventions';
 import { runServer, type RejectedRequest, type RunningServer } from '../../otel/lifecycle';
 import { ACCESS_LINE_FIELDS, ACCESS_LINE_MESSAGE, ATTR, LOG_FIELD } from '../../otel/wire-names';
 import { createGateway } from '../../src/gateway';
@@ -91,7 +91,9 @@ describe('requests the HTTP parser refuses are seen', () => {
     expect(spans).toHaveLength(1);
     const span = spans[0]!;
     expect(span.kind).toBe(SpanKind.SERVER);
-    expect(span.attributes).toMatchObject({ [ATTR_HTTP_RESPONSE_STATUS_CODE]: status, [ATTR.errorCode]: code });
+    expect(span.attributes).toMatchObject({ [ATTR_HTTP_RESPONSE_STATUS_CODE]: status, [ATTR.errorCode]: code, [ATTR_URL_SCHEME]: 'http' });
+    // As for every SERVER span (semconv): a 5xx is an error, its `error.type` the status code; a 4xx is the client's.
+    expect([span.status, span.attributes[ATTR_ERROR_TYPE]]).toEqual(status >= 500 ? [{ code: SpanStatusCode.ERROR, message: code }, String(status)] : [{ code: SpanStatusCode.UNSET }, undefined]);
     // Its method never parsed: `_OTHER` and `HTTP`, as the metrics count it (semconv).
     expect([span.name, span.attributes[ATTR_HTTP_REQUEST_METHOD]]).toEqual(['HTTP', '_OTHER']);
     // The id the client got opens the trace, and the log line points at the span.
