@@ -252,8 +252,9 @@ export const IDENTITY_HEADERS = [HEADER.userId, HEADER.userRole, HEADER.userEmai
 /** Span attribute keys that are ours (standard ones come from @opentelemetry/semantic-conventions). */
 export const ATTR = {
   requestId: 'request.id',
-  userId: 'enduser.id',
-  userRole: 'enduser.role',
+  /** The registry's `user.id` and `user.roles` (a list: the gateway's one role); semconv 1.45 deprecates `enduser.*` for them. */
+  userId: 'user.id',
+  userRoles: 'user.roles',
   /** The API-key consumer of a request (`X-Consumer-Id`). */
   consumerId: 'gateway.consumer.id',
   /** Why an API key was refused (`malformed`, `unknown`, `revoked`); the client hears one 401 for all. */

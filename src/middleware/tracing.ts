@@ -174,8 +174,8 @@ export function createTracing(options: TracingOptions): Middleware {
       }
       if (ctx.state.route) span.setAttribute(ATTR.routeName, ctx.state.route.name);
       const { user, consumer } = ctx.state;
-      if (user) span.setAttribute(ATTR.userId, user.id).setAttribute(ATTR.userRole, user.role);
-      if (consumer) span.setAttribute(ATTR.consumerId, consumer.id).setAttribute(ATTR.userRole, consumer.role);
+      if (user) span.setAttribute(ATTR.userId, user.id).setAttribute(ATTR.userRoles, [user.role]);
+      if (consumer) span.setAttribute(ATTR.consumerId, consumer.id).setAttribute(ATTR.userRoles, [consumer.role]);
       if (status !== undefined) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
       // What the pipeline threw (handleErrors) or the server answered or cut itself (otel/lifecycle.ts, through
       // clientLeft).

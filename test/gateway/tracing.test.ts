@@ -73,6 +73,10 @@ describe('gateway spans', () => {
       [ATTR.upstreamService]: 'users',
       [ATTR.upstreamOutcome]: 'ok',
     });
+    // The user as the conventions' registry names one (semconv 1.45 deprecates `enduser.role` for `user.roles`
+    // and moved `enduser.*` to the client-side conventions).
+    expect([server.attributes['user.id'], server.attributes['user.roles']]).toEqual(['1', ['admin']]);
+    expect(Object.keys(server.attributes).filter((key) => key.startsWith('enduser.'))).toEqual([]);
     const client = tracing.spans().find((span) => span.kind === SpanKind.CLIENT)!;
     expect(client.parentSpanContext?.spanId).toBe(server.spanContext().spanId);
     expect(client.attributes).toMatchObject({ 'url.full': `${stack.users.url}/users/1`, [ATTR.upstreamOutcome]: 'ok', 'http.response.status_code': 200 });
