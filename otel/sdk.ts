@@ -75,6 +75,7 @@ import { createGatewayTracer, GATEWAY_TRACER_NAME } from './gateway-tracer';
 import { recordedMethod, spanNameMethod } from './http-method';
 import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
 import { redactQuery } from './redact-url';
+import { GrpcServerSpanStatusProcessor } from './grpc-server-span-status';
 import { RequestIdSpanProcessor } from './request-id-span-processor';
 import { createTextMapPropagator } from './trace-context-propagator';
 import { ClientTraceIdSampler, RequestedTraceIdGenerator } from './trace-ids';
@@ -162,8 +163,9 @@ export function createTelemetry(config: TelemetryConfig, options: CreateTelemetr
         sampler: new ClientTraceIdSampler(sampler(config.sampler)),
         // Level 2 trace context: strict tracestate and the random flag kept (the SDK's default propagator does neither).
         textMapPropagator: createTextMapPropagator(),
-        // The request-id processor runs first so the attribute is on the span before any exporter sees it.
-        spanProcessors: spanProcessors.length > 0 ? [new RequestIdSpanProcessor(), ...spanProcessors] : [],
+        // The request-id processor runs first so the attribute is on the span before any exporter sees it; with the
+        // gRPC instrumentation loaded, its SERVER spans' status is corrected before any exporter sees it too.
+        spanProcessors: spanProcessors.length > 0 ? [new RequestIdSpanProcessor(), ...(loadsGrpcInstrumentation(config.instrumentations) ? [new GrpcServerSpanStatusProcessor()] : []), ...spanProcessors] : [],
         logRecordProcessors,
         metricReaders,
         instrumentations: instrumentations(config.instrumentations, isOtlpExport(config), options.continuesTraceContext),
@@ -465,10 +467,15 @@ function instrumentations(names: readonly InstrumentationName[], isExport: (opti
   }
   // gRPC rides on HTTP/2, so the `http` names cover @grpc/grpc-js too: a SERVER span per call that continues the
   // caller's `traceparent` metadata, and CLIENT spans that inject it (services/notifications, services/orders).
-  if (names.includes('http-server') || names.includes('http-client')) result.push(new (lazy('@opentelemetry/instrumentation-grpc') as typeof import('@opentelemetry/instrumentation-grpc')).GrpcInstrumentation());
+  if (loadsGrpcInstrumentation(names)) result.push(new (lazy('@opentelemetry/instrumentation-grpc') as typeof import('@opentelemetry/instrumentation-grpc')).GrpcInstrumentation());
   if (names.includes('koa')) result.push(new (lazy('@opentelemetry/instrumentation-koa') as typeof import('@opentelemetry/instrumentation-koa')).KoaInstrumentation());
   if (names.includes('undici')) result.push(new (lazy('@opentelemetry/instrumentation-undici') as typeof import('@opentelemetry/instrumentation-undici')).UndiciInstrumentation({ startSpanHook: undiciSpanCorrections }));
   return result;
+}
+
+/** Whether `instrumentations` loads instrumentation-grpc (with either half of `http`). */
+function loadsGrpcInstrumentation(names: readonly InstrumentationName[]): boolean {
+  return names.includes('http-server') || names.includes('http-client');
 }
 
 /** Removes the W3C trace context and baggage a request carried. */

@@ -15,6 +15,7 @@ const ROOT = path.resolve(__dirname, '../..');
 const FAST_EXPORT = { OTEL_BSP_SCHEDULE_DELAY: '100', OTEL_BLRP_SCHEDULE_DELAY: '100', OTEL_TRACES_SAMPLER: 'always_on' };
 const LIST_METHOD = 'grpc.koagateway.notifications.v1.Notifications/ListNotifications';
 const CREATE_METHOD = 'grpc.koagateway.notifications.v1.Notifications/CreateNotification';
+const GET_METHOD = 'grpc.koagateway.notifications.v1.Notifications/GetNotification';
 
 interface Started {
   child: ChildProcess;
@@ -136,5 +137,26 @@ describe('one trace across HTTP and gRPC', () => {
     const service = trace.find((span) => span.serviceName === SERVICE_NAME.notifications && span.kind === 'SERVER')!;
     expect(service.name).toBe(CREATE_METHOD);
     expect(parentOf(service)).toMatchObject({ serviceName: SERVICE_NAME.orders, kind: 'CLIENT', name: CREATE_METHOD });
+  });
+
+  // The gRPC conventions' span status: a CLIENT span is an error for every status but OK, a SERVER span only for
+  // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE and DATA_LOSS (the server's failures), as an
+  // HTTP SERVER span is for 5xx only. instrumentation-grpc marked every non-OK SERVER span an error: a lookup of an
+  // id that does not exist showed notification-service failing.
+  it('leaves a NOT_FOUND answered by notification-service unset on its SERVER span, an error on the calling CLIENT span', async () => {
+    const response = await fetch(`${gatewayUrl}/api/v1/notifications/no-such-id`, { headers: { authorization: `Bearer ${token}` } });
+    expect(response.status).toBe(404);
+    const traceId = response.headers.get(HEADER.requestId)!;
+    const { spans } = await receiver.waitFor(
+      ({ spans }) =>
+        spans.some((span) => span.traceId === traceId && span.serviceName === SERVICE_NAME.notifications && span.kind === 'SERVER') &&
+        spans.some((span) => span.traceId === traceId && span.serviceName === SERVICE_NAME.gateway && span.kind === 'CLIENT'),
+      15_000,
+    );
+    const { trace, parentOf } = tree(spans, traceId);
+    const service = trace.find((span) => span.serviceName === SERVICE_NAME.notifications && span.kind === 'SERVER')!;
+    expect(service).toMatchObject({ name: GET_METHOD, status: { code: 0, message: '' } });
+    expect(service.attributes).toMatchObject({ 'rpc.grpc.status_code': 5 });
+    expect(parentOf(service)).toMatchObject({ serviceName: SERVICE_NAME.gateway, kind: 'CLIENT', status: { code: 2, message: 'NOT_FOUND' } });
   });
 });
