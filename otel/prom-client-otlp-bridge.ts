@@ -11,7 +11,8 @@
  *                observations in that bucket alone (Prometheus buckets are cumulative), plus the one above the
  *                last bound; sum and count as recorded
  *   summary   -> not sent (the SDK's data model has no summary); reported once per metric as a collection error
- * Labels become attributes with string values, as a scrape would show them; names stay as registered, so one
+ * Labels become attributes with string values, as a scrape would show them (one with an empty value, which
+ * Prometheus takes for no label, is left out); names stay as registered, so one
  * query works on both paths. Exemplars are dropped: the SDK's data points have no field for them and neither
  * of its OTLP serializers (protobuf, JSON) writes one.
  */
@@ -172,10 +173,11 @@ function histogramSeries(metric: PromMetric): Array<{ labels: HistogramSeries['l
   });
 }
 
+/** A label with an empty value is no label to Prometheus (a scrape drops it), so it is no attribute either. */
 function attributes(labels: Readonly<Record<string, string | number | undefined>>): Attributes {
   const result: Attributes = {};
   for (const [key, value] of Object.entries(labels)) {
-    if (value !== undefined) result[key] = String(value);
+    if (value !== undefined && value !== '') result[key] = String(value);
   }
   return result;
 }

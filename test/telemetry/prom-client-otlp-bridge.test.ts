@@ -102,6 +102,17 @@ it('applies the registry default labels, as a scrape shows them', async () => {
   expect(resourceMetrics.scopeMetrics[0]!.metrics[0]!.dataPoints[0]!.attributes).toEqual({ instance: 'gw-1' });
 });
 
+// Prometheus takes a label with an empty value for no label at all (its scrape drops it); an OTLP attribute of ""
+// is a value. The gateway writes "" for what a request did not have (error_type, a route name, a status never sent).
+it('leaves out labels whose value is empty, as a Prometheus scrape does', async () => {
+  const registry = new Registry();
+  const registers = [registry];
+  new Counter({ name: 'failures', help: 'Failures.', labelNames: ['route', 'error_type'], registers }).inc({ route: 'users', error_type: '' });
+  new Histogram({ name: 'wait_seconds', help: 'Waits.', labelNames: ['route', 'status'], buckets: [1], registers }).observe({ route: '', status: 200 }, 0.5);
+  const { resourceMetrics } = await createPromClientMetricProducer(registry).collect();
+  expect(resourceMetrics.scopeMetrics[0]!.metrics.map((metric) => metric.dataPoints.map((each) => each.attributes))).toEqual([[{ route: 'users' }], [{ status: '200' }]]);
+});
+
 it('sends no scope for an empty registry, so the reader skips an export with nothing in it', async () => {
   const { resourceMetrics, errors } = await createPromClientMetricProducer(new Registry()).collect();
   expect({ scopeMetrics: resourceMetrics.scopeMetrics, errors }).toEqual({ scopeMetrics: [], errors: [] });
