@@ -49,6 +49,43 @@ describe('OTLP/protobuf span encoding', () => {
     );
   });
 
+  it('writes the same bytes for lone surrogates, astral characters, non-finite and 64-bit-edge numbers, links, events and status', () => {
+    // What the generator above leaves out: strings that are not well-formed UTF-16 (a lone surrogate is written as
+    // U+FFFD by both), at and across the 128-character fast path; doubles that are not finite; integers past 2^53
+    // and at 2^63 (the int64 edge, past which a number is a double); mixed arrays with holes; parent, links with trace
+    // state and flags, events with times, dropped counts under tight limits, and every status with or without a message.
+    const text = fc.oneof(
+      fc.string({ unit: 'binary', maxLength: 140 }),
+      fc.string({ unit: fc.constantFrom('a', '\uD800', '\uDC00', '😀', 'é', '\u0000', '\u0080'), maxLength: 135 }),
+      fc.constantFrom('', 'x'.repeat(127), 'x'.repeat(126) + '\uD800', '\uD83D'.repeat(70)),
+    );
+    const edgeNumber = fc.constantFrom(Number.NaN, Infinity, -Infinity, -0, 2 ** 53 + 2, 2 ** 63, -(2 ** 63), 2 ** 64, -(2 ** 64), 1e300, Number.MIN_VALUE, -(2 ** 62) - 2048);
+    const scalar = fc.oneof(text, fc.integer(), fc.double(), edgeNumber, fc.bigInt({ min: -(2n ** 64n), max: 2n ** 64n }).map(Number), fc.boolean());
+    const value = fc.oneof(scalar, fc.array(fc.oneof(scalar, fc.constant(null), fc.constant(undefined)), { maxLength: 4 }));
+    const attributes = fc.dictionary(text, value, { maxKeys: 4 });
+    const hex = (length: number) => fc.stringMatching(new RegExp(`^[0-9a-f]{${length}}$`));
+    const time = fc.tuple(fc.integer({ min: 0, max: 2 ** 33 }), fc.integer({ min: 0, max: 999_999_999 }));
+    const link = fc.record({ traceId: hex(32), spanId: hex(16), traceFlags: fc.integer({ min: 0, max: 255 }), isRemote: fc.boolean(), traceState: fc.option(fc.constantFrom('a=b', 'k=v,z=1')), attributes });
+    const status = fc.record({ code: fc.constantFrom(SpanStatusCode.UNSET, SpanStatusCode.OK, SpanStatusCode.ERROR), message: fc.option(text) });
+    fc.assert(
+      fc.property(text, attributes, fc.array(fc.tuple(text, attributes, time), { maxLength: 3 }), fc.array(link, { maxLength: 3 }), status, fc.option(fc.tuple(hex(32), hex(16), fc.boolean())), fc.integer({ min: 0, max: 4 }), (name, given, events, links, { code, message }, parent, kind) => {
+        const exporter = new InMemorySpanExporter();
+        const provider = new TracerProvider({ spanProcessors: [new SimpleSpanProcessor({ exporter })], spanLimits: { attributeCountLimit: 3, eventCountLimit: 2, linkCountLimit: 2, attributePerEventCountLimit: 2, attributePerLinkCountLimit: 2 } });
+        const context_ = parent ? trace.setSpanContext(context.active(), { traceId: parent[0], spanId: parent[1], traceFlags: TraceFlags.SAMPLED, isRemote: parent[2] }) : context.active();
+        const span = provider.getTracer('koa-gateway', '0.1.0', { schemaUrl: 'https://opentelemetry.io/schemas/1.45.0' }).startSpan(
+          name,
+          { kind, attributes: given, links: links.map(({ traceState, attributes: linkAttributes, ...linked }) => ({ context: { ...linked, traceState: traceState === null ? undefined : new TraceState(traceState) }, attributes: linkAttributes })) },
+          context_,
+        );
+        for (const [eventName, eventAttributes, eventTime] of events) span.addEvent(eventName, eventAttributes, eventTime);
+        span.setStatus(message === null ? { code } : { code, message });
+        span.end();
+        expectSameBytes(exporter.getFinishedSpans());
+      }),
+      { seed: 1203, numRuns: 300 },
+    );
+  });
+
   it('writes the same bytes when values repeat, alternate and change type across spans and batches (the pairs it keeps per key)', () => {
     // Few keys and few values, so a value comes again under its key (copied from the kept pair), gives way to
     // another, to one of another type with the same bytes' look (0 and -0, '' and false), or to an array.
@@ -193,6 +230,27 @@ describe('OTLP/protobuf log record encoding', () => {
     });
     expect(records).toHaveLength(4);
     expectSameLogBytes(records);
+  });
+
+  it('writes the same bytes for generated bodies and attributes: nested lists and maps, bytes, lone surrogates, edge numbers', () => {
+    const text = fc.oneof(fc.string({ unit: 'binary', maxLength: 140 }), fc.constantFrom('', '\uD800', 'x'.repeat(126) + '\uDC00', '😀'.repeat(70)));
+    const scalar = fc.oneof(text, fc.integer(), fc.double(), fc.constantFrom(Number.NaN, -0, 2 ** 63, -(2 ** 63), 2 ** 53 + 2), fc.boolean(), fc.constant(null), fc.uint8Array({ maxLength: 5 }));
+    const anyValue = fc.letrec<{ value: unknown }>((tie) => ({ value: fc.oneof({ depthSize: 'small' }, scalar, fc.array(tie('value'), { maxLength: 3 }), fc.dictionary(text, tie('value'), { maxKeys: 3 })) })).value;
+    const ids = fc.tuple(fc.stringMatching(/^[0-9a-f]{32}$/), fc.stringMatching(/^[0-9a-f]{16}$/), fc.integer({ min: 0, max: 255 }));
+    const record = fc.record({ body: fc.option(anyValue), attributes: fc.dictionary(text, anyValue, { maxKeys: 4 }), severity: fc.option(fc.integer({ min: 0, max: 24 })), severityText: fc.option(text), eventName: fc.option(text), ids: fc.option(ids) });
+    fc.assert(
+      fc.property(fc.array(record, { minLength: 1, maxLength: 4 }), (generated) => {
+        const records = recordLogs((provider) => {
+          const logger = provider.getLogger('koa-gateway/winston');
+          for (const { body, attributes, severity, severityText, eventName, ids: spanIds } of generated) {
+            const inSpan = spanIds === null ? undefined : trace.setSpanContext(context.active(), { traceId: spanIds[0], spanId: spanIds[1], traceFlags: spanIds[2] });
+            logger.emit({ body: (body ?? undefined) as never, attributes: attributes as never, severityNumber: severity ?? undefined, severityText: severityText ?? undefined, eventName: eventName ?? undefined, context: inSpan });
+          }
+        });
+        expectSameLogBytes(records);
+      }),
+      { seed: 1204, numRuns: 300 },
+    );
   });
 
   it('decodes as OTLP logs with the trace context and attributes it was given', () => {
