@@ -60,6 +60,13 @@ import { ATTR_EXCEPTION_MESSAGE, ATTR_EXCEPTION_STACKTRACE, ATTR_EXCEPTION_TYPE 
 /** The scope name src/gateway.ts asks the global provider for (`trace.getTracer('koa-gateway')`). */
 export const GATEWAY_TRACER_NAME = 'koa-gateway';
 
+/**
+ * The schema URL of the semantic conventions the gateway's spans follow: those of @opentelemetry/semantic-conventions
+ * as installed (test/unit/gateway-tracer.test.ts checks the two agree), so a collector's schema processor or a
+ * conformance check knows which version to read them by.
+ */
+export const GATEWAY_SCHEMA_URL = 'https://opentelemetry.io/schemas/1.45.0';
+
 /** sdk-trace's name for the event `recordException` adds. */
 const EXCEPTION_EVENT_NAME = 'exception';
 

@@ -71,7 +71,7 @@ import {
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
 import { ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION, ATTR_URL_FULL, ATTR_URL_QUERY } from '@opentelemetry/semantic-conventions';
-import { createGatewayTracer, GATEWAY_TRACER_NAME } from './gateway-tracer';
+import { createGatewayTracer, GATEWAY_SCHEMA_URL, GATEWAY_TRACER_NAME } from './gateway-tracer';
 import { recordedMethod, spanNameMethod } from './http-method';
 import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
 import { redactQuery } from './redact-url';
@@ -169,6 +169,7 @@ export function createTelemetry(config: TelemetryConfig, options: CreateTelemetr
         logRecordProcessors,
         metricReaders,
         instrumentations: instrumentations(config.instrumentations, isOtlpExport(config), options.continuesTraceContext),
+        gatewayScopeVersion: config.serviceVersion,
       });
     },
     async shutdown(timeoutMs) {
@@ -210,6 +211,8 @@ interface ProviderOptions {
   logRecordProcessors: LogRecordProcessor[];
   metricReaders: MetricReader[];
   instrumentations: Instrumentation[];
+  /** The version of the gateway tracer's scope (the process's own: its spans are the gateway's code). */
+  gatewayScopeVersion: string | undefined;
 }
 
 /**
@@ -236,7 +239,8 @@ function startProviders(options: ProviderOptions): { shutdown(): Promise<void> }
   if (options.spanProcessors.length > 0) {
     const tracerOptions = { sampler: options.sampler, spanLimits: spanLimitsFromEnv(), resource, idGenerator: options.idGenerator, spanProcessors: options.spanProcessors };
     const tracerProvider = new TracerProvider(tracerOptions);
-    trace.setGlobalTracerProvider(withGatewayTracer(tracerProvider, createGatewayTracer({ name: GATEWAY_TRACER_NAME, ...tracerOptions })));
+    const gatewayScope = { name: GATEWAY_TRACER_NAME, version: options.gatewayScopeVersion, schemaUrl: GATEWAY_SCHEMA_URL };
+    trace.setGlobalTracerProvider(withGatewayTracer(tracerProvider, createGatewayTracer({ ...gatewayScope, ...tracerOptions })));
     // Flushed and shut down through the SDK's provider: the processors are shared, so that covers both tracers.
     started.push(tracerProvider);
   }
@@ -254,7 +258,8 @@ function startProviders(options: ProviderOptions): { shutdown(): Promise<void> }
 
 /**
  * The global tracer provider: `gatewayTracer` for the gateway's scope (`trace.getTracer('koa-gateway')` in
- * src/gateway.ts, without version or schema URL), the SDK's tracers for every other scope (instrumentations).
+ * src/gateway.ts, asked without version or schema URL: its spans carry the process's version and
+ * GATEWAY_SCHEMA_URL), the SDK's tracers for every other scope (instrumentations).
  * By name, so src/gateway.ts and main.ts stay as they are and a gateway built without the bootstrap (tests,
  * telemetry off) gets what it got before. Flush and shutdown go to the SDK's provider.
  */

@@ -211,7 +211,8 @@ export interface ReceivedSpan {
   events: ReceivedSpanEvent[];
   startTimeUnixNano: string;
   endTimeUnixNano: string;
-  scope: { name: string; version: string | undefined };
+  /** The scope's `schema_url` (ScopeSpans') is the semantic conventions version its spans follow, when it names one. */
+  scope: { name: string; version: string | undefined; schemaUrl?: string };
 }
 
 export interface ReceivedLog {
@@ -345,7 +346,7 @@ function flattenSpans(message: Json, encoding: Encoding): ReceivedSpan[] {
   for (const resourceSpans of list(message.resourceSpans)) {
     const resource = attributes(object(resourceSpans.resource).attributes);
     for (const scopeSpans of list(resourceSpans.scopeSpans)) {
-      const scope = scopeOf(scopeSpans.scope);
+      const scope = { ...scopeOf(scopeSpans.scope), schemaUrl: text(scopeSpans.schemaUrl) };
       for (const span of list(scopeSpans.spans)) {
         const status = object(span.status);
         result.push({

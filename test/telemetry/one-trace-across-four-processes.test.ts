@@ -1,3 +1,4 @@
+import { GATEWAY_SCHEMA_URL } from '../../otel/gateway-tracer';
 import { SERVICE_NAME, ATTR, HEADER, LOG_FIELD } from '../../otel/wire-names';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan, type ReceivedTelemetry } from '../helpers/otlp-receiver';
 import { startProcessStack, type ProcessStack } from '../helpers/process-stack';
@@ -54,6 +55,8 @@ describe('one id from curl to trace to logs', () => {
     expect(gateway.parentSpanId ?? '').toBe('');
     expect(gateway.name).toBe('POST /api/orders/*');
     expect(gateway.attributes).toMatchObject({ 'http.route': '/api/orders/*', [ATTR.userId]: '1', [ATTR.routeName]: 'orders', [ATTR.upstreamService]: 'orders', [ATTR.upstreamOutcome]: 'ok' });
+    // Its scope names the gateway's version and the semantic conventions its spans follow (the schema URL).
+    expect(gateway.scope).toEqual({ name: 'koa-gateway', version: expect.stringMatching(/^\d+\.\d+\.\d+/), schemaUrl: GATEWAY_SCHEMA_URL });
 
     // gateway CLIENT -> order-service SERVER
     const orders = server(SERVICE_NAME.orders, '/orders');

@@ -5,6 +5,7 @@
  * they are checked for order, then replaced by fixed values before the comparison.
  */
 import { execFile } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import fc from 'fast-check';
@@ -45,7 +46,8 @@ import {
   type SpanLimits,
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
-import { createGatewayTracer, GatewaySpan, GATEWAY_TRACER_NAME, type GatewayTracerOptions } from '../../otel/gateway-tracer';
+import { createGatewayTracer, GatewaySpan, GATEWAY_SCHEMA_URL, GATEWAY_TRACER_NAME, type GatewayTracerOptions } from '../../otel/gateway-tracer';
+import { readPackageVersion } from '../../otel/telemetry-config';
 import { encodeTraceExportRequest } from '../../otel/otlp-protobuf-encoding';
 import { RequestIdSpanProcessor } from '../../otel/request-id-span-processor';
 import { ClientTraceIdSampler, RequestedTraceIdGenerator, TRACE_ID_FROM_REQUEST_ID, withTraceId } from '../../otel/trace-ids';
@@ -468,6 +470,12 @@ describe('the lean gateway tracer', () => {
 });
 
 describe('the telemetry bootstrap (otel/sdk.ts)', () => {
+  it('names the schema of the semantic conventions installed, which the gateway span attributes are taken from', () => {
+    const installed = JSON.parse(fs.readFileSync(path.join(path.dirname(require.resolve('@opentelemetry/semantic-conventions')), '..', 'package.json'), 'utf8')) as { version: string };
+    expect(GATEWAY_SCHEMA_URL).toBe(`https://opentelemetry.io/schemas/${installed.version}`);
+  });
+
+
   it("gives the gateway's tracer name the lean tracer and every other name the SDK's, and flushes both at shutdown", async () => {
     const receiver = await startOtlpReceiver();
     try {
@@ -500,11 +508,12 @@ describe('the telemetry bootstrap (otel/sdk.ts)', () => {
         },
       });
       expect(JSON.parse(stdout.trim().split('\n').at(-1)!)).toEqual({ gateway: true, instrumentation: false, versioned: false });
-      const received = receiver.spans().map((span) => [span.name, span.scope.name, span.scope.version ?? null]);
+      const received = receiver.spans().map((span) => [span.name, span.scope.name, span.scope.version ?? null, span.scope.schemaUrl ?? null]);
+      // The lean tracer's scope carries the process's version and the conventions' schema URL, though asked without.
       expect(received.sort()).toEqual([
-        ['gateway span', GATEWAY_TRACER_NAME, null],
-        ['instrumentation span', 'some-instrumentation', null],
-        ['versioned span', GATEWAY_TRACER_NAME, '9.9.9'],
+        ['gateway span', GATEWAY_TRACER_NAME, readPackageVersion(), GATEWAY_SCHEMA_URL],
+        ['instrumentation span', 'some-instrumentation', null, null],
+        ['versioned span', GATEWAY_TRACER_NAME, '9.9.9', null],
       ]);
     } finally {
       await receiver.close();
