@@ -40,20 +40,26 @@ const REBUILT_FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-fo
  * identity headers (`Remote-User`, `X-Forwarded-User`, ...: FOREIGN_IDENTITY_HEADERS, and the cloud front ends'
  * families: FOREIGN_IDENTITY_HEADER_PREFIXES), and, under the
  * `drop` policy, names with `_`, which CGI, PHP, Rack and WSGI read as their `-` twins (`X_User_Id` is
- * `HTTP_X_USER_ID`, the same as `X-User-Id`).
+ * `HTTP_X_USER_ID`, the same as `X-User-Id`). Under any policy, a name with `.` that is such a twin
+ * (`X.User.Id`): PHP (and HHVM) register every `$_SERVER` key with its dots made `_`, so behind a server that
+ * passes the name on as it came (the PHP built-in server, Caddy's php_fastcgi) it is `HTTP_X_USER_ID` too.
  */
 export function isForbiddenClientHeader(name: string, underscores: UnderscoreHeaderPolicy): boolean {
-  if (name.includes('_')) {
-    if (underscores !== 'allow') return true;
+  const underscored = name.includes('_');
+  if (underscored && underscores !== 'allow') return true;
+  if (underscored || name.includes('.')) {
     // Allowed, but never as a twin of an owned, rewriting or forwarding name, nor of the request id and API key
     // the gateway writes and reads: CGI, PHP, Rack and WSGI read `x_user_id` as `X-User-Id` (and
     // `x_forwarded_host` as `X-Forwarded-Host`, `x_request_id` as the gateway's `X-Request-Id`), so under any
-    // spelling those names stay the gateway's. No trusted proxy writes the `_` spelling of a forwarding header.
-    name = name.replaceAll('_', '-');
+    // spelling those names stay the gateway's. No trusted proxy writes the `_` or `.` spelling of a forwarding header.
+    name = name.replace(CGI_SEPARATORS, '-');
     if (isForwardingHeader(name) || name === HEADER.requestId || name === HEADER.apiKey) return true;
   }
   return GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) || NEVER_FROM_CLIENTS.has(name) || FOREIGN_IDENTITY_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix));
 }
+
+/** What CGI-style servers (and PHP's `$_SERVER`) read as `-` in a header name. */
+const CGI_SEPARATORS = /[_.]/g;
 
 /** The names a message's `Connection` header lists: hop-by-hop for that one connection. */
 function connectionListed(connection: string | string[] | undefined): Set<string> | undefined {
