@@ -1,5 +1,6 @@
 import http2 from 'node:http2';
 import https from 'node:https';
+import tls from 'node:tls';
 import fc from 'fast-check';
 import { HEADER } from '../../otel/wire-names';
 import { makeCertificate, type TestCertificate } from '../helpers/certificates';
@@ -17,6 +18,9 @@ import { signToken } from '../helpers/tokens';
 interface Seen {
   url: string;
   headers: Record<string, string | string[] | undefined>;
+  /** What the service read of the body, and the trailer fields Node gave it after the body (set at its end). */
+  body?: string;
+  trailers?: Record<string, string | undefined>;
 }
 
 interface Reply {
@@ -85,10 +89,16 @@ function expectProblem(reply: Reply, status: number, code: string): void {
 beforeAll(async () => {
   certificate = makeCertificate();
   service = await listen((req, res) => {
-    seen.push({ url: req.url ?? '', headers: { ...req.headers } });
-    req.resume();
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end('{"ok":true}');
+    const request: Seen = { url: req.url ?? '', headers: { ...req.headers } };
+    seen.push(request);
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (chunk: string) => (body += chunk));
+    req.on('end', () => {
+      Object.assign(request, { body, trailers: { ...req.trailers } });
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{"ok":true}');
+    });
   });
   gateway = await startGatewayProcess({
     config: {
@@ -362,5 +372,67 @@ describe('trailing dots, white space and format suffixes on a nested protected r
     const requestId = nextRequestId();
     expect((await send(path, { authorization: `Bearer ${user}`, [HEADER.requestId]: requestId })).status).toBe(200);
     expect(seenWith(requestId)[0]?.url).toBe(upstream);
+  });
+});
+
+describe('trailer fields of a client’s request body never reach a service', () => {
+  /** Identity, signature and override fields a client might hope a service merges into its headers after the body. */
+  const FORGED_TRAILERS = { 'x-user-id': '1', 'x-user-role': 'admin', 'x-consumer-id': 'DELETE-consumer', 'x-gateway-signature': 'DELETE-signature', 'x-http-method-override': 'DELETE', 'x-forwarded-for': '6.6.6.6' };
+
+  /** One chunked HTTP/1.1 POST over TLS with `trailers` after its last chunk, written byte for byte; resolves with the status. */
+  function postChunkedWithTrailers(path: string, headers: Record<string, string>, trailers: Record<string, string>): Promise<number> {
+    const { port } = new URL(gateway.url);
+    const head = Object.entries({ ...headers, host: `localhost:${port}`, 'content-type': 'application/json', 'transfer-encoding': 'chunked', trailer: Object.keys(trailers).join(', '), connection: 'close' }).map(([name, value]) => `${name}: ${value}\r\n`).join('');
+    const tail = Object.entries(trailers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
+    return new Promise((resolve, reject) => {
+      const socket = tls.connect({ host: '127.0.0.1', port: Number(port), servername: 'localhost', ca: [certificate.cert], ALPNProtocols: ['http/1.1'] }, () => socket.write(`POST ${path} HTTP/1.1\r\n${head}\r\n2\r\n{}\r\n0\r\n${tail}\r\n`));
+      let text = '';
+      socket.setEncoding('latin1');
+      socket.on('data', (chunk: string) => (text += chunk));
+      socket.on('end', () => resolve(Number(text.split(' ')[1])));
+      socket.on('error', reject);
+    });
+  }
+
+  it.each([
+    { desc: 'a public route', path: '/pub/x', signedIn: false, identity: undefined },
+    { desc: 'a signed-in route', path: '/api/orders', signedIn: true, identity: '7' },
+  ])('forwards the body of a chunked HTTP/1.1 request on $desc without its trailers', async ({ path, signedIn, identity }) => {
+    const requestId = nextRequestId();
+    const status = await postChunkedWithTrailers(path, { ...(signedIn ? { authorization: `Bearer ${user}` } : {}), [HEADER.requestId]: requestId }, FORGED_TRAILERS);
+    expect(status).toBe(200);
+    const [request] = seenWith(requestId);
+    expect({ body: request?.body, trailers: request?.trailers, userId: request?.headers[HEADER.userId], role: request?.headers[HEADER.userRole], consumer: request?.headers[HEADER.consumerId] }).toEqual({
+      body: '{}',
+      trailers: {},
+      userId: identity,
+      role: signedIn ? 'user' : undefined,
+      consumer: undefined,
+    });
+    expect(JSON.stringify(request?.headers)).not.toMatch(/DELETE|6\.6\.6\.6/);
+  });
+
+  it('forwards the body of an HTTP/2 request without its trailers', async () => {
+    const requestId = nextRequestId();
+    const session = http2.connect(gateway.url, { ca: [certificate.cert], servername: 'localhost' });
+    try {
+      const status = await new Promise<number>((resolve, reject) => {
+        session.on('error', reject);
+        const stream = session.request({ ':path': '/api/orders', ':method': 'POST', authorization: `Bearer ${user}`, 'content-type': 'application/json', [HEADER.requestId]: requestId }, { waitForTrailers: true });
+        stream.on('wantTrailers', () => stream.sendTrailers(FORGED_TRAILERS));
+        let answered = 0;
+        stream.on('response', (head) => (answered = Number(head[':status'])));
+        stream.on('error', reject);
+        stream.on('close', () => resolve(answered));
+        stream.resume();
+        stream.end('{}');
+      });
+      expect(status).toBe(200);
+    } finally {
+      session.close();
+    }
+    const [request] = seenWith(requestId);
+    expect({ body: request?.body, trailers: request?.trailers, userId: request?.headers[HEADER.userId] }).toEqual({ body: '{}', trailers: {}, userId: '7' });
+    expect(JSON.stringify(request?.headers)).not.toMatch(/DELETE|6\.6\.6\.6/);
   });
 });
