@@ -158,6 +158,22 @@ export function isListedForwardingHeader(name: string): boolean {
   return LISTED_FORWARDING_HEADERS.has(name);
 }
 
+/**
+ * Whether a header name is a look-alike: it has a character CGI-style servers read as `-`. CGI, PHP, Rack and WSGI
+ * make a request header `HTTP_` + its name with `-` as `_` (`X_User_Id` and `X-User-Id` are both `HTTP_X_USER_ID`),
+ * and PHP (HHVM too) registers every `$_SERVER` key with its dots as `_`, so `X.User.Id` is that header there too.
+ */
+export function isLookAlikeName(name: string): boolean {
+  return name.includes('_') || name.includes('.');
+}
+
+/** The `-` spelling of a look-alike name (`x_user.id` is `x-user-id`): what CGI-style servers read it as. */
+export function dashedSpelling(name: string): string {
+  return name.replace(LOOK_ALIKE_SEPARATORS, '-');
+}
+
+const LOOK_ALIKE_SEPARATORS = /[_.]/g;
+
 /** Whether a (lower-case) request header name is a forwarding header: listed, or under `X-Forwarded-`. */
 export function isForwardingHeader(name: string): boolean {
   return isListedForwardingHeader(name) || (name.startsWith(FORWARDING_HEADER_PREFIX) && !FOREIGN_IDENTITY_HEADER_SET.has(name));

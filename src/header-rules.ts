@@ -1,6 +1,6 @@
 import type { Context } from 'koa';
 import { z } from 'zod';
-import { CGI_HAZARD_HEADERS, FIELD_NAME_TOKEN, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEADERS, isListedForwardingHeader, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
+import { CGI_HAZARD_HEADERS, dashedSpelling, FIELD_NAME_TOKEN, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEADERS, isListedForwardingHeader, isLookAlikeName, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 
 /**
  * Per-route header rules: headers added, set or removed on the request a service receives and on the
@@ -28,10 +28,10 @@ const FRAMING = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encod
 
 /**
  * Why a request header name belongs to the gateway, or undefined when a rule may touch it. Checked on the
- * name and its `_`-to-`-` twin (CGI, PHP, Rack and WSGI backends read `x_user_id` as `x-user-id`).
+ * name and its `_`-to-`-` twin (CGI, PHP, Rack and WSGI backends read `x_user_id` as `x-user-id`, PHP `x.user.id` too).
  */
 export function ownedRequestHeader(name: string): string | undefined {
-  for (const candidate of new Set([name.toLowerCase(), name.toLowerCase().replaceAll('_', '-')])) {
+  for (const candidate of new Set([name.toLowerCase(), cgiSpelling(name)])) {
     if ((IDENTITY_HEADERS as readonly string[]).includes(candidate) || candidate === HEADER.consumerId || GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => candidate.startsWith(prefix))) return 'an identity header the gateway writes from a verified credential';
     if (candidate === HEADER.requestId) return 'the request id the gateway writes';
     // The listed ones: the gateway writes or rebuilds them. Another `X-Forwarded-*` (Envoy's -Client-Cert) only
@@ -168,15 +168,18 @@ function compileRule(rule: RuleConfig | undefined, alsoRemove: readonly string[]
   };
 }
 
-/** A header name as CGI, PHP, Rack and WSGI read it: lower case, `_` as `-` (`X_Caller` and `x-caller` are both `HTTP_X_CALLER`). */
+/**
+ * A header name as CGI, PHP, Rack and WSGI read it: lower case, `_` (and, to PHP, `.`) as `-` (`X_Caller`,
+ * `X.Caller` and `x-caller` are all `HTTP_X_CALLER`).
+ */
 function cgiSpelling(name: string): string {
-  return name.toLowerCase().replaceAll('_', '-');
+  return dashedSpelling(name.toLowerCase());
 }
 
 /**
  * A test for the client headers that are another spelling of a name in `names` (lower case): the same once `_`
- * reads as `-`, but not that name itself, which the rule handles. Undefined when there are no names. A name
- * without `_` is looked up as it is (it can only be the `-` spelling of a rule's `_` name); one with `_` is
+ * and `.` read as `-`, but not that name itself, which the rule handles. Undefined when there are no names. A name
+ * without either is looked up as it is (it can only be the `-` spelling of a rule's `_` name); one with them is
  * respelt first.
  */
 function otherSpellingsOf(names: ReadonlySet<string>): ((name: string) => boolean) | undefined {
@@ -184,7 +187,7 @@ function otherSpellingsOf(names: ReadonlySet<string>): ((name: string) => boolea
   const spelt = new Set([...names].map(cgiSpelling));
   const dashedOnly = new Set([...spelt].filter((name) => !names.has(name)));
   return function isOtherSpelling(name) {
-    return name.includes('_') ? !names.has(name) && spelt.has(cgiSpelling(name)) : dashedOnly.has(name);
+    return isLookAlikeName(name) ? !names.has(name) && spelt.has(cgiSpelling(name)) : dashedOnly.has(name);
   };
 }
 

@@ -1,7 +1,7 @@
 import type http from 'node:http';
 import type { Context as KoaContext } from 'koa';
 import { isoTimestamp } from '../otel/iso-timestamp';
-import { CGI_HAZARD_HEADERS, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, REQUEST_REWRITE_HEADERS, VIA_PSEUDONYM } from '../otel/wire-names';
+import { CGI_HAZARD_HEADERS, dashedSpelling, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, isLookAlikeName, REQUEST_REWRITE_HEADERS, VIA_PSEUDONYM } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
 import { MAX_FORWARDS_SUPPORTED, maxForwardsOf } from './middleware/max-forwards';
@@ -14,7 +14,7 @@ import type { GatewaySigner, SignedRequest, SignedValues } from './gateway-signa
  * `Connection`, can remove or replace it.
  */
 
-/** What to do with client header names containing `_` (see config `headersWithUnderscores`). */
+/** What to do with client header names containing `_` or `.` (see config `headersWithUnderscores`). */
 export type UnderscoreHeaderPolicy = 'drop' | 'reject' | 'allow';
 
 /**
@@ -38,28 +38,23 @@ const REBUILT_FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-fo
  * that would let a service act on another method or path than the one the gateway checked, `Proxy` (which CGI
  * makes the service's outbound proxy: CGI_HAZARD_HEADERS), other proxies'
  * identity headers (`Remote-User`, `X-Forwarded-User`, ...: FOREIGN_IDENTITY_HEADERS, and the cloud front ends'
- * families: FOREIGN_IDENTITY_HEADER_PREFIXES), and, under the
- * `drop` policy, names with `_`, which CGI, PHP, Rack and WSGI read as their `-` twins (`X_User_Id` is
- * `HTTP_X_USER_ID`, the same as `X-User-Id`). Under any policy, a name with `.` that is such a twin
- * (`X.User.Id`): PHP (and HHVM) register every `$_SERVER` key with its dots made `_`, so behind a server that
- * passes the name on as it came (the PHP built-in server, Caddy's php_fastcgi) it is `HTTP_X_USER_ID` too.
+ * families: FOREIGN_IDENTITY_HEADER_PREFIXES), and, under the `drop` policy, look-alike names (isLookAlikeName):
+ * with `_`, which CGI, PHP, Rack and WSGI read as their `-` twins (`X_User_Id` is `HTTP_X_USER_ID`, the same as
+ * `X-User-Id`), or with `.`, which PHP's `$_SERVER` reads as `_` (`X.User.Id` is `HTTP_X_USER_ID` too).
  */
 export function isForbiddenClientHeader(name: string, underscores: UnderscoreHeaderPolicy): boolean {
-  const underscored = name.includes('_');
-  if (underscored && underscores !== 'allow') return true;
-  if (underscored || name.includes('.')) {
+  if (isLookAlikeName(name)) {
+    if (underscores !== 'allow') return true;
     // Allowed, but never as a twin of an owned, rewriting or forwarding name, nor of the request id and API key
     // the gateway writes and reads: CGI, PHP, Rack and WSGI read `x_user_id` as `X-User-Id` (and
-    // `x_forwarded_host` as `X-Forwarded-Host`, `x_request_id` as the gateway's `X-Request-Id`), so under any
-    // spelling those names stay the gateway's. No trusted proxy writes the `_` or `.` spelling of a forwarding header.
-    name = name.replace(CGI_SEPARATORS, '-');
+    // `x_forwarded_host` as `X-Forwarded-Host`, `x_request_id` as the gateway's `X-Request-Id`), PHP `x.user.id`
+    // too, so under any spelling those names stay the gateway's. No trusted proxy writes such a spelling of a
+    // forwarding header.
+    name = dashedSpelling(name);
     if (isForwardingHeader(name) || name === HEADER.requestId || name === HEADER.apiKey) return true;
   }
   return GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) || NEVER_FROM_CLIENTS.has(name) || FOREIGN_IDENTITY_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix));
 }
-
-/** What CGI-style servers (and PHP's `$_SERVER`) read as `-` in a header name. */
-const CGI_SEPARATORS = /[_.]/g;
 
 /** The names a message's `Connection` header lists: hop-by-hop for that one connection. */
 function connectionListed(connection: string | string[] | undefined): Set<string> | undefined {

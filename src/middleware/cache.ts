@@ -3,7 +3,7 @@ import { trace } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
 import type { Counter } from 'prom-client';
 import { atMostEvery, type Logger } from '../../otel/logger';
-import { ATTR, CACHE_RESULTS, HEADER, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
+import { ATTR, CACHE_RESULTS, dashedSpelling, HEADER, isLookAlikeName, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
 import { forwardedOrigin } from '../cache-forwarded-origin';
 import { createNamedResources } from '../cache-named-resources';
 import { satisfiesConditional } from '../conditional-request';
@@ -56,12 +56,13 @@ const ONLY_IF_CACHED = /(?:^|[\s,])only-if-cached(?=$|[\s,])/i;
 const notCached = () => new GatewayError('not_cached', 'No stored answer can serve this request, and it said Cache-Control: only-if-cached.');
 
 /**
- * The names a request's `_`-spelled headers stand for with `-` (`accept_language` is `accept-language`), or
- * undefined when it has none. CGI, PHP, Rack and WSGI read either spelling as the same header (HTTP_ACCEPT_LANGUAGE).
+ * The names a request's look-alike headers stand for with `-` (`accept_language` and `accept.language` are
+ * `accept-language`), or undefined when it has none. CGI, PHP, Rack and WSGI read either spelling as the same
+ * header (HTTP_ACCEPT_LANGUAGE; isLookAlikeName).
  */
 function underscoreTwins(headers: IncomingHttpHeaders): Set<string> | undefined {
   let twins: Set<string> | undefined;
-  for (const name in headers) if (name.includes('_')) (twins ??= new Set()).add(name.replaceAll('_', '-'));
+  for (const name in headers) if (isLookAlikeName(name)) (twins ??= new Set()).add(dashedSpelling(name));
   return twins;
 }
 
@@ -238,8 +239,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       return;
     }
     const forwardedCredential = route.forwardAuthorization && headers[HEADER.authorization] !== undefined && !ctx.state.user && !ctx.state.consumer;
-    // Under `headersWithUnderscores: allow`, `accept_language` reaches the service, which may answer by it as by
-    // Accept-Language. How a server merges the spellings (first, last, joined) is its own, so a request with a `_`
+    // Under `headersWithUnderscores: allow`, `accept_language` (and `accept.language`) reaches the service, which may
+    // answer by it as by Accept-Language. How a server merges the spellings (first, last, joined) is its own, so a request with a look-alike
     // twin of a header the answer varies on (the route's varyHeaders, a Vary name) is never answered from a copy
     // nor stored: keyed on `Accept-Language` alone, it would store its answer as the one for its `-` value.
     const twins = options.underscores === 'allow' ? underscoreTwins(headers) : undefined;
@@ -289,8 +290,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const flightKey = `${key.resource} ${key.variant}`;
     const lookup = async (): Promise<CachedResponse | undefined> => {
       const entry = await store.get(route.name, key);
-      // Not a copy varying on a `_` name either (captureResponse stores none; a replica of an earlier version may have).
-      return entry && entry.vary.every((name, index) => heard(name) === entry.varyValues[index] && !twinned(name) && !name.includes('_')) ? entry : undefined;
+      // Not a copy varying on a look-alike name either (captureResponse stores none; a replica of an earlier version may have).
+      return entry && entry.vary.every((name, index) => heard(name) === entry.varyValues[index] && !twinned(name) && !isLookAlikeName(name)) ? entry : undefined;
     };
 
     let entry = await lookup();
@@ -420,10 +421,10 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
       const verdict = storability({ status: responseStatus, headers, sharedCredentialed: options.sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: options.now() });
       vary = varyNames(headers.vary);
       // The service saw the gateway's value of these, not the client's: comparing the client's would be wrong. So
-      // it is for a name whose `_` twin the request carries: the service may have read that one instead. And for a
-      // name spelt with `_` (`Vary: X_Api_Version`): CGI, PHP, Rack and WSGI read the client's `X-Api-Version` as
-      // that header, whatever `headersWithUnderscores` says, and no one spelling of the request could key it.
-      const varyTrusted = !vary.some((name) => ownedRequestHeader(name) !== undefined || options.rules?.rewrittenRequestHeaders.has(name) || options.twinned(name) || name.includes('_'));
+      // it is for a name whose `_` or `.` twin the request carries: the service may have read that one instead. And
+      // for a name spelt with `_` or `.` (`Vary: X_Api_Version`): CGI, PHP, Rack and WSGI read the client's
+      // `X-Api-Version` as that header, whatever `headersWithUnderscores` says, and no one spelling of the request could key it.
+      const varyTrusted = !vary.some((name) => ownedRequestHeader(name) !== undefined || options.rules?.rewrittenRequestHeaders.has(name) || options.twinned(name) || isLookAlikeName(name));
       const tooLarge = Number(headers['content-length'] ?? 0) > options.maxEntryBytes;
       if (!verdict.store || !varyTrusted || tooLarge) {
         const lasting = !(verdict.store === false && verdict.reason === 'credentialed, not public') && !isPassingStatus(responseStatus) && !vary.some(options.twinned);

@@ -119,10 +119,10 @@ describe('header rules per route', () => {
 });
 
 describe('header rules under headersWithUnderscores: allow', () => {
-  // CGI, PHP, Rack and WSGI read `x_caller`, `X_Caller` and `x-caller` alike, as HTTP_X_CALLER.
+  // CGI, PHP, Rack and WSGI read `x_caller`, `X_Caller` and `x-caller` alike, as HTTP_X_CALLER; PHP `x.caller` too.
   const rules = { request: { set: { 'x-caller': '{userId}@{route}' }, add: { 'x-via-gateway': 'koa-gateway' }, remove: ['x-debug', 'x_legacy_auth'] } };
   const ruleNames = ['x-caller', 'x-via-gateway', 'x-debug', 'x-legacy-auth'];
-  const asCgiReadsIt = (name: string) => name.toLowerCase().replaceAll('_', '-');
+  const asCgiReadsIt = (name: string) => name.toLowerCase().replace(/[_.]/g, '-');
   /** What the client sends: each rule's own name, and other spellings of it, next to an unrelated `_` name. */
   const forged = {
     'x-caller': 'forged-0',
@@ -134,7 +134,11 @@ describe('header rules under headersWithUnderscores: allow', () => {
     'x-via_gateway': 'forged-3',
     'x-legacy-auth': 'forged-4',
     x_legacy_auth: 'forged-5',
+    'x.caller': 'forged-7',
+    'x.via_gateway': 'forged-8',
+    'x.legacy.auth': 'forged-9',
     x_trace_note: 'kept',
+    'x.trace.mark': 'kept too',
   };
   let service: Awaited<ReturnType<typeof recordingService>>;
   let stack: TestStack;
@@ -194,8 +198,8 @@ describe('header rules under headersWithUnderscores: allow', () => {
     expect(seen!['x-caller']).toBe('2@notifications');
     // `add` keeps the client's value of the rule's own name, and only that one.
     expect(seen!['x-via-gateway']).toBe('client-said, koa-gateway');
-    // Under `allow`, a `_` name no rule names still passes.
-    expect(seen!.x_trace_note).toBe('kept');
+    // Under `allow`, a `_` or `.` name no rule names still passes.
+    expect([seen!.x_trace_note, seen!['x.trace.mark']]).toEqual(['kept', 'kept too']);
   });
 });
 

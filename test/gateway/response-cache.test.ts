@@ -74,8 +74,8 @@ async function catalogService(): Promise<CatalogService> {
         forwardedPath: req.headers['x-forwarded-path'] ?? null,
         originalUrl: req.headers['x-original-url'] ?? null,
         methodOverride: req.headers['x-http-method-override'] ?? null,
-        // As CGI, PHP, Rack and WSGI read it: `accept_language` is HTTP_ACCEPT_LANGUAGE too.
-        lang: req.headers['accept-language'] ?? req.headers.accept_language ?? null,
+        // As CGI, PHP, Rack and WSGI read it: `accept_language` is HTTP_ACCEPT_LANGUAGE too, and to PHP `accept.language`.
+        lang: req.headers['accept-language'] ?? req.headers.accept_language ?? req.headers['accept.language'] ?? null,
         hostOverride: req.headers['x-host'] ?? req.headers['x-original-host'] ?? null,
         cookie: req.headers.cookie ?? null,
         // A service behind forwardAuthorization reads the token itself (its scopes, its client).
@@ -688,6 +688,13 @@ describe('response cache', () => {
     expect([poisoned.headers['x-cache'], poisoned.json.lang, victim.headers['x-cache'], victim.json.lang, hitsFor(path)]).toEqual(['MISS', 'evil', 'MISS', null, 2]);
   });
 
+  it('never lets a request poison a copy with Accept.Language (headersWithUnderscores drop): PHP reads it as Accept-Language, the key would not', async () => {
+    const path = fresh('/api/fwd', 'cc=max-age%3D60&vary=Accept-Language');
+    const poisoned = await send(stack.gateway.url, path, { 'Accept.Language': 'evil' });
+    const victim = await send(stack.gateway.url, path);
+    expect([poisoned.headers['x-cache'], poisoned.json.lang, victim.headers['x-cache'], victim.json.lang]).toEqual(['MISS', null, 'HIT', null]);
+  });
+
   it('records the result on the span, in the access log and in the metrics', async () => {
     const path = fresh('/api/open');
     await send(stack.gateway.url, path, { 'x-request-id': 'cache-miss-1' });
@@ -905,7 +912,9 @@ describe('response cache with headers spelled with `_` allowed', () => {
     { desc: 'the route\'s varyHeaders name (accept_language)', path: () => fresh('/api/open', 'cc=max-age%3D60'), twin: { accept_language: 'evil' }, result: 'BYPASS' },
     { desc: 'a name the service\'s Vary lists (Accept_Language)', path: () => fresh('/api/fwd', 'cc=max-age%3D60&vary=Accept-Language'), twin: { Accept_Language: 'evil' }, result: 'MISS' },
     { desc: 'a name the service\'s Vary lists, - and _ mixed (x_api-version)', path: () => fresh('/api/fwd', 'cc=max-age%3D60&vary=X-Api-Version'), twin: { 'x_api-version': '0-evil' }, result: 'MISS' },
-  ])('never stores the answer to a request with a `_` twin of $desc, nor answers it from a copy', async ({ path: next, twin, result }) => {
+    { desc: 'the route\'s varyHeaders name, spelt with dots as PHP reads it (accept.language)', path: () => fresh('/api/open', 'cc=max-age%3D60'), twin: { 'accept.language': 'evil' }, result: 'BYPASS' },
+    { desc: 'a name the service\'s Vary lists, spelt with dots (Accept.Language)', path: () => fresh('/api/fwd', 'cc=max-age%3D60&vary=Accept-Language'), twin: { 'Accept.Language': 'evil' }, result: 'MISS' },
+  ])('never stores the answer to a request with a look-alike (`_` or `.`) twin of $desc, nor answers it from a copy', async ({ path: next, twin, result }) => {
     const path = next();
     const poisoned = await send(stack.gateway.url, path, twin);
     const victim = await send(stack.gateway.url, path);
