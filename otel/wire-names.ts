@@ -219,6 +219,16 @@ export const FOREIGN_IDENTITY_HEADERS = [
 const FOREIGN_IDENTITY_HEADER_SET = new Set<string>(FOREIGN_IDENTITY_HEADERS);
 
 /**
+ * Headers a service mesh's proxy beside a service (or beside the gateway, on its way out) takes as orders: Envoy's
+ * `x-envoy-*` (`-original-dst-host` picks the destination, `-retry-on` and `-max-retries` have a POST the gateway
+ * sent once resent, `-upstream-rq-timeout-ms` its timeout; Envoy honours them from a request it deems internal,
+ * as the gateway's are) and Linkerd's `l5d-*` (`l5d-dst-override` sends the request to another service than the
+ * one the gateway routed it to). Removed from every client request, except Envoy's forwarding headers
+ * (`X-Envoy-Internal`, `X-Envoy-External-Address`: FORWARDING_HEADERS), which a trusted Envoy in front may send.
+ */
+export const MESH_CONTROL_HEADER_PREFIXES = ['x-envoy-', 'l5d-'] as const;
+
+/**
  * Families of identity headers that cloud front ends and TLS terminators write, each under its vendor's prefix
  * (AWS ALB, Google IAP, Azure App Service, Cloudflare Access, Pomerium; nginx's and Apache's client-certificate
  * headers, Azure's `X-ARR-ClientCert`): removed from every client request as FOREIGN_IDENTITY_HEADERS are.

@@ -1,7 +1,7 @@
 import type http from 'node:http';
 import type { Context as KoaContext } from 'koa';
 import { isoTimestamp } from '../otel/iso-timestamp';
-import { CGI_HAZARD_HEADERS, dashedSpelling, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, isLookAlikeName, REQUEST_REWRITE_HEADERS, VIA_PSEUDONYM } from '../otel/wire-names';
+import { CGI_HAZARD_HEADERS, dashedSpelling, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, isListedForwardingHeader, isLookAlikeName, MESH_CONTROL_HEADER_PREFIXES, REQUEST_REWRITE_HEADERS, VIA_PSEUDONYM } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
 import { MAX_FORWARDS_SUPPORTED, maxForwardsOf } from './middleware/max-forwards';
@@ -38,7 +38,8 @@ const REBUILT_FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-fo
  * that would let a service act on another method or path than the one the gateway checked, `Proxy` (which CGI
  * makes the service's outbound proxy: CGI_HAZARD_HEADERS), other proxies'
  * identity headers (`Remote-User`, `X-Forwarded-User`, ...: FOREIGN_IDENTITY_HEADERS, and the cloud front ends'
- * families: FOREIGN_IDENTITY_HEADER_PREFIXES), and, under the `drop` policy, look-alike names (isLookAlikeName):
+ * families: FOREIGN_IDENTITY_HEADER_PREFIXES), a service mesh's routing and retry orders (`x-envoy-*`, `l5d-*`:
+ * MESH_CONTROL_HEADER_PREFIXES), and, under the `drop` policy, look-alike names (isLookAlikeName):
  * with `_`, which CGI, PHP, Rack and WSGI read as their `-` twins (`X_User_Id` is `HTTP_X_USER_ID`, the same as
  * `X-User-Id`), or with `.`, which PHP's `$_SERVER` reads as `_` (`X.User.Id` is `HTTP_X_USER_ID` too).
  */
@@ -53,7 +54,12 @@ export function isForbiddenClientHeader(name: string, underscores: UnderscoreHea
     name = dashedSpelling(name);
     if (isForwardingHeader(name) || name === HEADER.requestId || name === HEADER.apiKey) return true;
   }
-  return GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) || NEVER_FROM_CLIENTS.has(name) || FOREIGN_IDENTITY_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix));
+  return (
+    GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) ||
+    NEVER_FROM_CLIENTS.has(name) ||
+    FOREIGN_IDENTITY_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) ||
+    (MESH_CONTROL_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) && !isListedForwardingHeader(name))
+  );
 }
 
 /** The names a message's `Connection` header lists: hop-by-hop for that one connection. */

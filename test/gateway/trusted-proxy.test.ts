@@ -145,6 +145,18 @@ describe('client addresses behind proxies', () => {
     }
   });
 
+  it('passes a trusted Envoy’s forwarding marks (X-Envoy-Internal, -External-Address) on, never its routing or retry orders', async () => {
+    const stack = await startStack({ env: { TRUST_PROXY: 'true' }, overrides: { routes: [{ name: 'open', prefix: '/api/open', service: 'users', upstreamPath: '/open', auth: 'public' }], trustedProxies: ['127.0.0.0/8'] } });
+    try {
+      const headers = { 'x-envoy-internal': 'true', 'x-envoy-external-address': '203.0.113.7', 'x-envoy-retry-on': '5xx', 'x-envoy-original-dst-host': '10.0.0.1:4001', 'l5d-dst-override': 'admin.internal:80' };
+      await (await fetch(`${stack.gateway.url}/api/open/1`, { headers })).arrayBuffer();
+      const [seen] = stack.users.requests;
+      expect(Object.keys(seen!.headers).filter((name) => name.startsWith('x-envoy-') || name.startsWith('l5d-')).sort()).toEqual(['x-envoy-external-address', 'x-envoy-internal']);
+    } finally {
+      await stack.close();
+    }
+  });
+
   // Koa caches ctx.ip on first read and tracing reads it first: the decision has to come before it.
   it('puts the settled client address on the server span, not a spoofed one', async () => {
     const tracing = startInMemoryTracing();
