@@ -219,6 +219,34 @@ export const FOREIGN_IDENTITY_HEADERS = [
 const FOREIGN_IDENTITY_HEADER_SET = new Set<string>(FOREIGN_IDENTITY_HEADERS);
 
 /**
+ * Trace context in the other formats tracers and meshes read: B3 (Zipkin, Istio's Envoy), Jaeger's
+ * `uber-trace-id` and `uberctx-*` baggage, OpenTracing's `ot-*`, Datadog's, AWS X-Ray's, Google Cloud's, SkyWalking's,
+ * Elastic APM's spelling of `traceparent`, New Relic's, Envoy's `x-client-trace-id`. A service (or its sidecar)
+ * whose tracer reads one of them continues that trace and keeps its sampling decision, as it would a client's
+ * `traceparent`: dropped with it from a client the gateway does not trust with trace context (`trustTraceparent`).
+ */
+export const FOREIGN_TRACE_CONTEXT_HEADERS: ReadonlySet<string> = new Set([
+  'b3',
+  'uber-trace-id',
+  'x-ot-span-context',
+  'x-amzn-trace-id',
+  'x-cloud-trace-context',
+  'grpc-trace-bin',
+  'sw8',
+  'sw8-correlation',
+  'sw8-x',
+  'elastic-apm-traceparent',
+  'newrelic',
+  'x-client-trace-id',
+]);
+export const FOREIGN_TRACE_CONTEXT_HEADER_PREFIXES = ['x-b3-', 'uberctx-', 'ot-tracer-', 'ot-baggage-', 'x-datadog-', 'x-newrelic-'] as const;
+
+/** Whether a (lower-case) request header name carries trace context in a format other than W3C's. */
+export function isForeignTraceContextHeader(name: string): boolean {
+  return FOREIGN_TRACE_CONTEXT_HEADERS.has(name) || FOREIGN_TRACE_CONTEXT_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix));
+}
+
+/**
  * Headers a service mesh's proxy beside a service (or beside the gateway, on its way out) takes as orders: Envoy's
  * `x-envoy-*` (`-original-dst-host` picks the destination, `-retry-on` and `-max-retries` have a POST the gateway
  * sent once resent, `-upstream-rq-timeout-ms` its timeout; Envoy honours them from a request it deems internal,

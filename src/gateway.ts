@@ -179,7 +179,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   app.use(createPathGuard());
   const guardHost = createHostGuard({ allowedHosts: config.allowedHosts });
   if (guardHost) app.use(guardHost);
-  app.use(createClientHeaderPolicy({ underscores: config.headersWithUnderscores }));
+  app.use(createClientHeaderPolicy({ underscores: config.headersWithUnderscores, trustTraceContext: config.trustTraceparent }));
   app.use(createCors({ defaults: config.cors, byRoute: new Map(config.routes.flatMap((route) => (route.cors === undefined ? [] : [[route.name, route.cors] as const]))), routes }));
   // Only the probes' own paths go through the router: matching every proxied request against its table cost
   // ~4k instructions a request (callgrind), for an answer the two exact paths alone decide.

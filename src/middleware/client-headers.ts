@@ -1,22 +1,30 @@
 import type { Middleware } from 'koa';
-import { isLookAlikeName } from '../../otel/wire-names';
+import { dashedSpelling, isForeignTraceContextHeader, isLookAlikeName } from '../../otel/wire-names';
 import { GatewayError } from '../errors';
 import { isForbiddenClientHeader, type UnderscoreHeaderPolicy } from '../upstream-headers';
 
 export interface ClientHeaderPolicyOptions {
   /** Header names with `_` or `.` (look-alikes, isLookAlikeName): `drop` (default), `reject` with 400, or `allow`. */
   underscores: UnderscoreHeaderPolicy;
+  /**
+   * Clients are trusted with trace context (config `trustTraceparent`): their B3, Jaeger, X-Ray, ... headers pass on
+   * as their W3C ones do. Otherwise those are removed (createTracing removes the W3C ones). Default false.
+   */
+  trustTraceContext?: boolean;
 }
 
 /**
  * Removes, on every route (public ones included), the client headers the gateway never passes on (owned
  * prefixes such as `x-user-*`, request-rewriting headers, `_` and `.` look-alikes; see isForbiddenClientHeader), so
  * nothing later in the pipeline reads a forged value either. Under the `reject` policy a name with `_` or `.` is
- * answered with 400 instead. The proxy applies the same rule again when it assembles the upstream request
+ * answered with 400 instead. Trace context in formats other than W3C's goes too, in any spelling, unless clients are
+ * trusted with it (a service reading B3 or X-Ray would otherwise continue a client's trace). The proxy applies the
+ * same rule again (but for trace context, removed here for good) when it assembles the upstream request
  * (src/upstream-headers.ts), where the gateway's own headers are written last.
  */
 export function createClientHeaderPolicy(options: ClientHeaderPolicyOptions): Middleware {
   const { underscores } = options;
+  const dropTraceContext = !(options.trustTraceContext ?? false);
   // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
   return function screenClientHeaders(ctx, next) {
     const headers = ctx.req.headers;
@@ -24,7 +32,7 @@ export function createClientHeaderPolicy(options: ClientHeaderPolicyOptions): Mi
       if (underscores === 'reject' && isLookAlikeName(name)) {
         throw new GatewayError('header_not_allowed', `Header names with "_" or "." are not accepted (${name}).`);
       }
-      if (isForbiddenClientHeader(name, underscores)) delete headers[name];
+      if (isForbiddenClientHeader(name, underscores) || (dropTraceContext && isForeignTraceContextHeader(isLookAlikeName(name) ? dashedSpelling(name) : name))) delete headers[name];
     }
     return next();
   };

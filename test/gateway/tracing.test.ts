@@ -140,6 +140,41 @@ describe('gateway spans', () => {
     expect(seen.headers.baggage).toBe(`request.id=${response.headers.get(HEADER.requestId)}`);
   });
 
+  /** Trace context in the formats other tracers and meshes read (B3, Jaeger, OpenTracing, Datadog, X-Ray, ...). */
+  const foreignTraceContext = {
+    b3: `${clientTrace}-b7ad6b7169203331-1`,
+    'x-b3-traceid': clientTrace,
+    'x-b3-spanid': 'b7ad6b7169203331',
+    'x-b3-sampled': '1',
+    'uber-trace-id': `${clientTrace}:b7ad6b7169203331:0:1`,
+    'uberctx-tenant': 'evil',
+    'ot-tracer-traceid': clientTrace,
+    'x-datadog-trace-id': '1234567890',
+    'x-datadog-sampling-priority': '2',
+    'x-amzn-trace-id': `Root=1-${clientTrace.slice(0, 8)}-${clientTrace.slice(8, 32)};Sampled=1`,
+    'x-cloud-trace-context': `${clientTrace}/1;o=1`,
+    'elastic-apm-traceparent': traceparent,
+    sw8: '1-forged',
+    'x-client-trace-id': clientTrace,
+  };
+
+  it('never forwards a client’s trace context in another format (B3, Jaeger, X-Ray, ...) by default, nor its _ spelling', async () => {
+    const requestId = 'foreign-trace-context-1';
+    const response = await fetch(`${stack.gateway.url}/api/users/1`, { headers: { authorization: `Bearer ${token}`, ...foreignTraceContext, X_B3_Sampled: '1', [HEADER.requestId]: requestId } });
+    expect(response.status).toBe(200);
+    const seen = stack.users.requests.find((request) => request.headers[HEADER.requestId] === requestId)!;
+    expect(Object.keys(seen.headers).filter((name) => name in foreignTraceContext || name.startsWith('x-b3') || name.startsWith('x_b3'))).toEqual([]);
+    expect(JSON.stringify(seen.headers)).not.toContain(clientTrace);
+  });
+
+  it('passes it on unchanged when clients are trusted with trace context', async () => {
+    const requestId = 'foreign-trace-context-2';
+    const response = await fetch(`${trusting.gateway.url}/api/users/1`, { headers: { authorization: `Bearer ${token}`, ...foreignTraceContext, [HEADER.requestId]: requestId } });
+    expect(response.status).toBe(200);
+    const seen = trusting.users.requests.find((request) => request.headers[HEADER.requestId] === requestId)!;
+    expect(seen.headers).toMatchObject(foreignTraceContext);
+  });
+
   it('continues a client traceparent when configured to trust it, with the trace id as request id', async () => {
     const response = await fetch(`${trusting.gateway.url}/api/nothing`, { headers: { traceparent } });
     await response.arrayBuffer();
