@@ -375,6 +375,23 @@ describe('trailing dots, white space and format suffixes on a nested protected r
   });
 });
 
+describe('look-alike and mesh header names under headersWithUnderscores allow', () => {
+  /** Sent by the client beside a harmless look-alike; none may reach the service in any spelling. */
+  const forged = { 'x.user.id': '1', 'x.user_role': 'admin', 'x.consumer.id': 'forged-consumer', 'x.forwarded.host': 'evil.example', 'x.http.method.override': 'DELETE', 'l5d-dst-override': 'admin.internal:80', 'x-envoy-retry-on': '5xx', 'x-envoy-original-dst-host': '10.0.0.1:4001' };
+
+  it.each([
+    { desc: 'HTTP/1.1', request: (headers: Record<string, string>) => send('/api/orders', headers) },
+    { desc: 'HTTP/2', request: (headers: Record<string, string>) => sendH2('/api/orders', headers) },
+  ])('keeps them all from the service over $desc, and passes a look-alike that is no twin (x.trace.note)', async ({ request }) => {
+    const requestId = nextRequestId();
+    expect((await request({ ...forged, 'x.trace.note': 'kept', authorization: `Bearer ${user}`, [HEADER.requestId]: requestId })).status).toBe(200);
+    const [seen] = seenWith(requestId);
+    expect(Object.keys(seen!.headers).filter((name) => name in forged)).toEqual([]);
+    expect({ id: seen!.headers[HEADER.userId], role: seen!.headers[HEADER.userRole], consumer: seen!.headers[HEADER.consumerId], note: seen!.headers['x.trace.note'] }).toEqual({ id: '7', role: 'user', consumer: undefined, note: 'kept' });
+    expect(JSON.stringify(seen!.headers)).not.toMatch(/evil\.example|DELETE|admin\.internal|5xx/);
+  });
+});
+
 describe('trailer fields of a client’s request body never reach a service', () => {
   /** Identity, signature and override fields a client might hope a service merges into its headers after the body. */
   const FORGED_TRAILERS = { 'x-user-id': '1', 'x-user-role': 'admin', 'x-consumer-id': 'DELETE-consumer', 'x-gateway-signature': 'DELETE-signature', 'x-http-method-override': 'DELETE', 'x-forwarded-for': '6.6.6.6' };
