@@ -48,7 +48,7 @@ export function createRequestTargetForm(): Middleware {
  *   guard did.
  * - A path (origin form) as the target, or `*` for OPTIONS, answered here (204 with the server's `Allow`): an
  *   absolute-form target createRequestTargetForm could not take (a scheme other than http and https, userinfo)
- *   or CONNECT's authority form is refused.
+ *   or CONNECT's authority form is refused, and so is any target with a fragment.
  * - No `Expect` but 100-continue (417); no transfer coding but chunked (501), and none at all in HTTP/1.0 (400).
  */
 /** HTTP/1 only (a connection-specific header is malformed in HTTP/2): what follows a malformed head is not trusted. */
@@ -65,6 +65,10 @@ export function createRequestHeadCheck(): Middleware {
     if (target.charCodeAt(0) !== 47 /* / */ && !(target === '*' && request.method === 'OPTIONS')) {
       throw new GatewayError('bad_request', 'The request target must be a path (or an http or https URL without userinfo).');
     }
+    // No form of target has a fragment (RFC 9112 3.2, RFC 9113 8.3.1: `:path` is path and query): Node keeps `#...`
+    // in the URL and Koa's parser drops it, so `/api/users#/../internal` was routed and forwarded as `/api/users`,
+    // a request no client means, while an absolute-form target with a fragment was refused.
+    if (target.includes('#')) throw new GatewayError('bad_request', 'The request target must not carry a fragment (#).');
     if (!http2) {
       const hostLines = hostFieldLines(request.rawHeaders);
       if (hostLines > 1) throw new GatewayError('bad_request', 'The request carries more than one Host header field.', CLOSE_CONNECTION);

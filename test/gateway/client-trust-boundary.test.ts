@@ -375,6 +375,18 @@ describe('trailing dots, white space and format suffixes on a nested protected r
   });
 });
 
+describe('a request target with a fragment (RFC 9112 3.2, RFC 9113 8.3.1: none has one)', () => {
+  it.each([
+    { desc: 'after a public path', path: '/pub/x#frag' },
+    { desc: 'naming the admin route after a signed-in one', path: '/api/orders#/../admin/users' },
+  ])('answers one $desc with 400 bad_request over HTTP/1.1 and HTTP/2, reaching no service', async ({ path }) => {
+    const before = seen.length;
+    expectProblem(await send(path, { authorization: `Bearer ${user}` }), 400, 'bad_request');
+    expectProblem(await sendH2(path, { authorization: `Bearer ${user}` }), 400, 'bad_request');
+    expect(seen.length).toBe(before);
+  });
+});
+
 describe('look-alike and mesh header names under headersWithUnderscores allow', () => {
   /** Sent by the client beside a harmless look-alike; none may reach the service in any spelling. */
   const forged = { 'x.user.id': '1', 'x.user_role': 'admin', 'x.consumer.id': 'forged-consumer', 'x.forwarded.host': 'evil.example', 'x.http.method.override': 'DELETE', 'l5d-dst-override': 'admin.internal:80', 'x-envoy-retry-on': '5xx', 'x-envoy-original-dst-host': '10.0.0.1:4001' };

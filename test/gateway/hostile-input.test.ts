@@ -788,6 +788,10 @@ describe('hostile input at the gateway', () => {
         code: 'bad_request',
         hostile: 'chunked-10-marker',
       },
+      // RFC 9112 3.2: no request target has a fragment; Koa's parser would drop it and route what is left.
+      { desc: 'a fragment after the path', raw: () => `GET /api/users/2#fragment-marker HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Marker: fragment-marker\r\nConnection: close\r\n\r\n`, status: 400, code: 'bad_request', hostile: 'fragment-marker' },
+      { desc: 'a fragment that names another path', raw: () => `GET /api/orders#/../users/1 HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Marker: fragment-marker\r\nConnection: close\r\n\r\n`, status: 400, code: 'bad_request', hostile: 'fragment-marker' },
+      { desc: 'a fragment after the query', raw: () => `GET /api/orders?page=1#fragment-marker HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Marker: fragment-marker\r\nConnection: close\r\n\r\n`, status: 400, code: 'bad_request', hostile: 'fragment-marker' },
       // Node answers this itself unless runServer passes it on: a bare 417 with no request id.
       { desc: 'an Expect other than 100-continue', raw: () => get('Expect: evil-expectation\r\n'), status: 417, code: 'expectation_failed', hostile: 'evil-expectation' },
     ];
