@@ -11,7 +11,8 @@ import { SERVICE_NAME, type ServiceName } from './wire-names';
 /**
  * The instrumentations the bootstrap can enable. http-server: a SERVER span per request, and the incoming
  * `traceparent`/`baggage` made current; http-client: CLIENT spans for `http.request` and those
- * headers injected; koa: one span per named middleware and route; undici: the same as http-client for `fetch`.
+ * headers injected; koa: one span per named middleware and route; undici: the same as http-client for `fetch`
+ * and undici's request API (services/shared/service-app.ts callService).
  */
 export const INSTRUMENTATION_NAMES = ['http-server', 'http-client', 'koa', 'undici'] as const;
 export type InstrumentationName = (typeof INSTRUMENTATION_NAMES)[number];

@@ -1,3 +1,4 @@
+import { request } from 'undici';
 import { HEADER } from '../otel/wire-names';
 import type { UpstreamPool } from './upstream-pool';
 
@@ -61,12 +62,15 @@ export function createReadinessCheck(options: ReadinessCheckOptions): ReadinessC
     const started = performance.now();
     const latency = () => Math.round(performance.now() - started);
     try {
-      const response = await fetch(`${origin}/health`, { headers: { [HEADER.requestId]: requestId }, signal: AbortSignal.timeout(timeoutMs) });
-      await response.body?.cancel();
-      return response.ok ? { status: 'up', latencyMs: latency() } : { status: 'down', latencyMs: latency(), detail: `HTTP ${response.status}` };
+      // undici's request API, as the proxy's: fetch refuses the Fetch standard's "bad ports" (6000, 6665-6669,
+      // 10080, ...), and an instance the proxy reaches on one was reported down.
+      const { statusCode, body } = await request(`${origin}/health`, { headers: { [HEADER.requestId]: requestId }, signal: AbortSignal.timeout(timeoutMs) });
+      await body.dump();
+      return statusCode >= 200 && statusCode < 300 ? { status: 'up', latencyMs: latency() } : { status: 'down', latencyMs: latency(), detail: `HTTP ${statusCode}` };
     } catch (error) {
-      const cause = (error as { cause?: { code?: string } }).cause;
-      return { status: 'down', latencyMs: latency(), detail: cause?.code ?? (error as Error).name };
+      // A socket's errno (`ECONNREFUSED`), else the error's name (`TimeoutError`: a DOMException's `code` is a number).
+      const { code, name } = error as { code?: unknown; name?: string };
+      return { status: 'down', latencyMs: latency(), detail: typeof code === 'string' ? code : (name ?? 'Error') };
     }
   }
 

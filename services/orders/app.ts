@@ -65,16 +65,17 @@ export function createApp(options: OrdersAppOptions): Koa {
   const propagate = options.propagateTraceContext ?? false;
 
   async function checkUser(caller: Caller, requestId: string, identity: SignedValues): Promise<void> {
-    let response: Response;
+    let status: number;
     try {
-      response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, identity, sign, propagate });
+      const response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, identity, sign, propagate });
+      status = response.statusCode;
+      await response.body.dump();
     } catch (error) {
       logger.error('user-service unreachable', { error: (error as Error).message });
       throw new ServiceError(503, 'dependency_unavailable', 'The users service is unavailable; try again.');
     }
-    await response.body?.cancel();
-    if (response.status === 404) throw new ServiceError(403, 'unknown_user', 'Your account no longer exists.');
-    if (!response.ok) throw new ServiceError(503, 'dependency_unavailable', `The users service answered ${response.status}.`);
+    if (status === 404) throw new ServiceError(403, 'unknown_user', 'Your account no longer exists.');
+    if (status < 200 || status >= 300) throw new ServiceError(503, 'dependency_unavailable', `The users service answered ${status}.`);
   }
 
   const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl, sign, { propagate }) : undefined;
@@ -101,8 +102,8 @@ export function createApp(options: OrdersAppOptions): Koa {
         propagate,
         body: event,
       });
-      await response.body?.cancel();
-      if (!response.ok) logger.warn('notification rejected', { order_id: order.id, status: response.status });
+      await response.body.dump();
+      if (response.statusCode < 200 || response.statusCode >= 300) logger.warn('notification rejected', { order_id: order.id, status: response.statusCode });
     } catch (error) {
       logger.warn('notification-service unreachable', { order_id: order.id, error: (error as Error).message });
     }

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { bodyParser } from '@koa/bodyparser';
 import { context, type Tracer } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
+import { request, type Dispatcher } from 'undici';
 import type { Logger } from '../../otel/logger';
 import { CREDENTIAL_LIMITS, HEADER } from '../../otel/wire-names';
 import type { AuthenticatedUser } from '../context';
@@ -112,15 +113,16 @@ const ACCEPTED_CODINGS = 'gzip, deflate, br';
 /** Statuses of the credential check that say its endpoint is missing, not that the request was wrong. */
 const CHECK_MISSING = new Set([404, 405]);
 
-function refusal(response: Response): GatewayError {
-  if (CHECK_MISSING.has(response.status)) {
-    return new GatewayError('upstream_bad_response', `The users service answered the credential check with ${response.status}: is it a version without the check?`);
+function refusal(response: Dispatcher.ResponseData): GatewayError {
+  if (CHECK_MISSING.has(response.statusCode)) {
+    return new GatewayError('upstream_bad_response', `The users service answered the credential check with ${response.statusCode}: is it a version without the check?`);
   }
-  const { code, detail } = REFUSALS[response.status] ?? { code: 'bad_request' as const, detail: 'The login request was refused.' };
+  const { code, detail } = REFUSALS[response.statusCode] ?? { code: 'bad_request' as const, detail: 'The login request was refused.' };
   if (code === 'invalid_credentials') return new GatewayError(code, detail, { headers: LOGIN_CHALLENGE });
   if (code !== 'rate_limited') return new GatewayError(code, detail);
   // Every 429 says when to come back; user-service's own delay when it gave one in seconds.
-  const retryAfter = response.headers.get(HEADER.retryAfter) ?? '';
+  const given = response.headers[HEADER.retryAfter];
+  const retryAfter = typeof given === 'string' ? given : '';
   return new GatewayError(code, detail, { headers: { 'Retry-After': /^\d{1,6}$/.test(retryAfter) ? retryAfter : String(DEFAULT_RETRY_AFTER_SECONDS) } });
 }
 
@@ -185,9 +187,11 @@ export function createLogin(options: LoginOptions): Middleware[] {
     if (!instance) throw new GatewayError('upstream_unavailable', 'No healthy instance of the users service.');
     const checkUrl = instance.origin + CREDENTIALS_CHECK_PATH;
     const span = startUpstreamSpan(options.tracer, { method: 'POST', instance, target: CREDENTIALS_CHECK_PATH, service: 'users' });
-    let response: Response;
+    let response: Dispatcher.ResponseData;
     try {
-      response = await fetch(checkUrl, {
+      // undici's request API, as the proxy's: fetch refuses the Fetch standard's "bad ports" (6000, 6665-6669,
+      // 10080, ...), which the proxy reaches, so a user-service on one failed every login (as a reset).
+      response = await request(checkUrl, {
         method: 'POST',
         headers: {
           'content-type': 'application/json',
@@ -206,24 +210,25 @@ export function createLogin(options: LoginOptions): Middleware[] {
       options.users.reportFailure(instance, outcome);
       throw failure;
     }
-    endUpstreamSpan(span, 'ok', response.status);
+    const { statusCode: status, body } = response;
+    endUpstreamSpan(span, 'ok', status);
     options.users.reportSuccess(instance);
-    if (response.status >= 400 && response.status < 500) {
+    if (status >= 400 && status < 500) {
       const refused = refusal(response);
       // A wrong password is routine (the access log has it); any other refusal means the gateway passed
       // something user-service would not take, worth a look but not an error of ours.
       if (refused.code !== 'invalid_credentials') {
-        const problem = (await response.json().catch(() => undefined)) as { code?: unknown } | undefined;
-        options.logger.warn('credential check refused the login', { status: response.status, upstream_code: typeof problem?.code === 'string' ? problem.code.slice(0, 64) : undefined, code: refused.code });
+        const problem = (await body.json().catch(() => undefined)) as { code?: unknown } | undefined;
+        options.logger.warn('credential check refused the login', { status, upstream_code: typeof problem?.code === 'string' ? problem.code.slice(0, 64) : undefined, code: refused.code });
       } else {
-        await response.body?.cancel();
+        await body.dump();
       }
       throw refused;
     }
-    // Read once: a body json() has consumed must not be cancelled (that throws, and became a 500).
-    const user: unknown = response.ok ? await response.json().catch(() => undefined) : await response.body?.cancel();
+    // Read once: a body json() has consumed is not dumped too.
+    const user: unknown = status >= 200 && status < 300 ? await body.json().catch(() => undefined) : await body.dump();
     if (!isUser(user)) {
-      throw new GatewayError('upstream_bad_response', `The users service answered the credential check with ${response.status}.`);
+      throw new GatewayError('upstream_bad_response', `The users service answered the credential check with ${status}.`);
     }
     ctx.state.user = user;
     const { token, expiresIn } = await options.tokens.issue(user);

@@ -12,10 +12,13 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-/** Listens on 127.0.0.1 on an ephemeral port. */
-export async function listen(handler: http.RequestListener): Promise<TestServer> {
+/** Listens on 127.0.0.1 on an ephemeral port, or on `port` (rejecting when it is taken). */
+export async function listen(handler: http.RequestListener, requestedPort = 0): Promise<TestServer> {
   const server = http.createServer(handler);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(requestedPort, '127.0.0.1', resolve);
+  });
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${port}`,
@@ -73,13 +76,13 @@ export interface RecordedRequest {
 }
 
 /** A Koa app behind a recorder: every request that reached the service, as the service saw it. */
-export async function listenRecording(app: Koa): Promise<TestServer & { requests: RecordedRequest[] }> {
+export async function listenRecording(app: Koa, port = 0): Promise<TestServer & { requests: RecordedRequest[] }> {
   const requests: RecordedRequest[] = [];
   const callback = app.callback();
   const server = await listen((req, res) => {
     requests.push({ method: req.method ?? '', url: req.url ?? '', headers: { ...req.headers } });
     void callback(req, res);
-  });
+  }, port);
   return Object.assign(server, { requests });
 }
 

@@ -40,6 +40,8 @@ export interface StackOptions {
    * point it at a closed port on purpose.
    */
   withRedis?: boolean | 'down';
+  /** user-service's port (e.g. one of fetch's "bad ports"); default an ephemeral one. */
+  usersPort?: number;
   /** The gateway's tracer (e.g. from an in-memory provider); default the global no-op. */
   tracer?: Tracer;
 }
@@ -49,7 +51,7 @@ export async function startStack(options: StackOptions = {}): Promise<TestStack>
   const quiet = (name: string) => memoryLogger(name).logger;
   // The services hold the gateway's signing key, as deployed: they answer only what the gateway signed.
   const signingKey = TEST_SIGNING_KEY;
-  const users = await listenRecording(await createUsersApp({ logger: quiet('user-service'), signingKey }));
+  const users = await listenRecording(await createUsersApp({ logger: quiet('user-service'), signingKey }), options.usersPort);
   const notifications = await listenRecording(createNotificationsApp({ logger: quiet('notification-service'), signingKey }));
   const orders = await listenRecording(createOrdersApp({ logger: quiet('order-service'), usersUrl: users.url, notificationsUrl: notifications.url, signingKey }));
   const config = testConfig({ users: users.url, orders: orders.url, notifications: notifications.url, ...options.serviceUrls }, options.overrides, options.env);
