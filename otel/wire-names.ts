@@ -221,7 +221,8 @@ const FOREIGN_IDENTITY_HEADER_SET = new Set<string>(FOREIGN_IDENTITY_HEADERS);
 /**
  * Trace context in the other formats tracers and meshes read: B3 (Zipkin, Istio's Envoy), Jaeger's
  * `uber-trace-id` and `uberctx-*` baggage, OpenTracing's `ot-*`, Datadog's, AWS X-Ray's, Google Cloud's, SkyWalking's,
- * Elastic APM's spelling of `traceparent`, New Relic's, Envoy's `x-client-trace-id`. A service (or its sidecar)
+ * Elastic APM's spelling of `traceparent`, New Relic's, Envoy's `x-client-trace-id`, Sentry's `sentry-trace`, Instana's, and
+ * Jaeger's `jaeger-debug-id` (which forces sampling on its own). A service (or its sidecar)
  * whose tracer reads one of them continues that trace and keeps its sampling decision, as it would a client's
  * `traceparent`: dropped with it from a client the gateway does not trust with trace context (`trustTraceparent`).
  */
@@ -238,8 +239,14 @@ export const FOREIGN_TRACE_CONTEXT_HEADERS: ReadonlySet<string> = new Set([
   'elastic-apm-traceparent',
   'newrelic',
   'x-client-trace-id',
+  // Sentry's SDKs continue a `sentry-trace` (trace id, span id, sampled flag) as OpenTelemetry does a `traceparent`.
+  'sentry-trace',
+  // Jaeger's: a `jaeger-debug-id` alone forces the trace it starts to be sampled (debug, kept through downsampling).
+  'jaeger-debug-id',
+  'jaeger-baggage',
 ]);
-export const FOREIGN_TRACE_CONTEXT_HEADER_PREFIXES = ['x-b3-', 'uberctx-', 'ot-tracer-', 'ot-baggage-', 'x-datadog-', 'x-newrelic-'] as const;
+/** Under these prefixes too: B3's, Jaeger's baggage, OpenTracing's, Datadog's, New Relic's, Instana's (`X-INSTANA-T`, `-S`, `-L`: trace, span, level). */
+export const FOREIGN_TRACE_CONTEXT_HEADER_PREFIXES = ['x-b3-', 'uberctx-', 'ot-tracer-', 'ot-baggage-', 'x-datadog-', 'x-newrelic-', 'x-instana-'] as const;
 
 /** Whether a (lower-case) request header name carries trace context in a format other than W3C's. */
 export function isForeignTraceContextHeader(name: string): boolean {

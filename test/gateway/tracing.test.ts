@@ -140,7 +140,7 @@ describe('gateway spans', () => {
     expect(seen.headers.baggage).toBe(`request.id=${response.headers.get(HEADER.requestId)}`);
   });
 
-  /** Trace context in the formats other tracers and meshes read (B3, Jaeger, OpenTracing, Datadog, X-Ray, ...). */
+  /** Trace context in the formats other tracers and meshes read (B3, Jaeger, OpenTracing, Datadog, X-Ray, Sentry, Instana, ...). */
   const foreignTraceContext = {
     b3: `${clientTrace}-b7ad6b7169203331-1`,
     'x-b3-traceid': clientTrace,
@@ -156,6 +156,12 @@ describe('gateway spans', () => {
     'elastic-apm-traceparent': traceparent,
     sw8: '1-forged',
     'x-client-trace-id': clientTrace,
+    'sentry-trace': `${clientTrace}-b7ad6b7169203331-1`,
+    'jaeger-debug-id': 'forced-by-a-client',
+    'jaeger-baggage': 'tenant=evil',
+    'x-instana-t': clientTrace.slice(16),
+    'x-instana-s': 'b7ad6b7169203331',
+    'x-instana-l': '1',
   };
 
   it('never forwards a client’s trace context in another format (B3, Jaeger, X-Ray, ...) by default, nor its _ spelling', async () => {
