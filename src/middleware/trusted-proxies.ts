@@ -33,7 +33,8 @@ const ADDRESSED_HEADERS = ['x-forwarded-host', 'x-forwarded-proto', 'x-forwarded
  * the client is then Koa's `maxIpsCount` (`trustedProxyHops`), counted from the right; `X-Forwarded-Host`,
  * `-Proto` and `-Port` from a trusted proxy are cut here to their entry at the same place, so `ctx.host`,
  * `ctx.protocol` and everything built on them (the services' `X-Forwarded-*`, `Location` rewriting, the host
- * guard, the cache key, spans and logs) read what the outermost trusted proxy saw, not what a client prepended.
+ * guard, the cache key, spans and logs) read what the outermost trusted proxy saw, not what a client prepended;
+ * `Forwarded`, passed on as it came, keeps only the elements the trusted proxies appended, for the same reason.
  *
  * Runs first in the pipeline: Koa caches `ctx.ip` on first read, and tracing reads it for the server span.
  * (Without `trustProxy` Koa ignores these headers anyway; they are removed so no service sees them either.)
@@ -62,6 +63,8 @@ export function createTrustedProxies(options: TrustedProxiesOptions): Middleware
       const value = headers[name];
       if (value !== undefined) headers[name] = trustedEntry(value, hops);
     }
+    const forwarded = headers.forwarded;
+    if (forwarded !== undefined) headers.forwarded = trustedElements(forwarded, hops);
     return next();
   };
 }
@@ -90,6 +93,31 @@ function trustedEntry(value: string | string[], hops: number): string {
   if (!text.includes(',')) return text;
   const entries = text.split(',');
   return entries[Math.max(0, entries.length - hops)]!.trim();
+}
+
+/**
+ * The last `hops` elements of a `Forwarded` value (RFC 7239 4), the ones the trusted proxies appended: a service
+ * reading `Forwarded` (Spring prefers it to `X-Forwarded-*`) takes the first element's `host` and `proto`, which
+ * a client behind an appending proxy would otherwise choose by sending its own. Commas inside quoted strings
+ * separate nothing. A single element (the common case) is returned as it is.
+ */
+function trustedElements(value: string | string[], hops: number): string {
+  const text = Array.isArray(value) ? value.join(',') : value;
+  if (!text.includes(',')) return text;
+  const elements: string[] = [];
+  let start = 0;
+  let quoted = false;
+  for (let index = 0; index < text.length; index++) {
+    const char = text[index];
+    if (char === '"') quoted = !quoted;
+    else if (char === '\\' && quoted) index++;
+    else if (char === ',' && !quoted) {
+      elements.push(text.slice(start, index).trim());
+      start = index + 1;
+    }
+  }
+  elements.push(text.slice(start).trim());
+  return elements.length <= hops ? text : elements.slice(-hops).join(', ');
 }
 
 /** net.BlockList matches IPv4 rules against IPv4-mapped IPv6 peers (`::ffff:10.0.0.1`) too. */

@@ -84,10 +84,10 @@ describe('client addresses behind proxies', () => {
   });
 
   it.each([
-    { desc: 'one trusted hop: the right-most entries', hops: '1', sent: { 'x-forwarded-host': 'evil.example, api.example', 'x-forwarded-proto': 'http, https', 'x-forwarded-port': '1, 8443' }, told: { 'x-forwarded-host': 'api.example', 'x-forwarded-proto': 'https', 'x-forwarded-port': '8443' } },
-    { desc: 'two trusted hops: the outer proxy’s entries', hops: '2', sent: { 'x-forwarded-host': 'evil.example,api.example , inner.internal', 'x-forwarded-proto': 'http, HTTPS, http', 'x-forwarded-port': '1, 8443, 80' }, told: { 'x-forwarded-host': 'api.example', 'x-forwarded-proto': 'https', 'x-forwarded-port': '8443' } },
-    { desc: 'two trusted hops, one entry each', hops: '2', sent: { 'x-forwarded-host': 'api.example', 'x-forwarded-proto': 'https', 'x-forwarded-port': '8443' }, told: { 'x-forwarded-host': 'api.example', 'x-forwarded-proto': 'https', 'x-forwarded-port': '8443' } },
-  ])('with $desc of X-Forwarded-Host/-Proto/-Port, not the ones a client prepended', async ({ hops, sent, told }) => {
+    { desc: 'one trusted hop: the right-most entries', hops: '1', sent: { 'x-forwarded-host': 'evil.example, api.example', 'x-forwarded-proto': 'http, https', 'x-forwarded-port': '1, 8443', forwarded: 'host=evil.example;proto=http, for=192.0.2.1;host=api.example;ext="a, b"' }, told: { 'x-forwarded-host': 'api.example', 'x-forwarded-proto': 'https', 'x-forwarded-port': '8443', forwarded: 'for=192.0.2.1;host=api.example;ext="a, b"' } },
+    { desc: 'two trusted hops: the outer proxy’s entries', hops: '2', sent: { 'x-forwarded-host': 'evil.example,api.example , inner.internal', 'x-forwarded-proto': 'http, HTTPS, http', 'x-forwarded-port': '1, 8443, 80', forwarded: 'host="evil.example, x",for=192.0.2.1;host=api.example , for=10.0.0.1;host=inner.internal' }, told: { 'x-forwarded-host': 'api.example', 'x-forwarded-proto': 'https', 'x-forwarded-port': '8443', forwarded: 'for=192.0.2.1;host=api.example, for=10.0.0.1;host=inner.internal' } },
+    { desc: 'two trusted hops, one entry each', hops: '2', sent: { 'x-forwarded-host': 'api.example', 'x-forwarded-proto': 'https', 'x-forwarded-port': '8443', forwarded: 'for=192.0.2.1;host=api.example' }, told: { 'x-forwarded-host': 'api.example', 'x-forwarded-proto': 'https', 'x-forwarded-port': '8443', forwarded: 'for=192.0.2.1;host=api.example' } },
+  ])('with $desc of X-Forwarded-Host/-Proto/-Port and Forwarded, not the ones a client prepended', async ({ hops, sent, told }) => {
     const stack = await startStack({ env: { TRUST_PROXY: 'true', TRUSTED_PROXY_HOPS: hops }, overrides: { ...limitedRoute, trustedProxies: ['127.0.0.0/8'], allowedHosts: ['api.example'] } });
     try {
       // The host guard reads the same host: the client's `evil.example` would be a 421.
