@@ -1,4 +1,3 @@
-import type { IncomingHttpHeaders } from 'node:http';
 import net from 'node:net';
 import type { Middleware } from 'koa';
 import { isForwardingHeader } from '../../otel/wire-names';
@@ -57,8 +56,9 @@ export function createTrustedProxies(options: TrustedProxiesOptions): Middleware
         return next();
       }
     }
-    const connection = headers.connection;
-    if (connection !== undefined && !USUAL_CONNECTION.has(connection)) dropConnectionListed(headers, connection);
+    // A `Connection` naming a forwarding header is not obeyed here: a proxy that passed its client's `Connection` on
+    // would let the client erase X-Forwarded-For and be taken for the proxy itself (its rate-limit bucket, the address
+    // services see). What a trusted proxy wrote stands.
     for (const name of ADDRESSED_HEADERS) {
       const value = headers[name];
       if (value !== undefined) headers[name] = trustedEntry(value, hops);
@@ -67,21 +67,6 @@ export function createTrustedProxies(options: TrustedProxiesOptions): Middleware
     if (forwarded !== undefined) headers.forwarded = trustedElements(forwarded, hops);
     return next();
   };
-}
-
-/** The `Connection` values nearly every HTTP/1.1 request carries: they name no forwarding header. */
-const USUAL_CONNECTION: ReadonlySet<string> = new Set(['keep-alive', 'Keep-Alive', 'close', 'Close']);
-
-/**
- * A field the request's `Connection` names is for that hop alone (RFC 9110 7.6.1): not forwarded, and so not the
- * trusted proxy's word on the client either. Removed before anything reads it (Koa's `ctx.ip`, `ctx.host`, the
- * services' `X-Forwarded-*`), not just left out of what is forwarded.
- */
-function dropConnectionListed(headers: IncomingHttpHeaders, connection: string): void {
-  for (const listed of connection.split(',')) {
-    const name = listed.trim().toLowerCase();
-    if (isForwardingHeader(name)) delete headers[name];
-  }
 }
 
 /**

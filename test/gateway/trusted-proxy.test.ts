@@ -124,22 +124,20 @@ describe('client addresses behind proxies', () => {
       }).on('error', reject).end();
     });
 
+  // A proxy that passed its client's `Connection` on would let the client name the chain hop-by-hop: were the gateway
+  // to drop what it names, the client would erase X-Forwarded-For and be taken for the proxy itself (its limits, the
+  // address services see). The chain stays as the trusted proxy wrote it.
   it.each([
-    { desc: 'X-Forwarded-For', connection: 'X-Forwarded-For', told: { 'x-forwarded-for': '127.0.0.1' } },
-    { desc: 'X-Forwarded-Host and -Proto among others', connection: 'keep-alive, x-forwarded-host,X-FORWARDED-PROTO', told: { 'x-forwarded-for': '203.0.113.7,127.0.0.1', 'x-forwarded-proto': 'http' } },
-    { desc: 'X-Forwarded-Prefix', connection: 'close, X-Forwarded-Prefix', told: { 'x-forwarded-for': '203.0.113.7,127.0.0.1', 'x-forwarded-host': 'api.example' } },
-  ])('drops $desc named in a trusted proxy’s Connection (hop-by-hop, RFC 9110 7.6.1) before anything reads it', async ({ connection, told }) => {
+    { desc: 'X-Forwarded-For', connection: 'X-Forwarded-For' },
+    { desc: 'X-Forwarded-For among others', connection: 'keep-alive, x-forwarded-for,X-FORWARDED-HOST' },
+  ])('keeps $desc a trusted proxy’s Connection names: no client erases the chain to pose as the proxy', async ({ connection }) => {
     const stack = await startStack({ env: { TRUST_PROXY: 'true', RATE_LIMIT_MAX: '1' }, overrides: { ...limitedRoute, trustedProxies: ['127.0.0.0/8'] } });
     try {
-      const headers = { connection, 'x-forwarded-for': '203.0.113.7', 'x-forwarded-host': 'api.example', 'x-forwarded-proto': 'https', 'x-forwarded-prefix': '/edge' };
+      const headers = { connection, 'x-forwarded-for': '203.0.113.7' };
       expect(await sendWithConnection(stack.gateway.url, '/api/unknown-but-limited', headers)).toBe(200);
-      const seen = stack.users.requests.at(-1)!.headers;
-      expect(seen).toMatchObject(told);
-      const listed = connection.toLowerCase().split(',').map((name) => name.trim());
-      if (listed.includes('x-forwarded-host')) expect(seen['x-forwarded-host']).toBe(new URL(stack.gateway.url).host);
-      if (listed.includes('x-forwarded-prefix')) expect(seen['x-forwarded-prefix']).toBeUndefined();
-      // The rate-limit bucket is the same address: 127.0.0.1 spent, whatever X-Forwarded-For says once listed.
-      if (listed.includes('x-forwarded-for')) expect(await statuses(stack, ['127.0.0.1'])).toEqual([429]);
+      expect(stack.users.requests.at(-1)!.headers['x-forwarded-for']).toBe('203.0.113.7,127.0.0.1');
+      // The client's bucket was spent, not the proxy's.
+      expect(await statuses(stack, ['203.0.113.7', '127.0.0.1'])).toEqual([429, 200]);
     } finally {
       await stack.close();
     }
