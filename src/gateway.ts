@@ -1,4 +1,3 @@
-import Router from '@koa/router';
 import { trace, type Tracer } from '@opentelemetry/api';
 import Koa from 'koa';
 import type { Logger } from '../otel/logger';
@@ -13,7 +12,7 @@ import { createAuthorize } from './middleware/authorize';
 import { createResponseCache } from './middleware/cache';
 import { createCors } from './middleware/cors';
 import { createErrorHandler } from './middleware/errors';
-import { createHealth, createReadiness } from './middleware/health';
+import { createHealth, createProbeEndpoints, createReadiness } from './middleware/health';
 import { createLogin, createLoginEndpoint } from './middleware/login';
 import { createPathGuard } from './middleware/path-guard';
 import { createProxy } from './middleware/proxy';
@@ -153,11 +152,8 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   ];
   const headerRules = new Map(config.routes.map((route) => [route.name, compileHeaderRules({ rules: route.headers, hideUpstreamHeaders })] as const));
 
-  // Answered by the gateway itself.
-  // Probes: case-sensitive and strict, `/HEALTH` and `/health/` are not these.
-  const ownEndpoints = new Router({ sensitive: true, strict: true })
-    .get('/health', createHealth())
-    .get('/ready', createReadiness({ check: readiness, stopping: deps.stopping }));
+  // Answered by the gateway itself: the probes (exact paths, GET and HEAD) and the login.
+  const probes = createProbeEndpoints({ health: createHealth(), ready: createReadiness({ check: readiness, stopping: deps.stopping }) });
   // Login matches as routes do (any case, a trailing slash): a client's `/api/auth/login/` is the login.
   const login = createLoginEndpoint(config.auth.loginPath, createLogin({ tokens, tracer, logger, sign, users: pools.get('users')!, bodyLimitBytes: config.auth.loginBodyLimitBytes, bodyRate, clientLimit: loginLimiter, accountLimit: loginAccountLimiter }));
 
@@ -181,10 +177,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   if (guardHost) app.use(guardHost);
   app.use(createClientHeaderPolicy({ underscores: config.headersWithUnderscores, trustTraceContext: config.trustTraceparent }));
   app.use(createCors({ defaults: config.cors, byRoute: new Map(config.routes.flatMap((route) => (route.cors === undefined ? [] : [[route.name, route.cors] as const]))), routes }));
-  // Only the probes' own paths go through the router: matching every proxied request against its table cost
-  // ~4k instructions a request (callgrind), for an answer the two exact paths alone decide.
-  const probes = ownEndpoints.routes() as unknown as Koa.Middleware;
-  app.use((ctx, next) => (ctx.path === '/health' || ctx.path === '/ready' ? probes(ctx, next) : next()));
+  app.use(probes);
   app.use(login);
   app.use(createRouteMatch({ routes }));
   app.use(createRouteRateLimit({ fallback: limiter('default', config.rateLimit), byRoute: routeLimiters, byCaller }));

@@ -1,6 +1,6 @@
 import type { Context, Middleware } from 'koa';
 import { HEADER } from '../../otel/wire-names';
-import { DEFAULT_RETRY_AFTER_SECONDS } from '../errors';
+import { DEFAULT_RETRY_AFTER_SECONDS, GatewayError } from '../errors';
 import { isServiceUp, type ProbeRound, type ReadinessCheck } from '../readiness';
 import type { UpstreamPool } from '../upstream-pool';
 
@@ -87,5 +87,34 @@ export function createReadinessDetails(options: ReadinessDetailsOptions): Middle
     );
     answerReadiness(ctx, ready, check.cacheMs);
     ctx.body = { status: ready ? 'ready' : 'degraded', checkedAt: round.startedAt, services };
+  };
+}
+
+export interface ProbeEndpointsOptions {
+  /** `GET /health` (createHealth). */
+  health: Middleware;
+  /** `GET /ready` (createReadiness). */
+  ready: Middleware;
+}
+
+const PROBE_METHODS = 'GET, HEAD';
+
+/**
+ * The gateway's own `/health` and `/ready` on the public listener: exact paths, case-sensitive, no trailing slash
+ * (`/HEALTH` and `/health/` are not these, and go on to route matching). Any method but GET and HEAD is 405 with
+ * `Allow: GET, HEAD`, as the internal listener and every route answer one (it fell through to route matching and
+ * answered 404 `not_found` for a resource that exists). `ctx.routerPath` names the probe for spans and metrics.
+ */
+export function createProbeEndpoints(options: ProbeEndpointsOptions): Middleware {
+  const { health, ready } = options;
+  return function answerProbe(ctx, next) {
+    const path = ctx.path;
+    const probe = path === '/health' ? health : path === '/ready' ? ready : undefined;
+    if (probe === undefined) return next();
+    ctx.routerPath = path;
+    if (ctx.method !== 'GET' && ctx.method !== 'HEAD') {
+      throw new GatewayError('method_not_allowed', `${path} accepts ${PROBE_METHODS}.`, { headers: { Allow: PROBE_METHODS } });
+    }
+    return probe(ctx, next);
   };
 }

@@ -58,6 +58,22 @@ describe('health', () => {
     expect(stack.serviceRequests()).toHaveLength(0);
   });
 
+  // The probes exist for every method: another one is 405 with what they accept, as on the internal listener and
+  // on every route, not the 404 `not_found` of a path the gateway does not know. Look-alike paths stay unknown.
+  it('answers other methods to /health and /ready with 405 and Allow: GET, HEAD', async () => {
+    stack = await startStack();
+    for (const [method, path] of [['POST', '/health'], ['DELETE', '/ready'], ['PUT', '/health'], ['PATCH', '/ready']] as const) {
+      const response = await fetch(`${stack.gateway.url}${path}`, { method });
+      const body = await response.json();
+      expect([method, path, response.status, response.headers.get('allow'), response.headers.get('content-type'), body.code]).toEqual([method, path, 405, 'GET, HEAD', 'application/problem+json', 'method_not_allowed']);
+      expect(body.requestId).toBe(response.headers.get('x-request-id'));
+    }
+    expect((await fetch(`${stack.gateway.url}/ready`, { method: 'HEAD' })).status).toBe(200);
+    expect((await fetch(`${stack.gateway.url}/health/`, { method: 'POST' })).status).toBe(404);
+    expect((await fetch(`${stack.gateway.url}/HEALTH`, { method: 'POST' })).status).toBe(404);
+    expect(stack.serviceRequests().filter((request) => !request.url.startsWith('/health'))).toHaveLength(0);
+  });
+
   it('GET /ready is 200 with the real services up', async () => {
     stack = await startStack();
     const { status, body } = await getJson(`${stack.gateway.url}/ready`);
