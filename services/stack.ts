@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
-import { loadConfig, type GatewayConfig } from '../src/config';
+import { describeRouteAccess, loadConfig, type GatewayConfig } from '../src/config';
 
 /**
  * `npm start`: the gateway and the three services as four processes on one machine, the way
@@ -179,7 +179,7 @@ function banner({ url: gatewayUrl, certFile }: GatewayAddress): string {
   const routes = config.routes.map((route) => {
     const methods = route.methods ? `${route.methods.join(',')} ` : '';
     const path = `${methods}${route.prefix}${route.exact ? '' : '/*'}`;
-    const access = route.roles ? `roles: ${route.roles.join(', ')}` : route.auth === 'public' ? 'public' : 'token';
+    const access = describeRouteAccess(route, config.consumers.length > 0);
     return `  ${path.padEnd(28)} -> ${route.service} ${route.upstreamPath || '/'}  (${access})`;
   });
   return [

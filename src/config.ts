@@ -758,6 +758,18 @@ function describe(value: unknown): string {
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
+/**
+ * Who a route lets in, in the words of `npm start`'s banner: `public`, the credentials it accepts (`token`,
+ * `API key`, `token or API key`: a `required` route accepts a key as well once consumers are declared), and its
+ * roles when it names some.
+ */
+export function describeRouteAccess(route: Pick<RouteConfig, 'auth' | 'roles'>, consumersDeclared: boolean): string {
+  if (route.auth === 'public') return 'public';
+  const methods: readonly AuthMethod[] = route.auth === 'required' ? (consumersDeclared ? ['jwt', 'apiKey'] : ['jwt']) : route.auth.methods;
+  const credentials = methods.map((method) => (method === 'jwt' ? 'token' : 'API key')).join(' or ');
+  return route.roles ? `${credentials}; roles: ${route.roles.join(', ')}` : credentials;
+}
+
 export interface ParseOptions {
   /**
    * The secret to use when none is configured, instead of a fresh random one: a reload keeps the running

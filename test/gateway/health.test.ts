@@ -64,7 +64,7 @@ describe('health', () => {
     stack = await startStack();
     for (const [method, path] of [['POST', '/health'], ['DELETE', '/ready'], ['PUT', '/health'], ['PATCH', '/ready']] as const) {
       const response = await fetch(`${stack.gateway.url}${path}`, { method });
-      const body = await response.json();
+      const body = (await response.json()) as { code?: string; requestId?: string };
       expect([method, path, response.status, response.headers.get('allow'), response.headers.get('content-type'), body.code]).toEqual([method, path, 405, 'GET, HEAD', 'application/problem+json', 'method_not_allowed']);
       expect(body.requestId).toBe(response.headers.get('x-request-id'));
     }

@@ -1,7 +1,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ConfigError, GATEWAY_ENV_VARIABLES, loadConfig, MAX_ROUTE_NAME_LENGTH, parseConfig, PUBLISHED_JWT_SECRETS } from '../../src/config';
+import { ConfigError, describeRouteAccess, GATEWAY_ENV_VARIABLES, loadConfig, MAX_ROUTE_NAME_LENGTH, parseConfig, PUBLISHED_JWT_SECRETS } from '../../src/config';
 import { shippedConfigFile, TEST_JWT_SECRET, TEST_SIGNING_KEY } from '../helpers/test-config';
 
 describe('gateway config', () => {
@@ -183,5 +183,20 @@ describe('gateway config', () => {
     expect(() => loadConfig({ GATEWAY_CONFIG: 'missing.json' }, dir)).toThrow(/^config: GATEWAY_CONFIG: cannot read .*missing\.json \(ENOENT\)/);
     writeFileSync(path.join(dir, 'broken.json'), '{ "port": ');
     expect(() => loadConfig({ GATEWAY_CONFIG: 'broken.json' }, dir)).toThrow(/broken\.json: not valid JSON/);
+  });
+});
+
+// `npm start`'s banner said `token` for every protected route, also for one that takes API keys only.
+describe('describeRouteAccess', () => {
+  it.each([
+    [{ auth: 'public' as const }, false, 'public'],
+    [{ auth: 'required' as const }, false, 'token'],
+    [{ auth: 'required' as const }, true, 'token or API key'],
+    [{ auth: 'required' as const, roles: ['admin'] as [string] }, false, 'token; roles: admin'],
+    [{ auth: { methods: ['apiKey'] as ['apiKey'] } }, true, 'API key'],
+    [{ auth: { methods: ['jwt'] as ['jwt'] } }, true, 'token'],
+    [{ auth: { methods: ['apiKey', 'jwt'] as ['apiKey', 'jwt'] }, roles: ['ops', 'admin'] as [string, string] }, true, 'API key or token; roles: ops, admin'],
+  ])('%j (consumers declared: %s) -> %s', (route, consumersDeclared, text) => {
+    expect(describeRouteAccess(route, consumersDeclared)).toBe(text);
   });
 });
