@@ -323,7 +323,8 @@ function newRequestId(): string {
   return randomUUID().replaceAll('-', '');
 }
 
-interface ServerProblem {
+/** An answer a server writes itself as problem+json (RFC 9457), outside any pipeline. */
+export interface ServerProblem {
   status: number;
   title: string;
   code: string;
@@ -702,7 +703,8 @@ function servingHosts(hosts: ServedHosts, handler: http.RequestListener): http.R
 
 const TWO_HOST_LINES: ServerProblem = { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request carries more than one Host field line.' };
 
-function answerInternal(response: http.ServerResponse, problem: ServerProblem): void {
+/** Answers on an internal listener (admin, metrics) as every answer the gateway writes itself: problem+json with a request id. */
+export function answerInternal(response: http.ServerResponse, problem: ServerProblem): void {
   const { body, headers } = problemAnswer(undefined, problem);
   response.writeHead(problem.status, problem.title, headers).end(body);
 }

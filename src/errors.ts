@@ -15,6 +15,8 @@ export const ERROR_CATALOG = {
   forbidden: { status: 403, title: 'Forbidden' },
   route_not_found: { status: 404, title: 'Not found' },
   method_not_allowed: { status: 405, title: 'Method not allowed' },
+  /** The metrics listener's (src/metrics.ts): an `Accept` that takes neither exposition format. */
+  not_acceptable: { status: 406, title: 'Not acceptable' },
   request_timeout: { status: 408, title: 'Request timeout' },
   payload_too_large: { status: 413, title: 'Payload too large' },
   unsupported_media_type: { status: 415, title: 'Unsupported media type' },

@@ -2,7 +2,7 @@ import cluster, { type Worker } from 'node:cluster';
 import http from 'node:http';
 import { gzip } from 'node:zlib';
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, type OpenMetricsContentType } from 'prom-client';
-import { isScrapeHost, listenInternal, type InternalListener, type InternalListenerOptions, type ServedHosts } from '../otel/lifecycle';
+import { answerInternal, isScrapeHost, listenInternal, type InternalListener, type InternalListenerOptions, type ServedHosts, type ServerProblem } from '../otel/lifecycle';
 import type { Logger } from '../otel/logger';
 import { HEADER, METRIC, METRIC_LABEL, RATE_LIMIT_DECISIONS, type RateLimitDecision } from '../otel/wire-names';
 import type { ErrorCode } from './errors';
@@ -151,6 +151,19 @@ export function metricsRequestListener(metrics: Pick<GatewayMetrics, 'registry' 
   return scrapeListener(() => metrics.registry.getMetricsAsJSON() as Promise<unknown> as Promise<MetricFamilyJSON[]>, metrics.startedAtMs, logger);
 }
 
+// The listener's refusals, problem+json with a request id as every answer the gateway writes itself (README's
+// error table); they were text/plain.
+const NOT_FOUND: ServerProblem = { status: 404, title: 'Not found', code: 'route_not_found', detail: 'The metrics are at GET /metrics.' };
+const METHOD_NOT_ALLOWED: ServerProblem = { status: 405, title: 'Method not allowed', code: 'method_not_allowed', detail: 'The metrics are read with GET (or HEAD).', headers: { Allow: 'GET, HEAD' } };
+const NOT_ACCEPTABLE: ServerProblem = {
+  status: 406,
+  title: 'Not acceptable',
+  code: 'not_acceptable',
+  detail: `The metrics are served as ${Object.values(EXPOSITION_CONTENT_TYPE).join(', or ')}.`,
+  headers: { Vary: 'Accept' },
+};
+const SCRAPE_FAILED: ServerProblem = { status: 500, title: 'Internal error', code: 'internal', detail: 'The metrics could not be collected.' };
+
 /**
  * The scrape endpoint around `collect` (the registry as `getMetricsAsJSON()` gives it), counting since
  * `startedAtMs`. The format is negotiated (RFC 9110 12.5.1, as OpenMetrics' "Protocol Negotiation" asks): a
@@ -160,25 +173,14 @@ function scrapeListener(collect: (workerWaitMs: number) => Promise<MetricFamilyJ
   return function serveMetrics(req, res) {
     // One Host line, an absolute-form target taken as its origin form, and the host checked: listenInternal (SCRAPE_HOSTS).
     const path = (req.url ?? '').split('?', 1)[0];
-    if (path !== '/metrics') {
-      res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('Not found: the metrics are at GET /metrics.\n');
-      return;
-    }
+    if (path !== '/metrics') return answerInternal(res, NOT_FOUND);
     // RFC 9110 15.5.6: the resource exists, the method is not one it takes; 405 names the ones it does.
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.writeHead(405, { 'content-type': 'text/plain; charset=utf-8', allow: 'GET, HEAD' }).end('Method not allowed: the metrics are read with GET (or HEAD).\n');
-      return;
-    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') return answerInternal(res, METHOD_NOT_ALLOWED);
     const format = negotiateExposition(req.headers.accept);
-    if (format === undefined) {
-      res
-        .writeHead(406, { 'content-type': 'text/plain; charset=utf-8', vary: 'Accept' })
-        .end(`Not acceptable: the metrics are served as ${Object.values(EXPOSITION_CONTENT_TYPE).join(', or ')}.\n`);
-      return;
-    }
+    if (format === undefined) return answerInternal(res, NOT_ACCEPTABLE);
     const failed = (error: unknown) => {
       logger?.error('metrics scrape failed', { error: error instanceof Error ? error.message : String(error) });
-      res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' }).end('The metrics could not be collected.\n');
+      answerInternal(res, SCRAPE_FAILED);
     };
     // Prometheus asks for gzip on every scrape: the text of a gateway with many routes is mostly repeated labels.
     const coding = negotiateCoding(req.headers['accept-encoding']);

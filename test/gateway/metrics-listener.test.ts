@@ -71,6 +71,20 @@ describe('the metrics listener (listenMetrics)', () => {
     expect({ status: response.status, allow: response.headers.get('allow') }).toEqual({ status: 405, allow: 'GET, HEAD' });
   });
 
+  // Every answer the gateway writes itself is problem+json with its request id (README's error table); these were
+  // text/plain.
+  it.each([
+    { desc: 'another path', method: 'GET', path: '/', accept: '*/*', status: 404, code: 'route_not_found' },
+    { desc: 'another method', method: 'DELETE', path: '/metrics', accept: '*/*', status: 405, code: 'method_not_allowed' },
+    { desc: 'an Accept neither format meets', method: 'GET', path: '/metrics', accept: 'application/json', status: 406, code: 'not_acceptable' },
+  ])('answers $desc as problem+json with a request id ($status $code)', async ({ method, path, accept, status, code }) => {
+    const response = await fetch(`${listener.url}${path}`, { method, headers: { accept } });
+    const problem = (await response.json()) as { status?: number; code?: string; type?: string; requestId?: string };
+    expect([response.status, response.headers.get('content-type'), problem.status, problem.code, problem.type]).toEqual([status, 'application/problem+json', status, code, `urn:koa-gateway:problem:${code}`]);
+    expect(problem.requestId).toMatch(/^[0-9a-f]{32}$/);
+    expect(response.headers.get('x-request-id')).toBe(problem.requestId);
+  });
+
   /** A scrape with the Host a browser would send (fetch cannot set Host). */
   const scrape = (host: string) =>
     new Promise<number>((resolve, reject) => {
