@@ -44,8 +44,16 @@ const SERVICE_BY_ENTRY_SCRIPT: ReadonlyArray<readonly [RegExp, ServiceName]> = [
   [/(^|\/)services\/notifications\/main\.[cm]?[jt]s$/, SERVICE_NAME.notifications],
 ];
 
-/** Incoming requests that make no trace: health probes would otherwise fill Jaeger every few seconds. */
+/** The probes' paths: health checks would otherwise fill Jaeger every few seconds (and the metrics with them). */
 export const UNTRACED_PATHS: readonly string[] = ['/health', '/ready'];
+
+/**
+ * A probe: GET or HEAD (the same endpoints answer both) to a probe's path. Neither traced nor counted; any other
+ * method there is a request like any other (a 405), traced and counted as one, so its metric's exemplar has a span.
+ */
+export function isProbeRequest(path: string, method: string): boolean {
+  return (method === 'GET' || method === 'HEAD') && UNTRACED_PATHS.includes(path);
+}
 
 /**
  * The `OTEL_TRACES_SAMPLER` values the SDK for Node implements (jaeger_remote and xray need extra packages).

@@ -2,7 +2,7 @@ import { trace } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import type { RejectedRequest } from '../../otel/lifecycle';
 import { clientLeft, onResponseClosed, sentStatus } from '../response-closed';
-import { UNTRACED_PATHS } from '../../otel/telemetry-config';
+import { isProbeRequest } from '../../otel/telemetry-config';
 import { KNOWN_HTTP_METHODS, OTHER_HTTP_METHOD, recordedMethod } from '../../otel/http-method';
 import { ERROR_TYPE, METRIC_LABEL, METRIC_LABEL_VALUE } from '../../otel/wire-names';
 import { AUTH_FAILURE_CODES, type GatewayMetrics } from '../metrics';
@@ -33,7 +33,7 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
 
   // Not async: it has nothing to do after next(), so it hands next()'s promise on instead of awaiting it.
   return function recordRequestMetrics(ctx, next) {
-    if (UNTRACED_PATHS.includes(ctx.path) && isProbeMethod(ctx.method)) return next();
+    if (isProbeRequest(ctx.path, ctx.method)) return next();
     const started = performance.now();
     // As the SERVER span records it: a method outside the conventions' list is `_OTHER`, so a client cannot mint series.
     const method = recordedMethod(ctx.method);
@@ -56,11 +56,6 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
     });
     return next();
   };
-}
-
-/** What a probe sends (`HEAD` is answered by the same endpoints as `GET`). */
-function isProbeMethod(method: string): boolean {
-  return method === 'GET' || method === 'HEAD';
 }
 
 /**

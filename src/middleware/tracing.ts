@@ -18,7 +18,7 @@ import {
 } from '@opentelemetry/semantic-conventions';
 import { recordedMethod, spanNameMethod } from '../../otel/http-method';
 import { redactQuery } from '../../otel/redact-url';
-import { UNTRACED_PATHS } from '../../otel/telemetry-config';
+import { isProbeRequest } from '../../otel/telemetry-config';
 import { TRACE_FLAG_RANDOM } from '../../otel/trace-context';
 import { setRandomTraceIdFlag, traceresponseOf, TraceContextPropagator } from '../../otel/trace-context-propagator';
 import { TRACE_ID_FROM_REQUEST_ID, traceIdFromRequestId, withTraceId } from '../../otel/trace-ids';
@@ -100,8 +100,8 @@ export function createTracing(options: TracingOptions): Middleware {
 
   return async function traceRequest(ctx, next) {
     const headers = ctx.req.headers;
-    // Probes (compose health checks every few seconds) would drown the traces that matter.
-    const traced = !UNTRACED_PATHS.includes(ctx.path);
+    // Probes (compose health checks every few seconds) would drown the traces that matter; a POST there is no probe.
+    const traced = !isProbeRequest(ctx.path, ctx.method);
     const parent = traced && trust ? trustedParent(w3c, headers) : ROOT_CONTEXT;
     // Deleted only when present: a `delete` of an absent key still costs a runtime call per request.
     if (headers[HEADER.traceparent] !== undefined) delete headers[HEADER.traceparent];

@@ -228,6 +228,16 @@ describe('gateway spans', () => {
     expect(serverSpans().filter((span) => span !== markerSpan)).toEqual([]);
   });
 
+  // Only GET and HEAD there are probes: a POST /health is a request like any other (a 405), traced as the metrics
+  // count it, so its exemplar names a span.
+  it('traces other methods to the probes, named by the probe path', async () => {
+    const response = await fetch(`${stack.gateway.url}/health`, { method: 'POST' });
+    await response.arrayBuffer();
+    expect(response.status).toBe(405);
+    const span = await serverSpanOf(response.headers.get(HEADER.requestId)!);
+    expect([span.name, span.attributes['http.route'], span.attributes['http.response.status_code']]).toEqual(['POST /health', '/health', 405]);
+  });
+
   it('marks 5xx server spans as errors with the error code, and keeps tokens out of attributes', async () => {
     const response = await fetch(`${stack.gateway.url}/api/users/1?token=${token}`, { headers: { authorization: `Bearer ${token}` } });
     await response.arrayBuffer();
