@@ -4,7 +4,7 @@ import http2, { type Http2ServerResponse } from 'node:http2';
 import { isIP, type Server, type Socket } from 'node:net';
 import tls from 'node:tls';
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type SpanContext, type Tracer } from '@opentelemetry/api';
-import { ATTR_CLIENT_ADDRESS, ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_URL_SCHEME } from '@opentelemetry/semantic-conventions';
+import { ATTR_CLIENT_ADDRESS, ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_URL_SCHEME } from '@opentelemetry/semantic-conventions';
 import type Koa from 'koa';
 import { recordedMethod, spanNameMethod } from './http-method';
 import { logLine, type Logger } from './logger';
@@ -83,7 +83,7 @@ const lastResponse = new WeakMap<Socket, http.ServerResponse>();
 export interface RejectedRequest {
   status: number;
   code: string;
-  /** Its method, when its head was parsed (an HTTP/1 CONNECT); unknown otherwise. */
+  /** Its method, when its head was parsed (an HTTP/1 CONNECT) or its request line was whole (a method the parser does not know); unknown otherwise. */
   method?: string;
   /** The id its answer carries (minted: nothing of the request can be trusted). */
   requestId: string;
@@ -157,7 +157,7 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
   if (inFlight) return void answerProblem(inFlight, problem);
   // A connection that never sent a byte (a browser's or a balancer's pre-connect) timed out: no request to record.
   if (socket.bytesRead === 0) return void endWithProblem(socket, problem);
-  const rejection = recordRejected({ status: problem.status, code: problem.code }, socket);
+  const rejection = recordRejected({ status: problem.status, code: problem.code, method: problem.code === METHOD_NOT_IMPLEMENTED.code ? requestLineMethod(error) : undefined }, socket);
   endWithProblem(socket, answering(problem, rejection), rejection.requestId);
   rejection.record();
 }
@@ -239,6 +239,8 @@ function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejecte
     // A head that never parsed has no method: `_OTHER`, as the metrics count it.
     const recorded = recordedMethod(method);
     attributes[ATTR_HTTP_REQUEST_METHOD] = recorded;
+    // A method the gateway does not know (the 501's `FOO`) is `_OTHER`, with what the client sent beside it (semconv).
+    if (method !== undefined && method !== recorded) attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = method;
     attributes[ATTR_HTTP_RESPONSE_STATUS_CODE] = status;
     // Known without the head: the listener's (an HTTP/2 CONNECT's socket stands for its session's TLS socket).
     attributes[ATTR_URL_SCHEME] = (socket as Partial<tls.TLSSocket>).encrypted === true ? 'https' : 'http';
@@ -501,6 +503,18 @@ const REQUEST_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\xff]+ HTTP\/1\.[01]\r?
  */
 function unknownMethod(error: NodeJS.ErrnoException & { rawPacket?: Buffer }): boolean {
   return error.code === 'HPE_INVALID_METHOD' && error.rawPacket !== undefined && REQUEST_LINE.test(error.rawPacket.toString('latin1', 0, 8192));
+}
+
+/** Longest method recorded from a refused request line: a token, but of any length the head allows. */
+const MAX_RECORDED_METHOD_LENGTH = 32;
+
+/**
+ * The method of a request line `unknownMethod` took for whole, for its span (`http.request.method_original`), log
+ * line and metrics (as `_OTHER`); none when longer than MAX_RECORDED_METHOD_LENGTH.
+ */
+function requestLineMethod(error: NodeJS.ErrnoException & { rawPacket?: Buffer }): string | undefined {
+  const space = error.rawPacket?.indexOf(0x20) ?? -1;
+  return space > 0 && space <= MAX_RECORDED_METHOD_LENGTH ? error.rawPacket!.toString('latin1', 0, space) : undefined;
 }
 
 const VERSION_NOT_SUPPORTED: ServerProblem = { status: 505, title: 'HTTP version not supported', code: 'http_version_not_supported', detail: 'The gateway speaks HTTP/1.0, HTTP/1.1 and HTTP/2 (by ALPN over TLS).' };

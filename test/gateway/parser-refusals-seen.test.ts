@@ -1,6 +1,6 @@
 import net from 'node:net';
 import { SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
-import { ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_URL_SCHEME } from '@opentelemetry/semantic-conventions';
+import { ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_URL_SCHEME } from '@opentelemetry/semantic-conventions';
 import { runServer, type RejectedRequest, type RunningServer } from '../../otel/lifecycle';
 import { ACCESS_LINE_FIELDS, ACCESS_LINE_MESSAGE, ATTR, LOG_FIELD } from '../../otel/wire-names';
 import { createGateway } from '../../src/gateway';
@@ -94,12 +94,16 @@ describe('requests the HTTP parser refuses are seen', () => {
     expect(span.attributes).toMatchObject({ [ATTR_HTTP_RESPONSE_STATUS_CODE]: status, [ATTR.errorCode]: code, [ATTR_URL_SCHEME]: 'http' });
     // As for every SERVER span (semconv): a 5xx is an error, its `error.type` the status code; a 4xx is the client's.
     expect([span.status, span.attributes[ATTR_ERROR_TYPE]]).toEqual(status >= 500 ? [{ code: SpanStatusCode.ERROR, message: code }, String(status)] : [{ code: SpanStatusCode.UNSET }, undefined]);
-    // Its method never parsed: `_OTHER` and `HTTP`, as the metrics count it (semconv).
+    // Its method never parsed, or is none the gateway knows: `_OTHER` and `HTTP`, as the metrics count it (semconv).
     expect([span.name, span.attributes[ATTR_HTTP_REQUEST_METHOD]]).toEqual(['HTTP', '_OTHER']);
     // The id the client got opens the trace, and the log line points at the span.
     expect(span.spanContext().traceId).toBe(requestId);
     expect(logged[0]).toMatchObject({ [LOG_FIELD.traceId]: requestId, [LOG_FIELD.spanId]: span.spanContext().spanId });
-    expect(rejected.filter((each) => each.requestId === requestId)).toEqual([{ status, code, requestId, spanContext: span.spanContext() }]);
+    // A method the parser does not know came in a whole request line: it is recorded beside `_OTHER` (semconv's
+    // http.request.method_original); a head that never parsed has none.
+    const method = code === 'method_not_implemented' ? 'get' : undefined;
+    expect(span.attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL]).toBe(method);
+    expect(rejected.filter((each) => each.requestId === requestId)).toEqual([{ status, code, requestId, spanContext: span.spanContext(), ...(method ? { method } : {}) }]);
     // As every answer of the pipeline does (sampled, and random: the minted id is).
     expect(/\r\ntraceresponse: ([^\r]*)\r\n/i.exec(answer)?.[1]).toBe(`00-${requestId}-${span.spanContext().spanId}-03`);
     expect(await counted()).toBe(countBefore + 1);

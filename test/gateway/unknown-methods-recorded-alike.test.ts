@@ -80,9 +80,12 @@ describe('a method the gateway does not know is recorded alike over HTTP/1.1 and
     await waitFor(() => lines.some((line) => line.message === ACCESS_LINE_MESSAGE && line.request_id === requestId), 'the access line');
     await waitFor(() => tracing.spans().some((span) => span.attributes[ATTR.requestId] === requestId), 'the SERVER span');
     const logged = lines.filter((line) => line.request_id === requestId);
-    expect(logged.map((line) => [line.message, line.level, line.error_code])).toEqual([[ACCESS_LINE_MESSAGE, 'warn', 'method_not_implemented']]);
+    expect(logged.map((line) => [line.message, line.level, line.error_code, line.method])).toEqual([[ACCESS_LINE_MESSAGE, 'warn', 'method_not_implemented', method]]);
     expect(lines.filter((line) => line.level === 'error')).toEqual([]);
     const spans = tracing.spans().filter((span) => span.attributes[ATTR.requestId] === requestId);
     expect(spans.map((span) => ({ status: span.status.code, errorType: span.attributes[ATTR_ERROR_TYPE], events: span.events.map((event) => event.name) }))).toEqual([{ status: SpanStatusCode.ERROR, errorType: '501', events: [] }]);
+    // The method as semconv records one it does not know: `_OTHER`, and the client's beside it (HTTP/1.1's parser
+    // refused it before the pipeline, which records it so over HTTP/2).
+    expect(spans.map((span) => [span.name, span.attributes['http.request.method'], span.attributes['http.request.method_original']])).toEqual([['HTTP', '_OTHER', method]]);
   });
 });
