@@ -31,6 +31,15 @@ export function configVersion(config: GatewayConfig): string {
   return createHash('sha256').update(JSON.stringify({ ...config, auth, proxy })).digest('hex').slice(0, 12);
 }
 
+/**
+ * Whether two configs sign and verify with the same keys: the JWT secret and the signing key, which the version
+ * leaves out. A reload that changes only one of them (a leaked secret rotated in the file) is a change all the
+ * same: it was answered `unchanged` and not applied, and the old secret went on minting tokens that verified.
+ */
+export function sameKeys(a: GatewayConfig, b: GatewayConfig): boolean {
+  return a.auth.secret === b.auth.secret && a.proxy.signingKey === b.proxy.signingKey;
+}
+
 /** The configuration a gateway runs, with its version and when it was loaded (ISO time). */
 export interface ActiveConfig {
   config: GatewayConfig;
@@ -84,9 +93,15 @@ export function checkReload(running: ActiveConfig, load: () => GatewayConfig, lo
     logger.warn('config reload refused; the running config keeps serving', { reason: error.message, version: running.version });
     return { ok: false, reason: error.message };
   }
+  // A generated secret is this process's own: while none is configured a reload keeps the running one (its tokens
+  // stay valid), whichever secret the read made up (a start with a configured one has none to hand the reader).
+  if (loaded.auth.secretSource === 'generated' && running.config.auth.secretSource === 'generated' && loaded.auth.secret !== running.config.auth.secret) {
+    loaded = deepFreeze({ ...loaded, auth: { ...loaded.auth, secret: running.config.auth.secret } }) as unknown as GatewayConfig;
+  }
   const { config, pendingRestart } = keepRestartOnly(running.config, loaded);
   const next = activeConfig(config, pendingRestart);
-  const changed = next.version !== running.version;
+  // The version leaves the keys out (configVersion), so a change of keys alone keeps it: applied under the same version.
+  const changed = next.version !== running.version || !sameKeys(running.config, next.config);
   if (pendingRestart.length > 0) logger.warn('config keys changed that apply only after a restart; running values kept', { keys: pendingRestart });
   if (!changed) logger.info('config reload: no change', { version: running.version });
   return { ok: true, next: changed ? next : { ...running, pendingRestart }, changed };
@@ -174,7 +189,7 @@ export interface LiveGateway {
   readonly adminListener: http.RequestListener;
   active(): ActiveConfig;
   /**
-   * Builds `next` and swaps it in (only its `pendingRestart` is taken when the version is the running one); on
+   * Builds `next` and swaps it in (only its `pendingRestart` is taken when the version and keys are the running ones); on
    * a build failure logs it, keeps the running app and returns why (undefined once applied).
    */
   apply(next: ActiveConfig): string | undefined;
@@ -218,7 +233,7 @@ export function createLiveGateway(initial: ActiveConfig, build: BuildGateway, lo
     adminListener: (req, res) => serving.adminListener(req, res),
     active: () => active,
     apply(next) {
-      if (next.version === active.version) {
+      if (next.version === active.version && sameKeys(next.config, active.config)) {
         active = next;
         return undefined;
       }

@@ -300,14 +300,18 @@ export function runPrimary(options: PrimaryOptions): void {
     }
   }
 
-  /** Resolves once every live worker runs `version` (undefined), or with why not: one could not build it, or time ran out. */
-  function allApplied(version: string): Promise<string | undefined> {
+  /**
+   * Resolves once every live worker runs `applied` (undefined), or with why not: one could not build it, or time ran
+   * out. Known by its version and load time: a reload that changed only the keys keeps the version (sameKeys).
+   */
+  function allApplied(applied: ActiveConfig): Promise<string | undefined> {
+    const { version } = applied;
     return new Promise((resolve) => {
       const check = () => {
         const live = slots.filter((slot) => slot.worker);
         const failed = live.find((slot) => slot.applyFailed !== undefined);
         if (failed) return finish(`worker ${failed.worker!.id} could not build version ${version}: ${failed.applyFailed}`);
-        if (live.every((slot) => slot.version === version)) return finish(undefined);
+        if (live.every((slot) => slot.version === version && slot.loadedAt === applied.loadedAt)) return finish(undefined);
       };
       const timer = setTimeout(() => finish(`not every worker could apply version ${version} within ${APPLY_TIMEOUT_MS} ms`), APPLY_TIMEOUT_MS);
       const finish = (why: string | undefined) => {
@@ -330,7 +334,7 @@ export function runPrimary(options: PrimaryOptions): void {
       if (check.changed) {
         for (const slot of slots) slot.applyFailed = undefined;
         for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'apply', active });
-        const notApplied = await allApplied(active.version);
+        const notApplied = await allApplied(active);
         if (notApplied !== undefined) {
           active = previous;
           for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'apply', active });

@@ -1,7 +1,10 @@
-import { ATTR } from '../../otel/wire-names';
+import http from 'node:http';
+import { ATTR, HEADER } from '../../otel/wire-names';
+import { verifyGatewaySignature } from '../../src/gateway-signature';
 import { namedUpstream, requestOnNewConnection, startGatewayProcess, startLoad, type GatewayProcess } from '../helpers/gateway-process';
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
 import { streamSixChunks } from '../helpers/servers';
+import { signToken } from '../helpers/tokens';
 
 /**
  * Configuration changes without a restart (src/config-reload.ts), on the built gateway as one process:
@@ -215,6 +218,50 @@ describe('config reload (one process)', () => {
     await gateway.waitForLine((line) => line.message === 'config reloaded');
     expect(await upstreamOf('/beta/ping')).toBe('beta');
     expect(gateway.child.exitCode).toBeNull();
+  });
+
+  describe.each([
+    { desc: 'one process', env: {} as Record<string, string> },
+    { desc: 'two workers', env: { GATEWAY_WORKERS: '2' } },
+  ])('a reload that changes only the keys in the file ($desc)', ({ env }) => {
+    const OLD = { secret: 'old-jwt-secret-that-is-long-enough-0123', signingKey: 'old-signing-key-that-is-long-enough-0123' };
+    const NEW = { secret: 'new-jwt-secret-that-is-long-enough-4567', signingKey: 'new-signing-key-that-is-long-enough-4567' };
+    let keyed: http.Server;
+    let keyedUrl: string;
+    /** The key each request's signature verifies with (the route's service checks none itself). */
+    const signedWith: (string | undefined)[] = [];
+    beforeAll(async () => {
+      keyed = http.createServer((req, res) => {
+        const target = { method: req.method!, target: req.url! };
+        signedWith.push([OLD, NEW].find((keys) => verifyGatewaySignature(keys.signingKey, target, (name) => req.headers[name]) === undefined)?.signingKey);
+        res.end(JSON.stringify({ upstream: 'keyed', user: req.headers[HEADER.userId] }));
+      });
+      await new Promise<void>((resolve) => keyed.listen(0, '127.0.0.1', resolve));
+      keyedUrl = `http://127.0.0.1:${(keyed.address() as { port: number }).port}`;
+    });
+    afterAll(() => new Promise<void>((resolve) => keyed.close(() => resolve())));
+
+    const keyedConfig = (keys: typeof OLD) => config({ services: { keyed: keyedUrl }, routes: [{ name: 'me', prefix: '/me', service: 'keyed', upstreamPath: '' }], extra: { auth: { secret: keys.secret }, proxy: { signingKey: keys.signingKey } } });
+    /** Statuses of requests on new connections (each may reach another worker) with a token signed with `secret`. */
+    async function statusesWith(secret: string): Promise<number[]> {
+      const authorization = `Bearer ${await signToken({ secret, subject: '7' })}`;
+      const answers = await Promise.all(Array.from({ length: 6 }, () => requestOnNewConnection(`${gateway!.url}/me`, { headers: { authorization } })));
+      return answers.map((answer) => answer.status);
+    }
+
+    it('applies them under the same version (they are left out of it): tokens of the old secret are refused, the new key signs (it answered "unchanged" and the leaked secret kept working)', async () => {
+      gateway = await startGatewayProcess({ config: keyedConfig(OLD), env });
+      const { version } = await adminConfig();
+      expect(await statusesWith(OLD.secret)).toEqual(Array<number>(6).fill(200));
+      signedWith.length = 0;
+      gateway.writeConfig(keyedConfig(NEW));
+      expect(await reload()).toMatchObject({ status: 200, body: { status: 'reloaded', version } });
+      expect(await statusesWith(OLD.secret)).toEqual(Array<number>(6).fill(401));
+      expect(await statusesWith(NEW.secret)).toEqual(Array<number>(6).fill(200));
+      expect(signedWith).toEqual(Array<string>(6).fill(NEW.signingKey));
+      // The same file again is no change.
+      expect(await reload()).toMatchObject({ status: 200, body: { status: 'unchanged', version } });
+    });
   });
 
   it('answers "unchanged" for the same file, and refuses a reload from a browser page or by GET', async () => {

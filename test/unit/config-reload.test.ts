@@ -113,6 +113,29 @@ describe('checkReload', () => {
     expect(lines).toHaveLength(1);
   });
 
+  it.each([
+    { desc: 'the JWT secret', from: { JWT_SECRET: TEST_JWT_SECRET }, to: { JWT_SECRET: 'another-jwt-secret-that-is-long-enough-0123' } },
+    { desc: 'the signing key', from: { JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: 'a'.repeat(20) + 'signing-key-0123' }, to: { JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: 'b'.repeat(20) + 'signing-key-4567' } },
+    { desc: 'a configured JWT secret for none (a generated one)', from: { JWT_SECRET: TEST_JWT_SECRET }, to: {} },
+  ] as { desc: string; from: Record<string, string>; to: Record<string, string> }[])('takes a change of $desc alone as a change, under the same version or not (it was "unchanged", and never applied)', ({ from, to }) => {
+    const { logger } = memoryLogger('gateway');
+    const before = activeConfig(parse({}, from));
+    const check = checkReload(before, () => parse({}, to), logger);
+    expect(check).toMatchObject({ ok: true, changed: true });
+  });
+
+  it('keeps a generated secret across reloads that configure none, even after a start with a configured one (each read made up another, and every reload then ended every token)', () => {
+    const { logger } = memoryLogger('gateway');
+    // Started with a configured secret, then the file and environment stop configuring one: the reader has no
+    // generated secret of the start to reuse, so each read makes up a new one.
+    const first = checkReload(activeConfig(parse()), () => parseConfig(file(), {}), logger);
+    expect(first).toMatchObject({ ok: true, changed: true });
+    const generated = (first as { next: { config: GatewayConfig } }).next;
+    const again = checkReload(generated as ReturnType<typeof activeConfig>, () => parseConfig(file(), {}), logger);
+    expect(again).toMatchObject({ ok: true, changed: false });
+    expect((again as { next: { config: GatewayConfig } }).next.config.auth.secret).toBe(generated.config.auth.secret);
+  });
+
   it('names restart-only keys that changed in one line, and keeps them out of the version', () => {
     const { logger, lines } = memoryLogger('gateway');
     const check = checkReload(running, () => parse({ workers: 4 }), logger);
