@@ -343,7 +343,7 @@ function jwksFetch(backoffMs: number): FetchImplementation {
       const text = await boundedText(response, MAX_JWKS_BYTES);
       if (response.status !== 200) throw Object.assign(new Error(`the JWKS answered ${response.status}`), { code: 'ERR_JWKS_STATUS' });
       const keySet: unknown = JSON.parse(text);
-      if (typeof keySet !== 'object' || keySet === null || !Array.isArray((keySet as { keys?: unknown }).keys)) throw Object.assign(new Error('the JWKS answer is not a key set'), { code: 'ERR_JWKS_INVALID' });
+      if (!isKeySet(keySet)) throw Object.assign(new Error('the JWKS answer is not a key set'), { code: 'ERR_JWKS_INVALID' });
       lastFailure = undefined;
       return new Response(text, { status: 200, headers: { 'content-type': 'application/json' } });
     } catch (error) {
@@ -351,6 +351,17 @@ function jwksFetch(backoffMs: number): FetchImplementation {
       throw error;
     }
   };
+}
+
+/**
+ * Whether parsed JSON is a key set jose takes: an object whose `keys` are all objects. One whose members are not (a
+ * string, null) passed as a success here, jose then refused it, and the back-off never engaged: every request with a
+ * provider token fetched the set again.
+ */
+function isKeySet(value: unknown): boolean {
+  const isObject = (each: unknown) => typeof each === 'object' && each !== null && !Array.isArray(each);
+  const keys = isObject(value) ? (value as { keys?: unknown }).keys : undefined;
+  return Array.isArray(keys) && keys.every(isObject);
 }
 
 /** A response body as text, refused (and left unread) past `limit` bytes. */

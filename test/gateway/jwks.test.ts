@@ -57,13 +57,14 @@ async function publicPem(key: ProviderKey): Promise<string> {
 
 /** An identity provider's JWKS endpoint that the test controls: its keys, its speed, its health. */
 async function startJwksServer() {
-  const state = { keys: [] as ProviderKey[], fetches: 0, mode: 'ok' as 'ok' | 'slow' | 'broken' | 'failing' | 'not-a-key-set' };
+  const state = { keys: [] as ProviderKey[], fetches: 0, mode: 'ok' as 'ok' | 'slow' | 'broken' | 'failing' | 'not-a-key-set' | 'members-not-keys' };
   const server = await listen((_req, res) => {
     state.fetches++;
     if (state.mode === 'slow') return void setTimeout(() => res.end('{"keys":[]}'), 5000).unref();
     if (state.mode === 'failing') return void res.writeHead(500).end('upstream trouble');
     res.setHeader('content-type', 'application/json');
     if (state.mode === 'broken') return void res.end('not json');
+    if (state.mode === 'members-not-keys') return void res.end('{"keys":["maintenance",null]}');
     res.end(JSON.stringify(state.mode === 'not-a-key-set' ? { error: 'maintenance' } : { keys: state.keys.map((key) => key.jwk) }));
   });
   return Object.assign(server, { state });
@@ -470,9 +471,12 @@ describe('tokens from an identity provider (JWKS)', () => {
     }
   });
 
-  it('remembers a failed key-set fetch for a moment: provider tokens get 503 at once, without a fetch each', async () => {
+  it.each([
+    { desc: 'a failed key-set fetch', mode: 'failing' as const },
+    { desc: 'a key set whose members are not keys (jose refused it, and each provider token fetched again)', mode: 'members-not-keys' as const },
+  ])('remembers $desc for a moment: provider tokens get 503 at once, without a fetch each', async ({ mode }) => {
     const failing = await startJwksServer();
-    failing.state.mode = 'failing';
+    failing.state.mode = mode;
     const backingOff = await startStack({
       env: { JWKS_URL: `${failing.url}/jwks.json`, JWKS_ISSUER: ISSUER, JWKS_AUDIENCE: AUDIENCE },
       overrides: { auth: { verifiedTokenCacheSize: 0, jwks: { url: 'http://placeholder', issuer: 'x', audience: 'x', timeoutMs: 500 } } },
