@@ -1,4 +1,4 @@
-import { randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
+import { randomBytes, randomUUID, scrypt, timingSafeEqual } from 'node:crypto';
 import { promisify } from 'node:util';
 
 const scryptAsync = promisify(scrypt) as (password: string, salt: Buffer, keylen: number) => Promise<Buffer>;
@@ -29,28 +29,36 @@ export class UserStoreFullError extends Error {
 /** Most users the store keeps, by default: registration is public, and every account stays in memory. */
 export const DEFAULT_MAX_USERS = 10_000;
 
-/** The demo accounts documented in the README, seeded outside production. */
+/**
+ * The demo accounts documented in the README, seeded outside production. Their ids are fixed: every start seeds the
+ * same person under each, so a token of one names that person after a restart too.
+ */
 export const DEMO_ACCOUNTS = [
-  { name: 'Alice', email: 'alice@example.com', password: 'wonderland', role: 'admin' },
-  { name: 'Bob', email: 'bob@example.com', password: 'builder', role: 'user' },
+  { id: '1', name: 'Alice', email: 'alice@example.com', password: 'wonderland', role: 'admin' },
+  { id: '2', name: 'Bob', email: 'bob@example.com', password: 'builder', role: 'user' },
 ] as const;
 
 function publicView({ salt: _salt, passwordHash: _hash, ...user }: StoredUser): User {
   return user;
 }
 
-/** In-memory users with scrypt password hashes. Ids are sequential ("1", "2", ...). */
+/**
+ * In-memory users with scrypt password hashes. A registered account's id is a random UUID, never reused: the store
+ * starts empty after a restart while the gateway's tokens (whose `sub` is the id) stay valid for their hour, and ids
+ * numbered 1, 2, 3, ... from each start gave the next person to register the id of someone who registered before the
+ * restart, whose token then opened the new account (and order-service's orders of that id).
+ */
 export class UserStore {
   /** `maxUsers`: most accounts kept, default DEFAULT_MAX_USERS; past it `create` throws UserStoreFullError. */
   constructor(private readonly maxUsers = DEFAULT_MAX_USERS) {}
 
   private readonly byId = new Map<string, StoredUser>();
   private readonly idByEmail = new Map<string, string>();
-  private nextId = 1;
   /** Hash compared against when the email is unknown, so both cases take the same time. */
   private readonly decoy = { salt: randomBytes(16), hash: randomBytes(KEY_LENGTH) };
 
-  async create(input: { name: string; email: string; password: string; role?: User['role'] }): Promise<User> {
+  /** `input.id`: the demo accounts' fixed ids (DEMO_ACCOUNTS); a registration gets a fresh UUID. */
+  async create(input: { id?: string; name: string; email: string; password: string; role?: User['role'] }): Promise<User> {
     const email = input.email.toLowerCase();
     if (this.idByEmail.has(email)) throw new DuplicateEmailError(`${email} is already registered.`);
     this.requireRoom();
@@ -59,7 +67,7 @@ export class UserStore {
     // Checked again: another registration of the same email may have finished while we hashed.
     if (this.idByEmail.has(email)) throw new DuplicateEmailError(`${email} is already registered.`);
     this.requireRoom();
-    const user: StoredUser = { id: String(this.nextId++), name: input.name, email, role: input.role ?? 'user', createdAt: new Date().toISOString(), salt, passwordHash };
+    const user: StoredUser = { id: input.id ?? randomUUID(), name: input.name, email, role: input.role ?? 'user', createdAt: new Date().toISOString(), salt, passwordHash };
     this.byId.set(user.id, user);
     this.idByEmail.set(email, user.id);
     return publicView(user);

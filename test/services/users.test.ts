@@ -84,6 +84,36 @@ describe('user-service on its own', () => {
       expect(await response.json()).toMatchObject({ role: 'user' });
     });
 
+    it('ignores an id in the registration body: nobody picks whose id (and whose tokens and orders) they get', async () => {
+      const response = await call('POST', '/users', { json: { id: '1', name: 'Ivy', email: 'ivy@example.com', password: 'long enough' } });
+      expect(response.status).toBe(201);
+      expect(((await response.json()) as { id: string }).id).not.toBe('1');
+    });
+
+    it('never gives a registration an id given before another start of the service (the store starts empty, tokens live on: the next registrant took the id, tokens and orders of one who registered before the restart)', async () => {
+      const registered = async (service: TestServer) => {
+        const response = await fetch(`${service.url}/users`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'Jo', email: 'jo@example.com', password: 'long enough' }) });
+        expect(response.status).toBe(201);
+        return ((await response.json()) as { id: string }).id;
+      };
+      const ids: string[] = [];
+      // Each start of the service with the same history: the demo accounts, then the first registration.
+      for (let start = 0; start < 3; start++) {
+        const restarted = await listen((await createApp({ logger: memoryLogger(SERVICE_NAME.users).logger })).callback());
+        try {
+          ids.push(await registered(restarted));
+          // The demo accounts are the same people under the same ids at every start.
+          const demo = await fetch(`${restarted.url}/users`, { headers: identity(ALICE) });
+          expect(((await demo.json()) as { id: string; email: string }[]).filter((user) => user.id === '1' || user.id === '2').map((user) => [user.id, user.email])).toEqual([['1', 'alice@example.com'], ['2', 'bob@example.com']]);
+        } finally {
+          await restarted.close();
+        }
+      }
+      expect(new Set(ids).size).toBe(3);
+      expect(ids).not.toContain('1');
+      expect(ids).not.toContain('2');
+    });
+
     it.each([
       { desc: 'the same email', email: 'frank@example.com' },
       { desc: 'the same email in other letter case', email: 'FRANK@Example.COM' },
