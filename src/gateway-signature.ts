@@ -22,7 +22,8 @@ import { HEADER } from '../otel/wire-names';
  * on every service, path and method. Whoever saw one (a service the request was forwarded to, anyone reading the
  * traffic, the anonymous signature every public route and login carried) could send it straight to a service's
  * `/internal/*` endpoints or any other path for five minutes. Signed with its request, it is good for that method
- * and target only. A service calling another within a request signs its own call with the key it holds, over the
+ * and target only, though on any service that holds the key: the service is not signed (a service answering the same
+ * method and target elsewhere takes it). A service calling another within a request signs its own call with the key it holds, over the
  * identity it verified (services/shared/service-app.ts). The body is not signed (the gateway streams it): someone
  * who reads the traffic to the services could still repeat a request with another body within the window, so keep
  * the services off every network but the gateway's as well.
