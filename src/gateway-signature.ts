@@ -85,9 +85,10 @@ export type SignatureProblem = 'missing' | 'malformed' | 'expired' | 'mismatch';
 /**
  * Checks a request's `X-Gateway-Signature` against its method and target as received and its signed headers
  * (`read(name)`: the header's one value, or undefined; a repeated header is not one value and fails). Constant
- * time in the MAC comparison.
+ * time in the MAC comparison. `key` may be several: a signature made with any of them verifies (a key rotation, when
+ * a service takes the next key, or still the previous one, beside its own: GATEWAY_SIGNING_KEY_ACCEPTED).
  */
-export function verifyGatewaySignature(key: string, request: SignedRequest, read: (name: string) => string | string[] | undefined, now: number = Date.now()): SignatureProblem | undefined {
+export function verifyGatewaySignature(key: string | readonly string[], request: SignedRequest, read: (name: string) => string | string[] | undefined, now: number = Date.now()): SignatureProblem | undefined {
   const header = read(HEADER.gatewaySignature);
   if (header === undefined) return 'missing';
   const parts = typeof header === 'string' ? HEADER_FORMAT.exec(header) : null;
@@ -100,7 +101,10 @@ export function verifyGatewaySignature(key: string, request: SignedRequest, read
     if (typeof value !== 'string') return 'mismatch';
     values.push(value);
   }
-  const expected = mac(key, time, request, values as unknown as SignedValues);
   const given = Buffer.from(parts[2]!, 'base64url');
-  return given.length === expected.length && timingSafeEqual(given, expected) ? undefined : 'mismatch';
+  const matches = (each: string) => {
+    const expected = mac(each, time, request, values as unknown as SignedValues);
+    return given.length === expected.length && timingSafeEqual(given, expected);
+  };
+  return (typeof key === 'string' ? matches(key) : key.some(matches)) ? undefined : 'mismatch';
 }

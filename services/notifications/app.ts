@@ -13,6 +13,8 @@ export interface NotificationsAppOptions {
   store?: NotificationStore;
   /** The gateway's signing key (service-app.ts `signingKey`). */
   signingKey?: string;
+  /** Another key whose signatures are accepted too (service-app.ts `acceptedSigningKey`). */
+  acceptedSigningKey?: string;
 }
 
 /**
@@ -35,5 +37,5 @@ export function createApp(options: NotificationsAppOptions): Koa {
     ctx.body = store.forUser(requireCaller(ctx).id);
   });
 
-  return createServiceApp({ serviceName: SERVICE_NAME.notifications, logger: options.logger, router, signingKey: options.signingKey });
+  return createServiceApp({ serviceName: SERVICE_NAME.notifications, logger: options.logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey });
 }

@@ -18,6 +18,8 @@ export interface NotificationsGrpcOptions {
   store: NotificationStore;
   /** The gateway's signing key: every call must carry its signature in the metadata (as the HTTP side's headers). */
   signingKey?: string;
+  /** Another key whose signatures are accepted too, as over HTTP (service-app.ts `acceptedSigningKey`). */
+  acceptedSigningKey?: string;
 }
 
 type Request = Record<string, unknown>;
@@ -35,14 +37,15 @@ const typeFilter = z.string().max(NOTIFICATION_LIMITS.typeMaxLength);
  */
 export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server {
   const { logger, store, signingKey } = options;
+  const keys = signingKey === undefined ? undefined : options.acceptedSigningKey === undefined ? [signingKey] : [signingKey, options.acceptedSigningKey];
   /** Each call's signature verdict (undefined: it verifies), by its metadata: decided once, before anything records the call. */
   const verdicts = new WeakMap<grpc.Metadata, SignatureProblem | undefined>();
-  const server = new grpc.Server(signingKey === undefined ? {} : { interceptors: [createSignatureVerdict(signingKey, verdicts)] });
+  const server = new grpc.Server(keys === undefined ? {} : { interceptors: [createSignatureVerdict(keys, verdicts)] });
 
   /** Why `call`'s signature fails (undefined: it verifies, or no key): the interceptor's verdict, else decided now. */
   function signatureProblemOfCall(call: { metadata: grpc.Metadata; getPath(): string }): SignatureProblem | undefined {
-    if (signingKey === undefined) return undefined;
-    return verdicts.has(call.metadata) ? verdicts.get(call.metadata) : signatureProblemOf(signingKey, call.getPath(), call.metadata);
+    if (keys === undefined) return undefined;
+    return verdicts.has(call.metadata) ? verdicts.get(call.metadata) : signatureProblemOf(keys, call.getPath(), call.metadata);
   }
 
   /** Runs a handler, logging its outcome; a thrown gRPC error becomes the call's status. */
@@ -96,7 +99,7 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
 }
 
 /** A gRPC call is an HTTP/2 POST to its path: the signature must have been made for this method's. */
-function signatureProblemOf(key: string, path: string, metadata: grpc.Metadata): SignatureProblem | undefined {
+function signatureProblemOf(key: readonly string[], path: string, metadata: grpc.Metadata): SignatureProblem | undefined {
   return verifyGatewaySignature(key, { method: 'POST', target: path }, (name) => {
     const values = metadata.get(name);
     if (values.length === 0) return undefined;
@@ -121,7 +124,7 @@ const TRACE_CONTEXT_METADATA = [HEADER.traceparent, HEADER.tracestate, HEADER.ba
  * version, and from anything else that reads them. Ignoring the call altogether (`ignoreGrpcMethods`) would lose
  * the refusal's span, which an operator wants to see.
  */
-function createSignatureVerdict(key: string, verdicts: WeakMap<grpc.Metadata, SignatureProblem | undefined>): grpc.ServerInterceptor {
+function createSignatureVerdict(key: readonly string[], verdicts: WeakMap<grpc.Metadata, SignatureProblem | undefined>): grpc.ServerInterceptor {
   return (method, call) =>
     new grpc.ServerInterceptingCall(call, {
       start(next) {

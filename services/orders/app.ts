@@ -31,6 +31,8 @@ export interface OrdersAppOptions {
   notificationsGrpcUrl?: string;
   /** The gateway's signing key (service-app.ts `signingKey`); its calls to the other services are signed with it too. */
   signingKey?: string;
+  /** Another key whose signatures are accepted too (service-app.ts `acceptedSigningKey`); never used to sign. */
+  acceptedSigningKey?: string;
   /**
    * Continue each request's trace context (`traceparent`, `tracestate`, `baggage`) and pass it on to user-service
    * and notification-service by hand: for a process without the http, undici and grpc instrumentations, which do
@@ -141,5 +143,5 @@ export function createApp(options: OrdersAppOptions): Koa {
     ctx.body = order;
   });
 
-  return createServiceApp({ serviceName: SERVICE_NAME.orders, logger, router, signingKey: options.signingKey, continueTraceContext: propagate });
+  return createServiceApp({ serviceName: SERVICE_NAME.orders, logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey, continueTraceContext: propagate });
 }

@@ -15,6 +15,7 @@ void startService(
       notificationsUrl: env.NOTIF_SERVICE_URL,
       notificationsGrpcUrl: env.NOTIF_GRPC_SERVICE_URL,
       signingKey: env.GATEWAY_SIGNING_KEY,
+      acceptedSigningKey: env.GATEWAY_SIGNING_KEY_ACCEPTED,
       propagateTraceContext: propagateTraceContextByHand,
     });
   },

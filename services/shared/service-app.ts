@@ -119,6 +119,12 @@ export interface ServiceAppOptions {
    */
   signingKey?: string;
   /**
+   * Another key whose signatures are believed too (`GATEWAY_SIGNING_KEY_ACCEPTED`), never used to sign: during a key
+   * rotation the next key (before the gateway signs with it) or the previous one (while other services still sign
+   * their calls with it). Only beside `signingKey`.
+   */
+  acceptedSigningKey?: string;
+  /**
    * Continue each believed request's `traceparent`, `tracestate` and `baggage` in its context by hand, for the
    * calls made within it to pass on (callService `propagate`): for a process without the http instrumentation,
    * which does it otherwise (telemetry off: service-main.ts). A request the gateway did not sign is not continued,
@@ -151,20 +157,32 @@ export function signedIdentityHeaders(identity: SignedValues, request: SignedReq
  * signedByGateway, asked before the app runs) and logRequest ask about every request; the HMAC is computed once.
  * Keyed by the request, so a verdict lives only as long as its request.
  */
-const verdicts = new WeakMap<IncomingMessage, { signingKey: string; problem: SignatureProblem | undefined }>();
+const verdicts = new WeakMap<IncomingMessage, { keys: string; problem: SignatureProblem | undefined }>();
+
+/** The keys a service believes signatures of (its own, and the one it also accepts), and the one string a verdict is kept by. */
+interface BelievedKeys {
+  list: readonly string[];
+  id: string;
+}
+
+function believedKeys(signingKey: string, acceptedSigningKey: string | undefined): BelievedKeys {
+  const list = acceptedSigningKey === undefined ? [signingKey] : [signingKey, acceptedSigningKey];
+  return { list, id: list.join('\n') };
+}
 
 /** What is wrong with `request`'s gateway signature, over the request as it arrived (method and target); undefined when it verifies. */
-function signatureProblemOf(signingKey: string, request: IncomingMessage): SignatureProblem | undefined {
+function signatureProblemOf(keys: BelievedKeys, request: IncomingMessage): SignatureProblem | undefined {
   const decided = verdicts.get(request);
-  if (decided?.signingKey === signingKey) return decided.problem;
-  const problem = verifyGatewaySignature(signingKey, { method: request.method ?? '', target: request.url ?? '' }, (name) => request.headers[name]);
-  verdicts.set(request, { signingKey, problem });
+  if (decided?.keys === keys.id) return decided.problem;
+  const problem = verifyGatewaySignature(keys.list, { method: request.method ?? '', target: request.url ?? '' }, (name) => request.headers[name]);
+  verdicts.set(request, { keys: keys.id, problem });
   return problem;
 }
 
 /** Whether a request carries the gateway's valid signature for itself: what a service believes the trace context of (service-main.ts). */
-export function signedByGateway(signingKey: string): (request: IncomingMessage) => boolean {
-  return (request) => signatureProblemOf(signingKey, request) === undefined;
+export function signedByGateway(signingKey: string, acceptedSigningKey?: string): (request: IncomingMessage) => boolean {
+  const keys = believedKeys(signingKey, acceptedSigningKey);
+  return (request) => signatureProblemOf(keys, request) === undefined;
 }
 
 /**
@@ -173,6 +191,7 @@ export function signedByGateway(signingKey: string): (request: IncomingMessage) 
  */
 export function createServiceApp(options: ServiceAppOptions): Koa {
   const { logger, serviceName, signingKey } = options;
+  const keys = signingKey === undefined ? undefined : believedKeys(signingKey, options.acceptedSigningKey);
   const continueTraceContext = options.continueTraceContext ?? false;
   const app = new Koa();
   /** Why a request's signature failed, decided once before anything records it (logRequest), refused by requireGatewaySignature. */
@@ -183,7 +202,7 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     // Only what the gateway signed is believed, its request id included: a peer sending a forged X-Request-Id
     // would otherwise have its 401 logged under someone else's id. It gets one of its own (and its forged
     // traceparent and baggage were not continued either: otel/telemetry.ts continueTraceContextOnlyWhen).
-    const problem = signingKey === undefined || ctx.path === '/health' ? undefined : signatureProblemOf(signingKey, ctx.req);
+    const problem = keys === undefined || ctx.path === '/health' ? undefined : signatureProblemOf(keys, ctx.req);
     if (problem !== undefined) refusedSignatures.set(ctx, problem);
     const requestId = problem === undefined ? ctx.get(HEADER.requestId) || undefined : mintRequestId();
     if (requestId) ctx.set(HEADER.requestId, requestId);

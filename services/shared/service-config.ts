@@ -13,6 +13,12 @@ const common = {
   LOG_LEVEL: z.enum(['error', 'warn', 'info', 'http', 'verbose', 'debug', 'silly']).default('info'),
   /** The gateway's signing key (src/gateway-signature.ts): requests without its signature are refused. Required in production. */
   GATEWAY_SIGNING_KEY: z.string().min(SIGNING_KEY_MIN_LENGTH, `must be at least ${SIGNING_KEY_MIN_LENGTH} characters`).optional(),
+  /**
+   * Another key whose signatures are accepted too, never used to sign: the next key of a rotation, before the gateway
+   * signs with it, then the previous one, while other services still sign their calls with it (README). Only with
+   * GATEWAY_SIGNING_KEY.
+   */
+  GATEWAY_SIGNING_KEY_ACCEPTED: z.string().min(SIGNING_KEY_MIN_LENGTH, `must be at least ${SIGNING_KEY_MIN_LENGTH} characters`).optional(),
 };
 const port = (fallback: number) => z.coerce.number().int().min(0).max(65535).default(fallback);
 const url = (fallback: string) => z.url({ protocol: /^https?$/ }).default(fallback);
@@ -52,12 +58,17 @@ export function loadServiceEnv<K extends ServiceKey>(service: K, env: Record<str
     const issue = result.error.issues[0]!;
     const name = issue.path.join('.');
     // The key is never echoed, not even a wrong one.
-    const got = name === 'GATEWAY_SIGNING_KEY' ? '' : ` (got ${JSON.stringify(relevant[String(issue.path[0])])})`;
+    const got = name.startsWith('GATEWAY_SIGNING_KEY') ? '' : ` (got ${JSON.stringify(relevant[String(issue.path[0])])})`;
     throw new Error(`config: ${name}: ${issue.message}${got}`);
   }
   if (result.data.NODE_ENV === 'production' && result.data.GATEWAY_SIGNING_KEY === undefined) {
     throw new Error('config: GATEWAY_SIGNING_KEY: must be set in production: without it anyone who reaches this service can claim any identity');
   }
   if (result.data.NODE_ENV === 'production' && isGuessableSecret(result.data.GATEWAY_SIGNING_KEY!)) throw new Error(`config: GATEWAY_SIGNING_KEY: is ${GUESSABLE_SECRET_RULE}`);
+  if (result.data.GATEWAY_SIGNING_KEY_ACCEPTED !== undefined) {
+    // Believed beside no key of its own, anyone could claim any identity without a signature.
+    if (result.data.GATEWAY_SIGNING_KEY === undefined) throw new Error('config: GATEWAY_SIGNING_KEY_ACCEPTED: needs GATEWAY_SIGNING_KEY (it is accepted beside that key, never instead of it)');
+    if (result.data.NODE_ENV === 'production' && isGuessableSecret(result.data.GATEWAY_SIGNING_KEY_ACCEPTED)) throw new Error(`config: GATEWAY_SIGNING_KEY_ACCEPTED: is ${GUESSABLE_SECRET_RULE}`);
+  }
   return result.data as ServiceEnv<K>;
 }

@@ -46,7 +46,7 @@ export async function startService<K extends ServiceKey>(
   } else {
     // A request the gateway did not sign is refused (createServiceApp), and its span starts a trace of its own:
     // a peer's forged traceparent must not record a 401 inside someone else's trace.
-    continueTraceContextOnlyWhen(signedByGateway(env.GATEWAY_SIGNING_KEY));
+    continueTraceContextOnlyWhen(signedByGateway(env.GATEWAY_SIGNING_KEY, env.GATEWAY_SIGNING_KEY_ACCEPTED));
   }
   // W3C Trace Context: a participant that receives a valid traceparent MUST propagate it. With telemetry on, the
   // http, undici and grpc instrumentations continue a request's trace context and pass it on; with it off

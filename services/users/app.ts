@@ -14,6 +14,8 @@ export interface UsersAppOptions {
   store?: UserStore;
   /** The gateway's signing key (service-app.ts `signingKey`). */
   signingKey?: string;
+  /** Another key whose signatures are accepted too (service-app.ts `acceptedSigningKey`). */
+  acceptedSigningKey?: string;
 }
 
 const registration = z.object({
@@ -67,5 +69,5 @@ export async function createApp(options: UsersAppOptions): Promise<Koa> {
     ctx.body = { id: user.id, email: user.email, role: user.role };
   });
 
-  return createServiceApp({ serviceName: SERVICE_NAME.users, logger: options.logger, router, signingKey: options.signingKey });
+  return createServiceApp({ serviceName: SERVICE_NAME.users, logger: options.logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey });
 }

@@ -9,7 +9,7 @@ import { exitOf, startProcess, startProcessStack, type ProcessStack, type Runnin
 import { waitFor } from '../helpers/wait';
 import { freePort } from '../helpers/servers';
 import { login } from '../helpers/stack';
-import { TEST_SIGNING_KEY } from '../helpers/test-config';
+import { TEST_JWT_SECRET, TEST_SIGNING_KEY } from '../helpers/test-config';
 
 /**
  * The services behind the gateway answer only what the gateway signed (src/gateway-signature.ts): the four real
@@ -111,6 +111,68 @@ describe('services answer only what the gateway signed', () => {
       await expect(signed.create({ ...event, type: 'signed' }, 'sig-test', BOB)).resolves.toBeUndefined();
     } finally {
       for (const client of [unsigned, replaying, signed]) client.close();
+    }
+  });
+});
+
+describe('a rotation of the signing key (GATEWAY_SIGNING_KEY_ACCEPTED)', () => {
+  // Midway through the README's step 3: the gateway signs with the new key, user-service has been given the new key
+  // (the old one accepted), order-service and notification-service not yet (the new one accepted). Each service had
+  // one key and nothing else: whichever moved first, every request between them was refused.
+  const OLD = TEST_SIGNING_KEY;
+  const NEW = 'the-next-gateway-signing-key-of-a-rotation-0123';
+  const processes: RunningProcess[] = [];
+  let gatewayUrl: string;
+  let users: string;
+
+  beforeAll(async () => {
+    const grpcPort = await freePort();
+    const grpcUrl = `http://127.0.0.1:${grpcPort}`;
+    const rolled = { GATEWAY_SIGNING_KEY: NEW, GATEWAY_SIGNING_KEY_ACCEPTED: OLD };
+    const notYet = { GATEWAY_SIGNING_KEY: OLD, GATEWAY_SIGNING_KEY_ACCEPTED: NEW };
+    const [userService, notificationService] = await Promise.all([
+      startProcess('user-service', 'services/users/main.js', rolled),
+      startProcess('notification-service', 'services/notifications/main.js', { ...notYet, GRPC_PORT: String(grpcPort) }),
+    ]);
+    processes.push(userService, notificationService);
+    users = userService.url;
+    const orderService = await startProcess('order-service', 'services/orders/main.js', { ...notYet, USER_SERVICE_URL: users, NOTIF_SERVICE_URL: notificationService.url, NOTIF_GRPC_SERVICE_URL: grpcUrl });
+    processes.push(orderService);
+    const gateway = await startProcess('gateway', 'src/main.js', {
+      JWT_SECRET: TEST_JWT_SECRET,
+      GATEWAY_SIGNING_KEY: NEW,
+      USER_SERVICE_URL: users,
+      ORDER_SERVICE_URL: orderService.url,
+      NOTIF_SERVICE_URL: notificationService.url,
+      NOTIF_GRPC_SERVICE_URL: grpcUrl,
+    });
+    processes.push(gateway);
+    gatewayUrl = gateway.url;
+  }, 60_000);
+  afterAll(async () => {
+    for (const each of processes) each.child.kill('SIGKILL');
+    await Promise.all(processes.map((each) => exitOf(each.child)));
+  });
+
+  it('refuses no request: login, an order (order-service signs its calls with its own key), both notification interfaces', async () => {
+    const token = await login(gatewayUrl);
+    const auth = { authorization: `Bearer ${token}` };
+    const created = await fetch(`${gatewayUrl}/api/orders`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ items: [{ sku: 'rotation', quantity: 1 }] }) });
+    expect(created.status).toBe(201);
+    const order = (await created.json()) as { id: string };
+    const overHttp = (await (await fetch(`${gatewayUrl}/api/notifications`, { headers: auth })).json()) as { orderId?: string }[];
+    expect(overHttp.map((each) => each.orderId)).toContain(order.id);
+    const overGrpc = await fetch(`${gatewayUrl}/api/v1/notifications`, { headers: auth });
+    expect(overGrpc.status).toBe(200);
+    expect(JSON.stringify(await overGrpc.json())).toContain(order.id);
+  });
+
+  it('still refuses a signature made with any other key', async () => {
+    const forged = createGatewaySigner('a-third-key-that-is-neither-but-long-enough')({ method: 'GET', target: '/users/2' }, BOB);
+    expect((await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: forged } })).status).toBe(401);
+    for (const key of [OLD, NEW]) {
+      const signed = createGatewaySigner(key)({ method: 'GET', target: '/users/2' }, BOB);
+      expect((await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: signed } })).status).toBe(200);
     }
   });
 });

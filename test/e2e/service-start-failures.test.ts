@@ -38,3 +38,18 @@ describe('a service that cannot listen', () => {
     }),
   );
 });
+
+// An accepted key with no key of its own would be believed beside nothing: without GATEWAY_SIGNING_KEY a service believes
+// any identity unsigned, so the accepted key would protect nothing and only look as if it did.
+describe('a service given a signing key to accept but none of its own', () => {
+  it.each([
+    { desc: 'GATEWAY_SIGNING_KEY_ACCEPTED alone', env: { GATEWAY_SIGNING_KEY_ACCEPTED: 'the-next-gateway-signing-key-of-a-rotation-0123' } as Record<string, string>, says: /GATEWAY_SIGNING_KEY_ACCEPTED: needs GATEWAY_SIGNING_KEY/ },
+    { desc: 'a GATEWAY_SIGNING_KEY_ACCEPTED under 32 characters', env: { GATEWAY_SIGNING_KEY: 'test-gateway-signing-key-shared-with-the-services', GATEWAY_SIGNING_KEY_ACCEPTED: 'short' }, says: /GATEWAY_SIGNING_KEY_ACCEPTED: must be at least 32 characters$/ },
+  ])('refuses to start with $desc, in one line that never echoes a key', async ({ env, says }) => {
+    const { code, stderr } = await startService('services/users/main.js', { PORT: '0', ...env });
+    expect(code).toBe(1);
+    expect(stderr.trim().split('\n')).toEqual([expect.stringMatching(says)]);
+    expect(stderr).not.toContain('the-next-gateway');
+    expect(stderr).not.toContain('short');
+  });
+});

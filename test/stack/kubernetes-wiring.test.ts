@@ -75,6 +75,7 @@ const RANDOM_SECRET = randomBytes(48).toString('base64');
 const RANDOM_KEY = randomBytes(48).toString('base64');
 
 const SIGNING_KEY_DIFFERENCE = 'from the gateway-signing Secret (compose: from the shell, empty by default)';
+const ACCEPTED_KEY_DIFFERENCE = "from the gateway-signing Secret's optional `accepted` (compose: from the shell, empty by default)";
 
 /** Where the cluster's env differs from compose's on purpose, and why. Anything else must be equal. */
 const INTENDED_DIFFERENCES: Record<string, Record<string, string>> = {
@@ -84,9 +85,9 @@ const INTENDED_DIFFERENCES: Record<string, Record<string, string>> = {
     JWT_SECRET: 'from the gateway-jwt Secret (compose: from the shell, empty by default)',
     GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE,
   },
-  'user-service': { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE },
-  'order-service': { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE },
-  'notification-service': { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE },
+  'user-service': { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE, GATEWAY_SIGNING_KEY_ACCEPTED: ACCEPTED_KEY_DIFFERENCE },
+  'order-service': { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE, GATEWAY_SIGNING_KEY_ACCEPTED: ACCEPTED_KEY_DIFFERENCE },
+  'notification-service': { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE, GATEWAY_SIGNING_KEY_ACCEPTED: ACCEPTED_KEY_DIFFERENCE },
 };
 
 describe('the same processes as docker-compose.yml', () => {
