@@ -31,6 +31,11 @@ export interface RunServerOptions {
   /** Client connections open at once; Node closes further ones at accept. Unbounded when absent. */
   maxConnections?: number;
   /**
+   * Decides at accept (the TCP connection, before any TLS handshake) whether a connection may stay: one it refuses
+   * is closed at once, as one over `maxConnections` is. Every connection stays when absent.
+   */
+  admitConnection?: (socket: Socket) => boolean;
+  /**
    * How long an HTTP/1 connection may hold bytes the client is not taking (watchStalledSends), ms. No bound when
    * absent (the services, which only the gateway and each other call).
    */
@@ -744,6 +749,8 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   // The HTTP/2 server emits 'connect' too, for a CONNECT stream, with its compatibility response (not a socket to
   // write HTTP/1.1 on: that was a `:status 200` carrying the text of a 405).
   server.on('connect', (request: http.IncomingMessage, socketOrResponse: Socket | Http2ServerResponse) => refuseConnect(request, socketOrResponse, recordRejected, ownHeaders));
+  const { admitConnection } = options;
+  if (admitConnection) server.on('connection', (socket: Socket) => void (admitConnection(socket) || socket.destroy()));
   // Per connection (not per request): what the drain bound still finds in flight is answered or cut at close.
   const sockets = new Set<Socket>();
   server.on(server instanceof tls.Server ? 'secureConnection' : 'connection', (socket: Socket) => {

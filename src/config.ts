@@ -403,6 +403,13 @@ const configSchema = z
         /** Client connections open at once; further ones are closed at accept. Default 10 000. */
         maxConnections: z.int().positive().default(10_000),
         /**
+         * Connections one client address may hold open at once (an IPv6 client's network of
+         * `rateLimit.ipv6PrefixLength`, as the limits count it); further ones are closed at accept. A trusted
+         * proxy's (`trustProxy`, `trustedProxies`) are not counted: they carry many clients. Per process, as
+         * `maxConnections` is. Default 1 000; 0 = off.
+         */
+        maxConnectionsPerClient: z.int().min(0).default(1_000),
+        /**
          * Least average rate of a request body, bytes/s, once `bodyGracePeriodMs` has passed; slower uploads
          * are cut with 408 (so a trickling client cannot hold an upstream connection). Default 240 (Kestrel's
          * MinRequestBodyDataRate); 0 = off.

@@ -7,6 +7,7 @@ import type { ConfigControl, ReloadAnswer } from './admin';
 import { clientTimeouts, ConfigError, loadConfig, type GatewayConfig } from './config';
 import { activeConfig, checkReload, createLiveGateway, type ActiveConfig } from './config-reload';
 import { listenAdmin } from './admin';
+import { createConnectionsPerClient } from './client-connections';
 import { createGatewayApps } from './gateway';
 import { strictTransportSecurityValue } from './middleware/hsts';
 import { rejectedRequestMetrics } from './middleware/request-metrics';
@@ -206,6 +207,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     logger,
     timeouts,
     maxConnections: config.server.maxConnections,
+    admitConnection: createConnectionsPerClient({ maxPerClient: config.server.maxConnectionsPerClient, config: () => live.active().config, logger }),
     sendTimeoutMs: config.server.sendTimeoutMs,
     createServer: tlsServer?.create,
     appChecksHost: true,

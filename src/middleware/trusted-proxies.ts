@@ -105,6 +105,22 @@ function trustedElements(value: string | string[], hops: number): string {
   return elements.length <= hops ? text : elements.slice(-hops).join(', ');
 }
 
+/** Each config's trustedProxies as a BlockList, built on first use (configs are frozen, the array stays the same). */
+const trustedPeerLists = new WeakMap<readonly string[], net.BlockList>();
+
+/**
+ * Whether a TCP peer is a proxy the config trusts to name its clients: any peer under `trustProxy` without a
+ * `trustedProxies` list, a listed one with it, none without `trustProxy`.
+ */
+export function isTrustedProxyPeer(options: TrustedProxiesOptions, peer: string): boolean {
+  if (!options.trustProxy) return false;
+  const entries = options.trustedProxies;
+  if (entries === undefined) return true;
+  let list = trustedPeerLists.get(entries);
+  if (!list) trustedPeerLists.set(entries, (list = blockListOf(entries)));
+  return list.check(peer, net.isIPv6(peer) ? 'ipv6' : 'ipv4');
+}
+
 /** net.BlockList matches IPv4 rules against IPv4-mapped IPv6 peers (`::ffff:10.0.0.1`) too. */
 function blockListOf(entries: readonly string[]): net.BlockList {
   const list = new net.BlockList();

@@ -1,0 +1,68 @@
+import net from 'node:net';
+import { startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
+
+/**
+ * server.maxConnectionsPerClient (src/client-connections.ts): `server.maxConnections` bounded all clients
+ * together, so one machine opening that many connections that never sent a byte (reopened as the gateway closed
+ * them) kept every other client out at accept.
+ */
+// Each test starts the built gateway as a process.
+jest.setTimeout(60_000);
+
+const config = (server: Record<string, unknown>, trust: Record<string, unknown> = {}) => ({
+  services: { users: { url: 'http://127.0.0.1:9' } },
+  routes: [{ name: 'users', prefix: '/api/users', service: 'users', upstreamPath: '/users' }],
+  server,
+  ...trust,
+});
+
+describe('connections per client', () => {
+  let gateway: GatewayProcess | undefined;
+  const held: net.Socket[] = [];
+  afterEach(() => {
+    held.splice(0).forEach((socket) => socket.destroy());
+    if (gateway?.child.exitCode === null) gateway.child.kill('SIGKILL');
+    gateway = undefined;
+  });
+
+  /**
+   * Opens a connection from `from` (a loopback address), asks for /health and keeps the connection open;
+   * resolves `true` once the answer arrived, `false` when the gateway closed the connection first.
+   */
+  function servedOnNewConnection(from: string): Promise<boolean> {
+    const { port } = new URL(gateway!.url);
+    return new Promise((resolve) => {
+      const socket = net.connect({ port: Number(port), host: '127.0.0.1', localAddress: from }, () => socket.write('GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'));
+      held.push(socket);
+      socket.once('data', (chunk: Buffer) => resolve(chunk.toString().startsWith('HTTP/1.1 200 ')));
+      socket.once('close', () => resolve(false));
+      socket.on('error', () => undefined);
+    });
+  }
+
+  it('closes the connections one address opens past server.maxConnectionsPerClient at accept, while another address is served', async () => {
+    gateway = await startGatewayProcess({ config: config({ maxConnectionsPerClient: 3 }) });
+    for (let i = 0; i < 3; i++) expect(await servedOnNewConnection('127.0.0.1')).toBe(true);
+    expect(await servedOnNewConnection('127.0.0.1')).toBe(false);
+    expect(await servedOnNewConnection('127.0.0.2')).toBe(true);
+    await gateway.waitForLine((line) => line.message === 'closed connections over the per-client bound' && line.remote_address === '127.0.0.1' && line.limit === 3);
+    // One of the three goes: the address has room again once the gateway counted it out.
+    held[0]!.destroy();
+    let served = false;
+    for (let attempt = 0; attempt < 50 && !served; attempt++) served = await servedOnNewConnection('127.0.0.1');
+    expect(served).toBe(true);
+  });
+
+  it("does not count a trusted proxy's connections, which carry many clients", async () => {
+    gateway = await startGatewayProcess({ config: config({ maxConnectionsPerClient: 2 }, { trustProxy: true, trustedProxies: ['127.0.0.3'] }) });
+    for (let i = 0; i < 5; i++) expect(await servedOnNewConnection('127.0.0.3')).toBe(true);
+    // The bound is on for everyone else.
+    for (let i = 0; i < 2; i++) expect(await servedOnNewConnection('127.0.0.1')).toBe(true);
+    expect(await servedOnNewConnection('127.0.0.1')).toBe(false);
+  });
+
+  it('bounds no address with server.maxConnectionsPerClient 0', async () => {
+    gateway = await startGatewayProcess({ config: config({ maxConnectionsPerClient: 0 }) });
+    for (let i = 0; i < 5; i++) expect(await servedOnNewConnection('127.0.0.1')).toBe(true);
+  });
+});
