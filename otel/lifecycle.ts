@@ -30,10 +30,7 @@ export interface RunServerOptions {
   timeouts?: { headersMs: number; requestMs: number; keepAliveMs: number };
   /** Client connections open at once; Node closes further ones at accept. Unbounded when absent. */
   maxConnections?: number;
-  /**
-   * Decides at accept (the TCP connection, before any TLS handshake) whether a connection may stay: one it refuses
-   * is closed at once, as one over `maxConnections` is. Every connection stays when absent.
-   */
+  /** ConnectionBounds `admitConnection`. */
   admitConnection?: (socket: Socket) => boolean;
   /**
    * How long an HTTP/1 connection may hold bytes the client is not taking (watchStalledSends), ms. No bound when
@@ -652,9 +649,34 @@ export interface ServedHosts {
   description: string;
 }
 
+/** The connections a listener holds: refused ones are closed at accept. */
+export interface ConnectionBounds {
+  /** Client connections open at once. Unbounded when absent. */
+  maxConnections?: number;
+  /**
+   * Decides at accept (the TCP connection, before any TLS handshake) whether a connection may stay: one it refuses
+   * is closed at once, as one over `maxConnections` is. Every connection stays when absent.
+   */
+  admitConnection?: (socket: Socket) => boolean;
+}
+
+/** Applies `bounds` to a server about to listen. */
+function boundConnections(server: Server, bounds: ConnectionBounds): void {
+  const { maxConnections, admitConnection } = bounds;
+  if (maxConnections !== undefined) {
+    server.maxConnections = maxConnections;
+    // In a cluster worker, a connection over the cap would go back to the primary, which offers it to another
+    // worker and otherwise keeps it open: closed at accept instead, as with one process.
+    (server as Server & { dropMaxConnection?: boolean }).dropMaxConnection = true;
+  }
+  if (admitConnection) server.on('connection', (socket: Socket) => void (admitConnection(socket) || socket.destroy()));
+}
+
 export interface InternalListenerOptions {
   port: number;
   host: string;
+  /** Bounds on its connections (a public one's: the HTTPS redirect listener). None when absent. */
+  connections?: ConnectionBounds;
   /** Client timeouts, ms, as on the public listener (`server.*`). */
   timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
   /**
@@ -679,6 +701,7 @@ export async function listenInternal(handler: http.RequestListener, options: Int
   const { headersMs, requestMs, keepAliveMs } = options.timeouts;
   const served = options.servedHosts === undefined ? handler : servingHosts(options.servedHosts, handler);
   const server = http.createServer({ headersTimeout: headersMs, requestTimeout: requestMs, keepAliveTimeout: keepAliveMs }, served);
+  if (options.connections) boundConnections(server, options.connections);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port, options.host, () => resolve());
@@ -749,8 +772,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   // The HTTP/2 server emits 'connect' too, for a CONNECT stream, with its compatibility response (not a socket to
   // write HTTP/1.1 on: that was a `:status 200` carrying the text of a 405).
   server.on('connect', (request: http.IncomingMessage, socketOrResponse: Socket | Http2ServerResponse) => refuseConnect(request, socketOrResponse, recordRejected, ownHeaders));
-  const { admitConnection } = options;
-  if (admitConnection) server.on('connection', (socket: Socket) => void (admitConnection(socket) || socket.destroy()));
+  boundConnections(server, { maxConnections: options.maxConnections, admitConnection: options.admitConnection });
   // Per connection (not per request): what the drain bound still finds in flight is answered or cut at close.
   const sockets = new Set<Socket>();
   server.on(server instanceof tls.Server ? 'secureConnection' : 'connection', (socket: Socket) => {
@@ -766,12 +788,6 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   // instead of Node's bare 417. (An HTTP/1 CONNECT is answered outside it, refuseConnect: a response built on the
   // socket Node had let go of crashed on a reset.)
   server.on('checkExpectation', (request: http.IncomingMessage, response: http.ServerResponse) => server.emit('request', request, response));
-  if (options.maxConnections !== undefined) {
-    server.maxConnections = options.maxConnections;
-    // In a cluster worker, a connection over the cap would go back to the primary, which offers it to another
-    // worker and otherwise keeps it open: closed at accept instead, as with one process.
-    (server as PublicServer & { dropMaxConnection?: boolean }).dropMaxConnection = true;
-  }
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port, options.host, () => resolve());

@@ -178,6 +178,11 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   const onHangup = (handler: (certificates?: CertificatePems) => void) => (worker ? worker.onHangup(handler) : void hangupHandlers.push(() => handler()));
   if (single) onHangup(() => single.reloadNow());
   const timeouts = clientTimeouts(config.server);
+  // Each public listener (HTTPS or plain, and the HTTPS redirect beside it) bounds its own connections alike.
+  const publicConnections = () => ({
+    maxConnections: config.server.maxConnections,
+    admitConnection: createConnectionsPerClient({ maxPerClient: config.server.maxConnectionsPerClient, config: () => live.active().config, logger }),
+  });
   // Opened before the public listener, so a taken admin port stops startup rather than going unnoticed.
   const adminListener =
     config.admin.port === undefined
@@ -206,8 +211,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     host: config.host,
     logger,
     timeouts,
-    maxConnections: config.server.maxConnections,
-    admitConnection: createConnectionsPerClient({ maxPerClient: config.server.maxConnectionsPerClient, config: () => live.active().config, logger }),
+    ...publicConnections(),
     sendTimeoutMs: config.server.sendTimeoutMs,
     createServer: tlsServer?.create,
     appChecksHost: true,
@@ -236,7 +240,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
       LISTENER_KEYS.redirect,
       config.host,
       redirectHttpPort,
-      listenHttpsRedirect({ port: redirectHttpPort, host: config.host, httpsPort: Number(new URL(url).port || 443), allowedHosts: config.allowedHosts, health: live.listener, timeouts }),
+      listenHttpsRedirect({ port: redirectHttpPort, host: config.host, httpsPort: Number(new URL(url).port || 443), allowedHosts: config.allowedHosts, health: live.listener, timeouts, connections: publicConnections() }),
     );
     logger.info('https redirect listener started', { url: redirectListener.url, redirectsTo: url });
   }

@@ -6,7 +6,7 @@ import type { Socket } from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import type { Logger } from '../otel/logger';
-import { answerHttp2RequestTimeout, createSendWindows, DEFAULT_SEND_TIMEOUT_MS, hostFieldLines, listenInternal, markServerAnswer, resetByGateway, resetStream, stopRequestOnceAnswered, type PublicServer } from '../otel/lifecycle';
+import { answerHttp2RequestTimeout, createSendWindows, DEFAULT_SEND_TIMEOUT_MS, hostFieldLines, listenInternal, markServerAnswer, resetByGateway, resetStream, stopRequestOnceAnswered, type ConnectionBounds, type PublicServer } from '../otel/lifecycle';
 import type { TlsConfig } from './config';
 import { createHostMatcher } from './middleware/host-guard';
 import { isHttp2Request } from './middleware/http2-requests';
@@ -442,6 +442,8 @@ export interface RedirectListenerOptions {
   /** Answers `/health` on this listener too (load balancers probe the plain port). */
   health: http.RequestListener;
   timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
+  /** Bounds on its connections, as on the HTTPS listener (`server.maxConnections`, `server.maxConnectionsPerClient`). */
+  connections?: ConnectionBounds;
 }
 
 export interface RedirectListener {
@@ -482,5 +484,5 @@ export async function listenHttpsRedirect(options: RedirectListenerOptions): Pro
     res.writeHead(308, { location: `https://${hostname}${portSuffix}${url}`, 'content-length': '0' });
     res.end();
   };
-  return listenInternal(redirect, { port: options.port, host: options.host, timeouts: options.timeouts });
+  return listenInternal(redirect, { port: options.port, host: options.host, timeouts: options.timeouts, connections: options.connections });
 }

@@ -1,4 +1,5 @@
 import net from 'node:net';
+import { makeCertificate } from '../helpers/certificates';
 import { startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
 
 /**
@@ -29,12 +30,12 @@ describe('connections per client', () => {
    * Opens a connection from `from` (a loopback address), asks for /health and keeps the connection open;
    * resolves `true` once the answer arrived, `false` when the gateway closed the connection first.
    */
-  function servedOnNewConnection(from: string): Promise<boolean> {
-    const { port } = new URL(gateway!.url);
+  function servedOnNewConnection(from: string, origin = gateway!.url): Promise<boolean> {
+    const { port } = new URL(origin);
     return new Promise((resolve) => {
       const socket = net.connect({ port: Number(port), host: '127.0.0.1', localAddress: from }, () => socket.write('GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'));
       held.push(socket);
-      socket.once('data', (chunk: Buffer) => resolve(chunk.toString().startsWith('HTTP/1.1 200 ')));
+      socket.once('data', (chunk: Buffer) => resolve(chunk.toString().startsWith('HTTP/1.1 ')));
       socket.once('close', () => resolve(false));
       socket.on('error', () => undefined);
     });
@@ -59,6 +60,17 @@ describe('connections per client', () => {
     // The bound is on for everyone else.
     for (let i = 0; i < 2; i++) expect(await servedOnNewConnection('127.0.0.1')).toBe(true);
     expect(await servedOnNewConnection('127.0.0.1')).toBe(false);
+  });
+
+  it("bounds the HTTPS redirect listener's connections as the HTTPS port's (it bounded none: one machine made the gateway hold as many as it opened)", async () => {
+    const certificate = makeCertificate();
+    gateway = await startGatewayProcess({ config: { ...config({ maxConnections: 6, maxConnectionsPerClient: 3 }), tls: { certFile: certificate.certFile, keyFile: certificate.keyFile, redirectHttpPort: 0 } } });
+    const redirect = String((await gateway.waitForLine((line) => line.message === 'https redirect listener started')).url);
+    for (let i = 0; i < 3; i++) expect(await servedOnNewConnection('127.0.0.1', redirect)).toBe(true);
+    expect(await servedOnNewConnection('127.0.0.1', redirect)).toBe(false);
+    for (let i = 0; i < 3; i++) expect(await servedOnNewConnection('127.0.0.2', redirect)).toBe(true);
+    // Six held: a third address finds no room.
+    expect(await servedOnNewConnection('127.0.0.3', redirect)).toBe(false);
   });
 
   it('bounds no address with server.maxConnectionsPerClient 0', async () => {
