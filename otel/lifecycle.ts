@@ -33,6 +33,11 @@ export interface RunServerOptions {
   /** ConnectionBounds `admitConnection`. */
   admitConnection?: (socket: Socket) => boolean;
   /**
+   * Decides, as an HTTP/2 request arrives, whether its stream is served: one refused is reset with
+   * REFUSED_STREAM before the app sees it. Every stream is served when absent.
+   */
+  admitStream?: (stream: http2.ServerHttp2Stream) => boolean;
+  /**
    * How long an HTTP/1 connection may hold bytes the client is not taking (watchStalledSends), ms. No bound when
    * absent (the services, which only the gateway and each other call).
    */
@@ -276,14 +281,16 @@ function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejecte
  * (RFC 9112 9.6: no further requests are processed after a close). A request whose response has no connection
  * yet waits until it is its turn, and is never handled when the connection closes first.
  */
-function inTurn(handle: http.RequestListener, logger: Logger, openHttp2Responses: Set<Http2ServerResponse>): http.RequestListener {
+function inTurn(handle: http.RequestListener, logger: Logger, openHttp2Responses: Set<Http2ServerResponse>, admitStream?: (stream: http2.ServerHttp2Stream) => boolean): http.RequestListener {
   /** Requests parsed on each connection and waiting for their turn. */
   const waiting = new WeakMap<Socket, number>();
   return (request, response) => {
     // HTTP/2 streams are independent (and the compatibility response's socket is a proxy).
     if (!(response instanceof http.ServerResponse)) {
-      // Kept until it closes, so the drain bound can tell the streams it cuts from those clients left.
       const stream = response as unknown as Http2ServerResponse;
+      // Refused before anything is made of it; REFUSED_STREAM tells the client it was not processed (RFC 9113 8.7).
+      if (admitStream && !admitStream(stream.stream)) return void resetStream(stream.stream, http2.constants.NGHTTP2_REFUSED_STREAM);
+      // Kept until it closes, so the drain bound can tell the streams it cuts from those clients left.
       openHttp2Responses.add(stream);
       stream.once('close', () => openHttp2Responses.delete(stream));
       return handle(request, response);
@@ -756,7 +763,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   const { app, logger } = options;
   const { timeouts } = options;
   const openHttp2Responses = new Set<Http2ServerResponse>();
-  const listener = inTurn(app.callback(), logger, openHttp2Responses);
+  const listener = inTurn(app.callback(), logger, openHttp2Responses, options.admitStream);
   const server: PublicServer = options.createServer
     ? options.createServer(listener)
     : http.createServer(

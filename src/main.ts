@@ -179,10 +179,10 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   if (single) onHangup(() => single.reloadNow());
   const timeouts = clientTimeouts(config.server);
   // Each public listener (HTTPS or plain, and the HTTPS redirect beside it) bounds its own connections alike.
-  const publicConnections = () => ({
-    maxConnections: config.server.maxConnections,
-    admitConnection: createConnectionsPerClient({ maxPerClient: config.server.maxConnectionsPerClient, config: () => live.active().config, logger }),
-  });
+  const publicConnections = () => {
+    const perClient = createConnectionsPerClient({ maxPerClient: config.server.maxConnectionsPerClient, config: () => live.active().config, logger });
+    return { maxConnections: config.server.maxConnections, admitConnection: perClient?.admitConnection, admitStream: perClient?.admitStream };
+  };
   // Opened before the public listener, so a taken admin port stops startup rather than going unnoticed.
   const adminListener =
     config.admin.port === undefined

@@ -1,3 +1,4 @@
+import http2 from 'node:http2';
 import net from 'node:net';
 import { makeCertificate } from '../helpers/certificates';
 import { startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
@@ -46,7 +47,7 @@ describe('connections per client', () => {
     for (let i = 0; i < 3; i++) expect(await servedOnNewConnection('127.0.0.1')).toBe(true);
     expect(await servedOnNewConnection('127.0.0.1')).toBe(false);
     expect(await servedOnNewConnection('127.0.0.2')).toBe(true);
-    await gateway.waitForLine((line) => line.message === 'closed connections over the per-client bound' && line.remote_address === '127.0.0.1' && line.limit === 3);
+    await gateway.waitForLine((line) => line.message === 'refused connections over the per-client bound' && line.remote_address === '127.0.0.1' && line.limit === 3);
     // One of the three goes: the address has room again once the gateway counted it out.
     held[0]!.destroy();
     let served = false;
@@ -71,6 +72,39 @@ describe('connections per client', () => {
     for (let i = 0; i < 3; i++) expect(await servedOnNewConnection('127.0.0.2', redirect)).toBe(true);
     // Six held: a third address finds no room.
     expect(await servedOnNewConnection('127.0.0.3', redirect)).toBe(false);
+  });
+
+  it('counts each open HTTP/2 stream too, refusing one over the bound with REFUSED_STREAM (a flow-control window of 0 held 100 answers and their requests per connection)', async () => {
+    const certificate = makeCertificate();
+    gateway = await startGatewayProcess({ config: { ...config({ maxConnectionsPerClient: 3, sendTimeoutMs: 60_000 }), tls: { certFile: certificate.certFile, keyFile: certificate.keyFile } } });
+    // A window of 0: each /health answer waits for the client, its stream open.
+    const session = http2.connect(gateway.url, { ca: certificate.cert, settings: { initialWindowSize: 0 } });
+    session.on('error', () => undefined);
+    try {
+      /** Opens a stream for /health: its status once answered, or the code it was reset with. */
+      const open = () => {
+        const stream = session.request({ ':path': '/health' });
+        stream.on('error', () => undefined);
+        const outcome = new Promise<string>((resolve) => {
+          stream.once('response', (headers) => resolve(`status ${headers[':status']}`));
+          stream.once('close', () => resolve(`reset ${stream.rstCode}`));
+        });
+        return { stream, outcome };
+      };
+      // The connection counts one, each stream one more.
+      const first = open();
+      const second = open();
+      expect(await first.outcome).toBe('status 200');
+      expect(await second.outcome).toBe('status 200');
+      expect(await open().outcome).toBe(`reset ${http2.constants.NGHTTP2_REFUSED_STREAM}`);
+      // A stream that ends gives its room back.
+      first.stream.close(http2.constants.NGHTTP2_CANCEL);
+      let served = false;
+      for (let attempt = 0; attempt < 50 && !served; attempt++) served = (await open().outcome) === 'status 200';
+      expect(served).toBe(true);
+    } finally {
+      session.destroy();
+    }
   });
 
   it('bounds no address with server.maxConnectionsPerClient 0', async () => {
