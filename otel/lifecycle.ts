@@ -682,7 +682,7 @@ function boundConnections(server: Server, bounds: ConnectionBounds): void {
 export interface InternalListenerOptions {
   port: number;
   host: string;
-  /** Bounds on its connections (a public one's: the HTTPS redirect listener). None when absent. */
+  /** Bounds on its connections (a public one's: the HTTPS redirect listener). INTERNAL_MAX_CONNECTIONS when absent. */
   connections?: ConnectionBounds;
   /** Client timeouts, ms, as on the public listener (`server.*`). */
   timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
@@ -700,6 +700,13 @@ export interface InternalListener {
 }
 
 /**
+ * Connections an operators' listener (admin, metrics) holds at once; further ones are closed at accept. Their
+ * clients are a scraper or two and a person: unbounded, the metrics listener (on 0.0.0.0 in the shipped compose
+ * file and pods) held as many silent connections as anyone who reached it opened, ~10 KiB and a descriptor each.
+ */
+export const INTERNAL_MAX_CONNECTIONS = 256;
+
+/**
  * A listener beside the public one, for operators and scrapers (admin, metrics). Plain, not runServer: that
  * one owns the process's signals and exit, and two of them would race; the public listener's shutdown closes
  * these. Their requests are short reads, so nothing is drained.
@@ -708,7 +715,7 @@ export async function listenInternal(handler: http.RequestListener, options: Int
   const { headersMs, requestMs, keepAliveMs } = options.timeouts;
   const served = options.servedHosts === undefined ? handler : servingHosts(options.servedHosts, handler);
   const server = http.createServer({ headersTimeout: headersMs, requestTimeout: requestMs, keepAliveTimeout: keepAliveMs }, served);
-  if (options.connections) boundConnections(server, options.connections);
+  boundConnections(server, options.connections ?? { maxConnections: INTERNAL_MAX_CONNECTIONS });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port, options.host, () => resolve());

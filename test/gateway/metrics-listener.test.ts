@@ -1,10 +1,12 @@
 import http from 'node:http';
 import net from 'node:net';
 import { gunzipSync } from 'node:zlib';
+import { INTERNAL_MAX_CONNECTIONS } from '../../otel/lifecycle';
 import { createGatewayMetrics, listenMetrics, type MetricsListener } from '../../src/metrics';
 import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics, PROMETHEUS_ACCEPT } from '../helpers/openmetrics';
 import { startStack, type TestStack } from '../helpers/stack';
 import { asList, asMap, asString, readYaml } from '../stack/stack-files';
+import { waitFor } from '../helpers/wait';
 
 const timeouts = { headersMs: 5000, requestMs: 10_000, keepAliveMs: 5000 };
 
@@ -24,6 +26,44 @@ describe('the metrics listener (listenMetrics)', () => {
     expect(text.endsWith('# EOF\n')).toBe(true);
     expect(parseOpenMetrics(text).types.get('http_server_request_duration_seconds')).toBe('histogram');
   });
+
+  it('closes connections past INTERNAL_MAX_CONNECTIONS at accept (it held as many silent connections as anyone opened), and serves again once they go', async () => {
+    const { port } = new URL(listener.url);
+    const held: net.Socket[] = [];
+    const closedByListener = new Set<net.Socket>();
+    try {
+      for (let i = 0; i < INTERNAL_MAX_CONNECTIONS + 5; i++) {
+        const socket = net.connect(Number(port), '127.0.0.1');
+        socket.on('error', () => undefined);
+        socket.resume();
+        socket.once('close', () => closedByListener.add(socket));
+        held.push(socket);
+        await new Promise((resolve) => socket.once('connect', resolve));
+      }
+      // Five or more (a connection of an earlier test's client may still hold a slot).
+      await waitFor(() => closedByListener.size >= 5, 'the connections over the bound to be closed');
+      expect(held.length - closedByListener.size).toBeLessThanOrEqual(INTERNAL_MAX_CONNECTIONS);
+      expect(await scrapedOnNewConnection()).toBe(false);
+    } finally {
+      held.forEach((socket) => socket.destroy());
+    }
+    // Counted out asynchronously: retried until a scrape on a new connection gets through.
+    await waitFor(scrapedOnNewConnection, 'a scrape once the connections went');
+  });
+
+  /** Whether a scrape on a new connection is answered (false: the listener closed the connection first). */
+  function scrapedOnNewConnection(): Promise<boolean> {
+    const { port } = new URL(listener.url);
+    return new Promise((resolve) => {
+      const socket = net.connect(Number(port), '127.0.0.1', () => socket.write('GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n'));
+      socket.once('data', () => {
+        resolve(true);
+        socket.destroy();
+      });
+      socket.once('close', () => resolve(false));
+      socket.on('error', () => undefined);
+    });
+  }
 
   /** One scrape, its body as it came over the wire (fetch would decode it). */
   const rawScrape = (method: string, headers: http.OutgoingHttpHeaders) =>
