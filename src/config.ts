@@ -404,9 +404,10 @@ const configSchema = z
         maxConnections: z.int().positive().default(10_000),
         /**
          * Connections one client address may hold open at once (an IPv6 client's network of
-         * `rateLimit.ipv6PrefixLength`, as the limits count it); further ones are closed at accept. A trusted
-         * proxy's (`trustProxy`, `trustedProxies`) are not counted: they carry many clients. Per process, as
-         * `maxConnections` is. Default 1 000; 0 = off.
+         * `rateLimit.ipv6PrefixLength`, as the limits count it), an HTTP/2 connection counting one and each stream
+         * open on it one more; further connections are closed at accept, further streams reset (REFUSED_STREAM). A
+         * trusted proxy's (`trustProxy`, `trustedProxies`) are not counted: they carry many clients. Per process, as
+         * `maxConnections` is, and per public listener. Default 1 000; 0 = off.
          */
         maxConnectionsPerClient: z.int().min(0).default(1_000),
         /**
