@@ -62,7 +62,8 @@ describe.each([
     startedAt = Date.now() / 1000;
     const route = (name: string, extra: Record<string, unknown> = {}) => ({ name, prefix: `/${name}`, service: 'api', upstreamPath: '', auth: 'public', ...extra });
     gateway = await startGatewayProcess({
-      config: { services: { users: { url: upstream.url }, api: { url: upstream.url } }, routes: [route('api'), route('limited', { rateLimit: { max: 5, windowMs: 60_000 } })] },
+      // A cached route, a limited one: every family the dashboards query has series.
+      config: { services: { users: { url: upstream.url }, api: { url: upstream.url } }, routes: [route('api', { cache: { ttlSeconds: 60 } }), route('limited', { rateLimit: { max: 5, windowMs: 60_000 } })] },
       // Traced and sampled, so one process's duration buckets carry exemplars.
       env: { METRICS_PORT: '0', OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_TRACES_SAMPLER: 'always_on', OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', ...(workers ? { GATEWAY_WORKERS: workers } : {}) },
       telemetry: true,

@@ -295,12 +295,24 @@ const EXPECTATIONS: Record<string, (o: Observed) => void> = {
     if (workers === 1) return near(one(result, 'ejections'), (2 / MEASURED_TOTAL) * requestRate, 'ejections');
     expect(one(result, 'ejections')).toBeLessThanOrEqual((2 / MEASURED_TOTAL) * requestRate * (1 + 1e-9));
   },
-  'Rate-limit decisions (A)': ({ result, requestRate }) => {
-    const got = byLabel(result, 'gateway_rate_limit_decision');
-    expect(Object.keys(got).sort()).toEqual(['allowed', 'limited', 'store_down_allowed', 'store_down_rejected']);
-    near(got.limited!, (measuredWhere((c) => c.status === 429) / MEASURED_TOTAL) * requestRate, 'limited');
-    expect(got.allowed).toBeGreaterThan(0);
-    expect({ store_down_allowed: got.store_down_allowed, store_down_rejected: got.store_down_rejected }).toEqual({ store_down_allowed: 0, store_down_rejected: 0 });
+  'Rate-limit decisions by policy (A)': ({ result, requestRate }) => {
+    const got = Object.fromEntries(result.map((s) => [`${s.metric.gateway_rate_limit_policy} ${s.metric.gateway_rate_limit_decision}`, s.value]));
+    // Every decision of every policy, from the start: the zeros are series too.
+    const policies = ['default', 'login', 'login-account', 'register', 'limited'];
+    expect(Object.keys(got).sort()).toEqual(policies.flatMap((p) => ['allowed', 'limited', 'store_down_allowed', 'store_down_rejected'].map((d) => `${p} ${d}`)).sort());
+    // A route with a policy of its own is not counted under default; the login meets its client's and its account's;
+    // a request no route took meets none.
+    const routed = (c: Call) => c.route !== 'unmatched' && c.desc !== 'login' && c.route !== '/api/limited';
+    const expected: Record<string, number> = { 'default allowed': measuredWhere(routed), 'login allowed': 1, 'login-account allowed': 1, 'limited limited': measuredWhere((c) => c.status === 429) };
+    expect(Object.keys(got).filter((k) => got[k]! > 0).sort()).toEqual(Object.keys(expected).sort());
+    for (const [key, count] of Object.entries(expected)) near(got[key]!, (count / MEASURED_TOTAL) * requestRate, key);
+  },
+  'Response cache lookups by route (A)': ({ result, requestRate }) => {
+    const got = Object.fromEntries(result.map((s) => [`${s.metric.gateway_route_name} ${s.metric.gateway_cache_result}`, s.value]));
+    // Only the users route caches; the warm-up stored the user, so every measured GET of it was a hit.
+    expect(Object.keys(got).sort()).toEqual(['users bypass', 'users hit', 'users miss', 'users stale']);
+    expect(Object.keys(got).filter((k) => got[k]! > 0)).toEqual(['users hit']);
+    near(got['users hit']!, (10 / MEASURED_TOTAL) * requestRate, 'users hit');
   },
   'Auth failures by reason (A)': ({ result, requestRate }) =>
     ratios(result, 'error_type', requestRate, { missing_token: 4, invalid_token: 2 }, 'auth failures'),
