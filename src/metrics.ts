@@ -258,8 +258,8 @@ export function createPrimaryMetrics(configured: number, servingWorkers: () => n
  * A cluster's scrape endpoint, in the primary (src/workers.ts): every scrape asks each worker for its registry
  * over the cluster channel and answers their sum. Each worker listening on the port itself would answer one
  * worker's counters per scrape, a different one each time: Prometheus would read every switch as a counter
- * reset. Sums are negotiated as one process's scrape is, without exemplars (an exemplar belongs to one
- * process's bucket); each worker's own, exemplars included, go out over OTLP. They count since this listener
+ * reset. Sums are negotiated as one process's scrape is, each bucket with the newest exemplar a live worker has
+ * there (withWorkerExemplars); each worker's own series also go out over OTLP. They count since this listener
  * started (their `_created`), before the primary forks any worker; a replaced worker's counts stay in them.
  */
 export function listenClusterMetrics(options: ClusterMetricsListenerOptions): Promise<MetricsListener> {
@@ -352,7 +352,13 @@ function clusterMetricsCollector(servingWorkers: () => Worker[], primary?: Regis
         if (!waiting.delete(requestId)) return;
         clearTimeout(timer);
         const own = primary ? primary.getMetricsAsJSON() : Promise.resolve([]);
-        resolve(Promise.all([sumOf([...[...lastAnswers.values()].flat(), ...retired]), own]).then(([summed, mine]) => [...summed, ...mine]) as Promise<unknown> as Promise<MetricFamilyJSON[]>);
+        const answers = [...lastAnswers.values()];
+        resolve(
+          Promise.all([sumOf([...answers.flat(), ...retired]), own]).then(([summed, mine]) => [
+            ...withWorkerExemplars(summed as unknown as MetricFamilyJSON[], answers.flat() as unknown as MetricFamilyJSON[][]),
+            ...(mine as unknown as MetricFamilyJSON[]),
+          ]),
+        );
       }
       waiting.set(requestId, {
         answered: (workerId) => pending.delete(workerId) && pending.size === 0 && settle(),
@@ -365,6 +371,48 @@ function clusterMetricsCollector(servingWorkers: () => Worker[], primary?: Regis
       if (pending.size === 0) return settle();
       for (const worker of workers) worker.send({ type: WORKER_METRICS_REQUEST, requestId });
     });
+}
+
+type Exemplar = NonNullable<MetricFamilyJSON['values'][number]['exemplar']>;
+
+/** One sample of a family: its name (a histogram's `_bucket`, ...) and labels, whatever their order. */
+function sampleKey(family: string, sample: MetricFamilyJSON['values'][number]): string {
+  const labels = Object.entries(sample.labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return `${family}\n${sample.metricName ?? ''}\n${JSON.stringify(labels)}`;
+}
+
+/**
+ * The workers' sum with, on each histogram bucket, the newest exemplar any live worker's last answer has there.
+ * prom-client's aggregate drops them, so a cluster's scrape had none: with GATEWAY_WORKERS above 1 the dashboard's
+ * latency dots and their link to the request's trace were gone, since compose's collector drops the gateway's
+ * OTLP copy that keeps each worker's. An exemplar is one observation the bucket counted, and the sum counts every
+ * worker's observations, so any worker's is one of the sum's.
+ */
+function withWorkerExemplars(summed: MetricFamilyJSON[], registries: readonly MetricFamilyJSON[][]): MetricFamilyJSON[] {
+  const newest = new Map<string, Exemplar>();
+  for (const registry of registries) {
+    for (const family of registry) {
+      if (family.type !== 'histogram') continue;
+      for (const sample of family.values) {
+        if (!sample.exemplar) continue;
+        const key = sampleKey(family.name, sample);
+        const seen = newest.get(key);
+        if (!seen || (sample.exemplar.timestamp ?? 0) > (seen.timestamp ?? 0)) newest.set(key, sample.exemplar);
+      }
+    }
+  }
+  if (newest.size === 0) return summed;
+  return summed.map((family) =>
+    family.type !== 'histogram'
+      ? family
+      : {
+          ...family,
+          values: family.values.map((sample) => {
+            const exemplar = newest.get(sampleKey(family.name, sample));
+            return exemplar ? { ...sample, exemplar } : sample;
+          }),
+        },
+  );
 }
 
 /** In a cluster worker: answers the primary's scrapes (listenClusterMetrics) with this registry. */
