@@ -3,7 +3,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { EXEMPLAR_LABEL, METRIC, SERVICE_NAME } from '../../otel/wire-names';
+import { EXEMPLAR_LABEL, METRIC, METRIC_LABEL_VALUE, SERVICE_NAME } from '../../otel/wire-names';
 import { startOtlpPrometheusBridge, type OtlpPrometheusBridge } from '../helpers/otlp-prometheus-bridge';
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
 import { startProcessStack, type ProcessStack } from '../helpers/process-stack';
@@ -391,7 +391,9 @@ describeLive.each([{ workers: 1 }, { workers: 2 }])(`the dashboards against the 
           [...served.matchAll(new RegExp(`^${METRIC.requestDuration}_count\\{job="${job}"[^}]*\\} (\\d+)$`, 'gm'))].reduce((n, m) => n + Number(m[1]), 0),
         ]),
       );
-      if (gateway[0]?.value === sent() && SERVICE_JOBS.every((job) => serviceExports.has(job) && stored[job] === servedCounts[job])) {
+      // Both targets' last scrapes answered (a failed one marks every series of its target stale).
+      const up = (await prometheus!.vector('min(up)', now))[0]?.value === 1;
+      if (up && gateway[0]?.value === sent() && SERVICE_JOBS.every((job) => serviceExports.has(job) && stored[job] === servedCounts[job])) {
         return Math.max(...(await prometheus!.vector('timestamp(up)', Date.now() / 1000)).map((s) => s.value));
       }
       if (Date.now() > deadline) {
@@ -571,12 +573,19 @@ describeLive.each([{ workers: 1 }, { workers: 2 }])(`the dashboards against the 
         for (const e of exemplars) expect(Object.keys(e.labels)).toEqual([String(destination.name)]);
         const ids = exemplars.map((e) => e.labels[EXEMPLAR_LABEL.traceId]!);
         const received = await receiver.waitFor((r) => ids.every((id) => r.spans.some((s) => s.traceId === id && s.serviceName === SERVICE_NAME.gateway && s.kind === 'SERVER')));
-        // A slow dot opens a slow request: the exemplar of the slow route's bucket is a trace of that route.
-        const slowOnes = exemplars.filter((e) => Number(e.value) >= 0.3);
-        expect(slowOnes.length).toBeGreaterThan(0);
-        for (const e of slowOnes) {
-          const root = received.spans.find((s) => s.traceId === e.labels[EXEMPLAR_LABEL.traceId] && s.kind === 'SERVER' && s.serviceName === SERVICE_NAME.gateway)!;
-          expect(root.attributes['http.route']).toBe('/api/slow/*');
+        // A dot opens the request it stands for: the trace of a route's exemplar is a request of that route, and the
+        // slow route's dots are its slow requests.
+        const rootOf = (id: string) => received.spans.find((s) => s.traceId === id && s.kind === 'SERVER' && s.serviceName === SERVICE_NAME.gateway)!;
+        for (const e of exemplars.filter((each) => each.series.http_route !== undefined)) {
+          // A request no route took has no http.route on its span (the conventions' rule), `unmatched` on its series.
+          const route = e.series.http_route === METRIC_LABEL_VALUE.unmatchedRoute ? undefined : e.series.http_route;
+          expect({ series: e.series.http_route, trace: rootOf(e.labels[EXEMPLAR_LABEL.traceId]!).attributes['http.route'] }).toEqual({ series: e.series.http_route, trace: route });
+        }
+        const slowDots = exemplars.filter((e) => e.series.http_route === '/api/slow/*' || e.series.gateway_upstream_service === 'slow');
+        expect(slowDots.length).toBeGreaterThan(0);
+        for (const e of slowDots) {
+          expect(rootOf(e.labels[EXEMPLAR_LABEL.traceId]!).attributes['http.route']).toBe('/api/slow/*');
+          expect(Number(e.value)).toBeGreaterThanOrEqual(0.3);
         }
       },
     );
