@@ -183,16 +183,24 @@ describe('Grafana provisioning', () => {
 const HISTOGRAMS: readonly string[] = [METRIC.requestDuration, METRIC.upstreamDuration];
 
 /**
- * Every series name the dashboard may query: the gateway's metrics (otel/wire-names.ts METRIC, the names its
- * /metrics exports). The services' OTLP `http.server.request.duration` arrives under the same name as the
- * gateway's (METRIC.requestDuration), so it needs no entry of its own.
+ * The services' OTLP histograms beside `http.server.request.duration` (which arrives under the gateway's name,
+ * METRIC.requestDuration), as Prometheus names them: notification-service's `rpc.server.call.duration` (s).
  */
-const EXPORTED_SERIES: ReadonlySet<string> = new Set(
-  Object.values(METRIC).flatMap((name) => (HISTOGRAMS.includes(name) ? [`${name}_bucket`, `${name}_count`, `${name}_sum`] : [name])),
-);
+const SERVICE_HISTOGRAMS: readonly string[] = ['rpc_server_call_duration_seconds'];
+/** Their attributes as labels (`rpc.method`, `rpc.status_code`, `rpc.system.name`). */
+const SERVICE_LABELS: readonly string[] = ['rpc_method', 'rpc_status_code', 'rpc_system_name'];
 
-/** Labels the metrics carry: the gateway's (METRIC_LABEL), those Prometheus adds (job, instance), a bucket's bound (le). */
-const KNOWN_LABELS: ReadonlySet<string> = new Set([...Object.values(METRIC_LABEL), 'job', 'instance', 'le']);
+/**
+ * Every series name the dashboard may query: the gateway's metrics (otel/wire-names.ts METRIC, the names its
+ * /metrics exports) and the services' histograms (SERVICE_HISTOGRAMS).
+ */
+const EXPORTED_SERIES: ReadonlySet<string> = new Set([
+  ...Object.values(METRIC).flatMap((name) => (HISTOGRAMS.includes(name) ? [`${name}_bucket`, `${name}_count`, `${name}_sum`] : [name])),
+  ...SERVICE_HISTOGRAMS.flatMap((name) => [`${name}_bucket`, `${name}_count`, `${name}_sum`]),
+]);
+
+/** Labels the metrics carry: the gateway's (METRIC_LABEL), the services' (SERVICE_LABELS), job, instance, le. */
+const KNOWN_LABELS: ReadonlySet<string> = new Set([...Object.values(METRIC_LABEL), ...SERVICE_LABELS, 'job', 'instance', 'le']);
 
 const prometheusConfig = asMap(readYaml('otel/prometheus.yaml'), 'otel/prometheus.yaml');
 const scrapeJobs = asList(prometheusConfig.scrape_configs, 'scrape_configs').map((c) => String(asMap(c, 'scrape_configs[]').job_name));
@@ -293,6 +301,10 @@ describe.each(dashboards)('dashboard $file', ({ dashboard, panels }) => {
       { desc: 'upstream ejections', pattern: `${METRIC.upstreamEjections}{job="gateway"}` },
     ])('shows the gateway\'s $desc', ({ pattern }) => {
       expect(gatewayExprs.filter((e) => e.includes(pattern)).length).toBeGreaterThan(0);
+    });
+
+    it("shows the services' gRPC calls by method and status (notification-service's rpc.server.call.duration)", () => {
+      expect(promExprs.map(([, expr]) => expr)).toContainEqual(expect.stringContaining('sum by (job, rpc_method, rpc_status_code) (rate(rpc_server_call_duration_seconds_count{job!="gateway"}'));
     });
 
     it("shows the services' own request rate and latency (their OTLP metrics), apart from the gateway's", () => {

@@ -89,7 +89,7 @@ const ALICE = { email: 'alice@example.com', password: 'wonderland' };
 
 /**
  * Every kind of call, once or more in the warm-up (so that each series exists before the measured part: rate()
- * cannot count a series' first sample), then `measured` times. Measured: 32 requests, 3 of them 5xx.
+ * cannot count a series' first sample), then `measured` times. Measured: 35 requests, 3 of them 5xx.
  */
 const CALLS: Call[] = [
   // Its warm-up is the login that gets the token.
@@ -100,6 +100,7 @@ const CALLS: Call[] = [
   { desc: 'orders with a bad token', route: '/api/orders/*', path: '/api/orders', auth: 'bad', status: 401, warmUp: 1, measured: 2 },
   { desc: 'no route', route: 'unmatched', path: '/nope', status: 404, warmUp: 1, measured: 3 },
   { desc: 'notifications', route: '/api/notifications/*', path: '/api/notifications', auth: 'token', status: 200, warmUp: 1, measured: 2 },
+  { desc: 'notifications over gRPC (REST to gRPC)', route: '/api/v1/notifications/*', path: '/api/v1/notifications', auth: 'token', status: 200, warmUp: 1, measured: 3 },
   { desc: 'a route allowing one request (then 429)', route: '/api/limited', path: '/api/limited', auth: 'token', status: 429, warmUp: 2, warmUpStatuses: [200, 429], measured: 2 },
   { desc: 'a service whose two instances refuse (502)', route: '/api/down/*', path: '/api/down', status: 502, warmUp: 1, measured: 1 },
   { desc: 'a service slower than the route timeout (504)', route: '/api/slow/*', path: '/api/slow', status: 504, warmUp: 1, measured: 2 },
@@ -283,7 +284,7 @@ const EXPECTATIONS: Record<string, (o: Observed) => void> = {
     const got = Object.fromEntries(result.map((s) => [`${s.metric.gateway_upstream_service} ${s.metric.gateway_upstream_outcome}`, s.value]));
     // Attempts: the cached user's hits never reach users (nor does the login's check, which is no proxied attempt);
     // each refused request is tried on both instances of `down`; a timeout is not retried.
-    const expected: Record<string, number> = { 'orders ok': 5, 'notifications ok': 2, 'down refused': 2, 'slow timeout': 2 };
+    const expected: Record<string, number> = { 'orders ok': 5, 'notifications ok': 2 + 3, 'down refused': 2, 'slow timeout': 2 };
     expect(Object.keys(got).filter((k) => got[k]! > 0).sort()).toEqual(Object.keys(expected).sort());
     for (const [key, count] of Object.entries(expected)) near(got[key]!, (count / MEASURED_TOTAL) * requestRate, `upstream ${key}`);
   },
@@ -321,6 +322,12 @@ const EXPECTATIONS: Record<string, (o: Observed) => void> = {
     const rates = byLabel(result, 'job');
     expect(Object.keys(rates).sort()).toEqual([...SERVICE_JOBS].sort());
     for (const job of SERVICE_JOBS) expect({ job, rate: rates[job]! > 0 }).toEqual({ job, rate: true });
+  },
+  'Services: gRPC calls by method and status (A)': ({ result }) => {
+    const got = Object.fromEntries(result.map((s) => [`${s.metric.job} ${s.metric.rpc_method} ${s.metric.rpc_status_code}`, s.value]));
+    const calls = `${SERVICE_NAME.notifications} koagateway.notifications.v1.Notifications/ListNotifications OK`;
+    expect(Object.keys(got)).toEqual([calls]);
+    expect(got[calls]).toBeGreaterThan(0);
   },
   'Services: p95 latency (A)': ({ result }) => {
     const p95 = byLabel(result, 'job');
@@ -422,7 +429,7 @@ describeLive.each([{ workers: 1 }, { workers: 2 }])(`the dashboards against the 
       { name: 'held', prefix: '/api/held', service: 'held', upstreamPath: '/held', auth: 'public', timeoutMs: 60_000 },
     );
     writeFileSync(path.join(configDir, 'gateway.json'), JSON.stringify(file));
-    const metricsPort = await freePort();
+    const [metricsPort, grpcPort] = [await freePort(), await freePort()];
     // As docker-compose.yml runs them, but on loopback, with telemetry to the test's receiver every second.
     stack = await startProcessStack({
       OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
@@ -431,6 +438,9 @@ describeLive.each([{ workers: 1 }, { workers: 2 }])(`the dashboards against the 
       OTEL_BSP_SCHEDULE_DELAY: '100',
       GATEWAY_CONFIG: path.join(configDir, 'gateway.json'),
       GATEWAY_WORKERS: String(workers),
+      // notification-service's gRPC interface, which the gateway's REST-to-gRPC route calls.
+      GRPC_PORT: String(grpcPort),
+      NOTIF_GRPC_SERVICE_URL: `http://127.0.0.1:${grpcPort}`,
       METRICS_PORT: String(metricsPort),
       METRICS_HOST: '127.0.0.1',
       REDIS_URL: redis.url,
