@@ -276,6 +276,21 @@ export interface RouteRateLimitOptions {
 }
 
 /**
+ * What a request the route table refuses (404 to a path no route takes, 405 to a method its route does not) spends:
+ * its route's limit, or the default one (also for a route limited by caller: the caller is not known, and a refusal
+ * is no failed authentication). Those were limited by nothing, as route matching answers before the limits: a
+ * client scanning paths had every 404 logged and traced, without end (createRouteMatch `beforeRefusal`).
+ */
+export function createRefusalRateLimit(options: RouteRateLimitOptions): (ctx: Context) => Promise<void> {
+  const spend = async () => {};
+  return (ctx) => {
+    const routeName = ctx.state.route?.name;
+    const limiter = (routeName && !options.byCaller?.has(routeName) && options.byRoute.get(routeName)) || options.fallback;
+    return limiter.check(ctx, spend);
+  };
+}
+
+/**
  * Applies the matched route's limit (or the global one) before any token is verified. On a route limited by
  * caller, the caller is not known yet: requests that then fail authentication (401) are counted per client
  * network instead, and a network that has used up that budget is refused (429) before any credential is checked,

@@ -1,9 +1,14 @@
-import type { Middleware } from 'koa';
+import type { Context, Middleware } from 'koa';
 import { GatewayError } from '../errors';
 import type { RouteTable } from '../routes';
 
 export interface RouteMatchOptions {
   routes: RouteTable;
+  /**
+   * What a request the table refuses (404, 405) spends before its answer: the rate limit (gateway.ts,
+   * createRefusalRateLimit). It may throw instead (429). None when absent.
+   */
+  beforeRefusal?: (ctx: Context) => Promise<void>;
 }
 
 /**
@@ -11,15 +16,23 @@ export interface RouteMatchOptions {
  * 405 with `Allow`, never a less specific route with weaker rules.
  */
 export function createRouteMatch(options: RouteMatchOptions): Middleware {
+  const { beforeRefusal } = options;
+  /** `error`, once the refused request has spent what it must (a request the table refuses was never limited). */
+  const refuse = (ctx: Context, error: GatewayError): Promise<never> => {
+    if (!beforeRefusal) throw error;
+    return beforeRefusal(ctx).then(() => {
+      throw error;
+    });
+  };
   // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
   return function matchRoute(ctx, next) {
     const match = options.routes.match(ctx.path, ctx.method);
-    if (!match) throw new GatewayError('route_not_found', `No route matches ${ctx.method} ${ctx.path}.`);
+    if (!match) return refuse(ctx, new GatewayError('route_not_found', `No route matches ${ctx.method} ${ctx.path}.`));
     if (match.kind === 'method_not_allowed') {
       // The route exists: its 405 is recorded under it (span, access line, metrics), not with paths that match none.
       ctx.state.route = match.route;
       const allow = match.allowed.join(', ');
-      throw new GatewayError('method_not_allowed', `${ctx.path} accepts ${allow}.`, { headers: { Allow: allow } });
+      return refuse(ctx, new GatewayError('method_not_allowed', `${ctx.path} accepts ${allow}.`, { headers: { Allow: allow } }));
     }
     ctx.state.route = match.route;
     ctx.state.upstreamPath = match.upstreamPath;

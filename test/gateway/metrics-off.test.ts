@@ -29,10 +29,11 @@ describe('the gateway with metrics off', () => {
   });
 
   it('authenticates, limits, forwards and retries without recording anything', async () => {
+    // No route takes /metrics on the public listener; its 404 spends one of the client's five, as any request.
+    expect((await fetch(`${gateway.url}/metrics`)).status).toBe(404);
     const token = await login(gateway.url, 'bob@example.com', 'builder');
     const statuses: number[] = [];
-    for (let i = 0; i < 6; i++) statuses.push((await fetch(`${gateway.url}/api/users/2`, { headers: { authorization: `Bearer ${token}` } })).status);
-    expect(statuses).toEqual([200, 200, 200, 200, 200, 429]);
-    expect((await fetch(`${gateway.url}/metrics`)).status).toBe(404);
+    for (let i = 0; i < 5; i++) statuses.push((await fetch(`${gateway.url}/api/users/2`, { headers: { authorization: `Bearer ${token}` } })).status);
+    expect(statuses).toEqual([200, 200, 200, 200, 429]);
   });
 });

@@ -34,6 +34,25 @@ describe('rate limiting', () => {
     expect(stack.orders.requests.length).toBe(5);
   });
 
+  // Route matching answered before the limits: a client scanning paths (404) or methods (405) was never limited,
+  // each refusal logged and traced. Refusals spend the route's limit, or the default one, as any request.
+  it('limits requests no route takes (404) and methods a route refuses (405) like any other', async () => {
+    const statuses: number[] = [];
+    let last: Response | undefined;
+    for (const [method, path] of [['DELETE', '/api/users'], ['DELETE', '/api/users'], ['GET', '/api/nothing'], ['GET', '/nope'], ['PUT', '/api/users'], ['GET', '/api/nothing'], ['DELETE', '/api/users']]) {
+      last = await fetch(`${stack.gateway.url}${path}`, { method });
+      statuses.push(last.status);
+      if (last.status !== 429) await last.arrayBuffer();
+    }
+    expect(statuses).toEqual([405, 405, 404, 404, 405, 429, 429]);
+    expect(await last!.json()).toMatchObject({ status: 429, code: 'rate_limited' });
+    expect(last!.headers.get('ratelimit-policy')).toBe('"default";q=5;w=60');
+    // One budget: the routes under the default policy are refused to that client too, and nothing reached a service.
+    const token = await login(stack.gateway.url);
+    expect((await fetch(`${stack.gateway.url}/api/orders`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(429);
+    expect(stack.serviceRequests().filter((request) => !request.url.startsWith('/health') && !request.url.startsWith('/internal/credentials'))).toEqual([]);
+  });
+
   it('gives login its own stricter limit, before credentials are checked', async () => {
     const attempt = () => fetch(`${stack.gateway.url}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'bob@example.com', password: 'guess' }) });
     const statuses = [];
