@@ -4,6 +4,7 @@ import { isIP } from 'node:net';
 import path from 'node:path';
 import { z } from 'zod';
 import { FIELD_NAME_TOKEN, HTTP_METHODS } from '../otel/wire-names';
+import { duplicateJsonKey } from './json-duplicate-keys';
 import { headerRulesSchema, ownedRequestHeader, ownedResponseHeader } from './header-rules';
 import { cacheSettingsSchema, routeCacheSchema } from './response-cache';
 import { GUESSABLE_SECRET_RULE, isGuessableSecret, SIGNING_KEY_MIN_LENGTH } from './gateway-signature';
@@ -837,6 +838,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd(), 
   } catch (error) {
     throw new ConfigError(`config: ${file}: not valid JSON (${(error as Error).message})`);
   }
+  refuseDuplicateKeys(text, file);
   return parseConfig(withConsumersFile(parsed, path.dirname(file)), env, options);
 }
 
@@ -851,13 +853,27 @@ function withConsumersFile(parsed: unknown, configDir: string): unknown {
   if ('consumers' in rest) throw new ConfigError('config: consumersFile: cannot be combined with consumers');
   const file = path.resolve(configDir, consumersFile);
   let consumers: unknown;
+  let text: string;
   try {
-    consumers = JSON.parse(readFileSync(file, 'utf8'));
+    text = readFileSync(file, 'utf8');
+    consumers = JSON.parse(text);
   } catch (error) {
     const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
     throw new ConfigError(`config: consumersFile: cannot read ${file} as JSON (${reason})`);
   }
+  refuseDuplicateKeys(text, file, 'consumers');
   return { ...rest, consumers };
+}
+
+/**
+ * A key given twice in one object of a config file stops the load, naming it: JSON.parse would keep the last one
+ * silently (src/json-duplicate-keys.ts), and which of the two the operator meant is anyone's guess.
+ */
+function refuseDuplicateKeys(text: string, file: string, under?: string): void {
+  const key = duplicateJsonKey(text);
+  if (key === undefined) return;
+  const keyPath = under === undefined ? key : `${under}.${key}`;
+  throw new ConfigError(`config: ${keyPath}: is given twice in ${file} (JSON would keep the last one without a word; keep the one you mean)`);
 }
 
 export function deepFreeze<T>(value: T): T {

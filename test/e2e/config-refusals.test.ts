@@ -1,0 +1,82 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
+import { childEnvironment } from '../helpers/process-stack';
+import { shippedConfigFile } from '../helpers/test-config';
+
+/**
+ * Configurations the gateway would run wrongly, or not at all past start-up, on the built gateway as a user runs it:
+ * each one stops start-up (exit 1) with one line naming the key, and a reload (SIGHUP) of it is refused while the
+ * running config keeps serving. Each row was accepted before the fix its description names.
+ */
+const root = path.join(__dirname, '../..');
+jest.setTimeout(60_000);
+
+type Config = Record<string, any>;
+
+/** The shipped config with `change` applied, as the text of a file (or that text itself, for cases JSON.stringify cannot write). */
+function shippedWith(change: (config: Config) => void): string {
+  const config = shippedConfigFile() as Config;
+  change(config);
+  return JSON.stringify(config, null, 2);
+}
+
+interface Refusal {
+  desc: string;
+  /** The config file's text. */
+  file: () => string;
+  env?: Record<string, string>;
+  /** The one line start-up prints. */
+  line: RegExp;
+}
+
+const REFUSALS: Refusal[] = [
+  {
+    desc: 'a route with auth given twice, the last one public (JSON.parse kept the last: the route was served without a token)',
+    file: () => shippedWith(() => undefined).replace('"name": "orders",', '"name": "orders",\n      "auth": "required",\n      "auth": "public",'),
+    line: /^gateway: config: routes\.3\.auth: is given twice in .*gateway\.config\.json/,
+  },
+];
+
+function startOnce(file: string, env: Record<string, string> = {}) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'gateway-refusal-'));
+  const configFile = path.join(dir, 'gateway.config.json');
+  writeFileSync(configFile, file);
+  return spawnSync(process.execPath, [path.join(root, 'dist/src/main.js')], {
+    cwd: root,
+    env: childEnvironment({ PORT: '0', NODE_ENV: 'test', OTEL_SDK_DISABLED: 'true', GATEWAY_CONFIG: configFile, ...env }),
+    encoding: 'utf8',
+    timeout: 15_000,
+  });
+}
+
+describe('a config the gateway would run wrongly', () => {
+  it.each(REFUSALS)('stops start-up with one line naming the key: $desc', ({ file, env, line }) => {
+    const result = startOnce(file(), env);
+    expect({ status: result.status, lines: result.stderr.trim().split('\n') }).toEqual({ status: 1, lines: [expect.stringMatching(line)] });
+  });
+
+  describe('on reload (SIGHUP)', () => {
+    let gateway: GatewayProcess | undefined;
+    afterEach(() => {
+      if (gateway?.child.exitCode === null) gateway.child.kill('SIGKILL');
+      gateway = undefined;
+    });
+
+    it.each(REFUSALS.filter((refusal) => refusal.env === undefined))('is refused, and the running config keeps serving: $desc', async ({ file, line }) => {
+      gateway = await startGatewayProcess({ config: shippedConfigFile() });
+      const running = (await (await fetch(`${gateway.adminUrl}/admin/config`)).json()) as { version: string };
+      const from = gateway.lines.length;
+      gateway.writeConfig(file());
+      gateway.child.kill('SIGHUP');
+      const refused = await gateway.waitForLine((entry) => entry.message === 'config reload refused; the running config keeps serving', { from });
+      // The reason is the start-up line without its `gateway: ` prefix.
+      expect(`gateway: ${String(refused.reason)}`).toMatch(line);
+      expect(((await (await fetch(`${gateway.adminUrl}/admin/config`)).json()) as { version: string }).version).toBe(running.version);
+      // The shipped route table still serves: the orders route still wants a token.
+      expect((await fetch(`${gateway.url}/api/orders`)).status).toBe(401);
+    });
+  });
+});
