@@ -172,6 +172,12 @@ const serviceUrl = z
     return (url.pathname === '/' || url.pathname === '') && url.search === '' && url.hash === '' && url.username === '' && url.password === '' && !/[?#]/.test(value);
   }, 'must be an origin (scheme, host, port) without path, query, fragment or credentials: put a path in the route\'s upstreamPath');
 
+/** Whether a Redis URL's database, in its path or `db` query parameter as ioredis reads it, is a number or not given. */
+function redisDatabaseIsNumber(url: URL): boolean {
+  const db = url.searchParams.get('db');
+  return /^(\/\d*)?$/.test(url.pathname) && (db === null || /^\d+$/.test(db));
+}
+
 /** What a route name is made of. */
 export const ROUTE_NAME = /^[a-z][a-z0-9-]*$/;
 /**
@@ -373,7 +379,13 @@ const configSchema = z
         /** Clients tracked at once by the in-memory store; the oldest windows are dropped beyond it. */
         maxTrackedClients: z.int().positive().default(100_000),
         /** Shared store for several gateway replicas (`redis://host:6379/0`); in-memory per process when absent. */
-        redisUrl: z.url({ protocol: /^rediss?$/, error: 'must be a redis:// or rediss:// URL' }).optional(),
+        // ioredis reads the path (or a `db` query parameter) as the database number: `/ratelimit` or `?db=cache` became
+        // SELECT NaN once connected, which ended the gateway that had started listening (an unhandled ReplyError),
+        // and again at every restart.
+        redisUrl: z
+          .url({ protocol: /^rediss?$/, error: 'must be a redis:// or rediss:// URL' })
+          .refine((value) => !URL.canParse(value) || redisDatabaseIsNumber(new URL(value)), 'must name its database by number, if at all (redis://host:6379/0)')
+          .optional(),
         /** Longest a limit check waits for Redis, ms, before the store counts as down. Default 200. */
         redisTimeoutMs: z.int().positive().max(10_000).default(200),
         /** Prefix of every Redis key, so several gateways (or test runs) can share one Redis. */

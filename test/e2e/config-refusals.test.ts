@@ -38,6 +38,17 @@ const REFUSALS: Refusal[] = [
     file: () => shippedWith(() => undefined).replace('"name": "orders",', '"name": "orders",\n      "auth": "required",\n      "auth": "public",'),
     line: /^gateway: config: routes\.3\.auth: is given twice in .*gateway\.config\.json/,
   },
+  {
+    desc: 'a REDIS_URL whose database is no number (the gateway listened, then died on SELECT NaN)',
+    file: () => shippedWith(() => undefined),
+    env: { REDIS_URL: 'redis://127.0.0.1:6379/ratelimit' },
+    line: /^gateway: config: REDIS_URL \(rateLimit\.redisUrl\): must name its database by number, if at all .*\(got "redis:\/\/127\.0\.0\.1:6379\/ratelimit"\)$/,
+  },
+  {
+    desc: 'a rateLimit.redisUrl whose db parameter is no number (the same SELECT NaN)',
+    file: () => shippedWith((config) => (config.rateLimit.redisUrl = 'redis://127.0.0.1:6379?db=cache')),
+    line: /^gateway: config: rateLimit\.redisUrl: must name its database by number/,
+  },
 ];
 
 function startOnce(file: string, env: Record<string, string> = {}) {
