@@ -141,15 +141,19 @@ const consumerSchema = z.strictObject({
   rateLimit: rateLimitSchema.optional(),
 });
 
+const CORS_HEADER_RULE = 'must be a header name (letters, digits and !#$%&\'*+.^_`|~-), one per entry';
+
 const corsSchema = z
   .strictObject({
     /** Allowed origins, exact (`https://app.example.com`), or `*` (only without credentials). */
     origins: z.array(z.string().regex(/^(\*|https?:\/\/[^/\s]+)$/, 'must be * or an origin like https://app.example.com')).nonempty(),
     methods: z.array(z.enum(HTTP_METHODS)).nonempty().default(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE']),
+    // Header names (or `*`): they are joined into the Access-Control-Allow-/-Expose-Headers fields, and a CR, LF or
+    // space in one made Node refuse the field, so every cross-origin request (preflight or not) was a 500.
     /** Request headers a browser may send. */
-    headers: z.array(z.string().min(1)).default(['authorization', 'content-type', 'x-request-id']),
+    headers: z.array(z.string().regex(FIELD_NAME_TOKEN, CORS_HEADER_RULE)).default(['authorization', 'content-type', 'x-request-id']),
     /** Response headers a browser script may read. */
-    exposeHeaders: z.array(z.string().min(1)).default(['x-request-id', 'traceresponse', 'retry-after', 'ratelimit', 'ratelimit-policy']),
+    exposeHeaders: z.array(z.string().regex(FIELD_NAME_TOKEN, CORS_HEADER_RULE)).default(['x-request-id', 'traceresponse', 'retry-after', 'ratelimit', 'ratelimit-policy']),
     /** How long a browser may cache a preflight answer, s. Default 600. */
     maxAgeSeconds: z.int().min(0).default(600),
     /** Allow cookies / Authorization from browsers (`Access-Control-Allow-Credentials`). Default false. */

@@ -39,6 +39,16 @@ const REFUSALS: Refusal[] = [
     line: /^gateway: config: routes\.3\.auth: is given twice in .*gateway\.config\.json/,
   },
   {
+    desc: 'a cors.exposeHeaders entry with CR LF in it (every cross-origin request was a 500)',
+    file: () => shippedWith((config) => (config.cors = { origins: ['https://app.example.com'], exposeHeaders: ['x-request-id', 'x-a\r\nx-b'] })),
+    line: /^gateway: config: cors\.exposeHeaders\.1: must be a header name .*\(got "x-a\\r\\nx-b"\)$/,
+  },
+  {
+    desc: "a route's cors.headers entry with LF in it (every preflight to it was a 500)",
+    file: () => shippedWith((config) => (config.routes[3].cors = { origins: ['https://app.example.com'], headers: ['authorization\nx-b'] })),
+    line: /^gateway: config: routes\.3\.cors\.headers\.0: must be a header name/,
+  },
+  {
     desc: 'a REDIS_URL whose database is no number (the gateway listened, then died on SELECT NaN)',
     file: () => shippedWith(() => undefined),
     env: { REDIS_URL: 'redis://127.0.0.1:6379/ratelimit' },
