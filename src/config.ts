@@ -21,6 +21,39 @@ import { GUESSABLE_SECRET_RULE, isGuessableSecret, SIGNING_KEY_MIN_LENGTH } from
  */
 export const PUBLISHED_JWT_SECRETS: readonly string[] = ['dev-only-insecure-jwt-secret-change-me'];
 
+const TRUSTED_RANGE_RULE =
+  'must not be broader than an IPv4 /8 (10.0.0.0/8) or an IPv6 /7 (fc00::/7), nor reach every IPv4 client through IPv4-mapped addresses (::ffff:0:0/96): such a range trusts clients to name their own address; list your proxies';
+
+/** The 128 bits of an IPv6 address (`::ffff:10.0.0.1` too). */
+function ipv6Bits(address: string): bigint {
+  // The URL parser writes every IPv6 address as hex groups, compressed at most once (`[::ffff:a00:1]`).
+  const host = new URL(`http://[${address}]`).hostname.slice(1, -1);
+  const [head = [], tail] = host.split('::').map((part) => part.split(':').filter(Boolean));
+  const groups = tail === undefined ? head : [...head, ...Array<string>(8 - head.length - tail.length).fill('0'), ...tail];
+  return groups.reduce((bits, group) => (bits << 16n) | BigInt(parseInt(group, 16)), 0n);
+}
+
+/** `::ffff:0:0`, the start of the IPv4-mapped block (RFC 4291 2.5.5.2). */
+const IPV4_MAPPED = 0xffffn << 32n;
+
+/**
+ * Whether a `trustedProxies` range trusts so many addresses that it is no list of proxies: an IPv4 range broader than
+ * a /8 (10.0.0.0/8, the largest private network), an IPv6 one broader than a /7 (fc00::/7, every private address;
+ * 2000::/3 is every public one), or an IPv6 one whose IPv4-mapped part is broader than an IPv4 /8. net.BlockList
+ * matches an IPv4-mapped rule against IPv4 peers too, so `::ffff:0:0/96` or `::/1` trusted every IPv4 client, as the
+ * refused `0.0.0.0/0` would.
+ */
+function tooBroadToTrust(entry: string): boolean {
+  const [address = '', prefixText] = entry.split('/');
+  if (prefixText === undefined) return false;
+  const prefix = Number(prefixText);
+  if (isIP(address) === 4) return prefix < 8;
+  if (prefix < 7) return true;
+  // Covers IPv4-mapped addresses when its first min(prefix, 96) bits are those of the mapped block.
+  const shift = BigInt(128 - Math.min(prefix, 96));
+  return ipv6Bits(address) >> shift === IPV4_MAPPED >> shift && prefix - 96 < 8;
+}
+
 /** Most worker processes `workers` accepts. */
 export const MAX_WORKERS = 64;
 const WORKERS_RULE = `must be an integer from 1 to ${MAX_WORKERS} or "auto"`;
@@ -279,7 +312,8 @@ const configSchema = z
         z
           .union([z.ipv4(), z.ipv6(), z.cidrv4(), z.cidrv6()], { error: 'must be an IP address or CIDR range' })
           // `0.0.0.0/0` is every client: each could then choose its own address (and rate-limit key).
-          .refine((entry) => !/\/0+$/.test(entry), 'must not be a /0 range: that trusts every client to name its own address; list your proxies'),
+          .refine((entry) => !/\/0+$/.test(entry), 'must not be a /0 range: that trusts every client to name its own address; list your proxies')
+          .refine((entry) => !/\/0+$/.test(entry) && !tooBroadToTrust(entry), TRUSTED_RANGE_RULE),
       )
       .nonempty()
       .optional(),

@@ -49,6 +49,11 @@ const REFUSALS: Refusal[] = [
     line: /^gateway: config: routes\.3\.cors\.headers\.0: must be a header name/,
   },
   {
+    desc: 'a trustedProxies range of every IPv4 client in IPv4-mapped form (a client reaching the gateway directly named its own address)',
+    file: () => shippedWith((config) => Object.assign(config, { trustProxy: true, trustedProxies: ['::ffff:0:0/96'] })),
+    line: /^gateway: config: trustedProxies\.0: must not be broader than .*IPv4-mapped.* \(got "::ffff:0:0\/96"\)$/,
+  },
+  {
     desc: 'a REDIS_URL whose database is no number (the gateway listened, then died on SELECT NaN)',
     file: () => shippedWith(() => undefined),
     env: { REDIS_URL: 'redis://127.0.0.1:6379/ratelimit' },

@@ -1,6 +1,8 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { BlockList } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import fc from 'fast-check';
 import { ConfigError, describeRouteAccess, GATEWAY_ENV_VARIABLES, loadConfig, MAX_ROUTE_NAME_LENGTH, parseConfig, PUBLISHED_JWT_SECRETS } from '../../src/config';
 import { shippedConfigFile, TEST_JWT_SECRET, TEST_SIGNING_KEY } from '../helpers/test-config';
 
@@ -127,6 +129,14 @@ describe('gateway config', () => {
       message: /^config: trustedProxies\.1: must not be a \/0 range/,
     },
     { desc: 'a trusted proxy range of every IPv6 address', patch: (file: any) => Object.assign(file, { trustProxy: true, trustedProxies: ['::/0'] }), message: /^config: trustedProxies\.0: must not be a \/0 range/ },
+    // net.BlockList matches an IPv4-mapped rule against IPv4 peers: each of these trusted every IPv4 client, as 0.0.0.0/0.
+    ...['::ffff:0:0/96', '::ffff:0.0.0.0/100', '::/1', '::/80'].map((range) => ({
+      desc: `a trusted proxy range of every IPv4 client in IPv6 form (${range})`,
+      patch: (file: any) => Object.assign(file, { trustProxy: true, trustedProxies: ['10.0.0.1', range] }),
+      message: /^config: trustedProxies\.1: must not be broader than an IPv4 \/8 .*nor reach every IPv4 client through IPv4-mapped addresses/,
+    })),
+    { desc: 'a trusted proxy range of half the IPv4 addresses', patch: (file: any) => Object.assign(file, { trustProxy: true, trustedProxies: ['0.0.0.0/1'] }), message: /^config: trustedProxies\.0: must not be broader than an IPv4 \/8/ },
+    { desc: 'a trusted proxy range of every public IPv6 address', patch: (file: any) => Object.assign(file, { trustProxy: true, trustedProxies: ['2000::/3'] }), message: /^config: trustedProxies\.0: must not be broader than an IPv4 \/8 \(10\.0\.0\.0\/8\) or an IPv6 \/7/ },
     // Node refused to start such a server, in words of its own.
     { desc: 'a whole-request timeout under the head timeout', patch: (file: any) => (file.server = { headersTimeoutMs: 10_000, requestTimeoutMs: 3000 }), message: /^config: server\.requestTimeoutMs: must be 0 \(off\) or at least server\.headersTimeoutMs/ },
     { desc: 'a route deadline beyond what a Node timer holds', patch: (file: any) => (file.routes[1].deadlineMs = 3e9), message: /^config: routes\.1\.deadlineMs: must be at most 2147483647 ms/ },
@@ -150,6 +160,32 @@ describe('gateway config', () => {
     const file = shippedConfigFile();
     patch(file);
     expect(() => parseConfig(file)).toThrow(message);
+  });
+
+  it('takes trusted proxy ranges up to the private networks (10.0.0.0/8, fc00::/7) and IPv4-mapped ones within a /8', () => {
+    const ranges = ['10.0.0.0/8', '172.16.0.0/12', 'fc00::/7', 'fd00::/8', '2001:db8::/32', '::ffff:10.0.0.0/104', '::/95', '64:ff9b::/96', '::ffff:192.0.2.1'];
+    expect(parseConfig({ ...shippedConfigFile(), trustProxy: true, trustedProxies: ranges }).trustedProxies).toEqual(ranges);
+  });
+
+  it('takes no trusted proxy range under which two IPv4 clients of different /8s, or two IPv6 clients of different /7s, are both trusted', () => {
+    // The gateway's own matcher (net.BlockList, src/middleware/trusted-proxies.ts) is the judge of what a range trusts.
+    const ipv4 = fc.tuple(fc.nat(255), fc.nat(255), fc.nat(255), fc.nat(255)).map((bytes) => bytes.join('.'));
+    const ipv6 = fc.array(fc.nat(0xffff), { minLength: 8, maxLength: 8 }).map((groups) => groups.map((group) => group.toString(16)).join(':'));
+    const mapped = ipv4.map((address) => `::ffff:${address}`);
+    const range = fc.oneof(
+      fc.tuple(ipv4, fc.integer({ min: 0, max: 32 })).map(([address, prefix]) => ({ address, prefix, type: 'ipv4' as const })),
+      fc.tuple(fc.oneof(ipv6, mapped, fc.constantFrom('::', '::ffff:0:0', '2000::')), fc.integer({ min: 0, max: 128 })).map(([address, prefix]) => ({ address, prefix, type: 'ipv6' as const })),
+    );
+    fc.assert(
+      fc.property(range, ipv4, ipv4, ipv6, ipv6, ({ address, prefix, type }, a4, b4, a6, b6) => {
+        const list = new BlockList();
+        list.addSubnet(address, prefix, type);
+        const wide = (a4.split('.')[0] !== b4.split('.')[0] && list.check(a4, 'ipv4') && list.check(b4, 'ipv4')) || (parseInt(a6, 16) >> 9 !== parseInt(b6, 16) >> 9 && list.check(a6, 'ipv6') && list.check(b6, 'ipv6'));
+        // A sample pair can only show a range is wide; the ranges that contain such a pair must all be refused.
+        if (wide) expect(() => parseConfig({ ...shippedConfigFile(), trustProxy: true, trustedProxies: [`${address}/${prefix}`] })).toThrow(/^config: trustedProxies\.0: must not be/);
+      }),
+      { seed: 66, numRuns: 2000 },
+    );
   });
 
   it('takes a gRPC keepalive with its defaults: a 20 s wait for the ping, none without calls; none when absent', () => {
