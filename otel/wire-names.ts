@@ -396,6 +396,12 @@ export const METRIC = {
   /** A cluster primary's own: workers serving now, and how many it runs. */
   workersServing: 'gateway_workers_serving',
   workersConfigured: 'gateway_workers_configured',
+  /**
+   * Config reloads (SIGHUP, POST /admin/reload) by result, and whether the last one applied: the process that reloads
+   * counts them (the single process, or a cluster's primary). As Prometheus' own `prometheus_config_last_reload_successful`.
+   */
+  configReloads: 'gateway_config_reloads_total',
+  configLastReloadSuccessful: 'gateway_config_last_reload_successful',
 } as const;
 
 /** Metric label keys: the semantic-convention attribute keys (and ours from ATTR) with `.` as `_`. */
@@ -411,6 +417,8 @@ export const METRIC_LABEL = {
   rateLimitPolicy: 'gateway_rate_limit_policy',
   rateLimitDecision: 'gateway_rate_limit_decision',
   cacheResult: 'gateway_cache_result',
+  /** `success` (applied, or unchanged) or `failure` (refused, or not built). */
+  configReloadResult: 'gateway_config_reload_result',
 } as const;
 
 /**

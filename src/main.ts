@@ -11,7 +11,7 @@ import { createConnectionsPerClient } from './client-connections';
 import { createGatewayApps } from './gateway';
 import { strictTransportSecurityValue } from './middleware/hsts';
 import { rejectedRequestMetrics } from './middleware/request-metrics';
-import { createGatewayMetrics, listenMetrics, shareMetricsWithPrimary } from './metrics';
+import { createGatewayMetrics, createReloadMetrics, listenMetrics, shareMetricsWithPrimary, type ReloadMetrics } from './metrics';
 import { createRedisStore, waitForRedis } from './rate-limit-store';
 import { connectWorker, type WorkerLink } from './worker-link';
 import { startupWarnings } from './startup-warnings';
@@ -99,8 +99,13 @@ async function main(): Promise<void> {
 }
 
 /** The one process without a cluster: reloads (SIGHUP, POST /admin/reload) are read, checked and applied here. */
-function singleProcessControl(live: () => ReturnType<typeof createLiveGateway>, logger: Logger, generatedSecret: string | undefined): ConfigControl & { reloadNow(): ReloadAnswer } {
+function singleProcessControl(live: () => ReturnType<typeof createLiveGateway>, logger: Logger, generatedSecret: string | undefined, reloadMetrics?: ReloadMetrics): ConfigControl & { reloadNow(): ReloadAnswer } {
   function reloadNow(): ReloadAnswer {
+    const answer = reloadOnce();
+    reloadMetrics?.reloaded(answer.ok);
+    return answer;
+  }
+  function reloadOnce(): ReloadAnswer {
     const gateway = live();
     const previousVersion = gateway.active().version;
     const check = checkReload(gateway.active(), reader(generatedSecret), logger);
@@ -158,7 +163,8 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   const metrics = config.metrics.port !== undefined || metricExportEnabled() ? createGatewayMetrics() : undefined;
   // Pushed over OTLP too, with the bootstrap's metric exporter and OTEL_* settings.
   if (metrics) exportPromClientRegistry(metrics.registry, { startTimeMs: metrics.startedAtMs });
-  const single = worker ? undefined : singleProcessControl(() => live, logger, generatedSecretOf(config));
+  // A cluster's reloads are its primary's to count (src/workers.ts); a worker's registry is summed with the others'.
+  const single = worker ? undefined : singleProcessControl(() => live, logger, generatedSecretOf(config), metrics && createReloadMetrics(metrics.registry));
   const control = worker ? worker.control(() => live.active()) : single!;
   // Set as the drain begins; every build reads it (a reload during the drain too).
   let stopping = false;

@@ -1,7 +1,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import http from 'node:http';
 import { gzip } from 'node:zlib';
-import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, type OpenMetricsContentType } from 'prom-client';
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, type OpenMetricsContentType, type RegistryContentType } from 'prom-client';
 import { answerInternal, isScrapeHost, listenInternal, type InternalListener, type InternalListenerOptions, type ServedHosts, type ServerProblem } from '../otel/lifecycle';
 import type { Logger } from '../otel/logger';
 import { HEADER, METRIC, METRIC_LABEL, RATE_LIMIT_DECISIONS, type RateLimitDecision } from '../otel/wire-names';
@@ -235,6 +235,34 @@ export interface PrimaryMetrics {
   readonly registry: Registry;
   /** One per worker the primary replaced: it exited (crash, signal) or its watchdog killed it. */
   readonly workerRestarts: Counter;
+  /** The cluster's config reloads, which the primary decides. */
+  readonly reloads: ReloadMetrics;
+}
+
+/** Counts config reloads where they are decided (the single process, or a cluster's primary). */
+export interface ReloadMetrics {
+  /** One reload's end: `true` once its config serves (or it was the running one), `false` when it was refused or not built. */
+  reloaded(success: boolean): void;
+}
+
+/**
+ * `gateway_config_reloads_total{gateway_config_reload_result}` and `gateway_config_last_reload_successful` in `registry`.
+ * A SIGHUP has no one to answer, and a refused one left the old config serving with one log line only: an operator
+ * who rolled out a file and signalled the gateway saw nothing amiss, and no alert could. The gauge is 1 from start-up
+ * (its config validated) and 0 from a failed reload until one succeeds, so `== 0` alerts on a refused file.
+ */
+export function createReloadMetrics(registry: Registry<RegistryContentType>): ReloadMetrics {
+  const registers = [registry];
+  const reloads = new Counter({ name: counterFamily(METRIC.configReloads), help: 'Config reloads (SIGHUP, POST /admin/reload), by result.', labelNames: [METRIC_LABEL.configReloadResult], registers });
+  for (const result of ['success', 'failure']) reloads.inc({ [METRIC_LABEL.configReloadResult]: result }, 0);
+  const lastSuccessful = new Gauge({ name: METRIC.configLastReloadSuccessful, help: 'Whether the last config reload applied (1) or was refused or failed (0); 1 before any.', registers });
+  lastSuccessful.set(1);
+  return {
+    reloaded(success) {
+      reloads.inc({ [METRIC_LABEL.configReloadResult]: success ? 'success' : 'failure' });
+      lastSuccessful.set(success ? 1 : 0);
+    },
+  };
 }
 
 /** The primary's series: `gateway_worker_restarts_total`, and the workers serving (`servingWorkers`) beside `configured`. */
@@ -251,7 +279,7 @@ export function createPrimaryMetrics(configured: number, servingWorkers: () => n
     },
   });
   new Gauge({ name: METRIC.workersConfigured, help: 'Cluster workers the primary runs when all are up (workers).', registers }).set(configured);
-  return { registry, workerRestarts };
+  return { registry, workerRestarts, reloads: createReloadMetrics(registry) };
 }
 
 /**

@@ -327,27 +327,34 @@ export function runPrimary(options: PrimaryOptions): void {
   /** One reload at a time: read and validate once, send to every worker, answer when all run it. */
   function reloadAll(): Promise<ReloadAnswer> {
     const next = reloads.then(async (): Promise<ReloadAnswer> => {
-      const check = checkReload(active, options.load, logger);
-      if (!check.ok) return { ok: false, reason: check.reason };
-      const previous = active;
-      active = check.next;
-      if (check.changed) {
-        for (const slot of slots) slot.applyFailed = undefined;
-        for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'apply', active });
-        const notApplied = await allApplied(active);
-        if (notApplied !== undefined) {
-          active = previous;
-          for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'apply', active });
-          const reason = `${notApplied}; version ${previous.version} restored`;
-          logger.error('config reload failed in the workers', { reason });
-          return { ok: false, reason };
-        }
-        logger.info('config reloaded', { version: active.version, previousVersion: previous.version, workers: statuses() });
-      }
-      return { ok: true, status: check.changed ? 'reloaded' : 'unchanged', version: active.version, loadedAt: active.loadedAt, pendingRestart: active.pendingRestart, workers: statuses() };
+      const answer = await reloadOnce();
+      primaryMetrics?.reloads.reloaded(answer.ok);
+      return answer;
     });
     reloads = next.catch(() => undefined);
     return next;
+  }
+
+  /** Reads and validates the config once, sends it to every worker, and answers once all run it (or why not). */
+  async function reloadOnce(): Promise<ReloadAnswer> {
+    const check = checkReload(active, options.load, logger);
+    if (!check.ok) return { ok: false, reason: check.reason };
+    const previous = active;
+    active = check.next;
+    if (check.changed) {
+      for (const slot of slots) slot.applyFailed = undefined;
+      for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'apply', active });
+      const notApplied = await allApplied(active);
+      if (notApplied !== undefined) {
+        active = previous;
+        for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'apply', active });
+        const reason = `${notApplied}; version ${previous.version} restored`;
+        logger.error('config reload failed in the workers', { reason });
+        return { ok: false, reason };
+      }
+      logger.info('config reloaded', { version: active.version, previousVersion: previous.version, workers: statuses() });
+    }
+    return { ok: true, status: check.changed ? 'reloaded' : 'unchanged', version: active.version, loadedAt: active.loadedAt, pendingRestart: active.pendingRestart, workers: statuses() };
   }
 
   function stop(cause: NodeJS.Signals | 'startup-failed', exitCode = 0): void {

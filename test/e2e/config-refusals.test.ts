@@ -2,7 +2,9 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { METRIC, METRIC_LABEL } from '../../otel/wire-names';
 import { startGatewayProcess, type GatewayProcess } from '../helpers/gateway-process';
+import { scrape, scrapeWhen, valueOf, type Exposition } from '../helpers/openmetrics';
 import { childEnvironment } from '../helpers/process-stack';
 import { shippedConfigFile } from '../helpers/test-config';
 
@@ -103,6 +105,33 @@ describe('a config the gateway would run wrongly', () => {
       expect(((await (await fetch(`${gateway.adminUrl}/admin/config`)).json()) as { version: string }).version).toBe(running.version);
       // The shipped route table still serves: the orders route still wants a token.
       expect((await fetch(`${gateway.url}/api/orders`)).status).toBe(401);
+    });
+
+    // A SIGHUP has no one to answer: a refused one was a log line only, which no alert watched.
+    it.each<{ desc: string; env: Record<string, string> }>([
+      { desc: 'one process', env: {} },
+      { desc: 'a cluster, counted once by its primary', env: { GATEWAY_WORKERS: '2' } },
+    ])('is counted, and gateway_config_last_reload_successful is 0 until a reload applies ($desc)', async ({ env }) => {
+      gateway = await startGatewayProcess({ config: shippedConfigFile(), env: { METRICS_PORT: '0', ...env } });
+      const metricsUrl = String((await gateway.waitForLine((entry) => entry.message === 'metrics listener started')).url);
+      const state = (exposition: Exposition) => ({
+        success: valueOf(exposition, METRIC.configReloads, { [METRIC_LABEL.configReloadResult]: 'success' }),
+        failure: valueOf(exposition, METRIC.configReloads, { [METRIC_LABEL.configReloadResult]: 'failure' }),
+        lastSuccessful: valueOf(exposition, METRIC.configLastReloadSuccessful, {}),
+      });
+      expect(state(await scrape(metricsUrl))).toEqual({ success: 0, failure: 0, lastSuccessful: 1 });
+
+      let from = gateway.lines.length;
+      gateway.writeConfig(REFUSALS[0]!.file());
+      gateway.child.kill('SIGHUP');
+      await gateway.waitForLine((entry) => entry.message === 'config reload refused; the running config keeps serving', { from });
+      expect(state(await scrapeWhen(metricsUrl, (exposition) => state(exposition).failure === 1))).toEqual({ success: 0, failure: 1, lastSuccessful: 0 });
+
+      from = gateway.lines.length;
+      gateway.writeConfig({ ...shippedConfigFile(), rateLimit: { max: 99, windowMs: 60_000 } });
+      gateway.child.kill('SIGHUP');
+      await gateway.waitForLine((entry) => entry.message === 'config reloaded', { from });
+      expect(state(await scrapeWhen(metricsUrl, (exposition) => state(exposition).success === 1))).toEqual({ success: 1, failure: 1, lastSuccessful: 1 });
     });
   });
 });
