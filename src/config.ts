@@ -5,6 +5,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { FIELD_NAME_TOKEN, HTTP_METHODS } from '../otel/wire-names';
 import { duplicateJsonKey } from './json-duplicate-keys';
+import { serviceOrigin } from './service-origin';
 import { headerRulesSchema, ownedRequestHeader, ownedResponseHeader } from './header-rules';
 import { cacheSettingsSchema, routeCacheSchema } from './response-cache';
 import { GUESSABLE_SECRET_RULE, isGuessableSecret, SIGNING_KEY_MIN_LENGTH } from './gateway-signature';
@@ -194,20 +195,8 @@ const corsSchema = z
   })
   .refine((cors) => !(cors.credentials && cors.origins.includes('*')), { message: '"*" cannot be combined with credentials', path: ['origins'] });
 
-/**
- * A service instance: an origin only. The gateway forwards to the route's `upstreamPath`, so a path, query or
- * credentials here would be dropped without a word (traffic meant for `http://mesh/users-svc` would reach the
- * mesh's root); put a path in the route's `upstreamPath`.
- */
-const serviceUrl = z
-  .url({ protocol: /^https?$/, error: 'must be an http(s) URL' })
-  .refine((value) => {
-    // Zod runs this check after a failed URL check too: `new URL` threw, and startup ended with a bare
-    // "Invalid URL" naming neither the key nor the value (a reload called it a bug). The URL check said why.
-    if (!URL.canParse(value)) return true;
-    const url = new URL(value);
-    return (url.pathname === '/' || url.pathname === '') && url.search === '' && url.hash === '' && url.username === '' && url.password === '' && !/[?#]/.test(value);
-  }, 'must be an origin (scheme, host, port) without path, query, fragment or credentials: put a path in the route\'s upstreamPath');
+/** A service instance: an origin only (src/service-origin.ts). */
+const serviceUrl = serviceOrigin("put a path in the route's upstreamPath");
 
 /** Whether a Redis URL's database, in its path or `db` query parameter as ioredis reads it, is a number or not given. */
 function redisDatabaseIsNumber(url: URL): boolean {

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { GUESSABLE_SECRET_RULE, isGuessableSecret, SIGNING_KEY_MIN_LENGTH } from '../../src/gateway-signature';
+import { serviceOrigin } from '../../src/service-origin';
 
 /**
  * Configuration of the three example services, from the environment only (they are small on purpose).
@@ -20,8 +21,18 @@ const common = {
    */
   GATEWAY_SIGNING_KEY_ACCEPTED: z.string().min(SIGNING_KEY_MIN_LENGTH, `must be at least ${SIGNING_KEY_MIN_LENGTH} characters`).optional(),
 };
-const port = (fallback: number) => z.coerce.number().int().min(0).max(65535).default(fallback);
-const url = (fallback: string) => z.url({ protocol: /^https?$/ }).default(fallback);
+/**
+ * A port: decimal digits, 0-65535 (0: any free one). Coerced with Number() before, `"   "` was 0 (a random port, so
+ * nothing found the service), `"0x10"` 16 and `" 4001"` 4001, values the gateway's own config refuses.
+ */
+const portNumber = z
+  .string()
+  .regex(/^\d{1,5}$/, 'must be a port number, decimal digits only')
+  .transform(Number)
+  .refine((port) => port <= 65535, 'must be at most 65535');
+const port = (fallback: number) => portNumber.default(fallback);
+/** Another service's origin: order-service puts its own paths after it, so a path or credentials were dropped without a word. */
+const url = (fallback: string) => serviceOrigin('order-service calls its own paths on it').default(fallback);
 
 const SCHEMAS = {
   users: z.object({ ...common, PORT: port(4001) }),
@@ -31,13 +42,13 @@ const SCHEMAS = {
     USER_SERVICE_URL: url('http://127.0.0.1:4001'),
     NOTIF_SERVICE_URL: url('http://127.0.0.1:4003'),
     /** notification-service's gRPC interface; when set, new orders are notified over gRPC instead of HTTP. */
-    NOTIF_GRPC_SERVICE_URL: z.url({ protocol: /^https?$/ }).optional(),
+    NOTIF_GRPC_SERVICE_URL: serviceOrigin('a gRPC call names its method itself').optional(),
   }),
   notifications: z.object({
     ...common,
     PORT: port(4003),
     /** Port of the gRPC interface (proto/notifications.proto), beside the HTTP one; none when unset (`npm start` and compose use 50053). */
-    GRPC_PORT: z.coerce.number().int().min(0).max(65535).optional(),
+    GRPC_PORT: portNumber.optional(),
   }),
 } as const;
 
@@ -58,7 +69,8 @@ export function loadServiceEnv<K extends ServiceKey>(service: K, env: Record<str
     const issue = result.error.issues[0]!;
     const name = issue.path.join('.');
     // The key is never echoed, not even a wrong one.
-    const got = name.startsWith('GATEWAY_SIGNING_KEY') ? '' : ` (got ${JSON.stringify(relevant[String(issue.path[0])])})`;
+    // Nor a URL's password (`http://svc:secret@host`), as the gateway hides it.
+    const got = name.startsWith('GATEWAY_SIGNING_KEY') ? '' : ` (got ${JSON.stringify(relevant[String(issue.path[0])])?.replace(/(\/\/[^/?#@\s:]*:)[^/?#@\s]*@/g, '$1***@')})`;
     throw new Error(`config: ${name}: ${issue.message}${got}`);
   }
   if (result.data.NODE_ENV === 'production' && result.data.GATEWAY_SIGNING_KEY === undefined) {

@@ -56,6 +56,11 @@ const REFUSALS: Refusal[] = [
     line: /^gateway: config: trustedProxies\.0: must not be broader than .*IPv4-mapped.* \(got "::ffff:0:0\/96"\)$/,
   },
   {
+    desc: 'a service on port 0 (every request to it was a 502)',
+    file: () => shippedWith((config) => (config.services.orders.url = ['http://127.0.0.1:4002', 'http://127.0.0.1:0'])),
+    line: /^gateway: config: services\.orders\.url\.1: must name a port other than 0: no service listens there \(got "http:\/\/127\.0\.0\.1:0"\)$/,
+  },
+  {
     desc: 'a REDIS_URL whose database is no number (the gateway listened, then died on SELECT NaN)',
     file: () => shippedWith(() => undefined),
     env: { REDIS_URL: 'redis://127.0.0.1:6379/ratelimit' },

@@ -21,7 +21,10 @@ async function startService(entry: string, env: Record<string, string>): Promise
   const child = spawn(process.execPath, [path.join(DIST, entry)], { env: childEnvironment({ NODE_ENV: 'test', HOST: '127.0.0.1', OTEL_SDK_DISABLED: 'true', ...env }), stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  // One that takes what it should refuse listens for good: ended after a bound, it fails the test instead of hanging it.
+  const bound = setTimeout(() => child.kill('SIGKILL'), 15_000);
   const code = await exitOf(child);
+  clearTimeout(bound);
   return { code, stderr };
 }
 
@@ -51,5 +54,21 @@ describe('a service given a signing key to accept but none of its own', () => {
     expect(stderr.trim().split('\n')).toEqual([expect.stringMatching(says)]);
     expect(stderr).not.toContain('the-next-gateway');
     expect(stderr).not.toContain('short');
+  });
+});
+
+// The services coerced their ports with Number(): "   " was port 0 (a random port nobody dialled), "0x10" port 16;
+// and order-service took a URL with a path or credentials, then called its own paths on the origin alone.
+describe('a service with a variable the gateway would refuse', () => {
+  it.each<{ desc: string; entry: string; env: Record<string, string>; line: RegExp }>([
+    { desc: 'a PORT of spaces (it listened on a random port)', entry: 'services/users/main.js', env: { PORT: '   ' }, line: /^user-service: config: PORT: must be a port number, decimal digits only \(got " {3}"\)$/ },
+    { desc: 'a hexadecimal PORT (it listened on 16)', entry: 'services/users/main.js', env: { PORT: '0x10' }, line: /^user-service: config: PORT: must be a port number/ },
+    { desc: 'a GRPC_PORT with a leading space', entry: 'services/notifications/main.js', env: { PORT: '0', GRPC_PORT: ' 50053' }, line: /^notification-service: config: GRPC_PORT: must be a port number/ },
+    { desc: 'a USER_SERVICE_URL with a path (dropped)', entry: 'services/orders/main.js', env: { PORT: '0', USER_SERVICE_URL: 'http://127.0.0.1:4001/users-svc' }, line: /^order-service: config: USER_SERVICE_URL: must be an origin .*\(got "http:\/\/127\.0\.0\.1:4001\/users-svc"\)$/ },
+    { desc: 'a NOTIF_SERVICE_URL with credentials, never echoed', entry: 'services/orders/main.js', env: { PORT: '0', NOTIF_SERVICE_URL: 'http://svc:s3cret@127.0.0.1:4003' }, line: /^order-service: config: NOTIF_SERVICE_URL: must be an origin .*\(got "http:\/\/svc:\*\*\*@127\.0\.0\.1:4003"\)$/ },
+    { desc: 'a NOTIF_GRPC_SERVICE_URL on port 0', entry: 'services/orders/main.js', env: { PORT: '0', NOTIF_GRPC_SERVICE_URL: 'http://127.0.0.1:0' }, line: /^order-service: config: NOTIF_GRPC_SERVICE_URL: must name a port other than 0/ },
+  ])('$desc: exits 1 with one line naming it', async ({ entry, env, line }) => {
+    const { code, stderr } = await startService(entry, env);
+    expect({ code, lines: stderr.trim().split('\n') }).toEqual({ code: 1, lines: [expect.stringMatching(line)] });
   });
 });

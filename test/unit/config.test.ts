@@ -94,6 +94,9 @@ describe('gateway config', () => {
     { desc: 'a service URL with a path (it would be dropped)', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001/v2' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an origin/ },
     { desc: 'a service URL with credentials', env: { USER_SERVICE_URL: 'http://svc:s3cret@127.0.0.1:4001' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an origin.*\(got "http:\/\/svc:\*\*\*@/ },
     { desc: 'a service URL with a query', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001?tenant=a' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an origin/ },
+    // A connection to port 0 is refused, always: every request to the service was a 502.
+    { desc: 'a service URL on port 0', env: { USER_SERVICE_URL: 'http://127.0.0.1:0' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must name a port other than 0/ },
+    { desc: 'a service URL with an empty userinfo', env: { USER_SERVICE_URL: 'http://@127.0.0.1:4001' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an origin/ },
     { desc: 'one of several service URLs with a fragment', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001,http://127.0.0.1:4011/#x' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\.1\): must be an origin/ },
   ])('refuses $desc with one line naming the key', ({ env, message }) => {
     expect(() => parseConfig(shippedConfigFile(), env)).toThrow(message);
