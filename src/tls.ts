@@ -86,8 +86,16 @@ export interface TlsServer {
 
 /** Reads the PEM files `tls` names and checks they are a usable pair; throws, naming the files, when not. */
 export function readCertificatePems(tls: TlsConfig, cwd = process.cwd()): CertificatePems {
-  const read = (file: string) => readFileSync(path.resolve(cwd, file), 'utf8');
-  const pems: CertificatePems = { cert: read(tls.certFile), key: read(tls.keyFile), ...(tls.caFile ? { ca: read(tls.caFile) } : {}) };
+  // Node's own words named no key, and for a directory not even the file ("EISDIR: illegal operation on a directory, read").
+  const read = (key: 'certFile' | 'keyFile' | 'caFile', file: string) => {
+    const resolved = path.resolve(cwd, file);
+    try {
+      return readFileSync(resolved, 'utf8');
+    } catch (error) {
+      throw new Error(`tls.${key}: cannot read ${resolved} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { cause: error });
+    }
+  };
+  const pems: CertificatePems = { cert: read('certFile', tls.certFile), key: read('keyFile', tls.keyFile), ...(tls.caFile ? { ca: read('caFile', tls.caFile) } : {}) };
   secureContextOptions(tls, pems);
   return pems;
 }

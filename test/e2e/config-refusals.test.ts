@@ -85,6 +85,18 @@ function startOnce(file: string, env: Record<string, string> = {}) {
   });
 }
 
+// Node's words alone named neither the key nor, for a directory, the file.
+describe('a tls file the gateway cannot read', () => {
+  it.each([
+    { desc: 'a certFile that is a directory', tls: { certFile: os.tmpdir(), keyFile: 'key.pem' }, line: /^gateway: failed to start: tls\.certFile: cannot read \/.* \(EISDIR\)$/ },
+    { desc: 'a keyFile that is missing', tls: { certFile: 'package.json', keyFile: 'no-such-key.pem' }, line: /^gateway: failed to start: tls\.keyFile: cannot read \/.*no-such-key\.pem \(ENOENT\)$/ },
+    { desc: 'a caFile that is missing', tls: { certFile: 'package.json', keyFile: 'package.json', caFile: 'no-such-ca.pem' }, line: /^gateway: failed to start: tls\.caFile: cannot read \/.*no-such-ca\.pem \(ENOENT\)$/ },
+  ])('stops start-up with one line naming the key: $desc', ({ tls, line }) => {
+    const result = startOnce(shippedWith((config) => (config.tls = tls)));
+    expect({ status: result.status, lines: result.stderr.trim().split('\n') }).toEqual({ status: 1, lines: [expect.stringMatching(line)] });
+  });
+});
+
 describe('a config the gateway would run wrongly', () => {
   it.each(REFUSALS)('stops start-up with one line naming the key: $desc', ({ file, env, line }) => {
     const result = startOnce(file(), env);
