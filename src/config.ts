@@ -81,6 +81,13 @@ const pathPrefix = z
 
 const upstreamPath = z.union([z.literal(''), pathPrefix]);
 
+/**
+ * A path clients are routed by: a path prefix none of whose segments ends in `.`, since the gateway refuses every
+ * request path with such a segment (400 bad_path: Windows and IIS strip the dot), so a route at `/api/v1.` could
+ * never be reached.
+ */
+const routedPath = pathPrefix.refine((p) => !p.split('/').some((segment) => segment.endsWith('.')), 'must not have a segment ending in "." (requests to such a path are refused with 400 bad_path)');
+
 /** An address or host name to listen on (`0.0.0.0`, `::`, `127.0.0.1`, `localhost`): one that names none fails here, not at listen. */
 const listenHost = z.string().refine((value) => isIP(value) !== 0 || /^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(value), 'must be an IP address or a host name');
 
@@ -180,7 +187,16 @@ const CORS_HEADER_RULE = 'must be a header name (letters, digits and !#$%&\'*+.^
 const corsSchema = z
   .strictObject({
     /** Allowed origins, exact (`https://app.example.com`), or `*` (only without credentials). */
-    origins: z.array(z.string().regex(/^(\*|https?:\/\/[^/\s]+)$/, 'must be * or an origin like https://app.example.com')).nonempty(),
+    origins: z
+      .array(
+        z
+          .string()
+          .regex(/^(\*|https?:\/\/[^/\s]+)$/, 'must be * or an origin like https://app.example.com')
+          // Compared byte for byte with the Origin a browser sends, which is serialized (lower-case host, no default
+          // port, no userinfo, punycode): `https://App.example.com` or `https://app.example.com:443` matched no request.
+          .refine((origin) => origin === '*' || !URL.canParse(origin) || new URL(origin).origin === origin, 'must be written as browsers send Origin: a lower-case host, no default port, no userinfo'),
+      )
+      .nonempty(),
     methods: z.array(z.enum(HTTP_METHODS)).nonempty().default(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE']),
     // Header names (or `*`): they are joined into the Access-Control-Allow-/-Expose-Headers fields, and a CR, LF or
     // space in one made Node refuse the field, so every cross-origin request (preflight or not) was a 500.
@@ -217,7 +233,7 @@ const routeSchema = z.strictObject({
   /** Route name, used in logs, spans and metrics. */
   name: z.string().max(MAX_ROUTE_NAME_LENGTH, `must be at most ${MAX_ROUTE_NAME_LENGTH} characters`).regex(ROUTE_NAME, 'must be lower-case letters, digits and dashes'),
   /** Public path prefix, matched segment by segment (`/api/users` matches `/api/users/1`, not `/api/usersX`). */
-  prefix: pathPrefix,
+  prefix: routedPath,
   /** Key of `services` this route forwards to. */
   service: z.string(),
   /** Path on the service that replaces `prefix` (`/api/users/1` -> `/users/1`). */
@@ -349,7 +365,7 @@ const configSchema = z
         /** Clock skew accepted on `exp`/`nbf`/`iat`, s. Default 5. */
         clockToleranceSeconds: z.int().min(0).max(300).default(5),
         /** Where the gateway answers login itself. */
-        loginPath: pathPrefix.default('/api/auth/login'),
+        loginPath: routedPath.default('/api/auth/login'),
         /**
          * Stricter limit for login attempts per client. Default 10 per minute; with the shared store down,
          * login is refused (503) unless `onStoreFailure` says `allow`.
@@ -370,7 +386,10 @@ const configSchema = z
          */
         jwks: z
           .strictObject({
-            url: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }),
+            url: z
+              .url({ protocol: /^https?$/, error: 'must be an http(s) URL' })
+              // fetch refuses a URL with credentials: the key set could never be fetched, and every provider token was 503.
+              .refine((value) => !URL.canParse(value) || (new URL(value).username === '' && new URL(value).password === ''), 'must not carry credentials: fetch refuses such a URL, so the keys could never be fetched'),
             /** Required `iss` of the provider's tokens. */
             issuer: z.string().min(1),
             /** Required `aud` of the provider's tokens. */

@@ -61,6 +61,26 @@ const REFUSALS: Refusal[] = [
     line: /^gateway: config: services\.orders\.url\.1: must name a port other than 0: no service listens there \(got "http:\/\/127\.0\.0\.1:0"\)$/,
   },
   {
+    desc: 'a JWKS URL with credentials (fetch refused it: every provider token was 503)',
+    file: () => shippedWith((config) => (config.auth.jwks = { url: 'https://client:secret@idp.example.com/jwks.json', issuer: 'idp', audience: 'api' })),
+    line: /^gateway: config: auth\.jwks\.url: must not carry credentials/,
+  },
+  {
+    desc: 'a CORS origin with an upper-case host (no browser sends it: every cross-origin request was 403)',
+    file: () => shippedWith((config) => (config.cors = { origins: ['https://App.example.com'] })),
+    line: /^gateway: config: cors\.origins\.0: must be written as browsers send Origin.* \(got "https:\/\/App\.example\.com"\)$/,
+  },
+  {
+    desc: "a route's CORS origin with the scheme's default port",
+    file: () => shippedWith((config) => (config.routes[3].cors = { origins: ['https://app.example.com:443'] })),
+    line: /^gateway: config: routes\.3\.cors\.origins\.0: must be written as browsers send Origin/,
+  },
+  {
+    desc: 'a route prefix with a segment ending in "." (every request to it was 400 bad_path)',
+    file: () => shippedWith((config) => config.routes.push({ name: 'v1', prefix: '/api/v1./items', service: 'orders', upstreamPath: '/orders' })),
+    line: /^gateway: config: routes\.6\.prefix: must not have a segment ending in "\."/,
+  },
+  {
     desc: 'a REDIS_URL whose database is no number (the gateway listened, then died on SELECT NaN)',
     file: () => shippedWith(() => undefined),
     env: { REDIS_URL: 'redis://127.0.0.1:6379/ratelimit' },
