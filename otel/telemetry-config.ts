@@ -244,8 +244,8 @@ function signalConfig(
   return {
     ...exportTarget(env, signal, resourcePath, warnings),
     batch: {
-      scheduledDelayMillis: positiveInteger(env, `OTEL_${batchPrefix}_SCHEDULE_DELAY`, warnings),
-      exportTimeoutMillis: positiveInteger(env, `OTEL_${batchPrefix}_EXPORT_TIMEOUT`, warnings),
+      scheduledDelayMillis: positiveInteger(env, `OTEL_${batchPrefix}_SCHEDULE_DELAY`, warnings, true),
+      exportTimeoutMillis: positiveInteger(env, `OTEL_${batchPrefix}_EXPORT_TIMEOUT`, warnings, true),
       maxQueueSize: positiveInteger(env, `OTEL_${batchPrefix}_MAX_QUEUE_SIZE`, warnings),
       maxExportBatchSize: positiveInteger(env, `OTEL_${batchPrefix}_MAX_EXPORT_BATCH_SIZE`, warnings),
     },
@@ -259,8 +259,8 @@ function signalConfig(
  * was longer, as with a short interval in tests).
  */
 function metricsConfig(env: Env, warnings: string[]): MetricsConfig {
-  const exportIntervalMillis = positiveInteger(env, 'OTEL_METRIC_EXPORT_INTERVAL', warnings) ?? DEFAULT_METRIC_EXPORT_INTERVAL_MS;
-  const requestedTimeout = positiveInteger(env, 'OTEL_METRIC_EXPORT_TIMEOUT', warnings);
+  const exportIntervalMillis = positiveInteger(env, 'OTEL_METRIC_EXPORT_INTERVAL', warnings, true) ?? DEFAULT_METRIC_EXPORT_INTERVAL_MS;
+  const requestedTimeout = positiveInteger(env, 'OTEL_METRIC_EXPORT_TIMEOUT', warnings, true);
   if (requestedTimeout !== undefined && requestedTimeout > exportIntervalMillis) {
     warnings.push(
       `OTEL_METRIC_EXPORT_TIMEOUT="${requestedTimeout}" is longer than the export interval (${exportIntervalMillis} ms); using ${exportIntervalMillis}`,
@@ -338,13 +338,27 @@ function samplerConfig(env: Env, warnings: string[]): SamplerConfig {
   return { name, ratio: 1 };
 }
 
-function positiveInteger(env: Env, name: string, warnings: string[]): number | undefined {
+/** Node's longest timer, ms: a longer one fires after 1 ms (TimeoutOverflowWarning). */
+const MAX_TIMER_MS = 2_147_483_647;
+
+/**
+ * A count, or with `timer` a duration in ms the SDK hands to setTimeout: decimal digits only (Number() read `0x10` as
+ * 16), and a duration no longer than Node's longest timer, since `OTEL_BSP_EXPORT_TIMEOUT=9999999999` ("never") fired
+ * at once, failing every export as timed out, and a delay or interval that long exported in a loop.
+ */
+function positiveInteger(env: Env, name: string, warnings: string[], timer = false): number | undefined {
   const raw = value(env, name);
   if (raw === undefined) return undefined;
   const parsed = Number(raw);
-  if (Number.isInteger(parsed) && parsed > 0) return parsed;
-  warnings.push(`${name}="${raw}" is not a positive integer; using the SDK default`);
-  return undefined;
+  if (!/^\d+$/.test(raw) || parsed <= 0) {
+    warnings.push(`${name}="${raw}" is not a positive integer; using the SDK default`);
+    return undefined;
+  }
+  if (timer && parsed > MAX_TIMER_MS) {
+    warnings.push(`${name}="${raw}" is longer than Node's longest timer (${MAX_TIMER_MS} ms, which would fire at once); using the SDK default`);
+    return undefined;
+  }
+  return parsed;
 }
 
 /**

@@ -242,6 +242,25 @@ it.each([
     expected: { metrics: { exportIntervalMillis: 60_000, exportTimeoutMillis: 30_000 } },
     warning: 'OTEL_METRIC_EXPORT_INTERVAL="0" is not a positive integer; using the SDK default',
   },
+  // Past 2^31 - 1 ms Node fires a timer after 1 ms: "never" was "at once" (every export timed out, or a hot export loop).
+  {
+    desc: 'a span export timeout beyond what a Node timer holds',
+    env: { OTEL_BSP_EXPORT_TIMEOUT: '9999999999' },
+    expected: { traces: { batch: { exportTimeoutMillis: undefined } } },
+    warning: "OTEL_BSP_EXPORT_TIMEOUT=\"9999999999\" is longer than Node's longest timer (2147483647 ms, which would fire at once); using the SDK default",
+  },
+  {
+    desc: 'a metric export interval beyond what a Node timer holds',
+    env: { OTEL_METRIC_EXPORT_INTERVAL: '2147483648' },
+    expected: { metrics: { exportIntervalMillis: 60_000 } },
+    warning: "OTEL_METRIC_EXPORT_INTERVAL=\"2147483648\" is longer than Node's longest timer (2147483647 ms, which would fire at once); using the SDK default",
+  },
+  {
+    desc: 'a log batch size in hexadecimal (Number() read it as 16)',
+    env: { OTEL_BLRP_MAX_EXPORT_BATCH_SIZE: '0x10' },
+    expected: { logs: { batch: { maxExportBatchSize: undefined } } },
+    warning: 'OTEL_BLRP_MAX_EXPORT_BATCH_SIZE="0x10" is not a positive integer; using the SDK default',
+  },
   {
     desc: 'a metric export interval with a unit',
     env: { OTEL_METRIC_EXPORT_INTERVAL: '15s' },
