@@ -44,6 +44,20 @@ export function recordedMethod(method: string | undefined): string {
   return (method !== undefined && known.get(method)) || OTHER_HTTP_METHOD;
 }
 
+/**
+ * Longest method kept as the client sent it (a span's `http.request.method_original`, an access line's `method`): a
+ * method is a token of any length the head allows, and HTTP/2 carries a `:method` of tens of kilobytes.
+ */
+export const MAX_RECORDED_METHOD_LENGTH = 32;
+
+/**
+ * A request's method as records keep what the client sent: itself, or none past MAX_RECORDED_METHOD_LENGTH, alike
+ * over HTTP/1.1 (whose parser refused it: otel/lifecycle.ts) and HTTP/2 (whose pipeline answers it).
+ */
+export function sentMethod(method: string): string | undefined {
+  return method.length <= MAX_RECORDED_METHOD_LENGTH ? method : undefined;
+}
+
 /** The method part of an HTTP span's name: `HTTP` in place of `_OTHER` (semconv "HTTP span name"). */
 export function spanNameMethod(recorded: string): string {
   return recorded === OTHER_HTTP_METHOD ? 'HTTP' : recorded;

@@ -6,7 +6,7 @@ import tls from 'node:tls';
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type SpanContext, type Tracer } from '@opentelemetry/api';
 import { ATTR_CLIENT_ADDRESS, ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_URL_SCHEME } from '@opentelemetry/semantic-conventions';
 import type Koa from 'koa';
-import { recordedMethod, spanNameMethod } from './http-method';
+import { MAX_RECORDED_METHOD_LENGTH, recordedMethod, spanNameMethod } from './http-method';
 import { logLine, type Logger } from './logger';
 import { traceresponseOf } from './trace-context-propagator';
 import { traceIdFromRequestId, withTraceId } from './trace-ids';
@@ -513,9 +513,6 @@ const REQUEST_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\xff]+ HTTP\/1\.[01]\r?
 function unknownMethod(error: NodeJS.ErrnoException & { rawPacket?: Buffer }): boolean {
   return error.code === 'HPE_INVALID_METHOD' && error.rawPacket !== undefined && REQUEST_LINE.test(error.rawPacket.toString('latin1', 0, 8192));
 }
-
-/** Longest method recorded from a refused request line: a token, but of any length the head allows. */
-const MAX_RECORDED_METHOD_LENGTH = 32;
 
 /**
  * The method of a request line `unknownMethod` took for whole, for its span (`http.request.method_original`), log

@@ -1,5 +1,6 @@
 import { context } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
+import { sentMethod } from '../../otel/http-method';
 import { logLine, type Logger } from '../../otel/logger';
 import { redactUrl } from '../../otel/redact-url';
 import { ACCESS_LINE_MESSAGE, type AccessLine } from '../../otel/wire-names';
@@ -20,7 +21,8 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
   return async function logAccess(ctx, next) {
     const started = process.hrtime.bigint();
     const url = redactUrl(ctx.originalUrl);
-    const method = ctx.method;
+    // None past a length, as a refused HTTP/1.1 request line's (otel/lifecycle.ts): HTTP/2 carries a `:method` of any.
+    const method = sentMethod(ctx.method) ?? null;
     // 'close' listeners run outside the request's context; the line is written with it.
     const requestContext = context.active();
     onResponseClosed(ctx, () => {

@@ -16,7 +16,7 @@ import {
   ATTR_URL_SCHEME,
   ATTR_USER_AGENT_ORIGINAL,
 } from '@opentelemetry/semantic-conventions';
-import { recordedMethod, spanNameMethod } from '../../otel/http-method';
+import { recordedMethod, sentMethod, spanNameMethod } from '../../otel/http-method';
 import { redactQuery } from '../../otel/redact-url';
 import { isProbeRequest } from '../../otel/telemetry-config';
 import { TRACE_FLAG_RANDOM } from '../../otel/trace-context';
@@ -121,7 +121,11 @@ export function createTracing(options: TracingOptions): Middleware {
     // PROPFIND, PURGE and the other methods Node parses are `_OTHER`, named `HTTP` (semconv), as the metrics count them.
     const method = recordedMethod(ctx.method);
     attributes[ATTR_HTTP_REQUEST_METHOD] = method;
-    if (method !== ctx.method) attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = ctx.method;
+    // What the client sent beside it, none past a length (HTTP/2 carries a `:method` of any): as over HTTP/1.1's parser.
+    if (method !== ctx.method) {
+      const sent = sentMethod(ctx.method);
+      if (sent !== undefined) attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = sent;
+    }
     attributes[ATTR_URL_PATH] = ctx.path;
     // Conditionally required when the request had one; its secrets redacted as in the access log.
     const query = ctx.querystring;

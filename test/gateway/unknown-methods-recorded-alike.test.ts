@@ -88,4 +88,21 @@ describe('a method the gateway does not know is recorded alike over HTTP/1.1 and
     // refused it before the pipeline, which records it so over HTTP/2).
     expect(spans.map((span) => [span.name, span.attributes['http.request.method'], span.attributes['http.request.method_original']])).toEqual([['HTTP', '_OTHER', method]]);
   });
+
+  // HTTP/1.1's parser refusal records no method past 32 characters; over HTTP/2 the pipeline wrote a `:method` of
+  // any length (60 kB) into every access line and span, at the client's will.
+  it.each([
+    { desc: 'HTTP/1.1', send: overHttp1, length: 33 },
+    { desc: 'HTTP/2', send: overHttp2, length: 33 },
+    { desc: 'HTTP/1.1', send: overHttp1, length: 4000 },
+    { desc: 'HTTP/2', send: overHttp2, length: 4000 },
+  ])('a method of $length characters over $desc: 501, recorded as _OTHER with no method_original and a null method in the access line', async ({ send, length }) => {
+    const { status, requestId } = await send(gateway.url, certificate.cert, 'X'.repeat(length));
+    expect(status).toBe(501);
+    await waitFor(() => lines.some((line) => line.message === ACCESS_LINE_MESSAGE && line.request_id === requestId), 'the access line');
+    await waitFor(() => tracing.spans().some((span) => span.attributes[ATTR.requestId] === requestId), 'the SERVER span');
+    expect(lines.filter((line) => line.request_id === requestId).map((line) => [line.message, line.error_code, line.method])).toEqual([[ACCESS_LINE_MESSAGE, 'method_not_implemented', null]]);
+    const spans = tracing.spans().filter((span) => span.attributes[ATTR.requestId] === requestId);
+    expect(spans.map((span) => [span.name, span.attributes['http.request.method'], 'http.request.method_original' in span.attributes])).toEqual([['HTTP', '_OTHER', false]]);
+  });
 });
