@@ -2,6 +2,10 @@ import type { Middleware } from 'koa';
 import type { CorsConfig } from '../config';
 import { GatewayError } from '../errors';
 import type { CompiledRoute, RouteTable } from '../routes';
+import { UNTRACED_PATHS } from '../../otel/telemetry-config';
+
+/** The methods the probes take (src/middleware/health.ts createProbeEndpoints): any other is their 405. */
+const PROBE_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD']);
 
 export interface CorsOptions {
   /** The policy of routes without their own; undefined = no cross-origin access unless a route has one. */
@@ -16,6 +20,8 @@ interface CompiledPolicy {
   origins: ReadonlySet<string>;
   credentials: boolean;
   allowMethods: string;
+  /** What a preflight to a probe (`/health`, `/ready`) offers: the policy's methods of those it takes (GET, HEAD). */
+  probeAllowMethods: string;
   allowHeaders: string;
   exposeHeaders: string;
   maxAge: string;
@@ -27,6 +33,7 @@ function compile(policy: CorsConfig): CompiledPolicy {
     origins: new Set(policy.origins),
     credentials: policy.credentials,
     allowMethods: policy.methods.join(', '),
+    probeAllowMethods: policy.methods.filter((method) => PROBE_METHODS.has(method)).join(', '),
     allowHeaders: policy.headers.join(', '),
     exposeHeaders: policy.exposeHeaders.join(', '),
     maxAge: String(policy.maxAgeSeconds),
@@ -80,7 +87,8 @@ export function createCors(options: CorsOptions): Middleware {
       if (!allowed) throw new GatewayError('forbidden', `Cross-origin requests from ${origin} are not allowed here.`);
       ctx.set({
         'Access-Control-Allow-Origin': policy.anyOrigin ? '*' : origin,
-        'Access-Control-Allow-Methods': allowedMethods(route, policy),
+        // The probes answer 405 to all but GET and HEAD, whichever route's prefix covers their path (`/`).
+        'Access-Control-Allow-Methods': UNTRACED_PATHS.includes(ctx.path) ? policy.probeAllowMethods : allowedMethods(route, policy),
         'Access-Control-Allow-Headers': policy.allowHeaders,
         'Access-Control-Max-Age': policy.maxAge,
         ...(policy.credentials ? { 'Access-Control-Allow-Credentials': 'true' } : {}),

@@ -51,6 +51,17 @@ describe('CORS', () => {
     expect(response.headers.get('access-control-allow-methods')).toBe('GET, HEAD');
   });
 
+  // The probes answer 405 to all but GET and HEAD (createProbeEndpoints): their preflight offered every method of
+  // the policy, so a page was told its POST would go and got 405.
+  it.each(['/health', '/ready'])('offers in a preflight to %s only GET and HEAD, the methods it takes', async (path) => {
+    const response = await preflight(path, APP, 'POST');
+    expect(response.status).toBe(204);
+    expect(response.headers.get('access-control-allow-methods')).toBe('GET, HEAD');
+    const post = await fetch(`${stack.gateway.url}${path}`, { method: 'POST', headers: { origin: APP } });
+    await post.arrayBuffer();
+    expect({ status: post.status, allow: post.headers.get('allow') }).toEqual({ status: 405, allow: 'GET, HEAD' });
+  });
+
   it('applies a route policy with credentials', async () => {
     const response = await preflight('/api/users/1', 'https://admin.example.test', 'GET');
     expect(response.status).toBe(204);
