@@ -94,7 +94,8 @@ export function checkReload(running: ActiveConfig, load: () => GatewayConfig, lo
     return { ok: false, reason: error.message };
   }
   // A generated secret is this process's own: while none is configured a reload keeps the running one (its tokens
-  // stay valid), whichever secret the read made up (a start with a configured one has none to hand the reader).
+  // stay valid), whichever secret the read made up. After a configured one, the read's fresh one: never the
+  // start's again (its tokens, ended by the configured secret, would verify once more).
   if (loaded.auth.secretSource === 'generated' && running.config.auth.secretSource === 'generated' && loaded.auth.secret !== running.config.auth.secret) {
     loaded = deepFreeze({ ...loaded, auth: { ...loaded.auth, secret: running.config.auth.secret } }) as unknown as GatewayConfig;
   }

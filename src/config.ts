@@ -837,21 +837,13 @@ export function describeRouteAccess(route: Pick<RouteConfig, 'auth' | 'roles'>, 
   return route.roles ? `${credentials}; roles: ${route.roles.join(', ')}` : credentials;
 }
 
-export interface ParseOptions {
-  /**
-   * The secret to use when none is configured, instead of a fresh random one: a reload keeps the running
-   * one (tokens stay valid), and every worker process uses the primary's.
-   */
-  generatedSecret?: string;
-}
-
 const GUESSABLE_RULE = `is ${GUESSABLE_SECRET_RULE}`;
 
 /** Keys whose values are secrets: never echoed in an error, not even a wrong one. */
 const SECRET_KEYS = new Set(['auth.secret', 'proxy.signingKey']);
 
 /** Applies env overrides to the parsed file and validates the result. Pure: tests call it directly. */
-export function parseConfig(file: unknown, env: Env = {}, options: ParseOptions = {}): GatewayConfig {
+export function parseConfig(file: unknown, env: Env = {}): GatewayConfig {
   if (typeof file !== 'object' || file === null || Array.isArray(file)) {
     throw new ConfigError('config: the file must hold a JSON object');
   }
@@ -876,13 +868,11 @@ export function parseConfig(file: unknown, env: Env = {}, options: ParseOptions 
     const more = result.error.issues.length > 1 ? ` [+${result.error.issues.length - 1} more]` : '';
     throw new ConfigError(`config: ${key}: ${issue.message}${value}${more}`);
   }
-  const { generatedSecret } = options;
-  if (generatedSecret !== undefined && result.data.auth.secretSource === 'generated') return deepFreeze({ ...result.data, auth: { ...result.data.auth, secret: generatedSecret } });
   return deepFreeze(result.data);
 }
 
 /** Reads the route file named by `GATEWAY_CONFIG` (default ./gateway.config.json) and applies the env. */
-export function loadConfig(env: Env = process.env, cwd: string = process.cwd(), options: ParseOptions = {}): GatewayConfig {
+export function loadConfig(env: Env = process.env, cwd: string = process.cwd()): GatewayConfig {
   const file = path.resolve(cwd, env[CONFIG_PATH_VARIABLE] || DEFAULT_CONFIG_PATH);
   let text: string;
   try {
@@ -897,7 +887,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd(), 
     throw new ConfigError(`config: ${file}: not valid JSON (${(error as Error).message})`);
   }
   refuseDuplicateKeys(text, file);
-  return parseConfig(withConsumersFile(parsed, path.dirname(file)), env, options);
+  return parseConfig(withConsumersFile(parsed, path.dirname(file)), env);
 }
 
 /**

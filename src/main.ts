@@ -25,11 +25,12 @@ const STOP_SIGNALS = ['SIGTERM', 'SIGINT'] as const;
 const PRIMARY_STORE_TIMEOUT_MS = 2_000;
 
 /**
- * Reads the config file and environment. A reload reuses a generated secret (tokens stay valid); workers get
- * theirs from the primary with the rest of the config.
+ * Reads the config file and environment for a reload. A secret generated when none is configured is a fresh one on
+ * each read: checkReload keeps the running generated one instead, and never brings back the one of the start after
+ * a configured secret replaced it (its tokens would verify again); workers get theirs from the primary.
  */
-function reader(generatedSecret?: string): () => GatewayConfig {
-  return () => loadConfig(process.env, process.cwd(), { generatedSecret });
+function readConfig(): GatewayConfig {
+  return loadConfig(process.env, process.cwd());
 }
 
 function load(): GatewayConfig {
@@ -77,10 +78,6 @@ async function listening<T>(keys: (typeof LISTENER_KEYS)[keyof typeof LISTENER_K
   }
 }
 
-function generatedSecretOf(config: GatewayConfig): string | undefined {
-  return config.auth.secretSource === 'generated' ? config.auth.secret : undefined;
-}
-
 async function main(): Promise<void> {
   // A cluster worker: the primary sends the config it read and validated.
   if (cluster.isWorker) {
@@ -93,13 +90,13 @@ async function main(): Promise<void> {
   if (workers > 1) {
     const logger = createLogger({ serviceName: SERVICE_NAME.gateway, level: config.logLevel });
     startupWarnings(config, logger);
-    return runPrimary({ initial, count: workers, logger, load: reader(generatedSecretOf(config)) });
+    return runPrimary({ initial, count: workers, logger, load: readConfig });
   }
   return serve(initial);
 }
 
 /** The one process without a cluster: reloads (SIGHUP, POST /admin/reload) are read, checked and applied here. */
-function singleProcessControl(live: () => ReturnType<typeof createLiveGateway>, logger: Logger, generatedSecret: string | undefined, reloadMetrics?: ReloadMetrics): ConfigControl & { reloadNow(): ReloadAnswer } {
+function singleProcessControl(live: () => ReturnType<typeof createLiveGateway>, logger: Logger, reloadMetrics?: ReloadMetrics): ConfigControl & { reloadNow(): ReloadAnswer } {
   function reloadNow(): ReloadAnswer {
     const answer = reloadOnce();
     reloadMetrics?.reloaded(answer.ok);
@@ -108,7 +105,7 @@ function singleProcessControl(live: () => ReturnType<typeof createLiveGateway>, 
   function reloadOnce(): ReloadAnswer {
     const gateway = live();
     const previousVersion = gateway.active().version;
-    const check = checkReload(gateway.active(), reader(generatedSecret), logger);
+    const check = checkReload(gateway.active(), readConfig, logger);
     if (!check.ok) return { ok: false, reason: check.reason };
     const unbuilt = gateway.apply(check.next);
     if (unbuilt !== undefined) return { ok: false, reason: `version ${check.next.version} could not be built: ${unbuilt}` };
@@ -164,7 +161,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   // Pushed over OTLP too, with the bootstrap's metric exporter and OTEL_* settings.
   if (metrics) exportPromClientRegistry(metrics.registry, { startTimeMs: metrics.startedAtMs });
   // A cluster's reloads are its primary's to count (src/workers.ts); a worker's registry is summed with the others'.
-  const single = worker ? undefined : singleProcessControl(() => live, logger, generatedSecretOf(config), metrics && createReloadMetrics(metrics.registry));
+  const single = worker ? undefined : singleProcessControl(() => live, logger, metrics && createReloadMetrics(metrics.registry));
   const control = worker ? worker.control(() => live.active()) : single!;
   // Set as the drain begins; every build reads it (a reload during the drain too).
   let stopping = false;

@@ -25,13 +25,6 @@ describe('config version', () => {
   });
 });
 
-describe('parseConfig generatedSecret', () => {
-  it('keeps the running generated secret, and never replaces a configured one', () => {
-    expect(parseConfig(file(), {}, { generatedSecret: 'kept-secret' }).auth).toMatchObject({ secret: 'kept-secret', secretSource: 'generated' });
-    expect(parseConfig(file(), { JWT_SECRET: TEST_JWT_SECRET }, { generatedSecret: 'kept-secret' }).auth).toMatchObject({ secret: TEST_JWT_SECRET, secretSource: 'configured' });
-  });
-});
-
 describe('workers setting', () => {
   it.each([
     { desc: 'absent: one process', env: {} as Record<string, string>, workers: 1 },
