@@ -53,7 +53,7 @@ export async function createApp(options: UsersAppOptions): Promise<Koa> {
 
   router.get('/users/:id', async function getUser(ctx) {
     const caller = requireCaller(ctx);
-    // Any id a caller can have, not only those this service makes ("1", "2", ...): order-service asks for the
+    // Any id a caller can have, not only those this service makes (a UUID; the demo accounts' 1 and 2): order-service asks for the
     // caller's own account, and a provider's user (`idp:auth0|123`, `idp:someone@example.com`) is told 404, not 400.
     const id = validParam(ctx, 'id', callerId);
     if (caller.id !== id && caller.role !== 'admin') throw new ServiceError(403, 'forbidden', 'You can only read your own profile.');
