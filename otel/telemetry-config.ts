@@ -52,8 +52,11 @@ export const UNTRACED_PATHS: readonly string[] = ['/health', '/ready'];
  * method there is a request like any other (a 405), traced and counted as one, so its metric's exemplar has a span.
  */
 export function isProbeRequest(path: string, method: string): boolean {
-  return (method === 'GET' || method === 'HEAD') && UNTRACED_PATHS.includes(path);
+  return PROBE_METHODS.includes(method) && UNTRACED_PATHS.includes(path);
 }
+
+/** The methods the probes take (src/middleware/health.ts: any other is their 405; cors.ts: what their preflight offers). */
+export const PROBE_METHODS: readonly string[] = ['GET', 'HEAD'];
 
 /**
  * The `OTEL_TRACES_SAMPLER` values the SDK for Node implements (jaeger_remote and xray need extra packages).

@@ -2,10 +2,7 @@ import type { Middleware } from 'koa';
 import type { CorsConfig } from '../config';
 import { GatewayError } from '../errors';
 import type { CompiledRoute, RouteTable } from '../routes';
-import { UNTRACED_PATHS } from '../../otel/telemetry-config';
-
-/** The methods the probes take (src/middleware/health.ts createProbeEndpoints): any other is their 405. */
-const PROBE_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD']);
+import { PROBE_METHODS, UNTRACED_PATHS } from '../../otel/telemetry-config';
 
 export interface CorsOptions {
   /** The policy of routes without their own; undefined = no cross-origin access unless a route has one. */
@@ -33,7 +30,7 @@ function compile(policy: CorsConfig): CompiledPolicy {
     origins: new Set(policy.origins),
     credentials: policy.credentials,
     allowMethods: policy.methods.join(', '),
-    probeAllowMethods: policy.methods.filter((method) => PROBE_METHODS.has(method)).join(', '),
+    probeAllowMethods: policy.methods.filter((method) => PROBE_METHODS.includes(method)).join(', '),
     allowHeaders: policy.headers.join(', '),
     exposeHeaders: policy.exposeHeaders.join(', '),
     maxAge: String(policy.maxAgeSeconds),

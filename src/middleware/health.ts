@@ -1,4 +1,5 @@
 import type { Context, Middleware } from 'koa';
+import { PROBE_METHODS } from '../../otel/telemetry-config';
 import { HEADER } from '../../otel/wire-names';
 import { DEFAULT_RETRY_AFTER_SECONDS, GatewayError } from '../errors';
 import { isServiceUp, type ProbeRound, type ReadinessCheck } from '../readiness';
@@ -97,7 +98,8 @@ export interface ProbeEndpointsOptions {
   ready: Middleware;
 }
 
-const PROBE_METHODS = 'GET, HEAD';
+/** What a probe's 405 names in `Allow`. */
+const ALLOWED_PROBE_METHODS = PROBE_METHODS.join(', ');
 
 /**
  * The gateway's own `/health` and `/ready` on the public listener: exact paths, case-sensitive, no trailing slash
@@ -112,8 +114,8 @@ export function createProbeEndpoints(options: ProbeEndpointsOptions): Middleware
     const probe = path === '/health' ? health : path === '/ready' ? ready : undefined;
     if (probe === undefined) return next();
     ctx.routerPath = path;
-    if (ctx.method !== 'GET' && ctx.method !== 'HEAD') {
-      throw new GatewayError('method_not_allowed', `${path} accepts ${PROBE_METHODS}.`, { headers: { Allow: PROBE_METHODS } });
+    if (!PROBE_METHODS.includes(ctx.method)) {
+      throw new GatewayError('method_not_allowed', `${path} accepts ${ALLOWED_PROBE_METHODS}.`, { headers: { Allow: ALLOWED_PROBE_METHODS } });
     }
     return probe(ctx, next);
   };
