@@ -152,8 +152,11 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   ];
   const headerRules = new Map(config.routes.map((route) => [route.name, compileHeaderRules({ rules: route.headers, hideUpstreamHeaders })] as const));
 
+  // What a request no route or probe takes (404, 405) spends before its answer: its route's limit or the default.
+  const routeLimits = { fallback: limiter('default', config.rateLimit), byRoute: routeLimiters, byCaller };
+  const refuse = createRefusalRateLimit(routeLimits);
   // Answered by the gateway itself: the probes (exact paths, GET and HEAD) and the login.
-  const probes = createProbeEndpoints({ health: createHealth(), ready: createReadiness({ check: readiness, stopping: deps.stopping }) });
+  const probes = createProbeEndpoints({ health: createHealth(), ready: createReadiness({ check: readiness, stopping: deps.stopping }), refuse });
   // Login matches as routes do (any case, a trailing slash): a client's `/api/auth/login/` is the login.
   const login = createLoginEndpoint(config.auth.loginPath, createLogin({ tokens, tracer, logger, sign, users: pools.get('users')!, bodyLimitBytes: config.auth.loginBodyLimitBytes, bodyRate, clientLimit: loginLimiter, accountLimit: loginAccountLimiter }));
 
@@ -179,8 +182,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   app.use(createCors({ defaults: config.cors, byRoute: new Map(config.routes.flatMap((route) => (route.cors === undefined ? [] : [[route.name, route.cors] as const]))), routes }));
   app.use(probes);
   app.use(login);
-  const routeLimits = { fallback: limiter('default', config.rateLimit), byRoute: routeLimiters, byCaller };
-  app.use(createRouteMatch({ routes, beforeRefusal: createRefusalRateLimit(routeLimits) }));
+  app.use(createRouteMatch({ routes, refuse }));
   app.use(createRouteRateLimit(routeLimits));
   app.use(createMaxForwards());
   app.use(createAuthenticate({ tokens, consumers }));

@@ -4,6 +4,7 @@ import { HEADER } from '../../otel/wire-names';
 import { DEFAULT_RETRY_AFTER_SECONDS, GatewayError } from '../errors';
 import { isServiceUp, type ProbeRound, type ReadinessCheck } from '../readiness';
 import type { UpstreamPool } from '../upstream-pool';
+import { refuseAtOnce, type Refuse } from './rate-limit';
 
 /** `GET /health`: the gateway process itself is serving. Touches no dependency. */
 export function createHealth(): Middleware {
@@ -96,6 +97,8 @@ export interface ProbeEndpointsOptions {
   health: Middleware;
   /** `GET /ready` (createReadiness). */
   ready: Middleware;
+  /** Answers another method's 405 once it spent the rate limit (gateway.ts, createRefusalRateLimit); at once when absent. */
+  refuse?: Refuse;
 }
 
 /** What a probe's 405 names in `Allow`. */
@@ -109,13 +112,15 @@ const ALLOWED_PROBE_METHODS = PROBE_METHODS.join(', ');
  */
 export function createProbeEndpoints(options: ProbeEndpointsOptions): Middleware {
   const { health, ready } = options;
+  const refuse = options.refuse ?? refuseAtOnce;
   return function answerProbe(ctx, next) {
     const path = ctx.path;
     const probe = path === '/health' ? health : path === '/ready' ? ready : undefined;
     if (probe === undefined) return next();
     ctx.routerPath = path;
     if (!PROBE_METHODS.includes(ctx.method)) {
-      throw new GatewayError('method_not_allowed', `${path} accepts ${ALLOWED_PROBE_METHODS}.`, { headers: { Allow: ALLOWED_PROBE_METHODS } });
+      // Not a probe: a refusal like a route's 405, limited as one (a probe itself never is).
+      return refuse(ctx, new GatewayError('method_not_allowed', `${path} accepts ${ALLOWED_PROBE_METHODS}.`, { headers: { Allow: ALLOWED_PROBE_METHODS } }));
     }
     return probe(ctx, next);
   };

@@ -275,18 +275,28 @@ export interface RouteRateLimitOptions {
   byCaller?: ReadonlySet<string>;
 }
 
+/** Answers a refused request with `refusal` (a GatewayError), after it spent what it must; it may throw 429 instead. */
+export type Refuse = (ctx: Context, refusal: Error) => Promise<never>;
+
+/** A refusal that spends nothing: where no rate limit is given (tests, the pieces used alone). */
+export const refuseAtOnce: Refuse = async (_ctx, refusal) => {
+  throw refusal;
+};
+
 /**
- * What a request the route table refuses (404 to a path no route takes, 405 to a method its route does not) spends:
- * its route's limit, or the default one (also for a route limited by caller: the caller is not known, and a refusal
- * is no failed authentication). Those were limited by nothing, as route matching answers before the limits: a
- * client scanning paths had every 404 logged and traced, without end (createRouteMatch `beforeRefusal`).
+ * Refuses a request the gateway will not carry (404 to a path no route or probe takes, 405 to a method its route or
+ * probe does not) once it has spent its route's limit, or the default one (also for a route limited by caller: the
+ * caller is not known, and a refusal is no failed authentication). Those were limited by nothing, as they are
+ * answered before the limits: a client scanning paths had every 404 logged and traced, without end (createRouteMatch,
+ * createProbeEndpoints `refuse`).
  */
-export function createRefusalRateLimit(options: RouteRateLimitOptions): (ctx: Context) => Promise<void> {
+export function createRefusalRateLimit(options: RouteRateLimitOptions): Refuse {
   const spend = async () => {};
-  return (ctx) => {
+  return async (ctx, refusal) => {
     const routeName = ctx.state.route?.name;
     const limiter = (routeName && !options.byCaller?.has(routeName) && options.byRoute.get(routeName)) || options.fallback;
-    return limiter.check(ctx, spend);
+    await limiter.check(ctx, spend);
+    throw refusal;
   };
 }
 

@@ -1,14 +1,15 @@
-import type { Context, Middleware } from 'koa';
+import type { Middleware } from 'koa';
 import { GatewayError } from '../errors';
 import type { RouteTable } from '../routes';
+import { refuseAtOnce, type Refuse } from './rate-limit';
 
 export interface RouteMatchOptions {
   routes: RouteTable;
   /**
-   * What a request the table refuses (404, 405) spends before its answer: the rate limit (gateway.ts,
-   * createRefusalRateLimit). It may throw instead (429). None when absent.
+   * Answers a request the table refuses (404, 405) once it spent the rate limit (gateway.ts, createRefusalRateLimit);
+   * at once when absent.
    */
-  beforeRefusal?: (ctx: Context) => Promise<void>;
+  refuse?: Refuse;
 }
 
 /**
@@ -16,14 +17,7 @@ export interface RouteMatchOptions {
  * 405 with `Allow`, never a less specific route with weaker rules.
  */
 export function createRouteMatch(options: RouteMatchOptions): Middleware {
-  const { beforeRefusal } = options;
-  /** `error`, once the refused request has spent what it must (a request the table refuses was never limited). */
-  const refuse = (ctx: Context, error: GatewayError): Promise<never> => {
-    if (!beforeRefusal) throw error;
-    return beforeRefusal(ctx).then(() => {
-      throw error;
-    });
-  };
+  const refuse = options.refuse ?? refuseAtOnce;
   // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
   return function matchRoute(ctx, next) {
     const match = options.routes.match(ctx.path, ctx.method);

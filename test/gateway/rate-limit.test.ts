@@ -53,6 +53,14 @@ describe('rate limiting', () => {
     expect(stack.serviceRequests().filter((request) => !request.url.startsWith('/health') && !request.url.startsWith('/internal/credentials'))).toEqual([]);
   });
 
+  // The probes' own 405 is a refusal like a route's: limited the same, while a probe (GET, HEAD) never is.
+  it('limits other methods to /health and /ready, and never the probes themselves', async () => {
+    const statuses: number[] = [];
+    for (let i = 0; i < 7; i++) statuses.push((await fetch(`${stack.gateway.url}${i % 2 ? '/ready' : '/health'}`, { method: 'POST' })).status);
+    expect(statuses).toEqual([405, 405, 405, 405, 405, 429, 429]);
+    expect([(await fetch(`${stack.gateway.url}/health`)).status, (await fetch(`${stack.gateway.url}/ready`)).status]).toEqual([200, 200]);
+  });
+
   it('gives login its own stricter limit, before credentials are checked', async () => {
     const attempt = () => fetch(`${stack.gateway.url}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'bob@example.com', password: 'guess' }) });
     const statuses = [];
