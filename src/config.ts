@@ -318,7 +318,7 @@ const configSchema = z
           .union([z.ipv4(), z.ipv6(), z.cidrv4(), z.cidrv6()], { error: 'must be an IP address or CIDR range' })
           // `0.0.0.0/0` is every client: each could then choose its own address (and rate-limit key).
           .refine((entry) => !/\/0+$/.test(entry), 'must not be a /0 range: that trusts every client to name its own address; list your proxies')
-          .refine((entry) => !/\/0+$/.test(entry) && !tooBroadToTrust(entry), TRUSTED_RANGE_RULE),
+          .refine((entry) => !tooBroadToTrust(entry), TRUSTED_RANGE_RULE),
       )
       .nonempty()
       .optional(),
