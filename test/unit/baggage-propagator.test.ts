@@ -27,6 +27,14 @@ describe('parseBaggage', () => {
     expect(parseBaggage('k=v ; p \t= 1 ;q')['k']!.metadata?.toString()).toBe('p=1;q');
   });
 
+  // W3C Baggage "Limits" (and its suite's test_serialize_long_entry): within 64 members and 8192 bytes every member
+  // MUST go on, however long one of them is. Members over 4096 characters used to be left out.
+  it('reads one member of 8192 bytes whole, and none longer', () => {
+    const value = '0123456789'.repeat(819);
+    expect(values(`a=${value}`)).toEqual({ a: value });
+    expect(values(`a=${value}0`)).toEqual({});
+  });
+
   it('reads at most 8192 bytes of whole members', () => {
     const member = (i: number) => `k${String(i).padStart(3, '0')}=${'v'.repeat(95)}`;
     const entries = parseBaggage(Array.from({ length: 100 }, (_, i) => member(i)).join(','));
@@ -46,6 +54,12 @@ describe('formatBaggage', () => {
     { desc: 'no properties with blanks (no gRPC metadata could hold a tab)', entries: [['k', entry('v', 'p\t=1')]], expected: 'k=v' },
   ])('sends $desc', ({ entries, expected }) => {
     expect(formatBaggage(entries)).toBe(expected);
+  });
+
+  it('sends one member of 8192 bytes whole, and leaves out one longer', () => {
+    const value = '0123456789'.repeat(819);
+    expect(formatBaggage([['a', entry(value)]])).toBe(`a=${value}`);
+    expect(formatBaggage([['a', entry(`${value}0`)], ['b', entry('1')]])).toBe('b=1');
   });
 
   it('sends what it reads unchanged when it needs no encoding', () => {
