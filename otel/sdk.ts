@@ -78,7 +78,7 @@ import { redactQuery } from './redact-url';
 import { GrpcServerSpanStatusProcessor } from './grpc-server-span-status';
 import { RequestIdSpanProcessor } from './request-id-span-processor';
 import { createTextMapPropagator } from './trace-context-propagator';
-import { ClientTraceIdSampler, RequestedTraceIdGenerator } from './trace-ids';
+import { ClientTraceIdSampler, RandomTraceIdRatioSampler, RequestedTraceIdGenerator } from './trace-ids';
 import { createTelemetryDiagnostics, type TelemetryDiagnostics } from './telemetry-diagnostics';
 import { HEADER } from './wire-names';
 import { UNTRACED_PATHS, type InstrumentationName, type MetricsConfig, type SamplerConfig, type SignalConfig, type TelemetryConfig } from './telemetry-config';
@@ -312,8 +312,13 @@ function installQuietDiagnostics(diagnostics: TelemetryDiagnostics): void {
   });
 }
 
-/** The sampler OTEL_TRACES_SAMPLER(_ARG) names, built as NodeSDK would (sdk-node's createSamplerFromEnv). */
+/**
+ * The sampler OTEL_TRACES_SAMPLER(_ARG) names, built as NodeSDK would (sdk-node's createSamplerFromEnv), except that
+ * a plain `traceidratio`, which decides children from their trace id too, draws only from ids that are random
+ * (RandomTraceIdRatioSampler). Under a parent-based sampler the ratio decides root spans alone.
+ */
 export function sampler({ name, ratio }: SamplerConfig): Sampler {
+  if (name === 'traceidratio') return new RandomTraceIdRatioSampler(ratio);
   const parentBased = name.startsWith('parentbased_');
   const base = name.replace(/^parentbased_/, '');
   const root = base === 'always_on' ? new AlwaysOnSampler() : base === 'always_off' ? new AlwaysOffSampler() : new TraceIdRatioBasedSampler(ratio);

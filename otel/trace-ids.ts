@@ -1,5 +1,7 @@
-import { trace, type Attributes, type Context, type Link, type SpanKind } from '@opentelemetry/api';
-import { RandomIdGenerator, type IdGenerator, type Sampler, type SamplingResult } from '@opentelemetry/sdk-trace';
+import { trace, TraceFlags, type Attributes, type Context, type Link, type SpanKind } from '@opentelemetry/api';
+import { RandomIdGenerator, SamplingDecision, TraceIdRatioBasedSampler, type IdGenerator, type Sampler, type SamplingResult } from '@opentelemetry/sdk-trace';
+import { TRACE_FLAG_RANDOM } from './trace-context';
+import { outgoingTraceFlags } from './trace-context-propagator';
 import { ATTR } from './wire-names';
 
 /**
@@ -72,5 +74,37 @@ export class ClientTraceIdSampler implements Sampler {
 
   toString(): string {
     return `ClientTraceId{${this.inner.toString()}}`;
+  }
+}
+
+/**
+ * `OTEL_TRACES_SAMPLER=traceidratio`: TraceIdRatioBasedSampler, which decides every span (children too, unlike the
+ * parent-based samplers) from its trace id, but only where that id is random. W3C Trace Context Level 2 gives the
+ * `random` flag for this: consumers may sample "based on these bytes" when it is set. A span of a trace whose id is
+ * not known to be random (the gateway's children of a root whose id a client chose through `X-Request-Id`; a
+ * service's spans under such a trace, which the gateway sends without the flag; a caller that never sets it) takes
+ * its parent's decision instead: decided from the id, a client picking an id the ratio always keeps had every
+ * CLIENT span recorded and `sampled` sent to the services, though its root span was a fresh coin flip
+ * (ClientTraceIdSampler). A root span is decided from its id as before (the outer ClientTraceIdSampler hands a
+ * client-chosen one a random id).
+ */
+export class RandomTraceIdRatioSampler implements Sampler {
+  private readonly byTraceId: TraceIdRatioBasedSampler;
+
+  constructor(ratio: number) {
+    this.byTraceId = new TraceIdRatioBasedSampler(ratio);
+  }
+
+  shouldSample(context: Context, traceId: string): SamplingResult {
+    const parent = trace.getSpanContext(context);
+    // A trace started here without a recorded flag has one of the SDK's random ids (localTraceIdsAreRandom).
+    if (parent !== undefined && trace.isSpanContextValid(parent) && (outgoingTraceFlags(context, parent, true) & TRACE_FLAG_RANDOM) === 0) {
+      return { decision: (parent.traceFlags & TraceFlags.SAMPLED) !== 0 ? SamplingDecision.RECORD_AND_SAMPLED : SamplingDecision.NOT_RECORD };
+    }
+    return this.byTraceId.shouldSample(context, traceId);
+  }
+
+  toString(): string {
+    return `RandomTraceIdRatio{${this.byTraceId.toString()}}`;
   }
 }

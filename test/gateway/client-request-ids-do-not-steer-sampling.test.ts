@@ -3,9 +3,10 @@ import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-ho
 import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
 import { sampler } from '../../otel/sdk';
+import { createTextMapPropagator } from '../../otel/trace-context-propagator';
 import { ClientTraceIdSampler, RequestedTraceIdGenerator, TRACE_ID_FROM_REQUEST_ID } from '../../otel/trace-ids';
 import { ATTR, HEADER } from '../../otel/wire-names';
-import { startStack, type TestStack } from '../helpers/stack';
+import { login, startStack, type TestStack } from '../helpers/stack';
 
 /**
  * The gateway's root spans under OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG=0.5,
@@ -86,5 +87,52 @@ describe('client request ids and sampling', () => {
     expect(server!.attributes[ATTR.requestId]).toBe(CLIENT_ID);
     expect(server!.attributes[ATTR.traceIdSource]).toBeUndefined();
     expect(response!.headers.get(HEADER.traceresponse)).toBe(`00-${server!.spanContext().traceId}-${server!.spanContext().spanId}-03`);
+  });
+});
+
+/**
+ * Under a plain OTEL_TRACES_SAMPLER=traceidratio every span is decided by the ratio sampler, children too. The
+ * gateway's CLIENT span under a root whose id the client chose was decided from that id: with this UUID every call
+ * to a service was recorded and sent `sampled`, whatever the root's coin flip said.
+ */
+describe('client request ids under a plain traceidratio sampler', () => {
+  const exporter = new InMemorySpanExporter();
+  const provider = new TracerProvider({
+    idGenerator: new RequestedTraceIdGenerator(),
+    sampler: new ClientTraceIdSampler(sampler({ name: 'traceidratio', ratio: 0.5 })),
+    spanProcessors: [new SimpleSpanProcessor({ exporter })],
+  });
+  let stack: TestStack;
+  let token: string;
+
+  beforeAll(async () => {
+    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+    propagation.setGlobalPropagator(createTextMapPropagator());
+    stack = await startStack({ tracer: provider.getTracer('test') });
+    token = await login(stack.gateway.url);
+  });
+  afterAll(async () => {
+    await stack.close();
+    await provider.shutdown();
+    context.disable();
+    propagation.disable();
+  });
+
+  it('sends the service the decision of the root span, not one drawn from the id the client chose', async () => {
+    const decisions: { root: string; call: string }[] = [];
+    for (let i = 0; i < 40; i++) {
+      const response = await fetch(`${stack.gateway.url}/api/users/1`, { headers: { authorization: `Bearer ${token}`, [HEADER.requestId]: CLIENT_ID } });
+      await response.arrayBuffer();
+      expect(response.status).toBe(200);
+      const sent = String(stack.users.requests.at(-1)!.headers.traceparent);
+      expect(sent).toMatch(new RegExp(`^00-${CLIENT_TRACE_ID}-`));
+      // Neither says the id is random: the client chose it.
+      decisions.push({ root: response.headers.get(HEADER.traceresponse)!.slice(-2), call: sent.slice(-2) });
+    }
+    expect(decisions.map(({ call }) => call)).toEqual(decisions.map(({ root }) => root));
+    const sampled = decisions.filter(({ root }) => root === '01').length;
+    // Binomial(40, 0.5): all or none of 40 has a chance of 2^-39 per run.
+    expect(sampled).toBeGreaterThan(0);
+    expect(sampled).toBeLessThan(40);
   });
 });

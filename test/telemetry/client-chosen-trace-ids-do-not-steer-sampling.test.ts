@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { ROOT_CONTEXT, SpanKind, TraceFlags, trace, type Attributes, type Context } from '@opentelemetry/api';
 import { ParentBasedSampler, SamplingDecision, TraceIdRatioBasedSampler, type Sampler } from '@opentelemetry/sdk-trace';
 import { sampler } from '../../otel/sdk';
-import { ClientTraceIdSampler, TRACE_ID_FROM_REQUEST_ID } from '../../otel/trace-ids';
+import { setRandomTraceIdFlag } from '../../otel/trace-context-propagator';
+import { ClientTraceIdSampler, RandomTraceIdRatioSampler, TRACE_ID_FROM_REQUEST_ID } from '../../otel/trace-ids';
 import { ATTR } from '../../otel/wire-names';
 
 /**
@@ -86,15 +87,42 @@ describe('ClientTraceIdSampler', () => {
   });
 });
 
+// W3C Trace Context Level 2: sampling "based on these bytes" is what the random flag allows. A plain traceidratio
+// decides children too, and decided those of a client-chosen id from that id (always kept, for this one).
+describe('RandomTraceIdRatioSampler (OTEL_TRACES_SAMPLER=traceidratio)', () => {
+  const ratio = new RandomTraceIdRatioSampler(0.25);
+  const child = (traceFlags: TraceFlags, isRemote: boolean, random?: boolean) => {
+    const context = trace.setSpanContext(ROOT_CONTEXT, { traceId: ALWAYS_SAMPLED_ID, spanId: 'b7ad6b7169203331', traceFlags, isRemote });
+    return random === undefined ? context : setRandomTraceIdFlag(context, ALWAYS_SAMPLED_ID, random);
+  };
+
+  it.each([
+    { desc: 'a child of a sampled root whose id a client chose', context: child(TraceFlags.SAMPLED, false, false), expected: 400 },
+    { desc: 'a child of an unsampled root whose id a client chose', context: child(TraceFlags.NONE, false, false), expected: 0 },
+    { desc: 'a span under a remote sampled parent without the random flag', context: child(TraceFlags.SAMPLED, true), expected: 400 },
+    { desc: 'a span under a remote unsampled parent without the random flag', context: child(TraceFlags.NONE, true), expected: 0 },
+  ])('gives $desc its parent’s decision', ({ context, expected }) => {
+    expect(sampledCount(ratio, {}, context)).toBe(expected);
+  });
+
+  it.each([
+    { desc: 'a root span', context: ROOT_CONTEXT },
+    { desc: 'a span under a remote unsampled parent with the random flag', context: child(TraceFlags.NONE | 0x02, true) },
+    { desc: 'a span of a trace started here (the SDK’s ids are random)', context: child(TraceFlags.NONE, false) },
+  ])('decides $desc from its trace id', ({ context }) => {
+    expect(sampledCount(ratio, {}, context)).toBe(400);
+  });
+});
+
 describe('the sampler OTEL_TRACES_SAMPLER names', () => {
   it.each([
     { name: 'always_on', ratio: 1, expected: 'AlwaysOnSampler' },
     { name: 'always_off', ratio: 1, expected: 'AlwaysOffSampler' },
-    { name: 'traceidratio', ratio: 0.25, expected: 'TraceIdRatioBased{0.25}' },
+    { name: 'traceidratio', ratio: 0.25, expected: 'RandomTraceIdRatio{TraceIdRatioBased{0.25}}' },
     { name: 'parentbased_always_on', ratio: 1, expected: 'ParentBased{root=AlwaysOnSampler, ' },
     { name: 'parentbased_always_off', ratio: 1, expected: 'ParentBased{root=AlwaysOffSampler, ' },
     { name: 'parentbased_traceidratio', ratio: 0.1, expected: 'ParentBased{root=TraceIdRatioBased{0.1}, ' },
-  ] as const)('is built for $name as NodeSDK builds it', ({ name, ratio, expected }) => {
+  ] as const)('is built for $name as NodeSDK builds it (traceidratio: from random ids only)', ({ name, ratio, expected }) => {
     expect(sampler({ name, ratio }).toString().slice(0, expected.length)).toBe(expected);
   });
 });
