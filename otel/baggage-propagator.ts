@@ -15,8 +15,8 @@ import { HEADER } from './wire-names';
 /** Most list members read or sent: the grammar's 180 (the spec asks everyone to carry at least 64). */
 export const MAX_BAGGAGE_MEMBERS = 180;
 /**
- * Longest `baggage` read or sent, bytes: the spec's 8192, counted over whole members and their commas. No member is
- * ever cut, only left out. There is no limit per member below it: the spec's Limits section says every member MUST
+ * Longest `baggage` read or sent, bytes: the spec's 8192, counted over whole members as sent and their commas. No
+ * member is ever cut, only left out. There is no limit per member below it: the spec's Limits section says every member MUST
  * go on while the whole is within 64 members and 8192 bytes, one member of 8192 bytes too (its test suite's
  * test_serialize_long_entry). @opentelemetry/core's propagator still leaves out any member over 4096, a limit
  * the spec dropped in 2022.
@@ -86,7 +86,10 @@ function encodeValue(value: string): string {
   return encoded;
 }
 
-/** A `baggage` header (several header fields are one list) as entries; a repeated key keeps its first value. */
+/**
+ * A `baggage` header (several header fields are one list) as entries, as many as formatBaggage will send (180, and
+ * 8192 bytes as sent); a repeated key keeps its first value.
+ */
 export function parseBaggage(header: string | readonly string[]): Record<string, BaggageEntry> {
   // No prototype: a `__proto__` key is a key like any other.
   const entries = Object.create(null) as Record<string, BaggageEntry>;
@@ -94,11 +97,12 @@ export function parseBaggage(header: string | readonly string[]): Record<string,
   let length = 0;
   for (const raw of (typeof header === 'string' ? header : header.join(',')).split(',')) {
     const member = trimOws(raw);
-    // One longer than the whole may be is left out before it is parsed.
-    if (member === '' || member.length > MAX_BAGGAGE_LENGTH) continue;
+    if (member === '') continue;
     const parsed = parseMember(member);
     if (parsed === undefined || parsed[0] in entries) continue;
-    const added = member.length + (members > 0 ? 1 : 0);
+    // Counted as it will be sent (the Limits are the resulting baggage-string's), not as received: `k = v` and a
+    // needless `%41` for `A` go on as `k=v` and `A`, so 64 members sent under 8192 bytes all fit here too.
+    const added = sentMember(parsed[0], parsed[1])!.length + (members > 0 ? 1 : 0);
     if (length + added > MAX_BAGGAGE_LENGTH) continue;
     entries[parsed[0]] = parsed[1];
     length += added;
@@ -116,15 +120,20 @@ export function formatBaggage(entries: Iterable<readonly [string, BaggageEntry]>
   let header = '';
   let members = 0;
   for (const [key, entry] of entries) {
-    if (!TOKEN.test(key)) continue;
-    let member = `${key}=${encodeValue(entry.value)}`;
-    const metadata = entry.metadata?.toString();
-    if (metadata !== undefined && metadata !== '' && metadata.split(';').every((property) => PROPERTY.test(property))) member += `;${metadata}`;
-    if (header.length + member.length + (members > 0 ? 1 : 0) > MAX_BAGGAGE_LENGTH) continue;
+    const member = sentMember(key, entry);
+    if (member === undefined || header.length + member.length + (members > 0 ? 1 : 0) > MAX_BAGGAGE_LENGTH) continue;
     header += members > 0 ? `,${member}` : member;
     if (++members === MAX_BAGGAGE_MEMBERS) break;
   }
   return header;
+}
+
+/** One list member as sent: the value encoded where it must be, properties only when they are the grammar's; none for a key that is not a token. */
+function sentMember(key: string, entry: BaggageEntry): string | undefined {
+  if (!TOKEN.test(key)) return undefined;
+  const member = `${key}=${encodeValue(entry.value)}`;
+  const metadata = entry.metadata?.toString();
+  return metadata !== undefined && metadata !== '' && metadata.split(';').every((property) => PROPERTY.test(property)) ? `${member};${metadata}` : member;
 }
 
 /** The W3C Baggage propagator every process registers (trace-context-propagator.ts createTextMapPropagator). */

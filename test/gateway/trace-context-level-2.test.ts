@@ -155,6 +155,24 @@ describe('W3C Trace Context Level 2 at the edge', () => {
       expect(trusting.users.requests.at(-1)!.headers.baggage).toBe(`request.id=${String(response.headers[HEADER.requestId])},${member}`);
     });
 
+    // Counted as they go on: members sent as `k = v`, or with `%41` for `A`, used to be counted as received, and the
+    // last ones of 63 that go on in 8148 bytes (8192 with the request id) were left out.
+    it.each([
+      { desc: 'blanks around their equal signs', written: (member: string) => member.replace('=', ' = ') },
+      { desc: 'letters needlessly percent-encoded', written: (member: string) => member.replace('AAAA', '%41%41%41%41') },
+    ])('forwards 63 baggage members that go on within 8192 bytes with its own request id, whatever $desc they came with', async ({ written }) => {
+      const members = Array.from({ length: 63 }, (_, i) => `k${String(i).padStart(2, '0')}=${'v'.repeat(120)}AAAA`);
+      const response = await get(`${trusting.gateway.url}/api/users/1`, [
+        ['authorization', `Bearer ${trustingToken}`],
+        ['traceparent', `00-${TRACE}-${PARENT}-03`],
+        ['baggage', members.map(written).join(',')],
+      ]);
+      expect(response.statusCode).toBe(200);
+      const forwarded = String(trusting.users.requests.at(-1)!.headers.baggage);
+      expect(forwarded).toBe([`request.id=${String(response.headers[HEADER.requestId])}`, ...members].join(','));
+      expect(forwarded.length).toBeLessThanOrEqual(8192);
+    });
+
     it.each([
       { desc: 'a key as sent, though a URI would escape it', sent: 'user#id=1', forwarded: 'user#id=1' },
       { desc: 'a key that looks percent-encoded, as sent (keys are tokens, never decoded)', sent: 'a%41=2', forwarded: 'a%41=2' },

@@ -35,6 +35,17 @@ describe('parseBaggage', () => {
     expect(values(`a=${value}0`)).toEqual({});
   });
 
+  // The Limits are the resulting baggage-string's: blanks and needless escapes in what came are not counted.
+  it.each([
+    { desc: 'blanks around their equal signs', written: (member: string) => member.replace('=', ' \t= ') },
+    { desc: 'letters needlessly percent-encoded', written: (member: string) => member.replace('AAAA', '%41%41%41%41') },
+  ])('counts 8192 bytes as the members will be sent, whatever $desc they came with', ({ written }) => {
+    // 64 members of 127 bytes: 8191 with their commas.
+    const members = Array.from({ length: 64 }, (_, i) => `k${String(i).padStart(2, '0')}=${'v'.repeat(119)}AAAA`);
+    expect(members.join(',')).toHaveLength(MAX_BAGGAGE_LENGTH - 1);
+    expect(formatBaggage(Object.entries(parseBaggage(members.map(written).join(','))))).toBe(members.join(','));
+  });
+
   it('reads at most 8192 bytes of whole members', () => {
     const member = (i: number) => `k${String(i).padStart(3, '0')}=${'v'.repeat(95)}`;
     const entries = parseBaggage(Array.from({ length: 100 }, (_, i) => member(i)).join(','));
