@@ -213,6 +213,20 @@ describe('W3C Trace Context Level 2 at the edge', () => {
       expect(traceresponse).toMatchObject({ traceId: traceparent.traceId, flags: '03' });
     });
 
+    // A choice (README "Tracing"): the client learns the new trace from traceresponse; no link names the one it wrote.
+    it('keeps no span link to the trace the client named', async () => {
+      tracing.reset();
+      const { traceresponse } = await through(edge, edgeToken, [['traceparent', `00-${TRACE}-${PARENT}-01`]]);
+      let server: ReturnType<InMemoryTracing['spans']>[number] | undefined;
+      for (let i = 0; i < 100 && server === undefined; i++) {
+        server = tracing.spans().find((span) => span.kind === SpanKind.SERVER && span.spanContext().spanId === traceresponse.parentId);
+        if (server === undefined) await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      expect(server).toBeDefined();
+      expect(server!.parentSpanContext).toBeUndefined();
+      expect(server!.links).toEqual([]);
+    });
+
     it('does not claim a random trace id when the id came from the client request id', async () => {
       const { traceparent, traceresponse } = await through(edge, edgeToken, [[HEADER.requestId, '6f1c2b3a-9d8e-4f70-a1b2-c3d4e5f60718']]);
       expect(traceparent).toMatchObject({ traceId: '6f1c2b3a9d8e4f70a1b2c3d4e5f60718', flags: '01' });
