@@ -142,14 +142,25 @@ function first(value: string | string[] | undefined): string | undefined {
 /** The three HTTP-date forms (RFC 9110 5.6.7): IMF-fixdate, the obsolete RFC 850 one, and asctime. */
 const HTTP_DATE = /^(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), \d{2}-(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)-\d{2} \d{2}:\d{2}:\d{2} GMT|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d{2}:\d{2}:\d{2} \d{4})$/;
 
+/** The day and month of an RFC 850 date, and its two-digit year (`Sunday, 06-Nov-` and `94`). */
+const RFC_850_YEAR = /^([A-Za-z]+, \d{2}-[A-Za-z]{3}-)(\d{2}) /;
+
 /**
- * An HTTP-date in ms since the epoch, or NaN for anything else. Not Date.parse alone: it takes `2099-01-01` or
+ * An HTTP-date in ms since the epoch (`now`, ms, places a two-digit year), or NaN for anything else. Not Date.parse alone: it takes `2099-01-01` or
  * `2099`, which RFC 9111 5.3 and RFC 9110 13.1.3 say to treat as invalid (an Expires as already expired, a
  * conditional as absent); a lenient parse made such an Expires a 73-year lifetime.
  */
-export function parseHttpDate(value: string | string[] | undefined): number {
+export function parseHttpDate(value: string | string[] | undefined, now: number = Date.now()): number {
   const text = first(value)?.trim();
-  return text === undefined || !HTTP_DATE.test(text) ? Number.NaN : Date.parse(text);
+  if (text === undefined || !HTTP_DATE.test(text)) return Number.NaN;
+  if (!RFC_850_YEAR.test(text)) return Date.parse(text);
+  // RFC 9110 5.6.7: a two-digit year is this century's unless that is more than 50 years ahead, then the last
+  // century's. Date.parse makes every one 19xx: `Expires: Thursday, 18-Aug-50 ...` (2050) had long expired.
+  const year = new Date(now).getUTCFullYear();
+  const limit = new Date(now).setUTCFullYear(year + 50);
+  const inCentury = (century: number) => Date.parse(text.replace(RFC_850_YEAR, (_whole, head: string, yy: string) => `${head}${century + Number(yy)} `));
+  const thisCentury = inCentury(year - (year % 100));
+  return thisCentury > limit ? inCentury(year - (year % 100) - 100) : thisCentury;
 }
 
 /** The names a `Vary` lists, lower-case (`*` included as such). */
@@ -198,12 +209,12 @@ export function storability(input: StorabilityInput): Storability {
   // RFC 9111 3.5: a response to an authenticated request is shared only when the service says so.
   if (input.sharedCredentialed && !control.public && control.sMaxAge === undefined) return { store: false, reason: 'credentialed, not public' };
 
-  const date = parseHttpDate(headers.date);
+  const date = parseHttpDate(headers.date, input.now);
   const dateValue = Number.isNaN(date) ? input.now : date;
   let lifetime = control.sMaxAge ?? control.maxAge;
   if (lifetime === undefined && headers.expires !== undefined) {
     // An invalid Expires (often "0", or not an HTTP-date) means already expired (RFC 9111 5.3).
-    const expires = parseHttpDate(headers.expires);
+    const expires = parseHttpDate(headers.expires, input.now);
     lifetime = Number.isNaN(expires) ? 0 : Math.min(MAX_LIFETIME_SECONDS, Math.max(0, Math.floor((expires - dateValue) / 1000)));
   }
   lifetime ??= input.defaultTtlSeconds;
