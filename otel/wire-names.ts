@@ -447,5 +447,5 @@ export type RateLimitDecision = (typeof RATE_LIMIT_DECISIONS)[number];
  * Every answer of the response cache: the span attribute `gateway.cache`, the log field `cache` and the metric
  * label `gateway_cache_result` carry these; the client's `X-Cache` header carries them upper-case.
  */
-export const CACHE_RESULTS = ['hit', 'miss', 'stale', 'bypass'] as const;
+export const CACHE_RESULTS = ['hit', 'revalidated', 'miss', 'stale', 'bypass'] as const;
 export type CacheResult = (typeof CACHE_RESULTS)[number];

@@ -3,7 +3,7 @@ import type {} from 'koa';
 import type { CacheResult } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { CheckedRateLimit } from './middleware/rate-limit';
-import type { ResponseTap } from './response-cache';
+import type { ResponseTap, Revalidation } from './response-cache';
 import type { CompiledRoute } from './routes';
 
 /** The caller, as proven by a verified token. */
@@ -41,6 +41,8 @@ export interface GatewayState {
   cache?: CacheResult;
   /** createResponseCache: sees the service's response as the proxy forwards it, to store a copy. */
   responseTap?: ResponseTap;
+  /** createResponseCache: the validators of a stale copy the proxy asks the service about, and where its 304 goes. */
+  revalidation?: Revalidation;
   /**
    * createResponseCache: what the proxy waits for, given the service's status and the URLs its answer names in
    * `Location` and `Content-Location` as the client will see them, before it sends the answer on (a successful

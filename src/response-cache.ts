@@ -39,7 +39,7 @@ export type RouteCacheConfig = z.output<typeof routeCacheSchema>;
 /** Gateway-wide cache settings (top-level `cache`). */
 export const cacheSettingsSchema = z
   .strictObject({
-    /** Response header that says how the cache answered: `HIT`, `MISS`, `STALE` or `BYPASS`. Default `X-Cache`. */
+    /** Response header that says how the cache answered: `HIT`, `REVALIDATED`, `MISS`, `STALE` or `BYPASS`. Default `X-Cache`. */
     statusHeader: z.string().regex(FIELD_NAME_TOKEN, 'must be a header name').default('x-cache'),
     /** Bytes all routes' entries may take together in the in-memory store. Default 64 MiB. */
     maxBytes: z.int().positive().default(64 * 1024 * 1024),
@@ -188,9 +188,11 @@ export type Storability = { store: false; reason: string } | { store: true; life
 
 /**
  * Whether a service's response may be stored, and for how long (RFC 9111 3 and 4.2.1). Conservative: a
- * response is kept only when nothing in it says otherwise. `no-cache` is not stored (the gateway does not
- * revalidate with the service), `private` never (even per user: the entry sits in a shared store), nor a
- * response that sets cookies (a session cookie served to the next caller is a session handed over).
+ * response is kept only when nothing in it says otherwise. `private` is never stored (even per user: the entry
+ * sits in a shared store), nor a response that sets cookies (a session cookie served to the next caller is a
+ * session handed over). One that is stale from the start (`no-cache`, `max-age=0`, an Age past its lifetime) is
+ * stored only with a validator: it is never answered from without the service's 304 (RFC 9111 4.3), and without a
+ * validator there is nothing to ask the service with.
  */
 export function storability(input: StorabilityInput): Storability {
   const { headers } = input;
@@ -198,8 +200,9 @@ export function storability(input: StorabilityInput): Storability {
   const control = parseCacheControl(headers['cache-control']);
   if (control.noStore) return { store: false, reason: 'no-store' };
   if (control.private) return { store: false, reason: 'private' };
-  if (control.noCache) return { store: false, reason: 'no-cache' };
-  if (control.invalid) return { store: false, reason: 'invalid cache-control' };
+  const validated = hasValidator(headers);
+  if (control.noCache && !validated) return { store: false, reason: 'no-cache' };
+  if (control.invalid && !validated) return { store: false, reason: 'invalid cache-control' };
   if (headers['set-cookie'] !== undefined) return { store: false, reason: 'set-cookie' };
   const vary = varyNames(headers.vary);
   if (vary.includes('*')) return { store: false, reason: 'vary *' };
@@ -222,11 +225,46 @@ export function storability(input: StorabilityInput): Storability {
   const ageHeader = deltaSeconds(first(headers.age)?.split(',')[0]?.trim()) ?? 0;
   const apparentAge = Math.max(0, (input.now - dateValue) / 1000);
   const initialAge = Math.max(ageHeader, apparentAge);
-  if (lifetime <= initialAge) return { store: false, reason: 'stale on arrival' };
-  // What forbids a stale answer wins over stale-if-error's leave (RFC 9111 4.2.4): must-revalidate, proxy-revalidate
-  // and, in a shared cache, s-maxage (5.2.2.10), which a service sends to say how long the gateway may answer for it.
-  const neverStale = control.mustRevalidate || control.sMaxAge !== undefined;
+  // `no-cache` (5.2.2.4) and a lifetime that cannot be read (4.2.1) make it stale from the start: each use revalidated.
+  if (control.noCache || control.invalid) lifetime = 0;
+  if (lifetime <= initialAge && !validated) return { store: false, reason: 'stale on arrival' };
+  // What forbids a stale answer wins over stale-if-error's leave (RFC 9111 4.2.4): must-revalidate, proxy-revalidate,
+  // no-cache and, in a shared cache, s-maxage (5.2.2.10), which a service sends to say how long the gateway may answer for it.
+  const neverStale = control.mustRevalidate || control.noCache || control.sMaxAge !== undefined;
   return { store: true, lifetimeSeconds: lifetime, initialAgeSeconds: initialAge, staleIfErrorSeconds: neverStale ? 0 : (control.staleIfError ?? 0) };
+}
+
+/** Whether a response carries a validator the service can be asked with: an `ETag`, or a `Last-Modified` that is an HTTP-date. */
+export function hasValidator(headers: Record<string, string | string[] | undefined>): boolean {
+  return headers.etag !== undefined || !Number.isNaN(parseHttpDate(headers['last-modified']));
+}
+
+/**
+ * How long past its freshness a stored response with a validator is kept to be revalidated, s (nginx's
+ * `proxy_cache_path ... inactive` default): a 304 then refreshes it instead of the whole answer being sent again.
+ */
+export const REVALIDATION_WINDOW_SECONDS = 600;
+
+/**
+ * The request header fields that ask the service whether the stored response is still current (RFC 9111 4.3.1):
+ * its entity-tag, else its Last-Modified.
+ */
+export function validatorsOf(entry: CachedResponse): Record<string, string> {
+  const etag = requestHeaderValue(entry.headers.etag);
+  const lastModified = first(entry.headers['last-modified']);
+  if (etag !== null) return { 'if-none-match': etag, ...(lastModified !== undefined ? { 'if-modified-since': lastModified } : {}) };
+  return lastModified !== undefined ? { 'if-modified-since': lastModified } : {};
+}
+
+/**
+ * Whether a 304 is about this stored response (RFC 9111 4.3.4): not when it names another entity-tag, or (without
+ * one) another Last-Modified than the stored one.
+ */
+export function selectsStored(entry: CachedResponse, notModified: Record<string, string | string[] | undefined>): boolean {
+  const etag = requestHeaderValue(notModified.etag);
+  if (etag !== null) return etag === requestHeaderValue(entry.headers.etag);
+  const lastModified = first(notModified['last-modified']);
+  return lastModified === undefined || entry.headers['last-modified'] === undefined || lastModified === first(entry.headers['last-modified']);
 }
 
 /** A stored response. */
@@ -254,9 +292,13 @@ export function isFresh(entry: CachedResponse, now: number): boolean {
   return currentAge(entry, now) < entry.lifetimeSeconds;
 }
 
-/** How long a store keeps an entry, ms: its freshness left plus the stale-if-error window. */
+/**
+ * How long a store keeps an entry, ms: its freshness left plus the stale-if-error window or, for one with a
+ * validator, the revalidation window if longer.
+ */
 export function retentionMs(entry: CachedResponse, now: number): number {
-  return Math.max(0, (entry.lifetimeSeconds + entry.staleIfErrorSeconds - currentAge(entry, now)) * 1000);
+  const pastFreshness = Math.max(entry.staleIfErrorSeconds, hasValidator(entry.headers) ? REVALIDATION_WINDOW_SECONDS : 0);
+  return Math.max(0, (entry.lifetimeSeconds + pastFreshness - currentAge(entry, now)) * 1000);
 }
 
 /** The one value of a request header as compared for `Vary` (lines joined; absent is null). */
@@ -300,6 +342,17 @@ export function resourceKey(routeName: string, upstreamTarget: string): string {
 const hashedKeys = new Map<string, string>();
 const MAX_HASHED_KEYS = 4_096;
 const MAX_HASHED_KEY_TEXT = 512;
+
+/**
+ * A GET the cache sends to the service to revalidate its stale copy (src/middleware/cache.ts): the proxy adds
+ * `headers` (the validators) to the request, and a 304 to it is not forwarded (the client asked for no condition)
+ * but handed to `notModified`, which takes it (true) or says it is about another response than the stored one
+ * (false): the proxy then asks again without the validators.
+ */
+export interface Revalidation {
+  headers: Record<string, string>;
+  notModified(headers: Record<string, string | string[] | undefined>): boolean;
+}
 
 /**
  * What the proxy shows the cache of a service's response as it forwards it (src/middleware/proxy.ts): the

@@ -10,7 +10,7 @@ import { satisfiesConditional } from '../conditional-request';
 import { GatewayError, isGatewayError } from '../errors';
 import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
 import type { GatewayMetrics } from '../metrics';
-import { cacheKey, currentAge, isFresh, parseCacheControl, requestHeaderValue, resourceKey, storability, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
+import { cacheKey, currentAge, hasValidator, isFresh, parseCacheControl, requestHeaderValue, resourceKey, selectsStored, storability, validatorsOf, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
 import type { CacheKey, FetchStart, ResponseStore } from '../response-store';
 import type { RouteTable } from '../routes';
 import { endToEndHeaders, forwardedHost, forwardsAuthorization, stopsAtThisHop, type UnderscoreHeaderPolicy } from '../upstream-headers';
@@ -88,6 +88,21 @@ const MAX_NOT_STORED_KEYS = 4096;
 /** How often a write answered while a stored copy may be left is logged, ms (the metric counts every one). */
 const INVALIDATION_WARNING_INTERVAL_MS = 10_000;
 
+/** Request fields that make a request conditional (RFC 9110 13.1): its answer is the service's, not a revalidation's. */
+const CONDITIONAL_FIELDS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range'];
+
+/**
+ * A response's headers as a stored copy keeps them. Not kept: framing (Koa frames the copy), the age (computed per
+ * answer), and what a service echoed of this request's own telemetry, which would otherwise label every later
+ * answer with this request's id. RFC 9110 6.6.1: a response without Date gets the time it was received, kept with
+ * it; left out, each answer from the copy said it was made just now while its Age said otherwise.
+ */
+function keptHeaders(headers: Record<string, string | string[] | undefined>, now: number): Record<string, string | string[]> {
+  const { 'content-length': _length, age: _age, [HEADER.requestId]: _id, [HEADER.traceresponse]: _trace, ...rest } = endToEndHeaders(headers);
+  rest.date ??= new Date(now).toUTCString();
+  return rest;
+}
+
 /** Response headers a 304 repeats from the stored response (RFC 9110 15.4.5). */
 const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag', 'expires', 'vary', 'last-modified'];
 
@@ -97,7 +112,8 @@ const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag
  * it (`MISS`) and, as it streams the answer to the client, the cache keeps a copy when RFC 9111 and the
  * route allow (src/response-cache.ts `storability`). Concurrent misses for one key wait for the first one's
  * answer instead of all reaching the service. Other requests on the route are `BYPASS`; a stale copy stands
- * in for a service that cannot be reached while its `stale-if-error` allows (`STALE`).
+ * in for a service that cannot be reached while its `stale-if-error` allows (`STALE`). A stale copy with a
+ * validator is revalidated: the service's 304 refreshes it and the client gets it (`REVALIDATED`).
  *
  * A client's own `Cache-Control: no-cache` / `max-age=0` is not obeyed: it would let any client send every
  * request through to the service. Clients that want to check freshness send a conditional request. A
@@ -161,7 +177,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   };
 
   /** Answers from a stored copy. */
-  const serve = (ctx: Context, entry: CachedResponse, result: 'hit' | 'stale', rules: RouteHeaderRules | undefined, counted = true) => {
+  const serve = (ctx: Context, entry: CachedResponse, result: 'hit' | 'stale' | 'revalidated', rules: RouteHeaderRules | undefined, counted = true) => {
     const headers: Record<string, string | string[] | number | undefined> = { ...entry.headers };
     if (ctx.state.corsApplied) {
       // As the proxy does: the gateway's CORS policy, not the service's, with Vary keeping Origin.
@@ -189,6 +205,27 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     ctx.body = entry.body;
     // Koa labels a Buffer application/octet-stream: a copy says what the service said, and nothing it did not.
     if (entry.headers['content-type'] === undefined) ctx.remove('content-type');
+  };
+
+  /**
+   * Answers from a stored copy the service's 304 confirmed, its headers updated by the 304's (RFC 9111 4.3.4: all but
+   * Content-Length; not Location or Content-Location either, which the proxy rewrites only on answers it forwards),
+   * and stores it again with its new lifetime. When the updated headers forbid storing it (`no-store`, `private`,
+   * `Set-Cookie`, a `Vary` of other names), this client still gets it, and the stored copies of the resource go.
+   */
+  const answerRevalidated = async (ctx: Context, revalidated: Revalidated) => {
+    const { routeName, key, since, entry, policy, sharedCredentialed, storable, rules } = revalidated;
+    const { location: _location, 'content-location': _contentLocation, ...update } = keptHeaders(revalidated.notModified, now());
+    const headers = { ...entry.headers, ...update };
+    const verdict = storability({ status: entry.status, headers, sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: now() });
+    const vary = varyNames(headers.vary);
+    const sameVary = vary.length === entry.vary.length && vary.every((name, index) => name === entry.vary[index]);
+    const lifetime = verdict.store ? verdict : { lifetimeSeconds: 0, initialAgeSeconds: 0, staleIfErrorSeconds: 0 };
+    const refreshed: CachedResponse = { ...entry, headers, storedAt: now(), lifetimeSeconds: lifetime.lifetimeSeconds, initialAgeSeconds: lifetime.initialAgeSeconds, staleIfErrorSeconds: lifetime.staleIfErrorSeconds };
+    if (verdict.store && sameVary) {
+      if (storable) await store.set(routeName, key, refreshed, since);
+    } else await dropStoredCopies(routeName, key.resource);
+    serve(ctx, refreshed, 'revalidated', rules, false);
   };
 
   return async function cacheResponses(ctx, next) {
@@ -317,6 +354,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     }
     record(ctx, route.name, 'miss', false);
     let release = (_outcome: FetchOutcome) => {};
+    /** The service's 304 to this request's revalidation of the stored copy, with what refreshing it takes. */
+    let revalidated: Revalidated | undefined;
     let stored = () => Promise.resolve();
     // Once the answer is stored or known never to be: the store lets go of what it kept for this fetch.
     let fetchEnded = () => {};
@@ -349,9 +388,28 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
         const capture = captureResponse({ store, routeName: route.name, key, since, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, twinned, now, settled });
         ctx.state.responseTap = capture.tap;
         stored = capture.stored;
+        // A stale copy with a validator: the service is asked whether it is still current (RFC 9111 4.3.1), and a 304
+        // refreshes it instead of the whole answer coming again. Not for a request with conditions of its own: the
+        // service answers those (a 304 of its then goes to the client that asked for it).
+        const stale = entry;
+        if (stale && hasValidator(stale.headers) && !CONDITIONAL_FIELDS.some((name) => headers[name] !== undefined)) {
+          ctx.state.revalidation = {
+            headers: validatorsOf(stale),
+            notModified: (answer) => {
+              if (!selectsStored(stale, answer)) return false;
+              revalidated = { routeName: route.name, key, since, entry: stale, notModified: answer, policy, sharedCredentialed, storable, rules };
+              return true;
+            },
+          };
+        }
       }
       await next();
       await stored();
+      if (revalidated) {
+        await answerRevalidated(ctx, revalidated);
+        release('answered');
+        return;
+      }
     } catch (error) {
       // The service could not be reached: a stale copy it allowed to stand in (stale-if-error) answers instead, to
       // HEAD as to GET (RFC 5861 names no method; HEAD is GET without the content, RFC 9110 9.3.2).
@@ -369,6 +427,21 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       void stored().then(fetchEnded, fetchEnded);
     }
   };
+}
+
+/** A stale copy the service's 304 confirmed, and what storing it again takes. */
+interface Revalidated {
+  routeName: string;
+  key: CacheKey;
+  since: FetchStart;
+  entry: CachedResponse;
+  /** The 304's headers. */
+  notModified: Record<string, string | string[] | undefined>;
+  policy: RouteCacheConfig;
+  sharedCredentialed: boolean;
+  /** False when the client asked for its answer not to be stored. */
+  storable: boolean;
+  rules: RouteHeaderRules | undefined;
 }
 
 interface CaptureOptions {
@@ -431,13 +504,7 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
         return options.settled(lasting ? 'not stored' : undefined);
       }
       if (!options.storable) return options.settled();
-      // Not kept: framing (Koa frames the copy), the age (computed per answer), and what a service echoed of
-      // this request's own telemetry, which would otherwise label every later answer with this request's id.
-      const { 'content-length': _length, age: _age, [HEADER.requestId]: _id, [HEADER.traceresponse]: _trace, ...rest } = endToEndHeaders(headers);
-      kept = rest;
-      // RFC 9110 6.6.1: a response without Date gets the time it was received, kept with it; left out, each answer
-      // from the copy said it was made just now while its Age said otherwise.
-      kept.date ??= new Date(options.now()).toUTCString();
+      kept = keptHeaders(headers, options.now());
       status = responseStatus;
       lifetime = verdict;
       chunks = [];

@@ -73,6 +73,10 @@ interface Exchange {
   answeredByService?: boolean;
   /** Why the service's response could not be forwarded (502 `upstream_bad_response`). */
   badResponse?: string;
+  /** The service answered the cache's revalidation with 304: handed to the cache, nothing sent to the client. */
+  notModified?: boolean;
+  /** ... with a 304 about another response than the stored one: asked again without the validators. */
+  notModifiedElsewhere?: boolean;
 }
 
 /** undici's codes for the idle timeouts (no headers, then no body data, for `timeoutMs`). */
@@ -123,6 +127,9 @@ export function createProxy(options: ProxyOptions): Middleware {
       request: { method: req.method!, target },
     });
     injectTraceHeaders(exchange.span, parent, headers);
+    // The cache's stale copy, asked about (src/middleware/cache.ts): only on a request without conditions of its own.
+    const revalidation = ctx.state.revalidation;
+    if (revalidation) Object.assign(headers, revalidation.headers);
     // A client that left before the proxy got here (an HTTP/2 stream reset as soon as it was opened, a connection
     // closed right after its request head): its response's 'close' came already, so the listener below would never
     // run, and nothing would stop an exchange started now until a timeout, a slow answer's connection to the service
@@ -336,6 +343,14 @@ export function createProxy(options: ProxyOptions): Middleware {
               if (statusCode === 103 && upstreamHeaders.link !== undefined && req.httpVersion !== '1.0') relayEarlyHints(res, upstreamHeaders.link);
               return;
             }
+            if (statusCode === 304 && revalidation) {
+              // The stored copy is still current: the cache answers from it (the client asked for no 304), and this
+              // exchange ends with the 304's empty body.
+              exchange.answeredByService = true;
+              exchange.notModified = true;
+              exchange.notModifiedElsewhere = !revalidation.notModified(upstreamHeaders);
+              return;
+            }
             // The cache holds a successful write's answer until the copies it made stale are dropped (src/middleware/cache.ts).
             const hold = ctx.state.holdResponse?.(statusCode, namedLocations(upstreamHeaders, instance.origin, ctx, route));
             if (!hold) return answer(controller, statusCode, upstreamHeaders, statusMessage);
@@ -358,6 +373,7 @@ export function createProxy(options: ProxyOptions): Middleware {
           },
           onResponseData(controller, chunk) {
             touch();
+            if (exchange.notModified) return;
             tap?.data(chunk);
             if (responseClosed(ctx) || res.writableEnded) controller.abort(new Error('the client closed the connection'));
             // Up to CLIENT_BUFFER_BYTES wait in the gateway: an answer that fits is read whole and its connection
@@ -379,11 +395,14 @@ export function createProxy(options: ProxyOptions): Middleware {
           onResponseEnd() {
             clearTimeout(idle);
             release();
+            if (exchange.notModified) return void done();
             tap?.end();
             res.end();
           },
           onResponseError(_controller, failure) {
             release();
+            // A 304 has no body: what befalls the connection after its head takes nothing from it.
+            if (exchange.notModified) return void done();
             exchange.failure ??= failure;
             if (TIMEOUT_CODES.has((failure as NodeJS.ErrnoException).code ?? '')) exchange.timedOut = true;
             if (exchange.status === undefined) {
@@ -443,13 +462,20 @@ export function createProxy(options: ProxyOptions): Middleware {
       const started = performance.now();
       const exchange = await forward(ctx, instance, attempt, parent, route, corsApplied, deadlineAt);
       const outcome = outcomeOf(exchange);
-      endUpstreamSpan(exchange.span, outcome, exchange.status, exchange.failure);
+      endUpstreamSpan(exchange.span, outcome, exchange.notModified ? 304 : exchange.status, exchange.failure);
       // Per attempt and until the client had the whole response: a retried request is two observations.
       if (upstreamSeries) {
         const ended = performance.now();
         upstreamSeries(route.service, instance.host, outcome).observe((ended - started) / 1000, exchange.span.spanContext(), ended);
       }
       serverSpan?.setAttribute(ATTR.upstreamService, route.service).setAttribute(ATTR.upstreamUrl, instance.origin).setAttribute(ATTR.upstreamOutcome, outcome).setAttribute(ATTR.upstreamAttempts, attempt);
+      if (exchange.notModifiedElsewhere) {
+        // RFC 9111 4.3.4: a 304 that selects no stored response leaves the cache to ask for the whole one.
+        ctx.state.revalidation = undefined;
+        tried.delete(instance);
+        pool.reportSuccess(instance);
+        continue;
+      }
       if (outcome === 'ok') pool.reportSuccess(instance);
       else if (INSTANCE_FAILURES.has(outcome) && !blamed.has(instance)) {
         blamed.add(instance);

@@ -33,7 +33,7 @@ async function scriptedOrigin(): Promise<ScriptedOrigin> {
     req.resume();
     req.on('end', () => {
       const path = (req.url ?? '').split('?')[0]!;
-      const answers = scripts.get(path) ?? [() => ({ status: 404 })];
+      const answers = scripts.get(path) ?? [(): Answer => ({ status: 404 })];
       const answer = (answers.length > 1 ? answers.shift()! : answers[0]!)(req);
       res.writeHead(answer.status ?? 200, { 'content-type': 'text/plain', ...answer.headers });
       res.end(answer.status === 304 ? undefined : (answer.body ?? `body of ${path}`));
@@ -78,5 +78,82 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     const second = await get(path);
     expect([first.headers['x-cache'], second.headers['x-cache']]).toEqual(['MISS', 'HIT']);
     expect(seenFor(path)).toHaveLength(1);
+  });
+
+  it('revalidates a stale copy with its validators and answers a 304 from it, updated by the 304\'s headers (RFC 9111 4.3)', async () => {
+    const path = fresh();
+    origin.script(
+      path,
+      () => ({ headers: { etag: '"v1"', 'last-modified': 'Tue, 01 Dec 2026 10:00:00 GMT', 'cache-control': 'max-age=0', 'x-version': 'first' }, body: 'the stored body' }),
+      () => ({ status: 304, headers: { etag: '"v1"', 'cache-control': 'max-age=60', 'x-version': 'refreshed' } }),
+    );
+    const first = await get(path);
+    const second = await get(path);
+    const third = await get(path);
+    expect([first.headers['x-cache'], second.headers['x-cache'], third.headers['x-cache']]).toEqual(['MISS', 'REVALIDATED', 'HIT']);
+    expect([second.status, second.text, second.headers['x-version'], second.headers['cache-control']]).toEqual([200, 'the stored body', 'refreshed', 'max-age=60']);
+    expect([third.text, third.headers['x-version']]).toEqual(['the stored body', 'refreshed']);
+    const asked = seenFor(path);
+    expect(asked).toHaveLength(2);
+    expect([asked[1]!.headers['if-none-match'], asked[1]!.headers['if-modified-since']]).toEqual(['"v1"', 'Tue, 01 Dec 2026 10:00:00 GMT']);
+  });
+
+  it('keeps a no-cache answer that has a validator and asks the service before each use of it', async () => {
+    const path = fresh();
+    origin.script(
+      path,
+      () => ({ headers: { etag: '"nc"', 'cache-control': 'no-cache' }, body: 'checked each time' }),
+      () => ({ status: 304, headers: { etag: '"nc"', 'cache-control': 'no-cache' } }),
+    );
+    const replies = [await get(path), await get(path), await get(path)];
+    expect(replies.map((reply) => [reply.status, reply.headers['x-cache'], reply.text])).toEqual([
+      [200, 'MISS', 'checked each time'],
+      [200, 'REVALIDATED', 'checked each time'],
+      [200, 'REVALIDATED', 'checked each time'],
+    ]);
+    expect(seenFor(path).map((seen) => seen.headers['if-none-match'] ?? null)).toEqual([null, '"nc"', '"nc"']);
+  });
+
+  it('asks again without validators when the 304 is about another response than the stored one (another ETag)', async () => {
+    const path = fresh();
+    origin.script(
+      path,
+      () => ({ headers: { etag: '"a"', 'cache-control': 'max-age=0' }, body: 'version a' }),
+      (req): Answer => (req.headers['if-none-match'] ? { status: 304, headers: { etag: '"b"' } } : { headers: { etag: '"b"', 'cache-control': 'max-age=60' }, body: 'version b' }),
+    );
+    await get(path);
+    const second = await get(path);
+    expect([second.status, second.headers['x-cache'], second.text, second.headers.etag]).toEqual([200, 'MISS', 'version b', '"b"']);
+    expect(seenFor(path).map((seen) => seen.headers['if-none-match'] ?? null)).toEqual([null, '"a"', null]);
+    expect((await get(path)).headers['x-cache']).toBe('HIT');
+  });
+
+  it('gives a revalidated copy whose 304 made it private to that client only, and keeps it no longer', async () => {
+    const path = fresh();
+    origin.script(
+      path,
+      () => ({ headers: { etag: '"p"', 'cache-control': 'max-age=0' }, body: 'shared until now' }),
+      () => ({ status: 304, headers: { etag: '"p"', 'cache-control': 'private, max-age=60' } }),
+      () => ({ headers: { etag: '"p2"', 'cache-control': 'private' }, body: 'private now' }),
+    );
+    await get(path);
+    const second = await get(path);
+    expect([second.headers['x-cache'], second.headers['cache-control']]).toEqual(['REVALIDATED', 'private, max-age=60']);
+    const third = await get(path);
+    expect([third.headers['x-cache'], third.text]).toEqual(['MISS', 'private now']);
+    expect(seenFor(path).map((seen) => seen.headers['if-none-match'] ?? null)).toEqual([null, '"p"', null]);
+  });
+
+  it('passes a request with a condition of its own on to the service instead of revalidating with the stored validators', async () => {
+    const path = fresh();
+    origin.script(
+      path,
+      () => ({ headers: { etag: '"mine"', 'cache-control': 'max-age=0' } }),
+      (req) => ({ status: req.headers['if-none-match'] === '"client"' ? 304 : 200, headers: { etag: '"client"' } }),
+    );
+    await get(path);
+    const conditional = await get(path, { 'if-none-match': '"client"' });
+    expect([conditional.status, conditional.headers['x-cache']]).toEqual([304, 'MISS']);
+    expect(seenFor(path)[1]!.headers['if-none-match']).toBe('"client"');
   });
 });

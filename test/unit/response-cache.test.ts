@@ -1,7 +1,7 @@
 import { hash } from 'node:crypto';
 import fc from 'fast-check';
 import { ConfigError, parseConfig } from '../../src/config';
-import { cacheKey, currentAge, isFresh, parseCacheControl, retentionMs, storability, type CachedResponse, type StorabilityInput } from '../../src/response-cache';
+import { cacheKey, currentAge, isFresh, parseCacheControl, retentionMs, REVALIDATION_WINDOW_SECONDS, storability, type CachedResponse, type StorabilityInput } from '../../src/response-cache';
 import type { StaleResources } from '../../src/cache-invalidations';
 import { createGatewayApps } from '../../src/gateway';
 import { createMemoryResponseStore, MAX_REMEMBERED_INVALIDATIONS, sharingInvalidations, type CacheKey, type PeerInvalidations, type ResponseStore } from '../../src/response-store';
@@ -37,7 +37,7 @@ describe('Cache-Control and storability (RFC 9111)', () => {
     { desc: 'no-store', headers: { 'cache-control': 'max-age=60, no-store' } },
     { desc: 'private', headers: { 'cache-control': 'private, max-age=60' } },
     { desc: 'private naming a field', headers: { 'cache-control': 'private="set-cookie", max-age=60' } },
-    { desc: 'no-cache (the gateway does not revalidate)', headers: { 'cache-control': 'no-cache' } },
+    { desc: 'no-cache without a validator (nothing to revalidate it with)', headers: { 'cache-control': 'no-cache' } },
     { desc: 'max-age=0', headers: { 'cache-control': 'max-age=0' } },
     { desc: 'a malformed max-age', headers: { 'cache-control': 'max-age=abc' } },
     { desc: 'two different max-age values', headers: { 'cache-control': 'max-age=60, max-age=5' } },
@@ -50,6 +50,26 @@ describe('Cache-Control and storability (RFC 9111)', () => {
     { desc: 'a no-store after an unterminated quote', headers: { 'cache-control': 'max-age=60, x="a, no-store' } },
   ])('does not store $desc', ({ headers }) => {
     expect(verdict(headers).store).toBe(false);
+  });
+
+  it.each([
+    { desc: 'no-cache with an ETag', headers: { 'cache-control': 'no-cache, max-age=60', etag: '"1"' } },
+    { desc: 'max-age=0 with a Last-Modified', headers: { 'cache-control': 'max-age=0', 'last-modified': new Date(NOW - 60_000).toUTCString() } },
+    { desc: 'an Age beyond the lifetime, with an ETag', headers: { 'cache-control': 'max-age=60', age: '61', etag: '"1"' } },
+  ])('stores $desc stale from the start, to be revalidated before each use', ({ headers }) => {
+    const stored = verdict(headers);
+    expect(stored.store).toBe(true);
+    if (!stored.store) return;
+    expect(stored.lifetimeSeconds).toBeLessThanOrEqual(stored.initialAgeSeconds);
+    expect(stored.staleIfErrorSeconds).toBe(0);
+  });
+
+  it('keeps a stale entry with a validator for the revalidation window, one without only while stale-if-error allows', () => {
+    const entry = (headers: Record<string, string>, staleIfErrorSeconds = 0): CachedResponse => ({ status: 200, headers, body: Buffer.alloc(0), storedAt: NOW, initialAgeSeconds: 0, lifetimeSeconds: 10, staleIfErrorSeconds, vary: [], varyValues: [] });
+    expect(retentionMs(entry({}), NOW + 11_000)).toBe(0);
+    expect(retentionMs(entry({}, 5), NOW + 11_000)).toBe(4_000);
+    expect(retentionMs(entry({ etag: '"1"' }), NOW + 11_000)).toBe((10 + REVALIDATION_WINDOW_SECONDS - 11) * 1000);
+    expect(retentionMs(entry({ 'last-modified': 'not a date' }), NOW + 11_000)).toBe(0);
   });
 
   it.each([200, 203, 204, 300, 301, 308, 404, 405, 410, 414])('stores status %i', (status) => {
