@@ -103,6 +103,24 @@ function keptHeaders(headers: Record<string, string | string[] | undefined>, now
   return rest;
 }
 
+/**
+ * Where a response whose service's `Vary` lists `names` is also kept: its key's variant with the values the
+ * storing request had of them (RFC 9111 4.1, as nginx's secondary key). Kept under its key alone, one variant
+ * replaced the other: clients alternating `Accept-Encoding: gzip` and none took every answer from the service.
+ */
+function varyKey(key: CacheKey, names: readonly string[], values: readonly (string | null)[]): CacheKey {
+  return { resource: key.resource, variant: cacheKey([key.variant, ...names.flatMap((name, index) => [name, values[index] ?? null])]) };
+}
+
+/**
+ * Stores a response under its key (the variant a lookup finds first) and, when it varies, under its vary key too,
+ * where a request with the same values finds it once another variant took the key.
+ */
+function storeVariant(store: ResponseStore, routeName: string, key: CacheKey, entry: CachedResponse, since: FetchStart): Promise<unknown> {
+  if (entry.vary.length === 0) return store.set(routeName, key, entry, since);
+  return Promise.all([store.set(routeName, key, entry, since), store.set(routeName, varyKey(key, entry.vary, entry.varyValues), entry, since)]);
+}
+
 /** Response headers a 304 repeats from the stored response (RFC 9110 15.4.5). */
 const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag', 'expires', 'vary', 'last-modified'];
 
@@ -223,7 +241,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const lifetime = verdict.store ? verdict : { lifetimeSeconds: 0, initialAgeSeconds: 0, staleIfErrorSeconds: 0 };
     const refreshed: CachedResponse = { ...entry, headers, storedAt: now(), lifetimeSeconds: lifetime.lifetimeSeconds, initialAgeSeconds: lifetime.initialAgeSeconds, staleIfErrorSeconds: lifetime.staleIfErrorSeconds };
     if (verdict.store && sameVary) {
-      if (storable) await store.set(routeName, key, refreshed, since);
+      if (storable) await storeVariant(store, routeName, key, refreshed, since);
     } else await dropStoredCopies(routeName, key.resource);
     serve(ctx, refreshed, 'revalidated', rules, false);
   };
@@ -325,10 +343,15 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     ]);
     const key: CacheKey = { resource, variant };
     const flightKey = `${key.resource} ${key.variant}`;
+    // Not a copy varying on a look-alike name either (captureResponse stores none; a replica of an earlier version may have).
+    const matches = (entry: CachedResponse) => entry.vary.every((name, index) => heard(name) === entry.varyValues[index] && !twinned(name) && !isLookAlikeName(name));
     const lookup = async (): Promise<CachedResponse | undefined> => {
-      const entry = await store.get(route.name, key);
-      // Not a copy varying on a look-alike name either (captureResponse stores none; a replica of an earlier version may have).
-      return entry && entry.vary.every((name, index) => heard(name) === entry.varyValues[index] && !twinned(name) && !isLookAlikeName(name)) ? entry : undefined;
+      const latest = await store.get(route.name, key);
+      if (!latest || matches(latest)) return latest;
+      if (latest.vary.length === 0) return undefined;
+      // Another variant was stored last: this request's own, if stored, is under its values of the names Vary lists.
+      const own = await store.get(route.name, varyKey(key, latest.vary, latest.vary.map(heard)));
+      return own && matches(own) ? own : undefined;
     };
 
     let entry = await lookup();
@@ -533,7 +556,7 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
         varyValues: vary.map(options.heard),
       };
       chunks = undefined;
-      pending = options.store.set(options.routeName, options.key, entry, options.since).finally(() => options.settled('stored'));
+      pending = storeVariant(options.store, options.routeName, options.key, entry, options.since).then(() => undefined).finally(() => options.settled('stored'));
     },
   };
   return { tap, stored: () => pending ?? Promise.resolve() };

@@ -144,6 +144,26 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect(seenFor(path).map((seen) => seen.headers['if-none-match'] ?? null)).toEqual([null, '"p"', null]);
   });
 
+  it('keeps each variant of an answer that varies, so clients alternating the header Vary names are both answered from the cache', async () => {
+    const path = fresh();
+    origin.script(path, (req) => ({ headers: { 'cache-control': 'max-age=60', vary: 'Accept-Language' }, body: `in ${req.headers['accept-language'] ?? 'no language'}` }));
+    const rounds: string[][] = [];
+    for (let round = 0; round < 3; round++) {
+      const french = await get(path, { 'accept-language': 'fr' });
+      const none = await get(path);
+      rounds.push([`${french.headers['x-cache']} ${french.text}`, `${none.headers['x-cache']} ${none.text}`]);
+    }
+    expect(rounds).toEqual([
+      ['MISS in fr', 'MISS in no language'],
+      ['HIT in fr', 'HIT in no language'],
+      ['HIT in fr', 'HIT in no language'],
+    ]);
+    expect(seenFor(path)).toHaveLength(2);
+    // A third value was never stored: it is never answered with another's.
+    const german = await get(path, { 'accept-language': 'de' });
+    expect([german.headers['x-cache'], german.text]).toEqual(['MISS', 'in de']);
+  });
+
   it('passes a request with a condition of its own on to the service instead of revalidating with the stored validators', async () => {
     const path = fresh();
     origin.script(
