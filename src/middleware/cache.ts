@@ -511,10 +511,17 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
   let kept: Record<string, string | string[]> = {};
   let lifetime = { lifetimeSeconds: 0, initialAgeSeconds: 0, staleIfErrorSeconds: 0 };
   let vary: string[] = [];
+  /**
+   * When the response arrived (its head), ms: its age counts from then (RFC 9111 4.2.3's response_time), not from
+   * the end of its body. Counted from the end, an answer streamed over 30 s with max-age=10 was a HIT 30 s past
+   * its freshness, each answer from it saying 30 s younger than it was.
+   */
+  let receivedAt = 0;
 
   const tap: ResponseTap = {
     start(responseStatus, headers) {
-      const verdict = storability({ status: responseStatus, headers, sharedCredentialed: options.sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: options.now() });
+      receivedAt = options.now();
+      const verdict = storability({ status: responseStatus, headers, sharedCredentialed: options.sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: receivedAt });
       vary = varyNames(headers.vary);
       // The service saw the gateway's value of these, not the client's: comparing the client's would be wrong. So
       // it is for a name whose `_` or `.` twin the request carries: the service may have read that one instead. And
@@ -527,7 +534,7 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
         return options.settled(lasting ? 'not stored' : undefined);
       }
       if (!options.storable) return options.settled();
-      kept = keptHeaders(headers, options.now());
+      kept = keptHeaders(headers, receivedAt);
       status = responseStatus;
       lifetime = verdict;
       chunks = [];
@@ -550,7 +557,7 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
         status,
         headers: kept,
         body: Buffer.concat(chunks, bytes),
-        storedAt: options.now(),
+        storedAt: receivedAt,
         ...lifetime,
         vary,
         varyValues: vary.map(options.heard),

@@ -17,6 +17,8 @@ interface Answer {
   status?: number;
   headers?: Record<string, string>;
   body?: string;
+  /** Sends the head, then the body this long after, ms. */
+  bodyAfterMs?: number;
 }
 
 interface ScriptedOrigin extends TestServer {
@@ -36,7 +38,10 @@ async function scriptedOrigin(): Promise<ScriptedOrigin> {
       const answers = scripts.get(path) ?? [(): Answer => ({ status: 404 })];
       const answer = (answers.length > 1 ? answers.shift()! : answers[0]!)(req);
       res.writeHead(answer.status ?? 200, { 'content-type': 'text/plain', ...answer.headers });
-      res.end(answer.status === 304 ? undefined : (answer.body ?? `body of ${path}`));
+      const body = answer.status === 304 ? undefined : (answer.body ?? `body of ${path}`);
+      if (answer.bodyAfterMs === undefined) return void res.end(body);
+      res.flushHeaders();
+      setTimeout(() => res.end(body), answer.bodyAfterMs);
     });
   });
   return Object.assign(server, { seen, script: (path: string, ...answers: ((request: http.IncomingMessage) => Answer)[]) => void scripts.set(`/rfc${path}`, answers) });
@@ -142,6 +147,16 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     const third = await get(path);
     expect([third.headers['x-cache'], third.text]).toEqual(['MISS', 'private now']);
     expect(seenFor(path).map((seen) => seen.headers['if-none-match'] ?? null)).toEqual([null, '"p"', null]);
+  });
+
+  it('counts an answer\'s age from when its head arrived, not from the end of a slow body (RFC 9111 4.2.3)', async () => {
+    const path = fresh();
+    origin.script(path, () => ({ headers: { 'cache-control': 'max-age=60' }, bodyAfterMs: 1_100 }));
+    await get(path);
+    const stored = await get(path);
+    expect(stored.headers['x-cache']).toBe('HIT');
+    // Its head arrived over a second before its body ended: that second is part of its age.
+    expect(Number(stored.headers.age)).toBeGreaterThanOrEqual(1);
   });
 
   it('keeps each variant of an answer that varies, so clients alternating the header Vary names are both answered from the cache', async () => {
