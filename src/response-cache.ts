@@ -182,6 +182,8 @@ export interface StorabilityInput {
   defaultTtlSeconds: number;
   /** When the response arrived, ms since the epoch. */
   now: number;
+  /** When the request went to the service, ms since the epoch (RFC 9111 4.2.3 request_time); default `now`. */
+  requestedAt?: number;
 }
 
 export type Storability = { store: false; reason: string } | { store: true; lifetimeSeconds: number; initialAgeSeconds: number; staleIfErrorSeconds: number };
@@ -224,7 +226,9 @@ export function storability(input: StorabilityInput): Storability {
   // Age given as a list (two lines, or `100, 100`): the first member counts (RFC 9111 5.1), not none.
   const ageHeader = deltaSeconds(first(headers.age)?.split(',')[0]?.trim()) ?? 0;
   const apparentAge = Math.max(0, (input.now - dateValue) / 1000);
-  const initialAge = Math.max(ageHeader, apparentAge);
+  // RFC 9111 4.2.3: the Age was the copy's as the service began to answer; the time the answer took counts too.
+  const responseDelay = Math.max(0, (input.now - (input.requestedAt ?? input.now)) / 1000);
+  const initialAge = Math.max(ageHeader + responseDelay, apparentAge);
   // `no-cache` (5.2.2.4) and a lifetime that cannot be read (4.2.1) make it stale from the start: each use revalidated.
   if (control.noCache || control.invalid) lifetime = 0;
   if (lifetime <= initialAge && !validated) return { store: false, reason: 'stale on arrival' };

@@ -235,7 +235,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const { routeName, key, since, entry, policy, sharedCredentialed, storable, rules } = revalidated;
     const { location: _location, 'content-location': _contentLocation, ...update } = keptHeaders(revalidated.notModified, now());
     const headers = { ...entry.headers, ...update };
-    const verdict = storability({ status: entry.status, headers, sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: now() });
+    const verdict = storability({ status: entry.status, headers, sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: now(), requestedAt: revalidated.requestedAt });
     const vary = varyNames(headers.vary);
     const sameVary = vary.length === entry.vary.length && vary.every((name, index) => name === entry.vary[index]);
     const lifetime = verdict.store ? verdict : { lifetimeSeconds: 0, initialAgeSeconds: 0, staleIfErrorSeconds: 0 };
@@ -408,7 +408,9 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
           else if (outcome === 'stored') notStoredUntil.delete(flightKey);
           release('answered');
         };
-        const capture = captureResponse({ store, routeName: route.name, key, since, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, twinned, now, settled });
+        // RFC 9111 4.2.3's request_time: the answer's age counts the time it took.
+        const requestedAt = now();
+        const capture = captureResponse({ store, routeName: route.name, key, since, requestedAt, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, twinned, now, settled });
         ctx.state.responseTap = capture.tap;
         stored = capture.stored;
         // A stale copy with a validator: the service is asked whether it is still current (RFC 9111 4.3.1), and a 304
@@ -420,7 +422,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
             headers: validatorsOf(stale),
             notModified: (answer) => {
               if (!selectsStored(stale, answer)) return false;
-              revalidated = { routeName: route.name, key, since, entry: stale, notModified: answer, policy, sharedCredentialed, storable, rules };
+              revalidated = { routeName: route.name, key, since, requestedAt, entry: stale, notModified: answer, policy, sharedCredentialed, storable, rules };
               return true;
             },
           };
@@ -457,6 +459,8 @@ interface Revalidated {
   routeName: string;
   key: CacheKey;
   since: FetchStart;
+  /** When the revalidation went to the service, ms. */
+  requestedAt: number;
   entry: CachedResponse;
   /** The 304's headers. */
   notModified: Record<string, string | string[] | undefined>;
@@ -473,6 +477,8 @@ interface CaptureOptions {
   key: CacheKey;
   /** Where the resource's invalidations stood as the request went to the service. */
   since: FetchStart;
+  /** When the request went to the service, ms. */
+  requestedAt: number;
   policy: RouteCacheConfig;
   /** False when the client asked for its answer not to be stored. */
   storable: boolean;
@@ -521,7 +527,7 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
   const tap: ResponseTap = {
     start(responseStatus, headers) {
       receivedAt = options.now();
-      const verdict = storability({ status: responseStatus, headers, sharedCredentialed: options.sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: receivedAt });
+      const verdict = storability({ status: responseStatus, headers, sharedCredentialed: options.sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: receivedAt, requestedAt: options.requestedAt });
       vary = varyNames(headers.vary);
       // The service saw the gateway's value of these, not the client's: comparing the client's would be wrong. So
       // it is for a name whose `_` or `.` twin the request carries: the service may have read that one instead. And

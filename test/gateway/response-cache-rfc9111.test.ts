@@ -19,6 +19,8 @@ interface Answer {
   body?: string;
   /** Sends the head, then the body this long after, ms. */
   bodyAfterMs?: number;
+  /** Answers this long after the request arrived, ms (its Date is from the arrival). */
+  headAfterMs?: number;
 }
 
 interface ScriptedOrigin extends TestServer {
@@ -33,10 +35,15 @@ async function scriptedOrigin(): Promise<ScriptedOrigin> {
   const server = await listen((req, res) => {
     seen.push({ url: req.url ?? '', headers: { ...req.headers } });
     req.resume();
-    req.on('end', () => {
+    req.on('end', async () => {
       const path = (req.url ?? '').split('?')[0]!;
       const answers = scripts.get(path) ?? [(): Answer => ({ status: 404 })];
       const answer = (answers.length > 1 ? answers.shift()! : answers[0]!)(req);
+      if (answer.headAfterMs !== undefined) {
+        const date = new Date().toUTCString();
+        await new Promise((resolve) => setTimeout(resolve, answer.headAfterMs));
+        answer.headers = { date, ...answer.headers };
+      }
       res.writeHead(answer.status ?? 200, { 'content-type': 'text/plain', ...answer.headers });
       const body = answer.status === 304 ? undefined : (answer.body ?? `body of ${path}`);
       if (answer.bodyAfterMs === undefined) return void res.end(body);
@@ -157,6 +164,16 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect(stored.headers['x-cache']).toBe('HIT');
     // Its head arrived over a second before its body ended: that second is part of its age.
     expect(Number(stored.headers.age)).toBeGreaterThanOrEqual(1);
+  });
+
+  it('adds the time the service took to answer to the Age it sent (RFC 9111 4.2.3 corrected_age_value)', async () => {
+    const path = fresh();
+    // Its own cache's copy was 5 s old when it began to answer, and the answer took over a second.
+    origin.script(path, () => ({ headers: { 'cache-control': 'max-age=60', age: '5' }, headAfterMs: 1_100 }));
+    await get(path);
+    const stored = await get(path);
+    expect(stored.headers['x-cache']).toBe('HIT');
+    expect(Number(stored.headers.age)).toBeGreaterThanOrEqual(6);
   });
 
   it('keeps each variant of an answer that varies, so clients alternating the header Vary names are both answered from the cache', async () => {

@@ -80,6 +80,12 @@ describe('Cache-Control and storability (RFC 9111)', () => {
     expect(verdict({ 'cache-control': 'public, max-age=60' }, { status }).store).toBe(false);
   });
 
+  it('counts the time the service took to answer in the initial age, beside its Age (RFC 9111 4.2.3)', () => {
+    expect(verdict({ 'cache-control': 'max-age=60', age: '5' }, { requestedAt: NOW - 2_000 })).toMatchObject({ store: true, initialAgeSeconds: 7 });
+    expect(verdict({ 'cache-control': 'max-age=60' }, { requestedAt: NOW - 2_000 })).toMatchObject({ store: true, initialAgeSeconds: 2 });
+    expect(verdict({ 'cache-control': 'max-age=2' }, { requestedAt: NOW - 3_000 }).store).toBe(false);
+  });
+
   it('shares a response to a signed-in caller only when the service says public or s-maxage', () => {
     expect(verdict({ 'cache-control': 'max-age=60' }, { sharedCredentialed: true }).store).toBe(false);
     expect(verdict({}, { sharedCredentialed: true }).store).toBe(false);
