@@ -44,6 +44,11 @@ export interface GatewayState {
   /** createResponseCache: the validators of a stale copy the proxy asks the service about, and where its 304 goes. */
   revalidation?: Revalidation;
   /**
+   * createResponseCache: whether a stale copy answers instead of the service's answer with this status (a 500, 502,
+   * 503 or 504 within the copy's stale-if-error, RFC 5861 4); the proxy then sends none of the service's answer.
+   */
+  staleStandsIn?: (status: number) => boolean;
+  /**
    * createResponseCache: what the proxy waits for, given the service's status and the URLs its answer names in
    * `Location` and `Content-Location` as the client will see them, before it sends the answer on (a successful
    * write's invalidation of the stored copies); none, or undefined from it, sends it at once.

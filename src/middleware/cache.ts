@@ -121,6 +121,12 @@ function storeVariant(store: ResponseStore, routeName: string, key: CacheKey, en
   return Promise.all([store.set(routeName, key, entry, since), store.set(routeName, varyKey(key, entry.vary, entry.varyValues), entry, since)]);
 }
 
+/**
+ * A service's answers that are errors a stale copy may stand in for under stale-if-error, as much as no answer
+ * at all (RFC 5861 4: "any situation that would result in a 500, 502, 503, or 504 HTTP response status code").
+ */
+const STALE_IF_ERROR_STATUSES: ReadonlySet<number> = new Set([500, 502, 503, 504]);
+
 /** Response headers a 304 repeats from the stored response (RFC 9110 15.4.5). */
 const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag', 'expires', 'vary', 'last-modified'];
 
@@ -130,7 +136,8 @@ const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag
  * it (`MISS`) and, as it streams the answer to the client, the cache keeps a copy when RFC 9111 and the
  * route allow (src/response-cache.ts `storability`). Concurrent misses for one key wait for the first one's
  * answer instead of all reaching the service. Other requests on the route are `BYPASS`; a stale copy stands
- * in for a service that cannot be reached while its `stale-if-error` allows (`STALE`). A stale copy with a
+ * in for a service that cannot be reached, or that answers 500, 502, 503 or 504, while its `stale-if-error`
+ * allows (`STALE`). A stale copy with a
  * validator is revalidated: the service's 304 refreshes it and the client gets it (`REVALIDATED`).
  *
  * A client's own `Cache-Control: no-cache` / `max-age=0` is not obeyed: it would let any client send every
@@ -380,6 +387,13 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     /** The service's 304 to this request's revalidation of the stored copy, with what refreshing it takes. */
     let revalidated: Revalidated | undefined;
     let stored = () => Promise.resolve();
+    /** The service answered with an error the stale copy stands in for. */
+    let standIn = false;
+    const staleCopy = entry;
+    if (staleCopy && staleCopy.staleIfErrorSeconds > 0) {
+      const mayStandIn = () => currentAge(staleCopy, now()) < staleCopy.lifetimeSeconds + staleCopy.staleIfErrorSeconds;
+      ctx.state.staleStandsIn = (status) => (standIn = STALE_IF_ERROR_STATUSES.has(status) && mayStandIn());
+    }
     // Once the answer is stored or known never to be: the store lets go of what it kept for this fetch.
     let fetchEnded = () => {};
     // HEAD answers carry no body to keep: forwarded as they are; a GET fills the entry HEAD then uses.
@@ -429,6 +443,11 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
         }
       }
       await next();
+      if (standIn) {
+        serve(ctx, staleCopy!, 'stale', rules, false);
+        release('answered');
+        return;
+      }
       await stored();
       if (revalidated) {
         await answerRevalidated(ctx, revalidated);
@@ -437,7 +456,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       }
     } catch (error) {
       // The service could not be reached: a stale copy it allowed to stand in (stale-if-error) answers instead, to
-      // HEAD as to GET (RFC 5861 names no method; HEAD is GET without the content, RFC 9110 9.3.2).
+      // HEAD as to GET (RFC 5861 names no method; HEAD is GET without the content, RFC 9110 9.3.2). So it does for
+      // the service's own 500, 502, 503 and 504 (ctx.state.staleStandsIn, above).
       const stale = entry;
       if (stale && !ctx.res.headersSent && isGatewayError(error) && error.code.startsWith('upstream_') && currentAge(stale, now()) < stale.lifetimeSeconds + stale.staleIfErrorSeconds) {
         serve(ctx, stale, 'stale', rules, false);

@@ -73,8 +73,11 @@ interface Exchange {
   answeredByService?: boolean;
   /** Why the service's response could not be forwarded (502 `upstream_bad_response`). */
   badResponse?: string;
-  /** The service answered the cache's revalidation with 304: handed to the cache, nothing sent to the client. */
-  notModified?: boolean;
+  /**
+   * The status of a service's answer that went to the cache instead of the client (a 304 to its revalidation, an
+   * error a stale copy stands in for); nothing of it is sent on, and its body is not read.
+   */
+  handedToCache?: number;
   /** ... with a 304 about another response than the stored one: asked again without the validators. */
   notModifiedElsewhere?: boolean;
 }
@@ -347,8 +350,15 @@ export function createProxy(options: ProxyOptions): Middleware {
               // The stored copy is still current: the cache answers from it (the client asked for no 304), and this
               // exchange ends with the 304's empty body.
               exchange.answeredByService = true;
-              exchange.notModified = true;
+              exchange.handedToCache = statusCode;
               exchange.notModifiedElsewhere = !revalidation.notModified(upstreamHeaders);
+              return;
+            }
+            if (ctx.state.staleStandsIn?.(statusCode)) {
+              // A server error a stale copy may stand in for (stale-if-error): the cache answers with the copy.
+              exchange.answeredByService = true;
+              exchange.handedToCache = statusCode;
+              controller.abort(new Error('a stale copy stands in for the service\'s error'));
               return;
             }
             // The cache holds a successful write's answer until the copies it made stale are dropped (src/middleware/cache.ts).
@@ -373,7 +383,7 @@ export function createProxy(options: ProxyOptions): Middleware {
           },
           onResponseData(controller, chunk) {
             touch();
-            if (exchange.notModified) return;
+            if (exchange.handedToCache !== undefined) return;
             tap?.data(chunk);
             if (responseClosed(ctx) || res.writableEnded) controller.abort(new Error('the client closed the connection'));
             // Up to CLIENT_BUFFER_BYTES wait in the gateway: an answer that fits is read whole and its connection
@@ -395,14 +405,14 @@ export function createProxy(options: ProxyOptions): Middleware {
           onResponseEnd() {
             clearTimeout(idle);
             release();
-            if (exchange.notModified) return void done();
+            if (exchange.handedToCache !== undefined) return void done();
             tap?.end();
             res.end();
           },
           onResponseError(_controller, failure) {
             release();
-            // A 304 has no body: what befalls the connection after its head takes nothing from it.
-            if (exchange.notModified) return void done();
+            // A 304 has no body, and an error's is not wanted: what befalls the connection after its head takes nothing from it.
+            if (exchange.handedToCache !== undefined) return void done();
             exchange.failure ??= failure;
             if (TIMEOUT_CODES.has((failure as NodeJS.ErrnoException).code ?? '')) exchange.timedOut = true;
             if (exchange.status === undefined) {
@@ -462,7 +472,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       const started = performance.now();
       const exchange = await forward(ctx, instance, attempt, parent, route, corsApplied, deadlineAt);
       const outcome = outcomeOf(exchange);
-      endUpstreamSpan(exchange.span, outcome, exchange.notModified ? 304 : exchange.status, exchange.failure);
+      endUpstreamSpan(exchange.span, outcome, exchange.handedToCache ?? exchange.status, exchange.failure);
       // Per attempt and until the client had the whole response: a retried request is two observations.
       if (upstreamSeries) {
         const ended = performance.now();

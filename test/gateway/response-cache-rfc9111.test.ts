@@ -156,6 +156,28 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect(seenFor(path).map((seen) => seen.headers['if-none-match'] ?? null)).toEqual([null, '"p"', null]);
   });
 
+  it.each([500, 502, 503, 504])('answers a GET and a HEAD with a stale copy under stale-if-error when the service answers %i (RFC 5861 4)', async (status) => {
+    const path = fresh();
+    // Stale from the start (max-age=0), kept for its ETag.
+    origin.script(path, () => ({ headers: { 'cache-control': 'max-age=0, stale-if-error=60', etag: '"k"' }, body: 'kept for bad times' }), () => ({ status, body: 'the service is struggling' }));
+    await get(path);
+    const stale = await get(path);
+    expect([stale.status, stale.headers['x-cache'], stale.text]).toEqual([200, 'STALE', 'kept for bad times']);
+    const head = await sendRaw(stack.gateway.url, `/api/rfc${path}`, {}, 'HEAD');
+    expect([head.status, head.headers['x-cache']]).toEqual([200, 'STALE']);
+  });
+
+  it('passes the service\'s 503 on when the stale copy allows no stale-if-error, or its window is over', async () => {
+    const none = fresh();
+    origin.script(none, () => ({ headers: { 'cache-control': 'max-age=0', etag: '"x"' } }), () => ({ status: 503 }));
+    await get(none);
+    expect((await get(none)).status).toBe(503);
+    const over = fresh();
+    origin.script(over, () => ({ headers: { 'cache-control': 'max-age=0, stale-if-error=60', age: '61', etag: '"y"' } }), () => ({ status: 503 }));
+    await get(over);
+    expect((await get(over)).status).toBe(503);
+  });
+
   it('counts an answer\'s age from when its head arrived, not from the end of a slow body (RFC 9111 4.2.3)', async () => {
     const path = fresh();
     origin.script(path, () => ({ headers: { 'cache-control': 'max-age=60' }, bodyAfterMs: 1_100 }));
