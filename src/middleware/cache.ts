@@ -234,14 +234,12 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
 
   /**
    * Answers from a stored copy the service's 304 confirmed, its headers updated by the 304's (RFC 9111 4.3.4: all but
-   * Content-Length; not Location or Content-Location either, which the proxy rewrites only on answers it forwards),
-   * and stores it again with its new lifetime. When the updated headers forbid storing it (`no-store`, `private`,
+   * Content-Length; the proxy made its URLs public), and stores it again with its new lifetime. When the updated headers forbid storing it (`no-store`, `private`,
    * `Set-Cookie`, a `Vary` of other names), this client still gets it, and the stored copies of the resource go.
    */
   const answerRevalidated = async (ctx: Context, revalidated: Revalidated) => {
     const { routeName, key, since, entry, policy, sharedCredentialed, storable, rules } = revalidated;
-    const { location: _location, 'content-location': _contentLocation, ...update } = keptHeaders(revalidated.notModified, now());
-    const headers = { ...entry.headers, ...update };
+    const headers = { ...entry.headers, ...keptHeaders(revalidated.notModified, now()) };
     const verdict = storability({ status: entry.status, headers, sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: now(), requestedAt: revalidated.requestedAt });
     const vary = varyNames(headers.vary);
     const sameVary = vary.length === entry.vary.length && vary.every((name, index) => name === entry.vary[index]);

@@ -348,10 +348,19 @@ export function createProxy(options: ProxyOptions): Middleware {
             }
             if (statusCode === 304 && revalidation) {
               // The stored copy is still current: the cache answers from it (the client asked for no 304), and this
-              // exchange ends with the 304's empty body.
+              // exchange ends with the 304's empty body. Its headers update the copy, so they are checked and their
+              // URLs made public as a forwarded answer's are: a Refresh naming the instance went out with the copy.
+              const unforwardable = unforwardableResponse(statusCode, upstreamHeaders);
+              if (unforwardable) return void badResponse(controller, unforwardable);
+              let served: http.IncomingHttpHeaders;
+              try {
+                served = withPublicLocations(upstreamHeaders, instance.origin, ctx, route);
+              } catch (error) {
+                return void badResponse(controller, `a response head the gateway could not process (${(error as Error).message})`);
+              }
               exchange.answeredByService = true;
               exchange.handedToCache = statusCode;
-              exchange.notModifiedElsewhere = !revalidation.notModified(upstreamHeaders);
+              exchange.notModifiedElsewhere = !revalidation.notModified(served);
               return;
             }
             if (ctx.state.staleStandsIn?.(statusCode)) {

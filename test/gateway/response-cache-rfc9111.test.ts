@@ -110,6 +110,19 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect([asked[1]!.headers['if-none-match'], asked[1]!.headers['if-modified-since']]).toEqual(['"v1"', 'Tue, 01 Dec 2026 10:00:00 GMT']);
   });
 
+  it('makes the URLs of a 304 that refreshes a copy public, as those of an answer it forwards (never the instance\'s address)', async () => {
+    const path = fresh();
+    origin.script(
+      path,
+      () => ({ headers: { etag: '"u"', 'cache-control': 'max-age=0', 'content-location': '/rfc/old' } }),
+      () => ({ status: 304, headers: { etag: '"u"', 'content-location': `${origin.url}/rfc/new`, refresh: `5; url=${origin.url}/rfc/next` } }),
+    );
+    await get(path);
+    const revalidated = await get(path);
+    expect(revalidated.headers['x-cache']).toBe('REVALIDATED');
+    expect([revalidated.headers['content-location'], revalidated.headers.refresh]).toEqual([`${stack.gateway.url}/api/rfc/new`, `5; url=${stack.gateway.url}/api/rfc/next`]);
+  });
+
   it('keeps a no-cache answer that has a validator and asks the service before each use of it', async () => {
     const path = fresh();
     origin.script(
