@@ -137,8 +137,8 @@ const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag
  * route allow (src/response-cache.ts `storability`). Concurrent misses for one key wait for the first one's
  * answer instead of all reaching the service. Other requests on the route are `BYPASS`; a stale copy stands
  * in for a service that cannot be reached, or that answers 500, 502, 503 or 504, while its `stale-if-error`
- * allows (`STALE`). A stale copy with a
- * validator is revalidated: the service's 304 refreshes it and the client gets it (`REVALIDATED`).
+ * allows (`STALE`). A stale copy with a validator is revalidated: the service's 304 refreshes it and the client
+ * gets it (`REVALIDATED`).
  *
  * A client's own `Cache-Control: no-cache` / `max-age=0` is not obeyed: it would let any client send every
  * request through to the service. Clients that want to check freshness send a conditional request. A
@@ -234,8 +234,9 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
 
   /**
    * Answers from a stored copy the service's 304 confirmed, its headers updated by the 304's (RFC 9111 4.3.4: all but
-   * Content-Length; the proxy made its URLs public), and stores it again with its new lifetime. When the updated headers forbid storing it (`no-store`, `private`,
-   * `Set-Cookie`, a `Vary` of other names), this client still gets it, and the stored copies of the resource go.
+   * Content-Length; the proxy made its URLs public), and stores it again with its new lifetime. When the updated
+   * headers forbid storing it (`no-store`, `private`, `Set-Cookie`, a `Vary` of other names), this client still
+   * gets it, and the stored copies of the resource go.
    */
   const answerRevalidated = async (ctx: Context, revalidated: Revalidated) => {
     const { routeName, key, since, entry, policy, sharedCredentialed, storable, rules } = revalidated;
