@@ -36,6 +36,19 @@ export function responseClosed(ctx: Context): boolean {
 }
 
 /**
+ * Whether an answer can no longer be given: its head is out already, or the client is gone. Not Koa's
+ * `ctx.writable` over HTTP/2: that reads the stream's writable side, which Node ends as a HEAD request arrives
+ * (its answer carries no DATA), so every HEAD the gateway refused itself (a 404, a 401, a 429) was taken for a
+ * client gone and its stream reset with INTERNAL_ERROR, the status never sent (nghttp, `curl -I --http2`: an error).
+ */
+export function cannotAnswer(ctx: Context): boolean {
+  if (ctx.res.headersSent) return true;
+  const response: unknown = ctx.res;
+  if (response instanceof http2.Http2ServerResponse) return responseClosed(ctx) || response.writableEnded;
+  return !ctx.writable;
+}
+
+/**
  * Whether the client went away before its response ended. A response the server answered or cut itself (a
  * service that died mid-body, a deadline, a body that did not arrive in time, the drain bound at shutdown) did not
  * see its client leave: `ctx.state.errorCode`, set before the cut or here from serverAnswerCode, says why.

@@ -3,7 +3,7 @@ import type { Context, Middleware } from 'koa';
 import { HEADER } from '../../otel/wire-names';
 import type { Logger } from '../../otel/logger';
 import { REQUEST_CAUSED_SERVER_ERRORS, toGatewayError, type GatewayError } from '../errors';
-import { cutResponse } from '../response-closed';
+import { cannotAnswer, cutResponse } from '../response-closed';
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
 
@@ -47,7 +47,7 @@ export function createErrorHandler(options: ErrorHandlerOptions): Middleware {
     } catch (thrown) {
       const error = toGatewayError(thrown);
       recordFailure(ctx, error, logger);
-      if (ctx.res.headersSent || !ctx.writable) {
+      if (cannotAnswer(ctx)) {
         cutResponse(ctx);
         return;
       }

@@ -499,6 +499,22 @@ describe('TLS termination and HTTP/2', () => {
       await expectStillServing();
     });
 
+    // Node ends a HEAD stream's writable side as the request arrives; the error handler took that for a client
+    // gone and reset the stream (INTERNAL_ERROR): `curl -I --http2` got an error instead of the status.
+    it.each([
+      { desc: 'an unknown route', headers: () => ({ ':path': '/api/nothing-here', authorization: `Bearer ${bob}` }), status: 404 },
+      { desc: 'no Authorization header', headers: () => ({ ':path': '/api/orders' }), status: 401 },
+      { desc: 'a dot-dot segment', headers: () => ({ ':path': '/api/users/../orders', authorization: `Bearer ${bob}` }), status: 400 },
+      { desc: 'the admin-only listing (Bob is a user)', headers: () => ({ ':path': '/api/users', authorization: `Bearer ${bob}` }), status: 403 },
+      { desc: 'a route that takes POST only', headers: () => ({ ':path': '/api/auth/register' }), status: 405 },
+    ])('answers a HEAD it refuses itself ($desc) with $status and its headers, no content, rather than resetting the stream', async ({ headers, status }) => {
+      const requestId = nextRequestId();
+      const reply = await h2Request(session, { ...headers(), ':method': 'HEAD', [HEADER.requestId]: requestId });
+      expect([reply.status, reply.headers['content-type'], reply.headers[HEADER.requestId], reply.text]).toEqual([status, 'application/problem+json', requestId, '']);
+      expect(seenWithRequestId(requestId)).toEqual([]);
+      await expectStillServing();
+    });
+
     // Node's HTTP/2 server hands a CONNECT stream to the 'connect' listener HTTP/1.1 uses: it got `:status 200`
     // (a proxy client's "tunnel open") carrying the text of an HTTP/1.1 405.
     it('answers CONNECT with 405 problem+json and a request id, opening no tunnel, and serves on', async () => {
