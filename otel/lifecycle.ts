@@ -556,7 +556,10 @@ function answerProblem(response: PipelineResponse, problem: ServerProblem, chose
   // client still sending its request is told to stop without error once the answer is whole (RFC 9113 8.1).
   delete headers.Connection;
   response.writeHead(problem.status, headers);
-  response.end(body, () => stopRequestOnceAnswered(response));
+  // A HEAD's stream takes no DATA (Node ends its writable side as the request arrives): writing the body reset it.
+  const whenAnswered = () => stopRequestOnceAnswered(response);
+  if (response.req.method === 'HEAD') response.end(whenAnswered);
+  else response.end(body, whenAnswered);
   return requestId;
 }
 
@@ -585,6 +588,17 @@ async function until(condition: () => boolean, boundMs: number): Promise<void> {
 /** Marks an HTTP/1 answer not yet begun to close its connection once written. */
 function closeAfterAnswer(response: unknown): void {
   if (response instanceof http.ServerResponse && !response.headersSent) response.setHeader('Connection', 'close');
+}
+
+/**
+ * Whether an answer the drain bound wrote is out, so the connections can be closed under it. An HTTP/2 one once its
+ * stream closed: a HEAD's stream reports itself finished as its HEADERS are only queued (Node ended its writable
+ * side as the request arrived), and closing the connections at once dropped the 503 unsent.
+ */
+function answerLeft(response: PipelineResponse): boolean {
+  if (response.destroyed) return true;
+  if (response instanceof http.ServerResponse) return response.writableFinished;
+  return response.stream.closed || response.stream.destroyed;
 }
 
 /** The answer to a request still waiting at the drain bound: 503 problem+json with its request id, and the connection closes. */
@@ -833,7 +847,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
         for (const response of [...[...sockets].map(inFlightResponse), ...openHttp2Responses]) {
           if (response && !response.headersSent) answered.push(answerShuttingDown(response, ownHeaders));
         }
-        await until(() => answered.every((response) => response.writableFinished || response.destroyed), SETTLE_MS);
+        await until(() => answered.every(answerLeft), SETTLE_MS);
         // Those still streaming are cut by the gateway, not left by their clients.
         const streaming = [...[...sockets].map(inFlightResponse), ...openHttp2Responses];
         for (const response of streaming) if (response && !response.writableFinished && !serverAnswers.has(response)) markServerAnswer(response, 'shutting_down');

@@ -1512,7 +1512,7 @@ describe('HTTP/2 at the drain bound', () => {
    * The gateway over TLS in front of `service`, with a 300 ms drain bound, and one HTTP/2 request to it (id
    * `requestId`) in flight; `atFlush()` is its access line's [status, error_code] as onShutdown found it.
    */
-  async function drainingGateway(service: { url: string }, requestId: string) {
+  async function drainingGateway(service: { url: string }, requestId: string, method = 'GET') {
     const certificate = makeCertificate();
     const config = testConfig({ users: service.url, orders: service.url, notifications: service.url }, { tls: { certFile: certificate.certFile, keyFile: certificate.keyFile } });
     const { logger, lines } = memoryLogger('gateway');
@@ -1533,7 +1533,7 @@ describe('HTTP/2 at the drain bound', () => {
     });
     const session = await connectH2(gateway.url, certificate.cert);
     const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
-    const stream = session.request({ ':path': '/api/orders/1', authorization: `Bearer ${token}`, [HEADER.requestId]: requestId });
+    const stream = session.request({ ':method': method, ':path': '/api/orders/1', authorization: `Bearer ${token}`, [HEADER.requestId]: requestId });
     stream.on('error', () => undefined);
     return { gateway, session, stream, atFlush: () => atFlush };
   }
@@ -1556,6 +1556,27 @@ describe('HTTP/2 at the drain bound', () => {
       const { headers, body } = await answer;
       expect([headers[':status'], headers['retry-after']]).toEqual([503, '1']);
       expect(JSON.parse(body)).toMatchObject({ status: 503, code: 'shutting_down', requestId: 'h2-drain-unanswered' });
+      expect(atFlush()).toEqual([503, 'shutting_down']);
+    } finally {
+      session.destroy();
+      await silent.close();
+    }
+  });
+
+  it('answers a HEAD stream whose answer has not started by the drain bound with the 503 head (its body reset the stream, then the connection closed under it)', async () => {
+    const arrived: string[] = [];
+    const silent = await listen((req) => void arrived.push(String(req.headers[HEADER.requestId])));
+    const { gateway, session, stream, atFlush } = await drainingGateway(silent, 'h2-drain-head', 'HEAD');
+    try {
+      const answer = new Promise<http2.IncomingHttpHeaders>((resolve) => {
+        let headers: http2.IncomingHttpHeaders = {};
+        stream.on('response', (received) => (headers = received));
+        stream.on('close', () => resolve(headers));
+      });
+      await waitFor(() => arrived.includes('h2-drain-head'), 'the request to reach the silent service');
+      await gateway.close();
+      const headers = await answer;
+      expect([headers[':status'], headers['retry-after'], headers[HEADER.requestId]]).toEqual([503, '1', 'h2-drain-head']);
       expect(atFlush()).toEqual([503, 'shutting_down']);
     } finally {
       session.destroy();
