@@ -110,6 +110,35 @@ export function endToEndHeaders<T>(source: Record<string, T | undefined>, drop?:
   return headers;
 }
 
+/** Whitespace ending a field value as undici hands it over. */
+const TRAILING_WHITESPACE = /[ \t]+$/;
+
+/** Whether a value ends in a space or tab: a look at its last character, on every response field (the regex only to cut). */
+function endsInWhitespace(value: string): boolean {
+  const last = value.charCodeAt(value.length - 1);
+  return last === 32 || last === 9;
+}
+
+/**
+ * A service's response fields without the whitespace before each line's end. RFC 9110 5.5 makes it no part of
+ * the value (`field-line = field-name ":" OWS field-value OWS`), but undici keeps it, and the gateway passed it
+ * on: to an HTTP/2 client that is a malformed field (RFC 9113 8.2.1), for which nghttp2's clients (nghttp) reset
+ * the stream and lost the whole answer, and Node's dropped the field. nginx and Envoy strip it as they parse.
+ * Only space and tab: a byte such as 0xA0 (obs-text, which String#trimEnd takes for whitespace) is the value's.
+ * The same object when no value needs it, as nearly always.
+ */
+export function withoutTrailingWhitespace(headers: http.IncomingHttpHeaders): http.IncomingHttpHeaders {
+  let trimmed: http.IncomingHttpHeaders | undefined;
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined) continue;
+    if (typeof value === 'string' ? !endsInWhitespace(value) : !value.some(endsInWhitespace)) continue;
+    trimmed ??= { ...headers };
+    (trimmed as Record<string, string | string[]>)[name] = typeof value === 'string' ? value.replace(TRAILING_WHITESPACE, '') : value.map((each) => each.replace(TRAILING_WHITESPACE, ''));
+  }
+  return trimmed ?? headers;
+}
+
 export interface UpstreamRequestHeadersInput {
   /** The client's request headers (forwarding headers already removed unless a trusted proxy sent them). */
   client: http.IncomingHttpHeaders;

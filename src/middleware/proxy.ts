@@ -7,7 +7,7 @@ import { GatewayError, upstreamFailure, upstreamUnreachable, type ErrorCode } fr
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
 import type { RouteHeaderRules } from '../header-rules';
-import { endToEndHeaders, forwardedHost, publicLocation, upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { endToEndHeaders, forwardedHost, publicLocation, upstreamHeadersFor, withoutTrailingWhitespace, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
@@ -346,15 +346,17 @@ export function createProxy(options: ProxyOptions): Middleware {
               if (statusCode === 103 && upstreamHeaders.link !== undefined && req.httpVersion !== '1.0') relayEarlyHints(res, upstreamHeaders.link);
               return;
             }
+            // RFC 9110 5.5: whitespace at a value's end is no part of it (and malformed over HTTP/2, RFC 9113 8.2.1).
+            const fields = withoutTrailingWhitespace(upstreamHeaders);
             if (statusCode === 304 && revalidation) {
               // The stored copy is still current: the cache answers from it (the client asked for no 304), and this
               // exchange ends with the 304's empty body. Its headers update the copy, so they are checked and their
               // URLs made public as a forwarded answer's are: a Refresh naming the instance went out with the copy.
-              const unforwardable = unforwardableResponse(statusCode, upstreamHeaders);
+              const unforwardable = unforwardableResponse(statusCode, fields);
               if (unforwardable) return void badResponse(controller, unforwardable);
               let served: http.IncomingHttpHeaders;
               try {
-                served = withPublicLocations(upstreamHeaders, instance.origin, ctx, route);
+                served = withPublicLocations(fields, instance.origin, ctx, route);
               } catch (error) {
                 return void badResponse(controller, `a response head the gateway could not process (${(error as Error).message})`);
               }
@@ -371,8 +373,8 @@ export function createProxy(options: ProxyOptions): Middleware {
               return;
             }
             // The cache holds a successful write's answer until the copies it made stale are dropped (src/middleware/cache.ts).
-            const hold = ctx.state.holdResponse?.(statusCode, namedLocations(upstreamHeaders, instance.origin, ctx, route));
-            if (!hold) return answer(controller, statusCode, upstreamHeaders, statusMessage);
+            const hold = ctx.state.holdResponse?.(statusCode, namedLocations(fields, instance.origin, ctx, route));
+            if (!hold) return answer(controller, statusCode, fields, statusMessage);
             held = true;
             heldSince = performance.now();
             // The service answered: whatever befalls its connection now, the request was done and is never resent.
@@ -385,7 +387,7 @@ export function createProxy(options: ProxyOptions): Middleware {
               // The deadline passed during the hold: the rest of the answer gets as long as the hold took.
               if (deadlineCameWhileHeld) timers.push(setTimeout(deadlineCame, performance.now() - heldSince));
               touch();
-              answer(controller, statusCode, upstreamHeaders, statusMessage);
+              answer(controller, statusCode, fields, statusMessage);
               if (exchange.status !== undefined) controller.resume();
             };
             void hold.then(goOn, goOn);
