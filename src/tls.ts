@@ -38,8 +38,13 @@ export const HTTP2_LIMITS = {
   maxHeaderListSize: http.maxHeaderSize,
   /** What nghttp2 itself refuses (the stream reset, ENHANCE_YOUR_CALM): twice the list, a memory bound only. */
   hardHeaderListSize: 2 * http.maxHeaderSize,
-  /** Header fields per request, pseudo-headers included (Node's default). */
-  maxHeaderListPairs: 128,
+  /**
+   * Header fields per request, pseudo-headers included: as many as the hard list size can hold (Node counts 32
+   * octets per field beside its name and value), so the size decides, as on HTTP/1.1, never the count. Node's
+   * default, 128, reset the stream of a request whose Cookie came as crumbs (RFC 9113 8.2.3: one field per cookie,
+   * as Firefox sends it) past some 120 cookies, a request HTTP/1.1 serves in one line.
+   */
+  maxHeaderListPairs: Math.floor((2 * http.maxHeaderSize) / 33),
   /** Per-session buffers (HPACK tables, queued frames), MB; beyond it new streams are refused (Node's default). */
   maxSessionMemoryMb: 10,
   /** Invalid frames tolerated per session before it is closed (Node's default is 1000). */

@@ -669,6 +669,18 @@ describe('TLS termination and HTTP/2', () => {
         await expectStillServing();
       });
 
+      // Counted as fields of their own (Node's 128 pairs; 32 octets and a name each toward the 16 KiB), 180 cookies
+      // that HTTP/1.1 serves in one line reset the stream, or got 431.
+      it('serves a Cookie sent as crumbs, one field per cookie (RFC 9113 8.2.3, as Firefox sends it), that HTTP/1.1 serves in one line: the service gets them joined', async () => {
+        const requestId = nextRequestId();
+        const cookies = Array.from({ length: 180 }, (_, index) => `cookie-${String(index).padStart(3, '0')}=${'v'.repeat(48)}`);
+        const crumbs = cookies.map((cookie): [string, string] => ['cookie', cookie]);
+        expect(await rawHttp2(url, certificate.cert, [headersFrame([...requestHead(requestId), ...crumbs])])).toEqual({ kind: 'status', status: 200 });
+        expect(seenWithRequestId(requestId)[0]?.headers.cookie).toBe(cookies.join('; '));
+        const overHttp1 = await h1Request(url, certificate.cert, '/api/users/2', { authorization: `Bearer ${bob}`, cookie: cookies.join('; ') });
+        expect(overHttp1.status).toBe(200);
+      });
+
       it('refuses more header fields than HTTP2_LIMITS.maxHeaderListPairs', async () => {
         const requestId = nextRequestId();
         const many = Array.from({ length: HTTP2_LIMITS.maxHeaderListPairs + 10 }, (_, index): [string, string] => [`x-many-${index}`, 'v']);
