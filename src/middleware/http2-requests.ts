@@ -97,7 +97,8 @@ export function createHttp2Requests(): Middleware {
     for (const name of CONNECTION_SPECIFIC) {
       if (headers[name] !== undefined) throw new GatewayError('bad_request', `HTTP/2 requests must not carry the connection-specific header ${name}.`);
     }
-    if (headers.te !== undefined && headers.te !== 'trailers') throw new GatewayError('bad_request', 'HTTP/2 requests may carry TE: trailers only.');
+    // The keyword in any case (RFC 9110 10.1.4, 5234 2.3), as nghttp2 compares it: `Trailers` got 400.
+    if (headers.te !== undefined && String(headers.te).toLowerCase() !== 'trailers') throw new GatewayError('bad_request', 'HTTP/2 requests may carry TE: trailers only.');
     const authority = headers[':authority'];
     if (authority !== undefined && headers.host !== undefined && headers.host.toLowerCase() !== String(authority).toLowerCase()) {
       throw new GatewayError('bad_request', 'The Host header names another authority than :authority.');

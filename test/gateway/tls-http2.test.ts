@@ -669,6 +669,12 @@ describe('TLS termination and HTTP/2', () => {
         await expectStillServing();
       });
 
+      it.each(['trailers', 'Trailers', 'TRAILERS'])('serves TE: %s (the keyword in any case, RFC 9110 10.1.4), forwarding no TE', async (te) => {
+        const requestId = nextRequestId();
+        expect(await rawHttp2(url, certificate.cert, [headersFrame([...requestHead(requestId), ['te', te]])])).toEqual({ kind: 'status', status: 200 });
+        expect(seenWithRequestId(requestId)[0]?.headers.te).toBeUndefined();
+      });
+
       // Counted as fields of their own (Node's 128 pairs; 32 octets and a name each toward the 16 KiB), 180 cookies
       // that HTTP/1.1 serves in one line reset the stream, or got 431.
       it('serves a Cookie sent as crumbs, one field per cookie (RFC 9113 8.2.3, as Firefox sends it), that HTTP/1.1 serves in one line: the service gets them joined', async () => {
