@@ -61,10 +61,15 @@ export function ownedResponseHeader(name: string): string | undefined {
   return undefined;
 }
 
+/** A space or tab at either end of a value. */
+const EDGE_WHITESPACE = /^[ \t]+|[ \t]+$/g;
+
 const headerValue = z
   .string()
   .max(MAX_VALUE_LENGTH)
   .regex(LITERAL, 'must be visible ASCII, spaces and tabs (no CR, LF or control characters)')
+  // No part of a field value (RFC 9110 5.5); sent to an HTTP/2 client, a malformed field (RFC 9113 8.2.1).
+  .refine((value) => !/^[ \t]|[ \t]$/.test(value), { message: 'must not start or end with a space or tab (a field value has none there, RFC 9110 5.5)' })
   .refine((value) => !/[{}]/.test(value.replace(PLACEHOLDER_PATTERN, '')), {
     message: `may use only the placeholders ${PLACEHOLDERS.map((name) => `{${name}}`).join(', ')}; no other { or }`,
   });
@@ -144,8 +149,19 @@ function compileTemplate(value: string): Template {
   return (ctx) => {
     let text = '';
     for (const piece of pieces) text += typeof piece === 'string' ? piece : headerSafe(piece(ctx));
-    return text;
+    return withoutEdgeWhitespace(text);
   };
+}
+
+/**
+ * A filled value without the spaces a placeholder left at an end (`user {userId}` for a caller with no user):
+ * sent to an HTTP/2 client, a field ending in whitespace is malformed (RFC 9113 8.2.1), and nghttp2's clients
+ * reset the stream over it.
+ */
+function withoutEdgeWhitespace(text: string): string {
+  const first = text.charCodeAt(0);
+  const last = text.charCodeAt(text.length - 1);
+  return first === 32 || first === 9 || last === 32 || last === 9 ? text.replace(EDGE_WHITESPACE, '') : text;
 }
 
 /** One rule list compiled: the transform it applies to a header object, in place. */

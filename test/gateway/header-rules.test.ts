@@ -249,6 +249,9 @@ describe('header rules in the config', () => {
     { desc: 'an unknown placeholder', value: '{password}' },
     { desc: 'a lone brace', value: 'user={userId' },
     { desc: 'a closing brace alone', value: 'user}' },
+    // No part of a field value (RFC 9110 5.5); an HTTP/2 field with one is malformed (RFC 9113 8.2.1).
+    { desc: 'a leading space', value: ' a' },
+    { desc: 'a trailing tab', value: 'a\t' },
   ])('refuses $desc', ({ value }) => {
     expect(() => parse({ request: { set: { 'x-note': value } } })).toThrow(/routes\.4\.headers\.request\.set\.x-note/);
   });
