@@ -58,6 +58,18 @@ function headerListSize(rawHeaders: readonly string[]): number {
 }
 
 /**
+ * An authority as RFC 9113 8.3.1 has `Host` and `:authority` compared, normalised (RFC 3986 6.2.3): lower case, without
+ * the scheme's default port or an empty one. `example.com:443` beside `example.com` names the same origin; compared
+ * as written, it got 400.
+ */
+function comparableAuthority(authority: string, scheme: string | string[] | undefined): string {
+  const lower = authority.toLowerCase();
+  const defaultPort = String(scheme).toLowerCase() === 'http' ? ':80' : ':443';
+  if (lower.endsWith(defaultPort)) return lower.slice(0, -defaultPort.length);
+  return lower.endsWith(':') ? lower.slice(0, -1) : lower;
+}
+
+/**
  * Makes an HTTP/2 request (TLS listener, src/tls.ts) mean to the rest of the pipeline what it means on the wire,
  * before anything reads it. Mounted only with `tls`; HTTP/1.1 requests pass untouched.
  * - A header list over the HTTP/1 listener's bound is refused (431), as HTTP/1.1's parser refuses it.
@@ -100,7 +112,7 @@ export function createHttp2Requests(): Middleware {
     // The keyword in any case (RFC 9110 10.1.4, 5234 2.3), as nghttp2 compares it: `Trailers` got 400.
     if (headers.te !== undefined && String(headers.te).toLowerCase() !== 'trailers') throw new GatewayError('bad_request', 'HTTP/2 requests may carry TE: trailers only.');
     const authority = headers[':authority'];
-    if (authority !== undefined && headers.host !== undefined && headers.host.toLowerCase() !== String(authority).toLowerCase()) {
+    if (authority !== undefined && headers.host !== undefined && comparableAuthority(headers.host, headers[':scheme']) !== comparableAuthority(String(authority), headers[':scheme'])) {
       throw new GatewayError('bad_request', 'The Host header names another authority than :authority.');
     }
     if (!request.stream.endAfterHeaders && headers['content-length'] === undefined) headers['transfer-encoding'] = 'chunked';

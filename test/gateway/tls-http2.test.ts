@@ -669,6 +669,17 @@ describe('TLS termination and HTTP/2', () => {
         await expectStillServing();
       });
 
+      // RFC 9113 8.3.1 compares them normalised (RFC 3986 6.2.3): the same origin in another spelling got 400.
+      it.each([
+        { desc: 'the default port', host: (authority: string) => `${authority.split(':')[0]}:443`, authority: (authority: string) => authority.split(':')[0]! },
+        { desc: 'upper case', host: (authority: string) => authority.toUpperCase(), authority: (authority: string) => authority },
+      ])('serves a Host that names :authority with $desc', async ({ host, authority }) => {
+        const requestId = nextRequestId();
+        const head = requestHead(requestId).map(([name, value]): [string, string] => [name, name === ':authority' ? authority(value) : value]);
+        expect(await rawHttp2(url, certificate.cert, [headersFrame([...head, ['host', host(new URL(url).host)]])])).toEqual({ kind: 'status', status: 200 });
+        expect(seenWithRequestId(requestId)).toHaveLength(1);
+      });
+
       it.each(['trailers', 'Trailers', 'TRAILERS'])('serves TE: %s (the keyword in any case, RFC 9110 10.1.4), forwarding no TE', async (te) => {
         const requestId = nextRequestId();
         expect(await rawHttp2(url, certificate.cert, [headersFrame([...requestHead(requestId), ['te', te]])])).toEqual({ kind: 'status', status: 200 });
