@@ -139,6 +139,35 @@ export function withoutTrailingWhitespace(headers: http.IncomingHttpHeaders): ht
   return trimmed ?? headers;
 }
 
+/**
+ * Response fields Node's HTTP/2 writes once (it refuses to send a second line of any of them: Node's
+ * kSingleValueHeaders, the request-only ones left out), though an HTTP/1.1 service may send two.
+ */
+const WRITTEN_ONCE_OVER_HTTP2 = new Set(['access-control-allow-credentials', 'access-control-max-age', 'age', 'content-encoding', 'content-language', 'content-length', 'content-location', 'content-md5', 'content-range', 'content-type', 'date', 'dnt', 'etag', 'expires', 'from', 'last-modified', 'location', 'retry-after', 'tk', 'x-content-type-options']);
+/** Of those, the ones RFC 9110 defines as lists (8.4, 8.5): repeated, they are one field, joined with ", " (5.3). */
+const LIST_FIELDS = new Set(['content-encoding', 'content-language']);
+
+/**
+ * A service's response fields with the repeats Node's HTTP/2 cannot write made one, where that changes nothing a
+ * recipient reads: a list field's lines joined (RFC 9110 5.3: `Content-Language: en` and `fr` are `en, fr`), and
+ * the same value twice kept once (`X-Content-Type-Options: nosniff` from a framework and a security middleware
+ * both). An HTTP/2 client got 502 for either, where an HTTP/1.1 client got the answer. Different values of a
+ * field allowed once (two ETags) stay as they are: HTTP/1.1 clients get both lines, HTTP/2 clients 502, since
+ * which one the service meant is anyone's guess. The same object when nothing repeats, as nearly always.
+ */
+export function repeatsMadeOne(headers: http.IncomingHttpHeaders): http.IncomingHttpHeaders {
+  let merged: http.IncomingHttpHeaders | undefined;
+  for (const name in headers) {
+    const value = headers[name];
+    if (!Array.isArray(value) || !WRITTEN_ONCE_OVER_HTTP2.has(name)) continue;
+    const one = LIST_FIELDS.has(name) ? value.join(', ') : value.every((each) => each === value[0]) ? value[0] : undefined;
+    if (one === undefined) continue;
+    merged ??= { ...headers };
+    (merged as Record<string, string>)[name] = one;
+  }
+  return merged ?? headers;
+}
+
 export interface UpstreamRequestHeadersInput {
   /** The client's request headers (forwarding headers already removed unless a trusted proxy sent them). */
   client: http.IncomingHttpHeaders;

@@ -1361,7 +1361,7 @@ describe('HSTS is the gateway\'s own', () => {
   });
 });
 
-describe('header values ending in whitespace, a service\'s or a rule\'s', () => {
+describe('header fields HTTP/2 cannot carry as they came: values ending in whitespace (a service\'s or a rule\'s), repeats', () => {
   let certificate: TestCertificate;
   let stack: TestStack;
   let gateway: RunningServer;
@@ -1370,7 +1370,19 @@ describe('header values ending in whitespace, a service\'s or a rule\'s', () => 
   beforeAll(async () => {
     certificate = makeCertificate();
     // Whitespace before the line's end is no part of a value (RFC 9110 5.5); undici keeps it. 0xA0 is obs-text, a byte of the value.
-    service = await listen((_req, res) => {
+    service = await listen((req, res) => {
+      // Fields Node's HTTP/2 writes once, repeated (an HTTP/1.1 service may): a list, the same value twice, or two values.
+      if (req.url?.startsWith('/padded/repeated')) {
+        res.setHeader('content-language', ['en', 'fr']);
+        res.setHeader('x-content-type-options', ['nosniff', 'nosniff']);
+        res.writeHead(200, { 'content-type': 'text/plain' }).end('ok');
+        return;
+      }
+      if (req.url?.startsWith('/padded/two-etags')) {
+        res.setHeader('etag', ['"a"', '"b"']);
+        res.writeHead(200, { 'content-type': 'text/plain' }).end('ok');
+        return;
+      }
       res.writeHead(200, { 'content-type': 'text/plain', 'x-padded': 'padded  ', 'x-tabbed': 'tabbed\t', 'x-blank': '   ', 'x-nbsp': 'a\u00a0', 'set-cookie': ['a=1 ', 'b=2'] }).end('ok');
     });
     // A rule whose placeholder is empty for this caller (no user on a public route) leaves a space at the end.
@@ -1398,6 +1410,21 @@ describe('header values ending in whitespace, a service\'s or a rule\'s', () => 
       const { 'x-padded': padded, 'x-tabbed': tabbed, 'x-blank': blank, 'x-nbsp': nbsp, 'set-cookie': cookies } = reply.headers;
       expect({ padded, tabbed, blank, nbsp, cookies }).toEqual({ padded: 'padded', tabbed: 'tabbed', blank: '', nbsp: 'a\u00a0', cookies: ['a=1', 'b=2'] });
       expect(reply.headers['x-served-for']).toBe('user');
+    } finally {
+      session.close();
+    }
+  });
+
+  // Node's HTTP/2 writes each of these once: the whole answer was 502 to an HTTP/2 client, served to an HTTP/1.1 one.
+  it('makes one field of repeats that change nothing (a list joined, the same value twice), and answers 502 for two values of a field allowed once', async () => {
+    const session = await connectH2(gateway.url, certificate.cert);
+    try {
+      const repeated = await h2Request(session, { ':path': '/api/padded/repeated' });
+      expect([repeated.status, repeated.headers['content-language'], repeated.headers['x-content-type-options'], repeated.text]).toEqual([200, 'en, fr', 'nosniff', 'ok']);
+      const twoEtags = await h2Request(session, { ':path': '/api/padded/two-etags' });
+      expect([twoEtags.status, (JSON.parse(twoEtags.text) as ProblemBody).code]).toEqual([502, 'upstream_bad_response']);
+      // HTTP/1.1 carries both lines as they came (Node's client keeps the first).
+      expect((await h1Request(gateway.url, certificate.cert, '/api/padded/two-etags')).status).toBe(200);
     } finally {
       session.close();
     }
