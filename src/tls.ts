@@ -340,14 +340,15 @@ function guardSession(session: http2.ServerHttp2Session, socket: Socket, options
 
 /**
  * Whether the client reset this stream (RST_STREAM) before its answer was over: with any code while the gateway
- * had not ended its answer (`aborted`: Node closed the stream with the gateway's side still open), or with an
+ * had not ended its answer (`aborted`: Node closed the stream with the gateway's side still open; or, for a HEAD,
+ * whose side Node ends as it arrives and never marks aborted, before its answer's head went out), or with an
  * error code at any time. Rapid reset works as well with NO_ERROR (code 0) as with CANCEL, and reading the code
  * alone took such a stream for one that ended normally. The gateway's own resets (a cut answer, a timeout, a
  * request stopped once answered) are no sign of abuse: counted, a service dying mid-body a hundred times closed
  * its clients.
  */
 function resetByClient(stream: http2.ServerHttp2Stream): boolean {
-  return !resetByGateway(stream) && (stream.aborted || stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR);
+  return !resetByGateway(stream) && (stream.aborted || stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR || !stream.headersSent);
 }
 
 /**
@@ -429,6 +430,15 @@ function withStreamRequestTimeout(listener: (request: http2.Http2ServerRequest, 
     if (!isHttp2Request(request)) return listener(request, response);
     const { stream } = request;
     answerOf.set(stream, response);
+    // Node's compatibility response ignores its stream closing before its own end() when the request is a HEAD (it
+    // compares a head-request flag only end() sets): a HEAD its client reset went on as if still wanted, forwarded
+    // to its service and the answer awaited, its access line and span held until then. Its 'close' comes here, as
+    // for any other request (the end() that follows emits it again, to no listener left).
+    if (request.method === 'HEAD') {
+      stream.once('close', () => {
+        if (!response.writableEnded) response.emit('close');
+      });
+    }
     if (!stream.endAfterHeaders) {
       stream.once('finish', () => stopRequestOnceAnswered(response));
       if (requestMs !== 0) {

@@ -1006,6 +1006,37 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
     }
   });
 
+  // Node's compatibility response took no notice of a HEAD's stream closing before its end(), nor marked the stream
+  // aborted: every one of them went to the service, and with NO_ERROR none counted against the budget.
+  it('closes an HTTP/2 connection whose client sends HEAD after HEAD and resets each with NO_ERROR before the answer, forwarding none', async () => {
+    const logFrom = gatewayLog.length;
+    const attacker = await connectH2(gateway.url, certificate.cert);
+    attacker.on('error', () => undefined);
+    const token = await loginOver(attacker);
+    let closed = false;
+    attacker.once('close', () => (closed = true));
+    let sent = 0;
+    while (!closed && sent < RESET_STREAMS_BUDGET * 3) {
+      const stream = attacker.request({ ':method': 'HEAD', ':path': `/api/orders/upload?head-reset-${sent}`, authorization: `Bearer ${token}` });
+      stream.on('error', () => undefined);
+      stream.close(http2.constants.NGHTTP2_NO_ERROR);
+      sent++;
+      if (sent % 20 === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    await waitFor(() => closed, 'the attacking connection to be closed', 10_000).catch(() => undefined);
+    expect(closed).toBe(true);
+    expect(gatewayLog.slice(logFrom).some((line) => line.message === 'closed an HTTP/2 connection that reset too many of its streams')).toBe(true);
+    // Each was reset as the service would have got it: every one reached it before (some may still, by a race).
+    expect([...upstreamOpen.keys()].filter((url) => url.includes('head-reset')).length).toBeLessThan(RESET_STREAMS_BUDGET / 2);
+    const fresh = await connectH2(gateway.url, certificate.cert);
+    try {
+      expect((await h2Request(fresh, { ':path': '/health' })).status).toBe(200);
+    } finally {
+      fresh.close();
+      attacker.destroy();
+    }
+  });
+
   it('counts no completed request against the rapid-reset budget, uploads answered before their end included', async () => {
     const session = await connectH2(gateway.url, certificate.cert);
     session.on('error', () => undefined);
