@@ -96,6 +96,8 @@ export interface RejectedRequest {
   requestId: string;
   /** The SERVER span recording it. */
   spanContext: SpanContext;
+  /** The listener's scheme (its socket's TLS), known without the head: `url.scheme` of its span and metrics. */
+  urlScheme: 'http' | 'https';
 }
 
 /**
@@ -226,7 +228,7 @@ interface Rejection {
   record(): void;
 }
 
-type RecordRejected = (refused: Omit<RejectedRequest, 'spanContext' | 'requestId'>, socket: Socket) => Rejection;
+type RecordRejected = (refused: Omit<RejectedRequest, 'spanContext' | 'requestId' | 'urlScheme'>, socket: Socket) => Rejection;
 
 /** The answer to a refused request: `problem` with the `traceresponse` of its span. */
 function answering(problem: ServerProblem, rejection: Rejection): ServerProblem {
@@ -250,7 +252,8 @@ function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejecte
     if (method !== undefined && method !== recorded) attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = method;
     attributes[ATTR_HTTP_RESPONSE_STATUS_CODE] = status;
     // Known without the head: the listener's (an HTTP/2 CONNECT's socket stands for its session's TLS socket).
-    attributes[ATTR_URL_SCHEME] = (socket as Partial<tls.TLSSocket>).encrypted === true ? 'https' : 'http';
+    const urlScheme = (socket as Partial<tls.TLSSocket>).encrypted === true ? 'https' : 'http';
+    attributes[ATTR_URL_SCHEME] = urlScheme;
     attributes[ATTR.errorCode] = code;
     attributes[ATTR.requestId] = requestId;
     if (socket.remoteAddress !== undefined) attributes[ATTR_CLIENT_ADDRESS] = socket.remoteAddress;
@@ -268,7 +271,7 @@ function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejecte
         span.end();
         const fields: AccessLine = { method: method ?? null, url: null, status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code, consumer_id: null, cache: null };
         logLine(logger, 'warn', ACCESS_LINE_MESSAGE, fields, trace.setSpan(ROOT_CONTEXT, span));
-        onRejected?.({ ...refused, requestId, spanContext: span.spanContext() });
+        onRejected?.({ ...refused, requestId, spanContext: span.spanContext(), urlScheme });
       },
     };
   };

@@ -407,6 +407,8 @@ export const METRIC = {
 /** Metric label keys: the semantic-convention attribute keys (and ours from ATTR) with `.` as `_`. */
 export const METRIC_LABEL = {
   method: 'http_request_method',
+  /** `http` or `https` (semconv: Required on `http.server.request.duration` and `http.server.active_requests`). */
+  urlScheme: 'url_scheme',
   route: 'http_route',
   statusCode: 'http_response_status_code',
   routeName: 'gateway_route_name',

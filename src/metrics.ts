@@ -22,7 +22,7 @@ export const DURATION_BUCKETS_SECONDS: readonly number[] = [0.005, 0.01, 0.025, 
 /** Error codes counted as authentication or authorization failures (`gateway_auth_failures_total`). */
 export const AUTH_FAILURE_CODES: readonly ErrorCode[] = ['missing_token', 'invalid_token', 'auth_unavailable', 'forbidden', 'invalid_credentials', 'invalid_api_key'];
 
-const REQUEST_LABELS = [METRIC_LABEL.method, METRIC_LABEL.route, METRIC_LABEL.statusCode, METRIC_LABEL.routeName, METRIC_LABEL.errorType] as const;
+const REQUEST_LABELS = [METRIC_LABEL.method, METRIC_LABEL.urlScheme, METRIC_LABEL.route, METRIC_LABEL.statusCode, METRIC_LABEL.routeName, METRIC_LABEL.errorType] as const;
 const UPSTREAM_LABELS = [METRIC_LABEL.upstreamService, METRIC_LABEL.serverAddress, METRIC_LABEL.upstreamOutcome] as const;
 type RequestLabel = (typeof REQUEST_LABELS)[number];
 type UpstreamLabel = (typeof UPSTREAM_LABELS)[number];
@@ -36,10 +36,10 @@ export interface GatewayMetrics {
   readonly registry: Registry<OpenMetricsContentType>;
   /** When the registry began counting, ms since the epoch: its counters' and histograms' `_created`. */
   readonly startedAtMs: number;
-  /** Whole request, s, until the response closed. Labels: method, route template, status, route name, error code. */
+  /** Whole request, s, until the response closed. Labels: method, scheme, route template, status, route name, error code. */
   readonly requestDuration: Histogram<RequestLabel>;
-  /** Requests between arrival and response close, by method. */
-  readonly activeRequests: Gauge<typeof METRIC_LABEL.method>;
+  /** Requests between arrival and response close, by method and scheme. */
+  readonly activeRequests: Gauge<typeof METRIC_LABEL.method | typeof METRIC_LABEL.urlScheme>;
   /**
    * One attempt at a service (a retry is another observation), s, until the response to the client finished; a
    * gRPC route's call until it ended (src/middleware/grpc-transcode.ts).
@@ -54,13 +54,25 @@ export interface GatewayMetrics {
   /** Successful writes answered while a stored copy may be left (the store failed, peers did not confirm), by route name. */
   readonly cacheInvalidationFailures: Counter<typeof METRIC_LABEL.routeName>;
   /**
-   * requestDuration's series by label values, in its label order: method, route template, status sent (`''` for
-   * none: the client left first), route name, error code (`''` for none). Where requests record, rather than `requestDuration.observe`
-   * (src/metric-series.ts).
+   * requestDuration's series by label values, in its label order: method, scheme (urlScheme), route template, status
+   * sent (`''` for none: the client left first), route name, error code (`''` for none). Where requests record,
+   * rather than `requestDuration.observe` (src/metric-series.ts).
    */
-  readonly requestSeries: (method: string, route: string, status: number | '', routeName: string, errorType: string) => HistogramSeries;
+  readonly requestSeries: (method: string, scheme: UrlScheme, route: string, status: number | '', routeName: string, errorType: string) => HistogramSeries;
   /** upstreamDuration's series by label values: service, instance address (`host[:port]`), outcome. */
   readonly upstreamSeries: (service: string, serverAddress: string, outcome: string) => HistogramSeries;
+}
+
+/** `url_scheme`'s values: the conventions make `url.scheme` Required on both server metrics. */
+export type UrlScheme = 'http' | 'https';
+
+/**
+ * The scheme a request is counted under: `https` when Koa's `ctx.protocol` says so (a TLS socket, or with
+ * `trustProxy` an `X-Forwarded-Proto: https`), `http` otherwise. Never the header's own text: a peer trusted for
+ * `X-Forwarded-*` may still pass on whatever its client sent, and every other spelling would be a new series.
+ */
+export function urlScheme(protocol: string): UrlScheme {
+  return protocol.toLowerCase() === 'https' ? 'https' : 'http';
 }
 
 /**
@@ -100,7 +112,7 @@ export function createGatewayMetrics(): GatewayMetrics {
     registry,
     startedAtMs,
     requestDuration,
-    activeRequests: new Gauge({ name: METRIC.activeRequests, help: 'HTTP server requests in progress.', labelNames: [METRIC_LABEL.method], registers }),
+    activeRequests: new Gauge({ name: METRIC.activeRequests, help: 'HTTP server requests in progress.', labelNames: [METRIC_LABEL.method, METRIC_LABEL.urlScheme], registers }),
     upstreamDuration,
     rateLimitDecisions: new Counter({
       name: counterFamily(METRIC.rateLimitDecisions),

@@ -5,7 +5,7 @@ import { clientLeft, onResponseClosed, sentStatus } from '../response-closed';
 import { isProbeRequest } from '../../otel/telemetry-config';
 import { KNOWN_HTTP_METHODS, OTHER_HTTP_METHOD, recordedMethod } from '../../otel/http-method';
 import { ERROR_TYPE, METRIC_LABEL, METRIC_LABEL_VALUE } from '../../otel/wire-names';
-import { AUTH_FAILURE_CODES, type GatewayMetrics } from '../metrics';
+import { AUTH_FAILURE_CODES, urlScheme, type GatewayMetrics, type UrlScheme } from '../metrics';
 import { counterSeries, gaugeSeries, type GaugeSeries } from '../metric-series';
 
 export interface RequestMetricsOptions {
@@ -27,8 +27,10 @@ export interface RequestMetricsOptions {
  */
 export function createRequestMetrics(options: RequestMetricsOptions): Middleware {
   const { activeRequests, authFailures, requestSeries } = options.metrics;
-  // A method's series appears on its first request, not before: a scrape lists the methods seen.
-  const active = new Map<string, GaugeSeries>([...KNOWN_HTTP_METHODS, OTHER_HTTP_METHOD].map((method) => [method, gaugeSeries(activeRequests, { [METRIC_LABEL.method]: method })] as const));
+  // A method's series appears on its first request, not before: a scrape lists the methods (and schemes) seen.
+  const activeOf = (scheme: UrlScheme) =>
+    new Map<string, GaugeSeries>([...KNOWN_HTTP_METHODS, OTHER_HTTP_METHOD].map((method) => [method, gaugeSeries(activeRequests, { [METRIC_LABEL.method]: method, [METRIC_LABEL.urlScheme]: scheme })] as const));
+  const active: Readonly<Record<UrlScheme, Map<string, GaugeSeries>>> = { http: activeOf('http'), https: activeOf('https') };
   const authFailure = new Map(AUTH_FAILURE_CODES.map((code) => [code as string, counterSeries(authFailures, { [METRIC_LABEL.errorType]: code })] as const));
 
   // Not async: it has nothing to do after next(), so it hands next()'s promise on instead of awaiting it.
@@ -37,7 +39,9 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
     const started = performance.now();
     // As the SERVER span records it: a method outside the conventions' list is `_OTHER`, so a client cannot mint series.
     const method = recordedMethod(ctx.method);
-    const inProgress = active.get(method)!;
+    // Required beside the method on both server metrics (semconv); as the SERVER span's `url.scheme`, bounded.
+    const scheme = urlScheme(ctx.protocol);
+    const inProgress = active[scheme].get(method)!;
     inProgress.inc();
     // traceRequest's SERVER span, current here; read once, its context does not change.
     const spanContext = trace.getActiveSpan()?.spanContext();
@@ -50,7 +54,7 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
       // `client_closed` as the error of a client that left before the end.
       const status = sentStatus(ctx) ?? '';
       const ended = performance.now();
-      const series = requestSeries(method, route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute, status, route ? route.name : '', errorCode ?? (left ? ERROR_TYPE.clientClosed : ''));
+      const series = requestSeries(method, scheme, route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute, status, route ? route.name : '', errorCode ?? (left ? ERROR_TYPE.clientClosed : ''));
       series.observe((ended - started) / 1000, spanContext, ended);
       if (errorCode !== undefined) authFailure.get(errorCode)?.inc();
     });
@@ -64,5 +68,5 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
  * method never parsed; its duration is unknown (recorded as 0). Its exemplar is the SERVER span runServer recorded.
  */
 export function rejectedRequestMetrics(metrics: GatewayMetrics): (rejected: RejectedRequest) => void {
-  return (rejected) => metrics.requestSeries(recordedMethod(rejected.method), METRIC_LABEL_VALUE.unmatchedRoute, rejected.status, '', rejected.code).observe(0, rejected.spanContext, performance.now());
+  return (rejected) => metrics.requestSeries(recordedMethod(rejected.method), rejected.urlScheme, METRIC_LABEL_VALUE.unmatchedRoute, rejected.status, '', rejected.code).observe(0, rejected.spanContext, performance.now());
 }

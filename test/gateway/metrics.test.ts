@@ -50,9 +50,9 @@ describe('request duration, by route template, status and error code', () => {
     expect(statuses).toEqual([200, 200, 200, 200, 200, 401, 401]);
 
     const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 8);
-    const ok = { http_request_method: 'GET', http_route: '/api/users/*', http_response_status_code: '200', gateway_route_name: 'users', error_type: '' };
+    const ok = { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/users/*', http_response_status_code: '200', gateway_route_name: 'users', error_type: '' };
     const refused = { ...ok, http_response_status_code: '401', error_type: 'missing_token' };
-    const loggedIn = { http_request_method: 'POST', http_route: '/api/auth/login', http_response_status_code: '200', gateway_route_name: '', error_type: '' };
+    const loggedIn = { http_request_method: 'POST', url_scheme: 'http', http_route: '/api/auth/login', http_response_status_code: '200', gateway_route_name: '', error_type: '' };
     expect(m.types.get(DURATION)).toBe('histogram');
     expect(valueOf(m, `${DURATION}_count`, ok)).toBe(5);
     expect(valueOf(m, `${DURATION}_count`, refused)).toBe(2);
@@ -70,8 +70,8 @@ describe('request duration, by route template, status and error code', () => {
     expect(valueOf(m, `${UPSTREAM}_count`, { gateway_upstream_service: 'users', server_address: hostOf(users.url), gateway_upstream_outcome: 'ok' })).toBe(5);
     expect(samplesOf(m, `${UPSTREAM}_count`)).toHaveLength(1);
     expect(m.types.get('http_server_active_requests')).toBe('gauge');
-    expect(valueOf(m, 'http_server_active_requests', { http_request_method: 'GET' })).toBe(0);
-    expect(valueOf(m, 'http_server_active_requests', { http_request_method: 'POST' })).toBe(0);
+    expect(valueOf(m, 'http_server_active_requests', { http_request_method: 'GET', url_scheme: 'http' })).toBe(0);
+    expect(valueOf(m, 'http_server_active_requests', { http_request_method: 'POST', url_scheme: 'http' })).toBe(0);
     // The global no-op tracer samples nothing, so nothing carries an exemplar.
     expect(m.samples.filter((sample) => sample.exemplar)).toEqual([]);
   });
@@ -113,6 +113,29 @@ describe('request duration, by route template, status and error code', () => {
     expect(samplesOf(m, `${UPSTREAM}_count`)).toHaveLength(1);
   });
 
+  // Semconv 1.45 makes `url.scheme` Required on http.server.request.duration and http.server.active_requests; the
+  // SERVER span had it, the two series had no url_scheme at all. Behind a trusted proxy the scheme is what it
+  // says, but only as `http` or `https`: any other spelling a client slips through would be a series of its own.
+  it('labels both server metrics with url_scheme (http, or https as a trusted proxy says), never another value', async () => {
+    const { gateway, metrics } = await start({ overrides: { trustProxy: true, trustedProxies: ['127.0.0.1/32'] } });
+    // With one hop the trusted entry is the rightmost (src/middleware/trusted-proxies.ts).
+    const forwarded = [undefined, 'https', 'HTTPS', 'gopher', 'http, https', 'x'.repeat(200)];
+    for (const proto of forwarded) expect(await send(`${gateway.url}/nope`, { headers: proto === undefined ? {} : { 'x-forwarded-proto': proto } })).toBe(404);
+
+    const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === forwarded.length);
+    const unmatched = { http_request_method: 'GET', http_route: 'unmatched', http_response_status_code: '404', gateway_route_name: '', error_type: 'route_not_found' };
+    expect(valueOf(m, `${DURATION}_count`, { ...unmatched, url_scheme: 'https' })).toBe(3);
+    expect(valueOf(m, `${DURATION}_count`, { ...unmatched, url_scheme: 'http' })).toBe(3);
+    expect(samplesOf(m, `${DURATION}_count`)).toHaveLength(2);
+    expect(samplesOf(m, 'http_server_active_requests').map((sample) => sample.labels)).toEqual(
+      expect.arrayContaining([
+        { http_request_method: 'GET', url_scheme: 'http' },
+        { http_request_method: 'GET', url_scheme: 'https' },
+      ]),
+    );
+    for (const sample of [...samplesOf(m, `${DURATION}_bucket`), ...samplesOf(m, 'http_server_active_requests')]) expect(['http', 'https']).toContain(sample.labels.url_scheme);
+  });
+
   it('does not count the probes /health and /ready, and counts methods outside the standard set as _OTHER', async () => {
     const { gateway, metrics } = await start();
     for (let i = 0; i < 3; i++) expect(await send(`${gateway.url}/health`)).toBe(200);
@@ -122,7 +145,7 @@ describe('request duration, by route template, status and error code', () => {
 
     const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 2);
     expect(samplesOf(m, `${DURATION}_count`).map((sample) => [sample.labels, sample.value])).toEqual([
-      [{ http_request_method: '_OTHER', http_route: 'unmatched', http_response_status_code: '404', gateway_route_name: '', error_type: 'route_not_found' }, 2],
+      [{ http_request_method: '_OTHER', url_scheme: 'http', http_route: 'unmatched', http_response_status_code: '404', gateway_route_name: '', error_type: 'route_not_found' }, 2],
     ]);
     expect(samplesOf(m, 'http_server_active_requests').map((sample) => sample.labels.http_request_method)).toEqual(['_OTHER']);
   });
@@ -140,9 +163,9 @@ describe('request duration, by route template, status and error code', () => {
     // Under the probe's own path, as a 405 of a route is counted under that route.
     const refused = { http_response_status_code: '405', gateway_route_name: '', error_type: 'method_not_allowed' };
     expect(samplesOf(m, `${DURATION}_count`).map((sample) => [sample.labels, sample.value])).toEqual([
-      [{ http_request_method: 'POST', http_route: '/health', ...refused }, 1],
-      [{ http_request_method: 'DELETE', http_route: '/ready', ...refused }, 1],
-      [{ http_request_method: '_OTHER', http_route: '/ready', ...refused }, 1],
+      [{ http_request_method: 'POST', url_scheme: 'http', http_route: '/health', ...refused }, 1],
+      [{ http_request_method: 'DELETE', url_scheme: 'http', http_route: '/ready', ...refused }, 1],
+      [{ http_request_method: '_OTHER', url_scheme: 'http', http_route: '/ready', ...refused }, 1],
     ]);
   });
 
@@ -155,8 +178,8 @@ describe('request duration, by route template, status and error code', () => {
 
     const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 2);
     expect(samplesOf(m, `${DURATION}_count`).map((sample) => [sample.labels, sample.value])).toEqual([
-      [{ http_request_method: 'DELETE', http_route: '/api/users', http_response_status_code: '405', gateway_route_name: 'users-directory', error_type: 'method_not_allowed' }, 1],
-      [{ http_request_method: 'PUT', http_route: '/api/auth/register', http_response_status_code: '405', gateway_route_name: 'register', error_type: 'method_not_allowed' }, 1],
+      [{ http_request_method: 'DELETE', url_scheme: 'http', http_route: '/api/users', http_response_status_code: '405', gateway_route_name: 'users-directory', error_type: 'method_not_allowed' }, 1],
+      [{ http_request_method: 'PUT', url_scheme: 'http', http_route: '/api/auth/register', http_response_status_code: '405', gateway_route_name: 'register', error_type: 'method_not_allowed' }, 1],
     ]);
   });
 });
@@ -177,7 +200,7 @@ describe('rate-limit decisions', () => {
     expect(decisions(m, 'default')).toEqual({ allowed: 3, limited: 2, store_down_allowed: 0, store_down_rejected: 0 });
     // Every policy's series exist from the start, at 0 until it decides.
     expect(decisions(m, 'login')).toEqual({ allowed: 0, limited: 0, store_down_allowed: 0, store_down_rejected: 0 });
-    const route = { http_request_method: 'GET', http_route: '/api/orders/*', gateway_route_name: 'orders' };
+    const route = { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/orders/*', gateway_route_name: 'orders' };
     expect(valueOf(m, `${DURATION}_count`, { ...route, http_response_status_code: '429', error_type: 'rate_limited' })).toBe(2);
     expect(valueOf(m, `${DURATION}_count`, { ...route, http_response_status_code: '401', error_type: 'missing_token' })).toBe(3);
   });
@@ -228,7 +251,7 @@ describe('auth failures', () => {
       auth_unavailable: 0,
       invalid_api_key: 0,
     });
-    expect(valueOf(m, `${DURATION}_count`, { http_request_method: 'GET', http_route: '/api/users', http_response_status_code: '403', gateway_route_name: 'users-directory', error_type: 'forbidden' })).toBe(1);
+    expect(valueOf(m, `${DURATION}_count`, { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/users', http_response_status_code: '403', gateway_route_name: 'users-directory', error_type: 'forbidden' })).toBe(1);
   });
 });
 
@@ -267,7 +290,7 @@ describe('upstream attempts, retries and ejections', () => {
     expect(valueOf(m, 'gateway_upstream_ejections_total', { gateway_upstream_service: 'notifications', server_address: hostOf(refused) })).toBe(1);
     expect(valueOf(m, 'gateway_upstream_ejections_total', { gateway_upstream_service: 'notifications', server_address: hostOf(healthy.url) })).toBe(0);
     expect(
-      valueOf(m, `${DURATION}_count`, { http_request_method: 'GET', http_route: '/api/orders/*', http_response_status_code: '502', gateway_route_name: 'orders', error_type: 'upstream_refused' }),
+      valueOf(m, `${DURATION}_count`, { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/orders/*', http_response_status_code: '502', gateway_route_name: 'orders', error_type: 'upstream_refused' }),
     ).toBe(1);
   });
 });

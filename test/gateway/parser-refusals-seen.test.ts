@@ -75,7 +75,7 @@ describe('requests the HTTP parser refuses are seen', () => {
     { desc: 'a head that trickles in past the headers timeout', raw: () => `GET /health HTTP/1.1\r\nHost: ${host()}\r\nX-Slow: ${'a'.repeat(200)}\r\n\r\n`, status: 408, code: 'request_timeout', trickle: true },
   ])('$desc: the answer ($status) has an access line, a SERVER span its traceresponse names and a count under its request id', async ({ raw, status, code, trickle }) => {
     const counted = async () =>
-      samplesOf(parseOpenMetrics(await metrics.registry.metrics()), 'http_server_request_duration_seconds_count', { http_request_method: '_OTHER', http_route: 'unmatched', http_response_status_code: String(status), error_type: code }).reduce((sum, sample) => sum + sample.value, 0);
+      samplesOf(parseOpenMetrics(await metrics.registry.metrics()), 'http_server_request_duration_seconds_count', { http_request_method: '_OTHER', url_scheme: 'http', http_route: 'unmatched', http_response_status_code: String(status), error_type: code }).reduce((sum, sample) => sum + sample.value, 0);
     const countBefore = await counted();
     const answer = await exchange(gateway.url, raw(), trickle);
     expect(answer).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
@@ -103,7 +103,7 @@ describe('requests the HTTP parser refuses are seen', () => {
     // http.request.method_original); a head that never parsed has none.
     const method = code === 'method_not_implemented' ? 'get' : undefined;
     expect(span.attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL]).toBe(method);
-    expect(rejected.filter((each) => each.requestId === requestId)).toEqual([{ status, code, requestId, spanContext: span.spanContext(), ...(method ? { method } : {}) }]);
+    expect(rejected.filter((each) => each.requestId === requestId)).toEqual([{ status, code, requestId, spanContext: span.spanContext(), urlScheme: 'http', ...(method ? { method } : {}) }]);
     // As every answer of the pipeline does (sampled, and random: the minted id is).
     expect(/\r\ntraceresponse: ([^\r]*)\r\n/i.exec(answer)?.[1]).toBe(`00-${requestId}-${span.spanContext().spanId}-03`);
     expect(await counted()).toBe(countBefore + 1);
@@ -125,7 +125,7 @@ describe('requests the HTTP parser refuses are seen', () => {
   // Node hands a CONNECT's socket over ('connect') and, with no listener, closed it without a word.
   it('answers a CONNECT with 405 problem+json and the methods served, and records it', async () => {
     const counted = async () =>
-      samplesOf(parseOpenMetrics(await metrics.registry.metrics()), 'http_server_request_duration_seconds_count', { http_request_method: 'CONNECT', http_route: 'unmatched', http_response_status_code: '405', error_type: 'method_not_allowed' }).reduce((sum, sample) => sum + sample.value, 0);
+      samplesOf(parseOpenMetrics(await metrics.registry.metrics()), 'http_server_request_duration_seconds_count', { http_request_method: 'CONNECT', url_scheme: 'http', http_route: 'unmatched', http_response_status_code: '405', error_type: 'method_not_allowed' }).reduce((sum, sample) => sum + sample.value, 0);
     const countBefore = await counted();
     const refusal = await exchange(gateway.url, 'CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n');
     expect(refusal).toMatch(/^HTTP\/1\.1 405 /);
