@@ -53,8 +53,12 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
       // As the SERVER span records them: the status sent (none, `""`, when the client left before one was), and
       // `client_closed` as the error of a client that left before the end.
       const status = sentStatus(ctx) ?? '';
+      // The gateway's own error code when it refused or failed; otherwise a 5xx is the server's error, which the
+      // conventions require in `error.type` (Conditionally Required), as the span's status code: a 500 the service
+      // answered, passed on, was counted with no error at all.
+      const errorType = errorCode ?? (status !== '' && status >= 500 ? String(status) : left ? ERROR_TYPE.clientClosed : '');
       const ended = performance.now();
-      const series = requestSeries(method, scheme, route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute, status, route ? route.name : '', errorCode ?? (left ? ERROR_TYPE.clientClosed : ''));
+      const series = requestSeries(method, scheme, route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute, status, route ? route.name : '', errorType);
       series.observe((ended - started) / 1000, spanContext, ended);
       if (errorCode !== undefined) authFailure.get(errorCode)?.inc();
     });

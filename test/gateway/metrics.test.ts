@@ -184,6 +184,30 @@ describe('request duration, by route template, status and error code', () => {
   });
 });
 
+// Semconv 1.45: `error.type` is Conditionally Required when the request ended with an error, and for a server a 5xx
+// is one (the gateway's SERVER span says error.type="500"). A 5xx the service answered carried no gateway error
+// code, so it was counted with error_type empty, beside the 2xx: no query on error_type could find it.
+describe('error_type of a 5xx the service answered', () => {
+  it.each([500, 503, 504])('is the status, %s, as its SERVER span records it; a 4xx the service answered keeps none', async (status) => {
+    const failing = await listen((req, res) => {
+      res.writeHead(req.url?.endsWith('/missing') ? 404 : status, { 'content-type': 'application/json' }).end('{}');
+    });
+    try {
+      const { gateway, metrics } = await start({ serviceUrls: { orders: failing.url } });
+      const token = await login(gateway.url);
+      expect(await send(`${gateway.url}/api/orders/1`, { headers: bearer(token) })).toBe(status);
+      expect(await send(`${gateway.url}/api/orders/missing`, { headers: bearer(token) })).toBe(404);
+
+      const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 3);
+      const route = { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/orders/*', gateway_route_name: 'orders' };
+      expect(valueOf(m, `${DURATION}_count`, { ...route, http_response_status_code: String(status), error_type: String(status) })).toBe(1);
+      expect(valueOf(m, `${DURATION}_count`, { ...route, http_response_status_code: '404', error_type: '' })).toBe(1);
+    } finally {
+      await failing.close();
+    }
+  });
+});
+
 describe('rate-limit decisions', () => {
   const decisions = (m: Exposition, policy: string) =>
     Object.fromEntries(samplesOf(m, 'gateway_rate_limit_decisions_total', { gateway_rate_limit_policy: policy }).map((s) => [s.labels.gateway_rate_limit_decision, s.value]));
