@@ -414,7 +414,9 @@ export const METRIC_LABEL = {
   routeName: 'gateway_route_name',
   errorType: 'error_type',
   upstreamService: 'gateway_upstream_service',
+  /** An instance's host (name or IP, IPv6 without brackets), and `serverPort` its port: semconv's server.address and server.port. */
   serverAddress: 'server_address',
+  serverPort: 'server_port',
   upstreamOutcome: 'gateway_upstream_outcome',
   rateLimitPolicy: 'gateway_rate_limit_policy',
   rateLimitDecision: 'gateway_rate_limit_decision',

@@ -23,7 +23,7 @@ export const DURATION_BUCKETS_SECONDS: readonly number[] = [0.005, 0.01, 0.025, 
 export const AUTH_FAILURE_CODES: readonly ErrorCode[] = ['missing_token', 'invalid_token', 'auth_unavailable', 'forbidden', 'invalid_credentials', 'invalid_api_key'];
 
 const REQUEST_LABELS = [METRIC_LABEL.method, METRIC_LABEL.urlScheme, METRIC_LABEL.route, METRIC_LABEL.statusCode, METRIC_LABEL.routeName, METRIC_LABEL.errorType] as const;
-const UPSTREAM_LABELS = [METRIC_LABEL.upstreamService, METRIC_LABEL.serverAddress, METRIC_LABEL.upstreamOutcome] as const;
+const UPSTREAM_LABELS = [METRIC_LABEL.upstreamService, METRIC_LABEL.serverAddress, METRIC_LABEL.serverPort, METRIC_LABEL.upstreamOutcome] as const;
 type RequestLabel = (typeof REQUEST_LABELS)[number];
 type UpstreamLabel = (typeof UPSTREAM_LABELS)[number];
 
@@ -47,7 +47,7 @@ export interface GatewayMetrics {
   readonly upstreamDuration: Histogram<UpstreamLabel>;
   readonly rateLimitDecisions: Counter<typeof METRIC_LABEL.rateLimitPolicy | typeof METRIC_LABEL.rateLimitDecision>;
   readonly authFailures: Counter<typeof METRIC_LABEL.errorType>;
-  readonly upstreamEjections: Counter<typeof METRIC_LABEL.upstreamService | typeof METRIC_LABEL.serverAddress>;
+  readonly upstreamEjections: Counter<typeof METRIC_LABEL.upstreamService | typeof METRIC_LABEL.serverAddress | typeof METRIC_LABEL.serverPort>;
   readonly upstreamRetries: Counter<typeof METRIC_LABEL.upstreamService>;
   /** Response-cache lookups of routes with `cache`, by route name and result (CACHE_RESULTS). */
   readonly cacheLookups: Counter<typeof METRIC_LABEL.routeName | typeof METRIC_LABEL.cacheResult>;
@@ -59,8 +59,11 @@ export interface GatewayMetrics {
    * rather than `requestDuration.observe` (src/metric-series.ts).
    */
   readonly requestSeries: (method: string, scheme: UrlScheme, route: string, status: number | '', routeName: string, errorType: string) => HistogramSeries;
-  /** upstreamDuration's series by label values: service, instance address (`host[:port]`), outcome. */
-  readonly upstreamSeries: (service: string, serverAddress: string, outcome: string) => HistogramSeries;
+  /**
+   * upstreamDuration's series by label values: service, the instance's host and port apart (semconv 1.45:
+   * `server.address` is the host alone, `server.port` the port; the address was `host:port`), outcome.
+   */
+  readonly upstreamSeries: (service: string, serverAddress: string, serverPort: number, outcome: string) => HistogramSeries;
 }
 
 /** `url_scheme`'s values: the conventions make `url.scheme` Required on both server metrics. */
@@ -124,7 +127,7 @@ export function createGatewayMetrics(): GatewayMetrics {
     upstreamEjections: new Counter({
       name: counterFamily(METRIC.upstreamEjections),
       help: 'Service instances ejected by passive health checks.',
-      labelNames: [METRIC_LABEL.upstreamService, METRIC_LABEL.serverAddress],
+      labelNames: [METRIC_LABEL.upstreamService, METRIC_LABEL.serverAddress, METRIC_LABEL.serverPort],
       registers,
     }),
     upstreamRetries: new Counter({ name: counterFamily(METRIC.upstreamRetries), help: 'Requests retried on another instance of a service.', labelNames: [METRIC_LABEL.upstreamService], registers }),

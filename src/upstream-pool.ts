@@ -64,8 +64,9 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
     options.metrics.upstreamRetries.inc({ [METRIC_LABEL.upstreamService]: options.service }, 0);
     const ejections = options.metrics.upstreamEjections;
     for (const instance of instances) {
-      // `host:port` is bounded by the config; the series exists (at 0) before the first ejection.
-      const labels = { [METRIC_LABEL.upstreamService]: options.service, [METRIC_LABEL.serverAddress]: instance.host };
+      // Host and port apart, as the CLIENT span's server.address and server.port; bounded by the config. The
+      // series exists (at 0) before the first ejection.
+      const labels = { [METRIC_LABEL.upstreamService]: options.service, [METRIC_LABEL.serverAddress]: instance.hostname, [METRIC_LABEL.serverPort]: instance.port };
       ejections.inc(labels, 0);
       instance.ejections = ejections.labels(labels);
     }

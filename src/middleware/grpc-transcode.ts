@@ -111,7 +111,7 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
       if (options.metrics) {
         const ended = performance.now();
         const outcome = badAnswer ? 'bad_response' : callOutcome(code, binding.method.serverStreaming, responseClosed(ctx));
-        options.metrics.upstreamSeries(route.service, instance.host, outcome).observe((ended - started) / 1000, span.spanContext(), ended);
+        options.metrics.upstreamSeries(route.service, instance.hostname, instance.port, outcome).observe((ended - started) / 1000, span.spanContext(), ended);
       }
       endGrpcSpan(span, code, error);
       // Like the HTTP proxy's passive health: an instance that cannot be reached or answer in time counts a failure.

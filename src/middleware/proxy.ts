@@ -487,7 +487,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       // Per attempt and until the client had the whole response: a retried request is two observations.
       if (upstreamSeries) {
         const ended = performance.now();
-        upstreamSeries(route.service, instance.host, outcome).observe((ended - started) / 1000, exchange.span.spanContext(), ended);
+        upstreamSeries(route.service, instance.hostname, instance.port, outcome).observe((ended - started) / 1000, exchange.span.spanContext(), ended);
       }
       serverSpan?.setAttribute(ATTR.upstreamService, route.service).setAttribute(ATTR.upstreamUrl, instance.origin).setAttribute(ATTR.upstreamOutcome, outcome).setAttribute(ATTR.upstreamAttempts, attempt);
       if (exchange.notModifiedElsewhere) {

@@ -1,4 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { SpanKind, type Tracer } from '@opentelemetry/api';
 import { AlwaysOffSampler, InMemorySpanExporter, SamplingDecision, SimpleSpanProcessor, TracerProvider, type Sampler } from '@opentelemetry/sdk-trace';
 import { RequestedTraceIdGenerator } from '../../otel/trace-ids';
@@ -38,7 +40,8 @@ async function send(url: string, init: RequestInit = {}): Promise<number> {
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 /** Requests recorded so far: the sum of every duration series' count. */
 const requestsCounted = (exposition: Exposition) => samplesOf(exposition, `${DURATION}_count`).reduce((sum, sample) => sum + sample.value, 0);
-const hostOf = (url: string) => new URL(url).host;
+/** An instance's labels: semconv's server.address (the host alone) and server.port, apart. */
+const instanceOf = (url: string) => ({ server_address: new URL(url).hostname, server_port: new URL(url).port });
 
 describe('request duration, by route template, status and error code', () => {
   it('counts 7 requests to one route exactly: 5 answered 200 and 2 refused 401 missing_token, with cumulative buckets', async () => {
@@ -67,7 +70,7 @@ describe('request duration, by route template, status and error code', () => {
     expect(valueOf(m, `${DURATION}_sum`, ok)).toBeGreaterThan(0);
 
     // One upstream attempt per proxied request (login's credential check is not a proxied attempt).
-    expect(valueOf(m, `${UPSTREAM}_count`, { gateway_upstream_service: 'users', server_address: hostOf(users.url), gateway_upstream_outcome: 'ok' })).toBe(5);
+    expect(valueOf(m, `${UPSTREAM}_count`, { gateway_upstream_service: 'users', ...instanceOf(users.url), gateway_upstream_outcome: 'ok' })).toBe(5);
     expect(samplesOf(m, `${UPSTREAM}_count`)).toHaveLength(1);
     expect(m.types.get('http_server_active_requests')).toBe('gauge');
     expect(valueOf(m, 'http_server_active_requests', { http_request_method: 'GET', url_scheme: 'http' })).toBe(0);
@@ -288,6 +291,29 @@ describe('upstream attempts, retries and ejections', () => {
   });
   afterAll(() => healthy.close());
 
+  // Semconv 1.45: server.address is the host alone and server.port the port, as the CLIENT span has them; the
+  // series' server_address was `host:port` (`[::1]:4002` for IPv6), a value no query by address could match.
+  it('labels an instance with its host and port apart, an IPv6 one without brackets, as its CLIENT span does', async () => {
+    const v6 = http.createServer((_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end('[]'));
+    await new Promise<void>((resolve) => v6.listen(0, '::1', resolve));
+    const port = String((v6.address() as AddressInfo).port);
+    try {
+      const { gateway, metrics } = await start({ serviceUrls: { orders: `http://[::1]:${port}` } });
+      expect(await send(`${gateway.url}/api/orders`, { headers: bearer(await login(gateway.url)) })).toBe(200);
+
+      const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 2);
+      expect(valueOf(m, `${UPSTREAM}_count`, { gateway_upstream_service: 'orders', server_address: '::1', server_port: port, gateway_upstream_outcome: 'ok' })).toBe(1);
+      expect(valueOf(m, 'gateway_upstream_ejections_total', { gateway_upstream_service: 'orders', server_address: '::1', server_port: port })).toBe(0);
+      for (const sample of [...samplesOf(m, `${UPSTREAM}_count`), ...samplesOf(m, 'gateway_upstream_ejections_total')]) {
+        // Every instance of this stack is a loopback address: the host alone, never with its port or brackets.
+        expect(['127.0.0.1', '::1']).toContain(sample.labels.server_address);
+        expect(sample.labels.server_port).toMatch(/^\d+$/);
+      }
+    } finally {
+      await new Promise((resolve) => v6.close(resolve));
+    }
+  });
+
   it('records a refused attempt as outcome refused, its retry on the other instance, and the ejection after 3 failures', async () => {
     const refused = await refusedOrigin();
     const { gateway, metrics } = await start({ serviceUrls: { notifications: `${refused},${healthy.url}`, orders: refused } });
@@ -302,17 +328,17 @@ describe('upstream attempts, retries and ejections', () => {
     expect(statuses).toEqual([200, 200, 200, 200, 200, 200, 200, 200, 502]);
 
     const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 10);
-    const attempts = Object.fromEntries(samplesOf(m, `${UPSTREAM}_count`).map((s) => [`${s.labels.gateway_upstream_service} ${s.labels.server_address} ${s.labels.gateway_upstream_outcome}`, s.value]));
+    const attempts = Object.fromEntries(samplesOf(m, `${UPSTREAM}_count`).map((s) => [`${s.labels.gateway_upstream_service} ${s.labels.server_address} ${s.labels.server_port} ${s.labels.gateway_upstream_outcome}`, s.value]));
     expect(attempts).toEqual({
-      [`notifications ${hostOf(refused)} refused`]: 3,
-      [`notifications ${hostOf(healthy.url)} ok`]: 8,
-      [`orders ${hostOf(refused)} refused`]: 1,
+      [`notifications 127.0.0.1 ${new URL(refused).port} refused`]: 3,
+      [`notifications 127.0.0.1 ${new URL(healthy.url).port} ok`]: 8,
+      [`orders 127.0.0.1 ${new URL(refused).port} refused`]: 1,
     });
     expect(valueOf(m, 'gateway_upstream_retries_total', { gateway_upstream_service: 'notifications' })).toBe(3);
     // A single instance has nothing to retry on: its series stays at 0.
     expect(valueOf(m, 'gateway_upstream_retries_total', { gateway_upstream_service: 'orders' })).toBe(0);
-    expect(valueOf(m, 'gateway_upstream_ejections_total', { gateway_upstream_service: 'notifications', server_address: hostOf(refused) })).toBe(1);
-    expect(valueOf(m, 'gateway_upstream_ejections_total', { gateway_upstream_service: 'notifications', server_address: hostOf(healthy.url) })).toBe(0);
+    expect(valueOf(m, 'gateway_upstream_ejections_total', { gateway_upstream_service: 'notifications', ...instanceOf(refused) })).toBe(1);
+    expect(valueOf(m, 'gateway_upstream_ejections_total', { gateway_upstream_service: 'notifications', ...instanceOf(healthy.url) })).toBe(0);
     expect(
       valueOf(m, `${DURATION}_count`, { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/orders/*', http_response_status_code: '502', gateway_route_name: 'orders', error_type: 'upstream_refused' }),
     ).toBe(1);

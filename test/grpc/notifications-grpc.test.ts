@@ -150,7 +150,7 @@ describe('gRPC calls in the upstream metrics (gateway_upstream_request_duration_
     return { gatewayUrl: gateway.url, metricsUrl: scrapeEndpoint.url, token: await login(gateway.url) };
   }
   const attempts = (exposition: Exposition, grpcUrl: string, outcome: string) =>
-    valueOf(exposition, UPSTREAM_COUNT, { gateway_upstream_service: 'notifications', server_address: new URL(grpcUrl).host, gateway_upstream_outcome: outcome }) ?? 0;
+    valueOf(exposition, UPSTREAM_COUNT, { gateway_upstream_service: 'notifications', server_address: new URL(grpcUrl).hostname, server_port: new URL(grpcUrl).port, gateway_upstream_outcome: outcome }) ?? 0;
 
   it('counts every call the service answered as an ok attempt at its instance: a list, a NOT_FOUND and a stream', async () => {
     grpcServer = createGrpcServer({ logger: memoryLogger('quiet').logger, store: createNotificationStore() });
