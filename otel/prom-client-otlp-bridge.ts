@@ -12,9 +12,11 @@
  *                last bound; sum and count as recorded
  *   summary   -> not sent (the SDK's data model has no summary); reported once per metric as a collection error
  * Labels become attributes with string values, as a scrape would show them (one with an empty value, which
- * Prometheus takes for no label, is left out); names stay as registered, so one
- * query works on both paths. Exemplars are dropped: the SDK's data points have no field for them and neither
- * of its OTLP serializers (protobuf, JSON) writes one.
+ * Prometheus takes for no label, is left out). Names stay as registered unless `names` and `attributes` give the
+ * OTLP ones: the gateway's give the semantic conventions' (`http.server.request.duration`, `http.request.method`,
+ * an int `http.response.status_code`, `http.server.active_requests` as an UpDownCounter), which Prometheus' OTLP
+ * translation turns back into the scraped names, so one query still works on both paths. Exemplars are dropped:
+ * the SDK's data points have no field for them and neither of its OTLP serializers (protobuf, JSON) writes one.
  */
 import { ValueType, type Attributes, type HrTime } from '@opentelemetry/api';
 import { millisToHrTime, type InstrumentationScope } from '@opentelemetry/core';
@@ -41,6 +43,30 @@ export interface PromClientMetricProducerOptions {
   scope?: InstrumentationScope;
   /** Clock, ms since the epoch; the time of each collected point. Default `Date.now`. */
   now?: () => number;
+  /** How a metric is sent, by its registered (family) name; one not named here is sent as registered. */
+  names?: Readonly<Record<string, OtlpMetricName>>;
+  /** How a label is sent, by its name; one not named here becomes an attribute of that name, a string. */
+  attributes?: Readonly<Record<string, OtlpAttributeName>>;
+}
+
+/** A metric's OTLP identity, where it is not the registered one. */
+export interface OtlpMetricName {
+  /** Its OTLP name (`http.server.request.duration`). */
+  name: string;
+  /** Its unit (UCUM: `s`, `{request}`). Default: from the registered name's suffix (`_seconds` is `s`), else none. */
+  unit?: string;
+  /**
+   * A gauge that reads an UpDownCounter (requests in progress): sent as a non-monotonic cumulative Sum, the kind
+   * the conventions give it, rather than as a Gauge. Ignored for other types.
+   */
+  upDownCounter?: boolean;
+}
+
+/** A label's OTLP attribute: its key, and `int` when its values are integers (a status code, a port). */
+export interface OtlpAttributeName {
+  key: string;
+  /** Sent as an integer; a value that is not a whole number stays a string. */
+  int?: boolean;
 }
 
 /** What `registry.getMetricsAsJSON()` returns at run time (its declared types name an enum it does not use). */
@@ -66,6 +92,7 @@ export function createPromClientMetricProducer(registry: PromClientRegistry, opt
   const startTime = millisToHrTime(options.startTimeMs ?? now());
   const scope = options.scope ?? { name: 'prom-client' };
   const reportedUnsupported = new Set<string>();
+  const naming: Naming = { metrics: options.names ?? {}, attributes: options.attributes ?? {} };
 
   return {
     async collect(): Promise<CollectionResult> {
@@ -80,7 +107,7 @@ export function createPromClientMetricProducer(registry: PromClientRegistry, opt
       const endTime = millisToHrTime(now());
       const converted: MetricData[] = [];
       for (const metric of metrics) {
-        const data = toMetricData(metric, startTime, endTime);
+        const data = toMetricData(metric, startTime, endTime, naming);
         if (data !== undefined) converted.push(data);
         else if (!reportedUnsupported.has(metric.name)) {
           reportedUnsupported.add(metric.name);
@@ -96,17 +123,23 @@ export function createPromClientMetricProducer(registry: PromClientRegistry, opt
   };
 }
 
-function toMetricData(metric: PromMetric, startTime: HrTime, endTime: HrTime): MetricData | undefined {
+interface Naming {
+  metrics: Readonly<Record<string, OtlpMetricName>>;
+  attributes: Readonly<Record<string, OtlpAttributeName>>;
+}
+
+function toMetricData(metric: PromMetric, startTime: HrTime, endTime: HrTime, naming: Naming): MetricData | undefined {
+  const named = Object.hasOwn(naming.metrics, metric.name) ? naming.metrics[metric.name] : undefined;
   const descriptor: MetricDescriptor = {
-    name: metric.name,
+    name: named?.name ?? metric.name,
     description: metric.help,
-    unit: UNIT_BY_SUFFIX.find(([suffix]) => metric.name.endsWith(suffix))?.[1] ?? '',
+    unit: named?.unit ?? UNIT_BY_SUFFIX.find(([suffix]) => metric.name.endsWith(suffix))?.[1] ?? '',
     valueType: ValueType.DOUBLE,
   };
   const point = <T>(labels: PromMetric['values'][number]['labels'], value: T): DataPoint<T> => ({
     startTime,
     endTime,
-    attributes: attributes(labels),
+    attributes: attributes(labels, naming.attributes),
     value,
   });
   switch (metric.type) {
@@ -119,6 +152,15 @@ function toMetricData(metric: PromMetric, startTime: HrTime, endTime: HrTime): M
         dataPoints: metric.values.map((v) => point(v.labels, v.value)),
       };
     case 'gauge':
+      if (named?.upDownCounter) {
+        return {
+          descriptor,
+          aggregationTemporality: AggregationTemporality.CUMULATIVE,
+          dataPointType: DataPointType.SUM,
+          isMonotonic: false,
+          dataPoints: metric.values.map((v) => point(v.labels, v.value)),
+        };
+      }
       return {
         descriptor,
         aggregationTemporality: AggregationTemporality.CUMULATIVE,
@@ -174,10 +216,13 @@ function histogramSeries(metric: PromMetric): Array<{ labels: HistogramSeries['l
 }
 
 /** A label with an empty value is no label to Prometheus (a scrape drops it), so it is no attribute either. */
-function attributes(labels: Readonly<Record<string, string | number | undefined>>): Attributes {
+function attributes(labels: Readonly<Record<string, string | number | undefined>>, names: Naming['attributes']): Attributes {
   const result: Attributes = {};
-  for (const [key, value] of Object.entries(labels)) {
-    if (value !== undefined && value !== '') result[key] = String(value);
+  for (const [label, value] of Object.entries(labels)) {
+    if (value === undefined || value === '') continue;
+    const named = Object.hasOwn(names, label) ? names[label] : undefined;
+    const text = String(value);
+    result[named?.key ?? label] = named?.int && /^-?\d+$/.test(text) ? Number(text) : text;
   }
   return result;
 }

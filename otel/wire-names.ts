@@ -4,6 +4,17 @@
  * trust them) both import from here, so the two sides cannot drift apart.
  */
 
+import {
+  ATTR_ERROR_TYPE,
+  ATTR_HTTP_REQUEST_METHOD,
+  ATTR_HTTP_RESPONSE_STATUS_CODE,
+  ATTR_HTTP_ROUTE,
+  ATTR_SERVER_ADDRESS,
+  ATTR_SERVER_PORT,
+  ATTR_URL_SCHEME,
+  METRIC_HTTP_SERVER_REQUEST_DURATION,
+} from '@opentelemetry/semantic-conventions';
+
 /** HTTP header names, lower-case as Node presents them. */
 export const HEADER = {
   requestId: 'x-request-id',
@@ -424,6 +435,56 @@ export const METRIC_LABEL = {
   /** `success` (applied, or unchanged) or `failure` (refused, or not built). */
   configReloadResult: 'gateway_config_reload_result',
 } as const;
+
+/** A counter's registered (family) name: its samples' less `_total` (src/metrics.ts counterFamily). */
+const family = (name: string) => name.replace(/_total$/, '');
+
+/**
+ * The gateway's metrics as they leave over OTLP (otel/prom-client-otlp-bridge.ts `names`), by registered name:
+ * the semantic conventions' name, unit and kind for the two server metrics (http.server.active_requests is an
+ * UpDownCounter, in development, so not exported by the package's stable entry), ours under `gateway.`; units
+ * of things counted in UCUM's curly braces. Prometheus' OTLP translation (UnderscoreEscapingWithSuffixes: `.`
+ * to `_`, `s` to `_seconds`, `_total` on a monotonic sum, braces dropped) makes each its scraped name again.
+ * They left as the Prometheus names (`http_server_request_duration_seconds`, a Gauge of requests in progress),
+ * which no OTLP consumer reading the conventions knows.
+ */
+export const METRIC_OTLP: Readonly<Record<string, { name: string; unit?: string; upDownCounter?: boolean }>> = {
+  [METRIC.requestDuration]: { name: METRIC_HTTP_SERVER_REQUEST_DURATION, unit: 's' },
+  [METRIC.activeRequests]: { name: 'http.server.active_requests', unit: '{request}', upDownCounter: true },
+  [METRIC.upstreamDuration]: { name: 'gateway.upstream.request.duration', unit: 's' },
+  [family(METRIC.rateLimitDecisions)]: { name: 'gateway.rate_limit.decisions', unit: '{decision}' },
+  [family(METRIC.authFailures)]: { name: 'gateway.auth.failures', unit: '{request}' },
+  [family(METRIC.upstreamEjections)]: { name: 'gateway.upstream.ejections', unit: '{ejection}' },
+  [family(METRIC.upstreamRetries)]: { name: 'gateway.upstream.retries', unit: '{retry}' },
+  [family(METRIC.cacheLookups)]: { name: 'gateway.cache.lookups', unit: '{lookup}' },
+  [family(METRIC.cacheInvalidationFailures)]: { name: 'gateway.cache.invalidation_failures', unit: '{request}' },
+  [family(METRIC.workerRestarts)]: { name: 'gateway.worker.restarts', unit: '{restart}' },
+  [METRIC.workersServing]: { name: 'gateway.workers.serving', unit: '{worker}' },
+  [METRIC.workersConfigured]: { name: 'gateway.workers.configured', unit: '{worker}' },
+  [family(METRIC.configReloads)]: { name: 'gateway.config.reloads', unit: '{reload}' },
+  [METRIC.configLastReloadSuccessful]: { name: 'gateway.config.last_reload_successful' },
+};
+
+/**
+ * Each metric label as an OTLP attribute: the conventions' key (an int where they type it so: status code,
+ * port), ours from ATTR or under `gateway.`. The `_` for `.` of METRIC_LABEL, undone.
+ */
+export const METRIC_LABEL_OTLP: Readonly<Record<(typeof METRIC_LABEL)[keyof typeof METRIC_LABEL], { key: string; int?: boolean }>> = {
+  [METRIC_LABEL.method]: { key: ATTR_HTTP_REQUEST_METHOD },
+  [METRIC_LABEL.urlScheme]: { key: ATTR_URL_SCHEME },
+  [METRIC_LABEL.route]: { key: ATTR_HTTP_ROUTE },
+  [METRIC_LABEL.statusCode]: { key: ATTR_HTTP_RESPONSE_STATUS_CODE, int: true },
+  [METRIC_LABEL.routeName]: { key: ATTR.routeName },
+  [METRIC_LABEL.errorType]: { key: ATTR_ERROR_TYPE },
+  [METRIC_LABEL.upstreamService]: { key: ATTR.upstreamService },
+  [METRIC_LABEL.serverAddress]: { key: ATTR_SERVER_ADDRESS },
+  [METRIC_LABEL.serverPort]: { key: ATTR_SERVER_PORT, int: true },
+  [METRIC_LABEL.upstreamOutcome]: { key: ATTR.upstreamOutcome },
+  [METRIC_LABEL.rateLimitPolicy]: { key: 'gateway.rate_limit.policy' },
+  [METRIC_LABEL.rateLimitDecision]: { key: ATTR.rateLimitDecision },
+  [METRIC_LABEL.cacheResult]: { key: 'gateway.cache.result' },
+  [METRIC_LABEL.configReloadResult]: { key: 'gateway.config.reload.result' },
+};
 
 /**
  * `error.type` values of the gateway's own (beside error codes and status codes), on spans and in the metrics'

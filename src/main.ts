@@ -2,7 +2,7 @@ import cluster from 'node:cluster';
 import { createLogger, type Logger } from '../otel/logger';
 import { runServer } from '../otel/lifecycle';
 import { exportPromClientRegistry, metricExportEnabled, shutdownTelemetry, startPropagation } from '../otel/telemetry';
-import { SERVICE_NAME } from '../otel/wire-names';
+import { METRIC_LABEL_OTLP, METRIC_OTLP, SERVICE_NAME } from '../otel/wire-names';
 import type { ConfigControl, ReloadAnswer } from './admin';
 import { clientTimeouts, ConfigError, loadConfig, type GatewayConfig } from './config';
 import { activeConfig, checkReload, createLiveGateway, type ActiveConfig } from './config-reload';
@@ -159,7 +159,8 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   // rather than defaulted by createGatewayApps: the scrape listener below serves its registry.
   const metrics = config.metrics.port !== undefined || metricExportEnabled() ? createGatewayMetrics() : undefined;
   // Pushed over OTLP too, with the bootstrap's metric exporter and OTEL_* settings.
-  if (metrics) exportPromClientRegistry(metrics.registry, { startTimeMs: metrics.startedAtMs });
+  // Under the conventions' names (METRIC_OTLP), which Prometheus' OTLP translation makes the scraped names again.
+  if (metrics) exportPromClientRegistry(metrics.registry, { startTimeMs: metrics.startedAtMs, names: METRIC_OTLP, attributes: METRIC_LABEL_OTLP });
   // A cluster's reloads are its primary's to count (src/workers.ts); a worker's registry is summed with the others'.
   const single = worker ? undefined : singleProcessControl(() => live, logger, metrics && createReloadMetrics(metrics.registry));
   const control = worker ? worker.control(() => live.active()) : single!;

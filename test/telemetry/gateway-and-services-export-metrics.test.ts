@@ -3,7 +3,8 @@
  * test OTLP receiver: the gateway's prom-client registry goes out through the bridge (src/main.ts registers it),
  * the services' request durations from their instrumentations, all by the same OTLP metric exporter.
  */
-import { METRIC, METRIC_LABEL, SERVICE_NAME } from '../../otel/wire-names';
+import { METRIC, SERVICE_NAME } from '../../otel/wire-names';
+import { prometheusName } from '../helpers/otlp-prometheus-bridge';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedMetricPoint } from '../helpers/otlp-receiver';
 import { startProcessStack, type ProcessStack } from '../helpers/process-stack';
 
@@ -37,36 +38,48 @@ it('exports the gateway’s RED metrics through the bridge and the services’ r
     await response.arrayBuffer();
   }
 
-  const refused = { [METRIC_LABEL.route]: '/api/orders/*', [METRIC_LABEL.statusCode]: '401', [METRIC_LABEL.errorType]: 'missing_token' };
-  const served = { [METRIC_LABEL.route]: '/api/orders/*', [METRIC_LABEL.statusCode]: '200' };
+  // The conventions' names and attribute keys, as the services' instrumentations send them (the status an int).
+  const refused = { 'http.route': '/api/orders/*', 'http.response.status_code': 401, 'error.type': 'missing_token' };
+  const served = { 'http.route': '/api/orders/*', 'http.response.status_code': 200 };
   const ordersServer = { 'http.route': '/orders', 'http.request.method': 'GET' };
+  const DURATION = 'http.server.request.duration';
   const { metrics } = await receiver.waitFor(
     ({ metrics }) =>
-      latest(metrics, SERVICE_NAME.gateway, METRIC.requestDuration, refused)?.count === 3 &&
-      latest(metrics, SERVICE_NAME.gateway, METRIC.requestDuration, served)?.count === 2 &&
+      latest(metrics, SERVICE_NAME.gateway, DURATION, refused)?.count === 3 &&
+      latest(metrics, SERVICE_NAME.gateway, DURATION, served)?.count === 2 &&
       latest(metrics, SERVICE_NAME.orders, 'http.server.request.duration', ordersServer)?.count === 2,
     15_000,
   );
 
-  expect(latest(metrics, SERVICE_NAME.gateway, METRIC.requestDuration, refused)).toMatchObject({
+  expect(latest(metrics, SERVICE_NAME.gateway, DURATION, refused)).toMatchObject({
     type: 'histogram',
     temporality: 'cumulative',
     unit: 's',
     scope: { name: 'prom-client' },
-    attributes: { ...refused, [METRIC_LABEL.method]: 'GET', [METRIC_LABEL.routeName]: 'orders' },
+    attributes: { ...refused, 'http.request.method': 'GET', 'url.scheme': 'http', 'gateway.route.name': 'orders' },
     count: 3,
   });
-  const servedPoint = latest(metrics, SERVICE_NAME.gateway, METRIC.requestDuration, served)!;
+  const servedPoint = latest(metrics, SERVICE_NAME.gateway, DURATION, served)!;
   expect(servedPoint.bucketCounts!.reduce((a, b) => a + b, 0)).toBe(2);
   expect(servedPoint.bucketCounts).toHaveLength(servedPoint.explicitBounds!.length + 1);
-  // The counter family name, as registered: a Prometheus-side conversion appends `_total` itself.
-  expect(latest(metrics, SERVICE_NAME.gateway, METRIC.authFailures.replace(/_total$/, ''), { [METRIC_LABEL.errorType]: 'missing_token' })).toMatchObject({
+  expect(latest(metrics, SERVICE_NAME.gateway, 'gateway.auth.failures', { 'error.type': 'missing_token' })).toMatchObject({
     type: 'sum',
     monotonic: true,
     value: 3,
   });
+  // An UpDownCounter in the conventions: a non-monotonic sum of {request}, not a gauge.
+  expect(latest(metrics, SERVICE_NAME.gateway, 'http.server.active_requests', { 'http.request.method': 'GET', 'url.scheme': 'http' })).toMatchObject({
+    type: 'sum',
+    monotonic: false,
+    unit: '{request}',
+    value: 0,
+  });
   // No series of the gateway ever went past its request count.
-  expect(Math.max(...metrics.filter((p) => p.serviceName === SERVICE_NAME.gateway && p.name === METRIC.requestDuration).map((p) => p.count!))).toBe(3);
+  expect(Math.max(...metrics.filter((p) => p.serviceName === SERVICE_NAME.gateway && p.name === DURATION).map((p) => p.count!))).toBe(3);
+  // Prometheus' OTLP translation makes each of them the name the gateway's scrape has, so one query reads both.
+  const gatewayNames = new Set(metrics.filter((p) => p.serviceName === SERVICE_NAME.gateway).map((p) => prometheusName(p)));
+  expect([...gatewayNames].filter((name) => !(Object.values(METRIC) as string[]).includes(name))).toEqual([]);
+  expect([METRIC.requestDuration, METRIC.activeRequests, METRIC.upstreamDuration, METRIC.authFailures, METRIC.rateLimitDecisions].filter((name) => !gatewayNames.has(name))).toEqual([]);
 
   // The services, from their instrumentations: order-service served the two GET /orders.
   expect(latest(metrics, SERVICE_NAME.orders, 'http.server.request.duration', ordersServer)).toMatchObject({

@@ -76,6 +76,35 @@ it('collects counters as monotonic cumulative sums, gauges as gauges and histogr
   ]);
 });
 
+it('sends the names, units, kinds and attribute keys it is given: an UpDownCounter as a non-monotonic sum, int attributes as numbers', async () => {
+  const producer = createPromClientMetricProducer(knownRegistry(), {
+    startTimeMs: CREATED_MS,
+    now: () => COLLECTED_MS,
+    names: {
+      active_requests: { name: 'http.server.active_requests', unit: '{request}', upDownCounter: true },
+      request_duration_seconds: { name: 'http.server.request.duration' },
+    },
+    attributes: { method: { key: 'http.request.method' }, route: { key: 'http.route' }, status: { key: 'http.response.status_code', int: true } },
+  });
+  const metrics = (await producer.collect()).resourceMetrics.scopeMetrics[0]!.metrics;
+  // Not named: as registered.
+  expect(metrics[0]!.descriptor.name).toBe('rate_limit_decisions');
+  expect(metrics[0]!.dataPoints.map((p) => p.attributes)).toEqual([{ policy: 'global', decision: 'allowed' }, { policy: 'global', decision: 'limited' }]);
+  expect(metrics[1]).toEqual<MetricData>({
+    descriptor: descriptor('http.server.active_requests', 'In flight.', '{request}'),
+    aggregationTemporality: AggregationTemporality.CUMULATIVE,
+    dataPointType: DataPointType.SUM,
+    isMonotonic: false,
+    dataPoints: [point({ 'http.request.method': 'GET' }, 2)],
+  });
+  // The unit still follows the registered name's suffix when none is given.
+  expect(metrics[2]!.descriptor).toEqual(descriptor('http.server.request.duration', 'Durations.', 's'));
+  expect(metrics[2]!.dataPoints.map((p) => p.attributes)).toEqual([
+    { 'http.route': '/a', 'http.response.status_code': 200 },
+    { 'http.route': '/b', 'http.response.status_code': 503 },
+  ]);
+});
+
 it('stays cumulative: a later collection carries the totals since the start, with the same start time', async () => {
   const registry = new Registry();
   const counter = new Counter({ name: 'hits', help: 'Hits.', registers: [registry] });
