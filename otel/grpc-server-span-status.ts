@@ -9,7 +9,7 @@ const ATTR_RPC_GRPC_STATUS_CODE = 'rpc.grpc.status_code';
  * UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS. The others (NOT_FOUND, INVALID_ARGUMENT, UNAUTHENTICATED...)
  * describe the caller's request, as a 4xx does for HTTP, and leave the status unset.
  */
-const SERVER_ERROR_CODES: ReadonlySet<number> = new Set([2, 4, 12, 13, 14, 15]);
+export const GRPC_SERVER_ERROR_CODES: ReadonlySet<number> = new Set([2, 4, 12, 13, 14, 15]);
 
 /**
  * Undoes what instrumentation-grpc (0.300) gets wrong at a SERVER span's end: it makes every status but OK an
@@ -25,7 +25,7 @@ export class GrpcServerSpanStatusProcessor implements SpanProcessor {
   onEnding(span: Span): void {
     if (span.kind !== SpanKind.SERVER || span.status.code !== SpanStatusCode.ERROR) return;
     const code = span.attributes[ATTR_RPC_GRPC_STATUS_CODE];
-    if (typeof code === 'number' && !SERVER_ERROR_CODES.has(code)) (span as { status: ReadableSpan['status'] }).status = { code: SpanStatusCode.UNSET };
+    if (typeof code === 'number' && !GRPC_SERVER_ERROR_CODES.has(code)) (span as { status: ReadableSpan['status'] }).status = { code: SpanStatusCode.UNSET };
   }
 
   onEnd(): void {}

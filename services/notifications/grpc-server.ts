@@ -1,7 +1,8 @@
 import * as grpc from '@grpc/grpc-js';
-import { metrics, type Histogram } from '@opentelemetry/api';
-import { ATTR_RPC_METHOD, ATTR_RPC_STATUS_CODE, ATTR_RPC_SYSTEM_NAME, METRIC_RPC_SERVER_CALL_DURATION, RPC_SYSTEM_NAME_VALUE_GRPC } from '@opentelemetry/semantic-conventions';
+import { metrics, type Attributes, type Histogram } from '@opentelemetry/api';
+import { ATTR_ERROR_TYPE, ATTR_RPC_METHOD, ATTR_RPC_STATUS_CODE, ATTR_RPC_SYSTEM_NAME, METRIC_RPC_SERVER_CALL_DURATION, RPC_SYSTEM_NAME_VALUE_GRPC } from '@opentelemetry/semantic-conventions';
 import { z } from 'zod';
+import { GRPC_SERVER_ERROR_CODES } from '../../otel/grpc-server-span-status';
 import type { Logger } from '../../otel/logger';
 import { HEADER } from '../../otel/wire-names';
 import { verifyGatewaySignature, type SignatureProblem } from '../../src/gateway-signature';
@@ -32,7 +33,9 @@ type Reply = grpc.sendUnaryData<unknown>;
 const CALL_DURATION_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10];
 
 /**
- * `rpc.server.call.duration` (s, stable conventions): one per call, by method and status. The gRPC instrumentation
+ * `rpc.server.call.duration` (s, stable conventions): one per call, by method and status, and `error.type` (the
+ * status) when the call failed as the gRPC conventions count a server's failures (GRPC_SERVER_ERROR_CODES:
+ * UNKNOWN, INTERNAL, ...; a NOT_FOUND or INVALID_ARGUMENT is the caller's). The gRPC instrumentation
  * records spans only, so without it this service's calls (order-service's notices, the gateway's gRPC route) were
  * in no metric: the dashboard's service panels showed only its HTTP side. No-op while telemetry is off.
  */
@@ -77,7 +80,10 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
       const requestId = problem === undefined ? metadataValue(call.metadata, HEADER.requestId) || undefined : mintRequestId();
       const log = (code: grpc.status) => {
         const ms = performance.now() - started;
-        callDuration.record(ms / 1000, { [ATTR_RPC_SYSTEM_NAME]: RPC_SYSTEM_NAME_VALUE_GRPC, [ATTR_RPC_METHOD]: `${NOTIFICATIONS_SERVICE}/${method}`, [ATTR_RPC_STATUS_CODE]: grpc.status[code] });
+        const attributes: Attributes = { [ATTR_RPC_SYSTEM_NAME]: RPC_SYSTEM_NAME_VALUE_GRPC, [ATTR_RPC_METHOD]: `${NOTIFICATIONS_SERVICE}/${method}`, [ATTR_RPC_STATUS_CODE]: grpc.status[code] };
+        // Conditionally Required "if and only if the operation failed" (semconv 1.45 RPC metrics).
+        if (GRPC_SERVER_ERROR_CODES.has(code)) attributes[ATTR_ERROR_TYPE] = grpc.status[code];
+        callDuration.record(ms / 1000, attributes);
         logger.info('rpc handled', { rpc: method, grpc_status: grpc.status[code], duration_ms: Math.round(ms * 1000) / 1000, request_id: requestId });
       };
       try {
@@ -86,7 +92,10 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
         if (callback) callback(null, result);
         log(grpc.status.OK);
       } catch (error) {
-        const code = (error as { code?: grpc.status }).code ?? grpc.status.INTERNAL;
+        // What grpc-js sends for the error: its code when it has a numeric one, UNKNOWN otherwise (a plain Error, a
+        // store that broke). Recorded as INTERNAL, the metric and the log named a status the caller never got.
+        const given = (error as { code?: unknown }).code;
+        const code: grpc.status = typeof given === 'number' && grpc.status[given] !== undefined ? given : grpc.status.UNKNOWN;
         if (callback) callback(error as grpc.ServiceError);
         else (call as grpc.ServerWritableStream<Request, unknown>).emit('error', error);
         log(code);
