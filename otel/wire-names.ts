@@ -423,7 +423,10 @@ export const METRIC_LABEL = {
   route: 'http_route',
   statusCode: 'http_response_status_code',
   routeName: 'gateway_route_name',
+  /** semconv's `error.type`: on the request histogram, only where the request ended with an error (serverErrorType). */
   errorType: 'error_type',
+  /** The gateway's error code of a request it refused or failed (ATTR.errorCode): a 4xx's too, which has no error_type. */
+  errorCode: 'gateway_error_code',
   upstreamService: 'gateway_upstream_service',
   /** An instance's host (name or IP, IPv6 without brackets), and `serverPort` its port: semconv's server.address and server.port. */
   serverAddress: 'server_address',
@@ -476,6 +479,7 @@ export const METRIC_LABEL_OTLP: Readonly<Record<(typeof METRIC_LABEL)[keyof type
   [METRIC_LABEL.statusCode]: { key: ATTR_HTTP_RESPONSE_STATUS_CODE, int: true },
   [METRIC_LABEL.routeName]: { key: ATTR.routeName },
   [METRIC_LABEL.errorType]: { key: ATTR_ERROR_TYPE },
+  [METRIC_LABEL.errorCode]: { key: ATTR.errorCode },
   [METRIC_LABEL.upstreamService]: { key: ATTR.upstreamService },
   [METRIC_LABEL.serverAddress]: { key: ATTR_SERVER_ADDRESS },
   [METRIC_LABEL.serverPort]: { key: ATTR_SERVER_PORT, int: true },

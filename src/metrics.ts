@@ -22,7 +22,7 @@ export const DURATION_BUCKETS_SECONDS: readonly number[] = [0.005, 0.01, 0.025, 
 /** Error codes counted as authentication or authorization failures (`gateway_auth_failures_total`). */
 export const AUTH_FAILURE_CODES: readonly ErrorCode[] = ['missing_token', 'invalid_token', 'auth_unavailable', 'forbidden', 'invalid_credentials', 'invalid_api_key'];
 
-const REQUEST_LABELS = [METRIC_LABEL.method, METRIC_LABEL.urlScheme, METRIC_LABEL.route, METRIC_LABEL.statusCode, METRIC_LABEL.routeName, METRIC_LABEL.errorType] as const;
+const REQUEST_LABELS = [METRIC_LABEL.method, METRIC_LABEL.urlScheme, METRIC_LABEL.route, METRIC_LABEL.statusCode, METRIC_LABEL.routeName, METRIC_LABEL.errorType, METRIC_LABEL.errorCode] as const;
 const UPSTREAM_LABELS = [METRIC_LABEL.upstreamService, METRIC_LABEL.serverAddress, METRIC_LABEL.serverPort, METRIC_LABEL.upstreamOutcome] as const;
 type RequestLabel = (typeof REQUEST_LABELS)[number];
 type UpstreamLabel = (typeof UPSTREAM_LABELS)[number];
@@ -36,7 +36,7 @@ export interface GatewayMetrics {
   readonly registry: Registry<OpenMetricsContentType>;
   /** When the registry began counting, ms since the epoch: its counters' and histograms' `_created`. */
   readonly startedAtMs: number;
-  /** Whole request, s, until the response closed. Labels: method, scheme, route template, status, route name, error code. */
+  /** Whole request, s, until the response closed. Labels: method, scheme, route template, status, route name, error type, error code. */
   readonly requestDuration: Histogram<RequestLabel>;
   /** Requests between arrival and response close, by method and scheme. */
   readonly activeRequests: Gauge<typeof METRIC_LABEL.method | typeof METRIC_LABEL.urlScheme>;
@@ -55,10 +55,11 @@ export interface GatewayMetrics {
   readonly cacheInvalidationFailures: Counter<typeof METRIC_LABEL.routeName>;
   /**
    * requestDuration's series by label values, in its label order: method, scheme (urlScheme), route template, status
-   * sent (`''` for none: the client left first), route name, error code (`''` for none). Where requests record,
-   * rather than `requestDuration.observe` (src/metric-series.ts).
+   * sent (`''` for none: the client left first), route name, `error.type` (`''` when the request did not end with
+   * an error: serverErrorType), the gateway's error code (`''` for none). Where requests record, rather than
+   * `requestDuration.observe` (src/metric-series.ts).
    */
-  readonly requestSeries: (method: string, scheme: UrlScheme, route: string, status: number | '', routeName: string, errorType: string) => HistogramSeries;
+  readonly requestSeries: (method: string, scheme: UrlScheme, route: string, status: number | '', routeName: string, errorType: string, errorCode: string) => HistogramSeries;
   /**
    * upstreamDuration's series by label values: service, the instance's host and port apart (semconv 1.45:
    * `server.address` is the host alone, `server.port` the port; the address was `host:port`), outcome.

@@ -1,6 +1,7 @@
 import http2 from 'node:http2';
 import type { Context } from 'koa';
 import { resetStream, serverAnswerCode } from '../otel/lifecycle';
+import { ERROR_TYPE } from '../otel/wire-names';
 
 /** nginx's "client closed request", the access log's status for a client that left before its response ended. */
 const CLIENT_CLOSED_REQUEST = 499;
@@ -84,6 +85,19 @@ export function sentStatus(ctx: Context): number | undefined {
  */
 export function failedAfterStarting(ctx: Context, status: number, errorCode: string | undefined): boolean {
   return errorCode !== undefined && (!ctx.res.writableFinished || status < 400);
+}
+
+/**
+ * `error.type` of a request whose response closed, as the HTTP semantic conventions have a server record it, on
+ * its SERVER span and in `http_server_request_duration_seconds` alike: a 5xx is the server's error (its status);
+ * a response that failed after it started, or before any status went out, its error code; a client that left
+ * before the end `client_closed` (a request "cancelled" before the response was sent fully is an error). A 4xx is
+ * the client's error, not the server's: none ("SHOULD NOT" be set when the request completed successfully).
+ */
+export function serverErrorType(ctx: Context, status: number | undefined, errorCode: string | undefined, left: boolean): string | undefined {
+  if (status !== undefined && status >= 500) return String(status);
+  if (errorCode !== undefined && (status === undefined || failedAfterStarting(ctx, status, errorCode))) return errorCode;
+  return left ? ERROR_TYPE.clientClosed : undefined;
 }
 
 /**

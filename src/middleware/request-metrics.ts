@@ -1,10 +1,10 @@
 import { trace } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import type { RejectedRequest } from '../../otel/lifecycle';
-import { clientLeft, onResponseClosed, sentStatus } from '../response-closed';
+import { clientLeft, onResponseClosed, sentStatus, serverErrorType } from '../response-closed';
 import { isProbeRequest } from '../../otel/telemetry-config';
 import { KNOWN_HTTP_METHODS, OTHER_HTTP_METHOD, recordedMethod } from '../../otel/http-method';
-import { ERROR_TYPE, METRIC_LABEL, METRIC_LABEL_VALUE } from '../../otel/wire-names';
+import { METRIC_LABEL, METRIC_LABEL_VALUE } from '../../otel/wire-names';
 import { AUTH_FAILURE_CODES, urlScheme, type GatewayMetrics, type UrlScheme } from '../metrics';
 import { counterSeries, gaugeSeries, type GaugeSeries } from '../metric-series';
 
@@ -50,15 +50,14 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
       inProgress.dec();
       const left = clientLeft(ctx);
       const { route, errorCode } = ctx.state;
-      // As the SERVER span records them: the status sent (none, `""`, when the client left before one was), and
-      // `client_closed` as the error of a client that left before the end.
-      const status = sentStatus(ctx) ?? '';
-      // The gateway's own error code when it refused or failed; otherwise a 5xx is the server's error, which the
-      // conventions require in `error.type` (Conditionally Required), as the span's status code: a 500 the service
-      // answered, passed on, was counted with no error at all.
-      const errorType = errorCode ?? (status !== '' && status >= 500 ? String(status) : left ? ERROR_TYPE.clientClosed : '');
+      // As the SERVER span records them: the status sent (none when the client left before one was), and `error.type`
+      // only where the request ended with an error (a 5xx, a response cut, a client that left: serverErrorType),
+      // which the conventions make Conditionally Required there and say SHOULD NOT be set otherwise. The gateway's
+      // own error code goes beside it, a 4xx's too: `error_type` held it, so a 401 or a 404 counted as an error.
+      const sent = sentStatus(ctx);
+      const errorType = serverErrorType(ctx, sent, errorCode, left) ?? '';
       const ended = performance.now();
-      const series = requestSeries(method, scheme, route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute, status, route ? route.name : '', errorType);
+      const series = requestSeries(method, scheme, route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute, sent ?? '', route ? route.name : '', errorType, errorCode ?? '');
       series.observe((ended - started) / 1000, spanContext, ended);
       if (errorCode !== undefined) authFailure.get(errorCode)?.inc();
     });
@@ -72,5 +71,10 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
  * method never parsed; its duration is unknown (recorded as 0). Its exemplar is the SERVER span runServer recorded.
  */
 export function rejectedRequestMetrics(metrics: GatewayMetrics): (rejected: RejectedRequest) => void {
-  return (rejected) => metrics.requestSeries(recordedMethod(rejected.method), rejected.urlScheme, METRIC_LABEL_VALUE.unmatchedRoute, rejected.status, '', rejected.code).observe(0, rejected.spanContext, performance.now());
+  // Its span's `error.type`: the status of a 5xx (the 501), none for a 4xx.
+  return (rejected) => {
+    const errorType = rejected.status >= 500 ? String(rejected.status) : '';
+    const series = metrics.requestSeries(recordedMethod(rejected.method), rejected.urlScheme, METRIC_LABEL_VALUE.unmatchedRoute, rejected.status, '', errorType, rejected.code);
+    series.observe(0, rejected.spanContext, performance.now());
+  };
 }

@@ -22,9 +22,9 @@ import { isProbeRequest } from '../../otel/telemetry-config';
 import { TRACE_FLAG_RANDOM } from '../../otel/trace-context';
 import { setRandomTraceIdFlag, traceresponseOf, TraceContextPropagator } from '../../otel/trace-context-propagator';
 import { TRACE_ID_FROM_REQUEST_ID, traceIdFromRequestId, withTraceId } from '../../otel/trace-ids';
-import { ATTR, ERROR_TYPE, HEADER } from '../../otel/wire-names';
+import { ATTR, HEADER } from '../../otel/wire-names';
 import { isWellFormedRequestId } from './request-id';
-import { clientLeft, failedAfterStarting, onResponseClosed, sentStatus } from '../response-closed';
+import { clientLeft, onResponseClosed, sentStatus, serverErrorType } from '../response-closed';
 
 export interface TracingOptions {
   tracer: Tracer;
@@ -184,17 +184,8 @@ export function createTracing(options: TracingOptions): Middleware {
       // What the pipeline threw (handleErrors) or the server answered or cut itself (otel/lifecycle.ts, through
       // clientLeft).
       if (errorCode !== undefined) span.setAttribute(ATTR.errorCode, errorCode);
-      // A 5xx; a response that failed after it started (its status may be 200), or before any status went out, as
-      // its access-log line says; a client that left before the end (semconv: a request "cancelled" before the
-      // response was sent fully is an error). A 4xx is the client's error, not the server's: no status, no `error.type`.
-      const errorType =
-        status !== undefined && status >= 500
-          ? String(status)
-          : errorCode !== undefined && (status === undefined || failedAfterStarting(ctx, status, errorCode))
-            ? errorCode
-            : left
-              ? ERROR_TYPE.clientClosed
-              : undefined;
+      // The rule the request's metric follows too (serverErrorType): a 4xx is the client's error, no `error.type`.
+      const errorType = serverErrorType(ctx, status, errorCode, left);
       if (errorType !== undefined) {
         span.setAttribute(ATTR_ERROR_TYPE, errorType);
         span.setStatus(errorCode === undefined ? { code: SpanStatusCode.ERROR } : { code: SpanStatusCode.ERROR, message: errorCode });

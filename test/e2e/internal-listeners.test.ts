@@ -64,7 +64,7 @@ describe('internal listeners (process)', () => {
     await publicAnswer.arrayBuffer();
     const m = await scrapeWhen(metricsUrl, (e) => e.samples.some((s) => s.name === 'http_server_request_duration_seconds_count'));
     expect(
-      valueOf(m, 'http_server_request_duration_seconds_count', { http_request_method: 'GET', url_scheme: 'http', http_route: 'unmatched', http_response_status_code: '404', gateway_route_name: '', error_type: 'route_not_found' }),
+      valueOf(m, 'http_server_request_duration_seconds_count', { http_request_method: 'GET', url_scheme: 'http', http_route: 'unmatched', http_response_status_code: '404', gateway_route_name: '', error_type: '', gateway_error_code: 'route_not_found' }),
     ).toBe(1);
 
     child.kill('SIGTERM');

@@ -73,7 +73,7 @@ describe('a client that left before its response ended', () => {
     await waitFor(() => line() !== undefined, 'the access line');
     expect(line()).toMatchObject({ status: 499, error_code: null });
     // The metric as the span: the status sent (the label empty, i.e. absent, when none was), error_type client_closed.
-    const labels = { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/orders/*', http_response_status_code: sent === undefined ? '' : String(sent), gateway_route_name: 'orders', error_type: 'client_closed' };
+    const labels = { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/orders/*', http_response_status_code: sent === undefined ? '' : String(sent), gateway_route_name: 'orders', error_type: 'client_closed', gateway_error_code: '' };
     const exposition = await scrapeWhen(stack.metrics.url, (scraped) => valueOf(scraped, 'http_server_request_duration_seconds_count', labels) === 1);
     expect(valueOf(exposition, 'http_server_request_duration_seconds_count', { ...labels, http_response_status_code: '499', error_type: '' })).toBeUndefined();
   });

@@ -53,9 +53,9 @@ describe('request duration, by route template, status and error code', () => {
     expect(statuses).toEqual([200, 200, 200, 200, 200, 401, 401]);
 
     const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 8);
-    const ok = { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/users/*', http_response_status_code: '200', gateway_route_name: 'users', error_type: '' };
-    const refused = { ...ok, http_response_status_code: '401', error_type: 'missing_token' };
-    const loggedIn = { http_request_method: 'POST', url_scheme: 'http', http_route: '/api/auth/login', http_response_status_code: '200', gateway_route_name: '', error_type: '' };
+    const ok = { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/users/*', http_response_status_code: '200', gateway_route_name: 'users', error_type: '', gateway_error_code: '' };
+    const refused = { ...ok, http_response_status_code: '401', error_type: '', gateway_error_code: 'missing_token' };
+    const loggedIn = { http_request_method: 'POST', url_scheme: 'http', http_route: '/api/auth/login', http_response_status_code: '200', gateway_route_name: '', error_type: '', gateway_error_code: '' };
     expect(m.types.get(DURATION)).toBe('histogram');
     expect(valueOf(m, `${DURATION}_count`, ok)).toBe(5);
     expect(valueOf(m, `${DURATION}_count`, refused)).toBe(2);
@@ -101,7 +101,7 @@ describe('request duration, by route template, status and error code', () => {
     }
 
     const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 1001);
-    const counts = Object.fromEntries(samplesOf(m, `${DURATION}_count`).map((s) => [`${s.labels.http_route} ${s.labels.http_response_status_code} ${s.labels.error_type}`, s.value]));
+    const counts = Object.fromEntries(samplesOf(m, `${DURATION}_count`).map((s) => [`${s.labels.http_route} ${s.labels.http_response_status_code} ${s.labels.gateway_error_code}`, s.value]));
     expect(counts).toEqual({
       '/api/auth/login 200 ': 1,
       '/api/users/* 404 ': 500,
@@ -126,7 +126,7 @@ describe('request duration, by route template, status and error code', () => {
     for (const proto of forwarded) expect(await send(`${gateway.url}/nope`, { headers: proto === undefined ? {} : { 'x-forwarded-proto': proto } })).toBe(404);
 
     const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === forwarded.length);
-    const unmatched = { http_request_method: 'GET', http_route: 'unmatched', http_response_status_code: '404', gateway_route_name: '', error_type: 'route_not_found' };
+    const unmatched = { http_request_method: 'GET', http_route: 'unmatched', http_response_status_code: '404', gateway_route_name: '', error_type: '', gateway_error_code: 'route_not_found' };
     expect(valueOf(m, `${DURATION}_count`, { ...unmatched, url_scheme: 'https' })).toBe(3);
     expect(valueOf(m, `${DURATION}_count`, { ...unmatched, url_scheme: 'http' })).toBe(3);
     expect(samplesOf(m, `${DURATION}_count`)).toHaveLength(2);
@@ -148,7 +148,7 @@ describe('request duration, by route template, status and error code', () => {
 
     const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 2);
     expect(samplesOf(m, `${DURATION}_count`).map((sample) => [sample.labels, sample.value])).toEqual([
-      [{ http_request_method: '_OTHER', url_scheme: 'http', http_route: 'unmatched', http_response_status_code: '404', gateway_route_name: '', error_type: 'route_not_found' }, 2],
+      [{ http_request_method: '_OTHER', url_scheme: 'http', http_route: 'unmatched', http_response_status_code: '404', gateway_route_name: '', error_type: '', gateway_error_code: 'route_not_found' }, 2],
     ]);
     expect(samplesOf(m, 'http_server_active_requests').map((sample) => sample.labels.http_request_method)).toEqual(['_OTHER']);
   });
@@ -164,7 +164,7 @@ describe('request duration, by route template, status and error code', () => {
 
     const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 3);
     // Under the probe's own path, as a 405 of a route is counted under that route.
-    const refused = { http_response_status_code: '405', gateway_route_name: '', error_type: 'method_not_allowed' };
+    const refused = { http_response_status_code: '405', gateway_route_name: '', error_type: '', gateway_error_code: 'method_not_allowed' };
     expect(samplesOf(m, `${DURATION}_count`).map((sample) => [sample.labels, sample.value])).toEqual([
       [{ http_request_method: 'POST', url_scheme: 'http', http_route: '/health', ...refused }, 1],
       [{ http_request_method: 'DELETE', url_scheme: 'http', http_route: '/ready', ...refused }, 1],
@@ -181,17 +181,17 @@ describe('request duration, by route template, status and error code', () => {
 
     const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 2);
     expect(samplesOf(m, `${DURATION}_count`).map((sample) => [sample.labels, sample.value])).toEqual([
-      [{ http_request_method: 'DELETE', url_scheme: 'http', http_route: '/api/users', http_response_status_code: '405', gateway_route_name: 'users-directory', error_type: 'method_not_allowed' }, 1],
-      [{ http_request_method: 'PUT', url_scheme: 'http', http_route: '/api/auth/register', http_response_status_code: '405', gateway_route_name: 'register', error_type: 'method_not_allowed' }, 1],
+      [{ http_request_method: 'DELETE', url_scheme: 'http', http_route: '/api/users', http_response_status_code: '405', gateway_route_name: 'users-directory', error_type: '', gateway_error_code: 'method_not_allowed' }, 1],
+      [{ http_request_method: 'PUT', url_scheme: 'http', http_route: '/api/auth/register', http_response_status_code: '405', gateway_route_name: 'register', error_type: '', gateway_error_code: 'method_not_allowed' }, 1],
     ]);
   });
 });
 
-// Semconv 1.45: `error.type` is Conditionally Required when the request ended with an error, and for a server a 5xx
-// is one (the gateway's SERVER span says error.type="500"). A 5xx the service answered carried no gateway error
-// code, so it was counted with error_type empty, beside the 2xx: no query on error_type could find it.
-describe('error_type of a 5xx the service answered', () => {
-  it.each([500, 503, 504])('is the status, %s, as its SERVER span records it; a 4xx the service answered keeps none', async (status) => {
+describe('error_type, as the conventions set it: only where the request ended with an error', () => {
+  // Semconv 1.45: `error.type` is Conditionally Required when the request ended with an error, and for a server a
+  // 5xx is one (the gateway's SERVER span says error.type="500"). A 5xx the service answered carried no gateway error
+  // code, so it was counted with error_type empty, beside the 2xx: no query on error_type could find it.
+  it.each([500, 503, 504])('is the status, %s, on a 5xx the service answered, as its SERVER span records it; a 4xx the service answered keeps none', async (status) => {
     const failing = await listen((req, res) => {
       res.writeHead(req.url?.endsWith('/missing') ? 404 : status, { 'content-type': 'application/json' }).end('{}');
     });
@@ -203,11 +203,29 @@ describe('error_type of a 5xx the service answered', () => {
 
       const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 3);
       const route = { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/orders/*', gateway_route_name: 'orders' };
-      expect(valueOf(m, `${DURATION}_count`, { ...route, http_response_status_code: String(status), error_type: String(status) })).toBe(1);
-      expect(valueOf(m, `${DURATION}_count`, { ...route, http_response_status_code: '404', error_type: '' })).toBe(1);
+      expect(valueOf(m, `${DURATION}_count`, { ...route, http_response_status_code: String(status), error_type: String(status), gateway_error_code: '' })).toBe(1);
+      expect(valueOf(m, `${DURATION}_count`, { ...route, http_response_status_code: '404', error_type: '', gateway_error_code: '' })).toBe(1);
     } finally {
       await failing.close();
     }
+  });
+
+  // "If the request has completed successfully, instrumentations SHOULD NOT set error.type", and for a server a 4xx
+  // is the client's error (its SERVER span has no error.type). The series put the gateway's error code in error_type
+  // on every refusal, so `error_type!=""` counted 401s, 404s and 429s as the gateway's errors.
+  it("leaves error_type empty on a 4xx, the code in gateway_error_code, and sets it to the status on the gateway's own 5xx", async () => {
+    const { gateway, metrics } = await start({ serviceUrls: { orders: await refusedOrigin() } });
+    const token = await login(gateway.url);
+    expect(await send(`${gateway.url}/api/orders`)).toBe(401);
+    expect(await send(`${gateway.url}/nope`)).toBe(404);
+    expect(await send(`${gateway.url}/api/orders`, { headers: bearer(token) })).toBe(502);
+
+    const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 4);
+    const labelsOf = (status: string) => samplesOf(m, `${DURATION}_count`, { http_response_status_code: status }).map((sample) => [sample.labels.error_type, sample.labels.gateway_error_code]);
+    expect(labelsOf('401')).toEqual([['', 'missing_token']]);
+    expect(labelsOf('404')).toEqual([['', 'route_not_found']]);
+    expect(labelsOf('502')).toEqual([['502', 'upstream_refused']]);
+    expect(labelsOf('200')).toEqual([['', '']]);
   });
 });
 
@@ -228,8 +246,8 @@ describe('rate-limit decisions', () => {
     // Every policy's series exist from the start, at 0 until it decides.
     expect(decisions(m, 'login')).toEqual({ allowed: 0, limited: 0, store_down_allowed: 0, store_down_rejected: 0 });
     const route = { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/orders/*', gateway_route_name: 'orders' };
-    expect(valueOf(m, `${DURATION}_count`, { ...route, http_response_status_code: '429', error_type: 'rate_limited' })).toBe(2);
-    expect(valueOf(m, `${DURATION}_count`, { ...route, http_response_status_code: '401', error_type: 'missing_token' })).toBe(3);
+    expect(valueOf(m, `${DURATION}_count`, { ...route, http_response_status_code: '429', error_type: '', gateway_error_code: 'rate_limited' })).toBe(2);
+    expect(valueOf(m, `${DURATION}_count`, { ...route, http_response_status_code: '401', error_type: '', gateway_error_code: 'missing_token' })).toBe(3);
   });
 
   it('counts store-down decisions: allowed under the default policy, rejected under login', async () => {
@@ -278,7 +296,7 @@ describe('auth failures', () => {
       auth_unavailable: 0,
       invalid_api_key: 0,
     });
-    expect(valueOf(m, `${DURATION}_count`, { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/users', http_response_status_code: '403', gateway_route_name: 'users-directory', error_type: 'forbidden' })).toBe(1);
+    expect(valueOf(m, `${DURATION}_count`, { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/users', http_response_status_code: '403', gateway_route_name: 'users-directory', error_type: '', gateway_error_code: 'forbidden' })).toBe(1);
   });
 });
 
@@ -340,7 +358,7 @@ describe('upstream attempts, retries and ejections', () => {
     expect(valueOf(m, 'gateway_upstream_ejections_total', { gateway_upstream_service: 'notifications', ...instanceOf(refused) })).toBe(1);
     expect(valueOf(m, 'gateway_upstream_ejections_total', { gateway_upstream_service: 'notifications', ...instanceOf(healthy.url) })).toBe(0);
     expect(
-      valueOf(m, `${DURATION}_count`, { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/orders/*', http_response_status_code: '502', gateway_route_name: 'orders', error_type: 'upstream_refused' }),
+      valueOf(m, `${DURATION}_count`, { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/orders/*', http_response_status_code: '502', gateway_route_name: 'orders', error_type: '502', gateway_error_code: 'upstream_refused' }),
     ).toBe(1);
   });
 });

@@ -39,7 +39,8 @@ it('exports the gateway’s RED metrics through the bridge and the services’ r
   }
 
   // The conventions' names and attribute keys, as the services' instrumentations send them (the status an int).
-  const refused = { 'http.route': '/api/orders/*', 'http.response.status_code': 401, 'error.type': 'missing_token' };
+  // A 401 is the client's error: no error.type (as on the SERVER span), the gateway's code beside it.
+  const refused = { 'http.route': '/api/orders/*', 'http.response.status_code': 401, 'gateway.error.code': 'missing_token' };
   const served = { 'http.route': '/api/orders/*', 'http.response.status_code': 200 };
   const ordersServer = { 'http.route': '/orders', 'http.request.method': 'GET' };
   const DURATION = 'http.server.request.duration';
@@ -59,6 +60,7 @@ it('exports the gateway’s RED metrics through the bridge and the services’ r
     attributes: { ...refused, 'http.request.method': 'GET', 'url.scheme': 'http', 'gateway.route.name': 'orders' },
     count: 3,
   });
+  expect(latest(metrics, SERVICE_NAME.gateway, DURATION, refused)!.attributes['error.type']).toBeUndefined();
   const servedPoint = latest(metrics, SERVICE_NAME.gateway, DURATION, served)!;
   expect(servedPoint.bucketCounts!.reduce((a, b) => a + b, 0)).toBe(2);
   expect(servedPoint.bucketCounts).toHaveLength(servedPoint.explicitBounds!.length + 1);
