@@ -249,6 +249,8 @@ export interface ClusterMetricsListenerOptions extends MetricsListenerOptions {
  */
 export interface PrimaryMetrics {
   readonly registry: Registry;
+  /** When the registry began counting, ms since the epoch: the start of its cumulative OTLP points. */
+  readonly startedAtMs: number;
   /** One per worker the primary replaced: it exited (crash, signal) or its watchdog killed it. */
   readonly workerRestarts: Counter;
   /** The cluster's config reloads, which the primary decides. */
@@ -284,6 +286,7 @@ export function createReloadMetrics(registry: Registry<RegistryContentType>): Re
 /** The primary's series: `gateway_worker_restarts_total`, and the workers serving (`servingWorkers`) beside `configured`. */
 export function createPrimaryMetrics(configured: number, servingWorkers: () => number): PrimaryMetrics {
   const registry = new Registry();
+  const startedAtMs = Date.now();
   const registers = [registry];
   const workerRestarts = new Counter({ name: counterFamily(METRIC.workerRestarts), help: 'Cluster workers the primary replaced (exited or unresponsive).', registers });
   new Gauge({
@@ -295,7 +298,7 @@ export function createPrimaryMetrics(configured: number, servingWorkers: () => n
     },
   });
   new Gauge({ name: METRIC.workersConfigured, help: 'Cluster workers the primary runs when all are up (workers).', registers }).set(configured);
-  return { registry, workerRestarts, reloads: createReloadMetrics(registry) };
+  return { registry, startedAtMs, workerRestarts, reloads: createReloadMetrics(registry) };
 }
 
 /**

@@ -1,7 +1,8 @@
 import cluster, { type Worker } from 'node:cluster';
 import os from 'node:os';
 import { atMostEvery, type Logger } from '../otel/logger';
-import { shutdownTelemetry } from '../otel/telemetry';
+import { exportPromClientRegistry, metricExportEnabled, shutdownTelemetry } from '../otel/telemetry';
+import { METRIC_LABEL_OTLP, METRIC_OTLP } from '../otel/wire-names';
 import type { ReloadAnswer, WorkerConfigStatus } from './admin';
 import { clientTimeouts, MAX_ROUTE_NAME_LENGTH, ROUTE_NAME, type GatewayConfig } from './config';
 import { checkReload, type ActiveConfig } from './config-reload';
@@ -187,8 +188,11 @@ export function runPrimary(options: PrimaryOptions): void {
   const listening = new Set<number>();
   /** Listening workers that drain (told to stop, or stopping on their own) until they exit: they still answer scrapes, but serve no more. */
   const draining = new Set<number>();
-  // Scraped with the workers' sum on METRICS_PORT (none without it).
-  const primaryMetrics = active.config.metrics.port === undefined ? undefined : createPrimaryMetrics(count, () => listening.size - draining.size);
+  // Scraped with the workers' sum on METRICS_PORT, and pushed over OTLP as each worker pushes its own registry.
+  // Made only for the scrape, a cluster that exported over OTLP alone reported no worker restart and no reload.
+  const primaryMetrics =
+    active.config.metrics.port === undefined && !metricExportEnabled() ? undefined : createPrimaryMetrics(count, () => listening.size - draining.size);
+  if (primaryMetrics) exportPromClientRegistry(primaryMetrics.registry, { startTimeMs: primaryMetrics.startedAtMs, names: METRIC_OTLP, attributes: METRIC_LABEL_OTLP });
   /** Workers that said hello: their message handler is in place, so they confirm what is relayed to them. */
   const linked = new Set<number>();
   const invalidations = createInvalidationRelay({

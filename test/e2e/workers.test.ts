@@ -235,6 +235,21 @@ describe('workers (two processes behind one port)', () => {
       expect(own(await scrape(metricsUrl))).toEqual([[1], [2], [2]]);
     });
 
+    // The primary's series were made for the scrape listener only: a cluster that exported its metrics over OTLP
+    // alone (no METRICS_PORT) reported no worker restart and no reload, and no alert could hear of a crash loop.
+    it('exports the replaced worker over OTLP too when there is no scrape listener, as gateway.worker.restarts', async () => {
+      receiver = await startOtlpReceiver();
+      gateway = await start({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_METRIC_EXPORT_INTERVAL: '200', OTEL_TRACES_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none' }, true);
+      const restarts = (value: number) => receiver!.metrics().some((point) => point.name === 'gateway.worker.restarts' && point.type === 'sum' && point.monotonic === true && point.value === value);
+      const serving = (value: number) => receiver!.metrics().some((point) => point.name === 'gateway.workers.serving' && point.value === value);
+      await waitFor(() => restarts(0) && serving(2), 'the primary exporting its series', 15_000);
+      const victim = (await adminConfig()).workers[0]!;
+      const from = gateway.lines.length;
+      process.kill(victim.pid, 'SIGKILL');
+      await gateway.waitForLine((line) => line.message === 'worker replaced and serving', { from });
+      await waitFor(() => restarts(1), 'the restart exported', 15_000);
+    });
+
     // A draining worker counted as serving until it exited: a rolling stop looked like a cluster at full strength.
     describe('gateway_workers_serving leaves out workers that drain', () => {
       const serving = (exposition: Exposition) => samplesOf(exposition, METRIC.workersServing).map((sample) => sample.value);
