@@ -142,25 +142,19 @@ function toMetricData(metric: PromMetric, startTime: HrTime, endTime: HrTime, na
     attributes: attributes(labels, naming.attributes),
     value,
   });
+  /** A counter (monotonic) or a gauge the conventions make an UpDownCounter: an OTLP Sum either way. */
+  const sum = (isMonotonic: boolean): MetricData => ({
+    descriptor,
+    aggregationTemporality: AggregationTemporality.CUMULATIVE,
+    dataPointType: DataPointType.SUM,
+    isMonotonic,
+    dataPoints: metric.values.map((v) => point(v.labels, v.value)),
+  });
   switch (metric.type) {
     case 'counter':
-      return {
-        descriptor,
-        aggregationTemporality: AggregationTemporality.CUMULATIVE,
-        dataPointType: DataPointType.SUM,
-        isMonotonic: true,
-        dataPoints: metric.values.map((v) => point(v.labels, v.value)),
-      };
+      return sum(true);
     case 'gauge':
-      if (named?.upDownCounter) {
-        return {
-          descriptor,
-          aggregationTemporality: AggregationTemporality.CUMULATIVE,
-          dataPointType: DataPointType.SUM,
-          isMonotonic: false,
-          dataPoints: metric.values.map((v) => point(v.labels, v.value)),
-        };
-      }
+      if (named?.upDownCounter) return sum(false);
       return {
         descriptor,
         aggregationTemporality: AggregationTemporality.CUMULATIVE,
