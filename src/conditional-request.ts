@@ -31,8 +31,11 @@ export function satisfiesConditional(request: IncomingHttpHeaders, entry: Cached
     return etag !== undefined && (opaqueTags(ifNoneMatch)?.includes(etag) ?? false);
   }
   const since = parseHttpDate(request['if-modified-since']);
+  // No If-Modified-Since (nearly every request): nothing to compare, and the stored dates are not parsed per hit
+  // (Date.parse was ~3k instructions of every cache hit).
+  if (Number.isNaN(since)) return false;
   const lastModified = entry.headers['last-modified'];
   const date = parseHttpDate(entry.headers.date);
   const modified = lastModified !== undefined ? parseHttpDate(lastModified) : Number.isNaN(date) ? entry.storedAt : date;
-  return !Number.isNaN(since) && !Number.isNaN(modified) && modified <= since;
+  return !Number.isNaN(modified) && modified <= since;
 }
