@@ -5,7 +5,7 @@ import type { Redis } from 'ioredis';
 import type { GatewayConfig, RateLimitConfig } from './config';
 import { createGatewaySigner } from './gateway-signature';
 import './context';
-import { installDirectAccessors, installFasterRequestAccessors } from './koa-context-accessors';
+import { installDirectAccessors, installFasterRequestAccessors, installFasterResponseAccessors } from './koa-context-accessors';
 import { createAccessLog } from './middleware/access-log';
 import { createAuthenticate } from './middleware/authenticate';
 import { createAuthorize } from './middleware/authorize';
@@ -91,6 +91,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   const app = new Koa({ proxy: config.trustProxy, maxIpsCount: config.trustedProxyHops });
   installDirectAccessors(app.context);
   installFasterRequestAccessors(app.request);
+  installFasterResponseAccessors(app.response);
   const pools = createUpstreamPools(config.services, metrics, kept?.pools);
   // One check for both listeners: a call on either reuses the other's round.
   // gRPC-only services answer no HTTP `GET /health`; their readiness is not probed (yet).

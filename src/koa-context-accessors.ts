@@ -177,3 +177,42 @@ const fasterRequestAccessors: ThisType<KoaRequestSource> & object = {
 export function installFasterRequestAccessors(request: object): void {
   Object.defineProperties(request, Object.getOwnPropertyDescriptors(fasterRequestAccessors));
 }
+
+/** What Koa's `response.length` setter reads: Node's response. */
+interface KoaResponseSource {
+  res: { hasHeader(name: string): boolean; setHeader(name: string, value: unknown): unknown; headersSent: boolean };
+}
+
+/**
+ * `response.length` as koa/lib/response.js (3.3.0) sets it, `if (!this.has('Transfer-Encoding')) this.set('Content-Length',
+ * n)`, without `set`'s array of entries, its `map` and `forEach` closures per call: Koa's body setter runs it for every
+ * Buffer or string body (a cache hit's among them, ~4k instructions). An array goes to Koa's own setter (its
+ * single-value rule); the getter is Koa's.
+ */
+function fasterResponseAccessors(koaLength: PropertyDescriptor): PropertyDescriptorMap {
+  return {
+    length: {
+      configurable: true,
+      enumerable: koaLength.enumerable ?? false,
+      get: koaLength.get,
+      set(this: KoaResponseSource, value: unknown) {
+        if (Array.isArray(value)) return void koaLength.set!.call(this, value);
+        // Koa's order: Transfer-Encoding first (`has`), then `set`'s own check that the headers are not sent yet.
+        if (this.res.hasHeader('Transfer-Encoding') || this.res.headersSent) return;
+        this.res.setHeader('Content-Length', value);
+      },
+    },
+  };
+}
+
+/** Defines the response accessors above as own properties of `response` (an app's own `app.response`, not Koa's prototype). */
+export function installFasterResponseAccessors(response: object): void {
+  let proto: object | null = response;
+  let koaLength: PropertyDescriptor | undefined;
+  while (proto !== null && koaLength === undefined) {
+    koaLength = Object.getOwnPropertyDescriptor(proto, 'length');
+    proto = Object.getPrototypeOf(proto) as object | null;
+  }
+  if (koaLength?.get === undefined || koaLength.set === undefined) throw new Error("Koa's response has no length accessor");
+  Object.defineProperties(response, fasterResponseAccessors(koaLength));
+}

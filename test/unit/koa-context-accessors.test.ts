@@ -2,7 +2,7 @@ import http from 'node:http';
 import { inspect, isDeepStrictEqual } from 'node:util';
 import fc from 'fast-check';
 import Koa from 'koa';
-import { installDirectAccessors, installFasterRequestAccessors } from '../../src/koa-context-accessors';
+import { installDirectAccessors, installFasterRequestAccessors, installFasterResponseAccessors } from '../../src/koa-context-accessors';
 import { listen, type TestServer } from '../helpers/servers';
 
 type AnyFunction = (this: unknown, ...args: unknown[]) => unknown;
@@ -595,5 +595,48 @@ describe("the faster request.host: Koa's answer for every Host, X-Forwarded-Host
   ])('Host %j reads as %j', (host, expected) => {
     expect(hostOf(fasterRequest, false, 1, { host })).toBe(expected);
     expect(hostOf(koaRequestProto, false, 1, { host })).toBe(expected);
+  });
+});
+
+describe("the faster response.length setter: Koa's effect for every value and response state", () => {
+  const koaResponseProto = koaTargetProtos.response;
+  const fasterResponse = Object.create(koaResponseProto) as object;
+  installFasterResponseAccessors(fasterResponse);
+
+  /** A Node response as far as Koa's length setter and getter reach it: its headers, whether they were sent. */
+  function effectOf(proto: object, initial: Record<string, string>, headersSent: boolean, value: unknown): { headers: Record<string, unknown>; threw?: string; length?: unknown } {
+    const headers: Record<string, unknown> = { ...initial };
+    const res = {
+      headersSent,
+      hasHeader: (name: string) => name.toLowerCase() in headers,
+      getHeader: (name: string) => headers[name.toLowerCase()],
+      getHeaders: () => ({ ...headers }),
+      setHeader: (name: string, given: unknown) => {
+        if (given === undefined) throw Object.assign(new TypeError('invalid value'), { code: 'ERR_HTTP_INVALID_HEADER_VALUE' });
+        headers[name.toLowerCase()] = given;
+      },
+      removeHeader: (name: string) => delete headers[name.toLowerCase()],
+    };
+    const response = Object.assign(Object.create(proto) as object, { res, _body: undefined }) as unknown as { length: unknown };
+    try {
+      response.length = value;
+    } catch (error) {
+      return { headers, threw: (error as Error).name };
+    }
+    return { headers, length: response.length };
+  }
+
+  it('sets, keeps or refuses Content-Length as Koa 3.3 does', () => {
+    fc.assert(
+      fc.property(
+        fc.constantFrom<Record<string, string>>({}, { 'transfer-encoding': 'chunked' }, { 'content-length': '7' }, { 'content-type': 'text/plain' }),
+        fc.boolean(),
+        fc.oneof(fc.nat(), fc.constantFrom('12', '', undefined, null, 1.5, -1), fc.array(fc.nat(), { maxLength: 2 })),
+        (initial, headersSent, value) => {
+          expect(effectOf(fasterResponse, initial, headersSent, value)).toEqual(effectOf(koaResponseProto, initial, headersSent, value));
+        },
+      ),
+      { seed: 20261203, numRuns: 500 },
+    );
   });
 });
