@@ -219,6 +219,12 @@ export interface RouteHeaderRules {
   readonly isRequestRuleTwin?: (name: string) => boolean;
   /** Applied to every response from the service (and to cached copies of it) before the client gets it. */
   readonly response?: Transform;
+  /**
+   * Whether `response` writes anything (a `set` or `add`, whose values may come from the request): without, it
+   * only removes names, and a stored copy's headers come out of it the same for every request (the cache
+   * prepares them once per copy).
+   */
+  readonly responseWrites: boolean;
   /** Request header names a rule changes: a service's `Vary` on one of them says nothing about the client's request. */
   readonly rewrittenRequestHeaders: ReadonlySet<string>;
   /** Request header names whose client value never reaches the service (a rule sets or removes them; `add` keeps it). */
@@ -240,6 +246,7 @@ export function compileHeaderRules(options: CompileHeaderRulesOptions): RouteHea
     request: compileRule(request),
     isRequestRuleTwin: otherSpellingsOf(rewrittenRequestHeaders),
     response: compileRule(rules?.response, options.hideUpstreamHeaders),
+    responseWrites: Object.keys(rules?.response?.set ?? {}).length + Object.keys(rules?.response?.add ?? {}).length > 0,
     rewrittenRequestHeaders,
     replacedRequestHeaders: new Set([...Object.keys(request?.set ?? {}), ...(request?.remove ?? [])].map((name) => name.toLowerCase())),
   };
