@@ -140,8 +140,10 @@ describe('Cache-Control and storability (RFC 9111)', () => {
 
   it('gives a list of parts the same key every time, remembered or not (sha256 of its JSON text)', () => {
     const expected = (parts: (string | null)[]) => hash('sha256', JSON.stringify(parts), 'base64url');
-    // Past the remembered keys' bound (4,096), and texts too long to be remembered (over 512 characters).
-    const lists = Array.from({ length: 5_000 }, (_, index) => ['route', null, `/items/${index}`, index % 7 === 0 ? 'x'.repeat(600 + index) : 'v']);
+    // Past the remembered keys' bound (16,384 nodes), texts too long to be remembered (over 512 characters), and
+    // lists that are the start of others (a key on an inner node of the trie).
+    const lists = Array.from({ length: 10_000 }, (_, index) => ['route', null, `/items/${index}`, index % 7 === 0 ? 'x'.repeat(600 + index) : 'v']);
+    lists.push([], ['route'], ['route', null], ['route', null, '/items/1'], ['route', 'null', '/items/1']);
     for (const round of [1, 2]) for (const list of lists) expect([round, cacheKey(list)]).toEqual([round, expected(list)]);
     fc.assert(
       fc.property(fc.array(fc.option(fc.string({ maxLength: 700 })), { maxLength: 5 }), (parts) => {
