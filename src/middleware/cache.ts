@@ -305,7 +305,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     // of it (RFC 9111 4.4), however the requests that stored them were forwarded and whichever configuration of
     // the route they were stored under.
     const resource = resourceKey(route.name, ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!);
-    const onlyIfCached = ONLY_IF_CACHED.test(requestHeaderValue(headers['cache-control']) ?? '');
+    const cacheControl = requestHeaderValue(headers['cache-control']);
+    const onlyIfCached = cacheControl !== null && ONLY_IF_CACHED.test(cacheControl);
     if (!SAFE_METHODS.has(method)) {
       record(ctx, route.name, 'bypass');
       // A client that asked for a stored answer only gets none rather than a trip to the service (RFC 9111 5.2.1.7).
@@ -384,7 +385,6 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       ...policy.varyHeaders.map((name) => heard(name.toLowerCase())),
     ]);
     const key: CacheKey = { resource, variant };
-    const flightKey = `${key.resource} ${key.variant}`;
     // Not a copy varying on a look-alike name either (captureResponse stores none; a replica of an earlier version may have).
     const matches = (entry: CachedResponse) => entry.vary.every((name, index) => heard(name) === entry.varyValues[index] && !twinned(name) && !isLookAlikeName(name));
     const lookup = async (): Promise<CachedResponse | undefined> => {
@@ -398,6 +398,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
 
     let entry = await lookup();
     if (entry && isFresh(entry, now())) return serve(ctx, entry, 'hit', rules);
+    // What misses under way and refused answers are found by: a hit needs neither.
+    const flightKey = `${key.resource} ${key.variant}`;
     const pending = inFlight.get(flightKey);
     if (pending) {
       // Another request is fetching this very answer: wait for it rather than asking the service again. Its answer
