@@ -218,6 +218,9 @@ interface Scenario {
   operations: Operation[];
 }
 
+/** An Array subclass: the SDK's copy (`map`) makes another of it. */
+class RolesArray extends Array<string> {}
+
 // Values: valid ones of every kind, strings around small length limits, and invalid ones (dropped by both).
 const circular: Record<string, unknown> = { a: 1 };
 circular.self = circular;
@@ -229,6 +232,9 @@ const validValue = fc.oneof(
   { weight: 1, arbitrary: fc.array(text, { maxLength: 3 }) },
   // Heterogeneous arrays and maps are valid on spans but not on events (simple values only).
   { weight: 1, arbitrary: fc.array(fc.oneof(text, fc.integer(), fc.constant(null)), { maxLength: 3 }) },
+  // Arrays of scalars take the tracer's own copy; with a hole or an undefined item, or as an Array subclass, the SDK's.
+  { weight: 1, arbitrary: fc.sparseArray(fc.oneof(text, fc.double(), fc.boolean(), fc.constant(undefined)), { maxLength: 3 }) },
+  { weight: 1, arbitrary: fc.array(text, { maxLength: 2 }).map((items) => RolesArray.from(items)) },
   { weight: 1, arbitrary: fc.dictionary(fc.constantFrom('x', 'y'), text, { maxKeys: 2 }) },
   { weight: 1, arbitrary: fc.uint8Array({ maxLength: 10 }) },
 );
