@@ -47,6 +47,9 @@ function callDurationHistogram(): Histogram {
   });
 }
 
+/** `rpc.method` of a call to a method this server does not serve (semconv 1.45: "MUST be set to `_OTHER`"). */
+const OTHER_METHOD = '_OTHER';
+
 /** ListNotifications' `type` filter: '' (every type) or a type a notification can have. */
 const typeFilter = z.string().max(NOTIFICATION_LIMITS.typeMaxLength);
 
@@ -61,7 +64,7 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
   const keys = signingKey === undefined ? undefined : options.acceptedSigningKey === undefined ? [signingKey] : [signingKey, options.acceptedSigningKey];
   /** Each call's signature verdict (undefined: it verifies), by its metadata: decided once, before anything records the call. */
   const verdicts = new WeakMap<grpc.Metadata, SignatureProblem | undefined>();
-  const server = new grpc.Server(keys === undefined ? {} : { interceptors: [createSignatureVerdict(keys, verdicts)] });
+  const definition = grpcServiceDefinition(NOTIFICATIONS_PROTO, NOTIFICATIONS_SERVICE);
   const callDuration = callDurationHistogram();
 
   /** Why `call`'s signature fails (undefined: it verifies, or no key): the interceptor's verdict, else decided now. */
@@ -70,57 +73,60 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
     return verdicts.has(call.metadata) ? verdicts.get(call.metadata) : signatureProblemOf(keys, call.getPath(), call.metadata);
   }
 
-  /** Runs a handler, logging its outcome; a thrown gRPC error becomes the call's status. */
-  function handled<T extends Unary | grpc.ServerWritableStream<Request, unknown>>(method: string, handler: (call: T) => unknown) {
+  /** Records and logs one call's outcome: the status grpc-js is about to send, whoever decided it. */
+  function recordCall(path: string, metadata: grpc.Metadata | undefined, code: grpc.status, started: number): void {
+    const ms = performance.now() - started;
+    // Only what the gateway signed is believed, its request id included: a peer's forged x-request-id would
+    // otherwise have its refusal logged under someone else's id. It gets one of its own, as over HTTP.
+    const signed = metadata !== undefined && signatureProblemOfCall({ metadata, getPath: () => path }) === undefined;
+    const requestId = signed ? metadataValue(metadata, HEADER.requestId) || undefined : mintRequestId();
+    // `rpc.method` is the service's own method name, never the path a caller sent: a method this server does not
+    // know is `_OTHER` (semconv 1.45 RPC metrics), so no caller can add series to the metric.
+    const method = knownMethods.get(path);
+    const attributes: Attributes = { [ATTR_RPC_SYSTEM_NAME]: RPC_SYSTEM_NAME_VALUE_GRPC, [ATTR_RPC_METHOD]: method === undefined ? OTHER_METHOD : `${NOTIFICATIONS_SERVICE}/${method}`, [ATTR_RPC_STATUS_CODE]: grpc.status[code] };
+    // Conditionally Required "if and only if the operation failed" (semconv 1.45 RPC metrics).
+    if (GRPC_SERVER_ERROR_CODES.has(code)) attributes[ATTR_ERROR_TYPE] = grpc.status[code];
+    callDuration.record(ms / 1000, attributes);
+    logger.info('rpc handled', { rpc: method ?? OTHER_METHOD, grpc_status: grpc.status[code], duration_ms: Math.round(ms * 1000) / 1000, request_id: requestId });
+  }
+  const knownMethods = new Map(Object.entries(definition).map(([name, method]) => [method.path, name]));
+  // The recorder first: it wraps grpc-js's own call, so it sees the statuses grpc-js sends itself too.
+  const interceptors = [createCallRecorder(recordCall), ...(keys === undefined ? [] : [createSignatureVerdict(keys, verdicts)])];
+  const server = new grpc.Server({ interceptors });
+
+  /** Runs a handler; a thrown gRPC error becomes the call's status (recorded and logged by the call recorder). */
+  function handled<T extends Unary | grpc.ServerWritableStream<Request, unknown>>(handler: (call: T) => unknown) {
     return (call: T, callback?: Reply) => {
-      const started = performance.now();
       const problem = signatureProblemOfCall(call);
-      // Only what the gateway signed is believed, its request id included: a peer's forged x-request-id would
-      // otherwise have its refusal logged under someone else's id. It gets one of its own, as over HTTP.
-      const requestId = problem === undefined ? metadataValue(call.metadata, HEADER.requestId) || undefined : mintRequestId();
-      const log = (code: grpc.status) => {
-        const ms = performance.now() - started;
-        const attributes: Attributes = { [ATTR_RPC_SYSTEM_NAME]: RPC_SYSTEM_NAME_VALUE_GRPC, [ATTR_RPC_METHOD]: `${NOTIFICATIONS_SERVICE}/${method}`, [ATTR_RPC_STATUS_CODE]: grpc.status[code] };
-        // Conditionally Required "if and only if the operation failed" (semconv 1.45 RPC metrics).
-        if (GRPC_SERVER_ERROR_CODES.has(code)) attributes[ATTR_ERROR_TYPE] = grpc.status[code];
-        callDuration.record(ms / 1000, attributes);
-        logger.info('rpc handled', { rpc: method, grpc_status: grpc.status[code], duration_ms: Math.round(ms * 1000) / 1000, request_id: requestId });
-      };
       try {
         if (problem !== undefined) throw grpcError(grpc.status.UNAUTHENTICATED, `This service answers only calls signed by the gateway (signature ${problem}).`);
         const result = handler(call);
         if (callback) callback(null, result);
-        log(grpc.status.OK);
       } catch (error) {
-        // What grpc-js sends for the error: its code when it has a numeric one, UNKNOWN otherwise (a plain Error, a
-        // store that broke). Recorded as INTERNAL, the metric and the log named a status the caller never got.
-        const given = (error as { code?: unknown }).code;
-        const code: grpc.status = typeof given === 'number' && grpc.status[given] !== undefined ? given : grpc.status.UNKNOWN;
         if (callback) callback(error as grpc.ServiceError);
         else (call as grpc.ServerWritableStream<Request, unknown>).emit('error', error);
-        log(code);
       }
     };
   }
 
-  server.addService(grpcServiceDefinition(NOTIFICATIONS_PROTO, NOTIFICATIONS_SERVICE), {
-    ListNotifications: handled('ListNotifications', (call: Unary) => {
+  server.addService(definition, {
+    ListNotifications: handled((call: Unary) => {
       const type = valid(typeFilter, String(call.request.type ?? ''), 'type');
       const mine = store.forUser(requireCaller(call).id).filter((notification) => type === '' || notification.type === type);
       return { notifications: mine.map(toMessage) };
     }),
-    GetNotification: handled('GetNotification', (call: Unary) => {
+    GetNotification: handled((call: Unary) => {
       const id = valid(recordId, String(call.request.id ?? ''), 'id');
       const found = store.forUser(requireCaller(call).id).find((notification) => notification.id === id);
       // Someone else's notification is reported as missing, so ids cannot be probed.
       if (!found) throw grpcError(grpc.status.NOT_FOUND, `No notification ${id}.`);
       return toMessage(found);
     }),
-    StreamNotifications: handled('StreamNotifications', (call: grpc.ServerWritableStream<Request, unknown>) => {
+    StreamNotifications: handled((call: grpc.ServerWritableStream<Request, unknown>) => {
       for (const notification of store.forUser(requireCaller(call).id)) call.write(toMessage(notification));
       call.end();
     }),
-    CreateNotification: handled('CreateNotification', (call: Unary) => {
+    CreateNotification: handled((call: Unary) => {
       const notification = store.add(validNewNotification(call.request));
       logger.info('notification stored', { notification_id: notification.id, type: notification.type, user_id: notification.userId });
       return toMessage(notification);
@@ -136,6 +142,43 @@ function signatureProblemOf(key: readonly string[], path: string, metadata: grpc
     if (values.length === 0) return undefined;
     return values.length === 1 && typeof values[0] === 'string' ? values[0] : values.map(String);
   });
+}
+
+/**
+ * Reports every call's outcome to `record` exactly once, with the status grpc-js sends, whoever decided it: the
+ * handler, or grpc-js itself before or without one (a request that does not decode: INTERNAL; one over the 4 MiB
+ * limit: RESOURCE_EXHAUSTED; a deadline that passed: DEADLINE_EXCEEDED). Recording in the handlers missed those:
+ * such calls were in no metric and no log line, though a client saw them fail.
+ *
+ * grpc-js 1.14 sends the statuses it decides itself from its own call object (`this.sendStatus`), under every
+ * interceptor, so an interceptor's `sendStatus` never sees them; this one is registered first, is handed that
+ * object, and puts its recording in front of that object's `sendStatus`. A call to a method no service
+ * registered is answered before any interceptor exists (server.js `_respondWithError`) and stays unrecorded.
+ */
+function createCallRecorder(record: (path: string, metadata: grpc.Metadata | undefined, code: grpc.status, started: number) => void): grpc.ServerInterceptor {
+  return (method, call) => {
+    const started = performance.now();
+    let metadata: grpc.Metadata | undefined;
+    let recorded = false;
+    const sendStatus = call.sendStatus.bind(call);
+    call.sendStatus = (status) => {
+      if (!recorded) {
+        recorded = true;
+        record(method.path, metadata, status.code, started);
+      }
+      sendStatus(status);
+    };
+    return new grpc.ServerInterceptingCall(call, {
+      start(next) {
+        next({
+          onReceiveMetadata(received, pass) {
+            metadata = received;
+            pass(received);
+          },
+        });
+      },
+    });
+  };
 }
 
 /** The metadata a call's trace context travels in (W3C Trace Context and Baggage, as over HTTP). */

@@ -19,6 +19,7 @@ class ManualReader extends MetricReader {
 
 const reader = new ManualReader();
 let server: grpc.Server;
+let logLines: Record<string, unknown>[];
 let client: grpc.Client & Record<string, (request: object, metadata: grpc.Metadata, callback: (error: grpc.ServiceError | null) => void) => void>;
 /** While true, the store fails as one whose backend broke would. */
 let broken = false;
@@ -31,7 +32,9 @@ beforeAll(async () => {
     if (broken) throw new Error('the store broke');
     return forUser(id);
   };
-  server = createGrpcServer({ logger: memoryLogger('quiet').logger, store });
+  const captured = memoryLogger('quiet');
+  logLines = captured.lines;
+  server = createGrpcServer({ logger: captured.logger, store });
   const port = await bindGrpcServer(server, '127.0.0.1', 0);
   const Client = grpc.makeGenericClientConstructor(grpcServiceDefinition(NOTIFICATIONS_PROTO, NOTIFICATIONS_SERVICE), 'Notifications');
   client = new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as typeof client;
@@ -79,4 +82,24 @@ it.each([
   expect(recorded).toHaveLength(1);
   expect(recorded[0]!.attributes['rpc.system.name']).toBe('grpc');
   expect(recorded[0]!.attributes['error.type']).toBe(errorType);
+});
+
+/** A call with `bytes` as its request message, undecoded by the client: what a peer with another proto can send. */
+function rawCall(method: string, bytes: Buffer): Promise<grpc.status> {
+  return new Promise((resolve) =>
+    client.makeUnaryRequest(`/${NOTIFICATIONS_SERVICE}/${method}`, (raw: Buffer) => raw, (raw: Buffer) => raw, bytes, new grpc.Metadata(), {}, (error) => resolve(error ? error.code : grpc.status.OK)),
+  );
+}
+
+// Refused by grpc-js before the handler runs: the handler never saw them, so nothing recorded or logged them.
+it.each([
+  { desc: 'a request that does not decode', method: 'GetNotification', bytes: Buffer.from([0x0a, 0xff, 0xff, 0xff]), status: 'INTERNAL', errorType: 'INTERNAL' },
+  { desc: 'a request over the 4 MiB limit', method: 'CreateNotification', bytes: Buffer.alloc(5 * 1024 * 1024, 0x0a), status: 'RESOURCE_EXHAUSTED', errorType: undefined },
+])('$desc: recorded and logged with the status grpc-js sent ($status)', async ({ method, bytes, status, errorType }) => {
+  expect(grpc.status[await rawCall(method, bytes)]).toBe(status);
+  const recorded = (await points()).filter((point) => point.attributes['rpc.method'] === `${NOTIFICATIONS_SERVICE}/${method}` && point.attributes['rpc.status_code'] === status);
+  expect(recorded).toHaveLength(1);
+  expect(recorded[0]!.value.count).toBe(1);
+  expect(recorded[0]!.attributes['error.type']).toBe(errorType);
+  expect(logLines).toContainEqual(expect.objectContaining({ message: 'rpc handled', rpc: method, grpc_status: status }));
 });
