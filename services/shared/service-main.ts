@@ -2,6 +2,7 @@ import type Koa from 'koa';
 import { createLogger, type Logger } from '../../otel/logger';
 import { runServer } from '../../otel/lifecycle';
 import { continueTraceContextOnlyWhen, isTelemetryActive, shutdownTelemetry, startPropagation } from '../../otel/telemetry';
+import { createRejectedRequestDuration } from './rejected-request-duration';
 import { signedByGateway } from './service-app';
 import { loadServiceEnv, type ServiceEnv, type ServiceKey } from './service-config';
 
@@ -62,7 +63,7 @@ export async function startService<K extends ServiceKey>(
       await onShutdown?.();
       await shutdownTelemetry();
     };
-    const { url } = await runServer({ app, name: serviceName, port: env.PORT, host: env.HOST, logger, onShutdown: stop });
+    const { url } = await runServer({ app, name: serviceName, port: env.PORT, host: env.HOST, logger, onShutdown: stop, onRejected: createRejectedRequestDuration(serviceName) });
     logger.info(`${serviceName} listening`, { url });
   } catch (error) {
     // A port in use, a host that does not resolve: one line, as the gateway says it, not a stack trace.

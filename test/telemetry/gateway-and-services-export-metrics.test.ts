@@ -3,6 +3,7 @@
  * test OTLP receiver: the gateway's prom-client registry goes out through the bridge (src/main.ts registers it),
  * the services' request durations from their instrumentations, all by the same OTLP metric exporter.
  */
+import net from 'node:net';
 import { METRIC, SERVICE_NAME } from '../../otel/wire-names';
 import { prometheusName } from '../helpers/otlp-prometheus-bridge';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedMetricPoint } from '../helpers/otlp-receiver';
@@ -89,4 +90,26 @@ it('exports the gateway’s RED metrics through the bridge and the services’ r
     attributes: { 'http.response.status_code': 200 },
     count: 2,
   });
+});
+
+it('counts a request a service’s HTTP parser refused before its app (400) in its http.server.request.duration', async () => {
+  const service = new URL(stack.processes.find((running) => running.name === 'notification-service')!.url);
+  // A header line without a colon: Node's parser answers 400 itself; instrumentation-http never sees the request.
+  const statusLine = await new Promise<string>((resolve, reject) => {
+    const socket = net.connect(Number(service.port), service.hostname, () => socket.write('GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n'));
+    let received = '';
+    socket.on('data', (chunk: Buffer) => (received += chunk.toString()));
+    socket.on('close', () => resolve(received.split('\r\n')[0]!));
+    socket.on('error', reject);
+  });
+  expect(statusLine).toMatch(/^HTTP\/1\.1 400 /);
+  const rejected = { 'http.response.status_code': 400, 'http.request.method': '_OTHER' };
+  const { metrics } = await receiver.waitFor(({ metrics }) => latest(metrics, SERVICE_NAME.notifications, 'http.server.request.duration', rejected)?.count === 1, 15_000);
+  expect(latest(metrics, SERVICE_NAME.notifications, 'http.server.request.duration', rejected)).toMatchObject({
+    type: 'histogram',
+    unit: 's',
+    attributes: { ...rejected, 'url.scheme': 'http' },
+    count: 1,
+  });
+  expect(latest(metrics, SERVICE_NAME.notifications, 'http.server.request.duration', rejected)!.attributes['error.type']).toBeUndefined();
 });
