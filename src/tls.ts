@@ -150,7 +150,10 @@ function secureContextOptions(tls: TlsConfig, pems: CertificatePems): SecureCont
     createSecureContext(options);
   } catch (error) {
     const reason = error instanceof Error ? error.message : String(error);
-    const hint = /decrypt|passphrase|PEM/i.test(reason) ? '; an encrypted key needs a passphrase, which the gateway does not take: store it decrypted (openssl pkey -in key.pem -out key.plain.pem)' : '';
+    // An encrypted key is told by its PEM, not by OpenSSL's message: decrypted with no passphrase, its last block
+    // ends in valid padding about once in 256 tries, and OpenSSL then fails parsing the garbage instead ("bad decrypt").
+    const encrypted = /-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: *4, *ENCRYPTED/.test(pems.key);
+    const hint = encrypted || /decrypt|passphrase|PEM/i.test(reason) ? '; an encrypted key needs a passphrase, which the gateway does not take: store it decrypted (openssl pkey -in key.pem -out key.plain.pem)' : '';
     throw new Error(`tls.certFile (${tls.certFile}) and tls.keyFile (${tls.keyFile}) are not a usable certificate and key: ${reason}${hint}`, { cause: error });
   }
   return options;
