@@ -396,7 +396,13 @@ export function createProxy(options: ProxyOptions): Middleware {
             touch();
             if (exchange.handedToCache !== undefined) return;
             tap?.data(chunk);
-            if (responseClosed(ctx) || res.writableEnded) controller.abort(new Error('the client closed the connection'));
+            if (responseClosed(ctx) || res.writableEnded) {
+              // The client's connection is gone but its response's 'close' (onClientClose) may not have come yet,
+              // a chunk of the service's arriving between the two: the abort comes back to onResponseError, which
+              // must take it as the client's doing (client_closed), not the service's (upstream_reset).
+              if (responseClosed(ctx)) exchange.clientClosed = !exchange.upstreamAborted;
+              controller.abort(new Error('the client closed the connection'));
+            }
             // Up to CLIENT_BUFFER_BYTES wait in the gateway: an answer that fits is read whole and its connection
             // freed, whatever the client's pace, instead of lying paused until the service closes it as idle. Only
             // CLIENT_BUFFERS exchanges at once: clients that open many streams or connections and read none must
