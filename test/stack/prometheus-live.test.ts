@@ -34,6 +34,8 @@ const describeLive = VERSION ? describe : describe.skip;
 const SCRAPE_SECONDS = 1;
 /** How long a wait for Prometheus to catch up may take, ms. */
 const CATCH_UP_MS = 30_000;
+/** Prometheus's job scraping the OTLP receiver's stand-in (test/helpers/otlp-prometheus-bridge.ts). */
+const BRIDGE_JOB = 'otlp-receiver-stand-in';
 
 const PROMETHEUS_CONFIG = asMap(readYaml('otel/prometheus.yaml'), 'otel/prometheus.yaml');
 const dashboards = readDashboards();
@@ -64,7 +66,7 @@ function testConfig(gateway: string, bridge: string): { config: Record<string, u
     dropped.push('otlp');
   }
   // What the OTLP receiver would store, with the job and instance it would give (service.name, service.instance.id).
-  config.scrape_configs = [...jobs, { job_name: 'otlp-receiver-stand-in', honor_labels: true, static_configs: [{ targets: [bridge] }] }];
+  config.scrape_configs = [...jobs, { job_name: BRIDGE_JOB, honor_labels: true, static_configs: [{ targets: [bridge] }] }];
   return { config, dropped };
 }
 
@@ -385,10 +387,19 @@ describeLive.each([{ workers: 1 }, { workers: 2 }])(`the dashboards against the 
   async function caughtUp(): Promise<number> {
     const deadline = Date.now() + CATCH_UP_MS;
     const exportsAfter = Date.now();
+    /**
+     * When the receiver first held an export of every service's collected after the traffic (ms). The bridge must
+     * be scraped after it: the services' HTTP counts cannot tell, since notification-service's stop before the
+     * REST-to-gRPC calls, and a scrape of the export before theirs (holding the same HTTP counts) matched them
+     * while `rpc.server.call.duration`, in the next export, was not yet stored (its rate over the window was 0).
+     */
+    let allExportedAt: number | undefined;
     for (;;) {
       const now = Date.now() / 1000;
       const gateway = await prometheus!.vector(`sum(${METRIC.requestDuration}_count{job="gateway"})`, now);
       const serviceExports = new Set(receiver.metrics().filter((p) => Number(BigInt(p.timeUnixNano) / 1_000_000n) > exportsAfter + 200).map((p) => p.serviceName));
+      if (allExportedAt === undefined && SERVICE_JOBS.every((job) => serviceExports.has(job))) allExportedAt = Date.now();
+      const bridgeScrapedAt = (await prometheus!.vector(`timestamp(up{job="${BRIDGE_JOB}"})`, now))[0]?.value ?? 0;
       const served = bridge.exposition();
       const services = await prometheus!.vector(`sum by (job) (${METRIC.requestDuration}_count{job!="gateway"})`, now);
       const stored = Object.fromEntries(services.map((s) => [s.metric.job, s.value]));
@@ -400,11 +411,12 @@ describeLive.each([{ workers: 1 }, { workers: 2 }])(`the dashboards against the 
       );
       // Both targets' last scrapes answered (a failed one marks every series of its target stale).
       const up = (await prometheus!.vector('min(up)', now))[0]?.value === 1;
-      if (up && gateway[0]?.value === sent() && SERVICE_JOBS.every((job) => serviceExports.has(job) && stored[job] === servedCounts[job])) {
+      const bridgeScrapedSince = allExportedAt !== undefined && bridgeScrapedAt * 1000 > allExportedAt;
+      if (up && bridgeScrapedSince && gateway[0]?.value === sent() && SERVICE_JOBS.every((job) => serviceExports.has(job) && stored[job] === servedCounts[job])) {
         return Math.max(...(await prometheus!.vector('timestamp(up)', Date.now() / 1000)).map((s) => s.value));
       }
       if (Date.now() > deadline) {
-        throw new Error(`Prometheus did not catch up: gateway ${JSON.stringify(gateway)} of ${sent()} sent; services stored ${JSON.stringify(stored)}, served ${JSON.stringify(servedCounts)}\n${prometheus!.log().slice(-3000)}`);
+        throw new Error(`Prometheus did not catch up: gateway ${JSON.stringify(gateway)} of ${sent()} sent; services stored ${JSON.stringify(stored)}, served ${JSON.stringify(servedCounts)}; every service exported at ${allExportedAt ?? 'not yet'}, the stand-in last scraped at ${bridgeScrapedAt * 1000}\n${prometheus!.log().slice(-3000)}`);
       }
       await new Promise((resolve) => setTimeout(resolve, 250));
     }
