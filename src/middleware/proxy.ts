@@ -162,7 +162,12 @@ export function createProxy(options: ProxyOptions): Middleware {
        * for both: a request pays one.
        */
       let idle: NodeJS.Timeout | undefined;
-      const touch = () => idle?.refresh();
+      /** Bytes or events seen so far: the idle timer's verdict waits one turn of I/O and is dropped if this moved. */
+      let touches = 0;
+      const touch = () => {
+        touches++;
+        idle?.refresh();
+      };
       /** The service answered, and its answer waits for `ctx.state.holdResponse` before it goes on. */
       let held = false;
       /** When the hold began (performance.now()), and whether the deadline came while it lasted. */
@@ -223,10 +228,19 @@ export function createProxy(options: ProxyOptions): Middleware {
       idle = setTimeout(function idleTimeout() {
         // A client that does not read its response is not the service's silence, nor an answer the gateway holds.
         if (upstream && (backedUp || held)) return void idle!.refresh();
-        exchange.timedOut = true;
-        exchange.waitedForConnection = !upstream && queuedBehindOthers;
-        exchange.neverConnected = !upstream && !queuedBehindOthers;
-        cut(upstream ? `the service sent nothing for ${route.timeoutMs} ms` : `no connection to the service within ${route.timeoutMs} ms`, 'upstream_timeout');
+        // Node runs due timers before it polls for I/O: after a stall of the gateway's own process (a long GC, a
+        // machine too busy to schedule it), bytes that came in time are still unread when this runs, and the
+        // exchange was cut (504) for a silence that was the gateway's. Judged after the next poll (setImmediate
+        // runs right after it), when what arrived meanwhile has been read and, if anything moved, re-armed this.
+        const seen = touches;
+        setImmediate(() => {
+          if (settled || touches !== seen) return;
+          if (upstream && (backedUp || held)) return void idle!.refresh();
+          exchange.timedOut = true;
+          exchange.waitedForConnection = !upstream && queuedBehindOthers;
+          exchange.neverConnected = !upstream && !queuedBehindOthers;
+          cut(upstream ? `the service sent nothing for ${route.timeoutMs} ms` : `no connection to the service within ${route.timeoutMs} ms`, 'upstream_timeout');
+        });
       }, route.timeoutMs);
       timers.push(idle);
       /** The service answered something the gateway cannot pass on (before anything was sent): 502, the instance not blamed. */

@@ -55,6 +55,9 @@ async function startFaultyUpstream(): Promise<TestServer & { arrived: string[]; 
         if (!req.complete) closedEarly.push(path);
       });
       req.on('data', (chunk: Buffer) => {
+        // This process (client, gateway and this service in one) stalls past the timeout, as a loaded machine or a
+        // long GC stalls it: its I/O waits while its timers come due.
+        if (path.startsWith('/orders/upload-stalling') && bytes < 1024 * 1024 && bytes + chunk.length >= 1024 * 1024) stall(PROXY_TIMEOUT_MS + 300);
         bytes += chunk.length;
         hash.update(chunk);
       });
@@ -70,6 +73,12 @@ async function startFaultyUpstream(): Promise<TestServer & { arrived: string[]; 
     }
   });
   return Object.assign(server, { arrived, received, closedEarly });
+}
+
+/** Blocks this process's event loop for `ms`. */
+function stall(ms: number): void {
+  const until = performance.now() + ms;
+  while (performance.now() < until);
 }
 
 /** Polls until `condition` holds or `timeoutMs` passed; the caller asserts the condition afterwards. */
@@ -245,6 +254,14 @@ describe('upstream faults', () => {
     const response = await fetch(`${stack.gateway.url}/api/orders/upload`, { method: 'POST', headers: auth(), body: stream, duplex: 'half' } as RequestInit);
     expect(response.status).toBe(200);
     expect(await response.json()).toEqual({ bytes: 20 * 1024 * 1024, sha256: expected.digest('hex') });
+  });
+
+  it('takes a stall of its own process for no silence of the service (timers come due before the I/O that waited is read)', async () => {
+    // Under load the gateway's idle timer fired as the process resumed, before it read what had arrived meanwhile: 504.
+    const body = randomBytes(4 * 1024 * 1024);
+    const response = await fetch(`${stack.gateway.url}/api/orders/upload-stalling`, { method: 'POST', headers: { ...auth(), 'content-type': 'application/octet-stream' }, body });
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ bytes: body.length, sha256: createHash('sha256').update(body).digest('hex') });
   });
 
   it('streams a 20 MB download from the upstream byte for byte', async () => {
