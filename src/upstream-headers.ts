@@ -120,26 +120,6 @@ function endsInWhitespace(value: string): boolean {
 }
 
 /**
- * A service's response fields without the whitespace before each line's end. RFC 9110 5.5 makes it no part of
- * the value (`field-line = field-name ":" OWS field-value OWS`), but undici keeps it, and the gateway passed it
- * on: to an HTTP/2 client that is a malformed field (RFC 9113 8.2.1), for which nghttp2's clients (nghttp) reset
- * the stream and lost the whole answer, and Node's dropped the field. nginx and Envoy strip it as they parse.
- * Only space and tab: a byte such as 0xA0 (obs-text, which String#trimEnd takes for whitespace) is the value's.
- * The same object when no value needs it, as nearly always.
- */
-export function withoutTrailingWhitespace(headers: http.IncomingHttpHeaders): http.IncomingHttpHeaders {
-  let trimmed: http.IncomingHttpHeaders | undefined;
-  for (const name in headers) {
-    const value = headers[name];
-    if (value === undefined) continue;
-    if (typeof value === 'string' ? !endsInWhitespace(value) : !value.some(endsInWhitespace)) continue;
-    trimmed ??= { ...headers };
-    (trimmed as Record<string, string | string[]>)[name] = typeof value === 'string' ? value.replace(TRAILING_WHITESPACE, '') : value.map((each) => each.replace(TRAILING_WHITESPACE, ''));
-  }
-  return trimmed ?? headers;
-}
-
-/**
  * Response fields Node's HTTP/2 writes once (it refuses to send a second line of any of them: Node's
  * kSingleValueHeaders, the request-only ones left out), though an HTTP/1.1 service may send two.
  */
@@ -148,24 +128,43 @@ const WRITTEN_ONCE_OVER_HTTP2 = new Set(['access-control-allow-credentials', 'ac
 const LIST_FIELDS = new Set(['content-encoding', 'content-language']);
 
 /**
- * A service's response fields with the repeats Node's HTTP/2 cannot write made one, where that changes nothing a
- * recipient reads: a list field's lines joined (RFC 9110 5.3: `Content-Language: en` and `fr` are `en, fr`), and
- * the same value twice kept once (`X-Content-Type-Options: nosniff` from a framework and a security middleware
- * both). An HTTP/2 client got 502 for either, where an HTTP/1.1 client got the answer. Different values of a
- * field allowed once (two ETags) stay as they are: HTTP/1.1 clients get both lines, HTTP/2 clients 502, since
- * which one the service meant is anyone's guess. The same object when nothing repeats, as nearly always.
+ * A service's response fields as the gateway passes them on, in one pass over them (on every proxied answer):
+ *
+ * - Without the whitespace before each line's end. RFC 9110 5.5 makes it no part of the value (`field-line =
+ *   field-name ":" OWS field-value OWS`), but undici keeps it, and the gateway passed it on: to an HTTP/2 client
+ *   that is a malformed field (RFC 9113 8.2.1), for which nghttp2's clients (nghttp) reset the stream and lost the
+ *   whole answer, and Node's dropped the field. nginx and Envoy strip it as they parse. Only space and tab: a byte
+ *   such as 0xA0 (obs-text, which String#trimEnd takes for whitespace) is the value's.
+ * - With the repeats Node's HTTP/2 cannot write made one, where that changes nothing a recipient reads (compared
+ *   once trimmed): a list field's lines joined (RFC 9110 5.3: `Content-Language: en` and `fr` are `en, fr`), and
+ *   the same value twice kept once (`X-Content-Type-Options: nosniff` from a framework and a security middleware
+ *   both). An HTTP/2 client got 502 for either, where an HTTP/1.1 client got the answer. Different values of a
+ *   field allowed once (two ETags) stay as they are: HTTP/1.1 clients get both lines, HTTP/2 clients 502, since
+ *   which one the service meant is anyone's guess.
+ *
+ * The same object when nothing needs either, as nearly always.
  */
-export function repeatsMadeOne(headers: http.IncomingHttpHeaders): http.IncomingHttpHeaders {
-  let merged: http.IncomingHttpHeaders | undefined;
+export function serviceFieldsToPassOn(headers: http.IncomingHttpHeaders): http.IncomingHttpHeaders {
+  let changed: http.IncomingHttpHeaders | undefined;
   for (const name in headers) {
-    const value = headers[name];
-    if (!Array.isArray(value) || !WRITTEN_ONCE_OVER_HTTP2.has(name)) continue;
-    const one = LIST_FIELDS.has(name) ? value.join(', ') : value.every((each) => each === value[0]) ? value[0] : undefined;
-    if (one === undefined) continue;
-    merged ??= { ...headers };
-    (merged as Record<string, string>)[name] = one;
+    const given = headers[name];
+    if (given === undefined) continue;
+    let value: string | string[] = given;
+    if (typeof value === 'string') {
+      if (endsInWhitespace(value)) value = value.replace(TRAILING_WHITESPACE, '');
+    } else {
+      if (value.some(endsInWhitespace)) value = value.map((each) => each.replace(TRAILING_WHITESPACE, ''));
+      if (WRITTEN_ONCE_OVER_HTTP2.has(name)) {
+        const lines = value;
+        const one = LIST_FIELDS.has(name) ? lines.join(', ') : lines.every((each) => each === lines[0]) ? lines[0] : undefined;
+        if (one !== undefined) value = one;
+      }
+    }
+    if (value === given) continue;
+    changed ??= { ...headers };
+    (changed as Record<string, string | string[]>)[name] = value;
   }
-  return merged ?? headers;
+  return changed ?? headers;
 }
 
 export interface UpstreamRequestHeadersInput {

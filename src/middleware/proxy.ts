@@ -7,7 +7,7 @@ import { GatewayError, upstreamFailure, upstreamUnreachable, type ErrorCode } fr
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
 import type { RouteHeaderRules } from '../header-rules';
-import { endToEndHeaders, forwardedHost, publicLocation, repeatsMadeOne, upstreamHeadersFor, withoutTrailingWhitespace, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { endToEndHeaders, forwardedHost, publicLocation, serviceFieldsToPassOn, upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
@@ -360,8 +360,8 @@ export function createProxy(options: ProxyOptions): Middleware {
               if (statusCode === 103 && upstreamHeaders.link !== undefined && req.httpVersion !== '1.0') relayEarlyHints(res, upstreamHeaders.link);
               return;
             }
-            // RFC 9110 5.5: whitespace at a value's end is no part of it (and malformed over HTTP/2, RFC 9113 8.2.1).
-            const fields = repeatsMadeOne(withoutTrailingWhitespace(upstreamHeaders));
+            // Trailing whitespace cut (RFC 9110 5.5; malformed over HTTP/2) and repeats HTTP/2 writes once made one.
+            const fields = serviceFieldsToPassOn(upstreamHeaders);
             if (statusCode === 304 && revalidation) {
               // The stored copy is still current: the cache answers from it (the client asked for no 304), and this
               // exchange ends with the 304's empty body. Its headers update the copy, so they are checked and their
