@@ -324,7 +324,8 @@ const configSchema = z
       .optional(),
     /**
      * Continue a client's W3C `traceparent` instead of starting a new trace. Default false: at the edge,
-     * clients could otherwise choose trace ids and sampling. See README "Tracing".
+     * clients could otherwise choose trace ids and sampling. With `trustedProxies`, only those peers' trace
+     * context is continued (another peer's request starts a new trace). See README "Tracing".
      */
     trustTraceparent: z.boolean().default(false),
     /**

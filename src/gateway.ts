@@ -168,7 +168,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   app.use(createRequestTargetForm());
   // Then which peer's X-Forwarded-* count must be settled before anything reads ctx.ip (Koa caches it).
   app.use(createTrustedProxies({ trustProxy: config.trustProxy, trustedProxies: config.trustedProxies, trustedProxyHops: config.trustedProxyHops }));
-  app.use(createTracing({ tracer, trustTraceparent: config.trustTraceparent, mapRequestIdToTraceId: config.mapRequestIdToTraceId, configVersion: deps.configVersion }));
+  app.use(createTracing({ tracer, trustTraceparent: config.trustTraceparent, trustedProxies: config.trustedProxies, mapRequestIdToTraceId: config.mapRequestIdToTraceId, configVersion: deps.configVersion }));
   app.use(createRequestId());
   if (metrics) app.use(createRequestMetrics({ metrics }));
   app.use(createAccessLog({ logger }));
@@ -179,7 +179,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   app.use(createPathGuard());
   const guardHost = createHostGuard({ allowedHosts: config.allowedHosts });
   if (guardHost) app.use(guardHost);
-  app.use(createClientHeaderPolicy({ underscores: config.headersWithUnderscores, trustTraceContext: config.trustTraceparent }));
+  app.use(createClientHeaderPolicy({ underscores: config.headersWithUnderscores, trustTraceContext: config.trustTraceparent, trustedProxies: config.trustedProxies }));
   app.use(createCors({ defaults: config.cors, byRoute: new Map(config.routes.flatMap((route) => (route.cors === undefined ? [] : [[route.name, route.cors] as const]))), routes }));
   app.use(probes);
   app.use(login);

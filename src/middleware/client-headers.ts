@@ -2,6 +2,7 @@ import type { Middleware } from 'koa';
 import { dashedSpelling, isForeignTraceContextHeader, isLookAlikeName } from '../../otel/wire-names';
 import { GatewayError } from '../errors';
 import { isForbiddenClientHeader, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { traceContextTrust } from './trusted-proxies';
 
 export interface ClientHeaderPolicyOptions {
   /** Header names with `_` or `.` (look-alikes, isLookAlikeName): `drop` (default), `reject` with 400, or `allow`. */
@@ -11,6 +12,8 @@ export interface ClientHeaderPolicyOptions {
    * as their W3C ones do. Otherwise those are removed (createTracing removes the W3C ones). Default false.
    */
   trustTraceContext?: boolean;
+  /** With `trustTraceContext`: only these peers' (config `trustedProxies`) pass on; unset, every peer's. */
+  trustedProxies?: readonly string[];
 }
 
 /**
@@ -24,10 +27,11 @@ export interface ClientHeaderPolicyOptions {
  */
 export function createClientHeaderPolicy(options: ClientHeaderPolicyOptions): Middleware {
   const { underscores } = options;
-  const dropTraceContext = !(options.trustTraceContext ?? false);
+  const trusts = traceContextTrust(options.trustTraceContext ?? false, options.trustedProxies);
   // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
   return function screenClientHeaders(ctx, next) {
     const headers = ctx.req.headers;
+    const dropTraceContext = !trusts(ctx.req.socket.remoteAddress);
     for (const name of Object.keys(headers)) {
       if (underscores === 'reject' && isLookAlikeName(name)) {
         throw new GatewayError('header_not_allowed', `Header names with "_" or "." are not accepted (${name}).`);

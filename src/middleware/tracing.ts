@@ -24,6 +24,7 @@ import { setRandomTraceIdFlag, traceresponseOf, TraceContextPropagator } from '.
 import { TRACE_ID_FROM_REQUEST_ID, traceIdFromRequestId, withTraceId } from '../../otel/trace-ids';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { isWellFormedRequestId } from './request-id';
+import { traceContextTrust } from './trusted-proxies';
 import { clientLeft, onResponseClosed, sentStatus, serverErrorType } from '../response-closed';
 
 export interface TracingOptions {
@@ -36,6 +37,11 @@ export interface TracingOptions {
    * client-side tracing sits in front.
    */
   trustTraceparent?: boolean;
+  /**
+   * With `trustTraceparent`: the proxies (addresses, CIDR ranges: config `trustedProxies`) whose trace context is
+   * continued; any other peer's is dropped and its request starts a new trace. Unset: every peer's is continued.
+   */
+  trustedProxies?: readonly string[];
   /**
    * Give a request whose client sent a UUID or 32-hex `X-Request-Id` that id as its trace id (the UUID
    * without dashes), so the id the client logged opens the trace. Default true. Such a root span is marked
@@ -93,7 +99,7 @@ function trustedParent(w3c: TraceContextPropagator, headers: IncomingHttpHeaders
  */
 export function createTracing(options: TracingOptions): Middleware {
   const { tracer } = options;
-  const trust = options.trustTraceparent ?? false;
+  const trusts = traceContextTrust(options.trustTraceparent ?? false, options.trustedProxies);
   const mapRequestId = options.mapRequestIdToTraceId ?? true;
   const w3c = new TraceContextPropagator();
   const { configVersion } = options;
@@ -102,7 +108,7 @@ export function createTracing(options: TracingOptions): Middleware {
     const headers = ctx.req.headers;
     // Probes (compose health checks every few seconds) would drown the traces that matter; a POST there is no probe.
     const traced = !isProbeRequest(ctx.path, ctx.method);
-    const parent = traced && trust ? trustedParent(w3c, headers) : ROOT_CONTEXT;
+    const parent = traced && trusts(ctx.req.socket.remoteAddress) ? trustedParent(w3c, headers) : ROOT_CONTEXT;
     // Deleted only when present: a `delete` of an absent key still costs a runtime call per request.
     if (headers[HEADER.traceparent] !== undefined) delete headers[HEADER.traceparent];
     if (headers[HEADER.tracestate] !== undefined) delete headers[HEADER.tracestate];

@@ -121,6 +121,20 @@ export function isTrustedProxyPeer(options: TrustedProxiesOptions, peer: string)
   return list.check(peer, net.isIPv6(peer) ? 'ipv6' : 'ipv4');
 }
 
+/**
+ * Which TCP peers' trace context (`traceparent`, `tracestate`, `baggage`, and the other formats) the gateway
+ * continues: none without `trustTraceparent`; with it, the peers in `trustedProxies` when that list is set, as
+ * their `X-Forwarded-*` are (a client that reaches the gateway beside the proxy could otherwise still choose its
+ * trace id, parent and sampling), and every peer when it is not (a gateway only the front end can reach). Decided
+ * per request by the tracing and client-header steps alike, from one list built here once.
+ */
+export function traceContextTrust(trustTraceparent: boolean, trustedProxies: readonly string[] | undefined): (peer: string | undefined) => boolean {
+  if (!trustTraceparent) return () => false;
+  if (trustedProxies === undefined) return () => true;
+  const list = blockListOf(trustedProxies);
+  return (peer) => peer !== undefined && list.check(peer, net.isIPv6(peer) ? 'ipv6' : 'ipv4');
+}
+
 /** net.BlockList matches IPv4 rules against IPv4-mapped IPv6 peers (`::ffff:10.0.0.1`) too. */
 function blockListOf(entries: readonly string[]): net.BlockList {
   const list = new net.BlockList();
