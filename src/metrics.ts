@@ -23,7 +23,21 @@ export const DURATION_BUCKETS_SECONDS: readonly number[] = [0.005, 0.01, 0.025, 
 export const AUTH_FAILURE_CODES: readonly ErrorCode[] = ['missing_token', 'invalid_token', 'auth_unavailable', 'forbidden', 'invalid_credentials', 'invalid_api_key'];
 
 const REQUEST_LABELS = [METRIC_LABEL.method, METRIC_LABEL.urlScheme, METRIC_LABEL.route, METRIC_LABEL.statusCode, METRIC_LABEL.routeName, METRIC_LABEL.errorType, METRIC_LABEL.errorCode] as const;
-const UPSTREAM_LABELS = [METRIC_LABEL.upstreamService, METRIC_LABEL.serverAddress, METRIC_LABEL.serverPort, METRIC_LABEL.upstreamOutcome] as const;
+/**
+ * The attributes semconv's `http.client.request.duration` has (method, status received, `error.type`,
+ * `server.address`, `server.port`, `url.scheme`), each under the label the request histogram gives it, beside the
+ * gateway's own (service, outcome).
+ */
+const UPSTREAM_LABELS = [
+  METRIC_LABEL.method,
+  METRIC_LABEL.urlScheme,
+  METRIC_LABEL.upstreamService,
+  METRIC_LABEL.serverAddress,
+  METRIC_LABEL.serverPort,
+  METRIC_LABEL.statusCode,
+  METRIC_LABEL.errorType,
+  METRIC_LABEL.upstreamOutcome,
+] as const;
 type RequestLabel = (typeof REQUEST_LABELS)[number];
 type UpstreamLabel = (typeof UPSTREAM_LABELS)[number];
 
@@ -42,7 +56,8 @@ export interface GatewayMetrics {
   readonly activeRequests: Gauge<typeof METRIC_LABEL.method | typeof METRIC_LABEL.urlScheme>;
   /**
    * One attempt at a service (a retry is another observation), s, until the response to the client finished; a
-   * gRPC route's call until it ended (src/middleware/grpc-transcode.ts).
+   * gRPC route's call until it ended (src/middleware/grpc-transcode.ts). Labels: method, scheme, service,
+   * instance host and port, status received, error type, outcome.
    */
   readonly upstreamDuration: Histogram<UpstreamLabel>;
   readonly rateLimitDecisions: Counter<typeof METRIC_LABEL.rateLimitPolicy | typeof METRIC_LABEL.rateLimitDecision>;
@@ -61,10 +76,13 @@ export interface GatewayMetrics {
    */
   readonly requestSeries: (method: string, scheme: UrlScheme, route: string, status: number | '', routeName: string, errorType: string, errorCode: string) => HistogramSeries;
   /**
-   * upstreamDuration's series by label values: service, the instance's host and port apart (semconv 1.45:
-   * `server.address` is the host alone, `server.port` the port; the address was `host:port`), outcome.
+   * upstreamDuration's series by label values, in its label order: the method sent (`_OTHER` outside the
+   * conventions' set: recordedMethod), the instance's scheme, service, the instance's host and port apart (semconv
+   * 1.45: `server.address` is the host alone, `server.port` the port; the address was `host:port`), the status the
+   * service answered (`''` when none was received), `error.type` (`''` when the attempt did not end with an error:
+   * upstreamErrorType), outcome. As semconv's `http.client.request.duration` has them.
    */
-  readonly upstreamSeries: (service: string, serverAddress: string, serverPort: number, outcome: string) => HistogramSeries;
+  readonly upstreamSeries: (method: string, scheme: UrlScheme, service: string, serverAddress: string, serverPort: number, status: number | '', errorType: string, outcome: string) => HistogramSeries;
 }
 
 /** `url_scheme`'s values: the conventions make `url.scheme` Required on both server metrics. */
@@ -106,7 +124,7 @@ export function createGatewayMetrics(): GatewayMetrics {
   });
   const upstreamDuration = new Histogram({
     name: METRIC.upstreamDuration,
-    help: 'Duration of one attempt at forwarding a request to a service instance, by outcome.',
+    help: 'Duration of one attempt at forwarding a request to a service instance, by method, status received, error type and outcome.',
     labelNames: UPSTREAM_LABELS,
     buckets: [...DURATION_BUCKETS_SECONDS],
     enableExemplars: true,

@@ -79,6 +79,20 @@ export function traceHeaders(span: Span, parent: Context = context.active()): Re
   return headers;
 }
 
+/** Whether the call itself failed: a client that left, or read too slowly, is not the call's failure. */
+function failedCall(outcome: UpstreamOutcome): boolean {
+  return outcome !== 'ok' && outcome !== 'client_closed' && outcome !== 'client_backed_up';
+}
+
+/**
+ * A call's `error.type` as the HTTP semantic conventions say for clients, on its CLIENT span and in the upstream
+ * histogram alike: a 4xx or 5xx answer's status code as a string, else the outcome of a call that failed without
+ * one (UpstreamOutcome, a fixed list), else none. Bounded: statuses are three digits.
+ */
+export function upstreamErrorType(outcome: UpstreamOutcome, status: number | undefined): string | undefined {
+  return status !== undefined && status >= 400 ? String(status) : failedCall(outcome) ? outcome : undefined;
+}
+
 /**
  * Ends a call's CLIENT span as the HTTP semantic conventions say for clients: an answer of 4xx or 5xx is an
  * error (a SERVER span leaves 4xx alone: there the client erred), `error.type` its status code as a string; a
@@ -88,8 +102,8 @@ export function traceHeaders(span: Span, parent: Context = context.active()): Re
 export function endUpstreamSpan(span: Span, outcome: UpstreamOutcome, status?: number, error?: unknown): void {
   span.setAttribute(ATTR.upstreamOutcome, outcome);
   if (status !== undefined) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
-  const failed = outcome !== 'ok' && outcome !== 'client_closed' && outcome !== 'client_backed_up';
-  const errorType = status !== undefined && status >= 400 ? String(status) : failed ? outcome : undefined;
+  const failed = failedCall(outcome);
+  const errorType = upstreamErrorType(outcome, status);
   if (errorType !== undefined) span.setAttribute(ATTR_ERROR_TYPE, errorType);
   if (failed) {
     if (error instanceof Error) span.recordException(error);

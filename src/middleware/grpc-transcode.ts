@@ -9,11 +9,11 @@ import { buildRequestMessage, parseQuery, type HttpBinding } from '../grpc/http-
 import { duplicateJsonKey, JsonMappingError, messageToJson, ResponseMappingError } from '../grpc/json-mapping';
 import { PathVariableError } from '../grpc/path-template';
 import type { GrpcRoute } from '../grpc/route-mappings';
-import { grpcFailure, knownGrpcStatus } from '../grpc/status-errors';
+import { grpcFailure, grpcStatusName, knownGrpcStatus } from '../grpc/status-errors';
 import type { CompiledRoute } from '../routes';
 import type { GatewaySigner } from '../gateway-signature';
 import type { UpstreamInstance } from '../upstream-pool';
-import type { UpstreamOutcome } from '../upstream-span';
+import { upstreamErrorType, type UpstreamOutcome } from '../upstream-span';
 import type { GatewayMetrics } from '../metrics';
 import { upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import type { Logger } from '../../otel/logger';
@@ -111,7 +111,13 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
       if (options.metrics) {
         const ended = performance.now();
         const outcome = badAnswer ? 'bad_response' : callOutcome(code, binding.method.serverStreaming, responseClosed(ctx));
-        options.metrics.upstreamSeries(route.service, instance.hostname, instance.port, outcome).observe((ended - started) / 1000, span.spanContext(), ended);
+        // A gRPC call is an HTTP/2 POST whose HTTP status grpc-js keeps to itself (none recorded); its error type is
+        // a failed call's outcome, as an HTTP attempt's, else the status name of a call the service refused (as an
+        // HTTP answer's 4xx or 5xx status): `NOT_FOUND`, `INTERNAL`.
+        const errorType = upstreamErrorType(outcome, undefined) ?? (code === grpc.status.OK || outcome !== 'ok' ? '' : grpcStatusName(code));
+        options.metrics
+          .upstreamSeries(GRPC_HTTP_METHOD, instance.secure ? 'https' : 'http', route.service, instance.hostname, instance.port, '', errorType, outcome)
+          .observe((ended - started) / 1000, span.spanContext(), ended);
       }
       endGrpcSpan(span, code, error);
       // Like the HTTP proxy's passive health: an instance that cannot be reached or answer in time counts a failure.
@@ -122,6 +128,9 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     else await unaryCall(ctx, route, call, settle);
   };
 }
+
+/** Every gRPC call's HTTP method (gRPC over HTTP/2: "Request → ... :method POST"). */
+const GRPC_HTTP_METHOD = 'POST';
 
 /**
  * A call's end as the HTTP proxy names an attempt's (UpstreamOutcome), for `gateway_upstream_outcome`: a status

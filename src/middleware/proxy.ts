@@ -2,6 +2,7 @@ import type http from 'node:http';
 import { context, trace, type Context as OtelContext, type Span, type Tracer } from '@opentelemetry/api';
 import type { Context as KoaContext, Middleware } from 'koa';
 import { Agent, type Dispatcher } from 'undici';
+import { recordedMethod } from '../../otel/http-method';
 import { ATTR, METRIC_LABEL } from '../../otel/wire-names';
 import { GatewayError, upstreamFailure, upstreamUnreachable, type ErrorCode } from '../errors';
 import type { GatewayMetrics } from '../metrics';
@@ -9,7 +10,7 @@ import type { CompiledRoute } from '../routes';
 import type { RouteHeaderRules } from '../header-rules';
 import { endToEndHeaders, forwardedHost, publicLocation, serviceFieldsToPassOn, upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import type { UpstreamInstance } from '../upstream-pool';
-import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, type UpstreamOutcome } from '../upstream-span';
+import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, upstreamErrorType, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
 import { bodyTooSlowError, watchBodyRate, type BodyRate } from '../body-rate';
 import { forwardedBody } from '../forwarded-body';
@@ -481,6 +482,8 @@ export function createProxy(options: ProxyOptions): Middleware {
     const corsApplied = ctx.state.corsApplied === true;
     // A retry resends the request, so only requests without a body that are safe to repeat get one.
     const replayable = isReplayable(ctx.method, ctx.req.headers);
+    // As the CLIENT span and the request histogram record it: outside the conventions' methods, `_OTHER`.
+    const method = recordedMethod(ctx.method);
     const tried = new Set<UpstreamInstance>();
     /** Instances this request already counted a failure against: retries on one are one failure of it, not three. */
     const blamed = new Set<UpstreamInstance>();
@@ -503,11 +506,17 @@ export function createProxy(options: ProxyOptions): Middleware {
       const started = performance.now();
       const exchange = await forward(ctx, instance, attempt, parent, route, corsApplied, deadlineAt);
       const outcome = outcomeOf(exchange);
-      endUpstreamSpan(exchange.span, outcome, exchange.handedToCache ?? exchange.status, exchange.failure);
-      // Per attempt and until the client had the whole response: a retried request is two observations.
+      const status = exchange.handedToCache ?? exchange.status;
+      endUpstreamSpan(exchange.span, outcome, status, exchange.failure);
+      // Per attempt and until the client had the whole response: a retried request is two observations. With what
+      // the CLIENT span records (semconv's http.client.request.duration): the method, the status received, error.type.
       if (upstreamSeries) {
         const ended = performance.now();
-        upstreamSeries(route.service, instance.hostname, instance.port, outcome).observe((ended - started) / 1000, exchange.span.spanContext(), ended);
+        upstreamSeries(method, instance.secure ? 'https' : 'http', route.service, instance.hostname, instance.port, status ?? '', upstreamErrorType(outcome, status) ?? '', outcome).observe(
+          (ended - started) / 1000,
+          exchange.span.spanContext(),
+          ended,
+        );
       }
       serverSpan?.setAttribute(ATTR.upstreamService, route.service).setAttribute(ATTR.upstreamUrl, instance.origin).setAttribute(ATTR.upstreamOutcome, outcome).setAttribute(ATTR.upstreamAttempts, attempt);
       if (exchange.notModifiedElsewhere) {

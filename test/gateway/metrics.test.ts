@@ -70,7 +70,17 @@ describe('request duration, by route template, status and error code', () => {
     expect(valueOf(m, `${DURATION}_sum`, ok)).toBeGreaterThan(0);
 
     // One upstream attempt per proxied request (login's credential check is not a proxied attempt).
-    expect(valueOf(m, `${UPSTREAM}_count`, { gateway_upstream_service: 'users', ...instanceOf(users.url), gateway_upstream_outcome: 'ok' })).toBe(5);
+    expect(
+      valueOf(m, `${UPSTREAM}_count`, {
+        http_request_method: 'GET',
+        url_scheme: 'http',
+        gateway_upstream_service: 'users',
+        ...instanceOf(users.url),
+        http_response_status_code: '200',
+        error_type: '',
+        gateway_upstream_outcome: 'ok',
+      }),
+    ).toBe(5);
     expect(samplesOf(m, `${UPSTREAM}_count`)).toHaveLength(1);
     expect(m.types.get('http_server_active_requests')).toBe('gauge');
     expect(valueOf(m, 'http_server_active_requests', { http_request_method: 'GET', url_scheme: 'http' })).toBe(0);
@@ -320,7 +330,18 @@ describe('upstream attempts, retries and ejections', () => {
       expect(await send(`${gateway.url}/api/orders`, { headers: bearer(await login(gateway.url)) })).toBe(200);
 
       const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 2);
-      expect(valueOf(m, `${UPSTREAM}_count`, { gateway_upstream_service: 'orders', server_address: '::1', server_port: port, gateway_upstream_outcome: 'ok' })).toBe(1);
+      expect(
+        valueOf(m, `${UPSTREAM}_count`, {
+          http_request_method: 'GET',
+          url_scheme: 'http',
+          gateway_upstream_service: 'orders',
+          server_address: '::1',
+          server_port: port,
+          http_response_status_code: '200',
+          error_type: '',
+          gateway_upstream_outcome: 'ok',
+        }),
+      ).toBe(1);
       expect(valueOf(m, 'gateway_upstream_ejections_total', { gateway_upstream_service: 'orders', server_address: '::1', server_port: port })).toBe(0);
       for (const sample of [...samplesOf(m, `${UPSTREAM}_count`), ...samplesOf(m, 'gateway_upstream_ejections_total')]) {
         // Every instance of this stack is a loopback address: the host alone, never with its port or brackets.
@@ -346,11 +367,17 @@ describe('upstream attempts, retries and ejections', () => {
     expect(statuses).toEqual([200, 200, 200, 200, 200, 200, 200, 200, 502]);
 
     const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 10);
-    const attempts = Object.fromEntries(samplesOf(m, `${UPSTREAM}_count`).map((s) => [`${s.labels.gateway_upstream_service} ${s.labels.server_address} ${s.labels.server_port} ${s.labels.gateway_upstream_outcome}`, s.value]));
+    // A refused attempt received no status (none recorded) and ended with an error: error_type is its outcome.
+    const attempts = Object.fromEntries(
+      samplesOf(m, `${UPSTREAM}_count`).map((s) => [
+        `${s.labels.gateway_upstream_service} ${s.labels.server_address} ${s.labels.server_port} ${s.labels.gateway_upstream_outcome} status=${s.labels.http_response_status_code} error=${s.labels.error_type}`,
+        s.value,
+      ]),
+    );
     expect(attempts).toEqual({
-      [`notifications 127.0.0.1 ${new URL(refused).port} refused`]: 3,
-      [`notifications 127.0.0.1 ${new URL(healthy.url).port} ok`]: 8,
-      [`orders 127.0.0.1 ${new URL(refused).port} refused`]: 1,
+      [`notifications 127.0.0.1 ${new URL(refused).port} refused status= error=refused`]: 3,
+      [`notifications 127.0.0.1 ${new URL(healthy.url).port} ok status=200 error=`]: 8,
+      [`orders 127.0.0.1 ${new URL(refused).port} refused status= error=refused`]: 1,
     });
     expect(valueOf(m, 'gateway_upstream_retries_total', { gateway_upstream_service: 'notifications' })).toBe(3);
     // A single instance has nothing to retry on: its series stays at 0.

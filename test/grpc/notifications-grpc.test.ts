@@ -8,7 +8,7 @@ import { createNotificationStore } from '../../services/notifications/notificati
 import { createApp as createOrdersApp } from '../../services/orders/app';
 import { createApp as createUsersApp } from '../../services/users/app';
 import { bindGrpcServer } from '../../services/shared/grpc-service';
-import { scrapeWhen, valueOf, type Exposition } from '../helpers/openmetrics';
+import { samplesOf, scrapeWhen, type Exposition } from '../helpers/openmetrics';
 import { login } from '../helpers/stack';
 import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
 import { testConfig } from '../helpers/test-config';
@@ -149,8 +149,20 @@ describe('gRPC calls in the upstream metrics (gateway_upstream_request_duration_
     servers = [users, gateway, scrapeEndpoint];
     return { gatewayUrl: gateway.url, metricsUrl: scrapeEndpoint.url, token: await login(gateway.url) };
   }
+  /** Attempts at the instance with `outcome`, whatever their error type (the status name of a call the service refused). */
   const attempts = (exposition: Exposition, grpcUrl: string, outcome: string) =>
-    valueOf(exposition, UPSTREAM_COUNT, { gateway_upstream_service: 'notifications', server_address: new URL(grpcUrl).hostname, server_port: new URL(grpcUrl).port, gateway_upstream_outcome: outcome }) ?? 0;
+    samplesOf(exposition, UPSTREAM_COUNT, { gateway_upstream_service: 'notifications', server_address: new URL(grpcUrl).hostname, server_port: new URL(grpcUrl).port, gateway_upstream_outcome: outcome }).reduce(
+      (sum, sample) => sum + sample.value,
+      0,
+    );
+  /** Each series of the instance by its method, scheme, status, error type and outcome (an HTTP/2 POST, its HTTP status never seen). */
+  const series = (exposition: Exposition, grpcUrl: string) =>
+    Object.fromEntries(
+      samplesOf(exposition, UPSTREAM_COUNT, { gateway_upstream_service: 'notifications', server_address: new URL(grpcUrl).hostname, server_port: new URL(grpcUrl).port }).map((sample) => [
+        `${sample.labels.http_request_method} ${sample.labels.url_scheme} status=${sample.labels.http_response_status_code} error=${sample.labels.error_type} ${sample.labels.gateway_upstream_outcome}`,
+        sample.value,
+      ]),
+    );
 
   it('counts every call the service answered as an ok attempt at its instance: a list, a NOT_FOUND and a stream', async () => {
     grpcServer = createGrpcServer({ logger: memoryLogger('quiet').logger, store: createNotificationStore() });
@@ -165,6 +177,7 @@ describe('gRPC calls in the upstream metrics (gateway_upstream_request_duration_
     expect(statuses).toEqual([200, 404, 200]);
     const exposition = await scrapeWhen(metricsUrl, (e) => attempts(e, grpcUrl, 'ok') >= 3);
     expect(attempts(exposition, grpcUrl, 'ok')).toBe(3);
+    expect(series(exposition, grpcUrl)).toEqual({ 'POST http status= error= ok': 2, 'POST http status= error=NOT_FOUND ok': 1 });
   });
 
   it('counts a call to an instance that refuses connections as a refused attempt', async () => {
@@ -176,6 +189,7 @@ describe('gRPC calls in the upstream metrics (gateway_upstream_request_duration_
     const exposition = await scrapeWhen(metricsUrl, (e) => attempts(e, grpcUrl, 'refused') >= 1);
     expect(attempts(exposition, grpcUrl, 'refused')).toBe(1);
     expect(attempts(exposition, grpcUrl, 'ok')).toBe(0);
+    expect(series(exposition, grpcUrl)).toEqual({ 'POST http status= error=refused refused': 1 });
   });
 });
 

@@ -293,6 +293,14 @@ const EXPECTATIONS: Record<string, (o: Observed) => void> = {
   // The one refused request was retried once, on the other instance; with that both had failed twice: ejected. A
   // cluster's workers each keep their own failure counts, and which worker took the warm-up's request is not ours
   // to choose: there, up to two.
+  // The attempts that ended with an error, by error.type: no service answered a 4xx or 5xx, so the outcomes of the
+  // attempts that got no answer (each refused request on both instances of `down`; the timeouts of `slow`).
+  'Upstream outcomes, retries and ejections (D)': ({ result, requestRate }) => {
+    const got = Object.fromEntries(result.map((s) => [`${s.metric.gateway_upstream_service} ${s.metric.error_type}`, s.value]));
+    const expected: Record<string, number> = { 'down refused': 2, 'slow timeout': 2 };
+    expect(Object.keys(got).filter((k) => got[k]! > 0).sort()).toEqual(Object.keys(expected).sort());
+    for (const [key, count] of Object.entries(expected)) near(got[key]!, (count / MEASURED_TOTAL) * requestRate, `upstream error ${key}`);
+  },
   'Upstream outcomes, retries and ejections (B)': ({ result, requestRate }) => near(one(result, 'retries'), (1 / MEASURED_TOTAL) * requestRate, 'retries'),
   'Upstream outcomes, retries and ejections (C)': ({ result, requestRate, workers }) => {
     if (workers === 1) return near(one(result, 'ejections'), (2 / MEASURED_TOTAL) * requestRate, 'ejections');
