@@ -67,6 +67,11 @@ export interface OtlpAttributeName {
   key: string;
   /** Sent as an integer; a value that is not a whole number stays a string. */
   int?: boolean;
+  /**
+   * The label's value that stands for "no value" on the scrape, where an empty label would be unreadable in a
+   * legend: that series is sent without the attribute, as the conventions want one that is not available.
+   */
+  absent?: string;
 }
 
 /** What `registry.getMetricsAsJSON()` returns at run time (its declared types name an enum it does not use). */
@@ -209,13 +214,17 @@ function histogramSeries(metric: PromMetric): Array<{ labels: HistogramSeries['l
   });
 }
 
-/** A label with an empty value is no label to Prometheus (a scrape drops it), so it is no attribute either. */
+/**
+ * A label with an empty value is no label to Prometheus (a scrape drops it), so it is no attribute either; nor is
+ * one whose value is its `absent` stand-in.
+ */
 function attributes(labels: Readonly<Record<string, string | number | undefined>>, names: Naming['attributes']): Attributes {
   const result: Attributes = {};
   for (const [label, value] of Object.entries(labels)) {
     if (value === undefined || value === '') continue;
     const named = Object.hasOwn(names, label) ? names[label] : undefined;
     const text = String(value);
+    if (named?.absent === text) continue;
     result[named?.key ?? label] = named?.int && /^-?\d+$/.test(text) ? Number(text) : text;
   }
   return result;

@@ -468,14 +468,25 @@ export const METRIC_OTLP: Readonly<Record<string, { name: string; unit?: string;
   [METRIC.configLastReloadSuccessful]: { name: 'gateway.config.last_reload_successful' },
 };
 
+/** Label values with a fixed meaning (`_OTHER` for a method outside the conventions' set: otel/http-method.ts). */
+export const METRIC_LABEL_VALUE = {
+  /**
+   * `http_route` of a request no route (and no endpoint of the gateway's own) took: never the raw path, and no
+   * template either (every one starts with `/`), so it names no route. Over OTLP such a series has no `http.route`
+   * at all (METRIC_LABEL_OTLP's `absent`): the conventions set it "if and only if it's available", as the SERVER
+   * span leaves it out.
+   */
+  unmatchedRoute: 'unmatched',
+} as const;
+
 /**
  * Each metric label as an OTLP attribute: the conventions' key (an int where they type it so: status code,
  * port), ours from ATTR or under `gateway.`. The `_` for `.` of METRIC_LABEL, undone.
  */
-export const METRIC_LABEL_OTLP: Readonly<Record<(typeof METRIC_LABEL)[keyof typeof METRIC_LABEL], { key: string; int?: boolean }>> = {
+export const METRIC_LABEL_OTLP: Readonly<Record<(typeof METRIC_LABEL)[keyof typeof METRIC_LABEL], { key: string; int?: boolean; absent?: string }>> = {
   [METRIC_LABEL.method]: { key: ATTR_HTTP_REQUEST_METHOD },
   [METRIC_LABEL.urlScheme]: { key: ATTR_URL_SCHEME },
-  [METRIC_LABEL.route]: { key: ATTR_HTTP_ROUTE },
+  [METRIC_LABEL.route]: { key: ATTR_HTTP_ROUTE, absent: METRIC_LABEL_VALUE.unmatchedRoute },
   [METRIC_LABEL.statusCode]: { key: ATTR_HTTP_RESPONSE_STATUS_CODE, int: true },
   [METRIC_LABEL.routeName]: { key: ATTR.routeName },
   [METRIC_LABEL.errorType]: { key: ATTR_ERROR_TYPE },
@@ -496,11 +507,6 @@ export const METRIC_LABEL_OTLP: Readonly<Record<(typeof METRIC_LABEL)[keyof type
  */
 export const ERROR_TYPE = { clientClosed: 'client_closed' } as const;
 
-/** Label values with a fixed meaning (`_OTHER` for a method outside the conventions' set: otel/http-method.ts). */
-export const METRIC_LABEL_VALUE = {
-  /** `http_route` of a request no route (and no endpoint of the gateway's own) took: never the raw path. */
-  unmatchedRoute: 'unmatched',
-} as const;
 
 /**
  * The exemplar label that carries a sampled request's trace id (32 hex) on the duration histograms; Grafana's
