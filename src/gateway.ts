@@ -5,7 +5,7 @@ import type { Redis } from 'ioredis';
 import type { GatewayConfig, RateLimitConfig } from './config';
 import { createGatewaySigner } from './gateway-signature';
 import './context';
-import { installDirectAccessors, installFasterRequestAccessors, installFasterResponseAccessors } from './koa-context-accessors';
+import { installDirectAccessors, installFasterRequestAccessors, installFasterResponseAccessors, installHttp2AwareWritable } from './koa-context-accessors';
 import { createAccessLog } from './middleware/access-log';
 import { createAuthenticate } from './middleware/authenticate';
 import { createAuthorize } from './middleware/authorize';
@@ -92,6 +92,8 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   installDirectAccessors(app.context);
   installFasterRequestAccessors(app.request);
   installFasterResponseAccessors(app.response);
+  // Koa's answers to a HEAD over HTTP/2 (their Content-Length) as over HTTP/1.1.
+  installHttp2AwareWritable(app.response);
   const pools = createUpstreamPools(config.services, metrics, kept?.pools);
   // One check for both listeners: a call on either reuses the other's round.
   // gRPC-only services answer no HTTP `GET /health`; their readiness is not probed (yet).

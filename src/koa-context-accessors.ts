@@ -1,3 +1,4 @@
+import { Http2ServerResponse } from 'node:http2';
 import type { Request, Response } from 'koa';
 
 /*
@@ -215,4 +216,37 @@ export function installFasterResponseAccessors(response: object): void {
   }
   if (koaLength?.get === undefined || koaLength.set === undefined) throw new Error("Koa's response has no length accessor");
   Object.defineProperties(response, fasterResponseAccessors(koaLength));
+}
+
+/** What Koa's `response.writable` reads: Node's response of either protocol. */
+interface WritableSource {
+  res: { writableEnded: boolean; socket?: { writable: boolean } | null };
+}
+
+/**
+ * `response.writable` (koa/lib/response.js 3.3.0: not ended, and its socket writable) made to mean the same over
+ * HTTP/2: whether the client can still be answered. On an HTTP/2 response Koa's socket is a proxy that reads the
+ * stream's writable side, and Node ends that side as a HEAD request arrives (its answer carries no DATA). Koa's
+ * `respond` took every HEAD over HTTP/2 for a client gone and ended it at once, skipping what it does for a HEAD
+ * (Content-Length of the body it would have sent, RFC 9110 9.3.2: the fields a GET would get) and for a 204 or
+ * 304 (no Content-Type or length): a HEAD the gateway answered itself (a probe, a 404, a 401, a 429) came without
+ * Content-Length over HTTP/2 only. The stream's own state says whether it can still carry an answer.
+ */
+const http2AwareWritable: PropertyDescriptorMap = {
+  writable: {
+    configurable: true,
+    enumerable: false,
+    get(this: WritableSource) {
+      const { res } = this;
+      if (res.writableEnded) return false;
+      if (res instanceof Http2ServerResponse) return !res.stream.closed && !res.stream.destroyed;
+      // Koa's own rule for HTTP/1 (no socket: a response not yet attached to one, still writable).
+      return res.socket ? res.socket.writable : true;
+    },
+  },
+};
+
+/** Defines `writable` above as an own property of `response` (an app's own `app.response`, not Koa's prototype). */
+export function installHttp2AwareWritable(response: object): void {
+  Object.defineProperties(response, http2AwareWritable);
 }

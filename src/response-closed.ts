@@ -37,10 +37,11 @@ export function responseClosed(ctx: Context): boolean {
 }
 
 /**
- * Whether an answer can no longer be given: its head is out already, or the client is gone. Not Koa's
- * `ctx.writable` over HTTP/2: that reads the stream's writable side, which Node ends as a HEAD request arrives
- * (its answer carries no DATA), so every HEAD the gateway refused itself (a 404, a 401, a 429) was taken for a
- * client gone and its stream reset with INTERNAL_ERROR, the status never sent (nghttp, `curl -I --http2`: an error).
+ * Whether an answer can no longer be given: its head is out already, or the client is gone. Koa's own
+ * `ctx.writable` read an HTTP/2 stream's writable side, which Node ends as a HEAD request arrives (its answer
+ * carries no DATA), so every HEAD the gateway refused itself (a 404, a 401, a 429) was taken for a client gone and
+ * its stream reset with INTERNAL_ERROR, the status never sent (nghttp, `curl -I --http2`: an error). An HTTP/2
+ * response's state is asked here (the gateway's app.response has the same rule: installHttp2AwareWritable).
  */
 export function cannotAnswer(ctx: Context): boolean {
   if (ctx.res.headersSent) return true;

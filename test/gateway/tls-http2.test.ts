@@ -515,6 +515,29 @@ describe('TLS termination and HTTP/2', () => {
       await expectStillServing();
     });
 
+    // RFC 9110 9.3.2: a HEAD's fields are those of a GET. Node ends an HTTP/2 HEAD stream's writable side as it
+    // arrives; Koa's respond took that for a client gone and ended the answer without the Content-Length it gives a
+    // HEAD over HTTP/1.1 (and a GET over both).
+    it.each([
+      { desc: 'the health probe', headers: () => ({ ':path': '/health' }), status: 200 },
+      { desc: 'an unknown route', headers: () => ({ ':path': '/api/nothing-here', authorization: `Bearer ${bob}` }), status: 404 },
+      { desc: 'no Authorization header', headers: () => ({ ':path': '/api/orders' }), status: 401 },
+      { desc: 'the admin-only listing (Bob is a user)', headers: () => ({ ':path': '/api/users', authorization: `Bearer ${bob}` }), status: 403 },
+      { desc: 'a route that takes POST only', headers: () => ({ ':path': '/api/auth/register' }), status: 405 },
+    ])('answers a HEAD it answers itself ($desc) with the Content-Length of its GET, as over HTTP/1.1', async ({ headers, status }) => {
+      const { ':path': path = '', ...fields } = headers() as Record<string, string>;
+      // Request ids of one length: a problem's body names its own.
+      const row = nextRequestId();
+      const get = await h2Request(session, { ':path': path, ...fields, [HEADER.requestId]: `${row}-g` });
+      const h2Head = await h2Request(session, { ':method': 'HEAD', ':path': path, ...fields, [HEADER.requestId]: `${row}-2` });
+      const h1Head = await h1Request(url, certificate.cert, path, { ...fields, [HEADER.requestId]: `${row}-1` }, 'HEAD');
+      expect([get.status, h2Head.status, h1Head.status]).toEqual([status, status, status]);
+      expect(get.headers['content-length']).toBe(String(Buffer.byteLength(get.text)));
+      // The HEAD's own length (a problem's detail may name the method), the same over both protocols.
+      expect(Number(h2Head.headers['content-length'])).toBeGreaterThan(0);
+      expect([h2Head.headers['content-length'], h2Head.text]).toEqual([h1Head.headers['content-length'], '']);
+    });
+
     // Node's HTTP/2 server hands a CONNECT stream to the 'connect' listener HTTP/1.1 uses: it got `:status 200`
     // (a proxy client's "tunnel open") carrying the text of an HTTP/1.1 405.
     it('answers CONNECT with 405 problem+json and a request id, opening no tunnel, and serves on', async () => {
