@@ -161,6 +161,9 @@ export function upstreamFailure(service: string, failure: unknown): GatewayError
   if (upstreamUnreachable(failure)) {
     return new GatewayError('upstream_refused', `The ${service} service could not be reached (${code}).`, { cause: failure });
   }
+  if (upstreamSentContinue(failure)) {
+    return new GatewayError('upstream_bad_response', `The ${service} service sent an interim 100 (Continue) the gateway cannot read past.`, { cause: failure });
+  }
   if (upstreamAnswerMalformed(failure)) {
     return new GatewayError('upstream_bad_response', `The ${service} service answered with something that is not HTTP the gateway can forward (${code ?? (failure as Error).message}).`, { cause: failure });
   }
@@ -187,6 +190,20 @@ function upstreamAnswerMalformed(failure: unknown): boolean {
   const code = networkErrorCode(failure);
   if (code !== undefined) return code.startsWith('HPE_') || code === 'UND_ERR_HEADERS_OVERFLOW';
   return (failure as { name?: unknown } | undefined)?.name === 'HTTPParserError';
+}
+
+/**
+ * Whether the service sent an interim `100 Continue` (one the gateway never asked for: it answers a client's
+ * `Expect` itself and does not forward it), which RFC 9110 15.2 has a client read and ignore. undici cannot: its
+ * HTTP/1.1 parser (lib/dispatcher/client-h1.js, 8.13.1 and 8.14.0) destroys the connection on any 100 with
+ * SocketError "bad response" before a handler sees it (its `expectContinue` is for HTTP/2 only; nodejs/undici#197,
+ * labelled wontfix). Its message is the only mark (the code is every socket failure's). Taken for a reset, a
+ * GET was resent to the same answer and the instance, which is not failing, ejected: the whole service went 503
+ * over one endpoint. It is the service's answer the gateway cannot forward (502), neither retried nor blamed.
+ */
+export function upstreamSentContinue(failure: unknown): boolean {
+  const { code, message } = (failure ?? {}) as { code?: unknown; message?: unknown };
+  return code === 'UND_ERR_SOCKET' && message === 'bad response';
 }
 
 /** The errno-style code of a network failure, looking through fetch's `cause` and DOMException names. */

@@ -4,7 +4,7 @@ import type { Context as KoaContext, Middleware } from 'koa';
 import { Agent, type Dispatcher } from 'undici';
 import { recordedMethod } from '../../otel/http-method';
 import { ATTR, METRIC_LABEL } from '../../otel/wire-names';
-import { GatewayError, upstreamFailure, upstreamUnreachable, type ErrorCode } from '../errors';
+import { GatewayError, upstreamFailure, upstreamSentContinue, upstreamUnreachable, type ErrorCode } from '../errors';
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
 import type { RouteHeaderRules } from '../header-rules';
@@ -768,7 +768,8 @@ function outcomeOf(exchange: Exchange): UpstreamOutcome {
   if (exchange.failure && closedByGateway(exchange.failure)) return 'connections_closed';
   // An answer that is not HTTP counts as a failed connection (retried elsewhere, ejecting an instance that keeps
   // sending it); only its error code says what it was (upstreamFailure: upstream_bad_response).
-  if (exchange.failure) return upstreamUnreachable(exchange.failure) ? 'refused' : headersOverflow(exchange.failure) ? 'bad_response' : 'reset';
+  // A 100 (Continue) the HTTP client cannot read past (upstreamSentContinue) is the same: one endpoint's answer.
+  if (exchange.failure) return upstreamUnreachable(exchange.failure) ? 'refused' : headersOverflow(exchange.failure) || upstreamSentContinue(exchange.failure) ? 'bad_response' : 'reset';
   return 'ok';
 }
 

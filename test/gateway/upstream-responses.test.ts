@@ -18,6 +18,8 @@ const ANSWERS: Record<string, string> = {
   // One Link field listing two links (RFC 8288 3), as frameworks write them; then one with a title Node will not write.
   '/orders/early-hints-list': `HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload; as=style, </app.js>; rel=preload; as=script\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/early-hints-title': `HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload; title="main styles"\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  // RFC 9110 15.2: a client must read and may ignore a 1xx it did not ask for (the gateway sends no Expect).
+  '/orders/unsolicited-continue': `HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/processing': `HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/own-ids': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Request-Id: svc-0f3c2a\r\ntraceresponse: 00-11111111111111111111111111111111-2222222222222222-01\r\nX-RateLimit-Limit: 5000\r\nX-RateLimit-Remaining: 4999\r\nX-RateLimit-Reset: 1\r\nRateLimit: "svc";r=4999;t=1\r\nRateLimit-Policy: "svc";q=5000;w=1\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   // RFC 9110 forbids Content-Length on a 204; HTTP/2 clients (Node's, curl) reset a stream that claims content it does not send.
@@ -163,6 +165,20 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
     const answer = await get(`${stack.gateway.url}/api/orders/no-content-with-length`, token);
     expect(answer.status).toBe(204);
     expect(answer.headers['content-length']).toBeUndefined();
+  });
+
+  // undici cannot read past a 100 (it drops the connection: src/errors.ts upstreamSentContinue). Taken for a reset,
+  // the GET was resent to the same answer and the instance ejected: every route to the service went 503.
+  it('answers 502 upstream_bad_response to a service\'s unsolicited 100 (Continue), asking it once, and never blames the instance', async () => {
+    // Past the default ejection (3 failures in a row).
+    for (let round = 0; round < 4; round++) {
+      const before = service.asked.get('/orders/unsolicited-continue') ?? 0;
+      const answer = await get(`${stack.gateway.url}/api/orders/unsolicited-continue`, token);
+      expect(answer.status).toBe(502);
+      expect(JSON.parse(answer.body)).toMatchObject({ code: 'upstream_bad_response', requestId: answer.headers[HEADER.requestId] });
+      expect(service.asked.get('/orders/unsolicited-continue')! - before).toBe(1);
+    }
+    expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
   });
 
   it('drops 102 Processing and delivers the final answer', async () => {
