@@ -692,6 +692,26 @@ describe('TLS termination and HTTP/2', () => {
         await expectStillServing();
       });
 
+      // HPACK lets a block name a dynamic-table entry in one byte: the bounds hold for the list it decodes to, so a block
+      // of a few KB cannot make the gateway hold or forward a list of any size (RFC 9113 10.5.1). Before the client
+      // acknowledges the SETTINGS (these frames go with the preface) nghttp2 applies no list size of its own: the
+      // pipeline's 431, Node's 16 MiB per list and the session's memory bound (maxSessionMemoryMb) are what hold.
+      it.each([
+        { desc: 'a 200-octet entry named past the HTTP/1 bound: 431, as HTTP/1.1', value: 200, decoded: http.maxHeaderSize, outcomes: [{ kind: 'status', status: 431 }] },
+        { desc: 'a 200-octet entry named past the hard list size', value: 200, decoded: HTTP2_LIMITS.hardHeaderListSize, outcomes: [{ kind: 'status', status: 431 }, { kind: 'reset' }] },
+        { desc: 'a 4000-octet entry named 900 times (3.5 MiB)', value: 4000, decoded: 900 * 4037, outcomes: [{ kind: 'status', status: 431 }, { kind: 'reset' }] },
+      ])('bounds a header list by what HPACK decodes it to, not by its bytes on the wire ($desc), reaching no service', async ({ value, decoded, outcomes }) => {
+        const requestId = nextRequestId();
+        // One entry (5 + value + 32 octets as RFC 9113 6.5.2 counts it) put in the dynamic table (index 62), then named again and again.
+        const entry = Buffer.concat([Buffer.from([0x40]), hpackInteger(5, 7, 0), Buffer.from('x-pad'), hpackInteger(value, 7, 0), Buffer.from('p'.repeat(value))]);
+        const references = Math.ceil(decoded / (value + 37)) + 1;
+        const block = Buffer.concat([...requestHead(requestId).map(([name, field]) => hpackLiteral(name, field)), entry, Buffer.alloc(references, 0x80 | 62)]);
+        expect(block.length).toBeLessThan(8192);
+        expect(outcomes).toContainEqual(await rawHttp2(url, certificate.cert, [frame(FRAME.headers, FLAG.endStream | FLAG.endHeaders, 1, block)]));
+        expect(seenWithRequestId(requestId)).toEqual([]);
+        await expectStillServing();
+      });
+
       // RFC 9113 8.3.1 compares them normalised (RFC 3986 6.2.3): the same origin in another spelling got 400.
       it.each([
         { desc: 'the default port', host: (authority: string) => `${authority.split(':')[0]}:443`, authority: (authority: string) => authority.split(':')[0]! },
