@@ -588,6 +588,21 @@ async function until(condition: () => boolean, boundMs: number): Promise<void> {
   while (!condition() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
 }
 
+/** How long a connection the drain half-closed may stay open for its client to close its side, ms. */
+const CLOSE_LINGER_MS = 1000;
+
+/**
+ * Half-closes an HTTP/1 connection that carries no request (a kept-alive one between requests): FIN, then its
+ * client's FIN or CLOSE_LINGER_MS, whichever comes first, ends it. HTTP/2 connections are closed by GOAWAY.
+ */
+function closeIdleGently(socket: Socket): void {
+  if ((socket as tls.TLSSocket).alpnProtocol === 'h2' || socket.destroyed || socket.writableEnded || inFlightResponse(socket)) return;
+  socket.end();
+  const linger = setTimeout(() => socket.destroy(), CLOSE_LINGER_MS);
+  linger.unref();
+  socket.once('close', () => clearTimeout(linger));
+}
+
 /** Marks an HTTP/1 answer not yet begun to close its connection once written. */
 function closeAfterAnswer(response: unknown): void {
   if (response instanceof http.ServerResponse && !response.headersSent) response.setHeader('Connection', 'close');
@@ -828,14 +843,25 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   const close = () =>
     (closing ??= (async () => {
       options.onDrain?.();
+      // Idle keep-alive connections are half-closed, not destroyed: Node's server.close() (through
+      // closeIdleConnections) destroys them, and a request the client wrote just as the drain began was then in the
+      // kernel unread, so the close sent RST instead of FIN: the client saw its request reset, unanswered, with no
+      // sign whether it was processed. Sent FIN first, it sees a clean close it may retry on a new connection (RFC
+      // 9112 9.6, as nginx's lingering close); a request that still arrives is never processed (inTurn destroys a
+      // request on a connection no longer writable), and the connection is destroyed once its client closes its
+      // side, or after CLOSE_LINGER_MS.
+      const closeIdle = () => {
+        for (const socket of sockets) closeIdleGently(socket);
+      };
+      server.closeIdleConnections = closeIdle;
       const drained = new Promise<void>((resolve) => server.close(() => resolve()));
       // Answers from now on say `Connection: close`, so a client does not send its next request on a connection
-      // that is about to be closed (it would race the idle sweep below and meet a reset). HTTP/2 has GOAWAY.
+      // that is about to be closed (it would race the idle sweep below). HTTP/2 has GOAWAY.
       for (const socket of sockets) closeAfterAnswer(inFlightResponse(socket));
       server.on('request', (_request: unknown, response: unknown) => closeAfterAnswer(response));
       // Keep-alive connections become idle as their last response ends; close each as soon as it does.
-      server.closeIdleConnections();
-      const idleSweep = setInterval(() => server.closeIdleConnections(), 100);
+      closeIdle();
+      const idleSweep = setInterval(closeIdle, 100);
       const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<void>((resolve) => (timer = setTimeout(resolve, drainTimeoutMs)));
