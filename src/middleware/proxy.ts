@@ -178,6 +178,12 @@ export function createProxy(options: ProxyOptions): Middleware {
       let backedUp = false;
       /** This exchange holds one of the slow-client buffers (CLIENT_BUFFERS): more than Node's mark waits for its client. */
       let buffering = false;
+      /**
+       * The answer may fit the slow-client buffer: its length is unknown (chunked) or at most CLIENT_BUFFER_BYTES.
+       * One declared larger is never read whole ahead of its client, so the buffer would not free the service's
+       * connection: it waits at Node's mark, as nginx's proxy_buffers hold a few pages of it, not 256 KiB.
+       */
+      let mayFitBuffer = true;
       const releaseBuffer = () => {
         if (!buffering) return;
         buffering = false;
@@ -281,6 +287,8 @@ export function createProxy(options: ProxyOptions): Middleware {
           return void badResponse(controller, `a response header the gateway cannot forward (${(error as Error).message})`);
         }
         exchange.status = statusCode;
+        const declaredLength = Number(served['content-length']);
+        mayFitBuffer = !(declaredLength > CLIENT_BUFFER_BYTES);
         tap?.start(statusCode, served);
         // Node's HTTP/2 compatibility response emits 'finish' when the client resets its stream mid-body: that
         // is a client gone, whose exchange (paused by back-pressure) would otherwise hold its upstream connection.
@@ -423,7 +431,7 @@ export function createProxy(options: ProxyOptions): Middleware {
             // CLIENT_BUFFERS exchanges at once: clients that open many streams or connections and read none must
             // not make the gateway hold CLIENT_BUFFER_BYTES for each; past that, an answer pauses at Node's mark.
             else if (!res.write(chunk)) {
-              if (!buffering && clientBuffersInUse < CLIENT_BUFFERS) {
+              if (!buffering && mayFitBuffer && clientBuffersInUse < CLIENT_BUFFERS) {
                 buffering = true;
                 clientBuffersInUse++;
               }
@@ -621,7 +629,7 @@ function linkValues(field: string | string[]): string[] {
  * which it stops reading from the service (back-pressure). Most answers fit, so a slow client does not keep the
  * service's connection, nor lose its answer when the service closes that connection as idle; a bigger one is held
  * paused (the client's send timeout, `server.sendTimeoutMs`, bounds a client that does not take it). Per exchange,
- * and only CLIENT_BUFFERS exchanges at once.
+ * only for an answer that may fit (mayFitBuffer), and only CLIENT_BUFFERS exchanges at once.
  */
 export const CLIENT_BUFFER_BYTES = 256 * 1024;
 
