@@ -237,17 +237,20 @@ export function createProxy(options: ProxyOptions): Middleware {
         if (upstream && (backedUp || held)) return void idle!.refresh();
         // Node runs due timers before it polls for I/O: after a stall of the gateway's own process (a long GC, a
         // machine too busy to schedule it), bytes that came in time are still unread when this runs, and the
-        // exchange was cut (504) for a silence that was the gateway's. Judged after the next poll (setImmediate
-        // runs right after it), when what arrived meanwhile has been read and, if anything moved, re-armed this.
+        // exchange was cut (504) for a silence that was the gateway's. Judged after the next poll, when what arrived
+        // meanwhile has been read and, if anything moved, re-armed this; and a turn later still: a connection that
+        // came free in that poll (the answer ahead of a queued request read) is handed on by undici in a
+        // setImmediate of its own, queued after this one, and the waiting request was answered 503 `upstream_busy`
+        // with the connection free. Two setImmediate hops: the second runs in the loop's next check phase.
         const seen = touches;
-        setImmediate(() => {
+        setImmediate(() => setImmediate(() => {
           if (settled || touches !== seen) return;
           if (upstream && (backedUp || held)) return void idle!.refresh();
           exchange.timedOut = true;
           exchange.waitedForConnection = !upstream && queuedBehindOthers;
           exchange.neverConnected = !upstream && !queuedBehindOthers;
           cut(upstream ? `the service sent nothing for ${route.timeoutMs} ms` : `no connection to the service within ${route.timeoutMs} ms`, 'upstream_timeout');
-        });
+        }));
       }, route.timeoutMs);
       timers.push(idle);
       /** The service answered something the gateway cannot pass on (before anything was sent): 502, the instance not blamed. */
