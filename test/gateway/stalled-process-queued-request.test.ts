@@ -5,16 +5,18 @@ import { memoryLogger } from '../helpers/servers';
 import { testConfig } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
 
-const TIMEOUT_MS = 1000;
+const TIMEOUT_MS = 2000;
+/** When the service answers the first request, ms: well within the timeout, however loaded the machine. */
+const FIRST_ANSWER_MS = 500;
 
 /**
- * The service, in a process of its own so that it can answer while the gateway's is stalled: `/first` after half
- * the timeout, anything else at once.
+ * The service, in a process of its own so that it can answer while the gateway's is stalled: `/first` after
+ * FIRST_ANSWER_MS, anything else at once.
  */
 const SERVICE = `
 const http = require('node:http');
 const server = http.createServer((request, response) => {
-  if (request.url.endsWith('/first')) return void setTimeout(() => response.end('{"first":true}'), ${TIMEOUT_MS / 2});
+  if (request.url.endsWith('/first')) return void setTimeout(() => response.end('{"first":true}'), ${FIRST_ANSWER_MS});
   response.end('{"second":true}');
 });
 server.listen(0, '127.0.0.1', () => console.log(server.address().port));
@@ -50,7 +52,7 @@ describe('a request waiting for a connection when the gateway\'s own process sta
     // This process (client and gateway) stalls from before the service answers the first until past the second's
     // timeout, ending in the loop's check phase (as a GC may): its next turn begins with the second's idle timer,
     // then reads the first's answer, which frees the connection.
-    setTimeout(() => setImmediate(() => stall(TIMEOUT_MS)), TIMEOUT_MS / 4);
+    setTimeout(() => setImmediate(() => stall(TIMEOUT_MS)), FIRST_ANSWER_MS / 2);
     const [one, two] = await Promise.all([first, second]);
     expect(one.status).toBe(200);
     expect({ status: two.status, body: await two.text() }).toEqual({ status: 200, body: '{"second":true}' });
