@@ -32,6 +32,7 @@ import { compileRoutes } from './routes';
 import { createTokenService } from './tokens';
 import { createConsumerRegistry } from './consumers';
 import { compileHeaderRules, GATEWAY_RESPONSE_HEADERS } from './header-rules';
+import { createBackgroundFetches } from './cache-background-fetch';
 import { cacheKey } from './response-cache';
 import { createResponseStore, type PeerInvalidations } from './response-store';
 import { createUpstreamPools } from './upstream-pool';
@@ -196,28 +197,29 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   // Last before the proxy: a stored answer is only given to a request that passed every check. Its store takes
   // the peers' invalidations over from the running build's; nothing built after it throws, so a reload whose
   // build fails leaves them with the store that still serves.
+  const proxy = createProxy({
+    tracer,
+    metrics,
+    maxSockets: config.proxy.maxSockets,
+    maxPendingRequests: config.proxy.maxPendingRequests,
+    maxBodyBytes: config.proxy.maxBodyBytes,
+    minBodyBytesPerSecond: config.server.minBodyBytesPerSecond,
+    bodyGracePeriodMs: config.server.bodyGracePeriodMs,
+    underscores: config.headersWithUnderscores,
+    upstreams: kept?.upstreamAgent(config.proxy.maxSockets),
+    headerRules,
+    sign,
+  });
   if (cachedRoutes.size > 0) {
-    app.use(createResponseCache({ routes: cachedRoutes, keyScopes: cacheKeyScopes, routeTable: routes, store: createResponseStore(config, redis, logger, deps.cachePeers), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, headerRules, underscores: config.headersWithUnderscores, logger, metrics }));
+    // A stale copy fetched again under stale-while-revalidate goes through the same proxy, as a request of the cache's own.
+    const background = createBackgroundFetches({ forward: (ctx) => proxy(ctx, async () => {}), tracer, logger });
+    app.use(createResponseCache({ routes: cachedRoutes, keyScopes: cacheKeyScopes, routeTable: routes, store: createResponseStore(config, redis, logger, deps.cachePeers), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, headerRules, underscores: config.headersWithUnderscores, logger, metrics, background }));
   } else {
     // No cached route left: the running build's store goes with its app instead of staying held (its entries
     // up to cache.maxBytes) by the peers' subscription; their invalidations are still confirmed, with nothing to drop.
     deps.cachePeers?.subscribe(undefined);
   }
-  app.use(
-    createProxy({
-      tracer,
-      metrics,
-      maxSockets: config.proxy.maxSockets,
-      maxPendingRequests: config.proxy.maxPendingRequests,
-      maxBodyBytes: config.proxy.maxBodyBytes,
-      minBodyBytesPerSecond: config.server.minBodyBytesPerSecond,
-      bodyGracePeriodMs: config.server.bodyGracePeriodMs,
-      underscores: config.headersWithUnderscores,
-      upstreams: kept?.upstreamAgent(config.proxy.maxSockets),
-      headerRules,
-      sign,
-    }),
-  );
+  app.use(proxy);
 
   // Last, once nothing above threw: the channels of earlier builds that no route of this one calls go (closed once
   // those builds drain, by KeptAcrossReloads.retireReplaced).

@@ -73,9 +73,19 @@ export interface CacheControl {
   sMaxAge?: number;
   /** RFC 5861: how long past freshness the response may stand in for a failed service, s. */
   staleIfError?: number;
+  /** RFC 5861 3: how long past freshness the response may be answered at once while it is fetched again in the background, s. */
+  staleWhileRevalidate?: number;
   /** A lifetime directive without a valid number, or given twice with different values: the response counts as stale (RFC 9111 4.2.1). */
   invalid: boolean;
 }
+
+/** The directives with delta-seconds the cache reads, by the CacheControl key each fills. */
+const LIFETIME_DIRECTIVES: Readonly<Record<string, 'maxAge' | 'sMaxAge' | 'staleIfError' | 'staleWhileRevalidate'>> = {
+  'max-age': 'maxAge',
+  's-maxage': 'sMaxAge',
+  'stale-if-error': 'staleIfError',
+  'stale-while-revalidate': 'staleWhileRevalidate',
+};
 
 /** Parses `Cache-Control` (all field lines); unknown directives are ignored, as RFC 9111 5.2.3 says. */
 export function parseCacheControl(value: string | string[] | undefined): CacheControl {
@@ -105,11 +115,13 @@ export function parseCacheControl(value: string | string[] | undefined): CacheCo
         break;
       case 'max-age':
       case 's-maxage':
-      case 'stale-if-error': {
+      case 'stale-if-error':
+      case 'stale-while-revalidate': {
         const seconds = deltaSeconds(raw);
-        const key = name === 'max-age' ? 'maxAge' : name === 's-maxage' ? 'sMaxAge' : 'staleIfError';
+        const key = LIFETIME_DIRECTIVES[name]!;
         if (seconds === undefined || (parsed[key] !== undefined && parsed[key] !== seconds)) {
-          if (key === 'staleIfError') parsed.staleIfError = 0;
+          // A stale window that cannot be read is none (RFC 5861 names no other meaning); a lifetime, stale (4.2.1).
+          if (key === 'staleIfError' || key === 'staleWhileRevalidate') parsed[key] = 0;
           else parsed.invalid = true;
         } else parsed[key] = seconds;
         break;
@@ -186,7 +198,7 @@ export interface StorabilityInput {
   requestedAt?: number;
 }
 
-export type Storability = { store: false; reason: string } | { store: true; lifetimeSeconds: number; initialAgeSeconds: number; staleIfErrorSeconds: number };
+export type Storability = { store: false; reason: string } | { store: true; lifetimeSeconds: number; initialAgeSeconds: number; staleIfErrorSeconds: number; staleWhileRevalidateSeconds: number };
 
 /**
  * Whether a service's response may be stored, and for how long (RFC 9111 3 and 4.2.1). Conservative: a
@@ -231,11 +243,16 @@ export function storability(input: StorabilityInput): Storability {
   const initialAge = Math.max(ageHeader + responseDelay, apparentAge);
   // `no-cache` (5.2.2.4) and a lifetime that cannot be read (4.2.1) make it stale from the start: each use revalidated.
   if (control.noCache || control.invalid) lifetime = 0;
-  if (lifetime <= initialAge && !validated) return { store: false, reason: 'stale on arrival' };
-  // What forbids a stale answer wins over stale-if-error's leave (RFC 9111 4.2.4): must-revalidate, proxy-revalidate,
+  // What forbids a stale answer wins over RFC 5861's windows (RFC 9111 4.2.4): must-revalidate, proxy-revalidate,
   // no-cache and, in a shared cache, s-maxage (5.2.2.10), which a service sends to say how long the gateway may answer for it.
   const neverStale = control.mustRevalidate || control.noCache || control.sMaxAge !== undefined;
-  return { store: true, lifetimeSeconds: lifetime, initialAgeSeconds: initialAge, staleIfErrorSeconds: neverStale ? 0 : (control.staleIfError ?? 0) };
+  const staleIfErrorSeconds = neverStale ? 0 : (control.staleIfError ?? 0);
+  const staleWhileRevalidateSeconds = neverStale ? 0 : (control.staleWhileRevalidate ?? 0);
+  // Stale from the start and nothing to ask the service with: kept only while a window of RFC 5861 lets it answer
+  // (`max-age=0, stale-if-error=60` is an answer for an outage in the next minute, never a fresh one).
+  const window = Math.max(staleIfErrorSeconds, staleWhileRevalidateSeconds);
+  if (!validated && lifetime + window <= initialAge) return { store: false, reason: 'stale on arrival' };
+  return { store: true, lifetimeSeconds: lifetime, initialAgeSeconds: initialAge, staleIfErrorSeconds, staleWhileRevalidateSeconds };
 }
 
 /** Whether a response carries a validator the service can be asked with: an `ETag`, or a `Last-Modified` that is an HTTP-date. */
@@ -282,6 +299,8 @@ export interface CachedResponse {
   initialAgeSeconds: number;
   lifetimeSeconds: number;
   staleIfErrorSeconds: number;
+  /** RFC 5861 3: past its lifetime, how long it is answered at once while fetched again in the background, s. */
+  staleWhileRevalidateSeconds: number;
   /** The request header names the service's `Vary` lists, and the values the storing request had. */
   vary: string[];
   varyValues: (string | null)[];
@@ -296,12 +315,17 @@ export function isFresh(entry: CachedResponse, now: number): boolean {
   return currentAge(entry, now) < entry.lifetimeSeconds;
 }
 
+/** Whether a stale entry may still be answered at once while it is fetched again (RFC 5861 3). */
+export function mayRevalidateInBackground(entry: CachedResponse, now: number): boolean {
+  return entry.staleWhileRevalidateSeconds > 0 && currentAge(entry, now) < entry.lifetimeSeconds + entry.staleWhileRevalidateSeconds;
+}
+
 /**
- * How long a store keeps an entry, ms: its freshness left plus the stale-if-error window or, for one with a
- * validator, the revalidation window if longer.
+ * How long a store keeps an entry, ms: its freshness left plus the longest of its stale-if-error and
+ * stale-while-revalidate windows and, for one with a validator, the revalidation window.
  */
 export function retentionMs(entry: CachedResponse, now: number): number {
-  const pastFreshness = Math.max(entry.staleIfErrorSeconds, hasValidator(entry.headers) ? REVALIDATION_WINDOW_SECONDS : 0);
+  const pastFreshness = Math.max(entry.staleIfErrorSeconds, entry.staleWhileRevalidateSeconds, hasValidator(entry.headers) ? REVALIDATION_WINDOW_SECONDS : 0);
   return Math.max(0, (entry.lifetimeSeconds + pastFreshness - currentAge(entry, now)) * 1000);
 }
 

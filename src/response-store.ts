@@ -38,6 +38,8 @@ const storedMeta = z.object({
   initialAgeSeconds: seconds,
   lifetimeSeconds: seconds,
   staleIfErrorSeconds: seconds,
+  // Absent from the entries of a gateway from before it was read: no window.
+  staleWhileRevalidateSeconds: seconds.default(0),
   vary: z.array(z.string().regex(FIELD_NAME_TOKEN)),
   varyValues: z.array(z.string().nullable()),
 }).refine((meta) => meta.vary.length === meta.varyValues.length, 'vary and varyValues differ in length');

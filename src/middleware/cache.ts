@@ -10,7 +10,9 @@ import { satisfiesConditional } from '../conditional-request';
 import { GatewayError, isGatewayError } from '../errors';
 import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
 import type { GatewayMetrics } from '../metrics';
-import { cacheKey, currentAge, hasValidator, isFresh, parseCacheControl, requestHeaderValue, resourceKey, selectsStored, storability, validatorsOf, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
+import type { BackgroundFetches } from '../cache-background-fetch';
+import { cacheKey, currentAge, hasValidator, isFresh, mayRevalidateInBackground, parseCacheControl, requestHeaderValue, resourceKey, selectsStored, storability, validatorsOf, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
+import type { Revalidation } from '../response-cache';
 import type { CacheKey, FetchStart, ResponseStore } from '../response-store';
 import type { RouteTable } from '../routes';
 import { endToEndHeaders, forwardedHost, forwardsAuthorization, stopsAtThisHop, type UnderscoreHeaderPolicy } from '../upstream-headers';
@@ -39,6 +41,12 @@ export interface ResponseCacheOptions {
   logger: Logger;
   /** Counts lookups by result (`gateway_cache_lookups_total`); none when metrics are off. */
   metrics?: GatewayMetrics;
+  /**
+   * Where a stale copy is fetched again while it answers under the service's `stale-while-revalidate` (RFC 5861 3):
+   * requests of the cache's own through the proxy (src/cache-background-fetch.ts). Without it the directive is not
+   * acted on: such a copy is fetched in the foreground, as any stale one.
+   */
+  background?: BackgroundFetches;
   now?: () => number;
 }
 
@@ -133,6 +141,9 @@ interface WrittenHeaders {
   values: (string | string[])[];
 }
 
+/** The lifetime of an answer not stored (or no longer to be). */
+const NO_LIFETIME = { lifetimeSeconds: 0, initialAgeSeconds: 0, staleIfErrorSeconds: 0, staleWhileRevalidateSeconds: 0 };
+
 /** Response headers a 304 repeats from the stored response (RFC 9110 15.4.5). */
 const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag', 'expires', 'vary', 'last-modified'];
 
@@ -143,8 +154,9 @@ const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag
  * route allow (src/response-cache.ts `storability`). Concurrent misses for one key wait for the first one's
  * answer instead of all reaching the service. Other requests on the route are `BYPASS`; a stale copy stands
  * in for a service that cannot be reached, or that answers 500, 502, 503 or 504, while its `stale-if-error`
- * allows (`STALE`). A stale copy with a validator is revalidated: the service's 304 refreshes it and the client
- * gets it (`REVALIDATED`).
+ * allows (`STALE`), and answers at once while its `stale-while-revalidate` allows (`STALE`), fetched again in the
+ * background. A stale copy with a validator is revalidated: the service's 304 refreshes it and the client gets it
+ * (`REVALIDATED`).
  *
  * A client's own `Cache-Control: no-cache` / `max-age=0` is not obeyed: it would let any client send every
  * request through to the service. Clients that want to check freshness send a conditional request. A
@@ -243,7 +255,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   const serve = (ctx: Context, entry: CachedResponse, result: 'hit' | 'stale' | 'revalidated', rules: RouteHeaderRules | undefined, counted = true) => {
     const { names, values } = headersToWrite(ctx, entry, rules);
     const age = String(Math.floor(currentAge(entry, now())));
-    const notModified = entry.status === 200 && result === 'hit' && satisfiesConditional(ctx.req.headers, entry);
+    // A 304 to a client's own conditions, from a copy answered as it is (fresh, or within a stale window).
+    const notModified = entry.status === 200 && result !== 'revalidated' && satisfiesConditional(ctx.req.headers, entry);
     const res = ctx.res;
     let ageWritten = false;
     for (let i = 0; i < names.length; i++) {
@@ -269,23 +282,78 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   };
 
   /**
-   * Answers from a stored copy the service's 304 confirmed, its headers updated by the 304's (RFC 9111 4.3.4: all but
-   * Content-Length; the proxy made its URLs public), and stores it again with its new lifetime. When the updated
-   * headers forbid storing it (`no-store`, `private`, `Set-Cookie`, a `Vary` of other names), this client still
-   * gets it, and the stored copies of the resource go.
+   * A stored copy the service confirmed, its headers updated by the confirming 304's (RFC 9111 4.3.4: all but
+   * Content-Length; the proxy made its URLs public), stored again with its new
+   * lifetime. When the updated headers forbid storing it (`no-store`, `private`, `Set-Cookie`, a `Vary` of other
+   * names), the stored copies of the resource go instead.
    */
-  const answerRevalidated = async (ctx: Context, revalidated: Revalidated) => {
-    const { routeName, key, since, entry, policy, sharedCredentialed, storable, rules } = revalidated;
+  const refreshStored = async (revalidated: Revalidated): Promise<CachedResponse> => {
+    const { routeName, key, since, entry, policy, sharedCredentialed, storable } = revalidated;
     const headers = { ...entry.headers, ...keptHeaders(revalidated.notModified, now()) };
     const verdict = storability({ status: entry.status, headers, sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: now(), requestedAt: revalidated.requestedAt });
     const vary = varyNames(headers.vary);
     const sameVary = vary.length === entry.vary.length && vary.every((name, index) => name === entry.vary[index]);
-    const lifetime = verdict.store ? verdict : { lifetimeSeconds: 0, initialAgeSeconds: 0, staleIfErrorSeconds: 0 };
-    const refreshed: CachedResponse = { ...entry, headers, storedAt: now(), lifetimeSeconds: lifetime.lifetimeSeconds, initialAgeSeconds: lifetime.initialAgeSeconds, staleIfErrorSeconds: lifetime.staleIfErrorSeconds };
+    const lifetime = verdict.store ? verdict : NO_LIFETIME;
+    const refreshed: CachedResponse = { ...entry, headers, storedAt: now(), lifetimeSeconds: lifetime.lifetimeSeconds, initialAgeSeconds: lifetime.initialAgeSeconds, staleIfErrorSeconds: lifetime.staleIfErrorSeconds, staleWhileRevalidateSeconds: lifetime.staleWhileRevalidateSeconds };
     if (verdict.store && sameVary) {
       if (storable) await storeVariant(store, routeName, key, refreshed, since);
     } else await dropStoredCopies(routeName, key.resource);
-    serve(ctx, refreshed, 'revalidated', rules, false);
+    return refreshed;
+  };
+
+  /**
+   * Fetches a stale copy again while it answers under stale-while-revalidate, as a request of the cache's own
+   * (options.background): one per key at a time, which misses of the key wait on as on any fetch under way. With the
+   * copy's validator it is a revalidation, and a 304 refreshes the copy. One that fails stores nothing: the copy
+   * answers on until its window ends (the next request within it tries again), then a request fetches in the
+   * foreground. None starts while the background fetches are at their bound: the copy still answers.
+   */
+  const fetchInBackground = (trigger: Context, fetch: BackgroundFetch) => {
+    const { routeName, policy, key, flightKey, stale, sharedCredentialed, rules } = fetch;
+    let since: FetchStart | undefined;
+    let revalidated: Revalidated | undefined;
+    let stored = () => Promise.resolve();
+    const running = options.background!.start(trigger, async () => {
+      since = await store.fetchStarting(routeName, key.resource);
+      const requestedAt = now();
+      const settled = (outcome?: 'stored' | 'not stored') => {
+        if (outcome === 'not stored') rememberNotStored(flightKey, policy);
+        else if (outcome === 'stored') notStoredUntil.delete(flightKey);
+      };
+      const capture = captureResponse({ store, routeName, key, since, requestedAt, policy, storable: true, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard: fetch.heard, twinned: fetch.twinned, now, settled });
+      stored = capture.stored;
+      const revalidation: Revalidation | undefined = hasValidator(stale.headers)
+        ? {
+            headers: validatorsOf(stale),
+            notModified: (answer) => {
+              if (!selectsStored(stale, answer)) return false;
+              revalidated = { routeName, key, since: since!, requestedAt, entry: stale, notModified: answer, policy, sharedCredentialed, storable: true, rules };
+              return true;
+            },
+          }
+        : undefined;
+      return { responseTap: capture.tap, revalidation };
+    });
+    if (!running) return;
+    let finished!: (outcome: FetchOutcome) => void;
+    const flight = { resource: key.resource, done: new Promise<FetchOutcome>((resolve) => (finished = resolve)) };
+    inFlight.set(flightKey, flight);
+    void running.then(async (outcome) => {
+      try {
+        await stored();
+        if (revalidated) await refreshStored(revalidated);
+      } finally {
+        // A write may have let a later request start a fetch of its own under this key.
+        if (inFlight.get(flightKey) === flight) inFlight.delete(flightKey);
+        finished(outcome.ok ? 'answered' : 'failed');
+        if (since) void store.fetchEnded(routeName, key.resource, since);
+      }
+    });
+  };
+
+  /** Answers from a stored copy the service's 304 confirmed (refreshStored): this client gets it whatever is stored. */
+  const answerRevalidated = async (ctx: Context, revalidated: Revalidated) => {
+    serve(ctx, await refreshStored(revalidated), 'revalidated', revalidated.rules, false);
   };
 
   return async function cacheResponses(ctx, next) {
@@ -400,6 +468,13 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     if (entry && isFresh(entry, now())) return serve(ctx, entry, 'hit', rules);
     // What misses under way and refused answers are found by: a hit needs neither.
     const flightKey = `${key.resource} ${key.variant}`;
+    if (entry && options.background && mayRevalidateInBackground(entry, now())) {
+      // RFC 5861 3: within the service's stale-while-revalidate the stale copy answers at once, and one fetch of the
+      // cache's own (none while another fetch of the key is under way) gets the next one.
+      serve(ctx, entry, 'stale', rules);
+      if (!inFlight.has(flightKey)) fetchInBackground(ctx, { routeName: route.name, policy, key, flightKey, stale: entry, sharedCredentialed, rules, heard, twinned });
+      return;
+    }
     const pending = inFlight.get(flightKey);
     if (pending) {
       // Another request is fetching this very answer: wait for it rather than asking the service again. Its answer
@@ -511,6 +586,19 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   };
 }
 
+/** What fetching a stale copy again in the background takes (fetchInBackground). */
+interface BackgroundFetch {
+  routeName: string;
+  policy: RouteCacheConfig;
+  key: CacheKey;
+  flightKey: string;
+  stale: CachedResponse;
+  sharedCredentialed: boolean;
+  rules: RouteHeaderRules | undefined;
+  heard: (name: string) => string | null;
+  twinned: (name: string) => boolean;
+}
+
 /** A stale copy the service's 304 confirmed, and what storing it again takes. */
 interface Revalidated {
   routeName: string;
@@ -572,7 +660,7 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
   let pending: Promise<void> | undefined;
   let status = 0;
   let kept: Record<string, string | string[]> = {};
-  let lifetime = { lifetimeSeconds: 0, initialAgeSeconds: 0, staleIfErrorSeconds: 0 };
+  let lifetime = NO_LIFETIME;
   let vary: string[] = [];
   /**
    * When the response arrived (its head), ms: its age counts from then (RFC 9111 4.2.3's response_time), not from

@@ -243,4 +243,12 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect([conditional.status, conditional.headers['x-cache']]).toEqual([304, 'MISS']);
     expect(seenFor(path)[1]!.headers['if-none-match']).toBe('"client"');
   });
+
+  it('stands in with a copy sent with max-age=0 and stale-if-error but no validator while the service fails (RFC 5861 4)', async () => {
+    const path = fresh();
+    origin.script(path, () => ({ headers: { 'cache-control': 'max-age=0, stale-if-error=600' }, body: 'the last good body' }), () => ({ status: 503, body: 'down' }));
+    await get(path);
+    const failed = await get(path);
+    expect([failed.status, failed.headers['x-cache'], failed.text]).toEqual([200, 'STALE', 'the last good body']);
+  });
 });

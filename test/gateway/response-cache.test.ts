@@ -1097,7 +1097,7 @@ describe('response cache shared through Redis', () => {
 
   it('keeps a generation until the last fetch that read it is over: a fetch that ends first does not keep the others from storing', async () => {
     const store = createRedisResponseStore({ client: replicaRedis!, keyPrefix: `${prefix}:fetches`, logger: memoryLogger('gateway').logger });
-    const entry = { status: 200, headers: {}, body: Buffer.from('{}'), storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [], varyValues: [] };
+    const entry = { status: 200, headers: {}, body: Buffer.from('{}'), storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, staleWhileRevalidateSeconds: 0, vary: [], varyValues: [] };
     const first = await store.fetchStarting('route', 'resource');
     const second = await store.fetchStarting('route', 'resource');
     await store.fetchEnded('route', 'resource', first);
@@ -1118,7 +1118,7 @@ describe('response cache shared through Redis', () => {
     const store = createRedisResponseStore({ client: replicaRedis!, keyPrefix: `${prefix}:store`, logger: memoryLogger('gateway').logger, now: () => clock });
     // One caller (or header value) after another, each variant over before the next is stored.
     for (let caller = 0; caller < 10; caller++) {
-      await store.set('route', { resource: 'resource', variant: `caller-${caller}` }, { status: 200, headers: {}, body: Buffer.from('{}'), storedAt: clock, initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [], varyValues: [] }, await store.fetchStarting('route', 'resource'));
+      await store.set('route', { resource: 'resource', variant: `caller-${caller}` }, { status: 200, headers: {}, body: Buffer.from('{}'), storedAt: clock, initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, staleWhileRevalidateSeconds: 0, vary: [], varyValues: [] }, await store.fetchStarting('route', 'resource'));
       clock += 61_000;
     }
     expect(await replicaRedis!.hkeys(`${prefix}:store:route:resource`)).toEqual(['caller-9']);
@@ -1144,7 +1144,7 @@ function useMachineRedis(prefix: string): () => Redis {
 describe("a write's invalidation in the shared Redis store", () => {
   const prefix = isolatedKeyPrefix();
   const machineRedis = useMachineRedis(prefix);
-  const entry = { status: 200, headers: { 'content-type': 'application/json' }, storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [] as string[], varyValues: [] as (string | null)[], body: Buffer.from('{"before":"the write"}') };
+  const entry = { status: 200, headers: { 'content-type': 'application/json' }, storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, staleWhileRevalidateSeconds: 0, vary: [] as string[], varyValues: [] as (string | null)[], body: Buffer.from('{"before":"the write"}') };
 
 
   /** Every key of `resource` the store keeps beside its entries (what Redis may evict, under volatile-lru, or let expire). */
@@ -1179,7 +1179,7 @@ describe("a write's invalidation in the shared Redis store", () => {
 describe('entries of another shape in the shared Redis store', () => {
   const prefix = isolatedKeyPrefix();
   const machineRedis = useMachineRedis(prefix);
-  const valid = { status: 200, headers: { 'content-type': 'application/json' }, storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [] as string[], varyValues: [] as (string | null)[] };
+  const valid = { status: 200, headers: { 'content-type': 'application/json' }, storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, staleWhileRevalidateSeconds: 0, vary: [] as string[], varyValues: [] as (string | null)[] };
 
 
   /** The store's layout (src/response-store.ts): the meta's length, the meta as JSON, the body. */

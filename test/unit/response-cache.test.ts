@@ -15,7 +15,7 @@ const verdict = (headers: StorabilityInput['headers'], more: Partial<Storability
 /** Directives a Cache-Control of a generated test may hold, valid or not. */
 const directive = fc.oneof(
   fc.constantFrom('public', 'private', 'no-cache', 'must-revalidate', 'proxy-revalidate', 'immutable', 'no-transform', 'private="set-cookie"', 'no-cache="x"'),
-  fc.tuple(fc.constantFrom('max-age', 's-maxage', 'stale-if-error', 'MAX-AGE'), fc.oneof(fc.nat({ max: 1e12 }).map(String), fc.constantFrom('', '-1', 'abc', '"10"', '1.5', ' 7'))).map(([name, value]) => `${name}=${value}`),
+  fc.tuple(fc.constantFrom('max-age', 's-maxage', 'stale-if-error', 'stale-while-revalidate', 'MAX-AGE'), fc.oneof(fc.nat({ max: 1e12 }).map(String), fc.constantFrom('', '-1', 'abc', '"10"', '1.5', ' 7'))).map(([name, value]) => `${name}=${value}`),
   fc.string({ maxLength: 12 }),
 );
 const cacheControl = fc.array(directive, { maxLength: 6 }).map((parts) => parts.join(', '));
@@ -53,6 +53,18 @@ describe('Cache-Control and storability (RFC 9111)', () => {
   });
 
   it.each([
+    { desc: 'max-age=0 with stale-if-error', headers: { 'cache-control': 'max-age=0, stale-if-error=60' }, window: 'staleIfErrorSeconds' as const },
+    { desc: 'max-age=0 with stale-while-revalidate', headers: { 'cache-control': 'max-age=0, stale-while-revalidate=60' }, window: 'staleWhileRevalidateSeconds' as const },
+  ])('stores $desc and no validator for its window alone (RFC 5861: an answer for the next minute, never a fresh one)', ({ headers, window }) => {
+    const stored = verdict(headers);
+    expect(stored.store).toBe(true);
+    if (!stored.store) return;
+    expect(stored.lifetimeSeconds).toBe(0);
+    expect(stored[window]).toBe(60);
+    expect(verdict({ ...headers, age: '61' }).store).toBe(false);
+  });
+
+  it.each([
     { desc: 'no-cache with an ETag', headers: { 'cache-control': 'no-cache, max-age=60', etag: '"1"' } },
     { desc: 'max-age=0 with a Last-Modified', headers: { 'cache-control': 'max-age=0', 'last-modified': new Date(NOW - 60_000).toUTCString() } },
     { desc: 'an Age beyond the lifetime, with an ETag', headers: { 'cache-control': 'max-age=60', age: '61', etag: '"1"' } },
@@ -65,7 +77,7 @@ describe('Cache-Control and storability (RFC 9111)', () => {
   });
 
   it('keeps a stale entry with a validator for the revalidation window, one without only while stale-if-error allows', () => {
-    const entry = (headers: Record<string, string>, staleIfErrorSeconds = 0): CachedResponse => ({ status: 200, headers, body: Buffer.alloc(0), storedAt: NOW, initialAgeSeconds: 0, lifetimeSeconds: 10, staleIfErrorSeconds, vary: [], varyValues: [] });
+    const entry = (headers: Record<string, string>, staleIfErrorSeconds = 0): CachedResponse => ({ status: 200, headers, body: Buffer.alloc(0), storedAt: NOW, initialAgeSeconds: 0, lifetimeSeconds: 10, staleIfErrorSeconds, staleWhileRevalidateSeconds: 0, vary: [], varyValues: [] });
     expect(retentionMs(entry({}), NOW + 11_000)).toBe(0);
     expect(retentionMs(entry({}, 5), NOW + 11_000)).toBe(4_000);
     expect(retentionMs(entry({ etag: '"1"' }), NOW + 11_000)).toBe((10 + REVALIDATION_WINDOW_SECONDS - 11) * 1000);
@@ -103,11 +115,12 @@ describe('Cache-Control and storability (RFC 9111)', () => {
         if (/(^|[\s,])(no-store|no-cache|private)(?=$|[\s,=])/.test(lower)) expect(result.store).toBe(false);
         if (sharedCredentialed && !parsed.public && parsed.sMaxAge === undefined) expect(result.store).toBe(false);
         if (result.store) {
-          expect(result.lifetimeSeconds).toBeGreaterThan(result.initialAgeSeconds);
+          // Stale on arrival only while an RFC 5861 window still lets it answer (no validator in these).
+          expect(result.lifetimeSeconds + Math.max(result.staleIfErrorSeconds, result.staleWhileRevalidateSeconds)).toBeGreaterThan(result.initialAgeSeconds);
           expect(result.initialAgeSeconds).toBeGreaterThanOrEqual(0);
           expect(result.staleIfErrorSeconds).toBeGreaterThanOrEqual(0);
           // RFC 9111 4.2.4, 5.2.2.10: s-maxage carries proxy-revalidate for a shared cache.
-          if (parsed.mustRevalidate || parsed.sMaxAge !== undefined) expect(result.staleIfErrorSeconds).toBe(0);
+          if (parsed.mustRevalidate || parsed.sMaxAge !== undefined) expect(result.staleIfErrorSeconds + result.staleWhileRevalidateSeconds).toBe(0);
         }
       }),
       { seed: 9111, numRuns: 1000 },
@@ -117,7 +130,7 @@ describe('Cache-Control and storability (RFC 9111)', () => {
   it('ages an entry from its initial age, and it stays fresh only while younger than its lifetime', () => {
     fc.assert(
       fc.property(fc.nat({ max: 10_000 }), fc.integer({ min: 1, max: 10_000 }), fc.nat({ max: 20_000_000 }), (initialAge, lifetime, elapsedMs) => {
-        const entry: CachedResponse = { status: 200, headers: {}, body: Buffer.alloc(0), storedAt: NOW, initialAgeSeconds: initialAge, lifetimeSeconds: lifetime, staleIfErrorSeconds: 0, vary: [], varyValues: [] };
+        const entry: CachedResponse = { status: 200, headers: {}, body: Buffer.alloc(0), storedAt: NOW, initialAgeSeconds: initialAge, lifetimeSeconds: lifetime, staleIfErrorSeconds: 0, staleWhileRevalidateSeconds: 0, vary: [], varyValues: [] };
         const age = currentAge(entry, NOW + elapsedMs);
         expect(age).toBeCloseTo(initialAge + elapsedMs / 1000, 6);
         expect(isFresh(entry, NOW + elapsedMs)).toBe(age < lifetime);
@@ -160,7 +173,7 @@ const put = async (store: ResponseStore, route: string, key: CacheKey, entry: Ca
 
 describe('the in-memory store', () => {
   const at = (resource: string, variant = 'v'): CacheKey => ({ resource, variant });
-  const entry = (bytes: number): CachedResponse => ({ status: 200, headers: {}, body: Buffer.alloc(bytes), storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, vary: [], varyValues: [] });
+  const entry = (bytes: number): CachedResponse => ({ status: 200, headers: {}, body: Buffer.alloc(bytes), storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, staleWhileRevalidateSeconds: 0, vary: [], varyValues: [] });
 
   it('drops the least recently used entries of a route beyond its byte budget', async () => {
     const store = createMemoryResponseStore({ maxBytes: 1_000_000, routeMaxBytes: new Map([['a', 3000]]) });

@@ -1,0 +1,148 @@
+import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import type { Socket } from 'node:net';
+import { Duplex } from 'node:stream';
+import { context, isSpanContextValid, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
+import type { Context } from 'koa';
+import { logLine, type Logger } from '../otel/logger';
+import { ATTR, type AccessLine } from '../otel/wire-names';
+import type { GatewayState } from './context';
+import { isGatewayError } from './errors';
+
+/**
+ * Requests the response cache makes itself, with no client waiting: a stale copy fetched again while it answers
+ * under `stale-while-revalidate` (RFC 5861 3), as Varnish's grace mode and nginx's `proxy_cache_background_update`
+ * do. Each goes through the same proxy as a client's request (its instances, retries, deadline, CLIENT span and
+ * upstream metrics), on a request of its own: a GET with the triggering request's headers as the service would
+ * have heard them (no conditions, no Range of the client's), whose answer goes to the cache's tap and nowhere else.
+ */
+
+/** Background fetches under way in one process at most; past it a stale copy is still answered, none started. */
+export const MAX_BACKGROUND_FETCHES = 64;
+
+/** The name of a background fetch's own span (a trace of its own, linked to the request that triggered it). */
+export const BACKGROUND_FETCH_SPAN = 'cache background fetch';
+
+/** The log message of a background fetch's line (the access log's fields, of a request no client made). */
+export const BACKGROUND_FETCH_MESSAGE = 'cache background fetch completed';
+
+/** Request fields of the client's that are not the cache's to send: its own conditions and range. */
+const CLIENT_ONLY_FIELDS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
+
+export interface BackgroundFetchOptions {
+  /** The rest of the request path for a request the cache made (the proxy). */
+  forward: (ctx: Context) => Promise<void>;
+  tracer: Tracer;
+  logger: Logger;
+  /** Background fetches under way at most (MAX_BACKGROUND_FETCHES by default). */
+  maxConcurrent?: number;
+}
+
+/** How a background fetch ended: with the service's answer (whatever it was), or with the gateway's error code. */
+export type BackgroundOutcome = { ok: true } | { ok: false; errorCode: string };
+
+export interface BackgroundFetches {
+  /**
+   * Starts a GET for what `trigger` asked for, its state (the cache's tap, a revalidation) from `prepare`, and
+   * resolves once it is over; never rejects. Undefined, and nothing started, when `maxConcurrent` are under way.
+   * Call it while `trigger` is being answered: what it reads of the trigger's request is read at once.
+   */
+  start(trigger: Context, prepare: () => Promise<Partial<GatewayState>>): Promise<BackgroundOutcome> | undefined;
+}
+
+/** A socket that takes every byte and keeps none: the answer of a request without a client is the tap's only. */
+function sinkSocket(trigger: Context): Duplex {
+  const sink = new Duplex({ read() {}, write: (_chunk, _encoding, done) => done() });
+  // What the proxy tells the service of the peer and the local authority (src/upstream-headers.ts), as the
+  // triggering request's: read now, since its connection may be gone (or serve another request) when the fetch runs.
+  const { remoteAddress, localAddress, localPort } = trigger.req.socket;
+  return Object.assign(sink, { remoteAddress, localAddress, localPort, encrypted: (trigger.req.socket as { encrypted?: boolean }).encrypted });
+}
+
+export function createBackgroundFetches(options: BackgroundFetchOptions): BackgroundFetches {
+  const { tracer, logger } = options;
+  const maxConcurrent = options.maxConcurrent ?? MAX_BACKGROUND_FETCHES;
+  let running = 0;
+
+  return {
+    start(trigger, prepare) {
+      if (running >= maxConcurrent) return undefined;
+      running++;
+      const started = process.hrtime.bigint();
+      const socket = sinkSocket(trigger);
+      const req = new http.IncomingMessage(socket as unknown as Socket);
+      req.method = 'GET';
+      req.url = trigger.req.url;
+      const headers = { ...trigger.req.headers };
+      for (const name of CLIENT_ONLY_FIELDS) delete headers[name];
+      req.headers = headers;
+      req.httpVersion = '1.1';
+      req.httpVersionMajor = 1;
+      req.httpVersionMinor = 1;
+      req.complete = true;
+      req.push(null);
+      const res = new http.ServerResponse(req);
+      res.assignSocket(socket as unknown as Socket);
+      // The trigger's context underneath (its route, identity, public origin), read now where it could change.
+      const ctx = Object.create(trigger, {
+        req: { value: req },
+        res: { value: res },
+        method: { value: 'GET' },
+        protocol: { value: trigger.protocol },
+        host: { value: trigger.host },
+        ip: { value: trigger.ip },
+        querystring: { value: trigger.querystring },
+        respond: { value: false, writable: true },
+      }) as Context;
+      const route = trigger.state.route;
+      const triggeredBy = trace.getActiveSpan();
+      const span = tracer.startSpan(BACKGROUND_FETCH_SPAN, {
+        root: true,
+        kind: SpanKind.INTERNAL,
+        links: triggeredBy && isSpanContextValid(triggeredBy.spanContext()) ? [{ context: triggeredBy.spanContext() }] : [],
+        attributes: { [ATTR.routeName]: route?.name ?? '' },
+      });
+      const own = span.spanContext();
+      const requestId = isSpanContextValid(own) ? own.traceId : randomBytes(16).toString('hex');
+      triggeredBy?.addEvent(BACKGROUND_FETCH_SPAN, { 'trace_id': own.traceId });
+      const fetchContext = trace.setSpan(ROOT_CONTEXT, span);
+      const url = trigger.originalUrl;
+
+      const run = async (): Promise<BackgroundOutcome> => {
+        // What the pipeline did for the trigger (its route, identity) stays; what it did for its response does not.
+        ctx.state = { ...trigger.state, requestId, traceContext: fetchContext, onResponseClosed: undefined, errorCode: undefined, cache: undefined, staleStandsIn: undefined, holdResponse: undefined, upstreamWaitSince: undefined, revalidation: undefined, responseTap: undefined, ...(await prepare()) };
+        try {
+          await options.forward(ctx);
+          return { ok: true };
+        } catch (error) {
+          const errorCode = isGatewayError(error) ? error.code : 'internal';
+          span.recordException(error as Error);
+          span.setStatus({ code: SpanStatusCode.ERROR, message: errorCode });
+          return { ok: false, errorCode };
+        }
+      };
+      return context.with(fetchContext, run).then((outcome) => {
+        const status = res.headersSent ? res.statusCode : outcome.ok ? 304 : null;
+        const entry: AccessLine = {
+          method: 'GET',
+          url,
+          status: status ?? 0,
+          duration_ms: Math.round(Number(process.hrtime.bigint() - started) / 1e3) / 1000,
+          request_id: requestId,
+          route: route?.name ?? null,
+          user_id: trigger.state.user?.id ?? null,
+          error_code: outcome.ok ? null : outcome.errorCode,
+          consumer_id: trigger.state.consumer?.id ?? null,
+          // The service's 304 confirmed the copy (handed to the cache, nothing sent), or it answered anew.
+          cache: outcome.ok && !res.headersSent ? 'revalidated' : 'miss',
+        };
+        logLine(logger, outcome.ok ? 'info' : 'warn', BACKGROUND_FETCH_MESSAGE, entry, fetchContext);
+        span.end();
+        // Its 'close' lets go of what the proxy still listened for on the response.
+        socket.destroy();
+        running--;
+        return outcome;
+      });
+    },
+  };
+}
