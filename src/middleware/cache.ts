@@ -156,7 +156,7 @@ const NOT_MODIFIED_HEADERS = ['cache-control', 'content-location', 'date', 'etag
  * in for a service that cannot be reached, or that answers 500, 502, 503 or 504, while its `stale-if-error`
  * allows (`STALE`), and answers at once while its `stale-while-revalidate` allows (`STALE`), fetched again in the
  * background. A stale copy with a validator is revalidated: the service's 304 refreshes it and the client gets it
- * (`REVALIDATED`).
+ * (`REVALIDATED`). A HEAD's 200 refreshes the stale GET copy it could have been answered with (RFC 9111 4.3.5).
  *
  * A client's own `Cache-Control: no-cache` / `max-age=0` is not obeyed: it would let any client send every
  * request through to the service. Clients that want to check freshness send a conditional request. A
@@ -282,8 +282,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   };
 
   /**
-   * A stored copy the service confirmed, its headers updated by the confirming 304's (RFC 9111 4.3.4: all but
-   * Content-Length; the proxy made its URLs public), stored again with its new
+   * A stored copy the service confirmed, its headers updated by the confirming answer's (a 304's, RFC 9111 4.3.4, or
+   * a HEAD's 200, 4.3.5: all but Content-Length; the proxy made its URLs public), stored again with its new
    * lifetime. When the updated headers forbid storing it (`no-store`, `private`, `Set-Cookie`, a `Vary` of other
    * names), the stored copies of the resource go instead.
    */
@@ -523,6 +523,29 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       };
     }
     try {
+      if (method === 'HEAD' && entry) {
+        // RFC 9111 4.3.5: a HEAD's 200 tells what a GET would get now. The stored GET copy it could have been answered
+        // with takes its headers and lifetime, as from a 304, while they describe the same content (its ETag,
+        // Last-Modified and Content-Length); otherwise the copies go, and the next GET fetches the content anew.
+        const since = await store.fetchStarting(route.name, resource);
+        fetchEnded = () => void store.fetchEnded(route.name, resource, since);
+        const copy = entry;
+        const requestedAt = now();
+        const storable = !parseCacheControl(headers['cache-control']).noStore;
+        let updated: Promise<unknown> | undefined;
+        ctx.state.responseTap = {
+          start(status, answer) {
+            if (status !== 200) return;
+            updated = describesOtherContent(copy, answer)
+              ? dropStoredCopies(route.name, resource)
+              : refreshStored({ routeName: route.name, key, since, requestedAt, entry: copy, notModified: answer, policy, sharedCredentialed, storable, rules });
+          },
+          data() {},
+          clientBackedUp() {},
+          end() {},
+        };
+        stored = async () => void (await updated);
+      }
       if (method === 'GET') {
         // Before the service is asked: a write the store hears of after this keeps this answer out.
         const since = await store.fetchStarting(route.name, resource);
@@ -597,6 +620,19 @@ interface BackgroundFetch {
   rules: RouteHeaderRules | undefined;
   heard: (name: string) => string | null;
   twinned: (name: string) => boolean;
+}
+
+/**
+ * Whether a HEAD's 200 describes other content than a stored GET copy (RFC 9111 4.3.5): a validator it carries
+ * (ETag, Last-Modified) that the copy does not have, or a Content-Length other than the copy's.
+ */
+function describesOtherContent(entry: CachedResponse, answer: Record<string, string | string[] | undefined>): boolean {
+  for (const name of ['etag', 'last-modified']) {
+    const received = requestHeaderValue(answer[name]);
+    if (received !== null && received !== requestHeaderValue(entry.headers[name])) return true;
+  }
+  const length = requestHeaderValue(answer['content-length']);
+  return length !== null && Number(length) !== entry.body.length;
 }
 
 /** A stale copy the service's 304 confirmed, and what storing it again takes. */

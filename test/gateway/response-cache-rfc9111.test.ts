@@ -244,6 +244,39 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect(seenFor(path)[1]!.headers['if-none-match']).toBe('"client"');
   });
 
+  it('updates the stored GET copy from a HEAD\'s 200 that describes the same content (RFC 9111 4.3.5), so the next GET is a HIT', async () => {
+    const path = fresh();
+    origin.script(
+      path,
+      () => ({ headers: { etag: '"same"', 'cache-control': 'max-age=0', 'x-version': 'first' }, body: 'the stored body' }),
+      () => ({ headers: { etag: '"same"', 'cache-control': 'max-age=600', 'x-version': 'from the head', 'content-length': String('the stored body'.length) } }),
+    );
+    await get(path);
+    const head = await sendRaw(stack.gateway.url, `/api/rfc${path}`, {}, 'HEAD');
+    expect([head.status, head.headers['x-version']]).toEqual([200, 'from the head']);
+    const next = await get(path);
+    expect([next.headers['x-cache'], next.text, next.headers['x-version'], next.headers['cache-control']]).toEqual(['HIT', 'the stored body', 'from the head', 'max-age=600']);
+    expect(seenFor(path).map((each) => each.headers['if-none-match'])).toHaveLength(2);
+  });
+
+  it.each([
+    { desc: 'another ETag', head: { etag: '"other"', 'content-length': '15' } },
+    { desc: 'another Last-Modified', head: { etag: '"same"', 'last-modified': 'Wed, 02 Dec 2026 10:00:00 GMT', 'content-length': '15' } },
+    { desc: 'another Content-Length', head: { etag: '"same"', 'content-length': '3' } },
+  ] as { desc: string; head: Record<string, string> }[])('never lets a HEAD\'s 200 with $desc refresh the stored GET copy: the next GET asks the service (RFC 9111 4.3.5)', async ({ head }) => {
+    const path = fresh();
+    origin.script(
+      path,
+      () => ({ headers: { etag: '"same"', 'last-modified': 'Tue, 01 Dec 2026 10:00:00 GMT', 'cache-control': 'max-age=0' }, body: 'the stored body' }),
+      () => ({ headers: { 'cache-control': 'max-age=600', ...head } }),
+      () => ({ headers: { etag: '"new"', 'cache-control': 'max-age=600' }, body: 'the new body' }),
+    );
+    await get(path);
+    await sendRaw(stack.gateway.url, `/api/rfc${path}`, {}, 'HEAD');
+    const next = await get(path);
+    expect([next.headers['x-cache'], next.text]).toEqual(['MISS', 'the new body']);
+  });
+
   it('stands in with a copy sent with max-age=0 and stale-if-error but no validator while the service fails (RFC 5861 4)', async () => {
     const path = fresh();
     origin.script(path, () => ({ headers: { 'cache-control': 'max-age=0, stale-if-error=600' }, body: 'the last good body' }), () => ({ status: 503, body: 'down' }));
