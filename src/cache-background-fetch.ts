@@ -27,7 +27,7 @@ export const BACKGROUND_FETCH_SPAN = 'cache background fetch';
 export const BACKGROUND_FETCH_MESSAGE = 'cache background fetch completed';
 
 /** Request fields of the client's that are not the cache's to send: its own conditions and range. */
-const CLIENT_ONLY_FIELDS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
+export const CLIENT_ONLY_FIELDS: readonly string[] = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
 
 export interface BackgroundFetchOptions {
   /** The rest of the request path for a request the cache made (the proxy). */

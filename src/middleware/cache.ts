@@ -10,7 +10,7 @@ import { satisfiesConditional } from '../conditional-request';
 import { GatewayError, isGatewayError } from '../errors';
 import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
 import type { GatewayMetrics } from '../metrics';
-import type { BackgroundFetches } from '../cache-background-fetch';
+import { CLIENT_ONLY_FIELDS, type BackgroundFetches } from '../cache-background-fetch';
 import { cacheKey, currentAge, hasValidator, isFresh, mayRevalidateInBackground, parseCacheControl, requestHeaderValue, resourceKey, selectsStored, storability, validatorsOf, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
 import type { Revalidation } from '../response-cache';
 import type { CacheKey, FetchStart, ResponseStore } from '../response-store';
@@ -320,7 +320,10 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
         if (outcome === 'not stored') rememberNotStored(flightKey, policy);
         else if (outcome === 'stored') notStoredUntil.delete(flightKey);
       };
-      const capture = captureResponse({ store, routeName, key, since, requestedAt, policy, storable: true, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard: fetch.heard, twinned: fetch.twinned, now, settled });
+      // The fetch's own request, not the trigger's, is what the service heard: a Vary naming a field it leaves out
+      // (the client's If-None-Match) must key the answer as given without it.
+      const heard = (name: string) => (CLIENT_ONLY_FIELDS.includes(name) ? null : fetch.heard(name));
+      const capture = captureResponse({ store, routeName, key, since, requestedAt, policy, storable: true, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, twinned: fetch.twinned, now, settled });
       stored = capture.stored;
       const revalidation: Revalidation | undefined = hasValidator(stale.headers)
         ? {
