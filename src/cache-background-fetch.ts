@@ -110,8 +110,10 @@ export function createBackgroundFetches(options: BackgroundFetchOptions): Backgr
 
       const run = async (): Promise<BackgroundOutcome> => {
         // What the pipeline did for the trigger (its route, identity) stays; what it did for its response does not.
-        ctx.state = { ...trigger.state, requestId, traceContext: fetchContext, onResponseClosed: undefined, errorCode: undefined, cache: undefined, staleStandsIn: undefined, holdResponse: undefined, upstreamWaitSince: undefined, revalidation: undefined, responseTap: undefined, ...(await prepare()) };
         try {
+          // Inside the try: a `prepare` that failed ends this fetch like any other failure (logged, its span ended,
+          // its place among the maxConcurrent given back), never as a rejection nobody waits for.
+          ctx.state = { ...trigger.state, requestId, traceContext: fetchContext, onResponseClosed: undefined, errorCode: undefined, cache: undefined, staleStandsIn: undefined, holdResponse: undefined, upstreamWaitSince: undefined, revalidation: undefined, responseTap: undefined, ...(await prepare()) };
           await options.forward(ctx);
           return { ok: true };
         } catch (error) {

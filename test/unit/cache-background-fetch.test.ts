@@ -58,4 +58,19 @@ describe('background fetches of the response cache', () => {
     expect(seen!.req.headers).toEqual({ host: 'gateway.example', accept: 'text/plain' });
     expect(outcome).toEqual({ ok: false, errorCode: 'upstream_unavailable' });
   });
+
+  it('settles a fetch whose preparation failed as a failure and gives its place back, never rejecting', async () => {
+    const forwarded: Context[] = [];
+    const fetches = createBackgroundFetches({
+      forward: async (ctx) => void forwarded.push(ctx),
+      tracer: trace.getTracer('test'),
+      logger: memoryLogger('gateway').logger,
+      maxConcurrent: 1,
+    });
+    const failed = fetches.start(triggerContext(), () => Promise.reject(new Error('store gone')));
+    await expect(failed).resolves.toEqual({ ok: false, errorCode: 'internal' });
+    expect(forwarded).toHaveLength(0);
+    await expect(fetches.start(triggerContext(), async () => ({}))).resolves.toEqual({ ok: true });
+    expect(forwarded).toHaveLength(1);
+  });
 });
