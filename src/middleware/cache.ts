@@ -526,58 +526,56 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       };
     }
     try {
-      if (method === 'HEAD' && entry) {
-        // RFC 9111 4.3.5: a HEAD's 200 tells what a GET would get now. The stored GET copy it could have been answered
-        // with takes its headers and lifetime, as from a 304, while they describe the same content (its ETag,
-        // Last-Modified and Content-Length); otherwise the copies go, and the next GET fetches the content anew.
-        const since = await store.fetchStarting(route.name, resource);
-        fetchEnded = () => void store.fetchEnded(route.name, resource, since);
-        const copy = entry;
-        const requestedAt = now();
-        const storable = !parseCacheControl(headers['cache-control']).noStore;
-        let updated: Promise<unknown> | undefined;
-        ctx.state.responseTap = {
-          start(status, answer) {
-            if (status !== 200) return;
-            updated = describesOtherContent(copy, answer)
-              ? dropStoredCopies(route.name, resource)
-              : refreshStored({ routeName: route.name, key, since, requestedAt, entry: copy, notModified: answer, policy, sharedCredentialed, storable, rules });
-          },
-          data() {},
-          clientBackedUp() {},
-          end() {},
-        };
-        stored = async () => void (await updated);
-      }
-      if (method === 'GET') {
+      // A GET's answer may be stored, a HEAD's may refresh the copy it could have been answered with.
+      const copy = entry;
+      if (method === 'GET' || (method === 'HEAD' && copy)) {
         // Before the service is asked: a write the store hears of after this keeps this answer out.
         const since = await store.fetchStarting(route.name, resource);
         fetchEnded = () => void store.fetchEnded(route.name, resource, since);
         // The one request directive obeyed: `no-store` (RFC 9111 5.2.1.5) only keeps this client's answer out.
         const storable = !parseCacheControl(headers['cache-control']).noStore;
-        const settled = (outcome?: 'stored' | 'not stored') => {
-          if (outcome === 'not stored') rememberNotStored(flightKey, policy);
-          else if (outcome === 'stored') notStoredUntil.delete(flightKey);
-          release('answered');
-        };
         // RFC 9111 4.2.3's request_time: the answer's age counts the time it took.
         const requestedAt = now();
-        const capture = captureResponse({ store, routeName: route.name, key, since, requestedAt, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, twinned, now, settled });
-        ctx.state.responseTap = capture.tap;
-        stored = capture.stored;
-        // A stale copy with a validator: the service is asked whether it is still current (RFC 9111 4.3.1), and a 304
-        // refreshes it instead of the whole answer coming again. Not for a request with conditions of its own: the
-        // service answers those (a 304 of its then goes to the client that asked for it).
-        const stale = entry;
-        if (stale && hasValidator(stale.headers) && !CONDITIONAL_FIELDS.some((name) => headers[name] !== undefined)) {
-          ctx.state.revalidation = {
-            headers: validatorsOf(stale),
-            notModified: (answer) => {
-              if (!selectsStored(stale, answer)) return false;
-              revalidated = { routeName: route.name, key, since, requestedAt, entry: stale, notModified: answer, policy, sharedCredentialed, storable, rules };
-              return true;
+        if (method === 'HEAD' && copy) {
+          // RFC 9111 4.3.5: a HEAD's 200 tells what a GET would get now. The stored GET copy it could have been answered
+          // with takes its headers and lifetime, as from a 304, while they describe the same content (its ETag,
+          // Last-Modified and Content-Length); otherwise the copies go, and the next GET fetches the content anew.
+          let updated: Promise<unknown> | undefined;
+          ctx.state.responseTap = {
+            start(status, answer) {
+              if (status !== 200) return;
+              updated = describesOtherContent(copy, answer)
+                ? dropStoredCopies(route.name, resource)
+                : refreshStored({ routeName: route.name, key, since, requestedAt, entry: copy, notModified: answer, policy, sharedCredentialed, storable, rules });
             },
+            data() {},
+            clientBackedUp() {},
+            end() {},
           };
+          stored = async () => void (await updated);
+        } else {
+          const settled = (outcome?: 'stored' | 'not stored') => {
+            if (outcome === 'not stored') rememberNotStored(flightKey, policy);
+            else if (outcome === 'stored') notStoredUntil.delete(flightKey);
+            release('answered');
+          };
+          const capture = captureResponse({ store, routeName: route.name, key, since, requestedAt, policy, storable, sharedCredentialed, maxEntryBytes: options.maxEntryBytes, rules, heard, twinned, now, settled });
+          ctx.state.responseTap = capture.tap;
+          stored = capture.stored;
+          // A stale copy with a validator: the service is asked whether it is still current (RFC 9111 4.3.1), and a 304
+          // refreshes it instead of the whole answer coming again. Not for a request with conditions of its own: the
+          // service answers those (a 304 of its then goes to the client that asked for it).
+          const stale = entry;
+          if (stale && hasValidator(stale.headers) && !CONDITIONAL_FIELDS.some((name) => headers[name] !== undefined)) {
+            ctx.state.revalidation = {
+              headers: validatorsOf(stale),
+              notModified: (answer) => {
+                if (!selectsStored(stale, answer)) return false;
+                revalidated = { routeName: route.name, key, since, requestedAt, entry: stale, notModified: answer, policy, sharedCredentialed, storable, rules };
+                return true;
+              },
+            };
+          }
         }
       }
       await next();
