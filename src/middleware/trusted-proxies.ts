@@ -39,7 +39,7 @@ const ADDRESSED_HEADERS = ['x-forwarded-host', 'x-forwarded-proto', 'x-forwarded
  * (Without `trustProxy` Koa ignores these headers anyway; they are removed so no service sees them either.)
  */
 export function createTrustedProxies(options: TrustedProxiesOptions): Middleware {
-  const trusted = options.trustProxy && options.trustedProxies ? blockListOf(options.trustedProxies) : undefined;
+  const trusted = options.trustProxy && options.trustedProxies ? trustedPeerList(options.trustedProxies) : undefined;
   const trustsEveryPeer = options.trustProxy && !trusted;
   const hops = options.trustedProxyHops ?? 1;
 
@@ -108,6 +108,13 @@ function trustedElements(value: string | string[], hops: number): string {
 /** Each config's trustedProxies as a BlockList, built on first use (configs are frozen, the array stays the same). */
 const trustedPeerLists = new WeakMap<readonly string[], net.BlockList>();
 
+/** `trustedProxies` as one BlockList for every step that asks about a peer (X-Forwarded-*, trace context). */
+function trustedPeerList(entries: readonly string[]): net.BlockList {
+  let list = trustedPeerLists.get(entries);
+  if (!list) trustedPeerLists.set(entries, (list = blockListOf(entries)));
+  return list;
+}
+
 /**
  * Whether a TCP peer is a proxy the config trusts to name its clients: any peer under `trustProxy` without a
  * `trustedProxies` list, a listed one with it, none without `trustProxy`.
@@ -116,9 +123,7 @@ export function isTrustedProxyPeer(options: TrustedProxiesOptions, peer: string)
   if (!options.trustProxy) return false;
   const entries = options.trustedProxies;
   if (entries === undefined) return true;
-  let list = trustedPeerLists.get(entries);
-  if (!list) trustedPeerLists.set(entries, (list = blockListOf(entries)));
-  return list.check(peer, net.isIPv6(peer) ? 'ipv6' : 'ipv4');
+  return trustedPeerList(entries).check(peer, net.isIPv6(peer) ? 'ipv6' : 'ipv4');
 }
 
 /**
@@ -131,7 +136,7 @@ export function isTrustedProxyPeer(options: TrustedProxiesOptions, peer: string)
 export function traceContextTrust(trustTraceparent: boolean, trustedProxies: readonly string[] | undefined): (peer: string | undefined) => boolean {
   if (!trustTraceparent) return () => false;
   if (trustedProxies === undefined) return () => true;
-  const list = blockListOf(trustedProxies);
+  const list = trustedPeerList(trustedProxies);
   return (peer) => peer !== undefined && list.check(peer, net.isIPv6(peer) ? 'ipv6' : 'ipv4');
 }
 
