@@ -340,6 +340,8 @@ export const ATTR = {
   rateLimitDecision: 'gateway.rate_limit.decision',
   /** How the response cache answered (one of CACHE_RESULTS), on routes with `cache`. */
   cache: 'gateway.cache',
+  /** On the event a request's span gets when it started a background fetch (stale-while-revalidate): that fetch's own trace id. */
+  cacheBackgroundFetchTraceId: 'gateway.cache.background_fetch.trace_id',
   /** `request_id` on a root span whose trace id was derived from the client's `X-Request-Id`. */
   traceIdSource: 'gateway.trace_id.source',
   /** The version (short hash) of the configuration a request was served under (src/config-reload.ts). */

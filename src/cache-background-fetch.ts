@@ -104,7 +104,7 @@ export function createBackgroundFetches(options: BackgroundFetchOptions): Backgr
       });
       const own = span.spanContext();
       const requestId = isSpanContextValid(own) ? own.traceId : randomBytes(16).toString('hex');
-      triggeredBy?.addEvent(BACKGROUND_FETCH_SPAN, { 'trace_id': own.traceId });
+      triggeredBy?.addEvent(BACKGROUND_FETCH_SPAN, { [ATTR.cacheBackgroundFetchTraceId]: own.traceId });
       const fetchContext = trace.setSpan(ROOT_CONTEXT, span);
       const url = trigger.originalUrl;
 

@@ -133,6 +133,8 @@ describe('response cache under stale-while-revalidate (RFC 5861 3)', () => {
     expect(own.traceId).not.toBe(triggerServer()!.spanContext().traceId);
     expect(tracing.spans().some((span) => span.kind === SpanKind.CLIENT && span.parentSpanContext?.spanId === own.spanId)).toBe(true);
     expect(stack.gatewayLogs.some((each) => each.message === BACKGROUND_FETCH_MESSAGE && each.trace_id === own.traceId)).toBe(true);
+    // From the client's trace to the fetch's: the triggering span names the trace the fetch went on in.
+    expect(triggerServer()!.events.find((event) => event.name === BACKGROUND_FETCH_SPAN)?.attributes).toEqual({ [ATTR.cacheBackgroundFetchTraceId]: own.traceId });
   });
 
   it('answers a HEAD from the stale copy and fetches the GET in the background', async () => {
