@@ -471,19 +471,42 @@ export function resetStream(stream: http2.Http2Stream, code: number): void {
 }
 
 /**
+ * How long an answer's END_STREAM may take to go out before its stream is reset regardless (a client that reads
+ * nothing holds it in the socket), ms.
+ */
+const END_STREAM_WAIT_MS = 1000;
+
+/**
  * Ends an HTTP/2 stream whose answer is out while its client is still sending the request (an early 413, 401 or
  * 408): RST_STREAM NO_ERROR, as RFC 9113 8.1 has a server do once its response is complete. Left open, the
  * stream held its slot until the request timeout, which then recorded the finished answer as `request_timeout`.
- * Call it once the answer finished (its stream's 'finish': Node has handed every byte of it to nghttp2, so the
- * reset cannot overtake it); the reset is the gateway's, no sign of abuse. What the request still holds unread is
- * dropped, as Node's HTTP/1 server drops an unread body: Node closes a stream reset with NO_ERROR only once its
- * request was read to the end, and a 413 refused by its declared length left it unread, the stream open for good.
+ * Call it once the answer finished (its stream's 'finish'); the reset is the gateway's, no sign of abuse (a client
+ * that resets the stream itself meanwhile, as Go's does on an answer ended before its upload, is not counted).
+ * 'finish' is not the answer's end on the wire: Node's compatibility response ends it by empty trailers, sent an
+ * immediate later, and nghttp2 sends a RST_STREAM queued meanwhile ahead of them, so the client got an answer
+ * without END_STREAM, cut by the reset (h2spec http2/8.1/1 showed it; Go's client fails reading such an answer:
+ * "stream error: NO_ERROR; received from peer"). The reset waits until nghttp2 has sent the END_STREAM
+ * (`state.localClose`), at most END_STREAM_WAIT_MS. What the request still holds unread is dropped at once, as
+ * Node's HTTP/1 server drops an unread body: Node closes a stream reset with NO_ERROR only once its request was
+ * read to the end, and a 413 refused by its declared length left it unread, the stream open for good.
  */
 export function stopRequestOnceAnswered(response: Http2ServerResponse): void {
   const { stream } = response;
-  if (stream.destroyed || stream.closed || stream.state.remoteClose) return;
+  if (stream.destroyed || stream.closed || stream.state.remoteClose || gatewayResets.has(stream)) return;
   response.req.resume();
-  resetStream(stream, http2.constants.NGHTTP2_NO_ERROR);
+  gatewayResets.add(stream);
+  const started = performance.now();
+  let waitMs = 1;
+  const resetOnceEnded = () => {
+    if (stream.destroyed || stream.closed) return;
+    if (!stream.state.localClose && performance.now() - started < END_STREAM_WAIT_MS) {
+      setTimeout(resetOnceEnded, waitMs).unref();
+      waitMs = Math.min(2 * waitMs, 100);
+      return;
+    }
+    resetStream(stream, http2.constants.NGHTTP2_NO_ERROR);
+  };
+  setImmediate(resetOnceEnded);
 }
 
 /** Whether the gateway, not the client, reset this stream. */
