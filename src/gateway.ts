@@ -40,6 +40,7 @@ import { createAdminApp, type ConfigControl } from './admin';
 import type { KeptAcrossReloads } from './config-reload';
 import type { PrimaryStoreClient } from './rate-limit-store';
 import { createReadinessCheck } from './readiness';
+import { clientConnectionFailed } from './response-closed';
 import { createGatewayMetrics, type GatewayMetrics } from './metrics';
 
 export interface GatewayDependencies {
@@ -225,8 +226,12 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   // those builds drain, by KeptAcrossReloads.retireReplaced).
   kept?.keepOnlyGrpcChannels(grpc ? grpc.grpcChannelKeys(grpcRoutes) : new Set());
 
-  // Errors are answered by handleErrors; this channel only sees what Koa itself could not hand to it.
-  app.on('error', (error: Error) => logger.error('unhandled gateway error', { error: error.message }));
+  // Errors are answered by handleErrors; this channel only sees what Koa itself could not hand to it, and a
+  // client's connection failing under its answer (clientConnectionFailed), which is the client's, not the gateway's.
+  app.on('error', (error: NodeJS.ErrnoException, ctx?: Koa.Context) => {
+    if (ctx && clientConnectionFailed(ctx, error)) return;
+    logger.error('unhandled gateway error', { error: error.message });
+  });
   return { gateway: app, admin: createAdminApp({ readiness, pools, logger, control: deps.control, stopping: deps.stopping }) };
 }
 

@@ -36,6 +36,19 @@ export function responseClosed(ctx: Context): boolean {
   return ctx.res.destroyed || ctx.req.socket.destroyed;
 }
 
+/** What a client's own connection fails with: a reset or closed socket, an HTTP/2 session or stream its client broke. */
+const CLIENT_CONNECTION_ERRORS: ReadonlySet<string> = new Set(['ECONNRESET', 'EPIPE', 'ERR_HTTP2_ERROR', 'ERR_HTTP2_STREAM_ERROR', 'ERR_HTTP2_SESSION_ERROR']);
+
+/**
+ * Whether `error` (what Koa's error channel got) is the client's connection failing under its answer: a TCP reset
+ * mid-answer (`write ECONNRESET`), a stream its client reset with an error code, an HTTP/2 session its client broke
+ * (nghttp2's GOAWAY PROTOCOL_ERROR: every answer still held on it fails so). Not the gateway's error: the access
+ * line records the request (its span and metrics too), and one such client made one error-level line per stream.
+ */
+export function clientConnectionFailed(ctx: Context, error: NodeJS.ErrnoException): boolean {
+  return error.code !== undefined && CLIENT_CONNECTION_ERRORS.has(error.code) && responseClosed(ctx);
+}
+
 /**
  * Whether an answer can no longer be given: its head is out already, or the client is gone. Koa's own
  * `ctx.writable` read an HTTP/2 stream's writable side, which Node ends as a HEAD request arrives (its answer

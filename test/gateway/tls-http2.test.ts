@@ -468,6 +468,44 @@ describe('TLS termination and HTTP/2', () => {
     });
   });
 
+  // h2spec's stream-limit test (http2/5.1.2/1: 101 streams at window 0, then GOAWAY PROTOCOL_ERROR) left 100 error lines.
+  describe('clients whose connection fails under answers already under way', () => {
+    let watched: RunningServer;
+    let watchedLog: Record<string, unknown>[];
+    beforeAll(async () => {
+      const { logger, lines } = memoryLogger('gateway');
+      watchedLog = lines;
+      watched = await runServer({ app: createGatewayApps(stack.config, { logger, metrics: false }).gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: TIMEOUTS, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: TIMEOUTS, logger }).create });
+    });
+    afterAll(() => watched?.close());
+
+    const STREAMS = 20;
+    const windowZero = frame(FRAME.settings, 0, 0, Buffer.from([0, 4, 0, 0, 0, 0]));
+    const heldAnswers = (tag: string) =>
+      Array.from({ length: STREAMS }, (_, index) => {
+        const fields: [string, string][] = [[':method', 'GET'], [':scheme', 'https'], [':path', '/api/users/1'], [':authority', new URL(watched.url).host], [HEADER.requestId, `${tag}-${index}`]];
+        return frame(FRAME.headers, FLAG.endStream | FLAG.endHeaders, 2 * index + 1, Buffer.concat(fields.map(([name, value]) => hpackLiteral(name, value))));
+      });
+
+    it.each([
+      { desc: 'an HTTP/2 connection its client breaks (a WINDOW_UPDATE of 0: GOAWAY PROTOCOL_ERROR)', tag: 'broken-session', breaking: () => [frame(FRAME.windowUpdate, 0, 0, Buffer.alloc(4))] },
+      { desc: 'HTTP/2 streams their client resets with PROTOCOL_ERROR', tag: 'reset-streams', breaking: () => Array.from({ length: STREAMS }, (_, index) => frame(FRAME.rstStream, 0, 2 * index + 1, Buffer.from([0, 0, 0, 1]))) },
+    ])('logs no "unhandled gateway error" for $desc while their answers are held back (window 0)', async ({ tag, breaking }) => {
+      const { socket } = await holdRawHttp2(watched.url, certificate.cert, Buffer.alloc(0), [windowZero, ...heldAnswers(tag)]);
+      try {
+        // The answers are written (each 401 waits for a window), then the client breaks what carries them.
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        socket.write(Buffer.concat(breaking()));
+        const accessLines = () => watchedLog.filter((line) => line.message === ACCESS_LINE_MESSAGE && String(line.request_id).startsWith(`${tag}-`));
+        await waitFor(() => accessLines().length === STREAMS, `the ${STREAMS} access lines`);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        expect(watchedLog.filter((line) => line.message === 'unhandled gateway error')).toEqual([]);
+      } finally {
+        socket.destroy();
+      }
+    });
+  });
+
   describe('HTTP/2 uploads answered before they end', () => {
     // requestTimeoutMs far longer than the test: a stream left open until then fails it.
     const long = { ...TIMEOUTS, requestMs: 60_000 };
