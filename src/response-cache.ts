@@ -1,4 +1,5 @@
 import { hash } from 'node:crypto';
+import { STATUS_CODES } from 'node:http';
 import { z } from 'zod';
 import { FIELD_NAME_TOKEN, HEADER } from '../otel/wire-names';
 
@@ -60,6 +61,16 @@ export const DEFAULT_ROUTE_MAX_BYTES = 8 * 1024 * 1024;
  */
 export const CACHEABLE_STATUSES: ReadonlySet<number> = new Set([200, 203, 204, 300, 301, 308, 404, 405, 410, 414]);
 
+/**
+ * Whether a status outside CACHEABLE_STATUSES is stored when the service gave the answer an explicit lifetime
+ * (`max-age`, `s-maxage`, `Expires`): RFC 9111 3 allows any final status the cache understands then (a 302, 307,
+ * 400, or an unknown 2xx-4xx read as its class's x00). Not a 5xx (an outage must not outlive itself), nor what
+ * answers this request alone: a range (206, 416), its own conditions (304, 412), its client's rate limit (429).
+ */
+function storableWithExplicitLifetime(status: number): boolean {
+  return status >= 200 && status < 500 && status !== 206 && status !== 304 && status !== 412 && status !== 416 && status !== 429;
+}
+
 /** The response directives of `Cache-Control` (RFC 9111 5.2.2) the cache acts on. */
 export interface CacheControl {
   noStore: boolean;
@@ -68,6 +79,8 @@ export interface CacheControl {
   public: boolean;
   /** `must-revalidate` or `proxy-revalidate`: never served stale. */
   mustRevalidate: boolean;
+  /** `must-understand` (RFC 9111 5.2.2.3): stored only with a status the cache knows the meaning of. */
+  mustUnderstand: boolean;
   maxAge?: number;
   /** The lifetime for a shared cache; it also means proxy-revalidate there (RFC 9111 5.2.2.10): never served stale. */
   sMaxAge?: number;
@@ -89,7 +102,7 @@ const LIFETIME_DIRECTIVES: Readonly<Record<string, 'maxAge' | 'sMaxAge' | 'stale
 
 /** Parses `Cache-Control` (all field lines); unknown directives are ignored, as RFC 9111 5.2.3 says. */
 export function parseCacheControl(value: string | string[] | undefined): CacheControl {
-  const parsed: CacheControl = { noStore: false, noCache: false, private: false, public: false, mustRevalidate: false, invalid: false };
+  const parsed: CacheControl = { noStore: false, noCache: false, private: false, public: false, mustRevalidate: false, mustUnderstand: false, invalid: false };
   if (value === undefined) return parsed;
   const text = Array.isArray(value) ? value.join(',') : value;
   // directive [= token | quoted-string], comma separated; commas inside quotes do not separate.
@@ -112,6 +125,9 @@ export function parseCacheControl(value: string | string[] | undefined): CacheCo
       case 'must-revalidate':
       case 'proxy-revalidate':
         parsed.mustRevalidate = true;
+        break;
+      case 'must-understand':
+        parsed.mustUnderstand = true;
         break;
       case 'max-age':
       case 's-maxage':
@@ -210,8 +226,11 @@ export type Storability = { store: false; reason: string } | { store: true; life
  */
 export function storability(input: StorabilityInput): Storability {
   const { headers } = input;
-  if (!CACHEABLE_STATUSES.has(input.status)) return { store: false, reason: 'status' };
   const control = parseCacheControl(headers['cache-control']);
+  const explicitLifetime = control.sMaxAge !== undefined || control.maxAge !== undefined || headers.expires !== undefined;
+  if (!CACHEABLE_STATUSES.has(input.status) && !(explicitLifetime && storableWithExplicitLifetime(input.status))) return { store: false, reason: 'status' };
+  // RFC 9111 5.2.2.3: a status the cache only reads as its class (299, 499) is not understood.
+  if (control.mustUnderstand && STATUS_CODES[input.status] === undefined) return { store: false, reason: 'status' };
   if (control.noStore) return { store: false, reason: 'no-store' };
   if (control.private) return { store: false, reason: 'private' };
   const validated = hasValidator(headers);

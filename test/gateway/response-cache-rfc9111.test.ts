@@ -277,6 +277,29 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect([next.headers['x-cache'], next.text]).toEqual(['MISS', 'the new body']);
   });
 
+  it.each([302, 307, 400, 299])('stores a %i the service gave an explicit lifetime (RFC 9111 3), and one without it never', async (status) => {
+    const path = fresh();
+    const bare = fresh();
+    // An absolute Location naming the instance: the copy keeps it as the proxy made it public, never the instance's address.
+    origin.script(path, () => ({ status, headers: { 'cache-control': 'max-age=60', location: `${origin.url}/rfc/elsewhere` }, body: `a ${status}` }));
+    origin.script(bare, () => ({ status, body: `a ${status}` }));
+    const first = await get(path);
+    const second = await get(path);
+    expect([first.headers['x-cache'], second.headers['x-cache'], second.status, second.text]).toEqual(['MISS', 'HIT', status, `a ${status}`]);
+    expect(second.headers.location).toBe(`${stack.gateway.url}/api/rfc/elsewhere`);
+    expect(seenFor(path)).toHaveLength(1);
+    await get(bare);
+    expect((await get(bare)).headers['x-cache']).toBe('MISS');
+  });
+
+  it.each([503, 429, 412])('never stores a %i, even with an explicit lifetime', async (status) => {
+    const path = fresh();
+    origin.script(path, () => ({ status, headers: { 'cache-control': 'max-age=60' } }));
+    await get(path);
+    expect((await get(path)).headers['x-cache']).toBe('MISS');
+    expect(seenFor(path)).toHaveLength(2);
+  });
+
   it('stands in with a copy sent with max-age=0 and stale-if-error but no validator while the service fails (RFC 5861 4)', async () => {
     const path = fresh();
     origin.script(path, () => ({ headers: { 'cache-control': 'max-age=0, stale-if-error=600' }, body: 'the last good body' }), () => ({ status: 503, body: 'down' }));

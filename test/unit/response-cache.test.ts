@@ -88,8 +88,22 @@ describe('Cache-Control and storability (RFC 9111)', () => {
     expect(verdict({}, { status }).store).toBe(true);
   });
 
-  it.each([201, 202, 206, 302, 304, 307, 400, 401, 403, 429, 500, 501, 502, 503, 504])('never stores status %i', (status) => {
+  it.each([201, 202, 299, 302, 303, 307, 400, 401, 403, 499])('stores status %i only with an explicit lifetime (RFC 9111 3)', (status) => {
+    expect(verdict({ 'cache-control': 'public, max-age=60' }, { status }).store).toBe(true);
+    expect(verdict({ 'cache-control': 's-maxage=60' }, { status }).store).toBe(true);
+    expect(verdict({ expires: new Date(NOW + 60_000).toUTCString() }, { status }).store).toBe(true);
+    expect(verdict({}, { status }).store).toBe(false);
+    expect(verdict({ 'cache-control': 'public' }, { status }).store).toBe(false);
+  });
+
+  it.each([206, 304, 412, 416, 429, 500, 501, 502, 503, 504, 599])('never stores status %i', (status) => {
     expect(verdict({ 'cache-control': 'public, max-age=60' }, { status }).store).toBe(false);
+  });
+
+  it('stores with must-understand only a status it knows the meaning of (RFC 9111 5.2.2.3)', () => {
+    expect(verdict({ 'cache-control': 'must-understand, max-age=60' }, { status: 200 }).store).toBe(true);
+    expect(verdict({ 'cache-control': 'must-understand, max-age=60' }, { status: 299 }).store).toBe(false);
+    expect(verdict({ 'cache-control': 'max-age=60' }, { status: 299 }).store).toBe(true);
   });
 
   it('counts the time the service took to answer in the initial age, beside its Age (RFC 9111 4.2.3)', () => {
