@@ -280,8 +280,10 @@ export function hasValidator(headers: Record<string, string | string[] | undefin
 }
 
 /**
- * How long past its freshness a stored response with a validator is kept to be revalidated, s (nginx's
- * `proxy_cache_path ... inactive` default): a 304 then refreshes it instead of the whole answer being sent again.
+ * How long past its freshness a stored response is kept, s (nginx's `proxy_cache_path ... inactive` default): one
+ * with a validator to be revalidated (a 304 then refreshes it instead of the whole answer being sent again), one
+ * without for a HEAD's 200 to freshen (RFC 9111 4.3.5, the way to refresh exactly such a copy). Dropped as it went
+ * stale, a copy without a validator left the HEAD nothing to update, and the next GET went to the service.
  */
 export const REVALIDATION_WINDOW_SECONDS = 600;
 
@@ -341,10 +343,11 @@ export function mayRevalidateInBackground(entry: CachedResponse, now: number): b
 
 /**
  * How long a store keeps an entry, ms: its freshness left plus the longest of its stale-if-error and
- * stale-while-revalidate windows and, for one with a validator, the revalidation window.
+ * stale-while-revalidate windows and the revalidation window. Past its freshness a copy answers nothing by itself
+ * (only a 304, a HEAD's 200, or one of those windows lets it).
  */
 export function retentionMs(entry: CachedResponse, now: number): number {
-  const pastFreshness = Math.max(entry.staleIfErrorSeconds, entry.staleWhileRevalidateSeconds, hasValidator(entry.headers) ? REVALIDATION_WINDOW_SECONDS : 0);
+  const pastFreshness = Math.max(entry.staleIfErrorSeconds, entry.staleWhileRevalidateSeconds, REVALIDATION_WINDOW_SECONDS);
   return Math.max(0, (entry.lifetimeSeconds + pastFreshness - currentAge(entry, now)) * 1000);
 }
 

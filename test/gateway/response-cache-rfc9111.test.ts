@@ -259,6 +259,23 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect(seenFor(path).map((each) => each.headers['if-none-match'])).toHaveLength(2);
   });
 
+  it('keeps a stale copy without a validator for a HEAD\'s 200 to freshen (RFC 9111 4.3.5), so the next GET is a HIT', async () => {
+    const path = fresh();
+    origin.script(
+      path,
+      // Fresh for about a second (its Age), then stale: no validator to revalidate it with, only a HEAD can freshen it.
+      () => ({ headers: { 'cache-control': 'max-age=60', age: '59', 'x-version': 'first' }, body: 'the stored body' }),
+      () => ({ headers: { 'cache-control': 'max-age=600', 'x-version': 'from the head', 'content-length': String('the stored body'.length) } }),
+    );
+    await get(path);
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    const head = await sendRaw(stack.gateway.url, `/api/rfc${path}`, {}, 'HEAD');
+    expect([head.status, head.headers['x-cache']]).toEqual([200, 'MISS']);
+    const next = await get(path);
+    expect([next.headers['x-cache'], next.text, next.headers['x-version']]).toEqual(['HIT', 'the stored body', 'from the head']);
+    expect(seenFor(path)).toHaveLength(2);
+  });
+
   it.each([
     { desc: 'another ETag', head: { etag: '"other"', 'content-length': '15' } },
     { desc: 'another Last-Modified', head: { etag: '"same"', 'last-modified': 'Wed, 02 Dec 2026 10:00:00 GMT', 'content-length': '15' } },

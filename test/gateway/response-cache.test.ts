@@ -4,6 +4,7 @@ import { Redis } from 'ioredis';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { createGateway } from '../../src/gateway';
 import { createRedisStore } from '../../src/rate-limit-store';
+import { REVALIDATION_WINDOW_SECONDS } from '../../src/response-cache';
 import { createRedisResponseStore } from '../../src/response-store';
 import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
 import { deleteKeys, isolatedKeyPrefix, requireRedis } from '../helpers/redis';
@@ -1119,7 +1120,8 @@ describe('response cache shared through Redis', () => {
     // One caller (or header value) after another, each variant over before the next is stored.
     for (let caller = 0; caller < 10; caller++) {
       await store.set('route', { resource: 'resource', variant: `caller-${caller}` }, { status: 200, headers: {}, body: Buffer.from('{}'), storedAt: clock, initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, staleWhileRevalidateSeconds: 0, vary: [], varyValues: [] }, await store.fetchStarting('route', 'resource'));
-      clock += 61_000;
+      // Past its freshness and the revalidation window it is kept for after (a 304, a HEAD's 200).
+      clock += (60 + REVALIDATION_WINDOW_SECONDS + 1) * 1000;
     }
     expect(await replicaRedis!.hkeys(`${prefix}:store:route:resource`)).toEqual(['caller-9']);
     await store.invalidate('route', 'resource');

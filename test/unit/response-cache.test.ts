@@ -76,12 +76,13 @@ describe('Cache-Control and storability (RFC 9111)', () => {
     expect(stored.staleIfErrorSeconds).toBe(0);
   });
 
-  it('keeps a stale entry with a validator for the revalidation window, one without only while stale-if-error allows', () => {
+  it('keeps a stale entry for the revalidation window, with a validator (a 304) or without (a HEAD\'s 200, RFC 9111 4.3.5), or its longer stale-if-error', () => {
     const entry = (headers: Record<string, string>, staleIfErrorSeconds = 0): CachedResponse => ({ status: 200, headers, body: Buffer.alloc(0), storedAt: NOW, initialAgeSeconds: 0, lifetimeSeconds: 10, staleIfErrorSeconds, staleWhileRevalidateSeconds: 0, vary: [], varyValues: [] });
-    expect(retentionMs(entry({}), NOW + 11_000)).toBe(0);
-    expect(retentionMs(entry({}, 5), NOW + 11_000)).toBe(4_000);
-    expect(retentionMs(entry({ etag: '"1"' }), NOW + 11_000)).toBe((10 + REVALIDATION_WINDOW_SECONDS - 11) * 1000);
-    expect(retentionMs(entry({ 'last-modified': 'not a date' }), NOW + 11_000)).toBe(0);
+    const window = (10 + REVALIDATION_WINDOW_SECONDS - 11) * 1000;
+    expect(retentionMs(entry({}), NOW + 11_000)).toBe(window);
+    expect(retentionMs(entry({ etag: '"1"' }), NOW + 11_000)).toBe(window);
+    expect(retentionMs(entry({}, REVALIDATION_WINDOW_SECONDS + 5), NOW + 11_000)).toBe(window + 5_000);
+    expect(retentionMs(entry({}), NOW + (10 + REVALIDATION_WINDOW_SECONDS) * 1000)).toBe(0);
   });
 
   it.each([200, 203, 204, 300, 301, 308, 404, 405, 410, 414])('stores status %i', (status) => {
@@ -220,6 +221,8 @@ describe('the in-memory store', () => {
     expect(await store.get('a', at('huge'))).toBeUndefined();
     await put(store, 'a', at('k'), { ...entry(10), storedAt: now });
     now += 61_000;
+    expect(await store.get('a', at('k'))).toBeDefined();
+    now += REVALIDATION_WINDOW_SECONDS * 1000;
     expect(await store.get('a', at('k'))).toBeUndefined();
   });
 
