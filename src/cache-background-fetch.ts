@@ -36,6 +36,47 @@ export interface BackgroundFetchOptions {
   logger: Logger;
   /** Background fetches under way at most (MAX_BACKGROUND_FETCHES by default). */
   maxConcurrent?: number;
+  /** Where each fetch counts as under way until it and what its caller did with its answer are over (main.ts waits for them as it stops). */
+  work?: BackgroundWork;
+  /** Whether the process is draining: no fetch starts then (the stale copy still answers). Default never. */
+  stopping?: () => boolean;
+}
+
+/**
+ * The cache's background fetches of every build in the process (the running config's and those a reload replaced):
+ * what a shutdown waits for after the clients' requests drained, before it disconnects Redis and flushes telemetry.
+ * Without it the process exited under them: the service's answer was cut and never stored (its fetch generation
+ * left in Redis), the fetch's span never ended and its log line never written.
+ */
+export interface BackgroundWork {
+  /** Counts `work` as under way until it settles. */
+  add(work: Promise<unknown>): void;
+  /** Resolves once nothing is under way (true), or after `timeoutMs` with the number still under way. */
+  settled(timeoutMs: number): Promise<true | number>;
+}
+
+export function createBackgroundWork(): BackgroundWork {
+  const underWay = new Set<Promise<unknown>>();
+  return {
+    add(work) {
+      const tracked = work.then(
+        () => void underWay.delete(tracked),
+        () => void underWay.delete(tracked),
+      );
+      underWay.add(tracked);
+    },
+    async settled(timeoutMs) {
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
+      try {
+        // Those that began while the earlier ones ran (a request answered during the drain) are waited for too.
+        while (underWay.size > 0) if (!(await Promise.race([Promise.all(underWay).then(() => true), timedOut]))) return underWay.size;
+        return true;
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
 }
 
 /** How a background fetch ended: with the service's answer (whatever it was), or with the gateway's error code. */
@@ -44,10 +85,12 @@ export type BackgroundOutcome = { ok: true } | { ok: false; errorCode: string };
 export interface BackgroundFetches {
   /**
    * Starts a GET for what `trigger` asked for, its state (the cache's tap, a revalidation) from `prepare`, and
-   * resolves once it is over; never rejects. Undefined, and nothing started, when `maxConcurrent` are under way.
-   * Call it while `trigger` is being answered: what it reads of the trigger's request is read at once.
+   * resolves once it is over; never rejects. Then runs `settle` with its outcome (the cache stores or refreshes the
+   * copy there): the fetch counts as under way (`work`) until that is over too. Undefined, and nothing started,
+   * when `maxConcurrent` are under way or the process is stopping. Call it while `trigger` is being answered: what
+   * it reads of the trigger's request is read at once.
    */
-  start(trigger: Context, prepare: () => Promise<Partial<GatewayState>>): Promise<BackgroundOutcome> | undefined;
+  start(trigger: Context, prepare: () => Promise<Partial<GatewayState>>, settle?: (outcome: BackgroundOutcome) => Promise<void>): Promise<BackgroundOutcome> | undefined;
 }
 
 /** A socket that takes every byte and keeps none: the answer of a request without a client is the tap's only. */
@@ -65,8 +108,8 @@ export function createBackgroundFetches(options: BackgroundFetchOptions): Backgr
   let running = 0;
 
   return {
-    start(trigger, prepare) {
-      if (running >= maxConcurrent) return undefined;
+    start(trigger, prepare, settle) {
+      if (running >= maxConcurrent || options.stopping?.()) return undefined;
       running++;
       const started = process.hrtime.bigint();
       const socket = sinkSocket(trigger);
@@ -123,7 +166,7 @@ export function createBackgroundFetches(options: BackgroundFetchOptions): Backgr
           return { ok: false, errorCode };
         }
       };
-      return context.with(fetchContext, run).then((outcome) => {
+      const fetched = context.with(fetchContext, run).then((outcome) => {
         const status = res.headersSent ? res.statusCode : outcome.ok ? 304 : null;
         const entry: AccessLine = {
           method: 'GET',
@@ -145,6 +188,9 @@ export function createBackgroundFetches(options: BackgroundFetchOptions): Backgr
         running--;
         return outcome;
       });
+      const over = settle ? fetched.then(settle).catch((error: unknown) => logger.error('cache background fetch: its answer could not be handled', { error: String(error), route: route?.name ?? null })) : fetched;
+      options.work?.add(over);
+      return fetched;
     },
   };
 }

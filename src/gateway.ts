@@ -32,7 +32,7 @@ import { compileRoutes } from './routes';
 import { createTokenService } from './tokens';
 import { createConsumerRegistry } from './consumers';
 import { compileHeaderRules, GATEWAY_RESPONSE_HEADERS } from './header-rules';
-import { createBackgroundFetches } from './cache-background-fetch';
+import { createBackgroundFetches, type BackgroundWork } from './cache-background-fetch';
 import { cacheKey } from './response-cache';
 import { createResponseStore, type PeerInvalidations } from './response-store';
 import { createUpstreamPools } from './upstream-pool';
@@ -66,6 +66,8 @@ export interface GatewayDependencies {
   cachePeers?: PeerInvalidations;
   /** Whether the process is draining (main.ts, from runServer's onDrain): both `/ready` answer 503 `stopping`. Default never. */
   stopping?: () => boolean;
+  /** The response cache's background fetches of every build, which main.ts waits for as it stops (src/cache-background-fetch.ts). */
+  backgroundWork?: BackgroundWork;
 }
 
 export interface GatewayApps {
@@ -213,7 +215,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   });
   if (cachedRoutes.size > 0) {
     // A stale copy fetched again under stale-while-revalidate goes through the same proxy, as a request of the cache's own.
-    const background = createBackgroundFetches({ forward: (ctx) => proxy(ctx, async () => {}), tracer, logger });
+    const background = createBackgroundFetches({ forward: (ctx) => proxy(ctx, async () => {}), tracer, logger, work: deps.backgroundWork, stopping: deps.stopping });
     app.use(createResponseCache({ routes: cachedRoutes, keyScopes: cacheKeyScopes, routeTable: routes, store: createResponseStore(config, redis, logger, deps.cachePeers), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, headerRules, underscores: config.headersWithUnderscores, logger, metrics, background }));
   } else {
     // No cached route left: the running build's store goes with its app instead of staying held (its entries

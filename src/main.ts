@@ -7,6 +7,7 @@ import type { ConfigControl, ReloadAnswer } from './admin';
 import { clientTimeouts, ConfigError, loadConfig, type GatewayConfig } from './config';
 import { activeConfig, checkReload, createLiveGateway, type ActiveConfig } from './config-reload';
 import { listenAdmin } from './admin';
+import { createBackgroundWork } from './cache-background-fetch';
 import { createConnectionsPerClient } from './client-connections';
 import { createGatewayApps } from './gateway';
 import { strictTransportSecurityValue } from './middleware/hsts';
@@ -17,6 +18,9 @@ import { connectWorker, type WorkerLink } from './worker-link';
 import { startupWarnings } from './startup-warnings';
 import { runPrimary, workerCount } from './workers';
 import { createTlsServer, listenHttpsRedirect, type CertificatePems, type RedirectListener } from './tls';
+
+/** How long the shutdown waits for the response cache's background fetches under way, ms (as runServer's drain of requests). */
+const BACKGROUND_FETCH_DRAIN_MS = 10_000;
 
 /** The signals runServer stops on. */
 const STOP_SIGNALS = ['SIGTERM', 'SIGINT'] as const;
@@ -166,6 +170,8 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   const control = worker ? worker.control(() => live.active()) : single!;
   // Set as the drain begins; every build reads it (a reload during the drain too).
   let stopping = false;
+  // The response cache's background fetches of every build: the shutdown waits for them once the clients' requests drained.
+  const backgroundWork = createBackgroundWork();
   // Each config (the first and every reload) becomes a fresh pair of apps over the same collaborators.
   const live = createLiveGateway(
     initial,
@@ -174,7 +180,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
       // MUST propagate); the first config that trusts it, at start or at a reload, registers what that takes.
       // Without trust nothing is propagated, and telemetry off stays free of a context manager's cost.
       if (active.config.trustTraceparent) startPropagation();
-      return createGatewayApps(active.config, { logger, redis, metrics: metrics ?? false, primaryStore, kept, configVersion: active.version, control, cachePeers: worker?.cachePeers, stopping: () => stopping });
+      return createGatewayApps(active.config, { logger, redis, metrics: metrics ?? false, primaryStore, kept, configVersion: active.version, control, cachePeers: worker?.cachePeers, stopping: () => stopping, backgroundWork });
     },
     logger,
   );
@@ -227,6 +233,10 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
       worker?.draining();
     },
     async onShutdown() {
+      // Before Redis and telemetry go: a fetch the cache began itself (stale-while-revalidate) stores its answer, ends
+      // its span and writes its line. None starts once the drain began; one still under way at the bound is cut.
+      const left = await backgroundWork.settled(BACKGROUND_FETCH_DRAIN_MS);
+      if (left !== true) logger.warn('cache background fetches cut by the shutdown', { count: left, waitedMs: BACKGROUND_FETCH_DRAIN_MS });
       await redirectListener?.close();
       // Closed only now: operators can watch readiness while the public listener drains.
       await adminListener?.close();

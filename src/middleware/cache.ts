@@ -313,7 +313,9 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     let since: FetchStart | undefined;
     let revalidated: Revalidated | undefined;
     let stored = () => Promise.resolve();
-    const running = options.background!.start(trigger, async () => {
+    let finished!: (outcome: FetchOutcome) => void;
+    const flight = { resource: key.resource, done: new Promise<FetchOutcome>((resolve) => (finished = resolve)) };
+    const started = options.background!.start(trigger, async () => {
       since = await store.fetchStarting(routeName, key.resource);
       const requestedAt = now();
       const settled = (outcome?: 'stored' | 'not stored') => {
@@ -336,12 +338,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
           }
         : undefined;
       return { responseTap: capture.tap, revalidation };
-    });
-    if (!running) return;
-    let finished!: (outcome: FetchOutcome) => void;
-    const flight = { resource: key.resource, done: new Promise<FetchOutcome>((resolve) => (finished = resolve)) };
-    inFlight.set(flightKey, flight);
-    void running.then(async (outcome) => {
+    }, async (outcome) => {
       try {
         await stored();
         if (revalidated) await refreshStored(revalidated);
@@ -349,9 +346,12 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
         // A write may have let a later request start a fetch of its own under this key.
         if (inFlight.get(flightKey) === flight) inFlight.delete(flightKey);
         finished(outcome.ok ? 'answered' : 'failed');
-        if (since) void store.fetchEnded(routeName, key.resource, since);
+        // Awaited: a shutdown waits for the fetch until the store let go of what it kept for it (Redis).
+        if (since) await store.fetchEnded(routeName, key.resource, since);
       }
     });
+    // Set before the fetch can end: `settle` above runs no sooner than the fetch's first await.
+    if (started) inFlight.set(flightKey, flight);
   };
 
   /** Answers from a stored copy the service's 304 confirmed (refreshStored): this client gets it whatever is stored. */

@@ -82,6 +82,49 @@ describe('graceful shutdown', () => {
   });
 });
 
+describe('the response cache\'s background fetches', () => {
+  it('on SIGTERM waits for a stale-while-revalidate fetch under way: the service answers it, it is logged, then the exit is 0', async () => {
+    let fetches = 0;
+    let backgroundAnswered = false;
+    let backgroundCut = false;
+    const service = await listen((_req, res) => {
+      if (++fetches === 1) {
+        res.writeHead(200, { 'cache-control': 'max-age=1, stale-while-revalidate=60', 'content-type': 'text/plain' });
+        return void res.end('v1');
+      }
+      // The cache's own fetch of the stale copy: the service takes a second and a half to answer it.
+      res.on('close', () => (backgroundCut ||= !res.writableFinished));
+      setTimeout(() => {
+        res.writeHead(200, { 'cache-control': 'max-age=60', 'content-type': 'text/plain' });
+        res.end('v2', () => (backgroundAnswered = true));
+      }, 1_500);
+    });
+    const gateway = await startGatewayProcess({
+      config: {
+        port: 0,
+        rateLimit: { max: 1_000_000, windowMs: 60_000 },
+        services: { users: { url: service.url }, items: { url: service.url } },
+        routes: [{ name: 'items', prefix: '/items', service: 'items', upstreamPath: '/items', auth: 'public', cache: { ttlSeconds: 60, scope: 'public' } }],
+      },
+      env: { JWT_SECRET: TEST_JWT_SECRET },
+    });
+    try {
+      expect((await requestOnNewConnection(`${gateway.url}/items/1`)).body).toBe('v1');
+      await new Promise((resolve) => setTimeout(resolve, 1_200));
+      const stale = await requestOnNewConnection(`${gateway.url}/items/1`);
+      expect([stale.headers['x-cache'], stale.body]).toEqual(['STALE', 'v1']);
+      await waitFor(() => fetches === 2);
+      gateway.child.kill('SIGTERM');
+      expect(await gateway.exited()).toBe(0);
+      expect([backgroundAnswered, backgroundCut]).toEqual([true, false]);
+      expect(gateway.lines.some((line) => line.message === 'cache background fetch completed' && line.status === 200)).toBe(true);
+    } finally {
+      if (gateway.child.exitCode === null) gateway.child.kill('SIGKILL');
+      await service.close();
+    }
+  }, 20_000);
+});
+
 describe('while it starts', () => {
   // As PID 1 (a container) the signal was ignored and the gateway served on until SIGKILL; elsewhere it died by it.
   it('holds a SIGTERM that arrives while it waits for Redis, then stops cleanly once it serves, exit code 0', async () => {

@@ -3,7 +3,7 @@ import type { Context } from 'koa';
 import Koa from 'koa';
 import http from 'node:http';
 import { Socket } from 'node:net';
-import { createBackgroundFetches } from '../../src/cache-background-fetch';
+import { createBackgroundFetches, createBackgroundWork } from '../../src/cache-background-fetch';
 import { GatewayError } from '../../src/errors';
 import { memoryLogger } from '../helpers/servers';
 
@@ -57,6 +57,22 @@ describe('background fetches of the response cache', () => {
     expect(seen!.req.method).toBe('GET');
     expect(seen!.req.headers).toEqual({ host: 'gateway.example', accept: 'text/plain' });
     expect(outcome).toEqual({ ok: false, errorCode: 'upstream_unavailable' });
+  });
+
+  it('counts a fetch as under way until what its caller does with the answer is over, and starts none once the process is stopping', async () => {
+    const work = createBackgroundWork();
+    let stopping = false;
+    let release!: () => void;
+    const fetches = createBackgroundFetches({ forward: async () => {}, tracer: trace.getTracer('test'), logger: memoryLogger('gateway').logger, work, stopping: () => stopping });
+    let settled = false;
+    const outcome = fetches.start(triggerContext(), async () => ({}), () => new Promise<void>((resolve) => (release = resolve)).then(() => void (settled = true)));
+    await expect(outcome).resolves.toEqual({ ok: true });
+    expect(await work.settled(50)).toBe(1);
+    release();
+    expect(await work.settled(1_000)).toBe(true);
+    expect(settled).toBe(true);
+    stopping = true;
+    expect(fetches.start(triggerContext(), async () => ({}))).toBeUndefined();
   });
 
   it('settles a fetch whose preparation failed as a failure and gives its place back, never rejecting', async () => {
