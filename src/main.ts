@@ -19,8 +19,11 @@ import { startupWarnings } from './startup-warnings';
 import { runPrimary, workerCount } from './workers';
 import { createTlsServer, listenHttpsRedirect, type CertificatePems, type RedirectListener } from './tls';
 
-/** How long the shutdown waits for the response cache's background fetches under way, ms (as runServer's drain of requests). */
-const BACKGROUND_FETCH_DRAIN_MS = 10_000;
+/**
+ * How long the shutdown waits for the response cache's background fetches under way, ms, after runServer's drain of
+ * the clients' requests (10 s at most): together within the 20 s a cluster primary gives a worker to exit.
+ */
+const BACKGROUND_FETCH_DRAIN_MS = 5_000;
 
 /** The signals runServer stops on. */
 const STOP_SIGNALS = ['SIGTERM', 'SIGINT'] as const;
