@@ -63,12 +63,16 @@ export const CACHEABLE_STATUSES: ReadonlySet<number> = new Set([200, 203, 204, 3
 
 /**
  * Whether a status outside CACHEABLE_STATUSES is stored when the service gave the answer an explicit lifetime
- * (`max-age`, `s-maxage`, `Expires`): RFC 9111 3 allows any final status the cache understands then (a 302, 307,
- * 400, or an unknown 2xx-4xx read as its class's x00). Not a 5xx (an outage must not outlive itself), nor what
- * answers this request alone: a range (206, 416), its own conditions (304, 412), its client's rate limit (429).
+ * (`max-age`, `s-maxage`, `Expires`): RFC 9111 3 allows any final status the cache understands then. Stored: a 2xx
+ * or 3xx (a 201, 302, 307, or an unknown 299 read as 200, RFC 9110 15), not a 206 (a range of one request) nor a
+ * 304 (its own conditions). Never a 4xx beyond the heuristic 404, 405, 410, 414: a client error speaks of the
+ * request (its form, credentials, address, Accept), and a client chooses its request; much of it is no part of the
+ * key, so one client's malformed, oversized or unauthorized request would make every client's answer that error for
+ * as long as a blanket `max-age` of the service's says (cache-poisoned denial of service, CPDoS). Nor a 5xx: an
+ * outage must not outlive itself.
  */
 function storableWithExplicitLifetime(status: number): boolean {
-  return status >= 200 && status < 500 && status !== 206 && status !== 304 && status !== 412 && status !== 416 && status !== 429;
+  return status >= 200 && status < 400 && status !== 206 && status !== 304;
 }
 
 /** The response directives of `Cache-Control` (RFC 9111 5.2.2) the cache acts on. */

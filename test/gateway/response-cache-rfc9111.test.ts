@@ -294,7 +294,7 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect([next.headers['x-cache'], next.text]).toEqual(['MISS', 'the new body']);
   });
 
-  it.each([302, 307, 400, 299])('stores a %i the service gave an explicit lifetime (RFC 9111 3), and one without it never', async (status) => {
+  it.each([302, 307, 201, 299])('stores a %i the service gave an explicit lifetime (RFC 9111 3), and one without it never', async (status) => {
     const path = fresh();
     const bare = fresh();
     // An absolute Location naming the instance: the copy keeps it as the proxy made it public, never the instance's address.
@@ -309,12 +309,20 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect((await get(bare)).headers['x-cache']).toBe('MISS');
   });
 
-  it.each([503, 429, 412])('never stores a %i, even with an explicit lifetime', async (status) => {
+  it.each([503, 429, 412, 400, 403, 431, 499])('never stores a %i, even with an explicit lifetime', async (status) => {
     const path = fresh();
     origin.script(path, () => ({ status, headers: { 'cache-control': 'max-age=60' } }));
     await get(path);
     expect((await get(path)).headers['x-cache']).toBe('MISS');
     expect(seenFor(path)).toHaveLength(2);
+  });
+
+  it('never lets one client\'s request refused for a header the key does not hold (400 under a blanket max-age) answer the next client (CPDoS)', async () => {
+    const path = fresh();
+    origin.script(path, (request) => (request.headers['x-oversized'] !== undefined ? { status: 400, headers: { 'cache-control': 'public, max-age=300' }, body: 'bad request' } : { headers: { 'cache-control': 'public, max-age=300' }, body: 'the page' }));
+    expect((await get(path, { 'x-oversized': 'x'.repeat(4096) })).status).toBe(400);
+    const next = await get(path);
+    expect([next.status, next.text, next.headers['x-cache']]).toEqual([200, 'the page', 'MISS']);
   });
 
   it('stands in with a copy sent with max-age=0 and stale-if-error but no validator while the service fails (RFC 5861 4)', async () => {
