@@ -15,7 +15,7 @@
  * - no TracerMetrics (objects with computed keys for every span, recorded into the no-op meter: otel/sdk.ts
  *   gives the TracerProvider no MeterProvider, so nothing is observable), no MultiSpanProcessor in between.
  * test/unit/gateway-tracer.test.ts pins the equivalence with the SDK's Tracer over generated operations.
- * Loaded only with telemetry on (otel/sdk.ts requires it), like the SDK itself.
+ * Built only with telemetry on (otel/sdk.ts); src/ imports startSpanOwning from here, which works with any tracer.
  */
 import {
   context,
@@ -193,13 +193,20 @@ class GatewayTracer implements Tracer {
     const links = options.links == null ? [] : options.links.map((link) => this.limitedLink(link));
 
     // The start attributes, copied once with the SDK's validation (its first cleanAttributes, without limits):
-    // the sampler must see them before any limit applies, as it does in the SDK.
-    const attributes: Attributes = {};
+    // the sampler must see them before any limit applies, as it does in the SDK. Handed over (startSpanOwning)
+    // and every value a primitive the SDK would keep as it is, the caller's object is the span's: no copy.
+    let attributes: Attributes;
     let attributeCount = 0;
     let droppedAttributesCount = 0;
     let limitsMayCut = false;
     const given = options.attributes;
-    if (typeof given === 'object' && given !== null) {
+    const owned = given !== undefined && given === handedOver ? keptAsGivenCount(given, this.valueLengthLimit) : -1;
+    if (owned >= 0) {
+      handedOver = undefined;
+      attributes = given!;
+      attributeCount = owned;
+    } else if (typeof given === 'object' && given !== null) {
+      attributes = {};
       for (const key in given) {
         if (!Object.hasOwn(given, key)) continue;
         const value = given[key];
@@ -226,6 +233,8 @@ class GatewayTracer implements Tracer {
         }
         attributeCount++;
       }
+    } else {
+      attributes = {};
     }
 
     const sampling = this.sampler.shouldSample(ctx, traceId, name, kind, attributes, links);
@@ -270,6 +279,48 @@ class GatewayTracer implements Tracer {
     };
   }
 }
+
+/** The start attributes handed over by startSpanOwning, for the one startSpan it wraps. */
+let handedOver: Attributes | undefined;
+
+/**
+ * Starts a span whose start attributes object the caller gives up: a fresh plain object of string keys it
+ * neither reads nor writes again. The gateway's tracer then keeps that object as the span's own, where it would
+ * copy it key by key (a megamorphic keyed store per attribute, ~4k instructions per proxied request:
+ * bench/RESULTS.md, perf77), when the SDK would keep every value as it is (strings within the length limit,
+ * numbers, booleans, non-empty keys); anything else is copied and cleaned as ever. Any other tracer (the SDK's,
+ * the API's no-op) just starts the span, copying as it always does.
+ */
+export function startSpanOwning(tracer: Tracer, name: string, options: SpanOptions, parentContext?: Context): Span {
+  handedOver = options.attributes;
+  try {
+    return tracer.startSpan(name, options, parentContext);
+  } finally {
+    handedOver = undefined;
+  }
+}
+
+/**
+ * How many attributes `given` holds when the SDK's cleaning would keep each as it is (an own key, not empty, a
+ * string no longer than `lengthLimit`, a number or a boolean); -1 when anything would be dropped or changed. A
+ * read-only pass: in a for-in, `hasOwnProperty.call` and the loads compile to field reads (the enum cache).
+ */
+function keptAsGivenCount(given: Attributes, lengthLimit: number): number {
+  let count = 0;
+  for (const key in given) {
+    if (!hasOwnProperty.call(given, key) || key.length === 0) return -1;
+    const value = given[key];
+    if (typeof value === 'string') {
+      if (!(value.length <= lengthLimit)) return -1;
+    } else if (typeof value !== 'number' && typeof value !== 'boolean') {
+      return -1;
+    }
+    count++;
+  }
+  return count;
+}
+
+const hasOwnProperty = Object.prototype.hasOwnProperty;
 
 /**
  * A deep copy of an array, map or byte array (already checked by `isAnyValue`), strings in it cut to `limit`:

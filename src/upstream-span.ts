@@ -9,6 +9,7 @@ import {
   ATTR_SERVER_PORT,
   ATTR_URL_FULL,
 } from '@opentelemetry/semantic-conventions';
+import { startSpanOwning } from '../otel/gateway-tracer';
 import { recordedMethod, spanNameMethod } from '../otel/http-method';
 import { redactUrl } from '../otel/redact-url';
 import { ATTR } from '../otel/wire-names';
@@ -64,7 +65,8 @@ export function startUpstreamSpan(tracer: Tracer, call: UpstreamCall, parent: Co
     // The conventions' count of resends, conditionally required on a retried request's span (none on the first).
     if (call.attempt > 1) attributes[ATTR_HTTP_REQUEST_RESEND_COUNT] = call.attempt - 1;
   }
-  return tracer.startSpan(spanNameMethod(method), { kind: SpanKind.CLIENT, attributes }, parent);
+  // Handed over: the gateway's tracer keeps this object as the span's instead of copying it.
+  return startSpanOwning(tracer, spanNameMethod(method), { kind: SpanKind.CLIENT, attributes }, parent);
 }
 
 /** Writes `traceparent`, `tracestate` and `baggage` for the call's span into outgoing headers (replacing any). */

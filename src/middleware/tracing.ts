@@ -16,6 +16,7 @@ import {
   ATTR_URL_SCHEME,
   ATTR_USER_AGENT_ORIGINAL,
 } from '@opentelemetry/semantic-conventions';
+import { startSpanOwning } from '../../otel/gateway-tracer';
 import { recordedMethod, sentMethod, spanNameMethod } from '../../otel/http-method';
 import { redactQuery } from '../../otel/redact-url';
 import { isProbeRequest } from '../../otel/telemetry-config';
@@ -158,7 +159,8 @@ export function createTracing(options: TracingOptions): Middleware {
     // Read by the sampler (ClientTraceIdSampler): the client chose this trace id, so it must not decide sampling.
     if (requestedTraceId !== undefined) attributes[ATTR.traceIdSource] = TRACE_ID_FROM_REQUEST_ID;
     if (configVersion !== undefined) attributes[ATTR.configVersion] = configVersion;
-    const span = withTraceId(requestedTraceId, () => tracer.startSpan(spanNameMethod(method), { kind: SpanKind.SERVER, attributes }, parent));
+    // Handed over: the gateway's tracer keeps this object as the span's instead of copying it.
+    const span = withTraceId(requestedTraceId, () => startSpanOwning(tracer, spanNameMethod(method), { kind: SpanKind.SERVER, attributes }, parent));
     const spanContext = span.spanContext();
     const random = remote ? (remote.traceFlags & TRACE_FLAG_RANDOM) !== 0 : requestedTraceId === undefined;
     const active = setRandomTraceIdFlag(trace.setSpan(parent, span), spanContext.traceId, random);

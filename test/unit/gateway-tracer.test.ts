@@ -46,7 +46,7 @@ import {
   type SpanLimits,
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
-import { createGatewayTracer, GatewaySpan, GATEWAY_SCHEMA_URL, GATEWAY_TRACER_NAME, type GatewayTracerOptions } from '../../otel/gateway-tracer';
+import { createGatewayTracer, GatewaySpan, GATEWAY_SCHEMA_URL, GATEWAY_TRACER_NAME, startSpanOwning, type GatewayTracerOptions } from '../../otel/gateway-tracer';
 import { readPackageVersion } from '../../otel/telemetry-config';
 import { encodeTraceExportRequest } from '../../otel/otlp-protobuf-encoding';
 import { RequestIdSpanProcessor } from '../../otel/request-id-span-processor';
@@ -186,6 +186,8 @@ interface StartOperation {
   root: boolean;
   requestId: string | undefined;
   attributes: Attributes | undefined;
+  /** Started through startSpanOwning with a fresh (unfrozen) copy of the attributes, the object then given up. */
+  owning: boolean;
   links: { sampled: boolean; attributes: Attributes | undefined }[] | undefined;
   startTime: TimeChoice;
 }
@@ -266,6 +268,7 @@ const start: fc.Arbitrary<StartOperation> = fc.record({
   root: fc.boolean(),
   requestId: fc.option(fc.constantFrom('req-1', ''), { nil: undefined }),
   attributes: fc.option(attributes, { nil: undefined }),
+  owning: fc.boolean(),
   links: fc.option(fc.array(fc.record({ sampled: fc.boolean(), attributes: fc.option(attributes, { nil: undefined }) }), { maxLength: 3 }), { nil: undefined }),
   startTime: time,
 });
@@ -398,11 +401,14 @@ async function run(scenarioToRun: Scenario, makeTracer: MakeTracer): Promise<{ l
           parentContext = propagation.setBaggage(parentContext, propagation.createBaggage({ [BAGGAGE_REQUEST_ID]: { value: operation.requestId } }));
         }
         if (parentContext !== undefined && operation.suppressed) parentContext = suppressTracing(parentContext);
-        const span = tracer.startSpan(
-          operation.name,
-          { kind: operation.kind, attributes: operation.attributes, links: operation.links?.map((l) => linkTo(l.sampled, l.attributes)), startTime: timeOf(operation.startTime), root: operation.root },
-          parentContext,
-        );
+        const spanOptions = {
+          kind: operation.kind,
+          attributes: operation.owning && operation.attributes ? { ...operation.attributes } : operation.attributes,
+          links: operation.links?.map((l) => linkTo(l.sampled, l.attributes)),
+          startTime: timeOf(operation.startTime),
+          root: operation.root,
+        };
+        const span = operation.owning ? startSpanOwning(tracer, operation.name, spanOptions, parentContext) : tracer.startSpan(operation.name, spanOptions, parentContext);
         spans.push(span);
         log.push(['started', describeContext(span.spanContext()), span.isRecording()]);
         continue;
