@@ -1,5 +1,6 @@
 import { context, propagation, trace, type Context } from '@opentelemetry/api';
 import winston from 'winston';
+import { isValidSpanContext } from './gateway-tracer';
 import { isoTimestamp } from './iso-timestamp';
 import { LOG_CONTEXT, OtlpLogTransport, Transport } from './otlp-log-transport';
 import { isLogExportActive } from './telemetry';
@@ -77,7 +78,7 @@ export function logLine(logger: Logger, level: string, message: string, fields: 
   if (logger.silent || severity === undefined || levels[logger.level]! < severity) return;
   const line: Record<string, unknown> = { ...(logger.defaultMeta as Record<string, unknown> | undefined), ...fields, level, message, timestamp: isoTimestamp() };
   const spanContext = trace.getSpanContext(lineContext);
-  if (spanContext && trace.isSpanContextValid(spanContext)) {
+  if (spanContext && isValidSpanContext(spanContext)) {
     line[LOG_FIELD.traceId] ??= spanContext.traceId;
     line[LOG_FIELD.spanId] ??= spanContext.spanId;
   }

@@ -1,6 +1,5 @@
 import {
   createContextKey,
-  isSpanContextValid,
   trace,
   type Context,
   type Span,
@@ -11,6 +10,7 @@ import {
 } from '@opentelemetry/api';
 import { CompositePropagator, isTracingSuppressed } from '@opentelemetry/core';
 import { BaggagePropagator } from './baggage-propagator';
+import { isValidSpanContext } from './gateway-tracer';
 import { formatTraceparent, parseTraceparent, parseTracestate, TRACE_FLAG_RANDOM, TRACE_FLAG_SAMPLED, W3CTraceState } from './trace-context';
 import { HEADER } from './wire-names';
 
@@ -52,7 +52,7 @@ export function outgoingTraceFlags(context: Context, spanContext: SpanContext, l
  */
 export function traceresponseOf(span: Span, context: Context, localTraceIdsAreRandom = false): string | undefined {
   const spanContext = span.spanContext();
-  if (!span.isRecording() && (spanContext.isRemote === true || !isSpanContextValid(spanContext))) return undefined;
+  if (!span.isRecording() && (spanContext.isRemote === true || !isValidSpanContext(spanContext))) return undefined;
   return formatTraceparent({ traceId: spanContext.traceId, parentId: spanContext.spanId, traceFlags: outgoingTraceFlags(context, spanContext, localTraceIdsAreRandom) });
 }
 
@@ -80,7 +80,7 @@ export class TraceContextPropagator implements TextMapPropagator {
 
   inject(context: Context, carrier: unknown, setter: TextMapSetter): void {
     const spanContext = trace.getSpanContext(context);
-    if (!spanContext || isTracingSuppressed(context) || !isSpanContextValid(spanContext)) return;
+    if (!spanContext || isTracingSuppressed(context) || !isValidSpanContext(spanContext)) return;
     const traceFlags = outgoingTraceFlags(context, spanContext, this.localTraceIdsAreRandom);
     setter.set(carrier, HEADER.traceparent, formatTraceparent({ traceId: spanContext.traceId, parentId: spanContext.spanId, traceFlags }));
     const traceState = spanContext.traceState?.serialize();

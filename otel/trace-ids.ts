@@ -1,5 +1,6 @@
 import { trace, TraceFlags, type Attributes, type Context, type Link, type SpanKind } from '@opentelemetry/api';
 import { RandomIdGenerator, SamplingDecision, TraceIdRatioBasedSampler, type IdGenerator, type Sampler, type SamplingResult } from '@opentelemetry/sdk-trace';
+import { isValidSpanContext } from './gateway-tracer';
 import { TRACE_FLAG_RANDOM } from './trace-context';
 import { outgoingTraceFlags } from './trace-context-propagator';
 import { ATTR } from './wire-names';
@@ -110,7 +111,7 @@ export class ClientTraceIdSampler implements Sampler {
   shouldSample(context: Context, traceId: string, spanName: string, spanKind: SpanKind, attributes: Attributes, links: Link[]): SamplingResult {
     // A root span, as the SDK's Tracer decides it: no valid parent, so its trace id was generated, not inherited.
     const parent = trace.getSpanContext(context);
-    const root = parent === undefined || !trace.isSpanContextValid(parent);
+    const root = parent === undefined || !isValidSpanContext(parent);
     const clientChosen = root && attributes[ATTR.traceIdSource] === TRACE_ID_FROM_REQUEST_ID;
     return this.inner.shouldSample(context, clientChosen ? this.random.generateTraceId() : traceId, spanName, spanKind, attributes, links);
   }
@@ -141,7 +142,7 @@ export class RandomTraceIdRatioSampler implements Sampler {
   shouldSample(context: Context, traceId: string): SamplingResult {
     const parent = trace.getSpanContext(context);
     // A trace started here without a recorded flag has one of the SDK's random ids (localTraceIdsAreRandom).
-    if (parent !== undefined && trace.isSpanContextValid(parent) && (outgoingTraceFlags(context, parent, true) & TRACE_FLAG_RANDOM) === 0) {
+    if (parent !== undefined && isValidSpanContext(parent) && (outgoingTraceFlags(context, parent, true) & TRACE_FLAG_RANDOM) === 0) {
       return { decision: (parent.traceFlags & TraceFlags.SAMPLED) !== 0 ? SamplingDecision.RECORD_AND_SAMPLED : SamplingDecision.NOT_RECORD };
     }
     return this.byTraceId.shouldSample(context, traceId);

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { context, propagation, trace, type Baggage, type BaggageEntry } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
+import { isValidSpanContext } from '../../otel/gateway-tracer';
 import { ATTR, BAGGAGE_REQUEST_ID, HEADER } from '../../otel/wire-names';
 
 /** Longest inbound request id accepted, characters. */
@@ -40,7 +41,7 @@ export function createRequestId(options: RequestIdOptions = {}): Middleware {
     const active = ctx.state.traceContext ?? context.active();
     const span = trace.getSpan(active);
     const traceId = span?.spanContext().traceId;
-    const id = typeof inboundId === 'string' && isWellFormedRequestId(inboundId) ? inboundId : traceId && trace.isSpanContextValid(span!.spanContext()) ? traceId : generate();
+    const id = typeof inboundId === 'string' && isWellFormedRequestId(inboundId) ? inboundId : traceId && isValidSpanContext(span!.spanContext()) ? traceId : generate();
     ctx.state.requestId = id;
     // Straight to Node: Koa's ctx.set builds arrays and closures per call, for a header set on every request.
     ctx.res.setHeader(HEADER.requestId, id);
