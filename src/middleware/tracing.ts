@@ -18,6 +18,7 @@ import {
 } from '@opentelemetry/semantic-conventions';
 import { startSpanOwning } from '../../otel/gateway-tracer';
 import { recordedMethod, sentMethod, spanNameMethod } from '../../otel/http-method';
+import { layeredContext } from '../../otel/layered-context';
 import { redactQuery } from '../../otel/redact-url';
 import { isProbeRequest } from '../../otel/telemetry-config';
 import { TRACE_FLAG_RANDOM } from '../../otel/trace-context';
@@ -163,7 +164,9 @@ export function createTracing(options: TracingOptions): Middleware {
     const span = withTraceId(requestedTraceId, () => startSpanOwning(tracer, spanNameMethod(method), { kind: SpanKind.SERVER, attributes }, parent));
     const spanContext = span.spanContext();
     const random = remote ? (remote.traceFlags & TRACE_FLAG_RANDOM) !== 0 : requestedTraceId === undefined;
-    const active = setRandomTraceIdFlag(trace.setSpan(parent, span), spanContext.traceId, random);
+    // Layered: this request's contexts (here, its baggage in createRequestId, the CLIENT span's for `traceparent`)
+    // derive without copying the API context's Map each time.
+    const active = setRandomTraceIdFlag(trace.setSpan(layeredContext(parent), span), spanContext.traceId, random);
     const traceresponse = traceresponseOf(span, active);
     if (traceresponse !== undefined) ctx.res.setHeader(HEADER.traceresponse, traceresponse);
 
