@@ -147,6 +147,16 @@ describe('OTLP/protobuf span encoding', () => {
     expectSameBytes(spans);
   });
 
+  it('writes the same bytes for ids in upper- and mixed-case hex (trace, span, parent and link ids)', () => {
+    const parent = trace.setSpanContext(context.active(), { traceId: '4BF92F3577B34DA6A3CE929D0E0E4736', spanId: '00F067aa0BA902B7', traceFlags: TraceFlags.SAMPLED, isRemote: true });
+    const spans = recordSpans(({ gateway }) => {
+      const link = { context: { traceId: 'ABCDEF0123456789abcdef0123456789', spanId: 'FFFFFFFFFFFFFFFF', traceFlags: TraceFlags.NONE } };
+      gateway.startSpan('GET', { kind: SpanKind.CLIENT, links: [link] }, parent).end();
+    });
+    expect(spans[0]!.spanContext().traceId).toBe('4BF92F3577B34DA6A3CE929D0E0E4736');
+    expectSameBytes(spans);
+  });
+
   it('writes the same bytes when lengths need 1, 2 or 3 bytes (messages of 100 B to 100 KB)', () => {
     const spans = recordSpans(({ gateway }) => {
       for (const size of [10, 100, 200, 16_000, 20_000, 100_000]) gateway.startSpan(`size ${size}`, { attributes: { payload: 'x'.repeat(size) } }).end();
