@@ -290,7 +290,8 @@ class GatewayTracer implements Tracer {
 /**
  * The span context of a span this tracer started, its ids found valid when it was made: the same fields as the
  * SDK's literal (no `isRemote`), told apart by its class. A proxied request's two span contexts were checked
- * 4-5 times by the API's isSpanContextValid (two hex scans each, ~3.9k instructions per request: bench/RESULTS.md).
+ * 5 times by the API's isSpanContextValid (two hex scans each, ~4.8k instructions per request: bench/RESULTS.md,
+ * perf77).
  */
 class CheckedSpanContext implements SpanContext {
   constructor(

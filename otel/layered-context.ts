@@ -1,8 +1,8 @@
 /**
  * An OpenTelemetry Context that derives without copying. The API's own (BaseContext in @opentelemetry/api 1.x)
- * copies its whole Map, and makes three closures, for every `setValue`: a traced request derives four or five
- * (its span, the trace's random flag, the request id's baggage, the CLIENT span for `traceparent`), ~8k
- * instructions per proxied request, nearly all in `new Map(parent)` (bench/RESULTS.md, perf77). Here each
+ * copies its whole Map, and makes three closures, for every `setValue`: a traced request derives four
+ * (its span, the trace's random flag, the request id's baggage, the CLIENT span for `traceparent`), ~4.4k
+ * instructions per proxied request in `new Map(parent)` alone (bench/RESULTS.md, perf77). Here each
  * `setValue` is one small object over the context it came from; a lookup walks those layers, newest first, then
  * asks the context the layers started from.
  * Read through the Context interface (getValue, setValue, deleteValue) it is indistinguishable from the API's:
