@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto';
 import fc from 'fast-check';
 import { HEADER } from '../../otel/wire-names';
 import { createGatewaySigner, SIGNATURE_MAX_AGE_SECONDS, SIGNED_HEADERS, verifyGatewaySignature, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
@@ -120,5 +121,28 @@ describe('the gateway signature', () => {
     const next = sign(REQUEST, values);
     expect(next).not.toBe(first);
     expect(verify(received(values, next), now)).toBeUndefined();
+  });
+  // The signer builds its HMAC from two SHA-256 hashes over the key's pads, or takes createHmac for a key whose pads
+  // are not ASCII or that is longer than a block (src/gateway-signature.ts keyedMac): either way the very MAC of RFC 2104.
+  it.each([
+    { desc: 'a 32-character key', key: 'a-32-character-signing-key-00000' },
+    { desc: 'base64url of 32 random bytes (43 characters)', key: 'q3ZpR0d7Xr8_fN2kLw-1uYb9sTeHcVaMj4oP6xQzEgI' },
+    { desc: 'a key of exactly one block (64 bytes)', key: 'k'.repeat(63) + '~' },
+    { desc: 'a key one byte over a block (hashed first)', key: 'k'.repeat(65) },
+    { desc: 'a key with characters outside ASCII', key: 'clé-de-signature-passerelle-0123456789' },
+    { desc: 'a key with control characters', key: '\u0001\u007f'.repeat(16) },
+  ])('makes the same MAC as createHmac with $desc (generated identities)', ({ key }) => {
+    const sign = createGatewaySigner(key, () => NOW);
+    const unicode = fc.string({ unit: fc.constantFrom('a', 'é', '€', '😀', ' ', '~'), maxLength: 12 });
+    fc.assert(
+      fc.property(fc.tuple(unicode, headerValue, unicode, headerValue), unicode, (values, path) => {
+        const request = { method: 'GET', target: `/users/${path}` };
+        const expected = createHmac('sha256', key)
+          .update(`koa-gateway-signature-v2\n${NOW / 1000}\n${request.method}\n${request.target}\n${values.join('\n')}`)
+          .digest('base64url');
+        return sign(request, values) === `t=${NOW / 1000},v2=${expected}` && verifyGatewaySignature(key, request, (name) => received(values, sign(request, values))[name], NOW) === undefined;
+      }),
+      { seed: 20261203, numRuns: 100 },
+    );
   });
 });
