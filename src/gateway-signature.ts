@@ -58,7 +58,8 @@ export interface SignedRequest {
 }
 
 function message(time: number, request: SignedRequest, values: SignedValues): string {
-  return `${PREFIX}\n${time}\n${request.method}\n${request.target}\n${values.join('\n')}`;
+  // The four values written out, not joined: Array.prototype.join was ~1.2k instructions of each signature.
+  return `${PREFIX}\n${time}\n${request.method}\n${request.target}\n${values[0]}\n${values[1]}\n${values[2]}\n${values[3]}`;
 }
 
 function mac(key: string | KeyObject, time: number, request: SignedRequest, values: SignedValues): Buffer {
