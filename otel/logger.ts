@@ -33,7 +33,7 @@ export interface LoggerOptions {
 const correlation = winston.format((info) => {
   const active = context.active();
   const spanContext = trace.getSpanContext(active);
-  if (spanContext && trace.isSpanContextValid(spanContext)) {
+  if (spanContext && isValidSpanContext(spanContext)) {
     info[LOG_FIELD.traceId] ??= spanContext.traceId;
     info[LOG_FIELD.spanId] ??= spanContext.spanId;
   }
