@@ -47,8 +47,17 @@ export interface GaugeSeries extends CounterSeries {
 /** The record prom-client 15 keeps per label combination of a histogram (lib/histogram.js createBaseValues). */
 interface HistogramRecord {
   bucketValues: Record<string, number>;
+  /** With `enableExemplars`: per bound's name (`'-1'` for +Inf), the bucket's exemplar or null. */
+  bucketExemplars?: Record<string, ExemplarRecord | null>;
   sum: number;
   count: number;
+}
+
+/** prom-client 15's exemplar (lib/exemplar.js); its exposition reads these three fields. */
+interface ExemplarRecord {
+  labelSet: LabelValues<string>;
+  value: number;
+  timestamp?: number;
 }
 
 /** The record prom-client 15 keeps per label combination of a counter or gauge (lib/counter.js, lib/util.js). */
@@ -63,41 +72,123 @@ interface Internals<R> {
 
 interface HistogramInternals extends Internals<HistogramRecord> {
   upperBounds: readonly number[];
-  updateExemplar(labels: LabelValues<string>, value: number, exemplarLabels: LabelValues<string>): void;
 }
 
 /** prom-client's key of a label combination in `hashMap` (lib/util.js hashObject), used as it is. */
 const { hashObject } = require('prom-client/lib/util') as { hashObject(labels: object, sortedLabelNames: readonly string[]): string };
+const Exemplar = require('prom-client/lib/exemplar') as new () => ExemplarRecord;
+/** OpenMetrics' bound on an exemplar's label set (names and values, in characters), as prom-client checks it. */
+const EXEMPLAR_LABEL_SET_MAX = 128;
+
+/**
+ * How many times `histogram` dropped or replaced records (`reset()`, `remove()`, `zero()`: the only prom-client 15
+ * calls that do), counted by wrapping those three once per histogram. A series checks this one number before each
+ * direct update, where it looked its record up in `hashMap` by its key string: one dictionary lookup per
+ * observation through a megamorphic inline cache (every series' key is another name at the same site).
+ */
+interface RecordGeneration {
+  value: number;
+}
+
+const generations = new WeakMap<object, RecordGeneration>();
+
+function recordGeneration(histogram: HistogramInternals & Record<'reset' | 'remove' | 'zero', (...args: never[]) => unknown>): RecordGeneration {
+  const known = generations.get(histogram);
+  if (known !== undefined) return known;
+  const counted: RecordGeneration = { value: 0 };
+  for (const method of ['reset', 'remove', 'zero'] as const) {
+    const original = histogram[method];
+    histogram[method] = function (this: unknown, ...args: never[]) {
+      counted.value++;
+      return original.apply(this, args);
+    };
+  }
+  generations.set(histogram, counted);
+  return counted;
+}
+
+/** The bucket counts each record's bucketValues read, shared by every series that reaches the record. */
+const bucketCounts = new WeakMap<HistogramRecord, Float64Array>();
+
+/**
+ * The finite buckets' counts of `record` (one per bound, in `bounds` order), starting from those it has. The first
+ * time, each bound's property of its bucketValues becomes an accessor over its slot, under the name and in the
+ * order prom-client made it, so prom-client's reads (`bucketValues[bound]`) and its own `+= 1` (the `observe()`
+ * path) see and change the same counts. A series then counts a bucket with one typed-array store, where
+ * `bucketValues[name] += 1` was a keyed load and store through megamorphic inline caches (the name differs per bucket).
+ */
+function countsOf(record: HistogramRecord, bounds: readonly number[]): Float64Array {
+  const known = bucketCounts.get(record);
+  if (known !== undefined) return known;
+  const counts = new Float64Array(bounds.length);
+  const bucketValues: Record<string, number> = {};
+  bounds.forEach((bound, index) => {
+    counts[index] = record.bucketValues[String(bound)] ?? 0;
+    Object.defineProperty(bucketValues, String(bound), {
+      get: () => counts[index]!,
+      set: (count: number) => void (counts[index] = count),
+      enumerable: true,
+    });
+  });
+  record.bucketValues = bucketValues;
+  bucketCounts.set(record, counts);
+  return counts;
+}
 
 /** `histogram`'s series for `labels` (every label name of the histogram, values as they are to be exported). */
 export function histogramSeries<T extends string>(histogram: Histogram<T>, labels: LabelValues<T>): HistogramSeries {
   const internals = histogram as unknown as HistogramInternals;
+  const generation = recordGeneration(histogram as unknown as Parameters<typeof recordGeneration>[0]);
   const key = hashObject(labels, internals.sortedLabelNames);
-  const bounds = internals.upperBounds;
-  // The property names prom-client's bucketValues use for the bounds, made once rather than per observation.
-  const boundKeys = bounds.map(String);
+  // A copy: prom-client freezes its array, and V8's optimized code loads a frozen array's elements through the
+  // keyed-load IC (one call per bound compared, on every observation) where a typed array's are inlined.
+  const bounds = Float64Array.from(internals.upperBounds);
   /** Per bucket (the last one +Inf), the earliest nowMs at which it may take an exemplar again. */
   const nextExemplarAt = new Float64Array(bounds.length + 1);
+  /** Per bucket, the name prom-client's bucketExemplars give it (its findBound: the bound, or -1 above the last). */
+  const exemplarKeys = [...internals.upperBounds.map(String), '-1'];
+  /** The finite buckets' counts of `record`, which its bucketValues read (countsOf). */
+  let counts: Float64Array | undefined;
   let record: HistogramRecord | undefined;
+  /** generation.value when `record` was taken from hashMap: while unchanged, hashMap still holds it under `key`. */
+  let recordedIn = -1;
 
   return {
     observe(value, spanContext, nowMs) {
       let bucket = 0;
       while (bucket < bounds.length && value > bounds[bucket]!) bucket++;
       const exemplar = spanContext !== undefined && (spanContext.traceFlags & TraceFlags.SAMPLED) !== 0 && nextExemplarAt[bucket]! <= nowMs;
-      if (record !== undefined && internals.hashMap[key] === record && Number.isFinite(value)) {
+      if (recordedIn === generation.value && record !== undefined && counts !== undefined && Number.isFinite(value)) {
         record.sum += value;
         record.count += 1;
-        if (bucket < bounds.length) record.bucketValues[boundKeys[bucket]!]! += 1;
+        if (bucket < bounds.length) counts[bucket]! += 1;
       } else {
-        // The first observation, or the registry dropped the record: prom-client's own path, which also
-        // validates the labels and the value once (and throws as it would for a bad one).
+        // The first observation, or the registry dropped or replaced records: prom-client's own path, which
+        // also validates the labels and the value once (and throws as it would for a bad one).
         histogram.observe({ labels, value });
-        record = internals.hashMap[key];
+        record = internals.hashMap[key]!;
+        counts = countsOf(record, internals.upperBounds);
+        recordedIn = generation.value;
       }
       if (exemplar) {
         nextExemplarAt[bucket] = nowMs + EXEMPLAR_INTERVAL_MS;
-        internals.updateExemplar(labels, value, { [EXEMPLAR_LABEL.traceId]: spanContext.traceId });
+        // What prom-client's updateExemplar does, on the record at hand: it would hash the labels again, find
+        // the bound again and look the record up by its key, and check the label set through Object.entries.
+        const { traceId } = spanContext;
+        if (EXEMPLAR_LABEL.traceId.length + traceId.length > EXEMPLAR_LABEL_SET_MAX) throw new RangeError('Label set size must be smaller than 128 UTF-8 chars');
+        // Only a histogram with `enableExemplars` keeps them (its records have bucketExemplars).
+        const exemplars = record.bucketExemplars;
+        if (exemplars !== undefined) {
+          const name = exemplarKeys[bucket]!;
+          let held = exemplars[name];
+          if (typeof held !== 'object' || held === null) {
+            held = new Exemplar();
+            exemplars[name] = held;
+          }
+          held.labelSet = { [EXEMPLAR_LABEL.traceId]: traceId };
+          held.value = value;
+          held.timestamp = Date.now() / 1000;
+        }
       }
     },
   };

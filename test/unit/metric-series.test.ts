@@ -40,15 +40,21 @@ const operation = fc.oneof(
   { weight: 4, arbitrary: fc.record({ kind: fc.constant('gauge' as const), method: fc.constantFrom(...METHODS), up: fc.boolean(), by: fc.constantFrom(undefined, 1, 3) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('reset' as const), which: fc.constantFrom('duration' as const, 'decisions' as const, 'active' as const) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('remove' as const), method: fc.constantFrom(...METHODS), route: fc.constantFrom(...ROUTES), status: fc.constantFrom(...STATUSES) }) },
+  // zero() replaces a combination's record with an empty one, as reset() and remove() drop records.
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('zero' as const), method: fc.constantFrom(...METHODS), route: fc.constantFrom(...ROUTES), status: fc.constantFrom(...STATUSES) }) },
+  // prom-client's own observe() on a combination a series also records (its `+= 1` on the bucket counts).
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('direct' as const), method: fc.constantFrom(...METHODS), route: fc.constantFrom(...ROUTES), status: fc.constantFrom(...STATUSES), value }) },
 );
 
 describe('metric series', () => {
-  it("record exactly what prom-client's own observe, inc and dec record, through resets and removals", async () => {
+  it("record exactly what prom-client's own observe, inc and dec record, through resets, removals, zeroes and its own observe calls", async () => {
     await fc.assert(
       fc.asyncProperty(fc.array(operation, { minLength: 20, maxLength: 120, size: 'max' }), async (operations) => {
         const fast = instruments();
         const reference = instruments();
         const durations = seriesByLabels(['method', 'route', 'status'], (labels) => histogramSeries(fast.duration, labels));
+        // A second series per combination, as two callers of one histogram would have: both must count into one record.
+        const twins = seriesByLabels(['method', 'route', 'status'], (labels) => histogramSeries(fast.duration, labels));
         const decisions = seriesByLabels(['policy', 'decision'], (labels) => counterSeries(fast.decisions, labels));
         const active = seriesByLabels(['method'], (labels) => gaugeSeries(fast.active, labels));
         // The reference's exemplars, chosen as the series promise: sampled, and once per interval per series and bucket.
@@ -62,11 +68,14 @@ describe('metric series', () => {
               clock += op.advanceMs;
               const traceId = (++trace).toString(16).padStart(32, '0');
               const span: SpanContext = { traceId, spanId: '1'.repeat(16), traceFlags: op.sampled ? TraceFlags.SAMPLED : TraceFlags.NONE };
-              durations(op.method, op.route, op.status).observe(op.value, span, clock);
+              // A twin has an exemplar gate of its own (the model keeps one per combination): it records none here.
+              const twin = trace % 3 === 0;
+              if (twin) twins(op.method, op.route, op.status).observe(op.value, undefined, clock);
+              else durations(op.method, op.route, op.status).observe(op.value, span, clock);
 
               const labels = { method: op.method, route: op.route, status: op.status };
               const key = `${JSON.stringify(labels)} ${BUCKETS.findIndex((bound) => op.value <= bound)}`;
-              const open = op.sampled && (nextExemplarAt.get(key) ?? 0) <= clock;
+              const open = !twin && op.sampled && (nextExemplarAt.get(key) ?? 0) <= clock;
               if (open) nextExemplarAt.set(key, clock + EXEMPLAR_INTERVAL_MS);
               // prom-client types exemplar labels as the histogram's own label names; any names are valid.
               const exemplarLabels = { trace_id: traceId } as LabelValues<string>;
@@ -93,9 +102,19 @@ describe('metric series', () => {
               fast.duration.remove({ method: op.method, route: op.route, status: op.status });
               reference.duration.remove({ method: op.method, route: op.route, status: op.status });
               break;
+            case 'zero':
+              fast.duration.zero({ method: op.method, route: op.route, status: op.status });
+              reference.duration.zero({ method: op.method, route: op.route, status: op.status });
+              break;
+            case 'direct':
+              fast.duration.observe({ labels: { method: op.method, route: op.route, status: op.status }, value: op.value });
+              reference.duration.observe({ labels: { method: op.method, route: op.route, status: op.status }, value: op.value });
+              break;
           }
-          expect(await exposition(fast.registry)).toBe(await exposition(reference.registry));
+          // Not after every step: a series must not depend on being read (a scrape) between updates and resets.
+          if (op.kind !== 'observe' || trace % 4 === 0) expect(await exposition(fast.registry)).toBe(await exposition(reference.registry));
         }
+        expect(await exposition(fast.registry)).toBe(await exposition(reference.registry));
       }),
       { seed: 11, numRuns: 60 },
     );
