@@ -151,8 +151,9 @@ function sortedJson(line: Record<string, unknown>): string {
   for (let index = 0; index < shape.positions.length; index++) {
     const value = values[shape.positions[index]!];
     const names = json === '' ? shape.firstNames : shape.names;
-    if (typeof value === 'string' && !NEEDS_ESCAPING.test(value)) {
-      json += names.quoted[index]! + value + '"';
+    if (typeof value === 'string') {
+      // Tested once here: a string with something to escape goes straight to JSON.stringify, not through jsonValue's test again.
+      json += NEEDS_ESCAPING.test(value) ? names.bare[index]! + JSON.stringify(value) : names.quoted[index]! + value + '"';
       continue;
     }
     const text = jsonValue(value);
@@ -179,8 +180,8 @@ function sameKeys(a: readonly string[], b: readonly string[]): boolean {
 /** Characters JSON.stringify escapes in a string: quote, backslash, controls, and surrogates (lone ones; pairs are written as they are, by JSON.stringify too). */
 const NEEDS_ESCAPING = /["\\\u0000-\u001f\ud800-\udfff]/;
 
+/** A field's JSON text for any value but a string (sortedJson writes those itself); undefined where JSON leaves the key out. */
 function jsonValue(value: unknown): string | undefined {
-  if (typeof value === 'string') return NEEDS_ESCAPING.test(value) ? JSON.stringify(value) : `"${value}"`;
   if (typeof value === 'number') return Number.isFinite(value) ? String(value) : 'null';
   if (value === null) return 'null';
   if (value === true) return 'true';
