@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
+import fs from 'node:fs';
 import path from 'node:path';
 import { describeRouteAccess, loadConfig, type GatewayConfig } from '../src/config';
 
@@ -23,6 +24,16 @@ import { describeRouteAccess, loadConfig, type GatewayConfig } from '../src/conf
 
 const dist = path.resolve(__dirname, '..');
 const register = path.join(dist, 'otel', 'register.js');
+
+/**
+ * The node flags of `npm run start:gateway` (V8's young generation capped, allocation-site pretenuring off: the
+ * Dockerfile says why), read from package.json so `npm start` runs the gateway exactly as the other launch paths do.
+ */
+function gatewayNodeFlags(): string[] {
+  const scripts = (JSON.parse(fs.readFileSync(path.join(dist, '..', 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts;
+  const words = scripts['start:gateway']!.split(' ');
+  return words.slice(1, words.indexOf('--require'));
+}
 
 interface Member {
   name: string;
@@ -68,8 +79,7 @@ const members: Member[] = [
   {
     name: 'gateway',
     entry: 'src/main.js',
-    // As `npm run start:gateway`: V8's young generation capped (see the Dockerfile).
-    nodeOptions: ['--max-semi-space-size=16'],
+    nodeOptions: gatewayNodeFlags(),
     env: {
       USER_SERVICE_URL: urlOf(SERVICE_PORTS.users),
       ORDER_SERVICE_URL: urlOf(SERVICE_PORTS.orders),
