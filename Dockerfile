@@ -43,7 +43,7 @@ EXPOSE 3000 4001 4002 4003
 # than 8 (bench/RESULTS.md, issue 12).
 # --no-allocation-site-pretenuring: V8 otherwise starts allocating an object literal's objects straight in the old
 # generation once 85% of them survive a scavenge, which spans waiting for their export batch do; there they die as
-# garbage only a full collection frees. Without it the traced gateway promoted a third as much per scavenge and
+# garbage only a full collection frees. With this flag the traced gateway promoted a third as much per scavenge and
 # peaked 50-60 MiB lower over 86 s of load, for the same CPU per request (docs/architecture.md, "Pretenuring").
 # Same flags as `npm run start:gateway`.
 CMD ["node", "--max-semi-space-size=16", "--no-allocation-site-pretenuring", "--require", "./dist/otel/register.js", "dist/src/main.js"]
