@@ -32,7 +32,10 @@ const register = path.join(dist, 'otel', 'register.js');
 function gatewayNodeFlags(): string[] {
   const scripts = (JSON.parse(fs.readFileSync(path.join(dist, '..', 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts;
   const words = scripts['start:gateway']!.split(' ');
-  return words.slice(1, words.indexOf('--require'));
+  const preload = words.indexOf('--require');
+  // Anything else would hand node a wrong command line without a word: stop here instead.
+  if (words[0] !== 'node' || preload < 1) throw new Error(`start:gateway is not \`node [flags] --require ...\`: ${scripts['start:gateway']}`);
+  return words.slice(1, preload);
 }
 
 interface Member {
