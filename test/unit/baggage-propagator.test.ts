@@ -1,5 +1,6 @@
-import { baggageEntryMetadataFromString, defaultTextMapGetter, defaultTextMapSetter, propagation, ROOT_CONTEXT, type BaggageEntry } from '@opentelemetry/api';
-import { BaggagePropagator, formatBaggage, MAX_BAGGAGE_LENGTH, parseBaggage } from '../../otel/baggage-propagator';
+import { baggageEntryMetadataFromString, defaultTextMapGetter, defaultTextMapSetter, propagation, ROOT_CONTEXT, type Baggage, type BaggageEntry } from '@opentelemetry/api';
+import fc from 'fast-check';
+import { BaggagePropagator, formatBaggage, MAX_BAGGAGE_LENGTH, OneEntryBaggage, parseBaggage } from '../../otel/baggage-propagator';
 
 /**
  * W3C Baggage (https://www.w3.org/TR/baggage/), rule by rule: keys are tokens and travel as they are, values are
@@ -80,5 +81,52 @@ describe('formatBaggage', () => {
     propagator.inject(propagator.extract(ROOT_CONTEXT, { baggage: header }, defaultTextMapGetter), carrier, defaultTextMapSetter);
     expect(carrier).toEqual({ baggage: header });
     expect(propagation.getBaggage(propagator.extract(ROOT_CONTEXT, { baggage: ' , ' }, defaultTextMapGetter))).toBeUndefined();
+  });
+});
+
+describe('OneEntryBaggage', () => {
+  type Operation = { op: 'set'; key: string; entry: BaggageEntry } | { op: 'remove'; key: string } | { op: 'removeMany'; keys: string[] } | { op: 'clear' };
+  const key = fc.constantFrom('request.id', 'user', 'k', '__proto__', 'a b');
+  const baggageEntry = fc.record({ value: fc.string({ maxLength: 12 }) }, { requiredKeys: ['value'] });
+  const operation: fc.Arbitrary<Operation> = fc.oneof(
+    fc.record({ op: fc.constant('set' as const), key, entry: baggageEntry }),
+    fc.record({ op: fc.constant('remove' as const), key }),
+    fc.record({ op: fc.constant('removeMany' as const), keys: fc.array(key, { maxLength: 3 }) }),
+    fc.record({ op: fc.constant('clear' as const) }),
+  );
+  const apply = (baggage: Baggage, step: Operation): Baggage =>
+    step.op === 'set' ? baggage.setEntry(step.key, step.entry) : step.op === 'remove' ? baggage.removeEntry(step.key) : step.op === 'removeMany' ? baggage.removeEntries(...step.keys) : baggage.clear();
+  const sent = (baggage: Baggage) => {
+    const carrier: Record<string, string> = {};
+    new BaggagePropagator().inject(propagation.setBaggage(ROOT_CONTEXT, baggage), carrier, defaultTextMapSetter);
+    return carrier;
+  };
+
+  // Breaks if the class answers, changes or sends differently from the API's BaggageImpl it stands in for.
+  it('answers, changes and is sent as the API baggage of the same entry does', () => {
+    fc.assert(
+      fc.property(key, baggageEntry, fc.array(operation, { maxLength: 4 }), (first, entry, steps) => {
+        let ours: Baggage = new OneEntryBaggage(first, entry);
+        let api: Baggage = propagation.createBaggage().setEntry(first, entry);
+        for (const probe of ['request.id', 'user', 'k', '__proto__', 'a b', 'absent']) expect(ours.getEntry(probe)).toEqual(api.getEntry(probe));
+        expect(ours.getAllEntries()).toEqual(api.getAllEntries());
+        expect(sent(ours)).toEqual(sent(api));
+        for (const step of steps) {
+          ours = apply(ours, step);
+          api = apply(api, step);
+          expect(ours.getAllEntries()).toEqual(api.getAllEntries());
+          expect(sent(ours)).toEqual(sent(api));
+        }
+      }),
+      { seed: 20261204, numRuns: 300 },
+    );
+  });
+
+  it('hands out a copy of its entry, keeps its own, and sends the same header every time', () => {
+    const baggage = new OneEntryBaggage('request.id', { value: 'a b' });
+    baggage.getEntry('request.id')!.value = 'changed';
+    expect(baggage.getEntry('request.id')).toEqual({ value: 'a b' });
+    expect(sent(baggage)).toEqual({ baggage: 'request.id=a%20b' });
+    expect(sent(baggage)).toEqual({ baggage: 'request.id=a%20b' });
   });
 });
