@@ -66,6 +66,11 @@ const MAX_INT64 = 2 ** 63;
 class ProtoWriter {
   buffer: Buffer;
   pos = 0;
+  /**
+   * Where each message starts whose content `end` moved (it shifts everything after that start): a KeyValueRun
+   * copies from where its list was written only while no move since started before the list's end.
+   */
+  readonly moveStarts: number[] = [];
 
   constructor(initialSize: number) {
     this.buffer = Buffer.allocUnsafe(initialSize);
@@ -171,6 +176,21 @@ class ProtoWriter {
     this.pos = start + count;
   }
 
+  /**
+   * Bytes [from, to) this writer wrote earlier, written again at the end: by a loop when few, else by
+   * `copyWithin` (no view of the buffer to make). Growing keeps every byte where it was; `end` moving a message's
+   * content does not, and records in `moveStarts` where it did.
+   */
+  copyWritten(from: number, to: number): void {
+    const count = to - from;
+    this.ensure(count);
+    const buffer = this.buffer;
+    const start = this.pos;
+    if (count > 64) buffer.copyWithin(start, from, to);
+    else for (let i = 0; i < count; i++) buffer[start + i] = buffer[from + i]!;
+    this.pos = start + count;
+  }
+
   bytes(value: Uint8Array): void {
     this.varint(value.length);
     this.ensure(value.length);
@@ -254,6 +274,7 @@ class ProtoWriter {
       this.ensure(size - reserved);
       this.buffer.copyWithin(start + size, start + reserved, this.pos);
       this.pos += size - reserved;
+      this.moveStarts.push(start);
     }
     let at = start;
     let v = length;
@@ -349,31 +370,111 @@ function encodedKey(key: string): EncodedKey {
   return encoded;
 }
 
-/** `repeated KeyValue` as field `field`: KeyValue { key 1, value 2 }. */
-function writeKeyValues(writer: ProtoWriter, attributes: Attributes | Record<string, unknown>, field: number): void {
+/**
+ * The key-value pairs last written for one kind of attribute list (a SERVER span's, a CLIENT span's, a log
+ * record's): their keys and scalar values by position, and where their bytes are in the writer that wrote them.
+ * The gateway builds each kind of list in the same order every time, and most values come again from one list to
+ * the next (method, scheme, host, port, route, status, service...): pairs that match the last list's at the same
+ * position are copied from where it was written, one copy per run of matches, where each was a lookup of its key
+ * (a Map) and a copy of its own (writeKeyValues). Only within one export request's writer, and only while its
+ * bytes stayed where they were (ProtoWriter.moveStarts); any list may come, and a pair that does not match is
+ * written as before.
+ */
+class KeyValueRun {
+  readonly keys: string[] = [];
+  /** The scalar value of each pair, NOT_SCALAR for any other (never equal to a value). */
+  readonly values: unknown[] = [];
+  /** Where each pair ends, from the list's start. */
+  readonly ends: number[] = [];
+  count = 0;
+  /** The writer the list was written by: an export request's, held (with its buffer) until the next list of the kind. */
+  writer: ProtoWriter | undefined = undefined;
+  /** How many moves the writer had made when the list was written (its `moveStarts.length`). */
+  moves = 0;
+  /** Where the list starts and ends in the writer's buffer. */
+  start = 0;
+  end = 0;
+
+  /** How many of the last list's pairs `writer` can copy: none from another writer's, or once a move since shifted them. */
+  copyable(writer: ProtoWriter): number {
+    if (this.writer !== writer) return 0;
+    const moveStarts = writer.moveStarts;
+    for (let i = this.moves; i < moveStarts.length; i++) if (moveStarts[i]! < this.end) return 0;
+    return this.count;
+  }
+}
+const NOT_SCALAR = Symbol('not a scalar');
+
+/** The runs of the span kinds (by the API's SpanKind, 0-4) and of log records. */
+const spanRuns = [new KeyValueRun(), new KeyValueRun(), new KeyValueRun(), new KeyValueRun(), new KeyValueRun()];
+const logRecordRun = new KeyValueRun();
+
+/** `repeated KeyValue` as field `field`: KeyValue { key 1, value 2 }; with `run`, pairs matching its last list copied from it. */
+function writeKeyValues(writer: ProtoWriter, attributes: Attributes | Record<string, unknown>, field: number, run?: KeyValueRun): void {
+  const listStart = writer.pos;
+  const known = run !== undefined ? run.copyable(writer) : 0;
+  const knownStart = run !== undefined ? run.start : 0;
+  let index = 0;
+  // Matched pairs not yet copied: [copyFrom, copyTo) from the last list's start, contiguous as they were written.
+  let copyFrom = 0;
+  let copyTo = 0;
+  // Where the pair before `index` ended in the last list, read before run.ends is overwritten with this list's.
+  let previousEnd = 0;
+  // This list's length so far, the pending copy included.
+  let length = 0;
   for (const key in attributes) {
     if (!hasOwnProperty.call(attributes, key)) continue;
     const value = (attributes as Record<string, AttributeValue | undefined>)[key];
+    if (run !== undefined) {
+      const oldEnd = index < known ? run.ends[index]! : 0;
+      if (index < known && key === run.keys[index] && value === run.values[index]) {
+        if (copyFrom === copyTo) copyFrom = previousEnd;
+        copyTo = oldEnd;
+        length += oldEnd - previousEnd;
+        previousEnd = oldEnd;
+        run.ends[index++] = length;
+        continue;
+      }
+      if (copyFrom !== copyTo) {
+        writer.copyWritten(knownStart + copyFrom, knownStart + copyTo);
+        copyFrom = copyTo = 0;
+      }
+      previousEnd = oldEnd;
+    }
     const encoded = encodedKey(key);
     writer.tag(field, WIRE_BYTES);
     if (value === encoded.value && encoded.pair !== undefined) {
       writer.raw(encoded.pair);
-      continue;
+    } else {
+      const keyValue = writer.begin(1);
+      writer.raw(encoded.key);
+      writer.tag(2, WIRE_BYTES);
+      const valueStart = writer.begin(1);
+      writeAnyValue(writer, value);
+      writer.end(valueStart, 1);
+      writer.end(keyValue, 1);
+      if (value !== encoded.value) {
+        // Only scalars compare by value; an array or object (or undefined) is never taken for the last one.
+        encoded.value = typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean' ? value : undefined;
+        encoded.pair = undefined;
+      } else if (encoded.value !== undefined && writer.pos - keyValue <= MAX_PAIR_BYTES) {
+        encoded.pair = Uint8Array.prototype.slice.call(writer.buffer, keyValue, writer.pos);
+      }
     }
-    const keyValue = writer.begin(1);
-    writer.raw(encoded.key);
-    writer.tag(2, WIRE_BYTES);
-    const valueStart = writer.begin(1);
-    writeAnyValue(writer, value);
-    writer.end(valueStart, 1);
-    writer.end(keyValue, 1);
-    if (value !== encoded.value) {
-      // Only scalars compare by value; an array or object (or undefined) is never taken for the last one.
-      encoded.value = typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean' ? value : undefined;
-      encoded.pair = undefined;
-    } else if (encoded.value !== undefined && writer.pos - keyValue <= MAX_PAIR_BYTES) {
-      encoded.pair = Uint8Array.prototype.slice.call(writer.buffer, keyValue, writer.pos);
+    if (run !== undefined) {
+      length = writer.pos - listStart;
+      run.keys[index] = key;
+      run.values[index] = typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean' ? value : NOT_SCALAR;
+      run.ends[index++] = length;
     }
+  }
+  if (run !== undefined) {
+    if (copyFrom !== copyTo) writer.copyWritten(knownStart + copyFrom, knownStart + copyTo);
+    run.count = index;
+    run.writer = writer;
+    run.moves = writer.moveStarts.length;
+    run.start = listStart;
+    run.end = writer.pos;
   }
 }
 
@@ -454,7 +555,7 @@ function writeSpan(writer: ProtoWriter, span: ReadableSpan): void {
   writer.time(span.startTime);
   writer.tag(8, WIRE_FIXED64);
   writer.time(span.endTime);
-  writeKeyValues(writer, span.attributes, 9);
+  writeKeyValues(writer, span.attributes, 9, spanRuns[span.kind] ?? undefined);
   writer.tag(10, WIRE_VARINT);
   writer.varint(span.droppedAttributesCount);
   for (const event of span.events) {
@@ -581,7 +682,7 @@ function writeLogRecord(writer: ProtoWriter, record: ReadableLogRecord): void {
     writeAnyValue(writer, record.body);
     writer.end(body, 1);
   }
-  if (record.attributes) writeKeyValues(writer, record.attributes, 6);
+  if (record.attributes) writeKeyValues(writer, record.attributes, 6, logRecordRun);
   writer.tag(7, WIRE_VARINT);
   writer.varint(record.droppedAttributesCount);
   const spanContext = record.spanContext;

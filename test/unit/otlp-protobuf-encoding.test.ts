@@ -104,6 +104,54 @@ describe('OTLP/protobuf span encoding', () => {
     );
   });
 
+  it('writes the same bytes when attribute lists of each span kind match, shift and differ from the last one (the runs it copies)', () => {
+    // Lists of up to 8 pairs from few keys and values, in few orders, so that a list repeats its kind's last one in
+    // whole, in part (a run, then a changed value or an extra key shifting the rest), or not at all.
+    const key = fc.constantFrom('http.request.method', 'url.path', 'server.port', 'http.route', 'request.id', 'flag');
+    const value = fc.constantFrom<string | number | boolean | string[]>('GET', '/api/users/1', '/api/users/2', 'é', 'x'.repeat(140), 4001, 200, 0, -0, true, ['user'], '0af7651916cd43dd8448eb211c80319c');
+    const list = fc.uniqueArray(fc.tuple(key, value), { selector: ([name]) => name, maxLength: 8 });
+    const kind = fc.constantFrom(SpanKind.SERVER, SpanKind.CLIENT, SpanKind.INTERNAL);
+    fc.assert(
+      fc.property(fc.array(fc.array(fc.tuple(kind, list, fc.boolean()), { minLength: 1, maxLength: 6 }), { minLength: 1, maxLength: 4 }), (batches) => {
+        let last: [string, unknown][] = [];
+        for (const batch of batches) {
+          const exporter = new InMemorySpanExporter();
+          const provider = new TracerProvider({ resource: resourceFromAttributes({ 'service.name': 'gateway' }), spanProcessors: [new SimpleSpanProcessor({ exporter })] });
+          const tracer = provider.getTracer('koa-gateway');
+          for (const [spanKind, pairs, again] of batch) {
+            const written = again ? last : pairs;
+            last = written;
+            tracer.startSpan('GET', { kind: spanKind, attributes: Object.fromEntries(written) as never }).end();
+          }
+          expectSameBytes(exporter.getFinishedSpans());
+        }
+      }),
+      { seed: 1204, numRuns: 400 },
+    );
+  });
+
+  it('writes the same bytes when ids repeat across spans, parents and links, in any case of hex', () => {
+    // Few ids, so one comes again as a trace, parent, link or span id, in another case of hex or the same.
+    const traceId = fc.constantFrom('4bf92f3577b34da6a3ce929d0e0e4736', '4BF92F3577B34DA6A3CE929D0E0E4736', 'abcdef0123456789abcdef0123456789');
+    const spanId = fc.constantFrom('00f067aa0ba902b7', '00F067AA0BA902B7', 'ffffffffffffffff', '0123456789abcdef');
+    const parent = fc.record({ traceId, spanId });
+    fc.assert(
+      fc.property(fc.array(fc.tuple(parent, fc.option(parent)), { minLength: 1, maxLength: 6 }), (calls) => {
+        const spans = recordSpans(({ gateway }) => {
+          for (const [remote, linked] of calls) {
+            const context_ = trace.setSpanContext(context.active(), { ...remote, traceFlags: TraceFlags.SAMPLED, isRemote: true });
+            const links = linked === null ? [] : [{ context: { ...linked, traceFlags: TraceFlags.NONE } }];
+            const server = gateway.startSpan('GET', { kind: SpanKind.SERVER, links }, context_);
+            gateway.startSpan('GET', { kind: SpanKind.CLIENT }, trace.setSpan(context_, server)).end();
+            server.end();
+          }
+        });
+        expectSameBytes(spans);
+      }),
+      { seed: 1205, numRuns: 200 },
+    );
+  });
+
   it("writes the same bytes as the SDK's serializer for a gateway request's two spans", () => {
     const spans = recordSpans(({ gateway }) => {
       const server = gateway.startSpan('GET /api/users/*', { kind: SpanKind.SERVER, attributes: { 'http.request.method': 'GET', 'url.path': '/api/users/1', 'request.id': '0af7651916cd43dd8448eb211c80319c' } });
