@@ -1,0 +1,176 @@
+// CPU per request of gateway variants side by side at full speed: every variant started once, then loaded in
+// turn, slice by slice (wrk, 50 connections; the order reversed every other slice), so the machine's drift falls
+// on every variant alike. Per slice: CPU µs per request of the whole process, split into its main thread and
+// its other threads (V8's helpers: parallel scavenges, concurrent marking, concurrent compilation; libuv's
+// pool); each variant's line gives the medians and each slice, and every variant after the first its per-slice
+// ratio to the first. With --gc, V8's --trace-gc lines count scavenges and full collections per 1,000 requests
+// and their main-thread pauses per request. On a shared 2-core VM single slices of one build move by ±30%: take
+// the median ratio of many slices, and more than one run for a question of a few percent.
+//   node bench/paired.mjs [--variants off,traced-metrics] [--slices 8] [--seconds 4] [--gc]
+//                         [--node-args 'variant=--flag --flag'] [--env 'variant=KEY=value,KEY=value']
+// --node-args and --env (repeatable) add to one variant; a variant named `base+anything` is `base` with them,
+// e.g. --variants traced,traced+batch --env 'traced+batch=OTEL_BSP_MAX_EXPORT_BATCH_SIZE=128'.
+// Needs `npm run build` and Debian's wrk.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { freePort, stopAll, waitUntilServing } from './processes.mjs';
+import { BENCH_DIR, mintToken, startGateway, startUpstreamAndSink } from './servers.mjs';
+import { runWrk } from './wrk.mjs';
+
+/** startGateway's options per variant; the same names as bench/instructions.mjs's variants. */
+const VARIANTS = {
+  off: { tracing: false },
+  traced: { tracing: true },
+  'traced-metrics': { tracing: true, metrics: true },
+  // Every span non-recording, contexts valid: what spans cost before they record.
+  'sampled-out': { tracing: true, env: { OTEL_TRACES_SAMPLER: 'always_off' } },
+  // No span processor, so no tracer provider (otel/sdk.ts): context manager, propagators, baggage, log fields only.
+  'no-tracer': { tracing: true, env: { OTEL_TRACES_EXPORTER: 'none' } },
+};
+
+const { values: flags } = parseArgs({
+  options: {
+    variants: { type: 'string', default: 'off,traced-metrics' },
+    slices: { type: 'string', default: '8' },
+    seconds: { type: 'string', default: '4' },
+    connections: { type: 'string', default: '50' },
+    gc: { type: 'boolean', default: false },
+    'node-args': { type: 'string', multiple: true, default: [] },
+    env: { type: 'string', multiple: true, default: [] },
+    out: { type: 'string', default: path.join(BENCH_DIR, 'out') },
+  },
+});
+
+/** `name=rest` options by variant name. */
+function byVariant(values) {
+  const options = new Map();
+  for (const value of values) {
+    const equals = value.indexOf('=');
+    if (equals < 1) throw new Error(`expected variant=..., got ${value}`);
+    options.set(value.slice(0, equals), [...(options.get(value.slice(0, equals)) ?? []), value.slice(equals + 1)]);
+  }
+  return options;
+}
+const extraNodeArgs = byVariant(flags['node-args']);
+const extraEnv = byVariant(flags.env);
+
+const variants = flags.variants.split(',').map((name) => {
+  const base = VARIANTS[name.split('+')[0]];
+  if (base === undefined) throw new Error(`unknown variant ${name}; known: ${Object.keys(VARIANTS).join(', ')} (and base+anything)`);
+  const env = { ...base.env };
+  for (const list of extraEnv.get(name) ?? []) {
+    for (const pair of list.split(',')) {
+      const equals = pair.indexOf('=');
+      if (equals < 1) throw new Error(`--env ${name}=${list}: expected KEY=value pairs`);
+      env[pair.slice(0, equals)] = pair.slice(equals + 1);
+    }
+  }
+  const nodeArgs = (extraNodeArgs.get(name) ?? []).flatMap((args) => args.split(' ').filter(Boolean));
+  return { name, tracing: base.tracing, metrics: base.metrics ?? false, env, nodeArgs: flags.gc ? ['--trace-gc', ...nodeArgs] : nodeArgs };
+});
+if (new Set(variants.map((variant) => variant.name)).size !== variants.length) throw new Error('a variant is named twice');
+if (!fs.existsSync(path.join(BENCH_DIR, '..', 'dist/src/main.js'))) throw new Error('dist/ is missing: run `npm run build` first');
+const slices = Number(flags.slices);
+const seconds = Number(flags.seconds);
+const connections = Number(flags.connections);
+const logs = path.join(path.resolve(flags.out), 'paired');
+fs.rmSync(logs, { recursive: true, force: true });
+fs.mkdirSync(logs, { recursive: true });
+
+/** CPU clock ticks of a process's main thread and of its other threads, from /proc. */
+function threadTicks(pid) {
+  const ticks = { main: 0, other: 0 };
+  for (const task of fs.readdirSync(`/proc/${pid}/task`)) {
+    let stat;
+    try {
+      stat = fs.readFileSync(`/proc/${pid}/task/${task}/stat`, 'utf8');
+    } catch {
+      continue; // a thread that ended between the listing and the read
+    }
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    ticks[Number(task) === pid ? 'main' : 'other'] += Number(fields[11]) + Number(fields[12]);
+  }
+  return ticks;
+}
+
+/** The main-thread pause of each --trace-gc line of one kind: `... ms: Scavenge 59.8 (80.2) -> 47.1 (80.4) MB, pooled: 14 MB, 1.51 / 0.00 ms ...`. */
+function collections(file, kind) {
+  const pattern = new RegExp(`ms: ${kind} .*? MB, (?:pooled: \\d+ MB, )?([\\d.]+) / [\\d.]+ ms`);
+  const pauses = [];
+  for (const line of fs.readFileSync(file, 'utf8').split('\n')) {
+    const match = pattern.exec(line);
+    if (match) pauses.push(Number(match[1]));
+  }
+  return pauses;
+}
+
+const median = (values) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+};
+
+const secret = randomBytes(32).toString('hex');
+const headers = { Authorization: `Bearer ${await mintToken(secret)}` };
+try {
+  const { upstreamPort, sinkPort } = await startUpstreamAndSink(logs);
+  const gateways = [];
+  for (const variant of variants) {
+    const port = await freePort();
+    const metrics = variant.metrics ? { port: await freePort() } : undefined;
+    const tracing = variant.tracing ? { sinkPort, exportLogs: false } : false;
+    const child = startGateway({ name: variant.name, port, upstreamPort, secret, tracing, metrics, logs, nodeArgs: variant.nodeArgs, extraEnv: variant.env });
+    gateways.push({ ...variant, url: `http://127.0.0.1:${port}/api/users/42`, child, slices: [], requests: 0 });
+  }
+  for (const gateway of gateways) await waitUntilServing(gateway.url, { headers, child: gateway.child, timeoutMs: 30_000 });
+  // Warm-up, unmeasured: V8 compiles the hot paths in the first seconds of load.
+  for (const gateway of gateways) await runWrk({ url: gateway.url, connections, seconds: 3, headers });
+  const gcFrom = new Map(gateways.map((gateway) => [gateway.name, { scavenges: 0, fulls: 0 }]));
+  if (flags.gc) {
+    for (const gateway of gateways) {
+      const file = path.join(logs, `${gateway.name}-access.log`);
+      gcFrom.set(gateway.name, { scavenges: collections(file, 'Scavenge').length, fulls: collections(file, 'Mark-Compact').length });
+    }
+  }
+  for (let slice = 0; slice < slices; slice++) {
+    for (const gateway of slice % 2 ? [...gateways].reverse() : gateways) {
+      const before = threadTicks(gateway.child.pid);
+      const result = await runWrk({ url: gateway.url, connections, seconds, headers });
+      const after = threadTicks(gateway.child.pid);
+      // Clock ticks are 1/100 s.
+      const perRequest = (ticks) => (ticks * 10_000) / result.requests;
+      gateway.requests += result.requests;
+      gateway.slices.push({
+        total: perRequest(after.main - before.main + after.other - before.other),
+        main: perRequest(after.main - before.main),
+        other: perRequest(after.other - before.other),
+        rps: result.rps,
+        errors: result.errors,
+      });
+    }
+  }
+  const first = gateways[0];
+  for (const gateway of gateways) {
+    const of = (key) => median(gateway.slices.map((slice) => slice[key])).toFixed(1);
+    const errors = gateway.slices.reduce((sum, slice) => sum + slice.errors, 0);
+    let line = `${gateway.name}: CPU µs/request ${of('total')} (main thread ${of('main')}, other threads ${of('other')}), ${median(gateway.slices.map((slice) => slice.rps)).toFixed(0)} req/s, ${errors} errors; slices ${gateway.slices.map((slice) => slice.total.toFixed(0)).join(' ')}`;
+    if (gateway !== first) {
+      const ratios = gateway.slices.map((slice, index) => slice.total / first.slices[index].total);
+      line += `\n  / ${first.name} per slice ${ratios.map((ratio) => ratio.toFixed(2)).join(' ')}: median ${median(ratios).toFixed(3)}`;
+    }
+    if (flags.gc) {
+      // Counted over the whole measured part, warm-up excluded; the access log counts the requests served.
+      const file = path.join(logs, `${gateway.name}-access.log`);
+      const scavenges = collections(file, 'Scavenge').slice(gcFrom.get(gateway.name).scavenges);
+      const fulls = collections(file, 'Mark-Compact').slice(gcFrom.get(gateway.name).fulls);
+      const sum = (values) => values.reduce((total, value) => total + value, 0);
+      line += `\n  GC: ${((scavenges.length * 1000) / gateway.requests).toFixed(2)} scavenges and ${((fulls.length * 1000) / gateway.requests).toFixed(3)} full collections per 1,000 requests; main-thread pause µs/request: scavenges ${((sum(scavenges) * 1000) / gateway.requests).toFixed(2)}, full ${((sum(fulls) * 1000) / gateway.requests).toFixed(2)}`;
+    }
+    console.log(line);
+  }
+  console.log(`logs in ${logs}`);
+} finally {
+  await stopAll();
+}
