@@ -364,11 +364,19 @@ function writeAnyValue(writer: ProtoWriter, value: unknown): void {
 interface EncodedKey {
   key: Uint8Array;
   value: string | number | boolean | undefined;
+  /** How many times in a row `value` was written under the key without a kept pair. */
+  repeats: number;
   pair: Uint8Array | undefined;
 }
 const encodedKeys = new Map<string, EncodedKey>();
 const MAX_ENCODED_KEYS = 1024;
 const MAX_PAIR_BYTES = 128;
+/**
+ * A pair is kept once its value came this many times in a row. Not at twice: a request's id is the same on its
+ * SERVER and CLIENT span and new with the next request, so every request kept (sliced, allocated) a pair that
+ * was never used.
+ */
+const PAIR_AFTER_REPEATS = 3;
 
 function encodedKey(key: string): EncodedKey {
   let encoded = encodedKeys.get(key);
@@ -376,7 +384,7 @@ function encodedKey(key: string): EncodedKey {
     const writer = new ProtoWriter(key.length * 3 + 6);
     writer.tag(1, WIRE_BYTES);
     writer.string(key);
-    encoded = { key: Uint8Array.prototype.slice.call(writer.buffer, 0, writer.pos), value: undefined, pair: undefined };
+    encoded = { key: Uint8Array.prototype.slice.call(writer.buffer, 0, writer.pos), value: undefined, repeats: 0, pair: undefined };
     if (encodedKeys.size < MAX_ENCODED_KEYS) encodedKeys.set(key, encoded);
   }
   return encoded;
@@ -468,8 +476,9 @@ function writeKeyValues(writer: ProtoWriter, attributes: Attributes | Record<str
       if (value !== encoded.value) {
         // Only scalars compare by value; an array or object (or undefined) is never taken for the last one.
         encoded.value = typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean' ? value : undefined;
+        encoded.repeats = 1;
         encoded.pair = undefined;
-      } else if (encoded.value !== undefined && writer.pos - keyValue <= MAX_PAIR_BYTES) {
+      } else if (encoded.value !== undefined && ++encoded.repeats >= PAIR_AFTER_REPEATS && writer.pos - keyValue <= MAX_PAIR_BYTES) {
         encoded.pair = Uint8Array.prototype.slice.call(writer.buffer, keyValue, writer.pos);
       }
     }
