@@ -47,7 +47,8 @@ EXPOSE 3000 4001 4002 4003
 # peaked 50-60 MiB lower over 86 s of load, for the same CPU per request (docs/architecture.md, "Pretenuring").
 # --no-parallel-scavenge: V8 otherwise scavenges with helper threads beside the main one; on 2 shared cores (and
 # under the Kubernetes manifest's 1-CPU limit) they found no core free, took CPU without shortening the main
-# thread's pause, and the traced gateway spent 3-16% more CPU per request (docs/architecture.md, "Parallel
-# scavenging"). On a host with idle cores to spare, dropping it may shorten scavenge pauses.
+# thread's pause: the traced gateway spent more CPU per request with them in four paired runs of five, up to 16%
+# (median 4%; docs/architecture.md, "Parallel scavenging"). On a host with idle cores to spare, dropping it may
+# shorten scavenge pauses.
 # Same flags as `npm run start:gateway`.
 CMD ["node", "--max-semi-space-size=16", "--no-allocation-site-pretenuring", "--no-parallel-scavenge", "--require", "./dist/otel/register.js", "dist/src/main.js"]
