@@ -285,7 +285,8 @@ function cell(text) {
 /**
  * The garbage collections in a stretch of `node --trace-gc` output (V8 prints one line per collection to stdout,
  * `[pid:isolate]  <ms> ms: <kind> ...`, between whatever else the process writes there): major ones (Mark-Compact,
- * whose concurrent marking runs on helper threads too) and minor ones (Scavenge, or Minor Mark-Sweep). Under
+ * whose concurrent marking runs on helper threads too) and minor ones (Scavenge, or Minor Mark-Sweep), each with the
+ * sum of its main-thread pauses. Under
  * callgrind a major collection of the traced gateway came about once per 1,200-1,500 requests and cost as many
  * instructions as a hundred of them, so one more or one fewer in a window of 1,500 moves a count per request by
  * 10-20%: bench/instructions.mjs prints how many each counted window held.
@@ -293,9 +294,18 @@ function cell(text) {
 export function collectionsIn(text) {
   let major = 0;
   let minor = 0;
-  for (const match of text.matchAll(/^\[\d+:0x[0-9a-f]+(?::\d+)?\]\s+[\d.]+ ms: (Mark-Compact|Scavenge|Minor Mark-Sweep)\b/gm)) {
-    if (match[1] === 'Mark-Compact') major++;
-    else minor++;
+  // The main thread's pause of each, in ms: the first figure of V8's `<pause> / <time spent elsewhere> ms`.
+  let majorPauseMs = 0;
+  let minorPauseMs = 0;
+  for (const match of text.matchAll(/^\[\d+:0x[0-9a-f]+(?::\d+)?\]\s+[\d.]+ ms: (Mark-Compact|Scavenge|Minor Mark-Sweep)\b(.*)$/gm)) {
+    const pauseMs = Number(/ ([\d.]+) \/ [\d.]+ ms/.exec(match[2])?.[1] ?? 0);
+    if (match[1] === 'Mark-Compact') {
+      major++;
+      majorPauseMs += pauseMs;
+    } else {
+      minor++;
+      minorPauseMs += pauseMs;
+    }
   }
-  return { major, minor };
+  return { major, minor, majorPauseMs, minorPauseMs };
 }

@@ -15,6 +15,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { collectionsIn } from './callgrind-functions.mjs';
 import { freePort, stopAll, waitUntilServing } from './processes.mjs';
 import { BENCH_DIR, mintToken, startGateway, startUpstreamAndSink } from './servers.mjs';
 import { runWrk } from './wrk.mjs';
@@ -95,16 +96,8 @@ function threadTicks(pid) {
   return ticks;
 }
 
-/** The main-thread pause of each --trace-gc line of one kind: `... ms: Scavenge 59.8 (80.2) -> 47.1 (80.4) MB, pooled: 14 MB, 1.51 / 0.00 ms ...`. */
-function collections(file, kind) {
-  const pattern = new RegExp(`ms: ${kind} .*? MB, (?:pooled: \\d+ MB, )?([\\d.]+) / [\\d.]+ ms`);
-  const pauses = [];
-  for (const line of fs.readFileSync(file, 'utf8').split('\n')) {
-    const match = pattern.exec(line);
-    if (match) pauses.push(Number(match[1]));
-  }
-  return pauses;
-}
+/** The collections so far in a gateway's --trace-gc lines, which share its stdout with the access log. */
+const collectionsOf = (gateway) => collectionsIn(fs.readFileSync(path.join(logs, `${gateway.name}-access.log`), 'utf8'));
 
 const median = (values) => {
   const sorted = [...values].sort((a, b) => a - b);
@@ -127,13 +120,8 @@ try {
   for (const gateway of gateways) await waitUntilServing(gateway.url, { headers, child: gateway.child, timeoutMs: 30_000 });
   // Warm-up, unmeasured: V8 compiles the hot paths in the first seconds of load.
   for (const gateway of gateways) await runWrk({ url: gateway.url, connections, seconds: 3, headers });
-  const gcFrom = new Map(gateways.map((gateway) => [gateway.name, { scavenges: 0, fulls: 0 }]));
-  if (flags.gc) {
-    for (const gateway of gateways) {
-      const file = path.join(logs, `${gateway.name}-access.log`);
-      gcFrom.set(gateway.name, { scavenges: collections(file, 'Scavenge').length, fulls: collections(file, 'Mark-Compact').length });
-    }
-  }
+  // What the warm-up collected, left out of the counts.
+  const warmedUp = new Map(flags.gc ? gateways.map((gateway) => [gateway, collectionsOf(gateway)]) : []);
   for (let slice = 0; slice < slices; slice++) {
     for (const gateway of slice % 2 ? [...gateways].reverse() : gateways) {
       const before = threadTicks(gateway.child.pid);
@@ -161,12 +149,12 @@ try {
       line += `\n  / ${first.name} per slice ${ratios.map((ratio) => ratio.toFixed(2)).join(' ')}: median ${median(ratios).toFixed(3)}`;
     }
     if (flags.gc) {
-      // Counted over the whole measured part, warm-up excluded; the access log counts the requests served.
-      const file = path.join(logs, `${gateway.name}-access.log`);
-      const scavenges = collections(file, 'Scavenge').slice(gcFrom.get(gateway.name).scavenges);
-      const fulls = collections(file, 'Mark-Compact').slice(gcFrom.get(gateway.name).fulls);
-      const sum = (values) => values.reduce((total, value) => total + value, 0);
-      line += `\n  GC: ${((scavenges.length * 1000) / gateway.requests).toFixed(2)} scavenges and ${((fulls.length * 1000) / gateway.requests).toFixed(3)} full collections per 1,000 requests; main-thread pause µs/request: scavenges ${((sum(scavenges) * 1000) / gateway.requests).toFixed(2)}, full ${((sum(fulls) * 1000) / gateway.requests).toFixed(2)}`;
+      // Over the measured slices (the warm-up left out), per request they served.
+      const now = collectionsOf(gateway);
+      const before = warmedUp.get(gateway);
+      const perThousand = (count) => ((count * 1000) / gateway.requests).toFixed(3);
+      const pauseUs = (ms) => ((ms * 1000) / gateway.requests).toFixed(2);
+      line += `\n  GC: ${perThousand(now.minor - before.minor)} scavenges and ${perThousand(now.major - before.major)} full collections per 1,000 requests; main-thread pause µs/request: scavenges ${pauseUs(now.minorPauseMs - before.minorPauseMs)}, full ${pauseUs(now.majorPauseMs - before.majorPauseMs)}`;
     }
     console.log(line);
   }

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { collectionsIn } from './callgrind-functions.mjs';
 import { cpuTicks, freePort, memoryMiB, stopAll, waitUntilServing } from './processes.mjs';
 import { BENCH_DIR, mintToken, startGateway, startUpstreamAndSink } from './servers.mjs';
 import { runWrk } from './wrk.mjs';
@@ -46,17 +47,8 @@ for (const size of sizes) {
 
 /** Collections so far in a --trace-gc log: young (scavenges, minor mark-sweeps), full, and their pauses in ms. */
 function collections(file) {
-  let young = 0;
-  let full = 0;
-  let pauseMs = 0;
-  for (const line of fs.readFileSync(file, 'utf8').split('\n')) {
-    const match = /ms: (Scavenge|Minor Mark-Sweep|Mark-Compact)[^,]*,.*?([\d.]+) \/ [\d.]+ ms/.exec(line);
-    if (!match) continue;
-    if (match[1] === 'Mark-Compact') full++;
-    else young++;
-    pauseMs += Number(match[2]);
-  }
-  return { young, full, pauseMs };
+  const { major, minor, majorPauseMs, minorPauseMs } = collectionsIn(fs.readFileSync(file, 'utf8'));
+  return { young: minor, full: major, pauseMs: majorPauseMs + minorPauseMs };
 }
 
 for (const gateway of gateways) await runWrk({ url: gateway.url, connections, seconds: 3, headers });

@@ -250,7 +250,11 @@ describe('formatFunctionsReport', () => {
       '[9251:0x43ce4000]    15900 ms: Minor Mark-Sweep 63.4 (73.0) -> 56.8 (73.0) MB, 1.08 / 0.00 ms  (average mu = 0.990) task;',
       'a line that ends ms: Mark-Compact',
     ].join('\n');
-    expect(evaluate('m.collectionsIn(input)', output)).toEqual({ major: 1, minor: 3 });
-    expect(evaluate('m.collectionsIn(input)', '')).toEqual({ major: 0, minor: 0 });
+    const counted = evaluate<{ major: number; minor: number; majorPauseMs: number; minorPauseMs: number }>('m.collectionsIn(input)', output);
+    expect({ major: counted.major, minor: counted.minor }).toEqual({ major: 1, minor: 3 });
+    // The first figure of `<pause> / <elsewhere> ms`: 10.20 for the Mark-Compact, 2.13 + 1.08 + 1.08 for the minor ones.
+    expect(counted.majorPauseMs).toBeCloseTo(10.2, 9);
+    expect(counted.minorPauseMs).toBeCloseTo(4.29, 9);
+    expect(evaluate('m.collectionsIn(input)', '')).toEqual({ major: 0, minor: 0, majorPauseMs: 0, minorPauseMs: 0 });
   });
 });
