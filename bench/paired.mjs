@@ -16,7 +16,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { collectionsIn } from './callgrind-functions.mjs';
-import { freePort, stopAll, waitUntilServing } from './processes.mjs';
+import { freePort, stopAll, threadCpuTicks, waitUntilServing } from './processes.mjs';
+import { median } from './report.mjs';
 import { BENCH_DIR, mintToken, startGateway, startUpstreamAndSink } from './servers.mjs';
 import { runWrk } from './wrk.mjs';
 
@@ -80,30 +81,8 @@ const logs = path.join(path.resolve(flags.out), 'paired');
 fs.rmSync(logs, { recursive: true, force: true });
 fs.mkdirSync(logs, { recursive: true });
 
-/** CPU clock ticks of a process's main thread and of its other threads, from /proc. */
-function threadTicks(pid) {
-  const ticks = { main: 0, other: 0 };
-  for (const task of fs.readdirSync(`/proc/${pid}/task`)) {
-    let stat;
-    try {
-      stat = fs.readFileSync(`/proc/${pid}/task/${task}/stat`, 'utf8');
-    } catch {
-      continue; // a thread that ended between the listing and the read
-    }
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    ticks[Number(task) === pid ? 'main' : 'other'] += Number(fields[11]) + Number(fields[12]);
-  }
-  return ticks;
-}
-
 /** The collections so far in a gateway's --trace-gc lines, which share its stdout with the access log. */
 const collectionsOf = (gateway) => collectionsIn(fs.readFileSync(path.join(logs, `${gateway.name}-access.log`), 'utf8'));
-
-const median = (values) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
-};
 
 const secret = randomBytes(32).toString('hex');
 const headers = { Authorization: `Bearer ${await mintToken(secret)}` };
@@ -124,9 +103,9 @@ try {
   const warmedUp = new Map(flags.gc ? gateways.map((gateway) => [gateway, collectionsOf(gateway)]) : []);
   for (let slice = 0; slice < slices; slice++) {
     for (const gateway of slice % 2 ? [...gateways].reverse() : gateways) {
-      const before = threadTicks(gateway.child.pid);
+      const before = threadCpuTicks(gateway.child.pid);
       const result = await runWrk({ url: gateway.url, connections, seconds, headers });
-      const after = threadTicks(gateway.child.pid);
+      const after = threadCpuTicks(gateway.child.pid);
       // Clock ticks are 1/100 s.
       const perRequest = (ticks) => (ticks * 10_000) / result.requests;
       gateway.requests += result.requests;

@@ -83,12 +83,31 @@ export async function waitUntilServing(url, { headers = {}, timeoutMs = 20_000, 
   throw new Error(`${url} did not answer 200 within ${timeoutMs} ms (last: ${last})`);
 }
 
+/** The fields of a /proc `stat` file after the command name, which is in parentheses and may itself contain spaces. */
+function statFields(file) {
+  const stat = fs.readFileSync(file, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
 /** utime + stime of a process so far, and of its waited-for children (cutime + cstime), in clock ticks. */
 export function cpuTicks(pid) {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  // Fields after the command name, which is in parentheses and may itself contain spaces.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const fields = statFields(`/proc/${pid}/stat`);
   return { own: Number(fields[11]) + Number(fields[12]), children: Number(fields[13]) + Number(fields[14]) };
+}
+
+/** utime + stime so far of a process's main thread and of its other threads together, in clock ticks. */
+export function threadCpuTicks(pid) {
+  const ticks = { main: 0, other: 0 };
+  for (const task of fs.readdirSync(`/proc/${pid}/task`)) {
+    let fields;
+    try {
+      fields = statFields(`/proc/${pid}/task/${task}/stat`);
+    } catch {
+      continue; // a thread that ended between the listing and the read
+    }
+    ticks[Number(task) === pid ? 'main' : 'other'] += Number(fields[11]) + Number(fields[12]);
+  }
+  return ticks;
 }
 
 /** Peak resident set size (VmHWM) and current one (VmRSS), in MiB. */
