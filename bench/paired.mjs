@@ -18,19 +18,9 @@ import { parseArgs } from 'node:util';
 import { collectionsIn } from './callgrind-functions.mjs';
 import { freePort, stopAll, threadCpuTicks, waitUntilServing } from './processes.mjs';
 import { median } from './report.mjs';
-import { BENCH_DIR, mintToken, startGateway, startUpstreamAndSink } from './servers.mjs';
+import { BENCH_DIR, GATEWAY_VARIANTS as VARIANTS, mintToken, startGateway, startUpstreamAndSink } from './servers.mjs';
 import { runWrk } from './wrk.mjs';
 
-/** startGateway's options per variant; the same names as bench/instructions.mjs's variants. */
-const VARIANTS = {
-  off: { tracing: false },
-  traced: { tracing: true },
-  'traced-metrics': { tracing: true, metrics: true },
-  // Every span non-recording, contexts valid: what spans cost before they record.
-  'sampled-out': { tracing: true, env: { OTEL_TRACES_SAMPLER: 'always_off' } },
-  // No span processor, so no tracer provider (otel/sdk.ts): context manager, propagators, baggage, log fields only.
-  'no-tracer': { tracing: true, env: { OTEL_TRACES_EXPORTER: 'none' } },
-};
 
 const { values: flags } = parseArgs({
   options: {

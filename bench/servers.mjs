@@ -68,6 +68,20 @@ export async function startUpstreamAndSink(logs) {
   return { upstreamPort, sinkPort };
 }
 
+/** startGateway's options per gateway variant (bench/paired.mjs, bench/allocations.mjs); the same names as bench/instructions.mjs's variants. */
+export const GATEWAY_VARIANTS = {
+  off: { tracing: false },
+  traced: { tracing: true },
+  'traced-metrics': { tracing: true, metrics: true },
+  // Every span non-recording, contexts valid: what spans cost before they record.
+  'sampled-out': { tracing: true, env: { OTEL_TRACES_SAMPLER: 'always_off' } },
+  // No span processor, so no tracer provider (otel/sdk.ts): context manager, propagators, baggage, log fields only.
+  'no-tracer': { tracing: true, env: { OTEL_TRACES_EXPORTER: 'none' } },
+};
+
+/** The key the bench's gateways sign what they forward with (src/gateway-signature.ts; the upstream does not check it). */
+export const BENCH_SIGNING_KEY = randomBytes(32).toString('base64url');
+
 /**
  * Koa Gateway as `npm run start:gateway` runs it (compiled, telemetry preloaded), configured by
  * bench/gateway.bench.json and the env. `tracing`: { sinkPort, exportLogs } for 100% sampling exported
@@ -77,9 +91,6 @@ export async function startUpstreamAndSink(logs) {
  * access log, goes to `<name>-access.log`. `config`: the config file in bench/ (default gateway.bench.json).
  * `extraEnv` is for experiments (e.g. OTEL_TRACES_EXPORTER=none).
  */
-/** The key the bench's gateways sign what they forward with (src/gateway-signature.ts; the upstream does not check it). */
-export const BENCH_SIGNING_KEY = randomBytes(32).toString('base64url');
-
 export function startGateway({ name, port, upstreamPort, secret, tracing, metrics, logs, config = 'gateway.bench.json', nodeArgs = [], extraEnv = {} }) {
   const telemetry = tracing
     ? {

@@ -1,26 +1,9 @@
-import { spawnSync } from 'node:child_process';
-import path from 'node:path';
+import { benchModule } from '../helpers/bench-module';
 
 // bench/report.mjs: the verdicts `npm run bench` prints, checked on hand-made runs whose figures are known: the
 // tracing's-floor table (what tracing costs the bare proxy, what it costs the gateway, the first as a share of
 // the untraced gateway) and the RSS line compared round by round now that every round has fresh processes.
-const MODULE = path.join(__dirname, '../../bench/report.mjs');
-
-// The module is ESM and this Jest loads CommonJS only: it runs in a node child process (as in
-// callgrind-functions.test.ts), `expression` seeing its exports as `m` and `input`, its value back as JSON.
-const RUNNER = `
-import fs from 'node:fs';
-const m = await import(process.argv[1]);
-const input = JSON.parse(fs.readFileSync(0, 'utf8'));
-const value = new Function('m', 'input', 'return (' + process.argv[2] + ');')(m, input);
-process.stdout.write(JSON.stringify(value));
-`;
-
-function evaluate<T>(expression: string, input: unknown): T {
-  const run = spawnSync(process.execPath, ['--input-type=module', '-e', RUNNER, MODULE, expression], { input: JSON.stringify(input), encoding: 'utf8' });
-  if (run.status !== 0) throw new Error(`${expression} failed: ${run.stderr}`);
-  return JSON.parse(run.stdout) as T;
-}
+const evaluate = benchModule('report.mjs');
 
 /** CPU µs per request of each case's 50-connection run, per round. */
 type Cpu = Record<string, number[]>;

@@ -1,12 +1,11 @@
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { benchModule } from '../helpers/bench-module';
 
 // bench/callgrind-functions.mjs: the accounting behind `node bench/instructions.mjs --functions`, checked on a
 // hand-written dump (test/fixtures/callgrind/): a JS function at 0x1010 that calls the runtime through CEntry
 // (inclusive 1000) and a megamorphic IC (inclusive 300), the IC calling itself once ('2), a function at 0x2050
 // recursing into itself ('2), one more JS address, one address no perf map entry covers, and libc.
-const MODULE = path.join(__dirname, '../../bench/callgrind-functions.mjs');
 const FIXTURES = path.join(__dirname, '../fixtures/callgrind');
 const callgrind = fs.readFileSync(path.join(FIXTURES, 'gateway.callgrind.out.4242.1'), 'utf8');
 const perfMap = fs.readFileSync(path.join(FIXTURES, 'perf-4242.map'), 'utf8');
@@ -17,22 +16,7 @@ const MEGAMORPHIC = 'Builtins_KeyedLoadIC_Megamorphic';
 const HANDLE = '*handle /repo/dist/src/gateway.js:10:3';
 const GET_HOST = "+'get host /repo/node_modules/koa/lib/request.js:253:12";
 
-// The module is ESM, and this Jest loads CommonJS only (no --experimental-vm-modules): each check runs it in a
-// node child process, `expression` seeing the module's exports as `m` and `input`, its value back as JSON with
-// Maps as objects.
-const RUNNER = `
-import fs from 'node:fs';
-const m = await import(process.argv[1]);
-const input = JSON.parse(fs.readFileSync(0, 'utf8'));
-const value = new Function('m', 'input', 'return (' + process.argv[2] + ');')(m, input);
-process.stdout.write(JSON.stringify(value, (key, v) => (v instanceof Map ? Object.fromEntries(v) : v)));
-`;
-
-function evaluate<T>(expression: string, input: unknown = null): T {
-  const run = spawnSync(process.execPath, ['--input-type=module', '-e', RUNNER, MODULE, expression], { input: JSON.stringify(input), encoding: 'utf8' });
-  if (run.status !== 0) throw new Error(`${expression} failed: ${run.stderr}`);
-  return JSON.parse(run.stdout) as T;
-}
+const evaluate = benchModule('callgrind-functions.mjs');
 
 interface Profile {
   total: number;
