@@ -145,6 +145,9 @@ type Driver = { get(options?: { peek?: boolean }): Promise<WindowState> };
 const MemoryDriver = require('koa-ratelimit/limiter/memory') as new (options: DriverOptions & { db: Map<string, unknown> }) => Driver;
 const RedisDriver = require('koa-ratelimit/limiter/redis') as new (options: DriverOptions & { db: Redis }) => Driver;
 
+/** Memory drivers kept per policy for the clients seen last (createWindowCounter); ~150 bytes each. */
+export const KEPT_MEMORY_DRIVERS = 1024;
+
 /** The memory driver's entry: `remaining` before the window's next request (koa-ratelimit's count). */
 interface MemoryEntry {
   remaining: number;
@@ -186,8 +189,23 @@ export function createWindowCounter(store: WindowCounterStore, options: { storeN
     };
   }
   const { db } = store;
+  // koa-ratelimit's memory driver keys a client's window by `<namespace>:<id>`, a string it builds in its constructor.
+  // A driver per request built that string anew every time, and each of its two Map lookups per request had V8
+  // flatten and hash it in the runtime (~6k of the gateway's ~350k instructions per request, bench/RESULTS.md). A
+  // driver holds no count (the windows are all in `db`), so the recent clients' drivers are kept and reused: a
+  // client's key is built, flattened and hashed once. Bounded; dropping them all forgets no window.
+  const drivers = new Map<string, Driver>();
+  const driverOf = (client: string): Driver => {
+    let driver = drivers.get(client);
+    if (driver === undefined) {
+      if (drivers.size >= KEPT_MEMORY_DRIVERS) drivers.clear();
+      driver = new MemoryDriver({ db, id: client, max, duration: windowMs, namespace: storeName });
+      drivers.set(client, driver);
+    }
+    return driver;
+  };
   return {
-    take: async (client) => counted(await new MemoryDriver({ db, id: client, max, duration: windowMs, namespace: storeName }).get()),
+    take: async (client) => counted(await driverOf(client).get()),
     exhausted: async (client) => {
       const entry = db.get(`${storeName}:${client}`) as MemoryEntry | undefined;
       // The driver spends a request by taking one off `remaining` first: at 1 the next one is refused.

@@ -1,4 +1,5 @@
 import { BoundedWindowStore } from '../../src/middleware/rate-limit';
+import { createWindowCounter, KEPT_MEMORY_DRIVERS } from '../../src/rate-limit-store';
 
 describe('BoundedWindowStore', () => {
   const live = () => ({ reset: Date.now() / 1000 + 60 });
@@ -26,5 +27,32 @@ describe('BoundedWindowStore', () => {
     store.set('b', live());
     store.set('a', live());
     expect(store.size).toBe(2);
+  });
+});
+
+describe('createWindowCounter, memory store', () => {
+  const counter = (db: Map<string, unknown>, storeName = 'default') =>
+    createWindowCounter({ kind: 'memory', db }, { storeName, windowPolicy: `${storeName}|3|60000`, max: 3, windowMs: 60_000 });
+
+  // The drivers of recent clients are reused (a per-request driver cost a runtime hash per lookup): the counts must
+  // stay in the store, so that forgetting the drivers, as a crowd of other clients makes it do, forgets no window.
+  it("keeps a client's count while more clients than it keeps drivers for come between its requests", async () => {
+    const windows = counter(new BoundedWindowStore(10 * KEPT_MEMORY_DRIVERS));
+    expect(await windows.take('192.0.2.1')).toMatchObject({ admitted: true, remaining: 2 });
+    for (let i = 0; i < KEPT_MEMORY_DRIVERS + 100; i++) await windows.take(`198.51.100.${i % 256}:${i}`);
+    expect(await windows.take('192.0.2.1')).toMatchObject({ admitted: true, remaining: 1 });
+    expect(await windows.take('192.0.2.1')).toMatchObject({ admitted: true, remaining: 0 });
+    expect(await windows.take('192.0.2.1')).toMatchObject({ admitted: false, remaining: 0 });
+    expect(await windows.exhausted('192.0.2.1')).toMatchObject({ admitted: false });
+  });
+
+  it('counts each client, and each policy on one store, apart', async () => {
+    const db = new Map<string, unknown>();
+    const first = counter(db, 'default');
+    const second = counter(db, 'route:users');
+    for (let i = 0; i < 3; i++) await first.take('192.0.2.1');
+    expect(await first.take('192.0.2.1')).toMatchObject({ admitted: false });
+    expect(await first.take('192.0.2.2')).toMatchObject({ admitted: true, remaining: 2 });
+    expect(await second.take('192.0.2.1')).toMatchObject({ admitted: true, remaining: 2 });
   });
 });
