@@ -7,9 +7,11 @@
 // and their main-thread pauses per request. On a shared 2-core VM single slices of one build move by ±30%: take
 // the median ratio of many slices, and more than one run for a question of a few percent.
 //   node bench/paired.mjs [--variants off,traced-metrics] [--slices 8] [--seconds 4] [--gc]
-//                         [--node-args 'variant=--flag --flag'] [--env 'variant=KEY=value,KEY=value']
+//                         [--node-args 'variant=--flag --flag'] [--env 'variant=KEY=value,KEY=value'] [--root 'variant=DIR']
 // --node-args and --env (repeatable) add to one variant; a variant named `base+anything` is `base` with them,
-// e.g. --variants traced,traced+batch --env 'traced+batch=OTEL_BSP_MAX_EXPORT_BATCH_SIZE=128'.
+// e.g. --variants traced,traced+batch --env 'traced+batch=OTEL_BSP_MAX_EXPORT_BATCH_SIZE=128'. --root runs a
+// variant from another checkout, built and with its node_modules (a git worktree of an earlier commit): one build
+// against another, e.g. --variants off,off+before --root 'off+before=/tmp/before'.
 // Needs `npm run build` and Debian's wrk.
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -31,6 +33,7 @@ const { values: flags } = parseArgs({
     gc: { type: 'boolean', default: false },
     'node-args': { type: 'string', multiple: true, default: [] },
     env: { type: 'string', multiple: true, default: [] },
+    root: { type: 'string', multiple: true, default: [] },
     out: { type: 'string', default: path.join(BENCH_DIR, 'out') },
   },
 });
@@ -47,6 +50,7 @@ function byVariant(values) {
 }
 const extraNodeArgs = byVariant(flags['node-args']);
 const extraEnv = byVariant(flags.env);
+const roots = byVariant(flags.root);
 
 const variants = flags.variants.split(',').map((name) => {
   const base = VARIANTS[name.split('+')[0]];
@@ -60,7 +64,9 @@ const variants = flags.variants.split(',').map((name) => {
     }
   }
   const nodeArgs = (extraNodeArgs.get(name) ?? []).flatMap((args) => args.split(' ').filter(Boolean));
-  return { name, tracing: base.tracing, metrics: base.metrics ?? false, env, nodeArgs: flags.gc ? ['--trace-gc', ...nodeArgs] : nodeArgs };
+  const root = roots.get(name)?.at(-1);
+  if (root !== undefined && !fs.existsSync(path.join(root, 'dist/src/main.js'))) throw new Error(`--root ${name}=${root}: no dist/src/main.js there (build it first)`);
+  return { name, tracing: base.tracing, metrics: base.metrics ?? false, env, root, nodeArgs: flags.gc ? ['--trace-gc', ...nodeArgs] : nodeArgs };
 });
 if (new Set(variants.map((variant) => variant.name)).size !== variants.length) throw new Error('a variant is named twice');
 if (!fs.existsSync(path.join(BENCH_DIR, '..', 'dist/src/main.js'))) throw new Error('dist/ is missing: run `npm run build` first');
@@ -83,7 +89,7 @@ try {
     const port = await freePort();
     const metrics = variant.metrics ? { port: await freePort() } : undefined;
     const tracing = variant.tracing ? { sinkPort, exportLogs: false } : false;
-    const child = startGateway({ name: variant.name, port, upstreamPort, secret, tracing, metrics, logs, nodeArgs: variant.nodeArgs, extraEnv: variant.env });
+    const child = startGateway({ name: variant.name, port, upstreamPort, secret, tracing, metrics, logs, nodeArgs: variant.nodeArgs, extraEnv: variant.env, root: variant.root });
     gateways.push({ ...variant, url: `http://127.0.0.1:${port}/api/users/42`, child, slices: [], requests: 0 });
   }
   for (const gateway of gateways) await waitUntilServing(gateway.url, { headers, child: gateway.child, timeoutMs: 30_000 });

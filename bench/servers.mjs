@@ -89,9 +89,10 @@ export const BENCH_SIGNING_KEY = randomBytes(32).toString('base64url');
  * tracing): { port } records RED metrics, serves them on that scrape port and exports them over OTLP to the
  * sink every 10 s; absent: metrics off (OTEL_METRICS_EXPORTER=none, no METRICS_PORT). Its stdout, the JSON
  * access log, goes to `<name>-access.log`. `config`: the config file in bench/ (default gateway.bench.json).
- * `extraEnv` is for experiments (e.g. OTEL_TRACES_EXPORTER=none).
+ * `extraEnv` is for experiments (e.g. OTEL_TRACES_EXPORTER=none). `root`: another checkout to run the gateway from
+ * (its dist/ and node_modules; the launch's paths are relative), for one build against another (bench/paired.mjs).
  */
-export function startGateway({ name, port, upstreamPort, secret, tracing, metrics, logs, config = 'gateway.bench.json', nodeArgs = [], extraEnv = {} }) {
+export function startGateway({ name, port, upstreamPort, secret, tracing, metrics, logs, config = 'gateway.bench.json', nodeArgs = [], extraEnv = {}, root = ROOT }) {
   const telemetry = tracing
     ? {
         OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${tracing.sinkPort}`,
@@ -119,7 +120,7 @@ export function startGateway({ name, port, upstreamPort, secret, tracing, metric
   const launch = startGatewayArgs();
   const preload = launch.indexOf('--require');
   const args = [...launch.slice(0, preload), ...nodeArgs, ...launch.slice(preload)];
-  return start(name, process.execPath, args, { cwd: ROOT, env, stdoutFile: path.join(logs, `${name}-access.log`), stderrFile: path.join(logs, `${name}.err.log`) });
+  return start(name, process.execPath, args, { cwd: root, env, stdoutFile: path.join(logs, `${name}-access.log`), stderrFile: path.join(logs, `${name}.err.log`) });
 }
 
 /**
