@@ -5,14 +5,13 @@
 //   node bench/allocations.mjs [--variants off,traced-metrics] [--seconds 10] [--interval 4096] [--top 30]
 // Writes <out>/allocations/<variant>.{heapprofile,md} (open the .heapprofile in Chrome DevTools' Memory tab).
 // Needs `npm run build` and Debian's wrk.
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { areaOf } from './cpu-profile-summary.mjs';
 import { freePort, stop, stopAll, waitUntilServing } from './processes.mjs';
-import { BENCH_DIR, GATEWAY_VARIANTS, mintToken, ROOT, startGateway, startUpstreamAndSink } from './servers.mjs';
+import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS, ROOT, startGateway, startUpstreamAndSink } from './servers.mjs';
 import { runWrk, wrkVersion } from './wrk.mjs';
 
 /** Where a profile node's allocations are counted: its function, and the area (package, Node, dist/ folder) it lives in. */
@@ -71,11 +70,8 @@ if (import.meta.main) {
   if (!fs.existsSync(path.join(ROOT, 'dist/src/main.js'))) throw new Error('dist/ is missing: run `npm run build` first');
   if (!wrkVersion()) throw new Error('wrk is not installed: `apt-get install -y wrk`');
   const connections = Number(flags.connections);
-  const dir = path.join(path.resolve(flags.out), 'allocations');
-  fs.rmSync(dir, { recursive: true, force: true });
-  fs.mkdirSync(dir, { recursive: true });
-  const secret = randomBytes(32).toString('hex');
-  const headers = { Authorization: `Bearer ${await mintToken(secret)}` };
+  const dir = freshDir(flags.out, 'allocations');
+  const { secret, headers } = await benchCredentials();
   try {
     const { upstreamPort, sinkPort } = await startUpstreamAndSink(dir);
     for (const name of names) {

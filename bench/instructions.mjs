@@ -13,7 +13,6 @@
 // more at once shifts the counts: requests then batch differently per event-loop turn). Counters are zeroed after
 // the warm-up and dumped after the measured requests (callgrind_control), so start-up is not counted.
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -21,7 +20,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { collectionsIn, formatFunctionsReport, mergeProfiles, nameFunctions, parseCallgrind, parsePerfMap } from './callgrind-functions.mjs';
 import { childPids, freePort, readRange, start, stop, stopAll, waitUntilServing } from './processes.mjs';
-import { BENCH_DIR, BENCH_SIGNING_KEY, cleanEnv, mintToken, ROOT, startUpstreamAndSink, tracedFloorLaunch } from './servers.mjs';
+import { BENCH_DIR, BENCH_SIGNING_KEY, benchCredentials, cleanEnv, freshDir, ROOT, startUpstreamAndSink, tracedFloorLaunch } from './servers.mjs';
 
 /** What each variant sets on top of the bench's gateway environment (bench/servers.mjs `startGateway`). */
 const VARIANTS = {
@@ -83,16 +82,13 @@ for (const name of ['fastify', 'express']) {
 if (!fs.existsSync(path.join(ROOT, 'dist/src/main.js'))) throw new Error('dist/ is missing: run `npm run build` first');
 const requests = Number(flags.requests);
 const connections = Number(flags.connections);
-const dir = path.resolve(flags.out);
-fs.rmSync(dir, { recursive: true, force: true });
-fs.mkdirSync(dir, { recursive: true });
+const dir = freshDir(flags.out);
 
 // vgdb (behind callgrind_control) finds a valgrind process by a file named after the user and host, which both
 // sides read from their environment: the same values on both sides, HOST being also the gateway's listen host.
 const VGDB_ENV = { USER: 'root', LOGNAME: 'root', HOST: '127.0.0.1' };
 const gatewayArgs = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).scripts['start:gateway'].split(' ').slice(1);
-const secret = randomBytes(32).toString('hex');
-const token = await mintToken(secret);
+const { secret, token } = await benchCredentials();
 
 /** `count` authenticated GETs over `connections` keep-alive connections; resolves with how many were not 200. */
 async function load(port, count) {

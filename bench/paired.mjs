@@ -13,14 +13,13 @@
 // variant from another checkout, built and with its node_modules (a git worktree of an earlier commit): one build
 // against another, e.g. --variants off,off+before --root 'off+before=/tmp/before'.
 // Needs `npm run build` and Debian's wrk.
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { collectionsIn } from './callgrind-functions.mjs';
 import { freePort, stopAll, threadCpuTicks, waitUntilServing } from './processes.mjs';
 import { median } from './report.mjs';
-import { BENCH_DIR, GATEWAY_VARIANTS as VARIANTS, mintToken, startGateway, startUpstreamAndSink } from './servers.mjs';
+import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS as VARIANTS, startGateway, startUpstreamAndSink } from './servers.mjs';
 import { runWrk } from './wrk.mjs';
 
 
@@ -73,15 +72,12 @@ if (!fs.existsSync(path.join(BENCH_DIR, '..', 'dist/src/main.js'))) throw new Er
 const slices = Number(flags.slices);
 const seconds = Number(flags.seconds);
 const connections = Number(flags.connections);
-const logs = path.join(path.resolve(flags.out), 'paired');
-fs.rmSync(logs, { recursive: true, force: true });
-fs.mkdirSync(logs, { recursive: true });
+const logs = freshDir(flags.out, 'paired');
 
 /** The collections so far in a gateway's --trace-gc lines, which share its stdout with the access log. */
 const collectionsOf = (gateway) => collectionsIn(fs.readFileSync(path.join(logs, `${gateway.name}-access.log`), 'utf8'));
 
-const secret = randomBytes(32).toString('hex');
-const headers = { Authorization: `Bearer ${await mintToken(secret)}` };
+const { secret, headers } = await benchCredentials();
 try {
   const { upstreamPort, sinkPort } = await startUpstreamAndSink(logs);
   const gateways = [];

@@ -4,13 +4,12 @@
 //   node bench/profile.mjs [--tracing on|off|both] [--metrics on|off] [--config gateway.bench.json] [--seconds 15] [--connections 50] [--out bench/out]
 // --config names the gateway's config in bench/ (gateway.cache.bench.json: every answer after the first a cache hit).
 // Writes <out>/profile/gateway-tracing-<on|off>.{cpuprofile,md} (open the .cpuprofile in Chrome DevTools).
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { summarise, summaryMarkdown } from './cpu-profile-summary.mjs';
 import { cpuTicks, freePort, stop, stopAll, waitUntilServing } from './processes.mjs';
-import { BENCH_DIR, mintToken, ROOT, startGateway, startUpstreamAndSink } from './servers.mjs';
+import { BENCH_DIR, benchCredentials, freshDir, ROOT, startGateway, startUpstreamAndSink } from './servers.mjs';
 import { runWrk, wrkVersion } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
@@ -32,11 +31,8 @@ const connections = Number(flags.connections);
 if (!fs.existsSync(path.join(ROOT, 'dist/src/main.js'))) throw new Error('dist/ is missing: run `npm run build` first');
 if (!wrkVersion()) throw new Error('wrk is not installed: `apt-get install -y wrk`');
 
-const dir = path.join(path.resolve(flags.out), 'profile');
-fs.rmSync(dir, { recursive: true, force: true });
-fs.mkdirSync(dir, { recursive: true });
-const secret = randomBytes(32).toString('hex');
-const headers = { Authorization: `Bearer ${await mintToken(secret)}` };
+const dir = freshDir(flags.out, 'profile');
+const { secret, headers } = await benchCredentials();
 
 try {
   const { upstreamPort, sinkPort } = await startUpstreamAndSink(dir);

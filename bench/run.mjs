@@ -4,7 +4,6 @@
 //   node bench/run.mjs [--quick] [--rounds 2] [--loss-seconds 60] [--cases upstream,gateway,...] [--strict]
 // Needs `npm run build`, `npm ci --prefix bench/peers` and Debian's wrk (nginx optional).
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { childPids, cpuTicks, freePort, LineCounter, memoryMiB, start, stop, stopAll, waitUntilServing } from './processes.mjs';
 import { evaluate, median, toMarkdown } from './report.mjs';
-import { BENCH_DIR, cleanEnv, mintToken, ROOT, startGateway, startNginx, startNodeFloor, startPeer, startSink, startUpstream } from './servers.mjs';
+import { BENCH_DIR, benchCredentials, cleanEnv, freshDir, ROOT, startGateway, startNginx, startNodeFloor, startPeer, startSink, startUpstream } from './servers.mjs';
 import { runWrk, wrkVersion } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
@@ -260,12 +259,9 @@ async function main() {
 
   const out = path.resolve(flags.out);
   const logs = path.join(out, 'logs');
-  fs.rmSync(logs, { recursive: true, force: true });
-  fs.mkdirSync(logs, { recursive: true });
+  freshDir(logs);
 
-  const secret = randomBytes(32).toString('hex');
-  const token = await mintToken(secret);
-  const authHeader = { Authorization: `Bearer ${token}` };
+  const { secret, headers: authHeader } = await benchCredentials();
 
   log(`settings: ${JSON.stringify(settings)}; cases: ${selected.join(', ')}`);
   const waitQuiet = nonNegativeInt(flags['wait-quiet'], 0);

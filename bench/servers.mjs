@@ -25,6 +25,21 @@ function startGatewayArgs() {
 const ISSUER = 'koa-gateway';
 const AUDIENCE = 'koa-gateway-api';
 
+/** A fresh secret for the gateways' token check, and the `Authorization` header of a request that passes it. */
+export async function benchCredentials() {
+  const secret = randomBytes(32).toString('hex');
+  const token = await mintToken(secret);
+  return { secret, token, headers: { Authorization: `Bearer ${token}` } };
+}
+
+/** `dir` (resolved) emptied and made: where one tool's run writes its logs and results. */
+export function freshDir(...segments) {
+  const dir = path.resolve(...segments);
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
 /** The one token every authenticated case is sent: HS256, the claims the gateway's own tokens carry. */
 export function mintToken(secret) {
   return new SignJWT({ email: 'ada@example.com', role: 'user' })

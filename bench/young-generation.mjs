@@ -4,13 +4,12 @@
 // machine's drift falls on every cap alike. Counts and pauses move far less with a busy machine than CPU time does.
 //   node bench/young-generation.mjs [--sizes 8,16,32] [--seconds 10] [--rounds 3] [--untraced] [--connections 50]
 // Needs `npm run build` and Debian's wrk.
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { collectionsIn } from './callgrind-functions.mjs';
 import { cpuTicks, freePort, memoryMiB, stopAll, waitUntilServing } from './processes.mjs';
-import { BENCH_DIR, mintToken, startGateway, startUpstreamAndSink } from './servers.mjs';
+import { BENCH_DIR, benchCredentials, freshDir, startGateway, startUpstreamAndSink } from './servers.mjs';
 import { runWrk } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
@@ -27,12 +26,8 @@ const sizes = flags.sizes.split(',').map(Number);
 if (!sizes.every((size) => Number.isInteger(size) && size > 0)) throw new Error('--sizes is a list of whole MiB, e.g. 8,16,32');
 const seconds = Number(flags.seconds);
 const connections = Number(flags.connections);
-const logs = path.join(path.resolve(flags.out), 'young-generation');
-fs.rmSync(logs, { recursive: true, force: true });
-fs.mkdirSync(logs, { recursive: true });
-
-const secret = randomBytes(32).toString('hex');
-const headers = { Authorization: `Bearer ${await mintToken(secret)}` };
+const logs = freshDir(flags.out, 'young-generation');
+const { secret, headers } = await benchCredentials();
 const { upstreamPort, sinkPort } = await startUpstreamAndSink(logs);
 const gateways = [];
 for (const size of sizes) {
