@@ -99,7 +99,6 @@ if (import.meta.main) {
         if (waited > 30_000) throw new Error(`${name} wrote no profile (see ${dir}/${name}.err.log)`);
         await sleep(100);
       }
-      await sleep(500); // the file is written in one call; let it finish before reading
       await stop(gateway, 15_000);
       const summary = summariseAllocations(JSON.parse(fs.readFileSync(file, 'utf8')), result.requests);
       const text = `## ${name}: ${summary.bytesPerRequest.toFixed(0)} bytes allocated per request (${result.requests} requests, ${Math.round(result.rps)} req/s, sampled every ${flags.interval} bytes)\n\n${markdown(summary, Number(flags.top))}`;

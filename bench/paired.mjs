@@ -22,7 +22,6 @@ import { median } from './report.mjs';
 import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS as VARIANTS, startGateway, startUpstreamAndSink } from './servers.mjs';
 import { runWrk } from './wrk.mjs';
 
-
 const { values: flags } = parseArgs({
   options: {
     variants: { type: 'string', default: 'off,traced-metrics' },

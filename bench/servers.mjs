@@ -32,7 +32,7 @@ export async function benchCredentials() {
   return { secret, token, headers: { Authorization: `Bearer ${token}` } };
 }
 
-/** `dir` (resolved) emptied and made: where one tool's run writes its logs and results. */
+/** The folder of `segments` (resolved), emptied and made: where one tool's run writes its logs and results. */
 export function freshDir(...segments) {
   const dir = path.resolve(...segments);
   fs.rmSync(dir, { recursive: true, force: true });

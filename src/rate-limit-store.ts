@@ -191,7 +191,7 @@ export function createWindowCounter(store: WindowCounterStore, options: { storeN
   const { db } = store;
   // koa-ratelimit's memory driver keys a client's window by `<namespace>:<id>`, a string it builds in its constructor.
   // A driver per request built that string anew every time, and each of its two Map lookups per request had V8
-  // flatten and hash it in the runtime (~6k of the gateway's ~350k instructions per request, bench/RESULTS.md). A
+  // flatten and hash it in the runtime (~1.6k of the gateway's ~330k instructions per request, bench/RESULTS.md). A
   // driver holds no count (the windows are all in `db`), so the recent clients' drivers are kept and reused: a
   // client's key is built, flattened and hashed once. Bounded; dropping them all forgets no window.
   const drivers = new Map<string, Driver>();
