@@ -6,6 +6,7 @@ import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
 import { MAX_FORWARDS_SUPPORTED, maxForwardsOf } from './middleware/max-forwards';
 import type { GatewaySigner, SignedRequest, SignedValues } from './gateway-signature';
+import { rememberVerdicts } from './header-name-verdicts';
 
 /**
  * Who owns which request header on the way to a service, in one place. The client's headers are filtered
@@ -60,6 +61,18 @@ export function isForbiddenClientHeader(name: string, underscores: UnderscoreHea
     FOREIGN_IDENTITY_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) ||
     (MESH_CONTROL_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) && !isListedForwardingHeader(name))
   );
+}
+
+/** isForbiddenClientHeader under each policy, its answers remembered by name (src/header-name-verdicts.ts). */
+const FORBIDDEN_UNDER: Readonly<Record<UnderscoreHeaderPolicy, (name: string) => boolean>> = {
+  drop: rememberVerdicts((name) => isForbiddenClientHeader(name, 'drop')),
+  reject: rememberVerdicts((name) => isForbiddenClientHeader(name, 'reject')),
+  allow: rememberVerdicts((name) => isForbiddenClientHeader(name, 'allow')),
+};
+
+/** isForbiddenClientHeader for one policy, as asked on every request: the same answers, remembered by name. */
+export function forbiddenClientHeaderTest(underscores: UnderscoreHeaderPolicy): (name: string) => boolean {
+  return FORBIDDEN_UNDER[underscores] ?? ((name: string) => isForbiddenClientHeader(name, underscores));
 }
 
 /** The names a message's `Connection` header lists: hop-by-hop for that one connection. */
@@ -223,10 +236,11 @@ export function forwardsAuthorization(client: http.IncomingHttpHeaders, forwardA
  */
 export function upstreamRequestHeaders(input: UpstreamRequestHeadersInput): Record<string, string | string[]> {
   const { client } = input;
+  const isForbidden = forbiddenClientHeaderTest(input.underscores);
   const headers = endToEndHeaders(
     client,
     (name) =>
-      isForbiddenClientHeader(name, input.underscores) ||
+      isForbidden(name) ||
       // An API key is the gateway's credential alone, in either header and any spelling a service might read
       // (the scheme before a tab; `X_API_Key` is isForbiddenClientHeader's), even where the route forwards Authorization.
       (name === HEADER.authorization && !forwardsAuthorization(client, input.forwardAuthorization)) ||

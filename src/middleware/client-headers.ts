@@ -1,7 +1,8 @@
 import type { Middleware } from 'koa';
 import { dashedSpelling, isForeignTraceContextHeader, isLookAlikeName } from '../../otel/wire-names';
 import { GatewayError } from '../errors';
-import { isForbiddenClientHeader, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { rememberVerdicts } from '../header-name-verdicts';
+import { forbiddenClientHeaderTest, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import { traceContextTrust } from './trusted-proxies';
 
 export interface ClientHeaderPolicyOptions {
@@ -16,6 +17,9 @@ export interface ClientHeaderPolicyOptions {
   trustedProxies?: readonly string[];
 }
 
+/** Trace context in a format other than W3C's, in any spelling (a look-alike as its `-` twin): remembered by name. */
+const isForeignTraceContext = rememberVerdicts((name) => isForeignTraceContextHeader(isLookAlikeName(name) ? dashedSpelling(name) : name));
+
 /**
  * Removes, on every route (public ones included), the client headers the gateway never passes on (owned
  * prefixes such as `x-user-*`, request-rewriting headers, `_` and `.` look-alikes; see isForbiddenClientHeader), so
@@ -28,6 +32,7 @@ export interface ClientHeaderPolicyOptions {
 export function createClientHeaderPolicy(options: ClientHeaderPolicyOptions): Middleware {
   const { underscores } = options;
   const trusts = traceContextTrust(options.trustTraceContext ?? false, options.trustedProxies);
+  const isForbidden = forbiddenClientHeaderTest(underscores);
   // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
   return function screenClientHeaders(ctx, next) {
     const headers = ctx.req.headers;
@@ -36,7 +41,7 @@ export function createClientHeaderPolicy(options: ClientHeaderPolicyOptions): Mi
       if (underscores === 'reject' && isLookAlikeName(name)) {
         throw new GatewayError('header_not_allowed', `Header names with "_" or "." are not accepted (${name}).`);
       }
-      if (isForbiddenClientHeader(name, underscores) || (dropTraceContext && isForeignTraceContextHeader(isLookAlikeName(name) ? dashedSpelling(name) : name))) delete headers[name];
+      if (isForbidden(name) || (dropTraceContext && isForeignTraceContext(name))) delete headers[name];
     }
     return next();
   };
