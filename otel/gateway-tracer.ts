@@ -45,11 +45,9 @@ import {
   type TraceState,
 } from '@opentelemetry/api';
 import {
-  addHrTimes,
   cleanAttributes,
   cleanSimpleAttributes,
   hrTime,
-  hrTimeDuration,
   isAnyValue,
   isTimeInput,
   isTimeInputHrTime,
@@ -109,6 +107,16 @@ let origin: HrTime = millisToHrTime(originMs);
 let anchorCheckedAt = -Infinity;
 
 function clockNow(): HrTime {
+  readClock();
+  return [clockSeconds, clockNanos];
+}
+
+/** Where readClock leaves the time it read: two numbers, so a span's start and end make no HrTime array of their own. */
+let clockSeconds = 0;
+let clockNanos = 0;
+
+/** clockNow's time into clockSeconds and clockNanos: `addHrTimes(origin, millisToHrTime(now))`, computed in place. */
+function readClock(): void {
   const now = performance.now();
   if (now - anchorCheckedAt >= ANCHOR_CHECK_INTERVAL_MS) {
     anchorCheckedAt = now;
@@ -118,13 +126,26 @@ function clockNow(): HrTime {
       origin = millisToHrTime(originMs);
     }
   }
-  return addHrTimes(origin, millisToHrTime(now));
+  // millisToHrTime(now), then addHrTimes with the origin, as @opentelemetry/core 2 computes them.
+  let seconds = origin[0] + Math.trunc(now / 1000);
+  let nanos = origin[1] + Math.round((now % 1000) * 1e6);
+  if (nanos >= 1e9) {
+    nanos -= 1e9;
+    seconds += 1;
+  }
+  clockSeconds = seconds;
+  clockNanos = nanos;
 }
 
-/** A span's state before it ends, as SpanImpl has it; shared, as nothing writes into them (end replaces them). */
-const NOT_ENDED_TIME: HrTime = Object.freeze([0, 0]) as unknown as HrTime;
-const NOT_ENDED_DURATION: HrTime = Object.freeze([-1, -1]) as unknown as HrTime;
 const UNSET_STATUS: SpanStatus = Object.freeze({ code: SpanStatusCode.UNSET });
+
+/**
+ * A span's events and links until it has one: shared and frozen, replaced by an array of its own on the first
+ * addEvent or addLink. Two empty arrays per span, made at its start and kept until its batch was exported, were
+ * a quarter of what the gateway's two spans per request left for the young generation to copy (bench/RESULTS.md).
+ */
+const NO_EVENTS: TimedEvent[] = Object.freeze([]) as unknown as TimedEvent[];
+const NO_LINKS: Link[] = Object.freeze([]) as unknown as Link[];
 
 /**
  * The tracer for the gateway's own spans, an `@opentelemetry/api` Tracer. Hand it the options the SDK's
@@ -193,8 +214,8 @@ class GatewayTracer implements Tracer {
       validParent = parent;
     }
     const kind = options.kind ?? SpanKind.INTERNAL;
-    // A fresh array even without links: the sampler is handed it, and it becomes the span's own (addLink).
-    const links = options.links == null ? [] : options.links.map((link) => this.limitedLink(link));
+    // The sampler is handed the links, and they become the span's (addLink replaces the shared empty list first).
+    const links = options.links == null || options.links.length === 0 ? NO_LINKS : options.links.map((link) => this.limitedLink(link));
 
     // The start attributes, copied once with the SDK's validation (its first cleanAttributes, without limits):
     // the sampler must see them before any limit applies, as it does in the SDK. Handed over (startSpanOwning)
@@ -384,13 +405,10 @@ export class GatewaySpan implements Span, ReadableSpan {
   name: string;
   readonly kind: SpanKind;
   readonly parentSpanContext: SpanContext | undefined;
-  readonly startTime: HrTime;
-  endTime: HrTime = NOT_ENDED_TIME;
-  duration: HrTime = NOT_ENDED_DURATION;
   status: SpanStatus = UNSET_STATUS;
   readonly attributes: Attributes;
-  readonly links: Link[];
-  readonly events: TimedEvent[] = [];
+  links: Link[];
+  events: TimedEvent[] = NO_EVENTS;
   ended = false;
   readonly resource: Resource;
   readonly instrumentationScope: InstrumentationScope;
@@ -408,6 +426,17 @@ export class GatewaySpan implements Span, ReadableSpan {
   private readonly tracer: GatewayTracer;
   /** With a start time given, an end without one is read from Date.now(), as SpanImpl does. */
   private readonly startTimeProvided: boolean;
+  /**
+   * The start, end and duration as numbers, read as HrTimes through the getters below (before the end: [0, 0] and
+   * [-1, -1], as SpanImpl has them). Three HrTime arrays per span, kept until its batch was exported, and the
+   * clock's two per read were most of the arrays the gateway's spans made and the young generation copied.
+   */
+  private startSeconds: number;
+  private startNanos: number;
+  private endSeconds = 0;
+  private endNanos = 0;
+  private durationSeconds = -1;
+  private durationNanos = -1;
 
   constructor(
     tracer: GatewayTracer,
@@ -430,7 +459,15 @@ export class GatewaySpan implements Span, ReadableSpan {
     this.resource = tracer.resource;
     this.instrumentationScope = tracer.instrumentationScope;
     this.startTimeProvided = startTime != null;
-    this.startTime = startTime == null ? clockNow() : this.timeOf(startTime);
+    if (startTime == null) {
+      readClock();
+      this.startSeconds = clockSeconds;
+      this.startNanos = clockNanos;
+    } else {
+      const start = this.timeOf(startTime);
+      this.startSeconds = start[0];
+      this.startNanos = start[1];
+    }
     const { linkCountLimit } = tracer.limits;
     if (links.length > linkCountLimit) {
       this.links = links.slice(links.length - linkCountLimit, links.length);
@@ -442,6 +479,18 @@ export class GatewaySpan implements Span, ReadableSpan {
     this.attributeCountBound = attributeCount;
     this.droppedAttributesCount = droppedAttributesCount;
     for (const processor of tracer.processors) processor.onStart(this, parentContext);
+  }
+
+  get startTime(): HrTime {
+    return [this.startSeconds, this.startNanos];
+  }
+
+  get endTime(): HrTime {
+    return [this.endSeconds, this.endNanos];
+  }
+
+  get duration(): HrTime {
+    return [this.durationSeconds, this.durationNanos];
   }
 
   spanContext(): SpanContext {
@@ -504,6 +553,7 @@ export class GatewaySpan implements Span, ReadableSpan {
       this.droppedEventsCount++;
       return this;
     }
+    if (this.events === NO_EVENTS) this.events = [];
     if (this.events.length >= eventCountLimit) {
       if (this.droppedEventsCount === 0) diag.debug('Dropping extra events.');
       this.events.shift();
@@ -528,6 +578,7 @@ export class GatewaySpan implements Span, ReadableSpan {
       this.droppedLinksCount++;
       return this;
     }
+    if (this.links === NO_LINKS) this.links = [];
     if (this.links.length >= linkCountLimit) {
       if (this.droppedLinksCount === 0) diag.debug('Dropping extra links.');
       this.links.shift();
@@ -567,15 +618,35 @@ export class GatewaySpan implements Span, ReadableSpan {
       diag.error(`${this.name} ${this.context.traceId}-${this.context.spanId} - You can only call end() on a span once.`);
       return;
     }
-    let end = this.timeOf(endTime);
-    let duration = hrTimeDuration(this.startTime, end);
-    if (duration[0] < 0) {
-      diag.warn('Inconsistent start and end time, startTime > endTime. Setting span duration to 0ms.', this.startTime, end);
-      end = this.startTime.slice() as HrTime;
-      duration = [0, 0];
+    let endSeconds: number;
+    let endNanos: number;
+    if (endTime == null && !this.startTimeProvided) {
+      readClock();
+      endSeconds = clockSeconds;
+      endNanos = clockNanos;
+    } else {
+      const end = this.timeOf(endTime);
+      endSeconds = end[0];
+      endNanos = end[1];
     }
-    this.endTime = end;
-    this.duration = duration;
+    // hrTimeDuration(start, end), computed in place.
+    let seconds = endSeconds - this.startSeconds;
+    let nanos = endNanos - this.startNanos;
+    if (nanos < 0) {
+      seconds -= 1;
+      nanos += 1e9;
+    }
+    if (seconds < 0) {
+      diag.warn('Inconsistent start and end time, startTime > endTime. Setting span duration to 0ms.', this.startTime, [endSeconds, endNanos]);
+      endSeconds = this.startSeconds;
+      endNanos = this.startNanos;
+      seconds = 0;
+      nanos = 0;
+    }
+    this.endSeconds = endSeconds;
+    this.endNanos = endNanos;
+    this.durationSeconds = seconds;
+    this.durationNanos = nanos;
     if (this.droppedEventsCount > 0) diag.warn(`Dropped ${this.droppedEventsCount} events because eventCountLimit reached`);
     if (this.droppedLinksCount > 0) diag.warn(`Dropped ${this.droppedLinksCount} links because linkCountLimit reached`);
     const processors = this.tracer.processors;
