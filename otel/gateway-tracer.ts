@@ -108,14 +108,17 @@ let anchorCheckedAt = -Infinity;
 
 function clockNow(): HrTime {
   readClock();
-  return [clockSeconds, clockNanos];
+  return [readSeconds, readNanos];
 }
 
-/** Where readClock leaves the time it read: two numbers, so a span's start and end make no HrTime array of their own. */
-let clockSeconds = 0;
-let clockNanos = 0;
+/**
+ * Where readClock (and GatewaySpan's readTime) leave the time they read: two numbers, so a span's start and end
+ * make no HrTime array of their own.
+ */
+let readSeconds = 0;
+let readNanos = 0;
 
-/** clockNow's time into clockSeconds and clockNanos: `addHrTimes(origin, millisToHrTime(now))`, computed in place. */
+/** clockNow's time into readSeconds and readNanos: `addHrTimes(origin, millisToHrTime(now))`, computed in place. */
 function readClock(): void {
   const now = performance.now();
   if (now - anchorCheckedAt >= ANCHOR_CHECK_INTERVAL_MS) {
@@ -133,8 +136,8 @@ function readClock(): void {
     nanos -= 1e9;
     seconds += 1;
   }
-  clockSeconds = seconds;
-  clockNanos = nanos;
+  readSeconds = seconds;
+  readNanos = nanos;
 }
 
 const UNSET_STATUS: SpanStatus = Object.freeze({ code: SpanStatusCode.UNSET });
@@ -461,15 +464,9 @@ export class GatewaySpan implements Span, ReadableSpan {
     this.resource = tracer.resource;
     this.instrumentationScope = tracer.instrumentationScope;
     this.startTimeProvided = startTime != null;
-    if (startTime == null) {
-      readClock();
-      this.startSeconds = clockSeconds;
-      this.startNanos = clockNanos;
-    } else {
-      const start = this.timeOf(startTime);
-      this.startSeconds = start[0];
-      this.startNanos = start[1];
-    }
+    this.readTime(startTime);
+    this.startSeconds = readSeconds;
+    this.startNanos = readNanos;
     const { linkCountLimit } = tracer.limits;
     if (links.length > linkCountLimit) {
       this.links = links.slice(links.length - linkCountLimit, links.length);
@@ -620,17 +617,9 @@ export class GatewaySpan implements Span, ReadableSpan {
       diag.error(`${this.name} ${this.context.traceId}-${this.context.spanId} - You can only call end() on a span once.`);
       return;
     }
-    let endSeconds: number;
-    let endNanos: number;
-    if (endTime == null && !this.startTimeProvided) {
-      readClock();
-      endSeconds = clockSeconds;
-      endNanos = clockNanos;
-    } else {
-      const end = this.timeOf(endTime);
-      endSeconds = end[0];
-      endNanos = end[1];
-    }
+    this.readTime(endTime);
+    let endSeconds = readSeconds;
+    let endNanos = readNanos;
     // hrTimeDuration(start, end), computed in place.
     let seconds = endSeconds - this.startSeconds;
     let nanos = endNanos - this.startNanos;
@@ -682,6 +671,17 @@ export class GatewaySpan implements Span, ReadableSpan {
     if (isTimeInputHrTime(input)) return input as HrTime;
     if (this.startTimeProvided) return millisToHrTime(Date.now());
     return clockNow();
+  }
+
+  /** timeOf's time into readSeconds and readNanos; read from the clock without an HrTime array when none is given. */
+  private readTime(input: TimeInput | undefined): void {
+    if (input == null && !this.startTimeProvided) {
+      readClock();
+    } else {
+      const time = this.timeOf(input);
+      readSeconds = time[0];
+      readNanos = time[1];
+    }
   }
 
   private warnEnded(): this {
