@@ -1,6 +1,7 @@
 import { Redis } from 'ioredis';
 import type { Logger } from '../otel/logger';
 import { BoundedWindowStore } from './middleware/rate-limit';
+import { remembered } from './remembered';
 
 export interface RedisStoreOptions {
   url: string;
@@ -194,16 +195,7 @@ export function createWindowCounter(store: WindowCounterStore, options: { storeN
   // flatten and hash it in the runtime (~1.6k of the gateway's ~330k instructions per request, bench/RESULTS.md). A
   // driver holds no count (the windows are all in `db`), so the recent clients' drivers are kept and reused: a
   // client's key is built, flattened and hashed once. Bounded; dropping them all forgets no window.
-  const drivers = new Map<string, Driver>();
-  const driverOf = (client: string): Driver => {
-    let driver = drivers.get(client);
-    if (driver === undefined) {
-      if (drivers.size >= KEPT_MEMORY_DRIVERS) drivers.clear();
-      driver = new MemoryDriver({ db, id: client, max, duration: windowMs, namespace: storeName });
-      drivers.set(client, driver);
-    }
-    return driver;
-  };
+  const driverOf = remembered((client): Driver => new MemoryDriver({ db, id: client, max, duration: windowMs, namespace: storeName }), { capacity: KEPT_MEMORY_DRIVERS });
   return {
     take: async (client) => counted(await driverOf(client).get()),
     exhausted: async (client) => {

@@ -6,7 +6,7 @@ import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
 import { MAX_FORWARDS_SUPPORTED, maxForwardsOf } from './middleware/max-forwards';
 import type { GatewaySigner, SignedRequest, SignedValues } from './gateway-signature';
-import { rememberVerdicts } from './header-name-verdicts';
+import { remembered } from './remembered';
 
 /**
  * Who owns which request header on the way to a service, in one place. The client's headers are filtered
@@ -63,11 +63,14 @@ export function isForbiddenClientHeader(name: string, underscores: UnderscoreHea
   );
 }
 
-/** isForbiddenClientHeader under each policy, its answers remembered by name (src/header-name-verdicts.ts). */
+/** Longest header name whose verdict is remembered: no real header is longer; longer ones are decided each time. */
+export const REMEMBERED_HEADER_NAME_MAX_LENGTH = 64;
+
+/** isForbiddenClientHeader under each policy, its answers remembered by name (src/remembered.ts). */
 const FORBIDDEN_UNDER: Readonly<Record<UnderscoreHeaderPolicy, (name: string) => boolean>> = {
-  drop: rememberVerdicts((name) => isForbiddenClientHeader(name, 'drop')),
-  reject: rememberVerdicts((name) => isForbiddenClientHeader(name, 'reject')),
-  allow: rememberVerdicts((name) => isForbiddenClientHeader(name, 'allow')),
+  drop: remembered((name) => isForbiddenClientHeader(name, 'drop'), { maxKeyLength: REMEMBERED_HEADER_NAME_MAX_LENGTH }),
+  reject: remembered((name) => isForbiddenClientHeader(name, 'reject'), { maxKeyLength: REMEMBERED_HEADER_NAME_MAX_LENGTH }),
+  allow: remembered((name) => isForbiddenClientHeader(name, 'allow'), { maxKeyLength: REMEMBERED_HEADER_NAME_MAX_LENGTH }),
 };
 
 /** isForbiddenClientHeader for one policy, as asked on every request: the same answers, remembered by name. */

@@ -1,8 +1,8 @@
 import type { Middleware } from 'koa';
 import { dashedSpelling, isForeignTraceContextHeader, isLookAlikeName } from '../../otel/wire-names';
 import { GatewayError } from '../errors';
-import { rememberVerdicts } from '../header-name-verdicts';
-import { forbiddenClientHeaderTest, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { remembered } from '../remembered';
+import { forbiddenClientHeaderTest, REMEMBERED_HEADER_NAME_MAX_LENGTH, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import { traceContextTrust } from './trusted-proxies';
 
 export interface ClientHeaderPolicyOptions {
@@ -18,7 +18,9 @@ export interface ClientHeaderPolicyOptions {
 }
 
 /** Trace context in a format other than W3C's, in any spelling (a look-alike as its `-` twin): remembered by name. */
-const isForeignTraceContext = rememberVerdicts((name) => isForeignTraceContextHeader(isLookAlikeName(name) ? dashedSpelling(name) : name));
+const isForeignTraceContext = remembered((name) => isForeignTraceContextHeader(isLookAlikeName(name) ? dashedSpelling(name) : name), {
+  maxKeyLength: REMEMBERED_HEADER_NAME_MAX_LENGTH,
+});
 
 /**
  * Removes, on every route (public ones included), the client headers the gateway never passes on (owned

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { dashedSpelling, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_TRACE_CONTEXT_HEADER_PREFIXES, GATEWAY_OWNED_HEADER_PREFIXES, isForeignTraceContextHeader, isLookAlikeName, MESH_CONTROL_HEADER_PREFIXES } from '../../otel/wire-names';
-import { rememberVerdicts } from '../../src/header-name-verdicts';
+import { remembered } from '../../src/remembered';
 import { forbiddenClientHeaderTest, isForbiddenClientHeader, type UnderscoreHeaderPolicy } from '../../src/upstream-headers';
 
 /** Names near every rule's edges: each prefix alone, with a tail, in `_` and `.` spellings, and ordinary names. */
@@ -13,13 +13,13 @@ const nameArbitrary = fc.oneof(
   fc.stringMatching(/^x-user-[a-z]{60,80}$/),
 );
 
-describe('rememberVerdicts', () => {
+describe('remembered', () => {
   it('answers exactly as the rule, for every policy and the trace-context rule, across more names than it holds', () => {
     const traceContextRule = (name: string) => isForeignTraceContextHeader(isLookAlikeName(name) ? dashedSpelling(name) : name);
     fc.assert(
       fc.property(fc.array(nameArbitrary, { minLength: 1, maxLength: 60 }), fc.constantFrom<UnderscoreHeaderPolicy>('drop', 'reject', 'allow'), (names, underscores) => {
-        const forbidden = rememberVerdicts((name) => isForbiddenClientHeader(name, underscores), { capacity: 8, maxNameLength: 64 });
-        const traceContext = rememberVerdicts(traceContextRule, { capacity: 8, maxNameLength: 64 });
+        const forbidden = remembered((name) => isForbiddenClientHeader(name, underscores), { capacity: 8, maxKeyLength: 64 });
+        const traceContext = remembered(traceContextRule, { capacity: 8, maxKeyLength: 64 });
         // Each name asked twice, the second time (usually) from the table.
         for (const name of [...names, ...names]) {
           expect(forbidden(name)).toBe(isForbiddenClientHeader(name, underscores));
@@ -33,12 +33,12 @@ describe('rememberVerdicts', () => {
 
   it('decides a name once while it is held, again after the table starts over, and a long name every time', () => {
     const decided: string[] = [];
-    const verdict = rememberVerdicts(
+    const verdict = remembered(
       (name) => {
         decided.push(name);
         return name.startsWith('x-user-');
       },
-      { capacity: 3, maxNameLength: 10 },
+      { capacity: 3, maxKeyLength: 10 },
     );
     expect([verdict('x-user-id'), verdict('accept'), verdict('x-user-id'), verdict('accept')]).toEqual([true, false, true, false]);
     expect(decided).toEqual(['x-user-id', 'accept']);
@@ -47,7 +47,7 @@ describe('rememberVerdicts', () => {
     verdict('cookie');
     verdict('x-user-id');
     expect(decided).toEqual(['x-user-id', 'accept', 'host', 'cookie', 'x-user-id']);
-    // Longer than maxNameLength: never held.
+    // Longer than maxKeyLength: never held.
     const long = 'x-user-abcdefgh';
     expect([verdict(long), verdict(long)]).toEqual([true, true]);
     expect(decided.filter((name) => name === long)).toHaveLength(2);
