@@ -1,6 +1,6 @@
-import { trace, TraceFlags, type Attributes, type Context, type Link, type SpanKind } from '@opentelemetry/api';
-import { RandomIdGenerator, SamplingDecision, TraceIdRatioBasedSampler, type IdGenerator, type Sampler, type SamplingResult } from '@opentelemetry/sdk-trace';
-import { isValidSpanContext } from './gateway-tracer';
+import { isValidTraceId, trace, TraceFlags, type Attributes, type Context, type Link, type SpanKind } from '@opentelemetry/api';
+import { RandomIdGenerator, SamplingDecision, TraceIdRatioBasedSampler, type Sampler, type SamplingResult } from '@opentelemetry/sdk-trace';
+import { isValidSpanContext, type ValidIdGenerator } from './gateway-tracer';
 import { TRACE_FLAG_RANDOM } from './trace-context';
 import { outgoingTraceFlags } from './trace-context-propagator';
 import { ATTR } from './wire-names';
@@ -52,11 +52,15 @@ function hex128(a: number, b: number, c: number, d: number): string {
  * hex here instead of through a shared Buffer's `toString('hex')`, a call into Node's C++ for every id
  * (~1.1k instructions more per id, three ids per proxied request: bench/RESULTS.md).
  */
-export class RequestedTraceIdGenerator implements IdGenerator {
+export class RequestedTraceIdGenerator implements ValidIdGenerator {
+  /** Every id it makes is valid (a requested one is checked here), so the gateway's tracer need not scan them. */
+  readonly makesValidIds = true;
+
   generateTraceId(): string {
     const requested = requestedTraceId;
     requestedTraceId = undefined;
-    if (requested !== undefined) return requested;
+    // A request id that is no valid trace id is never asked for (traceIdFromRequestId), but withTraceId takes any string.
+    if (requested !== undefined && isValidTraceId(requested)) return requested;
     const a = random32();
     const b = random32();
     const c = random32();

@@ -46,7 +46,7 @@ import {
   type SpanLimits,
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
-import { createGatewayTracer, GatewaySpan, GATEWAY_SCHEMA_URL, GATEWAY_TRACER_NAME, startSpanOwning, type GatewayTracerOptions } from '../../otel/gateway-tracer';
+import { createGatewayTracer, GatewaySpan, GATEWAY_SCHEMA_URL, GATEWAY_TRACER_NAME, isValidSpanContext, startSpanOwning, type GatewayTracerOptions, type ValidIdGenerator } from '../../otel/gateway-tracer';
 import { readPackageVersion } from '../../otel/telemetry-config';
 import { encodeTraceExportRequest } from '../../otel/otlp-protobuf-encoding';
 import { RequestIdSpanProcessor } from '../../otel/request-id-span-processor';
@@ -478,6 +478,23 @@ describe('the lean gateway tracer', () => {
     ]);
     expect(client!.spanContext().traceId).toBe(requested);
     expect(root!.spanContext().traceId).toBe(next);
+  });
+
+  it("takes a ValidIdGenerator's ids as checked, and checks any other generator's", () => {
+    // Ids no W3C parser accepts, from a generator that vouches for them and from one that does not: only the
+    // vouched ones are taken as valid unread (the tracer does not scan what a ValidIdGenerator made).
+    const invalid = { generateTraceId: () => 'not-a-trace-id', generateSpanId: () => '0000000000000000' };
+    const vouching: ValidIdGenerator = { ...invalid, makesValidIds: true };
+    const vouched = createGatewayTracer({ sampler: new AlwaysOnSampler(), idGenerator: vouching, resource: RESOURCE, spanProcessors: [] });
+    const unvouched = createGatewayTracer({ sampler: new AlwaysOnSampler(), idGenerator: invalid, resource: RESOURCE, spanProcessors: [] });
+    expect(isValidSpanContext(vouched.startSpan('GET', {}, ROOT_CONTEXT).spanContext())).toBe(true);
+    expect(isValidSpanContext(unvouched.startSpan('GET', {}, ROOT_CONTEXT).spanContext())).toBe(false);
+    // The gateway's generator vouches, and keeps its word: a requested id that is not a valid trace id is not used.
+    const generator = new RequestedTraceIdGenerator();
+    expect(generator.makesValidIds).toBe(true);
+    for (const requested of ['0'.repeat(32), 'not-a-trace-id', '0AF7651916CD43DD8448EB211C80319Z']) {
+      expect(withTraceId(requested, () => generator.generateTraceId())).toMatch(/^(?!0{32})[0-9a-f]{32}$/);
+    }
   });
 });
 
