@@ -406,6 +406,9 @@ function copiedAnyValue(value: unknown, limit: number): AttributeValue {
 function copiedPrimitiveArray(value: unknown, limit: number): AttributeValue | undefined {
   if (!Array.isArray(value) || Object.getPrototypeOf(value) !== Array.prototype) return undefined;
   const count = value.length;
+  // Frozen, nobody can change it: the copy would be an equal array, so it is kept as it is when no string in it is
+  // cut (tracing.ts shares one per role among the spans of that role).
+  if (Object.isFrozen(value) && primitivesWithin(value, count, limit)) return value as AttributeValue;
   // Sized once: a push onto `[]` gave a one-role copy a backing store of 17 slots (~150 bytes), kept with the span
   // until its batch was exported (bench/micro/span-retained-bytes.cjs).
   const copy = new Array<string | number | boolean>(count);
@@ -416,6 +419,15 @@ function copiedPrimitiveArray(value: unknown, limit: number): AttributeValue | u
     else return undefined;
   }
   return copy as AttributeValue;
+}
+
+/** Whether the first `count` items of `array` are each a number, a boolean or a string no longer than `limit`. */
+function primitivesWithin(array: readonly unknown[], count: number, limit: number): boolean {
+  for (let index = 0; index < count; index++) {
+    const item = array[index];
+    if (typeof item === 'string' ? item.length > limit : typeof item !== 'number' && typeof item !== 'boolean') return false;
+  }
+  return true;
 }
 
 /** One recorded span of the gateway: an API Span and an SDK ReadableSpan, as SpanImpl is. */

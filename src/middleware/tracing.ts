@@ -28,6 +28,7 @@ import { ATTR, HEADER } from '../../otel/wire-names';
 import { isWellFormedRequestId } from './request-id';
 import { traceContextTrust } from './trusted-proxies';
 import { clientLeft, onResponseClosed, sentStatus, serverErrorType } from '../response-closed';
+import { remembered } from '../remembered';
 
 export interface TracingOptions {
   tracer: Tracer;
@@ -105,6 +106,19 @@ export function createTracing(options: TracingOptions): Middleware {
   const mapRequestId = options.mapRequestIdToTraceId ?? true;
   const w3c = new TraceContextPropagator();
   const { configVersion } = options;
+  // The SERVER span's name per method and route (`GET /api/users/*`), made once rather than concatenated per
+  // request: that string was kept with its span until the batch was exported, and flattened when the encoder read
+  // it. Methods are the conventions' (recordedMethod), routes the config's templates and router paths.
+  const spanNames = new Map<string, (route: string) => string>();
+  const spanNameOf = (method: string, route: string): string => {
+    let byRoute = spanNames.get(method);
+    if (byRoute === undefined) spanNames.set(method, (byRoute = remembered((template) => `${spanNameMethod(method)} ${template}`)));
+    return byRoute(route);
+  };
+  // `user.roles` as one frozen array per role, shared by every span of that role: the tracer keeps a frozen array
+  // of primitives as it is (gateway-tracer.ts copiedPrimitiveArray), where an array made per request was copied
+  // and the copy kept until the batch was exported. Role strings are bounded (IDENTITY_CLAIM_LIMITS); so is the table.
+  const rolesOf = remembered((role) => Object.freeze([role]) as string[]);
 
   return async function traceRequest(ctx, next) {
     const headers = ctx.req.headers;
@@ -184,13 +198,13 @@ export function createTracing(options: TracingOptions): Middleware {
       if (--pending > 0) return;
       const route = routeOf(ctx);
       if (route) {
-        span.updateName(`${spanNameMethod(method)} ${route}`);
+        span.updateName(spanNameOf(method, route));
         span.setAttribute(ATTR_HTTP_ROUTE, route);
       }
       if (ctx.state.route) span.setAttribute(ATTR.routeName, ctx.state.route.name);
       const { user, consumer } = ctx.state;
-      if (user) span.setAttribute(ATTR.userId, user.id).setAttribute(ATTR.userRoles, [user.role]);
-      if (consumer) span.setAttribute(ATTR.consumerId, consumer.id).setAttribute(ATTR.userRoles, [consumer.role]);
+      if (user) span.setAttribute(ATTR.userId, user.id).setAttribute(ATTR.userRoles, rolesOf(user.role));
+      if (consumer) span.setAttribute(ATTR.consumerId, consumer.id).setAttribute(ATTR.userRoles, rolesOf(consumer.role));
       if (status !== undefined) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
       // What the pipeline threw (handleErrors) or the server answered or cut itself (otel/lifecycle.ts, through
       // clientLeft).

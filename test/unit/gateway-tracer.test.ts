@@ -237,6 +237,8 @@ const validValue = fc.oneof(
   // Arrays of scalars take the tracer's own copy; with a hole or an undefined item, or as an Array subclass, the SDK's.
   { weight: 1, arbitrary: fc.sparseArray(fc.oneof(text, fc.double(), fc.boolean(), fc.constant(undefined)), { maxLength: 3 }) },
   { weight: 1, arbitrary: fc.array(text, { maxLength: 2 }).map((items) => RolesArray.from(items)) },
+  // Frozen arrays of scalars (tracing.ts's shared `user.roles`) are kept as they are unless a string in them is cut.
+  { weight: 1, arbitrary: fc.array(fc.oneof(text, fc.integer(), fc.boolean()), { maxLength: 3 }).map((items) => Object.freeze(items) as unknown as string[]) },
   { weight: 1, arbitrary: fc.dictionary(fc.constantFrom('x', 'y'), text, { maxKeys: 2 }) },
   { weight: 1, arbitrary: fc.uint8Array({ maxLength: 10 }) },
 );
@@ -478,6 +480,19 @@ describe('the lean gateway tracer', () => {
     ]);
     expect(client!.spanContext().traceId).toBe(requested);
     expect(root!.spanContext().traceId).toBe(next);
+  });
+
+  it('keeps a frozen array of scalars as it is, and copies any other (or one with a string to cut)', () => {
+    const tracer = createGatewayTracer({ sampler: new AlwaysOnSampler(), idGenerator: new RequestedTraceIdGenerator(), resource: RESOURCE, spanProcessors: [], spanLimits: { attributeValueLengthLimit: 5 } });
+    const span = tracer.startSpan('GET', {}, ROOT_CONTEXT) as GatewaySpan;
+    const frozen = Object.freeze(['user', 1, true]) as unknown as string[];
+    const unfrozen = ['user'];
+    const tooLong = Object.freeze(['administrator']) as unknown as string[];
+    span.setAttribute('frozen', frozen).setAttribute('unfrozen', unfrozen).setAttribute('too.long', tooLong);
+    expect(span.attributes.frozen).toBe(frozen);
+    expect(span.attributes.unfrozen).not.toBe(unfrozen);
+    expect(span.attributes.unfrozen).toEqual(['user']);
+    expect(span.attributes['too.long']).toEqual(['admin']);
   });
 
   it("takes a ValidIdGenerator's ids as checked, and checks any other generator's", () => {
