@@ -440,8 +440,6 @@ export class GatewaySpan implements Span, ReadableSpan {
   links: Link[];
   events: TimedEvent[] = NO_EVENTS;
   ended = false;
-  readonly resource: Resource;
-  readonly instrumentationScope: InstrumentationScope;
   droppedAttributesCount: number;
   droppedEventsCount = 0;
   droppedLinksCount = 0;
@@ -486,8 +484,6 @@ export class GatewaySpan implements Span, ReadableSpan {
     this.name = name;
     this.kind = kind;
     this.parentSpanContext = parentSpanContext;
-    this.resource = tracer.resource;
-    this.instrumentationScope = tracer.instrumentationScope;
     this.startTimeProvided = startTime != null;
     this.readTime(startTime);
     this.startSeconds = readSeconds;
@@ -503,6 +499,15 @@ export class GatewaySpan implements Span, ReadableSpan {
     this.attributeCountBound = attributeCount;
     this.droppedAttributesCount = droppedAttributesCount;
     for (const processor of tracer.processors) processor.onStart(this, parentContext);
+  }
+
+  /** The tracer's, read through it: two fields fewer in every span kept until its batch is exported (16 bytes). */
+  get resource(): Resource {
+    return this.tracer.resource;
+  }
+
+  get instrumentationScope(): InstrumentationScope {
+    return this.tracer.instrumentationScope;
   }
 
   get startTime(): HrTime {
