@@ -24,7 +24,7 @@ import { isProbeRequest } from '../../otel/telemetry-config';
 import { TRACE_FLAG_RANDOM } from '../../otel/trace-context';
 import { setRandomTraceIdFlag, traceresponseOf, TraceContextPropagator } from '../../otel/trace-context-propagator';
 import { TRACE_ID_FROM_REQUEST_ID, traceIdFromRequestId, withTraceId } from '../../otel/trace-ids';
-import { ATTR, HEADER } from '../../otel/wire-names';
+import { ATTR, HEADER, IDENTITY_CLAIM_LIMITS } from '../../otel/wire-names';
 import { isWellFormedRequestId } from './request-id';
 import { traceContextTrust } from './trusted-proxies';
 import { clientLeft, onResponseClosed, sentStatus, serverErrorType } from '../response-closed';
@@ -117,8 +117,9 @@ export function createTracing(options: TracingOptions): Middleware {
   };
   // `user.roles` as one frozen array per role, shared by every span of that role: the tracer keeps a frozen array
   // of primitives as it is (gateway-tracer.ts copiedPrimitiveArray), where an array made per request was copied
-  // and the copy kept until the batch was exported. Role strings are bounded (IDENTITY_CLAIM_LIMITS); so is the table.
-  const rolesOf = remembered((role) => Object.freeze([role]) as string[]);
+  // and the copy kept until the batch was exported. The table holds roles of the length a token's role claim may
+  // have (IDENTITY_CLAIM_LIMITS), at most 512 of them.
+  const rolesOf = remembered((role) => Object.freeze([role]) as string[], { maxKeyLength: IDENTITY_CLAIM_LIMITS.roleMaxLength });
 
   return async function traceRequest(ctx, next) {
     const headers = ctx.req.headers;
