@@ -1,8 +1,9 @@
 /**
  * A function of a string key, its answers remembered by key in a bounded table: for work the gateway repeats per
  * request for the same few keys. Header-name rules (isForbiddenClientHeader, the foreign trace-context test: some
- * thirty `startsWith` per header and rule, asked twice per request, where a remembered answer is one Map lookup)
- * and koa-ratelimit's memory driver per client (src/rate-limit-store.ts) use it; bench/RESULTS.md has the figures.
+ * thirty `startsWith` per header and rule, asked twice per request, where a remembered answer is one Map lookup),
+ * koa-ratelimit's memory driver per client (src/rate-limit-store.ts) and the SERVER span's name per route and
+ * `user.roles` per role (src/middleware/tracing.ts) use it; bench/RESULTS.md has the figures.
  *
  * `compute` must give the same answer for the same key every time it could be asked again (a pure rule, or an
  * object that holds no state of its own), and never `undefined`, which the table reads as "not held". Keys often
