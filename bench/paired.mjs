@@ -8,6 +8,8 @@
 // the median ratio of many slices, and more than one run for a question of a few percent.
 //   node bench/paired.mjs [--variants off,traced-metrics] [--slices 8] [--seconds 4] [--gc]
 //                         [--node-args 'variant=--flag --flag'] [--env 'variant=KEY=value,KEY=value'] [--root 'variant=DIR']
+//                         [--no-pin]
+// The gateways run on the last CPU, wrk, the upstream and the sink on the others, as in bench/run.mjs (--no-pin: anywhere).
 // --node-args and --env (repeatable) add to one variant; a variant named `base+anything` is `base` with them,
 // e.g. --variants traced,traced+batch --env 'traced+batch=OTEL_BSP_MAX_EXPORT_BATCH_SIZE=128'. --root runs a
 // variant from another checkout, built and with its node_modules (a git worktree of an earlier commit): one build
@@ -17,18 +19,20 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { collectionsIn } from './callgrind-functions.mjs';
-import { freePort, stopAll, threadCpuTicks, waitUntilServing } from './processes.mjs';
+import { allowedCpus, freePort, pinTo, stopAll, threadCpuTicks, waitUntilServing } from './processes.mjs';
 import { median } from './report.mjs';
 import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS as VARIANTS, startGateway, startUpstreamAndSink } from './servers.mjs';
 import { runWrk } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
+  allowNegative: true,
   options: {
     variants: { type: 'string', default: 'off,traced-metrics' },
     slices: { type: 'string', default: '8' },
     seconds: { type: 'string', default: '4' },
     connections: { type: 'string', default: '50' },
     gc: { type: 'boolean', default: false },
+    pin: { type: 'boolean', default: true },
     'node-args': { type: 'string', multiple: true, default: [] },
     env: { type: 'string', multiple: true, default: [] },
     root: { type: 'string', multiple: true, default: [] },
@@ -76,6 +80,11 @@ const logs = freshDir(flags.out, 'paired');
 /** The collections so far in a gateway's --trace-gc lines, which share its stdout with the access log. */
 const collectionsOf = (gateway) => collectionsIn(fs.readFileSync(path.join(logs, `${gateway.name}-access.log`), 'utf8'));
 
+// As bench/run.mjs places them: the gateways on the last CPU, this runner (so wrk, the upstream and the sink) on the others.
+const cpus = allowedCpus();
+const pinned = flags.pin && cpus.length >= 2;
+if (pinned) pinTo(process.pid, cpus.slice(0, -1).join(','));
+
 const { secret, headers } = await benchCredentials();
 try {
   const { upstreamPort, sinkPort } = await startUpstreamAndSink(logs);
@@ -88,6 +97,7 @@ try {
     gateways.push({ ...variant, url: `http://127.0.0.1:${port}/api/users/42`, child, slices: [], requests: 0 });
   }
   for (const gateway of gateways) await waitUntilServing(gateway.url, { headers, child: gateway.child, timeoutMs: 30_000 });
+  if (pinned) for (const gateway of gateways) pinTo(gateway.child.pid, String(cpus.at(-1)));
   // Warm-up, unmeasured: V8 compiles the hot paths in the first seconds of load.
   for (const gateway of gateways) await runWrk({ url: gateway.url, connections, seconds: 3, headers });
   // What the warm-up collected, left out of the counts.

@@ -1,6 +1,6 @@
 // The benchmark's processes: start them with their output in files, read their CPU time and peak memory
 // from /proc, and make sure every one of them ends, whatever happens to the runner.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -179,4 +179,28 @@ export class LineCounter {
     }
     return this.#count;
   }
+}
+
+/** The CPUs this process may run on (`Cpus_allowed_list` of /proc/self/status), in order. */
+export function allowedCpus() {
+  return cpuList(/^Cpus_allowed_list:\s*(.*)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '');
+}
+
+/** A kernel CPU list (`0-1`, `0,2-3`) as the CPU numbers it names, in order. */
+export function cpuList(list) {
+  const cpus = [];
+  for (const part of list.trim().split(',').filter(Boolean)) {
+    const [from, to = from] = part.split('-').map(Number);
+    for (let cpu = from; cpu <= to; cpu++) cpus.push(cpu);
+  }
+  return cpus;
+}
+
+/**
+ * Keeps every thread of `pid` on `cpus` (a list such as `1` or `0-2`; util-linux's taskset). Threads it starts
+ * later inherit it from the thread that starts them.
+ */
+export function pinTo(pid, cpus) {
+  const result = spawnSync('taskset', ['--all-tasks', '--cpu-list', '--pid', cpus, String(pid)], { encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`taskset could not pin ${pid} to CPUs ${cpus}: ${result.error?.message ?? result.stderr.trim()}`);
 }

@@ -9,14 +9,16 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { childPids, cpuTicks, freePort, LineCounter, memoryMiB, start, stop, stopAll, waitUntilServing } from './processes.mjs';
+import { allowedCpus, childPids, cpuTicks, freePort, LineCounter, memoryMiB, pinTo, start, stop, stopAll, waitUntilServing } from './processes.mjs';
 import { evaluate, median, toMarkdown } from './report.mjs';
 import { BENCH_DIR, benchCredentials, cleanEnv, freshDir, ROOT, startGateway, startNginx, startNodeFloor, startPeer, startSink, startUpstream } from './servers.mjs';
 import { runWrk, wrkVersion } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
+  allowNegative: true,
   options: {
     quick: { type: 'boolean', default: false },
+    pin: { type: 'boolean', default: true },
     rounds: { type: 'string' },
     'throughput-seconds': { type: 'string' },
     'latency-seconds': { type: 'string' },
@@ -46,6 +48,8 @@ if (flags.help) {
   --connections N            connections of the throughput shape (default 50)
   --cases a,b                subset of: ${Object.keys(caseTable()).join(', ')}
   --wait-quiet N              first wait up to N s for 5 quiet seconds (machine < 15% of a core busy)
+  --no-pin                   leave every process free to run on any CPU (default: each measured server on a CPU of
+                             its own, wrk, the upstream and the sinks on the others; see bench/README.md)
   --otlp-logs                also export the access log through OTLP (default: traces only, log to a file)
   --out DIR                  where logs and results go (default bench/out)
   --strict                   exit 1 when a budget line fails
@@ -65,8 +69,23 @@ const settings = {
   connections: positiveInt(flags.connections, 50),
   otlpLogs: flags['otlp-logs'],
   quick,
+  cpus: cpuPlacement(flags.pin),
 };
 if (!Number.isInteger(settings.throughputSeconds / settings.slices)) fail(`--slices ${settings.slices} does not divide --throughput-seconds ${settings.throughputSeconds} into whole seconds (wrk's -d)`);
+
+/**
+ * Where the processes run. Pinned (the default, on 2 CPUs or more): the measured server of every case on the last
+ * CPU this runner may use, everything else (this runner, wrk, the upstream, the sinks) on the others. Left to the
+ * scheduler, the server shared its core with wrk and the upstream by turns, and its CPU per request moved with how
+ * many requests each of its turns found waiting (bench/RESULTS.md: one build against itself, slice by slice). The
+ * 2-worker gateway's primary and workers share that one CPU too: its line is what the cluster costs per request
+ * over one process, on the same core, not how the two compete with wrk for the machine's.
+ */
+function cpuPlacement(pin) {
+  const cpus = allowedCpus();
+  if (!pin || cpus.length < 2) return { pinned: false };
+  return { pinned: true, servers: String(cpus.at(-1)), others: cpus.slice(0, -1).join(',') };
+}
 
 /** The cases, in round order. `server` names the process(es) whose CPU is the case's own. */
 function caseTable(ports = {}) {
@@ -270,6 +289,8 @@ async function main() {
   host.otherCpuPercentBeforeStart = before.busyPercent;
   if (!before.quiet && waitQuiet > 0) log(`the machine is still busy (${before.busyPercent}% of a core): measuring anyway`);
   const startedAt = Date.now();
+  // Before anything starts: the upstream, the sinks and every wrk inherit the runner's CPUs.
+  if (settings.cpus.pinned) pinTo(process.pid, settings.cpus.others);
   const ports = await allocatePorts(selected);
   const infrastructure = startInfrastructure(selected, ports, logs);
   const cases = Object.fromEntries(Object.entries(caseTable(ports)).filter(([id]) => selected.includes(id)));
@@ -296,8 +317,9 @@ async function main() {
       if (c.auth && !c.cached && !check.identityHeadersReachedUpstream) throw new Error(`${id} did not forward the identity headers`);
       checks[id] ??= check;
     }
-    log(`round ${round}: all ${selected.length} cases serving (${((Date.now() - roundStartedAt) / 1000).toFixed(1)} s)`);
     pids = measuredPids(children);
+    if (settings.cpus.pinned) for (const name of roundServers()) for (const pid of pids[name]) pinTo(pid, settings.cpus.servers);
+    log(`round ${round}: all ${selected.length} cases serving (${((Date.now() - roundStartedAt) / 1000).toFixed(1)} s)`);
   }
   /** The measured servers of the round, the upstream and sinks left running. */
   const roundServers = () => Object.keys(pids).filter((name) => !infrastructure[name]);

@@ -84,3 +84,22 @@ describe('bench report: peak RSS line', () => {
     expect(line.result).toBe('FAIL');
   });
 });
+
+describe('bench report: where the processes ran', () => {
+  const settings = { rounds: 2, throughputSeconds: 8, slices: 4, warmupSeconds: 3, sliceWarmupSeconds: 1, latencySeconds: 5, connections: 50 };
+  const markdown = (cpus: unknown) =>
+    evaluate<string>(
+      `m.toMarkdown({ ...input, ...m.evaluate(input), date: '2026-12-02T00:00:00Z', durationSeconds: 1, machine: { cpus: 2, cpuModel: 'x', memoryGiB: 1, kernel: 'k', node: 'v24', wrk: 'wrk', loadAverageAtStart: [0, 0, 0] }, build: { commit: 'abc', uncommitted: [] }, settings: ${JSON.stringify({ ...settings, cpus })} })`,
+      results({ 'node-floor': [50, 50], gateway: [150, 150] }),
+    );
+
+  it('says which CPU the measured servers had and which the load generator had', () => {
+    const text = markdown({ pinned: true, servers: '1', others: '0' });
+    expect(text).toContain("Each measured server on CPU 1 (the 2-worker gateway's processes all on it), load generator, upstream and sinks on CPU 0");
+    expect(text).not.toContain('share the same cores');
+  });
+
+  it('says the cores were shared when nothing was pinned', () => {
+    expect(markdown({ pinned: false })).toContain('Load generator, upstream, sink and servers share the same cores');
+  });
+});
