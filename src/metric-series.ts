@@ -243,7 +243,13 @@ export type LabelValue = string | number;
 export function seriesByLabels<T extends string, S>(labelNames: readonly T[], create: (labels: LabelValues<T>) => S): (...values: LabelValue[]) => S {
   const root = new Map<LabelValue, unknown>();
   const last = labelNames.length - 1;
+  // The last combination asked for and its series: consecutive requests mostly share every label (route, method,
+  // status), and comparing them is cheaper than a Map lookup per label, each in a Map of its own (~1 µs per request
+  // in V8's profile of the traced gateway). Safe because the tree only grows: a series, once made, is never replaced.
+  let lastValues: LabelValue[] | undefined;
+  let lastSeries: S | undefined;
   return (...values) => {
+    if (lastValues !== undefined && sameValues(values, lastValues)) return lastSeries!;
     let level = root;
     for (let index = 0; index < last; index++) {
       let next = level.get(values[index]!) as Map<LabelValue, unknown> | undefined;
@@ -261,6 +267,15 @@ export function seriesByLabels<T extends string, S>(labelNames: readonly T[], cr
       series = create(labels);
       level.set(values[last]!, series);
     }
+    lastValues = values;
+    lastSeries = series;
     return series;
   };
+}
+
+/** Whether two lists of label values are the same values in the same order. */
+function sameValues(values: readonly LabelValue[], others: readonly LabelValue[]): boolean {
+  if (values.length !== others.length) return false;
+  for (let index = 0; index < values.length; index++) if (values[index] !== others[index]) return false;
+  return true;
 }
