@@ -19,7 +19,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { collectionsIn } from './callgrind-functions.mjs';
-import { allowedCpus, freePort, pinTo, stopAll, threadCpuTicks, waitUntilServing } from './processes.mjs';
+import { cpuPlacement, freePort, pinTo, stopAll, threadCpuTicks, waitUntilServing } from './processes.mjs';
 import { median } from './report.mjs';
 import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS as VARIANTS, startGateway, startUpstreamAndSink } from './servers.mjs';
 import { runWrk } from './wrk.mjs';
@@ -80,10 +80,9 @@ const logs = freshDir(flags.out, 'paired');
 /** The collections so far in a gateway's --trace-gc lines, which share its stdout with the access log. */
 const collectionsOf = (gateway) => collectionsIn(fs.readFileSync(path.join(logs, `${gateway.name}-access.log`), 'utf8'));
 
-// As bench/run.mjs places them: the gateways on the last CPU, this runner (so wrk, the upstream and the sink) on the others.
-const cpus = allowedCpus();
-const pinned = flags.pin && cpus.length >= 2;
-if (pinned) pinTo(process.pid, cpus.slice(0, -1).join(','));
+// As bench/run.mjs places them: the gateways on a CPU of their own, this runner (so wrk, the upstream and the sink) on the others.
+const placement = cpuPlacement(flags.pin);
+if (placement.pinned) pinTo(process.pid, placement.others);
 
 const { secret, headers } = await benchCredentials();
 try {
@@ -97,7 +96,7 @@ try {
     gateways.push({ ...variant, url: `http://127.0.0.1:${port}/api/users/42`, child, slices: [], requests: 0 });
   }
   for (const gateway of gateways) await waitUntilServing(gateway.url, { headers, child: gateway.child, timeoutMs: 30_000 });
-  if (pinned) for (const gateway of gateways) pinTo(gateway.child.pid, String(cpus.at(-1)));
+  if (placement.pinned) for (const gateway of gateways) pinTo(gateway.child.pid, placement.servers);
   // Warm-up, unmeasured: V8 compiles the hot paths in the first seconds of load.
   for (const gateway of gateways) await runWrk({ url: gateway.url, connections, seconds: 3, headers });
   // What the warm-up collected, left out of the counts.

@@ -186,6 +186,17 @@ export function allowedCpus() {
   return cpuList(/^Cpus_allowed_list:\s*(.*)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '');
 }
 
+/**
+ * Where the bench places its processes (bench/README.md): with `pin` and 2 CPUs or more, the measured servers on the
+ * last CPU this process may use (`servers`) and everything else (the runner, wrk, the upstream, the sinks) on the
+ * others (`others`), as taskset CPU lists; unpinned, anywhere.
+ */
+export function cpuPlacement(pin) {
+  const cpus = allowedCpus();
+  if (!pin || cpus.length < 2) return { pinned: false };
+  return { pinned: true, servers: String(cpus.at(-1)), others: cpus.slice(0, -1).join(',') };
+}
+
 /** A kernel CPU list (`0-1`, `0,2-3`) as the CPU numbers it names, in order. */
 export function cpuList(list) {
   const cpus = [];

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { allowedCpus, childPids, cpuTicks, freePort, LineCounter, memoryMiB, pinTo, start, stop, stopAll, waitUntilServing } from './processes.mjs';
+import { childPids, cpuPlacement, cpuTicks, freePort, LineCounter, memoryMiB, pinTo, start, stop, stopAll, waitUntilServing } from './processes.mjs';
 import { evaluate, median, toMarkdown } from './report.mjs';
 import { BENCH_DIR, benchCredentials, cleanEnv, freshDir, ROOT, startGateway, startNginx, startNodeFloor, startPeer, startSink, startUpstream } from './servers.mjs';
 import { runWrk, wrkVersion } from './wrk.mjs';
@@ -69,23 +69,13 @@ const settings = {
   connections: positiveInt(flags.connections, 50),
   otlpLogs: flags['otlp-logs'],
   quick,
+  // Each measured server on a CPU of its own, the rest on the others. Left to the scheduler, a server shared its core
+  // with wrk and the upstream by turns, and its CPU per request moved with how many requests each turn found waiting
+  // (bench/RESULTS.md: one build against itself, slice by slice). The 2-worker gateway's primary and workers share
+  // that one CPU too: its line is what the cluster costs per request over one process on the same core.
   cpus: cpuPlacement(flags.pin),
 };
 if (!Number.isInteger(settings.throughputSeconds / settings.slices)) fail(`--slices ${settings.slices} does not divide --throughput-seconds ${settings.throughputSeconds} into whole seconds (wrk's -d)`);
-
-/**
- * Where the processes run. Pinned (the default, on 2 CPUs or more): the measured server of every case on the last
- * CPU this runner may use, everything else (this runner, wrk, the upstream, the sinks) on the others. Left to the
- * scheduler, the server shared its core with wrk and the upstream by turns, and its CPU per request moved with how
- * many requests each of its turns found waiting (bench/RESULTS.md: one build against itself, slice by slice). The
- * 2-worker gateway's primary and workers share that one CPU too: its line is what the cluster costs per request
- * over one process, on the same core, not how the two compete with wrk for the machine's.
- */
-function cpuPlacement(pin) {
-  const cpus = allowedCpus();
-  if (!pin || cpus.length < 2) return { pinned: false };
-  return { pinned: true, servers: String(cpus.at(-1)), others: cpus.slice(0, -1).join(',') };
-}
 
 /** The cases, in round order. `server` names the process(es) whose CPU is the case's own. */
 function caseTable(ports = {}) {

@@ -15,6 +15,14 @@ describe('bench processes: CPU lists', () => {
     expect(evaluate<number[]>('m.cpuList(input)', list)).toEqual(cpus);
   });
 
+  it('places the servers on the last CPU and the rest on the others, or nowhere in particular', () => {
+    const cpus = evaluate<number[]>('m.allowedCpus()');
+    const placement = evaluate<{ pinned: boolean; servers?: string; others?: string }>('m.cpuPlacement(true)');
+    if (cpus.length < 2) expect(placement).toEqual({ pinned: false });
+    else expect(placement).toEqual({ pinned: true, servers: String(cpus.at(-1)), others: cpus.slice(0, -1).join(',') });
+    expect(evaluate('m.cpuPlacement(false)')).toEqual({ pinned: false });
+  });
+
   it("reads this process's own list from /proc", () => {
     const cpus = evaluate<number[]>('m.allowedCpus()');
     expect(cpus.length).toBeGreaterThan(0);
