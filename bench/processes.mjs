@@ -188,11 +188,10 @@ export function allowedCpus() {
 
 /**
  * Where the bench places its processes (bench/README.md): with `pin` and 2 CPUs or more, the measured servers on the
- * last CPU this process may use (`servers`) and everything else (the runner, wrk, the upstream, the sinks) on the
- * others (`others`), as taskset CPU lists; unpinned, anywhere.
+ * last of `cpus` (by default the CPUs this process may use: `servers`) and everything else (the runner, wrk, the
+ * upstream, the sinks) on the others (`others`), as taskset CPU lists; unpinned, anywhere.
  */
-export function cpuPlacement(pin) {
-  const cpus = allowedCpus();
+export function cpuPlacement(pin, cpus = allowedCpus()) {
   if (!pin || cpus.length < 2) return { pinned: false };
   return { pinned: true, servers: String(cpus.at(-1)), others: cpus.slice(0, -1).join(',') };
 }

@@ -1,7 +1,7 @@
 import { benchModule } from '../helpers/bench-module';
 
-// bench/processes.mjs: the CPU list the bench reads to place its processes (bench/run.mjs cpuPlacement): the
-// measured servers go on the last CPU named, everything else on the ones before it.
+// bench/processes.mjs: the CPU list the bench reads and where it places its processes (cpuPlacement, used by
+// bench/run.mjs and bench/paired.mjs): the measured servers on the last CPU named, everything else on the others.
 const evaluate = benchModule('processes.mjs');
 
 describe('bench processes: CPU lists', () => {
@@ -15,12 +15,13 @@ describe('bench processes: CPU lists', () => {
     expect(evaluate<number[]>('m.cpuList(input)', list)).toEqual(cpus);
   });
 
-  it('places the servers on the last CPU and the rest on the others, or nowhere in particular', () => {
-    const cpus = evaluate<number[]>('m.allowedCpus()');
-    const placement = evaluate<{ pinned: boolean; servers?: string; others?: string }>('m.cpuPlacement(true)');
-    if (cpus.length < 2) expect(placement).toEqual({ pinned: false });
-    else expect(placement).toEqual({ pinned: true, servers: String(cpus.at(-1)), others: cpus.slice(0, -1).join(',') });
-    expect(evaluate('m.cpuPlacement(false)')).toEqual({ pinned: false });
+  it.each([
+    [[0, 1], { pinned: true, servers: '1', others: '0' }],
+    [[0, 2, 3, 5], { pinned: true, servers: '5', others: '0,2,3' }],
+    [[3], { pinned: false }],
+  ])('places the servers of CPUs %j', (cpus, placement) => {
+    expect(evaluate('m.cpuPlacement(true, input)', cpus)).toEqual(placement);
+    expect(evaluate('m.cpuPlacement(false, input)', cpus)).toEqual({ pinned: false });
   });
 
   it("reads this process's own list from /proc", () => {

@@ -21,6 +21,15 @@ function results(cpu: Cpu, memoryMiB: Record<string, { peak: number; rounds?: nu
   return { runs, cases, memoryMiB, loss: undefined };
 }
 
+/** The report's markdown for `input`, with a fixed machine, build and date and the bench's default settings overridden by `settings`. */
+function markdownOf(input: unknown, settings: Record<string, unknown>): string {
+  const all = { throughputSeconds: 8, slices: 4, warmupSeconds: 3, sliceWarmupSeconds: 1, latencySeconds: 5, connections: 50, ...settings };
+  return evaluate<string>(
+    `m.toMarkdown({ ...input, ...m.evaluate(input), date: '2026-12-02T00:00:00Z', durationSeconds: 1, machine: { cpus: 2, cpuModel: 'x', memoryGiB: 1, kernel: 'k', node: 'v24', wrk: 'wrk', loadAverageAtStart: [0, 0, 0] }, build: { commit: 'abc', uncommitted: [] }, settings: ${JSON.stringify(all)} })`,
+    input,
+  );
+}
+
 interface Packed {
   median: number | null;
   rounds: (number | null)[];
@@ -58,8 +67,7 @@ describe("bench report: tracing's floor", () => {
   it('is absent when one of its four cases did not run, and the markdown then has no such table', () => {
     const { 'node-floor-traced': _traced, ...withoutTracedFloor } = cpu;
     expect(evaluate<TracingFloor | null>('m.evaluate(input).tracingFloor', results(withoutTracedFloor))).toBeNull();
-    const markdown = (input: unknown) =>
-      evaluate<string>("m.toMarkdown({ ...input, ...m.evaluate(input), date: '2026-12-02T00:00:00Z', durationSeconds: 1, machine: { cpus: 2, cpuModel: 'x', memoryGiB: 1, kernel: 'k', node: 'v24', wrk: 'wrk', loadAverageAtStart: [0, 0, 0] }, build: { commit: 'abc', uncommitted: [] }, settings: { rounds: 3, throughputSeconds: 8, slices: 4, warmupSeconds: 3, sliceWarmupSeconds: 1, latencySeconds: 5, connections: 50 } })", input);
+    const markdown = (input: unknown) => markdownOf(input, { rounds: 3 });
     expect(markdown(results(cpu))).toContain("## Tracing's floor");
     expect(markdown(results(cpu))).toContain('| 20.0 (20.0, 15.0, 30.0) | 30.0 (60.0, 30.0, 30.0) | 10.0% (10.0, 10.0, 10.0) |');
     expect(markdown(results(withoutTracedFloor))).not.toContain("## Tracing's floor");
@@ -86,12 +94,7 @@ describe('bench report: peak RSS line', () => {
 });
 
 describe('bench report: where the processes ran', () => {
-  const settings = { rounds: 2, throughputSeconds: 8, slices: 4, warmupSeconds: 3, sliceWarmupSeconds: 1, latencySeconds: 5, connections: 50 };
-  const markdown = (cpus: unknown) =>
-    evaluate<string>(
-      `m.toMarkdown({ ...input, ...m.evaluate(input), date: '2026-12-02T00:00:00Z', durationSeconds: 1, machine: { cpus: 2, cpuModel: 'x', memoryGiB: 1, kernel: 'k', node: 'v24', wrk: 'wrk', loadAverageAtStart: [0, 0, 0] }, build: { commit: 'abc', uncommitted: [] }, settings: ${JSON.stringify({ ...settings, cpus })} })`,
-      results({ 'node-floor': [50, 50], gateway: [150, 150] }),
-    );
+  const markdown = (cpus: unknown) => markdownOf(results({ 'node-floor': [50, 50], gateway: [150, 150] }), { rounds: 2, cpus });
 
   it('says which CPU the measured servers had and which the load generator had', () => {
     const text = markdown({ pinned: true, servers: '1', others: '0' });
