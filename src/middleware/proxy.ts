@@ -189,7 +189,6 @@ export function createProxy(options: ProxyOptions): Middleware {
         buffering = false;
         clientBuffersInUse--;
       };
-      res.once('close', releaseBuffer);
       /** undici is done with the request (ended, failed, or aborted when it finally got a connection). */
       const release = () => {
         if (released) return;
@@ -201,7 +200,6 @@ export function createProxy(options: ProxyOptions): Middleware {
         settled = true;
         timers.forEach(clearTimeout);
         stopRateWatch();
-        res.off('close', onClientClose);
         settle(exchange);
       };
       /**
@@ -231,7 +229,13 @@ export function createProxy(options: ProxyOptions): Middleware {
         if (!released) upstream?.abort(new Error('the client closed the connection'));
         done();
       };
-      res.once('close', onClientClose);
+      // One listener for both: every listener added to and removed from the response is a store into its event table
+      // on every request (24 such per request, 21 since). The buffer is given back whenever the response closes; the
+      // exchange is ended there only if it still runs (it once took its listener off as it ended).
+      res.once('close', () => {
+        releaseBuffer();
+        if (!settled) onClientClose();
+      });
       idle = setTimeout(function idleTimeout() {
         // A client that does not read its response is not the service's silence, nor an answer the gateway holds.
         if (upstream && (backedUp || held)) return void idle!.refresh();
@@ -296,6 +300,12 @@ export function createProxy(options: ProxyOptions): Middleware {
         // Node's HTTP/2 compatibility response emits 'finish' when the client resets its stream mid-body: that
         // is a client gone, whose exchange (paused by back-pressure) would otherwise hold its upstream connection.
         res.once('finish', () => (res.writableEnded ? done() : onClientClose()));
+      };
+      /** Added on the first write the client's connection did not take at once: most answers never need it. */
+      let watchingDrain = false;
+      const resumeOnDrain = (controller: Dispatcher.DispatchController) => {
+        if (watchingDrain) return;
+        watchingDrain = true;
         res.on('drain', () => {
           backedUp = false;
           releaseBuffer();
@@ -434,6 +444,7 @@ export function createProxy(options: ProxyOptions): Middleware {
             // CLIENT_BUFFERS exchanges at once: clients that open many streams or connections and read none must
             // not make the gateway hold CLIENT_BUFFER_BYTES for each; past that, an answer pauses at Node's mark.
             else if (!res.write(chunk)) {
+              resumeOnDrain(controller);
               if (!buffering && mayFitBuffer && clientBuffersInUse < CLIENT_BUFFERS) {
                 buffering = true;
                 clientBuffersInUse++;
