@@ -1,7 +1,7 @@
 // The benchmark (issues 6, 11, 12): Koa Gateway traced and with metrics against itself without metrics and
 // without telemetry, the bare Node proxy floor, a fastify gateway with the same features, the Express tutorial
 // gateway and (when installed) nginx, on loopback, interleaved so drift cancels out. See bench/README.md.
-//   node bench/run.mjs [--quick] [--rounds 2] [--loss-seconds 60] [--cases upstream,gateway,...] [--strict]
+//   node bench/run.mjs [--quick] [--rounds 3] [--loss-seconds 60] [--cases upstream,gateway,...] [--strict]
 // Needs `npm run build`, `npm ci --prefix bench/peers` and Debian's wrk (nginx optional).
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -38,7 +38,7 @@ const { values: flags } = parseArgs({
 if (flags.help) {
   process.stdout.write(`usage: node bench/run.mjs [options]
   --quick                    short runs for development (3 s / 2 s runs, 10 s loss check)
-  --rounds N                 A B A B rounds, order reversed every other round (default 2)
+  --rounds N                 A B A B rounds, order reversed every other round (default 3, 2 with --quick)
   --throughput-seconds N     each 50-connection run (default 8)
   --latency-seconds N        each 1-connection run (default 5)
   --warmup-seconds N         unmeasured 50-connection warm-up before each case's first slice, every round (default 3)
@@ -59,7 +59,9 @@ if (flags.help) {
 
 const quick = flags.quick;
 const settings = {
-  rounds: positiveInt(flags.rounds, 2),
+  // Three: each round's processes are fresh, and one of them slow for its life (or slow minutes) moved a line by 10-30
+  // points in one of two rounds (bench/RESULTS.md); the median of two is their mean and took it in, of three it does not.
+  rounds: positiveInt(flags.rounds, quick ? 2 : 3),
   throughputSeconds: positiveInt(flags['throughput-seconds'], quick ? 3 : 8),
   latencySeconds: positiveInt(flags['latency-seconds'], quick ? 2 : 5),
   warmupSeconds: positiveInt(flags['warmup-seconds'], quick ? 1 : 3),
