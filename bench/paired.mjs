@@ -6,7 +6,7 @@
 // ratio to the first. With --gc, V8's --trace-gc lines count scavenges and full collections per 1,000 requests
 // and their main-thread pauses per request. On a shared 2-core VM single slices of one build move by ±30%: take
 // the median ratio of many slices, and more than one run for a question of a few percent.
-//   node bench/paired.mjs [--variants off,traced-metrics] [--slices 8] [--seconds 4] [--gc]
+//   node bench/paired.mjs [--variants off,traced-metrics] [--slices 8] [--seconds 4] [--warmup-seconds 8] [--gc]
 //                         [--node-args 'variant=--flag --flag'] [--env 'variant=KEY=value,KEY=value'] [--root 'variant=DIR']
 //                         [--no-pin]
 // The gateways run on the last CPU, wrk, the upstream and the sink on the others, as in bench/run.mjs (--no-pin: anywhere).
@@ -22,7 +22,7 @@ import { collectionsIn } from './callgrind-functions.mjs';
 import { cpuPlacement, freePort, pinTo, stopAll, threadCpuTicks, waitUntilServing } from './processes.mjs';
 import { median } from './report.mjs';
 import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS as VARIANTS, startGateway, startUpstreamAndSink } from './servers.mjs';
-import { runWrk } from './wrk.mjs';
+import { runWrk, warmUp } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
   allowNegative: true,
@@ -30,6 +30,7 @@ const { values: flags } = parseArgs({
     variants: { type: 'string', default: 'off,traced-metrics' },
     slices: { type: 'string', default: '8' },
     seconds: { type: 'string', default: '4' },
+    'warmup-seconds': { type: 'string', default: '8' },
     connections: { type: 'string', default: '50' },
     gc: { type: 'boolean', default: false },
     pin: { type: 'boolean', default: true },
@@ -74,6 +75,8 @@ if (new Set(variants.map((variant) => variant.name)).size !== variants.length) t
 if (!fs.existsSync(path.join(BENCH_DIR, '..', 'dist/src/main.js'))) throw new Error('dist/ is missing: run `npm run build` first');
 const slices = Number(flags.slices);
 const seconds = Number(flags.seconds);
+const warmupSeconds = Number(flags['warmup-seconds']);
+if (!Number.isInteger(warmupSeconds) || warmupSeconds < 0) throw new Error(`--warmup-seconds ${flags['warmup-seconds']}: expected a whole number of seconds`);
 const connections = Number(flags.connections);
 const logs = freshDir(flags.out, 'paired');
 
@@ -97,8 +100,9 @@ try {
   }
   for (const gateway of gateways) await waitUntilServing(gateway.url, { headers, child: gateway.child, timeoutMs: 30_000 });
   if (placement.pinned) for (const gateway of gateways) pinTo(gateway.child.pid, placement.servers);
-  // Warm-up, unmeasured: V8 compiles the hot paths in the first seconds of load.
-  for (const gateway of gateways) await runWrk({ url: gateway.url, connections, seconds: 3, headers });
+  // Warm-up, unmeasured: V8 compiles the hot paths in the first seconds of load, and again after the first
+  // connections closed (bench/wrk.mjs warmUp).
+  for (const gateway of gateways) await warmUp({ url: gateway.url, connections, seconds: warmupSeconds, headers });
   // What the warm-up collected, left out of the counts.
   const warmedUp = new Map(flags.gc ? gateways.map((gateway) => [gateway, collectionsOf(gateway)]) : []);
   for (let slice = 0; slice < slices; slice++) {

@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { summarise, summaryMarkdown } from './cpu-profile-summary.mjs';
 import { cpuTicks, freePort, stop, stopAll, waitUntilServing } from './processes.mjs';
 import { BENCH_DIR, benchCredentials, freshDir, ROOT, startGateway, startUpstreamAndSink } from './servers.mjs';
-import { runWrk, wrkVersion } from './wrk.mjs';
+import { runWrk, warmUp, wrkVersion } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
   options: {
@@ -19,7 +19,7 @@ const { values: flags } = parseArgs({
     metrics: { type: 'string', default: 'off' },
     seconds: { type: 'string', default: '15' },
     connections: { type: 'string', default: '50' },
-    'warmup-seconds': { type: 'string', default: '3' },
+    'warmup-seconds': { type: 'string', default: '8' },
     config: { type: 'string', default: 'gateway.bench.json' },
     out: { type: 'string', default: path.join(BENCH_DIR, 'out') },
   },
@@ -53,7 +53,7 @@ try {
     });
     const url = `http://127.0.0.1:${port}/api/users/42`;
     await waitUntilServing(url, { headers, child: gateway });
-    await runWrk({ url, connections, seconds: Number(flags['warmup-seconds']), headers });
+    await warmUp({ url, connections, seconds: Number(flags['warmup-seconds']), headers });
     const fromUs = Number(process.hrtime.bigint() / 1000n);
     const before = cpuTicks(gateway.pid).own;
     const result = await runWrk({ url, connections, seconds, headers });

@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { childPids, cpuPlacement, cpuTicks, freePort, LineCounter, memoryMiB, pinTo, start, stop, stopAll, waitUntilServing } from './processes.mjs';
 import { evaluate, median, toMarkdown } from './report.mjs';
 import { BENCH_DIR, benchCredentials, cleanEnv, freshDir, ROOT, startGateway, startNginx, startNodeFloor, startPeer, startSink, startUpstream } from './servers.mjs';
-import { runWrk, wrkVersion } from './wrk.mjs';
+import { runWrk, warmUp, wrkVersion } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
   allowNegative: true,
@@ -41,7 +41,8 @@ if (flags.help) {
   --rounds N                 A B A B rounds, order reversed every other round (default 3, 2 with --quick)
   --throughput-seconds N     each 50-connection run (default 8)
   --latency-seconds N        each 1-connection run (default 5)
-  --warmup-seconds N         unmeasured 50-connection warm-up before each case's first slice, every round (default 3)
+  --warmup-seconds N         unmeasured 50-connection warm-up before each case's first slice, every round, as N runs
+                             of 1 s (default 8; 1 with --quick)
   --slices N                 each throughput run cut into N slices taken in turn across the cases, each after 1 s
                              of warm-up (default 4; 1 with --quick); N must divide --throughput-seconds
   --loss-seconds N           telemetry-loss check at 50% of peak (default 60; 0 skips it)
@@ -64,7 +65,7 @@ const settings = {
   rounds: positiveInt(flags.rounds, quick ? 2 : 3),
   throughputSeconds: positiveInt(flags['throughput-seconds'], quick ? 3 : 8),
   latencySeconds: positiveInt(flags['latency-seconds'], quick ? 2 : 5),
-  warmupSeconds: positiveInt(flags['warmup-seconds'], quick ? 1 : 3),
+  warmupSeconds: positiveInt(flags['warmup-seconds'], quick ? 1 : 8),
   slices: positiveInt(flags.slices, quick ? 1 : 4),
   sliceWarmupSeconds: 1,
   lossSeconds: nonNegativeInt(flags['loss-seconds'], quick ? 10 : 60),
@@ -373,7 +374,7 @@ async function main() {
     return run;
   }
 
-  const warmUp = (id, seconds) => runWrk({ url: cases[id].url, connections: settings.connections, seconds, headers: cases[id].auth ? authHeader : {} });
+  const warmUpCase = (id, seconds) => warmUp({ url: cases[id].url, connections: settings.connections, seconds, headers: cases[id].auth ? authHeader : {} });
   const runs = [];
   for (let round = 1; round <= settings.rounds; round++) {
     await startRound(round);
@@ -386,13 +387,13 @@ async function main() {
     const slices = Object.fromEntries(order.map((id) => [id, []]));
     for (let slice = 0; slice < settings.slices; slice++) {
       for (const id of slice % 2 === 0 ? order : [...order].reverse()) {
-        await warmUp(id, slice === 0 ? settings.warmupSeconds : settings.sliceWarmupSeconds);
+        await warmUpCase(id, slice === 0 ? settings.warmupSeconds : settings.sliceWarmupSeconds);
         slices[id].push(await timedRun(id, settings.connections, settings.throughputSeconds / settings.slices));
       }
     }
     for (const id of order) runs.push(record(id, 'throughput', round, slices[id]));
     for (const id of order) {
-      await warmUp(id, settings.sliceWarmupSeconds);
+      await warmUpCase(id, settings.sliceWarmupSeconds);
       runs.push(record(id, 'latency', round, [await timedRun(id, 1, settings.latencySeconds)]));
     }
     if (round < settings.rounds) await endRound(true);

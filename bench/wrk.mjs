@@ -58,3 +58,14 @@ export function runWrk({ url, connections, seconds, headers = {} }) {
     });
   });
 }
+
+/**
+ * Unmeasured load before a server's first measured run: `seconds` wrk runs of 1 s each, so its connections are
+ * also closed and opened again several times. A gateway measured after one 3 s run was still compiling: the
+ * first close of wrk's connections deoptimised the code optimised without it (V8's "wrong map" in the socket
+ * and response paths), and its next 1 s runs took 290, 240, 220, 195 µs per request before settling at ~160;
+ * after six to eight 1 s runs the first measured second was at that level (bench/RESULTS.md, thirty-first session).
+ */
+export async function warmUp({ url, connections, seconds, headers = {} }) {
+  for (let run = 0; run < seconds; run++) await runWrk({ url, connections, seconds: 1, headers });
+}
