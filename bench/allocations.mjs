@@ -12,7 +12,7 @@ import { parseArgs } from 'node:util';
 import { areaOf } from './cpu-profile-summary.mjs';
 import { freePort, stop, stopAll, waitUntilServing } from './processes.mjs';
 import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS, ROOT, startGateway, startUpstreamAndSink } from './servers.mjs';
-import { runWrk, warmUp, wrkVersion } from './wrk.mjs';
+import { runWrk, warmUp, WARMUP_SECONDS, wrkVersion } from './wrk.mjs';
 
 /** Where a profile node's allocations are counted: its function, and the area (package, Node, dist/ folder) it lives in. */
 function frameOf({ functionName, url, lineNumber }) {
@@ -91,7 +91,7 @@ if (import.meta.main) {
       });
       const url = `http://127.0.0.1:${port}/api/users/42`;
       await waitUntilServing(url, { headers, child: gateway, timeoutMs: 30_000 });
-      await warmUp({ url, connections, seconds: 8, headers });
+      await warmUp({ url, connections, seconds: WARMUP_SECONDS, headers });
       process.kill(gateway.pid, 'SIGUSR2');
       const result = await runWrk({ url, connections, seconds: Number(flags.seconds), headers });
       process.kill(gateway.pid, 'SIGUSR2');

@@ -22,7 +22,7 @@ import { collectionsIn } from './callgrind-functions.mjs';
 import { cpuPlacement, freePort, pinTo, stopAll, threadCpuTicks, waitUntilServing } from './processes.mjs';
 import { median } from './report.mjs';
 import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS as VARIANTS, startGateway, startUpstreamAndSink } from './servers.mjs';
-import { runWrk, warmUp } from './wrk.mjs';
+import { runWrk, warmUp, WARMUP_SECONDS } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
   allowNegative: true,
@@ -30,7 +30,7 @@ const { values: flags } = parseArgs({
     variants: { type: 'string', default: 'off,traced-metrics' },
     slices: { type: 'string', default: '8' },
     seconds: { type: 'string', default: '4' },
-    'warmup-seconds': { type: 'string', default: '8' },
+    'warmup-seconds': { type: 'string', default: String(WARMUP_SECONDS) },
     connections: { type: 'string', default: '50' },
     gc: { type: 'boolean', default: false },
     pin: { type: 'boolean', default: true },

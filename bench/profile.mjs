@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { summarise, summaryMarkdown } from './cpu-profile-summary.mjs';
 import { cpuTicks, freePort, stop, stopAll, waitUntilServing } from './processes.mjs';
 import { BENCH_DIR, benchCredentials, freshDir, ROOT, startGateway, startUpstreamAndSink } from './servers.mjs';
-import { runWrk, warmUp, wrkVersion } from './wrk.mjs';
+import { runWrk, warmUp, WARMUP_SECONDS, wrkVersion } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
   options: {
@@ -19,7 +19,7 @@ const { values: flags } = parseArgs({
     metrics: { type: 'string', default: 'off' },
     seconds: { type: 'string', default: '15' },
     connections: { type: 'string', default: '50' },
-    'warmup-seconds': { type: 'string', default: '8' },
+    'warmup-seconds': { type: 'string', default: String(WARMUP_SECONDS) },
     config: { type: 'string', default: 'gateway.bench.json' },
     out: { type: 'string', default: path.join(BENCH_DIR, 'out') },
   },

@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { childPids, cpuPlacement, cpuTicks, freePort, LineCounter, memoryMiB, pinTo, start, stop, stopAll, waitUntilServing } from './processes.mjs';
 import { evaluate, median, toMarkdown } from './report.mjs';
 import { BENCH_DIR, benchCredentials, cleanEnv, freshDir, ROOT, startGateway, startNginx, startNodeFloor, startPeer, startSink, startUpstream } from './servers.mjs';
-import { runWrk, warmUp, wrkVersion } from './wrk.mjs';
+import { runWrk, warmUp, WARMUP_SECONDS, wrkVersion } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
   allowNegative: true,
@@ -42,7 +42,7 @@ if (flags.help) {
   --throughput-seconds N     each 50-connection run (default 8)
   --latency-seconds N        each 1-connection run (default 5)
   --warmup-seconds N         unmeasured 50-connection warm-up before each case's first slice, every round, as N runs
-                             of 1 s (default 8; 1 with --quick)
+                             of 1 s (default ${WARMUP_SECONDS}; 1 with --quick)
   --slices N                 each throughput run cut into N slices taken in turn across the cases, each after 1 s
                              of warm-up (default 4; 1 with --quick); N must divide --throughput-seconds
   --loss-seconds N           telemetry-loss check at 50% of peak (default 60; 0 skips it)
@@ -65,7 +65,7 @@ const settings = {
   rounds: positiveInt(flags.rounds, quick ? 2 : 3),
   throughputSeconds: positiveInt(flags['throughput-seconds'], quick ? 3 : 8),
   latencySeconds: positiveInt(flags['latency-seconds'], quick ? 2 : 5),
-  warmupSeconds: positiveInt(flags['warmup-seconds'], quick ? 1 : 8),
+  warmupSeconds: positiveInt(flags['warmup-seconds'], quick ? 1 : WARMUP_SECONDS),
   slices: positiveInt(flags.slices, quick ? 1 : 4),
   sliceWarmupSeconds: 1,
   lossSeconds: nonNegativeInt(flags['loss-seconds'], quick ? 10 : 60),

@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { collectionsIn } from './callgrind-functions.mjs';
 import { cpuTicks, freePort, memoryMiB, stopAll, waitUntilServing } from './processes.mjs';
 import { BENCH_DIR, benchCredentials, freshDir, startGateway, startUpstreamAndSink } from './servers.mjs';
-import { runWrk, warmUp } from './wrk.mjs';
+import { runWrk, warmUp, WARMUP_SECONDS } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
   options: {
@@ -46,7 +46,7 @@ function collections(file) {
   return { young: minor, full: major, pauseMs: majorPauseMs + minorPauseMs };
 }
 
-for (const gateway of gateways) await warmUp({ url: gateway.url, connections, seconds: 8, headers });
+for (const gateway of gateways) await warmUp({ url: gateway.url, connections, seconds: WARMUP_SECONDS, headers });
 for (let round = 0; round < Number(flags.rounds); round++) {
   for (const gateway of round % 2 === 0 ? gateways : [...gateways].reverse()) {
     const cpuBefore = cpuTicks(gateway.child.pid).own;
