@@ -67,6 +67,8 @@ export function runWrk({ url, connections, seconds, headers = {} }) {
  * after six to eight 1 s runs the first measured second was at that level (bench/RESULTS.md, thirty-first session).
  */
 export async function warmUp({ url, connections, seconds, headers = {} }) {
+  // A count of runs: NaN or 2.5 would silently warm up for no time or for 3 s.
+  if (!Number.isInteger(seconds) || seconds < 0) throw new Error(`warm-up of ${seconds} s: expected a whole number of seconds`);
   for (let run = 0; run < seconds; run++) await runWrk({ url, connections, seconds: 1, headers });
 }
 
