@@ -14,12 +14,16 @@
 // e.g. --variants traced,traced+batch --env 'traced+batch=OTEL_BSP_MAX_EXPORT_BATCH_SIZE=128'. --root runs a
 // variant from another checkout, built and with its node_modules (a git worktree of an earlier commit): one build
 // against another, e.g. --variants off,off+before --root 'off+before=/tmp/before'.
+// --idle S then leaves every variant idle for S seconds after its slices and loads each again, in turn, for
+// --after-slices runs of 1 s: what a gateway pays when traffic comes back after a quiet spell (V8's memory reducer
+// collects an idle heap and deoptimises the hot path with it: bench/RESULTS.md, thirty-second session), with each
+// process's RSS before and after the gap (and with --gc the full collections in it).
 // Needs `npm run build` and Debian's wrk.
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { collectionsIn } from './callgrind-functions.mjs';
-import { cpuPlacement, freePort, pinTo, stopAll, threadCpuTicks, waitUntilServing } from './processes.mjs';
+import { cpuPlacement, freePort, memoryMiB, pinTo, stopAll, threadCpuTicks, waitUntilServing } from './processes.mjs';
 import { median } from './report.mjs';
 import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS as VARIANTS, startGateway, startUpstreamAndSink } from './servers.mjs';
 import { runWrk, warmUp, WARMUP_SECONDS } from './wrk.mjs';
@@ -37,6 +41,8 @@ const { values: flags } = parseArgs({
     'node-args': { type: 'string', multiple: true, default: [] },
     env: { type: 'string', multiple: true, default: [] },
     root: { type: 'string', multiple: true, default: [] },
+    idle: { type: 'string', default: '0' },
+    'after-slices': { type: 'string', default: '6' },
     out: { type: 'string', default: path.join(BENCH_DIR, 'out') },
   },
 });
@@ -77,6 +83,9 @@ const slices = Number(flags.slices);
 const seconds = Number(flags.seconds);
 const warmupSeconds = Number(flags['warmup-seconds']);
 const connections = Number(flags.connections);
+const idleSeconds = Number(flags.idle);
+const afterSlices = Number(flags['after-slices']);
+if (!(idleSeconds >= 0) || !(Number.isInteger(afterSlices) && afterSlices > 0)) throw new Error('--idle is a number of seconds (0: none), --after-slices a count above 0');
 const logs = freshDir(flags.out, 'paired');
 
 /** The collections so far in a gateway's --trace-gc lines, which share its stdout with the access log. */
@@ -106,19 +115,10 @@ try {
   const warmedUp = new Map(flags.gc ? gateways.map((gateway) => [gateway, collectionsOf(gateway)]) : []);
   for (let slice = 0; slice < slices; slice++) {
     for (const gateway of slice % 2 ? [...gateways].reverse() : gateways) {
-      const before = threadCpuTicks(gateway.child.pid);
-      const result = await runWrk({ url: gateway.url, connections, seconds, headers });
-      const after = threadCpuTicks(gateway.child.pid);
-      // Clock ticks are 1/100 s.
-      const perRequest = (ticks) => (ticks * 10_000) / result.requests;
-      gateway.requests += result.requests;
-      gateway.slices.push({
-        total: perRequest(after.main - before.main + after.other - before.other),
-        main: perRequest(after.main - before.main),
-        other: perRequest(after.other - before.other),
-        rps: result.rps,
-        errors: result.errors,
-      });
+      const measured = await loadSlice(gateway, seconds);
+      gateway.requests += measured.requests;
+      gateway.loadEndedAt = performance.now();
+      gateway.slices.push(measured);
     }
   }
   const first = gateways[0];
@@ -140,7 +140,48 @@ try {
     }
     console.log(line);
   }
+  if (idleSeconds > 0) await afterIdle(gateways);
   console.log(`logs in ${logs}`);
 } finally {
   await stopAll();
+}
+
+/** One wrk run of `seconds` against a gateway: its CPU µs per request (whole process, main thread, other threads). */
+async function loadSlice(gateway, seconds) {
+  const before = threadCpuTicks(gateway.child.pid);
+  const result = await runWrk({ url: gateway.url, connections, seconds, headers });
+  const after = threadCpuTicks(gateway.child.pid);
+  // Clock ticks are 1/100 s.
+  const perRequest = (ticks) => (ticks * 10_000) / result.requests;
+  return {
+    total: perRequest(after.main - before.main + after.other - before.other),
+    main: perRequest(after.main - before.main),
+    other: perRequest(after.other - before.other),
+    rps: result.rps,
+    errors: result.errors,
+    requests: result.requests,
+  };
+}
+
+/**
+ * Every variant idle for --idle seconds, then loaded again in turn: its 1 s slices (CPU µs per request), against
+ * the median of its slices before. The variants loaded later wait longer; each line says how long.
+ */
+async function afterIdle(gateways) {
+  for (const gateway of gateways) {
+    gateway.loadedRss = memoryMiB(gateway.child.pid).current;
+    if (flags.gc) gateway.collectionsBeforeIdle = collectionsOf(gateway);
+  }
+  await new Promise((resolve) => setTimeout(resolve, idleSeconds * 1000));
+  for (const gateway of gateways) {
+    const idleForS = (performance.now() - gateway.loadEndedAt) / 1000;
+    const idleRss = memoryMiB(gateway.child.pid).current;
+    const fullWhileIdle = flags.gc ? collectionsOf(gateway).major - gateway.collectionsBeforeIdle.major : undefined;
+    const after = [];
+    for (let slice = 0; slice < afterSlices; slice++) after.push((await loadSlice(gateway, 1)).total);
+    const steady = median(gateway.slices.map((slice) => slice.total));
+    let line = `${gateway.name} after ${idleForS.toFixed(0)} s idle: CPU µs/request ${after.map((us) => us.toFixed(0)).join(' ')} (${(after[0] / steady).toFixed(2)}x its slices' median in the first second); RSS ${gateway.loadedRss} MiB loaded, ${idleRss} idle`;
+    if (fullWhileIdle !== undefined) line += `; ${fullWhileIdle} full collections while idle`;
+    console.log(line);
+  }
 }
