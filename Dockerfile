@@ -50,5 +50,9 @@ EXPOSE 3000 4001 4002 4003
 # thread's pause: the traced gateway spent more CPU per request with them in four paired runs of five, up to 16%
 # (median 4%; docs/architecture.md, "Parallel scavenging"). On a host with idle cores to spare, dropping it may
 # shorten scavenge pauses.
+# --no-memory-reducer: V8 otherwise collects the heap of a process that stopped allocating, which in a gateway idle
+# for a minute or two also deoptimised the request path: the first second of traffic after it took 2.4-3.2 times
+# the CPU per request, recompiling. The cost is ~40 MiB of RSS kept while idle (docs/architecture.md, "The memory
+# reducer").
 # Same flags as `npm run start:gateway`.
-CMD ["node", "--max-semi-space-size=16", "--no-allocation-site-pretenuring", "--no-parallel-scavenge", "--require", "./dist/otel/register.js", "dist/src/main.js"]
+CMD ["node", "--max-semi-space-size=16", "--no-allocation-site-pretenuring", "--no-parallel-scavenge", "--no-memory-reducer", "--require", "./dist/otel/register.js", "dist/src/main.js"]

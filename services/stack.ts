@@ -26,8 +26,8 @@ const dist = path.resolve(__dirname, '..');
 const register = path.join(dist, 'otel', 'register.js');
 
 /**
- * The node flags of `npm run start:gateway` (V8's young generation capped, allocation-site pretenuring off: the
- * Dockerfile says why), read from package.json so `npm start` runs the gateway exactly as the other launch paths do.
+ * The node flags of `npm run start:gateway` (V8's garbage collector tuned for the gateway: the Dockerfile says
+ * why), read from package.json so `npm start` runs the gateway exactly as the other launch paths do.
  */
 function gatewayNodeFlags(): string[] {
   const scripts = (JSON.parse(fs.readFileSync(path.join(dist, '..', 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts;
