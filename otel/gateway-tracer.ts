@@ -127,9 +127,11 @@ function clockNow(): HrTime {
 let readSeconds = 0;
 let readNanos = 0;
 
-/** clockNow's time into readSeconds and readNanos: `addHrTimes(origin, millisToHrTime(now))`, computed in place. */
-function readClock(): void {
-  const now = performance.now();
+/**
+ * clockNow's time into readSeconds and readNanos: `addHrTimes(origin, millisToHrTime(now))`, computed in place.
+ * `now` is a reading of performance.now() taken earlier (a request's arrival), or none: the clock's now.
+ */
+function readClock(now = performance.now()): void {
   if (now - anchorCheckedAt >= ANCHOR_CHECK_INTERVAL_MS) {
     anchorCheckedAt = now;
     const wallOriginMs = Date.now() - now;
@@ -349,21 +351,26 @@ export function isValidSpanContext(spanContext: SpanContext): boolean {
 
 /** The start attributes handed over by startSpanOwning, for the one startSpan it wraps. */
 let handedOver: Attributes | undefined;
+/** The start handed over by startSpanOwning (a performance.now() reading), for the one startSpan it wraps. */
+let handedStart: number | undefined;
 
 /**
  * Starts a span whose start attributes object the caller gives up: a fresh plain object of string keys it
  * neither reads nor writes again. The gateway's tracer then keeps that object as the span's own, where it would
  * copy it key by key (a megamorphic keyed store per attribute, ~4k instructions per proxied request:
  * bench/RESULTS.md, perf77), when the SDK would keep every value as it is (strings within the length limit,
- * numbers, booleans, non-empty keys); anything else is copied and cleaned as ever. Any other tracer (the SDK's,
- * the API's no-op) just starts the span, copying as it always does.
+ * numbers, booleans, non-empty keys); anything else is copied and cleaned as ever. `startedAt`, a reading of
+ * performance.now() taken earlier (when the request arrived), is the span's start on the clock its end will be read
+ * from. Any other tracer (the SDK's, the API's no-op) just starts the span, copying as it always does, now.
  */
-export function startSpanOwning(tracer: Tracer, name: string, options: SpanOptions, parentContext?: Context): Span {
+export function startSpanOwning(tracer: Tracer, name: string, options: SpanOptions, parentContext?: Context, startedAt?: number): Span {
   handedOver = options.attributes;
+  handedStart = startedAt;
   try {
     return tracer.startSpan(name, options, parentContext);
   } finally {
     handedOver = undefined;
+    handedStart = undefined;
   }
 }
 
@@ -485,7 +492,13 @@ export class GatewaySpan implements Span, ReadableSpan {
     this.kind = kind;
     this.parentSpanContext = parentSpanContext;
     this.startTimeProvided = startTime != null;
-    this.readTime(startTime);
+    // Started where startSpanOwning was told (a request's arrival), on the clock its end is read from.
+    if (startTime == null && handedStart !== undefined) {
+      readClock(handedStart);
+      handedStart = undefined;
+    } else {
+      this.readTime(startTime);
+    }
     this.startSeconds = readSeconds;
     this.startNanos = readNanos;
     const { linkCountLimit } = tracer.limits;

@@ -18,6 +18,7 @@ import { connectWorker, type WorkerLink } from './worker-link';
 import { startupWarnings } from './startup-warnings';
 import { runPrimary, workerCount } from './workers';
 import { createTlsServer, listenHttpsRedirect, type CertificatePems, type RedirectListener } from './tls';
+import { handleAfterTurn } from './request-arrival';
 
 /**
  * How long the shutdown waits for the response cache's background fetches under way, ms, after runServer's drain of
@@ -218,7 +219,8 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   if (hungUpWhileStarting) hangUp();
   let redirectListener: RedirectListener | undefined;
   const running = await listening(LISTENER_KEYS.public, config.host, config.port, runServer({
-    app: { callback: () => live.listener },
+    // Each request's pipeline runs after the turn of the event loop that parsed it (src/request-arrival.ts).
+    app: { callback: () => handleAfterTurn(live.listener) },
     name: SERVICE_NAME.gateway,
     port: config.port,
     host: config.host,

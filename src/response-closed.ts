@@ -19,9 +19,22 @@ export function onResponseClosed(ctx: Context, callback: () => void): void {
   }
   const registered = [callback];
   ctx.state.onResponseClosed = registered;
-  ctx.res.once('close', () => {
+  const runRegistered = () => {
     for (const each of registered) each();
-  });
+  };
+  // The pipeline starts a turn after its request arrived (src/request-arrival.ts): a client that left meanwhile
+  // closed its response before anything here listened, and its 'close' does not come again. The callbacks then
+  // run once those registered in this same step of the pipeline are in.
+  if (hasClosed(ctx)) process.nextTick(runRegistered);
+  else ctx.res.once('close', runRegistered);
+}
+
+/** Whether the response's 'close' came already (or, on HTTP/2, its stream closed, its 'close' due). */
+function hasClosed(ctx: Context): boolean {
+  const response: unknown = ctx.res;
+  if (response instanceof http2.Http2ServerResponse) return response.stream.closed;
+  // OutgoingMessage's `closed` (set as 'close' is emitted); @types/node does not declare it.
+  return (ctx.res as { closed?: boolean }).closed === true;
 }
 
 /**

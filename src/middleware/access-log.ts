@@ -5,6 +5,7 @@ import { logLine, type Logger } from '../../otel/logger';
 import { redactUrl } from '../../otel/redact-url';
 import { ACCESS_LINE_MESSAGE, type AccessLine } from '../../otel/wire-names';
 import { REQUEST_CAUSED_SERVER_ERRORS } from '../errors';
+import { arrivalOf } from '../request-arrival';
 import { failedAfterStarting, onResponseClosed, recordedStatus } from '../response-closed';
 
 export interface AccessLogOptions {
@@ -19,14 +20,15 @@ export interface AccessLogOptions {
 export function createAccessLog(options: AccessLogOptions): Middleware {
   const { logger } = options;
   return async function logAccess(ctx, next) {
-    const started = process.hrtime.bigint();
+    // From the request's arrival, its wait for the pipeline included (src/request-arrival.ts).
+    const started = arrivalOf(ctx.req);
     const url = redactUrl(ctx.originalUrl);
     // None past a length, as a refused HTTP/1.1 request line's (otel/lifecycle.ts): HTTP/2 carries a `:method` of any.
     const method = sentMethod(ctx.method) ?? null;
     // 'close' listeners run outside the request's context; the line is written with it.
     const requestContext = context.active();
     onResponseClosed(ctx, () => {
-      const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
+      const durationMs = performance.now() - started;
       const status = recordedStatus(ctx);
       const state = ctx.state;
       // Every key of AccessLine, written out (no computed keys: see createTracing, src/middleware/tracing.ts).

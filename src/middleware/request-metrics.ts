@@ -1,6 +1,7 @@
 import { trace } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
 import type { RejectedRequest } from '../../otel/lifecycle';
+import { arrivalOf } from '../request-arrival';
 import { clientLeft, onResponseClosed, sentStatus, serverErrorType } from '../response-closed';
 import { isProbeRequest } from '../../otel/telemetry-config';
 import { KNOWN_HTTP_METHODS, OTHER_HTTP_METHOD, recordedMethod } from '../../otel/http-method';
@@ -36,7 +37,8 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
   // Not async: it has nothing to do after next(), so it hands next()'s promise on instead of awaiting it.
   return function recordRequestMetrics(ctx, next) {
     if (isProbeRequest(ctx.path, ctx.method)) return next();
-    const started = performance.now();
+    // From the request's arrival, its wait for the pipeline included (src/request-arrival.ts).
+    const started = arrivalOf(ctx.req);
     // As the SERVER span records it: a method outside the conventions' list is `_OTHER`, so a client cannot mint series.
     const method = recordedMethod(ctx.method);
     // Required beside the method on both server metrics (semconv); as the SERVER span's `url.scheme`, bounded.

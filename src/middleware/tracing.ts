@@ -29,6 +29,7 @@ import { isWellFormedRequestId } from './request-id';
 import { traceContextTrust } from './trusted-proxies';
 import { clientLeft, onResponseClosed, sentStatus, serverErrorType } from '../response-closed';
 import { remembered } from '../remembered';
+import { arrivalOf } from '../request-arrival';
 
 export interface TracingOptions {
   tracer: Tracer;
@@ -176,7 +177,8 @@ export function createTracing(options: TracingOptions): Middleware {
     if (requestedTraceId !== undefined) attributes[ATTR.traceIdSource] = TRACE_ID_FROM_REQUEST_ID;
     if (configVersion !== undefined) attributes[ATTR.configVersion] = configVersion;
     // Handed over: the gateway's tracer keeps this object as the span's instead of copying it.
-    const span = withTraceId(requestedTraceId, () => startSpanOwning(tracer, spanNameMethod(method), { kind: SpanKind.SERVER, attributes }, parent));
+    // Started when the request arrived, its wait for the pipeline included (src/request-arrival.ts).
+    const span = withTraceId(requestedTraceId, () => startSpanOwning(tracer, spanNameMethod(method), { kind: SpanKind.SERVER, attributes }, parent, arrivalOf(ctx.req)));
     const spanContext = span.spanContext();
     const random = remote ? (remote.traceFlags & TRACE_FLAG_RANDOM) !== 0 : requestedTraceId === undefined;
     // Layered: this request's contexts (here, its baggage in createRequestId, the CLIENT span's for `traceparent`)

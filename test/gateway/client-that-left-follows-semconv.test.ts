@@ -83,4 +83,29 @@ describe('a client that left before its response ended', () => {
     const exposition = await scrapeWhen(stack.metrics.url, (scraped) => valueOf(scraped, 'http_server_request_duration_seconds_count', labels) === before + 1);
     expect(valueOf(exposition, 'http_server_request_duration_seconds_count', { ...labels, http_response_status_code: '499', error_type: '' })).toBeUndefined();
   });
+
+  // The pipeline runs a turn after its request was parsed (src/request-arrival.ts): a client that sends its head and
+  // resets at once has usually closed its response before any of the pipeline's 'close' listeners was added.
+  // Without onResponseClosed's check for that, its span never ended, its line was never written and
+  // http_server_active_requests kept it forever.
+  it('is recorded when it left before the pipeline started, and leaves no request active', async () => {
+    const active = { http_request_method: 'GET', url_scheme: 'http' };
+    const activeBefore = valueOf(await scrape(stack.metrics.url), 'http_server_active_requests', active) ?? 0;
+    const requestIds = Array.from({ length: 10 }, (_, index) => `left-at-once-${index}`);
+    for (const requestId of requestIds) {
+      const socket = net.connect(Number(new URL(stack.gateway.url).port), '127.0.0.1');
+      socket.on('error', () => undefined);
+      await new Promise<void>((resolve) => socket.once('connect', resolve));
+      socket.write(`GET /api/orders/late HTTP/1.1\r\nHost: gw.example.com\r\nAuthorization: Bearer ${token}\r\n${HEADER.requestId}: ${requestId}\r\n\r\n`);
+      socket.resetAndDestroy();
+    }
+    for (const requestId of requestIds) {
+      const { server } = await requestSpans(tracing, requestId);
+      expect({ status: server.attributes[ATTR_HTTP_RESPONSE_STATUS_CODE], errorType: server.attributes[ATTR_ERROR_TYPE] }).toEqual({ status: undefined, errorType: 'client_closed' });
+      const line = () => stack.gatewayLogs.find((entry) => entry.message === ACCESS_LINE_MESSAGE && entry.request_id === requestId);
+      await waitFor(() => line() !== undefined, `the access line of ${requestId}`);
+      expect(line()).toMatchObject({ status: 499 });
+    }
+    await scrapeWhen(stack.metrics.url, (scraped) => valueOf(scraped, 'http_server_active_requests', active) === activeBefore);
+  });
 });

@@ -2,6 +2,7 @@ import type { Tracer } from '@opentelemetry/api';
 import type { GatewayConfig } from '../../src/config';
 import { createGatewayApps } from '../../src/gateway';
 import { createGatewayMetrics, metricsRequestListener } from '../../src/metrics';
+import { handleAfterTurn } from '../../src/request-arrival';
 import { createRedisStore } from '../../src/rate-limit-store';
 import { createApp as createNotificationsApp } from '../../services/notifications/app';
 import { createApp as createOrdersApp } from '../../services/orders/app';
@@ -69,7 +70,8 @@ export async function startStack(options: StackOptions = {}): Promise<TestStack>
   }
   const metrics = createGatewayMetrics();
   const apps = createGatewayApps(config, { logger, redis, tracer: options.tracer, metrics });
-  const [gateway, admin, metricsServer] = await Promise.all([listen(apps.gateway.callback()), listen(apps.admin.callback()), listen(metricsRequestListener(metrics))]);
+  // The public listener runs each pipeline after the turn that parsed its request, as main.ts has it.
+  const [gateway, admin, metricsServer] = await Promise.all([listen(handleAfterTurn(apps.gateway.callback())), listen(apps.admin.callback()), listen(metricsRequestListener(metrics))]);
   return {
     gateway,
     admin,

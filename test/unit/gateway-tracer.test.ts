@@ -482,6 +482,26 @@ describe('the lean gateway tracer', () => {
     expect(root!.spanContext().traceId).toBe(next);
   });
 
+  it('starts a span handed a start (a request arrival) then, on the clock its end is read from', async () => {
+    const tracer = createGatewayTracer({ sampler: new AlwaysOnSampler(), idGenerator: new RequestedTraceIdGenerator(), resource: RESOURCE, spanProcessors: [] });
+    const arrived = performance.now();
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    const before = tracer.startSpan('GET', {}, ROOT_CONTEXT) as GatewaySpan;
+    const span = startSpanOwning(tracer, 'GET', { attributes: {} }, ROOT_CONTEXT, arrived) as GatewaySpan;
+    // The next span, started without one, starts now again: the handed start was for the one span.
+    const after = tracer.startSpan('GET', {}, ROOT_CONTEXT) as GatewaySpan;
+    span.end();
+    before.end();
+    const ms = (time: HrTime) => time[0] * 1e3 + time[1] / 1e6;
+    // 30 ms and more before the span started without one, on the same origin (a millisecond of rounding at most).
+    expect(ms(before.startTime) - ms(span.startTime)).toBeGreaterThanOrEqual(29);
+    expect(ms(after.startTime)).toBeGreaterThanOrEqual(ms(before.startTime));
+    // Its end read from the same clock: the duration covers the wait, on the clock's sub-millisecond steps.
+    expect(ms(span.duration)).toBeGreaterThanOrEqual(29);
+    expect((span.endTime[0] - span.startTime[0]) * 1e9 + span.endTime[1] - span.startTime[1]).toBe(span.duration[0] * 1e9 + span.duration[1]);
+    expect(ms(span.endTime)).toBeGreaterThanOrEqual(ms(before.endTime) - 1);
+  });
+
   it('keeps a frozen array of scalars as it is, and copies any other (or one with a string to cut)', () => {
     const tracer = createGatewayTracer({ sampler: new AlwaysOnSampler(), idGenerator: new RequestedTraceIdGenerator(), resource: RESOURCE, spanProcessors: [], spanLimits: { attributeValueLengthLimit: 5 } });
     const span = tracer.startSpan('GET', {}, ROOT_CONTEXT) as GatewaySpan;
