@@ -123,12 +123,15 @@ try {
   }
   const first = gateways[0];
   for (const gateway of gateways) {
-    const of = (key) => median(gateway.slices.map((slice) => slice[key])).toFixed(1);
+    const of = (key, digits = 1) => median(gateway.slices.map((slice) => slice[key])).toFixed(digits);
     const errors = gateway.slices.reduce((sum, slice) => sum + slice.errors, 0);
-    let line = `${gateway.name}: CPU µs/request ${of('total')} (main thread ${of('main')}, other threads ${of('other')}), ${median(gateway.slices.map((slice) => slice.rps)).toFixed(0)} req/s, ${errors} errors; slices ${gateway.slices.map((slice) => slice.total.toFixed(0)).join(' ')}`;
+    let line = `${gateway.name}: CPU µs/request ${of('total')} (main thread ${of('main')}, other threads ${of('other')}), ${median(gateway.slices.map((slice) => slice.rps)).toFixed(0)} req/s, p50 ${of('p50', 3)} ms, ${errors} errors; slices ${gateway.slices.map((slice) => slice.total.toFixed(0)).join(' ')}`;
     if (gateway !== first) {
       const ratios = gateway.slices.map((slice, index) => slice.total / first.slices[index].total);
       line += `\n  / ${first.name} per slice ${ratios.map((ratio) => ratio.toFixed(2)).join(' ')}: median ${median(ratios).toFixed(3)}`;
+      // Latency at few connections (--connections 1) is the p50 line's question: compared slice by slice too.
+      const p50Deltas = gateway.slices.map((slice, index) => slice.p50 - first.slices[index].p50);
+      line += `\n  p50 - ${first.name}'s per slice ${p50Deltas.map((delta) => delta.toFixed(3)).join(' ')}: median ${median(p50Deltas).toFixed(3)} ms`;
     }
     if (flags.gc) {
       // Over the measured slices (the warm-up left out), per request they served.
@@ -158,6 +161,7 @@ async function loadSlice(gateway, seconds) {
     main: perRequest(after.main - before.main),
     other: perRequest(after.other - before.other),
     rps: result.rps,
+    p50: result.latencyMs.p50,
     errors: result.errors,
     requests: result.requests,
   };
