@@ -3,8 +3,9 @@
 // on every variant alike. Per slice: CPU µs per request of the whole process, split into its main thread and
 // its other threads (V8's helpers: parallel scavenges, concurrent marking, concurrent compilation; libuv's
 // pool); each variant's line gives the medians and each slice, and every variant after the first its per-slice
-// ratio to the first. With --gc, V8's --trace-gc lines count scavenges and full collections per 1,000 requests
-// and their main-thread pauses per request. On a shared 2-core VM single slices of one build move by ±30%: take
+// ratio to the first and its p50 latency against the first's, slice by slice (--connections 1: the p50 line).
+// With --gc, V8's --trace-gc lines count scavenges and full collections per 1,000 requests and their main-thread
+// pauses per request. On a shared 2-core VM single slices of one build move by ±30%: take
 // the median ratio of many slices, and more than one run for a question of a few percent.
 //   node bench/paired.mjs [--variants off,traced-metrics] [--slices 8] [--seconds 4] [--warmup-seconds 8] [--gc]
 //                         [--node-args 'variant=--flag --flag'] [--env 'variant=KEY=value,KEY=value'] [--root 'variant=DIR']
