@@ -5,8 +5,8 @@
 // pool); each variant's line gives the medians and each slice, and every variant after the first its per-slice
 // ratio to the first and its p50 latency against the first's, slice by slice (--connections 1: the p50 line).
 // With --gc, V8's --trace-gc lines count scavenges and full collections per 1,000 requests and their main-thread
-// pauses per request. On a shared 2-core VM single slices of one build move by ±30%: take
-// the median ratio of many slices, and more than one run for a question of a few percent.
+// pauses per request. On a shared 2-core VM single slices of one build move by ±30%: take the median ratio of many
+// slices, and more than one run for a question of a few percent.
 //   node bench/paired.mjs [--variants off,traced-metrics] [--slices 8] [--seconds 4] [--warmup-seconds 8] [--gc]
 //                         [--node-args 'variant=--flag --flag'] [--env 'variant=KEY=value,KEY=value'] [--root 'variant=DIR']
 //                         [--no-pin]
