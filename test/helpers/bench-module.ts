@@ -3,12 +3,12 @@ import path from 'node:path';
 
 // bench/*.mjs modules are ESM and this Jest loads CommonJS only (no --experimental-vm-modules): each check runs
 // the module in a node child process, `expression` seeing its exports as `m` and the JSON `input` as `input`,
-// its value back as JSON with Maps as objects.
+// its value (awaited, when a promise) back as JSON with Maps as objects.
 const RUNNER = `
 import fs from 'node:fs';
 const m = await import(process.argv[1]);
 const input = JSON.parse(fs.readFileSync(0, 'utf8'));
-const value = new Function('m', 'input', 'return (' + process.argv[2] + ');')(m, input);
+const value = await new Function('m', 'input', 'return (' + process.argv[2] + ');')(m, input);
 process.stdout.write(JSON.stringify(value, (key, v) => (v instanceof Map ? Object.fromEntries(v) : v)));
 `;
 
