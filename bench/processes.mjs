@@ -2,7 +2,6 @@
 // from /proc, and make sure every one of them ends, whatever happens to the runner.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 const running = new Set();
@@ -12,56 +11,7 @@ process.on('exit', () => {
   for (const child of running) child.kill('SIGKILL');
 });
 
-/** The lowest local port the kernel gives outgoing connections (net.ipv4.ip_local_port_range). */
-function lowestLocalPort() {
-  try {
-    const low = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
-    if (Number.isInteger(low)) return low;
-  } catch {
-    // Not Linux, or no /proc: the kernel's default.
-  }
-  return 32768;
-}
-
-/** Lowest port freePort picks: above the well-known and registered services' usual ones (Redis, PostgreSQL, NATS). */
-const LOWEST_SERVER_PORT = 10_000;
-
-/** Ports this process handed out, never handed out twice (two servers of one run told the same port). */
-const handedOut = new Set();
-
-/** Whether a server can listen on 127.0.0.1:`port` now. */
-function canListen(port) {
-  const server = net.createServer();
-  return new Promise((resolve) => {
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
-  });
-}
-
-/**
- * A port on 127.0.0.1 that was free a moment ago, below the range the kernel takes outgoing connections' local
- * ports from. The runner starts its servers again on the same ports every round, and a port from that range
- * (what listening on port 0 gives) can meanwhile be the local port of one of the run's own connections (wrk's,
- * undici's, an exporter's): a full `npm run bench` stopped in its third round on a gateway's EADDRINUSE so.
- * Where that range leaves too little below it, any free port.
- */
-export async function freePort() {
-  const low = lowestLocalPort();
-  if (low - LOWEST_SERVER_PORT >= 1000) {
-    for (let attempt = 0; attempt < 100; attempt++) {
-      const port = LOWEST_SERVER_PORT + Math.floor(Math.random() * (low - LOWEST_SERVER_PORT));
-      if (handedOut.has(port) || !(await canListen(port))) continue;
-      handedOut.add(port);
-      return port;
-    }
-  }
-  const server = net.createServer();
-  await new Promise((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve));
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  handedOut.add(port);
-  return port;
-}
+export { freePort } from './free-port.cjs';
 
 /**
  * Starts `command args` with stdout and stderr appended to files (a server started again in the next round

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { ATTR, HEADER, SERVICE_NAME } from '../../otel/wire-names';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver';
 import { childEnvironment, onJsonLines } from '../helpers/process-stack';
-import { listen } from '../helpers/servers';
+import { freePort } from '../helpers/servers';
 import { TEST_JWT_SECRET } from '../helpers/test-config';
 
 /**
@@ -40,13 +40,6 @@ function start(entry: string, env: Record<string, string>): Promise<Started> {
     });
     child.once('exit', (code) => reject(new Error(`${entry} exited with ${code}:\n${stderr}`)));
   });
-}
-
-/** A port nothing listens on right now (the gRPC interface binds it next). */
-async function freePort(): Promise<number> {
-  const server = await listen(() => undefined);
-  await server.close();
-  return Number(new URL(server.url).port);
 }
 
 describe('one trace across HTTP and gRPC', () => {

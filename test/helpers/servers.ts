@@ -152,11 +152,5 @@ export async function refusedOrigin(): Promise<string> {
   throw new Error('refusedOrigin: no refused port left below 1024');
 }
 
-/** A loopback port nothing listens on right now (for a process that must be told its port before it starts). */
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
+/** A loopback port for a process that must be told its port before it starts (or a server started again on its port). */
+export { freePort } from '../../bench/free-port.cjs';
