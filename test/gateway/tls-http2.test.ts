@@ -864,6 +864,7 @@ function diedMidBody(req: http.IncomingMessage, res: http.ServerResponse): boole
   setTimeout(() => req.socket.destroy(), 50);
   return true;
 }
+
 /**
  * Whether the gateway has closed the next connection made to it (the 'close' of its own HTTP/2 session for it). The
  * client's own 'close' cannot tell: under load Node's client session was seen to stall with frames queued
