@@ -19,6 +19,9 @@
 // --after-slices runs of 1 s: what a gateway pays when traffic comes back after a quiet spell (V8's memory reducer
 // collects an idle heap and deoptimises the hot path with it: bench/RESULTS.md, thirty-second session), with each
 // process's RSS before and after the gap (and with --gc the full collections in it).
+// `floor` and `floor-traced` are the bare Node proxy and tracing's floor (bench/node-floor.mjs), started as
+// `npm run bench` starts them (plus --node-args): the floor's tracing cost measured in the gateways' slices. A
+// floor is compared with the first floor variant, a gateway with the first gateway variant.
 // Needs `npm run build` and Debian's wrk.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -26,7 +29,7 @@ import { parseArgs } from 'node:util';
 import { collectionsIn } from './callgrind-functions.mjs';
 import { cpuPlacement, freePort, memoryMiB, pinTo, stopAll, threadCpuTicks, waitUntilServing } from './processes.mjs';
 import { median } from './report.mjs';
-import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS as VARIANTS, startGateway, startUpstreamAndSink } from './servers.mjs';
+import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS as VARIANTS, startGateway, startNodeFloor, startUpstreamAndSink } from './servers.mjs';
 import { runWrk, warmUp, WARMUP_SECONDS } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
@@ -62,9 +65,18 @@ const extraNodeArgs = byVariant(flags['node-args']);
 const extraEnv = byVariant(flags.env);
 const roots = byVariant(flags.root);
 
+/**
+ * The bare Node proxy and its traced twin (bench/node-floor.mjs), loaded in the same slices as the gateways: what
+ * the floor and tracing's floor cost at the same minutes of the machine (--env and --root are the gateway's).
+ */
+const FLOORS = { floor: { traced: false }, 'floor-traced': { traced: true } };
+
 const variants = flags.variants.split(',').map((name) => {
-  const base = VARIANTS[name.split('+')[0]];
-  if (base === undefined) throw new Error(`unknown variant ${name}; known: ${Object.keys(VARIANTS).join(', ')} (and base+anything)`);
+  const baseName = name.split('+')[0];
+  const base = VARIANTS[baseName] ?? FLOORS[baseName];
+  if (base === undefined) throw new Error(`unknown variant ${name}; known: ${[...Object.keys(VARIANTS), ...Object.keys(FLOORS)].join(', ')} (and base+anything)`);
+  const floor = baseName in FLOORS ? base : undefined;
+  if (floor !== undefined && (extraEnv.has(name) || roots.has(name))) throw new Error(`${name}: --env and --root are for gateway variants`);
   const env = { ...base.env };
   for (const list of extraEnv.get(name) ?? []) {
     for (const pair of list.split(',')) {
@@ -76,7 +88,7 @@ const variants = flags.variants.split(',').map((name) => {
   const nodeArgs = (extraNodeArgs.get(name) ?? []).flatMap((args) => args.split(' ').filter(Boolean));
   const root = roots.get(name)?.at(-1);
   if (root !== undefined && !fs.existsSync(path.join(root, 'dist/src/main.js'))) throw new Error(`--root ${name}=${root}: no dist/src/main.js there (build it first)`);
-  return { name, tracing: base.tracing, metrics: base.metrics ?? false, env, root, nodeArgs: flags.gc ? ['--trace-gc', ...nodeArgs] : nodeArgs };
+  return { name, floor, tracing: base.tracing, metrics: base.metrics ?? false, env, root, nodeArgs: flags.gc ? ['--trace-gc', ...nodeArgs] : nodeArgs };
 });
 if (new Set(variants.map((variant) => variant.name)).size !== variants.length) throw new Error('a variant is named twice');
 if (!fs.existsSync(path.join(BENCH_DIR, '..', 'dist/src/main.js'))) throw new Error('dist/ is missing: run `npm run build` first');
@@ -89,8 +101,8 @@ const afterSlices = Number(flags['after-slices']);
 if (!(idleSeconds >= 0) || !(Number.isInteger(afterSlices) && afterSlices > 0)) throw new Error('--idle is a number of seconds (0: none), --after-slices a count above 0');
 const logs = freshDir(flags.out, 'paired');
 
-/** The collections so far in a gateway's --trace-gc lines, which share its stdout with the access log. */
-const collectionsOf = (gateway) => collectionsIn(fs.readFileSync(path.join(logs, `${gateway.name}-access.log`), 'utf8'));
+/** The collections so far in a gateway's --trace-gc lines, which share its stdout with the access log (a floor's: its own). */
+const collectionsOf = (gateway) => collectionsIn(fs.readFileSync(path.join(logs, gateway.floor ? `${gateway.name}.out.log` : `${gateway.name}-access.log`), 'utf8'));
 
 // As bench/run.mjs places them: the gateways on a CPU of their own, this runner (so wrk, the upstream and the sink) on the others.
 const placement = cpuPlacement(flags.pin);
@@ -102,9 +114,15 @@ try {
   const gateways = [];
   for (const variant of variants) {
     const port = await freePort();
-    const metrics = variant.metrics ? { port: await freePort() } : undefined;
-    const tracing = variant.tracing ? { sinkPort, exportLogs: false } : false;
-    const child = startGateway({ name: variant.name, port, upstreamPort, secret, tracing, metrics, logs, nodeArgs: variant.nodeArgs, extraEnv: variant.env, root: variant.root });
+    let child;
+    if (variant.floor !== undefined) {
+      const tracing = variant.floor.traced ? { sinkPort } : undefined;
+      child = startNodeFloor({ name: variant.name, port, upstreamPort, logs, tracing, nodeArgs: variant.nodeArgs });
+    } else {
+      const metrics = variant.metrics ? { port: await freePort() } : undefined;
+      const tracing = variant.tracing ? { sinkPort, exportLogs: false } : false;
+      child = startGateway({ name: variant.name, port, upstreamPort, secret, tracing, metrics, logs, nodeArgs: variant.nodeArgs, extraEnv: variant.env, root: variant.root });
+    }
     gateways.push({ ...variant, url: `http://127.0.0.1:${port}/api/users/42`, child, slices: [], requests: 0 });
   }
   for (const gateway of gateways) await waitUntilServing(gateway.url, { headers, child: gateway.child, timeoutMs: 30_000 });
@@ -122,8 +140,10 @@ try {
       gateway.slices.push(measured);
     }
   }
-  const first = gateways[0];
+  // Gateways are compared with the first gateway variant, floors with the first floor (floor-traced / floor: tracing's floor).
+  const firstOfKind = (gateway) => gateways.find((other) => (other.floor === undefined) === (gateway.floor === undefined));
   for (const gateway of gateways) {
+    const first = firstOfKind(gateway);
     const of = (key, digits = 1) => median(gateway.slices.map((slice) => slice[key])).toFixed(digits);
     const errors = gateway.slices.reduce((sum, slice) => sum + slice.errors, 0);
     let line = `${gateway.name}: CPU µs/request ${of('total')} (main thread ${of('main')}, other threads ${of('other')}), ${median(gateway.slices.map((slice) => slice.rps)).toFixed(0)} req/s, p50 ${of('p50', 3)} ms, ${errors} errors; slices ${gateway.slices.map((slice) => slice.total.toFixed(0)).join(' ')}`;

@@ -170,12 +170,15 @@ export function tracedFloorLaunch({ name = 'node-floor-traced', sinkPort }) {
   };
 }
 
-/** The bare Node proxy (bench/node-floor.mjs); with `tracing` ({ sinkPort }), the traced floor. */
-export function startNodeFloor({ name = 'node-floor', port, upstreamPort, logs, tracing }) {
+/**
+ * The bare Node proxy (bench/node-floor.mjs); with `tracing` ({ sinkPort }), the traced floor. `nodeArgs` go
+ * before the script (bench/paired.mjs --gc: --trace-gc, whose lines share the floor's `<name>.out.log`).
+ */
+export function startNodeFloor({ name = 'node-floor', port, upstreamPort, logs, tracing, nodeArgs = [] }) {
   const script = [path.join(BENCH_DIR, 'node-floor.mjs'), String(port), String(upstreamPort)];
-  if (!tracing) return start(name, process.execPath, script, { cwd: ROOT, env: cleanEnv(), ...logFiles(logs, name) });
+  if (!tracing) return start(name, process.execPath, [...nodeArgs, ...script], { cwd: ROOT, env: cleanEnv(), ...logFiles(logs, name) });
   const { nodeFlags, env } = tracedFloorLaunch({ name, sinkPort: tracing.sinkPort });
-  return start(name, process.execPath, [...nodeFlags, ...script, '--traced'], { cwd: ROOT, env: cleanEnv(env), ...logFiles(logs, name) });
+  return start(name, process.execPath, [...nodeFlags, ...nodeArgs, ...script, '--traced'], { cwd: ROOT, env: cleanEnv(env), ...logFiles(logs, name) });
 }
 
 /** nginx from bench/nginx.conf.template, in the foreground (`daemon off`), master plus one worker. */
