@@ -35,6 +35,11 @@ export function bodyTooSlowError(rate: BodyRate): GatewayError {
   return new GatewayError('request_timeout', `The request body arrived slower than ${rate.minBytesPerSecond} bytes/s.`, { headers: { Connection: 'close' } });
 }
 
+/** The 408 a body gets when nothing of it arrived for the route's idle timeout, the client still owing the rest. */
+export function bodyStalledError(timeoutMs: number): GatewayError {
+  return new GatewayError('request_timeout', `No byte of the request body arrived for ${timeoutMs} ms.`, { headers: { Connection: 'close' } });
+}
+
 /**
  * Reads a body with `read` (a parser that consumes the request), failing with 408 if it arrives slower than the
  * rate. Bytes are counted on the connection, not with a 'data' listener of our own: one would set the body

@@ -12,7 +12,7 @@ import { endToEndHeaders, forwardedHost, publicLocation, serviceFieldsToPassOn, 
 import type { UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, upstreamErrorType, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
-import { bodyTooSlowError, watchBodyRate, type BodyRate } from '../body-rate';
+import { bodyStalledError, bodyTooSlowError, watchBodyRate, type BodyRate } from '../body-rate';
 import { forwardedBody } from '../forwarded-body';
 import { cutResponse, responseClosed } from '../response-closed';
 import { markServerAnswer } from '../../otel/lifecycle';
@@ -62,6 +62,11 @@ interface Exchange {
   bodyTooLarge?: boolean;
   /** The client sent its body slower than the minimum rate. */
   bodyTooSlow?: boolean;
+  /**
+   * Nothing moved either way for the route's `timeoutMs` while the client still owed body bytes the gateway was
+   * not holding back: the silence was the client's (408, the instance not blamed), as nginx's client_body_timeout.
+   */
+  bodyStalled?: boolean;
   upstreamAborted?: boolean;
   /**
    * The exchange failed while the gateway held the service's answer back because the client read it slower: a
@@ -169,6 +174,13 @@ export function createProxy(options: ProxyOptions): Middleware {
         touches++;
         idle?.refresh();
       };
+      /**
+       * The client has not sent its whole body and the gateway is not pausing it (back-pressure from a service
+       * that is not reading): a silence then is the client's, whatever the service does. Counted against the
+       * instance, a client that stopped mid-upload (its bytes already over the minimum rate) had a service ejected:
+       * three such requests took the only instance out (issue 12, thirty-fifth session's review).
+       */
+      const clientOwesBody = () => withBody && !req.complete && !req.isPaused();
       /** The service answered, and its answer waits for `ctx.state.holdResponse` before it goes on. */
       let held = false;
       /** When the hold began (performance.now()), and whether the deadline came while it lasted. */
@@ -250,6 +262,10 @@ export function createProxy(options: ProxyOptions): Middleware {
         setImmediate(() => setImmediate(() => {
           if (settled || touches !== seen) return;
           if (upstream && (backedUp || held)) return void idle!.refresh();
+          if (upstream && clientOwesBody()) {
+            exchange.bodyStalled = true;
+            return void cut(`no byte of the request body for ${route.timeoutMs} ms`, 'request_timeout');
+          }
           exchange.timedOut = true;
           exchange.waitedForConnection = !upstream && queuedBehindOthers;
           exchange.neverConnected = !upstream && !queuedBehindOthers;
@@ -468,7 +484,11 @@ export function createProxy(options: ProxyOptions): Middleware {
             // A 304 has no body, and an error's is not wanted: what befalls the connection after its head takes nothing from it.
             if (exchange.handedToCache !== undefined) return void done();
             exchange.failure ??= failure;
-            if (TIMEOUT_CODES.has((failure as NodeJS.ErrnoException).code ?? '')) exchange.timedOut = true;
+            // undici's own idle timer (its backstop) judged as the gateway's does: a body the client still owes is its silence.
+            if (TIMEOUT_CODES.has((failure as NodeJS.ErrnoException).code ?? '')) {
+              if (clientOwesBody()) exchange.bodyStalled = true;
+              else exchange.timedOut = true;
+            }
             if (exchange.status === undefined) {
               // Nothing was sent to the client yet: it still waits for the gateway's answer.
               done();
@@ -574,6 +594,7 @@ export function createProxy(options: ProxyOptions): Middleware {
           throw bodyTooLarge(options.maxBodyBytes);
         case 'body_too_slow':
           // `Connection: close`: the rest of the body is not worth reading.
+          if (exchange.bodyStalled) throw bodyStalledError(route.timeoutMs);
           throw bodyTooSlowError(bodyRate);
         case 'deadline':
           throw new GatewayError('upstream_timeout', `The exchange with the ${route.service} service did not finish within ${route.deadlineMs} ms.`);
@@ -781,7 +802,7 @@ function responseHeaders(source: http.IncomingHttpHeaders, res: http.ServerRespo
 function outcomeOf(exchange: Exchange): UpstreamOutcome {
   if (exchange.badResponse) return 'bad_response';
   if (exchange.bodyTooLarge) return 'body_too_large';
-  if (exchange.bodyTooSlow) return 'body_too_slow';
+  if (exchange.bodyTooSlow || exchange.bodyStalled) return 'body_too_slow';
   if (exchange.deadlineExceeded) return 'deadline';
   if (exchange.timedOut) return exchange.waitedForConnection ? 'no_connection' : 'timeout';
   if (exchange.upstreamAborted) return 'aborted_by_upstream';

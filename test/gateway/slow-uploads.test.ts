@@ -210,3 +210,65 @@ describe('client connections are bounded', () => {
     sockets.forEach((socket) => socket.destroy());
   });
 });
+
+/**
+ * A client that sends part of its body, fast enough for the minimum rate, then nothing: the silence is the client's.
+ * Counted as the service's timeout, it ejected the instance; with one failure allowed here, the profile request after
+ * it is answered 503 `upstream_unavailable` under that bug.
+ */
+function withUsersEjectedAfterOneFailure() {
+  const services = shippedConfigFile().services as Record<string, Record<string, unknown>>;
+  return { ...services, users: { ...services.users, ejectAfterFailures: 1 } };
+}
+
+describe('an upload its client stops sending is the client’s silence, not the service’s', () => {
+  let stack: TestStack;
+  let bob: string;
+
+  beforeAll(async () => {
+    stack = await startStack({
+      overrides: {
+        routes: routesWithOpenRegister(),
+        proxy: { timeoutMs: 1000 },
+        // The rate check stays out of it: the bytes sent are far above the rate for the whole grace period.
+        server: { minBodyBytesPerSecond: 1, bodyGracePeriodMs: 60_000 },
+        services: withUsersEjectedAfterOneFailure(),
+      },
+    });
+    bob = await login(stack.gateway.url, 'bob@example.com', 'builder');
+  });
+  afterAll(() => stack.close());
+
+  /** A POST that declares `declared` bytes of body and sends all but the last, then waits for the answer. */
+  function stalledUpload(path: string, headers: http.OutgoingHttpHeaders, declared: number): Promise<Reply> {
+    const { hostname, port } = new URL(stack.gateway.url);
+    return new Promise<Reply>((resolve, reject) => {
+      const request = http.request({ host: hostname, port: Number(port), path, method: 'POST', headers, agent: false }, (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () => {
+          request.destroy();
+          resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() });
+        });
+      });
+      request.on('error', reject);
+      request.write(`{"name":"Stalled","padding":"${'x'.repeat(declared - 40)}`);
+    });
+  }
+
+  it.each([
+    ['a declared length', { 'content-type': 'application/json', 'content-length': '4001' }],
+    ['chunked', { 'content-type': 'application/json', 'transfer-encoding': 'chunked' }],
+  ])('answers 408 for a body stalled mid-way (%s), and the service stays in rotation', async (_name, headers) => {
+    const before = stack.users.requests.filter((request) => request.method === 'POST' && request.url === '/users').length;
+    const reply = await stalledUpload('/api/auth/register', headers, 4001);
+    // It reached the service: the exchange was under way when the client went silent.
+    expect(stack.users.requests.filter((request) => request.method === 'POST' && request.url === '/users').length).toBe(before + 1);
+    expect(reply.status).toBe(408);
+    expect(reply.headers.connection).toBe('close');
+    expect(JSON.parse(reply.text)).toMatchObject({ code: 'request_timeout', detail: 'No byte of the request body arrived for 1000 ms.', requestId: reply.headers[HEADER.requestId] });
+
+    const profile = await fetch(`${stack.gateway.url}/api/users/2`, { headers: { authorization: `Bearer ${bob}` } });
+    expect(profile.status).toBe(200);
+  });
+});
