@@ -102,7 +102,7 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     const started = performance.now();
     const span = startGrpcSpan(tracer, binding.method, instance, route.service, context.active(), metadata);
     const call = { client: clientFor(instance, grpcRoute.keepalive), binding, request, metadata };
-    const settle = (reported: grpc.status, error?: grpc.ServiceError, badAnswer = false) => {
+    const settle: Settle = (reported, error, badAnswer = false, streaming = false) => {
       if (settled) return;
       settled = true;
       // A malformed status must not reach the span as NaN or undefined.
@@ -121,7 +121,11 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
       }
       endGrpcSpan(span, code, error);
       // Like the HTTP proxy's passive health: an instance that cannot be reached or answer in time counts a failure.
-      if (code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED) pool.reportFailure(instance, error?.details ?? String(code));
+      // A stream that was flowing and met its deadline did answer: it ran longer than `deadlineMs`, or its client
+      // read too slowly and the call was paused for it (the proxy's `deadline` and `client_backed_up`, neither
+      // the instance's). Counted, three clients that stopped reading their streams ejected the instance.
+      const silent = code === grpc.status.DEADLINE_EXCEEDED && !streaming;
+      if (code === grpc.status.UNAVAILABLE || silent) pool.reportFailure(instance, error?.details ?? String(code));
       else pool.reportSuccess(instance);
     };
     if (binding.method.serverStreaming) await streamCall(ctx, route, call, settle, options.logger);
@@ -172,8 +176,11 @@ interface Call {
   request: Buffer;
   metadata: grpc.Metadata;
 }
-/** Ends a call's span and its count: `badAnswer` when the service's message had no JSON form (502 upstream_bad_response). */
-type Settle = (code: grpc.status, error?: grpc.ServiceError, badAnswer?: boolean) => void;
+/**
+ * Ends a call's span and its count: `badAnswer` when the service's message had no JSON form (502
+ * upstream_bad_response), `streaming` once a stream's first message came (a deadline then is not the instance's).
+ */
+type Settle = (code: grpc.status, error?: grpc.ServiceError, badAnswer?: boolean, streaming?: boolean) => void;
 
 /** The route's timeout is the whole unary call's deadline: nothing flows until the answer, so idle = whole. */
 async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, binding, request, metadata }: Call, settle: Settle): Promise<void> {
@@ -286,7 +293,7 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
   out.on('drain', () => call.resume());
   call.once('error', (error: grpc.ServiceError) => {
     ctx.res.off('close', cancel);
-    settle(error.code, error, failure !== undefined);
+    settle(error.code, error, failure !== undefined, true);
     if (error.code === grpc.status.CANCELLED && responseClosed(ctx)) return;
     const problem = failure ?? grpcFailure(route.service, error, route.authMethods);
     // The 200 went out with the first line: only the last line tells the client. The access line, the metric and

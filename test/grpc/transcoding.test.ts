@@ -540,6 +540,39 @@ describe('gRPC calls open at once, per instance', () => {
   });
 });
 
+// A stream that flowed until its deadline answered: it ran longer than `deadlineMs` (or its client read too slowly and
+// the call was paused for it). Counted against the instance, one such stream (ejectAfterFailures 1 here) took the
+// service out: the call after it was answered 503 upstream_unavailable.
+describe('a gRPC stream that meets its deadline after its first message', () => {
+  it('ends with an error line and leaves the instance in rotation, where a silent unary call takes it out', async () => {
+    const service = await startMappingServer();
+    const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
+    const grpc = { proto: MAPPING_PROTO, service: MAPPING_SERVICE };
+    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
+      services: { ...shipped.services, mapping: { url: service.url, ejectAfterFailures: 1 } },
+      routes: [...shipped.routes, { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', timeoutMs: 1000, deadlineMs: 1000, grpc }],
+    });
+    const gateway = await listen(createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false }).gateway.callback());
+    try {
+      const flowing = await fetch(`${gateway.url}/api/mapping/count/10000?delayMs=20`);
+      expect(flowing.status).toBe(200);
+      const received = (await flowing.text()).split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>);
+      expect(received.length).toBeGreaterThan(1);
+      expect(received.at(-1)).toEqual({ error: expect.objectContaining({ status: 504, code: 'upstream_timeout' }) });
+      expect((await fetch(`${gateway.url}/api/mapping/count/1`)).status).toBe(200);
+
+      // The service's silence is still its failure: a unary call with no answer by its deadline ejects it (and shows
+      // the one failure this config allows is enough to).
+      const silent = await fetch(`${gateway.url}/api/mapping/slow?delayMs=3000`);
+      expect(silent.status).toBe(504);
+      expect(await (await fetch(`${gateway.url}/api/mapping/count/1`)).json()).toMatchObject({ code: 'upstream_unavailable' });
+    } finally {
+      await gateway.close();
+      await service.close();
+    }
+  });
+});
+
 function rawPost(origin: string, path: string, body: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const request = http.request(`${origin}/`, { method: 'POST', path, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (response) => {
