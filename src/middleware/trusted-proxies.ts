@@ -64,7 +64,11 @@ export function createTrustedProxies(options: TrustedProxiesOptions): Middleware
       if (value !== undefined) headers[name] = trustedEntry(value, hops);
     }
     const forwarded = headers.forwarded;
-    if (forwarded !== undefined) headers.forwarded = trustedElements(forwarded, hops);
+    if (forwarded !== undefined) {
+      const kept = trustedElements(forwarded, hops);
+      if (kept === undefined) delete headers.forwarded;
+      else headers.forwarded = kept;
+    }
     return next();
   };
 }
@@ -85,24 +89,61 @@ function trustedEntry(value: string | string[], hops: number): string {
  * reading `Forwarded` (Spring prefers it to `X-Forwarded-*`) takes the first element's `host` and `proto`, which
  * a client behind an appending proxy would otherwise choose by sending its own. Commas inside quoted strings
  * separate nothing. A single element (the common case) is returned as it is.
+ *
+ * Undefined (the field is dropped) when its quotes do not parse: a quoted string opens only at a value's start
+ * (right after `=`) and closes before the next `;` or `,`. Read by a toggle on every `"`, a client's
+ * `host=evil.example"` hid the proxy's comma: the whole value was one element and went on as it came, the
+ * client's host first.
  */
-function trustedElements(value: string | string[], hops: number): string {
+function trustedElements(value: string | string[], hops: number): string | undefined {
   const text = Array.isArray(value) ? value.join(',') : value;
   if (!text.includes(',')) return text;
   const elements: string[] = [];
   let start = 0;
-  let quoted = false;
-  for (let index = 0; index < text.length; index++) {
-    const char = text[index];
-    if (char === '"') quoted = !quoted;
-    else if (char === '\\' && quoted) index++;
-    else if (char === ',' && !quoted) {
+  let index = 0;
+  while (index < text.length) {
+    const char = text.charCodeAt(index);
+    if (char === QUOTE) {
+      if (text.charCodeAt(index - 1) !== EQUALS) return undefined;
+      index = closingQuote(text, index);
+      if (index < 0) return undefined;
+      const next = text.charCodeAt(nextNonSpace(text, index + 1));
+      if (!(next === COMMA || next === SEMICOLON || Number.isNaN(next))) return undefined;
+    } else if (char === COMMA) {
       elements.push(text.slice(start, index).trim());
       start = index + 1;
     }
+    index++;
   }
   elements.push(text.slice(start).trim());
   return elements.length <= hops ? text : elements.slice(-hops).join(', ');
+}
+
+const QUOTE = 0x22;
+const EQUALS = 0x3d;
+const COMMA = 0x2c;
+const SEMICOLON = 0x3b;
+const BACKSLASH = 0x5c;
+
+/** The index of the `"` that closes the quoted string opened at `open` (quoted-pairs skipped), or -1. */
+function closingQuote(text: string, open: number): number {
+  for (let index = open + 1; index < text.length; index++) {
+    const char = text.charCodeAt(index);
+    if (char === BACKSLASH) index++;
+    else if (char === QUOTE) return index;
+  }
+  return -1;
+}
+
+/** The index of the first character from `at` on that is not a space or tab (text.length if none). */
+function nextNonSpace(text: string, at: number): number {
+  let index = at;
+  while (index < text.length && isSpace(text.charCodeAt(index))) index++;
+  return index;
+}
+
+function isSpace(char: number): boolean {
+  return char === 0x20 || char === 0x09;
 }
 
 /** Each config's trustedProxies as a BlockList, built on first use (configs are frozen, the array stays the same). */

@@ -1,5 +1,6 @@
 import http from 'node:http';
 import { ATTR_CLIENT_ADDRESS } from '@opentelemetry/semantic-conventions';
+import fc from 'fast-check';
 import { parseConfig } from '../../src/config';
 import { startInMemoryTracing } from '../helpers/in-memory-tracing';
 import { startStack, type TestStack } from '../helpers/stack';
@@ -98,6 +99,49 @@ describe('client addresses behind proxies', () => {
     } finally {
       await stack.close();
     }
+  });
+
+  // A quote the client left open (or escaped shut) hid the proxy's comma when quotes were read by a toggle: the
+  // whole value was one element and went on as it came, the client's `host` first (what Spring reads).
+  describe('Forwarded whose quotes do not parse, behind a proxy that appends its own element', () => {
+    const proxyElement = 'for=192.0.2.1;host=api.example;proto=https';
+    let stack: TestStack;
+    beforeAll(async () => {
+      stack = await startStack({ env: { TRUST_PROXY: 'true', RATE_LIMIT_MAX: '100000' }, overrides: { ...limitedRoute, trustedProxies: ['127.0.0.0/8'], allowedHosts: ['api.example'] } });
+    });
+    afterAll(() => stack.close());
+    const forwardedSeen = async (clientPart: string) => {
+      const response = await fetch(`${stack.gateway.url}/api/unknown-but-limited`, { headers: { 'x-forwarded-host': 'api.example', forwarded: `${clientPart}, ${proxyElement}` } });
+      await response.arrayBuffer();
+      expect(response.status).toBe(200);
+      return stack.users.requests.at(-1)!.headers.forwarded;
+    };
+
+    it.each([
+      { desc: 'an unclosed quote at the end', clientPart: 'host=evil.example"' },
+      { desc: 'a quoted string escaped shut', clientPart: 'host="evil.example\\"' },
+      { desc: 'a quote inside a token', clientPart: 'host=evil"x' },
+      { desc: 'a quote before a name', clientPart: '"host=evil.example' },
+      { desc: 'text after a closing quote', clientPart: 'host="evil.example"x' },
+    ])('drops the field for $desc, never passes the client’s element on', async ({ clientPart }) => {
+      expect(await forwardedSeen(clientPart)).toBeUndefined();
+    });
+
+    it('keeps the proxy’s element after a client element whose quotes parse', async () => {
+      expect(await forwardedSeen('host="evil.example, \\"x\\"";proto=http')).toBe(proxyElement);
+    });
+
+    it('passes on the proxy’s element or nothing, whatever the client prepends (generated)', async () => {
+      const unit = fc.constantFrom(...'"\\,;= \tab=h'.split(''), 'host=', 'for=', '"x,y"', 'evil.example');
+      await fc.assert(
+        fc.asyncProperty(fc.array(unit, { minLength: 1, maxLength: 12 }).map((units) => units.join('').trim()), async (clientPart) => {
+          fc.pre(clientPart !== '');
+          const seen = await forwardedSeen(clientPart);
+          expect(seen === undefined || seen === proxyElement).toBe(true);
+        }),
+        { seed: 35, numRuns: 150 },
+      );
+    });
   });
 
   it.each([
