@@ -185,6 +185,9 @@ const RFC_850_YEAR = /^([A-Za-z]+, \d{2}-[A-Za-z]{3}-)(\d{2}) /;
 export function parseHttpDate(value: string | string[] | undefined, now: number = Date.now()): number {
   const text = first(value)?.trim();
   if (text === undefined || !HTTP_DATE.test(text)) return Number.NaN;
+  // asctime names no zone, and Date.parse reads such a date as the process's local time; every HTTP-date is UTC
+  // (RFC 9110 5.6.7). Under TZ=America/New_York an asctime Expires 60 s ahead read as five hours ahead.
+  if (!text.endsWith('GMT')) return Date.parse(`${text} GMT`);
   if (!RFC_850_YEAR.test(text)) return Date.parse(text);
   // RFC 9110 5.6.7: a two-digit year is this century's unless that is more than 50 years ahead, then the last
   // century's. Date.parse makes every one 19xx: `Expires: Thursday, 18-Aug-50 ...` (2050) had long expired.

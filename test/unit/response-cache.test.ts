@@ -1,4 +1,6 @@
+import { spawnSync } from 'node:child_process';
 import { hash } from 'node:crypto';
+import path from 'node:path';
 import fc from 'fast-check';
 import { ConfigError, parseConfig } from '../../src/config';
 import { cacheKey, currentAge, isFresh, parseCacheControl, retentionMs, REVALIDATION_WINDOW_SECONDS, storability, type CachedResponse, type StorabilityInput } from '../../src/response-cache';
@@ -186,6 +188,30 @@ describe('Cache-Control and storability (RFC 9111)', () => {
 
 /** Stores as a fetch that started just now would. */
 const put = async (store: ResponseStore, route: string, key: CacheKey, entry: CachedResponse) => store.set(route, key, entry, await store.fetchStarting(route, key.resource));
+
+describe('HTTP-dates (RFC 9110 5.6.7) are UTC in every form, whatever the process’s time zone', () => {
+  /**
+   * parseHttpDate of each date, in a process of its own under TZ=`zone` (the zone is read when a process starts; in
+   * Jest, setting process.env.TZ changes a copy and no date parsing). The built module, as the gateway runs it.
+   */
+  const parsedUnder = (zone: string, dates: string[]): number[] => {
+    const script = `const { parseHttpDate } = require(${JSON.stringify(path.resolve(__dirname, '../../dist/src/response-cache.js'))}); process.stdout.write(JSON.stringify(${JSON.stringify(dates)}.map((date) => parseHttpDate(date, ${NOW}))));`;
+    const child = spawnSync(process.execPath, ['-e', script], { env: { TZ: zone }, encoding: 'utf8' });
+    expect(child.stderr).toBe('');
+    return JSON.parse(child.stdout) as number[];
+  };
+
+  // RFC 9110's own example in its three forms. asctime names no zone, and Date.parse read it as local time: under
+  // America/New_York five hours late, so an asctime Expires 60 s ahead gave a copy five hours of life.
+  it.each(['UTC', 'America/New_York', 'Asia/Tokyo', 'Pacific/Kiritimati'])('reads all three forms of one instant alike under TZ=%s', (zone) => {
+    const instant = Date.UTC(1994, 10, 6, 8, 49, 37);
+    expect(parsedUnder(zone, ['Sun, 06 Nov 1994 08:49:37 GMT', 'Sunday, 06-Nov-94 08:49:37 GMT', 'Sun Nov  6 08:49:37 1994'])).toEqual([instant, instant, instant]);
+  });
+
+  it('still refuses an asctime date with a zone of its own, or none of the three forms', () => {
+    expect(parsedUnder('America/New_York', ['Sun Nov  6 08:49:37 1994 GMT', 'Sun Nov  6 08:49:37 1994 EST', '1994-11-06 08:49:37'])).toEqual([null, null, null]);
+  });
+});
 
 describe('the in-memory store', () => {
   const at = (resource: string, variant = 'v'): CacheKey => ({ resource, variant });
