@@ -624,10 +624,13 @@ interface BackgroundFetch {
 }
 
 /**
- * Whether a HEAD's 200 describes other content than a stored GET copy (RFC 9111 4.3.5): a validator it carries
- * (ETag, Last-Modified) that the copy does not have, or a Content-Length other than the copy's.
+ * Whether a HEAD's 200 describes other content than a stored GET copy (RFC 9111 4.3.5): a copy that is not a 200
+ * (a 200 does not confirm a stored 404 or redirect: refreshed, the 404 was served with the 200's lifetime while the
+ * service said the resource existed), a validator it carries (ETag, Last-Modified) that the copy does not have, or
+ * a Content-Length other than the copy's.
  */
 function describesOtherContent(entry: CachedResponse, answer: Record<string, string | string[] | undefined>): boolean {
+  if (entry.status !== 200) return true;
   for (const name of ['etag', 'last-modified']) {
     const received = requestHeaderValue(answer[name]);
     if (received !== null && received !== requestHeaderValue(entry.headers[name])) return true;

@@ -294,6 +294,23 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect([next.headers['x-cache'], next.text]).toEqual(['MISS', 'the new body']);
   });
 
+  // Refreshed as a stored 200 is, a 404 took the HEAD's headers and lifetime: served for ten minutes while the
+  // service said the resource existed.
+  it.each([404, 301])('never lets a HEAD\'s 200 refresh a stored %i: the next GET asks the service (RFC 9111 4.3.5)', async (status) => {
+    const path = fresh();
+    origin.script(
+      path,
+      () => ({ status, headers: { 'cache-control': 'max-age=60', age: '59', location: '/elsewhere' }, body: 'the stored answer' }),
+      () => ({ headers: { 'cache-control': 'max-age=600' } }),
+      () => ({ headers: { 'cache-control': 'max-age=600' }, body: 'the resource now' }),
+    );
+    expect((await get(path)).status).toBe(status);
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    expect((await sendRaw(stack.gateway.url, `/api/rfc${path}`, {}, 'HEAD')).status).toBe(200);
+    const next = await get(path);
+    expect([next.status, next.headers['x-cache'], next.text]).toEqual([200, 'MISS', 'the resource now']);
+  });
+
   it.each([302, 307, 201, 299])('stores a %i the service gave an explicit lifetime (RFC 9111 3), and one without it never', async (status) => {
     const path = fresh();
     const bare = fresh();
