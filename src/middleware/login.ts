@@ -11,7 +11,7 @@ import type { TokenService } from '../tokens';
 import type { UpstreamPool } from '../upstream-pool';
 import { endUpstreamSpan, startUpstreamSpan, traceHeaders } from '../upstream-span';
 import { authenticationChallenge, DEFAULT_REALM } from './authenticate';
-import type { RateLimiter } from './rate-limit';
+import { refuseAtOnce, type RateLimiter, type Refuse } from './rate-limit';
 import { continueIfExpected } from './request-head';
 import { readWithinRate, type BodyRate } from '../body-rate';
 import type { GatewaySigner } from '../gateway-signature';
@@ -256,10 +256,11 @@ export function createLogin(options: LoginOptions): Middleware[] {
 /**
  * Where login answers: its path matched as the route table matches one (routeKey: any letter case, a trailing
  * slash, encoded letters), so `/API/auth/login/` is the login as `/API/users/` is the users route, not a 404.
- * POST runs `steps` (createLogin's); any other method is 405 with `Allow: POST`. `ctx.routerPath` (the spans' and
+ * POST runs `steps` (createLogin's); any other method is 405 with `Allow: POST`, once it spent the rate limit
+ * (`refuse`: gateway.ts, createRefusalRateLimit). `ctx.routerPath` (the spans' and
  * metrics' `http.route`) is the configured path, whatever the spelling.
  */
-export function createLoginEndpoint(path: string, steps: readonly Middleware[]): Middleware {
+export function createLoginEndpoint(path: string, steps: readonly Middleware[], refuse: Refuse = refuseAtOnce): Middleware {
   const key = routeKey(path);
   // Not async: a request for another path costs a length check (routeKey only for a spelling that could be this one).
   return function answerLogin(ctx, next) {
@@ -267,7 +268,8 @@ export function createLoginEndpoint(path: string, steps: readonly Middleware[]):
     const couldBeLogin = requested.length === key.length || requested.length === key.length + 1 || requested.includes('%');
     if (!couldBeLogin || routeKey(requested) !== key) return next();
     ctx.routerPath = path;
-    if (ctx.method !== 'POST') throw new GatewayError('method_not_allowed', 'Login accepts POST only.', { headers: { Allow: 'POST' } });
+    // Another method's 405 spends the rate limit as a route's or a probe's does: thrown at once, it was never limited.
+    if (ctx.method !== 'POST') return refuse(ctx, new GatewayError('method_not_allowed', 'Login accepts POST only.', { headers: { Allow: 'POST' } }));
     // The login answers: nothing after it runs, as nothing after a router's matched route did.
     const step = async (index: number): Promise<void> => {
       if (index < steps.length) await steps[index]!(ctx, () => step(index + 1));

@@ -61,6 +61,14 @@ describe('rate limiting', () => {
     expect([(await fetch(`${stack.gateway.url}/health`)).status, (await fetch(`${stack.gateway.url}/ready`)).status]).toEqual([200, 200]);
   });
 
+  // Thrown at once, the login path's 405 was never limited: any number of GETs, each logged and traced.
+  it('limits other methods to the login path as a route’s 405, in any spelling of it', async () => {
+    const statuses: number[] = [];
+    for (let i = 0; i < 7; i++) statuses.push((await fetch(`${stack.gateway.url}${i % 2 ? '/API/auth/login/' : '/api/auth/login'}`)).status);
+    expect(statuses).toEqual([405, 405, 405, 405, 405, 429, 429]);
+    expect(stack.users.requests.filter((request) => request.url.startsWith('/internal/credentials'))).toEqual([]);
+  });
+
   it('gives login its own stricter limit, before credentials are checked', async () => {
     const attempt = () => fetch(`${stack.gateway.url}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'bob@example.com', password: 'guess' }) });
     const statuses = [];
