@@ -35,6 +35,11 @@ export interface GatewayState {
   onResponseClosed?: (() => void)[];
   /** createRateLimiter: every limit policy this request met, most restrictive first, for the rate-limit fields. */
   rateLimits?: CheckedRateLimit[];
+  /**
+   * createCallerRateLimit: the route's per-caller limit counted this request. On a route limited by caller, one
+   * that ends before it (a 400, a 401, a `Max-Forwards: 0` answer) spends the client network's budget instead.
+   */
+  callerCounted?: boolean;
   /** createErrorHandler: the error code of a failed request, for the access log. */
   errorCode?: string;
   /** createResponseCache: how the cache answered, for the access log (routes with `cache` only). */

@@ -4,7 +4,7 @@ import type { Redis } from 'ioredis';
 import type { Context, Middleware } from 'koa';
 import { atMostEvery, type Logger } from '../../otel/logger';
 import { ATTR } from '../../otel/wire-names';
-import { GatewayError, isGatewayError, type ErrorCode } from '../errors';
+import { GatewayError, isGatewayError } from '../errors';
 import { rateLimitDecisionCounters, type GatewayMetrics } from '../metrics';
 import { createWindowCounter, type PrimaryStoreClient, type RateLimitWindows, type WindowCount } from '../rate-limit-store';
 
@@ -259,13 +259,6 @@ function recordCheck(ctx: Context, checked: CheckedRateLimit): number {
   return secondsLeft(first);
 }
 
-/**
- * The gateway's own refusals of a credential: what the failure budget counts. Not every 401: a service's
- * UNAUTHENTICATED (`grpc_unauthenticated`) refuses a caller the gateway did authenticate, as an HTTP service's 401
- * (passed on, never thrown) does, and neither is a guess at a credential.
- */
-const FAILED_AUTHENTICATION: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['missing_token', 'invalid_token', 'invalid_api_key']);
-
 export interface RouteRateLimitOptions {
   /** The limit of routes without their own. */
   fallback: RateLimiter;
@@ -302,8 +295,8 @@ export function createRefusalRateLimit(options: RouteRateLimitOptions): Refuse {
 
 /**
  * Applies the matched route's limit (or the global one) before any token is verified. On a route limited by
- * caller, the caller is not known yet: requests that then fail authentication (401) are counted per client
- * network instead, and a network that has used up that budget is refused (429) before any credential is checked,
+ * caller, the caller is not known yet: requests that then fail authentication (401), or end before the caller's
+ * limit counts them, are counted per client network instead, and a network that has used up that budget is refused (429) before any credential is checked,
  * until its window ends, so guessing credentials there stays limited and forged tokens cost no crypto.
  */
 export function createRouteRateLimit(options: RouteRateLimitOptions): Middleware {
@@ -315,12 +308,17 @@ export function createRouteRateLimit(options: RouteRateLimitOptions): Middleware
     // the 401s alone turned a wrong guess's 401 into 429 but still let a right one through, and every forged
     // token still cost a signature check (and a JWKS fetch for an unknown key).
     await limiter.refuseIfSpent(ctx);
+    // Every request spends a limit: one the caller's limit never counted (it failed authentication, or was answered
+    // before it: two credentials' 400, `Max-Forwards: 0`'s OPTIONS) is counted per client network. Only the failed
+    // authentications were, and a client sent any number of the others, token or none, never refused. The gateway's
+    // own failures (a 503 while the identity provider's keys cannot be fetched) are not the client's to pay for.
     try {
       await next();
     } catch (error) {
-      if (isGatewayError(error) && FAILED_AUTHENTICATION.has(error.code)) await limiter.check(ctx, async () => {});
+      if (!ctx.state.callerCounted && isGatewayError(error) && error.status < 500) await limiter.check(ctx, async () => {});
       throw error;
     }
+    if (!ctx.state.callerCounted) await limiter.check(ctx, async () => {});
   };
 }
 
@@ -351,7 +349,10 @@ export function createCallerRateLimit(options: CallerRateLimitOptions): Middlewa
     const inner = consumerLimit ? () => consumerLimit.check(ctx, next, `consumer:${consumer.id}`) : next;
     const routeLimit = route && options.byRoute.get(route.name);
     const caller = callerKey(ctx);
-    if (routeLimit && caller) return routeLimit.check(ctx, inner, caller);
+    if (routeLimit && caller) {
+      ctx.state.callerCounted = true;
+      return routeLimit.check(ctx, inner, caller);
+    }
     return inner();
   };
 }

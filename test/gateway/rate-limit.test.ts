@@ -79,6 +79,44 @@ describe('rate limiting', () => {
   });
 });
 
+// On a route limited by caller, the caller's limit counts a request only once it authenticated. Only failed
+// authentications spent the client network's budget then; the answers given before the caller is known (two
+// credentials' 400, `Max-Forwards: 0`'s OPTIONS) spent nothing, and a client could send any number of them.
+describe('on a route limited by caller, what ends before authentication', () => {
+  let stack: TestStack;
+  const perUser = { name: 'per-user', prefix: '/api/per-user', service: 'users', upstreamPath: '/health', rateLimit: { max: 3, windowMs: 60_000, by: 'user' } };
+  beforeEach(async () => {
+    stack = await startStack({ overrides: { routes: [...(shippedConfigFile().routes as unknown[]), perUser] } });
+  });
+  afterEach(() => stack.close());
+
+  it.each([
+    { desc: 'an OPTIONS with Max-Forwards: 0', init: { method: 'OPTIONS', headers: { 'max-forwards': '0' } }, status: 204 },
+    { desc: 'two credentials at once (400)', init: { headers: { authorization: 'Bearer x', 'x-api-key': 'y' } }, status: 400 },
+  ])('spends the client network’s budget: $desc', async ({ init, status }) => {
+    const statuses: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const answer = await fetch(`${stack.gateway.url}/api/per-user`, init);
+      await answer.arrayBuffer();
+      statuses.push(answer.status);
+    }
+    expect(statuses).toEqual([status, status, status, 429, 429]);
+    // The network's budget: a signed-in user behind it waits for the window too, as after failed authentications.
+    const token = await login(stack.gateway.url);
+    expect((await fetch(`${stack.gateway.url}/api/per-user`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(429);
+  });
+
+  it('never spends it for a caller who authenticated: that is the caller’s own limit', async () => {
+    const token = await login(stack.gateway.url);
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++) statuses.push((await fetch(`${stack.gateway.url}/api/per-user`, { headers: { authorization: `Bearer ${token}` } })).status);
+    expect(statuses).toEqual([200, 200, 200, 429]);
+    // Another user on the same network still has a whole budget.
+    const other = await login(stack.gateway.url, 'bob@example.com', 'builder');
+    expect((await fetch(`${stack.gateway.url}/api/per-user`, { headers: { authorization: `Bearer ${other}` } })).status).toBe(200);
+  });
+});
+
 describe('with two limits on one request', () => {
   const KEY = generateApiKey();
   const shippedAuth = shippedConfigFile().auth as Record<string, unknown>;
