@@ -21,6 +21,30 @@ describe('BoundedWindowStore', () => {
     expect([...store.keys()].sort()).toEqual(['a', 'b', 'c']);
   });
 
+  // Windows expiring one by one while new clients arrive: a sweep that freed only what had expired made room for one
+  // insert, and every insert after it walked the whole table again (one walk per insert, 100,000 entries each).
+  it('walks its table once per tenth of its bound, however its windows expire', () => {
+    class CountingWalks extends BoundedWindowStore {
+      walks = 0;
+      override [Symbol.iterator]() {
+        this.walks++;
+        return super[Symbol.iterator]();
+      }
+    }
+    const store = new CountingWalks(100);
+    for (let i = 0; i < 100; i++) store.set(`client-${i}`, live());
+    store.walks = 0;
+    for (let i = 100; i < 150; i++) {
+      // One window somewhere in the table has just expired.
+      const [someone] = [...store.keys()].slice(-2);
+      store.get(someone!)!.reset = Date.now() / 1000 - 1;
+      store.set(`client-${i}`, live());
+      expect(store.size).toBeLessThanOrEqual(100);
+    }
+    expect(store.walks).toBeLessThanOrEqual(6);
+    expect(store.has('client-149')).toBe(true);
+  });
+
   it('updates an existing client without evicting anyone', () => {
     const store = new BoundedWindowStore(2);
     store.set('a', live());
