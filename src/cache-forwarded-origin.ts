@@ -60,8 +60,10 @@ function forwardedWithoutClients(value: string): string {
   return kept;
 }
 
-/** The port each scheme means when the Host names none. */
-const DEFAULT_PORTS: Readonly<Record<string, string>> = { http: ':80', https: ':443' };
+/** The port each scheme means when the Host names none; a switch, not an object (a scheme `__proto__` found its prototype). */
+function defaultPortSuffix(protocol: string): string | undefined {
+  return protocol === 'https' ? ':443' : protocol === 'http' ? ':80' : undefined;
+}
 
 /**
  * The Host as keyed: lower case, without the scheme's default port, so `api.example:80` over http is
@@ -71,7 +73,7 @@ const DEFAULT_PORTS: Readonly<Record<string, string>> = { http: ':80', https: ':
  */
 function hostKey(host: string, protocol: string): string {
   const lower = host.toLowerCase();
-  const port = DEFAULT_PORTS[protocol];
+  const port = defaultPortSuffix(protocol);
   if (port === undefined || !lower.endsWith(port)) return lower;
   const name = lower.slice(0, -port.length);
   return name !== '' && (!name.includes(':') || (name.startsWith('[') && name.endsWith(']'))) ? name : lower;

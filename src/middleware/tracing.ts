@@ -63,8 +63,14 @@ function routeOf(ctx: KoaContext): string | undefined {
   return ctx.state.route?.template ?? ctx.routerPath;
 }
 
-/** The port a scheme implies when the authority names none (RFC 9110 4.2.1, 4.2.2). */
-const DEFAULT_PORTS: Readonly<Record<string, number>> = { http: 80, https: 443 };
+/**
+ * The port a scheme implies when the authority names none (RFC 9110 4.2.1, 4.2.2); undefined for any other. Not a
+ * lookup in an object: a trusted proxy's `X-Forwarded-Proto: __proto__` found Object.prototype there, exported as
+ * `server.port`.
+ */
+function defaultPort(scheme: string): number | undefined {
+  return scheme === 'https' ? 443 : scheme === 'http' ? 80 : undefined;
+}
 
 /**
  * `server.port` as the HTTP semantic conventions take it from the request's authority (`Host`, `:authority`, or a
@@ -73,7 +79,7 @@ const DEFAULT_PORTS: Readonly<Record<string, number>> = { http: 80, https: 443 }
  */
 function authorityPort(host: string, scheme: string): number | undefined {
   const colon = host.indexOf(':', host.charCodeAt(0) === 0x5b ? host.indexOf(']') : 0);
-  if (colon === -1 || colon === host.length - 1) return DEFAULT_PORTS[scheme];
+  if (colon === -1 || colon === host.length - 1) return defaultPort(scheme);
   if (host.length - colon > 6) return undefined;
   let port = 0;
   for (let i = colon + 1; i < host.length; i++) {

@@ -13,7 +13,7 @@ import {
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { createGatewayApps } from '../../src/gateway';
 import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
-import { memoryLogger, sendRaw } from '../helpers/servers';
+import { listen, memoryLogger, sendRaw } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
 import { waitFor } from '../helpers/wait';
 
@@ -73,6 +73,23 @@ describe('the gateway SERVER span attributes follow the HTTP semantic convention
     socket.on('error', () => undefined);
     socket.end(`GET /api/nothing-here?page=2 HTTP/1.0\r\n${HEADER.requestId}: span-attributes-no-host\r\n\r\n`);
     expect(urlAndServer(await serverSpanOf('span-attributes-no-host'))).toEqual({ path: '/api/nothing-here', query: 'page=2', scheme: 'http', address: undefined, port: undefined, version: '1.0' });
+  });
+
+  // The scheme a trusted proxy names picks the default port; read from an object, `__proto__` found its prototype
+  // (exported as an empty map) and `constructor` the Object function (dropped with a warning).
+  it.each(['__proto__', 'constructor', 'ftp'])('behind a trusted proxy naming the scheme %s: no server.port for a Host without one', async (scheme) => {
+    const { logger } = memoryLogger('gateway');
+    const apps = createGatewayApps({ ...stack.config, trustProxy: true }, { logger, tracer: tracing.tracer, metrics: false });
+    const proxied = await listen(apps.gateway.callback());
+    try {
+      const requestId = `span-attributes-scheme-${scheme.replace(/_/g, '')}`;
+      await sendRaw(proxied.url, '/api/nothing-here', { host: 'gw.example.com', 'x-forwarded-proto': scheme, [HEADER.requestId]: requestId });
+      const span = await serverSpanOf(requestId);
+      expect(span.attributes[ATTR_URL_SCHEME]).toBe(scheme);
+      expect(Object.hasOwn(span.attributes, ATTR_SERVER_PORT)).toBe(false);
+    } finally {
+      await proxied.close();
+    }
   });
 
   it('over HTTP/2: the :authority port, and network.protocol.version "2"', async () => {
