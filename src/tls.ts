@@ -168,8 +168,8 @@ function secureContextOptions(tls: TlsConfig, pems: CertificatePems): SecureCont
 /**
  * How long an HTTP/2 connection may go without a frame before it is closed (HTTP/1.1 ones by keepAliveTimeout).
  * Never shorter than a whole request may take, since the session timer does not see a stream waiting for its
- * upstream; so with the whole-request limit off (`requestMs` 0) it is off too, or every HTTP/2 request waiting
- * longer than keepAliveTimeout for its service would be cut.
+ * upstream; so with the whole-request limit off (`requestMs` 0) it is off too. A backstop: a connection that still
+ * owes an answer when it fires is kept (createTlsServer's 'timeout' listener), as a route may wait longer.
  */
 export function http2SessionTimeoutMs(timeouts: { requestMs: number; keepAliveMs: number }): number {
   return timeouts.requestMs === 0 ? 0 : Math.max(timeouts.requestMs, timeouts.keepAliveMs);
@@ -205,9 +205,17 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
           unknownProtocolTimeout: timeouts.headersMs,
         } as http2.SecureServerOptions,
         // Koa's callback reads only what the compatibility request and response share with HTTP/1's.
-        withStreamRequestTimeout(listener as unknown as (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void, timeouts.requestMs),
+        countingAnswers(withStreamRequestTimeout(listener as unknown as (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void, timeouts.requestMs)),
       );
       secure.setTimeout(http2SessionTimeoutMs(timeouts));
+      // The timers see frames and bytes, not a request waiting for its service: Node destroyed a connection silent
+      // this long with an answer still to come (a route's timeoutMs and deadlineMs may outlast the whole-request
+      // limit, which bounds the client's sending), every other stream of an HTTP/2 one with it. Such a connection
+      // is left to its requests' own bounds (the route's deadline, the send timeout); a silent one with no answer
+      // owed is destroyed, as Node does without a listener.
+      secure.on('timeout', (connection: http2.ServerHttp2Session | Socket) => {
+        if (!owesAnswers(connection)) connection.destroy();
+      });
       const sendMs = options.sendTimeoutMs ?? DEFAULT_SEND_TIMEOUT_MS;
       const sockets = new Set<Socket>();
       /**
@@ -269,8 +277,8 @@ const RESET_WINDOW_MS = 10_000;
  *   10 s, the connection is closed (GOAWAY ENHANCE_YOUR_CALM). Not a share of all its streams, as Envoy counts:
  *   cheap completed requests in between would keep any number of resets under a share.
  * - Idle connections: with no stream open, one closes after `keepAliveMs`, as an idle HTTP/1.1 connection does
- *   (the session timer is as long as a whole request may take, 120 s by default, because it cannot see a stream
- *   waiting for its service).
+ *   (the session timer is a backstop as long as a whole request may take, 120 s by default, and spares a
+ *   connection with a stream waiting for its service).
  * - Closing connections: a graceful close (GOAWAY: idle, every stream held back, the server stopping) waits for
  *   the open streams, and Node then only ends the socket (its FIN) and waits for the client's. A client that
  *   answers no FIN, reads nothing more (the gateway's last frames wait behind bytes that never leave) or leaves
@@ -432,6 +440,25 @@ const answerOf = new WeakMap<http2.ServerHttp2Stream, http2.Http2ServerResponse>
  * (stopRequestOnceAnswered), not at the timeout, which would record the finished answer as `request_timeout`.
  * Each HTTP/2 stream's response is kept here too (`answerOf`), for the record of a stream the send sweep resets.
  */
+/** Answers not yet over, per connection: an HTTP/2 connection's session, or an HTTP/1.1 connection's socket. */
+const answersOwed = new WeakMap<object, number>();
+
+function owesAnswers(connection: object): boolean {
+  return (answersOwed.get(connection) ?? 0) > 0;
+}
+
+/** Counts each request's answer against its connection (answersOwed) until the response closes. */
+function countingAnswers(listener: (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void) {
+  return (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => {
+    // An HTTP/1.1 request comes here too (allowHTTP1), as Node's IncomingMessage on the connection's TLS socket.
+    const incoming = request as http2.Http2ServerRequest | http.IncomingMessage;
+    const connection: object = isHttp2Request(incoming) ? incoming.stream.session! : incoming.socket;
+    answersOwed.set(connection, (answersOwed.get(connection) ?? 0) + 1);
+    response.once('close', () => answersOwed.set(connection, answersOwed.get(connection)! - 1));
+    listener(request, response);
+  };
+}
+
 function withStreamRequestTimeout(listener: (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => void, requestMs: number) {
   return (request: http2.Http2ServerRequest, response: http2.Http2ServerResponse) => {
     // The HTTP/2 compatibility request, not its version: an HTTP/1.1 request line may say `HTTP/2.0` (Node's

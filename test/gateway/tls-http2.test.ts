@@ -1884,3 +1884,53 @@ describe('HTTP/2 at the drain bound', () => {
     }
   });
 });
+
+/**
+ * The session timer (Node's, `http2SessionTimeoutMs`) and HTTP/1.1's socket timer on the TLS listener see frames and
+ * bytes, not a request waiting for its service: a route whose `timeoutMs`/`deadlineMs` outlast the whole-request limit
+ * (which bounds the client's sending, not the service's answering) had its connection destroyed under it, every
+ * other stream of the HTTP/2 connection with it, where the plain listener gave the answer.
+ */
+describe('a request waiting for its service longer than the TLS listener’s connection timers', () => {
+  const SHORT = { headersMs: 500, requestMs: 1000, keepAliveMs: 500 };
+  let certificate: TestCertificate;
+  let stack: TestStack;
+  let gateway: RunningServer;
+  let service: http.Server;
+
+  beforeAll(async () => {
+    certificate = makeCertificate();
+    service = http.createServer((_req, res) => {
+      setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end('{"late":true}'), 2500).unref();
+    });
+    await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
+    stack = await startStack({
+      serviceUrls: { orders: `http://127.0.0.1:${(service.address() as { port: number }).port}` },
+      overrides: { tls: { certFile: certificate.certFile, keyFile: certificate.keyFile }, proxy: { timeoutMs: 10_000, deadlineMs: 20_000 } },
+    });
+    const { logger } = memoryLogger('gateway');
+    gateway = await runServer({ app: createGatewayApps(stack.config, { logger, metrics: false }).gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: SHORT, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: SHORT, logger }).create });
+  });
+  afterAll(async () => {
+    service?.closeAllConnections();
+    await new Promise((resolve) => service?.close(resolve));
+    await gateway?.close();
+    await stack?.close();
+  });
+
+  it('gets its answer over HTTP/2', async () => {
+    const session = await connectH2(gateway.url, certificate.cert);
+    session.on('error', () => undefined);
+    try {
+      const reply = await h2Request(session, { ':path': '/api/orders/slow', authorization: `Bearer ${await signToken()}` });
+      expect([reply.status, reply.text]).toEqual([200, '{"late":true}']);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('gets its answer over HTTP/1.1', async () => {
+    const reply = await h1Request(gateway.url, certificate.cert, '/api/orders/slow', { authorization: `Bearer ${await signToken()}` });
+    expect([reply.status, reply.text]).toEqual([200, '{"late":true}']);
+  });
+});
