@@ -259,6 +259,9 @@ async function stats(port) {
 
 async function main() {
   const host = machine();
+  // Read now, when dist/ was just built from it: read at the end, files edited during the run were reported as
+  // measured (the thirty-fifth session's first run named eleven it never built).
+  const build = buildState();
   preflight(host);
   const allCases = Object.keys(caseTable());
   let selected = flags.cases ? flags.cases.split(',').map((c) => c.trim()) : allCases;
@@ -422,7 +425,7 @@ async function main() {
     date: new Date().toISOString(),
     durationSeconds: Math.round((Date.now() - startedAt) / 1000),
     machine: host,
-    build: buildState(),
+    build,
     settings,
     cases: Object.fromEntries(Object.entries(cases).map(([id, c]) => [id, { label: c.label, server: c.server, checks: checks[id] }])),
     runs,
