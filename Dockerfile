@@ -1,7 +1,7 @@
 # One image for all four processes: the gateway and the three services. docker-compose.yml runs it four
 # times with a different command; the default command starts the gateway.
 #
-# node:24.21.0-bookworm-slim: Node 24 LTS (package.json engines: >=22.19.0; .nvmrc: 24), glibc, no curl/wget
+# node:24.21.0-bookworm-slim: Node 24 LTS (package.json engines: >=24.15.0; .nvmrc: 24), glibc, no curl/wget
 # (health checks call node itself). Keep the three FROM lines on the same tag.
 
 # --- build: all dependencies, compile TypeScript to dist/ ------------------------------------------------
