@@ -47,6 +47,8 @@ export interface AdminOptions {
   readiness: ReadinessCheck;
   /** The public gateway's pools: the passive health shown is the one the proxy acts on. */
   pools: ReadonlyMap<string, UpstreamPool>;
+  /** The pools of the services' gRPC interfaces, by service: the passive health gRPC translation acts on. */
+  grpcPools?: ReadonlyMap<string, UpstreamPool>;
   logger: Logger;
   /** `GET /admin/config` and `POST /admin/reload`; without it neither endpoint exists. */
   control?: ConfigControl;
@@ -64,7 +66,7 @@ export function createAdminApp(options: AdminOptions): Koa {
   const app = new Koa();
   const endpoints = new Router({ sensitive: true, strict: true })
     .get('/health', createHealth())
-    .get('/ready', createReadinessDetails({ check: options.readiness, pools: options.pools, stopping: options.stopping }));
+    .get('/ready', createReadinessDetails({ check: options.readiness, pools: options.pools, grpcPools: options.grpcPools, stopping: options.stopping }));
   const { control } = options;
   if (control) {
     endpoints

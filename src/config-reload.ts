@@ -114,6 +114,8 @@ export function checkReload(running: ActiveConfig, load: () => GatewayConfig, lo
  */
 export class KeptAcrossReloads {
   readonly pools: UpstreamPoolCache = new Map();
+  /** The pools of the services' gRPC interfaces (src/grpc/route-mappings.ts), kept as `pools` are. */
+  readonly grpcPools: UpstreamPoolCache = new Map();
   readonly windows = new RateLimitWindows();
   /** gRPC channels by origin (src/grpc/grpc-clients.ts): each one made is never freed, so builds share them. */
   readonly grpcClients: GrpcClientCache = new Map();

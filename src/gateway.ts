@@ -35,7 +35,7 @@ import { compileHeaderRules, GATEWAY_RESPONSE_HEADERS } from './header-rules';
 import { createBackgroundFetches, type BackgroundWork } from './cache-background-fetch';
 import { cacheKey } from './response-cache';
 import { createResponseStore, type PeerInvalidations } from './response-store';
-import { createUpstreamPools } from './upstream-pool';
+import { createUpstreamPools, type UpstreamPool } from './upstream-pool';
 import { createAdminApp, type ConfigControl } from './admin';
 import type { KeptAcrossReloads } from './config-reload';
 import type { PrimaryStoreClient } from './rate-limit-store';
@@ -108,7 +108,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   const readiness = createReadinessCheck({ pools: grpcOnly.size === 0 ? pools : new Map([...pools].filter(([name]) => !grpcOnly.has(name))), cacheMs: config.readinessCacheMs });
   const routes = compileRoutes(config, pools);
   // Protos loaded and their HTTP annotations compiled here, once per built gateway (start-up, reload).
-  const grpcRoutes = grpc ? grpc.compileGrpcRoutes(config, metrics) : new Map();
+  const grpcRoutes = grpc ? grpc.compileGrpcRoutes(config, metrics, kept?.grpcPools) : new Map();
   const tokens = createTokenService({ ...config.auth, cacheSize: config.auth.verifiedTokenCacheSize });
 
   if (config.rateLimit.redisUrl && !redis) throw new Error('rateLimit.redisUrl is set but no Redis client was passed to createGateway');
@@ -234,7 +234,10 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
     if (ctx && clientConnectionFailed(ctx, error)) return;
     logger.error('unhandled gateway error', { error: error.message });
   });
-  return { gateway: app, admin: createAdminApp({ readiness, pools, logger, control: deps.control, stopping: deps.stopping }) };
+  // The pools gRPC translation acts on, by service, for the internal /ready.
+  const grpcPools = new Map<string, UpstreamPool>();
+  for (const route of config.routes) if (route.grpc) grpcPools.set(route.service, grpcRoutes.get(route.name)!.pool);
+  return { gateway: app, admin: createAdminApp({ readiness, pools, grpcPools, logger, control: deps.control, stopping: deps.stopping }) };
 }
 
 /** REST/JSON -> gRPC translation (src/grpc/, src/middleware/grpc-transcode.ts), required on first use. */

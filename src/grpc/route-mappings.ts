@@ -1,6 +1,6 @@
 import type { GatewayConfig, GrpcKeepalive } from '../config';
 import type { GatewayMetrics } from '../metrics';
-import { createUpstreamPool, type UpstreamPool } from '../upstream-pool';
+import { createUpstreamPools, type UpstreamPool, type UpstreamPoolCache } from '../upstream-pool';
 import { grpcChannelKey } from './grpc-clients';
 import { loadGrpcServiceMapping, type GrpcServiceMapping } from './http-rules';
 
@@ -16,26 +16,24 @@ export interface GrpcRoute {
  * Every route with `grpc`, by route name: protos loaded and annotations compiled once, when the gateway is
  * built (start-up and every config reload), never per request. A proto that does not load or compile stops
  * start-up with one line naming the route's key. Each service's gRPC interface (`grpcUrl`, default `url`)
- * gets one pool of its own, with its own passive health, shared by the routes that call it.
+ * gets one pool of its own, with its own passive health, shared by the routes that call it; `kept` hands an
+ * unchanged service's pool from one build to the next, as the HTTP pools are (a reload made ejected instances
+ * healthy again).
  */
-export function compileGrpcRoutes(config: GatewayConfig, metrics?: GatewayMetrics): ReadonlyMap<string, GrpcRoute> {
-  const pools = new Map<string, UpstreamPool>();
-  const poolOf = (name: string): UpstreamPool => {
-    let pool = pools.get(name);
-    if (!pool) {
-      const service = config.services[name]!;
-      const urls = service.grpcUrl ?? service.url;
-      const origins = (typeof urls === 'string' ? [urls] : urls).map((each) => new URL(each).origin);
-      pool = createUpstreamPool({ service: name, origins, ejectAfterFailures: service.ejectAfterFailures, ejectMs: service.ejectMs, metrics });
-      pools.set(name, pool);
-    }
-    return pool;
-  };
+export function compileGrpcRoutes(config: GatewayConfig, metrics?: GatewayMetrics, kept?: UpstreamPoolCache): ReadonlyMap<string, GrpcRoute> {
+  const called = new Set(config.routes.filter((route) => route.grpc).map((route) => route.service));
+  const interfaces = Object.fromEntries(
+    [...called].map((name) => {
+      const { grpcUrl, url, ejectAfterFailures, ejectMs } = config.services[name]!;
+      return [name, { url: grpcUrl ?? url, ejectAfterFailures, ejectMs }];
+    }),
+  );
+  const pools = createUpstreamPools(interfaces, metrics, kept);
   const routes = new Map<string, GrpcRoute>();
   config.routes.forEach((route, index) => {
     if (!route.grpc) return;
     try {
-      routes.set(route.name, { mapping: loadGrpcServiceMapping(route.grpc.proto, route.grpc.service), pool: poolOf(route.service), keepalive: config.services[route.service]!.keepalive });
+      routes.set(route.name, { mapping: loadGrpcServiceMapping(route.grpc.proto, route.grpc.service), pool: pools.get(route.service)!, keepalive: config.services[route.service]!.keepalive });
     } catch (error) {
       throw new Error(`config: routes.${index}.grpc: ${(error as Error).message}`, { cause: error });
     }

@@ -25,6 +25,8 @@ export interface ReadinessOptions {
 export interface ReadinessDetailsOptions extends ReadinessOptions {
   /** The pools the proxy uses, for their passive health (ejections), read live at each call. */
   pools: ReadonlyMap<string, UpstreamPool>;
+  /** The pools gRPC translation uses, by service (src/grpc/route-mappings.ts). */
+  grpcPools?: ReadonlyMap<string, UpstreamPool>;
 }
 
 /**
@@ -75,16 +77,22 @@ export function createReadiness(options: ReadinessOptions): Middleware {
  * request, and an ejection should show the moment it happens.
  */
 export function createReadinessDetails(options: ReadinessDetailsOptions): Middleware {
-  const { check, pools, stopping } = options;
+  const { check, pools, grpcPools, stopping } = options;
   return async function readyDetails(ctx) {
     if (stopping?.()) return answerStopping(ctx);
     const round = await check.current(ctx.state.requestId);
     const { ready } = summarize(round);
     const services = Object.fromEntries(
       [...pools].map(([name, pool]) => {
-        const probes = round.services.get(name) ?? new Map();
-        const instances = pool.health().map((passive) => ({ ...passive, probe: probes.get(passive.origin) ?? null }));
-        return [name, { status: isServiceUp(probes) ? 'up' : 'down', instances }];
+        // A gRPC-only service is in no round (it answers no HTTP `GET /health`): `not_probed`, not `down` beside an
+        // overall `ready` that never counted it, and its instances are its gRPC pool's (its HTTP pool carries
+        // nothing). A service with both interfaces lists its gRPC instances apart (`grpcInstances`).
+        const probes = round.services.get(name);
+        const grpcPool = grpcPools?.get(name);
+        const listed = probes === undefined && grpcPool ? grpcPool : pool;
+        const instances = listed.health().map((passive) => ({ ...passive, probe: probes?.get(passive.origin) ?? null }));
+        const status = probes === undefined ? 'not_probed' : isServiceUp(probes) ? 'up' : 'down';
+        return [name, { status, instances, ...(grpcPool && grpcPool !== listed && { grpcInstances: grpcPool.health() }) }];
       }),
     );
     answerReadiness(ctx, ready, check.cacheMs);

@@ -182,3 +182,37 @@ describe('gRPC channels across config reloads', () => {
     expect(isShutDown(currentChannel!)).toBe(false);
   });
 });
+
+// A reload compiled the gRPC routes anew, pools included: an ejected instance took traffic again at once though its
+// service's settings had not changed (the HTTP pools kept their passive health).
+describe('gRPC passive health across config reloads', () => {
+  it('keeps an unchanged service’s: an ejected instance stays ejected; a changed one starts afresh', async () => {
+    const service = await startMappingServer();
+    const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
+    const configWith = (ejectMs: number) =>
+      testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
+        services: { ...shipped.services, mapping: { url: service.url, ejectAfterFailures: 1, ejectMs } },
+        routes: [...shipped.routes, { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', timeoutMs: 1000, grpc: { proto: MAPPING_PROTO, service: MAPPING_SERVICE } }],
+      });
+    const kept = new KeptAcrossReloads();
+    const servers: TestServer[] = [];
+    const build = async (ejectMs: number) => {
+      const server = await listen(createGatewayApps(configWith(ejectMs), { logger: memoryLogger('gateway').logger, metrics: false, kept }).gateway.callback());
+      servers.push(server);
+      return server;
+    };
+    try {
+      const before = await build(60_000);
+      expect((await fetch(`${before.url}/api/mapping/slow?delayMs=3000`)).status).toBe(504);
+      const unchanged = await build(60_000);
+      const refused = await fetch(`${unchanged.url}/api/mapping/metadata`);
+      expect([refused.status, ((await refused.json()) as { code: string }).code]).toEqual([503, 'upstream_unavailable']);
+      // Other settings, another pool: its instances start healthy.
+      const changed = await build(30_000);
+      expect((await fetch(`${changed.url}/api/mapping/metadata`)).status).toBe(200);
+    } finally {
+      await Promise.all(servers.map((server) => server.close()));
+      await service.close();
+    }
+  });
+});

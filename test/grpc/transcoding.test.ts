@@ -573,6 +573,36 @@ describe('a gRPC stream that meets its deadline after its first message', () => 
   });
 });
 
+// Readiness probes a service's HTTP `GET /health`, which a gRPC-only service does not answer: it is in no probe
+// round, and the internal /ready called it `down` beside an overall status that never counted it, with the
+// instances of its HTTP pool, which carries nothing (an ejected gRPC instance read `healthy`).
+describe('the internal /ready of a gRPC-only service', () => {
+  it('says not_probed, with the instances gRPC translation calls and their passive health', async () => {
+    const service = await startMappingServer();
+    const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
+    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
+      services: { ...shipped.services, mapping: { url: service.url, ejectAfterFailures: 1 } },
+      routes: [...shipped.routes, { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', timeoutMs: 1000, grpc: { proto: MAPPING_PROTO, service: MAPPING_SERVICE } }],
+    });
+    const apps = createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false });
+    const gateway = await listen(apps.gateway.callback());
+    const admin = await listen(apps.admin.callback());
+    type Details = { services: Record<string, { status: string; instances: { origin: string; state: string; probe: unknown }[] }> };
+    const details = async () => (await (await fetch(`${admin.url}/ready`)).json()) as Details;
+    try {
+      expect((await details()).services.mapping).toEqual({ status: 'not_probed', instances: [expect.objectContaining({ origin: service.url, state: 'healthy', probe: null })] });
+      // The services it does probe still say what the probe found (nothing listens on port 9).
+      expect((await details()).services.users!.status).toBe('down');
+      expect((await fetch(`${gateway.url}/api/mapping/slow?delayMs=3000`)).status).toBe(504);
+      expect((await details()).services.mapping!.instances).toEqual([expect.objectContaining({ origin: service.url, state: 'ejected', consecutiveFailures: 1 })]);
+    } finally {
+      await gateway.close();
+      await admin.close();
+      await service.close();
+    }
+  });
+});
+
 function rawPost(origin: string, path: string, body: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const request = http.request(`${origin}/`, { method: 'POST', path, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (response) => {
