@@ -159,7 +159,10 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
         return { kind: 'method_not_allowed', route, allowed: route.methods ? [...route.methods] : [...HTTP_METHODS] };
       }
       const rest = owned.suffixed ? formatSuffix(rawPath, route.prefix) : restOf(rawPath, route.prefix);
-      return { kind: 'matched', route, upstreamPath: route.upstreamPath + rest || '/' };
+      const upstreamPath = route.upstreamPath + rest;
+      // A suffix on a route to the service's root (`upstreamPath` ""): `/.json`, never `.json`, which is no target
+      // (undici refused it, and the refusal counted against the instance).
+      return { kind: 'matched', route, upstreamPath: upstreamPath.startsWith('/') ? upstreamPath : `/${upstreamPath}` };
     },
   };
 }

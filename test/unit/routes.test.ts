@@ -15,6 +15,7 @@ function tableOf(config: GatewayConfig): RouteTable {
 describe('route table', () => {
   const file = shippedConfigFile();
   (file.routes as unknown[]).push({ name: 'orders-admin', prefix: '/api/orders/admin', service: 'orders', upstreamPath: '/admin/orders', timeoutMs: 1234 });
+  (file.routes as unknown[]).push({ name: 'root', prefix: '/api/root', service: 'orders', upstreamPath: '' });
   const config = parseConfig(file);
   const table = tableOf(config);
   const matched = (path: string, method = 'GET') => {
@@ -36,6 +37,10 @@ describe('route table', () => {
     { desc: 'the shorter prefix otherwise', method: 'GET', path: '/api/orders/7', route: 'orders', upstream: '/orders/7' },
     { desc: 'an exact route', method: 'POST', path: '/api/auth/register', route: 'register', upstream: '/users' },
     { desc: 'encoded bytes kept as sent', method: 'GET', path: '/api/users/john%20doe', route: 'users', upstream: '/users/john%20doe' },
+    { desc: 'a format suffix on a route to the service root', method: 'GET', path: '/api/root.json', route: 'root', upstream: '/.json' },
+    { desc: 'a format suffix and a trailing slash on a route to the service root', method: 'GET', path: '/api/root.json/', route: 'root', upstream: '/.json/' },
+    { desc: 'a route to the service root', method: 'GET', path: '/api/root', route: 'root', upstream: '/' },
+    { desc: 'below a route to the service root', method: 'GET', path: '/api/root/x', route: 'root', upstream: '/x' },
   ])('matches $desc', ({ path, method, route, upstream }) => {
     const match = matched(path, method);
     expect(match?.route.name).toBe(route);
@@ -262,6 +267,27 @@ describe('route decisions (property-based)', () => {
         const takes = !owner.methods || owner.methods.has(method === 'HEAD' ? 'GET' : method);
         expect(decision.kind).toBe(takes ? 'matched' : 'method_not_allowed');
       }),
+      PROPERTY_RUNS,
+    );
+  });
+
+  // A route whose upstream path is empty (the service's root) sent a suffixed path on as `.json`: no target at all,
+  // undici refused it, and the refusal was counted against the instance (three such requests ejected it).
+  it('sends every request it matches a target that starts with `/`, suffixed or not, whatever the upstream path', () => {
+    fc.assert(
+      fc.property(
+        generatedConfig,
+        canonicalRequest,
+        fc.constantFrom('', '.json', '.v1.json', '%2Ejson'),
+        fc.boolean(),
+        fc.boolean(),
+        (config, { segments, method }, suffix, trailingSlash, emptyUpstream) => {
+          const routes = emptyUpstream ? config.routes.map((route) => ({ ...route, upstreamPath: '' })) : config.routes;
+          const table = tableOf({ ...config, routes });
+          const match = table.match(`/${segments.join('/')}${suffix}${trailingSlash ? '/' : ''}`, method);
+          if (match?.kind === 'matched') expect(match.upstreamPath.startsWith('/')).toBe(true);
+        },
+      ),
       PROPERTY_RUNS,
     );
   });
