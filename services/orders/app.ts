@@ -47,7 +47,8 @@ export const DEFAULT_ORDER_STORE_LIMITS: BoundedStoreLimits = { maxPerOwner: 100
 
 const newOrder = z.object({
   items: z
-    .array(z.object({ sku: z.string().trim().min(1).max(64), quantity: z.int().min(1).max(1000) }))
+    // The sku bounded as sent, then trimmed: a trimmed string can be V8's view of the whole one it came from.
+    .array(z.object({ sku: z.string().max(64).trim().min(1), quantity: z.int().min(1).max(1000) }))
     .min(1)
     .max(100),
 });
@@ -126,6 +127,9 @@ export function createApp(options: OrdersAppOptions): Koa {
     // Notifications go to users (notification-service keeps them per user).
     if (owner.kind === 'user') await notify(order, owner.user.id, requestId, identity);
     ctx.status = 201;
+    // The new order's URL (RFC 9110 15.3.2), absolute with the Host this instance was asked by: the gateway makes it
+    // the public one (`/api/orders/<id>`) and drops any stored copy of it. Relative, it would pass as it is.
+    ctx.set('Location', `${ctx.protocol}://${ctx.host}/orders/${order.id}`);
     ctx.body = order;
   });
 

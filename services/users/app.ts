@@ -19,7 +19,9 @@ export interface UsersAppOptions {
 }
 
 const registration = z.object({
-  name: z.string().trim().min(1).max(100),
+  // Bounded as sent, then trimmed: bounded after the trim, a name padded with a megabyte of spaces was stored as the
+  // trimmed view V8 keeps of the whole padded string (a sliced string), a megabyte per account.
+  name: z.string().max(100).trim().min(1),
   email: z.email().max(CREDENTIAL_LIMITS.emailMaxLength),
   password: z.string().min(8, 'must be at least 8 characters').max(CREDENTIAL_LIMITS.passwordMaxLength),
 });

@@ -72,6 +72,8 @@ describe('the classic flow through the gateway', () => {
     expect(created.status).toBe(201);
     const order = (await created.json()) as { id: string; userId: string };
     expect(order.userId).toBe('2');
+    // The service names the new order at its own address; the client is told the public URL (RFC 9110 15.3.2).
+    expect(created.headers.get('location')).toBe(`${stack.gateway.url}/api/orders/${order.id}`);
     const requestId = created.headers.get(HEADER.requestId);
     // The direct call carried the same request id and identity.
     expect(stack.users.requests.find((r) => r.url === '/users/2' && r.headers[HEADER.requestId] === requestId)?.headers[HEADER.userId]).toBe('2');

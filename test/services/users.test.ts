@@ -54,6 +54,7 @@ describe('user-service on its own', () => {
       { desc: 'a missing name', body: JSON.stringify({ email: 'x1@example.com', password: 'long enough' }), contentType: 'application/json', status: 400, code: 'invalid_body' },
       { desc: 'a blank name', body: JSON.stringify({ name: '   ', email: 'x2@example.com', password: 'long enough' }), contentType: 'application/json', status: 400, code: 'invalid_body' },
       { desc: 'a name over 100 characters', body: JSON.stringify({ name: 'n'.repeat(101), email: 'x3@example.com', password: 'long enough' }), contentType: 'application/json', status: 400, code: 'invalid_body' },
+      { desc: 'a name over 100 characters as sent, though not once trimmed', body: JSON.stringify({ name: `${' '.repeat(10_000)}Dana`, email: 'x3b@example.com', password: 'long enough' }), contentType: 'application/json', status: 400, code: 'invalid_body' },
       { desc: 'a malformed email', body: JSON.stringify({ name: 'X', email: 'not-an-email', password: 'long enough' }), contentType: 'application/json', status: 400, code: 'invalid_body' },
       { desc: 'a missing email', body: JSON.stringify({ name: 'X', password: 'long enough' }), contentType: 'application/json', status: 400, code: 'invalid_body' },
       { desc: 'a password under 8 characters', body: JSON.stringify({ name: 'X', email: 'x4@example.com', password: 'short' }), contentType: 'application/json', status: 400, code: 'invalid_body' },
