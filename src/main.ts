@@ -259,7 +259,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
       LISTENER_KEYS.redirect,
       config.host,
       redirectHttpPort,
-      listenHttpsRedirect({ port: redirectHttpPort, host: config.host, httpsPort: Number(new URL(url).port || 443), allowedHosts: config.allowedHosts, health: live.listener, timeouts, connections: publicConnections() }),
+      listenHttpsRedirect({ port: redirectHttpPort, host: config.host, httpsPort: Number(new URL(url).port || 443), allowedHosts: () => live.active().config.allowedHosts, health: live.listener, timeouts, connections: publicConnections() }),
     );
     logger.info('https redirect listener started', { url: redirectListener.url, redirectsTo: url });
   }

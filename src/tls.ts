@@ -496,8 +496,11 @@ export interface RedirectListenerOptions {
   host: string;
   /** The HTTPS port named in `Location` (omitted when 443). */
   httpsPort: number;
-  /** Host names served (config `allowedHosts`); other hosts get 421 rather than a redirect to them. Any when absent. */
-  allowedHosts?: readonly string[];
+  /**
+   * Host names served (config `allowedHosts`); other hosts get 421 rather than a redirect to them. Any when absent.
+   * A function is read per request: the running config's, which a reload may change.
+   */
+  allowedHosts?: readonly string[] | (() => readonly string[] | undefined);
   /** Answers `/health` on this listener too (load balancers probe the plain port). */
   health: http.RequestListener;
   timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
@@ -519,9 +522,21 @@ const HOST_AND_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Z
  * `allowedHosts` says which), so the redirect never points a client at a name it did not reach us by.
  */
 export async function listenHttpsRedirect(options: RedirectListenerOptions): Promise<RedirectListener> {
-  const matches = options.allowedHosts === undefined ? undefined : createHostMatcher(options.allowedHosts);
+  const { allowedHosts } = options;
+  // One matcher per list (a config's is frozen: the same array until a reload replaces it). Built once at start,
+  // a reload's hosts were refused here (421) while HTTPS served them, and removed ones still redirected.
+  let matcherOf: { hosts: readonly string[]; matches: ReturnType<typeof createHostMatcher> } | undefined;
+  const matcher = () => {
+    const hosts = typeof allowedHosts === 'function' ? allowedHosts() : allowedHosts;
+    if (hosts === undefined) return undefined;
+    if (matcherOf?.hosts !== hosts) matcherOf = { hosts, matches: createHostMatcher(hosts) };
+    return matcherOf.matches;
+  };
   // The matcher takes an IPv6 address without brackets; the Location keeps them.
-  const allowed = (hostname: string) => matches === undefined || matches(hostname.replace(/^\[(.*)\]$/, '$1'));
+  const allowed = (hostname: string) => {
+    const matches = matcher();
+    return matches === undefined || matches(hostname.replace(/^\[(.*)\]$/, '$1'));
+  };
   const portSuffix = options.httpsPort === 443 ? '' : `:${options.httpsPort}`;
 
   const redirect: http.RequestListener = (req, res) => {

@@ -1651,6 +1651,21 @@ describe('the HTTPS redirect listener', () => {
     expect(reply.headers.location).toBe(location);
   });
 
+  // main.ts gives the running config's list: built once at start, a reload's new host got 421 here while HTTPS
+  // served it, and a removed one was still redirected.
+  it('takes the hosts a reload allows, and refuses the ones it removed', async () => {
+    let hosts: readonly string[] = ['api.example.com'];
+    const reloadable = await listenHttpsRedirect({ port: 0, host: '127.0.0.1', httpsPort: 443, allowedHosts: () => hosts, health, timeouts: TIMEOUTS });
+    try {
+      const statuses = async () => [(await plainRequest(reloadable.url, '/', { host: 'api.example.com' })).status, (await plainRequest(reloadable.url, '/', { host: 'new.example.com' })).status];
+      expect(await statuses()).toEqual([308, 421]);
+      hosts = ['new.example.com'];
+      expect(await statuses()).toEqual([421, 308]);
+    } finally {
+      await reloadable.close();
+    }
+  });
+
   it('answers /health itself (load balancers probe the plain port)', async () => {
     const reply = await plainRequest(redirect.url, '/health');
     expect(reply.status).toBe(200);
