@@ -595,6 +595,10 @@ const configSchema = z
     }
     const seenNames = new Set<string>();
     const reservedPaths = new Set<string>([config.auth.loginPath, '/health', '/ready'].map((reserved) => reserved.toLowerCase()));
+    // The probes answer before login (src/gateway.ts): a login at one of their paths could never be reached.
+    if (['/health', '/ready'].includes(config.auth.loginPath.toLowerCase())) {
+      ctx.addIssue({ code: 'custom', path: ['auth', 'loginPath'], message: 'is a probe path (/health, /ready), answered before login: no login could reach it', input: config.auth.loginPath });
+    }
     const seenPrefixes = new Set<string>();
     config.routes.forEach((route, index) => {
       if (!(route.service in config.services)) {

@@ -124,6 +124,9 @@ describe('gateway config', () => {
     { desc: 'a service URL that is a number, naming what it must be', patch: (file: any) => (file.services.orders.url = 4002), message: /^config: services\.orders\.url: must be an http\(s\) URL, or a non-empty list of them \(got 4002\)$/ },
     { desc: 'a route cors of true, naming what it must be', patch: (file: any) => (file.routes[1].cors = true), message: /^config: routes\.1\.cors: must be a CORS policy .* or false \(got true\)$/ },
     { desc: 'no users service', patch: (file: any) => delete file.services.users, message: /^config: services\.users: is required/ },
+    // The probes answer first: every POST there got 405, and no login was possible.
+    { desc: 'a login path that is a probe', patch: (file: any) => (file.auth.loginPath = '/ready'), message: /^config: auth\.loginPath: is a probe path/ },
+    { desc: 'a login path that is a probe in another case', patch: (file: any) => (file.auth.loginPath = '/Health'), message: /^config: auth\.loginPath: is a probe path/ },
     // The cluster primary refused a worker's cache invalidations naming it, so the other workers kept stale copies.
     { desc: 'a route name longer than a worker may name to the cluster primary', patch: (file: any) => (file.routes[1].name = `items-${'a'.repeat(MAX_ROUTE_NAME_LENGTH)}`), message: /^config: routes\.1\.name: must be at most 256 characters \(got "items-a+\.\.\.\)/ },
     {
