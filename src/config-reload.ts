@@ -19,7 +19,9 @@ import type { UpstreamPoolCache } from './upstream-pool';
  * Keys a reload cannot apply: they shape what start-up made once (listeners, processes, the logger, the Redis
  * client). A reload keeps their running values and names them as waiting for a restart.
  */
-export const RESTART_ONLY_KEYS: readonly string[] = ['port', 'host', 'workers', 'tls', 'admin', 'metrics', 'server', 'logLevel', 'rateLimit.redisUrl', 'rateLimit.redisTimeoutMs'];
+// `rateLimit.maxTrackedClients` bounds the memory windows a reload keeps (and the cluster primary's ledger and the
+// workers' lease tables): taken as reloaded, it answered `reloaded` with nothing pending while the old bound stayed.
+export const RESTART_ONLY_KEYS: readonly string[] = ['port', 'host', 'workers', 'tls', 'admin', 'metrics', 'server', 'logLevel', 'rateLimit.redisUrl', 'rateLimit.redisTimeoutMs', 'rateLimit.maxTrackedClients'];
 
 /**
  * The configuration's version: 12 hex digits of SHA-256 over the validated config. The JWT secret and the signing key are left out:

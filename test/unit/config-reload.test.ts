@@ -62,6 +62,16 @@ describe('keepRestartOnly', () => {
     expect(keepRestartOnly(parse(), next)).toEqual({ config: next, pendingRestart: [] });
   });
 
+  // The windows a reload keeps, the primary's ledger and the workers' lease tables keep the bound they were made with:
+  // applied, the reload said `reloaded` with nothing pending while the old bound stayed.
+  it('keeps the running bound of the memory windows and names it', () => {
+    const running = parse();
+    const next = parse({ rateLimit: { max: 5, windowMs: 1000, maxTrackedClients: 10 } });
+    const { config, pendingRestart } = keepRestartOnly(running, next);
+    expect(pendingRestart).toEqual(['rateLimit.maxTrackedClients']);
+    expect(config.rateLimit).toMatchObject({ max: 5, windowMs: 1000, maxTrackedClients: running.rateLimit.maxTrackedClients });
+  });
+
   it('covers the listeners, the processes and the Redis connection', () => {
     expect(RESTART_ONLY_KEYS).toEqual(expect.arrayContaining(['port', 'host', 'workers', 'admin', 'metrics', 'rateLimit.redisUrl']));
   });
