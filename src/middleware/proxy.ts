@@ -174,13 +174,6 @@ export function createProxy(options: ProxyOptions): Middleware {
         touches++;
         idle?.refresh();
       };
-      /**
-       * The client has not sent its whole body and the gateway is not pausing it (back-pressure from a service
-       * that is not reading): a silence then is the client's, whatever the service does. Counted against the
-       * instance, a client that stopped mid-upload (its bytes already over the minimum rate) had a service ejected:
-       * three such requests took the only instance out (issue 12, thirty-fifth session's review).
-       */
-      const clientOwesBody = () => withBody && !req.complete && !req.isPaused();
       /** The service answered, and its answer waits for `ctx.state.holdResponse` before it goes on. */
       let held = false;
       /** When the hold began (performance.now()), and whether the deadline came while it lasted. */
@@ -262,7 +255,7 @@ export function createProxy(options: ProxyOptions): Middleware {
         setImmediate(() => setImmediate(() => {
           if (settled || touches !== seen) return;
           if (upstream && (backedUp || held)) return void idle!.refresh();
-          if (upstream && clientOwesBody()) {
+          if (upstream && withBody && clientOwesBody(req)) {
             exchange.bodyStalled = true;
             return void cut(`no byte of the request body for ${route.timeoutMs} ms`, 'request_timeout');
           }
@@ -486,7 +479,7 @@ export function createProxy(options: ProxyOptions): Middleware {
             exchange.failure ??= failure;
             // undici's own idle timer (its backstop) judged as the gateway's does: a body the client still owes is its silence.
             if (TIMEOUT_CODES.has((failure as NodeJS.ErrnoException).code ?? '')) {
-              if (clientOwesBody()) exchange.bodyStalled = true;
+              if (withBody && clientOwesBody(req)) exchange.bodyStalled = true;
               else exchange.timedOut = true;
             }
             if (exchange.status === undefined) {
@@ -682,6 +675,16 @@ const MAX_RETRIES = 2;
 const IDEMPOTENT_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 /** Outcomes that count against an instance's passive health. */
 const INSTANCE_FAILURES = new Set<UpstreamOutcome>(['refused', 'reset', 'timeout', 'aborted_by_upstream']);
+
+/**
+ * The client has not sent its whole body and the gateway is not pausing it (back-pressure from a service that is
+ * not reading): a silence then is the client's, whatever the service does. Counted against the instance, a client
+ * that stopped mid-upload (its bytes already over the minimum rate) had the service's instance ejected: three such
+ * requests took the only one out.
+ */
+function clientOwesBody(req: KoaContext['req']): boolean {
+  return !req.complete && !req.isPaused();
+}
 
 function hasBody(headers: http.IncomingHttpHeaders): boolean {
   return headers['transfer-encoding'] !== undefined || Number(headers['content-length'] ?? 0) > 0;
