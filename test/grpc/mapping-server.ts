@@ -1,8 +1,23 @@
 import * as grpc from '@grpc/grpc-js';
 import { bindGrpcServer, grpcError, grpcServiceDefinition } from '../../services/shared/grpc-service';
+import type { GatewayConfig } from '../../src/config';
+import { shippedConfigFile, testConfig } from '../helpers/test-config';
 
 export const MAPPING_PROTO = 'test/fixtures/transcoding.proto';
 export const MAPPING_SERVICE = 'koagateway.test.v1.Mapping';
+
+/**
+ * The shipped config with the mapping service at `url` (`service` adds to its entry) and one public gRPC route to
+ * it at `/api/mapping` (`route` adds to it); the shipped services point at a port nothing listens on.
+ */
+export function mappingGatewayConfig(url: string, extra: { service?: Record<string, unknown>; route?: Record<string, unknown>; config?: Record<string, unknown> } = {}): GatewayConfig {
+  const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
+  return testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
+    services: { ...shipped.services, mapping: { url, ...extra.service } },
+    routes: [...shipped.routes, { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', grpc: { proto: MAPPING_PROTO, service: MAPPING_SERVICE }, ...extra.route }],
+    ...extra.config,
+  });
+}
 
 export interface MappingServer {
   /** `http://127.0.0.1:port`, as the gateway's `services` names it. */

@@ -6,7 +6,7 @@ import { MAX_GRPC_RECONNECT_BACKOFF_MS } from '../../src/grpc/grpc-clients';
 import { freePort, listen, memoryLogger, type TestServer } from '../helpers/servers';
 import { shippedConfigFile, testConfig } from '../helpers/test-config';
 import { waitFor } from '../helpers/wait';
-import { MAPPING_PROTO, MAPPING_SERVICE, startMappingServer, type MappingServer } from './mapping-server';
+import { mappingGatewayConfig, MAPPING_PROTO, MAPPING_SERVICE, startMappingServer, type MappingServer } from './mapping-server';
 
 /** The service's passive-health window in this test, ms: HTTP routes are tried again after it. */
 const EJECT_MS = 1000;
@@ -142,12 +142,7 @@ describe('gRPC channels across config reloads', () => {
     await service.close();
   });
 
-  const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
-  const configWith = (keepalive: { timeMs: number; timeoutMs?: number }) =>
-    testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
-      services: { ...shipped.services, mapping: { url: service.url, keepalive } },
-      routes: [...shipped.routes, { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', grpc: { proto: MAPPING_PROTO, service: MAPPING_SERVICE } }],
-    });
+  const configWith = (keepalive: { timeMs: number; timeoutMs?: number }) => mappingGatewayConfig(service.url, { service: { keepalive } });
   const build = async (kept: KeptAcrossReloads, keepalive: { timeMs: number; timeoutMs?: number }) => {
     const server = await listen(createGatewayApps(configWith(keepalive), { logger: memoryLogger('gateway').logger, metrics: false, kept }).gateway.callback());
     servers.push(server);
@@ -188,12 +183,7 @@ describe('gRPC channels across config reloads', () => {
 describe('gRPC passive health across config reloads', () => {
   it('keeps an unchanged service’s: an ejected instance stays ejected; a changed one starts afresh', async () => {
     const service = await startMappingServer();
-    const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
-    const configWith = (ejectMs: number) =>
-      testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
-        services: { ...shipped.services, mapping: { url: service.url, ejectAfterFailures: 1, ejectMs } },
-        routes: [...shipped.routes, { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', timeoutMs: 1000, grpc: { proto: MAPPING_PROTO, service: MAPPING_SERVICE } }],
-      });
+    const configWith = (ejectMs: number) => mappingGatewayConfig(service.url, { service: { ejectAfterFailures: 1, ejectMs }, route: { timeoutMs: 1000 } });
     const kept = new KeptAcrossReloads();
     const servers: TestServer[] = [];
     const build = async (ejectMs: number) => {

@@ -7,7 +7,7 @@ import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory
 import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
 import { shippedConfigFile, testConfig } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
-import { MAPPING_PROTO, MAPPING_SERVICE, startMappingServer, type MappingServer } from './mapping-server';
+import { mappingGatewayConfig, MAPPING_PROTO, MAPPING_SERVICE, startMappingServer, type MappingServer } from './mapping-server';
 import { waitFor } from '../helpers/wait';
 
 /**
@@ -510,12 +510,7 @@ describe('gRPC transcoding', () => {
 describe('gRPC calls open at once, per instance', () => {
   it('answers 503 upstream_busy with Retry-After past maxSockets + maxPendingRequests open calls, and takes calls again once one ended', async () => {
     const service = await startMappingServer();
-    const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
-    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
-      services: { ...shipped.services, mapping: { url: service.url } },
-      routes: [...shipped.routes, { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', grpc: { proto: MAPPING_PROTO, service: MAPPING_SERVICE } }],
-      proxy: { maxSockets: 1, maxPendingRequests: 1 },
-    });
+    const config = mappingGatewayConfig(service.url, { config: { proxy: { maxSockets: 1, maxPendingRequests: 1 } } });
     const gateway = await listen(createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false }).gateway.callback());
     const readers: { controller: AbortController }[] = [];
     try {
@@ -546,12 +541,7 @@ describe('gRPC calls open at once, per instance', () => {
 describe('a gRPC stream that meets its deadline after its first message', () => {
   it('ends with an error line and leaves the instance in rotation, where a silent unary call takes it out', async () => {
     const service = await startMappingServer();
-    const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
-    const grpc = { proto: MAPPING_PROTO, service: MAPPING_SERVICE };
-    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
-      services: { ...shipped.services, mapping: { url: service.url, ejectAfterFailures: 1 } },
-      routes: [...shipped.routes, { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', timeoutMs: 1000, deadlineMs: 1000, grpc }],
-    });
+    const config = mappingGatewayConfig(service.url, { service: { ejectAfterFailures: 1 }, route: { timeoutMs: 1000, deadlineMs: 1000 } });
     const gateway = await listen(createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false }).gateway.callback());
     try {
       const flowing = await fetch(`${gateway.url}/api/mapping/count/10000?delayMs=20`);
@@ -579,11 +569,7 @@ describe('a gRPC stream that meets its deadline after its first message', () => 
 describe('the internal /ready of a gRPC-only service', () => {
   it('says not_probed, with the instances gRPC translation calls and their passive health', async () => {
     const service = await startMappingServer();
-    const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
-    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
-      services: { ...shipped.services, mapping: { url: service.url, ejectAfterFailures: 1 } },
-      routes: [...shipped.routes, { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', timeoutMs: 1000, grpc: { proto: MAPPING_PROTO, service: MAPPING_SERVICE } }],
-    });
+    const config = mappingGatewayConfig(service.url, { service: { ejectAfterFailures: 1 }, route: { timeoutMs: 1000 } });
     const apps = createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false });
     const gateway = await listen(apps.gateway.callback());
     const admin = await listen(apps.admin.callback());
