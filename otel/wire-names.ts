@@ -307,6 +307,12 @@ export const FOREIGN_IDENTITY_HEADER_PREFIXES = [
 export const CREDENTIAL_LIMITS = { emailMaxLength: 254, passwordMaxLength: 128 } as const;
 
 /**
+ * The problem code a service answers a request whose gateway signature fails with (401): the gateway's login reads
+ * it as a deployment fault (keys or clocks apart), never as a wrong password.
+ */
+export const SIGNATURE_REFUSED_CODE = 'gateway_signature_invalid';
+
+/**
  * What a token's identity claims must be for the gateway to pass them on as identity headers (src/tokens.ts), and
  * so what a caller id is wherever a service takes one in a body (notification-service's `userId`): printable
  * ASCII, no space at either end (a header value loses it on the way, RFC 9110 5.5: `alice ` would reach the

@@ -6,7 +6,7 @@ import Koa, { type Context } from 'koa';
 import { request, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
-import { AUTH_REALM, HEADER } from '../../otel/wire-names';
+import { AUTH_REALM, HEADER, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
 import { describeFirstIssue } from './input-limits';
 import { SIGNED_HEADERS, verifyGatewaySignature, type GatewaySigner, type SignatureProblem, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 import { mintRequestId } from '../../src/middleware/request-id';
@@ -253,7 +253,7 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     app.use(function requireGatewaySignature(ctx, next) {
       // Over the request as it arrived: a signature made for another method or target does not verify.
       const problem = refusedSignatures.get(ctx);
-      if (problem) throw new ServiceError(401, 'gateway_signature_invalid', `This service answers only requests signed by the gateway (signature ${problem}).`);
+      if (problem) throw new ServiceError(401, SIGNATURE_REFUSED_CODE, `This service answers only requests signed by the gateway (signature ${problem}).`);
       return next();
     });
   }

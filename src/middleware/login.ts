@@ -4,7 +4,7 @@ import { context, type Tracer } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
 import { request, type Dispatcher } from 'undici';
 import type { Logger } from '../../otel/logger';
-import { CREDENTIAL_LIMITS, HEADER } from '../../otel/wire-names';
+import { CREDENTIAL_LIMITS, HEADER, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
 import type { AuthenticatedUser } from '../context';
 import { DEFAULT_RETRY_AFTER_SECONDS, GatewayError, invalidJsonBody, isGatewayError, upstreamFailure, type ErrorCode } from '../errors';
 import type { TokenService } from '../tokens';
@@ -113,9 +113,16 @@ const ACCEPTED_CODINGS = 'gzip, deflate, br';
 /** Statuses of the credential check that say its endpoint is missing, not that the request was wrong. */
 const CHECK_MISSING = new Set([404, 405]);
 
-function refusal(response: Dispatcher.ResponseData): GatewayError {
+/** `upstreamCode`: the `code` of the check's problem body, when it had one. */
+function refusal(response: Dispatcher.ResponseData, upstreamCode: string | undefined): GatewayError {
   if (CHECK_MISSING.has(response.statusCode)) {
     return new GatewayError('upstream_bad_response', `The users service answered the credential check with ${response.statusCode}: is it a version without the check?`);
+  }
+  // A 401 is a wrong password unless it refused the gateway's signature (the gateway's and the service's signing
+  // keys, or clocks, apart): read as one, every login was "wrong password", nothing logged, each attempt spending the
+  // account's limit, until real users were locked out at 429.
+  if (response.statusCode === 401 && upstreamCode === SIGNATURE_REFUSED_CODE) {
+    return new GatewayError('upstream_bad_response', `The users service refused the gateway's credential check itself (401 ${upstreamCode}): are their signing keys or clocks apart?`);
   }
   const { code, detail } = REFUSALS[response.statusCode] ?? { code: 'bad_request' as const, detail: 'The login request was refused.' };
   if (code === 'invalid_credentials') return new GatewayError(code, detail, { headers: LOGIN_CHALLENGE });
@@ -214,15 +221,12 @@ export function createLogin(options: LoginOptions): Middleware[] {
     endUpstreamSpan(span, 'ok', status);
     options.users.reportSuccess(instance);
     if (status >= 400 && status < 500) {
-      const refused = refusal(response);
+      const problem = (await body.json().catch(() => undefined)) as { code?: unknown } | null | undefined;
+      const upstreamCode = typeof problem?.code === 'string' ? problem.code.slice(0, 64) : undefined;
+      const refused = refusal(response, upstreamCode);
       // A wrong password is routine (the access log has it); any other refusal means the gateway passed
       // something user-service would not take, worth a look but not an error of ours.
-      if (refused.code !== 'invalid_credentials') {
-        const problem = (await body.json().catch(() => undefined)) as { code?: unknown } | undefined;
-        options.logger.warn('credential check refused the login', { status, upstream_code: typeof problem?.code === 'string' ? problem.code.slice(0, 64) : undefined, code: refused.code });
-      } else {
-        await body.dump();
-      }
+      if (refused.code !== 'invalid_credentials') options.logger.warn('credential check refused the login', { status, upstream_code: upstreamCode, code: refused.code });
       throw refused;
     }
     // Read once: a body json() has consumed is not dumped too.

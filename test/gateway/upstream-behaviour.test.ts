@@ -67,6 +67,8 @@ describe('login when the users service answers the credential check badly', () =
     { desc: '200 with JSON null', status: 200, contentType: 'application/json', body: 'null' },
     { desc: '500 with an error page', status: 500, contentType: 'text/plain', body: 'UPSTREAM-SECRET stack trace' },
     { desc: '404 (an older users service without the check)', status: 404, contentType: 'application/json', body: '{"code":"not_found","detail":"UPSTREAM-SECRET"}' },
+    // Signing keys or clocks apart: it was "wrong password" for every login, nothing logged.
+    { desc: '401 refusing the gateway\'s signature', status: 401, contentType: 'application/problem+json', body: '{"code":"gateway_signature_invalid","detail":"UPSTREAM-SECRET"}' },
   ])('answers 502 upstream_bad_response with the request id, and no token, when the credential check answers $desc', async (row) => {
     Object.assign(state, row);
     const response = await fetch(`${stack.gateway.url}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
@@ -78,6 +80,16 @@ describe('login when the users service answers the credential check badly', () =
     expect(body).not.toHaveProperty('token');
     // ... but nothing the upstream said travels to the client.
     expect(text).not.toContain('UPSTREAM-SECRET');
+  });
+
+  it.each([
+    { desc: 'naming invalid_credentials', contentType: 'application/problem+json', body: '{"code":"invalid_credentials","detail":"UPSTREAM-SECRET"}' },
+    { desc: 'with no problem body (a users service of the team\'s own)', contentType: 'text/plain', body: 'UPSTREAM-SECRET' },
+  ])('still answers a 401 $desc as a wrong password (401 invalid_credentials, with its challenge)', async (row) => {
+    Object.assign(state, { status: 401, ...row });
+    const response = await fetch(`${stack.gateway.url}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wrong' }) });
+    expect(response.headers.get('www-authenticate')).toMatch(/^Bearer /);
+    await expectProblem(response, 401, 'invalid_credentials');
   });
 });
 
