@@ -171,17 +171,26 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
   rejection.record();
 }
 
-/** Writes a server problem (with `requestId`, else a minted one) on a socket no HTTP response owns, and ends it. */
+/**
+ * Writes a server problem (with `requestId`, else a minted one) on a socket no HTTP response owns, and ends it; the
+ * socket is destroyed ANSWERED_LINGER_MS later. Node's server keeps a socket open after its own end until the client
+ * closes too (half-open), and nothing else watched these: a client that read the 400 or 408 and never closed held
+ * its connection slot (and its client address's) for good, and made shutdown wait its whole drain bound.
+ */
 function endWithProblem(socket: Socket, problem: ServerProblem, requestId?: string): void {
   const { body, headers } = problemAnswer(requestId, problem);
   const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
   socket.end(`HTTP/1.1 ${problem.status} ${problem.title}\r\n${head}\r\n${body}`);
+  // A timer, not the socket's idle timeout: bytes the client keeps sending would restart that one.
+  const linger = setTimeout(() => socket.destroy(), ANSWERED_LINGER_MS);
+  linger.unref();
+  socket.once('close', () => clearTimeout(linger));
 }
 
 const CONNECT_REFUSED: ServerProblem = { status: 405, title: 'Method not allowed', code: 'method_not_allowed', detail: 'The gateway opens no tunnels (CONNECT).', headers: { Allow: HTTP_METHODS.join(', ') } };
 
-/** How long a refused CONNECT's connection stays open for its answer to be read, ms. */
-const CONNECT_LINGER_MS = 1000;
+/** How long a connection the gateway answered itself and ended stays open for its answer to be read, ms. */
+const ANSWERED_LINGER_MS = 1000;
 
 /**
  * An HTTP/1 CONNECT (a request for a tunnel, RFC 9110 9.3.6) never reaches the pipeline: Node hands its socket
@@ -214,7 +223,6 @@ function refuseConnect(request: http.IncomingMessage, socketOrResponse: Socket |
   if (!socket.writable) return void socket.destroy();
   const rejection = recordRejected(refused, socket);
   endWithProblem(socket, answering(refusal, rejection), rejection.requestId);
-  socket.setTimeout(CONNECT_LINGER_MS, () => socket.destroy());
   rejection.record();
 }
 
