@@ -163,7 +163,16 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
   // The headers the pipeline set so far stay (traceresponse, HSTS, CORS), as on any error it answers. The
   // pipeline then finds its response ended (Koa's respond and the error handler leave it alone) and the
   // request aborted.
-  if (inFlight) return void answerProblem(inFlight, problem);
+  if (inFlight?.hasHeader(HEADER.requestId)) return void answerProblem(inFlight, problem);
+  // A request whose pipeline has not begun (the public listener runs it a turn later: src/request-arrival.ts) broke
+  // in the read that brought its head: recorded here, as a refusal of the parser's, and its pipeline never runs
+  // (handleAfterTurn finds it answered). Answered with an id none of its records had, it then ran on the ended
+  // response and failed setting its first header ('unhandled gateway error'), its span never ended.
+  if (inFlight) {
+    const rejection = recordRejected({ status: problem.status, code: problem.code, method: inFlight.req.method }, socket);
+    answerProblem(inFlight, answering(problem, rejection), rejection.requestId);
+    return void rejection.record();
+  }
   // A connection that never sent a byte (a browser's or a balancer's pre-connect) timed out: no request to record.
   if (socket.bytesRead === 0) return void endWithProblem(socket, problem);
   const rejection = recordRejected({ status: problem.status, code: problem.code, method: problem.code === METHOD_NOT_IMPLEMENTED.code ? requestLineMethod(error) : undefined }, socket);

@@ -20,8 +20,17 @@ type ArrivedRequest = IncomingMessage & { [ARRIVED_AT]?: number };
 export function handleAfterTurn(handle: RequestListener): RequestListener {
   return (request: ArrivedRequest, response: ServerResponse) => {
     request[ARRIVED_AT] = performance.now();
-    setImmediate(handle, request, response);
+    setImmediate(runUnlessAnswered, handle, request, response);
   };
+}
+
+/**
+ * A request the server answered while it waited for its turn (a bad chunk in the read that brought its head: 400,
+ * recorded by otel/lifecycle.ts as the parser's refusals are) is not run: its pipeline would set headers on an
+ * answer already sent.
+ */
+function runUnlessAnswered(handle: RequestListener, request: IncomingMessage, response: ServerResponse): void {
+  if (!response.headersSent) handle(request, response);
 }
 
 /** When `request` arrived (handleAfterTurn), as a performance.now() reading; now, for one handed over directly. */

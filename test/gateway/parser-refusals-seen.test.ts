@@ -4,6 +4,7 @@ import { ATTR_ERROR_TYPE, ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_REQUEST_METHOD_ORI
 import { runServer, type RejectedRequest, type RunningServer } from '../../otel/lifecycle';
 import { ACCESS_LINE_FIELDS, ACCESS_LINE_MESSAGE, ATTR, LOG_FIELD } from '../../otel/wire-names';
 import { createGateway } from '../../src/gateway';
+import { handleAfterTurn } from '../../src/request-arrival';
 import { createGatewayMetrics } from '../../src/metrics';
 import { rejectedRequestMetrics } from '../../src/middleware/request-metrics';
 import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
@@ -175,6 +176,38 @@ describe('a refusal when nothing records spans (no SDK)', () => {
       await waitFor(() => lines.some((line) => line.message === ACCESS_LINE_MESSAGE), 'the access-log line');
     } finally {
       await gateway.close();
+    }
+  });
+});
+
+/**
+ * The public listener runs each pipeline a turn after its request arrived (src/request-arrival.ts, as main.ts serves).
+ * A bad chunk in the read that brought the head was answered 400 before the pipeline began: with an id no record
+ * had, and the pipeline then ran on the ended response and failed setting its first header (`unhandled gateway
+ * error`), its SERVER span never ended.
+ */
+describe('a body that breaks in the read that brought its head, its pipeline a turn away', () => {
+  it('is answered and recorded once, under the id the answer carries, and its pipeline does not run', async () => {
+    const tracing = startInMemoryTracing();
+    const { logger, lines } = memoryLogger('gateway');
+    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' });
+    const app = createGateway(config, { logger, tracer: tracing.tracer });
+    const gateway = await runServer({ app: { callback: () => handleAfterTurn(app.callback()) }, name: 'gateway', port: 0, host: '127.0.0.1', logger, tracer: tracing.tracer });
+    try {
+      const answer = await exchange(gateway.url, `POST /api/orders HTTP/1.1\r\nHost: ${new URL(gateway.url).host}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabcd\r\n`);
+      expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+      const requestId = /\r\nX-Request-Id: ([0-9a-f]{32})\r\n/.exec(answer)?.[1];
+      expect(requestId).toBeDefined();
+      await waitFor(() => lines.some((line) => line.message === ACCESS_LINE_MESSAGE), 'the access-log line');
+      expect(lines.filter((line) => line.message === ACCESS_LINE_MESSAGE).map((line) => [line.request_id, line.status, line.method])).toEqual([[requestId, 400, 'POST']]);
+      await waitFor(() => tracing.spans().some((span) => span.kind === SpanKind.SERVER), 'the SERVER span');
+      expect(tracing.spans().filter((span) => span.kind === SpanKind.SERVER).map((span) => span.attributes[ATTR.requestId])).toEqual([requestId]);
+      // Given a turn to run, the pipeline would have failed on the answered response by now.
+      await new Promise((resolve) => setImmediate(() => setImmediate(resolve)));
+      expect(lines.filter((line) => line.level === 'error')).toEqual([]);
+    } finally {
+      await gateway.close();
+      await tracing.shutdown();
     }
   });
 });
