@@ -38,7 +38,8 @@ const WRAPPERS: Readonly<Record<string, string>> = {
 const INT64_RANGE = { signed: [-(2n ** 63n), 2n ** 63n - 1n], unsigned: [0n, 2n ** 64n - 1n] } as const;
 /** Duration limits of google/protobuf/duration.proto (about 10 000 years), s. */
 const MAX_DURATION_SECONDS = 315_576_000_000n;
-const TIMESTAMP = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$/i;
+/** RFC 3339 as google/protobuf/timestamp.proto takes it: `T` and `Z` upper case (the conformance suite refuses `t`, `z`). */
+const TIMESTAMP = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$/;
 const DURATION = /^(-)?(\d+)(?:\.(\d{1,9}))?s$/;
 /** RFC 8259's number grammar: the only text the mapping reads as a float or double. */
 const JSON_NUMBER = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$/;
@@ -153,7 +154,8 @@ function objectFromJson(type: protobuf.Type, json: unknown, where: string, depth
     // `display_name` and `displayName` are one field: the later would silently win, over a path variable too.
     if (seen.has(field.name)) throw new JsonMappingError(`${where}.${field.name} is set twice`);
     seen.add(field.name);
-    if (value === null && !isValueType(field)) continue;
+    // null is the field's default, but for a single google.protobuf.Value, where it is the NULL_VALUE it names.
+    if (value === null && !(isValueType(field) && !field.repeated && !(field instanceof protobuf.MapField))) continue;
     result[field.name] = fieldFromJson(field, value, `${where}.${field.name}`, depth);
   }
   // Two members of one oneof would both go on the wire and the service would take whichever it read last.
@@ -220,13 +222,17 @@ function fieldFromJson(field: protobuf.Field, value: unknown, where: string, dep
     if (!isPlainObject(value)) throw new JsonMappingError(`${where} must be an object`);
     // Any string is a map key, "__proto__" too: fromEntries makes each an own property, where `entries[key] =`
     // on a plain object would set that one's prototype and drop the entry without a word.
-    return Object.fromEntries(
-      Object.entries(value).map(([key, item]) => {
-        wellFormed(key, `${where} key`);
-        if (field.keyType !== 'string') scalarFromJson(field.keyType, field.keyType === 'bool' ? key === 'true' || (key === 'false' ? false : key) : key, `${where} key`);
-        return [key, singleFromJson(field, item, `${where}.${truncate(key)}`, depth)];
-      }),
-    );
+    const entries = Object.entries(value).map(([key, item]): [string, unknown] => {
+      wellFormed(key, `${where} key`);
+      if (field.keyType !== 'string') scalarFromJson(field.keyType, field.keyType === 'bool' ? key === 'true' || (key === 'false' ? false : key) : key, `${where} key`);
+      // An integer key in its one decimal spelling: protobufjs reads an 8-character 64-bit key that is not one
+      // (`01234567`) as a binary hash, another number, and `1` and `01` would go as two entries for one key.
+      const canonical = field.keyType === 'string' || field.keyType === 'bool' ? key : BigInt(key).toString();
+      return [canonical, singleFromJson(field, item, `${where}.${truncate(key)}`, depth)];
+    });
+    const keys = new Set(entries.map(([key]) => key));
+    if (keys.size !== entries.length) throw new JsonMappingError(`${where} names one key twice`);
+    return Object.fromEntries(entries);
   }
   if (field.repeated) {
     if (!Array.isArray(value)) throw new JsonMappingError(`${where} must be an array`);
@@ -240,7 +246,9 @@ function singleFromJson(field: protobuf.Field, value: unknown, where: string, de
   if (resolved instanceof protobuf.Type) return objectFromJson(resolved, value, where, depth + 1);
   if (resolved instanceof protobuf.Enum) {
     if (typeof value === 'string' && Object.hasOwn(resolved.values, value)) return value;
-    if (typeof value === 'number' && Number.isInteger(value) && Object.values(resolved.values).includes(value)) return value;
+    // Proto3 enums are open: a number the proto does not name is kept and sent on (the conformance suite's
+    // EnumFieldUnknownValue), as answers with one are written as that number.
+    if (typeof value === 'number' && Number.isInteger(value) && value >= -(2 ** 31) && value < 2 ** 31) return value;
     throw new JsonMappingError(`${where} must be one of ${Object.keys(resolved.values).join(', ')}`);
   }
   return scalarFromJson(field.type, value, where);
@@ -407,6 +415,12 @@ function wellKnownToJson(type: protobuf.Type, object: Record<string, unknown>, d
     case '.google.protobuf.Duration': {
       const seconds = BigInt(String(object.seconds ?? '0'));
       const nanos = Number(object.nanos ?? 0);
+      // duration.proto: at most 315,576,000,000 s either way, nanos within a second and of the seconds' sign. Out of
+      // it, `{1 s, -0.5 s}` went out as "-1.500s" and 1.5e9 nanos as "1.150s".
+      const signsAgree = seconds === 0n || nanos === 0 || seconds < 0n === nanos < 0;
+      if (seconds > MAX_DURATION_SECONDS || seconds < -MAX_DURATION_SECONDS || !(Math.abs(nanos) <= 999_999_999) || !signsAgree) {
+        throw new ResponseMappingError(`a Duration out of range (${truncate(String(object.seconds))} s, ${truncate(String(object.nanos))} ns)`);
+      }
       const negative = seconds < 0n || nanos < 0;
       const whole = seconds < 0n ? -seconds : seconds;
       return `${negative ? '-' : ''}${whole}${fractionText(Math.abs(nanos))}s`;
@@ -494,7 +508,12 @@ function valueToJson(value: Record<string, unknown> | null, depth: number): unkn
   if (value.listValue !== undefined) return ((value.listValue as { values?: Record<string, unknown>[] }).values ?? []).map((item) => valueToJson(item, depth + 1));
   if (value.stringValue !== undefined) return value.stringValue;
   if (value.boolValue !== undefined) return value.boolValue;
-  if (value.numberValue !== undefined) return value.numberValue;
+  if (value.numberValue !== undefined) {
+    // struct.proto: NaN and the infinities have no JSON form; toObject gave them as the strings "NaN", "Infinity",
+    // which the client would read as string values the service never sent.
+    if (typeof value.numberValue !== 'number' || !Number.isFinite(value.numberValue)) throw new ResponseMappingError(`a Value number that is not finite (${truncate(String(value.numberValue))})`);
+    return value.numberValue;
+  }
   return null;
 }
 

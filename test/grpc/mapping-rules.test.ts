@@ -3,7 +3,8 @@ import { parseConfig } from '../../src/config';
 import { loadGrpcServiceMapping, parseQuery } from '../../src/grpc/http-rules';
 import { compileGrpcRoutes } from '../../src/grpc/route-mappings';
 import { shippedConfigFile, TEST_JWT_SECRET } from '../helpers/test-config';
-import { JsonMappingError, messageFromJson, messageToJson } from '../../src/grpc/json-mapping';
+import protobuf from 'protobufjs';
+import { JsonMappingError, messageFromJson, messageToJson, ResponseMappingError } from '../../src/grpc/json-mapping';
 import { matchPathTemplate, MAX_PATH_VARIABLE_LENGTH, parsePathTemplate, PathVariableError } from '../../src/grpc/path-template';
 import { MAPPING_PROTO, MAPPING_SERVICE } from './mapping-server';
 
@@ -168,6 +169,64 @@ describe('the JSON mapping', () => {
       }),
       RUNS,
     );
+  });
+});
+
+/**
+ * Points of the proto3 JSON mapping its conformance suite checks (its REQUIRED cases named), each of which this
+ * mapping got wrong: lower-case `t`/`z` taken, unknown enum numbers refused, out-of-range Durations and non-finite
+ * Struct numbers written out, a non-canonical 64-bit map key sent as another number, null refused for a repeated
+ * or map field of Value.
+ */
+describe('the JSON mapping, as the proto3 conformance suite checks it', () => {
+  const root = new protobuf.Root();
+  root.addJSON(protobuf.common.get('google/protobuf/struct.proto')!.nested!);
+  protobuf.parse('syntax = "proto3"; package t; import "google/protobuf/struct.proto"; message M { map<int64, string> by_id = 1; repeated google.protobuf.Value items = 2; map<string, google.protobuf.Value> named = 3; google.protobuf.Value one = 4; }', root);
+  root.resolveAll();
+  const withValues = root.lookupType('t.M');
+  const answered = (json: Record<string, unknown>) => () => messageToJson(everything, everything.fromObject(json));
+
+  it.each(['2026-01-01t00:00:00Z', '2026-01-01T00:00:00z'])('refuses the Timestamp %s (TimestampJsonInputLowercaseT, -Z)', (createdAt) => {
+    expect(() => messageFromJson(everything, { createdAt })).toThrow(JsonMappingError);
+    expect(roundTrip({ createdAt: createdAt.toUpperCase() }).createdAt).toBe('2026-01-01T00:00:00Z');
+  });
+
+  it('keeps an enum number the proto does not name, both ways (EnumFieldUnknownValue), and refuses one past int32', () => {
+    expect(roundTrip({ color: 123 }).color).toBe(123);
+    expect(roundTrip({ colors: [1, 123] }).colors).toEqual(['COLOR_RED', 123]);
+    expect(() => messageFromJson(everything, { color: 2 ** 31 })).toThrow(JsonMappingError);
+    expect(() => messageFromJson(everything, { color: 'COLOR_PURPLE' })).toThrow(JsonMappingError);
+  });
+
+  it.each([
+    { desc: 'past 315,576,000,000 s (DurationProtoInputTooLarge)', ttl: { seconds: 315_576_000_001 } },
+    { desc: 'before -315,576,000,000 s (DurationProtoInputTooSmall)', ttl: { seconds: -315_576_000_001 } },
+    { desc: 'with nanos of the other sign (DurationProtoNanosWrongSign)', ttl: { seconds: 1, nanos: -500_000_000 } },
+    { desc: 'with a second or more of nanos (DurationProtoNanosTooLarge)', ttl: { seconds: 1, nanos: 1_500_000_000 } },
+  ])('refuses to write a Duration $desc', ({ ttl }) => {
+    expect(answered({ ttl })).toThrow(ResponseMappingError);
+  });
+
+  it('still writes the Durations at the limits and of one sign', () => {
+    expect(answered({ ttl: { seconds: -315_576_000_000, nanos: -999_999_999 } })()).toMatchObject({ ttl: '-315576000000.999999999s' });
+    expect(answered({ ttl: { seconds: 0, nanos: -500_000_000 } })()).toMatchObject({ ttl: '-0.500s' });
+  });
+
+  it.each([Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY])('refuses to write a Struct number %s (ValueRejectNanNumberValue, -InfNumberValue)', (numberValue) => {
+    expect(answered({ extra: { fields: { a: { numberValue } } } })).toThrow(ResponseMappingError);
+    expect(answered({ anything: { numberValue } })).toThrow(ResponseMappingError);
+  });
+
+  it('sends a 64-bit map key as the number it spells, and refuses two spellings of one key', () => {
+    const sent = withValues.decode(withValues.encode(messageFromJson(withValues, { byId: { '01234567': 'a', '-0000001': 'b' } })).finish());
+    expect(messageToJson(withValues, sent)).toMatchObject({ byId: { '1234567': 'a', '-1': 'b' } });
+    expect(() => messageFromJson(withValues, { byId: { '1': 'a', '01': 'b' } })).toThrow(JsonMappingError);
+  });
+
+  it('takes null as the default of a repeated or map field of Value, and as NULL_VALUE of a single one', () => {
+    const sent = withValues.decode(withValues.encode(messageFromJson(withValues, { items: null, named: null, one: null })).finish());
+    expect(messageToJson(withValues, sent)).toEqual({ byId: {}, items: [], named: {}, one: null });
+    expect(() => messageFromJson(withValues, { items: [null] })).not.toThrow();
   });
 });
 
