@@ -211,3 +211,49 @@ describe('a body that breaks in the read that brought its head, its pipeline a t
     }
   });
 });
+
+/**
+ * Bytes that do not parse after a whole request whose answer is already streaming: the connection closes once that
+ * answer is out (it can no longer say `Connection: close`). A request Node had parsed before them, queued behind
+ * the streaming answer, was handed the connection as that answer finished and ran (a POST forwarded), its answer
+ * written to an ended socket.
+ */
+describe('a request queued behind an answer under way, then bytes that do not parse', () => {
+  it('is never run, and the connection closes after the answer under way', async () => {
+    const { logger } = memoryLogger('gateway');
+    const handled: string[] = [];
+    const gateway = await runServer({
+      app: {
+        callback: () => (request, response) => {
+          handled.push(`${request.method} ${request.url}`);
+          if (request.url !== '/stream') return void response.end('done');
+          response.writeHead(200, { 'content-type': 'text/plain' });
+          response.write('first ');
+          setTimeout(() => response.end('last'), 300);
+        },
+      },
+      name: 'gateway',
+      port: 0,
+      host: '127.0.0.1',
+      logger,
+    });
+    try {
+      const { port, host } = new URL(gateway.url);
+      const text = await new Promise<string>((resolve) => {
+        const socket = net.connect(Number(port), '127.0.0.1', () => socket.write(`GET /stream HTTP/1.1\r\nHost: ${host}\r\n\r\n`));
+        let answer = '';
+        // Once the streaming answer's head is here: a whole POST, then garbage, in one write.
+        socket.once('data', () => socket.write(`POST /create HTTP/1.1\r\nHost: ${host}\r\nContent-Length: 2\r\n\r\n{}GARBAGE\r\n\r\n`));
+        socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+        socket.on('error', () => undefined);
+        socket.on('close', () => resolve(answer));
+      });
+      expect(text).toMatch(/^HTTP\/1\.1 200 /);
+      expect(text).toContain('last');
+      expect((text.match(/HTTP\/1\.1 \d{3} /g) ?? []).length).toBe(1);
+      expect(handled).toEqual(['GET /stream']);
+    } finally {
+      await gateway.close();
+    }
+  });
+});
