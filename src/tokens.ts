@@ -313,13 +313,21 @@ function providerKeyLookup(jwks: JwksOptions): {
   };
 }
 
-/** The keys of a set by `kid`, each as its JSON with sorted members (the same key however the provider orders them). */
+/**
+ * The keys of a set by `kid`: every key published under it, each as its JSON with sorted members (the same key
+ * however the provider orders them), in one string. RFC 7517 4.5 lets keys of different types share a kid; kept one
+ * per kid (the last listed), a token verified with the RSA key was judged by the EC one, and stayed trusted after
+ * its own key was withdrawn. Any key of the kid withdrawn or replaced changes the string.
+ */
 function publishedKeys(keySet: JSONWebKeySet): Map<string, string> {
-  const keys = new Map<string, string>();
+  const byKid = new Map<string, string[]>();
   for (const key of keySet.keys) {
-    if (typeof key.kid === 'string') keys.set(key.kid, JSON.stringify(key, Object.keys(key).sort()));
+    if (typeof key.kid !== 'string') continue;
+    const keys = byKid.get(key.kid) ?? [];
+    keys.push(JSON.stringify(key, Object.keys(key).sort()));
+    byKid.set(key.kid, keys);
   }
-  return keys;
+  return new Map([...byKid].map(([kid, keys]) => [kid, keys.sort().join('\n')]));
 }
 
 /** Largest key set read, bytes: a real one is a few KB (tens with certificate chains); a bigger answer is refused unread. */

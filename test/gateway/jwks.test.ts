@@ -276,6 +276,24 @@ describe('a provider key withdrawn while a token signed with it is being verifie
     expect(await rotateTo([second], await providerKey('race-unpublished', 'RS256'))).toBe(401);
     expect(await call(token)).toBe(401);
   });
+
+  // RFC 7517 4.5 lets keys of different types share a kid. Tracked one key per kid (the last listed), a remembered
+  // token signed with the RSA key was judged by the EC one: the RSA key withdrawn and the EC one kept, it stayed
+  // accepted for the set's whole trust.
+  it('stops trusting a remembered token once its key is withdrawn, though another key of its kid stays', async () => {
+    const rsa = await providerKey('shared-kid', 'RS256');
+    const ec = await providerKey('shared-kid', 'ES256');
+    jwks.state.keys = [rsa, ec];
+    const token = await providerToken(rsa, { sub: 'idp-shared' });
+    expect(await call(token)).toBe(200);
+    expect(await call(token)).toBe(200);
+    expect(verifications.mock.calls.filter(([verified]) => verified === token)).toHaveLength(1);
+    const trigger = await providerKey('shared-kid-trigger', 'RS256');
+    expect(await rotateTo([ec, trigger], trigger)).toBe(200);
+    expect(await call(token)).toBe(401);
+    // The key kept still works.
+    expect(await call(await providerToken(ec, { sub: 'idp-shared-ec' }))).toBe(200);
+  });
 });
 
 describe('tokens from an identity provider (JWKS)', () => {
