@@ -296,8 +296,9 @@ export function createRefusalRateLimit(options: RouteRateLimitOptions): Refuse {
 /**
  * Applies the matched route's limit (or the global one) before any token is verified. On a route limited by
  * caller, the caller is not known yet: requests that then fail authentication (401), or end before the caller's
- * limit counts them, are counted per client network instead, and a network that has used up that budget is refused (429) before any credential is checked,
- * until its window ends, so guessing credentials there stays limited and forged tokens cost no crypto.
+ * limit counts them, are counted per client network instead, and a network that has used up that budget is
+ * refused (429) before any credential is checked, until its window ends, so guessing credentials there stays
+ * limited and forged tokens cost no crypto.
  */
 export function createRouteRateLimit(options: RouteRateLimitOptions): Middleware {
   return async function limitRate(ctx, next) {
