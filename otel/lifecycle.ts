@@ -327,8 +327,8 @@ function inTurn(handle: http.RequestListener, logger: Logger, openHttp2Responses
       if (!response.socket?.writable) return void response.destroy();
       // Bytes after it did not parse while the answer before it was already under way (too late for its
       // `Connection: close`): the connection ends once that answer is out, and nothing queued behind runs. Node
-      // hands the connection on as that answer finishes, before its end: a POST queued there was forwarded and its
-      // answer written to an ended socket, the client never told whether it ran.
+      // hands the connection on as that answer finishes, before its end: a POST queued there was forwarded, on a
+      // connection already condemned, where one queued behind an answer not yet begun never ran.
       if (closingAfterAnswer.has(request.socket)) return;
       handle(request, response);
     };
