@@ -191,6 +191,15 @@ describe('the JSON mapping, as the proto3 conformance suite checks it', () => {
     expect(roundTrip({ createdAt: createdAt.toUpperCase() }).createdAt).toBe('2026-01-01T00:00:00Z');
   });
 
+  it('takes a quoted integer with an exponent or a fraction that leaves a whole number (Int32FieldQuotedExponentialValue), and refuses one that does not', () => {
+    expect(roundTrip({ smallNumber: '1e5', bigNumber: '-2.50e1', unsignedBig: '18446744073709551615e0' })).toMatchObject({ smallNumber: 100000, bigNumber: '-25', unsignedBig: '18446744073709551615' });
+    expect(roundTrip({ bigNumber: '9223372036854775807.000' }).bigNumber).toBe('9223372036854775807');
+    for (const text of ['1.5', '1e-1', '2.5e0', '1e40', '3e9', '1e400', '.5', '1.', '+1', '0x10', ' 1']) {
+      expect(() => messageFromJson(everything, { smallNumber: text })).toThrow(JsonMappingError);
+    }
+    expect(() => messageFromJson(everything, { bigNumber: '1e19' })).toThrow(JsonMappingError);
+  });
+
   it('keeps an enum number the proto does not name, both ways (EnumFieldUnknownValue), and refuses one past int32', () => {
     expect(roundTrip({ color: 123 }).color).toBe(123);
     expect(roundTrip({ colors: [1, 123] }).colors).toEqual(['COLOR_RED', 123]);
