@@ -36,6 +36,22 @@ export interface UpstreamPool {
   health(): InstanceHealth[];
 }
 
+/**
+ * The next healthy instance not in `tried` that has room for one more exchange; `busy` when healthy ones exist but
+ * all are full, undefined when none is healthy. The HTTP proxy and the gRPC transcoder both pick this way: checking
+ * only the instance round robin names answered every other request 503 while a second instance sat idle.
+ */
+export function pickWithRoom(pool: UpstreamPool, tried: ReadonlySet<UpstreamInstance>, hasRoom: (instance: UpstreamInstance) => boolean): UpstreamInstance | 'busy' | undefined {
+  const full = new Set(tried);
+  let sawFull = false;
+  for (let instance = pool.pick(full); instance; instance = pool.pick(full)) {
+    if (hasRoom(instance)) return instance;
+    sawFull = true;
+    full.add(instance);
+  }
+  return sawFull ? 'busy' : undefined;
+}
+
 export interface UpstreamPoolOptions {
   service: string;
   origins: readonly string[];

@@ -12,7 +12,7 @@ import type { GrpcRoute } from '../grpc/route-mappings';
 import { grpcFailure, grpcStatusName, knownGrpcStatus } from '../grpc/status-errors';
 import type { CompiledRoute } from '../routes';
 import type { GatewaySigner } from '../gateway-signature';
-import type { UpstreamInstance } from '../upstream-pool';
+import { pickWithRoom, type UpstreamInstance } from '../upstream-pool';
 import { upstreamErrorType, type UpstreamOutcome } from '../upstream-span';
 import type { GatewayMetrics } from '../metrics';
 import { upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
@@ -89,15 +89,22 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     // until its deadline (a rapid-reset client could keep many open). No call; the access log records the 499.
     // Nothing below awaits before the call and its listener start, so a client leaving later is heard.
     if (responseClosed(ctx)) return;
-    const instance = pool.pick();
-    if (!instance) throw new GatewayError('upstream_unavailable', `No instance of the ${route.service} service is available.`);
-    const metadata = metadataFromHeaders(upstreamHeadersFor(ctx, instance.host, { underscores: options.underscores, forwardAuthorization: route.forwardAuthorization, sign: options.sign, request: { method: 'POST', target: binding.method.path } }));
-    if (!metadata) throw new GatewayError('headers_too_large', `The request carries more header fields than a gRPC call passes on (${MAX_METADATA_ENTRIES}).`);
-    const calls = open.get(instance) ?? 0;
-    if (calls >= options.maxCallsPerInstance) {
-      throw new GatewayError('upstream_busy', `${calls} calls to the ${route.service} service are already open; try again shortly.`);
+    // The limit is each instance's, as the HTTP proxy's is: a full one is passed over for another with room.
+    const instance = pickWithRoom(pool, NONE_TRIED, (candidate) => (open.get(candidate) ?? 0) < options.maxCallsPerInstance);
+    if (instance === 'busy') {
+      throw new GatewayError('upstream_busy', `${options.maxCallsPerInstance} calls to each instance of the ${route.service} service are already open; try again shortly.`);
     }
-    open.set(instance, calls + 1);
+    if (!instance) throw new GatewayError('upstream_unavailable', `No instance of the ${route.service} service is available.`);
+    const upstreamHeaders = upstreamHeadersFor(ctx, instance.host, {
+      underscores: options.underscores,
+      forwardAuthorization: route.forwardAuthorization,
+      sign: options.sign,
+      request: { method: 'POST', target: binding.method.path },
+      strippedPrefix: route.strippedPrefix,
+    });
+    const metadata = metadataFromHeaders(upstreamHeaders);
+    if (!metadata) throw new GatewayError('headers_too_large', `The request carries more header fields than a gRPC call passes on (${MAX_METADATA_ENTRIES}).`);
+    open.set(instance, (open.get(instance) ?? 0) + 1);
     let settled = false;
     const started = performance.now();
     const span = startGrpcSpan(tracer, binding.method, instance, route.service, context.active(), metadata);
@@ -124,14 +131,20 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
       // A stream that was flowing and met its deadline did answer: it ran longer than `deadlineMs`, or its client
       // read too slowly and the call was paused for it (the proxy's `deadline` and `client_backed_up`, neither
       // the instance's). Counted, three clients that stopped reading their streams ejected the instance.
+      // A call cancelled because its client left says nothing of the instance (the proxy's `client_closed` is
+      // neither): counted a success, each abandoned call cleared the failures of calls that met their deadline and
+      // put an ejected instance straight back.
       const silent = code === grpc.status.DEADLINE_EXCEEDED && !streaming;
       if (code === grpc.status.UNAVAILABLE || silent) pool.reportFailure(instance, error?.details ?? String(code));
-      else pool.reportSuccess(instance);
+      else if (!(code === grpc.status.CANCELLED && responseClosed(ctx))) pool.reportSuccess(instance);
     };
     if (binding.method.serverStreaming) await streamCall(ctx, route, call, settle, options.logger);
     else await unaryCall(ctx, route, call, settle);
   };
 }
+
+/** A unary call is tried on one instance only (a retried call could run twice at the service). */
+const NONE_TRIED: ReadonlySet<UpstreamInstance> = new Set();
 
 /** Every gRPC call's HTTP method (gRPC over HTTP/2: "Request → ... :method POST"). */
 const GRPC_HTTP_METHOD = 'POST';
@@ -218,7 +231,11 @@ async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, bindin
   });
   if (response === undefined) return;
   ctx.status = 200;
-  ctx.body = response.json;
+  // Always JSON: a well-known type's JSON form can be a bare value (StringValue, Timestamp, a null Value), which Koa
+  // would send as text/html when it starts with `<` (markup the service wrote, served from the gateway's origin), as
+  // text/plain otherwise, or as a 204 for null.
+  ctx.type = 'application/json';
+  ctx.body = typeof response.json === 'object' && response.json !== null ? response.json : JSON.stringify(response.json);
 }
 
 /** A service's message as JSON; one without a JSON form is the service's bad answer (502), never a crash or a 500. */

@@ -9,7 +9,7 @@ import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
 import type { RouteHeaderRules } from '../header-rules';
 import { endToEndHeaders, forwardedHost, publicLocation, serviceFieldsToPassOn, upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
-import type { UpstreamInstance } from '../upstream-pool';
+import { pickWithRoom, type UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, upstreamErrorType, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
 import { bodyStalledError, bodyTooSlowError, watchBodyRate, type BodyRate } from '../body-rate';
@@ -692,21 +692,6 @@ function hasBody(headers: http.IncomingHttpHeaders): boolean {
 
 function isReplayable(method: string, headers: http.IncomingHttpHeaders): boolean {
   return IDEMPOTENT_METHODS.has(method) && !hasBody(headers);
-}
-
-/**
- * The next healthy instance not yet tried that has room for one more exchange; `busy` when healthy ones
- * exist but all are full, undefined when none is healthy.
- */
-function pickWithRoom(pool: CompiledRoute['pool'], tried: ReadonlySet<UpstreamInstance>, hasRoom: (instance: UpstreamInstance) => boolean): UpstreamInstance | 'busy' | undefined {
-  const full = new Set(tried);
-  let sawFull = false;
-  for (let instance = pool.pick(full); instance; instance = pool.pick(full)) {
-    if (hasRoom(instance)) return instance;
-    sawFull = true;
-    full.add(instance);
-  }
-  return sawFull ? 'busy' : undefined;
 }
 
 /**

@@ -98,6 +98,16 @@ export async function startMappingServer(port = 0): Promise<MappingServer> {
       };
       step();
     },
+    Say(call: Unary, callback: grpc.sendUnaryData<unknown>) {
+      const close = record('Say', call);
+      callback(null, { value: call.request.text });
+      close();
+    },
+    Nothing(call: Unary, callback: grpc.sendUnaryData<unknown>) {
+      const close = record('Nothing', call);
+      callback(null, { nullValue: 'NULL_VALUE' });
+      close();
+    },
     Hidden(_call: Unary, callback: grpc.sendUnaryData<unknown>) {
       callback(null, {});
     },

@@ -36,6 +36,9 @@ describe('gRPC transcoding', () => {
         // Its own limit: the paths a trailing slash leaves unmatched are probed here without spending the main route's.
         { name: 'mapping-paths', prefix: '/api/mapping-paths', service: 'mapping', upstreamPath: '/v1', auth: 'public', grpc, rateLimit: { max: 1000, windowMs: 60_000 } },
         { name: 'mapping-down', prefix: '/api/down-mapping', service: 'mapping-down', upstreamPath: '/v1', auth: 'public', grpc },
+        // The public path is the upstream one under a prefix, so the route takes `/api/mv` off (X-Forwarded-Prefix).
+        // Its own limit, as mapping-paths has: the main route's 100 requests a minute are spent by the tests above.
+        { name: 'mapping-prefixed', prefix: '/api/mv/v1', service: 'mapping', upstreamPath: '/v1', auth: 'public', grpc, rateLimit: { max: 1000, windowMs: 60_000 } },
       ],
     });
     const apps = createGatewayApps(config, { logger: gatewayLogs.logger, tracer: tracing.tracer, metrics: false });
@@ -139,6 +142,18 @@ describe('gRPC transcoding', () => {
       const response = await postJson('/api/mapping/things/numbers', { fraction: '1.5e3', ratio: '-0.25', maybeFraction: 3.4e38 });
       expect(response.status).toBe(200);
       expect(lastCall().request).toMatchObject({ fraction: 1500, ratio: -0.25, maybeFraction: { value: Math.fround(3.4e38) } });
+    });
+
+    // A well-known type's JSON form can be a bare value. Handed to Koa as is, a string starting with `<` went out as
+    // text/html (markup the service wrote, served from the gateway's origin), any other as text/plain, and a null
+    // Value as a 204 without a body.
+    it.each([
+      { desc: 'a StringValue whose text starts with <', path: '/api/mv/v1/say/%3Cb%3Ehi', json: '"<b>hi"' },
+      { desc: 'a StringValue of plain text', path: '/api/mv/v1/say/plain', json: '"plain"' },
+      { desc: 'a null Value', path: '/api/mv/v1/nothing', json: 'null' },
+    ])('answers $desc as JSON (application/json, 200)', async ({ path, json }) => {
+      const response = await call(path);
+      expect({ status: response.status, type: response.headers.get('content-type'), body: await response.text() }).toEqual({ status: 200, type: 'application/json; charset=utf-8', body: json });
     });
 
     it('answers a method with an Empty request from the path alone', async () => {
@@ -405,6 +420,15 @@ describe('gRPC transcoding', () => {
       expect(entries).not.toHaveProperty('authorization');
     });
 
+    it('tells the service the path prefix the route took off (X-Forwarded-Prefix), as over HTTP', async () => {
+      const prefixed = await call('/api/mv/v1/metadata', { headers: { 'x-forwarded-prefix': '/forged' } });
+      expect(prefixed.status).toBe(200);
+      expect(((await prefixed.json()) as { entries: Record<string, string> }).entries['x-forwarded-prefix']).toBe('/api/mv');
+      // `/api/mapping-paths` -> `/v1` takes no prefix off: nothing to tell, and the client's value is not passed on.
+      const unprefixed = await call('/api/mapping-paths/metadata', { headers: { 'x-forwarded-prefix': '/forged' } });
+      expect(((await unprefixed.json()) as { entries: Record<string, string> }).entries).not.toHaveProperty('x-forwarded-prefix');
+    });
+
     it("injects the verified caller's identity, replacing forged values, and never forwards the credential", async () => {
       const token = await signToken({ subject: '7', claims: { email: 'seven@example.com', role: 'user' } });
       const response = await call('/api/private-mapping/metadata', { headers: { ...forged, authorization: `Bearer ${token}` } });
@@ -534,6 +558,71 @@ describe('gRPC calls open at once, per instance', () => {
       await waitFor(async () => (await fetch(`${gateway.url}/api/mapping/count/1`)).status === 200, 'a call to be taken again');
     } finally {
       for (const { controller } of readers) controller.abort();
+      await gateway.close();
+      await service.close();
+    }
+  });
+});
+
+// The limit is each instance's: round robin named a full instance for every other request, and the gateway answered
+// it 503 upstream_busy while the second instance had room.
+describe('gRPC calls open at once, with two instances', () => {
+  it('passes a full instance over for one with room, and answers upstream_busy only when every instance is full', async () => {
+    const first = await startMappingServer();
+    const second = await startMappingServer();
+    const config = mappingGatewayConfig(first.url, { service: { url: [first.url, second.url] }, config: { proxy: { maxSockets: 1, maxPendingRequests: 1 } } });
+    const gateway = await listen(createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false }).gateway.callback());
+    const controllers: AbortController[] = [];
+    const holdStream = async () => {
+      const controller = new AbortController();
+      controllers.push(controller);
+      const response = await fetch(`${gateway.url}/api/mapping/count/10000?delayMs=20`, { signal: controller.signal });
+      expect(response.status).toBe(200);
+      await response.body!.getReader().read();
+    };
+    const openAt = (server: MappingServer) => server.calls.filter((each) => each.open).length;
+    try {
+      // Three held streams: one instance has its two calls, the other one.
+      for (let i = 0; i < 3; i++) await holdStream();
+      expect([openAt(first), openAt(second)].sort()).toEqual([1, 2]);
+      // Round robin names the full instance for every other one of these: each is served by the one with room.
+      for (let i = 0; i < 4; i++) expect((await fetch(`${gateway.url}/api/mapping/metadata`)).status).toBe(200);
+      await holdStream();
+      const refused = await fetch(`${gateway.url}/api/mapping/metadata`);
+      expect(refused.status).toBe(503);
+      expect(await refused.json()).toMatchObject({ code: 'upstream_busy' });
+    } finally {
+      for (const controller of controllers) controller.abort();
+      await gateway.close();
+      await first.close();
+      await second.close();
+    }
+  });
+});
+
+// A call cancelled because its client left says nothing of the instance. Counted a success, it cleared the failure
+// count of the calls that met their deadline: an instance that never answered stayed in rotation as long as some of
+// its callers gave up first.
+describe('a gRPC call its client abandoned', () => {
+  it('neither clears nor adds to the failures that take a silent instance out', async () => {
+    const service = await startMappingServer();
+    const config = mappingGatewayConfig(service.url, { service: { ejectAfterFailures: 2 }, route: { timeoutMs: 300, deadlineMs: 300 } });
+    const gateway = await listen(createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false }).gateway.callback());
+    try {
+      expect((await fetch(`${gateway.url}/api/mapping/slow?delayMs=5000`)).status).toBe(504);
+      await waitFor(() => service.cancelled.includes('Slow'), 'the service to see the first call end');
+      const controller = new AbortController();
+      const abandoned = fetch(`${gateway.url}/api/mapping/slow?delayMs=5000`, { signal: controller.signal }).catch(() => undefined);
+      await waitFor(() => service.calls.filter((each) => each.method === 'Slow' && each.open).length === 1, 'the second call to reach the service');
+      controller.abort();
+      await abandoned;
+      await waitFor(() => service.cancelled.filter((method) => method === 'Slow').length === 2, 'the abandoned call to be cancelled');
+      expect((await fetch(`${gateway.url}/api/mapping/slow?delayMs=5000`)).status).toBe(504);
+      // Two failures in a row: the instance is out.
+      const next = await fetch(`${gateway.url}/api/mapping/metadata`);
+      expect(next.status).toBe(503);
+      expect(await next.json()).toMatchObject({ code: 'upstream_unavailable' });
+    } finally {
       await gateway.close();
       await service.close();
     }
