@@ -313,6 +313,14 @@ export const CREDENTIAL_LIMITS = { emailMaxLength: 254, passwordMaxLength: 128 }
 export const SIGNATURE_REFUSED_CODE = 'gateway_signature_invalid';
 
 /**
+ * The auth-scheme of the challenge a service's signature refusal carries (`WWW-Authenticate: GatewaySignature
+ * realm="koa-gateway"`; RFC 9110 11.6.1: every 401 carries one). It names a credential only the gateway holds, so the
+ * gateway's proxy reads a 401 that names it as its own deployment's fault (502), never as the client's: passed on,
+ * the client was told to authenticate, which nothing it could send would fix.
+ */
+export const SIGNATURE_CHALLENGE_SCHEME = 'GatewaySignature';
+
+/**
  * What a token's identity claims must be for the gateway to pass them on as identity headers (src/tokens.ts), and
  * so what a caller id is wherever a service takes one in a body (notification-service's `userId`): printable
  * ASCII, no space at either end (a header value loses it on the way, RFC 9110 5.5: `alice ` would reach the

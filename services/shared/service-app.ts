@@ -6,7 +6,7 @@ import Koa, { type Context } from 'koa';
 import { request, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
-import { AUTH_REALM, HEADER, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
+import { AUTH_REALM, HEADER, SIGNATURE_CHALLENGE_SCHEME, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
 import { describeFirstIssue } from './input-limits';
 import { SIGNED_HEADERS, verifyGatewaySignature, type GatewaySigner, type SignatureProblem, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 import { mintRequestId } from '../../src/middleware/request-id';
@@ -33,6 +33,8 @@ export class ServiceError extends Error {
  */
 const USER_CHALLENGE = { 'WWW-Authenticate': `Bearer realm="${AUTH_REALM}"` };
 const OWNER_CHALLENGE = { 'WWW-Authenticate': `Bearer realm="${AUTH_REALM}", ApiKey realm="${AUTH_REALM}"` };
+/** A signature refusal's: the gateway's proxy answers a 401 naming it 502, a fault of its deployment, not the client's. */
+const SIGNATURE_CHALLENGE = { 'WWW-Authenticate': `${SIGNATURE_CHALLENGE_SCHEME} realm="${AUTH_REALM}"` };
 
 /** The caller, as the gateway vouched for it in the identity headers. */
 export interface Caller {
@@ -253,7 +255,7 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     app.use(function requireGatewaySignature(ctx, next) {
       // Over the request as it arrived: a signature made for another method or target does not verify.
       const problem = refusedSignatures.get(ctx);
-      if (problem) throw new ServiceError(401, SIGNATURE_REFUSED_CODE, `This service answers only requests signed by the gateway (signature ${problem}).`);
+      if (problem) throw new ServiceError(401, SIGNATURE_REFUSED_CODE, `This service answers only requests signed by the gateway (signature ${problem}).`, SIGNATURE_CHALLENGE);
       return next();
     });
   }

@@ -3,7 +3,7 @@ import { context, trace, type Context as OtelContext, type Span, type Tracer } f
 import type { Context as KoaContext, Middleware } from 'koa';
 import { Agent, type Dispatcher } from 'undici';
 import { recordedMethod } from '../../otel/http-method';
-import { ATTR, METRIC_LABEL } from '../../otel/wire-names';
+import { ATTR, METRIC_LABEL, SIGNATURE_CHALLENGE_SCHEME } from '../../otel/wire-names';
 import { GatewayError, upstreamFailure, upstreamSentContinue, upstreamUnreachable, type ErrorCode } from '../errors';
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
@@ -763,14 +763,28 @@ const WRITABLE_REASON_PHRASE = /^[\t\x20-\x7e]*$/;
  * client was handed a `999` whose meaning is private to the service. A repeated field the gateway rewrites
  * (SINGLE_URL_FIELDS). A transfer-coding other than chunked (`gzip, chunked`):
  * undici removes the chunked framing only, and the client would take the still-coded bytes for the body, with
- * no Content-Encoding to say so (nginx and Envoy refuse these too).
+ * no Content-Encoding to say so (nginx and Envoy refuse these too). A 401 refusing the gateway's own signature
+ * (its challenge names SIGNATURE_CHALLENGE_SCHEME): the gateway's and the service's keys or clocks are apart, which no
+ * credential of the client's would fix; passed on, the client was told to sign in again. Neither is the instance's
+ * failure, nor retried (a deployment fault, every instance the same).
  */
 function unforwardableResponse(statusCode: number, headers: http.IncomingHttpHeaders): string | undefined {
   if (statusCode > MAX_STATUS) return `a status code outside 100-599 (${statusCode})`;
   for (const name of SINGLE_URL_FIELDS) if (Array.isArray(headers[name])) return `more than one ${name} field`;
   const codings = headers['transfer-encoding'];
   if (codings !== undefined && String(codings).trim().toLowerCase() !== 'chunked') return `a transfer-coding the gateway does not decode (${String(codings).slice(0, 40)})`;
+  if (statusCode === 401 && refusesGatewaySignature(headers['www-authenticate'])) {
+    return "a 401 refusing the gateway's signature (are the gateway's and the service's signing keys, or clocks, apart?)";
+  }
   return undefined;
+}
+
+/** A challenge of the scheme a service's signature refusal names (SIGNATURE_CHALLENGE_SCHEME), among any others. */
+const SIGNATURE_CHALLENGE = new RegExp(`(?:^|,)[ \\t]*${SIGNATURE_CHALLENGE_SCHEME}(?:[ \\t,]|$)`, 'i');
+
+function refusesGatewaySignature(challenges: string | string[] | undefined): boolean {
+  if (challenges === undefined) return false;
+  return SIGNATURE_CHALLENGE.test(Array.isArray(challenges) ? challenges.join(',') : challenges);
 }
 
 /**

@@ -61,6 +61,8 @@ describe('services answer only what the gateway signed', () => {
   ])('%s refuses forged identity headers without a signature', async (_name, target) => {
     const reply = await fetch(target(), { headers: identityHeaders(ALICE) });
     expect(reply.status).toBe(401);
+    // Every 401 carries a challenge (RFC 9110 11.6.1); this one names the gateway's, which the gateway answers 502.
+    expect(reply.headers.get('www-authenticate')).toBe('GatewaySignature realm="koa-gateway"');
     expect(await reply.json()).toMatchObject({ code: 'gateway_signature_invalid' });
   });
 

@@ -29,6 +29,10 @@ const ANSWERS: Record<string, string> = {
   '/orders/status-999': `HTTP/1.1 999 Request Denied\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   // Connection-specific (RFC 7540 3.2.1), not listed in Connection: what a service upgraded over h2c may still send.
   '/orders/http2-settings': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  // notification-service's refusal of a signature made with another key (its challenge names the gateway's scheme),
+  // and a service's own 401 for a credential of the client's.
+  '/orders/signature-refused': `HTTP/1.1 401 Unauthorized\r\nContent-Type: application/problem+json\r\nWWW-Authenticate: GatewaySignature realm="koa-gateway"\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  '/orders/own-401': `HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nWWW-Authenticate: Basic realm="reports", Bearer realm="svc"\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/gzip-coded': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n`,
 };
 /** Reason phrases Node refuses to write: ISO-8859-1 obs-text (allowed by RFC 9112), UTF-8 beyond Latin-1, a control. */
@@ -298,6 +302,22 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
     const answer = await get(`${stack.gateway.url}/api/orders/http2-settings`, token);
     expect({ status: answer.status, body: answer.body }).toEqual({ status: 200, body: BODY });
     expect(answer.headers['http2-settings']).toBeUndefined();
+  });
+
+  // Passed on, the client was told to sign in again (401), which no credential of its could fix: the gateway's and the
+  // service's signing keys (or clocks) were apart.
+  it("answers a service's 401 refusing the gateway's signature with 502 upstream_bad_response, asked once, and keeps the instance", async () => {
+    for (let round = 0; round < 4; round++) {
+      const before = service.asked.get('/orders/signature-refused') ?? 0;
+      const answer = await get(`${stack.gateway.url}/api/orders/signature-refused`, token);
+      expect(answer.status).toBe(502);
+      expect(JSON.parse(answer.body)).toMatchObject({ code: 'upstream_bad_response', requestId: answer.headers[HEADER.requestId] });
+      expect(answer.headers['www-authenticate']).toBeUndefined();
+      expect(service.asked.get('/orders/signature-refused')! - before).toBe(1);
+    }
+    expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
+    const own = await get(`${stack.gateway.url}/api/orders/own-401`, token);
+    expect({ status: own.status, challenge: own.headers['www-authenticate'], body: own.body }).toEqual({ status: 401, challenge: 'Basic realm="reports", Bearer realm="svc"', body: BODY });
   });
 
   it('refuses a transfer-coding it does not decode (gzip, chunked) with 502 upstream_bad_response, and keeps the instance', async () => {
