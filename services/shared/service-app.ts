@@ -248,6 +248,12 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
 
   app.use(async function health(ctx, next) {
     if (ctx.path !== '/health') return next();
+    // Read-only, as every other path's methods are enforced (a DELETE answered 200 `ok`): 405 with Allow otherwise.
+    if (ctx.method !== 'GET' && ctx.method !== 'HEAD') {
+      ctx.status = 405;
+      ctx.set('Allow', 'GET, HEAD');
+      return;
+    }
     ctx.body = { status: 'ok', service: serviceName };
   });
   if (signingKey !== undefined) {

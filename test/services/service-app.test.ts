@@ -31,6 +31,9 @@ describe('the services\' shared app', () => {
     { desc: 'a path no route serves', method: 'GET', path: '/things/1/extra', status: 404, code: 'not_found', allow: null },
     { desc: 'a method the route does not take', method: 'DELETE', path: '/things/1', status: 405, code: 'method_not_allowed', allow: 'HEAD, GET' },
     { desc: 'a method no route knows', method: 'PURGE', path: '/things/1', status: 501, code: 'not_implemented', allow: 'HEAD, GET' },
+    // /health answered every method 200 `ok` (a DELETE too), where every other path enforced its methods.
+    { desc: 'a DELETE of /health', method: 'DELETE', path: '/health', status: 405, code: 'method_not_allowed', allow: 'GET, HEAD' },
+    { desc: 'a POST to /health', method: 'POST', path: '/health', status: 405, code: 'method_not_allowed', allow: 'GET, HEAD' },
   ])('answers $desc with $status problem+json and the request id (Koa sent text/plain)', async ({ method, path, status, code, allow }) => {
     const response = await fetch(`${server.url}${path}`, { method, headers: { [HEADER.requestId]: `svc-${code}` } });
     expect(response.status).toBe(status);
