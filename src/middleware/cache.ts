@@ -290,7 +290,10 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   const refreshStored = async (revalidated: Revalidated): Promise<CachedResponse> => {
     const { routeName, key, since, entry, policy, sharedCredentialed, storable } = revalidated;
     const headers = { ...entry.headers, ...keptHeaders(revalidated.notModified, now()) };
-    const verdict = storability({ status: entry.status, headers, sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: now(), requestedAt: revalidated.requestedAt });
+    // The confirming answer's Age is the refreshed copy's age as the service answered (RFC 9111 4.2.3, 4.3.4): not
+    // stored (computed per answer) but counted. Left out, a 304 from a cache in front of the service that said
+    // `Age: 90` with `max-age=100` kept the copy fresh for 100 s, not 10.
+    const verdict = storability({ status: entry.status, headers: { ...headers, age: revalidated.notModified.age }, sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: now(), requestedAt: revalidated.requestedAt });
     const vary = varyNames(headers.vary);
     const sameVary = vary.length === entry.vary.length && vary.every((name, index) => name === entry.vary[index]);
     const lifetime = verdict.store ? verdict : NO_LIFETIME;

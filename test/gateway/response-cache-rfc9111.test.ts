@@ -2,6 +2,7 @@ import type http from 'node:http';
 import { listen, sendRaw, type RawReply, type TestServer } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
+import { waitFor } from '../helpers/wait';
 
 /**
  * The response cache against RFC 9111 where the HTTP working group's cache tests (cache-tests.fyi) found it
@@ -108,6 +109,27 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     const asked = seenFor(path);
     expect(asked).toHaveLength(2);
     expect([asked[1]!.headers['if-none-match'], asked[1]!.headers['if-modified-since']]).toEqual(['"v1"', 'Tue, 01 Dec 2026 10:00:00 GMT']);
+  });
+
+  // A cache in front of the service (nginx, Varnish: they write their own Date) answers a 304 for a copy it has held
+  // 55 s with `Age: 55`. The age was dropped with the rest of what a copy does not store, and the refreshed copy was
+  // fresh for the whole max-age=60, not the 5 s left of it.
+  it("counts a refreshing 304's Age in the refreshed copy's age (RFC 9111 4.2.3, 4.3.4)", async () => {
+    const path = fresh();
+    origin.script(
+      path,
+      () => ({ headers: { etag: '"aged"', 'cache-control': 'max-age=0' }, body: 'the stored body' }),
+      () => ({ status: 304, headers: { etag: '"aged"', 'cache-control': 'max-age=60', age: '58' } }),
+    );
+    await get(path);
+    const revalidated = await get(path);
+    expect(revalidated.headers['x-cache']).toBe('REVALIDATED');
+    expect(Number(revalidated.headers.age)).toBeGreaterThanOrEqual(58);
+    const next = await get(path);
+    expect(Number(next.headers.age)).toBeGreaterThanOrEqual(58);
+    // Past 60 s of age within a few seconds: the next use asks the service again.
+    await waitFor(async () => (await get(path)).headers['x-cache'] !== 'HIT', 'the refreshed copy to go stale', 10_000);
+    expect(seenFor(path).length).toBeGreaterThanOrEqual(3);
   });
 
   it('makes the URLs of a 304 that refreshes a copy public, as those of an answer it forwards (never the instance\'s address)', async () => {
