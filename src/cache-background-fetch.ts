@@ -26,8 +26,12 @@ export const BACKGROUND_FETCH_SPAN = 'cache background fetch';
 /** The log message of a background fetch's line (the access log's fields, of a request no client made). */
 export const BACKGROUND_FETCH_MESSAGE = 'cache background fetch completed';
 
-/** Request fields of the client's that are not the cache's to send: its own conditions and range. */
-export const CLIENT_ONLY_FIELDS: readonly string[] = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
+/**
+ * Request fields of the client's that are not the cache's to send: its own conditions and range, and its own cache
+ * directives (a `no-store` the fetch carried was stored against all the same, RFC 9111 5.2.1.5; an `only-if-cached`
+ * had a cache before the service answer the fetch 504).
+ */
+export const CLIENT_ONLY_FIELDS: readonly string[] = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range', 'cache-control', 'pragma'];
 
 export interface BackgroundFetchOptions {
   /** The rest of the request path for a request the cache made (the proxy). */

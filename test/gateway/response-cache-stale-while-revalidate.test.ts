@@ -112,6 +112,23 @@ describe('response cache under stale-while-revalidate (RFC 5861 3)', () => {
     expect(asked[1]!.headers['if-none-match']).toBe('"v1"');
   });
 
+  // The fetch is the cache's own request. Sent with the trigger's `no-store`, the service was told not to have its
+  // answer stored, and the cache stored it all the same (RFC 9111 5.2.1.5); with `only-if-cached`, a cache in front
+  // of the service answered the fetch 504.
+  it.each([
+    { directive: 'no-store', headers: { 'cache-control': 'no-store', pragma: 'no-cache' } },
+    { directive: 'only-if-cached', headers: { 'cache-control': 'only-if-cached' } },
+  ])("sends the background fetch without the triggering request's cache directives ($directive)", async ({ headers }) => {
+    const path = fresh();
+    origin.script(path, () => staleOnArrival(), () => ({ headers: { 'cache-control': 'max-age=600' }, body: 'the new body' }));
+    await get(path);
+    expect((await get(path, headers)).headers['x-cache']).toBe('STALE');
+    await waitFor(() => seenFor(path).length === 2, 'the background fetch');
+    const fetched = seenFor(path)[1]!.headers;
+    expect({ cacheControl: fetched['cache-control'], pragma: fetched.pragma }).toEqual({ cacheControl: undefined, pragma: undefined });
+    await waitFor(async () => (await get(path)).text === 'the new body', "the background fetch's copy");
+  });
+
   it('keeps answering from the copy when the background fetch fails, and traces and logs that fetch on its own, linked to the request that caused it', async () => {
     const path = fresh();
     origin.script(path, () => staleOnArrival(), () => ({ status: 503, body: 'down' }));
