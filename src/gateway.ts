@@ -140,11 +140,13 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   const bodyRate = { minBytesPerSecond: config.server.minBodyBytesPerSecond, graceMs: config.server.bodyGracePeriodMs };
   const cachedRoutes = new Map(config.routes.flatMap((route) => (route.cache ? [[route.name, route.cache] as const] : [])));
   // What a cached route's answers depend on in the config (the service it asks, the path and request rules it asks
-  // with, whether Authorization goes along, the cache's own settings), not what only guards or times it (limits,
-  // CORS, roles, timeouts, the service's instances): replicas that differ in those share their copies.
+  // with, whether Authorization goes along, the cache's own settings, and its public prefix: a copy's Location and
+  // Content-Location name it, and the service built its links from the X-Forwarded-Prefix it was told), not what
+  // only guards or times it (limits, CORS, roles, timeouts, the service's instances): replicas that differ in those
+  // share their copies.
   const cacheKeyScopes = new Map(
     config.routes.flatMap((route) =>
-      route.cache ? [[route.name, cacheKey([JSON.stringify([route.service, route.upstreamPath, route.headers?.request ?? null, route.forwardAuthorization, route.cache])])] as const] : [],
+      route.cache ? [[route.name, cacheKey([JSON.stringify([route.service, route.prefix, route.upstreamPath, route.headers?.request ?? null, route.forwardAuthorization, route.cache])])] as const] : [],
     ),
   );
   const hideUpstreamHeaders = [

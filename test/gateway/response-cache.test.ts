@@ -1044,8 +1044,18 @@ describe('response cache shared through Redis', () => {
       } finally {
         await sibling.close();
       }
+      // The route now under another public prefix asks the service for the same path, but the copy names the old
+      // public URLs (its Location, the links the service built from X-Forwarded-Prefix): not shared.
+      const renamed = overrides({ cache: { redisKeyPrefix: prefix } });
+      renamed.routes = (renamed.routes as Record<string, unknown>[]).map((route) => (route.name === 'open-catalog' ? { ...route, prefix: '/api/v2/open' } : route));
+      const rerouted = await listen(createGateway(testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: service.url }, renamed), { logger, redis: replicaRedis }).callback());
+      try {
+        expect((await send(rerouted.url, path.replace('/api/open/', '/api/v2/open/'), host)).headers['x-cache']).toBe('MISS');
+      } finally {
+        await rerouted.close();
+      }
       const item = `/${path.split('?')[0]!.split('/').pop()}?`;
-      expect([service.hits.filter((hit) => hit.url.includes(item)).length, other.hits.filter((hit) => hit.url.includes(item)).length]).toEqual([1, 1]);
+      expect([service.hits.filter((hit) => hit.url.includes(item)).length, other.hits.filter((hit) => hit.url.includes(item)).length]).toEqual([2, 1]);
     } finally {
       await moved.close();
       await other.close();
