@@ -1,6 +1,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import http from 'node:http';
 import { gzip } from 'node:zlib';
+import * as promClient from 'prom-client';
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, type OpenMetricsContentType, type RegistryContentType } from 'prom-client';
 import { answerInternal, isScrapeHost, listenInternal, type InternalListener, type InternalListenerOptions, type ServedHosts, type ServerProblem } from '../otel/lifecycle';
 import type { Logger } from '../otel/logger';
@@ -357,9 +358,53 @@ export function workerWaitMs(scrapeTimeoutSeconds: string | string[] | undefined
 
 type WorkerRegistries = Awaited<ReturnType<Registry['getMetricsAsJSON']>>[];
 
-/** prom-client's sum of registries, each and the result as `getMetricsAsJSON()` gives them. */
-function sumOf(registries: WorkerRegistries): Promise<WorkerRegistries[number]> {
+/**
+ * prom-client's sum of registries, each and the result as `getMetricsAsJSON()` gives them. Async, so a sum that
+ * throws (an answer workerRegistriesOf let through that prom-client still cannot sum) fails that scrape, not the
+ * primary: `aggregate` throws synchronously, and it runs in timers and cluster listeners.
+ */
+async function sumOf(registries: WorkerRegistries): Promise<WorkerRegistries[number]> {
   return AggregatorRegistry.aggregate(registries).getMetricsAsJSON();
+}
+
+/** The aggregators prom-client's sum has (by name: `sum`, `first`, ...); its typings leave the table out. */
+const AGGREGATORS = (promClient as unknown as { aggregators: Readonly<Record<string, unknown>> }).aggregators;
+/** The metric types a registry's JSON names (prom-client writes them as these strings). */
+const METRIC_TYPES = new Set(['counter', 'gauge', 'histogram', 'summary']);
+/** A metric name as the exposition formats allow it. */
+const METRIC_NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
+/** Samples one worker's answer holds at most: the gateway's families are bounded by config, far below this. */
+const MAX_WORKER_SAMPLES = 200_000;
+
+/**
+ * A worker's answer to a scrape (prom-client's `metrics`: its registries as JSON) when it has the shape prom-client's
+ * sum reads, else undefined. prom-client's channel passed no check (toPrimaryMessage checks the gateway's own kinds):
+ * an answer that was no list, or named an aggregator prom-client does not have, was kept, and the next scrape's sum
+ * threw in a timer of the primary's and ended it, and every worker with it.
+ */
+export function workerRegistriesOf(metrics: unknown): WorkerRegistries | undefined {
+  if (!Array.isArray(metrics)) return undefined;
+  let samples = 0;
+  for (const registry of metrics) {
+    if (!Array.isArray(registry)) return undefined;
+    for (const family of registry as unknown[]) {
+      if (typeof family !== 'object' || family === null) return undefined;
+      const { name, help, type, aggregator, values } = family as Record<string, unknown>;
+      // A Prometheus name, and none an object's prototype has: prom-client's registry keeps families in a plain
+      // object, where `constructor` reads as already registered and the sum throws.
+      if (typeof name !== 'string' || !METRIC_NAME.test(name) || name in Object.prototype) return undefined;
+      if (typeof help !== 'string' || !METRIC_TYPES.has(String(type))) return undefined;
+      if (typeof aggregator !== 'string' || !Object.hasOwn(AGGREGATORS, aggregator) || !Array.isArray(values)) return undefined;
+      samples += values.length;
+      if (samples > MAX_WORKER_SAMPLES) return undefined;
+      for (const sample of values as unknown[]) {
+        if (typeof sample !== 'object' || sample === null) return undefined;
+        const { value, labels } = sample as Record<string, unknown>;
+        if (typeof value !== 'number' || (labels !== undefined && (typeof labels !== 'object' || labels === null))) return undefined;
+      }
+    }
+  }
+  return metrics as WorkerRegistries;
 }
 
 /**
@@ -382,12 +427,14 @@ function clusterMetricsCollector(servingWorkers: () => Worker[], primary?: Regis
   /** The counters and histograms of the workers that exited, folded into one registry. */
   let retired: WorkerRegistries = [];
   const waiting = new Map<number, { answered: (workerId: number) => void; fail: (error: Error) => void }>();
-  cluster.on('message', (worker, message: { type?: unknown; requestId?: number; metrics?: WorkerRegistries; error?: string }) => {
+  cluster.on('message', (worker, message: { type?: unknown; requestId?: unknown; metrics?: unknown; error?: unknown }) => {
     if (message?.type !== WORKER_METRICS_ANSWER) return;
-    const request = waiting.get(message.requestId ?? -1);
-    if (message.error !== undefined) return request?.fail(new Error(message.error));
+    const request = typeof message.requestId === 'number' ? waiting.get(message.requestId) : undefined;
+    if (message.error !== undefined) return request?.fail(new Error(String(message.error).slice(0, 200)));
     // Even late (its scrape already answered): a later scrape then sums it. Not once retired: it would count twice.
-    if (message.metrics && !worker.isDead()) lastAnswers.set(worker.id, message.metrics);
+    // One the sum could not read is not kept: the worker's last good answer stands in for it, as for a worker late.
+    const registries = workerRegistriesOf(message.metrics);
+    if (registries && !worker.isDead()) lastAnswers.set(worker.id, registries);
     request?.answered(worker.id);
   });
   // One fold at a time, each on the `retired` the previous one left. Until its fold is done a dead worker's last
@@ -399,10 +446,14 @@ function clusterMetricsCollector(servingWorkers: () => Worker[], primary?: Regis
     if (!last) return;
     // The JSON names the type ('counter'), whatever prom-client's typings say (an enum).
     const cumulative = last.map((registry) => registry.filter((metric) => ['counter', 'histogram'].includes(String(metric.type))));
-    folding = folding.then(async () => {
-      retired = [await sumOf([...retired, ...cumulative])];
-      lastAnswers.delete(worker.id);
-    });
+    folding = folding
+      .then(async () => {
+        retired = [await sumOf([...retired, ...cumulative])];
+      })
+      // A fold that failed drops that worker's last counts (a series may then read as a reset once), not the primary
+      // (an unhandled rejection) nor every later fold, chained behind it.
+      .catch(() => undefined)
+      .finally(() => lastAnswers.delete(worker.id));
   });
   return (workerWaitMs) =>
     new Promise<MetricFamilyJSON[]>((resolve, reject) => {
