@@ -1,3 +1,5 @@
+// First: SIGTERM and SIGINT are held from before anything else loads (a worker's Ctrl-C while it loads).
+import { releaseStopSignals } from './stop-signals-held';
 import cluster from 'node:cluster';
 import { createLogger, type Logger } from '../otel/logger';
 import { runServer } from '../otel/lifecycle';
@@ -25,9 +27,6 @@ import { handleAfterTurn } from './request-arrival';
  * the clients' requests (10 s at most): together within the 20 s a cluster primary gives a worker to exit.
  */
 const BACKGROUND_FETCH_DRAIN_MS = 5_000;
-
-/** The signals runServer stops on. */
-const STOP_SIGNALS = ['SIGTERM', 'SIGINT'] as const;
 
 /** Longest a rate-limit check waits for the cluster primary's answer, ms (then the store-down policy decides). */
 const PRIMARY_STORE_TIMEOUT_MS = 2_000;
@@ -98,6 +97,8 @@ async function main(): Promise<void> {
   if (workers > 1) {
     const logger = createLogger({ serviceName: SERVICE_NAME.gateway, level: config.logLevel });
     startupWarnings(config, logger);
+    // The primary listens for its own (runPrimary): it never serves, and loading the config awaited nothing.
+    releaseStopSignals();
     return runPrimary({ initial, count: workers, logger, load: readConfig });
   }
   return serve(initial);
@@ -143,15 +144,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   let starting = true;
   let hungUpWhileStarting = false;
   if (!worker) process.on('SIGHUP', () => (starting ? (hungUpWhileStarting = true) : hangUp()));
-  // Likewise SIGTERM and SIGINT until runServer listens for them. In a container the gateway is PID 1, for which
-  // a signal nobody listens for is ignored: a pod deleted while it started went on to serve until SIGKILL 30 s
-  // later (elsewhere it died at once, its telemetry unflushed). Held, the signal is raised again once it serves,
-  // and runServer stops as on any other. A cluster worker holds it too: Ctrl-C reaches the whole process group,
-  // and a worker still starting died by it, which its primary took for an unclean stop (exit 1). Its primary's
-  // shutdown message, sent on that same Ctrl-C, ends a worker that does not serve yet at once (src/worker-link.ts).
-  let stopWhileStarting: NodeJS.Signals | undefined;
-  const holdStop = (signal: NodeJS.Signals) => void (stopWhileStarting ??= signal);
-  for (const signal of STOP_SIGNALS) process.on(signal, holdStop);
+  // SIGTERM and SIGINT are held from the first moment (src/stop-signals-held.ts) until runServer listens for them.
   const logger = createLogger({ serviceName: SERVICE_NAME.gateway, level: config.logLevel });
   const { redisUrl, redisTimeoutMs } = config.rateLimit;
   const redis = redisUrl ? createRedisStore({ url: redisUrl, commandTimeoutMs: redisTimeoutMs, logger }) : undefined;
@@ -251,7 +244,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
       await shutdownTelemetry();
     },
   }));
-  for (const signal of STOP_SIGNALS) process.off(signal, holdStop);
+  const stopWhileStarting = releaseStopSignals();
   const { url } = running;
   const redirectHttpPort = config.tls?.redirectHttpPort;
   if (redirectHttpPort !== undefined) {

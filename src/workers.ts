@@ -373,13 +373,17 @@ export function runPrimary(options: PrimaryOptions): void {
     const exits = slots.flatMap((slot) => {
       const worker = slot.worker;
       if (!worker) return [];
-      if (listening.has(worker.id)) draining.add(worker.id);
+      const serving = listening.has(worker.id);
+      if (serving) draining.add(worker.id);
       return [
         new Promise<boolean>((resolve) => {
           const killer = setTimeout(() => worker.process.kill('SIGKILL'), SHUTDOWN_BOUND_MS);
-          worker.once('exit', (code) => {
+          worker.once('exit', (code, signal) => {
             clearTimeout(killer);
-            resolve(code === 0);
+            // Ctrl-C reaches the whole process group. A worker forked a moment before dies by it while Node itself
+            // starts, before any code of the gateway's can hold it (src/stop-signals-held.ts): it served nothing and
+            // had nothing to finish, so it stopped as cleanly as one told to. Counted unclean, the cluster exited 1.
+            resolve(code === 0 || (!serving && signal === cause));
           });
           send(worker, { gateway: 'shutdown' });
         }),

@@ -158,6 +158,23 @@ describe('while it starts', () => {
   });
 });
 
+// Earlier still: the workers were forked a moment ago and are loading their modules or waiting for their config.
+// They held no stop signal until their config came (they had no listener before), died by the Ctrl-C, and the
+// primary took that for an unclean stop: exit 1.
+describe('while its workers load', () => {
+  it('exits 0 on a SIGINT to the process group as soon as the primary started', async () => {
+    const gateway = spawnGateway({ GATEWAY_WORKERS: '2' }, true);
+    try {
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => gateway.once('exit', (code, signal) => resolve({ code, signal })));
+      await waitForLog(gateway, (line) => line.message === 'gateway primary started');
+      process.kill(-gateway.pid!, 'SIGINT');
+      expect(await exited).toEqual({ code: 0, signal: null });
+    } finally {
+      if (gateway.exitCode === null) process.kill(-gateway.pid!, 'SIGKILL');
+    }
+  });
+});
+
 describe('during the drain', () => {
   it('ignores a second SIGTERM and a SIGINT: the request in flight still completes and the exit code is 0 (the second signal killed the process at once)', async () => {
     // Answers after 1.5 s: both repeated signals arrive while it is in flight.
