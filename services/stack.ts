@@ -9,7 +9,7 @@ import { describeRouteAccess, loadConfig, type GatewayConfig } from '../src/conf
 /**
  * `npm start`: the gateway and the three services as four processes on one machine, the way
  * docker compose runs them, each preloading the telemetry bootstrap. Prints the routes and a curl to paste,
- * and stops all four on Ctrl-C / SIGTERM (or when any of them dies).
+ * and stops all four on Ctrl-C / SIGTERM / SIGHUP (or when any of them dies).
  *
  * Ports: `PORT` for the gateway (default 3000; the gateway reads it itself, this launcher only to know where to
  * wait), `USERS_PORT`, `ORDERS_PORT` and `NOTIFICATIONS_PORT` for the services (default 4001, 4002, 4003), and
@@ -92,6 +92,21 @@ const members: Member[] = [
   },
 ];
 
+/**
+ * How long the launcher waits for the four to stop after its SIGTERM before it kills them, ms: the 30 s compose and
+ * Kubernetes give each. At 12 s it killed a gateway still within its own bounds (drain 10 s, then background fetches
+ * and the telemetry flush; a cluster's primary waits 22 s for its workers), mid-flush.
+ */
+const CHILD_STOP_BOUND_MS = 30_000;
+
+/**
+ * The signals that stop all four. SIGHUP too: a closed terminal sends it to the launcher's whole process group, and
+ * without a handler the launcher died at once while the gateway (to which SIGHUP means "reload") stayed up on its
+ * port as an orphan answering 502, and the next `npm start` found the port taken. Handled with `on`, not `once`:
+ * a second Ctrl-C during the stop is ignored, where Node's default killed the launcher and the kill bound with it.
+ */
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
 const children = new Map<string, ChildProcess>();
 let stopping = false;
 
@@ -118,7 +133,7 @@ async function stop(exitCode: number): Promise<void> {
   for (const child of children.values()) child.kill('SIGTERM');
   const killTimer = setTimeout(() => {
     for (const child of children.values()) child.kill('SIGKILL');
-  }, 12_000);
+  }, CHILD_STOP_BOUND_MS);
   await Promise.all(exits);
   clearTimeout(killTimer);
   process.exit(exitCode);
@@ -213,8 +228,7 @@ function banner({ url: gatewayUrl, certFile }: GatewayAddress): string {
 }
 
 async function main(): Promise<void> {
-  process.once('SIGINT', () => void stop(0));
-  process.once('SIGTERM', () => void stop(0));
+  for (const signal of STOP_SIGNALS) process.on(signal, () => void stop(0));
   for (const member of members) start(member);
   const address = gatewayAddress();
   if (await waitUntilReady(address.probeUrl, 20_000)) {

@@ -97,6 +97,22 @@ describe('npm start', () => {
     }
   });
 
+  // A closed terminal sends SIGHUP to the launcher (and its group). Without a handler the launcher died at once and
+  // left the four up, the gateway (to which SIGHUP means reload) answering 502 on its port; a second signal during
+  // the stop (Ctrl-C pressed twice) killed it too, and the bound that kills a child that hangs went with it.
+  it('stops all four on SIGHUP, and a second signal during the stop changes nothing', async () => {
+    const launched = await startLauncher();
+    stack = launched.child;
+    await waitForOutput(stack, /Ctrl-C stops all four processes/, 30_000);
+    const exited = new Promise<number | null>((resolve) => stack!.once('exit', (code) => resolve(code)));
+    stack.kill('SIGHUP');
+    stack.kill('SIGINT');
+    expect(await exited).toBe(0);
+    for (const port of launched.ports) {
+      await expect(fetch(`http://127.0.0.1:${port}/health`)).rejects.toThrow();
+    }
+  });
+
   // The launcher waited at http://<host>:PORT whatever the config said: a gateway serving HTTPS (`tls`, as the README's
   // "HTTPS and HTTP/2" shows), or on the file's `port` with PORT unset, was given up on after 20 s and the stack stopped.
   it("waits for the gateway where its config puts it (HTTPS with `tls`, the file's `port`) and prints curls that trust its certificate", async () => {
