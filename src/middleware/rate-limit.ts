@@ -97,6 +97,12 @@ export interface RateLimiter {
 /** A policy checked for the current request: what the rate-limit fields say of it (`ctx.state.rateLimits`). */
 export interface CheckedRateLimit {
   name: string;
+  /**
+   * Which policy it is, whatever its name: where its windows are stored (`route:<name>` for a route's). A route may be
+   * named like one of the gateway's policies (`consumer-acme`); kept apart by name, the consumer's check replaced the
+   * route's in the fields, and a 429 said Retry-After 10 to a client the route then refused for a minute more.
+   */
+  storeName: string;
   /** Its `RateLimit-Policy` item. */
   policy: string;
   windowSeconds: number;
@@ -145,7 +151,7 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
   }
 
   function refuse(ctx: Context, count: WindowCount): never {
-    const retryAfter = Math.max(1, recordCheck(ctx, { name: options.name, policy, windowSeconds, count }));
+    const retryAfter = Math.max(1, recordCheck(ctx, { name: options.name, storeName, policy, windowSeconds, count }));
     trace.getActiveSpan()?.setAttribute(ATTR.rateLimitDecision, 'limited');
     decided?.limited.inc();
     throw new GatewayError('rate_limited', `Rate limit of ${options.max} requests per ${windowSeconds} s exceeded; retry in ${retryAfter} s.`, {
@@ -164,7 +170,7 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
       }
       if (!count.admitted) refuse(ctx, count);
       decided?.allowed.inc();
-      if (!options.hiddenUntilRefused) recordCheck(ctx, { name: options.name, policy, windowSeconds, count });
+      if (!options.hiddenUntilRefused) recordCheck(ctx, { name: options.name, storeName, policy, windowSeconds, count });
       await next();
     },
     async refuseIfSpent(ctx, key = clientNetworkKey(ctx.ip, ipv6PrefixLength)) {
@@ -236,7 +242,7 @@ function groupMask(bits: number): number {
  */
 function recordCheck(ctx: Context, checked: CheckedRateLimit): number {
   const all = (ctx.state.rateLimits ??= []);
-  const same = all.findIndex((each) => each.name === checked.name);
+  const same = all.findIndex((each) => each.storeName === checked.storeName);
   if (same === -1) all.push(checked);
   else all[same] = checked;
   if (all.length > 1) all.sort((a, b) => a.count.remaining - b.count.remaining || b.count.reset - a.count.reset);

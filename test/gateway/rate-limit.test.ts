@@ -160,6 +160,32 @@ describe('with two limits on one request', () => {
     }
   });
 
+  // A route may be named like one of the gateway's policies: its windows are its own (`route:consumer-acme`), and so is
+  // its place in the fields. Recorded by name, one check replaced the other: one item listed, and a 429 that said
+  // Retry-After 10 (the consumer's window) to a client the route went on refusing for a minute.
+  it("lists a route named like a consumer's policy beside that policy, and its refusal says the route's delay", async () => {
+    const overrides = {
+      consumers: [{ id: 'acme', role: 'partner', keys: [{ hash: hashApiKey(KEY) }], rateLimit: { max: 100, windowMs: 10_000 } }],
+      routes: [{ name: 'consumer-acme', prefix: '/api/tenant', service: 'users', upstreamPath: '/health', rateLimit: { ...perMinute(2), by: 'consumer' } }],
+    };
+    const stack = await startStack({ env: { RATE_LIMIT_MAX: '100000' }, overrides });
+    try {
+      const answers: Response[] = [];
+      for (let i = 0; i < 3; i++) {
+        const answer = await withKey(stack.gateway.url);
+        await answer.arrayBuffer();
+        answers.push(answer);
+      }
+      expect(answers.map((answer) => answer.status)).toEqual([200, 200, 429]);
+      for (const answer of answers.slice(0, -1)) {
+        expect(answer.headers.get('ratelimit-policy')).toMatch(/^"consumer-acme";q=2;w=60, "consumer-acme";q=100;w=10$/);
+      }
+      expect(Number(answers[2]!.headers.get('retry-after'))).toBeGreaterThan(10);
+    } finally {
+      await stack.close();
+    }
+  });
+
   // The per-account window is spent by every client's attempts: only the answer it refuses shows it (login-abuse.test.ts).
   it.each([
     { desc: 'the per-client limit smaller', overrides: loginLimits(3, 10), shown: ['"login";r=2', '"login";r=1', '"login";r=0'], refused: /^"login";r=0;t=(\d+)$/ },
