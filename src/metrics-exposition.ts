@@ -127,7 +127,9 @@ export function negotiateExposition(accept: string | undefined): ExpositionForma
       const version = range.params.get('version');
       const charset = range.params.get('charset')?.toLowerCase();
       if ((version !== undefined && !offered.versions.includes(version)) || (charset !== undefined && charset !== 'utf-8')) continue;
-      const specificity = (range.type === '*' ? 0 : range.subtype === '*' ? 1 : 2) * 100 + range.params.size;
+      // Of two ranges as specific, the one naming the version sent (OpenMetrics answers 1.0.0 to a 0.0.1 range too)
+      // gives the weight: the first listed gave it, and a 0.0.1 range at q=0.1 before 1.0.0 at q=1 sent the text format.
+      const specificity = (range.type === '*' ? 0 : range.subtype === '*' ? 1 : 2) * 100 + range.params.size + (version === offered.versions[0] ? 0.5 : 0);
       if (!best || specificity > best.specificity) best = { specificity, q: range.q };
     }
     const candidate = { format: offered.format, q: best?.q ?? 0, named: (best?.specificity ?? 0) >= 200 };

@@ -12,6 +12,9 @@ describe('negotiateExposition', () => {
     { desc: 'text/*', accept: 'text/*', format: 'text' },
     { desc: 'the shipped Prometheus job', accept: PROMETHEUS_ACCEPT, format: 'openmetrics' },
     { desc: 'Prometheus 2 (OpenMetrics 1.0.0 first)', accept: 'application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1', format: 'openmetrics' },
+    // The range naming the version sent gives OpenMetrics its weight, whichever is listed first (it took the first).
+    { desc: 'OpenMetrics 0.0.1 at a low weight listed before 1.0.0 at the highest', accept: 'application/openmetrics-text;version=0.0.1;q=0.1, text/plain;version=0.0.4;q=0.5, application/openmetrics-text;version=1.0.0', format: 'openmetrics' },
+    { desc: 'OpenMetrics 1.0.0 at a low weight listed after 0.0.1 at the highest', accept: 'application/openmetrics-text;version=0.0.1, text/plain;version=0.0.4;q=0.5, application/openmetrics-text;version=1.0.0;q=0.1', format: 'text' },
     { desc: 'OpenMetrics draft 0.0.1, the same parser in Prometheus', accept: 'application/openmetrics-text; version=0.0.1,text/plain;version=0.0.4;q=0.5,*/*;q=0.1', format: 'openmetrics' },
     { desc: 'OpenMetrics without a version', accept: 'application/openmetrics-text', format: 'openmetrics' },
     { desc: 'application/*', accept: 'application/*', format: 'openmetrics' },
