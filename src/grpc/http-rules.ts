@@ -1,6 +1,6 @@
 import * as protobuf from 'protobufjs';
 import { fieldNamed, isTextSettable, jsonFromText, JsonMappingError, messageFromJson } from './json-mapping';
-import { matchPathTemplate, parsePathTemplate, type PathBinding, type PathTemplate } from './path-template';
+import { comparePrecedence, matchPathTemplate, parsePathTemplate, type PathBinding, type PathTemplate } from './path-template';
 import { loadProtoRoot } from './proto-files';
 
 /**
@@ -89,8 +89,8 @@ export function loadGrpcServiceMapping(protoFile: string, serviceName: string): 
     const additional = rule.additional_bindings === undefined ? [] : [rule.additional_bindings].flat();
     for (const each of [rule, ...additional]) bindings.push(compileBinding(each, method, where));
   }
-  // More literal segments first: `/v1/things/special` is tried before `/v1/things/{id}`.
-  bindings.sort((a, b) => b.template.literalCount - a.template.literalCount || a.template.segments.length - b.template.segments.length);
+  // In the reference matcher's order (comparePrecedence): `/v1/things/special` is tried before `/v1/things/{id}`.
+  bindings.sort((a, b) => comparePrecedence(a.template, b.template));
 
   return {
     service: serviceName,

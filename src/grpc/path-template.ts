@@ -31,8 +31,6 @@ export interface PathTemplate {
   readonly source: string;
   readonly segments: readonly Segment[];
   readonly variables: readonly Variable[];
-  /** Literal segments: more of them = more specific (tried first). */
-  readonly literalCount: number;
 }
 
 /** A variable's value is refused beyond this many characters (decoded), whatever the field. */
@@ -86,7 +84,26 @@ export function parsePathTemplate(source: string): PathTemplate {
   segments.forEach((segment, index) => {
     if (segment.kind === 'rest' && index !== segments.length - 1) fail('"**" must be the last segment');
   });
-  return { source, segments, variables, literalCount: segments.filter((segment) => segment.kind === 'literal').length };
+  return { source, segments, variables };
+}
+
+/** Each segment kind's place when templates compete for a path: a literal, then `*`, then `**`. */
+const SEGMENT_RANK = { literal: 0, one: 1, rest: 2 } as const;
+
+/**
+ * Which of two templates a path both fit goes to, as the reference matcher decides (grpc-httpjson-transcoding's
+ * path matcher, which Envoy's transcoder uses: segment by segment from the left, a literal before `*` before `**`):
+ * negative when `a` comes first. Where one is the other plus segments, the shorter first (`/v1/files` before
+ * `/v1/files/**`). Sorted by their literal counts instead, `/v1/{name=**}` took `/v1/x/y` from `/v1/{a}/{b}`, and
+ * at equal counts the proto's order decided (`/v1/{p=files/**}` before `/v1/files/{id}`).
+ */
+export function comparePrecedence(a: PathTemplate, b: PathTemplate): number {
+  const shared = Math.min(a.segments.length, b.segments.length);
+  for (let index = 0; index < shared; index++) {
+    const difference = SEGMENT_RANK[a.segments[index]!.kind] - SEGMENT_RANK[b.segments[index]!.kind];
+    if (difference !== 0) return difference;
+  }
+  return a.segments.length - b.segments.length;
 }
 
 /** Why a path variable was refused (-> 400 before anything reaches the service). */

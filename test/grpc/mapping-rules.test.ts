@@ -1,3 +1,6 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import fc from 'fast-check';
 import { parseConfig } from '../../src/config';
 import { loadGrpcServiceMapping, parseQuery } from '../../src/grpc/http-rules';
@@ -13,6 +16,33 @@ const RUNS = { seed: 15, numRuns: 300 };
 const mapping = loadGrpcServiceMapping(MAPPING_PROTO, MAPPING_SERVICE);
 const everything = mapping.bindings.find((binding) => binding.method.name === 'Echo')!.method.requestType;
 const roundTrip = (json: Record<string, unknown>) => messageToJson(everything, everything.decode(everything.encode(messageFromJson(everything, json)).finish())) as Record<string, unknown>;
+
+// Which method a path goes to when several templates fit it: the reference matcher's (grpc-httpjson-transcoding, in
+// Envoy), segment by segment from the left, a literal before `*` before `**`. Sorted by literal counts, `/v1/x/y` went
+// to `{name=**}` and, at equal counts, the proto's order decided.
+describe('templates that compete for a path', () => {
+  const competing = (templates: string[]) => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'precedence-'));
+    const file = path.join(dir, 'competing.proto');
+    const rpcs = templates.map((template, index) => `  rpc M${index}(Fields) returns (google.protobuf.Empty) { option (google.api.http) = { get: "${template}" }; }`);
+    const fields = 'message Fields { string name = 1; string a = 2; string b = 3; string p = 4; string id = 5; string rest = 6; }';
+    writeFileSync(file, ['syntax = "proto3";', 'package competing;', 'import "google/api/annotations.proto";', 'import "google/protobuf/empty.proto";', fields, 'service Competing {', ...rpcs, '}', ''].join('\n'));
+    return loadGrpcServiceMapping(file, 'competing.Competing');
+  };
+  it.each([
+    { templates: ['/v1/{name=**}', '/v1/{a}/{b}'], path: '/v1/x/y', chosen: '/v1/{a}/{b}' },
+    { templates: ['/v1/{p=files/**}', '/v1/files/{id}'], path: '/v1/files/abc', chosen: '/v1/files/{id}' },
+    { templates: ['/v1/{id}/x', '/v1/things/{id}'], path: '/v1/things/x', chosen: '/v1/things/{id}' },
+    { templates: ['/v1/files/{rest=**}', '/v1/files'], path: '/v1/files', chosen: '/v1/files' },
+    { templates: ['/v1/{a}/{b}', '/v1/things/special'], path: '/v1/things/special', chosen: '/v1/things/special' },
+    { templates: ['/v1/{name=**}', '/v1/{a}/{b}'], path: '/v1/x/y/z', chosen: '/v1/{name=**}' },
+  ])('$path goes to $chosen of $templates, in either order', ({ templates, path: requested, chosen }) => {
+    for (const order of [templates, [...templates].reverse()]) {
+      const found = competing(order).find('GET', requested);
+      expect(found?.kind === 'matched' ? found.binding.template.source : found).toBe(chosen);
+    }
+  });
+});
 
 describe('path variables', () => {
   const template = parsePathTemplate('/v1/things/{id}');
