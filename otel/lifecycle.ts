@@ -301,7 +301,7 @@ function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejecte
  * (RFC 9112 9.6: no further requests are processed after a close). A request whose response has no connection
  * yet waits until it is its turn, and is never handled when the connection closes first.
  */
-function inTurn(handle: http.RequestListener, logger: Logger, openHttp2Responses: Set<Http2ServerResponse>, admitStream?: (stream: http2.ServerHttp2Stream) => boolean): http.RequestListener {
+function inTurn(handle: http.RequestListener, logger: Logger, openHttp2Responses: Set<Http2ServerResponse>, draining: () => boolean, admitStream?: (stream: http2.ServerHttp2Stream) => boolean): http.RequestListener {
   /** Requests parsed on each connection and waiting for their turn. */
   const waiting = new WeakMap<Socket, number>();
   return (request, response) => {
@@ -330,6 +330,9 @@ function inTurn(handle: http.RequestListener, logger: Logger, openHttp2Responses
       // hands the connection on as that answer finishes, before its end: a POST queued there was forwarded, on a
       // connection already condemned, where one queued behind an answer not yet begun never ran.
       if (closingAfterAnswer.has(request.socket)) return;
+      // Queued before the drain began, behind an answer under way: the drain marked that answer and the requests
+      // arriving after it, not this one, which went out keep-alive on a connection about to be half-closed.
+      if (draining()) closeAfterAnswer(response);
       handle(request, response);
     };
     if (response.socket) return handleIfOpen();
@@ -844,7 +847,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   const { app, logger } = options;
   const { timeouts } = options;
   const openHttp2Responses = new Set<Http2ServerResponse>();
-  const listener = inTurn(app.callback(), logger, openHttp2Responses, options.admitStream);
+  const listener = inTurn(app.callback(), logger, openHttp2Responses, () => closing !== undefined, options.admitStream);
   const server: PublicServer = options.createServer
     ? options.createServer(listener)
     : http.createServer(
