@@ -6,6 +6,7 @@ import { atMostEvery, type Logger } from '../../otel/logger';
 import { ATTR, CACHE_RESULTS, dashedSpelling, HEADER, isLookAlikeName, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
 import { forwardedOrigin } from '../cache-forwarded-origin';
 import { createNamedResources } from '../cache-named-resources';
+import type { StaleResource } from '../cache-invalidations';
 import { satisfiesConditional } from '../conditional-request';
 import { GatewayError, isGatewayError } from '../errors';
 import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
@@ -362,10 +363,45 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     serve(ctx, await refreshStored(revalidated), 'revalidated', revalidated.rules, false);
   };
 
+  /**
+   * Runs a write and drops the copies it makes stale once it succeeded (or may have): `own`, and the resources its
+   * answer names (Location, Content-Location; src/cache-named-resources.ts). RFC 9111 4.4: once an unsafe request to a
+   * resource succeeded, what was stored for it is out of date. The proxy sends the answer before next() returns, so it
+   * holds it until the copies are dropped wherever another request may read them (Redis, the other workers): a
+   * client that wrote, then read through another worker or replica, got the copy from before its write.
+   */
+  const invalidatingWrite = async (ctx: Context, next: () => Promise<unknown>, route: NonNullable<Context['state']['route']>, own: readonly StaleResource[]) => {
+    let invalidation: Promise<unknown> | undefined;
+    const invalidate = (locations: readonly string[]) => {
+      if (invalidation) return invalidation;
+      const named = namedResources({ protocol: ctx.protocol, host: forwardedHost(ctx), path: ctx.path, route }, locations).filter((each) => !own.some((mine) => mine.route === each.route && mine.resource === each.resource));
+      return (invalidation = Promise.all([...own, ...named].map((each) => dropStoredCopies(each.route, each.resource))));
+    };
+    ctx.state.holdResponse = (status, locations) => (status < 400 ? invalidate(locations) : undefined);
+    try {
+      await next();
+    } catch (error) {
+      // The service may have done a write whose answer never came whole: a client that retries or reads next
+      // must not read the copy from before it (and, seeing its order missing, order again).
+      if (isGatewayError(error) && WRITE_MAY_HAVE_HAPPENED.has(error.code)) await invalidate([]);
+      throw error;
+    }
+    // An answer the proxy did not hold (none reached it): the locations as it went out. None at all: the client
+    // left while the service had the request, which it may still have done.
+    if (ctx.status < 400 || !ctx.res.headersSent) await invalidate([ctx.response.get('location'), ctx.response.get('content-location')].filter(Boolean));
+  };
+
   return async function cacheResponses(ctx, next) {
     const route = ctx.state.route;
-    const policy = route && options.routes.get(route.name);
-    if (!route || !policy) return next();
+    if (!route) return next();
+    const policy = options.routes.get(route.name);
+    if (!policy) {
+      // A route without a cache still writes to what a cached route of its service holds, and its answer names it
+      // (an exact POST-only route refining a cached prefix route: `POST /api/orders` answered 201 with the Location
+      // of an order whose 404 the prefix route stored). It invalidated nothing, and that 404 went on answering.
+      if (SAFE_METHODS.has(ctx.method)) return next();
+      return invalidatingWrite(ctx, next, route, []);
+    }
     const { req } = ctx;
     const headers = req.headers;
     const method = ctx.method;
@@ -385,30 +421,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       record(ctx, route.name, 'bypass');
       // A client that asked for a stored answer only gets none rather than a trip to the service (RFC 9111 5.2.1.7).
       if (onlyIfCached) throw notCached();
-      // RFC 9111 4.4: once an unsafe request to a resource succeeded, what was stored for it is out of date. The
-      // proxy sends the answer before next() returns, so it holds it until the copies are dropped wherever another
-      // request may read them (Redis, the other workers): a client that wrote, then read through another worker
-      // or replica, got the copy from before its write. So are the resources its answer names (Location,
-      // Content-Location), which a client reads next (src/cache-named-resources.ts).
-      let invalidation: Promise<unknown> | undefined;
-      const invalidate = (locations: readonly string[]) => {
-        if (invalidation) return invalidation;
-        const named = namedResources({ protocol: ctx.protocol, host: forwardedHost(ctx), path: ctx.path, route }, locations).filter((each) => each.route !== route.name || each.resource !== resource);
-        return (invalidation = Promise.all([dropStoredCopies(route.name, resource), ...named.map((each) => dropStoredCopies(each.route, each.resource))]));
-      };
-      ctx.state.holdResponse = (status, locations) => (status < 400 ? invalidate(locations) : undefined);
-      try {
-        await next();
-      } catch (error) {
-        // The service may have done a write whose answer never came whole: a client that retries or reads next
-        // must not read the copy from before it (and, seeing its order missing, order again).
-        if (isGatewayError(error) && WRITE_MAY_HAVE_HAPPENED.has(error.code)) await invalidate([]);
-        throw error;
-      }
-      // An answer the proxy did not hold (none reached it): the locations as it went out. None at all: the client
-      // left while the service had the request, which it may still have done.
-      if (ctx.status < 400 || !ctx.res.headersSent) await invalidate([ctx.response.get('location'), ctx.response.get('content-location')].filter(Boolean));
-      return;
+      return invalidatingWrite(ctx, next, route, [{ route: route.name, resource }]);
     }
     const forwardedCredential = route.forwardAuthorization && headers[HEADER.authorization] !== undefined && !ctx.state.user && !ctx.state.consumer;
     // Under `headersWithUnderscores: allow`, `accept_language` (and `accept.language`) reaches the service, which may

@@ -98,6 +98,8 @@ async function catalogService(): Promise<CatalogService> {
 
 const CACHED_ROUTES = [
   { name: 'catalog', prefix: '/api/catalog', service: 'notifications', upstreamPath: '/catalog', cache: { ttlSeconds: 60 } },
+  // No cache of its own: an exact POST-only route refining the cached prefix route (the create endpoint).
+  { name: 'catalog-create', prefix: '/api/catalog', exact: true, methods: ['POST'], service: 'notifications', upstreamPath: '/catalog' },
   { name: 'shared-catalog', prefix: '/api/shared', service: 'notifications', upstreamPath: '/shared', cache: { ttlSeconds: 60, scope: 'public' } },
   {
     name: 'open-catalog',
@@ -577,6 +579,21 @@ describe('response cache', () => {
     expect(write.status).toBe(status);
     const after = await send(stack.gateway.url, child, as(alice));
     expect([after.status, after.headers['x-cache']]).toEqual(dropped ? [200, 'MISS'] : [404, 'HIT']);
+  });
+
+  // A write through a route without a cache of its own invalidated nothing: the POST answered 201 naming a resource
+  // whose 404 the cached prefix route had stored left that 404 answering for the route's whole ttl.
+  it('drops what a write through a route without a cache names in its answer, on a cached route of its service', async () => {
+    const child = `${fresh('/api/catalog')}/child`;
+    const before = [await send(stack.gateway.url, child, as(alice, { 'x-answer-status': '404' })), await send(stack.gateway.url, child, as(alice, { 'x-answer-status': '404' }))];
+    expect(before.map((reply) => [reply.status, reply.headers['x-cache']])).toEqual([
+      [404, 'MISS'],
+      [404, 'HIT'],
+    ]);
+    const write = await send(stack.gateway.url, `/api/catalog?loc=${encodeURIComponent(child)}`, as(bob, { 'x-answer-status': '201' }), 'POST');
+    expect([write.status, write.headers['x-cache']]).toEqual([201, undefined]);
+    const after = await send(stack.gateway.url, child, as(alice));
+    expect([after.status, after.headers['x-cache']]).toEqual([200, 'MISS']);
   });
 
   it('keeps a signed-in caller\'s answers per token where the service reads the token itself (forwardAuthorization)', async () => {
