@@ -87,15 +87,19 @@ import { UNTRACED_PATHS, type InstrumentationName, type MetricsConfig, type Samp
 const ATTR_DEPLOYMENT_ENVIRONMENT_NAME = 'deployment.environment.name';
 const ATTR_SERVICE_INSTANCE_ID = 'service.instance.id';
 
+/** How a shutdown's last flush ended (Telemetry.shutdown). */
+export type ShutdownOutcome = 'flushed' | 'failed' | 'timed_out';
+
 export interface Telemetry {
   readonly config: TelemetryConfig;
   /** Registers instrumentations, providers, propagators and, unless `OTEL_LOG_LEVEL` is set, the quiet diagnostics. */
   start(): void;
   /**
-   * Flushes what is queued and stops exporting. Resolves `true` when done within `timeoutMs`, `false` when it
-   * gave up (a hung collector), never rejects.
+   * Flushes what is queued and stops exporting, each signal on its own: `flushed` when all did within `timeoutMs`,
+   * `failed` when one or more exports were refused (the others still had their whole flush), `timed_out` when it gave
+   * up waiting (a hung collector). Never rejects.
    */
-  shutdown(timeoutMs: number): Promise<boolean>;
+  shutdown(timeoutMs: number): Promise<ShutdownOutcome>;
   /** True when an export failed recently; a flush at exit is then not worth a long wait. */
   exportFailedRecently(): boolean;
   /**
@@ -173,20 +177,21 @@ export function createTelemetry(config: TelemetryConfig, options: CreateTelemetr
       });
     },
     async shutdown(timeoutMs) {
-      if (providers === undefined) return true;
+      if (providers === undefined) return 'flushed';
       const running = providers;
       let timer: NodeJS.Timeout | undefined;
-      const gaveUp = new Promise<boolean>((resolve) => {
-        timer = setTimeout(() => resolve(false), timeoutMs);
+      const gaveUp = new Promise<ShutdownOutcome>((resolve) => {
+        timer = setTimeout(() => resolve('timed_out'), timeoutMs);
         timer.unref();
       });
-      const flushed = Promise.all(running.map((provider) => provider.shutdown())).then(
-        () => true,
-        (error: unknown) => {
-          diagnostics.reportExportError(error);
-          return false;
-        },
-      );
+      // Each signal's flush runs to its end: with Promise.all, the span provider's refused export (a trace endpoint
+      // answering 404) rejected at once, the shutdown returned, and the process exited under the log records and
+      // metrics still being flushed.
+      const flushed = Promise.allSettled(running.map((provider) => provider.shutdown())).then((results): ShutdownOutcome => {
+        const refused = results.flatMap((result) => (result.status === 'rejected' ? [result.reason as unknown] : []));
+        for (const error of refused) diagnostics.reportExportError(error);
+        return refused.length === 0 ? 'flushed' : 'failed';
+      });
       try {
         return await Promise.race([flushed, gaveUp]);
       } finally {

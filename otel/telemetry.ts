@@ -99,8 +99,9 @@ export function shutdownTelemetry(): Promise<void> {
   if (telemetry === undefined) return Promise.resolve();
   stopping ??= (async () => {
     const timeoutMs = telemetry.exportFailedRecently() ? SHUTDOWN_TIMEOUT_COLLECTOR_DOWN_MS : SHUTDOWN_TIMEOUT_MS;
-    const flushed = await telemetry.shutdown(timeoutMs);
-    if (!flushed) write(`telemetry: the last export did not finish within ${timeoutMs} ms; it was dropped`);
+    const outcome = await telemetry.shutdown(timeoutMs);
+    if (outcome === 'timed_out') write(`telemetry: the last export did not finish within ${timeoutMs} ms; it was dropped`);
+    else if (outcome === 'failed') write('telemetry: the last export was refused; what it carried was dropped');
   })();
   return stopping;
 }
