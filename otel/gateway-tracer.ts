@@ -133,8 +133,12 @@ let readNanos = 0;
  */
 function readClock(now = performance.now()): void {
   if (now - anchorCheckedAt >= ANCHOR_CHECK_INTERVAL_MS) {
-    anchorCheckedAt = now;
-    const wallOriginMs = Date.now() - now;
+    // The wall clock against a reading taken with it: `now` may be a request's arrival, read before the pipeline's
+    // turn came. Against that, the origin moved by the wait (under load, more than the tolerance), every span for
+    // the next second was that much later than the log lines, and spans across the next check lost it.
+    const checkedAt = performance.now();
+    anchorCheckedAt = checkedAt;
+    const wallOriginMs = Date.now() - checkedAt;
     if (Math.abs(wallOriginMs - originMs) > ANCHOR_TOLERANCE_MS) {
       originMs = wallOriginMs;
       origin = millisToHrTime(originMs);

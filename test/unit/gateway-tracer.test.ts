@@ -502,6 +502,23 @@ describe('the lean gateway tracer', () => {
     expect(ms(span.endTime)).toBeGreaterThanOrEqual(ms(before.endTime) - 1);
   });
 
+  // The once-a-second check of the wall clock's origin ran against the handed start, read before the pipeline's
+  // turn: the origin moved by the wait, and the span started that much later than it arrived, as every span did
+  // for the next second.
+  it('starts a span handed a start at that time even when the clock checks its origin on that read', async () => {
+    const tracer = createGatewayTracer({ sampler: new AlwaysOnSampler(), idGenerator: new RequestedTraceIdGenerator(), resource: RESOURCE, spanProcessors: [] });
+    const ms = (time: HrTime) => time[0] * 1e3 + time[1] / 1e6;
+    // Past the check's interval since any read: the next read checks the origin.
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    const arrivedWall = Date.now();
+    const arrived = performance.now();
+    await new Promise((resolve) => setTimeout(resolve, 40));
+    const span = startSpanOwning(tracer, 'GET', { attributes: {} }, ROOT_CONTEXT, arrived) as GatewaySpan;
+    span.end();
+    expect(Math.abs(ms(span.startTime) - arrivedWall)).toBeLessThan(5);
+    expect(ms(span.duration)).toBeGreaterThanOrEqual(39);
+  });
+
   it('keeps a frozen array of scalars as it is, and copies any other (or one with a string to cut)', () => {
     const tracer = createGatewayTracer({ sampler: new AlwaysOnSampler(), idGenerator: new RequestedTraceIdGenerator(), resource: RESOURCE, spanProcessors: [], spanLimits: { attributeValueLengthLimit: 5 } });
     const span = tracer.startSpan('GET', {}, ROOT_CONTEXT) as GatewaySpan;
