@@ -162,7 +162,7 @@ export function readTelemetryConfig(
   const warnings: string[] = [];
   const serviceName =
     value(env, 'OTEL_SERVICE_NAME') ??
-    serviceNameFromResourceAttributes(value(env, 'OTEL_RESOURCE_ATTRIBUTES')) ??
+    serviceNameFromResourceAttributes(value(env, 'OTEL_RESOURCE_ATTRIBUTES'), warnings) ??
     serviceNameFromEntryScript(entryScript) ??
     'unknown_service:node';
   // These add to `warnings` as they read; a variable the signals share is read once per signal, and its warning
@@ -221,18 +221,37 @@ function list(env: Env, name: string): string[] | undefined {
     .filter((item) => item !== '');
 }
 
-function serviceNameFromResourceAttributes(raw: string | undefined): string | undefined {
-  for (const pair of raw?.split(',') ?? []) {
-    const [key, val] = pair.split('=');
-    if (key?.trim() === 'service.name' && val !== undefined && val.trim() !== '') {
-      try {
-        return decodeURIComponent(val.trim());
-      } catch {
-        return val.trim();
-      }
+/** The longest key or value OTEL_RESOURCE_ATTRIBUTES may hold, decoded (the SDK's EnvDetector's limit). */
+const MAX_RESOURCE_ATTRIBUTE_LENGTH = 255;
+
+/**
+ * `service.name` of OTEL_RESOURCE_ATTRIBUTES as the SDK's resource gets it (@opentelemetry/resources' EnvDetector:
+ * pairs split on `,` and `=`, keys and values percent-decoded, the last of a repeated key kept), or none. Any error
+ * discards the whole value (the Resource SDK spec: "the entire environment variable value SHOULD be discarded and an
+ * error SHOULD be reported"), as the SDK does: read on their own here, `service.name=a%ZZ` or a malformed pair beside
+ * it named the logs' service while the exported resource had no such name, and of two the first named it, where
+ * the resource took the last.
+ */
+function serviceNameFromResourceAttributes(raw: string | undefined, warnings: string[]): string | undefined {
+  if (raw === undefined) return undefined;
+  let serviceName: string | undefined;
+  for (const pair of raw.split(',')) {
+    if (pair.trim() === '') continue;
+    const parts = pair.split('=');
+    let key: string;
+    let decoded: string;
+    try {
+      if (parts.length !== 2 || parts[0]!.trim() === '') throw new Error(`"${pair}" is not key=value`);
+      key = decodeURIComponent(parts[0]!.trim());
+      decoded = decodeURIComponent(parts[1]!.trim());
+      if (key.length > MAX_RESOURCE_ATTRIBUTE_LENGTH || decoded.length > MAX_RESOURCE_ATTRIBUTE_LENGTH) throw new Error(`"${key.slice(0, 40)}" is longer than ${MAX_RESOURCE_ATTRIBUTE_LENGTH} characters`);
+    } catch (error) {
+      warnings.push(`OTEL_RESOURCE_ATTRIBUTES is discarded (${error instanceof URIError ? `"${pair}" is not percent-encoded UTF-8` : (error as Error).message}); ',' and '=' must be percent-encoded in keys and values`);
+      return undefined;
     }
+    if (key === 'service.name') serviceName = decoded;
   }
-  return undefined;
+  return serviceName === '' ? undefined : serviceName;
 }
 
 type SignalVariable = 'TRACES' | 'LOGS' | 'METRICS';

@@ -21,8 +21,18 @@ describe('service.name', () => {
     { desc: 'OTEL_SERVICE_NAME wins over everything', env: { OTEL_SERVICE_NAME: 'x', OTEL_RESOURCE_ATTRIBUTES: 'service.name=y' }, name: 'x' },
     { desc: 'service.name in OTEL_RESOURCE_ATTRIBUTES wins over the path', env: { OTEL_RESOURCE_ATTRIBUTES: 'a=b,service.name=y%20z' }, name: 'y z' },
     { desc: 'the entry script is the fallback', env: {}, name: SERVICE_NAME.users },
+    // As the SDK's resource gets it: the last of two, and none from a value the SDK discards whole (spec: "the
+    // entire environment variable value SHOULD be discarded"); read on its own, it named the logs' service.
+    { desc: 'the last service.name of OTEL_RESOURCE_ATTRIBUTES, as the resource takes it', env: { OTEL_RESOURCE_ATTRIBUTES: 'service.name=a,service.name=b' }, name: 'b' },
+    { desc: 'the entry script when OTEL_RESOURCE_ATTRIBUTES does not decode', env: { OTEL_RESOURCE_ATTRIBUTES: 'service.name=a%ZZ' }, name: SERVICE_NAME.users },
+    { desc: 'the entry script when OTEL_RESOURCE_ATTRIBUTES has a malformed pair', env: { OTEL_RESOURCE_ATTRIBUTES: 'service.name=checkout,team=a=b' }, name: SERVICE_NAME.users },
+    { desc: 'the entry script when an OTEL_RESOURCE_ATTRIBUTES value is over 255 characters', env: { OTEL_RESOURCE_ATTRIBUTES: `service.name=checkout,note=${'x'.repeat(256)}` }, name: SERVICE_NAME.users },
   ])('$desc', ({ env, name }) => {
     expect(read(env).serviceName).toBe(name);
+  });
+
+  it('says why an OTEL_RESOURCE_ATTRIBUTES it discards was discarded', () => {
+    expect(read({ OTEL_RESOURCE_ATTRIBUTES: 'service.name=a%ZZ' }).warnings).toEqual([expect.stringMatching(/^OTEL_RESOURCE_ATTRIBUTES is discarded \("service\.name=a%ZZ" is not percent-encoded UTF-8\)/)]);
   });
 
   it('is the OpenTelemetry default for an unknown entry script', () => {
