@@ -791,7 +791,15 @@ export const INTERNAL_MAX_CONNECTIONS = 256;
 export async function listenInternal(handler: http.RequestListener, options: InternalListenerOptions): Promise<InternalListener> {
   const { headersMs, requestMs, keepAliveMs } = options.timeouts;
   const served = options.servedHosts === undefined ? handler : servingHosts(options.servedHosts, handler);
-  const server = http.createServer({ headersTimeout: headersMs, requestTimeout: requestMs, keepAliveTimeout: keepAliveMs }, served);
+  // Checked every second, as the public listener's: at Node's default (30 s) a connection that sent nothing, or a
+  // head a few bytes at a time, was held up to 30 s past its bound, the redirect listener's 10,000 slots (which the
+  // load balancer's probes need) a quarter as costly to fill.
+  const server = http.createServer({ headersTimeout: headersMs, requestTimeout: requestMs, keepAliveTimeout: keepAliveMs, connectionsCheckingInterval: Math.min(1000, headersMs) }, served);
+  // No handler here reads a body: `Expect: 100-continue` gets the answer, never Node's 100 first. It invited the
+  // upload, and over the HTTP redirect listener a client sent its login body in cleartext before reading the 308.
+  // Any other expectation is answered by the handler as well (not Node's bare 417).
+  server.on('checkContinue', (request: http.IncomingMessage, response: http.ServerResponse) => server.emit('request', request, response));
+  server.on('checkExpectation', (request: http.IncomingMessage, response: http.ServerResponse) => server.emit('request', request, response));
   boundConnections(server, options.connections ?? { maxConnections: INTERNAL_MAX_CONNECTIONS });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -1706,6 +1706,43 @@ describe('the HTTPS redirect listener', () => {
     expect(reply.status).toBe(400);
     expect(reply.headers.location).toBeUndefined();
   });
+
+  // Node sends 100 Continue before 'request' to a server without a checkContinue listener: a client then sent its
+  // body (a login's credentials) in cleartext to a listener that only ever redirects it.
+  it('answers a POST with Expect: 100-continue with the 308 and no 100 Continue, inviting no upload in cleartext', async () => {
+    const { port } = new URL(redirect.url);
+    const socket = net.connect(Number(port), '127.0.0.1');
+    let received = '';
+    socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+    socket.write('POST /api/auth/login HTTP/1.1\r\nHost: api.example.com\r\nContent-Type: application/json\r\nContent-Length: 52\r\nExpect: 100-continue\r\n\r\n');
+    try {
+      await waitFor(() => /\r\n\r\n/.test(received), 'an answer');
+      expect(received).toMatch(/^HTTP\/1\.1 308 /);
+      expect(received).not.toMatch(/HTTP\/1\.1 100 /);
+    } finally {
+      socket.destroy();
+    }
+  });
+
+  // Node checks head and request timeouts every connectionsCheckingInterval, 30 s by default: a connection that sent
+  // nothing was held up to 30 s past the bound (the public listener checks every second).
+  it('closes a connection that sends no request head close to its bound', async () => {
+    const quick = await listenHttpsRedirect({ port: 0, host: '127.0.0.1', httpsPort: 443, health, timeouts: { headersMs: 1000, requestMs: 2000, keepAliveMs: 1000 } });
+    const socket = net.connect(Number(new URL(quick.url).port), '127.0.0.1');
+    let closed = false;
+    socket.on('close', () => (closed = true));
+    socket.on('error', () => undefined);
+    // Read what comes (the 408), so the listener's close reaches this end.
+    socket.resume();
+    try {
+      await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+      socket.write('GET / HTTP/1.1\r\nHo');
+      await waitFor(() => closed, 'the idle connection to be closed', 6000);
+    } finally {
+      socket.destroy();
+      await quick.close();
+    }
+  });
 });
 
 describe('certificate reload', () => {
