@@ -42,17 +42,30 @@ export function bodyStalledError(timeoutMs: number): GatewayError {
 
 /**
  * Reads a body with `read` (a parser that consumes the request), failing with 408 if it arrives slower than the
- * rate. Bytes are counted on the connection, not with a 'data' listener of our own: one would set the body
- * flowing before a parser that starts listening after an `await` does, and it would lose the first chunks. On an
- * HTTP/2 connection that counts every stream's bytes, so only a connection that is slow as a whole is cut there
- * (each stream still ends at `server.requestTimeoutMs`).
+ * rate. Over HTTP/1 bytes are counted on the connection, not with a 'data' listener on the request: one would set
+ * the body flowing before a parser that starts listening after an `await` does, and it would lose the first
+ * chunks. Over HTTP/2 they are the stream's own, counted on the stream, which Node's compatibility request already
+ * reads as it flows (a listener there changes nothing): the connection's counted every stream's bytes and frames, and
+ * a stream dripping its body beside a few PINGs a second was never too slow.
  */
 export async function readWithinRate<T>(request: IncomingMessage | Http2ServerRequest, rate: BodyRate, read: () => Promise<T>): Promise<T> {
-  const socket = request.socket;
-  const start = socket.bytesRead;
+  const stream = (request as Partial<Http2ServerRequest>).stream;
+  let received: () => number;
+  let stopCounting = () => {};
+  if (stream) {
+    let bytes = 0;
+    const count = (chunk: Buffer) => void (bytes += chunk.length);
+    stream.on('data', count);
+    received = () => bytes;
+    stopCounting = () => void stream.off('data', count);
+  } else {
+    const socket = request.socket;
+    const start = socket.bytesRead;
+    received = () => socket.bytesRead - start;
+  }
   let fail!: (error: GatewayError) => void;
   const slow = new Promise<never>((_, reject) => (fail = reject));
-  const stop = watchBodyRate(request, rate, () => socket.bytesRead - start, () => fail(bodyTooSlowError(rate)));
+  const stop = watchBodyRate(request, rate, received, () => fail(bodyTooSlowError(rate)));
   const reading = read();
   // Once the 408 is sent the connection closes and the parser fails too: nobody waits for it any more.
   reading.catch(() => {});
@@ -60,5 +73,6 @@ export async function readWithinRate<T>(request: IncomingMessage | Http2ServerRe
     return await Promise.race([reading, slow]);
   } finally {
     stop();
+    stopCounting();
   }
 }

@@ -469,6 +469,43 @@ describe('TLS termination and HTTP/2', () => {
   });
 
   // h2spec's stream-limit test (http2/5.1.2/1: 101 streams at window 0, then GOAWAY PROTOCOL_ERROR) left 100 error lines.
+  // Login and gRPC translation read their bodies themselves, and judged the rate by the connection's bytes: on HTTP/2
+  // those are every stream's and every frame's, so a stream dripping its body beside a few PINGs a second was never
+  // too slow and held on to requestTimeoutMs (the proxy counts each stream's own bytes).
+  it('answers a login body dripped over HTTP/2 beside other traffic with 408 once under the least rate', async () => {
+    const long = { ...TIMEOUTS, requestMs: 60_000 };
+    const config = { ...stack.config, server: { ...stack.config.server, minBodyBytesPerSecond: 100, bodyGracePeriodMs: 1000 } };
+    const { logger } = memoryLogger('gateway');
+    const slow = await runServer({ app: createGatewayApps(config, { logger, metrics: false }).gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: long, createServer: createTlsServer({ tls: config.tls!, timeouts: long, logger }).create });
+    const dripping = await connectH2(slow.url, certificate.cert);
+    const pings = setInterval(() => dripping.ping(Buffer.alloc(8), () => undefined), 20);
+    try {
+      const outcome = await new Promise<{ status?: number; body: string }>((resolve) => {
+        const stream = dripping.request({ ':method': 'POST', ':path': '/api/auth/login', 'content-type': 'application/json', 'content-length': '1000', [HEADER.requestId]: 'h2-rate-1' }, { endStream: false });
+        let status: number | undefined;
+        let body = '';
+        const drip = setInterval(() => !stream.destroyed && stream.write(' '), 500);
+        stream.on('response', (headers) => (status = Number(headers[':status'])));
+        stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
+        stream.on('error', () => {});
+        const done = () => {
+          clearInterval(drip);
+          resolve({ status, body });
+        };
+        stream.on('end', done);
+        stream.on('close', done);
+        // Long before requestTimeoutMs: the rate check's 408 comes within a few seconds, or not at all.
+        setTimeout(done, 8000);
+      });
+      expect(outcome.status).toBe(408);
+      expect(JSON.parse(outcome.body)).toMatchObject({ code: 'request_timeout', requestId: 'h2-rate-1' });
+    } finally {
+      clearInterval(pings);
+      dripping.destroy();
+      await slow.close();
+    }
+  });
+
   describe('clients whose connection fails under answers already under way', () => {
     let watched: RunningServer;
     let watchedLog: Record<string, unknown>[];
