@@ -627,8 +627,11 @@ export function answerHttp2RequestTimeout(response: Http2ServerResponse): void {
   resetStream(response.stream, http2.constants.NGHTTP2_CANCEL);
 }
 
-/** How long close() waits, past the drain bound, for cut requests to settle before flushing telemetry, ms. */
-const SETTLE_MS = 1000;
+/** How long close() waits, past the drain bound, for cut requests to settle before flushing telemetry, ms (twice at most). */
+export const SETTLE_MS = 1000;
+
+/** How long close() lets requests in flight finish before what has not started its answer gets 503, ms (`drainTimeoutMs`). */
+export const DEFAULT_DRAIN_TIMEOUT_MS = 10_000;
 
 /** Resolves once `condition` holds (checked every 10 ms), or after `boundMs` regardless. */
 async function until(condition: () => boolean, boundMs: number): Promise<void> {
@@ -918,7 +921,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
       // Keep-alive connections become idle as their last response ends; close each as soon as it does.
       closeIdle();
       const idleSweep = setInterval(closeIdle, 100);
-      const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
+      const drainTimeoutMs = options.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS;
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<void>((resolve) => (timer = setTimeout(resolve, drainTimeoutMs)));
       const inTime = await Promise.race([drained.then(() => true), timedOut.then(() => false)]);

@@ -17,6 +17,13 @@ import { isGatewayError } from './errors';
  * have heard them (no conditions, no Range of the client's), whose answer goes to the cache's tap and nowhere else.
  */
 
+/**
+ * How long a shutdown waits for the background fetches under way, ms (src/main.ts), after runServer's drain and
+ * settles and before the telemetry flush: part of GATEWAY_SHUTDOWN_STEPS_MS (src/workers.ts). At 5 s a worker's
+ * steps took 22 s, and its primary's SIGKILL at 20 s fell in the flush.
+ */
+export const BACKGROUND_FETCH_DRAIN_MS = 3_000;
+
 /** Background fetches under way in one process at most; past it a stale copy is still answered, none started. */
 export const MAX_BACKGROUND_FETCHES = 64;
 

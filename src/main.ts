@@ -9,7 +9,7 @@ import type { ConfigControl, ReloadAnswer } from './admin';
 import { clientTimeouts, ConfigError, loadConfig, type GatewayConfig } from './config';
 import { activeConfig, checkReload, createLiveGateway, type ActiveConfig } from './config-reload';
 import { listenAdmin } from './admin';
-import { createBackgroundWork } from './cache-background-fetch';
+import { BACKGROUND_FETCH_DRAIN_MS, createBackgroundWork } from './cache-background-fetch';
 import { createConnectionsPerClient } from './client-connections';
 import { createGatewayApps } from './gateway';
 import { strictTransportSecurityValue } from './middleware/hsts';
@@ -21,14 +21,6 @@ import { startupWarnings } from './startup-warnings';
 import { runPrimary, workerCount } from './workers';
 import { createTlsServer, listenHttpsRedirect, type CertificatePems, type RedirectListener } from './tls';
 import { handleAfterTurn } from './request-arrival';
-
-/**
- * How long the shutdown waits for the response cache's background fetches under way, ms, after runServer's drain of
- * the clients' requests and its two settles (12 s at most) and before the telemetry flush (5 s at most): 20 s in
- * all, within the 22 s a cluster primary gives a worker to exit (SHUTDOWN_BOUND_MS). At 5 s the worst case was 22 s,
- * and the primary's SIGKILL at 20 s fell in the flush, the spans and lines the shutdown's order exists to deliver.
- */
-const BACKGROUND_FETCH_DRAIN_MS = 3_000;
 
 /** Longest a rate-limit check waits for the cluster primary's answer, ms (then the store-down policy decides). */
 const PRIMARY_STORE_TIMEOUT_MS = 2_000;

@@ -1,7 +1,9 @@
 import cluster, { type Worker } from 'node:cluster';
 import os from 'node:os';
 import { atMostEvery, type Logger } from '../otel/logger';
-import { exportPromClientRegistry, metricExportEnabled, shutdownTelemetry } from '../otel/telemetry';
+import { DEFAULT_DRAIN_TIMEOUT_MS, SETTLE_MS } from '../otel/lifecycle';
+import { exportPromClientRegistry, metricExportEnabled, shutdownTelemetry, SHUTDOWN_TIMEOUT_MS } from '../otel/telemetry';
+import { BACKGROUND_FETCH_DRAIN_MS } from './cache-background-fetch';
 import { METRIC_LABEL_OTLP, METRIC_OTLP } from '../otel/wire-names';
 import type { ReloadAnswer, WorkerConfigStatus } from './admin';
 import { clientTimeouts, MAX_ROUTE_NAME_LENGTH, ROUTE_NAME, type GatewayConfig } from './config';
@@ -137,11 +139,18 @@ const MAX_RESTART_DELAY_MS = 10_000;
  */
 const MALFORMED_LOG_INTERVAL_MS = 10_000;
 /**
- * Longest the workers may take to drain after SIGTERM, ms: a worker's own steps take 20 s at most (drain 10 s, two
- * settles of 1 s, background fetches 3 s, telemetry flush 5 s; src/main.ts), and this leaves 2 s over. With the
- * primary's own flush (5 s) the cluster stops within the 30 s compose and Kubernetes give it.
+ * The longest a gateway process's shutdown takes, ms, step by step: the drain of requests in flight, two settles
+ * (otel/lifecycle.ts), the background fetches (src/main.ts), the telemetry flush (otel/telemetry.ts). 20 s; what the
+ * primary, compose's stop_grace_period and the pods' terminationGracePeriodSeconds must leave room for.
  */
-export const SHUTDOWN_BOUND_MS = 22_000;
+export const GATEWAY_SHUTDOWN_STEPS_MS = DEFAULT_DRAIN_TIMEOUT_MS + 2 * SETTLE_MS + BACKGROUND_FETCH_DRAIN_MS + SHUTDOWN_TIMEOUT_MS;
+
+/**
+ * Longest the workers may take to drain after SIGTERM, ms: their own steps and 2 s over. With the primary's own
+ * flush (5 s) the cluster stops within the 30 s compose and Kubernetes give it. At 20 s (steps then of 22 s) the
+ * primary's SIGKILL fell in a worker's flush.
+ */
+export const SHUTDOWN_BOUND_MS = GATEWAY_SHUTDOWN_STEPS_MS + 2_000;
 /** Longest a reload waits for every worker to report the new version. */
 const APPLY_TIMEOUT_MS = 10_000;
 

@@ -2,7 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { DEFAULT_DRAIN_TIMEOUT_MS } from '../../otel/lifecycle';
 import { SHUTDOWN_TIMEOUT_MS } from '../../otel/telemetry';
+import { GATEWAY_SHUTDOWN_STEPS_MS } from '../../src/workers';
 import { loadServiceEnv, type ServiceKey } from '../../services/shared/service-config';
 import { createApp as createNotificationsApp } from '../../services/notifications/app';
 import { createApp as createOrdersApp } from '../../services/orders/app';
@@ -345,9 +347,11 @@ describe('the gateway in the cluster', () => {
     const spec = deployment(name).spec.template.spec;
     const preStop = spec.containers[0]!.lifecycle?.preStop?.sleep?.seconds ?? 0;
     expect(preStop).toBeGreaterThanOrEqual(3);
-    // In-flight requests get 10 s after SIGTERM (otel/lifecycle.ts runServer's default), then telemetry flushes.
-    const drainMs = 10_000;
-    expect((spec.terminationGracePeriodSeconds ?? 30) * 1000).toBeGreaterThan(preStop * 1000 + drainMs + SHUTDOWN_TIMEOUT_MS);
+    // In-flight requests get 10 s after SIGTERM (otel/lifecycle.ts runServer's default), then telemetry flushes; the
+    // gateway also settles what it cut and waits for its background fetches (GATEWAY_SHUTDOWN_STEPS_MS). Counted
+    // without those, a grace of 21 s passed while the gateway's flush could still be running at SIGKILL.
+    const shutdownMs = name === 'gateway' ? GATEWAY_SHUTDOWN_STEPS_MS : DEFAULT_DRAIN_TIMEOUT_MS + SHUTDOWN_TIMEOUT_MS;
+    expect((spec.terminationGracePeriodSeconds ?? 30) * 1000).toBeGreaterThan(preStop * 1000 + shutdownMs);
   });
 });
 
