@@ -209,7 +209,10 @@ const corsSchema = z
     /** Allow cookies / Authorization from browsers (`Access-Control-Allow-Credentials`). Default false. */
     credentials: z.boolean().default(false),
   })
-  .refine((cors) => !(cors.credentials && cors.origins.includes('*')), { message: '"*" cannot be combined with credentials', path: ['origins'] });
+  .refine((cors) => !(cors.credentials && cors.origins.includes('*')), { message: '"*" cannot be combined with credentials', path: ['origins'] })
+  // With credentials a browser reads `Access-Control-Expose-Headers: *` as a header named `*` (Fetch): no header
+  // would be exposed, while the config said every one. (`headers: ["*"]` is answered with the names asked for.)
+  .refine((cors) => !(cors.credentials && cors.exposeHeaders.includes('*')), { message: '"*" cannot be combined with credentials: name the headers', path: ['exposeHeaders'] });
 
 /** A service instance: an origin only (src/service-origin.ts). */
 const serviceUrl = serviceOrigin("put a path in the route's upstreamPath");

@@ -20,6 +20,12 @@ interface CompiledPolicy {
   /** What a preflight to a probe (`/health`, `/ready`) offers: the policy's methods of those it takes (GET, HEAD). */
   probeAllowMethods: string;
   allowHeaders: string;
+  /**
+   * `headers` has `*`: a preflight is allowed the headers it asks for, named. The field's own `*` covers no
+   * `Authorization` (Fetch: a "CORS non-wildcard request-header name") and, with credentials, means a header
+   * named `*`: a policy of `["*"]` answered every bearer-token preflight with a field the browser refused.
+   */
+  anyHeader: boolean;
   exposeHeaders: string;
   maxAge: string;
 }
@@ -32,6 +38,7 @@ function compile(policy: CorsConfig): CompiledPolicy {
     allowMethods: policy.methods.join(', '),
     probeAllowMethods: policy.methods.filter((method) => PROBE_METHODS.includes(method)).join(', '),
     allowHeaders: policy.headers.join(', '),
+    anyHeader: policy.headers.includes('*'),
     exposeHeaders: policy.exposeHeaders.join(', '),
     maxAge: String(policy.maxAgeSeconds),
   };
@@ -82,11 +89,13 @@ export function createCors(options: CorsOptions): Middleware {
 
     if (preflightMethod) {
       if (!allowed) throw new GatewayError('forbidden', `Cross-origin requests from ${origin} are not allowed here.`);
+      // The answer names what the preflight asked for: a cache must not give it to one that asked for other headers.
+      if (policy.anyHeader) ctx.vary('Access-Control-Request-Headers');
       ctx.set({
         'Access-Control-Allow-Origin': policy.anyOrigin ? '*' : origin,
         // The probes answer 405 to all but GET and HEAD, whichever route's prefix covers their path (`/`).
         'Access-Control-Allow-Methods': UNTRACED_PATHS.includes(ctx.path) ? policy.probeAllowMethods : allowedMethods(route, policy),
-        'Access-Control-Allow-Headers': policy.allowHeaders,
+        'Access-Control-Allow-Headers': policy.anyHeader ? requestedHeaders(ctx.get('access-control-request-headers')) : policy.allowHeaders,
         'Access-Control-Max-Age': policy.maxAge,
         ...(policy.credentials ? { 'Access-Control-Allow-Credentials': 'true' } : {}),
       });
@@ -102,4 +111,20 @@ export function createCors(options: CorsOptions): Middleware {
     }
     await next();
   };
+}
+
+/** A field name (RFC 9110 5.1 token). */
+const FIELD_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/**
+ * The header names a preflight asks for (`Access-Control-Request-Headers`, a comma list), lower-cased and checked,
+ * as a wildcard policy answers them: a name that is no token is left out (the browser then refuses the request),
+ * and so is `*`.
+ */
+function requestedHeaders(asked: string): string {
+  return asked
+    .split(',')
+    .map((name) => name.trim().toLowerCase())
+    .filter((name) => name !== '*' && FIELD_NAME.test(name))
+    .join(', ');
 }

@@ -128,4 +128,28 @@ describe('CORS', () => {
   it('refuses a config that allows any origin with credentials', () => {
     expect(() => parseConfig({ ...shippedConfigFile(), cors: { origins: ['*'], credentials: true } })).toThrow(/cors\.origins: "\*" cannot be combined with credentials/);
   });
+
+  // With credentials a browser reads an exposed `*` as a header named `*`: nothing would be exposed.
+  it('refuses a config that exposes "*" with credentials', () => {
+    expect(() => parseConfig({ ...shippedConfigFile(), cors: { origins: [APP], credentials: true, exposeHeaders: ['*'] } })).toThrow(/cors\.exposeHeaders: "\*" cannot be combined with credentials/);
+  });
+});
+
+// `Access-Control-Allow-Headers: *` covers no Authorization (Fetch: a "CORS non-wildcard request-header name") and,
+// with credentials, names a header called `*`: a policy of headers ["*"] answered every bearer-token preflight with a
+// field the browser refused, so no signed-in call from a page went out.
+describe('CORS with headers ["*"]', () => {
+  let stack: TestStack;
+  beforeAll(async () => {
+    stack = await startStack({ overrides: { cors: { origins: [APP], headers: ['*'], credentials: true } } });
+  });
+  afterAll(() => stack.close());
+
+  it('answers a preflight with the headers it asks for, named, and varies on them', async () => {
+    const response = await fetch(`${stack.gateway.url}/api/orders`, { method: 'OPTIONS', headers: { origin: APP, 'access-control-request-method': 'POST', 'access-control-request-headers': 'Authorization, content-type,x-trace-me' } });
+    expect(response.status).toBe(204);
+    expect(response.headers.get('access-control-allow-headers')).toBe('authorization, content-type, x-trace-me');
+    expect(response.headers.get('access-control-allow-credentials')).toBe('true');
+    expect(response.headers.get('vary')).toMatch(/Access-Control-Request-Headers/i);
+  });
 });
