@@ -19,6 +19,8 @@ export const ERROR_CATALOG = {
   not_acceptable: { status: 406, title: 'Not acceptable' },
   request_timeout: { status: 408, title: 'Request timeout' },
   payload_too_large: { status: 413, title: 'Payload too large' },
+  /** A path over MAX_PATH_LENGTH (src/middleware/path-guard.ts): RFC 9110 15.5.15's status for a target too long to serve. */
+  uri_too_long: { status: 414, title: 'URI too long' },
   unsupported_media_type: { status: 415, title: 'Unsupported media type' },
   /** An `Expect` the gateway cannot meet (anything but 100-continue). */
   expectation_failed: { status: 417, title: 'Expectation failed' },

@@ -81,6 +81,8 @@ export function methodOverrideParameter(querystring: string): boolean {
 export function createPathGuard(): Middleware {
   // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
   return function guardPath(ctx, next) {
+    // Too long is no ambiguity: 414 (RFC 9110 15.5.15), which tells a client shortening it may help; it was 400.
+    if (ctx.path.length > MAX_PATH_LENGTH) throw new GatewayError('uri_too_long', `The path is longer than ${MAX_PATH_LENGTH} characters.`);
     const problem = pathProblem(ctx.path);
     if (problem !== undefined) throw new GatewayError('bad_path', `${problem}.`);
     if (methodOverrideParameter(ctx.querystring)) throw new GatewayError('bad_request', 'A method override in the query (_method, X-HTTP-Method-Override) is not accepted: send the method itself.');

@@ -301,6 +301,14 @@ describe('hostile input at the gateway', () => {
       await expectStillServing();
     });
 
+    // Too long is no ambiguity: RFC 9110 15.5.15's 414 (it was 400 bad_path).
+    it('answers a path over 2048 characters with 414 uri_too_long, reaching no service', async () => {
+      const before = reached();
+      const reply = await send(url, `/api/users/${'a'.repeat(3000)}`, { headers: { authorization: `Bearer ${bob}` } });
+      expectProblem(reply, 414, 'uri_too_long');
+      expect(reached()).toBe(before);
+    });
+
     it.each([
       { desc: 'a longer first segment', path: '/api/usersX/1' },
       { desc: 'a shorter segment', path: '/api/user' },
