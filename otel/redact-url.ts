@@ -38,15 +38,32 @@ function isSecretName(rawName: string): boolean {
  */
 export const REDACTED = 'REDACTED';
 
-/** A query (without its `?`) with the value of every secret-looking parameter replaced, each occurrence. */
+/**
+ * A query (without its `?`) with the value of every secret-looking parameter replaced, each occurrence. `;`
+ * separates parameters for some servers (HTML 4's recommendation; older Rack, Python < 3.10), so a name after one is
+ * judged too; but most (Node's querystring, URLSearchParams, Koa) split on `&` only and read `password=abc;def` as
+ * `abc;def`: a secret's value is replaced up to the next `&`, whatever `;` it holds (it was up to the `;`, and `def`
+ * reached the logs and spans).
+ */
 export function redactQuery(query: string): string {
-  // `;` separates parameters for some servers too (HTML 4's recommendation; older Rack, Python < 3.10).
-  return query.replace(/(^|[&;])([^&;=]*)=([^&;]*)/g, (pair, separator: string, name: string) => (isSecretName(name) ? `${separator}${name}=${REDACTED}` : pair));
+  return query.replace(/(^|[&;])([^&;=]*)=([^&;]*)((?:;[^&]*)?)/g, (pair, separator: string, name: string, _value: string, rest: string) => {
+    if (isSecretName(name)) return `${separator}${name}=${REDACTED}`;
+    // Not a secret: what follows its `;` may name one (`a=1;token=x`), judged on its own.
+    return rest === '' ? pair : `${pair.slice(0, pair.length - rest.length)};${redactQuery(rest.slice(1))}`;
+  });
 }
 
-/** A request target (path and query) with the value of every secret-looking query parameter replaced, each occurrence. */
+/** An absolute-form target's userinfo (`http://alice:secret@host/`): a password, whatever the gateway answers it. */
+const USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i;
+
+/**
+ * A request target (path and query, or an absolute-form URL) with the value of every secret-looking query parameter
+ * replaced, each occurrence, and any userinfo (a refused absolute-form target's `alice:secret@`, which reached the
+ * access line as sent).
+ */
 export function redactUrl(url: string): string {
-  const queryStart = url.indexOf('?');
-  if (queryStart === -1) return url;
-  return `${url.slice(0, queryStart)}?${redactQuery(url.slice(queryStart + 1))}`;
+  const target = USERINFO.test(url) ? url.replace(USERINFO, `$1${REDACTED}@`) : url;
+  const queryStart = target.indexOf('?');
+  if (queryStart === -1) return target;
+  return `${target.slice(0, queryStart)}?${redactQuery(target.slice(queryStart + 1))}`;
 }

@@ -22,6 +22,12 @@ describe('redactUrl (access-log query redaction)', () => {
     { desc: 'a credential', url: '/api/users?credential=SECRET123', expected: '/api/users?credential=REDACTED' },
     { desc: 'a SAML assertion', url: '/api/sso?SAMLAssertion=SECRET123', expected: '/api/sso?SAMLAssertion=REDACTED' },
     { desc: 'a one-time password', url: '/api/users?otp=123456', expected: '/api/users?otp=REDACTED' },
+    // Node's querystring, URLSearchParams and Koa split on `&` only: the value is `abc;def`, all of it a secret.
+    { desc: 'a secret value holding a semicolon', url: '/api/users?password=abc;def&page=2', expected: '/api/users?password=REDACTED&page=2' },
+    { desc: 'a secret after a semicolon, then more', url: '/api/users?a=1;token=abc;def', expected: '/api/users?a=1;token=REDACTED' },
+    // A refused absolute-form target's userinfo reached the access line as sent.
+    { desc: 'userinfo in an absolute-form target', url: 'http://alice:S3cret@api.example.com/api/users', expected: 'http://REDACTED@api.example.com/api/users' },
+    { desc: 'userinfo and a secret parameter', url: 'https://u:p@h/x?token=1', expected: 'https://REDACTED@h/x?token=REDACTED' },
   ])('redacts $desc', ({ url, expected }) => {
     expect(redactUrl(url)).toBe(expected);
   });
