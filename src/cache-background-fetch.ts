@@ -2,10 +2,12 @@ import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
-import { context, isSpanContextValid, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
+import { context, isSpanContextValid, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
 import type { Context } from 'koa';
 import { logLine, type Logger } from '../otel/logger';
-import { ATTR, type AccessLine } from '../otel/wire-names';
+import { OneEntryBaggage } from '../otel/baggage-propagator';
+import { redactUrl } from '../otel/redact-url';
+import { ATTR, BAGGAGE_REQUEST_ID, type AccessLine } from '../otel/wire-names';
 import type { GatewayState } from './context';
 import { isGatewayError } from './errors';
 
@@ -159,8 +161,12 @@ export function createBackgroundFetches(options: BackgroundFetchOptions): Backgr
       const own = span.spanContext();
       const requestId = isSpanContextValid(own) ? own.traceId : randomBytes(16).toString('hex');
       triggeredBy?.addEvent(BACKGROUND_FETCH_SPAN, { [ATTR.cacheBackgroundFetchTraceId]: own.traceId });
-      const fetchContext = trace.setSpan(ROOT_CONTEXT, span);
-      const url = trigger.originalUrl;
+      // Its request id travels as a request's does (src/middleware/request-id.ts): on its own span, and as baggage,
+      // so its CLIENT span and the service's spans and log lines carry it. Without it they had none.
+      span.setAttribute(ATTR.requestId, requestId);
+      const fetchContext = trace.setSpan(propagation.setBaggage(ROOT_CONTEXT, new OneEntryBaggage(BAGGAGE_REQUEST_ID, { value: requestId })), span);
+      // As the access line writes it: a query's secrets (`?api_key=`) reached this line as sent.
+      const url = redactUrl(trigger.originalUrl);
 
       const run = async (): Promise<BackgroundOutcome> => {
         // What the pipeline did for the trigger (its route, identity) stays; what it did for its response does not.

@@ -154,6 +154,26 @@ describe('response cache under stale-while-revalidate (RFC 5861 3)', () => {
     expect(triggerServer()!.events.find((event) => event.name === BACKGROUND_FETCH_SPAN)?.attributes).toEqual({ [ATTR.cacheBackgroundFetchTraceId]: own.traceId });
   });
 
+  // Its log line wrote the trigger's URL as sent, a query's secrets included (the access line redacts them), and its
+  // spans and the service's had no request id: no baggage went with it.
+  it("logs the fetch's URL with its secrets redacted, and carries its request id on its spans and to the service", async () => {
+    const path = fresh();
+    origin.script(`${path}?api_key=SECRET1&x=1`, () => staleOnArrival(), () => ({ headers: { 'cache-control': 'max-age=600' }, body: 'the new body' }));
+    await get(`${path}?api_key=SECRET1&x=1`);
+    expect((await get(`${path}?api_key=SECRET1&x=1`)).headers['x-cache']).toBe('STALE');
+    const line = () => stack.gatewayLogs.find((each) => each.message === BACKGROUND_FETCH_MESSAGE && String(each.url).startsWith(`/api/swr${path}?`));
+    await waitFor(() => line() !== undefined, "the background fetch's log line");
+    expect(line()!.url).toBe(`/api/swr${path}?api_key=REDACTED&x=1`);
+    const requestId = String(line()!.request_id);
+    const fetchSpan = () => tracing.spans().find((span) => span.name === BACKGROUND_FETCH_SPAN && span.spanContext().traceId === requestId);
+    await waitFor(() => fetchSpan() !== undefined, "the fetch's span");
+    expect(fetchSpan()!.attributes[ATTR.requestId]).toBe(requestId);
+    // As baggage, as a request's id travels: the SDK's RequestIdSpanProcessor puts it on the CLIENT span and the
+    // service's spans, and the service's log lines carry it.
+    const asked = origin.seen.filter((each) => each.url.startsWith(`/swr${path}?`));
+    expect(asked.at(-1)!.headers.baggage).toBe(`request.id=${requestId}`);
+  });
+
   it('answers a HEAD from the stale copy and fetches the GET in the background', async () => {
     const path = fresh();
     origin.script(path, () => staleOnArrival(), () => ({ headers: { 'cache-control': 'max-age=600' }, body: 'the new body' }));
