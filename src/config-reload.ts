@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import type http from 'node:http';
 import type Koa from 'koa';
-import { Agent } from 'undici';
+import type { Agent } from 'undici';
+import { createUpstreamAgent } from './middleware/proxy';
 import type { Logger } from '../otel/logger';
 import { ConfigError, deepFreeze, type GatewayConfig } from './config';
 import { RateLimitWindows } from './rate-limit-store';
@@ -131,7 +132,7 @@ export class KeptAcrossReloads {
     if (this.agent?.maxSockets === maxSockets) return this.agent.agent;
     // Not closed here: the running app still dispatches on it (and keeps doing so if this build fails).
     if (this.agent) this.replaced.push(this.agent.agent);
-    this.agent = { maxSockets, agent: new Agent({ connections: maxSockets, pipelining: 1 }) };
+    this.agent = { maxSockets, agent: createUpstreamAgent(maxSockets) };
     return this.agent.agent;
   }
 

@@ -55,6 +55,8 @@ interface Exchange {
   timedOut?: boolean;
   /** The timeout passed while the request still waited for one of the instance's busy connections. */
   waitedForConnection?: boolean;
+  /** undici's connect timeout (UPSTREAM_CONNECT_TIMEOUT_MS) passed before the route's own timeout. */
+  connectTimedOut?: boolean;
   /** The timeout passed while a connection to the instance was still being made (the instance's failure). */
   neverConnected?: boolean;
   /** The whole exchange outlived the route's deadline. */
@@ -92,6 +94,17 @@ interface Exchange {
 const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
 
 /**
+ * How long undici tries to make a connection (TCP and TLS) to an instance, ms (its default, given here so the
+ * gateway's answer can say it): a route's `timeoutMs` above it waits no longer for a connection than this.
+ */
+export const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
+
+/** undici's Agent for the instances: `maxSockets` connections per origin, one request at a time on each. */
+export function createUpstreamAgent(maxSockets: number): Agent {
+  return new Agent({ connections: maxSockets, pipelining: 1, connectTimeout: UPSTREAM_CONNECT_TIMEOUT_MS });
+}
+
+/**
  * Forwards the matched route to one of its service's instances over keep-alive connections, with undici's
  * dispatcher (the HTTP client behind Node's fetch) driven directly. It replaced koa-proxies (http-proxy 1.18),
  * which re-parsed the target URL and recompiled its path pattern on every request and built an Error on every
@@ -108,7 +121,7 @@ const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT'
 export function createProxy(options: ProxyOptions): Middleware {
   const upstreamSeries = options.metrics?.upstreamSeries;
   const upstreamRetries = options.metrics?.upstreamRetries;
-  const upstreams = options.upstreams ?? new Agent({ connections: options.maxSockets, pipelining: 1 });
+  const upstreams = options.upstreams ?? createUpstreamAgent(options.maxSockets);
   /** Exchanges undici holds per instance (running or queued for a connection). */
   const inFlight = new Map<UpstreamInstance, number>();
   const capacity = options.maxSockets + options.maxPendingRequests;
@@ -482,6 +495,14 @@ export function createProxy(options: ProxyOptions): Middleware {
               if (withBody && clientOwesBody(req)) exchange.bodyStalled = true;
               else exchange.timedOut = true;
             }
+            // undici gave up making the connection (a route whose timeoutMs is longer): no connection was ever made, as
+            // the gateway's own timer says of one it cuts first (504, the instance's failure, not retried on it). As a
+            // reset it was retried twice on the one instance, 30 s, then answered 502.
+            if ((failure as NodeJS.ErrnoException).code === 'UND_ERR_CONNECT_TIMEOUT') {
+              exchange.timedOut = true;
+              exchange.neverConnected = true;
+              exchange.connectTimedOut = true;
+            }
             if (exchange.status === undefined) {
               // Nothing was sent to the client yet: it still waits for the gateway's answer.
               done();
@@ -596,7 +617,7 @@ export function createProxy(options: ProxyOptions): Middleware {
           // the queue is full; the requests holding the connections time out on their own if it is hung.
           throw new GatewayError('upstream_busy', `No connection to the ${route.service} service came free within ${route.timeoutMs} ms; try again shortly.`);
         case 'timeout':
-          if (exchange.neverConnected) throw new GatewayError('upstream_timeout', `The ${route.service} service accepted no connection within ${route.timeoutMs} ms.`);
+          if (exchange.neverConnected) throw new GatewayError('upstream_timeout', `The ${route.service} service accepted no connection within ${exchange.connectTimedOut ? UPSTREAM_CONNECT_TIMEOUT_MS : route.timeoutMs} ms.`);
           throw new GatewayError('upstream_timeout', `The ${route.service} service sent nothing for ${route.timeoutMs} ms.`, { cause: exchange.failure });
         case 'aborted_by_upstream':
           throw new GatewayError('upstream_reset', `The ${route.service} service closed the connection mid-response.`);

@@ -491,6 +491,30 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
     }
   });
 
+  // A route whose timeoutMs is longer than undici's connect timeout (10 s): undici gave up first, and its
+  // UND_ERR_CONNECT_TIMEOUT was read as a reset, retried twice on the one instance (30 s), then answered 502.
+  it('answers 504 upstream_timeout when no connection is made within the connect timeout, under a longer route timeout', async () => {
+    const port = await new Promise<number>((resolve) => {
+      const probe = net.createServer().listen(0, '127.0.0.1', () => {
+        const { port: free } = probe.address() as net.AddressInfo;
+        probe.close(() => resolve(free));
+      });
+    });
+    const script = `import socket, time\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', ${port})); s.listen(0)\nfill = []\nfor i in range(3):\n    c = socket.socket(); c.setblocking(False)\n    try: c.connect(('127.0.0.1', ${port}))\n    except BlockingIOError: pass\n    fill.append(c)\ntime.sleep(0.3)\nprint('ready', flush=True)\ntime.sleep(120)\n`;
+    const blackhole = spawn('python3', ['-c', script], { stdio: ['ignore', 'pipe', 'ignore'] });
+    await new Promise((resolve) => blackhole.stdout!.once('data', resolve));
+    const stack = await stackFor(`http://127.0.0.1:${port}`, { timeoutMs: 15_000, deadlineMs: 60_000 });
+    try {
+      const token = await login(stack.gateway.url);
+      const response = await fetch(`${stack.gateway.url}/api/orders/1`, { headers: { authorization: `Bearer ${token}` } });
+      expect(response.status).toBe(504);
+      expect(await response.json()).toMatchObject({ code: 'upstream_timeout', detail: expect.stringMatching(/accepted no connection within 10000 ms/) });
+    } finally {
+      await stack.close();
+      blackhole.kill('SIGKILL');
+    }
+  }, 45_000);
+
   it('retries a GET an instance answered with bytes that are not HTTP on the other one, and ejects the broken one', async () => {
     const garbage = await rawService((socket) => socket.write('SSH-2.0-OpenSSH_9.2\r\n'));
     const good = await listen((_req, res) => res.end('{}'));
