@@ -341,6 +341,23 @@ describe('upstream faults', () => {
 
 describe('keep-alive races and connection queues (one instance, as the shipped config has)', () => {
   /** A stack whose orders route goes to `upstreamUrl`, with `proxy` settings on top, ejecting the instance after `ejectAfterFailures`. */
+  /**
+   * A loopback port that accepts no connection, as a dead host whose SYNs are dropped: a listening socket whose
+   * backlog is full and never accepted (a python3 child; kill it after).
+   */
+  async function connectionBlackhole() {
+    const port = await new Promise<number>((resolve) => {
+      const probe = net.createServer().listen(0, '127.0.0.1', () => {
+        const { port: free } = probe.address() as net.AddressInfo;
+        probe.close(() => resolve(free));
+      });
+    });
+    const script = `import socket, time\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', ${port})); s.listen(0)\nfill = []\nfor i in range(3):\n    c = socket.socket(); c.setblocking(False)\n    try: c.connect(('127.0.0.1', ${port}))\n    except BlockingIOError: pass\n    fill.append(c)\ntime.sleep(0.3)\nprint('ready', flush=True)\ntime.sleep(120)\n`;
+    const blackhole = spawn('python3', ['-c', script], { stdio: ['ignore', 'pipe', 'ignore'] });
+    await new Promise((resolve) => blackhole.stdout!.once('data', resolve));
+    return { port, blackhole };
+  }
+
   const stackFor = (upstreamUrl: string, proxy: Record<string, unknown> = {}, ejectAfterFailures = 1000) =>
     startStack({
       serviceUrls: { orders: upstreamUrl },
@@ -465,16 +482,7 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
   });
 
   it('counts an instance that accepts no connection (its SYNs dropped) as failing and ejects it, rather than answering busy for good', async () => {
-    // A listening socket whose backlog is full and never accepted: connects to it hang, as to a dead host.
-    const port = await new Promise<number>((resolve) => {
-      const probe = net.createServer().listen(0, '127.0.0.1', () => {
-        const { port: free } = probe.address() as net.AddressInfo;
-        probe.close(() => resolve(free));
-      });
-    });
-    const script = `import socket, time\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', ${port})); s.listen(0)\nfill = []\nfor i in range(3):\n    c = socket.socket(); c.setblocking(False)\n    try: c.connect(('127.0.0.1', ${port}))\n    except BlockingIOError: pass\n    fill.append(c)\ntime.sleep(0.3)\nprint('ready', flush=True)\ntime.sleep(120)\n`;
-    const blackhole = spawn('python3', ['-c', script], { stdio: ['ignore', 'pipe', 'ignore'] });
-    await new Promise((resolve) => blackhole.stdout!.once('data', resolve));
+    const { port, blackhole } = await connectionBlackhole();
     const good = await listen((_req, res) => res.end('{}'));
     const stack = await stackFor(`http://127.0.0.1:${port},${good.url}`, { timeoutMs: 500 }, 3);
     try {
@@ -494,15 +502,7 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
   // A route whose timeoutMs is longer than undici's connect timeout (10 s): undici gave up first, and its
   // UND_ERR_CONNECT_TIMEOUT was read as a reset, retried twice on the one instance (30 s), then answered 502.
   it('answers 504 upstream_timeout when no connection is made within the connect timeout, under a longer route timeout', async () => {
-    const port = await new Promise<number>((resolve) => {
-      const probe = net.createServer().listen(0, '127.0.0.1', () => {
-        const { port: free } = probe.address() as net.AddressInfo;
-        probe.close(() => resolve(free));
-      });
-    });
-    const script = `import socket, time\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', ${port})); s.listen(0)\nfill = []\nfor i in range(3):\n    c = socket.socket(); c.setblocking(False)\n    try: c.connect(('127.0.0.1', ${port}))\n    except BlockingIOError: pass\n    fill.append(c)\ntime.sleep(0.3)\nprint('ready', flush=True)\ntime.sleep(120)\n`;
-    const blackhole = spawn('python3', ['-c', script], { stdio: ['ignore', 'pipe', 'ignore'] });
-    await new Promise((resolve) => blackhole.stdout!.once('data', resolve));
+    const { port, blackhole } = await connectionBlackhole();
     const stack = await stackFor(`http://127.0.0.1:${port}`, { timeoutMs: 15_000, deadlineMs: 60_000 });
     try {
       const token = await login(stack.gateway.url);
