@@ -99,6 +99,21 @@ const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT'
  */
 export const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
 
+/**
+ * The exchanges each origin has on an Agent (running or queued for a connection), shared by every proxy built on it.
+ * A config reload builds a new proxy on the same Agent (src/config-reload.ts, while `maxSockets` is unchanged): counted
+ * per proxy, the new build started at 0 while the old build's exchanges still held the connections and queue, so its
+ * requests queued behind them unknowingly, timed out as connections never made (504, the instance blamed) until a
+ * healthy instance was ejected, and each build admitted its own `maxPendingRequests` into the one queue.
+ */
+const IN_FLIGHT = new WeakMap<Dispatcher, Map<string, number>>();
+
+function inFlightOn(agent: Dispatcher): Map<string, number> {
+  let counts = IN_FLIGHT.get(agent);
+  if (!counts) IN_FLIGHT.set(agent, (counts = new Map()));
+  return counts;
+}
+
 /** undici's Agent for the instances: `maxSockets` connections per origin, one request at a time on each. */
 export function createUpstreamAgent(maxSockets: number): Agent {
   return new Agent({ connections: maxSockets, pipelining: 1, connectTimeout: UPSTREAM_CONNECT_TIMEOUT_MS });
@@ -122,11 +137,11 @@ export function createProxy(options: ProxyOptions): Middleware {
   const upstreamSeries = options.metrics?.upstreamSeries;
   const upstreamRetries = options.metrics?.upstreamRetries;
   const upstreams = options.upstreams ?? createUpstreamAgent(options.maxSockets);
-  /** Exchanges undici holds per instance (running or queued for a connection). */
-  const inFlight = new Map<UpstreamInstance, number>();
+  /** Exchanges undici holds per instance (running or queued for a connection), by origin: see inFlightOn. */
+  const inFlight = inFlightOn(upstreams);
   const capacity = options.maxSockets + options.maxPendingRequests;
   const bodyRate: BodyRate = { minBytesPerSecond: options.minBodyBytesPerSecond, graceMs: options.bodyGracePeriodMs };
-  const hasRoom = (instance: UpstreamInstance) => (inFlight.get(instance) ?? 0) < capacity;
+  const hasRoom = (instance: UpstreamInstance) => (inFlight.get(instance.origin) ?? 0) < capacity;
 
   /** One attempt against one instance; settles when the attempt is over, never rejects. */
   function forward(ctx: KoaContext, instance: UpstreamInstance, attempt: number, parent: OtelContext, route: CompiledRoute, corsApplied: boolean, deadlineAt: number): Promise<Exchange> {
@@ -161,10 +176,10 @@ export function createProxy(options: ProxyOptions): Middleware {
       return Promise.resolve(exchange);
     }
     const withBody = hasBody(req.headers);
-    inFlight.set(instance, (inFlight.get(instance) ?? 0) + 1);
+    inFlight.set(instance.origin, (inFlight.get(instance.origin) ?? 0) + 1);
     // Behind `maxSockets` others: waiting for one of the instance's connections to come free. Otherwise a wait for a
     // connection is its connection being made: an instance that never completes one (blackholed) is failing.
-    const queuedBehindOthers = inFlight.get(instance)! > options.maxSockets;
+    const queuedBehindOthers = inFlight.get(instance.origin)! > options.maxSockets;
 
     return new Promise((settle) => {
       let settled = false;
@@ -211,7 +226,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       const release = () => {
         if (released) return;
         released = true;
-        inFlight.set(instance, inFlight.get(instance)! - 1);
+        inFlight.set(instance.origin, inFlight.get(instance.origin)! - 1);
       };
       const done = () => {
         if (settled) return;

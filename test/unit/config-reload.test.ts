@@ -6,6 +6,7 @@ import { listenAdmin, type ConfigControl } from '../../src/admin';
 import { createGatewayApps } from '../../src/gateway';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 import { shippedConfigFile, TEST_JWT_SECRET, testConfig } from '../helpers/test-config';
+import { waitFor } from '../helpers/wait';
 
 const file = (changes: Record<string, unknown> = {}) => ({ ...shippedConfigFile(), ...changes });
 const parse = (changes: Record<string, unknown> = {}, env: Record<string, string> = { JWT_SECRET: TEST_JWT_SECRET }) => parseConfig(file(changes), env);
@@ -229,6 +230,54 @@ describe('upstream connections replaced by a reload (proxy.maxSockets changed)',
       expect((await fetch(`${current.url}/open/1`)).status).toBe(200);
     } finally {
       await close();
+    }
+  });
+});
+
+// Counted per build, a reload's new build started at 0 exchanges on the one Agent the builds share (maxSockets
+// unchanged): its request queued behind the old build's unknowingly, met its timeout as a connection never made (504,
+// the instance blamed: one failure ejects here) where the old build answered 503 upstream_busy and blamed nothing.
+describe('exchanges in flight across a reload that keeps the connections', () => {
+  it("counts the old build's exchanges on the shared connections: a new build's request finds none free (503 busy), blaming no instance", async () => {
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let slowArrived = false;
+    const upstream = await listen(async (req, res) => {
+      if (req.url?.startsWith('/slow')) {
+        slowArrived = true;
+        await held;
+      }
+      res.end('{}');
+    });
+    const config = testConfig({ users: upstream.url, orders: upstream.url, notifications: upstream.url }, {
+      proxy: { maxSockets: 1, maxPendingRequests: 0, timeoutMs: 1000 },
+      services: { users: { url: upstream.url, ejectAfterFailures: 1 }, orders: { url: upstream.url }, notifications: { url: upstream.url } },
+      routes: [
+        { name: 'open', prefix: '/open', service: 'users', upstreamPath: '', auth: 'public' },
+        // A long answer the route waits for: it holds the one connection past the other route's timeout.
+        { name: 'long', prefix: '/long', service: 'users', upstreamPath: '', auth: 'public', timeoutMs: 30_000 },
+      ],
+    });
+    const { logger } = memoryLogger('gateway');
+    const kept = new KeptAcrossReloads();
+    const old = await listen(createGatewayApps(config, { logger, metrics: false, kept }).gateway.callback());
+    const current = await listen(createGatewayApps(config, { logger, metrics: false, kept }).gateway.callback());
+    try {
+      // The old build's exchange holds the one connection.
+      const slow = fetch(`${old.url}/long/slow`);
+      await waitFor(() => slowArrived, 'the long answer to hold the connection');
+      const refused = await fetch(`${current.url}/open/1`);
+      expect(refused.status).toBe(503);
+      expect(await refused.json()).toMatchObject({ code: 'upstream_busy' });
+      expect(kept.pools.get('users')!.pool.health()).toEqual([expect.objectContaining({ state: 'healthy', consecutiveFailures: 0 })]);
+      release();
+      expect((await slow).status).toBe(200);
+      expect((await fetch(`${current.url}/open/1`)).status).toBe(200);
+    } finally {
+      release();
+      await old.close();
+      await current.close();
+      await upstream.close();
     }
   });
 });
