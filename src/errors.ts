@@ -69,6 +69,13 @@ export type ErrorCode = keyof typeof ERROR_CATALOG;
  */
 export const REQUEST_CAUSED_SERVER_ERRORS: ReadonlySet<string> = new Set<ErrorCode>(['method_not_implemented', 'unsupported_transfer_coding', 'http_version_not_supported']);
 
+/**
+ * Why an answer already under way was cut when the client caused it: it did not take the answer (`client_read_timeout`,
+ * otel/lifecycle.ts) or did not send the rest of its body (`request_timeout`). Logged at warn as other client-caused
+ * answers are: at error, any client that stopped reading wrote error-level lines at will.
+ */
+export const CLIENT_CAUSED_CUTS: ReadonlySet<string> = new Set(['client_read_timeout', 'request_timeout']);
+
 /** `Retry-After` of a 503 that names no better time, s. */
 export const DEFAULT_RETRY_AFTER_SECONDS = 1;
 

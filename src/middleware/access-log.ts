@@ -4,7 +4,7 @@ import { sentMethod } from '../../otel/http-method';
 import { logLine, type Logger } from '../../otel/logger';
 import { redactUrl } from '../../otel/redact-url';
 import { ACCESS_LINE_MESSAGE, type AccessLine } from '../../otel/wire-names';
-import { REQUEST_CAUSED_SERVER_ERRORS } from '../errors';
+import { CLIENT_CAUSED_CUTS, REQUEST_CAUSED_SERVER_ERRORS } from '../errors';
 import { arrivalOf } from '../request-arrival';
 import { failedAfterStarting, onResponseClosed, recordedStatus } from '../response-closed';
 
@@ -47,7 +47,8 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
       // A response that failed after it started (its status may be 200) failed all the same; a 5xx the request
       // itself brought about (an unknown method) is the client's doing, as over HTTP/1.1's parser (otel/lifecycle.ts).
       const serverFailed = status >= 500 && (state.errorCode === undefined || !REQUEST_CAUSED_SERVER_ERRORS.has(state.errorCode));
-      const level = serverFailed || failedAfterStarting(ctx, status, state.errorCode) ? 'error' : status >= 400 ? 'warn' : 'info';
+      const cutByServer = failedAfterStarting(ctx, status, state.errorCode) && !CLIENT_CAUSED_CUTS.has(state.errorCode!);
+      const level = serverFailed || cutByServer ? 'error' : status >= 400 || state.errorCode !== undefined ? 'warn' : 'info';
       logLine(logger, level, ACCESS_LINE_MESSAGE, entry, requestContext);
     });
     await next();
