@@ -12,7 +12,7 @@
  */
 
 /** The signals runServer stops on. */
-export const STOP_SIGNALS = ['SIGTERM', 'SIGINT'] as const;
+const STOP_SIGNALS = ['SIGTERM', 'SIGINT'] as const;
 
 let held: NodeJS.Signals | undefined;
 const hold = (signal: NodeJS.Signals) => void (held ??= signal);

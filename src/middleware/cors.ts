@@ -3,6 +3,7 @@ import type { CorsConfig } from '../config';
 import { GatewayError } from '../errors';
 import type { CompiledRoute, RouteTable } from '../routes';
 import { PROBE_METHODS, UNTRACED_PATHS } from '../../otel/telemetry-config';
+import { FIELD_NAME_TOKEN } from '../../otel/wire-names';
 
 export interface CorsOptions {
   /** The policy of routes without their own; undefined = no cross-origin access unless a route has one. */
@@ -113,9 +114,6 @@ export function createCors(options: CorsOptions): Middleware {
   };
 }
 
-/** A field name (RFC 9110 5.1 token). */
-const FIELD_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-
 /**
  * The header names a preflight asks for (`Access-Control-Request-Headers`, a comma list), lower-cased and checked,
  * as a wildcard policy answers them: a name that is no token is left out (the browser then refuses the request),
@@ -125,6 +123,6 @@ function requestedHeaders(asked: string): string {
   return asked
     .split(',')
     .map((name) => name.trim().toLowerCase())
-    .filter((name) => name !== '*' && FIELD_NAME.test(name))
+    .filter((name) => name !== '*' && FIELD_NAME_TOKEN.test(name))
     .join(', ');
 }
