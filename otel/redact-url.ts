@@ -62,7 +62,7 @@ const USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i;
  * access line as sent).
  */
 export function redactUrl(url: string): string {
-  const target = USERINFO.test(url) ? url.replace(USERINFO, `$1${REDACTED}@`) : url;
+  const target = url.replace(USERINFO, `$1${REDACTED}@`);
   const queryStart = target.indexOf('?');
   if (queryStart === -1) return target;
   return `${target.slice(0, queryStart)}?${redactQuery(target.slice(queryStart + 1))}`;
