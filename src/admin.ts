@@ -89,6 +89,12 @@ export function createAdminApp(options: AdminOptions): Koa {
 
   app.use(createRequestId());
   app.use(createErrorHandler({ logger }));
+  app.use(async function adminAnswersNotStored(ctx, next) {
+    // Live state of this process (RFC 9111 5.2.2.5): a 200 without it is heuristically cacheable by whatever sits
+    // between an operator and this listener. Probes and errors set it themselves; this covers /admin/*.
+    ctx.set('Cache-Control', 'no-store');
+    await next();
+  });
   app.use(endpoints.routes());
   app.use(async function adminNotFound() {
     throw new GatewayError('route_not_found', 'No admin endpoint at this path.');

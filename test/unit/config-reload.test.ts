@@ -322,6 +322,15 @@ describe('the internal listener against DNS rebinding', () => {
     expect(reloads).toBe(0);
   });
 
+  // Live state of this process: without it, a 200 is heuristically cacheable by anything between operator and listener.
+  it('answers /admin/config and /admin/reload no-store', async () => {
+    for (const [method, path] of [['GET', '/admin/config'], ['POST', '/admin/reload']] as const) {
+      const answer = await fetch(`${admin.url}${path}`, { method });
+      expect(answer.status).toBe(200);
+      expect(answer.headers.get('cache-control')).toBe('no-store');
+    }
+  });
+
   it.each([
     { desc: 'an IPv4 address and port', host: '127.0.0.1:9000' },
     { desc: 'an IPv6 address in brackets', host: '[::1]:9000' },
