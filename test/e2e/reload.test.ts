@@ -5,6 +5,7 @@ import { namedUpstream, requestOnNewConnection, startGatewayProcess, startLoad, 
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
 import { streamSixChunks } from '../helpers/servers';
 import { signToken } from '../helpers/tokens';
+import { waitFor } from '../helpers/wait';
 
 /**
  * Configuration changes without a restart (src/config-reload.ts), on the built gateway as one process:
@@ -184,6 +185,17 @@ describe('config reload (one process)', () => {
     expect(gamma.connections()).toBe(connections);
     // Two of three were used before the reload: one more, then the limit.
     expect([await upstreamOf('/limited/3'), await upstreamOf('/limited/4')]).toEqual(['alpha', 429]);
+  });
+
+  // /health's uptime was counted from the app's build, and a reload builds a new app: every reload looked like a restart.
+  it("keeps the process's uptime in /health across a reload", async () => {
+    gateway = await startGatewayProcess({ config: config() });
+    const uptime = async (url: string) => ((await (await fetch(`${url}/health`)).json()) as { uptimeSeconds: number }).uptimeSeconds;
+    await waitFor(async () => (await uptime(gateway!.url)) >= 2, 'an uptime of 2 s', 10_000);
+    gateway.writeConfig(config({ routes: [route('alpha', 'alpha'), route('beta', 'beta')] }));
+    expect((await reload()).body.status).toBe('reloaded');
+    expect(await uptime(gateway.url)).toBeGreaterThanOrEqual(2);
+    expect(await uptime(gateway.adminUrl!)).toBeGreaterThanOrEqual(2);
   });
 
   it('reloads on SIGHUP, names keys that need a restart and keeps their running values', async () => {
