@@ -135,6 +135,8 @@ describe('API keys and consumers', () => {
       const partner = await send(url, '/api/admin-only', { 'X-API-Key': ACME_KEY });
       expect(partner.status).toBe(403);
       expect(problemOf(partner).code).toBe('forbidden');
+      // The credential's own scheme, with why: not a bad key, a key without the role (RFC 6750 3.1's insufficient_scope).
+      expect(partner.headers['www-authenticate']).toMatch(/^ApiKey realm="koa-gateway", error="insufficient_scope", error_description="[^"]+"$/);
       expect((await send(url, '/api/admin-only', { 'X-API-Key': ROOT_KEY })).status).toBe(200);
     });
 

@@ -397,6 +397,8 @@ describe('hostile input at the gateway', () => {
       const before = reached();
       const reply = await send(url, path, { method, headers: { authorization: `Bearer ${bob}` } });
       expect(reply.status).toBe(403);
+      // RFC 6750 3: a token that does not enable access is answered with its scheme's challenge, insufficient_scope.
+      expect(headerOf(reply, 'www-authenticate')).toMatch(/^Bearer realm="koa-gateway", error="insufficient_scope", error_description="[^"]+"$/);
       if (method !== 'HEAD') expectProblem(reply, 403, 'forbidden');
       expect(reached()).toBe(before);
       await expectStillServing();
