@@ -721,10 +721,14 @@ export function absoluteFormTarget(target: string): { authority: string; originF
   return { authority: absolute[1]!, originForm: rest.charCodeAt(0) === 47 ? rest : `/${rest}` };
 }
 
-/** How many Host field lines an HTTP/1 request head carries (Node keeps the first of several in `headers`). */
-export function hostFieldLines(rawHeaders: readonly string[]): number {
+/**
+ * How many field lines named `lowerCaseName` a request head carries. Node keeps the first of several Host,
+ * Authorization (and other single-value fields) in `headers` and drops the rest, where another hop may read the last.
+ */
+export function fieldLineCount(rawHeaders: readonly string[], lowerCaseName: string): number {
   let lines = 0;
-  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i]!.length === 4 && rawHeaders[i]!.toLowerCase() === 'host') lines++;
+  const { length } = lowerCaseName;
+  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i]!.length === length && rawHeaders[i]!.toLowerCase() === lowerCaseName) lines++;
   return lines;
 }
 
@@ -834,7 +838,7 @@ export async function listenInternal(handler: http.RequestListener, options: Int
 function servingHosts(hosts: ServedHosts, handler: http.RequestListener): http.RequestListener {
   const misdirected: ServerProblem = { status: 421, title: 'Misdirected request', code: 'host_not_allowed', detail: `This listener answers requests for ${hosts.description} only.` };
   return function serveOwnHostsOnly(req, res) {
-    if (hostFieldLines(req.rawHeaders) > 1) return answerInternal(res, TWO_HOST_LINES);
+    if (fieldLineCount(req.rawHeaders, 'host') > 1) return answerInternal(res, TWO_HOST_LINES);
     const absolute = absoluteFormTarget(req.url ?? '');
     if (absolute) {
       req.headers.host = absolute.authority;

@@ -6,7 +6,7 @@ import type { Socket } from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import type { Logger } from '../otel/logger';
-import { answerHttp2RequestTimeout, createSendWindows, DEFAULT_SEND_TIMEOUT_MS, hostFieldLines, listenInternal, markServerAnswer, resetByGateway, resetStream, stopRequestOnceAnswered, type ConnectionBounds, type PublicServer } from '../otel/lifecycle';
+import { answerHttp2RequestTimeout, createSendWindows, DEFAULT_SEND_TIMEOUT_MS, fieldLineCount, listenInternal, markServerAnswer, resetByGateway, resetStream, stopRequestOnceAnswered, type ConnectionBounds, type PublicServer } from '../otel/lifecycle';
 import type { TlsConfig } from './config';
 import { createHostMatcher } from './middleware/host-guard';
 import { isHttp2Request } from './middleware/http2-requests';
@@ -547,7 +547,7 @@ export async function listenHttpsRedirect(options: RedirectListenerOptions): Pro
     const hostname = match?.[1]!.toLowerCase();
     // Origin-form targets only: an absolute-form one (`GET http://elsewhere/`) names another authority. One Host
     // line only (RFC 9112 3.2), as the HTTPS listener holds it: Node keeps the first of several, another hop the last.
-    const problem = !url.startsWith('/') || url.startsWith('//') || hostFieldLines(req.rawHeaders) > 1 ? 400 : !hostname ? 400 : !allowed(hostname) ? 421 : undefined;
+    const problem = !url.startsWith('/') || url.startsWith('//') || fieldLineCount(req.rawHeaders, 'host') > 1 ? 400 : !hostname ? 400 : !allowed(hostname) ? 421 : undefined;
     if (problem) {
       const code = problem === 421 ? 'host_not_allowed' : 'bad_request';
       const requestId = mintRequestId();

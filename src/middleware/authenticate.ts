@@ -1,5 +1,6 @@
 import type { Middleware } from 'koa';
 import { trace } from '@opentelemetry/api';
+import { fieldLineCount } from '../../otel/lifecycle';
 import { ATTR, AUTH_REALM, HEADER } from '../../otel/wire-names';
 import type { AuthMethod } from '../config';
 import type { ConsumerRegistry } from '../consumers';
@@ -99,6 +100,11 @@ export function createAuthenticate(options: AuthenticateOptions): Middleware {
     const apiKeyHeader = ctx.req.headers[HEADER.apiKey];
     const hasAuthorization = header !== undefined && header !== '';
     const hasApiKeyHeader = apiKeyHeader !== undefined && apiKeyHeader !== '';
+    // Node keeps the first of several Authorization lines (a single-value field, RFC 9110 11.6.2) and drops the
+    // rest: the gateway judged one credential while a proxy in front, or a log, went by another.
+    if (hasAuthorization && fieldLineCount(ctx.req.rawHeaders, HEADER.authorization) > 1) {
+      throw new GatewayError('bad_request', 'Send one Authorization header field, not several.');
+    }
     if (hasAuthorization && hasApiKeyHeader) {
       // Two credentials: which one the gateway checked and which one a service reads must never differ.
       throw new GatewayError('bad_request', 'Send one credential: an X-API-Key or an Authorization header, not both.');

@@ -1,5 +1,5 @@
 import type { Context, Middleware } from 'koa';
-import { absoluteFormTarget, hostFieldLines } from '../../otel/lifecycle';
+import { absoluteFormTarget, fieldLineCount } from '../../otel/lifecycle';
 import { HTTP_METHODS } from '../config';
 import { GatewayError } from '../errors';
 import { isHttp2Request } from './http2-requests';
@@ -70,7 +70,7 @@ export function createRequestHeadCheck(): Middleware {
     // a request no client means, while an absolute-form target with a fragment was refused.
     if (target.includes('#')) throw new GatewayError('bad_request', 'The request target must not carry a fragment (#).');
     if (!http2) {
-      const hostLines = hostFieldLines(request.rawHeaders);
+      const hostLines = fieldLineCount(request.rawHeaders, 'host');
       if (hostLines > 1) throw new GatewayError('bad_request', 'The request carries more than one Host header field.', CLOSE_CONNECTION);
       // Node's own check is off (runServer: `requireHostHeader: false`) so this one answers with a request id and
       // a log line; the absolute form does not excuse it (RFC 9112 3.2: every HTTP/1.1 request sends Host). The

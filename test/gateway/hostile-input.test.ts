@@ -163,6 +163,21 @@ describe('hostile input at the gateway', () => {
     });
   });
 
+  // Node keeps the first Authorization line and drops the rest: the gateway judged one credential where a proxy in
+  // front (or its log) went by the last. Either order, a real token first or last, is refused before any check.
+  it.each([
+    { desc: 'a real token, then junk', lines: () => [`Bearer ${bob}`, 'Bearer junk'] },
+    { desc: 'junk, then a real token', lines: () => ['Bearer junk', `Bearer ${bob}`] },
+    { desc: 'the same real token twice', lines: () => [`Bearer ${bob}`, `Bearer ${bob}`] },
+    { desc: 'a real token and an API key scheme', lines: () => [`Bearer ${bob}`, 'ApiKey kgw_x'] },
+  ])('answers two Authorization field lines ($desc) with 400, reaching no service', async ({ lines }) => {
+    const before = reached();
+    const reply = await send(url, '/api/users/2', { headers: { authorization: lines() } as unknown as http.OutgoingHttpHeaders });
+    expectProblem(reply, 400, 'bad_request');
+    expect(reached()).toBe(before);
+    await expectStillServing();
+  });
+
   // It was refused with one space more: RFC 9110 11.4 (`auth-scheme 1*SP token68`) and RFC 6750 2.1 allow any number.
   it.each([
     { desc: 'two spaces after the scheme', authorization: () => `Bearer  ${bob}` },
