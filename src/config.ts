@@ -412,7 +412,9 @@ const configSchema = z
              * Put before the provider's `sub` in X-User-Id, so a provider user "1" can never be taken for the
              * gateway's own user "1" by a service. Default `idp:`; empty only if both share one id space.
              */
-            subjectPrefix: z.string().regex(/^[\x21-\x7e]*$/, 'must be printable ASCII without spaces').default('idp:'),
+            // What X-User-Id may hold (IDENTITY_VALUE: a comma would make a list of it, and the gateway refused every
+            // provider token), and short enough that a 255-character `sub` behind it fits the services' 512.
+            subjectPrefix: z.string().max(64).regex(/^[\x21-\x2b\x2d-\x7e]*$/, 'must be printable ASCII without spaces or commas').default('idp:'),
           })
           .optional(),
       })

@@ -420,7 +420,10 @@ function providerIdentity(payload: JWTPayload, roleClaim: string, subjectPrefix:
   const { sub, email } = payload;
   const role = payload[roleClaim];
   if (typeof sub !== 'string' || sub === '') throw new TokenRejectedError('bad_claims', 'The token lacks the sub claim.');
-  return identity(`${subjectPrefix}${sub}`, typeof role === 'string' && role !== '' ? role : 'user', email);
+  // The limit is the provider's `sub`'s (OpenID Connect Core 2: up to 255 ASCII characters), the prefix is the
+  // config's own (checked there): counted together, a `sub` of 252-255 characters was refused behind `idp:`.
+  const user = identity(sub, typeof role === 'string' && role !== '' ? role : 'user', email);
+  return subjectPrefix === '' ? user : { ...user, id: `${subjectPrefix}${sub}` };
 }
 
 /** `exp` of a token that verified, in epoch ms. */

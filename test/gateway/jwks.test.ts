@@ -349,6 +349,15 @@ describe('tokens from an identity provider (JWKS)', () => {
     expect(seen[HEADER.userEmail]).toBeUndefined();
   });
 
+  // OpenID Connect Core 2 allows a `sub` of 255 ASCII characters: counted with the `idp:` before it, one of 252-255
+  // was refused. The services take the prefixed id (up to 512 characters).
+  it('accepts a provider sub of 255 characters, passed on behind the subject prefix', async () => {
+    const sub = 's'.repeat(255);
+    const response = await call(await providerToken(rsa, { sub }));
+    expect(response.status).toBe(200);
+    expect(stack.notifications.requests.at(-1)!.headers[HEADER.userId]).toBe(`idp:${sub}`);
+  });
+
   // Such a token used to get a bare text/plain 404: the upstream call failed on the invalid header value.
   it.each([
     { desc: 'a role with a line break (header injection)', claims: { role: 'user\r\nx-user-role: admin' } },

@@ -154,6 +154,15 @@ describe('gateway config', () => {
       },
       message: /^config: routes\.1\.headers\.response: may not write Strict-Transport-Security: with tls\.hsts the gateway writes it/,
     },
+    // A comma makes a list of X-User-Id (every provider token was refused); a long prefix leaves a 255-character `sub` no room.
+    ...[
+      { desc: 'a subject prefix with a comma', subjectPrefix: 'idp,', message: /^config: auth\.jwks\.subjectPrefix: must be printable ASCII without spaces or commas/ },
+      { desc: 'a subject prefix of 65 characters', subjectPrefix: 'p'.repeat(65), message: /^config: auth\.jwks\.subjectPrefix: / },
+    ].map(({ desc, subjectPrefix, message }) => ({
+      desc,
+      patch: (file: any) => (file.auth = { ...file.auth, jwks: { url: 'https://idp.example.com/jwks.json', issuer: 'idp', audience: 'api', subjectPrefix } }),
+      message,
+    })),
     { desc: "a route rule removing the gateway's RateLimit header", patch: (file: any) => (file.routes[1].headers = { response: { remove: ['RateLimit'] } }), message: /written by the gateway on every response/ },
     // Servers answer pings more frequent than they allow with GOAWAY "too_many_pings", failing the calls on the connection.
     { desc: 'a gRPC keepalive pinging more often than every 10 s', patch: (file: any) => (file.services.notifications.keepalive = { timeMs: 5000 }), message: /^config: services\.notifications\.keepalive\.timeMs: must be at least 10000 ms/ },
