@@ -343,7 +343,12 @@ const configSchema = z
      * `Host` / `X-Forwarded-Host`. Absent: any host (a warning at start-up in production).
      */
     allowedHosts: z
-      .array(z.string().regex(/^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[[0-9A-Fa-f:.]+\]$/, 'must be a host name, *.domain, or a bracketed IPv6 address'))
+      .array(
+        z
+          .string()
+          .regex(/^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[[0-9A-Fa-f:.]+\]$/, 'must be a host name, *.domain, or a bracketed IPv6 address')
+          .refine((host) => !host.startsWith('[') || URL.canParse(`http://${host}`), 'must be a bracketed IPv6 address that parses (e.g. [2001:db8::1])'),
+      )
       .nonempty()
       .optional(),
     /**

@@ -38,7 +38,18 @@ export function createHostMatcher(allowedHosts: readonly string[]): (hostname: s
   const suffixes: string[] = [];
   for (const host of allowedHosts.map((entry) => entry.toLowerCase())) {
     if (host.startsWith('*.')) suffixes.push(host.slice(1));
-    else exact.add(host.replace(/^\[(.*)\]$/, '$1'));
+    else exact.add(canonicalAddress(host.replace(/^\[(.*)\]$/, '$1')));
   }
-  return (hostname) => exact.has(hostname) || suffixes.some((suffix) => hostname.endsWith(suffix) && hostname.length > suffix.length);
+  return (hostname) => exact.has(canonicalAddress(hostname)) || suffixes.some((suffix) => hostname.endsWith(suffix) && hostname.length > suffix.length);
+}
+
+/**
+ * An IPv6 address (without brackets) in its one RFC 5952 spelling, a name as it is. Koa's hostname holds the short
+ * form and the redirect listener the client's: an entry `[2001:db8:0:0:0:0:0:1]` was refused (421) on HTTPS while
+ * the redirect sent clients there, and `[2001:db8::1]` the other way round.
+ */
+function canonicalAddress(hostname: string): string {
+  if (!hostname.includes(':')) return hostname;
+  const url = `http://[${hostname}]`;
+  return URL.canParse(url) ? new URL(url).hostname.slice(1, -1) : hostname;
 }

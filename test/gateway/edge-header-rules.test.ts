@@ -35,12 +35,13 @@ describe('allowed hosts', () => {
   }
 
   beforeAll(async () => {
-    stack = await startStack({ env: { ALLOWED_HOSTS: 'api.example.test, *.apps.example.test, 127.0.0.1' } });
+    stack = await startStack({ env: { ALLOWED_HOSTS: 'api.example.test, *.apps.example.test, 127.0.0.1, [2001:db8:0:0:0:0:0:1]' } });
     token = await login(stack.gateway.url, 'bob@example.com', 'builder');
   });
   afterAll(() => stack.close());
 
   it.each([
+    { desc: 'another IPv6 address', host: '[2001:db8::2]' },
     { desc: 'an unknown host', host: 'evil.example' },
     { desc: 'an allowed name as a prefix of another', host: 'api.example.test.evil.example' },
     { desc: 'the apex of a wildcard', host: 'apps.example.test' },
@@ -87,6 +88,9 @@ describe('allowed hosts', () => {
     { desc: 'an allowed name with a port', host: 'api.example.test:8443', forwardedHost: 'api.example.test:8443' },
     { desc: 'an allowed name in upper case', host: 'API.Example.TEST', forwardedHost: 'API.Example.TEST' },
     { desc: 'a subdomain of a wildcard', host: 'tenant-1.apps.example.test', forwardedHost: 'tenant-1.apps.example.test' },
+    // The entry is written long, the clients short or in capitals: one address (RFC 5952), one answer. It was a 421.
+    { desc: 'an allowed IPv6 address in its short form', host: '[2001:db8::1]', forwardedHost: '[2001:db8::1]' },
+    { desc: 'an allowed IPv6 address in capitals, with a port', host: '[2001:DB8:0::1]:8443', forwardedHost: '[2001:DB8:0::1]:8443' },
   ])('serves $desc and forwards it as X-Forwarded-Host', async ({ host, forwardedHost }) => {
     const requestId = `host-${++requestCount}`;
     const reply = await send(stack.gateway.url, '/api/users/2', { host, authorization: `Bearer ${token}`, [HEADER.requestId]: requestId, 'x-forwarded-host': 'evil.example' });
