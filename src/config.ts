@@ -854,8 +854,11 @@ export function describeRouteAccess(route: Pick<RouteConfig, 'auth' | 'roles'>, 
 
 const GUESSABLE_RULE = `is ${GUESSABLE_SECRET_RULE}`;
 
-/** Keys whose values are secrets: never echoed in an error, not even a wrong one. */
-const SECRET_KEYS = new Set(['auth.secret', 'proxy.signingKey']);
+/**
+ * Keys whose values are secrets: never echoed in an error, not even a wrong one. A key's `hash` is no secret, but
+ * the key `npm run apikey` prints above it, pasted in its place, is one, and it was echoed whole in the refusal.
+ */
+const SECRET_KEY_PATHS: readonly RegExp[] = [/^auth\.secret$/, /^proxy\.signingKey$/, /^consumers\.\d+\.keys\.\d+\.hash$/];
 
 /** Applies env overrides to the parsed file and validates the result. Pure: tests call it directly. */
 export function parseConfig(file: unknown, env: Env = {}): GatewayConfig {
@@ -878,7 +881,7 @@ export function parseConfig(file: unknown, env: Env = {}): GatewayConfig {
     const envName = envNameFor(keyPath, env, issue.input === undefined);
     const key = envName ? `${envName} (${keyPath})` : keyPath || '(root)';
     // The secret is never echoed, not even a wrong one.
-    const shown = SECRET_KEYS.has(keyPath) ? undefined : issue.input;
+    const shown = SECRET_KEY_PATHS.some((secret) => secret.test(keyPath)) ? undefined : issue.input;
     const value = shown !== undefined && typeof shown !== 'object' ? ` (got ${describe(shown)})` : '';
     const more = result.error.issues.length > 1 ? ` [+${result.error.issues.length - 1} more]` : '';
     throw new ConfigError(`config: ${key}: ${issue.message}${value}${more}`);

@@ -63,6 +63,24 @@ describe('consumers in the config', () => {
     expect(() => parseConfig(withConsumers(consumers))).toThrow(message);
   });
 
+  // `npm run apikey` prints the key above its hash: pasted in the hash's place, the refusal echoed it whole (49
+  // characters fit the 60 a refused value shows), on stderr, in a reload's log line and in its 422 answer.
+  it('never echoes a refused hash: it is often the key itself, pasted in its place', () => {
+    for (const hash of [KEY, `sha256:${KEY}`, KEY.slice(0, 20)]) {
+      const refusal = (() => {
+        try {
+          parseConfig(withConsumers([{ id: 'a', role: 'r', keys: [{ hash }] }]));
+        } catch (error) {
+          return (error as Error).message;
+        }
+        return 'accepted';
+      })();
+      expect(refusal).toMatch(/^config: consumers\.0\.keys\.0\.hash: must be "sha256:"/);
+      expect(refusal).not.toContain('(got ');
+      expect(refusal).not.toContain(KEY.slice(4, 16));
+    }
+  });
+
   it.each([
     { desc: 'a route accepting apiKey with no consumers declared', file: () => ({ ...shippedConfigFile(), routes: route({ auth: { methods: ['apiKey'] } }) }), message: 'routes.0.auth.methods: accept apiKey but no consumers are declared' },
     { desc: 'an unknown auth method', file: () => withConsumers(declared, route({ auth: { methods: ['basic'] } })), message: 'routes.0.auth' },
