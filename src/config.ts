@@ -698,6 +698,11 @@ const configSchema = z
     if (config.environment === 'production' && config.proxy.signingKey !== undefined && isGuessableSecret(config.proxy.signingKey)) {
       ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: GUESSABLE_RULE, input: '(hidden)' });
     }
+    // One key, one purpose (RFC 8725 3.5): every service holds the signing key, and as the JWT secret it would let
+    // anyone who reads one service's environment mint the gateway an admin token.
+    if (config.proxy.signingKey !== undefined && config.proxy.signingKey === secret) {
+      ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: 'must differ from auth.secret (JWT_SECRET): every service holds the signing key, and with it they could mint tokens', input: '(hidden)' });
+    }
     // Not a URL at all: its own check said so (this refinement runs regardless, and `new URL` would throw).
     if (config.environment === 'production' && config.auth.jwks && URL.canParse(config.auth.jwks.url) && new URL(config.auth.jwks.url).protocol !== 'https:') {
       ctx.addIssue({ code: 'custom', path: ['auth', 'jwks', 'url'], message: 'must be https in production: keys fetched over plain HTTP can be replaced on the way, and with them any token', input: config.auth.jwks.url });

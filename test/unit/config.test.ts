@@ -98,6 +98,8 @@ describe('gateway config', () => {
     { desc: 'a service URL on port 0', env: { USER_SERVICE_URL: 'http://127.0.0.1:0' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must name a port other than 0/ },
     { desc: 'a service URL with an empty userinfo', env: { USER_SERVICE_URL: 'http://@127.0.0.1:4001' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\): must be an origin/ },
     { desc: 'one of several service URLs with a fragment', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001,http://127.0.0.1:4011/#x' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\.1\): must be an origin/ },
+    // One key, one purpose: every service holds the signing key; as the JWT secret too, any of them could mint tokens.
+    { desc: 'a signing key equal to the JWT secret', env: { JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: TEST_JWT_SECRET }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): must differ from auth\.secret(?!.*\(got )/ },
   ])('refuses $desc with one line naming the key', ({ env, message }) => {
     expect(() => parseConfig(shippedConfigFile(), env)).toThrow(message);
     try {
