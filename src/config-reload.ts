@@ -4,7 +4,7 @@ import type Koa from 'koa';
 import type { Agent } from 'undici';
 import { createUpstreamAgent } from './middleware/proxy';
 import type { Logger } from '../otel/logger';
-import { ConfigError, deepFreeze, type GatewayConfig } from './config';
+import { checkCrossFieldRules, ConfigError, deepFreeze, type GatewayConfig } from './config';
 import { RateLimitWindows } from './rate-limit-store';
 import type { GrpcClientCache } from './grpc/grpc-clients';
 import type { UpstreamPoolCache } from './upstream-pool';
@@ -103,6 +103,15 @@ export function checkReload(running: ActiveConfig, load: () => GatewayConfig, lo
     loaded = deepFreeze({ ...loaded, auth: { ...loaded.auth, secret: running.config.auth.secret } }) as unknown as GatewayConfig;
   }
   const { config, pendingRestart } = keepRestartOnly(running.config, loaded);
+  if (pendingRestart.length > 0) {
+    try {
+      checkCrossFieldRules(config);
+    } catch (error) {
+      const reason = `${(error as ConfigError).message} (with the running ${pendingRestart.join(', ')}, which apply only after a restart)`;
+      logger.warn('config reload refused; the running config keeps serving', { reason, version: running.version });
+      return { ok: false, reason };
+    }
+  }
   const next = activeConfig(config, pendingRestart);
   // The version leaves the keys out (configVersion), so a change of keys alone keeps it: applied under the same version.
   const changed = next.version !== running.version || !sameKeys(running.config, next.config);

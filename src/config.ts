@@ -286,7 +286,7 @@ const routeSchema = z.strictObject({
   cache: routeCacheSchema.optional(),
 });
 
-const configSchema = z
+const configFields = z
   .strictObject({
     /** Listening port. Default 3000. */
     port: z.int().min(0).max(65535).default(3000),
@@ -598,139 +598,144 @@ const configSchema = z
      * loadConfig, relative to the config file). None by default: API keys are then not accepted anywhere.
      */
     consumers: z.array(consumerSchema).default([]),
-  })
-  .superRefine((config, ctx) => {
-    if (!('users' in config.services)) {
-      ctx.addIssue({ code: 'custom', path: ['services', 'users'], message: 'is required: login checks credentials with the users service', input: undefined });
+  });
+
+/** The rules between fields, for the file as read and for what a reload runs (the restart-only keys kept). */
+function crossFieldRules(config: z.output<typeof configFields>, ctx: Pick<z.RefinementCtx, 'addIssue'>): void {
+  if (!('users' in config.services)) {
+    ctx.addIssue({ code: 'custom', path: ['services', 'users'], message: 'is required: login checks credentials with the users service', input: undefined });
+  }
+  const seenNames = new Set<string>();
+  const reservedPaths = new Set<string>([config.auth.loginPath, '/health', '/ready'].map((reserved) => reserved.toLowerCase()));
+  // The probes answer before login (src/gateway.ts): a login at one of their paths could never be reached.
+  if (['/health', '/ready'].includes(config.auth.loginPath.toLowerCase())) {
+    ctx.addIssue({ code: 'custom', path: ['auth', 'loginPath'], message: 'is a probe path (/health, /ready), answered before login: no login could reach it', input: config.auth.loginPath });
+  }
+  const seenPrefixes = new Set<string>();
+  config.routes.forEach((route, index) => {
+    if (!(route.service in config.services)) {
+      ctx.addIssue({ code: 'custom', path: ['routes', index, 'service'], message: `names no entry of services (${Object.keys(config.services).join(', ')})`, input: route.service });
     }
-    const seenNames = new Set<string>();
-    const reservedPaths = new Set<string>([config.auth.loginPath, '/health', '/ready'].map((reserved) => reserved.toLowerCase()));
-    // The probes answer before login (src/gateway.ts): a login at one of their paths could never be reached.
-    if (['/health', '/ready'].includes(config.auth.loginPath.toLowerCase())) {
-      ctx.addIssue({ code: 'custom', path: ['auth', 'loginPath'], message: 'is a probe path (/health, /ready), answered before login: no login could reach it', input: config.auth.loginPath });
+    if (seenNames.has(route.name)) {
+      ctx.addIssue({ code: 'custom', path: ['routes', index, 'name'], message: 'is used by another route', input: route.name });
     }
-    const seenPrefixes = new Set<string>();
+    // An exact route may refine a prefix route of the same path (e.g. admin-only listing). Routes match
+    // case-insensitively (src/routes.ts), so prefixes that differ only in case are the same prefix.
+    const prefixKey = route.exact ? `${route.prefix.toLowerCase()} (exact)` : route.prefix.toLowerCase();
+    if (seenPrefixes.has(prefixKey) || reservedPaths.has(route.prefix.toLowerCase())) {
+      ctx.addIssue({ code: 'custom', path: ['routes', index, 'prefix'], message: 'is already taken', input: route.prefix });
+    }
+    if (typeof route.auth === 'object' && route.auth.methods.includes('apiKey') && config.consumers.length === 0) {
+      ctx.addIssue({ code: 'custom', path: ['routes', index, 'auth', 'methods'], message: 'accept apiKey but no consumers are declared', input: route.auth.methods });
+    }
+    if (route.rateLimit && route.rateLimit.by !== 'ip' && route.auth === 'public') {
+      ctx.addIssue({ code: 'custom', path: ['routes', index, 'rateLimit', 'by'], message: 'needs an authenticated route (auth not "public")', input: route.rateLimit.by });
+    }
+    if (route.roles && route.auth === 'public') {
+      ctx.addIssue({ code: 'custom', path: ['routes', index, 'roles'], message: 'need auth "required"', input: route.roles });
+    }
+    // A gRPC route ends at the translation (src/middleware/grpc-transcode.ts): HTTP caching and header rules never run for it.
+    for (const key of ['cache', 'headers'] as const) {
+      if (route.grpc && route[key] !== undefined) ctx.addIssue({ code: 'custom', path: ['routes', index, key], message: 'does not apply to a grpc route', input: undefined });
+    }
+    seenNames.add(route.name);
+    seenPrefixes.add(prefixKey);
+    const statusHeader = config.cache.statusHeader.toLowerCase();
+    for (const list of ['add', 'set', 'remove'] as const) {
+      const named = route.headers?.response?.[list];
+      for (const name of Array.isArray(named) ? named : Object.keys(named ?? {})) {
+        if (name.toLowerCase() === statusHeader) ctx.addIssue({ code: 'custom', path: ['routes', index, 'headers', 'response', list], message: `names ${name}, the cache status header (cache.statusHeader) the gateway writes`, input: name });
+      }
+    }
+    if (route.cache) {
+      if (route.methods && !route.methods.includes('GET')) {
+        ctx.addIssue({ code: 'custom', path: ['routes', index, 'cache'], message: 'needs GET among the route\'s methods: only GET and HEAD are cached', input: route.methods });
+      }
+      if ((route.cache.maxBytes ?? 0) > config.cache.maxBytes) {
+        ctx.addIssue({ code: 'custom', path: ['routes', index, 'cache', 'maxBytes'], message: `must not exceed cache.maxBytes (${config.cache.maxBytes})`, input: route.cache.maxBytes });
+      }
+      route.cache.varyHeaders.forEach((name, position) => {
+        const reason = ownedRequestHeader(name);
+        if (reason) ctx.addIssue({ code: 'custom', path: ['routes', index, 'cache', 'varyHeaders', position], message: `is ${reason}: a client's value of it never reaches the service`, input: name });
+      });
+    }
+  });
+  if (ownedRequestHeader(config.cache.statusHeader) || ownedResponseHeader(config.cache.statusHeader)) {
+    ctx.addIssue({ code: 'custom', path: ['cache', 'statusHeader'], message: 'is a header the gateway writes for another purpose', input: config.cache.statusHeader });
+  } else if (HTTP_RESPONSE_FIELDS.has(config.cache.statusHeader.toLowerCase())) {
+    // `HIT` written over the service's Cache-Control or the computed Age would tell every cache after us a lie.
+    ctx.addIssue({ code: 'custom', path: ['cache', 'statusHeader'], message: 'is a standard response field that HIT or MISS would overwrite', input: config.cache.statusHeader });
+  }
+  const seenConsumers = new Set<string>();
+  const seenHashes = new Set<string>();
+  config.consumers.forEach((consumer, index) => {
+    if (seenConsumers.has(consumer.id)) ctx.addIssue({ code: 'custom', path: ['consumers', index, 'id'], message: 'is used by another consumer', input: consumer.id });
+    seenConsumers.add(consumer.id);
+    consumer.keys.forEach((key, keyIndex) => {
+      // One key, one consumer: otherwise who called would depend on declaration order.
+      if (seenHashes.has(key.hash)) ctx.addIssue({ code: 'custom', path: ['consumers', index, 'keys', keyIndex, 'hash'], message: 'is declared twice', input: '(hidden)' });
+      seenHashes.add(key.hash);
+    });
+  });
+  // Keepalive is HTTP/2 pings on gRPC channels: a service that only HTTP routes call has none to ping on.
+  const grpcServices = new Set(config.routes.flatMap((route) => (route.grpc ? [route.service] : [])));
+  for (const [name, service] of Object.entries(config.services)) {
+    if (service.keepalive && !grpcServices.has(name)) {
+      ctx.addIssue({ code: 'custom', path: ['services', name, 'keepalive'], message: 'applies to gRPC channels only, and no route with grpc calls this service: it would do nothing', input: service.keepalive });
+    }
+  }
+  if (config.trustedProxies && !config.trustProxy) {
+    ctx.addIssue({ code: 'custom', path: ['trustedProxies'], message: 'need trustProxy true (TRUST_PROXY=true)', input: config.trustedProxies });
+  }
+  const { secret } = config.auth;
+  if (secret !== undefined && PUBLISHED_JWT_SECRETS.includes(secret)) {
+    ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'is a published secret: anyone could mint tokens with it', input: '(hidden)' });
+  } else if (config.environment === 'production' && secret === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be set (JWT_SECRET) in production', input: undefined });
+  } else if (config.environment === 'production' && secret!.length < 32) {
+    ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be at least 32 characters in production', input: '(hidden)' });
+  } else if (config.environment === 'production' && isGuessableSecret(secret!)) {
+    ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: GUESSABLE_RULE, input: '(hidden)' });
+  }
+  if (config.environment === 'production' && config.proxy.signingKey !== undefined && isGuessableSecret(config.proxy.signingKey)) {
+    ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: GUESSABLE_RULE, input: '(hidden)' });
+  }
+  // One key, one purpose (RFC 8725 3.5): every service holds the signing key, and as the JWT secret it would let
+  // anyone who reads one service's environment mint the gateway an admin token.
+  if (config.proxy.signingKey !== undefined && config.proxy.signingKey === secret) {
+    ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: 'must differ from auth.secret (JWT_SECRET): every service holds the signing key, and with it they could mint tokens', input: '(hidden)' });
+  }
+  // Not a URL at all: its own check said so (this refinement runs regardless, and `new URL` would throw).
+  if (config.environment === 'production' && config.auth.jwks && URL.canParse(config.auth.jwks.url) && new URL(config.auth.jwks.url).protocol !== 'https:') {
+    ctx.addIssue({ code: 'custom', path: ['auth', 'jwks', 'url'], message: 'must be https in production: keys fetched over plain HTTP can be replaced on the way, and with them any token', input: config.auth.jwks.url });
+  }
+  if (config.tls?.hsts) {
+    // The gateway's policy is the only one (RFC 6797 6.1); a rule's `max-age=0` would make browsers forget it.
     config.routes.forEach((route, index) => {
-      if (!(route.service in config.services)) {
-        ctx.addIssue({ code: 'custom', path: ['routes', index, 'service'], message: `names no entry of services (${Object.keys(config.services).join(', ')})`, input: route.service });
-      }
-      if (seenNames.has(route.name)) {
-        ctx.addIssue({ code: 'custom', path: ['routes', index, 'name'], message: 'is used by another route', input: route.name });
-      }
-      // An exact route may refine a prefix route of the same path (e.g. admin-only listing). Routes match
-      // case-insensitively (src/routes.ts), so prefixes that differ only in case are the same prefix.
-      const prefixKey = route.exact ? `${route.prefix.toLowerCase()} (exact)` : route.prefix.toLowerCase();
-      if (seenPrefixes.has(prefixKey) || reservedPaths.has(route.prefix.toLowerCase())) {
-        ctx.addIssue({ code: 'custom', path: ['routes', index, 'prefix'], message: 'is already taken', input: route.prefix });
-      }
-      if (typeof route.auth === 'object' && route.auth.methods.includes('apiKey') && config.consumers.length === 0) {
-        ctx.addIssue({ code: 'custom', path: ['routes', index, 'auth', 'methods'], message: 'accept apiKey but no consumers are declared', input: route.auth.methods });
-      }
-      if (route.rateLimit && route.rateLimit.by !== 'ip' && route.auth === 'public') {
-        ctx.addIssue({ code: 'custom', path: ['routes', index, 'rateLimit', 'by'], message: 'needs an authenticated route (auth not "public")', input: route.rateLimit.by });
-      }
-      if (route.roles && route.auth === 'public') {
-        ctx.addIssue({ code: 'custom', path: ['routes', index, 'roles'], message: 'need auth "required"', input: route.roles });
-      }
-      // A gRPC route ends at the translation (src/middleware/grpc-transcode.ts): HTTP caching and header rules never run for it.
-      for (const key of ['cache', 'headers'] as const) {
-        if (route.grpc && route[key] !== undefined) ctx.addIssue({ code: 'custom', path: ['routes', index, key], message: 'does not apply to a grpc route', input: undefined });
-      }
-      seenNames.add(route.name);
-      seenPrefixes.add(prefixKey);
-      const statusHeader = config.cache.statusHeader.toLowerCase();
-      for (const list of ['add', 'set', 'remove'] as const) {
-        const named = route.headers?.response?.[list];
-        for (const name of Array.isArray(named) ? named : Object.keys(named ?? {})) {
-          if (name.toLowerCase() === statusHeader) ctx.addIssue({ code: 'custom', path: ['routes', index, 'headers', 'response', list], message: `names ${name}, the cache status header (cache.statusHeader) the gateway writes`, input: name });
-        }
-      }
-      if (route.cache) {
-        if (route.methods && !route.methods.includes('GET')) {
-          ctx.addIssue({ code: 'custom', path: ['routes', index, 'cache'], message: 'needs GET among the route\'s methods: only GET and HEAD are cached', input: route.methods });
-        }
-        if ((route.cache.maxBytes ?? 0) > config.cache.maxBytes) {
-          ctx.addIssue({ code: 'custom', path: ['routes', index, 'cache', 'maxBytes'], message: `must not exceed cache.maxBytes (${config.cache.maxBytes})`, input: route.cache.maxBytes });
-        }
-        route.cache.varyHeaders.forEach((name, position) => {
-          const reason = ownedRequestHeader(name);
-          if (reason) ctx.addIssue({ code: 'custom', path: ['routes', index, 'cache', 'varyHeaders', position], message: `is ${reason}: a client's value of it never reaches the service`, input: name });
-        });
+      const rule = route.headers?.response;
+      const names = [...Object.keys(rule?.add ?? {}), ...Object.keys(rule?.set ?? {}), ...(rule?.remove ?? [])];
+      if (names.some((name) => name.toLowerCase() === 'strict-transport-security')) {
+        ctx.addIssue({ code: 'custom', path: ['routes', index, 'headers', 'response'], message: 'may not write Strict-Transport-Security: with tls.hsts the gateway writes it', input: undefined });
       }
     });
-    if (ownedRequestHeader(config.cache.statusHeader) || ownedResponseHeader(config.cache.statusHeader)) {
-      ctx.addIssue({ code: 'custom', path: ['cache', 'statusHeader'], message: 'is a header the gateway writes for another purpose', input: config.cache.statusHeader });
-    } else if (HTTP_RESPONSE_FIELDS.has(config.cache.statusHeader.toLowerCase())) {
-      // `HIT` written over the service's Cache-Control or the computed Age would tell every cache after us a lie.
-      ctx.addIssue({ code: 'custom', path: ['cache', 'statusHeader'], message: 'is a standard response field that HIT or MISS would overwrite', input: config.cache.statusHeader });
-    }
-    const seenConsumers = new Set<string>();
-    const seenHashes = new Set<string>();
-    config.consumers.forEach((consumer, index) => {
-      if (seenConsumers.has(consumer.id)) ctx.addIssue({ code: 'custom', path: ['consumers', index, 'id'], message: 'is used by another consumer', input: consumer.id });
-      seenConsumers.add(consumer.id);
-      consumer.keys.forEach((key, keyIndex) => {
-        // One key, one consumer: otherwise who called would depend on declaration order.
-        if (seenHashes.has(key.hash)) ctx.addIssue({ code: 'custom', path: ['consumers', index, 'keys', keyIndex, 'hash'], message: 'is declared twice', input: '(hidden)' });
-        seenHashes.add(key.hash);
-      });
-    });
-    // Keepalive is HTTP/2 pings on gRPC channels: a service that only HTTP routes call has none to ping on.
-    const grpcServices = new Set(config.routes.flatMap((route) => (route.grpc ? [route.service] : [])));
-    for (const [name, service] of Object.entries(config.services)) {
-      if (service.keepalive && !grpcServices.has(name)) {
-        ctx.addIssue({ code: 'custom', path: ['services', name, 'keepalive'], message: 'applies to gRPC channels only, and no route with grpc calls this service: it would do nothing', input: service.keepalive });
-      }
-    }
-    if (config.trustedProxies && !config.trustProxy) {
-      ctx.addIssue({ code: 'custom', path: ['trustedProxies'], message: 'need trustProxy true (TRUST_PROXY=true)', input: config.trustedProxies });
-    }
-    const { secret } = config.auth;
-    if (secret !== undefined && PUBLISHED_JWT_SECRETS.includes(secret)) {
-      ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'is a published secret: anyone could mint tokens with it', input: '(hidden)' });
-    } else if (config.environment === 'production' && secret === undefined) {
-      ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be set (JWT_SECRET) in production', input: undefined });
-    } else if (config.environment === 'production' && secret!.length < 32) {
-      ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be at least 32 characters in production', input: '(hidden)' });
-    } else if (config.environment === 'production' && isGuessableSecret(secret!)) {
-      ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: GUESSABLE_RULE, input: '(hidden)' });
-    }
-    if (config.environment === 'production' && config.proxy.signingKey !== undefined && isGuessableSecret(config.proxy.signingKey)) {
-      ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: GUESSABLE_RULE, input: '(hidden)' });
-    }
-    // One key, one purpose (RFC 8725 3.5): every service holds the signing key, and as the JWT secret it would let
-    // anyone who reads one service's environment mint the gateway an admin token.
-    if (config.proxy.signingKey !== undefined && config.proxy.signingKey === secret) {
-      ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: 'must differ from auth.secret (JWT_SECRET): every service holds the signing key, and with it they could mint tokens', input: '(hidden)' });
-    }
-    // Not a URL at all: its own check said so (this refinement runs regardless, and `new URL` would throw).
-    if (config.environment === 'production' && config.auth.jwks && URL.canParse(config.auth.jwks.url) && new URL(config.auth.jwks.url).protocol !== 'https:') {
-      ctx.addIssue({ code: 'custom', path: ['auth', 'jwks', 'url'], message: 'must be https in production: keys fetched over plain HTTP can be replaced on the way, and with them any token', input: config.auth.jwks.url });
-    }
-    if (config.tls?.hsts) {
-      // The gateway's policy is the only one (RFC 6797 6.1); a rule's `max-age=0` would make browsers forget it.
-      config.routes.forEach((route, index) => {
-        const rule = route.headers?.response;
-        const names = [...Object.keys(rule?.add ?? {}), ...Object.keys(rule?.set ?? {}), ...(rule?.remove ?? [])];
-        if (names.some((name) => name.toLowerCase() === 'strict-transport-security')) {
-          ctx.addIssue({ code: 'custom', path: ['routes', index, 'headers', 'response'], message: 'may not write Strict-Transport-Security: with tls.hsts the gateway writes it', input: undefined });
-        }
-      });
-    }
-    if (config.environment === 'production' && config.proxy.signingKey === undefined) {
-      ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: 'must be set (GATEWAY_SIGNING_KEY) in production: without it a service cannot tell the gateway from anyone who reaches it', input: undefined });
-    }
-    if (config.admin.port !== undefined && config.admin.port !== 0 && config.admin.port === config.port) {
-      ctx.addIssue({ code: 'custom', path: ['admin', 'port'], message: 'must differ from port: the internal listener is never the public one', input: config.admin.port });
-    }
-    const redirectPort = config.tls?.redirectHttpPort;
-    if (redirectPort !== undefined && redirectPort !== 0 && [config.port, config.admin.port, config.metrics.port].includes(redirectPort)) {
-      ctx.addIssue({ code: 'custom', path: ['tls', 'redirectHttpPort'], message: 'must differ from port, admin.port and metrics.port', input: redirectPort });
-    }
-    if (config.metrics.port !== undefined && config.metrics.port !== 0 && (config.metrics.port === config.port || config.metrics.port === config.admin.port)) {
-      ctx.addIssue({ code: 'custom', path: ['metrics', 'port'], message: 'must differ from port and admin.port: metrics are never served on the public listener', input: config.metrics.port });
-    }
-  })
+  }
+  if (config.environment === 'production' && config.proxy.signingKey === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: 'must be set (GATEWAY_SIGNING_KEY) in production: without it a service cannot tell the gateway from anyone who reaches it', input: undefined });
+  }
+  if (config.admin.port !== undefined && config.admin.port !== 0 && config.admin.port === config.port) {
+    ctx.addIssue({ code: 'custom', path: ['admin', 'port'], message: 'must differ from port: the internal listener is never the public one', input: config.admin.port });
+  }
+  const redirectPort = config.tls?.redirectHttpPort;
+  if (redirectPort !== undefined && redirectPort !== 0 && [config.port, config.admin.port, config.metrics.port].includes(redirectPort)) {
+    ctx.addIssue({ code: 'custom', path: ['tls', 'redirectHttpPort'], message: 'must differ from port, admin.port and metrics.port', input: redirectPort });
+  }
+  if (config.metrics.port !== undefined && config.metrics.port !== 0 && (config.metrics.port === config.port || config.metrics.port === config.admin.port)) {
+    ctx.addIssue({ code: 'custom', path: ['metrics', 'port'], message: 'must differ from port and admin.port: metrics are never served on the public listener', input: config.metrics.port });
+  }
+}
+
+const configSchema = configFields
+  .superRefine(crossFieldRules)
   .transform(({ auth: { secret, ...auth }, ...config }) => ({
     ...config,
     auth: {
@@ -865,6 +870,24 @@ const GUESSABLE_RULE = `is ${GUESSABLE_SECRET_RULE}`;
  */
 const SECRET_KEY_PATHS: readonly RegExp[] = [/^auth\.secret$/, /^proxy\.signingKey$/, /^consumers\.\d+\.keys\.\d+\.hash$/];
 
+interface ConfigIssue {
+  path: PropertyKey[];
+  message: string;
+  input?: unknown;
+}
+
+/** A refusal naming the first issue's key (and the variable that set it), its rule, and its value unless secret. */
+function configErrorOf(issues: readonly ConfigIssue[], env: Env): ConfigError {
+  const issue = issues[0]!;
+  const keyPath = issue.path.map(String).join('.');
+  const envName = envNameFor(keyPath, env, issue.input === undefined);
+  const key = envName ? `${envName} (${keyPath})` : keyPath || '(root)';
+  const shown = SECRET_KEY_PATHS.some((secret) => secret.test(keyPath)) ? undefined : issue.input;
+  const value = shown !== undefined && typeof shown !== 'object' ? ` (got ${describe(shown)})` : '';
+  const more = issues.length > 1 ? ` [+${issues.length - 1} more]` : '';
+  return new ConfigError(`config: ${key}: ${issue.message}${value}${more}`);
+}
+
 /** Applies env overrides to the parsed file and validates the result. Pure: tests call it directly. */
 export function parseConfig(file: unknown, env: Env = {}): GatewayConfig {
   if (typeof file !== 'object' || file === null || Array.isArray(file)) {
@@ -880,18 +903,19 @@ export function parseConfig(file: unknown, env: Env = {}): GatewayConfig {
     setPath(merged, keyPath, value);
   }
   const result = configSchema.safeParse(merged, { reportInput: true });
-  if (!result.success) {
-    const issue = result.error.issues[0]!;
-    const keyPath = issue.path.join('.');
-    const envName = envNameFor(keyPath, env, issue.input === undefined);
-    const key = envName ? `${envName} (${keyPath})` : keyPath || '(root)';
-    // The secret is never echoed, not even a wrong one.
-    const shown = SECRET_KEY_PATHS.some((secret) => secret.test(keyPath)) ? undefined : issue.input;
-    const value = shown !== undefined && typeof shown !== 'object' ? ` (got ${describe(shown)})` : '';
-    const more = result.error.issues.length > 1 ? ` [+${result.error.issues.length - 1} more]` : '';
-    throw new ConfigError(`config: ${key}: ${issue.message}${value}${more}`);
-  }
+  if (!result.success) throw configErrorOf(result.error.issues, env);
   return deepFreeze(result.data);
+}
+
+/**
+ * The rules between fields, run again on a config a reload assembled: the file's keys with the running values of
+ * the restart-only ones (src/config-reload.ts). Each half passed alone; together they may not (a file without
+ * `tls` may write Strict-Transport-Security, which the running `tls.hsts` forbids).
+ */
+export function checkCrossFieldRules(config: GatewayConfig, env: Env = {}): void {
+  const issues: ConfigIssue[] = [];
+  crossFieldRules(config, { addIssue: (issue) => void issues.push(typeof issue === 'string' ? { path: [], message: issue } : { path: issue.path ?? [], message: issue.message ?? 'is invalid', input: issue.input }) });
+  if (issues.length > 0) throw configErrorOf(issues, env);
 }
 
 /** Reads the route file named by `GATEWAY_CONFIG` (default ./gateway.config.json) and applies the env. */

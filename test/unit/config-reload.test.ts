@@ -101,6 +101,22 @@ describe('checkReload', () => {
     expect(lines).toHaveLength(1);
   });
 
+  // Each half passed alone: the file without `tls` may write Strict-Transport-Security, and the running `tls.hsts`
+  // was kept for the restart; applied together, a route's `max-age=0` replaced the gateway's policy on HTTPS answers.
+  it('refuses a file whose rules break a rule with the running values of the restart-only keys, naming both', () => {
+    const tls = { certFile: 'cert.pem', keyFile: 'key.pem', hsts: { maxAgeSeconds: 600 } };
+    const withHsts = activeConfig(parse({ tls }));
+    const routes = (shippedConfigFile().routes as Record<string, unknown>[]).map((route, index) =>
+      index === 1 ? { ...route, headers: { response: { set: { 'Strict-Transport-Security': 'max-age=0' } } } } : route,
+    );
+    const { logger, lines } = memoryLogger('gateway');
+    const check = checkReload(withHsts, () => parse({ routes }), logger);
+    expect(check).toEqual({ ok: false, reason: expect.stringMatching(/^config: routes\.1\.headers\.response: may not write Strict-Transport-Security: .* \(with the running tls, which apply only after a restart\)$/) });
+    expect(lines).toEqual([expect.objectContaining({ level: 'warn', message: 'config reload refused; the running config keeps serving' })]);
+    // The same file is taken where the running config has no tls to keep.
+    expect(checkReload(running, () => parse({ routes }), logger)).toMatchObject({ ok: true, changed: true });
+  });
+
   it('keeps serving on other failures than a bad config too, logged as an error rather than a refusal', () => {
     const { logger, lines } = memoryLogger('gateway');
     expect(checkReload(running, () => { throw new TypeError('bug'); }, logger)).toEqual({ ok: false, reason: 'config reload failed: bug' });
