@@ -25,13 +25,21 @@ import type { UpstreamPoolCache } from './upstream-pool';
 export const RESTART_ONLY_KEYS: readonly string[] = ['port', 'host', 'workers', 'tls', 'admin', 'metrics', 'server', 'logLevel', 'rateLimit.redisUrl', 'rateLimit.redisTimeoutMs', 'rateLimit.maxTrackedClients'];
 
 /**
- * The configuration's version: 12 hex digits of SHA-256 over the validated config. The JWT secret and the signing key are left out:
- * a generated one is random per start, and a configured one must not be guessable from a published hash.
+ * The configuration's version: 12 hex digits of SHA-256 over the validated config. The JWT secret, the signing key
+ * and the Redis URL's password are left out: a generated secret is random per start, and a configured one must not
+ * be guessable from a published hash (the rest of a config is often public: its file, its manifests).
  */
 export function configVersion(config: GatewayConfig): string {
   const { secret: _secret, ...auth } = config.auth;
   const { signingKey: _signingKey, ...proxy } = config.proxy;
-  return createHash('sha256').update(JSON.stringify({ ...config, auth, proxy })).digest('hex').slice(0, 12);
+  const rateLimit = config.rateLimit.redisUrl === undefined ? config.rateLimit : { ...config.rateLimit, redisUrl: withoutPassword(config.rateLimit.redisUrl) };
+  return createHash('sha256').update(JSON.stringify({ ...config, auth, proxy, rateLimit })).digest('hex').slice(0, 12);
+}
+
+function withoutPassword(url: string): string {
+  const parsed = new URL(url);
+  parsed.password = '';
+  return parsed.href;
 }
 
 /**

@@ -20,6 +20,16 @@ describe('config version', () => {
     expect(configVersion(parse({ routes: routes.map((route, i) => (i === 0 ? { ...route, timeoutMs: 1234 } : route)) }))).not.toBe(version);
   });
 
+  // The version is published (spans, logs, /admin/config) and the rest of a config is often public: a version over the
+  // password let anyone test guesses of it offline.
+  it('does not depend on the Redis URL\'s password, and does on the rest of the URL', () => {
+    const withRedis = (url: string) => configVersion(parse({}, { JWT_SECRET: TEST_JWT_SECRET, REDIS_URL: url }));
+    expect(withRedis('redis://:first-password@redis:6379')).toBe(withRedis('redis://:second-password@redis:6379'));
+    expect(withRedis('redis://gateway:first-password@redis:6379')).toBe(withRedis('redis://gateway:second-password@redis:6379'));
+    expect(withRedis('redis://gateway:first-password@redis:6379')).not.toBe(withRedis('redis://other:first-password@redis:6379'));
+    expect(withRedis('redis://:first-password@redis:6379')).not.toBe(withRedis('redis://:first-password@redis-2:6379'));
+  });
+
   it('does not depend on the JWT secret (a generated one differs per start; a configured one must stay secret)', () => {
     expect(configVersion(parseConfig(file(), {}))).toBe(configVersion(parseConfig(file(), {})));
     expect(configVersion(parse({}, { JWT_SECRET: 'a'.repeat(40) }))).toBe(configVersion(parse({}, { JWT_SECRET: 'b'.repeat(40) })));
