@@ -90,6 +90,19 @@ export interface MemoryResponseStore extends ResponseStore {
 }
 
 /**
+ * `entry` with a body in memory of its own. A small Buffer (Buffer.concat's, Buffer.from's) is a view of a slab of
+ * Node's shared pool: kept, it held the whole slab (8 KiB or more) alive while its few hundred bytes were counted
+ * against maxBytes, so the store's real footprint could be many times its bound.
+ */
+function withOwnBody(entry: CachedResponse): CachedResponse {
+  const { body } = entry;
+  if (body.byteOffset === 0 && body.buffer.byteLength === body.length) return entry;
+  const own = Buffer.allocUnsafeSlow(body.length);
+  body.copy(own);
+  return { ...entry, body: own };
+}
+
+/**
  * Bytes an entry is counted as: body, headers, the request's values of the headers its `Vary` names (a
  * client's header may be ~16 KiB however small the body) and bookkeeping.
  */
@@ -189,15 +202,17 @@ export function createMemoryResponseStore(options: MemoryStoreOptions): MemoryRe
       const route = routeOf(routeName);
       const id = idOf(key);
       const size = sizeOf(entry);
+      // The newer answer supersedes the copy in any case; one already past its retention (an `Age` beyond its
+      // lifetime and grace) would only push out live copies to be dropped at its first read, as Redis refuses it.
       evict(route, id);
-      if (size > route.maxBytes || size > options.maxBytes) return;
+      if (size > route.maxBytes || size > options.maxBytes || retentionMs(entry, now()) <= 0) return;
       while (route.bytes + size > route.maxBytes) evictOldest(route);
       while (totalBytes + size > options.maxBytes) {
         let largest = route;
         for (const other of routes.values()) if (other.bytes > largest.bytes) largest = other;
         evictOldest(largest);
       }
-      route.entries.set(id, { entry, size, resource: key.resource });
+      route.entries.set(id, { entry: withOwnBody(entry), size, resource: key.resource });
       let siblings = route.byResource.get(key.resource);
       if (!siblings) route.byResource.set(key.resource, (siblings = new Set()));
       siblings.add(id);

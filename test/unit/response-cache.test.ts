@@ -253,6 +253,34 @@ describe('the in-memory store', () => {
     expect(await store.get('a', at('k'))).toBeUndefined();
   });
 
+  // Redis refuses such an entry (its TTL would be <= 0); the memory store took it, pushing out live copies for
+  // an entry its first read drops.
+  it('keeps no entry already past its retention when stored (an Age beyond lifetime and grace), evicting nothing for it', async () => {
+    const store = createMemoryResponseStore({ maxBytes: 1_000_000, routeMaxBytes: new Map([['a', 2500]]) });
+    await put(store, 'a', at('live'), entry(1000));
+    const pastRetention = { ...entry(1000), initialAgeSeconds: 60 + REVALIDATION_WINDOW_SECONDS + 1 };
+    expect(retentionMs(pastRetention, Date.now())).toBeLessThanOrEqual(0);
+    await put(store, 'a', at('expired'), pastRetention);
+    expect(await store.get('a', at('live'))).toBeDefined();
+    expect(await store.get('a', at('expired'))).toBeUndefined();
+  });
+
+  // A small body Buffer.concat or Buffer.from made is a view of a shared pool slab: kept as it was, each entry
+  // counted at a few hundred bytes held the whole slab alive.
+  it('keeps a body in memory of its own, not a view of a larger (pooled) buffer', async () => {
+    const store = createMemoryResponseStore({ maxBytes: 100_000, routeMaxBytes: new Map([['a', 100_000]]) });
+    const pooled = Buffer.concat([Buffer.from('{"id":'), Buffer.from('42}')]);
+    const sliced = Buffer.alloc(4096, 7).subarray(100, 110);
+    expect(pooled.buffer.byteLength).toBeGreaterThan(pooled.length);
+    await put(store, 'a', at('pooled'), { ...entry(0), body: pooled });
+    await put(store, 'a', at('sliced'), { ...entry(0), body: sliced });
+    for (const [name, original] of [['pooled', pooled], ['sliced', sliced]] as const) {
+      const { body } = (await store.get('a', at(name)))!;
+      expect(body.equals(original)).toBe(true);
+      expect(body.buffer.byteLength).toBe(body.length);
+    }
+  });
+
   it('drops every variant of a resource on invalidation, and nothing else', async () => {
     const store = createMemoryResponseStore({ maxBytes: 100_000, routeMaxBytes: new Map([['a', 100_000]]) });
     await put(store, 'a', at('r1', 'alice'), entry(10));
