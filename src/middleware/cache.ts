@@ -505,7 +505,9 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       // Vary variant, an answer not stored), leaves it a whole exchange of its own, or a healthy service answering
       // in over half the deadline would get its waiters a 504 for a timeout that never happened.
       if ((await pending.done) === 'failed') ctx.state.upstreamWaitSince = waitSince;
-      entry = (await lookup()) ?? entry;
+      // Read again, with no fallback to the copy read before the wait: a write while it lasted dropped that copy, and
+      // it was refreshed by this HEAD's 200 or served as a stale stand-in for this request's own error.
+      entry = await lookup();
       if (entry && isFresh(entry, now())) return serve(ctx, entry, 'hit', rules);
     }
 

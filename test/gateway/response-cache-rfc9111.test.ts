@@ -364,6 +364,33 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect([next.status, next.text, next.headers['x-cache']]).toEqual([200, 'the page', 'MISS']);
   });
 
+  // A request that waited on another's fetch went on with the copy it had read before the wait: a write in the
+  // meantime had dropped it (RFC 9111 4.4), and it still stood in for the request's own error as STALE.
+  it('never stands in with a copy a write dropped while the request waited on another fetch', async () => {
+    const path = fresh();
+    const kept = { 'cache-control': 'max-age=0, stale-if-error=600' };
+    origin.script(
+      path,
+      () => ({ headers: kept, body: 'before the write' }),
+      () => ({ headers: kept, body: 'fetched across the write', headAfterMs: 1500 }),
+      () => ({ status: 204 }),
+      () => ({ status: 503, body: 'down' }),
+    );
+    expect((await get(path)).text).toBe('before the write');
+    const waiting = () => stack.gatewayLogs.filter((line) => line.message === 'response cache: waiting for a fetch in flight').length;
+    const first = get(path);
+    await waitFor(() => seenFor(path).length === 2, 'the first stale read to reach the service');
+    const waitedBefore = waiting();
+    const second = get(path);
+    await waitFor(() => waiting() > waitedBefore, 'the second read to wait on the first');
+    const write = await sendRaw(stack.gateway.url, `/api/rfc${path}`, { 'content-length': '0' }, 'PUT');
+    expect(write.status).toBe(204);
+    expect((await first).text).toBe('fetched across the write');
+    const answer = await second;
+    expect([answer.status, answer.text]).toEqual([503, 'down']);
+    expect(seenFor(path)).toHaveLength(4);
+  });
+
   it('stands in with a copy sent with max-age=0 and stale-if-error but no validator while the service fails (RFC 5861 4)', async () => {
     const path = fresh();
     origin.script(path, () => ({ headers: { 'cache-control': 'max-age=0, stale-if-error=600' }, body: 'the last good body' }), () => ({ status: 503, body: 'down' }));
