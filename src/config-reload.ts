@@ -6,6 +6,7 @@ import { createUpstreamAgent } from './middleware/proxy';
 import type { Logger } from '../otel/logger';
 import { checkCrossFieldRules, ConfigError, deepFreeze, type GatewayConfig } from './config';
 import { RateLimitWindows } from './rate-limit-store';
+import { NewestMemoryStore } from './response-store';
 import type { GrpcClientCache } from './grpc/grpc-clients';
 import type { UpstreamPoolCache } from './upstream-pool';
 
@@ -137,6 +138,8 @@ export class KeptAcrossReloads {
   /** The pools of the services' gRPC interfaces (src/grpc/route-mappings.ts), kept as `pools` are. */
   readonly grpcPools: UpstreamPoolCache = new Map();
   readonly windows = new RateLimitWindows();
+  /** The response cache's memory store of the newest build: earlier builds' writes drop its copies too. */
+  readonly newestCacheStore = new NewestMemoryStore();
   /** gRPC channels by origin (src/grpc/grpc-clients.ts): each one made is never freed, so builds share them. */
   readonly grpcClients: GrpcClientCache = new Map();
   private agent?: { maxSockets: number; agent: Agent };

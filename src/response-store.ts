@@ -499,12 +499,38 @@ export function sharingInvalidations(store: MemoryResponseStore, peers: PeerInva
 }
 
 /**
- * The store for a config: Redis when the gateway has a client for it (`REDIS_URL`), so every replica answers
- * from the same entries; this process's memory otherwise, told of the `peers`' invalidations (cluster workers).
+ * The memory store of this process's newest build (src/config-reload.ts keeps it across reloads). A reload swaps in
+ * a build with an empty store of its own while requests of the old one finish: a write still under way there
+ * dropped the old build's copies only, and the new build had meanwhile stored the service's answer from before the
+ * write (RFC 9111 4.4), served as a hit until it expired.
  */
-export function createResponseStore(config: GatewayConfig, redis: Redis | undefined, logger: Logger, peers?: PeerInvalidations): ResponseStore {
+export class NewestMemoryStore {
+  current: MemoryResponseStore | undefined;
+}
+
+/** `store`, made the newest, whose invalidations also reach whichever store is newest when they happen. */
+function tellingNewerBuilds(store: MemoryResponseStore, newest: NewestMemoryStore): MemoryResponseStore {
+  newest.current = store;
+  return {
+    ...store,
+    async invalidate(route, resource) {
+      const failure = await store.invalidate(route, resource);
+      const { current } = newest;
+      if (current !== undefined && current !== store) await current.invalidate(route, resource);
+      return failure;
+    },
+  };
+}
+
+/**
+ * The store for a config: Redis when the gateway has a client for it (`REDIS_URL`), so every replica answers
+ * from the same entries; this process's memory otherwise, told of the `peers`' invalidations (cluster workers)
+ * and of the writes of this process's earlier builds (`newest`).
+ */
+export function createResponseStore(config: GatewayConfig, redis: Redis | undefined, logger: Logger, peers?: PeerInvalidations, newest?: NewestMemoryStore): ResponseStore {
   if (redis) return createRedisResponseStore({ client: redis, keyPrefix: config.cache.redisKeyPrefix, logger });
   const routeMaxBytes = new Map(config.routes.flatMap((route) => (route.cache ? [[route.name, route.cache.maxBytes ?? Math.min(DEFAULT_ROUTE_MAX_BYTES, config.cache.maxBytes)] as const] : [])));
-  const memory = createMemoryResponseStore({ maxBytes: config.cache.maxBytes, routeMaxBytes });
+  const created = createMemoryResponseStore({ maxBytes: config.cache.maxBytes, routeMaxBytes });
+  const memory = newest ? tellingNewerBuilds(created, newest) : created;
   return peers ? sharingInvalidations(memory, peers) : memory;
 }

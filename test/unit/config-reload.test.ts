@@ -263,6 +263,57 @@ describe('upstream connections replaced by a reload (proxy.maxSockets changed)',
 // Counted per build, a reload's new build started at 0 exchanges on the one Agent the builds share (maxSockets
 // unchanged): its request queued behind the old build's unknowingly, met its timeout as a connection never made (504,
 // the instance blamed: one failure ejects here) where the old build answered 503 upstream_busy and blamed nothing.
+describe('response cache across a reload (memory store)', () => {
+  // A write still under way on the old build when the new one (with an empty store of its own) began serving
+  // dropped the old build's copies only: the new build stored the service's answer from before the write and
+  // served it as a hit until it expired (RFC 9111 4.4).
+  it("drops the new build's copy when a write the old build forwarded succeeds", async () => {
+    let version = 1;
+    let commit!: () => void;
+    let writeArrived!: () => void;
+    const arrived = new Promise<void>((resolve) => (writeArrived = resolve));
+    const upstream = await listen((req, res) => {
+      if (req.method === 'PUT') {
+        writeArrived();
+        commit = () => {
+          version++;
+          res.end('{}');
+        };
+        return;
+      }
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ version }));
+    });
+    const config = testConfig({ users: upstream.url, orders: upstream.url, notifications: upstream.url }, {
+      routes: [{ name: 'items', prefix: '/items', service: 'users', upstreamPath: '', auth: 'public', cache: { ttlSeconds: 300, scope: 'public' } }],
+    });
+    const { logger } = memoryLogger('gateway');
+    const kept = new KeptAcrossReloads();
+    const old = await listen(createGatewayApps(config, { logger, metrics: false, kept }).gateway.callback());
+    try {
+      const write = fetch(`${old.url}/items/1`, { method: 'PUT', body: '{}', headers: { 'content-type': 'application/json' } });
+      await arrived;
+      const current = await listen(createGatewayApps(config, { logger, metrics: false, kept }).gateway.callback());
+      try {
+        const read = async () => {
+          const answer = await fetch(`${current.url}/items/1`);
+          return { version: ((await answer.json()) as { version: number }).version, cache: answer.headers.get('x-cache') };
+        };
+        expect(await read()).toEqual({ version: 1, cache: 'MISS' });
+        expect(await read()).toEqual({ version: 1, cache: 'HIT' });
+        commit();
+        expect((await write).status).toBe(200);
+        expect(await read()).toEqual({ version: 2, cache: 'MISS' });
+      } finally {
+        await current.close();
+      }
+    } finally {
+      await old.close();
+      await upstream.close();
+    }
+  });
+});
+
 describe('exchanges in flight across a reload that keeps the connections', () => {
   it("counts the old build's exchanges on the shared connections: a new build's request finds none free (503 busy), blaming no instance", async () => {
     let release!: () => void;
