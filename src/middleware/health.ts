@@ -45,10 +45,12 @@ function answerReadiness(ctx: Context, ready: boolean, cacheMs: number): void {
 /**
  * The answer while the process drains: 503 `stopping`, without a probe round. It said `ready` until the process
  * exited, to a balancer's health check on a kept-alive connection and to an operator watching the internal
- * listener, which stays open through the drain for that. No Retry-After: this process will not be ready again.
+ * listener, which stays open through the drain for that. Its Retry-After, as every 503's (RFC 9110 10.2.3): this
+ * process will not be ready again, but whatever answers at its address after the drain (a replacement) may be.
  */
 function answerStopping(ctx: Context): void {
   ctx.set('Cache-Control', 'no-store');
+  ctx.set(HEADER.retryAfter, String(DEFAULT_RETRY_AFTER_SECONDS));
   ctx.status = 503;
   ctx.body = { status: 'stopping' };
 }

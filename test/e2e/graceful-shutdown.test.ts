@@ -223,7 +223,8 @@ describe('during the drain', () => {
       gateway.child.kill('SIGTERM');
       await gateway.waitForLine((line) => line.message === 'gateway stopping', { from });
       const ready = await fetch(`${gateway.adminUrl}/ready`);
-      expect({ status: ready.status, cacheControl: ready.headers.get('cache-control'), body: await ready.json() }).toEqual({ status: 503, cacheControl: 'no-store', body: { status: 'stopping' } });
+      // Every 503 says when to come back (RFC 9110 10.2.3), this one too: a replacement may answer at this address by then.
+      expect({ status: ready.status, cacheControl: ready.headers.get('cache-control'), retryAfter: ready.headers.get('retry-after'), body: await ready.json() }).toEqual({ status: 503, cacheControl: 'no-store', retryAfter: '1', body: { status: 'stopping' } });
       expect((await inFlight).status).toBe(200);
       expect(await gateway.exited()).toBe(0);
     } finally {
