@@ -31,7 +31,7 @@ export class ServiceError extends Error {
  * consumer answered 401 with none: it names the credential that would be served, a bearer token (and, where
  * consumers are served too, an API key), in the gateway's realm.
  */
-const USER_CHALLENGE = { 'WWW-Authenticate': `Bearer realm="${AUTH_REALM}"` };
+export const USER_CHALLENGE = { 'WWW-Authenticate': `Bearer realm="${AUTH_REALM}"` };
 const OWNER_CHALLENGE = { 'WWW-Authenticate': `Bearer realm="${AUTH_REALM}", ApiKey realm="${AUTH_REALM}"` };
 /** A signature refusal's: the gateway's proxy answers a 401 naming it 502, a fault of its deployment, not the client's. */
 const SIGNATURE_CHALLENGE = { 'WWW-Authenticate': `${SIGNATURE_CHALLENGE_SCHEME} realm="${AUTH_REALM}"` };

@@ -4,7 +4,7 @@ import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { CREDENTIAL_LIMITS, SERVICE_NAME } from '../../otel/wire-names';
 import { callerId } from '../shared/input-limits';
-import { createServiceApp, requireCaller, ServiceError, validBody, validParam } from '../shared/service-app';
+import { createServiceApp, requireCaller, ServiceError, USER_CHALLENGE, validBody, validParam } from '../shared/service-app';
 import { DuplicateEmailError, UserStore, UserStoreFullError } from './user-store';
 
 export interface UsersAppOptions {
@@ -67,7 +67,8 @@ export async function createApp(options: UsersAppOptions): Promise<Koa> {
   router.post('/internal/credentials/verify', async function verifyCredentials(ctx) {
     const { email, password } = validBody(ctx, credentials);
     const user = await store.verify(email, password);
-    if (!user) throw new ServiceError(401, 'invalid_credentials', 'The email or password is wrong.');
+    // Every 401 carries a challenge (RFC 9110 11.6.1): the credential this one leads to, a token from the gateway's login.
+    if (!user) throw new ServiceError(401, 'invalid_credentials', 'The email or password is wrong.', USER_CHALLENGE);
     ctx.body = { id: user.id, email: user.email, role: user.role };
   });
 

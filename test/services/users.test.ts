@@ -211,7 +211,10 @@ describe('user-service on its own', () => {
       { desc: 'a password that is not a string', json: { email: 'alice@example.com', password: ['wonderland'] }, status: 400, code: 'invalid_body' },
     ])('answers $status $code for $desc', async ({ json, status, code }) => {
       const requestId = nextRequestId();
-      const problem = await expectProblem(await call('POST', '/internal/credentials/verify', { json, requestId }), status, code, requestId);
+      const response = await call('POST', '/internal/credentials/verify', { json, requestId });
+      // Every 401 carries a challenge (RFC 9110 11.6.1); this one had none.
+      expect(response.headers.get('www-authenticate')).toBe(status === 401 ? 'Bearer realm="koa-gateway"' : null);
+      const problem = await expectProblem(response, status, code, requestId);
       expect(JSON.stringify(problem)).not.toContain('wonderland');
     });
   });
