@@ -10,6 +10,7 @@ import { duplicateJsonKey, JsonMappingError, messageToJson, ResponseMappingError
 import { PathVariableError } from '../grpc/path-template';
 import type { GrpcRoute } from '../grpc/route-mappings';
 import { grpcFailure, grpcStatusName, knownGrpcStatus } from '../grpc/status-errors';
+import type { AuthMethod } from '../config';
 import type { CompiledRoute } from '../routes';
 import type { GatewaySigner } from '../gateway-signature';
 import { pickWithRoom, type UpstreamInstance } from '../upstream-pool';
@@ -195,6 +196,17 @@ interface Call {
  */
 type Settle = (code: grpc.status, error?: grpc.ServiceError, badAnswer?: boolean, streaming?: boolean) => void;
 
+/**
+ * The credentials a service's UNAUTHENTICATED answer is challenged for: the route's, but for a caller whose API key
+ * the gateway took and the service did not (notification-service serves users only), the others. Offered its own key
+ * again, the consumer was told to send what was just refused; over HTTP the service's own challenge (Bearer) says so.
+ */
+function challengedMethods(ctx: KoaContext, route: CompiledRoute): ReadonlySet<AuthMethod> {
+  if (!ctx.state.consumer) return route.authMethods;
+  const others = new Set([...route.authMethods].filter((method) => method !== 'apiKey'));
+  return others.size > 0 ? others : route.authMethods;
+}
+
 /** The route's timeout is the whole unary call's deadline: nothing flows until the answer, so idle = whole. */
 async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, binding, request, metadata }: Call, settle: Settle): Promise<void> {
   const { method } = binding;
@@ -207,7 +219,7 @@ async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, bindin
         settle(error.code, error);
         // Cancelled because the client left: nobody to answer, and no upstream failure to report.
         if (clientGone) resolve(undefined);
-        else reject(grpcFailure(route.service, error, route.authMethods));
+        else reject(grpcFailure(route.service, error, challengedMethods(ctx, route)));
         return;
       }
       // Written as JSON before the call is settled, so a message without a JSON form counts as the bad answer it is.
@@ -274,7 +286,7 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
       settle(error.code, error);
       // Cancelled because the client left (responseClosed: an HTTP/2 response has no `destroyed` to tell it).
       if (error.code === grpc.status.CANCELLED && responseClosed(ctx)) resolve(undefined);
-      else reject(grpcFailure(route.service, error, route.authMethods));
+      else reject(grpcFailure(route.service, error, challengedMethods(ctx, route)));
     };
     const onEnd = () => {
       call.off('data', onData).off('error', onError);
@@ -312,7 +324,7 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
     ctx.res.off('close', cancel);
     settle(error.code, error, failure !== undefined, true);
     if (error.code === grpc.status.CANCELLED && responseClosed(ctx)) return;
-    const problem = failure ?? grpcFailure(route.service, error, route.authMethods);
+    const problem = failure ?? grpcFailure(route.service, error, challengedMethods(ctx, route));
     // The 200 went out with the first line: only the last line tells the client. The access line, the metric and
     // the SERVER span read the code when the response closes, so it is recorded before the end, as the proxy
     // records a response it cuts midway; without it the stream would read as a success.

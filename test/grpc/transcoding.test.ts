@@ -1,6 +1,7 @@
 import http from 'node:http';
 import { gzipSync } from 'node:zlib';
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { generateApiKey, hashApiKey } from '../../src/consumers';
 import { createGatewayApps } from '../../src/gateway';
 import { ACCESS_LINE_MESSAGE, ATTR, HEADER } from '../../otel/wire-names';
 import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
@@ -353,6 +354,31 @@ describe('gRPC transcoding', () => {
       if (status === 503) expect(response.headers.get('retry-after')).toBe('1');
       // A 401 carries a challenge (RFC 9110 11.6.1), as the gateway's own 401s do.
       expect(response.headers.get('www-authenticate')).toBe(status === 401 ? 'Bearer realm="koa-gateway"' : null);
+    });
+
+    // Over HTTP the service's own challenge names what it serves (Bearer); here the gateway writes it, and offered a
+    // consumer its API key again, the very credential the service had just refused.
+    it('challenges a consumer the service answered UNAUTHENTICATED for the other credentials, a user for every one the route takes', async () => {
+      const key = generateApiKey();
+      const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
+      const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
+        services: { ...shipped.services, mapping: { url: service.url } },
+        routes: [...shipped.routes, { name: 'mapping-private', prefix: '/api/private-mapping', service: 'mapping', upstreamPath: '/v1', grpc }],
+        consumers: [{ id: 'acme', role: 'partner', keys: [{ hash: hashApiKey(key) }] }],
+      });
+      const withConsumers = await listen(createGatewayApps(config, { logger: gatewayLogs.logger, tracer: tracing.tracer, metrics: false }).gateway.callback());
+      try {
+        const refused = (headers: Record<string, string>) =>
+          fetch(`${withConsumers.url}/api/private-mapping/fail`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify({ code: 16, message: 'users only' }) });
+        const consumer = await refused({ 'x-api-key': key });
+        expect([consumer.status, ((await consumer.json()) as { code: string }).code]).toEqual([401, 'grpc_unauthenticated']);
+        expect(consumer.headers.get('www-authenticate')).toBe('Bearer realm="koa-gateway"');
+        const user = await refused({ authorization: `Bearer ${await signToken()}` });
+        expect(user.status).toBe(401);
+        expect(user.headers.get('www-authenticate')).toBe('Bearer realm="koa-gateway", ApiKey realm="koa-gateway"');
+      } finally {
+        await withConsumers.close();
+      }
     });
 
     it('bounds a long service message in the detail', async () => {
