@@ -1,6 +1,8 @@
 import type { Middleware } from 'koa';
 import { GatewayError } from '../errors';
 import type { RouteTable } from '../routes';
+import { HEADER } from '../../otel/wire-names';
+import { maxForwardsOf } from './max-forwards';
 import { refuseAtOnce, type Refuse } from './rate-limit';
 
 export interface RouteMatchOptions {
@@ -25,6 +27,9 @@ export function createRouteMatch(options: RouteMatchOptions): Middleware {
     if (match.kind === 'method_not_allowed') {
       // The route exists: its 405 is recorded under it (span, access line, metrics), not with paths that match none.
       ctx.state.route = match.route;
+      // RFC 9110 7.6.2: an OPTIONS with Max-Forwards: 0 is answered by the gateway as its final recipient, 204 with the
+      // route's Allow (createMaxForwards, after the rate limit), whichever methods the route forwards: it got 405.
+      if (ctx.method === 'OPTIONS' && maxForwardsOf(ctx.req.headers[HEADER.maxForwards]) === 0) return next();
       const allow = match.allowed.join(', ');
       return refuse(ctx, new GatewayError('method_not_allowed', `${ctx.path} accepts ${allow}.`, { headers: { Allow: allow } }));
     }

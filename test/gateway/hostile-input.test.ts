@@ -466,6 +466,18 @@ describe('hostile input at the gateway', () => {
       await expectStillServing();
     });
 
+    // RFC 9110 7.6.2 has the gateway answer as the final recipient whatever the route forwards: on a route whose
+    // methods leave OPTIONS out, it got 405 instead of the 204 the README promises.
+    it('answers OPTIONS with Max-Forwards: 0 itself on a route whose methods leave OPTIONS out: 204 with that route\'s Allow', async () => {
+      const requestId = nextRequestId();
+      const reply = await send(url, '/api/users', { method: 'OPTIONS', headers: { authorization: `Bearer ${bob}`, 'max-forwards': '0', [HEADER.requestId]: requestId } });
+      expect(reply.status).toBe(204);
+      expect(headerOf(reply, 'allow')).toBe('GET, HEAD');
+      expect(seenWithRequestId(requestId)).toEqual([]);
+      // Any other count is still refused there: OPTIONS is not the route's to forward.
+      expect((await send(url, '/api/users', { method: 'OPTIONS', headers: { authorization: `Bearer ${bob}`, 'max-forwards': '1' } })).status).toBe(405);
+    });
+
     it('tells the service one less Max-Forwards on OPTIONS, and leaves it on other methods', async () => {
       const options = nextRequestId();
       await send(url, '/api/users/2', { method: 'OPTIONS', headers: { authorization: `Bearer ${bob}`, 'max-forwards': '3', [HEADER.requestId]: options } });
