@@ -91,9 +91,13 @@ async function main(): Promise<void> {
   if (workers > 1) {
     const logger = createLogger({ serviceName: SERVICE_NAME.gateway, level: config.logLevel });
     startupWarnings(config, logger);
-    // The primary listens for its own (runPrimary): it never serves, and loading the config awaited nothing.
-    releaseStopSignals();
-    return runPrimary({ initial, count: workers, logger, load: readConfig });
+    // runPrimary listens for its own first, then the hold lets go: released before, the last listener went and Node
+    // closed the signal's handle, and one caught while the modules loaded (no turn of the event loop since) was
+    // dropped with it: the primary forked its workers and served on. One the hold took is raised again.
+    runPrimary({ initial, count: workers, logger, load: readConfig });
+    const heldWhileLoading = releaseStopSignals();
+    if (heldWhileLoading) process.kill(process.pid, heldWhileLoading);
+    return;
   }
   return serve(initial);
 }

@@ -511,6 +511,19 @@ describe('workers (two processes behind one port)', () => {
     }
   });
 
+  // With telemetry off nothing else listened for SIGTERM: the primary let the hold go before listening itself, Node
+  // closed the signal's handle, and the SIGTERM caught while the modules loaded was dropped. It forked and served on.
+  it('stops (exit 0) on a SIGTERM that arrived while the primary was loading, telemetry off', async () => {
+    const fixture = path.join(__dirname, '../fixtures/sigterm-while-loading.js');
+    const gateway = spawnGateway({ GATEWAY_WORKERS: '2', USER_SERVICE_URL: upstream.url, ORDER_SERVICE_URL: upstream.url, NOTIF_SERVICE_URL: upstream.url }, ['--require', fixture]);
+    try {
+      await waitFor(() => gateway.child.exitCode !== null, 'the primary to exit', 20_000);
+      expect(gateway.child.exitCode).toBe(0);
+    } finally {
+      if (gateway.child.exitCode === null) gateway.child.kill('SIGKILL');
+    }
+  });
+
   it('on SIGTERM drains every worker: the request in flight completes, its span is flushed, and the primary exits 0', async () => {
     receiver = await startOtlpReceiver();
     // Spans leave only at shutdown (no scheduled export within the test), so their arrival proves the flush.

@@ -60,8 +60,8 @@ export function onJsonLines(stream: NodeJS.ReadableStream, onLine: (line: Record
  * The gateway alone from dist/ (port 0, telemetry off, the test secret, then `env`), with its JSON log lines
  * collected; `waitForLine` resolves with the first line of that message, or throws once the process exited.
  */
-export function spawnGateway(env: Record<string, string>) {
-  const child = spawn(process.execPath, [path.join(ROOT, 'dist/src/main.js')], {
+export function spawnGateway(env: Record<string, string>, nodeArgs: readonly string[] = []) {
+  const child = spawn(process.execPath, [...nodeArgs, path.join(ROOT, 'dist/src/main.js')], {
     cwd: ROOT,
     env: childEnvironment({ PORT: '0', JWT_SECRET: TEST_JWT_SECRET, OTEL_SDK_DISABLED: 'true', ...env }),
     stdio: ['ignore', 'pipe', 'pipe'],
