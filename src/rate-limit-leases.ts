@@ -227,6 +227,9 @@ export function createLeaseLedger(options: LeaseLedgerOptions) {
     workerGone(worker: number): void {
       for (const ledger of ledgers.values()) ledger.held?.delete(worker);
       for (const [id, round] of rounds) {
+        // Its asks queued behind the round go too: dispatched when it ended, they leased tokens to the dead worker,
+        // lost for the window, and the window's next recall waited RECALL_TIMEOUT_MS for an answer that never came.
+        round.waiting = round.waiting.filter((waiting) => waiting.worker !== worker);
         if (round.pending.delete(worker) && round.pending.size === 0) finish(id);
       }
     },

@@ -316,6 +316,24 @@ describe('leases across workers', () => {
     expect(cluster.outcomes.filter((outcome) => outcome.allowed)).toHaveLength(7);
   });
 
+  it('leases nothing to a worker that died while its ask waited behind a recall (the next recall waited 1 s for it)', () => {
+    const sent: { worker: number; message: Leased | Recall }[] = [];
+    const ledger = createLeaseLedger({ maxTrackedClients: 10, workers: 3, now: () => 0, send: (worker, message) => void sent.push({ worker, message }), schedule: () => () => undefined });
+    let nextId = 1;
+    const ask = (): LeaseAsk => ({ gateway: 'lease', id: nextId++, policy: 'p', client: 'x', max: 60, windowMs: 60_000 });
+    const recalls = () => sent.filter((each): each is { worker: number; message: Recall } => each.message.gateway === 'recall');
+    ledger.ask(1, ask()); // a lease of 10, 9 of them held by worker 1
+    for (let asked = 0; asked < 100 && recalls().length === 0; asked++) ledger.ask(2, ask());
+    expect(recalls().length).toBeGreaterThan(0);
+    ledger.ask(3, ask()); // queued behind the recall
+    ledger.workerGone(3);
+    const sentBefore = sent.length;
+    for (const { worker, message } of recalls()) ledger.recalled(worker, message.id, 60);
+    expect(sent.slice(sentBefore).filter(({ worker }) => worker === 3)).toEqual([]);
+    // What came back is leased to the living: worker 2's ask behind the recall was answered.
+    expect(sent.slice(sentBefore).map(({ worker }) => worker)).toEqual([2]);
+  });
+
   it('takes back no more than a worker held, whatever count it answers', () => {
     const sent: (Leased | Recall)[] = [];
     const ledger = createLeaseLedger({ maxTrackedClients: 10, workers: 2, now: () => 0, send: (_, message) => void sent.push(message), schedule: () => () => undefined });
