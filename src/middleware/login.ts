@@ -6,7 +6,7 @@ import { request, type Dispatcher } from 'undici';
 import type { Logger } from '../../otel/logger';
 import { CREDENTIAL_LIMITS, HEADER, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
 import type { AuthenticatedUser } from '../context';
-import { DEFAULT_RETRY_AFTER_SECONDS, GatewayError, invalidJsonBody, isGatewayError, upstreamFailure, type ErrorCode } from '../errors';
+import { DEFAULT_RETRY_AFTER_SECONDS, GatewayError, invalidJsonBody, isGatewayError, toGatewayError, upstreamFailure, type ErrorCode } from '../errors';
 import type { TokenService } from '../tokens';
 import type { UpstreamPool } from '../upstream-pool';
 import { endUpstreamSpan, startUpstreamSpan, traceHeaders } from '../upstream-span';
@@ -168,8 +168,10 @@ export function createLogin(options: LoginOptions): Middleware[] {
     // `Identity` too, and any list; so the one coding applied is written alone, in lower case.
     if (ctx.req.headers['content-encoding'] !== undefined) ctx.req.headers['content-encoding'] = coding;
     const declared = ctx.get('content-length');
-    // A coded body's declared length is the coded one; the parser bounds what it decodes as it reads.
-    if (coding === 'identity' && declared !== '' && Number(declared) > options.bodyLimitBytes) {
+    // A coded body's declared length is the coded one, and the parser bounds only what it decodes: a coded one over
+    // the limit was invited (100 Continue) and read whole, however long (gzip's empty stored blocks decode to
+    // nothing). Coding adds a few bytes per 64 KiB to what it codes: no honest login body is over the limit coded.
+    if (declared !== '' && Number(declared) > options.bodyLimitBytes) {
       throw new GatewayError('payload_too_large', `The login body is larger than ${options.bodyLimitBytes} bytes.`);
     }
     // The body is read next: a client waiting for 100 Continue may send it now.
@@ -246,10 +248,13 @@ export function createLogin(options: LoginOptions): Middleware[] {
     } catch (error) {
       // Bad JSON is a SyntaxError (with status 400) whose message quotes the body, password included.
       if (error instanceof SyntaxError) throw invalidJsonBody();
+      if (isGatewayError(error)) throw error;
       // The parser's other refusals carry a 4xx status (413, 415). A body whose gzip, deflate or br encoding is
-      // corrupt fails in zlib with none, which would read as the gateway's own 500.
-      if (isGatewayError(error) || (typeof (error as { status?: unknown }).status === 'number')) throw error;
-      throw new GatewayError('bad_request', 'The login body could not be decoded (its Content-Encoding does not match its bytes).', { cause: error });
+      // corrupt fails in zlib with none, which would read as the gateway's own 500. Either way the parser stopped
+      // reading: the connection closes after the answer (RFC 9112 9.6), as after the proxy's 413. Kept alive, nothing
+      // read the rest of the body, and a request behind it on the connection waited unanswered until the idle timeout.
+      const refused = typeof (error as { status?: unknown }).status === 'number' ? toGatewayError(error) : new GatewayError('bad_request', 'The login body could not be decoded (its Content-Encoding does not match its bytes).');
+      throw new GatewayError(refused.code, refused.message, { cause: error, headers: { ...refused.headers, Connection: 'close' } });
     }
     await next();
   }
