@@ -101,8 +101,9 @@ export class GatewayError extends Error {
     this.status = ERROR_CATALOG[code].status;
     this.title = ERROR_CATALOG[code].title;
     this.headers = options.headers ?? {};
-    // Every 503 says when to come back (RFC 9110 10.2.3), so no caller can forget it.
-    if (this.status === 503 && !Object.keys(this.headers).some((name) => name.toLowerCase() === 'retry-after')) {
+    // Every 503 and 429 says when to come back (RFC 9110 10.2.3, RFC 6585 4), so no caller can forget it: a gRPC
+    // service's RESOURCE_EXHAUSTED (429) went out without one. The rate limits and the login set their own.
+    if ((this.status === 503 || this.status === 429) && !Object.keys(this.headers).some((name) => name.toLowerCase() === 'retry-after')) {
       this.headers = { ...this.headers, 'Retry-After': String(DEFAULT_RETRY_AFTER_SECONDS) };
     }
     // Upstream failures are the gateway's own words about its upstream, safe and useful to show.
