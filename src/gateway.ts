@@ -198,7 +198,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   if (limitCallers) app.use(limitCallers);
   app.use(createAuthorize());
   // Routes with `grpc` end here (REST/JSON -> gRPC); the others go on to the HTTP proxy.
-  if (grpc && grpcRoutes.size > 0) app.use(grpc.createGrpcTranscode({ routes: grpcRoutes, tracer, logger, underscores: config.headersWithUnderscores, clients: kept?.grpcClients, bodyRate, sign, maxCallsPerInstance: config.proxy.maxSockets + config.proxy.maxPendingRequests, metrics }));
+  if (grpc && grpcRoutes.size > 0) app.use(grpc.createGrpcTranscode({ routes: grpcRoutes, tracer, logger, underscores: config.headersWithUnderscores, clients: kept?.grpcClients, bodyRate, sign, maxCallsPerInstance: config.proxy.maxSockets + config.proxy.maxPendingRequests, metrics, maxBodyBytes: config.proxy.maxBodyBytes }));
   // Last before the proxy: a stored answer is only given to a request that passed every check. Its store takes
   // the peers' invalidations over from the running build's; nothing built after it throws, so a reload whose
   // build fails leaves them with the store that still serves.

@@ -1,4 +1,5 @@
 import http from 'node:http';
+import net from 'node:net';
 import { gzipSync } from 'node:zlib';
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { generateApiKey, hashApiKey } from '../../src/consumers';
@@ -237,6 +238,55 @@ describe('gRPC transcoding', () => {
 
     it('still refuses a JSON body that starts with a byte order mark (400)', async () => {
       await expectRefused(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"tags": ["a"]}')]));
+    });
+
+    // String#trim takes U+FEFF and U+00A0 for white space, RFC 8259 2 does not: such a body was called as no body.
+    it.each([
+      { desc: 'a byte order mark', bytes: [0xef, 0xbb, 0xbf] },
+      { desc: 'a no-break space', bytes: [0xc2, 0xa0] },
+    ])('refuses a body of $desc alone (400), never calling as if none was sent', async ({ bytes }) => {
+      await expectRefused(Buffer.from(bytes));
+    });
+
+    // README's 413 row names proxy.maxBodyBytes for every body: a gRPC route took 1 MiB whatever it said.
+    it('bounds a JSON body by proxy.maxBodyBytes when that is under 1 MiB', async () => {
+      const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
+      const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
+        proxy: { maxBodyBytes: 4096 },
+        services: { ...shipped.services, mapping: { url: service.url } },
+        routes: [...shipped.routes, { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', grpc }],
+      });
+      const small = await listen(createGatewayApps(config, { logger: gatewayLogs.logger, tracer: tracing.tracer, metrics: false }).gateway.callback());
+      try {
+        const before = service.calls.length;
+        const post = (tags: string[]) => fetch(`${small.url}/api/mapping/things/small`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tags }) });
+        const over = await post(Array.from({ length: 1000 }, () => 'tag'));
+        expect([over.status, ((await over.json()) as { code: string }).code]).toEqual([413, 'payload_too_large']);
+        expect(service.calls.length).toBe(before);
+        expect((await post(['fits'])).status).toBe(200);
+      } finally {
+        await small.close();
+      }
+    });
+
+    // The rest of a body over the limit is never read: kept alive, the connection held a request behind it unanswered.
+    it('closes the connection after a chunked body over the limit (413), whose rest it does not read', async () => {
+      const { hostname, port } = new URL(gateway.url);
+      const reply = await new Promise<string>((resolve) => {
+        const socket = net.connect(Number(port), hostname, () => {
+          const chunk = Buffer.alloc(1024 * 1024 + 1, 0x20);
+          socket.write(`POST /api/mapping/things/big HTTP/1.1\r\nHost: ${hostname}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${chunk.length.toString(16)}\r\n`);
+          socket.write(chunk);
+          socket.write(`\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: ${hostname}\r\n\r\n`);
+        });
+        let text = '';
+        socket.setTimeout(4000, () => socket.destroy());
+        socket.on('data', (data: Buffer) => (text += data.toString('latin1')));
+        socket.on('error', () => undefined);
+        socket.on('close', () => resolve(text));
+      });
+      expect(reply).toMatch(/^HTTP\/1\.1 413 /);
+      expect(reply.toLowerCase()).toContain('\r\nconnection: close\r\n');
     });
 
     it('answers 413, not 429 "resource exhausted", for a body under the limit whose message is over the 4 MiB gRPC sends', async () => {
