@@ -7,6 +7,7 @@ import './context';
 import { GatewayError } from './errors';
 import { createErrorHandler } from './middleware/errors';
 import { createHealth, createReadinessDetails } from './middleware/health';
+import { PROBE_METHODS } from '../otel/telemetry-config';
 import { createRequestId } from './middleware/request-id';
 import type { ReadinessCheck } from './readiness';
 import type { UpstreamPool } from './upstream-pool';
@@ -66,7 +67,11 @@ export function createAdminApp(options: AdminOptions): Koa {
   const app = new Koa();
   const endpoints = new Router({ sensitive: true, strict: true })
     .get('/health', createHealth())
-    .get('/ready', createReadinessDetails({ check: options.readiness, pools: options.pools, grpcPools: options.grpcPools, stopping: options.stopping }));
+    .get('/ready', createReadinessDetails({ check: options.readiness, pools: options.pools, grpcPools: options.grpcPools, stopping: options.stopping }))
+    // As on the public listener: the probes exist, so another method is 405 with Allow (RFC 9110 15.5.6), not 404.
+    .all(['/health', '/ready'], () => {
+      throw new GatewayError('method_not_allowed', 'Method not allowed here.', { headers: { Allow: PROBE_METHODS.join(', ') } });
+    });
   const { control } = options;
   if (control) {
     endpoints

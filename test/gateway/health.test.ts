@@ -234,12 +234,24 @@ describe('admin listener', () => {
     expect(body).toMatchObject({ status: 'ok', service: 'gateway' });
   });
 
+  // The public listener's probes answered 405 with Allow, the internal listener's 404 as for a path it does not have.
+  it.each([
+    { method: 'POST', path: '/ready' },
+    { method: 'DELETE', path: '/health' },
+  ])('answers $method $path on the internal listener 405 with Allow: GET, HEAD, as the public listener does', async ({ method, path }) => {
+    gateway = await startGateway({ users: live[0]!.url, orders: live[1]!.url, notifications: live[2]!.url });
+    const response = await fetch(`${gateway.adminUrl}${path}`, { method });
+    expect(response.status).toBe(405);
+    expect(response.headers.get('allow')).toBe('GET, HEAD');
+    expect(((await response.json()) as { code: string }).code).toBe('method_not_allowed');
+    expect(live.every((instance) => instance.probes.length === 0)).toBe(true);
+  });
+
   it.each([
     { desc: 'the root', method: 'GET', path: '/' },
     { desc: 'a public API path', method: 'GET', path: '/api/users' },
     { desc: 'the login path', method: 'POST', path: '/api/auth/login' },
     { desc: 'an endpoint not built yet', method: 'GET', path: '/metrics' },
-    { desc: 'another method on /ready', method: 'POST', path: '/ready' },
     { desc: '/ready in another case', method: 'GET', path: '/READY' },
     { desc: '/ready with a trailing slash', method: 'GET', path: '/ready/' },
   ])('answers 404 problem+json for $desc', async ({ method, path }) => {
