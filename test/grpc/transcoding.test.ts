@@ -250,12 +250,7 @@ describe('gRPC transcoding', () => {
 
     // README's 413 row names proxy.maxBodyBytes for every body: a gRPC route took 1 MiB whatever it said.
     it('bounds a JSON body by proxy.maxBodyBytes when that is under 1 MiB', async () => {
-      const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
-      const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
-        proxy: { maxBodyBytes: 4096 },
-        services: { ...shipped.services, mapping: { url: service.url } },
-        routes: [...shipped.routes, { name: 'mapping', prefix: '/api/mapping', service: 'mapping', upstreamPath: '/v1', auth: 'public', grpc }],
-      });
+      const config = mappingGatewayConfig(service.url, { config: { proxy: { maxBodyBytes: 4096 } } });
       const small = await listen(createGatewayApps(config, { logger: gatewayLogs.logger, tracer: tracing.tracer, metrics: false }).gateway.callback());
       try {
         const before = service.calls.length;
@@ -411,16 +406,11 @@ describe('gRPC transcoding', () => {
     // consumer its API key again, the very credential the service had just refused.
     it('challenges a consumer the service answered UNAUTHENTICATED for the other credentials, a user for every one the route takes', async () => {
       const key = generateApiKey();
-      const shipped = shippedConfigFile() as { services: Record<string, unknown>; routes: unknown[] };
-      const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' }, {
-        services: { ...shipped.services, mapping: { url: service.url } },
-        routes: [...shipped.routes, { name: 'mapping-private', prefix: '/api/private-mapping', service: 'mapping', upstreamPath: '/v1', grpc }],
-        consumers: [{ id: 'acme', role: 'partner', keys: [{ hash: hashApiKey(key) }] }],
-      });
+      const config = mappingGatewayConfig(service.url, { route: { auth: 'required' }, config: { consumers: [{ id: 'acme', role: 'partner', keys: [{ hash: hashApiKey(key) }] }] } });
       const withConsumers = await listen(createGatewayApps(config, { logger: gatewayLogs.logger, tracer: tracing.tracer, metrics: false }).gateway.callback());
       try {
         const refused = (headers: Record<string, string>) =>
-          fetch(`${withConsumers.url}/api/private-mapping/fail`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify({ code: 16, message: 'users only' }) });
+          fetch(`${withConsumers.url}/api/mapping/fail`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify({ code: 16, message: 'users only' }) });
         const consumer = await refused({ 'x-api-key': key });
         expect([consumer.status, ((await consumer.json()) as { code: string }).code]).toEqual([401, 'grpc_unauthenticated']);
         expect(consumer.headers.get('www-authenticate')).toBe('Bearer realm="koa-gateway"');
