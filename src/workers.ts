@@ -186,6 +186,11 @@ export function runPrimary(options: PrimaryOptions): void {
   let active = options.initial;
   let stopping = false;
   let announced = false;
+  // Reloads wait for it: a worker that says hello is handed the config being reloaded, not yet confirmed by any, and
+  // one a worker cannot build then ended a starting worker, which stopped the cluster (exit 1). Once every worker
+  // serves, such a config is refused and rolled back as on any reload.
+  let markStarted!: () => void;
+  const started = new Promise<void>((resolve) => (markStarted = resolve));
   const slots: Slot[] = Array.from({ length: count }, () => ({ startedAt: 0, quickExits: 0, version: null }));
   const leases = createLeaseLedger({
     maxTrackedClients: active.config.rateLimit.maxTrackedClients,
@@ -289,6 +294,7 @@ export function runPrimary(options: PrimaryOptions): void {
         url ||= message.url;
         if (!announced && listening.size === count) {
           announced = true;
+          markStarted();
           logger.info('gateway listening', { url, workers: count, version: active.version, rateLimitStore: active.config.rateLimit.redisUrl ? 'redis' : 'primary' });
         } else if (announced) {
           logger.info('worker replaced and serving', { worker: worker.id, pid: worker.process.pid });
@@ -344,6 +350,7 @@ export function runPrimary(options: PrimaryOptions): void {
   /** One reload at a time: read and validate once, send to every worker, answer when all run it. */
   function reloadAll(): Promise<ReloadAnswer> {
     const next = reloads.then(async (): Promise<ReloadAnswer> => {
+      await started;
       const answer = await reloadOnce();
       primaryMetrics?.reloads.reloaded(answer.ok);
       return answer;

@@ -497,6 +497,25 @@ describe('workers (two processes behind one port)', () => {
     expect((await requestOnNewConnection(`${gateway.url}/api/x`)).status).toBe(200);
   });
 
+  // The primary took the reload at once and handed its config to the workers saying hello: one they could not build
+  // ended a starting worker, and the cluster stopped with exit 1 where one process refuses the reload and serves on.
+  it('takes a reload signalled while its workers start once all serve: a config they cannot build is refused then, the start goes on', async () => {
+    let running = '';
+    gateway = await startGatewayProcess({
+      config: config(),
+      env: { GATEWAY_WORKERS: '2' },
+      whileStarting: async (starting) => {
+        running = String((await starting.waitForLine((line) => line.message === 'gateway primary started')).version);
+        starting.writeConfig(config([route('api'), route('rpc', { methods: ['GET'], grpc: { proto: 'proto/missing.proto', service: 'x.v1.X' } })]));
+        starting.child.kill('SIGHUP');
+      },
+    });
+    await gateway.waitForLine((line) => line.message === 'config reload failed in the workers');
+    expect((await adminConfig()).version).toBe(running);
+    expect((await requestOnNewConnection(`${gateway.url}/api/x`)).status).toBe(200);
+    expect(gateway.child.exitCode).toBeNull();
+  });
+
   it('stops with exit code 1 when the workers cannot start (a taken admin port), instead of retrying forever', async () => {
     const taken = await namedUpstream('occupant');
     try {
