@@ -400,8 +400,8 @@ async function boundedText(response: Response, limit: number): Promise<string> {
 // and no comma, so `X-User-Role: user,admin` is never read as a list holding admin.
 const headerSafe = (value: string, max: number) => value.length <= max && IDENTITY_VALUE.test(value);
 
-function identity(sub: unknown, role: string, email: unknown): AuthenticatedUser {
-  if (typeof sub !== 'string' || !headerSafe(sub, IDENTITY_CLAIM_LIMITS.subMaxLength) || !headerSafe(role, IDENTITY_CLAIM_LIMITS.roleMaxLength)) {
+function identity(sub: unknown, role: string, email: unknown, subMaxLength: number = IDENTITY_CLAIM_LIMITS.subMaxLength): AuthenticatedUser {
+  if (typeof sub !== 'string' || !headerSafe(sub, subMaxLength) || !headerSafe(role, IDENTITY_CLAIM_LIMITS.roleMaxLength)) {
     throw new TokenRejectedError('bad_claims', 'The token\'s sub or role claim cannot be passed on (printable ASCII without commas, at most 255 and 64 characters).');
   }
   return { id: sub, email: typeof email === 'string' && headerSafe(email, IDENTITY_CLAIM_LIMITS.emailMaxLength) ? email : '', role };
@@ -420,10 +420,10 @@ function providerIdentity(payload: JWTPayload, roleClaim: string, subjectPrefix:
   const { sub, email } = payload;
   const role = payload[roleClaim];
   if (typeof sub !== 'string' || sub === '') throw new TokenRejectedError('bad_claims', 'The token lacks the sub claim.');
-  // The limit is the provider's `sub`'s (OpenID Connect Core 2: up to 255 ASCII characters), the prefix is the
-  // config's own (checked there): counted together, a `sub` of 252-255 characters was refused behind `idp:`.
-  const user = identity(sub, typeof role === 'string' && role !== '' ? role : 'user', email);
-  return subjectPrefix === '' ? user : { ...user, id: `${subjectPrefix}${sub}` };
+  // The value checked is the one passed on (the prefix is printable, without spaces or commas: config), the length
+  // limit the provider's `sub`'s (OpenID Connect Core 2: up to 255 ASCII characters): counted with the prefix, a
+  // `sub` of 252-255 characters was refused behind `idp:`.
+  return identity(`${subjectPrefix}${sub}`, typeof role === 'string' && role !== '' ? role : 'user', email, IDENTITY_CLAIM_LIMITS.subMaxLength + subjectPrefix.length);
 }
 
 /** `exp` of a token that verified, in epoch ms. */

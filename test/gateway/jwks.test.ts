@@ -356,6 +356,9 @@ describe('tokens from an identity provider (JWKS)', () => {
     const response = await call(await providerToken(rsa, { sub }));
     expect(response.status).toBe(200);
     expect(stack.notifications.requests.at(-1)!.headers[HEADER.userId]).toBe(`idp:${sub}`);
+    // The characters are judged on the value passed on: behind the prefix a leading space is inside it, and travels.
+    expect((await call(await providerToken(rsa, { sub: ' 42' }))).status).toBe(200);
+    expect(stack.notifications.requests.at(-1)!.headers[HEADER.userId]).toBe('idp: 42');
   });
 
   // Such a token used to get a bare text/plain 404: the upstream call failed on the invalid header value.
