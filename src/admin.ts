@@ -6,8 +6,7 @@ import type { Logger } from '../otel/logger';
 import './context';
 import { GatewayError } from './errors';
 import { createErrorHandler } from './middleware/errors';
-import { createHealth, createReadinessDetails } from './middleware/health';
-import { PROBE_METHODS } from '../otel/telemetry-config';
+import { ALLOWED_PROBE_METHODS, createHealth, createReadinessDetails } from './middleware/health';
 import { createRequestId } from './middleware/request-id';
 import type { ReadinessCheck } from './readiness';
 import type { UpstreamPool } from './upstream-pool';
@@ -69,9 +68,7 @@ export function createAdminApp(options: AdminOptions): Koa {
     .get('/health', createHealth())
     .get('/ready', createReadinessDetails({ check: options.readiness, pools: options.pools, grpcPools: options.grpcPools, stopping: options.stopping }))
     // As on the public listener: the probes exist, so another method is 405 with Allow (RFC 9110 15.5.6), not 404.
-    .all(['/health', '/ready'], () => {
-      throw new GatewayError('method_not_allowed', 'Method not allowed here.', { headers: { Allow: PROBE_METHODS.join(', ') } });
-    });
+    .all(['/health', '/ready'], allowOnly(ALLOWED_PROBE_METHODS));
   const { control } = options;
   if (control) {
     endpoints
@@ -87,9 +84,8 @@ export function createAdminApp(options: AdminOptions): Koa {
         const { ok: _ok, ...body } = answer;
         ctx.body = body;
       })
-      .all(['/admin/reload', '/admin/config'], (ctx) => {
-        throw new GatewayError('method_not_allowed', 'Method not allowed here.', { headers: { Allow: ctx.path === '/admin/reload' ? 'POST' : 'GET, HEAD' } });
-      });
+      .all('/admin/reload', allowOnly('POST'))
+      .all('/admin/config', allowOnly(ALLOWED_PROBE_METHODS));
   }
 
   app.use(createRequestId());
@@ -107,6 +103,13 @@ export function createAdminApp(options: AdminOptions): Koa {
 
   app.on('error', (error: Error) => logger.error('unhandled admin error', { error: error.message }));
   return app;
+}
+
+/** An endpoint's answer to the methods its other handlers do not take: 405 naming the ones it does. */
+function allowOnly(allow: string): () => never {
+  return () => {
+    throw new GatewayError('method_not_allowed', 'Method not allowed here.', { headers: { Allow: allow } });
+  };
 }
 
 /**

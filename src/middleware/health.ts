@@ -114,7 +114,7 @@ export interface ProbeEndpointsOptions {
 }
 
 /** What a probe's 405 names in `Allow`. */
-const ALLOWED_PROBE_METHODS = PROBE_METHODS.join(', ');
+export const ALLOWED_PROBE_METHODS = PROBE_METHODS.join(', ');
 
 /**
  * The gateway's own `/health` and `/ready` on the public listener: exact paths, case-sensitive, no trailing slash
