@@ -263,6 +263,10 @@ export function runPrimary(options: PrimaryOptions): void {
       if (slot.worker === worker) slot.worker = undefined;
       for (const wake of applyWaiters) wake();
       if (stopping) return;
+      // Killed by a stop signal before its modules held them (Node's own start-up): the Ctrl-C to the process group, or
+      // the orchestrator, reached it before this process handled its own copy. A stop asked for, not a failed start:
+      // taken as one, the cluster exited 1 (seen once in CI, under load, on the SIGINT-while-loading test).
+      if (!announced && (signal === 'SIGINT' || signal === 'SIGTERM')) return stop(signal);
       if (!announced) {
         // Not a crash to ride out: the gateway never started (a taken port, an unreadable file). Like a single
         // process, it stops with an error rather than retrying forever.

@@ -1,4 +1,4 @@
-import { copyFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type http from 'node:http';
 import net from 'node:net';
@@ -514,6 +514,23 @@ describe('workers (two processes behind one port)', () => {
     expect((await adminConfig()).version).toBe(running);
     expect((await requestOnNewConnection(`${gateway.url}/api/x`)).status).toBe(200);
     expect(gateway.child.exitCode).toBeNull();
+  });
+
+  // A worker killed by the Ctrl-C in Node's own start-up (before its modules hold the signal) exits by SIGINT; when
+  // that exit reached the primary before its own copy of the signal, it read a failed start and exited 1.
+  it('takes a worker killed by SIGINT before the gateway started for a stop (exit 0), not a failed start', async () => {
+    const gateway = spawnGateway({ GATEWAY_WORKERS: '2', USER_SERVICE_URL: upstream.url, ORDER_SERVICE_URL: upstream.url, NOTIF_SERVICE_URL: upstream.url });
+    try {
+      const children = () => readFileSync(`/proc/${gateway.child.pid}/task/${gateway.child.pid}/children`, 'utf8').trim();
+      // Polled every millisecond: Node's start-up in the worker, before its modules hold the signal, takes tens of them.
+      for (const deadline = Date.now() + 10_000; children() === '' && gateway.child.exitCode === null && Date.now() < deadline; ) await new Promise((resolve) => setTimeout(resolve, 1));
+      process.kill(Number(children().split(' ')[0]), 'SIGINT');
+      await waitFor(() => gateway.child.exitCode !== null, 'the primary to exit', 30_000);
+      expect(gateway.child.exitCode).toBe(0);
+      expect(gateway.lines.map((line) => line.message)).not.toContain('worker exited before the gateway started; stopping');
+    } finally {
+      if (gateway.child.exitCode === null) gateway.child.kill('SIGKILL');
+    }
   });
 
   it('stops with exit code 1 when the workers cannot start (a taken admin port), instead of retrying forever', async () => {
