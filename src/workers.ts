@@ -167,14 +167,33 @@ export interface PrimaryOptions {
   load: () => GatewayConfig;
 }
 
-interface Slot {
+/** What a worker last reported of the configs sent to it: the one it runs, and the last one it could not build. */
+export interface ApplyReport {
+  version: string | null;
+  loadedAt?: string;
+  /** Which config it could not build and why (it kept its previous one). */
+  applyFailed?: { version: string; loadedAt: string; reason: string };
+}
+
+/**
+ * Where a reload to `target` stands across the live workers' reports: every one runs it, one could not build it, or
+ * still waiting. Only a failure to build `target` itself counts: a worker that answers an earlier reload after that
+ * one timed out (its event loop was busy) reports a config no one waits for any more, and must not fail this one.
+ */
+export function applyOutcome(
+  reports: readonly ApplyReport[],
+  target: { version: string; loadedAt: string },
+): { applied: true } | { applied: false; failed: number; reason: string } | undefined {
+  const failed = reports.findIndex((report) => report.applyFailed?.version === target.version && report.applyFailed.loadedAt === target.loadedAt);
+  if (failed !== -1) return { applied: false, failed, reason: reports[failed]!.applyFailed!.reason };
+  if (reports.every((report) => report.version === target.version && report.loadedAt === target.loadedAt)) return { applied: true };
+  return undefined;
+}
+
+interface Slot extends ApplyReport {
   worker?: Worker;
   startedAt: number;
   quickExits: number;
-  version: string | null;
-  loadedAt?: string;
-  /** Why the worker could not build the config last sent to it (it keeps its previous one). */
-  applyFailed?: string;
   /** When it last showed its event loop turns (listening, or a pong), ms since the epoch. */
   aliveAt?: number;
   timer?: NodeJS.Timeout;
@@ -289,7 +308,7 @@ export function runPrimary(options: PrimaryOptions): void {
         return send(worker, stopping ? { gateway: 'shutdown' } : { gateway: 'apply', active, certificates });
       case 'applied':
         if (message.ok) Object.assign(slot, { version: message.version, loadedAt: message.loadedAt, applyFailed: undefined });
-        else slot.applyFailed = message.reason ?? 'it could not build it (no reason given)';
+        else slot.applyFailed = { version: message.version, loadedAt: message.loadedAt, reason: message.reason ?? 'it could not build it (no reason given)' };
         for (const wake of applyWaiters) wake();
         return;
       case 'listening':
@@ -336,9 +355,9 @@ export function runPrimary(options: PrimaryOptions): void {
     return new Promise((resolve) => {
       const check = () => {
         const live = slots.filter((slot) => slot.worker);
-        const failed = live.find((slot) => slot.applyFailed !== undefined);
-        if (failed) return finish(`worker ${failed.worker!.id} could not build version ${version}: ${failed.applyFailed}`);
-        if (live.every((slot) => slot.version === version && slot.loadedAt === applied.loadedAt)) return finish(undefined);
+        const outcome = applyOutcome(live, applied);
+        if (outcome?.applied === false) return finish(`worker ${live[outcome.failed]!.worker!.id} could not build version ${version}: ${outcome.reason}`);
+        if (outcome?.applied) return finish(undefined);
       };
       const timer = setTimeout(() => finish(`not every worker could apply version ${version} within ${APPLY_TIMEOUT_MS} ms`), APPLY_TIMEOUT_MS);
       const finish = (why: string | undefined) => {
@@ -370,7 +389,6 @@ export function runPrimary(options: PrimaryOptions): void {
     const previous = active;
     active = check.next;
     if (check.changed) {
-      for (const slot of slots) slot.applyFailed = undefined;
       for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'apply', active });
       const notApplied = await allApplied(active);
       if (notApplied !== undefined) {

@@ -1,6 +1,6 @@
 import os from 'node:os';
 import { MAX_ROUTE_NAME_LENGTH } from '../../src/config';
-import { restartDelayMs, toPrimaryMessage, workerCount } from '../../src/workers';
+import { applyOutcome, restartDelayMs, toPrimaryMessage, workerCount, type ApplyReport } from '../../src/workers';
 
 describe('workerCount', () => {
   it('is the number given, or one per available core for auto', () => {
@@ -12,6 +12,30 @@ describe('workerCount', () => {
 describe('restartDelayMs', () => {
   it('doubles with each quick crash in a row, from 100 ms up to 10 s', () => {
     expect([1, 2, 3, 4, 5, 8, 20, 1000].map(restartDelayMs)).toEqual([100, 200, 400, 800, 1600, 10_000, 10_000, 10_000]);
+  });
+});
+
+describe('applyOutcome (where a cluster reload stands)', () => {
+  const earlier = { version: 'v2', loadedAt: '2026-12-05T10:00:00.000Z' };
+  const target = { version: 'v3', loadedAt: '2026-12-05T10:00:12.000Z' };
+  const runs = (config: { version: string; loadedAt: string }): ApplyReport => ({ ...config });
+
+  it('waits until every worker runs the target, then says applied', () => {
+    expect(applyOutcome([runs(target), runs(earlier)], target)).toBeUndefined();
+    expect(applyOutcome([runs(target), runs(target)], target)).toEqual({ applied: true });
+  });
+
+  it('fails on a worker that could not build the target, naming it', () => {
+    const refused: ApplyReport = { ...runs(earlier), applyFailed: { ...target, reason: 'no certificate' } };
+    expect(applyOutcome([runs(target), refused], target)).toEqual({ applied: false, failed: 1, reason: 'no certificate' });
+  });
+
+  it('does not fail on a late refusal of an earlier reload that had already timed out', () => {
+    const lateRefusal: ApplyReport = { ...runs(target), applyFailed: { ...earlier, reason: 'busy, then refused' } };
+    expect(applyOutcome([runs(target), lateRefusal], target)).toEqual({ applied: true });
+    // The same worker's refusal of an earlier config that shares the target's version (a reload that changed only keys).
+    const sameVersion: ApplyReport = { ...runs(target), applyFailed: { version: target.version, loadedAt: earlier.loadedAt, reason: 'late' } };
+    expect(applyOutcome([sameVersion], target)).toEqual({ applied: true });
   });
 });
 
