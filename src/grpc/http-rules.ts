@@ -1,5 +1,5 @@
 import * as protobuf from 'protobufjs';
-import { fieldNamed, isTextSettable, jsonFromText, JsonMappingError, messageFromJson } from './json-mapping';
+import { fieldNamed, isTextSettable, jsonFromText, JsonMappingError, JsonNumberText, messageFromJson } from './json-mapping';
 import { comparePrecedence, matchPathTemplate, parsePathTemplate, type PathBinding, type PathTemplate } from './path-template';
 import { loadProtoRoot } from './proto-files';
 
@@ -190,7 +190,7 @@ export function buildRequestMessage(binding: HttpBinding, variables: readonly Pa
   let json: Record<string, unknown> = {};
   if (binding.body === '*') {
     if (body !== undefined) {
-      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new JsonMappingError('the request body must be a JSON object');
+      if (typeof body !== 'object' || body === null || Array.isArray(body) || body instanceof JsonNumberText) throw new JsonMappingError('the request body must be a JSON object');
       json = { ...(body as Record<string, unknown>) };
     }
   } else if (binding.body !== undefined && body !== undefined) {

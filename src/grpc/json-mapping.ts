@@ -52,6 +52,31 @@ const LONE_SURROGATE = /\p{Surrogate}/u;
 /** Nesting beyond this is refused (Struct and messages are recursive). */
 const MAX_DEPTH = 32;
 
+/**
+ * A JSON number whose double may not be what its text says: a fraction, an exponent, or an integer past 2^53.
+ * `parseJsonBody` keeps the text beside the double, so an integer field takes the number the client wrote (its
+ * digits, no double between: `9007199254740993`, `9223372036854775807`) and refuses one with a fraction the double
+ * rounded away (`1.0000000000000001`), while a float or double field takes the double as JSON.parse made it.
+ */
+export class JsonNumberText {
+  constructor(
+    readonly value: number,
+    readonly text: string,
+  ) {}
+}
+
+/**
+ * A request body's JSON: JSON.parse, with each number that is not a safe integer written as digits kept as a
+ * JsonNumberText (the reviver's `context.source`, Node 21+). Every other value is JSON.parse's own.
+ */
+export function parseJsonBody(text: string): unknown {
+  return JSON.parse(text, (_key: string, value: unknown, context?: { source?: string }) => {
+    if (typeof value !== 'number' || context?.source === undefined) return value;
+    const source = context.source;
+    return Number.isSafeInteger(value) && !/[.eE]/.test(source) ? value : new JsonNumberText(value, source);
+  });
+}
+
 const TO_OBJECT: protobuf.IConversionOptions = { longs: String, enums: String, bytes: String, defaults: true, arrays: true, objects: true, json: true };
 
 /** A message, checked and converted from its JSON form. */
@@ -224,10 +249,11 @@ function fieldFromJson(field: protobuf.Field, value: unknown, where: string, dep
     // on a plain object would set that one's prototype and drop the entry without a word.
     const entries = Object.entries(value).map(([key, item]): [string, unknown] => {
       wellFormed(key, `${where} key`);
-      if (field.keyType !== 'string') scalarFromJson(field.keyType, field.keyType === 'bool' ? key === 'true' || (key === 'false' ? false : key) : key, `${where} key`);
+      const checked = field.keyType === 'string' ? key : scalarFromJson(field.keyType, field.keyType === 'bool' ? key === 'true' || (key === 'false' ? false : key) : key, `${where} key`);
       // An integer key in its one decimal spelling: protobufjs reads an 8-character 64-bit key that is not one
-      // (`01234567`) as a binary hash, another number, and `1` and `01` would go as two entries for one key.
-      const canonical = field.keyType === 'string' || field.keyType === 'bool' ? key : BigInt(key).toString();
+      // (`01234567`) as a binary hash, another number, and `1` and `01` would go as two entries for one key. The
+      // checked value, not the key's text: a key the mapping reads as an integer (`1e5`) is no BigInt literal.
+      const canonical = field.keyType === 'string' || field.keyType === 'bool' ? key : String(checked);
       return [canonical, singleFromJson(field, item, `${where}.${truncate(key)}`, depth)];
     });
     const keys = new Set(entries.map(([key]) => key));
@@ -248,7 +274,8 @@ function singleFromJson(field: protobuf.Field, value: unknown, where: string, de
     if (typeof value === 'string' && Object.hasOwn(resolved.values, value)) return value;
     // Proto3 enums are open: a number the proto does not name is kept and sent on (the conformance suite's
     // EnumFieldUnknownValue), as answers with one are written as that number.
-    if (typeof value === 'number' && Number.isInteger(value) && value >= -(2 ** 31) && value < 2 ** 31) return value;
+    const number = value instanceof JsonNumberText ? integerOfText(value.text) : value;
+    if (typeof number === 'number' && Number.isInteger(number) && number >= -(2 ** 31) && number < 2 ** 31) return number;
     throw new JsonMappingError(`${where} must be one of ${Object.keys(resolved.values).join(', ')}`);
   }
   return scalarFromJson(field.type, value, where);
@@ -270,7 +297,7 @@ function scalarFromJson(type: string, value: unknown, where: string): unknown {
   if (FLOAT.has(type)) {
     if (value === 'NaN' || value === 'Infinity' || value === '-Infinity') return Number(value);
     // A JSON number, bare or quoted: Number() alone would also read " 1", "0x10", "0b101" and "0o7".
-    const number = typeof value === 'string' && JSON_NUMBER.test(value) ? Number(value) : value;
+    const number = typeof value === 'string' && JSON_NUMBER.test(value) ? Number(value) : value instanceof JsonNumberText ? value.value : value;
     if (typeof number !== 'number' || !Number.isFinite(number)) throw new JsonMappingError(`${where} must be a number`);
     // Past about 3.4e38 protobufjs would write a float as Infinity, a value the client never sent.
     if (type === 'float' && !Number.isFinite(Math.fround(number))) throw new JsonMappingError(`${where} is out of range for float`);
@@ -281,6 +308,9 @@ function scalarFromJson(type: string, value: unknown, where: string): unknown {
   if (!signed && !wide && !UINT32.has(type)) throw new JsonMappingError(`${where} has an unsupported type ${type}`);
   let integer: bigint | undefined;
   if (typeof value === 'number' && Number.isSafeInteger(value)) integer = BigInt(value);
+  // A bare number as written: past 2^53 (`9223372036854775807` is exact as digits, not as a double) or with a
+  // fraction or exponent (`1e5` is an integer; `1.0000000000000001` is not, though its double is 1).
+  else if (value instanceof JsonNumberText) integer = exactInteger(value.text);
   else if (typeof value === 'string' && /^-?\d{1,20}$/.test(value)) integer = BigInt(value);
   // A quoted JSON number with an exponent or a fraction that is still a whole number (`"1e5"`, `"2.50e1"`): the
   // mapping takes exponents (the conformance suite's Int32FieldQuotedExponentialValue), and this was refused.
@@ -296,6 +326,12 @@ function scalarFromJson(type: string, value: unknown, where: string): unknown {
  * The integer a JSON number's text names exactly (`1e5`, `-2.50e1`), computed on its digits (no float between), or
  * undefined when it has a fraction left or an exponent past any 64-bit value.
  */
+/** exactInteger as a number, where it is a safe one (an enum's number), else undefined. */
+function integerOfText(text: string): number | undefined {
+  const integer = exactInteger(text);
+  return integer !== undefined && integer >= BigInt(Number.MIN_SAFE_INTEGER) && integer <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(integer) : undefined;
+}
+
 function exactInteger(text: string): bigint | undefined {
   const [, sign, whole, fraction = '', exponentText = '0'] = /^(-?)(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/.exec(text)!;
   const exponent = Number(exponentText) - fraction.length;
@@ -339,7 +375,12 @@ function wellKnownFromJson(type: protobuf.Type, json: unknown, where: string, de
 function valueFromJson(json: unknown, where: string, depth: number): Record<string, unknown> {
   if (depth > MAX_DEPTH) throw new JsonMappingError(`${where} is nested too deeply`);
   if (json === null) return { nullValue: 'NULL_VALUE' };
-  if (typeof json === 'number') return { numberValue: json };
+  const number = json instanceof JsonNumberText ? json.value : json;
+  // A number past a double's range (`1e400`) is Infinity to JSON.parse, which a Value has no JSON form for.
+  if (typeof number === 'number') {
+    if (!Number.isFinite(number)) throw new JsonMappingError(`${where} is a number out of range for a double`);
+    return { numberValue: number };
+  }
   if (typeof json === 'string') return { stringValue: wellFormed(json, where) };
   if (typeof json === 'boolean') return { boolValue: json };
   if (Array.isArray(json)) return { listValue: { values: json.map((item, index) => valueFromJson(item, `${where}[${index}]`, depth + 1)) } };
@@ -547,7 +588,7 @@ function isValueType(field: protobuf.Field): boolean {
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof JsonNumberText);
 }
 
 function truncate(text: string): string {

@@ -6,7 +6,7 @@ import type * as protobuf from 'protobufjs';
 import { GatewayError, invalidJsonBody, toGatewayError } from '../errors';
 import { createGrpcClients, deserializer, encodedBytes, encodeRequest, type GrpcClientCache, endGrpcSpan, MAX_GRPC_MESSAGE_BYTES, MAX_METADATA_ENTRIES, metadataFromHeaders, startGrpcSpan } from '../grpc/grpc-clients';
 import { buildRequestMessage, parseQuery, type HttpBinding } from '../grpc/http-rules';
-import { duplicateJsonKey, JsonMappingError, messageToJson, ResponseMappingError } from '../grpc/json-mapping';
+import { duplicateJsonKey, JsonMappingError, messageToJson, parseJsonBody, ResponseMappingError } from '../grpc/json-mapping';
 import { PathVariableError } from '../grpc/path-template';
 import type { GrpcRoute } from '../grpc/route-mappings';
 import { grpcFailure, grpcStatusName, knownGrpcStatus } from '../grpc/status-errors';
@@ -400,7 +400,7 @@ async function readJsonBody(ctx: KoaContext, limit: number): Promise<unknown> {
   if (/^[ \t\n\r]*$/.test(text)) return undefined;
   let body: unknown;
   try {
-    body = JSON.parse(text);
+    body = parseJsonBody(text);
   } catch {
     throw invalidJsonBody();
   }

@@ -7,7 +7,7 @@ import { loadGrpcServiceMapping, parseQuery } from '../../src/grpc/http-rules';
 import { compileGrpcRoutes } from '../../src/grpc/route-mappings';
 import { shippedConfigFile, TEST_JWT_SECRET } from '../helpers/test-config';
 import protobuf from 'protobufjs';
-import { JsonMappingError, messageFromJson, messageToJson, ResponseMappingError } from '../../src/grpc/json-mapping';
+import { JsonMappingError, messageFromJson, messageToJson, parseJsonBody, ResponseMappingError } from '../../src/grpc/json-mapping';
 import { matchPathTemplate, MAX_PATH_VARIABLE_LENGTH, parsePathTemplate, PathVariableError } from '../../src/grpc/path-template';
 import { MAPPING_PROTO, MAPPING_SERVICE } from './mapping-server';
 
@@ -262,10 +262,60 @@ describe('the JSON mapping, as the proto3 conformance suite checks it', () => {
     expect(() => messageFromJson(withValues, { byId: { '1': 'a', '01': 'b' } })).toThrow(JsonMappingError);
   });
 
+  it('reads a 64-bit map key written with an exponent as the integer it is (it was a 500: BigInt("1e5") threw)', () => {
+    const sent = withValues.decode(withValues.encode(messageFromJson(withValues, { byId: { '1e5': 'a', '25.0': 'b' } })).finish());
+    expect(messageToJson(withValues, sent)).toMatchObject({ byId: { '100000': 'a', '25': 'b' } });
+    expect(() => messageFromJson(withValues, { byId: { '1.5': 'a' } })).toThrow(JsonMappingError);
+    expect(() => messageFromJson(withValues, { byId: { '1e2': 'a', '100': 'b' } })).toThrow(JsonMappingError);
+  });
+
   it('takes null as the default of a repeated or map field of Value, and as NULL_VALUE of a single one', () => {
     const sent = withValues.decode(withValues.encode(messageFromJson(withValues, { items: null, named: null, one: null })).finish());
     expect(messageToJson(withValues, sent)).toEqual({ byId: {}, items: [], named: {}, one: null });
     expect(() => messageFromJson(withValues, { items: [null] })).not.toThrow();
+  });
+});
+
+/** A request body as the gateway reads it (parseJsonBody: numbers keep their text), mapped onto Echo's request. */
+const fromBody = (text: string) => roundTrip(parseJsonBody(text) as Record<string, unknown>);
+const refusesBody = (text: string) => () => messageFromJson(everything, parseJsonBody(text));
+
+describe('JSON numbers as the client wrote them (a double between rounded some)', () => {
+  it.each([
+    { desc: 'int64 past 2^53', text: '{"bigNumber": 9007199254740993}', field: 'bigNumber', sent: '9007199254740993' },
+    { desc: 'int64 at its maximum (Int64FieldMaxValueNotQuoted)', text: '{"bigNumber": 9223372036854775807}', field: 'bigNumber', sent: '9223372036854775807' },
+    { desc: 'int64 at its minimum (Int64FieldMinValueNotQuoted)', text: '{"bigNumber": -9223372036854775808}', field: 'bigNumber', sent: '-9223372036854775808' },
+    { desc: 'uint64 at its maximum (Uint64FieldMaxValueNotQuoted)', text: '{"unsignedBig": 18446744073709551615}', field: 'unsignedBig', sent: '18446744073709551615' },
+    { desc: 'int64 with an exponent', text: '{"bigNumber": 1.5e3}', field: 'bigNumber', sent: '1500' },
+    { desc: 'int32 with a zero fraction', text: '{"smallNumber": 7.0}', field: 'smallNumber', sent: 7 },
+    { desc: 'an enum by number with an exponent', text: '{"color": 1e0}', field: 'color', sent: 'COLOR_RED' },
+    { desc: 'a double that rounds (a double field takes the double)', text: '{"ratio": 0.1000000000000000055511151231257827}', field: 'ratio', sent: 0.1 },
+  ])('sends $desc as written', ({ text, field, sent }) => {
+    expect(fromBody(text)[field]).toEqual(sent);
+  });
+
+  it.each([
+    { desc: 'int64 with a fraction its double rounds away', text: '{"bigNumber": 9007199254740991.4}' },
+    { desc: 'int32 with a fraction its double rounds away', text: '{"smallNumber": 1.0000000000000001}' },
+    { desc: 'int32 smaller than a double can hold', text: '{"smallNumber": 1e-400}' },
+    { desc: 'int64 past its range, as digits', text: '{"bigNumber": 9223372036854775808}' },
+    { desc: 'uint64 past its range, as digits', text: '{"unsignedBig": 18446744073709551616}' },
+    { desc: 'an enum number with a fraction its double rounds away', text: '{"color": 1.0000000000000001}' },
+    { desc: 'a Value number past a double (Infinity)', text: '{"anything": 1e400}' },
+    { desc: 'a Struct number past a double (-Infinity)', text: '{"extra": {"a": -1e400}}' },
+    { desc: 'a bare number for the whole message', text: '1.5' },
+  ])('refuses $desc (it was sent as another value, or answered 502)', ({ text }) => {
+    expect(refusesBody(text)).toThrow(JsonMappingError);
+  });
+
+  it('reads every number as JSON.parse does where its double is exact', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: -(2 ** 31), max: 2 ** 31 - 1 }), fc.double({ noNaN: true, noDefaultInfinity: true }).map((value) => (value === 0 ? 0 : value)), (small, ratio) => {
+        const back = fromBody(JSON.stringify({ smallNumber: small, ratio }));
+        expect([back.smallNumber, back.ratio]).toEqual([small, ratio]);
+      }),
+      RUNS,
+    );
   });
 });
 

@@ -67,6 +67,20 @@ describe('gRPC transcoding', () => {
       expect(lastCall().request).toMatchObject({ id: 'abc', bigNumber: '9007199254740993', unsignedBig: '18446744073709551615' });
     });
 
+    // Read through a double, the first was refused (not a safe integer), the second sent as 1 and the third sent on
+    // as +Inf (its echo then a 502 blaming the service). On the route with its own limit.
+    it('sends bare 64-bit numbers as written, and refuses a number the double would change', async () => {
+      const response = await postJson('/api/mapping-paths/things/abc', '{"bigNumber": 9223372036854775807, "unsignedBig": 18446744073709551615}');
+      expect(response.status).toBe(200);
+      expect(lastCall().request).toMatchObject({ bigNumber: '9223372036854775807', unsignedBig: '18446744073709551615' });
+      const calls = service.calls.length;
+      for (const body of ['{"smallNumber": 1.0000000000000001}', '{"anything": 1e400}']) {
+        const refused = await postJson('/api/mapping-paths/things/abc', body);
+        expect([refused.status, ((await refused.json()) as { code: string }).code]).toEqual([400, 'invalid_body']);
+      }
+      expect(service.calls.length).toBe(calls);
+    });
+
     it('binds a nested path variable and the rest from query parameters (nested, repeated, snake_case names)', async () => {
       const query = 'tags=a&tags=b&owner.displayName=Ann&color=COLOR_RED&numbers=1&numbers=-2&flag=true&big_number=-5&createdAt=2026-01-31T12:00:00.5Z&ttl=1.5s&maybeCount=7&maybeFlag=false&colors=COLOR_RED&colors=COLOR_BLUE';
       const response = await call(`/api/mapping/things/t1/owners/o%20x?${query}`);
