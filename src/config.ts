@@ -79,7 +79,21 @@ const pathPrefix = z
   .regex(/^(\/[A-Za-z0-9._~-]+)+$/, 'must be an absolute path of plain segments without a trailing slash')
   .refine((p) => !p.split('/').some((s) => s === '.' || s === '..'), 'must not contain dot segments');
 
-const upstreamPath = z.union([z.literal(''), pathPrefix]);
+/**
+ * Whether a service path, as routing keys it (src/routes.ts routeKey: decoded, lower case), is one of the services'
+ * own endpoints: `/internal` and below (user-service's credential check, notification-service's intake), which only
+ * the gateway and other services call. No route reaches one: the login's limits guard the credential check only
+ * because no client gets to it another way.
+ */
+export function isServiceInternal(key: string): boolean {
+  return key === '/internal' || key.startsWith('/internal/') || key.startsWith('/internal.');
+}
+
+/** Where a route sends its requests on the service: its root (`""`) or a path prefix, never under `/internal`. */
+const upstreamPath = z.union([
+  z.literal(''),
+  pathPrefix.refine((p) => !isServiceInternal(p.toLowerCase()), 'must not be under /internal: the services\' own endpoints are never routed to'),
+]);
 
 /**
  * A path clients are routed by: a path prefix none of whose segments ends in `.`, since the gateway refuses every

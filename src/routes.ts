@@ -1,4 +1,4 @@
-import { HTTP_METHODS, type AuthMethod, type GatewayConfig, type RouteRateLimitConfig } from './config';
+import { HTTP_METHODS, isServiceInternal, type AuthMethod, type GatewayConfig, type RouteRateLimitConfig } from './config';
 import type { UpstreamPool } from './upstream-pool';
 
 /** A route with everything derived once at startup, so matching does no parsing per request. */
@@ -160,6 +160,9 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
       }
       const rest = owned.suffixed ? formatSuffix(rawPath, route.prefix) : restOf(rawPath, route.prefix);
       const upstreamPath = route.upstreamPath + rest;
+      // A route to the service's root passes any path on, `/internal/...` too: none reaches the services' own
+      // endpoints (the config refuses an upstream path under it), so that one is no route's.
+      if (route.upstreamPath === '' && isServiceInternal(routeKey(upstreamPath))) return undefined;
       // A suffix on a route to the service's root (`upstreamPath` ""): `/.json`, never `.json`, which is no target
       // (undici refused it, and the refusal counted against the instance).
       return { kind: 'matched', route, upstreamPath: upstreamPath.startsWith('/') ? upstreamPath : `/${upstreamPath}` };

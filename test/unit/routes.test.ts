@@ -47,6 +47,29 @@ describe('route table', () => {
     expect(match?.upstreamPath).toBe(upstream);
   });
 
+  // A route to a service's root passed `/internal/credentials/verify` on, signed: a password check without the
+  // login's limits.
+  it.each([
+    '/api/root/internal/credentials/verify',
+    '/api/root/INTERNAL/credentials/verify',
+    '/api/root/%69nternal/notifications',
+    '/api/root/internal',
+    '/api/root/internal/',
+    '/api/root/internal.json',
+  ])('routes %s, under the services\' /internal, nowhere', (path) => {
+    expect(table.match(path, 'POST')).toBeUndefined();
+  });
+
+  it.each(['/api/root/internals', '/api/root/x/internal', '/api/root/internal-docs'])('still routes %s, which is not under /internal', (path) => {
+    expect(matched(path, 'POST')?.route.name).toBe('root');
+  });
+
+  it.each(['/internal', '/internal/credentials', '/Internal/notifications', '/INTERNAL'])('refuses a route whose upstreamPath is %s', (upstreamPath) => {
+    const withInternal = shippedConfigFile();
+    (withInternal.routes as unknown[]).push({ name: 'inside', prefix: '/api/inside', service: 'users', upstreamPath });
+    expect(() => parseConfig(withInternal)).toThrow(/must not be under \/internal/);
+  });
+
   it.each([
     { desc: 'a longer first segment', path: '/api/usersX/1' },
     { desc: 'a shorter prefix', path: '/api/user' },
@@ -100,7 +123,7 @@ describe('route table', () => {
 
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 /** Few, short, overlapping segments, so generated routes nest and collide often. */
-const SEGMENTS = ['api', 'users', 'admin', 'a', 'b', 'orders'] as const;
+const SEGMENTS = ['api', 'users', 'admin', 'a', 'b', 'orders', 'internal'] as const;
 
 /** What a request is subject to: which route (and so auth, roles, limits), or which refusal. */
 type Decision = { kind: 'matched'; route: string } | { kind: 'method_not_allowed'; route: string; allowed: string[] } | { kind: 'not_found' };
@@ -286,6 +309,8 @@ describe('route decisions (property-based)', () => {
           const table = tableOf({ ...config, routes });
           const match = table.match(`/${segments.join('/')}${suffix}${trailingSlash ? '/' : ''}`, method);
           if (match?.kind === 'matched') expect(match.upstreamPath.startsWith('/')).toBe(true);
+          // Never the services' own endpoints, in any spelling.
+          if (match?.kind === 'matched') expect(routeKey(match.upstreamPath) === '/internal' || routeKey(match.upstreamPath).startsWith('/internal/')).toBe(false);
         },
       ),
       PROPERTY_RUNS,
