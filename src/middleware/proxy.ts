@@ -639,6 +639,8 @@ export function createProxy(options: ProxyOptions): Middleware {
         case 'connections_closed':
           throw new GatewayError('upstream_unavailable', `The gateway's connections to the ${route.service} service were replaced by a config reload while this request waited; try again.`, { cause: exchange.failure });
         case 'bad_response':
+          const malformed = exchange.failure && malformedHeaderFields(exchange.failure);
+          if (malformed) throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with header fields the gateway cannot forward (${malformed}).`, { cause: exchange.failure });
           if (exchange.badResponse === undefined) throw upstreamFailure(route.service, exchange.failure);
           throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with ${exchange.badResponse}.`);
         default:
@@ -850,7 +852,12 @@ function outcomeOf(exchange: Exchange): UpstreamOutcome {
   // An answer that is not HTTP counts as a failed connection (retried elsewhere, ejecting an instance that keeps
   // sending it); only its error code says what it was (upstreamFailure: upstream_bad_response).
   // A 100 (Continue) the HTTP client cannot read past (upstreamSentContinue) is the same: one endpoint's answer.
-  if (exchange.failure) return upstreamUnreachable(exchange.failure) ? 'refused' : headersOverflow(exchange.failure) || upstreamSentContinue(exchange.failure) ? 'bad_response' : 'reset';
+  // So is a head whose fields the parser refused (exchange.status is then unset: nothing of it was forwarded).
+  if (exchange.failure) {
+    if (upstreamUnreachable(exchange.failure)) return 'refused';
+    if (headersOverflow(exchange.failure) || upstreamSentContinue(exchange.failure)) return 'bad_response';
+    return exchange.status === undefined && malformedHeaderFields(exchange.failure) !== undefined ? 'bad_response' : 'reset';
+  }
   return 'ok';
 }
 
@@ -871,6 +878,26 @@ function closedByGateway(failure: Error): boolean {
  */
 function headersOverflow(failure: Error): boolean {
   return (failure as NodeJS.ErrnoException).code === 'UND_ERR_HEADERS_OVERFLOW';
+}
+
+/**
+ * A status line the parser read, then header fields it refused: a framing it must not guess at (Content-Length
+ * beside Transfer-Encoding, two Content-Lengths that disagree, one that is no number, a transfer-coding list it
+ * cannot parse) or a field that is not a token and a value. One endpoint's answer, as a header block over the limit
+ * is: taken for a reset, a GET was sent two more times and three such answers ejected the service's only instance
+ * (nginx leaves `invalid_header` out of `proxy_next_upstream`, and its `max_fails`). undici 8.13.1 says which in
+ * words only: its HTTPParserError carries no code, just llhttp's reason in its message ("Response does not match
+ * the HTTP/1.1 protocol (Invalid header token)"), where a status line that is not HTTP reads "Expected HTTP/" or
+ * "Invalid status code"; and with a Content-Length seen before the parser failed it reports the body's length
+ * mismatch instead (lib/dispatcher/client-h1.js createError), though no body was read: before any status reached
+ * the handler, that is the head's fault too. Undefined when the failure is not one of these.
+ */
+function malformedHeaderFields(failure: Error): string | undefined {
+  const { code, name, message } = failure as NodeJS.ErrnoException;
+  if (code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH') return 'a Content-Length its parser refused';
+  if (name !== 'HTTPParserError') return undefined;
+  const reason = /\(([^)]*(?:header|Content-Length|Transfer-Encoding)[^)]*)\)/i.exec(message)?.[1];
+  return reason === undefined ? undefined : reason.slice(0, 80);
 }
 
 function bodyTooLarge(limit: number): GatewayError {

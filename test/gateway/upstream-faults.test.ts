@@ -552,6 +552,34 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
     }
   });
 
+  // llhttp refuses each head after its status line; undici reports Content-Length then Transfer-Encoding as the
+  // body's length mismatch. Taken for resets, each GET went out three times and three of them ejected the instance.
+  it.each([
+    { desc: 'Content-Length, then Transfer-Encoding', fields: 'Content-Length: 2\r\nTransfer-Encoding: chunked' },
+    { desc: 'Transfer-Encoding, then Content-Length', fields: 'Transfer-Encoding: chunked\r\nContent-Length: 2' },
+    { desc: 'two Content-Lengths that disagree', fields: 'Content-Length: 2\r\nContent-Length: 3' },
+    { desc: 'a Content-Length that is no number', fields: 'Content-Length: 2x' },
+    { desc: 'a field name with a space in it', fields: 'Bad Name: x\r\nContent-Length: 2' },
+  ])('keeps an instance whose one endpoint answers a head with $desc (502, neither retried nor counted)', async ({ fields }) => {
+    let requests = 0;
+    const malformed = await rawService((socket) => {
+      requests++;
+      socket.end(`HTTP/1.1 200 OK\r\n${fields}\r\n\r\n{}`);
+    });
+    const stack = await stackFor(malformed.url, {}, 3);
+    try {
+      const token = await login(stack.gateway.url);
+      const codes: string[] = [];
+      for (let i = 0; i < 4; i++) codes.push(((await (await fetch(`${stack.gateway.url}/api/orders/${i}`, { headers: { authorization: `Bearer ${token}` } })).json()) as { code: string }).code);
+      // Ejected after three, the fourth was 503 upstream_unavailable; retried, the service saw 12 requests.
+      expect(codes).toEqual(Array(4).fill('upstream_bad_response'));
+      expect(requests).toBe(4);
+    } finally {
+      await stack.close();
+      await malformed.close();
+    }
+  });
+
   it('answers a request still waiting for a connection after the route timeout with 503 upstream_busy, not blaming the instance', async () => {
     // One connection, held by a response that keeps trickling (never idle): the next request can only queue.
     const trickling = await listen((req, res) => {
