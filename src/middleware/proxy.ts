@@ -12,6 +12,7 @@ import { endToEndHeaders, forwardedHost, publicLocation, serviceFieldsToPassOn, 
 import { pickWithRoom, type UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, upstreamErrorType, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
+import { isHttp2Request } from './http2-requests';
 import { bodyStalledError, bodyTooSlowError, watchBodyRate, type BodyRate } from '../body-rate';
 import { forwardedBody } from '../forwarded-body';
 import { cutResponse, responseClosed } from '../response-closed';
@@ -383,6 +384,7 @@ export function createProxy(options: ProxyOptions): Middleware {
           exchange.bodyTooSlow = true;
           cut('the request body arrived too slowly', 'request_timeout');
         });
+        discardUnreadBodyAfterAnswer(req, res, () => received, options.maxBodyBytes);
       }
 
       /** The client broke off its body (src/forwarded-body.ts): recorded as a client that left, while the exchange runs. */
@@ -722,6 +724,29 @@ const INSTANCE_FAILURES = new Set<UpstreamOutcome>(['refused', 'reset', 'timeout
  */
 function clientOwesBody(req: KoaContext['req']): boolean {
   return !req.complete && !req.isPaused();
+}
+
+/**
+ * The rest of a body nobody will read, once the answer is out: a service that answered before reading it all (its
+ * own 401, 409 or 413), or the gateway's 502/504 mid-upload. undici drops the body stream, the pipe from the request
+ * stops, and Node does not discard a body that was being read: the connection sat with the rest unread until a
+ * timeout destroyed it, and a client that sends its whole body before reading (urllib3, HttpURLConnection) got a
+ * reset instead of the answer. Read and dropped, as nginx does, up to the body limit (past it the connection is
+ * closed; a body that trickles is Node's `requestTimeout`'s); the connection then serves its next request. HTTP/1
+ * only: an HTTP/2 stream ends on its own.
+ */
+function discardUnreadBodyAfterAnswer(req: KoaContext['req'], res: KoaContext['res'], received: () => number, limit: number): void {
+  if (isHttp2Request(req)) return;
+  res.once('finish', () => {
+    if (req.complete || req.destroyed) return;
+    req.unpipe();
+    const overLimit = () => {
+      if (received() > limit) req.socket.destroy();
+    };
+    overLimit();
+    req.on('data', overLimit);
+    req.resume();
+  });
 }
 
 function hasBody(headers: http.IncomingHttpHeaders): boolean {

@@ -7,6 +7,7 @@ import { login, startStack, type TestStack } from '../helpers/stack';
 import { runServer } from '../../otel/lifecycle';
 import { createGateway } from '../../src/gateway';
 import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
+import { waitFor } from '../helpers/wait';
 
 const PROXY_TIMEOUT_MS = 400;
 
@@ -577,6 +578,31 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
     } finally {
       await stack.close();
       await malformed.close();
+    }
+  });
+
+  // The pipe from the request stopped when undici dropped the body, and Node does not discard a body that was being
+  // read: the rest sat unread, the connection served nothing more, and a timeout destroyed it.
+  it('reads and drops the rest of a body its service answered before reading, and serves the next request on the connection', async () => {
+    const early = await listen((_req, res) => void res.writeHead(401, { 'content-type': 'application/json' }).end('{"error":"early"}'));
+    const stack = await stackFor(early.url);
+    const socket = net.connect(Number(new URL(stack.gateway.url).port), '127.0.0.1');
+    try {
+      const token = await login(stack.gateway.url);
+      const total = 768 * 1024;
+      let received = '';
+      socket.setEncoding('latin1').on('data', (chunk: string) => (received += chunk));
+      const head = (method: string, path: string, extra: string) => `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${token}\r\n${extra}\r\n`;
+      socket.write(head('POST', '/api/orders', `Content-Type: application/json\r\nContent-Length: ${total}\r\n`) + ' '.repeat(64 * 1024));
+      await waitFor(() => received.includes('{"error":"early"}'), 'the service\'s early answer');
+      expect(received).toMatch(/^HTTP\/1\.1 401 /);
+      expect(received.toLowerCase()).not.toContain('connection: close');
+      socket.write(' '.repeat(total - 64 * 1024) + head('GET', '/api/orders/1', ''));
+      await waitFor(() => received.split('HTTP/1.1 401 ').length === 3, 'the answer to the next request on the connection', 5000);
+    } finally {
+      socket.destroy();
+      await stack.close();
+      await early.close();
     }
   });
 
