@@ -94,6 +94,14 @@ export function createRequestHeadCheck(): Middleware {
     if (expect !== undefined && !CONTINUE_EXPECTATION.test(expect)) throw new GatewayError('expectation_failed', 'The gateway meets no expectation but 100-continue.');
     const host = request.headers.host ?? (http2 ? request.headers[':authority'] : undefined);
     if (host !== undefined && !HOST_VALUE.test(String(host))) throw new GatewayError('bad_request', 'The Host header is not a host name or address with an optional port.');
+    // The host a trusted proxy says the client addressed takes Host's place (createTrustedProxies cut it to its entry
+    // and removed it from anyone else): the host guard, the services' X-Forwarded-Host and the `Location` rewritten
+    // to the public origin are built from it, so it is held to Host's syntax. Unchecked, `*.example.com` let
+    // `evil.com\.example.com` through, a host a browser reads as evil.com.
+    const forwardedHost = ctx.app.proxy ? request.headers['x-forwarded-host'] : undefined;
+    if (forwardedHost !== undefined && !HOST_VALUE.test(String(forwardedHost).trim())) {
+      throw new GatewayError('bad_request', 'The X-Forwarded-Host a trusted proxy sent is not a host name or address with an optional port.');
+    }
     if (target === '*') {
       // `OPTIONS *` asks about the server as a whole (RFC 9110 9.3.7): the methods some route may take.
       ctx.status = 204;

@@ -101,6 +101,29 @@ describe('client addresses behind proxies', () => {
     }
   });
 
+  // The trusted entry replaces Host for the host guard, and a `*.` entry matched by its end alone: a browser reads
+  // `evil.com\.example.com` as evil.com, and the service built links and the gateway rewrote `Location` with it.
+  it.each([
+    { desc: 'a backslash before the allowed suffix', host: 'evil.com\\.example.com' },
+    { desc: 'a slash before the allowed suffix', host: 'evil.com/.example.com' },
+    { desc: 'userinfo', host: 'evil.com@api.example.com' },
+    { desc: 'a space', host: 'evil.com .example.com' },
+  ])('refuses an X-Forwarded-Host with $desc from a trusted proxy (400), as it would as Host', async ({ host }) => {
+    const stack = await startStack({ env: { TRUST_PROXY: 'true' }, overrides: { ...limitedRoute, trustedProxies: ['127.0.0.0/8'], allowedHosts: ['*.example.com'] } });
+    try {
+      const response = await fetch(`${stack.gateway.url}/api/unknown-but-limited`, { headers: { 'x-forwarded-host': host } });
+      expect(response.status).toBe(400);
+      expect(((await response.json()) as { detail: string }).detail).toMatch(/X-Forwarded-Host/);
+      // The same host, well formed, passes: the refusal is the syntax's, not the guard's.
+      const fine = await fetch(`${stack.gateway.url}/api/unknown-but-limited`, { headers: { 'x-forwarded-host': 'evil.example.com' } });
+      await fine.arrayBuffer();
+      expect(fine.status).toBe(200);
+      expect(stack.users.requests.map((request) => request.headers['x-forwarded-host'])).toEqual(['evil.example.com']);
+    } finally {
+      await stack.close();
+    }
+  });
+
   // A quote the client left open (or escaped shut) hid the proxy's comma when quotes were read by a toggle: the
   // whole value was one element and went on as it came, the client's `host` first (what Spring reads).
   describe('Forwarded whose quotes do not parse, behind a proxy that appends its own element', () => {
