@@ -96,6 +96,17 @@ function namesUnsupportedCritical(crit: unknown): boolean {
   return Array.isArray(crit) && crit.some((name) => !UNDERSTOOD_CRITICAL_PARAMETERS.has(name));
 }
 
+/**
+ * A token issued later than now (beyond the clock tolerance) is refused, as one not yet valid (`nbf`) is: jose
+ * compares `iat` with the clock only under `maxTokenAge`, which would also make `iat` required of a provider's
+ * tokens. An `iat` a year ahead is a clock or an issuer gone wrong, or a token minted to outlive a key rotation.
+ */
+function refuseIssuedInFuture(payload: JWTPayload, toleranceSeconds: number): void {
+  if (typeof payload.iat === 'number' && payload.iat > Date.now() / 1000 + toleranceSeconds) {
+    throw new TokenRejectedError('bad_claims', REJECTION_MESSAGE.bad_claims);
+  }
+}
+
 /** The keys to verify a token could not be fetched (JWKS down, slow or broken): fail closed, but say so. */
 export class TokenVerifierUnavailableError extends Error {
   override name = 'TokenVerifierUnavailableError';
@@ -156,6 +167,7 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
     try {
       if (alg === TOKEN_ALGORITHM) {
         const { payload } = await jwtVerify(token, await key, ownOptions);
+        refuseIssuedInFuture(payload, options.clockToleranceSeconds);
         return { user: ownIdentity(payload), trustedUntilMs: expiryMs(payload) };
       }
       if (providerKeys && providerOptions && jwks && alg !== undefined && jwks.algorithms.includes(alg)) {
@@ -165,6 +177,7 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
         // verified during the refetch too, and for one seen before, however far off the token's `exp`.
         const before = providerKeys.current();
         const { payload, protectedHeader } = await jwtVerify(token, providerKeys.getKey, providerOptions);
+        refuseIssuedInFuture(payload, jwks.clockToleranceSeconds);
         const user = providerIdentity(payload, jwks.roleClaim, jwks.subjectPrefix);
         const after = providerKeys.current();
         const { kid } = protectedHeader;

@@ -133,6 +133,7 @@ describe('hostile input at the gateway', () => {
       { desc: 'an unsigned alg: none token', authorization: async () => `Bearer ${unsignedToken()}`, code: 'invalid_token' },
       { desc: 'an HS256 token signed with the wrong secret', authorization: async () => `Bearer ${await signToken({ secret: 'not-the-gateway-secret-but-just-as-long' })}`, code: 'invalid_token' },
       { desc: 'an expired token', authorization: async () => `Bearer ${await signToken({ expiresInSeconds: -3600 })}`, code: 'invalid_token' },
+      { desc: 'a token issued a year from now (iat past the clock tolerance)', authorization: async () => `Bearer ${await signToken({ issuedAtSeconds: 365 * 24 * 3600, expiresInSeconds: 366 * 24 * 3600 })}`, code: 'invalid_token' },
       { desc: 'a token from another issuer', authorization: async () => `Bearer ${await signToken({ issuer: 'evil-issuer' })}`, code: 'invalid_token' },
       { desc: 'a token for another audience', authorization: async () => `Bearer ${await signToken({ audience: 'another-api' })}`, code: 'invalid_token' },
       { desc: 'a token without sub', authorization: async () => `Bearer ${await signToken({ subject: null })}`, code: 'invalid_token' },

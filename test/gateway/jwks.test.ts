@@ -70,13 +70,13 @@ async function startJwksServer() {
   return Object.assign(server, { state });
 }
 
-function providerToken(key: ProviderKey, claims: Record<string, unknown> = {}, options: { issuer?: string; audience?: string; expiresIn?: string; withoutKid?: boolean } = {}): Promise<string> {
+function providerToken(key: ProviderKey, claims: Record<string, unknown> = {}, options: { issuer?: string; audience?: string; expiresIn?: string; withoutKid?: boolean; issuedAt?: string } = {}): Promise<string> {
   return new SignJWT({ email: 'dana@example.test', ...claims })
     .setProtectedHeader(options.withoutKid ? { alg: key.alg } : { alg: key.alg, kid: key.kid })
     .setSubject(typeof claims.sub === 'string' ? claims.sub : 'idp-dana')
     .setIssuer(options.issuer ?? ISSUER)
     .setAudience(options.audience ?? AUDIENCE)
-    .setIssuedAt()
+    .setIssuedAt(options.issuedAt)
     .setExpirationTime(options.expiresIn ?? '10m')
     .sign(key.privateKey);
 }
@@ -394,6 +394,7 @@ describe('tokens from an identity provider (JWKS)', () => {
     { desc: 'a wrong issuer', token: () => providerToken(rsa, {}, { issuer: 'https://evil.example/' }) },
     { desc: 'a wrong audience', token: () => providerToken(rsa, {}, { audience: 'other-api' }) },
     { desc: 'an expired token', token: () => providerToken(rsa, {}, { expiresIn: '-1m' }) },
+    { desc: 'a token issued a day from now (iat past the clock tolerance)', token: () => providerToken(rsa, {}, { issuedAt: '1d from now', expiresIn: '2d' }) },
     { desc: 'a key the provider does not publish', token: async () => providerToken(await providerKey('rsa-1', 'RS256')) },
     // Algorithm confusion: the provider's own published keys as HMAC secrets, claims otherwise perfect (the
     // gateway's issuer and audience, or the provider's): only the alg-picks-the-verifier rule can refuse these.

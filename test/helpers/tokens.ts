@@ -13,6 +13,8 @@ export interface ForgeOptions {
   subject?: string | null;
   /** Seconds from now; negative for an expired token. */
   expiresInSeconds?: number;
+  /** Seconds from now of `iat` (default -60). */
+  issuedAtSeconds?: number;
   claims?: Record<string, unknown>;
 }
 
@@ -23,7 +25,7 @@ export async function signToken(options: ForgeOptions = {}): Promise<string> {
     .setProtectedHeader({ alg: options.alg ?? 'HS256', typ: 'JWT' })
     .setIssuer(options.issuer ?? 'koa-gateway')
     .setAudience(options.audience ?? 'koa-gateway-api')
-    .setIssuedAt(now - 60)
+    .setIssuedAt(now + (options.issuedAtSeconds ?? -60))
     .setExpirationTime(now + (options.expiresInSeconds ?? 600));
   if (options.subject !== null) jwt.setSubject(options.subject ?? '1');
   return jwt.sign(encoder.encode(options.secret ?? TEST_JWT_SECRET));
