@@ -832,15 +832,19 @@ export async function listenInternal(handler: http.RequestListener, options: Int
  * - an absolute-form target (`GET http://127.0.0.1:9901/ready`, as a tool sends it through a forward proxy) is
  *   served (RFC 9112 3.2.2: a server MUST accept it) as its origin form, its authority taking the place of Host;
  * - that one authority must be one `hosts` allows, else 421: a DNS-rebinding page's name in the target is
- *   refused whatever Host says.
+ *   refused whatever Host says;
+ * - any other target but a path (userinfo in the authority, another scheme): 400, as on the public listener. Koa's
+ *   URL parser took `http://x@attacker.example/admin/config` for the path `/admin/config`, judged by Host alone.
  * Answered as problem+json with a request id, as every answer the gateway writes itself.
  */
 function servingHosts(hosts: ServedHosts, handler: http.RequestListener): http.RequestListener {
   const misdirected: ServerProblem = { status: 421, title: 'Misdirected request', code: 'host_not_allowed', detail: `This listener answers requests for ${hosts.description} only.` };
   return function serveOwnHostsOnly(req, res) {
     if (fieldLineCount(req.rawHeaders, 'host') > 1) return answerInternal(res, TWO_HOST_LINES);
-    const absolute = absoluteFormTarget(req.url ?? '');
-    if (absolute) {
+    const target = req.url ?? '';
+    if (target.charCodeAt(0) !== 47 /* / */ && target !== '*') {
+      const absolute = absoluteFormTarget(target);
+      if (!absolute) return answerInternal(res, NOT_A_TARGET);
       req.headers.host = absolute.authority;
       req.url = absolute.originForm;
     }
@@ -848,6 +852,8 @@ function servingHosts(hosts: ServedHosts, handler: http.RequestListener): http.R
     handler(req, res);
   };
 }
+
+const NOT_A_TARGET: ServerProblem = { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request target must be a path (or an http or https URL without userinfo).' };
 
 const TWO_HOST_LINES: ServerProblem = { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request carries more than one Host field line.' };
 

@@ -302,6 +302,9 @@ describe('the admin listener (listenAdmin): one authority per request', () => {
     { desc: 'an absolute-form reload whose authority is a rebinding name', line: 'POST http://attacker.example:9901/admin/reload HTTP/1.1', hosts: ['Host: localhost', 'Content-Length: 0'], status: 421 },
     { desc: 'a rebinding name in Host', line: 'GET /ready HTTP/1.1', hosts: ['Host: attacker.example'], status: 421 },
     { desc: 'two Host field lines', line: 'GET /ready HTTP/1.1', hosts: ['Host: 127.0.0.1', 'Host: attacker.example'], status: 400 },
+    // Not taken as absolute forms, these were judged by Host alone and served (Koa's parser found the path in them).
+    { desc: 'an absolute-form target with userinfo before a rebinding name', line: 'GET http://x@attacker.example/admin/config HTTP/1.1', hosts: ['Host: 127.0.0.1'], status: 400 },
+    { desc: 'an absolute-form target of another scheme', line: 'GET ftp://attacker.example/admin/config HTTP/1.1', hosts: ['Host: 127.0.0.1'], status: 400 },
     { desc: 'two Host field lines of one value', line: 'GET /health HTTP/1.1', hosts: ['Host: 127.0.0.1', 'host: 127.0.0.1'], status: 400 },
   ])('answers $status to $desc', async ({ line, hosts, status }) => {
     const answer = await raw(line, hosts);
