@@ -2,7 +2,7 @@ import Router from '@koa/router';
 import type Koa from 'koa';
 import type { Logger } from '../../otel/logger';
 import { SERVICE_NAME } from '../../otel/wire-names';
-import { createServiceApp, requireCaller, validBody } from '../shared/service-app';
+import { createServiceApp, requireCaller, ServiceError, validBody } from '../shared/service-app';
 import { createNotificationStore, newNotification, type NotificationStore } from './notification-store';
 
 export type { Notification } from './notification-store';
@@ -27,7 +27,12 @@ export function createApp(options: NotificationsAppOptions): Koa {
   const router = new Router();
 
   router.post('/internal/notifications', async function receiveNotification(ctx) {
-    const notification = store.add(validBody(ctx, newNotification));
+    const caller = requireCaller(ctx);
+    const input = validBody(ctx, newNotification);
+    // For the caller the signature vouches for, never for whoever the body names: the body is not signed, so a
+    // signed call replayed with another `userId` would write into that user's notifications.
+    if (input.userId !== caller.id) throw new ServiceError(403, 'not_the_caller', 'A notification is stored only for the caller the gateway vouched for (X-User-Id).');
+    const notification = store.add(input);
     options.logger.info('notification stored', { notification_id: notification.id, type: notification.type, user_id: notification.userId });
     ctx.status = 201;
     ctx.body = notification;

@@ -127,7 +127,11 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
       call.end();
     }),
     CreateNotification: handled((call: Unary) => {
-      const notification = store.add(validNewNotification(call.request));
+      const caller = requireCaller(call);
+      const input = validNewNotification(call.request);
+      // As over HTTP: for the caller the signed metadata names, never for whoever the unsigned message does.
+      if (input.userId !== caller.id) throw grpcError(grpc.status.PERMISSION_DENIED, 'A notification is stored only for the caller the gateway vouched for (x-user-id).');
+      const notification = store.add(input);
       logger.info('notification stored', { notification_id: notification.id, type: notification.type, user_id: notification.userId });
       return toMessage(notification);
     }),

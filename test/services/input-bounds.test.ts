@@ -48,8 +48,10 @@ describe('notification-service inputs', () => {
     await new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve()));
   });
 
-  const post = (body: Record<string, unknown>) =>
-    fetch(`${http.url}/internal/notifications`, { method: 'POST', headers: { 'content-type': 'application/json', [HEADER.requestId]: 'bounds' }, body: JSON.stringify(body) });
+  /** As order-service posts: for the caller the identity headers name (`callerId`). */
+  const post = (body: Record<string, unknown>, callerId = 'bounds') =>
+    fetch(`${http.url}/internal/notifications`, { method: 'POST', headers: { 'content-type': 'application/json', [HEADER.requestId]: 'bounds', ...identityHeaders({ id: callerId, role: 'user', email: '' }) }, body: JSON.stringify(body) });
+  const asCaller = (callerId: string) => [callerId, 'user', '', ''] as unknown as SignedValues;
   const inbox = async (userId: string) => (await (await fetch(`${http.url}/notifications`, { headers: identityHeaders({ id: userId, role: 'user', email: '' }) })).json()) as Notification[];
 
   const refused = [
@@ -76,7 +78,7 @@ describe('notification-service inputs', () => {
   });
 
   it.each(refused)('gRPC CreateNotification refuses $desc with INVALID_ARGUMENT naming the field and stores nothing', async ({ field, input }) => {
-    const call = grpcClient.create({ userId: 'bounds', type: 'welcome', message: 'hi', orderId: '', ...input } as never, 'bounds', ['', '', '', ''] as unknown as SignedValues);
+    const call = grpcClient.create({ userId: 'bounds', type: 'welcome', message: 'hi', orderId: '', ...input } as never, 'bounds', asCaller('bounds'));
     await expect(call).rejects.toMatchObject({ code: 3, details: expect.stringMatching(new RegExp(`^${field}: `)) });
     expect(await inbox('bounds')).toEqual([]);
   });
@@ -86,8 +88,8 @@ describe('notification-service inputs', () => {
     { desc: 'a provider\'s subject behind its prefix', userId: 'idp:auth0|5f7c8ec7c33c6c004bbafe82' },
     { desc: 'a caller id of 512 characters', userId: 'u'.repeat(512) },
   ])('takes $desc as userId on both interfaces', async ({ userId }) => {
-    expect((await post({ userId, type: 'welcome', message: 'over HTTP', orderId: '7f0c1e2a-5b7d-4c47-9a8e-1f2d3c4b5a69' })).status).toBe(201);
-    await grpcClient.create({ userId, type: 'welcome', message: 'over gRPC', orderId: '' }, 'bounds', ['', '', '', ''] as unknown as SignedValues);
+    expect((await post({ userId, type: 'welcome', message: 'over HTTP', orderId: '7f0c1e2a-5b7d-4c47-9a8e-1f2d3c4b5a69' }, userId)).status).toBe(201);
+    await grpcClient.create({ userId, type: 'welcome', message: 'over gRPC', orderId: '' }, 'bounds', asCaller(userId));
     expect((await inbox(userId)).map((notification) => notification.message)).toEqual(['over HTTP', 'over gRPC']);
   });
 });
@@ -135,7 +137,7 @@ describe('the in-memory stores are bounded', () => {
     const server = await listen(createNotificationsApp({ logger: quiet(SERVICE_NAME.notifications), store: createNotificationStore({ maxPerOwner: 3, maxTotal: 5 }) }).callback());
     try {
       const notify = async (userId: string, message: string) => {
-        const response = await fetch(`${server.url}/internal/notifications`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ userId, type: 'welcome', message }) });
+        const response = await fetch(`${server.url}/internal/notifications`, { method: 'POST', headers: { 'content-type': 'application/json', ...identityHeaders({ id: userId, role: 'user', email: '' }) }, body: JSON.stringify({ userId, type: 'welcome', message }) });
         expect(response.status).toBe(201);
       };
       const inbox = async (userId: string) => ((await (await fetch(`${server.url}/notifications`, { headers: identityHeaders({ id: userId, role: 'user', email: '' }) })).json()) as Notification[]).map((notification) => notification.message);

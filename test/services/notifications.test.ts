@@ -13,10 +13,17 @@ describe('notification-service on its own', () => {
   });
   afterAll(() => notifications.close());
 
-  function post(body: string, init: { contentType?: string; requestId?: string } = {}): Promise<Response> {
+  /**
+   * As order-service posts: for the caller its identity headers name, by default the body's userId (30 where the
+   * body has none a header can carry); `as: null` sends none.
+   */
+  function post(body: string, init: { contentType?: string; requestId?: string; as?: string | null } = {}): Promise<Response> {
+    const named = /"userId":"([0-9a-z-]{1,20})"/.exec(body)?.[1] ?? '30';
+    const callerId = init.as === undefined ? named : init.as;
+    const identity = callerId === null ? {} : { [HEADER.userId]: callerId, [HEADER.userRole]: 'user', [HEADER.userEmail]: `${callerId}@example.com` };
     return fetch(`${notifications.url}/internal/notifications`, {
       method: 'POST',
-      headers: { 'content-type': init.contentType ?? 'application/json', [HEADER.requestId]: init.requestId ?? nextRequestId() },
+      headers: { 'content-type': init.contentType ?? 'application/json', [HEADER.requestId]: init.requestId ?? nextRequestId(), ...identity },
       body,
     });
   }
@@ -45,6 +52,20 @@ describe('notification-service on its own', () => {
     await post(JSON.stringify({ userId: '20', type: 'order.created', message: 'second', orderId: 'o-2' }));
     expect((await inbox('20')).map((n) => n.message)).toEqual(['first', 'second']);
     expect((await inbox('21')).map((n) => n.message)).toEqual(['for someone else']);
+  });
+
+  // The body is not signed: a signed call replayed with another userId wrote into that user's notifications.
+  it('stores a notification only for the caller the identity headers name (403 not_the_caller otherwise, 401 with none)', async () => {
+    const forAlice = JSON.stringify({ userId: '40', type: 'order.created', message: 'not from Alice' });
+    const other = await post(forAlice, { as: '41' });
+    expect(other.status).toBe(403);
+    expect(await other.json()).toMatchObject({ status: 403, code: 'not_the_caller' });
+    const anonymous = await post(forAlice, { as: null });
+    expect(anonymous.status).toBe(401);
+    expect(await anonymous.json()).toMatchObject({ status: 401, code: 'missing_identity' });
+    expect(await inbox('40')).toEqual([]);
+    expect((await post(forAlice)).status).toBe(201);
+    expect((await inbox('40')).map((n) => n.message)).toEqual(['not from Alice']);
   });
 
   it('answers an empty list to a user with no notifications', async () => {
