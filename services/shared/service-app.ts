@@ -268,6 +268,10 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
   // Every JSON media type (`application/json`, `application/*+json`), not only the parser's own short list.
   const parseBody = bodyParser({ enableTypes: ['json'], detectJSON: (ctx) => typeof ctx.request.is(JSON_BODY_TYPES) === 'string', jsonLimit: options.bodyLimitBytes ?? 1024 * 1024, encoding: 'utf-8' });
   app.use(async function readBody(ctx, next) {
+    // Only for a request a route takes: a wrong method or path is the router's 405 or 404 (with Allow), which a
+    // body check before it turned into 415 or 400 (a `PUT /orders` with text), and a wrong-method JSON body was
+    // parsed for nothing. Node discards the unread body after the answer.
+    if (!options.router.match(ctx.path, ctx.method).route) return next();
     // The parser skips a body it does not read (text, a form, one without a Content-Type), which a route then
     // saw as no body: a 400 about missing fields the client did send. An empty body (`Content-Length: 0`) is none.
     const hasBody = (ctx.request.length ?? 0) > 0 || ctx.req.headers['transfer-encoding'] !== undefined;

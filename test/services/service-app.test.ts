@@ -78,6 +78,17 @@ describe('the services\' shared app', () => {
     expect([response.status, await response.json()]).toEqual([200, { a: 1 }]);
   });
 
+  // The body was judged before routing: a wrong method with a text body was 415, with broken JSON 400, a path no
+  // route serves with a body over the limit 413.
+  it.each([
+    { desc: 'a PUT with a text body to a route that takes POST', method: 'PUT', path: '/things', contentType: 'text/plain', body: 'x', status: 405, allow: 'POST' },
+    { desc: 'a POST with broken JSON to a route that takes GET', method: 'POST', path: '/things/1', contentType: 'application/json', body: '{', status: 405, allow: 'HEAD, GET' },
+    { desc: 'a POST of 2 MiB of JSON to a path no route serves', method: 'POST', path: '/nothing', contentType: 'application/json', body: `[${'1,'.repeat(1024 * 1024)}1]`, status: 404, allow: null },
+  ])('answers $desc with the router\'s $status, not a verdict on the body', async ({ method, path, contentType, body, status, allow }) => {
+    const response = await fetch(`${server.url}${path}`, { method, headers: { 'content-type': contentType }, body });
+    expect([response.status, response.headers.get('allow')]).toEqual([status, allow]);
+  });
+
   it('takes a POST without a body, whatever its Content-Type says', async () => {
     const response = await fetch(`${server.url}/things`, { method: 'POST', headers: { 'content-type': 'text/plain' } });
     expect(response.status).toBe(200);
