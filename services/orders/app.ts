@@ -74,10 +74,22 @@ export function createApp(options: OrdersAppOptions): Koa {
       status = response.statusCode;
       await response.body.dump();
     } catch (error) {
+      // A hung service is told apart from a down one, as the gateway tells 504 from 502 (callService's deadline
+      // aborts with a TimeoutError).
+      if ((error as { name?: unknown }).name === 'TimeoutError') {
+        logger.error('user-service did not answer in time', { error: (error as Error).message });
+        throw new ServiceError(504, 'dependency_timeout', 'The users service did not answer in time.');
+      }
       logger.error('user-service unreachable', { error: (error as Error).message });
       throw new ServiceError(503, 'dependency_unavailable', 'The users service is unavailable; try again.');
     }
     if (status === 404) throw new ServiceError(403, 'unknown_user', 'Your account no longer exists.');
+    // Any other refusal is of this service's own call (its signature: keys or clocks apart), which no retry of the
+    // client's mends: 502, not a 503 inviting one.
+    if (status >= 400 && status < 500) {
+      logger.error('user-service refused the call', { status });
+      throw new ServiceError(502, 'dependency_refused', `The users service refused this service's call (${status}).`);
+    }
     if (status < 200 || status >= 300) throw new ServiceError(503, 'dependency_unavailable', `The users service answered ${status}.`);
   }
 

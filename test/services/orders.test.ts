@@ -205,6 +205,25 @@ describe('order-service on its own', () => {
     expect(notifications.requests).toHaveLength(told);
   });
 
+  // Both were 503 dependency_unavailable with Retry-After: 1, the answer to a refused connection.
+  it.each([
+    { desc: 'user-service does not answer within the call deadline (3 s)', answer: (_res: http.ServerResponse) => undefined, status: 504, code: 'dependency_timeout' },
+    { desc: "user-service refuses order-service's call (401: its signature)", answer: (res: http.ServerResponse) => void res.writeHead(401, { 'content-type': 'application/json' }).end('{}'), status: 502, code: 'dependency_refused' },
+  ])('answers $status $code when $desc, and stores no order', async ({ answer, status, code }) => {
+    const usersStandIn = await listen((_req, res) => answer(res));
+    const ordersToIt = await listen(createOrdersApp({ logger: memoryLogger(SERVICE_NAME.orders).logger, usersUrl: usersStandIn.url, notificationsUrl: notifications.url }).callback());
+    try {
+      const requestId = nextRequestId();
+      const response = await call(ordersToIt, 'POST', '/orders', { caller: BOB, json: { items: [{ sku: 'hammer', quantity: 1 }] }, requestId });
+      expect(response.headers.get('retry-after')).toBeNull();
+      await expectProblem(response, status, code, requestId);
+      expect(await ordersOf(ordersToIt, BOB)).toEqual([]);
+    } finally {
+      await ordersToIt.close();
+      await usersStandIn.close();
+    }
+  }, 15_000);
+
   it('still creates the order (201) when notification-service is down', async () => {
     const response = await call(ordersWithoutNotifications, 'POST', '/orders', { caller: BOB, json: { items: [{ sku: 'hammer', quantity: 3 }] } });
     expect(response.status).toBe(201);
