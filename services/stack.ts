@@ -117,6 +117,13 @@ function start(member: Member): void {
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   children.set(member.name, child);
+  // A spawn that failed (EAGAIN, EMFILE, EACCES) emits 'error' and never 'exit': unheard, the launcher died of it
+  // and the members already started stayed up on their ports. One that never ran has nothing to wait for.
+  child.on('error', (error) => {
+    if (child.pid === undefined) children.delete(member.name);
+    process.stderr.write(`stack: ${member.name} failed (${error.message}); stopping the others\n`);
+    void stop(1);
+  });
   child.once('exit', (code, signal) => {
     children.delete(member.name);
     if (!stopping) {
