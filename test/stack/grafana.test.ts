@@ -174,6 +174,12 @@ describe('Grafana provisioning', () => {
       expect(doc.apiVersion).toBe(1);
       expect(unknownKeys(doc, GRAFANA_DASHBOARD_PROVIDER_FILE)).toEqual([]);
     });
+
+    it("gives its folder a uid no dashboard has (folders and dashboards share one uid space: Grafana refuses to save a dashboard over a folder's uid)", () => {
+      const folderUids = asList(asMap(readYaml(file), file).providers, 'providers').map((provider) => asMap(provider, 'providers[]').folderUid);
+      const dashboardUids = dashboards.map(({ dashboard }) => dashboard.uid);
+      expect(folderUids.filter((uid) => dashboardUids.includes(uid as string))).toEqual([]);
+    });
   });
 });
 
