@@ -35,7 +35,8 @@ COPY package.json gateway.config.json ./
 COPY proto ./proto
 # `node` (uid 1000) ships with the official image.
 USER node
-EXPOSE 3000 4001 4002 4003
+# The gateway, the three services, the gateway's metrics listener and notification-service's gRPC port.
+EXPOSE 3000 4001 4002 4003 9464 50053
 # The telemetry bootstrap is preloaded so http, koa and winston are patched before the app requires them.
 # --max-semi-space-size=16: V8 otherwise lets the young generation grow to ~100 MB under load. The earlier cap of 8
 # made the traced gateway scavenge twice as often, copying the same in-flight requests and span batches each time and
