@@ -89,11 +89,8 @@ export function isServiceInternal(key: string): boolean {
   return key === '/internal' || key.startsWith('/internal/') || key.startsWith('/internal.');
 }
 
-/** Where a route sends its requests on the service: its root (`""`) or a path prefix, never under `/internal`. */
-const upstreamPath = z.union([
-  z.literal(''),
-  pathPrefix.refine((p) => !isServiceInternal(p.toLowerCase()), 'must not be under /internal: the services\' own endpoints are never routed to'),
-]);
+/** Where a route sends its requests on the service: its root (`""`) or a path prefix (not under `/internal` for an HTTP route: crossFieldRules). */
+const upstreamPath = z.union([z.literal(''), pathPrefix]);
 
 /**
  * A path clients are routed by: a path prefix none of whose segments ends in `.`, since the gateway refuses every
@@ -638,6 +635,10 @@ function crossFieldRules(config: z.output<typeof configFields>, ctx: Pick<z.Refi
     const prefixKey = route.exact ? `${route.prefix.toLowerCase()} (exact)` : route.prefix.toLowerCase();
     if (seenPrefixes.has(prefixKey) || reservedPaths.has(route.prefix.toLowerCase())) {
       ctx.addIssue({ code: 'custom', path: ['routes', index, 'prefix'], message: 'is already taken', input: route.prefix });
+    }
+    // A gRPC route's upstream path is matched against its proto's HTTP rules, and its calls go to the gRPC port.
+    if (route.grpc === undefined && isServiceInternal(route.upstreamPath.toLowerCase())) {
+      ctx.addIssue({ code: 'custom', path: ['routes', index, 'upstreamPath'], message: "must not be under /internal: the services' own endpoints are never routed to", input: route.upstreamPath });
     }
     if (typeof route.auth === 'object' && route.auth.methods.includes('apiKey') && config.consumers.length === 0) {
       ctx.addIssue({ code: 'custom', path: ['routes', index, 'auth', 'methods'], message: 'accept apiKey but no consumers are declared', input: route.auth.methods });

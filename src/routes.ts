@@ -12,6 +12,11 @@ export interface CompiledRoute {
   readonly pool: UpstreamPool;
   readonly upstreamPath: string;
   /**
+   * An HTTP route to its service's root (`upstreamPath` ""): it would pass any path on, `/internal/...` too. A gRPC
+   * route's paths are its proto's HTTP rules, and its calls go to the gRPC port, never to `/internal`.
+   */
+  readonly forwardsAnyPath: boolean;
+  /**
    * The public path prefix the route takes off before forwarding, told to the service as `X-Forwarded-Prefix`
    * (strippedPrefixOf): `/api` for `/api/orders` -> `/orders`. Empty when the upstream path is not the public one
    * with a prefix taken off (`/api/auth/register` -> `/users`), or nothing is taken off.
@@ -93,6 +98,7 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
     service: route.service,
     pool: pools.get(route.service)!,
     upstreamPath: route.upstreamPath,
+    forwardsAnyPath: route.upstreamPath === '' && route.grpc === undefined,
     strippedPrefix: strippedPrefixOf(route.prefix, route.upstreamPath),
     exact: route.exact,
     // `HEAD` is a `GET` without the body (RFC 9110 9.3.2): whatever takes GET takes HEAD under the same rules.
@@ -155,14 +161,14 @@ export function compileRoutes(config: GatewayConfig, pools: ReadonlyMap<string, 
       const owned = ownerOf(key);
       if (!owned) return undefined;
       const { route } = owned;
-      if (route.methods ? !route.methods.has(method) : NOT_TAKEN_BY_DEFAULT.has(method)) {
-        return { kind: 'method_not_allowed', route, allowed: route.methods ? [...route.methods] : [...HTTP_METHODS] };
-      }
       const rest = owned.suffixed ? formatSuffix(rawPath, route.prefix) : restOf(rawPath, route.prefix);
       const upstreamPath = route.upstreamPath + rest;
       // A route to the service's root passes any path on, `/internal/...` too: none reaches the services' own
-      // endpoints (the config refuses an upstream path under it), so that one is no route's.
-      if (route.upstreamPath === '' && isServiceInternal(routeKey(upstreamPath))) return undefined;
+      // endpoints (the config refuses an upstream path under it), so that one is no route's, for every method.
+      if (route.forwardsAnyPath && isServiceInternal(routeKey(upstreamPath))) return undefined;
+      if (route.methods ? !route.methods.has(method) : NOT_TAKEN_BY_DEFAULT.has(method)) {
+        return { kind: 'method_not_allowed', route, allowed: route.methods ? [...route.methods] : [...HTTP_METHODS] };
+      }
       // A suffix on a route to the service's root (`upstreamPath` ""): `/.json`, never `.json`, which is no target
       // (undici refused it, and the refusal counted against the instance).
       return { kind: 'matched', route, upstreamPath: upstreamPath.startsWith('/') ? upstreamPath : `/${upstreamPath}` };

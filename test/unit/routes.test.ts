@@ -16,6 +16,9 @@ describe('route table', () => {
   const file = shippedConfigFile();
   (file.routes as unknown[]).push({ name: 'orders-admin', prefix: '/api/orders/admin', service: 'orders', upstreamPath: '/admin/orders', timeoutMs: 1234 });
   (file.routes as unknown[]).push({ name: 'root', prefix: '/api/root', service: 'orders', upstreamPath: '' });
+  (file.routes as unknown[]).push({ name: 'root-get', prefix: '/api/root-get', service: 'orders', upstreamPath: '', methods: ['GET'] });
+  // A gRPC route's paths are its proto's HTTP rules; its calls never reach a service's HTTP /internal.
+  (file.routes as unknown[]).push({ name: 'ops', prefix: '/api/ops', service: 'notifications', upstreamPath: '', grpc: { proto: 'proto/notifications.proto', service: 'koagateway.notifications.v1.Notifications' } });
   const config = parseConfig(file);
   const table = tableOf(config);
   const matched = (path: string, method = 'GET') => {
@@ -62,6 +65,19 @@ describe('route table', () => {
 
   it.each(['/api/root/internals', '/api/root/x/internal', '/api/root/internal-docs'])('still routes %s, which is not under /internal', (path) => {
     expect(matched(path, 'POST')?.route.name).toBe('root');
+  });
+
+  // The method was judged first: a 405 with Allow, where every other method got 404.
+  it('routes a path under /internal nowhere for a method the route does not take either', () => {
+    expect(table.match('/api/root-get/internal/credentials/verify', 'POST')).toBeUndefined();
+    expect(table.match('/api/root-get/internal/credentials/verify', 'GET')).toBeUndefined();
+  });
+
+  it('leaves a gRPC route to its proto, /internal paths and upstream paths included', () => {
+    expect(matched('/api/ops/internal/v1/stats')?.upstreamPath).toBe('/internal/v1/stats');
+    const grpcUnderInternal = shippedConfigFile();
+    (grpcUnderInternal.routes as unknown[]).push({ name: 'ops', prefix: '/api/ops', service: 'notifications', upstreamPath: '/internal/v1', grpc: { proto: 'proto/notifications.proto', service: 'koagateway.notifications.v1.Notifications' } });
+    expect(() => parseConfig(grpcUnderInternal)).not.toThrow();
   });
 
   it.each(['/internal', '/internal/credentials', '/Internal/notifications', '/INTERNAL'])('refuses a route whose upstreamPath is %s', (upstreamPath) => {
