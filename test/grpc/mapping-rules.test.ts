@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import { parseConfig } from '../../src/config';
-import { loadGrpcServiceMapping, parseQuery } from '../../src/grpc/http-rules';
+import { buildRequestMessage, loadGrpcServiceMapping, parseQuery } from '../../src/grpc/http-rules';
 import { compileGrpcRoutes } from '../../src/grpc/route-mappings';
 import { shippedConfigFile, TEST_JWT_SECRET } from '../helpers/test-config';
 import protobuf from 'protobufjs';
@@ -306,6 +306,19 @@ describe('JSON numbers as the client wrote them (a double between rounded some)'
     { desc: 'a bare number for the whole message', text: '1.5' },
   ])('refuses $desc (it was sent as another value, or answered 502)', ({ text }) => {
     expect(refusesBody(text)).toThrow(JsonMappingError);
+  });
+
+  // A path variable into the body's message (`{book.name=...}`, body "book") spread the number into an object:
+  // `book has no field "value"`, or, with fields named value and text, a message the client never sent.
+  it('refuses a number where the body binds a message a path variable reaches into', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'books-'));
+    const file = path.join(dir, 'books.proto');
+    writeFileSync(file, ['syntax = "proto3";', 'package books;', 'import "google/api/annotations.proto";', 'message Book { string name = 1; double value = 2; string text = 3; }', 'message UpdateBookRequest { Book book = 1; }', 'service Books {', '  rpc UpdateBook(UpdateBookRequest) returns (Book) { option (google.api.http) = { patch: "/v1/{book.name=books/*}" body: "book" }; }', '}', ''].join('\n'));
+    const found = loadGrpcServiceMapping(file, 'books.Books').find('PATCH', '/v1/books/b1');
+    if (found?.kind !== 'matched') throw new Error('the binding did not match');
+    const build = (text: string) => () => buildRequestMessage(found.binding, found.variables, parseJsonBody(text), new URLSearchParams());
+    expect(build('1.5')).toThrow(/must be an object/);
+    expect(build('{"value": 1.5}')().toJSON()).toEqual({ book: { name: 'books/b1', value: 1.5 } });
   });
 
   it('reads every number as JSON.parse does where its double is exact', () => {
