@@ -136,7 +136,8 @@ function start(member: Member): void {
 async function stop(exitCode: number): Promise<void> {
   if (stopping) return;
   stopping = true;
-  const exits = [...children.values()].map((child) => new Promise<void>((resolve) => child.once('exit', () => resolve())));
+  // A member whose spawn failed never exits: its 'error' ends its wait (several can fail in one start).
+  const exits = [...children.values()].map((child) => new Promise<void>((resolve) => child.once('exit', () => resolve()).once('error', () => child.pid === undefined && resolve())));
   for (const child of children.values()) child.kill('SIGTERM');
   const killTimer = setTimeout(() => {
     for (const child of children.values()) child.kill('SIGKILL');
