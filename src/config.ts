@@ -860,8 +860,12 @@ function envNameFor(keyPath: string, env: Env, missing: boolean): string | undef
 }
 
 function describe(value: unknown): string {
-  // A URL's password (`redis://:secret@host`) never reaches a log line or a reload answer, even in a refused value.
-  const text = (JSON.stringify(value) ?? String(value)).replace(/(\/\/[^/?#@\s:]*:)[^/?#@\s]*@/g, '$1***@');
+  // A URL's password (`redis://:secret@host`) never reaches a log line or a reload answer, even in a refused value:
+  // whatever stands between the user's `:` and the last `@` (a pasted base64 password holds `/`, `+`, `?` or `#`,
+  // and the URL is refused for them), and a `password=` option in the query (ioredis reads one).
+  const text = (JSON.stringify(value) ?? String(value))
+    .replace(/(\/\/[^/?#@\s:"]*:)[^\s"]*@/g, '$1***@')
+    .replace(/([?&]password=)[^&#"\s]*/gi, '$1***');
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
@@ -883,7 +887,7 @@ const GUESSABLE_RULE = `is ${GUESSABLE_SECRET_RULE}`;
  * Keys whose values are secrets: never echoed in an error, not even a wrong one. A key's `hash` is no secret, but
  * the key `npm run apikey` prints above it, pasted in its place, is one, and it was echoed whole in the refusal.
  */
-const SECRET_KEY_PATHS: readonly RegExp[] = [/^auth\.secret$/, /^proxy\.signingKey$/, /^consumers\.\d+\.keys\.\d+\.hash$/];
+const SECRET_KEY_PATHS: readonly RegExp[] = [/^auth\.secret$/, /^proxy\.signingKey$/, /^consumers\.\d+\.keys(?:\.|$)/];
 
 interface ConfigIssue {
   path: PropertyKey[];

@@ -103,6 +103,9 @@ describe('checkReload', () => {
     { desc: 'a Redis URL of another scheme', env: { REDIS_URL: 'http://gateway:hunter2-redis-password@redis.internal:6379' } },
     { desc: 'a Redis URL with a password only', env: { REDIS_URL: 'redis//:hunter2-redis-password@redis:6379' } },
     { desc: 'a service URL with credentials and a path', env: { USER_SERVICE_URL: 'ftp://svc:hunter2-redis-password@users/x' } },
+    // Pasted from `openssl rand -base64` without encoding: its `/`, `+` and `#` make the URL unparseable.
+    { desc: 'a Redis URL whose password holds a slash and a hash', env: { REDIS_URL: 'redis://:hunter2/redis+password#x@redis:6379' } },
+    { desc: 'a Redis URL with the password in the query', env: { REDIS_URL: 'rediss//redis:6379?db=0&password=hunter2-redis-password' } },
   ])('never puts the password of a refused URL ($desc) in the log line or the reason', ({ env }) => {
     const { logger, lines } = memoryLogger('gateway');
     const check = checkReload(running, () => parseConfig(shippedConfigFile(), { JWT_SECRET: TEST_JWT_SECRET, ...env }), logger);

@@ -81,6 +81,23 @@ describe('consumers in the config', () => {
     }
   });
 
+  // Reported at consumers.0.keys.0 or consumers.0.keys, the key pasted as an entry or as the list was shown whole.
+  it.each([
+    { desc: 'as a list entry', keys: [KEY] },
+    { desc: 'as the list', keys: KEY },
+  ])('never echoes a key pasted $desc', ({ keys }) => {
+    const refusal = (() => {
+      try {
+        parseConfig(withConsumers([{ id: 'a', role: 'r', keys }]));
+      } catch (error) {
+        return (error as Error).message;
+      }
+      return 'accepted';
+    })();
+    expect(refusal).toMatch(/^config: consumers\.0\.keys/);
+    expect(refusal).not.toContain(KEY.slice(4, 16));
+  });
+
   it.each([
     { desc: 'a route accepting apiKey with no consumers declared', file: () => ({ ...shippedConfigFile(), routes: route({ auth: { methods: ['apiKey'] } }) }), message: 'routes.0.auth.methods: accept apiKey but no consumers are declared' },
     { desc: 'an unknown auth method', file: () => withConsumers(declared, route({ auth: { methods: ['basic'] } })), message: 'routes.0.auth' },
