@@ -51,7 +51,13 @@ const LISTEN_FAILURES: Readonly<Record<string, string>> = {
   EADDRINUSE: 'is in use by another process',
   EACCES: 'is not permitted to this user (a port under 1024?)',
   EADDRNOTAVAIL: 'is not an address of this machine',
+  // A host name the config takes (`ADMIN_HOST=gateway-internal`) that does not resolve here.
+  ENOTFOUND: 'names a host that does not resolve',
+  EAI_AGAIN: 'names a host that could not be resolved now (DNS failed)',
 };
+
+/** Failures of the listener's address rather than its port. */
+const HOST_FAILURES = new Set(['EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN']);
 
 /** Listeners by the keys that choose their port and address. */
 const LISTENER_KEYS = {
@@ -74,7 +80,7 @@ async function listening<T>(keys: (typeof LISTENER_KEYS)[keyof typeof LISTENER_K
     const why = LISTEN_FAILURES[code];
     if (why === undefined) throw error;
     // The address is the host's fault, the rest the port's.
-    const key = code === 'EADDRNOTAVAIL' ? keys.host : keys.port;
+    const key = HOST_FAILURES.has(code) ? keys.host : keys.port;
     throw new Error(`${key}: ${host.includes(':') ? `[${host}]` : host}:${port} ${why} (${code})`, { cause: error });
   }
 }

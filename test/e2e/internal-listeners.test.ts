@@ -87,6 +87,15 @@ describe('internal listeners (process)', () => {
     expect(gateway.stderr()).toContain(`gateway: failed to start: ${key}: 127.0.0.1:${port} is in use by another process (EADDRINUSE)\n`);
   });
 
+  // The config takes a host name here; one that does not resolve failed with Node's bare `getaddrinfo ENOTFOUND`.
+  it('stops with exit code 1 and a line naming admin.host when ADMIN_HOST names a host that does not resolve', async () => {
+    const gateway = startGateway({ ...services(), PORT: '0', ADMIN_PORT: '0', ADMIN_HOST: 'no-such-host.invalid' });
+    child = gateway.child;
+    await new Promise((resolve) => gateway.child.once('close', resolve));
+    expect(gateway.child.exitCode).toBe(1);
+    expect(gateway.stderr()).toMatch(/gateway: failed to start: admin\.host \(ADMIN_HOST\): no-such-host\.invalid:\d+ names a host that (?:does not resolve|could not be resolved now)/);
+  });
+
   it('without METRICS_PORT, opens no metrics listener', async () => {
     const gateway = startGateway(services());
     child = gateway.child;
