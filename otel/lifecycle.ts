@@ -122,20 +122,7 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
     socket.destroy();
     return;
   }
-  const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
-  const tooSlow = error.code === 'ERR_HTTP_REQUEST_TIMEOUT';
-  const problem = withOwnHeaders(
-    tooLarge
-      ? { status: 431, title: 'Request header fields too large', code: 'headers_too_large', detail: 'The request headers are too large.' }
-      : tooSlow
-        ? REQUEST_TIMEOUT
-        : unknownMethod(error)
-          ? METHOD_NOT_IMPLEMENTED
-          : unsupportedVersion(error)
-            ? VERSION_NOT_SUPPORTED
-            : { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request could not be parsed as HTTP.' },
-    ownHeaders,
-  );
+  const problem = withOwnHeaders(parserProblem(error), ownHeaders);
   const inFlight = inFlightResponse(socket);
   // The request in flight was read whole: the error is in bytes after it (a malformed next request, data after
   // its `Connection: close`), not in it. Its answer goes out as it will (streaming or not yet begun), and the
@@ -178,6 +165,26 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
   const rejection = recordRejected({ status: problem.status, code: problem.code, method: problem.code === METHOD_NOT_IMPLEMENTED.code ? requestLineMethod(error) : undefined }, socket);
   endWithProblem(socket, answering(problem, rejection), rejection.requestId);
   rejection.record();
+}
+
+/** The answer to a request Node's parser or timers refused, by its error. */
+function parserProblem(error: NodeJS.ErrnoException): ServerProblem {
+  if (error.code === 'HPE_HEADER_OVERFLOW') return { status: 431, title: 'Request header fields too large', code: 'headers_too_large', detail: 'The request headers are too large.' };
+  if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') return REQUEST_TIMEOUT;
+  if (unknownMethod(error)) return METHOD_NOT_IMPLEMENTED;
+  if (unsupportedVersion(error)) return VERSION_NOT_SUPPORTED;
+  return { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request could not be parsed as HTTP.' };
+}
+
+/**
+ * An internal listener's (admin, metrics, the HTTP redirect) answer to what Node's parser or timers refused, and to
+ * CONNECT: problem+json with a request id, as the public listener answers, where Node wrote a bare `408` or `400`
+ * and closed a CONNECT without a word. Nothing is recorded: these listeners' requests are not the pipeline's.
+ */
+function answerInternalClientError(error: NodeJS.ErrnoException, socket: Socket): void {
+  // A client that left, or a request whose answer has begun (Node's own rule): nothing to write.
+  if (error.code === 'HPE_INVALID_EOF_STATE' || error.code === 'ECONNRESET' || !socket.writable || inFlightResponse(socket) !== undefined) return void socket.destroy();
+  endWithProblem(socket, parserProblem(error));
 }
 
 /**
@@ -775,7 +782,12 @@ export interface InternalListenerOptions {
    * handler sees it (servingHosts). Without it (the HTTPS redirect listener, which judges its own), neither.
    */
   servedHosts?: ServedHosts;
+  /** The slow-read bound (watchStalledSends), ms: `server.sendTimeoutMs`. Default DEFAULT_INTERNAL_SEND_TIMEOUT_MS. */
+  sendTimeoutMs?: number;
 }
+
+/** An internal listener's slow-read bound when none is given, ms (`server.sendTimeoutMs`'s default). */
+const DEFAULT_INTERNAL_SEND_TIMEOUT_MS = 10_000;
 
 export interface InternalListener {
   /** The bound address (useful with port 0). */
@@ -801,15 +813,31 @@ export async function listenInternal(handler: http.RequestListener, options: Int
   // Checked every second, as the public listener's: at Node's default (30 s) a connection that sent nothing, or a
   // head a few bytes at a time, was held up to 30 s past its bound, the redirect listener's 10,000 slots (which the
   // load balancer's probes need) a quarter as costly to fill.
-  const server = http.createServer({ headersTimeout: headersMs, requestTimeout: requestMs, keepAliveTimeout: keepAliveMs, connectionsCheckingInterval: Math.min(1000, headersMs) }, served);
+  // `requireHostHeader: false`: an HTTP/1.1 request without Host got Node's bare 400; servingHosts (or the redirect
+  // listener's own check) answers it as every other refusal here.
+  const server = http.createServer({ headersTimeout: headersMs, requestTimeout: requestMs, keepAliveTimeout: keepAliveMs, connectionsCheckingInterval: Math.min(1000, headersMs), requireHostHeader: false }, served);
   // No handler here reads a body: `Expect: 100-continue` gets the answer, never Node's 100 first. It invited the
   // upload, and over the HTTP redirect listener a client sent its login body in cleartext before reading the 308.
   // Any other expectation is answered by the handler as well (not Node's bare 417).
   server.on('checkContinue', (request: http.IncomingMessage, response: http.ServerResponse) => server.emit('request', request, response));
   server.on('checkExpectation', (request: http.IncomingMessage, response: http.ServerResponse) => server.emit('request', request, response));
+  server.on('clientError', answerInternalClientError);
+  server.on('connect', (_request: http.IncomingMessage, socket: Socket) => endWithProblem(socket, CONNECT_REFUSED));
   boundConnections(server, options.connections ?? { maxConnections: INTERNAL_MAX_CONNECTIONS });
+  // A client that stops reading an answer (a redirect's pipelined 308s, a scrape larger than the kernel's buffers)
+  // held its connection and slot for good: Node's timers end with the request, the keep-alive one starts after the
+  // answer. The public listener's sweep, here too.
+  const sockets = new Set<Socket>();
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  const stalledSends = watchStalledSends(sockets, options.sendTimeoutMs ?? DEFAULT_INTERNAL_SEND_TIMEOUT_MS);
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    server.once('error', (error) => {
+      clearInterval(stalledSends);
+      reject(error);
+    });
     server.listen(options.port, options.host, () => resolve());
   });
   const address = server.address();
@@ -818,6 +846,7 @@ export async function listenInternal(handler: http.RequestListener, options: Int
     url: urlOf(options.host, port),
     close: () =>
       new Promise<void>((resolve) => {
+        clearInterval(stalledSends);
         server.close(() => resolve());
         server.closeAllConnections();
       }),
@@ -840,7 +869,9 @@ export async function listenInternal(handler: http.RequestListener, options: Int
 function servingHosts(hosts: ServedHosts, handler: http.RequestListener): http.RequestListener {
   const misdirected: ServerProblem = { status: 421, title: 'Misdirected request', code: 'host_not_allowed', detail: `This listener answers requests for ${hosts.description} only.` };
   return function serveOwnHostsOnly(req, res) {
-    if (fieldLineCount(req.rawHeaders, 'host') > 1) return answerInternal(res, TWO_HOST_LINES);
+    const hostLines = fieldLineCount(req.rawHeaders, 'host');
+    if (hostLines > 1) return answerInternal(res, TWO_HOST_LINES);
+    if (hostLines === 0 && req.httpVersion === '1.1') return answerInternal(res, NO_HOST_LINE);
     const target = req.url ?? '';
     if (target.charCodeAt(0) !== 47 /* / */ && target !== '*') {
       const absolute = absoluteFormTarget(target);
@@ -854,6 +885,8 @@ function servingHosts(hosts: ServedHosts, handler: http.RequestListener): http.R
 }
 
 const NOT_A_TARGET: ServerProblem = { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request target must be a path (or an http or https URL without userinfo).' };
+
+const NO_HOST_LINE: ServerProblem = { status: 400, title: 'Bad request', code: 'bad_request', detail: 'An HTTP/1.1 request must carry a Host header field.' };
 
 const TWO_HOST_LINES: ServerProblem = { status: 400, title: 'Bad request', code: 'bad_request', detail: 'The request carries more than one Host field line.' };
 

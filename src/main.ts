@@ -198,7 +198,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   const adminListener =
     config.admin.port === undefined
       ? undefined
-      : await listening(LISTENER_KEYS.admin, config.admin.host, config.admin.port, listenAdmin({ callback: () => live.adminListener }, { port: config.admin.port, host: config.admin.host, timeouts }));
+      : await listening(LISTENER_KEYS.admin, config.admin.host, config.admin.port, listenAdmin({ callback: () => live.adminListener }, { port: config.admin.port, host: config.admin.host, timeouts, sendTimeoutMs: config.server.sendTimeoutMs }));
   if (adminListener) logger.info('admin listener started', { url: adminListener.url, endpoints: ['/health', '/ready', '/admin/config', '/admin/reload'] });
   // Also before the public listener, for the same reason; never on the public port (config refuses that).
   // In a cluster the primary serves the scrape, summing the workers' registries (src/workers.ts).
@@ -206,7 +206,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
   const metricsListener =
     config.metrics.port === undefined || metrics === undefined || worker
       ? undefined
-      : await listening(LISTENER_KEYS.metrics, config.metrics.host, config.metrics.port, listenMetrics(metrics, { port: config.metrics.port, host: config.metrics.host, timeouts, logger }));
+      : await listening(LISTENER_KEYS.metrics, config.metrics.host, config.metrics.port, listenMetrics(metrics, { port: config.metrics.port, host: config.metrics.host, timeouts, sendTimeoutMs: config.server.sendTimeoutMs, logger }));
   if (metricsListener) logger.info('metrics listener started', { url: metricsListener.url, endpoints: ['/metrics'] });
   // HTTPS with HTTP/2 when `tls` is set (src/tls.ts); rotated certificates are read again on SIGHUP, open connections kept.
   // A cluster worker serves the pair its primary read and hands it at each SIGHUP (src/workers.ts); it never reads the files.
@@ -256,7 +256,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
       LISTENER_KEYS.redirect,
       config.host,
       redirectHttpPort,
-      listenHttpsRedirect({ port: redirectHttpPort, host: config.host, httpsPort: Number(new URL(url).port || 443), allowedHosts: () => live.active().config.allowedHosts, health: live.listener, timeouts, connections: publicConnections() }),
+      listenHttpsRedirect({ port: redirectHttpPort, host: config.host, httpsPort: Number(new URL(url).port || 443), allowedHosts: () => live.active().config.allowedHosts, health: live.listener, timeouts, sendTimeoutMs: config.server.sendTimeoutMs, connections: publicConnections() }),
     );
     logger.info('https redirect listener started', { url: redirectListener.url, redirectsTo: url });
   }

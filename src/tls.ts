@@ -506,6 +506,8 @@ export interface RedirectListenerOptions {
   timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
   /** Bounds on its connections, as on the HTTPS listener (`server.maxConnections`, `server.maxConnectionsPerClient`). */
   connections?: ConnectionBounds;
+  /** The slow-read bound, ms (`server.sendTimeoutMs`). */
+  sendTimeoutMs?: number;
 }
 
 export interface RedirectListener {
@@ -558,5 +560,5 @@ export async function listenHttpsRedirect(options: RedirectListenerOptions): Pro
     res.writeHead(308, { location: `https://${hostname}${portSuffix}${url}`, 'content-length': '0' });
     res.end();
   };
-  return listenInternal(redirect, { port: options.port, host: options.host, timeouts: options.timeouts, connections: options.connections });
+  return listenInternal(redirect, { port: options.port, host: options.host, timeouts: options.timeouts, connections: options.connections, sendTimeoutMs: options.sendTimeoutMs });
 }

@@ -266,6 +266,30 @@ describe('admin listener', () => {
   });
 });
 
+// Node's timers end with the request and the keep-alive one starts once the answer is out: a client that pipelined
+// requests and read none of the answers held its connection (and slot) for good.
+describe('an internal listener and a client that stops reading', () => {
+  it('closes the connection once its answers have waited sendTimeoutMs unread', async () => {
+    const instance = await fakeInstance();
+    const apps = createGatewayApps(testConfig({ users: instance.url, orders: instance.url, notifications: instance.url }), { logger: memoryLogger('gateway').logger });
+    const admin = await listenAdmin(apps.admin, { port: 0, host: '127.0.0.1', timeouts: { headersMs: 60_000, requestMs: 60_000, keepAliveMs: 60_000 }, sendTimeoutMs: 300 });
+    const socket = net.connect(Number(new URL(admin.url).port), '127.0.0.1');
+    try {
+      await new Promise((resolve) => socket.once('connect', resolve));
+      socket.pause();
+      let closed = false;
+      socket.once('close', () => (closed = true)).on('error', () => undefined);
+      // Far more answer than loopback's buffers take (each answer is a few hundred bytes, 100,000 of them).
+      socket.write('GET /admin/config HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'.repeat(100_000));
+      await waitFor(() => closed, 'the listener to close the connection', 10_000);
+    } finally {
+      socket.destroy();
+      await admin.close();
+      await instance.close();
+    }
+  }, 20_000);
+});
+
 // RFC 9112 3.2 (one Host field line, else 400) and 3.2.2 (a server accepts the absolute form, whose authority
 // stands for Host). The admin listener answered 200 to two Host lines, and served `GET http://attacker.example/ready`
 // with a loopback Host: the DNS-rebinding check judged Host, not the authority the target named.
@@ -306,13 +330,17 @@ describe('the admin listener (listenAdmin): one authority per request', () => {
     { desc: 'an absolute-form target with userinfo before a rebinding name', line: 'GET http://x@attacker.example/admin/config HTTP/1.1', hosts: ['Host: 127.0.0.1'], status: 400 },
     { desc: 'an absolute-form target of another scheme', line: 'GET ftp://attacker.example/admin/config HTTP/1.1', hosts: ['Host: 127.0.0.1'], status: 400 },
     { desc: 'two Host field lines of one value', line: 'GET /health HTTP/1.1', hosts: ['Host: 127.0.0.1', 'host: 127.0.0.1'], status: 400 },
-  ])('answers $status to $desc', async ({ line, hosts, status }) => {
+    // Node answered these itself, a bare status line without a body or id, and closed a CONNECT without a word.
+    { desc: 'an HTTP/1.1 request without Host', line: 'GET /health HTTP/1.1', hosts: [], status: 400 },
+    { desc: 'a request line the parser refuses', line: 'GET /he alth HTTP/1.1', hosts: ['Host: 127.0.0.1'], status: 400 },
+    { desc: 'a CONNECT', line: 'CONNECT 127.0.0.1:443 HTTP/1.1', hosts: ['Host: 127.0.0.1:443'], status: 405, code: 'method_not_allowed' },
+  ])('answers $status to $desc', async ({ line, hosts, status, code }) => {
     const answer = await raw(line, hosts);
     expect(answer.status).toBe(status);
     if (status === 200) return;
     expect(answer.head).toContain('content-type: application/problem+json');
     const problem = JSON.parse(answer.body) as { status: number; code: string; requestId: string };
-    expect(problem).toMatchObject({ status, code: status === 421 ? 'host_not_allowed' : 'bad_request' });
+    expect(problem).toMatchObject({ status, code: code ?? (status === 421 ? 'host_not_allowed' : 'bad_request') });
     expect(answer.head).toContain(`x-request-id: ${problem.requestId.toLowerCase()}`);
   });
 });
