@@ -87,24 +87,24 @@ function encodeValue(value: string): string {
 }
 
 /**
- * A `baggage` header (several header fields are one list) as entries, as many as formatBaggage will send (180, and
- * 8192 bytes as sent); a repeated key keeps its first value.
+ * A `baggage` header (several header fields are one list) as entries in their order, as many as formatBaggage will
+ * send (180, and 8192 bytes as sent); a repeated key keeps its first value. A Map, not an object: an object lists
+ * keys that look like array indexes (`0`, `42`) before all others, whatever their order in the header.
  */
-export function parseBaggage(header: string | readonly string[]): Record<string, BaggageEntry> {
-  // No prototype: a `__proto__` key is a key like any other.
-  const entries = Object.create(null) as Record<string, BaggageEntry>;
+export function parseBaggage(header: string | readonly string[]): Map<string, BaggageEntry> {
+  const entries = new Map<string, BaggageEntry>();
   let members = 0;
   let length = 0;
   for (const raw of (typeof header === 'string' ? header : header.join(',')).split(',')) {
     const member = trimOws(raw);
     if (member === '') continue;
     const parsed = parseMember(member);
-    if (parsed === undefined || parsed[0] in entries) continue;
+    if (parsed === undefined || entries.has(parsed[0])) continue;
     // Counted as it will be sent (the Limits are the resulting baggage-string's), not as received: `k = v` and a
     // needless `%41` for `A` go on as `k=v` and `A`, so 64 members sent under 8192 bytes all fit here too.
     const added = sentMember(parsed[0], parsed[1])!.length + (members > 0 ? 1 : 0);
     if (length + added > MAX_BAGGAGE_LENGTH) continue;
-    entries[parsed[0]] = parsed[1];
+    entries.set(parsed[0], parsed[1]);
     length += added;
     if (++members === MAX_BAGGAGE_MEMBERS) break;
   }
@@ -188,6 +188,45 @@ export class OneEntryBaggage implements Baggage {
   }
 }
 
+/**
+ * Baggage whose entries keep the order they were given in, which the API's `createBaggage` (an object's entries)
+ * does not for keys that look like array indexes: a trusted client's `0=a,1=b,...` came before the gateway's
+ * `request.id`, and at 180 members or 8192 bytes pushed it out of what the services receive. Otherwise it answers
+ * as the API's BaggageImpl does (a copy from getEntry, a new baggage from every change).
+ */
+export class OrderedBaggage implements Baggage {
+  constructor(private readonly entries: ReadonlyMap<string, BaggageEntry>) {}
+
+  getEntry(key: string): BaggageEntry | undefined {
+    const entry = this.entries.get(key);
+    return entry === undefined ? undefined : { ...entry };
+  }
+
+  getAllEntries(): [string, BaggageEntry][] {
+    return [...this.entries];
+  }
+
+  setEntry(key: string, entry: BaggageEntry): Baggage {
+    return new OrderedBaggage(new Map(this.entries).set(key, entry));
+  }
+
+  removeEntry(key: string): Baggage {
+    const entries = new Map(this.entries);
+    entries.delete(key);
+    return new OrderedBaggage(entries);
+  }
+
+  removeEntries(...keys: string[]): Baggage {
+    const entries = new Map(this.entries);
+    for (const key of keys) entries.delete(key);
+    return new OrderedBaggage(entries);
+  }
+
+  clear(): Baggage {
+    return new OrderedBaggage(new Map());
+  }
+}
+
 /** The W3C Baggage propagator every process registers (trace-context-propagator.ts createTextMapPropagator). */
 export class BaggagePropagator implements TextMapPropagator {
   inject(context: Context, carrier: unknown, setter: TextMapSetter): void {
@@ -201,7 +240,7 @@ export class BaggagePropagator implements TextMapPropagator {
     const header = getter.get(carrier, HEADER.baggage);
     if (header === undefined || header.length === 0) return context;
     const entries = parseBaggage(header);
-    return Object.keys(entries).length === 0 ? context : propagation.setBaggage(context, propagation.createBaggage(entries));
+    return entries.size === 0 ? context : propagation.setBaggage(context, new OrderedBaggage(entries));
   }
 
   fields(): string[] {

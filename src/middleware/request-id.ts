@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { context, propagation, trace, type Baggage, type BaggageEntry } from '@opentelemetry/api';
 import type { Middleware } from 'koa';
-import { OneEntryBaggage } from '../../otel/baggage-propagator';
+import { OneEntryBaggage, OrderedBaggage } from '../../otel/baggage-propagator';
 import { isValidSpanContext } from '../../otel/gateway-tracer';
 import { ATTR, BAGGAGE_REQUEST_ID, HEADER } from '../../otel/wire-names';
 
@@ -58,9 +58,8 @@ export function createRequestId(options: RequestIdOptions = {}): Middleware {
 
 /** `request.id` = `id`, then the client's entries in their order (its own `request.id` dropped). */
 function requestIdFirst(inbound: Baggage, id: string): Baggage {
-  // No prototype: a client's `__proto__` entry is an entry like any other.
-  const entries: Record<string, BaggageEntry> = Object.create(null) as Record<string, BaggageEntry>;
-  entries[BAGGAGE_REQUEST_ID] = { value: id };
-  for (const [key, entry] of inbound.getAllEntries()) if (key !== BAGGAGE_REQUEST_ID) entries[key] = entry;
-  return propagation.createBaggage(entries);
+  // A Map, in order: an object (the API's createBaggage) put a client's `0`, `1`, ... keys before request.id.
+  const entries = new Map<string, BaggageEntry>([[BAGGAGE_REQUEST_ID, { value: id }]]);
+  for (const [key, entry] of inbound.getAllEntries()) if (key !== BAGGAGE_REQUEST_ID) entries.set(key, entry);
+  return new OrderedBaggage(entries);
 }

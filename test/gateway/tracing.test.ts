@@ -195,6 +195,9 @@ describe('gateway spans', () => {
   it.each([
     { desc: '180 entries', requestId: 'full-baggage-1', baggage: () => Array.from({ length: 180 }, (_, i) => `k${i}=v`).join(',') },
     { desc: 'nearly 8192 bytes', requestId: 'full-baggage-2', baggage: () => Array.from({ length: 40 }, (_, i) => `k${i}=${'v'.repeat(200)}`).join(',') },
+    // Keys that look like array indexes came first out of an object, before request.id, and crowded it out.
+    { desc: '180 entries with numeric keys', requestId: 'full-baggage-3', baggage: () => Array.from({ length: 180 }, (_, i) => `${i}=v`).join(',') },
+    { desc: 'one entry with a numeric key of nearly 8192 bytes', requestId: 'full-baggage-4', baggage: () => `0=${'v'.repeat(8150)}` },
   ])('keeps request.id in the baggage a service receives when a trusted client sends $desc of its own', async ({ requestId, baggage }) => {
     const response = await fetch(`${trusting.gateway.url}/api/users/1`, { headers: { authorization: `Bearer ${token}`, traceparent, baggage: baggage(), [HEADER.requestId]: requestId } });
     expect(response.status).toBe(200);
