@@ -6,8 +6,9 @@
 
 /** Query parameters whose values never reach a log (tokens in URLs are still tokens). */
 // `sig`: Azure SAS and other signed URLs; `jwt`, `session`, `pwd`, `credential`, `assertion` (SAML), `otp`: the
-// other names secrets travel under. A harmless name that contains one (`design`) is redacted too: only safer.
-const SECRET_QUERY_PARAM = /token|password|passwd|pwd|secret|key|code|sig|auth|jwt|session|credential|assertion|otp/i;
+// other names secrets travel under; `pass` (passphrase, pass), `sess` (PHPSESSID, sessid) and `ticket` (CAS service
+// tickets) too. A harmless name that contains one (`design`, `compass`) is redacted too: only safer.
+const SECRET_QUERY_PARAM = /token|pass|pwd|secret|key|code|sig|auth|jwt|sess|credential|assertion|otp|ticket/i;
 
 /** Decodings tried on a parameter name: enough for `%2574oken` (double-encoded) and a little more. */
 const MAX_NAME_DECODINGS = 3;

@@ -74,7 +74,7 @@ import { ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ATTR_SERVICE_NAME, ATTR_SERVICE_VERS
 import { createGatewayTracer, GATEWAY_SCHEMA_URL, GATEWAY_TRACER_NAME } from './gateway-tracer';
 import { recordedMethod, spanNameMethod } from './http-method';
 import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
-import { redactQuery } from './redact-url';
+import { redactQuery, redactUrl } from './redact-url';
 import { GrpcServerSpanStatusProcessor } from './grpc-server-span-status';
 import { RequestIdSpanProcessor } from './request-id-span-processor';
 import { createTextMapPropagator } from './trace-context-propagator';
@@ -334,7 +334,7 @@ export function sampler({ name, ratio }: SamplerConfig): Sampler {
 function otlpDestination(config: TelemetryConfig): string {
   const signals = [config.traces, config.logs, config.metrics].filter((s) => s.exporters.includes('otlp'));
   const origins = new Set(signals.map((s) => new URL(s.url).origin));
-  return origins.size === 1 ? [...origins][0]! : signals.map((s) => s.url).join(' / ');
+  return origins.size === 1 ? [...origins][0]! : signals.map((s) => redactUrl(s.url)).join(' / ');
 }
 
 function spanProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): SpanProcessor {

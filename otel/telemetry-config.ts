@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { redactUrl } from './redact-url';
 import { SERVICE_NAME, type ServiceName } from './wire-names';
 
 /**
@@ -325,11 +326,11 @@ function signalUrl(env: Env, signal: SignalVariable, resourcePath: string, warni
   const specific = value(env, specificVar);
   if (specific !== undefined) {
     if (isHttpUrl(specific)) return specific;
-    warnings.push(`${specificVar}="${specific}" is not an http(s) URL; using OTEL_EXPORTER_OTLP_ENDPOINT or the default`);
+    warnings.push(`${specificVar}="${redactUrl(specific)}" is not an http(s) URL; using OTEL_EXPORTER_OTLP_ENDPOINT or the default`);
   }
   let base = value(env, 'OTEL_EXPORTER_OTLP_ENDPOINT') ?? DEFAULT_ENDPOINT;
   if (!isHttpUrl(base)) {
-    warnings.push(`OTEL_EXPORTER_OTLP_ENDPOINT="${base}" is not an http(s) URL; using ${DEFAULT_ENDPOINT}`);
+    warnings.push(`OTEL_EXPORTER_OTLP_ENDPOINT="${redactUrl(base)}" is not an http(s) URL; using ${DEFAULT_ENDPOINT}`);
     base = DEFAULT_ENDPOINT;
   }
   return `${base.replace(/\/+$/, '')}/${resourcePath}`;

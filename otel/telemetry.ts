@@ -6,6 +6,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { MetricProducer } from '@opentelemetry/sdk-metrics';
 import type { PromClientMetricProducerOptions, PromClientRegistry } from './prom-client-otlp-bridge';
+import { redactUrl } from './redact-url';
 import { readTelemetryConfig, type TelemetryConfig } from './telemetry-config';
 import type { Telemetry } from './sdk';
 
@@ -152,7 +153,8 @@ export function describeDestination(config: TelemetryConfig): string {
     ['logs', config.logs],
     ['metrics', config.metrics],
   ] as const) {
-    if (settings.exporters.includes('otlp')) otlp.push(`${signal} to ${settings.url}`);
+    // An endpoint's user:password (http.request sends it as Basic auth) or `?api_key=` never reaches a log line.
+    if (settings.exporters.includes('otlp')) otlp.push(`${signal} to ${redactUrl(settings.url)}`);
     if (settings.exporters.includes('console')) parts.push(`prints ${signal} to stdout`);
     if (settings.exporters.length === 0) parts.push(`exports no ${signal}`);
   }

@@ -1,6 +1,7 @@
 import { webcrypto } from 'node:crypto';
 import { SignJWT, createLocalJWKSet, createRemoteJWKSet, customFetch, decodeProtectedHeader, jwksCache, jwtVerify, type ExportedJWKSCache, type FetchImplementation, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey, type JWTVerifyOptions } from 'jose';
 import { IDENTITY_CLAIM_LIMITS, IDENTITY_VALUE } from '../otel/wire-names';
+import { redactUrl } from '../otel/redact-url';
 import type { AuthenticatedUser } from './context';
 
 /** The only algorithm the gateway's own tokens use; verification accepts nothing else (no `none`). */
@@ -321,7 +322,8 @@ function providerKeyLookup(jwks: JwksOptions): {
       const code = (error as { code?: unknown }).code;
       if (typeof code === 'string' && TOKEN_FAULT_KEY_LOOKUP_CODES.has(code)) throw error;
       const why = typeof code === 'string' ? code : `${(error as Error).name}: ${(error as Error).message}`;
-      throw new TokenVerifierUnavailableError(`The identity provider's keys could not be fetched from ${jwks.url} (${why}).`, { cause: error });
+      // The URL as every logged URL is (a key-set URL may carry `?api_key=`): this message reaches the log and the span.
+      throw new TokenVerifierUnavailableError(`The identity provider's keys could not be fetched from ${redactUrl(jwks.url)} (${why}).`, { cause: error });
     }
   };
 }

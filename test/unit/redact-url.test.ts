@@ -22,6 +22,9 @@ describe('redactUrl (access-log query redaction)', () => {
     { desc: 'a credential', url: '/api/users?credential=SECRET123', expected: '/api/users?credential=REDACTED' },
     { desc: 'a SAML assertion', url: '/api/sso?SAMLAssertion=SECRET123', expected: '/api/sso?SAMLAssertion=REDACTED' },
     { desc: 'a one-time password', url: '/api/users?otp=123456', expected: '/api/users?otp=REDACTED' },
+    { desc: "PHP's session id", url: '/api/x?PHPSESSID=abc', expected: '/api/x?PHPSESSID=REDACTED' },
+    { desc: 'a passphrase', url: '/api/x?passphrase=hunter2', expected: '/api/x?passphrase=REDACTED' },
+    { desc: 'a CAS service ticket', url: '/api/sso?ticket=ST-1-xyz', expected: '/api/sso?ticket=REDACTED' },
     // Node's querystring, URLSearchParams and Koa split on `&` only: the value is `abc;def`, all of it a secret.
     { desc: 'a secret value holding a semicolon', url: '/api/users?password=abc;def&page=2', expected: '/api/users?password=REDACTED&page=2' },
     { desc: 'a secret after a semicolon, then more', url: '/api/users?a=1;token=abc;def', expected: '/api/users?a=1;token=REDACTED' },
