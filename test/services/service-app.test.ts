@@ -89,6 +89,20 @@ describe('the services\' shared app', () => {
     expect([response.status, response.headers.get('allow')]).toEqual([status, allow]);
   });
 
+  // /health is answered unsigned: the id a peer sent was echoed and logged whatever it was.
+  it.each([
+    { desc: '10 KB', id: 'r'.repeat(10_000) },
+    { desc: 'a space and a quote', id: 'a b"c' },
+    { desc: 'non-ASCII bytes', id: Buffer.from('idé', 'utf8').toString('latin1') },
+  ])('answers a request id of $desc with one of its own, logged in its place', async ({ id }) => {
+    const before = lines.length;
+    const response = await fetch(`${server.url}/health`, { headers: { [HEADER.requestId]: id } });
+    const minted = response.headers.get(HEADER.requestId);
+    expect(minted).toMatch(/^[0-9a-f]{32}$/);
+    await response.arrayBuffer();
+    expect(lines.slice(before).find((line) => line.message === 'request handled')).toMatchObject({ request_id: minted });
+  });
+
   it('takes a POST without a body, whatever its Content-Type says', async () => {
     const response = await fetch(`${server.url}/things`, { method: 'POST', headers: { 'content-type': 'text/plain' } });
     expect(response.status).toBe(200);
