@@ -1,4 +1,5 @@
 import { readTelemetryConfig, serviceNameFromEntryScript, type TelemetryConfig } from '../../otel/telemetry-config';
+import { describeDestination } from '../../otel/telemetry';
 import { SERVICE_NAME } from '../../otel/wire-names';
 
 const read = (env: Readonly<Record<string, string | undefined>>, entry = '/app/dist/services/users/main.js') =>
@@ -190,6 +191,13 @@ it.each([
     expected: { traces: { url: 'http://localhost:4318/v1/traces' } },
     warning: 'OTEL_EXPORTER_OTLP_ENDPOINT="collector:4318" is not an http(s) URL; using http://localhost:4318',
   },
+  // Printed as given, a password in it reached stderr.
+  {
+    desc: 'an endpoint of another scheme with credentials',
+    env: { OTEL_EXPORTER_OTLP_ENDPOINT: 'ftp://tenant:S3CRET@collector:4318' },
+    expected: { traces: { url: 'http://localhost:4318/v1/traces' } },
+    warning: 'OTEL_EXPORTER_OTLP_ENDPOINT="ftp://REDACTED@collector:4318" is not an http(s) URL; using http://localhost:4318',
+  },
   {
     desc: 'a malformed per-signal endpoint',
     env: { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'not a url', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318' },
@@ -295,4 +303,15 @@ it.each([
   const config = read(env);
   expect(config).toMatchObject(expected);
   expect(config.warnings).toEqual(warning === undefined ? [] : [warning]);
+});
+
+// An endpoint's user:password works (http.request sends it as Basic auth), and the start-up line printed it.
+describe('the start-up line naming where telemetry goes', () => {
+  it('names each signal endpoint without its credentials or secret query values', () => {
+    const config = readTelemetryConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'https://tenant:S3CRET@otlp.example.net', OTEL_EXPORTER_OTLP_LOGS_ENDPOINT: 'https://otlp.example.net/v1/logs?api_key=K3Y' }, '/app/dist/src/main.js', '1.0.0');
+    const line = describeDestination(config);
+    expect(line).toContain('traces to https://REDACTED@otlp.example.net/v1/traces');
+    expect(line).toContain('logs to https://otlp.example.net/v1/logs?api_key=REDACTED');
+    expect(line).not.toMatch(/S3CRET|K3Y/);
+  });
 });
