@@ -822,7 +822,11 @@ export async function listenInternal(handler: http.RequestListener, options: Int
   server.on('checkContinue', (request: http.IncomingMessage, response: http.ServerResponse) => server.emit('request', request, response));
   server.on('checkExpectation', (request: http.IncomingMessage, response: http.ServerResponse) => server.emit('request', request, response));
   server.on('clientError', answerInternalClientError);
-  server.on('connect', (_request: http.IncomingMessage, socket: Socket) => endWithProblem(socket, CONNECT_REFUSED));
+  server.on('connect', (_request: http.IncomingMessage, socket: Socket) => {
+    // Node takes its own error listener off a CONNECT's socket: a reset during the answer was an uncaught 'error'.
+    socket.on('error', () => socket.destroy());
+    endWithProblem(socket, CONNECT_REFUSED);
+  });
   boundConnections(server, options.connections ?? { maxConnections: INTERNAL_MAX_CONNECTIONS });
   // A client that stops reading an answer (a redirect's pipelined 308s, a scrape larger than the kernel's buffers)
   // held its connection and slot for good: Node's timers end with the request, the keep-alive one starts after the
@@ -834,11 +838,16 @@ export async function listenInternal(handler: http.RequestListener, options: Int
   });
   const stalledSends = watchStalledSends(sockets, options.sendTimeoutMs ?? DEFAULT_INTERNAL_SEND_TIMEOUT_MS);
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (error) => {
+    // Only a failure to listen stops the sweep: a later server error (an accept that hit EMFILE) must not.
+    const failedToListen = (error: Error) => {
       clearInterval(stalledSends);
       reject(error);
+    };
+    server.once('error', failedToListen);
+    server.listen(options.port, options.host, () => {
+      server.off('error', failedToListen);
+      resolve();
     });
-    server.listen(options.port, options.host, () => resolve());
   });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : options.port;

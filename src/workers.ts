@@ -486,7 +486,7 @@ export function runPrimary(options: PrimaryOptions): void {
   const scrape =
     metrics.port === undefined
       ? Promise.resolve(undefined)
-      : listenClusterMetrics({ port: metrics.port, host: metrics.host, timeouts: clientTimeouts(server), logger, servingWorkers, primary: primaryMetrics });
+      : listenClusterMetrics({ port: metrics.port, host: metrics.host, timeouts: clientTimeouts(server), sendTimeoutMs: server.sendTimeoutMs, logger, servingWorkers, primary: primaryMetrics });
   scrape.then(
     (listener) => {
       if (listener) logger.info('metrics listener started', { url: listener.url, endpoints: ['/metrics'], workers: count });
