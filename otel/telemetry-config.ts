@@ -320,17 +320,25 @@ function exportTarget(env: Env, signal: SignalVariable, resourcePath: string, wa
   return { exporters, protocol, url: signalUrl(env, signal, resourcePath, warnings) };
 }
 
+/**
+ * An endpoint refused as no URL, as a warning shows it: redactUrl's, and whatever stands between `://` and the last
+ * `@` (a pasted password holding `/`, `?` or `#` is what made it no URL, and redactUrl's userinfo stops at those).
+ */
+function shownEndpoint(text: string): string {
+  return redactUrl(text).replace(/^([a-z][a-z0-9+.-]*:\/\/)[^\s]*@/i, '$1REDACTED@');
+}
+
 /** The per-signal endpoint is used as is; the general one gets `/v1/<signal>` appended (OTLP exporter spec). */
 function signalUrl(env: Env, signal: SignalVariable, resourcePath: string, warnings: string[]): string {
   const specificVar = `OTEL_EXPORTER_OTLP_${signal}_ENDPOINT`;
   const specific = value(env, specificVar);
   if (specific !== undefined) {
     if (isHttpUrl(specific)) return specific;
-    warnings.push(`${specificVar}="${redactUrl(specific)}" is not an http(s) URL; using OTEL_EXPORTER_OTLP_ENDPOINT or the default`);
+    warnings.push(`${specificVar}="${shownEndpoint(specific)}" is not an http(s) URL; using OTEL_EXPORTER_OTLP_ENDPOINT or the default`);
   }
   let base = value(env, 'OTEL_EXPORTER_OTLP_ENDPOINT') ?? DEFAULT_ENDPOINT;
   if (!isHttpUrl(base)) {
-    warnings.push(`OTEL_EXPORTER_OTLP_ENDPOINT="${redactUrl(base)}" is not an http(s) URL; using ${DEFAULT_ENDPOINT}`);
+    warnings.push(`OTEL_EXPORTER_OTLP_ENDPOINT="${shownEndpoint(base)}" is not an http(s) URL; using ${DEFAULT_ENDPOINT}`);
     base = DEFAULT_ENDPOINT;
   }
   return `${base.replace(/\/+$/, '')}/${resourcePath}`;

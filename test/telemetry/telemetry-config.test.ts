@@ -198,6 +198,13 @@ it.each([
     expected: { traces: { url: 'http://localhost:4318/v1/traces' } },
     warning: 'OTEL_EXPORTER_OTLP_ENDPOINT="ftp://REDACTED@collector:4318" is not an http(s) URL; using http://localhost:4318',
   },
+  // A pasted password with a `/` makes the URL no URL, and hid it from redactUrl's userinfo.
+  {
+    desc: 'an endpoint whose password holds a slash',
+    env: { OTEL_EXPORTER_OTLP_ENDPOINT: 'https://tenant:S3/CRET@collector:4318' },
+    expected: { traces: { url: 'http://localhost:4318/v1/traces' } },
+    warning: 'OTEL_EXPORTER_OTLP_ENDPOINT="https://REDACTED@collector:4318" is not an http(s) URL; using http://localhost:4318',
+  },
   {
     desc: 'a malformed per-signal endpoint',
     env: { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'not a url', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318' },
