@@ -261,8 +261,10 @@ function setText(type: protobuf.Type, json: Record<string, unknown>, fields: rea
       return;
     }
     const child = takeField(current, node, field);
-    // A number in the body's place of a message (a JsonNumberText is an object too) is no message to set a field in.
-    if (child instanceof JsonNumberText) throw new JsonMappingError(`${type.name}.${pathKey(fields.slice(0, index + 1))} must be an object`);
+    // A scalar or list in the body's place of a message (a JsonNumberText is an object too) is no message to set a
+    // field in: replaced by {}, the body went unsent without a word. Unset and null are the field's default.
+    const isMessage = typeof child === 'object' && child !== null && !Array.isArray(child) && !(child instanceof JsonNumberText);
+    if (!isMessage && child !== undefined && child !== null) throw new JsonMappingError(`${type.name}.${pathKey(fields.slice(0, index + 1))} must be an object`);
     node = node[field.name] = typeof child === 'object' && child !== null && !Array.isArray(child) ? { ...(child as Record<string, unknown>) } : {};
     current = field.resolvedType as protobuf.Type;
   });

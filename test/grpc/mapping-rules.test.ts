@@ -317,7 +317,7 @@ describe('JSON numbers as the client wrote them (a double between rounded some)'
     const found = loadGrpcServiceMapping(file, 'books.Books').find('PATCH', '/v1/books/b1');
     if (found?.kind !== 'matched') throw new Error('the binding did not match');
     const build = (text: string) => () => buildRequestMessage(found.binding, found.variables, parseJsonBody(text), new URLSearchParams());
-    expect(build('1.5')).toThrow(/must be an object/);
+    for (const body of ['1.5', '5', '"x"', 'true', '[1]']) expect(build(body)).toThrow(/UpdateBookRequest\.book must be an object/);
     expect(build('{"value": 1.5}')().toJSON()).toEqual({ book: { name: 'books/b1', value: 1.5 } });
   });
 
