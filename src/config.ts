@@ -633,11 +633,12 @@ function crossFieldRules(config: z.output<typeof configFields>, ctx: Pick<z.Refi
     // An exact route may refine a prefix route of the same path (e.g. admin-only listing). Routes match
     // case-insensitively (src/routes.ts), so prefixes that differ only in case are the same prefix.
     const prefixKey = route.exact ? `${route.prefix.toLowerCase()} (exact)` : route.prefix.toLowerCase();
-    // With a format suffix too (`/health.v1`, `/ready.json`): routing takes those for the gateway's own paths
-    // (src/routes.ts isReserved), so such a route was never reached.
+    // An exact route at a gateway path with a format suffix too (`/health.v1`, `/ready.json`): routing takes that
+    // path for the gateway's own (src/routes.ts isReserved), so the route was never reached. A prefix route there
+    // still serves the paths below it.
     const lower = route.prefix.toLowerCase();
     const suffixDot = lower.indexOf('.', lower.lastIndexOf('/'));
-    if (seenPrefixes.has(prefixKey) || reservedPaths.has(lower) || (suffixDot !== -1 && reservedPaths.has(lower.slice(0, suffixDot)))) {
+    if (seenPrefixes.has(prefixKey) || reservedPaths.has(lower) || (route.exact && suffixDot !== -1 && reservedPaths.has(lower.slice(0, suffixDot)))) {
       ctx.addIssue({ code: 'custom', path: ['routes', index, 'prefix'], message: 'is already taken', input: route.prefix });
     }
     // A gRPC route's upstream path is matched against its proto's HTTP rules, and its calls go to the gRPC port.

@@ -117,8 +117,8 @@ describe('gateway config', () => {
     { desc: 'a route naming an unknown service', patch: (file: any) => (file.routes[1].service = 'billing'), message: /^config: routes\.1\.service: names no entry of services/ },
     { desc: 'two routes with the same prefix', patch: (file: any) => (file.routes[3].prefix = '/api/users'), message: /^config: routes\.3\.prefix: is already taken/ },
     // Routing takes these for the gateway's own paths (a format suffix): the route was never reached.
-    { desc: 'a route at /health with a format suffix', patch: (file: any) => (file.routes[3].prefix = '/health.v1'), message: /^config: routes\.3\.prefix: is already taken/ },
-    { desc: 'a route at the login path with a format suffix', patch: (file: any) => (file.routes[3].prefix = '/api/auth/login.json'), message: /^config: routes\.3\.prefix: is already taken/ },
+    { desc: 'an exact route at /health with a format suffix', patch: (file: any) => Object.assign(file.routes[3], { prefix: '/health.v1', exact: true }), message: /^config: routes\.3\.prefix: is already taken/ },
+    { desc: 'an exact route at the login path with a format suffix', patch: (file: any) => Object.assign(file.routes[3], { prefix: '/api/auth/login.json', exact: true }), message: /^config: routes\.3\.prefix: is already taken/ },
     { desc: 'a prefix with dot segments', patch: (file: any) => (file.routes[1].prefix = '/api/../users'), message: /^config: routes\.1\.prefix: must not contain dot segments/ },
     { desc: 'a prefix with a trailing slash', patch: (file: any) => (file.routes[1].prefix = '/api/users/'), message: /^config: routes\.1\.prefix: must be an absolute path/ },
     { desc: 'an unknown key (typo)', patch: (file: any) => (file.rateLimt = {}), message: /^config: \(root\): Unrecognized key/ },
