@@ -8,7 +8,7 @@ import { SERVICE_NAME } from '../../otel/wire-names';
 import { createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
 import { createBoundedStore, type BoundedStoreLimits } from '../shared/bounded-store';
 import { recordId } from '../shared/input-limits';
-import { callService, createServiceApp, identityOf, requireOwner, ServiceError, validBody, validParam, type Caller } from '../shared/service-app';
+import { callService, createServiceApp, identityOf, requestIdOf, requireOwner, ServiceError, validBody, validParam, type Caller } from '../shared/service-app';
 import { createNotificationsGrpcClient } from './notifications-client';
 
 export interface Order {
@@ -127,7 +127,7 @@ export function createApp(options: OrdersAppOptions): Koa {
   router.post('/orders', async function createOrder(ctx) {
     const owner = requireOwner(ctx);
     const { items } = validBody(ctx, newOrder);
-    const requestId = ctx.get('x-request-id');
+    const requestId = requestIdOf(ctx);
     // The caller the gateway vouched for goes on to user-service and notification-service, in calls signed here.
     const identity = identityOf(ctx);
     // A user's account must still exist; a consumer is vouched for by the gateway's registry alone.

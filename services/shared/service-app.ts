@@ -136,6 +136,14 @@ export interface ServiceAppOptions {
 }
 
 /** The identity the gateway vouched for in `ctx`'s request (absent headers as ''): what a call to another service carries on. */
+/** The request id each request is logged and answered under (logRequest decides it: the inbound one, or minted). */
+const requestIds = new WeakMap<Context, string>();
+
+/** The id this request goes by, for the calls it makes to other services ('' with none): never the raw header. */
+export function requestIdOf(ctx: Context): string {
+  return requestIds.get(ctx) ?? '';
+}
+
 export function identityOf(ctx: Context): SignedValues {
   return SIGNED_HEADERS.map((name) => ctx.get(name)) as unknown as SignedValues;
 }
@@ -210,6 +218,7 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     // logged whatever id a peer sent, 10 KB of it or with bytes a log reader trips on.
     const inbound = ctx.get(HEADER.requestId) || undefined;
     const requestId = problem === undefined && (inbound === undefined || isWellFormedRequestId(inbound)) ? inbound : mintRequestId();
+    if (requestId !== undefined) requestIds.set(ctx, requestId);
     if (requestId) ctx.set(HEADER.requestId, requestId);
     try {
       if (continueTraceContext && problem === undefined) await context.with(propagation.extract(context.active(), ctx.req.headers), next);

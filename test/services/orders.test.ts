@@ -224,6 +224,16 @@ describe('order-service on its own', () => {
     }
   }, 15_000);
 
+  // Orders answered and logged under an id of its own, but called the others with the raw header.
+  it('calls user-service and notification-service under the id it answers with, not a malformed one it was sent', async () => {
+    const response = await call(orders, 'POST', '/orders', { caller: BOB, json: { items: [{ sku: 'hammer', quantity: 1 }] }, requestId: 'a b"c' });
+    expect(response.status).toBe(201);
+    const minted = response.headers.get(HEADER.requestId)!;
+    expect(minted).toMatch(/^[0-9a-f]{32}$/);
+    expect(users.requests.at(-1)!.headers[HEADER.requestId]).toBe(minted);
+    expect(notifications.requests.at(-1)!.headers[HEADER.requestId]).toBe(minted);
+  });
+
   it('still creates the order (201) when notification-service is down', async () => {
     const response = await call(ordersWithoutNotifications, 'POST', '/orders', { caller: BOB, json: { items: [{ sku: 'hammer', quantity: 3 }] } });
     expect(response.status).toBe(201);
@@ -283,7 +293,8 @@ describe('order-service with telemetry off (the built service, as a process)', (
         NOTIF_SERVICE_URL: stubs.url,
         ...env(),
       });
-      const requestId = `trace-off-${notified}`;
+      // Well formed (isWellFormedRequestId): order-service mints its own for any other, and calls on under that.
+      const requestId = `trace-off-${notified.includes('gRPC') ? 'grpc' : 'http'}`;
       const signature = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'POST', target: '/orders' }, ALICE_SIGNED);
       const response = await fetch(`${orders.url}/orders`, {
         method: 'POST',
