@@ -31,6 +31,8 @@ export interface GatewayState {
   consumer?: Consumer;
   /** createCors: the gateway applied its CORS policy; upstream CORS headers must not override it. */
   corsApplied?: boolean;
+  /** The CORS policy refused this preflight (403 `forbidden`): no credential was judged, so no auth failure is counted. */
+  corsRefused?: boolean;
   /** onResponseClosed (src/response-closed.ts): what runs once the response is over, in order. */
   onResponseClosed?: (() => void)[];
   /** createRateLimiter: every limit policy this request met, most restrictive first, for the rate-limit fields. */

@@ -89,7 +89,10 @@ export function createCors(options: CorsOptions): Middleware {
     const allowed = policy !== undefined && (policy.anyOrigin || policy.origins.has(origin));
 
     if (preflightMethod) {
-      if (!allowed) throw new GatewayError('forbidden', `Cross-origin requests from ${origin} are not allowed here.`);
+      if (!allowed) {
+        ctx.state.corsRefused = true;
+        throw new GatewayError('forbidden', `Cross-origin requests from ${origin} are not allowed here.`);
+      }
       // The answer names what the preflight asked for: a cache must not give it to one that asked for other headers.
       if (policy.anyHeader) ctx.vary('Access-Control-Request-Headers');
       ctx.set({

@@ -61,7 +61,9 @@ export function createRequestMetrics(options: RequestMetricsOptions): Middleware
       const ended = performance.now();
       const series = requestSeries(method, scheme, route?.template ?? ctx.routerPath ?? METRIC_LABEL_VALUE.unmatchedRoute, sent ?? '', route ? route.name : '', errorType, errorCode ?? '');
       series.observe((ended - started) / 1000, spanContext, ended);
-      if (errorCode !== undefined) authFailure.get(errorCode)?.inc();
+      // A refused CORS preflight is a 403 `forbidden` too, but carries no credential: any page's visitors would
+      // raise the series that flags role violations.
+      if (errorCode !== undefined && ctx.state.corsRefused !== true) authFailure.get(errorCode)?.inc();
     });
     return next();
   };

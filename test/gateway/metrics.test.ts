@@ -308,6 +308,17 @@ describe('auth failures', () => {
     });
     expect(valueOf(m, `${DURATION}_count`, { http_request_method: 'GET', url_scheme: 'http', http_route: '/api/users', http_response_status_code: '403', gateway_route_name: 'users-directory', error_type: '', gateway_error_code: 'forbidden' })).toBe(1);
   });
+
+  // A refused preflight is a 403 `forbidden` without a credential in it: counted, any page's visitors raised the
+  // series that flags role violations.
+  it('does not count a refused CORS preflight, only the refused caller beside it', async () => {
+    const { gateway, metrics } = await start({ overrides: { cors: { origins: ['https://app.example'] } } });
+    const bob = await login(gateway.url, 'bob@example.com', 'builder');
+    const preflight = { method: 'OPTIONS', headers: { origin: 'https://evil.example', 'access-control-request-method': 'GET' } };
+    expect([await send(`${gateway.url}/api/orders`, preflight), await send(`${gateway.url}/api/users`, { headers: bearer(bob) })]).toEqual([403, 403]);
+    const m = await scrapeWhen(metrics.url, (e) => requestsCounted(e) === 3);
+    expect(valueOf(m, 'gateway_auth_failures_total', { error_type: 'forbidden' })).toBe(1);
+  });
 });
 
 describe('upstream attempts, retries and ejections', () => {
