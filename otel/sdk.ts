@@ -378,8 +378,9 @@ function logRecordProcessor(name: SignalConfig['exporters'][number], signal: Sig
 
 /**
  * One reader per exporter; each collects the SDK's instruments plus `producer`. OTLP goes through the SDK's own
- * metric exporters (the serializer's cost matters little once a minute); their temporality follows
- * OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE (default cumulative), which they read themselves.
+ * metric exporters (the serializer's cost matters little once a minute); the SDK instruments' temporality follows
+ * OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE (default cumulative), which the exporters read themselves. A
+ * producer's metrics are added as they come: the gateway's (the prom-client bridge) are always cumulative.
  */
 function metricReader(
   name: MetricsConfig['exporters'][number],
