@@ -329,7 +329,7 @@ export interface CachedResponse {
   staleIfErrorSeconds: number;
   /** RFC 5861 3: past its lifetime, how long it is answered at once while fetched again in the background, s. */
   staleWhileRevalidateSeconds: number;
-  /** The request header names the service's `Vary` lists, and the values the storing request had. */
+  /** The request header names the service's `Vary` lists, and digests of the values the storing request had (null: none). */
   vary: string[];
   varyValues: (string | null)[];
 }

@@ -1,3 +1,4 @@
+import { hash } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { trace } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
@@ -117,6 +118,15 @@ function keptHeaders(headers: Record<string, string | string[] | undefined>, now
  * storing request had of them (RFC 9111 4.1, as nginx's secondary key). Kept under its key alone, one variant
  * replaced the other: clients alternating `Accept-Encoding: gzip` and none took every answer from the service.
  */
+/**
+ * A `Vary`-named request header's value as an entry keeps it: a digest, compared for equality only. Kept as sent, a
+ * `Vary: Authorization` or `Vary: Cookie` entry put the caller's token or session cookie into the store (Redis) in
+ * plain text for the entry's life, where every other part of a key is hashed (cacheKey).
+ */
+function varyDigest(value: string | null): string | null {
+  return value === null ? null : hash('sha256', value, 'base64url');
+}
+
 function varyKey(key: CacheKey, names: readonly string[], values: readonly (string | null)[]): CacheKey {
   return { resource: key.resource, variant: cacheKey([key.variant, ...names.flatMap((name, index) => [name, values[index] ?? null])]) };
 }
@@ -473,13 +483,13 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     ]);
     const key: CacheKey = { resource, variant };
     // Not a copy varying on a look-alike name either (captureResponse stores none; a replica of an earlier version may have).
-    const matches = (entry: CachedResponse) => entry.vary.every((name, index) => heard(name) === entry.varyValues[index] && !twinned(name) && !isLookAlikeName(name));
+    const matches = (entry: CachedResponse) => entry.vary.every((name, index) => varyDigest(heard(name)) === entry.varyValues[index] && !twinned(name) && !isLookAlikeName(name));
     const lookup = async (): Promise<CachedResponse | undefined> => {
       const latest = await store.get(route.name, key);
       if (!latest || matches(latest)) return latest;
       if (latest.vary.length === 0) return undefined;
       // Another variant was stored last: this request's own, if stored, is under its values of the names Vary lists.
-      const own = await store.get(route.name, varyKey(key, latest.vary, latest.vary.map(heard)));
+      const own = await store.get(route.name, varyKey(key, latest.vary, latest.vary.map((name) => varyDigest(heard(name)))));
       return own && matches(own) ? own : undefined;
     };
 
@@ -769,7 +779,7 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
         storedAt: receivedAt,
         ...lifetime,
         vary,
-        varyValues: vary.map(options.heard),
+        varyValues: vary.map((name) => varyDigest(options.heard(name))),
       };
       chunks = undefined;
       pending = storeVariant(options.store, options.routeName, options.key, entry, options.since).then(() => undefined).finally(() => options.settled('stored'));

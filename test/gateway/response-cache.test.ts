@@ -430,13 +430,16 @@ describe('response cache', () => {
     expect(hitsFor(path)).toBe(3);
   });
 
-  it('counts the request header values an entry keeps for Vary against the route\'s byte budget', async () => {
-    // Small bodies, each stored with a 6 KiB User-Agent: 32 KiB hold four or five of them, not twelve.
+  // An entry keeps a digest of each Vary-named value (the value as sent was a caller's token or cookie in the store,
+  // and a 6 KiB User-Agent held 6 KiB of the route's budget per entry: 32 KiB kept four or five of these, not twelve).
+  it('keeps a digest of each request header value an entry varies on, not the value: a long one costs the byte budget nothing of its length', async () => {
     const userAgent = { 'user-agent': 'u'.repeat(6 * 1024) };
     const paths = Array.from({ length: 12 }, () => fresh('/api/budget', 'cc=max-age%3D60&vary=User-Agent'));
     for (const path of paths) expect((await send(stack.gateway.url, path, userAgent)).headers['x-cache']).toBe('MISS');
     expect((await send(stack.gateway.url, paths[11]!, userAgent)).headers['x-cache']).toBe('HIT');
-    expect((await send(stack.gateway.url, paths[0]!, userAgent)).headers['x-cache']).toBe('MISS');
+    expect((await send(stack.gateway.url, paths[0]!, userAgent)).headers['x-cache']).toBe('HIT');
+    // Told apart still: another User-Agent is another variant.
+    expect((await send(stack.gateway.url, paths[0]!, { 'user-agent': 'v'.repeat(6 * 1024) })).headers['x-cache']).toBe('MISS');
   });
 
   it('checks the route\'s authorization before answering from the cache', async () => {
@@ -1034,6 +1037,34 @@ describe('response cache shared through Redis', () => {
     // An update through one replica invalidates the copy for all of them.
     expect((await send(replica.url, path, host, 'DELETE')).headers['x-cache']).toBe('BYPASS');
     expect((await send(stack.gateway.url, path, host)).headers['x-cache']).toBe('MISS');
+  });
+
+  // Kept as sent, a `Vary: Authorization` or `Vary: Cookie` entry held the caller's token or session in Redis.
+  it('keeps no Vary-named header value in the store as sent, and still tells the variants apart', async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60&vary=X-Tenant-Key');
+    const secret = { 'x-tenant-key': 'tenant-secret-7f3a9c' };
+    const first = await send(stack.gateway.url, path, secret);
+    const again = await send(stack.gateway.url, path, secret);
+    const other = await send(stack.gateway.url, path, { 'x-tenant-key': 'another-tenant' });
+    expect([first.headers['x-cache'], again.headers['x-cache'], other.headers['x-cache']]).toEqual(['MISS', 'HIT', 'MISS']);
+    const redis = new Redis(MACHINE_REDIS);
+    try {
+      const keys = await redis.keys(`${prefix}:*`);
+      expect(keys.length).toBeGreaterThan(0);
+      const read = async (key: string): Promise<string> => {
+        const type = await redis.type(key);
+        if (type === 'hash') return Object.values(await redis.hgetallBuffer(key)).map((value) => value.toString('latin1')).join(' ');
+        if (type === 'string') return (await redis.getBuffer(key))?.toString('latin1') ?? '';
+        if (type === 'zset') return (await redis.zrange(key, 0, -1)).join(' ');
+        if (type === 'set') return (await redis.smembers(key)).join(' ');
+        if (type === 'list') return (await redis.lrange(key, 0, -1)).join(' ');
+        return '';
+      };
+      const stored = await Promise.all(keys.map(read));
+      expect(stored.join('\n')).not.toContain('tenant-secret-7f3a9c');
+    } finally {
+      redis.disconnect();
+    }
   });
 
   it('never answers from copies made for another service: a reload or a replica that points the route elsewhere starts afresh', async () => {
