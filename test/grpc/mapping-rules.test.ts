@@ -20,14 +20,18 @@ const roundTrip = (json: Record<string, unknown>) => messageToJson(everything, e
 // Which method a path goes to when several templates fit it: the reference matcher's (grpc-httpjson-transcoding, in
 // Envoy), segment by segment from the left, a literal before `*` before `**`. Sorted by literal counts, `/v1/x/y` went
 // to `{name=**}` and, at equal counts, the proto's order decided.
+/** A proto3 file of `lines` in a directory of its own (package `name`, google/api/annotations.proto imported): its path. */
+function protoFile(name: string, lines: readonly string[]): string {
+  const file = path.join(mkdtempSync(path.join(os.tmpdir(), `${name}-`)), `${name}.proto`);
+  writeFileSync(file, ['syntax = "proto3";', `package ${name};`, 'import "google/api/annotations.proto";', ...lines, ''].join('\n'));
+  return file;
+}
+
 describe('templates that compete for a path', () => {
   const competing = (templates: string[]) => {
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'precedence-'));
-    const file = path.join(dir, 'competing.proto');
     const rpcs = templates.map((template, index) => `  rpc M${index}(Fields) returns (google.protobuf.Empty) { option (google.api.http) = { get: "${template}" }; }`);
     const fields = 'message Fields { string name = 1; string a = 2; string b = 3; string p = 4; string id = 5; string rest = 6; }';
-    writeFileSync(file, ['syntax = "proto3";', 'package competing;', 'import "google/api/annotations.proto";', 'import "google/protobuf/empty.proto";', fields, 'service Competing {', ...rpcs, '}', ''].join('\n'));
-    return loadGrpcServiceMapping(file, 'competing.Competing');
+    return loadGrpcServiceMapping(protoFile('competing', ['import "google/protobuf/empty.proto";', fields, 'service Competing {', ...rpcs, '}']), 'competing.Competing');
   };
   it.each([
     { templates: ['/v1/{name=**}', '/v1/{a}/{b}'], path: '/v1/x/y', chosen: '/v1/{a}/{b}' },
@@ -311,9 +315,7 @@ describe('JSON numbers as the client wrote them (a double between rounded some)'
   // A path variable into the body's message (`{book.name=...}`, body "book") spread the number into an object:
   // `book has no field "value"`, or, with fields named value and text, a message the client never sent.
   it('refuses a number where the body binds a message a path variable reaches into', () => {
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'books-'));
-    const file = path.join(dir, 'books.proto');
-    writeFileSync(file, ['syntax = "proto3";', 'package books;', 'import "google/api/annotations.proto";', 'message Book { string name = 1; double value = 2; string text = 3; }', 'message UpdateBookRequest { Book book = 1; }', 'service Books {', '  rpc UpdateBook(UpdateBookRequest) returns (Book) { option (google.api.http) = { patch: "/v1/{book.name=books/*}" body: "book" }; }', '}', ''].join('\n'));
+    const file = protoFile('books', ['message Book { string name = 1; double value = 2; string text = 3; }', 'message UpdateBookRequest { Book book = 1; }', 'service Books {', '  rpc UpdateBook(UpdateBookRequest) returns (Book) { option (google.api.http) = { patch: "/v1/{book.name=books/*}" body: "book" }; }', '}']);
     const found = loadGrpcServiceMapping(file, 'books.Books').find('PATCH', '/v1/books/b1');
     if (found?.kind !== 'matched') throw new Error('the binding did not match');
     const build = (text: string) => () => buildRequestMessage(found.binding, found.variables, parseJsonBody(text), new URLSearchParams());
