@@ -466,6 +466,16 @@ function bytesTakenByKernel(socket: Socket): number {
  * MIN_SEND_BYTES_PER_SECOND on average over that window (each `sendMs` a new one), is closed, and its answer
  * recorded `client_read_timeout`. One sweep per listener; HTTP/2 connections have their own, per stream.
  */
+/** The server's open connections (a TLS server's once their handshake is done), kept as they open and close. */
+function openSockets(server: Server): Set<Socket> {
+  const sockets = new Set<Socket>();
+  server.on(server instanceof tls.Server ? 'secureConnection' : 'connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  return sockets;
+}
+
 function watchStalledSends(sockets: Set<Socket>, sendMs: number): NodeJS.Timeout {
   const windows = createSendWindows<Socket>(sendMs);
   const sweep = setInterval(() => {
@@ -831,11 +841,7 @@ export async function listenInternal(handler: http.RequestListener, options: Int
   // A client that stops reading an answer (a redirect's pipelined 308s, a scrape larger than the kernel's buffers)
   // held its connection and slot for good: Node's timers end with the request, the keep-alive one starts after the
   // answer. The public listener's sweep, here too.
-  const sockets = new Set<Socket>();
-  server.on('connection', (socket: Socket) => {
-    sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
-  });
+  const sockets = openSockets(server);
   const stalledSends = watchStalledSends(sockets, options.sendTimeoutMs ?? DEFAULT_INTERNAL_SEND_TIMEOUT_MS);
   await new Promise<void>((resolve, reject) => {
     // Only a failure to listen stops the sweep: a later server error (an accept that hit EMFILE) must not.
@@ -928,11 +934,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
   server.on('connect', (request: http.IncomingMessage, socketOrResponse: Socket | Http2ServerResponse) => refuseConnect(request, socketOrResponse, recordRejected, ownHeaders));
   boundConnections(server, { maxConnections: options.maxConnections, admitConnection: options.admitConnection });
   // Per connection (not per request): what the drain bound still finds in flight is answered or cut at close.
-  const sockets = new Set<Socket>();
-  server.on(server instanceof tls.Server ? 'secureConnection' : 'connection', (socket: Socket) => {
-    sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
-  });
+  const sockets = openSockets(server);
   const stalledSends = options.sendTimeoutMs === undefined ? undefined : watchStalledSends(sockets, options.sendTimeoutMs);
   // `Expect: 100-continue` goes to the pipeline like any request; whatever reads the body sends 100 Continue
   // once the checks before it passed (src/middleware/request-head.ts continueIfExpected). Node would send it
