@@ -6,7 +6,7 @@ import { GRPC_SERVER_ERROR_CODES } from '../../otel/grpc-server-span-status';
 import type { Logger } from '../../otel/logger';
 import { HEADER } from '../../otel/wire-names';
 import { verifyGatewaySignature, type SignatureProblem } from '../../src/gateway-signature';
-import { isWellFormedRequestId, mintRequestId } from '../../src/middleware/request-id';
+import { serviceRequestId } from '../../src/middleware/request-id';
 import { callerFromMetadata, grpcError, grpcServiceDefinition, metadataValue } from '../shared/grpc-service';
 import type { Caller } from '../shared/service-app';
 import { describeFirstIssue, recordId } from '../shared/input-limits';
@@ -80,8 +80,7 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
     // otherwise have its refusal logged under someone else's id. It gets one of its own, as over HTTP.
     const signed = metadata !== undefined && signatureProblemOfCall({ metadata, getPath: () => path }) === undefined;
     // Held to the gateway's rule too (as over HTTP): a 10 KB or quoted id is logged as none of it.
-    const inbound = signed ? metadataValue(metadata, HEADER.requestId) || undefined : undefined;
-    const requestId = signed && (inbound === undefined || isWellFormedRequestId(inbound)) ? inbound : mintRequestId();
+    const requestId = serviceRequestId(signed ? metadataValue(metadata, HEADER.requestId) || undefined : undefined, signed);
     // `rpc.method` is the service's own method name, never the path a caller sent: a method this server does not
     // know is `_OTHER` (semconv 1.45 RPC metrics), so no caller can add series to the metric.
     const method = knownMethods.get(path);

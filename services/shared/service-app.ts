@@ -9,7 +9,7 @@ import type { Logger } from '../../otel/logger';
 import { AUTH_REALM, HEADER, SIGNATURE_CHALLENGE_SCHEME, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
 import { describeFirstIssue } from './input-limits';
 import { SIGNED_HEADERS, verifyGatewaySignature, type GatewaySigner, type SignatureProblem, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
-import { isWellFormedRequestId, mintRequestId } from '../../src/middleware/request-id';
+import { serviceRequestId } from '../../src/middleware/request-id';
 
 /** An error a service answers with; `code` is stable, `detail` is for humans. */
 export class ServiceError extends Error {
@@ -216,8 +216,7 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     if (problem !== undefined) refusedSignatures.set(ctx, problem);
     // Held to the gateway's own rule too (isWellFormedRequestId): `/health` is answered unsigned, and it echoed and
     // logged whatever id a peer sent, 10 KB of it or with bytes a log reader trips on.
-    const inbound = ctx.get(HEADER.requestId) || undefined;
-    const requestId = problem === undefined && (inbound === undefined || isWellFormedRequestId(inbound)) ? inbound : mintRequestId();
+    const requestId = serviceRequestId(ctx.get(HEADER.requestId) || undefined, problem === undefined);
     if (requestId !== undefined) requestIds.set(ctx, requestId);
     if (requestId) ctx.set(HEADER.requestId, requestId);
     try {

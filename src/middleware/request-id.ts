@@ -18,6 +18,15 @@ export function isWellFormedRequestId(value: string | undefined): value is strin
   return value !== undefined && WELL_FORMED_REQUEST_ID.test(value);
 }
 
+/**
+ * The id a service answers and logs a request under: the one it received when the request is believed (signed by
+ * the gateway) and the id is well formed, none when none came, else one of its own. A peer's forged or malformed id
+ * (10 KB, quoted, on an unsigned /health) is never echoed or logged.
+ */
+export function serviceRequestId(inbound: string | undefined, believed: boolean): string | undefined {
+  return believed && (inbound === undefined || isWellFormedRequestId(inbound)) ? inbound : mintRequestId();
+}
+
 /** 32 lower-case hex characters: the shape of a W3C trace id, so a minted id can double as one. */
 export function mintRequestId(): string {
   return randomUUID().replaceAll('-', '');
