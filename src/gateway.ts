@@ -13,7 +13,7 @@ import { createResponseCache } from './middleware/cache';
 import { createCors } from './middleware/cors';
 import { createErrorHandler } from './middleware/errors';
 import { createHealth, createProbeEndpoints, createReadiness } from './middleware/health';
-import { createLogin, createLoginEndpoint } from './middleware/login';
+import { createAccountKey, createLogin, createLoginEndpoint } from './middleware/login';
 import { createPathGuard } from './middleware/path-guard';
 import { createProxy } from './middleware/proxy';
 import { createRequestMetrics } from './middleware/request-metrics';
@@ -167,7 +167,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   // Answered by the gateway itself: the probes (exact paths, GET and HEAD) and the login.
   const probes = createProbeEndpoints({ health: createHealth(), ready: createReadiness({ check: readiness, stopping: deps.stopping }), refuse });
   // Login matches as routes do (any case, a trailing slash): a client's `/api/auth/login/` is the login.
-  const login = createLoginEndpoint(config.auth.loginPath, createLogin({ tokens, tracer, logger, sign, users: pools.get('users')!, bodyLimitBytes: config.auth.loginBodyLimitBytes, bodyRate, clientLimit: loginLimiter, accountLimit: loginAccountLimiter }), refuse);
+  const login = createLoginEndpoint(config.auth.loginPath, createLogin({ tokens, tracer, logger, sign, users: pools.get('users')!, bodyLimitBytes: config.auth.loginBodyLimitBytes, bodyRate, clientLimit: loginLimiter, accountLimit: loginAccountLimiter, accountKey: createAccountKey(config.auth.secret) }), refuse);
 
   // First, with `tls.hsts`: the policy goes on every HTTPS answer (RFC 6797 7.1), so also on those of the
   // request-head check and the error handler below.

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHmac, hkdfSync } from 'node:crypto';
 import { bodyParser } from '@koa/bodyparser';
 import { context, type Tracer } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
@@ -35,6 +35,8 @@ export interface LoginOptions {
   clientLimit: RateLimiter;
   /** Login attempts per account (`accountKey` of the submitted email), counted once the body is valid. */
   accountLimit: RateLimiter;
+  /** The per-account limit's key for an email (createAccountKey): the store never holds the address. */
+  accountKey: (email: string) => string;
   /** For refusals of the credential check that are not a wrong password (warn: the client's fault, not ours). */
   logger: Logger;
   /** The body's least rate (config `server`), as on proxied routes: a login body dripped in gets 408. */
@@ -59,12 +61,18 @@ function readCredentials(body: unknown): Credentials {
   return { email, password };
 }
 
+/** HKDF `info` of the per-account key's HMAC key: the JWT secret's bytes are never used as they are (RFC 8725 3.5). */
+const ACCOUNT_KEY_INFO = 'koa-gateway login account key';
+
 /**
- * The per-account limit's store key: the email trimmed and lower-cased (user-service folds case too, so
- * every spelling it takes for one account is one key), hashed so the store never holds the address itself.
+ * The per-account limit's store key for an email: trimmed and lower-cased (user-service folds case too, so every
+ * spelling it takes for one account is one key), then an HMAC-SHA256 under a key derived from `secret` (the JWT
+ * secret, which every worker and replica sharing the store holds). A plain SHA-256 of an address is no secret: anyone
+ * reading the store (a shared Redis) could hash a list of addresses and see which of them tried to log in.
  */
-export function accountKey(email: string): string {
-  return createHash('sha256').update(email.trim().toLowerCase()).digest('hex');
+export function createAccountKey(secret: string): (email: string) => string {
+  const key = Buffer.from(hkdfSync('sha256', secret, '', ACCOUNT_KEY_INFO, 32));
+  return (email) => createHmac('sha256', key).update(email.trim().toLowerCase()).digest('hex');
 }
 
 /**
@@ -187,7 +195,7 @@ export function createLogin(options: LoginOptions): Middleware[] {
   // After validation, so a malformed body costs the account nothing; before the check, so a limited
   // account costs user-service nothing. Counted for every attempt, right or wrong, from any client.
   async function limitLoginAccount(ctx: Context, next: () => Promise<void>) {
-    await options.accountLimit.check(ctx, next, accountKey(credentialsOf.get(ctx)!.email));
+    await options.accountLimit.check(ctx, next, options.accountKey(credentialsOf.get(ctx)!.email));
   }
 
   async function login(ctx: Context) {

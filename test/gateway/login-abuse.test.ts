@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { CREDENTIALS_CHECK_PATH } from '../../src/middleware/login';
+import { createAccountKey, CREDENTIALS_CHECK_PATH } from '../../src/middleware/login';
 import { CREDENTIAL_LIMITS } from '../../otel/wire-names';
 import { HEADER } from '../../otel/wire-names';
 import { deleteKeys, isolatedKeyPrefix } from '../helpers/redis';
 import { listen, refusedOrigin, scriptedUpstream, type TestServer } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
-import { shippedConfigFile } from '../helpers/test-config';
+import { shippedConfigFile, TEST_JWT_SECRET } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
 
 /**
@@ -166,10 +166,12 @@ describe('per-account login limit (shared through Redis)', () => {
     expect(refused.headers.get('ratelimit')).toMatch(/^"login-account";r=0;t=\d+, "login";r=999;t=60$/);
   });
 
-  it('stores a hash of the folded email, never the email', async () => {
+  // A plain SHA-256 of an address is no secret: anyone reading the store could hash a list of addresses and see
+  // which of them tried to log in. The key is an HMAC under a key only the gateway holds.
+  it('stores a keyed hash of the folded email, never the email nor its plain hash', async () => {
     const keys = await redis.keys(`${prefix}:login-account:*`);
-    const bobKey = createHash('sha256').update('bob@example.com').digest('hex');
-    expect(keys).toContain(`${prefix}:login-account:${bobKey}`);
+    expect(keys).toContain(`${prefix}:login-account:${createAccountKey(TEST_JWT_SECRET)('bob@example.com')}`);
+    expect(keys).not.toContain(`${prefix}:login-account:${createHash('sha256').update('bob@example.com').digest('hex')}`);
     expect(keys.join('\n')).not.toMatch(/@|example/);
   });
 

@@ -1,6 +1,7 @@
+import { createHash } from 'node:crypto';
 import fc from 'fast-check';
+import { createAccountKey } from '../../src/middleware/login';
 import { clientNetworkKey } from '../../src/middleware/rate-limit';
-import { accountKey } from '../../src/middleware/login';
 
 describe('clientNetworkKey', () => {
   it.each([
@@ -91,7 +92,9 @@ describe('clientNetworkKey', () => {
   });
 });
 
-describe('accountKey', () => {
+describe('createAccountKey', () => {
+  const accountKey = createAccountKey('a-secret-of-this-gateway');
+
   it.each([
     { desc: 'upper case', spelling: 'ALICE@EXAMPLE.COM' },
     { desc: 'mixed case', spelling: 'Alice@Example.com' },
@@ -101,10 +104,13 @@ describe('accountKey', () => {
     expect(accountKey(spelling)).toBe(accountKey('alice@example.com'));
   });
 
-  it('is a SHA-256 hex digest, never the email itself', () => {
+  it('is a keyed SHA-256 hex digest: never the email, nor its plain hash, and another secret gives another key', () => {
     const key = accountKey('alice@example.com');
     expect(key).toMatch(/^[0-9a-f]{64}$/);
     expect(key).not.toContain('alice');
+    expect(key).not.toBe(createHash('sha256').update('alice@example.com').digest('hex'));
     expect(accountKey('bob@example.com')).not.toBe(key);
+    expect(createAccountKey('another-secret')('alice@example.com')).not.toBe(key);
+    expect(createAccountKey('a-secret-of-this-gateway')('alice@example.com')).toBe(key);
   });
 });
