@@ -34,8 +34,11 @@ const PROPERTY = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:=[\x21\x23-\x2b\x2d-\x3a\x3c-\x
 /** The blanks around a property's `=`, which are not part of its key or value. */
 const PROPERTY_OWS = /[ \t]*=[ \t]*/;
 const HEX = /^[0-9A-Fa-f]{2}$/;
-/** Not fatal: escapes that are not UTF-8 become U+FFFD, as the spec says for a value. */
-const UTF8 = new TextDecoder('utf-8');
+/**
+ * Not fatal: escapes that are not UTF-8 become U+FFFD, as the spec says for a value. `ignoreBOM`: a value's leading
+ * U+FEFF (`%EF%BB%BF`) is a character of it, not a byte-order mark to strip.
+ */
+const UTF8 = new TextDecoder('utf-8', { ignoreBOM: true });
 
 /**
  * One list member as `[key, entry]`, or undefined when it is not `key OWS "=" OWS value *( OWS ";" OWS property )`.

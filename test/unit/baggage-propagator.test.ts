@@ -14,6 +14,7 @@ describe('parseBaggage', () => {
     { desc: 'several header fields as one list', header: ['userId=alice', 'isProduction=false'], expected: { userId: 'alice', isProduction: 'false' } },
     { desc: 'UTF-8 escapes', header: 'userId=Am%C3%A9lie', expected: { userId: 'Amélie' } },
     { desc: 'escapes that are not UTF-8, as U+FFFD', header: 'k=%FF', expected: { k: '\uFFFD' } },
+    { desc: 'a leading U+FEFF as a character of the value, not a byte-order mark', header: 'k=%EF%BB%BFx,e=%EF%BB%BF', expected: { k: '\uFEFFx', e: '\uFEFF' } },
     { desc: 'a key that looks percent-encoded, as it is', header: 'a%41=1,user#id=2', expected: { 'a%41': '1', 'user#id': '2' } },
     { desc: 'a value with equal signs', header: 'k=a=b=', expected: { k: 'a=b=' } },
     { desc: 'an empty value', header: 'k=', expected: { k: '' } },
@@ -84,7 +85,7 @@ describe('formatBaggage', () => {
 
   it('sends what it reads unchanged when it needs no encoding', () => {
     const propagator = new BaggagePropagator();
-    const header = 'request.id=abc,user#id=1,a%41=2,k=v;p=1;q,e=';
+    const header = 'request.id=abc,user#id=1,a%41=2,k=v;p=1;q,e=,bom=%EF%BB%BF';
     const carrier: Record<string, string> = {};
     propagator.inject(propagator.extract(ROOT_CONTEXT, { baggage: header }, defaultTextMapGetter), carrier, defaultTextMapSetter);
     expect(carrier).toEqual({ baggage: header });
