@@ -11,7 +11,7 @@ import {
 import { CompositePropagator, isTracingSuppressed } from '@opentelemetry/core';
 import { BaggagePropagator } from './baggage-propagator';
 import { isValidSpanContext } from './gateway-tracer';
-import { formatTraceparent, parseTraceparent, parseTracestate, TRACE_FLAG_RANDOM, TRACE_FLAG_SAMPLED, W3CTraceState } from './trace-context';
+import { formatTraceparent, parseTraceparent, parseTracestate, TRACE_FLAG_RANDOM, TRACE_FLAG_SAMPLED, trimOws, W3CTraceState } from './trace-context';
 import { HEADER } from './wire-names';
 
 /**
@@ -64,6 +64,11 @@ export interface TraceContextPropagatorOptions {
   localTraceIdsAreRandom?: boolean;
 }
 
+/** A valid `tracestate` as it came, several header fields as one list (RFC 9110 5.3), without the blanks around it. */
+function receivedTracestate(header: string | string[]): string {
+  return trimOws(typeof header === 'string' ? header : header.join(','));
+}
+
 /**
  * W3C Trace Context Level 2 for OpenTelemetry, in place of @opentelemetry/core's W3CTraceContextPropagator
  * (3.0), which skips invalid `tracestate` members one by one instead of dropping the list, still knows only the
@@ -83,7 +88,11 @@ export class TraceContextPropagator implements TextMapPropagator {
     if (!spanContext || isTracingSuppressed(context) || !isValidSpanContext(spanContext)) return;
     const traceFlags = outgoingTraceFlags(context, spanContext, this.localTraceIdsAreRandom);
     setter.set(carrier, HEADER.traceparent, formatTraceparent({ traceId: spanContext.traceId, parentId: spanContext.spanId, traceFlags }));
-    const traceState = spanContext.traceState?.serialize();
+    // A remote span context is the caller's own, sent on as it came (no span of ours between): W3C Trace Context
+    // then forbids modifying `tracestate` ("If the value of the traceparent field wasn't changed before
+    // propagation, tracestate MUST NOT be modified as well"), so neither the 512-character cut nor dropping a repeat.
+    const received = spanContext.isRemote && spanContext.traceState instanceof W3CTraceState ? spanContext.traceState.received : undefined;
+    const traceState = received ?? spanContext.traceState?.serialize();
     if (traceState) setter.set(carrier, HEADER.tracestate, traceState);
   }
 
@@ -91,13 +100,14 @@ export class TraceContextPropagator implements TextMapPropagator {
     const parent = parseTraceparent(getter.get(carrier, HEADER.traceparent));
     if (!parent) return context;
     // Read only once traceparent is valid (the spec forbids it otherwise); an invalid list is dropped whole.
-    const members = parseTracestate(getter.get(carrier, HEADER.tracestate));
+    const header = getter.get(carrier, HEADER.tracestate);
+    const members = parseTracestate(header);
     const spanContext: SpanContext = {
       traceId: parent.traceId,
       spanId: parent.parentId,
       traceFlags: parent.traceFlags,
       isRemote: true,
-      ...(members && members.length > 0 ? { traceState: new W3CTraceState(members) } : {}),
+      ...(members && members.length > 0 ? { traceState: new W3CTraceState(members, receivedTracestate(header!)) } : {}),
     };
     return setRandomTraceIdFlag(trace.setSpanContext(context, spanContext), parent.traceId, (parent.traceFlags & TRACE_FLAG_RANDOM) !== 0);
   }

@@ -123,9 +123,14 @@ export function formatTracestate(entries: readonly TracestateEntry[]): string {
 /**
  * OpenTelemetry's `TraceState` over a validated member list (the SDK copies a parent's onto its children, and
  * serializes it into OTLP). Immutable; `set` validates as `parseTracestate` does and puts the key first.
+ * `received`: the list as it came, for a participant that passes the caller's `traceparent` on unchanged (one that
+ * does not trace), which must not modify `tracestate` either; `set` and `unset` make lists without it.
  */
 export class W3CTraceState implements TraceState {
-  constructor(private readonly entries: readonly TracestateEntry[] = []) {}
+  constructor(
+    private readonly entries: readonly TracestateEntry[] = [],
+    readonly received?: string,
+  ) {}
 
   get(key: string): string | undefined {
     return this.entries.find(([entryKey]) => entryKey === key)?.[1];

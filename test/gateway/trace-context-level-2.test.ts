@@ -267,7 +267,10 @@ describe('a trusted traceparent when the gateway records no spans', () => {
 // nothing in their place, to HTTP services and gRPC services alike (the services got X-Request-Id alone).
 describe('a trusted traceparent with telemetry off (the built gateway, as a process)', () => {
   const TRUSTED_TRACEPARENT = `00-${TRACE}-${PARENT}-03`;
-  const CLIENT_TRACE_HEADERS = { traceparent: TRUSTED_TRACEPARENT, tracestate: 'congo=t61rcWkgMzE,rojo=00f067aa0ba902b7', baggage: 'tenant=acme' };
+  // A list the gateway would cut if it continued the trace itself (over 512 characters, a repeated key, a blank after
+  // a comma): passed on with the traceparent unchanged, it must come as it was sent.
+  const CLIENT_TRACESTATE = `congo=t61rcWkgMzE, rojo=00f067aa0ba902b7,congo=again,a=${'v'.repeat(198)},b=${'v'.repeat(198)},c=${'v'.repeat(198)}`;
+  const CLIENT_TRACE_HEADERS = { traceparent: TRUSTED_TRACEPARENT, tracestate: CLIENT_TRACESTATE, baggage: 'tenant=acme' };
   let service: TestServer & { requests: { headers: http.IncomingHttpHeaders }[] };
   let mapping: MappingServer;
 

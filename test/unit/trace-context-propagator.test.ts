@@ -56,6 +56,20 @@ describe('TraceContextPropagator', () => {
     expect(inject(parent)).toEqual({ traceparent: `00-${TRACE}-${PARENT}-03`, tracestate: 'foo=1' });
   });
 
+  // W3C Trace Context: "If the value of the traceparent field wasn't changed before propagation, tracestate MUST NOT
+  // be modified as well". Only a participant that writes its own parent id may cut the list or drop a repeat.
+  it('sends a remote parent’s tracestate as it came, uncut, and cuts it only under a span of its own', () => {
+    const long = `congo=t61rcWkgMzE, rojo=1,congo=again,a=${'v'.repeat(198)},b=${'v'.repeat(198)},c=${'v'.repeat(198)}`;
+    const parent = extract({ traceparent: `00-${TRACE}-${PARENT}-01`, tracestate: [` ${long}`, 'd=4'] });
+    expect(inject(parent)).toEqual({ traceparent: `00-${TRACE}-${PARENT}-01`, tracestate: `${long},d=4` });
+    const cut = throughChildSpan(parent).tracestate!;
+    expect(cut.length).toBeLessThanOrEqual(512);
+    expect(cut).toBe(`congo=t61rcWkgMzE,rojo=1,a=${'v'.repeat(198)},b=${'v'.repeat(198)},d=4`);
+    // A list the process changed is its own: sent in its canonical form.
+    const changed = trace.setSpanContext(parent, { ...trace.getSpanContext(parent)!, traceState: trace.getSpanContext(parent)!.traceState!.set('mine', '1') });
+    expect(inject(changed).tracestate).toBe(`mine=1,${cut}`);
+  });
+
   it('does not lend the random flag recorded for one trace to another', () => {
     const other = tracer.startSpan('other', { root: true });
     const context = trace.setSpan(setRandomTraceIdFlag(ROOT_CONTEXT, TRACE, true), other);
