@@ -179,6 +179,8 @@ export interface ApplyReport {
  * Where a reload to `target` stands across the live workers' reports: every one runs it, one could not build it, or
  * still waiting. Only a failure to build `target` itself counts: a worker that answers an earlier reload after that
  * one timed out (its event loop was busy) reports a config no one waits for any more, and must not fail this one.
+ * No live worker (all crashed, waiting to be replaced) is still waiting: no one has built it, and counted applied it
+ * became the config every replacement started with, one they could not build crash-looping every worker.
  */
 export function applyOutcome(
   reports: readonly ApplyReport[],
@@ -186,7 +188,7 @@ export function applyOutcome(
 ): { applied: true } | { applied: false; failed: number; reason: string } | undefined {
   const failed = reports.findIndex((report) => report.applyFailed?.version === target.version && report.applyFailed.loadedAt === target.loadedAt);
   if (failed !== -1) return { applied: false, failed, reason: reports[failed]!.applyFailed!.reason };
-  if (reports.every((report) => report.version === target.version && report.loadedAt === target.loadedAt)) return { applied: true };
+  if (reports.length > 0 && reports.every((report) => report.version === target.version && report.loadedAt === target.loadedAt)) return { applied: true };
   return undefined;
 }
 
@@ -202,7 +204,13 @@ interface Slot extends ApplyReport {
 /** Runs the cluster primary until SIGTERM/SIGINT; then exits 0 once every worker drained. */
 export function runPrimary(options: PrimaryOptions): void {
   const { logger, count } = options;
+  /** The config every worker runs, or starts with: a reload's becomes it once all of them built it. */
   let active = options.initial;
+  /**
+   * A reload's config while the workers build it. A worker saying hello meanwhile starts with `active` and is sent
+   * this one after, as a reload it may refuse: started with it, one it could not build ended the worker.
+   */
+  let reloading: ActiveConfig | undefined;
   let stopping = false;
   let announced = false;
   // Reloads wait for it: a worker that says hello is handed the config being reloaded, not yet confirmed by any, and
@@ -305,7 +313,10 @@ export function runPrimary(options: PrimaryOptions): void {
       case 'hello':
         linked.add(worker.id);
         // Stopping: a worker forked just before may have missed the shutdown message while it started.
-        return send(worker, stopping ? { gateway: 'shutdown' } : { gateway: 'apply', active, certificates });
+        if (stopping) return send(worker, { gateway: 'shutdown' });
+        send(worker, { gateway: 'apply', active, certificates });
+        if (reloading) send(worker, { gateway: 'apply', active: reloading });
+        return;
       case 'applied':
         if (message.ok) Object.assign(slot, { version: message.version, loadedAt: message.loadedAt, applyFailed: undefined });
         else slot.applyFailed = { version: message.version, loadedAt: message.loadedAt, reason: message.reason ?? 'it could not build it (no reason given)' };
@@ -353,13 +364,17 @@ export function runPrimary(options: PrimaryOptions): void {
   function allApplied(applied: ActiveConfig): Promise<string | undefined> {
     const { version } = applied;
     return new Promise((resolve) => {
+      const live = () => slots.filter((slot) => slot.worker);
       const check = () => {
-        const live = slots.filter((slot) => slot.worker);
-        const outcome = applyOutcome(live, applied);
-        if (outcome?.applied === false) return finish(`worker ${live[outcome.failed]!.worker!.id} could not build version ${version}: ${outcome.reason}`);
+        const workers = live();
+        const outcome = applyOutcome(workers, applied);
+        if (outcome?.applied === false) return finish(`worker ${workers[outcome.failed]!.worker!.id} could not build version ${version}: ${outcome.reason}`);
         if (outcome?.applied) return finish(undefined);
       };
-      const timer = setTimeout(() => finish(`not every worker could apply version ${version} within ${APPLY_TIMEOUT_MS} ms`), APPLY_TIMEOUT_MS);
+      const timer = setTimeout(
+        () => finish(live().length === 0 ? `no worker was running to apply version ${version} within ${APPLY_TIMEOUT_MS} ms (all exited, being replaced)` : `not every worker could apply version ${version} within ${APPLY_TIMEOUT_MS} ms`),
+        APPLY_TIMEOUT_MS,
+      );
       const finish = (why: string | undefined) => {
         clearTimeout(timer);
         applyWaiters.delete(check);
@@ -387,19 +402,23 @@ export function runPrimary(options: PrimaryOptions): void {
     const check = checkReload(active, options.load, logger);
     if (!check.ok) return { ok: false, reason: check.reason };
     const previous = active;
-    active = check.next;
     if (check.changed) {
-      for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'apply', active });
-      const notApplied = await allApplied(active);
+      // To the workers that said hello only: a message to one still starting is lost, or is the first config it has,
+      // which it cannot refuse (and without the TLS pair); its hello gets it after the running one.
+      const linkedWorkers = () => slots.flatMap((slot) => (slot.worker && linked.has(slot.worker.id) ? [slot.worker] : []));
+      reloading = check.next;
+      for (const worker of linkedWorkers()) send(worker, { gateway: 'apply', active: reloading });
+      const notApplied = await allApplied(reloading);
+      reloading = undefined;
       if (notApplied !== undefined) {
-        active = previous;
-        for (const slot of slots) if (slot.worker) send(slot.worker, { gateway: 'apply', active });
+        for (const worker of linkedWorkers()) send(worker, { gateway: 'apply', active: previous });
         const reason = `${notApplied}; version ${previous.version} restored`;
         logger.error('config reload failed in the workers', { reason });
         return { ok: false, reason };
       }
-      logger.info('config reloaded', { version: active.version, previousVersion: previous.version, workers: statuses() });
     }
+    active = check.next;
+    if (check.changed) logger.info('config reloaded', { version: active.version, previousVersion: previous.version, workers: statuses() });
     return { ok: true, status: check.changed ? 'reloaded' : 'unchanged', version: active.version, loadedAt: active.loadedAt, pendingRestart: active.pendingRestart, workers: statuses() };
   }
 

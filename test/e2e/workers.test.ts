@@ -516,6 +516,30 @@ describe('workers (two processes behind one port)', () => {
     expect(gateway.child.exitCode).toBeNull();
   });
 
+  // With every worker gone (crashed, waiting to be replaced) a reload was "applied" by no one and became the config
+  // each replacement started with: one they could not build ended every replacement, again and again. A reload that
+  // reached a replacement still starting was its first config too, one it could not refuse.
+  it('refuses a reload while its workers are being replaced when the replacements cannot build it, and they serve the running one', async () => {
+    gateway = await start();
+    const { version: running, workers } = await adminConfig();
+    const from = gateway.lines.length;
+    for (const worker of workers) process.kill(worker.pid, 'SIGKILL');
+    await waitFor(() => gateway!.lines.slice(from).filter((line) => line.message === 'worker exited; replacing it').length === 2, 'both workers to exit');
+    gateway.writeConfig(config([route('api'), route('rpc', { methods: ['GET'], grpc: { proto: 'proto/missing.proto', service: 'x.v1.X' } })]));
+    gateway.child.kill('SIGHUP');
+    const failed = await gateway.waitForLine((line) => line.message === 'config reload failed in the workers', { from, timeoutMs: 20_000 });
+    expect(String(failed.reason)).toMatch(new RegExp(`could not build version [0-9a-f]+: .*proto/missing\\.proto.*; version ${running} restored$`));
+    const serving = () => gateway!.lines.slice(from).filter((line) => line.message === 'worker listening');
+    await waitFor(() => serving().length === 2, 'both replacements to serve');
+    // Each started with the running config. (With every worker gone the test's port 0 was let go: the replacements
+    // listen on another one, so they are asked there.)
+    expect(serving().map((line) => line.version)).toEqual([running, running]);
+    const messages = gateway.lines.slice(from).map((line) => line.message);
+    expect(messages).not.toContain('config reloaded');
+    expect(messages.filter((message) => message === 'worker exited; replacing it')).toHaveLength(2);
+    expect((await requestOnNewConnection(`${String(serving()[1]!.url)}/api/x`)).status).toBe(200);
+  });
+
   // A worker killed by the Ctrl-C in Node's own start-up (before its modules hold the signal) exits by SIGINT; when
   // that exit reached the primary before its own copy of the signal, it read a failed start and exited 1.
   it('takes a worker killed by SIGINT before the gateway started for a stop (exit 0), not a failed start', async () => {

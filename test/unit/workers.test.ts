@@ -25,6 +25,10 @@ describe('applyOutcome (where a cluster reload stands)', () => {
     expect(applyOutcome([runs(target), runs(target)], target)).toEqual({ applied: true });
   });
 
+  it('waits while no worker runs at all (every one exited, being replaced): no one has built the target', () => {
+    expect(applyOutcome([], target)).toBeUndefined();
+  });
+
   it('fails on a worker that could not build the target, naming it', () => {
     const refused: ApplyReport = { ...runs(earlier), applyFailed: { ...target, reason: 'no certificate' } };
     expect(applyOutcome([runs(target), refused], target)).toEqual({ applied: false, failed: 1, reason: 'no certificate' });
