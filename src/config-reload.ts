@@ -148,6 +148,22 @@ export class KeptAcrossReloads {
   /** gRPC channels no route of a newer build calls (keepalive changed, instance or route gone): closed by retireReplaced. */
   private replacedChannels: { close(): void }[] = [];
 
+  /**
+   * Returns what puts the pool caches back as they are now: a build updates them as it goes (a changed service's new
+   * pool, a removed one's entry deleted), and one that then fails left them holding pools no running build uses, so
+   * the next reload made fresh pools where the running ones (their ejections) should have been kept.
+   */
+  rememberPools(): () => void {
+    const pools = new Map(this.pools);
+    const grpcPools = new Map(this.grpcPools);
+    return () => {
+      for (const [cache, saved] of [[this.pools, pools], [this.grpcPools, grpcPools]] as const) {
+        cache.clear();
+        for (const [service, entry] of saved) cache.set(service, entry);
+      }
+    };
+  }
+
   upstreamAgent(maxSockets: number): Agent {
     if (this.agent?.maxSockets === maxSockets) return this.agent.agent;
     // Not closed here: the running app still dispatches on it (and keeps doing so if this build fails).
@@ -264,9 +280,11 @@ export function createLiveGateway(initial: ActiveConfig, build: BuildGateway, lo
         return undefined;
       }
       let built: BuiltGateway;
+      const restorePools = kept.rememberPools();
       try {
         built = build(next, kept);
       } catch (error) {
+        restorePools();
         const why = error instanceof Error ? error.message : String(error);
         logger.error('config reload failed while building the gateway; the running config keeps serving', { version: next.version, error: why });
         return why;

@@ -1,5 +1,5 @@
 import { ConfigError, parseConfig, type GatewayConfig } from '../../src/config';
-import { activeConfig, checkReload, configVersion, keepRestartOnly, KeptAcrossReloads, RESTART_ONLY_KEYS } from '../../src/config-reload';
+import { activeConfig, checkReload, configVersion, createLiveGateway, keepRestartOnly, KeptAcrossReloads, RESTART_ONLY_KEYS } from '../../src/config-reload';
 import { RateLimitWindows } from '../../src/rate-limit-store';
 import http from 'node:http';
 import { listenAdmin, type ConfigControl } from '../../src/admin';
@@ -266,6 +266,31 @@ describe('upstream connections replaced by a reload (proxy.maxSockets changed)',
 // Counted per build, a reload's new build started at 0 exchanges on the one Agent the builds share (maxSockets
 // unchanged): its request queued behind the old build's unknowingly, met its timeout as a connection never made (504,
 // the instance blamed: one failure ejects here) where the old build answered 503 upstream_busy and blamed nothing.
+describe('a reload whose build fails', () => {
+  // The build updates the pool caches as it goes; failing after that (a proto file missing) it left them holding a pool
+  // no build ran, and the next reload made a fresh pool where the running one, with its ejections, should have stayed.
+  it('leaves the kept upstream pools as they were, so the running pools carry over to the next reload', () => {
+    const { logger } = memoryLogger('gateway');
+    const origin = 'http://127.0.0.1:9';
+    const config = (users: Record<string, unknown>, routes: unknown[] = [], more: Record<string, unknown> = { gone: { url: origin } }) =>
+      testConfig({ users: origin, orders: origin, notifications: origin }, {
+        services: { users: { url: origin, ...users }, orders: { url: origin }, notifications: { url: origin }, ...more },
+        routes: [{ name: 'open', prefix: '/open', service: 'users', upstreamPath: '', auth: 'public' }, ...routes],
+      });
+    let kept!: KeptAcrossReloads;
+    const live = createLiveGateway(activeConfig(config({})), (active, given) => {
+      kept = given;
+      return createGatewayApps(active.config, { logger, metrics: false, kept: given, configVersion: active.version });
+    }, logger);
+    const running = { users: kept.pools.get('users')!.pool, gone: kept.pools.get('gone')!.pool };
+    // `users` changed and `gone` removed: the build replaced the one's pool and deleted the other's before it failed.
+    const unbuildable = config({ ejectMs: 1234 }, [{ name: 'rpc', prefix: '/rpc', service: 'users', upstreamPath: '', auth: 'public', methods: ['GET'], grpc: { proto: 'proto/missing.proto', service: 'x.v1.X' } }], {});
+    expect(live.apply(activeConfig(unbuildable))).toMatch(/proto\/missing\.proto/);
+    expect({ users: kept.pools.get('users')?.pool, gone: kept.pools.get('gone')?.pool }).toEqual(running);
+    expect(kept.pools.get('users')!.pool).toBe(running.users);
+  });
+});
+
 describe('response cache across a reload (memory store)', () => {
   // A write still under way on the old build when the new one (with an empty store of its own) began serving
   // dropped the old build's copies only: the new build stored the service's answer from before the write and
