@@ -942,6 +942,26 @@ export function checkCrossFieldRules(config: GatewayConfig, env: Env = {}): void
   if (issues.length > 0) throw configErrorOf(issues, env);
 }
 
+/** V8 quotes this many characters of the text before an unexpected token, after `...`. */
+const JSON_ERROR_CONTEXT = 10;
+
+/**
+ * JSON.parse's error for a config file, without the file's text: V8 quotes up to 10 characters either side of an
+ * unexpected token (`Unexpected token 'k', ..."secret": kq9Vx7pLm2"... is not valid JSON`), and a config file may
+ * hold secrets (a Redis password, an API key pasted where its hash goes), which reached the log, the reload's 422
+ * and stderr. The quote becomes where it is, found in the file; a message of any other form that quotes text goes.
+ */
+export function jsonSyntaxError(message: string, text: string): string {
+  const quoted = /^Unexpected token '([\s\S])', (\.\.\.)?"([\s\S]*?)"(?:\.\.\.)? is not valid JSON$/.exec(message);
+  if (!quoted) return message.includes('"') ? 'a syntax error' : message;
+  const [, token, cut, excerpt] = quoted as unknown as [string, string, string | undefined, string];
+  const start = text.indexOf(excerpt);
+  if (start === -1 || text.indexOf(excerpt, start + 1) !== -1) return 'an unexpected character';
+  const at = start + (cut ? JSON_ERROR_CONTEXT : excerpt.indexOf(token));
+  const line = text.slice(0, at).split('\n').length;
+  return `an unexpected character at line ${line} column ${at - text.lastIndexOf('\n', at - 1)}`;
+}
+
 /** Reads the route file named by `GATEWAY_CONFIG` (default ./gateway.config.json) and applies the env. */
 export function loadConfig(env: Env = process.env, cwd: string = process.cwd()): GatewayConfig {
   const file = path.resolve(cwd, env[CONFIG_PATH_VARIABLE] || DEFAULT_CONFIG_PATH);
@@ -955,7 +975,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
   try {
     parsed = JSON.parse(text);
   } catch (error) {
-    throw new ConfigError(`config: ${file}: not valid JSON (${(error as Error).message})`);
+    throw new ConfigError(`config: ${file}: not valid JSON (${jsonSyntaxError((error as Error).message, text)})`);
   }
   refuseDuplicateKeys(text, file);
   return parseConfig(withConsumersFile(parsed, path.dirname(file)), env);
@@ -975,10 +995,13 @@ function withConsumersFile(parsed: unknown, configDir: string): unknown {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`config: consumersFile: cannot read ${file} as JSON (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  try {
     consumers = JSON.parse(text);
   } catch (error) {
-    const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-    throw new ConfigError(`config: consumersFile: cannot read ${file} as JSON (${reason})`);
+    throw new ConfigError(`config: consumersFile: cannot read ${file} as JSON (${jsonSyntaxError((error as Error).message, text)})`);
   }
   refuseDuplicateKeys(text, file, 'consumers');
   return { ...rest, consumers };
