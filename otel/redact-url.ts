@@ -54,6 +54,15 @@ export function redactQuery(query: string): string {
   });
 }
 
+/**
+ * Text that may hold URLs (a refused config value, JSON-quoted) with every URL's password masked: whatever stands
+ * between the user's `:` and the last `@` before a blank or a quote (a pasted base64 password holds `/`, `+`, `?` or
+ * `#`, the reason such a URL is refused), and a `password=` option in a query (ioredis reads one).
+ */
+export function hideUrlPasswords(text: string): string {
+  return text.replace(/(\/\/[^/?#@\s:"]*:)[^\s"]*@/g, '$1***@').replace(/([?&]password=)[^&#"\s]*/gi, '$1***');
+}
+
 /** An absolute-form target's userinfo (`http://alice:secret@host/`): a password, whatever the gateway answers it. */
 const USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i;
 

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { z } from 'zod';
+import { hideUrlPasswords } from '../otel/redact-url';
 import { FIELD_NAME_TOKEN, HTTP_METHODS } from '../otel/wire-names';
 import { duplicateJsonKey } from './json-duplicate-keys';
 import { serviceOrigin } from './service-origin';
@@ -865,12 +866,8 @@ function envNameFor(keyPath: string, env: Env, missing: boolean): string | undef
 }
 
 function describe(value: unknown): string {
-  // A URL's password (`redis://:secret@host`) never reaches a log line or a reload answer, even in a refused value:
-  // whatever stands between the user's `:` and the last `@` (a pasted base64 password holds `/`, `+`, `?` or `#`,
-  // and the URL is refused for them), and a `password=` option in the query (ioredis reads one).
-  const text = (JSON.stringify(value) ?? String(value))
-    .replace(/(\/\/[^/?#@\s:"]*:)[^\s"]*@/g, '$1***@')
-    .replace(/([?&]password=)[^&#"\s]*/gi, '$1***');
+  // A URL's password (`redis://:secret@host`) never reaches a log line or a reload answer, even in a refused value.
+  const text = hideUrlPasswords(JSON.stringify(value) ?? String(value));
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 

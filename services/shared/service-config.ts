@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { hideUrlPasswords } from '../../otel/redact-url';
 import { GUESSABLE_SECRET_RULE, isGuessableSecret, SIGNING_KEY_MIN_LENGTH } from '../../src/gateway-signature';
 import { serviceOrigin } from '../../src/service-origin';
 
@@ -69,8 +70,8 @@ export function loadServiceEnv<K extends ServiceKey>(service: K, env: Record<str
     const issue = result.error.issues[0]!;
     const name = issue.path.join('.');
     // The key is never echoed, not even a wrong one.
-    // Nor a URL's password (`http://svc:secret@host`), as the gateway hides it.
-    const got = name.startsWith('GATEWAY_SIGNING_KEY') ? '' : ` (got ${JSON.stringify(relevant[String(issue.path[0])])?.replace(/(\/\/[^/?#@\s:]*:)[^/?#@\s]*@/g, '$1***@')})`;
+    // Nor a URL's password (`http://svc:secret@host`, one holding `/` or `@` too), as the gateway hides it.
+    const got = name.startsWith('GATEWAY_SIGNING_KEY') ? '' : ` (got ${hideUrlPasswords(JSON.stringify(relevant[String(issue.path[0])]) ?? '')})`;
     throw new Error(`config: ${name}: ${issue.message}${got}`);
   }
   if (result.data.NODE_ENV === 'production' && result.data.GATEWAY_SIGNING_KEY === undefined) {

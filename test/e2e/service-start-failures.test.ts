@@ -66,6 +66,8 @@ describe('a service with a variable the gateway would refuse', () => {
     { desc: 'a GRPC_PORT with a leading space', entry: 'services/notifications/main.js', env: { PORT: '0', GRPC_PORT: ' 50053' }, line: /^notification-service: config: GRPC_PORT: must be a port number/ },
     { desc: 'a USER_SERVICE_URL with a path (dropped)', entry: 'services/orders/main.js', env: { PORT: '0', USER_SERVICE_URL: 'http://127.0.0.1:4001/users-svc' }, line: /^order-service: config: USER_SERVICE_URL: must be an origin .*\(got "http:\/\/127\.0\.0\.1:4001\/users-svc"\)$/ },
     { desc: 'a NOTIF_SERVICE_URL with credentials, never echoed', entry: 'services/orders/main.js', env: { PORT: '0', NOTIF_SERVICE_URL: 'http://svc:s3cret@127.0.0.1:4003' }, line: /^order-service: config: NOTIF_SERVICE_URL: must be an origin .*\(got "http:\/\/svc:\*\*\*@127\.0\.0\.1:4003"\)$/ },
+    // The services masked only a password without `/`, `?`, `#` or `@` (the gateway had stopped doing so): the rest showed.
+    { desc: 'a NOTIF_SERVICE_URL whose password holds a slash and an at sign, never echoed', entry: 'services/orders/main.js', env: { PORT: '0', NOTIF_SERVICE_URL: 'http://svc:ab/cd@ef@127.0.0.1:4003' }, line: /^order-service: config: NOTIF_SERVICE_URL: must be an http\(s\) URL .*\(got "http:\/\/svc:\*\*\*@127\.0\.0\.1:4003"\)$/ },
     { desc: 'a NOTIF_GRPC_SERVICE_URL on port 0', entry: 'services/orders/main.js', env: { PORT: '0', NOTIF_GRPC_SERVICE_URL: 'http://127.0.0.1:0' }, line: /^order-service: config: NOTIF_GRPC_SERVICE_URL: must name a port other than 0/ },
   ])('$desc: exits 1 with one line naming it', async ({ entry, env, line }) => {
     const { code, stderr } = await startService(entry, env);
