@@ -71,6 +71,7 @@ import {
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
 import { ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION, ATTR_URL_FULL, ATTR_URL_QUERY } from '@opentelemetry/semantic-conventions';
+import { droppedLogRecordsReporter } from './dropped-log-records';
 import { createGatewayTracer, GATEWAY_SCHEMA_URL, GATEWAY_TRACER_NAME } from './gateway-tracer';
 import { recordedMethod, spanNameMethod } from './http-method';
 import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
@@ -373,7 +374,7 @@ function otlpProtoLogExporter(url: string): LogRecordExporter {
 function logRecordProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): LogRecordProcessor {
   if (name === 'console') return new SimpleLogRecordProcessor({ exporter: new ConsoleLogRecordExporter() });
   const exporter = signal.protocol === 'http/json' ? new (lazy('@opentelemetry/exporter-logs-otlp-http') as typeof import('@opentelemetry/exporter-logs-otlp-http')).OTLPLogExporter({ url: signal.url }) : otlpProtoLogExporter(signal.url);
-  return new BatchLogRecordProcessor({ exporter, ...signal.batch });
+  return new BatchLogRecordProcessor({ exporter, ...signal.batch, selfObsMeterProvider: droppedLogRecordsReporter() });
 }
 
 /**

@@ -5,6 +5,7 @@
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
 import { newTraceparent, startInstrumentedApp, stopAllInstrumentedApps } from './instrumented-app';
 import { refusedOrigin } from '../helpers/servers';
+import { waitFor } from '../helpers/wait';
 
 async function getTimes(url: string, times: number, gapMs = 0): Promise<number[]> {
   const statuses: number[] = [];
@@ -85,5 +86,23 @@ describe('with a collector that takes 5 s to answer', () => {
     // The exports were under way meanwhile: the collector did receive them.
     await receiver.waitFor(({ spans }) => spans.length > 0);
     app.kill();
+  });
+
+  // sdk-logs drops records on a full queue without a word (the span processor warns): with a slow collector most
+  // access records could go while stderr said nothing.
+  it('says on stderr that log records were dropped on a full queue, as it says for spans', async () => {
+    const app = await startInstrumentedApp({
+      OTEL_SERVICE_NAME: 'slow-collector-fixture',
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+      OTEL_BLRP_SCHEDULE_DELAY: '50',
+      OTEL_BLRP_MAX_QUEUE_SIZE: '4',
+      OTEL_BLRP_MAX_EXPORT_BATCH_SIZE: '2',
+    });
+    try {
+      expect(await getTimes(`${app.url}/hello`, 20)).toEqual(Array(20).fill(200));
+      await waitFor(() => /telemetry: warn: Dropped \d+ log records because maxQueueSize reached/.test(app.stderr()), 'the drop to be reported', 10_000);
+    } finally {
+      app.kill();
+    }
   });
 });
