@@ -2,7 +2,7 @@ import Router from '@koa/router';
 import type Koa from 'koa';
 import type { Logger } from '../../otel/logger';
 import { SERVICE_NAME } from '../../otel/wire-names';
-import { createServiceApp, requireCaller, ServiceError, validBody } from '../shared/service-app';
+import { createServiceApp, requestIdOf, requireCaller, ServiceError, validBody } from '../shared/service-app';
 import { createNotificationStore, newNotification, type NotificationStore } from './notification-store';
 
 export type { Notification } from './notification-store';
@@ -33,7 +33,7 @@ export function createApp(options: NotificationsAppOptions): Koa {
     // signed call replayed with another `userId` would write into that user's notifications.
     if (input.userId !== caller.id) throw new ServiceError(403, 'not_the_caller', 'A notification is stored only for the caller the gateway vouched for (X-User-Id).');
     const notification = store.add(input);
-    options.logger.info('notification stored', { notification_id: notification.id, type: notification.type, user_id: notification.userId });
+    options.logger.info('notification stored', { notification_id: notification.id, type: notification.type, user_id: notification.userId, request_id: requestIdOf(ctx) });
     ctx.status = 201;
     ctx.body = notification;
   });

@@ -77,17 +77,17 @@ export function createApp(options: OrdersAppOptions): Koa {
       // A hung service is told apart from a down one, as the gateway tells 504 from 502 (callService's deadline
       // aborts with a TimeoutError).
       if ((error as { name?: unknown }).name === 'TimeoutError') {
-        logger.error('user-service did not answer in time', { error: (error as Error).message });
+        logger.error('user-service did not answer in time', { error: (error as Error).message, request_id: requestId });
         throw new ServiceError(504, 'dependency_timeout', 'The users service did not answer in time.');
       }
-      logger.error('user-service unreachable', { error: (error as Error).message });
+      logger.error('user-service unreachable', { error: (error as Error).message, request_id: requestId });
       throw new ServiceError(503, 'dependency_unavailable', 'The users service is unavailable; try again.');
     }
     if (status === 404) throw new ServiceError(403, 'unknown_user', 'Your account no longer exists.');
     // Any other refusal is of this service's own call (its signature: keys or clocks apart), which no retry of the
     // client's mends: 502, not a 503 inviting one.
     if (status >= 400 && status < 500) {
-      logger.error('user-service refused the call', { status });
+      logger.error('user-service refused the call', { status, request_id: requestId });
       throw new ServiceError(502, 'dependency_refused', `The users service refused this service's call (${status}).`);
     }
     if (status < 200 || status >= 300) throw new ServiceError(503, 'dependency_unavailable', `The users service answered ${status}.`);
@@ -103,8 +103,8 @@ export function createApp(options: OrdersAppOptions): Koa {
       } catch (error) {
         const { code, details } = error as { code?: number; details?: string };
         // As over HTTP: the service answering no (a status of its own) is "rejected", no answer is "unreachable".
-        if (code === grpcStatus.UNAVAILABLE || code === grpcStatus.DEADLINE_EXCEEDED) logger.warn('notification-service unreachable', { order_id: order.id, error: details });
-        else logger.warn('notification rejected', { order_id: order.id, grpc_status: code === undefined ? undefined : grpcStatus[code] });
+        if (code === grpcStatus.UNAVAILABLE || code === grpcStatus.DEADLINE_EXCEEDED) logger.warn('notification-service unreachable', { order_id: order.id, error: details, request_id: requestId });
+        else logger.warn('notification rejected', { order_id: order.id, grpc_status: code === undefined ? undefined : grpcStatus[code], request_id: requestId });
       }
       return;
     }
@@ -118,9 +118,9 @@ export function createApp(options: OrdersAppOptions): Koa {
         body: event,
       });
       await response.body.dump();
-      if (response.statusCode < 200 || response.statusCode >= 300) logger.warn('notification rejected', { order_id: order.id, status: response.statusCode });
+      if (response.statusCode < 200 || response.statusCode >= 300) logger.warn('notification rejected', { order_id: order.id, status: response.statusCode, request_id: requestId });
     } catch (error) {
-      logger.warn('notification-service unreachable', { order_id: order.id, error: (error as Error).message });
+      logger.warn('notification-service unreachable', { order_id: order.id, error: (error as Error).message, request_id: requestId });
     }
   }
 
@@ -135,7 +135,8 @@ export function createApp(options: OrdersAppOptions): Koa {
     const placedBy = owner.kind === 'user' ? { userId: owner.user.id } : { consumerId: owner.consumerId };
     const order: Order = { id: randomUUID(), ...placedBy, items, status: 'created', createdAt: new Date().toISOString() };
     orders.add(owner.key, order);
-    logger.info('order created', { order_id: order.id, user_id: order.userId, consumer_id: order.consumerId, items: items.length });
+    // Each line of a request names its id itself: with telemetry off no context manager carries it to the line.
+    logger.info('order created', { order_id: order.id, user_id: order.userId, consumer_id: order.consumerId, items: items.length, request_id: requestId });
     // Notifications go to users (notification-service keeps them per user).
     if (owner.kind === 'user') await notify(order, owner.user.id, requestId, identity);
     ctx.status = 201;

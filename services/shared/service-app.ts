@@ -245,7 +245,8 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
       const status = thrown instanceof ServiceError ? thrown.status : typeof (thrown as { status?: unknown }).status === 'number' ? (thrown as { status: number }).status : 500;
       const code = thrown instanceof ServiceError ? thrown.code : codeForStatus(status);
       const exposed = status < 500 || thrown instanceof ServiceError;
-      if (!exposed) logger.error('request failed', { error: thrown instanceof Error ? thrown.message : String(thrown) });
+      // The request id named here: with telemetry off no context manager carries it to the line.
+      if (!exposed) logger.error('request failed', { error: thrown instanceof Error ? thrown.message : String(thrown), request_id: requestIdOf(ctx) });
       answerProblem(ctx, status, code, exposed ? (thrown as Error).message : 'Internal error');
       if (thrown instanceof ServiceError) ctx.set(thrown.headers);
       return;

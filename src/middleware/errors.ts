@@ -1,6 +1,6 @@
 import { trace } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
-import { HEADER } from '../../otel/wire-names';
+import { HEADER, LOG_FIELD } from '../../otel/wire-names';
 import type { Logger } from '../../otel/logger';
 import { REQUEST_CAUSED_SERVER_ERRORS, toGatewayError, type GatewayError } from '../errors';
 import { cannotAnswer, cutResponse } from '../response-closed';
@@ -75,7 +75,9 @@ export function createErrorHandler(options: ErrorHandlerOptions): Middleware {
 export function recordFailure(ctx: Context, error: GatewayError, logger: Logger): void {
   ctx.state.errorCode = error.code;
   if (error.status >= 500 && !REQUEST_CAUSED_SERVER_ERRORS.has(error.code)) {
-    logger.error('request failed', { code: error.code, error: describeCause(error) });
+    // The request id named here, not left to the context's baggage: with telemetry off no context manager carries it,
+    // and the line that says why a 5xx happened could not be found under the id its client was given.
+    logger.error('request failed', { code: error.code, error: describeCause(error), [LOG_FIELD.requestId]: ctx.state.requestId });
     trace.getActiveSpan()?.recordException(error.cause instanceof Error ? error.cause : error);
   }
 }

@@ -4,7 +4,7 @@ import { context, type Tracer } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
 import { request, type Dispatcher } from 'undici';
 import type { Logger } from '../../otel/logger';
-import { CREDENTIAL_LIMITS, HEADER, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
+import { CREDENTIAL_LIMITS, HEADER, LOG_FIELD, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
 import type { AuthenticatedUser } from '../context';
 import { DEFAULT_RETRY_AFTER_SECONDS, GatewayError, invalidJsonBody, isGatewayError, toGatewayError, upstreamFailure, type ErrorCode } from '../errors';
 import type { TokenService } from '../tokens';
@@ -236,7 +236,7 @@ export function createLogin(options: LoginOptions): Middleware[] {
       const refused = refusal(response, upstreamCode);
       // A wrong password is routine (the access log has it); any other refusal means the gateway passed
       // something user-service would not take, worth a look but not an error of ours.
-      if (refused.code !== 'invalid_credentials') options.logger.warn('credential check refused the login', { status, upstream_code: upstreamCode, code: refused.code });
+      if (refused.code !== 'invalid_credentials') options.logger.warn('credential check refused the login', { status, upstream_code: upstreamCode, code: refused.code, [LOG_FIELD.requestId]: ctx.state.requestId });
       throw refused;
     }
     // Read once: a body json() has consumed is not dumped too.

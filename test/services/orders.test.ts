@@ -12,6 +12,7 @@ import { ALICE, BOB, identityHeaders } from '../helpers/callers';
 import { exitOf, startProcess, type RunningProcess } from '../helpers/process-stack';
 import { listen, listenRecording, memoryLogger, refusedOrigin, type RecordedRequest, type TestServer } from '../helpers/servers';
 import { TEST_SIGNING_KEY } from '../helpers/test-config';
+import { waitFor } from '../helpers/wait';
 
 
 interface Order {
@@ -309,6 +310,9 @@ describe('order-service with telemetry off (the built service, as a process)', (
         { to: 'user-service', ...expected },
         { to: notified, ...expected },
       ]);
+      // No context manager carries the request's baggage with telemetry off: the line names the id itself.
+      await waitFor(() => orders!.lines.some((line) => line.message === 'order created'), 'the order line');
+      expect(orders.lines.find((line) => line.message === 'order created')).toMatchObject({ request_id: requestId });
     } finally {
       orders?.child.kill('SIGKILL');
       if (orders) await exitOf(orders.child);
