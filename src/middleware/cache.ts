@@ -296,7 +296,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
    * A stored copy the service confirmed, its headers updated by the confirming answer's (a 304's, RFC 9111 4.3.4, or
    * a HEAD's 200, 4.3.5: all but Content-Length; the proxy made its URLs public), stored again with its new
    * lifetime. When the updated headers forbid storing it (`no-store`, `private`, `Set-Cookie`, a `Vary` of other
-   * names), the stored copies of the resource go instead.
+   * names), the stored copies of the resource go instead; when only this request's credentials do, they stay.
    */
   const refreshStored = async (revalidated: Revalidated): Promise<CachedResponse> => {
     const { routeName, key, since, entry, policy, sharedCredentialed, storable } = revalidated;
@@ -309,9 +309,12 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const sameVary = vary.length === entry.vary.length && vary.every((name, index) => name === entry.vary[index]);
     const lifetime = verdict.store ? verdict : NO_LIFETIME;
     const refreshed: CachedResponse = { ...entry, headers, storedAt: now(), lifetimeSeconds: lifetime.lifetimeSeconds, initialAgeSeconds: lifetime.initialAgeSeconds, staleIfErrorSeconds: lifetime.staleIfErrorSeconds, staleWhileRevalidateSeconds: lifetime.staleWhileRevalidateSeconds };
+    // A request with credentials refused as `credentialed, not public` is this request's matter, as on a miss: the
+    // copy stays for others (dropped, any client with a cookie purged the resource's copies on each revalidation).
+    const thisRequestOnly = !verdict.store && verdict.reason === 'credentialed, not public';
     if (verdict.store && sameVary) {
       if (storable) await storeVariant(store, routeName, key, refreshed, since);
-    } else await dropStoredCopies(routeName, key.resource);
+    } else if (!(thisRequestOnly && sameVary)) await dropStoredCopies(routeName, key.resource);
     return refreshed;
   };
 

@@ -191,6 +191,24 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect(seenFor(path).map((seen) => seen.headers['if-none-match'] ?? null)).toEqual([null, '"p"', null]);
   });
 
+  // A 304 that does not say `public` may refresh a copy for a request with credentials (a cookie) but not be stored
+  // for it (RFC 9111 3.5): that is about this request, as on a miss. Read as the copy's own verdict, it dropped every
+  // stored copy of the resource, and any client with an analytics cookie purged it on each request.
+  it('keeps the stored copy when a request with a cookie revalidates it: only that answer is not stored', async () => {
+    const path = fresh();
+    origin.script(
+      path,
+      () => ({ headers: { etag: '"c"', 'cache-control': 'max-age=0' }, body: 'shared copy' }),
+      (req): Answer => (req.headers['if-none-match'] === '"c"' ? { status: 304, headers: { etag: '"c"', 'cache-control': 'max-age=0' } } : { headers: { etag: '"c"', 'cache-control': 'max-age=0' }, body: 'shared copy' }),
+    );
+    await get(path);
+    const withCookie = await get(path, { cookie: '_ga=1' });
+    expect([withCookie.status, withCookie.headers['x-cache'], withCookie.text]).toEqual([200, 'REVALIDATED', 'shared copy']);
+    const next = await get(path);
+    expect([next.status, next.headers['x-cache'], next.text]).toEqual([200, 'REVALIDATED', 'shared copy']);
+    expect(seenFor(path).map((seen) => seen.headers['if-none-match'] ?? null)).toEqual([null, '"c"', '"c"']);
+  });
+
   it.each([500, 502, 503, 504])('answers a GET and a HEAD with a stale copy under stale-if-error when the service answers %i (RFC 5861 4)', async (status) => {
     const path = fresh();
     // Stale from the start (max-age=0), kept for its ETag.
