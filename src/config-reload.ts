@@ -8,6 +8,7 @@ import { checkCrossFieldRules, ConfigError, deepFreeze, type GatewayConfig } fro
 import { RateLimitWindows } from './rate-limit-store';
 import { NewestMemoryStore } from './response-store';
 import type { GrpcClientCache } from './grpc/grpc-clients';
+import { protoSourcesDigest } from './grpc/proto-sources';
 import type { UpstreamPoolCache } from './upstream-pool';
 
 /**
@@ -34,7 +35,10 @@ export function configVersion(config: GatewayConfig): string {
   const { secret: _secret, ...auth } = config.auth;
   const { signingKey: _signingKey, ...proxy } = config.proxy;
   const rateLimit = config.rateLimit.redisUrl === undefined ? config.rateLimit : { ...config.rateLimit, redisUrl: withoutPassword(config.rateLimit.redisUrl) };
-  return createHash('sha256').update(JSON.stringify({ ...config, auth, proxy, rateLimit })).digest('hex').slice(0, 12);
+  // The proto sources of its gRPC routes are part of it: an edit of a .proto alone is a new config to reload.
+  const protos = config.routes.flatMap((route) => (route.grpc ? [route.grpc.proto] : []));
+  const protoSources = protos.length === 0 ? undefined : protoSourcesDigest(protos);
+  return createHash('sha256').update(JSON.stringify({ ...config, auth, proxy, rateLimit, protoSources })).digest('hex').slice(0, 12);
 }
 
 function withoutPassword(url: string): string {

@@ -1,35 +1,15 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import * as protobuf from 'protobufjs';
+import { APP_ROOT, resolveProtoPath } from './proto-sources';
 
 /**
  * Loading .proto files with protobufjs (not @grpc/proto-loader: it drops the `google.api.http` options the
  * gateway maps requests by). Used by the gateway and by the example services alike.
  */
 
-/** The repository (or image) root: the nearest directory above this file with a package.json. */
-function findAppRoot(start: string): string {
-  let directory = start;
-  while (!existsSync(path.join(directory, 'package.json'))) {
-    const parent = path.dirname(directory);
-    if (parent === directory) return process.cwd();
-    directory = parent;
-  }
-  return directory;
-}
-
-/**
- * Relative proto paths (config `routes[].grpc.proto`) resolve against the app root, not the working
- * directory, so `proto/notifications.proto` is the same file from `npm start`, the image and the tests.
- */
-export const APP_ROOT = findAppRoot(__dirname);
-
 /** protobufjs ships google/api/{annotations,http}.proto and google/protobuf/descriptor.proto beside its code. */
 const PROTOBUFJS_ROOT = path.dirname(require.resolve('protobufjs/package.json'));
-
-export function resolveProtoPath(file: string): string {
-  return path.resolve(APP_ROOT, file);
-}
 
 /**
  * Loads a proto file and its imports, resolved (every type reference checked), with field names in

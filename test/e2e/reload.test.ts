@@ -1,9 +1,12 @@
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
 import { ATTR, HEADER } from '../../otel/wire-names';
 import { verifyGatewaySignature } from '../../src/gateway-signature';
 import { namedUpstream, requestOnNewConnection, startGatewayProcess, startLoad, type GatewayProcess } from '../helpers/gateway-process';
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
-import { streamSixChunks } from '../helpers/servers';
+import { refusedOrigin, streamSixChunks } from '../helpers/servers';
 import { signToken } from '../helpers/tokens';
 import { waitFor } from '../helpers/wait';
 
@@ -310,6 +313,28 @@ describe('config reload (one process)', () => {
     expect((await fetch(`${gateway.adminUrl}/admin/reload`)).status).toBe(405);
     // Only the internal listener has the endpoints.
     expect((await fetch(`${gateway.url}/admin/reload`, { method: 'POST' })).status).toBe(404);
+  });
+
+  // The version covered the config's JSON only: an edit of a .proto alone (an HTTP rule moved) was `unchanged`, and
+  // the gateway went on mapping requests by the rules it loaded at start until a restart.
+  it('reloads an edit of a gRPC route\'s .proto alone as a new version, and maps requests by the edited rules', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'reload-proto-'));
+    const proto = path.join(dir, 'notifications.proto');
+    const shipped = readFileSync(path.join(__dirname, '../../proto/notifications.proto'), 'utf8');
+    writeFileSync(proto, shipped);
+    const grpcRoute = { name: 'rpc', prefix: '/rpc', service: 'notifications', upstreamPath: '/v1/notifications', auth: 'public', methods: ['GET'], grpc: { proto, service: 'koagateway.notifications.v1.Notifications' } };
+    const refused = await refusedOrigin();
+    gateway = await startGatewayProcess({ config: { ...config({ routes: [route('alpha', 'alpha'), grpcRoute] }), services: { users: { url: alpha.url }, alpha: { url: alpha.url }, notifications: { url: alpha.url, grpcUrl: refused } } } });
+    const { version } = await adminConfig();
+    // Mapped to GetNotification, whose service is down: not the gateway's 404.
+    expect((await requestOnNewConnection(`${gateway.url}/rpc/n-1`)).status).not.toBe(404);
+    expect(shipped).toContain('get: "/v1/notifications/{id}"');
+    writeFileSync(proto, shipped.replace('get: "/v1/notifications/{id}"', 'get: "/v1/notifications/by-id/{id}"'));
+    const answer = await reload();
+    expect(answer).toEqual({ status: 200, body: expect.objectContaining({ status: 'reloaded' }) });
+    expect(answer.body.version).not.toBe(version);
+    expect((await requestOnNewConnection(`${gateway.url}/rpc/n-1`)).status).toBe(404);
+    expect((await requestOnNewConnection(`${gateway.url}/rpc/by-id/n-1`)).status).not.toBe(404);
   });
 
   it('marks each request span with the version of the config that served it', async () => {

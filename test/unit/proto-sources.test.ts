@@ -1,0 +1,54 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { configVersion } from '../../src/config-reload';
+import { protoSourcesDigest } from '../../src/grpc/proto-sources';
+import { shippedConfigFile, testConfig } from '../helpers/test-config';
+
+/** A proto that imports another beside it (and Google's, which protobufjs brings), in a directory of its own. */
+function protoPair() {
+  const dir = mkdtempSync(path.join(tmpdir(), 'proto-sources-'));
+  const main = path.join(dir, 'main.proto');
+  const imported = path.join(dir, 'types.proto');
+  const write = (file: string, text: string) => writeFileSync(file, text);
+  write(main, 'syntax = "proto3";\nimport "google/api/annotations.proto";\n// import "commented.proto";\nimport "types.proto";\nservice S { rpc Get (T) returns (T) { option (google.api.http) = { get: "/v1/t" }; } }\n');
+  write(imported, 'syntax = "proto3";\nmessage T { string id = 1; }\n');
+  return { main, imported, write };
+}
+
+describe('protoSourcesDigest', () => {
+  it('changes with the file named and with each file it imports, and only then', () => {
+    const { main, imported, write } = protoPair();
+    const first = protoSourcesDigest([main]);
+    expect(protoSourcesDigest([main])).toBe(first);
+    write(imported, 'syntax = "proto3";\nmessage T { string id = 1; string name = 2; }\n');
+    const second = protoSourcesDigest([main]);
+    expect(second).not.toBe(first);
+    write(main, 'syntax = "proto3";\nimport "google/api/annotations.proto";\n// import "commented.proto";\nimport "types.proto";\nservice S { rpc Get (T) returns (T) { option (google.api.http) = { get: "/v2/t" }; } }\n');
+    expect(protoSourcesDigest([main])).not.toBe(second);
+  });
+
+  it('counts a missing file as missing, and one that appears later as a change', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'proto-sources-'));
+    const file = path.join(dir, 'later.proto');
+    const missing = protoSourcesDigest([file]);
+    writeFileSync(file, 'syntax = "proto3";\n');
+    expect(protoSourcesDigest([file])).not.toBe(missing);
+  });
+});
+
+describe('configVersion with gRPC routes', () => {
+  // An edit of a .proto alone (a new HTTP rule) was reloaded as `unchanged`: the version covered the config's JSON only.
+  it('changes when a proto source of a gRPC route changes, the config file unchanged', () => {
+    const { main, imported, write } = protoPair();
+    const origin = 'http://127.0.0.1:9';
+    const config = () =>
+      testConfig({ users: origin, orders: origin, notifications: origin }, {
+        routes: [...(shippedConfigFile().routes as unknown[]), { name: 'rpc', prefix: '/rpc', service: 'notifications', upstreamPath: '', auth: 'public', grpc: { proto: main, service: 'x.v1.S' } }],
+      });
+    const before = configVersion(config());
+    expect(configVersion(config())).toBe(before);
+    write(imported, 'syntax = "proto3";\nmessage T { string id = 1; int32 n = 2; }\n');
+    expect(configVersion(config())).not.toBe(before);
+  });
+});
