@@ -54,7 +54,9 @@ describe('gateway span status and error.type follow the HTTP semantic convention
         expect(server.attributes[ATTR_HTTP_RESPONSE_STATUS_CODE]).toBe(answered);
         expect(errorOf(server)).toEqual(answered >= 500 ? { status: SpanStatusCode.ERROR, errorType: String(answered) } : { status: SpanStatusCode.UNSET, errorType: undefined });
       }),
-      { seed: 19, numRuns: 40 },
+      // The class boundaries always, beside the draws: 40 of 400 values rarely land on 399/400 or 499/500, where an
+      // off-by-one (`> 400`, `>= 501`) would show.
+      { seed: 19, numRuns: 40, examples: [[399], [400], [499], [500]] },
     );
   });
 
