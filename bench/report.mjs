@@ -73,50 +73,68 @@ export function evaluate(results) {
         return own === null || !theirs ? null : own / theirs;
       });
       const addedP50Ms = perRound((r) => find(id, 'latency', r).latencyMs.p50 - find(base, 'latency', r).latencyMs.p50);
-      const pack = (values, digits) => ({ mean: round(mean(values), digits), median: round(median(values), digits), rounds: values.map((v) => round(v, digits)) });
+      // Shown rounded, judged exact: a tracing cost of 20.4% rounded to 1.20x read "+20%" and passed a 20% limit.
+      const pack = (values, digits) => ({ mean: round(mean(values), digits), median: round(median(values), digits), rounds: values.map((v) => round(v, digits)), exact: { median: median(values), rounds: values } });
       ratios[id][base] = { throughput: pack(throughput, 3), cpuPerRequest: pack(cpuPerRequest, 2), addedP50Ms: pack(addedP50Ms, 3) };
     }
   }
 
   // Every line is judged on the median of its per-round values; each round's value is kept beside it.
   const budget = [];
-  const line = (id, text, limit, values, unit, passes, skipped) => {
+  // Requests that failed (wrk's connect, read, write, timeout and non-2xx/3xx counts) in a case's runs: they count as
+  // throughput there, so a case answering quick errors looked fast and cheap.
+  const failedIn = (id) => runs.filter((r) => r.case === id).reduce((sum, r) => sum + (r.errors ?? 0), 0);
+  const line = (id, text, limit, values, unit, passes, skipped, pair = []) => {
     if (skipped) {
       budget.push({ id, line: text, limit, measured: null, rounds: [], unit, result: 'SKIP', note: skipped });
       return;
     }
+    const failing = pair.filter((each) => failedIn(each) > 0);
+    if (failing.length > 0) {
+      budget.push({ id, line: text, limit, measured: values.median ?? null, rounds: values.rounds ?? [], unit, result: 'FAIL', note: `requests failed in ${failing.map((each) => `${each} (${failedIn(each)})`).join(', ')}` });
+      return;
+    }
     const measured = values.median;
-    const verdict = measured === null || measured === undefined ? 'FAIL' : passes(measured) ? 'PASS' : 'FAIL';
-    const split = values.rounds.length > 1 && values.rounds.some((v) => v !== null && passes(v) !== (verdict === 'PASS'));
+    // The verdict on the unrounded values where there are any; the rounded ones are what the table shows.
+    const judged = values.exact ?? values;
+    const verdict = judged.median === null || judged.median === undefined ? 'FAIL' : passes(judged.median) ? 'PASS' : 'FAIL';
+    const split = judged.rounds.length > 1 && judged.rounds.some((v) => v !== null && v !== undefined && passes(v) !== (verdict === 'PASS'));
     budget.push({ id, line: text, limit, measured, rounds: values.rounds, unit, result: verdict, ...(split ? { note: 'rounds disagree' } : {}) });
   };
   const gw = ratios.gateway;
   if (gw) {
     const notRun = (base) => (cases[base] ? undefined : `${base} case not run`);
-    const asPercentOver = (r) => r && { median: round((r.median - 1) * 100, 1), rounds: r.rounds.map((v) => (v === null ? null : round((v - 1) * 100, 1))) };
-    line('cpu-vs-floor', 'traced CPU per request <= 3x the bare Node floor', `<= ${BUDGET.cpuPerRequestVsFloorMax}x`, gw['node-floor']?.cpuPerRequest ?? {}, 'x', (v) => v <= BUDGET.cpuPerRequestVsFloorMax, notRun('node-floor'));
-    line('tracing-cost', 'tracing (and metrics) cost <= 20% CPU per request vs telemetry off', `<= ${BUDGET.tracingCpuCostMax * 100}%`, asPercentOver(gw['gateway-untraced']?.cpuPerRequest) ?? {}, '%', (v) => v <= BUDGET.tracingCpuCostMax * 100, notRun('gateway-untraced'));
-    line('throughput-vs-fastify', 'traced throughput >= 1.2x the fastify gateway', `>= ${BUDGET.throughputVsFastifyMin}x`, gw.fastify?.throughput ?? {}, 'x', (v) => v >= BUDGET.throughputVsFastifyMin, notRun('fastify'));
-    line('throughput-vs-express', 'traced throughput >= 2x the Express tutorial gateway', `>= ${BUDGET.throughputVsExpressMin}x`, gw.express?.throughput ?? {}, 'x', (v) => v >= BUDGET.throughputVsExpressMin, notRun('express'));
-    line('added-p50', "added p50 at 1 connection <= the floor's + 0.15 ms", `<= +${BUDGET.addedP50VsFloorMsMax} ms`, gw['node-floor']?.addedP50Ms ?? {}, 'ms', (v) => v <= BUDGET.addedP50VsFloorMsMax, notRun('node-floor'));
+    const percentOver = (v) => (v === null || v === undefined ? null : (v - 1) * 100);
+    const asPercentOver = (r) =>
+      r && { median: round(percentOver(r.exact.median), 1), rounds: r.exact.rounds.map((v) => round(percentOver(v), 1)), exact: { median: percentOver(r.exact.median), rounds: r.exact.rounds.map(percentOver) } };
+    line('cpu-vs-floor', 'traced CPU per request <= 3x the bare Node floor', `<= ${BUDGET.cpuPerRequestVsFloorMax}x`, gw['node-floor']?.cpuPerRequest ?? {}, 'x', (v) => v <= BUDGET.cpuPerRequestVsFloorMax, notRun('node-floor'), ['gateway', 'node-floor']);
+    line('tracing-cost', 'tracing (and metrics) cost <= 20% CPU per request vs telemetry off', `<= ${BUDGET.tracingCpuCostMax * 100}%`, asPercentOver(gw['gateway-untraced']?.cpuPerRequest) ?? {}, '%', (v) => v <= BUDGET.tracingCpuCostMax * 100, notRun('gateway-untraced'), ['gateway', 'gateway-untraced']);
+    line('throughput-vs-fastify', 'traced throughput >= 1.2x the fastify gateway', `>= ${BUDGET.throughputVsFastifyMin}x`, gw.fastify?.throughput ?? {}, 'x', (v) => v >= BUDGET.throughputVsFastifyMin, notRun('fastify'), ['gateway', 'fastify']);
+    line('throughput-vs-express', 'traced throughput >= 2x the Express tutorial gateway', `>= ${BUDGET.throughputVsExpressMin}x`, gw.express?.throughput ?? {}, 'x', (v) => v >= BUDGET.throughputVsExpressMin, notRun('express'), ['gateway', 'express']);
+    line('added-p50', "added p50 at 1 connection <= the floor's + 0.15 ms", `<= +${BUDGET.addedP50VsFloorMsMax} ms`, gw['node-floor']?.addedP50Ms ?? {}, 'ms', (v) => v <= BUDGET.addedP50VsFloorMsMax, notRun('node-floor'), ['gateway', 'node-floor']);
     // Each round's servers are fresh processes: their peaks are compared round by round when both have them.
     const rss = results.memoryMiB;
     const rssRounds = rss.gateway?.rounds && rss['node-floor']?.rounds ? rss.gateway.rounds.map((peak, i) => round(peak - rss['node-floor'].rounds[i], 1)) : [];
     const rssOver = rssRounds.length > 0 ? round(median(rssRounds), 1) : rss.gateway && rss['node-floor'] ? round(rss.gateway.peak - rss['node-floor'].peak, 1) : null;
     line('peak-rss', "peak RSS under the bench load <= the floor's + 48 MiB", `<= +${BUDGET.peakRssOverFloorMiBMax} MiB`, { median: rssOver, rounds: rssRounds }, 'MiB', (v) => v <= BUDGET.peakRssOverFloorMiBMax, notRun('node-floor'));
     const loss = results.loss;
-    line('spans-lost', 'spans lost at 50% of peak', `${BUDGET.spansLostMax}`, { median: loss ? loss.spansLost : null, rounds: [] }, 'spans', (v) => v <= BUDGET.spansLostMax, loss ? undefined : 'loss check not run');
+    // Only at the rate it names: a load that skipped sends (32 in flight), failed or fell short of the rate checked
+    // less than it says, and passed all the same.
+    const shortLoad = loss && (loss.load.skipped > 0 || loss.load.errors > 0 || loss.load.non2xx > 0 || loss.load.achievedRate < 0.98 * loss.targetRate);
+    if (shortLoad) {
+      budget.push({ id: 'spans-lost', line: 'spans lost at 50% of peak', limit: `${BUDGET.spansLostMax}`, measured: loss.spansLost, rounds: [], unit: 'spans', result: 'FAIL', note: `the load was not the rate it names: ${loss.load.achievedRate} of ${loss.targetRate} req/s, ${loss.load.skipped} skipped, ${loss.load.errors + loss.load.non2xx} failed` });
+    } else line('spans-lost', 'spans lost at 50% of peak', `${BUDGET.spansLostMax}`, { median: loss ? loss.spansLost : null, rounds: [] }, 'spans', (v) => v <= BUDGET.spansLostMax, loss ? undefined : 'loss check not run');
     line('logs-lost', 'log records lost at 50% of peak (OTLP log export)', `${BUDGET.logRecordsLostMax}`, { median: loss?.logRecordsLost ?? null, rounds: [] }, 'records', (v) => v <= BUDGET.logRecordsLostMax, !loss ? 'loss check not run' : loss.logRecordsLost === undefined ? 'logs not exported over OTLP in this run (--otlp-logs)' : undefined);
     // Issue 14: a response-cache hit (never reaching the upstream) costs at most 1.5x the floor's CPU per request.
     const hit = ratios['gateway-cache-hit']?.['node-floor']?.cpuPerRequest;
-    line('cache-hit-vs-floor', "cache-hit CPU per request <= 1.5x the floor's (issue 14)", `<= ${BUDGET.cacheHitCpuVsFloorMax}x`, hit ?? {}, 'x', (v) => v <= BUDGET.cacheHitCpuVsFloorMax, hit ? undefined : notRun(cases['gateway-cache-hit'] ? 'node-floor' : 'gateway-cache-hit'));
+    line('cache-hit-vs-floor', "cache-hit CPU per request <= 1.5x the floor's (issue 14)", `<= ${BUDGET.cacheHitCpuVsFloorMax}x`, hit ?? {}, 'x', (v) => v <= BUDGET.cacheHitCpuVsFloorMax, hit ? undefined : notRun(cases['gateway-cache-hit'] ? 'node-floor' : 'gateway-cache-hit'), ['gateway-cache-hit', 'node-floor']);
     // Issue 13: 2 workers cost at most 10% more CPU per request than 1, and no request fails.
     const twoWorkers = ratios['gateway-2-workers']?.gateway?.cpuPerRequest;
     line('two-workers-cpu', 'CPU per request with 2 workers <= 1.1x 1 worker (issue 13)', `<= ${BUDGET.twoWorkersCpuVsOneMax}x`, twoWorkers ?? {}, 'x', (v) => v <= BUDGET.twoWorkersCpuVsOneMax, twoWorkers ? undefined : notRun('gateway-2-workers'));
     const twoWorkerErrors = cases['gateway-2-workers'] ? runs.filter((r) => r.case === 'gateway-2-workers').reduce((sum, r) => sum + r.errors, 0) : null;
     line('two-workers-errors', 'requests failed with 2 workers (issue 13)', '0', { median: twoWorkerErrors, rounds: [] }, 'requests', (v) => v === 0, notRun('gateway-2-workers'));
     // Issue 11: recording every request's RED metrics costs at most 5% CPU per request over metrics off.
-    line('metrics-cost', 'metrics cost <= 5% CPU per request vs metrics off (issue 11)', `<= ${BUDGET.metricsCpuCostMax * 100}%`, asPercentOver(gw['gateway-metrics-off']?.cpuPerRequest) ?? {}, '%', (v) => v <= BUDGET.metricsCpuCostMax * 100, notRun('gateway-metrics-off'));
+    line('metrics-cost', 'metrics cost <= 5% CPU per request vs metrics off (issue 11)', `<= ${BUDGET.metricsCpuCostMax * 100}%`, asPercentOver(gw['gateway-metrics-off']?.cpuPerRequest) ?? {}, '%', (v) => v <= BUDGET.metricsCpuCostMax * 100, notRun('gateway-metrics-off'), ['gateway', 'gateway-metrics-off']);
   }
   return { summary, ratios, budget, tracingFloor: tracingFloor(cases, rounds, find) };
 }

@@ -443,11 +443,15 @@ async function main() {
   if (flags.strict && results.budget.some((line) => line.result === 'FAIL')) process.exitCode = 1;
 }
 
-/** Waits until the sink has as many server spans as `expected()` returns, or `timeoutMs` passes. */
-async function waitForSpans(port, expected, timeoutMs) {
+/**
+ * Waits until the sink has as many server spans as `expected()` returns (and client spans, with `clientBase` given:
+ * that many more than it), or `timeoutMs` passes.
+ */
+async function waitForSpans(port, expected, timeoutMs, clientBase) {
   const deadline = Date.now() + timeoutMs;
   let received = await stats(port);
-  while (received.spans.server < expected() && Date.now() < deadline) {
+  const short = () => received.spans.server < expected() || (clientBase !== undefined && received.spans.client - clientBase.client < expected() - clientBase.server);
+  while (short() && Date.now() < deadline) {
     await sleep(250);
     received = await stats(port);
   }
@@ -495,7 +499,7 @@ async function lossCheck({ runs, ports, pids, logs, authHeader, url, ticksPerSec
   const paced = JSON.parse(/^PACED_JSON (.*)$/m.exec(fs.readFileSync(path.join(logs, 'paced-load.out.log'), 'utf8'))?.[1] ?? 'null');
   if (code !== 0 || !paced) throw new Error(`paced load exited ${code}; see ${logs}/paced-load.err.log`);
   const served = () => accessLog.count() - baseServed;
-  const final = await waitForSpans(ports.sink, () => baseSpans.server + served(), flushMs);
+  const final = await waitForSpans(ports.sink, () => baseSpans.server + served(), flushMs, baseSpans);
   const serverSpans = final.spans.server - baseSpans.server;
   // With --otlp-logs every access-log line is also an OTLP log record (the only lines the gateway writes
   // under a steady load): each one served must have arrived.
@@ -509,7 +513,8 @@ async function lossCheck({ runs, ports, pids, logs, authHeader, url, ticksPerSec
     requestsServed: served(),
     serverSpansReceived: serverSpans,
     clientSpansReceived: clientSpans,
-    spansLost: Math.max(0, served() - serverSpans),
+    // Each request served makes a SERVER span and the proxy's CLIENT span: a lost one of either is lost.
+    spansLost: Math.max(0, served() - serverSpans) + Math.max(0, served() - clientSpans),
     ...(logRecords === undefined ? {} : { logRecordsReceived: logRecords - settled.logs, logRecordsLost: Math.max(0, served() - (logRecords - settled.logs)) }),
     gatewayCpuUsPerRequest: Math.round(((afterCpu.gateway - beforeCpu.gateway) / ticksPerSecond) * 1e7 / Math.max(1, served())) / 10,
     underFullLoad,

@@ -106,3 +106,33 @@ describe('bench report: where the processes ran', () => {
     expect(markdown({ pinned: false })).toContain('Load generator, upstream, sink and servers share the same cores');
   });
 });
+
+describe('bench report: how lines are judged', () => {
+  const lineOf = (input: unknown, id: string) => evaluate<BudgetLine[]>('m.evaluate(input).budget', input).find((line) => line.id === id)!;
+
+  // Rounded first, 1.204x became 1.20x, "+20%", and passed a 20% limit it was over.
+  it('judges a ratio unrounded: +20.4% fails a 20% limit, +19.96% passes it', () => {
+    const over = lineOf(results({ 'gateway-untraced': [100_000, 100_000, 100_000], gateway: [120_400, 120_400, 120_400] }), 'tracing-cost');
+    expect([over.measured, over.result]).toEqual([20.4, 'FAIL']);
+    const under = lineOf(results({ 'gateway-untraced': [100_000, 100_000, 100_000], gateway: [119_960, 119_960, 119_960] }), 'tracing-cost');
+    expect([under.measured, under.result]).toEqual([20, 'PASS']);
+  });
+
+  it('fails a line when requests failed in either case of its pair (they counted as throughput)', () => {
+    const input = results({ 'gateway-untraced': [100, 100, 100], gateway: [110, 110, 110] }) as { runs: { case: string; errors: number }[] };
+    expect(lineOf(input, 'tracing-cost').result).toBe('PASS');
+    input.runs.find((run) => run.case === 'gateway-untraced')!.errors = 3;
+    const line = lineOf(input, 'tracing-cost') as BudgetLine & { note?: string };
+    expect([line.result, line.note]).toEqual(['FAIL', 'requests failed in gateway-untraced (3)']);
+  });
+
+  it('fails the spans-lost line when the load was not the rate it names, and when a CLIENT span is missing', () => {
+    const paced = { sent: 6000, ok: 6000, non2xx: 0, errors: 0, skipped: 0, achievedRate: 100, latencyMs: { p50: 1, p99: 2 } };
+    const withLoss = (load: Record<string, number | object>, spansLost = 0) => ({ ...results({ 'node-floor': [50], gateway: [150] }), loss: { targetRate: 100, peakRate: 200, seconds: 60, load: { ...paced, ...load }, requestsServed: 6000, serverSpansReceived: 6000, clientSpansReceived: 6000, spansLost } });
+    expect(lineOf(withLoss({}), 'spans-lost').result).toBe('PASS');
+    expect(lineOf(withLoss({ skipped: 12 }), 'spans-lost').result).toBe('FAIL');
+    expect(lineOf(withLoss({ achievedRate: 90 }), 'spans-lost').result).toBe('FAIL');
+    expect(lineOf(withLoss({ non2xx: 1 }), 'spans-lost').result).toBe('FAIL');
+    expect(lineOf(withLoss({}, 1), 'spans-lost').result).toBe('FAIL');
+  });
+});
