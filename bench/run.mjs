@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { childPids, cpuPlacement, cpuTicks, freePort, LineCounter, memoryMiB, pinTo, start, stop, stopAll, waitUntilServing } from './processes.mjs';
 import { evaluate, median, toMarkdown } from './report.mjs';
-import { BENCH_DIR, benchCredentials, cleanEnv, freshDir, ROOT, startGateway, startNginx, startNodeFloor, startPeer, startSink, startUpstream } from './servers.mjs';
+import { BENCH_DIR, benchCredentials, cleanEnv, freshDir, mintTokens, ROOT, startGateway, startNginx, startNodeFloor, startPeer, startSink, startUpstream } from './servers.mjs';
 import { runWrk, warmUp, WARMUP_SECONDS, wrkVersion } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
@@ -28,6 +28,7 @@ const { values: flags } = parseArgs({
     connections: { type: 'string', default: '50' },
     cases: { type: 'string' },
     'otlp-logs': { type: 'boolean', default: false },
+    tokens: { type: 'string', default: '1' },
     'wait-quiet': { type: 'string', default: '0' },
     out: { type: 'string', default: path.join(BENCH_DIR, 'out') },
     strict: { type: 'boolean', default: false },
@@ -52,6 +53,9 @@ if (flags.help) {
   --no-pin                   leave every process free to run on any CPU (default: each measured server on a CPU of
                              its own, wrk, the upstream and the sinks on the others; see bench/README.md)
   --otlp-logs                also export the access log through OTLP (default: traces only, log to a file)
+  --tokens N                 authenticated cases send N distinct tokens round robin (default 1: one token, which the
+                             gateway's verified-token cache, 10,000 by default, checks once); the cache-hit case
+                             keeps one (its answers are cached per caller)
   --out DIR                  where logs and results go (default bench/out)
   --strict                   exit 1 when a budget line fails
 `);
@@ -71,6 +75,7 @@ const settings = {
   lossSeconds: nonNegativeInt(flags['loss-seconds'], quick ? 10 : 60),
   connections: positiveInt(flags.connections, 50),
   otlpLogs: flags['otlp-logs'],
+  tokens: positiveInt(flags.tokens, 1),
   quick,
   // Each measured server on a CPU of its own, the rest on the others. Left to the scheduler, a server shared its core
   // with wrk and the upstream by turns, and its CPU per request moved with how many requests each turn found waiting
@@ -277,6 +282,10 @@ async function main() {
   freshDir(logs);
 
   const { secret, headers: authHeader } = await benchCredentials();
+  // With --tokens N, N distinct tokens of the same secret and claims (each its own jti), one per line.
+  const tokensFile = settings.tokens > 1 ? path.join(out, 'tokens.txt') : undefined;
+  if (tokensFile) fs.writeFileSync(tokensFile, `${(await mintTokens(secret, settings.tokens)).join('\n')}\n`);
+  const tokensFileFor = (c) => (c.auth && !c.cached ? tokensFile : undefined);
 
   log(`settings: ${JSON.stringify(settings)}; cases: ${selected.join(', ')}`);
   const waitQuiet = nonNegativeInt(flags['wait-quiet'], 0);
@@ -331,7 +340,7 @@ async function main() {
   async function timedRun(id, connections, seconds) {
     const c = cases[id];
     const before = cpuSnapshot(pids);
-    const result = await runWrk({ url: c.url, connections, seconds, headers: c.auth ? authHeader : {} });
+    const result = await runWrk({ url: c.url, connections, seconds, headers: c.auth ? authHeader : {}, tokensFile: tokensFileFor(c) });
     const after = cpuSnapshot(pids);
     const ticks = {};
     for (const name of Object.keys(after)) ticks[name] = after[name] - before[name];
@@ -377,7 +386,7 @@ async function main() {
     return run;
   }
 
-  const warmUpCase = (id, seconds) => warmUp({ url: cases[id].url, connections: settings.connections, seconds, headers: cases[id].auth ? authHeader : {} });
+  const warmUpCase = (id, seconds) => warmUp({ url: cases[id].url, connections: settings.connections, seconds, headers: cases[id].auth ? authHeader : {}, tokensFile: tokensFileFor(cases[id]) });
   const runs = [];
   for (let round = 1; round <= settings.rounds; round++) {
     await startRound(round);

@@ -41,15 +41,22 @@ export function freshDir(...segments) {
 }
 
 /** The one token every authenticated case is sent: HS256, the claims the gateway's own tokens carry. */
-export function mintToken(secret) {
-  return new SignJWT({ email: 'ada@example.com', role: 'user' })
+export function mintToken(secret, jti) {
+  const token = new SignJWT({ email: 'ada@example.com', role: 'user' })
     .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
     .setSubject('42')
     .setIssuer(ISSUER)
     .setAudience(AUDIENCE)
     .setIssuedAt()
-    .setExpirationTime('2h')
-    .sign(new TextEncoder().encode(secret));
+    .setExpirationTime('2h');
+  return (jti === undefined ? token : token.setJti(jti)).sign(new TextEncoder().encode(secret));
+}
+
+/** `count` distinct tokens like mintToken's (each its own `jti`): `--tokens`, so no verified-token cache holds them all. */
+export async function mintTokens(secret, count) {
+  const tokens = [];
+  for (let i = 0; i < count; i++) tokens.push(await mintToken(secret, `bench-${i}`));
+  return tokens;
 }
 
 /** This process's environment without anything that would change a server or its telemetry. */

@@ -1,9 +1,20 @@
 // Runs wrk (Debian's `wrk` package) once and returns its summary, read from bench/wrk-report.lua's JSON line.
 import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const REPORT_SCRIPT = path.join(path.dirname(fileURLToPath(import.meta.url)), 'wrk-report.lua');
+const BENCH = path.dirname(fileURLToPath(import.meta.url));
+const REPORT_SCRIPT = path.join(BENCH, 'wrk-report.lua');
+/** wrk takes one script: the report's `done` with wrk-tokens.lua's `init` and `request`, written once. */
+let tokensScript;
+function reportWithTokensScript() {
+  if (tokensScript) return tokensScript;
+  tokensScript = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'bench-wrk-')), 'report-with-tokens.lua');
+  fs.writeFileSync(tokensScript, `${fs.readFileSync(REPORT_SCRIPT, 'utf8')}\n${fs.readFileSync(path.join(BENCH, 'wrk-tokens.lua'), 'utf8')}`);
+  return tokensScript;
+}
 
 /** `wrk 4.1.0`, or undefined when wrk is not installed. */
 export function wrkVersion() {
@@ -21,11 +32,13 @@ export function wrkVersion() {
 /**
  * GET `url` over `connections` keep-alive connections from one wrk thread for `seconds`. Resolves with
  * { requests, seconds, rps, errors, latencyMs: { p50, p90, p99, max, mean } }. wrk is killed if it overruns.
+ * `tokensFile`: each request carries the next of its tokens (one per line), round robin, as a bearer token.
  */
-export function runWrk({ url, connections, seconds, headers = {} }) {
-  const args = ['-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '2s', '-s', REPORT_SCRIPT];
+export function runWrk({ url, connections, seconds, headers = {}, tokensFile }) {
+  const args = ['-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '2s', '-s', tokensFile ? reportWithTokensScript() : REPORT_SCRIPT];
   for (const [name, value] of Object.entries(headers)) args.push('-H', `${name}: ${value}`);
   args.push(url);
+  if (tokensFile) args.push('--', tokensFile);
   return new Promise((resolve, reject) => {
     const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
@@ -66,10 +79,10 @@ export function runWrk({ url, connections, seconds, headers = {} }) {
  * and response paths), and its next 1 s runs took 290, 240, 220, 195 µs per request before settling at ~160;
  * after six to eight 1 s runs the first measured second was at that level (bench/RESULTS.md, thirty-first session).
  */
-export async function warmUp({ url, connections, seconds, headers = {} }) {
+export async function warmUp({ url, connections, seconds, headers = {}, tokensFile }) {
   // A count of runs: NaN or 2.5 would silently warm up for no time or for 3 s.
   if (!Number.isInteger(seconds) || seconds < 0) throw new Error(`warm-up of ${seconds} s: expected a whole number of seconds`);
-  for (let run = 0; run < seconds; run++) await runWrk({ url, connections, seconds: 1, headers });
+  for (let run = 0; run < seconds; run++) await runWrk({ url, connections, seconds: 1, headers, tokensFile });
 }
 
 /** The warm-up's default length, seconds (eight 1 s runs): what the measurements above found enough. */
