@@ -118,12 +118,15 @@ export function evaluate(results) {
     const rssOver = rssRounds.length > 0 ? round(median(rssRounds), 1) : rss.gateway && rss['node-floor'] ? round(rss.gateway.peak - rss['node-floor'].peak, 1) : null;
     line('peak-rss', "peak RSS under the bench load <= the floor's + 48 MiB", `<= +${BUDGET.peakRssOverFloorMiBMax} MiB`, { median: rssOver, rounds: rssRounds }, 'MiB', (v) => v <= BUDGET.peakRssOverFloorMiBMax, notRun('node-floor'));
     const loss = results.loss;
-    // Only at the rate it names: a load that skipped sends (32 in flight), failed or fell short of the rate checked
-    // less than it says, and passed all the same.
-    const shortLoad = loss && (loss.load.skipped > 0 || loss.load.errors > 0 || loss.load.non2xx > 0 || loss.load.achievedRate < 0.98 * loss.targetRate);
+    // Only at the rate it names: a load that failed, or answered below 98% of its rate (sends skipped at 32 in flight
+    // and not made up), checked less than it says and passed all the same. A few skips within the rate are said.
+    const shortLoad = loss && (loss.load.errors > 0 || loss.load.non2xx > 0 || loss.load.achievedRate < 0.98 * loss.targetRate);
     if (shortLoad) {
       budget.push({ id: 'spans-lost', line: 'spans lost at 50% of peak', limit: `${BUDGET.spansLostMax}`, measured: loss.spansLost, rounds: [], unit: 'spans', result: 'FAIL', note: `the load was not the rate it names: ${loss.load.achievedRate} of ${loss.targetRate} req/s, ${loss.load.skipped} skipped, ${loss.load.errors + loss.load.non2xx} failed` });
-    } else line('spans-lost', 'spans lost at 50% of peak', `${BUDGET.spansLostMax}`, { median: loss ? loss.spansLost : null, rounds: [] }, 'spans', (v) => v <= BUDGET.spansLostMax, loss ? undefined : 'loss check not run');
+    } else {
+      line('spans-lost', 'spans lost at 50% of peak', `${BUDGET.spansLostMax}`, { median: loss ? loss.spansLost : null, rounds: [] }, 'spans', (v) => v <= BUDGET.spansLostMax, loss ? undefined : 'loss check not run');
+      if (loss?.load.skipped > 0) budget.at(-1).note = `${loss.load.skipped} sends skipped at 32 in flight; ${loss.load.achievedRate} of ${loss.targetRate} req/s answered`;
+    }
     line('logs-lost', 'log records lost at 50% of peak (OTLP log export)', `${BUDGET.logRecordsLostMax}`, { median: loss?.logRecordsLost ?? null, rounds: [] }, 'records', (v) => v <= BUDGET.logRecordsLostMax, !loss ? 'loss check not run' : loss.logRecordsLost === undefined ? 'logs not exported over OTLP in this run (--otlp-logs)' : undefined);
     // Issue 14: a response-cache hit (never reaching the upstream) costs at most 1.5x the floor's CPU per request.
     const hit = ratios['gateway-cache-hit']?.['node-floor']?.cpuPerRequest;

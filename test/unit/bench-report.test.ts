@@ -130,7 +130,9 @@ describe('bench report: how lines are judged', () => {
     const paced = { sent: 6000, ok: 6000, non2xx: 0, errors: 0, skipped: 0, achievedRate: 100, latencyMs: { p50: 1, p99: 2 } };
     const withLoss = (load: Record<string, number | object>, spansLost = 0) => ({ ...results({ 'node-floor': [50], gateway: [150] }), loss: { targetRate: 100, peakRate: 200, seconds: 60, load: { ...paced, ...load }, requestsServed: 6000, serverSpansReceived: 6000, clientSpansReceived: 6000, spansLost } });
     expect(lineOf(withLoss({}), 'spans-lost').result).toBe('PASS');
-    expect(lineOf(withLoss({ skipped: 12 }), 'spans-lost').result).toBe('FAIL');
+    // A few sends skipped while the rate held: said, not failed.
+    expect(lineOf(withLoss({ skipped: 12, achievedRate: 99 }), 'spans-lost')).toMatchObject({ result: 'PASS', note: '12 sends skipped at 32 in flight; 99 of 100 req/s answered' });
+    expect(lineOf(withLoss({ skipped: 600, achievedRate: 90 }), 'spans-lost').result).toBe('FAIL');
     expect(lineOf(withLoss({ achievedRate: 90 }), 'spans-lost').result).toBe('FAIL');
     expect(lineOf(withLoss({ non2xx: 1 }), 'spans-lost').result).toBe('FAIL');
     expect(lineOf(withLoss({}, 1), 'spans-lost').result).toBe('FAIL');
