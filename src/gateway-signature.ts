@@ -80,7 +80,7 @@ const SHA256_DIGEST_BYTES = 32;
  * ~19k. The inner pad goes before the message as text, so it must be ASCII: the key is at most one block of ASCII
  * (any generated key: base64, hex), whose pads are; any other key takes createHmac.
  */
-function keyedMac(key: string): (text: string) => string {
+export function keyedMac(key: string): (text: string) => string {
   const bytes = Buffer.from(key, 'utf8');
   if (bytes.length > SHA256_BLOCK_BYTES || bytes.some((byte) => byte > 0x7f)) {
     // A KeyObject made once: given the string, createHmac converts it to key bytes on every call.

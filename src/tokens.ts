@@ -1,8 +1,9 @@
-import { webcrypto } from 'node:crypto';
-import { SignJWT, createLocalJWKSet, createRemoteJWKSet, customFetch, decodeProtectedHeader, jwksCache, jwtVerify, type ExportedJWKSCache, type FetchImplementation, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey, type JWTVerifyOptions } from 'jose';
+import { timingSafeEqual, webcrypto } from 'node:crypto';
+import { SignJWT, UnsecuredJWT, createLocalJWKSet, createRemoteJWKSet, customFetch, decodeProtectedHeader, jwksCache, jwtVerify, type ExportedJWKSCache, type FetchImplementation, type JSONWebKeySet, type JWTClaimVerificationOptions, type JWTPayload, type JWTVerifyGetKey, type JWTVerifyOptions, type ProtectedHeaderParameters } from 'jose';
 import { IDENTITY_CLAIM_LIMITS, IDENTITY_VALUE } from '../otel/wire-names';
 import { redactUrl } from '../otel/redact-url';
 import type { AuthenticatedUser } from './context';
+import { keyedMac } from './gateway-signature';
 
 /** The only algorithm the gateway's own tokens use; verification accepts nothing else (no `none`). */
 export const TOKEN_ALGORITHM = 'HS256';
@@ -108,6 +109,31 @@ function refuseIssuedInFuture(payload: JWTPayload, toleranceSeconds: number): vo
   }
 }
 
+/**
+ * Verifies one of the gateway's own HS256 tokens as jose's jwtVerify does, with the signature checked on `node:crypto`:
+ * jwtVerify checks it with WebCrypto, a thread-pool job, 34.5 µs of CPU per token against 4.1 µs for an HMAC here
+ * (bench/RESULTS.md, thirty-ninth session), paid on the first sight of every token. Only the signature is checked
+ * here: the token must be exactly three parts and its signature exactly the base64url HMAC-SHA256 of the first two
+ * under the secret (compared in constant time; no other spelling of the same bytes). Everything else is jose's, on
+ * the same header and payload: UnsecuredJWT.decode judges the header's `crit` and `b64` and the claims (issuer,
+ * audience, `exp`, `nbf`, required claims, clock tolerance) with the validation jwtVerify runs, the header given
+ * to it as the token's own with `alg` set to `none` (its `alg` was checked to be HS256 before this is called).
+ */
+function ownTokenVerifier(secret: string, options: JWTClaimVerificationOptions): (token: string, header: ProtectedHeaderParameters) => JWTPayload {
+  const mac = keyedMac(secret);
+  return (token, header) => {
+    const parts = token.split('.');
+    if (parts.length !== 3) throw new TokenRejectedError('malformed', REJECTION_MESSAGE.malformed);
+    const [encodedHeader, encodedPayload, signature] = parts as [string, string, string];
+    const expected = Buffer.from(mac(`${encodedHeader}.${encodedPayload}`), 'latin1');
+    // UTF-8, not latin1: a character past U+00FF would be cut to one byte and could read as the expected one.
+    const given = Buffer.from(signature, 'utf8');
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) throw new TokenRejectedError('bad_signature', REJECTION_MESSAGE.bad_signature);
+    const unsecuredHeader = Buffer.from(JSON.stringify({ ...header, alg: 'none' }), 'utf8').toString('base64url');
+    return UnsecuredJWT.decode(`${unsecuredHeader}.${encodedPayload}.`, options).payload;
+  };
+}
+
 /** The keys to verify a token could not be fetched (JWKS down, slow or broken): fail closed, but say so. */
 export class TokenVerifierUnavailableError extends Error {
   override name = 'TokenVerifierUnavailableError';
@@ -132,14 +158,14 @@ export interface TokenService {
  * tokens are remembered until they expire: the same signed string verifies the same way until then.
  */
 export function createTokenService(options: TokenServiceOptions): TokenService {
+  // For issuing: jose signs with it (jose would re-import a raw secret on every call).
   const key = webcrypto.subtle.importKey('raw', new TextEncoder().encode(options.secret), { name: 'HMAC', hash: 'SHA-256' }, false, ['sign', 'verify']);
-  const ownOptions = {
-    algorithms: [TOKEN_ALGORITHM],
+  const verifyOwn = ownTokenVerifier(options.secret, {
     issuer: options.issuer,
     audience: options.audience,
     clockTolerance: options.clockToleranceSeconds,
     requiredClaims: ['sub', 'exp', 'iat'],
-  };
+  });
   const jwks = options.jwks;
   const providerKeys = jwks && providerKeyLookup(jwks);
   const providerOptions = jwks && {
@@ -156,18 +182,18 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
    * provider token whether the key that signed it is still published.
    */
   async function verifyWithKeys(token: string): Promise<{ user: AuthenticatedUser; trustedUntilMs: number; stillPublished?: () => boolean }> {
-    let alg: string | undefined;
-    let crit: unknown;
+    let header: ProtectedHeaderParameters;
     try {
-      ({ alg, crit } = decodeProtectedHeader(token));
+      header = decodeProtectedHeader(token);
     } catch {
       throw new TokenRejectedError('malformed', REJECTION_MESSAGE.malformed);
     }
+    const { alg, crit } = header;
     // Before any key is looked up, where jose checks it too.
     if (crit !== undefined && namesUnsupportedCritical(crit)) throw new TokenRejectedError('unsupported_critical_header', REJECTION_MESSAGE.unsupported_critical_header);
     try {
       if (alg === TOKEN_ALGORITHM) {
-        const { payload } = await jwtVerify(token, await key, ownOptions);
+        const payload = verifyOwn(token, header);
         refuseIssuedInFuture(payload, options.clockToleranceSeconds);
         return { user: ownIdentity(payload), trustedUntilMs: expiryMs(payload) };
       }
@@ -460,8 +486,9 @@ function tokenKey(token: string): string {
 }
 
 /**
- * Remembers verified tokens until their `exp` (a provider's, no longer than its key set is trusted): verifying an
- * HS256 token costs ~65 us of CPU per request, a Map lookup almost nothing. Bounded; when full, the oldest
+ * Remembers verified tokens until their `exp` (a provider's, no longer than its key set is trusted): verifying one of
+ * the gateway's own tokens costs ~10 µs of CPU, a provider's (jwtVerify, WebCrypto) several times that, a Map lookup
+ * almost nothing. Bounded; when full, the oldest
  * entries go first. Keyed by the token's end (tokenKey), each entry holding the whole token it is for.
  */
 class VerifiedTokenCache {

@@ -1,13 +1,14 @@
 import { createHmac } from 'node:crypto';
-import { jwtVerify } from 'jose';
+import { decodeProtectedHeader } from 'jose';
 import { createTokenService, TokenRejectedError } from '../../src/tokens';
 
-// jose's own jwtVerify, counted: a cache hit is a verify() that never reaches it.
+// The first step of every verification (the header read to choose the verifier), counted: a cache hit is a verify()
+// that never reaches it.
 jest.mock('jose', () => {
   const actual = jest.requireActual<typeof import('jose')>('jose');
-  return { ...actual, jwtVerify: jest.fn(actual.jwtVerify) };
+  return { ...actual, decodeProtectedHeader: jest.fn(actual.decodeProtectedHeader) };
 });
-const verifications = jest.mocked(jwtVerify);
+const verifications = jest.mocked(decodeProtectedHeader);
 /** How often each token was really verified (signature and claims), in the order given. */
 const verifiedCounts = (...tokens: string[]) => tokens.map((token) => verifications.mock.calls.filter(([verified]) => verified === token).length);
 
