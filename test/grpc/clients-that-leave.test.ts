@@ -1,5 +1,4 @@
 import net from 'node:net';
-import { jwtVerify } from 'jose';
 import { ACCESS_LINE_MESSAGE, HEADER } from '../../otel/wire-names';
 import { createGatewayApps } from '../../src/gateway';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
@@ -8,29 +7,40 @@ import { signToken } from '../helpers/tokens';
 import { waitFor } from '../helpers/wait';
 import { MAPPING_PROTO, MAPPING_SERVICE, startMappingServer, type MappingServer } from './mapping-server';
 
-// jose's own jwtVerify, passed through unless a test holds some verifications (holdVerifications).
-jest.mock('jose', () => {
-  const actual = jest.requireActual<typeof import('jose')>('jose');
-  return { ...actual, jwtVerify: jest.fn(actual.jwtVerify) };
+// The token service's verify, passed through unless a test holds some verifications (holdVerifications). The
+// gateway's own tokens verify without waiting on anything (src/tokens.ts ownTokenVerifier), a provider's while its
+// keys are fetched: the hold stands in for any such wait.
+const holds: { tokens: readonly string[]; held: string[]; released: Promise<void> }[] = [];
+jest.mock('../../src/tokens', () => {
+  const actual = jest.requireActual<typeof import('../../src/tokens')>('../../src/tokens');
+  return {
+    ...actual,
+    createTokenService: (...args: Parameters<typeof actual.createTokenService>) => {
+      const service = actual.createTokenService(...args);
+      return {
+        ...service,
+        async verify(token: string) {
+          const hold = holds.find((each) => each.tokens.includes(token));
+          if (hold) {
+            hold.held.push(token);
+            await hold.released;
+          }
+          return service.verify(token);
+        },
+      };
+    },
+  };
 });
-const verifications = jest.mocked(jwtVerify);
 
 /**
  * Holds the gateway's verification of each of `tokens` until `release()`: their requests wait before the call,
  * for as long as the test needs (here until their clients are gone), without sleeping.
  */
 function holdVerifications(tokens: readonly string[]) {
-  const actual = jest.requireActual<typeof import('jose')>('jose').jwtVerify as (...args: unknown[]) => ReturnType<typeof jwtVerify>;
   let release!: () => void;
   const released = new Promise<void>((resolve) => (release = resolve));
   const held: string[] = [];
-  verifications.mockImplementation((async (token: string, ...rest: unknown[]) => {
-    if (tokens.includes(token)) {
-      held.push(token);
-      await released;
-    }
-    return actual(token, ...rest);
-  }) as unknown as typeof jwtVerify);
+  holds.push({ tokens, held, released });
   return { held, release };
 }
 
