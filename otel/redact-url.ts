@@ -56,11 +56,12 @@ export function redactQuery(query: string): string {
 
 /**
  * Text that may hold URLs (a refused config value, JSON-quoted) with every URL's password masked: whatever stands
- * between the user's `:` and the last `@` before a blank or a quote (a pasted base64 password holds `/`, `+`, `?` or
- * `#`, the reason such a URL is refused), and a `password=` option in a query (ioredis reads one).
+ * between the user's `:` and the last `@` before the end of the quoted value (a pasted base64 password holds `/`,
+ * `+`, `?` or `#`, the reason such a URL is refused; a `"` in it is `\"` there, a blank as it is), and a `password=`
+ * option in a query (ioredis reads one).
  */
 export function hideUrlPasswords(text: string): string {
-  return text.replace(/(\/\/[^/?#@\s:"]*:)[^\s"]*@/g, '$1***@').replace(/([?&]password=)[^&#"\s]*/gi, '$1***');
+  return text.replace(/(\/\/[^/?#@\s:"]*:)(?:[^"\\]|\\.)*@/g, '$1***@').replace(/([?&]password=)(?:[^&#"\s\\]|\\.)*/gi, '$1***');
 }
 
 /** An absolute-form target's userinfo (`http://alice:secret@host/`): a password, whatever the gateway answers it. */

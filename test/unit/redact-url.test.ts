@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { redactUrl } from '../../otel/redact-url';
+import { hideUrlPasswords, redactUrl } from '../../otel/redact-url';
 
 describe('redactUrl (access-log query redaction)', () => {
   it.each([
@@ -73,5 +73,18 @@ describe('redactUrl (access-log query redaction)', () => {
       }),
       { seed: 20261201, numRuns: 500 },
     );
+  });
+});
+
+describe('hideUrlPasswords', () => {
+  it.each([
+    { desc: 'a plain password', value: 'http://svc:s3cret@127.0.0.1:4003', shown: '"http://svc:***@127.0.0.1:4003"' },
+    { desc: 'a password with / and @', value: 'http://svc:ab/cd@ef@127.0.0.1:4003', shown: '"http://svc:***@127.0.0.1:4003"' },
+    // JSON writes it \" : the quote ended the match and the whole password was shown.
+    { desc: 'a password with a quote', value: 'http://svc:pa"ss@127.0.0.1:4003', shown: '"http://svc:***@127.0.0.1:4003"' },
+    { desc: 'a password with a blank', value: 'redis://:pa ss@redis:6379', shown: '"redis://:***@redis:6379"' },
+    { desc: 'a password= option', value: 'redis://redis:6379?password=pa"ss&db=1', shown: '"redis://redis:6379?password=***&db=1"' },
+  ])('masks $desc in a JSON-quoted value', ({ value, shown }) => {
+    expect(hideUrlPasswords(JSON.stringify(value))).toBe(shown);
   });
 });
