@@ -954,6 +954,8 @@ export function jsonSyntaxError(message: string, text: string): string {
   const [, token, cut, excerpt] = quoted as unknown as [string, string, string | undefined, string];
   const start = text.indexOf(excerpt);
   if (start === -1 || text.indexOf(excerpt, start + 1) !== -1) return 'an unexpected character';
+  // Without the `...` the quote is the file from its start: the token's place is known only when it occurs once.
+  if (!cut && excerpt.indexOf(token) !== excerpt.lastIndexOf(token)) return 'an unexpected character';
   const at = start + (cut ? JSON_ERROR_CONTEXT : excerpt.indexOf(token));
   const line = text.slice(0, at).split('\n').length;
   return `an unexpected character at line ${line} column ${at - text.lastIndexOf('\n', at - 1)}`;

@@ -30,16 +30,18 @@ export function resolveProtoPath(file: string): string {
 
 /**
  * An import a proto file names, as loadProtoRoot resolves it: against the importing file, then the app's `proto/`
- * directory. `google/*` imports are protobufjs' own (bundled with the installed package), not the app's sources.
+ * directory. A `google/*` import found in neither is protobufjs' own (bundled with the installed package), not the
+ * app's sources.
  */
 function resolveImport(importing: string, target: string): string | undefined {
-  if (target.startsWith('google/')) return undefined;
   const relative = path.resolve(path.dirname(importing), target);
-  return existsSync(relative) ? relative : path.join(APP_ROOT, 'proto', target);
+  if (existsSync(relative)) return relative;
+  const shared = path.join(APP_ROOT, 'proto', target);
+  return target.startsWith('google/') && !existsSync(shared) ? undefined : shared;
 }
 
-/** `import "x.proto";` (and `import public` / `import weak`), outside comments. */
-const IMPORT = /^\s*import\s+(?:public\s+|weak\s+)?"([^"\n]+)"\s*;/gm;
+/** `import "x.proto";` or `import 'x.proto';` (and `import public` / `import weak`), anywhere outside comments. */
+const IMPORT = /\bimport\s+(?:public\s+|weak\s+)?(["'])([^"'\n]+)\1\s*;/g;
 
 /**
  * SHA-256 (hex) of the proto sources the given files load: each file and every file it imports, in the order met,
@@ -60,7 +62,7 @@ export function protoSourcesDigest(files: readonly string[]): string {
       return;
     }
     digest.update(`${file}\0${text.length}\0${text}\0`);
-    for (const [, target] of text.replace(/\/\*[\s\S]*?\*\/|\/\/[^\n]*/g, '').matchAll(IMPORT)) {
+    for (const [, , target] of text.replace(/\/\*[\s\S]*?\*\/|\/\/[^\n]*/g, '').matchAll(IMPORT)) {
       const imported = resolveImport(file, target!);
       if (imported !== undefined) visit(imported);
     }

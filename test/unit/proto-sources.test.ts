@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { configVersion } from '../../src/config-reload';
@@ -26,6 +26,21 @@ describe('protoSourcesDigest', () => {
     expect(second).not.toBe(first);
     write(main, 'syntax = "proto3";\nimport "google/api/annotations.proto";\n// import "commented.proto";\nimport "types.proto";\nservice S { rpc Get (T) returns (T) { option (google.api.http) = { get: "/v2/t" }; } }\n');
     expect(protoSourcesDigest([main])).not.toBe(second);
+  });
+
+  // Only `import "x";` at a line's start was read: an edit of a file imported otherwise stayed `unchanged`.
+  it('follows imports in single quotes, several on a line, and an app-owned google/ file', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'proto-sources-'));
+    const main = path.join(dir, 'main.proto');
+    writeFileSync(main, "syntax = \"proto3\"; import 'a.proto'; import public \"b.proto\";\nimport \"google/type/own.proto\";\nimport \"google/api/annotations.proto\";\n");
+    for (const name of ['a.proto', 'b.proto']) writeFileSync(path.join(dir, name), 'syntax = "proto3";\n');
+    mkdirSync(path.join(dir, 'google/type'), { recursive: true });
+    writeFileSync(path.join(dir, 'google/type/own.proto'), 'syntax = "proto3";\n');
+    for (const name of ['a.proto', 'b.proto', 'google/type/own.proto']) {
+      const before = protoSourcesDigest([main]);
+      writeFileSync(path.join(dir, name), `syntax = "proto3";\n// edited ${name}\n`);
+      expect(protoSourcesDigest([main])).not.toBe(before);
+    }
   });
 
   it('counts a missing file as missing, and one that appears later as a change', () => {
