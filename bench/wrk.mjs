@@ -32,13 +32,21 @@ export function wrkVersion() {
 /**
  * GET `url` over `connections` keep-alive connections from one wrk thread for `seconds`. Resolves with
  * { requests, seconds, rps, errors, latencyMs: { p50, p90, p99, max, mean } }. wrk is killed if it overruns.
- * `tokensFile`: each request carries the next of its tokens (one per line), round robin, as a bearer token.
+ * `tokens` ({ file, count, next }): each request carries the next of the file's tokens (one per line), round robin
+ * from index `next`, as a bearer token; `next` is moved on past the requests the run made, for the case's next run.
  */
-export function runWrk({ url, connections, seconds, headers = {}, tokensFile }) {
-  const args = ['-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '2s', '-s', tokensFile ? reportWithTokensScript() : REPORT_SCRIPT];
+export async function runWrk({ url, connections, seconds, headers = {}, tokens }) {
+  const args = ['-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '2s', '-s', tokens ? reportWithTokensScript() : REPORT_SCRIPT];
   for (const [name, value] of Object.entries(headers)) args.push('-H', `${name}: ${value}`);
   args.push(url);
-  if (tokensFile) args.push('--', tokensFile);
+  if (tokens) args.push('--', tokens.file, String(tokens.next));
+  const result = await wrkRun(args, seconds);
+  // Past the ones sent but not answered when it stopped too (at most one per connection).
+  if (tokens) tokens.next = (tokens.next + result.requests + connections) % tokens.count;
+  return result;
+}
+
+function wrkRun(args, seconds) {
   return new Promise((resolve, reject) => {
     const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
@@ -79,10 +87,10 @@ export function runWrk({ url, connections, seconds, headers = {}, tokensFile }) 
  * and response paths), and its next 1 s runs took 290, 240, 220, 195 µs per request before settling at ~160;
  * after six to eight 1 s runs the first measured second was at that level (bench/RESULTS.md, thirty-first session).
  */
-export async function warmUp({ url, connections, seconds, headers = {}, tokensFile }) {
+export async function warmUp({ url, connections, seconds, headers = {}, tokens }) {
   // A count of runs: NaN or 2.5 would silently warm up for no time or for 3 s.
   if (!Number.isInteger(seconds) || seconds < 0) throw new Error(`warm-up of ${seconds} s: expected a whole number of seconds`);
-  for (let run = 0; run < seconds; run++) await runWrk({ url, connections, seconds: 1, headers, tokensFile });
+  for (let run = 0; run < seconds; run++) await runWrk({ url, connections, seconds: 1, headers, tokens });
 }
 
 /** The warm-up's default length, seconds (eight 1 s runs): what the measurements above found enough. */
