@@ -493,7 +493,23 @@ function tokenKey(token: string): string {
  */
 class VerifiedTokenCache {
   private readonly entries = new Map<string, { token: string; user: AuthenticatedUser; expiresAtMs: number; stillTrusted?: () => boolean }>();
+  /**
+   * Where the next eviction looks: one iterator kept over the entries, each entry it passed evicted. A fresh
+   * `keys().next()` per eviction walked every slot the evictions before it had emptied (a Map keeps them until it
+   * rehashes): 9.5 µs of a first-seen token's 19.7 with 10,000 entries, where the check itself is ~10.
+   */
+  private evictFrom: Iterator<string> = this.entries.keys();
   constructor(private readonly maxEntries: number) {}
+
+  private evictOldest(): void {
+    let oldest = this.evictFrom.next();
+    // Done for good once at the end (added entries are not seen then): the oldest one is the first of a new walk.
+    if (oldest.done) {
+      this.evictFrom = this.entries.keys();
+      oldest = this.evictFrom.next();
+    }
+    if (!oldest.done) this.entries.delete(oldest.value);
+  }
 
   has(token: string): boolean {
     return this.entries.get(tokenKey(token))?.token === token;
@@ -516,10 +532,7 @@ class VerifiedTokenCache {
     // Not past exp even within the clock tolerance that let it verify: expired tokens must fail again.
     if (expiresAtMs <= Date.now()) return;
     const key = tokenKey(token);
-    if (this.entries.size >= this.maxEntries && !this.entries.has(key)) {
-      const oldest = this.entries.keys().next().value;
-      if (oldest !== undefined) this.entries.delete(oldest);
-    }
+    if (this.entries.size >= this.maxEntries && !this.entries.has(key)) this.evictOldest();
     this.entries.set(key, { token, user, expiresAtMs, stillTrusted });
   }
 }

@@ -69,6 +69,23 @@ describe('token service', () => {
     expect(verifiedCounts(first!, second!, third!)).toEqual([2, 1, 1]);
   });
 
+  // Evictions walk one kept iterator: across many of them, and entries added after it reached the end, the ones
+  // remembered must still be exactly the newest, in the order they came.
+  it('keeps exactly the newest entries across many evictions, a token seen again coming in as the newest', async () => {
+    const tokens = createTokenService({ ...options, tokenTtlSeconds: 60, cacheSize: 3 });
+    const issued = await Promise.all(Array.from({ length: 12 }, async (_, id) => (await tokens.issue(caller(id + 10))).token));
+    const remembered = () => issued.flatMap((token, index) => (tokens.remembers(token) ? [index] : []));
+    for (const token of issued) await tokens.verify(token);
+    expect(remembered()).toEqual([9, 10, 11]);
+    // The first one again: verified anew, it pushes out 9, the oldest in.
+    await tokens.verify(issued[0]!);
+    expect(remembered()).toEqual([0, 10, 11]);
+    for (const index of [1, 2]) await tokens.verify(issued[index]!);
+    expect(remembered()).toEqual([0, 1, 2]);
+    await tokens.verify(issued[5]!);
+    expect(remembered()).toEqual([1, 2, 5]);
+  });
+
   it('never serves a cached token past its expiry', async () => {
     // Only Date is faked (crypto and promises run as usual): the clock moves when the test says so.
     jest.useFakeTimers({ doNotFake: ['hrtime', 'nextTick', 'performance', 'queueMicrotask', 'requestAnimationFrame', 'cancelAnimationFrame', 'requestIdleCallback', 'cancelIdleCallback', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'] });
