@@ -457,15 +457,6 @@ function bytesTakenByKernel(socket: Socket): number {
   return (transport._bytesDispatched ?? 0) - (transport._handle?.writeQueueSize ?? 0);
 }
 
-/**
- * HTTP/1's slow-read bound, as src/tls.ts keeps HTTP/2's: a client that stops reading holds its answer's last
- * bytes, the connection and its slot under `maxConnections` for ever. Node's timers do not see it: the
- * request is whole, the keep-alive timer starts only once the answer is out, and the proxy's deadline no
- * longer applies to an answer the service has finished. A connection that has had bytes waiting for the
- * client (Node's queue, past the kernel's buffers) for `sendMs`, while the kernel took less than
- * MIN_SEND_BYTES_PER_SECOND on average over that window (each `sendMs` a new one), is closed, and its answer
- * recorded `client_read_timeout`. One sweep per listener; HTTP/2 connections have their own, per stream.
- */
 /** The server's open connections (a TLS server's once their handshake is done), kept as they open and close. */
 function openSockets(server: Server): Set<Socket> {
   const sockets = new Set<Socket>();
@@ -476,6 +467,15 @@ function openSockets(server: Server): Set<Socket> {
   return sockets;
 }
 
+/**
+ * HTTP/1's slow-read bound, as src/tls.ts keeps HTTP/2's: a client that stops reading holds its answer's last
+ * bytes, the connection and its slot under `maxConnections` for ever. Node's timers do not see it: the
+ * request is whole, the keep-alive timer starts only once the answer is out, and the proxy's deadline no
+ * longer applies to an answer the service has finished. A connection that has had bytes waiting for the
+ * client (Node's queue, past the kernel's buffers) for `sendMs`, while the kernel took less than
+ * MIN_SEND_BYTES_PER_SECOND on average over that window (each `sendMs` a new one), is closed, and its answer
+ * recorded `client_read_timeout`. One sweep per listener; HTTP/2 connections have their own, per stream.
+ */
 function watchStalledSends(sockets: Set<Socket>, sendMs: number): NodeJS.Timeout {
   const windows = createSendWindows<Socket>(sendMs);
   const sweep = setInterval(() => {
