@@ -28,16 +28,25 @@ export function resolveProtoPath(file: string): string {
   return path.resolve(APP_ROOT, file);
 }
 
+/** protobufjs ships google/api/{annotations,http}.proto and google/protobuf/descriptor.proto beside its code (found, not loaded). */
+const PROTOBUFJS_ROOT = path.dirname(require.resolve('protobufjs/package.json'));
+
 /**
- * An import a proto file names, as loadProtoRoot resolves it: against the importing file, then the app's `proto/`
- * directory. A `google/*` import found in neither is protobufjs' own (bundled with the installed package), not the
- * app's sources.
+ * The file an import of a proto file names, for loadProtoRoot and the version alike: `google/api/*` and
+ * `google/protobuf/*` are protobufjs' own (`bundled`: a file beside its code, or a well-known type it knows by name
+ * without one); any other is `relative` (the target against the importing file, as the caller resolves it) when that
+ * exists, the target itself when absolute (missing: said so as named), else the app's `proto/` directory's.
  */
-function resolveImport(importing: string, target: string): string | undefined {
-  const relative = path.resolve(path.dirname(importing), target);
-  if (existsSync(relative)) return relative;
-  const shared = path.join(APP_ROOT, 'proto', target);
-  return target.startsWith('google/') && !existsSync(shared) ? undefined : shared;
+export function resolveProtoImport(target: string, relative: string | null): { file: string; bundled: boolean } {
+  if (target.startsWith('google/')) {
+    const bundled = path.join(PROTOBUFJS_ROOT, target);
+    if (existsSync(bundled)) return { file: bundled, bundled: true };
+    // timestamp.proto, struct.proto, ...: protobufjs knows them by this name without a file.
+    if (target.startsWith('google/protobuf/')) return { file: target, bundled: true };
+  }
+  if (relative !== null && existsSync(relative)) return { file: relative, bundled: false };
+  if (path.isAbsolute(target)) return { file: target, bundled: false };
+  return { file: path.join(APP_ROOT, 'proto', target), bundled: false };
 }
 
 /** `import "x.proto";` or `import 'x.proto';` (and `import public` / `import weak`), anywhere outside comments. */
@@ -63,8 +72,8 @@ export function protoSourcesDigest(files: readonly string[]): string {
     }
     digest.update(`${file}\0${text.length}\0${text}\0`);
     for (const [, , target] of text.replace(/\/\*[\s\S]*?\*\/|\/\/[^\n]*/g, '').matchAll(IMPORT)) {
-      const imported = resolveImport(file, target!);
-      if (imported !== undefined) visit(imported);
+      const imported = resolveProtoImport(target!, path.resolve(path.dirname(file), target!));
+      if (!imported.bundled) visit(imported.file);
     }
   };
   for (const file of files) visit(resolveProtoPath(file));
