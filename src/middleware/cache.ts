@@ -13,7 +13,7 @@ import { GatewayError, isGatewayError } from '../errors';
 import { ownedRequestHeader, type RouteHeaderRules } from '../header-rules';
 import type { GatewayMetrics } from '../metrics';
 import { CLIENT_ONLY_FIELDS, type BackgroundFetches } from '../cache-background-fetch';
-import { cacheKey, currentAge, hasValidator, isFresh, mayRevalidateInBackground, parseCacheControl, requestHeaderValue, resourceKey, selectsStored, storability, validatorsOf, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
+import { cacheKey, currentAge, hasValidator, isFresh, mayRevalidateInBackground, namesStored, parseCacheControl, requestHeaderValue, resourceKey, selectsStored, storability, validatorsOf, varyNames, type CachedResponse, type ResponseTap, type RouteCacheConfig } from '../response-cache';
 import type { Revalidation } from '../response-cache';
 import type { CacheKey, FetchStart, ResponseStore } from '../response-store';
 import type { RouteTable } from '../routes';
@@ -597,7 +597,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
           // refreshes it instead of the whole answer coming again. Not for a request with conditions of its own: the
           // service answers those (a 304 of its then goes to the client that asked for it).
           const stale = entry;
-          if (stale && hasValidator(stale.headers) && !CONDITIONAL_FIELDS.some((name) => headers[name] !== undefined)) {
+          const ownConditions = CONDITIONAL_FIELDS.some((name) => headers[name] !== undefined);
+          if (stale && hasValidator(stale.headers) && !ownConditions) {
             ctx.state.revalidation = {
               headers: validatorsOf(stale),
               notModified: (answer) => {
@@ -606,6 +607,22 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
                 return true;
               },
             };
+          } else if (stale && ownConditions) {
+            // The service's 304 to the client's own conditions goes to the client as it is, and freshens the stored
+            // copy when it names it (RFC 9111 4.3.4): left stale, every conditional request (a browser's, once it
+            // holds the ETag) went on to the service for as long as the copy was kept.
+            let freshened: Promise<unknown> | undefined;
+            const tap = capture.tap;
+            ctx.state.responseTap = {
+              ...tap,
+              start(status, answer) {
+                if (status === 304 && namesStored(stale, answer)) {
+                  freshened = refreshStored({ routeName: route.name, key, since, requestedAt, entry: stale, notModified: answer, policy, sharedCredentialed, storable, rules });
+                }
+                tap.start(status, answer);
+              },
+            };
+            stored = async () => void (await Promise.all([capture.stored(), freshened]));
           }
         }
       }

@@ -284,6 +284,47 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect(seenFor(path)[1]!.headers['if-none-match']).toBe('"client"');
   });
 
+  // Browsers send If-None-Match once they hold the ETag: the copy stayed stale, and every one of them went on to the
+  // service for as long as the copy was kept.
+  it('freshens the stored copy from the 304 to a client\'s own conditions when it names the stored copy (RFC 9111 4.3.4)', async () => {
+    const path = fresh();
+    origin.script(
+      path,
+      () => ({ headers: { etag: '"v1"', 'cache-control': 'max-age=0', 'x-version': 'first' }, body: 'the stored body' }),
+      () => ({ status: 304, headers: { etag: '"v1"', 'cache-control': 'max-age=60', 'x-version': 'refreshed' } }),
+    );
+    await get(path);
+    const conditional = await get(path, { 'if-none-match': '"v1"' });
+    expect([conditional.status, conditional.headers['x-cache'], conditional.text]).toEqual([304, 'MISS', '']);
+    expect(seenFor(path)[1]!.headers['if-none-match']).toBe('"v1"');
+    const next = await get(path);
+    expect([next.status, next.headers['x-cache'], next.text, next.headers['x-version'], next.headers['cache-control']]).toEqual([200, 'HIT', 'the stored body', 'refreshed', 'max-age=60']);
+    // A conditional request now matches the freshened copy: answered here.
+    const again = await get(path, { 'if-none-match': '"v1"' });
+    expect([again.status, again.headers['x-cache']]).toEqual([304, 'HIT']);
+    expect(seenFor(path)).toHaveLength(2);
+  });
+
+  it.each<{ desc: string; stored: Record<string, string>; client: Record<string, string>; notModified: Record<string, string> }>([
+    { desc: 'another entity-tag (the client holds a newer version)', stored: { etag: '"old"' }, client: { 'if-none-match': '"new"' }, notModified: { etag: '"new"' } },
+    { desc: 'no validator, the stored copy having an entity-tag', stored: { etag: '"kept"' }, client: { 'if-modified-since': 'Tue, 01 Dec 2026 10:00:00 GMT' }, notModified: {} },
+    { desc: 'no validator, the stored copy having only a Last-Modified', stored: { 'last-modified': 'Tue, 01 Dec 2026 09:00:00 GMT' }, client: { 'if-modified-since': 'Tue, 01 Dec 2026 10:00:00 GMT' }, notModified: {} },
+    { desc: 'another Last-Modified', stored: { 'last-modified': 'Tue, 01 Dec 2026 09:00:00 GMT' }, client: { 'if-modified-since': 'Tue, 01 Dec 2026 10:00:00 GMT' }, notModified: { 'last-modified': 'Tue, 01 Dec 2026 10:00:00 GMT' } },
+  ])('leaves the stored copy stale when the 304 to a client\'s own conditions names $desc', async ({ stored, client, notModified }) => {
+    const path = fresh();
+    origin.script(
+      path,
+      () => ({ headers: { ...stored, 'cache-control': 'max-age=0' }, body: 'the stored body' }),
+      () => ({ status: 304, headers: { ...notModified, 'cache-control': 'max-age=60' } }),
+      () => ({ headers: { ...stored, 'cache-control': 'max-age=0' }, body: 'asked again' }),
+    );
+    await get(path);
+    expect((await get(path, client)).status).toBe(304);
+    const next = await get(path);
+    expect(next.headers['x-cache']).not.toBe('HIT');
+    expect(seenFor(path)).toHaveLength(3);
+  });
+
   it('updates the stored GET copy from a HEAD\'s 200 that describes the same content (RFC 9111 4.3.5), so the next GET is a HIT', async () => {
     const path = fresh();
     origin.script(

@@ -3,7 +3,7 @@ import { hash } from 'node:crypto';
 import path from 'node:path';
 import fc from 'fast-check';
 import { ConfigError, parseConfig } from '../../src/config';
-import { cacheKey, currentAge, isFresh, parseCacheControl, retentionMs, REVALIDATION_WINDOW_SECONDS, storability, type CachedResponse, type StorabilityInput } from '../../src/response-cache';
+import { cacheKey, currentAge, isFresh, namesStored, parseCacheControl, retentionMs, REVALIDATION_WINDOW_SECONDS, storability, type CachedResponse, type StorabilityInput } from '../../src/response-cache';
 import type { StaleResources } from '../../src/cache-invalidations';
 import { createGatewayApps } from '../../src/gateway';
 import { createMemoryResponseStore, MAX_REMEMBERED_INVALIDATIONS, sharingInvalidations, type CacheKey, type PeerInvalidations, type ResponseStore } from '../../src/response-store';
@@ -188,6 +188,29 @@ describe('Cache-Control and storability (RFC 9111)', () => {
 
 /** Stores as a fetch that started just now would. */
 const put = async (store: ResponseStore, route: string, key: CacheKey, entry: CachedResponse) => store.set(route, key, entry, await store.fetchStarting(route, key.resource));
+
+describe('which stored copy a 304 to a client\'s own conditions names (RFC 9111 4.3.4)', () => {
+  const stored = (headers: Record<string, string>): CachedResponse => ({ status: 200, headers, body: Buffer.alloc(0), storedAt: 0, initialAgeSeconds: 0, lifetimeSeconds: 0, staleIfErrorSeconds: 0, staleWhileRevalidateSeconds: 0, vary: [], varyValues: [] });
+  const LM = 'Tue, 01 Dec 2026 10:00:00 GMT';
+  const OTHER_LM = 'Tue, 01 Dec 2026 11:00:00 GMT';
+  it.each<{ copy: Record<string, string>; answer: Record<string, string>; names: boolean }>([
+    { copy: { etag: '"a"' }, answer: { etag: '"a"' }, names: true },
+    { copy: { etag: 'W/"a"' }, answer: { etag: 'W/"a"' }, names: true },
+    { copy: { etag: '"a"', 'last-modified': LM }, answer: { etag: '"a"', 'last-modified': OTHER_LM }, names: true },
+    { copy: { 'last-modified': LM }, answer: { 'last-modified': LM }, names: true },
+    { copy: { etag: '"a"' }, answer: { etag: '"b"' }, names: false },
+    { copy: { etag: '"a"' }, answer: { etag: 'W/"a"' }, names: false },
+    // No entity-tag in the 304: the client's If-Modified-Since may be about another version than the stored one.
+    { copy: { etag: '"a"', 'last-modified': LM }, answer: { 'last-modified': LM }, names: false },
+    { copy: { etag: '"a"' }, answer: {}, names: false },
+    { copy: { 'last-modified': LM }, answer: { etag: '"a"', 'last-modified': LM }, names: false },
+    { copy: { 'last-modified': LM }, answer: { 'last-modified': OTHER_LM }, names: false },
+    { copy: { 'last-modified': LM }, answer: {}, names: false },
+    { copy: {}, answer: {}, names: false },
+  ])('a copy with $copy, a 304 with $answer: $names', ({ copy, answer, names }) => {
+    expect(namesStored(stored(copy), answer)).toBe(names);
+  });
+});
 
 describe('HTTP-dates (RFC 9110 5.6.7) are UTC in every form, whatever the process’s time zone', () => {
   /**
