@@ -152,5 +152,46 @@ export async function refusedOrigin(): Promise<string> {
   throw new Error('refusedOrigin: no refused port left below 1024');
 }
 
+/** An origin that accepts each connection, reads its request line and closes it unanswered: counted failures. */
+export interface ResettingOrigin {
+  url: string;
+  /** How many requests for `path` (the request line's target) it has closed unanswered so far. */
+  attempts(path: string): number;
+  close(): Promise<void>;
+}
+
+/**
+ * An origin every request to fails (the connection closed without an answer), counting the requests by path: a test
+ * can wait for a number of failed attempts instead of sleeping through them, where a refused port counts nothing.
+ */
+export async function resettingOrigin(): Promise<ResettingOrigin> {
+  const counts = new Map<string, number>();
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    let head = '';
+    socket.on('data', (chunk) => {
+      head += chunk.toString('latin1');
+      const lineEnd = head.indexOf('\r\n');
+      if (lineEnd === -1) return;
+      const target = head.slice(0, lineEnd).split(' ')[1] ?? '';
+      counts.set(target, (counts.get(target) ?? 0) + 1);
+      socket.destroy();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    attempts: (path) => counts.get(path) ?? 0,
+    close: () => {
+      for (const socket of sockets) socket.destroy();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
 /** A loopback port for a process that must be told its port before it starts (or a server started again on its port). */
 export { freePort } from '../../bench/free-port.cjs';

@@ -10,7 +10,8 @@ import path from 'node:path';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedMetricPoint } from '../helpers/otlp-receiver';
 import { SERVICE_NAME } from '../../otel/wire-names';
 import { newTraceparent, startInstrumentedApp, stopAllInstrumentedApps } from './instrumented-app';
-import { refusedOrigin } from '../helpers/servers';
+import { refusedOrigin, resettingOrigin } from '../helpers/servers';
+import { waitFor } from '../helpers/wait';
 
 const REGISTRY_APP = path.resolve(__dirname, '../fixtures/prom-registry-app.js');
 /** The semantic conventions' advice for HTTP durations, which both instrumentations use. */
@@ -210,16 +211,43 @@ describe('with nothing listening on the OTLP endpoint', () => {
       OTEL_EXPORTER_OTLP_TIMEOUT: '300', // each export gives up retrying well within the metric interval
     });
     await get(`${app.url}/hello`);
-    // Three metric exports at least, each failing, and spans and logs failing meanwhile.
-    await new Promise((resolve) => setTimeout(resolve, 3_500));
-    await get(`${app.url}/hello`);
-
+    await waitFor(() => app.stderr().includes('cannot export'), 'the first failed export to be reported', 10_000);
     expect(app.stderr().trim().split('\n')).toEqual([
       expect.stringMatching(/^telemetry: outage-fixture sends traces to .* and metrics to /),
       `telemetry: cannot export to ${endpoint} (connect ECONNREFUSED ${endpoint.slice('http://'.length)}); spans and logs are dropped until it answers. ` +
         'Repeated failures are reported at most every 60 s.',
     ]);
     app.kill();
+  });
+
+  // Counted where they fail (a refused port counts nothing): a fixed wait stood in for "three exports at least".
+  it('says it once for many failed exports of every signal', async () => {
+    const origin = await resettingOrigin();
+    try {
+      const app = await startInstrumentedApp({
+        OTEL_SERVICE_NAME: 'outage-fixture',
+        OTEL_EXPORTER_OTLP_ENDPOINT: origin.url,
+        OTEL_METRIC_EXPORT_INTERVAL: '500',
+        OTEL_BSP_SCHEDULE_DELAY: '100',
+        OTEL_BLRP_SCHEDULE_DELAY: '100',
+        OTEL_EXPORTER_OTLP_TIMEOUT: '300',
+      });
+      await get(`${app.url}/hello`);
+      await waitFor(() => origin.attempts('/v1/traces') >= 1 && origin.attempts('/v1/logs') >= 1, 'spans and logs to fail', 10_000);
+      // One attempt per export (the exporter's first retry waits 0.8-1.2 s, past the 300 ms timeout), and metric exports
+      // run one after another, each over before the next starts: when the fifth arrives, the four before it have
+      // failed and been reported, or not.
+      const metricsBefore = origin.attempts('/v1/metrics');
+      await get(`${app.url}/hello`);
+      await waitFor(() => origin.attempts('/v1/metrics') >= metricsBefore + 4 && origin.attempts('/v1/traces') >= 2, 'more failed exports', 20_000);
+      expect(app.stderr().trim().split('\n')).toEqual([
+        expect.stringMatching(/^telemetry: outage-fixture sends traces to .* and metrics to /),
+        expect.stringMatching(new RegExp(`^telemetry: cannot export to ${origin.url} \\(.+\\); spans and logs are dropped until it answers\\. Repeated failures are reported at most every 60 s\\.$`)),
+      ]);
+      app.kill();
+    } finally {
+      await origin.close();
+    }
   });
 
   it('says the same when only metrics are exported', async () => {
@@ -233,15 +261,34 @@ describe('with nothing listening on the OTLP endpoint', () => {
       OTEL_EXPORTER_OTLP_TIMEOUT: '200',
     });
     await get(`${app.url}/hello`);
-    const deadline = Date.now() + 10_000;
-    while (!app.stderr().includes('cannot export') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
-    await new Promise((resolve) => setTimeout(resolve, 1_500)); // three more failed exports
-
+    await waitFor(() => app.stderr().includes('cannot export'), 'the first failed export to be reported', 10_000);
     expect(app.stderr().trim().split('\n')).toEqual([
       `telemetry: outage-fixture sends metrics to ${endpoint}/v1/metrics (OTLP http/protobuf), exports no traces, exports no logs. ` +
         'Nothing listening there? Start the compose stack, or set OTEL_TRACES_EXPORTER=console, or OTEL_SDK_DISABLED=true.',
       expect.stringContaining(`telemetry: cannot export to ${endpoint} (connect ECONNREFUSED `),
     ]);
     app.kill();
+  });
+
+  it('says it once for many failed metric exports when only metrics are exported', async () => {
+    const origin = await resettingOrigin();
+    try {
+      const app = await startInstrumentedApp({
+        OTEL_SERVICE_NAME: 'outage-fixture',
+        OTEL_EXPORTER_OTLP_ENDPOINT: origin.url,
+        OTEL_TRACES_EXPORTER: 'none',
+        OTEL_LOGS_EXPORTER: 'none',
+        OTEL_METRIC_EXPORT_INTERVAL: '500',
+        OTEL_EXPORTER_OTLP_TIMEOUT: '200',
+      });
+      await get(`${app.url}/hello`);
+      // As above: when the fifth arrives, the four before it have failed and been reported, or not.
+      await waitFor(() => origin.attempts('/v1/metrics') >= 5, 'five metric exports', 20_000);
+      expect(app.stderr().trim().split('\n')).toEqual([expect.stringContaining('telemetry: outage-fixture sends metrics to '), expect.stringContaining(`telemetry: cannot export to ${origin.url} (`)]);
+      expect([origin.attempts('/v1/traces'), origin.attempts('/v1/logs')]).toEqual([0, 0]);
+      app.kill();
+    } finally {
+      await origin.close();
+    }
   });
 });
