@@ -468,10 +468,11 @@ export function runPrimary(options: PrimaryOptions): void {
     const now = Date.now();
     // The primary itself was not running (a paused container, a suspended VM, SIGSTOP): its workers' silence says
     // nothing about them. Counting it, one pause killed every healthy worker at once.
-    const paused = now - lastRound > WATCHDOG_INTERVAL_MS * 3;
+    const pausedMs = now - lastRound;
     lastRound = now;
-    if (paused) {
+    if (pausedMs > WATCHDOG_INTERVAL_MS * 3) {
       for (const slot of slots) if (slot.aliveAt !== undefined) slot.aliveAt = now;
+      logger.warn('gateway primary was not running; its workers\' silence meanwhile is not counted', { pausedMs });
       return;
     }
     for (const slot of slots) {

@@ -449,8 +449,10 @@ describe('workers (two processes behind one port)', () => {
     gateway.child.kill('SIGSTOP');
     await new Promise((resolve) => setTimeout(resolve, 12_000));
     gateway.child.kill('SIGCONT');
-    // Two more watchdog rounds, then the same workers must still serve.
-    await new Promise((resolve) => setTimeout(resolve, 2_500));
+    // The first watchdog round after the pause, where every worker was killed, says it saw the pause instead. A worker
+    // the primary did not hear from meanwhile would need 10 s more of silence to count as stuck.
+    const paused = await gateway.waitForLine((line) => line.message === 'gateway primary was not running; its workers\' silence meanwhile is not counted', { from, timeoutMs: 10_000 });
+    expect(paused.pausedMs).toBeGreaterThanOrEqual(12_000);
     expect(gateway.lines.slice(from).filter((line) => line.message === 'worker not responding; replacing it')).toEqual([]);
     expect((await adminConfig()).workers.map((worker) => worker.pid).sort()).toEqual(before.workers.map((worker) => worker.pid).sort());
   });
