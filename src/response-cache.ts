@@ -319,8 +319,8 @@ export function selectsStored(entry: CachedResponse, notModified: Record<string,
 /**
  * Whether a 304 to a client's own conditions is about this stored response, so that it may freshen it (RFC 9111
  * 4.3.4): the client's validators need not be the stored copy's (it may hold a newer or an older one, or have made
- * its If-Modified-Since up), so the 304 must name the stored copy itself: its entity-tag, or, where the copy has
- * none, its Last-Modified. A 304 that names neither says nothing of the stored copy (selectsStored would take it:
+ * its If-Modified-Since up), so the 304 must name the stored copy itself: its entity-tag, or, where neither the copy
+ * nor the 304 has one, its Last-Modified. A 304 that names neither says nothing of the stored copy (selectsStored would take it:
  * that is for the 304 to the gateway's own validators, which are the copy's).
  */
 export function namesStored(entry: CachedResponse, notModified: Record<string, string | string[] | undefined>): boolean {

@@ -200,7 +200,7 @@ describe('with OTEL_METRICS_EXPORTER=none', () => {
 });
 
 describe('with nothing listening on the OTLP endpoint', () => {
-  it('reports failed metric exports in the one line spans and logs share, naming the exporter’s error', async () => {
+  it('reports a failed export in one line naming the exporter’s error (connection refused)', async () => {
     const endpoint = await refusedOrigin();
     const app = await startInstrumentedApp({
       OTEL_SERVICE_NAME: 'outage-fixture',
