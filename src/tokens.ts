@@ -119,7 +119,7 @@ function refuseIssuedInFuture(payload: JWTPayload, toleranceSeconds: number): vo
  * audience, `exp`, `nbf`, required claims, clock tolerance) with the validation jwtVerify runs, the header given
  * to it as the token's own with `alg` set to `none` (its `alg` was checked to be HS256 before this is called).
  */
-function ownTokenVerifier(secret: string, options: JWTClaimVerificationOptions): (token: string, header: ProtectedHeaderParameters) => JWTPayload {
+function ownTokenVerifier(secret: string, options: JWTClaimVerificationOptions): (token: string, header: DecodedHeader) => JWTPayload {
   const mac = keyedMac(secret);
   return (token, header) => {
     const parts = token.split('.');
@@ -129,8 +129,43 @@ function ownTokenVerifier(secret: string, options: JWTClaimVerificationOptions):
     // UTF-8, not latin1: a character past U+00FF would be cut to one byte and could read as the expected one.
     const given = Buffer.from(signature, 'utf8');
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) throw new TokenRejectedError('bad_signature', REJECTION_MESSAGE.bad_signature);
-    const unsecuredHeader = Buffer.from(JSON.stringify({ ...header, alg: 'none' }), 'utf8').toString('base64url');
-    return UnsecuredJWT.decode(`${unsecuredHeader}.${encodedPayload}.`, options).payload;
+    header.unsecured ??= Buffer.from(JSON.stringify({ ...header.parameters, alg: 'none' }), 'utf8').toString('base64url');
+    return UnsecuredJWT.decode(`${header.unsecured}.${encodedPayload}.`, options).payload;
+  };
+}
+
+/** Whether a token is 3 or 5 dot-separated parts, `firstDot` being where its first dot is (-1: none). */
+function threeOrFiveParts(token: string, firstDot: number): boolean {
+  let dots = 0;
+  for (let at = firstDot; at !== -1 && dots < 5; at = token.indexOf('.', at + 1)) dots++;
+  return dots === 2 || dots === 4;
+}
+
+/** A token's protected header: as sent, as jose decodes it, and (once asked for) as ownTokenVerifier hands it to jose. */
+interface DecodedHeader {
+  encoded: string;
+  parameters: ProtectedHeaderParameters;
+  /** base64url of the header with `alg` set to `none`. */
+  unsecured?: string;
+}
+
+/**
+ * Decodes a token's protected header, or hands back the last token's when the two are spelt alike: every token the
+ * gateway issues has the same header (`{"alg":"HS256","typ":"JWT"}`), and a provider's one per signing key, so a
+ * first-seen token's is nearly always the one before's. Decoding it again (base64url, UTF-8, JSON, jose's checks)
+ * and encoding its unsecured form cost ~1.5 µs of a first-seen token's ~8 (bench/RESULTS.md). The same string decodes
+ * to the same header, so nothing a token is judged by changes; the header is read, never changed.
+ */
+function headerDecoder(): (token: string) => DecodedHeader {
+  let last: DecodedHeader | undefined;
+  return (token) => {
+    const dot = token.indexOf('.');
+    const encoded = dot === -1 ? token : token.slice(0, dot);
+    // Only for what decodeProtectedHeader takes (3 parts, or 5: a JWE): anything else is its to refuse.
+    if (last !== undefined && last.encoded === encoded && threeOrFiveParts(token, dot)) return last;
+    const decoded: DecodedHeader = { encoded, parameters: decodeProtectedHeader(token) };
+    last = decoded;
+    return decoded;
   };
 }
 
@@ -176,19 +211,20 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
     requiredClaims: ['sub', 'exp'],
   };
   const cache = new VerifiedTokenCache(options.cacheSize ?? 10_000);
+  const decodeHeader = headerDecoder();
 
   /**
    * The caller a token proves, until when (epoch ms) that may be remembered without checking it again, and for a
    * provider token whether the key that signed it is still published.
    */
   async function verifyWithKeys(token: string): Promise<{ user: AuthenticatedUser; trustedUntilMs: number; stillPublished?: () => boolean }> {
-    let header: ProtectedHeaderParameters;
+    let header: DecodedHeader;
     try {
-      header = decodeProtectedHeader(token);
+      header = decodeHeader(token);
     } catch {
       throw new TokenRejectedError('malformed', REJECTION_MESSAGE.malformed);
     }
-    const { alg, crit } = header;
+    const { alg, crit } = header.parameters;
     // Before any key is looked up, where jose checks it too.
     if (crit !== undefined && namesUnsupportedCritical(crit)) throw new TokenRejectedError('unsupported_critical_header', REJECTION_MESSAGE.unsupported_critical_header);
     try {
