@@ -9,7 +9,9 @@
 // slices, and more than one run for a question of a few percent.
 //   node bench/paired.mjs [--variants off,traced-metrics] [--slices 8] [--seconds 4] [--warmup-seconds 8] [--gc]
 //                         [--node-args 'variant=--flag --flag'] [--env 'variant=KEY=value,KEY=value'] [--root 'variant=DIR']
-//                         [--no-pin]
+//                         [--no-pin] [--tokens N]
+// --tokens N sends N distinct tokens round robin, each variant going on through the file where its last run stopped
+// (as `npm run bench -- --tokens N`): over 20,000, no verification is a hit of the gateway's verified-token cache.
 // The gateways run on the last CPU, wrk, the upstream and the sink on the others, as in bench/run.mjs (--no-pin: anywhere).
 // --node-args and --env (repeatable) add to one variant; a variant named `base+anything` is `base` with them,
 // e.g. --variants traced,traced+batch --env 'traced+batch=OTEL_BSP_MAX_EXPORT_BATCH_SIZE=128'. --root runs a
@@ -29,7 +31,7 @@ import { parseArgs } from 'node:util';
 import { collectionsIn } from './callgrind-functions.mjs';
 import { cpuPlacement, freePort, memoryMiB, pinTo, stopAll, threadCpuTicks, waitUntilServing } from './processes.mjs';
 import { median } from './report.mjs';
-import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS as VARIANTS, startGateway, startNodeFloor, startUpstreamAndSink } from './servers.mjs';
+import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS as VARIANTS, mintTokens, startGateway, startNodeFloor, startUpstreamAndSink } from './servers.mjs';
 import { runWrk, warmUp, WARMUP_SECONDS } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
@@ -47,6 +49,7 @@ const { values: flags } = parseArgs({
     root: { type: 'string', multiple: true, default: [] },
     idle: { type: 'string', default: '0' },
     'after-slices': { type: 'string', default: '6' },
+    tokens: { type: 'string', default: '1' },
     out: { type: 'string', default: path.join(BENCH_DIR, 'out') },
   },
 });
@@ -109,6 +112,10 @@ const placement = cpuPlacement(flags.pin);
 if (placement.pinned) pinTo(process.pid, placement.others);
 
 const { secret, headers } = await benchCredentials();
+const tokenCount = Number(flags.tokens);
+if (!Number.isInteger(tokenCount) || tokenCount < 1) throw new Error('--tokens is a positive integer');
+const tokensFile = tokenCount > 1 ? path.join(logs, 'tokens.txt') : undefined;
+if (tokensFile) fs.writeFileSync(tokensFile, `${(await mintTokens(secret, tokenCount)).join('\n')}\n`);
 try {
   const { upstreamPort, sinkPort } = await startUpstreamAndSink(logs);
   const gateways = [];
@@ -123,13 +130,15 @@ try {
       const tracing = variant.tracing ? { sinkPort, exportLogs: false } : false;
       child = startGateway({ name: variant.name, port, upstreamPort, secret, tracing, metrics, logs, nodeArgs: variant.nodeArgs, extraEnv: variant.env, root: variant.root });
     }
-    gateways.push({ ...variant, url: `http://127.0.0.1:${port}/api/users/42`, child, slices: [], requests: 0 });
+    // Each variant's own cursor through the tokens: none is sent a token another variant's run made it verify.
+    const tokens = tokensFile ? { file: tokensFile, count: tokenCount, next: 0 } : undefined;
+    gateways.push({ ...variant, url: `http://127.0.0.1:${port}/api/users/42`, child, slices: [], requests: 0, tokens });
   }
   for (const gateway of gateways) await waitUntilServing(gateway.url, { headers, child: gateway.child, timeoutMs: 30_000 });
   if (placement.pinned) for (const gateway of gateways) pinTo(gateway.child.pid, placement.servers);
   // Warm-up, unmeasured: V8 compiles the hot paths in the first seconds of load, and again after the first
   // connections closed (bench/wrk.mjs warmUp).
-  for (const gateway of gateways) await warmUp({ url: gateway.url, connections, seconds: warmupSeconds, headers });
+  for (const gateway of gateways) await warmUp({ url: gateway.url, connections, seconds: warmupSeconds, headers, tokens: gateway.tokens });
   // What the warm-up collected, left out of the counts.
   const warmedUp = new Map(flags.gc ? gateways.map((gateway) => [gateway, collectionsOf(gateway)]) : []);
   for (let slice = 0; slice < slices; slice++) {
@@ -173,7 +182,7 @@ try {
 /** One wrk run of `seconds` against a gateway: its CPU µs per request (whole process, main thread, other threads). */
 async function loadSlice(gateway, seconds) {
   const before = threadCpuTicks(gateway.child.pid);
-  const result = await runWrk({ url: gateway.url, connections, seconds, headers });
+  const result = await runWrk({ url: gateway.url, connections, seconds, headers, tokens: gateway.tokens });
   const after = threadCpuTicks(gateway.child.pid);
   // Clock ticks are 1/100 s.
   const perRequest = (ticks) => (ticks * 10_000) / result.requests;
