@@ -272,6 +272,8 @@ function serve(built: BuiltGateway): ServingBuild {
 export function createLiveGateway(initial: ActiveConfig, build: BuildGateway, logger: Logger): LiveGateway {
   const kept = new KeptAcrossReloads();
   let active = initial;
+  /** The version the running build replaced, and what puts the pool caches back as they were under it. */
+  let replaced: { version: string; restorePools: () => void } | undefined;
   let serving = serve(build(initial, kept));
   kept.windows.sweep();
   return {
@@ -285,6 +287,9 @@ export function createLiveGateway(initial: ActiveConfig, build: BuildGateway, lo
       }
       let built: BuiltGateway;
       const restorePools = kept.rememberPools();
+      // Back to the version the running one replaced (a cluster's reload another worker refused, an operator's revert):
+      // its pools, with their ejections, where the running build had made pools of other settings.
+      if (replaced?.version === next.version) replaced.restorePools();
       try {
         built = build(next, kept);
       } catch (error) {
@@ -298,6 +303,7 @@ export function createLiveGateway(initial: ActiveConfig, build: BuildGateway, lo
       serving = serve(built);
       // Requests that started under the previous build finish on its connections.
       kept.retireReplaced(previous.drained(), longestExchangeMs(active.config));
+      replaced = { version: active.version, restorePools };
       active = next;
       return undefined;
     },

@@ -291,6 +291,42 @@ describe('a reload whose build fails', () => {
   });
 });
 
+// A cluster's reload one worker built and another refused is rolled back: the primary sends the running config again,
+// and the worker that built the new one rebuilt the old one against pool caches holding the new settings' pools: fresh
+// pools, the running ones' ejections gone.
+describe('a reload back to the version the running one replaced', () => {
+  it('takes up that version\'s own upstream pools again (their ejections), and the replacing version\'s after it', () => {
+    const { logger } = memoryLogger('gateway');
+    const origin = 'http://127.0.0.1:9';
+    const config = (users: Record<string, unknown>) =>
+      testConfig({ users: origin, orders: origin, notifications: origin }, {
+        services: { users: { url: origin, ...users }, orders: { url: origin }, notifications: { url: origin } },
+        routes: [{ name: 'open', prefix: '/open', service: 'users', upstreamPath: '', auth: 'public' }],
+      });
+    let kept!: KeptAcrossReloads;
+    const first = activeConfig(config({}));
+    const second = activeConfig(config({ ejectMs: 4321 }));
+    const live = createLiveGateway(first, (active, given) => {
+      kept = given;
+      return createGatewayApps(active.config, { logger, metrics: false, kept: given, configVersion: active.version });
+    }, logger);
+    const usersPool = () => kept.pools.get('users')!.pool;
+    const firstPool = usersPool();
+    const orders = kept.pools.get('orders')!.pool;
+    expect(live.apply(second)).toBeUndefined();
+    const secondPool = usersPool();
+    expect(secondPool).not.toBe(firstPool);
+    expect(live.apply(activeConfig(config({})))).toBeUndefined();
+    expect(usersPool()).toBe(firstPool);
+    expect(live.apply(activeConfig(config({ ejectMs: 4321 })))).toBeUndefined();
+    expect(usersPool()).toBe(secondPool);
+    // Another version altogether: a pool of its own.
+    expect(live.apply(activeConfig(config({ ejectMs: 999 })))).toBeUndefined();
+    expect([firstPool, secondPool]).not.toContain(usersPool());
+    expect(kept.pools.get('orders')!.pool).toBe(orders);
+  });
+});
+
 describe('response cache across a reload (memory store)', () => {
   // A write still under way on the old build when the new one (with an empty store of its own) began serving
   // dropped the old build's copies only: the new build stored the service's answer from before the write and
