@@ -1,9 +1,16 @@
 import { parseConfig } from '../../src/config';
 import { createGatewayApps } from '../../src/gateway';
+import { createGatewayMetrics } from '../../src/metrics';
 import { createApp as createUsersApp } from '../../services/users/app';
 import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers/servers';
 import { login } from '../helpers/stack';
 import { shippedConfigFile, TEST_JWT_SECRET } from '../helpers/test-config';
+
+// Every place that records goes through the one GatewayMetrics: none may be made.
+jest.mock('../../src/metrics', () => {
+  const actual = jest.requireActual<typeof import('../../src/metrics')>('../../src/metrics');
+  return { ...actual, createGatewayMetrics: jest.fn(actual.createGatewayMetrics) };
+});
 
 /**
  * With metrics off (no scrape listener, no metric export: `metrics: false`, as main.ts decides) nothing is
@@ -35,5 +42,6 @@ describe('the gateway with metrics off', () => {
     const statuses: number[] = [];
     for (let i = 0; i < 5; i++) statuses.push((await fetch(`${gateway.url}/api/users/2`, { headers: { authorization: `Bearer ${token}` } })).status);
     expect(statuses).toEqual([200, 200, 200, 200, 429]);
+    expect(jest.mocked(createGatewayMetrics)).not.toHaveBeenCalled();
   });
 });
