@@ -253,7 +253,7 @@ function startProviders(options: ProviderOptions): { shutdown(): Promise<void> }
   if (options.logRecordProcessors.length > 0) {
     const logRecordLimits = {
       attributeCountLimit: positiveNumberFromEnv('OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT') ?? positiveNumberFromEnv('OTEL_ATTRIBUTE_COUNT_LIMIT'),
-      attributeValueLengthLimit: positiveNumberFromEnv('OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT') ?? positiveNumberFromEnv('OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT'),
+      attributeValueLengthLimit: positiveNumberFromEnv('OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT') ?? positiveNumberFromEnv('OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT') ?? DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
     };
     const loggerProvider = new LoggerProvider({ logRecordLimits, resource, processors: options.logRecordProcessors });
     logs.setGlobalLoggerProvider(loggerProvider);
@@ -292,11 +292,21 @@ function resourceDetectors(): ResourceDetector[] {
   });
 }
 
-/** Span limits from OTEL_SPAN_* / OTEL_ATTRIBUTE_* (sdk-node's createSpanLimitsFromEnv); unset ones keep the SDK's defaults. */
+/**
+ * The longest attribute value a span or log record keeps when OTEL_*ATTRIBUTE_VALUE_LENGTH_LIMIT is unset (the spec's
+ * default is none), in characters. A client chooses the length of the URL, query and User-Agent every SERVER span,
+ * CLIENT span (`url.full`) and access-log record carries, up to the 16 KiB header limit (HTTP/2 twice that): with the
+ * export queues full behind a slow collector (2,048 spans and 2,048 log records, plus the batch being sent), records
+ * of that size held 100-280 MiB against the Kubernetes manifest's 384 MiB limit. 4,096 keeps any URL a browser sends
+ * whole; `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT=Infinity` restores the spec's default.
+ */
+export const DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT = 4096;
+
+/** Span limits from OTEL_SPAN_* / OTEL_ATTRIBUTE_* (sdk-node's createSpanLimitsFromEnv); unset ones keep the SDK's defaults, but for the value length (DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT). */
 function spanLimitsFromEnv(): SpanLimits {
   return {
     attributeCountLimit: getNumberFromEnv('OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT') ?? getNumberFromEnv('OTEL_ATTRIBUTE_COUNT_LIMIT'),
-    attributeValueLengthLimit: getNumberFromEnv('OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT') ?? getNumberFromEnv('OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT'),
+    attributeValueLengthLimit: getNumberFromEnv('OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT') ?? getNumberFromEnv('OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT') ?? DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
     eventCountLimit: getNumberFromEnv('OTEL_SPAN_EVENT_COUNT_LIMIT'),
     linkCountLimit: getNumberFromEnv('OTEL_SPAN_LINK_COUNT_LIMIT'),
     attributePerEventCountLimit: getNumberFromEnv('OTEL_SPAN_ATTRIBUTE_PER_EVENT_COUNT_LIMIT'),
