@@ -1,5 +1,6 @@
 import type { Context } from 'koa';
 import { z } from 'zod';
+import { withoutEdgeWhitespace } from './field-whitespace';
 import { CGI_HAZARD_HEADERS, dashedSpelling, FIELD_NAME_TOKEN, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEADERS, isListedForwardingHeader, isLookAlikeName, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 
 /**
@@ -60,9 +61,6 @@ export function ownedResponseHeader(name: string): string | undefined {
   if (FRAMING.includes(lower)) return 'a framing or connection header';
   return undefined;
 }
-
-/** A space or tab at either end of a value. */
-const EDGE_WHITESPACE = /^[ \t]+|[ \t]+$/g;
 
 const headerValue = z
   .string()
@@ -149,19 +147,10 @@ function compileTemplate(value: string): Template {
   return (ctx) => {
     let text = '';
     for (const piece of pieces) text += typeof piece === 'string' ? piece : headerSafe(piece(ctx));
+    // Without the spaces a placeholder left at an end (`user {userId}` for a caller with no user): sent to an HTTP/2
+    // client, a field ending in whitespace is malformed (RFC 9113 8.2.1), and nghttp2's clients reset the stream over it.
     return withoutEdgeWhitespace(text);
   };
-}
-
-/**
- * A filled value without the spaces a placeholder left at an end (`user {userId}` for a caller with no user):
- * sent to an HTTP/2 client, a field ending in whitespace is malformed (RFC 9113 8.2.1), and nghttp2's clients
- * reset the stream over it.
- */
-function withoutEdgeWhitespace(text: string): string {
-  const first = text.charCodeAt(0);
-  const last = text.charCodeAt(text.length - 1);
-  return first === 32 || first === 9 || last === 32 || last === 9 ? text.replace(EDGE_WHITESPACE, '') : text;
 }
 
 /** One rule list compiled: the transform it applies to a header object, in place. */

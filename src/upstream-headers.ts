@@ -4,6 +4,7 @@ import { isoTimestamp } from '../otel/iso-timestamp';
 import { CGI_HAZARD_HEADERS, dashedSpelling, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, isListedForwardingHeader, isLookAlikeName, MESH_CONTROL_HEADER_PREFIXES, REQUEST_REWRITE_HEADERS, VIA_PSEUDONYM } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
+import { withoutTrailing, withoutTrailingWhitespace } from './field-whitespace';
 import { MAX_FORWARDS_SUPPORTED, maxForwardsOf } from './middleware/max-forwards';
 import type { GatewaySigner, SignedRequest, SignedValues } from './gateway-signature';
 import { remembered } from './remembered';
@@ -126,9 +127,6 @@ export function endToEndHeaders<T>(source: Record<string, T | undefined>, drop?:
   return headers;
 }
 
-/** Whitespace ending a field value as undici hands it over. */
-const TRAILING_WHITESPACE = /[ \t]+$/;
-
 /** Whether a value ends in a space or tab: a look at its last character, on every response field (the regex only to cut). */
 function endsInWhitespace(value: string): boolean {
   const last = value.charCodeAt(value.length - 1);
@@ -167,9 +165,9 @@ export function serviceFieldsToPassOn(headers: http.IncomingHttpHeaders): http.I
     if (given === undefined) continue;
     let value: string | string[] = given;
     if (typeof value === 'string') {
-      if (endsInWhitespace(value)) value = value.replace(TRAILING_WHITESPACE, '');
+      if (endsInWhitespace(value)) value = withoutTrailingWhitespace(value);
     } else {
-      if (value.some(endsInWhitespace)) value = value.map((each) => each.replace(TRAILING_WHITESPACE, ''));
+      if (value.some(endsInWhitespace)) value = value.map(withoutTrailingWhitespace);
       if (WRITTEN_ONCE_OVER_HTTP2.has(name)) {
         const lines = value;
         const one = LIST_FIELDS.has(name) ? lines.join(', ') : lines.every((each) => each === lines[0]) ? lines[0] : undefined;
@@ -306,7 +304,7 @@ function viaWith(before: string | string[] | undefined, httpVersion: string): st
  * both are empty.
  */
 function forwardedPrefix(trusted: string | string[] | undefined, stripped: string): string | undefined {
-  const before = trusted === undefined ? '' : (Array.isArray(trusted) ? trusted.join(',') : trusted).split(',').map((part) => part.trim().replace(/\/+$/, '')).join('');
+  const before = trusted === undefined ? '' : (Array.isArray(trusted) ? trusted.join(',') : trusted).split(',').map((part) => withoutTrailing(part.trim(), '/')).join('');
   const prefix = before + stripped;
   return prefix === '' ? undefined : prefix;
 }
