@@ -3,6 +3,7 @@ import { SignJWT, UnsecuredJWT, createLocalJWKSet, createRemoteJWKSet, customFet
 import { IDENTITY_CLAIM_LIMITS, IDENTITY_VALUE } from '../otel/wire-names';
 import { redactUrl } from '../otel/redact-url';
 import type { AuthenticatedUser } from './context';
+import { readAtMost } from './bounded-body';
 import { keyedMac } from './gateway-signature';
 
 /** The only algorithm the gateway's own tokens use; verification accepts nothing else (no `none`). */
@@ -457,14 +458,9 @@ async function boundedText(response: Response, limit: number): Promise<string> {
     throw tooLarge();
   }
   if (!response.body) return '';
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for await (const chunk of response.body) {
-    size += chunk.byteLength;
-    if (size > limit) throw tooLarge();
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks).toString('utf8');
+  const bytes = await readAtMost(response.body, limit);
+  if (bytes === undefined) throw tooLarge();
+  return bytes.toString('utf8');
 }
 
 /**

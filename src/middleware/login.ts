@@ -14,6 +14,7 @@ import { authenticationChallenge, DEFAULT_REALM } from './authenticate';
 import { refuseAtOnce, type RateLimiter, type Refuse } from './rate-limit';
 import { continueIfExpected } from './request-head';
 import { readWithinRate, type BodyRate } from '../body-rate';
+import { readAtMost } from '../bounded-body';
 import type { GatewaySigner } from '../gateway-signature';
 import { routeKey } from '../routes';
 
@@ -121,6 +122,9 @@ const ACCEPTED_CODINGS = 'gzip, deflate, br';
 /** Statuses of the credential check that say its endpoint is missing, not that the request was wrong. */
 const CHECK_MISSING = new Set([404, 405]);
 
+/** Largest answer of the credential check read (a user, or a problem with its code): a few hundred bytes in fact. */
+export const MAX_CREDENTIAL_CHECK_ANSWER_BYTES = 64 * 1024;
+
 /** `upstreamCode`: the `code` of the check's problem body, when it had one. */
 function refusal(response: Dispatcher.ResponseData, upstreamCode: string | undefined): GatewayError {
   if (CHECK_MISSING.has(response.statusCode)) {
@@ -198,6 +202,21 @@ export function createLogin(options: LoginOptions): Middleware[] {
     await options.accountLimit.check(ctx, next, options.accountKey(credentialsOf.get(ctx)!.email));
   }
 
+  /**
+   * The credential check's answer as JSON, undefined when it is not JSON or is longer than any user-service answer
+   * (a user, or a problem): read whole with `body.json()`, an answer of hundreds of MB was held in memory for as
+   * long as the check's timeout let the service send.
+   */
+  async function jsonAtMost(body: Dispatcher.ResponseData['body']): Promise<unknown> {
+    const bytes = await readAtMost(body, MAX_CREDENTIAL_CHECK_ANSWER_BYTES).catch(() => undefined);
+    if (bytes === undefined) return undefined;
+    try {
+      return JSON.parse(bytes.toString('utf8')) as unknown;
+    } catch {
+      return undefined;
+    }
+  }
+
   async function login(ctx: Context) {
     const credentials = credentialsOf.get(ctx)!;
     const instance = options.users.pick();
@@ -231,7 +250,7 @@ export function createLogin(options: LoginOptions): Middleware[] {
     endUpstreamSpan(span, 'ok', status);
     options.users.reportSuccess(instance);
     if (status >= 400 && status < 500) {
-      const problem = (await body.json().catch(() => undefined)) as { code?: unknown } | null | undefined;
+      const problem = (await jsonAtMost(body)) as { code?: unknown } | null | undefined;
       const upstreamCode = typeof problem?.code === 'string' ? problem.code.slice(0, 64) : undefined;
       const refused = refusal(response, upstreamCode);
       // A wrong password is routine (the access log has it); any other refusal means the gateway passed
@@ -240,7 +259,7 @@ export function createLogin(options: LoginOptions): Middleware[] {
       throw refused;
     }
     // Read once: a body json() has consumed is not dumped too.
-    const user: unknown = status >= 200 && status < 300 ? await body.json().catch(() => undefined) : await body.dump();
+    const user: unknown = status >= 200 && status < 300 ? await jsonAtMost(body) : await body.dump();
     if (!isUser(user)) {
       throw new GatewayError('upstream_bad_response', `The users service answered the credential check with ${status}.`);
     }

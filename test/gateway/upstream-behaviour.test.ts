@@ -1,4 +1,5 @@
 import http from 'node:http';
+import { MAX_CREDENTIAL_CHECK_ANSWER_BYTES } from '../../src/middleware/login';
 import { HEADER } from '../../otel/wire-names';
 import { listen, scriptedUpstream, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
@@ -52,7 +53,7 @@ describe('login when the users service answers the credential check badly', () =
   beforeAll(async () => {
     // Stands in for user-service: whatever the row says, for every credential check.
     users = await scriptedUpstream(() => ({ status: state.status, headers: { 'content-type': state.contentType }, body: state.body }));
-    stack = await startStack({ serviceUrls: { users: users.url }, overrides: { auth: { loginRateLimit: { max: 1000, windowMs: 60_000 } } } });
+    stack = await startStack({ serviceUrls: { users: users.url }, overrides: { auth: { loginRateLimit: { max: 1000, windowMs: 60_000 }, loginAccountRateLimit: { max: 1000, windowMs: 60_000 } } } });
   });
   afterAll(async () => {
     await stack.close();
@@ -69,6 +70,8 @@ describe('login when the users service answers the credential check badly', () =
     { desc: '404 (an older users service without the check)', status: 404, contentType: 'application/json', body: '{"code":"not_found","detail":"UPSTREAM-SECRET"}' },
     // Signing keys or clocks apart: it was "wrong password" for every login, nothing logged.
     { desc: '401 refusing the gateway\'s signature', status: 401, contentType: 'application/problem+json', body: '{"code":"gateway_signature_invalid","detail":"UPSTREAM-SECRET"}' },
+    // Read whole, an answer of any size was held in the gateway: a user past the bound is no answer.
+    { desc: '200 with a valid user in an answer over 64 KiB', status: 200, contentType: 'application/json', body: JSON.stringify({ id: '1', email: 'alice@example.com', role: 'admin', padding: `UPSTREAM-SECRET${'x'.repeat(MAX_CREDENTIAL_CHECK_ANSWER_BYTES)}` }) },
   ])('answers 502 upstream_bad_response with the request id, and no token, when the credential check answers $desc', async (row) => {
     Object.assign(state, row);
     const response = await fetch(`${stack.gateway.url}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
