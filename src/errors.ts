@@ -174,6 +174,9 @@ export function upstreamFailure(service: string, failure: unknown): GatewayError
   if (upstreamSentContinue(failure)) {
     return new GatewayError('upstream_bad_response', `The ${service} service sent an interim 100 (Continue) the gateway cannot read past.`, { cause: failure });
   }
+  if (upstreamSwitchedProtocolsUnasked(failure)) {
+    return new GatewayError('upstream_bad_response', `The ${service} service switched protocols (101) for a request that asked for no upgrade.`, { cause: failure });
+  }
   if (upstreamAnswerMalformed(failure)) {
     return new GatewayError('upstream_bad_response', `The ${service} service answered with something that is not HTTP the gateway can forward (${code ?? (failure as Error).message}).`, { cause: failure });
   }
@@ -214,6 +217,17 @@ function upstreamAnswerMalformed(failure: unknown): boolean {
 export function upstreamSentContinue(failure: unknown): boolean {
   const { code, message } = (failure ?? {}) as { code?: unknown; message?: unknown };
   return code === 'UND_ERR_SOCKET' && message === 'bad response';
+}
+
+/**
+ * Whether the service switched protocols (`101` with `Upgrade`) for a request that asked for no upgrade (the
+ * gateway forwards none): undici destroys the connection with SocketError "bad upgrade", the same code as every
+ * socket failure. As with an unasked 100, it is one endpoint's answer: taken for a reset, the GET was resent and
+ * the instance ejected after three, and the whole service answered 503.
+ */
+export function upstreamSwitchedProtocolsUnasked(failure: unknown): boolean {
+  const { code, message } = (failure ?? {}) as { code?: unknown; message?: unknown };
+  return code === 'UND_ERR_SOCKET' && message === 'bad upgrade';
 }
 
 /** The errno-style code of a network failure, looking through fetch's `cause` and DOMException names. */

@@ -4,7 +4,7 @@ import type { Context as KoaContext, Middleware } from 'koa';
 import { Agent, type Dispatcher } from 'undici';
 import { recordedMethod } from '../../otel/http-method';
 import { ATTR, METRIC_LABEL, SIGNATURE_CHALLENGE_SCHEME } from '../../otel/wire-names';
-import { GatewayError, upstreamFailure, upstreamSentContinue, upstreamUnreachable, type ErrorCode } from '../errors';
+import { GatewayError, upstreamFailure, upstreamSentContinue, upstreamSwitchedProtocolsUnasked, upstreamUnreachable, type ErrorCode } from '../errors';
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
 import type { RouteHeaderRules } from '../header-rules';
@@ -387,6 +387,8 @@ export function createProxy(options: ProxyOptions): Middleware {
         discardUnreadBodyAfterAnswer(req, res, () => received, options.maxBodyBytes);
       }
 
+      /** 103 Early Hints passed on so far: at most MAX_EARLY_HINTS_RELAYED. */
+      let earlyHintsRelayed = 0;
       /** The client broke off its body (src/forwarded-body.ts): recorded as a client that left, while the exchange runs. */
       const clientBrokeOffBody = () => {
         if (!settled) exchange.clientClosed = true;
@@ -418,7 +420,12 @@ export function createProxy(options: ProxyOptions): Middleware {
             if (statusCode < 200) {
               // An interim answer (RFC 9110 15.2), then the final one: 103 Early Hints goes on to a client that
               // can take it (its Link preloads); the others (102 Processing) say nothing the client needs.
-              if (statusCode === 103 && upstreamHeaders.link !== undefined && req.httpVersion !== '1.0') relayEarlyHints(res, upstreamHeaders.link);
+              // At most a few: each is written to the client at once, whether it reads or not, so a service sending
+              // them without end filled the gateway's memory at its own rate until the deadline.
+              if (statusCode === 103 && upstreamHeaders.link !== undefined && req.httpVersion !== '1.0' && earlyHintsRelayed < MAX_EARLY_HINTS_RELAYED) {
+                earlyHintsRelayed++;
+                relayEarlyHints(res, upstreamHeaders.link);
+              }
               return;
             }
             // Trailing whitespace cut (RFC 9110 5.5; malformed over HTTP/2) and repeats HTTP/2 writes once made one.
@@ -660,6 +667,12 @@ export function createProxy(options: ProxyOptions): Middleware {
  * (RFC 8297), and thrown inside undici's handler the refusal failed the whole exchange, a GET resent to the
  * service and its instance blamed, a POST it had done answered 502.
  */
+/**
+ * 103 Early Hints passed on per exchange, the rest dropped: browsers act on the first (a navigation's preloads), RFC
+ * 8297 allows more; each goes to the client's socket at once, past any back-pressure.
+ */
+export const MAX_EARLY_HINTS_RELAYED = 4;
+
 function relayEarlyHints(res: KoaContext['res'], link: string | string[]): void {
   try {
     res.writeEarlyHints({ link: linkValues(link) });
@@ -877,11 +890,12 @@ function outcomeOf(exchange: Exchange): UpstreamOutcome {
   if (exchange.failure && closedByGateway(exchange.failure)) return 'connections_closed';
   // An answer that is not HTTP counts as a failed connection (retried elsewhere, ejecting an instance that keeps
   // sending it); only its error code says what it was (upstreamFailure: upstream_bad_response).
-  // A 100 (Continue) the HTTP client cannot read past (upstreamSentContinue) is the same: one endpoint's answer.
+  // A 100 (Continue) the HTTP client cannot read past (upstreamSentContinue), or a 101 to a request that asked for no
+  // upgrade, is the same: one endpoint's answer.
   // So is a head whose fields the parser refused (exchange.status is then unset: nothing of it was forwarded).
   if (exchange.failure) {
     if (upstreamUnreachable(exchange.failure)) return 'refused';
-    if (headersOverflow(exchange.failure) || upstreamSentContinue(exchange.failure)) return 'bad_response';
+    if (headersOverflow(exchange.failure) || upstreamSentContinue(exchange.failure) || upstreamSwitchedProtocolsUnasked(exchange.failure)) return 'bad_response';
     return exchange.status === undefined && malformedHeaderFields(exchange.failure) !== undefined ? 'bad_response' : 'reset';
   }
   return 'ok';

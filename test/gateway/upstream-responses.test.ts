@@ -1,5 +1,6 @@
 import http from 'node:http';
 import net from 'node:net';
+import { MAX_EARLY_HINTS_RELAYED } from '../../src/middleware/proxy';
 import { HEADER } from '../../otel/wire-names';
 import { login, startStack, type TestStack } from '../helpers/stack';
 
@@ -17,6 +18,10 @@ const ANSWERS: Record<string, string> = {
   '/orders/early-hints': `HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload; as=style\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   // One Link field listing two links (RFC 8288 3), as frameworks write them; then one with a title Node will not write.
   '/orders/early-hints-list': `HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload; as=style, </app.js>; rel=preload; as=script\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  // Ten hints, each another preload, then the answer: more than the gateway passes on.
+  '/orders/early-hints-many': `${Array.from({ length: 10 }, (_, index) => `HTTP/1.1 103 Early Hints\r\nLink: </hint-${index}.css>; rel=preload; as=style\r\n\r\n`).join('')}HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  // A switch of protocols to a request that asked for none (the gateway forwards no Upgrade).
+  '/orders/unasked-upgrade': `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n`,
   '/orders/early-hints-title': `HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload; title="main styles"\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   // RFC 9110 15.2: a client must read and may ignore a 1xx it did not ask for (the gateway sends no Expect).
   '/orders/unsolicited-continue': `HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
@@ -155,6 +160,14 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
     expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
   });
 
+  // Each hint is written to the client at once, whether it reads or not: a service sending them without end filled
+  // the gateway's memory at its own rate until the deadline.
+  it(`passes on the first ${MAX_EARLY_HINTS_RELAYED} 103 Early Hints of an answer and drops the rest`, async () => {
+    const answer = await get(`${stack.gateway.url}/api/orders/early-hints-many`, token);
+    expect(answer.interim.map(({ status, headers }) => [status, headers.link])).toEqual(Array.from({ length: MAX_EARLY_HINTS_RELAYED }, (_, index) => [103, `</hint-${index}.css>; rel=preload; as=style`]));
+    expect({ status: answer.status, body: answer.body }).toEqual({ status: 200, body: BODY });
+  });
+
   it('delivers the final answer without the hints when a 103 Link is one Node will not write, asking the service once', async () => {
     for (let round = 0; round < 4; round++) {
       const before = service.asked.get('/orders/early-hints-title') ?? 0;
@@ -181,6 +194,18 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
       expect(answer.status).toBe(502);
       expect(JSON.parse(answer.body)).toMatchObject({ code: 'upstream_bad_response', requestId: answer.headers[HEADER.requestId] });
       expect(service.asked.get('/orders/unsolicited-continue')! - before).toBe(1);
+    }
+    expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
+  });
+
+  it('answers 502 upstream_bad_response to a 101 Switching Protocols the request did not ask for, asking once, and never blames the instance', async () => {
+    // Past the default ejection (3 failures in a row).
+    for (let round = 0; round < 4; round++) {
+      const before = service.asked.get('/orders/unasked-upgrade') ?? 0;
+      const answer = await get(`${stack.gateway.url}/api/orders/unasked-upgrade`, token);
+      expect(answer.status).toBe(502);
+      expect(JSON.parse(answer.body)).toMatchObject({ code: 'upstream_bad_response', requestId: answer.headers[HEADER.requestId] });
+      expect(service.asked.get('/orders/unasked-upgrade')! - before).toBe(1);
     }
     expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
   });
