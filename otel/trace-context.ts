@@ -6,6 +6,7 @@
  * without whitespace.
  */
 import type { TraceState } from '@opentelemetry/api';
+import { withoutEdgeWhitespace } from './field-whitespace';
 
 /** The caller may have recorded the trace. */
 export const TRACE_FLAG_SAMPLED = 0x01;
@@ -153,10 +154,4 @@ export class W3CTraceState implements TraceState {
 }
 
 /** Strips the spaces and tabs (RFC 9110 OWS) around a value; by index, so a long run of blanks costs one pass. */
-export function trimOws(value: string): string {
-  let start = 0;
-  let end = value.length;
-  while (start < end && (value[start] === ' ' || value[start] === '\t')) start++;
-  while (end > start && (value[end - 1] === ' ' || value[end - 1] === '\t')) end--;
-  return value.slice(start, end);
-}
+export const trimOws = withoutEdgeWhitespace;

@@ -1,6 +1,6 @@
 import type { Context } from 'koa';
 import { z } from 'zod';
-import { withoutEdgeWhitespace } from './field-whitespace';
+import { withoutEdgeWhitespace } from '../otel/field-whitespace';
 import { CGI_HAZARD_HEADERS, dashedSpelling, FIELD_NAME_TOKEN, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, IDENTITY_HEADERS, isListedForwardingHeader, isLookAlikeName, REQUEST_REWRITE_HEADERS } from '../otel/wire-names';
 
 /**

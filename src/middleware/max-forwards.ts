@@ -1,7 +1,7 @@
 import type { Middleware } from 'koa';
 import { HTTP_METHODS } from '../config';
 import { HEADER } from '../../otel/wire-names';
-import { withoutEdgeWhitespace } from '../field-whitespace';
+import { withoutEdgeWhitespace } from '../../otel/field-whitespace';
 
 
 /**

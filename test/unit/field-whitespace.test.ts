@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { withoutEdgeWhitespace, withoutTrailing, withoutTrailingWhitespace } from '../../src/field-whitespace';
+import { withoutEdgeWhitespace, withoutTrailing, withoutTrailingWhitespace } from '../../otel/field-whitespace';
 import { maxForwardsOf, MAX_FORWARDS_SUPPORTED } from '../../src/middleware/max-forwards';
 
 /**

@@ -17,6 +17,13 @@ export function withoutTrailingWhitespace(value: string): string {
   return end === value.length ? value : value.slice(0, end);
 }
 
+/** `value` without the spaces and tabs at its start. */
+export function withoutLeadingWhitespace(value: string): string {
+  let start = 0;
+  while (start < value.length && isSpaceOrTab(value.charCodeAt(start))) start++;
+  return start === 0 ? value : value.slice(start);
+}
+
 /** `value` without the spaces and tabs at either end. */
 export function withoutEdgeWhitespace(value: string): string {
   let start = 0;
