@@ -9,6 +9,7 @@
  */
 import { baggageEntryMetadataFromString, propagation, type Baggage, type BaggageEntry, type Context, type TextMapGetter, type TextMapPropagator, type TextMapSetter } from '@opentelemetry/api';
 import { isTracingSuppressed } from '@opentelemetry/core';
+import { withoutLeadingWhitespace, withoutTrailingWhitespace } from './field-whitespace';
 import { trimOws } from './trace-context';
 import { HEADER } from './wire-names';
 
@@ -31,8 +32,6 @@ const VALUE = /^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*$/;
 const SENDABLE_VALUE = /^[\x21\x23\x24\x26-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*$/;
 /** A property as sent, `key "=" value` or `key`: what a received `key OWS "=" OWS value` is rewritten to. */
 const PROPERTY = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:=[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*)?$/;
-/** The blanks around a property's `=`, which are not part of its key or value. */
-const PROPERTY_OWS = /[ \t]*=[ \t]*/;
 const HEX = /^[0-9A-Fa-f]{2}$/;
 /**
  * Not fatal: escapes that are not UTF-8 become U+FFFD, as the spec says for a value. `ignoreBOM`: a value's leading
@@ -57,10 +56,21 @@ function parseMember(member: string): [string, BaggageEntry] | undefined {
     .slice(semicolon + 1)
     .split(';')
     // Without blanks: a tab is no gRPC metadata (grpc-js refuses the whole header, request.id with it).
-    .map((property) => trimOws(property).replace(PROPERTY_OWS, '='))
+    .map((property) => withoutBlanksAroundEquals(trimOws(property)))
     .filter((property) => property !== '');
   if (!properties.every((property) => PROPERTY.test(property))) return undefined;
   return [key, properties.length === 0 ? { value: decodeValue(value) } : { value: decodeValue(value), metadata: baggageEntryMetadataFromString(properties.join(';')) }];
+}
+
+/**
+ * A property without the blanks around its first `=`, which are not part of its key or value. Cut by index: a
+ * regular expression (blanks, `=`, blanks) retried a long run of blanks from each of its positions in a property
+ * without `=` (16 KiB of them held the event loop 0.2-0.35 s).
+ */
+export function withoutBlanksAroundEquals(property: string): string {
+  const equals = property.indexOf('=');
+  if (equals === -1) return property;
+  return `${withoutTrailingWhitespace(property.slice(0, equals))}=${withoutLeadingWhitespace(property.slice(equals + 1))}`;
 }
 
 /** Percent-decoding to UTF-8 bytes and then text; a `%` not followed by two hex digits stays as it is. */

@@ -732,6 +732,9 @@ const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)([^#]*)$/i;
  * target it stands for (`/` when it names no path); undefined for any other target, and for one with userinfo.
  */
 export function absoluteFormTarget(target: string): { authority: string; originForm: string } | undefined {
+  // A `#` is in neither part, so no target holding one is this form; refused before the expression, which tried
+  // every split of a long authority before failing on it (16 KiB: 0.2-0.35 s of the event loop).
+  if (target.includes('#')) return undefined;
   const absolute = ABSOLUTE_FORM.exec(target);
   if (!absolute || absolute[1]!.includes('@')) return undefined;
   const rest = absolute[2] || '/';

@@ -18,7 +18,7 @@ const MAX_NAME_DECODINGS = 3;
  * names (`%74oken` is `token`, `+` is a space), some twice, so every decoding is checked, not only the raw
  * text. A name that does not decode cleanly is judged on what it decoded to so far.
  */
-function isSecretName(rawName: string): boolean {
+export function isSecretName(rawName: string): boolean {
   let name = rawName.replaceAll('+', ' ');
   for (let round = 0; round <= MAX_NAME_DECODINGS; round++) {
     if (SECRET_QUERY_PARAM.test(name)) return true;
@@ -47,11 +47,28 @@ export const REDACTED = 'REDACTED';
  * reached the logs and spans).
  */
 export function redactQuery(query: string): string {
-  return query.replace(/(^|[&;])([^&;=]*)=([^&;]*)((?:;[^&]*)?)/g, (pair, separator: string, name: string, _value: string, rest: string) => {
-    if (isSecretName(name)) return `${separator}${name}=${REDACTED}`;
-    // Not a secret: what follows its `;` may name one (`a=1;token=x`), judged on its own.
-    return rest === '' ? pair : `${pair.slice(0, pair.length - rest.length)};${redactQuery(rest.slice(1))}`;
-  });
+  if (!query.includes('=')) return query;
+  return query.split('&').map(redactParameter).join('&');
+}
+
+/**
+ * One `&`-separated parameter: its `;`-separated parts judged in turn, the first named as a secret and everything
+ * after it replaced (`a=1;token=x;y` is `a=1;token=REDACTED`). In a loop: one call per part recursed as deep as a
+ * query had parts, and a few thousand (`=;=;=;...`, 5 KB) overflowed the stack: a plain 500 with no access line
+ * and no span.
+ */
+function redactParameter(parameter: string): string {
+  if (!parameter.includes('=')) return parameter;
+  let start = 0;
+  while (start <= parameter.length) {
+    const semicolon = parameter.indexOf(';', start);
+    const end = semicolon === -1 ? parameter.length : semicolon;
+    const equals = parameter.indexOf('=', start);
+    if (equals !== -1 && equals < end && isSecretName(parameter.slice(start, equals))) return `${parameter.slice(0, equals)}=${REDACTED}`;
+    if (semicolon === -1) break;
+    start = semicolon + 1;
+  }
+  return parameter;
 }
 
 /**

@@ -33,8 +33,12 @@ function keyedForwardingHeaders(headers: IncomingHttpHeaders, heard: (name: stri
   return keyed.sort().join('\n');
 }
 
-/** A `Forwarded` pair (RFC 7239 4) and the separator after it: a token or a quoted string without escapes as its value. */
-const FORWARDED_PAIR = /\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("[^"\\]*"|[!#$%&'*+.^_`|~0-9A-Za-z-]*)\s*([;,]|$)/y;
+/**
+ * A `Forwarded` pair (RFC 7239 4) and the separator after it: a token or a quoted string without escapes as its value.
+ * The blanks after `=` are taken whole (a lookahead and a backreference: V8 has no atomic group): as `\s*` beside the
+ * `\s*` after an empty value, a long run of them was split every way before the match failed (16 KiB: 0.3-0.45 s).
+ */
+const FORWARDED_PAIR = /\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=(?=(\s*))\2("[^"\\]*"|[!#$%&'*+.^_`|~0-9A-Za-z-]*)\s*([;,]|$)/y;
 
 /** A `for=` value that is only a node (an address, a port, an obfuscated name): no other pair can hide in it. */
 const FORWARDED_NODE = /^"?[0-9A-Za-z.:[\]_-]*"?$/;
@@ -45,13 +49,13 @@ const FORWARDED_NODE = /^"?[0-9A-Za-z.:[\]_-]*"?$/;
  * `for` value with a `;host=` inside its quotes, which a lax parser such as Spring's reads as the host) is keyed
  * whole: leaving anything out of the key must never hide what a service may read.
  */
-function forwardedWithoutClients(value: string): string {
+export function forwardedWithoutClients(value: string): string {
   let kept = '';
   FORWARDED_PAIR.lastIndex = 0;
   while (FORWARDED_PAIR.lastIndex < value.length) {
     const pair = FORWARDED_PAIR.exec(value);
     if (!pair) return value;
-    const [text, name, nodeOrValue, separator] = pair;
+    const [text, name, , nodeOrValue, separator] = pair;
     // The other pairs as they came, spacing included: two spellings a lax parser may read apart stay apart.
     if (name!.toLowerCase() !== 'for') kept += text;
     else if (FORWARDED_NODE.test(nodeOrValue!)) kept += separator;

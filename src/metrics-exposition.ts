@@ -79,11 +79,12 @@ interface MediaRange {
 }
 
 /** `Accept`'s media ranges (RFC 9110 12.5.1); an element that does not parse is skipped. */
-function mediaRanges(accept: string): MediaRange[] {
+export function mediaRanges(accept: string): MediaRange[] {
   const ranges: MediaRange[] = [];
-  // Commas and semicolons inside a quoted parameter value do not separate anything.
-  for (const element of accept.match(/(?:[^,"]|"(?:[^"\\]|\\.)*")+/g) ?? []) {
-    const [range = '', ...parameters] = (element.match(/(?:[^;"]|"(?:[^"\\]|\\.)*")+/g) ?? []).map((part) => part.trim());
+  // Commas and semicolons inside a quoted parameter value do not separate anything; a quote left open runs to the
+  // end (one that had to close was scanned to the end from every `"` of a header made of them: 16 KiB, 0.25-0.3 s).
+  for (const element of accept.match(/(?:[^,"]|"(?:[^"\\]|\\[\s\S])*"?)+/g) ?? []) {
+    const [range = '', ...parameters] = (element.match(/(?:[^;"]|"(?:[^"\\]|\\[\s\S])*"?)+/g) ?? []).map((part) => part.trim());
     const [type, subtype] = range.toLowerCase().split('/');
     if (!type || !subtype || (type === '*' && subtype !== '*')) continue;
     const params = new Map<string, string>();

@@ -68,10 +68,22 @@ export function methodOverrideParameter(querystring: string): boolean {
     // is still read up to its NUL there (percentDecoded, Node's querystring.unescape, never throws; bad bytes become U+FFFD).
     const name = percentDecoded(pair.split('=', 1)[0]!.replaceAll('+', ' '));
     const nul = name.indexOf('\0');
-    const folded = (nul === -1 ? name : name.slice(0, nul)).toLowerCase().trimStart().replace(/\[[^\]]*\]$/, '').replace(/[-. []/g, '_');
+    const folded = withoutArraySuffix((nul === -1 ? name : name.slice(0, nul)).toLowerCase().trimStart()).replace(/[-. []/g, '_');
     if (METHOD_OVERRIDE_PARAMETERS.has(folded)) return true;
   }
   return false;
+}
+
+/**
+ * A parameter name without the `[...]` that ends it (`_method[]`, `_method[x]`: the first `[` after the last `]`
+ * but the final one), as `/\[[^\]]*\]$/` cut it. By index: the expression retried from every `[` of a name made of
+ * them (16 KiB of query held the event loop 0.2-0.3 s), before any route or credential was looked at.
+ */
+export function withoutArraySuffix(name: string): string {
+  if (!name.endsWith(']')) return name;
+  const close = name.lastIndexOf(']', name.length - 2);
+  const open = name.indexOf('[', close + 1);
+  return open === -1 ? name : name.slice(0, open);
 }
 
 /**

@@ -1,0 +1,144 @@
+import fc from 'fast-check';
+import { withoutBlanksAroundEquals } from '../../otel/baggage-propagator';
+import { absoluteFormTarget } from '../../otel/lifecycle';
+import { isSecretName, redactQuery, REDACTED } from '../../otel/redact-url';
+import { forwardedWithoutClients } from '../../src/cache-forwarded-origin';
+import { mediaRanges } from '../../src/metrics-exposition';
+import { withoutArraySuffix } from '../../src/middleware/path-guard';
+
+/**
+ * Parsers of what a client or a service sends, each once a regular expression (or a recursion) that a long run of
+ * one character made quadratic (0.2-0.45 s of the event loop at a header's 16 KiB) or overflowed the stack. Each is
+ * held to the old expression's answers on generated inputs, and must read 100,000 characters of the shape that
+ * was slow (about a minute for the old expressions, past the test's time; milliseconds now).
+ */
+const LONG = 100_000;
+const text = (alphabet: readonly string[], maxLength = 24) => fc.array(fc.constantFrom(...alphabet), { maxLength }).map((characters) => characters.join(''));
+
+describe('absolute-form request targets', () => {
+  const byExpression = (target: string) => {
+    const absolute = /^https?:\/\/([^/?#]*)([^#]*)$/i.exec(target);
+    if (!absolute || absolute[1]!.includes('@')) return undefined;
+    const rest = absolute[2] || '/';
+    return { authority: absolute[1]!, originForm: rest.charCodeAt(0) === 47 ? rest : `/${rest}` };
+  };
+
+  it('are split as the expression split them', () => {
+    fc.assert(
+      fc.property(fc.constantFrom('http://', 'HTTPS://', 'ftp://', '/'), text(['a', '/', '?', '#', '@', ':', '.']), (scheme, rest) => {
+        expect(absoluteFormTarget(scheme + rest)).toEqual(byExpression(scheme + rest));
+      }),
+      { seed: 9112, numRuns: 2000 },
+    );
+  });
+
+  it('are read at once when a long authority ends in a fragment', () => {
+    expect(absoluteFormTarget(`http://${'a'.repeat(LONG)}/#`)).toBeUndefined();
+    expect(absoluteFormTarget(`http://${'a'.repeat(LONG)}/x`)).toEqual({ authority: 'a'.repeat(LONG), originForm: '/x' });
+  });
+});
+
+describe('a query parameter name without its array suffix', () => {
+  it('is cut as /\\[[^\\]]*\\]$/ cut it', () => {
+    fc.assert(
+      fc.property(text(['a', '[', ']', '_']), (name) => {
+        expect(withoutArraySuffix(name)).toBe(name.replace(/\[[^\]]*\]$/, ''));
+      }),
+      { seed: 3986, numRuns: 3000 },
+    );
+  });
+
+  it('is cut at once from a name made of brackets', () => {
+    expect(withoutArraySuffix(`${'['.repeat(LONG)}`)).toBe('['.repeat(LONG));
+    expect(withoutArraySuffix(`${'['.repeat(LONG)}]`)).toBe('');
+  });
+});
+
+describe('Forwarded without its clients (the cache key)', () => {
+  const PAIR = /\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("[^"\\]*"|[!#$%&'*+.^_`|~0-9A-Za-z-]*)\s*([;,]|$)/y;
+  const NODE = /^"?[0-9A-Za-z.:[\]_-]*"?$/;
+  const byExpression = (value: string) => {
+    let kept = '';
+    PAIR.lastIndex = 0;
+    while (PAIR.lastIndex < value.length) {
+      const pair = PAIR.exec(value);
+      if (!pair) return value;
+      const [whole, name, nodeOrValue, separator] = pair;
+      if (name!.toLowerCase() !== 'for') kept += whole;
+      else if (NODE.test(nodeOrValue!)) kept += separator;
+      else return value;
+    }
+    return kept;
+  };
+
+  it('is what the expression kept', () => {
+    fc.assert(
+      fc.property(text(['for', 'host', '=', ' ', '\t', ';', ',', '"', 'a', '1', '.', '@']), (value) => {
+        expect(forwardedWithoutClients(value)).toBe(byExpression(value));
+      }),
+      { seed: 7239, numRuns: 3000 },
+    );
+  });
+
+  it('is read at once with a long run of blanks after an =', () => {
+    const value = `a=${' '.repeat(LONG)}@`;
+    expect(forwardedWithoutClients(value)).toBe(value);
+    expect(forwardedWithoutClients(`for=1.2.3.4;host=${' '.repeat(LONG)}x`)).toBe(`;host=${' '.repeat(LONG)}x`);
+  });
+});
+
+describe('Accept media ranges (the metrics listener)', () => {
+  it('are read from a well-formed Accept as before', () => {
+    expect(mediaRanges('application/openmetrics-text; version=1.0.0; q=0.9, text/plain;q="0.5", */*;q=0.1').map(({ type, subtype, q }) => [type, subtype, q])).toEqual([
+      ['application', 'openmetrics-text', 0.9],
+      ['text', 'plain', 0.5],
+      ['*', '*', 0.1],
+    ]);
+    expect(mediaRanges('text/plain; x="a, b; c"').map(({ params }) => params.get('x'))).toEqual(['a, b; c']);
+  });
+
+  it('are read at once from an Accept of quotes that never close', () => {
+    expect(mediaRanges(`"${'\\"'.repeat(LONG)}`)).toEqual([]);
+    expect(mediaRanges(`text/plain; x="${'\\"'.repeat(LONG)}`).map(({ type, subtype }) => `${type}/${subtype}`)).toEqual(['text/plain']);
+  });
+});
+
+describe('a baggage property without the blanks around its =', () => {
+  it('is what /[ \\t]*=[ \\t]*/ made of it', () => {
+    fc.assert(
+      fc.property(text(['k', '=', ' ', '\t', 'v']), (property) => {
+        expect(withoutBlanksAroundEquals(property)).toBe(property.replace(/[ \t]*=[ \t]*/, '='));
+      }),
+      { seed: 2024, numRuns: 3000 },
+    );
+  });
+
+  it('is made at once from a long run of blanks without =', () => {
+    const property = `a${' '.repeat(LONG)}b`;
+    expect(withoutBlanksAroundEquals(property)).toBe(property);
+  });
+});
+
+describe('redacted queries', () => {
+  /** The recursive expression the query was redacted with. */
+  const byExpression = (query: string): string =>
+    query.replace(/(^|[&;])([^&;=]*)=([^&;]*)((?:;[^&]*)?)/g, (pair, separator: string, name: string, _value: string, rest: string) => {
+      if (isSecretName(name)) return `${separator}${name}=${REDACTED}`;
+      return rest === '' ? pair : `${pair.slice(0, pair.length - rest.length)};${byExpression(rest.slice(1))}`;
+    });
+
+  it('are what the expression made of them', () => {
+    fc.assert(
+      fc.property(text(['a', 'token', 'pass', 'sig', '=', '&', ';', 'x', '1', '%74'], 16), (query) => {
+        expect(redactQuery(query)).toBe(byExpression(query));
+      }),
+      { seed: 3986, numRuns: 3000 },
+    );
+  });
+
+  it('are made of many parts without overflowing the stack', () => {
+    const many = '=;'.repeat(LONG);
+    expect(redactQuery(many)).toBe(many);
+    expect(redactQuery(`${'a=1;'.repeat(LONG)}token=x;y`)).toBe(`${'a=1;'.repeat(LONG)}token=${REDACTED}`);
+  });
+});
