@@ -60,15 +60,17 @@ export function redactQuery(query: string): string {
 function redactParameter(parameter: string): string {
   if (!parameter.includes('=')) return parameter;
   let start = 0;
-  while (start <= parameter.length) {
+  for (;;) {
     const semicolon = parameter.indexOf(';', start);
     const end = semicolon === -1 ? parameter.length : semicolon;
-    const equals = parameter.indexOf('=', start);
-    if (equals !== -1 && equals < end && isSecretName(parameter.slice(start, equals))) return `${parameter.slice(0, equals)}=${REDACTED}`;
-    if (semicolon === -1) break;
+    // Looked for within this part only: searched to the next `=` anywhere, a query of `;`s then one `=` was read
+    // once per part.
+    let equals = start;
+    while (equals < end && parameter.charCodeAt(equals) !== 0x3d) equals++;
+    if (equals < end && isSecretName(parameter.slice(start, equals))) return `${parameter.slice(0, equals)}=${REDACTED}`;
+    if (semicolon === -1) return parameter;
     start = semicolon + 1;
   }
-  return parameter;
 }
 
 /**

@@ -165,11 +165,12 @@ const isBlank = (code: number) => code === 0x20 || code === 0x09 || code === 0x0
 /**
  * The directives of a Cache-Control list (RFC 9111 5.2: `token [ "=" ( token / quoted-string ) ]`, comma separated;
  * a comma inside quotes does not separate), in order, each name lower-cased and its argument as written (a
- * quoted-string with its quotes; an unterminated one runs to the end), in one scan. An element with anything else
- * after its directive (`foo max-age=60`) is no directive, and a quoted argument followed by more than whitespace is
- * taken up to the next comma as it is (`max-age="5"x`: not delta-seconds). A regular expression did this, and it
- * retried a failed match from every position of a long name: 16 KiB of `Cache-Control` a client sends on a cached
- * route held the event loop for 1.7 s.
+ * quoted-string with its quotes; an unterminated one runs to the end), in one scan. A name followed by another token
+ * is none, the list read on from that token (`foo max-age=60`: `max-age`), and a quoted argument followed by more
+ * than whitespace is taken up to the next comma as it is (`max-age="5"x`: not delta-seconds). A regular expression
+ * did this, and it retried a failed match from every position of a long name: 16 KiB of `Cache-Control` a client
+ * sends on a cached route held the event loop for 1.7 s. The scan reads every list as it did (a property test), but
+ * an open quote ending in a lone backslash.
  */
 export function cacheDirectives(text: string): [name: string, raw: string | undefined][] {
   const directives: [string, string | undefined][] = [];
@@ -186,7 +187,8 @@ export function cacheDirectives(text: string): [name: string, raw: string | unde
   let at = 0;
   while (at < length) {
     const code = text.charCodeAt(at);
-    if (code === COMMA || isBlank(code)) {
+    // Separators and blanks between elements; an `=` with no name before it is skipped too, as the expression did.
+    if (code === COMMA || code === EQUALS || isBlank(code)) {
       at++;
       continue;
     }
@@ -206,7 +208,7 @@ export function cacheDirectives(text: string): [name: string, raw: string | unde
         at++;
         while (at < length && text.charCodeAt(at) !== QUOTE) at += text.charCodeAt(at) === BACKSLASH ? 2 : 1;
         at = Math.min(at + 1, length);
-        raw = text.slice(valueStart, at);
+        raw = text.slice(valueStart, at).trim();
         const after = skipBlanks(at);
         if (after < length && text.charCodeAt(after) !== COMMA) {
           at = nextComma(valueStart);
@@ -217,14 +219,21 @@ export function cacheDirectives(text: string): [name: string, raw: string | unde
         raw = text.slice(valueStart, at).trim();
       }
     }
-    at = skipBlanks(at);
-    if (at < length && text.charCodeAt(at) !== COMMA) {
-      // Something after the directive that no list element holds: none is read from this element.
-      at = nextComma(at);
+    const end = skipBlanks(at);
+    if (end < length && text.charCodeAt(end) !== COMMA) {
+      if (raw === undefined) {
+        // A name followed by another token (`public max-age=0`; `public; max-age=0`, `;` being no separator here):
+        // as the expression did, the name is no directive, and the list is read on from the next token, so a
+        // directive after a stray word is not lost.
+        at = end;
+        continue;
+      }
+      // An argument followed by more than blanks: the element is read no further, up to the next comma.
+      at = nextComma(end);
       continue;
     }
     if (name !== '') directives.push([name.toLowerCase(), raw]);
-    at++;
+    at = end + 1;
   }
   return directives;
 }
