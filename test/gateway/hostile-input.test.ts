@@ -4,7 +4,7 @@ import { brotliCompressSync, gzipSync } from 'node:zlib';
 import fc from 'fast-check';
 import type { ProblemBody } from '../../src/middleware/errors';
 import { runServer, type RunningServer } from '../../otel/lifecycle';
-import { HEADER } from '../../otel/wire-names';
+import { ACCESS_LINE_MESSAGE, HEADER, LOG_FIELD } from '../../otel/wire-names';
 import { PUBLISHED_JWT_SECRETS } from '../../src/config';
 import { createGateway } from '../../src/gateway';
 import { verifyGatewaySignature } from '../../src/gateway-signature';
@@ -323,6 +323,15 @@ describe('hostile input at the gateway', () => {
       const reply = await send(url, `/api/users/${'a'.repeat(3000)}`, { headers: { authorization: `Bearer ${bob}` } });
       expectProblem(reply, 414, 'uri_too_long');
       expect(reached()).toBe(before);
+    });
+
+    // Redacting the query for the access line and the span recursed once per `;`-part: past a few thousand the stack
+    // overflowed, and the answer was a plain 500 with no access line and no span.
+    it('answers a query of thousands of ;-separated parts as any other request, its access line written', async () => {
+      const reply = await send(url, `/api/users/2?${'=;'.repeat(6_000)}`, { headers: { authorization: `Bearer ${bob}` } });
+      expect(reply.status).toBe(200);
+      const requestId = reply.headers[HEADER.requestId];
+      await waitFor(() => stack.gatewayLogs.some((line) => line.message === ACCESS_LINE_MESSAGE && line[LOG_FIELD.requestId] === requestId), 'its access line');
     });
 
     it.each([
