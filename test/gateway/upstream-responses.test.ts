@@ -184,28 +184,20 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
     expect(answer.headers['content-length']).toBeUndefined();
   });
 
-  // undici cannot read past a 100 (it drops the connection: src/errors.ts upstreamSentContinue). Taken for a reset,
-  // the GET was resent to the same answer and the instance ejected: every route to the service went 503.
-  it('answers 502 upstream_bad_response to a service\'s unsolicited 100 (Continue), asking it once, and never blames the instance', async () => {
+  // undici cannot read past a 100, nor a 101 to a request without Upgrade (it drops the connection: src/errors.ts
+  // upstreamSentContinue, upstreamSwitchedProtocolsUnasked). Taken for a reset, the GET was resent to the same answer
+  // and the instance ejected: every route to the service went 503.
+  it.each([
+    { desc: "a service's unsolicited 100 (Continue)", path: '/orders/unsolicited-continue' },
+    { desc: 'a 101 Switching Protocols the request did not ask for', path: '/orders/unasked-upgrade' },
+  ])('answers 502 upstream_bad_response to $desc, asking once, and never blames the instance', async ({ path }) => {
     // Past the default ejection (3 failures in a row).
     for (let round = 0; round < 4; round++) {
-      const before = service.asked.get('/orders/unsolicited-continue') ?? 0;
-      const answer = await get(`${stack.gateway.url}/api/orders/unsolicited-continue`, token);
+      const before = service.asked.get(path) ?? 0;
+      const answer = await get(`${stack.gateway.url}/api${path}`, token);
       expect(answer.status).toBe(502);
       expect(JSON.parse(answer.body)).toMatchObject({ code: 'upstream_bad_response', requestId: answer.headers[HEADER.requestId] });
-      expect(service.asked.get('/orders/unsolicited-continue')! - before).toBe(1);
-    }
-    expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
-  });
-
-  it('answers 502 upstream_bad_response to a 101 Switching Protocols the request did not ask for, asking once, and never blames the instance', async () => {
-    // Past the default ejection (3 failures in a row).
-    for (let round = 0; round < 4; round++) {
-      const before = service.asked.get('/orders/unasked-upgrade') ?? 0;
-      const answer = await get(`${stack.gateway.url}/api/orders/unasked-upgrade`, token);
-      expect(answer.status).toBe(502);
-      expect(JSON.parse(answer.body)).toMatchObject({ code: 'upstream_bad_response', requestId: answer.headers[HEADER.requestId] });
-      expect(service.asked.get('/orders/unasked-upgrade')! - before).toBe(1);
+      expect(service.asked.get(path)! - before).toBe(1);
     }
     expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
   });
