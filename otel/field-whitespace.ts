@@ -26,11 +26,7 @@ export function withoutLeadingWhitespace(value: string): string {
 
 /** `value` without the spaces and tabs at either end. */
 export function withoutEdgeWhitespace(value: string): string {
-  let start = 0;
-  while (start < value.length && isSpaceOrTab(value.charCodeAt(start))) start++;
-  let end = value.length;
-  while (end > start && isSpaceOrTab(value.charCodeAt(end - 1))) end--;
-  return start === 0 && end === value.length ? value : value.slice(start, end);
+  return withoutLeadingWhitespace(withoutTrailingWhitespace(value));
 }
 
 /** `value` without every `character` (one UTF-16 code unit) at its end. */

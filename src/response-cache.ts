@@ -203,33 +203,23 @@ export function cacheDirectives(text: string): [name: string, raw: string | unde
     let raw: string | undefined;
     if (at < length && text.charCodeAt(at) === EQUALS) {
       const valueStart = skipBlanks(at + 1);
-      at = valueStart;
-      if (at < length && text.charCodeAt(at) === QUOTE) {
-        at++;
-        while (at < length && text.charCodeAt(at) !== QUOTE) at += text.charCodeAt(at) === BACKSLASH ? 2 : 1;
-        at = Math.min(at + 1, length);
-        raw = text.slice(valueStart, at).trim();
-        const after = skipBlanks(at);
-        if (after < length && text.charCodeAt(after) !== COMMA) {
-          at = nextComma(valueStart);
-          raw = text.slice(valueStart, at).trim();
-        }
-      } else {
-        at = nextComma(valueStart);
-        raw = text.slice(valueStart, at).trim();
+      // The argument ends at the next comma; a quoted-string ends at its closing quote when only blanks follow it.
+      at = nextComma(valueStart);
+      if (valueStart < length && text.charCodeAt(valueStart) === QUOTE) {
+        let close = valueStart + 1;
+        while (close < length && text.charCodeAt(close) !== QUOTE) close += text.charCodeAt(close) === BACKSLASH ? 2 : 1;
+        const closed = Math.min(close + 1, length);
+        const after = skipBlanks(closed);
+        if (after === length || text.charCodeAt(after) === COMMA) at = closed;
       }
+      raw = text.slice(valueStart, at).trim();
     }
+    // With an argument, `at` is at a comma or the end. Without one, a name followed by another token (`public
+    // max-age=0`; `public; max-age=0`, `;` being no separator here) is, as the expression had it, no directive, and
+    // the list is read on from that token, so a directive after a stray word is not lost.
     const end = skipBlanks(at);
     if (end < length && text.charCodeAt(end) !== COMMA) {
-      if (raw === undefined) {
-        // A name followed by another token (`public max-age=0`; `public; max-age=0`, `;` being no separator here):
-        // as the expression did, the name is no directive, and the list is read on from the next token, so a
-        // directive after a stray word is not lost.
-        at = end;
-        continue;
-      }
-      // An argument followed by more than blanks: the element is read no further, up to the next comma.
-      at = nextComma(end);
+      at = end;
       continue;
     }
     if (name !== '') directives.push([name.toLowerCase(), raw]);

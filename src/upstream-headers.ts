@@ -1,10 +1,10 @@
 import type http from 'node:http';
 import type { Context as KoaContext } from 'koa';
+import { withoutTrailing, withoutTrailingWhitespace } from '../otel/field-whitespace';
 import { isoTimestamp } from '../otel/iso-timestamp';
 import { CGI_HAZARD_HEADERS, dashedSpelling, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, isListedForwardingHeader, isLookAlikeName, MESH_CONTROL_HEADER_PREFIXES, REQUEST_REWRITE_HEADERS, VIA_PSEUDONYM } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
-import { withoutTrailing, withoutTrailingWhitespace } from '../otel/field-whitespace';
 import { MAX_FORWARDS_SUPPORTED, maxForwardsOf } from './middleware/max-forwards';
 import type { GatewaySigner, SignedRequest, SignedValues } from './gateway-signature';
 import { remembered } from './remembered';
@@ -127,7 +127,7 @@ export function endToEndHeaders<T>(source: Record<string, T | undefined>, drop?:
   return headers;
 }
 
-/** Whether a value ends in a space or tab: a look at its last character, on every response field (the regex only to cut). */
+/** Whether a value ends in a space or tab: a look at its last character, so a list without any is not copied. */
 function endsInWhitespace(value: string): boolean {
   const last = value.charCodeAt(value.length - 1);
   return last === 32 || last === 9;
@@ -165,7 +165,7 @@ export function serviceFieldsToPassOn(headers: http.IncomingHttpHeaders): http.I
     if (given === undefined) continue;
     let value: string | string[] = given;
     if (typeof value === 'string') {
-      if (endsInWhitespace(value)) value = withoutTrailingWhitespace(value);
+      value = withoutTrailingWhitespace(value);
     } else {
       if (value.some(endsInWhitespace)) value = value.map(withoutTrailingWhitespace);
       if (WRITTEN_ONCE_OVER_HTTP2.has(name)) {

@@ -125,6 +125,21 @@ const CHECK_MISSING = new Set([404, 405]);
 /** Largest answer of the credential check read (a user, or a problem with its code): a few hundred bytes in fact. */
 export const MAX_CREDENTIAL_CHECK_ANSWER_BYTES = 64 * 1024;
 
+/**
+ * The credential check's answer as JSON, undefined when it is not JSON or is longer than any user-service answer
+ * (a user, or a problem): read whole with `body.json()`, an answer of hundreds of MB was held in memory for as
+ * long as the check's timeout let the service send.
+ */
+async function jsonAtMost(body: Dispatcher.ResponseData['body']): Promise<unknown> {
+  const bytes = await readAtMost(body, MAX_CREDENTIAL_CHECK_ANSWER_BYTES).catch(() => undefined);
+  if (bytes === undefined) return undefined;
+  try {
+    return JSON.parse(bytes.toString('utf8')) as unknown;
+  } catch {
+    return undefined;
+  }
+}
+
 /** `upstreamCode`: the `code` of the check's problem body, when it had one. */
 function refusal(response: Dispatcher.ResponseData, upstreamCode: string | undefined): GatewayError {
   if (CHECK_MISSING.has(response.statusCode)) {
@@ -200,21 +215,6 @@ export function createLogin(options: LoginOptions): Middleware[] {
   // account costs user-service nothing. Counted for every attempt, right or wrong, from any client.
   async function limitLoginAccount(ctx: Context, next: () => Promise<void>) {
     await options.accountLimit.check(ctx, next, options.accountKey(credentialsOf.get(ctx)!.email));
-  }
-
-  /**
-   * The credential check's answer as JSON, undefined when it is not JSON or is longer than any user-service answer
-   * (a user, or a problem): read whole with `body.json()`, an answer of hundreds of MB was held in memory for as
-   * long as the check's timeout let the service send.
-   */
-  async function jsonAtMost(body: Dispatcher.ResponseData['body']): Promise<unknown> {
-    const bytes = await readAtMost(body, MAX_CREDENTIAL_CHECK_ANSWER_BYTES).catch(() => undefined);
-    if (bytes === undefined) return undefined;
-    try {
-      return JSON.parse(bytes.toString('utf8')) as unknown;
-    } catch {
-      return undefined;
-    }
   }
 
   async function login(ctx: Context) {

@@ -3,7 +3,6 @@ import { HTTP_METHODS } from '../config';
 import { HEADER } from '../../otel/wire-names';
 import { withoutEdgeWhitespace } from '../../otel/field-whitespace';
 
-
 /**
  * The largest count the gateway sends on: RFC 9110 7.6.2 has an intermediary send "the lesser of" the count less one
  * and its own maximum, so a count too long for a number (`99999999999999999999`) goes on as this.

@@ -661,18 +661,18 @@ export function createProxy(options: ProxyOptions): Middleware {
 }
 
 /**
+ * 103 Early Hints passed on per exchange, the rest dropped: browsers act on the first (a navigation's preloads), RFC
+ * 8297 allows more; each goes to the client's socket at once, past any back-pressure.
+ */
+export const MAX_EARLY_HINTS_RELAYED = 4;
+
+/**
  * A service's 103 Early Hints passed on: its `Link` as separate links, as Node's writeEarlyHints takes them (one
  * field listing several, `</a.css>; rel=preload, </b.js>; rel=preload` as RFC 8288 writes them, it refused).
  * A link Node will not write (a quoted parameter with a space: `title="a b"`) drops the hints: they are advisory
  * (RFC 8297), and thrown inside undici's handler the refusal failed the whole exchange, a GET resent to the
  * service and its instance blamed, a POST it had done answered 502.
  */
-/**
- * 103 Early Hints passed on per exchange, the rest dropped: browsers act on the first (a navigation's preloads), RFC
- * 8297 allows more; each goes to the client's socket at once, past any back-pressure.
- */
-export const MAX_EARLY_HINTS_RELAYED = 4;
-
 function relayEarlyHints(res: KoaContext['res'], link: string | string[]): void {
   try {
     res.writeEarlyHints({ link: linkValues(link) });
