@@ -31,7 +31,7 @@ import { parseArgs } from 'node:util';
 import { collectionsIn } from './callgrind-functions.mjs';
 import { cpuPlacement, freePort, memoryMiB, pinTo, stopAll, threadCpuTicks, waitUntilServing } from './processes.mjs';
 import { median } from './report.mjs';
-import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS as VARIANTS, mintTokens, startGateway, startNodeFloor, startUpstreamAndSink } from './servers.mjs';
+import { BENCH_DIR, benchCredentials, freshDir, GATEWAY_VARIANTS as VARIANTS, startGateway, startNodeFloor, startUpstreamAndSink, tokensFile } from './servers.mjs';
 import { runWrk, warmUp, WARMUP_SECONDS } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
@@ -114,8 +114,7 @@ if (placement.pinned) pinTo(process.pid, placement.others);
 const { secret, headers } = await benchCredentials();
 const tokenCount = Number(flags.tokens);
 if (!Number.isInteger(tokenCount) || tokenCount < 1) throw new Error('--tokens is a positive integer');
-const tokensFile = tokenCount > 1 ? path.join(logs, 'tokens.txt') : undefined;
-if (tokensFile) fs.writeFileSync(tokensFile, `${(await mintTokens(secret, tokenCount)).join('\n')}\n`);
+const distinctTokens = await tokensFile(logs, secret, tokenCount);
 try {
   const { upstreamPort, sinkPort } = await startUpstreamAndSink(logs);
   const gateways = [];
@@ -131,7 +130,7 @@ try {
       child = startGateway({ name: variant.name, port, upstreamPort, secret, tracing, metrics, logs, nodeArgs: variant.nodeArgs, extraEnv: variant.env, root: variant.root });
     }
     // Each variant's own cursor through the tokens: none is sent a token another variant's run made it verify.
-    const tokens = tokensFile ? { file: tokensFile, count: tokenCount, next: 0 } : undefined;
+    const tokens = distinctTokens?.cursor();
     gateways.push({ ...variant, url: `http://127.0.0.1:${port}/api/users/42`, child, slices: [], requests: 0, tokens });
   }
   for (const gateway of gateways) await waitUntilServing(gateway.url, { headers, child: gateway.child, timeoutMs: 30_000 });

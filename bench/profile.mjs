@@ -11,7 +11,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { summarise, summaryMarkdown } from './cpu-profile-summary.mjs';
 import { cpuTicks, freePort, stop, stopAll, waitUntilServing } from './processes.mjs';
-import { BENCH_DIR, benchCredentials, freshDir, mintTokens, ROOT, startGateway, startUpstreamAndSink } from './servers.mjs';
+import { BENCH_DIR, benchCredentials, freshDir, ROOT, startGateway, startUpstreamAndSink, tokensFile } from './servers.mjs';
 import { runWrk, warmUp, WARMUP_SECONDS, wrkVersion } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
@@ -38,8 +38,7 @@ if (!wrkVersion()) throw new Error('wrk is not installed: `apt-get install -y wr
 
 const dir = freshDir(flags.out, 'profile');
 const { secret, headers } = await benchCredentials();
-const tokensFile = tokenCount > 1 ? path.join(dir, 'tokens.txt') : undefined;
-if (tokensFile) fs.writeFileSync(tokensFile, `${(await mintTokens(secret, tokenCount)).join('\n')}\n`);
+const distinctTokens = await tokensFile(dir, secret, tokenCount);
 
 try {
   const { upstreamPort, sinkPort } = await startUpstreamAndSink(dir);
@@ -61,7 +60,7 @@ try {
     const url = `http://127.0.0.1:${port}/api/users/42`;
     await waitUntilServing(url, { headers, child: gateway });
     // One cursor per variant: warm-up and measured run go on through the file, so the measured run's tokens are not the warm-up's.
-    const tokens = tokensFile ? { file: tokensFile, count: tokenCount, next: 0 } : undefined;
+    const tokens = distinctTokens?.cursor();
     await warmUp({ url, connections, seconds: Number(flags['warmup-seconds']), headers, tokens });
     const fromUs = Number(process.hrtime.bigint() / 1000n);
     const before = cpuTicks(gateway.pid).own;
@@ -72,7 +71,7 @@ try {
     const file = path.join(dir, `${name}.cpuprofile`);
     if (!fs.existsSync(file)) throw new Error(`${name} wrote no profile (see ${dir}/${name}.err.log)`);
     const summary = summarise(JSON.parse(fs.readFileSync(file, 'utf8')), { fromUs, toUs });
-    const tokensSaid = tokensFile ? `, ${tokenCount} distinct tokens round robin` : '';
+    const tokensSaid = distinctTokens ? `, ${tokenCount} distinct tokens round robin` : '';
     const heading = `## Koa Gateway, tracing ${variant}: ${Math.round(result.rps)} req/s at ${connections} connections for ${seconds} s${tokensSaid}, ${cpuUsPerRequest} µs CPU per request (all threads; clock ticks assume USER_HZ 100)\n\n`;
     const markdown = heading + summaryMarkdown(summary);
     fs.writeFileSync(path.join(dir, `${name}.md`), markdown);

@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { childPids, cpuPlacement, cpuTicks, freePort, LineCounter, memoryMiB, pinTo, start, stop, stopAll, waitUntilServing } from './processes.mjs';
 import { evaluate, median, toMarkdown } from './report.mjs';
-import { BENCH_DIR, benchCredentials, cleanEnv, freshDir, mintTokens, ROOT, startGateway, startNginx, startNodeFloor, startPeer, startSink, startUpstream } from './servers.mjs';
+import { BENCH_DIR, benchCredentials, cleanEnv, freshDir, ROOT, startGateway, startNginx, startNodeFloor, startPeer, startSink, startUpstream, tokensFile } from './servers.mjs';
 import { runWrk, warmUp, WARMUP_SECONDS, wrkVersion } from './wrk.mjs';
 
 const { values: flags } = parseArgs({
@@ -283,13 +283,12 @@ async function main() {
   freshDir(logs);
 
   const { secret, headers: authHeader } = await benchCredentials();
-  // With --tokens N, N distinct tokens of the same secret and claims (each its own jti), one per line.
-  const tokensFile = settings.tokens > 1 ? path.join(out, 'tokens.txt') : undefined;
-  if (tokensFile) fs.writeFileSync(tokensFile, `${(await mintTokens(secret, settings.tokens)).join('\n')}\n`);
+  // With --tokens N, N distinct tokens of the same secret and claims (each its own jti).
+  const distinctTokens = await tokensFile(out, secret, settings.tokens);
   // Each case's place in the file: every run goes on from where its last one stopped, so no token comes back before
   // the case went through all of them (more than a verified-token cache holds: none of its checks is a cache hit).
   const tokenCursors = {};
-  const tokensFor = (id) => (tokensFile && cases[id].auth && !cases[id].cached ? (tokenCursors[id] ??= { file: tokensFile, count: settings.tokens, next: 0 }) : undefined);
+  const tokensFor = (id) => (distinctTokens && cases[id].auth && !cases[id].cached ? (tokenCursors[id] ??= distinctTokens.cursor()) : undefined);
 
   log(`settings: ${JSON.stringify(settings)}; cases: ${selected.join(', ')}`);
   const waitQuiet = nonNegativeInt(flags['wait-quiet'], 0);

@@ -52,11 +52,19 @@ export function mintToken(secret, jti) {
   return (jti === undefined ? token : token.setJti(jti)).sign(new TextEncoder().encode(secret));
 }
 
-/** `count` distinct tokens like mintToken's (each its own `jti`): `--tokens`, so no verified-token cache holds them all. */
-export async function mintTokens(secret, count) {
+/**
+ * `--tokens N`: with N over 1, N distinct tokens like mintToken's (each its own `jti`), so no verified-token cache holds
+ * them all, written to `<dir>/tokens.txt` one per line (bench/wrk-tokens.lua reads them). `cursor()` makes a place in
+ * the file for one case or variant: runWrk sends on from it and moves it on, so a case's runs go through all the
+ * tokens before any comes back. Undefined for one token (the one of benchCredentials).
+ */
+export async function tokensFile(dir, secret, count) {
+  if (count <= 1) return undefined;
+  const file = path.join(dir, 'tokens.txt');
   const tokens = [];
   for (let i = 0; i < count; i++) tokens.push(await mintToken(secret, `bench-${i}`));
-  return tokens;
+  fs.writeFileSync(file, `${tokens.join('\n')}\n`);
+  return { count, cursor: () => ({ file, count, next: 0 }) };
 }
 
 /** This process's environment without anything that would change a server or its telemetry. */
