@@ -276,6 +276,7 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
   // grpc-js's events run outside the request's context; a failure after the first line is recorded in it.
   const requestContext = context.active();
   const call = client.makeServerStreamRequest(method.path, encodedBytes, deserializer(method.responseType), request, metadata, { deadline: Date.now() + route.deadlineMs });
+  readAheadOneMessage(call);
   const line = (value: unknown) => `${JSON.stringify(value)}\n`;
   const cancel = () => call.cancel();
   ctx.res.once('close', cancel);
@@ -348,6 +349,19 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
   answerStream(ctx, out);
   out.write(firstLine);
   call.resume();
+}
+
+/**
+ * A stream's call asks the service for its next message only while fewer than one waits unread. grpc-js's stream is
+ * an object-mode Readable, which reads ahead until Node's default mark for such streams, 16 objects, waits: up to
+ * 16 messages of MAX_GRPC_MESSAGE_BYTES (64 MiB) held per client that stopped reading, where the HTTP proxy holds
+ * 256 KiB. grpc-js takes no option for it, so the mark is set on the stream's state; the stream pulls one message
+ * per read and the service's HTTP/2 flow control holds the rest.
+ */
+function readAheadOneMessage(call: grpc.ClientReadableStream<unknown>): void {
+  const state = (call as unknown as { _readableState?: { highWaterMark?: unknown } })._readableState;
+  if (typeof state?.highWaterMark !== 'number') throw new Error("grpc-js's stream has no _readableState.highWaterMark to lower");
+  state.highWaterMark = 1;
 }
 
 function answerStream(ctx: KoaContext, out: PassThrough): void {

@@ -29,6 +29,8 @@ export interface MappingServer {
   calls: { method: string; request: Record<string, unknown>; metadata: Record<string, string>; open: boolean }[];
   /** Calls the server saw cancelled (the client went away or its deadline passed). */
   cancelled: string[];
+  /** Pour's chunks whose write has completed at the service (they left it for the gateway), over all its calls. */
+  readonly poured: number;
   close(): Promise<void>;
 }
 
@@ -37,6 +39,7 @@ export async function startMappingServer(port = 0): Promise<MappingServer> {
   const server = new grpc.Server();
   const calls: MappingServer['calls'] = [];
   const cancelled: string[] = [];
+  let poured = 0;
   /** Records a call, open until its handler closes it or it is cancelled. */
   const record = (method: string, call: grpc.ServerUnaryCall<Record<string, unknown>, unknown> | grpc.ServerWritableStream<Record<string, unknown>, unknown>) => {
     const entry = { method, request: call.request, metadata: stringEntries(call.metadata), open: true };
@@ -98,6 +101,26 @@ export async function startMappingServer(port = 0): Promise<MappingServer> {
       };
       step();
     },
+    Pour(call: grpc.ServerWritableStream<Record<string, unknown>, unknown>) {
+      const close = record('Pour', call);
+      const count = Math.min(Number(call.request.count), 1000);
+      const data = Buffer.alloc(Math.min(Number(call.request.size), 3 * 1024 * 1024), 'p');
+      let n = 0;
+      const step = () => {
+        if (call.cancelled) return;
+        if (n === count) {
+          call.end();
+          close();
+          return;
+        }
+        n++;
+        call.write({ n, data }, () => {
+          poured++;
+          step();
+        });
+      };
+      step();
+    },
     Say(call: Unary, callback: grpc.sendUnaryData<unknown>) {
       const close = record('Say', call);
       callback(null, { value: call.request.text });
@@ -117,6 +140,9 @@ export async function startMappingServer(port = 0): Promise<MappingServer> {
     url: `http://127.0.0.1:${bound}`,
     calls,
     cancelled,
+    get poured() {
+      return poured;
+    },
     close: () => new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
   };
 }

@@ -738,6 +738,45 @@ describe('a gRPC stream that meets its deadline after its first message', () => 
   });
 });
 
+// A stream's messages wait in the gateway while its client is not reading. grpc-js's object-mode stream read ahead
+// until 16 messages waited (up to 4 MiB each, the gateway's message limit) before it stopped asking the service:
+// 64 MiB per slow client, where the HTTP proxy holds 256 KiB.
+describe('a gRPC stream whose client stops reading', () => {
+  it('stops asking the service for messages within a few of the ones the client has not read, and carries them all once it reads again', async () => {
+    const service = await startMappingServer();
+    const config = mappingGatewayConfig(service.url, { route: { timeoutMs: 60_000, deadlineMs: 60_000 } });
+    const gateway = await listen(createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false }).gateway.callback());
+    const count = 30;
+    try {
+      const response = await fetch(`${gateway.url}/api/mapping/pour/${count}?size=${3 * 1024 * 1024}`);
+      expect(response.status).toBe(200);
+      const reader = response.body!.getReader();
+      const decoder = new TextDecoder();
+      let text = '';
+      while (!text.includes('\n')) text += decoder.decode((await reader.read()).value, { stream: true });
+      // The client reads no more. The service stops once every buffer on the way is full: its count stays put for
+      // half a second. Between the client and the service: the client's and the gateway's socket buffers (a few
+      // lines of 4 MiB on loopback), the line the gateway is writing, and what its gRPC call holds.
+      let last = -1;
+      let still = 0;
+      await waitFor(() => {
+        still = service.poured === last ? still + 1 : 0;
+        last = service.poured;
+        return still >= 25;
+      }, 'the service to be paused', 20_000);
+      expect(service.poured).toBeLessThan(count);
+      expect(service.poured).toBeLessThanOrEqual(10);
+      for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) text += decoder.decode(chunk.value, { stream: true });
+      const received = text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as { n: number; data: string });
+      expect(received.map((line) => line.n)).toEqual(Array.from({ length: count }, (_, index) => index + 1));
+      expect(received.every((line) => Buffer.from(line.data, 'base64').length === 3 * 1024 * 1024)).toBe(true);
+    } finally {
+      await gateway.close();
+      await service.close();
+    }
+  });
+});
+
 // Readiness probes a service's HTTP `GET /health`, which a gRPC-only service does not answer: it is in no probe
 // round, and the internal /ready called it `down` beside an overall status that never counted it, with the
 // instances of its HTTP pool, which carries nothing (an ejected gRPC instance read `healthy`).
