@@ -528,14 +528,18 @@ describe('TLS termination and HTTP/2', () => {
       { desc: 'an HTTP/2 connection its client breaks (a WINDOW_UPDATE of 0: GOAWAY PROTOCOL_ERROR)', tag: 'broken-session', breaking: () => [frame(FRAME.windowUpdate, 0, 0, Buffer.alloc(4))] },
       { desc: 'HTTP/2 streams their client resets with PROTOCOL_ERROR', tag: 'reset-streams', breaking: () => Array.from({ length: STREAMS }, (_, index) => frame(FRAME.rstStream, 0, 2 * index + 1, Buffer.from([0, 0, 0, 1]))) },
     ])('logs no "unhandled gateway error" for $desc while their answers are held back (window 0)', async ({ tag, breaking }) => {
-      const { socket } = await holdRawHttp2(watched.url, certificate.cert, Buffer.alloc(0), [windowZero, ...heldAnswers(tag)]);
+      const { socket, received } = await holdRawHttp2(watched.url, certificate.cert, Buffer.alloc(0), [windowZero, ...heldAnswers(tag)]);
       try {
-        // The answers are written (each 401 waits for a window), then the client breaks what carries them.
-        await new Promise((resolve) => setTimeout(resolve, 300));
+        // The answers are written: each 401's head is out (HEADERS are not flow-controlled) and its body waits for a
+        // window. Then the client breaks what carries them.
+        await waitFor(() => received.filter((type) => type === FRAME.headers).length === STREAMS, `the ${STREAMS} answers' heads`);
         socket.write(Buffer.concat(breaking()));
         const accessLines = () => watchedLog.filter((line) => line.message === ACCESS_LINE_MESSAGE && String(line.request_id).startsWith(`${tag}-`));
         await waitFor(() => accessLines().length === STREAMS, `the ${STREAMS} access lines`);
-        await new Promise((resolve) => setTimeout(resolve, 100));
+        // Every failure of the connection's streams has reached Koa's error channel once the gateway's end of the
+        // connection has closed (its session and streams are destroyed as its socket closes).
+        socket.destroy();
+        await waitFor(async () => (await new Promise<number>((resolve, reject) => watched.server.getConnections((error, count) => (error ? reject(error) : resolve(count))))) === 0, 'the gateway to close the connection');
         expect(watchedLog.filter((line) => line.message === 'unhandled gateway error')).toEqual([]);
       } finally {
         socket.destroy();
