@@ -41,7 +41,8 @@ if (flags.help) {
   --quick                    short runs for development (3 s / 2 s runs, 10 s loss check)
   --rounds N                 A B A B rounds, order reversed every other round (default 3, 2 with --quick)
   --throughput-seconds N     each 50-connection run (default 8)
-  --latency-seconds N        each 1-connection run (default 5)
+  --latency-seconds N        each case's 1-connection runs per round (default 5), shared among its slices, each
+                             right after one of its throughput slices (whole seconds, at least 1 per slice)
   --warmup-seconds N         unmeasured 50-connection warm-up before each case's first slice, every round, as N runs
                              of 1 s (default ${WARMUP_SECONDS}; 1 with --quick)
   --slices N                 each throughput run cut into N slices taken in turn across the cases, each after 1 s
@@ -84,6 +85,8 @@ const settings = {
   // that one CPU too: its line is what the cluster costs per request over one process on the same core.
   cpus: cpuPlacement(flags.pin),
 };
+// Each latency slice's length: the latency seconds shared among the slices, in whole seconds (wrk takes no less).
+settings.latencySliceSeconds = Math.max(1, Math.round(settings.latencySeconds / settings.slices));
 if (!Number.isInteger(settings.throughputSeconds / settings.slices)) fail(`--slices ${settings.slices} does not divide --throughput-seconds ${settings.throughputSeconds} into whole seconds (wrk's -d)`);
 
 /** The cases, in round order. `server` names the process(es) whose CPU is the case's own. */
@@ -399,18 +402,19 @@ async function main() {
     // this shared VM's speed drifts over tens of seconds, and ratios of cases measured minutes apart took it in.
     // Warm-up before every slice, not recorded: besides the JIT and connection pools, V8 shrinks the heap of a
     // process left idle for a while (its memory reducer), and the first second after that runs measurably slower.
+    // The 1-connection latency runs are sliced the same way, each right after the case's throughput slice (warm):
+    // run one case after another, the p50 line compared a gateway and a floor measured 45-50 s apart.
     const slices = Object.fromEntries(order.map((id) => [id, []]));
+    const latencySlices = Object.fromEntries(order.map((id) => [id, []]));
     for (let slice = 0; slice < settings.slices; slice++) {
       for (const id of slice % 2 === 0 ? order : [...order].reverse()) {
         await warmUpCase(id, slice === 0 ? settings.warmupSeconds : settings.sliceWarmupSeconds);
         slices[id].push(await timedRun(id, settings.connections, settings.throughputSeconds / settings.slices));
+        latencySlices[id].push(await timedRun(id, 1, settings.latencySliceSeconds));
       }
     }
     for (const id of order) runs.push(record(id, 'throughput', round, slices[id]));
-    for (const id of order) {
-      await warmUpCase(id, settings.sliceWarmupSeconds);
-      runs.push(record(id, 'latency', round, [await timedRun(id, 1, settings.latencySeconds)]));
-    }
+    for (const id of order) runs.push(record(id, 'latency', round, latencySlices[id]));
     if (round < settings.rounds) await endRound(true);
   }
 
