@@ -121,13 +121,16 @@ export function evaluate(results) {
     // Only at the rate it names: a load that failed, or answered below 98% of its rate (sends skipped at 32 in flight
     // and not made up), checked less than it says and passed all the same. A few skips within the rate are said.
     const shortLoad = loss && (loss.load.errors > 0 || loss.load.non2xx > 0 || loss.load.achievedRate < 0.98 * loss.targetRate);
-    if (shortLoad) {
-      budget.push({ id: 'spans-lost', line: 'spans lost at 50% of peak', limit: `${BUDGET.spansLostMax}`, measured: loss.spansLost, rounds: [], unit: 'spans', result: 'FAIL', note: `the load was not the rate it names: ${loss.load.achievedRate} of ${loss.targetRate} req/s, ${loss.load.skipped} skipped, ${loss.load.errors + loss.load.non2xx} failed` });
-    } else {
-      line('spans-lost', 'spans lost at 50% of peak', `${BUDGET.spansLostMax}`, { median: loss ? loss.spansLost : null, rounds: [] }, 'spans', (v) => v <= BUDGET.spansLostMax, loss ? undefined : 'loss check not run');
+    const lossLine = (id, text, limit, measured, unit) => {
+      if (shortLoad) {
+        budget.push({ id, line: text, limit: `${limit}`, measured, rounds: [], unit, result: 'FAIL', note: `the load was not the rate it names: ${loss.load.achievedRate} of ${loss.targetRate} req/s, ${loss.load.skipped} skipped, ${loss.load.errors + loss.load.non2xx} failed` });
+        return;
+      }
+      line(id, text, `${limit}`, { median: loss ? measured : null, rounds: [] }, unit, (v) => v <= limit, loss ? undefined : 'loss check not run');
       if (loss?.load.skipped > 0) budget.at(-1).note = `${loss.load.skipped} sends skipped at 32 in flight; ${loss.load.achievedRate} of ${loss.targetRate} req/s answered`;
-    }
-    line('logs-lost', 'log records lost at 50% of peak (OTLP log export)', `${BUDGET.logRecordsLostMax}`, { median: loss?.logRecordsLost ?? null, rounds: [] }, 'records', (v) => v <= BUDGET.logRecordsLostMax, !loss ? 'loss check not run' : loss.logRecordsLost === undefined ? 'logs not exported over OTLP in this run (--otlp-logs)' : undefined);
+    };
+    lossLine('spans-lost', 'spans lost at 50% of peak', BUDGET.spansLostMax, loss?.spansLost, 'spans');
+    lossLine('logs-lost', 'log records lost at 50% of peak (OTLP log export)', BUDGET.logRecordsLostMax, loss?.logRecordsLost ?? null, 'records');
     // Issue 14: a response-cache hit (never reaching the upstream) costs at most 1.5x the floor's CPU per request.
     const hit = ratios['gateway-cache-hit']?.['node-floor']?.cpuPerRequest;
     line('cache-hit-vs-floor', "cache-hit CPU per request <= 1.5x the floor's (issue 14)", `<= ${BUDGET.cacheHitCpuVsFloorMax}x`, hit ?? {}, 'x', (v) => v <= BUDGET.cacheHitCpuVsFloorMax, hit ? undefined : notRun(cases['gateway-cache-hit'] ? 'node-floor' : 'gateway-cache-hit'), ['gateway-cache-hit', 'node-floor']);
@@ -234,12 +237,13 @@ export function toMarkdown(results) {
 
   if (loss) {
     lines.push('', `## Telemetry loss at 50% of peak (${fmt(loss.targetRate)} req/s = half of ${fmt(loss.peakRate)}, ${loss.seconds} s)`, '');
+    if (loss.gateway) lines.push(`Paced load to ${loss.gateway}.`, '');
     lines.push('| requests sent | answered 2xx | served (access log) | SERVER spans received | CLIENT spans received | spans lost | load errors / skipped | achieved req/s | p50 / p99 ms | gateway CPU µs/req |');
     lines.push('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
     lines.push(
       `| ${fmt(loss.load.sent)} | ${fmt(loss.load.ok)} | ${fmt(loss.requestsServed)} | ${fmt(loss.serverSpansReceived)} | ${fmt(loss.clientSpansReceived)} | ${fmt(loss.spansLost)} | ${loss.load.errors + loss.load.non2xx} / ${loss.load.skipped} | ${fmt(loss.load.achievedRate)} | ${fmt(loss.load.latencyMs.p50, 2)} / ${fmt(loss.load.latencyMs.p99, 2)} | ${fmt(loss.gatewayCpuUsPerRequest, 1)} |`,
     );
-    if (loss.logRecordsReceived !== undefined) lines.push('', `OTLP log records (\`--otlp-logs\`): ${fmt(loss.logRecordsReceived)} received for ${fmt(loss.requestsServed)} requests served, ${fmt(loss.logRecordsLost)} lost.`);
+    if (loss.logRecordsReceived !== undefined) lines.push('', `OTLP log records: ${fmt(loss.logRecordsReceived)} received for ${fmt(loss.requestsServed)} requests served, ${fmt(loss.logRecordsLost)} lost.`);
     const f = loss.underFullLoad;
     lines.push('', `Under the full-load runs before it (not a budget line): ${fmt(f.serverSpansReceived)} SERVER spans arrived for ${fmt(f.requestsServed)} requests served (${fmt(f.missing)} missing, ${f.requestsServed ? fmt((f.missing / f.requestsServed) * 100, 1) : '0'}%).`);
   }

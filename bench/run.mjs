@@ -53,7 +53,8 @@ if (flags.help) {
   --wait-quiet N              first wait up to N s for 5 quiet seconds (machine < 15% of a core busy)
   --no-pin                   leave every process free to run on any CPU (default: each measured server on a CPU of
                              its own, wrk, the upstream and the sinks on the others; see bench/README.md)
-  --otlp-logs                also export the access log through OTLP (default: traces only, log to a file)
+  --otlp-logs                the measured gateways also export their log lines through OTLP (default: traces only,
+                             log to a file; the loss check always uses a gateway that ships them)
   --tokens N                 authenticated cases send N distinct tokens round robin, each case's runs going on where
                              its last stopped (default 1: one token, which the gateway's verified-token cache checks
                              once); over 20,000 (twice the cache's default 10,000: the 2-worker case's workers each
@@ -418,9 +419,20 @@ async function main() {
     if (round < settings.rounds) await endRound(true);
   }
 
-  // Telemetry loss: at half the traced gateway's measured peak, every request served must arrive as a span.
+  // Telemetry loss: at half the traced gateway's measured peak, every request served must arrive as its two spans
+  // and as its log record. The paced load goes to a gateway that ships its log lines over OTLP as well, as deployed
+  // (docker-compose.yml): the measured one with --otlp-logs, else one started for the check, so that the measured
+  // cases stay as they were and `npm run bench` judges both lines.
   let loss;
-  if (cases.gateway && settings.lossSeconds > 0) loss = await lossCheck({ runs, ports, pids, logs, authHeader, url: cases.gateway.url, ticksPerSecond });
+  if (cases.gateway && settings.lossSeconds > 0) {
+    const underFullLoad = await spansAfterFullLoad(ports.sink, path.join(logs, 'gateway-access.log'));
+    const peakRate = medianPeak(runs);
+    const target = settings.otlpLogs
+      ? { name: 'gateway', description: 'the measured traced gateway (--otlp-logs: it ships its log lines over OTLP)', url: cases.gateway.url, sinkPort: ports.sink, pids: pids.gateway, accessLog: path.join(logs, 'gateway-access.log') }
+      : await startLossGateway({ ports, logs, secret, authHeader });
+    loss = { ...(await pacedLoss({ target, peakRate, logs, authHeader, ticksPerSecond })), underFullLoad };
+    if (target.child) await stop(target.child);
+  }
 
   await endRound(false);
   // Servers: the median of their rounds' peaks, each round's kept; the upstream and sinks ran the whole run.
@@ -485,45 +497,79 @@ async function waitForLogRecords(port, expected, timeoutMs) {
   return received.logs;
 }
 
-async function lossCheck({ runs, ports, pids, logs, authHeader, url, ticksPerSecond }) {
+/** The traced gateway's throughput, the median of its rounds, in req/s. */
+function medianPeak(runs) {
   const peaks = runs.filter((r) => r.case === 'gateway' && r.shape === 'throughput').map((r) => r.rps).sort((a, b) => a - b);
   const middle = Math.floor(peaks.length / 2);
-  const peak = Math.round(peaks.length % 2 ? peaks[middle] : (peaks[middle - 1] + peaks[middle]) / 2);
-  const rate = Math.max(1, Math.round(peak / 2));
-  // The batch processor exports every 5 s or every 512 spans: a flush is over after at most ~5 s, plus margin.
-  const flushMs = 12_000;
-  const accessLog = new LineCounter(path.join(logs, 'gateway-access.log'), '"request completed"');
+  return Math.round(peaks.length % 2 ? peaks[middle] : (peaks[middle - 1] + peaks[middle]) / 2);
+}
 
-  // Everything served so far should have arrived; what has not by now was lost under full load.
-  const servedSoFar = accessLog.count();
-  const settled = await waitForSpans(ports.sink, () => accessLog.count(), flushMs);
-  const underFullLoad = { requestsServed: accessLog.count(), serverSpansReceived: settled.spans.server, missing: Math.max(0, accessLog.count() - settled.spans.server) };
-  log(`spans after the full-load runs: ${settled.spans.server} server spans for ${servedSoFar} requests served`);
+// The batch processors export every 5 s (spans) or 1 s (log records), or when a batch is full: a flush is over after
+// at most ~5 s, plus margin.
+const FLUSH_MS = 12_000;
 
+/** Not a budget line: what the measured traced gateway's sink has of the requests it served under full load. */
+async function spansAfterFullLoad(sinkPort, accessLogFile) {
+  const accessLog = new LineCounter(accessLogFile, '"request completed"');
+  const settled = await waitForSpans(sinkPort, () => accessLog.count(), FLUSH_MS);
+  const requestsServed = accessLog.count();
+  log(`spans after the full-load runs: ${settled.spans.server} server spans for ${requestsServed} requests served`);
+  return { requestsServed, serverSpansReceived: settled.spans.server, missing: Math.max(0, requestsServed - settled.spans.server) };
+}
+
+/**
+ * A traced gateway as deployed, its log lines shipped over OTLP as well as its spans and metrics, with a sink of its
+ * own, warmed up at full load as the measured cases are.
+ */
+async function startLossGateway({ ports, logs, secret, authHeader }) {
+  const port = await freePort();
+  const sinkPort = await freePort();
+  const sink = startSink({ port: sinkPort, logs, name: 'otlp-sink-loss' });
+  await waitUntilServing(`http://127.0.0.1:${sinkPort}/__stats`, { child: sink });
+  const name = 'gateway-loss';
+  const child = startGateway({ name, port, upstreamPort: ports.upstream, secret, logs, tracing: { sinkPort, exportLogs: true }, metrics: { port: await freePort() } });
+  const url = `http://127.0.0.1:${port}/api/users/42`;
+  await waitUntilServing(url, { headers: authHeader, child, timeoutMs: 30_000 });
+  if (settings.cpus.pinned) pinTo(child.pid, settings.cpus.servers);
+  await warmUp({ url, connections: settings.connections, seconds: settings.warmupSeconds, headers: authHeader });
+  return { name, description: 'a traced gateway started for the check, shipping its log lines over OTLP too (OTEL_LOGS_EXPORTER=otlp)', url, sinkPort, pids: [child.pid], accessLog: path.join(logs, `${name}-access.log`), child };
+}
+
+/**
+ * The paced load at half of `peakRate` for --loss-seconds against `target`: every request it served (its access log)
+ * must have arrived at its sink as a SERVER span, a CLIENT span and a log record.
+ */
+async function pacedLoss({ target, peakRate, logs, authHeader, ticksPerSecond }) {
+  const rate = Math.max(1, Math.round(peakRate / 2));
+  const accessLog = new LineCounter(target.accessLog, '"request completed"');
+  // Everything so far (warm-up, full-load runs) arrived first, so what the paced load adds is counted alone; the
+  // gateway's other lines (start-up) are log records too, so the logs wait for at least the access lines.
+  const settled = await waitForSpans(target.sinkPort, () => accessLog.count(), FLUSH_MS);
+  const baseLogs = await waitForLogRecords(target.sinkPort, accessLog.count(), FLUSH_MS);
   const baseServed = accessLog.count();
   const baseSpans = settled.spans;
-  log(`telemetry-loss check: ${rate} req/s (50% of ${peak}) for ${settings.lossSeconds} s`);
-  const beforeCpu = cpuSnapshot(pids);
-  const load = start('paced-load', process.execPath, [path.join(BENCH_DIR, 'paced-load.mjs'), url, String(rate), String(settings.lossSeconds), '16', `Authorization: ${authHeader.Authorization}`], {
+  log(`telemetry-loss check (${target.name}): ${rate} req/s (50% of ${peakRate}) for ${settings.lossSeconds} s`);
+  const cpuBefore = target.pids.reduce((sum, pid) => sum + cpuTicks(pid).own, 0);
+  const load = start('paced-load', process.execPath, [path.join(BENCH_DIR, 'paced-load.mjs'), target.url, String(rate), String(settings.lossSeconds), '16', `Authorization: ${authHeader.Authorization}`], {
     cwd: ROOT,
     env: cleanEnv(),
     stdoutFile: path.join(logs, 'paced-load.out.log'),
     stderrFile: path.join(logs, 'paced-load.err.log'),
   });
   const code = await load.exited;
-  const afterCpu = cpuSnapshot(pids);
+  const cpuAfter = target.pids.reduce((sum, pid) => sum + cpuTicks(pid).own, 0);
   const paced = JSON.parse(/^PACED_JSON (.*)$/m.exec(fs.readFileSync(path.join(logs, 'paced-load.out.log'), 'utf8'))?.[1] ?? 'null');
   if (code !== 0 || !paced) throw new Error(`paced load exited ${code}; see ${logs}/paced-load.err.log`);
   const served = () => accessLog.count() - baseServed;
-  const final = await waitForSpans(ports.sink, () => baseSpans.server + served(), flushMs, baseSpans);
+  const final = await waitForSpans(target.sinkPort, () => baseSpans.server + served(), FLUSH_MS, baseSpans);
   const serverSpans = final.spans.server - baseSpans.server;
-  // With --otlp-logs every access-log line is also an OTLP log record (the only lines the gateway writes
-  // under a steady load): each one served must have arrived.
-  const logRecords = settings.otlpLogs ? await waitForLogRecords(ports.sink, settled.logs + served(), flushMs) : undefined;
   const clientSpans = final.spans.client - baseSpans.client;
+  // Every access-log line is also an OTLP log record (the only lines the gateway writes under a steady load).
+  const logRecords = (await waitForLogRecords(target.sinkPort, baseLogs + served(), FLUSH_MS)) - baseLogs;
   const result = {
+    gateway: target.description,
     targetRate: rate,
-    peakRate: peak,
+    peakRate,
     seconds: settings.lossSeconds,
     load: paced,
     requestsServed: served(),
@@ -531,11 +577,11 @@ async function lossCheck({ runs, ports, pids, logs, authHeader, url, ticksPerSec
     clientSpansReceived: clientSpans,
     // Each request served makes a SERVER span and the proxy's CLIENT span: a lost one of either is lost.
     spansLost: Math.max(0, served() - serverSpans) + Math.max(0, served() - clientSpans),
-    ...(logRecords === undefined ? {} : { logRecordsReceived: logRecords - settled.logs, logRecordsLost: Math.max(0, served() - (logRecords - settled.logs)) }),
-    gatewayCpuUsPerRequest: Math.round(((afterCpu.gateway - beforeCpu.gateway) / ticksPerSecond) * 1e7 / Math.max(1, served())) / 10,
-    underFullLoad,
+    logRecordsReceived: logRecords,
+    logRecordsLost: Math.max(0, served() - logRecords),
+    gatewayCpuUsPerRequest: Math.round(((cpuAfter - cpuBefore) / ticksPerSecond) * 1e7 / Math.max(1, served())) / 10,
   };
-  log(`telemetry-loss check: ${result.requestsServed} served, ${serverSpans} server spans, ${clientSpans} client spans, ${result.spansLost} lost${logRecords === undefined ? '' : `; ${result.logRecordsReceived} log records, ${result.logRecordsLost} lost`}`);
+  log(`telemetry-loss check: ${result.requestsServed} served, ${serverSpans} server spans, ${clientSpans} client spans, ${result.spansLost} lost; ${logRecords} log records, ${result.logRecordsLost} lost`);
   return result;
 }
 
