@@ -63,6 +63,11 @@ export const AUTH_REALM = 'koa-gateway';
  */
 export const GATEWAY_OWNED_HEADER_PREFIXES = ['x-user-', 'x-gateway-', 'x-consumer-'] as const;
 
+/** Whether a (lower-case) header name is under a prefix the gateway owns (GATEWAY_OWNED_HEADER_PREFIXES). */
+export function isGatewayOwnedHeader(name: string): boolean {
+  return name.startsWith('x-') && GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix));
+}
+
 /**
  * Headers some frameworks let override the request's method or path (ASP.NET, Symfony, Laravel, Spring's
  * HiddenHttpMethodFilter, IIS URL Rewrite, Zend): a service honouring them would act on another request than

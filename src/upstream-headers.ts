@@ -2,7 +2,7 @@ import type http from 'node:http';
 import type { Context as KoaContext } from 'koa';
 import { withoutTrailing, withoutTrailingWhitespace } from '../otel/field-whitespace';
 import { isoTimestamp } from '../otel/iso-timestamp';
-import { CGI_HAZARD_HEADERS, dashedSpelling, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, GATEWAY_OWNED_HEADER_PREFIXES, HEADER, isForwardingHeader, isListedForwardingHeader, isLookAlikeName, MESH_CONTROL_HEADER_PREFIXES, REQUEST_REWRITE_HEADERS, VIA_PSEUDONYM } from '../otel/wire-names';
+import { CGI_HAZARD_HEADERS, dashedSpelling, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, HEADER, isGatewayOwnedHeader, isForwardingHeader, isListedForwardingHeader, isLookAlikeName, MESH_CONTROL_HEADER_PREFIXES, REQUEST_REWRITE_HEADERS, VIA_PSEUDONYM } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
 import { MAX_FORWARDS_SUPPORTED, maxForwardsOf } from './middleware/max-forwards';
@@ -57,7 +57,7 @@ export function isForbiddenClientHeader(name: string, underscores: UnderscoreHea
     if (isForwardingHeader(name) || name === HEADER.requestId || name === HEADER.apiKey) return true;
   }
   return (
-    GATEWAY_OWNED_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) ||
+    isGatewayOwnedHeader(name) ||
     NEVER_FROM_CLIENTS.has(name) ||
     FOREIGN_IDENTITY_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) ||
     (MESH_CONTROL_HEADER_PREFIXES.some((prefix) => name.startsWith(prefix)) && !isListedForwardingHeader(name))

@@ -4,7 +4,7 @@ import { trace } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
 import type { Counter } from 'prom-client';
 import { atMostEvery, type Logger } from '../../otel/logger';
-import { ATTR, CACHE_RESULTS, dashedSpelling, HEADER, isLookAlikeName, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
+import { ATTR, CACHE_RESULTS, dashedSpelling, HEADER, isGatewayOwnedHeader, isLookAlikeName, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
 import { forwardedOrigin } from '../cache-forwarded-origin';
 import { createNamedResources } from '../cache-named-resources';
 import type { StaleResource } from '../cache-invalidations';
@@ -103,12 +103,13 @@ const CONDITIONAL_FIELDS = ['if-none-match', 'if-modified-since', 'if-match', 'i
 
 /**
  * A response's headers as a stored copy keeps them. Not kept: framing (Koa frames the copy), the age (computed per
- * answer), and what a service echoed of this request's own telemetry, which would otherwise label every later
- * answer with this request's id. RFC 9110 6.6.1: a response without Date gets the time it was received, kept with
+ * answer), what a service echoed of this request's own telemetry, which would otherwise label every later answer
+ * with this request's id, and of the identity and signature the gateway sent it (`x-user-*`, `x-gateway-*`,
+ * `x-consumer-*`: never passed to a client, src/middleware/proxy.ts responseHeaders). RFC 9110 6.6.1: a response without Date gets the time it was received, kept with
  * it; left out, each answer from the copy said it was made just now while its Age said otherwise.
  */
 function keptHeaders(headers: Record<string, string | string[] | undefined>, now: number): Record<string, string | string[]> {
-  const { 'content-length': _length, age: _age, [HEADER.requestId]: _id, [HEADER.traceresponse]: _trace, ...rest } = endToEndHeaders(headers);
+  const { 'content-length': _length, age: _age, [HEADER.requestId]: _id, [HEADER.traceresponse]: _trace, ...rest } = endToEndHeaders(headers, isGatewayOwnedHeader);
   rest.date ??= new Date(now).toUTCString();
   return rest;
 }

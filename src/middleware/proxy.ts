@@ -3,7 +3,7 @@ import { context, trace, type Context as OtelContext, type Span, type Tracer } f
 import type { Context as KoaContext, Middleware } from 'koa';
 import { Agent, type Dispatcher } from 'undici';
 import { recordedMethod } from '../../otel/http-method';
-import { ATTR, METRIC_LABEL, SIGNATURE_CHALLENGE_SCHEME } from '../../otel/wire-names';
+import { ATTR, isGatewayOwnedHeader, METRIC_LABEL, SIGNATURE_CHALLENGE_SCHEME } from '../../otel/wire-names';
 import { GatewayError, upstreamFailure, upstreamSentContinue, upstreamSwitchedProtocolsUnasked, upstreamUnreachable, type ErrorCode } from '../errors';
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
@@ -424,7 +424,7 @@ export function createProxy(options: ProxyOptions): Middleware {
               // them without end filled the gateway's memory at its own rate until the deadline.
               if (statusCode === 103 && upstreamHeaders.link !== undefined && req.httpVersion !== '1.0' && earlyHintsRelayed < MAX_EARLY_HINTS_RELAYED) {
                 earlyHintsRelayed++;
-                relayEarlyHints(res, upstreamHeaders.link);
+                relayEarlyHints(res, publicLinks(upstreamHeaders.link, instance.origin, ctx, route));
               }
               return;
             }
@@ -772,23 +772,69 @@ function isReplayable(method: string, headers: http.IncomingHttpHeaders): boolea
 }
 
 /**
- * The service's headers with `Location`, `Content-Location` and the URL of `Refresh` naming the public URL, not
- * the instance (publicLocation; nginx's `proxy_redirect` rewrites `Location` and `Refresh`). Each is one field at
- * most here: unforwardableResponse refused repeats.
+ * The service's headers with `Location`, `Content-Location`, the URL of `Refresh` and the targets of `Link` naming
+ * the public URL, not the instance (publicLocation; nginx's `proxy_redirect` rewrites `Location` and `Refresh`). A
+ * service that builds absolute URLs from the Host it was sent writes its pagination links (`Link: <...>;
+ * rel="next"`) and preloads the same way. Each but `Link` is one field at most here: unforwardableResponse refused
+ * repeats.
  */
 function withPublicLocations(headers: http.IncomingHttpHeaders, instanceOrigin: string, ctx: KoaContext, route: CompiledRoute): http.IncomingHttpHeaders {
   const { location, 'content-location': contentLocation, refresh } = headers as Record<string, string | undefined>;
-  if (location === undefined && contentLocation === undefined && refresh === undefined) return headers;
-  // The Host the client named or, an HTTP/1.0 request naming none, the address it connected to (what the service
-  // is told as X-Forwarded-Host): left as it came, such a request was sent the instance's address.
-  const host = forwardedHost(ctx);
-  if (!host) return headers;
-  const publicOrigin = `${ctx.protocol}://${host}`;
+  const { link } = headers;
+  if (location === undefined && contentLocation === undefined && refresh === undefined && link === undefined) return headers;
+  const toPublic = publicUrlOf(instanceOrigin, ctx, route);
+  if (!toPublic) return headers;
   const rewritten: Record<string, string | string[] | undefined> = { ...headers };
-  if (location !== undefined) rewritten.location = publicLocation(location, instanceOrigin, publicOrigin, route);
-  if (contentLocation !== undefined) rewritten['content-location'] = publicLocation(contentLocation, instanceOrigin, publicOrigin, route);
-  if (refresh !== undefined) rewritten.refresh = publicRefresh(refresh, (url) => publicLocation(url, instanceOrigin, publicOrigin, route));
+  if (location !== undefined) rewritten.location = toPublic(location);
+  if (contentLocation !== undefined) rewritten['content-location'] = toPublic(contentLocation);
+  if (refresh !== undefined) rewritten.refresh = publicRefresh(refresh, toPublic);
+  if (link !== undefined) rewritten.link = Array.isArray(link) ? link.map((line) => withLinkTargets(line, toPublic)) : withLinkTargets(link, toPublic);
   return rewritten;
+}
+
+/**
+ * publicLocation for this request's answer, or undefined when there is no public origin to name. The Host the client
+ * named or, an HTTP/1.0 request naming none, the address it connected to (what the service is told as
+ * X-Forwarded-Host): left as it came, such a request was sent the instance's address.
+ */
+function publicUrlOf(instanceOrigin: string, ctx: KoaContext, route: CompiledRoute): ((url: string) => string) | undefined {
+  const host = forwardedHost(ctx);
+  if (!host) return undefined;
+  const publicOrigin = `${ctx.protocol}://${host}`;
+  return (url) => publicLocation(url, instanceOrigin, publicOrigin, route);
+}
+
+/** A 103's `Link` fields with their targets naming the public URL (withPublicLocations). */
+function publicLinks(link: string | string[], instanceOrigin: string, ctx: KoaContext, route: CompiledRoute): string | string[] {
+  const toPublic = publicUrlOf(instanceOrigin, ctx, route);
+  if (!toPublic) return link;
+  return Array.isArray(link) ? link.map((line) => withLinkTargets(line, toPublic)) : withLinkTargets(link, toPublic);
+}
+
+/**
+ * A `Link` field (RFC 8288 3: `<URI-reference>; param=value, ...`) with each target's URI reference passed through
+ * `rewrite`: a `<` outside a quoted string opens one, the next `>` closes it (a URI reference holds neither); a
+ * quoted parameter value (`title="<a>"`, with its `\` escapes) is no target. One pass over the field.
+ */
+function withLinkTargets(line: string, rewrite: (url: string) => string): string {
+  let written = '';
+  let from = 0;
+  let inQuotes = false;
+  for (let at = 0; at < line.length; at++) {
+    const char = line[at];
+    if (inQuotes) {
+      if (char === '\\') at++;
+      else if (char === '"') inQuotes = false;
+    } else if (char === '"') inQuotes = true;
+    else if (char === '<') {
+      const end = line.indexOf('>', at + 1);
+      if (end === -1) break;
+      written += line.slice(from, at + 1) + rewrite(line.slice(at + 1, end));
+      from = end;
+      at = end;
+    }
+  }
+  return from === 0 ? line : written + line.slice(from);
 }
 
 /**
@@ -798,10 +844,10 @@ function withPublicLocations(headers: http.IncomingHttpHeaders, instanceOrigin: 
  */
 function namedLocations(headers: http.IncomingHttpHeaders, instanceOrigin: string, ctx: KoaContext, route: CompiledRoute): string[] {
   const urls: string[] = [];
+  const toPublic = publicUrlOf(instanceOrigin, ctx, route);
   for (const name of ['location', 'content-location']) {
     const value = headers[name];
-    const host = forwardedHost(ctx);
-    if (typeof value === 'string') urls.push(host ? publicLocation(value, instanceOrigin, `${ctx.protocol}://${host}`, route) : value);
+    if (typeof value === 'string') urls.push(toPublic ? toPublic(value) : value);
   }
   return urls;
 }
@@ -865,18 +911,23 @@ function refusesGatewaySignature(challenges: string | string[] | undefined): boo
 }
 
 /**
- * The service's response headers minus hop-by-hop ones (Node frames the response itself). They take
- * precedence over headers the gateway set earlier, except CORS: with a gateway policy, the service's
- * `Access-Control-*` are dropped and `Vary` keeps Origin beside whatever the service varies on.
+ * The service's response headers minus hop-by-hop ones (Node frames the response itself) and the names the gateway
+ * owns on the way in (`x-user-*`, `x-gateway-*`, `x-consumer-*`): a service that echoes its request's headers (a
+ * debug endpoint, an error page listing them) handed the client the identity the gateway vouched for and its live
+ * `X-Gateway-Signature`, and a shared cached copy handed them to every caller. They take precedence over headers
+ * the gateway set earlier, except CORS: with a gateway policy, the service's `Access-Control-*` are dropped and
+ * `Vary` keeps Origin beside whatever the service varies on.
  */
 function responseHeaders(source: http.IncomingHttpHeaders, res: http.ServerResponse, corsApplied: boolean): http.OutgoingHttpHeaders {
-  const headers: http.OutgoingHttpHeaders = endToEndHeaders(source, corsApplied ? (name) => name.startsWith('access-control-') : undefined);
+  const headers: http.OutgoingHttpHeaders = endToEndHeaders(source, corsApplied ? isGatewayOwnedOrCors : isGatewayOwnedHeader);
   if (corsApplied) {
     const vary = [res.getHeader('vary'), source.vary].filter(Boolean).join(', ');
     if (vary) headers.vary = vary;
   }
   return headers;
 }
+
+const isGatewayOwnedOrCors = (name: string) => name.startsWith('access-control-') || isGatewayOwnedHeader(name);
 
 function outcomeOf(exchange: Exchange): UpstreamOutcome {
   if (exchange.badResponse) return 'bad_response';

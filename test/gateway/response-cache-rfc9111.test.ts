@@ -93,6 +93,18 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect(seenFor(path)).toHaveLength(1);
   });
 
+  it("keeps none of the identity and signature headers a service echoed in a shared copy, nor passes them on", async () => {
+    const path = fresh();
+    origin.script(path, () => ({ headers: { 'cache-control': 'max-age=60', 'x-user-id': '1', 'x-user-roles': 'admin', 'x-gateway-signature': 't=1,v2=abc', 'x-consumer-id': 'c-7', 'x-note': 'kept' } }));
+    const first = await get(path);
+    const second = await get(path);
+    expect([first.headers['x-cache'], second.headers['x-cache']]).toEqual(['MISS', 'HIT']);
+    for (const reply of [first, second]) {
+      expect(Object.keys(reply.headers).filter((name) => /^x-(user|gateway|consumer)-/.test(name))).toEqual([]);
+      expect(reply.headers['x-note']).toBe('kept');
+    }
+  });
+
   it('revalidates a stale copy with its validators and answers a 304 from it, updated by the 304\'s headers (RFC 9111 4.3)', async () => {
     const path = fresh();
     origin.script(

@@ -67,10 +67,18 @@ const REDIRECTS: Record<string, (origin: string) => string[]> = {
   '/orders/location-many': (origin) => Array.from({ length: origin.length + 1 }, (_, index) => `Location: ${origin}/orders/${index}`),
   '/orders/content-location-twice': (origin) => [`Content-Location: ${origin}/orders/one`, `Content-Location: ${origin}/orders/two`],
   '/orders/refresh-twice': (origin) => [`Refresh: 0; url=${origin}/orders/one`, `Refresh: 0; url=${origin}/orders/two`],
+  // Pagination links as a framework builds them from the Host it received: two fields, one listing two links; a
+  // relative target, another origin's, and a quoted parameter holding `<...>` (no target) pass as they are.
+  '/orders/links': (origin) => [
+    `Link: <${origin}/orders?page=2>; rel="next", <${origin.slice('http:'.length)}/orders?page=9>; rel="last"`,
+    `Link: </orders?page=1>; rel="first"; title="<see ${'>'}", <https://example.org/terms>; rel="terms-of-service"`,
+  ],
 };
 
-function startRawService(): Promise<{ url: string; asked: Map<string, number>; close(): Promise<void> }> {
+function startRawService(): Promise<{ url: string; asked: Map<string, number>; heads: Map<string, string>; close(): Promise<void> }> {
   const asked = new Map<string, number>();
+  /** The last request head each path received. */
+  const heads = new Map<string, string>();
   const server = net.createServer((socket) => {
     let head = '';
     socket.on('error', () => undefined);
@@ -79,11 +87,20 @@ function startRawService(): Promise<{ url: string; asked: Map<string, number>; c
       if (!head.includes('\r\n\r\n')) return;
       const path = head.split(' ')[1]!.split('?')[0]!;
       asked.set(path, (asked.get(path) ?? 0) + 1);
+      heads.set(path, head);
       const phrase = REASON_PHRASES[path];
       const redirect = REDIRECTS[path];
       if (redirect) {
         const origin = `http://${/\r\nhost: *([^\r]*)/i.exec(head)![1]}`;
         socket.end(`HTTP/1.1 302 Found\r\n${redirect(origin).map((line) => `${line}\r\n`).join('')}Content-Length: 0\r\nConnection: close\r\n\r\n`);
+      } else if (path === '/orders/early-hints-instance') {
+        // A preload built from the Host received, in the 103 and again in the final answer.
+        const host = /\r\nhost: *([^\r]*)/i.exec(head)![1];
+        socket.end(`HTTP/1.1 103 Early Hints\r\nLink: <http://${host}/orders/app.css>; rel=preload; as=style\r\n\r\nHTTP/1.1 200 OK\r\nLink: <http://${host}/orders/app.css>; rel=preload; as=style\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`);
+      } else if (path === '/orders/echoes-request') {
+        // A service that echoes its request's headers (a debug endpoint, an error page listing them).
+        const echoed = head.split('\r\n').slice(1).filter((line) => line !== '' && !/^(content-length|connection|transfer-encoding|host):/i.test(line));
+        socket.end(`HTTP/1.1 200 OK\r\n${echoed.map((line) => `${line}\r\n`).join('')}X-Consumer-Id: c-7\r\nX-Service-Note: kept\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`);
       } else if (path === '/orders/absolute-redirect') {
         // As a framework builds absolute URLs: from the Host it received (the instance's address).
         const host = /\r\nhost: *([^\r]*)/i.exec(head)![1];
@@ -94,7 +111,7 @@ function startRawService(): Promise<{ url: string; asked: Map<string, number>; c
     });
   });
   return new Promise((resolve) =>
-    server.listen(0, '127.0.0.1', () => resolve({ url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, asked, close: () => new Promise((done) => server.close(() => done())) })),
+    server.listen(0, '127.0.0.1', () => resolve({ url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, asked, heads, close: () => new Promise((done) => server.close(() => done())) })),
   );
 }
 
@@ -278,6 +295,36 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
     expect(reply.headers.get('location')).toBe(`${stack.gateway.url}/api/orders/done`);
     expect(reply.headers.get('refresh')).toBe(refresh(stack.gateway.url));
     expect(JSON.stringify([...reply.headers])).not.toContain(new URL(service.url).host);
+  });
+
+  it('rewrites the targets of Link fields naming the instance, and leaves relative targets, other origins and quoted parameters as they are', async () => {
+    const reply = await fetch(`${stack.gateway.url}/api/orders/links`, { headers: { authorization: `Bearer ${token}` }, redirect: 'manual' });
+    expect(reply.status).toBe(302);
+    expect(reply.headers.get('link')).toBe(
+      `<${stack.gateway.url}/api/orders?page=2>; rel="next", <${stack.gateway.url}/api/orders?page=9>; rel="last", ` +
+        '</orders?page=1>; rel="first"; title="<see >", <https://example.org/terms>; rel="terms-of-service"',
+    );
+    expect(JSON.stringify([...reply.headers])).not.toContain(new URL(service.url).host);
+  });
+
+  it("rewrites a 103 Early Hints' Link naming the instance, and the final answer's", async () => {
+    const answer = await get(`${stack.gateway.url}/api/orders/early-hints-instance`, token);
+    expect(answer.status).toBe(200);
+    expect(answer.interim.map(({ status, headers }) => [status, headers.link])).toEqual([[103, `<${stack.gateway.url}/api/orders/app.css>; rel=preload; as=style`]]);
+    expect(answer.headers.link).toBe(`<${stack.gateway.url}/api/orders/app.css>; rel=preload; as=style`);
+    expect(JSON.stringify(answer)).not.toContain(new URL(service.url).host);
+  });
+
+  it('passes none of the identity, consumer and signature headers it sent the service back to the client, when the service echoes them', async () => {
+    const answer = await get(`${stack.gateway.url}/api/orders/echoes-request`, token);
+    expect(answer.status).toBe(200);
+    const names = Object.keys(answer.headers);
+    expect(names.filter((name) => /^x-(user|gateway|consumer)-/.test(name))).toEqual([]);
+    // The service did echo them (the gateway sent them), and its other headers pass.
+    expect(service.heads.get('/orders/echoes-request')).toMatch(/\r\nx-user-id: /i);
+    expect(service.heads.get('/orders/echoes-request')).toMatch(/\r\nx-gateway-signature: /i);
+    expect(answer.headers['x-service-note']).toBe('kept');
+    expect(answer.headers[HEADER.requestId]).toBeDefined();
   });
 
   it('leaves a Refresh naming another origin as it is', async () => {
