@@ -161,7 +161,11 @@ export function toGatewayError(error: unknown): GatewayError {
 
 /**
  * Translates a failed call to a service (proxy hop, login check, readiness probe) at the boundary, keeping
- * the cause: refused -> 502, timed out -> 504, anything else on the connection -> 502.
+ * the cause: refused -> 502, timed out -> 504, anything else on the connection -> 502. The detail, which every
+ * client is shown (upstream errors are exposed), says what happened in the client's terms; what only an operator
+ * needs (the errno, llhttp's words about the bytes) stays in the cause, which the `request failed` line and the
+ * span's exception carry: `could not be reached (EHOSTUNREACH)` told any caller of a public route how the network
+ * behind the gateway failed, where the internal listener keeps failure reasons to itself.
  */
 export function upstreamFailure(service: string, failure: unknown): GatewayError {
   const code = networkErrorCode(failure);
@@ -169,7 +173,7 @@ export function upstreamFailure(service: string, failure: unknown): GatewayError
     return new GatewayError('upstream_refused', `The ${service} service refused the connection.`, { cause: failure });
   }
   if (upstreamUnreachable(failure)) {
-    return new GatewayError('upstream_refused', `The ${service} service could not be reached (${code}).`, { cause: failure });
+    return new GatewayError('upstream_refused', `The ${service} service could not be reached.`, { cause: failure });
   }
   if (upstreamSentContinue(failure)) {
     return new GatewayError('upstream_bad_response', `The ${service} service sent an interim 100 (Continue) the gateway cannot read past.`, { cause: failure });
@@ -178,12 +182,12 @@ export function upstreamFailure(service: string, failure: unknown): GatewayError
     return new GatewayError('upstream_bad_response', `The ${service} service switched protocols (101) for a request that asked for no upgrade.`, { cause: failure });
   }
   if (upstreamAnswerMalformed(failure)) {
-    return new GatewayError('upstream_bad_response', `The ${service} service answered with something that is not HTTP the gateway can forward (${code ?? (failure as Error).message}).`, { cause: failure });
+    return new GatewayError('upstream_bad_response', `The ${service} service answered with something that is not HTTP the gateway can forward.`, { cause: failure });
   }
   if (code === 'ETIMEDOUT' || code === 'TimeoutError' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
     return new GatewayError('upstream_timeout', `The ${service} service did not answer in time.`, { cause: failure });
   }
-  return new GatewayError('upstream_reset', `The connection to the ${service} service failed${code ? ` (${code})` : ''}.`, { cause: failure });
+  return new GatewayError('upstream_reset', `The connection to the ${service} service failed.`, { cause: failure });
 }
 
 /** No connection could be made: the name does not resolve, or no route to it (said apart from a reset one). */

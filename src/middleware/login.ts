@@ -143,13 +143,14 @@ async function jsonAtMost(body: Dispatcher.ResponseData['body']): Promise<unknow
 /** `upstreamCode`: the `code` of the check's problem body, when it had one. */
 function refusal(response: Dispatcher.ResponseData, upstreamCode: string | undefined): GatewayError {
   if (CHECK_MISSING.has(response.statusCode)) {
-    return new GatewayError('upstream_bad_response', `The users service answered the credential check with ${response.statusCode}: is it a version without the check?`);
+    return new GatewayError('upstream_bad_response', `The users service answered the credential check with ${response.statusCode}.`, { cause: new Error('is it a version without the check?') });
   }
   // A 401 is a wrong password unless it refused the gateway's signature (the gateway's and the service's signing
   // keys, or clocks, apart): read as one, every login was "wrong password", nothing logged, each attempt spending the
   // account's limit, until real users were locked out at 429.
   if (response.statusCode === 401 && upstreamCode === SIGNATURE_REFUSED_CODE) {
-    return new GatewayError('upstream_bad_response', `The users service refused the gateway's credential check itself (401 ${upstreamCode}): are their signing keys or clocks apart?`);
+    // The hint is the operator's (logged); the client is told only that the check failed.
+    return new GatewayError('upstream_bad_response', "The users service could not check the credentials.", { cause: new Error(`the users service refused the gateway's credential check itself (401 ${upstreamCode}): are their signing keys or clocks apart?`) });
   }
   const { code, detail } = REFUSALS[response.statusCode] ?? { code: 'bad_request' as const, detail: 'The login request was refused.' };
   if (code === 'invalid_credentials') return new GatewayError(code, detail, { headers: LOGIN_CHALLENGE });

@@ -580,7 +580,8 @@ export function createProxy(options: ProxyOptions): Middleware {
         throw new GatewayError('upstream_busy', `Every connection to the ${route.service} service is busy and ${options.maxPendingRequests} requests already wait; try again shortly.`);
       }
       if (!instance) {
-        throw new GatewayError('upstream_unavailable', `No healthy instance of the ${route.service} service (${pool.size} ejected after failing).`);
+        // How many instances are out is the internal listener's to say (/ready, /health), not every caller's: logged.
+        throw new GatewayError('upstream_unavailable', `No healthy instance of the ${route.service} service.`, { cause: new Error(`${pool.size} instance(s) ejected after failing`) });
       }
       tried.add(instance);
       const started = performance.now();

@@ -81,8 +81,10 @@ describe('login when the users service answers the credential check badly', () =
     expect(typeof body.detail).toBe('string');
     expect(body.detail).not.toBe(body.title);
     expect(body).not.toHaveProperty('token');
-    // ... but nothing the upstream said travels to the client.
+    // ... but nothing the upstream said travels to the client, nor the operator's hints (status codes, signing
+    // keys, clocks, versions): those are in the log line.
     expect(text).not.toContain('UPSTREAM-SECRET');
+    expect(body.detail).not.toMatch(/gateway_signature|sign|clock|version|\(\d{3}/i);
   });
 
   it.each([
