@@ -6,9 +6,10 @@
 
 /** Query parameters whose values never reach a log (tokens in URLs are still tokens). */
 // `sig`: Azure SAS and other signed URLs; `jwt`, `session`, `pwd`, `credential`, `assertion` (SAML), `otp`: the
-// other names secrets travel under; `pass` (passphrase, pass), `sess` (PHPSESSID, sessid) and `ticket` (CAS service
-// tickets) too. A harmless name that contains one (`design`, `compass`) is redacted too: only safer.
-const SECRET_QUERY_PARAM = /token|pass|pwd|secret|key|code|sig|auth|jwt|sess|credential|assertion|otp|ticket/i;
+// other names secrets travel under; `pass` (passphrase, pass), `sess` (PHPSESSID, sessid), `ticket` (CAS service
+// tickets), `sid` (Socket.IO's and other session ids) and `hmac` too. A harmless name that contains one (`design`,
+// `compass`, `inside`) is redacted too: only safer.
+const SECRET_QUERY_PARAM = /token|pass|pwd|secret|key|code|sig|auth|jwt|sess|sid|hmac|credential|assertion|otp|ticket/i;
 
 /** Decodings tried on a parameter name: enough for `%2574oken` (double-encoded) and a little more. */
 const MAX_NAME_DECODINGS = 3;
@@ -76,11 +77,14 @@ function redactParameter(parameter: string): string {
 /**
  * Text that may hold URLs (a refused config value, JSON-quoted) with every URL's password masked: whatever stands
  * between the user's `:` and the last `@` before the end of the quoted value (a pasted base64 password holds `/`,
- * `+`, `?` or `#`, the reason such a URL is refused; a `"` in it is `\"` there, a blank as it is), and a `password=`
- * option in a query (ioredis reads one).
+ * `+`, `?` or `#`, the reason such a URL is refused; a `"` in it is `\"` there, a blank as it is), and the value of
+ * every secret-looking query parameter (isSecretName: the `password=` option ioredis reads, a JWKS URL's
+ * `api_key=`): a refused value goes to stderr, the reload's log line and the 422 answer of `POST /admin/reload`.
  */
 export function hideUrlPasswords(text: string): string {
-  return text.replace(/(\/\/[^/?#@\s:"]*:)(?:[^"\\]|\\.)*@/g, '$1***@').replace(/([?&]password=)(?:[^&#"\s\\]|\\.)*/gi, '$1***');
+  return text
+    .replace(/(\/\/[^/?#@\s:"]*:)(?:[^"\\]|\\.)*@/g, '$1***@')
+    .replace(/([?&;])([^=?&;#"\s\\]*)=((?:[^&;#"\s\\]|\\.)*)/g, (parameter: string, separator: string, name: string) => (isSecretName(name) ? `${separator}${name}=***` : parameter));
 }
 
 /** An absolute-form target's userinfo (`http://alice:secret@host/`): a password, whatever the gateway answers it. */

@@ -18,6 +18,8 @@ describe('redactUrl (access-log query redaction)', () => {
     { desc: 'an Azure SAS signature', url: '/api/files?sv=2022&sig=SECRET123', expected: '/api/files?sv=2022&sig=REDACTED' },
     { desc: 'a JWT under its own name', url: '/api/users?jwt=SECRET123', expected: '/api/users?jwt=REDACTED' },
     { desc: 'a session id', url: '/api/users?session=SECRET123', expected: '/api/users?session=REDACTED' },
+    { desc: "Socket.IO's session id", url: '/socket.io/?EIO=4&transport=polling&sid=SECRET123', expected: '/socket.io/?EIO=4&transport=polling&sid=REDACTED' },
+    { desc: 'an HMAC', url: '/api/hooks?ts=1&hmac=SECRET123', expected: '/api/hooks?ts=1&hmac=REDACTED' },
     { desc: 'a short password name', url: '/api/users?pwd=SECRET123', expected: '/api/users?pwd=REDACTED' },
     { desc: 'a credential', url: '/api/users?credential=SECRET123', expected: '/api/users?credential=REDACTED' },
     { desc: 'a SAML assertion', url: '/api/sso?SAMLAssertion=SECRET123', expected: '/api/sso?SAMLAssertion=REDACTED' },
@@ -84,6 +86,10 @@ describe('hideUrlPasswords', () => {
     { desc: 'a password with a quote', value: 'http://svc:pa"ss@127.0.0.1:4003', shown: '"http://svc:***@127.0.0.1:4003"' },
     { desc: 'a password with a blank', value: 'redis://:pa ss@redis:6379', shown: '"redis://:***@redis:6379"' },
     { desc: 'a password= option', value: 'redis://redis:6379?password=pa"ss&db=1', shown: '"redis://redis:6379?password=***&db=1"' },
+    // A JWKS URL's key (tokens.ts redacts the same URL in its own errors): a refused value is logged and answered.
+    { desc: 'an api_key in a query', value: 'http://idp.corp/jwks?api_key=sk_live_9f8e&x=1', shown: '"http://idp.corp/jwks?api_key=***&x=1"' },
+    { desc: 'a token after a semicolon', value: 'https://idp.corp/jwks?a=1;token=abc', shown: '"https://idp.corp/jwks?a=1;token=***"' },
+    { desc: 'harmless parameters', value: 'https://idp.corp/jwks?tenant=acme&v=2', shown: '"https://idp.corp/jwks?tenant=acme&v=2"' },
   ])('masks $desc in a JSON-quoted value', ({ value, shown }) => {
     expect(hideUrlPasswords(JSON.stringify(value))).toBe(shown);
   });
