@@ -421,9 +421,11 @@ const JWKS_FAILURE_BACKOFF_MS = 5000;
  * again, instead of sending it one request per provider token while it is failing.
  */
 function jwksFetch(backoffMs: number): FetchImplementation {
+  // On the monotonic clock: on the wall clock, a step back (NTP, a resumed VM) kept the last failure "recent" for
+  // the step's length, and every provider token was 503 auth_unavailable that long with the provider long back.
   let lastFailure: { at: number; error: unknown } | undefined;
   return async (url, init) => {
-    if (lastFailure && Date.now() - lastFailure.at < backoffMs) throw lastFailure.error;
+    if (lastFailure && performance.now() - lastFailure.at < backoffMs) throw lastFailure.error;
     try {
       const response = await fetch(url, init);
       const text = await boundedText(response, MAX_JWKS_BYTES);
@@ -433,7 +435,7 @@ function jwksFetch(backoffMs: number): FetchImplementation {
       lastFailure = undefined;
       return new Response(text, { status: 200, headers: { 'content-type': 'application/json' } });
     } catch (error) {
-      lastFailure = { at: Date.now(), error };
+      lastFailure = { at: performance.now(), error };
       throw error;
     }
   };

@@ -525,6 +525,34 @@ describe('tokens from an identity provider (JWKS)', () => {
     }
   });
 
+  it('asks the provider again once the back-off has passed, though the wall clock stepped back meanwhile', async () => {
+    const failing = await startJwksServer();
+    failing.state.mode = 'failing';
+    failing.state.keys = [rsa];
+    const backingOff = await startStack({
+      env: { JWKS_URL: `${failing.url}/jwks.json`, JWKS_ISSUER: ISSUER, JWKS_AUDIENCE: AUDIENCE, RATE_LIMIT_MAX: '100000' },
+      overrides: { auth: { verifiedTokenCacheSize: 0, jwks: { url: 'http://placeholder', issuer: 'x', audience: 'x', timeoutMs: 500, cooldownMs: 200 } } },
+    });
+    // Issued before the step, so that its iat is not in the future on the stepped clock.
+    const token = await providerToken(rsa, {}, { issuedAt: '2h ago', expiresIn: '3h' });
+    const wallClock = Date.now;
+    try {
+      expect((await fetch(`${backingOff.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(503);
+      // The provider is back, and NTP steps the wall clock back an hour.
+      failing.state.mode = 'ok';
+      Date.now = () => wallClock() - 3_600_000;
+      // Past authentication: what the service then says of a gateway signature made on the stepped clock is not this test's.
+      const status = async () => (await fetch(`${backingOff.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } })).status;
+      await waitFor(async () => (await status()) !== 503, 'a provider token to be verified again');
+      expect(await status()).not.toBe(401);
+      expect(failing.state.fetches).toBe(2);
+    } finally {
+      Date.now = wallClock;
+      await backingOff.close();
+      await failing.close();
+    }
+  });
+
   it('refuses provider algorithms when no JWKS is configured', async () => {
     const plain = await startStack();
     try {
