@@ -1,5 +1,5 @@
 import { createHmac, createSecretKey, hash, timingSafeEqual, type KeyObject } from 'node:crypto';
-import { HEADER } from '../otel/wire-names';
+import { HEADER, SIGNATURE_CHALLENGE_SCHEME } from '../otel/wire-names';
 
 /**
  * The gateway's signature on what it tells a service (`X-Gateway-Signature`).
@@ -114,6 +114,24 @@ export function createGatewaySigner(key: string, now: () => number = Date.now): 
     return `t=${time},v2=${sign(message(time, request, values))}`;
   };
 }
+
+/** A challenge of the scheme a service's refusal of the gateway's signature names, among any others, in any case. */
+const SIGNATURE_CHALLENGE = new RegExp(`(?:^|,)[ \\t]*${SIGNATURE_CHALLENGE_SCHEME}(?:[ \\t,]|$)`, 'i');
+
+/**
+ * Whether a service's challenges (`WWW-Authenticate` values, over HTTP or in a gRPC call's trailers) refuse the
+ * gateway's own signature (SIGNATURE_CHALLENGE_SCHEME), not a credential of the client's.
+ */
+export function challengesGatewaySignature(challenges: string | readonly string[] | undefined): boolean {
+  if (challenges === undefined) return false;
+  return SIGNATURE_CHALLENGE.test(typeof challenges === 'string' ? challenges : challenges.join(','));
+}
+
+/**
+ * What a service's refusal of the gateway's signature means, for the operator's log line (never a client's answer:
+ * it is the gateway's deployment's fault, and how it signs is not the client's to learn).
+ */
+export const SIGNATURE_REFUSED_HINT = "are the gateway's and the service's signing keys, or clocks, apart?";
 
 const HEADER_FORMAT = /^t=(\d{1,12}),v2=([A-Za-z0-9_-]{43})$/;
 

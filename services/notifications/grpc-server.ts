@@ -4,7 +4,7 @@ import { ATTR_ERROR_TYPE, ATTR_RPC_METHOD, ATTR_RPC_STATUS_CODE, ATTR_RPC_SYSTEM
 import { z } from 'zod';
 import { GRPC_SERVER_ERROR_CODES } from '../../otel/grpc-server-span-status';
 import type { Logger } from '../../otel/logger';
-import { HEADER } from '../../otel/wire-names';
+import { AUTH_REALM, HEADER, SIGNATURE_CHALLENGE_SCHEME } from '../../otel/wire-names';
 import { verifyGatewaySignature, type SignatureProblem } from '../../src/gateway-signature';
 import { serviceRequestId } from '../../src/middleware/request-id';
 import { callerFromMetadata, grpcError, grpcServiceDefinition, metadataValue } from '../shared/grpc-service';
@@ -100,7 +100,7 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
     return (call: T, callback?: Reply) => {
       const problem = signatureProblemOfCall(call);
       try {
-        if (problem !== undefined) throw grpcError(grpc.status.UNAUTHENTICATED, `This service answers only calls signed by the gateway (signature ${problem}).`);
+        if (problem !== undefined) throw signatureRefusal(problem);
         const result = handler(call);
         if (callback) callback(null, result);
       } catch (error) {
@@ -138,6 +138,18 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
     }),
   });
   return server;
+}
+
+/**
+ * The UNAUTHENTICATED a call whose gateway signature fails is answered with, its trailers carrying the challenge the
+ * HTTP side's refusal carries (`www-authenticate: GatewaySignature realm="koa-gateway"`). By it the gateway tells
+ * its own deployment's fault (keys or clocks apart: 502) from a client's credential this service refused (401);
+ * without it, the gateway told its client to sign in again, quoting this refusal.
+ */
+function signatureRefusal(problem: SignatureProblem): Partial<grpc.StatusObject> & Error {
+  const trailers = new grpc.Metadata();
+  trailers.set(HEADER.wwwAuthenticate, `${SIGNATURE_CHALLENGE_SCHEME} realm="${AUTH_REALM}"`);
+  return Object.assign(grpcError(grpc.status.UNAUTHENTICATED, `This service answers only calls signed by the gateway (signature ${problem}).`), { metadata: trailers });
 }
 
 /** A gRPC call is an HTTP/2 POST to its path: the signature must have been made for this method's. */

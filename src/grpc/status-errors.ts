@@ -1,6 +1,8 @@
 import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
+import { HEADER } from '../../otel/wire-names';
 import type { AuthMethod } from '../config';
 import { GatewayError, type ErrorCode } from '../errors';
+import { challengesGatewaySignature, SIGNATURE_REFUSED_HINT } from '../gateway-signature';
 import { authenticationChallenge, DEFAULT_REALM } from '../middleware/authenticate';
 import { MAX_GRPC_MESSAGE_BYTES } from './message-limits';
 
@@ -65,10 +67,26 @@ const OVER_OWN_RECEIVE_LIMIT = new RegExp(`^Received message larger than max \\(
 const OVER_SERVICE_RECEIVE_LIMIT = /received message larger than max|message exceeds maximum size|decompresses to a size larger than/i;
 
 /**
+ * Whether a service's UNAUTHENTICATED refuses the gateway's own signature, not a credential of the client's: its
+ * trailers carry the challenge its HTTP side sends then (`www-authenticate: GatewaySignature realm="koa-gateway"`,
+ * services/notifications/grpc-server.ts). The gateway's and the service's keys or clocks are apart, which nothing the
+ * client could send would fix; answered 401 with the service's words, the client was told to sign in again.
+ */
+export function refusesGatewaySignature(failure: ServiceError): boolean {
+  if (failure.code !== GrpcStatus.UNAUTHENTICATED) return false;
+  return challengesGatewaySignature((failure.metadata?.get(HEADER.wwwAuthenticate) ?? []).map(String));
+}
+
+/**
  * `authMethods`: the route's (src/routes.ts), named in the challenge of an UNAUTHENTICATED answer: a 401 carries
  * one (RFC 9110 11.6.1), a bearer token where the route names none (a public route whose service wants a caller).
+ * An UNAUTHENTICATED refusing the gateway's signature (refusesGatewaySignature) is 502, as the HTTP proxy answers a
+ * 401 that names SIGNATURE_CHALLENGE_SCHEME: a fault of the gateway's deployment, logged as its own, no challenge.
  */
 export function grpcFailure(service: string, failure: ServiceError, authMethods: ReadonlySet<AuthMethod> = new Set()): GatewayError {
+  if (refusesGatewaySignature(failure)) {
+    return new GatewayError('upstream_bad_response', `The ${service} service refused the gateway's signature.`, { cause: new Error(SIGNATURE_REFUSED_HINT, { cause: failure }) });
+  }
   if (!isGrpcStatus(failure.code)) {
     // grpc-js's own message would read "NaN undefined: " or "undefined undefined: undefined" in the logs.
     const cause = new Error(`no gRPC status (grpc-js reported code ${String(failure.code)}${failure.details ? `: ${failure.details}` : ''})`, { cause: failure });

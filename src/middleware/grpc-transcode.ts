@@ -9,7 +9,7 @@ import { buildRequestMessage, parseQuery, type HttpBinding } from '../grpc/http-
 import { duplicateJsonKey, JsonMappingError, messageToJson, parseJsonBody, ResponseMappingError } from '../grpc/json-mapping';
 import { PathVariableError } from '../grpc/path-template';
 import type { GrpcRoute } from '../grpc/route-mappings';
-import { grpcFailure, grpcStatusName, knownGrpcStatus } from '../grpc/status-errors';
+import { grpcFailure, grpcStatusName, knownGrpcStatus, refusesGatewaySignature } from '../grpc/status-errors';
 import type { AuthMethod } from '../config';
 import type { CompiledRoute } from '../routes';
 import type { GatewaySigner } from '../gateway-signature';
@@ -71,7 +71,6 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
   const { routes, tracer } = options;
   const maxBodyBytes = Math.min(options.maxBodyBytes ?? Infinity, GRPC_JSON_BODY_MAX_BYTES);
   const clientFor = createGrpcClients(options.clients);
-  const open = new Map<UpstreamInstance, number>();
 
   return async function transcodeGrpc(ctx, next) {
     const route = ctx.state.route!;
@@ -96,8 +95,9 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     // until its deadline (a rapid-reset client could keep many open). No call; the access log records the 499.
     // Nothing below awaits before the call and its listener start, so a client leaving later is heard.
     if (responseClosed(ctx)) return;
-    // The limit is each instance's, as the HTTP proxy's is: a full one is passed over for another with room.
-    const instance = pickWithRoom(pool, NONE_TRIED, (candidate) => (open.get(candidate) ?? 0) < options.maxCallsPerInstance);
+    // The limit is each instance's, as the HTTP proxy's is: a full one is passed over for another with room. Counted on
+    // its channel (OPEN_CALLS), which a candidate has or gets: a route's every instance keeps one (grpcChannelKeys).
+    const instance = pickWithRoom(pool, NONE_TRIED, (candidate) => openCallsOn(clientFor(candidate, grpcRoute.keepalive)) < options.maxCallsPerInstance);
     if (instance === 'busy') {
       throw new GatewayError('upstream_busy', `${options.maxCallsPerInstance} calls to each instance of the ${route.service} service are already open; try again shortly.`);
     }
@@ -111,17 +111,18 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     });
     const metadata = metadataFromHeaders(upstreamHeaders);
     if (!metadata) throw new GatewayError('headers_too_large', `The request carries more header fields than a gRPC call passes on (${MAX_METADATA_ENTRIES}).`);
-    open.set(instance, (open.get(instance) ?? 0) + 1);
+    const client = clientFor(instance, grpcRoute.keepalive);
+    OPEN_CALLS.set(client, openCallsOn(client) + 1);
     let settled = false;
     const started = performance.now();
     const span = startGrpcSpan(tracer, binding.method, instance, route.service, context.active(), metadata);
-    const call = { client: clientFor(instance, grpcRoute.keepalive), binding, request, metadata };
+    const call = { client, binding, request, metadata };
     const settle: Settle = (reported, error, badAnswer = false, streaming = false) => {
       if (settled) return;
       settled = true;
       // A malformed status must not reach the span as NaN or undefined.
       const code = knownGrpcStatus(reported);
-      open.set(instance, open.get(instance)! - 1);
+      OPEN_CALLS.set(client, openCallsOn(client) - 1);
       if (options.metrics) {
         const ended = performance.now();
         const outcome = badAnswer ? 'bad_response' : callOutcome(code, binding.method.serverStreaming, responseClosed(ctx));
@@ -148,6 +149,18 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     if (binding.method.serverStreaming) await streamCall(ctx, route, call, settle, options.logger);
     else await unaryCall(ctx, route, call, settle);
   };
+}
+
+/**
+ * The calls open on each channel, by whichever build made them: channels are kept across config reloads
+ * (KeptAcrossReloads.grpcClients), and the calls of an earlier build stay open on them after the swap. Counted per
+ * build, each reload started at 0: with a limit of 2, two reloads let 6 calls be open at one instance. Keyed by
+ * the channel, the count lives exactly as long as what it counts (as the HTTP proxy's IN_FLIGHT, per Agent).
+ */
+const OPEN_CALLS = new WeakMap<grpc.Client, number>();
+
+function openCallsOn(client: grpc.Client): number {
+  return OPEN_CALLS.get(client) ?? 0;
 }
 
 /** A unary call is tried on one instance only (a retried call could run twice at the service). */
@@ -197,8 +210,9 @@ interface Call {
   metadata: grpc.Metadata;
 }
 /**
- * Ends a call's span and its count: `badAnswer` when the service's message had no JSON form (502
- * upstream_bad_response), `streaming` once a stream's first message came (a deadline then is not the instance's).
+ * Ends a call's span and its count: `badAnswer` when the service's message had no JSON form, or it refused the
+ * gateway's signature (502 upstream_bad_response, the HTTP proxy's `bad_response`), `streaming` once a stream's
+ * first message came (a deadline then is not the instance's).
  */
 type Settle = (code: grpc.status, error?: grpc.ServiceError, badAnswer?: boolean, streaming?: boolean) => void;
 
@@ -222,7 +236,7 @@ async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, bindin
     const pending = client.makeUnaryRequest(method.path, encodedBytes, deserializer(method.responseType), request, metadata, { deadline }, (error, value) => {
       ctx.res.off('close', cancel);
       if (error) {
-        settle(error.code, error);
+        settle(error.code, error, refusesGatewaySignature(error));
         // Cancelled because the client left: nobody to answer, and no upstream failure to report.
         if (clientGone) resolve(undefined);
         else reject(grpcFailure(route.service, error, challengedMethods(ctx, route)));
@@ -290,7 +304,7 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
     const onError = (error: grpc.ServiceError) => {
       call.off('data', onData).off('end', onEnd);
       ctx.res.off('close', cancel);
-      settle(error.code, error);
+      settle(error.code, error, refusesGatewaySignature(error));
       // Cancelled because the client left (responseClosed: an HTTP/2 response has no `destroyed` to tell it).
       if (error.code === grpc.status.CANCELLED && responseClosed(ctx)) resolve(undefined);
       else reject(grpcFailure(route.service, error, challengedMethods(ctx, route)));
@@ -329,7 +343,7 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
   out.on('drain', () => call.resume());
   call.once('error', (error: grpc.ServiceError) => {
     ctx.res.off('close', cancel);
-    settle(error.code, error, failure !== undefined, true);
+    settle(error.code, error, failure !== undefined || refusesGatewaySignature(error), true);
     if (error.code === grpc.status.CANCELLED && responseClosed(ctx)) return;
     const problem = failure ?? grpcFailure(route.service, error, challengedMethods(ctx, route));
     // The 200 went out with the first line: only the last line tells the client. The access line, the metric and

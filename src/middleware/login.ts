@@ -15,7 +15,7 @@ import { refuseAtOnce, type RateLimiter, type Refuse } from './rate-limit';
 import { continueIfExpected } from './request-head';
 import { readWithinRate, type BodyRate } from '../body-rate';
 import { readAtMost } from '../bounded-body';
-import type { GatewaySigner } from '../gateway-signature';
+import { SIGNATURE_REFUSED_HINT, type GatewaySigner } from '../gateway-signature';
 import { routeKey } from '../routes';
 
 /** Where user-service checks credentials. Outside `/users`, so no public route can reach it. */
@@ -150,7 +150,7 @@ function refusal(response: Dispatcher.ResponseData, upstreamCode: string | undef
   // account's limit, until real users were locked out at 429.
   if (response.statusCode === 401 && upstreamCode === SIGNATURE_REFUSED_CODE) {
     // The hint is the operator's (logged); the client is told only that the check failed.
-    return new GatewayError('upstream_bad_response', "The users service could not check the credentials.", { cause: new Error(`the users service refused the gateway's credential check itself (401 ${upstreamCode}): are their signing keys or clocks apart?`) });
+    return new GatewayError('upstream_bad_response', "The users service could not check the credentials.", { cause: new Error(`the users service refused the gateway's credential check itself (401 ${upstreamCode}): ${SIGNATURE_REFUSED_HINT}`) });
   }
   const { code, detail } = REFUSALS[response.statusCode] ?? { code: 'bad_request' as const, detail: 'The login request was refused.' };
   if (code === 'invalid_credentials') return new GatewayError(code, detail, { headers: LOGIN_CHALLENGE });

@@ -3,7 +3,7 @@ import { context, trace, type Context as OtelContext, type Span, type Tracer } f
 import type { Context as KoaContext, Middleware } from 'koa';
 import { Agent, type Dispatcher } from 'undici';
 import { recordedMethod } from '../../otel/http-method';
-import { ATTR, isGatewayOwnedHeader, METRIC_LABEL, SIGNATURE_CHALLENGE_SCHEME } from '../../otel/wire-names';
+import { ATTR, isGatewayOwnedHeader, METRIC_LABEL } from '../../otel/wire-names';
 import { GatewayError, upstreamFailure, upstreamSentContinue, upstreamSwitchedProtocolsUnasked, upstreamUnreachable, type ErrorCode } from '../errors';
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
@@ -17,7 +17,7 @@ import { bodyStalledError, bodyTooSlowError, watchBodyRate, type BodyRate } from
 import { forwardedBody } from '../forwarded-body';
 import { cutResponse, responseClosed } from '../response-closed';
 import { markServerAnswer } from '../../otel/lifecycle';
-import type { GatewaySigner } from '../gateway-signature';
+import { challengesGatewaySignature, SIGNATURE_REFUSED_HINT, type GatewaySigner } from '../gateway-signature';
 
 export interface ProxyOptions {
   /** Keep-alive connections per upstream origin. */
@@ -652,7 +652,7 @@ export function createProxy(options: ProxyOptions): Middleware {
           const malformed = exchange.failure && malformedHeaderFields(exchange.failure);
           if (malformed) throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with header fields the gateway cannot forward (${malformed}).`, { cause: exchange.failure });
           if (exchange.badResponse === undefined) throw upstreamFailure(route.service, exchange.failure);
-          throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with ${exchange.badResponse}.`);
+          throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with ${exchange.badResponse}.`, exchange.badResponse === SIGNATURE_REFUSED ? { cause: new Error(SIGNATURE_REFUSED_HINT) } : {});
         }
         default:
           throw upstreamFailure(route.service, exchange.failure);
@@ -897,19 +897,12 @@ function unforwardableResponse(statusCode: number, headers: http.IncomingHttpHea
   for (const name of SINGLE_URL_FIELDS) if (Array.isArray(headers[name])) return `more than one ${name} field`;
   const codings = headers['transfer-encoding'];
   if (codings !== undefined && String(codings).trim().toLowerCase() !== 'chunked') return `a transfer-coding the gateway does not decode (${String(codings).slice(0, 40)})`;
-  if (statusCode === 401 && refusesGatewaySignature(headers['www-authenticate'])) {
-    return "a 401 refusing the gateway's signature (are the gateway's and the service's signing keys, or clocks, apart?)";
-  }
+  if (statusCode === 401 && challengesGatewaySignature(headers['www-authenticate'])) return SIGNATURE_REFUSED;
   return undefined;
 }
 
-/** A challenge of the scheme a service's signature refusal names (SIGNATURE_CHALLENGE_SCHEME), among any others. */
-const SIGNATURE_CHALLENGE = new RegExp(`(?:^|,)[ \\t]*${SIGNATURE_CHALLENGE_SCHEME}(?:[ \\t,]|$)`, 'i');
-
-function refusesGatewaySignature(challenges: string | string[] | undefined): boolean {
-  if (challenges === undefined) return false;
-  return SIGNATURE_CHALLENGE.test(Array.isArray(challenges) ? challenges.join(',') : challenges);
-}
+/** unforwardableResponse's reason for a 401 refusing the gateway's signature; the log line adds SIGNATURE_REFUSED_HINT. */
+const SIGNATURE_REFUSED = "a 401 refusing the gateway's signature";
 
 /**
  * The service's response headers minus hop-by-hop ones (Node frames the response itself) and the names the gateway

@@ -377,6 +377,9 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
       expect(answer.status).toBe(502);
       expect(JSON.parse(answer.body)).toMatchObject({ code: 'upstream_bad_response', requestId: answer.headers[HEADER.requestId] });
       expect(answer.headers['www-authenticate']).toBeUndefined();
+      // The operator's hint (keys or clocks apart) is the log line's, not the client's.
+      expect(JSON.parse(answer.body).detail).not.toMatch(/keys|clocks/);
+      expect(stack.gatewayLogs.find((line) => line.message === 'request failed' && line.request_id === answer.headers[HEADER.requestId])?.error).toMatch(/signing keys, or clocks, apart/);
       expect(service.asked.get('/orders/signature-refused')! - before).toBe(1);
     }
     expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);

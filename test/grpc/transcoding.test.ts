@@ -2,6 +2,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { gzipSync } from 'node:zlib';
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { activeConfig, createLiveGateway } from '../../src/config-reload';
 import { generateApiKey, hashApiKey } from '../../src/consumers';
 import { createGatewayApps } from '../../src/gateway';
 import { ACCESS_LINE_MESSAGE, ATTR, HEADER } from '../../otel/wire-names';
@@ -639,6 +640,46 @@ describe('gRPC calls open at once, per instance', () => {
       await waitFor(async () => (await fetch(`${gateway.url}/api/mapping/count/1`)).status === 200, 'a call to be taken again');
     } finally {
       for (const { controller } of readers) controller.abort();
+      await gateway.close();
+      await service.close();
+    }
+  });
+});
+
+// Channels are kept across config reloads and the calls of the build before stay open on them. Counted per build, each
+// reload started the count at 0: with a limit of 2, two reloads let 6 calls be open at once at one instance.
+describe('gRPC calls open at once, across config reloads', () => {
+  it('counts the calls an earlier build left open on the shared channel: upstream_busy after a reload, as before it', async () => {
+    const service = await startMappingServer();
+    const { logger } = memoryLogger('gateway');
+    const config = (rateLimitMax: number) =>
+      mappingGatewayConfig(service.url, { route: { timeoutMs: 10_000, deadlineMs: 10_000 }, config: { proxy: { maxSockets: 1, maxPendingRequests: 1 }, rateLimit: { max: rateLimitMax, windowMs: 60_000 } } });
+    const live = createLiveGateway(activeConfig(config(1000)), (active, kept) => createGatewayApps(active.config, { logger, metrics: false, kept, configVersion: active.version }), logger);
+    const gateway = await listen(live.listener);
+    const controllers: AbortController[] = [];
+    const openAtService = () => service.calls.filter((each) => each.method === 'Slow' && each.open).length;
+    /** A slow call the client leaves open: the service holds it until the test ends. */
+    const holdCall = () => {
+      const controller = new AbortController();
+      controllers.push(controller);
+      void fetch(`${gateway.url}/api/mapping/slow?delayMs=10000`, { signal: controller.signal }).catch(() => undefined);
+    };
+    try {
+      holdCall();
+      holdCall();
+      await waitFor(() => openAtService() === 2, 'the first build to hold its two calls at the service');
+      expect((await fetch(`${gateway.url}/api/mapping/metadata`)).status).toBe(503);
+      for (let reload = 1; reload <= 2; reload++) {
+        expect(live.apply(activeConfig(config(1000 + reload)))).toBeUndefined();
+        const refused = await fetch(`${gateway.url}/api/mapping/metadata`);
+        expect([refused.status, ((await refused.json()) as { code: string }).code]).toEqual([503, 'upstream_busy']);
+      }
+      expect(openAtService()).toBe(2);
+      // Once a call of the first build ends, the reloaded build takes one again.
+      controllers[0]!.abort();
+      await waitFor(async () => (await fetch(`${gateway.url}/api/mapping/metadata`)).status === 200, 'a call to be taken again');
+    } finally {
+      for (const controller of controllers) controller.abort();
       await gateway.close();
       await service.close();
     }
