@@ -58,7 +58,7 @@ export interface UpstreamPoolOptions {
   ejectAfterFailures: number;
   /** ms */
   ejectMs: number;
-  /** Clock, ms; tests pass their own. */
+  /** Monotonic clock, ms (default performance.now()); tests pass their own. */
   now?: () => number;
   /** Counts ejections (`gateway_upstream_ejections_total`); none without. */
   metrics?: GatewayMetrics;
@@ -66,6 +66,7 @@ export interface UpstreamPoolOptions {
 
 interface InstanceState extends UpstreamInstance {
   consecutiveFailures: number;
+  /** On the pool's monotonic clock (`now`), not the wall clock. */
   ejectedUntil: number;
   lastFailure?: string;
   /** This instance's ejection counter, made once. */
@@ -73,7 +74,9 @@ interface InstanceState extends UpstreamInstance {
 }
 
 export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
-  const now = options.now ?? Date.now;
+  // Monotonic, as src/readiness.ts: on Date.now() a wall-clock step back (NTP) kept an ejected instance out for the
+  // size of the step, and a recovered service with one instance answered 503 for an hour although ejectMs was 1 s.
+  const now = options.now ?? (() => performance.now());
   const instances: InstanceState[] = options.origins.map((origin) => ({ ...parseOrigin(origin), consecutiveFailures: 0, ejectedUntil: 0 }));
   if (options.metrics) {
     // Known from the start, as the ejections below: rate() and increase() need a sample from before the first retry.
@@ -120,11 +123,13 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
     },
     health() {
       const time = now();
+      // Shown on the wall clock (the reader compares it with theirs): now plus what is left of the ejection.
+      const wallTime = Date.now();
       return instances.map((instance) => ({
         origin: instance.origin,
         state: instance.ejectedUntil > time ? 'ejected' : 'healthy',
         consecutiveFailures: instance.consecutiveFailures,
-        ...(instance.ejectedUntil > time ? { ejectedUntil: new Date(instance.ejectedUntil).toISOString() } : {}),
+        ...(instance.ejectedUntil > time ? { ejectedUntil: new Date(wallTime + (instance.ejectedUntil - time)).toISOString() } : {}),
         ...(instance.lastFailure ? { lastFailure: instance.lastFailure } : {}),
       }));
     },
