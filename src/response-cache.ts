@@ -241,31 +241,56 @@ function first(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
 
-/** The three HTTP-date forms (RFC 9110 5.6.7): IMF-fixdate, the obsolete RFC 850 one, and asctime. */
-const HTTP_DATE = /^(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), \d{2}-(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)-\d{2} \d{2}:\d{2}:\d{2} GMT|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d{2}:\d{2}:\d{2} \d{4})$/;
-
-/** The day and month of an RFC 850 date, and its two-digit year (`Sunday, 06-Nov-` and `94`). */
-const RFC_850_YEAR = /^([A-Za-z]+, \d{2}-[A-Za-z]{3}-)(\d{2}) /;
+/**
+ * The three HTTP-date forms (RFC 9110 5.6.7), their fields named: IMF-fixdate, the obsolete RFC 850 one (a
+ * two-digit year) and asctime. The day name is not checked against the date, as Date.parse did not check it.
+ */
+const IMF_FIXDATE = /^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (?<day>\d{2}) (?<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?<year>\d{4}) (?<hour>\d{2}):(?<minute>\d{2}):(?<second>\d{2}) GMT$/;
+const RFC_850_DATE = /^(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), (?<day>\d{2})-(?<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)-(?<year>\d{2}) (?<hour>\d{2}):(?<minute>\d{2}):(?<second>\d{2}) GMT$/;
+const ASCTIME_DATE = /^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?<day>[ \d]\d) (?<hour>\d{2}):(?<minute>\d{2}):(?<second>\d{2}) (?<year>\d{4})$/;
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
 
 /**
- * An HTTP-date in ms since the epoch (`now`, ms, places a two-digit year), or NaN for anything else. Not Date.parse alone: it takes `2099-01-01` or
- * `2099`, which RFC 9111 5.3 and RFC 9110 13.1.3 say to treat as invalid (an Expires as already expired, a
- * conditional as absent); a lenient parse made such an Expires a 73-year lifetime.
+ * An HTTP-date in ms since the epoch (`now`, ms, places a two-digit year), or NaN for anything else. Not Date.parse:
+ * it takes `2099-01-01` or `2099`, which RFC 9111 5.3 and RFC 9110 13.1.3 say to treat as invalid (an Expires as
+ * already expired, a conditional as absent), and a lenient parse made such an Expires a 73-year lifetime. Nor
+ * Date.parse of the three forms alone: it read a four-digit year 0000-0099 as 1950-2049 (`Expires: ... 0030 ...`
+ * gave 3.6 years of life to a copy long expired), rolled `31 Feb` and `24:00:00` over into the next month or day,
+ * and read asctime, which names no zone, as local time (under TZ=America/New_York, five hours late).
  */
 export function parseHttpDate(value: string | string[] | undefined, now: number = Date.now()): number {
   const text = first(value)?.trim();
-  if (text === undefined || !HTTP_DATE.test(text)) return Number.NaN;
-  // asctime names no zone, and Date.parse reads such a date as the process's local time; every HTTP-date is UTC
-  // (RFC 9110 5.6.7). Under TZ=America/New_York an asctime Expires 60 s ahead read as five hours ahead.
-  if (!text.endsWith('GMT')) return Date.parse(`${text} GMT`);
-  if (!RFC_850_YEAR.test(text)) return Date.parse(text);
+  if (text === undefined) return Number.NaN;
+  const fourDigitYear = (IMF_FIXDATE.exec(text) ?? ASCTIME_DATE.exec(text))?.groups;
+  if (fourDigitYear !== undefined) return utcTime(fourDigitYear, Number(fourDigitYear.year));
+  const twoDigitYear = RFC_850_DATE.exec(text)?.groups;
+  if (twoDigitYear === undefined) return Number.NaN;
   // RFC 9110 5.6.7: a two-digit year is this century's unless that is more than 50 years ahead, then the last
-  // century's. Date.parse makes every one 19xx: `Expires: Thursday, 18-Aug-50 ...` (2050) had long expired.
+  // century's. Date.parse made every one 19xx: `Expires: Thursday, 18-Aug-50 ...` (2050) had long expired.
   const year = new Date(now).getUTCFullYear();
   const limit = new Date(now).setUTCFullYear(year + 50);
-  const inCentury = (century: number) => Date.parse(text.replace(RFC_850_YEAR, (_whole, head: string, yy: string) => `${head}${century + Number(yy)} `));
-  const thisCentury = inCentury(year - (year % 100));
-  return thisCentury > limit ? inCentury(year - (year % 100) - 100) : thisCentury;
+  const century = year - (year % 100);
+  const thisCentury = utcTime(twoDigitYear, century + Number(twoDigitYear.year));
+  return thisCentury > limit ? utcTime(twoDigitYear, century - 100 + Number(twoDigitYear.year)) : thisCentury;
+}
+
+/**
+ * An HTTP-date's fields in ms since the epoch, UTC, in `year` as written; NaN for a time that does not exist
+ * (`31 Feb`, `24:00:00`, `12:00:60`). The one second 60 is RFC 9110's leap second, 23:59:60, read as the next
+ * midnight (as POSIX time counts it).
+ */
+function utcTime(fields: Record<string, string>, year: number): number {
+  const day = Number(fields.day);
+  const hour = Number(fields.hour);
+  const minute = Number(fields.minute);
+  const second = Number(fields.second);
+  if (hour > 23 || minute > 59 || (second > 59 && !(second === 60 && hour === 23 && minute === 59))) return Number.NaN;
+  // setUTCFullYear, not Date.UTC: that too makes a year 0-99 into 1900-1999.
+  const time = new Date(0);
+  time.setUTCFullYear(year, MONTHS.indexOf(fields.month!), day);
+  // A day the month does not have (00, 31 Feb, 29 Feb of a common year) rolled over into another month.
+  if (time.getUTCDate() !== day) return Number.NaN;
+  return time.setUTCHours(hour, minute, second);
 }
 
 /** The names a `Vary` lists, lower-case (`*` included as such). */
