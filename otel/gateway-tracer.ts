@@ -105,20 +105,18 @@ type ResolvedSpanLimits = Required<SpanLimits>;
  * Span times: the monotonic clock (performance.now(), sub-microsecond) placed on the wall clock by an origin that
  * is checked against Date.now() at most once a second and moved only when they disagree by more than a
  * millisecond (Date.now() itself has millisecond steps). So a clock read is one performance.now() and one
- * addition, not SpanImpl's Date.now() and performance.now() per span, and span times still follow the wall
+ * addition, not SpanImpl's Date.now() and performance.now() per span, and span starts still follow the wall
  * clock that log timestamps use when it is stepped or slewed (NTP, a resumed VM): the SDK anchors every span to
- * Date.now() for that reason (opentelemetry-js #852, #3129, #3434).
+ * Date.now() for that reason (opentelemetry-js #852, #3129, #3434). A span keeps the origin it started on for its
+ * end and events, as SpanImpl keeps its offset: read on the moved one, a +1 h step while a span was open exported
+ * it as an hour long, and a -1 h step as 0 ms.
  */
 const ANCHOR_CHECK_INTERVAL_MS = 1000;
 const ANCHOR_TOLERANCE_MS = 1;
 let originMs = performance.timeOrigin;
+/** Replaced when the origin moves, never written into: a span holds on to the one it started on. */
 let origin: HrTime = millisToHrTime(originMs);
 let anchorCheckedAt = -Infinity;
-
-function clockNow(): HrTime {
-  readClock();
-  return [readSeconds, readNanos];
-}
 
 /**
  * Where readClock (and GatewaySpan's readTime) leave the time they read: two numbers, so a span's start and end
@@ -128,8 +126,8 @@ let readSeconds = 0;
 let readNanos = 0;
 
 /**
- * clockNow's time into readSeconds and readNanos: `addHrTimes(origin, millisToHrTime(now))`, computed in place.
- * `now` is a reading of performance.now() taken earlier (a request's arrival), or none: the clock's now.
+ * The clock's time into readSeconds and readNanos, on the origin checked against the wall clock. `now` is a
+ * reading of performance.now() taken earlier (a request's arrival), or none: the clock's now.
  */
 function readClock(now = performance.now()): void {
   if (now - anchorCheckedAt >= ANCHOR_CHECK_INTERVAL_MS) {
@@ -144,9 +142,17 @@ function readClock(now = performance.now()): void {
       origin = millisToHrTime(originMs);
     }
   }
+  readOn(origin, now);
+}
+
+/**
+ * A performance.now() reading placed on the origin `base` into readSeconds and readNanos: `addHrTimes(base,
+ * millisToHrTime(now))`, computed in place.
+ */
+function readOn(base: HrTime, now: number): void {
   // millisToHrTime(now), then addHrTimes with the origin, as @opentelemetry/core 2 computes them.
-  let seconds = origin[0] + Math.trunc(now / 1000);
-  let nanos = origin[1] + Math.round((now % 1000) * 1e6);
+  let seconds = base[0] + Math.trunc(now / 1000);
+  let nanos = base[1] + Math.round((now % 1000) * 1e6);
   if (nanos >= 1e9) {
     nanos -= 1e9;
     seconds += 1;
@@ -463,8 +469,13 @@ export class GatewaySpan implements Span, ReadableSpan {
   private attributeCountBound: number;
   private readonly context: SpanContext;
   private readonly tracer: GatewayTracer;
-  /** With a start time given, an end without one is read from Date.now(), as SpanImpl does. */
-  private readonly startTimeProvided: boolean;
+  /**
+   * The clock's origin when the span started (the shared array, no copy): its end and events are read on it, so
+   * they are its start plus the monotonic time since, whatever the wall clock did meanwhile (SpanImpl's offset).
+   * None with a start time given: an end without one is then read from Date.now(), as SpanImpl does. One field
+   * for both, as the start-time flag was: the span kept until its batch is exported is no larger.
+   */
+  private readonly origin: HrTime | undefined;
   /**
    * The start, end and duration as numbers, read as HrTimes through the getters below (before the end: [0, 0] and
    * [-1, -1], as SpanImpl has them). Three HrTime arrays per span, kept until its batch was exported, and the
@@ -495,13 +506,19 @@ export class GatewaySpan implements Span, ReadableSpan {
     this.name = name;
     this.kind = kind;
     this.parentSpanContext = parentSpanContext;
-    this.startTimeProvided = startTime != null;
-    // Started where startSpanOwning was told (a request's arrival), on the clock its end is read from.
-    if (startTime == null && handedStart !== undefined) {
-      readClock(handedStart);
-      handedStart = undefined;
-    } else {
+    if (startTime != null) {
+      this.origin = undefined;
       this.readTime(startTime);
+    } else {
+      // Started where startSpanOwning was told (a request's arrival), on the clock its end is read from.
+      if (handedStart !== undefined) {
+        readClock(handedStart);
+        handedStart = undefined;
+      } else {
+        readClock();
+      }
+      // After the read: it may have moved the origin, for this span and the next.
+      this.origin = origin;
     }
     this.startSeconds = readSeconds;
     this.startNanos = readNanos;
@@ -716,14 +733,15 @@ export class GatewaySpan implements Span, ReadableSpan {
     if (typeof input === 'number') return input <= performance.now() ? hrTime(input) : millisToHrTime(input);
     if (input instanceof Date) return millisToHrTime(input.getTime());
     if (isTimeInputHrTime(input)) return input as HrTime;
-    if (this.startTimeProvided) return millisToHrTime(Date.now());
-    return clockNow();
+    if (this.origin === undefined) return millisToHrTime(Date.now());
+    readOn(this.origin, performance.now());
+    return [readSeconds, readNanos];
   }
 
-  /** timeOf's time into readSeconds and readNanos; read from the clock without an HrTime array when none is given. */
+  /** timeOf's time into readSeconds and readNanos; read on the span's origin without an HrTime array when none is given. */
   private readTime(input: TimeInput | undefined): void {
-    if (input == null && !this.startTimeProvided) {
-      readClock();
+    if (input == null && this.origin !== undefined) {
+      readOn(this.origin, performance.now());
     } else {
       const time = this.timeOf(input);
       readSeconds = time[0];

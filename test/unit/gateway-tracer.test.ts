@@ -519,6 +519,46 @@ describe('the lean gateway tracer', () => {
     expect(ms(span.duration)).toBeGreaterThanOrEqual(39);
   });
 
+  // The origin, moved to follow a wall-clock step (NTP), was applied to spans already open: a +1 h step exported a
+  // 1.3 s span as one of an hour, a -1 h step as one of 0 ms. SpanImpl reads an open span's times on its own offset.
+  describe('with the wall clock stepped while a span is open', () => {
+    const realNow = Date.now;
+    let wallOffsetMs = 0;
+    beforeEach(() => {
+      wallOffsetMs = 0;
+      Date.now = () => realNow() + wallOffsetMs;
+    });
+    afterEach(() => {
+      Date.now = realNow;
+    });
+    const ms = (time: HrTime) => time[0] * 1e3 + time[1] / 1e6;
+
+    it.each([
+      { desc: 'forward an hour', stepMs: 3_600_000 },
+      { desc: 'back an hour', stepMs: -3_600_000 },
+    ])('exports the time that passed as its duration, the step ($desc) in none of it', async ({ stepMs }) => {
+      const tracer = createGatewayTracer({ sampler: new AlwaysOnSampler(), idGenerator: new RequestedTraceIdGenerator(), resource: RESOURCE, spanProcessors: [] });
+      const started = performance.now();
+      const span = tracer.startSpan('GET', {}, ROOT_CONTEXT) as GatewaySpan;
+      // Past the origin check's interval: the next clock read compares the origin with the stepped wall clock.
+      await new Promise((resolve) => setTimeout(resolve, 1100));
+      wallOffsetMs = stepMs;
+      span.addEvent('retry');
+      span.end();
+      const elapsedMs = performance.now() - started;
+      expect(ms(span.duration)).toBeGreaterThanOrEqual(1099);
+      expect(ms(span.duration)).toBeLessThanOrEqual(elapsedMs + 1);
+      // An event without a time is read on the span's clock too, between its start and end.
+      const eventMs = ms(span.events[0]!.time);
+      expect(eventMs).toBeGreaterThanOrEqual(ms(span.startTime) + 1099);
+      expect(eventMs).toBeLessThanOrEqual(ms(span.endTime));
+      // A span started after the step starts on the stepped wall clock, as the log lines written with it do.
+      const next = tracer.startSpan('GET', {}, ROOT_CONTEXT) as GatewaySpan;
+      expect(Math.abs(ms(next.startTime) - Date.now())).toBeLessThan(5);
+      next.end();
+    });
+  });
+
   it('keeps a frozen array of scalars as it is, and copies any other (or one with a string to cut)', () => {
     const tracer = createGatewayTracer({ sampler: new AlwaysOnSampler(), idGenerator: new RequestedTraceIdGenerator(), resource: RESOURCE, spanProcessors: [], spanLimits: { attributeValueLengthLimit: 5 } });
     const span = tracer.startSpan('GET', {}, ROOT_CONTEXT) as GatewaySpan;
