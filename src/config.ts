@@ -107,6 +107,9 @@ const listenHost = z.string().refine((value) => isIP(value) !== 0 || /^[A-Za-z0-
  * Node's timers hold at most 2^31 - 1 ms (~24.8 days): a longer one fires after 1 ms (TimeoutOverflowWarning),
  * so "practically never" would time every request out at once. Every duration in ms is bounded by it.
  */
+/** proxy.hideUpstreamHeaders by default: what names the software, its version or the host behind the gateway. */
+const DEFAULT_HIDDEN_UPSTREAM_HEADERS = ['server', 'x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version', 'x-backend-server'] as const;
+
 export const MAX_TIMER_MS = 2_147_483_647;
 const TIMER_RULE = `must be at most ${MAX_TIMER_MS} ms (Node's longest timer, ~24.8 days)`;
 
@@ -521,9 +524,10 @@ const configFields = z
         deadlineMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(60_000),
         /**
          * Service response headers never passed to clients: they name the software behind the gateway and its
-         * version, which helps an attacker pick exploits. Default `Server` and `X-Powered-By`; [] keeps them.
+         * version, which helps an attacker pick exploits, or the host that answered. Default `Server`,
+         * `X-Powered-By`, ASP.NET's `X-AspNet-Version` and `X-AspNetMvc-Version`, and `X-Backend-Server`; [] keeps them.
          */
-        hideUpstreamHeaders: z.array(z.string().regex(FIELD_NAME_TOKEN, 'must be a header name')).max(32).default(['server', 'x-powered-by']),
+        hideUpstreamHeaders: z.array(z.string().regex(FIELD_NAME_TOKEN, 'must be a header name')).max(32).default([...DEFAULT_HIDDEN_UPSTREAM_HEADERS]),
         /**
          * Key of the gateway's signature on what it tells services (env `GATEWAY_SIGNING_KEY` only; the services
          * hold the same key and answer only signed requests: src/gateway-signature.ts). Required in production,

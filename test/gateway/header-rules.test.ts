@@ -39,7 +39,7 @@ describe('header rules per route', () => {
   const last = () => service.seen[service.seen.length - 1]!;
 
   beforeAll(async () => {
-    service = await recordingService(() => ({ server: 'Apache/2.4.1 (Unix)', 'x-powered-by': 'PHP/5.6.40', 'x-internal-build': 'b-1234', 'cache-control': 'no-store' }));
+    service = await recordingService(() => ({ server: 'Apache/2.4.1 (Unix)', 'x-powered-by': 'PHP/5.6.40', 'x-aspnet-version': '4.0.30319', 'x-aspnetmvc-version': '5.2', 'x-backend-server': 'web-07.internal', 'x-internal-build': 'b-1234', 'cache-control': 'no-store' }));
     stack = await startStack({
       serviceUrls: { notifications: service.url, orders: service.url },
       overrides: {
@@ -93,11 +93,10 @@ describe('header rules per route', () => {
     expect(response.headers.get(HEADER.requestId)).toBe('rules-2');
   });
 
-  it('hides Server and X-Powered-By on routes without rules too', async () => {
+  it('hides Server, X-Powered-By, the ASP.NET versions and X-Backend-Server on routes without rules too', async () => {
     const response = await fetch(`${stack.gateway.url}/api/orders`, { headers: { authorization: `Bearer ${token}` } });
     expect(response.status).toBe(200);
-    expect(response.headers.get('server')).toBeNull();
-    expect(response.headers.get('x-powered-by')).toBeNull();
+    for (const name of ['server', 'x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version', 'x-backend-server']) expect(response.headers.get(name)).toBeNull();
     // No rule of the notifications route leaks onto another route.
     expect(response.headers.get('x-frame-options')).toBeNull();
     expect(last()['x-caller']).toBeUndefined();
@@ -271,7 +270,7 @@ describe('header rules in the config', () => {
   it('accepts every placeholder and keeps Server when hideUpstreamHeaders is empty', () => {
     const config = parse({ request: { set: { 'x-note': '{requestId} {userId} {route} {consumerId}' } } }, { proxy: { hideUpstreamHeaders: [] } });
     expect(config.proxy.hideUpstreamHeaders).toEqual([]);
-    expect(parseConfig(shippedConfigFile()).proxy.hideUpstreamHeaders).toEqual(['server', 'x-powered-by']);
+    expect(parseConfig(shippedConfigFile()).proxy.hideUpstreamHeaders).toEqual(['server', 'x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version', 'x-backend-server']);
   });
 
   it('renders every template value as visible ASCII, whatever it holds', () => {
