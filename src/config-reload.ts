@@ -9,6 +9,7 @@ import { RateLimitWindows } from './rate-limit-store';
 import { NewestMemoryStore } from './response-store';
 import type { GrpcClientCache } from './grpc/grpc-clients';
 import { protoSourcesDigest } from './grpc/proto-sources';
+import type { TokenService } from './tokens';
 import type { UpstreamPoolCache } from './upstream-pool';
 
 /**
@@ -147,6 +148,11 @@ export class KeptAcrossReloads {
   /** gRPC channels by origin (src/grpc/grpc-clients.ts): each one made is never freed, so builds share them. */
   readonly grpcClients: GrpcClientCache = new Map();
   private agent?: { maxSockets: number; agent: Agent };
+  /**
+   * The token services of the last two builds' token settings, newest first (the running build's, and the one before
+   * it or a failed build's): a build whose settings are one of them takes it up again.
+   */
+  private tokenServices: { settings: string; service: TokenService }[] = [];
   /** Connections a newer build no longer uses, which the running one may still: closed by retireReplaced. */
   private replaced: Agent[] = [];
   /** gRPC channels no route of a newer build calls (keepalive changed, instance or route gone): closed by retireReplaced. */
@@ -166,6 +172,19 @@ export class KeptAcrossReloads {
         for (const [service, entry] of saved) cache.set(service, entry);
       }
     };
+  }
+
+  /**
+   * The token service for these token settings (`settings`: what createTokenService is made from, written out):
+   * the one an earlier build made from the same, else `make()`'s. Made anew by every build, a reload dropped the
+   * provider's key set, the verified tokens and the fetch back-off whatever it changed: one that changed a rate limit
+   * during a provider outage turned every provider token from accepted to 503 (in a cluster, in every worker).
+   */
+  tokenService(settings: string, make: () => TokenService): TokenService {
+    const kept = this.tokenServices.find((each) => each.settings === settings);
+    const service = kept?.service ?? make();
+    this.tokenServices = [{ settings, service }, ...this.tokenServices.filter((each) => each !== kept)].slice(0, 2);
+    return service;
   }
 
   upstreamAgent(maxSockets: number): Agent {

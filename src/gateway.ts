@@ -109,7 +109,9 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   const routes = compileRoutes(config, pools);
   // Protos loaded and their HTTP annotations compiled here, once per built gateway (start-up, reload).
   const grpcRoutes = grpc ? grpc.compileGrpcRoutes(config, metrics, kept?.grpcPools) : new Map();
-  const tokens = createTokenService({ ...config.auth, cacheSize: config.auth.verifiedTokenCacheSize });
+  const tokenOptions = { secret: config.auth.secret, issuer: config.auth.issuer, audience: config.auth.audience, tokenTtlSeconds: config.auth.tokenTtlSeconds, clockToleranceSeconds: config.auth.clockToleranceSeconds, jwks: config.auth.jwks, cacheSize: config.auth.verifiedTokenCacheSize };
+  // Kept across reloads that leave these alone (the provider's key set, the verified tokens: KeptAcrossReloads).
+  const tokens = kept ? kept.tokenService(JSON.stringify(tokenOptions), () => createTokenService(tokenOptions)) : createTokenService(tokenOptions);
 
   if (config.rateLimit.redisUrl && !redis) throw new Error('rateLimit.redisUrl is set but no Redis client was passed to createGateway');
   const store: RateLimitStore = redis

@@ -1,8 +1,11 @@
 import { exportJWK, exportSPKI, generateKeyPair, importJWK, jwtVerify, SignJWT, type CryptoKey, type JWK, type JWTVerifyGetKey } from 'jose';
 import { HEADER } from '../../otel/wire-names';
+import { activeConfig, createLiveGateway } from '../../src/config-reload';
+import { createGatewayApps } from '../../src/gateway';
 import { MAX_JWKS_BYTES } from '../../src/tokens';
-import { listen } from '../helpers/servers';
+import { listen, memoryLogger } from '../helpers/servers';
 import { startStack, type TestStack } from '../helpers/stack';
+import { shippedConfigFile, testConfig } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
 import { waitFor } from '../helpers/wait';
 
@@ -564,3 +567,41 @@ describe('tokens from an identity provider (JWKS)', () => {
   });
 });
 
+
+// A reload rebuilt the token service whatever changed: the provider's key set fetched before an outage, the verified
+// tokens and the fetch back-off went with it, and a reload that changed a rate limit turned the outage into 503s for
+// every provider token (in a cluster, in every worker at once).
+describe('the provider key set across a config reload', () => {
+  it('keeps verifying provider tokens from the set fetched before the provider went down, across a reload that left auth alone', async () => {
+    const jwks = await startJwksServer();
+    const key = await providerKey('reload-kid', 'RS256');
+    jwks.state.keys = [key];
+    const orders = await listen((_req, res) => void res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}'));
+    const { logger } = memoryLogger('gateway');
+    const config = (max: number) =>
+      testConfig({ users: 'http://127.0.0.1:9', orders: orders.url, notifications: 'http://127.0.0.1:9' }, {
+        rateLimit: { max, windowMs: 60_000 },
+        auth: { ...(shippedConfigFile().auth as object), verifiedTokenCacheSize: 0, jwks: { url: `${jwks.url}/jwks.json`, issuer: ISSUER, audience: AUDIENCE, timeoutMs: 500, cacheMaxAgeMs: 600_000, cooldownMs: 0 } },
+      });
+    const live = createLiveGateway(activeConfig(config(1000)), (active, kept) => createGatewayApps(active.config, { logger, metrics: false, kept, configVersion: active.version }), logger);
+    const gateway = await listen(live.listener);
+    const token = await providerToken(key);
+    const status = async () => (await fetch(`${gateway.url}/api/orders`, { headers: { authorization: `Bearer ${token}` } })).status;
+    try {
+      expect(await status()).toBe(200);
+      jwks.state.mode = 'failing';
+      // No verified-token cache: each request is checked against the held set, which the outage does not touch.
+      expect(await status()).toBe(200);
+      expect(live.apply(activeConfig(config(1001)))).toBeUndefined();
+      expect(await status()).toBe(200);
+      expect(jwks.state.fetches).toBe(1);
+      // A reload that changes the provider's settings starts from nothing, as it must: the set may be another's.
+      expect(live.apply(activeConfig({ ...config(1001), auth: { ...config(1001).auth, jwks: { ...config(1001).auth.jwks!, cacheMaxAgeMs: 500_000 } } }))).toBeUndefined();
+      expect(await status()).toBe(503);
+    } finally {
+      await gateway.close();
+      await orders.close();
+      await jwks.close();
+    }
+  });
+});
