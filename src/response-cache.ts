@@ -434,6 +434,13 @@ export interface CachedResponse {
   body: Buffer;
   /** When it was stored, ms since the epoch. */
   storedAt: number;
+  /**
+   * When it was stored on this process's monotonic clock (performance.now()), for a copy that stays in this process
+   * (the memory store): its time there is counted on that clock. On the wall clock, a step back (NTP, a resumed VM)
+   * stopped every copy's age for the step's length: a `max-age=1` answer was a HIT with `Age: 0` for the hour.
+   * Absent on a copy read from Redis, stored by another process (its own clock).
+   */
+  storedAtMonotonicMs?: number;
   initialAgeSeconds: number;
   lifetimeSeconds: number;
   staleIfErrorSeconds: number;
@@ -444,9 +451,10 @@ export interface CachedResponse {
   varyValues: (string | null)[];
 }
 
-/** Current age of an entry, s (RFC 9111 4.2.3). */
+/** Current age of an entry, s (RFC 9111 4.2.3): its age when stored plus its time in the store since. */
 export function currentAge(entry: CachedResponse, now: number): number {
-  return entry.initialAgeSeconds + Math.max(0, now - entry.storedAt) / 1000;
+  const resident = entry.storedAtMonotonicMs === undefined ? now - entry.storedAt : performance.now() - entry.storedAtMonotonicMs;
+  return entry.initialAgeSeconds + Math.max(0, resident) / 1000;
 }
 
 export function isFresh(entry: CachedResponse, now: number): boolean {

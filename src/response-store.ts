@@ -428,7 +428,8 @@ export function createRedisResponseStore(options: RedisStoreOptions): ResponseSt
       const storedAt = now();
       const ttl = Math.ceil(retentionMs(entry, storedAt));
       if (ttl <= 0) return;
-      const { body, ...meta } = entry;
+      // The monotonic time of storing is this process's alone: other replicas read the copy's wall-clock storedAt.
+      const { body, storedAtMonotonicMs: _thisProcessOnly, ...meta } = entry;
       const metaBytes = Buffer.from(JSON.stringify(meta), 'utf8');
       const length = Buffer.alloc(4);
       length.writeUInt32BE(metaBytes.length, 0);

@@ -309,7 +309,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     const vary = varyNames(headers.vary);
     const sameVary = vary.length === entry.vary.length && vary.every((name, index) => name === entry.vary[index]);
     const lifetime = verdict.store ? verdict : NO_LIFETIME;
-    const refreshed: CachedResponse = { ...entry, headers, storedAt: now(), lifetimeSeconds: lifetime.lifetimeSeconds, initialAgeSeconds: lifetime.initialAgeSeconds, staleIfErrorSeconds: lifetime.staleIfErrorSeconds, staleWhileRevalidateSeconds: lifetime.staleWhileRevalidateSeconds };
+    const refreshed: CachedResponse = { ...entry, headers, storedAt: now(), storedAtMonotonicMs: performance.now(), lifetimeSeconds: lifetime.lifetimeSeconds, initialAgeSeconds: lifetime.initialAgeSeconds, staleIfErrorSeconds: lifetime.staleIfErrorSeconds, staleWhileRevalidateSeconds: lifetime.staleWhileRevalidateSeconds };
     // A request with credentials refused as `credentialed, not public` is this request's matter, as on a miss: the
     // copy stays for others (dropped, any client with a cookie purged the resource's copies on each revalidation).
     const thisRequestOnly = !verdict.store && verdict.reason === 'credentialed, not public';
@@ -757,10 +757,13 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
    * its freshness, each answer from it saying 30 s younger than it was.
    */
   let receivedAt = 0;
+  /** The same moment on the monotonic clock (CachedResponse.storedAtMonotonicMs). */
+  let receivedAtMonotonic = 0;
 
   const tap: ResponseTap = {
     start(responseStatus, headers) {
       receivedAt = options.now();
+      receivedAtMonotonic = performance.now();
       const verdict = storability({ status: responseStatus, headers, sharedCredentialed: options.sharedCredentialed, defaultTtlSeconds: policy.ttlSeconds, now: receivedAt, requestedAt: options.requestedAt });
       vary = varyNames(headers.vary);
       // The service saw the gateway's value of these, not the client's: comparing the client's would be wrong. So
@@ -798,6 +801,7 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
         headers: kept,
         body: Buffer.concat(chunks, bytes),
         storedAt: receivedAt,
+        storedAtMonotonicMs: receivedAtMonotonic,
         ...lifetime,
         vary,
         varyValues: vary.map((name) => varyDigest(options.heard(name))),

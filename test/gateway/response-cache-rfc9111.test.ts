@@ -470,3 +470,39 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
     expect([failed.status, failed.headers['x-cache'], failed.text]).toEqual([200, 'STALE', 'the last good body']);
   });
 });
+
+// A wall-clock step back (NTP, a resumed VM) stopped every copy's age for the step's length: its time in the store
+// was counted on the wall clock, so a `max-age=1` answer was a HIT with `Age: 0` for the hour. The step is made on a
+// Date.now the gateway is built with, as modules keep a reference to it when they start.
+describe('response cache ages across a wall-clock step', () => {
+  const wallClock = Date.now;
+  let step = 0;
+  let origin: ScriptedOrigin;
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    Date.now = () => wallClock() + step;
+    origin = await scriptedOrigin();
+    stack = await startStack({
+      serviceUrls: { notifications: origin.url },
+      overrides: {
+        routes: [...(shippedConfigFile().routes as unknown[]), { name: 'rfc', prefix: '/api/rfc', service: 'notifications', upstreamPath: '/rfc', auth: 'public', cache: { ttlSeconds: 60, scope: 'public' } }],
+        rateLimit: { max: 10_000, windowMs: 60_000 },
+      },
+    });
+  });
+  afterAll(async () => {
+    await stack.close();
+    await origin.close();
+    Date.now = wallClock;
+  });
+
+  it('counts a copy\'s time in the memory store on the monotonic clock: a step back does not keep it fresh', async () => {
+    origin.script('/stepped', () => ({ headers: { 'cache-control': 'max-age=1' } }));
+    const get = () => sendRaw(stack.gateway.url, '/api/rfc/stepped', {});
+    expect((await get()).headers['x-cache']).toBe('MISS');
+    expect((await get()).headers['x-cache']).toBe('HIT');
+    step = -3_600_000;
+    await waitFor(async () => (await get()).headers['x-cache'] === 'MISS', 'the copy to go stale', 5000);
+  });
+});
