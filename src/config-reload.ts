@@ -313,6 +313,7 @@ export function createLiveGateway(initial: ActiveConfig, build: BuildGateway, lo
         built = build(next, kept);
       } catch (error) {
         restorePools();
+        kept.windows.forgetAsked();
         const why = error instanceof Error ? error.message : String(error);
         logger.error('config reload failed while building the gateway; the running config keeps serving', { version: next.version, error: why });
         return why;

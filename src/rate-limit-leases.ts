@@ -27,6 +27,16 @@ import type { WindowState } from './rate-limit-store';
  * in the primary (as in one process, more than `max` may then pass) and a forgotten lease's tokens are lost.
  */
 
+/**
+ * The clock windows are timed on, in ms: the host's monotonic clock (process.hrtime, CLOCK_MONOTONIC on Linux), which
+ * every process of the cluster reads alike, so a window's end crosses between the primary and the workers as it is.
+ * Not Date.now(): a wall clock stepped back an hour lengthened every window by an hour (a spent client refused all
+ * that time), stepped forward it ended them all. Not performance.now(): it counts from each process's own start.
+ */
+export function leaseClockMs(): number {
+  return Number(process.hrtime.bigint()) / 1e6;
+}
+
 /** A worker asks for a lease on `client`'s current window of `policy`; the asking request spends its first token. */
 export interface LeaseAsk {
   gateway: 'lease';
@@ -38,7 +48,7 @@ export interface LeaseAsk {
 }
 
 /**
- * The primary's answer: `granted` tokens of the window ending at `window.reset` (epoch seconds). 0 is a denial,
+ * The primary's answer: `granted` tokens of the window ending at `window.reset` (leaseClockMs, in seconds). 0 is a denial,
  * which also means nothing of that window is left anywhere. `window.remaining` counts before the asking request:
  * what the primary has not leased plus this grant, never the unspent leases of other workers.
  */
@@ -101,7 +111,7 @@ export interface LeaseLedgerOptions {
   send: (worker: number, message: Leased | Recall) => void;
   /** Delivers a message to every worker; without it, only the worker denied learns that a window is spent. */
   broadcast?: (message: Spent) => void;
-  /** Clock in epoch ms; default Date.now. */
+  /** Clock in ms that the workers' lease tables read alike (window ends are sent as they are); default leaseClockMs. */
   now?: () => number;
   /** Runs `callback` after `ms`; returns what cancels it. Default setTimeout. */
   schedule?: (callback: () => void, ms: number) => () => void;
@@ -138,7 +148,7 @@ interface RecallRound {
  * reload that leaves a limit unchanged keeps its counts (and the workers their leases), a changed limit starts afresh.
  */
 export function createLeaseLedger(options: LeaseLedgerOptions) {
-  const now = options.now ?? Date.now;
+  const now = options.now ?? leaseClockMs;
   const schedule =
     options.schedule ??
     ((callback, ms) => {
@@ -249,8 +259,8 @@ interface Lease {
 }
 
 /** The worker's side: spends leased tokens locally, keeps what the primary's answers leave, hands tokens back on recall. */
-export function createLeaseTable(options: { maxTrackedClients: number; now?: () => number }) {
-  const now = options.now ?? Date.now;
+export function createLeaseTable(options: { maxTrackedClients: number; /** Clock in ms, the one the primary's ledger reads (window ends come from it); default leaseClockMs. */ now?: () => number }) {
+  const now = options.now ?? leaseClockMs;
   const leases = createPolicyWindows<Lease>(options.maxTrackedClients, now);
   return {
     /**
@@ -326,7 +336,7 @@ function createPolicyWindows<T extends { reset: number }>(maxTrackedClients: num
           const nowSeconds = now() / 1000;
           for (const [name, each] of policies) if (!hasLive(each, nowSeconds)) policies.delete(name);
         }
-        policies.set(policy, (windows = new BoundedWindowStore(maxTrackedClients)));
+        policies.set(policy, (windows = new BoundedWindowStore(maxTrackedClients, () => now() / 1000)));
       }
       windows.set(client, entry);
     },

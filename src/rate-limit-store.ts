@@ -1,6 +1,7 @@
 import { Redis } from 'ioredis';
 import type { Logger } from '../otel/logger';
 import { BoundedWindowStore } from './middleware/rate-limit';
+import { leaseClockMs } from './rate-limit-leases';
 import { remembered } from './remembered';
 
 export interface RedisStoreOptions {
@@ -92,7 +93,11 @@ export async function waitForRedis(redis: Redis, timeoutMs: number): Promise<boo
   });
 }
 
-/** One client's window as a store reports it: `remaining` before this request, `reset` in epoch seconds. */
+/**
+ * One client's window as a store reports it: `remaining` before this request, `reset` in seconds on the store's
+ * clock (Redis: epoch; the memory driver: memoryDriverSeconds; the primary: leaseClockMs). createWindowCounter
+ * reports it in epoch seconds.
+ */
 export interface WindowState {
   remaining: number;
   reset: number;
@@ -103,7 +108,8 @@ export interface WindowState {
  * Counts a window in the cluster primary for every worker (store kind `primary`), so a limit of 10 per minute
  * means 10 across all workers, not 10 per worker, without Redis: a worker spends tokens the primary leased to
  * it and asks again when they are used up (src/rate-limit-leases.ts). `remaining` is conservative with several
- * workers: it never counts the unspent leases of other workers.
+ * workers: it never counts the unspent leases of other workers. `reset` is on the leases' clock (leaseClockMs, in
+ * seconds), not the epoch.
  */
 export interface PrimaryStoreClient {
   take(policy: string, client: string, max: number, windowMs: number): Promise<WindowState>;
@@ -124,14 +130,31 @@ export interface WindowCount {
 export interface WindowCounter {
   /** Counts one request of `client`. */
   take(client: string): Promise<WindowCount>;
-  /** `client`'s window when its next request would be refused, counting nothing; undefined while it would pass. */
-  exhausted(client: string): Promise<WindowCount | undefined>;
+  /**
+   * What `client`'s window still admits, counting nothing; undefined when this store cannot tell without counting
+   * (the primary's, until this worker knows the window is spent).
+   */
+  peek(client: string): Promise<WindowLeft | undefined>;
 }
 
-/** A window as koa-ratelimit's drivers and the primary report it (`remaining` before this request) as a count. */
-function counted(window: WindowState, resetLag = 0): WindowCount {
+/** What a window still admits (WindowCounter.peek). */
+export interface WindowLeft {
+  /** Requests it admits before it refuses. */
+  left: number;
+  total: number;
+  /** Epoch seconds, never before the window admits again once `left` is spent. */
+  reset: number;
+}
+
+/** A window as koa-ratelimit's drivers and the primary report it (`remaining` before this request) as a count; `reset` in epoch seconds. */
+function counted(window: WindowState, reset: number): WindowCount {
   const admitted = window.remaining > 0;
-  return { admitted, remaining: admitted ? window.remaining - 1 : 0, total: window.total, reset: window.reset + resetLag };
+  return { admitted, remaining: admitted ? window.remaining - 1 : 0, total: window.total, reset };
+}
+
+/** `reset`, in seconds on the clock `nowSeconds` reads, as epoch seconds: the time left, from Date.now(). */
+function epochSeconds(reset: number, nowSeconds: number): number {
+  return reset - nowSeconds + Date.now() / 1000;
 }
 
 interface DriverOptions {
@@ -145,6 +168,32 @@ interface DriverOptions {
 type Driver = { get(options?: { peek?: boolean }): Promise<WindowState> };
 const MemoryDriver = require('koa-ratelimit/limiter/memory') as new (options: DriverOptions & { db: Map<string, unknown> }) => Driver;
 const RedisDriver = require('koa-ratelimit/limiter/redis') as new (options: DriverOptions & { db: Redis }) => Driver;
+
+/**
+ * The memory driver's clock in ms, less performance.now(): it reads Date.now() once as it loads and advances by
+ * process.hrtime() (monotonic), and its windows' `reset` is on that clock. Compared with Date.now(), the two part
+ * whenever the wall clock is stepped (NTP, a resumed VM): a step back kept a spent window refused for the step's
+ * length (an hour's step, a network locked out for an hour), a step forward let the failed-authentication check
+ * pass every guess and a full table's sweep drop every live window. Read from the driver itself: a window it opens
+ * with a duration of 0 ends at its now.
+ */
+const memoryDriverOffsetMs = (() => {
+  let opened = 0;
+  const db = new (class extends Map<string, unknown> {
+    override set(key: string, window: MemoryEntry): this {
+      opened = window.reset;
+      return this;
+    }
+  })();
+  // get() sets the window before its first await: `opened` is read by the time it returns.
+  void new MemoryDriver({ db, id: 'clock', max: 1, duration: 0, namespace: 'clock' }).get();
+  return opened * 1000 - performance.now();
+})();
+
+/** Now on the memory driver's clock, in seconds: what its windows' `reset` is compared with. */
+export function memoryDriverSeconds(): number {
+  return (memoryDriverOffsetMs + performance.now()) / 1000;
+}
 
 /** Memory drivers kept per policy for the clients seen last (createWindowCounter); ~150 bytes each. */
 export const KEPT_MEMORY_DRIVERS = 1024;
@@ -168,11 +217,15 @@ export type WindowCounterStore =
 export function createWindowCounter(store: WindowCounterStore, options: { storeName: string; windowPolicy: string; max: number; windowMs: number }): WindowCounter {
   const { storeName, windowPolicy, max, windowMs } = options;
   if (store.kind === 'primary') {
+    const leaseSeconds = () => leaseClockMs() / 1000;
     return {
-      take: async (client) => counted(await store.client.take(windowPolicy, client, max, windowMs)),
-      exhausted: async (client) => {
+      take: async (client) => {
+        const window = await store.client.take(windowPolicy, client, max, windowMs);
+        return counted(window, epochSeconds(window.reset, leaseSeconds()));
+      },
+      peek: async (client) => {
         const window = store.client.exhausted(windowPolicy, client, max);
-        return window && counted(window);
+        return window && { left: 0, total: window.total, reset: epochSeconds(window.reset, leaseSeconds()) };
       },
     };
   }
@@ -182,10 +235,14 @@ export function createWindowCounter(store: WindowCounterStore, options: { storeN
     // async-ratelimiter floors the reset to the second (its script and get() both do): a second added rounds it up,
     // so Retry-After and X-RateLimit-Reset are never early (they were by up to 1 s).
     return {
-      take: async (client) => counted(await driver(client).get(), 1),
-      exhausted: async (client) => {
+      take: async (client) => {
+        const window = await driver(client).get();
+        return counted(window, window.reset + 1);
+      },
+      peek: async (client) => {
+        // Its `remaining` counts before a request: all of it is left.
         const window = await driver(client).get({ peek: true });
-        return window.remaining > 0 ? undefined : counted(window, 1);
+        return { left: Math.max(0, window.remaining), total: window.total, reset: window.reset + 1 };
       },
     };
   }
@@ -197,12 +254,17 @@ export function createWindowCounter(store: WindowCounterStore, options: { storeN
   // client's key is built, flattened and hashed once. Bounded; dropping them all forgets no window.
   const driverOf = remembered((client): Driver => new MemoryDriver({ db, id: client, max, duration: windowMs, namespace: storeName }), { capacity: KEPT_MEMORY_DRIVERS });
   return {
-    take: async (client) => counted(await driverOf(client).get()),
-    exhausted: async (client) => {
+    take: async (client) => {
+      const window = await driverOf(client).get();
+      return counted(window, epochSeconds(window.reset, memoryDriverSeconds()));
+    },
+    peek: async (client) => {
       const entry = db.get(`${storeName}:${client}`) as MemoryEntry | undefined;
+      const now = memoryDriverSeconds();
+      // None, or ended: the next request opens a window with all of it.
+      if (entry === undefined || entry.reset < now) return { left: max, total: max, reset: Date.now() / 1000 + windowMs / 1000 };
       // The driver spends a request by taking one off `remaining` first: at 1 the next one is refused.
-      if (entry === undefined || entry.reset < Date.now() / 1000 || entry.remaining > 1) return undefined;
-      return { admitted: false, remaining: 0, total: entry.total, reset: entry.reset };
+      return { left: Math.max(0, entry.remaining - 1), total: entry.total, reset: epochSeconds(entry.reset, now) };
     },
   };
 }
@@ -229,6 +291,14 @@ export class RateLimitWindows {
   /** Drops the windows of policies not asked for since the last sweep. */
   sweep(): void {
     for (const policy of this.stores.keys()) if (!this.asked.has(policy)) this.stores.delete(policy);
+    this.asked = new Set();
+  }
+
+  /**
+   * Forgets what a build that failed asked for, keeping every window (the running build counts in them). Left
+   * asked, its policies made the next build's unchanged limits `policy#2`: fresh, empty windows, every count lost.
+   */
+  forgetAsked(): void {
     this.asked = new Set();
   }
 }

@@ -6,9 +6,9 @@ import { atMostEvery, type Logger } from '../../otel/logger';
 import { ATTR } from '../../otel/wire-names';
 import { GatewayError, isGatewayError } from '../errors';
 import { rateLimitDecisionCounters, type GatewayMetrics } from '../metrics';
-import { createWindowCounter, type PrimaryStoreClient, type RateLimitWindows, type WindowCount } from '../rate-limit-store';
+import { createWindowCounter, memoryDriverSeconds, type PrimaryStoreClient, type RateLimitWindows, type WindowCount, type WindowLeft } from '../rate-limit-store';
 
-/** The state a memory window keeps per client (koa-ratelimit's driver, leases); `reset` is in epoch seconds. */
+/** The state a memory window keeps per client (koa-ratelimit's driver, leases); `reset` is in seconds on its store's clock. */
 interface WindowEntry {
   reset: number;
 }
@@ -20,7 +20,11 @@ interface WindowEntry {
  * walked the whole table again (100,000 entries, ~1-2 ms) for clients that kept it just under full.
  */
 export class BoundedWindowStore extends Map<string, WindowEntry> {
-  constructor(private readonly maxEntries: number) {
+  /** `nowSeconds`: the clock its windows' `reset` is on; default the memory driver's (memoryDriverSeconds). */
+  constructor(
+    private readonly maxEntries: number,
+    private readonly nowSeconds: () => number = memoryDriverSeconds,
+  ) {
     super();
   }
 
@@ -30,7 +34,7 @@ export class BoundedWindowStore extends Map<string, WindowEntry> {
   }
 
   private makeRoom(): void {
-    const nowSeconds = Date.now() / 1000;
+    const nowSeconds = this.nowSeconds();
     for (const [key, entry] of this) if (entry.reset < nowSeconds) this.delete(key);
     // Room for a tenth more before the next walk: the oldest live windows go to make it, not one per insert.
     let excess = this.size - (this.maxEntries - Math.max(1, Math.floor(this.maxEntries / 10)));
@@ -87,11 +91,14 @@ export interface RateLimiter {
    */
   check(ctx: Context, next: () => Promise<void>, key?: string): Promise<void>;
   /**
-   * Throws `rate_limited` when `key`'s window has nothing left, counting nothing: for a budget spent only by some
-   * requests (failed authentications) that must still stop the next one before it costs anything. A store that
-   * cannot answer lets it pass (the `check` that follows applies the store-down policy).
+   * Throws `rate_limited` when `key`'s window has nothing left for one more request, counting nothing: for a budget
+   * spent only by some requests (failed authentications) that must still stop the next one before it costs anything.
+   * The requests of `key` that passed it and are not counted yet count as spent: one that passes holds its place
+   * until `check` counts it (under any key: the caller's, once authenticated) or it calls the function returned,
+   * which it must once it ends. A store that cannot answer lets it pass (the `check` that follows applies the
+   * store-down policy).
    */
-  refuseIfSpent(ctx: Context, key?: string): Promise<void>;
+  refuseIfSpent(ctx: Context, key?: string): Promise<() => void>;
 }
 
 /** A policy checked for the current request: what the rate-limit fields say of it (`ctx.state.rateLimits`). */
@@ -111,6 +118,19 @@ export interface CheckedRateLimit {
 
 /** How often a store outage is logged while it lasts, ms. */
 const STORE_FAILURE_LOG_INTERVAL_MS = 10_000;
+
+/**
+ * Places let go that a request waits through in refuseIfSpent before it is refused for now (Retry-After 1): others
+ * may take each place first, and its wait stays bounded however busy its network is.
+ */
+const MOST_WAITS_FOR_A_PLACE = 10;
+
+/** A key's requests that passed refuseIfSpent and are not counted yet, and those waiting for one of their places. */
+interface HeldPlaces {
+  count: number;
+  /** Woken with the window when it is spent, else to look again. */
+  waiting: ((spent: WindowLeft | undefined) => void)[];
+}
 
 /**
  * One limit policy: a window per client counted in the store (koa-ratelimit's drivers, or the primary), the
@@ -136,6 +156,24 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
   );
   const mayLogFailure = atMostEvery(STORE_FAILURE_LOG_INTERVAL_MS);
   const decided = options.metrics && rateLimitDecisionCounters(options.metrics, options.name);
+  // Per key, the requests that passed refuseIfSpent and are not counted yet (their credential is being checked), and
+  // those waiting for one of their places: each held place may still spend the window, so it counts as spent.
+  // Checked against the store alone, every request that arrived while another's credential was checked passed: 60
+  // forged provider tokens sent at once were all verified against a budget of 3. Per process: each replica sharing
+  // a Redis store lets as many through.
+  const places = new Map<string, HeldPlaces>();
+  const heldKey = new WeakMap<Context, string>();
+  const release = (ctx: Context) => {
+    if (places.size === 0) return;
+    const key = heldKey.get(ctx);
+    if (key === undefined) return;
+    heldKey.delete(ctx);
+    const held = places.get(key)!;
+    held.count--;
+    // A place is free: the first request waiting looks again.
+    held.waiting.shift()?.(undefined);
+    if (held.count === 0 && held.waiting.length === 0) places.delete(key);
+  };
 
   async function storeFailed(ctx: Context, next: () => Promise<void>, error: unknown): Promise<void> {
     const decision = onStoreFailure === 'allow' ? 'store_down_allowed' : 'store_down_rejected';
@@ -162,20 +200,46 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
   return {
     name: options.name,
     async check(ctx, next, key = clientNetworkKey(ctx.ip, ipv6PrefixLength)) {
+      // Counted under another key (its caller's: it authenticated), a request never spends the window it holds a place
+      // in, so the place goes now, not once this count is back from Redis: the network's other requests wait for it.
+      if (places.size > 0 && heldKey.get(ctx) !== key) release(ctx);
       let count: WindowCount;
       try {
         count = await counter.take(key);
       } catch (error) {
+        release(ctx);
         return storeFailed(ctx, next, error);
       }
+      // Counted (or refused) under the key it held a place under: the store's count stands for it now.
+      release(ctx);
       if (!count.admitted) refuse(ctx, count);
       decided?.allowed.inc();
       if (!options.hiddenUntilRefused) recordCheck(ctx, { name: options.name, storeName, policy, windowSeconds, count });
       await next();
     },
     async refuseIfSpent(ctx, key = clientNetworkKey(ctx.ip, ipv6PrefixLength)) {
-      const count = await counter.exhausted(key).catch(() => undefined);
-      if (count) refuse(ctx, count);
+      for (let waits = 0; ; waits++) {
+        const window = await counter.peek(key).catch(() => undefined);
+        // Read once the store answered: the requests that took a place while it was asked are among them.
+        let held = places.get(key);
+        if (!held) places.set(key, (held = { count: 0, waiting: [] }));
+        if (!window || window.left > held.count) {
+          held.count++;
+          heldKey.set(ctx, key);
+          return () => release(ctx);
+        }
+        if (window.left === 0) {
+          // Spent: so is it for those waiting, told without asking the store again.
+          for (const wake of held.waiting.splice(0)) wake(window);
+          if (held.count === 0) places.delete(key);
+          refuse(ctx, { admitted: false, remaining: 0, total: window.total, reset: window.reset });
+        }
+        // What is left is all being checked. Waiting, not refused: a network's requests sent together, answered from
+        // Redis at once, were refused for one another's places though each would have authenticated.
+        if (waits === MOST_WAITS_FOR_A_PLACE) refuse(ctx, { admitted: false, remaining: 0, total: window.total, reset: Math.min(window.reset, Date.now() / 1000 + 1) });
+        const spent = await new Promise<WindowLeft | undefined>((resolve) => held.waiting.push(resolve));
+        if (spent) refuse(ctx, { admitted: false, remaining: 0, total: spent.total, reset: spent.reset });
+      }
     },
   };
 }
@@ -247,8 +311,8 @@ function recordCheck(ctx: Context, checked: CheckedRateLimit): number {
   else all[same] = checked;
   if (all.length > 1) all.sort((a, b) => a.count.remaining - b.count.remaining || b.count.reset - a.count.reset);
   const nowSeconds = Date.now() / 1000;
-  // Whole seconds, rounded up (never early), and never more than the window: the memory driver's clock runs a
-  // little ahead of Date.now(), which made the first answer of a window say t=61 under w=60.
+  // Whole seconds, rounded up (never early), and never more than the window: a reset rounded up to the second
+  // (Redis's) made the first answer of a window say t=61 under w=60.
   const secondsLeft = (each: CheckedRateLimit) => Math.min(each.windowSeconds, Math.max(0, Math.ceil(each.count.reset - nowSeconds)));
   // Node's own getHeader/setHeader: Koa's ctx.set builds arrays and closures per call; these run on every request.
   // Names in lower case, as HTTP/2 sends them and as GitHub's and Cloudflare's APIs write these over HTTP/1.1
@@ -313,19 +377,25 @@ export function createRouteRateLimit(options: RouteRateLimitOptions): Middleware
     if (!routeName || !options.byCaller?.has(routeName)) return limiter.check(ctx, next);
     // A client network that spent its budget of failures is refused before its credential is checked: counting
     // the 401s alone turned a wrong guess's 401 into 429 but still let a right one through, and every forged
-    // token still cost a signature check (and a JWKS fetch for an unknown key).
-    await limiter.refuseIfSpent(ctx);
+    // token still cost a signature check (and a JWKS fetch for an unknown key). Credentials being checked count
+    // as spent until they are counted, so no more are checked at once than the budget has left.
+    const letGo = await limiter.refuseIfSpent(ctx);
     // Every request spends a limit: one the caller's limit never counted (it failed authentication, or was answered
     // before it: two credentials' 400, `Max-Forwards: 0`'s OPTIONS) is counted per client network. Only the failed
     // authentications were, and a client sent any number of the others, token or none, never refused. The gateway's
     // own failures (a 503 while the identity provider's keys cannot be fetched) are not the client's to pay for.
     try {
-      await next();
-    } catch (error) {
-      if (!ctx.state.callerCounted && isGatewayError(error) && error.status < 500) await limiter.check(ctx, async () => {});
-      throw error;
+      try {
+        await next();
+      } catch (error) {
+        if (!ctx.state.callerCounted && isGatewayError(error) && error.status < 500) await limiter.check(ctx, async () => {});
+        throw error;
+      }
+      if (!ctx.state.callerCounted) await limiter.check(ctx, async () => {});
+    } finally {
+      // Counted (check let its place go), or never to be (the gateway's own failure): its place is free.
+      letGo();
     }
-    if (!ctx.state.callerCounted) await limiter.check(ctx, async () => {});
   };
 }
 

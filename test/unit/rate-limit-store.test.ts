@@ -67,7 +67,7 @@ describe('createWindowCounter, memory store', () => {
     expect(await windows.take('192.0.2.1')).toMatchObject({ admitted: true, remaining: 1 });
     expect(await windows.take('192.0.2.1')).toMatchObject({ admitted: true, remaining: 0 });
     expect(await windows.take('192.0.2.1')).toMatchObject({ admitted: false, remaining: 0 });
-    expect(await windows.exhausted('192.0.2.1')).toMatchObject({ admitted: false });
+    expect(await windows.peek('192.0.2.1')).toMatchObject({ left: 0, total: 3 });
   });
 
   it('counts each client, and each policy on one store, apart', async () => {
