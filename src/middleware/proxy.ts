@@ -813,30 +813,17 @@ function publicLinks(link: string | string[], instanceOrigin: string, ctx: KoaCo
 }
 
 /**
- * A `Link` field (RFC 8288 3: `<URI-reference>; param=value, ...`) with each target's URI reference passed through
- * `rewrite`: a `<` outside a quoted string opens one, the next `>` closes it (a URI reference holds neither); a
- * quoted parameter value (`title="<a>"`, with its `\` escapes) is no target. One pass over the field.
+ * A `Link` field (RFC 8288 3: `<URI-reference>; param=value, ...`) with every `<...>` that holds neither bracket passed
+ * through `rewrite`: each target, wherever a stray `<` before it stands (`anchor=x<y, <http://10.0.3.7/b>`: a scan
+ * for the `>` after the first `<` took the stray one for the target's and left the next link's as it was), and a
+ * quoted parameter's `<...>` too, which rewriting leaves as it is unless it names the instance (never the client's
+ * to see). One pass: a match fails only at the next bracket.
  */
 function withLinkTargets(line: string, rewrite: (url: string) => string): string {
-  let written = '';
-  let from = 0;
-  let inQuotes = false;
-  for (let at = 0; at < line.length; at++) {
-    const char = line[at];
-    if (inQuotes) {
-      if (char === '\\') at++;
-      else if (char === '"') inQuotes = false;
-    } else if (char === '"') inQuotes = true;
-    else if (char === '<') {
-      const end = line.indexOf('>', at + 1);
-      if (end === -1) break;
-      written += line.slice(from, at + 1) + rewrite(line.slice(at + 1, end));
-      from = end;
-      at = end;
-    }
-  }
-  return from === 0 ? line : written + line.slice(from);
+  return line.includes('<') ? line.replace(LINK_TARGET, (_target, url: string) => `<${rewrite(url)}>`) : line;
 }
+
+const LINK_TARGET = /<([^<>]*)>/g;
 
 /**
  * The URLs an answer names in `Location` and `Content-Location`, as the client will see them (withPublicLocations):

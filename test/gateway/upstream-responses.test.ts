@@ -72,6 +72,8 @@ const REDIRECTS: Record<string, (origin: string) => string[]> = {
   '/orders/links': (origin) => [
     `Link: <${origin}/orders?page=2>; rel="next", <${origin.slice('http:'.length)}/orders?page=9>; rel="last"`,
     `Link: </orders?page=1>; rel="first"; title="<see ${'>'}", <https://example.org/terms>; rel="terms-of-service"`,
+    // A stray `<` in a parameter before the next link: that link's target is still the instance's URL to rewrite.
+    `Link: </orders/a>; anchor=x<y, <${origin}/orders/b>; rel="next"`,
   ],
 };
 
@@ -302,7 +304,8 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
     expect(reply.status).toBe(302);
     expect(reply.headers.get('link')).toBe(
       `<${stack.gateway.url}/api/orders?page=2>; rel="next", <${stack.gateway.url}/api/orders?page=9>; rel="last", ` +
-        '</orders?page=1>; rel="first"; title="<see >", <https://example.org/terms>; rel="terms-of-service"',
+        '</orders?page=1>; rel="first"; title="<see >", <https://example.org/terms>; rel="terms-of-service", ' +
+        `</orders/a>; anchor=x<y, <${stack.gateway.url}/api/orders/b>; rel="next"`,
     );
     expect(JSON.stringify([...reply.headers])).not.toContain(new URL(service.url).host);
   });
