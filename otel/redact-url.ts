@@ -82,9 +82,31 @@ function redactParameter(parameter: string): string {
  * `api_key=`): a refused value goes to stderr, the reload's log line and the 422 answer of `POST /admin/reload`.
  */
 export function hideUrlPasswords(text: string): string {
-  return text
-    .replace(/(\/\/[^/?#@\s:"]*:)(?:[^"\\]|\\.)*@/g, '$1***@')
-    .replace(/([?&;])([^=?&;#"\s\\]*)=((?:[^&;#"\s\\]|\\.)*)/g, (parameter: string, separator: string, name: string) => (isSecretName(name) ? `${separator}${name}=***` : parameter));
+  return hideSecretParameters(text.replace(/(\/\/[^/?#@\s:"]*:)(?:[^"\\]|\\.)*@/g, '$1***@'));
+}
+
+/** A parameter's start in text that may hold URLs: `?`, `&` or `;`, its name, `=`. */
+const PARAMETER_START = /[?&;]([^=?&;#"\s\\]*)=/g;
+
+/**
+ * `text` with the value of every secret-looking parameter masked, up to the next `&`, `#`, quote or blank: past any
+ * `;` or `?` in it (a password may hold them: cut there, its rest was shown). Every parameter start is looked at, in
+ * a value too: `?db=0?password=...` hides the password.
+ */
+function hideSecretParameters(text: string): string {
+  let written = '';
+  let from = 0;
+  PARAMETER_START.lastIndex = 0;
+  for (let start = PARAMETER_START.exec(text); start !== null; start = PARAMETER_START.exec(text)) {
+    if (!isSecretName(start[1]!)) continue;
+    const valueStart = start.index + start[0].length;
+    let end = valueStart;
+    while (end < text.length && !'&#" \t\n\r'.includes(text[end]!)) end += text[end] === '\\' ? 2 : 1;
+    written += `${text.slice(from, valueStart)}***`;
+    from = Math.min(end, text.length);
+    PARAMETER_START.lastIndex = from;
+  }
+  return from === 0 ? text : written + text.slice(from);
 }
 
 /** An absolute-form target's userinfo (`http://alice:secret@host/`): a password, whatever the gateway answers it. */

@@ -90,6 +90,10 @@ describe('hideUrlPasswords', () => {
     { desc: 'an api_key in a query', value: 'http://idp.corp/jwks?api_key=sk_live_9f8e&x=1', shown: '"http://idp.corp/jwks?api_key=***&x=1"' },
     { desc: 'a token after a semicolon', value: 'https://idp.corp/jwks?a=1;token=abc', shown: '"https://idp.corp/jwks?a=1;token=***"' },
     { desc: 'harmless parameters', value: 'https://idp.corp/jwks?tenant=acme&v=2', shown: '"https://idp.corp/jwks?tenant=acme&v=2"' },
+    // Cut at `;` or `?`, the rest of such a password was shown; a `?` in another value hid the next secret.
+    { desc: 'a password holding ; and ?', value: 'redis://cache:6379/?password=p;ss?Word1&db=0', shown: '"redis://cache:6379/?password=***&db=0"' },
+    { desc: 'a secret after a ? inside another value', value: 'redis://cache:6379/?db=0?password=hunter2', shown: '"redis://cache:6379/?db=0?password=***"' },
+    { desc: 'a password holding a quote, escaped by JSON', value: 'redis://cache:6379/?password=a"b&db=1', shown: '"redis://cache:6379/?password=***&db=1"' },
   ])('masks $desc in a JSON-quoted value', ({ value, shown }) => {
     expect(hideUrlPasswords(JSON.stringify(value))).toBe(shown);
   });
