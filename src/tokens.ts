@@ -356,6 +356,8 @@ function providerKeyLookup(jwks: JwksOptions): {
   stillPublished(used: FetchedKeySet, kid: string | undefined, published: string | undefined): boolean;
 } {
   let current: FetchedKeySet | undefined;
+  /** performance.now() when jose switched to `current`. */
+  let fetchedAtMonotonicMs = -Infinity;
   // jose writes its cache export at the moment it switches to a newly fetched set, and only then (not for a set
   // it refuses as malformed, nor for an older fetch that lands late): mirrored from there, `current` is always
   // the set jose looks keys up in, never one a fetch returned that jose does not use yet. Its `uat` of 0 is
@@ -364,6 +366,7 @@ function providerKeyLookup(jwks: JwksOptions): {
     uat: 0,
     set jwks(keySet: JSONWebKeySet) {
       current = { generation: (current?.generation ?? 0) + 1, fetchedAtMs: Date.now(), keys: publishedKeys(keySet), getKey: createLocalJWKSet(keySet) };
+      fetchedAtMonotonicMs = performance.now();
     },
   } as ExportedJWKSCache;
   const remote = createRemoteJWKSet(new URL(jwks.url), {
@@ -378,9 +381,27 @@ function providerKeyLookup(jwks: JwksOptions): {
     current: () => current,
     stillPublished: (used, kid, published) => used === current || (kid !== undefined && current?.keys.get(kid) === published),
   };
-  async function providerKey(...[header, token]: Parameters<JWTVerifyGetKey>) {
+  /**
+   * jose's key lookup, with the set's age also judged on the monotonic clock. jose times its cache on the wall clock
+   * (Date.now() against the fetch's): stepped back an hour, the held set stayed fresh and the refetch for an unknown
+   * kid cooling down for the hour, so a withdrawn key was still accepted and a rotated-in one refused (401) until
+   * the wall clock caught up. A refetch made here resets jose's times too.
+   */
+  async function lookUp(header: Parameters<JWTVerifyGetKey>[0], token: Parameters<JWTVerifyGetKey>[1]) {
+    const sinceFetch = () => performance.now() - fetchedAtMonotonicMs;
+    if (remote.fresh && sinceFetch() >= jwks.cacheMaxAgeMs) await remote.reload();
     try {
       return await remote(header, token);
+    } catch (error) {
+      if ((error as { code?: unknown }).code !== 'ERR_JWKS_NO_MATCHING_KEY' || !remote.coolingDown || sinceFetch() < jwks.cooldownMs) throw error;
+      await remote.reload();
+      return await remote(header, token);
+    }
+  }
+
+  async function providerKey(...[header, token]: Parameters<JWTVerifyGetKey>) {
+    try {
+      return await lookUp(header, token);
     } catch (error) {
       const code = (error as { code?: unknown }).code;
       if (typeof code === 'string' && TOKEN_FAULT_KEY_LOOKUP_CODES.has(code)) throw error;

@@ -556,6 +556,36 @@ describe('tokens from an identity provider (JWKS)', () => {
     }
   });
 
+  it('fetches the set again for a rotated-in kid once the cooldown has passed, though the wall clock stepped back meanwhile', async () => {
+    const rotating = await startJwksServer();
+    const before = await providerKey('before-rotation', 'RS256');
+    const after = await providerKey('after-rotation', 'RS256');
+    rotating.state.keys = [before];
+    const stack = await startStack({
+      env: { JWKS_URL: `${rotating.url}/jwks.json`, JWKS_ISSUER: ISSUER, JWKS_AUDIENCE: AUDIENCE, RATE_LIMIT_MAX: '100000' },
+      overrides: { auth: { verifiedTokenCacheSize: 0, jwks: { url: 'http://placeholder', issuer: 'x', audience: 'x', timeoutMs: 500, cooldownMs: 200, cacheMaxAgeMs: 600_000 } } },
+    });
+    // Issued before the step, so that their iat is not in the future on the stepped clock.
+    const oldToken = await providerToken(before, {}, { issuedAt: '2h ago', expiresIn: '3h' });
+    const newToken = await providerToken(after, {}, { issuedAt: '2h ago', expiresIn: '3h' });
+    const status = async (token: string) => (await fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } })).status;
+    const wallClock = Date.now;
+    try {
+      expect(await status(oldToken)).toBe(200);
+      // The provider rotates a key in, and NTP steps the wall clock back an hour. jose's cooldown, timed on the wall
+      // clock, held the refetch off for the hour: the new key's tokens were 401.
+      rotating.state.keys = [before, after];
+      Date.now = () => wallClock() - 3_600_000;
+      // Past authentication: what the service then says of a gateway signature made on the stepped clock is not this test's.
+      await waitFor(async () => (await status(newToken)) !== 401, 'a token of the rotated-in key to be verified');
+      expect(rotating.state.fetches).toBe(2);
+    } finally {
+      Date.now = wallClock;
+      await stack.close();
+      await rotating.close();
+    }
+  });
+
   it('refuses provider algorithms when no JWKS is configured', async () => {
     const plain = await startStack();
     try {
