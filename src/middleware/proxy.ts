@@ -82,6 +82,8 @@ interface Exchange {
   answeredByService?: boolean;
   /** Why the service's response could not be forwarded (502 `upstream_bad_response`). */
   badResponse?: string;
+  /** What the log line says of it beyond `badResponse` (Node's words on a header, an operator's hint), never the client. */
+  badResponseCause?: Error;
   /**
    * The status of a service's answer that went to the cache instead of the client (a 304 to its revalidation, an
    * error a stale copy stands in for); nothing of it is sent on, and its body is not read.
@@ -296,15 +298,16 @@ export function createProxy(options: ProxyOptions): Middleware {
       }, route.timeoutMs);
       timers.push(idle);
       /** The service answered something the gateway cannot pass on (before anything was sent): 502, the instance not blamed. */
-      const badResponse = (controller: Dispatcher.DispatchController, why: string) => {
+      const badResponse = (controller: Dispatcher.DispatchController, why: string, cause?: Error) => {
         exchange.badResponse = why;
+        exchange.badResponseCause = cause;
         controller.abort(new Error(`the service's response was refused: ${why}`));
       };
 
       /** Sends the service's final answer's head on, or refuses it (502) when it cannot be forwarded. */
       const answer = (controller: Dispatcher.DispatchController, statusCode: number, upstreamHeaders: Record<string, string | string[] | undefined>, statusMessage: string | undefined) => {
         const unforwardable = unforwardableResponse(statusCode, upstreamHeaders);
-        if (unforwardable) return void badResponse(controller, unforwardable);
+        if (unforwardable) return void badResponse(controller, unforwardable, unforwardable === SIGNATURE_REFUSED ? new Error(SIGNATURE_REFUSED_HINT) : undefined);
         let served: http.IncomingHttpHeaders;
         let headers: http.OutgoingHttpHeaders;
         try {
@@ -317,7 +320,7 @@ export function createProxy(options: ProxyOptions): Middleware {
         } catch (error) {
           // Thrown here, inside undici's handler, it came back as the connection's failure: the request was
           // resent to the service and the instance counted failing (ejected) for a head the gateway could not read.
-          return void badResponse(controller, `a response head the gateway could not process (${(error as Error).message})`);
+          return void badResponse(controller, 'a response head the gateway could not process', error as Error);
         }
         // HTTP/2 has no reason phrase (RFC 9113 8.3.2); Node warns when one is set on its responses. One Node
         // would refuse to write (obs-text, which undici decodes as UTF-8, or a control) gives way to the standard one.
@@ -329,7 +332,7 @@ export function createProxy(options: ProxyOptions): Middleware {
           // the service's headers writeHead had already taken.
           for (const name of Object.keys(headers)) res.removeHeader(name);
           res.statusMessage = '';
-          return void badResponse(controller, `a response header the gateway cannot forward (${(error as Error).message})`);
+          return void badResponse(controller, 'a response header the gateway cannot forward', error as Error);
         }
         exchange.status = statusCode;
         const declaredLength = Number(served['content-length']);
@@ -435,12 +438,12 @@ export function createProxy(options: ProxyOptions): Middleware {
               // exchange ends with the 304's empty body. Its headers update the copy, so they are checked and their
               // URLs made public as a forwarded answer's are: a Refresh naming the instance went out with the copy.
               const unforwardable = unforwardableResponse(statusCode, fields);
-              if (unforwardable) return void badResponse(controller, unforwardable);
+              if (unforwardable) return void badResponse(controller, unforwardable, unforwardable === SIGNATURE_REFUSED ? new Error(SIGNATURE_REFUSED_HINT) : undefined);
               let served: http.IncomingHttpHeaders;
               try {
                 served = withPublicLocations(fields, instance.origin, ctx, route);
               } catch (error) {
-                return void badResponse(controller, `a response head the gateway could not process (${(error as Error).message})`);
+                return void badResponse(controller, 'a response head the gateway could not process', error as Error);
               }
               exchange.answeredByService = true;
               exchange.handedToCache = statusCode;
@@ -650,9 +653,9 @@ export function createProxy(options: ProxyOptions): Middleware {
           throw new GatewayError('upstream_unavailable', `The gateway's connections to the ${route.service} service were replaced by a config reload while this request waited; try again.`, { cause: exchange.failure });
         case 'bad_response': {
           const malformed = exchange.failure && malformedHeaderFields(exchange.failure);
-          if (malformed) throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with header fields the gateway cannot forward (${malformed}).`, { cause: exchange.failure });
+          if (malformed) throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with header fields the gateway cannot forward.`, { cause: new Error(malformed, { cause: exchange.failure }) });
           if (exchange.badResponse === undefined) throw upstreamFailure(route.service, exchange.failure);
-          throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with ${exchange.badResponse}.`, exchange.badResponse === SIGNATURE_REFUSED ? { cause: new Error(SIGNATURE_REFUSED_HINT) } : {});
+          throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with ${exchange.badResponse}.`, { cause: exchange.badResponseCause });
         }
         default:
           throw upstreamFailure(route.service, exchange.failure);
