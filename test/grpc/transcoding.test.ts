@@ -646,14 +646,15 @@ describe('gRPC calls open at once, per instance', () => {
   });
 });
 
-// Channels are kept across config reloads and the calls of the build before stay open on them. Counted per build, each
-// reload started the count at 0: with a limit of 2, two reloads let 6 calls be open at once at one instance.
+// The calls of the build before a config reload stay open after it. Counted per build, each reload started the count at
+// 0: with a limit of 2, two reloads let 6 calls be open at once at one instance; counted per channel, a reload that
+// changed the service's keepalive (new channels) did the same.
 describe('gRPC calls open at once, across config reloads', () => {
-  it('counts the calls an earlier build left open on the shared channel: upstream_busy after a reload, as before it', async () => {
+  it('counts the calls an earlier build left open: upstream_busy after a reload, as before it, whatever the reload changed', async () => {
     const service = await startMappingServer();
     const { logger } = memoryLogger('gateway');
-    const config = (rateLimitMax: number) =>
-      mappingGatewayConfig(service.url, { route: { timeoutMs: 10_000, deadlineMs: 10_000 }, config: { proxy: { maxSockets: 1, maxPendingRequests: 1 }, rateLimit: { max: rateLimitMax, windowMs: 60_000 } } });
+    const config = (rateLimitMax: number, keepalive?: { timeMs: number }) =>
+      mappingGatewayConfig(service.url, { service: keepalive ? { keepalive } : {}, route: { timeoutMs: 10_000, deadlineMs: 10_000 }, config: { proxy: { maxSockets: 1, maxPendingRequests: 1 }, rateLimit: { max: rateLimitMax, windowMs: 60_000 } } });
     const live = createLiveGateway(activeConfig(config(1000)), (active, kept) => createGatewayApps(active.config, { logger, metrics: false, kept, configVersion: active.version }), logger);
     const gateway = await listen(live.listener);
     const controllers: AbortController[] = [];
@@ -669,8 +670,9 @@ describe('gRPC calls open at once, across config reloads', () => {
       holdCall();
       await waitFor(() => openAtService() === 2, 'the first build to hold its two calls at the service');
       expect((await fetch(`${gateway.url}/api/mapping/metadata`)).status).toBe(503);
+      // The second reload changes the service's keepalive: new channels, the first build's calls open on the old ones.
       for (let reload = 1; reload <= 2; reload++) {
-        expect(live.apply(activeConfig(config(1000 + reload)))).toBeUndefined();
+        expect(live.apply(activeConfig(config(1000 + reload, reload === 2 ? { timeMs: 30_000 } : undefined)))).toBeUndefined();
         const refused = await fetch(`${gateway.url}/api/mapping/metadata`);
         expect([refused.status, ((await refused.json()) as { code: string }).code]).toEqual([503, 'upstream_busy']);
       }
