@@ -245,6 +245,9 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       if (known !== undefined) return known;
     }
     const headers: Record<string, string | string[] | number | undefined> = { ...entry.headers };
+    // A copy in Redis may come from a gateway from before keptHeaders left the names the gateway owns out (a rolling
+    // deploy's old replicas still write them): every caller got the identity and signature a service echoed.
+    for (const name in headers) if (isGatewayOwnedHeader(name)) delete headers[name];
     if (ctx.state.corsApplied) {
       // As the proxy does: the gateway's CORS policy, not the service's, with Vary keeping Origin.
       for (const name of Object.keys(headers)) if (name.startsWith('access-control-')) delete headers[name];

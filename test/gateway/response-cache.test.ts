@@ -1067,6 +1067,44 @@ describe('response cache shared through Redis', () => {
     }
   });
 
+  // A rolling deploy's older replicas still write copies with what a service echoed of the gateway's own request
+  // headers; this version leaves them out when it stores, and must when it answers from another's copy too.
+  it("answers from a copy another gateway stored with the identity and signature headers left out", async () => {
+    const path = fresh('/api/open', 'cc=max-age%3D60');
+    expect((await send(stack.gateway.url, path)).headers['x-cache']).toBe('MISS');
+    const redis = new Redis(MACHINE_REDIS);
+    try {
+      // The copy as an older gateway would have stored it: those names among its headers.
+      let rewritten = 0;
+      for (const key of await redis.keys(`${prefix}:*`)) {
+        if ((await redis.type(key)) !== 'hash') continue;
+        for (const [field, value] of Object.entries(await redis.hgetallBuffer(key))) {
+          if (value.length < 4) continue;
+          const metaLength = value.readUInt32BE(0);
+          let meta: { headers?: Record<string, string> };
+          try {
+            meta = JSON.parse(value.subarray(4, 4 + metaLength).toString('utf8')) as { headers?: Record<string, string> };
+          } catch {
+            continue;
+          }
+          if (!meta.headers) continue;
+          Object.assign(meta.headers, { 'x-user-id': '1', 'x-user-role': 'admin', 'x-gateway-signature': 't=1,v2=abc', 'x-consumer-id': 'c-7' });
+          const metaBytes = Buffer.from(JSON.stringify(meta), 'utf8');
+          const length = Buffer.alloc(4);
+          length.writeUInt32BE(metaBytes.length, 0);
+          await redis.hset(key, field, Buffer.concat([length, metaBytes, value.subarray(4 + metaLength)]));
+          rewritten++;
+        }
+      }
+      expect(rewritten).toBeGreaterThan(0);
+    } finally {
+      redis.disconnect();
+    }
+    const hit = await send(stack.gateway.url, path);
+    expect(hit.headers['x-cache']).toBe('HIT');
+    expect(Object.keys(hit.headers).filter((name) => /^x-(user|gateway|consumer)-/.test(name))).toEqual([]);
+  });
+
   it('never answers from copies made for another service: a reload or a replica that points the route elsewhere starts afresh', async () => {
     const other = await catalogService();
     const { logger } = memoryLogger('gateway');
