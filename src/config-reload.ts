@@ -159,18 +159,21 @@ export class KeptAcrossReloads {
   private replacedChannels: { close(): void }[] = [];
 
   /**
-   * Returns what puts the pool caches back as they are now: a build updates them as it goes (a changed service's new
-   * pool, a removed one's entry deleted), and one that then fails left them holding pools no running build uses, so
-   * the next reload made fresh pools where the running ones (their ejections) should have been kept.
+   * Returns what puts the pool caches and the token services back as they are now: a build updates them as it goes (a
+   * changed service's new pool, a removed one's entry deleted, a token service of other settings first), and one
+   * that then fails left them holding what no running build uses: the next reload made fresh pools where the running
+   * ones (their ejections) should have been kept, and two failed builds pushed the running token service out.
    */
-  rememberPools(): () => void {
+  remember(): () => void {
     const pools = new Map(this.pools);
     const grpcPools = new Map(this.grpcPools);
+    const tokenServices = this.tokenServices;
     return () => {
       for (const [cache, saved] of [[this.pools, pools], [this.grpcPools, grpcPools]] as const) {
         cache.clear();
         for (const [service, entry] of saved) cache.set(service, entry);
       }
+      this.tokenServices = tokenServices;
     };
   }
 
@@ -292,7 +295,7 @@ export function createLiveGateway(initial: ActiveConfig, build: BuildGateway, lo
   const kept = new KeptAcrossReloads();
   let active = initial;
   /** The version the running build replaced, and what puts the pool caches back as they were under it. */
-  let replaced: { version: string; restorePools: () => void } | undefined;
+  let replaced: { version: string; restoreKept: () => void } | undefined;
   let serving = serve(build(initial, kept));
   kept.windows.sweep();
   return {
@@ -305,14 +308,14 @@ export function createLiveGateway(initial: ActiveConfig, build: BuildGateway, lo
         return undefined;
       }
       let built: BuiltGateway;
-      const restorePools = kept.rememberPools();
+      const restoreKept = kept.remember();
       // Back to the version the running one replaced (a cluster's reload another worker refused, an operator's revert):
       // its pools, with their ejections, where the running build had made pools of other settings.
-      if (replaced?.version === next.version) replaced.restorePools();
+      if (replaced?.version === next.version) replaced.restoreKept();
       try {
         built = build(next, kept);
       } catch (error) {
-        restorePools();
+        restoreKept();
         kept.windows.forgetAsked();
         const why = error instanceof Error ? error.message : String(error);
         logger.error('config reload failed while building the gateway; the running config keeps serving', { version: next.version, error: why });
@@ -323,7 +326,7 @@ export function createLiveGateway(initial: ActiveConfig, build: BuildGateway, lo
       serving = serve(built);
       // Requests that started under the previous build finish on its connections.
       kept.retireReplaced(previous.drained(), longestExchangeMs(active.config));
-      replaced = { version: active.version, restorePools };
+      replaced = { version: active.version, restoreKept };
       active = next;
       return undefined;
     },

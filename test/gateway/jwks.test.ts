@@ -613,7 +613,17 @@ describe('the provider key set across a config reload', () => {
         rateLimit: { max, windowMs: 60_000 },
         auth: { ...(shippedConfigFile().auth as object), verifiedTokenCacheSize: 0, jwks: { url: `${jwks.url}/jwks.json`, issuer: ISSUER, audience: AUDIENCE, timeoutMs: 500, cacheMaxAgeMs: 600_000, cooldownMs: 0 } },
       });
-    const live = createLiveGateway(activeConfig(config(1000)), (active, kept) => createGatewayApps(active.config, { logger, metrics: false, kept, configVersion: active.version }), logger);
+    // A build that fails after it was made (as one can: a bug), for the failed reloads below.
+    let failBuilds = false;
+    const live = createLiveGateway(
+      activeConfig(config(1000)),
+      (active, kept) => {
+        const built = createGatewayApps(active.config, { logger, metrics: false, kept, configVersion: active.version });
+        if (failBuilds) throw new Error('injected build failure');
+        return built;
+      },
+      logger,
+    );
     const gateway = await listen(live.listener);
     const token = await providerToken(key);
     const status = async () => (await fetch(`${gateway.url}/api/orders`, { headers: { authorization: `Bearer ${token}` } })).status;
@@ -623,6 +633,14 @@ describe('the provider key set across a config reload', () => {
       // No verified-token cache: each request is checked against the held set, which the outage does not touch.
       expect(await status()).toBe(200);
       expect(live.apply(activeConfig(config(1001)))).toBeUndefined();
+      expect(await status()).toBe(200);
+      // Two reloads with other provider settings whose builds fail: the running token service stays the one kept.
+      failBuilds = true;
+      for (const cacheMaxAgeMs of [400_000, 300_000]) {
+        expect(live.apply(activeConfig({ ...config(1001), auth: { ...config(1001).auth, jwks: { ...config(1001).auth.jwks!, cacheMaxAgeMs } } }))).toBe('injected build failure');
+      }
+      failBuilds = false;
+      expect(live.apply(activeConfig(config(1002)))).toBeUndefined();
       expect(await status()).toBe(200);
       expect(jwks.state.fetches).toBe(1);
       // A reload that changes the provider's settings starts from nothing, as it must: the set may be another's.
