@@ -103,13 +103,13 @@ const routedPath = pathPrefix.refine((p) => !p.split('/').some((segment) => segm
 /** An address or host name to listen on (`0.0.0.0`, `::`, `127.0.0.1`, `localhost`): one that names none fails here, not at listen. */
 const listenHost = z.string().refine((value) => isIP(value) !== 0 || /^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(value), 'must be an IP address or a host name');
 
+/** proxy.hideUpstreamHeaders by default: what names the software, its version or the host behind the gateway. */
+const DEFAULT_HIDDEN_UPSTREAM_HEADERS = ['server', 'x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version', 'x-backend-server'] as const;
+
 /**
  * Node's timers hold at most 2^31 - 1 ms (~24.8 days): a longer one fires after 1 ms (TimeoutOverflowWarning),
  * so "practically never" would time every request out at once. Every duration in ms is bounded by it.
  */
-/** proxy.hideUpstreamHeaders by default: what names the software, its version or the host behind the gateway. */
-const DEFAULT_HIDDEN_UPSTREAM_HEADERS = ['server', 'x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version', 'x-backend-server'] as const;
-
 export const MAX_TIMER_MS = 2_147_483_647;
 const TIMER_RULE = `must be at most ${MAX_TIMER_MS} ms (Node's longest timer, ~24.8 days)`;
 
