@@ -431,7 +431,9 @@ async function main() {
       ? { name: 'gateway', description: 'the measured traced gateway (--otlp-logs: it ships its log lines over OTLP)', url: cases.gateway.url, sinkPort: ports.sink, pids: pids.gateway, accessLog: path.join(logs, 'gateway-access.log') }
       : await startLossGateway({ ports, logs, secret, authHeader });
     loss = { ...(await pacedLoss({ target, peakRate, logs, authHeader, ticksPerSecond })), underFullLoad };
+    // The gateway before its sink, so that its last export is delivered, not timed out on a closed port.
     if (target.child) await stop(target.child);
+    if (target.sink) await stop(target.sink);
   }
 
   await endRound(false);
@@ -532,7 +534,7 @@ async function startLossGateway({ ports, logs, secret, authHeader }) {
   await waitUntilServing(url, { headers: authHeader, child, timeoutMs: 30_000 });
   if (settings.cpus.pinned) pinTo(child.pid, settings.cpus.servers);
   await warmUp({ url, connections: settings.connections, seconds: settings.warmupSeconds, headers: authHeader });
-  return { name, description: 'a traced gateway started for the check, shipping its log lines over OTLP too (OTEL_LOGS_EXPORTER=otlp)', url, sinkPort, pids: [child.pid], accessLog: path.join(logs, `${name}-access.log`), child };
+  return { name, description: 'a traced gateway started for the check, shipping its log lines over OTLP too (OTEL_LOGS_EXPORTER=otlp)', url, sinkPort, pids: [child.pid], accessLog: path.join(logs, `${name}-access.log`), child, sink };
 }
 
 /**
