@@ -300,6 +300,13 @@ export function createLeaseTable(options: { maxTrackedClients: number; /** Clock
       return { remaining: 0, reset: lease.reset, total: max };
     },
 
+    /** This worker's live lease of `client`'s window, its unspent tokens as `remaining`; asks no one. */
+    held(policy: string, client: string, max: number): WindowState | undefined {
+      const lease = leases.get(policy, client);
+      if (lease === undefined || lease.reset < now() / 1000) return undefined;
+      return { remaining: lease.tokens, reset: lease.reset, total: max };
+    },
+
     /** Keeps what the primary said: that window has nothing left anywhere. */
     spent(message: Spent): void {
       if (message.reset < now() / 1000) return;

@@ -115,6 +115,8 @@ export interface PrimaryStoreClient {
   take(policy: string, client: string, max: number, windowMs: number): Promise<WindowState>;
   /** The window when this worker knows it has nothing left (the primary denied or announced it), else undefined; asks no one. */
   exhausted(policy: string, client: string, max: number): WindowState | undefined;
+  /** This worker's live lease of `client`'s window (`remaining`: its unspent tokens), else undefined; asks no one. */
+  held(policy: string, client: string, max: number): WindowState | undefined;
 }
 
 /** One request's count: whether it is admitted, what the window has left after it, and when it admits again. */
@@ -131,8 +133,8 @@ export interface WindowCounter {
   /** Counts one request of `client`. */
   take(client: string): Promise<WindowCount>;
   /**
-   * What `client`'s window still admits, counting nothing; undefined when this store cannot tell without counting
-   * (the primary's, until this worker knows the window is spent).
+   * What `client`'s window still admits, counting nothing (the primary's: at most this worker's own unspent tokens,
+   * at least one until it knows the window is spent); undefined when the store cannot answer.
    */
   peek(client: string): Promise<WindowLeft | undefined>;
 }
@@ -224,8 +226,13 @@ export function createWindowCounter(store: WindowCounterStore, options: { storeN
         return counted(window, epochSeconds(window.reset, leaseSeconds()));
       },
       peek: async (client) => {
-        const window = store.client.exhausted(windowPolicy, client, max);
-        return window && { left: 0, total: window.total, reset: epochSeconds(window.reset, leaseSeconds()) };
+        const spent = store.client.exhausted(windowPolicy, client, max);
+        if (spent) return { left: 0, total: spent.total, reset: epochSeconds(spent.reset, leaseSeconds()) };
+        // What the window has left across the cluster is the primary's to know: this worker vouches for no more than
+        // its own unspent tokens, and one while it holds none (the count that follows asks the primary). Told
+        // nothing, the in-flight bound let every credential sent at once be checked in a cluster without Redis.
+        const held = store.client.held(windowPolicy, client, max);
+        return { left: Math.max(1, held?.remaining ?? 0), total: max, reset: held ? epochSeconds(held.reset, leaseSeconds()) : Date.now() / 1000 + windowMs / 1000 };
       },
     };
   }

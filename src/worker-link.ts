@@ -132,6 +132,7 @@ export function connectWorker(): Promise<WorkerLink> {
         take: async (policy, client, max, windowMs) =>
           table.spend(policy, client, max) ?? (await ask<Leased>((requestId) => ({ gateway: 'lease', id: requestId, policy, client, max, windowMs }), timeoutMs)).window,
         exhausted: (policy, client, max) => table.exhausted(policy, client, max),
+        held: (policy, client, max) => table.held(policy, client, max),
       }),
       control: (active) => ({
         async status(): Promise<ConfigStatus> {

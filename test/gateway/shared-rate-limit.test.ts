@@ -129,6 +129,7 @@ describe('a route named like one of the gateway\'s own limits', () => {
         return { remaining: max - before, reset: Math.ceil((Date.now() + windowMs) / 1000), total: max };
       },
       exhausted: () => undefined,
+      held: () => undefined,
     };
   }
 
