@@ -95,7 +95,7 @@ export async function waitForRedis(redis: Redis, timeoutMs: number): Promise<boo
 
 /**
  * One client's window as a store reports it: `remaining` before this request, `reset` in seconds on the store's
- * clock (Redis: epoch; the memory driver: memoryDriverSeconds; the primary: leaseClockMs). createWindowCounter
+ * clock (the Redis driver: redisDriverSeconds; the memory driver: memoryDriverSeconds; the primary: leaseClockMs). createWindowCounter
  * reports it in epoch seconds.
  */
 export interface WindowState {
@@ -197,6 +197,19 @@ export function memoryDriverSeconds(): number {
   return (memoryDriverOffsetMs + performance.now()) / 1000;
 }
 
+/**
+ * The Redis driver's clock (async-ratelimiter's, which koa-ratelimit's Redis driver is), in ms: like the memory
+ * driver's, Date.now() read once as it loads, advanced by process.hrtime(); its windows' `reset` is on it. Read
+ * against Date.now(), a wall-clock step forward made Retry-After 1 and `t=0` while the window kept refusing, and
+ * X-RateLimit-Reset an hour in the past. Loaded from where koa-ratelimit loads it: the same module, the same clock.
+ */
+const redisDriverClock = require(require.resolve('async-ratelimiter/src/microtime', { paths: [require.resolve('koa-ratelimit')] })) as { now(): number };
+
+/** Now on the Redis driver's clock, in seconds. */
+function redisDriverSeconds(): number {
+  return redisDriverClock.now() / 1000;
+}
+
 /** Memory drivers kept per policy for the clients seen last (createWindowCounter); ~150 bytes each. */
 export const KEPT_MEMORY_DRIVERS = 1024;
 
@@ -244,12 +257,12 @@ export function createWindowCounter(store: WindowCounterStore, options: { storeN
     return {
       take: async (client) => {
         const window = await driver(client).get();
-        return counted(window, window.reset + 1);
+        return counted(window, epochSeconds(window.reset + 1, redisDriverSeconds()));
       },
       peek: async (client) => {
         // Its `remaining` counts before a request: all of it is left.
         const window = await driver(client).get({ peek: true });
-        return { left: Math.max(0, window.remaining), total: window.total, reset: window.reset + 1 };
+        return { left: Math.max(0, window.remaining), total: window.total, reset: epochSeconds(window.reset + 1, redisDriverSeconds()) };
       },
     };
   }

@@ -1,7 +1,9 @@
 import { execFileSync } from 'node:child_process';
 import { BoundedWindowStore } from '../../src/middleware/rate-limit';
 import { createLeaseLedger, createLeaseTable, leaseClockMs, type Leased, type Recall } from '../../src/rate-limit-leases';
-import { createWindowCounter } from '../../src/rate-limit-store';
+import { createRedisStore, createWindowCounter } from '../../src/rate-limit-store';
+import { requireRedis } from '../helpers/redis';
+import { memoryLogger } from '../helpers/servers';
 
 /**
  * Rate-limit windows are timed on monotonic clocks: a step of the wall clock (NTP, a resumed VM) moves Date.now()
@@ -51,6 +53,32 @@ describe('the memory store, when the wall clock is stepped', () => {
     // X-RateLimit-Reset and Retry-After are read against the client's (and the gateway's) wall clock.
     expect(reset - Date.now() / 1000).toBeGreaterThan(59);
     expect(reset - Date.now() / 1000).toBeLessThan(60.01);
+  });
+});
+
+/** The machine's Redis (every session and CI have it on the standard port). */
+const MACHINE_REDIS = 'redis://127.0.0.1:6379';
+
+describe('the Redis store, when the wall clock is stepped after start', () => {
+  // async-ratelimiter's clock, read against Date.now(): stepped forward, Retry-After said 1 and X-RateLimit-Reset an
+  // hour ago while the window kept refusing; stepped back, they said an hour more.
+  it.each(steps)('reports when a window admits again in epoch seconds of the wall clock ($desc)', async ({ stepMs }) => {
+    const redis = createRedisStore({ url: MACHINE_REDIS, commandTimeoutMs: 500, logger: memoryLogger('gateway').logger });
+    await requireRedis(redis, MACHINE_REDIS);
+    const keyPrefix = `wall-clock-step-${process.pid}-${stepMs}`;
+    try {
+      const windows = createWindowCounter({ kind: 'redis', client: redis, keyPrefix }, { storeName: 'p', windowPolicy: 'p|2|60000', max: 2, windowMs: 60_000 });
+      await windows.take('client');
+      stepWallClock(stepMs);
+      const { reset } = await windows.take('client');
+      // Rounded up to the second (never early): up to a second past the window's end.
+      expect(reset - Date.now() / 1000).toBeGreaterThan(59);
+      expect(reset - Date.now() / 1000).toBeLessThan(61.01);
+    } finally {
+      const keys = await redis.keys(`${keyPrefix}:*`);
+      if (keys.length > 0) await redis.del(...keys);
+      redis.disconnect();
+    }
   });
 });
 
