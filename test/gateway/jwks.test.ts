@@ -8,6 +8,7 @@ import { startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile, testConfig } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
 import { waitFor } from '../helpers/wait';
+import { steppableWallClock } from '../helpers/wall-clock';
 
 // jose's own jwtVerify, passed through unless a test holds one verification (holdVerification).
 jest.mock('jose', () => {
@@ -538,19 +539,20 @@ describe('tokens from an identity provider (JWKS)', () => {
     });
     // Issued before the step, so that its iat is not in the future on the stepped clock.
     const token = await providerToken(rsa, {}, { issuedAt: '2h ago', expiresIn: '3h' });
-    const wallClock = Date.now;
+    const wallClock = steppableWallClock();
     try {
       expect((await fetch(`${backingOff.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(503);
       // The provider is back, and NTP steps the wall clock back an hour.
       failing.state.mode = 'ok';
-      Date.now = () => wallClock() - 3_600_000;
+      wallClock.install();
+      wallClock.step(-3_600_000);
       // Past authentication: what the service then says of a gateway signature made on the stepped clock is not this test's.
       const status = async () => (await fetch(`${backingOff.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } })).status;
       await waitFor(async () => (await status()) !== 503, 'a provider token to be verified again');
       expect(await status()).not.toBe(401);
       expect(failing.state.fetches).toBe(2);
     } finally {
-      Date.now = wallClock;
+      wallClock.restore();
       await backingOff.close();
       await failing.close();
     }
@@ -569,18 +571,19 @@ describe('tokens from an identity provider (JWKS)', () => {
     const oldToken = await providerToken(before, {}, { issuedAt: '2h ago', expiresIn: '3h' });
     const newToken = await providerToken(after, {}, { issuedAt: '2h ago', expiresIn: '3h' });
     const status = async (token: string) => (await fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } })).status;
-    const wallClock = Date.now;
+    const wallClock = steppableWallClock();
     try {
       expect(await status(oldToken)).toBe(200);
       // The provider rotates a key in, and NTP steps the wall clock back an hour. jose's cooldown, timed on the wall
       // clock, held the refetch off for the hour: the new key's tokens were 401.
       rotating.state.keys = [before, after];
-      Date.now = () => wallClock() - 3_600_000;
+      wallClock.install();
+      wallClock.step(-3_600_000);
       // Past authentication: what the service then says of a gateway signature made on the stepped clock is not this test's.
       await waitFor(async () => (await status(newToken)) !== 401, 'a token of the rotated-in key to be verified');
       expect(rotating.state.fetches).toBe(2);
     } finally {
-      Date.now = wallClock;
+      wallClock.restore();
       await stack.close();
       await rotating.close();
     }

@@ -3,6 +3,7 @@ import { listen, sendRaw, type RawReply, type TestServer } from '../helpers/serv
 import { startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
 import { waitFor } from '../helpers/wait';
+import { steppableWallClock } from '../helpers/wall-clock';
 
 /**
  * The response cache against RFC 9111 where the HTTP working group's cache tests (cache-tests.fyi) found it
@@ -475,13 +476,12 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
 // was counted on the wall clock, so a `max-age=1` answer was a HIT with `Age: 0` for the hour. The step is made on a
 // Date.now the gateway is built with, as modules keep a reference to it when they start.
 describe('response cache ages across a wall-clock step', () => {
-  const wallClock = Date.now;
-  let step = 0;
+  const wallClock = steppableWallClock();
   let origin: ScriptedOrigin;
   let stack: TestStack;
 
   beforeAll(async () => {
-    Date.now = () => wallClock() + step;
+    wallClock.install();
     origin = await scriptedOrigin();
     stack = await startStack({
       serviceUrls: { notifications: origin.url },
@@ -494,7 +494,7 @@ describe('response cache ages across a wall-clock step', () => {
   afterAll(async () => {
     await stack.close();
     await origin.close();
-    Date.now = wallClock;
+    wallClock.restore();
   });
 
   it('counts a copy\'s time in the memory store on the monotonic clock: a step back does not keep it fresh', async () => {
@@ -502,7 +502,7 @@ describe('response cache ages across a wall-clock step', () => {
     const get = () => sendRaw(stack.gateway.url, '/api/rfc/stepped', {});
     expect((await get()).headers['x-cache']).toBe('MISS');
     expect((await get()).headers['x-cache']).toBe('HIT');
-    step = -3_600_000;
+    wallClock.step(-3_600_000);
     await waitFor(async () => (await get()).headers['x-cache'] === 'MISS', 'the copy to go stale', 5000);
   });
 });

@@ -54,6 +54,7 @@ import { ClientTraceIdSampler, RequestedTraceIdGenerator, TRACE_ID_FROM_REQUEST_
 import { ATTR, BAGGAGE_REQUEST_ID } from '../../otel/wire-names';
 import { startOtlpReceiver } from '../helpers/otlp-receiver';
 import { compileTelemetryBootstrap } from '../telemetry/instrumented-app';
+import { steppableWallClock } from '../helpers/wall-clock';
 
 /** A small, seeded generator: both sides draw the same ids, and ClientTraceIdSampler the same coin flips. */
 function seededRandom(seed: number): () => number {
@@ -522,15 +523,9 @@ describe('the lean gateway tracer', () => {
   // The origin, moved to follow a wall-clock step (NTP), was applied to spans already open: a +1 h step exported a
   // 1.3 s span as one of an hour, a -1 h step as one of 0 ms. SpanImpl reads an open span's times on its own offset.
   describe('with the wall clock stepped while a span is open', () => {
-    const realNow = Date.now;
-    let wallOffsetMs = 0;
-    beforeEach(() => {
-      wallOffsetMs = 0;
-      Date.now = () => realNow() + wallOffsetMs;
-    });
-    afterEach(() => {
-      Date.now = realNow;
-    });
+    const wallClock = steppableWallClock();
+    beforeEach(() => wallClock.install());
+    afterEach(() => wallClock.restore());
     const ms = (time: HrTime) => time[0] * 1e3 + time[1] / 1e6;
 
     it.each([
@@ -542,7 +537,7 @@ describe('the lean gateway tracer', () => {
       const span = tracer.startSpan('GET', {}, ROOT_CONTEXT) as GatewaySpan;
       // Past the origin check's interval: the next clock read compares the origin with the stepped wall clock.
       await new Promise((resolve) => setTimeout(resolve, 1100));
-      wallOffsetMs = stepMs;
+      wallClock.step(stepMs);
       span.addEvent('retry');
       span.end();
       const elapsedMs = performance.now() - started;
