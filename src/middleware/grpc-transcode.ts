@@ -293,7 +293,13 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
   const call = client.makeServerStreamRequest(method.path, encodedBytes, deserializer(method.responseType), request, metadata, { deadline: Date.now() + route.deadlineMs });
   readAheadOneMessage(call);
   const line = (value: unknown) => `${JSON.stringify(value)}\n`;
-  const cancel = () => call.cancel();
+  // The client left: the call is cancelled, and settled here too. A call grpc-js had ended while it was paused for
+  // this client (the service's last message and OK read, 'end' waiting for the stream to be read) hears neither
+  // 'end' nor 'error' once nobody reads it, and stayed counted open at its instance for good (503 upstream_busy).
+  const cancel = () => {
+    call.cancel();
+    settle(grpc.status.CANCELLED);
+  };
   ctx.res.once('close', cancel);
   // undefined: the client went away before the first message (the call was cancelled for it); nobody to answer.
   const first = await new Promise<protobuf.Message | null | undefined>((resolve, reject) => {

@@ -820,6 +820,30 @@ describe('a gRPC stream whose client stops reading', () => {
   });
 });
 
+// A stream the service finished while the gateway held its last message for a slow client: grpc-js had read the OK
+// status, but 'end' waits for the stream to be read, and once the client left nobody read it. Neither 'end' nor
+// 'error' came, and the call stayed counted open at the instance for good: every later call was 503 upstream_busy.
+describe('a gRPC stream its service finished, whose client left without reading it', () => {
+  it('counts the call closed once its client has gone', async () => {
+    const service = await startMappingServer();
+    const config = mappingGatewayConfig(service.url, { route: { timeoutMs: 60_000, deadlineMs: 60_000 }, config: { proxy: { maxSockets: 1, maxPendingRequests: 0 } } });
+    const gateway = await listen(createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false }).gateway.callback());
+    try {
+      const controller = new AbortController();
+      // Fewer messages than the way to a client that stops reading holds (the slow-reader test above): the service
+      // finishes, the second one waiting in the gateway's call, paused for the client.
+      const response = await fetch(`${gateway.url}/api/mapping/pour/2?size=${3 * 1024 * 1024}`, { signal: controller.signal });
+      await response.body!.getReader().read();
+      await waitFor(() => service.calls.some((each) => each.method === 'Pour' && !each.open), 'the service to end its call');
+      controller.abort();
+      await waitFor(async () => (await fetch(`${gateway.url}/api/mapping/count/1`)).status === 200, 'the instance to take a call again');
+    } finally {
+      await gateway.close();
+      await service.close();
+    }
+  });
+});
+
 // Readiness probes a service's HTTP `GET /health`, which a gRPC-only service does not answer: it is in no probe
 // round, and the internal /ready called it `down` beside an overall status that never counted it, with the
 // instances of its HTTP pool, which carries nothing (an ejected gRPC instance read `healthy`).
