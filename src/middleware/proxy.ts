@@ -653,7 +653,7 @@ export function createProxy(options: ProxyOptions): Middleware {
           throw new GatewayError('upstream_unavailable', `The gateway's connections to the ${route.service} service were replaced by a config reload while this request waited; try again.`, { cause: exchange.failure });
         case 'bad_response': {
           const malformed = exchange.failure && malformedHeaderFields(exchange.failure);
-          if (malformed) throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with header fields the gateway cannot forward.`, { cause: new Error(malformed, { cause: exchange.failure }) });
+          if (malformed) throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with header fields the gateway cannot forward.`, { cause: exchange.failure });
           if (exchange.badResponse === undefined) throw upstreamFailure(route.service, exchange.failure);
           throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with ${exchange.badResponse}.`, { cause: exchange.badResponseCause });
         }
