@@ -393,7 +393,7 @@ async function main() {
     return run;
   }
 
-  const warmUpCase = (id, seconds, connections = settings.connections) => warmUp({ url: cases[id].url, connections, seconds, headers: cases[id].auth ? authHeader : {}, tokens: tokensFor(id) });
+  const warmUpCase = (id, seconds) => warmUp({ url: cases[id].url, connections: settings.connections, seconds, headers: cases[id].auth ? authHeader : {}, tokens: tokensFor(id) });
   const runs = [];
   for (let round = 1; round <= settings.rounds; round++) {
     await startRound(round);
@@ -403,18 +403,14 @@ async function main() {
     // this shared VM's speed drifts over tens of seconds, and ratios of cases measured minutes apart took it in.
     // Warm-up before every slice, not recorded: besides the JIT and connection pools, V8 shrinks the heap of a
     // process left idle for a while (its memory reducer), and the first second after that runs measurably slower.
-    // The 1-connection latency runs are sliced the same way, each after the case's throughput slice and a second at
-    // 1 connection, unmeasured: run one case after another, the p50 line compared a gateway and a floor measured 45-50
-    // s apart; measured at once after the 50-connection slice, a 1 s slice read the load's aftermath (the gateway's
-    // p50 0.39-0.47 ms against 0.22-0.24 for the floor in one run, +0.22 ms, where earlier whole 5 s runs had read
-    // +0.05 to +0.18).
+    // The 1-connection latency runs are sliced the same way, each right after the case's throughput slice (warm):
+    // run one case after another, the p50 line compared a gateway and a floor measured 45-50 s apart.
     const slices = Object.fromEntries(order.map((id) => [id, []]));
     const latencySlices = Object.fromEntries(order.map((id) => [id, []]));
     for (let slice = 0; slice < settings.slices; slice++) {
       for (const id of slice % 2 === 0 ? order : [...order].reverse()) {
         await warmUpCase(id, slice === 0 ? settings.warmupSeconds : settings.sliceWarmupSeconds);
         slices[id].push(await timedRun(id, settings.connections, settings.throughputSeconds / settings.slices));
-        await warmUpCase(id, settings.sliceWarmupSeconds, 1);
         latencySlices[id].push(await timedRun(id, 1, settings.latencySliceSeconds));
       }
     }
