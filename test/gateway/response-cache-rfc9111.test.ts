@@ -56,6 +56,17 @@ async function scriptedOrigin(): Promise<ScriptedOrigin> {
   return Object.assign(server, { seen, script: (path: string, ...answers: ((request: http.IncomingMessage) => Answer)[]) => void scripts.set(`/rfc${path}`, answers) });
 }
 
+/** The test stack with a public route `/api/rfc` to `origin`'s `/rfc`, cached (60 s, shared). */
+function rfcStack(origin: ScriptedOrigin): Promise<TestStack> {
+  return startStack({
+    serviceUrls: { notifications: origin.url },
+    overrides: {
+      routes: [...(shippedConfigFile().routes as unknown[]), { name: 'rfc', prefix: '/api/rfc', service: 'notifications', upstreamPath: '/rfc', auth: 'public', cache: { ttlSeconds: 60, scope: 'public' } }],
+      rateLimit: { max: 10_000, windowMs: 60_000 },
+    },
+  });
+}
+
 let unique = 0;
 const fresh = () => `/item-${++unique}`;
 
@@ -67,13 +78,7 @@ describe('response cache (RFC 9111, as the HTTP cache tests check it)', () => {
 
   beforeAll(async () => {
     origin = await scriptedOrigin();
-    stack = await startStack({
-      serviceUrls: { notifications: origin.url },
-      overrides: {
-        routes: [...(shippedConfigFile().routes as unknown[]), { name: 'rfc', prefix: '/api/rfc', service: 'notifications', upstreamPath: '/rfc', auth: 'public', cache: { ttlSeconds: 60, scope: 'public' } }],
-        rateLimit: { max: 10_000, windowMs: 60_000 },
-      },
-    });
+    stack = await rfcStack(origin);
   });
   afterAll(async () => {
     await stack.close();
@@ -483,13 +488,7 @@ describe('response cache ages across a wall-clock step', () => {
   beforeAll(async () => {
     wallClock.install();
     origin = await scriptedOrigin();
-    stack = await startStack({
-      serviceUrls: { notifications: origin.url },
-      overrides: {
-        routes: [...(shippedConfigFile().routes as unknown[]), { name: 'rfc', prefix: '/api/rfc', service: 'notifications', upstreamPath: '/rfc', auth: 'public', cache: { ttlSeconds: 60, scope: 'public' } }],
-        rateLimit: { max: 10_000, windowMs: 60_000 },
-      },
-    });
+    stack = await rfcStack(origin);
   });
   afterAll(async () => {
     await stack.close();
