@@ -95,8 +95,8 @@ export async function waitForRedis(redis: Redis, timeoutMs: number): Promise<boo
 
 /**
  * One client's window as a store reports it: `remaining` before this request, `reset` in seconds on the store's
- * clock (the Redis driver: redisDriverSeconds; the memory driver: memoryDriverSeconds; the primary: leaseClockMs). createWindowCounter
- * reports it in epoch seconds.
+ * clock (the Redis driver: redisDriverSeconds; the memory driver: memoryDriverSeconds; the primary: leaseClockMs).
+ * createWindowCounter reports it in epoch seconds.
  */
 export interface WindowState {
   remaining: number;

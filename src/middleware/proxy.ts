@@ -300,14 +300,15 @@ export function createProxy(options: ProxyOptions): Middleware {
       /** The service answered something the gateway cannot pass on (before anything was sent): 502, the instance not blamed. */
       const badResponse = (controller: Dispatcher.DispatchController, why: string, cause?: Error) => {
         exchange.badResponse = why;
-        exchange.badResponseCause = cause;
+        // The operator's hint for a refused signature goes with it wherever the refusal was found.
+        exchange.badResponseCause = cause ?? (why === SIGNATURE_REFUSED ? new Error(SIGNATURE_REFUSED_HINT) : undefined);
         controller.abort(new Error(`the service's response was refused: ${why}`));
       };
 
       /** Sends the service's final answer's head on, or refuses it (502) when it cannot be forwarded. */
       const answer = (controller: Dispatcher.DispatchController, statusCode: number, upstreamHeaders: Record<string, string | string[] | undefined>, statusMessage: string | undefined) => {
         const unforwardable = unforwardableResponse(statusCode, upstreamHeaders);
-        if (unforwardable) return void badResponse(controller, unforwardable, unforwardable === SIGNATURE_REFUSED ? new Error(SIGNATURE_REFUSED_HINT) : undefined);
+        if (unforwardable) return void badResponse(controller, unforwardable);
         let served: http.IncomingHttpHeaders;
         let headers: http.OutgoingHttpHeaders;
         try {
@@ -438,7 +439,7 @@ export function createProxy(options: ProxyOptions): Middleware {
               // exchange ends with the 304's empty body. Its headers update the copy, so they are checked and their
               // URLs made public as a forwarded answer's are: a Refresh naming the instance went out with the copy.
               const unforwardable = unforwardableResponse(statusCode, fields);
-              if (unforwardable) return void badResponse(controller, unforwardable, unforwardable === SIGNATURE_REFUSED ? new Error(SIGNATURE_REFUSED_HINT) : undefined);
+              if (unforwardable) return void badResponse(controller, unforwardable);
               let served: http.IncomingHttpHeaders;
               try {
                 served = withPublicLocations(fields, instance.origin, ctx, route);
@@ -792,7 +793,7 @@ function withPublicLocations(headers: http.IncomingHttpHeaders, instanceOrigin: 
   if (location !== undefined) rewritten.location = toPublic(location);
   if (contentLocation !== undefined) rewritten['content-location'] = toPublic(contentLocation);
   if (refresh !== undefined) rewritten.refresh = publicRefresh(refresh, toPublic);
-  if (link !== undefined) rewritten.link = Array.isArray(link) ? link.map((line) => withLinkTargets(line, toPublic)) : withLinkTargets(link, toPublic);
+  if (link !== undefined) rewritten.link = linkFieldsWith(link, toPublic);
   return rewritten;
 }
 
@@ -811,8 +812,12 @@ function publicUrlOf(instanceOrigin: string, ctx: KoaContext, route: CompiledRou
 /** A 103's `Link` fields with their targets naming the public URL (withPublicLocations). */
 function publicLinks(link: string | string[], instanceOrigin: string, ctx: KoaContext, route: CompiledRoute): string | string[] {
   const toPublic = publicUrlOf(instanceOrigin, ctx, route);
-  if (!toPublic) return link;
-  return Array.isArray(link) ? link.map((line) => withLinkTargets(line, toPublic)) : withLinkTargets(link, toPublic);
+  return toPublic ? linkFieldsWith(link, toPublic) : link;
+}
+
+/** `Link` fields, one or several lines, each with its targets passed through `rewrite` (withLinkTargets). */
+function linkFieldsWith(link: string | string[], rewrite: (url: string) => string): string | string[] {
+  return Array.isArray(link) ? link.map((line) => withLinkTargets(line, rewrite)) : withLinkTargets(link, rewrite);
 }
 
 /**

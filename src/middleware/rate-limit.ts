@@ -125,6 +125,11 @@ const STORE_FAILURE_LOG_INTERVAL_MS = 10_000;
  */
 const MOST_WAITS_FOR_A_PLACE = 10;
 
+/** A refusal's count of a window with nothing left for the request (`reset`: when to come back, by default the window's end). */
+function spentCount(window: WindowLeft, reset = window.reset): WindowCount {
+  return { admitted: false, remaining: 0, total: window.total, reset };
+}
+
 /** A key's requests that passed refuseIfSpent and are not counted yet, and those waiting for one of their places. */
 interface HeldPlaces {
   count: number;
@@ -232,13 +237,13 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
           // Spent: so is it for those waiting, told without asking the store again.
           for (const wake of held.waiting.splice(0)) wake(window);
           if (held.count === 0) places.delete(key);
-          refuse(ctx, { admitted: false, remaining: 0, total: window.total, reset: window.reset });
+          refuse(ctx, spentCount(window));
         }
         // What is left is all being checked. Waiting, not refused: a network's requests sent together, answered from
         // Redis at once, were refused for one another's places though each would have authenticated.
-        if (waits === MOST_WAITS_FOR_A_PLACE) refuse(ctx, { admitted: false, remaining: 0, total: window.total, reset: Math.min(window.reset, Date.now() / 1000 + 1) });
+        if (waits === MOST_WAITS_FOR_A_PLACE) refuse(ctx, spentCount(window, Math.min(window.reset, Date.now() / 1000 + 1)));
         const spent = await new Promise<WindowLeft | undefined>((resolve) => held.waiting.push(resolve));
-        if (spent) refuse(ctx, { admitted: false, remaining: 0, total: spent.total, reset: spent.reset });
+        if (spent) refuse(ctx, spentCount(spent));
       }
     },
   };
