@@ -219,8 +219,8 @@ const corsSchema = z
     headers: z.array(z.string().regex(FIELD_NAME_TOKEN, CORS_HEADER_RULE)).default(['authorization', 'content-type', 'x-request-id']),
     /** Response headers a browser script may read. */
     exposeHeaders: z.array(z.string().regex(FIELD_NAME_TOKEN, CORS_HEADER_RULE)).default(['x-request-id', 'traceresponse', 'retry-after', 'ratelimit', 'ratelimit-policy']),
-    /** How long a browser may cache a preflight answer, s. Default 600. */
-    maxAgeSeconds: z.int().min(0).default(600),
+    /** How long a browser may cache a preflight answer, s. Default 600; at most a day (Firefox's own cap, Chromium's is 2 h). */
+    maxAgeSeconds: z.int().min(0).max(86_400).default(600),
     /** Allow cookies / Authorization from browsers (`Access-Control-Allow-Credentials`). Default false. */
     credentials: z.boolean().default(false),
   })
@@ -400,10 +400,16 @@ const configFields = z
          * password guesser spread over many addresses is limited once. Default 10 per 5 minutes.
          */
         loginAccountRateLimit: rateLimitSchema.default({ max: 10, windowMs: 300_000 }),
-        /** Largest login body, bytes. Default 16 KiB. */
-        loginBodyLimitBytes: z.int().positive().default(16 * 1024),
-        /** Verified tokens remembered until they expire (saves the signature check per request). Default 10 000; 0 = off. */
-        verifiedTokenCacheSize: z.int().min(0).default(10_000),
+        /**
+         * Largest login body, bytes. Default 16 KiB; at most 1 MiB: the body is read whole, before anyone is
+         * authenticated, and an email and a password are a few hundred bytes.
+         */
+        loginBodyLimitBytes: z.int().positive().max(1024 * 1024).default(16 * 1024),
+        /**
+         * Verified tokens remembered until they expire (saves the signature check per request). Default 10 000; 0 =
+         * off; at most 1 000 000 (a token and its claims take ~1 KiB: a bound past that is no bound on memory).
+         */
+        verifiedTokenCacheSize: z.int().min(0).max(1_000_000).default(10_000),
         /**
          * Also accept RS256/ES256 tokens of an external identity provider, verified with the keys its JWKS URL
          * publishes. Its tokens never verify with the gateway's own key, nor the other way round.
@@ -448,8 +454,8 @@ const configFields = z
         // missing value whose default is documented.
         max: rateLimitSchema.shape.max.default(DEFAULT_RATE_LIMIT.max),
         windowMs: rateLimitSchema.shape.windowMs.default(DEFAULT_RATE_LIMIT.windowMs),
-        /** Clients tracked at once by the in-memory store; the oldest windows are dropped beyond it. */
-        maxTrackedClients: z.int().positive().default(100_000),
+        /** Clients tracked at once by the in-memory store, per policy; the oldest windows are dropped beyond it. At most 10 000 000. */
+        maxTrackedClients: z.int().positive().max(10_000_000).default(100_000),
         /** Shared store for several gateway replicas (`redis://host:6379/0`); in-memory per process when absent. */
         // ioredis reads the path (or a `db` query parameter) as the database number: `/ratelimit` or `?db=cache` became
         // SELECT NaN once connected, which ended the gateway that had started listening (an unhandled ReplyError),
@@ -485,8 +491,8 @@ const configFields = z
          * Default 10 s.
          */
         sendTimeoutMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(10_000),
-        /** Client connections open at once; further ones are closed at accept. Default 10 000. */
-        maxConnections: z.int().positive().default(10_000),
+        /** Client connections open at once; further ones are closed at accept. Default 10 000; at most 1 000 000. */
+        maxConnections: z.int().positive().max(1_000_000).default(10_000),
         /**
          * Connections one client address may hold open at once (an IPv6 client's network of
          * `rateLimit.ipv6PrefixLength`, as the limits count it), an HTTP/2 connection counting one and each stream
@@ -511,15 +517,15 @@ const configFields = z
       .strictObject({
         /** Upstream idle timeout, ms (no byte for this long -> 504). Default 10 s. */
         timeoutMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(10_000),
-        /** Keep-alive sockets per upstream. Default 256. */
-        maxSockets: z.int().positive().default(256),
+        /** Keep-alive sockets per upstream. Default 256; at most 65 535 (one client address has no more ports). */
+        maxSockets: z.int().positive().max(65_535).default(256),
         /** Largest request body forwarded, bytes (413 beyond). Default 50 MiB. */
         maxBodyBytes: z.int().positive().default(50 * 1024 * 1024),
         /**
          * Requests that may wait for a connection to one upstream instance once all `maxSockets` are busy;
          * beyond it, 503 `upstream_busy` with `Retry-After` (Envoy's max_pending_requests). Default 1024.
          */
-        maxPendingRequests: z.int().min(0).default(1024),
+        maxPendingRequests: z.int().min(0).max(1_000_000).default(1024),
         /** Longest a whole upstream exchange may last, ms (504 before the response starts, cut after). Default 60 s. */
         deadlineMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(60_000),
         /**
@@ -618,7 +624,9 @@ const configFields = z
 
 /** The rules between fields, for the file as read and for what a reload runs (the restart-only keys kept). */
 function crossFieldRules(config: z.output<typeof configFields>, ctx: Pick<z.RefinementCtx, 'addIssue'>): void {
-  if (!('users' in config.services)) {
+  // Own keys only: `in` also finds what every object inherits (a route naming `toString` or `constructor` passed, then
+  // every request on it was a 500).
+  if (!Object.hasOwn(config.services, 'users')) {
     ctx.addIssue({ code: 'custom', path: ['services', 'users'], message: 'is required: login checks credentials with the users service', input: undefined });
   }
   const seenNames = new Set<string>();
@@ -629,7 +637,7 @@ function crossFieldRules(config: z.output<typeof configFields>, ctx: Pick<z.Refi
   }
   const seenPrefixes = new Set<string>();
   config.routes.forEach((route, index) => {
-    if (!(route.service in config.services)) {
+    if (!Object.hasOwn(config.services, route.service)) {
       ctx.addIssue({ code: 'custom', path: ['routes', index, 'service'], message: `names no entry of services (${Object.keys(config.services).join(', ')})`, input: route.service });
     }
     if (seenNames.has(route.name)) {
@@ -725,9 +733,16 @@ function crossFieldRules(config: z.output<typeof configFields>, ctx: Pick<z.Refi
   if (config.environment === 'production' && config.proxy.signingKey !== undefined && isGuessableSecret(config.proxy.signingKey)) {
     ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: GUESSABLE_RULE, input: '(hidden)' });
   }
+  // A key is every byte of the value: a secret written with `echo` (or read from a mounted file) ends in a newline the
+  // operator does not see, which every service would have to hold too, and which hid a signing key equal to the secret.
+  if (config.environment === 'production') {
+    for (const [path, value] of [[['auth', 'secret'], secret], [['proxy', 'signingKey'], config.proxy.signingKey]] as const) {
+      if (value !== undefined && value !== value.trim()) ctx.addIssue({ code: 'custom', path: [...path], message: EDGE_BLANKS_RULE, input: '(hidden)' });
+    }
+  }
   // One key, one purpose (RFC 8725 3.5): every service holds the signing key, and as the JWT secret it would let
-  // anyone who reads one service's environment mint the gateway an admin token.
-  if (config.proxy.signingKey !== undefined && config.proxy.signingKey === secret) {
+  // anyone who reads one service's environment mint the gateway an admin token (blanks at the ends aside: the same key).
+  if (config.proxy.signingKey !== undefined && secret !== undefined && config.proxy.signingKey.trim() === secret.trim()) {
     ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: 'must differ from auth.secret (JWT_SECRET): every service holds the signing key, and with it they could mint tokens', input: '(hidden)' });
   }
   // Not a URL at all: its own check said so (this refinement runs regardless, and `new URL` would throw).
@@ -888,6 +903,8 @@ export function describeRouteAccess(route: Pick<RouteConfig, 'auth' | 'roles'>, 
 }
 
 const GUESSABLE_RULE = `is ${GUESSABLE_SECRET_RULE}`;
+
+const EDGE_BLANKS_RULE = 'must not begin or end with blanks or a line break (a newline from echo or a mounted file?): they would be part of the key';
 
 /**
  * Keys whose values are secrets: never echoed in an error, not even a wrong one. A key's `hash` is no secret, but

@@ -39,11 +39,29 @@ export const SIGNATURE_MAX_AGE_SECONDS = 300;
 export const SIGNING_KEY_MIN_LENGTH = 32;
 
 /** Why production refuses a secret `isGuessableSecret` finds. */
-export const GUESSABLE_SECRET_RULE = 'too regular to be a secret (fewer than 8 different characters): use random bytes, e.g. openssl rand -base64 48';
+export const GUESSABLE_SECRET_RULE = 'too regular to be a secret (fewer than 8 different characters, or one piece repeated): use random bytes, e.g. openssl rand -base64 48';
 
-/** A secret long enough but made of a handful of characters (32 spaces, `aaaa...`, `abcabc...`): not key material. */
+/**
+ * A secret long enough but made of a handful of characters (32 spaces, `aaaa...`, `abcabc...`), or of one piece
+ * said twice or more (`01234567` four times, a password doubled to reach the length): not key material.
+ */
 export function isGuessableSecret(secret: string): boolean {
-  return new Set(secret.trim()).size < 8;
+  const trimmed = secret.trim();
+  return new Set(trimmed).size < 8 || shortestPeriod(trimmed) * 2 <= trimmed.length;
+}
+
+/**
+ * The least p with text[i] === text[i - p] for every i >= p (text's length when none is shorter): Knuth-Morris-Pratt's
+ * failure function, so linear in the length of a value the environment may make long.
+ */
+function shortestPeriod(text: string): number {
+  const border = new Array<number>(text.length).fill(0);
+  for (let at = 1, matched = 0; at < text.length; at++) {
+    while (matched > 0 && text[at] !== text[matched]) matched = border[matched - 1]!;
+    if (text[at] === text[matched]) matched++;
+    border[at] = matched;
+  }
+  return text.length - (border[text.length - 1] ?? 0);
 }
 
 const PREFIX = 'koa-gateway-signature-v2';

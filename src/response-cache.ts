@@ -42,13 +42,15 @@ export const cacheSettingsSchema = z
   .strictObject({
     /** Response header that says how the cache answered: `HIT`, `REVALIDATED`, `MISS`, `STALE` or `BYPASS`. Default `X-Cache`. */
     statusHeader: z.string().regex(FIELD_NAME_TOKEN, 'must be a header name').default('x-cache'),
-    /** Bytes all routes' entries may take together in the in-memory store. Default 64 MiB. */
-    maxBytes: z.int().positive().default(64 * 1024 * 1024),
-    /** Largest response body stored, bytes; larger ones are passed on and not kept. Default 1 MiB. */
+    /** Bytes all routes' entries may take together in the in-memory store. Default 64 MiB; at most 16 GiB. */
+    maxBytes: z.int().positive().max(16 * 1024 ** 3).default(64 * 1024 * 1024),
+    /** Largest response body stored, bytes; larger ones are passed on and not kept. Default 1 MiB; at most `maxBytes`. */
     maxEntryBytes: z.int().positive().default(1024 * 1024),
     /** Prefix of every Redis key of the shared store (with `REDIS_URL`). */
     redisKeyPrefix: z.string().regex(/^[A-Za-z0-9:_-]+$/).default('koa-gateway:cache'),
   })
+  // An entry larger than the whole store could never be kept: the operator meant one of the two otherwise.
+  .refine((settings) => settings.maxEntryBytes <= settings.maxBytes, { path: ['maxEntryBytes'], message: 'must not exceed cache.maxBytes' })
   .prefault({});
 export type CacheSettings = z.output<typeof cacheSettingsSchema>;
 

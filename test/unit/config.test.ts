@@ -100,6 +100,14 @@ describe('gateway config', () => {
     { desc: 'one of several service URLs with a fragment', env: { USER_SERVICE_URL: 'http://127.0.0.1:4001,http://127.0.0.1:4011/#x' }, message: /^config: USER_SERVICE_URL \(services\.users\.url\.1\): must be an origin/ },
     // One key, one purpose: every service holds the signing key; as the JWT secret too, any of them could mint tokens.
     { desc: 'a signing key equal to the JWT secret', env: { JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: TEST_JWT_SECRET }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): must differ from auth\.secret(?!.*\(got )/ },
+    // The same key but for a newline `echo` added to one of them: it passed, and every service could mint tokens.
+    { desc: 'a signing key equal to the JWT secret but for a trailing newline', env: { JWT_SECRET: `${TEST_JWT_SECRET}\n`, GATEWAY_SIGNING_KEY: TEST_JWT_SECRET }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): must differ from auth\.secret/ },
+    { desc: 'a signing key equal to the JWT secret but for blanks before it', env: { JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: ` \t${TEST_JWT_SECRET}` }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): must differ from auth\.secret/ },
+    { desc: 'production with a secret ending in a newline', env: { NODE_ENV: 'production', JWT_SECRET: `${TEST_JWT_SECRET}\n`, GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY }, message: /^config: JWT_SECRET \(auth\.secret\): must not begin or end with blanks or a line break(?!.*\(got )/ },
+    { desc: 'production with a signing key starting with a space', env: { NODE_ENV: 'production', JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: ` ${TEST_SIGNING_KEY}` }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): must not begin or end with blanks or a line break(?!.*\(got )/ },
+    // Eight different characters, but one piece said four times: it passed the guessable rule.
+    { desc: 'production with a secret of one piece repeated', env: { NODE_ENV: 'production', JWT_SECRET: '01234567'.repeat(4), GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY }, message: /^config: JWT_SECRET \(auth\.secret\): is too regular to be a secret/ },
+    { desc: 'production with a signing key of a password said twice and cut', env: { NODE_ENV: 'production', JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: 'Tr0ub4dor&3horse'.repeat(2) }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): is too regular to be a secret/ },
   ])('refuses $desc with one line naming the key', ({ env, message }) => {
     expect(() => parseConfig(shippedConfigFile(), env)).toThrow(message);
     try {
@@ -115,6 +123,20 @@ describe('gateway config', () => {
     { desc: 'a port written as text in the file, naming the key only', patch: (file: any) => (file.port = '3000'), message: /^config: port: Invalid input: expected number, received string \(got "3000"\)$/ },
     { desc: 'a limit of zero in the file, naming the key only', patch: (file: any) => (file.rateLimit.max = 0), message: /^config: rateLimit\.max: Too small: expected number to be >0 \(got 0\)$/ },
     { desc: 'a route naming an unknown service', patch: (file: any) => (file.routes[1].service = 'billing'), message: /^config: routes\.1\.service: names no entry of services/ },
+    // Names every object has: `in` found them, and every request on the route was a 500.
+    { desc: 'a route naming a service toString', patch: (file: any) => (file.routes[1].service = 'toString'), message: /^config: routes\.1\.service: names no entry of services/ },
+    { desc: 'a route naming a service constructor', patch: (file: any) => (file.routes[1].service = 'constructor'), message: /^config: routes\.1\.service: names no entry of services/ },
+    { desc: 'a route naming a service __proto__', patch: (file: any) => (file.routes[1].service = '__proto__'), message: /^config: routes\.1\.service: names no entry of services/ },
+    // Limits past any bound on memory (every limit bounded): each was accepted up to 2^53 - 1.
+    { desc: 'a login body limit over 1 MiB', patch: (file: any) => (file.auth.loginBodyLimitBytes = 1024 * 1024 + 1), message: /^config: auth\.loginBodyLimitBytes: Too big/ },
+    { desc: 'a verified-token cache over 1 000 000', patch: (file: any) => (file.auth.verifiedTokenCacheSize = 1_000_001), message: /^config: auth\.verifiedTokenCacheSize: Too big/ },
+    { desc: 'a rate-limit store over 10 000 000 clients', patch: (file: any) => (file.rateLimit = { ...file.rateLimit, maxTrackedClients: 10_000_001 }), message: /^config: rateLimit\.maxTrackedClients: Too big/ },
+    { desc: 'over 1 000 000 client connections', patch: (file: any) => (file.server = { maxConnections: 1_000_001 }), message: /^config: server\.maxConnections: Too big/ },
+    { desc: 'over 65 535 sockets per upstream', patch: (file: any) => (file.proxy = { maxSockets: 65_536 }), message: /^config: proxy\.maxSockets: Too big/ },
+    { desc: 'over 1 000 000 waiting requests per instance', patch: (file: any) => (file.proxy = { maxPendingRequests: 1_000_001 }), message: /^config: proxy\.maxPendingRequests: Too big/ },
+    { desc: 'a cache over 16 GiB', patch: (file: any) => (file.cache = { maxBytes: 16 * 1024 ** 3 + 1 }), message: /^config: cache\.maxBytes: Too big/ },
+    { desc: 'a cache entry larger than the whole cache', patch: (file: any) => (file.cache = { maxBytes: 1024, maxEntryBytes: 1025 }), message: /^config: cache\.maxEntryBytes: must not exceed cache\.maxBytes/ },
+    { desc: 'a preflight max age over a day', patch: (file: any) => (file.cors = { origins: ['https://app.example.com'], maxAgeSeconds: 86_401 }), message: /^config: cors\.maxAgeSeconds: Too big/ },
     { desc: 'two routes with the same prefix', patch: (file: any) => (file.routes[3].prefix = '/api/users'), message: /^config: routes\.3\.prefix: is already taken/ },
     // Routing takes these for the gateway's own paths (a format suffix): the route was never reached.
     { desc: 'an exact route at /health with a format suffix', patch: (file: any) => Object.assign(file.routes[3], { prefix: '/health.v1', exact: true }), message: /^config: routes\.3\.prefix: is already taken/ },

@@ -1,7 +1,7 @@
-import { createHmac } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { HEADER } from '../../otel/wire-names';
-import { createGatewaySigner, SIGNATURE_MAX_AGE_SECONDS, SIGNED_HEADERS, verifyGatewaySignature, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
+import { createGatewaySigner, isGuessableSecret, SIGNATURE_MAX_AGE_SECONDS, SIGNED_HEADERS, verifyGatewaySignature, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 
 const KEY = 'k'.repeat(16) + 'unit-test-signing-key';
 const NOW = Date.UTC(2026, 11, 2, 10, 0, 0);
@@ -144,5 +144,39 @@ describe('the gateway signature', () => {
       }),
       { seed: 20261203, numRuns: 100 },
     );
+  });
+});
+
+describe('isGuessableSecret', () => {
+  /** A naive period: the least p whose shift matches the text everywhere (quadratic: for the property only). */
+  const naivePeriod = (text: string) => {
+    for (let p = 1; p < text.length; p++) if ([...text].every((char, at) => at < p || char === text[at - p])) return p;
+    return text.length;
+  };
+
+  it('refuses a piece said twice or more, cut anywhere past the second (generated), and agrees with a naive period', () => {
+    fc.assert(
+      // Printable and no blanks: the check reads the value trimmed.
+      fc.property(fc.string({ unit: fc.constantFrom(...'!#$%&*+-./0123456789:=?@ABCXYZ^_abcxyz~'.split('')), minLength: 1, maxLength: 20 }), fc.integer({ min: 2, max: 6 }), fc.nat(), (piece, times, cut) => {
+        const repeated = piece.repeat(times);
+        const text = repeated.slice(0, Math.max(piece.length * 2, repeated.length - (cut % piece.length)));
+        expect(isGuessableSecret(text)).toBe(true);
+      }),
+      { seed: 4242, numRuns: 2000 },
+    );
+    fc.assert(
+      fc.property(fc.string({ unit: fc.constantFrom(...'abcdefghij'.split('')), minLength: 8, maxLength: 40 }), (text) => {
+        const expected = new Set(text).size < 8 || naivePeriod(text) * 2 <= text.length;
+        expect(isGuessableSecret(text)).toBe(expected);
+      }),
+      { seed: 4243, numRuns: 3000 },
+    );
+  });
+
+  it('accepts random key material, and reads a long value in linear time', () => {
+    for (let run = 0; run < 200; run++) expect(isGuessableSecret(randomBytes(32).toString('base64'))).toBe(false);
+    expect(isGuessableSecret('a'.repeat(32) + 'bcdefghij')).toBe(false);
+    // 200,000 characters, one different at the end: a quadratic period search took minutes.
+    expect(isGuessableSecret(`${'ab'.repeat(100_000)}c`)).toBe(true);
   });
 });
