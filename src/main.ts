@@ -123,7 +123,11 @@ function singleProcessControl(live: () => ReturnType<typeof createLiveGateway>, 
     const unbuilt = gateway.apply(check.next);
     if (unbuilt !== undefined) return { ok: false, reason: `version ${check.next.version} could not be built: ${unbuilt}` };
     const { version, loadedAt, pendingRestart } = gateway.active();
-    if (check.changed) logger.info('config reloaded', { version, previousVersion });
+    if (check.changed) {
+      logger.info('config reloaded', { version, previousVersion });
+      // What start-up warns of, a reload may bring about (trustProxy on without trustedProxies, allowedHosts dropped).
+      startupWarnings(gateway.active().config, logger);
+    }
     return { ok: true, status: check.changed ? 'reloaded' : 'unchanged', version, loadedAt, pendingRestart, workers: [{ id: 0, pid: process.pid, version, loadedAt }] };
   }
   return {

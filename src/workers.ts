@@ -10,6 +10,7 @@ import { clientTimeouts, MAX_ROUTE_NAME_LENGTH, ROUTE_NAME, type GatewayConfig }
 import { checkReload, type ActiveConfig } from './config-reload';
 import { createPrimaryMetrics, isPromClientMessage, listenClusterMetrics } from './metrics';
 import { readCertificatePems, readRotatedCertificates, type CertificatePems } from './tls';
+import { startupWarnings } from './startup-warnings';
 import { createLeaseLedger, type LeaseAsk, type Leased, type Recall, type Recalled, type Spent } from './rate-limit-leases';
 import { createInvalidationRelay, MAX_QUEUED_INVALIDATIONS, type CacheInvalidated, type CacheInvalidation, type StaleResource } from './cache-invalidations';
 
@@ -418,7 +419,11 @@ export function runPrimary(options: PrimaryOptions): void {
       }
     }
     active = check.next;
-    if (check.changed) logger.info('config reloaded', { version: active.version, previousVersion: previous.version, workers: statuses() });
+    if (check.changed) {
+      logger.info('config reloaded', { version: active.version, previousVersion: previous.version, workers: statuses() });
+      // What start-up warns of, a reload may bring about (trustProxy on without trustedProxies, allowedHosts dropped).
+      startupWarnings(active.config, logger);
+    }
     return { ok: true, status: check.changed ? 'reloaded' : 'unchanged', version: active.version, loadedAt: active.loadedAt, pendingRestart: active.pendingRestart, workers: statuses() };
   }
 

@@ -219,6 +219,16 @@ describe('config reload (one process)', () => {
     expect(await gateway.exited()).toBe(0);
   });
 
+  it('warns after a reload that opens what start-up warns of (trustProxy on with no trustedProxies): the reload said only "config reloaded"', async () => {
+    gateway = await startGatewayProcess({ config: config() });
+    const warning = (line: { message?: unknown }) => String(line.message).startsWith('trustProxy is on with no trustedProxies');
+    expect(gateway.lines.some(warning)).toBe(false);
+    const from = gateway.lines.length;
+    gateway.writeConfig(config({ extra: { trustProxy: true } }));
+    expect((await reload()).body.status).toBe('reloaded');
+    expect(await gateway.waitForLine(warning, { from })).toMatchObject({ level: 'warn' });
+  });
+
   it('takes a SIGHUP sent while it starts (waiting for Redis) as a reload once it serves, instead of ending with exit 129', async () => {
     // Nothing listens on port 1: start-up waits its 3 s for Redis, then serves under the store-down policy.
     gateway = await startGatewayProcess({
