@@ -117,8 +117,9 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
     socket.destroy();
     return;
   }
-  // The client closed or reset the connection mid-request: a client that left, not a request to answer.
-  if (error.code === 'HPE_INVALID_EOF_STATE' || error.code === 'ECONNRESET') {
+  // The client closed or reset the connection mid-request: a client that left, not a request to answer. Or it
+  // asked for a TLS renegotiation (src/tls.ts disables them): its handshake would go on under an HTTP answer.
+  if (error.code === 'HPE_INVALID_EOF_STATE' || error.code === 'ECONNRESET' || error.code === 'ERR_TLS_RENEGOTIATION_DISABLED') {
     socket.destroy();
     return;
   }

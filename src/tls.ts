@@ -4,7 +4,7 @@ import http2 from 'node:http2';
 import path from 'node:path';
 import type { Socket } from 'node:net';
 import { X509Certificate } from 'node:crypto';
-import { createSecureContext, type SecureContextOptions } from 'node:tls';
+import { createSecureContext, type SecureContextOptions, type TLSSocket } from 'node:tls';
 import type { Logger } from '../otel/logger';
 import { answerHttp2RequestTimeout, createSendWindows, DEFAULT_SEND_TIMEOUT_MS, fieldLineCount, listenInternal, markServerAnswer, resetByGateway, resetStream, stopRequestOnceAnswered, type ConnectionBounds, type PublicServer } from '../otel/lifecycle';
 import type { TlsConfig } from './config';
@@ -145,9 +145,27 @@ function logRotationRefused(tls: TlsConfig, logger: Logger, error: unknown): voi
   logger.error('tls certificates not reloaded; the previous ones stay in use', { certFile: tls.certFile, error: error instanceof Error ? error.message : String(error) });
 }
 
+/**
+ * TLS 1.3's suites, then TLS 1.2's with forward secrecy and AEAD only (Mozilla's "intermediate"): Node's default list
+ * takes `HIGH`, which lets CBC and SHA-1 suites through, and HTTP/2 must not run over them (RFC 9113 9.2.2, Appendix A),
+ * which Node does not check: `ECDHE-ECDSA-AES128-SHA` was negotiated with ALPN h2. Node turns TLS 1.3 off when the
+ * list names none of its suites, so they are named.
+ */
+export const CIPHERS = [
+  'TLS_AES_128_GCM_SHA256',
+  'TLS_AES_256_GCM_SHA384',
+  'TLS_CHACHA20_POLY1305_SHA256',
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':');
+
 /** The PEMs as secure-context options; throws, naming `tls`'s files, when they are not a usable pair. */
 function secureContextOptions(tls: TlsConfig, pems: CertificatePems): SecureContextOptions {
-  const options: SecureContextOptions = { ...pems, minVersion: tls.minVersion };
+  const options: SecureContextOptions = { ...pems, minVersion: tls.minVersion, ciphers: CIPHERS, honorCipherOrder: true };
   if (options.ca !== undefined && !String(options.ca).includes('-----BEGIN CERTIFICATE-----')) {
     throw new Error(`tls.caFile (${tls.caFile}) holds no PEM certificate`);
   }
@@ -224,7 +242,10 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
        * nothing, and a session closed gracefully only ends its socket (guardSession needs the socket itself).
        */
       let opening: Socket | undefined;
-      secure.prependListener('secureConnection', (socket: Socket) => {
+      secure.prependListener('secureConnection', (socket: TLSSocket) => {
+        // A client-asked TLS 1.2 renegotiation is a full handshake the server pays for, three per connection by
+        // Node's default, on every connection a client may hold; HTTP/2 forbids it already (RFC 9113 9.2.1).
+        socket.disableRenegotiation();
         opening = socket;
         sockets.add(socket);
         socket.once('close', () => sockets.delete(socket));

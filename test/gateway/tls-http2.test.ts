@@ -349,6 +349,40 @@ describe('TLS termination and HTTP/2', () => {
       }
     });
 
+    it('negotiates no TLS 1.2 suite without forward secrecy and AEAD (HTTP/2 forbids them: ECDHE-ECDSA-AES128-SHA was taken with ALPN h2), and TLS 1.3 still', async () => {
+      const handshake = (options: tls.ConnectionOptions) =>
+        new Promise<string>((resolve) => {
+          const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(url).port), ca: certificate.cert, servername: 'localhost', ...options });
+          socket.once('secureConnect', () => {
+            resolve(`${socket.getProtocol()} ${socket.getCipher().name} ${socket.alpnProtocol}`);
+            socket.destroy();
+          });
+          socket.once('error', () => resolve('refused'));
+        });
+      for (const cipher of ['ECDHE-ECDSA-AES128-SHA', 'ECDHE-RSA-AES128-SHA', 'ECDHE-ECDSA-AES256-SHA384', 'ECDHE-RSA-AES128-SHA256', 'AES128-GCM-SHA256', 'AES256-SHA']) {
+        expect(await handshake({ maxVersion: 'TLSv1.2', ciphers: cipher, ALPNProtocols: ['h2'] })).toBe('refused');
+      }
+      expect(await handshake({ maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256', ALPNProtocols: ['h2'] })).toMatch(/^TLSv1\.2 ECDHE-(ECDSA|RSA)-AES128-GCM-SHA256 h2$/);
+      expect(await handshake({ ALPNProtocols: ['h2'] })).toMatch(/^TLSv1\.3 TLS_\S+ h2$/);
+    });
+
+    it('refuses a client-asked TLS 1.2 renegotiation on HTTP/1.1 (each a full handshake the server paid for, three per connection)', async () => {
+      const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(url).port), ca: certificate.cert, servername: 'localhost', maxVersion: 'TLSv1.2', ALPNProtocols: ['http/1.1'] });
+      socket.on('error', () => {});
+      try {
+        await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+        const renegotiated = await new Promise<Error | null>((resolve) => {
+          // The server's refusal ends the connection: the callback hears it as an error, or the socket closes first.
+          socket.once('close', () => resolve(new Error('closed')));
+          socket.renegotiate({ rejectUnauthorized: false }, (error) => resolve(error ?? null));
+        });
+        expect(renegotiated).toBeInstanceOf(Error);
+      } finally {
+        socket.destroy();
+      }
+      await expectStillServing();
+    });
+
     it('answers an HTTP/1.1 connection whose request line says HTTP/2.0 with 505, and serves on (it used to crash the process)', async () => {
       const requestId = nextRequestId();
       const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(url).port), ca: certificate.cert, ALPNProtocols: ['http/1.1'], servername: 'localhost' });
