@@ -40,6 +40,13 @@ export interface WorkerLink {
   draining(): void;
 }
 
+/**
+ * Longest a worker's `POST /admin/reload` waits for the primary's answer, ms: the primary runs reloads one at a time,
+ * each within its workers' 10 s to apply and a rollback, but waits for every worker's first start before the first,
+ * and a worker that never starts held every asking request (and its pending entry) for good.
+ */
+const RELOAD_ANSWER_TIMEOUT_MS = 60_000;
+
 /** Connects a worker to its primary: waits for the config, then answers reloads and shutdown from it. */
 export function connectWorker(): Promise<WorkerLink> {
   const id = cluster.worker!.id;
@@ -141,7 +148,7 @@ export function connectWorker(): Promise<WorkerLink> {
           return { version, loadedAt, pendingRestart, servedBy: { worker: id, pid: process.pid }, workers };
         },
         async reload() {
-          return (await ask<Extract<ToWorker, { gateway: 'reloaded' }>>((requestId) => ({ gateway: 'reload', id: requestId }))).answer;
+          return (await ask<Extract<ToWorker, { gateway: 'reloaded' }>>((requestId) => ({ gateway: 'reload', id: requestId }), RELOAD_ANSWER_TIMEOUT_MS)).answer;
         },
       }),
       cachePeers: {
