@@ -373,14 +373,19 @@ const AGGREGATORS = (promClient as unknown as { aggregators: Readonly<Record<str
 const METRIC_TYPES = new Set(['counter', 'gauge', 'histogram', 'summary']);
 /** A metric name as the exposition formats allow it. */
 const METRIC_NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
+/** A label name as the exposition formats allow it (prom-client's own check); the renderer writes names as they are. */
+const LABEL_NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
 /** Samples one worker's answer holds at most: the gateway's families are bounded by config, far below this. */
 const MAX_WORKER_SAMPLES = 200_000;
 
 /**
- * A worker's answer to a scrape (prom-client's `metrics`: its registries as JSON) when it has the shape prom-client's
- * sum reads, else undefined. prom-client's channel passed no check (toPrimaryMessage checks the gateway's own kinds):
- * an answer that was no list, or named an aggregator prom-client does not have, was kept, and the next scrape's sum
- * threw in a timer of the primary's and ended it, and every worker with it.
+ * A worker's answer to a scrape (prom-client's `metrics`: its registries as JSON) when every value in it has the type
+ * the sum and the renderer read, else undefined. prom-client's channel passed no check (toPrimaryMessage checks the
+ * gateway's own kinds): an answer that was no list, or named an aggregator prom-client does not have, was kept, and the
+ * next scrape's sum threw in a timer of the primary's and ended it, and every worker with it. An answer with a label
+ * value (or a type) that was an object, kept as the worker's last, failed every later scrape with 500 until that
+ * worker answered well again, which a stuck one never does; one written with `{"toString":1}` as its type ended the
+ * primary (String() throws on it).
  */
 export function workerRegistriesOf(metrics: unknown): WorkerRegistries | undefined {
   if (!Array.isArray(metrics)) return undefined;
@@ -393,18 +398,33 @@ export function workerRegistriesOf(metrics: unknown): WorkerRegistries | undefin
       // A Prometheus name, and none an object's prototype has: prom-client's registry keeps families in a plain
       // object, where `constructor` reads as already registered and the sum throws.
       if (typeof name !== 'string' || !METRIC_NAME.test(name) || name in Object.prototype) return undefined;
-      if (typeof help !== 'string' || !METRIC_TYPES.has(String(type))) return undefined;
+      if (typeof help !== 'string' || typeof type !== 'string' || !METRIC_TYPES.has(type)) return undefined;
       if (typeof aggregator !== 'string' || !Object.hasOwn(AGGREGATORS, aggregator) || !Array.isArray(values)) return undefined;
       samples += values.length;
       if (samples > MAX_WORKER_SAMPLES) return undefined;
       for (const sample of values as unknown[]) {
         if (typeof sample !== 'object' || sample === null) return undefined;
-        const { value, labels } = sample as Record<string, unknown>;
-        if (typeof value !== 'number' || (labels !== undefined && (typeof labels !== 'object' || labels === null))) return undefined;
+        const { value, labels, metricName, exemplar } = sample as Record<string, unknown>;
+        // The sum hashes every sample's labels and names it by `metricName`, both into strings.
+        if (typeof value !== 'number' || !isLabelSet(labels) || (metricName !== undefined && typeof metricName !== 'string')) return undefined;
+        if (exemplar !== undefined && exemplar !== null && !isExemplar(exemplar)) return undefined;
       }
     }
   }
   return metrics as WorkerRegistries;
+}
+
+/** Labels as the renderer writes them: names it may write as they are, each value a string or a number. */
+function isLabelSet(labels: unknown): boolean {
+  if (typeof labels !== 'object' || labels === null) return false;
+  return Object.entries(labels).every(([name, value]) => LABEL_NAME.test(name) && (typeof value === 'string' || typeof value === 'number'));
+}
+
+/** A histogram bucket's exemplar as prom-client writes it: the newest is chosen by `timestamp`, then rendered. */
+function isExemplar(exemplar: unknown): boolean {
+  if (typeof exemplar !== 'object' || exemplar === null) return false;
+  const { labelSet, value, timestamp } = exemplar as Record<string, unknown>;
+  return isLabelSet(labelSet) && typeof value === 'number' && (timestamp === undefined || typeof timestamp === 'number');
 }
 
 /**
@@ -430,7 +450,9 @@ function clusterMetricsCollector(servingWorkers: () => Worker[], primary?: Regis
   cluster.on('message', (worker, message: { type?: unknown; requestId?: unknown; metrics?: unknown; error?: unknown }) => {
     if (message?.type !== WORKER_METRICS_ANSWER) return;
     const request = typeof message.requestId === 'number' ? waiting.get(message.requestId) : undefined;
-    if (message.error !== undefined) return request?.fail(new Error(String(message.error).slice(0, 200)));
+    // prom-client sends its error's message; anything else is told apart by its type, never turned into a string
+    // (String() throws on `{"toString":1}`, and an exception here ends the primary).
+    if (message.error !== undefined) return request?.fail(new Error(typeof message.error === 'string' ? message.error.slice(0, 200) : `a worker answered an error of type ${typeof message.error}`));
     // Even late (its scrape already answered): a later scrape then sums it. Not once retired: it would count twice.
     // One the sum could not read is not kept: the worker's last good answer stands in for it, as for a worker late.
     const registries = workerRegistriesOf(message.metrics);
@@ -540,5 +562,8 @@ export function shareMetricsWithPrimary(metrics: GatewayMetrics): void {
 
 /** prom-client's own cluster messages (AggregatorRegistry), which travel beside the gateway's. */
 export function isPromClientMessage(message: unknown): boolean {
-  return typeof message === 'object' && message !== null && String((message as { type?: unknown }).type).startsWith('prom-client:');
+  if (typeof message !== 'object' || message === null) return false;
+  // Read as it is: a worker's `type` of `{"toString":1}` made String() throw, which ended the primary.
+  const { type } = message as { type?: unknown };
+  return typeof type === 'string' && type.startsWith('prom-client:');
 }

@@ -6,7 +6,7 @@ import { exportPromClientRegistry, metricExportEnabled, shutdownTelemetry, SHUTD
 import { BACKGROUND_FETCH_DRAIN_MS } from './cache-background-fetch';
 import { METRIC_LABEL_OTLP, METRIC_OTLP } from '../otel/wire-names';
 import type { ReloadAnswer, WorkerConfigStatus } from './admin';
-import { clientTimeouts, MAX_ROUTE_NAME_LENGTH, ROUTE_NAME, type GatewayConfig } from './config';
+import { clientTimeouts, MAX_ROUTE_NAME_LENGTH, MAX_TIMER_MS, ROUTE_NAME, type GatewayConfig } from './config';
 import { checkReload, type ActiveConfig } from './config-reload';
 import { createPrimaryMetrics, isPromClientMessage, listenClusterMetrics } from './metrics';
 import { readCertificatePems, readRotatedCertificates, type CertificatePems } from './tls';
@@ -66,6 +66,21 @@ export type ToWorker =
 const CACHE_RESOURCE = /^[\w-]{43}$/;
 
 /**
+ * Longest `policy` a lease ask may name. A policy is `<store name>|<max>|<windowMs>` (src/middleware/rate-limit.ts),
+ * the longest store name a route's, `route:` and its name, max a safe integer (16 digits) and windowMs at most
+ * MAX_TIMER_MS (10 digits): the route name and 34 characters. The ledger keeps every policy asked for, and sends it
+ * back in answers and to every worker ('spent'): unbounded, a worker had it hold and pass on megabytes.
+ */
+export const MAX_LEASE_POLICY_LENGTH = MAX_ROUTE_NAME_LENGTH + 64;
+/**
+ * Longest `client` a lease ask may name. The longest key a limit counts by is a token's user (callerKey in
+ * src/middleware/rate-limit.ts): `user:`, an identity provider's subjectPrefix (at most 64) and its sub (at most 255,
+ * IDENTITY_CLAIM_LIMITS), 324 characters; client networks (at most 73: `unparsed:` and 64), consumers and account keys
+ * are shorter. With room to spare: a real key refused here would leave its requests to the store-down policy.
+ */
+export const MAX_LEASE_CLIENT_LENGTH = 512;
+
+/**
  * A worker's message as the primary may act on it, or undefined. A worker is another process: a malformed
  * message (a bug, a compromised worker) read as if well formed would throw in the primary's 'message' handler,
  * an uncaught exception that ends the primary and with it every worker. Unknown kinds are ignored too.
@@ -87,8 +102,10 @@ export function toPrimaryMessage(raw: unknown): ToPrimary | undefined {
         : undefined;
     case 'lease': {
       const { id, policy, client, max, windowMs } = message;
-      if (!isId(id) || typeof policy !== 'string' || typeof client !== 'string' || !Number.isSafeInteger(max) || (max as number) < 1) return undefined;
-      if (!Number.isSafeInteger(windowMs) || (windowMs as number) < 1) return undefined;
+      if (!isId(id) || typeof policy !== 'string' || policy.length > MAX_LEASE_POLICY_LENGTH || typeof client !== 'string' || client.length > MAX_LEASE_CLIENT_LENGTH) return undefined;
+      if (!Number.isSafeInteger(max) || (max as number) < 1) return undefined;
+      // At most what a config's rateLimit.windowMs may be: a window that never ends keeps its policy in the ledger for good.
+      if (!Number.isSafeInteger(windowMs) || (windowMs as number) < 1 || (windowMs as number) > MAX_TIMER_MS) return undefined;
       return { gateway: 'lease', id: id as number, policy, client, max: max as number, windowMs: windowMs as number };
     }
     case 'recalled': {
@@ -120,6 +137,24 @@ export function toPrimaryMessage(raw: unknown): ToPrimary | undefined {
     default:
       return undefined;
   }
+}
+
+/**
+ * The primary's listener for one worker's messages: each well-formed one to `act`, anything else but prom-client's
+ * (src/metrics.ts answers those) to `ignored`. The checks are what keep a worker from ending the primary; what they
+ * miss, a message that makes acting on it throw (a bug of the primary's), goes to `ignored` too, with the error: thrown
+ * here, it was an uncaught exception that ended the primary and every worker (docs/architecture.md promises otherwise).
+ */
+export function workerMessageListener(act: (message: ToPrimary) => void, ignored: (raw: unknown, error?: unknown) => void): (raw: unknown) => void {
+  return (raw) => {
+    try {
+      const message = toPrimaryMessage(raw);
+      if (message) act(message);
+      else if (!isPromClientMessage(raw)) ignored(raw);
+    } catch (error) {
+      ignored(raw, error);
+    }
+  };
 }
 
 /**
@@ -262,11 +297,14 @@ export function runPrimary(options: PrimaryOptions): void {
   };
   const mayLogMalformed = atMostEvery(MALFORMED_LOG_INTERVAL_MS);
   let malformedSinceLog = 0;
-  const ignoredMalformed = (worker: Worker, raw: unknown) => {
+  /** A message the primary did not act on: malformed, or (`error`) one that acting on threw. */
+  const ignoredMalformed = (worker: Worker, raw: unknown, error?: unknown) => {
     malformedSinceLog++;
     if (!mayLogMalformed()) return;
     const kind = (raw as { gateway?: unknown } | null)?.gateway;
-    logger.warn('ignored a malformed message from a worker', { worker: worker.id, kind: typeof kind === 'string' ? kind.slice(0, 32) : typeof kind, ignored: malformedSinceLog });
+    const fields = { worker: worker.id, kind: typeof kind === 'string' ? kind.slice(0, 32) : typeof kind, ignored: malformedSinceLog };
+    if (error === undefined) logger.warn('ignored a malformed message from a worker', fields);
+    else logger.error('could not act on a message from a worker; ignored it', { ...fields, error: error instanceof Error ? error.message : typeof error });
     malformedSinceLog = 0;
   };
 
@@ -275,11 +313,13 @@ export function runPrimary(options: PrimaryOptions): void {
     slot.timer = undefined;
     const worker = cluster.fork();
     Object.assign(slot, { worker, startedAt: Date.now(), version: null, loadedAt: undefined, applyFailed: undefined, aliveAt: undefined });
-    worker.on('message', (raw: unknown) => {
-      const message = toPrimaryMessage(raw);
-      if (message) onMessage(slot, worker, message);
-      else if (!isPromClientMessage(raw)) ignoredMalformed(worker, raw);
-    });
+    worker.on(
+      'message',
+      workerMessageListener(
+        (message) => onMessage(slot, worker, message),
+        (raw, error) => ignoredMalformed(worker, raw, error),
+      ),
+    );
     // A message to a worker that is just exiting fails here; its exit is handled below. Unheard, it would end the primary.
     worker.on('error', (error: Error) => logger.warn('could not message worker', { worker: worker.id, error: error.message }));
     worker.once('exit', (code, signal) => {

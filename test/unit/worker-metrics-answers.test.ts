@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { AggregatorRegistry, Counter, Histogram, Registry } from 'prom-client';
+import { AggregatorRegistry, Counter, Histogram, Registry, type OpenMetricsContentType } from 'prom-client';
 import { workerRegistriesOf } from '../../src/metrics';
 
 /**
@@ -16,7 +16,18 @@ describe("a worker's answer to the primary's scrape", () => {
     expect(workerRegistriesOf(answer)).toBe(answer);
   });
 
+  it('keeps what a real registry answers with exemplars (OpenMetrics), buckets without one included', async () => {
+    const registry = new Registry<OpenMetricsContentType>();
+    registry.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
+    new Histogram({ name: 'answer_seconds', help: 'h', buckets: [0.1, 1], registers: [registry], enableExemplars: true }).observe({ value: 0.5, exemplarLabels: { trace_id: 'abc' } });
+    const answer = JSON.parse(JSON.stringify([await registry.getMetricsAsJSON()])) as unknown;
+    expect(JSON.stringify(answer)).toContain('"exemplar":null');
+    expect(workerRegistriesOf(answer)).toBe(answer);
+  });
+
   const family = { name: 'answers_total', help: 'h', type: 'counter', aggregator: 'sum', values: [{ value: 1, labels: {} }] };
+  /** A histogram's bucket sample with `exemplar` (as a worker would send it in place of prom-client's). */
+  const bucketWith = (exemplar: unknown) => [[{ ...family, name: 'answer_seconds', type: 'histogram', values: [{ value: 1, metricName: 'answer_seconds_bucket', labels: { le: 1 }, exemplar }] }]];
   it.each([
     { desc: 'no list', answer: {} },
     { desc: 'a registry that is no list', answer: [{}] },
@@ -32,6 +43,20 @@ describe("a worker's answer to the primary's scrape", () => {
     { desc: 'a value that is no number', answer: [[{ ...family, values: [{ value: '1', labels: {} }] }]] },
     { desc: 'labels that are no object', answer: [[{ ...family, values: [{ value: 1, labels: 'route' }] }]] },
     { desc: 'more samples than any config makes', answer: [[{ ...family, values: Array.from({ length: 200_001 }, () => ({ value: 1, labels: {} })) }]] },
+    // String() of it threw in the primary's message listener, which ended the primary.
+    { desc: 'a type that is an object with a toString that is no function', answer: [[{ ...family, type: { toString: 1 } }]] },
+    // The rest, kept as the worker's last answer, failed every later scrape (500) until it answered well again.
+    { desc: 'a label value that is an object', answer: [[{ ...family, values: [{ value: 1, labels: { route: { toString: 1 } } }] }]] },
+    { desc: 'a label value that is null', answer: [[{ ...family, values: [{ value: 1, labels: { route: null } }] }]] },
+    { desc: 'a label value that is a list', answer: [[{ ...family, values: [{ value: 1, labels: { route: ['a'] } }] }]] },
+    { desc: 'a label name the exposition formats do not allow (written as it is)', answer: [[{ ...family, values: [{ value: 1, labels: { 'route="x"} 9\nforged': 'a' } }] }]] },
+    { desc: 'a sample without labels', answer: [[{ ...family, values: [{ value: 1 }] }]] },
+    { desc: 'a sample name that is no string', answer: [[{ ...family, values: [{ value: 1, labels: {}, metricName: { toString: 1 } }] }]] },
+    { desc: 'an exemplar that is no object', answer: bucketWith('trace') },
+    { desc: 'an exemplar without a value', answer: bucketWith({ labelSet: { trace_id: 'abc' } }) },
+    { desc: 'an exemplar without labels', answer: bucketWith({ value: 0.5 }) },
+    { desc: 'an exemplar whose label value is an object', answer: bucketWith({ labelSet: { trace_id: { toString: 1 } }, value: 0.5 }) },
+    { desc: 'an exemplar whose timestamp is no number', answer: bucketWith({ labelSet: { trace_id: 'abc' }, value: 0.5, timestamp: { toString: 1 } }) },
   ])('drops $desc', ({ answer }) => {
     expect(workerRegistriesOf(answer)).toBeUndefined();
   });

@@ -1,6 +1,6 @@
 import os from 'node:os';
-import { MAX_ROUTE_NAME_LENGTH } from '../../src/config';
-import { applyOutcome, restartDelayMs, toPrimaryMessage, workerCount, type ApplyReport } from '../../src/workers';
+import { MAX_ROUTE_NAME_LENGTH, MAX_TIMER_MS } from '../../src/config';
+import { applyOutcome, MAX_LEASE_CLIENT_LENGTH, MAX_LEASE_POLICY_LENGTH, restartDelayMs, toPrimaryMessage, workerCount, type ApplyReport } from '../../src/workers';
 
 describe('workerCount', () => {
   it('is the number given, or one per available core for auto', () => {
@@ -54,6 +54,13 @@ describe('toPrimaryMessage (what the primary acts on from a worker)', () => {
     { desc: 'a lease ask whose client is an object', raw: { gateway: 'lease', id: 1, policy: 'p', client: { toString: 1 }, max: 10, windowMs: 60_000 } },
     { desc: 'a lease ask with a fractional max', raw: { gateway: 'lease', id: 1, policy: 'p', client: 'c', max: 1.5, windowMs: 60_000 } },
     { desc: 'a lease ask with a window of NaN', raw: { gateway: 'lease', id: 1, policy: 'p', client: 'c', max: 10, windowMs: Number.NaN } },
+    // The ledger kept whatever a worker named, and sent it back and on to every worker.
+    { desc: 'a lease ask with a megabyte policy', raw: { gateway: 'lease', id: 1, policy: 'p'.repeat(1 << 20), client: 'c', max: 10, windowMs: 60_000 } },
+    { desc: 'a lease ask with a megabyte client', raw: { gateway: 'lease', id: 1, policy: 'p', client: 'c'.repeat(1 << 20), max: 10, windowMs: 60_000 } },
+    { desc: 'a lease ask with a policy past the bound', raw: { gateway: 'lease', id: 1, policy: 'p'.repeat(MAX_LEASE_POLICY_LENGTH + 1), client: 'c', max: 10, windowMs: 60_000 } },
+    { desc: 'a lease ask with a client past the bound', raw: { gateway: 'lease', id: 1, policy: 'p', client: 'c'.repeat(MAX_LEASE_CLIENT_LENGTH + 1), max: 10, windowMs: 60_000 } },
+    { desc: 'a lease ask with a window longer than a config allows', raw: { gateway: 'lease', id: 1, policy: 'p', client: 'c', max: 10, windowMs: MAX_TIMER_MS + 1 } },
+    { desc: 'a lease ask with a window of ages', raw: { gateway: 'lease', id: 1, policy: 'p', client: 'c', max: 10, windowMs: Number.MAX_SAFE_INTEGER } },
     { desc: 'a recall answer without an id', raw: { gateway: 'recalled', returned: 3 } },
     { desc: 'a recall answer giving back a negative count', raw: { gateway: 'recalled', id: 1, returned: -5 } },
     { desc: 'a recall answer giving back Infinity', raw: { gateway: 'recalled', id: 1, returned: Number.POSITIVE_INFINITY } },
@@ -87,6 +94,16 @@ describe('toPrimaryMessage (what the primary acts on from a worker)', () => {
       { gateway: 'applied', ok: false, version: 'abc', loadedAt: '2026-01-01T00:00:00.000Z' },
       { gateway: 'applied', ok: false, version: 'abc', loadedAt: '2026-01-01T00:00:00.000Z', reason: 'proto x.proto: ENOENT' },
       { gateway: 'lease', id: 3, policy: 'default|10|60000', client: '203.0.113.0/24', max: 10, windowMs: 60_000 },
+      // The longest a config makes: a route's policy with the largest max and window, a provider token's user
+      // (`user:`, a 64-character subjectPrefix, a 255-character sub).
+      {
+        gateway: 'lease',
+        id: 11,
+        policy: `route:r${'-'.repeat(MAX_ROUTE_NAME_LENGTH - 1)}|${Number.MAX_SAFE_INTEGER}|${MAX_TIMER_MS}`,
+        client: `user:${'p'.repeat(64)}${'s'.repeat(255)}`,
+        max: Number.MAX_SAFE_INTEGER,
+        windowMs: MAX_TIMER_MS,
+      },
       { gateway: 'recalled', id: 7, returned: 0 },
       { gateway: 'reload', id: 4 },
       { gateway: 'status', id: 5 },
