@@ -24,7 +24,7 @@ const headers = Object.fromEntries(headerArgs.map((h) => [h.slice(0, h.indexOf('
 const agent = new http.Agent({ keepAlive: true, maxSockets: connections });
 const maxInFlight = connections * 2;
 const latenciesMs = [];
-const result = { targetRate: rate, seconds, sent: 0, ok: 0, non2xx: 0, errors: 0, skipped: 0 };
+const result = { targetRate: rate, seconds, maxInFlight, sent: 0, ok: 0, non2xx: 0, errors: 0, skipped: 0 };
 let inFlight = 0;
 let sending = true;
 

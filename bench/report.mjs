@@ -118,7 +118,7 @@ export function evaluate(results) {
     const rssOver = rssRounds.length > 0 ? round(median(rssRounds), 1) : rss.gateway && rss['node-floor'] ? round(rss.gateway.peak - rss['node-floor'].peak, 1) : null;
     line('peak-rss', "peak RSS under the bench load <= the floor's + 48 MiB", `<= +${BUDGET.peakRssOverFloorMiBMax} MiB`, { median: rssOver, rounds: rssRounds }, 'MiB', (v) => v <= BUDGET.peakRssOverFloorMiBMax, notRun('node-floor'));
     const loss = results.loss;
-    // Only at the rate it names: a load that failed, or answered below 98% of its rate (sends skipped at 32 in flight
+    // Only at the rate it names: a load that failed, or answered below 98% of its rate (sends skipped at its in-flight bound
     // and not made up), checked less than it says and passed all the same. A few skips within the rate are said.
     const shortLoad = loss && (loss.load.errors > 0 || loss.load.non2xx > 0 || loss.load.achievedRate < 0.98 * loss.targetRate);
     const lossLine = (id, text, limit, measured, unit) => {
@@ -127,7 +127,7 @@ export function evaluate(results) {
         return;
       }
       line(id, text, `${limit}`, { median: loss ? measured : null, rounds: [] }, unit, (v) => v <= limit, loss ? undefined : 'loss check not run');
-      if (loss?.load.skipped > 0) budget.at(-1).note = `${loss.load.skipped} sends skipped at 32 in flight; ${loss.load.achievedRate} of ${loss.targetRate} req/s answered`;
+      if (loss?.load.skipped > 0) budget.at(-1).note = `${loss.load.skipped} sends skipped at ${loss.load.maxInFlight ?? 32} in flight; ${loss.load.achievedRate} of ${loss.targetRate} req/s answered`;
     };
     lossLine('spans-lost', 'spans lost at 50% of peak', BUDGET.spansLostMax, loss?.spansLost, 'spans');
     lossLine('logs-lost', 'log records lost at 50% of peak (OTLP log export)', BUDGET.logRecordsLostMax, loss?.logRecordsLost ?? null, 'records');

@@ -511,6 +511,15 @@ function medianPeak(runs) {
 // at most ~5 s, plus margin.
 const FLUSH_MS = 12_000;
 
+/**
+ * Keep-alive connections of the loss phase's paced load (it keeps at most twice as many requests in flight, and skips
+ * a send past that). 16 held 32: the log-shipping gateway's collections (scavenges and mark-compacts of 10-20 ms, and
+ * incremental marking steps as long, seen with --trace-gc under this load) held more than that at ~2,000-2,300 req/s,
+ * and the loader fell 3-5% short of its rate in full runs, so the line judged a load it had not sent. 64 hold ~55 ms
+ * of such a pause at that rate; a gateway that cannot keep up still falls short of the 98% the line asks.
+ */
+const LOSS_CONNECTIONS = 64;
+
 /** Not a budget line: what the measured traced gateway's sink has of the requests it served under full load. */
 async function spansAfterFullLoad(sinkPort, accessLogFile) {
   const accessLog = new LineCounter(accessLogFile, '"request completed"');
@@ -554,7 +563,7 @@ async function pacedLoss({ target, peakRate, logs, authHeader, ticksPerSecond })
   const baseSpans = settled.spans;
   log(`telemetry-loss check (${target.name}): ${rate} req/s (50% of ${peakRate}) for ${settings.lossSeconds} s`);
   const cpuBefore = target.pids.reduce((sum, pid) => sum + cpuTicks(pid).own, 0);
-  const load = start('paced-load', process.execPath, [path.join(BENCH_DIR, 'paced-load.mjs'), target.url, String(rate), String(settings.lossSeconds), '16', `Authorization: ${authHeader.Authorization}`], {
+  const load = start('paced-load', process.execPath, [path.join(BENCH_DIR, 'paced-load.mjs'), target.url, String(rate), String(settings.lossSeconds), String(LOSS_CONNECTIONS), `Authorization: ${authHeader.Authorization}`], {
     cwd: ROOT,
     env: cleanEnv(),
     stdoutFile: path.join(logs, 'paced-load.out.log'),
