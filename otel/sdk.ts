@@ -82,7 +82,7 @@ import { createTextMapPropagator } from './trace-context-propagator';
 import { ClientTraceIdSampler, RandomTraceIdRatioSampler, RequestedTraceIdGenerator } from './trace-ids';
 import { createTelemetryDiagnostics, type TelemetryDiagnostics } from './telemetry-diagnostics';
 import { HEADER } from './wire-names';
-import { UNTRACED_PATHS, type InstrumentationName, type MetricsConfig, type SamplerConfig, type SignalConfig, type TelemetryConfig } from './telemetry-config';
+import { UNTRACED_PATHS, type BatchOptions, type InstrumentationName, type MetricsConfig, type SamplerConfig, type SignalConfig, type TelemetryConfig } from './telemetry-config';
 
 /** Incubating in semantic-conventions 1.45 (not exported from the stable entry point). */
 const ATTR_DEPLOYMENT_ENVIRONMENT_NAME = 'deployment.environment.name';
@@ -306,7 +306,8 @@ export const DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT = 4096;
 function spanLimitsFromEnv(): SpanLimits {
   return {
     attributeCountLimit: getNumberFromEnv('OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT') ?? getNumberFromEnv('OTEL_ATTRIBUTE_COUNT_LIMIT'),
-    attributeValueLengthLimit: getNumberFromEnv('OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT') ?? getNumberFromEnv('OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT') ?? DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+    // As log records read it (0 or less is no limit to the tracer, so a 0 took every bound off client-sized values).
+    attributeValueLengthLimit: positiveNumberFromEnv('OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT') ?? positiveNumberFromEnv('OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT') ?? DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
     eventCountLimit: getNumberFromEnv('OTEL_SPAN_EVENT_COUNT_LIMIT'),
     linkCountLimit: getNumberFromEnv('OTEL_SPAN_LINK_COUNT_LIMIT'),
     attributePerEventCountLimit: getNumberFromEnv('OTEL_SPAN_ATTRIBUTE_PER_EVENT_COUNT_LIMIT'),
@@ -350,8 +351,26 @@ function otlpDestination(config: TelemetryConfig): string {
 
 function spanProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): SpanProcessor {
   if (name === 'console') return new SimpleSpanProcessor({ exporter: new ConsoleSpanExporter() });
-  const exporter = signal.protocol === 'http/json' ? new (lazy('@opentelemetry/exporter-trace-otlp-http') as typeof import('@opentelemetry/exporter-trace-otlp-http')).OTLPTraceExporter({ url: signal.url }) : otlpProtoTraceExporter(signal.url);
+  const concurrencyLimit = exportsInFlight(signal.batch);
+  const exporter = signal.protocol === 'http/json' ? new (lazy('@opentelemetry/exporter-trace-otlp-http') as typeof import('@opentelemetry/exporter-trace-otlp-http')).OTLPTraceExporter({ url: signal.url, concurrencyLimit }) : otlpProtoTraceExporter(signal.url, concurrencyLimit);
   return new BatchSpanProcessor({ exporter, ...signal.batch });
+}
+
+/** The batch processors' defaults (sdk-trace's and sdk-logs' alike) where OTEL_BSP_* / OTEL_BLRP_* leave them. */
+const SDK_MAX_QUEUE_SIZE = 2048;
+const SDK_MAX_EXPORT_BATCH_SIZE = 512;
+
+/**
+ * Exports of one signal that may be open at once (the SDK's default is 30). The batch processor sends one batch at a
+ * time and gives up waiting after its export timeout (OTEL_BSP_EXPORT_TIMEOUT), but the request stays open until the
+ * transport's own timeout, which counts silence only: a collector that reads a body slowly, or answers a byte at a
+ * time, kept requests open as the processor sent more, each holding its encoded batch (up to ~6 MiB with attribute
+ * values at their limit): 30 of them, past the memory the attribute limit was chosen to keep within. A flush (and so
+ * shutdown) sends the whole queue at once, batch by batch, beside the export under way: that many, and no more.
+ */
+export function exportsInFlight(batch: BatchOptions): number {
+  const queue = batch.maxQueueSize ?? SDK_MAX_QUEUE_SIZE;
+  return Math.ceil(queue / Math.min(batch.maxExportBatchSize ?? SDK_MAX_EXPORT_BATCH_SIZE, queue)) + 1;
 }
 
 /**
@@ -361,29 +380,31 @@ function spanProcessor(name: SignalConfig['exporters'][number], signal: SignalCo
  * the request body comes from our one-pass encoder (otlp-protobuf-encoding.ts); responses are read by the SDK.
  */
 function otlpProtoExporter<Records, Response>(
-  url: string,
+  target: { url: string; concurrencyLimit: number },
   signal: { name: 'TRACES' | 'LOGS'; path: string; componentType: string; metricsHelper: IExporterMetricsHelper<Records> },
   encode: (records: Records) => Uint8Array,
   sdkSerializer: ISerializer<Records, Response>,
 ): OTLPExporterBase<Records> {
   const serializer: ISerializer<Records, Response> = { serializeRequest: encode, deserializeResponse: (data) => sdkSerializer.deserializeResponse(data) };
-  const options = convertLegacyHttpOptions({ url }, signal.name, signal.path, { 'Content-Type': 'application/x-protobuf' });
+  const options = convertLegacyHttpOptions(target, signal.name, signal.path, { 'Content-Type': 'application/x-protobuf' });
   return new OTLPExporterBase(createOtlpHttpExportDelegate(options, serializer, signal.componentType, signal.metricsHelper, undefined));
 }
 
-function otlpProtoTraceExporter(url: string): SpanExporter {
+/** The OTLP/HTTP protobuf span exporter (exported for its tests). */
+export function otlpProtoTraceExporter(url: string, concurrencyLimit: number): SpanExporter {
   const signal = { name: 'TRACES', path: 'v1/traces', componentType: 'otlp_http_span_exporter', metricsHelper: TraceExporterMetricsHelper } as const;
-  return otlpProtoExporter<ReadableSpan[], IExportTraceServiceResponse>(url, signal, encodeTraceExportRequest, ProtobufTraceSerializer);
+  return otlpProtoExporter<ReadableSpan[], IExportTraceServiceResponse>({ url, concurrencyLimit }, signal, encodeTraceExportRequest, ProtobufTraceSerializer);
 }
 
-function otlpProtoLogExporter(url: string): LogRecordExporter {
+function otlpProtoLogExporter(url: string, concurrencyLimit: number): LogRecordExporter {
   const signal = { name: 'LOGS', path: 'v1/logs', componentType: 'otlp_http_log_exporter', metricsHelper: LogsExporterMetricsHelper } as const;
-  return otlpProtoExporter<ReadableLogRecord[], IExportLogsServiceResponse>(url, signal, encodeLogsExportRequest, ProtobufLogsSerializer);
+  return otlpProtoExporter<ReadableLogRecord[], IExportLogsServiceResponse>({ url, concurrencyLimit }, signal, encodeLogsExportRequest, ProtobufLogsSerializer);
 }
 
 function logRecordProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): LogRecordProcessor {
   if (name === 'console') return new SimpleLogRecordProcessor({ exporter: new ConsoleLogRecordExporter() });
-  const exporter = signal.protocol === 'http/json' ? new (lazy('@opentelemetry/exporter-logs-otlp-http') as typeof import('@opentelemetry/exporter-logs-otlp-http')).OTLPLogExporter({ url: signal.url }) : otlpProtoLogExporter(signal.url);
+  const concurrencyLimit = exportsInFlight(signal.batch);
+  const exporter = signal.protocol === 'http/json' ? new (lazy('@opentelemetry/exporter-logs-otlp-http') as typeof import('@opentelemetry/exporter-logs-otlp-http')).OTLPLogExporter({ url: signal.url, concurrencyLimit }) : otlpProtoLogExporter(signal.url, concurrencyLimit);
   return new BatchLogRecordProcessor({ exporter, ...signal.batch, selfObsMeterProvider: droppedLogRecordsReporter() });
 }
 

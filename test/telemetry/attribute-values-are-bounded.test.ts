@@ -20,6 +20,8 @@ const FAST_EXPORT = { OTEL_BSP_SCHEDULE_DELAY: '50', OTEL_BLRP_SCHEDULE_DELAY: '
 describe.each<{ desc: string; env: Record<string, string>; kept: number }>([
   { desc: 'by default', env: {}, kept: DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT },
   { desc: 'with OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT=Infinity', env: { OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: 'Infinity' }, kept: Infinity },
+  // No limit of zero length: read as unset, as for log records (spans took it as none, and kept 20,000-character paths).
+  { desc: 'with OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT=0', env: { OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: '0' }, kept: DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT },
 ])('the gateway’s exported attribute values $desc', ({ env, kept }) => {
   let receiver: OtlpReceiver;
   let upstream: TestServer;
