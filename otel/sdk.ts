@@ -376,8 +376,9 @@ export function exportsInFlight(batch: BatchOptions): number {
 /**
  * What the SDK's OTLP/HTTP protobuf exporters are (exporter-trace-otlp-proto's OTLPTraceExporter and
  * exporter-logs-otlp-proto's OTLPLogExporter, 0.300.0), assembled exactly as their constructors do: the same
- * HTTP transport, headers, env configuration (OTEL_EXPORTER_OTLP_*), compression, retries and timeouts. Only
- * the request body comes from our one-pass encoder (otlp-protobuf-encoding.ts); responses are read by the SDK.
+ * HTTP transport, headers, env configuration (OTEL_EXPORTER_OTLP_*), compression, retries and timeouts, but for the
+ * exports open at once (`concurrencyLimit`, exportsInFlight). Only the request body comes from our one-pass encoder
+ * (otlp-protobuf-encoding.ts); responses are read by the SDK.
  */
 function otlpProtoExporter<Records, Response>(
   target: { url: string; concurrencyLimit: number },
