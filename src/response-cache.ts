@@ -37,6 +37,9 @@ export const routeCacheSchema = z.strictObject({
 });
 export type RouteCacheConfig = z.output<typeof routeCacheSchema>;
 
+/** Default of `cache.maxEntryBytes`. */
+const DEFAULT_MAX_ENTRY_BYTES = 1024 * 1024;
+
 /** Gateway-wide cache settings (top-level `cache`). */
 export const cacheSettingsSchema = z
   .strictObject({
@@ -44,13 +47,15 @@ export const cacheSettingsSchema = z
     statusHeader: z.string().regex(FIELD_NAME_TOKEN, 'must be a header name').default('x-cache'),
     /** Bytes all routes' entries may take together in the in-memory store. Default 64 MiB; at most 16 GiB. */
     maxBytes: z.int().positive().max(16 * 1024 ** 3).default(64 * 1024 * 1024),
-    /** Largest response body stored, bytes; larger ones are passed on and not kept. Default 1 MiB; at most `maxBytes`. */
-    maxEntryBytes: z.int().positive().default(1024 * 1024),
+    /** Largest response body stored, bytes; larger ones are passed on and not kept. Default 1 MiB (or `maxBytes` if less); at most `maxBytes`. */
+    maxEntryBytes: z.int().positive().optional(),
     /** Prefix of every Redis key of the shared store (with `REDIS_URL`). */
     redisKeyPrefix: z.string().regex(/^[A-Za-z0-9:_-]+$/).default('koa-gateway:cache'),
   })
-  // An entry larger than the whole store could never be kept: the operator meant one of the two otherwise.
-  .refine((settings) => settings.maxEntryBytes <= settings.maxBytes, { path: ['maxEntryBytes'], message: 'must not exceed cache.maxBytes' })
+  // An entry larger than the whole store could never be kept: the operator meant one of the two otherwise. The default
+  // is held to a smaller store instead (a cache.maxBytes under 1 MiB alone is a store that small).
+  .refine((settings) => settings.maxEntryBytes === undefined || settings.maxEntryBytes <= settings.maxBytes, { path: ['maxEntryBytes'], message: 'must not exceed cache.maxBytes' })
+  .transform((settings) => ({ ...settings, maxEntryBytes: settings.maxEntryBytes ?? Math.min(DEFAULT_MAX_ENTRY_BYTES, settings.maxBytes) }))
   .prefault({});
 export type CacheSettings = z.output<typeof cacheSettingsSchema>;
 
