@@ -9,7 +9,7 @@ import { duplicateJsonKey } from './json-duplicate-keys';
 import { serviceOrigin } from './service-origin';
 import { headerRulesSchema, ownedRequestHeader, ownedResponseHeader } from './header-rules';
 import { cacheSettingsSchema, routeCacheSchema } from './response-cache';
-import { GUESSABLE_SECRET_RULE, isGuessableSecret, SIGNING_KEY_MIN_LENGTH } from './gateway-signature';
+import { keyMaterialProblem, SIGNING_KEY_MIN_LENGTH } from './gateway-signature';
 
 /**
  * The gateway's one configuration: a JSON file (routes as data) overlaid with environment variables,
@@ -721,25 +721,18 @@ function crossFieldRules(config: z.output<typeof configFields>, ctx: Pick<z.Refi
     ctx.addIssue({ code: 'custom', path: ['trustedProxies'], message: 'need trustProxy true (TRUST_PROXY=true)', input: config.trustedProxies });
   }
   const { secret } = config.auth;
-  if (secret !== undefined && PUBLISHED_JWT_SECRETS.includes(secret)) {
+  // Trimmed: the published secret with a newline `echo` added is the published secret.
+  if (secret !== undefined && PUBLISHED_JWT_SECRETS.includes(secret.trim())) {
     ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'is a published secret: anyone could mint tokens with it', input: '(hidden)' });
   } else if (config.environment === 'production' && secret === undefined) {
     ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be set (JWT_SECRET) in production', input: undefined });
   } else if (config.environment === 'production' && secret!.length < 32) {
     ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be at least 32 characters in production', input: '(hidden)' });
-  } else if (config.environment === 'production' && isGuessableSecret(secret!)) {
-    ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: GUESSABLE_RULE, input: '(hidden)' });
+  } else if (config.environment === 'production' && keyMaterialProblem(secret!)) {
+    ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: keyMaterialProblem(secret!)!, input: '(hidden)' });
   }
-  if (config.environment === 'production' && config.proxy.signingKey !== undefined && isGuessableSecret(config.proxy.signingKey)) {
-    ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: GUESSABLE_RULE, input: '(hidden)' });
-  }
-  // A key is every byte of the value: a secret written with `echo` (or read from a mounted file) ends in a newline the
-  // operator does not see, which every service would have to hold too, and which hid a signing key equal to the secret.
-  if (config.environment === 'production') {
-    for (const [path, value] of [[['auth', 'secret'], secret], [['proxy', 'signingKey'], config.proxy.signingKey]] as const) {
-      if (value !== undefined && value !== value.trim()) ctx.addIssue({ code: 'custom', path: [...path], message: EDGE_BLANKS_RULE, input: '(hidden)' });
-    }
-  }
+  const signingKeyProblem = config.environment === 'production' && config.proxy.signingKey !== undefined ? keyMaterialProblem(config.proxy.signingKey) : undefined;
+  if (signingKeyProblem) ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: signingKeyProblem, input: '(hidden)' });
   // One key, one purpose (RFC 8725 3.5): every service holds the signing key, and as the JWT secret it would let
   // anyone who reads one service's environment mint the gateway an admin token (blanks at the ends aside: the same key).
   if (config.proxy.signingKey !== undefined && secret !== undefined && config.proxy.signingKey.trim() === secret.trim()) {
@@ -902,9 +895,7 @@ export function describeRouteAccess(route: Pick<RouteConfig, 'auth' | 'roles'>, 
   return route.roles ? `${credentials}; roles: ${route.roles.join(', ')}` : credentials;
 }
 
-const GUESSABLE_RULE = `is ${GUESSABLE_SECRET_RULE}`;
 
-const EDGE_BLANKS_RULE = 'must not begin or end with blanks or a line break (a newline from echo or a mounted file?): they would be part of the key';
 
 /**
  * Keys whose values are secrets: never echoed in an error, not even a wrong one. A key's `hash` is no secret, but

@@ -42,6 +42,18 @@ export const SIGNING_KEY_MIN_LENGTH = 32;
 export const GUESSABLE_SECRET_RULE = 'too regular to be a secret (fewer than 8 different characters, or one piece repeated): use random bytes, e.g. openssl rand -base64 48';
 
 /**
+ * Why production refuses `secret` as a key (the JWT secret, the signing key, the one a service also accepts), or
+ * undefined: guessable, or with blanks or a line break at an end. A key is every byte of the value: a secret written
+ * with `echo` (or read from a mounted file) ends in a newline the operator does not see, which every service would
+ * have to hold too, and which hid a signing key equal to the JWT secret from the check that they differ.
+ */
+export function keyMaterialProblem(secret: string): string | undefined {
+  if (isGuessableSecret(secret)) return `is ${GUESSABLE_SECRET_RULE}`;
+  if (secret !== secret.trim()) return 'must not begin or end with blanks or a line break (a newline from echo or a mounted file?): they would be part of the key';
+  return undefined;
+}
+
+/**
  * A secret long enough but made of a handful of characters (32 spaces, `aaaa...`, `abcabc...`), or of one piece
  * said twice or more (`01234567` four times, a password doubled to reach the length): not key material.
  */

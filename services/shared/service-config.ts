@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { hideUrlPasswords } from '../../otel/redact-url';
-import { GUESSABLE_SECRET_RULE, isGuessableSecret, SIGNING_KEY_MIN_LENGTH } from '../../src/gateway-signature';
+import { keyMaterialProblem, SIGNING_KEY_MIN_LENGTH } from '../../src/gateway-signature';
 import { serviceOrigin } from '../../src/service-origin';
 
 /**
@@ -77,11 +77,13 @@ export function loadServiceEnv<K extends ServiceKey>(service: K, env: Record<str
   if (result.data.NODE_ENV === 'production' && result.data.GATEWAY_SIGNING_KEY === undefined) {
     throw new Error('config: GATEWAY_SIGNING_KEY: must be set in production: without it anyone who reaches this service can claim any identity');
   }
-  if (result.data.NODE_ENV === 'production' && isGuessableSecret(result.data.GATEWAY_SIGNING_KEY!)) throw new Error(`config: GATEWAY_SIGNING_KEY: is ${GUESSABLE_SECRET_RULE}`);
+  const keyProblem = result.data.NODE_ENV === 'production' ? keyMaterialProblem(result.data.GATEWAY_SIGNING_KEY!) : undefined;
+  if (keyProblem) throw new Error(`config: GATEWAY_SIGNING_KEY: ${keyProblem}`);
   if (result.data.GATEWAY_SIGNING_KEY_ACCEPTED !== undefined) {
     // Believed beside no key of its own, anyone could claim any identity without a signature.
     if (result.data.GATEWAY_SIGNING_KEY === undefined) throw new Error('config: GATEWAY_SIGNING_KEY_ACCEPTED: needs GATEWAY_SIGNING_KEY (it is accepted beside that key, never instead of it)');
-    if (result.data.NODE_ENV === 'production' && isGuessableSecret(result.data.GATEWAY_SIGNING_KEY_ACCEPTED)) throw new Error(`config: GATEWAY_SIGNING_KEY_ACCEPTED: is ${GUESSABLE_SECRET_RULE}`);
+    const acceptedProblem = result.data.NODE_ENV === 'production' ? keyMaterialProblem(result.data.GATEWAY_SIGNING_KEY_ACCEPTED) : undefined;
+    if (acceptedProblem) throw new Error(`config: GATEWAY_SIGNING_KEY_ACCEPTED: ${acceptedProblem}`);
   }
   return result.data as ServiceEnv<K>;
 }

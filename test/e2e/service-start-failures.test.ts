@@ -57,6 +57,25 @@ describe('a service given a signing key to accept but none of its own', () => {
   });
 });
 
+// The gateway refused these keys in production and the services took them: one rule for both (keyMaterialProblem).
+describe('a service in production given a signing key the gateway refuses', () => {
+  it.each<{ desc: string; env: Record<string, string>; says: RegExp }>([
+    { desc: 'a GATEWAY_SIGNING_KEY ending in a newline', env: { GATEWAY_SIGNING_KEY: 'test-gateway-signing-key-shared-with-the-services\n' }, says: /^user-service: config: GATEWAY_SIGNING_KEY: must not begin or end with blanks or a line break/ },
+    { desc: 'a GATEWAY_SIGNING_KEY of one piece said four times', env: { GATEWAY_SIGNING_KEY: '01234567'.repeat(4) }, says: /^user-service: config: GATEWAY_SIGNING_KEY: is too regular to be a secret/ },
+    {
+      desc: 'a GATEWAY_SIGNING_KEY_ACCEPTED starting with a space',
+      env: { GATEWAY_SIGNING_KEY: 'test-gateway-signing-key-shared-with-the-services', GATEWAY_SIGNING_KEY_ACCEPTED: ' the-next-gateway-signing-key-of-a-rotation-0123' },
+      says: /^user-service: config: GATEWAY_SIGNING_KEY_ACCEPTED: must not begin or end with blanks or a line break/,
+    },
+  ])('refuses to start with $desc, in one line that never echoes a key', async ({ env, says }) => {
+    const { code, stderr } = await startService('services/users/main.js', { PORT: '0', NODE_ENV: 'production', ...env });
+    expect(code).toBe(1);
+    expect(stderr.trim().split('\n')).toEqual([expect.stringMatching(says)]);
+    expect(stderr).not.toContain('signing-key-');
+    expect(stderr).not.toContain('01234567');
+  });
+});
+
 // The services coerced their ports with Number(): "   " was port 0 (a random port nobody dialled), "0x10" port 16;
 // and order-service took a URL with a path or credentials, then called its own paths on the origin alone.
 describe('a service with a variable the gateway would refuse', () => {

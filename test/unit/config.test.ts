@@ -107,7 +107,7 @@ describe('gateway config', () => {
     { desc: 'production with a signing key starting with a space', env: { NODE_ENV: 'production', JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: ` ${TEST_SIGNING_KEY}` }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): must not begin or end with blanks or a line break(?!.*\(got )/ },
     // Eight different characters, but one piece said four times: it passed the guessable rule.
     { desc: 'production with a secret of one piece repeated', env: { NODE_ENV: 'production', JWT_SECRET: '01234567'.repeat(4), GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY }, message: /^config: JWT_SECRET \(auth\.secret\): is too regular to be a secret/ },
-    { desc: 'production with a signing key of a password said twice and cut', env: { NODE_ENV: 'production', JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: 'Tr0ub4dor&3horse'.repeat(2) }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): is too regular to be a secret/ },
+    { desc: 'production with a signing key of a password said twice', env: { NODE_ENV: 'production', JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: 'Tr0ub4dor&3horse'.repeat(2) }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): is too regular to be a secret/ },
   ])('refuses $desc with one line naming the key', ({ env, message }) => {
     expect(() => parseConfig(shippedConfigFile(), env)).toThrow(message);
     try {
@@ -293,6 +293,16 @@ describe('gateway config', () => {
 });
 
 // `npm start`'s banner said `token` for every protected route, also for one that takes API keys only.
+describe('cache entry bound', () => {
+  it('defaults to 1 MiB, or to cache.maxBytes when that is less (a small store alone was refused for the default it did not set)', () => {
+    const withCache = (cache: Record<string, number>) => parseConfig({ ...shippedConfigFile(), cache }).cache;
+    expect(withCache({})).toMatchObject({ maxBytes: 64 * 1024 * 1024, maxEntryBytes: 1024 * 1024 });
+    expect(withCache({ maxBytes: 524_288 })).toMatchObject({ maxBytes: 524_288, maxEntryBytes: 524_288 });
+    expect(withCache({ maxBytes: 524_288, maxEntryBytes: 1000 })).toMatchObject({ maxEntryBytes: 1000 });
+    expect(() => withCache({ maxBytes: 524_288, maxEntryBytes: 524_289 })).toThrow(/^config: cache\.maxEntryBytes: must not exceed cache\.maxBytes/);
+  });
+});
+
 describe('describeRouteAccess', () => {
   it.each([
     [{ auth: 'public' as const }, false, 'public'],
