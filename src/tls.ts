@@ -146,7 +146,8 @@ function logRotationRefused(tls: TlsConfig, logger: Logger, error: unknown): voi
 }
 
 /**
- * TLS 1.3's suites, then TLS 1.2's with forward secrecy and AEAD only (Mozilla's "intermediate"): Node's default list
+ * TLS 1.3's suites, then TLS 1.2's ECDHE ones with AEAD only (Mozilla's "intermediate" without its DHE suites, which
+ * Node serves only with a `dhparam` the gateway does not set): Node's default list
  * takes `HIGH`, which lets CBC and SHA-1 suites through, and HTTP/2 must not run over them (RFC 9113 9.2.2, Appendix A),
  * which Node does not check: `ECDHE-ECDSA-AES128-SHA` was negotiated with ALPN h2. Node turns TLS 1.3 off when the
  * list names none of its suites, so they are named.

@@ -17,15 +17,15 @@ export interface TestCertificate {
 /**
  * A fresh self-signed P-256 certificate for `localhost` and 127.0.0.1, valid one day, made by Debian's openssl
  * (Node can verify certificates but not issue them). Each call makes a new key, so two calls give two
- * certificates a client can tell apart.
+ * certificates a client can tell apart. `key: 'rsa'` makes an RSA-2048 one (TLS 1.2 suites differ by key type).
  */
-export function makeCertificate(commonName = 'localhost', directory = mkdtempSync(path.join(tmpdir(), 'gateway-tls-'))): TestCertificate {
+export function makeCertificate(commonName = 'localhost', directory = mkdtempSync(path.join(tmpdir(), 'gateway-tls-')), key: 'ec' | 'rsa' = 'ec'): TestCertificate {
   const stem = `${commonName}-${Math.random().toString(16).slice(2, 10)}`;
   const certFile = path.join(directory, `${stem}.crt`);
   const keyFile = path.join(directory, `${stem}.key`);
   execFileSync(
     'openssl',
-    ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '1', '-subj', `/CN=${commonName}`, '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'],
+    ['req', '-x509', ...(key === 'rsa' ? ['-newkey', 'rsa:2048'] : ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1']), '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '1', '-subj', `/CN=${commonName}`, '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'],
     { stdio: 'ignore', env: { PATH: process.env.PATH ?? '' } },
   );
   const cert = readFileSync(certFile, 'utf8');
