@@ -365,8 +365,9 @@ const SDK_MAX_EXPORT_BATCH_SIZE = 512;
  * time and gives up waiting after its export timeout (OTEL_BSP_EXPORT_TIMEOUT), but the request stays open until the
  * transport's own timeout, which counts silence only: a collector that reads a body slowly, or answers a byte at a
  * time, kept requests open as the processor sent more, each holding its encoded batch (up to ~6 MiB with attribute
- * values at their limit): 30 of them, past the memory the attribute limit was chosen to keep within. A flush (and so
- * shutdown) sends the whole queue at once, batch by batch, beside the export under way: that many, and no more.
+ * values at their limit): 30 of them, past the memory the attribute limit was chosen to keep within. The span
+ * processor's flush (and so shutdown) sends the whole queue at once, batch by batch, beside the export under way: that
+ * many, and no more (the log record processor's flush sends one batch at a time: a bound to spare).
  */
 export function exportsInFlight(batch: BatchOptions): number {
   const queue = batch.maxQueueSize ?? SDK_MAX_QUEUE_SIZE;

@@ -1,7 +1,7 @@
 import type { Logger } from '../otel/logger';
 import type { GatewayConfig } from './config';
 
-/** Logged once per gateway (by the primary of a cluster). */
+/** Logged by the gateway at start (by the primary of a cluster), and again after each reload that changed the config. */
 export function startupWarnings(config: GatewayConfig, logger: Logger): void {
   if (config.auth.secretSource === 'generated') {
     logger.warn('JWT_SECRET is not set: tokens are signed with a random secret of this process; they stop working when it restarts and are not accepted by other replicas. Set JWT_SECRET (32+ characters) to keep them.', { environment: config.environment });

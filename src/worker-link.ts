@@ -41,9 +41,11 @@ export interface WorkerLink {
 }
 
 /**
- * Longest a worker's `POST /admin/reload` waits for the primary's answer, ms: the primary runs reloads one at a time,
- * each within its workers' 10 s to apply and a rollback, but waits for every worker's first start before the first,
- * and a worker that never starts held every asking request (and its pending entry) for good.
+ * Longest a worker's `POST /admin/reload` waits for the primary's answer, ms: a worker that never starts held every
+ * asking request (and its pending entry) for good, the primary waiting for every worker's first start before the
+ * first reload. The primary runs reloads one at a time, each within its workers' 10 s to apply and a rollback, so an
+ * ask behind several others can time out (a 500) while its reload is still applied later: GET /admin/config says
+ * which version runs.
  */
 const RELOAD_ANSWER_TIMEOUT_MS = 60_000;
 

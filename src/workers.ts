@@ -295,18 +295,21 @@ export function runPrimary(options: PrimaryOptions): void {
   const send = (worker: Worker, message: ToWorker) => {
     if (worker.isConnected()) worker.send(message);
   };
-  const mayLogMalformed = atMostEvery(MALFORMED_LOG_INTERVAL_MS);
-  let malformedSinceLog = 0;
-  /** A message the primary did not act on: malformed, or (`error`) one that acting on threw. */
-  const ignoredMalformed = (worker: Worker, raw: unknown, error?: unknown) => {
-    malformedSinceLog++;
-    if (!mayLogMalformed()) return;
-    const kind = (raw as { gateway?: unknown } | null)?.gateway;
-    const fields = { worker: worker.id, kind: typeof kind === 'string' ? kind.slice(0, 32) : typeof kind, ignored: malformedSinceLog };
-    if (error === undefined) logger.warn('ignored a malformed message from a worker', fields);
-    else logger.error('could not act on a message from a worker; ignored it', { ...fields, error: error instanceof Error ? error.message : typeof error });
-    malformedSinceLog = 0;
+  /** Reports of messages the primary did not act on, each kind at most every MALFORMED_LOG_INTERVAL_MS, counting the rest. */
+  const reportIgnored = (say: (fields: Record<string, unknown>) => void) => {
+    const mayLog = atMostEvery(MALFORMED_LOG_INTERVAL_MS);
+    let sinceLog = 0;
+    return (worker: Worker, raw: unknown, extra: Record<string, unknown> = {}) => {
+      sinceLog++;
+      if (!mayLog()) return;
+      const kind = (raw as { gateway?: unknown } | null)?.gateway;
+      say({ worker: worker.id, kind: typeof kind === 'string' ? kind.slice(0, 32) : typeof kind, ignored: sinceLog, ...extra });
+      sinceLog = 0;
+    };
   };
+  const ignoredMalformed = reportIgnored((fields) => logger.warn('ignored a malformed message from a worker', fields));
+  // A bug of the primary's: reported on its own, not lost among a worker's malformed messages.
+  const failedActing = reportIgnored((fields) => logger.error('could not act on a message from a worker; ignored it', fields));
 
   function fork(index: number): void {
     const slot = slots[index]!;
@@ -317,7 +320,7 @@ export function runPrimary(options: PrimaryOptions): void {
       'message',
       workerMessageListener(
         (message) => onMessage(slot, worker, message),
-        (raw, error) => ignoredMalformed(worker, raw, error),
+        (raw, error) => (error === undefined ? ignoredMalformed(worker, raw) : failedActing(worker, raw, { error: error instanceof Error ? error.message : typeof error })),
       ),
     );
     // A message to a worker that is just exiting fails here; its exit is handled below. Unheard, it would end the primary.
