@@ -66,15 +66,85 @@ export class JsonNumberText {
 }
 
 /**
+ * Most values a request body may hold (strings, numbers, true, false, null, objects and arrays; object keys not
+ * counted). Each costs the reviver below ~0.75 µs and the message built from it ~0.4 µs, all on the event loop: a
+ * 1 MiB body of 500,000 zeros held it 0.7-0.8 s, every other request behind it. 100,000 keep a body's work near a
+ * tenth of a second and take a 1 MiB body of ordinary objects (~10 values per 100 bytes).
+ */
+export const MAX_JSON_BODY_VALUES = 100_000;
+
+/** Deepest nesting of a request body; the mapping refuses past MAX_DEPTH, and parsing 500,000 levels first took 0.3 s. */
+const MAX_BODY_NESTING = 2 * MAX_DEPTH;
+
+/** A request body over MAX_JSON_BODY_VALUES (-> 413). */
+export class JsonBodyTooLargeError extends Error {
+  override name = 'JsonBodyTooLargeError';
+}
+
+/**
  * A request body's JSON: JSON.parse, with each number that is not a safe integer written as digits kept as a
- * JsonNumberText (the reviver's `context.source`, Node 21+). Every other value is JSON.parse's own.
+ * JsonNumberText (the reviver's `context.source`, Node 21+). Every other value is JSON.parse's own. The text is read
+ * once first (bodyShape): a body of too many values or too deep is refused before it is parsed, and one whose numbers
+ * are all integers of at most 15 digits, which JSON.parse reads exactly, is parsed without the reviver (~50 times
+ * faster), to the same values.
  */
 export function parseJsonBody(text: string): unknown {
+  if (!bodyShape(text).numbersNeedText) return JSON.parse(text);
   return JSON.parse(text, (_key: string, value: unknown, context?: { source?: string }) => {
     if (typeof value !== 'number' || context?.source === undefined) return value;
     const source = context.source;
     return Number.isSafeInteger(value) && !/[.eE]/.test(source) ? value : new JsonNumberText(value, source);
   });
+}
+
+/**
+ * One linear pass over a body's text, valid JSON or not (JSON.parse judges that after): throws past
+ * MAX_JSON_BODY_VALUES values (JsonBodyTooLargeError) or MAX_BODY_NESTING levels (JsonMappingError), and says
+ * whether a number token has a fraction, an exponent or more than 15 digits (its double may not be its text).
+ */
+function bodyShape(text: string): { numbersNeedText: boolean } {
+  let values = 0;
+  let numbersNeedText = false;
+  /** Per open container, whether it is an object; and whether the next string there is a key. */
+  const objects: boolean[] = [];
+  let expectingKey = false;
+  for (let at = 0; at < text.length; at++) {
+    const char = text.charCodeAt(at);
+    if (char === 34 /* " */) {
+      for (at++; at < text.length && text.charCodeAt(at) !== 34; at++) if (text.charCodeAt(at) === 92 /* \ */) at++;
+      if (expectingKey) {
+        expectingKey = false;
+        continue;
+      }
+      values++;
+    } else if (char === 123 /* { */ || char === 91 /* [ */) {
+      values++;
+      objects.push(char === 123);
+      expectingKey = char === 123;
+      if (objects.length > MAX_BODY_NESTING) throw new JsonMappingError(`The request body nests deeper than ${MAX_BODY_NESTING} levels.`);
+    } else if (char === 125 /* } */ || char === 93 /* ] */) {
+      objects.pop();
+      expectingKey = false;
+    } else if (char === 44 /* , */) {
+      expectingKey = objects.at(-1) === true;
+    } else if (char === 45 /* - */ || (char >= 48 && char <= 57)) {
+      let digits = 0;
+      for (; at < text.length; at++) {
+        const next = text.charCodeAt(at);
+        if (next >= 48 && next <= 57) digits++;
+        else if (next === 46 /* . */ || next === 101 /* e */ || next === 69 /* E */ || next === 43 /* + */) numbersNeedText = true;
+        else if (next !== 45) break;
+      }
+      at--;
+      if (digits > 15) numbersNeedText = true;
+      values++;
+    } else if (char >= 97 && char <= 122 /* true, false, null */) {
+      while (at + 1 < text.length && text.charCodeAt(at + 1) >= 97 && text.charCodeAt(at + 1) <= 122) at++;
+      values++;
+    }
+    if (values > MAX_JSON_BODY_VALUES) throw new JsonBodyTooLargeError(`The request body holds more than ${MAX_JSON_BODY_VALUES} JSON values.`);
+  }
+  return { numbersNeedText };
 }
 
 const TO_OBJECT: protobuf.IConversionOptions = { longs: String, enums: String, bytes: String, defaults: true, arrays: true, objects: true, json: true };

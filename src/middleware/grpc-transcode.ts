@@ -6,7 +6,7 @@ import type * as protobuf from 'protobufjs';
 import { GatewayError, invalidJsonBody, toGatewayError } from '../errors';
 import { createGrpcClients, deserializer, encodedBytes, encodeRequest, type GrpcClientCache, endGrpcSpan, MAX_GRPC_MESSAGE_BYTES, MAX_METADATA_ENTRIES, metadataFromHeaders, startGrpcSpan } from '../grpc/grpc-clients';
 import { buildRequestMessage, parseQuery, type HttpBinding } from '../grpc/http-rules';
-import { duplicateJsonKey, JsonMappingError, messageToJson, parseJsonBody, ResponseMappingError } from '../grpc/json-mapping';
+import { duplicateJsonKey, JsonBodyTooLargeError, JsonMappingError, messageToJson, parseJsonBody, ResponseMappingError } from '../grpc/json-mapping';
 import { PathVariableError } from '../grpc/path-template';
 import type { GrpcRoute } from '../grpc/route-mappings';
 import { grpcFailure, grpcStatusName, knownGrpcStatus, refusesGatewaySignature } from '../grpc/status-errors';
@@ -437,7 +437,9 @@ async function readJsonBody(ctx: KoaContext, limit: number): Promise<unknown> {
   let body: unknown;
   try {
     body = parseJsonBody(text);
-  } catch {
+  } catch (error) {
+    if (error instanceof JsonBodyTooLargeError) throw new GatewayError('payload_too_large', error.message);
+    if (error instanceof JsonMappingError) throw new GatewayError('invalid_body', error.message);
     throw invalidJsonBody();
   }
   const twice = duplicateJsonKey(text);
