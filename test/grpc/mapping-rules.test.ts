@@ -7,7 +7,7 @@ import { buildRequestMessage, loadGrpcServiceMapping, parseQuery } from '../../s
 import { compileGrpcRoutes } from '../../src/grpc/route-mappings';
 import { shippedConfigFile, TEST_JWT_SECRET } from '../helpers/test-config';
 import protobuf from 'protobufjs';
-import { JsonBodyTooLargeError, JsonMappingError, JsonNumberText, MAX_JSON_BODY_VALUES, messageFromJson, messageToJson, parseJsonBody, ResponseMappingError } from '../../src/grpc/json-mapping';
+import { JsonBodyTooLargeError, JsonMappingError, JsonNumberText, MAX_JSON_ANSWER_FIELDS, MAX_JSON_BODY_VALUES, messageFromJson, messageToJson, parseJsonBody, ResponseMappingError } from '../../src/grpc/json-mapping';
 import { matchPathTemplate, MAX_PATH_VARIABLE_LENGTH, parsePathTemplate, PathVariableError } from '../../src/grpc/path-template';
 import { MAPPING_PROTO, MAPPING_SERVICE } from './mapping-server';
 
@@ -253,6 +253,13 @@ describe('the JSON mapping, as the proto3 conformance suite checks it', () => {
   it('still writes the Durations at the limits and of one sign', () => {
     expect(answered({ ttl: { seconds: -315_576_000_000, nanos: -999_999_999 } })()).toMatchObject({ ttl: '-315576000000.999999999s' });
     expect(answered({ ttl: { seconds: 0, nanos: -500_000_000 } })()).toMatchObject({ ttl: '-0.500s' });
+  });
+
+  it(`refuses to write an answer of more than ${MAX_JSON_ANSWER_FIELDS} list items of scalars or enums (packed, a byte each: they counted nothing)`, () => {
+    const decoded = (json: Record<string, unknown>) => () => messageToJson(everything, everything.decode(everything.encode(everything.fromObject(json)).finish()));
+    expect(decoded({ colors: Array(MAX_JSON_ANSWER_FIELDS + 1).fill(0) })).toThrow(ResponseMappingError);
+    expect(decoded({ numbers: Array(MAX_JSON_ANSWER_FIELDS + 1).fill(0) })).toThrow(ResponseMappingError);
+    expect((decoded({ colors: Array(1000).fill(1), numbers: [1, 2] })() as { colors: unknown[] }).colors).toHaveLength(1000);
   });
 
   it.each([Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY])('refuses to write a Struct number %s (ValueRejectNanNumberValue, -InfNumberValue)', (numberValue) => {
