@@ -364,7 +364,7 @@ describe('a request body read before it is parsed', () => {
     );
   });
 
-  it(`refuses a body of more than ${MAX_JSON_BODY_VALUES} values (0.7 s of the event loop for 500,000), and one nested past 64 levels (0.3 s to parse 500,000), before parsing`, () => {
+  it(`refuses a body of more than ${MAX_JSON_BODY_VALUES} values (0.7 s of the event loop for 500,000), and one nested past 66 levels (0.3 s to parse 500,000), before parsing`, () => {
     const zeros = (count: number) => `{"numbers":[${Array(count).fill('0').join(',')}]}`;
     // The object and the array count: two values besides the zeros.
     expect(() => parseJsonBody(zeros(MAX_JSON_BODY_VALUES - 2))).not.toThrow();
@@ -372,9 +372,12 @@ describe('a request body read before it is parsed', () => {
     expect(() => parseJsonBody(zeros(500_000))).toThrow(JsonBodyTooLargeError);
     // Keys are not values: an object of 60,000 keys holds 60,001.
     expect(() => parseJsonBody(`{${Array.from({ length: 60_000 }, (_, index) => `"k${index}":1`).join(',')}}`)).not.toThrow();
-    expect(() => parseJsonBody(`${'['.repeat(64)}${']'.repeat(64)}`)).not.toThrow();
-    expect(() => parseJsonBody(`${'['.repeat(65)}${']'.repeat(65)}`)).toThrow(JsonMappingError);
-    expect(() => parseJsonBody(`${'['.repeat(500_000)}${']'.repeat(500_000)}`)).toThrow(/nests deeper than 64 levels/);
+    // The deepest the mapping takes: the root, 32 messages each in a list, a last list of scalars.
+    const deepest = `${'{"children":['.repeat(32)}{"v":[1]}${']}'.repeat(32)}`;
+    expect(() => parseJsonBody(deepest)).not.toThrow();
+    expect(() => parseJsonBody(`${'['.repeat(66)}${']'.repeat(66)}`)).not.toThrow();
+    expect(() => parseJsonBody(`${'['.repeat(67)}${']'.repeat(67)}`)).toThrow(JsonMappingError);
+    expect(() => parseJsonBody(`${'['.repeat(500_000)}${']'.repeat(500_000)}`)).toThrow(/nests deeper than 66 levels/);
     // Strings holding brackets, quotes and digits are strings: nothing in them counts.
     expect(parseJsonBody(JSON.stringify({ a: '[[[{"1.5": 1e400}]]]\\"', b: [1, 2] }))).toEqual({ a: '[[[{"1.5": 1e400}]]]\\"', b: [1, 2] });
   });
