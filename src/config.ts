@@ -728,8 +728,9 @@ function crossFieldRules(config: z.output<typeof configFields>, ctx: Pick<z.Refi
     ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be set (JWT_SECRET) in production', input: undefined });
   } else if (config.environment === 'production' && secret!.length < 32) {
     ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be at least 32 characters in production', input: '(hidden)' });
-  } else if (config.environment === 'production' && keyMaterialProblem(secret!)) {
-    ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: keyMaterialProblem(secret!)!, input: '(hidden)' });
+  } else if (config.environment === 'production') {
+    const secretProblem = keyMaterialProblem(secret!);
+    if (secretProblem) ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: secretProblem, input: '(hidden)' });
   }
   const signingKeyProblem = config.environment === 'production' && config.proxy.signingKey !== undefined ? keyMaterialProblem(config.proxy.signingKey) : undefined;
   if (signingKeyProblem) ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: signingKeyProblem, input: '(hidden)' });
@@ -894,8 +895,6 @@ export function describeRouteAccess(route: Pick<RouteConfig, 'auth' | 'roles'>, 
   const credentials = methods.map((method) => (method === 'jwt' ? 'token' : 'API key')).join(' or ');
   return route.roles ? `${credentials}; roles: ${route.roles.join(', ')}` : credentials;
 }
-
-
 
 /**
  * Keys whose values are secrets: never echoed in an error, not even a wrong one. A key's `hash` is no secret, but

@@ -159,8 +159,7 @@ export function messageFromJson(type: protobuf.Type, json: unknown): protobuf.Me
 
 /**
  * Most fields one answer may be written with (every field of every message in it, unset ones too, and each item of a
- * list or map, scalars and enums too). Unset fields
- * cost nothing on the wire and are written all the same: a 4 MiB answer of 2 million empty items of a 25-field
+ * list or map, scalars and enums too). Unset fields cost nothing on the wire and are written all the same: a 4 MiB answer of 2 million empty items of a 25-field
  * message is 366 MB of JSON, and converting it held the event loop, every other request with it, for 6 s.
  * 2 Mi fields convert in about a third of a second, about what decoding the largest answer takes.
  */
@@ -198,14 +197,15 @@ function jsonFieldCount(type: protobuf.Type, message: protobuf.Message, budget: 
       if (field.partOf) count++;
       const resolved = field.resolvedType;
       const value = (node as unknown as Record<string, unknown>)[name];
-      const many = field instanceof protobuf.MapField || field.repeated;
       // Each item of a list or map is written, scalars and enums too: 4 MiB of packed enum zeros were 4 million
       // names (84 MB of JSON, a second of the event loop) that counted nothing.
-      const items = field instanceof protobuf.MapField ? Object.values(value as object) : field.repeated ? (value as unknown[]) : [value];
-      if (many) count += items.length;
+      const items = field instanceof protobuf.MapField ? Object.values(value as object) : field.repeated ? (value as unknown[]) : undefined;
+      count += items?.length ?? 0;
       if (!(resolved instanceof protobuf.Type)) continue;
-      if (!many) count++;
-      for (const item of items) if (item) pending.push([resolved, item as protobuf.Message]);
+      if (items === undefined) {
+        count++;
+        if (value) pending.push([resolved, value as protobuf.Message]);
+      } else for (const item of items) if (item) pending.push([resolved, item as protobuf.Message]);
     }
   }
   return count;
