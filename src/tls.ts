@@ -3,7 +3,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import path from 'node:path';
 import type { Socket } from 'node:net';
-import { X509Certificate } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContextOptions, type TLSSocket } from 'node:tls';
 import type { Logger } from '../otel/logger';
 import { answerHttp2RequestTimeout, createSendWindows, DEFAULT_SEND_TIMEOUT_MS, fieldLineCount, listenInternal, markServerAnswer, resetByGateway, resetStream, stopRequestOnceAnswered, type ConnectionBounds, type PublicServer } from '../otel/lifecycle';
@@ -70,7 +70,20 @@ export interface TlsServerOptions {
   cwd?: string;
   /** The pair to serve with, already read (a cluster worker gets its primary's); read from the files when absent. */
   certificates?: CertificatePems;
+  /** How long one session-ticket key encrypts tickets before a new random one replaces it, ms. Default TICKET_KEY_LIFETIME_MS. */
+  ticketKeyLifetimeMs?: number;
 }
+
+/**
+ * How long a session-ticket key is used, ms (1 hour). A ticket carries its session's secret encrypted under the
+ * server's ticket key, so whoever reads that key (a memory dump, a core file) can open every ticket it sealed: for
+ * TLS 1.2 the master secret, so the traffic of the session the ticket came from and of each resumption of it (TLS
+ * 1.3 resumes with a fresh key exchange, but the ticket still lets its holder resume as that session). Node makes
+ * the key once per secure context and keeps it for the process's life (only a certificate reload made a new one);
+ * rotating bounds what one key opens to an hour of tickets. Node holds one key, so a rotation also ends the
+ * resumption of tickets issued under the last one (they live 300 s): a full handshake for those clients, once an hour.
+ */
+export const TICKET_KEY_LIFETIME_MS = 60 * 60 * 1000;
 
 /**
  * A certificate, its key and the optional CA, as PEM text: what a cluster's primary reads once and hands every
@@ -255,6 +268,9 @@ export function createTlsServer(options: TlsServerOptions): TlsServer {
       // Broken handshakes and protocol errors are the client's; they close its connection and nothing else.
       secure.on('tlsClientError', () => {});
       secure.on('sessionError', () => {});
+      const ticketKeyRotation = setInterval(() => secure.setTicketKeys(randomBytes(48)), options.ticketKeyLifetimeMs ?? TICKET_KEY_LIFETIME_MS);
+      ticketKeyRotation.unref();
+      secure.once('close', () => clearInterval(ticketKeyRotation));
       server = secure;
       return Object.assign(secure, {
         // Node's own closes idle HTTP/1.1 connections; close() already sends GOAWAY to every HTTP/2 session.

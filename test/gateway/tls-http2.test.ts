@@ -375,6 +375,50 @@ describe('TLS termination and HTTP/2', () => {
       }
     });
 
+    it.each(['TLSv1.2', 'TLSv1.3'] as const)('replaces its session-ticket key on a timer (%s): a ticket sealed under a key before it is no longer resumed, one sealed after is', async (version) => {
+      const { logger } = memoryLogger('gateway');
+      const server = await runServer({ app: { callback: () => (_req, res) => res.end('ok') }, name: 'gateway', port: 0, host: '127.0.0.1', logger, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: TIMEOUTS, logger, ticketKeyLifetimeMs: 200 }).create });
+      const secure = server.server as unknown as tls.Server;
+      /**
+       * A handshake, offering `session` if given: whether it was resumed, and else the ticket the server sent on it
+       * (TLS 1.2 sends it in the handshake, TLS 1.3 after it; a resumed TLS 1.2 session gets none).
+       */
+      const connect = (session?: Buffer) =>
+        new Promise<{ resumed: boolean; ticket?: Buffer }>((resolve, reject) => {
+          const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(server.url).port), ca: certificate.cert, servername: 'localhost', minVersion: version, maxVersion: version, session });
+          let ticket: Buffer | undefined;
+          const settle = () => {
+            if (!socket.isSessionReused() && ticket === undefined) return;
+            resolve({ resumed: socket.isSessionReused(), ticket });
+            socket.destroy();
+          };
+          socket.on('session', (sent: Buffer) => {
+            ticket ??= sent;
+            if (socket.getProtocol() !== null) settle();
+          });
+          socket.once('secureConnect', settle);
+          socket.once('error', reject);
+        });
+      /** A ticket and whether it was resumed at once, under one key throughout (tried again when a rotation fell between). */
+      const resumedUnderOneKey = async () => {
+        for (;;) {
+          const key = secure.getTicketKeys();
+          const { ticket } = await connect();
+          const { resumed } = await connect(ticket!);
+          if (secure.getTicketKeys().equals(key)) return { ticket, key, resumed };
+        }
+      };
+      try {
+        const first = await resumedUnderOneKey();
+        expect(first.resumed).toBe(true);
+        await waitFor(() => !secure.getTicketKeys().equals(first.key), 'a new ticket key');
+        expect((await connect(first.ticket!)).resumed).toBe(false);
+        expect((await resumedUnderOneKey()).resumed).toBe(true);
+      } finally {
+        await server.close();
+      }
+    });
+
     it('refuses a client-asked TLS 1.2 renegotiation on HTTP/1.1 (each a full handshake the server paid for, three per connection)', async () => {
       const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(url).port), ca: certificate.cert, servername: 'localhost', maxVersion: 'TLSv1.2', ALPNProtocols: ['http/1.1'] });
       socket.on('error', () => {});
