@@ -1,8 +1,8 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Context } from 'koa';
-import { CLIENT_ADDRESS_HEADERS, isForwardingHeader } from '../otel/wire-names';
+import { CLIENT_ADDRESS_HEADERS, HEADER, isForwardingHeader } from '../otel/wire-names';
 import { requestHeaderValue } from './response-cache';
-import { forwardedHost } from './upstream-headers';
+import { forwardedHost, forwardedPrefix, stopsAtThisHop } from './upstream-headers';
 
 /**
  * The origin the gateway forwards to the service, as the response cache keys it (part of every variant): a service
@@ -10,12 +10,18 @@ import { forwardedHost } from './upstream-headers';
  * a copy, and two it would answer alike (another spelling of one Host, another client address) do.
  */
 
+/** A request header's value as the service hears it: none when it stops at this hop (hop-by-hop, or named in the request's `Connection`). */
+export function heardByService(headers: IncomingHttpHeaders): (name: string) => string | null {
+  const stopsHere = stopsAtThisHop(headers.connection);
+  return (name) => (stopsHere(name) ? null : requestHeaderValue(headers[name]));
+}
+
 /**
- * Forwarding headers left out of the key: the ones the gateway rebuilds are keyed through what it rebuilds
- * them from, and the client-address ones, like X-Forwarded-For, would give each client an entry of its own
- * (so is `Forwarded`'s `for=`: forwardedWithoutClients).
+ * Forwarding headers left out of this part of the key: the ones the gateway rebuilds are keyed through what it
+ * rebuilds them from (forwardedOrigin), and the client-address ones, like X-Forwarded-For, would give each client an
+ * entry of its own (so is `Forwarded`'s `for=`: forwardedWithoutClients).
  */
-const UNKEYED_FORWARDING_HEADERS = new Set<string>([...CLIENT_ADDRESS_HEADERS, 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port']);
+const UNKEYED_FORWARDING_HEADERS = new Set<string>([...CLIENT_ADDRESS_HEADERS, 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port', HEADER.forwardedPrefix]);
 
 /**
  * The forwarding headers a trusted proxy sent that pass on to the service as they came (the listed ones and any
@@ -85,9 +91,18 @@ function hostKey(host: string, protocol: string): string {
 
 /**
  * The scheme, the Host (as the service is told it: with none, an HTTP/1.0 request's, the local address the client
- * connected to), a trusted proxy's `X-Forwarded-Port` and its other forwarding headers, as keyed.
+ * connected to), a trusted proxy's `X-Forwarded-Port` and `X-Forwarded-Prefix` and its other forwarding headers, as
+ * keyed. The rebuilt ones are keyed from what the gateway rebuilds them from, whatever the request's `Connection`
+ * names (the proxy does not obey it for them): keyed as heard, a prefix named there was keyed as none while the
+ * service built its links from it, and every caller without a prefix got that copy.
  */
 export function forwardedOrigin(ctx: Context, heard: (name: string) => string | null): (string | null)[] {
   const { headers } = ctx.req;
-  return [ctx.protocol, hostKey(forwardedHost(ctx), ctx.protocol), requestHeaderValue(headers['x-forwarded-port']), keyedForwardingHeaders(headers, heard)];
+  return [
+    ctx.protocol,
+    hostKey(forwardedHost(ctx), ctx.protocol),
+    requestHeaderValue(headers['x-forwarded-port']),
+    forwardedPrefix(headers[HEADER.forwardedPrefix], '') ?? null,
+    keyedForwardingHeaders(headers, heard),
+  ];
 }

@@ -303,7 +303,7 @@ function viaWith(before: string | string[] | undefined, httpVersion: string): st
  * whether or not it takes a prefix off (a service must not have to parse a list on some routes only). None when
  * both are empty.
  */
-function forwardedPrefix(trusted: string | string[] | undefined, stripped: string): string | undefined {
+export function forwardedPrefix(trusted: string | string[] | undefined, stripped: string): string | undefined {
   const before = trusted === undefined ? '' : (Array.isArray(trusted) ? trusted.join(',') : trusted).split(',').map((part) => withoutTrailing(part.trim(), '/')).join('');
   const prefix = before + stripped;
   return prefix === '' ? undefined : prefix;

@@ -5,7 +5,7 @@ import type { Context, Middleware } from 'koa';
 import type { Counter } from 'prom-client';
 import { atMostEvery, type Logger } from '../../otel/logger';
 import { ATTR, CACHE_RESULTS, dashedSpelling, HEADER, isGatewayOwnedHeader, isLookAlikeName, METRIC_LABEL, type CacheResult } from '../../otel/wire-names';
-import { forwardedOrigin } from '../cache-forwarded-origin';
+import { forwardedOrigin, heardByService } from '../cache-forwarded-origin';
 import { createNamedResources } from '../cache-named-resources';
 import type { StaleResource } from '../cache-invalidations';
 import { satisfiesConditional } from '../conditional-request';
@@ -17,7 +17,7 @@ import { cacheKey, currentAge, hasValidator, isFresh, mayRevalidateInBackground,
 import type { Revalidation } from '../response-cache';
 import type { CacheKey, FetchStart, ResponseStore } from '../response-store';
 import type { RouteTable } from '../routes';
-import { endToEndHeaders, forwardedHost, forwardsAuthorization, stopsAtThisHop, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { endToEndHeaders, forwardedHost, forwardsAuthorization, type UnderscoreHeaderPolicy } from '../upstream-headers';
 
 export interface ResponseCacheOptions {
   /** The `cache` of each route that has one, by route name. */
@@ -425,8 +425,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     // A request header as the service hears it: none when it stops at this hop (hop-by-hop, or named in the
     // request's `Connection`). Keyed by what the client sent, `Accept-Language: fr` with `Connection:
     // accept-language` would store the answer to no language as the French one.
-    const stopsHere = stopsAtThisHop(headers.connection);
-    const heard = (name: string) => (stopsHere(name) ? null : requestHeaderValue(headers[name]));
+    const heard = heardByService(headers);
     // The resource: what the service is asked for, the route and the upstream path and query byte for byte
     // (another spelling is another resource, never a wrong answer). A successful write drops every stored variant
     // of it (RFC 9111 4.4), however the requests that stored them were forwarded and whichever configuration of

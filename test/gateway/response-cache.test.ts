@@ -878,6 +878,9 @@ describe('response cache behind a trusted proxy', () => {
 
   it.each([
     { desc: 'X-Forwarded-Prefix', headers: { 'x-forwarded-prefix': '//evil.example' } },
+    // The gateway rebuilds these from the proxy's value whatever Connection names: the service hears them.
+    { desc: 'X-Forwarded-Prefix its Connection names', headers: { 'x-forwarded-prefix': '/evil', connection: 'x-forwarded-prefix' } },
+    { desc: 'X-Forwarded-Port its Connection names', headers: { 'x-forwarded-port': '8443', connection: 'x-forwarded-port' } },
     { desc: 'X-Forwarded-Scheme', headers: { 'x-forwarded-scheme': 'javascript' } },
     { desc: 'Forwarded', headers: { forwarded: 'host=evil.example;proto=http' } },
     { desc: 'X-Host', headers: { 'x-host': 'evil.example' } },
