@@ -509,6 +509,11 @@ const configFields = z
         minBodyBytesPerSecond: z.int().min(0).default(240),
         /** Time a body may take before `minBodyBytesPerSecond` is enforced, ms. Default 5 s. */
         bodyGracePeriodMs: z.int().positive().max(MAX_TIMER_MS, TIMER_RULE).default(5_000),
+        /**
+         * With `workers`: how long a worker may take from its fork to listening, ms; one still not listening is
+         * killed (replaced, or, before the gateway first listened, the gateway stops with exit 1). Default 60 s.
+         */
+        workerStartTimeoutMs: z.int().min(1000, 'must be at least 1000 ms: a worker loads its modules and builds its pipeline first').max(MAX_TIMER_MS, TIMER_RULE).default(60_000),
       })
       // Node refuses to start a server whose whole-request bound is under its head bound, in words of its own.
       .refine((server) => server.requestTimeoutMs === 0 || server.requestTimeoutMs >= server.headersTimeoutMs, { path: ['requestTimeoutMs'], message: 'must be 0 (off) or at least server.headersTimeoutMs' })

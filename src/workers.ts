@@ -234,6 +234,8 @@ interface Slot extends ApplyReport {
   quickExits: number;
   /** When it last showed its event loop turns (listening, or a pong), ms since the epoch. */
   aliveAt?: number;
+  /** When a worker still not listening is taken for stuck (`server.workerStartTimeoutMs` after its fork), ms since the epoch. */
+  startDeadline?: number;
   timer?: NodeJS.Timeout;
 }
 
@@ -315,7 +317,8 @@ export function runPrimary(options: PrimaryOptions): void {
     const slot = slots[index]!;
     slot.timer = undefined;
     const worker = cluster.fork();
-    Object.assign(slot, { worker, startedAt: Date.now(), version: null, loadedAt: undefined, applyFailed: undefined, aliveAt: undefined });
+    const startedAt = Date.now();
+    Object.assign(slot, { worker, startedAt, startDeadline: startedAt + active.config.server.workerStartTimeoutMs, version: null, loadedAt: undefined, applyFailed: undefined, aliveAt: undefined });
     worker.on(
       'message',
       workerMessageListener(
@@ -508,24 +511,37 @@ export function runPrimary(options: PrimaryOptions): void {
   }
 
   // The watchdog: every serving worker is pinged; one silent for WORKER_UNRESPONSIVE_MS is killed (its exit
-  // handler above replaces it). Workers still starting are left to their start-up (they have not answered yet).
+  // handler above replaces it). One still starting is not pinged (it has no handler yet) but bounded by
+  // `server.workerStartTimeoutMs`: stuck before it listened (a synchronous loop, a hung native call), its slot never
+  // served again, and among the first workers the gateway neither served nor stopped. That bound holds while
+  // stopping too: such a worker cannot take the shutdown message, and waiting for its drain took SHUTDOWN_BOUND_MS.
   let pings = 0;
   let lastRound = Date.now();
   const watchdog = setInterval(() => {
-    if (stopping) return;
     const now = Date.now();
     // The primary itself was not running (a paused container, a suspended VM, SIGSTOP): its workers' silence says
     // nothing about them. Counting it, one pause killed every healthy worker at once.
     const pausedMs = now - lastRound;
     lastRound = now;
     if (pausedMs > WATCHDOG_INTERVAL_MS * 3) {
-      for (const slot of slots) if (slot.aliveAt !== undefined) slot.aliveAt = now;
-      logger.warn('gateway primary was not running; its workers\' silence meanwhile is not counted', { pausedMs });
+      for (const slot of slots) {
+        if (slot.aliveAt !== undefined) slot.aliveAt = now;
+        if (slot.startDeadline !== undefined) slot.startDeadline += pausedMs;
+      }
+      if (!stopping) logger.warn('gateway primary was not running; its workers\' silence meanwhile is not counted', { pausedMs });
       return;
     }
     for (const slot of slots) {
       const worker = slot.worker;
-      if (!worker || slot.aliveAt === undefined || !listening.has(worker.id)) continue;
+      if (!worker) continue;
+      if (!listening.has(worker.id)) {
+        if (slot.startDeadline === undefined || now <= slot.startDeadline) continue;
+        logger.error('worker did not start listening in time; killing it', { worker: worker.id, pid: worker.process.pid, workerStartTimeoutMs: active.config.server.workerStartTimeoutMs, waitedMs: now - slot.startedAt });
+        slot.startDeadline = undefined;
+        worker.process.kill('SIGKILL');
+        continue;
+      }
+      if (stopping || slot.aliveAt === undefined) continue;
       if (now - slot.aliveAt > WORKER_UNRESPONSIVE_MS) {
         logger.error('worker not responding; replacing it', { worker: worker.id, pid: worker.process.pid, silentMs: now - slot.aliveAt });
         slot.aliveAt = undefined;

@@ -1,4 +1,5 @@
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type http from 'node:http';
 import net from 'node:net';
@@ -366,6 +367,79 @@ describe('workers (two processes behind one port)', () => {
     expect(after.workers.every((worker) => worker.version === before.version)).toBe(true);
     const answers = await Promise.all(Array.from({ length: 10 }, (_, i) => requestOnNewConnection(`${gateway!.url}/api/${i}`)));
     expect(answers.map((answer) => answer.status)).toEqual(Array<number>(10).fill(200));
+  });
+
+  describe('a worker stuck before it listens', () => {
+    const fixture = path.join(__dirname, '../fixtures/worker-hangs-while-starting.js');
+    const startTimeoutMs = 5000;
+    let marker: string;
+    beforeEach(() => {
+      marker = path.join(mkdtempSync(path.join(os.tmpdir(), 'worker-hang-')), 'hang');
+    });
+
+    it('is killed after server.workerStartTimeoutMs and replaced: the watchdog pings only listening workers, so its slot never served again', async () => {
+      gateway = await startGatewayProcess({ config: { ...config(), server: { workerStartTimeoutMs: startTimeoutMs } }, env: { GATEWAY_WORKERS: '2', NODE_OPTIONS: `--require ${fixture}`, HANG_MARKER: marker } });
+      const victim = (await adminConfig()).workers[0]!;
+      const from = gateway.lines.length;
+      writeFileSync(marker, '');
+      process.kill(victim.pid, 'SIGKILL');
+      const killed = await gateway.waitForLine((line) => line.message === 'worker did not start listening in time; killing it', { from, timeoutMs: startTimeoutMs + 20_000 });
+      expect(killed).toMatchObject({ workerStartTimeoutMs: startTimeoutMs });
+      expect(killed.worker).not.toBe(victim.id);
+      // The next one starts (the marker gone) and takes the slot.
+      rmSync(marker);
+      await gateway.waitForLine((line) => line.message === 'worker exited; replacing it' && line.worker === killed.worker, { from });
+      await gateway.waitForLine((line) => line.message === 'worker replaced and serving', { from });
+      const after = await adminConfig();
+      expect(after.workers).toHaveLength(2);
+      expect(after.workers.map((worker) => worker.pid)).not.toContain(killed.pid);
+      const answers = await Promise.all(Array.from({ length: 10 }, (_, i) => requestOnNewConnection(`${gateway!.url}/api/${i}`)));
+      expect(answers.map((answer) => answer.status)).toEqual(Array<number>(10).fill(200));
+    });
+
+    it('stops the gateway with exit 1 when it is one of the first workers: it waited for good, neither serving nor stopping', async () => {
+      writeFileSync(marker, '');
+      const configFile = path.join(path.dirname(marker), 'gateway.config.json');
+      writeFileSync(configFile, JSON.stringify({ ...config(), server: { workerStartTimeoutMs: startTimeoutMs } }));
+      const stuck = spawnGateway({ GATEWAY_CONFIG: configFile, HOST: '127.0.0.1', GATEWAY_WORKERS: '2', HANG_MARKER: marker }, ['--require', fixture]);
+      try {
+        await waitFor(() => stuck.child.exitCode !== null, 'the primary to exit', startTimeoutMs + 20_000);
+        expect(stuck.child.exitCode).toBe(1);
+        const messages = stuck.lines.map((line) => line.message);
+        expect(messages).toContain('worker did not start listening in time; killing it');
+        expect(messages).toContain('worker exited before the gateway started; stopping');
+        expect(messages).not.toContain('gateway listening');
+      } finally {
+        if (stuck.child.exitCode === null) stuck.child.kill('SIGKILL');
+      }
+    });
+
+    it('counts no pause of the whole cluster against a starting worker (a paused container): on resume it killed workers still starting', async () => {
+      const configFile = path.join(path.dirname(marker), 'gateway.config.json');
+      writeFileSync(configFile, JSON.stringify({ ...config(), server: { workerStartTimeoutMs: 10_000 } }));
+      // Each worker is held 6 s of its running time, then starts: well within its 10 s when nothing is paused.
+      const slow = spawnGateway({ GATEWAY_CONFIG: configFile, HOST: '127.0.0.1', GATEWAY_WORKERS: '2', HANG_MS: '6000' }, ['--require', fixture]);
+      const held = () => [...slow.stderr().matchAll(/worker held (\d+)/g)].map((match) => Number(match[1]));
+      let paused: number[] = [];
+      try {
+        await waitFor(() => held().length === 2, 'both workers to be forked and held', 20_000);
+        // Everything paused past the workers' deadline (the pause is what is tested, not a wait for something); on
+        // resume each worker still has most of its 6 s to go.
+        paused = [slow.child.pid!, ...held()];
+        for (const pid of paused) process.kill(pid, 'SIGSTOP');
+        await new Promise((resolve) => setTimeout(resolve, 12_000));
+        for (const pid of paused) process.kill(pid, 'SIGCONT');
+        await slow.waitForLine('gateway listening', 30_000);
+        expect(slow.lines.map((line) => line.message)).not.toContain('worker did not start listening in time; killing it');
+      } finally {
+        for (const pid of paused) {
+          try {
+            process.kill(pid, 'SIGCONT');
+          } catch {}
+        }
+        if (slow.child.exitCode === null) slow.child.kill('SIGKILL');
+      }
+    });
   });
 
   it('serves the certificate in use from every worker, replacements included, after a rotation it refused (the primary reads the files)', async () => {
