@@ -39,6 +39,9 @@ export interface ReadinessCheckOptions {
   now?: () => number;
 }
 
+/** Bytes of a `/health` answer's body a probe reads before it takes the answer as given (the rest is not read). */
+const HEALTH_BODY_READ_BYTES = 64 * 1024;
+
 /** A service is up when at least one of its instances answers. */
 export function isServiceUp(probes: ReadonlyMap<string, InstanceProbe>): boolean {
   return [...probes.values()].some((probe) => probe.status === 'up');
@@ -65,7 +68,10 @@ export function createReadinessCheck(options: ReadinessCheckOptions): ReadinessC
       // undici's request API, as the proxy's: fetch refuses the Fetch standard's "bad ports" (6000, 6665-6669,
       // 10080, ...), and an instance the proxy reaches on one was reported down.
       const { statusCode, body } = await request(`${origin}/health`, { headers: { [HEADER.requestId]: requestId }, signal: AbortSignal.timeout(timeoutMs) });
-      await body.dump();
+      // Read to its end (or HEALTH_BODY_READ_BYTES) within the timeout: undici's `dump()` resolved on a body cut by
+      // the timeout or a reset as on a whole one, and a service whose answers never finished was reported up.
+      let read = 0;
+      for await (const chunk of body as AsyncIterable<Buffer>) if ((read += chunk.length) > HEALTH_BODY_READ_BYTES) break;
       return statusCode >= 200 && statusCode < 300 ? { status: 'up', latencyMs: latency() } : { status: 'down', latencyMs: latency(), detail: `HTTP ${statusCode}` };
     } catch (error) {
       // A socket's errno (`ECONNREFUSED`), else the error's name (`TimeoutError`: a DOMException's `code` is a number).

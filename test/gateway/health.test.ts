@@ -1,3 +1,4 @@
+import type http from 'node:http';
 import net from 'node:net';
 import type { InternalListener } from '../../otel/lifecycle';
 import { listenAdmin } from '../../src/admin';
@@ -225,6 +226,25 @@ describe('admin listener', () => {
     });
     expect(Date.parse(body.services.users.instances[0].ejectedUntil)).toBeGreaterThan(Date.now());
     expect(live.map((instance) => instance.probes.length)).toEqual([1, 1, 1]);
+  });
+
+  it.each([
+    { desc: 'whose body never ends (the head only, then silence)', detail: 'TimeoutError', finish: () => undefined },
+    { desc: 'whose connection is reset in its body', detail: expect.any(String), finish: (res: http.ServerResponse) => setTimeout(() => res.socket?.destroy(), 50) },
+  ])('reports an instance down whose /health answer is 200 $desc (undici\'s dump took it whole: up)', async ({ detail, finish }) => {
+    const cut = await listen((req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': '15' });
+      res.write('{"status"');
+      finish(res);
+    });
+    try {
+      gateway = await startGateway({ users: live[0]!.url, orders: live[1]!.url, notifications: cut.url });
+      const { status, body } = await getJson(`${gateway.adminUrl}/ready`);
+      expect(status).toBe(503);
+      expect(body.services.notifications).toMatchObject({ status: 'down', instances: [{ origin: cut.url, probe: { status: 'down', latencyMs: expect.any(Number), detail } }] });
+    } finally {
+      await cut.close();
+    }
   });
 
   it('answers GET /health', async () => {
