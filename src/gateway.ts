@@ -163,7 +163,8 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   ];
   const headerRules = new Map(config.routes.map((route) => [route.name, compileHeaderRules({ rules: route.headers, hideUpstreamHeaders })] as const));
 
-  // What a request no route or probe takes (404, 405) spends before its answer: its route's limit or the default.
+  // What a request no route or probe takes (404, 405) spends before its answer, its route's limit or the default,
+  // and one refused before its route is looked up (its target, path, Host or header fields) the default.
   const routeLimits = { fallback: limiter('default', config.rateLimit), byRoute: routeLimiters, byCaller };
   const refuse = createRefusalRateLimit(routeLimits);
   // Answered by the gateway itself: the probes (exact paths, GET and HEAD) and the login.
@@ -183,13 +184,13 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   if (metrics) app.use(createRequestMetrics({ metrics }));
   app.use(createAccessLog({ logger }));
   app.use(createErrorHandler({ logger }));
-  app.use(createRequestHeadCheck());
+  app.use(createRequestHeadCheck({ refuse }));
   // With TLS: HTTP/2 requests made to mean what they say on the wire.
-  if (config.tls) app.use(createHttp2Requests());
-  app.use(createPathGuard());
-  const guardHost = createHostGuard({ allowedHosts: config.allowedHosts });
+  if (config.tls) app.use(createHttp2Requests({ refuse }));
+  app.use(createPathGuard({ refuse }));
+  const guardHost = createHostGuard({ allowedHosts: config.allowedHosts, refuse });
   if (guardHost) app.use(guardHost);
-  app.use(createClientHeaderPolicy({ underscores: config.headersWithUnderscores, trustTraceContext: config.trustTraceparent, trustedProxies: config.trustedProxies }));
+  app.use(createClientHeaderPolicy({ underscores: config.headersWithUnderscores, trustTraceContext: config.trustTraceparent, trustedProxies: config.trustedProxies, refuse }));
   app.use(createCors({ defaults: config.cors, byRoute: new Map(config.routes.flatMap((route) => (route.cors === undefined ? [] : [[route.name, route.cors] as const]))), routes }));
   app.use(probes);
   app.use(login);

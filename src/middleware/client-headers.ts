@@ -1,6 +1,7 @@
 import type { Middleware } from 'koa';
 import { dashedSpelling, isForeignTraceContextHeader, isLookAlikeName } from '../../otel/wire-names';
 import { GatewayError } from '../errors';
+import { refuseAtOnce, type Refuse } from './rate-limit';
 import { remembered } from '../remembered';
 import { forbiddenClientHeaderTest, REMEMBERED_HEADER_NAME_MAX_LENGTH, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import { traceContextTrust } from './trusted-proxies';
@@ -15,6 +16,8 @@ export interface ClientHeaderPolicyOptions {
   trustTraceContext?: boolean;
   /** With `trustTraceContext`: only these peers' (config `trustedProxies`) pass on; unset, every peer's. */
   trustedProxies?: readonly string[];
+  /** Answers a refusal once it spent a rate limit (createRefusalRateLimit); at once by default. */
+  refuse?: Refuse;
 }
 
 /** Trace context in a format other than W3C's, in any spelling (a look-alike as its `-` twin): remembered by name. */
@@ -33,15 +36,16 @@ const isForeignTraceContext = remembered((name) => isForeignTraceContextHeader(i
  */
 export function createClientHeaderPolicy(options: ClientHeaderPolicyOptions): Middleware {
   const { underscores } = options;
+  const refuse = options.refuse ?? refuseAtOnce;
   const trusts = traceContextTrust(options.trustTraceContext ?? false, options.trustedProxies);
   const isForbidden = forbiddenClientHeaderTest(underscores);
-  // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
+  // Not async: nothing to do after next(), so no promise and await of its own per request.
   return function screenClientHeaders(ctx, next) {
     const headers = ctx.req.headers;
     const dropTraceContext = !trusts(ctx.req.socket.remoteAddress);
     for (const name of Object.keys(headers)) {
       if (underscores === 'reject' && isLookAlikeName(name)) {
-        throw new GatewayError('header_not_allowed', `Header names with "_" or "." are not accepted (${name}).`);
+        return refuse(ctx, new GatewayError('header_not_allowed', `Header names with "_" or "." are not accepted (${name}).`));
       }
       if (isForbidden(name) || (dropTraceContext && isForeignTraceContext(name))) delete headers[name];
     }

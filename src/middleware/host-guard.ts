@@ -1,10 +1,13 @@
 import type { Middleware } from 'koa';
 import { UNTRACED_PATHS } from '../../otel/telemetry-config';
 import { GatewayError } from '../errors';
+import { refuseAtOnce, type Refuse } from './rate-limit';
 
 export interface HostGuardOptions {
   /** Host names served (`api.example.com`, `*.example.com`); undefined = any. */
   allowedHosts: readonly string[] | undefined;
+  /** Answers a refusal once it spent a rate limit (createRefusalRateLimit); at once by default. */
+  refuse?: Refuse;
 }
 
 /**
@@ -16,13 +19,14 @@ export interface HostGuardOptions {
  */
 export function createHostGuard(options: HostGuardOptions): Middleware | undefined {
   if (options.allowedHosts === undefined) return undefined;
+  const refuse = options.refuse ?? refuseAtOnce;
   const allowed = createHostMatcher(options.allowedHosts);
 
-  // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
+  // Not async: nothing to do after next(), so no promise and await of its own per request.
   return function guardHost(ctx, next) {
     if (!UNTRACED_PATHS.includes(ctx.path)) {
       const hostname = ctx.hostname.toLowerCase().replace(/^\[(.*)\]$/, '$1');
-      if (!allowed(hostname)) throw new GatewayError('host_not_allowed', `This gateway does not serve the host ${JSON.stringify(hostname.slice(0, 100))}.`);
+      if (!allowed(hostname)) return refuse(ctx, new GatewayError('host_not_allowed', `This gateway does not serve the host ${JSON.stringify(hostname.slice(0, 100))}.`));
     }
     return next();
   };

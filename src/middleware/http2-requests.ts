@@ -2,6 +2,7 @@ import { Http2ServerRequest } from 'node:http2';
 import { METHODS, type IncomingMessage } from 'node:http';
 import type { Middleware } from 'koa';
 import { GatewayError } from '../errors';
+import { refuseAtOnce, type Refuse } from './rate-limit';
 import { HTTP2_LIMITS } from '../tls';
 
 /**
@@ -89,31 +90,32 @@ function comparableAuthority(authority: string, scheme: string | string[] | unde
 /** A request target of visible ASCII only (RFC 3986: anything else is percent-encoded). */
 const REQUEST_TARGET = /^[\x21-\x7e]*$/;
 
-export function createHttp2Requests(): Middleware {
+export function createHttp2Requests(options: { refuse?: Refuse } = {}): Middleware {
+  const refuse = options.refuse ?? refuseAtOnce;
   return async function normaliseHttp2Request(ctx, next) {
     const request: IncomingMessage | Http2ServerRequest = ctx.req;
     if (!isHttp2Request(request)) return next();
-    if (!HTTP1_METHODS.has(request.method)) throw new GatewayError('method_not_implemented', `HTTP/1.1 could not carry the method ${JSON.stringify(request.method.slice(0, 32))}.`);
+    if (!HTTP1_METHODS.has(request.method)) return refuse(ctx, new GatewayError('method_not_implemented', `HTTP/1.1 could not carry the method ${JSON.stringify(request.method.slice(0, 32))}.`));
     // `:path` as it came: bytes outside visible ASCII (the overlong `\xC0\xAE` of a dot among them) pass the path
     // guard's decoding untouched and reach the service, which may read them as it likes; HTTP/1.1's parser
     // refuses them in the request line.
-    if (!REQUEST_TARGET.test(request.url)) throw new GatewayError('bad_request', 'The request target has characters that must be percent-encoded.');
+    if (!REQUEST_TARGET.test(request.url)) return refuse(ctx, new GatewayError('bad_request', 'The request target has characters that must be percent-encoded.'));
     const headers = request.headers;
-    if (headerListSize(request.rawHeaders) > HTTP2_LIMITS.maxHeaderListSize) throw new GatewayError('headers_too_large', 'The request headers are too large.');
+    if (headerListSize(request.rawHeaders) > HTTP2_LIMITS.maxHeaderListSize) return refuse(ctx, new GatewayError('headers_too_large', 'The request headers are too large.'));
     for (const name in headers) {
       // Pseudo-header names are checked by Node's parser (unknown ones reset the stream); their values are not.
       if ((name.charCodeAt(0) !== 58 /* : */ && !FIELD_NAME.test(name)) || isMalformedValue(headers[name])) {
-        throw new GatewayError('bad_request', `The request carries a header field HTTP/1.1 could not (${JSON.stringify(name.slice(0, 64))}).`);
+        return refuse(ctx, new GatewayError('bad_request', `The request carries a header field HTTP/1.1 could not (${JSON.stringify(name.slice(0, 64))}).`));
       }
     }
     for (const name of CONNECTION_SPECIFIC) {
-      if (headers[name] !== undefined) throw new GatewayError('bad_request', `HTTP/2 requests must not carry the connection-specific header ${name}.`);
+      if (headers[name] !== undefined) return refuse(ctx, new GatewayError('bad_request', `HTTP/2 requests must not carry the connection-specific header ${name}.`));
     }
     // The keyword in any case (RFC 9110 10.1.4, 5234 2.3), as nghttp2 compares it: `Trailers` got 400.
-    if (headers.te !== undefined && String(headers.te).toLowerCase() !== 'trailers') throw new GatewayError('bad_request', 'HTTP/2 requests may carry TE: trailers only.');
+    if (headers.te !== undefined && String(headers.te).toLowerCase() !== 'trailers') return refuse(ctx, new GatewayError('bad_request', 'HTTP/2 requests may carry TE: trailers only.'));
     const authority = headers[':authority'];
     if (authority !== undefined && headers.host !== undefined && comparableAuthority(headers.host, headers[':scheme']) !== comparableAuthority(String(authority), headers[':scheme'])) {
-      throw new GatewayError('bad_request', 'The Host header names another authority than :authority.');
+      return refuse(ctx, new GatewayError('bad_request', 'The Host header names another authority than :authority.'));
     }
     if (!request.stream.endAfterHeaders && headers['content-length'] === undefined) headers['transfer-encoding'] = 'chunked';
     await next();

@@ -1,6 +1,7 @@
 import { unescape as percentDecoded } from 'node:querystring';
 import type { Middleware } from 'koa';
 import { GatewayError } from '../errors';
+import { refuseAtOnce, type Refuse } from './rate-limit';
 
 /** Longest path accepted, bytes of the raw (still percent-encoded) path. */
 export const MAX_PATH_LENGTH = 2048;
@@ -90,14 +91,15 @@ export function withoutArraySuffix(name: string): string {
  * Refuses ambiguous paths (400 bad_path) and method overrides in the query (400 bad_request) before anything
  * routes, limits or forwards on them.
  */
-export function createPathGuard(): Middleware {
-  // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
+export function createPathGuard(options: { refuse?: Refuse } = {}): Middleware {
+  const refuse = options.refuse ?? refuseAtOnce;
+  // Not async: nothing to do after next(), so no promise and await of its own per request.
   return function guardPath(ctx, next) {
     // Too long is no ambiguity: 414 (RFC 9110 15.5.15), which tells a client shortening it may help; it was 400.
-    if (ctx.path.length > MAX_PATH_LENGTH) throw new GatewayError('uri_too_long', `The path is longer than ${MAX_PATH_LENGTH} characters.`);
+    if (ctx.path.length > MAX_PATH_LENGTH) return refuse(ctx, new GatewayError('uri_too_long', `The path is longer than ${MAX_PATH_LENGTH} characters.`));
     const problem = pathProblem(ctx.path);
-    if (problem !== undefined) throw new GatewayError('bad_path', `${problem}.`);
-    if (methodOverrideParameter(ctx.querystring)) throw new GatewayError('bad_request', 'A method override in the query (_method, X-HTTP-Method-Override) is not accepted: send the method itself.');
+    if (problem !== undefined) return refuse(ctx, new GatewayError('bad_path', `${problem}.`));
+    if (methodOverrideParameter(ctx.querystring)) return refuse(ctx, new GatewayError('bad_request', 'A method override in the query (_method, X-HTTP-Method-Override) is not accepted: send the method itself.'));
     return next();
   };
 }

@@ -352,18 +352,28 @@ export const refuseAtOnce: Refuse = async (_ctx, refusal) => {
 };
 
 /**
- * Refuses a request the gateway will not carry (404 to a path no route or probe takes, 405 to a method its route or
- * probe does not) once it has spent its route's limit, or the default one (also for a route limited by caller: the
- * caller is not known, and a refusal is no failed authentication). Those were limited by nothing, as they are
- * answered before the limits: a client scanning paths had every 404 logged and traced, without end (createRouteMatch,
- * createProbeEndpoints `refuse`).
+ * Refuses a request the gateway will not carry once it has spent its route's limit, or the default one (also for a
+ * route limited by caller: the caller is not known, and a refusal is no failed authentication): a 404 to a path no
+ * route or probe takes, a 405 to a method its route or probe does not (createRouteMatch, createProbeEndpoints), and
+ * what the request-form guards refuse before any route is looked up (its request line, path, Host or header fields:
+ * createRequestHeadCheck, createHttp2Requests, createPathGuard, createHostGuard, createClientHeaderPolicy). Those were
+ * limited by nothing, as they are answered before the limits: a client scanning paths had every 404, or sending `//`
+ * paths every 400, logged and traced, without end.
  */
 export function createRefusalRateLimit(options: RouteRateLimitOptions): Refuse {
   const spend = async () => {};
   return async (ctx, refusal) => {
     const routeName = ctx.state.route?.name;
     const limiter = (routeName && !options.byCaller?.has(routeName) && options.byRoute.get(routeName)) || options.fallback;
-    await limiter.check(ctx, spend);
+    try {
+      await limiter.check(ctx, spend);
+    } catch (instead) {
+      // Answered 429 (or 503, the store down), a refusal that closes its connection still does: nothing pipelined
+      // behind a malformed head, or read as the body of an HTTP/1.0 one with Transfer-Encoding, may run next.
+      const connection = isGatewayError(refusal) ? refusal.headers.Connection : undefined;
+      if (connection !== undefined) ctx.set('Connection', connection);
+      throw instead;
+    }
     throw refusal;
   };
 }

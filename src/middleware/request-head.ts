@@ -2,6 +2,7 @@ import type { Context, Middleware } from 'koa';
 import { absoluteFormTarget, fieldLineCount } from '../../otel/lifecycle';
 import { HTTP_METHODS } from '../config';
 import { GatewayError } from '../errors';
+import { refuseAtOnce, type Refuse } from './rate-limit';
 import { isHttp2Request } from './http2-requests';
 
 /**
@@ -54,28 +55,29 @@ export function createRequestTargetForm(): Middleware {
 /** HTTP/1 only (a connection-specific header is malformed in HTTP/2): what follows a malformed head is not trusted. */
 const CLOSE_CONNECTION = { headers: { Connection: 'close' } };
 
-export function createRequestHeadCheck(): Middleware {
+export function createRequestHeadCheck(options: { refuse?: Refuse } = {}): Middleware {
+  const refuse = options.refuse ?? refuseAtOnce;
   return function checkRequestHead(ctx, next) {
     const request = ctx.req;
     const http2 = isHttp2Request(request);
     if (request.httpVersionMajor !== 1 && !http2) {
-      throw new GatewayError('http_version_not_supported', 'The gateway speaks HTTP/1.0, HTTP/1.1 and HTTP/2 (by ALPN over TLS).', CLOSE_CONNECTION);
+      return refuse(ctx, new GatewayError('http_version_not_supported', 'The gateway speaks HTTP/1.0, HTTP/1.1 and HTTP/2 (by ALPN over TLS).', CLOSE_CONNECTION));
     }
     const target = request.url ?? '';
     if (target.charCodeAt(0) !== 47 /* / */ && !(target === '*' && request.method === 'OPTIONS')) {
-      throw new GatewayError('bad_request', 'The request target must be a path (or an http or https URL without userinfo).');
+      return refuse(ctx, new GatewayError('bad_request', 'The request target must be a path (or an http or https URL without userinfo).'));
     }
     // No form of target has a fragment (RFC 9112 3.2, RFC 9113 8.3.1: `:path` is path and query): Node keeps `#...`
     // in the URL and Koa's parser drops it, so `/api/users#/../internal` was routed and forwarded as `/api/users`,
     // a request no client means, while an absolute-form target with a fragment was refused.
-    if (target.includes('#')) throw new GatewayError('bad_request', 'The request target must not carry a fragment (#).');
+    if (target.includes('#')) return refuse(ctx, new GatewayError('bad_request', 'The request target must not carry a fragment (#).'));
     if (!http2) {
       const hostLines = fieldLineCount(request.rawHeaders, 'host');
-      if (hostLines > 1) throw new GatewayError('bad_request', 'The request carries more than one Host header field.', CLOSE_CONNECTION);
+      if (hostLines > 1) return refuse(ctx, new GatewayError('bad_request', 'The request carries more than one Host header field.', CLOSE_CONNECTION));
       // Node's own check is off (runServer: `requireHostHeader: false`) so this one answers with a request id and
       // a log line; the absolute form does not excuse it (RFC 9112 3.2: every HTTP/1.1 request sends Host). The
       // connection closes after it, as Node's did: nothing pipelined behind a malformed head is run.
-      if (hostLines === 0 && request.httpVersionMinor === 1) throw new GatewayError('bad_request', 'An HTTP/1.1 request must carry a Host header field.', CLOSE_CONNECTION);
+      if (hostLines === 0 && request.httpVersionMinor === 1) return refuse(ctx, new GatewayError('bad_request', 'An HTTP/1.1 request must carry a Host header field.', CLOSE_CONNECTION));
       // Node's parser takes `gzip, chunked` (or `identity, chunked`) and removes the chunking only: the service
       // would get gzip bytes with a Content-Length and nothing saying they are coded.
       const codings = request.headers['transfer-encoding'];
@@ -83,24 +85,24 @@ export function createRequestHeadCheck(): Middleware {
       // connection closed. Node's parser decoded the chunks and kept the connection, so bytes a proxy in front
       // that goes by HTTP/1.0 read as this body were run here as the next request (nginx refuses these too).
       if (codings !== undefined && request.httpVersionMinor === 0) {
-        throw new GatewayError('bad_request', 'An HTTP/1.0 request cannot carry Transfer-Encoding.', CLOSE_CONNECTION);
+        return refuse(ctx, new GatewayError('bad_request', 'An HTTP/1.0 request cannot carry Transfer-Encoding.', CLOSE_CONNECTION));
       }
       if (codings !== undefined && codings.trim().toLowerCase() !== 'chunked') {
-        throw new GatewayError('unsupported_transfer_coding', 'The gateway takes request bodies as they are or chunked; no other transfer coding.', CLOSE_CONNECTION);
+        return refuse(ctx, new GatewayError('unsupported_transfer_coding', 'The gateway takes request bodies as they are or chunked; no other transfer coding.', CLOSE_CONNECTION));
       }
     }
     const { expect } = request.headers;
     // runServer passes requests with other expectations on (Node would answer a bare 417 with no request id).
-    if (expect !== undefined && !CONTINUE_EXPECTATION.test(expect)) throw new GatewayError('expectation_failed', 'The gateway meets no expectation but 100-continue.');
+    if (expect !== undefined && !CONTINUE_EXPECTATION.test(expect)) return refuse(ctx, new GatewayError('expectation_failed', 'The gateway meets no expectation but 100-continue.'));
     const host = request.headers.host ?? (http2 ? request.headers[':authority'] : undefined);
-    if (host !== undefined && !HOST_VALUE.test(String(host))) throw new GatewayError('bad_request', 'The Host header is not a host name or address with an optional port.');
+    if (host !== undefined && !HOST_VALUE.test(String(host))) return refuse(ctx, new GatewayError('bad_request', 'The Host header is not a host name or address with an optional port.'));
     // The host a trusted proxy says the client addressed takes Host's place (createTrustedProxies cut it to its entry
     // and removed it from anyone else): the host guard, the services' X-Forwarded-Host and the `Location` rewritten
     // to the public origin are built from it, so it is held to Host's syntax. Unchecked, `*.example.com` let
     // `evil.com\.example.com` through, a host a browser reads as evil.com.
     const forwardedHost = ctx.app.proxy ? request.headers['x-forwarded-host'] : undefined;
     if (forwardedHost !== undefined && !HOST_VALUE.test(String(forwardedHost).trim())) {
-      throw new GatewayError('bad_request', 'The X-Forwarded-Host a trusted proxy sent is not a host name or address with an optional port.');
+      return refuse(ctx, new GatewayError('bad_request', 'The X-Forwarded-Host a trusted proxy sent is not a host name or address with an optional port.'));
     }
     if (target === '*') {
       // `OPTIONS *` asks about the server as a whole (RFC 9110 9.3.7): the methods some route may take.

@@ -1,5 +1,8 @@
+import net from 'node:net';
 import { HEADER } from '../../otel/wire-names';
 import { generateApiKey, hashApiKey } from '../../src/consumers';
+import { MAX_PATH_LENGTH } from '../../src/middleware/path-guard';
+import { sendRaw } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
@@ -51,6 +54,47 @@ describe('rate limiting', () => {
     const token = await login(stack.gateway.url);
     expect((await fetch(`${stack.gateway.url}/api/orders`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(429);
     expect(stack.serviceRequests().filter((request) => !request.url.startsWith('/health') && !request.url.startsWith('/internal/credentials'))).toEqual([]);
+  });
+
+  // Refused before their route was looked up, for their path, target or Host, requests spent no limit: a client
+  // could send any number of `//` paths or bad Hosts, each logged and traced, never refused.
+  it('limits requests refused before routing (400 bad_path, 414, a method override, a bad Host) as any other', async () => {
+    const refused = [
+      { path: '//api/users', headers: {} },
+      { path: '/api/users/%2e%2e/orders', headers: {} },
+      { path: `/api/${'a'.repeat(MAX_PATH_LENGTH)}`, headers: {} },
+      { path: '/api/users?_method=DELETE', headers: {} },
+      { path: '/api/users', headers: { host: 'bad host' } },
+      { path: '//api/users', headers: {} },
+      { path: '/api/users', headers: { host: 'bad host' } },
+    ];
+    const answers = [];
+    for (const { path, headers } of refused) answers.push(await sendRaw(stack.gateway.url, path, headers));
+    expect(answers.map((answer) => answer.status)).toEqual([400, 400, 414, 400, 400, 429, 429]);
+    expect(JSON.parse(answers.at(-1)!.text)).toMatchObject({ status: 429, code: 'rate_limited' });
+    expect(answers.at(-1)!.headers['ratelimit-policy']).toBe('"default";q=5;w=60');
+    // One budget with the routes under the default policy, and nothing reached a service.
+    const token = await login(stack.gateway.url);
+    expect((await fetch(`${stack.gateway.url}/api/orders`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(429);
+    expect(stack.serviceRequests().filter((request) => !request.url.startsWith('/health') && !request.url.startsWith('/internal/credentials'))).toEqual([]);
+  });
+
+  // A malformed head's refusal closes its connection, so nothing pipelined behind it runs; answered 429 instead once
+  // the budget was spent, it kept the connection open, and the request behind it was served.
+  it('closes the connection of a malformed head it answers 429, as its 400 did: the request pipelined behind it is not run', async () => {
+    for (let i = 0; i < 5; i++) expect((await sendRaw(stack.gateway.url, '//spent')).status).toBe(400);
+    const { hostname, port } = new URL(stack.gateway.url);
+    const received = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(Number(port), hostname);
+      let text = '';
+      socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      socket.on('close', () => resolve(text));
+      socket.on('error', reject);
+      socket.write(`GET /api/users HTTP/1.1\r\nHost: ${hostname}\r\nHost: other.example\r\n\r\nGET /health HTTP/1.1\r\nHost: ${hostname}\r\n\r\n`);
+    });
+    expect(received).toMatch(/^HTTP\/1\.1 429 /);
+    expect(received).toMatch(/\r\nconnection: close\r\n/i);
+    expect(received.match(/HTTP\/1\.1 \d{3} /g)).toHaveLength(1);
   });
 
   // The probes' own 405 is a refusal like a route's: limited the same, while a probe (GET, HEAD) never is.
