@@ -2,7 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Context } from 'koa';
 import { CLIENT_ADDRESS_HEADERS, HEADER, isForwardingHeader } from '../otel/wire-names';
 import { requestHeaderValue } from './response-cache';
-import { forwardedHost, forwardedPrefix, stopsAtThisHop } from './upstream-headers';
+import { forwardedHost, forwardedPrefix, REBUILT_FORWARDING, stopsAtThisHop } from './upstream-headers';
 
 /**
  * The origin the gateway forwards to the service, as the response cache keys it (part of every variant): a service
@@ -21,7 +21,7 @@ export function heardByService(headers: IncomingHttpHeaders): (name: string) => 
  * rebuilds them from (forwardedOrigin), and the client-address ones, like X-Forwarded-For, would give each client an
  * entry of its own (so is `Forwarded`'s `for=`: forwardedWithoutClients).
  */
-const UNKEYED_FORWARDING_HEADERS = new Set<string>([...CLIENT_ADDRESS_HEADERS, 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port', HEADER.forwardedPrefix]);
+const UNKEYED_FORWARDING_HEADERS = new Set<string>([...CLIENT_ADDRESS_HEADERS, ...REBUILT_FORWARDING]);
 
 /**
  * The forwarding headers a trusted proxy sent that pass on to the service as they came (the listed ones and any

@@ -68,11 +68,15 @@ export function createReadinessCheck(options: ReadinessCheckOptions): ReadinessC
       // undici's request API, as the proxy's: fetch refuses the Fetch standard's "bad ports" (6000, 6665-6669,
       // 10080, ...), and an instance the proxy reaches on one was reported down.
       const { statusCode, body } = await request(`${origin}/health`, { headers: { [HEADER.requestId]: requestId }, signal: AbortSignal.timeout(timeoutMs) });
+      if (statusCode < 200 || statusCode >= 300) {
+        await body.dump();
+        return { status: 'down', latencyMs: latency(), detail: `HTTP ${statusCode}` };
+      }
       // Read to its end (or HEALTH_BODY_READ_BYTES) within the timeout: undici's `dump()` resolved on a body cut by
       // the timeout or a reset as on a whole one, and a service whose answers never finished was reported up.
       let read = 0;
       for await (const chunk of body as AsyncIterable<Buffer>) if ((read += chunk.length) > HEALTH_BODY_READ_BYTES) break;
-      return statusCode >= 200 && statusCode < 300 ? { status: 'up', latencyMs: latency() } : { status: 'down', latencyMs: latency(), detail: `HTTP ${statusCode}` };
+      return { status: 'up', latencyMs: latency() };
     } catch (error) {
       // A socket's errno (`ECONNREFUSED`), else the error's name (`TimeoutError`: a DOMException's `code` is a number).
       const { code, name } = error as { code?: unknown; name?: string };

@@ -32,7 +32,7 @@ const NEVER_FROM_CLIENTS = new Set<string>([...REQUEST_REWRITE_HEADERS, ...FOREI
 /** An `Authorization` value in the API-key scheme, whatever whitespace follows the scheme. */
 const API_KEY_SCHEME = /^\s*apikey(?:\s|$)/i;
 /** Forwarding headers this hop writes itself (the others a trusted proxy sent pass as they are). */
-const REBUILT_FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port', HEADER.forwardedPrefix]);
+export const REBUILT_FORWARDING: ReadonlySet<string> = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-port', HEADER.forwardedPrefix]);
 
 /**
  * Client header names the gateway never passes on, whatever the route: names under a prefix the gateway owns

@@ -376,6 +376,7 @@ describe('workers (two processes behind one port)', () => {
     beforeEach(() => {
       marker = path.join(mkdtempSync(path.join(os.tmpdir(), 'worker-hang-')), 'hang');
     });
+    afterEach(() => rmSync(path.dirname(marker), { recursive: true, force: true }));
 
     it('is killed after server.workerStartTimeoutMs and replaced: the watchdog pings only listening workers, so its slot never served again', async () => {
       gateway = await startGatewayProcess({ config: { ...config(), server: { workerStartTimeoutMs: startTimeoutMs } }, env: { GATEWAY_WORKERS: '2', NODE_OPTIONS: `--require ${fixture}`, HANG_MARKER: marker } });
