@@ -123,11 +123,12 @@ export function evaluate(results) {
     const shortLoad = loss && (loss.load.errors > 0 || loss.load.non2xx > 0 || loss.load.achievedRate < 0.98 * loss.targetRate);
     const lossLine = (id, text, limit, measured, unit) => {
       if (shortLoad) {
-        budget.push({ id, line: text, limit: `${limit}`, measured, rounds: [], unit, result: 'FAIL', note: `the load was not the rate it names: ${loss.load.achievedRate} of ${loss.targetRate} req/s, ${loss.load.skipped} skipped, ${loss.load.errors + loss.load.non2xx} failed` });
+        budget.push({ id, line: text, limit: `${limit}`, measured, rounds: [], unit, result: 'FAIL', note: `the load was not the rate it names: ${loss.load.achievedRate} of ${loss.targetRate} req/s, ${loss.load.skipped} skipped, ${loss.load.errors + loss.load.non2xx} failed${loss.load.errors > 0 && loss.load.errorCodes ? ` (${Object.entries(loss.load.errorCodes).map(([code, count]) => `${code} ${count}`).join(', ')})` : ''}` });
         return;
       }
       line(id, text, `${limit}`, { median: loss ? measured : null, rounds: [] }, unit, (v) => v <= limit, loss ? undefined : 'loss check not run');
       if (loss?.load.skipped > 0) budget.at(-1).note = `${loss.load.skipped} sends skipped at ${loss.load.maxInFlight ?? 32} in flight; ${loss.load.achievedRate} of ${loss.targetRate} req/s answered`;
+      if (loss?.load.retried > 0) budget.at(-1).note = `${budget.at(-1).note ?? ''}${budget.at(-1).note ? '; ' : ''}${loss.load.retried} sent again after the server closed their kept-alive connection as they were written`;
     };
     lossLine('spans-lost', 'spans lost at 50% of peak', BUDGET.spansLostMax, loss?.spansLost, 'spans');
     lossLine('logs-lost', 'log records lost at 50% of peak (OTLP log export)', BUDGET.logRecordsLostMax, loss?.logRecordsLost ?? null, 'records');
