@@ -377,6 +377,12 @@ describe('workers (two processes behind one port)', () => {
       marker = path.join(mkdtempSync(path.join(os.tmpdir(), 'worker-hang-')), 'hang');
     });
     afterEach(() => rmSync(path.dirname(marker), { recursive: true, force: true }));
+    /** A cluster of two workers, the fixture preloaded in every process, with this start bound (spawned, not started: it may never listen). */
+    const spawnWithStartBound = (workerStartTimeoutMs: number, env: Record<string, string>) => {
+      const configFile = path.join(path.dirname(marker), 'gateway.config.json');
+      writeFileSync(configFile, JSON.stringify({ ...config(), server: { workerStartTimeoutMs } }));
+      return spawnGateway({ GATEWAY_CONFIG: configFile, HOST: '127.0.0.1', GATEWAY_WORKERS: '2', ...env }, ['--require', fixture]);
+    };
 
     it('is killed after server.workerStartTimeoutMs and replaced: the watchdog pings only listening workers, so its slot never served again', async () => {
       gateway = await startGatewayProcess({ config: { ...config(), server: { workerStartTimeoutMs: startTimeoutMs } }, env: { GATEWAY_WORKERS: '2', NODE_OPTIONS: `--require ${fixture}`, HANG_MARKER: marker } });
@@ -400,9 +406,7 @@ describe('workers (two processes behind one port)', () => {
 
     it('stops the gateway with exit 1 when it is one of the first workers: it waited for good, neither serving nor stopping', async () => {
       writeFileSync(marker, '');
-      const configFile = path.join(path.dirname(marker), 'gateway.config.json');
-      writeFileSync(configFile, JSON.stringify({ ...config(), server: { workerStartTimeoutMs: startTimeoutMs } }));
-      const stuck = spawnGateway({ GATEWAY_CONFIG: configFile, HOST: '127.0.0.1', GATEWAY_WORKERS: '2', HANG_MARKER: marker }, ['--require', fixture]);
+      const stuck = spawnWithStartBound(startTimeoutMs, { HANG_MARKER: marker });
       try {
         await waitFor(() => stuck.child.exitCode !== null, 'the primary to exit', startTimeoutMs + 20_000);
         expect(stuck.child.exitCode).toBe(1);
@@ -416,10 +420,8 @@ describe('workers (two processes behind one port)', () => {
     });
 
     it('counts no pause of the whole cluster against a starting worker (a paused container): on resume it killed workers still starting', async () => {
-      const configFile = path.join(path.dirname(marker), 'gateway.config.json');
-      writeFileSync(configFile, JSON.stringify({ ...config(), server: { workerStartTimeoutMs: 10_000 } }));
       // Each worker is held 6 s of its running time, then starts: well within its 10 s when nothing is paused.
-      const slow = spawnGateway({ GATEWAY_CONFIG: configFile, HOST: '127.0.0.1', GATEWAY_WORKERS: '2', HANG_MS: '6000' }, ['--require', fixture]);
+      const slow = spawnWithStartBound(10_000, { HANG_MS: '6000' });
       const held = () => [...slow.stderr().matchAll(/worker held (\d+)/g)].map((match) => Number(match[1]));
       let paused: number[] = [];
       try {
