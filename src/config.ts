@@ -454,7 +454,7 @@ const configFields = z
         // missing value whose default is documented.
         max: rateLimitSchema.shape.max.default(DEFAULT_RATE_LIMIT.max),
         windowMs: rateLimitSchema.shape.windowMs.default(DEFAULT_RATE_LIMIT.windowMs),
-        /** Clients tracked at once by the in-memory store, per policy; the oldest windows are dropped beyond it. At most 10 000 000. */
+        /** Clients tracked at once by the in-memory store, per policy; beyond it expired windows are dropped, then the least spent. At most 10 000 000. */
         maxTrackedClients: z.int().positive().max(10_000_000).default(100_000),
         /** Shared store for several gateway replicas (`redis://host:6379/0`); in-memory per process when absent. */
         // ioredis reads the path (or a `db` query parameter) as the database number: `/ratelimit` or `?db=cache` became

@@ -1,4 +1,4 @@
-import { BoundedWindowStore } from './middleware/rate-limit';
+import { BoundedWindowStore, type WindowEntry } from './middleware/rate-limit';
 import type { WindowState } from './rate-limit-store';
 
 /**
@@ -103,7 +103,7 @@ export function leaseSize(unleased: number, workers: number): number {
 }
 
 export interface LeaseLedgerOptions {
-  /** Clients tracked per policy (`rateLimit.maxTrackedClients`); beyond it the oldest windows are forgotten. */
+  /** Clients tracked per policy (`rateLimit.maxTrackedClients`); beyond it the least spent windows are forgotten first. */
   maxTrackedClients: number;
   /** Workers the tokens are shared by (the configured count; sizes leases). */
   workers: number;
@@ -155,7 +155,9 @@ export function createLeaseLedger(options: LeaseLedgerOptions) {
       const timer = setTimeout(callback, ms);
       return () => clearTimeout(timer);
     });
-  const ledgers = createPolicyWindows<Ledger>(options.maxTrackedClients, now);
+  // Tokens leased out are spent, or held by a worker that may spend them: a window with all of them out is the last
+  // to forget (forgotten, its client's next ask opens a full one).
+  const ledgers = createPolicyWindows<Ledger>(options.maxTrackedClients, now, (ledger) => ledger.max - ledger.unleased);
   const rounds = new Map<number, RecallRound>();
   let nextRecallId = 1;
   const asks = new Map<number, number>();
@@ -331,11 +333,14 @@ export type LeaseTable = ReturnType<typeof createLeaseTable>;
 /** Policies kept before those without a live window are dropped (earlier reloads' limits). */
 const MAX_POLICIES = 256;
 
-/** Per-policy windows, each policy holding at most `maxTrackedClients` (BoundedWindowStore: expired first, then the oldest). */
-function createPolicyWindows<T extends { reset: number }>(maxTrackedClients: number, now: () => number) {
-  const policies = new Map<string, BoundedWindowStore>();
+/**
+ * Per-policy windows, each policy holding at most `maxTrackedClients` (BoundedWindowStore: expired first, then the
+ * least spent by `spentOf`, the oldest among equals).
+ */
+function createPolicyWindows<T extends WindowEntry>(maxTrackedClients: number, now: () => number, spentOf?: (window: T) => number) {
+  const policies = new Map<string, BoundedWindowStore<T>>();
   return {
-    get: (policy: string, client: string) => policies.get(policy)?.get(client) as T | undefined,
+    get: (policy: string, client: string) => policies.get(policy)?.get(client),
     set(policy: string, client: string, entry: T): void {
       let windows = policies.get(policy);
       if (!windows) {
@@ -343,18 +348,18 @@ function createPolicyWindows<T extends { reset: number }>(maxTrackedClients: num
           const nowSeconds = now() / 1000;
           for (const [name, each] of policies) if (!hasLive(each, nowSeconds)) policies.delete(name);
         }
-        policies.set(policy, (windows = new BoundedWindowStore(maxTrackedClients, () => now() / 1000)));
+        policies.set(policy, (windows = new BoundedWindowStore(maxTrackedClients, () => now() / 1000, spentOf)));
       }
       windows.set(client, entry);
     },
     /** Every window of every policy. */
     *values(): IterableIterator<T> {
-      for (const windows of policies.values()) yield* windows.values() as IterableIterator<T>;
+      for (const windows of policies.values()) yield* windows.values();
     },
   };
 }
 
-function hasLive(windows: BoundedWindowStore, nowSeconds: number): boolean {
+function hasLive(windows: Map<string, WindowEntry>, nowSeconds: number): boolean {
   for (const window of windows.values()) if (window.reset >= nowSeconds) return true;
   return false;
 }

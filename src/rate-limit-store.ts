@@ -220,6 +220,11 @@ interface MemoryEntry {
   total: number;
 }
 
+/** A memory store's table of windows: at most `maxTrackedClients`, the least spent forgotten first when full. */
+export function memoryWindowStore(maxTrackedClients: number): BoundedWindowStore<MemoryEntry> {
+  return new BoundedWindowStore<MemoryEntry>(maxTrackedClients, memoryDriverSeconds, (window) => window.total - window.remaining);
+}
+
 export type WindowCounterStore =
   | { kind: 'memory'; db: Map<string, unknown> }
   | { kind: 'primary'; client: PrimaryStoreClient }
@@ -294,17 +299,17 @@ export function createWindowCounter(store: WindowCounterStore, options: { storeN
  * an unchanged limit keeps counting where it was. `sweep` forgets policies the last build did not ask for.
  */
 export class RateLimitWindows {
-  private readonly stores = new Map<string, BoundedWindowStore>();
+  private readonly stores = new Map<string, BoundedWindowStore<MemoryEntry>>();
   private asked = new Set<string>();
 
-  for(policy: string, maxTrackedClients: number): BoundedWindowStore {
+  for(policy: string, maxTrackedClients: number): BoundedWindowStore<MemoryEntry> {
     // Two limiters of one build with the same policy still count apart. The config makes none (route names and
     // consumer ids are unique, route windows are `route:<name>`): this keeps a slip of the builder from merging two.
     let key = policy;
     for (let n = 2; this.asked.has(key); n++) key = `${policy}#${n}`;
     this.asked.add(key);
     let store = this.stores.get(key);
-    if (!store) this.stores.set(key, (store = new BoundedWindowStore(maxTrackedClients)));
+    if (!store) this.stores.set(key, (store = memoryWindowStore(maxTrackedClients)));
     return store;
   }
 

@@ -110,6 +110,28 @@ describe('a client network over its budget of failed authentications', () => {
     }
   });
 
+  // The memory store holds `maxTrackedClients` windows per policy. Forgotten oldest first, the guesser's spent budget
+  // was pushed out by one failure from each of that many other networks (an IPv6 /48 holds 65,536 /64s), and its
+  // next guesses were checked again.
+  it('stays spent while more networks than the store tracks fail once each (memory store)', async () => {
+    const config = testConfig(
+      { users: upstream.url, orders: upstream.url, notifications: upstream.url },
+      { routes, consumers, trustProxy: true, trustedProxies: ['127.0.0.1'], rateLimit: { max: 100_000, windowMs: 60_000, maxTrackedClients: 50 } },
+    );
+    const gateway = await listen(createGateway(config, { logger: memoryLogger('gateway').logger, metrics: false }).callback());
+    try {
+      const call = async (address: string, key: string) => (await sendRaw(gateway.url, '/api/per-consumer/x', { 'X-API-Key': key, 'X-Forwarded-For': address })).status;
+      const guesser = '2001:db8:7:1::1';
+      for (let i = 0; i < BUDGET; i++) expect(await call(guesser, generateApiKey())).toBe(401);
+      expect(await call(guesser, KEY)).toBe(429);
+      for (let i = 0; i < 500; i++) expect(await call(`2001:db8:8:${i.toString(16)}::1`, generateApiKey())).toBe(401);
+      expect(await call(guesser, KEY)).toBe(429);
+      expect(await call('2001:db8:9::1', KEY)).toBe(200);
+    } finally {
+      await gateway.close();
+    }
+  });
+
   describe('with two workers (windows counted in the cluster primary)', () => {
     let gateway: GatewayProcess | undefined;
     afterAll(() => {

@@ -181,7 +181,7 @@ describe('RateLimitWindows', () => {
   it('gives an unchanged policy its windows back after a sweep, and drops policies no build asked for', () => {
     const windows = new RateLimitWindows();
     const first = windows.for('api|5|60000', 10);
-    first.set('api:client', { reset: Date.now() / 1000 + 60 });
+    first.set('api:client', { reset: Date.now() / 1000 + 60, remaining: 5, total: 5 });
     windows.sweep();
     expect(windows.for('api|5|60000', 10)).toBe(first);
     windows.sweep();

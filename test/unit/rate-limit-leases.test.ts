@@ -412,6 +412,22 @@ describe('bounds', () => {
     expect(cluster.outcomes.slice(-2).map((outcome) => outcome.allowed)).toEqual([false, true]);
   });
 
+  // Forgotten oldest first, a client that had spent its window got a full one back once the ledger filled with others.
+  it('the ledger keeps a window whose tokens are all out while a crowd of clients fills it', () => {
+    const cluster = simulateCluster({ workers: 2, max: 10, windowMs: 60_000, maxTrackedClients: 10 });
+    for (let i = 0; i < 12; i++) {
+      cluster.request(1 + (i % 2), 'guesser');
+      cluster.settle();
+    }
+    expect(cluster.outcomes.filter((outcome) => outcome.client === 'guesser' && outcome.allowed)).toHaveLength(10);
+    // Through both workers: their lease tables forget the guesser's spent lease too, so the primary is asked.
+    for (let i = 0; i < 1000; i++) cluster.request(1 + (i % 2), `client-${i}`);
+    cluster.settle();
+    cluster.request(2, 'guesser');
+    cluster.settle();
+    expect(cluster.outcomes.at(-1)).toMatchObject({ client: 'guesser', allowed: false });
+  });
+
   it('the lease table holds at most maxTrackedClients leases per policy', () => {
     const table = createLeaseTable({ maxTrackedClients: 10, now: () => 0 });
     for (let i = 0; i < 1000; i++) table.keep({ gateway: 'leased', id: i, policy: 'p', client: `client-${i}`, granted: 5, window: { remaining: 5, reset: 60, total: 100 } }, false);
