@@ -11,6 +11,24 @@
 // `compass`, `inside`) is redacted too: only safer.
 const SECRET_QUERY_PARAM = /token|pass|pwd|secret|key|code|sig|auth|jwt|sess|sid|hmac|credential|assertion|otp|ticket/i;
 
+/**
+ * A gateway API key in text (src/consumers.ts: `kgw_` and 43 base64url characters), its `_` or `-` perhaps
+ * percent-encoded, from 20 characters on (a key cut short is still most of one). The names above miss a key sent as
+ * `?k=` or `?client=`, or in a path: its value is recognised instead, as secret scanners recognise it.
+ */
+const API_KEY_FOUND = /kgw(?:_|%5f)(?:[A-Za-z0-9_-]|%5f|%2d){20,}/i;
+const API_KEYS_FOUND = new RegExp(API_KEY_FOUND.source, 'gi');
+
+/** Whether text holds what looks like a gateway API key. */
+export function containsApiKey(text: string): boolean {
+  return API_KEY_FOUND.test(text);
+}
+
+/** Text with every gateway API key in it replaced by REDACTED. */
+export function redactApiKeys(text: string): string {
+  return API_KEY_FOUND.test(text) ? text.replace(API_KEYS_FOUND, REDACTED) : text;
+}
+
 /** Decodings tried on a parameter name: enough for `%2574oken` (double-encoded) and a little more. */
 const MAX_NAME_DECODINGS = 3;
 
@@ -48,8 +66,8 @@ export const REDACTED = 'REDACTED';
  * reached the logs and spans).
  */
 export function redactQuery(query: string): string {
-  if (!query.includes('=')) return query;
-  return query.split('&').map(redactParameter).join('&');
+  if (!query.includes('=')) return redactApiKeys(query);
+  return redactApiKeys(query.split('&').map(redactParameter).join('&'));
 }
 
 /**
@@ -114,12 +132,12 @@ const USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i;
 
 /**
  * A request target (path and query, or an absolute-form URL) with the value of every secret-looking query parameter
- * replaced, each occurrence, and any userinfo (a refused absolute-form target's `alice:secret@`, which reached the
- * access line as sent).
+ * replaced, each occurrence, any userinfo (a refused absolute-form target's `alice:secret@`, which reached the
+ * access line as sent) and any gateway API key, in the path too.
  */
 export function redactUrl(url: string): string {
   const target = url.replace(USERINFO, `$1${REDACTED}@`);
   const queryStart = target.indexOf('?');
-  if (queryStart === -1) return target;
-  return `${target.slice(0, queryStart)}?${redactQuery(target.slice(queryStart + 1))}`;
+  if (queryStart === -1) return redactApiKeys(target);
+  return `${redactApiKeys(target.slice(0, queryStart))}?${redactQuery(target.slice(queryStart + 1))}`;
 }

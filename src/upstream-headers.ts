@@ -2,6 +2,7 @@ import type http from 'node:http';
 import type { Context as KoaContext } from 'koa';
 import { withoutTrailing, withoutTrailingWhitespace } from '../otel/field-whitespace';
 import { isoTimestamp } from '../otel/iso-timestamp';
+import { containsApiKey } from '../otel/redact-url';
 import { CGI_HAZARD_HEADERS, dashedSpelling, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, HEADER, isGatewayOwnedHeader, isForwardingHeader, isListedForwardingHeader, isLookAlikeName, MESH_CONTROL_HEADER_PREFIXES, REQUEST_REWRITE_HEADERS, VIA_PSEUDONYM } from '../otel/wire-names';
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
@@ -224,10 +225,13 @@ export interface UpstreamRequestHeadersInput {
 
 /**
  * Whether the client's `Authorization` goes on to the service: only where the route forwards it, and never an
- * API key (`ApiKey ...`), the gateway's credential alone.
+ * API key, the gateway's credential alone: neither in the `ApiKey` scheme nor a gateway key in another (`Bearer
+ * kgw_...`, a bare key), which a public route, authenticating nothing, passed on as sent.
  */
 export function forwardsAuthorization(client: http.IncomingHttpHeaders, forwardAuthorization: boolean): boolean {
-  return forwardAuthorization && client.authorization !== undefined && !API_KEY_SCHEME.test(String(client.authorization));
+  if (!forwardAuthorization || client.authorization === undefined) return false;
+  const value = String(client.authorization);
+  return !API_KEY_SCHEME.test(value) && !containsApiKey(value);
 }
 
 /**

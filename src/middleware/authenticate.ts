@@ -101,8 +101,10 @@ export function createAuthenticate(options: AuthenticateOptions): Middleware {
     const hasAuthorization = header !== undefined && header !== '';
     const hasApiKeyHeader = apiKeyHeader !== undefined && apiKeyHeader !== '';
     // Node keeps the first of several Authorization lines (a single-value field, RFC 9110 11.6.2) and drops the
-    // rest: the gateway judged one credential while a proxy in front, or a log, went by another.
-    if (hasAuthorization && fieldLineCount(ctx.req.rawHeaders, HEADER.authorization) > 1) {
+    // rest: the gateway judged one credential while a proxy in front, or a log, went by another. Counted whenever
+    // the field is there: an empty first line made it look absent, and the X-API-Key beside a bearer token in the
+    // second passed both this check and the one below.
+    if (header !== undefined && fieldLineCount(ctx.req.rawHeaders, HEADER.authorization) > 1) {
       throw new GatewayError('bad_request', 'Send one Authorization header field, not several.');
     }
     if (hasAuthorization && hasApiKeyHeader) {

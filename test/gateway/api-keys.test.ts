@@ -58,6 +58,7 @@ const routes = [
   probe('open', '/api/open', { auth: 'public' }),
   probe('admin-only', '/api/admin-only', { roles: ['admin'] }),
   probe('passes-authorization', '/api/passes-authorization', { forwardAuthorization: true }),
+  probe('open-passes-authorization', '/api/open-passes-authorization', { auth: 'public', forwardAuthorization: true }),
   probe('per-consumer', '/api/per-consumer', { rateLimit: { max: 2, windowMs: 60_000, by: 'consumer' } }),
   probe('per-user', '/api/per-user', { rateLimit: { max: 2, windowMs: 60_000, by: 'user' } }),
   probe('per-ip', '/api/per-ip', { rateLimit: { max: 2, windowMs: 60_000 } }),
@@ -158,6 +159,35 @@ describe('API keys and consumers', () => {
       const withToken = nextRequestId();
       expect((await send(url, '/api/passes-authorization', { authorization: `Bearer ${bob}`, [HEADER.requestId]: withToken })).status).toBe(200);
       expect(seenWithRequestId(withToken)[0]?.headers.authorization).toBe(`Bearer ${bob}`);
+    });
+
+    // A public route authenticates nothing, and a key sent under another scheme (or none) went on as sent.
+    it.each([
+      { desc: 'under the Bearer scheme', authorization: () => `Bearer ${ACME_KEY}` },
+      { desc: 'bare', authorization: () => ACME_KEY },
+      { desc: 'under a made-up scheme', authorization: () => `Token ${GLOBEX_KEY}` },
+    ])('is not forwarded $desc on a public route that forwards Authorization', async ({ authorization }) => {
+      const requestId = nextRequestId();
+      expect((await send(url, '/api/open-passes-authorization', { authorization: authorization(), [HEADER.requestId]: requestId })).status).toBe(200);
+      const [seen] = seenWithRequestId(requestId);
+      expect(seen).toBeDefined();
+      expect(seen!.headers.authorization).toBeUndefined();
+      expect(JSON.stringify(seen!.headers)).not.toMatch(/kgw_/);
+      const tokenId = nextRequestId();
+      expect((await send(url, '/api/open-passes-authorization', { authorization: `Bearer ${bob}`, [HEADER.requestId]: tokenId })).status).toBe(200);
+      expect(seenWithRequestId(tokenId)[0]?.headers.authorization).toBe(`Bearer ${bob}`);
+    });
+
+    // Node keeps the first Authorization line: an empty one made the field look absent, so neither the one-field
+    // rule nor the one-credential rule looked at the line after it, and the X-API-Key beside them was checked alone.
+    it.each([
+      { desc: 'another key in the ApiKey scheme', second: () => `ApiKey ${GLOBEX_KEY}` },
+      { desc: 'a bearer token', second: () => `Bearer ${bob}` },
+    ])('refuses an X-API-Key beside an empty Authorization line and $desc (400), reaching no service', async ({ second }) => {
+      const requestId = nextRequestId();
+      const head = Buffer.from(`GET /api/either HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\nAuthorization: \r\nAuthorization: ${second()}\r\nX-API-Key: ${ACME_KEY}\r\n\r\n`, 'latin1');
+      expect(await sendRaw(url, head)).toBe(400);
+      expect(seenWithRequestId(requestId)).toEqual([]);
     });
   });
 

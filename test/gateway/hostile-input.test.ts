@@ -171,6 +171,8 @@ describe('hostile input at the gateway', () => {
     { desc: 'junk, then a real token', lines: () => ['Bearer junk', `Bearer ${bob}`] },
     { desc: 'the same real token twice', lines: () => [`Bearer ${bob}`, `Bearer ${bob}`] },
     { desc: 'a real token and an API key scheme', lines: () => [`Bearer ${bob}`, 'ApiKey kgw_x'] },
+    // An empty first line made the field look absent, and the line after it went unchecked against this rule.
+    { desc: 'an empty line, then a real token', lines: () => ['', `Bearer ${bob}`] },
   ])('answers two Authorization field lines ($desc) with 400, reaching no service', async ({ lines }) => {
     const before = reached();
     const reply = await send(url, '/api/users/2', { headers: { authorization: lines() } as unknown as http.OutgoingHttpHeaders });

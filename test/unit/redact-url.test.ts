@@ -1,5 +1,6 @@
 import fc from 'fast-check';
-import { hideUrlPasswords, redactUrl } from '../../otel/redact-url';
+import { generateApiKey } from '../../src/consumers';
+import { containsApiKey, hideUrlPasswords, redactQuery, redactUrl } from '../../otel/redact-url';
 
 describe('redactUrl (access-log query redaction)', () => {
   it.each([
@@ -43,6 +44,39 @@ describe('redactUrl (access-log query redaction)', () => {
     { desc: 'a name without a value', url: '/api/users?token' },
   ])('keeps $desc as it is', ({ url }) => {
     expect(redactUrl(url)).toBe(url);
+  });
+
+  // A gateway key is recognised by its shape wherever it stands: under a name that means nothing, bare, in a path.
+  describe('gateway API keys', () => {
+    const key = generateApiKey();
+    const secret = key.slice('kgw_'.length);
+    it.each([
+      { desc: 'under a harmless name', url: `/api/x?k=${key}&page=2`, expected: '/api/x?k=REDACTED&page=2' },
+      { desc: 'bare in the query', url: `/api/x?${key}`, expected: '/api/x?REDACTED' },
+      { desc: 'in a path segment', url: `/api/orders/${key}/items`, expected: '/api/orders/REDACTED/items' },
+      { desc: 'with its underscore percent-encoded', url: `/api/x?client=kgw%5F${secret}`, expected: '/api/x?client=REDACTED' },
+      { desc: 'with an upper-case prefix', url: `/api/x?client=KGW_${secret}`, expected: '/api/x?client=REDACTED' },
+      { desc: 'cut short', url: `/api/x?c=${key.slice(0, 30)}`, expected: '/api/x?c=REDACTED' },
+    ])('redacts one $desc', ({ url, expected }) => {
+      expect(redactUrl(url)).toBe(expected);
+    });
+
+    it('keeps words that only start like one', () => {
+      for (const url of ['/api/x?q=kgw_short', '/api/kgw/items?kgw=1']) expect(redactUrl(url)).toBe(url);
+    });
+
+    it('finds every generated key, wherever it stands in a query or path (property)', () => {
+      fc.assert(
+        fc.property(fc.stringMatching(/^[a-z0-9/=&.-]{0,20}$/), fc.stringMatching(/^[a-z0-9/=&.-]{0,20}$/), fc.boolean(), (before, after, inQuery) => {
+          const generated = generateApiKey();
+          const url = inQuery ? `/api/x?${before}${generated}${after}` : `/api/${before}${generated}${after}`;
+          expect(containsApiKey(generated)).toBe(true);
+          expect(redactUrl(url)).not.toContain(generated.slice(4, 24));
+          if (inQuery) expect(redactQuery(url.slice(url.indexOf('?') + 1))).not.toContain(generated.slice(4, 24));
+        }),
+        { seed: 20261206, numRuns: 300 },
+      );
+    });
   });
 
   it('never lets the value of an encoded secret name through, however it is spelled (property)', () => {
