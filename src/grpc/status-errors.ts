@@ -53,11 +53,12 @@ export function knownGrpcStatus(code: unknown): GrpcStatus {
 }
 
 /**
- * grpc-js's own RESOURCE_EXHAUSTED for an answer over the gateway's receive limit (stream-decoder.js): no quota of
- * the caller's. Told by the limit it names: the gateway never sends a message over that size, so a service cannot
- * have received one.
+ * grpc-js's own RESOURCE_EXHAUSTED for an answer over the gateway's receive limit (stream-decoder.js), or one that
+ * inflates past it (compression-filter.js: grpc-js offers gzip and deflate to every service): no quota of the
+ * caller's. Told by the limit it names: the gateway never sends a message over that size, nor a compressed one, so
+ * a service cannot have received one. A gzipped answer past it was 413, the client told its request was too large.
  */
-const OVER_OWN_RECEIVE_LIMIT = new RegExp(`^Received message larger than max \\(\\d+ vs ${MAX_GRPC_MESSAGE_BYTES}\\)$`);
+const OVER_OWN_RECEIVE_LIMIT = new RegExp(`^Received message (?:larger than max \\(\\d+ vs ${MAX_GRPC_MESSAGE_BYTES}\\)|that decompresses to a size larger than ${MAX_GRPC_MESSAGE_BYTES})$`);
 /**
  * A service refusing the request as over its own receive limit, in the words of grpc-js and grpc-core ("Received
  * message larger than max"), grpc-go ("grpc: received message larger than max") and grpc-java ("gRPC message
@@ -65,6 +66,26 @@ const OVER_OWN_RECEIVE_LIMIT = new RegExp(`^Received message larger than max \\(
  * the service's answer too large for the gateway, nor a quota the caller may wait out.
  */
 const OVER_SERVICE_RECEIVE_LIMIT = /received message larger than max|message exceeds maximum size|decompresses to a size larger than/i;
+
+/**
+ * grpc-js's own UNIMPLEMENTED for a unary answer of the wrong cardinality (client.js): OK with no message, or a
+ * second message. The service broke the protocol (grpc-go and grpc-java report INTERNAL); it implements the method.
+ */
+const WRONG_UNARY_CARDINALITY = /^(?:No message received|Too many responses received)$/;
+
+/**
+ * Whether a failed call is the service's bad answer: a status grpc-js cannot read, a message past the gateway's
+ * receive limit, a unary answer of the wrong cardinality, a refusal of the gateway's signature. grpcFailure answers
+ * each 502 upstream_bad_response; the call's outcome is `bad_response`, as an HTTP answer that does not parse.
+ */
+export function isBadAnswer(failure: ServiceError): boolean {
+  return (
+    !isGrpcStatus(failure.code) ||
+    (failure.code === GrpcStatus.RESOURCE_EXHAUSTED && OVER_OWN_RECEIVE_LIMIT.test(failure.details ?? '')) ||
+    (failure.code === GrpcStatus.UNIMPLEMENTED && WRONG_UNARY_CARDINALITY.test(failure.details ?? '')) ||
+    refusesGatewaySignature(failure)
+  );
+}
 
 /**
  * Whether a service's UNAUTHENTICATED refuses the gateway's own signature, not a credential of the client's: its
@@ -94,6 +115,9 @@ export function grpcFailure(service: string, failure: ServiceError, authMethods:
   }
   if (failure.code === GrpcStatus.RESOURCE_EXHAUSTED && OVER_OWN_RECEIVE_LIMIT.test(failure.details ?? '')) {
     return new GatewayError('upstream_bad_response', `The ${service} service answered a message larger than the gateway forwards.`, { cause: failure });
+  }
+  if (failure.code === GrpcStatus.UNIMPLEMENTED && WRONG_UNARY_CARDINALITY.test(failure.details ?? '')) {
+    return new GatewayError('upstream_bad_response', `The ${service} service answered a unary call with ${failure.details === 'No message received' ? 'no message' : 'more than one message'}.`, { cause: failure });
   }
   if (failure.code === GrpcStatus.RESOURCE_EXHAUSTED && OVER_SERVICE_RECEIVE_LIMIT.test(failure.details ?? '')) {
     return new GatewayError('payload_too_large', `The request message is larger than the ${service} service accepts.`, { cause: failure });

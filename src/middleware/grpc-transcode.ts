@@ -9,7 +9,7 @@ import { buildRequestMessage, parseQuery, type HttpBinding } from '../grpc/http-
 import { duplicateJsonKey, JsonBodyTooLargeError, JsonMappingError, messageToJson, parseJsonBody, ResponseMappingError } from '../grpc/json-mapping';
 import { PathVariableError } from '../grpc/path-template';
 import type { GrpcRoute } from '../grpc/route-mappings';
-import { grpcFailure, grpcStatusName, knownGrpcStatus, refusesGatewaySignature } from '../grpc/status-errors';
+import { grpcFailure, grpcStatusName, isBadAnswer, knownGrpcStatus } from '../grpc/status-errors';
 import type { AuthMethod } from '../config';
 import type { CompiledRoute } from '../routes';
 import type { GatewaySigner } from '../gateway-signature';
@@ -124,9 +124,13 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
       const stillOpen = openCallsAt(instance.origin) - 1;
       if (stillOpen > 0) OPEN_CALLS.set(instance.origin, stillOpen);
       else OPEN_CALLS.delete(instance.origin);
+      const ended = performance.now();
+      // grpc-js ends a call at the gateway's deadline with DEADLINE_EXCEEDED; a service may answer the same status
+      // itself, at once (its own database call ran out of time). That is an answer, as an HTTP 504 the service sends
+      // is: counted as the instance's silence, any three requests the service was slow on ejected it for everyone.
+      const serviceDeadline = code === grpc.status.DEADLINE_EXCEEDED && ended - started < callDeadlineMs(route, binding.method.serverStreaming) - DEADLINE_SLACK_MS;
       if (options.metrics) {
-        const ended = performance.now();
-        const outcome = badAnswer ? 'bad_response' : callOutcome(code, binding.method.serverStreaming, responseClosed(ctx));
+        const outcome = badAnswer ? 'bad_response' : serviceDeadline ? 'ok' : callOutcome(code, binding.method.serverStreaming, responseClosed(ctx));
         // A gRPC call is an HTTP/2 POST whose HTTP status grpc-js keeps to itself (none recorded); its error type is
         // a failed call's outcome, as an HTTP attempt's, else the status name of a call the service refused (as an
         // HTTP answer's 4xx or 5xx status): `NOT_FOUND`, `INTERNAL`.
@@ -143,7 +147,7 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
       // A call cancelled because its client left says nothing of the instance (the proxy's `client_closed` is
       // neither): counted a success, each abandoned call cleared the failures of calls that met their deadline and
       // put an ejected instance straight back.
-      const silent = code === grpc.status.DEADLINE_EXCEEDED && !streaming;
+      const silent = code === grpc.status.DEADLINE_EXCEEDED && !streaming && !serviceDeadline;
       if (code === grpc.status.UNAVAILABLE || silent) pool.reportFailure(instance, error?.details ?? String(code));
       else if (!(code === grpc.status.CANCELLED && responseClosed(ctx))) pool.reportSuccess(instance);
     };
@@ -211,9 +215,9 @@ interface Call {
   metadata: grpc.Metadata;
 }
 /**
- * Ends a call's span and its count: `badAnswer` when the service's message had no JSON form, or it refused the
- * gateway's signature (502 upstream_bad_response, the HTTP proxy's `bad_response`), `streaming` once a stream's
- * first message came (a deadline then is not the instance's).
+ * Ends a call's span and its count: `badAnswer` when the service's message had no JSON form, or the call failed on
+ * another bad answer of the service's (isBadAnswer: 502 upstream_bad_response, the HTTP proxy's `bad_response`),
+ * `streaming` once a stream's first message came (a deadline then is not the instance's).
  */
 type Settle = (code: grpc.status, error?: grpc.ServiceError, badAnswer?: boolean, streaming?: boolean) => void;
 
@@ -228,16 +232,29 @@ function challengedMethods(ctx: KoaContext, route: CompiledRoute): ReadonlySet<A
   return others.size > 0 ? others : route.authMethods;
 }
 
-/** The route's timeout is the whole unary call's deadline: nothing flows until the answer, so idle = whole. */
+/**
+ * A call's deadline after it starts, ms: a stream's `deadlineMs`; a unary call's the route's timeout too, its whole
+ * deadline (nothing flows until the answer, so idle = whole).
+ */
+function callDeadlineMs(route: CompiledRoute, serverStreaming: boolean): number {
+  return serverStreaming ? route.deadlineMs : Math.min(route.timeoutMs, route.deadlineMs);
+}
+
+/**
+ * How much earlier than its deadline a DEADLINE_EXCEEDED may end a call and still be the gateway's own, ms: grpc-js
+ * arms its timer from a Date.now() read a little after the call's start was taken, and timers round to the ms.
+ */
+const DEADLINE_SLACK_MS = 5;
+
 async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, binding, request, metadata }: Call, settle: Settle): Promise<void> {
   const { method } = binding;
-  const deadline = Date.now() + Math.min(route.timeoutMs, route.deadlineMs);
+  const deadline = Date.now() + callDeadlineMs(route, false);
   let clientGone = false;
   const response = await new Promise<{ json: unknown } | undefined>((resolve, reject) => {
     const pending = client.makeUnaryRequest(method.path, encodedBytes, deserializer(method.responseType), request, metadata, { deadline }, (error, value) => {
       ctx.res.off('close', cancel);
       if (error) {
-        settle(error.code, error, refusesGatewaySignature(error));
+        settle(error.code, error, isBadAnswer(error));
         // Cancelled because the client left: nobody to answer, and no upstream failure to report.
         if (clientGone) resolve(undefined);
         else reject(grpcFailure(route.service, error, challengedMethods(ctx, route)));
@@ -290,7 +307,7 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
   const { method } = binding;
   // grpc-js's events run outside the request's context; a failure after the first line is recorded in it.
   const requestContext = context.active();
-  const call = client.makeServerStreamRequest(method.path, encodedBytes, deserializer(method.responseType), request, metadata, { deadline: Date.now() + route.deadlineMs });
+  const call = client.makeServerStreamRequest(method.path, encodedBytes, deserializer(method.responseType), request, metadata, { deadline: Date.now() + callDeadlineMs(route, true) });
   readAheadOneMessage(call);
   const line = (value: unknown) => `${JSON.stringify(value)}\n`;
   // The client left: the call is cancelled, and settled here too. A call grpc-js had ended while it was paused for
@@ -311,7 +328,7 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
     const onError = (error: grpc.ServiceError) => {
       call.off('data', onData).off('end', onEnd);
       ctx.res.off('close', cancel);
-      settle(error.code, error, refusesGatewaySignature(error));
+      settle(error.code, error, isBadAnswer(error));
       // Cancelled because the client left (responseClosed: an HTTP/2 response has no `destroyed` to tell it).
       if (error.code === grpc.status.CANCELLED && responseClosed(ctx)) resolve(undefined);
       else reject(grpcFailure(route.service, error, challengedMethods(ctx, route)));
@@ -350,7 +367,7 @@ async function streamCall(ctx: KoaContext, route: CompiledRoute, { client, bindi
   out.on('drain', () => call.resume());
   call.once('error', (error: grpc.ServiceError) => {
     ctx.res.off('close', cancel);
-    settle(error.code, error, failure !== undefined || refusesGatewaySignature(error), true);
+    settle(error.code, error, failure !== undefined || isBadAnswer(error), true);
     if (error.code === grpc.status.CANCELLED && responseClosed(ctx)) return;
     const problem = failure ?? grpcFailure(route.service, error, challengedMethods(ctx, route));
     // The 200 went out with the first line: only the last line tells the client. The access line, the metric and
