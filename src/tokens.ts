@@ -256,11 +256,11 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
         const certain = after !== undefined && (before === after || (kid === undefined ? nextSet && before === undefined : earlier === after.keys.get(kid) || (nextSet && earlier === undefined)));
         const held = certain ? after : await verifiedAgainstHeldSet(token, providerKeys, providerOptions);
         const published = kid === undefined ? undefined : held.keys.get(kid);
-        // No longer than the set is trusted (from its fetch, not from this check), nor past a refetch that drops or
-        // changes its key (stillPublished).
+        // No longer than the set that publishes its key is trusted (cacheMaxAgeMs from its fetch, not from this check,
+        // on the monotonic clock), nor past a refetch that drops or changes its key (stillPublished).
         return {
           user,
-          trustedUntilMs: Math.min(expiryMs(payload), held.fetchedAtMs + jwks.cacheMaxAgeMs),
+          trustedUntilMs: expiryMs(payload),
           stillPublished: () => providerKeys.stillPublished(held, kid, published),
         };
       }
@@ -303,7 +303,11 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
 interface FetchedKeySet {
   /** 1 for the first set jose held, then one more for each set it switched to. */
   generation: number;
-  fetchedAtMs: number;
+  /**
+   * performance.now() when jose switched to it. On the wall clock, a step back (NTP, a resumed VM) kept a token
+   * verified with a key the provider has since withdrawn trusted for the step's length past cacheMaxAgeMs.
+   */
+  fetchedAtMonotonicMs: number;
   /** Each `kid` with its JWK as published (JSON, members sorted): a `kid` reused for other key material is another key. */
   keys: ReadonlyMap<string, string>;
   /** Looks keys up in this set alone (never refetching): a token checked again against it (verifiedAgainstHeldSet). */
@@ -356,8 +360,6 @@ function providerKeyLookup(jwks: JwksOptions): {
   stillPublished(used: FetchedKeySet, kid: string | undefined, published: string | undefined): boolean;
 } {
   let current: FetchedKeySet | undefined;
-  /** performance.now() when jose switched to `current`. */
-  let fetchedAtMonotonicMs = -Infinity;
   // jose writes its cache export at the moment it switches to a newly fetched set, and only then (not for a set
   // it refuses as malformed, nor for an older fetch that lands late): mirrored from there, `current` is always
   // the set jose looks keys up in, never one a fetch returned that jose does not use yet. Its `uat` of 0 is
@@ -365,8 +367,7 @@ function providerKeyLookup(jwks: JwksOptions): {
   const mirror = {
     uat: 0,
     set jwks(keySet: JSONWebKeySet) {
-      current = { generation: (current?.generation ?? 0) + 1, fetchedAtMs: Date.now(), keys: publishedKeys(keySet), getKey: createLocalJWKSet(keySet) };
-      fetchedAtMonotonicMs = performance.now();
+      current = { generation: (current?.generation ?? 0) + 1, fetchedAtMonotonicMs: performance.now(), keys: publishedKeys(keySet), getKey: createLocalJWKSet(keySet) };
     },
   } as ExportedJWKSCache;
   const remote = createRemoteJWKSet(new URL(jwks.url), {
@@ -379,7 +380,9 @@ function providerKeyLookup(jwks: JwksOptions): {
   return {
     getKey: providerKey,
     current: () => current,
-    stillPublished: (used, kid, published) => used === current || (kid !== undefined && current?.keys.get(kid) === published),
+    // The set held now, while it is trusted (the token then goes through lookUp, which refetches), and publishes the key.
+    stillPublished: (used, kid, published) =>
+      current !== undefined && performance.now() - current.fetchedAtMonotonicMs < jwks.cacheMaxAgeMs && (used === current || (kid !== undefined && current.keys.get(kid) === published)),
   };
   /**
    * jose's key lookup, with the set's age also judged on the monotonic clock. jose times its cache on the wall clock
@@ -388,7 +391,7 @@ function providerKeyLookup(jwks: JwksOptions): {
    * the wall clock caught up. A refetch made here resets jose's times too.
    */
   async function lookUp(header: Parameters<JWTVerifyGetKey>[0], token: Parameters<JWTVerifyGetKey>[1]) {
-    const sinceFetch = () => performance.now() - fetchedAtMonotonicMs;
+    const sinceFetch = () => performance.now() - (current?.fetchedAtMonotonicMs ?? -Infinity);
     if (remote.fresh && sinceFetch() >= jwks.cacheMaxAgeMs) await remote.reload();
     try {
       return await remote(header, token);
@@ -463,14 +466,28 @@ function jwksFetch(backoffMs: number): FetchImplementation {
 }
 
 /**
- * Whether parsed JSON is a key set jose takes: an object whose `keys` are all objects. One whose members are not (a
- * string, null) passed as a success here, jose then refused it, and the back-off never engaged: every request with a
- * provider token fetched the set again.
+ * Whether parsed JSON is a key set jose takes: an object whose `keys` are all objects, nested no deeper than a key
+ * set is (MAX_KEY_SET_DEPTH). One whose members are not (a string, null) passed as a success here, jose then refused
+ * it, and the back-off never engaged: every request with a provider token fetched the set again. So did one nested
+ * some 3,300 levels deep (10 KB): jose's structuredClone of it overflows the stack and jose refuses the set.
  */
 function isKeySet(value: unknown): boolean {
   const isObject = (each: unknown) => typeof each === 'object' && each !== null && !Array.isArray(each);
   const keys = isObject(value) ? (value as { keys?: unknown }).keys : undefined;
-  return Array.isArray(keys) && keys.every(isObject);
+  return Array.isArray(keys) && keys.every(isObject) && nestedAtMost(value, MAX_KEY_SET_DEPTH);
+}
+
+/**
+ * Deepest nesting of a key set, counting the set itself: the set, `keys`, a key, its `x5c` or `oth` (RFC 7518
+ * 6.3.2.7), an `oth` member; a few levels more for members a provider adds.
+ */
+const MAX_KEY_SET_DEPTH = 8;
+
+/** Whether JSON `value` nests objects and arrays no more than `depth` levels (never recursing past it). */
+function nestedAtMost(value: unknown, depth: number): boolean {
+  if (typeof value !== 'object' || value === null) return true;
+  if (depth === 0) return false;
+  return Object.values(value).every((member) => nestedAtMost(member, depth - 1));
 }
 
 /** A response body as text, refused (and left unread) past `limit` bytes. */
@@ -483,7 +500,9 @@ async function boundedText(response: Response, limit: number): Promise<string> {
   if (!response.body) return '';
   const bytes = await readAtMost(response.body, limit);
   if (bytes === undefined) throw tooLarge();
-  return bytes.toString('utf8');
+  // Without a byte-order mark (TextDecoder drops one, as the Fetch API's json() does, and jose with it): kept, as
+  // Buffer's toString keeps it, JSON.parse refused a set saved by Windows tools that jose itself reads.
+  return new TextDecoder().decode(bytes);
 }
 
 /**

@@ -61,7 +61,7 @@ async function publicPem(key: ProviderKey): Promise<string> {
 
 /** An identity provider's JWKS endpoint that the test controls: its keys, its speed, its health. */
 async function startJwksServer() {
-  const state = { keys: [] as ProviderKey[], fetches: 0, mode: 'ok' as 'ok' | 'slow' | 'broken' | 'failing' | 'not-a-key-set' | 'members-not-keys' };
+  const state = { keys: [] as ProviderKey[], fetches: 0, mode: 'ok' as 'ok' | 'slow' | 'broken' | 'failing' | 'not-a-key-set' | 'members-not-keys' | 'deeply-nested' | 'byte-order-mark' };
   const server = await listen((_req, res) => {
     state.fetches++;
     if (state.mode === 'slow') return void setTimeout(() => res.end('{"keys":[]}'), 5000).unref();
@@ -69,7 +69,10 @@ async function startJwksServer() {
     res.setHeader('content-type', 'application/json');
     if (state.mode === 'broken') return void res.end('not json');
     if (state.mode === 'members-not-keys') return void res.end('{"keys":["maintenance",null]}');
-    res.end(JSON.stringify(state.mode === 'not-a-key-set' ? { error: 'maintenance' } : { keys: state.keys.map((key) => key.jwk) }));
+    // 10 KB: a member nested 5,000 levels deep, past what jose's structuredClone of the set survives.
+    if (state.mode === 'deeply-nested') return void res.end(`{"keys":[{"kty":"RSA","kid":"x","junk":${'['.repeat(5000)}${']'.repeat(5000)}}]}`);
+    const keySet = JSON.stringify(state.mode === 'not-a-key-set' ? { error: 'maintenance' } : { keys: state.keys.map((key) => key.jwk) });
+    res.end(state.mode === 'byte-order-mark' ? `\uFEFF${keySet}` : keySet);
   });
   return Object.assign(server, { state });
 }
@@ -118,6 +121,28 @@ describe('a provider token remembered as verified', () => {
     jwks.state.keys = [next];
     // Within about the key set's trust (cacheMaxAgeMs), however long the token still runs.
     await waitFor(async () => (await call()).status === 401, 'the token to be refused', 10_000);
+  });
+
+  // Remembered until the set's fetch time on the wall clock plus cacheMaxAgeMs: stepped back an hour, the token of a
+  // withdrawn key was accepted for the hour, nothing prompting a refetch while clients kept sending it.
+  it('stops working once the provider withdrew its key, though the wall clock stepped back meanwhile', async () => {
+    const withdrawn = await providerKey('withdrawn-before-step', 'RS256');
+    const next = await providerKey('next-after-step', 'RS256');
+    jwks.state.keys = [withdrawn];
+    // Issued before the step, so that its iat is not in the future on the stepped clock.
+    const token = await providerToken(withdrawn, {}, { issuedAt: '2h ago', expiresIn: '3h' });
+    const call = () => fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } });
+    expect((await call()).status).toBe(200);
+    const wallClock = steppableWallClock();
+    wallClock.install();
+    try {
+      jwks.state.keys = [next];
+      wallClock.step(-3_600_000);
+      // Within about the key set's trust (cacheMaxAgeMs: 1 s), not the step's hour.
+      await waitFor(async () => (await call()).status === 401, 'the token to be refused', 10_000);
+    } finally {
+      wallClock.restore();
+    }
   });
 
   it('refuses a token first seen late in its key set\'s life once a refetch dropped its key (it stayed accepted for cacheMaxAgeMs after)', async () => {
@@ -509,6 +534,7 @@ describe('tokens from an identity provider (JWKS)', () => {
   it.each([
     { desc: 'a failed key-set fetch', mode: 'failing' as const },
     { desc: 'a key set whose members are not keys (jose refused it, and each provider token fetched again)', mode: 'members-not-keys' as const },
+    { desc: 'a key set nested thousands of levels deep (jose refused it, and each provider token fetched again)', mode: 'deeply-nested' as const },
   ])('remembers $desc for a moment: provider tokens get 503 at once, without a fetch each', async ({ mode }) => {
     const failing = await startJwksServer();
     failing.state.mode = mode;
@@ -526,6 +552,25 @@ describe('tokens from an identity provider (JWKS)', () => {
     } finally {
       await backingOff.close();
       await failing.close();
+    }
+  });
+
+  // Buffer's toString kept the mark and JSON.parse refused the set: every provider token was 503 while jose reads it.
+  it('reads a key set that starts with a UTF-8 byte-order mark, as jose does', async () => {
+    const marked = await startJwksServer();
+    marked.state.mode = 'byte-order-mark';
+    marked.state.keys = [rsa];
+    const stack = await startStack({
+      env: { JWKS_URL: `${marked.url}/jwks.json`, JWKS_ISSUER: ISSUER, JWKS_AUDIENCE: AUDIENCE },
+      overrides: { auth: { jwks: { url: 'http://placeholder', issuer: 'x', audience: 'x', timeoutMs: 500 } } },
+    });
+    try {
+      const response = await fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${await providerToken(rsa)}` } });
+      expect(response.status).toBe(200);
+      expect(marked.state.fetches).toBe(1);
+    } finally {
+      await stack.close();
+      await marked.close();
     }
   });
 
