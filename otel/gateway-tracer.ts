@@ -58,6 +58,7 @@ import {
 import type { Resource } from '@opentelemetry/resources';
 import type { IdGenerator, ReadableSpan, Sampler, SpanLimits, SpanProcessor, TimedEvent } from '@opentelemetry/sdk-trace';
 import { ATTR_EXCEPTION_MESSAGE, ATTR_EXCEPTION_STACKTRACE, ATTR_EXCEPTION_TYPE } from '@opentelemetry/semantic-conventions';
+import { cutAnyValue, cutString } from './attribute-values';
 
 /** The scope name src/gateway.ts asks the global provider for (`trace.getTracer('koa-gateway')`). */
 export const GATEWAY_TRACER_NAME = 'koa-gateway';
@@ -194,7 +195,8 @@ class GatewayTracer implements Tracer {
   /** The id generator is a ValidIdGenerator: its ids need no check. */
   private readonly idsValid: boolean;
   /** The limits for the rare second pass over start attributes, with the value length limit resolved. */
-  private readonly attributeLimits: { attributeCountLimit: number; attributeValueLengthLimit: number };
+  /** The count limit alone, for cleanAttributes: lengths are cut by cutAnyValue. */
+  private readonly attributeCountLimit: { attributeCountLimit: number; attributeValueLengthLimit: number };
 
   constructor(options: GatewayTracerOptions) {
     this.instrumentationScope = { name: options.name ?? GATEWAY_TRACER_NAME, version: options.version, schemaUrl: options.schemaUrl };
@@ -215,7 +217,7 @@ class GatewayTracer implements Tracer {
     const lengthLimit = this.limits.attributeValueLengthLimit;
     if (lengthLimit <= 0) diag.warn(`Invalid attributeValueLengthLimit: must be positive, got ${lengthLimit} (ignoring)`);
     this.valueLengthLimit = lengthLimit <= 0 ? Infinity : lengthLimit;
-    this.attributeLimits = { attributeCountLimit: this.limits.attributeCountLimit, attributeValueLengthLimit: this.valueLengthLimit };
+    this.attributeCountLimit = { attributeCountLimit: this.limits.attributeCountLimit, attributeValueLengthLimit: Infinity };
   }
 
   startSpan(name: string, options: SpanOptions = {}, parentContext: Context = context.active()): Span {
@@ -303,11 +305,13 @@ class GatewayTracer implements Tracer {
     }
 
     // The SDK's second pass (the sampler's attributes merged, then the count and length limits), only where it
-    // can change something; it is then the SDK's own cleanAttributes over the same merged object.
+    // can change something; it is then the SDK's own cleanAttributes over the same merged object, for the count.
+    // The length is cut here (cutAnyValue, over the copies cleanAttributes made): the SDK's substring kept each
+    // cut string's whole original alive.
     let spanAttributes = attributes;
     if (sampling.attributes != null || limitsMayCut || attributeCount > this.limits.attributeCountLimit) {
-      const limited = cleanAttributes(Object.assign(attributes, sampling.attributes), this.attributeLimits);
-      spanAttributes = limited.attributes ?? {};
+      const limited = cleanAttributes(Object.assign(attributes, sampling.attributes), this.attributeCountLimit);
+      spanAttributes = cutAnyValue(limited.attributes ?? {}, this.valueLengthLimit);
       attributeCount = Object.keys(spanAttributes).length;
       droppedAttributesCount += limited.droppedAttributesCount ?? 0;
     }
@@ -408,10 +412,11 @@ const hasOwnProperty = Object.prototype.hasOwnProperty;
 
 /**
  * A deep copy of an array, map or byte array (already checked by `isAnyValue`), strings in it cut to `limit`:
- * the SDK's own copy (core's copyAndTruncAnyValue, reached through cleanAttributes as it is not exported).
+ * the SDK's own copy (core's copyAndTruncAnyValue, reached through cleanAttributes as it is not exported), cut by
+ * cutAnyValue (the SDK's substring kept each cut string's original alive).
  */
 function copiedAnyValue(value: unknown, limit: number): AttributeValue {
-  return cleanAttributes({ value } as Attributes, { attributeCountLimit: Infinity, attributeValueLengthLimit: limit }).attributes!.value!;
+  return cutAnyValue(cleanAttributes({ value } as Attributes, { attributeCountLimit: Infinity, attributeValueLengthLimit: Infinity }).attributes!.value!, limit);
 }
 
 /**
@@ -431,7 +436,7 @@ function copiedPrimitiveArray(value: unknown, limit: number): AttributeValue | u
   const copy = new Array<string | number | boolean>(count);
   for (let index = 0; index < count; index++) {
     const item: unknown = value[index];
-    if (typeof item === 'string') copy[index] = item.length <= limit ? item : item.substring(0, limit);
+    if (typeof item === 'string') copy[index] = cutString(item, limit);
     else if (typeof item === 'number' || typeof item === 'boolean') copy[index] = item;
     else return undefined;
   }
@@ -584,7 +589,7 @@ export class GatewaySpan implements Span, ReadableSpan {
     }
     const limit = this.tracer.valueLengthLimit;
     if (typeof value === 'string') {
-      attributes[key] = value.length <= limit ? value : value.substring(0, limit);
+      attributes[key] = cutString(value, limit);
     } else if (typeof value === 'number' || typeof value === 'boolean') {
       attributes[key] = value;
     } else {

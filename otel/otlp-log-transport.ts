@@ -6,6 +6,7 @@
  */
 import { logs, SeverityNumber, type Context, type Logger as OtelLogger, type LogRecord } from '@opentelemetry/api';
 import winston from 'winston';
+import { cutAnyValue, logRecordValueLengthLimit } from './attribute-values';
 import { LOG_FIELD } from './wire-names';
 
 /**
@@ -58,6 +59,7 @@ export const Transport = (
 
 export class OtlpLogTransport extends Transport {
   private readonly otelLogger: OtelLogger;
+  private readonly valueLengthLimit = logRecordValueLengthLimit();
 
   constructor(options: OtlpLogTransportOptions = {}) {
     super({ level: options.level });
@@ -66,7 +68,7 @@ export class OtlpLogTransport extends Transport {
 
   override log(info: winston.Logform.TransformableInfo, next: () => void): void {
     try {
-      this.otelLogger.emit(toLogRecord(info));
+      this.otelLogger.emit(toLogRecord(info, this.valueLengthLimit));
     } catch {
       // Telemetry never fails logging; the line is on stdout regardless.
     }
@@ -74,13 +76,17 @@ export class OtlpLogTransport extends Transport {
   }
 }
 
-/** The log record for one winston line: body, severity, time, trace context and the other fields as attributes. */
-export function toLogRecord(info: winston.Logform.TransformableInfo): LogRecord {
+/**
+ * The log record for one winston line: body, severity, time, trace context and the other fields as attributes, each
+ * cut to `valueLengthLimit` here (cutAnyValue, over the copies toAnyValue makes): cut by the SDK's substring, the
+ * access record's `url` still held the client's whole 16 KiB target until exported.
+ */
+export function toLogRecord(info: winston.Logform.TransformableInfo, valueLengthLimit = Infinity): LogRecord {
   const attributes: Record<string, unknown> = {};
   for (const key of Object.keys(info)) {
     if (NOT_ATTRIBUTES.has(key)) continue;
     const value = toAnyValue(info[key], 0);
-    if (value !== undefined) attributes[key] = value;
+    if (value !== undefined) attributes[key] = cutAnyValue(value, valueLengthLimit);
   }
   const record: LogRecord = {
     severityNumber: Object.hasOwn(SEVERITY, info.level) ? SEVERITY[info.level] : SeverityNumber.UNSPECIFIED,

@@ -75,6 +75,7 @@ import { droppedLogRecordsReporter } from './dropped-log-records';
 import { createGatewayTracer, GATEWAY_SCHEMA_URL, GATEWAY_TRACER_NAME } from './gateway-tracer';
 import { recordedMethod, spanNameMethod } from './http-method';
 import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
+import { DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT, logRecordValueLengthLimit, positiveNumberFromEnv } from './attribute-values';
 import { redactQuery, redactUrl } from './redact-url';
 import { GrpcServerSpanStatusProcessor } from './grpc-server-span-status';
 import { RequestIdSpanProcessor } from './request-id-span-processor';
@@ -253,7 +254,7 @@ function startProviders(options: ProviderOptions): { shutdown(): Promise<void> }
   if (options.logRecordProcessors.length > 0) {
     const logRecordLimits = {
       attributeCountLimit: positiveNumberFromEnv('OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT') ?? positiveNumberFromEnv('OTEL_ATTRIBUTE_COUNT_LIMIT'),
-      attributeValueLengthLimit: positiveNumberFromEnv('OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT') ?? positiveNumberFromEnv('OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT') ?? DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+      attributeValueLengthLimit: logRecordValueLengthLimit(),
     };
     const loggerProvider = new LoggerProvider({ logRecordLimits, resource, processors: options.logRecordProcessors });
     logs.setGlobalLoggerProvider(loggerProvider);
@@ -292,16 +293,6 @@ function resourceDetectors(): ResourceDetector[] {
   });
 }
 
-/**
- * The longest attribute value a span or log record keeps when OTEL_*ATTRIBUTE_VALUE_LENGTH_LIMIT is unset (the spec's
- * default is none), in characters. A client chooses the length of the URL, query and User-Agent every SERVER span,
- * CLIENT span (`url.full`) and access-log record carries, up to the 16 KiB header limit (HTTP/2 twice that): with the
- * export queues full behind a slow collector (2,048 spans and 2,048 log records, plus the batch being sent), records
- * of that size held 100-280 MiB against the Kubernetes manifest's 384 MiB limit. 4,096 keeps any URL a browser sends
- * whole; `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT=Infinity` restores the spec's default.
- */
-export const DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT = 4096;
-
 /** Span limits from OTEL_SPAN_* / OTEL_ATTRIBUTE_* (sdk-node's createSpanLimitsFromEnv); unset ones keep the SDK's defaults, but for the value length (DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT). */
 function spanLimitsFromEnv(): SpanLimits {
   return {
@@ -313,11 +304,6 @@ function spanLimitsFromEnv(): SpanLimits {
     attributePerEventCountLimit: getNumberFromEnv('OTEL_SPAN_ATTRIBUTE_PER_EVENT_COUNT_LIMIT'),
     attributePerLinkCountLimit: getNumberFromEnv('OTEL_SPAN_ATTRIBUTE_PER_LINK_COUNT_LIMIT'),
   };
-}
-
-function positiveNumberFromEnv(name: string): number | undefined {
-  const value = getNumberFromEnv(name);
-  return value !== undefined && value > 0 ? value : undefined;
 }
 
 function installQuietDiagnostics(diagnostics: TelemetryDiagnostics): void {

@@ -1,7 +1,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT } from '../../otel/sdk';
+import { DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT } from '../../otel/attribute-values';
 import { HEADER } from '../../otel/wire-names';
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
 import { exitOf, startProcess, type RunningProcess } from '../helpers/process-stack';
