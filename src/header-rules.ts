@@ -41,6 +41,9 @@ export function ownedRequestHeader(name: string): string | undefined {
     if ((REQUEST_REWRITE_HEADERS as readonly string[]).includes(candidate)) return 'a request-rewriting header the gateway always removes';
     if ((CGI_HAZARD_HEADERS as readonly string[]).includes(candidate)) return 'a header CGI servers take as their outbound proxy (httpoxy)';
     if (candidate === HEADER.traceparent || candidate === HEADER.tracestate || candidate === HEADER.baggage) return 'trace context the gateway writes';
+    // Its own hop added, by the client's HTTP version (`1.0`, `1.1`, `2 koa-gateway`): a service's `Vary: Via` keyed on
+    // the client's Via alone served an HTTP/1.0 client's answer to HTTP/1.1 and HTTP/2 ones.
+    if (candidate === 'via') return 'the Via the gateway writes';
     if (FRAMING.includes(candidate)) return 'a framing or connection header';
   }
   return undefined;

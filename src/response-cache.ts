@@ -152,8 +152,9 @@ export function parseCacheControl(value: string | string[] | undefined): CacheCo
       }
     }
   }
-  // A malformed list (an unterminated quote swallowing the rest) must not hide a prohibition.
-  for (const match of text.matchAll(/(?:^|[\s,])(no-store|no-cache|private)(?=$|[\s,=])/gi)) {
+  // A malformed list (an unterminated quote swallowing the rest, a `;` for a comma: `private; max-age=600`, which the
+  // scan reads as no directive) must not hide a prohibition: the word counts wherever no token character touches it.
+  for (const match of text.matchAll(/(?<![!#$%&'*+.^_`|~0-9a-z-])(no-store|no-cache|private)(?![!#$%&'*+.^_`|~0-9a-z-])/gi)) {
     const name = match[1]!.toLowerCase();
     if (name === 'no-store') parsed.noStore = true;
     else if (name === 'no-cache') parsed.noCache = true;

@@ -256,6 +256,9 @@ describe('response cache', () => {
     { desc: 'Vary: *', query: 'vary=*' },
     { desc: 'a Vary member that names no header', query: 'vary=Accept%2C%20x%20y' },
     { desc: 'Vary on a header the gateway writes (X-Forwarded-Host)', query: 'vary=X-Forwarded-Host' },
+    // The gateway adds its own hop by the client's HTTP version: keyed on the client's Via alone, an HTTP/1.0
+    // client's answer was served to HTTP/1.1 and HTTP/2 ones.
+    { desc: 'Vary on Via, which the gateway writes', query: 'vary=Via' },
     { desc: 'Vary on a header a request rule sets (X-Tenant)', query: 'vary=X-Tenant' },
     { desc: 'a 500', query: 'status=500' },
     { desc: 'a 503', query: 'status=503' },

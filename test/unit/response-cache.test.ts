@@ -50,8 +50,26 @@ describe('Cache-Control and storability (RFC 9111)', () => {
     { desc: 'Vary: *', headers: { vary: 'Accept, *' } },
     { desc: 'a no-store hidden in a second line', headers: { 'cache-control': ['max-age=60', 'no-store'] } },
     { desc: 'a no-store after an unterminated quote', headers: { 'cache-control': 'max-age=60, x="a, no-store' } },
+    // A `;` for a comma, a common slip: the scan reads `private;` as no directive, and kept the max-age.
+    { desc: 'private followed by a semicolon', headers: { 'cache-control': 'private; max-age=600' } },
+    { desc: 'private with a trailing semicolon', headers: { 'cache-control': 'max-age=3600, private;' } },
+    { desc: 'no-store with a trailing semicolon', headers: { 'cache-control': 'no-store;' } },
+    { desc: 'no-store glued to the next directive by a semicolon', headers: { 'cache-control': 'no-store;max-age=60' } },
   ])('does not store $desc', ({ headers }) => {
     expect(verdict(headers).store).toBe(false);
+  });
+
+  // Any character that cannot be part of a directive's name ends it: whatever touches the word, a service's
+  // prohibition beside a lifetime is never stored.
+  it('never stores a prohibition touched by any character outside a token, beside a lifetime (property)', () => {
+    const outsideToken = fc.constantFrom(...';:/\\"()<>@[]?{}'.split(''), ' ', '\t', ',');
+    fc.assert(
+      fc.property(fc.constantFrom('no-store', 'private', 'PRIVATE', 'No-Store'), outsideToken, outsideToken, fc.boolean(), (word, before, after, first) => {
+        const text = first ? `${word}${after}max-age=600` : `max-age=600${before}${word}${after}`;
+        expect(verdict({ 'cache-control': text }).store).toBe(false);
+      }),
+      { seed: 20261206, numRuns: 300 },
+    );
   });
 
   it.each([
@@ -460,6 +478,7 @@ describe('cache settings in the config', () => {
     { desc: 'an unknown scope', cache: { ttlSeconds: 5, scope: 'everyone' }, message: /routes\.4\.cache\.scope/ },
     { desc: 'Authorization in the key', cache: { ttlSeconds: 5, varyHeaders: ['Authorization'] }, message: /credential/ },
     { desc: 'an identity header in the key', cache: { ttlSeconds: 5, varyHeaders: ['x-user-id'] }, message: /varyHeaders\.0.*never reaches/ },
+    { desc: 'Via, which the gateway writes, in the key', cache: { ttlSeconds: 5, varyHeaders: ['Via'] }, message: /varyHeaders\.0.*Via the gateway writes/ },
     { desc: 'a route budget over the global one', cache: { ttlSeconds: 5, maxBytes: 128 * 1024 * 1024 }, message: /cache\.maxBytes/ },
     { desc: 'an unknown key', cache: { ttlSeconds: 5, methods: ['POST'] }, message: /routes\.4\.cache/ },
   ])('refuses $desc', ({ cache, message }) => {
