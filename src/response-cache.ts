@@ -506,12 +506,42 @@ export function cacheKey(parts: readonly (string | null)[]): string {
 }
 
 /**
- * A resource's key: the route's name and the upstream target (path and query) byte for byte. What a successful
- * write invalidates, every variant at once: also those stored under another configuration of the route (the
- * variant holds its digest), by a replica in the middle of a rollout that changes it.
+ * A resource's key: the route's name and the upstream target (path and query) as invalidationSpelling writes it.
+ * What a successful write invalidates, every variant at once: also those stored under another configuration of the
+ * route (the variant holds its digest), by a replica in the middle of a rollout that changes it. The variant holds
+ * the target byte for byte, so two spellings never share an answer.
  */
 export function resourceKey(routeName: string, upstreamTarget: string): string {
-  return cacheKey([routeName, upstreamTarget]);
+  return cacheKey([routeName, invalidationSpelling(upstreamTarget)]);
+}
+
+/**
+ * A target as one resource however it is spelt: percent-encoded unreserved characters decoded and the hex of other
+ * escapes upper-cased (RFC 3986 6.2.2.1-2: `/%69tem` is `/item`), the path lower-cased and without trailing slashes,
+ * as the gateway's routing and the services' routers match it. Keyed byte for byte, a write through `/%69tem` or
+ * `/item/` left the copy of `/item` served for its whole lifetime (RFC 9111 4.4 invalidates the URI, any spelling).
+ * Spellings a service tells apart that share it cost a miss after a write, never a wrong answer.
+ */
+export function invalidationSpelling(target: string): string {
+  const queryStart = target.indexOf('?');
+  let path = queryStart === -1 ? target : target.slice(0, queryStart);
+  let query = queryStart === -1 ? '' : target.slice(queryStart);
+  if (path.includes('%')) path = normalizedEscapes(path);
+  path = path.toLowerCase();
+  let end = path.length;
+  while (end > 1 && path.charCodeAt(end - 1) === 0x2f) end--;
+  if (query.includes('%')) query = normalizedEscapes(query);
+  return path.slice(0, end) + query;
+}
+
+/** Unreserved characters (RFC 3986 2.3): an escape of one is the character. */
+const UNRESERVED = /^[A-Za-z0-9._~-]$/;
+
+function normalizedEscapes(text: string): string {
+  return text.replace(/%([0-9A-Fa-f]{2})/g, (_escape, hex: string) => {
+    const character = String.fromCharCode(parseInt(hex, 16));
+    return UNRESERVED.test(character) ? character : `%${hex.toUpperCase()}`;
+  });
 }
 
 /**

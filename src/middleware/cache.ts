@@ -426,11 +426,11 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     // request's `Connection`). Keyed by what the client sent, `Accept-Language: fr` with `Connection:
     // accept-language` would store the answer to no language as the French one.
     const heard = heardByService(headers);
-    // The resource: what the service is asked for, the route and the upstream path and query byte for byte
-    // (another spelling is another resource, never a wrong answer). A successful write drops every stored variant
-    // of it (RFC 9111 4.4), however the requests that stored them were forwarded and whichever configuration of
-    // the route they were stored under.
-    const resource = resourceKey(route.name, ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!);
+    // The resource: what the service is asked for, the route and the upstream path and query, however spelt
+    // (resourceKey). A successful write drops every stored variant of it (RFC 9111 4.4), however the requests that
+    // stored them were forwarded and spelt it and whichever configuration of the route they were stored under.
+    const upstreamTarget = ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!;
+    const resource = resourceKey(route.name, upstreamTarget);
     const cacheControl = requestHeaderValue(headers['cache-control']);
     const onlyIfCached = cacheControl !== null && ONLY_IF_CACHED.test(cacheControl);
     if (!SAFE_METHODS.has(method)) {
@@ -482,6 +482,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     // varyHeaders. Never a header the service is not told about or the gateway removes (X-Original-URL, untrusted
     // X-Forwarded-*): those cannot change the answer, so they cannot poison it either.
     const variant = cacheKey([
+      // The target byte for byte: another spelling of the resource is another variant, never a wrong answer.
+      upstreamTarget,
       options.keyScopes.get(route.name) ?? null,
       ...forwardedOrigin(ctx, heard),
       ...scopeKey,

@@ -566,6 +566,24 @@ describe('response cache', () => {
     expect((await send(stack.gateway.url, path, as(alice))).headers['x-cache']).toBe(kept ? 'HIT' : 'MISS');
   });
 
+  // Keyed byte for byte, a write through another spelling the service reads as the same resource left the copy
+  // served for its whole lifetime. Two spellings still never share an answer.
+  it.each([
+    { desc: 'an escaped unreserved character', spell: (path: string) => path.replace('/item-', '/%69tem-') },
+    { desc: 'a trailing slash', spell: (path: string) => path.replace('?', '/?') },
+    { desc: 'an upper-case path', spell: (path: string) => path.replace('/item-', '/ITEM-') },
+  ])('drops the stored answer after a PUT through $desc (RFC 9111 4.4), and never answers one spelling with the other', async ({ spell }) => {
+    const path = fresh('/api/catalog', 'cc=max-age%3D60');
+    const stored = await send(stack.gateway.url, path, as(alice));
+    expect(stored.headers['x-cache']).toBe('MISS');
+    expect((await send(stack.gateway.url, path, as(alice))).headers['x-cache']).toBe('HIT');
+    const other = await send(stack.gateway.url, spell(path), as(alice));
+    expect(other.headers['x-cache']).toBe('MISS');
+    const write = await send(stack.gateway.url, spell(path), as(bob), 'PUT');
+    expect([write.status, write.headers['x-cache']]).toEqual([200, 'BYPASS']);
+    expect((await send(stack.gateway.url, path, as(alice))).headers['x-cache']).toBe('MISS');
+  });
+
   it.each([
     { desc: 'a 201 naming it in Location by the instance\'s own address (made public by the gateway)', method: 'POST', status: 201, header: 'loc', location: (child: string) => `${service.url}${child.replace('/api/catalog', '/catalog')}`, dropped: true },
     { desc: 'a 303 naming it in a relative Location', method: 'POST', status: 303, header: 'loc', location: (child: string) => child.split('/').slice(-2).join('/'), dropped: true },

@@ -3,7 +3,7 @@ import { hash } from 'node:crypto';
 import path from 'node:path';
 import fc from 'fast-check';
 import { ConfigError, parseConfig } from '../../src/config';
-import { cacheDirectives, cacheKey, currentAge, isFresh, namesStored, parseCacheControl, retentionMs, REVALIDATION_WINDOW_SECONDS, storability, type CachedResponse, type StorabilityInput } from '../../src/response-cache';
+import { cacheDirectives, cacheKey, currentAge, invalidationSpelling, isFresh, namesStored, parseCacheControl, retentionMs, REVALIDATION_WINDOW_SECONDS, storability, type CachedResponse, type StorabilityInput } from '../../src/response-cache';
 import type { StaleResources } from '../../src/cache-invalidations';
 import { createGatewayApps } from '../../src/gateway';
 import { createMemoryResponseStore, MAX_REMEMBERED_INVALIDATIONS, sharingInvalidations, type CacheKey, type PeerInvalidations, type ResponseStore } from '../../src/response-store';
@@ -496,5 +496,34 @@ describe('cache settings in the config', () => {
 
   it.each(['Cache-Control', 'age', 'ETag', 'Vary'])('refuses %s as the status header (HIT would overwrite the field)', (statusHeader) => {
     expect(() => parse({ ttlSeconds: 5 }, {}, { cache: { statusHeader } })).toThrow(/cache\.statusHeader.*standard response field/);
+  });
+});
+
+describe('invalidationSpelling', () => {
+  // The spellings a service reads as one resource are one resource to invalidate: an escaped unreserved character,
+  // an escape's hex case, the path's case, trailing slashes.
+  it('gives every spelling of a path the same resource, and is its own fixed point (property)', () => {
+    const segment = fc.stringMatching(/^[a-z0-9._~-]{1,8}$/);
+    fc.assert(
+      fc.property(fc.array(segment, { minLength: 1, maxLength: 4 }), fc.array(fc.constantFrom('escape', 'upper', 'plain'), { minLength: 40, maxLength: 40 }), fc.integer({ min: 0, max: 3 }), (segments, ways, slashes) => {
+        const path = `/${segments.join('/')}`;
+        const spelt = [...path]
+          .map((character, index) => {
+            if (character === '/') return character;
+            if (ways[index % ways.length] === 'escape') return `%${character.charCodeAt(0).toString(16)}`;
+            return ways[index % ways.length] === 'upper' ? character.toUpperCase() : character;
+          })
+          .join('');
+        const target = `${spelt}${'/'.repeat(slashes)}?q=%7e`;
+        expect(invalidationSpelling(target)).toBe(invalidationSpelling(`${path}?q=~`));
+        expect(invalidationSpelling(invalidationSpelling(target))).toBe(invalidationSpelling(target));
+      }),
+      { seed: 20261206, numRuns: 300 },
+    );
+  });
+
+  it('keeps escapes of reserved characters escaped, and the query\'s case', () => {
+    expect(invalidationSpelling('/A%2fB?X=%2f')).toBe('/a%2fb?X=%2F');
+    expect(invalidationSpelling('/')).toBe('/');
   });
 });
