@@ -8,7 +8,7 @@ import { checkCrossFieldRules, ConfigError, deepFreeze, type GatewayConfig } fro
 import { RateLimitWindows } from './rate-limit-store';
 import { NewestMemoryStore } from './response-store';
 import type { GrpcClientCache } from './grpc/grpc-clients';
-import { protoSourcesDigest } from './grpc/proto-sources';
+import { protoSourcesDigest, readProtoSources, type ProtoSources } from './grpc/proto-sources';
 import type { TokenService } from './tokens';
 import type { UpstreamPoolCache } from './upstream-pool';
 
@@ -32,14 +32,19 @@ export const RESTART_ONLY_KEYS: readonly string[] = ['port', 'host', 'workers', 
  * and the Redis URL's password are left out: a generated secret is random per start, and a configured one must not
  * be guessable from a published hash (the rest of a config is often public: its file, its manifests).
  */
-export function configVersion(config: GatewayConfig): string {
+export function configVersion(config: GatewayConfig, sources: ProtoSources | undefined = grpcProtoSources(config)): string {
   const { secret: _secret, ...auth } = config.auth;
   const { signingKey: _signingKey, ...proxy } = config.proxy;
   const rateLimit = config.rateLimit.redisUrl === undefined ? config.rateLimit : { ...config.rateLimit, redisUrl: withoutPassword(config.rateLimit.redisUrl) };
   // The proto sources of its gRPC routes are part of it: an edit of a .proto alone is a new config to reload.
-  const protos = config.routes.flatMap((route) => (route.grpc ? [route.grpc.proto] : []));
-  const protoSources = protos.length === 0 ? undefined : protoSourcesDigest(protos);
+  const protoSources = sources === undefined ? undefined : protoSourcesDigest(sources);
   return createHash('sha256').update(JSON.stringify({ ...config, auth, proxy, rateLimit, protoSources })).digest('hex').slice(0, 12);
+}
+
+/** The proto sources the config's gRPC routes load, read now (readProtoSources); none without a gRPC route. */
+function grpcProtoSources(config: GatewayConfig): ProtoSources | undefined {
+  const protos = config.routes.flatMap((route) => (route.grpc ? [route.grpc.proto] : []));
+  return protos.length === 0 ? undefined : readProtoSources(protos);
 }
 
 function withoutPassword(url: string): string {
@@ -60,6 +65,8 @@ export function sameKeys(a: GatewayConfig, b: GatewayConfig): boolean {
 /** The configuration a gateway runs, with its version and when it was loaded (ISO time). */
 export interface ActiveConfig {
   config: GatewayConfig;
+  /** What its gRPC routes' protos held when it was read, the version's and the builds' (a worker's too): ProtoSources. */
+  protoSources?: ProtoSources;
   version: string;
   loadedAt: string;
   /** Restart-only keys whose file or environment value differs from the running one. */
@@ -67,7 +74,8 @@ export interface ActiveConfig {
 }
 
 export function activeConfig(config: GatewayConfig, pendingRestart: string[] = []): ActiveConfig {
-  return { config, version: configVersion(config), loadedAt: new Date().toISOString(), pendingRestart };
+  const protoSources = grpcProtoSources(config);
+  return { config, ...(protoSources && { protoSources }), version: configVersion(config, protoSources), loadedAt: new Date().toISOString(), pendingRestart };
 }
 
 function valueAt(config: unknown, dotted: string): unknown {

@@ -4,6 +4,7 @@ import type { Logger } from '../otel/logger';
 import type { Redis } from 'ioredis';
 import type { GatewayConfig, RateLimitConfig } from './config';
 import { createGatewaySigner } from './gateway-signature';
+import type { ProtoSources } from './grpc/proto-sources';
 import './context';
 import { installDirectAccessors, installFasterRequestAccessors, installFasterResponseAccessors, installHttp2AwareWritable } from './koa-context-accessors';
 import { createAccessLog } from './middleware/access-log';
@@ -68,6 +69,8 @@ export interface GatewayDependencies {
   stopping?: () => boolean;
   /** The response cache's background fetches of every build, which main.ts waits for as it stops (src/cache-background-fetch.ts). */
   backgroundWork?: BackgroundWork;
+  /** The gRPC routes' proto sources as the config's version read them (ActiveConfig); absent: read from the disk now (tests). */
+  protoSources?: ProtoSources;
 }
 
 export interface GatewayApps {
@@ -108,7 +111,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   const readiness = createReadinessCheck({ pools: grpcOnly.size === 0 ? pools : new Map([...pools].filter(([name]) => !grpcOnly.has(name))), cacheMs: config.readinessCacheMs });
   const routes = compileRoutes(config, pools);
   // Protos loaded and their HTTP annotations compiled here, once per built gateway (start-up, reload).
-  const grpcRoutes = grpc ? grpc.compileGrpcRoutes(config, metrics, kept?.grpcPools) : new Map();
+  const grpcRoutes = grpc ? grpc.compileGrpcRoutes(config, metrics, kept?.grpcPools, deps.protoSources) : new Map();
   const tokenOptions = { secret: config.auth.secret, issuer: config.auth.issuer, audience: config.auth.audience, tokenTtlSeconds: config.auth.tokenTtlSeconds, clockToleranceSeconds: config.auth.clockToleranceSeconds, jwks: config.auth.jwks, cacheSize: config.auth.verifiedTokenCacheSize };
   // Kept across reloads that leave these alone (the provider's key set, the verified tokens: KeptAcrossReloads).
   const tokens = kept ? kept.tokenService(JSON.stringify(tokenOptions), () => createTokenService(tokenOptions)) : createTokenService(tokenOptions);

@@ -185,7 +185,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
       // MUST propagate); the first config that trusts it, at start or at a reload, registers what that takes.
       // Without trust nothing is propagated, and telemetry off stays free of a context manager's cost.
       if (active.config.trustTraceparent) startPropagation();
-      return createGatewayApps(active.config, { logger, redis, metrics: metrics ?? false, primaryStore, kept, configVersion: active.version, control, cachePeers: worker?.cachePeers, stopping: () => stopping, backgroundWork });
+      return createGatewayApps(active.config, { logger, redis, metrics: metrics ?? false, primaryStore, kept, configVersion: active.version, protoSources: active.protoSources, control, cachePeers: worker?.cachePeers, stopping: () => stopping, backgroundWork });
     },
     logger,
   );

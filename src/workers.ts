@@ -459,7 +459,9 @@ export function runPrimary(options: PrimaryOptions): void {
       reloading = undefined;
       if (notApplied !== undefined) {
         for (const worker of linkedWorkers()) send(worker, { gateway: 'apply', active: previous });
-        const reason = `${notApplied}; version ${previous.version} restored`;
+        // Said restored once every worker says so (it builds from the version's own proto sources, not the disk).
+        const notRestored = await allApplied(previous);
+        const reason = notRestored === undefined ? `${notApplied}; version ${previous.version} restored` : `${notApplied}; restoring version ${previous.version} failed too: ${notRestored}`;
         logger.error('config reload failed in the workers', { reason });
         return { ok: false, reason };
       }

@@ -2,6 +2,7 @@ import * as protobuf from 'protobufjs';
 import { fieldNamed, isTextSettable, jsonFromText, JsonMappingError, JsonNumberText, messageFromJson } from './json-mapping';
 import { comparePrecedence, matchPathTemplate, parsePathTemplate, type PathBinding, type PathTemplate } from './path-template';
 import { loadProtoRoot } from './proto-files';
+import type { ProtoSources } from './proto-sources';
 
 /**
  * A gRPC service's REST surface, compiled once from the `google.api.http` annotations of its proto
@@ -63,9 +64,12 @@ interface HttpRuleOption {
   additional_bindings?: HttpRuleOption | HttpRuleOption[];
 }
 
-/** Loads `protoFile` and compiles the bindings of `serviceName`; throws naming the proto and method on any problem. */
-export function loadGrpcServiceMapping(protoFile: string, serviceName: string): GrpcServiceMapping {
-  const root = loadProtoRoot(protoFile);
+/**
+ * Loads `protoFile` (from `sources` when given: loadProtoRoot) and compiles the bindings of `serviceName`; throws
+ * naming the proto and method on any problem.
+ */
+export function loadGrpcServiceMapping(protoFile: string, serviceName: string, sources?: ProtoSources): GrpcServiceMapping {
+  const root = loadProtoRoot(protoFile, sources);
   let service: protobuf.Service;
   try {
     service = root.lookupService(serviceName);

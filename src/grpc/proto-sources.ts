@@ -53,29 +53,42 @@ export function resolveProtoImport(target: string, relative: string | null): { f
 const IMPORT = /\bimport\s+(?:public\s+|weak\s+)?(["'])([^"'\n]+)\1\s*;/g;
 
 /**
- * SHA-256 (hex) of the proto sources the given files load: each file and every file it imports, in the order met,
- * path and content (a missing file counts as missing). A reload after an edit of a .proto alone (a new HTTP rule)
- * was `unchanged`, the version over the config's JSON only, and the edit never served until a restart.
+ * The proto sources a config's gRPC routes load, read once: each file and every file it imports (protobufjs' own
+ * `google/*` ones aside), in the order met, by absolute path; null for a file that could not be read. The config
+ * version is their digest, and the gateway is built from them, never from the disk again: a cluster's workers
+ * (src/workers.ts) read the files themselves, so one started later (a crash, the watchdog) ran an edit nobody had
+ * reloaded, or one a reload refused, under the running version, or failed to start on a broken file the running
+ * version never had; and a rollback "restored" what the disk held by then.
  */
-export function protoSourcesDigest(files: readonly string[]): string {
-  const digest = createHash('sha256');
-  const seen = new Set<string>();
+export type ProtoSources = Record<string, string | null>;
+
+export function readProtoSources(files: readonly string[]): ProtoSources {
+  const sources: ProtoSources = {};
   const visit = (file: string) => {
-    if (seen.has(file)) return;
-    seen.add(file);
+    if (Object.hasOwn(sources, file)) return;
     let text: string;
     try {
       text = readFileSync(file, 'utf8');
-    } catch (error) {
-      digest.update(`${file}\0missing ${(error as NodeJS.ErrnoException).code ?? 'error'}\0`);
+    } catch {
+      sources[file] = null;
       return;
     }
-    digest.update(`${file}\0${text.length}\0${text}\0`);
+    sources[file] = text;
     for (const [, , target] of text.replace(/\/\*[\s\S]*?\*\/|\/\/[^\n]*/g, '').matchAll(IMPORT)) {
       const imported = resolveProtoImport(target!, path.resolve(path.dirname(file), target!));
       if (!imported.bundled) visit(imported.file);
     }
   };
   for (const file of files) visit(resolveProtoPath(file));
+  return sources;
+}
+
+/**
+ * SHA-256 (hex) of proto sources (readProtoSources), path and content. A reload after an edit of a .proto alone (a
+ * new HTTP rule) was `unchanged`, the version over the config's JSON only, and the edit never served until a restart.
+ */
+export function protoSourcesDigest(sources: ProtoSources): string {
+  const digest = createHash('sha256');
+  for (const [file, text] of Object.entries(sources)) digest.update(text === null ? `${file}\0missing\0` : `${file}\0${text.length}\0${text}\0`);
   return digest.digest('hex');
 }

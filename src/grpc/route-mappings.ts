@@ -3,6 +3,7 @@ import type { GatewayMetrics } from '../metrics';
 import { createUpstreamPools, type UpstreamPool, type UpstreamPoolCache } from '../upstream-pool';
 import { grpcChannelKey } from './grpc-clients';
 import { loadGrpcServiceMapping, type GrpcServiceMapping } from './http-rules';
+import type { ProtoSources } from './proto-sources';
 
 /** What the translation needs for one route: its compiled REST mapping and the instances of the service's gRPC interface. */
 export interface GrpcRoute {
@@ -20,7 +21,7 @@ export interface GrpcRoute {
  * unchanged service's pool from one build to the next, as the HTTP pools are (a reload made ejected instances
  * healthy again).
  */
-export function compileGrpcRoutes(config: GatewayConfig, metrics?: GatewayMetrics, kept?: UpstreamPoolCache): ReadonlyMap<string, GrpcRoute> {
+export function compileGrpcRoutes(config: GatewayConfig, metrics?: GatewayMetrics, kept?: UpstreamPoolCache, protoSources?: ProtoSources): ReadonlyMap<string, GrpcRoute> {
   const called = new Set(config.routes.filter((route) => route.grpc).map((route) => route.service));
   const interfaces = Object.fromEntries(
     [...called].map((name) => {
@@ -33,7 +34,7 @@ export function compileGrpcRoutes(config: GatewayConfig, metrics?: GatewayMetric
   config.routes.forEach((route, index) => {
     if (!route.grpc) return;
     try {
-      routes.set(route.name, { mapping: loadGrpcServiceMapping(route.grpc.proto, route.grpc.service), pool: pools.get(route.service)!, keepalive: config.services[route.service]!.keepalive });
+      routes.set(route.name, { mapping: loadGrpcServiceMapping(route.grpc.proto, route.grpc.service, protoSources), pool: pools.get(route.service)!, keepalive: config.services[route.service]!.keepalive });
     } catch (error) {
       throw new Error(`config: routes.${index}.grpc: ${(error as Error).message}`, { cause: error });
     }

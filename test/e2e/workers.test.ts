@@ -9,7 +9,7 @@ import { namedUpstream, requestOnNewConnection, startGatewayProcess, type Gatewa
 import { spawnGateway } from '../helpers/process-stack';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver';
 import { OPENMETRICS_CONTENT_TYPE, parseOpenMetrics, PROMETHEUS_ACCEPT, samplesOf, scrape, scrapeWhen, type Exposition } from '../helpers/openmetrics';
-import { streamSixChunks } from '../helpers/servers';
+import { refusedOrigin, streamSixChunks } from '../helpers/servers';
 import { waitFor } from '../helpers/wait';
 
 /**
@@ -532,6 +532,37 @@ describe('workers (two processes behind one port)', () => {
     expect(paused.pausedMs).toBeGreaterThanOrEqual(12_000);
     expect(gateway.lines.slice(from).filter((line) => line.message === 'worker not responding; replacing it')).toEqual([]);
     expect((await adminConfig()).workers.map((worker) => worker.pid).sort()).toEqual(before.workers.map((worker) => worker.pid).sort());
+  });
+
+  // The primary read the protos for the version and sent the workers the config alone: each worker read the files
+  // again as it built, so a replacement (a crash, the watchdog) ran an edit nobody had reloaded, under the running
+  // version, and a broken one kept it from ever starting.
+  it("builds a replacement worker from the running version's protos, not from an edit on disk nobody reloaded", async () => {
+    const directory = mkdtempSync(path.join(os.tmpdir(), 'gateway-workers-proto-'));
+    const proto = path.join(directory, 'notifications.proto');
+    const shipped = readFileSync(path.join(__dirname, '../../proto/notifications.proto'), 'utf8');
+    expect(shipped).toContain('get: "/v1/notifications/{id}"');
+    writeFileSync(proto, shipped);
+    const grpcRoute = route('rpc', { service: 'notifications', upstreamPath: '/v1/notifications', methods: ['GET'], grpc: { proto, service: 'koagateway.notifications.v1.Notifications' } });
+    const grpcConfig = { ...config([route('api'), grpcRoute]), services: { users: { url: upstream.url }, api: { url: upstream.url }, notifications: { url: upstream.url, grpcUrl: await refusedOrigin() } } };
+    gateway = await startGatewayProcess({ config: grpcConfig, env: { GATEWAY_WORKERS: '2' } });
+    // Mapped (the service is down: 503), or not (the gateway's 404), on new connections, which reach both workers.
+    const statuses = async (target: string) => (await Promise.all(Array.from({ length: 6 }, () => requestOnNewConnection(`${gateway!.url}${target}`)))).map((answer) => answer.status);
+    const mapped = (answers: number[]) => answers.every((status) => status !== 404);
+    expect(mapped(await statuses('/rpc/n-1'))).toBe(true);
+    const { version } = await adminConfig();
+
+    for (const edit of [shipped.replace('get: "/v1/notifications/{id}"', 'get: "/v1/notifications/by-id/{id}"'), 'this is no proto']) {
+      writeFileSync(proto, edit);
+      const victim = (await adminConfig()).workers[0]!;
+      const from = gateway.lines.length;
+      process.kill(victim.pid, 'SIGKILL');
+      await gateway.waitForLine((line) => line.message === 'worker replaced and serving', { from });
+      expect((await adminConfig()).workers.map((worker) => worker.version)).toEqual([version, version]);
+      expect(mapped(await statuses('/rpc/n-1'))).toBe(true);
+      expect(await statuses('/rpc/by-id/n-1')).toEqual(Array<number>(6).fill(404));
+    }
+    rmSync(directory, { recursive: true, force: true });
   });
 
   it('reloads every worker and answers once all run the new version', async () => {

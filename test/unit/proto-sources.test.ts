@@ -2,7 +2,9 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { configVersion } from '../../src/config-reload';
-import { protoSourcesDigest } from '../../src/grpc/proto-sources';
+import { protoSourcesDigest, readProtoSources } from '../../src/grpc/proto-sources';
+
+const digestOf = (files: string[]) => protoSourcesDigest(readProtoSources(files));
 import { shippedConfigFile, testConfig } from '../helpers/test-config';
 
 /** A proto that imports another beside it (and Google's, which protobufjs brings), in a directory of its own. */
@@ -19,13 +21,13 @@ function protoPair() {
 describe('protoSourcesDigest', () => {
   it('changes with the file named and with each file it imports, and only then', () => {
     const { main, imported, write } = protoPair();
-    const first = protoSourcesDigest([main]);
-    expect(protoSourcesDigest([main])).toBe(first);
+    const first = digestOf([main]);
+    expect(digestOf([main])).toBe(first);
     write(imported, 'syntax = "proto3";\nmessage T { string id = 1; string name = 2; }\n');
-    const second = protoSourcesDigest([main]);
+    const second = digestOf([main]);
     expect(second).not.toBe(first);
     write(main, 'syntax = "proto3";\nimport "google/api/annotations.proto";\n// import "commented.proto";\nimport "types.proto";\nservice S { rpc Get (T) returns (T) { option (google.api.http) = { get: "/v2/t" }; } }\n');
-    expect(protoSourcesDigest([main])).not.toBe(second);
+    expect(digestOf([main])).not.toBe(second);
   });
 
   // Only `import "x";` at a line's start was read: an edit of a file imported otherwise stayed `unchanged`.
@@ -37,18 +39,18 @@ describe('protoSourcesDigest', () => {
     mkdirSync(path.join(dir, 'google/type'), { recursive: true });
     writeFileSync(path.join(dir, 'google/type/own.proto'), 'syntax = "proto3";\n');
     for (const name of ['a.proto', 'b.proto', 'google/type/own.proto']) {
-      const before = protoSourcesDigest([main]);
+      const before = digestOf([main]);
       writeFileSync(path.join(dir, name), `syntax = "proto3";\n// edited ${name}\n`);
-      expect(protoSourcesDigest([main])).not.toBe(before);
+      expect(digestOf([main])).not.toBe(before);
     }
   });
 
   it('counts a missing file as missing, and one that appears later as a change', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'proto-sources-'));
     const file = path.join(dir, 'later.proto');
-    const missing = protoSourcesDigest([file]);
+    const missing = digestOf([file]);
     writeFileSync(file, 'syntax = "proto3";\n');
-    expect(protoSourcesDigest([file])).not.toBe(missing);
+    expect(digestOf([file])).not.toBe(missing);
   });
 });
 
