@@ -5,6 +5,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { hideUrlPasswords } from '../otel/redact-url';
 import { FIELD_NAME_TOKEN, HTTP_METHODS } from '../otel/wire-names';
+import { nestedAtMost } from './json-depth';
 import { duplicateJsonKey } from './json-duplicate-keys';
 import { serviceOrigin } from './service-origin';
 import { headerRulesSchema, ownedRequestHeader, ownedResponseHeader } from './header-rules';
@@ -904,8 +905,10 @@ export function describeRouteAccess(route: Pick<RouteConfig, 'auth' | 'roles'>, 
 /**
  * Keys whose values are secrets: never echoed in an error, not even a wrong one. A key's `hash` is no secret, but
  * the key `npm run apikey` prints above it, pasted in its place, is one, and it was echoed whole in the refusal.
+ * A header rule's values are often an upstream's credential (`set: { "X-Upstream-Key": "sk_live_..." }`): a
+ * stray space refused one and quoted it in the log and the reload's 422.
  */
-const SECRET_KEY_PATHS: readonly RegExp[] = [/^auth\.secret$/, /^proxy\.signingKey$/, /^consumers\.\d+\.keys(?:\.|$)/];
+const SECRET_KEY_PATHS: readonly RegExp[] = [/^auth\.secret$/, /^proxy\.signingKey$/, /^consumers\.\d+\.keys(?:\.|$)/, /^routes\.\d+\.headers\.(?:request|response)\.(?:set|add)(?:\.|$)/];
 
 interface ConfigIssue {
   path: PropertyKey[];
@@ -980,18 +983,20 @@ export function jsonSyntaxError(message: string, text: string): string {
 /** Reads the route file named by `GATEWAY_CONFIG` (default ./gateway.config.json) and applies the env. */
 export function loadConfig(env: Env = process.env, cwd: string = process.cwd()): GatewayConfig {
   const file = path.resolve(cwd, env[CONFIG_PATH_VARIABLE] || DEFAULT_CONFIG_PATH);
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = readFileSync(file, 'utf8');
+    bytes = readFileSync(file);
   } catch (error) {
     throw new ConfigError(`config: ${CONFIG_PATH_VARIABLE}: cannot read ${file} (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
   }
+  const text = utf8Text(bytes, `config: ${file}`);
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
   } catch (error) {
     throw new ConfigError(`config: ${file}: not valid JSON (${jsonSyntaxError((error as Error).message, text)})`);
   }
+  refuseDeepNesting(parsed, `config: ${file}`);
   refuseDuplicateKeys(text, file);
   return parseConfig(withConsumersFile(parsed, path.dirname(file)), env);
 }
@@ -1007,17 +1012,19 @@ function withConsumersFile(parsed: unknown, configDir: string): unknown {
   if ('consumers' in rest) throw new ConfigError('config: consumersFile: cannot be combined with consumers');
   const file = path.resolve(configDir, consumersFile);
   let consumers: unknown;
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = readFileSync(file, 'utf8');
+    bytes = readFileSync(file);
   } catch (error) {
     throw new ConfigError(`config: consumersFile: cannot read ${file} as JSON (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
   }
+  const text = utf8Text(bytes, `config: consumersFile: ${file}`);
   try {
     consumers = JSON.parse(text);
   } catch (error) {
     throw new ConfigError(`config: consumersFile: cannot read ${file} as JSON (${jsonSyntaxError((error as Error).message, text)})`);
   }
+  refuseDeepNesting(consumers, `config: consumersFile: ${file}`);
   refuseDuplicateKeys(text, file, 'consumers');
   return { ...rest, consumers };
 }
@@ -1026,6 +1033,27 @@ function withConsumersFile(parsed: unknown, configDir: string): unknown {
  * A key given twice in one object of a config file stops the load, naming it: JSON.parse would keep the last one
  * silently (src/json-duplicate-keys.ts), and which of the two the operator meant is anyone's guess.
  */
+/**
+ * A config file's bytes as text, refused unless they are UTF-8 (RFC 8259 8.1): read leniently, invalid bytes became
+ * U+FFFD and a corrupted value (a role `admin\xff`) was taken as written. A byte-order mark is kept, for JSON.parse
+ * to refuse as before.
+ */
+function utf8Text(bytes: Buffer, what: string): string {
+  try {
+    return new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
+  } catch {
+    throw new ConfigError(`${what}: not valid UTF-8`);
+  }
+}
+
+/** Deepest nesting of a config file: its deepest key (`routes.N.headers.request.set.X`) is six levels down. */
+const MAX_CONFIG_DEPTH = 32;
+
+/** Refuses a file nested deeper than any config is: the duplicate-key scan overflowed the stack on it ("Maximum call stack size exceeded", no file named). */
+function refuseDeepNesting(parsed: unknown, what: string): void {
+  if (!nestedAtMost(parsed, MAX_CONFIG_DEPTH)) throw new ConfigError(`${what}: nested deeper than ${MAX_CONFIG_DEPTH} levels, as no config is`);
+}
+
 function refuseDuplicateKeys(text: string, file: string, under?: string): void {
   const key = duplicateJsonKey(text);
   if (key === undefined) return;

@@ -5,6 +5,7 @@ import { redactUrl } from '../otel/redact-url';
 import type { AuthenticatedUser } from './context';
 import { readAtMost } from './bounded-body';
 import { keyedMac } from './gateway-signature';
+import { nestedAtMost } from './json-depth';
 
 /** The only algorithm the gateway's own tokens use; verification accepts nothing else (no `none`). */
 export const TOKEN_ALGORITHM = 'HS256';
@@ -482,13 +483,6 @@ function isKeySet(value: unknown): boolean {
  * 6.3.2.7), an `oth` member; a few levels more for members a provider adds.
  */
 const MAX_KEY_SET_DEPTH = 8;
-
-/** Whether JSON `value` nests objects and arrays no more than `depth` levels (never recursing past it). */
-function nestedAtMost(value: unknown, depth: number): boolean {
-  if (typeof value !== 'object' || value === null) return true;
-  if (depth === 0) return false;
-  return Object.values(value).every((member) => nestedAtMost(member, depth - 1));
-}
 
 /** A response body as text, refused (and left unread) past `limit` bytes. */
 async function boundedText(response: Response, limit: number): Promise<string> {

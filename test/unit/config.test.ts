@@ -138,6 +138,9 @@ describe('gateway config', () => {
     { desc: 'a cache entry larger than the whole cache', patch: (file: any) => (file.cache = { maxBytes: 1024, maxEntryBytes: 1025 }), message: /^config: cache\.maxEntryBytes: must not exceed cache\.maxBytes/ },
     { desc: 'a preflight max age over a day', patch: (file: any) => (file.cors = { origins: ['https://app.example.com'], maxAgeSeconds: 86_401 }), message: /^config: cors\.maxAgeSeconds: Too big/ },
     { desc: 'two routes with the same prefix', patch: (file: any) => (file.routes[3].prefix = '/api/users'), message: /^config: routes\.3\.prefix: is already taken/ },
+    // Often an upstream's credential: a stray space refused it, and the refusal quoted it in the log and the 422.
+    { desc: 'a header rule value with a trailing space, not quoting it', patch: (file: any) => (file.routes[1].headers = { request: { set: { 'X-Upstream-Key': 'sk_live_51HxSECRETvalue ' } } }), message: /^config: routes\.1\.headers\.request\.set\.X-Upstream-Key: (?!.*sk_live)(?!.*\(got )/ },
+    { desc: 'a response header rule value added with a line break, not quoting it', patch: (file: any) => (file.routes[1].headers = { response: { add: { 'X-Token': 'abc\ndef' } } }), message: /^config: routes\.1\.headers\.response\.add\.X-Token: (?!.*abc)(?!.*\(got )/ },
     // Routing takes these for the gateway's own paths (a format suffix): the route was never reached.
     { desc: 'an exact route at /health with a format suffix', patch: (file: any) => Object.assign(file.routes[3], { prefix: '/health.v1', exact: true }), message: /^config: routes\.3\.prefix: is already taken/ },
     { desc: 'an exact route at the login path with a format suffix', patch: (file: any) => Object.assign(file.routes[3], { prefix: '/api/auth/login.json', exact: true }), message: /^config: routes\.3\.prefix: is already taken/ },
@@ -261,6 +264,25 @@ describe('gateway config', () => {
     expect(() => loadConfig({ GATEWAY_CONFIG: 'missing.json' }, dir)).toThrow(/^config: GATEWAY_CONFIG: cannot read .*missing\.json \(ENOENT\)/);
     writeFileSync(path.join(dir, 'broken.json'), '{ "port": ');
     expect(() => loadConfig({ GATEWAY_CONFIG: 'broken.json' }, dir)).toThrow(/broken\.json: not valid JSON/);
+  });
+
+  // Read leniently, invalid bytes became U+FFFD: a role written `admin\xff\xfe` was accepted as another role.
+  it('refuses a file that is not UTF-8, and one a consumers file names, naming each', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'gateway-config-'));
+    const shipped = JSON.stringify(shippedConfigFile());
+    writeFileSync(path.join(dir, 'latin1.json'), Buffer.concat([Buffer.from(shipped.slice(0, -1)), Buffer.from(', "logLevel": "info\xff"}', 'latin1')]));
+    expect(() => loadConfig({ GATEWAY_CONFIG: 'latin1.json', JWT_SECRET: TEST_JWT_SECRET }, dir)).toThrow(/^config: .*latin1\.json: not valid UTF-8$/);
+    writeFileSync(path.join(dir, 'consumers.json'), Buffer.from('[{"id": "acme\xe9", "role": "partner", "keys": []}]', 'latin1'));
+    writeFileSync(path.join(dir, 'with-consumers.json'), JSON.stringify({ ...shippedConfigFile(), consumersFile: 'consumers.json' }));
+    expect(() => loadConfig({ GATEWAY_CONFIG: 'with-consumers.json', JWT_SECRET: TEST_JWT_SECRET }, dir)).toThrow(/^config: consumersFile: .*consumers\.json: not valid UTF-8$/);
+  });
+
+  // JSON.parse takes nesting 200,000 deep; the duplicate-key scan after it overflowed the stack: "Maximum call stack
+  // size exceeded", logged as a bug, naming no file.
+  it('refuses a file nested deeper than any config, naming it', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'gateway-config-'));
+    writeFileSync(path.join(dir, 'deep.json'), `{"routes": ${'['.repeat(200_000)}${']'.repeat(200_000)}}`);
+    expect(() => loadConfig({ GATEWAY_CONFIG: 'deep.json' }, dir)).toThrow(/^config: .*deep\.json: nested deeper than 32 levels/);
   });
 
   // V8 quotes ten characters either side of an unexpected token; a config file's are often a secret pasted unquoted.
