@@ -33,7 +33,7 @@ export interface ConfigStatus {
 
 /** `POST /admin/reload`: once every worker runs `version`, or why nothing changed. */
 export type ReloadAnswer =
-  | { ok: true; status: 'reloaded' | 'unchanged'; version: string; loadedAt: string; pendingRestart: string[]; workers: WorkerConfigStatus[] }
+  | { ok: true; status: 'reloaded' | 'unchanged'; version: string; loadedAt: string; pendingRestart: string[]; shadowedByEnv: string[]; workers: WorkerConfigStatus[] }
   | { ok: false; reason: string };
 
 /** The running config's state and its reload, single process (src/main.ts) or cluster (src/workers.ts). */

@@ -97,14 +97,17 @@ export function keepRestartOnly(running: GatewayConfig, next: GatewayConfig): { 
   return { config: deepFreeze(merged) as unknown as GatewayConfig, pendingRestart };
 }
 
-export type ReloadCheck = { ok: true; next: ActiveConfig; changed: boolean } | { ok: false; reason: string };
+/** The warning, at start-up and on each reload, naming the file's keys whose values the environment overrides. */
+export const ENV_SHADOWS_FILE = 'config keys set in the environment override the file; its values for them are not applied';
+
+export type ReloadCheck = { ok: true; next: ActiveConfig; changed: boolean; shadowedByEnv: string[] } | { ok: false; reason: string };
 
 /**
  * Reads and validates the configuration again (`load`) and keeps the restart-only keys. Logs a refusal (why),
- * no change, and the keys that wait for a restart; the caller logs `config reloaded` once the new version serves.
- * Builds nothing.
+ * no change, the keys that wait for a restart, and the file's keys the environment overrides (`shadowedByEnv`,
+ * envShadowedKeys: they never apply); the caller logs `config reloaded` once the new version serves. Builds nothing.
  */
-export function checkReload(running: ActiveConfig, load: () => GatewayConfig, logger: Logger): ReloadCheck {
+export function checkReload(running: ActiveConfig, load: () => GatewayConfig, logger: Logger, shadowedByEnv: () => string[] = () => []): ReloadCheck {
   let loaded: GatewayConfig;
   try {
     loaded = load();
@@ -138,8 +141,10 @@ export function checkReload(running: ActiveConfig, load: () => GatewayConfig, lo
   // The version leaves the keys out (configVersion), so a change of keys alone keeps it: applied under the same version.
   const changed = next.version !== running.version || !sameKeys(running.config, next.config);
   if (pendingRestart.length > 0) logger.warn('config keys changed that apply only after a restart; running values kept', { keys: pendingRestart });
+  const shadowed = shadowedByEnv();
+  if (shadowed.length > 0) logger.warn(ENV_SHADOWS_FILE, { keys: shadowed });
   if (!changed) logger.info('config reload: no change', { version: running.version });
-  return { ok: true, next: changed ? next : { ...running, pendingRestart }, changed };
+  return { ok: true, next: changed ? next : { ...running, pendingRestart }, changed, shadowedByEnv: shadowed };
 }
 
 /**

@@ -862,6 +862,36 @@ function envValue(raw: string, keyPath: string): unknown {
   return raw;
 }
 
+/** The keys the environment sets (non-empty variables of ENV_OVERRIDES), each with its value as the schema reads it. */
+function envOverrides(env: Env): { name: string; keyPath: string; value: unknown }[] {
+  return Object.entries(ENV_OVERRIDES).flatMap(([name, keyPath]) => {
+    const raw = env[name];
+    if (raw === undefined || raw === '') return [];
+    // A service URL variable may list several instances: `http://a:4001,http://b:4001`.
+    const splitList = LIST_KEYS.has(keyPath) || ((keyPath.endsWith('.url') || keyPath.endsWith('.grpcUrl')) && raw.includes(','));
+    return [{ name, keyPath, value: splitList ? raw.split(',').map((item) => item.trim()).filter(Boolean) : envValue(raw, keyPath) }];
+  });
+}
+
+/**
+ * Keys the config file gives a value the environment overrides (`rateLimit.max (RATE_LIMIT_MAX)`), read from the
+ * file as it is now: a process's environment never changes, so an edit of such a key never applies, and a reload
+ * that tightened one in the file (`rateLimit.max`, `trustProxy`) answered `unchanged` without a word. None when the
+ * file cannot be read (the reload says why).
+ */
+export function envShadowedKeys(env: Env = process.env, cwd: string = process.cwd()): string[] {
+  let file: unknown;
+  try {
+    file = JSON.parse(readFileSync(path.resolve(cwd, env[CONFIG_PATH_VARIABLE] || DEFAULT_CONFIG_PATH), 'utf8'));
+  } catch {
+    return [];
+  }
+  return envOverrides(env).flatMap(({ name, keyPath, value }) => {
+    const written = keyPath.split('.').reduce<unknown>((node, key) => (typeof node === 'object' && node !== null && Object.hasOwn(node, key) ? (node as Record<string, unknown>)[key] : undefined), file);
+    return written === undefined || JSON.stringify(written) === JSON.stringify(value) ? [] : [`${keyPath} (${name})`];
+  });
+}
+
 function setPath(target: Record<string, unknown>, dotted: string, value: unknown): void {
   const keys = dotted.split('.');
   let node = target;
@@ -934,14 +964,7 @@ export function parseConfig(file: unknown, env: Env = {}): GatewayConfig {
     throw new ConfigError('config: the file must hold a JSON object');
   }
   const merged = structuredClone(file) as Record<string, unknown>;
-  for (const [name, keyPath] of Object.entries(ENV_OVERRIDES)) {
-    const raw = env[name];
-    if (raw === undefined || raw === '') continue;
-    // A service URL variable may list several instances: `http://a:4001,http://b:4001`.
-    const splitList = LIST_KEYS.has(keyPath) || ((keyPath.endsWith('.url') || keyPath.endsWith('.grpcUrl')) && raw.includes(','));
-    const value = splitList ? raw.split(',').map((item) => item.trim()).filter(Boolean) : envValue(raw, keyPath);
-    setPath(merged, keyPath, value);
-  }
+  for (const { keyPath, value } of envOverrides(env)) setPath(merged, keyPath, value);
   const result = configSchema.safeParse(merged, { reportInput: true });
   if (!result.success) throw configErrorOf(result.error.issues, env);
   return deepFreeze(result.data);

@@ -6,7 +6,7 @@ import { runServer } from '../otel/lifecycle';
 import { exportPromClientRegistry, metricExportEnabled, shutdownTelemetry, startPropagation } from '../otel/telemetry';
 import { METRIC_LABEL_OTLP, METRIC_OTLP, SERVICE_NAME } from '../otel/wire-names';
 import type { ConfigControl, ReloadAnswer } from './admin';
-import { clientTimeouts, ConfigError, loadConfig, type GatewayConfig } from './config';
+import { clientTimeouts, ConfigError, envShadowedKeys, loadConfig, type GatewayConfig } from './config';
 import { activeConfig, checkReload, createLiveGateway, type ActiveConfig } from './config-reload';
 import { listenAdmin } from './admin';
 import { BACKGROUND_FETCH_DRAIN_MS, createBackgroundWork } from './cache-background-fetch';
@@ -32,6 +32,11 @@ const PRIMARY_STORE_TIMEOUT_MS = 2_000;
  */
 function readConfig(): GatewayConfig {
   return loadConfig(process.env, process.cwd());
+}
+
+/** The file's keys the environment overrides (envShadowedKeys), read with the file a reload reads. */
+function readShadowedKeys(): string[] {
+  return envShadowedKeys(process.env, process.cwd());
 }
 
 function load(): GatewayConfig {
@@ -100,7 +105,7 @@ async function main(): Promise<void> {
     // runPrimary listens for its own first, then the hold lets go: released before, the last listener went and Node
     // closed the signal's handle, and one caught while the modules loaded (no turn of the event loop since) was
     // dropped with it: the primary forked its workers and served on. One the hold took is raised again.
-    runPrimary({ initial, count: workers, logger, load: readConfig });
+    runPrimary({ initial, count: workers, logger, load: readConfig, shadowedByEnv: readShadowedKeys });
     const heldWhileLoading = releaseStopSignals();
     if (heldWhileLoading) process.kill(process.pid, heldWhileLoading);
     return;
@@ -118,7 +123,7 @@ function singleProcessControl(live: () => ReturnType<typeof createLiveGateway>, 
   function reloadOnce(): ReloadAnswer {
     const gateway = live();
     const previousVersion = gateway.active().version;
-    const check = checkReload(gateway.active(), readConfig, logger);
+    const check = checkReload(gateway.active(), readConfig, logger, readShadowedKeys);
     if (!check.ok) return { ok: false, reason: check.reason };
     const unbuilt = gateway.apply(check.next);
     if (unbuilt !== undefined) return { ok: false, reason: `version ${check.next.version} could not be built: ${unbuilt}` };
@@ -128,7 +133,7 @@ function singleProcessControl(live: () => ReturnType<typeof createLiveGateway>, 
       // What start-up warns of, a reload may bring about (trustProxy on without trustedProxies, allowedHosts dropped).
       startupWarnings(gateway.active().config, logger);
     }
-    return { ok: true, status: check.changed ? 'reloaded' : 'unchanged', version, loadedAt, pendingRestart, workers: [{ id: 0, pid: process.pid, version, loadedAt }] };
+    return { ok: true, status: check.changed ? 'reloaded' : 'unchanged', version, loadedAt, pendingRestart, shadowedByEnv: check.shadowedByEnv, workers: [{ id: 0, pid: process.pid, version, loadedAt }] };
   }
   return {
     reloadNow,

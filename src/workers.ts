@@ -201,6 +201,8 @@ export interface PrimaryOptions {
   logger: Logger;
   /** Reads and validates the config file and environment again (throws ConfigError). */
   load: () => GatewayConfig;
+  /** The file's keys the environment overrides (envShadowedKeys); default none. */
+  shadowedByEnv?: () => string[];
 }
 
 /** What a worker last reported of the configs sent to it: the one it runs, and the last one it could not build. */
@@ -446,7 +448,7 @@ export function runPrimary(options: PrimaryOptions): void {
 
   /** Reads and validates the config once, sends it to every worker, and answers once all run it (or why not). */
   async function reloadOnce(): Promise<ReloadAnswer> {
-    const check = checkReload(active, options.load, logger);
+    const check = checkReload(active, options.load, logger, options.shadowedByEnv);
     if (!check.ok) return { ok: false, reason: check.reason };
     const previous = active;
     if (check.changed) {
@@ -472,7 +474,7 @@ export function runPrimary(options: PrimaryOptions): void {
       // What start-up warns of, a reload may bring about (trustProxy on without trustedProxies, allowedHosts dropped).
       startupWarnings(active.config, logger);
     }
-    return { ok: true, status: check.changed ? 'reloaded' : 'unchanged', version: active.version, loadedAt: active.loadedAt, pendingRestart: active.pendingRestart, workers: statuses() };
+    return { ok: true, status: check.changed ? 'reloaded' : 'unchanged', version: active.version, loadedAt: active.loadedAt, pendingRestart: active.pendingRestart, shadowedByEnv: check.shadowedByEnv, workers: statuses() };
   }
 
   function stop(cause: NodeJS.Signals | 'startup-failed', exitCode = 0): void {

@@ -219,6 +219,21 @@ describe('config reload (one process)', () => {
     expect(await gateway.exited()).toBe(0);
   });
 
+  // The environment is overlaid on every read and never changes: a file edit of a key it sets never applies, and the
+  // reload answered "unchanged" with nothing to say why the tightened limit did not.
+  it('names the file keys the environment overrides when a reload cannot apply them', async () => {
+    gateway = await startGatewayProcess({ config: config(), env: { RATE_LIMIT_MAX: '1000000', TRUST_PROXY: 'false' } });
+    const from = gateway.lines.length;
+    gateway.writeConfig({ ...config(), rateLimit: { max: 5, windowMs: 60_000 }, trustProxy: true });
+    const answer = await reload();
+    expect(answer).toEqual({ status: 200, body: expect.objectContaining({ status: 'unchanged' }) });
+    expect((answer.body.shadowedByEnv as string[]).sort()).toEqual(['rateLimit.max (RATE_LIMIT_MAX)', 'trustProxy (TRUST_PROXY)']);
+    expect(await gateway.waitForLine((line) => String(line.message).startsWith('config keys set in the environment override the file'), { from })).toMatchObject({ keys: expect.arrayContaining(['rateLimit.max (RATE_LIMIT_MAX)', 'trustProxy (TRUST_PROXY)']) });
+    // A file value equal to the environment's is no conflict.
+    gateway.writeConfig(config());
+    expect((await reload()).body).toMatchObject({ status: 'unchanged', shadowedByEnv: [] });
+  });
+
   it('warns after a reload that opens what start-up warns of (trustProxy on with no trustedProxies): the reload said only "config reloaded"', async () => {
     gateway = await startGatewayProcess({ config: config() });
     const warning = (line: { message?: unknown }) => String(line.message).startsWith('trustProxy is on with no trustedProxies');

@@ -431,7 +431,7 @@ describe('the internal listener against DNS rebinding', () => {
     status: async () => ({ version: 'abcdef012345', loadedAt: new Date(0).toISOString(), pendingRestart: [], servedBy: { worker: 0, pid: process.pid }, workers: [] }),
     reload: async () => {
       reloads++;
-      return { ok: true, status: 'unchanged', version: 'abcdef012345', loadedAt: new Date(0).toISOString(), pendingRestart: [], workers: [] };
+      return { ok: true, status: 'unchanged', version: 'abcdef012345', loadedAt: new Date(0).toISOString(), pendingRestart: [], shadowedByEnv: [], workers: [] };
     },
   };
   beforeAll(async () => {
