@@ -396,7 +396,7 @@ function problemAnswer(chosen: unknown, problem: ServerProblem): { body: string;
   const { status, title, code, detail } = problem;
   const body = JSON.stringify({ type: `urn:koa-gateway:problem:${code}`, title, status, detail, code, requestId });
   // No-store as every problem answer of the gateway's (src/middleware/errors.ts): its body names one request.
-  return { body, requestId, headers: { 'Content-Type': 'application/problem+json', 'Content-Length': Buffer.byteLength(body), 'X-Request-Id': requestId, 'Cache-Control': 'no-store', ...problem.headers, Connection: 'close' } };
+  return { body, requestId, headers: { 'Content-Type': 'application/problem+json', 'Content-Length': Buffer.byteLength(body), 'X-Request-Id': requestId, 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff', ...problem.headers, Connection: 'close' } };
 }
 
 /** How long a client may leave an answer's bytes untaken before the rate below applies, ms (`server.sendTimeoutMs`). */

@@ -61,6 +61,9 @@ export function ownedResponseHeader(name: string): string | undefined {
   const lower = name.toLowerCase();
   if (GATEWAY_RESPONSE_HEADERS.includes(lower)) return 'written by the gateway on every response';
   if (lower.startsWith('access-control-')) return 'written by the cors policy';
+  // Merged by the gateway: `Origin` for the cors policy. A rule's `set` replaced it, and a cache in front (a CDN)
+  // keyed an answer with the policy's Access-Control-Allow-Origin without the origin.
+  if (lower === 'vary') return 'merged by the gateway (Origin, for the cors policy)';
   if (FRAMING.includes(lower)) return 'a framing or connection header';
   return undefined;
 }

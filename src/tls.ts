@@ -591,7 +591,7 @@ export async function listenHttpsRedirect(options: RedirectListenerOptions): Pro
     if (problem) {
       const code = problem === 421 ? 'host_not_allowed' : 'bad_request';
       const requestId = mintRequestId();
-      res.writeHead(problem, { 'content-type': 'application/problem+json', connection: 'close', 'x-request-id': requestId, 'cache-control': 'no-store' });
+      res.writeHead(problem, { 'content-type': 'application/problem+json', connection: 'close', 'x-request-id': requestId, 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
       res.end(JSON.stringify({ type: `urn:koa-gateway:problem:${code}`, title: problem === 421 ? 'Misdirected request' : 'Bad request', status: problem, code, requestId }));
       return;
     }

@@ -72,7 +72,9 @@ export function createCors(options: CorsOptions): Middleware {
     }
     return methods;
   };
-  const anyPolicy = defaults !== undefined || [...byRoute.values()].some(Boolean);
+  // A route's `cors: false` is a policy too: left out, a config whose only CORS setting was `false` applied none, and
+  // the service's own CORS headers (an origin reflected with credentials) and preflights went through.
+  const anyPolicy = defaults !== undefined || byRoute.size > 0;
 
   return async function applyCors(ctx, next) {
     if (!anyPolicy) return next();

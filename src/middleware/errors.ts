@@ -57,6 +57,8 @@ export function createErrorHandler(options: ErrorHandlerOptions): Middleware {
       // The body names this request: a cache in front (a CDN) must not give it to another caller. A 404, 405 or
       // 414 would otherwise be stored by default (RFC 9111 4.2.2), and a 429 or 503 says when to retry regardless.
       ctx.set('Cache-Control', 'no-store');
+      // The body quotes the request (its path, an Origin): never to be sniffed as anything but the JSON it is.
+      ctx.set('X-Content-Type-Options', 'nosniff');
       ctx.type = PROBLEM_CONTENT_TYPE;
       ctx.body = problemBody(error, ctx.state.requestId, ctx.originalUrl.split('?')[0]!);
     }

@@ -125,6 +125,46 @@ describe('CORS', () => {
     }
   });
 
+  // With no other CORS setting, a route's `cors: false` applied nothing: the service's own CORS headers (an origin
+  // reflected with credentials) reached the browser, and preflights reached the service.
+  it('refuses cross-origin use of a `cors: false` route when that is the only CORS setting', async () => {
+    const reflecting = await listen((req, res) => {
+      res.setHeader('access-control-allow-origin', req.headers.origin ?? '*');
+      res.setHeader('access-control-allow-credentials', 'true');
+      res.setHeader('content-type', 'application/json');
+      res.end('[]');
+    });
+    const routes = (shippedConfigFile().routes as Record<string, unknown>[]).map((route) => (route.name === 'orders' ? { ...route, cors: false } : route));
+    const locked = await startStack({ overrides: { routes }, serviceUrls: { orders: reflecting.url } });
+    try {
+      const token = await login(locked.gateway.url);
+      const actual = await fetch(`${locked.gateway.url}/api/orders`, { headers: { origin: 'https://evil.example.test', authorization: `Bearer ${token}` } });
+      expect(actual.status).toBe(200);
+      expect(actual.headers.get('access-control-allow-origin')).toBeNull();
+      expect(actual.headers.get('access-control-allow-credentials')).toBeNull();
+      expect(actual.headers.get('vary')).toContain('Origin');
+      const before = locked.serviceRequests().length;
+      const refused = await fetch(`${locked.gateway.url}/api/orders`, { method: 'OPTIONS', headers: { origin: 'https://evil.example.test', 'access-control-request-method': 'GET' } });
+      expect(refused.status).toBe(403);
+      expect(locked.serviceRequests().length).toBe(before);
+    } finally {
+      await locked.close();
+      await reflecting.close();
+    }
+  });
+
+  it('refuses a response header rule that writes Vary, which carries Origin for the policy', () => {
+    const routes = (shippedConfigFile().routes as Record<string, unknown>[]).map((route) => (route.name === 'orders' ? { ...route, headers: { response: { set: { Vary: 'Accept-Language' } } } } : route));
+    expect(() => parseConfig({ ...shippedConfigFile(), cors: { origins: [APP] }, routes })).toThrow(/headers\.response\.set.*Vary.*merged by the gateway/);
+  });
+
+  it('marks its own error answers nosniff', async () => {
+    // A 404, or the 429 of the default limit the tests above spent: either is the gateway's own answer.
+    const response = await fetch(`${stack.gateway.url}/api/no-such-route`, { headers: { origin: APP } });
+    expect([404, 429]).toContain(response.status);
+    expect(response.headers.get('x-content-type-options')).toBe('nosniff');
+  });
+
   it('refuses a config that allows any origin with credentials', () => {
     expect(() => parseConfig({ ...shippedConfigFile(), cors: { origins: ['*'], credentials: true } })).toThrow(/cors\.origins: "\*" cannot be combined with credentials/);
   });
