@@ -18,6 +18,8 @@ export const ERROR_CATALOG = {
   /** The metrics listener's (src/metrics.ts): an `Accept` that takes neither exposition format. */
   not_acceptable: { status: 406, title: 'Not acceptable' },
   request_timeout: { status: 408, title: 'Request timeout' },
+  /** A content-coded login body without Content-Length (src/middleware/login.ts): what bounds its coded bytes. */
+  length_required: { status: 411, title: 'Length required' },
   payload_too_large: { status: 413, title: 'Payload too large' },
   /** A path over MAX_PATH_LENGTH (src/middleware/path-guard.ts): RFC 9110 15.5.15's status for a target too long to serve. */
   uri_too_long: { status: 414, title: 'URI too long' },

@@ -202,6 +202,12 @@ export function createLogin(options: LoginOptions): Middleware[] {
     if (declared !== '' && Number(declared) > options.bodyLimitBytes) {
       throw new GatewayError('payload_too_large', `The login body is larger than ${options.bodyLimitBytes} bytes.`);
     }
+    // Without a declared length nothing bounds a coded body's bytes (chunked, or HTTP/2 without the field): 5-byte
+    // empty deflate blocks decode to nothing, and 2.3 GB was read and inflated in 8 s against a 16 KiB limit until
+    // the request timeout. RFC 9110 15.5.12: the length is required. Not read, the body cannot stay on the connection.
+    if (declared === '' && coding !== 'identity') {
+      throw new GatewayError('length_required', 'A content-coded login body must declare its Content-Length.', { headers: { Connection: 'close' } });
+    }
     // The body is read next: a client waiting for 100 Continue may send it now.
     continueIfExpected(ctx);
     await next();
