@@ -70,6 +70,11 @@ interface Exchange {
    * not holding back: the silence was the client's (408, the instance not blamed), as nginx's client_body_timeout.
    */
   bodyStalled?: boolean;
+  /**
+   * The route's deadline came while the client still owed body bytes (a slow link above the minimum rate): the
+   * service was waiting on the client. 504 `upstream_timeout` blamed the service in the answer, the log and the metrics.
+   */
+  uploadOutlivedDeadline?: boolean;
   upstreamAborted?: boolean;
   /**
    * The exchange failed while the gateway held the service's answer back because the client read it slower: a
@@ -362,6 +367,10 @@ export function createProxy(options: ProxyOptions): Middleware {
           deadlineCameWhileHeld = true;
           return;
         }
+        if (withBody && clientOwesBody(req)) {
+          exchange.uploadOutlivedDeadline = true;
+          return void cut('the request body outlived the exchange deadline', 'request_timeout');
+        }
         exchange.deadlineExceeded = true;
         cut('the exchange outlived its deadline', 'upstream_timeout');
       };
@@ -638,6 +647,9 @@ export function createProxy(options: ProxyOptions): Middleware {
         case 'body_too_slow':
           // `Connection: close`: the rest of the body is not worth reading.
           if (exchange.bodyStalled) throw bodyStalledError(route.timeoutMs);
+          if (exchange.uploadOutlivedDeadline) {
+            throw new GatewayError('request_timeout', `The request body did not arrive within the ${route.deadlineMs} ms the exchange with the ${route.service} service may last.`, { headers: { Connection: 'close' } });
+          }
           throw bodyTooSlowError(bodyRate);
         case 'deadline':
           throw new GatewayError('upstream_timeout', `The exchange with the ${route.service} service did not finish within ${route.deadlineMs} ms.`);
@@ -921,7 +933,7 @@ const isGatewayOwnedOrCors = (name: string) => name.startsWith('access-control-'
 function outcomeOf(exchange: Exchange): UpstreamOutcome {
   if (exchange.badResponse) return 'bad_response';
   if (exchange.bodyTooLarge) return 'body_too_large';
-  if (exchange.bodyTooSlow || exchange.bodyStalled) return 'body_too_slow';
+  if (exchange.bodyTooSlow || exchange.bodyStalled || exchange.uploadOutlivedDeadline) return 'body_too_slow';
   if (exchange.deadlineExceeded) return 'deadline';
   if (exchange.timedOut) return exchange.waitedForConnection ? 'no_connection' : 'timeout';
   if (exchange.upstreamAborted) return 'aborted_by_upstream';

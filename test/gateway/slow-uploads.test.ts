@@ -167,6 +167,27 @@ describe('an upstream exchange cannot outlive its deadline', () => {
     expect(await reply.json()).toMatchObject({ code: 'upstream_timeout' });
   });
 
+  // The deadline covers the upload too; it came while the client still owed its body (a slow link, above the
+  // minimum rate) and the answer, the log and the metrics blamed the service: 504 upstream_timeout.
+  it('answers 408 when the deadline comes while the client is still sending its body', async () => {
+    const { hostname, port } = new URL(stack.gateway.url);
+    let timer: NodeJS.Timeout | undefined;
+    const reply = await new Promise<{ status: number; connection?: string; code: string }>((resolve, reject) => {
+      const request = http.request({ host: hostname, port: Number(port), path: '/api/orders/silent', method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, agent: false }, (response) => {
+        clearInterval(timer);
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () => resolve({ status: response.statusCode ?? 0, connection: response.headers.connection, code: (JSON.parse(Buffer.concat(chunks).toString()) as { code: string }).code }));
+      });
+      request.on('error', reject);
+      request.write('[');
+      // 3.2 KB/s, far above any minimum rate, for longer than the 800 ms deadline.
+      timer = setInterval(() => request.writable && request.write(' '.repeat(64)), 20);
+    });
+    clearInterval(timer);
+    expect(reply).toEqual({ status: 408, connection: 'close', code: 'request_timeout' });
+  });
+
   it('cuts a response that keeps streaming past the deadline', async () => {
     const reply = await fetch(`${stack.gateway.url}/api/orders/stream`, { headers: { authorization: `Bearer ${token}` } });
     expect(reply.status).toBe(200);
