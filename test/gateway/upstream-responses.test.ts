@@ -39,6 +39,8 @@ const ANSWERS: Record<string, string> = {
   '/orders/signature-refused': `HTTP/1.1 401 Unauthorized\r\nContent-Type: application/problem+json\r\nWWW-Authenticate: GatewaySignature realm="koa-gateway"\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/own-401': `HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nWWW-Authenticate: Basic realm="reports", Bearer realm="svc"\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/gzip-coded': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n`,
+  // A control character in a header value: llhttp refuses the head (no HTTP/1.1 field value holds one).
+  '/orders/control-in-header': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Odd: a\x01b\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
 };
 /** Reason phrases Node refuses to write: ISO-8859-1 obs-text (allowed by RFC 9112), UTF-8 beyond Latin-1, a control. */
 const REASON_PHRASES: Record<string, Buffer> = {
@@ -209,6 +211,8 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
   it.each([
     { desc: "a service's unsolicited 100 (Continue)", path: '/orders/unsolicited-continue' },
     { desc: 'a 101 Switching Protocols the request did not ask for', path: '/orders/unasked-upgrade' },
+    // undici failed the head, and the exchange waited out the route's 10 s idle timeout: 504 upstream_timeout.
+    { desc: 'a control character in a header value', path: '/orders/control-in-header' },
   ])('answers 502 upstream_bad_response to $desc, asking once, and never blames the instance', async ({ path }) => {
     // Past the default ejection (3 failures in a row).
     for (let round = 0; round < 4; round++) {
