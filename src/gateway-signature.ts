@@ -11,12 +11,17 @@ import { HEADER, SIGNATURE_CHALLENGE_SCHEME } from '../otel/wire-names';
  * those headers, the request's method and target, and a time, and a service answers only requests whose signature
  * verifies.
  *
- * Header: `t=<unix seconds>,v2=<base64url HMAC-SHA256>`, over
- * `koa-gateway-signature-v2\n<t>\n<method>\n<target>\n<x-user-id>\n<x-user-role>\n<x-user-email>\n<x-consumer-id>`:
+ * Header: `t=<unix seconds>,v3=<base64url HMAC-SHA256>`, over
+ * `koa-gateway-signature-v3\n<t>\n<method>\n<target>\n<x-request-id>\n<x-user-id>\n<x-user-role>\n<x-user-email>\n<x-consumer-id>`:
  * the method as sent, the request target as sent (path and query, byte for byte; for gRPC `POST` and the call's
  * path, `/<package.Service>/<Method>`), absent headers empty. Neither a request line nor a header value can hold a
  * line feed, so the fields cannot run into each other. A signature is accepted for SIGNATURE_MAX_AGE_SECONDS
- * either side of `t` (clock skew).
+ * either side of `t` (clock skew). The MAC is written one way only (base64url without padding, its last
+ * character's unused bits zero): four spellings of one MAC all verified.
+ *
+ * The request id is signed (v3): the services believe the X-Request-Id of a request whose signature verifies, and
+ * log and answer under it and pass it on; unsigned, a request captured on the way to a service could be sent again
+ * under any id, and its log lines and onward calls pinned on another request's.
  *
  * Why the method and target are signed: a signature over the identity alone was a bearer token for that identity
  * on every service, path and method. Whoever saw one (a service the request was forwarded to, anyone reading the
@@ -76,20 +81,25 @@ function shortestPeriod(text: string): number {
   return text.length - (border[text.length - 1] ?? 0);
 }
 
-const PREFIX = 'koa-gateway-signature-v2';
+const PREFIX = 'koa-gateway-signature-v3';
 
 /** The values of the signed headers (a missing one as ''), in SIGNED_HEADERS order. */
 export type SignedValues = readonly [userId: string, userRole: string, userEmail: string, consumerId: string];
 
-/** The request a signature is for: its method and its target (path and query) as sent. */
-export interface SignedRequest {
+/** The request line a signature is for: its method and its target (path and query) as sent. */
+export interface RequestLine {
   method: string;
   target: string;
 }
 
+/** The request a signature is for: its request line and the X-Request-Id it carries ('' for none). */
+export interface SignedRequest extends RequestLine {
+  requestId: string;
+}
+
 function message(time: number, request: SignedRequest, values: SignedValues): string {
   // The four values written out, not joined: Array.prototype.join was ~1.2k instructions of each signature.
-  return `${PREFIX}\n${time}\n${request.method}\n${request.target}\n${values[0]}\n${values[1]}\n${values[2]}\n${values[3]}`;
+  return `${PREFIX}\n${time}\n${request.method}\n${request.target}\n${request.requestId}\n${values[0]}\n${values[1]}\n${values[2]}\n${values[3]}`;
 }
 
 function mac(key: string | KeyObject, time: number, request: SignedRequest, values: SignedValues): Buffer {
@@ -141,7 +151,7 @@ export function createGatewaySigner(key: string, now: () => number = Date.now): 
   const sign = keyedMac(key);
   return (request, values) => {
     const time = Math.floor(now() / 1000);
-    return `t=${time},v2=${sign(message(time, request, values))}`;
+    return `t=${time},v3=${sign(message(time, request, values))}`;
   };
 }
 
@@ -163,24 +173,29 @@ export function challengesGatewaySignature(challenges: string | readonly string[
  */
 export const SIGNATURE_REFUSED_HINT = "are the gateway's and the service's signing keys, or clocks, apart?";
 
-const HEADER_FORMAT = /^t=(\d{1,12}),v2=([A-Za-z0-9_-]{43})$/;
+/** 43 base64url characters, the last one's two unused bits zero: a 32-byte MAC as written, one spelling only. */
+const HEADER_FORMAT = /^t=(\d{1,12}),v3=([A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$/;
 
 /** Why a request's signature was not accepted; undefined when it was. */
 export type SignatureProblem = 'missing' | 'malformed' | 'expired' | 'mismatch';
 
 /**
- * Checks a request's `X-Gateway-Signature` against its method and target as received and its signed headers
- * (`read(name)`: the header's one value, or undefined; a repeated header is not one value and fails). Constant
- * time in the MAC comparison. `key` may be several: a signature made with any of them verifies (a key rotation, when
- * a service takes the next key, or still the previous one, beside its own: GATEWAY_SIGNING_KEY_ACCEPTED).
+ * Checks a request's `X-Gateway-Signature` against its method and target as received, its request id and its
+ * signed headers (`read(name)`: the header's one value, or undefined; a repeated header is not one value and
+ * fails). Constant time in the MAC comparison. `key` may be several: a signature made with any of them verifies (a
+ * key rotation, when a service takes the next key, or still the previous one, beside its own:
+ * GATEWAY_SIGNING_KEY_ACCEPTED).
  */
-export function verifyGatewaySignature(key: string | readonly string[], request: SignedRequest, read: (name: string) => string | string[] | undefined, now: number = Date.now()): SignatureProblem | undefined {
+export function verifyGatewaySignature(key: string | readonly string[], line: RequestLine, read: (name: string) => string | string[] | undefined, now: number = Date.now()): SignatureProblem | undefined {
   const header = read(HEADER.gatewaySignature);
   if (header === undefined) return 'missing';
   const parts = typeof header === 'string' ? HEADER_FORMAT.exec(header) : null;
   if (!parts) return 'malformed';
   const time = Number(parts[1]);
   if (Math.abs(now / 1000 - time) > SIGNATURE_MAX_AGE_SECONDS) return 'expired';
+  const requestId = read(HEADER.requestId) ?? '';
+  if (typeof requestId !== 'string') return 'mismatch';
+  const request: SignedRequest = { method: line.method, target: line.target, requestId };
   const values: string[] = [];
   for (const name of SIGNED_HEADERS) {
     const value = read(name) ?? '';

@@ -7,7 +7,7 @@ import { CGI_HAZARD_HEADERS, dashedSpelling, FOREIGN_IDENTITY_HEADER_PREFIXES, F
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
 import { MAX_FORWARDS_SUPPORTED, maxForwardsOf } from './middleware/max-forwards';
-import type { GatewaySigner, SignedRequest, SignedValues } from './gateway-signature';
+import type { GatewaySigner, RequestLine, SignedValues } from './gateway-signature';
 import { remembered } from './remembered';
 
 /**
@@ -324,7 +324,7 @@ export function upstreamHeadersFor(
     /** The gateway's signer (config `proxy.signingKey`); none without a key. */
     sign?: GatewaySigner;
     /** The request the headers go with, as sent (method and target): the signature is good for it alone. */
-    request: SignedRequest;
+    request: RequestLine;
   },
 ): Record<string, string | string[]> {
   const publicHost = forwardedHost(ctx);
@@ -346,7 +346,7 @@ export function upstreamHeadersFor(
     timestamp: isoTimestamp(),
     rules: options.rules,
     isRuleTwin: options.isRuleTwin,
-    sign: options.sign && ((values) => options.sign!(options.request, values)),
+    sign: options.sign && ((values) => options.sign!({ method: options.request.method, target: options.request.target, requestId: ctx.state.requestId }, values)),
   });
 }
 

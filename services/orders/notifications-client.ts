@@ -51,7 +51,7 @@ export function createNotificationsGrpcClient(url: string, sign: GatewaySigner |
       const path = `/${NOTIFICATIONS_SERVICE}/CreateNotification`;
       const metadata = new grpc.Metadata();
       if (requestId) metadata.set(HEADER.requestId, requestId);
-      for (const [name, value] of Object.entries(signedIdentityHeaders(identity, { method: 'POST', target: path }, sign))) metadata.set(name, value);
+      for (const [name, value] of Object.entries(signedIdentityHeaders(identity, { method: 'POST', target: path, requestId: requestId ?? '' }, sign))) metadata.set(name, value);
       if (options.propagate) propagation.inject(context.active(), metadata, metadataSetter);
       return new Promise((resolve, reject) => {
         client.makeUnaryRequest(

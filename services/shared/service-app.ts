@@ -319,7 +319,7 @@ export async function callService(url: string, init: { method?: string; body?: u
   const method = init.method ?? 'GET';
   // The target as undici sends it: the URL's path and query.
   const { pathname, search } = new URL(url);
-  const headers = signedIdentityHeaders(init.identity, { method, target: pathname + search }, init.sign);
+  const headers = signedIdentityHeaders(init.identity, { method, target: pathname + search, requestId: init.requestId ?? '' }, init.sign);
   if (init.body !== undefined) headers['content-type'] = 'application/json';
   if (init.requestId) headers[HEADER.requestId] = init.requestId;
   if (init.propagate) propagation.inject(context.active(), headers);

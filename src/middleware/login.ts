@@ -241,7 +241,7 @@ export function createLogin(options: LoginOptions): Middleware[] {
           [HEADER.requestId]: ctx.state.requestId,
           ...traceHeaders(span, context.active()),
           // No one is signed in yet: the signature says only that the gateway asks.
-          ...(options.sign && { [HEADER.gatewaySignature]: options.sign({ method: 'POST', target: CREDENTIALS_CHECK_PATH }, ['', '', '', '']) }),
+          ...(options.sign && { [HEADER.gatewaySignature]: options.sign({ method: 'POST', target: CREDENTIALS_CHECK_PATH, requestId: ctx.state.requestId }, ['', '', '', '']) }),
         },
         body: JSON.stringify(credentials),
         signal: AbortSignal.timeout(timeoutMs),

@@ -73,19 +73,19 @@ describe('services answer only what the gateway signed', () => {
   });
 
   it("refuses a signature made with another key, and Bob's real signature with Alice's role", async () => {
-    const forged = createGatewaySigner('a-key-that-is-not-the-gateways-but-long-enough')({ method: 'GET', target: '/users' }, ALICE);
+    const forged = createGatewaySigner('a-key-that-is-not-the-gateways-but-long-enough')({ method: 'GET', target: '/users', requestId: '' }, ALICE);
     expect((await fetch(`${users}/users`, { headers: { ...identityHeaders(ALICE), [HEADER.gatewaySignature]: forged } })).status).toBe(401);
-    const bobs = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'GET', target: '/users' }, BOB);
+    const bobs = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'GET', target: '/users', requestId: '' }, BOB);
     const promoted = await fetch(`${users}/users`, { headers: { ...identityHeaders(BOB), [HEADER.userRole]: 'admin', [HEADER.gatewaySignature]: bobs } });
     expect(promoted.status).toBe(401);
     // The control: the request with the signature the gateway would give it is answered.
-    const bobsProfile = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'GET', target: '/users/2' }, BOB);
+    const bobsProfile = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'GET', target: '/users/2', requestId: '' }, BOB);
     const honest = await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: bobsProfile } });
     expect(honest.status).toBe(200);
   });
 
   it('refuses a signature older than five minutes', async () => {
-    const old = createGatewaySigner(TEST_SIGNING_KEY, () => Date.now() - 6 * 60_000)({ method: 'GET', target: '/users/2' }, BOB);
+    const old = createGatewaySigner(TEST_SIGNING_KEY, () => Date.now() - 6 * 60_000)({ method: 'GET', target: '/users/2', requestId: '' }, BOB);
     const reply = await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: old } });
     expect(reply.status).toBe(401);
     expect(((await reply.json()) as { detail: string }).detail).toMatch(/expired/);
@@ -104,7 +104,7 @@ describe('services answer only what the gateway signed', () => {
     const unsigned = createNotificationsGrpcClient(grpcUrl, undefined);
     // A signature the gateway made for a ListNotifications call, carried on a CreateNotification one.
     const listing = { method: 'POST', target: `/${NOTIFICATIONS_SERVICE}/ListNotifications` };
-    const replaying = createNotificationsGrpcClient(grpcUrl, (_request, values) => sign(listing, values));
+    const replaying = createNotificationsGrpcClient(grpcUrl, (request, values) => sign({ ...listing, requestId: request.requestId }, values));
     const signed = createNotificationsGrpcClient(grpcUrl, sign);
     try {
       const event = { userId: '2', type: 'forged', message: 'not from the gateway', orderId: '' };
@@ -170,10 +170,10 @@ describe('a rotation of the signing key (GATEWAY_SIGNING_KEY_ACCEPTED)', () => {
   });
 
   it('still refuses a signature made with any other key', async () => {
-    const forged = createGatewaySigner('a-third-key-that-is-neither-but-long-enough')({ method: 'GET', target: '/users/2' }, BOB);
+    const forged = createGatewaySigner('a-third-key-that-is-neither-but-long-enough')({ method: 'GET', target: '/users/2', requestId: '' }, BOB);
     expect((await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: forged } })).status).toBe(401);
     for (const key of [OLD, NEW]) {
-      const signed = createGatewaySigner(key)({ method: 'GET', target: '/users/2' }, BOB);
+      const signed = createGatewaySigner(key)({ method: 'GET', target: '/users/2', requestId: '' }, BOB);
       expect((await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: signed } })).status).toBe(200);
     }
   });
@@ -236,7 +236,7 @@ describe('what a service records for a request the gateway did not sign', () => 
   it('still continues a signed request’s trace and logs it under the request id the gateway sent', async () => {
     const caller = newTrace();
     const requestId = `signed-${caller.traceId}`;
-    const signature = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'GET', target: '/users/2' }, BOB);
+    const signature = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'GET', target: '/users/2', requestId }, BOB);
     const reply = await fetch(`${users.url}/users/2`, {
       headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: signature, traceparent: `00-${caller.traceId}-${caller.parentId}-01`, [HEADER.requestId]: requestId, baggage: `request.id=${requestId}` },
     });
@@ -294,7 +294,7 @@ describe('what notification-service records for a gRPC call the gateway did not 
 
   it.each([
     ['no signature', () => ({})],
-    ['a signature made with another key', () => ({ [HEADER.gatewaySignature]: createGatewaySigner('a-key-that-is-not-the-gateways-but-long-enough')({ method: 'POST', target: path }, BOB) })],
+    ['a signature made with another key', () => ({ [HEADER.gatewaySignature]: createGatewaySigner('a-key-that-is-not-the-gateways-but-long-enough')({ method: 'POST', target: path, requestId: '' }, BOB) })],
   ])('logs its refusal (%s) under a new request id and in a new trace, neither the forged one', async (_desc, signature) => {
     const forged = newTrace();
     const forgedId = `forged-${forged.traceId}`;
@@ -318,7 +318,7 @@ describe('what notification-service records for a gRPC call the gateway did not 
   it('still continues a signed call’s trace and logs it under the request id the gateway sent', async () => {
     const caller = newTrace();
     const requestId = `signed-${caller.traceId}`;
-    const signature = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'POST', target: path }, BOB);
+    const signature = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'POST', target: path, requestId }, BOB);
     const code = await call({ ...identityHeaders(BOB), [HEADER.gatewaySignature]: signature, traceparent: `00-${caller.traceId}-${caller.parentId}-01`, [HEADER.requestId]: requestId, baggage: `request.id=${requestId}` });
     // Signed, so past the signature: the empty message is what it refuses.
     expect(code).toBe(grpc.status.INVALID_ARGUMENT);

@@ -44,7 +44,7 @@ describe('the gateway signature in a service with telemetry on', () => {
     verify.mockClear();
     const sent = `svc-signed-${signed}`;
     const identity = ['7', 'user', 'seven@example.com', ''] as unknown as SignedValues;
-    const headers = { [HEADER.requestId]: sent, ...signedIdentityHeaders(identity, { method: 'GET', target: '/things/1' }, signed ? createGatewaySigner(TEST_SIGNING_KEY) : undefined) };
+    const headers = { [HEADER.requestId]: sent, ...signedIdentityHeaders(identity, { method: 'GET', target: '/things/1', requestId: sent }, signed ? createGatewaySigner(TEST_SIGNING_KEY) : undefined) };
     const response = await fetch(`${server.url}/things/1`, { headers });
     await response.arrayBuffer();
     expect(response.status).toBe(status);

@@ -59,6 +59,18 @@ describe('a gateway signature is good for its own request only', () => {
     expect(await reply.json()).toMatchObject({ code: 'gateway_signature_invalid', detail: expect.stringMatching(/mismatch/) });
   });
 
+  // The services log, answer and call on under the request id of a signed request: unsigned, a captured request sent
+  // again under another id put its lines, and its onward calls, under that id.
+  it('refuses the very request it was signed for under another request id, and takes it under its own', async () => {
+    const seen = stack.notifications.requests.find((each) => each.method === 'GET' && each.url === '/notifications')!;
+    const ownId = seen.headers[HEADER.requestId] as string;
+    const replayed = await fetch(`${stack.notifications.url}/notifications`, { headers: { ...bobsListing, [HEADER.requestId]: 'someone-elses-request' } });
+    expect(replayed.status).toBe(401);
+    expect(await replayed.json()).toMatchObject({ code: 'gateway_signature_invalid', detail: expect.stringMatching(/mismatch/) });
+    const asSigned = await fetch(`${stack.notifications.url}/notifications`, { headers: { ...bobsListing, [HEADER.requestId]: ownId } });
+    expect(asSigned.status).toBe(200);
+  });
+
   it("writes nothing into Alice's feed through a replayed signature", async () => {
     const token = await login(stack.gateway.url);
     const feed = (await (await fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } })).json()) as { type: string }[];

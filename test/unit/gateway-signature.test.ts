@@ -1,7 +1,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { HEADER } from '../../otel/wire-names';
-import { createGatewaySigner, isGuessableSecret, SIGNATURE_MAX_AGE_SECONDS, SIGNED_HEADERS, verifyGatewaySignature, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
+import { createGatewaySigner, isGuessableSecret, SIGNATURE_MAX_AGE_SECONDS, SIGNED_HEADERS, verifyGatewaySignature, type RequestLine, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 
 const KEY = 'k'.repeat(16) + 'unit-test-signing-key';
 const NOW = Date.UTC(2026, 11, 2, 10, 0, 0);
@@ -10,9 +10,10 @@ const NOW = Date.UTC(2026, 11, 2, 10, 0, 0);
 const headerValue = fc.string({ unit: fc.constantFrom(...' !#$%&()*+,-./0123456789:;<=>?@ABCXYZabcxyz_~'.split('')), maxLength: 40 });
 const identity = fc.tuple(headerValue, headerValue, headerValue, headerValue);
 
-/** The headers a service receives for `values` (an empty value is an absent header) and the signature. */
-function received(values: SignedValues, signature: string): Record<string, string | string[]> {
+/** The headers a service receives for `values` (an empty value is an absent header), the request id and the signature. */
+function received(values: SignedValues, signature: string, requestId = REQUEST.requestId): Record<string, string | string[]> {
   const headers: Record<string, string | string[]> = { [HEADER.gatewaySignature]: signature };
+  if (requestId !== '') headers[HEADER.requestId] = requestId;
   SIGNED_HEADERS.forEach((name, index) => {
     if (values[index] !== '') headers[name] = values[index]!;
   });
@@ -20,9 +21,9 @@ function received(values: SignedValues, signature: string): Record<string, strin
 }
 
 /** The request the signatures below are made for, unless a test says otherwise. */
-const REQUEST: SignedRequest = { method: 'GET', target: '/notifications' };
+const REQUEST: SignedRequest = { method: 'GET', target: '/notifications', requestId: 'f3a9c2d1e4b5a6978877665544332211' };
 
-const verify = (headers: Record<string, string | string[]>, now = NOW, key = KEY, request = REQUEST) => verifyGatewaySignature(key, request, (name) => headers[name], now);
+const verify = (headers: Record<string, string | string[]>, now = NOW, key = KEY, request: RequestLine = REQUEST) => verifyGatewaySignature(key, request, (name) => headers[name], now);
 
 describe('the gateway signature', () => {
   it('verifies for every identity the gateway signs (generated)', () => {
@@ -73,13 +74,14 @@ describe('the gateway signature', () => {
   it.each([
     ['absent', undefined, 'missing'],
     ['empty', '', 'malformed'],
-    ['without a time', `v2=${'A'.repeat(43)}`, 'malformed'],
+    ['without a time', `v3=${'A'.repeat(43)}`, 'malformed'],
     ['in the format before the request was signed (v1)', `t=${NOW / 1000},v1=${'A'.repeat(43)}`, 'malformed'],
-    ['a short MAC', `t=${NOW / 1000},v2=${'A'.repeat(42)}`, 'malformed'],
-    ['padding after the MAC', `t=${NOW / 1000},v2=${'A'.repeat(43)} `, 'malformed'],
-    ['a second version', `t=${NOW / 1000},v2=${'A'.repeat(43)},v3=x`, 'malformed'],
-    ['sent twice', [`t=${NOW / 1000},v2=${'A'.repeat(43)}`, `t=${NOW / 1000},v2=${'A'.repeat(43)}`], 'malformed'],
-    ['a well-formed forgery', `t=${NOW / 1000},v2=${'A'.repeat(43)}`, 'mismatch'],
+    ['in the format before the request id was signed (v2)', `t=${NOW / 1000},v2=${'A'.repeat(43)}`, 'malformed'],
+    ['a short MAC', `t=${NOW / 1000},v3=${'A'.repeat(42)}`, 'malformed'],
+    ['padding after the MAC', `t=${NOW / 1000},v3=${'A'.repeat(43)} `, 'malformed'],
+    ['a second version', `t=${NOW / 1000},v3=${'A'.repeat(43)},v4=x`, 'malformed'],
+    ['sent twice', [`t=${NOW / 1000},v3=${'A'.repeat(43)}`, `t=${NOW / 1000},v3=${'A'.repeat(43)}`], 'malformed'],
+    ['a well-formed forgery', `t=${NOW / 1000},v3=${'A'.repeat(43)}`, 'mismatch'],
   ] as const)('refuses a signature header %s', (_desc, header, problem) => {
     const headers: Record<string, string | string[]> = { [HEADER.userId]: '1', [HEADER.userRole]: 'admin' };
     if (header !== undefined) headers[HEADER.gatewaySignature] = header as string | string[];
@@ -108,8 +110,40 @@ describe('the gateway signature', () => {
   });
 
   it('does not let the target run into the identity: moving text between them is another signature', () => {
-    const signature = createGatewaySigner(KEY, () => NOW)({ method: 'GET', target: '/users/1' }, ['2', 'user', '', '']);
+    const signature = createGatewaySigner(KEY, () => NOW)({ method: 'GET', target: '/users/1', requestId: REQUEST.requestId }, ['2', 'user', '', '']);
     expect(verify(received(['12', 'user', '', ''], signature), NOW, KEY, { method: 'GET', target: '/users/' })).toBe('mismatch');
+  });
+
+  // Unsigned, the request id of a request captured on its way to a service could be replaced: the service logged
+  // it, answered under it and passed it on to the services it called, pinning its lines on another request.
+  it('fails when the request id differs from, is added to or is left out of what was signed (generated)', () => {
+    const sign = createGatewaySigner(KEY, () => NOW);
+    const requestId = fc.stringMatching(/^[A-Za-z0-9._:-]{0,40}$/);
+    fc.assert(
+      fc.property(identity, requestId, requestId, (values, signed, sent) => {
+        fc.pre(signed !== sent);
+        const signature = sign({ ...REQUEST, requestId: signed }, values);
+        expect(verify(received(values, signature, signed))).toBeUndefined();
+        expect(verify(received(values, signature, sent))).toBe('mismatch');
+      }),
+      { seed: 20261206, numRuns: 300 },
+    );
+    const values: SignedValues = ['2', 'user', '', ''];
+    expect(verify({ ...received(values, sign(REQUEST, values)), [HEADER.requestId]: [REQUEST.requestId, REQUEST.requestId] })).toBe('mismatch');
+  });
+
+  // base64url of 32 bytes leaves two bits of its last character unused, which decoding ignores: four spellings of
+  // one MAC verified, and a cache of signatures seen (against replays) would take them for four.
+  it('takes the one spelling of its MAC only', () => {
+    const values: SignedValues = ['2', 'user', '', ''];
+    const signature = createGatewaySigner(KEY, () => NOW)(REQUEST, values);
+    expect(verify(received(values, signature))).toBeUndefined();
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    const last = alphabet.indexOf(signature.at(-1)!);
+    for (let low = 1; low < 4; low++) {
+      const respelt = signature.slice(0, -1) + alphabet[last + low];
+      expect(verify(received(values, respelt))).toBe('malformed');
+    }
   });
 
   it('signs each request at its own time', () => {
@@ -136,11 +170,11 @@ describe('the gateway signature', () => {
     const unicode = fc.string({ unit: fc.constantFrom('a', 'é', '€', '😀', ' ', '~'), maxLength: 12 });
     fc.assert(
       fc.property(fc.tuple(unicode, headerValue, unicode, headerValue), unicode, (values, path) => {
-        const request = { method: 'GET', target: `/users/${path}` };
+        const request = { method: 'GET', target: `/users/${path}`, requestId: REQUEST.requestId };
         const expected = createHmac('sha256', key)
-          .update(`koa-gateway-signature-v2\n${NOW / 1000}\n${request.method}\n${request.target}\n${values.join('\n')}`)
+          .update(`koa-gateway-signature-v3\n${NOW / 1000}\n${request.method}\n${request.target}\n${request.requestId}\n${values.join('\n')}`)
           .digest('base64url');
-        return sign(request, values) === `t=${NOW / 1000},v2=${expected}` && verifyGatewaySignature(key, request, (name) => received(values, sign(request, values))[name], NOW) === undefined;
+        return sign(request, values) === `t=${NOW / 1000},v3=${expected}` && verifyGatewaySignature(key, request, (name) => received(values, sign(request, values))[name], NOW) === undefined;
       }),
       { seed: 20261203, numRuns: 100 },
     );
