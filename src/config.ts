@@ -699,11 +699,11 @@ function crossFieldRules(config: z.output<typeof configFields>, ctx: Pick<z.Refi
       });
     }
   });
-  if (ownedRequestHeader(config.cache.statusHeader) || ownedResponseHeader(config.cache.statusHeader)) {
-    ctx.addIssue({ code: 'custom', path: ['cache', 'statusHeader'], message: 'is a header the gateway writes for another purpose', input: config.cache.statusHeader });
-  } else if (HTTP_RESPONSE_FIELDS.has(config.cache.statusHeader.toLowerCase())) {
+  if (HTTP_RESPONSE_FIELDS.has(config.cache.statusHeader.toLowerCase())) {
     // `HIT` written over the service's Cache-Control or the computed Age would tell every cache after us a lie.
     ctx.addIssue({ code: 'custom', path: ['cache', 'statusHeader'], message: 'is a standard response field that HIT or MISS would overwrite', input: config.cache.statusHeader });
+  } else if (ownedRequestHeader(config.cache.statusHeader) || ownedResponseHeader(config.cache.statusHeader)) {
+    ctx.addIssue({ code: 'custom', path: ['cache', 'statusHeader'], message: 'is a header the gateway writes for another purpose', input: config.cache.statusHeader });
   }
   const seenConsumers = new Set<string>();
   const seenHashes = new Set<string>();
