@@ -12,14 +12,16 @@
 const SECRET_QUERY_PARAM = /token|pass|pwd|secret|key|code|sig|auth|jwt|sess|sid|hmac|credential|assertion|otp|ticket/i;
 
 /**
- * A gateway API key in text (src/consumers.ts: `kgw_` and 43 base64url characters), its `_` or `-` perhaps
- * percent-encoded, from 20 characters on (a key cut short is still most of one). The names above miss a key sent as
- * `?k=` or `?client=`, or in a path: its value is recognised instead, as secret scanners recognise it.
+ * A gateway API key in text (src/consumers.ts: `kgw_` and 43 base64url characters, in that case), its `_` or `-`
+ * perhaps percent-encoded, with no base64url character touching it on either side. The names above miss a key sent
+ * as `?k=` or `?client=`, or in a path: its value is recognised instead, as secret scanners recognise it. Bounded
+ * and exact: unbounded, in any case and from 20 characters on, the pattern met one RS256 token in ~2,250 (`kgW_`
+ * and 20 more inside its base64url), whose `Authorization` was then kept from the service.
  */
-const API_KEY_FOUND = /kgw(?:_|%5f)(?:[A-Za-z0-9_-]|%5f|%2d){20,}/i;
-const API_KEYS_FOUND = new RegExp(API_KEY_FOUND.source, 'gi');
+const API_KEY_FOUND = /(?<![A-Za-z0-9_-])kgw(?:_|%5[Ff])(?:[A-Za-z0-9-]|_|%5[Ff]|%2[Dd]){43}(?![A-Za-z0-9_-])/;
+const API_KEYS_FOUND = new RegExp(API_KEY_FOUND.source, 'g');
 
-/** Whether text holds what looks like a gateway API key. */
+/** Whether text holds a gateway API key. */
 export function containsApiKey(text: string): boolean {
   return API_KEY_FOUND.test(text);
 }

@@ -21,7 +21,8 @@ import { HEADER, SIGNATURE_CHALLENGE_SCHEME } from '../otel/wire-names';
  *
  * The request id is signed (v3): the services believe the X-Request-Id of a request whose signature verifies, and
  * log and answer under it and pass it on; unsigned, a request captured on the way to a service could be sent again
- * under any id, and its log lines and onward calls pinned on another request's.
+ * under any id, and its log lines and onward calls pinned on another request's. A v2 signature (without it) still
+ * verifies for this release, so services updated first take the old gateway's during a rolling update.
  *
  * Why the method and target are signed: a signature over the identity alone was a bearer token for that identity
  * on every service, path and method. Whoever saw one (a service the request was forwarded to, anyone reading the
@@ -102,8 +103,16 @@ function message(time: number, request: SignedRequest, values: SignedValues): st
   return `${PREFIX}\n${time}\n${request.method}\n${request.target}\n${request.requestId}\n${values[0]}\n${values[1]}\n${values[2]}\n${values[3]}`;
 }
 
-function mac(key: string | KeyObject, time: number, request: SignedRequest, values: SignedValues): Buffer {
-  return createHmac('sha256', key).update(message(time, request, values)).digest();
+/**
+ * The message of a v2 signature (before the request id was signed): verified, never made, so that services updated
+ * before the gateway take its signatures during a rolling update. To be dropped with the release after this one.
+ */
+function messageV2(time: number, request: SignedRequest, values: SignedValues): string {
+  return `koa-gateway-signature-v2\n${time}\n${request.method}\n${request.target}\n${values[0]}\n${values[1]}\n${values[2]}\n${values[3]}`;
+}
+
+function mac(key: string | KeyObject, text: string): Buffer {
+  return createHmac('sha256', key).update(text).digest();
 }
 
 /** SHA-256's block, bytes: HMAC pads a key to it (RFC 2104). */
@@ -174,7 +183,7 @@ export function challengesGatewaySignature(challenges: string | readonly string[
 export const SIGNATURE_REFUSED_HINT = "are the gateway's and the service's signing keys, or clocks, apart?";
 
 /** 43 base64url characters, the last one's two unused bits zero: a 32-byte MAC as written, one spelling only. */
-const HEADER_FORMAT = /^t=(\d{1,12}),v3=([A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$/;
+const HEADER_FORMAT = /^t=(\d{1,12}),v([23])=([A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$/;
 
 /** Why a request's signature was not accepted; undefined when it was. */
 export type SignatureProblem = 'missing' | 'malformed' | 'expired' | 'mismatch';
@@ -202,9 +211,10 @@ export function verifyGatewaySignature(key: string | readonly string[], line: Re
     if (typeof value !== 'string') return 'mismatch';
     values.push(value);
   }
-  const given = Buffer.from(parts[2]!, 'base64url');
+  const given = Buffer.from(parts[3]!, 'base64url');
+  const text = (parts[2] === '3' ? message : messageV2)(time, request, values as unknown as SignedValues);
   const matches = (each: string) => {
-    const expected = mac(each, time, request, values as unknown as SignedValues);
+    const expected = mac(each, text);
     return given.length === expected.length && timingSafeEqual(given, expected);
   };
   return (typeof key === 'string' ? matches(key) : key.some(matches)) ? undefined : 'mismatch';

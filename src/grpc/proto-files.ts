@@ -1,5 +1,4 @@
 import { readFileSync } from 'node:fs';
-import path from 'node:path';
 import * as protobuf from 'protobufjs';
 import { resolveProtoImport, resolveProtoPath, type ProtoSources } from './proto-sources';
 
@@ -13,13 +12,17 @@ import { resolveProtoImport, resolveProtoPath, type ProtoSources } from './proto
  * lowerCamelCase as the JSON mapping names them. `google/api/*` and `google/protobuf/*` imports come from
  * protobufjs (the common well-known types are built into it); other imports resolve against the importing
  * file, then the app's `proto/` directory. Throws, naming the file, when anything is missing.
- * With `sources` (readProtoSources, the config version's), the files are read from them, never from the disk: a
- * file they lack is missing, whatever the disk holds now (protobufjs' own `google/*` files aside).
+ * With `sources` (readProtoSources, the config version's), the files they name are read from them, and imports
+ * resolved among them, whatever the disk holds now: one they hold as missing is missing. A file they do not name
+ * (an import the version's scan did not see) is looked for on the disk, as without them.
  */
 export function loadProtoRoot(file: string, sources?: ProtoSources): protobuf.Root {
   const root = new protobuf.Root();
   const resolveRelative = root.resolvePath.bind(root);
-  root.resolvePath = (origin, target) => resolveProtoImport(target, resolveRelative(origin, target)).file;
+  // Resolved on the disk, an import whose file had moved since the version was read named a path the sources lack,
+  // and one created beside its importer since then took the place of the file the version had read.
+  const exists = sources && ((name: string) => typeof sources[name] === 'string' && Object.hasOwn(sources, name));
+  root.resolvePath = (origin, target) => resolveProtoImport(target, resolveRelative(origin, target), exists).file;
   const resolved = resolveProtoPath(file);
   // loadSync reads each file through protobufjs' util.fs (its own `fetch` hook serves the asynchronous load only):
   // swapped for the call, which runs to its end synchronously, so nothing else ever reads through it.
@@ -36,12 +39,9 @@ export function loadProtoRoot(file: string, sources?: ProtoSources): protobuf.Ro
   return root;
 }
 
-/** protobufjs' own files beside its code (google/api/*.proto, descriptor.proto): part of the install, read as they are. */
-const PROTOBUFJS_FILES = path.dirname(require.resolve('protobufjs/package.json')) + path.sep;
-
 function readFromSources(sources: ProtoSources, name: string): Buffer {
-  const text = Object.hasOwn(sources, name) ? sources[name] : undefined;
+  if (!Object.hasOwn(sources, name)) return readFileSync(name);
+  const text = sources[name];
   if (typeof text === 'string') return Buffer.from(text, 'utf8');
-  if (text === undefined && name.startsWith(PROTOBUFJS_FILES)) return readFileSync(name);
   throw Object.assign(new Error(`ENOENT: no such file or directory, open '${name}'`), { code: 'ENOENT' });
 }

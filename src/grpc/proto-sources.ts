@@ -37,25 +37,29 @@ const PROTOBUFJS_ROOT = path.dirname(require.resolve('protobufjs/package.json'))
  * without one); any other is `relative` (the target against the importing file, as the caller resolves it) when that
  * exists, the target itself when absolute (missing: said so as named), else the app's `proto/` directory's.
  */
-export function resolveProtoImport(target: string, relative: string | null): { file: string; bundled: boolean } {
+export function resolveProtoImport(target: string, relative: string | null, exists: (file: string) => boolean = existsSync): { file: string; bundled: boolean } {
   if (target.startsWith('google/')) {
     const bundled = path.join(PROTOBUFJS_ROOT, target);
     if (existsSync(bundled)) return { file: bundled, bundled: true };
     // timestamp.proto, struct.proto, ...: protobufjs knows them by this name without a file.
     if (target.startsWith('google/protobuf/')) return { file: target, bundled: true };
   }
-  if (relative !== null && existsSync(relative)) return { file: relative, bundled: false };
+  if (relative !== null && exists(relative)) return { file: relative, bundled: false };
   if (path.isAbsolute(target)) return { file: target, bundled: false };
   return { file: path.join(APP_ROOT, 'proto', target), bundled: false };
 }
 
-/** `import "x.proto";` or `import 'x.proto';` (and `import public` / `import weak`), anywhere outside comments. */
-const IMPORT = /\bimport\s+(?:public\s+|weak\s+)?(["'])([^"'\n]+)\1\s*;/g;
+/**
+ * `import "x.proto";` or `import 'x.proto';` (and `import public` / `import weak`), anywhere outside comments, with
+ * or without a blank before the quote (`import"x.proto";` is protobuf too, and was missed).
+ */
+const IMPORT = /\bimport\s*(?:public\s+|weak\s+)?(["'])([^"'\n]+)\1\s*;/g;
 
 /**
  * The proto sources a config's gRPC routes load, read once: each file and every file it imports (protobufjs' own
  * `google/*` ones aside), in the order met, by absolute path; null for a file that could not be read. The config
- * version is their digest, and the gateway is built from them, never from the disk again: a cluster's workers
+ * version is their digest, and the gateway is built from them (imports resolved among them too), not from the disk
+ * again (loadProtoRoot; only a file they do not name at all is read from the disk): a cluster's workers
  * (src/workers.ts) read the files themselves, so one started later (a crash, the watchdog) ran an edit nobody had
  * reloaded, or one a reload refused, under the running version, or failed to start on a broken file the running
  * version never had; and a rollback "restored" what the disk held by then.

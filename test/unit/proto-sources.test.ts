@@ -2,10 +2,11 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { configVersion } from '../../src/config-reload';
+import { loadProtoRoot } from '../../src/grpc/proto-files';
 import { protoSourcesDigest, readProtoSources } from '../../src/grpc/proto-sources';
+import { shippedConfigFile, testConfig } from '../helpers/test-config';
 
 const digestOf = (files: string[]) => protoSourcesDigest(readProtoSources(files));
-import { shippedConfigFile, testConfig } from '../helpers/test-config';
 
 /** A proto that imports another beside it (and Google's, which protobufjs brings), in a directory of its own. */
 function protoPair() {
@@ -67,5 +68,42 @@ describe('configVersion with gRPC routes', () => {
     expect(configVersion(config())).toBe(before);
     write(imported, 'syntax = "proto3";\nmessage T { string id = 1; int32 n = 2; }\n');
     expect(configVersion(config())).not.toBe(before);
+  });
+});
+
+// A version's build (a cluster's replaced worker, a rollback) must be the build of what the version read, whatever
+// the disk holds by then: reads came from the sources, but imports were resolved on the disk.
+describe('loadProtoRoot from a version\'s sources', () => {
+  const fieldsOfT = (root: ReturnType<typeof loadProtoRoot>) => Object.keys(root.lookupType('T').fields).sort();
+
+  it('builds what the version read after its files were edited, moved or shadowed on the disk', () => {
+    const { main, imported, write } = protoPair();
+    const sources = readProtoSources([main]);
+    expect(fieldsOfT(loadProtoRoot(main, sources))).toEqual(['id']);
+    // Edited: the version's text, not the disk's.
+    write(imported, 'syntax = "proto3";\nmessage T { string id = 1; string edited = 2; }\n');
+    expect(fieldsOfT(loadProtoRoot(main, sources))).toEqual(['id']);
+    expect(fieldsOfT(loadProtoRoot(main))).toEqual(['edited', 'id']);
+    // Broken: still the version's.
+    write(main, 'this is no proto');
+    expect(fieldsOfT(loadProtoRoot(main, sources))).toEqual(['id']);
+  });
+
+  it('resolves imports among the sources, not on the disk', () => {
+    const { main, imported } = protoPair();
+    const sources = readProtoSources([main]);
+    // The imported file moved away: resolved on the disk, the import named another path, which the sources lack.
+    require('node:fs').renameSync(imported, `${imported}.moved`);
+    expect(fieldsOfT(loadProtoRoot(main, sources))).toEqual(['id']);
+  });
+
+  it('follows an import written without a blank before its quote', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'proto-sources-'));
+    const main = path.join(dir, 'main.proto');
+    writeFileSync(main, 'syntax = "proto3";\nimport"types.proto";\nmessage M { T t = 1; }\n');
+    writeFileSync(path.join(dir, 'types.proto'), 'syntax = "proto3";\nmessage T { string id = 1; }\n');
+    const sources = readProtoSources([main]);
+    expect(Object.keys(sources)).toEqual([main, path.join(dir, 'types.proto')]);
+    expect(fieldsOfT(loadProtoRoot(main, sources))).toEqual(['id']);
   });
 });
