@@ -8,6 +8,7 @@ import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { AUTH_REALM, HEADER, SIGNATURE_CHALLENGE_SCHEME, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
 import { describeFirstIssue } from './input-limits';
+import { duplicateJsonKey } from '../../src/json-duplicate-keys';
 import { SIGNED_HEADERS, verifyGatewaySignature, type GatewaySigner, type SignatureProblem, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 import { serviceRequestId } from '../../src/middleware/request-id';
 
@@ -293,11 +294,18 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     try {
       await parseBody(ctx, async () => {});
     } catch (error) {
-      // The parser's own refusals carry a 4xx status (413, 415, 400 for bad JSON). A body whose gzip, deflate or
-      // br encoding is corrupt fails in zlib with none, which would read as the service's own 500.
-      if (typeof (error as { status?: unknown }).status === 'number') throw error;
+      // The parser's own refusals carry a 4xx status (413, 415, 400 for bad JSON). Bad JSON's message is V8's, which
+      // quotes the body around the error (a password among it): one fixed detail instead, as the gateway answers.
+      // A body whose gzip, deflate or br encoding is corrupt fails in zlib with none, which would read as a 500.
+      const status = (error as { status?: unknown }).status;
+      if (status === 400) throw new ServiceError(400, 'invalid_body', 'The body is not valid JSON.');
+      if (typeof status === 'number') throw error;
       throw new ServiceError(400, 'bad_request', 'The body could not be decoded (its Content-Encoding does not match its bytes).');
     }
+    // JSON.parse keeps the last of two equal keys: a WAF or an audit log in front that reads the first saw another
+    // body than the one stored (`"quantity":-5,"quantity":2`). One that could be read two ways is refused.
+    const raw = (ctx.request as { rawBody?: unknown }).rawBody;
+    if (typeof raw === 'string' && raw !== '' && duplicateJsonKey(raw) !== undefined) throw new ServiceError(400, 'invalid_body', 'The body names a key twice in one object.');
     return next();
   });
   app.use(options.router.routes());

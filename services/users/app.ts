@@ -6,6 +6,7 @@ import { CREDENTIAL_LIMITS, SERVICE_NAME } from '../../otel/wire-names';
 import { callerId } from '../shared/input-limits';
 import { createServiceApp, requireCaller, ServiceError, USER_CHALLENGE, validBody, validParam } from '../shared/service-app';
 import { DuplicateEmailError, UserStore, UserStoreFullError } from './user-store';
+import { isWellFormedText } from '../../src/unicode-text';
 
 export interface UsersAppOptions {
   logger: Logger;
@@ -18,14 +19,23 @@ export interface UsersAppOptions {
   acceptedSigningKey?: string;
 }
 
+/**
+ * A password is hashed as UTF-8, where every lone surrogate becomes U+FFFD: eight different lone surrogates were one
+ * password (`\uFFFD` eight times), and any other eight of them logged in as it. Such a string is refused.
+ */
+const wellFormedPassword = z
+  .string()
+  .max(CREDENTIAL_LIMITS.passwordMaxLength)
+  .refine(isWellFormedText, { message: 'must not hold unpaired surrogates' });
+
 const registration = z.object({
   // Bounded as sent, then trimmed: bounded after the trim, a name padded with a megabyte of spaces was stored as the
   // trimmed view V8 keeps of the whole padded string (a sliced string), a megabyte per account.
   name: z.string().max(100).trim().min(1),
   email: z.email().max(CREDENTIAL_LIMITS.emailMaxLength),
-  password: z.string().min(8, 'must be at least 8 characters').max(CREDENTIAL_LIMITS.passwordMaxLength),
+  password: wellFormedPassword.min(8, 'must be at least 8 characters'),
 });
-const credentials = z.object({ email: z.string().max(CREDENTIAL_LIMITS.emailMaxLength), password: z.string().max(CREDENTIAL_LIMITS.passwordMaxLength) });
+const credentials = z.object({ email: z.string().max(CREDENTIAL_LIMITS.emailMaxLength), password: wellFormedPassword });
 
 /**
  * user-service: registration, credential checks for the gateway's login, and profiles.

@@ -1,4 +1,5 @@
 import * as protobuf from 'protobufjs';
+import { isWellFormedText } from '../unicode-text';
 
 /**
  * The proto3 JSON mapping (https://protobuf.dev/programming-guides/json/) on top of protobufjs, which
@@ -47,8 +48,6 @@ const BASE64 = /^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+
 /** 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, as google/protobuf/timestamp.proto allows, s. */
 const MIN_TIMESTAMP_SECONDS = -62_135_596_800;
 const MAX_TIMESTAMP_SECONDS = 253_402_300_799;
-/** Half of a UTF-16 surrogate pair alone (`u` reads a whole pair as one code point, never as Cs). */
-const LONE_SURROGATE = /\p{Surrogate}/u;
 /** Nesting beyond this is refused (Struct and messages are recursive). */
 const MAX_DEPTH = 32;
 
@@ -477,7 +476,7 @@ function fieldsFromJson(json: Record<string, unknown>, where: string, depth: num
  * could not even decode the request, and the client would get a 502 blaming it.
  */
 function wellFormed(text: string, where: string): string {
-  if (LONE_SURROGATE.test(text)) throw new JsonMappingError(`${where} holds a lone UTF-16 surrogate (not Unicode text)`);
+  if (!isWellFormedText(text)) throw new JsonMappingError(`${where} holds a lone UTF-16 surrogate (not Unicode text)`);
   return text;
 }
 

@@ -16,6 +16,8 @@ import { continueIfExpected } from './request-head';
 import { readWithinRate, type BodyRate } from '../body-rate';
 import { readAtMost } from '../bounded-body';
 import { SIGNATURE_REFUSED_HINT, type GatewaySigner } from '../gateway-signature';
+import { duplicateJsonKey } from '../json-duplicate-keys';
+import { isWellFormedText } from '../unicode-text';
 import { routeKey } from '../routes';
 
 /** Where user-service checks credentials. Outside `/users`, so no public route can reach it. */
@@ -59,6 +61,8 @@ function readCredentials(body: unknown): Credentials {
   // The values themselves are never echoed: the password is a secret, and either could be a log-injection payload.
   if (email.length > CREDENTIAL_LIMITS.emailMaxLength) throw new GatewayError('invalid_body', `"email" must be at most ${CREDENTIAL_LIMITS.emailMaxLength} characters.`);
   if (password.length > CREDENTIAL_LIMITS.passwordMaxLength) throw new GatewayError('invalid_body', `"password" must be at most ${CREDENTIAL_LIMITS.passwordMaxLength} characters.`);
+  // Hashed as UTF-8, an unpaired surrogate is U+FFFD: many strings would be one password (user-service refuses them too).
+  if (!isWellFormedText(email) || !isWellFormedText(password)) throw new GatewayError('invalid_body', '"email" and "password" must not hold unpaired surrogates.');
   return { email, password };
 }
 
@@ -214,6 +218,10 @@ export function createLogin(options: LoginOptions): Middleware[] {
   }
 
   async function validateCredentials(ctx: Context, next: () => Promise<void>) {
+    // JSON.parse keeps the last of two equal keys: `{"email":"alice@...","email":"bob@...",...}` logged in as Bob
+    // while anything in front that read the first saw Alice. A body that could be read two ways is refused.
+    const raw = (ctx.request as { rawBody?: unknown }).rawBody;
+    if (typeof raw === 'string' && duplicateJsonKey(raw) !== undefined) throw new GatewayError('invalid_body', 'The login body names a key twice in one object.');
     credentialsOf.set(ctx, readCredentials(ctx.request.body));
     await next();
   }

@@ -1075,6 +1075,20 @@ describe('hostile input at the gateway', () => {
       expect(headerOf(reply, 'connection')).toBe('close');
     });
 
+    // JSON.parse keeps the last of two equal keys: Alice's email first, Bob's last, logged in as Bob while anything
+    // in front that read the first key saw Alice. And a password of unpaired surrogates is U+FFFD once hashed.
+    it.each([
+      { desc: 'an email given twice', body: '{"email":"alice@example.com","email":"bob@example.com","password":"builder"}' },
+      { desc: 'a password given twice', body: '{"email":"bob@example.com","password":"wrong","password":"builder"}' },
+      { desc: 'a password of unpaired surrogates', body: JSON.stringify({ email: 'bob@example.com', password: '\udc00'.repeat(8) }) },
+    ])('refuses a login body with $desc with 400 invalid_body, asking user-service nothing', async ({ body }) => {
+      const before = stack.users.requests.length;
+      const reply = await send(served.url, '/api/auth/login', { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      expect(reply.status).toBe(400);
+      expect(JSON.parse(reply.text)).toMatchObject({ code: 'invalid_body' });
+      expect(stack.users.requests.length).toBe(before);
+    });
+
     // `identity` too: the parser's own match of it is as case-sensitive as of the others.
     it.each([
       { coding: 'GZIP', encode: (text: string) => gzipSync(text) },

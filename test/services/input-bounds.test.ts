@@ -188,3 +188,45 @@ describe('the in-memory stores are bounded', () => {
     }
   });
 });
+
+/**
+ * Bodies that could be read two ways, or that only look like text: a service answers them 400 `invalid_body` and
+ * never quotes them. V8's JSON.parse message quoted the body around the error (a password among it) in `detail`;
+ * JSON.parse kept the last of two equal keys, which a WAF or an audit log in front may read otherwise; and a password
+ * of unpaired surrogates was hashed as U+FFFD, so different strings logged in as one.
+ */
+describe('bodies read one way only', () => {
+  let users: TestServer;
+  beforeAll(async () => {
+    users = await listen((await createUsersApp({ logger: quiet(SERVICE_NAME.users), store: new UserStore() })).callback());
+  });
+  afterAll(() => users.close());
+
+  const register = (body: string) => fetch(`${users.url}/users`, { method: 'POST', headers: { 'content-type': 'application/json', [HEADER.requestId]: 'bodies' }, body });
+
+  it('answers a body that is not JSON with a fixed detail, quoting none of it', async () => {
+    const response = await register('{"name":"X","email":"x1@example.com","password":hunter2secret}');
+    expect(response.status).toBe(400);
+    const problem = await problemOf(response);
+    expect(problem).toMatchObject({ code: 'invalid_body', detail: 'The body is not valid JSON.', requestId: 'bodies' });
+    expect(JSON.stringify(problem)).not.toContain('hunter2');
+  });
+
+  it.each([
+    { desc: 'a key given twice', body: '{"name":"M2","email":"m2@example.com","password":"long enough","email":"alice@example.com"}' },
+    { desc: 'a key given twice in a nested object', body: '{"name":"M3","email":"m3@example.com","password":"long enough","x":{"a":1,"a":2}}' },
+  ])('refuses $desc with 400 invalid_body, storing nothing', async ({ body }) => {
+    const response = await register(body);
+    expect(response.status).toBe(400);
+    expect(await problemOf(response)).toMatchObject({ code: 'invalid_body' });
+  });
+
+  it('refuses a password of unpaired surrogates, at registration and at the credential check', async () => {
+    const response = await register(JSON.stringify({ name: 'Sur', email: 'sur@example.com', password: '\ud800\ud801\ud802\ud803\ud804\ud805\ud806\ud807' }));
+    expect(response.status).toBe(400);
+    const check = await fetch(`${users.url}/internal/credentials/verify`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: '\udc00'.repeat(8) }) });
+    expect(check.status).toBe(400);
+    // A password in any script, paired surrogates (emoji) included, is text.
+    expect((await register(JSON.stringify({ name: 'Emoji', email: 'emoji@example.com', password: '😀😀😀😀 long' }))).status).toBe(201);
+  });
+});

@@ -63,7 +63,7 @@ describe('user-service on its own', () => {
       { desc: 'a JSON array instead of an object', body: '[]', contentType: 'application/json', status: 400, code: 'invalid_body' },
       { desc: 'a non-JSON body (text/plain)', body: 'name=X&email=x7@example.com&password=long enough', contentType: 'text/plain', status: 415, code: 'unsupported_media_type' },
       { desc: 'a form-encoded body', body: 'name=X&email=x8%40example.com&password=long+enough', contentType: 'application/x-www-form-urlencoded', status: 415, code: 'unsupported_media_type' },
-      { desc: 'malformed JSON', body: '{"name": "X", "email": ', contentType: 'application/json', status: 400, code: 'bad_request' },
+      { desc: 'malformed JSON', body: '{"name": "X", "email": ', contentType: 'application/json', status: 400, code: 'invalid_body' },
       { desc: 'a body over the 1 MiB limit', body: JSON.stringify({ name: 'X', email: 'x9@example.com', password: 'long enough', padding: 'p'.repeat(1024 * 1024) }), contentType: 'application/json', status: 413, code: 'payload_too_large' },
     ])('refuses $desc with $status problem+json and stores nobody', async ({ body, contentType, status, code }) => {
       const before = await userCount();
