@@ -8,6 +8,7 @@ import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { AUTH_REALM, HEADER, SIGNATURE_CHALLENGE_SCHEME, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
 import { describeFirstIssue } from './input-limits';
+import { nestedAtMost } from '../../src/json-depth';
 import { duplicateJsonKey } from '../../src/json-duplicate-keys';
 import { SIGNED_HEADERS, verifyGatewaySignature, type GatewaySigner, type SignatureProblem, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 import { serviceRequestId } from '../../src/middleware/request-id';
@@ -92,6 +93,9 @@ const JSON_BODY_TYPES = ['application/json', '+json'];
 
 /** The methods whose bodies the services read (the body parser's). */
 const BODY_METHODS: ReadonlySet<string> = new Set(['POST', 'PUT', 'PATCH']);
+
+/** Deepest nesting of a body the services take: theirs are a few levels deep (an order's items: three). */
+const MAX_BODY_DEPTH = 32;
 
 /** Codes for errors Koa or the body parser throw (http-errors carry only a status). */
 const CODE_BY_STATUS: Partial<Record<number, string>> = {
@@ -304,6 +308,8 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     }
     // JSON.parse keeps the last of two equal keys: a WAF or an audit log in front that reads the first saw another
     // body than the one stored (`"quantity":-5,"quantity":2`). One that could be read two ways is refused.
+    // Checked for depth first: JSON.parse takes nesting a recursive scan does not survive (a 1 MiB body of `[`).
+    if (!nestedAtMost(ctx.request.body, MAX_BODY_DEPTH)) throw new ServiceError(400, 'invalid_body', `The body is nested deeper than ${MAX_BODY_DEPTH} levels.`);
     const raw = (ctx.request as { rawBody?: unknown }).rawBody;
     if (typeof raw === 'string' && raw !== '' && duplicateJsonKey(raw) !== undefined) throw new ServiceError(400, 'invalid_body', 'The body names a key twice in one object.');
     return next();

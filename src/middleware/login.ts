@@ -16,6 +16,7 @@ import { continueIfExpected } from './request-head';
 import { readWithinRate, type BodyRate } from '../body-rate';
 import { readAtMost } from '../bounded-body';
 import { SIGNATURE_REFUSED_HINT, type GatewaySigner } from '../gateway-signature';
+import { nestedAtMost } from '../json-depth';
 import { duplicateJsonKey } from '../json-duplicate-keys';
 import { isWellFormedText } from '../unicode-text';
 import { routeKey } from '../routes';
@@ -52,6 +53,9 @@ interface Credentials {
   email: string;
   password: string;
 }
+
+/** Deepest nesting of a login body read further: its fields are two strings. */
+const MAX_LOGIN_BODY_DEPTH = 8;
 
 function readCredentials(body: unknown): Credentials {
   const { email, password } = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
@@ -220,6 +224,8 @@ export function createLogin(options: LoginOptions): Middleware[] {
   async function validateCredentials(ctx: Context, next: () => Promise<void>) {
     // JSON.parse keeps the last of two equal keys: `{"email":"alice@...","email":"bob@...",...}` logged in as Bob
     // while anything in front that read the first saw Alice. A body that could be read two ways is refused.
+    // Depth first: the duplicate-key scan recurses, and JSON.parse takes nesting it would not survive.
+    if (!nestedAtMost(ctx.request.body, MAX_LOGIN_BODY_DEPTH)) throw new GatewayError('invalid_body', 'Send a JSON object with string fields "email" and "password".');
     const raw = (ctx.request as { rawBody?: unknown }).rawBody;
     if (typeof raw === 'string' && duplicateJsonKey(raw) !== undefined) throw new GatewayError('invalid_body', 'The login body names a key twice in one object.');
     credentialsOf.set(ctx, readCredentials(ctx.request.body));
