@@ -13,12 +13,13 @@ const SECRET_QUERY_PARAM = /token|pass|pwd|secret|key|code|sig|auth|jwt|sess|sid
 
 /**
  * A gateway API key in text (src/consumers.ts: `kgw_` and 43 base64url characters, in that case), its `_` or `-`
- * perhaps percent-encoded, with no base64url character touching it on either side. The names above miss a key sent
- * as `?k=` or `?client=`, or in a path: its value is recognised instead, as secret scanners recognise it. Bounded
- * and exact: unbounded, in any case and from 20 characters on, the pattern met one RS256 token in ~2,250 (`kgW_`
- * and 20 more inside its base64url), whose `Authorization` was then kept from the service.
+ * perhaps percent-encoded, with no base64url character touching it on either side (a percent-escape before it, as
+ * in `%3Dkgw_...` inside an encoded URL, is a boundary: its hex digits are not the key's). The names above miss a key
+ * sent as `?k=` or `?client=`, or in a path: its value is recognised instead, as secret scanners recognise it.
+ * Bounded and exact: unbounded, in any case and from 20 characters on, the pattern met one RS256 token in ~2,250
+ * (`kgW_` and 20 more inside its base64url), whose `Authorization` was then kept from the service.
  */
-const API_KEY_FOUND = /(?<![A-Za-z0-9_-])kgw(?:_|%5[Ff])(?:[A-Za-z0-9-]|_|%5[Ff]|%2[Dd]){43}(?![A-Za-z0-9_-])/;
+const API_KEY_FOUND = /(?:(?<![A-Za-z0-9_-])|(?<=%[0-9A-Fa-f]{2}))kgw(?:_|%5[Ff])(?:[A-Za-z0-9-]|_|%5[Ff]|%2[Dd]){43}(?![A-Za-z0-9_-])/;
 const API_KEYS_FOUND = new RegExp(API_KEY_FOUND.source, 'g');
 
 /** Whether text holds a gateway API key. */

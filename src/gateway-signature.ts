@@ -185,6 +185,15 @@ export const SIGNATURE_REFUSED_HINT = "are the gateway's and the service's signi
 /** 43 base64url characters, the last one's two unused bits zero: a 32-byte MAC as written, one spelling only. */
 const HEADER_FORMAT = /^t=(\d{1,12}),v([23])=([A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$/;
 
+/**
+ * Whether a signature header is of the form that covers the request id (v3). A v2 signature (the release before's,
+ * still verified so that services can be updated first) vouches for the method, target and identity only: a service
+ * takes its request's X-Request-Id for none of its own, or a captured v2 request could be sent again under any id.
+ */
+export function signsRequestId(header: string | string[] | undefined): boolean {
+  return typeof header === 'string' && header.includes(',v3=');
+}
+
 /** Why a request's signature was not accepted; undefined when it was. */
 export type SignatureProblem = 'missing' | 'malformed' | 'expired' | 'mismatch';
 

@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { GRPC_SERVER_ERROR_CODES } from '../../otel/grpc-server-span-status';
 import type { Logger } from '../../otel/logger';
 import { AUTH_REALM, HEADER, SIGNATURE_CHALLENGE_SCHEME } from '../../otel/wire-names';
-import { verifyGatewaySignature, type SignatureProblem } from '../../src/gateway-signature';
+import { signsRequestId, verifyGatewaySignature, type SignatureProblem } from '../../src/gateway-signature';
 import { serviceRequestId } from '../../src/middleware/request-id';
 import { callerFromMetadata, grpcError, grpcServiceDefinition, metadataValue } from '../shared/grpc-service';
 import type { Caller } from '../shared/service-app';
@@ -78,7 +78,8 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
     const ms = performance.now() - started;
     // Only what the gateway signed is believed, its request id included: a peer's forged x-request-id would
     // otherwise have its refusal logged under someone else's id. It gets one of its own, as over HTTP.
-    const signed = metadata !== undefined && signatureProblemOfCall({ metadata, getPath: () => path }) === undefined;
+    // A v2 signature (the release before's) does not cover the id: it is not believed (signsRequestId).
+    const signed = metadata !== undefined && signatureProblemOfCall({ metadata, getPath: () => path }) === undefined && (keys === undefined || signsRequestId(metadataValue(metadata, HEADER.gatewaySignature)));
     // Held to the gateway's rule too (as over HTTP): a 10 KB or quoted id is logged as none of it.
     const requestId = serviceRequestId(signed ? metadataValue(metadata, HEADER.requestId) || undefined : undefined, signed);
     // `rpc.method` is the service's own method name, never the path a caller sent: a method this server does not

@@ -10,7 +10,7 @@ import { AUTH_REALM, HEADER, SIGNATURE_CHALLENGE_SCHEME, SIGNATURE_REFUSED_CODE 
 import { describeFirstIssue } from './input-limits';
 import { nestedAtMost } from '../../src/json-depth';
 import { duplicateJsonKey } from '../../src/json-duplicate-keys';
-import { SIGNED_HEADERS, verifyGatewaySignature, type GatewaySigner, type SignatureProblem, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
+import { SIGNED_HEADERS, signsRequestId, verifyGatewaySignature, type GatewaySigner, type SignatureProblem, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 import { serviceRequestId } from '../../src/middleware/request-id';
 
 /** An error a service answers with; `code` is stable, `detail` is for humans. */
@@ -221,7 +221,8 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     if (problem !== undefined) refusedSignatures.set(ctx, problem);
     // Held to the gateway's own rule too (isWellFormedRequestId): `/health` is answered unsigned, and it echoed and
     // logged whatever id a peer sent, 10 KB of it or with bytes a log reader trips on.
-    const requestId = serviceRequestId(ctx.get(HEADER.requestId) || undefined, problem === undefined);
+    // A v2 signature (the release before's) does not cover the id: it is not believed (signsRequestId).
+    const requestId = serviceRequestId(ctx.get(HEADER.requestId) || undefined, problem === undefined && (keys === undefined || signsRequestId(ctx.req.headers[HEADER.gatewaySignature])));
     if (requestId !== undefined) requestIds.set(ctx, requestId);
     if (requestId) ctx.set(HEADER.requestId, requestId);
     try {
@@ -302,7 +303,7 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
       // quotes the body around the error (a password among it): one fixed detail instead, as the gateway answers.
       // A body whose gzip, deflate or br encoding is corrupt fails in zlib with none, which would read as a 500.
       const status = (error as { status?: unknown }).status;
-      if (status === 400) throw new ServiceError(400, 'invalid_body', 'The body is not valid JSON.');
+      if (error instanceof SyntaxError) throw new ServiceError(400, 'invalid_body', 'The body is not valid JSON.');
       if (typeof status === 'number') throw error;
       throw new ServiceError(400, 'bad_request', 'The body could not be decoded (its Content-Encoding does not match its bytes).');
     }

@@ -51,9 +51,9 @@ export function resolveProtoImport(target: string, relative: string | null, exis
 
 /**
  * `import "x.proto";` or `import 'x.proto';` (and `import public` / `import weak`), anywhere outside comments, with
- * or without a blank before the quote (`import"x.proto";` is protobuf too, and was missed).
+ * or without a blank before the quote (`import"x.proto";`, `import public"x.proto";` are protobuf too, and were missed).
  */
-const IMPORT = /\bimport\s*(?:public\s+|weak\s+)?(["'])([^"'\n]+)\1\s*;/g;
+const IMPORT = /\bimport\s*(?:(?:public|weak)\s*)?(["'])([^"'\n]+)\1\s*;/g;
 
 /**
  * The proto sources a config's gRPC routes load, read once: each file and every file it imports (protobufjs' own

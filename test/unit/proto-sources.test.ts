@@ -105,5 +105,9 @@ describe('loadProtoRoot from a version\'s sources', () => {
     const sources = readProtoSources([main]);
     expect(Object.keys(sources)).toEqual([main, path.join(dir, 'types.proto')]);
     expect(fieldsOfT(loadProtoRoot(main, sources))).toEqual(['id']);
+    // `import public` and `import weak` without a blank before the quote, as protobufjs reads them.
+    writeFileSync(main, 'syntax = "proto3";\nimport public"types.proto";\nimport weak"other.proto";\nmessage M { T t = 1; }\n');
+    writeFileSync(path.join(dir, 'other.proto'), 'syntax = "proto3";\nmessage O { string o = 1; }\n');
+    expect(Object.keys(readProtoSources([main]))).toEqual([main, path.join(dir, 'types.proto'), path.join(dir, 'other.proto')]);
   });
 });

@@ -56,6 +56,11 @@ describe('redactUrl (access-log query redaction)', () => {
       { desc: 'in a path segment', url: `/api/orders/${key}/items`, expected: '/api/orders/REDACTED/items' },
       { desc: 'with its underscore percent-encoded', url: `/api/x?client=kgw%5F${secret}`, expected: '/api/x?client=REDACTED' },
       { desc: 'between dots', url: `/api/x/v1.${key}.json`, expected: '/api/x/v1.REDACTED.json' },
+      // After a percent-escape, whose hex digits are no part of it: an encoded URL, JSON or phrase in a parameter.
+      { desc: 'in an encoded URL in a parameter', url: `/api/x?redirect=https%3A%2F%2Fa%2Fcb%3Fk%3D${key}`, expected: '/api/x?redirect=https%3A%2F%2Fa%2Fcb%3Fk%3DREDACTED' },
+      { desc: 'after an encoded blank', url: `/api/x?q=Bearer%20${key}`, expected: '/api/x?q=Bearer%20REDACTED' },
+      { desc: 'in encoded JSON', url: `/api/x?filter=%7B%22key%22%3A%22${key}%22%7D`, expected: '/api/x?filter=%7B%22key%22%3A%22REDACTED%22%7D' },
+      { desc: 'after an encoded slash in a path', url: `/api/x%2F${key}`, expected: '/api/x%2FREDACTED' },
     ])('redacts one $desc', ({ url, expected }) => {
       expect(redactUrl(url)).toBe(expected);
     });
