@@ -4,7 +4,7 @@ import type Koa from 'koa';
 import type { Agent } from 'undici';
 import { createUpstreamAgent } from './middleware/proxy';
 import type { Logger } from '../otel/logger';
-import { checkCrossFieldRules, ConfigError, deepFreeze, type GatewayConfig } from './config';
+import { checkCrossFieldRules, ConfigError, deepFreeze, valueAt, type GatewayConfig } from './config';
 import { RateLimitWindows } from './rate-limit-store';
 import { NewestMemoryStore } from './response-store';
 import type { GrpcClientCache } from './grpc/grpc-clients';
@@ -76,10 +76,6 @@ export interface ActiveConfig {
 export function activeConfig(config: GatewayConfig, pendingRestart: string[] = []): ActiveConfig {
   const protoSources = grpcProtoSources(config);
   return { config, ...(protoSources && { protoSources }), version: configVersion(config, protoSources), loadedAt: new Date().toISOString(), pendingRestart };
-}
-
-function valueAt(config: unknown, dotted: string): unknown {
-  return dotted.split('.').reduce<unknown>((node, key) => (typeof node === 'object' && node !== null ? (node as Record<string, unknown>)[key] : undefined), config);
 }
 
 /** `next` with the running values of the restart-only keys, and the keys whose values differed. */

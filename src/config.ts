@@ -887,9 +887,14 @@ export function envShadowedKeys(env: Env = process.env, cwd: string = process.cw
     return [];
   }
   return envOverrides(env).flatMap(({ name, keyPath, value }) => {
-    const written = keyPath.split('.').reduce<unknown>((node, key) => (typeof node === 'object' && node !== null && Object.hasOwn(node, key) ? (node as Record<string, unknown>)[key] : undefined), file);
+    const written = valueAt(file, keyPath);
     return written === undefined || JSON.stringify(written) === JSON.stringify(value) ? [] : [`${keyPath} (${name})`];
   });
+}
+
+/** The value at a dotted key path (`rateLimit.max`) of a config or a parsed config file, own members only; else undefined. */
+export function valueAt(config: unknown, dotted: string): unknown {
+  return dotted.split('.').reduce<unknown>((node, key) => (typeof node === 'object' && node !== null && Object.hasOwn(node, key) ? (node as Record<string, unknown>)[key] : undefined), config);
 }
 
 function setPath(target: Record<string, unknown>, dotted: string, value: unknown): void {
