@@ -139,5 +139,10 @@ export function cutResponse(ctx: Context): void {
     resetStream(response.stream, http2.constants.NGHTTP2_INTERNAL_ERROR);
     return;
   }
+  // Node holds a written head until the first body byte: a service that sent its head and died before any body
+  // left the client with no answer at all, which on a kept-alive connection reads as one closed while idle (a POST
+  // the service took, answered with nothing). The head goes out first, so the client sees the status and a body
+  // its framing shows short (as nginx does). A no-op once the head is out; none is written when none was set.
+  if (ctx.res.headersSent && !ctx.res.destroyed) ctx.res.flushHeaders();
   ctx.res.destroy();
 }

@@ -430,6 +430,9 @@ export function createProxy(options: ProxyOptions): Middleware {
           },
           onResponseStart(controller, statusCode, upstreamHeaders, statusMessage) {
             touch();
+            // Below 100 is no status (RFC 9110 15): undici's parser took it for an interim answer and then failed an
+            // assertion at its end, which read as a reset: the request was resent and the instance ejected.
+            if (statusCode < MIN_STATUS) return void badResponse(controller, statusOutOfRange(statusCode));
             if (statusCode < 200) {
               // An interim answer (RFC 9110 15.2), then the final one: 103 Early Hints goes on to a client that
               // can take it (its Link preloads); the others (102 Processing) say nothing the client needs.
@@ -437,7 +440,7 @@ export function createProxy(options: ProxyOptions): Middleware {
               // them without end filled the gateway's memory at its own rate until the deadline.
               if (statusCode === 103 && upstreamHeaders.link !== undefined && req.httpVersion !== '1.0' && earlyHintsRelayed < MAX_EARLY_HINTS_RELAYED) {
                 earlyHintsRelayed++;
-                relayEarlyHints(res, publicLinks(upstreamHeaders.link, instance.origin, ctx, route));
+                relayEarlyHints(res, publicLinks(upstreamHeaders.link, instance.origin, ctx, route), rules?.response, ctx);
               }
               return;
             }
@@ -690,9 +693,14 @@ export const MAX_EARLY_HINTS_RELAYED = 4;
  * (RFC 8297), and thrown inside undici's handler the refusal failed the whole exchange, a GET resent to the
  * service and its instance blamed, a POST it had done answered 502.
  */
-function relayEarlyHints(res: KoaContext['res'], link: string | string[]): void {
+function relayEarlyHints(res: KoaContext['res'], link: string | string[], responseRule: RouteHeaderRules['response'], ctx: KoaContext): void {
   try {
-    res.writeEarlyHints({ link: linkValues(link) });
+    // The route's response rule first, as on the final answer: a `Link` the operator hides (proxy.hideUpstreamHeaders,
+    // a route's `remove`) went out in the 103 all the same, naming what the final answer no longer did.
+    const hints: http.OutgoingHttpHeaders = { link };
+    responseRule?.(hints, ctx);
+    if (hints.link === undefined) return;
+    res.writeEarlyHints({ link: linkValues(hints.link as string | string[]) });
   } catch {
     // Not passed on: the final answer follows as it would without hints.
   }
@@ -885,6 +893,14 @@ const SINGLE_URL_FIELDS = ['location', 'content-location', 'refresh'];
 /** The last status code HTTP defines a class for (RFC 9110 15: 1xx-5xx). */
 const MAX_STATUS = 599;
 
+/** The least status code (RFC 9110 15: 100-599). */
+const MIN_STATUS = 100;
+
+/** unforwardableResponse's reason for a status no client can read. */
+function statusOutOfRange(statusCode: number): string {
+  return `a status code outside ${MIN_STATUS}-${MAX_STATUS} (${statusCode})`;
+}
+
 /** A reason phrase Node writes as it is: visible ASCII, spaces and tabs. */
 const WRITABLE_REASON_PHRASE = /^[\t\x20-\x7e]*$/;
 
@@ -900,7 +916,7 @@ const WRITABLE_REASON_PHRASE = /^[\t\x20-\x7e]*$/;
  * failure, nor retried (a deployment fault, every instance the same).
  */
 function unforwardableResponse(statusCode: number, headers: http.IncomingHttpHeaders): string | undefined {
-  if (statusCode > MAX_STATUS) return `a status code outside 100-599 (${statusCode})`;
+  if (statusCode > MAX_STATUS) return statusOutOfRange(statusCode);
   for (const name of SINGLE_URL_FIELDS) if (Array.isArray(headers[name])) return `more than one ${name} field`;
   const codings = headers['transfer-encoding'];
   if (codings !== undefined && String(codings).trim().toLowerCase() !== 'chunked') return `a transfer-coding the gateway does not decode (${String(codings).slice(0, 40)})`;

@@ -1,7 +1,8 @@
 import http from 'node:http';
 import net from 'node:net';
 import { MAX_EARLY_HINTS_RELAYED } from '../../src/middleware/proxy';
-import { HEADER } from '../../otel/wire-names';
+import { ACCESS_LINE_MESSAGE, HEADER, LOG_FIELD } from '../../otel/wire-names';
+import { waitFor } from '../helpers/wait';
 import { login, startStack, type TestStack } from '../helpers/stack';
 
 /**
@@ -32,6 +33,12 @@ const ANSWERS: Record<string, string> = {
   // RFC 9110 15 defines no status beyond 599; some frameworks use 6xx-9xx for errors of their own.
   '/orders/status-600': `HTTP/1.1 600 Unknown\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/status-999': `HTTP/1.1 999 Request Denied\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  // Below 100: undici's parser takes it for an interim answer, then fails an assertion at the message's end.
+  '/orders/status-099': `HTTP/1.1 099 Odd\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  '/orders/status-000': `HTTP/1.1 000 Nothing\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  // A head, then the service dies before any byte of the body it announced (a crash, a proxy's cut).
+  '/orders/head-then-close': `HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n`,
+  '/orders/chunked-head-then-close': `HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n`,
   // Connection-specific (RFC 7540 3.2.1), not listed in Connection: what a service upgraded over h2c may still send.
   '/orders/http2-settings': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   // notification-service's refusal of a signature made with another key (its challenge names the gateway's scheme),
@@ -358,7 +365,7 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
     expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
   });
 
-  it.each(['/orders/status-600', '/orders/status-999'])('answers %s (a status outside 100-599) with 502 upstream_bad_response: asked once, the instance not blamed', async (path) => {
+  it.each(['/orders/status-600', '/orders/status-999', '/orders/status-099', '/orders/status-000'])('answers %s (a status outside 100-599) with 502 upstream_bad_response: asked once, the instance not blamed', async (path) => {
     // Past the default ejection (3 failures in a row): a response counted as the instance's failure would eject it.
     for (let round = 0; round < 4; round++) {
       const before = service.asked.get(path) ?? 0;
@@ -402,5 +409,77 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
       expect(JSON.parse(answer.body)).toMatchObject({ code: 'upstream_bad_response', requestId: answer.headers[HEADER.requestId] });
     }
     expect((await get(`${stack.gateway.url}/api/orders/plain`, token)).status).toBe(200);
+  });
+});
+
+/** One request over a raw connection: every byte the gateway sent until it closed the connection. */
+function rawExchange(url: string, request: string): Promise<string> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    let received = '';
+    const socket = net.connect(Number(port), hostname, () => socket.write(request));
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => (received += chunk));
+    socket.on('error', reject);
+    socket.on('close', () => resolve(received));
+  });
+}
+
+describe('a service that sends its head and dies before the body', () => {
+  let service: Awaited<ReturnType<typeof startRawService>>;
+  let stack: TestStack;
+  let token: string;
+
+  beforeAll(async () => {
+    service = await startRawService();
+    stack = await startStack({ serviceUrls: { orders: service.url }, env: { RATE_LIMIT_MAX: '100000' } });
+    token = await login(stack.gateway.url);
+  });
+  afterAll(async () => {
+    await stack.close();
+    await service.close();
+  });
+
+  // Node holds a written head until the first body byte: cut then, the client got no byte at all, which on a kept-alive
+  // connection reads as one the gateway closed while idle (a POST the service took, answered with nothing).
+  it('passes the head on, then closes: the client sees the status and a body shorter than its Content-Length', async () => {
+    const received = await rawExchange(stack.gateway.url, `POST /api/orders/head-then-close HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`);
+    const [head = '', body = ''] = received.split('\r\n\r\n');
+    expect(head).toMatch(/^HTTP\/1\.1 201 /);
+    expect(head).toMatch(/\r\ncontent-length: 100(\r\n|$)/i);
+    expect(body.length).toBeLessThan(100);
+    const requestId = /\r\nx-request-id: ([^\r]+)/i.exec(head)?.[1];
+    const accessLine = () => stack.gatewayLogs.find((line) => line[LOG_FIELD.requestId] === requestId && line.message === ACCESS_LINE_MESSAGE);
+    await waitFor(() => accessLine() !== undefined, 'its access line');
+    expect(accessLine()).toMatchObject({ status: 201, error_code: 'upstream_reset' });
+  });
+
+  it('passes a chunked head on, then closes without the last chunk', async () => {
+    const received = await rawExchange(stack.gateway.url, `GET /api/orders/chunked-head-then-close HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+    expect(received).toMatch(/^HTTP\/1\.1 201 /);
+    expect(received).toMatch(/\r\ntransfer-encoding: chunked\r\n/i);
+    expect(received).not.toMatch(/(^|\r\n)0\r\n\r\n$/);
+  });
+});
+
+describe('103 Early Hints under the operator\'s hidden headers', () => {
+  let service: Awaited<ReturnType<typeof startRawService>>;
+  let stack: TestStack;
+  let token: string;
+
+  beforeAll(async () => {
+    service = await startRawService();
+    stack = await startStack({ serviceUrls: { orders: service.url }, overrides: { proxy: { timeoutMs: 10_000, hideUpstreamHeaders: ['server', 'link'] } } });
+    token = await login(stack.gateway.url);
+  });
+  afterAll(async () => {
+    await stack.close();
+    await service.close();
+  });
+
+  // The final answer's Link was hidden and the 103's went out all the same, naming what the answer no longer did.
+  it('relays no 103 whose Link the operator hides, as the final answer carries none', async () => {
+    const answer = await get(`${stack.gateway.url}/api/orders/early-hints-instance`, token);
+    expect({ status: answer.status, link: answer.headers.link, interim: answer.interim }).toEqual({ status: 200, link: undefined, interim: [] });
   });
 });
