@@ -1,3 +1,5 @@
+import { percentDecodedLeniently } from './percent-decoding';
+
 /**
  * Query secrets kept out of telemetry: the access log's `url`, the gateway's SERVER span's `url.query` and its
  * upstream CLIENT spans' `url.full`, and the services' SERVER spans' `url.query` (the gateway forwards the query
@@ -44,13 +46,10 @@ export function isSecretName(rawName: string): boolean {
   let name = rawName.replaceAll('+', ' ');
   for (let round = 0; round <= MAX_NAME_DECODINGS; round++) {
     if (SECRET_QUERY_PARAM.test(name)) return true;
-    if (!name.includes('%')) return false;
-    try {
-      name = decodeURIComponent(name);
-    } catch {
-      // Malformed escapes: decode the well-formed ones only (`%zz%74oken` still reads as `...token`).
-      name = name.replace(/%[0-9a-f]{2}/gi, (escape) => String.fromCharCode(parseInt(escape.slice(1), 16)));
-    }
+    // Malformed escapes are left as they are and the well-formed ones decoded (`%zz%74oken` still reads as `...token`).
+    const decoded = percentDecodedLeniently(name);
+    if (decoded === name) return false;
+    name = decoded;
   }
   return SECRET_QUERY_PARAM.test(name);
 }
