@@ -44,6 +44,13 @@ const correlation = winston.format((info) => {
   return info;
 });
 
+/** winston's JSON line with what JSON.stringify leaves raw and a terminal must not get escaped (TERMINAL_CONTROLS), as logLine's. */
+const terminalControlsEscaped = winston.format((info) => {
+  const line = info[MESSAGE];
+  if (typeof line === 'string') info[MESSAGE] = withTerminalControlsEscaped(line);
+  return info;
+});
+
 /** A JSON-lines winston logger on stdout, one per process, passed to whatever needs to log. */
 export function createLogger(options: LoggerOptions): Logger {
   const stdout = (options.stdout ?? true) ? [new StdoutLineTransport()] : [];
@@ -52,7 +59,7 @@ export function createLogger(options: LoggerOptions): Logger {
     level: options.level ?? 'info',
     silent: options.silent ?? false,
     defaultMeta: { [LOG_FIELD.serviceName]: options.serviceName },
-    format: winston.format.combine(winston.format.timestamp(), correlation(), winston.format.json()),
+    format: winston.format.combine(winston.format.timestamp(), correlation(), winston.format.json(), terminalControlsEscaped()),
     transports: [...stdout, ...otel, ...(options.transports ?? [])],
   });
 }
@@ -153,7 +160,7 @@ function sortedJson(line: Record<string, unknown>): string {
     const names = json === '' ? shape.firstNames : shape.names;
     if (typeof value === 'string') {
       // Tested once here: a string with something to escape goes straight to JSON.stringify, not through jsonValue's test again.
-      json += NEEDS_ESCAPING.test(value) ? names.bare[index]! + JSON.stringify(value) : names.quoted[index]! + value + '"';
+      json += NEEDS_ESCAPING.test(value) ? names.bare[index]! + escapedJson(value) : names.quoted[index]! + value + '"';
       continue;
     }
     const text = jsonValue(value);
@@ -177,8 +184,29 @@ function sameKeys(a: readonly string[], b: readonly string[]): boolean {
   return true;
 }
 
-/** Characters JSON.stringify escapes in a string: quote, backslash, controls, and surrogates (lone ones; pairs are written as they are, by JSON.stringify too). */
-const NEEDS_ESCAPING = /["\\\u0000-\u001f\ud800-\udfff]/;
+/**
+ * Characters a string field cannot be written with as it is: those JSON.stringify escapes (quote, backslash, C0
+ * controls, lone surrogates; pairs are written as they are, by JSON.stringify too) and those it leaves raw that a
+ * reader of the line must not get raw (TERMINAL_CONTROLS).
+ */
+const NEEDS_ESCAPING = /["\\\u0000-\u001f\u007f-\u009f\u2028\u2029\ud800-\udfff]/;
+
+/**
+ * DEL, the C1 controls and the line and paragraph separators, which JSON.stringify leaves raw: a client's `\u009b`
+ * (an 8-bit CSI) in a URL reached the line as it came, for the terminal of whoever reads the log with `tail`, and
+ * U+2028 ends a line for some readers. Written as `\uXXXX`, as JSON allows for any character.
+ */
+const TERMINAL_CONTROLS = /[\u007f-\u009f\u2028\u2029]/g;
+
+/** JSON text with TERMINAL_CONTROLS escaped. */
+function withTerminalControlsEscaped(json: string): string {
+  return json.search(TERMINAL_CONTROLS) === -1 ? json : json.replace(TERMINAL_CONTROLS, (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+/** A string's JSON text with TERMINAL_CONTROLS escaped too. */
+function escapedJson(value: string): string {
+  return withTerminalControlsEscaped(JSON.stringify(value));
+}
 
 /** A field's JSON text for any value but a string (sortedJson writes those itself); undefined where JSON leaves the key out. */
 function jsonValue(value: unknown): string | undefined {
@@ -186,7 +214,8 @@ function jsonValue(value: unknown): string | undefined {
   if (value === null) return 'null';
   if (value === true) return 'true';
   if (value === false) return 'false';
-  return JSON.stringify(value) as string | undefined;
+  const json = JSON.stringify(value) as string | undefined;
+  return json === undefined ? undefined : withTerminalControlsEscaped(json);
 }
 
 /**

@@ -103,6 +103,20 @@ describe('logLine (the access log fast path)', () => {
     });
   });
 
+  // JSON.stringify leaves DEL, the C1 controls and U+2028/2029 raw: a client's \u009b (an 8-bit CSI) in a URL reached the
+  // terminal of whoever read the log with `tail` as it came.
+  it('writes DEL, C1 controls and the line separators escaped, on the fast path and through winston, as the same value', async () => {
+    const { logger, lines } = capturingLogger();
+    const hostile = { url: '/api/users/1?q=\u009b31m\u0085x\u007f\u2028\u2029', detail: { nested: '\u009d0;title\u0007' } };
+    logLine(logger, 'info', 'request completed', { url: hostile.url }, ROOT_CONTEXT);
+    logger.info('request failed', hostile);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(lines).toHaveLength(2);
+    for (const line of lines) expect(line).not.toMatch(/[\u007f-\u009f\u2028\u2029]/);
+    expect(JSON.parse(lines[0]!)).toMatchObject({ url: hostile.url });
+    expect(JSON.parse(lines[1]!)).toMatchObject(hostile);
+  });
+
   it("honours the logger's and each transport's level, and silence", () => {
     const { logger, lines, infos } = capturingLogger('warn');
     logLine(logger, 'info', 'below the logger level', fields, ROOT_CONTEXT);
