@@ -8,3 +8,17 @@ const LONE_SURROGATE = /\p{Surrogate}/u;
 export function isWellFormedText(text: string): boolean {
   return !LONE_SURROGATE.test(text);
 }
+
+/** U+FFFD, what a decoder writes for bytes that are not UTF-8. */
+const REPLACEMENT_CHARACTER = '\ufffd';
+
+/**
+ * Whether a credential (a password, the email it goes with) is the text its sender meant: well formed
+ * (isWellFormedText), and without U+FFFD, which the body parsers (the gateway's login, the services') write for every
+ * byte that is not UTF-8. `caf\xE9` and `caf\xFF` were both `caf\uFFFD`: a password sent as Latin-1 made each of its
+ * accented letters a wildcard that any other such byte matched. A client that means U+FFFD itself is refused too:
+ * no password needs it.
+ */
+export function isIntactCredential(text: string): boolean {
+  return isWellFormedText(text) && !text.includes(REPLACEMENT_CHARACTER);
+}

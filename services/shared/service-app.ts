@@ -296,6 +296,12 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     if (hasBody && BODY_METHODS.has(ctx.method) && ctx.request.is(JSON_BODY_TYPES) === false) {
       throw new ServiceError(415, 'unsupported_media_type', `The body must be JSON (Content-Type: application/json), not ${ctx.request.type || 'untyped'}.`);
     }
+    // JSON is UTF-8 (RFC 8259 8.1) and the parser reads every body as UTF-8: a Latin-1 or UTF-16 body it was told
+    // about was read as other text than the client sent (each byte that is not UTF-8 a U+FFFD), and stored.
+    const charset = ctx.request.charset.toLowerCase();
+    if (hasBody && BODY_METHODS.has(ctx.method) && charset !== '' && charset !== 'utf-8' && charset !== 'utf8') {
+      throw new ServiceError(415, 'unsupported_media_type', 'The body must be UTF-8 JSON (no other charset).');
+    }
     try {
       await parseBody(ctx, async () => {});
     } catch (error) {

@@ -6,7 +6,7 @@ import { CREDENTIAL_LIMITS, SERVICE_NAME } from '../../otel/wire-names';
 import { callerId } from '../shared/input-limits';
 import { createServiceApp, requireCaller, ServiceError, USER_CHALLENGE, validBody, validParam } from '../shared/service-app';
 import { DuplicateEmailError, UserStore, UserStoreFullError } from './user-store';
-import { isWellFormedText } from '../../src/unicode-text';
+import { isIntactCredential } from '../../src/unicode-text';
 
 export interface UsersAppOptions {
   logger: Logger;
@@ -21,12 +21,13 @@ export interface UsersAppOptions {
 
 /**
  * A password is hashed as UTF-8, where every lone surrogate becomes U+FFFD: eight different lone surrogates were one
- * password (`\uFFFD` eight times), and any other eight of them logged in as it. Such a string is refused.
+ * password (`\uFFFD` eight times), and any other eight of them logged in as it. The body parser makes U+FFFD of
+ * every byte that is not UTF-8 as well (`caf\xE9` and `caf\xFF` were one password). Such a string is refused.
  */
 const wellFormedPassword = z
   .string()
   .max(CREDENTIAL_LIMITS.passwordMaxLength)
-  .refine(isWellFormedText, { message: 'must not hold unpaired surrogates' });
+  .refine(isIntactCredential, { message: 'must be UTF-8 text (no unpaired surrogates, no bytes that are not UTF-8)' });
 
 const registration = z.object({
   // Bounded as sent, then trimmed: bounded after the trim, a name padded with a megabyte of spaces was stored as the

@@ -18,7 +18,7 @@ import { readAtMost } from '../bounded-body';
 import { SIGNATURE_REFUSED_HINT, type GatewaySigner } from '../gateway-signature';
 import { nestedAtMost } from '../json-depth';
 import { duplicateJsonKey } from '../json-duplicate-keys';
-import { isWellFormedText } from '../unicode-text';
+import { isIntactCredential } from '../unicode-text';
 import { routeKey } from '../routes';
 
 /** Where user-service checks credentials. Outside `/users`, so no public route can reach it. */
@@ -65,8 +65,9 @@ function readCredentials(body: unknown): Credentials {
   // The values themselves are never echoed: the password is a secret, and either could be a log-injection payload.
   if (email.length > CREDENTIAL_LIMITS.emailMaxLength) throw new GatewayError('invalid_body', `"email" must be at most ${CREDENTIAL_LIMITS.emailMaxLength} characters.`);
   if (password.length > CREDENTIAL_LIMITS.passwordMaxLength) throw new GatewayError('invalid_body', `"password" must be at most ${CREDENTIAL_LIMITS.passwordMaxLength} characters.`);
-  // Hashed as UTF-8, an unpaired surrogate is U+FFFD: many strings would be one password (user-service refuses them too).
-  if (!isWellFormedText(email) || !isWellFormedText(password)) throw new GatewayError('invalid_body', '"email" and "password" must not hold unpaired surrogates.');
+  // Hashed as UTF-8, an unpaired surrogate is U+FFFD, and so is each byte of the body that was not UTF-8: many strings
+  // would be one password (user-service refuses them too).
+  if (!isIntactCredential(email) || !isIntactCredential(password)) throw new GatewayError('invalid_body', '"email" and "password" must be UTF-8 text (no unpaired surrogates, no bytes that are not UTF-8).');
   return { email, password };
 }
 

@@ -1081,6 +1081,8 @@ describe('hostile input at the gateway', () => {
       { desc: 'an email given twice', body: '{"email":"alice@example.com","email":"bob@example.com","password":"builder"}' },
       { desc: 'a password given twice', body: '{"email":"bob@example.com","password":"wrong","password":"builder"}' },
       { desc: 'a password of unpaired surrogates', body: JSON.stringify({ email: 'bob@example.com', password: '\udc00'.repeat(8) }) },
+      // Each byte that is not UTF-8 is read as U+FFFD: `d\xE9j\xE0-vu!` and `d\xFFj\xFF-vu!` were one password.
+      { desc: 'a password in bytes that are not UTF-8', body: Buffer.from('{"email":"bob@example.com","password":"d\xe9j\xe0-vu!"}', 'latin1') },
       // Under the 16 KiB limit, deeper than a recursive scan for duplicate keys would survive.
       { desc: 'nesting 8,000 levels deep', body: `{"email":"bob@example.com","password":"builder","x":${'['.repeat(8000)}${']'.repeat(8000)}}` },
     ])('refuses a login body with $desc with 400 invalid_body, asking user-service nothing', async ({ body }) => {

@@ -231,4 +231,24 @@ describe('bodies read one way only', () => {
     // A password in any script, paired surrogates (emoji) included, is text.
     expect((await register(JSON.stringify({ name: 'Emoji', email: 'emoji@example.com', password: '😀😀😀😀 long' }))).status).toBe(201);
   });
+
+  // The parser reads each byte that is not UTF-8 as U+FFFD: a password registered in Latin-1 (`d\xE9j\xE0-vu!`) then let
+  // in `d\xFFj\xFF-vu!` and any other bytes in those places.
+  it('refuses a password in bytes that are not UTF-8, at registration and at the credential check', async () => {
+    const latin1 = (text: string) => Buffer.from(text, 'latin1');
+    const registered = await fetch(`${users.url}/users`, { method: 'POST', headers: { 'content-type': 'application/json', [HEADER.requestId]: 'bodies' }, body: latin1('{"name":"Latin","email":"latin@example.com","password":"d\xe9j\xe0-vu!"}') });
+    expect(registered.status).toBe(400);
+    const check = await fetch(`${users.url}/internal/credentials/verify`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: latin1('{"email":"alice@example.com","password":"\xff\xff\xff\xff\xff\xff\xff\xff"}') });
+    expect(check.status).toBe(400);
+    // The same password in UTF-8 is text.
+    expect((await register(JSON.stringify({ name: 'Latin', email: 'latin@example.com', password: 'déjà-vu!' }))).status).toBe(201);
+  });
+
+  it('refuses a body declared in a charset other than UTF-8 with 415, before reading it as UTF-8', async () => {
+    const response = await fetch(`${users.url}/users`, { method: 'POST', headers: { 'content-type': 'application/json; charset=iso-8859-1' }, body: Buffer.from('{"name":"Cs","email":"cs@example.com","password":"d\xe9j\xe0-vu!!"}', 'latin1') });
+    expect(response.status).toBe(415);
+    expect(await problemOf(response)).toMatchObject({ code: 'unsupported_media_type' });
+    const utf8 = await fetch(`${users.url}/users`, { method: 'POST', headers: { 'content-type': 'application/json; charset=UTF-8' }, body: JSON.stringify({ name: 'Cs', email: 'cs@example.com', password: 'déjà-vu!!' }) });
+    expect(utf8.status).toBe(201);
+  });
 });
