@@ -4,7 +4,10 @@ import type { GatewayMetrics } from './metrics';
 /**
  * The instances of one service, chosen round robin, with passive health: an instance whose connection
  * fails (refused, reset before answering, timed out) `ejectAfterFailures` times in a row gets no traffic for
- * `ejectMs`, then is tried again. Any response (whatever its status) proves it alive.
+ * `ejectMs`, then is tried again. Any response (whatever its status) proves it alive. While every instance is out,
+ * one request per EJECTED_TRIAL_INTERVAL_MS goes to each as a trial (a circuit breaker's half-open state): a service
+ * with one instance, restarted within a second, answered 503 for the whole ejectMs after it was back; the requests
+ * between trials are still answered 503 at once, so a dead service does not hold every request for its timeout.
  */
 export interface UpstreamInstance {
   /** Origin, e.g. `http://10.0.0.7:4001`. */
@@ -29,8 +32,11 @@ export interface InstanceHealth {
 export interface UpstreamPool {
   readonly service: string;
   readonly size: number;
-  /** The next healthy instance not in `exclude`, or undefined when there is none (-> 503). */
-  pick(exclude?: ReadonlySet<UpstreamInstance>): UpstreamInstance | undefined;
+  /**
+   * The next healthy instance not in `exclude`, the first that `prefer` takes if any does; while none is healthy, an
+   * ejected one whose trial is due; otherwise undefined (-> 503).
+   */
+  pick(exclude?: ReadonlySet<UpstreamInstance>, prefer?: (instance: UpstreamInstance) => boolean): UpstreamInstance | undefined;
   reportFailure(instance: UpstreamInstance, reason: string): void;
   reportSuccess(instance: UpstreamInstance): void;
   health(): InstanceHealth[];
@@ -39,12 +45,15 @@ export interface UpstreamPool {
 /**
  * The next healthy instance not in `tried` that has room for one more exchange; `busy` when healthy ones exist but
  * all are full, undefined when none is healthy. The HTTP proxy and the gRPC transcoder both pick this way: checking
- * only the instance round robin names answered every other request 503 while a second instance sat idle.
+ * only the instance round robin names answered every other request 503 while a second instance sat idle. With
+ * `hasFreeConnection`, one whose connections are all busy is passed over while another's are not: round robin gave
+ * a slow instance its share all the same, queued behind its busy connections until they timed out (503), while the
+ * other instance answered in milliseconds (nginx's max_conns moves on the same way).
  */
-export function pickWithRoom(pool: UpstreamPool, tried: ReadonlySet<UpstreamInstance>, hasRoom: (instance: UpstreamInstance) => boolean): UpstreamInstance | 'busy' | undefined {
+export function pickWithRoom(pool: UpstreamPool, tried: ReadonlySet<UpstreamInstance>, hasRoom: (instance: UpstreamInstance) => boolean, hasFreeConnection?: (instance: UpstreamInstance) => boolean): UpstreamInstance | 'busy' | undefined {
   const full = new Set(tried);
   let sawFull = false;
-  for (let instance = pool.pick(full); instance; instance = pool.pick(full)) {
+  for (let instance = pool.pick(full, hasFreeConnection); instance; instance = pool.pick(full, hasFreeConnection)) {
     if (hasRoom(instance)) return instance;
     sawFull = true;
     full.add(instance);
@@ -64,10 +73,15 @@ export interface UpstreamPoolOptions {
   metrics?: GatewayMetrics;
 }
 
+/** While every instance of a service is ejected, how often each is tried with one request, ms (at most ejectMs). */
+export const EJECTED_TRIAL_INTERVAL_MS = 1000;
+
 interface InstanceState extends UpstreamInstance {
   consecutiveFailures: number;
   /** On the pool's monotonic clock (`now`), not the wall clock. */
   ejectedUntil: number;
+  /** While ejected: from when the next trial may go to it (pool's clock). */
+  nextTrialAt: number;
   lastFailure?: string;
   /** This instance's ejection counter, made once. */
   ejections?: { inc(): void };
@@ -77,7 +91,8 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
   // Monotonic, as src/readiness.ts: on Date.now() a wall-clock step back (NTP) kept an ejected instance out for the
   // size of the step, and a recovered service with one instance answered 503 for an hour although ejectMs was 1 s.
   const now = options.now ?? (() => performance.now());
-  const instances: InstanceState[] = options.origins.map((origin) => ({ ...parseOrigin(origin), consecutiveFailures: 0, ejectedUntil: 0 }));
+  const instances: InstanceState[] = options.origins.map((origin) => ({ ...parseOrigin(origin), consecutiveFailures: 0, ejectedUntil: 0, nextTrialAt: 0 }));
+  const trialIntervalMs = Math.min(EJECTED_TRIAL_INTERVAL_MS, options.ejectMs);
   if (options.metrics) {
     // Known from the start, as the ejections below: rate() and increase() need a sample from before the first retry.
     options.metrics.upstreamRetries.inc({ [METRIC_LABEL.upstreamService]: options.service }, 0);
@@ -95,12 +110,28 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
   return {
     service: options.service,
     size: instances.length,
-    pick(exclude) {
+    pick(exclude, prefer) {
       const time = now();
+      let healthy: number | undefined;
+      for (let step = 0; step < instances.length; step++) {
+        const index = (cursor + step) % instances.length;
+        const instance = instances[index]!;
+        if (instance.ejectedUntil > time || exclude?.has(instance)) continue;
+        healthy ??= index;
+        if (prefer && !prefer(instance)) continue;
+        cursor = (index + 1) % instances.length;
+        return instance;
+      }
+      if (healthy !== undefined) {
+        cursor = (healthy + 1) % instances.length;
+        return instances[healthy];
+      }
+      if (instances.some((instance) => instance.ejectedUntil <= time)) return undefined;
+      // Every instance is out: the first whose trial is due gets this request.
       for (let step = 0; step < instances.length; step++) {
         const instance = instances[(cursor + step) % instances.length]!;
-        if (instance.ejectedUntil > time || exclude?.has(instance)) continue;
-        cursor = (cursor + step + 1) % instances.length;
+        if (instance.nextTrialAt > time || exclude?.has(instance)) continue;
+        instance.nextTrialAt = time + trialIntervalMs;
         return instance;
       }
       return undefined;
@@ -112,7 +143,11 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
       if (state.consecutiveFailures >= options.ejectAfterFailures) {
         const time = now();
         // Failures of requests still in flight while it is out extend the ejection; they are not new ones.
-        if (state.ejectedUntil <= time) state.ejections?.inc();
+        if (state.ejectedUntil <= time) {
+          state.ejections?.inc();
+          // Its first trial (should every instance be out) a full interval after the failure that ejected it.
+          state.nextTrialAt = time + trialIntervalMs;
+        }
         state.ejectedUntil = time + options.ejectMs;
       }
     },

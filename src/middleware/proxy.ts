@@ -150,6 +150,7 @@ export function createProxy(options: ProxyOptions): Middleware {
   const capacity = options.maxSockets + options.maxPendingRequests;
   const bodyRate: BodyRate = { minBytesPerSecond: options.minBodyBytesPerSecond, graceMs: options.bodyGracePeriodMs };
   const hasRoom = (instance: UpstreamInstance) => (inFlight.get(instance.origin) ?? 0) < capacity;
+  const hasFreeConnection = (instance: UpstreamInstance) => (inFlight.get(instance.origin) ?? 0) < options.maxSockets;
 
   /** One attempt against one instance; settles when the attempt is over, never rejects. */
   function forward(ctx: KoaContext, instance: UpstreamInstance, attempt: number, parent: OtelContext, route: CompiledRoute, corsApplied: boolean, deadlineAt: number): Promise<Exchange> {
@@ -591,7 +592,7 @@ export function createProxy(options: ProxyOptions): Middleware {
     }
 
     for (let attempt = 1; ; attempt++) {
-      const instance = pickWithRoom(pool, tried, hasRoom);
+      const instance = pickWithRoom(pool, tried, hasRoom, hasFreeConnection);
       if (instance === 'busy') {
         throw new GatewayError('upstream_busy', `Every connection to the ${route.service} service is busy and ${options.maxPendingRequests} requests already wait; try again shortly.`);
       }

@@ -1,9 +1,11 @@
+import net from 'node:net';
 import { SpanKind } from '@opentelemetry/api';
 import { ATTR_HTTP_REQUEST_RESEND_COUNT } from '@opentelemetry/semantic-conventions';
 import { ATTR } from '../../otel/wire-names';
 import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory-tracing';
 import { listen, refusedOrigin as deadOrigin, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
+import { waitFor } from '../helpers/wait';
 
 /** An order-service stand-in that says which instance answered. */
 async function instance(name: string): Promise<TestServer & { hits: number }> {
@@ -132,6 +134,75 @@ describe('load balancing with passive health', () => {
         await fresh.close();
       }
     });
+  });
+
+  // Round robin gave a slow instance its share all the same: queued behind its busy connections until they timed out
+  // (503 upstream_busy), while the other instance answered in milliseconds.
+  it('passes over an instance whose connections are all busy while another has a free one', async () => {
+    const held: (() => void)[] = [];
+    let slowReceived = 0;
+    const slow = await listen((req, res) => {
+      slowReceived++;
+      req.resume();
+      held.push(() => res.end(JSON.stringify({ instance: 'slow' })));
+    });
+    const busy = await startStack({
+      env: { RATE_LIMIT_MAX: '100000' },
+      overrides: { proxy: { timeoutMs: 3000, maxSockets: 2 }, services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder' }, notifications: { url: 'http://placeholder' } } },
+      serviceUrls: { orders: `${slow.url},${b.url}` },
+    });
+    try {
+      // Round robin: the slow instance takes every other request until its two connections are held.
+      const pending: Promise<unknown>[] = [];
+      while (slowReceived < 2) {
+        const seen = slowReceived + b.hits;
+        pending.push(fetch(`${busy.gateway.url}/api/orders`, { headers: { authorization: `Bearer ${token}` } }));
+        await waitFor(() => slowReceived + b.hits > seen, 'the request to reach an instance');
+      }
+      const before = b.hits;
+      for (let i = 0; i < 4; i++) expect(await get(busy.gateway.url, '/api/orders')).toEqual({ status: 200, body: { instance: 'b' } });
+      expect(b.hits - before).toBe(4);
+      expect(slowReceived).toBe(2);
+      held.forEach((release) => release());
+      await Promise.all(pending);
+    } finally {
+      held.forEach((release) => release());
+      await busy.close();
+      await slow.close();
+    }
+  });
+
+  // A service with one instance, restarted, answered 503 for the whole ejectMs (here a minute) after it was back.
+  it('tries an ejected instance again a second later while no instance is healthy, and takes it back when it answers', async () => {
+    const port = await new Promise<number>((resolve) => {
+      const probe = net.createServer().listen(0, '127.0.0.1', () => {
+        const { port: free } = probe.address() as net.AddressInfo;
+        probe.close(() => resolve(free));
+      });
+    });
+    const restarted = await startStack({
+      env: { RATE_LIMIT_MAX: '100000' },
+      overrides: { services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 1, ejectMs: 60_000 }, notifications: { url: 'http://placeholder' } } },
+      serviceUrls: { orders: `http://127.0.0.1:${port}` },
+    });
+    let back: TestServer | undefined;
+    try {
+      expect((await get(restarted.gateway.url, '/api/orders')).status).toBe(502);
+      // Ejected: the next requests are answered at once, without a try.
+      expect((await get(restarted.gateway.url, '/api/orders')).body).toMatchObject({ code: 'upstream_unavailable' });
+      back = await listen((req, res) => {
+        req.resume();
+        res.end(JSON.stringify({ instance: 'back' }));
+      }, port);
+      let answer: Awaited<ReturnType<typeof get>> | undefined;
+      await waitFor(async () => (answer = await get(restarted.gateway.url, '/api/orders')).status === 200, 'the instance to be tried and taken back', 5000);
+      expect(answer!.body).toEqual({ instance: 'back' });
+      // Taken back whole: every request goes to it now.
+      for (let i = 0; i < 3; i++) expect((await get(restarted.gateway.url, '/api/orders')).status).toBe(200);
+    } finally {
+      await restarted.close();
+      await back?.close();
+    }
   });
 
   it('answers 503 only once no instance is healthy', async () => {
