@@ -112,6 +112,18 @@ function refuseIssuedInFuture(payload: JWTPayload, toleranceSeconds: number): vo
 }
 
 /**
+ * A token of the gateway's own that would live longer than the gateway issues them for (`exp - iat` past
+ * `auth.tokenTtlSeconds`) is refused: the gateway never made it, whoever holds the secret did (a leak, a tool), and
+ * it was taken for as long as its `exp` said (issued in 1970, expiring in the year 5138), remembered for all that time.
+ * So is one issued for longer than a lowered `tokenTtlSeconds` now allows: the operator's limit holds from the reload.
+ */
+function refuseLongerThanIssued(payload: JWTPayload, tokenTtlSeconds: number): void {
+  if (typeof payload.exp === 'number' && typeof payload.iat === 'number' && payload.exp - payload.iat > tokenTtlSeconds) {
+    throw new TokenRejectedError('bad_claims', REJECTION_MESSAGE.bad_claims);
+  }
+}
+
+/**
  * Verifies one of the gateway's own HS256 tokens as jose's jwtVerify does, with the signature checked on `node:crypto`:
  * jwtVerify checks it with WebCrypto, a thread-pool job, 34.5 µs of CPU per token against 4.1 µs for an HMAC here
  * (bench/RESULTS.md, thirty-ninth session), paid on the first sight of every token. Only the signature is checked
@@ -233,6 +245,7 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
       if (alg === TOKEN_ALGORITHM) {
         const payload = verifyOwn(token, header);
         refuseIssuedInFuture(payload, options.clockToleranceSeconds);
+        refuseLongerThanIssued(payload, options.tokenTtlSeconds);
         return { user: ownIdentity(payload), trustedUntilMs: expiryMs(payload) };
       }
       if (providerKeys && providerOptions && jwks && alg !== undefined && jwks.algorithms.includes(alg)) {

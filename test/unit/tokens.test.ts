@@ -130,13 +130,35 @@ describe('token service', () => {
     { desc: 'one the gateway does not know', header: { alg: 'HS256', typ: 'JWT', crit: ['exp-ext'], 'exp-ext': 1 } },
     { desc: 'a known one beside an unknown one', header: { alg: 'HS256', typ: 'JWT', crit: ['b64', 'x-policy'], b64: true, 'x-policy': 'strict' } },
   ])('refuses a token whose crit names $desc as an unsupported critical header, not as a disallowed algorithm', async ({ header }) => {
-    const tokens = createTokenService(options);
+    const tokens = createTokenService({ ...options, tokenTtlSeconds: 60 });
     const rejection = await tokens.verify(signedWithHeader(header)).catch((error: unknown) => error);
     expect(rejection).toBeInstanceOf(TokenRejectedError);
     expect(rejection).toMatchObject({ reason: 'unsupported_critical_header', message: 'The token has a critical header parameter (crit) the gateway does not support.' });
   });
 
   it('still takes a well-signed token whose header has no crit', async () => {
-    await expect(createTokenService(options).verify(signedWithHeader({ alg: 'HS256', typ: 'JWT' }))).resolves.toEqual(alice);
+    await expect(createTokenService({ ...options, tokenTtlSeconds: 60 }).verify(signedWithHeader({ alg: 'HS256', typ: 'JWT' }))).resolves.toEqual(alice);
+  });
+
+  /** An HS256 token with these time claims, signed with the service's secret. */
+  const signedWithTimes = (iat: number, exp: number) => {
+    const claims = { sub: '1', email: 'alice@example.com', role: 'admin', iss: options.issuer, aud: options.audience, iat, exp };
+    const signingInput = `${Buffer.from(JSON.stringify({ alg: 'HS256', typ: 'JWT' })).toString('base64url')}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`;
+    return `${signingInput}.${createHmac('sha256', options.secret).update(signingInput).digest('base64url')}`;
+  };
+
+  // Whoever holds the secret could mint a token for any lifetime: issued in 1970 and expiring in the year 5138, it was
+  // taken (and remembered) for all of it.
+  it('refuses a token of its own that lives longer than tokenTtlSeconds, however well signed', async () => {
+    const tokens = createTokenService({ ...options, tokenTtlSeconds: 60 });
+    const now = Math.floor(Date.now() / 1000);
+    await expect(tokens.verify(signedWithTimes(0, 100_000_000_000))).rejects.toMatchObject({ reason: 'bad_claims' });
+    await expect(tokens.verify(signedWithTimes(now, now + 61))).rejects.toMatchObject({ reason: 'bad_claims' });
+    expect(tokens.remembers(signedWithTimes(now, now + 61))).toBe(false);
+    await expect(tokens.verify(signedWithTimes(now, now + 60))).resolves.toEqual(alice);
+    await expect(tokens.verify(signedWithTimes(now - 30, now + 30))).resolves.toEqual(alice);
+    // What it issued under a longer lifetime, once the lifetime is lowered.
+    const { token } = await createTokenService({ ...options, tokenTtlSeconds: 120 }).issue(alice);
+    await expect(tokens.verify(token)).rejects.toMatchObject({ reason: 'bad_claims' });
   });
 });
