@@ -442,6 +442,12 @@ const configFields = z
             // What X-User-Id may hold (IDENTITY_VALUE: a comma would make a list of it, and the gateway refused every
             // provider token), and short enough that a 255-character `sub` behind it fits the services' 512.
             subjectPrefix: z.string().max(64).regex(/^[\x21-\x2b\x2d-\x7e]*$/, 'must be printable ASCII without spaces or commas').default('idp:'),
+            /**
+             * Pass a token's `email` on (X-User-Email) without `email_verified: true` beside it. Default false: with
+             * many providers a user sets their own address unproven, and a service that matches accounts by email
+             * would take it for the owner's (oauth2-proxy refuses them by default too).
+             */
+            passUnverifiedEmail: z.boolean().default(false),
           })
           .optional(),
       })

@@ -28,6 +28,8 @@ export interface JwksOptions {
   roleClaim: string;
   /** Put before `sub` in the caller id, keeping provider ids apart from the gateway's own. */
   subjectPrefix: string;
+  /** Pass `email` on without `email_verified: true` (default false: an unproven address is left out). */
+  passUnverifiedEmail?: boolean;
 }
 
 export interface TokenServiceOptions {
@@ -256,7 +258,7 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
         const before = providerKeys.current();
         const { payload, protectedHeader } = await jwtVerify(token, providerKeys.getKey, providerOptions);
         refuseIssuedInFuture(payload, jwks.clockToleranceSeconds);
-        const user = providerIdentity(payload, jwks.roleClaim, jwks.subjectPrefix);
+        const user = providerIdentity(payload, jwks);
         const after = providerKeys.current();
         const { kid } = protectedHeader;
         if (kid !== undefined && after?.keys.get(kid) === undefined) throw new TokenRejectedError('unknown_key', REJECTION_MESSAGE.unknown_key);
@@ -538,8 +540,10 @@ function ownIdentity(payload: JWTPayload): AuthenticatedUser {
 }
 
 /** A provider token's role: the configured claim when it is a non-empty string, else `user` (never more). */
-function providerIdentity(payload: JWTPayload, roleClaim: string, subjectPrefix: string): AuthenticatedUser {
-  const { sub, email } = payload;
+function providerIdentity(payload: JWTPayload, { roleClaim, subjectPrefix, passUnverifiedEmail = false }: JwksOptions): AuthenticatedUser {
+  const { sub } = payload;
+  // An address the provider did not say it proved is no identity the gateway vouches for (signed, as X-User-Email).
+  const email = passUnverifiedEmail || payload.email_verified === true ? payload.email : undefined;
   const role = payload[roleClaim];
   if (typeof sub !== 'string' || sub === '') throw new TokenRejectedError('bad_claims', 'The token lacks the sub claim.');
   // The value checked is the one passed on (the prefix is printable, without spaces or commas: config), the length

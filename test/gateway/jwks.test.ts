@@ -78,7 +78,7 @@ async function startJwksServer() {
 }
 
 function providerToken(key: ProviderKey, claims: Record<string, unknown> = {}, options: { issuer?: string; audience?: string; expiresIn?: string; withoutKid?: boolean; issuedAt?: string } = {}): Promise<string> {
-  return new SignJWT({ email: 'dana@example.test', ...claims })
+  return new SignJWT({ email: 'dana@example.test', email_verified: true, ...claims })
     .setProtectedHeader(options.withoutKid ? { alg: key.alg } : { alg: key.alg, kid: key.kid })
     .setSubject(typeof claims.sub === 'string' ? claims.sub : 'idp-dana')
     .setIssuer(options.issuer ?? ISSUER)
@@ -349,6 +349,20 @@ describe('tokens from an identity provider (JWKS)', () => {
     jwks.state.mode = 'ok';
   });
 
+  it('passes an unverified email on with auth.jwks.passUnverifiedEmail', async () => {
+    const passing = await startStack({
+      env: { JWKS_URL: `${jwks.url}/.well-known/jwks.json`, JWKS_ISSUER: ISSUER, JWKS_AUDIENCE: AUDIENCE },
+      overrides: { auth: { jwks: { url: 'http://placeholder', issuer: 'x', audience: 'x', timeoutMs: 500, cooldownMs: 0, passUnverifiedEmail: true } } },
+    });
+    try {
+      const response = await fetch(`${passing.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${await providerToken(rsa, { email_verified: false })}` } });
+      expect(response.status).toBe(200);
+      expect(passing.notifications.requests.at(-1)!.headers[HEADER.userEmail]).toBe('dana@example.test');
+    } finally {
+      await passing.close();
+    }
+  });
+
   const call = (token: string) => fetch(`${stack.gateway.url}/api/notifications`, { headers: { authorization: `Bearer ${token}` } });
 
   it.each([
@@ -368,6 +382,20 @@ describe('tokens from an identity provider (JWKS)', () => {
   it('treats a role claim that is not a string as role user, never more', async () => {
     expect((await call(await providerToken(rsa, { role: ['admin'] }))).status).toBe(200);
     expect(stack.notifications.requests.at(-1)!.headers[HEADER.userRole]).toBe('user');
+  });
+
+  // With many providers a user sets their own address unproven: passed on (and signed) as X-User-Email, a service that
+  // matches accounts by email took it for the owner's.
+  it.each([
+    { desc: 'email_verified false', claims: { email_verified: false } },
+    { desc: 'no email_verified', claims: { email_verified: undefined } },
+    { desc: 'email_verified as the string "true"', claims: { email_verified: 'true' } },
+  ])('leaves out an email with $desc, and takes the token', async ({ claims }) => {
+    const response = await call(await providerToken(rsa, { email: 'alice@example.com', ...claims }));
+    expect(response.status).toBe(200);
+    const seen = stack.notifications.requests.at(-1)!.headers;
+    expect(seen[HEADER.userId]).toBe('idp:idp-dana');
+    expect(seen[HEADER.userEmail]).toBeUndefined();
   });
 
   it('leaves out an email that cannot travel as a header instead of failing the request', async () => {
