@@ -6,6 +6,7 @@ import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { SERVICE_NAME } from '../../otel/wire-names';
 import { createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
+import { readAtMost } from '../../src/bounded-body';
 import { createBoundedStore, type BoundedStoreLimits } from '../shared/bounded-store';
 import { recordId } from '../shared/input-limits';
 import { callService, createServiceApp, identityOf, requestIdOf, requireOwner, ServiceError, validBody, validParam, type Caller } from '../shared/service-app';
@@ -43,6 +44,9 @@ export interface OrdersAppOptions {
   storeLimits?: BoundedStoreLimits;
 }
 
+/** Bytes of a dependency's problem answer read for its `code`: far more than any of user-service's. */
+const MAX_PROBLEM_BYTES = 16 * 1024;
+
 export const DEFAULT_ORDER_STORE_LIMITS: BoundedStoreLimits = { maxPerOwner: 1000, maxTotal: 10_000 };
 
 const newOrder = z.object({
@@ -69,10 +73,14 @@ export function createApp(options: OrdersAppOptions): Koa {
 
   async function checkUser(caller: Caller, requestId: string, identity: SignedValues): Promise<void> {
     let status: number;
+    let code: string | undefined;
+    // A dot segment is no account, and cannot be asked for: URL removes `.` and `..` segments (`%2E` too), and a caller
+    // id `.` was asked as `GET /users/` (the admin's list of users, 200: an order for a user who did not exist).
+    if (caller.id === '.' || caller.id === '..') throw new ServiceError(403, 'unknown_user', 'Your account no longer exists.');
     try {
       const response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, identity, sign, propagate });
       status = response.statusCode;
-      await response.body.dump();
+      code = status === 404 ? await problemCode(response.body) : (await response.body.dump(), undefined);
     } catch (error) {
       // A hung service is told apart from a down one, as the gateway tells 504 from 502 (callService's deadline
       // aborts with a TimeoutError).
@@ -83,7 +91,9 @@ export function createApp(options: OrdersAppOptions): Koa {
       logger.error('user-service unreachable', { error: (error as Error).message, request_id: requestId });
       throw new ServiceError(503, 'dependency_unavailable', 'The users service is unavailable; try again.');
     }
-    if (status === 404) throw new ServiceError(403, 'unknown_user', 'Your account no longer exists.');
+    // user-service's own word that the account is gone; any other 404 (a wrong USER_SERVICE_URL, an ingress without
+    // the route) told every caller their account no longer existed, and logged nothing.
+    if (status === 404 && code === 'user_not_found') throw new ServiceError(403, 'unknown_user', 'Your account no longer exists.');
     // Any other refusal is of this service's own call (its signature: keys or clocks apart), which no retry of the
     // client's mends: 502, not a 503 inviting one.
     if (status >= 400 && status < 500) {
@@ -91,6 +101,17 @@ export function createApp(options: OrdersAppOptions): Koa {
       throw new ServiceError(502, 'dependency_refused', `The users service refused this service's call (${status}).`);
     }
     if (status < 200 || status >= 300) throw new ServiceError(503, 'dependency_unavailable', `The users service answered ${status}.`);
+  }
+
+  /** The `code` of a problem answer (user-service's are small), undefined for anything else. */
+  async function problemCode(body: AsyncIterable<Uint8Array>): Promise<string | undefined> {
+    const bytes = await readAtMost(body, MAX_PROBLEM_BYTES);
+    try {
+      const { code } = JSON.parse(bytes?.toString('utf8') ?? '') as { code?: unknown };
+      return typeof code === 'string' ? code : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl, sign, { propagate }) : undefined;

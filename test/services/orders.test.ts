@@ -198,6 +198,31 @@ describe('order-service on its own', () => {
     expect(notifications.requests.some((request) => request.headers[HEADER.requestId] === requestId)).toBe(false);
   });
 
+  // URL removes dot segments: `.` was asked as `GET /users/` (the list, 200 for an admin: an order for a user that did
+  // not exist) and `..` as `GET /`.
+  it.each(['.', '..'])('answers 403 unknown_user to the caller %s, asking user-service for no path its dots made, and stores nothing', async (id) => {
+    const dotted: Caller = { id, role: 'admin', email: 'dots@example.com' };
+    const requestId = nextRequestId();
+    await expectProblem(await call(orders, 'POST', '/orders', { caller: dotted, json: { items: [{ sku: 'hammer', quantity: 1 }] }, requestId }), 403, 'unknown_user', requestId);
+    expect(users.requests.filter((request) => request.headers[HEADER.requestId] === requestId)).toEqual([]);
+    expect(await ordersOf(orders, dotted)).toEqual([]);
+  });
+
+  // A wrong USER_SERVICE_URL (here notification-service) answered 404 to every check: every caller was told their account
+  // was gone, and nothing was logged.
+  it('answers 502 dependency_refused, and logs it, when the 404 is not user-service saying the user is gone', async () => {
+    const { logger, lines } = memoryLogger(SERVICE_NAME.orders);
+    const misdirected = await listen(createOrdersApp({ logger, usersUrl: notifications.url, notificationsUrl: notifications.url }).callback());
+    try {
+      const requestId = nextRequestId();
+      await expectProblem(await call(misdirected, 'POST', '/orders', { caller: BOB, json: { items: [{ sku: 'hammer', quantity: 1 }] }, requestId }), 502, 'dependency_refused', requestId);
+      expect(lines.find((line) => line.request_id === requestId && line.message === 'user-service refused the call')).toMatchObject({ status: 404 });
+      expect(await ordersOf(misdirected, BOB)).toEqual([]);
+    } finally {
+      await misdirected.close();
+    }
+  });
+
   it('answers 503 dependency_unavailable when user-service is down, stores no order and notifies nobody', async () => {
     const told = notifications.requests.length;
     const requestId = nextRequestId();
