@@ -73,15 +73,26 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
     return verdicts.has(call.metadata) ? verdicts.get(call.metadata) : signatureProblemOf(keys, call.getPath(), call.metadata);
   }
 
-  /** Records and logs one call's outcome: the status grpc-js is about to send, whoever decided it. */
-  function recordCall(path: string, metadata: grpc.Metadata | undefined, code: grpc.status, started: number): void {
-    const ms = performance.now() - started;
-    // Only what the gateway signed is believed, its request id included: a peer's forged x-request-id would
-    // otherwise have its refusal logged under someone else's id. It gets one of its own, as over HTTP.
-    // A v2 signature (the release before's) does not cover the id: it is not believed (signsRequestId).
+  /** Each call's request id, decided once: the handler's log line and the call's own carry the same one. */
+  const requestIds = new WeakMap<grpc.Metadata, string | undefined>();
+  /**
+   * The id a call is logged under. Only what the gateway signed is believed, its request id included: a peer's forged
+   * x-request-id would otherwise have its refusal logged under someone else's id. It gets one of its own, as over HTTP.
+   * A v2 signature (the release before's) does not cover the id: it is not believed (signsRequestId).
+   */
+  function requestIdOfCall(path: string, metadata: grpc.Metadata | undefined): string | undefined {
+    if (metadata !== undefined && requestIds.has(metadata)) return requestIds.get(metadata);
     const signed = metadata !== undefined && signatureProblemOfCall({ metadata, getPath: () => path }) === undefined && (keys === undefined || signsRequestId(metadataValue(metadata, HEADER.gatewaySignature)));
     // Held to the gateway's rule too (as over HTTP): a 10 KB or quoted id is logged as none of it.
     const requestId = serviceRequestId(signed ? metadataValue(metadata, HEADER.requestId) || undefined : undefined, signed);
+    if (metadata !== undefined) requestIds.set(metadata, requestId);
+    return requestId;
+  }
+
+  /** Records and logs one call's outcome: the status grpc-js is about to send, whoever decided it. */
+  function recordCall(path: string, metadata: grpc.Metadata | undefined, code: grpc.status, started: number): void {
+    const ms = performance.now() - started;
+    const requestId = requestIdOfCall(path, metadata);
     // `rpc.method` is the service's own method name, never the path a caller sent: a method this server does not
     // know is `_OTHER` (semconv 1.45 RPC metrics), so no caller can add series to the metric.
     const method = knownMethods.get(path);
@@ -134,7 +145,7 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
       // As over HTTP: for the caller the signed metadata names, never for whoever the unsigned message does.
       if (input.userId !== caller.id) throw grpcError(grpc.status.PERMISSION_DENIED, 'A notification is stored only for the caller the gateway vouched for (x-user-id).');
       const notification = store.add(input);
-      logger.info('notification stored', { notification_id: notification.id, type: notification.type, user_id: notification.userId });
+      logger.info('notification stored', { notification_id: notification.id, type: notification.type, user_id: notification.userId, request_id: requestIdOfCall(call.getPath(), call.metadata) });
       return toMessage(notification);
     }),
   });

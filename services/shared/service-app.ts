@@ -309,6 +309,8 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
       // quotes the body around the error (a password among it): one fixed detail instead, as the gateway answers.
       // A body whose gzip, deflate or br encoding is corrupt fails in zlib with none, which would read as a 500.
       const status = (error as { status?: unknown }).status;
+      // The parser refuses a `__proto__` key (prototype pollution) with a SyntaxError of its own: valid JSON, told so.
+      if (error instanceof SyntaxError && error.message === RESERVED_KEY_REFUSAL) throw new ServiceError(400, 'invalid_body', 'The body names a reserved key (__proto__).');
       if (error instanceof SyntaxError) throw new ServiceError(400, 'invalid_body', 'The body is not valid JSON.');
       if (typeof status === 'number') throw error;
       throw new ServiceError(400, 'bad_request', 'The body could not be decoded (its Content-Encoding does not match its bytes).');
@@ -328,6 +330,9 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
   app.on('error', (error: Error & { code?: string }) => logger.warn('request stream failed', { error: error.message, code: error.code }));
   return app;
 }
+
+/** @hapi/bourne's refusal (under @koa/bodyparser) of a body naming `__proto__`. */
+const RESERVED_KEY_REFUSAL = 'Object contains forbidden prototype property';
 
 /**
  * Calls another service with a deadline, passing the request id and the caller's identity on, signed for this

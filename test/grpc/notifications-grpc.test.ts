@@ -1,6 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { createGatewayApps } from '../../src/gateway';
 import { createGatewayMetrics, metricsRequestListener } from '../../src/metrics';
+import { waitFor } from '../helpers/wait';
 import { HEADER, SERVICE_NAME } from '../../otel/wire-names';
 import { createApp as createNotificationsApp } from '../../services/notifications/app';
 import { createGrpcServer } from '../../services/notifications/grpc-server';
@@ -117,6 +118,19 @@ describe('notification-service over gRPC, through the shipped gateway config', (
   ])('refuses a request $desc with $status', async ({ path, init, status }) => {
     const response = await fetch(`${gatewayUrl}${path}`, { ...init, headers: { 'content-type': 'application/json', ...(status === 405 ? { authorization: `Bearer ${token}` } : {}) } });
     expect(response.status).toBe(status);
+  });
+
+  // Logged without it, the stored notification could not be tied to the order (or the client's request) that made it.
+  it("logs the notification an order's CreateNotification call stored under the order's request id, as the call's own line", async () => {
+    const requestId = 'order-and-notification-7f3a';
+    const response = await fetch(`${gatewayUrl}/api/orders`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', [HEADER.requestId]: requestId },
+      body: JSON.stringify({ items: [{ sku: 'book-42', quantity: 1 }] }),
+    });
+    expect(response.status).toBe(201);
+    await waitFor(() => notificationsLogs.lines.some((line) => line.message === 'rpc handled' && line.rpc === 'CreateNotification' && line.request_id === requestId), 'the call\'s line');
+    expect(notificationsLogs.lines.filter((line) => line.message === 'notification stored' && line.request_id === requestId)).toHaveLength(1);
   });
 
   it("logs one line per gRPC call with the gateway's request id", async () => {

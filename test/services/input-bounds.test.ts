@@ -244,6 +244,12 @@ describe('bodies read one way only', () => {
     expect((await register(JSON.stringify({ name: 'Latin', email: 'latin@example.com', password: 'déjà-vu!' }))).status).toBe(201);
   });
 
+  it('refuses a body naming __proto__ as a reserved key, not as JSON it is not', async () => {
+    const response = await register('{"name":"Proto","email":"proto@example.com","password":"long enough","__proto__":{"role":"admin"}}');
+    expect(response.status).toBe(400);
+    expect(await problemOf(response)).toMatchObject({ code: 'invalid_body', detail: 'The body names a reserved key (__proto__).' });
+  });
+
   it('refuses a body declared in a charset other than UTF-8 with 415, before reading it as UTF-8', async () => {
     const response = await fetch(`${users.url}/users`, { method: 'POST', headers: { 'content-type': 'application/json; charset=iso-8859-1' }, body: Buffer.from('{"name":"Cs","email":"cs@example.com","password":"d\xe9j\xe0-vu!!"}', 'latin1') });
     expect(response.status).toBe(415);
