@@ -3,7 +3,7 @@ import { HEADER, SERVICE_NAME } from '../../otel/wire-names';
 import { createApp as createNotificationsApp, type Notification } from '../../services/notifications/app';
 import { createGrpcServer } from '../../services/notifications/grpc-server';
 import { createNotificationStore } from '../../services/notifications/notification-store';
-import { createApp as createOrdersApp } from '../../services/orders/app';
+import { createApp as createOrdersApp, orderBytes } from '../../services/orders/app';
 import { createNotificationsGrpcClient, type NotificationsGrpcClient } from '../../services/orders/notifications-client';
 import { bindGrpcServer } from '../../services/shared/grpc-service';
 import type { SignedValues } from '../../src/gateway-signature';
@@ -166,6 +166,32 @@ describe('the in-memory stores are bounded', () => {
       expect((await fetch(`${server.url}/orders/${c1}`, { headers: as('c') })).status).toBe(404);
       const [d1, d2] = [await place('d'), await place('d')];
       expect([await list('c'), await list('d')]).toEqual([[c3], [d1, d2]]);
+    } finally {
+      await server.close();
+    }
+  });
+
+  // Counted alone, records whose size the caller chooses did not bound memory: 10,000 orders of 100 long items held
+  // 209 MB of heap, past the 256 MiB the Kubernetes manifest gives order-service.
+  it('order-service keeps its orders within a byte budget too, the oldest of all going first, the newest always kept', async () => {
+    const sku = (fill: string) => fill.repeat(64);
+    const big = { items: Array.from({ length: 100 }, (_, index) => ({ sku: sku(String(index % 10)), quantity: 1000 })) };
+    const oneBigOrder = orderBytes({ id: '00000000-0000-0000-0000-000000000000', consumerId: 'c', items: big.items, status: 'created', createdAt: new Date().toISOString() });
+    const server = await listen(createOrdersApp({ logger: quiet(SERVICE_NAME.orders), usersUrl: await refusedOrigin(), notificationsUrl: await refusedOrigin(), storeLimits: { maxPerOwner: 1000, maxTotal: 10_000, maxTotalBytes: 3 * oneBigOrder + 100 } }).callback());
+    try {
+      const as = (consumerId: string) => ({ [HEADER.consumerId]: consumerId });
+      const place = async (consumerId: string, body: unknown) => {
+        const response = await fetch(`${server.url}/orders`, { method: 'POST', headers: { 'content-type': 'application/json', ...as(consumerId) }, body: JSON.stringify(body) });
+        expect(response.status).toBe(201);
+        return ((await response.json()) as { id: string }).id;
+      };
+      const list = async (consumerId: string) => ((await (await fetch(`${server.url}/orders`, { headers: as(consumerId) })).json()) as { id: string }[]).map((order) => order.id);
+      const placed = [await place('c', big), await place('d', big), await place('c', big), await place('d', big)];
+      // Three fit the budget: the oldest of all went.
+      expect([await list('c'), await list('d')]).toEqual([[placed[2]], [placed[1], placed[3]]]);
+      // Small orders beside them: the budget drops as few as it must.
+      const small = await place('e', { items: [{ sku: 'book', quantity: 1 }] });
+      expect([await list('c'), await list('d'), await list('e')]).toEqual([[placed[2]], [placed[3]], [small]]);
     } finally {
       await server.close();
     }
