@@ -88,6 +88,24 @@ export function validParam<T extends z.ZodType>(ctx: Context & { params?: Record
   return result.data;
 }
 
+/**
+ * The query's parameters, checked with a zod object schema; failures are 400 naming the parameter. A parameter given
+ * twice is refused: read as a list, or as its first or last value, by whatever reads it in front, it could mean two
+ * things.
+ */
+export function validQuery<T extends z.ZodType>(ctx: Context, schema: T): z.output<T> {
+  // Without a prototype: a parameter named `__proto__` is a name like any other.
+  const values: Record<string, string> = Object.create(null) as Record<string, string>;
+  for (const [name, value] of Object.entries(ctx.query)) {
+    // The name is not echoed: it is the caller's text.
+    if (typeof value !== 'string') throw new ServiceError(400, 'invalid_query', 'A query parameter is given more than once.');
+    values[name] = value;
+  }
+  const result = schema.safeParse(values);
+  if (!result.success) throw new ServiceError(400, 'invalid_query', describeFirstIssue(result.error, 'query'));
+  return result.data;
+}
+
 /** The media types of the bodies the services read: JSON, under its own name or a `+json` suffix (RFC 6839). */
 const JSON_BODY_TYPES = ['application/json', '+json'];
 

@@ -1,6 +1,7 @@
 import { ACCESS_LINE_FIELDS, ACCESS_LINE_MESSAGE, HEADER } from '../../otel/wire-names';
 import { waitFor } from '../helpers/wait';
 import { login, startStack, type TestStack } from '../helpers/stack';
+import { signToken } from '../helpers/tokens';
 import { shippedConfigFile } from '../helpers/test-config';
 
 describe('the classic flow through the gateway', () => {
@@ -86,6 +87,20 @@ describe('the classic flow through the gateway', () => {
     // Alice cannot see Bob's order.
     const alice = await login(stack.gateway.url);
     expect((await fetch(`${stack.gateway.url}/api/orders/${order.id}`, { headers: { authorization: `Bearer ${alice}` } })).status).toBe(404);
+  });
+
+  it("pages a user's orders, the next page's link naming the public URL", async () => {
+    // Bob's token minted, not logged in for: the login's own limit is this file's other tests'.
+    const token = await signToken({ subject: '2', claims: { role: 'user', email: 'bob@example.com' } });
+    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+    for (let i = 0; i < 2; i++) expect((await fetch(`${stack.gateway.url}/api/orders`, { method: 'POST', headers, body: JSON.stringify({ items: [{ sku: `nail-${i}`, quantity: 1 }] }) })).status).toBe(201);
+    const first = await fetch(`${stack.gateway.url}/api/orders?limit=1`, { headers });
+    const [oldest] = (await first.json()) as { id: string }[];
+    const next = /^<([^>]+)>; rel="next"$/.exec(first.headers.get('link') ?? '')?.[1];
+    expect(next).toBe(`${stack.gateway.url}/api/orders?limit=1&after=${oldest!.id}`);
+    const second = (await (await fetch(next!, { headers })).json()) as { id: string }[];
+    expect(second).toHaveLength(1);
+    expect(second[0]!.id).not.toBe(oldest!.id);
   });
 
   it('applies role rules per route: only admins list users, with 403 problem+json for others', async () => {

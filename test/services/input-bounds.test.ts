@@ -3,7 +3,7 @@ import { HEADER, SERVICE_NAME } from '../../otel/wire-names';
 import { createApp as createNotificationsApp, type Notification } from '../../services/notifications/app';
 import { createGrpcServer } from '../../services/notifications/grpc-server';
 import { createNotificationStore } from '../../services/notifications/notification-store';
-import { createApp as createOrdersApp, orderBytes } from '../../services/orders/app';
+import { createApp as createOrdersApp, orderBytes, ORDERS_PAGE_MAX } from '../../services/orders/app';
 import { createNotificationsGrpcClient, type NotificationsGrpcClient } from '../../services/orders/notifications-client';
 import { bindGrpcServer } from '../../services/shared/grpc-service';
 import type { SignedValues } from '../../src/gateway-signature';
@@ -192,6 +192,37 @@ describe('the in-memory stores are bounded', () => {
       // Small orders beside them: the budget drops as few as it must.
       const small = await place('e', { items: [{ sku: 'book', quantity: 1 }] });
       expect([await list('c'), await list('d'), await list('e')]).toEqual([[placed[2]], [placed[3]], [small]]);
+    } finally {
+      await server.close();
+    }
+  });
+
+  // Unpaged, one owner's 1,000 orders of 100 long items were a 21 MB answer whose JSON held the event loop ~0.7 s.
+  it('order-service lists orders a page at a time, oldest first, linking the next page', async () => {
+    const server = await listen(createOrdersApp({ logger: quiet(SERVICE_NAME.orders), usersUrl: await refusedOrigin(), notificationsUrl: await refusedOrigin() }).callback());
+    try {
+      const as = { [HEADER.consumerId]: 'pager' };
+      const placed: string[] = [];
+      for (let i = 0; i < ORDERS_PAGE_MAX + 5; i++) {
+        const response = await fetch(`${server.url}/orders`, { method: 'POST', headers: { 'content-type': 'application/json', ...as }, body: JSON.stringify({ items: [{ sku: `book-${i}`, quantity: 1 }] }) });
+        placed.push(((await response.json()) as { id: string }).id);
+      }
+      const page = async (query: string) => {
+        const response = await fetch(`${server.url}/orders${query}`, { headers: as });
+        return { status: response.status, ids: response.ok ? ((await response.json()) as { id: string }[]).map((order) => order.id) : [], link: response.headers.get('link'), body: response.ok ? undefined : await response.json() };
+      };
+      const first = await page('');
+      expect(first.ids).toEqual(placed.slice(0, ORDERS_PAGE_MAX));
+      expect(first.link).toBe(`<${server.url}/orders?limit=${ORDERS_PAGE_MAX}&after=${placed[ORDERS_PAGE_MAX - 1]}>; rel="next"`);
+      const next = await page(first.link!.slice(first.link!.indexOf('?'), first.link!.indexOf('>')));
+      expect(next).toMatchObject({ status: 200, ids: placed.slice(ORDERS_PAGE_MAX), link: null });
+      expect((await page(`?limit=2&after=${placed[1]}`)).ids).toEqual(placed.slice(2, 4));
+      for (const query of ['?limit=0', `?limit=${ORDERS_PAGE_MAX + 1}`, '?limit=x', '?limit=1&limit=2', '?after=00000000-0000-0000-0000-000000000000', '?after=..%2F']) {
+        expect(await page(query)).toMatchObject({ status: 400, body: { code: 'invalid_query' } });
+      }
+      // Another owner's order is no place in this list.
+      const other = await fetch(`${server.url}/orders`, { method: 'POST', headers: { 'content-type': 'application/json', [HEADER.consumerId]: 'other' }, body: JSON.stringify({ items: [{ sku: 'x', quantity: 1 }] }) });
+      expect(await page(`?after=${((await other.json()) as { id: string }).id}`)).toMatchObject({ status: 400 });
     } finally {
       await server.close();
     }
