@@ -127,6 +127,13 @@ export function serverErrorType(ctx: Context, status: number | undefined, errorC
   return left ? ERROR_TYPE.clientClosed : undefined;
 }
 
+/** Whether a response's framing tells a client its body ended short: chunked without the last chunk, or a length. */
+function framingShowsCut(res: Context['res']): boolean {
+  if ((res as { chunkedEncoding?: boolean }).chunkedEncoding === true) return true;
+  const length = Number(res.getHeader('content-length'));
+  return Number.isInteger(length) && length > 0;
+}
+
 /**
  * Ends a response that already started and cannot be finished (a service that died mid-body, a deadline): the
  * client must see it broken, not complete. HTTP/1.1 closes the connection. On HTTP/2, destroying the compatibility
@@ -142,7 +149,9 @@ export function cutResponse(ctx: Context): void {
   // Node holds a written head until the first body byte: a service that sent its head and died before any body
   // left the client with no answer at all, which on a kept-alive connection reads as one closed while idle (a POST
   // the service took, answered with nothing). The head goes out first, so the client sees the status and a body
-  // its framing shows short (as nginx does). A no-op once the head is out; none is written when none was set.
-  if (ctx.res.headersSent && !ctx.res.destroyed) ctx.res.flushHeaders();
+  // its framing shows short (as nginx does): only where the framing can show it (chunked, or a length). An HTTP/1.0
+  // client's body without a length ends where the connection does: its head alone read as a whole empty answer.
+  // A no-op once the head is out; none is written when none was set.
+  if (ctx.res.headersSent && !ctx.res.destroyed && framingShowsCut(ctx.res)) ctx.res.flushHeaders();
   ctx.res.destroy();
 }

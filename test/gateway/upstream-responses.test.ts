@@ -432,7 +432,12 @@ describe('a service that sends its head and dies before the body', () => {
 
   beforeAll(async () => {
     service = await startRawService();
-    stack = await startStack({ serviceUrls: { orders: service.url }, env: { RATE_LIMIT_MAX: '100000' } });
+    // Each cut is the instance's failure: never ejected here, so each test meets the service, not a 503.
+    stack = await startStack({
+      serviceUrls: { orders: service.url },
+      env: { RATE_LIMIT_MAX: '100000' },
+      overrides: { services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 1000 }, notifications: { url: 'http://placeholder' } } },
+    });
     token = await login(stack.gateway.url);
   });
   afterAll(async () => {
@@ -443,7 +448,7 @@ describe('a service that sends its head and dies before the body', () => {
   // Node holds a written head until the first body byte: cut then, the client got no byte at all, which on a kept-alive
   // connection reads as one the gateway closed while idle (a POST the service took, answered with nothing).
   it('passes the head on, then closes: the client sees the status and a body shorter than its Content-Length', async () => {
-    const received = await rawExchange(stack.gateway.url, `POST /api/orders/head-then-close HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`);
+    const received = await rawExchange(stack.gateway.url, `POST /api/orders/head-then-close HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`);
     const [head = '', body = ''] = received.split('\r\n\r\n');
     expect(head).toMatch(/^HTTP\/1\.1 201 /);
     expect(head).toMatch(/\r\ncontent-length: 100(\r\n|$)/i);
@@ -454,8 +459,17 @@ describe('a service that sends its head and dies before the body', () => {
     expect(accessLine()).toMatchObject({ status: 201, error_code: 'upstream_reset' });
   });
 
+  // Without a length, an HTTP/1.0 client's body ends where the connection does: the head alone read as a whole empty
+  // answer (nginx speaks HTTP/1.0 to its backends by default, and might have stored it).
+  it('sends an HTTP/1.0 client no head when nothing in it could show the body cut, and the head with a length when one could', async () => {
+    const unframed = await rawExchange(stack.gateway.url, `GET /api/orders/chunked-head-then-close HTTP/1.0\r\nHost: gateway.test\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+    expect(unframed).toBe('');
+    const withLength = await rawExchange(stack.gateway.url, `GET /api/orders/head-then-close HTTP/1.0\r\nHost: gateway.test\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+    expect(withLength).toMatch(/^HTTP\/1\.1 201 [^]*\r\ncontent-length: 100\r\n/i);
+  });
+
   it('passes a chunked head on, then closes without the last chunk', async () => {
-    const received = await rawExchange(stack.gateway.url, `GET /api/orders/chunked-head-then-close HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+    const received = await rawExchange(stack.gateway.url, `GET /api/orders/chunked-head-then-close HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\nAuthorization: Bearer ${token}\r\n\r\n`);
     expect(received).toMatch(/^HTTP\/1\.1 201 /);
     expect(received).toMatch(/\r\ntransfer-encoding: chunked\r\n/i);
     expect(received).not.toMatch(/(^|\r\n)0\r\n\r\n$/);
