@@ -37,6 +37,8 @@ export interface UpstreamPool {
    * ejected one whose trial is due; otherwise undefined (-> 503).
    */
   pick(exclude?: ReadonlySet<UpstreamInstance>, prefer?: (instance: UpstreamInstance) => boolean): UpstreamInstance | undefined;
+  /** Whether `pick(exclude)` would give an instance, without taking it (a trial stays due). */
+  canPick(exclude?: ReadonlySet<UpstreamInstance>): boolean;
   reportFailure(instance: UpstreamInstance, reason: string): void;
   reportSuccess(instance: UpstreamInstance): void;
   health(): InstanceHealth[];
@@ -107,6 +109,17 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
   }
   let cursor = 0;
 
+  /** While every instance is out, the index of the first (from the cursor) not in `exclude` whose trial is due. */
+  const dueTrial = (time: number, exclude: ReadonlySet<UpstreamInstance> | undefined): number | undefined => {
+    if (instances.some((instance) => instance.ejectedUntil <= time)) return undefined;
+    for (let step = 0; step < instances.length; step++) {
+      const index = (cursor + step) % instances.length;
+      const instance = instances[index]!;
+      if (instance.nextTrialAt <= time && !exclude?.has(instance)) return index;
+    }
+    return undefined;
+  };
+
   return {
     service: options.service,
     size: instances.length,
@@ -126,15 +139,17 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
         cursor = (healthy + 1) % instances.length;
         return instances[healthy];
       }
-      if (instances.some((instance) => instance.ejectedUntil <= time)) return undefined;
-      // Every instance is out: the first whose trial is due gets this request.
-      for (let step = 0; step < instances.length; step++) {
-        const instance = instances[(cursor + step) % instances.length]!;
-        if (instance.nextTrialAt > time || exclude?.has(instance)) continue;
-        instance.nextTrialAt = time + trialIntervalMs;
-        return instance;
-      }
-      return undefined;
+      const trial = dueTrial(time, exclude);
+      if (trial === undefined) return undefined;
+      // Every instance is out: the first whose trial is due gets this request, and the next trial starts after it.
+      const instance = instances[trial]!;
+      instance.nextTrialAt = time + trialIntervalMs;
+      cursor = (trial + 1) % instances.length;
+      return instance;
+    },
+    canPick(exclude) {
+      const time = now();
+      return instances.some((instance) => instance.ejectedUntil <= time && !exclude?.has(instance)) || dueTrial(time, exclude) !== undefined;
     },
     reportFailure(instance, reason) {
       const state = instance as InstanceState;

@@ -634,7 +634,8 @@ export function createProxy(options: ProxyOptions): Middleware {
       // Another instance first. With none left, a reset before any answer is retried on the same one: it is most
       // often a kept-alive connection the service closed just as it was reused (a race every keep-alive client
       // meets), and the retry goes out on another connection. A refused connection would only be refused again.
-      const retryOn = !retryable || attempt > MAX_RETRIES || performance.now() >= deadlineAt ? undefined : pool.pick(tried) ? 'another' : outcome === 'reset' ? 'same' : undefined;
+      // Asked without taking: a pick here took another instance's trial (every instance out) and the retry found none.
+      const retryOn = !retryable || attempt > MAX_RETRIES || performance.now() >= deadlineAt ? undefined : pool.canPick(tried) ? 'another' : outcome === 'reset' ? 'same' : undefined;
       if (retryOn) {
         if (retryOn === 'same') tried.delete(instance);
         serverSpan?.addEvent('upstream retry', { [ATTR.upstreamUrl]: instance.origin, [ATTR.upstreamOutcome]: outcome, [ATTR.upstreamAttempts]: attempt });

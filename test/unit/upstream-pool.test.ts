@@ -107,6 +107,34 @@ describe('picking among instances', () => {
     expect(pool.health()[0]?.state).toBe('healthy');
   });
 
+  // The proxy asks whether a retry has anywhere to go: asked with pick, that took the other instance's trial and the
+  // retry found none; and trials began at the same instance every time, so a dead first one starved a recovered second.
+  it('answers whether an instance could be picked without taking a trial, and moves on past each trial', () => {
+    const clock = clockAt();
+    const pool = createUpstreamPool({ service: 'orders', origins: origins.slice(0, 2), ejectAfterFailures: 1, ejectMs: 60_000, now: clock.now });
+    const [a, b] = [pool.pick()!, pool.pick()!];
+    pool.reportFailure(a, 'ECONNREFUSED');
+    pool.reportFailure(b, 'ECONNREFUSED');
+    expect(pool.canPick()).toBe(false);
+    clock.time += EJECTED_TRIAL_INTERVAL_MS;
+    for (let i = 0; i < 3; i++) expect(pool.canPick(new Set([a]))).toBe(true);
+    const first = pool.pick()!;
+    pool.reportFailure(first, 'ECONNREFUSED');
+    // The retry of the same request goes to the other's trial, still due.
+    expect(pool.canPick(new Set([first]))).toBe(true);
+    const second = pool.pick(new Set([first]))!;
+    expect(second).not.toBe(first);
+    pool.reportSuccess(second);
+    expect(Array.from({ length: 3 }, () => pool.pick())).toEqual([second, second, second]);
+    // Trials take turns: with both out again, the next interval's first trial is the other one's.
+    pool.reportFailure(second, 'ECONNREFUSED');
+    clock.time += EJECTED_TRIAL_INTERVAL_MS;
+    const turns = [pool.pick()!];
+    clock.time += EJECTED_TRIAL_INTERVAL_MS;
+    turns.push(pool.pick()!);
+    expect(new Set(turns).size).toBe(2);
+  });
+
   it('tries no sooner than ejectMs when ejectMs is shorter than the trial interval', () => {
     const clock = clockAt();
     const pool = createUpstreamPool({ service: 'orders', origins: origins.slice(0, 1), ejectAfterFailures: 1, ejectMs: 200, now: clock.now });
