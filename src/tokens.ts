@@ -113,6 +113,9 @@ function refuseIssuedInFuture(payload: JWTPayload, toleranceSeconds: number): vo
   }
 }
 
+/** How far past tokenTtlSeconds an own token's `exp - iat` may be: issued by a release that read the clock twice. */
+const ISSUING_CLOCK_SLACK_SECONDS = 1;
+
 /**
  * A token of the gateway's own that would live longer than the gateway issues them for (`exp - iat` past
  * `auth.tokenTtlSeconds`) is refused: the gateway never made it, whoever holds the secret did (a leak, a tool), and
@@ -120,7 +123,8 @@ function refuseIssuedInFuture(payload: JWTPayload, toleranceSeconds: number): vo
  * So is one issued for longer than a lowered `tokenTtlSeconds` now allows: the operator's limit holds from the reload.
  */
 function refuseLongerThanIssued(payload: JWTPayload, tokenTtlSeconds: number): void {
-  if (typeof payload.exp === 'number' && typeof payload.iat === 'number' && payload.exp - payload.iat > tokenTtlSeconds) {
+  // One second over is taken: releases before this one read the clock twice when they issued, a second apart at times.
+  if (typeof payload.exp === 'number' && typeof payload.iat === 'number' && payload.exp - payload.iat > tokenTtlSeconds + ISSUING_CLOCK_SLACK_SECONDS) {
     throw new TokenRejectedError('bad_claims', REJECTION_MESSAGE.bad_claims);
   }
 }
@@ -290,13 +294,16 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
 
   return {
     async issue(user) {
+      const issuedAt = Math.floor(Date.now() / 1000);
       const token = await new SignJWT({ email: user.email, role: user.role })
         .setProtectedHeader({ alg: TOKEN_ALGORITHM, typ: 'JWT' })
         .setSubject(user.id)
         .setIssuer(options.issuer)
         .setAudience(options.audience)
-        .setIssuedAt()
-        .setExpirationTime(`${options.tokenTtlSeconds}s`)
+        // One clock reading for both: read twice (jose's default), a second could turn between them, and the token's
+        // lifetime was one second longer than tokenTtlSeconds.
+        .setIssuedAt(issuedAt)
+        .setExpirationTime(issuedAt + options.tokenTtlSeconds)
         .sign(await key);
       return { token, expiresIn: options.tokenTtlSeconds };
     },

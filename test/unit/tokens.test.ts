@@ -149,13 +149,43 @@ describe('token service', () => {
 
   // Whoever holds the secret could mint a token for any lifetime: issued in 1970 and expiring in the year 5138, it was
   // taken (and remembered) for all of it.
+  // jose's setIssuedAt() and setExpirationTime('60s') each read the clock: a second turning between them made a token
+  // one second longer-lived than the lifetime.
+  it('issues tokens whose exp is exactly tokenTtlSeconds after their iat, whenever the clock turns', async () => {
+    const tokens = createTokenService({ ...options, tokenTtlSeconds: 60 });
+    const RealDate = Date;
+    let reads = 0;
+    // Every clock reading (Date.now() or new Date()) half a second after the one before, from just before a second turns.
+    const start = Math.ceil(RealDate.now() / 1000) * 1000 - 1;
+    const reading = () => start + 500 * reads++;
+    class SteppingDate extends RealDate {
+      constructor(...args: unknown[]) {
+        if (args.length === 0) super(reading());
+        else super(...(args as [number]));
+      }
+      static override now(): number {
+        return reading();
+      }
+    }
+    globalThis.Date = SteppingDate as DateConstructor;
+    try {
+      const { token } = await tokens.issue(alice);
+      const claims = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as { iat: number; exp: number };
+      expect(claims.exp - claims.iat).toBe(60);
+    } finally {
+      globalThis.Date = RealDate;
+    }
+  });
+
   it('refuses a token of its own that lives longer than tokenTtlSeconds, however well signed', async () => {
     const tokens = createTokenService({ ...options, tokenTtlSeconds: 60 });
     const now = Math.floor(Date.now() / 1000);
     await expect(tokens.verify(signedWithTimes(0, 100_000_000_000))).rejects.toMatchObject({ reason: 'bad_claims' });
-    await expect(tokens.verify(signedWithTimes(now, now + 61))).rejects.toMatchObject({ reason: 'bad_claims' });
-    expect(tokens.remembers(signedWithTimes(now, now + 61))).toBe(false);
+    await expect(tokens.verify(signedWithTimes(now, now + 62))).rejects.toMatchObject({ reason: 'bad_claims' });
+    expect(tokens.remembers(signedWithTimes(now, now + 62))).toBe(false);
     await expect(tokens.verify(signedWithTimes(now, now + 60))).resolves.toEqual(alice);
+    // A second over: what a release that read the clock twice as it issued could make.
+    await expect(tokens.verify(signedWithTimes(now, now + 61))).resolves.toEqual(alice);
     await expect(tokens.verify(signedWithTimes(now - 30, now + 30))).resolves.toEqual(alice);
     // What it issued under a longer lifetime, once the lifetime is lowered.
     const { token } = await createTokenService({ ...options, tokenTtlSeconds: 120 }).issue(alice);
