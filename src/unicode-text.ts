@@ -22,3 +22,16 @@ const REPLACEMENT_CHARACTER = '\ufffd';
 export function isIntactCredential(text: string): boolean {
   return isWellFormedText(text) && !text.includes(REPLACEMENT_CHARACTER);
 }
+
+/** Charsets whose text is UTF-8 as it is: UTF-8's names, and US-ASCII (a subset of it), lower case. */
+const UTF8_READABLE_CHARSETS: ReadonlySet<string> = new Set(['utf-8', 'utf8', 'us-ascii', 'ascii']);
+
+/**
+ * Whether a body declared in `charset` (a Content-Type parameter, any case; '' for none) reads as UTF-8, as JSON is
+ * (RFC 8259 8.1) and as the body parsers read every body: another (Latin-1, UTF-16) was read as other text than its
+ * client sent, each byte that is not UTF-8 a U+FFFD. US-ASCII is UTF-8 already: refused, older clients that name it
+ * were refused every write.
+ */
+export function readsAsUtf8(charset: string): boolean {
+  return charset === '' || UTF8_READABLE_CHARSETS.has(charset.toLowerCase());
+}

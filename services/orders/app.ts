@@ -73,7 +73,13 @@ const ORDER_ITEM_OBJECT_BYTES = 64;
  * Unpaged, one owner's 1,000 orders of 100 long items were a 21 MB answer whose JSON held the event loop ~0.7 s.
  */
 const orderPage = z.object({
-  limit: z.coerce.number().int().min(1).max(ORDERS_PAGE_MAX).default(ORDERS_PAGE_MAX),
+  // Digits only: a coerced number took `1e1`, `0x10` and ` 5 ` as well.
+  limit: z
+    .string()
+    .regex(/^[1-9][0-9]{0,2}$/, `must be a whole number from 1 to ${ORDERS_PAGE_MAX}`)
+    .transform(Number)
+    .pipe(z.number().max(ORDERS_PAGE_MAX))
+    .default(ORDERS_PAGE_MAX),
   after: recordId.optional(),
 });
 

@@ -10,6 +10,7 @@ import { AUTH_REALM, HEADER, SIGNATURE_CHALLENGE_SCHEME, SIGNATURE_REFUSED_CODE 
 import { describeFirstIssue } from './input-limits';
 import { nestedAtMost } from '../../src/json-depth';
 import { duplicateJsonKey } from '../../src/json-duplicate-keys';
+import { readsAsUtf8 } from '../../src/unicode-text';
 import { SIGNED_HEADERS, signsRequestId, verifyGatewaySignature, type GatewaySigner, type SignatureProblem, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 import { serviceRequestId } from '../../src/middleware/request-id';
 
@@ -315,9 +316,8 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
       throw new ServiceError(415, 'unsupported_media_type', `The body must be JSON (Content-Type: application/json), not ${ctx.request.type || 'untyped'}.`);
     }
     // JSON is UTF-8 (RFC 8259 8.1) and the parser reads every body as UTF-8: a Latin-1 or UTF-16 body it was told
-    // about was read as other text than the client sent (each byte that is not UTF-8 a U+FFFD), and stored.
-    const charset = ctx.request.charset.toLowerCase();
-    if (hasBody && BODY_METHODS.has(ctx.method) && charset !== '' && charset !== 'utf-8' && charset !== 'utf8') {
+    // about was read as other text than the client sent (each byte that is not UTF-8 a U+FFFD), and stored (readsAsUtf8).
+    if (hasBody && BODY_METHODS.has(ctx.method) && !readsAsUtf8(ctx.request.charset)) {
       throw new ServiceError(415, 'unsupported_media_type', 'The body must be UTF-8 JSON (no other charset).');
     }
     try {

@@ -18,7 +18,7 @@ import { readAtMost } from '../bounded-body';
 import { SIGNATURE_REFUSED_HINT, type GatewaySigner } from '../gateway-signature';
 import { nestedAtMost } from '../json-depth';
 import { duplicateJsonKey } from '../json-duplicate-keys';
-import { isIntactCredential } from '../unicode-text';
+import { isIntactCredential, readsAsUtf8 } from '../unicode-text';
 import { routeKey } from '../routes';
 
 /** Where user-service checks credentials. Outside `/users`, so no public route can reach it. */
@@ -193,8 +193,7 @@ export function createLogin(options: LoginOptions): Middleware[] {
   async function requireJson(ctx: Context, next: () => Promise<void>) {
     if (!ctx.is('application/json')) throw new GatewayError('unsupported_media_type', 'Login expects Content-Type: application/json.');
     // JSON is UTF-8 (RFC 8259 8.1): the parser would read a UTF-16 body as UTF-8 and see other credentials.
-    const charset = ctx.request.charset.toLowerCase();
-    if (charset !== '' && charset !== 'utf-8' && charset !== 'utf8') throw new GatewayError('unsupported_media_type', 'Login expects a UTF-8 JSON body.');
+    if (!readsAsUtf8(ctx.request.charset)) throw new GatewayError('unsupported_media_type', 'Login expects a UTF-8 JSON body.');
     // What the head alone decides is decided before the body is invited: the parser refused a coding it cannot
     // decode (415) or a declared length over the limit (413) only after 100 Continue had asked the client to send it.
     const coding = appliedCoding(ctx.get('content-encoding'));
