@@ -579,6 +579,7 @@ export function createProxy(options: ProxyOptions): Middleware {
     const corsApplied = ctx.state.corsApplied === true;
     // A retry resends the request, so only requests without a body that are safe to repeat get one.
     const replayable = isReplayable(ctx.method, ctx.req.headers);
+    const bodyless = !hasBody(ctx.req.headers);
     // As the CLIENT span and the request histogram record it: outside the conventions' methods, `_OTHER`.
     const method = recordedMethod(ctx.method);
     const tried = new Set<UpstreamInstance>();
@@ -630,12 +631,17 @@ export function createProxy(options: ProxyOptions): Middleware {
         pool.reportFailure(instance, outcome);
       }
 
-      const retryable = replayable && (outcome === 'refused' || outcome === 'reset') && exchange.status === undefined && !exchange.answeredByService && !ctx.res.headersSent;
+      // What never reached the service (a refused connection, or none made in time) may go to another instance
+      // whatever its method: nothing of it was sent (nginx's proxy_next_upstream does the same). A request with a
+      // body is not: its body has been read from the client by now. A reset may have reached it: idempotent only.
+      const neverSent = outcome === 'refused' || (outcome === 'timeout' && exchange.neverConnected === true);
+      const retryable = ((replayable && (outcome === 'refused' || outcome === 'reset')) || (bodyless && neverSent)) && exchange.status === undefined && !exchange.answeredByService && !ctx.res.headersSent;
       // Another instance first. With none left, a reset before any answer is retried on the same one: it is most
       // often a kept-alive connection the service closed just as it was reused (a race every keep-alive client
-      // meets), and the retry goes out on another connection. A refused connection would only be refused again.
+      // meets), and the retry goes out on another connection. A refused connection would only be refused again,
+      // and one not made in time would wait as long again.
       // Asked without taking: a pick here took another instance's trial (every instance out) and the retry found none.
-      const retryOn = !retryable || attempt > MAX_RETRIES || performance.now() >= deadlineAt ? undefined : pool.canPick(tried) ? 'another' : outcome === 'reset' ? 'same' : undefined;
+      const retryOn = !retryable || attempt > MAX_RETRIES || performance.now() >= deadlineAt ? undefined : pool.canPick(tried) ? 'another' : outcome === 'reset' && replayable ? 'same' : undefined;
       if (retryOn) {
         if (retryOn === 'same') tried.delete(instance);
         serverSpan?.addEvent('upstream retry', { [ATTR.upstreamUrl]: instance.origin, [ATTR.upstreamOutcome]: outcome, [ATTR.upstreamAttempts]: attempt });

@@ -112,6 +112,23 @@ describe('load balancing with passive health', () => {
       ]);
     });
 
+    // Nothing of a request whose connection was refused reached any service: nginx moves it on too, whatever its method.
+    // It alternated 502 upstream_refused and 200 while the dead instance was still counted healthy.
+    it('moves a request without a body on to the next instance when its connection was refused, whatever its method', async () => {
+      const fresh = await startStack({
+        env: { RATE_LIMIT_MAX: '100000' },
+        overrides: { services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 100 }, notifications: { url: 'http://placeholder' } } },
+        serviceUrls: { orders: `${dead},${a.url}` },
+      });
+      try {
+        const before = a.hits;
+        for (const method of ['POST', 'PATCH', 'POST', 'PATCH']) expect(await get(fresh.gateway.url, '/api/orders', { method })).toEqual({ status: 200, body: { instance: 'a' } });
+        expect(a.hits - before).toBe(4);
+      } finally {
+        await fresh.close();
+      }
+    });
+
     it('never retries a request with a body or an unsafe method', async () => {
       const fresh = await startStack({
         env: { RATE_LIMIT_MAX: '100000' },
