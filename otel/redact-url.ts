@@ -24,6 +24,20 @@ const SECRET_QUERY_PARAM = /token|pass|pwd|secret|key|code|sig|auth|jwt|sess|sid
 const API_KEY_FOUND = /(?:(?<![A-Za-z0-9_-])|(?<=%[0-9A-Fa-f]{2}))kgw(?:_|%5[Ff])(?:[A-Za-z0-9-]|_|%5[Ff]|%2[Dd]){43}(?![A-Za-z0-9_-])/;
 const API_KEYS_FOUND = new RegExp(API_KEY_FOUND.source, 'g');
 
+/**
+ * A JSON Web Token in text (RFC 7519: base64url header and payload, both JSON objects, so both begin `eyJ`, then a
+ * signature, empty when unsigned), with no base64url character before it: the gateway's own token format, and an
+ * identity provider's, under whatever name a URL carries it (`?t=`, `?id_token=` in a redirect's own query, a magic
+ * link's path). Anchored at a boundary, so a run of `eyJ` is read once, not once per `eyJ` in it.
+ */
+const JWTS_FOUND = /(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{2,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*/g;
+
+/** Text with every gateway API key and every JSON Web Token in it replaced by REDACTED: credentials known by their shape. */
+export function redactCredentialShapes(text: string): string {
+  const withoutKeys = redactApiKeys(text);
+  return withoutKeys.includes('eyJ') ? withoutKeys.replace(JWTS_FOUND, REDACTED) : withoutKeys;
+}
+
 /** Whether text holds a gateway API key. */
 export function containsApiKey(text: string): boolean {
   return API_KEY_FOUND.test(text);
@@ -68,8 +82,33 @@ export const REDACTED = 'REDACTED';
  * reached the logs and spans).
  */
 export function redactQuery(query: string): string {
-  if (!query.includes('=')) return redactApiKeys(query);
-  return redactApiKeys(query.split('&').map(redactParameter).join('&'));
+  if (!query.includes('=')) return redactCredentialShapes(query);
+  return redactCredentialShapes(query.split('&').map(redactParameter).join('&'));
+}
+
+/** A parameter's start inside a value (a URL, a query string): its name and `=`, at the start or after `?`, `&`, `;`, `#`. */
+const NESTED_PARAMETER = /(?:^|[?&;#])([^=?&;#]*)=/g;
+
+/**
+ * Whether a parameter's value carries a secret-looking parameter of its own, as sent or decoded: a redirect's URL
+ * (`redirect_uri=https://app/cb?access_token=...`, `next=%2Fcb%3Ftoken%3D...`), a signed URL passed on
+ * (`url=https://bucket/k?X-Amz-Signature=...`). Only the outer names were looked at, and these went to the logs and
+ * spans whole.
+ */
+function holdsNestedSecret(value: string): boolean {
+  let text = value;
+  for (let round = 0; round <= MAX_NAME_DECODINGS; round++) {
+    if (text.includes('=')) {
+      NESTED_PARAMETER.lastIndex = 0;
+      for (let found = NESTED_PARAMETER.exec(text); found !== null; found = NESTED_PARAMETER.exec(text)) {
+        if (isSecretName(found[1]!)) return true;
+      }
+    }
+    const decoded = percentDecodedLeniently(text);
+    if (decoded === text) return false;
+    text = decoded;
+  }
+  return false;
 }
 
 /**
@@ -88,7 +127,8 @@ function redactParameter(parameter: string): string {
     // once per part.
     let equals = start;
     while (equals < end && parameter.charCodeAt(equals) !== 0x3d) equals++;
-    if (equals < end && isSecretName(parameter.slice(start, equals))) return `${parameter.slice(0, equals)}=${REDACTED}`;
+    // The part's value too (to the next `;`: a `;secret=` after it is a part of its own, judged next).
+    if (equals < end && (isSecretName(parameter.slice(start, equals)) || holdsNestedSecret(parameter.slice(equals + 1, end)))) return `${parameter.slice(0, equals)}=${REDACTED}`;
     if (semicolon === -1) return parameter;
     start = semicolon + 1;
   }
@@ -140,6 +180,6 @@ const USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i;
 export function redactUrl(url: string): string {
   const target = url.replace(USERINFO, `$1${REDACTED}@`);
   const queryStart = target.indexOf('?');
-  if (queryStart === -1) return redactApiKeys(target);
-  return `${redactApiKeys(target.slice(0, queryStart))}?${redactQuery(target.slice(queryStart + 1))}`;
+  if (queryStart === -1) return redactCredentialShapes(target);
+  return `${redactCredentialShapes(target.slice(0, queryStart))}?${redactQuery(target.slice(queryStart + 1))}`;
 }

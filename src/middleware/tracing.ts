@@ -19,7 +19,7 @@ import {
 import { startSpanOwning } from '../../otel/gateway-tracer';
 import { recordedMethod, sentMethod, spanNameMethod } from '../../otel/http-method';
 import { layeredContext } from '../../otel/layered-context';
-import { redactApiKeys, redactQuery } from '../../otel/redact-url';
+import { redactCredentialShapes, redactQuery } from '../../otel/redact-url';
 import { isProbeRequest } from '../../otel/telemetry-config';
 import { TRACE_FLAG_RANDOM } from '../../otel/trace-context';
 import { setRandomTraceIdFlag, traceresponseOf, TraceContextPropagator } from '../../otel/trace-context-propagator';
@@ -156,8 +156,8 @@ export function createTracing(options: TracingOptions): Middleware {
       const sent = sentMethod(ctx.method);
       if (sent !== undefined) attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = sent;
     }
-    // A gateway API key in a path is recognised by its shape (redactApiKeys), as in the access log.
-    attributes[ATTR_URL_PATH] = redactApiKeys(ctx.path);
+    // A gateway API key or a JSON Web Token in a path is recognised by its shape (redactCredentialShapes), as in the access log.
+    attributes[ATTR_URL_PATH] = redactCredentialShapes(ctx.path);
     // Conditionally required when the request had one; its secrets redacted as in the access log.
     const query = ctx.querystring;
     if (query !== '') attributes[ATTR_URL_QUERY] = redactQuery(query);

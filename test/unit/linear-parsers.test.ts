@@ -122,16 +122,28 @@ describe('a baggage property without the blanks around its =', () => {
 });
 
 describe('redacted queries', () => {
-  /** The recursive expression the query was redacted with. */
+  /** Whether a value holds a secret-named parameter of its own, as sent or decoded (each escape one Latin-1 character). */
+  const nestedSecret = (value: string): boolean => {
+    let text = value;
+    for (let round = 0; round <= 3; round++) {
+      if ([...text.matchAll(/(?:^|[?&;#])([^=?&;#]*)=/g)].some((found) => isSecretName(found[1]!))) return true;
+      const decoded = text.replace(/%[0-9a-f]{2}/gi, (escape) => String.fromCharCode(parseInt(escape.slice(1), 16)));
+      if (decoded === text) return false;
+      text = decoded;
+    }
+    return false;
+  };
+
+  /** The recursive expression the query was redacted with, and a value holding a secret parameter redacted whole. */
   const byExpression = (query: string): string =>
-    query.replace(/(^|[&;])([^&;=]*)=([^&;]*)((?:;[^&]*)?)/g, (pair, separator: string, name: string, _value: string, rest: string) => {
-      if (isSecretName(name)) return `${separator}${name}=${REDACTED}`;
+    query.replace(/(^|[&;])([^&;=]*)=([^&;]*)((?:;[^&]*)?)/g, (pair, separator: string, name: string, value: string, rest: string) => {
+      if (isSecretName(name) || nestedSecret(value)) return `${separator}${name}=${REDACTED}`;
       return rest === '' ? pair : `${pair.slice(0, pair.length - rest.length)};${byExpression(rest.slice(1))}`;
     });
 
   it('are what the expression made of them', () => {
     fc.assert(
-      fc.property(text(['a', 'token', 'pass', 'sig', '=', '&', ';', 'x', '1', '%74'], 16), (query) => {
+      fc.property(text(['a', 'token', 'pass', 'sig', '=', '&', ';', 'x', '1', '%74', '?', '#', '%3D', '%26', '%3F'], 16), (query) => {
         expect(redactQuery(query)).toBe(byExpression(query));
       }),
       { seed: 3986, numRuns: 3000 },
@@ -144,6 +156,11 @@ describe('redacted queries', () => {
     // Each part's `=` looked for within the part: searched to the next `=` anywhere, this was read once per part.
     expect(redactQuery(`${';'.repeat(LONG)}=`)).toBe(`${';'.repeat(LONG)}=`);
     expect(redactQuery(`${'a=1;'.repeat(LONG)}token=x;y`)).toBe(`${'a=1;'.repeat(LONG)}token=${REDACTED}`);
+    // A value of many nested starts, and runs of what begins a JSON Web Token: each read once.
+    expect(redactQuery(`a=${'?='.repeat(LONG)}`)).toBe(`a=${'?='.repeat(LONG)}`);
+    expect(redactQuery(`a=${'%3F%3D'.repeat(LONG / 2)}`)).toBe(`a=${'%3F%3D'.repeat(LONG / 2)}`);
+    expect(redactQuery(`a=${'eyJ'.repeat(LONG)}`)).toBe(`a=${'eyJ'.repeat(LONG)}`);
+    expect(redactQuery(`a=${'eyJ.'.repeat(LONG)}`)).toBe(`a=${'eyJ.'.repeat(LONG)}`);
   });
 });
 

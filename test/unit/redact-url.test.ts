@@ -4,6 +4,16 @@ import { containsApiKey, hideUrlPasswords, redactQuery, redactUrl } from '../../
 
 describe('redactUrl (access-log query redaction)', () => {
   it.each([
+    '/api/users?q=hello&page=2&sort=name',
+    '/api/users?filter=a=b&x=y%3Dz',
+    '/api/users?next=%2Fcb%3Fpage%3D2',
+    '/api/users?data=eyJhIjoxfQ',
+    '/api/eyJzeXN0ZW0/eyJ.x.y',
+  ])('leaves %s as it is (nothing secret-looking in it)', (url) => {
+    expect(redactUrl(url)).toBe(url);
+  });
+
+  it.each([
     { desc: 'a plain secret name', url: '/api/users?token=SECRET123', expected: '/api/users?token=REDACTED' },
     { desc: 'an encoded letter in the name', url: '/api/users?%74oken=SECRET123', expected: '/api/users?%74oken=REDACTED' },
     { desc: 'an upper-case escape', url: '/api/users?%54OKEN=SECRET123', expected: '/api/users?%54OKEN=REDACTED' },
@@ -34,6 +44,14 @@ describe('redactUrl (access-log query redaction)', () => {
     // A refused absolute-form target's userinfo reached the access line as sent.
     { desc: 'userinfo in an absolute-form target', url: 'http://alice:S3cret@api.example.com/api/users', expected: 'http://REDACTED@api.example.com/api/users' },
     { desc: 'userinfo and a secret parameter', url: 'https://u:p@h/x?token=1', expected: 'https://REDACTED@h/x?token=REDACTED' },
+    // Only the outer names were looked at: these went to the logs and spans whole.
+    { desc: "a redirect URL's own secret parameter", url: '/api/users/1?redirect_uri=https://app.example/cb?access_token=SECRET_A&page=2', expected: '/api/users/1?redirect_uri=REDACTED&page=2' },
+    { desc: "a signed URL's signature passed on", url: '/api/orders?url=https://bucket.s3.amazonaws.com/k?X-Amz-Signature=SECRET_B', expected: '/api/orders?url=REDACTED' },
+    { desc: 'an encoded redirect holding a token', url: '/api/users/1?next=%2Fcb%3Ftoken%3DSECRET_C', expected: '/api/users/1?next=REDACTED' },
+    { desc: 'a twice-encoded redirect holding a code', url: '/api/users/1?next=%252Fcb%253Fcode%253DSECRET_D', expected: '/api/users/1?next=REDACTED' },
+    { desc: 'a JWT under a harmless name', url: '/a?t=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl&x=1', expected: '/a?t=REDACTED&x=1' },
+    { desc: 'an unsigned JWT', url: '/a?t=eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.', expected: '/a?t=REDACTED' },
+    { desc: 'a JWT in a path (a magic link)', url: '/api/reset/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl/confirm', expected: '/api/reset/REDACTED/confirm' },
   ])('redacts $desc', ({ url, expected }) => {
     expect(redactUrl(url)).toBe(expected);
   });
