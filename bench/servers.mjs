@@ -48,7 +48,9 @@ export function mintToken(secret, jti) {
     .setIssuer(ISSUER)
     .setAudience(AUDIENCE)
     .setIssuedAt()
-    .setExpirationTime('2h');
+    // The gateway's own lifetime (auth.tokenTtlSeconds, 3600 by default): a token living longer is refused as one the
+    // gateway never issued. An hour outlasts any run.
+    .setExpirationTime('1h');
   return (jti === undefined ? token : token.setJti(jti)).sign(new TextEncoder().encode(secret));
 }
 
