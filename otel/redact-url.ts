@@ -26,11 +26,16 @@ const API_KEYS_FOUND = new RegExp(API_KEY_FOUND.source, 'g');
 
 /**
  * A JSON Web Token in text (RFC 7519: base64url header and payload, both JSON objects, so both begin `eyJ`, then a
- * signature, empty when unsigned), with no base64url character before it: the gateway's own token format, and an
- * identity provider's, under whatever name a URL carries it (`?t=`, `?id_token=` in a redirect's own query, a magic
- * link's path). Anchored at a boundary, so a run of `eyJ` is read once, not once per `eyJ` in it.
+ * signature, empty when unsigned), with no base64url character before it (a percent-escape before it, as in
+ * `%3DeyJ...` inside an encoded redirect, is a boundary: its hex digits are not the token's): the gateway's own token
+ * format, and an identity provider's, under whatever name a URL carries it (`?t=`, `?id_token=` in a redirect's own
+ * query, a magic link's path). Anchored at a boundary, so a run of `eyJ` is read once, not once per `eyJ` in it.
  */
-const JWTS_FOUND = /(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{2,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*/g;
+const JWT_FOUND = /(?:(?<![A-Za-z0-9_-])|(?<=%[0-9A-Fa-f]{2}))eyJ[A-Za-z0-9_-]{2,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*/;
+const JWTS_FOUND = new RegExp(JWT_FOUND.source, 'g');
+
+/** A URL's `user:password@` (from its `//`): in a value, as a redirect or a service URL passed on carries one. */
+const URL_PASSWORD = /\/\/[^/?#@:\s]*:[^/?#@\s]*@/;
 
 /** Text with every gateway API key and every JSON Web Token in it replaced by REDACTED: credentials known by their shape. */
 export function redactCredentialShapes(text: string): string {
@@ -90,10 +95,12 @@ export function redactQuery(query: string): string {
 const NESTED_PARAMETER = /(?:^|[?&;#])([^=?&;#]*)=/g;
 
 /**
- * Whether a parameter's value carries a secret-looking parameter of its own, as sent or decoded: a redirect's URL
- * (`redirect_uri=https://app/cb?access_token=...`, `next=%2Fcb%3Ftoken%3D...`), a signed URL passed on
- * (`url=https://bucket/k?X-Amz-Signature=...`). Only the outer names were looked at, and these went to the logs and
- * spans whole.
+ * Whether a parameter's value carries a secret of its own, as sent or decoded (to MAX_NAME_DECODINGS decodings): a
+ * secret-looking parameter (a redirect's URL, `redirect_uri=https://app/cb?access_token=...`,
+ * `next=%2Fcb%3Ftoken%3D...`; a signed URL passed on, `url=https://bucket/k?X-Amz-Signature=...`), a JSON Web Token
+ * encoded past its shape (`%253D` before it), or a URL's password (`https://alice:s3cret@host/`). Only the outer names
+ * were looked at, and these went to the logs and spans whole. Each decoding is the whole value's, so a name found in
+ * it is tested as it reads there, not decoded again (isSecretName's own decodings made this ~3x the cost).
  */
 function holdsNestedSecret(value: string): boolean {
   let text = value;
@@ -101,9 +108,10 @@ function holdsNestedSecret(value: string): boolean {
     if (text.includes('=')) {
       NESTED_PARAMETER.lastIndex = 0;
       for (let found = NESTED_PARAMETER.exec(text); found !== null; found = NESTED_PARAMETER.exec(text)) {
-        if (isSecretName(found[1]!)) return true;
+        if (SECRET_QUERY_PARAM.test(found[1]!)) return true;
       }
     }
+    if ((text.includes('eyJ') && JWT_FOUND.test(text)) || (text.includes('@') && URL_PASSWORD.test(text))) return true;
     const decoded = percentDecodedLeniently(text);
     if (decoded === text) return false;
     text = decoded;
@@ -118,7 +126,8 @@ function holdsNestedSecret(value: string): boolean {
  * and no span.
  */
 function redactParameter(parameter: string): string {
-  if (!parameter.includes('=')) return parameter;
+  const firstEquals = parameter.indexOf('=');
+  if (firstEquals === -1) return parameter;
   let start = 0;
   for (;;) {
     const semicolon = parameter.indexOf(';', start);
@@ -127,11 +136,13 @@ function redactParameter(parameter: string): string {
     // once per part.
     let equals = start;
     while (equals < end && parameter.charCodeAt(equals) !== 0x3d) equals++;
-    // The part's value too (to the next `;`: a `;secret=` after it is a part of its own, judged next).
-    if (equals < end && (isSecretName(parameter.slice(start, equals)) || holdsNestedSecret(parameter.slice(equals + 1, end)))) return `${parameter.slice(0, equals)}=${REDACTED}`;
-    if (semicolon === -1) return parameter;
+    if (equals < end && isSecretName(parameter.slice(start, equals))) return `${parameter.slice(0, equals)}=${REDACTED}`;
+    if (semicolon === -1) break;
     start = semicolon + 1;
   }
+  // No part named a secret: the value as the services read it (to the next `&`, its `;`s and all), judged for one of
+  // its own, whole (`next=%2Fcb;%3Faccess_token%3D...` is `/cb;?access_token=...` to Koa).
+  return holdsNestedSecret(parameter.slice(firstEquals + 1)) ? `${parameter.slice(0, firstEquals)}=${REDACTED}` : parameter;
 }
 
 /**

@@ -70,13 +70,13 @@ import {
   type SpanLimits,
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
-import { ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION, ATTR_URL_FULL, ATTR_URL_QUERY } from '@opentelemetry/semantic-conventions';
+import { ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION, ATTR_URL_FULL, ATTR_URL_PATH, ATTR_URL_QUERY } from '@opentelemetry/semantic-conventions';
 import { droppedLogRecordsReporter } from './dropped-log-records';
 import { createGatewayTracer, GATEWAY_SCHEMA_URL, GATEWAY_TRACER_NAME } from './gateway-tracer';
 import { recordedMethod, spanNameMethod } from './http-method';
 import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
 import { DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT, logRecordValueLengthLimit, positiveNumberFromEnv } from './attribute-values';
-import { redactQuery, redactUrl } from './redact-url';
+import { redactCredentialShapes, redactQuery, redactUrl } from './redact-url';
 import { GrpcServerSpanStatusProcessor } from './grpc-server-span-status';
 import { RequestIdSpanProcessor } from './request-id-span-processor';
 import { createTextMapPropagator } from './trace-context-propagator';
@@ -488,7 +488,12 @@ function instrumentations(names: readonly InstrumentationName[], isExport: (opti
           if (continuesTraceContext !== undefined && !continuesTraceContext(request)) dropTraceContext(request.headers);
           const url = (request as { url?: string }).url ?? '';
           const queryStart = url.indexOf('?');
-          return queryStart === -1 ? {} : { [ATTR_URL_QUERY]: redactQuery(url.slice(queryStart + 1)) };
+          const attributes: Attributes = queryStart === -1 ? {} : { [ATTR_URL_QUERY]: redactQuery(url.slice(queryStart + 1)) };
+          // A credential known by its shape in the path (a magic link's token), as the gateway's own span redacts it.
+          const path = queryStart === -1 ? url : url.slice(0, queryStart);
+          const redactedPath = redactCredentialShapes(path);
+          if (redactedPath !== path) attributes[ATTR_URL_PATH] = redactedPath;
+          return attributes;
         },
         ignoreOutgoingRequestHook: isExport,
         // It records a method outside the conventions' list as `_OTHER` but still names the span after it

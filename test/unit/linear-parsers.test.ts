@@ -134,12 +134,24 @@ describe('redacted queries', () => {
     return false;
   };
 
-  /** The recursive expression the query was redacted with, and a value holding a secret parameter redacted whole. */
-  const byExpression = (query: string): string =>
-    query.replace(/(^|[&;])([^&;=]*)=([^&;]*)((?:;[^&]*)?)/g, (pair, separator: string, name: string, value: string, rest: string) => {
-      if (isSecretName(name) || nestedSecret(value)) return `${separator}${name}=${REDACTED}`;
-      return rest === '' ? pair : `${pair.slice(0, pair.length - rest.length)};${byExpression(rest.slice(1))}`;
+  /** The recursive expression a parameter was redacted with. */
+  const partsByExpression = (parameter: string): string =>
+    parameter.replace(/(^|;)([^;=]*)=([^;]*)((?:;.*)?)$/, (pair, separator: string, name: string, _value: string, rest: string) => {
+      if (isSecretName(name)) return `${separator}${name}=${REDACTED}`;
+      return rest === '' ? pair : `${pair.slice(0, pair.length - rest.length)};${partsByExpression(rest.slice(1))}`;
     });
+
+  /** Each `&` parameter as the expression made it; one it left alone whose value holds a secret of its own, redacted whole. */
+  const byExpression = (query: string): string =>
+    query
+      .split('&')
+      .map((parameter) => {
+        const parts = parameter.includes('=') ? partsByExpression(parameter) : parameter;
+        if (parts !== parameter || !parameter.includes('=')) return parts;
+        const equals = parameter.indexOf('=');
+        return nestedSecret(parameter.slice(equals + 1)) ? `${parameter.slice(0, equals)}=${REDACTED}` : parameter;
+      })
+      .join('&');
 
   it('are what the expression made of them', () => {
     fc.assert(

@@ -8,6 +8,7 @@ describe('redactUrl (access-log query redaction)', () => {
     '/api/users?filter=a=b&x=y%3Dz',
     '/api/users?next=%2Fcb%3Fpage%3D2',
     '/api/users?data=eyJhIjoxfQ',
+    '/cb?next=https://alice@internal.example/&mail=a@b.example',
     '/api/eyJzeXN0ZW0/eyJ.x.y',
   ])('leaves %s as it is (nothing secret-looking in it)', (url) => {
     expect(redactUrl(url)).toBe(url);
@@ -52,6 +53,15 @@ describe('redactUrl (access-log query redaction)', () => {
     { desc: 'a JWT under a harmless name', url: '/a?t=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl&x=1', expected: '/a?t=REDACTED&x=1' },
     { desc: 'an unsigned JWT', url: '/a?t=eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.', expected: '/a?t=REDACTED' },
     { desc: 'a JWT in a path (a magic link)', url: '/api/reset/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl/confirm', expected: '/api/reset/REDACTED/confirm' },
+    // An escape's hex digits before the token: `%3D` and `%2F` end in a base64url character, which hid the boundary.
+    { desc: 'a JWT after an escape in an encoded redirect', url: '/login?next=%2Fcb%3Ft%3DeyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2ln', expected: '/login?next=REDACTED' },
+    { desc: 'a JWT after an escape in a path', url: '/magic%2FeyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2ln', expected: '/magic%2FREDACTED' },
+    { desc: 'a twice-encoded JWT', url: '/login?next=%252Fcb%253Ft%253DeyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2ln', expected: '/login?next=REDACTED' },
+    // Koa reads a value to the next `&`: `/cb;?access_token=...` is `next`'s.
+    { desc: 'an encoded secret after a raw semicolon in a value', url: '/cb?next=%2Fcb;%3Faccess_token%3DSECRET1', expected: '/cb?next=REDACTED' },
+    { desc: 'an encoded secret two semicolon parts on', url: '/cb?next=%2Fcb%3Fa%3D1;b%26token%3DSECRET2', expected: '/cb?next=REDACTED' },
+    { desc: "a URL's password in a value", url: '/cb?next=https://alice:s3cret@internal.example/', expected: '/cb?next=REDACTED' },
+    { desc: "an encoded URL's password in a value", url: '/cb?next=https%3A%2F%2Falice%3As3cret%40internal.example%2F', expected: '/cb?next=REDACTED' },
   ])('redacts $desc', ({ url, expected }) => {
     expect(redactUrl(url)).toBe(expected);
   });
