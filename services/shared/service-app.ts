@@ -1,12 +1,13 @@
 import type { IncomingMessage } from 'node:http';
 import { bodyParser } from '@koa/bodyparser';
-import { context, propagation } from '@opentelemetry/api';
+import { context, propagation, trace } from '@opentelemetry/api';
+import { getRPCMetadata, RPCType } from '@opentelemetry/core';
 import type Router from '@koa/router';
 import Koa, { type Context } from 'koa';
 import { request, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
-import { AUTH_REALM, HEADER, SIGNATURE_CHALLENGE_SCHEME, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
+import { ATTR, AUTH_REALM, HEADER, SIGNATURE_CHALLENGE_SCHEME, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
 import { describeFirstIssue } from './input-limits';
 import { nestedAtMost } from '../../src/json-depth';
 import { duplicateJsonKey } from '../../src/json-duplicate-keys';
@@ -243,7 +244,15 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     // A v2 signature (the release before's) does not cover the id: it is not believed (signsRequestId).
     const requestId = serviceRequestId(ctx.get(HEADER.requestId) || undefined, problem === undefined && (keys === undefined || signsRequestId(ctx.req.headers[HEADER.gatewaySignature])));
     if (requestId !== undefined) requestIds.set(ctx, requestId);
-    if (requestId) ctx.set(HEADER.requestId, requestId);
+    if (requestId) {
+      ctx.set(HEADER.requestId, requestId);
+      // On the SERVER span too: a believed id arrives in baggage (otel/request-id-span-processor.ts), but one minted
+      // here for a request not believed (unsigned, a forged id) reached the log line and not the span. The HTTP
+      // instrumentation's span, as it leaves it in the context for the Koa instrumentation (whose own middleware
+      // span is the active one here).
+      const rpc = getRPCMetadata(context.active());
+      (rpc?.type === RPCType.HTTP ? rpc.span : trace.getActiveSpan())?.setAttribute(ATTR.requestId, requestId);
+    }
     try {
       if (continueTraceContext && problem === undefined) await context.with(propagation.extract(context.active(), ctx.req.headers), next);
       else await next();

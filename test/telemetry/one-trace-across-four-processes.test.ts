@@ -149,6 +149,36 @@ describe('one id from curl to trace to logs', () => {
     const exported = JSON.stringify(receiver.spans().filter((span) => span.traceId === traceId));
     for (const secret of secrets) expect(exported).not.toContain(secret);
   });
+
+  // Known by their shape, or carried in a value's own query: in the path and the query of every process's spans.
+  it("exports no token in a path nor a redirect's own secret, in the gateway's spans or a service's", async () => {
+    const jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWdpYy1saW5rIn0.TUFHSUMtU0lHTkFUVVJF';
+    const response = await fetch(`${stack.gatewayUrl}/api/orders/${jwt}?next=%2Fcb%3Faccess_token%3DNESTED-SECRET-4&page=2`, { headers: { authorization: `Bearer ${token}` } });
+    expect(response.status).toBe(404);
+    const traceId = response.headers.get(HEADER.requestId)!;
+    const serverOf = (service: string) => (spans: ReceivedTelemetry['spans']) => spans.find((span) => span.traceId === traceId && span.serviceName === service && span.kind === 'SERVER');
+    const { spans } = await receiver.waitFor(({ spans }) => serverOf(SERVICE_NAME.orders)(spans) !== undefined && serverOf(SERVICE_NAME.gateway)(spans) !== undefined, 15_000);
+    for (const service of [SERVICE_NAME.gateway, SERVICE_NAME.orders]) {
+      expect(serverOf(service)(spans)!.attributes['url.query']).toBe('next=REDACTED&page=2');
+    }
+    expect(serverOf(SERVICE_NAME.gateway)(spans)!.attributes['url.path']).toBe('/api/orders/REDACTED');
+    expect(serverOf(SERVICE_NAME.orders)(spans)!.attributes['url.path']).toBe('/orders/REDACTED');
+    // In no URL attribute of any span of the request (order-service's own 404 detail names the id it was asked for).
+    const urls = JSON.stringify(receiver.spans().filter((span) => span.traceId === traceId).map((span) => Object.entries(span.attributes).filter(([name]) => name.startsWith('url.'))));
+    expect(urls).not.toContain(jwt.split('.')[2]!);
+    expect(JSON.stringify(receiver.spans().filter((span) => span.traceId === traceId))).not.toContain('NESTED-SECRET-4');
+  });
+
+  // A request a service does not believe (unsigned) is logged under an id of its own: its span must carry the same.
+  it("puts the id a service answers an unsigned request under on that request's span", async () => {
+    const users = stack.processes.find((each) => each.name === SERVICE_NAME.users)!;
+    const response = await fetch(`${users.url}/users/1`, { headers: { [HEADER.requestId]: 'forged-id-1', [HEADER.userId]: '1', [HEADER.userRole]: 'admin' } });
+    expect(response.status).toBe(401);
+    const minted = response.headers.get(HEADER.requestId)!;
+    expect(minted).not.toBe('forged-id-1');
+    const { spans } = await receiver.waitFor(({ spans }) => spans.some((span) => span.serviceName === SERVICE_NAME.users && span.kind === 'SERVER' && span.attributes['http.response.status_code'] === 401 && span.attributes[ATTR.requestId] === minted), 5_000);
+    expect(spans.filter((span) => span.attributes[ATTR.requestId] === 'forged-id-1')).toEqual([]);
+  });
 });
 
 describe('telemetry never fails a request', () => {
