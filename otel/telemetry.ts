@@ -117,6 +117,32 @@ export function isTelemetryActive(): boolean {
   return active !== undefined;
 }
 
+/** What of a request's trace context a process carries itself (traceContextByHand). */
+export interface TraceContextByHand {
+  /** Makes an incoming request's `traceparent`, `tracestate` and `baggage` current. */
+  continueIncoming: boolean;
+  /** Writes the current ones on its HTTP calls (undici's request API). */
+  injectHttpCalls: boolean;
+  /** Writes them into its gRPC calls' metadata. */
+  injectGrpcCalls: boolean;
+}
+
+/**
+ * Where the instrumentations this process loaded carry trace context and where it must be carried by hand (none
+ * loaded: telemetry off; or some disabled with OTEL_NODE_DISABLED_INSTRUMENTATIONS): `continueIncoming` without
+ * http-server (which makes a request's traceparent current), `injectHttpCalls` without undici (which writes it on
+ * undici's calls), `injectGrpcCalls` without the grpc instrumentation (loaded with either half of http, sdk.ts).
+ * W3C Trace Context: a participant that receives a valid traceparent MUST pass it on, whichever are loaded.
+ */
+export function traceContextByHand(): TraceContextByHand {
+  const loaded = active?.config.instrumentations ?? [];
+  return {
+    continueIncoming: !loaded.includes('http-server'),
+    injectHttpCalls: !loaded.includes('undici'),
+    injectGrpcCalls: !loaded.includes('http-server') && !loaded.includes('http-client'),
+  };
+}
+
 /**
  * Adds metrics recorded outside the OpenTelemetry SDK to this process's metric exports, from the next one on:
  * the bootstrap starts before main.ts builds what records them. False, and nothing kept, when telemetry or

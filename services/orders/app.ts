@@ -4,6 +4,7 @@ import Router from '@koa/router';
 import type Koa from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
+import type { TraceContextByHand } from '../../otel/telemetry';
 import { SERVICE_NAME } from '../../otel/wire-names';
 import { createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
 import { readAtMost } from '../../src/bounded-body';
@@ -36,10 +37,10 @@ export interface OrdersAppOptions {
   acceptedSigningKey?: string;
   /**
    * Continue each request's trace context (`traceparent`, `tracestate`, `baggage`) and pass it on to user-service
-   * and notification-service by hand: for a process without the http, undici and grpc instrumentations, which do
-   * it otherwise (telemetry off: services/shared/service-main.ts). Default false.
+   * and notification-service by hand: each half that no loaded instrumentation (http, undici, grpc) carries
+   * (telemetry off, or some disabled: services/shared/service-main.ts); `true` for all of them. Default false.
    */
-  propagateTraceContext?: boolean;
+  propagateTraceContext?: boolean | TraceContextByHand;
   /**
    * How many orders are kept in memory; default the newest 1,000 per owner and 10,000 in all, at most 64 MiB of them
    * (orderBytes: older ones are dropped).
@@ -103,7 +104,9 @@ export function createApp(options: OrdersAppOptions): Koa {
   const router = new Router();
   // A signature is good only for the request it was made for: each call to another service is signed here.
   const sign = options.signingKey === undefined ? undefined : createGatewaySigner(options.signingKey);
-  const propagate = options.propagateTraceContext ?? false;
+  // Each half as no loaded instrumentation carries it (a boolean: all or none).
+  const byHand = options.propagateTraceContext ?? false;
+  const { continueIncoming, injectHttpCalls, injectGrpcCalls } = typeof byHand === 'boolean' ? { continueIncoming: byHand, injectHttpCalls: byHand, injectGrpcCalls: byHand } : byHand;
 
   async function checkUser(caller: Caller, requestId: string, identity: SignedValues): Promise<void> {
     let status: number;
@@ -112,7 +115,7 @@ export function createApp(options: OrdersAppOptions): Koa {
     // id `.` was asked as `GET /users/` (the admin's list of users, 200: an order for a user who did not exist).
     if (caller.id === '.' || caller.id === '..') throw new ServiceError(403, 'unknown_user', 'Your account no longer exists.');
     try {
-      const response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, identity, sign, propagate });
+      const response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, identity, sign, propagate: injectHttpCalls });
       status = response.statusCode;
       code = status === 404 ? await problemCode(response.body) : (await response.body.dump(), undefined);
     } catch (error) {
@@ -148,7 +151,7 @@ export function createApp(options: OrdersAppOptions): Koa {
     }
   }
 
-  const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl, sign, { propagate }) : undefined;
+  const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl, sign, { propagate: injectGrpcCalls }) : undefined;
 
   async function notify(order: Order, userId: string, requestId: string, identity: SignedValues): Promise<void> {
     const event = { userId, type: 'order.created', orderId: order.id, message: `Order ${order.id} was created.` };
@@ -169,7 +172,7 @@ export function createApp(options: OrdersAppOptions): Koa {
         requestId,
         identity,
         sign,
-        propagate,
+        propagate: injectHttpCalls,
         body: event,
       });
       await response.body.dump();
@@ -228,5 +231,5 @@ export function createApp(options: OrdersAppOptions): Koa {
     ctx.body = order;
   });
 
-  return createServiceApp({ serviceName: SERVICE_NAME.orders, logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey, continueTraceContext: propagate });
+  return createServiceApp({ serviceName: SERVICE_NAME.orders, logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey, continueTraceContext: continueIncoming });
 }

@@ -1,7 +1,7 @@
 import type Koa from 'koa';
 import { createLogger, type Logger } from '../../otel/logger';
 import { runServer } from '../../otel/lifecycle';
-import { continueTraceContextOnlyWhen, isTelemetryActive, shutdownTelemetry, startPropagation } from '../../otel/telemetry';
+import { continueTraceContextOnlyWhen, isTelemetryActive, shutdownTelemetry, startPropagation, traceContextByHand, type TraceContextByHand } from '../../otel/telemetry';
 import { createRejectedRequestDuration } from './rejected-request-duration';
 import { signedByGateway } from './service-app';
 import { loadServiceEnv, type ServiceEnv, type ServiceKey } from './service-config';
@@ -21,10 +21,10 @@ export interface StartServiceOptions {
 /** What startService decided about the process, for a service's build. */
 export interface ServiceRuntime {
   /**
-   * True when the service must continue its callers' trace context and pass it on to the services it calls by
-   * itself: it calls others and telemetry is off, so no instrumentation does (see startService).
+   * What of its callers' trace context a service that calls others must continue, and pass on to the services it
+   * calls, by itself: what no loaded instrumentation does (telemetry off, or some disabled: see startService).
    */
-  propagateTraceContextByHand: boolean;
+  propagateTraceContextByHand: TraceContextByHand;
 }
 
 /** What each service's main.ts does: read its env, build its app, listen, stop gracefully. */
@@ -53,9 +53,15 @@ export async function startService<K extends ServiceKey>(
   // http, undici and grpc instrumentations continue a request's trace context and pass it on; with it off
   // (OTEL_SDK_DISABLED=true, or no otel/register preload) none is loaded, and a service calling others sent its
   // callers' traceparent, tracestate and baggage nowhere. Such a service then registers the context manager and
-  // the propagators (startPropagation, as the gateway does) and carries them itself; the others pay nothing.
-  const runtime: ServiceRuntime = { propagateTraceContextByHand: options.callsOtherServices === true && !isTelemetryActive() };
-  if (runtime.propagateTraceContextByHand) startPropagation();
+  // the propagators (startPropagation, as the gateway does) and carries them itself; the others pay nothing. So it
+  // does for each half a disabled instrumentation leaves undone (OTEL_NODE_DISABLED_INSTRUMENTATIONS=http-server,koa
+  // started a new trace at every call order-service made).
+  const byHand = traceContextByHand();
+  const callsOthers = options.callsOtherServices === true;
+  const runtime: ServiceRuntime = {
+    propagateTraceContextByHand: { continueIncoming: callsOthers && byHand.continueIncoming, injectHttpCalls: callsOthers && byHand.injectHttpCalls, injectGrpcCalls: callsOthers && byHand.injectGrpcCalls },
+  };
+  if (callsOthers && !isTelemetryActive()) startPropagation();
   try {
     const built = await build(env, logger, runtime);
     const { app, onShutdown } = 'onShutdown' in built ? built : { app: built, onShutdown: undefined };

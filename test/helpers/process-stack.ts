@@ -113,7 +113,7 @@ export function startProcess(name: string, entry: string, env: Record<string, st
   });
 }
 
-export async function startProcessStack(callerEnv: Record<string, string> = {}): Promise<ProcessStack> {
+export async function startProcessStack(callerEnv: Record<string, string> = {}, ordersEnv: Record<string, string> = {}): Promise<ProcessStack> {
   // The four share the gateway's signing key, as deployed (a test may set its own, or '' for none).
   const env = { GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY, ...callerEnv };
   const processes: RunningProcess[] = [];
@@ -123,7 +123,7 @@ export async function startProcessStack(callerEnv: Record<string, string> = {}):
       startProcess('notification-service', 'services/notifications/main.js', env),
     ]);
     processes.push(users, notifications);
-    const orders = await startProcess('order-service', 'services/orders/main.js', { ...env, USER_SERVICE_URL: users.url, NOTIF_SERVICE_URL: notifications.url });
+    const orders = await startProcess('order-service', 'services/orders/main.js', { ...env, USER_SERVICE_URL: users.url, NOTIF_SERVICE_URL: notifications.url, ...ordersEnv });
     processes.push(orders);
     const gateway = await startProcess('gateway', 'src/main.js', {
       JWT_SECRET: TEST_JWT_SECRET,

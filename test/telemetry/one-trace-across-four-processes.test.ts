@@ -181,6 +181,41 @@ describe('one id from curl to trace to logs', () => {
   });
 });
 
+// W3C Trace Context: a participant passes on the traceparent it receives, whichever instrumentations it loaded. With
+// order-service's SERVER instrumentation off (a documented opt-out), each call it made started a trace of its own.
+describe('one trace when order-service runs without its http-server and koa instrumentations', () => {
+  let receiver: OtlpReceiver;
+  let stack: ProcessStack;
+
+  beforeAll(async () => {
+    receiver = await startOtlpReceiver();
+    stack = await startProcessStack({ ...FAST_EXPORT, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url }, { OTEL_NODE_DISABLED_INSTRUMENTATIONS: 'http-server,koa' });
+  });
+  afterAll(async () => {
+    await stack?.stop('SIGKILL');
+    await receiver?.close();
+  });
+
+  it("keeps order-service's calls in the request's trace, under the gateway's span, with the request id", async () => {
+    const login = await fetch(`${stack.gatewayUrl}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
+    const { token } = (await login.json()) as { token: string };
+    const response = await fetch(`${stack.gatewayUrl}/api/orders`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ items: [{ sku: 'book-42', quantity: 1 }] }) });
+    expect(response.status).toBe(201);
+    const requestId = response.headers.get(HEADER.requestId)!;
+    const called = [SERVICE_NAME.users, SERVICE_NAME.notifications];
+    const { spans } = await receiver.waitFor(({ spans }) => called.every((service) => spans.some((span) => span.serviceName === service && span.kind === 'SERVER' && span.attributes[ATTR.requestId] === requestId)), 15_000);
+    const byId = new Map(spans.map((span) => [span.spanId, span]));
+    const gatewayClient = spans.find((span) => span.traceId === requestId && span.serviceName === SERVICE_NAME.gateway && span.kind === 'CLIENT')!;
+    for (const service of called) {
+      const server = spans.find((span) => span.serviceName === service && span.kind === 'SERVER' && span.attributes[ATTR.requestId] === requestId)!;
+      expect(server.traceId).toBe(requestId);
+      // Called by order-service's own CLIENT span, itself under the gateway's call to order-service.
+      const caller = byId.get(server.parentSpanId ?? '')!;
+      expect({ service: caller.serviceName, kind: caller.kind, parent: caller.parentSpanId }).toEqual({ service: SERVICE_NAME.orders, kind: 'CLIENT', parent: gatewayClient.spanId });
+    }
+  });
+});
+
 describe('telemetry never fails a request', () => {
   it.each([
     { desc: 'the collector is down', setup: async (receiver: OtlpReceiver) => receiver.close() },
