@@ -31,7 +31,9 @@ const API_KEYS_FOUND = new RegExp(API_KEY_FOUND.source, 'g');
  * format, and an identity provider's, under whatever name a URL carries it (`?t=`, `?id_token=` in a redirect's own
  * query, a magic link's path). Anchored at a boundary, so a run of `eyJ` is read once, not once per `eyJ` in it.
  */
-const JWT_FOUND = /(?:(?<![A-Za-z0-9_-])|(?<=%[0-9A-Fa-f]{2}))eyJ[A-Za-z0-9_-]{2,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*/;
+// Signed (JWS: three parts, the payload JSON too) or encrypted (JWE, RFC 7516 7.1: five parts, the key part empty
+// for direct encryption).
+const JWT_FOUND = /(?:(?<![A-Za-z0-9_-])|(?<=%[0-9A-Fa-f]{2}))eyJ[A-Za-z0-9_-]{2,}\.(?:eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*|[A-Za-z0-9_-]*\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,})/;
 const JWTS_FOUND = new RegExp(JWT_FOUND.source, 'g');
 
 /** A URL's `user:password@` (from its `//`): in a value, as a redirect or a service URL passed on carries one. */

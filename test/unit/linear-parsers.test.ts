@@ -173,6 +173,10 @@ describe('redacted queries', () => {
     expect(redactQuery(`a=${'%3F%3D'.repeat(LONG / 2)}`)).toBe(`a=${'%3F%3D'.repeat(LONG / 2)}`);
     expect(redactQuery(`a=${'eyJ'.repeat(LONG)}`)).toBe(`a=${'eyJ'.repeat(LONG)}`);
     expect(redactQuery(`a=${'eyJ.'.repeat(LONG)}`)).toBe(`a=${'eyJ.'.repeat(LONG)}`);
+    expect(redactQuery(`a=eyJaa.${'aa.'.repeat(LONG)}`)).toBe(`a=${REDACTED}`);
+    // Four parts after each escape: neither a signed nor an encrypted token.
+    const fourParts = `a=${'%3DeyJaa.aa.aa.aa'.repeat(LONG / 16)}`;
+    expect(redactQuery(fourParts) === fourParts).toBe(true);
   });
 });
 

@@ -52,6 +52,8 @@ describe('redactUrl (access-log query redaction)', () => {
     { desc: 'a twice-encoded redirect holding a code', url: '/api/users/1?next=%252Fcb%253Fcode%253DSECRET_D', expected: '/api/users/1?next=REDACTED' },
     { desc: 'a JWT under a harmless name', url: '/a?t=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl&x=1', expected: '/a?t=REDACTED&x=1' },
     { desc: 'an unsigned JWT', url: '/a?t=eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.', expected: '/a?t=REDACTED' },
+    { desc: 'an encrypted JWT (five parts)', url: '/cb?t=eyJhbGciOiJSU0EtT0FFUCIsImVuYyI6IkEyNTZHQ00ifQ.OKOawDo13gRp2ojaHV7LFpZc.48V1_ALb6US04U3b.5eym8TW_c8SuK0ltJ3rpYIzOeDQz7TALvtu6UG9oMo4vpzs9tX_EFShS8iB7j6ji.XFBoMYUZodetZdvTiFvSkQ&x=1', expected: '/cb?t=REDACTED&x=1' },
+    { desc: 'a directly encrypted JWT (an empty key part)', url: '/cb?t=eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..48V1_ALb6US04U3b.5eym8TW_c8SuK0lt.XFBoMYUZodetZdvTiFvSkQ', expected: '/cb?t=REDACTED' },
     { desc: 'a JWT in a path (a magic link)', url: '/api/reset/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl/confirm', expected: '/api/reset/REDACTED/confirm' },
     // An escape's hex digits before the token: `%3D` and `%2F` end in a base64url character, which hid the boundary.
     { desc: 'a JWT after an escape in an encoded redirect', url: '/login?next=%2Fcb%3Ft%3DeyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2ln', expected: '/login?next=REDACTED' },
