@@ -11,6 +11,7 @@ import { readAtMost } from '../../src/bounded-body';
 import { createBoundedStore, type BoundedStoreLimits } from '../shared/bounded-store';
 import { recordId } from '../shared/input-limits';
 import { callService, createServiceApp, identityOf, requestIdOf, requireOwner, ServiceError, validBody, validParam, validQuery, type Caller } from '../shared/service-app';
+import { createIdempotencyKeys, IDEMPOTENCY_KEY, type IdempotentStart } from './idempotency-keys';
 import { createNotificationsGrpcClient } from './notifications-client';
 
 export interface Order {
@@ -101,6 +102,7 @@ export function createApp(options: OrdersAppOptions): Koa {
   const { logger } = options;
   // Kept per owner key (requireOwner): orders of a user and of a consumer never mix.
   const orders = createBoundedStore<Order>(options.storeLimits ?? DEFAULT_ORDER_STORE_LIMITS, orderBytes);
+  const idempotencyKeys = createIdempotencyKeys();
   const router = new Router();
   // A signature is good only for the request it was made for: each call to another service is signed here.
   const sign = options.signingKey === undefined ? undefined : createGatewaySigner(options.signingKey);
@@ -186,23 +188,59 @@ export function createApp(options: OrdersAppOptions): Koa {
     const owner = requireOwner(ctx);
     const { items } = validBody(ctx, newOrder);
     const requestId = requestIdOf(ctx);
+    const idempotent = startIdempotent(ctx, owner.key, items);
+    if (idempotent?.kind === 'replay') {
+      const made = orders.get(owner.key, idempotent.orderId);
+      if (!made) throw new ServiceError(409, 'idempotency_key_spent', 'The order this Idempotency-Key placed is no longer kept; send a new key to place another.');
+      // The answer the first request had: the same order at the same Location.
+      ctx.set('Idempotent-Replayed', 'true');
+      return answerCreated(ctx, made);
+    }
     // The caller the gateway vouched for goes on to user-service and notification-service, in calls signed here.
     const identity = identityOf(ctx);
-    // A user's account must still exist; a consumer is vouched for by the gateway's registry alone.
-    if (owner.kind === 'user') await checkUser(owner.user, requestId, identity);
+    try {
+      // A user's account must still exist; a consumer is vouched for by the gateway's registry alone.
+      if (owner.kind === 'user') await checkUser(owner.user, requestId, identity);
+    } catch (error) {
+      // Nothing placed: the same key may come again.
+      idempotent?.abandon();
+      throw error;
+    }
     const placedBy = owner.kind === 'user' ? { userId: owner.user.id } : { consumerId: owner.consumerId };
     const order: Order = { id: randomUUID(), ...placedBy, items, status: 'created', createdAt: new Date().toISOString() };
     orders.add(owner.key, order);
+    idempotent?.settle(order.id);
     // Each line of a request names its id itself: with telemetry off no context manager carries it to the line.
     logger.info('order created', { order_id: order.id, user_id: order.userId, consumer_id: order.consumerId, items: items.length, request_id: requestId });
     // Notifications go to users (notification-service keeps them per user).
     if (owner.kind === 'user') await notify(order, owner.user.id, requestId, identity);
+    answerCreated(ctx, order);
+  });
+
+  /**
+   * The `Idempotency-Key` of a request that sent one (undefined for none): a client sending its POST again after a
+   * timeout or a dropped connection placed a second order (the first had been placed all the same). 400 for a key
+   * that is not 1-255 visible characters (one sent twice is two, joined by a comma and a space), 409 while the first
+   * request with it is under way, 422 for a key used with another body.
+   */
+  function startIdempotent(ctx: Koa.Context, ownerKey: string, items: Order['items']): Extract<IdempotentStart, { kind: 'first' | 'replay' }> | undefined {
+    const key = ctx.get('idempotency-key');
+    if (key === '') return undefined;
+    if (!IDEMPOTENCY_KEY.test(key)) throw new ServiceError(400, 'invalid_header', 'Idempotency-Key must be 1-255 visible ASCII characters, sent once.');
+    const start = idempotencyKeys.start(ownerKey, key, items);
+    if (start.kind === 'in_flight') throw new ServiceError(409, 'idempotency_key_in_use', 'A request with this Idempotency-Key is still being handled; try again shortly.', { 'Retry-After': '1' });
+    if (start.kind === 'other_body') throw new ServiceError(422, 'idempotency_key_reused', 'This Idempotency-Key was sent with another order; use a new key for a new order.');
+    return start;
+  }
+
+  /** 201 with the order and its URL (RFC 9110 15.3.2). */
+  function answerCreated(ctx: Koa.Context, order: Order): void {
     ctx.status = 201;
-    // The new order's URL (RFC 9110 15.3.2), absolute with the Host this instance was asked by: the gateway makes it
-    // the public one (`/api/orders/<id>`) and drops any stored copy of it. Relative, it would pass as it is.
+    // Absolute with the Host this instance was asked by: the gateway makes it the public one (`/api/orders/<id>`) and
+    // drops any stored copy of it. Relative, it would pass as it is.
     ctx.set('Location', `${ctx.protocol}://${ctx.host}/orders/${order.id}`);
     ctx.body = order;
-  });
+  }
 
   router.get('/orders', async function listOrders(ctx) {
     const owner = requireOwner(ctx);

@@ -223,6 +223,79 @@ describe('order-service on its own', () => {
     }
   });
 
+  describe('with an Idempotency-Key', () => {
+    const place = (server: TestServer, caller: Caller, key: string, sku = 'anvil') =>
+      fetch(`${server.url}/orders`, { method: 'POST', headers: { ...identityHeaders(caller), [HEADER.requestId]: nextRequestId(), 'content-type': 'application/json', 'idempotency-key': key }, body: JSON.stringify({ items: [{ sku, quantity: 1 }] }) });
+
+    // A client sending its POST again after a timeout or a dropped connection placed a second order.
+    it('places one order for a key sent twice, and answers the second with the first order', async () => {
+      const key = `retry-${nextRequestId()}`;
+      const before = (await ordersOf(orders, BOB)).length;
+      const first = await place(orders, BOB, key);
+      expect(first.status).toBe(201);
+      const order = (await first.json()) as Order;
+      const again = await place(orders, BOB, key);
+      expect({ status: again.status, replayed: again.headers.get('idempotent-replayed'), location: again.headers.get('location') }).toEqual({ status: 201, replayed: 'true', location: first.headers.get('location') });
+      expect(await again.json()).toEqual(order);
+      const after = await ordersOf(orders, BOB);
+      expect(after).toHaveLength(before + 1);
+      expect(after.at(-1)!.id).toBe(order.id);
+    });
+
+    it('refuses a key sent with another order (422), and keeps keys of two callers apart', async () => {
+      const key = `shared-${nextRequestId()}`;
+      expect((await place(orders, BOB, key)).status).toBe(201);
+      const other = await place(orders, BOB, key, 'hammer');
+      expect(other.status).toBe(422);
+      expect(await other.json()).toMatchObject({ code: 'idempotency_key_reused' });
+      // Alice's key of the same text is hers.
+      const alice = await place(orders, ALICE, key, 'hammer');
+      expect({ status: alice.status, replayed: alice.headers.get('idempotent-replayed') }).toEqual({ status: 201, replayed: null });
+    });
+
+    it.each([
+      { desc: 'a blank in it', key: 'two words' },
+      { desc: '256 characters', key: 'k'.repeat(256) },
+      { desc: 'a key sent twice (joined)', key: 'a, b' },
+    ])('refuses a key with $desc (400 invalid_header)', async ({ key }) => {
+      const response = await place(orders, BOB, key);
+      expect(response.status).toBe(400);
+      expect(await response.json()).toMatchObject({ code: 'invalid_header' });
+    });
+
+    it('answers 409 while the first request with the key is under way, and the first places its order', async () => {
+      const held: (() => void)[] = [];
+      const slowUsers = await listen((req, res) => {
+        req.resume();
+        held.push(() => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ id: BOB.id })));
+      });
+      const quiet = memoryLogger(SERVICE_NAME.orders).logger;
+      const slowOrders = await listen(createOrdersApp({ logger: quiet, usersUrl: slowUsers.url, notificationsUrl: await refusedOrigin() }).callback());
+      try {
+        const key = `inflight-${nextRequestId()}`;
+        const first = place(slowOrders, BOB, key);
+        await waitFor(() => held.length === 1, 'the first request to reach user-service');
+        const second = await place(slowOrders, BOB, key);
+        expect({ status: second.status, retryAfter: second.headers.get('retry-after') }).toEqual({ status: 409, retryAfter: '1' });
+        expect(await second.json()).toMatchObject({ code: 'idempotency_key_in_use' });
+        held.shift()!();
+        expect((await first).status).toBe(201);
+        expect(held).toHaveLength(0);
+      } finally {
+        held.forEach((release) => release());
+        await slowOrders.close();
+        await slowUsers.close();
+      }
+    });
+
+    // The first failed and placed nothing: a retry with the key must be tried again, not refused or replayed.
+    it('lets a key whose first request placed nothing be sent again', async () => {
+      const key = `failed-${nextRequestId()}`;
+      expect((await place(ordersWithoutUsers, BOB, key)).status).toBe(503);
+      expect((await place(ordersWithoutUsers, BOB, key)).status).toBe(503);
+    });
+  });
+
   it('answers 503 dependency_unavailable when user-service is down, stores no order and notifies nobody', async () => {
     const told = notifications.requests.length;
     const requestId = nextRequestId();
