@@ -217,9 +217,10 @@ const corsSchema = z
     // Header names (or `*`): they are joined into the Access-Control-Allow-/-Expose-Headers fields, and a CR, LF or
     // space in one made Node refuse the field, so every cross-origin request (preflight or not) was a 500.
     /** Request headers a browser may send. */
-    headers: z.array(z.string().regex(FIELD_NAME_TOKEN, CORS_HEADER_RULE)).default(['authorization', 'content-type', 'x-request-id']),
+    // `idempotency-key` and `idempotent-replayed`: order-service's retry-safe POST, from a browser too.
+    headers: z.array(z.string().regex(FIELD_NAME_TOKEN, CORS_HEADER_RULE)).default(['authorization', 'content-type', 'x-request-id', 'idempotency-key']),
     /** Response headers a browser script may read. */
-    exposeHeaders: z.array(z.string().regex(FIELD_NAME_TOKEN, CORS_HEADER_RULE)).default(['x-request-id', 'traceresponse', 'retry-after', 'ratelimit', 'ratelimit-policy']),
+    exposeHeaders: z.array(z.string().regex(FIELD_NAME_TOKEN, CORS_HEADER_RULE)).default(['x-request-id', 'traceresponse', 'retry-after', 'ratelimit', 'ratelimit-policy', 'location', 'link', 'idempotent-replayed']),
     /** How long a browser may cache a preflight answer, s. Default 600; at most a day (Firefox's own cap, Chromium's is 2 h). */
     maxAgeSeconds: z.int().min(0).max(86_400).default(600),
     /** Allow cookies / Authorization from browsers (`Access-Control-Allow-Credentials`). Default false. */

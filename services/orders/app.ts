@@ -191,7 +191,8 @@ export function createApp(options: OrdersAppOptions): Koa {
     const idempotent = startIdempotent(ctx, owner.key, items);
     if (idempotent?.kind === 'replay') {
       const made = orders.get(owner.key, idempotent.orderId);
-      if (!made) throw new ServiceError(409, 'idempotency_key_spent', 'The order this Idempotency-Key placed is no longer kept; send a new key to place another.');
+      // Gone, not in progress (a 409 tells a client to try again): the order was dropped from the store since.
+      if (!made) throw new ServiceError(410, 'idempotency_key_spent', 'The order this Idempotency-Key placed is no longer kept; send a new key to place another.');
       // The answer the first request had: the same order at the same Location.
       ctx.set('Idempotent-Replayed', 'true');
       return answerCreated(ctx, made);

@@ -3,11 +3,18 @@ import { createHash } from 'node:crypto';
 /**
  * The `Idempotency-Key`s order-service has seen (draft-ietf-httpapi-idempotency-key-header): a client that sends its
  * POST again with the same key (after a timeout, a dropped connection, a gateway's 502) gets the order the first one
- * made, not a second order. Per owner, for a day, bounded: the newest MAX_IDEMPOTENCY_KEYS in all, the oldest dropped.
+ * made, not a second order. Per owner, for a day, bounded: the newest MAX_IDEMPOTENCY_KEYS_PER_OWNER of each owner and
+ * MAX_IDEMPOTENCY_KEYS in all, the oldest dropped.
  */
 
 /** Most keys remembered in all; past it, the oldest go. */
 export const MAX_IDEMPOTENCY_KEYS = 10_000;
+
+/**
+ * Most keys remembered per owner; past it, the owner's oldest go. Without it one busy owner's keys pushed every other
+ * owner's out of the table, and their retries placed second orders. As many as orders kept per owner.
+ */
+export const MAX_IDEMPOTENCY_KEYS_PER_OWNER = 1000;
 
 /** How long a key is remembered, ms (a day, as Stripe keeps them). */
 export const IDEMPOTENCY_KEY_TTL_MS = 24 * 60 * 60 * 1000;
@@ -27,6 +34,7 @@ export type IdempotentStart =
   | { kind: 'other_body' };
 
 interface Remembered {
+  scope: string;
   fingerprint: string;
   /** Unset while the first request is under way. */
   orderId?: string;
@@ -38,12 +46,23 @@ export interface IdempotencyKeys {
   start(scope: string, key: string, body: unknown): IdempotentStart;
 }
 
-export function createIdempotencyKeys(options: { maxKeys?: number; ttlMs?: number; now?: () => number } = {}): IdempotencyKeys {
+export function createIdempotencyKeys(options: { maxKeys?: number; maxKeysPerOwner?: number; ttlMs?: number; now?: () => number } = {}): IdempotencyKeys {
   const maxKeys = options.maxKeys ?? MAX_IDEMPOTENCY_KEYS;
+  const maxPerOwner = options.maxKeysPerOwner ?? MAX_IDEMPOTENCY_KEYS_PER_OWNER;
   const ttlMs = options.ttlMs ?? IDEMPOTENCY_KEY_TTL_MS;
   const now = options.now ?? (() => performance.now());
   // In arrival order: the first entry is the oldest.
   const remembered = new Map<string, Remembered>();
+  // Each owner's ids in `remembered`, oldest first.
+  const byOwner = new Map<string, Set<string>>();
+  const forget = (id: string) => {
+    const entry = remembered.get(id);
+    if (entry === undefined) return;
+    remembered.delete(id);
+    const mine = byOwner.get(entry.scope)!;
+    mine.delete(id);
+    if (mine.size === 0) byOwner.delete(entry.scope);
+  };
 
   return {
     start(scope, key, body) {
@@ -56,15 +75,18 @@ export function createIdempotencyKeys(options: { maxKeys?: number; ttlMs?: numbe
         if (seen.fingerprint !== fingerprint) return { kind: 'other_body' };
         return seen.orderId === undefined ? { kind: 'in_flight' } : { kind: 'replay', orderId: seen.orderId };
       }
-      remembered.delete(id);
-      const entry: Remembered = { fingerprint, expiresAt: time + ttlMs };
+      forget(id);
+      const entry: Remembered = { scope, fingerprint, expiresAt: time + ttlMs };
       remembered.set(id, entry);
-      // The oldest first: expired or not, past the bound they go.
-      while (remembered.size > maxKeys) remembered.delete(remembered.keys().next().value!);
+      const mine = byOwner.get(scope) ?? new Set<string>();
+      byOwner.set(scope, mine.add(id));
+      // The oldest first, expired or not: the owner's own past its bound, then anyone's past the table's.
+      if (mine.size > maxPerOwner) forget(mine.values().next().value!);
+      while (remembered.size > maxKeys) forget(remembered.keys().next().value!);
       return {
         kind: 'first',
         settle: (orderId) => void (entry.orderId = orderId),
-        abandon: () => void (remembered.get(id) === entry && remembered.delete(id)),
+        abandon: () => void (remembered.get(id) === entry && forget(id)),
       };
     },
   };

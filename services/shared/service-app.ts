@@ -254,7 +254,8 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
       (rpc?.type === RPCType.HTTP ? rpc.span : trace.getActiveSpan())?.setAttribute(ATTR.requestId, requestId);
     }
     try {
-      if (continueTraceContext && problem === undefined) await context.with(propagation.extract(context.active(), ctx.req.headers), next);
+      // Not for `/health`: answered unsigned (problem is never set for it), its caller's context is nobody's to believe.
+      if (continueTraceContext && problem === undefined && ctx.path !== '/health') await context.with(propagation.extract(context.active(), ctx.req.headers), next);
       else await next();
     } finally {
       logger.info('request handled', { method: ctx.method, url: ctx.path, status: ctx.status, duration_ms: Math.round((performance.now() - started) * 1000) / 1000, request_id: requestId });

@@ -288,6 +288,22 @@ describe('order-service on its own', () => {
       }
     });
 
+    // Gone, not in progress: a 409 tells a client following the draft to try again, for a day.
+    it('answers 410 idempotency_key_spent once the order its key placed is no longer kept', async () => {
+      const quiet = memoryLogger(SERVICE_NAME.orders).logger;
+      const small = await listen(createOrdersApp({ logger: quiet, usersUrl: users.url, notificationsUrl: notifications.url, storeLimits: { maxPerOwner: 1, maxTotal: 10 } }).callback());
+      try {
+        const key = `spent-${nextRequestId()}`;
+        expect((await place(small, BOB, key)).status).toBe(201);
+        expect((await place(small, BOB, `next-${key}`, 'hammer')).status).toBe(201);
+        const again = await place(small, BOB, key);
+        expect(again.status).toBe(410);
+        expect(await again.json()).toMatchObject({ code: 'idempotency_key_spent' });
+      } finally {
+        await small.close();
+      }
+    });
+
     // The first failed and placed nothing: a retry with the key must be tried again, not refused or replayed.
     it('lets a key whose first request placed nothing be sent again', async () => {
       const key = `failed-${nextRequestId()}`;

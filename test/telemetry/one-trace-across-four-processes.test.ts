@@ -183,13 +183,13 @@ describe('one id from curl to trace to logs', () => {
 
 // W3C Trace Context: a participant passes on the traceparent it receives, whichever instrumentations it loaded. With
 // order-service's SERVER instrumentation off (a documented opt-out), each call it made started a trace of its own.
-describe('one trace when order-service runs without its http-server and koa instrumentations', () => {
+describe('one trace when order-service runs without its http-server instrumentation', () => {
   let receiver: OtlpReceiver;
   let stack: ProcessStack;
 
   beforeAll(async () => {
     receiver = await startOtlpReceiver();
-    stack = await startProcessStack({ ...FAST_EXPORT, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url }, { OTEL_NODE_DISABLED_INSTRUMENTATIONS: 'http-server,koa' });
+    stack = await startProcessStack({ ...FAST_EXPORT, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url }, { OTEL_NODE_DISABLED_INSTRUMENTATIONS: 'http-server' });
   });
   afterAll(async () => {
     await stack?.stop('SIGKILL');
@@ -203,16 +203,42 @@ describe('one trace when order-service runs without its http-server and koa inst
     expect(response.status).toBe(201);
     const requestId = response.headers.get(HEADER.requestId)!;
     const called = [SERVICE_NAME.users, SERVICE_NAME.notifications];
-    const { spans } = await receiver.waitFor(({ spans }) => called.every((service) => spans.some((span) => span.serviceName === service && span.kind === 'SERVER' && span.attributes[ATTR.requestId] === requestId)), 15_000);
-    const byId = new Map(spans.map((span) => [span.spanId, span]));
+    const serverOf = (spans: readonly ReceivedSpan[], service: string) => spans.find((span) => span.serviceName === service && span.kind === 'SERVER' && span.attributes[ATTR.requestId] === requestId);
+    /** The spans from a service's SERVER span up to the first of another process than order-service and that one. */
+    const chainUp = (spans: readonly ReceivedSpan[], service: string): ReceivedSpan[] | undefined => {
+      const byId = new Map(spans.map((span) => [span.spanId, span]));
+      const chain: ReceivedSpan[] = [];
+      for (let span = serverOf(spans, service); span !== undefined; span = byId.get(span.parentSpanId ?? '')) {
+        chain.push(span);
+        if (chain.length > 1 && span.serviceName !== SERVICE_NAME.orders) return chain;
+      }
+      return undefined;
+    };
+    // Every span up the chain exported (the Koa spans may come a batch later).
+    const { spans } = await receiver.waitFor(({ spans }) => called.every((service) => chainUp(spans, service) !== undefined), 15_000);
     const gatewayClient = spans.find((span) => span.traceId === requestId && span.serviceName === SERVICE_NAME.gateway && span.kind === 'CLIENT')!;
     for (const service of called) {
-      const server = spans.find((span) => span.serviceName === service && span.kind === 'SERVER' && span.attributes[ATTR.requestId] === requestId)!;
-      expect(server.traceId).toBe(requestId);
-      // Called by order-service's own CLIENT span, itself under the gateway's call to order-service.
-      const caller = byId.get(server.parentSpanId ?? '')!;
-      expect({ service: caller.serviceName, kind: caller.kind, parent: caller.parentSpanId }).toEqual({ service: SERVICE_NAME.orders, kind: 'CLIENT', parent: gatewayClient.spanId });
+      const chain = chainUp(spans, service)!;
+      expect(chain.every((span) => span.traceId === requestId)).toBe(true);
+      // Called by order-service's own CLIENT span, under its Koa spans, under the gateway's call to order-service.
+      expect({ service: chain[1]!.serviceName, kind: chain[1]!.kind }).toEqual({ service: SERVICE_NAME.orders, kind: 'CLIENT' });
+      expect(chain.at(-1)!.spanId).toBe(gatewayClient.spanId);
     }
+  });
+
+  // Answered unsigned, /health believes no caller: a peer's forged traceparent put its Koa spans in someone else's trace.
+  it("continues no unsigned caller's trace context on /health", async () => {
+    const forged = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const orders = stack.processes.find((each) => each.name === SERVICE_NAME.orders)!;
+    expect((await fetch(`${orders.url}/health`, { headers: { traceparent: `00-${forged}-00f067aa0ba902b7-01` } })).status).toBe(200);
+    // Then a request through the gateway: order-service exports its spans in the order they ended, so once this one's
+    // are in, any the forged /health made are too.
+    const login = await fetch(`${stack.gatewayUrl}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
+    const { token } = (await login.json()) as { token: string };
+    const after = await fetch(`${stack.gatewayUrl}/api/orders`, { headers: { authorization: `Bearer ${token}` } });
+    const afterId = after.headers.get(HEADER.requestId);
+    await receiver.waitFor(({ spans }) => spans.some((span) => span.serviceName === SERVICE_NAME.orders && span.attributes[ATTR.requestId] === afterId), 15_000);
+    expect(receiver.spans().filter((span) => span.traceId === forged)).toEqual([]);
   });
 });
 

@@ -30,6 +30,21 @@ describe("order-service's Idempotency-Keys", () => {
     expect(keys.start('user:2', 'p', body).kind).toBe('first');
   });
 
+  // One global bound alone: a busy owner's keys pushed every other owner's out, and their retries placed second orders.
+  it("keeps another owner's keys while one owner sends more than its share", () => {
+    const keys = createIdempotencyKeys({ maxKeys: 100, maxKeysPerOwner: 10 });
+    const bob = keys.start('consumer:bob', 'bob-key-1', body);
+    if (bob.kind === 'first') bob.settle('order-bob');
+    for (let i = 0; i < 1000; i++) {
+      const noisy = keys.start('consumer:noisy', `n-${i}`, body);
+      if (noisy.kind === 'first') noisy.settle(`order-n-${i}`);
+    }
+    expect(keys.start('consumer:bob', 'bob-key-1', body)).toEqual({ kind: 'replay', orderId: 'order-bob' });
+    // The noisy owner keeps its newest ten.
+    expect(keys.start('consumer:noisy', 'n-999', body)).toEqual({ kind: 'replay', orderId: 'order-n-999' });
+    expect(keys.start('consumer:noisy', 'n-989', body).kind).toBe('first');
+  });
+
   it('tells the same items from others, and one owner from another', () => {
     const keys = createIdempotencyKeys();
     const started = keys.start('user:2', 'k', body);
