@@ -14,6 +14,12 @@ import { percentDecodedLeniently } from './percent-decoding';
 const SECRET_QUERY_PARAM = /token|pass|pwd|secret|key|code|sig|auth|jwt|sess|sid|hmac|credential|assertion|otp|ticket/i;
 
 /**
+ * Where a credential known by its shape may start: no base64url character before it, or a percent-escape (its hex
+ * digits are not the credential's, as in `%3Dkgw_...` or `%3DeyJ...` inside an encoded URL).
+ */
+const SHAPE_START = /(?:(?<![A-Za-z0-9_-])|(?<=%[0-9A-Fa-f]{2}))/;
+
+/**
  * A gateway API key in text (src/consumers.ts: `kgw_` and 43 base64url characters, in that case), its `_` or `-`
  * perhaps percent-encoded, with no base64url character touching it on either side (a percent-escape before it, as
  * in `%3Dkgw_...` inside an encoded URL, is a boundary: its hex digits are not the key's). The names above miss a key
@@ -21,7 +27,7 @@ const SECRET_QUERY_PARAM = /token|pass|pwd|secret|key|code|sig|auth|jwt|sess|sid
  * Bounded and exact: unbounded, in any case and from 20 characters on, the pattern met one RS256 token in ~2,250
  * (`kgW_` and 20 more inside its base64url), whose `Authorization` was then kept from the service.
  */
-const API_KEY_FOUND = /(?:(?<![A-Za-z0-9_-])|(?<=%[0-9A-Fa-f]{2}))kgw(?:_|%5[Ff])(?:[A-Za-z0-9-]|_|%5[Ff]|%2[Dd]){43}(?![A-Za-z0-9_-])/;
+const API_KEY_FOUND = new RegExp(`${SHAPE_START.source}kgw(?:_|%5[Ff])(?:[A-Za-z0-9-]|_|%5[Ff]|%2[Dd]){43}(?![A-Za-z0-9_-])`);
 const API_KEYS_FOUND = new RegExp(API_KEY_FOUND.source, 'g');
 
 /**
@@ -33,7 +39,7 @@ const API_KEYS_FOUND = new RegExp(API_KEY_FOUND.source, 'g');
  */
 // Signed (JWS: three parts, the payload JSON too) or encrypted (JWE, RFC 7516 7.1: five parts, the key part empty
 // for direct encryption).
-const JWT_FOUND = /(?:(?<![A-Za-z0-9_-])|(?<=%[0-9A-Fa-f]{2}))eyJ[A-Za-z0-9_-]{2,}\.(?:eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*|[A-Za-z0-9_-]*\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,})/;
+const JWT_FOUND = new RegExp(`${SHAPE_START.source}eyJ[A-Za-z0-9_-]{2,}\\.(?:eyJ[A-Za-z0-9_-]{2,}\\.[A-Za-z0-9_-]*|[A-Za-z0-9_-]*\\.[A-Za-z0-9_-]{2,}\\.[A-Za-z0-9_-]{2,}\\.[A-Za-z0-9_-]{2,})`);
 const JWTS_FOUND = new RegExp(JWT_FOUND.source, 'g');
 
 /** A URL's `user:password@` (from its `//`): in a value, as a redirect or a service URL passed on carries one. */

@@ -14,3 +14,17 @@ export async function readAtMost(body: AsyncIterable<Uint8Array>, limit: number)
   }
   return Buffer.concat(chunks, size);
 }
+
+/**
+ * A body read as JSON, never past `limit` bytes: undefined when it goes past or is not JSON (a failing stream still
+ * rejects). For the small answers the gateway and the services read themselves: a user-service answer, a problem's `code`.
+ */
+export async function jsonAtMost(body: AsyncIterable<Uint8Array>, limit: number): Promise<unknown> {
+  const bytes = await readAtMost(body, limit);
+  if (bytes === undefined) return undefined;
+  try {
+    return JSON.parse(bytes.toString('utf8')) as unknown;
+  } catch {
+    return undefined;
+  }
+}

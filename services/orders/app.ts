@@ -7,7 +7,7 @@ import type { Logger } from '../../otel/logger';
 import type { TraceContextByHand } from '../../otel/telemetry';
 import { SERVICE_NAME } from '../../otel/wire-names';
 import { createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
-import { readAtMost } from '../../src/bounded-body';
+import { jsonAtMost } from '../../src/bounded-body';
 import { createBoundedStore, type BoundedStoreLimits } from '../shared/bounded-store';
 import { recordId } from '../shared/input-limits';
 import { callService, createServiceApp, identityOf, requestIdOf, requireOwner, ServiceError, validBody, validParam, validQuery, type Caller } from '../shared/service-app';
@@ -144,13 +144,8 @@ export function createApp(options: OrdersAppOptions): Koa {
 
   /** The `code` of a problem answer (user-service's are small), undefined for anything else. */
   async function problemCode(body: AsyncIterable<Uint8Array>): Promise<string | undefined> {
-    const bytes = await readAtMost(body, MAX_PROBLEM_BYTES);
-    try {
-      const { code } = JSON.parse(bytes?.toString('utf8') ?? '') as { code?: unknown };
-      return typeof code === 'string' ? code : undefined;
-    } catch {
-      return undefined;
-    }
+    const problem = (await jsonAtMost(body, MAX_PROBLEM_BYTES)) as { code?: unknown } | null | undefined;
+    return typeof problem?.code === 'string' ? problem.code : undefined;
   }
 
   const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl, sign, { propagate: injectGrpcCalls }) : undefined;
@@ -237,10 +232,17 @@ export function createApp(options: OrdersAppOptions): Koa {
   /** 201 with the order and its URL (RFC 9110 15.3.2). */
   function answerCreated(ctx: Koa.Context, order: Order): void {
     ctx.status = 201;
-    // Absolute with the Host this instance was asked by: the gateway makes it the public one (`/api/orders/<id>`) and
-    // drops any stored copy of it. Relative, it would pass as it is.
-    ctx.set('Location', `${ctx.protocol}://${ctx.host}/orders/${order.id}`);
+    // The gateway makes it the public one (`/api/orders/<id>`) and drops any stored copy of it.
+    ctx.set('Location', instanceUrl(ctx, `/orders/${order.id}`));
     ctx.body = order;
+  }
+
+  /**
+   * A URL of this service, absolute with the Host this instance was asked by, as a Location or Link names it: the
+   * gateway rewrites such a URL to the public one; a relative one would pass as it is, naming no public path.
+   */
+  function instanceUrl(ctx: Koa.Context, pathAndQuery: string): string {
+    return `${ctx.protocol}://${ctx.host}${pathAndQuery}`;
   }
 
   router.get('/orders', async function listOrders(ctx) {
@@ -255,9 +257,8 @@ export function createApp(options: OrdersAppOptions): Koa {
       start = index + 1;
     }
     const page = mine.slice(start, start + limit);
-    // The next page, as RFC 8288 links it: absolute with the Host this instance was asked by, as Location is, which
-    // the gateway makes the public URL (`/api/orders?...`); a relative one would pass as it is, naming no public path.
-    if (start + limit < mine.length) ctx.set('Link', `<${ctx.protocol}://${ctx.host}${ctx.path}?limit=${limit}&after=${encodeURIComponent(page.at(-1)!.id)}>; rel="next"`);
+    // The next page, as RFC 8288 links it (the gateway makes it the public URL, `/api/orders?...`).
+    if (start + limit < mine.length) ctx.set('Link', `<${instanceUrl(ctx, `${ctx.path}?limit=${limit}&after=${encodeURIComponent(page.at(-1)!.id)}`)}>; rel="next"`);
     ctx.body = page;
   });
 

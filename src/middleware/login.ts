@@ -14,7 +14,7 @@ import { authenticationChallenge, DEFAULT_REALM } from './authenticate';
 import { refuseAtOnce, type RateLimiter, type Refuse } from './rate-limit';
 import { continueIfExpected } from './request-head';
 import { readWithinRate, type BodyRate } from '../body-rate';
-import { readAtMost } from '../bounded-body';
+import { jsonAtMost } from '../bounded-body';
 import { SIGNATURE_REFUSED_HINT, type GatewaySigner } from '../gateway-signature';
 import { nestedAtMost } from '../json-depth';
 import { duplicateJsonKey } from '../json-duplicate-keys';
@@ -135,18 +135,12 @@ const CHECK_MISSING = new Set([404, 405]);
 export const MAX_CREDENTIAL_CHECK_ANSWER_BYTES = 64 * 1024;
 
 /**
- * The credential check's answer as JSON, undefined when it is not JSON or is longer than any user-service answer
- * (a user, or a problem): read whole with `body.json()`, an answer of hundreds of MB was held in memory for as
+ * The credential check's answer as JSON, undefined when it is not JSON, is longer than any user-service answer
+ * (a user, or a problem) or does not arrive whole: read whole with `body.json()`, an answer of hundreds of MB was held in memory for as
  * long as the check's timeout let the service send.
  */
-async function jsonAtMost(body: Dispatcher.ResponseData['body']): Promise<unknown> {
-  const bytes = await readAtMost(body, MAX_CREDENTIAL_CHECK_ANSWER_BYTES).catch(() => undefined);
-  if (bytes === undefined) return undefined;
-  try {
-    return JSON.parse(bytes.toString('utf8')) as unknown;
-  } catch {
-    return undefined;
-  }
+function credentialCheckAnswer(body: Dispatcher.ResponseData['body']): Promise<unknown> {
+  return jsonAtMost(body, MAX_CREDENTIAL_CHECK_ANSWER_BYTES).catch(() => undefined);
 }
 
 /** `upstreamCode`: the `code` of the check's problem body, when it had one. */
@@ -271,7 +265,7 @@ export function createLogin(options: LoginOptions): Middleware[] {
     endUpstreamSpan(span, 'ok', status);
     options.users.reportSuccess(instance);
     if (status >= 400 && status < 500) {
-      const problem = (await jsonAtMost(body)) as { code?: unknown } | null | undefined;
+      const problem = (await credentialCheckAnswer(body)) as { code?: unknown } | null | undefined;
       const upstreamCode = typeof problem?.code === 'string' ? problem.code.slice(0, 64) : undefined;
       const refused = refusal(response, upstreamCode);
       // A wrong password is routine (the access log has it); any other refusal means the gateway passed
@@ -280,7 +274,7 @@ export function createLogin(options: LoginOptions): Middleware[] {
       throw refused;
     }
     // Read once: a body json() has consumed is not dumped too.
-    const user: unknown = status >= 200 && status < 300 ? await jsonAtMost(body) : await body.dump();
+    const user: unknown = status >= 200 && status < 300 ? await credentialCheckAnswer(body) : await body.dump();
     if (!isUser(user)) {
       throw new GatewayError('upstream_bad_response', `The users service answered the credential check with ${status}.`);
     }
