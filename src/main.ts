@@ -7,7 +7,7 @@ import { exportPromClientRegistry, metricExportEnabled, shutdownTelemetry, start
 import { METRIC_LABEL_OTLP, METRIC_OTLP, SERVICE_NAME } from '../otel/wire-names';
 import type { ConfigControl, ReloadAnswer } from './admin';
 import { clientTimeouts, ConfigError, envShadowedKeys, loadConfig, type GatewayConfig } from './config';
-import { activeConfig, checkReload, createLiveGateway, type ActiveConfig } from './config-reload';
+import { activeConfig, checkReload, createLiveGateway, ENV_SHADOWS_FILE, type ActiveConfig } from './config-reload';
 import { listenAdmin } from './admin';
 import { BACKGROUND_FETCH_DRAIN_MS, createBackgroundWork } from './cache-background-fetch';
 import { createConnectionsPerClient } from './client-connections';
@@ -37,6 +37,16 @@ function readConfig(): GatewayConfig {
 /** The file's keys the environment overrides (envShadowedKeys), read with the file a reload reads. */
 function readShadowedKeys(): string[] {
   return envShadowedKeys(process.env, process.cwd());
+}
+
+/**
+ * At start, as at each reload (checkReload): the file's keys the environment overrides. Said only on a reload, a
+ * fresh start said nothing, and a fresh start is how a Kubernetes rollout of an edited ConfigMap applies it: a limit
+ * tightened in the file under a manifest's RATE_LIMIT_MAX rolled the pods and changed nothing, without a word.
+ */
+function warnEnvShadowsFile(logger: Logger): void {
+  const keys = readShadowedKeys();
+  if (keys.length > 0) logger.warn(ENV_SHADOWS_FILE, { keys });
 }
 
 function load(): GatewayConfig {
@@ -102,6 +112,7 @@ async function main(): Promise<void> {
   if (workers > 1) {
     const logger = createLogger({ serviceName: SERVICE_NAME.gateway, level: config.logLevel });
     startupWarnings(config, logger);
+    warnEnvShadowsFile(logger);
     // runPrimary listens for its own first, then the hold lets go: released before, the last listener went and Node
     // closed the signal's handle, and one caught while the modules loaded (no turn of the event loop since) was
     // dropped with it: the primary forked its workers and served on. One the hold took is raised again.
@@ -276,6 +287,7 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     return;
   }
   startupWarnings(config, logger);
+  warnEnvShadowsFile(logger);
   logger.info('gateway listening', {
     url,
     version: initial.version,

@@ -234,6 +234,25 @@ describe('config reload (one process)', () => {
     expect((await reload()).body).toMatchObject({ status: 'unchanged', shadowedByEnv: [] });
   });
 
+  // A fresh start is how Kubernetes applies an edited ConfigMap (the pods roll): a key the manifest's environment also
+  // set changed nothing there, and only a reload said so.
+  it('names the file keys the environment overrides at start, and none whose values agree', async () => {
+    const shadowWarning = (line: { message?: unknown }) => String(line.message).startsWith('config keys set in the environment override the file');
+    const listening = (line: { message?: unknown }) => line.message === 'gateway listening';
+    gateway = await startGatewayProcess({ config: { ...config(), rateLimit: { max: 5, windowMs: 60_000 } }, env: { RATE_LIMIT_MAX: '1000000', PROXY_TIMEOUT_MS: '10000' } });
+    await gateway.waitForLine(listening);
+    const warned = gateway.lines.filter(shadowWarning);
+    expect(warned).toHaveLength(1);
+    expect(warned[0]).toMatchObject({ level: 'warn', keys: ['rateLimit.max (RATE_LIMIT_MAX)'] });
+    gateway.child.kill('SIGTERM');
+    expect(await gateway.exited()).toBe(0);
+
+    // Logged before `gateway listening`, so its absence there is final.
+    gateway = await startGatewayProcess({ config: { ...config(), rateLimit: { max: 1_000_000, windowMs: 60_000 } }, env: { RATE_LIMIT_MAX: '1000000' } });
+    await gateway.waitForLine(listening);
+    expect(gateway.lines.some(shadowWarning)).toBe(false);
+  });
+
   it('warns after a reload that opens what start-up warns of (trustProxy on with no trustedProxies): the reload said only "config reloaded"', async () => {
     gateway = await startGatewayProcess({ config: config() });
     const warning = (line: { message?: unknown }) => String(line.message).startsWith('trustProxy is on with no trustedProxies');
