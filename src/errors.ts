@@ -108,8 +108,9 @@ export class GatewayError extends Error {
     if ((this.status === 503 || this.status === 429) && !Object.keys(this.headers).some((name) => name.toLowerCase() === 'retry-after')) {
       this.headers = { ...this.headers, 'Retry-After': String(DEFAULT_RETRY_AFTER_SECONDS) };
     }
-    // Upstream failures are the gateway's own words about its upstream, safe and useful to show.
-    this.expose = this.status < 500 || code.startsWith('upstream_');
+    // Upstream failures are the gateway's own words about its upstream, safe and useful to show; a 501 or 505 the
+    // request caused says what the client may send instead (its title alone went out: "HTTP version not supported").
+    this.expose = this.status < 500 || code.startsWith('upstream_') || REQUEST_CAUSED_SERVER_ERRORS.has(code);
   }
 }
 

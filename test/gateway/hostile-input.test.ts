@@ -836,7 +836,7 @@ describe('hostile input at the gateway', () => {
       { desc: 'an HTTP/1.1 request without Host', raw: () => `GET /api/users/2 HTTP/1.1\r\nAuthorization: Bearer ${bob}\r\nX-Marker: no-host-marker\r\nConnection: close\r\n\r\n`, status: 400, code: 'bad_request', hostile: 'no-host-marker' },
       { desc: 'an absolute-form HTTP/1.1 request without Host', raw: () => `GET http://${host()}/api/users/2 HTTP/1.1\r\nAuthorization: Bearer ${bob}\r\nX-Marker: no-host-marker\r\nConnection: close\r\n\r\n`, status: 400, code: 'bad_request', hostile: 'no-host-marker' },
       // Node's parser takes these and removes only the chunking: the service would get gzip-coded bytes as plain.
-      { desc: 'a gzip-coded chunked body', raw: () => `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Marker: coded-marker\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n`, status: 501, code: 'unsupported_transfer_coding', hostile: 'coded-marker' },
+      { desc: 'a gzip-coded chunked body', raw: () => `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Marker: coded-marker\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n`, status: 501, code: 'unsupported_transfer_coding', hostile: 'coded-marker', detail: 'The gateway takes request bodies as they are or chunked; no other transfer coding.' },
       { desc: 'an identity, chunked body', raw: () => `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Marker: coded-marker\r\nContent-Type: application/json\r\nTransfer-Encoding: identity, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n`, status: 501, code: 'unsupported_transfer_coding', hostile: 'coded-marker' },
       // RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing. A front proxy that goes by
       // HTTP/1.0 would take the GET after the chunks for part of the body; the gateway must not run it.
@@ -866,12 +866,12 @@ describe('hostile input at the gateway', () => {
       await waitFor(() => servedLog.some((line) => line.message === 'request completed' && line.request_id === sentinel));
     }
 
-    it.each(rows)('answers $desc with $status problem+json, reaching no service', async ({ raw, status, code, hostile }) => {
+    it.each(rows)('answers $desc with $status problem+json, reaching no service', async ({ raw, status, code, hostile, detail }) => {
       const before = reached();
       const reply = await sendRaw(served.url, raw());
       expect(reply.status).toBe(status);
       expect(headerOf(reply, 'content-type')).toBe('application/problem+json');
-      expect(JSON.parse(reply.text)).toMatchObject({ status, code });
+      expect(JSON.parse(reply.text)).toMatchObject(detail === undefined ? { status, code } : { status, code, detail });
       expect(JSON.stringify(reply.headers)).not.toContain(hostile);
       // The sentinel alone reached a service: nothing of the row did, nor anything smuggled behind it.
       await servedAfterASentinel();
@@ -1181,7 +1181,10 @@ describe('hostile input at the gateway', () => {
     ])('answers $desc with 505 problem+json, reaching no service', async ({ version }) => {
       const requestId = nextRequestId();
       const reply = await sendRaw(served.url, `GET /api/users/2 ${version}\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n`);
-      expect(expectProblem(reply, 505, 'http_version_not_supported').requestId).toBe(requestId);
+      const problem = expectProblem(reply, 505, 'http_version_not_supported');
+      expect(problem.requestId).toBe(requestId);
+      // What the client may send instead: a 5xx's detail is hidden by default, and only the title went out.
+      expect(problem.detail).toBe('The gateway speaks HTTP/1.0, HTTP/1.1 and HTTP/2 (by ALPN over TLS).');
       expect(seenWithRequestId(requestId)).toEqual([]);
       await expectStillServing(served.url);
     });
