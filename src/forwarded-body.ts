@@ -19,6 +19,10 @@ import { PassThrough, type Readable } from 'node:stream';
  */
 export function forwardedBody(request: IncomingMessage | Http2ServerRequest, onBrokenOff: () => void): Readable {
   const body = new PassThrough();
+  // undici listens for the body's 'error' only once a connection takes its request: destroyed while still queued in a
+  // pool (every connection busy), it had no listener, and the error ended the process. The destruction is what undici
+  // acts on (its own listener, or the destroyed body when the queued request is taken); the error is only its reason.
+  body.on('error', ignoreBrokenOff);
   const breakOff = () => {
     if (body.destroyed) return;
     onBrokenOff();
@@ -29,3 +33,6 @@ export function forwardedBody(request: IncomingMessage | Http2ServerRequest, onB
   request.once('end', () => (request.aborted ? breakOff() : body.end()));
   return body;
 }
+
+/** The client's breaking off was recorded (onBrokenOff) before the body was destroyed with it. */
+function ignoreBrokenOff(): void {}

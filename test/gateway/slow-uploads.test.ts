@@ -97,6 +97,27 @@ describe('slow uploads cannot starve a service’s connections', () => {
     expect(checks()).toBe(before);
   });
 
+  // undici listens for a body's 'error' only once a connection takes its request: a body still queued in the pool
+  // had no listener, and its destruction when the client broke off was an uncaught error that ended the process.
+  it('keeps serving when a client breaks off a body still queued for a connection', async () => {
+    const before = registrations();
+    const uploads = [slowUpload(stack.gateway.url, '/api/auth/register', 500), slowUpload(stack.gateway.url, '/api/auth/register', 500)];
+    await waitFor(() => registrations() === before + 2, 'both slow uploads to reach user-service', 10_000);
+    const { hostname, port } = new URL(stack.gateway.url);
+    const queued = net.connect(Number(port), hostname);
+    await new Promise((resolve) => queued.once('connect', resolve));
+    queued.write(`POST /api/auth/register HTTP/1.1\r\nHost: ${hostname}:${port}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"na`);
+    // Time for the gateway to read the head and queue the request behind the two uploads (neither answers before 600 ms).
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    queued.destroy();
+    for (const upload of uploads) expect((await upload.reply).status).toBe(408);
+    uploads.forEach((upload) => upload.stop());
+    const after = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'Queued', email: 'queued@example.com', password: 'long enough' }) });
+    expect(after.status).toBe(201);
+    // The broken-off body never reached user-service as a request, before the connections came free or after.
+    expect(registrations()).toBe(before + 3);
+  });
+
   it('forwards a body that arrives fast enough, however large', async () => {
     const body = JSON.stringify({ name: 'Fast', email: 'fast@example.com', password: 'long enough', padding: 'x'.repeat(256 * 1024) });
     const reply = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
