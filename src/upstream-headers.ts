@@ -155,7 +155,7 @@ const LIST_FIELDS = new Set(['content-encoding', 'content-language']);
  *   the same value twice kept once (`X-Content-Type-Options: nosniff` from a framework and a security middleware
  *   both). An HTTP/2 client got 502 for either, where an HTTP/1.1 client got the answer. Different values of a
  *   field allowed once (two ETags) stay as they are: HTTP/1.1 clients get both lines, HTTP/2 clients 502, since
- *   which one the service meant is anyone's guess.
+ *   which one the service meant is anyone's guess; but for `Date`, whose first value is kept.
  *
  * The same object when nothing needs either, as nearly always.
  */
@@ -171,7 +171,10 @@ export function serviceFieldsToPassOn(headers: http.IncomingHttpHeaders): http.I
       if (value.some(endsInWhitespace)) value = value.map(withoutTrailingWhitespace);
       if (WRITTEN_ONCE_OVER_HTTP2.has(name)) {
         const lines = value;
-        const one = LIST_FIELDS.has(name) ? lines.join(', ') : lines.every((each) => each === lines[0]) ? lines[0] : undefined;
+        // Two Dates differ by the service's clock ticking between two writers; either is its time, and the first is
+        // kept. As two values (each other field's way), Node's HTTP/2 response could not write them, nor remove them
+        // for the 502 (its removeHeader keeps a `date`), and that 502's own write threw, ending the process.
+        const one = LIST_FIELDS.has(name) ? lines.join(', ') : name === 'date' || lines.every((each) => each === lines[0]) ? lines[0] : undefined;
         if (one !== undefined) value = one;
       }
     }

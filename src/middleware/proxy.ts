@@ -338,6 +338,9 @@ export function createProxy(options: ProxyOptions): Middleware {
           // A header value Node will not write: the client gets a 502 of ours, not an empty reply, and none of
           // the service's headers writeHead had already taken.
           for (const name of Object.keys(headers)) res.removeHeader(name);
+          // Node's HTTP/2 response keeps a `date` given to writeHead however it is removed (its removeHeader only stops
+          // its own): a value it refused would be refused again in the 502, whose write then threw past every handler.
+          if (res.getHeader('date') !== undefined) res.setHeader('date', new Date().toUTCString());
           res.statusMessage = '';
           return void badResponse(controller, 'a response header the gateway cannot forward', error as Error);
         }
