@@ -1064,6 +1064,14 @@ describe('hostile input at the gateway', () => {
       if (status === 415) expect(headerOf(reply, 'accept-encoding')).toBe('gzip, deflate, br');
     });
 
+    // Kept alive, Node read and dropped every declared byte at the client's pace: 15 GiB in 10 s of a 100 GB body.
+    it('closes the connection after a login 413 for a declared length over the limit, as the proxy does', async () => {
+      const requestId = nextRequestId();
+      const reply = await sendRaw(served.url, `POST /api/auth/login HTTP/1.1\r\nHost: ${host()}\r\nX-Request-Id: ${requestId}\r\nContent-Type: application/json\r\nContent-Length: 100000000000\r\n\r\n{"email":`);
+      expect(expectProblem(reply, 413, 'payload_too_large').requestId).toBe(requestId);
+      expect(headerOf(reply, 'connection')).toBe('close');
+    });
+
     // Only a declared length bounds a coded body's bytes: chunked, 5-byte empty deflate blocks (decoding to nothing)
     // were read and inflated without end, 2.3 GB in 8 s against the 16 KiB limit, until the request timeout.
     it.each(['gzip', 'deflate', 'br'])('refuses a %s login body without Content-Length with 411, reading none of it', async (coding) => {
