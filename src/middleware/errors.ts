@@ -4,6 +4,7 @@ import { HEADER, LOG_FIELD } from '../../otel/wire-names';
 import type { Logger } from '../../otel/logger';
 import { REQUEST_CAUSED_SERVER_ERRORS, toGatewayError, type GatewayError } from '../errors';
 import { cannotAnswer, cutResponse } from '../response-closed';
+import { isHttp2Request } from './http2-requests';
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
 
@@ -52,7 +53,7 @@ export function createErrorHandler(options: ErrorHandlerOptions): Middleware {
         return;
       }
       ctx.status = error.status;
-      ctx.set(error.headers);
+      ctx.set(isHttp2Request(ctx.req) ? withoutConnectionField(error.headers) : error.headers);
       ctx.set(HEADER.requestId, ctx.state.requestId);
       // The body names this request: a cache in front (a CDN) must not give it to another caller. A 404, 405 or
       // 414 would otherwise be stored by default (RFC 9111 4.2.2), and a 429 or 503 says when to retry regardless.
@@ -63,6 +64,17 @@ export function createErrorHandler(options: ErrorHandlerOptions): Middleware {
       ctx.body = problemBody(error, ctx.state.requestId, ctx.originalUrl.split('?')[0]!);
     }
   };
+}
+
+/**
+ * An error's headers for an HTTP/2 answer: `Connection: close` (after a body the gateway would not read) is HTTP/1's
+ * (RFC 9113 8.2.2); Node drops it from an HTTP/2 response with a warning on stderr, a line no log reader parses.
+ */
+function withoutConnectionField(headers: Record<string, string>): Record<string, string> {
+  const connection = Object.keys(headers).find((name) => name.toLowerCase() === 'connection');
+  if (connection === undefined) return headers;
+  const { [connection]: _dropped, ...rest } = headers;
+  return rest;
 }
 
 /**
