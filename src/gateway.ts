@@ -41,7 +41,7 @@ import { createAdminApp, type ConfigControl } from './admin';
 import type { KeptAcrossReloads } from './config-reload';
 import type { PrimaryStoreClient } from './rate-limit-store';
 import { createReadinessCheck } from './readiness';
-import { clientConnectionFailed } from './response-closed';
+import { clientConnectionFailed, installUncaughtAnswerCut } from './response-closed';
 import { createGatewayMetrics, type GatewayMetrics } from './metrics';
 
 export interface GatewayDependencies {
@@ -101,6 +101,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   installFasterResponseAccessors(app.response);
   // Koa's answers to a HEAD over HTTP/2 (their Content-Length) as over HTTP/1.1.
   installHttp2AwareWritable(app.response);
+  installUncaughtAnswerCut(app.context);
   const pools = createUpstreamPools(config.services, metrics, kept?.pools);
   // One check for both listeners: a call on either reuses the other's round.
   // gRPC-only services answer no HTTP `GET /health`; their readiness is not probed (yet).

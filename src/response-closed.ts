@@ -1,4 +1,5 @@
 import http2 from 'node:http2';
+import type Koa from 'koa';
 import type { Context } from 'koa';
 import { resetStream, serverAnswerCode } from '../otel/lifecycle';
 import { ERROR_TYPE } from '../otel/wire-names';
@@ -154,4 +155,23 @@ export function cutResponse(ctx: Context): void {
   // A no-op once the head is out; none is written when none was set.
   if (ctx.res.headersSent && !ctx.res.destroyed && framingShowsCut(ctx.res)) ctx.res.flushHeaders();
   ctx.res.destroy();
+}
+
+/**
+ * Koa's last resort, `ctx.onerror` (what handleErrors could not answer: a failure of Koa's own write of the answer),
+ * made unable to throw. It answers by removing every header and writing a plain 500; when that write throws as well
+ * (Node's HTTP/2 response keeps a `date` through removeHeader, so a value Node refused is refused again), the throw
+ * left Koa's request promise rejected, which ended the process and every request in flight. The response is cut
+ * instead (cutResponse), after Koa reported the first failure to `app.on('error')`.
+ */
+export function installUncaughtAnswerCut(context: Koa['context']): void {
+  const answerWithKoa = context.onerror;
+  context.onerror = function answerOrCut(this: Context, error: Error) {
+    try {
+      answerWithKoa.call(this, error);
+    } catch (unwritable) {
+      this.app.emit('error', unwritable, this);
+      cutResponse(this);
+    }
+  };
 }
