@@ -289,7 +289,9 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     // What no route answered (Koa's 404) or the router refused without throwing (405 and 501, with Allow): Koa
     // would send its plain-text status line, without the request id every other error carries.
     if (ctx.status >= 400 && ctx.body == null) {
-      answerProblem(ctx, ctx.status, codeForStatus(ctx.status), ctx.status === 404 ? `No resource at ${ctx.path}.` : ctx.status === 405 ? `${ctx.path} does not take ${ctx.method}.` : `${ctx.method} is not supported.`);
+      // The path not named: it is this service's, not the public one the client sent (the problem leaves out
+      // `instance` for the same reason), and the gateway passes the answer on.
+      answerProblem(ctx, ctx.status, codeForStatus(ctx.status), ctx.status === 404 ? 'No resource at this path.' : ctx.status === 405 ? `This resource does not take ${ctx.method}.` : `${ctx.method} is not supported.`);
     }
   });
 
