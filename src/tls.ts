@@ -592,7 +592,9 @@ export async function listenHttpsRedirect(options: RedirectListenerOptions): Pro
       const code = problem === 421 ? 'host_not_allowed' : 'bad_request';
       const requestId = mintRequestId();
       res.writeHead(problem, { 'content-type': 'application/problem+json', connection: 'close', 'x-request-id': requestId, 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
-      res.end(JSON.stringify({ type: `urn:koa-gateway:problem:${code}`, title: problem === 421 ? 'Misdirected request' : 'Bad request', status: problem, code, requestId }));
+      // The detail every other problem answer carries: what the client may do instead.
+      const detail = problem === 421 ? 'This gateway redirects to HTTPS only for the host names it serves.' : 'The plain-HTTP listener redirects a path (origin-form target) under one Host to HTTPS.';
+      res.end(JSON.stringify({ type: `urn:koa-gateway:problem:${code}`, title: problem === 421 ? 'Misdirected request' : 'Bad request', status: problem, detail, code, requestId }));
       return;
     }
     res.writeHead(308, { location: `https://${hostname}${portSuffix}${url}`, 'content-length': '0' });

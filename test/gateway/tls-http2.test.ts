@@ -1820,7 +1820,7 @@ describe('the HTTPS redirect listener', () => {
     const reply = await plainRequest(restricted.url, '/api/orders', { host });
     expect(reply.status).toBe(status);
     expect(reply.headers.location).toBeUndefined();
-    expect(JSON.parse(reply.text)).toMatchObject({ status, requestId: reply.headers[HEADER.requestId] });
+    expect(JSON.parse(reply.text)).toMatchObject({ status, requestId: reply.headers[HEADER.requestId], detail: expect.stringContaining('HTTPS') });
   });
 
   it('redirects an allowed host to port 443 without naming the port', async () => {
