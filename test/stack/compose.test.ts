@@ -88,6 +88,11 @@ describe('docker-compose.yml', () => {
       expect(s.healthcheck?.test.join(' ')).toContain(`http://127.0.0.1:${port}/`);
     });
 
+    // As the Kubernetes manifests run them (readOnlyRootFilesystem, drop ALL, allowPrivilegeEscalation: false).
+    it('runs on a read-only root with a writable /tmp, no capabilities and no privilege escalation', () => {
+      expect({ readOnly: s.readOnly, tmpfs: s.tmpfs, capDrop: s.capDrop, securityOpt: s.securityOpt }).toEqual({ readOnly: true, tmpfs: ['/tmp'], capDrop: ['ALL'], securityOpt: ['no-new-privileges:true'] });
+    });
+
     it('health-checks with node itself (the slim image has no curl or wget)', () => {
       expect(s.healthcheck?.test.slice(0, 3)).toEqual(['CMD', 'node', '-e']);
     });

@@ -59,6 +59,11 @@ export interface ComposeService {
   volumes: string[];
   /** `stop_grace_period` as written (`30s`), if set. */
   stopGracePeriod?: string;
+  /** `read_only`, `cap_drop`, `security_opt` and `tmpfs` as written. */
+  readOnly: boolean;
+  capDrop: string[];
+  securityOpt: string[];
+  tmpfs: string[];
 }
 
 export interface ComposeFile {
@@ -105,6 +110,10 @@ export function readCompose(): ComposeFile {
       dependsOn,
       volumes: stringList(service.volumes, `${where}.volumes`),
       stopGracePeriod: service.stop_grace_period === undefined ? undefined : asString(service.stop_grace_period, `${where}.stop_grace_period`),
+      readOnly: service.read_only === true,
+      capDrop: stringList(service.cap_drop, `${where}.cap_drop`),
+      securityOpt: stringList(service.security_opt, `${where}.security_opt`),
+      tmpfs: stringList(service.tmpfs, `${where}.tmpfs`),
     });
   }
   const volumes = file.volumes === undefined ? [] : Object.keys(asMap(file.volumes, 'volumes'));
