@@ -132,5 +132,8 @@ export function grpcFailure(service: string, failure: ServiceError, authMethods:
     return new GatewayError(code, detail, { cause: failure, headers });
   }
   if (code === 'upstream_timeout') return new GatewayError(code, `The ${service} service did not answer in time.`, { cause: failure });
+  // grpc-js says UNAVAILABLE for a service that refused the connection or never answered as well as for one that did
+  // say so: "answered UNAVAILABLE" told the client of an answer there may not have been.
+  if (code === 'upstream_unavailable') return new GatewayError(code, `The ${service} service is unavailable.`, { cause: failure });
   return new GatewayError(code, `The ${service} service answered ${name}.`, { cause: failure });
 }

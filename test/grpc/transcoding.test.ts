@@ -432,6 +432,8 @@ describe('gRPC transcoding', () => {
       // The service's words reach the client only where they are about the client's request (4xx).
       if (status < 500) expect(body.detail).toBe(message);
       else expect(body.detail).not.toContain('secret-internal-detail');
+      // grpc-js says UNAVAILABLE for a connection refused too: no "answered UNAVAILABLE" for an answer there may not have been.
+      if (code === 'upstream_unavailable') expect(body.detail).toMatch(/^The \S+ service is unavailable\.$/);
       // Every 503 and 429 says when to come back; a RESOURCE_EXHAUSTED's 429 had no Retry-After.
       if (status === 503 || status === 429) expect(response.headers.get('retry-after')).toBe('1');
       // A 401 carries a challenge (RFC 9110 11.6.1), as the gateway's own 401s do.
