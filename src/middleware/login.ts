@@ -298,7 +298,10 @@ export function createLogin(options: LoginOptions): Middleware[] {
       // reading: the connection closes after the answer (RFC 9112 9.6), as after the proxy's 413. Kept alive, nothing
       // read the rest of the body, and a request behind it on the connection waited unanswered until the idle timeout.
       const refused = typeof (error as { status?: unknown }).status === 'number' ? toGatewayError(error) : new GatewayError('bad_request', 'The login body could not be decoded (its Content-Encoding does not match its bytes).');
-      throw new GatewayError(refused.code, refused.message, { cause: error, headers: { ...refused.headers, Connection: 'close' } });
+      // A coded body that decodes past the limit: the parser's own words ("request entity too large") said less than
+      // the declared-length refusal above does.
+      const detail = refused.code === 'payload_too_large' ? `The login body is larger than ${options.bodyLimitBytes} bytes.` : refused.message;
+      throw new GatewayError(refused.code, detail, { cause: error, headers: { ...refused.headers, Connection: 'close' } });
     }
     await next();
   }

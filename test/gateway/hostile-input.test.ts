@@ -1101,6 +1101,16 @@ describe('hostile input at the gateway', () => {
       expect(stack.users.requests.length).toBe(before);
     });
 
+    // A small gzip body that inflates past the limit: the parser's own "request entity too large" went out as the detail.
+    it('refuses a login body that inflates past the limit with 413 naming the limit, asking user-service nothing', async () => {
+      const before = stack.users.requests.length;
+      const body = gzipSync(JSON.stringify({ email: 'bob@example.com', password: 'builder', padding: ' '.repeat(100_000) }));
+      const reply = await send(served.url, '/api/auth/login', { method: 'POST', headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' }, body });
+      expect(reply.status).toBe(413);
+      expect(JSON.parse(reply.text)).toMatchObject({ code: 'payload_too_large', detail: expect.stringMatching(/^The login body is larger than \d+ bytes\.$/) });
+      expect(stack.users.requests.length).toBe(before);
+    });
+
     // `identity` too: the parser's own match of it is as case-sensitive as of the others.
     it.each([
       { coding: 'GZIP', encode: (text: string) => gzipSync(text) },
