@@ -171,6 +171,9 @@ export function installUncaughtAnswerCut(context: Koa['context']): void {
       answerWithKoa.call(this, error);
     } catch (unwritable) {
       this.app.emit('error', unwritable, this);
+      // The gateway's failure, recorded as handleErrors records one before its cut: with no code, the access line,
+      // the span and the metric took the unfinished answer for a client that left (499, client_closed).
+      this.state.errorCode ??= 'internal';
       cutResponse(this);
     }
   };

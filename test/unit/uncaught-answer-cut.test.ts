@@ -12,6 +12,7 @@ describe('an answer Koa cannot write, even as its own 500', () => {
   let server: http2.Http2Server;
   let reported: unknown[];
   let url: string;
+  let last: Koa.Context | undefined;
 
   beforeAll(async () => {
     const app = new Koa();
@@ -19,6 +20,7 @@ describe('an answer Koa cannot write, even as its own 500', () => {
     reported = [];
     app.on('error', (error: unknown) => reported.push(error));
     app.use((ctx) => {
+      last = ctx;
       if (ctx.path === '/two-dates') ctx.res.setHeader('date', ['Sun, 06 Dec 2026 19:00:00 GMT', 'Sun, 06 Dec 2026 19:00:01 GMT']);
       ctx.body = 'ok';
     });
@@ -46,6 +48,8 @@ describe('an answer Koa cannot write, even as its own 500', () => {
     session.on('error', () => undefined);
     try {
       expect(await request(session, '/two-dates')).toEqual({ status: undefined, rstCode: http2.constants.NGHTTP2_INTERNAL_ERROR });
+      // The gateway's failure, as the access line, the span and the metric read it: not a client that left.
+      expect(last?.state.errorCode).toBe('internal');
       // Koa's report of the first failure, then the cut's of its own answer's (the reset stream may report as well).
       expect(reported.map((error) => (error as NodeJS.ErrnoException).code).slice(0, 2)).toEqual(['ERR_HTTP2_HEADER_SINGLE_VALUE', 'ERR_HTTP2_HEADER_SINGLE_VALUE']);
       expect(await request(session, '/other')).toEqual({ status: 200, rstCode: http2.constants.NGHTTP2_NO_ERROR });
