@@ -837,6 +837,13 @@ export const ENV_OVERRIDES = {
   RATE_LIMIT_IPV6_PREFIX: 'rateLimit.ipv6PrefixLength',
 } as const satisfies Record<string, string>;
 
+/**
+ * Where a deployment puts the gateway and whom it talks to: its listeners and the services' and Redis' addresses.
+ * Each deployment sets them over the file by design (compose and Kubernetes name the containers where the file names
+ * 127.0.0.1), so the start does not warn of them as shadowing the file (envShadowedKeys' `except`).
+ */
+export const DEPLOYMENT_ENV_VARIABLES: ReadonlySet<string> = new Set(['PORT', 'HOST', 'ADMIN_PORT', 'ADMIN_HOST', 'METRICS_PORT', 'METRICS_HOST', 'USER_SERVICE_URL', 'ORDER_SERVICE_URL', 'NOTIF_SERVICE_URL', 'NOTIF_GRPC_SERVICE_URL', 'REDIS_URL'] satisfies (keyof typeof ENV_OVERRIDES)[]);
+
 /** Keys whose env value is a comma-separated list. */
 const LIST_KEYS: ReadonlySet<string> = new Set(['allowedHosts']);
 
@@ -886,7 +893,7 @@ function envOverrides(env: Env): { name: string; keyPath: string; value: unknown
  * that tightened one in the file (`rateLimit.max`, `trustProxy`) answered `unchanged` without a word. None when the
  * file cannot be read (the reload says why).
  */
-export function envShadowedKeys(env: Env = process.env, cwd: string = process.cwd()): string[] {
+export function envShadowedKeys(env: Env = process.env, cwd: string = process.cwd(), except: ReadonlySet<string> = new Set()): string[] {
   let file: unknown;
   try {
     file = JSON.parse(readFileSync(path.resolve(cwd, env[CONFIG_PATH_VARIABLE] || DEFAULT_CONFIG_PATH), 'utf8'));
@@ -894,6 +901,7 @@ export function envShadowedKeys(env: Env = process.env, cwd: string = process.cw
     return [];
   }
   return envOverrides(env).flatMap(({ name, keyPath, value }) => {
+    if (except.has(name)) return [];
     const written = valueAt(file, keyPath);
     return written === undefined || JSON.stringify(written) === JSON.stringify(value) ? [] : [`${keyPath} (${name})`];
   });

@@ -6,7 +6,7 @@ import { runServer } from '../otel/lifecycle';
 import { exportPromClientRegistry, metricExportEnabled, shutdownTelemetry, startPropagation } from '../otel/telemetry';
 import { METRIC_LABEL_OTLP, METRIC_OTLP, SERVICE_NAME } from '../otel/wire-names';
 import type { ConfigControl, ReloadAnswer } from './admin';
-import { clientTimeouts, ConfigError, envShadowedKeys, loadConfig, type GatewayConfig } from './config';
+import { clientTimeouts, ConfigError, DEPLOYMENT_ENV_VARIABLES, envShadowedKeys, loadConfig, type GatewayConfig } from './config';
 import { activeConfig, checkReload, createLiveGateway, ENV_SHADOWS_FILE, type ActiveConfig } from './config-reload';
 import { listenAdmin } from './admin';
 import { BACKGROUND_FETCH_DRAIN_MS, createBackgroundWork } from './cache-background-fetch';
@@ -45,7 +45,9 @@ function readShadowedKeys(): string[] {
  * tightened in the file under a manifest's RATE_LIMIT_MAX rolled the pods and changed nothing, without a word.
  */
 function warnEnvShadowsFile(logger: Logger): void {
-  const keys = readShadowedKeys();
+  // Not the listeners' and the services' addresses, which every deployment sets over the file: named at each start,
+  // they made the line noise that hid the key it is for.
+  const keys = envShadowedKeys(process.env, process.cwd(), DEPLOYMENT_ENV_VARIABLES);
   if (keys.length > 0) logger.warn(ENV_SHADOWS_FILE, { keys });
 }
 

@@ -239,7 +239,8 @@ describe('config reload (one process)', () => {
   it('names the file keys the environment overrides at start, and none whose values agree', async () => {
     const shadowWarning = (line: { message?: unknown }) => String(line.message).startsWith('config keys set in the environment override the file');
     const listening = (line: { message?: unknown }) => line.message === 'gateway listening';
-    gateway = await startGatewayProcess({ config: { ...config(), rateLimit: { max: 5, windowMs: 60_000 } }, env: { RATE_LIMIT_MAX: '1000000', PROXY_TIMEOUT_MS: '10000' } });
+    // The proxy timeout agrees with the file's; a service's address differs, as every deployment's does.
+    gateway = await startGatewayProcess({ config: { ...config(), rateLimit: { max: 5, windowMs: 60_000 }, proxy: { timeoutMs: 10_000 } }, env: { RATE_LIMIT_MAX: '1000000', PROXY_TIMEOUT_MS: '10000', USER_SERVICE_URL: gamma.url } });
     await gateway.waitForLine(listening);
     const warned = gateway.lines.filter(shadowWarning);
     expect(warned).toHaveLength(1);

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { readTelemetryConfig } from '../../otel/telemetry-config';
 import { SERVICE_NAME } from '../../otel/wire-names';
 import { SERVICE_ENV_VARIABLES, loadServiceEnv, type ServiceKey } from '../../services/shared/service-config';
-import { ENV_OVERRIDES, GATEWAY_ENV_VARIABLES, loadConfig, valueAt } from '../../src/config';
+import { DEPLOYMENT_ENV_VARIABLES, ENV_OVERRIDES, envShadowedKeys, GATEWAY_ENV_VARIABLES, loadConfig, valueAt } from '../../src/config';
 import { readCompose, ROOT, service } from './stack-files';
 
 /**
@@ -56,8 +56,14 @@ describe('gateway environment in docker-compose.yml', () => {
     const fileOwned = new Set(Object.entries(ENV_OVERRIDES).flatMap(([name, keyPath]) => (valueAt(file, keyPath) === undefined ? [] : [name])));
     expect(fileOwned).toEqual(new Set(['PORT', 'JWT_ISSUER', 'JWT_AUDIENCE', 'RATE_LIMIT_MAX', 'RATE_LIMIT_WINDOW_MS', 'PROXY_TIMEOUT_MS', 'USER_SERVICE_URL', 'ORDER_SERVICE_URL', 'NOTIF_SERVICE_URL', 'NOTIF_GRPC_SERVICE_URL']));
     // Where each deployment differs (its port and the services' addresses), the environment says it; nothing else.
-    const perDeployment = new Set(['PORT', 'USER_SERVICE_URL', 'ORDER_SERVICE_URL', 'NOTIF_SERVICE_URL', 'NOTIF_GRPC_SERVICE_URL']);
-    expect(appVariables('gateway')).toEqual(GATEWAY_ENV_VARIABLES.filter((name) => !fileOwned.has(name) || perDeployment.has(name)).sort());
+    expect(appVariables('gateway')).toEqual(GATEWAY_ENV_VARIABLES.filter((name) => !fileOwned.has(name) || DEPLOYMENT_ENV_VARIABLES.has(name)).sort());
+  });
+
+  // The start's warning of the file keys the environment overrides: under the shipped environment, not a word.
+  it('overrides none of the file keys the start warns of', () => {
+    expect(envShadowedKeys(composeEnv('gateway'), ROOT, DEPLOYMENT_ENV_VARIABLES)).toEqual([]);
+    // Its addresses it does override, as every deployment does.
+    expect(envShadowedKeys(composeEnv('gateway'), ROOT)).toEqual(expect.arrayContaining(['services.users.url (USER_SERVICE_URL)']));
   });
 
   it('is a configuration the gateway accepts, wired to the compose services', () => {
