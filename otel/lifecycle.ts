@@ -569,7 +569,9 @@ export function serverAnswerCode(response: object): string | undefined {
 
 /** A request not received whole within `server.requestTimeoutMs`, over either protocol. */
 const REQUEST_TIMEOUT: ServerProblem = { status: 408, title: 'Request timeout', code: 'request_timeout', detail: 'The request did not arrive in time.' };
-const METHOD_NOT_IMPLEMENTED: ServerProblem = { status: 501, title: 'Method not implemented', code: 'method_not_implemented', detail: 'The gateway does not implement the request method.' };
+/** The 501's detail for a method the gateway does not implement, over either protocol (src/middleware/http2-requests.ts). */
+export const METHOD_NOT_IMPLEMENTED_DETAIL = 'The gateway does not implement the request method.';
+const METHOD_NOT_IMPLEMENTED: ServerProblem = { status: 501, title: 'Method not implemented', code: 'method_not_implemented', detail: METHOD_NOT_IMPLEMENTED_DETAIL };
 
 /** A request line as RFC 9112 3 frames it, its method any token: what Node's parser refused was the method alone. */
 const REQUEST_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\xff]+ HTTP\/1\.[01]\r?\n/;

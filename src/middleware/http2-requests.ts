@@ -2,6 +2,7 @@ import { Http2ServerRequest } from 'node:http2';
 import { METHODS, type IncomingMessage } from 'node:http';
 import type { Middleware } from 'koa';
 import { GatewayError } from '../errors';
+import { METHOD_NOT_IMPLEMENTED_DETAIL } from '../../otel/lifecycle';
 import { refuseAtOnce, type Refuse } from './rate-limit';
 import { HTTP2_LIMITS } from '../tls';
 
@@ -95,7 +96,8 @@ export function createHttp2Requests(options: { refuse?: Refuse } = {}): Middlewa
   return async function normaliseHttp2Request(ctx, next) {
     const request: IncomingMessage | Http2ServerRequest = ctx.req;
     if (!isHttp2Request(request)) return next();
-    if (!HTTP1_METHODS.has(request.method)) return refuse(ctx, new GatewayError('method_not_implemented', `HTTP/1.1 could not carry the method ${JSON.stringify(request.method.slice(0, 32))}.`));
+    // Said as HTTP/1.1's parser says it of the same method (otel/lifecycle.ts): the client needs no more than that.
+    if (!HTTP1_METHODS.has(request.method)) return refuse(ctx, new GatewayError('method_not_implemented', METHOD_NOT_IMPLEMENTED_DETAIL));
     // `:path` as it came: bytes outside visible ASCII (the overlong `\xC0\xAE` of a dot among them) pass the path
     // guard's decoding untouched and reach the service, which may read them as it likes; HTTP/1.1's parser
     // refuses them in the request line.
