@@ -225,7 +225,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   if (cachedRoutes.size > 0) {
     // A stale copy fetched again under stale-while-revalidate goes through the same proxy, as a request of the cache's own.
     const background = createBackgroundFetches({ forward: (ctx) => proxy(ctx, async () => {}), tracer, logger, work: deps.backgroundWork, stopping: deps.stopping });
-    app.use(createResponseCache({ routes: cachedRoutes, keyScopes: cacheKeyScopes, routeTable: routes, store: createResponseStore(config, redis, logger, deps.cachePeers, kept?.newestCacheStore), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, headerRules, underscores: config.headersWithUnderscores, logger, metrics, background }));
+    app.use(createResponseCache({ routes: cachedRoutes, keyScopes: cacheKeyScopes, routeTable: routes, store: createResponseStore(config, redis, logger, deps.cachePeers, kept?.newestCacheStore), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, lockTimeoutMs: config.cache.lockTimeoutMs, headerRules, underscores: config.headersWithUnderscores, logger, metrics, background }));
   } else {
     // No cached route left: the running build's store goes with its app instead of staying held (its entries
     // up to cache.maxBytes) by the peers' subscription; their invalidations are still confirmed, with nothing to drop.

@@ -51,6 +51,11 @@ export const cacheSettingsSchema = z
     maxEntryBytes: z.int().positive().optional(),
     /** Prefix of every Redis key of the shared store (with `REDIS_URL`). */
     redisKeyPrefix: z.string().regex(/^[A-Za-z0-9:_-]+$/).default('koa-gateway:cache'),
+    /**
+     * Longest a miss waits for another request's fetch of the same key before fetching its own, ms (nginx's
+     * `proxy_cache_lock_timeout`). Default 5,000; at most 60,000.
+     */
+    lockTimeoutMs: z.int().nonnegative().max(60_000).default(5_000),
   })
   // An entry larger than the whole store could never be kept: the operator meant one of the two otherwise. The default
   // is held to a smaller store instead (a cache.maxBytes under 1 MiB alone is a store that small).

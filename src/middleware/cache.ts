@@ -36,6 +36,8 @@ export interface ResponseCacheOptions {
   statusHeader: string;
   /** Largest body stored, bytes. */
   maxEntryBytes: number;
+  /** Longest a miss waits for another request's fetch of the same key before fetching its own, ms (`cache.lockTimeoutMs`). */
+  lockTimeoutMs: number;
   /** Each route's header rules: cached copies get the response rules per request, and `Vary` on a rewritten request header is not trusted. */
   headerRules: ReadonlyMap<string, RouteHeaderRules>;
   /** Client header names with `_` (config `headersWithUnderscores`): under `allow` they reach the service. */
@@ -94,6 +96,13 @@ const WRITE_MAY_HAVE_HAPPENED: ReadonlySet<string> = new Set(['upstream_timeout'
  */
 const NOT_STORED_MEMORY_SECONDS = 120;
 const MAX_NOT_STORED_KEYS = 4096;
+
+/** The fetch's outcome, or `waited too long` once `ms` passed first (its timer cleared either way). */
+function atMost(done: Promise<FetchOutcome>, ms: number): Promise<FetchOutcome | 'waited too long'> {
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<'waited too long'>((resolve) => (timer = setTimeout(resolve, ms, 'waited too long')));
+  return Promise.race([done, bound]).finally(() => clearTimeout(timer));
+}
 
 /** How often a write answered while a stored copy may be left is logged, ms (the metric counts every one). */
 const INVALIDATION_WARNING_INTERVAL_MS = 10_000;
@@ -522,11 +531,22 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       // bounds the wait alone): one the service answered in time, but with nothing this request can use (another
       // Vary variant, an answer not stored), leaves it a whole exchange of its own, or a healthy service answering
       // in over half the deadline would get its waiters a 504 for a timeout that never happened.
-      if ((await pending.done) === 'failed') ctx.state.upstreamWaitSince = waitSince;
+      // Bounded (cache.lockTimeoutMs, nginx's proxy_cache_lock_timeout): a fetch that answers at once but streams for
+      // minutes (a feed, a long export) is over only at its end, and every miss of the key waited that long for its
+      // first byte, then fetched on its own for a whole deadline more. Past the bound the waiter fetches its own answer.
+      const outcome = await atMost(pending.done, options.lockTimeoutMs);
+      if (outcome === 'failed') ctx.state.upstreamWaitSince = waitSince;
       // Read again, with no fallback to the copy read before the wait: a write while it lasted dropped that copy, and
       // it was refreshed by this HEAD's 200 or served as a stale stand-in for this request's own error.
       entry = await lookup();
       if (entry && isFresh(entry, now())) return serve(ctx, entry, 'hit', rules);
+      // A copy stale as it was stored (the service took longer than its max-age) answers within stale-while-revalidate
+      // as before the wait: each waiter went to the service again, twice the wait for a copy it could have had.
+      if (entry && options.background && mayRevalidateInBackground(entry, now())) {
+        serve(ctx, entry, 'stale', rules);
+        if (!inFlight.has(flightKey)) fetchInBackground(ctx, { routeName: route.name, policy, key, flightKey, stale: entry, sharedCredentialed, rules, heard, twinned });
+        return;
+      }
     }
 
     if (onlyIfCached) {

@@ -99,6 +99,31 @@ describe('response cache under stale-while-revalidate (RFC 5861 3)', () => {
     expect(seenFor(path)).toHaveLength(2);
   });
 
+  // The service took longer than the answer's max-age: the copy was stale as it was stored, and each request that had
+  // waited for that fetch went to the service again (MISS), twice the wait for a copy stale-while-revalidate allows.
+  it('answers a request that waited for a fetch from its copy, stale on arrival, within stale-while-revalidate', async () => {
+    const path = fresh();
+    const held = gate();
+    origin.script(
+      path,
+      async () => {
+        await held.opened;
+        return staleOnArrival();
+      },
+      () => ({ headers: { 'cache-control': 'max-age=600' }, body: 'the new body' }),
+    );
+    const waits = () => stack.gatewayLogs.filter((line) => line.message === 'response cache: waiting for a fetch in flight').length;
+    const before = waits();
+    const first = get(path);
+    await waitFor(() => seenFor(path).length === 1, 'the first fetch at the service');
+    const waiter = get(path);
+    await waitFor(() => waits() === before + 1, 'the second request to wait for the first fetch');
+    held.open();
+    expect((await first).headers['x-cache']).toBe('MISS');
+    const waited = await waiter;
+    expect([waited.status, waited.headers['x-cache'], waited.text]).toEqual([200, 'STALE', 'the stale body']);
+  });
+
   it('revalidates in the background with the stale copy\'s validators, and a 304 refreshes it', async () => {
     const path = fresh();
     origin.script(path, () => staleOnArrival({ etag: '"v1"', 'x-version': 'first' }), () => ({ status: 304, headers: { etag: '"v1"', 'cache-control': 'max-age=600', 'x-version': 'refreshed' } }));

@@ -1025,6 +1025,40 @@ describe('response cache with a client that stops reading', () => {
   });
 });
 
+// One fetch per key at a time, but a waiter's wait is bounded (cache.lockTimeoutMs): a fetch that answers at once and
+// streams for minutes is over only at its end, and every miss of the key waited for it, up to a whole deadline.
+describe('response cache with a fetch that does not end', () => {
+  let service: CatalogService;
+  let stack: TestStack;
+  const hitsFor = (path: string) => service.hits.filter((hit) => hit.url.includes(/item-\d+/.exec(path)![0])).length;
+
+  beforeAll(async () => {
+    service = await catalogService();
+    stack = await startStack({ serviceUrls: { notifications: service.url }, overrides: overrides({ cache: { lockTimeoutMs: 200 } }) });
+  });
+  afterAll(async () => {
+    await stack.close();
+    await service.close();
+  });
+
+  it('lets a miss waiting for the same key fetch its own once cache.lockTimeoutMs passed', async () => {
+    const path = fresh('/api/open', 'gate=1&cc=max-age%3D60');
+    const first = send(stack.gateway.url, path);
+    await waitFor(() => hitsFor(path) === 1);
+    const second = send(stack.gateway.url, path);
+    // Awaited below; should a wait fail first, their end (the gateway closing at teardown) is not an unhandled rejection.
+    first.catch(() => undefined);
+    second.catch(() => undefined);
+    // The first fetch is still held at the service: without the bound the second waited for it, asking nothing.
+    await waitFor(() => hitsFor(path) === 2, 'the waiting miss to fetch its own', 5000);
+    service.release();
+    expect((await Promise.all([first, second])).map((reply) => [reply.status, reply.headers['x-cache']])).toEqual([
+      [200, 'MISS'],
+      [200, 'MISS'],
+    ]);
+  });
+});
+
 describe('response cache shared through Redis', () => {
   let service: CatalogService;
   let stack: TestStack;
