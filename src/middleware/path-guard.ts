@@ -12,11 +12,37 @@ const DOT_SEGMENT = /(?:^|\/)\.{1,2}(?:\/|$)/;
 const TRAILING_DOT_OR_SPACE = /[.\s](?:\/|$)/;
 
 /**
+ * The characters whose simple case mapping is ASCII (Unicode's UnicodeData): `İ` (U+0130) lower-cases to `i`, `ı`
+ * (U+0131) and `ſ` (U+017F) upper-case to `I` and `S`, the Kelvin sign (U+212A) lower-cases to `k`. A router that
+ * matches without case by them (Java's equalsIgnoreCase, .NET's OrdinalIgnoreCase, Go's EqualFold) reads
+ * `/ſecret` as `/secret`, a route the gateway, whose route key is lower-cased by ASCII rules, never matched it to.
+ */
+const CASE_MAPS_TO_ASCII = /[\u0130\u0131\u017f\u212a]/;
+const NON_ASCII = /[^\u0000-\u007f]/;
+const ASCII = /[\u0000-\u007f]/;
+
+/**
+ * Whether a decoded path holds a character that reads as ASCII to a server that matches routes without case
+ * (CASE_MAPS_TO_ASCII) or compatibility-normalises the path (NFKC: fullwidth `ｓ`, `．．／`, ligatures, superscript
+ * digits): each one a spelling of an ASCII path the gateway routed as another. Checked character by character, so
+ * that characters NFKC would compose with their neighbours cannot hide one.
+ */
+function readsAsAscii(decoded: string): boolean {
+  if (!NON_ASCII.test(decoded)) return false;
+  if (CASE_MAPS_TO_ASCII.test(decoded)) return true;
+  for (const character of decoded) {
+    if (character.charCodeAt(0) > 0x7f && ASCII.test(character.normalize('NFKC'))) return true;
+  }
+  return false;
+}
+
+/**
  * Why a path is refused, or undefined when it is safe to route. Routing and the upstream see the same raw
  * path, so anything that a server behind us could decode into a different route is refused rather than
  * "fixed": dot segments (plain or encoded), encoded slashes and backslashes, empty segments, NUL and control
  * characters, malformed or overlong UTF-8 (which `decodeURIComponent` rejects), segments ending in a dot or
- * white space, and any `%` left after one decoding: routing decides on one decoding, and a second one behind
+ * white space, an encoded `?` or `#`, characters that read as ASCII once case-folded or normalised (readsAsAscii),
+ * and any `%` left after one decoding: routing decides on one decoding, and a second one behind
  * the gateway (another proxy or sidecar that normalises, a framework decoding a parameter its router already
  * decoded) turns `/api/%2561dmin` into `/api/admin`, a route with other rules, whatever character is
  * double-encoded (Spring's StrictHttpFirewall refuses an encoded `%` by default for this reason).
@@ -28,6 +54,9 @@ export function pathProblem(rawPath: string): string | undefined {
   // into V8's runtime, and the encoded-slash match were ~2.6k instructions of every request whose path has none).
   const encoded = rawPath.includes('%');
   if (encoded && /%(2f|5c)/i.test(rawPath)) return 'encoded slashes are not allowed';
+  // Delimiters of the same kind: a server or proxy behind the gateway that decodes the path (nginx's `$uri`) turns
+  // `/api/users/%3F` into `/api/users/?`, the query of `/api/users`, a route with other rules.
+  if (encoded && /%(3f|23)/i.test(rawPath)) return 'an encoded ? or # is not allowed';
   let decoded = rawPath;
   try {
     if (encoded) decoded = decodeURIComponent(rawPath);
@@ -43,6 +72,7 @@ export function pathProblem(rawPath: string): string | undefined {
   if (decoded.includes(';')) return 'path parameters (;) are not allowed';
   if (decoded.includes('%')) return 'double-encoded characters (an encoded %) are not allowed';
   if (TRAILING_DOT_OR_SPACE.test(decoded)) return 'a path segment may not end in a dot or white space';
+  if (readsAsAscii(decoded)) return 'characters that read as ASCII when case-folded or normalised (NFKC) are not allowed';
   return undefined;
 }
 

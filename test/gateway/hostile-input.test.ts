@@ -311,6 +311,12 @@ describe('hostile input at the gateway', () => {
       { desc: 'an encoded space after the prefix (Windows and IIS strip it)', path: '/api/users%20/1' },
       { desc: 'a trailing dot on the admin-only listing (Windows and IIS strip it)', path: '/api/users.' },
       { desc: 'a double-encoded letter', path: '/api/%2575sers' },
+      // Bob, a user, was let through to /users/? on the users route: behind a hop that decodes the path (nginx's
+      // $uri), the admin-only listing /users.
+      { desc: 'an encoded ? after the admin-only listing', path: '/api/users/%3F' },
+      { desc: 'an encoded # after the admin-only listing', path: '/api/users/%23' },
+      { desc: 'a long s (ſ), which a router matching without case reads as s', path: '/api/user%C5%BF/2' },
+      { desc: 'fullwidth letters, which NFKC makes ASCII', path: '/api/%EF%BD%95sers/2' },
     ])('refuses $desc ($path) with 400 bad_path, reaching no service', async ({ path }) => {
       const before = reached();
       const reply = await send(url, path, { headers: { authorization: `Bearer ${bob}` } });

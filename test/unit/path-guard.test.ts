@@ -10,6 +10,8 @@ describe('pathProblem', () => {
     { desc: 'UTF-8 in a segment', path: '/api/users/%C3%A9' },
     { desc: 'a dot inside a segment', path: '/api/users/file.tar.gz' },
     { desc: 'a format suffix', path: '/api/users.json' },
+    { desc: 'accented letters', path: '/api/users/%C3%A9l%C3%A8ve/stra%C3%9Fe' },
+    { desc: 'CJK text', path: '/api/notes/%E6%97%A5%E6%9C%AC%E8%AA%9E' },
   ])('accepts $desc', ({ path }) => {
     expect(pathProblem(path)).toBeUndefined();
   });
@@ -24,6 +26,17 @@ describe('pathProblem', () => {
     { desc: 'an encoded slash', path: '/api/users/..%2forders', reason: /encoded slashes/ },
     { desc: 'an encoded backslash', path: '/api/users/..%5corders', reason: /encoded slashes/ },
     { desc: 'a raw backslash', path: '/api/users\\..\\orders', reason: /backslashes/ },
+    // A server that decodes the path makes them a query or a fragment: /api/users/? is /api/users.
+    { desc: 'an encoded ?', path: '/api/users/%3F', reason: /encoded \? or #/ },
+    { desc: 'an encoded # (lower case)', path: '/pub/secret%23', reason: /encoded \? or #/ },
+    // What a router matching without case, or normalising (NFKC), reads as ASCII.
+    { desc: 'a long s (ſ, upper-cases to S)', path: '/pub/%C5%BFecret', reason: /read as ASCII/ },
+    { desc: 'a dotted capital I (İ, lower-cases to i)', path: '/pub/%C4%B0nternal/x', reason: /read as ASCII/ },
+    { desc: 'a dotless i (ı, upper-cases to I)', path: '/pub/%C4%B1nternal/x', reason: /read as ASCII/ },
+    { desc: 'the Kelvin sign (lower-cases to k)', path: '/pub/%E2%84%AAey', reason: /read as ASCII/ },
+    { desc: 'a fullwidth letter', path: '/pub/%EF%BD%93ecret', reason: /read as ASCII/ },
+    { desc: 'fullwidth dots and slash', path: '/pub/%EF%BC%8E%EF%BC%8E%EF%BC%8Fsecret', reason: /read as ASCII/ },
+    { desc: 'a ligature (ﬁ is fi)', path: '/pub/%EF%AC%81les', reason: /read as ASCII/ },
     { desc: 'double-encoded dots', path: '/api/users/%252e%252e/orders', reason: /double-encoded/ },
     { desc: 'a double-encoded letter', path: '/api/%2561dmin', reason: /double-encoded/ },
     { desc: 'an encoded % alone', path: '/api/files/100%25', reason: /double-encoded/ },
@@ -43,6 +56,22 @@ describe('pathProblem', () => {
     { desc: 'a path longer than the limit', path: `/api/users/${'a'.repeat(3000)}`, reason: /longer than/ },
   ])('refuses $desc', ({ path, reason }) => {
     expect(pathProblem(path)).toMatch(reason);
+  });
+
+  // Every character, not the path as a whole: NFKC composes `e` and a combining accent into `é`, which would hide an
+  // ASCII letter a fullwidth one became from a count of the path's ASCII before and after.
+  it('refuses a path exactly when one of its characters case-maps or NFKC-normalises to ASCII (generated characters)', () => {
+    fc.assert(
+      fc.property(fc.array(fc.oneof(fc.constantFrom('a', 'e\u0301', '\u00e9', '\u00df', '\u0130', '\u0131', '\u017f', '\u212a', '\uff53', '\ufb01', '\u00b2'), fc.integer({ min: 0x80, max: 0xffff }).filter((code) => code < 0xd800 || code > 0xdfff).map((code) => String.fromCharCode(code))), { minLength: 1, maxLength: 4 }), (pieces) => {
+        const segment = pieces.join('');
+        const path = `/api/${encodeURIComponent(segment)}x`;
+        const decoded = decodeURIComponent(path);
+        fc.pre(!/[\s.;%\\/?#\u0000-\u001f\u007f]/.test(decoded.slice(5)));
+        const readsAsAscii = [...decoded].some((character) => character.charCodeAt(0) > 0x7f && (/[\u0130\u0131\u017f\u212a]/.test(character) || /[\u0000-\u007f]/.test(character.normalize('NFKC'))));
+        expect(pathProblem(path) !== undefined).toBe(readsAsAscii);
+      }),
+      { seed: 46, numRuns: 1000 },
+    );
   });
 
   it('finds a dot segment exactly where the path, split on /, has a segment . or .. (generated paths)', () => {
