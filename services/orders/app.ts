@@ -253,7 +253,9 @@ export function createApp(options: OrdersAppOptions): Koa {
     if (after !== undefined) {
       // Someone else's order, or one dropped since, is no place in this list: 400 (a client restarts from the first page).
       const index = mine.findIndex((order) => order.id === after);
-      if (index === -1) throw new ServiceError(400, 'invalid_query', `after: no order ${after} of yours to continue from.`);
+      // Neither id echoed (here nor in the 404): the message is recorded on every span the error passes
+      // (instrumentation-koa's exception events), and what a client puts in a path or a query may be anything.
+      if (index === -1) throw new ServiceError(400, 'invalid_query', 'after: no order of yours to continue from.');
       start = index + 1;
     }
     const page = mine.slice(start, start + limit);
@@ -267,7 +269,7 @@ export function createApp(options: OrdersAppOptions): Koa {
     const id = validParam(ctx, 'id', recordId);
     const order = orders.get(owner.key, id);
     // Someone else's order is reported as missing, so ids cannot be probed.
-    if (!order) throw new ServiceError(404, 'order_not_found', `No order ${id}.`);
+    if (!order) throw new ServiceError(404, 'order_not_found', 'No such order.');
     ctx.body = order;
   });
 

@@ -7,6 +7,7 @@ import Koa, { type Context } from 'koa';
 import { request, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
+import { redactCredentialShapes } from '../../otel/redact-url';
 import { ATTR, AUTH_REALM, HEADER, SIGNATURE_CHALLENGE_SCHEME, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
 import { describeFirstIssue } from './input-limits';
 import { nestedAtMost } from '../../src/json-depth';
@@ -258,7 +259,9 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
       if (continueTraceContext && problem === undefined && ctx.path !== '/health') await context.with(propagation.extract(context.active(), ctx.req.headers), next);
       else await next();
     } finally {
-      logger.info('request handled', { method: ctx.method, url: ctx.path, status: ctx.status, duration_ms: Math.round((performance.now() - started) * 1000) / 1000, request_id: requestId });
+      // The path's credential shapes (a magic link's token) redacted, as the SERVER span's url.path and the gateway's
+      // own access line have them: the line went to the logs and over OTLP with the whole token.
+      logger.info('request handled', { method: ctx.method, url: redactCredentialShapes(ctx.path), status: ctx.status, duration_ms: Math.round((performance.now() - started) * 1000) / 1000, request_id: requestId });
     }
   });
 

@@ -71,7 +71,9 @@ export async function createApp(options: UsersAppOptions): Promise<Koa> {
     const id = validParam(ctx, 'id', callerId);
     if (caller.id !== id && caller.role !== 'admin') throw new ServiceError(403, 'forbidden', 'You can only read your own profile.');
     const user = store.get(id);
-    if (!user) throw new ServiceError(404, 'user_not_found', `No user ${id}.`);
+    // The id not echoed: the message is recorded on every span the error passes (instrumentation-koa's exception
+    // events), and an id the client put in the path may be anything, a token among them.
+    if (!user) throw new ServiceError(404, 'user_not_found', 'No such user.');
     ctx.body = user;
   });
 
