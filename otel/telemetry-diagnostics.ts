@@ -28,32 +28,47 @@ export interface TelemetryDiagnostics {
 
 const PREFIX = 'telemetry:';
 
+/** A loss the SDK (and dropped-log-records.ts) counts into its message: "Dropped 37 spans because maxQueueSize reached". */
+const DROPPED = /\bDropped (\d+)/;
+
 export function createTelemetryDiagnostics(options: TelemetryDiagnosticsOptions): TelemetryDiagnostics {
   const write = options.write ?? ((line: string) => process.stderr.write(`${line}\n`));
   const intervalMs = options.intervalMs ?? 60_000;
   const now = options.now ?? Date.now;
   const lastReported = new Map<string, number>();
   const suppressed = new Map<string, number>();
+  /** What the held-back reports of a kind that counts a loss ("Dropped N ...") dropped together. */
+  const heldDropped = new Map<string, number>();
   let lastExportFailure: number | undefined;
 
-  const report = (kind: string, message: string) => {
+  /** `dropped`: the count a "Dropped N ..." message gives, added to the next report of its kind when held back. */
+  const report = (kind: string, message: string, dropped?: number) => {
     const at = now();
     const last = lastReported.get(kind);
     if (last !== undefined && at - last < intervalMs) {
       suppressed.set(kind, (suppressed.get(kind) ?? 0) + 1);
+      if (dropped !== undefined) heldDropped.set(kind, (heldDropped.get(kind) ?? 0) + dropped);
       return;
     }
     const held = suppressed.get(kind) ?? 0;
+    const droppedSince = heldDropped.get(kind) ?? 0;
     suppressed.delete(kind);
+    heldDropped.delete(kind);
     lastReported.set(kind, at);
     const seconds = Math.round(intervalMs / 1000);
-    write(`${PREFIX} ${message}${held > 0 ? ` (${held} more since the last report; next report in ${seconds} s at the earliest)` : ''}`);
+    // The total since the last report: each held-back message counted only its own second (the processors reset their
+    // count as they warn), and a report gave its own, so 4,094 read as the loss of a minute that dropped 97,000.
+    const summed = held > 0 && dropped !== undefined;
+    const text = summed ? message.replace(DROPPED, `Dropped ${dropped + droppedSince}`) : message;
+    const since = summed ? `since the last report, ${held} more reports held back and counted in` : `${held} more since the last report`;
+    write(`${PREFIX} ${text}${held > 0 ? ` (${since}; next report in ${seconds} s at the earliest)` : ''}`);
   };
   const fromDiag = (level: string) => (message: string, ...args: unknown[]) => {
     const text = format(message, ...args);
     // One kind per message whatever its numbers: the SDK writes counts into the text ("Dropped 37 spans because
     // maxQueueSize reached"), and each count would otherwise be a kind of its own, reported every time.
-    report(`${level}:${message.replace(/\d+/g, 'N')}`, `${level}: ${text}`);
+    const dropped = DROPPED.exec(text);
+    report(`${level}:${message.replace(/\d+/g, 'N')}`, `${level}: ${text}`, dropped ? Number(dropped[1]) : undefined);
   };
   const ignore = () => {};
 

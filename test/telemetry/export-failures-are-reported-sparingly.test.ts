@@ -55,6 +55,24 @@ it('takes a warning with its count already in the text (as the BatchSpanProcesso
   expect(lines).toEqual(['telemetry: warn: Dropped 37 spans because maxQueueSize reached']);
 });
 
+// The processors reset their count as they warn: each held-back message counted only its own second, and the report
+// after the interval gave its own second's count alone (4,094 for a minute that dropped some 97,000 spans).
+it('counts what the held-back "Dropped N" reports dropped into the next report of their kind', () => {
+  const { diagnostics, lines, advance } = setup();
+  for (const count of [37, 512, 9, 1200]) {
+    diagnostics.logger.warn(`Dropped ${count} spans because maxQueueSize reached`);
+    advance(5_000);
+  }
+  diagnostics.logger.warn('Dropped %d log records because maxQueueSize reached', 4);
+  advance(60_000);
+  diagnostics.logger.warn('Dropped 100 spans because maxQueueSize reached');
+  expect(lines).toEqual([
+    'telemetry: warn: Dropped 37 spans because maxQueueSize reached',
+    'telemetry: warn: Dropped 4 log records because maxQueueSize reached',
+    'telemetry: warn: Dropped 1821 spans because maxQueueSize reached (since the last report, 3 more reports held back and counted in; next report in 60 s at the earliest)',
+  ]);
+});
+
 it('knows whether an export failed recently, to keep the flush at exit short', () => {
   const { diagnostics, advance } = setup(10_000);
   expect(diagnostics.exportFailedRecently()).toBe(false);
