@@ -469,7 +469,11 @@ describe('cache settings in the config', () => {
   it('applies the documented defaults', () => {
     const config = parse({ ttlSeconds: 30 });
     expect(config.routes[4]!.cache).toEqual({ ttlSeconds: 30, scope: 'user', varyHeaders: [] });
-    expect(config.cache).toEqual({ statusHeader: 'x-cache', maxBytes: 64 * 1024 * 1024, maxEntryBytes: 1024 * 1024, redisKeyPrefix: 'koa-gateway:cache' });
+    expect(config.cache).toEqual({ statusHeader: 'x-cache', maxBytes: 64 * 1024 * 1024, maxEntryBytes: 1024 * 1024, redisKeyPrefix: 'koa-gateway:cache', lockTimeoutMs: 5000 });
+  });
+
+  it.each([-1, 60_001, 1.5])('refuses a cache.lockTimeoutMs of %d (0 to 60,000 ms)', (lockTimeoutMs) => {
+    expect(() => parse({ ttlSeconds: 5 }, {}, { cache: { lockTimeoutMs } })).toThrow(/cache\.lockTimeoutMs/);
   });
 
   it.each([
