@@ -45,9 +45,13 @@ function waitForOutput(child: ChildProcess, pattern: RegExp, timeoutMs: number):
   });
 }
 
-/** The stack launcher on free loopback ports, with `env` besides. */
-async function startLauncher(env: Record<string, string> = {}) {
-  const ports = await freePorts(5);
+/**
+ * The stack launcher on free loopback ports, with `env` besides; none of them one of `taken` (a port the test chose
+ * itself a moment before, free again when these were picked: order-service was once given the gateway's).
+ */
+async function startLauncher(env: Record<string, string> = {}, taken: readonly number[] = []) {
+  let ports = await freePorts(5);
+  for (let tries = 0; tries < 10 && ports.some((port) => taken.includes(port)); tries++) ports = await freePorts(5);
   const [gatewayPort, usersPort, ordersPort, notificationsPort, notificationsGrpcPort] = ports.map(String) as [string, string, string, string, string];
   const child = spawn(process.execPath, [path.join(root, 'dist/services/stack.js')], {
     cwd: root,
@@ -120,7 +124,7 @@ describe('npm start', () => {
     const [port] = await freePorts(1);
     const configFile = path.join(mkdtempSync(path.join(os.tmpdir(), 'quickstart-tls-')), 'gateway.config.json');
     writeFileSync(configFile, JSON.stringify({ ...shippedConfigFile(), port, tls: { certFile: certificate.certFile, keyFile: certificate.keyFile } }));
-    const launched = await startLauncher({ PORT: '', GATEWAY_CONFIG: configFile });
+    const launched = await startLauncher({ PORT: '', GATEWAY_CONFIG: configFile }, [port!]);
     stack = launched.child;
     const banner = await waitForOutput(stack, /Ctrl-C stops all four processes/, 30_000);
     expect(banner).toContain(`Koa Gateway is up on https://localhost:${port}`);
