@@ -30,6 +30,9 @@ const ASCII = /[\u0000-\u007f]/;
 function readsAsAscii(decoded: string): boolean {
   if (!NON_ASCII.test(decoded)) return false;
   if (CASE_MAPS_TO_ASCII.test(decoded)) return true;
+  // A string NFKC leaves as it is has no character NFKC changes (compatibility characters never come back by
+  // composition): one call for the text of a CJK or accented path, not one per character.
+  if (decoded.normalize('NFKC') === decoded) return false;
   for (const character of decoded) {
     if (character.charCodeAt(0) > 0x7f && ASCII.test(character.normalize('NFKC'))) return true;
   }
@@ -72,7 +75,8 @@ export function pathProblem(rawPath: string): string | undefined {
   if (decoded.includes(';')) return 'path parameters (;) are not allowed';
   if (decoded.includes('%')) return 'double-encoded characters (an encoded %) are not allowed';
   if (TRAILING_DOT_OR_SPACE.test(decoded)) return 'a path segment may not end in a dot or white space';
-  if (readsAsAscii(decoded)) return 'characters that read as ASCII when case-folded or normalised (NFKC) are not allowed';
+  // Only an encoded path can hold one: HTTP/1.1's parser and the HTTP/2 request-target check refuse raw non-ASCII.
+  if (encoded && readsAsAscii(decoded)) return 'characters that read as ASCII when case-folded or normalised (NFKC) are not allowed';
   return undefined;
 }
 
