@@ -30,8 +30,8 @@ import { countSentBytes } from './http2-sent-bytes';
 export const HTTP2_LIMITS = {
   maxConcurrentStreams: 100,
   /**
-   * The header list a request may carry (RFC 9113 6.5.2: name and value octets plus 32 per field), checked by the
-   * pipeline (src/middleware/http2-requests.ts: 431 problem+json with a request id, logged and traced). nghttp2
+   * The header list a request may carry, counted as HTTP/1.1 would carry it (name and value octets plus 4 per field),
+   * checked by the pipeline (src/middleware/http2-requests.ts: 431 problem+json with a request id, logged and traced). nghttp2
    * only applies its own bound once the client acknowledged the SETTINGS that announce it, so a stream sent
    * at once on a new session got past it; and what it refuses it resets unseen.
    */
@@ -40,7 +40,8 @@ export const HTTP2_LIMITS = {
   hardHeaderListSize: 2 * http.maxHeaderSize,
   /**
    * Header fields per request, pseudo-headers included: as many as the hard list size can hold (Node counts 32
-   * octets per field beside its name and value), so the size decides, as on HTTP/1.1, never the count. Node's
+   * octets per field beside its name and value). Past some 850 tiny fields (`x-1: 1`, ...) the hard size or this
+   * count resets the stream that HTTP/1.1 would serve (its 2,000 fields): the pipeline's 431 counts 4 octets a field. Node's
    * default, 128, reset the stream of a request whose Cookie came as crumbs (RFC 9113 8.2.3: one field per cookie,
    * as Firefox sends it) past some 120 cookies, a request HTTP/1.1 serves in one line.
    */

@@ -43,8 +43,9 @@ function isMalformedValue(value: string | string[] | undefined): boolean {
 const HTTP1_FIELD_LINE_OCTETS = 4;
 
 /**
- * A header list's size as HTTP/1.1 would carry it, the bound's own measure (Node's `maxHeaderSize`): each field's
- * name and value octets plus `: ` and CRLF. RFC 9113 6.5.2's own count adds 32 octets per field instead: held to
+ * A header list's size as HTTP/1.1 would carry it: each field's name and value octets plus `: ` and CRLF (Node's own
+ * HTTP/1 count, `maxHeaderSize`, takes names and values alone: a few octets a field stricter here, and the
+ * pseudo-headers stand in for the request line). RFC 9113 6.5.2's own count adds 32 octets per field instead: held to
  * HTTP/1.1's bound, 450 fields of `x-N: 1` (4.4 KB as HTTP/1.1 sends them) got 431 over HTTP/2 and 200 over HTTP/1.1;
  * nghttp2 still counts 32 per field against its own bound, twice this one (HTTP2_LIMITS.hardHeaderListSize). Node
  * decodes field octets one to a character (latin1), so a string's length is its octets (UTF-8 would count each byte
