@@ -168,12 +168,25 @@ function spentCount(window: WindowLeft, reset = window.reset): WindowCount {
   return { admitted: false, remaining: 0, total: window.total, reset };
 }
 
+/**
+ * Times in a row refuseIfSpent asks the store again because a place was let go while it asked: each of those asks
+ * is sent after a count, so this bounds only a network whose requests end one after another without pause.
+ */
+const MOST_STALE_PEEKS = 5;
+
 /** A key's requests that passed refuseIfSpent and are not counted yet, and those waiting for one of their places. */
 interface HeldPlaces {
   count: number;
   /** Woken with the window when it is spent, else to look again. */
   waiting: ((spent: WindowLeft | undefined) => void)[];
+  /** Requests asking the store about this key now: the record stays while they do, for `released` to be read. */
+  peeking: number;
+  /** Places let go so far (each once its request was counted in the store). */
+  released: number;
 }
+
+/** Whether nothing is held, waited for or asked about under a key: its record may go. */
+const unused = (held: HeldPlaces) => held.count === 0 && held.waiting.length === 0 && held.peeking === 0;
 
 /**
  * One limit policy: a window per client counted in the store (koa-ratelimit's drivers, or the primary), the
@@ -213,9 +226,10 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
     heldKey.delete(ctx);
     const held = places.get(key)!;
     held.count--;
+    held.released++;
     // A place is free: the first request waiting looks again.
     held.waiting.shift()?.(undefined);
-    if (held.count === 0 && held.waiting.length === 0) places.delete(key);
+    if (unused(held)) places.delete(key);
   };
 
   async function storeFailed(ctx: Context, next: () => Promise<void>, error: unknown): Promise<void> {
@@ -261,11 +275,22 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
       await next();
     },
     async refuseIfSpent(ctx, key = clientNetworkKey(ctx.ip, ipv6PrefixLength)) {
-      for (let waits = 0; ; waits++) {
-        const window = await counter.peek(key).catch(() => undefined);
-        // Read once the store answered: the requests that took a place while it was asked are among them.
+      for (let waits = 0, stalePeeks = 0; ; waits++) {
         let held = places.get(key);
-        if (!held) places.set(key, (held = { count: 0, waiting: [] }));
+        if (!held) places.set(key, (held = { count: 0, waiting: [], peeking: 0, released: 0 }));
+        held.peeking++;
+        const releasedBefore = held.released;
+        const window = await counter.peek(key).catch(() => undefined);
+        held.peeking--;
+        // A place let go while the store was asked was counted there before the ask or after it: its count is in the
+        // answer or not, and it is no longer held either way. Taken as it came (Redis' answers come late, after the
+        // counts of requests that ended meanwhile), requests sent at once had a fourth and fifth credential checked
+        // against a budget of 3. Asked again, the answer is sent after those counts.
+        if (held.released !== releasedBefore && stalePeeks++ < MOST_STALE_PEEKS) {
+          waits--;
+          continue;
+        }
+        // Read once the store answered: the requests that took a place while it was asked are among them.
         if (!window || window.left > held.count) {
           held.count++;
           heldKey.set(ctx, key);
@@ -274,12 +299,15 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
         if (window.left === 0) {
           // Spent: so is it for those waiting, told without asking the store again.
           for (const wake of held.waiting.splice(0)) wake(window);
-          if (held.count === 0) places.delete(key);
+          if (unused(held)) places.delete(key);
           refuse(ctx, spentCount(window));
         }
         // What is left is all being checked. Waiting, not refused: a network's requests sent together, answered from
         // Redis at once, were refused for one another's places though each would have authenticated.
-        if (waits === MOST_WAITS_FOR_A_PLACE) refuse(ctx, spentCount(window, Math.min(window.reset, Date.now() / 1000 + 1)));
+        if (waits === MOST_WAITS_FOR_A_PLACE) {
+          if (unused(held)) places.delete(key);
+          refuse(ctx, spentCount(window, Math.min(window.reset, Date.now() / 1000 + 1)));
+        }
         const spent = await new Promise<WindowLeft | undefined>((resolve) => held.waiting.push(resolve));
         if (spent) refuse(ctx, spentCount(spent));
       }
