@@ -514,13 +514,15 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     if (entry && isFresh(entry, now())) return serve(ctx, entry, 'hit', rules);
     // What misses under way and refused answers are found by: a hit needs neither.
     const flightKey = `${key.resource} ${key.variant}`;
-    if (entry && options.background && mayRevalidateInBackground(entry, now())) {
-      // RFC 5861 3: within the service's stale-while-revalidate the stale copy answers at once, and one fetch of the
-      // cache's own (none while another fetch of the key is under way) gets the next one.
-      serve(ctx, entry, 'stale', rules);
-      if (!inFlight.has(flightKey)) fetchInBackground(ctx, { routeName: route.name, policy, key, flightKey, stale: entry, sharedCredentialed, rules, heard, twinned });
-      return;
-    }
+    // RFC 5861 3: within the service's stale-while-revalidate the stale copy answers at once, and one fetch of the
+    // cache's own (none while another fetch of the key is under way) gets the next one. False when it may not.
+    const answeredStale = (copy: CachedResponse | undefined): boolean => {
+      if (!copy || !options.background || !mayRevalidateInBackground(copy, now())) return false;
+      serve(ctx, copy, 'stale', rules);
+      if (!inFlight.has(flightKey)) fetchInBackground(ctx, { routeName: route.name, policy, key, flightKey, stale: copy, sharedCredentialed, rules, heard, twinned });
+      return true;
+    };
+    if (answeredStale(entry)) return;
     const pending = inFlight.get(flightKey);
     if (pending) {
       // Another request is fetching this very answer: wait for it rather than asking the service again. Its answer
@@ -542,11 +544,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       if (entry && isFresh(entry, now())) return serve(ctx, entry, 'hit', rules);
       // A copy stale as it was stored (the service took longer than its max-age) answers within stale-while-revalidate
       // as before the wait: each waiter went to the service again, twice the wait for a copy it could have had.
-      if (entry && options.background && mayRevalidateInBackground(entry, now())) {
-        serve(ctx, entry, 'stale', rules);
-        if (!inFlight.has(flightKey)) fetchInBackground(ctx, { routeName: route.name, policy, key, flightKey, stale: entry, sharedCredentialed, rules, heard, twinned });
-        return;
-      }
+      if (answeredStale(entry)) return;
     }
 
     if (onlyIfCached) {

@@ -177,6 +177,8 @@ function isUser(value: unknown): value is AuthenticatedUser {
 export function createLogin(options: LoginOptions): Middleware[] {
   const timeoutMs = options.timeoutMs ?? 5000;
   const parseJson = bodyParser({ enableTypes: ['json'], jsonLimit: options.bodyLimitBytes, encoding: 'utf-8' });
+  /** The 413's detail, for a declared length and a decoded body alike. */
+  const tooLarge = `The login body is larger than ${options.bodyLimitBytes} bytes.`;
   // Handed from validation to the steps after it without widening the typed ctx.state.
   const credentialsOf = new WeakMap<Context, Credentials>();
 
@@ -191,9 +193,8 @@ export function createLogin(options: LoginOptions): Middleware[] {
     // body's declared length is the coded one, and the parser bounds only what it decodes: a coded one over the limit
     // was invited (100 Continue) and read whole, however long (gzip's empty stored blocks decode to nothing). Coding
     // adds a few bytes per 64 KiB to what it codes: no honest login body is over the limit coded.
-    if (Number(ctx.get('content-length')) > options.bodyLimitBytes) {
-      throw new GatewayError('payload_too_large', `The login body is larger than ${options.bodyLimitBytes} bytes.`, { headers: { Connection: 'close' } });
-    }
+    const declared = ctx.get('content-length');
+    if (Number(declared) > options.bodyLimitBytes) throw new GatewayError('payload_too_large', tooLarge, { headers: { Connection: 'close' } });
     if (!ctx.is('application/json')) throw new GatewayError('unsupported_media_type', 'Login expects Content-Type: application/json.');
     // JSON is UTF-8 (RFC 8259 8.1): the parser would read a UTF-16 body as UTF-8 and see other credentials.
     if (!readsAsUtf8(ctx.request.charset)) throw new GatewayError('unsupported_media_type', 'Login expects a UTF-8 JSON body.');
@@ -206,7 +207,6 @@ export function createLogin(options: LoginOptions): Middleware[] {
     // Coding names are case-insensitive (RFC 9110 8.4.1), the parser's match is not: it refused `GZIP`, and
     // `Identity` too, and any list; so the one coding applied is written alone, in lower case.
     if (ctx.req.headers['content-encoding'] !== undefined) ctx.req.headers['content-encoding'] = coding;
-    const declared = ctx.get('content-length');
     // Without a declared length nothing bounds a coded body's bytes (chunked, or HTTP/2 without the field): 5-byte
     // empty deflate blocks decode to nothing, and 2.3 GB was read and inflated in 8 s against a 16 KiB limit until
     // the request timeout. RFC 9110 15.5.12: the length is required. Not read, the body cannot stay on the connection.
@@ -301,7 +301,7 @@ export function createLogin(options: LoginOptions): Middleware[] {
       const refused = typeof (error as { status?: unknown }).status === 'number' ? toGatewayError(error) : new GatewayError('bad_request', 'The login body could not be decoded (its Content-Encoding does not match its bytes).');
       // A coded body that decodes past the limit: the parser's own words ("request entity too large") said less than
       // the declared-length refusal above does.
-      const detail = refused.code === 'payload_too_large' ? `The login body is larger than ${options.bodyLimitBytes} bytes.` : refused.message;
+      const detail = refused.code === 'payload_too_large' ? tooLarge : refused.message;
       throw new GatewayError(refused.code, detail, { cause: error, headers: { ...refused.headers, Connection: 'close' } });
     }
     await next();

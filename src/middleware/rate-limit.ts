@@ -275,7 +275,7 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
       await next();
     },
     async refuseIfSpent(ctx, key = clientNetworkKey(ctx.ip, ipv6PrefixLength)) {
-      for (let waits = 0, stalePeeks = 0; ; waits++) {
+      for (let waits = 0, stalePeeks = 0; ; ) {
         let held = places.get(key);
         if (!held) places.set(key, (held = { count: 0, waiting: [], peeking: 0, released: 0 }));
         held.peeking++;
@@ -286,10 +286,7 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
         // answer or not, and it is no longer held either way. Taken as it came (Redis' answers come late, after the
         // counts of requests that ended meanwhile), requests sent at once had a fourth and fifth credential checked
         // against a budget of 3. Asked again, the answer is sent after those counts.
-        if (held.released !== releasedBefore && stalePeeks++ < MOST_STALE_PEEKS) {
-          waits--;
-          continue;
-        }
+        if (held.released !== releasedBefore && stalePeeks++ < MOST_STALE_PEEKS) continue;
         // Read once the store answered: the requests that took a place while it was asked are among them.
         if (!window || window.left > held.count) {
           held.count++;
@@ -304,7 +301,7 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
         }
         // What is left is all being checked. Waiting, not refused: a network's requests sent together, answered from
         // Redis at once, were refused for one another's places though each would have authenticated.
-        if (waits === MOST_WAITS_FOR_A_PLACE) {
+        if (waits++ === MOST_WAITS_FOR_A_PLACE) {
           if (unused(held)) places.delete(key);
           refuse(ctx, spentCount(window, Math.min(window.reset, Date.now() / 1000 + 1)));
         }
