@@ -35,6 +35,12 @@ export function bodyTooSlowError(rate: BodyRate): GatewayError {
   return new GatewayError('request_timeout', `The request body arrived slower than ${rate.minBytesPerSecond} bytes/s.`, { headers: { Connection: 'close' } });
 }
 
+/** The 413 of a body over `limit` bytes, declared or streamed. */
+export function bodyTooLarge(limit: number): GatewayError {
+  // `Connection: close` stops Node from reading (and discarding) the rest of a huge upload.
+  return new GatewayError('payload_too_large', `The request body is larger than ${limit} bytes.`, { headers: { Connection: 'close' } });
+}
+
 /** The 408 a body gets when nothing of it arrived for the route's idle timeout, the client still owing the rest. */
 export function bodyStalledError(timeoutMs: number): GatewayError {
   return new GatewayError('request_timeout', `No byte of the request body arrived for ${timeoutMs} ms.`, { headers: { Connection: 'close' } });

@@ -535,6 +535,15 @@ const configFields = z
         /** Largest request body forwarded, bytes (413 beyond). Default 50 MiB. */
         maxBodyBytes: z.int().positive().default(50 * 1024 * 1024),
         /**
+         * Bytes of a request body read before a connection to its service is taken. A body no longer is read whole
+         * first (and may go to another instance when one refuses the connection); a longer one streams on once
+         * this much has come (nginx's proxy_request_buffering, in memory). A client sending slowly then holds none
+         * of a service's `maxSockets` with a small body, and must send this much before it holds one. Bodies read
+         * ahead hold at most 64 MiB of a process's memory in all; past that, bodies stream from their first byte.
+         * Default 64 KiB; 0 = every body streams from its first byte; at most 16 MiB.
+         */
+        requestBufferBytes: z.int().min(0).max(16 * 1024 * 1024).default(64 * 1024),
+        /**
          * Requests that may wait for a connection to one upstream instance once all `maxSockets` are busy;
          * beyond it, 503 `upstream_busy` with `Retry-After` (Envoy's max_pending_requests). Default 1024.
          */

@@ -3,7 +3,8 @@ import type { Http2ServerRequest } from 'node:http2';
 import { PassThrough, type Readable } from 'node:stream';
 
 /**
- * The client's request body as the proxy streams it to a service, ending only where the client ended it.
+ * The client's request body as the proxy streams it to a service, ending only where the client ended it; `readAhead`
+ * is its start, already read.
  *
  * Through a stream of its own: undici destroys a body it gives up on, and destroying the request would take the
  * client's socket (and the 413 or 502 the gateway still owes it) down with it.
@@ -17,8 +18,10 @@ import { PassThrough, type Readable } from 'node:stream';
  * Node's HTTP/1 server never ends such a body ('aborted' and 'error', no 'end'); it is cut at once too, rather
  * than when the response closes.
  */
-export function forwardedBody(request: IncomingMessage | Http2ServerRequest, onBrokenOff: () => void): Readable {
+export function forwardedBody(request: IncomingMessage | Http2ServerRequest, onBrokenOff: () => void, readAhead: readonly Buffer[] = []): Readable {
   const body = new PassThrough();
+  // What the gateway read before it took a connection (src/request-buffer.ts) goes first; the rest as it arrives.
+  for (const chunk of readAhead) body.write(chunk);
   // undici listens for the body's 'error' only once a connection takes its request: destroyed while still queued in a
   // pool (every connection busy), it had no listener, and the error ended the process. The destruction is what undici
   // acts on (its own listener, or the destroyed body when the queued request is taken); the error is only its reason.
@@ -30,7 +33,13 @@ export function forwardedBody(request: IncomingMessage | Http2ServerRequest, onB
   };
   request.once('aborted', breakOff);
   request.pipe(body, { end: false });
-  request.once('end', () => (request.aborted ? breakOff() : body.end()));
+  const ended = () => (request.aborted ? breakOff() : body.end());
+  // A body read ahead up to its last chunk (the chunk past the read-ahead limit was its last) ended as that chunk was
+  // taken, a tick before the proxy got here: waiting for its 'end', the service waited for the rest until it timed out.
+  if (request.readableEnded) ended();
+  else request.once('end', ended);
+  // So could its client's leaving (HTTP/1 ends no such body).
+  if (request.aborted) breakOff();
   return body;
 }
 

@@ -215,6 +215,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
     maxSockets: config.proxy.maxSockets,
     maxPendingRequests: config.proxy.maxPendingRequests,
     maxBodyBytes: config.proxy.maxBodyBytes,
+    requestBufferBytes: config.proxy.requestBufferBytes,
     minBodyBytesPerSecond: config.server.minBodyBytesPerSecond,
     bodyGracePeriodMs: config.server.bodyGracePeriodMs,
     underscores: config.headersWithUnderscores,

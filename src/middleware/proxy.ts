@@ -13,8 +13,9 @@ import { pickWithRoom, type UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, upstreamErrorType, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
 import { isHttp2Request } from './http2-requests';
-import { bodyStalledError, bodyTooSlowError, watchBodyRate, type BodyRate } from '../body-rate';
+import { bodyStalledError, bodyTooLarge, bodyTooSlowError, watchBodyRate, type BodyRate } from '../body-rate';
 import { forwardedBody } from '../forwarded-body';
+import { bufferRequestBody, type BufferedBody } from '../request-buffer';
 import { cutResponse, responseClosed } from '../response-closed';
 import { markServerAnswer } from '../../otel/lifecycle';
 import { challengesGatewaySignature, SIGNATURE_REFUSED_HINT, type GatewaySigner } from '../gateway-signature';
@@ -26,6 +27,8 @@ export interface ProxyOptions {
   maxPendingRequests: number;
   /** Largest request body forwarded, bytes; 413 beyond (declared or streamed). */
   maxBodyBytes: number;
+  /** Bytes of a request body read before a connection to its service is taken (src/request-buffer.ts); 0 = none. */
+  requestBufferBytes: number;
   /** Least average request-body rate once `bodyGracePeriodMs` has passed, bytes/s; 0 = off. Slower: 408. */
   minBodyBytesPerSecond: number;
   /** ms */
@@ -153,7 +156,7 @@ export function createProxy(options: ProxyOptions): Middleware {
   const hasFreeConnection = (instance: UpstreamInstance) => (inFlight.get(instance.origin) ?? 0) < options.maxSockets;
 
   /** One attempt against one instance; settles when the attempt is over, never rejects. */
-  function forward(ctx: KoaContext, instance: UpstreamInstance, attempt: number, parent: OtelContext, route: CompiledRoute, corsApplied: boolean, deadlineAt: number): Promise<Exchange> {
+  function forward(ctx: KoaContext, instance: UpstreamInstance, attempt: number, parent: OtelContext, route: CompiledRoute, corsApplied: boolean, deadlineAt: number, readAhead: BufferedBody | undefined): Promise<Exchange> {
     const { req, res } = ctx;
     const path = ctx.state.upstreamPath!;
     // The request target as forwarded: the route's upstream path and the client's query, byte for byte.
@@ -185,6 +188,8 @@ export function createProxy(options: ProxyOptions): Middleware {
       return Promise.resolve(exchange);
     }
     const withBody = hasBody(req.headers);
+    // Part of the body still to come from the client: not when the gateway read it all before (src/request-buffer.ts).
+    const streamsBody = withBody && readAhead?.complete !== true;
     inFlight.set(instance.origin, (inFlight.get(instance.origin) ?? 0) + 1);
     // Behind `maxSockets` others: waiting for one of the instance's connections to come free. Otherwise a wait for a
     // connection is its connection being made: an instance that never completes one (blackholed) is failing.
@@ -385,10 +390,11 @@ export function createProxy(options: ProxyOptions): Middleware {
         ),
       );
 
-      if (withBody) {
-        continueIfExpected(ctx);
+      if (streamsBody) {
+        // Sent already if the gateway read the body's start itself.
+        if (!readAhead) continueIfExpected(ctx);
         // Counted as the body streams on: `req.pipe` below reads it through the same 'data' events.
-        let received = 0;
+        let received = readAhead?.bytes ?? 0;
         req.on('data', (chunk: Buffer) => {
           touch();
           received += chunk.length;
@@ -397,7 +403,10 @@ export function createProxy(options: ProxyOptions): Middleware {
             upstream?.abort(new Error('request body over the limit'));
           }
         });
-        stopRateWatch = watchBodyRate(req, bodyRate, () => received, () => {
+        // Judged from here, on the bytes that came since: a body's fast start (the part read ahead) let its rest
+        // trickle at any rate while it held the service's connection, its average over the whole body far above.
+        const readAheadBytes = readAhead?.bytes ?? 0;
+        stopRateWatch = watchBodyRate(req, bodyRate, () => received - readAheadBytes, () => {
           exchange.bodyTooSlow = true;
           cut('the request body arrived too slowly', 'request_timeout');
         });
@@ -418,7 +427,7 @@ export function createProxy(options: ProxyOptions): Middleware {
           headers,
           // A body its client broke off (an HTTP/2 stream reset mid-upload) is not passed on as whole: the service
           // sees its request aborted, and the exchange ends as the client's doing, not the instance's failure.
-          body: withBody ? forwardedBody(req, clientBrokeOffBody) : null,
+          body: readAhead?.complete ? Buffer.concat(readAhead.chunks, readAhead.bytes) : withBody ? forwardedBody(req, clientBrokeOffBody, readAhead?.chunks) : null,
           headersTimeout: route.timeoutMs,
           bodyTimeout: route.timeoutMs,
         },
@@ -576,24 +585,49 @@ export function createProxy(options: ProxyOptions): Middleware {
     if (declaredLength > options.maxBodyBytes) {
       throw bodyTooLarge(options.maxBodyBytes);
     }
-    const { pool } = route;
+    // The request's span context, taken before any wait.
     const parent = context.active();
-    const serverSpan = trace.getSpan(parent);
     const corsApplied = ctx.state.corsApplied === true;
-    // A retry resends the request, so only requests without a body that are safe to repeat get one.
-    const replayable = isReplayable(ctx.method, ctx.req.headers);
     const bodyless = !hasBody(ctx.req.headers);
-    // As the CLIENT span and the request histogram record it: outside the conventions' methods, `_OTHER`.
-    const method = recordedMethod(ctx.method);
-    const tried = new Set<UpstreamInstance>();
-    /** Instances this request already counted a failure against: retries on one are one failure of it, not three. */
-    const blamed = new Set<UpstreamInstance>();
     // From when it began waiting for a coalesced fetch of the same answer (src/middleware/cache.ts), if it did: as
     // nginx's proxy_cache_lock_timeout bounds that wait, a failed fetch does not double its waiters' time.
     const deadlineAt = (ctx.state.upstreamWaitSince ?? performance.now()) + route.deadlineMs;
     if (performance.now() >= deadlineAt) {
       throw new GatewayError('upstream_timeout', `The exchange with the ${route.service} service did not finish within ${route.deadlineMs} ms (waiting for another request's fetch of the same answer).`);
     }
+    if (bodyless || options.requestBufferBytes === 0 || responseClosed(ctx)) return await forwardToAnInstance(ctx, route, parent, undefined, deadlineAt, corsApplied);
+    // The body's start, or all of it, read before a connection is taken: a slow client holds no service connection.
+    continueIfExpected(ctx);
+    const readAhead = await bufferRequestBody(ctx, {
+      limitBytes: options.requestBufferBytes,
+      maxBodyBytes: options.maxBodyBytes,
+      bodyRate,
+      idleTimeoutMs: route.timeoutMs,
+      deadlineAt,
+      deadlineError: () => uploadOutlivedDeadline(route),
+    });
+    // The client left while sending it: nothing to forward, and nobody to answer (logged as a client that left).
+    if (!readAhead) return;
+    try {
+      await forwardToAnInstance(ctx, route, parent, readAhead, deadlineAt, corsApplied);
+    } finally {
+      readAhead.release();
+    }
+  };
+
+  /** Forwards to one instance after another (retries) until one attempt ends the request. */
+  async function forwardToAnInstance(ctx: KoaContext, route: CompiledRoute, parent: OtelContext, readAhead: BufferedBody | undefined, deadlineAt: number, corsApplied: boolean): Promise<void> {
+    const { pool } = route;
+    const serverSpan = trace.getSpan(parent);
+    // A retry resends the request, so only requests without a body that are safe to repeat get one.
+    const replayable = isReplayable(ctx.method, ctx.req.headers);
+    // A body read whole before forwarding can be sent again, as none can be.
+    const resendable = !hasBody(ctx.req.headers) || readAhead?.complete === true;
+    // As the CLIENT span and the request histogram record it: outside the conventions' methods, `_OTHER`.
+    const method = recordedMethod(ctx.method);
+    const tried = new Set<UpstreamInstance>();
+    /** Instances this request already counted a failure against: retries on one are one failure of it, not three. */
+    const blamed = new Set<UpstreamInstance>();
 
     for (let attempt = 1; ; attempt++) {
       const instance = pickWithRoom(pool, tried, hasRoom, hasFreeConnection);
@@ -606,7 +640,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       }
       tried.add(instance);
       const started = performance.now();
-      const exchange = await forward(ctx, instance, attempt, parent, route, corsApplied, deadlineAt);
+      const exchange = await forward(ctx, instance, attempt, parent, route, corsApplied, deadlineAt, readAhead);
       const outcome = outcomeOf(exchange);
       const status = exchange.handedToCache ?? exchange.status;
       endUpstreamSpan(exchange.span, outcome, status, exchange.failure);
@@ -635,10 +669,11 @@ export function createProxy(options: ProxyOptions): Middleware {
       }
 
       // What never reached the service (a refused connection, or none made in time) may go to another instance
-      // whatever its method: nothing of it was sent (nginx's proxy_next_upstream does the same). A request with a
-      // body is not: its body has been read from the client by now. A reset may have reached it: idempotent only.
+      // whatever its method: nothing of it was sent (nginx's proxy_next_upstream does the same). A request with a body
+      // is not, unless the gateway holds all of it (read ahead): the rest has been read from the client by now. A
+      // reset may have reached it: idempotent only.
       const neverSent = outcome === 'refused' || (outcome === 'timeout' && exchange.neverConnected === true);
-      const retryable = ((replayable && (outcome === 'refused' || outcome === 'reset')) || (bodyless && neverSent)) && exchange.status === undefined && !exchange.answeredByService && !ctx.res.headersSent;
+      const retryable = ((replayable && (outcome === 'refused' || outcome === 'reset')) || (resendable && neverSent)) && exchange.status === undefined && !exchange.answeredByService && !ctx.res.headersSent;
       // Another instance first. With none left, a reset before any answer is retried on the same one: it is most
       // often a kept-alive connection the service closed just as it was reused (a race every keep-alive client
       // meets), and the retry goes out on another connection. A refused connection would only be refused again,
@@ -661,9 +696,7 @@ export function createProxy(options: ProxyOptions): Middleware {
         case 'body_too_slow':
           // `Connection: close`: the rest of the body is not worth reading.
           if (exchange.bodyStalled) throw bodyStalledError(route.timeoutMs);
-          if (exchange.uploadOutlivedDeadline) {
-            throw new GatewayError('request_timeout', `The request body did not arrive within the ${route.deadlineMs} ms the exchange with the ${route.service} service may last.`, { headers: { Connection: 'close' } });
-          }
+          if (exchange.uploadOutlivedDeadline) throw uploadOutlivedDeadline(route);
           throw bodyTooSlowError(bodyRate);
         case 'deadline':
           throw new GatewayError('upstream_timeout', `The exchange with the ${route.service} service did not finish within ${route.deadlineMs} ms.`);
@@ -1019,7 +1052,8 @@ function malformedHeaderFields(failure: Error): string | undefined {
   return reason === undefined ? undefined : reason.slice(0, 80);
 }
 
-function bodyTooLarge(limit: number): GatewayError {
-  // `Connection: close` stops Node from reading (and discarding) the rest of a huge upload.
-  return new GatewayError('payload_too_large', `The request body is larger than ${limit} bytes.`, { headers: { Connection: 'close' } });
+/** The 408 of a body still arriving when the route's deadline came; `Connection: close`, as for every body cut. */
+function uploadOutlivedDeadline(route: CompiledRoute): GatewayError {
+  return new GatewayError('request_timeout', `The request body did not arrive within the ${route.deadlineMs} ms the exchange with the ${route.service} service may last.`, { headers: { Connection: 'close' } });
 }
+

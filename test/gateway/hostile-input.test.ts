@@ -1042,6 +1042,19 @@ describe('hostile input at the gateway', () => {
       expect(seenWithRequestId(requestId)).toEqual([]);
     });
 
+    // The proxy reads a body before it asks the service (proxy.requestBufferBytes): it invites the upload itself,
+    // once, when it is about to read it; the service is sent the body, never the expectation (hop-by-hop here).
+    it('answers Expect: 100-continue on a proxied route once, and forwards the body without the expectation', async () => {
+      const requestId = nextRequestId();
+      const reply = await sendRaw(served.url, `POST /api/orders HTTP/1.1\r\nHost: ${host()}\r\nAuthorization: Bearer ${bob}\r\nX-Request-Id: ${requestId}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n{}`);
+      // The first head read is the interim one; the rest is the final answer, with no second 100 before it.
+      expect(reply.status).toBe(100);
+      expect(reply.text).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+      expect(reply.text).toContain('"service":"order-service"');
+      expect(seenWithRequestId(requestId)).toHaveLength(1);
+      expect(seenWithRequestId(requestId)[0]?.headers.expect).toBeUndefined();
+    });
+
     // RFC 9110 10.1.1 and 15.2: an HTTP/1.0 client's 100-continue is ignored, and it is sent no 1xx, which it
     // would take for the final answer (and the real one after it for garbage).
     it('sends an HTTP/1.0 client with Expect: 100-continue no 100 Continue, only the final answer', async () => {

@@ -113,10 +113,10 @@ describe('load balancing with passive health', () => {
     });
 
     /** The dead instance and `a`, the dead one never ejected: every other request meets it. */
-    const deadThenLive = () =>
+    const deadThenLive = (proxy: Record<string, unknown> = {}) =>
       startStack({
         env: { RATE_LIMIT_MAX: '100000' },
-        overrides: { services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 100 }, notifications: { url: 'http://placeholder' } } },
+        overrides: { proxy, services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 100 }, notifications: { url: 'http://placeholder' } } },
         serviceUrls: { orders: `${dead},${a.url}` },
       });
 
@@ -133,14 +133,31 @@ describe('load balancing with passive health', () => {
       }
     });
 
-    it('never retries a request with a body', async () => {
-      const fresh = await deadThenLive();
+    // The gateway holds the whole body (proxy.requestBufferBytes), so it can send it again, as nginx does with a
+    // buffered body; the client got 502 upstream_refused for a request the other instance would have taken.
+    it('moves a request whose body it read whole on to the next instance when its connection was refused', async () => {
+      const fresh = await deadThenLive({ requestBufferBytes: 64 });
+      try {
+        const before = a.hits;
+        const bodies = ['{"items":[]}', 'x'.repeat(64)];
+        for (const body of [...bodies, ...bodies]) expect(await get(fresh.gateway.url, '/api/orders', { method: 'POST', headers: { 'content-type': 'application/json' }, body })).toEqual({ status: 200, body: { instance: 'a' } });
+        expect(a.hits - before).toBe(4);
+      } finally {
+        await fresh.close();
+      }
+    });
+
+    it.each([
+      ['longer than proxy.requestBufferBytes', 64, 'x'.repeat(65)],
+      ['with no body read ahead (proxy.requestBufferBytes 0)', 0, '{"items":[]}'],
+    ])('never retries a request whose body streams (%s)', async (_name, requestBufferBytes, body) => {
+      const fresh = await deadThenLive({ requestBufferBytes });
       try {
         const before = a.hits;
         // Round robin alternates over the two instances, so whichever it starts at, one of two POSTs goes to the
         // dead one first; retried, it would reach `a` too and both would answer 200 from `a`.
         const posts = [];
-        for (let i = 0; i < 2; i++) posts.push(await get(fresh.gateway.url, '/api/orders', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"items":[]}' }));
+        for (let i = 0; i < 2; i++) posts.push(await get(fresh.gateway.url, '/api/orders', { method: 'POST', headers: { 'content-type': 'application/json' }, body }));
         const answeredByA = posts.filter((each) => each.status === 200 && each.body.instance === 'a');
         expect(answeredByA).toHaveLength(1);
         const post = posts.find((each) => !answeredByA.includes(each))!;

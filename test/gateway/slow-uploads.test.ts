@@ -47,6 +47,8 @@ function routesWithOpenRegister() {
   return (shippedConfigFile().routes as { name: string }[]).map((route) => (route.name === 'register' ? { ...route, rateLimit: { max: 1000, windowMs: 60_000 } } : route));
 }
 
+// These suites hold connections with bodies that stream (proxy.requestBufferBytes 0): what still bounds a body too long
+// to be read ahead. test/gateway/request-read-ahead.test.ts has the bodies read before a connection is taken.
 describe('slow uploads cannot starve a service’s connections', () => {
   let stack: TestStack;
   let bob: string;
@@ -56,7 +58,7 @@ describe('slow uploads cannot starve a service’s connections', () => {
     stack = await startStack({
       overrides: {
         routes: routesWithOpenRegister(),
-        proxy: { timeoutMs: 3000, maxSockets: 2, maxPendingRequests: 8 },
+        proxy: { timeoutMs: 3000, maxSockets: 2, maxPendingRequests: 8, requestBufferBytes: 0 },
         server: { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 600 },
       },
     });
@@ -132,7 +134,7 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
     stack = await startStack({
       overrides: {
         routes: routesWithOpenRegister(),
-        proxy: { timeoutMs: 3000, maxSockets: 2, maxPendingRequests: 0 },
+        proxy: { timeoutMs: 3000, maxSockets: 2, maxPendingRequests: 0, requestBufferBytes: 0 },
         server: { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 1500 },
       },
     });
@@ -304,7 +306,7 @@ describe('an upload its client stops sending is the client’s silence, not the 
     stack = await startStack({
       overrides: {
         routes: routesWithOpenRegister(),
-        proxy: { timeoutMs: 1000 },
+        proxy: { timeoutMs: 1000, requestBufferBytes: 0 },
         // The rate check stays out of it: the bytes sent are far above the rate for the whole grace period.
         server: { minBodyBytesPerSecond: 1, bodyGracePeriodMs: 60_000 },
         services: withUsersEjectedAfterOneFailure(),

@@ -1085,7 +1085,10 @@ describe('HTTP/2 clients that leave, and TLS connections that never start', () =
       env: { RATE_LIMIT_MAX: '100000' },
       overrides: {
         tls: { certFile: certificate.certFile, keyFile: certificate.keyFile },
-        proxy: { timeoutMs: 60_000, deadlineMs: 120_000 },
+        // Bodies stream from their first byte (none read ahead, proxy.requestBufferBytes): the uploads cut short below
+        // must be under way at the service when their clients leave. test/gateway/request-read-ahead.test.ts has the
+        // bodies read ahead, which a service never sees cut short.
+        proxy: { timeoutMs: 60_000, deadlineMs: 120_000, requestBufferBytes: 0 },
         // The one instance breaks off a hundred answers below: it must stay in rotation for each to be cut.
         services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 100_000 }, notifications: { url: 'http://placeholder' } },
       },
@@ -2131,5 +2134,70 @@ describe('a request waiting for its service longer than the TLS listener’s con
   it('gets its answer over HTTP/1.1', async () => {
     const reply = await h1Request(gateway.url, certificate.cert, '/api/orders/slow', { authorization: `Bearer ${await signToken()}` });
     expect([reply.status, reply.text]).toEqual([200, '{"late":true}']);
+  });
+});
+
+describe('bodies read before the service is asked, over HTTP/2', () => {
+  let certificate: TestCertificate;
+  let stack: TestStack;
+  let gateway: RunningServer;
+  let gatewayLog: Record<string, unknown>[];
+  const registrations = (name: string) => stack.users.requests.filter((request) => request.method === 'POST' && request.url === '/users' && request.headers[HEADER.requestId] === name);
+
+  beforeAll(async () => {
+    certificate = makeCertificate();
+    const routes = (shippedConfigFile().routes as { name: string }[]).map((route) => (route.name === 'register' ? { ...route, rateLimit: { max: 100_000, windowMs: 60_000 } } : route));
+    stack = await startStack({ overrides: { routes, tls: { certFile: certificate.certFile, keyFile: certificate.keyFile } } });
+    const { logger, lines } = memoryLogger('gateway');
+    gatewayLog = lines;
+    gateway = await runServer({ app: createGatewayApps(stack.config, { logger, metrics: false }).gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, timeouts: TIMEOUTS, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: TIMEOUTS, logger }).create });
+  });
+  afterAll(async () => {
+    await gateway?.close();
+    await stack?.close();
+  });
+
+  // HTTP/2 frames a body without Content-Length; read whole, it goes to the service with its length.
+  it('reads a body of unknown length whole, in however many DATA frames, and sends it with its length', async () => {
+    const session = await connectH2(gateway.url, certificate.cert);
+    try {
+      const body = JSON.stringify({ name: 'Framed', email: 'framed@example.com', password: 'long enough' });
+      const reply = await new Promise<number>((resolve, reject) => {
+        const stream = session.request({ ':method': 'POST', ':path': '/api/auth/register', 'content-type': 'application/json', [HEADER.requestId]: 'h2-framed' }, { endStream: false });
+        stream.on('response', (headers) => resolve(Number(headers[':status'])));
+        stream.on('error', reject);
+        stream.write(body.slice(0, 10));
+        setImmediate(() => stream.end(body.slice(10)));
+      });
+      expect(reply).toBe(201);
+      expect(registrations('h2-framed').map((request) => request.headers['content-length'])).toEqual([String(Buffer.byteLength(body))]);
+    } finally {
+      session.close();
+    }
+  });
+
+  // Node's compatibility API ends a request whose stream was reset with NO_ERROR as if it were whole ('aborted', then
+  // 'end'): read ahead, it must not go to the service as a complete registration.
+  it.each([
+    { desc: 'CANCEL', code: http2.constants.NGHTTP2_CANCEL },
+    { desc: 'NO_ERROR', code: http2.constants.NGHTTP2_NO_ERROR },
+  ])('asks the service nothing for a body whose stream its client reset mid-way (RST_STREAM $desc)', async ({ desc, code }) => {
+    const requestId = `h2-reset-${desc}`;
+    const head: [string, string][] = [[':method', 'POST'], [':scheme', 'https'], [':path', '/api/auth/register'], [':authority', new URL(gateway.url).host], ['content-type', 'application/json'], [HEADER.requestId, requestId]];
+    const { socket } = await holdRawHttp2(gateway.url, certificate.cert, Buffer.alloc(0), [
+      frame(FRAME.headers, FLAG.endHeaders, 1, Buffer.concat(head.map(([name, value]) => hpackLiteral(name, value)))),
+      frame(FRAME.data, 0, 1, Buffer.from('{"name":"Reset","email":"reset@example.com"')),
+    ]);
+    try {
+      const errorCode = Buffer.alloc(4);
+      errorCode.writeUInt32BE(code);
+      socket.write(frame(FRAME.rstStream, 0, 1, errorCode));
+      const line = () => gatewayLog.find((entry) => entry.message === ACCESS_LINE_MESSAGE && entry.request_id === requestId);
+      await waitFor(() => line() !== undefined, 'the access line of the reset stream');
+      expect(line()).toMatchObject({ status: 499 });
+      expect(registrations(requestId)).toEqual([]);
+    } finally {
+      socket.destroy();
+    }
   });
 });

@@ -204,7 +204,8 @@ describe('upstream faults', () => {
     // Ejected after one failure: the client's broken upload must not count as the instance's (503 upstream_unavailable).
     const narrow = await startStack({
       serviceUrls: { orders: upstream.url },
-      overrides: { proxy: { timeoutMs: 60_000, deadlineMs: 120_000, maxSockets: 1, maxPendingRequests: 0 }, services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 1 }, notifications: { url: 'http://placeholder' } } },
+      // Bodies stream from their first byte (none read ahead): the upload must be under way at the service when it breaks.
+      overrides: { proxy: { timeoutMs: 60_000, deadlineMs: 120_000, maxSockets: 1, maxPendingRequests: 0, requestBufferBytes: 0 }, services: { users: { url: 'http://placeholder' }, orders: { url: 'http://placeholder', ejectAfterFailures: 1 }, notifications: { url: 'http://placeholder' } } },
     });
     // Served by runServer, as main.ts serves it: its clientError handler answers a broken body (400) through the
     // request's own response, which then counts as finished while the upstream exchange is still open.
@@ -576,11 +577,13 @@ describe('keep-alive races and connection queues (one instance, as the shipped c
       let received = '';
       socket.setEncoding('latin1').on('data', (chunk: string) => (received += chunk));
       const head = (method: string, path: string, extra: string) => `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${token}\r\n${extra}\r\n`;
-      socket.write(head('POST', '/api/orders', `Content-Type: application/json\r\nContent-Length: ${total}\r\n`) + ' '.repeat(64 * 1024));
+      // More than the gateway reads before it asks the service (proxy.requestBufferBytes, 64 KiB): the rest streams.
+      const first = 96 * 1024;
+      socket.write(head('POST', '/api/orders', `Content-Type: application/json\r\nContent-Length: ${total}\r\n`) + ' '.repeat(first));
       await waitFor(() => received.includes('{"error":"early"}'), 'the service\'s early answer');
       expect(received).toMatch(/^HTTP\/1\.1 401 /);
       expect(received.toLowerCase()).not.toContain('connection: close');
-      socket.write(' '.repeat(total - 64 * 1024) + head('GET', '/api/orders/1', ''));
+      socket.write(' '.repeat(total - first) + head('GET', '/api/orders/1', ''));
       await waitFor(() => received.split('HTTP/1.1 401 ').length === 3, 'the answer to the next request on the connection', 5000);
     } finally {
       socket.destroy();
