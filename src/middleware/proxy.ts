@@ -119,9 +119,15 @@ export const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
  */
 const IN_FLIGHT = new WeakMap<Dispatcher, Map<string, number>>();
 
-function inFlightOn(agent: Dispatcher): Map<string, number> {
-  let counts = IN_FLIGHT.get(agent);
-  if (!counts) IN_FLIGHT.set(agent, (counts = new Map()));
+/**
+ * Of those, the exchanges whose request body is still arriving from its client (streamed: longer than the part read
+ * ahead), by origin; shared across builds on one Agent as IN_FLIGHT is.
+ */
+const UPLOADS_ARRIVING = new WeakMap<Dispatcher, Map<string, number>>();
+
+function countsOn(table: WeakMap<Dispatcher, Map<string, number>>, agent: Dispatcher): Map<string, number> {
+  let counts = table.get(agent);
+  if (!counts) table.set(agent, (counts = new Map()));
   return counts;
 }
 
@@ -148,8 +154,17 @@ export function createProxy(options: ProxyOptions): Middleware {
   const upstreamSeries = options.metrics?.upstreamSeries;
   const upstreamRetries = options.metrics?.upstreamRetries;
   const upstreams = options.upstreams ?? createUpstreamAgent(options.maxSockets);
-  /** Exchanges undici holds per instance (running or queued for a connection), by origin: see inFlightOn. */
-  const inFlight = inFlightOn(upstreams);
+  /** Exchanges undici holds per instance (running or queued for a connection), by origin: see IN_FLIGHT. */
+  const inFlight = countsOn(IN_FLIGHT, upstreams);
+  const uploadsArriving = countsOn(UPLOADS_ARRIVING, upstreams);
+  /**
+   * Exchanges per instance whose body is still arriving, at most: half its connections. Read ahead, a body holds a
+   * connection only once its client sent `requestBufferBytes` of it, but a client may then send the rest as slowly as
+   * the minimum rate lets it, on as many connections as it opens: so many uploads held every connection of an instance
+   * until the deadline. Requests whose bodies are in (and those without one) keep the other half; an upload beyond
+   * gets 503 `upstream_busy` with Retry-After.
+   */
+  const uploadShare = Math.max(1, Math.floor(options.maxSockets / 2));
   const capacity = options.maxSockets + options.maxPendingRequests;
   const bodyRate: BodyRate = { minBytesPerSecond: options.minBodyBytesPerSecond, graceMs: options.bodyGracePeriodMs };
   const hasRoom = (instance: UpstreamInstance) => (inFlight.get(instance.origin) ?? 0) < capacity;
@@ -191,6 +206,7 @@ export function createProxy(options: ProxyOptions): Middleware {
     // Part of the body still to come from the client: not when the gateway read it all before (src/request-buffer.ts).
     const streamsBody = withBody && readAhead?.complete !== true;
     inFlight.set(instance.origin, (inFlight.get(instance.origin) ?? 0) + 1);
+    if (streamsBody) uploadsArriving.set(instance.origin, (uploadsArriving.get(instance.origin) ?? 0) + 1);
     // Behind `maxSockets` others: waiting for one of the instance's connections to come free. Otherwise a wait for a
     // connection is its connection being made: an instance that never completes one (blackholed) is failing.
     const queuedBehindOthers = inFlight.get(instance.origin)! > options.maxSockets;
@@ -236,15 +252,24 @@ export function createProxy(options: ProxyOptions): Middleware {
         buffering = false;
         clientBuffersInUse--;
       };
+      /** The body's last byte arrived, or the exchange is over: it no longer counts among the uploads arriving. */
+      let uploading = streamsBody;
+      const uploadEnded = () => {
+        if (!uploading) return;
+        uploading = false;
+        uploadsArriving.set(instance.origin, uploadsArriving.get(instance.origin)! - 1);
+      };
       /** undici is done with the request (ended, failed, or aborted when it finally got a connection). */
       const release = () => {
         if (released) return;
         released = true;
         inFlight.set(instance.origin, inFlight.get(instance.origin)! - 1);
+        uploadEnded();
       };
       const done = () => {
         if (settled) return;
         settled = true;
+        uploadEnded();
         timers.forEach(clearTimeout);
         stopRateWatch();
         settle(exchange);
@@ -393,6 +418,8 @@ export function createProxy(options: ProxyOptions): Middleware {
       if (streamsBody) {
         // Sent already if the gateway read the body's start itself.
         if (!readAhead) continueIfExpected(ctx);
+        if (req.readableEnded) uploadEnded();
+        else req.once('end', uploadEnded);
         // Counted as the body streams on: `req.pipe` below reads it through the same 'data' events.
         let received = readAhead?.bytes ?? 0;
         req.on('data', (chunk: Buffer) => {
@@ -623,6 +650,16 @@ export function createProxy(options: ProxyOptions): Middleware {
     const replayable = isReplayable(ctx.method, ctx.req.headers);
     // A body read whole before forwarding can be sent again, as none can be.
     const resendable = !hasBody(ctx.req.headers) || readAhead?.complete === true;
+    // The rest of its body is still to come from the client: it takes one of an instance's places for uploads.
+    let refusedForUploads = false;
+    const room = resendable
+      ? hasRoom
+      : (instance: UpstreamInstance) => {
+          if (!hasRoom(instance)) return false;
+          if ((uploadsArriving.get(instance.origin) ?? 0) < uploadShare) return true;
+          refusedForUploads = true;
+          return false;
+        };
     // As the CLIENT span and the request histogram record it: outside the conventions' methods, `_OTHER`.
     const method = recordedMethod(ctx.method);
     const tried = new Set<UpstreamInstance>();
@@ -630,8 +667,11 @@ export function createProxy(options: ProxyOptions): Middleware {
     const blamed = new Set<UpstreamInstance>();
 
     for (let attempt = 1; ; attempt++) {
-      const instance = pickWithRoom(pool, tried, hasRoom, hasFreeConnection);
+      const instance = pickWithRoom(pool, tried, room, hasFreeConnection);
       if (instance === 'busy') {
+        if (refusedForUploads) {
+          throw new GatewayError('upstream_busy', `Half of the connections to the ${route.service} service already carry uploads still arriving; try again shortly.`);
+        }
         throw new GatewayError('upstream_busy', `Every connection to the ${route.service} service is busy and ${options.maxPendingRequests} requests already wait; try again shortly.`);
       }
       if (!instance) {

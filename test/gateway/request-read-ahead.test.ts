@@ -50,7 +50,13 @@ function tricklingUpload(origin: string, path: string, headers: http.OutgoingHtt
       } else request!.write(piece);
     }, everyMs);
   });
-  return { reply, sent: () => sent, answered: () => answered, stop: () => (clearInterval(timer), request?.destroy()) };
+  // Stopped, a request not yet answered fails with its socket: nobody waits for that any more.
+  const stop = () => {
+    reply.catch(() => undefined);
+    clearInterval(timer);
+    request?.destroy();
+  };
+  return { reply, sent: () => sent, answered: () => answered, stop };
 }
 
 /** The shipped routes with the register route's own limit raised, so the uploads here are not rate limited. */
@@ -204,6 +210,55 @@ describe('the rest of a long body, once a connection is taken', () => {
     upload.stop();
     expect(reply.status).toBe(408);
     expect(JSON.parse(reply.text)).toMatchObject({ code: 'request_timeout', detail: 'The request body arrived slower than 100 bytes/s.' });
+  });
+});
+
+describe('uploads still arriving take at most half of an instance’s connections', () => {
+  let stack: TestStack;
+  let bob: string;
+  const registrations = () => stack.users.requests.filter((request) => request.method === 'POST' && request.url === '/users').length;
+
+  beforeAll(async () => {
+    stack = await startStack({
+      overrides: {
+        routes: routesWithOpenRegister(),
+        // Two connections, so one for uploads; a body longer than 16 bytes streams on once 16 came.
+        proxy: { timeoutMs: 5000, maxSockets: 2, maxPendingRequests: 8, requestBufferBytes: 16 },
+        // Slow but within the rules: the uploads below are cut by nothing but their clients.
+        server: { minBodyBytesPerSecond: 1, bodyGracePeriodMs: 60_000 },
+      },
+    });
+    bob = await login(stack.gateway.url, 'bob@example.com', 'builder');
+  });
+  afterAll(() => stack.close());
+
+  // Past the read-ahead, a client could send the rest as slowly as the minimum rate lets it on as many connections as
+  // it liked: two such uploads held both connections, and the profile below waited for one (503 after 5 s).
+  it('answers a second upload 503 upstream_busy at once while the first holds its share, and serves the others', async () => {
+    const before = registrations();
+    const first = tricklingUpload(stack.gateway.url, '/api/auth/register', { 'content-type': 'application/json', 'transfer-encoding': 'chunked', [HEADER.requestId]: 'upload-holder' }, registration('Holder', 400), 1, 100, 64);
+    await waitFor(() => registrations() === before + 1, 'the first upload to reach user-service');
+    const second = tricklingUpload(stack.gateway.url, '/api/auth/register', { 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, registration('Second', 400), 1, 100, 64);
+    try {
+      const busy = await second.reply;
+      expect(busy.status).toBe(503);
+      expect(busy.headers['retry-after']).toMatch(/^[1-9]\d*$/);
+      expect(JSON.parse(busy.text)).toMatchObject({ code: 'upstream_busy', detail: 'Half of the connections to the users service already carry uploads still arriving; try again shortly.' });
+      expect(registrations()).toBe(before + 1);
+      // A request whose body is in (or that has none) takes the other connection.
+      const profile = await fetch(`${stack.gateway.url}/api/users/2`, { headers: { authorization: `Bearer ${bob}` } });
+      expect(profile.status).toBe(200);
+      const small = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"name":"S"}' });
+      expect(small.status).toBe(400);
+      expect(first.answered()).toBe(false);
+    } finally {
+      first.stop();
+      second.stop();
+    }
+    // Its place is given back when it ends: the next upload is taken.
+    await waitFor(() => stack.gatewayLogs.some((entry) => entry.message === ACCESS_LINE_MESSAGE && entry.request_id === 'upload-holder'), 'the first upload to end');
+    const after = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: registration('After', 400) });
+    expect(after.status).toBe(201);
   });
 });
 

@@ -58,7 +58,8 @@ describe('slow uploads cannot starve a service’s connections', () => {
     stack = await startStack({
       overrides: {
         routes: routesWithOpenRegister(),
-        proxy: { timeoutMs: 3000, maxSockets: 2, maxPendingRequests: 8, requestBufferBytes: 0 },
+        // Four connections: two for uploads still arriving (half of maxSockets), two for the rest.
+        proxy: { timeoutMs: 3000, maxSockets: 4, maxPendingRequests: 8, requestBufferBytes: 0 },
         server: { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 600 },
       },
     });
@@ -66,10 +67,10 @@ describe('slow uploads cannot starve a service’s connections', () => {
   });
   afterAll(() => stack.close());
 
-  it('cuts uploads slower than the minimum rate with 408, so a waiting request is served', async () => {
+  it('cuts uploads slower than the minimum rate with 408, while other requests are served', async () => {
     const before = registrations();
     const uploads = [slowUpload(stack.gateway.url, '/api/auth/register', 500), slowUpload(stack.gateway.url, '/api/auth/register', 500)];
-    // Both uploads hold one of the two connections to user-service.
+    // Both uploads hold one of the two connections to user-service uploads may take.
     await waitFor(() => registrations() === before + 2, 'both slow uploads to reach user-service', 10_000);
     const profile = fetch(`${stack.gateway.url}/api/users/2`, { headers: { authorization: `Bearer ${bob}` }, signal: AbortSignal.timeout(15_000) });
 
@@ -99,27 +100,6 @@ describe('slow uploads cannot starve a service’s connections', () => {
     expect(checks()).toBe(before);
   });
 
-  // undici listens for a body's 'error' only once a connection takes its request: a body still queued in the pool
-  // had no listener, and its destruction when the client broke off was an uncaught error that ended the process.
-  it('keeps serving when a client breaks off a body still queued for a connection', async () => {
-    const before = registrations();
-    const uploads = [slowUpload(stack.gateway.url, '/api/auth/register', 500), slowUpload(stack.gateway.url, '/api/auth/register', 500)];
-    await waitFor(() => registrations() === before + 2, 'both slow uploads to reach user-service', 10_000);
-    const { hostname, port } = new URL(stack.gateway.url);
-    const queued = net.connect(Number(port), hostname);
-    await new Promise((resolve) => queued.once('connect', resolve));
-    queued.write(`POST /api/auth/register HTTP/1.1\r\nHost: ${hostname}:${port}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"na`);
-    // Time for the gateway to read the head and queue the request behind the two uploads (neither answers before 600 ms).
-    await new Promise((resolve) => setTimeout(resolve, 200));
-    queued.destroy();
-    for (const upload of uploads) expect((await upload.reply).status).toBe(408);
-    uploads.forEach((upload) => upload.stop());
-    const after = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'Queued', email: 'queued@example.com', password: 'long enough' }) });
-    expect(after.status).toBe(201);
-    // The broken-off body never reached user-service as a request, before the connections came free or after.
-    expect(registrations()).toBe(before + 3);
-  });
-
   it('forwards a body that arrives fast enough, however large', async () => {
     const body = JSON.stringify({ name: 'Fast', email: 'fast@example.com', password: 'long enough', padding: 'x'.repeat(256 * 1024) });
     const reply = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
@@ -129,36 +109,74 @@ describe('slow uploads cannot starve a service’s connections', () => {
 
 describe('the queue of requests waiting for an upstream connection is bounded', () => {
   let stack: TestStack;
+  let held: TestServer;
+  let token: string;
+  /** Answers to the requests the service holds (`/orders/hold`), given when the test lets them go. */
+  const holding: (() => void)[] = [];
+  let bodies = 0;
 
   beforeAll(async () => {
-    stack = await startStack({
-      overrides: {
-        routes: routesWithOpenRegister(),
-        proxy: { timeoutMs: 3000, maxSockets: 2, maxPendingRequests: 0, requestBufferBytes: 0 },
-        server: { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 1500 },
-      },
+    held = await listen((req, res) => {
+      if (req.url?.startsWith('/orders/hold')) return void holding.push(() => res.end('{}'));
+      bodies++;
+      req.resume();
+      req.on('end', () => res.writeHead(201, { 'content-type': 'application/json' }).end('{}'));
     });
+    stack = await startStack({
+      serviceUrls: { orders: held.url },
+      env: { RATE_LIMIT_MAX: '100000' },
+      // A body over 16 bytes streams on after them: it waits for a connection as an upload still arriving.
+      overrides: { proxy: { timeoutMs: 3000, maxSockets: 2, maxPendingRequests: 1, requestBufferBytes: 16 }, server: { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 1500 } },
+    });
+    token = await login(stack.gateway.url);
   });
-  afterAll(() => stack.close());
+  afterAll(async () => {
+    holding.splice(0).forEach((answer) => answer());
+    await stack.close();
+    await held.close();
+  });
+
+  /** Two requests the service holds: both connections busy. */
+  async function fillThePool(): Promise<Promise<Response>[]> {
+    const waiting = holding.length;
+    const requests = [1, 2].map((n) => fetch(`${stack.gateway.url}/api/orders/hold?n=${n}`, { headers: { authorization: `Bearer ${token}` } }));
+    await waitFor(() => holding.length === waiting + 2, 'both connections to be held');
+    return requests;
+  }
 
   it('answers 503 upstream_busy with Retry-After at once when every connection is busy and the queue is full', async () => {
-    const before = stack.users.requests.length;
-    const uploads = [slowUpload(stack.gateway.url, '/api/auth/register', 300), slowUpload(stack.gateway.url, '/api/auth/register', 300)];
-    await waitFor(() => stack.users.requests.length === before + 2, 'both slow uploads to reach user-service', 10_000);
-
-    const busy = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+    const requests = await fillThePool();
+    const queued = fetch(`${stack.gateway.url}/api/orders/queued`, { headers: { authorization: `Bearer ${token}` } });
+    const busy = await fetch(`${stack.gateway.url}/api/orders/over`, { headers: { authorization: `Bearer ${token}` } });
     expect(busy.status).toBe(503);
     expect(busy.headers.get('retry-after')).toMatch(/^[1-9]\d*$/);
     expect(await busy.json()).toMatchObject({ code: 'upstream_busy' });
-    expect(stack.users.requests.length).toBe(before + 2);
-
     // Other services' connections are their own.
-    expect((await fetch(`${stack.gateway.url}/api/orders`)).status).toBe(401);
-    for (const upload of uploads) expect((await upload.reply).status).toBe(408);
-    uploads.forEach((upload) => upload.stop());
-    // Room again once the uploads were cut.
-    const after = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'After', email: 'after@example.com', password: 'long enough' }) });
+    expect((await fetch(`${stack.gateway.url}/api/users/2`)).status).toBe(401);
+    holding.splice(0).forEach((answer) => answer());
+    for (const request of requests) expect((await request).status).toBe(200);
+    // The one that waited is served once a connection came free.
+    expect((await queued).status).toBe(201);
+  });
+
+  // undici listens for a body's 'error' only once a connection takes its request: a body still queued in the pool
+  // had no listener, and its destruction when the client broke off was an uncaught error that ended the process.
+  it('keeps serving when a client breaks off a body still queued for a connection', async () => {
+    const requests = await fillThePool();
+    const before = bodies;
+    const { hostname, port } = new URL(stack.gateway.url);
+    const queued = net.connect(Number(port), hostname);
+    await new Promise((resolve) => queued.once('connect', resolve));
+    queued.write(`POST /api/orders HTTP/1.1\r\nHost: ${hostname}:${port}\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"items": [], "padding": "`);
+    // Time for the gateway to read the head and the body's start and queue the request behind the two held ones.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    queued.destroy();
+    holding.splice(0).forEach((answer) => answer());
+    for (const request of requests) expect((await request).status).toBe(200);
+    const after = await fetch(`${stack.gateway.url}/api/orders`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ items: [], padding: 'x'.repeat(64) }) });
     expect(after.status).toBe(201);
+    // The broken-off body never reached the service as a request, before the connections came free or after.
+    expect(bodies).toBe(before + 1);
   });
 });
 
