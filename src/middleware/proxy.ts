@@ -668,6 +668,10 @@ export function createProxy(options: ProxyOptions): Middleware {
 
     for (let attempt = 1; ; attempt++) {
       const instance = pickWithRoom(pool, tried, room, hasFreeConnection);
+      // Refused before any exchange took the body: the rest of one read only in part (paused, past the read-ahead) is
+      // read and dropped after the answer, as an exchange does. Left unread, it held the keep-alive connection: the
+      // client's next request on it was never parsed, and a client sending its whole body first got a reset.
+      if ((instance === 'busy' || !instance) && attempt === 1 && readAhead && !readAhead.complete) dropRestOfBody(ctx, readAhead.bytes, options.maxBodyBytes);
       if (instance === 'busy') {
         if (refusedForUploads) {
           throw new GatewayError('upstream_busy', `Half of the connections to the ${route.service} service already carry uploads still arriving; try again shortly.`);
@@ -870,6 +874,13 @@ function discardUnreadBodyAfterAnswer(req: KoaContext['req'], res: KoaContext['r
     req.on('data', overLimit);
     req.resume();
   });
+}
+
+/** discardUnreadBodyAfterAnswer for a body no exchange read: counted from the `alreadyRead` bytes read ahead. */
+function dropRestOfBody(ctx: KoaContext, alreadyRead: number, limit: number): void {
+  let received = alreadyRead;
+  ctx.req.on('data', (chunk: Buffer) => void (received += chunk.length));
+  discardUnreadBodyAfterAnswer(ctx.req, ctx.res, () => received, limit);
 }
 
 function hasBody(headers: http.IncomingHttpHeaders): boolean {

@@ -3,7 +3,9 @@ import http from 'node:http';
 import net from 'node:net';
 import fc from 'fast-check';
 import { ACCESS_LINE_MESSAGE, HEADER } from '../../otel/wire-names';
-import { listen, type TestServer } from '../helpers/servers';
+import { runServer, type RunningServer } from '../../otel/lifecycle';
+import { createGateway } from '../../src/gateway';
+import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
 import { waitFor } from '../helpers/wait';
@@ -259,6 +261,54 @@ describe('uploads still arriving take at most half of an instance’s connection
     await waitFor(() => stack.gatewayLogs.some((entry) => entry.message === ACCESS_LINE_MESSAGE && entry.request_id === 'upload-holder'), 'the first upload to end');
     const after = await fetch(`${stack.gateway.url}/api/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: registration('After', 400) });
     expect(after.status).toBe(201);
+  });
+});
+
+describe('uploads refused before any exchange took their body, on a kept-alive connection', () => {
+  let stack: TestStack;
+  let served: RunningServer;
+
+  beforeAll(async () => {
+    stack = await startStack({
+      overrides: {
+        routes: routesWithOpenRegister(),
+        proxy: { timeoutMs: 5000, maxSockets: 2, maxPendingRequests: 8, requestBufferBytes: 16 },
+        server: { minBodyBytesPerSecond: 1, bodyGracePeriodMs: 60_000 },
+      },
+    });
+    // Served as main.ts serves it (runServer): the test stack's plain listener read the rest on its own.
+    const { logger } = memoryLogger('gateway');
+    served = await runServer({ app: createGateway(stack.config, { logger }), name: 'gateway', port: 0, host: '127.0.0.1', logger, drainTimeoutMs: 1000 });
+  });
+  afterAll(async () => {
+    await served.close();
+    await stack.close();
+  });
+
+  // The 503 came once 16 bytes were read and the rest paused: nothing read it after, and the connection, kept alive,
+  // never parsed the client's next request (a client sending its whole body first was reset a few seconds later).
+  it('reads and drops the rest of the body after its 503, and serves the next request on the connection', async () => {
+    const registrations = () => stack.users.requests.filter((request) => request.method === 'POST' && request.url === '/users').length;
+    const before = registrations();
+    const holder = tricklingUpload(served.url, '/api/auth/register', { 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, registration('Keeper', 400), 1, 100, 64);
+    await waitFor(() => registrations() === before + 1, 'the upload holding the share to reach user-service');
+    const { hostname, port } = new URL(served.url);
+    const socket = net.connect(Number(port), hostname);
+    let received = '';
+    socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+    socket.on('error', () => undefined);
+    try {
+      await new Promise((resolve) => socket.once('connect', resolve));
+      const body = registration('Refused', 1_000_000);
+      socket.write(`POST /api/auth/register HTTP/1.1\r\nHost: ${hostname}:${port}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+      socket.write(`GET /health HTTP/1.1\r\nHost: ${hostname}:${port}\r\n\r\n`);
+      await waitFor(() => (received.match(/HTTP\/1\.1 \d{3}/g) ?? []).length === 2, 'both answers on the connection');
+      expect(received.match(/HTTP\/1\.1 \d{3}/g)).toEqual(['HTTP/1.1 503', 'HTTP/1.1 200']);
+      expect(registrations()).toBe(before + 1);
+    } finally {
+      socket.destroy();
+      holder.stop();
+    }
   });
 });
 
