@@ -6,8 +6,9 @@ import { ACCESS_LINE_MESSAGE, HEADER } from '../../otel/wire-names';
 import { runServer, type RunningServer } from '../../otel/lifecycle';
 import { createGateway } from '../../src/gateway';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
-import { login, startStack, type TestStack } from '../helpers/stack';
-import { shippedConfigFile } from '../helpers/test-config';
+import { login, registrationsSeen, startStack, type TestStack } from '../helpers/stack';
+import { routesWithOpenRegister } from '../helpers/test-config';
+import { stalledUpload, tricklingUpload } from '../helpers/uploads';
 import { waitFor } from '../helpers/wait';
 
 /**
@@ -15,55 +16,9 @@ import { waitFor } from '../helpers/wait';
  * is taken (src/request-buffer.ts): a slowly sending client holds none of a service's connections with a small body.
  */
 
-interface Reply {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  text: string;
-}
-
-/** A POST whose body goes out `bytesPerTick` bytes every `everyMs`; `sent()` counts what went. */
-function tricklingUpload(origin: string, path: string, headers: http.OutgoingHttpHeaders, body: string, bytesPerTick: number, everyMs: number, burst = 0) {
-  const { hostname, port } = new URL(origin);
-  let sent = 0;
-  let timer: NodeJS.Timeout | undefined;
-  let request: http.ClientRequest | undefined;
-  let answered = false;
-  const reply = new Promise<Reply>((resolve, reject) => {
-    request = http.request({ host: hostname, port: Number(port), path, method: 'POST', headers, agent: false }, (response) => {
-      answered = true;
-      clearInterval(timer);
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() }));
-      response.on('error', reject);
-    });
-    request.on('error', reject);
-    if (burst > 0) {
-      request.write(body.slice(0, burst));
-      sent = burst;
-    }
-    timer = setInterval(() => {
-      if (!request!.writable) return;
-      const piece = body.slice(sent, sent + bytesPerTick);
-      sent += piece.length;
-      if (sent >= body.length) {
-        clearInterval(timer);
-        request!.end(piece);
-      } else request!.write(piece);
-    }, everyMs);
-  });
-  // Stopped, a request not yet answered fails with its socket: nobody waits for that any more.
-  const stop = () => {
-    reply.catch(() => undefined);
-    clearInterval(timer);
-    request?.destroy();
-  };
-  return { reply, sent: () => sent, answered: () => answered, stop };
-}
-
-/** The shipped routes with the register route's own limit raised, so the uploads here are not rate limited. */
-function routesWithOpenRegister() {
-  return (shippedConfigFile().routes as { name: string }[]).map((route) => (route.name === 'register' ? { ...route, rateLimit: { max: 1000, windowMs: 60_000 } } : route));
+/** The shipped stack with the register route open to many uploads, and these proxy and server settings. */
+function startUploadStack(proxy: Record<string, unknown>, server: Record<string, unknown>, routes = routesWithOpenRegister()): Promise<TestStack> {
+  return startStack({ overrides: { routes, proxy, server } });
 }
 
 const registration = (name: string, length: number) => {
@@ -74,16 +29,10 @@ const registration = (name: string, length: number) => {
 describe('a small body is read before its service is asked', () => {
   let stack: TestStack;
   let bob: string;
-  const registrations = () => stack.users.requests.filter((request) => request.method === 'POST' && request.url === '/users').length;
+  const registrations = () => registrationsSeen(stack);
 
   beforeAll(async () => {
-    stack = await startStack({
-      overrides: {
-        routes: routesWithOpenRegister(),
-        proxy: { timeoutMs: 3000, maxSockets: 2, maxPendingRequests: 8 },
-        server: { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 600 },
-      },
-    });
+    stack = await startUploadStack({ timeoutMs: 3000, maxSockets: 2, maxPendingRequests: 8 }, { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 600 });
     bob = await login(stack.gateway.url, 'bob@example.com', 'builder');
   });
   afterAll(() => stack.close());
@@ -143,37 +92,19 @@ describe('a body that stops mid-way while it is read ahead', () => {
   let stack: TestStack;
 
   beforeAll(async () => {
-    stack = await startStack({
-      overrides: {
-        routes: routesWithOpenRegister(),
-        proxy: { timeoutMs: 1000, maxBodyBytes: 5000 },
-        // The rate check stays out of it: the bytes sent are far above the rate for the whole grace period.
-        server: { minBodyBytesPerSecond: 1, bodyGracePeriodMs: 60_000 },
-      },
-    });
+    // The rate check stays out of it: the bytes sent are far above the rate for the whole grace period.
+    stack = await startUploadStack({ timeoutMs: 1000, maxBodyBytes: 5000 }, { minBodyBytesPerSecond: 1, bodyGracePeriodMs: 60_000 });
   });
   afterAll(() => stack.close());
 
-  const registrations = () => stack.users.requests.filter((request) => request.method === 'POST' && request.url === '/users').length;
+  const registrations = () => registrationsSeen(stack);
 
   it.each([
     ['a declared length', { 'content-type': 'application/json', 'content-length': '4001' }],
     ['chunked', { 'content-type': 'application/json', 'transfer-encoding': 'chunked' }],
   ])('answers 408 for a body stalled mid-way (%s), never asking the service', async (_name, headers) => {
     const before = registrations();
-    const { hostname, port } = new URL(stack.gateway.url);
-    const reply = await new Promise<Reply>((resolve, reject) => {
-      const request = http.request({ host: hostname, port: Number(port), path: '/api/auth/register', method: 'POST', headers, agent: false }, (response) => {
-        const chunks: Buffer[] = [];
-        response.on('data', (chunk: Buffer) => chunks.push(chunk));
-        response.on('end', () => {
-          request.destroy();
-          resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() });
-        });
-      });
-      request.on('error', reject);
-      request.write(`{"name":"Stalled","padding":"${'x'.repeat(4000 - 40)}`);
-    });
+    const reply = await stalledUpload(stack.gateway.url, '/api/auth/register', headers, 4001);
     expect(reply.status).toBe(408);
     expect(reply.headers.connection).toBe('close');
     expect(JSON.parse(reply.text)).toMatchObject({ code: 'request_timeout', detail: 'No byte of the request body arrived for 1000 ms.', requestId: reply.headers[HEADER.requestId] });
@@ -199,7 +130,7 @@ describe('the rest of a long body, once a connection is taken', () => {
 
   beforeAll(async () => {
     const routes = routesWithOpenRegister().map((route) => (route.name === 'register' ? { ...route, deadlineMs: 10_000 } : route));
-    stack = await startStack({ overrides: { routes, proxy: { timeoutMs: 5000, requestBufferBytes: 1024 }, server: { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 600 } } });
+    stack = await startUploadStack({ timeoutMs: 5000, requestBufferBytes: 1024 }, { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 600 }, routes);
   });
   afterAll(() => stack.close());
 
@@ -218,18 +149,12 @@ describe('the rest of a long body, once a connection is taken', () => {
 describe('uploads still arriving take at most half of an instance’s connections', () => {
   let stack: TestStack;
   let bob: string;
-  const registrations = () => stack.users.requests.filter((request) => request.method === 'POST' && request.url === '/users').length;
+  const registrations = () => registrationsSeen(stack);
 
   beforeAll(async () => {
-    stack = await startStack({
-      overrides: {
-        routes: routesWithOpenRegister(),
-        // Two connections, so one for uploads; a body longer than 16 bytes streams on once 16 came.
-        proxy: { timeoutMs: 5000, maxSockets: 2, maxPendingRequests: 8, requestBufferBytes: 16 },
-        // Slow but within the rules: the uploads below are cut by nothing but their clients.
-        server: { minBodyBytesPerSecond: 1, bodyGracePeriodMs: 60_000 },
-      },
-    });
+    // Two connections, so one for uploads; a body longer than 16 bytes streams on once 16 came. Slow but within the
+    // rules: the uploads below are cut by nothing but their clients.
+    stack = await startUploadStack({ timeoutMs: 5000, maxSockets: 2, maxPendingRequests: 8, requestBufferBytes: 16 }, { minBodyBytesPerSecond: 1, bodyGracePeriodMs: 60_000 });
     bob = await login(stack.gateway.url, 'bob@example.com', 'builder');
   });
   afterAll(() => stack.close());
@@ -269,13 +194,7 @@ describe('uploads refused before any exchange took their body, on a kept-alive c
   let served: RunningServer;
 
   beforeAll(async () => {
-    stack = await startStack({
-      overrides: {
-        routes: routesWithOpenRegister(),
-        proxy: { timeoutMs: 5000, maxSockets: 2, maxPendingRequests: 8, requestBufferBytes: 16 },
-        server: { minBodyBytesPerSecond: 1, bodyGracePeriodMs: 60_000 },
-      },
-    });
+    stack = await startUploadStack({ timeoutMs: 5000, maxSockets: 2, maxPendingRequests: 8, requestBufferBytes: 16 }, { minBodyBytesPerSecond: 1, bodyGracePeriodMs: 60_000 });
     // Served as main.ts serves it (runServer): the test stack's plain listener read the rest on its own.
     const { logger } = memoryLogger('gateway');
     served = await runServer({ app: createGateway(stack.config, { logger }), name: 'gateway', port: 0, host: '127.0.0.1', logger, drainTimeoutMs: 1000 });
@@ -288,7 +207,7 @@ describe('uploads refused before any exchange took their body, on a kept-alive c
   // The 503 came once 16 bytes were read and the rest paused: nothing read it after, and the connection, kept alive,
   // never parsed the client's next request (a client sending its whole body first was reset a few seconds later).
   it('reads and drops the rest of the body after its 503, and serves the next request on the connection', async () => {
-    const registrations = () => stack.users.requests.filter((request) => request.method === 'POST' && request.url === '/users').length;
+    const registrations = () => registrationsSeen(stack);
     const before = registrations();
     const holder = tricklingUpload(served.url, '/api/auth/register', { 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, registration('Keeper', 400), 1, 100, 64);
     await waitFor(() => registrations() === before + 1, 'the upload holding the share to reach user-service');

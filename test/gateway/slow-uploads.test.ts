@@ -6,45 +6,17 @@ import { parseConfig } from '../../src/config';
 import { createGateway } from '../../src/gateway';
 import { CREDENTIALS_CHECK_PATH } from '../../src/middleware/login';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
-import { login, startStack, type TestStack } from '../helpers/stack';
-import { shippedConfigFile } from '../helpers/test-config';
+import { login, registrationsSeen, startStack, type TestStack } from '../helpers/stack';
+import { routesWithOpenRegister, shippedConfigFile } from '../helpers/test-config';
+import { stalledUpload, tricklingUpload } from '../helpers/uploads';
 import { waitFor } from '../helpers/wait';
 
-interface Reply {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  text: string;
-}
-
 /**
- * A chunked POST that sends one byte every `everyMs` until the gateway answers (or `maxBytes` went out), the
- * shape of the attack in the review: a client holding an upstream connection by trickling its body.
+ * A chunked POST that sends one byte every `everyMs` until the gateway answers (or 1000 went out), the shape of the
+ * attack in the review: a client holding an upstream connection by trickling its body.
  */
-function slowUpload(origin: string, path: string, everyMs: number, maxBytes = 1000): { reply: Promise<Reply>; stop: () => void } {
-  const { hostname, port } = new URL(origin);
-  let timer: NodeJS.Timeout | undefined;
-  let request: http.ClientRequest | undefined;
-  const reply = new Promise<Reply>((resolve, reject) => {
-    request = http.request({ host: hostname, port: Number(port), path, method: 'POST', headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, agent: false }, (response) => {
-      clearInterval(timer);
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() }));
-      response.on('error', reject);
-    });
-    request.on('error', reject);
-    let sent = 0;
-    request.write('{');
-    timer = setInterval(() => {
-      if (sent++ < maxBytes && request!.writable) request!.write(' ');
-    }, everyMs);
-  });
-  return { reply, stop: () => (clearInterval(timer), request?.destroy()) };
-}
-
-/** The shipped routes with the register route's own limit raised, so the uploads here are not rate limited. */
-function routesWithOpenRegister() {
-  return (shippedConfigFile().routes as { name: string }[]).map((route) => (route.name === 'register' ? { ...route, rateLimit: { max: 1000, windowMs: 60_000 } } : route));
+function slowUpload(origin: string, path: string, everyMs: number) {
+  return tricklingUpload(origin, path, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, `{${' '.repeat(1000)}`, 1, everyMs, 1);
 }
 
 // These suites hold connections with bodies that stream (proxy.requestBufferBytes 0): what still bounds a body too long
@@ -52,7 +24,7 @@ function routesWithOpenRegister() {
 describe('slow uploads cannot starve a service’s connections', () => {
   let stack: TestStack;
   let bob: string;
-  const registrations = () => stack.users.requests.filter((request) => request.method === 'POST' && request.url === '/users').length;
+  const registrations = () => registrationsSeen(stack);
 
   beforeAll(async () => {
     stack = await startStack({
@@ -334,29 +306,12 @@ describe('an upload its client stops sending is the client’s silence, not the 
   });
   afterAll(() => stack.close());
 
-  /** A POST that declares `declared` bytes of body and sends all but the last, then waits for the answer. */
-  function stalledUpload(path: string, headers: http.OutgoingHttpHeaders, declared: number): Promise<Reply> {
-    const { hostname, port } = new URL(stack.gateway.url);
-    return new Promise<Reply>((resolve, reject) => {
-      const request = http.request({ host: hostname, port: Number(port), path, method: 'POST', headers, agent: false }, (response) => {
-        const chunks: Buffer[] = [];
-        response.on('data', (chunk: Buffer) => chunks.push(chunk));
-        response.on('end', () => {
-          request.destroy();
-          resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() });
-        });
-      });
-      request.on('error', reject);
-      request.write(`{"name":"Stalled","padding":"${'x'.repeat(declared - 40)}`);
-    });
-  }
-
   it.each([
     ['a declared length', { 'content-type': 'application/json', 'content-length': '4001' }],
     ['chunked', { 'content-type': 'application/json', 'transfer-encoding': 'chunked' }],
   ])('answers 408 for a body stalled mid-way (%s), and the service stays in rotation', async (_name, headers) => {
     const before = stack.users.requests.filter((request) => request.method === 'POST' && request.url === '/users').length;
-    const reply = await stalledUpload('/api/auth/register', headers, 4001);
+    const reply = await stalledUpload(stack.gateway.url, '/api/auth/register', headers, 4001);
     // It reached the service: the exchange was under way when the client went silent.
     expect(stack.users.requests.filter((request) => request.method === 'POST' && request.url === '/users').length).toBe(before + 1);
     expect(reply.status).toBe(408);

@@ -90,6 +90,11 @@ export async function startStack(options: StackOptions = {}): Promise<TestStack>
 }
 
 /** Logs in through the gateway and returns the bearer token. */
+/** Registrations user-service received (POST /users), whole or still arriving. */
+export function registrationsSeen(stack: TestStack): number {
+  return stack.users.requests.filter((request) => request.method === 'POST' && request.url === '/users').length;
+}
+
 export async function login(gatewayUrl: string, email = 'alice@example.com', password = 'wonderland'): Promise<string> {
   const response = await fetch(`${gatewayUrl}/api/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email, password }) });
   if (response.status !== 200) throw new Error(`login failed: ${response.status} ${await response.text()}`);
