@@ -538,8 +538,10 @@ const configFields = z
          * Bytes of a request body read before a connection to its service is taken. A body no longer is read whole
          * first (and may go to another instance when one refuses the connection); a longer one streams on once
          * this much has come (nginx's proxy_request_buffering, in memory). A client sending slowly then holds none
-         * of a service's `maxSockets` with a small body, and must send this much before it holds one. Bodies read
-         * ahead hold at most 64 MiB of a process's memory in all; past that, bodies stream from their first byte.
+         * of a service's `maxSockets` with a small body, and must send this much before it holds one. Bodies still
+         * being read ahead hold at most 64 MiB of a process's memory in all; past that, bodies stream from their
+         * first byte. Uploads whose clients are still sending take at most half of an instance's `maxSockets`
+         * either way (src/middleware/proxy.ts).
          * Default 64 KiB; 0 = every body streams from its first byte; at most 16 MiB.
          */
         requestBufferBytes: z.int().min(0).max(16 * 1024 * 1024).default(64 * 1024),

@@ -120,15 +120,15 @@ export const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
 const IN_FLIGHT = new WeakMap<Dispatcher, Map<string, number>>();
 
 /**
- * Of those, the exchanges whose request body is still arriving from its client (streamed: longer than the part read
+ * Of those, the requests whose body still streams from its client (longer than the part read ahead, or none read
  * ahead), by origin; shared across builds on one Agent as IN_FLIGHT is.
  */
-const UPLOADS_ARRIVING = new WeakMap<Dispatcher, Map<string, number>>();
+const UPLOADS_ARRIVING = new WeakMap<Dispatcher, Map<string, Set<KoaContext['req']>>>();
 
-function countsOn(table: WeakMap<Dispatcher, Map<string, number>>, agent: Dispatcher): Map<string, number> {
-  let counts = table.get(agent);
-  if (!counts) table.set(agent, (counts = new Map()));
-  return counts;
+function tableOn<T>(table: WeakMap<Dispatcher, Map<string, T>>, agent: Dispatcher): Map<string, T> {
+  let entries = table.get(agent);
+  if (!entries) table.set(agent, (entries = new Map()));
+  return entries;
 }
 
 /** undici's Agent for the instances: `maxSockets` connections per origin, one request at a time on each. */
@@ -155,16 +155,26 @@ export function createProxy(options: ProxyOptions): Middleware {
   const upstreamRetries = options.metrics?.upstreamRetries;
   const upstreams = options.upstreams ?? createUpstreamAgent(options.maxSockets);
   /** Exchanges undici holds per instance (running or queued for a connection), by origin: see IN_FLIGHT. */
-  const inFlight = countsOn(IN_FLIGHT, upstreams);
-  const uploadsArriving = countsOn(UPLOADS_ARRIVING, upstreams);
+  const inFlight = tableOn(IN_FLIGHT, upstreams);
+  const uploadsArriving = tableOn(UPLOADS_ARRIVING, upstreams);
   /**
-   * Exchanges per instance whose body is still arriving, at most: half its connections. Read ahead, a body holds a
-   * connection only once its client sent `requestBufferBytes` of it, but a client may then send the rest as slowly as
-   * the minimum rate lets it, on as many connections as it opens: so many uploads held every connection of an instance
-   * until the deadline. Requests whose bodies are in (and those without one) keep the other half; an upload beyond
-   * gets 503 `upstream_busy` with Retry-After.
+   * Uploads per instance waiting on their clients, at most: half its connections (at least one). Read ahead, a body
+   * holds a connection only once its client sent `requestBufferBytes` of it, but a client may then send the rest as
+   * slowly as the minimum rate lets it, on as many connections as it opens: so many uploads held every connection of
+   * an instance until the deadline. Requests whose bodies are in (and those without one) keep the other half; an upload
+   * beyond gets 503 `upstream_busy` with Retry-After.
    */
   const uploadShare = Math.max(1, Math.floor(options.maxSockets / 2));
+  /**
+   * The instance's uploads whose clients keep them open: still sending, and not held back by the gateway. One queued
+   * for a connection, or paused because its service reads slower, is not its client's doing: counted all the same,
+   * two fast uploads queued behind busy GETs made the second one 503 with no slow client anywhere.
+   */
+  const uploadsWaitingOnClients = (origin: string) => {
+    let count = 0;
+    for (const req of uploadsArriving.get(origin) ?? []) if (clientOwesBody(req)) count++;
+    return count;
+  };
   const capacity = options.maxSockets + options.maxPendingRequests;
   const bodyRate: BodyRate = { minBytesPerSecond: options.minBodyBytesPerSecond, graceMs: options.bodyGracePeriodMs };
   const hasRoom = (instance: UpstreamInstance) => (inFlight.get(instance.origin) ?? 0) < capacity;
@@ -206,7 +216,11 @@ export function createProxy(options: ProxyOptions): Middleware {
     // Part of the body still to come from the client: not when the gateway read it all before (src/request-buffer.ts).
     const streamsBody = withBody && readAhead?.complete !== true;
     inFlight.set(instance.origin, (inFlight.get(instance.origin) ?? 0) + 1);
-    if (streamsBody) uploadsArriving.set(instance.origin, (uploadsArriving.get(instance.origin) ?? 0) + 1);
+    if (streamsBody) {
+      let uploads = uploadsArriving.get(instance.origin);
+      if (!uploads) uploadsArriving.set(instance.origin, (uploads = new Set()));
+      uploads.add(req);
+    }
     // Behind `maxSockets` others: waiting for one of the instance's connections to come free. Otherwise a wait for a
     // connection is its connection being made: an instance that never completes one (blackholed) is failing.
     const queuedBehindOthers = inFlight.get(instance.origin)! > options.maxSockets;
@@ -257,7 +271,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       const uploadEnded = () => {
         if (!uploading) return;
         uploading = false;
-        uploadsArriving.set(instance.origin, uploadsArriving.get(instance.origin)! - 1);
+        uploadsArriving.get(instance.origin)!.delete(req);
       };
       /** undici is done with the request (ended, failed, or aborted when it finally got a connection). */
       const release = () => {
@@ -454,7 +468,7 @@ export function createProxy(options: ProxyOptions): Middleware {
           headers,
           // A body its client broke off (an HTTP/2 stream reset mid-upload) is not passed on as whole: the service
           // sees its request aborted, and the exchange ends as the client's doing, not the instance's failure.
-          body: readAhead?.complete ? Buffer.concat(readAhead.chunks, readAhead.bytes) : withBody ? forwardedBody(req, clientBrokeOffBody, readAhead?.chunks) : null,
+          body: readAhead?.complete ? readAhead.body : withBody ? forwardedBody(req, clientBrokeOffBody, readAhead?.chunks) : null,
           headersTimeout: route.timeoutMs,
           bodyTimeout: route.timeoutMs,
         },
@@ -635,11 +649,7 @@ export function createProxy(options: ProxyOptions): Middleware {
     });
     // The client left while sending it: nothing to forward, and nobody to answer (logged as a client that left).
     if (!readAhead) return;
-    try {
-      await forwardToAnInstance(ctx, route, parent, readAhead, deadlineAt, corsApplied);
-    } finally {
-      readAhead.release();
-    }
+    await forwardToAnInstance(ctx, route, parent, readAhead, deadlineAt, corsApplied);
   };
 
   /** Forwards to one instance after another (retries) until one attempt ends the request. */
@@ -656,7 +666,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       ? hasRoom
       : (instance: UpstreamInstance) => {
           if (!hasRoom(instance)) return false;
-          if ((uploadsArriving.get(instance.origin) ?? 0) < uploadShare) return true;
+          if (uploadsWaitingOnClients(instance.origin) < uploadShare) return true;
           refusedForUploads = true;
           return false;
         };

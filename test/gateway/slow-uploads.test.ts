@@ -98,7 +98,7 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
       serviceUrls: { orders: held.url },
       env: { RATE_LIMIT_MAX: '100000' },
       // A body over 16 bytes streams on after them: it waits for a connection as an upload still arriving.
-      overrides: { proxy: { timeoutMs: 3000, maxSockets: 2, maxPendingRequests: 1, requestBufferBytes: 16 }, server: { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 1500 } },
+      overrides: { proxy: { timeoutMs: 3000, maxSockets: 2, maxPendingRequests: 2, requestBufferBytes: 16 }, server: { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 1500 } },
     });
     token = await login(stack.gateway.url);
   });
@@ -118,7 +118,7 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
 
   it('answers 503 upstream_busy with Retry-After at once when every connection is busy and the queue is full', async () => {
     const requests = await fillThePool();
-    const queued = fetch(`${stack.gateway.url}/api/orders/queued`, { headers: { authorization: `Bearer ${token}` } });
+    const queued = [1, 2].map((n) => fetch(`${stack.gateway.url}/api/orders/queued?n=${n}`, { headers: { authorization: `Bearer ${token}` } }));
     const busy = await fetch(`${stack.gateway.url}/api/orders/over`, { headers: { authorization: `Bearer ${token}` } });
     expect(busy.status).toBe(503);
     expect(busy.headers.get('retry-after')).toMatch(/^[1-9]\d*$/);
@@ -127,8 +127,23 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
     expect((await fetch(`${stack.gateway.url}/api/users/2`)).status).toBe(401);
     holding.splice(0).forEach((answer) => answer());
     for (const request of requests) expect((await request).status).toBe(200);
-    // The one that waited is served once a connection came free.
-    expect((await queued).status).toBe(201);
+    // The ones that waited are served once connections came free.
+    for (const request of queued) expect((await request).status).toBe(201);
+  });
+
+  // Counted among the uploads waiting on their clients while they waited for a connection (the gateway holding their
+  // bodies back), the second was answered 503 as one over the uploads' half, with no slow client anywhere.
+  it('queues uploads its clients send at once behind busy connections, and serves them all', async () => {
+    const requests = await fillThePool();
+    const before = bodies;
+    const body = JSON.stringify({ items: [], padding: 'x'.repeat(3_000_000) });
+    const uploads = [1, 2].map((n) => fetch(`${stack.gateway.url}/api/orders?upload=${n}`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body }));
+    // Both under way at the gateway, their bodies' starts read: time for each to be queued (neither can be answered).
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    holding.splice(0).forEach((answer) => answer());
+    for (const request of requests) expect((await request).status).toBe(200);
+    expect(await Promise.all(uploads.map(async (upload) => (await upload).status))).toEqual([201, 201]);
+    expect(bodies).toBe(before + 2);
   });
 
   // undici listens for a body's 'error' only once a connection takes its request: a body still queued in the pool
