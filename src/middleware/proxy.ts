@@ -1117,4 +1117,3 @@ function malformedHeaderFields(failure: Error): string | undefined {
 function uploadOutlivedDeadline(route: CompiledRoute): GatewayError {
   return new GatewayError('request_timeout', `The request body did not arrive within the ${route.deadlineMs} ms the exchange with the ${route.service} service may last.`, { headers: { Connection: 'close' } });
 }
-
