@@ -230,6 +230,23 @@ export const FOREIGN_IDENTITY_HEADERS = [
   'remote-name',
   // nginx's usual name for the client certificate it checked (`proxy_set_header X-SSL-CERT ...`).
   'x-ssl-cert',
+  // Kong's consumer and groups (beside X-Authenticated-Userid), its OpenID Connect plugin's user info and tokens.
+  'x-credential-username',
+  'x-consumer-username',
+  'x-consumer-custom-id',
+  'x-consumer-groups',
+  'x-authenticated-groups',
+  'x-userinfo',
+  'x-id-token',
+  'x-access-token',
+  // Google's Cloud Endpoints (ESP, ESPv2) and API Gateway: the verified token's claims, for the service behind.
+  'x-endpoint-api-userinfo',
+  'x-apigateway-api-userinfo',
+  // WSO2 API Manager's signed end-user claims.
+  'x-jwt-assertion',
+  // Client certificates' subjects and verdicts as TLS terminators name them besides X-SSL-Client-* (nginx, HAProxy).
+  'x-client-dn',
+  'x-client-verified',
 ] as const;
 
 const FOREIGN_IDENTITY_HEADER_SET = new Set<string>(FOREIGN_IDENTITY_HEADERS);
@@ -282,7 +299,7 @@ export const MESH_CONTROL_HEADER_PREFIXES = ['x-envoy-', 'l5d-'] as const;
 /**
  * Families of identity headers that cloud front ends and TLS terminators write, each under its vendor's prefix
  * (AWS ALB, Google IAP, Azure App Service, Cloudflare Access, Pomerium; nginx's and Apache's client-certificate
- * headers, Azure's `X-ARR-ClientCert`): removed from every client request as FOREIGN_IDENTITY_HEADERS are.
+ * headers, Azure's `X-ARR-ClientCert`; Kubernetes' request-header authentication and impersonation): removed from every client request as FOREIGN_IDENTITY_HEADERS are.
  */
 export const FOREIGN_IDENTITY_HEADER_PREFIXES = [
   'x-amzn-oidc-',
@@ -303,6 +320,12 @@ export const FOREIGN_IDENTITY_HEADER_PREFIXES = [
   'x-authentik-',
   'tailscale-user-',
   'x-vouch-',
+  // Kubernetes' request-header authentication (`--requestheader-extra-headers-prefix`, beside X-Remote-User and
+  // -Group) and its impersonation (`Impersonate-User`, `-Group`, `-Uid`, `-Extra-*`), honoured from a privileged caller.
+  'x-remote-extra-',
+  'impersonate-',
+  'x-ssl-cert-',
+  'x-tls-client-',
 ] as const;
 
 /**
