@@ -87,12 +87,15 @@ export function withTraceId<T>(traceId: string | undefined, start: () => T): T {
   }
 }
 
+/** A UUID as written (8-4-4-4-12 hex digits): any 36 characters of hex digits and dashes (`<32 hex>----`) was taken for one. */
+const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+
 /**
  * The trace id a request id stands for: a 32-hex id is one already, a UUID is one without its dashes.
  * Anything else (or the invalid all-zero id) stands for none.
  */
 export function traceIdFromRequestId(requestId: string): string | undefined {
-  const candidate = (requestId.length === 36 && /^[0-9a-fA-F-]+$/.test(requestId) ? requestId.replaceAll('-', '') : requestId).toLowerCase();
+  const candidate = (UUID.test(requestId) ? requestId.replaceAll('-', '') : requestId).toLowerCase();
   return TRACE_ID.test(candidate) && candidate !== INVALID_TRACE_ID ? candidate : undefined;
 }
 

@@ -254,7 +254,7 @@ const FOREIGN_IDENTITY_HEADER_SET = new Set<string>(FOREIGN_IDENTITY_HEADERS);
 /**
  * Trace context in the other formats tracers and meshes read: B3 (Zipkin, Istio's Envoy), Jaeger's
  * `uber-trace-id` and `uberctx-*` baggage, OpenTracing's `ot-*`, Datadog's, AWS X-Ray's, Google Cloud's, SkyWalking's,
- * Elastic APM's spelling of `traceparent`, New Relic's, Envoy's `x-client-trace-id`, Sentry's `sentry-trace`, Instana's, and
+ * Elastic APM's spelling of `traceparent`, New Relic's, Envoy's `x-client-trace-id`, Sentry's `sentry-trace`, Instana's, .NET's, and
  * Jaeger's `jaeger-debug-id` (which forces sampling on its own). A service (or its sidecar)
  * whose tracer reads one of them continues that trace and keeps its sampling decision, as it would a client's
  * `traceparent`: dropped with it from a client the gateway does not trust with trace context (`trustTraceparent`).
@@ -277,6 +277,13 @@ export const FOREIGN_TRACE_CONTEXT_HEADERS: ReadonlySet<string> = new Set([
   // Jaeger's: a `jaeger-debug-id` alone forces the trace it starts to be sampled (debug, kept through downsampling).
   'jaeger-debug-id',
   'jaeger-baggage',
+  // .NET's (System.Diagnostics' hierarchical `Request-Id`, read when no `traceparent` came, a W3C value in it
+  // included; `Correlation-Context`, its baggage when no `baggage` came) and Application Insights' `Request-Context`
+  // (the caller's app id, for its application map). With telemetry off the gateway sends neither W3C header, and a
+  // .NET service continued whatever trace and baggage a client put in these.
+  'request-id',
+  'correlation-context',
+  'request-context',
 ]);
 /** Under these prefixes too: B3's, Jaeger's baggage, OpenTracing's, Datadog's, New Relic's, Instana's (`X-INSTANA-T`, `-S`, `-L`: trace, span, level). */
 export const FOREIGN_TRACE_CONTEXT_HEADER_PREFIXES = ['x-b3-', 'uberctx-', 'ot-tracer-', 'ot-baggage-', 'x-datadog-', 'x-newrelic-', 'x-instana-'] as const;

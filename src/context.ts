@@ -22,6 +22,11 @@ export interface GatewayState {
    * createRequestId enters it together with the request id's baggage, so a request switches context once.
    */
   traceContext?: OtelContext;
+  /**
+   * createTracing: the request's trace continues a trusted caller's (`traceparent`), set only then. Its trace id is
+   * then the caller's, shared by every request of that trace (a page's calls), so it is no request's id.
+   */
+  traceContinued?: true;
   /** createRouteMatcher: the route this request matched, and the upstream path it maps to. */
   route?: CompiledRoute;
   upstreamPath?: string;

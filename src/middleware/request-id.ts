@@ -39,7 +39,8 @@ export interface RequestIdOptions {
 
 /**
  * Decides the request id: a well-formed inbound `X-Request-Id` is kept; otherwise it is the trace id of the
- * request's span (so it opens the trace in Jaeger), or a fresh id when tracing is off. The id is echoed on
+ * request's span when the request began that trace (so it opens the trace in Jaeger), or a fresh id when tracing is
+ * off or the trace continues a trusted caller's (whose trace id all of that caller's requests share). The id is echoed on
  * every response (errors included), forwarded upstream (the proxy writes `X-Request-Id` from `ctx.state`) and as W3C baggage `request.id`,
  * and set on the gateway's span.
  */
@@ -51,7 +52,9 @@ export function createRequestId(options: RequestIdOptions = {}): Middleware {
     const active = ctx.state.traceContext ?? context.active();
     const span = trace.getSpan(active);
     const traceId = span?.spanContext().traceId;
-    const id = typeof inboundId === 'string' && isWellFormedRequestId(inboundId) ? inboundId : traceId && isValidSpanContext(span!.spanContext()) ? traceId : generate();
+    // The trace id only of a trace this request began: a continued trace's is shared by every request of it.
+    const ownTraceId = traceId && ctx.state.traceContinued !== true && isValidSpanContext(span!.spanContext()) ? traceId : undefined;
+    const id = typeof inboundId === 'string' && isWellFormedRequestId(inboundId) ? inboundId : (ownTraceId ?? generate());
     ctx.state.requestId = id;
     // Straight to Node: Koa's ctx.set builds arrays and closures per call, for a header set on every request.
     ctx.res.setHeader(HEADER.requestId, id);

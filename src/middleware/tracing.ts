@@ -236,6 +236,7 @@ export function createTracing(options: TracingOptions): Middleware {
 
     // Entered by createRequestId, the next middleware, with the request id's baggage added: one context switch.
     ctx.state.traceContext = active;
+    if (continuing) ctx.state.traceContinued = true;
     try {
       await next();
     } finally {

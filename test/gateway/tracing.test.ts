@@ -118,12 +118,18 @@ describe('gateway spans', () => {
     expect(server.attributes['http.route']).toBe('/api/auth/login');
   });
 
-  it('keeps any other client request id as an attribute of a new trace', async () => {
-    const response = await fetch(`${stack.gateway.url}/api/users/1`, { headers: { [HEADER.requestId]: 'order-42', authorization: `Bearer ${token}` } });
+  it.each([
+    { desc: 'a plain name', id: 'order-42' },
+    // 36 characters of hex digits and dashes, but not a UUID's 8-4-4-4-12: it was taken for one.
+    { desc: '32 hex digits and four dashes at the end', id: '0af7651916cd43dd8448eb211c80319c----' },
+    { desc: '32 hex digits between dashes', id: '--0af7651916cd43dd8448eb211c80319c--' },
+  ])('keeps any other client request id ($desc) as an attribute of a new trace', async ({ id }) => {
+    const response = await fetch(`${stack.gateway.url}/api/users/1`, { headers: { [HEADER.requestId]: id, authorization: `Bearer ${token}` } });
     await response.arrayBuffer();
     await waitForSpans(1);
-    expect(response.headers.get(HEADER.requestId)).toBe('order-42');
-    expect(serverSpans()[0]!.attributes[ATTR.requestId]).toBe('order-42');
+    expect(response.headers.get(HEADER.requestId)).toBe(id);
+    expect(serverSpans()[0]!.attributes[ATTR.requestId]).toBe(id);
+    expect(serverSpans()[0]!.spanContext().traceId).not.toBe('0af7651916cd43dd8448eb211c80319c');
   });
 
   const clientTrace = '0af7651916cd43dd8448eb211c80319c';
@@ -162,6 +168,10 @@ describe('gateway spans', () => {
     'x-instana-t': clientTrace.slice(16),
     'x-instana-s': 'b7ad6b7169203331',
     'x-instana-l': '1',
+    // .NET reads these when no traceparent or baggage came (telemetry off, the gateway sends neither).
+    'request-id': traceparent,
+    'correlation-context': 'role=admin',
+    'request-context': 'appId=cid-v1:forged',
   };
 
   it('never forwards a client’s trace context in another format (B3, Jaeger, X-Ray, ...) by default, nor its _ spelling', async () => {
@@ -181,14 +191,21 @@ describe('gateway spans', () => {
     expect(seen.headers).toMatchObject(foreignTraceContext);
   });
 
-  it('continues a client traceparent when configured to trust it, with the trace id as request id', async () => {
-    const response = await fetch(`${trusting.gateway.url}/api/nothing`, { headers: { traceparent } });
-    await response.arrayBuffer();
+  it('continues a client traceparent when configured to trust it, each request under an id of its own', async () => {
+    const first = await fetch(`${trusting.gateway.url}/api/nothing`, { headers: { traceparent } });
+    await first.arrayBuffer();
     await waitForSpans(1);
     const server = serverSpans()[0]!;
     expect(server.spanContext().traceId).toBe(clientTrace);
     expect(server.parentSpanContext?.spanId).toBe('b7ad6b7169203331');
-    expect(response.headers.get(HEADER.requestId)).toBe(clientTrace);
+    // A page's calls share its trace: under the trace id as their request id, all of them had one id.
+    const second = await fetch(`${trusting.gateway.url}/api/nothing`, { headers: { traceparent: `00-${clientTrace}-c7ad6b7169203332-01` } });
+    await second.arrayBuffer();
+    const ids = [first.headers.get(HEADER.requestId), second.headers.get(HEADER.requestId)];
+    for (const id of ids) expect(id).toMatch(/^[0-9a-f]{32}$/);
+    expect(ids).not.toContain(clientTrace);
+    expect(ids[0]).not.toBe(ids[1]);
+    expect(server.attributes[ATTR.requestId]).toBe(ids[0]);
   });
 
   // The propagator sends the first 180 entries and 8192 bytes: a full client baggage must not crowd request.id out.
