@@ -439,6 +439,17 @@ export const SERVICE_NAME = {
 export type ServiceName = (typeof SERVICE_NAME)[keyof typeof SERVICE_NAME];
 
 /**
+ * The name each example service goes by in the gateway's config (`services.users`, ...): the audience the gateway's
+ * signatures for it name (src/gateway-signature.ts), which the service checks against its own
+ * (`GATEWAY_SIGNATURE_AUDIENCE`, these by default), and order-service's for its own calls to the others.
+ */
+export const SIGNATURE_AUDIENCE = {
+  users: 'users',
+  orders: 'orders',
+  notifications: 'notifications',
+} as const;
+
+/**
  * The gateway's Prometheus metric names, as PromQL and the Grafana dashboards query them: OpenTelemetry
  * semantic-convention names (`http.server.request.duration`, unit s) in Prometheus form, our own under
  * `gateway_`. Counters end in `_total` here, as their samples do in the OpenMetrics exposition.

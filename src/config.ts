@@ -10,7 +10,7 @@ import { duplicateJsonKey } from './json-duplicate-keys';
 import { serviceOrigin } from './service-origin';
 import { headerRulesSchema, ownedRequestHeader, ownedResponseHeader } from './header-rules';
 import { cacheSettingsSchema, routeCacheSchema } from './response-cache';
-import { keyMaterialProblem, SIGNING_KEY_MIN_LENGTH } from './gateway-signature';
+import { keyMaterialProblem, SERVICE_KEY_PATTERN, SIGNING_KEY_MIN_LENGTH } from './gateway-signature';
 
 /**
  * The gateway's one configuration: a JSON file (routes as data) overlaid with environment variables,
@@ -621,7 +621,7 @@ const configFields = z
       .optional(),
     /** Upstream services by key; routes name them. */
     services: z.record(
-      z.string().regex(/^[a-z][a-z0-9-]*$/),
+      z.string().regex(SERVICE_KEY_PATTERN),
       z.strictObject({
         /** One origin, or several to balance round robin (env: comma-separated). */
         url: z.union([serviceUrl, z.array(serviceUrl).nonempty()], { error: SERVICE_URLS_RULE }),

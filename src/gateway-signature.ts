@@ -11,26 +11,32 @@ import { HEADER, SIGNATURE_CHALLENGE_SCHEME } from '../otel/wire-names';
  * those headers, the request's method and target, and a time, and a service answers only requests whose signature
  * verifies.
  *
- * Header: `t=<unix seconds>,v3=<base64url HMAC-SHA256>`, over
- * `koa-gateway-signature-v3\n<t>\n<method>\n<target>\n<x-request-id>\n<x-user-id>\n<x-user-role>\n<x-user-email>\n<x-consumer-id>`:
- * the method as sent, the request target as sent (path and query, byte for byte; for gRPC `POST` and the call's
- * path, `/<package.Service>/<Method>`), absent headers empty. Neither a request line nor a header value can hold a
+ * Header: `t=<unix seconds>,v4=<base64url HMAC-SHA256>`, over
+ * `koa-gateway-signature-v4\n<t>\n<audience>\n<method>\n<target>\n<x-request-id>\n<x-user-id>\n<x-user-role>\n<x-user-email>\n<x-consumer-id>`:
+ * the service the request is for (its name in the gateway's `services`: `users`, `orders`, ...), the method as
+ * sent, the request target as sent (path and query, byte for byte; for gRPC `POST` and the call's path,
+ * `/<package.Service>/<Method>`), absent headers empty. Neither a request line nor a header value can hold a
  * line feed, so the fields cannot run into each other. A signature is accepted for SIGNATURE_MAX_AGE_SECONDS
  * either side of `t` (clock skew). The MAC is written one way only (base64url without padding, its last
  * character's unused bits zero): four spellings of one MAC all verified.
  *
- * The request id is signed (v3): the services believe the X-Request-Id of a request whose signature verifies, and
- * log and answer under it and pass it on; unsigned, a request captured on the way to a service could be sent again
- * under any id, and its log lines and onward calls pinned on another request's. A v2 signature (without it) still
- * verifies for this release, so services updated first take the old gateway's during a rolling update.
+ * The request id is signed: the services believe the X-Request-Id of a request whose signature verifies, and log
+ * and answer under it and pass it on; unsigned, a request captured on the way to a service could be sent again under
+ * any id, and its log lines and onward calls pinned on another request's.
+ *
+ * The service is signed (v4): each service takes only signatures made for it (`GATEWAY_SIGNATURE_AUDIENCE`). Without
+ * it a signature was good on every service answering the same method and target: one the gateway sent to any
+ * upstream (a partner's service behind a route, one that logs its headers, a compromised pod) could be sent on to
+ * order-service as that user, with any body, for five minutes. A v3 signature (the same without the service) still
+ * verifies for this release, so that services updated first take the old gateway's during a rolling update; the
+ * gateway and the services of this release make v4 only.
  *
  * Why the method and target are signed: a signature over the identity alone was a bearer token for that identity
  * on every service, path and method. Whoever saw one (a service the request was forwarded to, anyone reading the
  * traffic, the anonymous signature every public route and login carried) could send it straight to a service's
- * `/internal/*` endpoints or any other path for five minutes. Signed with its request, it is good for that method
- * and target only, though on any service that holds the key: the service is not signed (a service answering the same
- * method and target elsewhere takes it). A service calling another within a request signs its own call with the key it holds, over the
- * identity it verified (services/shared/service-app.ts). The body is not signed (the gateway streams it): someone
+ * `/internal/*` endpoints or any other path for five minutes. Signed with its request and its service, it is good for
+ * that method and target on that service only. A service calling another within a request signs its own call with the
+ * key it holds, for that service, over the identity it verified (services/shared/service-app.ts). The body is not signed (the gateway streams it): someone
  * who reads the traffic to the services could still repeat a request with another body within the window, so keep
  * the services off every network but the gateway's as well.
  */
@@ -40,6 +46,13 @@ export const SIGNED_HEADERS = [HEADER.userId, HEADER.userRole, HEADER.userEmail,
 
 /** How far from its time a signature is still accepted, s. */
 export const SIGNATURE_MAX_AGE_SECONDS = 300;
+
+/**
+ * What a service's name in the gateway's config (`services.<name>`) may be: lower-case letters, digits and dashes,
+ * from a letter. The name is the audience of the gateway's signatures for that service, which the service is told
+ * as `GATEWAY_SIGNATURE_AUDIENCE`: one rule on both sides.
+ */
+export const SERVICE_KEY_PATTERN = /^[a-z][a-z0-9-]*$/;
 
 /** Shortest key accepted, characters (the JWT secret's production minimum). */
 export const SIGNING_KEY_MIN_LENGTH = 32;
@@ -82,7 +95,7 @@ function shortestPeriod(text: string): number {
   return text.length - (border[text.length - 1] ?? 0);
 }
 
-const PREFIX = 'koa-gateway-signature-v3';
+const PREFIX = 'koa-gateway-signature-v4';
 
 /** The values of the signed headers (a missing one as ''), in SIGNED_HEADERS order. */
 export type SignedValues = readonly [userId: string, userRole: string, userEmail: string, consumerId: string];
@@ -93,22 +106,30 @@ export interface RequestLine {
   target: string;
 }
 
-/** The request a signature is for: its request line and the X-Request-Id it carries ('' for none). */
-export interface SignedRequest extends RequestLine {
+/**
+ * A request line and the service it is for, by its name in the gateway's `services` (`users`, `orders`, ...): what
+ * a service checks a signature against, with its own name (`GATEWAY_SIGNATURE_AUDIENCE`).
+ */
+export interface AddressedRequest extends RequestLine {
+  audience: string;
+}
+
+/** The request a signature is for: its service and request line, and the X-Request-Id it carries ('' for none). */
+export interface SignedRequest extends AddressedRequest {
   requestId: string;
 }
 
 function message(time: number, request: SignedRequest, values: SignedValues): string {
   // The four values written out, not joined: Array.prototype.join was ~1.2k instructions of each signature.
-  return `${PREFIX}\n${time}\n${request.method}\n${request.target}\n${request.requestId}\n${values[0]}\n${values[1]}\n${values[2]}\n${values[3]}`;
+  return `${PREFIX}\n${time}\n${request.audience}\n${request.method}\n${request.target}\n${request.requestId}\n${values[0]}\n${values[1]}\n${values[2]}\n${values[3]}`;
 }
 
 /**
- * The message of a v2 signature (before the request id was signed): verified, never made, so that services updated
+ * The message of a v3 signature (before the service was signed): verified, never made, so that services updated
  * before the gateway take its signatures during a rolling update. To be dropped with the release after this one.
  */
-function messageV2(time: number, request: SignedRequest, values: SignedValues): string {
-  return `koa-gateway-signature-v2\n${time}\n${request.method}\n${request.target}\n${values[0]}\n${values[1]}\n${values[2]}\n${values[3]}`;
+function messageV3(time: number, request: SignedRequest, values: SignedValues): string {
+  return `koa-gateway-signature-v3\n${time}\n${request.method}\n${request.target}\n${request.requestId}\n${values[0]}\n${values[1]}\n${values[2]}\n${values[3]}`;
 }
 
 function mac(key: string | KeyObject, text: string): Buffer {
@@ -160,7 +181,7 @@ export function createGatewaySigner(key: string, now: () => number = Date.now): 
   const sign = keyedMac(key);
   return (request, values) => {
     const time = Math.floor(now() / 1000);
-    return `t=${time},v3=${sign(message(time, request, values))}`;
+    return `t=${time},v4=${sign(message(time, request, values))}`;
   };
 }
 
@@ -183,28 +204,19 @@ export function challengesGatewaySignature(challenges: string | readonly string[
 export const SIGNATURE_REFUSED_HINT = "are the gateway's and the service's signing keys, or clocks, apart?";
 
 /** 43 base64url characters, the last one's two unused bits zero: a 32-byte MAC as written, one spelling only. */
-const HEADER_FORMAT = /^t=(\d{1,12}),v([23])=([A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$/;
-
-/**
- * Whether a signature header is of the form that covers the request id (v3). A v2 signature (the release before's,
- * still verified so that services can be updated first) vouches for the method, target and identity only: a service
- * takes its request's X-Request-Id for none of its own, or a captured v2 request could be sent again under any id.
- */
-export function signsRequestId(header: string | string[] | undefined): boolean {
-  return typeof header === 'string' && header.includes(',v3=');
-}
+const HEADER_FORMAT = /^t=(\d{1,12}),v([34])=([A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$/;
 
 /** Why a request's signature was not accepted; undefined when it was. */
 export type SignatureProblem = 'missing' | 'malformed' | 'expired' | 'mismatch';
 
 /**
- * Checks a request's `X-Gateway-Signature` against its method and target as received, its request id and its
- * signed headers (`read(name)`: the header's one value, or undefined; a repeated header is not one value and
+ * Checks a request's `X-Gateway-Signature` against the service checking it (`request.audience`, its own name), its
+ * method and target as received, its request id and its signed headers (`read(name)`: the header's one value, or undefined; a repeated header is not one value and
  * fails). Constant time in the MAC comparison. `key` may be several: a signature made with any of them verifies (a
  * key rotation, when a service takes the next key, or still the previous one, beside its own:
  * GATEWAY_SIGNING_KEY_ACCEPTED).
  */
-export function verifyGatewaySignature(key: string | readonly string[], line: RequestLine, read: (name: string) => string | string[] | undefined, now: number = Date.now()): SignatureProblem | undefined {
+export function verifyGatewaySignature(key: string | readonly string[], line: AddressedRequest, read: (name: string) => string | string[] | undefined, now: number = Date.now()): SignatureProblem | undefined {
   const header = read(HEADER.gatewaySignature);
   if (header === undefined) return 'missing';
   const parts = typeof header === 'string' ? HEADER_FORMAT.exec(header) : null;
@@ -213,7 +225,7 @@ export function verifyGatewaySignature(key: string | readonly string[], line: Re
   if (Math.abs(now / 1000 - time) > SIGNATURE_MAX_AGE_SECONDS) return 'expired';
   const requestId = read(HEADER.requestId) ?? '';
   if (typeof requestId !== 'string') return 'mismatch';
-  const request: SignedRequest = { method: line.method, target: line.target, requestId };
+  const request: SignedRequest = { audience: line.audience, method: line.method, target: line.target, requestId };
   const values: string[] = [];
   for (const name of SIGNED_HEADERS) {
     const value = read(name) ?? '';
@@ -221,7 +233,7 @@ export function verifyGatewaySignature(key: string | readonly string[], line: Re
     values.push(value);
   }
   const given = Buffer.from(parts[3]!, 'base64url');
-  const text = (parts[2] === '3' ? message : messageV2)(time, request, values as unknown as SignedValues);
+  const text = (parts[2] === '4' ? message : messageV3)(time, request, values as unknown as SignedValues);
   const matches = (each: string) => {
     const expected = mac(each, text);
     return given.length === expected.length && timingSafeEqual(given, expected);

@@ -7,7 +7,7 @@ import { CGI_HAZARD_HEADERS, dashedSpelling, FOREIGN_IDENTITY_HEADER_PREFIXES, F
 import type { Consumer } from './consumers';
 import type { AuthenticatedUser } from './context';
 import { MAX_FORWARDS_SUPPORTED, maxForwardsOf } from './middleware/max-forwards';
-import type { GatewaySigner, RequestLine, SignedValues } from './gateway-signature';
+import type { AddressedRequest, GatewaySigner, SignedValues } from './gateway-signature';
 import { remembered } from './remembered';
 
 /**
@@ -326,8 +326,8 @@ export function upstreamHeadersFor(
   options: Pick<UpstreamRequestHeadersInput, 'underscores' | 'forwardAuthorization' | 'rules' | 'isRuleTwin' | 'strippedPrefix'> & {
     /** The gateway's signer (config `proxy.signingKey`); none without a key. */
     sign?: GatewaySigner;
-    /** The request the headers go with, as sent (method and target): the signature is good for it alone. */
-    request: RequestLine;
+    /** The request the headers go with, as sent (method and target), and its service: the signature is good for it alone. */
+    request: AddressedRequest;
   },
 ): Record<string, string | string[]> {
   const publicHost = forwardedHost(ctx);
@@ -349,7 +349,7 @@ export function upstreamHeadersFor(
     timestamp: isoTimestamp(),
     rules: options.rules,
     isRuleTwin: options.isRuleTwin,
-    sign: options.sign && ((values) => options.sign!({ method: options.request.method, target: options.request.target, requestId: ctx.state.requestId }, values)),
+    sign: options.sign && ((values) => options.sign!({ audience: options.request.audience, method: options.request.method, target: options.request.target, requestId: ctx.state.requestId }, values)),
   });
 }
 

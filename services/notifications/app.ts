@@ -1,7 +1,7 @@
 import Router from '@koa/router';
 import type Koa from 'koa';
 import type { Logger } from '../../otel/logger';
-import { SERVICE_NAME } from '../../otel/wire-names';
+import { SERVICE_NAME, SIGNATURE_AUDIENCE } from '../../otel/wire-names';
 import { createServiceApp, requestIdOf, requireCaller, ServiceError, validBody } from '../shared/service-app';
 import { createNotificationStore, newNotification, type NotificationStore } from './notification-store';
 
@@ -15,6 +15,8 @@ export interface NotificationsAppOptions {
   signingKey?: string;
   /** Another key whose signatures are accepted too (service-app.ts `acceptedSigningKey`). */
   acceptedSigningKey?: string;
+  /** The name the gateway's config gives this service (service-app.ts `signatureAudience`); default `notifications`. */
+  signatureAudience?: string;
 }
 
 /**
@@ -42,5 +44,5 @@ export function createApp(options: NotificationsAppOptions): Koa {
     ctx.body = store.forUser(requireCaller(ctx).id);
   });
 
-  return createServiceApp({ serviceName: SERVICE_NAME.notifications, logger: options.logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey });
+  return createServiceApp({ serviceName: SERVICE_NAME.notifications, logger: options.logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey, signatureAudience: options.signatureAudience ?? SIGNATURE_AUDIENCE.notifications });
 }

@@ -4,8 +4,8 @@ import { ATTR_ERROR_TYPE, ATTR_RPC_METHOD, ATTR_RPC_STATUS_CODE, ATTR_RPC_SYSTEM
 import { z } from 'zod';
 import { GRPC_SERVER_ERROR_CODES } from '../../otel/grpc-server-span-status';
 import type { Logger } from '../../otel/logger';
-import { AUTH_REALM, HEADER, SIGNATURE_CHALLENGE_SCHEME } from '../../otel/wire-names';
-import { signsRequestId, verifyGatewaySignature, type SignatureProblem } from '../../src/gateway-signature';
+import { AUTH_REALM, HEADER, SIGNATURE_AUDIENCE, SIGNATURE_CHALLENGE_SCHEME } from '../../otel/wire-names';
+import { verifyGatewaySignature, type SignatureProblem } from '../../src/gateway-signature';
 import { serviceRequestId } from '../../src/middleware/request-id';
 import { callerFromMetadata, grpcError, grpcServiceDefinition, metadataValue } from '../shared/grpc-service';
 import type { Caller } from '../shared/service-app';
@@ -23,6 +23,8 @@ export interface NotificationsGrpcOptions {
   signingKey?: string;
   /** Another key whose signatures are accepted too, as over HTTP (service-app.ts `acceptedSigningKey`). */
   acceptedSigningKey?: string;
+  /** The name the gateway's config gives this service, as over HTTP (service-app.ts `signatureAudience`); default `notifications`. */
+  signatureAudience?: string;
 }
 
 type Request = Record<string, unknown>;
@@ -62,6 +64,7 @@ const typeFilter = z.string().max(NOTIFICATION_LIMITS.typeMaxLength);
 export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server {
   const { logger, store, signingKey } = options;
   const keys = signingKey === undefined ? undefined : options.acceptedSigningKey === undefined ? [signingKey] : [signingKey, options.acceptedSigningKey];
+  const audience = options.signatureAudience ?? SIGNATURE_AUDIENCE.notifications;
   /** Each call's signature verdict (undefined: it verifies), by its metadata: decided once, before anything records the call. */
   const verdicts = new WeakMap<grpc.Metadata, SignatureProblem | undefined>();
   const definition = grpcServiceDefinition(NOTIFICATIONS_PROTO, NOTIFICATIONS_SERVICE);
@@ -70,7 +73,7 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
   /** Why `call`'s signature fails (undefined: it verifies, or no key): the interceptor's verdict, else decided now. */
   function signatureProblemOfCall(call: { metadata: grpc.Metadata; getPath(): string }): SignatureProblem | undefined {
     if (keys === undefined) return undefined;
-    return verdicts.has(call.metadata) ? verdicts.get(call.metadata) : signatureProblemOf(keys, call.getPath(), call.metadata);
+    return verdicts.has(call.metadata) ? verdicts.get(call.metadata) : signatureProblemOf(keys, audience, call.getPath(), call.metadata);
   }
 
   /** Each call's request id, decided once: the handler's log line and the call's own carry the same one. */
@@ -78,11 +81,10 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
   /**
    * The id a call is logged under. Only what the gateway signed is believed, its request id included: a peer's forged
    * x-request-id would otherwise have its refusal logged under someone else's id. It gets one of its own, as over HTTP.
-   * A v2 signature (the release before's) does not cover the id: it is not believed (signsRequestId).
    */
   function requestIdOfCall(path: string, metadata: grpc.Metadata | undefined): string | undefined {
     if (metadata !== undefined && requestIds.has(metadata)) return requestIds.get(metadata);
-    const signed = metadata !== undefined && signatureProblemOfCall({ metadata, getPath: () => path }) === undefined && (keys === undefined || signsRequestId(metadataValue(metadata, HEADER.gatewaySignature)));
+    const signed = metadata !== undefined && signatureProblemOfCall({ metadata, getPath: () => path }) === undefined;
     // Held to the gateway's rule too (as over HTTP): a 10 KB or quoted id is logged as none of it.
     const requestId = serviceRequestId(signed ? metadataValue(metadata, HEADER.requestId) || undefined : undefined, signed);
     if (metadata !== undefined) requestIds.set(metadata, requestId);
@@ -104,7 +106,7 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
   }
   const knownMethods = new Map(Object.entries(definition).map(([name, method]) => [method.path, name]));
   // The recorder first: it wraps grpc-js's own call, so it sees the statuses grpc-js sends itself too.
-  const interceptors = [createCallRecorder(recordCall), ...(keys === undefined ? [] : [createSignatureVerdict(keys, verdicts)])];
+  const interceptors = [createCallRecorder(recordCall), ...(keys === undefined ? [] : [createSignatureVerdict(keys, audience, verdicts)])];
   const server = new grpc.Server({ interceptors });
 
   /** Runs a handler; a thrown gRPC error becomes the call's status (recorded and logged by the call recorder). */
@@ -164,9 +166,9 @@ function signatureRefusal(problem: SignatureProblem): Partial<grpc.StatusObject>
   return Object.assign(grpcError(grpc.status.UNAUTHENTICATED, `This service answers only calls signed by the gateway (signature ${problem}).`), { metadata: trailers });
 }
 
-/** A gRPC call is an HTTP/2 POST to its path: the signature must have been made for this method's. */
-function signatureProblemOf(key: readonly string[], path: string, metadata: grpc.Metadata): SignatureProblem | undefined {
-  return verifyGatewaySignature(key, { method: 'POST', target: path }, (name) => {
+/** A gRPC call is an HTTP/2 POST to its path: the signature must have been made for this service and this method's. */
+function signatureProblemOf(key: readonly string[], audience: string, path: string, metadata: grpc.Metadata): SignatureProblem | undefined {
+  return verifyGatewaySignature(key, { audience, method: 'POST', target: path }, (name) => {
     const values = metadata.get(name);
     if (values.length === 0) return undefined;
     return values.length === 1 && typeof values[0] === 'string' ? values[0] : values.map(String);
@@ -227,13 +229,13 @@ const TRACE_CONTEXT_METADATA = [HEADER.traceparent, HEADER.tracestate, HEADER.ba
  * version, and from anything else that reads them. Ignoring the call altogether (`ignoreGrpcMethods`) would lose
  * the refusal's span, which an operator wants to see.
  */
-function createSignatureVerdict(key: readonly string[], verdicts: WeakMap<grpc.Metadata, SignatureProblem | undefined>): grpc.ServerInterceptor {
+function createSignatureVerdict(key: readonly string[], audience: string, verdicts: WeakMap<grpc.Metadata, SignatureProblem | undefined>): grpc.ServerInterceptor {
   return (method, call) =>
     new grpc.ServerInterceptingCall(call, {
       start(next) {
         next({
           onReceiveMetadata(metadata, pass) {
-            const problem = signatureProblemOf(key, method.path, metadata);
+            const problem = signatureProblemOf(key, audience, method.path, metadata);
             if (problem !== undefined) for (const name of TRACE_CONTEXT_METADATA) metadata.remove(name);
             verdicts.set(metadata, problem);
             pass(metadata);

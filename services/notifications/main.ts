@@ -10,11 +10,11 @@ const GRPC_DRAIN_MS = 5000;
 
 void startService('notifications', SERVICE_NAME.notifications, async (env, logger) => {
   const store = createNotificationStore();
-  const app = createApp({ logger, store, signingKey: env.GATEWAY_SIGNING_KEY, acceptedSigningKey: env.GATEWAY_SIGNING_KEY_ACCEPTED });
+  const app = createApp({ logger, store, signingKey: env.GATEWAY_SIGNING_KEY, acceptedSigningKey: env.GATEWAY_SIGNING_KEY_ACCEPTED, signatureAudience: env.GATEWAY_SIGNATURE_AUDIENCE });
   if (env.GRPC_PORT === undefined) return app;
   // The gRPC interface beside the HTTP one, over the same store.
   logGrpcMessages(logger);
-  const server = createGrpcServer({ logger, store, signingKey: env.GATEWAY_SIGNING_KEY, acceptedSigningKey: env.GATEWAY_SIGNING_KEY_ACCEPTED });
+  const server = createGrpcServer({ logger, store, signingKey: env.GATEWAY_SIGNING_KEY, acceptedSigningKey: env.GATEWAY_SIGNING_KEY_ACCEPTED, signatureAudience: env.GATEWAY_SIGNATURE_AUDIENCE });
   const port = await bindGrpcServer(server, env.HOST, env.GRPC_PORT);
   logger.info(`${SERVICE_NAME.notifications} gRPC listening`, { grpc_url: `http://${env.HOST.includes(':') ? `[${env.HOST}]` : env.HOST}:${port}` });
   return {

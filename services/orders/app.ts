@@ -5,7 +5,7 @@ import type Koa from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import type { TraceContextByHand } from '../../otel/telemetry';
-import { SERVICE_NAME } from '../../otel/wire-names';
+import { SERVICE_NAME, SIGNATURE_AUDIENCE } from '../../otel/wire-names';
 import { createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
 import { jsonAtMost } from '../../src/bounded-body';
 import { createBoundedStore, type BoundedStoreLimits } from '../shared/bounded-store';
@@ -36,6 +36,8 @@ export interface OrdersAppOptions {
   signingKey?: string;
   /** Another key whose signatures are accepted too (service-app.ts `acceptedSigningKey`); never used to sign. */
   acceptedSigningKey?: string;
+  /** The name the gateway's config gives this service (service-app.ts `signatureAudience`); default `orders`. */
+  signatureAudience?: string;
   /**
    * Continue each request's trace context (`traceparent`, `tracestate`, `baggage`) and pass it on to user-service
    * and notification-service by hand: each half that no loaded instrumentation (http, undici, grpc) carries
@@ -117,7 +119,7 @@ export function createApp(options: OrdersAppOptions): Koa {
     // id `.` was asked as `GET /users/` (the admin's list of users, 200: an order for a user who did not exist).
     if (caller.id === '.' || caller.id === '..') throw new ServiceError(403, 'unknown_user', 'Your account no longer exists.');
     try {
-      const response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, identity, sign, propagate: injectHttpCalls });
+      const response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, identity, sign, audience: SIGNATURE_AUDIENCE.users, propagate: injectHttpCalls });
       status = response.statusCode;
       code = status === 404 ? await problemCode(response.body) : (await response.body.dump(), undefined);
     } catch (error) {
@@ -169,6 +171,7 @@ export function createApp(options: OrdersAppOptions): Koa {
         requestId,
         identity,
         sign,
+        audience: SIGNATURE_AUDIENCE.notifications,
         propagate: injectHttpCalls,
         body: event,
       });
@@ -273,5 +276,5 @@ export function createApp(options: OrdersAppOptions): Koa {
     ctx.body = order;
   });
 
-  return createServiceApp({ serviceName: SERVICE_NAME.orders, logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey, continueTraceContext: continueIncoming });
+  return createServiceApp({ serviceName: SERVICE_NAME.orders, logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey, signatureAudience: options.signatureAudience ?? SIGNATURE_AUDIENCE.orders, continueTraceContext: continueIncoming });
 }

@@ -16,6 +16,7 @@ void startService(
       notificationsGrpcUrl: env.NOTIF_GRPC_SERVICE_URL,
       signingKey: env.GATEWAY_SIGNING_KEY,
       acceptedSigningKey: env.GATEWAY_SIGNING_KEY_ACCEPTED,
+      signatureAudience: env.GATEWAY_SIGNATURE_AUDIENCE,
       propagateTraceContext: propagateTraceContextByHand,
     });
   },

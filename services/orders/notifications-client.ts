@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { context, propagation } from '@opentelemetry/api';
 import { loadProtoRoot } from '../../src/grpc/proto-files';
-import { HEADER } from '../../otel/wire-names';
+import { HEADER, SIGNATURE_AUDIENCE } from '../../otel/wire-names';
 import type { GatewaySigner, SignedValues } from '../../src/gateway-signature';
 import { signedIdentityHeaders } from '../shared/service-app';
 import { NOTIFICATIONS_PROTO, NOTIFICATIONS_SERVICE } from '../notifications/grpc-server';
@@ -37,7 +37,7 @@ const DEADLINE_MS = 2000;
  * One channel to notification-service's gRPC interface. The OpenTelemetry gRPC instrumentation wraps
  * `makeUnaryRequest`, so each call gets a CLIENT span and carries `traceparent` as metadata; the request id
  * travels as `x-request-id` metadata, as it does as a header over HTTP. With the key's signer (`sign`) each call
- * carries a signature for that call (`POST` and its path), as the gateway's do.
+ * carries a signature for that call (notification-service, `POST` and its path), as the gateway's do.
  */
 export function createNotificationsGrpcClient(url: string, sign: GatewaySigner | undefined, options: NotificationsGrpcClientOptions = {}): NotificationsGrpcClient {
   const { hostname, port, protocol } = new URL(url);
@@ -51,7 +51,7 @@ export function createNotificationsGrpcClient(url: string, sign: GatewaySigner |
       const path = `/${NOTIFICATIONS_SERVICE}/CreateNotification`;
       const metadata = new grpc.Metadata();
       if (requestId) metadata.set(HEADER.requestId, requestId);
-      for (const [name, value] of Object.entries(signedIdentityHeaders(identity, { method: 'POST', target: path, requestId: requestId ?? '' }, sign))) metadata.set(name, value);
+      for (const [name, value] of Object.entries(signedIdentityHeaders(identity, { audience: SIGNATURE_AUDIENCE.notifications, method: 'POST', target: path, requestId: requestId ?? '' }, sign))) metadata.set(name, value);
       if (options.propagate) propagation.inject(context.active(), metadata, metadataSetter);
       return new Promise((resolve, reject) => {
         client.makeUnaryRequest(

@@ -13,7 +13,7 @@ import { describeFirstIssue } from './input-limits';
 import { nestedAtMost } from '../../src/json-depth';
 import { duplicateJsonKey } from '../../src/json-duplicate-keys';
 import { readsAsUtf8 } from '../../src/unicode-text';
-import { SIGNED_HEADERS, signsRequestId, verifyGatewaySignature, type GatewaySigner, type SignatureProblem, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
+import { SIGNED_HEADERS, verifyGatewaySignature, type GatewaySigner, type SignatureProblem, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 import { serviceRequestId } from '../../src/middleware/request-id';
 
 /** An error a service answers with; `code` is stable, `detail` is for humans. */
@@ -153,6 +153,11 @@ export interface ServiceAppOptions {
    */
   acceptedSigningKey?: string;
   /**
+   * The name this service goes by in the gateway's `services` (`GATEWAY_SIGNATURE_AUDIENCE`): a signature is believed
+   * only when made for it, never one the gateway made for another service (src/gateway-signature.ts).
+   */
+  signatureAudience: string;
+  /**
    * Continue each believed request's `traceparent`, `tracestate` and `baggage` in its context by hand, for the
    * calls made within it to pass on (callService `propagate`): for a process without the http instrumentation,
    * which does it otherwise (telemetry off: service-main.ts). A request the gateway did not sign is not continued,
@@ -195,29 +200,33 @@ export function signedIdentityHeaders(identity: SignedValues, request: SignedReq
  */
 const verdicts = new WeakMap<IncomingMessage, { keys: string; problem: SignatureProblem | undefined }>();
 
-/** The keys a service believes signatures of (its own, and the one it also accepts), and the one string a verdict is kept by. */
+/**
+ * The keys a service believes signatures of (its own, and the one it also accepts), the audience they must name (the
+ * service's own), and the one string a verdict is kept by.
+ */
 interface BelievedKeys {
   list: readonly string[];
+  audience: string;
   id: string;
 }
 
-function believedKeys(signingKey: string, acceptedSigningKey: string | undefined): BelievedKeys {
+function believedKeys(signingKey: string, acceptedSigningKey: string | undefined, audience: string): BelievedKeys {
   const list = acceptedSigningKey === undefined ? [signingKey] : [signingKey, acceptedSigningKey];
-  return { list, id: list.join('\n') };
+  return { list, audience, id: `${audience}\n${list.join('\n')}` };
 }
 
 /** What is wrong with `request`'s gateway signature, over the request as it arrived (method and target); undefined when it verifies. */
 function signatureProblemOf(keys: BelievedKeys, request: IncomingMessage): SignatureProblem | undefined {
   const decided = verdicts.get(request);
   if (decided?.keys === keys.id) return decided.problem;
-  const problem = verifyGatewaySignature(keys.list, { method: request.method ?? '', target: request.url ?? '' }, (name) => request.headers[name]);
+  const problem = verifyGatewaySignature(keys.list, { audience: keys.audience, method: request.method ?? '', target: request.url ?? '' }, (name) => request.headers[name]);
   verdicts.set(request, { keys: keys.id, problem });
   return problem;
 }
 
 /** Whether a request carries the gateway's valid signature for itself: what a service believes the trace context of (service-main.ts). */
-export function signedByGateway(signingKey: string, acceptedSigningKey?: string): (request: IncomingMessage) => boolean {
-  const keys = believedKeys(signingKey, acceptedSigningKey);
+export function signedByGateway(signingKey: string, acceptedSigningKey: string | undefined, audience: string): (request: IncomingMessage) => boolean {
+  const keys = believedKeys(signingKey, acceptedSigningKey, audience);
   return (request) => signatureProblemOf(keys, request) === undefined;
 }
 
@@ -227,7 +236,7 @@ export function signedByGateway(signingKey: string, acceptedSigningKey?: string)
  */
 export function createServiceApp(options: ServiceAppOptions): Koa {
   const { logger, serviceName, signingKey } = options;
-  const keys = signingKey === undefined ? undefined : believedKeys(signingKey, options.acceptedSigningKey);
+  const keys = signingKey === undefined ? undefined : believedKeys(signingKey, options.acceptedSigningKey, options.signatureAudience);
   const continueTraceContext = options.continueTraceContext ?? false;
   const app = new Koa();
   /** Why a request's signature failed, decided once before anything records it (logRequest), refused by requireGatewaySignature. */
@@ -242,8 +251,7 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     if (problem !== undefined) refusedSignatures.set(ctx, problem);
     // Held to the gateway's own rule too (isWellFormedRequestId): `/health` is answered unsigned, and it echoed and
     // logged whatever id a peer sent, 10 KB of it or with bytes a log reader trips on.
-    // A v2 signature (the release before's) does not cover the id: it is not believed (signsRequestId).
-    const requestId = serviceRequestId(ctx.get(HEADER.requestId) || undefined, problem === undefined && (keys === undefined || signsRequestId(ctx.req.headers[HEADER.gatewaySignature])));
+    const requestId = serviceRequestId(ctx.get(HEADER.requestId) || undefined, problem === undefined);
     if (requestId !== undefined) requestIds.set(ctx, requestId);
     if (requestId) {
       ctx.set(HEADER.requestId, requestId);
@@ -369,16 +377,16 @@ const RESERVED_KEY_REFUSAL = 'Object contains forbidden prototype property';
 
 /**
  * Calls another service with a deadline, passing the request id and the caller's identity on, signed for this
- * call when the service holds the key (`sign`), and with `propagate` the active context's `traceparent`,
+ * call to that service (`audience`, its name in the gateway's `services`) when the service holds the key (`sign`), and with `propagate` the active context's `traceparent`,
  * `tracestate` and `baggage` (only without the undici instrumentation: it writes them itself, and a call would
  * then carry two of each). Through undici's request API, as the gateway's proxy: fetch refuses the Fetch standard's
  * "bad ports" (6000, 6665-6669, 10080, ...), on which the gateway reaches a service fine. The caller reads or dumps the body.
  */
-export async function callService(url: string, init: { method?: string; body?: unknown; requestId?: string; identity: SignedValues; sign: GatewaySigner | undefined; propagate?: boolean; timeoutMs?: number }): Promise<Dispatcher.ResponseData> {
+export async function callService(url: string, init: { method?: string; body?: unknown; requestId?: string; identity: SignedValues; sign: GatewaySigner | undefined; audience: string; propagate?: boolean; timeoutMs?: number }): Promise<Dispatcher.ResponseData> {
   const method = init.method ?? 'GET';
   // The target as undici sends it: the URL's path and query.
   const { pathname, search } = new URL(url);
-  const headers = signedIdentityHeaders(init.identity, { method, target: pathname + search, requestId: init.requestId ?? '' }, init.sign);
+  const headers = signedIdentityHeaders(init.identity, { audience: init.audience, method, target: pathname + search, requestId: init.requestId ?? '' }, init.sign);
   if (init.body !== undefined) headers['content-type'] = 'application/json';
   if (init.requestId) headers[HEADER.requestId] = init.requestId;
   if (init.propagate) propagation.inject(context.active(), headers);

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { hideUrlPasswords } from '../../otel/redact-url';
-import { keyMaterialProblem, SIGNING_KEY_MIN_LENGTH } from '../../src/gateway-signature';
+import { keyMaterialProblem, SERVICE_KEY_PATTERN, SIGNING_KEY_MIN_LENGTH } from '../../src/gateway-signature';
 import { serviceOrigin } from '../../src/service-origin';
 
 /**
@@ -21,6 +21,11 @@ const common = {
    * GATEWAY_SIGNING_KEY.
    */
   GATEWAY_SIGNING_KEY_ACCEPTED: z.string().min(SIGNING_KEY_MIN_LENGTH, `must be at least ${SIGNING_KEY_MIN_LENGTH} characters`).optional(),
+  /**
+   * The name the gateway's config gives this service (its key in `services`): only signatures the gateway made for
+   * it are believed. Default the service's own key (`users`, `orders`, `notifications`), as the shipped configs name them.
+   */
+  GATEWAY_SIGNATURE_AUDIENCE: z.string().regex(SERVICE_KEY_PATTERN, 'must be a service name of the gateway config (lower case letters, digits and dashes, starting with a letter)').optional(),
 };
 /**
  * A port: decimal digits, 0-65535 (0: any free one). Coerced with Number() before, `"   "` was 0 (a random port, so

@@ -1,5 +1,6 @@
 import type Koa from 'koa';
 import { createLogger, type Logger } from '../../otel/logger';
+import { SIGNATURE_AUDIENCE } from '../../otel/wire-names';
 import { runServer } from '../../otel/lifecycle';
 import { continueTraceContextOnlyWhen, isTelemetryActive, shutdownTelemetry, startPropagation, traceContextByHand, type TraceContextByHand } from '../../otel/telemetry';
 import { createRejectedRequestDuration } from './rejected-request-duration';
@@ -47,7 +48,7 @@ export async function startService<K extends ServiceKey>(
   } else {
     // A request the gateway did not sign is refused (createServiceApp), and its span starts a trace of its own:
     // a peer's forged traceparent must not record a 401 inside someone else's trace.
-    continueTraceContextOnlyWhen(signedByGateway(env.GATEWAY_SIGNING_KEY, env.GATEWAY_SIGNING_KEY_ACCEPTED));
+    continueTraceContextOnlyWhen(signedByGateway(env.GATEWAY_SIGNING_KEY, env.GATEWAY_SIGNING_KEY_ACCEPTED, env.GATEWAY_SIGNATURE_AUDIENCE ?? SIGNATURE_AUDIENCE[service]));
   }
   // W3C Trace Context: a participant that receives a valid traceparent MUST propagate it. With telemetry on, the
   // http, undici and grpc instrumentations continue a request's trace context and pass it on; with it off

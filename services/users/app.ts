@@ -2,7 +2,7 @@ import Router from '@koa/router';
 import type Koa from 'koa';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
-import { CREDENTIAL_LIMITS, SERVICE_NAME } from '../../otel/wire-names';
+import { CREDENTIAL_LIMITS, SERVICE_NAME, SIGNATURE_AUDIENCE } from '../../otel/wire-names';
 import { callerId } from '../shared/input-limits';
 import { createServiceApp, requireCaller, ServiceError, USER_CHALLENGE, validBody, validParam } from '../shared/service-app';
 import { DuplicateEmailError, UserStore, UserStoreFullError } from './user-store';
@@ -17,6 +17,8 @@ export interface UsersAppOptions {
   signingKey?: string;
   /** Another key whose signatures are accepted too (service-app.ts `acceptedSigningKey`). */
   acceptedSigningKey?: string;
+  /** The name the gateway's config gives this service (service-app.ts `signatureAudience`); default `users`. */
+  signatureAudience?: string;
 }
 
 /**
@@ -85,5 +87,5 @@ export async function createApp(options: UsersAppOptions): Promise<Koa> {
     ctx.body = { id: user.id, email: user.email, role: user.role };
   });
 
-  return createServiceApp({ serviceName: SERVICE_NAME.users, logger: options.logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey });
+  return createServiceApp({ serviceName: SERVICE_NAME.users, logger: options.logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey, signatureAudience: options.signatureAudience ?? SIGNATURE_AUDIENCE.users });
 }

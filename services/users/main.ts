@@ -9,5 +9,5 @@ void startService('users', SERVICE_NAME.users, (env, logger) => {
   if (seedDemoAccounts) {
     logger.warn('demo accounts seeded (development only; NODE_ENV=production seeds none)', { accounts: DEMO_ACCOUNTS.map((account) => `${account.email} (${account.role})`) });
   }
-  return createApp({ logger, seedDemoAccounts, signingKey: env.GATEWAY_SIGNING_KEY, acceptedSigningKey: env.GATEWAY_SIGNING_KEY_ACCEPTED });
+  return createApp({ logger, seedDemoAccounts, signingKey: env.GATEWAY_SIGNING_KEY, acceptedSigningKey: env.GATEWAY_SIGNING_KEY_ACCEPTED, signatureAudience: env.GATEWAY_SIGNATURE_AUDIENCE });
 });

@@ -105,7 +105,7 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
       underscores: options.underscores,
       forwardAuthorization: route.forwardAuthorization,
       sign: options.sign,
-      request: { method: 'POST', target: binding.method.path },
+      request: { audience: route.service, method: 'POST', target: binding.method.path },
       strippedPrefix: route.strippedPrefix,
     });
     const metadata = metadataFromHeaders(upstreamHeaders);

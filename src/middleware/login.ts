@@ -4,7 +4,7 @@ import { context, type Tracer } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
 import { request, type Dispatcher } from 'undici';
 import type { Logger } from '../../otel/logger';
-import { CREDENTIAL_LIMITS, HEADER, LOG_FIELD, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
+import { CREDENTIAL_LIMITS, HEADER, LOG_FIELD, SIGNATURE_AUDIENCE, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
 import type { AuthenticatedUser } from '../context';
 import { DEFAULT_RETRY_AFTER_SECONDS, GatewayError, invalidJsonBody, isGatewayError, toGatewayError, upstreamFailure, type ErrorCode } from '../errors';
 import type { TokenService } from '../tokens';
@@ -251,8 +251,8 @@ export function createLogin(options: LoginOptions): Middleware[] {
           'content-type': 'application/json',
           [HEADER.requestId]: ctx.state.requestId,
           ...traceHeaders(span, context.active()),
-          // No one is signed in yet: the signature says only that the gateway asks.
-          ...(options.sign && { [HEADER.gatewaySignature]: options.sign({ method: 'POST', target: CREDENTIALS_CHECK_PATH, requestId: ctx.state.requestId }, ['', '', '', '']) }),
+          // No one is signed in yet: the signature says only that the gateway asks (user-service, config `services.users`).
+          ...(options.sign && { [HEADER.gatewaySignature]: options.sign({ audience: SIGNATURE_AUDIENCE.users, method: 'POST', target: CREDENTIALS_CHECK_PATH, requestId: ctx.state.requestId }, ['', '', '', '']) }),
         },
         body: JSON.stringify(credentials),
         signal: AbortSignal.timeout(timeoutMs),

@@ -198,7 +198,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       rules: requestRules && ((filtered) => requestRules(filtered, ctx)),
       isRuleTwin: rules?.isRequestRuleTwin,
       sign: options.sign,
-      request: { method: req.method!, target },
+      request: { audience: route.service, method: req.method!, target },
     });
     injectTraceHeaders(exchange.span, parent, headers);
     // The cache's stale copy, asked about (src/middleware/cache.ts): only on a request without conditions of its own.

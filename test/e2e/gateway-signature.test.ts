@@ -73,19 +73,42 @@ describe('services answer only what the gateway signed', () => {
   });
 
   it("refuses a signature made with another key, and Bob's real signature with Alice's role", async () => {
-    const forged = createGatewaySigner('a-key-that-is-not-the-gateways-but-long-enough')({ method: 'GET', target: '/users', requestId: '' }, ALICE);
+    const forged = createGatewaySigner('a-key-that-is-not-the-gateways-but-long-enough')({ audience: 'users', method: 'GET', target: '/users', requestId: '' }, ALICE);
     expect((await fetch(`${users}/users`, { headers: { ...identityHeaders(ALICE), [HEADER.gatewaySignature]: forged } })).status).toBe(401);
-    const bobs = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'GET', target: '/users', requestId: '' }, BOB);
+    const bobs = createGatewaySigner(TEST_SIGNING_KEY)({ audience: 'users', method: 'GET', target: '/users', requestId: '' }, BOB);
     const promoted = await fetch(`${users}/users`, { headers: { ...identityHeaders(BOB), [HEADER.userRole]: 'admin', [HEADER.gatewaySignature]: bobs } });
     expect(promoted.status).toBe(401);
     // The control: the request with the signature the gateway would give it is answered.
-    const bobsProfile = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'GET', target: '/users/2', requestId: '' }, BOB);
+    const bobsProfile = createGatewaySigner(TEST_SIGNING_KEY)({ audience: 'users', method: 'GET', target: '/users/2', requestId: '' }, BOB);
     const honest = await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: bobsProfile } });
     expect(honest.status).toBe(200);
   });
 
+  // What the gateway sends any upstream (a partner's service behind a route, one that logs its headers) was good on
+  // every service answering the same method and target: an order created as Bob, with any body, for five minutes.
+  it.each([
+    ['order-service', () => orders, 'orders', { method: 'POST', target: '/orders', body: JSON.stringify({ items: [{ sku: 'replayed', quantity: 99 }] }) }],
+    ['user-service', () => users, 'users', { method: 'GET', target: '/users/2', body: undefined }],
+    ['notification-service', () => notifications, 'notifications', { method: 'GET', target: '/notifications', body: undefined }],
+  ])('%s refuses a signature the gateway made for another service, and takes the one made for it', async (_name, origin, own, { method, target, body }) => {
+    const requestId = `audience-${own}`;
+    const headers = (audience: string) => ({
+      ...identityHeaders(BOB),
+      [HEADER.requestId]: requestId,
+      'content-type': 'application/json',
+      [HEADER.gatewaySignature]: createGatewaySigner(TEST_SIGNING_KEY)({ audience, method, target, requestId }, BOB),
+    });
+    for (const other of ['partner', own === 'orders' ? 'users' : 'orders']) {
+      const replayed = await fetch(`${origin()}${target}`, { method, headers: headers(other), body });
+      expect(replayed.status).toBe(401);
+      expect(await replayed.json()).toMatchObject({ code: 'gateway_signature_invalid', detail: expect.stringMatching(/mismatch/) });
+    }
+    const signed = await fetch(`${origin()}${target}`, { method, headers: headers(own), body });
+    expect(signed.status).toBe(method === 'POST' ? 201 : 200);
+  });
+
   it('refuses a signature older than five minutes', async () => {
-    const old = createGatewaySigner(TEST_SIGNING_KEY, () => Date.now() - 6 * 60_000)({ method: 'GET', target: '/users/2', requestId: '' }, BOB);
+    const old = createGatewaySigner(TEST_SIGNING_KEY, () => Date.now() - 6 * 60_000)({ audience: 'users', method: 'GET', target: '/users/2', requestId: '' }, BOB);
     const reply = await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: old } });
     expect(reply.status).toBe(401);
     expect(((await reply.json()) as { detail: string }).detail).toMatch(/expired/);
@@ -103,16 +126,19 @@ describe('services answer only what the gateway signed', () => {
     const sign = createGatewaySigner(TEST_SIGNING_KEY);
     const unsigned = createNotificationsGrpcClient(grpcUrl, undefined);
     // A signature the gateway made for a ListNotifications call, carried on a CreateNotification one.
-    const listing = { method: 'POST', target: `/${NOTIFICATIONS_SERVICE}/ListNotifications` };
+    const listing = { audience: 'notifications', method: 'POST', target: `/${NOTIFICATIONS_SERVICE}/ListNotifications` };
     const replaying = createNotificationsGrpcClient(grpcUrl, (request, values) => sign({ ...listing, requestId: request.requestId }, values));
+    // The same call, signed for another service.
+    const elsewhere = createNotificationsGrpcClient(grpcUrl, (request, values) => sign({ ...request, audience: 'orders' }, values));
     const signed = createNotificationsGrpcClient(grpcUrl, sign);
     try {
       const event = { userId: '2', type: 'forged', message: 'not from the gateway', orderId: '' };
       await expect(unsigned.create(event, 'sig-test', BOB)).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
       await expect(replaying.create(event, 'sig-test', BOB)).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+      await expect(elsewhere.create(event, 'sig-test', BOB)).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
       await expect(signed.create({ ...event, type: 'signed' }, 'sig-test', BOB)).resolves.toBeUndefined();
     } finally {
-      for (const client of [unsigned, replaying, signed]) client.close();
+      for (const client of [unsigned, replaying, elsewhere, signed]) client.close();
     }
   });
 });
@@ -170,10 +196,10 @@ describe('a rotation of the signing key (GATEWAY_SIGNING_KEY_ACCEPTED)', () => {
   });
 
   it('still refuses a signature made with any other key', async () => {
-    const forged = createGatewaySigner('a-third-key-that-is-neither-but-long-enough')({ method: 'GET', target: '/users/2', requestId: '' }, BOB);
+    const forged = createGatewaySigner('a-third-key-that-is-neither-but-long-enough')({ audience: 'users', method: 'GET', target: '/users/2', requestId: '' }, BOB);
     expect((await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: forged } })).status).toBe(401);
     for (const key of [OLD, NEW]) {
-      const signed = createGatewaySigner(key)({ method: 'GET', target: '/users/2', requestId: '' }, BOB);
+      const signed = createGatewaySigner(key)({ audience: 'users', method: 'GET', target: '/users/2', requestId: '' }, BOB);
       expect((await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: signed } })).status).toBe(200);
     }
   });
@@ -236,7 +262,7 @@ describe('what a service records for a request the gateway did not sign', () => 
   it('still continues a signed request’s trace and logs it under the request id the gateway sent', async () => {
     const caller = newTrace();
     const requestId = `signed-${caller.traceId}`;
-    const signature = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'GET', target: '/users/2', requestId }, BOB);
+    const signature = createGatewaySigner(TEST_SIGNING_KEY)({ audience: 'users', method: 'GET', target: '/users/2', requestId }, BOB);
     const reply = await fetch(`${users.url}/users/2`, {
       headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: signature, traceparent: `00-${caller.traceId}-${caller.parentId}-01`, [HEADER.requestId]: requestId, baggage: `request.id=${requestId}` },
     });
@@ -294,7 +320,7 @@ describe('what notification-service records for a gRPC call the gateway did not 
 
   it.each([
     ['no signature', () => ({})],
-    ['a signature made with another key', () => ({ [HEADER.gatewaySignature]: createGatewaySigner('a-key-that-is-not-the-gateways-but-long-enough')({ method: 'POST', target: path, requestId: '' }, BOB) })],
+    ['a signature made with another key', () => ({ [HEADER.gatewaySignature]: createGatewaySigner('a-key-that-is-not-the-gateways-but-long-enough')({ audience: 'notifications', method: 'POST', target: path, requestId: '' }, BOB) })],
   ])('logs its refusal (%s) under a new request id and in a new trace, neither the forged one', async (_desc, signature) => {
     const forged = newTrace();
     const forgedId = `forged-${forged.traceId}`;
@@ -318,7 +344,7 @@ describe('what notification-service records for a gRPC call the gateway did not 
   it('still continues a signed call’s trace and logs it under the request id the gateway sent', async () => {
     const caller = newTrace();
     const requestId = `signed-${caller.traceId}`;
-    const signature = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'POST', target: path, requestId }, BOB);
+    const signature = createGatewaySigner(TEST_SIGNING_KEY)({ audience: 'notifications', method: 'POST', target: path, requestId }, BOB);
     const code = await call({ ...identityHeaders(BOB), [HEADER.gatewaySignature]: signature, traceparent: `00-${caller.traceId}-${caller.parentId}-01`, [HEADER.requestId]: requestId, baggage: `request.id=${requestId}` });
     // Signed, so past the signature: the empty message is what it refuses.
     expect(code).toBe(grpc.status.INVALID_ARGUMENT);

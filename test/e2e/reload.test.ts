@@ -292,7 +292,8 @@ describe('config reload (one process)', () => {
     const signedWith: (string | undefined)[] = [];
     beforeAll(async () => {
       keyed = http.createServer((req, res) => {
-        const target = { method: req.method!, target: req.url! };
+        // Signed for the route's service, or for user-service (the login's credential check, sent here too).
+        const target = { audience: req.url === '/internal/credentials/verify' ? 'users' : 'keyed', method: req.method!, target: req.url! };
         signedWith.push([OLD, NEW].find((keys) => verifyGatewaySignature(keys.signingKey, target, (name) => req.headers[name]) === undefined)?.signingKey);
         // The login's credential check, for the test with a generated secret (tokens it makes cannot be signed here).
         if (req.url === '/internal/credentials/verify') return void res.setHeader('content-type', 'application/json').end(JSON.stringify({ id: '7', email: 'grace@example.com', role: 'user' }));

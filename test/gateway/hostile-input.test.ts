@@ -211,8 +211,8 @@ describe('hostile input at the gateway', () => {
       const expected = [...alwaysWritten, ...(identity ? Object.keys(identity) : [])];
       expect(owned.sort()).toEqual(expected.sort());
       if (identity) expect(seen.headers).toMatchObject(identity);
-      // The gateway's signature, over exactly the identity the service saw (none on the public route).
-      expect(verifyGatewaySignature(TEST_SIGNING_KEY, { method: seen.method, target: seen.url }, (name) => seen.headers[name])).toBeUndefined();
+      // The gateway's signature, over exactly the identity the service saw (none on the public route), for user-service.
+      expect(verifyGatewaySignature(TEST_SIGNING_KEY, { audience: 'users', method: seen.method, target: seen.url }, (name) => seen.headers[name])).toBeUndefined();
       const stamped = Date.parse(String(seen.headers[HEADER.gatewayTimestamp]));
       expect(Math.abs(Date.now() - stamped)).toBeLessThan(60_000);
       for (const [name, value] of Object.entries(forged)) {

@@ -410,7 +410,7 @@ describe('order-service with telemetry off (the built service, as a process)', (
       });
       // Well formed (isWellFormedRequestId): order-service mints its own for any other, and calls on under that.
       const requestId = `trace-off-${notified.includes('gRPC') ? 'grpc' : 'http'}`;
-      const signature = createGatewaySigner(TEST_SIGNING_KEY)({ method: 'POST', target: '/orders', requestId }, ALICE_SIGNED);
+      const signature = createGatewaySigner(TEST_SIGNING_KEY)({ audience: 'orders', method: 'POST', target: '/orders', requestId }, ALICE_SIGNED);
       const response = await fetch(`${orders.url}/orders`, {
         method: 'POST',
         headers: { ...identityHeaders(ALICE), [HEADER.gatewaySignature]: signature, [HEADER.requestId]: requestId, 'content-type': 'application/json', ...CALLER_TRACE },

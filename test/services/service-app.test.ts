@@ -18,7 +18,7 @@ describe('the services\' shared app', () => {
     router.get('/busy', () => {
       throw new ServiceError(503, 'dependency_unavailable', 'The other service is unavailable; try again.');
     });
-    server = await listen(createServiceApp({ serviceName: 'test-service', logger, router }).callback());
+    server = await listen(createServiceApp({ serviceName: 'test-service', logger, router, signatureAudience: 'test' }).callback());
   });
   afterAll(() => server.close());
 

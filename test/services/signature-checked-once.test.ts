@@ -26,9 +26,9 @@ describe('the gateway signature in a service with telemetry on', () => {
   beforeAll(async () => {
     const router = new Router();
     router.get('/things/:id', (ctx) => void (ctx.body = { id: ctx.params.id }));
-    const app = createServiceApp({ serviceName: 'test-service', logger, router, signingKey: TEST_SIGNING_KEY });
+    const app = createServiceApp({ serviceName: 'test-service', logger, router, signingKey: TEST_SIGNING_KEY, signatureAudience: 'test' });
     // As the http instrumentation does: the trace context check first, then the app.
-    const continuesTraceContext = signedByGateway(TEST_SIGNING_KEY);
+    const continuesTraceContext = signedByGateway(TEST_SIGNING_KEY, undefined, 'test');
     const handle = app.callback();
     server = await listen((request, response) => {
       continued.push(continuesTraceContext(request));
@@ -44,7 +44,7 @@ describe('the gateway signature in a service with telemetry on', () => {
     verify.mockClear();
     const sent = `svc-signed-${signed}`;
     const identity = ['7', 'user', 'seven@example.com', ''] as unknown as SignedValues;
-    const headers = { [HEADER.requestId]: sent, ...signedIdentityHeaders(identity, { method: 'GET', target: '/things/1', requestId: sent }, signed ? createGatewaySigner(TEST_SIGNING_KEY) : undefined) };
+    const headers = { [HEADER.requestId]: sent, ...signedIdentityHeaders(identity, { audience: 'test', method: 'GET', target: '/things/1', requestId: sent }, signed ? createGatewaySigner(TEST_SIGNING_KEY) : undefined) };
     const response = await fetch(`${server.url}/things/1`, { headers });
     await response.arrayBuffer();
     expect(response.status).toBe(status);

@@ -11,10 +11,13 @@ import { TEST_SIGNING_KEY } from '../helpers/test-config';
  * included. Before, one was accepted on every service, path and method for five minutes.
  */
 
-/** The headers a service received that a replay reuses: the identity and the signature, nothing else. */
+/**
+ * The headers a service received that a replay reuses: the identity, the request id and the signature, everything the
+ * signature covers but the request line (without the request id, every replay failed on it alone, whatever it tried).
+ */
 function signedHeadersOf(seen: RecordedRequest): Record<string, string> {
   const replay: Record<string, string> = {};
-  for (const name of [HEADER.userId, HEADER.userRole, HEADER.userEmail, HEADER.consumerId, HEADER.gatewaySignature]) {
+  for (const name of [HEADER.userId, HEADER.userRole, HEADER.userEmail, HEADER.consumerId, HEADER.requestId, HEADER.gatewaySignature]) {
     const value = seen.headers[name];
     if (typeof value === 'string') replay[name] = value;
   }
@@ -51,6 +54,8 @@ describe('a gateway signature is good for its own request only', () => {
     { desc: "Bob's listing signature, to user-service's password check", service: 'users', method: 'POST', path: '/internal/credentials/verify', signed: () => bobsListing, body: alicesPassword },
     { desc: "Bob's listing signature, to another service's path (GET /users/2)", service: 'users', method: 'GET', path: '/users/2', signed: () => bobsListing },
     { desc: "Bob's listing signature, to the same path with another query", service: 'notifications', method: 'GET', path: '/notifications?page=2', signed: () => bobsListing },
+    // The same method and target on another service: the signature named no service, and user-service took it.
+    { desc: "Bob's listing signature, to the same request on another service (user-service's GET /notifications)", service: 'users', method: 'GET', path: '/notifications', signed: () => bobsListing },
     { desc: "Bob's listing signature, to order-service (GET /orders)", service: 'orders', method: 'GET', path: '/orders', signed: () => bobsListing },
     { desc: "Bob's listing signature, with another method (POST /orders)", service: 'orders', method: 'POST', path: '/orders', signed: () => bobsListing, body: JSON.stringify({ items: [{ sku: 'replayed', quantity: 1 }] }) },
     { desc: "a login's anonymous signature, to notification-service's POST /internal/notifications", service: 'notifications', method: 'POST', path: '/internal/notifications', signed: () => credentialCheck, body: toAlice },
@@ -73,15 +78,19 @@ describe('a gateway signature is good for its own request only', () => {
     expect(asSigned.status).toBe(200);
   });
 
-  // The release before's v2 signatures still verify (services are updated first), but they do not cover the request
-  // id: a service answers and logs such a request under an id of its own, not the one it names.
-  it('takes a v2 signature for its request, but not the request id beside it', async () => {
+  // The release before's v3 signatures (no service named) still verify, so that services can be updated first; v2
+  // ones (no request id) no longer do.
+  it('takes a v3 signature of the release before for its request, and no v2 one', async () => {
     const time = Math.floor(Date.now() / 1000);
     const values = [HEADER.userId, HEADER.userRole, HEADER.userEmail, HEADER.consumerId].map((name) => bobsListing[name] ?? '');
-    const mac = createHmac('sha256', TEST_SIGNING_KEY).update(`koa-gateway-signature-v2\n${time}\nGET\n/notifications\n${values.join('\n')}`).digest('base64url');
-    const reply = await fetch(`${stack.notifications.url}/notifications`, { headers: { ...bobsListing, [HEADER.gatewaySignature]: `t=${time},v2=${mac}`, [HEADER.requestId]: 'someone-elses-request' } });
+    const requestId = 'a-rolling-update';
+    const v3 = createHmac('sha256', TEST_SIGNING_KEY).update(`koa-gateway-signature-v3\n${time}\nGET\n/notifications\n${requestId}\n${values.join('\n')}`).digest('base64url');
+    const reply = await fetch(`${stack.notifications.url}/notifications`, { headers: { ...bobsListing, [HEADER.gatewaySignature]: `t=${time},v3=${v3}`, [HEADER.requestId]: requestId } });
     expect(reply.status).toBe(200);
-    expect(reply.headers.get(HEADER.requestId)).toMatch(/^[0-9a-f]{32}$/);
+    expect(reply.headers.get(HEADER.requestId)).toBe(requestId);
+    const v2 = createHmac('sha256', TEST_SIGNING_KEY).update(`koa-gateway-signature-v2\n${time}\nGET\n/notifications\n${values.join('\n')}`).digest('base64url');
+    const refused = await fetch(`${stack.notifications.url}/notifications`, { headers: { ...bobsListing, [HEADER.gatewaySignature]: `t=${time},v2=${v2}` } });
+    expect(refused.status).toBe(401);
   });
 
   it("writes nothing into Alice's feed through a replayed signature", async () => {

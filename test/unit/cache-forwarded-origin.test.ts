@@ -30,7 +30,7 @@ describe('the cache key of the forwarding headers', () => {
 
   /** What the service is sent of the forwarding family, as the key may see it (client addresses left out). */
   function forwardedToService(ctx: Koa.Context): string {
-    const sent = upstreamHeadersFor(ctx, 'service:8080', { underscores: 'drop', forwardAuthorization: false, strippedPrefix: '/api', request: { method: 'GET', target: '/items' } });
+    const sent = upstreamHeadersFor(ctx, 'service:8080', { underscores: 'drop', forwardAuthorization: false, strippedPrefix: '/api', request: { audience: 'items', method: 'GET', target: '/items' } });
     return Object.keys(sent)
       .filter((name) => isForwardingHeader(name) && name !== 'x-forwarded-for')
       .sort()

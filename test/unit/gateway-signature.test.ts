@@ -1,7 +1,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { HEADER } from '../../otel/wire-names';
-import { createGatewaySigner, isGuessableSecret, SIGNATURE_MAX_AGE_SECONDS, SIGNED_HEADERS, verifyGatewaySignature, type RequestLine, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
+import { createGatewaySigner, isGuessableSecret, SIGNATURE_MAX_AGE_SECONDS, SIGNED_HEADERS, verifyGatewaySignature, type AddressedRequest, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 
 const KEY = 'k'.repeat(16) + 'unit-test-signing-key';
 const NOW = Date.UTC(2026, 11, 2, 10, 0, 0);
@@ -21,9 +21,9 @@ function received(values: SignedValues, signature: string, requestId = REQUEST.r
 }
 
 /** The request the signatures below are made for, unless a test says otherwise. */
-const REQUEST: SignedRequest = { method: 'GET', target: '/notifications', requestId: 'f3a9c2d1e4b5a6978877665544332211' };
+const REQUEST: SignedRequest = { audience: 'notifications', method: 'GET', target: '/notifications', requestId: 'f3a9c2d1e4b5a6978877665544332211' };
 
-const verify = (headers: Record<string, string | string[]>, now = NOW, key = KEY, request: RequestLine = REQUEST) => verifyGatewaySignature(key, request, (name) => headers[name], now);
+const verify = (headers: Record<string, string | string[]>, now = NOW, key = KEY, request: AddressedRequest = REQUEST) => verifyGatewaySignature(key, request, (name) => headers[name], now);
 
 describe('the gateway signature', () => {
   it('verifies for every identity the gateway signs (generated)', () => {
@@ -76,12 +76,14 @@ describe('the gateway signature', () => {
     ['empty', '', 'malformed'],
     ['without a time', `v3=${'A'.repeat(43)}`, 'malformed'],
     ['in the format before the request was signed (v1)', `t=${NOW / 1000},v1=${'A'.repeat(43)}`, 'malformed'],
-    ['a well-formed v2 forgery (the format before the request id was signed)', `t=${NOW / 1000},v2=${'A'.repeat(43)}`, 'mismatch'],
-    ['a short MAC', `t=${NOW / 1000},v3=${'A'.repeat(42)}`, 'malformed'],
-    ['padding after the MAC', `t=${NOW / 1000},v3=${'A'.repeat(43)} `, 'malformed'],
-    ['a second version', `t=${NOW / 1000},v3=${'A'.repeat(43)},v4=x`, 'malformed'],
-    ['sent twice', [`t=${NOW / 1000},v3=${'A'.repeat(43)}`, `t=${NOW / 1000},v3=${'A'.repeat(43)}`], 'malformed'],
-    ['a well-formed forgery', `t=${NOW / 1000},v3=${'A'.repeat(43)}`, 'mismatch'],
+    ['in the format before the request id was signed (v2)', `t=${NOW / 1000},v2=${'A'.repeat(43)}`, 'malformed'],
+    ['a well-formed v3 forgery (the format before the service was signed)', `t=${NOW / 1000},v3=${'A'.repeat(43)}`, 'mismatch'],
+    ['a short MAC', `t=${NOW / 1000},v4=${'A'.repeat(42)}`, 'malformed'],
+    ['padding after the MAC', `t=${NOW / 1000},v4=${'A'.repeat(43)} `, 'malformed'],
+    ['a second version', `t=${NOW / 1000},v4=${'A'.repeat(43)},v3=x`, 'malformed'],
+    ['a later version', `t=${NOW / 1000},v5=${'A'.repeat(43)}`, 'malformed'],
+    ['sent twice', [`t=${NOW / 1000},v4=${'A'.repeat(43)}`, `t=${NOW / 1000},v4=${'A'.repeat(43)}`], 'malformed'],
+    ['a well-formed forgery', `t=${NOW / 1000},v4=${'A'.repeat(43)}`, 'mismatch'],
   ] as const)('refuses a signature header %s', (_desc, header, problem) => {
     const headers: Record<string, string | string[]> = { [HEADER.userId]: '1', [HEADER.userRole]: 'admin' };
     if (header !== undefined) headers[HEADER.gatewaySignature] = header as string | string[];
@@ -96,12 +98,16 @@ describe('the gateway signature', () => {
   });
 
   it.each([
-    { desc: 'another method', request: { method: 'POST', target: '/notifications' } },
-    { desc: 'another path', request: { method: 'GET', target: '/internal/notifications' } },
-    { desc: 'another query', request: { method: 'GET', target: '/notifications?page=2' } },
-    { desc: 'the same path with a query it did not have', request: { method: 'GET', target: '/notifications?' } },
-    { desc: 'the method in another case', request: { method: 'get', target: '/notifications' } },
-    { desc: 'a gRPC method', request: { method: 'POST', target: '/koagateway.notifications.v1.Notifications/CreateNotification' } },
+    { desc: 'another method', request: { audience: 'notifications', method: 'POST', target: '/notifications' } },
+    { desc: 'another path', request: { audience: 'notifications', method: 'GET', target: '/internal/notifications' } },
+    { desc: 'another query', request: { audience: 'notifications', method: 'GET', target: '/notifications?page=2' } },
+    { desc: 'the same path with a query it did not have', request: { audience: 'notifications', method: 'GET', target: '/notifications?' } },
+    { desc: 'the method in another case', request: { audience: 'notifications', method: 'get', target: '/notifications' } },
+    { desc: 'a gRPC method', request: { audience: 'notifications', method: 'POST', target: '/koagateway.notifications.v1.Notifications/CreateNotification' } },
+    // A signature the gateway sent one service (a partner's behind a route, one that logs its headers) was good on
+    // every other answering the same method and target.
+    { desc: 'another service', request: { audience: 'orders', method: 'GET', target: '/notifications' } },
+    { desc: 'a service whose name begins with its service’s', request: { audience: 'notifications-v2', method: 'GET', target: '/notifications' } },
   ])('is good for its own request only: refused for $desc', ({ request }) => {
     const values: SignedValues = ['2', 'user', 'bob@example.com', ''];
     const headers = received(values, createGatewaySigner(KEY, () => NOW)(REQUEST, values));
@@ -110,8 +116,13 @@ describe('the gateway signature', () => {
   });
 
   it('does not let the target run into the identity: moving text between them is another signature', () => {
-    const signature = createGatewaySigner(KEY, () => NOW)({ method: 'GET', target: '/users/1', requestId: REQUEST.requestId }, ['2', 'user', '', '']);
-    expect(verify(received(['12', 'user', '', ''], signature), NOW, KEY, { method: 'GET', target: '/users/' })).toBe('mismatch');
+    const signature = createGatewaySigner(KEY, () => NOW)({ audience: 'users', method: 'GET', target: '/users/1', requestId: REQUEST.requestId }, ['2', 'user', '', '']);
+    expect(verify(received(['12', 'user', '', ''], signature), NOW, KEY, { audience: 'users', method: 'GET', target: '/users/' })).toBe('mismatch');
+  });
+
+  it('does not let the service run into the request line: moving text between them is another signature', () => {
+    const signature = createGatewaySigner(KEY, () => NOW)({ audience: 'users', method: 'GET', target: '/x', requestId: REQUEST.requestId }, ['2', 'user', '', '']);
+    expect(verify(received(['2', 'user', '', ''], signature), NOW, KEY, { audience: 'user', method: 'sGET', target: '/x' })).toBe('mismatch');
   });
 
   // Unsigned, the request id of a request captured on its way to a service could be replaced: the service logged
@@ -146,13 +157,16 @@ describe('the gateway signature', () => {
     }
   });
 
-  // A rolling update takes the services first: for this release they still take the gateway's v2 signatures.
-  it('verifies a v2 signature of the release before, over the request line and identity', () => {
+  // A rolling update takes the services first: for this release they still take the gateway's v3 signatures.
+  it('verifies a v3 signature of the release before, over the request line, request id and identity', () => {
     const values: SignedValues = ['2', 'user', 'bob@example.com', ''];
-    const v2 = createHmac('sha256', KEY).update(`koa-gateway-signature-v2\n${NOW / 1000}\n${REQUEST.method}\n${REQUEST.target}\n${values.join('\n')}`).digest('base64url');
-    expect(verify(received(values, `t=${NOW / 1000},v2=${v2}`))).toBeUndefined();
-    expect(verify(received(values, `t=${NOW / 1000},v2=${v2}`), NOW, KEY, { method: 'POST', target: REQUEST.target })).toBe('mismatch');
-    expect(verify(received(['1', 'admin', '', ''], `t=${NOW / 1000},v2=${v2}`))).toBe('mismatch');
+    const v3 = createHmac('sha256', KEY).update(`koa-gateway-signature-v3\n${NOW / 1000}\n${REQUEST.method}\n${REQUEST.target}\n${REQUEST.requestId}\n${values.join('\n')}`).digest('base64url');
+    expect(verify(received(values, `t=${NOW / 1000},v3=${v3}`))).toBeUndefined();
+    expect(verify(received(values, `t=${NOW / 1000},v3=${v3}`), NOW, KEY, { audience: REQUEST.audience, method: 'POST', target: REQUEST.target })).toBe('mismatch');
+    expect(verify(received(values, `t=${NOW / 1000},v3=${v3}`, 'another-request'))).toBe('mismatch');
+    expect(verify(received(['1', 'admin', '', ''], `t=${NOW / 1000},v3=${v3}`))).toBe('mismatch');
+    // The MAC of a v3 message under the v4 label is no v4 signature.
+    expect(verify(received(values, `t=${NOW / 1000},v4=${v3}`))).toBe('mismatch');
   });
 
   it('signs each request at its own time', () => {
@@ -179,11 +193,11 @@ describe('the gateway signature', () => {
     const unicode = fc.string({ unit: fc.constantFrom('a', 'é', '€', '😀', ' ', '~'), maxLength: 12 });
     fc.assert(
       fc.property(fc.tuple(unicode, headerValue, unicode, headerValue), unicode, (values, path) => {
-        const request = { method: 'GET', target: `/users/${path}`, requestId: REQUEST.requestId };
+        const request = { audience: 'users', method: 'GET', target: `/users/${path}`, requestId: REQUEST.requestId };
         const expected = createHmac('sha256', key)
-          .update(`koa-gateway-signature-v3\n${NOW / 1000}\n${request.method}\n${request.target}\n${request.requestId}\n${values.join('\n')}`)
+          .update(`koa-gateway-signature-v4\n${NOW / 1000}\n${request.audience}\n${request.method}\n${request.target}\n${request.requestId}\n${values.join('\n')}`)
           .digest('base64url');
-        return sign(request, values) === `t=${NOW / 1000},v3=${expected}` && verifyGatewaySignature(key, request, (name) => received(values, sign(request, values))[name], NOW) === undefined;
+        return sign(request, values) === `t=${NOW / 1000},v4=${expected}` && verifyGatewaySignature(key, request, (name) => received(values, sign(request, values))[name], NOW) === undefined;
       }),
       { seed: 20261203, numRuns: 100 },
     );
