@@ -19,7 +19,17 @@ export interface ProblemBody {
   instance: string;
 }
 
-export function problemBody(error: GatewayError, requestId: string, instance: string): ProblemBody {
+/**
+ * Longest `instance` written, characters: the path a 414 refuses may be up to the 16 KiB request line, and every error
+ * body quoted all of it back (a 3,000-character path made a 3,230-byte body); past this, the path's start and `...`.
+ */
+export const MAX_INSTANCE_LENGTH = 256;
+
+/** The first half of a surrogate pair: a cut after it would leave half a character. */
+const isHighSurrogate = (code: number) => code >= 0xd800 && code <= 0xdbff;
+
+export function problemBody(error: GatewayError, requestId: string, path: string): ProblemBody {
+  const instance = path.length > MAX_INSTANCE_LENGTH ? `${path.slice(0, isHighSurrogate(path.charCodeAt(MAX_INSTANCE_LENGTH - 1)) ? MAX_INSTANCE_LENGTH - 1 : MAX_INSTANCE_LENGTH)}...` : path;
   return {
     type: `urn:koa-gateway:problem:${error.code}`,
     title: error.title,
