@@ -80,6 +80,13 @@ interface Exchange {
   uploadOutlivedDeadline?: boolean;
   upstreamAborted?: boolean;
   /**
+   * The service's body broke HTTP's framing after its head was forwarded (a bad chunk, a Content-Length among its
+   * trailers: the parser refused it): one endpoint's answer, as a malformed head is, not a lost connection. Read as
+   * one, it was logged as the service closing the connection, without the parser's words, and counted against the
+   * instance: three such answers ejected the whole service.
+   */
+  malformedBody?: boolean;
+  /**
    * The exchange failed while the gateway held the service's answer back because the client read it slower: a
    * service closes a connection it has finished writing to once it sits idle (Node's keep-alive timeout, 5 s), and
    * undici then fails the paused answer. The client's doing, never counted against the instance.
@@ -611,7 +618,8 @@ export function createProxy(options: ProxyOptions): Middleware {
                 return void cutResponse(ctx);
               }
               exchange.upstreamAborted = true;
-              cutStartedResponse(exchange.timedOut ? 'upstream_timeout' : 'upstream_reset');
+              if (!exchange.timedOut && parserRefused(failure)) exchange.malformedBody = true;
+              cutStartedResponse(exchange.timedOut ? 'upstream_timeout' : exchange.malformedBody ? 'upstream_bad_response' : 'upstream_reset');
             }
           },
         },
@@ -766,6 +774,7 @@ export function createProxy(options: ProxyOptions): Middleware {
         case 'connections_closed':
           throw new GatewayError('upstream_unavailable', `The gateway's connections to the ${route.service} service were replaced by a config reload while this request waited; try again.`, { cause: exchange.failure });
         case 'bad_response': {
+          if (exchange.malformedBody) throw new GatewayError('upstream_bad_response', `The ${route.service} service sent a body the gateway could not read past (its response was cut).`, { cause: exchange.failure });
           const malformed = exchange.failure && malformedHeaderFields(exchange.failure);
           if (malformed) throw new GatewayError('upstream_bad_response', `The ${route.service} service answered with header fields the gateway cannot forward.`, { cause: exchange.failure });
           if (exchange.badResponse === undefined) throw upstreamFailure(route.service, exchange.failure);
@@ -1057,6 +1066,7 @@ function outcomeOf(exchange: Exchange): UpstreamOutcome {
   if (exchange.bodyTooSlow || exchange.bodyStalled || exchange.uploadOutlivedDeadline) return 'body_too_slow';
   if (exchange.deadlineExceeded) return 'deadline';
   if (exchange.timedOut) return exchange.waitedForConnection ? 'no_connection' : 'timeout';
+  if (exchange.malformedBody) return 'bad_response';
   if (exchange.upstreamAborted) return 'aborted_by_upstream';
   if (exchange.heldForClient) return 'client_backed_up';
   if (exchange.clientClosed) return 'client_closed';
@@ -1105,6 +1115,12 @@ function headersOverflow(failure: Error): boolean {
  * mismatch instead (lib/dispatcher/client-h1.js createError), though no body was read: before any status reached
  * the handler, that is the head's fault too. Undefined when the failure is not one of these.
  */
+/** Whether undici's parser refused what the service sent (llhttp's `HPE_*`, or a Content-Length it would not take). */
+function parserRefused(failure: Error): boolean {
+  const { code, name } = failure as NodeJS.ErrnoException;
+  return name === 'HTTPParserError' || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH';
+}
+
 function malformedHeaderFields(failure: Error): string | undefined {
   const { code, name, message } = failure as NodeJS.ErrnoException;
   if (code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH') return 'a Content-Length its parser refused';
