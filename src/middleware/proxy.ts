@@ -1104,6 +1104,17 @@ function headersOverflow(failure: Error): boolean {
 }
 
 /**
+ * Whether undici's parser refused what the service sent (llhttp's `HPE_*`): not what it reports when the connection
+ * ends a response that was to close it (`Connection: close`, HTTP/1.0) before its end, a body shorter than its
+ * Content-Length (`UND_ERR_RES_CONTENT_LENGTH_MISMATCH`) or a chunked one cut (`HPE_UNEXPECTED_EOF`, "Invalid EOF
+ * state"): that is a lost connection (a worker killed mid-answer), counted against the instance as a reset.
+ */
+function parserRefused(failure: Error): boolean {
+  const { code, name, message } = failure as NodeJS.ErrnoException;
+  return name === 'HTTPParserError' && code !== 'HPE_UNEXPECTED_EOF' && !message.includes('Invalid EOF state');
+}
+
+/**
  * A status line the parser read, then header fields it refused: a framing it must not guess at (Content-Length
  * beside Transfer-Encoding, two Content-Lengths that disagree, one that is no number, a transfer-coding list it
  * cannot parse) or a field that is not a token and a value. One endpoint's answer, as a header block over the limit
@@ -1115,12 +1126,6 @@ function headersOverflow(failure: Error): boolean {
  * mismatch instead (lib/dispatcher/client-h1.js createError), though no body was read: before any status reached
  * the handler, that is the head's fault too. Undefined when the failure is not one of these.
  */
-/** Whether undici's parser refused what the service sent (llhttp's `HPE_*`, or a Content-Length it would not take). */
-function parserRefused(failure: Error): boolean {
-  const { code, name } = failure as NodeJS.ErrnoException;
-  return name === 'HTTPParserError' || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH';
-}
-
 function malformedHeaderFields(failure: Error): string | undefined {
   const { code, name, message } = failure as NodeJS.ErrnoException;
   if (code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH') return 'a Content-Length its parser refused';

@@ -19,6 +19,14 @@ describe('a service answer whose body breaks its framing', () => {
     '/notifications/trailer-content-length': 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nContent-Length: 99\r\n\r\n',
     '/notifications/bad-chunk': 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX\r\n0\r\n\r\n',
   };
+  /**
+   * Answers the service starts and never ends, closing the connection (a worker killed mid-answer): a response that
+   * was to close it anyway, whose cut undici reports as its parser's (a length mismatch, "Invalid EOF state").
+   */
+  const CUT: Record<string, string> = {
+    '/notifications/short-then-closed': 'HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nhalf',
+    '/notifications/chunks-then-closed': 'HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\n',
+  };
   const GOOD = 'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]';
 
   beforeAll(async () => {
@@ -26,6 +34,7 @@ describe('a service answer whose body breaks its framing', () => {
       socket.on('error', () => undefined);
       socket.on('data', (data) => {
         const target = /^[A-Z]+ (\S+) HTTP\/1\.1\r\n/.exec(data.toString('latin1'))?.[1] ?? '';
+        if (CUT[target]) return void socket.end(CUT[target]);
         socket.write(ANSWERS[target] ?? GOOD);
       });
     });
@@ -75,5 +84,16 @@ describe('a service answer whose body breaks its framing', () => {
   it('does not eject the service for it: its other answers are still served', async () => {
     for (let i = 0; i < 3; i++) expect((await get('/api/notifications/trailer-content-length')).cut).toBe(true);
     expect(await get('/api/notifications')).toMatchObject({ status: 200, cut: false });
+  });
+
+  // Last: it ejects the service. An answer cut by its connection's end is a lost connection, whatever undici calls it.
+  it('still counts an answer its connection cut (Content-Length unmet, chunks unended, Connection: close) as a reset, and ejects for it', async () => {
+    for (const path of ['/api/notifications/short-then-closed', '/api/notifications/chunks-then-closed']) {
+      const answer = await get(path);
+      expect(answer).toMatchObject({ status: 200, cut: true });
+      await waitFor(() => failedLine(answer.requestId) !== undefined, 'the request failed line');
+      expect(failedLine(answer.requestId)!.code).toBe('upstream_reset');
+    }
+    expect((await get('/api/notifications')).status).toBe(503);
   });
 });
