@@ -230,21 +230,9 @@ export function createLogin(options: LoginOptions): Middleware[] {
   }
 
   // After validation, so a malformed body costs the account nothing; before the check, so a limited
-  // account costs user-service nothing. Spent by wrong passwords only, from any client: counted for every attempt,
-  // right ones too, the owner's own logins (a script that signs in a dozen times in five minutes) locked the owner
-  // out. Attempts being checked hold a place, so no more are checked at once than the window has left.
+  // account costs user-service nothing. Counted for every attempt, right or wrong, from any client.
   async function limitLoginAccount(ctx: Context, next: () => Promise<void>) {
-    const account = options.accountKey(credentialsOf.get(ctx)!.email);
-    const letGo = await options.accountLimit.refuseIfSpent(ctx, account);
-    try {
-      await next();
-    } catch (error) {
-      if (isGatewayError(error) && error.code === 'invalid_credentials') await options.accountLimit.check(ctx, async () => {}, account);
-      throw error;
-    } finally {
-      // Counted (check let its place go), or not to be (a right password, the gateway's or the service's failure).
-      letGo();
-    }
+    await options.accountLimit.check(ctx, next, options.accountKey(credentialsOf.get(ctx)!.email));
   }
 
   async function login(ctx: Context) {

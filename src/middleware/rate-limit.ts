@@ -133,8 +133,8 @@ export interface RateLimiter {
    * spent only by some requests (failed authentications) that must still stop the next one before it costs anything.
    * The requests of `key` that passed it and are not counted yet count as spent: one that passes holds its place
    * until `check` counts it (under any key: the caller's, once authenticated) or it calls the function returned,
-   * which it must once it ends. A store that cannot answer refuses it under `onStoreFailure: 'reject'` (503, as `check`
-   * would: no `check` may follow, login's account limit counts wrong passwords only) and lets it pass otherwise.
+   * which it must once it ends. A store that cannot answer lets it pass (the `check` that follows applies the
+   * store-down policy).
    */
   refuseIfSpent(ctx: Context, key?: string): Promise<() => void>;
 }
@@ -280,13 +280,8 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
         if (!held) places.set(key, (held = { count: 0, waiting: [], peeking: 0, released: 0 }));
         held.peeking++;
         const releasedBefore = held.released;
-        let storeError: unknown;
-        const window = await counter.peek(key).catch((error: unknown) => void (storeError = error));
+        const window = await counter.peek(key).catch(() => undefined);
         held.peeking--;
-        if (storeError !== undefined && onStoreFailure === 'reject') {
-          if (unused(held)) places.delete(key);
-          await storeFailed(ctx, async () => {}, storeError);
-        }
         // A place let go while the store was asked was counted there before the ask or after it: its count is in the
         // answer or not, and it is no longer held either way. Taken as it came (Redis' answers come late, after the
         // counts of requests that ended meanwhile), requests sent at once had a fourth and fifth credential checked
