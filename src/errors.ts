@@ -163,6 +163,22 @@ export function toGatewayError(error: unknown): GatewayError {
 }
 
 /**
+ * Longest path an error quotes, characters: the path a 414 refuses may be up to the 16 KiB request line, and every
+ * error body quoted all of it back, as `instance` and again in a 404's or 403's detail (a 3,000-character path made a
+ * 3,230-byte body); past this, the path's start and `...`.
+ */
+export const MAX_QUOTED_PATH_LENGTH = 256;
+
+/** The first half of a surrogate pair: a cut after it would leave half a character. */
+const isHighSurrogate = (code: number) => code >= 0xd800 && code <= 0xdbff;
+
+/** A request's path as an error's text quotes it: whole up to MAX_QUOTED_PATH_LENGTH, else its start and `...`. */
+export function quotedPath(path: string): string {
+  if (path.length <= MAX_QUOTED_PATH_LENGTH) return path;
+  return `${path.slice(0, isHighSurrogate(path.charCodeAt(MAX_QUOTED_PATH_LENGTH - 1)) ? MAX_QUOTED_PATH_LENGTH - 1 : MAX_QUOTED_PATH_LENGTH)}...`;
+}
+
+/**
  * Translates a failed call to a service (proxy hop, login check, readiness probe) at the boundary, keeping
  * the cause: refused -> 502, timed out -> 504, anything else on the connection -> 502. The detail, which every
  * client is shown (upstream errors are exposed), says what happened in the client's terms; what only an operator

@@ -1,5 +1,5 @@
 import type { Middleware } from 'koa';
-import { GatewayError } from '../errors';
+import { GatewayError, quotedPath } from '../errors';
 import { DEFAULT_REALM } from './authenticate';
 
 export interface AuthorizeOptions {
@@ -25,7 +25,7 @@ export function createAuthorize(options: AuthorizeOptions = {}): Middleware {
     const role = user?.role ?? consumer?.role;
     if (roles && (role === undefined || !roles.has(role))) {
       const headers = user ? tokenChallenge : consumer ? keyChallenge : undefined;
-      throw new GatewayError('forbidden', `${ctx.method} ${ctx.path} needs the role ${[...roles].join(' or ')}.`, headers ? { headers } : undefined);
+      throw new GatewayError('forbidden', `${ctx.method} ${quotedPath(ctx.path)} needs the role ${[...roles].join(' or ')}.`, headers ? { headers } : undefined);
     }
     return next();
   };

@@ -2,7 +2,7 @@ import { trace } from '@opentelemetry/api';
 import type { Context, Middleware } from 'koa';
 import { HEADER, LOG_FIELD } from '../../otel/wire-names';
 import type { Logger } from '../../otel/logger';
-import { REQUEST_CAUSED_SERVER_ERRORS, toGatewayError, type GatewayError } from '../errors';
+import { quotedPath, REQUEST_CAUSED_SERVER_ERRORS, toGatewayError, type GatewayError } from '../errors';
 import { cannotAnswer, cutResponse } from '../response-closed';
 import { isHttp2Request } from './http2-requests';
 
@@ -19,17 +19,9 @@ export interface ProblemBody {
   instance: string;
 }
 
-/**
- * Longest `instance` written, characters: the path a 414 refuses may be up to the 16 KiB request line, and every error
- * body quoted all of it back (a 3,000-character path made a 3,230-byte body); past this, the path's start and `...`.
- */
-export const MAX_INSTANCE_LENGTH = 256;
-
-/** The first half of a surrogate pair: a cut after it would leave half a character. */
-const isHighSurrogate = (code: number) => code >= 0xd800 && code <= 0xdbff;
-
+/** `path`: the request's, quoted as `instance` (quotedPath). */
 export function problemBody(error: GatewayError, requestId: string, path: string): ProblemBody {
-  const instance = path.length > MAX_INSTANCE_LENGTH ? `${path.slice(0, isHighSurrogate(path.charCodeAt(MAX_INSTANCE_LENGTH - 1)) ? MAX_INSTANCE_LENGTH - 1 : MAX_INSTANCE_LENGTH)}...` : path;
+  const instance = quotedPath(path);
   return {
     type: `urn:koa-gateway:problem:${error.code}`,
     title: error.title,

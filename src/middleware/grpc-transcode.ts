@@ -3,7 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import { context, type Tracer } from '@opentelemetry/api';
 import type { Context as KoaContext, Middleware } from 'koa';
 import type * as protobuf from 'protobufjs';
-import { GatewayError, invalidJsonBody, toGatewayError } from '../errors';
+import { GatewayError, invalidJsonBody, quotedPath, toGatewayError } from '../errors';
 import { createGrpcClients, deserializer, encodedBytes, encodeRequest, type GrpcClientCache, endGrpcSpan, MAX_GRPC_MESSAGE_BYTES, MAX_METADATA_ENTRIES, metadataFromHeaders, startGrpcSpan } from '../grpc/grpc-clients';
 import { buildRequestMessage, parseQuery, type HttpBinding } from '../grpc/http-rules';
 import { duplicateJsonKey, JsonBodyTooLargeError, JsonMappingError, messageToJson, parseJsonBody, ResponseMappingError } from '../grpc/json-mapping';
@@ -78,10 +78,10 @@ export function createGrpcTranscode(options: GrpcTranscodeOptions): Middleware {
     if (!grpcRoute) return next();
     const { mapping, pool } = grpcRoute;
     const found = refusingBadInput(() => mapping.find(ctx.method, ctx.state.upstreamPath!));
-    if (!found) throw new GatewayError('route_not_found', `No method of ${mapping.service} matches ${ctx.method} ${ctx.path}.`);
+    if (!found) throw new GatewayError('route_not_found', `No method of ${mapping.service} matches ${ctx.method} ${quotedPath(ctx.path)}.`);
     if (found.kind === 'method_not_allowed') {
       const allow = found.allowed.join(', ');
-      throw new GatewayError('method_not_allowed', `${ctx.path} accepts ${allow}.`, { headers: { Allow: allow } });
+      throw new GatewayError('method_not_allowed', `${quotedPath(ctx.path)} accepts ${allow}.`, { headers: { Allow: allow } });
     }
     const { binding } = found;
     const body = binding.body === undefined ? undefined : await readWithinRate(ctx.req, options.bodyRate, () => readJsonBody(ctx, maxBodyBytes));

@@ -1,5 +1,5 @@
 import type { Middleware } from 'koa';
-import { GatewayError } from '../errors';
+import { GatewayError, quotedPath } from '../errors';
 import type { RouteTable } from '../routes';
 import { HEADER } from '../../otel/wire-names';
 import { maxForwardsOf } from './max-forwards';
@@ -23,7 +23,7 @@ export function createRouteMatch(options: RouteMatchOptions): Middleware {
   // Not async: nothing to do after next(), so no promise and await of its own per request (a throw still rejects).
   return function matchRoute(ctx, next) {
     const match = options.routes.match(ctx.path, ctx.method);
-    if (!match) return refuse(ctx, new GatewayError('route_not_found', `No route matches ${ctx.method} ${ctx.path}.`));
+    if (!match) return refuse(ctx, new GatewayError('route_not_found', `No route matches ${ctx.method} ${quotedPath(ctx.path)}.`));
     if (match.kind === 'method_not_allowed') {
       // The route exists: its 405 is recorded under it (span, access line, metrics), not with paths that match none.
       ctx.state.route = match.route;
@@ -31,7 +31,7 @@ export function createRouteMatch(options: RouteMatchOptions): Middleware {
       // route's Allow (createMaxForwards, after the rate limit), whichever methods the route forwards: it got 405.
       if (ctx.method === 'OPTIONS' && maxForwardsOf(ctx.req.headers[HEADER.maxForwards]) === 0) return next();
       const allow = match.allowed.join(', ');
-      return refuse(ctx, new GatewayError('method_not_allowed', `${ctx.path} accepts ${allow}.`, { headers: { Allow: allow } }));
+      return refuse(ctx, new GatewayError('method_not_allowed', `${quotedPath(ctx.path)} accepts ${allow}.`, { headers: { Allow: allow } }));
     }
     ctx.state.route = match.route;
     ctx.state.upstreamPath = match.upstreamPath;
