@@ -230,15 +230,14 @@ export const FOREIGN_IDENTITY_HEADERS = [
   'remote-name',
   // nginx's usual name for the client certificate it checked (`proxy_set_header X-SSL-CERT ...`).
   'x-ssl-cert',
-  // Kong's consumer and groups (beside X-Authenticated-Userid), its OpenID Connect plugin's user info and tokens.
+  // Kong's consumer and groups (beside X-Authenticated-Userid), its OpenID Connect plugin's user info. Not its
+  // X-Access-Token and X-Id-Token: clients send those names as their own credentials (Express' x-access-token).
   'x-credential-username',
   'x-consumer-username',
   'x-consumer-custom-id',
   'x-consumer-groups',
   'x-authenticated-groups',
   'x-userinfo',
-  'x-id-token',
-  'x-access-token',
   // Google's Cloud Endpoints (ESP, ESPv2) and API Gateway: the verified token's claims, for the service behind.
   'x-endpoint-api-userinfo',
   'x-apigateway-api-userinfo',
