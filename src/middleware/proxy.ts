@@ -78,6 +78,11 @@ interface Exchange {
    * service was waiting on the client. 504 `upstream_timeout` blamed the service in the answer, the log and the metrics.
    */
   uploadOutlivedDeadline?: boolean;
+  /**
+   * Its client was still sending a body past the grace period on one of the instance's connections, and more such
+   * uploads than the uploads' half were (its own the newest): refused 503, not the instance's failure.
+   */
+  uploadsOverShare?: boolean;
   upstreamAborted?: boolean;
   /**
    * The service's body broke HTTP's framing after its head was forwarded (a bad chunk, a Content-Length among its
@@ -182,6 +187,23 @@ export function createProxy(options: ProxyOptions): Middleware {
     for (const req of uploadsArriving.get(origin) ?? []) if (clientOwesBody(req)) count++;
     return count;
   };
+  /**
+   * When each upload took its connection (performance.now()), for as long as its client still sends it. The half is
+   * counted when an instance is picked, but an upload queued for a connection is paused (the gateway holds its body
+   * back), so it is not counted then: uploads queued behind busy connections, let out together, took every one of them.
+   * Checked again when one has streamed for the grace period on its connection (a body that quick never counts: fast
+   * uploads let out together were refused when this was checked as they took their connections).
+   */
+  const onConnectionSince = new WeakMap<KoaContext['req'], number>();
+  /** The instance's uploads whose clients still send them on a connection they took at least `graceMs` ago. */
+  const uploadsPastGrace = (origin: string, now: number) => {
+    let count = 0;
+    for (const req of uploadsArriving.get(origin) ?? []) {
+      const since = onConnectionSince.get(req);
+      if (since !== undefined && now - since >= bodyRate.graceMs && clientOwesBody(req)) count++;
+    }
+    return count;
+  };
   const capacity = options.maxSockets + options.maxPendingRequests;
   const bodyRate: BodyRate = { minBytesPerSecond: options.minBodyBytesPerSecond, graceMs: options.bodyGracePeriodMs };
   const hasRoom = (instance: UpstreamInstance) => (inFlight.get(instance.origin) ?? 0) < capacity;
@@ -281,6 +303,16 @@ export function createProxy(options: ProxyOptions): Middleware {
         uploadsArriving.get(instance.origin)!.delete(req);
       };
       /** undici is done with the request (ended, failed, or aborted when it finally got a connection). */
+      /** Still arriving after the grace period on its connection: the newest such upload past the uploads' half is refused. */
+      const uploadPastGrace = () => {
+        if (settled || !uploading || exchange.status !== undefined || !clientOwesBody(req)) return;
+        // At least its own grace later: a timer may run a fraction of a millisecond before performance.now() says it
+        // is due, and the upload it ran for was not counted among those past the grace.
+        const now = Math.max(performance.now(), onConnectionSince.get(req)! + bodyRate.graceMs);
+        if (uploadsPastGrace(instance.origin, now) <= uploadShare) return;
+        exchange.uploadsOverShare = true;
+        cut('more uploads still arriving than half the connections', 'upstream_busy');
+      };
       const release = () => {
         if (released) return;
         released = true;
@@ -488,6 +520,10 @@ export function createProxy(options: ProxyOptions): Middleware {
               return;
             }
             touch();
+            if (uploading) {
+              onConnectionSince.set(req, performance.now());
+              timers.push(setTimeout(uploadPastGrace, bodyRate.graceMs));
+            }
           },
           onResponseStart(controller, statusCode, upstreamHeaders, statusMessage) {
             touch();
@@ -691,9 +727,7 @@ export function createProxy(options: ProxyOptions): Middleware {
       // client's next request on it was never parsed, and a client sending its whole body first got a reset.
       if ((instance === 'busy' || !instance) && attempt === 1 && readAhead && !readAhead.complete) dropRestOfBody(ctx, readAhead.bytes, options.maxBodyBytes);
       if (instance === 'busy') {
-        if (refusedForUploads) {
-          throw new GatewayError('upstream_busy', `Half of the connections to the ${route.service} service already carry uploads still arriving; try again shortly.`);
-        }
+        if (refusedForUploads) throw uploadsOverShare(route.service);
         throw new GatewayError('upstream_busy', `Every connection to the ${route.service} service is busy and ${options.maxPendingRequests} requests already wait; try again shortly.`);
       }
       if (!instance) {
@@ -759,6 +793,7 @@ export function createProxy(options: ProxyOptions): Middleware {
           // `Connection: close`: the rest of the body is not worth reading.
           if (exchange.bodyStalled) throw bodyStalledError(route.timeoutMs);
           if (exchange.uploadOutlivedDeadline) throw uploadOutlivedDeadline(route);
+          if (exchange.uploadsOverShare) throw uploadsOverShare(route.service, { Connection: 'close' });
           throw bodyTooSlowError(bodyRate);
         case 'deadline':
           throw new GatewayError('upstream_timeout', `The exchange with the ${route.service} service did not finish within ${route.deadlineMs} ms.`);
@@ -1063,7 +1098,7 @@ const isGatewayOwnedOrCors = (name: string) => name.startsWith('access-control-'
 function outcomeOf(exchange: Exchange): UpstreamOutcome {
   if (exchange.badResponse) return 'bad_response';
   if (exchange.bodyTooLarge) return 'body_too_large';
-  if (exchange.bodyTooSlow || exchange.bodyStalled || exchange.uploadOutlivedDeadline) return 'body_too_slow';
+  if (exchange.bodyTooSlow || exchange.bodyStalled || exchange.uploadOutlivedDeadline || exchange.uploadsOverShare) return 'body_too_slow';
   if (exchange.deadlineExceeded) return 'deadline';
   if (exchange.timedOut) return exchange.waitedForConnection ? 'no_connection' : 'timeout';
   if (exchange.malformedBody) return 'bad_response';
@@ -1132,6 +1167,14 @@ function malformedHeaderFields(failure: Error): string | undefined {
   if (name !== 'HTTPParserError') return undefined;
   const reason = /\(([^)]*(?:header|Content-Length|Transfer-Encoding)[^)]*)\)/i.exec(message)?.[1];
   return reason === undefined ? undefined : reason.slice(0, 80);
+}
+
+/**
+ * The 503 of an upload over the uploads' half of an instance's connections: refused when the instance was picked, or
+ * once it had streamed past the grace period (`Connection: close` then: the rest of its body is not worth reading).
+ */
+function uploadsOverShare(service: string, headers?: Record<string, string>): GatewayError {
+  return new GatewayError('upstream_busy', `Half of the connections to the ${service} service already carry uploads still arriving; try again shortly.`, headers && { headers });
 }
 
 /** The 408 of a body still arriving when the route's deadline came; `Connection: close`, as for every body cut. */

@@ -146,6 +146,38 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
     expect(bodies).toBe(before + 2);
   });
 
+  // Queued behind busy connections, uploads are paused (the gateway holds their bodies back), so the half is not met
+  // when an instance is picked for them: let out together, slow ones took every connection, and a request that had
+  // nothing to send waited for one until its timeout.
+  it('refuses the newest upload still arriving past the grace period beyond the uploads’ half, and serves the others', async () => {
+    const requests = await fillThePool();
+    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'transfer-encoding': 'chunked' };
+    // A fast start that fills what the gateway buffers for a queued body (so it is held back, not owed by its client),
+    // then 200 bytes/s, twice the minimum: nothing but the half cuts them; about 5 s each, longer than the timeout.
+    const start = 200_000;
+    const body = JSON.stringify({ items: [], padding: 'x'.repeat(start + 1000) });
+    const uploads = [1, 2].map((n) => tricklingUpload(stack.gateway.url, `/api/orders?slow=${n}`, headers, body, 20, 100, start));
+    try {
+      // Both under way at the gateway, their bodies' starts read, and queued: then both take the connections.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      holding.splice(0).forEach((answer) => answer());
+      for (const request of requests) expect((await request).status).toBe(200);
+      const first = await Promise.race(uploads.map((upload, index) => upload.reply.then((reply) => ({ reply, index }))));
+      expect(first.reply.status).toBe(503);
+      expect(first.reply.headers.connection).toBe('close');
+      expect(first.reply.headers['retry-after']).toMatch(/^[1-9]\d*$/);
+      expect(JSON.parse(first.reply.text)).toMatchObject({ code: 'upstream_busy', detail: 'Half of the connections to the orders service already carry uploads still arriving; try again shortly.' });
+      // The connection it held serves a request that has nothing more to send, while the other upload still arrives.
+      const other = uploads[1 - first.index]!;
+      const served = await fetch(`${stack.gateway.url}/api/orders/after?n=1`, { headers: { authorization: `Bearer ${token}` } });
+      expect(served.status).toBe(201);
+      expect(other.answered()).toBe(false);
+      expect((await other.reply).status).toBe(201);
+    } finally {
+      for (const upload of uploads) upload.stop();
+    }
+  });
+
   // undici listens for a body's 'error' only once a connection takes its request: a body still queued in the pool
   // had no listener, and its destruction when the client broke off was an uncaught error that ended the process.
   it('keeps serving when a client breaks off a body still queued for a connection', async () => {
