@@ -71,7 +71,10 @@ export function isGatewayOwnedHeader(name: string): boolean {
 /**
  * Headers some frameworks let override the request's method or path (ASP.NET, Symfony, Laravel, Spring's
  * HiddenHttpMethodFilter, IIS URL Rewrite, Zend): a service honouring them would act on another request than
- * the one the gateway checked. Removed from every client request.
+ * the one the gateway checked. Removed from every client request. So are Next.js' internal ones, which its server
+ * believes from whoever sends them: `x-middleware-subrequest` skips its middleware, the authentication many apps do
+ * there (CVE-2025-29927), `x-now-route-matches` had a page's answer cached for another (CVE-2024-46982), and the
+ * `x-invoke-*` and `x-matched-path` ones pick the route it renders.
  */
 export const REQUEST_REWRITE_HEADERS = [
   'x-http-method-override',
@@ -82,6 +85,14 @@ export const REQUEST_REWRITE_HEADERS = [
   'x-original-uri',
   'x-rewrite-url',
   'x-override-url',
+  'x-middleware-subrequest',
+  'x-middleware-invoke',
+  'x-now-route-matches',
+  'x-invoke-path',
+  'x-invoke-query',
+  'x-invoke-output',
+  'x-invoke-status',
+  'x-matched-path',
 ] as const;
 
 /**

@@ -597,6 +597,8 @@ describe('hostile input at the gateway', () => {
       { desc: 'X-Original-URI: /users', headers: { 'X-Original-URI': '/users' } },
       { desc: 'X-Rewrite-URL: /users', headers: { 'X-Rewrite-URL': '/users' } },
       { desc: 'X-Override-URL: /users', headers: { 'X-Override-URL': '/users' } },
+      { desc: 'X-Middleware-Subrequest (Next.js skips its middleware for it, CVE-2025-29927)', headers: { 'X-Middleware-Subrequest': 'middleware:middleware:middleware:middleware:middleware-DELETE' } },
+      { desc: 'X-Now-Route-Matches, X-Invoke-Path, X-Matched-Path (Next.js internal routing)', headers: { 'X-Now-Route-Matches': 'DELETE=1', 'X-Invoke-Path': '/DELETE', 'X-Invoke-Query': 'DELETE', 'X-Matched-Path': '/DELETE' } },
       { desc: 'X-Forwarded-Prefix: /evil', headers: { 'X-Forwarded-Prefix': '/evil' } },
       { desc: 'X-Client-IP and True-Client-IP', headers: { 'X-Client-IP': '6.6.6.6', 'True-Client-IP': '6.6.6.6' } },
       { desc: 'Remote-User and X-Remote-User (Apache-style auth proxies)', headers: { 'Remote-User': 'DELETE-admin', 'X-Remote-User': 'DELETE-admin' } },
