@@ -1087,10 +1087,28 @@ const SIGNATURE_REFUSED = "a 401 refusing the gateway's signature";
 function responseHeaders(source: http.IncomingHttpHeaders, res: http.ServerResponse, corsApplied: boolean): http.OutgoingHttpHeaders {
   const headers: http.OutgoingHttpHeaders = endToEndHeaders(source, corsApplied ? isGatewayOwnedOrCors : isGatewayOwnedHeader);
   if (corsApplied) {
-    const vary = [res.getHeader('vary'), source.vary].filter(Boolean).join(', ');
+    const vary = varyOf(res.getHeader('vary'), source.vary);
     if (vary) headers.vary = vary;
   }
   return headers;
+}
+
+/**
+ * The gateway's `Vary` (Origin) and the service's as one list, each name once in any case (`Origin, Origin` was
+ * written when the service varied on Origin too), `*` alone when either says `*` (RFC 9110 12.5.5: it varies on
+ * what no header names, and the names beside it add nothing).
+ */
+function varyOf(...values: (http.OutgoingHttpHeader | undefined)[]): string {
+  const names = new Map<string, string>();
+  for (const value of values) {
+    if (value === undefined) continue;
+    for (const name of (Array.isArray(value) ? value.join(',') : String(value)).split(',')) {
+      const trimmed = name.trim();
+      if (trimmed === '*') return '*';
+      if (trimmed !== '' && !names.has(trimmed.toLowerCase())) names.set(trimmed.toLowerCase(), trimmed);
+    }
+  }
+  return [...names.values()].join(', ');
 }
 
 const isGatewayOwnedOrCors = (name: string) => name.startsWith('access-control-') || isGatewayOwnedHeader(name);

@@ -100,10 +100,18 @@ describe('CORS', () => {
     expect(response.headers.get('access-control-allow-origin')).toBeNull();
   });
 
+  it('quotes no more than 100 characters of a refused preflight’s Origin', async () => {
+    const response = await preflight('/api/orders', `https://${'a'.repeat(12_000)}.example.test`);
+    expect(response.status).toBe(403);
+    const body = (await response.json()) as { detail: string };
+    expect(body.detail).toBe(`Cross-origin requests from "https://${'a'.repeat(92)}" are not allowed here.`);
+  });
+
   it('keeps its policy over CORS headers a service sends, and keeps Vary: Origin beside the service Vary', async () => {
-    const loose = await listen((_req, res) => {
+    const loose = await listen((req, res) => {
       res.setHeader('access-control-allow-origin', '*');
-      res.setHeader('vary', 'Accept-Encoding');
+      // A service that varies on Origin itself, in its own case, or on everything.
+      res.setHeader('vary', req.url === '/orders?vary=origin' ? 'origin, Accept-Encoding' : req.url === '/orders?vary=any' ? 'Accept-Encoding, *' : 'Accept-Encoding');
       res.setHeader('content-type', 'application/json');
       res.end('[]');
     });
@@ -119,6 +127,10 @@ describe('CORS', () => {
       const sameOrigin = await fetch(`${proxied.gateway.url}/api/orders`, { headers: { authorization: `Bearer ${token}` } });
       expect(sameOrigin.headers.get('access-control-allow-origin')).toBeNull();
       expect(sameOrigin.headers.get('vary')).toBe('Origin, Accept-Encoding');
+      const twice = await fetch(`${proxied.gateway.url}/api/orders?vary=origin`, { headers: { origin: APP, authorization: `Bearer ${token}` } });
+      expect(twice.headers.get('vary')).toBe('Origin, Accept-Encoding');
+      const any = await fetch(`${proxied.gateway.url}/api/orders?vary=any`, { headers: { origin: APP, authorization: `Bearer ${token}` } });
+      expect(any.headers.get('vary')).toBe('*');
     } finally {
       await proxied.close();
       await loose.close();
