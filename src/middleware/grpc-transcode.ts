@@ -22,6 +22,7 @@ import { problemBody, recordFailure } from './errors';
 import { continueIfExpected } from './request-head';
 import { readWithinRate, type BodyRate } from '../body-rate';
 import { responseClosed } from '../response-closed';
+import { readsAsUtf8 } from '../unicode-text';
 
 export interface GrpcTranscodeOptions {
   /** The JSON body's least rate (config `server`), as on proxied routes: a body dripped in gets 408. */
@@ -425,6 +426,9 @@ async function readJsonBody(ctx: KoaContext, limit: number): Promise<unknown> {
   const declared = ctx.get('content-length');
   if (declared === '0' || (declared === '' && !ctx.get('transfer-encoding'))) return undefined;
   if (!ctx.is('application/json', '+json')) throw new GatewayError('unsupported_media_type', 'The request body must be application/json.');
+  // Read as UTF-8 whatever it declared: `charset=iso-8859-1` bytes were taken as UTF-8 text, a body two readers read
+  // two ways (login and the services answer it 415).
+  if (!readsAsUtf8(ctx.request.charset)) throw new GatewayError('unsupported_media_type', 'The request body must be UTF-8 JSON.');
   // The gateway reads this body itself and decodes no content coding: gzip bytes would be refused as "not UTF-8",
   // telling the client its JSON is broken. RFC 9110 15.5.16: 415, with the codings taken in Accept-Encoding.
   const coding = ctx.get('content-encoding').trim().toLowerCase();

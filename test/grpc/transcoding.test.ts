@@ -342,6 +342,18 @@ describe('gRPC transcoding', () => {
       expect(response.status).toBe(415);
     });
 
+    // Read as UTF-8 whatever it said, Latin-1's é (one byte) and UTF-8's (two) were two readings of one body.
+    it.each(['iso-8859-1', 'utf-16', 'windows-1252'])('answers a JSON body declared in charset=%s with 415, calling nothing', async (charset) => {
+      const before = service.calls.length;
+      const response = await call('/api/mapping/things/x', { method: 'POST', headers: { 'content-type': `application/json; charset=${charset}` }, body: Buffer.from('{"tags": ["\xe9"]}', 'latin1') });
+      expect(response.status).toBe(415);
+      expect(await response.json()).toMatchObject({ code: 'unsupported_media_type' });
+      expect(service.calls.length).toBe(before);
+      // UTF-8 in any spelling is read.
+      const utf8 = await call('/api/mapping/things/x', { method: 'POST', headers: { 'content-type': 'application/json; charset=UTF-8' }, body: '{"tags": ["é"]}' });
+      expect(utf8.status).not.toBe(415);
+    });
+
     it.each([
       { desc: 'an unknown query parameter', query: 'nope=1' },
       { desc: 'a query parameter naming a message', query: 'owner=x' },
