@@ -164,6 +164,17 @@ export function messageFromJson(type: protobuf.Type, json: unknown): protobuf.Me
  */
 export const MAX_JSON_ANSWER_FIELDS = 2 * 1024 * 1024;
 
+/**
+ * What each message of an answer counts beside its fields: writing one (an object, its fields looked up and copied)
+ * costs about as much as 16-24 scalar fields. Counted as one field each, messages were the cheap way past the budget:
+ * 200,000 `Owner {id}` items (1 MB) counted 600,000 fields and took 0.7-0.9 s to convert, and a Struct of 190,000
+ * entries (each a Value message) held the event loop 1-2 s (Node 24, a 2-core VM, 2026-12-07: converted alone, 2 M
+ * int64 items 0.4-0.6 s, 100,000 two-field messages about 0.4 s, a 50,000-entry Struct 0.2 s). Weighted, both are
+ * refused, and the largest answers still written (100,000 such messages, a Struct of about 110,000 entries) cost
+ * what 2 Mi scalars do.
+ */
+const JSON_MESSAGE_WEIGHT = 16;
+
 /** A decoded message in its JSON form (unset scalars as their defaults, unset messages as null). */
 export function messageToJson(type: protobuf.Type, message: protobuf.Message): unknown {
   if (jsonFieldCount(type, message, MAX_JSON_ANSWER_FIELDS) > MAX_JSON_ANSWER_FIELDS) {
@@ -183,7 +194,7 @@ function jsonFieldCount(type: protobuf.Type, message: protobuf.Message, budget: 
   const pending: [protobuf.Type, protobuf.Message][] = [[type, message]];
   while (pending.length > 0 && count <= budget) {
     const [current, node] = pending.pop()!;
-    count += writtenUnset(current);
+    count += JSON_MESSAGE_WEIGHT + writtenUnset(current);
     // An Any's message is written too (anyToJson): counted as it will be, from its bytes.
     if (current.fullName === ANY) {
       const packed = packedMessage(current, node as unknown as PackedAny);

@@ -262,6 +262,16 @@ describe('the JSON mapping, as the proto3 conformance suite checks it', () => {
     expect((decoded({ colors: Array(1000).fill(1), numbers: [1, 2] })() as { colors: unknown[] }).colors).toHaveLength(1000);
   });
 
+  // Each message counted as one field, 200,000 small ones took 0.7-0.9 s to write and a Struct of 190,000 entries 1-2 s.
+  it('counts each message of an answer as more than one field: many small messages or Struct entries are refused', () => {
+    const decoded = (json: Record<string, unknown>) => () => messageToJson(everything, everything.decode(everything.encode(everything.fromObject(json)).finish()));
+    const struct = (entries: number) => ({ extra: { fields: Object.fromEntries(Array.from({ length: entries }, (_, i) => [`k${i}`, { numberValue: i }])) } });
+    expect(decoded({ owners: Array.from({ length: 200_000 }, () => ({ id: 'x' })) })).toThrow(ResponseMappingError);
+    expect(decoded(struct(150_000))).toThrow(ResponseMappingError);
+    expect((decoded({ owners: Array.from({ length: 50_000 }, () => ({ id: 'x' })) })() as { owners: unknown[] }).owners).toHaveLength(50_000);
+    expect(Object.keys((decoded(struct(50_000))() as { extra: object }).extra)).toHaveLength(50_000);
+  });
+
   it.each([Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY])('refuses to write a Struct number %s (ValueRejectNanNumberValue, -InfNumberValue)', (numberValue) => {
     expect(answered({ extra: { fields: { a: { numberValue } } } })).toThrow(ResponseMappingError);
     expect(answered({ anything: { numberValue } })).toThrow(ResponseMappingError);
