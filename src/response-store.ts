@@ -103,11 +103,18 @@ function withOwnBody(entry: CachedResponse): CachedResponse {
 }
 
 /**
+ * What an entry costs in memory beyond its body and header texts: its objects, its key, the Map and Set nodes that
+ * hold it and its body's own ArrayBuffer. Counted as 512, the store held 1.6-1.7x what it counted: 100,000 empty
+ * answers, 55 MB counted, took 92 MB of heap and external memory (an outside review, measured after a forced GC).
+ */
+const ENTRY_OVERHEAD_BYTES = 1024;
+
+/**
  * Bytes an entry is counted as: body, headers, the request's values of the headers its `Vary` names (a
  * client's header may be ~16 KiB however small the body) and bookkeeping.
  */
 function sizeOf(entry: CachedResponse): number {
-  let size = entry.body.length + 512;
+  let size = entry.body.length + ENTRY_OVERHEAD_BYTES;
   for (const name in entry.headers) size += name.length + String(entry.headers[name]).length + 4;
   entry.vary.forEach((name, index) => (size += name.length + (entry.varyValues[index]?.length ?? 0) + 4));
   return size;

@@ -122,7 +122,7 @@ const CACHED_ROUTES = [
     cache: { ttlSeconds: 60, scope: 'public' },
     headers: { request: { add: { cookie: 'via=gateway' } } },
   },
-  { name: 'small-budget', prefix: '/api/budget', service: 'notifications', upstreamPath: '/budget', auth: 'public', cache: { ttlSeconds: 60, maxBytes: 32 * 1024 } },
+  { name: 'small-budget', prefix: '/api/budget', service: 'notifications', upstreamPath: '/budget', auth: 'public', cache: { ttlSeconds: 60, maxBytes: 48 * 1024 } },
 ];
 
 function overrides(extra: Record<string, unknown> = {}): Record<string, unknown> {
@@ -434,7 +434,7 @@ describe('response cache', () => {
   });
 
   // An entry keeps a digest of each Vary-named value (the value as sent was a caller's token or cookie in the store,
-  // and a 6 KiB User-Agent held 6 KiB of the route's budget per entry: 32 KiB kept four or five of these, not twelve).
+  // and a 6 KiB User-Agent held 6 KiB of the route's budget per entry: 48 KiB kept six or seven of these, not twelve).
   it('keeps a digest of each request header value an entry varies on, not the value: a long one costs the byte budget nothing of its length', async () => {
     const userAgent = { 'user-agent': 'u'.repeat(6 * 1024) };
     const paths = Array.from({ length: 12 }, () => fresh('/api/budget', 'cc=max-age%3D60&vary=User-Agent'));

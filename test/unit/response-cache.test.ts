@@ -317,7 +317,8 @@ describe('the in-memory store', () => {
   const entry = (bytes: number): CachedResponse => ({ status: 200, headers: {}, body: Buffer.alloc(bytes), storedAt: Date.now(), initialAgeSeconds: 0, lifetimeSeconds: 60, staleIfErrorSeconds: 0, staleWhileRevalidateSeconds: 0, vary: [], varyValues: [] });
 
   it('drops the least recently used entries of a route beyond its byte budget', async () => {
-    const store = createMemoryResponseStore({ maxBytes: 1_000_000, routeMaxBytes: new Map([['a', 3000]]) });
+    // Each counts as 800 body bytes plus bookkeeping (about 1.9 kB): two fit in 4500, three do not.
+    const store = createMemoryResponseStore({ maxBytes: 1_000_000, routeMaxBytes: new Map([['a', 4500]]) });
     await put(store, 'a', at('k1'), entry(800));
     await put(store, 'a', at('k2'), entry(800));
     await store.get('a', at('k1')); // k1 is now the most recently used
@@ -328,8 +329,8 @@ describe('the in-memory store', () => {
   });
 
   it('keeps all routes within the global budget, taking from the largest route first', async () => {
-    // Each entry counts as 1000 body bytes plus bookkeeping (about 1.5 kB): three fit in 5000, four do not.
-    const store = createMemoryResponseStore({ maxBytes: 5000, routeMaxBytes: new Map([['big', 5000], ['small', 5000]]) });
+    // Each entry counts as 1000 body bytes plus bookkeeping (about 2.1 kB): three fit in 6500, four do not.
+    const store = createMemoryResponseStore({ maxBytes: 6500, routeMaxBytes: new Map([['big', 6500], ['small', 6500]]) });
     await put(store, 'big', at('b1'), entry(1000));
     await put(store, 'big', at('b2'), entry(1000));
     await put(store, 'big', at('b3'), entry(1000));
