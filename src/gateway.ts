@@ -25,7 +25,7 @@ import { createRouteMatch } from './middleware/route-match';
 import { createTracing } from './middleware/tracing';
 import { createTrustedProxies } from './middleware/trusted-proxies';
 import { createClientHeaderPolicy } from './middleware/client-headers';
-import { createHostGuard } from './middleware/host-guard';
+import { createHostGuard, hostRefusal } from './middleware/host-guard';
 import { createStrictTransportSecurity } from './middleware/hsts';
 import { createHttp2Requests } from './middleware/http2-requests';
 import { createRequestHeadCheck, createRequestTargetForm } from './middleware/request-head';
@@ -188,7 +188,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   if (metrics) app.use(createRequestMetrics({ metrics }));
   app.use(createAccessLog({ logger }));
   app.use(createErrorHandler({ logger }));
-  app.use(createRequestHeadCheck({ refuse }));
+  app.use(createRequestHeadCheck({ refuse, hostRefusal: hostRefusal(config.allowedHosts) }));
   // With TLS: HTTP/2 requests made to mean what they say on the wire.
   if (config.tls) app.use(createHttp2Requests({ refuse }));
   app.use(createPathGuard({ refuse }));

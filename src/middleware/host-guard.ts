@@ -1,4 +1,4 @@
-import type { Middleware } from 'koa';
+import type { Context, Middleware } from 'koa';
 import { UNTRACED_PATHS } from '../../otel/telemetry-config';
 import { GatewayError } from '../errors';
 import { refuseAtOnce, type Refuse } from './rate-limit';
@@ -20,15 +20,28 @@ export interface HostGuardOptions {
 export function createHostGuard(options: HostGuardOptions): Middleware | undefined {
   if (options.allowedHosts === undefined) return undefined;
   const refuse = options.refuse ?? refuseAtOnce;
-  const allowed = createHostMatcher(options.allowedHosts);
+  const refusal = hostRefusal(options.allowedHosts)!;
 
   // Not async: nothing to do after next(), so no promise and await of its own per request.
   return function guardHost(ctx, next) {
     if (!UNTRACED_PATHS.includes(ctx.path)) {
-      const hostname = ctx.hostname.toLowerCase().replace(/^\[(.*)\]$/, '$1');
-      if (!allowed(hostname)) return refuse(ctx, new GatewayError('host_not_allowed', `This gateway does not serve the host ${JSON.stringify(hostname.slice(0, 100))}.`));
+      const refused = refusal(ctx);
+      if (refused) return refuse(ctx, refused);
     }
     return next();
+  };
+}
+
+/**
+ * The 421 of a request to a host the gateway does not serve, or undefined; no check at all (undefined) without
+ * `allowedHosts`. Also asked where a request is answered before the guard runs (`OPTIONS *`, createRequestHeadCheck).
+ */
+export function hostRefusal(allowedHosts: readonly string[] | undefined): ((ctx: Context) => GatewayError | undefined) | undefined {
+  if (allowedHosts === undefined) return undefined;
+  const allowed = createHostMatcher(allowedHosts);
+  return (ctx) => {
+    const hostname = ctx.hostname.toLowerCase().replace(/^\[(.*)\]$/, '$1');
+    return allowed(hostname) ? undefined : new GatewayError('host_not_allowed', `This gateway does not serve the host ${JSON.stringify(hostname.slice(0, 100))}.`);
   };
 }
 

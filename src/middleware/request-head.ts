@@ -55,7 +55,7 @@ export function createRequestTargetForm(): Middleware {
 /** HTTP/1 only (a connection-specific header is malformed in HTTP/2): what follows a malformed head is not trusted. */
 const CLOSE_CONNECTION = { headers: { Connection: 'close' } };
 
-export function createRequestHeadCheck(options: { refuse?: Refuse } = {}): Middleware {
+export function createRequestHeadCheck(options: { refuse?: Refuse; hostRefusal?: (ctx: Context) => GatewayError | undefined } = {}): Middleware {
   const refuse = options.refuse ?? refuseAtOnce;
   return function checkRequestHead(ctx, next) {
     const request = ctx.req;
@@ -105,7 +105,10 @@ export function createRequestHeadCheck(options: { refuse?: Refuse } = {}): Middl
       return refuse(ctx, new GatewayError('bad_request', 'The X-Forwarded-Host a trusted proxy sent is not a host name or address with an optional port.'));
     }
     if (target === '*') {
-      // `OPTIONS *` asks about the server as a whole (RFC 9110 9.3.7): the methods some route may take.
+      // `OPTIONS *` asks about the server as a whole (RFC 9110 9.3.7): the methods some route may take. Answered here,
+      // before the host guard, it was answered for any Host (a 204 for `evil.com`, which any path gets 421 for).
+      const refused = options.hostRefusal?.(ctx);
+      if (refused) return refuse(ctx, refused);
       ctx.status = 204;
       ctx.res.setHeader('Allow', SERVER_METHODS);
       return;

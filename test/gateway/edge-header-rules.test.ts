@@ -24,10 +24,10 @@ describe('allowed hosts', () => {
   let requestCount = 0;
   const seen = (requestId: string) => stack.serviceRequests().filter((request) => request.headers[HEADER.requestId] === requestId);
 
-  /** GET `target` as Bob with this Host: the gateway's own `status` `code`, with the request id, and no service asked. */
-  async function expectRefused(target: string, host: string, status: number, code: string): Promise<Reply> {
+  /** GET (or `method`) `target` as Bob with this Host: the gateway's own `status` `code`, with the request id, and no service asked. */
+  async function expectRefused(target: string, host: string, status: number, code: string, method = 'GET'): Promise<Reply> {
     const requestId = `host-${++requestCount}`;
-    const reply = await send(stack.gateway.url, target, { host, authorization: `Bearer ${token}`, [HEADER.requestId]: requestId });
+    const reply = await send(stack.gateway.url, target, { host, authorization: `Bearer ${token}`, [HEADER.requestId]: requestId }, method);
     expect(reply.status).toBe(status);
     expect(reply.body).toMatchObject({ code, requestId });
     expect(seen(requestId)).toHaveLength(0);
@@ -59,6 +59,14 @@ describe('allowed hosts', () => {
     { desc: 'an IPv6 address without brackets', host: '::1:8080' },
   ])('answers a Host with $desc with 400 bad_request, reaching no service (RFC 9112 3.2)', async ({ host }) => {
     await expectRefused('/api/users/2', host, 400, 'bad_request');
+  });
+
+  // Answered before the host guard ran, `OPTIONS *` got its 204 for any Host.
+  it('answers OPTIONS * for a host it does not serve with 421, and for one it serves with 204', async () => {
+    await expectRefused('*', 'evil.example', 421, 'host_not_allowed', 'OPTIONS');
+    const served = await send(stack.gateway.url, '*', { host: 'api.example.test' }, 'OPTIONS');
+    expect(served.status).toBe(204);
+    expect(served.headers.allow).toContain('OPTIONS');
   });
 
   // RFC 9112 3.2.2: a server accepts an absolute-form target and goes by its authority, not by Host.
