@@ -226,7 +226,7 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
   if (cachedRoutes.size > 0) {
     // A stale copy fetched again under stale-while-revalidate goes through the same proxy, as a request of the cache's own.
     const background = createBackgroundFetches({ forward: (ctx) => proxy(ctx, async () => {}), tracer, logger, work: deps.backgroundWork, stopping: deps.stopping });
-    app.use(createResponseCache({ routes: cachedRoutes, keyScopes: cacheKeyScopes, routeTable: routes, store: createResponseStore(config, redis, logger, deps.cachePeers, kept?.newestCacheStore), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, lockTimeoutMs: config.cache.lockTimeoutMs, headerRules, underscores: config.headersWithUnderscores, logger, metrics, background }));
+    app.use(createResponseCache({ routes: cachedRoutes, keyScopes: cacheKeyScopes, routeTable: routes, cachedRoutesOfService: cachedRoutesOfService(config.routes), store: createResponseStore(config, redis, logger, deps.cachePeers, kept?.newestCacheStore), statusHeader: config.cache.statusHeader, maxEntryBytes: config.cache.maxEntryBytes, lockTimeoutMs: config.cache.lockTimeoutMs, headerRules, underscores: config.headersWithUnderscores, logger, metrics, background }));
   } else {
     // No cached route left: the running build's store goes with its app instead of staying held (its entries
     // up to cache.maxBytes) by the peers' subscription; their invalidations are still confirmed, with nothing to drop.
@@ -254,4 +254,11 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
 /** REST/JSON -> gRPC translation (src/grpc/, src/middleware/grpc-transcode.ts), required on first use. */
 function loadGrpcTranslation(): typeof import('./grpc/route-mappings') & typeof import('./middleware/grpc-transcode') {
   return { ...(require('./grpc/route-mappings') as typeof import('./grpc/route-mappings')), ...(require('./middleware/grpc-transcode') as typeof import('./middleware/grpc-transcode')) };
+}
+
+/** The routes with a cache of each service, by service (createResponseCache's `cachedRoutesOfService`). */
+function cachedRoutesOfService(routes: GatewayConfig['routes']): Map<string, string[]> {
+  const byService = new Map<string, string[]>();
+  for (const route of routes) if (route.cache) byService.set(route.service, [...(byService.get(route.service) ?? []), route.name]);
+  return byService;
 }

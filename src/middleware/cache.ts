@@ -31,6 +31,12 @@ export interface ResponseCacheOptions {
   keyScopes: ReadonlyMap<string, string>;
   /** The gateway's routes: a write's answer may name (`Location`, `Content-Location`) a resource of another path it changed. */
   routeTable: Pick<RouteTable, 'match'>;
+  /**
+   * The routes with a cache of each service, by service: a write through any route of a service changes what every
+   * cached route of it stores at the same upstream target (`/api/v1/x` and `/api/x` both forwarded to `/x`). Default:
+   * each cached route alone, as its own service.
+   */
+  cachedRoutesOfService?: ReadonlyMap<string, readonly string[]>;
   store: ResponseStore;
   /** Response header naming the result (`X-Cache`). */
   statusHeader: string;
@@ -190,6 +196,15 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
   const statusValues = Object.fromEntries(CACHE_RESULTS.map((result) => [result, result.toUpperCase()])) as Record<CacheResult, string>;
   const now = options.now ?? Date.now;
   const namedResources = createNamedResources({ routeTable: options.routeTable, cachedRoutes: options.routes });
+  /**
+   * What a write to `upstreamTarget` on `route`'s service changes, as each cached route of that service stores it.
+   * Only the route written through was dropped: a copy stored through another route to the same resource (a
+   * versioned alias) answered the write's client with what it had just replaced.
+   */
+  const writtenResources = (route: NonNullable<Context['state']['route']>, upstreamTarget: string): StaleResource[] => {
+    const names = options.cachedRoutesOfService?.get(route.service) ?? (options.routes.has(route.name) ? [route.name] : []);
+    return names.map((name) => ({ route: name, resource: resourceKey(name, upstreamTarget) }));
+  };
   /** Misses under way by key, with their resource: a write to it lets later requests fetch their own. */
   const inFlight = new Map<string, { resource: string; done: Promise<FetchOutcome> }>();
   /** Keys whose answer was last refused by the service's own say, until when (ms): their misses do not wait on one another. */
@@ -426,7 +441,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       // (an exact POST-only route refining a cached prefix route: `POST /api/orders` answered 201 with the Location
       // of an order whose 404 the prefix route stored). It invalidated nothing, and that 404 went on answering.
       if (SAFE_METHODS.has(ctx.method)) return next();
-      return invalidatingWrite(ctx, next, route, []);
+      return invalidatingWrite(ctx, next, route, writtenResources(route, ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!));
     }
     const { req } = ctx;
     const headers = req.headers;
@@ -446,7 +461,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       record(ctx, route.name, 'bypass');
       // A client that asked for a stored answer only gets none rather than a trip to the service (RFC 9111 5.2.1.7).
       if (onlyIfCached) throw notCached();
-      return invalidatingWrite(ctx, next, route, [{ route: route.name, resource }]);
+      return invalidatingWrite(ctx, next, route, writtenResources(route, upstreamTarget));
     }
     const forwardedCredential = route.forwardAuthorization && headers[HEADER.authorization] !== undefined && !ctx.state.user && !ctx.state.consumer;
     // Under `headersWithUnderscores: allow`, `accept_language` (and `accept.language`) reaches the service, which may

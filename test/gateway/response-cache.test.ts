@@ -100,6 +100,9 @@ const CACHED_ROUTES = [
   { name: 'catalog', prefix: '/api/catalog', service: 'notifications', upstreamPath: '/catalog', cache: { ttlSeconds: 60 } },
   // No cache of its own: an exact POST-only route refining the cached prefix route (the create endpoint).
   { name: 'catalog-create', prefix: '/api/catalog', exact: true, methods: ['POST'], service: 'notifications', upstreamPath: '/catalog' },
+  // Other ways to the same resources: a versioned alias without a cache, and one with its own.
+  { name: 'catalog-v2', prefix: '/api/v2/catalog', service: 'notifications', upstreamPath: '/catalog' },
+  { name: 'catalog-cached-alias', prefix: '/api/alias/catalog', service: 'notifications', upstreamPath: '/catalog', cache: { ttlSeconds: 60 } },
   { name: 'shared-catalog', prefix: '/api/shared', service: 'notifications', upstreamPath: '/shared', cache: { ttlSeconds: 60, scope: 'public' } },
   {
     name: 'open-catalog',
@@ -618,6 +621,20 @@ describe('response cache', () => {
     expect([write.status, write.headers['x-cache']]).toEqual([201, undefined]);
     const after = await send(stack.gateway.url, child, as(alice));
     expect([after.status, after.headers['x-cache']]).toEqual([200, 'MISS']);
+  });
+
+  // The resource is the service's, whichever route reaches it: a write through an alias left the copy stored through
+  // the other route answering its client with what it had just replaced.
+  it('drops the copies every cached route of the service stores of a resource a write through another route changed', async () => {
+    const item = fresh('/api/catalog');
+    const alias = item.replace('/api/catalog', '/api/alias/catalog');
+    for (const path of [item, alias]) {
+      const replies = [await send(stack.gateway.url, path, as(alice)), await send(stack.gateway.url, path, as(alice))];
+      expect(replies.map((reply) => reply.headers['x-cache'])).toEqual(['MISS', 'HIT']);
+    }
+    const write = await send(stack.gateway.url, item.replace('/api/catalog', '/api/v2/catalog'), as(bob), 'PUT');
+    expect(write.status).toBe(200);
+    for (const path of [item, alias]) expect((await send(stack.gateway.url, path, as(alice))).headers['x-cache']).toBe('MISS');
   });
 
   it('keeps a signed-in caller\'s answers per token where the service reads the token itself (forwardAuthorization)', async () => {
