@@ -438,3 +438,21 @@ export function publicLocation(value: string, instanceOrigin: string, publicOrig
   }
   return publicOrigin + rest;
 }
+
+/**
+ * The gateway's `Vary` (Origin) and the service's as one list, each name once in any case (`Origin, Origin` was
+ * written when the service varied on Origin too), `*` alone when either says `*` (RFC 9110 12.5.5: it varies on
+ * what no header names, and the names beside it add nothing).
+ */
+export function varyOf(...values: (http.OutgoingHttpHeader | undefined)[]): string {
+  const names = new Map<string, string>();
+  for (const value of values) {
+    if (value === undefined) continue;
+    for (const name of (Array.isArray(value) ? value.join(',') : String(value)).split(',')) {
+      const trimmed = name.trim();
+      if (trimmed === '*') return '*';
+      if (trimmed !== '' && !names.has(trimmed.toLowerCase())) names.set(trimmed.toLowerCase(), trimmed);
+    }
+  }
+  return [...names.values()].join(', ');
+}

@@ -17,7 +17,7 @@ import { cacheKey, currentAge, hasValidator, isFresh, mayRevalidateInBackground,
 import type { Revalidation } from '../response-cache';
 import type { CacheKey, FetchStart, ResponseStore } from '../response-store';
 import type { RouteTable } from '../routes';
-import { endToEndHeaders, forwardedHost, forwardsAuthorization, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { endToEndHeaders, forwardedHost, forwardsAuthorization, varyOf, type UnderscoreHeaderPolicy } from '../upstream-headers';
 
 export interface ResponseCacheOptions {
   /** The `cache` of each route that has one, by route name. */
@@ -275,7 +275,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     if (ctx.state.corsApplied) {
       // As the proxy does: the gateway's CORS policy, not the service's, with Vary keeping Origin.
       for (const name of Object.keys(headers)) if (name.startsWith('access-control-')) delete headers[name];
-      const vary = [ctx.response.get('vary'), entry.headers.vary].filter(Boolean).join(', ');
+      const vary = varyOf(ctx.response.get('vary'), entry.headers.vary);
       if (vary) headers.vary = vary;
     }
     rules?.response?.(headers, ctx);

@@ -8,7 +8,7 @@ import { GatewayError, upstreamFailure, upstreamSentContinue, upstreamSwitchedPr
 import type { GatewayMetrics } from '../metrics';
 import type { CompiledRoute } from '../routes';
 import type { RouteHeaderRules } from '../header-rules';
-import { endToEndHeaders, forwardedHost, publicLocation, serviceFieldsToPassOn, upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-headers';
+import { endToEndHeaders, forwardedHost, publicLocation, serviceFieldsToPassOn, upstreamHeadersFor, varyOf, type UnderscoreHeaderPolicy } from '../upstream-headers';
 import { pickWithRoom, type UpstreamInstance } from '../upstream-pool';
 import { endUpstreamSpan, injectTraceHeaders, startUpstreamSpan, upstreamErrorType, type UpstreamOutcome } from '../upstream-span';
 import { continueIfExpected } from './request-head';
@@ -1093,23 +1093,6 @@ function responseHeaders(source: http.IncomingHttpHeaders, res: http.ServerRespo
   return headers;
 }
 
-/**
- * The gateway's `Vary` (Origin) and the service's as one list, each name once in any case (`Origin, Origin` was
- * written when the service varied on Origin too), `*` alone when either says `*` (RFC 9110 12.5.5: it varies on
- * what no header names, and the names beside it add nothing).
- */
-function varyOf(...values: (http.OutgoingHttpHeader | undefined)[]): string {
-  const names = new Map<string, string>();
-  for (const value of values) {
-    if (value === undefined) continue;
-    for (const name of (Array.isArray(value) ? value.join(',') : String(value)).split(',')) {
-      const trimmed = name.trim();
-      if (trimmed === '*') return '*';
-      if (trimmed !== '' && !names.has(trimmed.toLowerCase())) names.set(trimmed.toLowerCase(), trimmed);
-    }
-  }
-  return [...names.values()].join(', ');
-}
 
 const isGatewayOwnedOrCors = (name: string) => name.startsWith('access-control-') || isGatewayOwnedHeader(name);
 

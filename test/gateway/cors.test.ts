@@ -137,6 +137,27 @@ describe('CORS', () => {
     }
   });
 
+  it('names Origin once in the Vary of an answer from the cache too', async () => {
+    const varying = await listen((_req, res) => {
+      res.setHeader('vary', 'origin, Accept-Encoding');
+      res.setHeader('cache-control', 'public, max-age=60');
+      res.setHeader('content-type', 'application/json');
+      res.end('[]');
+    });
+    const cachedRoute = { name: 'cached', prefix: '/api/cached', service: 'orders', upstreamPath: '/cached', auth: 'public', cache: { ttlSeconds: 60, scope: 'public' } };
+    const proxied = await startStack({ overrides: { cors: { origins: [APP] }, routes: [...(shippedConfigFile().routes as unknown[]), cachedRoute] }, serviceUrls: { orders: varying.url } });
+    try {
+      const replies = [await fetch(`${proxied.gateway.url}/api/cached`, { headers: { origin: APP } }), await fetch(`${proxied.gateway.url}/api/cached`, { headers: { origin: APP } })];
+      expect(replies.map((reply) => [reply.headers.get('x-cache'), reply.headers.get('vary')])).toEqual([
+        ['MISS', 'Origin, Accept-Encoding'],
+        ['HIT', 'Origin, Accept-Encoding'],
+      ]);
+    } finally {
+      await proxied.close();
+      await varying.close();
+    }
+  });
+
   // With no other CORS setting, a route's `cors: false` applied nothing: the service's own CORS headers (an origin
   // reflected with credentials) reached the browser, and preflights reached the service.
   it('refuses cross-origin use of a `cors: false` route when that is the only CORS setting', async () => {
