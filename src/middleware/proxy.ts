@@ -188,20 +188,21 @@ export function createProxy(options: ProxyOptions): Middleware {
     return count;
   };
   /**
-   * When each upload took its connection (performance.now()), for as long as its client still sends it. The half is
-   * counted when an instance is picked, but an upload queued for a connection is paused (the gateway holds its body
-   * back), so it is not counted then: uploads queued behind busy connections, let out together, took every one of them.
-   * Checked again when one has streamed for the grace period on its connection (a body that quick never counts: fast
-   * uploads let out together were refused when this was checked as they took their connections).
+   * Whether each upload on a connection was slow over its last grace period there (SLOW_UPLOAD_WINDOW_BYTES or less,
+   * its client still sending): judged every grace period from when it took the connection, for as long as its client
+   * sends it. The half is counted when an instance is picked, but an upload queued for a connection is paused (the
+   * gateway holds its body back), so it is not counted then: uploads queued behind busy connections, let out
+   * together, took every one of them. Judged by what each sent in its last period, not as they took their connections
+   * (fast uploads let out together were refused), nor by any upload still arriving (200 KB/s ones were cut mid-body),
+   * nor from the start (the buffered start of a body, sent in the first period, passed a trickle after it for fast).
    */
-  const onConnectionSince = new WeakMap<KoaContext['req'], number>();
-  /** The instance's uploads whose clients still send them on a connection they took at least `graceMs` ago. */
-  const uploadsPastGrace = (origin: string, now: number) => {
+  const slowOnConnection = new WeakMap<KoaContext['req'], boolean>();
+  /** At most this many bytes a grace period (and at least the read-ahead's), an upload still arriving is a slow one. */
+  const slowUploadBytes = Math.max(options.requestBufferBytes, SLOW_UPLOAD_WINDOW_BYTES);
+  /** The instance's uploads slow over their last grace period whose clients still send them. */
+  const slowUploadsOn = (origin: string) => {
     let count = 0;
-    for (const req of uploadsArriving.get(origin) ?? []) {
-      const since = onConnectionSince.get(req);
-      if (since !== undefined && now - since >= bodyRate.graceMs && clientOwesBody(req)) count++;
-    }
+    for (const req of uploadsArriving.get(origin) ?? []) if (slowOnConnection.get(req) === true && clientOwesBody(req)) count++;
     return count;
   };
   const capacity = options.maxSockets + options.maxPendingRequests;
@@ -297,6 +298,8 @@ export function createProxy(options: ProxyOptions): Middleware {
       };
       /** The body's last byte arrived, or the exchange is over: it no longer counts among the uploads arriving. */
       let uploading = streamsBody;
+      /** Bytes of the body received so far, the part read ahead included. */
+      let received = readAhead?.bytes ?? 0;
       const uploadEnded = () => {
         if (!uploading) return;
         uploading = false;
@@ -304,14 +307,22 @@ export function createProxy(options: ProxyOptions): Middleware {
       };
       /** undici is done with the request (ended, failed, or aborted when it finally got a connection). */
       /** Still arriving after the grace period on its connection: the newest such upload past the uploads' half is refused. */
-      const uploadPastGrace = () => {
-        if (settled || !uploading || exchange.status !== undefined || !clientOwesBody(req)) return;
-        // At least its own grace later: a timer may run a fraction of a millisecond before performance.now() says it
-        // is due, and the upload it ran for was not counted among those past the grace.
-        const now = Math.max(performance.now(), onConnectionSince.get(req)! + bodyRate.graceMs);
-        if (uploadsPastGrace(instance.origin, now) <= uploadShare) return;
+      /** Bytes of the body received when the upload's last grace period on its connection began. */
+      let receivedAtPeriodStart = 0;
+      /**
+       * Every grace period on its connection: whether the upload was slow over it, and, if it was and more slow ones
+       * than the uploads' half are on the instance, its refusal. Whether the service answered already or not: the
+       * connection is held while the client sends (a service that answers at once and reads on let slow uploads
+       * past this, every connection held until the deadline).
+       */
+      const judgeUploadPeriod = () => {
+        if (settled || !uploading) return;
+        const slow = clientOwesBody(req) && received - receivedAtPeriodStart <= slowUploadBytes;
+        receivedAtPeriodStart = received;
+        slowOnConnection.set(req, slow);
+        if (!slow || slowUploadsOn(instance.origin) <= uploadShare) return;
         exchange.uploadsOverShare = true;
-        cut('more uploads still arriving than half the connections', 'upstream_busy');
+        cut('more slow uploads still arriving than half the connections', 'upstream_busy');
       };
       const release = () => {
         if (released) return;
@@ -474,7 +485,6 @@ export function createProxy(options: ProxyOptions): Middleware {
         if (req.readableEnded) uploadEnded();
         else req.once('end', uploadEnded);
         // Counted as the body streams on: `req.pipe` below reads it through the same 'data' events.
-        let received = readAhead?.bytes ?? 0;
         req.on('data', (chunk: Buffer) => {
           touch();
           received += chunk.length;
@@ -521,8 +531,8 @@ export function createProxy(options: ProxyOptions): Middleware {
             }
             touch();
             if (uploading) {
-              onConnectionSince.set(req, performance.now());
-              timers.push(setTimeout(uploadPastGrace, bodyRate.graceMs));
+              receivedAtPeriodStart = received;
+              timers.push(setInterval(judgeUploadPeriod, bodyRate.graceMs));
             }
           },
           onResponseStart(controller, statusCode, upstreamHeaders, statusMessage) {
@@ -1169,6 +1179,12 @@ function malformedHeaderFields(failure: Error): string | undefined {
   const reason = /\(([^)]*(?:header|Content-Length|Transfer-Encoding)[^)]*)\)/i.exec(message)?.[1];
   return reason === undefined ? undefined : reason.slice(0, 80);
 }
+
+/**
+ * What a slow upload sends a grace period at most (unless the read-ahead is larger): 64 KiB, the read-ahead's default.
+ * Uploads at the minimum rate (a few hundred bytes a second) are far below, an upload at 200 KB/s far above.
+ */
+const SLOW_UPLOAD_WINDOW_BYTES = 64 * 1024;
 
 /**
  * The 503 of an upload over the uploads' half of an instance's connections: refused when the instance was picked, or

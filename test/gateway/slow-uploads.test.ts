@@ -90,6 +90,15 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
   beforeAll(async () => {
     held = await listen((req, res) => {
       if (req.url?.startsWith('/orders/hold')) return void holding.push(() => res.end('{}'));
+      // A service that answers at once and reads the body on, a byte of its answer every half second meanwhile.
+      if (req.url?.startsWith('/orders/early')) {
+        res.writeHead(200, { 'content-type': 'text/plain' }).flushHeaders();
+        const ticking = setInterval(() => res.write('.'), 500);
+        req.resume();
+        req.on('close', () => clearInterval(ticking));
+        req.on('end', () => res.end('done'));
+        return;
+      }
       bodies++;
       req.resume();
       req.on('end', () => res.writeHead(201, { 'content-type': 'application/json' }).end('{}'));
@@ -173,6 +182,51 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
       expect(served.status).toBe(201);
       expect(other.answered()).toBe(false);
       expect((await other.reply).status).toBe(201);
+    } finally {
+      for (const upload of uploads) upload.stop();
+    }
+  });
+
+  // A slow upload whose service answered at once held its connection all the same, and was let past the check.
+  it('refuses a slow upload past the uploads’ half though its service answered at once, cutting that answer', async () => {
+    const requests = await fillThePool();
+    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'transfer-encoding': 'chunked' };
+    const start = 200_000;
+    const body = JSON.stringify({ items: [], padding: 'x'.repeat(start + 1000) });
+    const uploads = [1, 2].map((n) => tricklingUpload(stack.gateway.url, `/api/orders/early?slow=${n}`, headers, body, 20, 100, start, true));
+    const settled = uploads.map((upload, index) =>
+      upload.reply.then(
+        (reply) => ({ index, status: reply.status, cut: false }),
+        () => ({ index, status: 0, cut: true }),
+      ),
+    );
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      holding.splice(0).forEach((answer) => answer());
+      for (const request of requests) expect((await request).status).toBe(200);
+      const first = await Promise.race(settled);
+      expect(first.cut).toBe(true);
+      const served = await fetch(`${stack.gateway.url}/api/orders/after?n=2`, { headers: { authorization: `Bearer ${token}` } });
+      expect(served.status).toBe(201);
+      expect(await settled[1 - first.index]).toMatchObject({ status: 200, cut: false });
+    } finally {
+      for (const upload of uploads) upload.stop();
+    }
+  });
+
+  // Any upload still arriving past the grace counted: two at 100 KB/s, let out of the queue together, lost one mid-body.
+  it('lets uploads faster than a slow one’s rate go on past the grace period, however many', async () => {
+    const requests = await fillThePool();
+    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'transfer-encoding': 'chunked' };
+    const start = 200_000;
+    // The rest at 100 KB/s for about 2.5 s: past the grace (1.5 s), and far over 64 KiB a grace period.
+    const body = JSON.stringify({ items: [], padding: 'x'.repeat(start + 250_000) });
+    const uploads = [1, 2].map((n) => tricklingUpload(stack.gateway.url, `/api/orders?fast=${n}`, headers, body, 5000, 50, start));
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      holding.splice(0).forEach((answer) => answer());
+      for (const request of requests) expect((await request).status).toBe(200);
+      expect((await Promise.all(uploads.map((upload) => upload.reply))).map((reply) => reply.status)).toEqual([201, 201]);
     } finally {
       for (const upload of uploads) upload.stop();
     }

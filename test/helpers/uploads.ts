@@ -23,8 +23,11 @@ export function stalledUpload(origin: string, path: string, headers: http.Outgoi
   });
 }
 
-/** A POST whose body goes out `bytesPerTick` bytes every `everyMs`; `sent()` counts what went. */
-export function tricklingUpload(origin: string, path: string, headers: http.OutgoingHttpHeaders, body: string, bytesPerTick: number, everyMs: number, burst = 0) {
+/**
+ * A POST whose body goes out `bytesPerTick` bytes every `everyMs`; `sent()` counts what went. It stops sending once an
+ * answer comes, unless `sendsPastAnswer` (a client that uploads on while the service answers as it reads).
+ */
+export function tricklingUpload(origin: string, path: string, headers: http.OutgoingHttpHeaders, body: string, bytesPerTick: number, everyMs: number, burst = 0, sendsPastAnswer = false) {
   const { hostname, port } = new URL(origin);
   let sent = 0;
   let timer: NodeJS.Timeout | undefined;
@@ -33,7 +36,7 @@ export function tricklingUpload(origin: string, path: string, headers: http.Outg
   const reply = new Promise<UploadReply>((resolve, reject) => {
     request = http.request({ host: hostname, port: Number(port), path, method: 'POST', headers, agent: false }, (response) => {
       answered = true;
-      clearInterval(timer);
+      if (!sendsPastAnswer) clearInterval(timer);
       const chunks: Buffer[] = [];
       response.on('data', (chunk: Buffer) => chunks.push(chunk));
       response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString() }));
