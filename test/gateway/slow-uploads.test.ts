@@ -155,22 +155,31 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
     expect(bodies).toBe(before + 2);
   });
 
+  /**
+   * Two uploads queued behind both connections held, then let out together: each a fast start that fills what the
+   * gateway buffers for a queued body (so it is held back, not owed by its client), then `rest` bytes at
+   * `bytesPerTick` every `everyMs`.
+   */
+  async function queuedUploads(path: string, rest: number, bytesPerTick: number, everyMs: number, sendsPastAnswer = false) {
+    const requests = await fillThePool();
+    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'transfer-encoding': 'chunked' };
+    const start = 200_000;
+    const body = JSON.stringify({ items: [], padding: 'x'.repeat(start + rest) });
+    const uploads = [1, 2].map((n) => tricklingUpload(stack.gateway.url, `${path}?upload=${n}`, headers, body, bytesPerTick, everyMs, start, sendsPastAnswer));
+    // Both under way at the gateway, their bodies' starts read, and queued: then both take the connections.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    holding.splice(0).forEach((answer) => answer());
+    for (const request of requests) expect((await request).status).toBe(200);
+    return uploads;
+  }
+
   // Queued behind busy connections, uploads are paused (the gateway holds their bodies back), so the half is not met
   // when an instance is picked for them: let out together, slow ones took every connection, and a request that had
   // nothing to send waited for one until its timeout.
   it('refuses the newest upload still arriving past the grace period beyond the uploads’ half, and serves the others', async () => {
-    const requests = await fillThePool();
-    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'transfer-encoding': 'chunked' };
-    // A fast start that fills what the gateway buffers for a queued body (so it is held back, not owed by its client),
-    // then 200 bytes/s, twice the minimum: nothing but the half cuts them; about 5 s each, longer than the timeout.
-    const start = 200_000;
-    const body = JSON.stringify({ items: [], padding: 'x'.repeat(start + 1000) });
-    const uploads = [1, 2].map((n) => tricklingUpload(stack.gateway.url, `/api/orders?slow=${n}`, headers, body, 20, 100, start));
+    // 200 bytes/s after the start, twice the minimum: nothing but the half cuts them; about 5 s each, past the timeout.
+    const uploads = await queuedUploads('/api/orders', 1000, 20, 100);
     try {
-      // Both under way at the gateway, their bodies' starts read, and queued: then both take the connections.
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      holding.splice(0).forEach((answer) => answer());
-      for (const request of requests) expect((await request).status).toBe(200);
       const first = await Promise.race(uploads.map((upload, index) => upload.reply.then((reply) => ({ reply, index }))));
       expect(first.reply.status).toBe(503);
       expect(first.reply.headers.connection).toBe('close');
@@ -189,11 +198,7 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
 
   // A slow upload whose service answered at once held its connection all the same, and was let past the check.
   it('refuses a slow upload past the uploads’ half though its service answered at once, cutting that answer', async () => {
-    const requests = await fillThePool();
-    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'transfer-encoding': 'chunked' };
-    const start = 200_000;
-    const body = JSON.stringify({ items: [], padding: 'x'.repeat(start + 1000) });
-    const uploads = [1, 2].map((n) => tricklingUpload(stack.gateway.url, `/api/orders/early?slow=${n}`, headers, body, 20, 100, start, true));
+    const uploads = await queuedUploads('/api/orders/early', 1000, 20, 100, true);
     const settled = uploads.map((upload, index) =>
       upload.reply.then(
         (reply) => ({ index, status: reply.status, cut: false }),
@@ -201,9 +206,6 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
       ),
     );
     try {
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      holding.splice(0).forEach((answer) => answer());
-      for (const request of requests) expect((await request).status).toBe(200);
       const first = await Promise.race(settled);
       expect(first.cut).toBe(true);
       const served = await fetch(`${stack.gateway.url}/api/orders/after?n=2`, { headers: { authorization: `Bearer ${token}` } });
@@ -216,16 +218,9 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
 
   // Any upload still arriving past the grace counted: two at 100 KB/s, let out of the queue together, lost one mid-body.
   it('lets uploads faster than a slow one’s rate go on past the grace period, however many', async () => {
-    const requests = await fillThePool();
-    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'transfer-encoding': 'chunked' };
-    const start = 200_000;
     // The rest at 100 KB/s for about 2.5 s: past the grace (1.5 s), and far over 64 KiB a grace period.
-    const body = JSON.stringify({ items: [], padding: 'x'.repeat(start + 250_000) });
-    const uploads = [1, 2].map((n) => tricklingUpload(stack.gateway.url, `/api/orders?fast=${n}`, headers, body, 5000, 50, start));
+    const uploads = await queuedUploads('/api/orders', 250_000, 5000, 50);
     try {
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      holding.splice(0).forEach((answer) => answer());
-      for (const request of requests) expect((await request).status).toBe(200);
       expect((await Promise.all(uploads.map((upload) => upload.reply))).map((reply) => reply.status)).toEqual([201, 201]);
     } finally {
       for (const upload of uploads) upload.stop();
