@@ -188,7 +188,7 @@ export function createProxy(options: ProxyOptions): Middleware {
     return count;
   };
   /**
-   * Whether each upload on a connection was slow over its last grace period there (SLOW_UPLOAD_WINDOW_BYTES or less,
+   * Whether each upload on a connection was slow over its last grace period there (under SLOW_UPLOAD_BYTES_PER_SECOND,
    * its client still sending): judged every grace period from when it took the connection, for as long as its client
    * sends it. The half is counted when an instance is picked, but an upload queued for a connection is paused (the
    * gateway holds its body back), so it is not counted then: uploads queued behind busy connections, let out
@@ -197,8 +197,13 @@ export function createProxy(options: ProxyOptions): Middleware {
    * nor from the start (the buffered start of a body, sent in the first period, passed a trickle after it for fast).
    */
   const slowOnConnection = new WeakMap<KoaContext['req'], boolean>();
-  /** At most this many bytes a grace period (and at least the read-ahead's), an upload still arriving is a slow one. */
-  const slowUploadBytes = Math.max(options.requestBufferBytes, SLOW_UPLOAD_WINDOW_BYTES);
+  /**
+   * Under this many bytes a grace period, an upload still arriving is a slow one: SLOW_UPLOAD_BYTES_PER_SECOND (or the
+   * read-ahead a second, when larger) over the period. A number of bytes a period whatever its length made the rate
+   * depend on the setting: 64 KiB per 5 s, 13 KB/s, and four uploads at 14 KB/s held all four connections of an
+   * instance until the deadline (an outside review).
+   */
+  const slowUploadBytes = (Math.max(options.requestBufferBytes, SLOW_UPLOAD_BYTES_PER_SECOND) * options.bodyGracePeriodMs) / 1000;
   /** The instance's uploads slow over their last grace period whose clients still send them. */
   const slowUploadsOn = (origin: string) => {
     let count = 0;
@@ -317,11 +322,15 @@ export function createProxy(options: ProxyOptions): Middleware {
        */
       const judgeUploadPeriod = () => {
         if (settled || !uploading) return;
-        const slow = clientOwesBody(req) && received - receivedAtPeriodStart <= slowUploadBytes;
+        const slow = clientOwesBody(req) && received - receivedAtPeriodStart < slowUploadBytes;
         receivedAtPeriodStart = received;
         slowOnConnection.set(req, slow);
         if (!slow || slowUploadsOn(instance.origin) <= uploadShare) return;
         exchange.uploadsOverShare = true;
+        // Out of the count before the cut: one whose answer had started stays in it until its exchange ends, and the
+        // uploads judged in the same turn after it (those let out of the queue together) were all cut.
+        slowOnConnection.delete(req);
+        uploadEnded();
         cut('more slow uploads still arriving than half the connections', 'upstream_busy');
       };
       const release = () => {
@@ -1181,10 +1190,12 @@ function malformedHeaderFields(failure: Error): string | undefined {
 }
 
 /**
- * What a slow upload sends a grace period at most (unless the read-ahead is larger): 64 KiB, the read-ahead's default.
- * Uploads at the minimum rate (a few hundred bytes a second) are far below, an upload at 200 KB/s far above.
+ * Below this rate over a grace period, an upload on a connection is a slow one (unless the read-ahead a second is
+ * larger): 64 KiB/s, the read-ahead's default a second. Uploads at the minimum rate (a few hundred bytes a second) are
+ * far below, one at 200 KB/s above. Holding an instance's connections past the uploads' half so costs a client 64 KiB/s
+ * on each of them, until the route's deadline.
  */
-const SLOW_UPLOAD_WINDOW_BYTES = 64 * 1024;
+const SLOW_UPLOAD_BYTES_PER_SECOND = 64 * 1024;
 
 /**
  * The 503 of an upload over the uploads' half of an instance's connections: refused when the instance was picked, or

@@ -216,10 +216,10 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
     }
   });
 
-  // Any upload still arriving past the grace counted: two at 100 KB/s, let out of the queue together, lost one mid-body.
+  // Any upload still arriving past the grace counted: two at 200 KB/s, let out of the queue together, lost one mid-body.
   it('lets uploads faster than a slow one’s rate go on past the grace period, however many', async () => {
-    // The rest at 100 KB/s for about 2.5 s: past the grace (1.5 s), and far over 64 KiB a grace period.
-    const uploads = await queuedUploads('/api/orders', 250_000, 5000, 50);
+    // The rest at 200 KB/s for about 2.5 s: past the grace (1.5 s), and over 64 KiB/s.
+    const uploads = await queuedUploads('/api/orders', 500_000, 10_000, 50);
     try {
       expect((await Promise.all(uploads.map((upload) => upload.reply))).map((reply) => reply.status)).toEqual([201, 201]);
     } finally {
@@ -245,6 +245,56 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
     expect(after.status).toBe(201);
     // The broken-off body never reached the service as a request, before the connections came free or after.
     expect(bodies).toBe(before + 1);
+  });
+});
+
+// Four connections, so two for slow uploads, each answered at once: exactly the two beyond the half are cut. (An outside
+// review saw all four cut when a cut one stayed counted until its exchange ended; here the cut exchanges end before
+// the next judgement, so this does not reproduce that, only pins the count.)
+describe('slow uploads let out of the queue together, whose service answered at once', () => {
+  let stack: TestStack;
+  let service: TestServer;
+  let token: string;
+  const holding: (() => void)[] = [];
+
+  beforeAll(async () => {
+    service = await listen((req, res) => {
+      if (req.url?.startsWith('/orders/hold')) return void holding.push(() => res.end('{}'));
+      res.writeHead(200, { 'content-type': 'text/plain' }).flushHeaders();
+      const ticking = setInterval(() => res.write('.'), 500);
+      req.resume();
+      req.on('close', () => clearInterval(ticking));
+      req.on('end', () => res.end('done'));
+    });
+    stack = await startStack({
+      serviceUrls: { orders: service.url },
+      env: { RATE_LIMIT_MAX: '100000' },
+      overrides: { proxy: { timeoutMs: 3000, maxSockets: 4, maxPendingRequests: 4, requestBufferBytes: 16 }, server: { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 1500 } },
+    });
+    token = await login(stack.gateway.url);
+  });
+  afterAll(async () => {
+    holding.splice(0).forEach((answer) => answer());
+    await stack.close();
+    await service.close();
+  });
+
+  it('cuts only those beyond the half', async () => {
+    const auth = { authorization: `Bearer ${token}` };
+    const held = [1, 2, 3, 4].map((n) => fetch(`${stack.gateway.url}/api/orders/hold?n=${n}`, { headers: auth }));
+    await waitFor(() => holding.length === 4, 'every connection to be held');
+    const body = JSON.stringify({ items: [], padding: 'x'.repeat(201_000) });
+    const uploads = [1, 2, 3, 4].map((n) => tricklingUpload(stack.gateway.url, `/api/orders/early?upload=${n}`, { ...auth, 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, body, 20, 100, 200_000, true));
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      holding.splice(0).forEach((answer) => answer());
+      for (const request of held) expect((await request).status).toBe(200);
+      const outcomes = await Promise.all(uploads.map((upload) => upload.reply.then((reply) => reply.status, () => 'cut')));
+      expect(outcomes.filter((outcome) => outcome === 'cut')).toHaveLength(2);
+      expect(outcomes.filter((outcome) => outcome === 200)).toHaveLength(2);
+    } finally {
+      for (const upload of uploads) upload.stop();
+    }
   });
 });
 
