@@ -79,8 +79,8 @@ interface Exchange {
    */
   uploadOutlivedDeadline?: boolean;
   /**
-   * Its client was still sending a body past the grace period on one of the instance's connections, and more such
-   * uploads than the uploads' half were (its own the newest): refused 503, not the instance's failure.
+   * Its client sent its body slowly over a grace period on one of the instance's connections, and more such slow
+   * uploads than the uploads' half were there (its own judged last): refused 503, not the instance's failure.
    */
   uploadsOverShare?: boolean;
   upstreamAborted?: boolean;
@@ -310,8 +310,6 @@ export function createProxy(options: ProxyOptions): Middleware {
         uploading = false;
         uploadsArriving.get(instance.origin)!.delete(req);
       };
-      /** undici is done with the request (ended, failed, or aborted when it finally got a connection). */
-      /** Still arriving after the grace period on its connection: the newest such upload past the uploads' half is refused. */
       /** Bytes of the body received when the upload's last grace period on its connection began. */
       let receivedAtPeriodStart = 0;
       /**
@@ -333,6 +331,7 @@ export function createProxy(options: ProxyOptions): Middleware {
         uploadEnded();
         cut('more slow uploads still arriving than half the connections', 'upstream_busy');
       };
+      /** undici is done with the request (ended, failed, or aborted when it finally got a connection). */
       const release = () => {
         if (released) return;
         released = true;
