@@ -441,7 +441,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       // (an exact POST-only route refining a cached prefix route: `POST /api/orders` answered 201 with the Location
       // of an order whose 404 the prefix route stored). It invalidated nothing, and that 404 went on answering.
       if (SAFE_METHODS.has(ctx.method)) return next();
-      return invalidatingWrite(ctx, next, route, writtenResources(route, ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!));
+      return invalidatingWrite(ctx, next, route, writtenResources(route, upstreamTargetOf(ctx)));
     }
     const { req } = ctx;
     const headers = req.headers;
@@ -453,7 +453,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     // The resource: what the service is asked for, the route and the upstream path and query, however spelt
     // (resourceKey). A successful write drops every stored variant of it (RFC 9111 4.4), however the requests that
     // stored them were forwarded and spelt it and whichever configuration of the route they were stored under.
-    const upstreamTarget = ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!;
+    const upstreamTarget = upstreamTargetOf(ctx);
     const resource = resourceKey(route.name, upstreamTarget);
     const cacheControl = requestHeaderValue(headers['cache-control']);
     const onlyIfCached = cacheControl !== null && ONLY_IF_CACHED.test(cacheControl);
@@ -848,4 +848,9 @@ function captureResponse(options: CaptureOptions): { tap: ResponseTap; stored: (
     },
   };
   return { tap, stored: () => pending ?? Promise.resolve() };
+}
+
+/** What the service is asked for: the route's upstream path and the request's query as sent. */
+function upstreamTargetOf(ctx: Context): string {
+  return ctx.querystring ? `${ctx.state.upstreamPath}?${ctx.querystring}` : ctx.state.upstreamPath!;
 }
