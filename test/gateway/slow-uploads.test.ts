@@ -79,6 +79,15 @@ describe('slow uploads cannot starve a service’s connections', () => {
   });
 });
 
+/** A service that answers at once and reads the body on, a byte of its answer every half second meanwhile. */
+function answerAtOnce(req: http.IncomingMessage, res: http.ServerResponse): void {
+  res.writeHead(200, { 'content-type': 'text/plain' }).flushHeaders();
+  const ticking = setInterval(() => res.write('.'), 500);
+  req.resume();
+  req.on('close', () => clearInterval(ticking));
+  req.on('end', () => res.end('done'));
+}
+
 describe('the queue of requests waiting for an upstream connection is bounded', () => {
   let stack: TestStack;
   let held: TestServer;
@@ -90,15 +99,7 @@ describe('the queue of requests waiting for an upstream connection is bounded', 
   beforeAll(async () => {
     held = await listen((req, res) => {
       if (req.url?.startsWith('/orders/hold')) return void holding.push(() => res.end('{}'));
-      // A service that answers at once and reads the body on, a byte of its answer every half second meanwhile.
-      if (req.url?.startsWith('/orders/early')) {
-        res.writeHead(200, { 'content-type': 'text/plain' }).flushHeaders();
-        const ticking = setInterval(() => res.write('.'), 500);
-        req.resume();
-        req.on('close', () => clearInterval(ticking));
-        req.on('end', () => res.end('done'));
-        return;
-      }
+      if (req.url?.startsWith('/orders/early')) return answerAtOnce(req, res);
       bodies++;
       req.resume();
       req.on('end', () => res.writeHead(201, { 'content-type': 'application/json' }).end('{}'));
@@ -260,11 +261,7 @@ describe('slow uploads let out of the queue together, whose service answered at 
   beforeAll(async () => {
     service = await listen((req, res) => {
       if (req.url?.startsWith('/orders/hold')) return void holding.push(() => res.end('{}'));
-      res.writeHead(200, { 'content-type': 'text/plain' }).flushHeaders();
-      const ticking = setInterval(() => res.write('.'), 500);
-      req.resume();
-      req.on('close', () => clearInterval(ticking));
-      req.on('end', () => res.end('done'));
+      answerAtOnce(req, res);
     });
     stack = await startStack({
       serviceUrls: { orders: service.url },
