@@ -50,9 +50,12 @@ export function bodyStalledError(timeoutMs: number): GatewayError {
  * Reads a body with `read` (a parser that consumes the request), failing with 408 if it arrives slower than the
  * rate. Over HTTP/1 bytes are counted on the connection, not with a 'data' listener on the request: one would set
  * the body flowing before a parser that starts listening after an `await` does, and it would lose the first
- * chunks. Over HTTP/2 they are the stream's own, counted on the stream, which Node's compatibility request already
- * reads as it flows (a listener there changes nothing): the connection's counted every stream's bytes and frames, and
- * a stream dripping its body beside a few PINGs a second was never too slow.
+ * chunks. Over HTTP/2 they are the stream's own, counted on the stream (the connection's counted every stream's
+ * bytes and frames, and a stream dripping its body beside a few PINGs a second was never too slow). Node's
+ * compatibility request starts listening to its stream on its first read only: a counter listening before it set
+ * the stream flowing into the counter alone, and login read an empty body (400) whenever the body arrived before
+ * its parser's first read. So the request is asked to read first (`read(0)`: it starts listening and buffers what
+ * arrives for the parser, consuming nothing), and the counter listens beside it.
  */
 export async function readWithinRate<T>(request: IncomingMessage | Http2ServerRequest, rate: BodyRate, read: () => Promise<T>): Promise<T> {
   const stream = (request as Partial<Http2ServerRequest>).stream;
@@ -61,6 +64,7 @@ export async function readWithinRate<T>(request: IncomingMessage | Http2ServerRe
   if (stream) {
     let bytes = 0;
     const count = (chunk: Buffer) => void (bytes += chunk.length);
+    request.read(0);
     stream.on('data', count);
     received = () => bytes;
     stopCounting = () => void stream.off('data', count);
