@@ -5,6 +5,7 @@ import https from 'node:https';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describeRouteAccess, loadConfig, type GatewayConfig } from '../src/config';
+import { serviceSigningKey } from '../src/gateway-signature';
 
 /**
  * `npm start`: the gateway and the three services as four processes on one machine, the way
@@ -66,24 +67,36 @@ const GATEWAY_PORT = portFrom('PORT', 3000);
 const SERVICE_HOST = '127.0.0.1';
 /**
  * The key the gateway signs what it tells the services with (src/gateway-signature.ts): the environment's, else
- * one made for this run and given to all four, so the services refuse requests that did not come from it.
+ * one made for this run; each service is given its own key derived from it, so the services refuse requests that
+ * did not come from the gateway, and none can sign for another.
  */
 const SIGNING_KEY = process.env.GATEWAY_SIGNING_KEY || randomBytes(32).toString('base64url');
+const keyOf = (service: string) => serviceSigningKey(SIGNING_KEY, service);
 const urlOf = (port: number) => `http://${SERVICE_HOST}:${port}`;
 
 const members: Member[] = [
-  { name: 'user-service', entry: 'services/users/main.js', env: { HOST: SERVICE_HOST, PORT: String(SERVICE_PORTS.users) } },
-  { name: 'notification-service', entry: 'services/notifications/main.js', env: { HOST: SERVICE_HOST, PORT: String(SERVICE_PORTS.notifications), GRPC_PORT: String(NOTIFICATIONS_GRPC_PORT) } },
+  { name: 'user-service', entry: 'services/users/main.js', env: { HOST: SERVICE_HOST, PORT: String(SERVICE_PORTS.users), GATEWAY_SIGNING_KEY: keyOf('users') } },
+  { name: 'notification-service', entry: 'services/notifications/main.js', env: { HOST: SERVICE_HOST, PORT: String(SERVICE_PORTS.notifications), GRPC_PORT: String(NOTIFICATIONS_GRPC_PORT), GATEWAY_SIGNING_KEY: keyOf('notifications') } },
   {
     name: 'order-service',
     entry: 'services/orders/main.js',
-    env: { HOST: SERVICE_HOST, PORT: String(SERVICE_PORTS.orders), USER_SERVICE_URL: urlOf(SERVICE_PORTS.users), NOTIF_SERVICE_URL: urlOf(SERVICE_PORTS.notifications), NOTIF_GRPC_SERVICE_URL: urlOf(NOTIFICATIONS_GRPC_PORT) },
+    env: {
+      HOST: SERVICE_HOST,
+      PORT: String(SERVICE_PORTS.orders),
+      USER_SERVICE_URL: urlOf(SERVICE_PORTS.users),
+      NOTIF_SERVICE_URL: urlOf(SERVICE_PORTS.notifications),
+      NOTIF_GRPC_SERVICE_URL: urlOf(NOTIFICATIONS_GRPC_PORT),
+      GATEWAY_SIGNING_KEY: keyOf('orders'),
+      USER_SERVICE_SIGNING_KEY: keyOf('users'),
+      NOTIF_SERVICE_SIGNING_KEY: keyOf('notifications'),
+    },
   },
   {
     name: 'gateway',
     entry: 'src/main.js',
     nodeOptions: gatewayNodeFlags(),
     env: {
+      GATEWAY_SIGNING_KEY: SIGNING_KEY,
       USER_SERVICE_URL: urlOf(SERVICE_PORTS.users),
       ORDER_SERVICE_URL: urlOf(SERVICE_PORTS.orders),
       NOTIF_SERVICE_URL: urlOf(SERVICE_PORTS.notifications),
@@ -113,7 +126,7 @@ let stopping = false;
 function start(member: Member): void {
   const child = spawn(process.execPath, [...(member.nodeOptions ?? []), '--require', register, path.join(dist, member.entry)], {
     // The gateway's HOST is the user's (else its config's, else 127.0.0.1); the services' is SERVICE_HOST.
-    env: { ...process.env, GATEWAY_SIGNING_KEY: SIGNING_KEY, ...member.env },
+    env: { ...process.env, ...member.env },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   children.set(member.name, child);
@@ -174,7 +187,7 @@ function answersReady(probeUrl: string): Promise<boolean> {
 }
 
 /** The gateway's config, as the gateway reads it. */
-const gatewayConfig = () => loadConfig({ ...process.env, GATEWAY_SIGNING_KEY: SIGNING_KEY, ...members.at(-1)!.env });
+const gatewayConfig = () => loadConfig({ ...process.env, ...members.at(-1)!.env });
 
 interface GatewayAddress {
   /** Where the launcher asks for `/ready`. */

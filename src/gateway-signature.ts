@@ -6,10 +6,10 @@ import { HEADER, SIGNATURE_CHALLENGE_SCHEME } from '../otel/wire-names';
  *
  * The services believe the identity headers (`X-User-Id`, `-Role`, `-Email`, `X-Consumer-Id`) because the gateway
  * strips clients' own and writes them after verifying a token. That alone holds only while nothing but the gateway
- * can reach a service: any pod, container or host that could would be whoever it said it was. With a key shared by
- * the gateway and the services (`GATEWAY_SIGNING_KEY`), every request the gateway sends carries an HMAC-SHA256 of
- * those headers, the request's method and target, and a time, and a service answers only requests whose signature
- * verifies.
+ * can reach a service: any pod, container or host that could would be whoever it said it was. With a key of the
+ * gateway's (`GATEWAY_SIGNING_KEY`) and one per service derived from it (serviceSigningKey, the service's own
+ * `GATEWAY_SIGNING_KEY`), every request the gateway sends carries an HMAC-SHA256, under that service's key, of those
+ * headers, the request's method and target, and a time, and a service answers only requests whose signature verifies.
  *
  * Header: `t=<unix seconds>,v4=<base64url HMAC-SHA256>`, over
  * `koa-gateway-signature-v4\n<t>\n<audience>\n<method>\n<target>\n<x-request-id>\n<x-user-id>\n<x-user-role>\n<x-user-email>\n<x-consumer-id>`:
@@ -35,8 +35,9 @@ import { HEADER, SIGNATURE_CHALLENGE_SCHEME } from '../otel/wire-names';
  * on every service, path and method. Whoever saw one (a service the request was forwarded to, anyone reading the
  * traffic, the anonymous signature every public route and login carried) could send it straight to a service's
  * `/internal/*` endpoints or any other path for five minutes. Signed with its request and its service, it is good for
- * that method and target on that service only. A service calling another within a request signs its own call with the
- * key it holds, for that service, over the identity it verified (services/shared/service-app.ts). The body is not signed (the gateway streams it): someone
+ * that method and target on that service only. A service calling another within a request signs its own call with
+ * that service's key, which it was given for the purpose, over the identity it verified (order-service, with
+ * `USER_SERVICE_SIGNING_KEY` and `NOTIF_SERVICE_SIGNING_KEY`). The body is not signed (the gateway streams it): someone
  * who reads the traffic to the services could still repeat a request with another body within the window, so keep
  * the services off every network but the gateway's as well.
  */
@@ -174,15 +175,50 @@ export function keyedMac(key: string): (text: string) => string {
 export type GatewaySigner = (request: SignedRequest, values: SignedValues) => string;
 
 /**
- * Signs each request sent with the key: one HMAC per request (a few microseconds), since no two requests share a
- * method, target and identity long enough to be worth a table.
+ * Signs each request sent with one key, the key of the service it is for (a service's calls to another, whose key
+ * it was given): one HMAC per request (a few microseconds), since no two requests share a method, target and
+ * identity long enough to be worth a table.
  */
 export function createGatewaySigner(key: string, now: () => number = Date.now): GatewaySigner {
-  const sign = keyedMac(key);
+  const mac = keyedMac(key);
+  return signerWith(() => mac, now);
+}
+
+/**
+ * The gateway's signer: each request signed with the key of the service it is for (`request.audience`), derived from
+ * the gateway's key (serviceSigningKey) the first time that service is signed for. The audiences are the config's
+ * service names, never a client's words, so the table stays as small as the config.
+ */
+export function createServiceKeySigner(gatewayKey: string, now: () => number = Date.now): GatewaySigner {
+  const macs = new Map<string, (text: string) => string>();
+  return signerWith((audience) => {
+    let mac = macs.get(audience);
+    if (mac === undefined) macs.set(audience, (mac = keyedMac(serviceSigningKey(gatewayKey, audience))));
+    return mac;
+  }, now);
+}
+
+function signerWith(macFor: (audience: string) => (text: string) => string, now: () => number): GatewaySigner {
   return (request, values) => {
     const time = Math.floor(now() / 1000);
-    return `t=${time},v4=${sign(message(time, request, values))}`;
+    return `t=${time},v4=${macFor(request.audience)(message(time, request, values))}`;
   };
+}
+
+/** What a service's key is derived under (serviceSigningKey); a new derivation gets a new label. */
+const SERVICE_KEY_LABEL = 'koa-gateway-service-key-v1';
+
+/**
+ * The key of one service (its name in the gateway's `services`): HMAC-SHA256 of `koa-gateway-service-key-v1\n<name>`
+ * under the gateway's key, in base64url without padding (43 characters). Each service holds only its own key
+ * (`GATEWAY_SIGNING_KEY` of that service), and the gateway signs its requests with it: a service, or whoever takes
+ * one over, can sign for itself alone, never as the gateway to another service (with one key shared by all, any
+ * service's key signed for every other; the audience only named the service, it did not keep one from signing for
+ * another). The gateway keeps one key and derives the rest, so its own config is unchanged; `npm run service-key`
+ * prints a service's, as does `openssl` (README "Services trust the gateway").
+ */
+export function serviceSigningKey(gatewayKey: string, service: string): string {
+  return createHmac('sha256', gatewayKey).update(`${SERVICE_KEY_LABEL}\n${service}`).digest('base64url');
 }
 
 /** A challenge of the scheme a service's refusal of the gateway's signature names, among any others, in any case. */

@@ -3,7 +3,7 @@ import Koa from 'koa';
 import type { Logger } from '../otel/logger';
 import type { Redis } from 'ioredis';
 import type { GatewayConfig, RateLimitConfig } from './config';
-import { createGatewaySigner } from './gateway-signature';
+import { createServiceKeySigner } from './gateway-signature';
 import type { ProtoSources } from './grpc/proto-sources';
 import './context';
 import { installDirectAccessors, installFasterRequestAccessors, installFasterResponseAccessors, installHttp2AwareWritable } from './koa-context-accessors';
@@ -140,8 +140,9 @@ export function createGatewayApps(config: GatewayConfig, deps: GatewayDependenci
     byConsumer: new Map(config.consumers.flatMap((consumer) => (consumer.rateLimit ? [[consumer.id, limiter(`consumer-${consumer.id}`, consumer.rateLimit)] as const] : []))),
   });
 
-  // Every request to a service carries the gateway's signature when the services hold its key.
-  const sign = config.proxy.signingKey === undefined ? undefined : createGatewaySigner(config.proxy.signingKey);
+  // Every request to a service carries the gateway's signature, made with that service's own key (derived from the
+  // gateway's: src/gateway-signature.ts serviceSigningKey).
+  const sign = config.proxy.signingKey === undefined ? undefined : createServiceKeySigner(config.proxy.signingKey);
   // Bodies the gateway reads itself (login, gRPC translation) are held to the rate the proxy holds uploads to.
   const bodyRate = { minBytesPerSecond: config.server.minBodyBytesPerSecond, graceMs: config.server.bodyGracePeriodMs };
   const cachedRoutes = new Map(config.routes.flatMap((route) => (route.cache ? [[route.name, route.cache] as const] : [])));

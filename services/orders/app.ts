@@ -32,8 +32,14 @@ export interface OrdersAppOptions {
   notificationsUrl: string;
   /** notification-service's gRPC interface; when set, new orders are notified over gRPC instead of HTTP. */
   notificationsGrpcUrl?: string;
-  /** The gateway's signing key (service-app.ts `signingKey`); its calls to the other services are signed with it too. */
+  /** This service's signing key (service-app.ts `signingKey`): the gateway's signatures for it are checked with it. */
   signingKey?: string;
+  /**
+   * user-service's and notification-service's keys (`USER_SERVICE_SIGNING_KEY`, `NOTIF_SERVICE_SIGNING_KEY`): its calls
+   * to each are signed with that service's key; unsigned without one.
+   */
+  usersSigningKey?: string;
+  notificationsSigningKey?: string;
   /** Another key whose signatures are accepted too (service-app.ts `acceptedSigningKey`); never used to sign. */
   acceptedSigningKey?: string;
   /** The name the gateway's config gives this service (service-app.ts `signatureAudience`); default `orders`. */
@@ -106,8 +112,10 @@ export function createApp(options: OrdersAppOptions): Koa {
   const orders = createBoundedStore<Order>(options.storeLimits ?? DEFAULT_ORDER_STORE_LIMITS, orderBytes);
   const idempotencyKeys = createIdempotencyKeys();
   const router = new Router();
-  // A signature is good only for the request it was made for: each call to another service is signed here.
-  const sign = options.signingKey === undefined ? undefined : createGatewaySigner(options.signingKey);
+  // A signature is good only for the request it was made for: each call to another service is signed here, with
+  // that service's key.
+  const signForUsers = options.usersSigningKey === undefined ? undefined : createGatewaySigner(options.usersSigningKey);
+  const signForNotifications = options.notificationsSigningKey === undefined ? undefined : createGatewaySigner(options.notificationsSigningKey);
   // Each half as no loaded instrumentation carries it (a boolean: all or none).
   const byHand = options.propagateTraceContext ?? false;
   const { continueIncoming, injectHttpCalls, injectGrpcCalls } = typeof byHand === 'boolean' ? { continueIncoming: byHand, injectHttpCalls: byHand, injectGrpcCalls: byHand } : byHand;
@@ -119,7 +127,7 @@ export function createApp(options: OrdersAppOptions): Koa {
     // id `.` was asked as `GET /users/` (the admin's list of users, 200: an order for a user who did not exist).
     if (caller.id === '.' || caller.id === '..') throw new ServiceError(403, 'unknown_user', 'Your account no longer exists.');
     try {
-      const response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, identity, sign, audience: SIGNATURE_AUDIENCE.users, propagate: injectHttpCalls });
+      const response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, identity, sign: signForUsers, audience: SIGNATURE_AUDIENCE.users, propagate: injectHttpCalls });
       status = response.statusCode;
       code = status === 404 ? await problemCode(response.body) : (await response.body.dump(), undefined);
     } catch (error) {
@@ -150,7 +158,7 @@ export function createApp(options: OrdersAppOptions): Koa {
     return typeof problem?.code === 'string' ? problem.code : undefined;
   }
 
-  const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl, sign, { propagate: injectGrpcCalls }) : undefined;
+  const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl, signForNotifications, { propagate: injectGrpcCalls }) : undefined;
 
   async function notify(order: Order, userId: string, requestId: string, identity: SignedValues): Promise<void> {
     const event = { userId, type: 'order.created', orderId: order.id, message: `Order ${order.id} was created.` };
@@ -170,7 +178,7 @@ export function createApp(options: OrdersAppOptions): Koa {
         method: 'POST',
         requestId,
         identity,
-        sign,
+        sign: signForNotifications,
         audience: SIGNATURE_AUDIENCE.notifications,
         propagate: injectHttpCalls,
         body: event,

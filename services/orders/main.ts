@@ -16,6 +16,8 @@ void startService(
       notificationsGrpcUrl: env.NOTIF_GRPC_SERVICE_URL,
       signingKey: env.GATEWAY_SIGNING_KEY,
       acceptedSigningKey: env.GATEWAY_SIGNING_KEY_ACCEPTED,
+      usersSigningKey: env.USER_SERVICE_SIGNING_KEY,
+      notificationsSigningKey: env.NOTIF_SERVICE_SIGNING_KEY,
       signatureAudience: env.GATEWAY_SIGNATURE_AUDIENCE,
       propagateTraceContext: propagateTraceContextByHand,
     });

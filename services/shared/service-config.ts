@@ -9,18 +9,24 @@ import { serviceOrigin } from '../../src/service-origin';
  */
 export type ServiceKey = 'users' | 'orders' | 'notifications';
 
+const signingKey = z.string().min(SIGNING_KEY_MIN_LENGTH, `must be at least ${SIGNING_KEY_MIN_LENGTH} characters`);
+
 const common = {
   HOST: z.string().min(1).default('127.0.0.1'),
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   LOG_LEVEL: z.enum(['error', 'warn', 'info', 'http', 'verbose', 'debug', 'silly']).default('info'),
-  /** The gateway's signing key (src/gateway-signature.ts): requests without its signature are refused. Required in production. */
-  GATEWAY_SIGNING_KEY: z.string().min(SIGNING_KEY_MIN_LENGTH, `must be at least ${SIGNING_KEY_MIN_LENGTH} characters`).optional(),
+  /**
+   * This service's signing key (src/gateway-signature.ts serviceSigningKey: derived from the gateway's, for this
+   * service's name; `npm run service-key`): requests without the gateway's signature under it are refused. Required
+   * in production.
+   */
+  GATEWAY_SIGNING_KEY: signingKey.optional(),
   /**
    * Another key whose signatures are accepted too, never used to sign: the next key of a rotation, before the gateway
    * signs with it, then the previous one, while other services still sign their calls with it (README). Only with
    * GATEWAY_SIGNING_KEY.
    */
-  GATEWAY_SIGNING_KEY_ACCEPTED: z.string().min(SIGNING_KEY_MIN_LENGTH, `must be at least ${SIGNING_KEY_MIN_LENGTH} characters`).optional(),
+  GATEWAY_SIGNING_KEY_ACCEPTED: signingKey.optional(),
   /**
    * The name the gateway's config gives this service (its key in `services`): only signatures the gateway made for
    * it are believed. Default the service's own key (`users`, `orders`, `notifications`), as the shipped configs name them.
@@ -49,6 +55,12 @@ const SCHEMAS = {
     NOTIF_SERVICE_URL: url('http://127.0.0.1:4003'),
     /** notification-service's gRPC interface; when set, new orders are notified over gRPC instead of HTTP. */
     NOTIF_GRPC_SERVICE_URL: serviceOrigin('a gRPC call names its method itself').optional(),
+    /**
+     * user-service's and notification-service's signing keys (their GATEWAY_SIGNING_KEY): order-service signs its
+     * calls to them with these, as the gateway would. Its own key signs for no one else. Required in production.
+     */
+    USER_SERVICE_SIGNING_KEY: signingKey.optional(),
+    NOTIF_SERVICE_SIGNING_KEY: signingKey.optional(),
   }),
   notifications: z.object({
     ...common,
@@ -76,7 +88,7 @@ export function loadServiceEnv<K extends ServiceKey>(service: K, env: Record<str
     const name = issue.path.join('.');
     // The key is never echoed, not even a wrong one.
     // Nor a URL's password (`http://svc:secret@host`, one holding `/` or `@` too), as the gateway hides it.
-    const got = name.startsWith('GATEWAY_SIGNING_KEY') ? '' : ` (got ${hideUrlPasswords(JSON.stringify(relevant[String(issue.path[0])]) ?? '')})`;
+    const got = name.includes('SIGNING_KEY') ? '' : ` (got ${hideUrlPasswords(JSON.stringify(relevant[String(issue.path[0])]) ?? '')})`;
     throw new Error(`config: ${name}: ${issue.message}${got}`);
   }
   if (result.data.NODE_ENV === 'production' && result.data.GATEWAY_SIGNING_KEY === undefined) {
@@ -90,5 +102,18 @@ export function loadServiceEnv<K extends ServiceKey>(service: K, env: Record<str
     const acceptedProblem = result.data.NODE_ENV === 'production' ? keyMaterialProblem(result.data.GATEWAY_SIGNING_KEY_ACCEPTED) : undefined;
     if (acceptedProblem) throw new Error(`config: GATEWAY_SIGNING_KEY_ACCEPTED: ${acceptedProblem}`);
   }
+  for (const name of CALLED_SERVICE_KEYS) {
+    if (!(name in SCHEMAS[service].shape)) continue;
+    const key = (result.data as Record<string, unknown>)[name] as string | undefined;
+    // Unsigned, its calls would be refused by services that check signatures, as production's all do.
+    if (result.data.NODE_ENV === 'production' && key === undefined) throw new Error(`config: ${name}: must be set in production: the service it names refuses calls it cannot verify`);
+    const problem = result.data.NODE_ENV === 'production' ? keyMaterialProblem(key!) : undefined;
+    if (problem) throw new Error(`config: ${name}: ${problem}`);
+    // Its own key signs for no other service: one equal to it is the shared key of before (README "Services trust the gateway").
+    if (key !== undefined && key === result.data.GATEWAY_SIGNING_KEY) throw new Error(`config: ${name}: must not be this service's own GATEWAY_SIGNING_KEY: each service has its own key (npm run service-key)`);
+  }
   return result.data as ServiceEnv<K>;
 }
+
+/** The keys of the services a service calls, each signing its calls to that service. */
+const CALLED_SERVICE_KEYS = ['USER_SERVICE_SIGNING_KEY', 'NOTIF_SERVICE_SIGNING_KEY'] as const;

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { ATTR, HEADER, LOG_FIELD } from '../../otel/wire-names';
-import { createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
+import { createGatewaySigner, createServiceKeySigner, serviceSigningKey, type SignedValues } from '../../src/gateway-signature';
 import { NOTIFICATIONS_SERVICE } from '../../services/notifications/grpc-server';
 import { createNotificationsGrpcClient } from '../../services/orders/notifications-client';
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
@@ -13,8 +13,8 @@ import { TEST_JWT_SECRET, TEST_SIGNING_KEY } from '../helpers/test-config';
 
 /**
  * The services behind the gateway answer only what the gateway signed (src/gateway-signature.ts): the four real
- * processes sharing GATEWAY_SIGNING_KEY, and a peer that reaches a service directly, as any pod or container
- * on the same network could.
+ * processes, each service holding its own key derived from the gateway's GATEWAY_SIGNING_KEY, and a peer that
+ * reaches a service directly, as any pod or container on the same network could.
  */
 
 const ALICE: SignedValues = ['1', 'admin', 'alice@example.com', ''];
@@ -75,11 +75,11 @@ describe('services answer only what the gateway signed', () => {
   it("refuses a signature made with another key, and Bob's real signature with Alice's role", async () => {
     const forged = createGatewaySigner('a-key-that-is-not-the-gateways-but-long-enough')({ audience: 'users', method: 'GET', target: '/users', requestId: '' }, ALICE);
     expect((await fetch(`${users}/users`, { headers: { ...identityHeaders(ALICE), [HEADER.gatewaySignature]: forged } })).status).toBe(401);
-    const bobs = createGatewaySigner(TEST_SIGNING_KEY)({ audience: 'users', method: 'GET', target: '/users', requestId: '' }, BOB);
+    const bobs = createServiceKeySigner(TEST_SIGNING_KEY)({ audience: 'users', method: 'GET', target: '/users', requestId: '' }, BOB);
     const promoted = await fetch(`${users}/users`, { headers: { ...identityHeaders(BOB), [HEADER.userRole]: 'admin', [HEADER.gatewaySignature]: bobs } });
     expect(promoted.status).toBe(401);
     // The control: the request with the signature the gateway would give it is answered.
-    const bobsProfile = createGatewaySigner(TEST_SIGNING_KEY)({ audience: 'users', method: 'GET', target: '/users/2', requestId: '' }, BOB);
+    const bobsProfile = createServiceKeySigner(TEST_SIGNING_KEY)({ audience: 'users', method: 'GET', target: '/users/2', requestId: '' }, BOB);
     const honest = await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: bobsProfile } });
     expect(honest.status).toBe(200);
   });
@@ -96,7 +96,7 @@ describe('services answer only what the gateway signed', () => {
       ...identityHeaders(BOB),
       [HEADER.requestId]: requestId,
       'content-type': 'application/json',
-      [HEADER.gatewaySignature]: createGatewaySigner(TEST_SIGNING_KEY)({ audience, method, target, requestId }, BOB),
+      [HEADER.gatewaySignature]: createServiceKeySigner(TEST_SIGNING_KEY)({ audience, method, target, requestId }, BOB),
     });
     for (const other of ['partner', own === 'orders' ? 'users' : 'orders']) {
       const replayed = await fetch(`${origin()}${target}`, { method, headers: headers(other), body });
@@ -107,8 +107,24 @@ describe('services answer only what the gateway signed', () => {
     expect(signed.status).toBe(method === 'POST' ? 201 : 200);
   });
 
+  // With one key shared by all, whoever held any service's key (a compromised notification-service, a partner's
+  // service given the key to check the gateway's signatures) signed as the gateway for every other service.
+  it.each([
+    ["notification-service's key", () => serviceSigningKey(TEST_SIGNING_KEY, 'notifications')],
+    ["order-service's own key", () => serviceSigningKey(TEST_SIGNING_KEY, 'orders')],
+    ["the gateway's key itself (the one key services shared before)", () => TEST_SIGNING_KEY],
+  ])('user-service refuses a signature made for it with %s', async (_desc, key) => {
+    const request = { audience: 'users', method: 'GET', target: '/users', requestId: '' };
+    const reply = await fetch(`${users}/users`, { headers: { ...identityHeaders(ALICE), [HEADER.gatewaySignature]: createGatewaySigner(key())(request, ALICE) } });
+    expect(reply.status).toBe(401);
+    expect(await reply.json()).toMatchObject({ code: 'gateway_signature_invalid', detail: expect.stringMatching(/mismatch/) });
+    // The control: made with user-service's own key, the same request is answered.
+    const own = await fetch(`${users}/users`, { headers: { ...identityHeaders(ALICE), [HEADER.gatewaySignature]: createGatewaySigner(serviceSigningKey(TEST_SIGNING_KEY, 'users'))(request, ALICE) } });
+    expect(own.status).toBe(200);
+  });
+
   it('refuses a signature older than five minutes', async () => {
-    const old = createGatewaySigner(TEST_SIGNING_KEY, () => Date.now() - 6 * 60_000)({ audience: 'users', method: 'GET', target: '/users/2', requestId: '' }, BOB);
+    const old = createServiceKeySigner(TEST_SIGNING_KEY, () => Date.now() - 6 * 60_000)({ audience: 'users', method: 'GET', target: '/users/2', requestId: '' }, BOB);
     const reply = await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: old } });
     expect(reply.status).toBe(401);
     expect(((await reply.json()) as { detail: string }).detail).toMatch(/expired/);
@@ -123,7 +139,7 @@ describe('services answer only what the gateway signed', () => {
   });
 
   it("notification-service's gRPC interface refuses unsigned calls and calls signed for another method, and takes signed ones", async () => {
-    const sign = createGatewaySigner(TEST_SIGNING_KEY);
+    const sign = createServiceKeySigner(TEST_SIGNING_KEY);
     const unsigned = createNotificationsGrpcClient(grpcUrl, undefined);
     // A signature the gateway made for a ListNotifications call, carried on a CreateNotification one.
     const listing = { audience: 'notifications', method: 'POST', target: `/${NOTIFICATIONS_SERVICE}/ListNotifications` };
@@ -143,12 +159,48 @@ describe('services answer only what the gateway signed', () => {
   });
 });
 
-describe('a rotation of the signing key (GATEWAY_SIGNING_KEY_ACCEPTED)', () => {
-  // Midway through the README's step 3: the gateway signs with the new key, user-service has been given the new key
-  // (the old one accepted), order-service and notification-service not yet (the new one accepted). Each service had
-  // one key and nothing else: whichever moved first, every request between them was refused.
-  const OLD = TEST_SIGNING_KEY;
-  const NEW = 'the-next-gateway-signing-key-of-a-rotation-0123';
+const OLD = TEST_SIGNING_KEY;
+const NEW = 'the-next-gateway-signing-key-of-a-rotation-0123';
+const keyOf = (gatewayKey: string, service: string) => serviceSigningKey(gatewayKey, service);
+
+/** A moment of a rolling change of keys: what each process holds (services: GATEWAY_SIGNING_KEY, ..._ACCEPTED; order-service's keys of the services it calls). */
+interface KeyMoment {
+  gateway: string;
+  users: { own: string; accepted: string };
+  notifications: { own: string; accepted: string };
+  orders: { own: string; accepted: string; users: string; notifications: string };
+  /** The keys user-service takes a signature made with. */
+  usersTakes: string[];
+}
+
+describe.each<[string, KeyMoment]>([
+  [
+    // Midway through the README's step 3: the gateway signs with the new key, user-service has been given its new key
+    // (the old one accepted), order-service and notification-service not yet (the new one accepted). Each service had
+    // one key and nothing else: whichever moved first, every request between them was refused.
+    "a rotation of the gateway's key (GATEWAY_SIGNING_KEY_ACCEPTED)",
+    {
+      gateway: NEW,
+      users: { own: keyOf(NEW, 'users'), accepted: keyOf(OLD, 'users') },
+      notifications: { own: keyOf(OLD, 'notifications'), accepted: keyOf(NEW, 'notifications') },
+      orders: { own: keyOf(OLD, 'orders'), accepted: keyOf(NEW, 'orders'), users: keyOf(OLD, 'users'), notifications: keyOf(OLD, 'notifications') },
+      usersTakes: [keyOf(OLD, 'users'), keyOf(NEW, 'users')],
+    },
+  ],
+  [
+    // The README's move from the one key every service shared to a key per service: the services still hold the
+    // shared key and accept their own, order-service already signs its calls with the others', the gateway of this
+    // release signs with each service's key.
+    'the move from one shared key to a key per service',
+    {
+      gateway: OLD,
+      users: { own: OLD, accepted: keyOf(OLD, 'users') },
+      notifications: { own: OLD, accepted: keyOf(OLD, 'notifications') },
+      orders: { own: OLD, accepted: keyOf(OLD, 'orders'), users: keyOf(OLD, 'users'), notifications: keyOf(OLD, 'notifications') },
+      usersTakes: [OLD, keyOf(OLD, 'users')],
+    },
+  ],
+])('%s', (_desc, keys) => {
   const processes: RunningProcess[] = [];
   let gatewayUrl: string;
   let users: string;
@@ -156,19 +208,25 @@ describe('a rotation of the signing key (GATEWAY_SIGNING_KEY_ACCEPTED)', () => {
   beforeAll(async () => {
     const grpcPort = await freePort();
     const grpcUrl = `http://127.0.0.1:${grpcPort}`;
-    const rolled = { GATEWAY_SIGNING_KEY: NEW, GATEWAY_SIGNING_KEY_ACCEPTED: OLD };
-    const notYet = { GATEWAY_SIGNING_KEY: OLD, GATEWAY_SIGNING_KEY_ACCEPTED: NEW };
+    const held = ({ own, accepted }: { own: string; accepted: string }) => ({ GATEWAY_SIGNING_KEY: own, GATEWAY_SIGNING_KEY_ACCEPTED: accepted });
     const [userService, notificationService] = await Promise.all([
-      startProcess('user-service', 'services/users/main.js', rolled),
-      startProcess('notification-service', 'services/notifications/main.js', { ...notYet, GRPC_PORT: String(grpcPort) }),
+      startProcess('user-service', 'services/users/main.js', held(keys.users)),
+      startProcess('notification-service', 'services/notifications/main.js', { ...held(keys.notifications), GRPC_PORT: String(grpcPort) }),
     ]);
     processes.push(userService, notificationService);
     users = userService.url;
-    const orderService = await startProcess('order-service', 'services/orders/main.js', { ...notYet, USER_SERVICE_URL: users, NOTIF_SERVICE_URL: notificationService.url, NOTIF_GRPC_SERVICE_URL: grpcUrl });
+    const orderService = await startProcess('order-service', 'services/orders/main.js', {
+      ...held(keys.orders),
+      USER_SERVICE_SIGNING_KEY: keys.orders.users,
+      NOTIF_SERVICE_SIGNING_KEY: keys.orders.notifications,
+      USER_SERVICE_URL: users,
+      NOTIF_SERVICE_URL: notificationService.url,
+      NOTIF_GRPC_SERVICE_URL: grpcUrl,
+    });
     processes.push(orderService);
     const gateway = await startProcess('gateway', 'src/main.js', {
       JWT_SECRET: TEST_JWT_SECRET,
-      GATEWAY_SIGNING_KEY: NEW,
+      GATEWAY_SIGNING_KEY: keys.gateway,
       USER_SERVICE_URL: users,
       ORDER_SERVICE_URL: orderService.url,
       NOTIF_SERVICE_URL: notificationService.url,
@@ -182,7 +240,7 @@ describe('a rotation of the signing key (GATEWAY_SIGNING_KEY_ACCEPTED)', () => {
     await Promise.all(processes.map((each) => exitOf(each.child)));
   });
 
-  it('refuses no request: login, an order (order-service signs its calls with its own key), both notification interfaces', async () => {
+  it('refuses no request: login, an order (order-service signs its calls with the keys it holds), both notification interfaces', async () => {
     const token = await login(gatewayUrl);
     const auth = { authorization: `Bearer ${token}` };
     const created = await fetch(`${gatewayUrl}/api/orders`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ items: [{ sku: 'rotation', quantity: 1 }] }) });
@@ -196,9 +254,11 @@ describe('a rotation of the signing key (GATEWAY_SIGNING_KEY_ACCEPTED)', () => {
   });
 
   it('still refuses a signature made with any other key', async () => {
-    const forged = createGatewaySigner('a-third-key-that-is-neither-but-long-enough')({ audience: 'users', method: 'GET', target: '/users/2', requestId: '' }, BOB);
-    expect((await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: forged } })).status).toBe(401);
-    for (const key of [OLD, NEW]) {
+    for (const other of ['a-third-key-that-is-neither-but-long-enough', keyOf(keys.gateway, 'notifications')]) {
+      const forged = createGatewaySigner(other)({ audience: 'users', method: 'GET', target: '/users/2', requestId: '' }, BOB);
+      expect((await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: forged } })).status).toBe(401);
+    }
+    for (const key of keys.usersTakes) {
       const signed = createGatewaySigner(key)({ audience: 'users', method: 'GET', target: '/users/2', requestId: '' }, BOB);
       expect((await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: signed } })).status).toBe(200);
     }

@@ -3,7 +3,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { ATTR, HEADER } from '../../otel/wire-names';
-import { verifyGatewaySignature } from '../../src/gateway-signature';
+import { serviceSigningKey, verifyGatewaySignature } from '../../src/gateway-signature';
 import { namedUpstream, requestOnNewConnection, startGatewayProcess, startLoad, type GatewayProcess } from '../helpers/gateway-process';
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
 import { refusedOrigin, streamSixChunks } from '../helpers/servers';
@@ -294,7 +294,7 @@ describe('config reload (one process)', () => {
       keyed = http.createServer((req, res) => {
         // Signed for the route's service, or for user-service (the login's credential check, sent here too).
         const target = { audience: req.url === '/internal/credentials/verify' ? 'users' : 'keyed', method: req.method!, target: req.url! };
-        signedWith.push([OLD, NEW].find((keys) => verifyGatewaySignature(keys.signingKey, target, (name) => req.headers[name]) === undefined)?.signingKey);
+        signedWith.push([OLD, NEW].find((keys) => verifyGatewaySignature(serviceSigningKey(keys.signingKey, target.audience), target, (name) => req.headers[name]) === undefined)?.signingKey);
         // The login's credential check, for the test with a generated secret (tokens it makes cannot be signed here).
         if (req.url === '/internal/credentials/verify') return void res.setHeader('content-type', 'application/json').end(JSON.stringify({ id: '7', email: 'grace@example.com', role: 'user' }));
         res.end(JSON.stringify({ upstream: 'keyed', user: req.headers[HEADER.userId] }));

@@ -12,7 +12,7 @@ import { memoryLogger, type RecordedRequest } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { waitFor } from '../helpers/wait';
 import { spawnGateway } from '../helpers/process-stack';
-import { shippedConfigFile, TEST_JWT_SECRET, TEST_SIGNING_KEY } from '../helpers/test-config';
+import { shippedConfigFile, TEST_JWT_SECRET, TEST_SERVICE_KEYS } from '../helpers/test-config';
 import { rs256Token, signToken, unsignedToken, unsupportedCritToken } from '../helpers/tokens';
 
 /** What came back, from `http.request` or a raw socket alike. */
@@ -212,7 +212,7 @@ describe('hostile input at the gateway', () => {
       expect(owned.sort()).toEqual(expected.sort());
       if (identity) expect(seen.headers).toMatchObject(identity);
       // The gateway's signature, over exactly the identity the service saw (none on the public route), for user-service.
-      expect(verifyGatewaySignature(TEST_SIGNING_KEY, { audience: 'users', method: seen.method, target: seen.url }, (name) => seen.headers[name])).toBeUndefined();
+      expect(verifyGatewaySignature(TEST_SERVICE_KEYS.users, { audience: 'users', method: seen.method, target: seen.url }, (name) => seen.headers[name])).toBeUndefined();
       const stamped = Date.parse(String(seen.headers[HEADER.gatewayTimestamp]));
       expect(Math.abs(Date.now() - stamped)).toBeLessThan(60_000);
       for (const [name, value] of Object.entries(forged)) {

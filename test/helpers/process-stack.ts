@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
+import { serviceSigningKey } from '../../src/gateway-signature';
 import { TEST_JWT_SECRET, TEST_SIGNING_KEY } from './test-config';
 
 /**
@@ -114,16 +115,25 @@ export function startProcess(name: string, entry: string, env: Record<string, st
 }
 
 export async function startProcessStack(callerEnv: Record<string, string> = {}, ordersEnv: Record<string, string> = {}): Promise<ProcessStack> {
-  // The four share the gateway's signing key, as deployed (a test may set its own, or '' for none).
+  // The gateway's signing key (a test may set its own, or '' for none) and each service's own, derived from it, as deployed.
   const env = { GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY, ...callerEnv };
+  const keyOf = (service: string) => (env.GATEWAY_SIGNING_KEY === '' ? '' : serviceSigningKey(env.GATEWAY_SIGNING_KEY, service));
   const processes: RunningProcess[] = [];
   try {
     const [users, notifications] = await Promise.all([
-      startProcess('user-service', 'services/users/main.js', env),
-      startProcess('notification-service', 'services/notifications/main.js', env),
+      startProcess('user-service', 'services/users/main.js', { ...env, GATEWAY_SIGNING_KEY: keyOf('users') }),
+      startProcess('notification-service', 'services/notifications/main.js', { ...env, GATEWAY_SIGNING_KEY: keyOf('notifications') }),
     ]);
     processes.push(users, notifications);
-    const orders = await startProcess('order-service', 'services/orders/main.js', { ...env, USER_SERVICE_URL: users.url, NOTIF_SERVICE_URL: notifications.url, ...ordersEnv });
+    const orders = await startProcess('order-service', 'services/orders/main.js', {
+      ...env,
+      GATEWAY_SIGNING_KEY: keyOf('orders'),
+      USER_SERVICE_SIGNING_KEY: keyOf('users'),
+      NOTIF_SERVICE_SIGNING_KEY: keyOf('notifications'),
+      USER_SERVICE_URL: users.url,
+      NOTIF_SERVICE_URL: notifications.url,
+      ...ordersEnv,
+    });
     processes.push(orders);
     const gateway = await startProcess('gateway', 'src/main.js', {
       JWT_SECRET: TEST_JWT_SECRET,

@@ -9,7 +9,7 @@ import { createApp as createOrdersApp } from '../../services/orders/app';
 import { createApp as createUsersApp } from '../../services/users/app';
 import { requireRedis } from './redis';
 import { listen, listenRecording, memoryLogger, type RecordedRequest, type TestServer } from './servers';
-import { TEST_SIGNING_KEY, testConfig } from './test-config';
+import { TEST_SERVICE_KEYS, testConfig } from './test-config';
 
 export interface TestStack {
   gateway: TestServer;
@@ -50,11 +50,11 @@ export interface StackOptions {
 /** The real gateway and the three real services, in this process, on ephemeral loopback ports. */
 export async function startStack(options: StackOptions = {}): Promise<TestStack> {
   const quiet = (name: string) => memoryLogger(name).logger;
-  // The services hold the gateway's signing key, as deployed: they answer only what the gateway signed.
-  const signingKey = TEST_SIGNING_KEY;
-  const users = await listenRecording(await createUsersApp({ logger: quiet('user-service'), signingKey }), options.usersPort);
-  const notifications = await listenRecording(createNotificationsApp({ logger: quiet('notification-service'), signingKey }));
-  const orders = await listenRecording(createOrdersApp({ logger: quiet('order-service'), usersUrl: users.url, notificationsUrl: notifications.url, signingKey }));
+  // Each service holds its own signing key, as deployed: they answer only what the gateway signed.
+  const keys = TEST_SERVICE_KEYS;
+  const users = await listenRecording(await createUsersApp({ logger: quiet('user-service'), signingKey: keys.users }), options.usersPort);
+  const notifications = await listenRecording(createNotificationsApp({ logger: quiet('notification-service'), signingKey: keys.notifications }));
+  const orders = await listenRecording(createOrdersApp({ logger: quiet('order-service'), usersUrl: users.url, notificationsUrl: notifications.url, signingKey: keys.orders, usersSigningKey: keys.users, notificationsSigningKey: keys.notifications }));
   const config = testConfig({ users: users.url, orders: orders.url, notifications: notifications.url, ...options.serviceUrls }, options.overrides, options.env);
   const { logger, lines } = memoryLogger('gateway');
   const { redisUrl, redisTimeoutMs } = config.rateLimit;

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseConfig, type GatewayConfig } from '../../src/config';
+import { serviceSigningKey } from '../../src/gateway-signature';
 
 /** The shipped gateway.config.json, so tests exercise the real route table. */
 export function shippedConfigFile(): Record<string, unknown> {
@@ -27,5 +28,12 @@ export function testConfig(serviceUrls: { users: string; orders: string; notific
 
 export const TEST_JWT_SECRET = 'test-secret-that-is-long-enough-for-production-use';
 
-/** The key the test gateway signs what it tells the test services with (src/gateway-signature.ts); they hold it too. */
+/** The test gateway's signing key (src/gateway-signature.ts); each test service holds its own, derived from it (TEST_SERVICE_KEYS). */
 export const TEST_SIGNING_KEY = 'test-gateway-signing-key-shared-with-the-services';
+
+/** Each service's signing key, derived from TEST_SIGNING_KEY as the gateway derives it. */
+export const TEST_SERVICE_KEYS = {
+  users: serviceSigningKey(TEST_SIGNING_KEY, 'users'),
+  orders: serviceSigningKey(TEST_SIGNING_KEY, 'orders'),
+  notifications: serviceSigningKey(TEST_SIGNING_KEY, 'notifications'),
+} as const;

@@ -2,7 +2,7 @@ import { createHmac } from 'node:crypto';
 import { HEADER } from '../../otel/wire-names';
 import type { RecordedRequest } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
-import { TEST_SIGNING_KEY } from '../helpers/test-config';
+import { TEST_SERVICE_KEYS } from '../helpers/test-config';
 
 /**
  * A gateway signature is good for the one request it was made for (method and target), not for its identity
@@ -84,11 +84,11 @@ describe('a gateway signature is good for its own request only', () => {
     const time = Math.floor(Date.now() / 1000);
     const values = [HEADER.userId, HEADER.userRole, HEADER.userEmail, HEADER.consumerId].map((name) => bobsListing[name] ?? '');
     const requestId = 'a-rolling-update';
-    const v3 = createHmac('sha256', TEST_SIGNING_KEY).update(`koa-gateway-signature-v3\n${time}\nGET\n/notifications\n${requestId}\n${values.join('\n')}`).digest('base64url');
+    const v3 = createHmac('sha256', TEST_SERVICE_KEYS.notifications).update(`koa-gateway-signature-v3\n${time}\nGET\n/notifications\n${requestId}\n${values.join('\n')}`).digest('base64url');
     const reply = await fetch(`${stack.notifications.url}/notifications`, { headers: { ...bobsListing, [HEADER.gatewaySignature]: `t=${time},v3=${v3}`, [HEADER.requestId]: requestId } });
     expect(reply.status).toBe(200);
     expect(reply.headers.get(HEADER.requestId)).toBe(requestId);
-    const v2 = createHmac('sha256', TEST_SIGNING_KEY).update(`koa-gateway-signature-v2\n${time}\nGET\n/notifications\n${values.join('\n')}`).digest('base64url');
+    const v2 = createHmac('sha256', TEST_SERVICE_KEYS.notifications).update(`koa-gateway-signature-v2\n${time}\nGET\n/notifications\n${values.join('\n')}`).digest('base64url');
     const refused = await fetch(`${stack.notifications.url}/notifications`, { headers: { ...bobsListing, [HEADER.gatewaySignature]: `t=${time},v2=${v2}` } });
     expect(refused.status).toBe(401);
   });

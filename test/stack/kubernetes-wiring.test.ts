@@ -76,8 +76,16 @@ function composeValue(value: string): string {
 const RANDOM_SECRET = randomBytes(48).toString('base64');
 const RANDOM_KEY = randomBytes(48).toString('base64');
 
-const SIGNING_KEY_DIFFERENCE = 'from the gateway-signing Secret (compose: from the shell, empty by default)';
-const ACCEPTED_KEY_DIFFERENCE = "from the gateway-signing Secret's optional `accepted` (compose: from the shell, empty by default)";
+const SIGNING_KEY_DIFFERENCE = 'from its signing Secret (compose: from the shell, empty by default)';
+const ACCEPTED_KEY_DIFFERENCE = "from its signing Secret's optional `accepted` (compose: from the shell, empty by default)";
+
+/** The Secret each workload's own signing key comes from: the gateway's, and one per service (derived from it, README). */
+const SIGNING_SECRETS: Record<(typeof APPS)[number], string> = {
+  gateway: 'gateway-signing',
+  'user-service': 'user-service-signing',
+  'order-service': 'order-service-signing',
+  'notification-service': 'notification-service-signing',
+};
 
 /** Where the cluster's env differs from compose's on purpose, and why. Anything else must be equal. */
 const INTENDED_DIFFERENCES: Record<string, Record<string, string>> = {
@@ -88,7 +96,13 @@ const INTENDED_DIFFERENCES: Record<string, Record<string, string>> = {
     GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE,
   },
   'user-service': { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE, GATEWAY_SIGNING_KEY_ACCEPTED: ACCEPTED_KEY_DIFFERENCE },
-  'order-service': { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE, GATEWAY_SIGNING_KEY_ACCEPTED: ACCEPTED_KEY_DIFFERENCE },
+  'order-service': {
+    NODE_ENV: 'production',
+    GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE,
+    GATEWAY_SIGNING_KEY_ACCEPTED: ACCEPTED_KEY_DIFFERENCE,
+    USER_SERVICE_SIGNING_KEY: "from user-service's signing Secret (compose: from the shell, empty by default)",
+    NOTIF_SERVICE_SIGNING_KEY: "from notification-service's signing Secret (compose: from the shell, empty by default)",
+  },
   'notification-service': { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE, GATEWAY_SIGNING_KEY_ACCEPTED: ACCEPTED_KEY_DIFFERENCE },
 };
 
@@ -186,10 +200,15 @@ describe('configuration from the repository files (one source of truth)', () => 
   });
 
   it.each(Object.entries(SERVICE_KEYS))('is a %s environment the service accepts', (name, key) => {
-    const env = Object.fromEntries([...envMap(container(name)).values()].map((v) => [v.name, v.value ?? '']));
-    // The signing key comes from the Secret: production refuses to start without it.
-    expect(() => loadServiceEnv(key, env)).toThrow(/GATEWAY_SIGNING_KEY/);
-    expect(loadServiceEnv(key, { ...env, GATEWAY_SIGNING_KEY: RANDOM_KEY }).PORT).toBe(resolvePort(container(name), 'http'));
+    const variables = [...envMap(container(name)).values()];
+    const env = Object.fromEntries(variables.map((v) => [v.name, v.value ?? '']));
+    // Each key a Secret gives, a random one of its own (a service's key and the keys of those it calls differ).
+    const required = variables.filter((v) => v.valueFrom?.secretKeyRef && !v.valueFrom.secretKeyRef.optional).map((v) => v.name);
+    const keys = Object.fromEntries(required.map((variable) => [variable, randomBytes(48).toString('base64')]));
+    expect(required).toContain('GATEWAY_SIGNING_KEY');
+    expect(loadServiceEnv(key, { ...env, ...keys }).PORT).toBe(resolvePort(container(name), 'http'));
+    // Production refuses to start without any of them.
+    for (const variable of required) expect(() => loadServiceEnv(key, { ...env, ...keys, [variable]: '' })).toThrow(new RegExp(variable));
   });
 
   it('caps Redis below its memory limit, evicting only keys that expire, with the same command as compose', () => {
@@ -227,10 +246,24 @@ describe('the JWT secret', () => {
     expect(secret?.valueFrom?.secretKeyRef).toEqual({ name: 'gateway-jwt', key: 'secret' });
   });
 
-  it.each(APPS)('%s reads the gateway signing key from one Secret outside the manifests, the same for all four', (name) => {
+  it.each(APPS)("%s reads its own signing key from its own Secret outside the manifests (no service holds the gateway's or another's)", (name) => {
     const key = envMap(container(name)).get('GATEWAY_SIGNING_KEY');
     expect(key?.value).toBeUndefined();
-    expect(key?.valueFrom?.secretKeyRef).toEqual({ name: 'gateway-signing', key: 'key' });
+    expect(key?.valueFrom?.secretKeyRef).toEqual({ name: SIGNING_SECRETS[name], key: 'key' });
+    // Only order-service reads another's, the key of each service it calls, and never the gateway's.
+    const others = [...envMap(container(name)).values()].filter((v) => v.name !== 'GATEWAY_SIGNING_KEY' && v.valueFrom?.secretKeyRef).map((v) => `${v.name}: ${v.valueFrom!.secretKeyRef!.name}/${v.valueFrom!.secretKeyRef!.key}`);
+    const expected = {
+      gateway: ['JWT_SECRET: gateway-jwt/secret'],
+      'user-service': ['GATEWAY_SIGNING_KEY_ACCEPTED: user-service-signing/accepted'],
+      'order-service': ['GATEWAY_SIGNING_KEY_ACCEPTED: order-service-signing/accepted', 'USER_SERVICE_SIGNING_KEY: user-service-signing/key', 'NOTIF_SERVICE_SIGNING_KEY: notification-service-signing/key'],
+      'notification-service': ['GATEWAY_SIGNING_KEY_ACCEPTED: notification-service-signing/accepted'],
+    }[name];
+    expect(others.sort()).toEqual([...expected].sort());
+  });
+
+  it("creates every signing Secret with the README's commands, each service's key derived from the gateway's", () => {
+    const readme = readText('README.md');
+    for (const secret of Object.values(SIGNING_SECRETS)) expect(readme).toMatch(new RegExp(`kubectl create secret generic ${secret} [^\n]*--from-literal=key=`));
   });
 
   it('is never written as a value: no variable that looks like a credential has one', () => {

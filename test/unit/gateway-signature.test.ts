@@ -1,7 +1,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { HEADER } from '../../otel/wire-names';
-import { createGatewaySigner, isGuessableSecret, SIGNATURE_MAX_AGE_SECONDS, SIGNED_HEADERS, verifyGatewaySignature, type AddressedRequest, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
+import { createGatewaySigner, createServiceKeySigner, isGuessableSecret, SERVICE_KEY_PATTERN, serviceSigningKey, SIGNATURE_MAX_AGE_SECONDS, SIGNED_HEADERS, verifyGatewaySignature, type AddressedRequest, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 
 const KEY = 'k'.repeat(16) + 'unit-test-signing-key';
 const NOW = Date.UTC(2026, 11, 2, 10, 0, 0);
@@ -201,6 +201,56 @@ describe('the gateway signature', () => {
       }),
       { seed: 20261203, numRuns: 100 },
     );
+  });
+});
+
+describe('a key per service', () => {
+  const serviceName = fc.stringMatching(SERVICE_KEY_PATTERN, { maxLength: 20 });
+
+  // The derivation is a contract with every deployment (Secrets made with `npm run service-key` or the README's
+  // openssl line): these values are openssl's, `printf 'koa-gateway-service-key-v1\n<name>' | openssl dgst -sha256 -hmac <key> -binary | base64`, base64url.
+  it.each([
+    ['users', 'R0Aw6NODdkWAQSw7PWOgUxMrdjxzWbWIJ4owiEzxzTA'],
+    ['billing-api', 'cQ0kAWS_eUx4-tazIISeChiTwH8BzZClDCcOdFm9rwI'],
+  ])("derives %s's key as openssl does", (service, expected) => {
+    expect(serviceSigningKey(KEY, service)).toBe(expected);
+  });
+
+  it("signs each service's requests with that service's key alone: not the gateway's, nor another service's (generated)", () => {
+    const sign = createServiceKeySigner(KEY, () => NOW);
+    fc.assert(
+      fc.property(serviceName, serviceName, identity, (service, other, values) => {
+        fc.pre(service !== other);
+        const request = { ...REQUEST, audience: service };
+        const headers = received(values, sign(request, values));
+        return (
+          verify(headers, NOW, serviceSigningKey(KEY, service), request) === undefined &&
+          verify(headers, NOW, serviceSigningKey(KEY, other), request) === 'mismatch' &&
+          verify(headers, NOW, KEY, request) === 'mismatch'
+        );
+      }),
+      { seed: 20261207, numRuns: 200 },
+    );
+  });
+
+  it('gives no two services, nor two gateway keys, the same key, and never the gateway key itself (generated)', () => {
+    fc.assert(
+      fc.property(serviceName, serviceName, (service, other) => {
+        fc.pre(service !== other);
+        const key = serviceSigningKey(KEY, service);
+        return key !== serviceSigningKey(KEY, other) && key !== serviceSigningKey(`${KEY}x`, service) && key !== KEY && /^[A-Za-z0-9_-]{43}$/.test(key);
+      }),
+      { seed: 20261207, numRuns: 200 },
+    );
+  });
+
+  it('signs for several services in turn, each with its own key, as the requests come', () => {
+    const sign = createServiceKeySigner(KEY, () => NOW);
+    const values: SignedValues = ['2', 'user', 'bob@example.com', ''];
+    for (const service of ['users', 'orders', 'users', 'notifications', 'orders']) {
+      const request = { ...REQUEST, audience: service };
+      expect(verify(received(values, sign(request, values)), NOW, serviceSigningKey(KEY, service), request)).toBeUndefined();
+    }
   });
 });
 

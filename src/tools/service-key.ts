@@ -1,0 +1,35 @@
+import { SERVICE_KEY_PATTERN, serviceSigningKey, SIGNING_KEY_MIN_LENGTH } from '../gateway-signature';
+
+/**
+ * `npm run service-key`: the signing key of each named service (its name in the gateway's `services`), derived from
+ * the gateway's `GATEWAY_SIGNING_KEY` (read from the environment, never from the command line, which `ps` shows).
+ * Give each service its own key as its `GATEWAY_SIGNING_KEY`, never the gateway's (src/gateway-signature.ts).
+ *
+ *   GATEWAY_SIGNING_KEY=... npm run -s service-key -- users                        users' key alone
+ *   GATEWAY_SIGNING_KEY=... npm run -s service-key -- --env users orders notifications   USERS_SIGNING_KEY=... lines (compose's .env)
+ */
+function main(argv: readonly string[], env: NodeJS.ProcessEnv): void {
+  if (argv.includes('--help') || argv.includes('-h') || argv.filter((arg) => arg !== '--env').length === 0) {
+    process.stdout.write('usage: GATEWAY_SIGNING_KEY=... service-key [--env] <service>...   (--env: NAME_SIGNING_KEY=key lines, one per service)\n');
+    return;
+  }
+  const gatewayKey = env.GATEWAY_SIGNING_KEY;
+  if (!gatewayKey) throw new Error('GATEWAY_SIGNING_KEY is not set: the service keys are derived from it');
+  if (gatewayKey.length < SIGNING_KEY_MIN_LENGTH) throw new Error(`GATEWAY_SIGNING_KEY must be at least ${SIGNING_KEY_MIN_LENGTH} characters, as the gateway requires`);
+  const asEnv = argv.includes('--env');
+  const services = argv.filter((arg) => arg !== '--env');
+  const unknown = services.find((service) => !SERVICE_KEY_PATTERN.test(service));
+  if (unknown !== undefined) throw new Error(`${JSON.stringify(unknown)} is no service name of the gateway's config (lower case letters, digits and dashes, starting with a letter)`);
+  if (!asEnv && services.length > 1) throw new Error('several services: add --env to tell their keys apart');
+  for (const service of services) {
+    const key = serviceSigningKey(gatewayKey, service);
+    process.stdout.write(asEnv ? `${service.toUpperCase().replaceAll('-', '_')}_SIGNING_KEY=${key}\n` : `${key}\n`);
+  }
+}
+
+try {
+  main(process.argv.slice(2), process.env);
+} catch (error) {
+  process.stderr.write(`service-key: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(1);
+}
