@@ -338,7 +338,7 @@ function otlpDestination(config: TelemetryConfig): string {
 function spanProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): SpanProcessor {
   if (name === 'console') return new SimpleSpanProcessor({ exporter: new ConsoleSpanExporter() });
   const concurrencyLimit = exportsInFlight(signal.batch);
-  const exporter = signal.protocol === 'http/json' ? new (lazy('@opentelemetry/exporter-trace-otlp-http') as typeof import('@opentelemetry/exporter-trace-otlp-http')).OTLPTraceExporter({ url: signal.url, concurrencyLimit }) : otlpProtoTraceExporter(signal.url, concurrencyLimit);
+  const exporter = signal.protocol === 'http/json' ? new (lazy('@opentelemetry/exporter-trace-otlp-http') as typeof import('@opentelemetry/exporter-trace-otlp-http')).OTLPTraceExporter({ url: signal.url, concurrencyLimit, ...exportAgentOptions('TRACES', 'v1/traces', signal.url) }) : otlpProtoTraceExporter(signal.url, concurrencyLimit);
   return new BatchSpanProcessor({ exporter, ...signal.batch });
 }
 
@@ -360,6 +360,44 @@ export function exportsInFlight(batch: BatchOptions): number {
   return Math.ceil(queue / Math.min(batch.maxExportBatchSize ?? SDK_MAX_EXPORT_BATCH_SIZE, queue)) + 1;
 }
 
+/** How the SDK's OTLP/HTTP transport gets its agent (its env configuration's: certificates, or keep-alive). */
+type ExportAgentFactory = ReturnType<typeof convertLegacyHttpOptions>['agentFactory'];
+
+/** What a request's deadline does to it: ended as a failure, with this message. */
+export const EXPORT_DEADLINE_PASSED = (deadlineMs: number) => `no whole answer within ${deadlineMs} ms (OTEL_EXPORTER_OTLP_TIMEOUT)`;
+
+/**
+ * The agent `factory` makes, each of whose requests is ended `deadlineMs` after it was made, answered or not. The
+ * SDK's transport times a request out on silence only (`req.setTimeout`): a collector, or a proxy before it, that
+ * answers a byte at a time kept each export open for good, and once the exports in flight (exportsInFlight) were all
+ * such, every later one was refused by the limit: nothing of that signal was exported again, even after the
+ * collector recovered (an outside review's trickling collector). Ended, the export fails (not retried) and frees its
+ * place. The hook is the agent's `addRequest`, which every request made through it passes (the transport takes no
+ * signal or wrapper); each request's timer is cleared when it closes.
+ */
+function withExportDeadline(factory: ExportAgentFactory, deadlineMs: number): ExportAgentFactory {
+  return async (protocol) => {
+    const agent = (await factory(protocol)) as Awaited<ReturnType<ExportAgentFactory>> & { addRequest(request: import('node:http').ClientRequest, options: unknown): void };
+    const addRequest = agent.addRequest;
+    agent.addRequest = function addRequestWithDeadline(request, options) {
+      const deadline = setTimeout(() => request.destroy(new Error(EXPORT_DEADLINE_PASSED(deadlineMs))), deadlineMs);
+      deadline.unref();
+      request.once('close', () => clearTimeout(deadline));
+      return addRequest.call(this, request, options);
+    };
+    return agent;
+  };
+}
+
+/**
+ * The agent one signal's SDK-built exporters (http/json, metrics) take, as they would make it themselves from
+ * OTEL_EXPORTER_OTLP_* (certificates included), with the export deadline (withExportDeadline).
+ */
+function exportAgentOptions(signal: 'TRACES' | 'LOGS' | 'METRICS', path: string, url: string): { httpAgentOptions: ExportAgentFactory } {
+  const options = convertLegacyHttpOptions({ url }, signal, path, {});
+  return { httpAgentOptions: withExportDeadline(options.agentFactory, options.timeoutMillis) };
+}
+
 /**
  * What the SDK's OTLP/HTTP protobuf exporters are (exporter-trace-otlp-proto's OTLPTraceExporter and
  * exporter-logs-otlp-proto's OTLPLogExporter, 0.300.0), assembled exactly as their constructors do: the same
@@ -375,6 +413,7 @@ function otlpProtoExporter<Records, Response>(
 ): OTLPExporterBase<Records> {
   const serializer: ISerializer<Records, Response> = { serializeRequest: encode, deserializeResponse: (data) => sdkSerializer.deserializeResponse(data) };
   const options = convertLegacyHttpOptions(target, signal.name, signal.path, { 'Content-Type': 'application/x-protobuf' });
+  options.agentFactory = withExportDeadline(options.agentFactory, options.timeoutMillis);
   return new OTLPExporterBase(createOtlpHttpExportDelegate(options, serializer, signal.componentType, signal.metricsHelper, undefined));
 }
 
@@ -392,7 +431,7 @@ function otlpProtoLogExporter(url: string, concurrencyLimit: number): LogRecordE
 function logRecordProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): LogRecordProcessor {
   if (name === 'console') return new SimpleLogRecordProcessor({ exporter: new ConsoleLogRecordExporter() });
   const concurrencyLimit = exportsInFlight(signal.batch);
-  const exporter = signal.protocol === 'http/json' ? new (lazy('@opentelemetry/exporter-logs-otlp-http') as typeof import('@opentelemetry/exporter-logs-otlp-http')).OTLPLogExporter({ url: signal.url, concurrencyLimit }) : otlpProtoLogExporter(signal.url, concurrencyLimit);
+  const exporter = signal.protocol === 'http/json' ? new (lazy('@opentelemetry/exporter-logs-otlp-http') as typeof import('@opentelemetry/exporter-logs-otlp-http')).OTLPLogExporter({ url: signal.url, concurrencyLimit, ...exportAgentOptions('LOGS', 'v1/logs', signal.url) }) : otlpProtoLogExporter(signal.url, concurrencyLimit);
   return new BatchLogRecordProcessor({ exporter, ...signal.batch, selfObsMeterProvider: droppedLogRecordsReporter() });
 }
 
@@ -412,8 +451,8 @@ function metricReader(
     name === 'console'
       ? new ConsoleMetricExporter()
       : metrics.protocol === 'http/json'
-        ? new (lazy('@opentelemetry/exporter-metrics-otlp-http') as typeof import('@opentelemetry/exporter-metrics-otlp-http')).OTLPMetricExporter({ url: metrics.url })
-        : new (lazy('@opentelemetry/exporter-metrics-otlp-proto') as typeof import('@opentelemetry/exporter-metrics-otlp-proto')).OTLPMetricExporter({ url: metrics.url });
+        ? new (lazy('@opentelemetry/exporter-metrics-otlp-http') as typeof import('@opentelemetry/exporter-metrics-otlp-http')).OTLPMetricExporter({ url: metrics.url, ...exportAgentOptions('METRICS', 'v1/metrics', metrics.url) })
+        : new (lazy('@opentelemetry/exporter-metrics-otlp-proto') as typeof import('@opentelemetry/exporter-metrics-otlp-proto')).OTLPMetricExporter({ url: metrics.url, ...exportAgentOptions('METRICS', 'v1/metrics', metrics.url) });
   return new PeriodicExportingMetricReader({
     exporter: diagnostics === undefined ? exporter : reportingFailures(exporter, diagnostics),
     exportIntervalMillis: metrics.exportIntervalMillis,

@@ -21,6 +21,51 @@ describe('OTLP exports in flight', () => {
     expect(exportsInFlight({ maxQueueSize: 10, maxExportBatchSize: 512 })).toBe(2);
   });
 
+  describe('to a collector that answers a byte at a time, never finishing', () => {
+    let collector: TestServer;
+    const dripping: NodeJS.Timeout[] = [];
+    let received = 0;
+    beforeAll(async () => {
+      collector = await listen((req, res) => {
+        received++;
+        req.resume();
+        res.writeHead(200, { 'content-type': 'application/x-protobuf' });
+        // A byte every 100 ms: never silent long enough for the transport's timeout, which counts silence only.
+        dripping.push(setInterval(() => res.write('\0'), 100));
+      });
+    });
+    afterAll(async () => {
+      for (const timer of dripping) clearInterval(timer);
+      await collector.close();
+    });
+
+    it('ends each export at its deadline, so that its place goes to the next (the limit of one filled for good before)', async () => {
+      const otelDir = await compileTelemetryBootstrap();
+      // One export at a time; the next is made once the first has settled (a turn later: the limit counts an export
+      // until its promise settles, after its callback).
+      const script = `
+        const { otlpProtoTraceExporter } = require(${JSON.stringify(path.join(otelDir, 'sdk.js'))});
+        const exporter = otlpProtoTraceExporter(process.argv[1], 1);
+        const next = (i) => exporter.export([], (result) => { console.log(JSON.stringify([i, result.code, result.error && result.error.message])); if (i < 1) setTimeout(() => next(i + 1), 50); });
+        next(0);`;
+      const child = spawn(process.execPath, ['-e', script, `${collector.url}/v1/traces`], { env: childEnvironment({ OTEL_EXPORTER_OTLP_TIMEOUT: '1000' }) });
+      let output = '';
+      child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      const results = () => output.split('\n').filter(Boolean).map((line) => JSON.parse(line) as [number, number, string | null]);
+      try {
+        await waitFor(() => results().length === 2, 'both exports to settle', 10_000);
+        expect(results()).toEqual([
+          [0, 1, 'no whole answer within 1000 ms (OTEL_EXPORTER_OTLP_TIMEOUT)'],
+          [1, 1, 'no whole answer within 1000 ms (OTEL_EXPORTER_OTLP_TIMEOUT)'],
+        ]);
+        // Each was sent, the second once the first had given its place up.
+        expect(received).toBe(2);
+      } finally {
+        child.kill();
+      }
+    });
+  });
+
   describe('to a collector that takes every export and never answers', () => {
     let collector: TestServer;
     const held: ServerResponse[] = [];
