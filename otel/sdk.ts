@@ -71,7 +71,7 @@ import {
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
 import { ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION, ATTR_URL_FULL, ATTR_URL_PATH, ATTR_URL_QUERY } from '@opentelemetry/semantic-conventions';
-import { droppedLogRecordsReporter } from './dropped-log-records';
+import { droppedRecordsReporter, type DroppedRecords, type DroppedRecordsReporter } from './dropped-records';
 import { createGatewayTracer, GATEWAY_SCHEMA_URL, GATEWAY_TRACER_NAME } from './gateway-tracer';
 import { recordedMethod, spanNameMethod } from './http-method';
 import { encodeLogsExportRequest, encodeTraceExportRequest } from './otlp-protobuf-encoding';
@@ -94,7 +94,7 @@ export type ShutdownOutcome = 'flushed' | 'failed' | 'timed_out';
 
 export interface Telemetry {
   readonly config: TelemetryConfig;
-  /** Registers instrumentations, providers, propagators and, unless `OTEL_LOG_LEVEL` is set, the quiet diagnostics. */
+  /** Registers instrumentations, providers, propagators and the quiet diagnostics (the SDK's own at `OTEL_LOG_LEVEL` when set). */
   start(): void;
   /**
    * Flushes what is queued and stops exporting, each signal on its own: `flushed` when all did within `timeoutMs`,
@@ -136,20 +136,28 @@ export interface CreateTelemetryOptions {
  */
 export function createTelemetry(config: TelemetryConfig, options: CreateTelemetryOptions = {}): Telemetry {
   const diagnostics = createTelemetryDiagnostics({ destination: otlpDestination(config), write: options.write });
-  const spanProcessors = config.traces.exporters.map((name) => spanProcessor(name, config.traces));
-  const logRecordProcessors = config.logs.exporters.map((name) => logRecordProcessor(name, config.logs));
+  // Each batch processor's count of what it dropped on a full queue, said again at shutdown (dropped-records.ts).
+  const droppedReporters: DroppedRecordsReporter[] = [];
+  const droppedReporter = (what: DroppedRecords) => {
+    const reporter = droppedRecordsReporter(what);
+    droppedReporters.push(reporter);
+    return reporter;
+  };
+  const spanProcessors = config.traces.exporters.map((name) => spanProcessor(name, config.traces, droppedReporter));
+  const logRecordProcessors = config.logs.exporters.map((name) => logRecordProcessor(name, config.logs, droppedReporter));
   const lateProducers = metricProducerList();
-  // With OTEL_LOG_LEVEL set the SDK reports failures itself, unfiltered.
-  const quiet = config.sdkLogLevel === undefined ? diagnostics : undefined;
-  const metricReaders = config.metrics.exporters.map((name) => metricReader(name, config.metrics, lateProducers.producer, quiet));
+  const metricReaders = config.metrics.exporters.map((name) => metricReader(name, config.metrics, lateProducers.producer, diagnostics));
   let providers: { shutdown(): Promise<void> }[] | undefined;
 
   return {
     config,
     start() {
       if (providers !== undefined) return;
-      if (config.sdkLogLevel === undefined) installQuietDiagnostics(diagnostics);
+      if (config.sdkLogLevel === undefined) diag.setLogger(diagnostics.logger, { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true });
       else diag.setLogger(new DiagConsoleLogger(), { logLevel: diagLogLevelFromString(config.sdkLogLevel) });
+      // Failed exports are reported sparingly whatever OTEL_LOG_LEVEL says: the SDK's own handler wrote every
+      // failure with the collector's whole answer (12 MB of stderr in 10 s from a collector answering 400 with 4 MB).
+      installExportErrorHandler(diagnostics);
       // Instrumentations patch modules as soon as they are constructed, so they are built here, not above.
       providers = startProviders({
         resource: defaultResource().merge(
@@ -198,6 +206,10 @@ export function createTelemetry(config: TelemetryConfig, options: CreateTelemetr
         return await Promise.race([flushed, gaveUp]);
       } finally {
         clearTimeout(timer);
+        // What was dropped and not yet said, and the reports held back since the last of their kind: the process
+        // ends next, and with it the timers that would have said them.
+        for (const reporter of droppedReporters) reporter.flush();
+        diagnostics.flush();
       }
     },
     exportFailedRecently: () => diagnostics.exportFailedRecently(),
@@ -306,8 +318,7 @@ function spanLimitsFromEnv(): SpanLimits {
   };
 }
 
-function installQuietDiagnostics(diagnostics: TelemetryDiagnostics): void {
-  diag.setLogger(diagnostics.logger, { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true });
+function installExportErrorHandler(diagnostics: TelemetryDiagnostics): void {
   setGlobalErrorHandler((error) => {
     // Already reported, with the exporter's own error, by reportingFailures() below.
     if (error instanceof Error && error.message.startsWith(METRIC_READER_FAILURE)) return;
@@ -335,11 +346,11 @@ function otlpDestination(config: TelemetryConfig): string {
   return origins.size === 1 ? [...origins][0]! : signals.map((s) => redactUrl(s.url)).join(' / ');
 }
 
-function spanProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): SpanProcessor {
+function spanProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig, droppedReporter: (what: DroppedRecords) => DroppedRecordsReporter): SpanProcessor {
   if (name === 'console') return new SimpleSpanProcessor({ exporter: new ConsoleSpanExporter() });
   const concurrencyLimit = exportsInFlight(signal.batch);
   const exporter = signal.protocol === 'http/json' ? new (lazy('@opentelemetry/exporter-trace-otlp-http') as typeof import('@opentelemetry/exporter-trace-otlp-http')).OTLPTraceExporter({ url: signal.url, concurrencyLimit, ...exportAgentOptions('TRACES', 'v1/traces', signal.url) }) : otlpProtoTraceExporter(signal.url, concurrencyLimit);
-  return new BatchSpanProcessor({ exporter, ...signal.batch });
+  return new BatchSpanProcessor({ exporter, ...signal.batch, selfObsMeterProvider: droppedReporter('spans').meterProvider });
 }
 
 /** The batch processors' defaults (sdk-trace's and sdk-logs' alike) where OTEL_BSP_* / OTEL_BLRP_* leave them. */
@@ -428,11 +439,11 @@ function otlpProtoLogExporter(url: string, concurrencyLimit: number): LogRecordE
   return otlpProtoExporter<ReadableLogRecord[], IExportLogsServiceResponse>({ url, concurrencyLimit }, signal, encodeLogsExportRequest, ProtobufLogsSerializer);
 }
 
-function logRecordProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig): LogRecordProcessor {
+function logRecordProcessor(name: SignalConfig['exporters'][number], signal: SignalConfig, droppedReporter: (what: DroppedRecords) => DroppedRecordsReporter): LogRecordProcessor {
   if (name === 'console') return new SimpleLogRecordProcessor({ exporter: new ConsoleLogRecordExporter() });
   const concurrencyLimit = exportsInFlight(signal.batch);
   const exporter = signal.protocol === 'http/json' ? new (lazy('@opentelemetry/exporter-logs-otlp-http') as typeof import('@opentelemetry/exporter-logs-otlp-http')).OTLPLogExporter({ url: signal.url, concurrencyLimit, ...exportAgentOptions('LOGS', 'v1/logs', signal.url) }) : otlpProtoLogExporter(signal.url, concurrencyLimit);
-  return new BatchLogRecordProcessor({ exporter, ...signal.batch, selfObsMeterProvider: droppedLogRecordsReporter() });
+  return new BatchLogRecordProcessor({ exporter, ...signal.batch, selfObsMeterProvider: droppedReporter('log records').meterProvider });
 }
 
 /**

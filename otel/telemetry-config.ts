@@ -137,7 +137,8 @@ export interface TelemetryConfig {
   sampler: Readonly<SamplerConfig>;
   /**
    * `OTEL_LOG_LEVEL` when set: the SDK then prints its own diagnostics at that level, unfiltered. Unset, the
-   * bootstrap prints warnings and export failures itself, at most once a minute each.
+   * bootstrap prints warnings itself, at most once a minute each. Failed exports are the bootstrap's to report
+   * either way, at most once a minute.
    */
   sdkLogLevel: string | undefined;
   /** Problems with the variables, each naming the variable, the value and what was used instead. */

@@ -24,6 +24,8 @@ export interface TelemetryDiagnostics {
   reportExportError(error: unknown): void;
   /** True when an export failed within the last interval: a flush at shutdown is then not worth waiting for. */
   exportFailedRecently(): boolean;
+  /** Writes each report held back since the last of its kind, with what it counted (at shutdown: none would come later). */
+  flush(): void;
 }
 
 const PREFIX = 'telemetry:';
@@ -39,6 +41,8 @@ export function createTelemetryDiagnostics(options: TelemetryDiagnosticsOptions)
   const suppressed = new Map<string, number>();
   /** What the held-back reports of a kind that counts a loss ("Dropped N ...") dropped together. */
   const heldDropped = new Map<string, number>();
+  /** The last held-back report of each kind, for `flush`. */
+  const heldMessage = new Map<string, string>();
   let lastExportFailure: number | undefined;
 
   /** `dropped`: the count a "Dropped N ..." message gives, added to the next report of its kind when held back. */
@@ -48,12 +52,14 @@ export function createTelemetryDiagnostics(options: TelemetryDiagnosticsOptions)
     if (last !== undefined && at - last < intervalMs) {
       suppressed.set(kind, (suppressed.get(kind) ?? 0) + 1);
       if (dropped !== undefined) heldDropped.set(kind, (heldDropped.get(kind) ?? 0) + dropped);
+      heldMessage.set(kind, message);
       return;
     }
     const held = suppressed.get(kind) ?? 0;
     const droppedSince = heldDropped.get(kind) ?? 0;
     suppressed.delete(kind);
     heldDropped.delete(kind);
+    heldMessage.delete(kind);
     lastReported.set(kind, at);
     const seconds = Math.round(intervalMs / 1000);
     // The total since the last report: each held-back message counted only its own second (the processors reset their
@@ -64,7 +70,10 @@ export function createTelemetryDiagnostics(options: TelemetryDiagnosticsOptions)
     write(`${PREFIX} ${text}${held > 0 ? ` (${since}; next report in ${seconds} s at the earliest)` : ''}`);
   };
   const fromDiag = (level: string) => (message: string, ...args: unknown[]) => {
-    const text = format(message, ...args);
+    // sdk-trace's own count of dropped spans, said only when a later span is queued: dropped-records.ts counts every
+    // one and says it, so this one would count them twice.
+    if (SDK_SPAN_DROP.test(message)) return;
+    const text = printable(format(message, ...args));
     // One kind per message whatever its numbers: the SDK writes counts into the text ("Dropped 37 spans because
     // maxQueueSize reached"), and each count would otherwise be a kind of its own, reported every time.
     const dropped = DROPPED.exec(text);
@@ -83,16 +92,46 @@ export function createTelemetryDiagnostics(options: TelemetryDiagnosticsOptions)
       );
     },
     exportFailedRecently: () => lastExportFailure !== undefined && now() - lastExportFailure < intervalMs,
+    flush() {
+      for (const [kind, count] of suppressed) {
+        const dropped = heldDropped.get(kind);
+        const message = heldMessage.get(kind)!;
+        const text = dropped === undefined ? message : message.replace(DROPPED, `Dropped ${dropped}`);
+        write(`${PREFIX} ${text} (${count} ${count === 1 ? 'report' : 'reports'} held back since the last one${dropped === undefined ? '' : ', counted in'}; said at shutdown)`);
+      }
+      suppressed.clear();
+      heldDropped.clear();
+      heldMessage.clear();
+    },
   };
 }
 
-/** `connect ECONNREFUSED 127.0.0.1:4318` rather than the SDK's JSON dump of the error's prototype chain. */
+/** sdk-trace's warning of the spans it dropped (BatchSpanProcessorBase), as it writes it. */
+const SDK_SPAN_DROP = /^Dropped \d+ spans because maxQueueSize reached$/;
+
+/** Longest text of a report taken from outside (an error's message, a diagnostic), characters. */
+const MAX_TEXT = 300;
+
+/**
+ * `text` with its control characters (C0, DEL, C1) written as `\x..` and cut to MAX_TEXT: an error's message can be
+ * a collector's words (its HTTP status text, which Node takes with escape sequences in it), and stderr is a terminal.
+ */
+export function printable(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  const escaped = text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (char) => `\\x${char.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return escaped.length > MAX_TEXT ? `${escaped.slice(0, MAX_TEXT)}...` : escaped;
+}
+
+/**
+ * `connect ECONNREFUSED 127.0.0.1:4318` rather than the SDK's JSON dump of the error's prototype chain (and its
+ * collector's whole answer), printable and cut to a line.
+ */
 export function describeError(error: unknown): string {
   if (error instanceof AggregateError && error.errors.length > 0) return describeError(error.errors[0]);
   if (error instanceof Error) {
     const code = (error as { code?: unknown }).code;
     const message = error.message || error.name;
-    return code !== undefined && !message.includes(String(code)) ? `${String(code)} ${message}` : message;
+    return printable(code !== undefined && !message.includes(String(code)) ? `${String(code)} ${message}` : message);
   }
-  return String(error);
+  return printable(String(error));
 }

@@ -4,7 +4,7 @@
  */
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
 import { newTraceparent, startInstrumentedApp, stopAllInstrumentedApps } from './instrumented-app';
-import { refusedOrigin } from '../helpers/servers';
+import { listen, refusedOrigin } from '../helpers/servers';
 import { waitFor } from '../helpers/wait';
 
 async function getTimes(url: string, times: number, gapMs = 0): Promise<number[]> {
@@ -64,6 +64,34 @@ describe('with nothing listening on the OTLP endpoint', () => {
   });
 });
 
+// With OTEL_LOG_LEVEL set (`error`, to quiet the SDK) its own error handler wrote every failed export with the
+// collector's whole answer: 12 MB of stderr in 10 s from one answering 400 with 4 MB.
+describe('with OTEL_LOG_LEVEL set and a collector that refuses every export with a long answer', () => {
+  it('reports the failures as without it: one short line', async () => {
+    const collector = await listen((req, res) => {
+      req.resume();
+      res.writeHead(400, { 'content-type': 'text/plain' }).end('refused '.repeat(16_384));
+    });
+    try {
+      const app = await startInstrumentedApp({
+        OTEL_SERVICE_NAME: 'refused-fixture',
+        OTEL_EXPORTER_OTLP_ENDPOINT: collector.url,
+        OTEL_LOG_LEVEL: 'error',
+        OTEL_BSP_SCHEDULE_DELAY: '50',
+        OTEL_BLRP_SCHEDULE_DELAY: '50',
+      });
+      expect(await getTimes(`${app.url}/hello`, 20, 20)).toEqual(Array(20).fill(200));
+      await waitFor(() => failureLines(app.stderr()).length > 0, 'the failure to be reported', 10_000);
+      expect(await getTimes(`${app.url}/hello`, 10, 50)).toEqual(Array(10).fill(200));
+      expect(failureLines(app.stderr())).toEqual([expect.stringContaining(`telemetry: cannot export to ${collector.url} (400 Bad Request)`)]);
+      expect(app.stderr()).not.toContain('refused refused');
+      app.kill();
+    } finally {
+      await collector.close();
+    }
+  });
+});
+
 describe('with a collector that takes 5 s to answer', () => {
   let receiver: OtlpReceiver;
   beforeAll(async () => {
@@ -104,5 +132,25 @@ describe('with a collector that takes 5 s to answer', () => {
     } finally {
       app.kill();
     }
+  });
+
+  // sdk-trace says "Dropped N spans" only when a later span is queued: a burst's drops with nothing after them, then
+  // a shutdown, left no line at all.
+  it('says how many spans were dropped on a full queue, by shutdown at the latest, with nothing traced after them', async () => {
+    const app = await startInstrumentedApp({
+      OTEL_SERVICE_NAME: 'slow-collector-fixture',
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+      OTEL_BSP_SCHEDULE_DELAY: '50',
+      OTEL_BSP_MAX_QUEUE_SIZE: '4',
+      OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '2',
+    });
+    expect(await getTimes(`${app.url}/hello`, 20, 20)).toEqual(Array(20).fill(200));
+    // The fixture has no SIGTERM handler of its own: register.ts flushes, then the signal ends it.
+    app.process.kill('SIGTERM');
+    expect(await app.exited).toEqual({ code: null, signal: 'SIGTERM' });
+    const said = [...app.stderr().matchAll(/telemetry: warn: Dropped (\d+) spans because the span queue was full/g)].map((match) => Number(match[1]));
+    expect(said.length).toBeGreaterThan(0);
+    // 20 requests' spans through a queue of 4 with exports held 5 s: most were dropped, and every drop is said.
+    expect(said.reduce((sum, count) => sum + count, 0)).toBeGreaterThanOrEqual(10);
   });
 });

@@ -1,3 +1,4 @@
+import { droppedMessage, droppedRecordsReporter } from '../../otel/dropped-records';
 import { createTelemetryDiagnostics, describeError } from '../../otel/telemetry-diagnostics';
 
 function setup(intervalMs = 60_000) {
@@ -46,13 +47,62 @@ it('rate-limits each SDK warning on its own, and ignores info and debug', () => 
   expect(lines).toEqual(['telemetry: warn: Dropped 0 spans because maxQueueSize reached', 'telemetry: error: something else']);
 });
 
-it('takes a warning with its count already in the text (as the BatchSpanProcessor writes it) for one kind', () => {
+it('takes a warning with its count already in the text (as dropped-records.ts writes it) for one kind', () => {
   const { diagnostics, lines, advance } = setup();
   for (const count of [37, 512, 9, 1200]) {
-    diagnostics.logger.warn(`Dropped ${count} spans because maxQueueSize reached`);
+    diagnostics.logger.warn(droppedMessage('spans', count));
     advance(5_000);
   }
-  expect(lines).toEqual(['telemetry: warn: Dropped 37 spans because maxQueueSize reached']);
+  expect(lines).toEqual([`telemetry: warn: ${droppedMessage('spans', 37)}`]);
+});
+
+// sdk-trace says "Dropped N spans" only when a later span is queued; dropped-records.ts counts every drop and says
+// it: both would count the same spans twice.
+it("leaves sdk-trace's own count of dropped spans out", () => {
+  const { diagnostics, lines } = setup();
+  diagnostics.logger.warn('Dropped 37 spans because maxQueueSize reached');
+  diagnostics.logger.warn(droppedMessage('spans', 37));
+  expect(lines).toEqual([`telemetry: warn: ${droppedMessage('spans', 37)}`]);
+});
+
+// At shutdown no later report comes: the counts of the reports held back since the last one were never said.
+it('says at shutdown (flush) what each kind held back since its last report, once', () => {
+  const { diagnostics, lines, advance } = setup();
+  for (const count of [37, 512, 9]) {
+    diagnostics.logger.warn(droppedMessage('log records', count));
+    advance(1_000);
+  }
+  diagnostics.reportExportError(refused());
+  diagnostics.reportExportError(new Error('Request timed out'));
+  diagnostics.logger.error('said once');
+  diagnostics.flush();
+  diagnostics.flush();
+  expect(lines).toEqual([
+    `telemetry: warn: ${droppedMessage('log records', 37)}`,
+    expect.stringMatching(/^telemetry: cannot export .*\(connect ECONNREFUSED/),
+    'telemetry: error: said once',
+    `telemetry: warn: ${droppedMessage('log records', 521)} (2 reports held back since the last one, counted in; said at shutdown)`,
+    expect.stringMatching(/^telemetry: cannot export .*\(Request timed out\).* \(1 report held back since the last one; said at shutdown\)$/),
+  ]);
+});
+
+it("counts a batch processor's drops on a full queue, says them a second later at most, and at once when flushed", () => {
+  jest.useFakeTimers();
+  try {
+    const said: string[] = [];
+    const reporter = droppedRecordsReporter('spans', (message) => said.push(message), 1_000);
+    const processed = reporter.meterProvider.getMeter('@opentelemetry/sdk-trace').createCounter('otel.sdk.processor.span.processed');
+    processed.add(3, { 'error.type': 'queue_full' });
+    processed.add(50, {});
+    processed.add(2, { 'error.type': 'queue_full' });
+    jest.advanceTimersByTime(1_000);
+    processed.add(4, { 'error.type': 'queue_full' });
+    reporter.flush();
+    reporter.flush();
+    expect(said).toEqual([droppedMessage('spans', 5), droppedMessage('spans', 4)]);
+  } finally {
+    jest.useRealTimers();
+  }
 });
 
 // The processors reset their count as they warn: each held-back message counted only its own second, and the report
@@ -60,16 +110,16 @@ it('takes a warning with its count already in the text (as the BatchSpanProcesso
 it('counts what the held-back "Dropped N" reports dropped into the next report of their kind', () => {
   const { diagnostics, lines, advance } = setup();
   for (const count of [37, 512, 9, 1200]) {
-    diagnostics.logger.warn(`Dropped ${count} spans because maxQueueSize reached`);
+    diagnostics.logger.warn(droppedMessage('spans', count));
     advance(5_000);
   }
   diagnostics.logger.warn('Dropped %d log records because maxQueueSize reached', 4);
   advance(60_000);
-  diagnostics.logger.warn('Dropped 100 spans because maxQueueSize reached');
+  diagnostics.logger.warn(droppedMessage('spans', 100));
   expect(lines).toEqual([
-    'telemetry: warn: Dropped 37 spans because maxQueueSize reached',
+    `telemetry: warn: ${droppedMessage('spans', 37)}`,
     'telemetry: warn: Dropped 4 log records because maxQueueSize reached',
-    'telemetry: warn: Dropped 1821 spans because maxQueueSize reached (since the last report, 3 more reports held back and counted in; next report in 60 s at the earliest)',
+    `telemetry: warn: ${droppedMessage('spans', 1821)} (since the last report, 3 more reports held back and counted in; next report in 60 s at the earliest)`,
   ]);
 });
 
@@ -87,6 +137,12 @@ it.each([
   { desc: 'an HTTP error from the collector', error: Object.assign(new Error('Bad Request'), { code: 400 }), text: '400 Bad Request' },
   { desc: 'a timeout', error: new Error('Request timed out'), text: 'Request timed out' },
   { desc: 'a string', error: 'Timeout', text: 'Timeout' },
+  {
+    desc: "a collector's status text with escape sequences and a bell",
+    error: Object.assign(new Error('Bad\u001b[2J\u001b[31m telemetry: all exports OK \u0007\u009b'), { code: 400 }),
+    text: '400 Bad\\x1b[2J\\x1b[31m telemetry: all exports OK \\x07\\x9b',
+  },
+  { desc: 'a message of a megabyte', error: new Error('x'.repeat(1 << 20)), text: `${'x'.repeat(300)}...` },
 ])('describes $desc in a few words', ({ error, text }) => {
   expect(describeError(error)).toBe(text);
 });
