@@ -55,5 +55,7 @@ EXPOSE 3000 4001 4002 4003 9464 50053
 # for a minute or two also deoptimised the request path: the first second of traffic after it took 2.4-3.2 times
 # the CPU per request, recompiling. The cost is ~40 MiB of RSS kept while idle (docs/architecture.md, "The memory
 # reducer").
-# Same flags as `npm run start:gateway`.
-CMD ["node", "--max-semi-space-size=16", "--no-allocation-site-pretenuring", "--no-parallel-scavenge", "--no-memory-reducer", "--require", "./dist/otel/register.js", "dist/src/main.js"]
+# Same flags as `npm run start:gateway`. src/stop-signals-held.js before the telemetry bootstrap: loading the
+# OpenTelemetry SDK takes 0.1-0.25 s, during which a SIGTERM to PID 1 without a handler was ignored (the pod served
+# on until SIGKILL) and a SIGHUP ended the process; held from the first module, main.ts answers them once it serves.
+CMD ["node", "--max-semi-space-size=16", "--no-allocation-site-pretenuring", "--no-parallel-scavenge", "--no-memory-reducer", "--require", "./dist/src/stop-signals-held.js", "--require", "./dist/otel/register.js", "dist/src/main.js"]

@@ -33,10 +33,11 @@ const register = path.join(dist, 'otel', 'register.js');
 function gatewayNodeFlags(): string[] {
   const scripts = (JSON.parse(fs.readFileSync(path.join(dist, '..', 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts;
   const words = scripts['start:gateway']!.split(' ');
-  const preload = words.indexOf('--require');
+  const preload = words.indexOf('./dist/otel/register.js') - 1;
   // Anything else would hand node a wrong command line without a word: stop here instead.
-  if (words[0] !== 'node' || preload < 1) throw new Error(`start:gateway is not \`node [flags] --require ...\`: ${scripts['start:gateway']}`);
-  return words.slice(1, preload);
+  if (words[0] !== 'node' || preload < 1 || words[preload] !== '--require') throw new Error(`start:gateway is not \`node [flags] --require ./dist/otel/register.js ...\`: ${scripts['start:gateway']}`);
+  // Its flags and the preloads before the telemetry bootstrap (the stop signals held), found from any directory.
+  return words.slice(1, preload).map((word) => (word.startsWith('./dist/') ? path.join(dist, word.slice('./dist/'.length)) : word));
 }
 
 interface Member {

@@ -34,9 +34,12 @@ function readConfig(): GatewayConfig {
   return loadConfig(process.env, process.cwd());
 }
 
-/** The file's keys the environment overrides (envShadowedKeys), read with the file a reload reads. */
+/**
+ * The file's keys the environment overrides (envShadowedKeys), read with the file a reload reads; as at the start
+ * (warnEnvShadowsFile), not the listeners' and services' addresses.
+ */
 function readShadowedKeys(): string[] {
-  return envShadowedKeys(process.env, process.cwd());
+  return envShadowedKeys(process.env, process.cwd(), DEPLOYMENT_ENV_VARIABLES);
 }
 
 /**

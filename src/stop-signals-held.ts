@@ -1,6 +1,7 @@
 /**
- * Holds SIGTERM and SIGINT from the moment the gateway's entry module begins to load (main.ts imports this first)
- * until runServer listens for them: `releaseStopSignals` stops holding and says the first one held, which main.ts
+ * Holds SIGTERM and SIGINT from the moment the gateway's first module loads (every launch path preloads this before
+ * the telemetry bootstrap, whose SDK takes 0.1-0.25 s to load; main.ts imports it first too, for a gateway started
+ * without it) until runServer listens for them: `releaseStopSignals` stops holding and says the first one held, which main.ts
  * raises again once it serves, so runServer stops as on any other.
  *
  * In a container the gateway is PID 1, for which a signal nobody listens for is ignored: a pod deleted while it

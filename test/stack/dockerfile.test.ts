@@ -98,6 +98,13 @@ describe('Dockerfile', () => {
     expect(command.slice(-3)).toEqual(['--require', './dist/otel/register.js', expect.stringMatching(/^dist\/.+\/main\.js$/)]);
   });
 
+  // Loading the OpenTelemetry SDK takes 0.1-0.25 s: a SIGTERM then, to a gateway that is PID 1, was ignored (the pod
+  // served until SIGKILL), and a SIGHUP ended it, because main.ts, which holds them, had not loaded yet.
+  it.each(commands.filter(([, command]) => command.at(-1) === 'dist/src/main.js'))('%s holds the stop signals from before the telemetry bootstrap loads', (_where, command) => {
+    const preloads = command.flatMap((arg, index) => (command[index - 1] === '--require' ? [arg] : []));
+    expect(preloads).toEqual(['./dist/src/stop-signals-held.js', './dist/otel/register.js']);
+  });
+
   it.each(commands)('%s runs node with the flags its `npm run start:*` script has, and no others', (_where, command) => {
     const scripts = (JSON.parse(readText('package.json')) as { scripts: Record<string, string> }).scripts;
     const script = Object.values(scripts).find((line) => line.startsWith('node ') && line.endsWith(` ${command.at(-1)!}`));
