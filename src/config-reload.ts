@@ -28,17 +28,36 @@ import type { UpstreamPoolCache } from './upstream-pool';
 export const RESTART_ONLY_KEYS: readonly string[] = ['port', 'host', 'workers', 'tls', 'admin', 'metrics', 'server', 'logLevel', 'rateLimit.redisUrl', 'rateLimit.redisTimeoutMs', 'rateLimit.maxTrackedClients'];
 
 /**
- * The configuration's version: 12 hex digits of SHA-256 over the validated config. The JWT secret, the signing key
- * and the Redis URL's password are left out: a generated secret is random per start, and a configured one must not
- * be guessable from a published hash (the rest of a config is often public: its file, its manifests).
+ * The configuration's version: 12 hex digits of SHA-256 over the validated config. The JWT secret, the signing key,
+ * the Redis URL's password and the values routes' header rules set or add are left out (their names stay): a
+ * generated secret is random per start, and a configured one must not be guessable from a published hash (the rest
+ * of a config is often public: its file, its manifests; the version is in every span, log line and /admin/config).
+ * A header rule's value is often an upstream's credential (config.ts SECRET_KEY_PATHS): with the rest of the file
+ * known, a six-digit one was found from the version in 3.5 s (an outside review). A change of any of them alone is a
+ * change all the same (sameSecrets), applied under the same version.
  */
 export function configVersion(config: GatewayConfig, sources: ProtoSources | undefined = grpcProtoSources(config)): string {
   const { secret: _secret, ...auth } = config.auth;
   const { signingKey: _signingKey, ...proxy } = config.proxy;
   const rateLimit = config.rateLimit.redisUrl === undefined ? config.rateLimit : { ...config.rateLimit, redisUrl: withoutPassword(config.rateLimit.redisUrl) };
+  const routes = config.routes.map((route) => (route.headers === undefined ? route : { ...route, headers: headerRuleNames(route.headers) }));
   // The proto sources of its gRPC routes are part of it: an edit of a .proto alone is a new config to reload.
   const protoSources = sources === undefined ? undefined : protoSourcesDigest(sources);
-  return createHash('sha256').update(JSON.stringify({ ...config, auth, proxy, rateLimit, protoSources })).digest('hex').slice(0, 12);
+  return createHash('sha256').update(JSON.stringify({ ...config, auth, proxy, rateLimit, routes, protoSources })).digest('hex').slice(0, 12);
+}
+
+type HeaderRules = NonNullable<GatewayConfig['routes'][number]['headers']>;
+
+/** A route's header rules with the values they set and add left out (configVersion), the names kept. */
+function headerRuleNames(headers: HeaderRules): unknown {
+  const names = (values: Readonly<Record<string, string>> | undefined) => (values === undefined ? undefined : Object.keys(values));
+  const rule = (each: HeaderRules['request']) => each && { ...each, add: names(each.add), set: names(each.set) };
+  return { request: rule(headers.request), response: rule(headers.response) };
+}
+
+/** The values routes' header rules set and add, in route order: what configVersion leaves out of the header rules. */
+function headerRuleValues(config: GatewayConfig): string {
+  return JSON.stringify(config.routes.map((route) => [route.headers?.request?.set, route.headers?.request?.add, route.headers?.response?.set, route.headers?.response?.add]));
 }
 
 /** The proto sources the config's gRPC routes load, read now (readProtoSources); none without a gRPC route. */
@@ -54,12 +73,13 @@ function withoutPassword(url: string): string {
 }
 
 /**
- * Whether two configs sign and verify with the same keys: the JWT secret and the signing key, which the version
- * leaves out. A reload that changes only one of them (a leaked secret rotated in the file) is a change all the
- * same: it was answered `unchanged` and not applied, and the old secret went on minting tokens that verified.
+ * Whether two configs hold the same secrets the version leaves out: the JWT secret, the signing key and the header
+ * rules' values (the Redis URL's password is restart-only). A reload that changes only one of them (a leaked secret
+ * rotated in the file) is a change all the same: it was answered `unchanged` and not applied, and the old secret went
+ * on minting tokens that verified.
  */
-export function sameKeys(a: GatewayConfig, b: GatewayConfig): boolean {
-  return a.auth.secret === b.auth.secret && a.proxy.signingKey === b.proxy.signingKey;
+export function sameSecrets(a: GatewayConfig, b: GatewayConfig): boolean {
+  return a.auth.secret === b.auth.secret && a.proxy.signingKey === b.proxy.signingKey && headerRuleValues(a) === headerRuleValues(b);
 }
 
 /** The configuration a gateway runs, with its version and when it was loaded (ISO time). */
@@ -134,8 +154,8 @@ export function checkReload(running: ActiveConfig, load: () => GatewayConfig, lo
     }
   }
   const next = activeConfig(config, pendingRestart);
-  // The version leaves the keys out (configVersion), so a change of keys alone keeps it: applied under the same version.
-  const changed = next.version !== running.version || !sameKeys(running.config, next.config);
+  // The version leaves the secrets out (configVersion), so a change of secrets alone keeps it: applied under the same version.
+  const changed = next.version !== running.version || !sameSecrets(running.config, next.config);
   if (pendingRestart.length > 0) logger.warn('config keys changed that apply only after a restart; running values kept', { keys: pendingRestart });
   const shadowed = shadowedByEnv();
   if (shadowed.length > 0) logger.warn(ENV_SHADOWS_FILE, { keys: shadowed });
@@ -312,7 +332,7 @@ export function createLiveGateway(initial: ActiveConfig, build: BuildGateway, lo
     adminListener: (req, res) => serving.adminListener(req, res),
     active: () => active,
     apply(next) {
-      if (next.version === active.version && sameKeys(next.config, active.config)) {
+      if (next.version === active.version && sameSecrets(next.config, active.config)) {
         active = next;
         return undefined;
       }

@@ -408,7 +408,7 @@ export function runPrimary(options: PrimaryOptions): void {
 
   /**
    * Resolves once every live worker runs `applied` (undefined), or with why not: one could not build it, or time ran
-   * out. Known by its version and load time: a reload that changed only the keys keeps the version (sameKeys).
+   * out. Known by its version and load time: a reload that changed only the secrets keeps the version (sameSecrets).
    */
   function allApplied(applied: ActiveConfig): Promise<string | undefined> {
     const { version } = applied;

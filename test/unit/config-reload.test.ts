@@ -34,6 +34,20 @@ describe('config version', () => {
     expect(configVersion(parseConfig(file(), {}))).toBe(configVersion(parseConfig(file(), {})));
     expect(configVersion(parse({}, { JWT_SECRET: 'a'.repeat(40) }))).toBe(configVersion(parse({}, { JWT_SECRET: 'b'.repeat(40) })));
   });
+
+  // A header rule's value is often an upstream's credential: with the rest of the file known, an outside review found
+  // a six-digit one from the version in 3.5 s.
+  it("does not depend on the values header rules set or add, and does on the headers' names", () => {
+    const withRule = (headers: Record<string, unknown>) => {
+      const routes = (shippedConfigFile().routes as Record<string, unknown>[]).map((route, i) => (i === 0 ? { ...route, headers } : route));
+      return configVersion(parse({ routes }));
+    };
+    const version = withRule({ request: { set: { 'X-Upstream-Key': 'pin-398445' }, add: { 'X-Tag': 'a' } }, response: { set: { 'X-Served-By': 'one' } } });
+    expect(withRule({ request: { set: { 'X-Upstream-Key': 'pin-000001' }, add: { 'X-Tag': 'b' } }, response: { set: { 'X-Served-By': 'two' } } })).toBe(version);
+    expect(withRule({ request: { set: { 'X-Other-Key': 'pin-398445' }, add: { 'X-Tag': 'a' } }, response: { set: { 'X-Served-By': 'one' } } })).not.toBe(version);
+    expect(withRule({ request: { set: { 'X-Upstream-Key': 'pin-398445' }, add: { 'X-Tag': 'a' }, remove: ['cookie'] }, response: { set: { 'X-Served-By': 'one' } } })).not.toBe(version);
+    expect(withRule({ request: { add: { 'X-Upstream-Key': 'pin-398445', 'X-Tag': 'a' } }, response: { set: { 'X-Served-By': 'one' } } })).not.toBe(version);
+  });
 });
 
 describe('workers setting', () => {
@@ -155,6 +169,15 @@ describe('checkReload', () => {
     const before = activeConfig(parse({}, from));
     const check = checkReload(before, () => parse({}, to), logger);
     expect(check).toMatchObject({ ok: true, changed: true });
+  });
+
+  it("takes a change of a header rule's value alone as a change, under the same version", () => {
+    const { logger } = memoryLogger('gateway');
+    const withKey = (key: string) => ({ routes: (shippedConfigFile().routes as Record<string, unknown>[]).map((route, i) => (i === 0 ? { ...route, headers: { request: { set: { 'X-Upstream-Key': key } } } } : route)) });
+    const before = activeConfig(parse(withKey('first-upstream-key')));
+    expect(checkReload(before, () => parse(withKey('first-upstream-key')), logger)).toMatchObject({ ok: true, changed: false });
+    const check = checkReload(before, () => parse(withKey('second-upstream-key')), logger);
+    expect(check).toMatchObject({ ok: true, changed: true, next: { version: before.version } });
   });
 
   it('keeps a generated secret across reloads that configure none, even after a start with a configured one (each read made up another, and every reload then ended every token)', () => {
