@@ -47,7 +47,8 @@ describe('rendering deploy/kubernetes', () => {
     const workloads = objects.filter((o) => o.kind === 'Deployment').map((o) => o.metadata.name).sort();
     expect(workloads).toEqual(['gateway', 'notification-service', 'order-service', 'otel-collector', 'redis', 'user-service']);
     const services = objects.filter((o) => o.kind === 'Service').map((o) => o.metadata.name).sort();
-    expect(services).toEqual(workloads);
+    // One per workload, and the gateway's metrics listener in a headless one of its own (never beside its public port).
+    expect(services).toEqual([...workloads, 'gateway-metrics'].sort());
   });
 
   it('puts every object of the local overlay in its namespace, which it creates', () => {

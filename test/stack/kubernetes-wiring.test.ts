@@ -426,8 +426,18 @@ describe('Services and NetworkPolicies', () => {
 
   it.each(services.map((s) => [s.metadata.name, s] as const))('Service %s selects the pods of exactly one Deployment, on ports they have', (_name, s) => {
     const matched = pods.filter((p) => selects({ matchLabels: s.spec.selector }, p.labels));
-    expect(matched.map((p) => p.name)).toEqual([s.metadata.name]);
+    expect(matched.map((p) => p.name)).toEqual([s.metadata.name === 'gateway-metrics' ? 'gateway' : s.metadata.name]);
     for (const port of s.spec.ports) expect(resolvePort(matched[0]!.container, port.targetPort ?? port.port)).toBeDefined();
+  });
+
+  // Beside `http`, an overlay making the gateway Service a LoadBalancer or NodePort published /metrics with it, only
+  // a NetworkPolicy (not every network plugin enforces them) in the way.
+  it("keeps the gateway's metrics port out of the Service that carries its public port, in a headless one", () => {
+    const gateway = services.find((s) => s.metadata.name === 'gateway')!;
+    const metrics = services.find((s) => s.metadata.name === 'gateway-metrics') as (typeof services)[number] & { spec: { clusterIP?: string } };
+    expect(gateway.spec.ports.map((p) => p.name)).toEqual(['http']);
+    expect(metrics.spec.ports.map((p) => p.name)).toEqual(['metrics']);
+    expect(metrics.spec.clusterIP).toBe('None');
   });
 
   it.each(deployments.map((d) => [d.metadata.name, d] as const))("Deployment %s's selector matches its own pod template and no other", (_name, d) => {
