@@ -247,24 +247,47 @@ function callDeadlineMs(route: CompiledRoute, serverStreaming: boolean): number 
  */
 const DEADLINE_SLACK_MS = 5;
 
+/**
+ * A unary call, read as a stream of its answers. grpc-js's own unary call asks the service for one message only: a
+ * second one, and the status behind it, were never read, and the call ran to its deadline (504 upstream_timeout,
+ * the instance counted silent: three such answers ejected it). Read here, a second message cancels the call and is
+ * the service's bad answer, as grpc-js words it ("Too many responses received"), and so is an OK without a message.
+ */
 async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, binding, request, metadata }: Call, settle: Settle): Promise<void> {
   const { method } = binding;
   const deadline = Date.now() + callDeadlineMs(route, false);
+  const call = client.makeServerStreamRequest(method.path, encodedBytes, deserializer(method.responseType), request, metadata, { deadline });
   let clientGone = false;
+  // The client went away: the service need not finish the work.
+  const cancel = () => {
+    clientGone = true;
+    call.cancel();
+  };
   const response = await new Promise<{ json: unknown } | undefined>((resolve, reject) => {
-    const pending = client.makeUnaryRequest(method.path, encodedBytes, deserializer(method.responseType), request, metadata, { deadline }, (error, value) => {
+    let answer: protobuf.Message | undefined;
+    let tooMany = false;
+    const fail = (error: grpc.ServiceError) => {
       ctx.res.off('close', cancel);
-      if (error) {
-        settle(error.code, error, isBadAnswer(error));
-        // Cancelled because the client left: nobody to answer, and no upstream failure to report.
-        if (clientGone) resolve(undefined);
-        else reject(grpcFailure(route.service, error, challengedMethods(ctx, route)));
-        return;
+      settle(error.code, error, isBadAnswer(error));
+      // Cancelled because the client left: nobody to answer, and no upstream failure to report.
+      if (clientGone) resolve(undefined);
+      else reject(grpcFailure(route.service, error, challengedMethods(ctx, route)));
+    };
+    call.on('data', (value: protobuf.Message) => {
+      if (answer === undefined) answer = value;
+      else if (!tooMany) {
+        tooMany = true;
+        call.cancel();
       }
+    });
+    call.once('error', (error: grpc.ServiceError) => fail(tooMany && !clientGone ? wrongCardinality('Too many responses received', error.metadata) : error));
+    call.once('end', () => {
+      if (answer === undefined) return fail(wrongCardinality('No message received', new grpc.Metadata()));
+      ctx.res.off('close', cancel);
       // Written as JSON before the call is settled, so a message without a JSON form counts as the bad answer it is.
       let json: unknown;
       try {
-        json = answerJson(route, method.responseType, value!);
+        json = answerJson(route, method.responseType, answer);
       } catch (failure) {
         settle(grpc.status.OK, undefined, true);
         reject(failure);
@@ -273,11 +296,6 @@ async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, bindin
       settle(grpc.status.OK);
       resolve({ json });
     });
-    // The client went away: the service need not finish the work.
-    const cancel = () => {
-      clientGone = true;
-      pending.cancel();
-    };
     ctx.res.once('close', cancel);
   });
   if (response === undefined) return;
@@ -287,6 +305,11 @@ async function unaryCall(ctx: KoaContext, route: CompiledRoute, { client, bindin
   // text/plain otherwise, or as a 204 for null.
   ctx.type = 'application/json';
   ctx.body = typeof response.json === 'object' && response.json !== null ? response.json : JSON.stringify(response.json);
+}
+
+/** grpc-js's own failure of a unary answer with no message, or more than one (status-errors.ts: the service's bad answer). */
+function wrongCardinality(details: 'No message received' | 'Too many responses received', metadata: grpc.Metadata): grpc.ServiceError {
+  return Object.assign(new Error(`${grpc.status.UNIMPLEMENTED} UNIMPLEMENTED: ${details}`), { code: grpc.status.UNIMPLEMENTED, details, metadata });
 }
 
 /** A service's message as JSON; one without a JSON form is the service's bad answer (502), never a crash or a 500. */

@@ -69,6 +69,7 @@ describe('gRPC answers of a service, told apart from the call running out', () =
         stream.respond({ ':status': 200, 'content-type': 'application/grpc', ...(gzipped && { 'grpc-encoding': 'gzip' }) }, { waitForTrailers: true });
         stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
         if (gzipped) stream.end(frame(gzipSync(oversized), true));
+        else if (kind === 'two-messages') stream.end(Buffer.concat([frame(Buffer.from(account.encode({ accountId: 'first' }).finish()), false), frame(Buffer.from(account.encode({ accountId: 'second' }).finish()), false)]));
         else stream.end();
       });
     });
@@ -92,7 +93,7 @@ describe('gRPC answers of a service, told apart from the call running out', () =
           hanging: { url: `http://127.0.0.1:${hangingPort}` },
           raw: { url: `http://127.0.0.1:${rawPort}` },
         },
-        routes: [grpcRoute('answering'), grpcRoute('hanging', { timeoutMs: 300 }), grpcRoute('raw')],
+        routes: [grpcRoute('answering'), grpcRoute('hanging', { timeoutMs: 300 }), grpcRoute('raw', { timeoutMs: 2000 })],
       },
     );
     gateway = await listen(createGatewayApps(config, { logger: memoryLogger('gateway').logger, metrics: false }).gateway.callback());
@@ -133,6 +134,19 @@ describe('gRPC answers of a service, told apart from the call running out', () =
 
   // grpc-js makes UNIMPLEMENTED of a unary OK without a message: it was 501, "not implemented" of a method the
   // service has. grpc-go and grpc-java call it INTERNAL.
+  // grpc-js's unary call reads one message: a second one and the status behind it were never read, and the call ran
+  // to its deadline (504, and the instance counted silent: three ejected it).
+  it('answers a unary answer of two messages 502 at once, and keeps the instance', async () => {
+    for (let i = 0; i < 4; i++) {
+      const answer = await pick('raw', 'two-messages');
+      expect(answer).toMatchObject({ status: 502, body: { code: 'upstream_bad_response' } });
+      expect(answer.body.detail).toMatch(/answered a unary call with more than one message/);
+    }
+    // Not ejected: the next call reaches it.
+    expect(await pick('raw', 'no-message')).toMatchObject({ status: 502, body: { code: 'upstream_bad_response' } });
+    expect(reached.filter((entry) => entry === 'raw:two-messages')).toHaveLength(4);
+  });
+
   it('answers a unary OK without a message 502, not 501', async () => {
     const answer = await pick('raw', 'no-message');
     expect(answer).toMatchObject({ status: 502, body: { code: 'upstream_bad_response' } });
