@@ -559,9 +559,9 @@ const configFields = z
          */
         hideUpstreamHeaders: z.array(z.string().regex(FIELD_NAME_TOKEN, 'must be a header name')).max(32).default([...DEFAULT_HIDDEN_UPSTREAM_HEADERS]),
         /**
-         * Key of the gateway's signature on what it tells services (env `GATEWAY_SIGNING_KEY` only; the services
-         * hold the same key and answer only signed requests: src/gateway-signature.ts). Required in production,
-         * at least 32 characters. Unset elsewhere: nothing is signed.
+         * Key of the gateway's signature on what it tells services (env `GATEWAY_SIGNING_KEY` only): each service's
+         * key is derived from it, and each service holds its own and answers only signed requests
+         * (src/gateway-signature.ts). Required in production, at least 32 characters. Unset elsewhere: nothing is signed.
          */
         signingKey: z.string().min(SIGNING_KEY_MIN_LENGTH, `must be at least ${SIGNING_KEY_MIN_LENGTH} characters`).optional(),
       })
@@ -758,10 +758,11 @@ function crossFieldRules(config: z.output<typeof configFields>, ctx: Pick<z.Refi
   }
   const signingKeyProblem = config.environment === 'production' && config.proxy.signingKey !== undefined ? keyMaterialProblem(config.proxy.signingKey) : undefined;
   if (signingKeyProblem) ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: signingKeyProblem, input: '(hidden)' });
-  // One key, one purpose (RFC 8725 3.5): every service holds the signing key, and as the JWT secret it would let
-  // anyone who reads one service's environment mint the gateway an admin token (blanks at the ends aside: the same key).
+  // One key, one purpose (RFC 8725 3.5): as the JWT secret, the signing key (which services held before they had keys
+  // of their own, and still do while a deployment moves off it) would let anyone who reads one service's environment
+  // mint the gateway an admin token (blanks at the ends aside: the same key).
   if (config.proxy.signingKey !== undefined && secret !== undefined && config.proxy.signingKey.trim() === secret.trim()) {
-    ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: 'must differ from auth.secret (JWT_SECRET): every service holds the signing key, and with it they could mint tokens', input: '(hidden)' });
+    ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: 'must differ from auth.secret (JWT_SECRET): one key, one purpose (whoever holds the signing key could mint tokens with it)', input: '(hidden)' });
   }
   // Not a URL at all: its own check said so (this refinement runs regardless, and `new URL` would throw).
   if (config.environment === 'production' && config.auth.jwks && URL.canParse(config.auth.jwks.url) && new URL(config.auth.jwks.url).protocol !== 'https:') {

@@ -237,7 +237,13 @@ export function challengesGatewaySignature(challenges: string | readonly string[
  * What a service's refusal of the gateway's signature means, for the operator's log line (never a client's answer:
  * it is the gateway's deployment's fault, and how it signs is not the client's to learn).
  */
-export const SIGNATURE_REFUSED_HINT = "are the gateway's and the service's signing keys, or clocks, apart, or is the service's GATEWAY_SIGNATURE_AUDIENCE not its name in the gateway's services?";
+export const SIGNATURE_REFUSED_HINT =
+  "are the gateway's and the service's signing keys, or clocks, apart (a service holds its own key, derived from the gateway's: npm run service-key -- <its name>; never the gateway's own), or is the service's GATEWAY_SIGNATURE_AUDIENCE not its name in the gateway's services?";
+
+/** What a service's refusal of another service's signed call means, for that caller's log line. */
+export function callRefusedHint(variable: string, service: string): string {
+  return `is ${variable} ${service}'s own signing key (npm run service-key -- ${service}), and are the clocks apart?`;
+}
 
 /** 43 base64url characters, the last one's two unused bits zero: a 32-byte MAC as written, one spelling only. */
 const HEADER_FORMAT = /^t=(\d{1,12}),v([34])=([A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$/;

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import type { TraceContextByHand } from '../../otel/telemetry';
 import { SERVICE_NAME, SIGNATURE_AUDIENCE } from '../../otel/wire-names';
-import { createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
+import { callRefusedHint, createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
 import { jsonAtMost } from '../../src/bounded-body';
 import { createBoundedStore, type BoundedStoreLimits } from '../shared/bounded-store';
 import { recordId } from '../shared/input-limits';
@@ -146,7 +146,7 @@ export function createApp(options: OrdersAppOptions): Koa {
     // Any other refusal is of this service's own call (its signature: keys or clocks apart), which no retry of the
     // client's mends: 502, not a 503 inviting one.
     if (status >= 400 && status < 500) {
-      logger.error('user-service refused the call', { status, request_id: requestId });
+      logger.error('user-service refused the call', { status, request_id: requestId, ...(status === 401 && { hint: callRefusedHint('USER_SERVICE_SIGNING_KEY', SIGNATURE_AUDIENCE.users) }) });
       throw new ServiceError(502, 'dependency_refused', `The users service refused this service's call (${status}).`);
     }
     if (status < 200 || status >= 300) throw new ServiceError(503, 'dependency_unavailable', `The users service answered ${status}.`);
@@ -160,6 +160,12 @@ export function createApp(options: OrdersAppOptions): Koa {
 
   const notificationsGrpc = options.notificationsGrpcUrl ? createNotificationsGrpcClient(options.notificationsGrpcUrl, signForNotifications, { propagate: injectGrpcCalls }) : undefined;
 
+  // Not a rejection of one notification but of every one this service sends, each lost while the order stands: an
+  // error naming the setting, where a warning said only "rejected".
+  function notificationSignatureRefused(order: Order, requestId: string): void {
+    logger.error("notification-service refused this service's signature; the notification is lost", { order_id: order.id, request_id: requestId, hint: callRefusedHint('NOTIF_SERVICE_SIGNING_KEY', SIGNATURE_AUDIENCE.notifications) });
+  }
+
   async function notify(order: Order, userId: string, requestId: string, identity: SignedValues): Promise<void> {
     const event = { userId, type: 'order.created', orderId: order.id, message: `Order ${order.id} was created.` };
     if (notificationsGrpc) {
@@ -169,6 +175,7 @@ export function createApp(options: OrdersAppOptions): Koa {
         const { code, details } = error as { code?: number; details?: string };
         // As over HTTP: the service answering no (a status of its own) is "rejected", no answer is "unreachable".
         if (code === grpcStatus.UNAVAILABLE || code === grpcStatus.DEADLINE_EXCEEDED) logger.warn('notification-service unreachable', { order_id: order.id, error: details, request_id: requestId });
+        else if (code === grpcStatus.UNAUTHENTICATED) notificationSignatureRefused(order, requestId);
         else logger.warn('notification rejected', { order_id: order.id, grpc_status: code === undefined ? undefined : grpcStatus[code], request_id: requestId });
       }
       return;
@@ -184,7 +191,8 @@ export function createApp(options: OrdersAppOptions): Koa {
         body: event,
       });
       await response.body.dump();
-      if (response.statusCode < 200 || response.statusCode >= 300) logger.warn('notification rejected', { order_id: order.id, status: response.statusCode, request_id: requestId });
+      if (response.statusCode === 401) notificationSignatureRefused(order, requestId);
+      else if (response.statusCode < 200 || response.statusCode >= 300) logger.warn('notification rejected', { order_id: order.id, status: response.statusCode, request_id: requestId });
     } catch (error) {
       logger.warn('notification-service unreachable', { order_id: order.id, error: (error as Error).message, request_id: requestId });
     }

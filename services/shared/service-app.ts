@@ -140,7 +140,8 @@ export interface ServiceAppOptions {
   /** Largest JSON body, bytes. Default 1 MiB. */
   bodyLimitBytes?: number;
   /**
-   * The gateway's signing key (`GATEWAY_SIGNING_KEY`): every request but `GET /health` must carry the gateway's
+   * This service's signing key (`GATEWAY_SIGNING_KEY`: its own, derived from the gateway's, src/gateway-signature.ts
+   * serviceSigningKey): every request but `GET /health` must carry the gateway's
    * signature over its method, target and identity headers (src/gateway-signature.ts), or is refused with 401.
    * Unset (development and tests only; production refuses to start without it): identity headers are believed
    * from any peer.

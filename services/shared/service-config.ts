@@ -109,8 +109,8 @@ export function loadServiceEnv<K extends ServiceKey>(service: K, env: Record<str
     if (result.data.NODE_ENV === 'production' && key === undefined) throw new Error(`config: ${name}: must be set in production: the service it names refuses calls it cannot verify`);
     const problem = result.data.NODE_ENV === 'production' ? keyMaterialProblem(key!) : undefined;
     if (problem) throw new Error(`config: ${name}: ${problem}`);
-    // Its own key signs for no other service: one equal to it is the shared key of before (README "Services trust the gateway").
-    if (key !== undefined && key === result.data.GATEWAY_SIGNING_KEY) throw new Error(`config: ${name}: must not be this service's own GATEWAY_SIGNING_KEY: each service has its own key (npm run service-key)`);
+    // Equal to its own key is allowed: it is the one key every service shared before, while a deployment moves off
+    // it (README "From one shared key": this service signs its calls with the key the others still hold).
   }
   return result.data as ServiceEnv<K>;
 }

@@ -18,14 +18,17 @@ function main(argv: readonly string[], env: NodeJS.ProcessEnv): void {
   if (gatewayKey.length < SIGNING_KEY_MIN_LENGTH) throw new Error(`GATEWAY_SIGNING_KEY must be at least ${SIGNING_KEY_MIN_LENGTH} characters, as the gateway requires`);
   const asEnv = argv.includes('--env');
   const services = argv.filter((arg) => arg !== '--env');
-  const unknown = services.find((service) => !SERVICE_KEY_PATTERN.test(service));
-  if (unknown !== undefined) throw new Error(`${JSON.stringify(unknown)} is no service name of the gateway's config (lower case letters, digits and dashes, starting with a letter)`);
+  // Not echoed: a key pasted where a name goes would be written to stderr, and from there to a CI log.
+  const unknown = services.findIndex((service) => !SERVICE_KEY_PATTERN.test(service));
+  if (unknown >= 0) throw new Error(`the name given ${ordinal(unknown + 1)} is no service name of the gateway's config (lower case letters, digits and dashes, starting with a letter)`);
   if (!asEnv && services.length > 1) throw new Error('several services: add --env to tell their keys apart');
   for (const service of services) {
     const key = serviceSigningKey(gatewayKey, service);
     process.stdout.write(asEnv ? `${service.toUpperCase().replaceAll('-', '_')}_SIGNING_KEY=${key}\n` : `${key}\n`);
   }
 }
+
+const ordinal = (n: number) => (n === 1 ? 'first' : n === 2 ? 'second' : n === 3 ? 'third' : `${n}th`);
 
 try {
   main(process.argv.slice(2), process.env);

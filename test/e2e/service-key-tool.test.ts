@@ -29,7 +29,8 @@ describe('npm run service-key (dist/src/tools/service-key.js, built by npm test)
   it.each<[string, string[], Record<string, string>, RegExp]>([
     ['without the gateway key', ['users'], {}, /GATEWAY_SIGNING_KEY is not set/],
     ['with a gateway key shorter than the gateway takes', ['users'], { GATEWAY_SIGNING_KEY: 'short' }, /at least 32 characters/],
-    ['for a name no service of the config can have', ['Users'], { GATEWAY_SIGNING_KEY: GATEWAY_KEY }, /"Users" is no service name/],
+    ['for a name no service of the config can have', ['Users'], { GATEWAY_SIGNING_KEY: GATEWAY_KEY }, /the name given first is no service name/],
+    ['for a key pasted where a name goes, never echoing it', ['--env', 'users', 'Secr3t+Key/With=Symbols'], { GATEWAY_SIGNING_KEY: GATEWAY_KEY }, /^service-key: the name given second is no service name[^S]*$/],
     ['for several services without --env', ['users', 'orders'], { GATEWAY_SIGNING_KEY: GATEWAY_KEY }, /add --env/],
   ])('fails %s, saying why, printing no key', async (_desc, args, env, says) => {
     const failed = await run(args, env).then(
