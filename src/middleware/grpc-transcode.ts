@@ -445,6 +445,41 @@ const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
  * The JSON request body, or undefined when there is none. Only JSON is taken (415 otherwise), at most
  * `limit` bytes (413), and it must be UTF-8 and parse (400).
  */
+/**
+ * A request's body, at most `limit` bytes, read as it flows ('data'). Read with `for await`, the request is never
+ * flowing, so it always read as paused, which the body-rate check takes for the gateway holding it back: a body
+ * dripped at a byte a second was never cut (the 408 login gives it). Over the limit: 413, and the rest is never read
+ * (the connection closes after the 413, RFC 9112 9.6, as after the proxy's; kept alive, a request behind it on the
+ * connection waited unanswered until the idle timeout).
+ */
+function readBodyWithin(request: KoaContext['req'], limit: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const stop = () => request.off('data', onData).off('end', onEnd).off('error', onError).off('close', onClose);
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= limit) return void chunks.push(chunk);
+      stop();
+      reject(new GatewayError('payload_too_large', `The request body is larger than ${limit} bytes.`, { headers: { Connection: 'close' } }));
+    };
+    const onEnd = () => {
+      stop();
+      resolve(Buffer.concat(chunks));
+    };
+    const onError = (error: Error) => {
+      stop();
+      reject(error);
+    };
+    // Closed before its end: the client left mid-body (`for await` failed the same way).
+    const onClose = () => {
+      stop();
+      reject(Object.assign(new Error('the request body ended before it was complete'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+    };
+    request.on('data', onData).on('end', onEnd).on('error', onError).on('close', onClose);
+  });
+}
+
 async function readJsonBody(ctx: KoaContext, limit: number): Promise<unknown> {
   const declared = ctx.get('content-length');
   if (declared === '0' || (declared === '' && !ctx.get('transfer-encoding'))) return undefined;
@@ -460,18 +495,10 @@ async function readJsonBody(ctx: KoaContext, limit: number): Promise<unknown> {
   }
   if (declared !== '' && Number(declared) > limit) throw new GatewayError('payload_too_large', `The request body is larger than ${limit} bytes.`);
   continueIfExpected(ctx);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of ctx.req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    // The rest of the body is never read: the connection closes after the 413 (RFC 9112 9.6), as after the proxy's.
-    // Kept alive, a request behind it on the connection waited unanswered until the idle timeout.
-    if (size > limit) throw new GatewayError('payload_too_large', `The request body is larger than ${limit} bytes.`, { headers: { Connection: 'close' } });
-    chunks.push(chunk);
-  }
+  const bytes = await readBodyWithin(ctx.req, limit);
   let text: string;
   try {
-    text = UTF8.decode(Buffer.concat(chunks));
+    text = UTF8.decode(bytes);
   } catch {
     throw new GatewayError('invalid_body', 'The request body is not UTF-8.');
   }

@@ -12,6 +12,7 @@ import { listen, memoryLogger, refusedOrigin, type TestServer } from '../helpers
 import { shippedConfigFile, testConfig } from '../helpers/test-config';
 import { signToken } from '../helpers/tokens';
 import { mappingGatewayConfig, MAPPING_PROTO, MAPPING_SERVICE, startMappingServer, type MappingServer } from './mapping-server';
+import { tricklingUpload } from '../helpers/uploads';
 import { waitFor } from '../helpers/wait';
 
 /**
@@ -278,6 +279,30 @@ describe('gRPC transcoding', () => {
         expect((await post(['fits'])).status).toBe(200);
       } finally {
         await small.close();
+      }
+    });
+
+    // Read with `for await`, the body never flowed and always read as paused, which the rate check takes for the
+    // gateway holding it back: a body dripped at 5 bytes a second was read to its end (200 after 6 s), where login's
+    // gets 408 after the grace period.
+    it('answers a body dripped slower than server.minBodyBytesPerSecond 408, calling nothing, and takes one at the rate', async () => {
+      const config = mappingGatewayConfig(service.url, { config: { server: { minBodyBytesPerSecond: 100, bodyGracePeriodMs: 600 } } });
+      const own = await listen(createGatewayApps(config, { logger: gatewayLogs.logger, metrics: false }).gateway.callback());
+      try {
+        const before = service.calls.length;
+        const body = JSON.stringify({ tags: ['slow', 'x'.repeat(400)] });
+        const headers = { 'content-type': 'application/json', 'content-length': String(body.length) };
+        const dripped = tricklingUpload(own.url, '/api/mapping/things/dripped', headers, body, 1, 200);
+        const answer = await dripped.reply;
+        expect([answer.status, (JSON.parse(answer.text) as { code: string }).code]).toEqual([408, 'request_timeout']);
+        expect(dripped.sent()).toBeLessThan(body.length);
+        expect(service.calls.length).toBe(before);
+        // The control: the same body at 2,000 bytes a second is read and called.
+        const steady = tricklingUpload(own.url, '/api/mapping/things/steady', headers, body, 200, 100);
+        expect((await steady.reply).status).toBe(200);
+        expect(service.calls.length).toBe(before + 1);
+      } finally {
+        await own.close();
       }
     });
 
