@@ -81,7 +81,7 @@ import { GrpcServerSpanStatusProcessor } from './grpc-server-span-status';
 import { RequestIdSpanProcessor } from './request-id-span-processor';
 import { createTextMapPropagator } from './trace-context-propagator';
 import { ClientTraceIdSampler, RandomTraceIdRatioSampler, RequestedTraceIdGenerator } from './trace-ids';
-import { createTelemetryDiagnostics, type TelemetryDiagnostics } from './telemetry-diagnostics';
+import { createTelemetryDiagnostics, withoutSdkSpanDrops, type TelemetryDiagnostics } from './telemetry-diagnostics';
 import { HEADER } from './wire-names';
 import { UNTRACED_PATHS, type BatchOptions, type InstrumentationName, type MetricsConfig, type SamplerConfig, type SignalConfig, type TelemetryConfig } from './telemetry-config';
 
@@ -154,7 +154,7 @@ export function createTelemetry(config: TelemetryConfig, options: CreateTelemetr
     start() {
       if (providers !== undefined) return;
       if (config.sdkLogLevel === undefined) diag.setLogger(diagnostics.logger, { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true });
-      else diag.setLogger(new DiagConsoleLogger(), { logLevel: diagLogLevelFromString(config.sdkLogLevel) });
+      else diag.setLogger(withoutSdkSpanDrops(new DiagConsoleLogger()), { logLevel: diagLogLevelFromString(config.sdkLogLevel) });
       // Failed exports are reported sparingly whatever OTEL_LOG_LEVEL says: the SDK's own handler wrote every
       // failure with the collector's whole answer (12 MB of stderr in 10 s from a collector answering 400 with 4 MB).
       installExportErrorHandler(diagnostics);
@@ -371,6 +371,9 @@ export function exportsInFlight(batch: BatchOptions): number {
   return Math.ceil(queue / Math.min(batch.maxExportBatchSize ?? SDK_MAX_EXPORT_BATCH_SIZE, queue)) + 1;
 }
 
+/** The longest delay a Node timer takes, ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** How the SDK's OTLP/HTTP transport gets its agent (its env configuration's: certificates, or keep-alive). */
 type ExportAgentFactory = ReturnType<typeof convertLegacyHttpOptions>['agentFactory'];
 
@@ -387,6 +390,8 @@ export const EXPORT_DEADLINE_PASSED = (deadlineMs: number) => `no whole answer w
  * signal or wrapper); each request's timer is cleared when it closes.
  */
 function withExportDeadline(factory: ExportAgentFactory, deadlineMs: number): ExportAgentFactory {
+  // A timer takes at most 2^31-1 ms (24.8 days); past it Node fires at once, and every export failed at its start.
+  if (deadlineMs > MAX_TIMER_MS) return factory;
   return async (protocol) => {
     const agent = (await factory(protocol)) as Awaited<ReturnType<ExportAgentFactory>> & { addRequest(request: import('node:http').ClientRequest, options: unknown): void };
     const addRequest = agent.addRequest;

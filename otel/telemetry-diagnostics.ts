@@ -119,7 +119,24 @@ const MAX_TEXT = 300;
 export function printable(text: string): string {
   // eslint-disable-next-line no-control-regex
   const escaped = text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (char) => `\\x${char.charCodeAt(0).toString(16).padStart(2, '0')}`);
-  return escaped.length > MAX_TEXT ? `${escaped.slice(0, MAX_TEXT)}...` : escaped;
+  if (escaped.length <= MAX_TEXT) return escaped;
+  // Not between the two halves of a surrogate pair (an emoji): a lone half is written as U+FFFD.
+  const cut = /[\ud800-\udbff]/.test(escaped[MAX_TEXT - 1]!) ? MAX_TEXT - 1 : MAX_TEXT;
+  return `${escaped.slice(0, cut)}...`;
+}
+
+/**
+ * `logger` without sdk-trace's own count of dropped spans (dropped-records.ts counts and says every one): the SDK's
+ * console logger, when OTEL_LOG_LEVEL hands it the diagnostics, said the drops twice.
+ */
+export function withoutSdkSpanDrops(logger: DiagLogger): DiagLogger {
+  return {
+    error: (message, ...args) => logger.error(message, ...args),
+    warn: (message, ...args) => (SDK_SPAN_DROP.test(message) ? undefined : logger.warn(message, ...args)),
+    info: (message, ...args) => logger.info(message, ...args),
+    debug: (message, ...args) => logger.debug(message, ...args),
+    verbose: (message, ...args) => logger.verbose(message, ...args),
+  };
 }
 
 /**

@@ -66,6 +66,28 @@ describe('OTLP exports in flight', () => {
     });
   });
 
+  // A Node timer takes at most 2^31-1 ms: past it the deadline fired at once, and every export failed at its start.
+  it('exports with an OTEL_EXPORTER_OTLP_TIMEOUT longer than a timer can wait', async () => {
+    const collector = await listen((req, res) => {
+      req.resume();
+      req.on('end', () => res.writeHead(200, { 'content-type': 'application/x-protobuf' }).end());
+    });
+    const otelDir = await compileTelemetryBootstrap();
+    const script = `
+      const { otlpProtoTraceExporter } = require(${JSON.stringify(path.join(otelDir, 'sdk.js'))});
+      otlpProtoTraceExporter(process.argv[1], 1).export([], (result) => { console.log(JSON.stringify([result.code, result.error && result.error.message])); process.exit(0); });`;
+    const child = spawn(process.execPath, ['-e', script, `${collector.url}/v1/traces`], { env: childEnvironment({ OTEL_EXPORTER_OTLP_TIMEOUT: '3000000000' }) });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    try {
+      await waitFor(() => output.includes('\n'), 'the export to settle', 10_000);
+      expect(JSON.parse(output)).toEqual([0, null]);
+    } finally {
+      child.kill();
+      await collector.close();
+    }
+  });
+
   describe('to a collector that takes every export and never answers', () => {
     let collector: TestServer;
     const held: ServerResponse[] = [];

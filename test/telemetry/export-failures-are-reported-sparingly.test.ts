@@ -1,5 +1,5 @@
 import { droppedMessage, droppedRecordsReporter } from '../../otel/dropped-records';
-import { createTelemetryDiagnostics, describeError } from '../../otel/telemetry-diagnostics';
+import { createTelemetryDiagnostics, describeError, printable, withoutSdkSpanDrops } from '../../otel/telemetry-diagnostics';
 
 function setup(intervalMs = 60_000) {
   let now = 0;
@@ -63,6 +63,25 @@ it("leaves sdk-trace's own count of dropped spans out", () => {
   diagnostics.logger.warn('Dropped 37 spans because maxQueueSize reached');
   diagnostics.logger.warn(droppedMessage('spans', 37));
   expect(lines).toEqual([`telemetry: warn: ${droppedMessage('spans', 37)}`]);
+});
+
+it("leaves sdk-trace's own count out of the SDK's console logger too (OTEL_LOG_LEVEL set), and passes everything else on", () => {
+  const said: string[] = [];
+  const record = (level: string) => (message: string) => void said.push(`${level}: ${message}`);
+  const logger = withoutSdkSpanDrops({ error: record('error'), warn: record('warn'), info: record('info'), debug: record('debug'), verbose: record('verbose') });
+  logger.warn('Dropped 37 spans because maxQueueSize reached');
+  logger.warn(droppedMessage('spans', 37));
+  logger.error('e');
+  logger.info('i');
+  logger.debug('d');
+  logger.verbose('v');
+  expect(said).toEqual([`warn: ${droppedMessage('spans', 37)}`, 'error: e', 'info: i', 'debug: d', 'verbose: v']);
+});
+
+it('cuts a long text between characters, never inside a surrogate pair', () => {
+  expect(printable(`${'a'.repeat(299)}😀tail`)).toBe(`${'a'.repeat(299)}...`);
+  expect(printable(`${'a'.repeat(298)}😀tail`)).toBe(`${'a'.repeat(298)}😀...`);
+  expect(printable('é € 日本 ß')).toBe('é € 日本 ß');
 });
 
 // At shutdown no later report comes: the counts of the reports held back since the last one were never said.
