@@ -214,7 +214,8 @@ const SERVICE_KEY_LABEL = 'koa-gateway-service-key-v1';
  * (`GATEWAY_SIGNING_KEY` of that service), and the gateway signs its requests with it: a service, or whoever takes
  * one over, can sign for itself alone, never as the gateway to another service (with one key shared by all, any
  * service's key signed for every other; the audience only named the service, it did not keep one from signing for
- * another). The gateway keeps one key and derives the rest, so its own config is unchanged; `npm run service-key`
+ * another). But for the keys a service is given to sign its own calls (order-service's of user-service and
+ * notification-service), which sign anything for those services: keys scoped to a caller's calls are not built. The gateway keeps one key and derives the rest, so its own config is unchanged; `npm run service-key`
  * prints a service's, as does `openssl` (README "Services trust the gateway").
  */
 export function serviceSigningKey(gatewayKey: string, service: string): string {

@@ -188,15 +188,28 @@ describe.each<[string, KeyMoment]>([
     },
   ],
   [
-    // The README's move from the one key every service shared to a key per service: the services still hold the
-    // shared key and accept their own, order-service already signs its calls with the others', the gateway of this
+    // The README's move from the one key every service shared to a key per service, after its steps (1) and (2): the
+    // services on this release still hold the shared key and accept their own, order-service signs its calls with the
+    // key the others hold (the shared one: what the manifests read from their Secrets' `key`), the gateway of this
     // release signs with each service's key.
-    'the move from one shared key to a key per service',
+    'the move from one shared key, the gateway updated',
     {
       gateway: OLD,
       users: { own: OLD, accepted: keyOf(OLD, 'users') },
       notifications: { own: OLD, accepted: keyOf(OLD, 'notifications') },
-      orders: { own: OLD, accepted: keyOf(OLD, 'orders'), users: keyOf(OLD, 'users'), notifications: keyOf(OLD, 'notifications') },
+      orders: { own: OLD, accepted: keyOf(OLD, 'orders'), users: OLD, notifications: OLD },
+      usersTakes: [OLD, keyOf(OLD, 'users')],
+    },
+  ],
+  [
+    // Its step (3) midway: user-service and order-service swapped (their own key now, the shared one accepted),
+    // notification-service not yet; order-service signs with the keys the Secrets now give (the derived ones).
+    'the move from one shared key, the services swapping their keys',
+    {
+      gateway: OLD,
+      users: { own: keyOf(OLD, 'users'), accepted: OLD },
+      notifications: { own: OLD, accepted: keyOf(OLD, 'notifications') },
+      orders: { own: keyOf(OLD, 'orders'), accepted: OLD, users: keyOf(OLD, 'users'), notifications: keyOf(OLD, 'notifications') },
       usersTakes: [OLD, keyOf(OLD, 'users')],
     },
   ],
