@@ -424,6 +424,11 @@ export function createSendWindows<Key extends object>(sendMs: number, options: {
     /** How often a sweep looks, ms. */
     sweepMs: Math.min(1000, Math.max(50, sendMs / 4)),
     /**
+     * What the least rate moves in half a window, bytes: progress counted in pieces no larger than this (HTTP/2
+     * streams, src/http2-sent-bytes.ts) shows a reader at twice the least rate moving in every window.
+     */
+    halfWindowBytes: due(sendMs / 2),
+    /**
      * Whether `key`, having taken `taken` bytes by `now` (its connection's over HTTP/1, its own over HTTP/2), took
      * less than the least rate over a whole window; the first look starts its window, a window passed starts the next.
      */

@@ -1,7 +1,7 @@
 import type http2 from 'node:http2';
 
 /** Largest piece of an answer handed to an HTTP/2 stream at once, bytes: one DATA frame's default maximum (RFC 9113 4.2). */
-const PIECE_BYTES = 16 * 1024;
+export const MAX_PIECE_BYTES = 16 * 1024;
 
 type Callback = (error?: Error | null) => void;
 type WriteOne = (chunk: Buffer | string, encoding: BufferEncoding | 'buffer', callback: Callback) => void;
@@ -13,8 +13,10 @@ type End = (chunk?: unknown, encoding?: BufferEncoding | Callback, callback?: Ca
  * each stream by its own progress: the connection's (PING and SETTINGS acks, other streams) says nothing of a
  * stream its client holds back with a window of 0. Node completes a write to a stream only once the whole of it
  * went out, so a large write (a 200 KB body) would show no progress until its end however steadily it is read:
- * writes are handed to the stream in pieces of at most PIECE_BYTES, each counted as it completes. Returns the count
- * so far.
+ * writes are handed to the stream in pieces of at most `pieceBytes` (MAX_PIECE_BYTES at most), each counted as it
+ * completes. Returns the count so far. The send timeout's caller makes a piece no larger than what its least rate
+ * moves in half a window: of 16 KiB, a reader at 1 KB/s (four times that rate) finished no piece in a 10 s window,
+ * and was cut.
  *
  * The pieces are made where the answer is written (`write` and `end`), so that each goes through the stream as a
  * write of its own. Made inside the stream's `_write` instead, one after the other, they met Node's end of the
@@ -24,7 +26,8 @@ type End = (chunk?: unknown, encoding?: BufferEncoding | Callback, callback?: Ca
  * WriteString take a Buffer for a string and abort the whole process (any answer of 16 KiB or more given as text,
  * as a transcoded gRPC answer's JSON is).
  */
-export function countSentBytes(stream: http2.ServerHttp2Stream): () => number {
+export function countSentBytes(stream: http2.ServerHttp2Stream, pieceBytes: number = MAX_PIECE_BYTES): () => number {
+  const pieceSize = Math.max(1, Math.min(MAX_PIECE_BYTES, Math.floor(pieceBytes)));
   let sent = 0;
   const writable = stream as unknown as { _write: WriteOne; _writev: unknown; write: Write; end: End };
   const writeOne = writable._write.bind(stream);
@@ -39,13 +42,13 @@ export function countSentBytes(stream: http2.ServerHttp2Stream): () => number {
   };
   const write = writable.write.bind(stream);
   const end = writable.end.bind(stream);
-  /** `chunk` as pieces of at most PIECE_BYTES, or undefined when it is one already (or nothing this counts). */
+  /** `chunk` as pieces of at most `pieceSize` bytes, or undefined when it is one already (or nothing this counts). */
   const piecesOf = (chunk: unknown, encoding: unknown): Buffer[] | undefined => {
     const data = typeof chunk === 'string' ? Buffer.from(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8') : chunk;
-    if (!(data instanceof Uint8Array) || data.length <= PIECE_BYTES) return undefined;
+    if (!(data instanceof Uint8Array) || data.length <= pieceSize) return undefined;
     const bytes = Buffer.from(data.buffer, data.byteOffset, data.length);
     const pieces: Buffer[] = [];
-    for (let offset = 0; offset < bytes.length; offset += PIECE_BYTES) pieces.push(bytes.subarray(offset, offset + PIECE_BYTES));
+    for (let offset = 0; offset < bytes.length; offset += pieceSize) pieces.push(bytes.subarray(offset, offset + pieceSize));
     return pieces;
   };
   writable.write = (chunk, encoding, callback) => {

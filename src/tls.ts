@@ -452,7 +452,7 @@ function watchStalledStreams(sendMs: number, afterSweep: (allStalled: boolean) =
       return served;
     },
     add(stream: http2.ServerHttp2Stream) {
-      streams.set(stream, countSentBytes(stream));
+      streams.set(stream, countSentBytes(stream, windows.halfWindowBytes));
       if (sweep) return;
       sweep = setInterval(check, windows.sweepMs);
       sweep.unref();

@@ -1593,6 +1593,36 @@ describe('HTTP/2 clients that read slowly', () => {
     }, { initialWindowSize: 16_384 });
   });
 
+  // Progress was counted in pieces of 16 KiB, each once all of it had gone: a reader well above the least rate
+  // (240 B/s) but slower than a piece per window was reset (1.6 KB/s at the default 10 s window; 16 KB/s at this 1 s).
+  it('gives a steady reader its whole answer, though no 16 KiB of it goes out in a window', async () => {
+    // Past what Node takes into its buffers at once (their writes complete at once): the rest waits for the reader.
+    const size = 120_000;
+    await inSession(async (session) => {
+      const authorization = `Bearer ${await signToken()}`;
+      const outcome = await new Promise<{ status?: number; received: number; rstCode: number }>((resolve) => {
+        const stream = session.request({ ':path': `/api/orders/download?size=${size}`, authorization, [HEADER.requestId]: 'h2-slow-steady-reader' });
+        let status: number | undefined;
+        let received = 0;
+        stream.on('response', (headers) => (status = Number(headers[':status'])));
+        stream.on('error', () => undefined);
+        stream.pause();
+        // 1,000 bytes every 100 ms: 10 KB/s, under a 16 KiB piece per window of SEND_MS (1 s), through a window of 4 KB.
+        const reader = setInterval(() => {
+          const chunk = stream.read(Math.min(1000, stream.readableLength)) as Buffer | null;
+          if (chunk) received += chunk.length;
+        }, 100);
+        stream.on('close', () => {
+          clearInterval(reader);
+          // What arrived before the end and is not read yet (a stream closes with its last bytes unread).
+          for (let rest = stream.read() as Buffer | null; rest !== null; rest = stream.read() as Buffer | null) received += rest.length;
+          resolve({ status, received, rstCode: stream.rstCode });
+        });
+      });
+      expect(outcome).toEqual({ status: 200, received: size, rstCode: http2.constants.NGHTTP2_NO_ERROR });
+    }, { initialWindowSize: 4096 });
+  });
+
   it('records client_read_timeout, not the service\'s failure, when a client leaves an answer too big to hold unread while its service closes the connection (the instance was ejected)', async () => {
     // More than the gateway holds for a client (CLIENT_BUFFER_BYTES): the service's answer is paused for it.
     await inSession(async (session) => {
