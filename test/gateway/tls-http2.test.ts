@@ -1564,29 +1564,37 @@ describe('HTTP/2 clients that read slowly', () => {
     }, { initialWindowSize: 0 });
   });
 
-  it('gives a steady reader its whole proxied answer though the service closes its idle connection meanwhile, and blames no one', async () => {
-    const size = 100_000;
-    // A window of 16 KB read at 20 KB/s: 5 s for the answer, its window opened again every 400 ms or so, each time
-    // longer than the service's keep-alive timeout.
-    await inSession(async (session) => {
-      const authorization = `Bearer ${await signToken()}`;
-      const outcome = await new Promise<{ status?: number; received: number; rstCode: number }>((resolve) => {
-        const stream = session.request({ ':path': `/api/orders/download?size=${size}`, authorization, [HEADER.requestId]: 'h2-steady-reader' });
+  /**
+   * A download of `size` bytes from order-service read `bytesPerTick` every 100 ms, and what arrived before the end
+   * but was not read yet (a stream closes with its last bytes unread); its status and how it closed.
+   */
+  const downloadSteadily = (session: http2.ClientHttp2Session, size: number, requestId: string, bytesPerTick: number) =>
+    new Promise<{ status?: number; received: number; rstCode: number }>((resolve) => {
+      void signToken().then((token) => {
+        const stream = session.request({ ':path': `/api/orders/download?size=${size}`, authorization: `Bearer ${token}`, [HEADER.requestId]: requestId });
         let status: number | undefined;
         let received = 0;
         stream.on('response', (headers) => (status = Number(headers[':status'])));
         stream.on('error', () => undefined);
         stream.pause();
         const reader = setInterval(() => {
-          const chunk = stream.read(Math.min(2000, stream.readableLength)) as Buffer | null;
+          const chunk = stream.read(Math.min(bytesPerTick, stream.readableLength)) as Buffer | null;
           if (chunk) received += chunk.length;
         }, 100);
         stream.on('close', () => {
           clearInterval(reader);
+          for (let rest = stream.read() as Buffer | null; rest !== null; rest = stream.read() as Buffer | null) received += rest.length;
           resolve({ status, received, rstCode: stream.rstCode });
         });
       });
-      expect(outcome).toEqual({ status: 200, received: size, rstCode: http2.constants.NGHTTP2_NO_ERROR });
+    });
+
+  it('gives a steady reader its whole proxied answer though the service closes its idle connection meanwhile, and blames no one', async () => {
+    const size = 100_000;
+    // A window of 16 KB read at 20 KB/s: 5 s for the answer, its window opened again every 400 ms or so, each time
+    // longer than the service's keep-alive timeout.
+    await inSession(async (session) => {
+      expect(await downloadSteadily(session, size, 'h2-steady-reader', 2000)).toEqual({ status: 200, received: size, rstCode: http2.constants.NGHTTP2_NO_ERROR });
       await waitFor(() => accessLine('h2-steady-reader') !== undefined, 'the access line');
       expect(accessLine('h2-steady-reader')).toMatchObject({ status: 200, error_code: null });
       expect(await ordersStatus()).toBe(200);
@@ -1598,28 +1606,9 @@ describe('HTTP/2 clients that read slowly', () => {
   it('gives a steady reader its whole answer, though no 16 KiB of it goes out in a window', async () => {
     // Past what Node takes into its buffers at once (their writes complete at once): the rest waits for the reader.
     const size = 120_000;
+    // 1,000 bytes every 100 ms: 10 KB/s, under a 16 KiB piece per window of SEND_MS (1 s), through a window of 4 KB.
     await inSession(async (session) => {
-      const authorization = `Bearer ${await signToken()}`;
-      const outcome = await new Promise<{ status?: number; received: number; rstCode: number }>((resolve) => {
-        const stream = session.request({ ':path': `/api/orders/download?size=${size}`, authorization, [HEADER.requestId]: 'h2-slow-steady-reader' });
-        let status: number | undefined;
-        let received = 0;
-        stream.on('response', (headers) => (status = Number(headers[':status'])));
-        stream.on('error', () => undefined);
-        stream.pause();
-        // 1,000 bytes every 100 ms: 10 KB/s, under a 16 KiB piece per window of SEND_MS (1 s), through a window of 4 KB.
-        const reader = setInterval(() => {
-          const chunk = stream.read(Math.min(1000, stream.readableLength)) as Buffer | null;
-          if (chunk) received += chunk.length;
-        }, 100);
-        stream.on('close', () => {
-          clearInterval(reader);
-          // What arrived before the end and is not read yet (a stream closes with its last bytes unread).
-          for (let rest = stream.read() as Buffer | null; rest !== null; rest = stream.read() as Buffer | null) received += rest.length;
-          resolve({ status, received, rstCode: stream.rstCode });
-        });
-      });
-      expect(outcome).toEqual({ status: 200, received: size, rstCode: http2.constants.NGHTTP2_NO_ERROR });
+      expect(await downloadSteadily(session, size, 'h2-slow-steady-reader', 1000)).toEqual({ status: 200, received: size, rstCode: http2.constants.NGHTTP2_NO_ERROR });
     }, { initialWindowSize: 4096 });
   });
 
