@@ -409,6 +409,9 @@ function withExportDeadline(factory: ExportAgentFactory, deadlineMs: number): Ex
  * The agent one signal's SDK-built exporters (http/json, metrics) take, as they would make it themselves from
  * OTEL_EXPORTER_OTLP_* (certificates included), with the export deadline (withExportDeadline).
  */
+/** The SDK's OTLP metric exporters' options: the URL, and the agent with the export deadline. */
+const otlpMetricsOptions = (url: string) => ({ url, ...exportAgentOptions('METRICS', 'v1/metrics', url) });
+
 function exportAgentOptions(signal: 'TRACES' | 'LOGS' | 'METRICS', path: string, url: string): { httpAgentOptions: ExportAgentFactory } {
   const options = convertLegacyHttpOptions({ url }, signal, path, {});
   return { httpAgentOptions: withExportDeadline(options.agentFactory, options.timeoutMillis) };
@@ -467,8 +470,8 @@ function metricReader(
     name === 'console'
       ? new ConsoleMetricExporter()
       : metrics.protocol === 'http/json'
-        ? new (lazy('@opentelemetry/exporter-metrics-otlp-http') as typeof import('@opentelemetry/exporter-metrics-otlp-http')).OTLPMetricExporter({ url: metrics.url, ...exportAgentOptions('METRICS', 'v1/metrics', metrics.url) })
-        : new (lazy('@opentelemetry/exporter-metrics-otlp-proto') as typeof import('@opentelemetry/exporter-metrics-otlp-proto')).OTLPMetricExporter({ url: metrics.url, ...exportAgentOptions('METRICS', 'v1/metrics', metrics.url) });
+        ? new (lazy('@opentelemetry/exporter-metrics-otlp-http') as typeof import('@opentelemetry/exporter-metrics-otlp-http')).OTLPMetricExporter(otlpMetricsOptions(metrics.url))
+        : new (lazy('@opentelemetry/exporter-metrics-otlp-proto') as typeof import('@opentelemetry/exporter-metrics-otlp-proto')).OTLPMetricExporter(otlpMetricsOptions(metrics.url));
   return new PeriodicExportingMetricReader({
     exporter: diagnostics === undefined ? exporter : reportingFailures(exporter, diagnostics),
     exportIntervalMillis: metrics.exportIntervalMillis,
