@@ -91,28 +91,33 @@ export function loadServiceEnv<K extends ServiceKey>(service: K, env: Record<str
     const got = name.includes('SIGNING_KEY') ? '' : ` (got ${hideUrlPasswords(JSON.stringify(relevant[String(issue.path[0])]) ?? '')})`;
     throw new Error(`config: ${name}: ${issue.message}${got}`);
   }
-  if (result.data.NODE_ENV === 'production' && result.data.GATEWAY_SIGNING_KEY === undefined) {
-    throw new Error('config: GATEWAY_SIGNING_KEY: must be set in production: without it anyone who reaches this service can claim any identity');
-  }
-  const keyProblem = result.data.NODE_ENV === 'production' ? keyMaterialProblem(result.data.GATEWAY_SIGNING_KEY!) : undefined;
-  if (keyProblem) throw new Error(`config: GATEWAY_SIGNING_KEY: ${keyProblem}`);
+  const production = result.data.NODE_ENV === 'production';
+  if (production) productionKey('GATEWAY_SIGNING_KEY', result.data.GATEWAY_SIGNING_KEY, 'without it anyone who reaches this service can claim any identity');
   if (result.data.GATEWAY_SIGNING_KEY_ACCEPTED !== undefined) {
     // Believed beside no key of its own, anyone could claim any identity without a signature.
     if (result.data.GATEWAY_SIGNING_KEY === undefined) throw new Error('config: GATEWAY_SIGNING_KEY_ACCEPTED: needs GATEWAY_SIGNING_KEY (it is accepted beside that key, never instead of it)');
-    const acceptedProblem = result.data.NODE_ENV === 'production' ? keyMaterialProblem(result.data.GATEWAY_SIGNING_KEY_ACCEPTED) : undefined;
-    if (acceptedProblem) throw new Error(`config: GATEWAY_SIGNING_KEY_ACCEPTED: ${acceptedProblem}`);
+    if (production) productionKey('GATEWAY_SIGNING_KEY_ACCEPTED', result.data.GATEWAY_SIGNING_KEY_ACCEPTED);
   }
   for (const name of CALLED_SERVICE_KEYS) {
-    if (!(name in SCHEMAS[service].shape)) continue;
-    const key = (result.data as Record<string, unknown>)[name] as string | undefined;
-    // Unsigned, its calls would be refused by services that check signatures, as production's all do.
-    if (result.data.NODE_ENV === 'production' && key === undefined) throw new Error(`config: ${name}: must be set in production: the service it names refuses calls it cannot verify`);
-    const problem = result.data.NODE_ENV === 'production' ? keyMaterialProblem(key!) : undefined;
-    if (problem) throw new Error(`config: ${name}: ${problem}`);
-    // Equal to its own key is allowed: it is the one key every service shared before, while a deployment moves off
-    // it (README "From one shared key": this service signs its calls with the key the others still hold).
+    // Unsigned, its calls would be refused by services that check signatures, as production's all do. Equal to its
+    // own key is allowed: it is the one key every service shared before, while a deployment moves off it (README
+    // "From one shared key": this service signs its calls with the key the others still hold).
+    if (production && name in SCHEMAS[service].shape) productionKey(name, (result.data as Record<string, unknown>)[name] as string | undefined, 'the service it names refuses calls it cannot verify');
   }
   return result.data as ServiceEnv<K>;
+}
+
+/**
+ * A key in production: refused when it is not key material (keyMaterialProblem, as the gateway's), and, when
+ * `required` says why it must be, when it is unset. Never echoed.
+ */
+function productionKey(name: string, key: string | undefined, required?: string): void {
+  if (key === undefined) {
+    if (required !== undefined) throw new Error(`config: ${name}: must be set in production: ${required}`);
+    return;
+  }
+  const problem = keyMaterialProblem(key);
+  if (problem) throw new Error(`config: ${name}: ${problem}`);
 }
 
 /** The keys of the services a service calls, each signing its calls to that service. */
