@@ -20,7 +20,7 @@ import { upstreamHeadersFor, type UnderscoreHeaderPolicy } from '../upstream-hea
 import type { Logger } from '../../otel/logger';
 import { problemBody, recordFailure } from './errors';
 import { continueIfExpected } from './request-head';
-import { readWithinRate, type BodyRate } from '../body-rate';
+import { bodyTooLarge, readWithinRate, type BodyRate } from '../body-rate';
 import { responseClosed } from '../response-closed';
 import { readsAsUtf8 } from '../unicode-text';
 
@@ -461,7 +461,7 @@ function readBodyWithin(request: KoaContext['req'], limit: number): Promise<Buff
       size += chunk.length;
       if (size <= limit) return void chunks.push(chunk);
       stop();
-      reject(new GatewayError('payload_too_large', `The request body is larger than ${limit} bytes.`, { headers: { Connection: 'close' } }));
+      reject(bodyTooLarge(limit));
     };
     const onEnd = () => {
       stop();
