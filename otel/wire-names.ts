@@ -358,6 +358,12 @@ export const CREDENTIAL_LIMITS = { emailMaxLength: 254, passwordMaxLength: 128 }
 export const SIGNATURE_REFUSED_CODE = 'gateway_signature_invalid';
 
 /**
+ * The problem code (403; gRPC PERMISSION_DENIED) of another service's call whose signature verifies but which the
+ * called service's caller rules do not let that caller make (src/gateway-signature.ts CallerRules).
+ */
+export const CALL_NOT_ALLOWED_CODE = 'call_not_allowed';
+
+/**
  * The auth-scheme of the challenge a service's signature refusal carries (`WWW-Authenticate: GatewaySignature
  * realm="koa-gateway"`; RFC 9110 11.6.1: every 401 carries one). It names a credential only the gateway holds, so the
  * gateway's proxy reads a 401 that names it as its own deployment's fault (502), never as the client's: passed on,
@@ -451,7 +457,8 @@ export type ServiceName = (typeof SERVICE_NAME)[keyof typeof SERVICE_NAME];
 /**
  * The name each example service goes by in the gateway's config (`services.users`, ...): the audience the gateway's
  * signatures for it name (src/gateway-signature.ts), which the service checks against its own
- * (`GATEWAY_SIGNATURE_AUDIENCE`, these by default), and order-service's for its own calls to the others.
+ * (`GATEWAY_SIGNATURE_AUDIENCE`, these by default), and order-service's for its own calls to the others; and the
+ * caller's name order-service's own calls are signed as (`by=orders`), which the others' caller rules know it by.
  */
 export const SIGNATURE_AUDIENCE = {
   users: 'users',

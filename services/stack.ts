@@ -5,7 +5,7 @@ import https from 'node:https';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describeRouteAccess, loadConfig, type GatewayConfig } from '../src/config';
-import { serviceSigningKey } from '../src/gateway-signature';
+import { callerKeyFromGatewayKey, serviceSigningKey } from '../src/gateway-signature';
 
 /**
  * `npm start`: the gateway and the three services as four processes on one machine, the way
@@ -88,8 +88,9 @@ const members: Member[] = [
       NOTIF_SERVICE_URL: urlOf(SERVICE_PORTS.notifications),
       NOTIF_GRPC_SERVICE_URL: urlOf(NOTIFICATIONS_GRPC_PORT),
       GATEWAY_SIGNING_KEY: keyOf('orders'),
-      USER_SERVICE_SIGNING_KEY: keyOf('users'),
-      NOTIF_SERVICE_SIGNING_KEY: keyOf('notifications'),
+      // The keys the two it calls give it as a caller, good for its calls to them only.
+      USER_SERVICE_SIGNING_KEY: callerKeyFromGatewayKey(SIGNING_KEY, 'users', 'orders'),
+      NOTIF_SERVICE_SIGNING_KEY: callerKeyFromGatewayKey(SIGNING_KEY, 'notifications', 'orders'),
     },
   },
   {

@@ -11,7 +11,7 @@ import { HEADER, SIGNATURE_CHALLENGE_SCHEME } from '../otel/wire-names';
  * `GATEWAY_SIGNING_KEY`), every request the gateway sends carries an HMAC-SHA256, under that service's key, of those
  * headers, the request's method and target, and a time, and a service answers only requests whose signature verifies.
  *
- * Header: `t=<unix seconds>,v4=<base64url HMAC-SHA256>`, over
+ * Header: `t=<unix seconds>,v4=<base64url HMAC-SHA256>` (a service's call to another: `t=...,by=<caller>,v4=...`), over
  * `koa-gateway-signature-v4\n<t>\n<audience>\n<method>\n<target>\n<x-request-id>\n<x-user-id>\n<x-user-role>\n<x-user-email>\n<x-consumer-id>`:
  * the service the request is for (its name in the gateway's `services`: `users`, `orders`, ...), the method as
  * sent, the request target as sent (path and query, byte for byte; for gRPC `POST` and the call's path,
@@ -35,9 +35,10 @@ import { HEADER, SIGNATURE_CHALLENGE_SCHEME } from '../otel/wire-names';
  * on every service, path and method. Whoever saw one (a service the request was forwarded to, anyone reading the
  * traffic, the anonymous signature every public route and login carried) could send it straight to a service's
  * `/internal/*` endpoints or any other path for five minutes. Signed with its request and its service, it is good for
- * that method and target on that service only. A service calling another within a request signs its own call with
- * that service's key, which it was given for the purpose, over the identity it verified (order-service, with
- * `USER_SERVICE_SIGNING_KEY` and `NOTIF_SERVICE_SIGNING_KEY`). The body is not signed (the gateway streams it): someone
+ * that method and target on that service only. A service calling another within a request signs its own call, over
+ * the identity it verified, with a key that service derived for it as a caller (callerSigningKey; order-service's
+ * `USER_SERVICE_SIGNING_KEY` and `NOTIF_SERVICE_SIGNING_KEY`), which it believes for the calls that caller makes only
+ * (`by=<caller>` in the header; CallerRules). The body is not signed (the gateway streams it): someone
  * who reads the traffic to the services could still repeat a request with another body within the window, so keep
  * the services off every network but the gateway's as well.
  */
@@ -198,11 +199,22 @@ export function createServiceKeySigner(gatewayKey: string, now: () => number = D
   }, now);
 }
 
-function signerWith(macFor: (audience: string) => (text: string) => string, now: () => number): GatewaySigner {
+function signerWith(macFor: (audience: string) => (text: string) => string, now: () => number, by = ''): GatewaySigner {
   return (request, values) => {
     const time = Math.floor(now() / 1000);
-    return `t=${time},v4=${macFor(request.audience)(message(time, request, values))}`;
+    return `t=${time},${by}v4=${macFor(request.audience)(message(time, request, values))}`;
   };
+}
+
+/**
+ * The signer of a service's calls to another (order-service's to user-service), with the key that service gave this
+ * caller (callerSigningKey): each signature names its caller (`by=<caller>`), and the service it is for believes it
+ * only for the calls it lets that caller make (CallerRules), never as the gateway's.
+ */
+export function createCallerSigner(callerKey: string, caller: string, now: () => number = Date.now): GatewaySigner {
+  if (!SERVICE_KEY_PATTERN.test(caller)) throw new Error(`a caller's name is a service name (lower case letters, digits and dashes, from a letter), not ${JSON.stringify(caller)}`);
+  const mac = keyedMac(callerKey);
+  return signerWith(() => mac, now, `by=${caller},`);
 }
 
 /** What a service's key is derived under (serviceSigningKey); a new derivation gets a new label. */
@@ -214,12 +226,49 @@ const SERVICE_KEY_LABEL = 'koa-gateway-service-key-v1';
  * (`GATEWAY_SIGNING_KEY` of that service), and the gateway signs its requests with it: a service, or whoever takes
  * one over, can sign for itself alone, never as the gateway to another service (with one key shared by all, any
  * service's key signed for every other; the audience only named the service, it did not keep one from signing for
- * another). But for the keys a service is given to sign its own calls (order-service's of user-service and
- * notification-service), which sign anything for those services: keys scoped to a caller's calls are not built. The gateway keeps one key and derives the rest, so its own config is unchanged; `npm run service-key`
+ * another). A service calling another signs with a key that one derives for it (callerSigningKey), good for the
+ * calls it lets that caller make only. The gateway keeps one key and derives the rest, so its own config is unchanged; `npm run service-key`
  * prints a service's, as does `openssl` (README "Services trust the gateway").
  */
 export function serviceSigningKey(gatewayKey: string, service: string): string {
   return createHmac('sha256', gatewayKey).update(`${SERVICE_KEY_LABEL}\n${service}`).digest('base64url');
+}
+
+/** What a caller's key is derived under (callerSigningKey); a new derivation gets a new label. */
+const CALLER_KEY_LABEL = 'koa-gateway-caller-key-v1';
+
+/**
+ * The key a service gives another to sign its calls with (order-service's for user-service): HMAC-SHA256 of
+ * `koa-gateway-caller-key-v1\n<caller>` under the called service's own key, base64url without padding. The called
+ * service derives it from its own key(s) and believes what it signs (`by=<caller>`) only for the calls its rules let
+ * that caller make (CallerRules): where order-service held user-service's own key, it could sign anything for it as
+ * anyone (the user list as an admin, the credential check); with this key it can ask for the signed user's own record,
+ * the one call it makes. One-way: the caller's key does not give the service's.
+ */
+export function callerSigningKey(serviceKey: string, caller: string): string {
+  return createHmac('sha256', serviceKey).update(`${CALLER_KEY_LABEL}\n${caller}`).digest('base64url');
+}
+
+/** A caller's key for a service, from the gateway's key (what `npm run service-key -- --caller` prints). */
+export function callerKeyFromGatewayKey(gatewayKey: string, service: string, caller: string): string {
+  return callerSigningKey(serviceSigningKey(gatewayKey, service), caller);
+}
+
+/**
+ * Whether a service lets a caller make one call: its request line (method and target as received) and the identity
+ * the call is signed for (SignedValues: the user id first).
+ */
+export type CallRule = (line: RequestLine, values: SignedValues) => boolean;
+
+/** The calls a service takes from each other service, by the caller's name (what its signatures say as `by=`). */
+export type CallerRules = Readonly<Record<string, CallRule>>;
+
+/** A service's callers as verifyGatewaySignature checks them: each caller's keys (derived from the service's) and its rule. */
+export type CallerKeys = ReadonlyMap<string, { keys: readonly string[]; allows: CallRule }>;
+
+/** The keys each caller signs with, derived from every key the service believes (its own, and one it also accepts in a rotation). */
+export function callerKeysOf(serviceKeys: readonly string[], rules: CallerRules): CallerKeys {
+  return new Map(Object.entries(rules).map(([caller, allows]) => [caller, { keys: serviceKeys.map((key) => callerSigningKey(key, caller)), allows }]));
 }
 
 /** A challenge of the scheme a service's refusal of the gateway's signature names, among any others, in any case. */
@@ -242,15 +291,21 @@ export const SIGNATURE_REFUSED_HINT =
   "are the gateway's and the service's signing keys, or clocks, apart (a service holds its own key, derived from the gateway's: npm run service-key -- <its name>; never the gateway's own), or is the service's GATEWAY_SIGNATURE_AUDIENCE not its name in the gateway's services?";
 
 /** What a service's refusal of another service's signed call means, for that caller's log line. */
-export function callRefusedHint(variable: string, service: string): string {
-  return `is ${variable} ${service}'s own signing key (npm run service-key -- ${service}), and are the clocks apart?`;
+export function callRefusedHint(variable: string, service: string, caller: string): string {
+  return `is ${variable} the key ${service} gives ${caller} (npm run service-key -- --caller ${caller} ${service}), and are the clocks apart?`;
 }
 
-/** 43 base64url characters, the last one's two unused bits zero: a 32-byte MAC as written, one spelling only. */
-const HEADER_FORMAT = /^t=(\d{1,12}),v([34])=([A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$/;
+/**
+ * A time, a caller's name (a service's own call, callerSigningKey; none for the gateway's), the version, and 43
+ * base64url characters, the last one's two unused bits zero: a 32-byte MAC as written, one spelling only.
+ */
+const HEADER_FORMAT = /^t=(\d{1,12}),(?:by=([a-z][a-z0-9-]*),)?v([34])=([A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$/;
 
-/** Why a request's signature was not accepted; undefined when it was. */
-export type SignatureProblem = 'missing' | 'malformed' | 'expired' | 'mismatch';
+/**
+ * Why a request's signature was not accepted; undefined when it was. `outside-scope`: a caller's signature that
+ * verifies, for a call its service's rules do not let it make (403, where the others are 401).
+ */
+export type SignatureProblem = 'missing' | 'malformed' | 'expired' | 'mismatch' | 'outside-scope';
 
 /**
  * Checks a request's `X-Gateway-Signature` against the service checking it (`request.audience`, its own name), its
@@ -259,11 +314,15 @@ export type SignatureProblem = 'missing' | 'malformed' | 'expired' | 'mismatch';
  * key rotation, when a service takes the next key, or still the previous one, beside its own:
  * GATEWAY_SIGNING_KEY_ACCEPTED).
  */
-export function verifyGatewaySignature(key: string | readonly string[], line: AddressedRequest, read: (name: string) => string | string[] | undefined, now: number = Date.now()): SignatureProblem | undefined {
+export function verifyGatewaySignature(key: string | readonly string[], line: AddressedRequest, read: (name: string) => string | string[] | undefined, now: number = Date.now(), callers?: CallerKeys): SignatureProblem | undefined {
   const header = read(HEADER.gatewaySignature);
   if (header === undefined) return 'missing';
   const parts = typeof header === 'string' ? HEADER_FORMAT.exec(header) : null;
-  if (!parts) return 'malformed';
+  // A caller's signature is v4 only: there was no caller's before it.
+  if (!parts || (parts[2] !== undefined && parts[3] !== '4')) return 'malformed';
+  const caller = parts[2] === undefined ? undefined : callers?.get(parts[2]);
+  // A caller this service takes no call from has no key here: its signature cannot verify.
+  if (parts[2] !== undefined && caller === undefined) return 'mismatch';
   const time = Number(parts[1]);
   if (Math.abs(now / 1000 - time) > SIGNATURE_MAX_AGE_SECONDS) return 'expired';
   const requestId = read(HEADER.requestId) ?? '';
@@ -275,11 +334,15 @@ export function verifyGatewaySignature(key: string | readonly string[], line: Ad
     if (typeof value !== 'string') return 'mismatch';
     values.push(value);
   }
-  const given = Buffer.from(parts[3]!, 'base64url');
-  const text = (parts[2] === '4' ? message : messageV3)(time, request, values as unknown as SignedValues);
+  const given = Buffer.from(parts[4]!, 'base64url');
+  const text = (parts[3] === '4' ? message : messageV3)(time, request, values as unknown as SignedValues);
   const matches = (each: string) => {
     const expected = mac(each, text);
     return given.length === expected.length && timingSafeEqual(given, expected);
   };
+  if (caller !== undefined) {
+    if (!caller.keys.some(matches)) return 'mismatch';
+    return caller.allows(line, values as unknown as SignedValues) ? undefined : 'outside-scope';
+  }
   return (typeof key === 'string' ? matches(key) : key.some(matches)) ? undefined : 'mismatch';
 }

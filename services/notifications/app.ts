@@ -3,6 +3,7 @@ import type Koa from 'koa';
 import type { Logger } from '../../otel/logger';
 import { SERVICE_NAME, SIGNATURE_AUDIENCE } from '../../otel/wire-names';
 import { createServiceApp, requestIdOf, requireCaller, ServiceError, validBody } from '../shared/service-app';
+import { NOTIFICATION_POSTS, NOTIFICATION_SERVICE_CALLERS } from './callers';
 import { createNotificationStore, newNotification, type NotificationStore } from './notification-store';
 
 export type { Notification } from './notification-store';
@@ -28,7 +29,7 @@ export function createApp(options: NotificationsAppOptions): Koa {
   const store = options.store ?? createNotificationStore();
   const router = new Router();
 
-  router.post('/internal/notifications', async function receiveNotification(ctx) {
+  router.post(NOTIFICATION_POSTS.http, async function receiveNotification(ctx) {
     const caller = requireCaller(ctx);
     const input = validBody(ctx, newNotification);
     // For the caller the signature vouches for, never for whoever the body names: the body is not signed, so a
@@ -44,5 +45,5 @@ export function createApp(options: NotificationsAppOptions): Koa {
     ctx.body = store.forUser(requireCaller(ctx).id);
   });
 
-  return createServiceApp({ serviceName: SERVICE_NAME.notifications, logger: options.logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey, signatureAudience: options.signatureAudience ?? SIGNATURE_AUDIENCE.notifications });
+  return createServiceApp({ serviceName: SERVICE_NAME.notifications, logger: options.logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey, signatureAudience: options.signatureAudience ?? SIGNATURE_AUDIENCE.notifications, callers: NOTIFICATION_SERVICE_CALLERS });
 }

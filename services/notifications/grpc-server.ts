@@ -5,15 +5,16 @@ import { z } from 'zod';
 import { GRPC_SERVER_ERROR_CODES } from '../../otel/grpc-server-span-status';
 import type { Logger } from '../../otel/logger';
 import { AUTH_REALM, HEADER, SIGNATURE_AUDIENCE, SIGNATURE_CHALLENGE_SCHEME } from '../../otel/wire-names';
-import { verifyGatewaySignature, type SignatureProblem } from '../../src/gateway-signature';
+import { callerKeysOf, verifyGatewaySignature, type CallerKeys, type SignatureProblem } from '../../src/gateway-signature';
 import { serviceRequestId } from '../../src/middleware/request-id';
 import { callerFromMetadata, grpcError, grpcServiceDefinition, metadataValue } from '../shared/grpc-service';
 import type { Caller } from '../shared/service-app';
 import { describeFirstIssue, recordId } from '../shared/input-limits';
+import { NOTIFICATION_SERVICE_CALLERS, NOTIFICATIONS_SERVICE } from './callers';
 import { NOTIFICATION_LIMITS, newNotification, type NewNotification, type Notification, type NotificationStore } from './notification-store';
 
 export const NOTIFICATIONS_PROTO = 'proto/notifications.proto';
-export const NOTIFICATIONS_SERVICE = 'koagateway.notifications.v1.Notifications';
+export { NOTIFICATIONS_SERVICE } from './callers';
 
 export interface NotificationsGrpcOptions {
   logger: Logger;
@@ -63,7 +64,9 @@ const typeFilter = z.string().max(NOTIFICATION_LIMITS.typeMaxLength);
  */
 export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server {
   const { logger, store, signingKey } = options;
-  const keys = signingKey === undefined ? undefined : options.acceptedSigningKey === undefined ? [signingKey] : [signingKey, options.acceptedSigningKey];
+  const keyList = signingKey === undefined ? undefined : options.acceptedSigningKey === undefined ? [signingKey] : [signingKey, options.acceptedSigningKey];
+  // The gateway's keys, and order-service's as a caller (derived from them), as over HTTP.
+  const keys: BelievedKeys | undefined = keyList === undefined ? undefined : { list: keyList, callers: callerKeysOf(keyList, NOTIFICATION_SERVICE_CALLERS) };
   const audience = options.signatureAudience ?? SIGNATURE_AUDIENCE.notifications;
   /** Each call's signature verdict (undefined: it verifies), by its metadata: decided once, before anything records the call. */
   const verdicts = new WeakMap<grpc.Metadata, SignatureProblem | undefined>();
@@ -161,18 +164,27 @@ export function createGrpcServer(options: NotificationsGrpcOptions): grpc.Server
  * without it, the gateway told its client to sign in again, quoting this refusal.
  */
 function signatureRefusal(problem: SignatureProblem): Partial<grpc.StatusObject> & Error {
+  // Another service's signature, good, for a call its rules do not let it make (the HTTP side's 403).
+  if (problem === 'outside-scope') return grpcError(grpc.status.PERMISSION_DENIED, 'This service does not take this call from the service that signed it.');
   const trailers = new grpc.Metadata();
   trailers.set(HEADER.wwwAuthenticate, `${SIGNATURE_CHALLENGE_SCHEME} realm="${AUTH_REALM}"`);
   return Object.assign(grpcError(grpc.status.UNAUTHENTICATED, `This service answers only calls signed by the gateway (signature ${problem}).`), { metadata: trailers });
 }
 
 /** A gRPC call is an HTTP/2 POST to its path: the signature must have been made for this service and this method's. */
-function signatureProblemOf(key: readonly string[], audience: string, path: string, metadata: grpc.Metadata): SignatureProblem | undefined {
-  return verifyGatewaySignature(key, { audience, method: 'POST', target: path }, (name) => {
+function signatureProblemOf(keys: BelievedKeys, audience: string, path: string, metadata: grpc.Metadata): SignatureProblem | undefined {
+  const read = (name: string) => {
     const values = metadata.get(name);
     if (values.length === 0) return undefined;
     return values.length === 1 && typeof values[0] === 'string' ? values[0] : values.map(String);
-  });
+  };
+  return verifyGatewaySignature(keys.list, { audience, method: 'POST', target: path }, read, Date.now(), keys.callers);
+}
+
+/** The keys whose signatures this server believes: its own (and one it also accepts), and its callers' (derived from them). */
+interface BelievedKeys {
+  list: readonly string[];
+  callers: CallerKeys;
 }
 
 /**
@@ -229,13 +241,13 @@ const TRACE_CONTEXT_METADATA = [HEADER.traceparent, HEADER.tracestate, HEADER.ba
  * version, and from anything else that reads them. Ignoring the call altogether (`ignoreGrpcMethods`) would lose
  * the refusal's span, which an operator wants to see.
  */
-function createSignatureVerdict(key: readonly string[], audience: string, verdicts: WeakMap<grpc.Metadata, SignatureProblem | undefined>): grpc.ServerInterceptor {
+function createSignatureVerdict(keys: BelievedKeys, audience: string, verdicts: WeakMap<grpc.Metadata, SignatureProblem | undefined>): grpc.ServerInterceptor {
   return (method, call) =>
     new grpc.ServerInterceptingCall(call, {
       start(next) {
         next({
           onReceiveMetadata(metadata, pass) {
-            const problem = signatureProblemOf(key, audience, method.path, metadata);
+            const problem = signatureProblemOf(keys, audience, method.path, metadata);
             if (problem !== undefined) for (const name of TRACE_CONTEXT_METADATA) metadata.remove(name);
             verdicts.set(metadata, problem);
             pass(metadata);

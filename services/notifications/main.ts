@@ -1,6 +1,7 @@
 import { SERVICE_NAME } from '../../otel/wire-names';
 import { bindGrpcServer, logGrpcMessages } from '../shared/grpc-service';
 import { startService } from '../shared/service-main';
+import { NOTIFICATION_SERVICE_CALLERS } from './callers';
 import { createApp } from './app';
 import { createGrpcServer } from './grpc-server';
 import { createNotificationStore } from './notification-store';
@@ -31,4 +32,4 @@ void startService('notifications', SERVICE_NAME.notifications, async (env, logge
         });
       }),
   };
-});
+}, { callers: NOTIFICATION_SERVICE_CALLERS });

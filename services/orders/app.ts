@@ -6,10 +6,12 @@ import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import type { TraceContextByHand } from '../../otel/telemetry';
 import { SERVICE_NAME, SIGNATURE_AUDIENCE } from '../../otel/wire-names';
-import { callRefusedHint, createGatewaySigner, type SignedValues } from '../../src/gateway-signature';
+import { callRefusedHint, createCallerSigner, type SignedValues } from '../../src/gateway-signature';
 import { jsonAtMost } from '../../src/bounded-body';
 import { createBoundedStore, type BoundedStoreLimits } from '../shared/bounded-store';
 import { recordId } from '../shared/input-limits';
+import { NOTIFICATION_POSTS } from '../notifications/callers';
+import { userRecordPath } from '../users/callers';
 import { callService, createServiceApp, identityOf, requestIdOf, requireOwner, ServiceError, validBody, validParam, validQuery, type Caller } from '../shared/service-app';
 import { createIdempotencyKeys, IDEMPOTENCY_KEY, type IdempotentStart } from './idempotency-keys';
 import { createNotificationsGrpcClient } from './notifications-client';
@@ -35,8 +37,9 @@ export interface OrdersAppOptions {
   /** This service's signing key (service-app.ts `signingKey`): the gateway's signatures for it are checked with it. */
   signingKey?: string;
   /**
-   * user-service's and notification-service's keys (`USER_SERVICE_SIGNING_KEY`, `NOTIF_SERVICE_SIGNING_KEY`): its calls
-   * to each are signed with that service's key; unsigned without one.
+   * The keys user-service and notification-service derive for it as a caller (`USER_SERVICE_SIGNING_KEY`,
+   * `NOTIF_SERVICE_SIGNING_KEY`; src/gateway-signature.ts callerSigningKey): its calls to each are signed with that
+   * key, as `orders`; unsigned without one.
    */
   usersSigningKey?: string;
   notificationsSigningKey?: string;
@@ -114,8 +117,10 @@ export function createApp(options: OrdersAppOptions): Koa {
   const router = new Router();
   // A signature is good only for the request it was made for: each call to another service is signed here, with
   // that service's key.
-  const signForUsers = options.usersSigningKey === undefined ? undefined : createGatewaySigner(options.usersSigningKey);
-  const signForNotifications = options.notificationsSigningKey === undefined ? undefined : createGatewaySigner(options.notificationsSigningKey);
+  // As the caller `orders` (the name the others' rules know it by, whatever the gateway's config calls it): each key is
+  // the one that service derived for this caller, good for the call this service makes to it only.
+  const signForUsers = options.usersSigningKey === undefined ? undefined : createCallerSigner(options.usersSigningKey, SIGNATURE_AUDIENCE.orders);
+  const signForNotifications = options.notificationsSigningKey === undefined ? undefined : createCallerSigner(options.notificationsSigningKey, SIGNATURE_AUDIENCE.orders);
   // Each half as no loaded instrumentation carries it (a boolean: all or none).
   const byHand = options.propagateTraceContext ?? false;
   const { continueIncoming, injectHttpCalls, injectGrpcCalls } = typeof byHand === 'boolean' ? { continueIncoming: byHand, injectHttpCalls: byHand, injectGrpcCalls: byHand } : byHand;
@@ -127,7 +132,7 @@ export function createApp(options: OrdersAppOptions): Koa {
     // id `.` was asked as `GET /users/` (the admin's list of users, 200: an order for a user who did not exist).
     if (caller.id === '.' || caller.id === '..') throw new ServiceError(403, 'unknown_user', 'Your account no longer exists.');
     try {
-      const response = await callService(new URL(`/users/${encodeURIComponent(caller.id)}`, options.usersUrl).href, { requestId, identity, sign: signForUsers, audience: SIGNATURE_AUDIENCE.users, propagate: injectHttpCalls });
+      const response = await callService(new URL(userRecordPath(caller.id), options.usersUrl).href, { requestId, identity, sign: signForUsers, audience: SIGNATURE_AUDIENCE.users, propagate: injectHttpCalls });
       status = response.statusCode;
       code = status === 404 ? await problemCode(response.body) : (await response.body.dump(), undefined);
     } catch (error) {
@@ -146,7 +151,7 @@ export function createApp(options: OrdersAppOptions): Koa {
     // Any other refusal is of this service's own call (its signature: keys or clocks apart), which no retry of the
     // client's mends: 502, not a 503 inviting one.
     if (status >= 400 && status < 500) {
-      logger.error('user-service refused the call', { status, request_id: requestId, ...(status === 401 && { hint: callRefusedHint('USER_SERVICE_SIGNING_KEY', SIGNATURE_AUDIENCE.users) }) });
+      logger.error('user-service refused the call', { status, request_id: requestId, ...(status === 401 && { hint: callRefusedHint('USER_SERVICE_SIGNING_KEY', SIGNATURE_AUDIENCE.users, SIGNATURE_AUDIENCE.orders) }) });
       throw new ServiceError(502, 'dependency_refused', `The users service refused this service's call (${status}).`);
     }
     if (status < 200 || status >= 300) throw new ServiceError(503, 'dependency_unavailable', `The users service answered ${status}.`);
@@ -163,7 +168,7 @@ export function createApp(options: OrdersAppOptions): Koa {
   // Not a rejection of one notification but of every one this service sends, each lost while the order stands: an
   // error naming the setting, where a warning said only "rejected".
   function notificationSignatureRefused(order: Order, requestId: string): void {
-    logger.error("notification-service refused this service's signature; the notification is lost", { order_id: order.id, request_id: requestId, hint: callRefusedHint('NOTIF_SERVICE_SIGNING_KEY', SIGNATURE_AUDIENCE.notifications) });
+    logger.error("notification-service refused this service's signature; the notification is lost", { order_id: order.id, request_id: requestId, hint: callRefusedHint('NOTIF_SERVICE_SIGNING_KEY', SIGNATURE_AUDIENCE.notifications, SIGNATURE_AUDIENCE.orders) });
   }
 
   async function notify(order: Order, userId: string, requestId: string, identity: SignedValues): Promise<void> {
@@ -181,7 +186,7 @@ export function createApp(options: OrdersAppOptions): Koa {
       return;
     }
     try {
-      const response = await callService(new URL('/internal/notifications', options.notificationsUrl).href, {
+      const response = await callService(new URL(NOTIFICATION_POSTS.http, options.notificationsUrl).href, {
         method: 'POST',
         requestId,
         identity,

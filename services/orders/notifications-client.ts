@@ -4,7 +4,8 @@ import { loadProtoRoot } from '../../src/grpc/proto-files';
 import { HEADER, SIGNATURE_AUDIENCE } from '../../otel/wire-names';
 import type { GatewaySigner, SignedValues } from '../../src/gateway-signature';
 import { signedIdentityHeaders } from '../shared/service-app';
-import { NOTIFICATIONS_PROTO, NOTIFICATIONS_SERVICE } from '../notifications/grpc-server';
+import { NOTIFICATION_POSTS, NOTIFICATIONS_SERVICE } from '../notifications/callers';
+import { NOTIFICATIONS_PROTO } from '../notifications/grpc-server';
 
 export interface NewOrderNotification {
   userId: string;
@@ -48,7 +49,7 @@ export function createNotificationsGrpcClient(url: string, sign: GatewaySigner |
   const responseType = method.resolvedResponseType!;
   return {
     create(input, requestId, identity) {
-      const path = `/${NOTIFICATIONS_SERVICE}/CreateNotification`;
+      const path = NOTIFICATION_POSTS.grpc;
       const metadata = new grpc.Metadata();
       if (requestId) metadata.set(HEADER.requestId, requestId);
       for (const [name, value] of Object.entries(signedIdentityHeaders(identity, { audience: SIGNATURE_AUDIENCE.notifications, method: 'POST', target: path, requestId: requestId ?? '' }, sign))) metadata.set(name, value);

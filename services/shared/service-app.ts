@@ -8,12 +8,12 @@ import { request, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import type { Logger } from '../../otel/logger';
 import { redactCredentialShapes } from '../../otel/redact-url';
-import { ATTR, AUTH_REALM, HEADER, SIGNATURE_CHALLENGE_SCHEME, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
+import { ATTR, AUTH_REALM, CALL_NOT_ALLOWED_CODE, HEADER, SIGNATURE_CHALLENGE_SCHEME, SIGNATURE_REFUSED_CODE } from '../../otel/wire-names';
 import { describeFirstIssue } from './input-limits';
 import { nestedAtMost } from '../../src/json-depth';
 import { duplicateJsonKey } from '../../src/json-duplicate-keys';
 import { readsAsUtf8 } from '../../src/unicode-text';
-import { SIGNED_HEADERS, verifyGatewaySignature, type GatewaySigner, type SignatureProblem, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
+import { callerKeysOf, SIGNED_HEADERS, verifyGatewaySignature, type CallerKeys, type CallerRules, type GatewaySigner, type SignatureProblem, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 import { serviceRequestId } from '../../src/middleware/request-id';
 
 /** An error a service answers with; `code` is stable, `detail` is for humans. */
@@ -159,6 +159,12 @@ export interface ServiceAppOptions {
    */
   signatureAudience: string;
   /**
+   * The calls this service takes from other services, by caller (src/gateway-signature.ts CallerRules): a caller's
+   * signature (`by=<caller>`, made with the key derived from this service's for it) is believed for those alone, and
+   * any other call it signs is refused with 403. Default none.
+   */
+  callers?: CallerRules;
+  /**
    * Continue each believed request's `traceparent`, `tracestate` and `baggage` in its context by hand, for the
    * calls made within it to pass on (callService `propagate`): for a process without the http instrumentation,
    * which does it otherwise (telemetry off: service-main.ts). A request the gateway did not sign is not continued,
@@ -208,26 +214,28 @@ const verdicts = new WeakMap<IncomingMessage, { keys: string; problem: Signature
 interface BelievedKeys {
   list: readonly string[];
   audience: string;
+  /** The other services it takes calls from, with their keys (derived from `list`) and rules. */
+  callers: CallerKeys;
   id: string;
 }
 
-function believedKeys(signingKey: string, acceptedSigningKey: string | undefined, audience: string): BelievedKeys {
+function believedKeys(signingKey: string, acceptedSigningKey: string | undefined, audience: string, callers: CallerRules = {}): BelievedKeys {
   const list = acceptedSigningKey === undefined ? [signingKey] : [signingKey, acceptedSigningKey];
-  return { list, audience, id: `${audience}\n${list.join('\n')}` };
+  return { list, audience, callers: callerKeysOf(list, callers), id: `${audience}\n${Object.keys(callers).join(',')}\n${list.join('\n')}` };
 }
 
 /** What is wrong with `request`'s gateway signature, over the request as it arrived (method and target); undefined when it verifies. */
 function signatureProblemOf(keys: BelievedKeys, request: IncomingMessage): SignatureProblem | undefined {
   const decided = verdicts.get(request);
   if (decided?.keys === keys.id) return decided.problem;
-  const problem = verifyGatewaySignature(keys.list, { audience: keys.audience, method: request.method ?? '', target: request.url ?? '' }, (name) => request.headers[name]);
+  const problem = verifyGatewaySignature(keys.list, { audience: keys.audience, method: request.method ?? '', target: request.url ?? '' }, (name) => request.headers[name], Date.now(), keys.callers);
   verdicts.set(request, { keys: keys.id, problem });
   return problem;
 }
 
 /** Whether a request carries the gateway's valid signature for itself: what a service believes the trace context of (service-main.ts). */
-export function signedByGateway(signingKey: string, acceptedSigningKey: string | undefined, audience: string): (request: IncomingMessage) => boolean {
-  const keys = believedKeys(signingKey, acceptedSigningKey, audience);
+export function signedByGateway(signingKey: string, acceptedSigningKey: string | undefined, audience: string, callers?: CallerRules): (request: IncomingMessage) => boolean {
+  const keys = believedKeys(signingKey, acceptedSigningKey, audience, callers);
   return (request) => signatureProblemOf(keys, request) === undefined;
 }
 
@@ -237,7 +245,7 @@ export function signedByGateway(signingKey: string, acceptedSigningKey: string |
  */
 export function createServiceApp(options: ServiceAppOptions): Koa {
   const { logger, serviceName, signingKey } = options;
-  const keys = signingKey === undefined ? undefined : believedKeys(signingKey, options.acceptedSigningKey, options.signatureAudience);
+  const keys = signingKey === undefined ? undefined : believedKeys(signingKey, options.acceptedSigningKey, options.signatureAudience, options.callers);
   const continueTraceContext = options.continueTraceContext ?? false;
   const app = new Koa();
   /** Why a request's signature failed, decided once before anything records it (logRequest), refused by requireGatewaySignature. */
@@ -322,6 +330,8 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
     app.use(function requireGatewaySignature(ctx, next) {
       // Over the request as it arrived: a signature made for another method or target does not verify.
       const problem = refusedSignatures.get(ctx);
+      // Another service's signature, good, for a call it is not let make: who it is is known, the call is not its.
+      if (problem === 'outside-scope') throw new ServiceError(403, CALL_NOT_ALLOWED_CODE, "This service does not take this call from the service that signed it.");
       if (problem) throw new ServiceError(401, SIGNATURE_REFUSED_CODE, `This service answers only requests signed by the gateway (signature ${problem}).`, SIGNATURE_CHALLENGE);
       return next();
     });

@@ -56,8 +56,10 @@ const SCHEMAS = {
     /** notification-service's gRPC interface; when set, new orders are notified over gRPC instead of HTTP. */
     NOTIF_GRPC_SERVICE_URL: serviceOrigin('a gRPC call names its method itself').optional(),
     /**
-     * user-service's and notification-service's signing keys (their GATEWAY_SIGNING_KEY): order-service signs its
-     * calls to them with these, as the gateway would. Its own key signs for no one else. Required in production.
+     * The keys user-service and notification-service derive for order-service as a caller (src/gateway-signature.ts
+     * callerSigningKey; `npm run service-key -- --caller orders users notifications`): it signs its calls to them
+     * with these, good for the calls their rules let it make only. Its own key signs for no one else. Required in
+     * production.
      */
     USER_SERVICE_SIGNING_KEY: signingKey.optional(),
     NOTIF_SERVICE_SIGNING_KEY: signingKey.optional(),
@@ -99,9 +101,7 @@ export function loadServiceEnv<K extends ServiceKey>(service: K, env: Record<str
     if (production) productionKey('GATEWAY_SIGNING_KEY_ACCEPTED', result.data.GATEWAY_SIGNING_KEY_ACCEPTED);
   }
   for (const name of CALLED_SERVICE_KEYS) {
-    // Unsigned, its calls would be refused by services that check signatures, as production's all do. Equal to its
-    // own key is allowed: it is the one key every service shared before, while a deployment moves off it (README
-    // "From one shared key": this service signs its calls with the key the others still hold).
+    // Unsigned, its calls would be refused by services that check signatures, as production's all do.
     if (production && name in SCHEMAS[service].shape) productionKey(name, (result.data as Record<string, unknown>)[name] as string | undefined, 'the service it names refuses calls it cannot verify');
   }
   return result.data as ServiceEnv<K>;
@@ -120,5 +120,5 @@ function productionKey(name: string, key: string | undefined, required?: string)
   if (problem) throw new Error(`config: ${name}: ${problem}`);
 }
 
-/** The keys of the services a service calls, each signing its calls to that service. */
+/** The keys a service was given by the services it calls, each signing its calls to that service. */
 const CALLED_SERVICE_KEYS = ['USER_SERVICE_SIGNING_KEY', 'NOTIF_SERVICE_SIGNING_KEY'] as const;

@@ -3,6 +3,7 @@ import { createLogger, type Logger } from '../../otel/logger';
 import { SIGNATURE_AUDIENCE } from '../../otel/wire-names';
 import { runServer } from '../../otel/lifecycle';
 import { continueTraceContextOnlyWhen, isTelemetryActive, shutdownTelemetry, startPropagation, traceContextByHand, type TraceContextByHand } from '../../otel/telemetry';
+import type { CallerRules } from '../../src/gateway-signature';
 import { createRejectedRequestDuration } from './rejected-request-duration';
 import { signedByGateway } from './service-app';
 import { loadServiceEnv, type ServiceEnv, type ServiceKey } from './service-config';
@@ -17,6 +18,8 @@ export interface BuiltService {
 export interface StartServiceOptions {
   /** Whether the service calls other services within a request (order-service); default false. */
   callsOtherServices?: boolean;
+  /** The calls it takes from other services (its app's CallerRules): their trace context is continued as the gateway's. */
+  callers?: CallerRules;
 }
 
 /** What startService decided about the process, for a service's build. */
@@ -48,7 +51,7 @@ export async function startService<K extends ServiceKey>(
   } else {
     // A request the gateway did not sign is refused (createServiceApp), and its span starts a trace of its own:
     // a peer's forged traceparent must not record a 401 inside someone else's trace.
-    continueTraceContextOnlyWhen(signedByGateway(env.GATEWAY_SIGNING_KEY, env.GATEWAY_SIGNING_KEY_ACCEPTED, env.GATEWAY_SIGNATURE_AUDIENCE ?? SIGNATURE_AUDIENCE[service]));
+    continueTraceContextOnlyWhen(signedByGateway(env.GATEWAY_SIGNING_KEY, env.GATEWAY_SIGNING_KEY_ACCEPTED, env.GATEWAY_SIGNATURE_AUDIENCE ?? SIGNATURE_AUDIENCE[service], options.callers));
   }
   // W3C Trace Context: a participant that receives a valid traceparent MUST propagate it. With telemetry on, the
   // http, undici and grpc instrumentations continue a request's trace context and pass it on; with it off

@@ -5,6 +5,7 @@ import type { Logger } from '../../otel/logger';
 import { CREDENTIAL_LIMITS, SERVICE_NAME, SIGNATURE_AUDIENCE } from '../../otel/wire-names';
 import { callerId } from '../shared/input-limits';
 import { createServiceApp, requireCaller, ServiceError, USER_CHALLENGE, validBody, validParam } from '../shared/service-app';
+import { USER_SERVICE_CALLERS } from './callers';
 import { DuplicateEmailError, UserStore, UserStoreFullError } from './user-store';
 import { isIntactCredential } from '../../src/unicode-text';
 
@@ -87,5 +88,5 @@ export async function createApp(options: UsersAppOptions): Promise<Koa> {
     ctx.body = { id: user.id, email: user.email, role: user.role };
   });
 
-  return createServiceApp({ serviceName: SERVICE_NAME.users, logger: options.logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey, signatureAudience: options.signatureAudience ?? SIGNATURE_AUDIENCE.users });
+  return createServiceApp({ serviceName: SERVICE_NAME.users, logger: options.logger, router, signingKey: options.signingKey, acceptedSigningKey: options.acceptedSigningKey, signatureAudience: options.signatureAudience ?? SIGNATURE_AUDIENCE.users, callers: USER_SERVICE_CALLERS });
 }

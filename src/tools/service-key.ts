@@ -1,30 +1,38 @@
-import { SERVICE_KEY_PATTERN, serviceSigningKey, SIGNING_KEY_MIN_LENGTH } from '../gateway-signature';
+import { callerKeyFromGatewayKey, SERVICE_KEY_PATTERN, serviceSigningKey, SIGNING_KEY_MIN_LENGTH } from '../gateway-signature';
 
 /**
  * `npm run service-key`: the signing key of each named service (its name in the gateway's `services`), derived from
  * the gateway's `GATEWAY_SIGNING_KEY` (read from the environment, never from the command line, which `ps` shows).
- * Give each service its own key as its `GATEWAY_SIGNING_KEY`, never the gateway's (src/gateway-signature.ts).
+ * Give each service its own key as its `GATEWAY_SIGNING_KEY`, never the gateway's (src/gateway-signature.ts). With
+ * `--caller <name>`, the keys those services give that caller to sign its calls to them (callerSigningKey).
  *
  *   GATEWAY_SIGNING_KEY=... npm run -s service-key -- users                        users' key alone
  *   GATEWAY_SIGNING_KEY=... npm run -s service-key -- --env users orders notifications   USERS_SIGNING_KEY=... lines (compose's .env)
+ *   GATEWAY_SIGNING_KEY=... npm run -s service-key -- --caller orders users        the key users gives orders
+ *   GATEWAY_SIGNING_KEY=... npm run -s service-key -- --env --caller orders users notifications   ORDERS_USERS_CALLER_KEY=... lines
  */
 function main(argv: readonly string[], env: NodeJS.ProcessEnv): void {
-  if (argv.includes('--help') || argv.includes('-h') || argv.filter((arg) => arg !== '--env').length === 0) {
-    process.stdout.write('usage: GATEWAY_SIGNING_KEY=... service-key [--env] <service>...   (--env: NAME_SIGNING_KEY=key lines, one per service)\n');
+  const callerAt = argv.indexOf('--caller');
+  const caller = callerAt < 0 ? undefined : argv[callerAt + 1];
+  const services = argv.filter((arg, index) => arg !== '--env' && (callerAt < 0 || (index !== callerAt && index !== callerAt + 1)));
+  if (argv.includes('--help') || argv.includes('-h') || services.length === 0) {
+    process.stdout.write('usage: GATEWAY_SIGNING_KEY=... service-key [--env] [--caller <service>] <service>...   (--env: NAME_SIGNING_KEY=key lines, one per service; --caller: the keys those services give that caller, CALLER_NAME_CALLER_KEY lines with --env)\n');
     return;
   }
   const gatewayKey = env.GATEWAY_SIGNING_KEY;
   if (!gatewayKey) throw new Error('GATEWAY_SIGNING_KEY is not set: the service keys are derived from it');
   if (gatewayKey.length < SIGNING_KEY_MIN_LENGTH) throw new Error(`GATEWAY_SIGNING_KEY must be at least ${SIGNING_KEY_MIN_LENGTH} characters, as the gateway requires`);
   const asEnv = argv.includes('--env');
-  const services = argv.filter((arg) => arg !== '--env');
   // Not echoed: a key pasted where a name goes would be written to stderr, and from there to a CI log.
+  if (callerAt >= 0 && (caller === undefined || !SERVICE_KEY_PATTERN.test(caller))) throw new Error('--caller needs the calling service\'s name (lower case letters, digits and dashes, starting with a letter)');
   const unknown = services.findIndex((service) => !SERVICE_KEY_PATTERN.test(service));
   if (unknown >= 0) throw new Error(`the name given ${ordinal(unknown + 1)} is no service name of the gateway's config (lower case letters, digits and dashes, starting with a letter)`);
   if (!asEnv && services.length > 1) throw new Error('several services: add --env to tell their keys apart');
+  const envName = (name: string) => name.toUpperCase().replaceAll('-', '_');
   for (const service of services) {
-    const key = serviceSigningKey(gatewayKey, service);
-    process.stdout.write(asEnv ? `${service.toUpperCase().replaceAll('-', '_')}_SIGNING_KEY=${key}\n` : `${key}\n`);
+    const key = caller === undefined ? serviceSigningKey(gatewayKey, service) : callerKeyFromGatewayKey(gatewayKey, service, caller);
+    const name = caller === undefined ? `${envName(service)}_SIGNING_KEY` : `${envName(caller)}_${envName(service)}_CALLER_KEY`;
+    process.stdout.write(asEnv ? `${name}=${key}\n` : `${key}\n`);
   }
 }
 

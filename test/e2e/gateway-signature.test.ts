@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { ATTR, HEADER, LOG_FIELD } from '../../otel/wire-names';
-import { createGatewaySigner, createServiceKeySigner, serviceSigningKey, type SignedValues } from '../../src/gateway-signature';
+import { callerKeyFromGatewayKey, callerSigningKey, createCallerSigner, createGatewaySigner, createServiceKeySigner, serviceSigningKey, type SignedValues } from '../../src/gateway-signature';
 import { NOTIFICATIONS_SERVICE } from '../../services/notifications/grpc-server';
 import { createNotificationsGrpcClient } from '../../services/orders/notifications-client';
 import { startOtlpReceiver, type OtlpReceiver } from '../helpers/otlp-receiver';
@@ -123,6 +123,75 @@ describe('services answer only what the gateway signed', () => {
     expect(own.status).toBe(200);
   });
 
+  // order-service held user-service's and notification-service's own keys to sign its two calls, and with them
+  // signed anything for those two as anyone (an outside review listed users as admin, used the credential check
+  // and read others' notifications). Its caller keys open its own two calls only.
+  describe("order-service's caller keys", () => {
+    const asOrders = (service: string) => createCallerSigner(callerKeyFromGatewayKey(TEST_SIGNING_KEY, service, 'orders'), 'orders');
+    const signedHeaders = (service: string, method: string, target: string, values: SignedValues, sign = asOrders(service)) => ({
+      ...identityHeaders(values),
+      'content-type': 'application/json',
+      [HEADER.gatewaySignature]: sign({ audience: service, method, target, requestId: '' }, values),
+    });
+
+    it.each<[string, string, string, SignedValues, string | undefined]>([
+      ['the user list, as an admin', 'GET', '/users', ALICE, undefined],
+      ["another user's record", 'GET', '/users/1', BOB, undefined],
+      ['the credential check (a password oracle)', 'POST', '/internal/credentials/verify', BOB, JSON.stringify({ email: 'alice@example.com', password: 'wonderland' })],
+      ['the credential check, signed for no user', 'POST', '/internal/credentials/verify', ['', '', '', ''], JSON.stringify({ email: 'alice@example.com', password: 'wonderland' })],
+      ["the signed user's record with a query added", 'GET', '/users/2?fields=all', BOB, undefined],
+      ['registration', 'POST', '/users', BOB, JSON.stringify({ name: 'Mallory', email: 'mallory@example.com', password: 'long-enough-password' })],
+    ])('user-service refuses them %s (403 call_not_allowed)', async (_desc, method, target, values, body) => {
+      const reply = await fetch(`${users}${target}`, { method, headers: signedHeaders('users', method, target, values), body });
+      expect(reply.status).toBe(403);
+      expect(await reply.json()).toMatchObject({ code: 'call_not_allowed' });
+    });
+
+    it("user-service answers them the signed user's own record (the call order-service makes), and nothing signed with its own key as the caller", async () => {
+      const own = await fetch(`${users}/users/2`, { headers: signedHeaders('users', 'GET', '/users/2', BOB) });
+      expect(own.status).toBe(200);
+      expect(await own.json()).toMatchObject({ id: '2' });
+      // Named as orders but made with user-service's own key (what order-service held before), or as a caller
+      // user-service takes nothing from: 401, not the gateway's signature.
+      for (const sign of [createCallerSigner(serviceSigningKey(TEST_SIGNING_KEY, 'users'), 'orders'), createCallerSigner(callerKeyFromGatewayKey(TEST_SIGNING_KEY, 'users', 'billing'), 'billing')]) {
+        const reply = await fetch(`${users}/users/2`, { headers: signedHeaders('users', 'GET', '/users/2', BOB, sign) });
+        expect(reply.status).toBe(401);
+        expect(await reply.json()).toMatchObject({ code: 'gateway_signature_invalid', detail: expect.stringMatching(/mismatch/) });
+      }
+      // Its key for notification-service opens nothing at user-service.
+      const crossed = await fetch(`${users}/users/2`, { headers: signedHeaders('users', 'GET', '/users/2', BOB, asOrders('notifications')) });
+      expect(crossed.status).toBe(401);
+    });
+
+    it("notification-service takes a notification for the signed user from them, and refuses them the user's notifications", async () => {
+      const event = JSON.stringify({ userId: '2', type: 'caller.test', message: 'from order-service' });
+      const posted = await fetch(`${notifications}/internal/notifications`, { method: 'POST', headers: signedHeaders('notifications', 'POST', '/internal/notifications', BOB), body: event });
+      expect(posted.status).toBe(201);
+      const listed = await fetch(`${notifications}/notifications`, { headers: signedHeaders('notifications', 'GET', '/notifications', BOB) });
+      expect(listed.status).toBe(403);
+      expect(await listed.json()).toMatchObject({ code: 'call_not_allowed' });
+    });
+
+    it("notification-service's gRPC interface takes CreateNotification from them, and refuses them ListNotifications (PERMISSION_DENIED)", async () => {
+      const sign = asOrders('notifications');
+      const creating = createNotificationsGrpcClient(grpcUrl, sign);
+      const client = new grpc.Client(grpcUrl.replace('http://', ''), grpc.credentials.createInsecure());
+      try {
+        await expect(creating.create({ userId: '2', type: 'caller.test', message: 'over gRPC', orderId: '' }, 'caller-grpc', BOB)).resolves.toBeUndefined();
+        const path = `/${NOTIFICATIONS_SERVICE}/ListNotifications`;
+        const metadata = new grpc.Metadata();
+        for (const [name, value] of Object.entries({ ...identityHeaders(BOB), [HEADER.gatewaySignature]: sign({ audience: 'notifications', method: 'POST', target: path, requestId: '' }, BOB) })) metadata.set(name, value);
+        const listing = await new Promise<grpc.ServiceError | null>((resolve) => {
+          client.makeUnaryRequest(path, () => Buffer.alloc(0), (bytes: Buffer) => bytes, {}, metadata, { deadline: Date.now() + 5000 }, (error) => resolve(error));
+        });
+        expect(listing).toMatchObject({ code: grpc.status.PERMISSION_DENIED });
+      } finally {
+        creating.close();
+        client.close();
+      }
+    });
+  });
+
   it('refuses a signature older than five minutes', async () => {
     const old = createServiceKeySigner(TEST_SIGNING_KEY, () => Date.now() - 6 * 60_000)({ audience: 'users', method: 'GET', target: '/users/2', requestId: '' }, BOB);
     const reply = await fetch(`${users}/users/2`, { headers: { ...identityHeaders(BOB), [HEADER.gatewaySignature]: old } });
@@ -162,6 +231,8 @@ describe('services answer only what the gateway signed', () => {
 const OLD = TEST_SIGNING_KEY;
 const NEW = 'the-next-gateway-signing-key-of-a-rotation-0123';
 const keyOf = (gatewayKey: string, service: string) => serviceSigningKey(gatewayKey, service);
+/** The key `service` gives order-service as a caller, derived from `service`'s own key. */
+const ordersCallerKey = (serviceKey: string) => callerSigningKey(serviceKey, 'orders');
 
 /** A moment of a rolling change of keys: what each process holds (services: GATEWAY_SIGNING_KEY, ..._ACCEPTED; order-service's keys of the services it calls). */
 interface KeyMoment {
@@ -183,33 +254,33 @@ describe.each<[string, KeyMoment]>([
       gateway: NEW,
       users: { own: keyOf(NEW, 'users'), accepted: keyOf(OLD, 'users') },
       notifications: { own: keyOf(OLD, 'notifications'), accepted: keyOf(NEW, 'notifications') },
-      orders: { own: keyOf(OLD, 'orders'), accepted: keyOf(NEW, 'orders'), users: keyOf(OLD, 'users'), notifications: keyOf(OLD, 'notifications') },
+      orders: { own: keyOf(OLD, 'orders'), accepted: keyOf(NEW, 'orders'), users: ordersCallerKey(keyOf(OLD, 'users')), notifications: ordersCallerKey(keyOf(OLD, 'notifications')) },
       usersTakes: [keyOf(OLD, 'users'), keyOf(NEW, 'users')],
     },
   ],
   [
     // The README's move from the one key every service shared to a key per service, after its steps (1) and (2): the
     // services on this release still hold the shared key and accept their own, order-service signs its calls with the
-    // key the others hold (the shared one: what the manifests read from their Secrets' `key`), the gateway of this
-    // release signs with each service's key.
+    // caller keys derived from the others' own keys (which they accept: the manifests read them from order-service's
+    // Secret), the gateway of this release signs with each service's key.
     'the move from one shared key, the gateway updated',
     {
       gateway: OLD,
       users: { own: OLD, accepted: keyOf(OLD, 'users') },
       notifications: { own: OLD, accepted: keyOf(OLD, 'notifications') },
-      orders: { own: OLD, accepted: keyOf(OLD, 'orders'), users: OLD, notifications: OLD },
+      orders: { own: OLD, accepted: keyOf(OLD, 'orders'), users: ordersCallerKey(keyOf(OLD, 'users')), notifications: ordersCallerKey(keyOf(OLD, 'notifications')) },
       usersTakes: [OLD, keyOf(OLD, 'users')],
     },
   ],
   [
     // Its step (3) midway: user-service and order-service swapped (their own key now, the shared one accepted),
-    // notification-service not yet; order-service signs with the keys the Secrets now give (the derived ones).
+    // notification-service not yet; order-service's caller keys unchanged since step (1).
     'the move from one shared key, the services swapping their keys',
     {
       gateway: OLD,
       users: { own: keyOf(OLD, 'users'), accepted: OLD },
       notifications: { own: OLD, accepted: keyOf(OLD, 'notifications') },
-      orders: { own: keyOf(OLD, 'orders'), accepted: OLD, users: keyOf(OLD, 'users'), notifications: keyOf(OLD, 'notifications') },
+      orders: { own: keyOf(OLD, 'orders'), accepted: OLD, users: ordersCallerKey(keyOf(OLD, 'users')), notifications: ordersCallerKey(keyOf(OLD, 'notifications')) },
       usersTakes: [OLD, keyOf(OLD, 'users')],
     },
   ],

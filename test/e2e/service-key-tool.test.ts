@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { serviceSigningKey } from '../../src/gateway-signature';
+import { callerSigningKey, serviceSigningKey } from '../../src/gateway-signature';
 
 describe('npm run service-key (dist/src/tools/service-key.js, built by npm test)', () => {
   const tool = path.join(__dirname, '../../dist/src/tools/service-key.js');
@@ -26,7 +26,20 @@ describe('npm run service-key (dist/src/tools/service-key.js, built by npm test)
     ]);
   });
 
+  it("prints the keys services give a caller, derived from each one's own key, alone or as compose's variables", async () => {
+    const alone = await run(['--caller', 'orders', 'users'], { GATEWAY_SIGNING_KEY: GATEWAY_KEY });
+    expect(alone.stdout).toBe(`${callerSigningKey(serviceSigningKey(GATEWAY_KEY, 'users'), 'orders')}\n`);
+    const lines = await run(['--env', 'users', '--caller', 'orders', 'notifications'], { GATEWAY_SIGNING_KEY: GATEWAY_KEY });
+    expect(lines.stdout.split('\n')).toEqual([
+      `ORDERS_USERS_CALLER_KEY=${callerSigningKey(serviceSigningKey(GATEWAY_KEY, 'users'), 'orders')}`,
+      `ORDERS_NOTIFICATIONS_CALLER_KEY=${callerSigningKey(serviceSigningKey(GATEWAY_KEY, 'notifications'), 'orders')}`,
+      '',
+    ]);
+  });
+
   it.each<[string, string[], Record<string, string>, RegExp]>([
+    ['with --caller and no name after it', ['users', '--caller'], { GATEWAY_SIGNING_KEY: GATEWAY_KEY }, /--caller needs the calling service's name/],
+    ['with a key pasted as the caller, never echoing it', ['--caller', 'Secr3t+Key/With=Symbols', 'users'], { GATEWAY_SIGNING_KEY: GATEWAY_KEY }, /^service-key: --caller needs[^S]*$/],
     ['without the gateway key', ['users'], {}, /GATEWAY_SIGNING_KEY is not set/],
     ['with a gateway key shorter than the gateway takes', ['users'], { GATEWAY_SIGNING_KEY: 'short' }, /at least 32 characters/],
     ['for a name no service of the config can have', ['Users'], { GATEWAY_SIGNING_KEY: GATEWAY_KEY }, /the name given first is no service name/],

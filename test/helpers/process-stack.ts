@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
-import { serviceSigningKey } from '../../src/gateway-signature';
+import { callerKeyFromGatewayKey, serviceSigningKey } from '../../src/gateway-signature';
 import { TEST_JWT_SECRET, TEST_SIGNING_KEY } from './test-config';
 
 /**
@@ -118,6 +118,7 @@ export async function startProcessStack(callerEnv: Record<string, string> = {}, 
   // The gateway's signing key (a test may set its own, or '' for none) and each service's own, derived from it, as deployed.
   const env = { GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY, ...callerEnv };
   const keyOf = (service: string) => (env.GATEWAY_SIGNING_KEY === '' ? '' : serviceSigningKey(env.GATEWAY_SIGNING_KEY, service));
+  const callerKeyOf = (service: string) => (env.GATEWAY_SIGNING_KEY === '' ? '' : callerKeyFromGatewayKey(env.GATEWAY_SIGNING_KEY, service, 'orders'));
   const processes: RunningProcess[] = [];
   try {
     const [users, notifications] = await Promise.all([
@@ -128,8 +129,9 @@ export async function startProcessStack(callerEnv: Record<string, string> = {}, 
     const orders = await startProcess('order-service', 'services/orders/main.js', {
       ...env,
       GATEWAY_SIGNING_KEY: keyOf('orders'),
-      USER_SERVICE_SIGNING_KEY: keyOf('users'),
-      NOTIF_SERVICE_SIGNING_KEY: keyOf('notifications'),
+      // The keys the two it calls give it as a caller, as deployed.
+      USER_SERVICE_SIGNING_KEY: callerKeyOf('users'),
+      NOTIF_SERVICE_SIGNING_KEY: callerKeyOf('notifications'),
       USER_SERVICE_URL: users.url,
       NOTIF_SERVICE_URL: notifications.url,
       ...ordersEnv,

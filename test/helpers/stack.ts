@@ -9,7 +9,7 @@ import { createApp as createOrdersApp } from '../../services/orders/app';
 import { createApp as createUsersApp } from '../../services/users/app';
 import { requireRedis } from './redis';
 import { listen, listenRecording, memoryLogger, type RecordedRequest, type TestServer } from './servers';
-import { TEST_SERVICE_KEYS, testConfig } from './test-config';
+import { TEST_ORDERS_CALLER_KEYS, TEST_SERVICE_KEYS, testConfig } from './test-config';
 
 export interface TestStack {
   gateway: TestServer;
@@ -54,7 +54,7 @@ export async function startStack(options: StackOptions = {}): Promise<TestStack>
   const keys = TEST_SERVICE_KEYS;
   const users = await listenRecording(await createUsersApp({ logger: quiet('user-service'), signingKey: keys.users }), options.usersPort);
   const notifications = await listenRecording(createNotificationsApp({ logger: quiet('notification-service'), signingKey: keys.notifications }));
-  const orders = await listenRecording(createOrdersApp({ logger: quiet('order-service'), usersUrl: users.url, notificationsUrl: notifications.url, signingKey: keys.orders, usersSigningKey: keys.users, notificationsSigningKey: keys.notifications }));
+  const orders = await listenRecording(createOrdersApp({ logger: quiet('order-service'), usersUrl: users.url, notificationsUrl: notifications.url, signingKey: keys.orders, usersSigningKey: TEST_ORDERS_CALLER_KEYS.users, notificationsSigningKey: TEST_ORDERS_CALLER_KEYS.notifications }));
   const config = testConfig({ users: users.url, orders: orders.url, notifications: notifications.url, ...options.serviceUrls }, options.overrides, options.env);
   const { logger, lines } = memoryLogger('gateway');
   const { redisUrl, redisTimeoutMs } = config.rateLimit;

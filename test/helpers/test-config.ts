@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseConfig, type GatewayConfig } from '../../src/config';
-import { serviceSigningKey } from '../../src/gateway-signature';
+import { callerSigningKey, serviceSigningKey } from '../../src/gateway-signature';
 
 /** The shipped gateway.config.json, so tests exercise the real route table. */
 export function shippedConfigFile(): Record<string, unknown> {
@@ -36,4 +36,10 @@ export const TEST_SERVICE_KEYS = {
   users: serviceSigningKey(TEST_SIGNING_KEY, 'users'),
   orders: serviceSigningKey(TEST_SIGNING_KEY, 'orders'),
   notifications: serviceSigningKey(TEST_SIGNING_KEY, 'notifications'),
+} as const;
+
+/** The keys user-service and notification-service give order-service as a caller, derived as deployed. */
+export const TEST_ORDERS_CALLER_KEYS = {
+  users: callerSigningKey(TEST_SERVICE_KEYS.users, 'orders'),
+  notifications: callerSigningKey(TEST_SERVICE_KEYS.notifications, 'orders'),
 } as const;

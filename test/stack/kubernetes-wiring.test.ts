@@ -100,8 +100,8 @@ const INTENDED_DIFFERENCES: Record<string, Record<string, string>> = {
     NODE_ENV: 'production',
     GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE,
     GATEWAY_SIGNING_KEY_ACCEPTED: ACCEPTED_KEY_DIFFERENCE,
-    USER_SERVICE_SIGNING_KEY: "from user-service's signing Secret (compose: from the shell, empty by default)",
-    NOTIF_SERVICE_SIGNING_KEY: "from notification-service's signing Secret (compose: from the shell, empty by default)",
+    USER_SERVICE_SIGNING_KEY: "its caller key for user-service, from its own signing Secret's `users` (compose: from the shell, empty by default)",
+    NOTIF_SERVICE_SIGNING_KEY: "its caller key for notification-service, from its own signing Secret's `notifications` (compose: from the shell, empty by default)",
   },
   'notification-service': { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: SIGNING_KEY_DIFFERENCE, GATEWAY_SIGNING_KEY_ACCEPTED: ACCEPTED_KEY_DIFFERENCE },
 };
@@ -246,16 +246,16 @@ describe('the JWT secret', () => {
     expect(secret?.valueFrom?.secretKeyRef).toEqual({ name: 'gateway-jwt', key: 'secret' });
   });
 
-  it.each(APPS)("%s reads its own signing key from its own Secret outside the manifests (no service holds the gateway's or another's)", (name) => {
+  it.each(APPS)("%s reads its keys from its own Secret outside the manifests (no service holds the gateway's or another's)", (name) => {
     const key = envMap(container(name)).get('GATEWAY_SIGNING_KEY');
     expect(key?.value).toBeUndefined();
     expect(key?.valueFrom?.secretKeyRef).toEqual({ name: SIGNING_SECRETS[name], key: 'key' });
-    // Only order-service reads another's, the key of each service it calls, and never the gateway's.
+    // Only order-service reads more: the caller keys the services it calls gave it, from its own Secret too.
     const others = [...envMap(container(name)).values()].filter((v) => v.name !== 'GATEWAY_SIGNING_KEY' && v.valueFrom?.secretKeyRef).map((v) => `${v.name}: ${v.valueFrom!.secretKeyRef!.name}/${v.valueFrom!.secretKeyRef!.key}`);
     const expected = {
       gateway: ['JWT_SECRET: gateway-jwt/secret'],
       'user-service': ['GATEWAY_SIGNING_KEY_ACCEPTED: user-service-signing/accepted'],
-      'order-service': ['GATEWAY_SIGNING_KEY_ACCEPTED: order-service-signing/accepted', 'USER_SERVICE_SIGNING_KEY: user-service-signing/key', 'NOTIF_SERVICE_SIGNING_KEY: notification-service-signing/key'],
+      'order-service': ['GATEWAY_SIGNING_KEY_ACCEPTED: order-service-signing/accepted', 'USER_SERVICE_SIGNING_KEY: order-service-signing/users', 'NOTIF_SERVICE_SIGNING_KEY: order-service-signing/notifications'],
       'notification-service': ['GATEWAY_SIGNING_KEY_ACCEPTED: notification-service-signing/accepted'],
     }[name];
     expect(others.sort()).toEqual([...expected].sort());
@@ -264,6 +264,8 @@ describe('the JWT secret', () => {
   it("creates every signing Secret with the README's commands, each service's key derived from the gateway's", () => {
     const readme = readText('README.md');
     for (const secret of Object.values(SIGNING_SECRETS)) expect(readme).toMatch(new RegExp(`kubectl create secret generic ${secret} [^\n]*--from-literal=key=`));
+    // order-service's Secret holds the caller keys its Deployment reads, each from the tool's --caller.
+    for (const called of ['users', 'notifications']) expect(readme).toMatch(new RegExp(`kubectl create secret generic order-service-signing (?:[^\n]|\\\\\n)*--from-literal=${called}="\\$\\(GATEWAY_SIGNING_KEY="\\$GATEWAY_SIGNING_KEY" npm run -s service-key -- --caller orders ${called}\\)"`));
   });
 
   it('is never written as a value: no variable that looks like a credential has one', () => {

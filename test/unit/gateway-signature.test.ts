@@ -1,7 +1,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { HEADER } from '../../otel/wire-names';
-import { createGatewaySigner, createServiceKeySigner, isGuessableSecret, SERVICE_KEY_PATTERN, serviceSigningKey, SIGNATURE_MAX_AGE_SECONDS, SIGNED_HEADERS, verifyGatewaySignature, type AddressedRequest, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
+import { callerKeyFromGatewayKey, callerKeysOf, callerSigningKey, createCallerSigner, createGatewaySigner, createServiceKeySigner, isGuessableSecret, SERVICE_KEY_PATTERN, serviceSigningKey, SIGNATURE_MAX_AGE_SECONDS, SIGNED_HEADERS, verifyGatewaySignature, type AddressedRequest, type CallRule, type SignedRequest, type SignedValues } from '../../src/gateway-signature';
 
 const KEY = 'k'.repeat(16) + 'unit-test-signing-key';
 const NOW = Date.UTC(2026, 11, 2, 10, 0, 0);
@@ -286,5 +286,88 @@ describe('isGuessableSecret', () => {
     // 200,000 characters of eight different ones, no period: a quadratic period search took minutes.
     expect(isGuessableSecret(`${'a'.repeat(200_000)}bcdefghi`)).toBe(false);
     expect(isGuessableSecret(`${'abcdefgh'.repeat(25_000)}a`)).toBe(true);
+  });
+});
+
+describe('a key per caller (a service calling another)', () => {
+  const serviceName = fc.stringMatching(SERVICE_KEY_PATTERN, { maxLength: 20 });
+  const SERVICE_KEY = serviceSigningKey(KEY, 'notifications');
+  /** The rule under test: the caller may GET its signed user's path only. */
+  const ownPathOnly: CallRule = ({ method, target }, [userId]) => method === 'GET' && userId !== '' && target === `/own/${userId}`;
+  const callers = callerKeysOf([SERVICE_KEY], { orders: ownPathOnly });
+  const verifyAsService = (headers: Record<string, string | string[]>, request: AddressedRequest) => verifyGatewaySignature(SERVICE_KEY, request, (name) => headers[name], NOW, callers);
+
+  // A contract with deployments as the service keys are: `printf 'koa-gateway-caller-key-v1\n<caller>' | openssl dgst
+  // -sha256 -hmac <the service's key> -binary | base64`, base64url.
+  it.each([
+    ['users', 'orders', 'Ps5ijyautvyClwzizC1YWouTIMeBL21eYD8L1o8NxqU'],
+    ['notifications', 'billing-api', '1EAnkhpZXIcj6fxjEt2DM4mK9Eb9sf_gB_BWtLybqDY'],
+  ])("derives %s's key for %s as openssl does", (service, caller, expected) => {
+    expect(callerSigningKey(serviceSigningKey(KEY, service), caller)).toBe(expected);
+    expect(callerKeyFromGatewayKey(KEY, service, caller)).toBe(expected);
+  });
+
+  it('names its caller in the header, and is believed for the calls its rule allows only, else outside-scope (generated)', () => {
+    const sign = createCallerSigner(callerSigningKey(SERVICE_KEY, 'orders'), 'orders', () => NOW);
+    const method = fc.constantFrom('GET', 'POST', 'HEAD', 'DELETE');
+    const target = fc.oneof(fc.constant('/notifications'), headerValue.map((text) => `/own/${text}`), headerValue.map((text) => `/${text}`));
+    const outcomes = new Set<string>();
+    fc.assert(
+      // Half of the targets the signed user's own path (null), so that both verdicts are drawn.
+      fc.property(method, fc.option(target), identity, (verb, path, values) => {
+        const request = { audience: 'notifications', method: verb, target: path ?? `/own/${values[0]}`, requestId: REQUEST.requestId };
+        const signature = sign(request, values);
+        const expected = ownPathOnly(request, values) ? undefined : 'outside-scope';
+        outcomes.add(String(expected));
+        return signature.startsWith(`t=${NOW / 1000},by=orders,v4=`) && verifyAsService(received(values, signature), request) === expected;
+      }),
+      { seed: 20261208, numRuns: 300 },
+    );
+    expect(outcomes).toEqual(new Set(['undefined', 'outside-scope']));
+  });
+
+  it("is not the gateway's signature, nor another caller's, and the service's own key does not make one (generated)", () => {
+    const own = createCallerSigner(callerSigningKey(SERVICE_KEY, 'orders'), 'orders', () => NOW);
+    fc.assert(
+      fc.property(identity, serviceName, (values, other) => {
+        fc.pre(other !== 'orders');
+        const request = { audience: 'notifications', method: 'GET', target: `/own/${values[0]}`, requestId: REQUEST.requestId };
+        const signature = own(request, values);
+        const headers = (value: string) => received(values, value);
+        return (
+          // The caller's name taken out: a gateway signature, which the caller's key does not make.
+          verifyAsService(headers(signature.replace('by=orders,', '')), request) === 'mismatch' &&
+          // Another name put in: a caller the service takes nothing from, or one with another key.
+          verifyAsService(headers(signature.replace('by=orders,', `by=${other},`)), request) === 'mismatch' &&
+          // Made with the service's own key (what order-service held before), as the caller: not the caller's key.
+          verifyAsService(headers(createCallerSigner(SERVICE_KEY, 'orders', () => NOW)(request, values)), request) === 'mismatch' &&
+          // Without caller rules at all, no caller's signature verifies.
+          verifyGatewaySignature(SERVICE_KEY, request, (name) => headers(signature)[name], NOW) === 'mismatch'
+        );
+      }),
+      { seed: 20261208, numRuns: 200 },
+    );
+  });
+
+  it('is v4 only, and its name one spelling (a service name)', () => {
+    const values: SignedValues = ['2', 'user', 'bob@example.com', ''];
+    const request = { audience: 'notifications', method: 'GET', target: '/own/2', requestId: REQUEST.requestId };
+    const signature = createCallerSigner(callerSigningKey(SERVICE_KEY, 'orders'), 'orders', () => NOW)(request, values);
+    expect(verifyAsService(received(values, signature), request)).toBeUndefined();
+    for (const spelling of [signature.replace(',v4=', ',v3='), signature.replace('by=orders', 'by=Orders'), signature.replace('by=orders', 'by='), signature.replace('by=orders,', 'by=orders,by=orders,'), signature.replace('by=orders,', ''), `by=orders,${signature.replace('by=orders,', '')}`]) {
+      expect(verifyAsService(received(values, spelling), request)).toMatch(/^(malformed|mismatch)$/);
+    }
+    expect(() => createCallerSigner('x'.repeat(43), 'Orders')).toThrow(/service name/);
+  });
+
+  it("verifies with a key derived from any key the service believes (a rotation's accepted one too)", () => {
+    const next = serviceSigningKey(`${KEY}-next`, 'notifications');
+    const both = callerKeysOf([next, SERVICE_KEY], { orders: ownPathOnly });
+    const values: SignedValues = ['2', 'user', '', ''];
+    const request = { audience: 'notifications', method: 'GET', target: '/own/2', requestId: '' };
+    for (const serviceKey of [SERVICE_KEY, next]) {
+      const signature = createCallerSigner(callerSigningKey(serviceKey, 'orders'), 'orders', () => NOW)(request, values);
+      expect(verifyGatewaySignature([next, SERVICE_KEY], request, (name) => received(values, signature, '')[name], NOW, both)).toBeUndefined();
+    }
   });
 });
