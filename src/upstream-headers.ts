@@ -1,6 +1,7 @@
 import type http from 'node:http';
 import type { Context as KoaContext } from 'koa';
 import { withoutTrailing, withoutTrailingWhitespace } from '../otel/field-whitespace';
+import { asciiContentDisposition } from './content-disposition-ascii';
 import { isoTimestamp } from '../otel/iso-timestamp';
 import { containsApiKey } from '../otel/redact-url';
 import { CGI_HAZARD_HEADERS, dashedSpelling, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, HEADER, isGatewayOwnedHeader, isForwardingHeader, isListedForwardingHeader, isLookAlikeName, MESH_CONTROL_HEADER_PREFIXES, REQUEST_REWRITE_HEADERS, VIA_PSEUDONYM } from '../otel/wire-names';
@@ -156,6 +157,8 @@ const LIST_FIELDS = new Set(['content-encoding', 'content-language']);
  *   both). An HTTP/2 client got 502 for either, where an HTTP/1.1 client got the answer. Different values of a
  *   field allowed once (two ETags) stay as they are: HTTP/1.1 clients get both lines, HTTP/2 clients 502, since
  *   which one the service meant is anyone's guess; but for `Date`, whose first value is kept.
+ * - With a `Content-Disposition` outside ASCII written in ASCII (asciiContentDisposition): Node's http module turned
+ *   a UTF-8 file name's bytes into line breaks.
  *
  * The same object when nothing needs either, as nearly always.
  */
@@ -167,7 +170,9 @@ export function serviceFieldsToPassOn(headers: http.IncomingHttpHeaders): http.I
     let value: string | string[] = given;
     if (typeof value === 'string') {
       value = withoutTrailingWhitespace(value);
+      if (name === 'content-disposition') value = asciiContentDisposition(value);
     } else {
+      if (name === 'content-disposition') value = value.map(asciiContentDisposition);
       if (value.some(endsInWhitespace)) value = value.map(withoutTrailingWhitespace);
       if (WRITTEN_ONCE_OVER_HTTP2.has(name)) {
         const lines = value;

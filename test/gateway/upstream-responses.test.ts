@@ -13,6 +13,24 @@ import { login, startStack, type TestStack } from '../helpers/stack';
 
 const BODY = '{"ok":true}';
 
+/** `text`'s UTF-8 bytes as a latin1 string (one character per byte), the way the raw answers below are written. */
+const utf8Bytes = (text: string) => Buffer.from(text, 'utf8').toString('latin1');
+
+/** The head of `path`'s answer through the gateway, as the bytes it wrote (latin1: one character per byte). */
+function rawHead(gatewayUrl: string, path: string, token: string, method = 'GET'): Promise<string> {
+  const { port } = new URL(gatewayUrl);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(Number(port), '127.0.0.1', () => socket.write(`${method} ${path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`));
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('error', reject);
+    socket.on('close', () => {
+      const text = Buffer.concat(chunks).toString('latin1');
+      resolve(text.slice(0, text.indexOf('\r\n\r\n')));
+    });
+  });
+}
+
 /** The raw answer for each path (one response per connection, then close). */
 const ANSWERS: Record<string, string> = {
   '/orders/plain': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
@@ -46,6 +64,12 @@ const ANSWERS: Record<string, string> = {
   '/orders/signature-refused': `HTTP/1.1 401 Unauthorized\r\nContent-Type: application/problem+json\r\nWWW-Authenticate: GatewaySignature realm="koa-gateway"\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/own-401': `HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nWWW-Authenticate: Basic realm="reports", Bearer realm="svc"\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   '/orders/gzip-coded': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n`,
+  // A file name in raw UTF-8 (as the latin1 string the answer is written from: one character per byte): `č` and `Ċ`
+  // (C4 8D, C4 8A), which Node's http module wrote as a carriage return and a line feed, then a `Set-Cookie`.
+  '/orders/utf8-file-name': `HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename="a${utf8Bytes('čĊ')}Set-Cookie: session=attacker.pdf"\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  // The same name in ISO-8859-1 (RFC 6266's `filename` charset) and in UTF-8.
+  '/orders/latin1-file-name': `HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\nContent-Disposition: inline; filename="caf\xe9.pdf"\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
+  '/orders/utf8-cafe': `HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\nContent-Disposition: inline; filename="${utf8Bytes('café')}.pdf"\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
   // A control character in a header value: llhttp refuses the head (no HTTP/1.1 field value holds one).
   '/orders/control-in-header': `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Odd: a\x01b\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`,
 };
@@ -246,6 +270,22 @@ describe('responses a service sends that the gateway forwards or refuses cleanly
       const answer = await get(`${stack.gateway.url}/api${path}`, token);
       expect({ status: answer.status, statusMessage: answer.statusMessage, body: answer.body }).toEqual({ status: 200, statusMessage: 'OK', body: BODY });
     }
+  });
+
+  it.each(['GET', 'HEAD'])("writes a file name in raw UTF-8 as ASCII (RFC 8187), never as the line breaks Node's http made of it (%s)", async (method) => {
+    const head = await rawHead(stack.gateway.url, '/api/orders/utf8-file-name', token, method);
+    const lines = head.split('\r\n');
+    expect(lines[0]).toBe('HTTP/1.1 200 OK');
+    // Every line a field of the gateway's or the service's: no injected Set-Cookie, and no byte outside ASCII.
+    expect(lines.filter((line) => /^set-cookie:/i.test(line))).toEqual([]);
+    expect(head).toMatch(/^[\t\r\n\x20-\x7e]*$/);
+    expect(lines.filter((line) => /^content-disposition:/i.test(line))).toEqual([`content-disposition: attachment; filename="a??Set-Cookie: session=attacker.pdf"; filename*=UTF-8''a%C4%8D%C4%8ASet-Cookie%3A%20session%3Dattacker.pdf`]);
+  });
+
+  it.each(['/orders/latin1-file-name', '/orders/utf8-cafe'])('writes the file name of %s as the text it is, in ASCII', async (path) => {
+    const reply = await get(`${stack.gateway.url}/api${path}`, token);
+    expect(reply.status).toBe(200);
+    expect(reply.headers['content-disposition']).toBe(`inline; filename="caf?.pdf"; filename*=UTF-8''caf%C3%A9.pdf`);
   });
 
   it("keeps the gateway's request id, trace and rate-limit headers over a service's own", async () => {

@@ -1,0 +1,60 @@
+import contentDisposition, { parse as parseContentDisposition } from 'content-disposition';
+
+/** Any character outside ASCII. */
+// eslint-disable-next-line no-control-regex
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/** Decodes bytes as UTF-8, refusing any that are not. */
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * A service's `Content-Disposition` value as the gateway passes it on: as it is when it is ASCII (as nearly always),
+ * else written in ASCII (RFC 6266 4.3: the name as `filename*=UTF-8''...`, RFC 8187, with an ASCII `filename`
+ * beside it).
+ *
+ * Why: a file name in raw UTF-8 (`filename="č.pdf"`, bytes C4 8D) arrives from undici as one character per byte
+ * (latin1), and Node's http module writes this one field of an answer with a Content-Length its own way
+ * (_http_outgoing processHeader, nodejs/node#46528, #58240): the value's bytes read back as UTF-8, then written one
+ * byte per character, each character cut to its low byte. `č` (U+010D) went out as a carriage return and `Ċ`
+ * (U+010A) as a line feed: a service's valid field became the client's `Set-Cookie` and any header, and the
+ * response cache kept it for every later client (an outside review did both). Written in ASCII the field is the same
+ * bytes whichever way Node writes it, over HTTP/1.1 and HTTP/2.
+ *
+ * The service's bytes are read as UTF-8 where they are (what services send), else as ISO-8859-1 (RFC 6266's own
+ * `filename` charset). Of the parameters only the disposition type and the file name are kept: nothing standard
+ * but those is sent in HTTP (RFC 6266 4.3), and no standard sender puts bytes outside ASCII into this field at all. A
+ * value the parser does not take has each byte outside ASCII written as `%XX`: still no line break.
+ */
+export function asciiContentDisposition(value: string): string {
+  if (!NON_ASCII.test(value)) return value;
+  try {
+    const { type, parameters } = parseContentDisposition(value);
+    const given = parameters.filename;
+    if (given === undefined) return contentDisposition(undefined, { type });
+    // From `filename*` the parser decoded it already (RFC 8187); from a quoted `filename`, it is the service's bytes.
+    const name = /filename\*/i.test(value) ? given : bytesAsText(given);
+    // eslint-disable-next-line no-control-regex
+    return contentDisposition(name, { type, fallback: name.replace(/[^\x20-\x7e]/g, '?') });
+  } catch {
+    return percentEncodedBytes(value);
+  }
+}
+
+/** One character per byte (a latin1 string) read as the text it is: UTF-8 where the bytes are, else ISO-8859-1. */
+function bytesAsText(latin1: string): string {
+  try {
+    return strictUtf8.decode(Buffer.from(latin1, 'latin1'));
+  } catch {
+    return latin1;
+  }
+}
+
+/** Each character outside ASCII (one byte of a latin1 string; any other as its UTF-8 bytes) as `%XX`. */
+function percentEncodedBytes(value: string): string {
+  // eslint-disable-next-line no-control-regex
+  return value.replace(/[^\x00-\x7f]/g, (character) => {
+    const code = character.charCodeAt(0);
+    const bytes = code <= 0xff ? [code] : [...Buffer.from(character, 'utf8')];
+    return bytes.map((byte) => `%${byte.toString(16).toUpperCase().padStart(2, '0')}`).join('');
+  });
+}
