@@ -9,7 +9,8 @@ import type Koa from 'koa';
 import { MAX_RECORDED_METHOD_LENGTH, recordedMethod, spanNameMethod } from './http-method';
 import { logLine, type Logger } from './logger';
 import { traceresponseOf } from './trace-context-propagator';
-import { traceIdFromRequestId, withTraceId } from './trace-ids';
+import { redactUrl } from './redact-url';
+import { isWellFormedRequestId, traceIdFromRequestId, withTraceId } from './trace-ids';
 import { ACCESS_LINE_MESSAGE, ATTR, HEADER, HTTP_METHODS, type AccessLine } from './wire-names';
 
 export interface RunServerOptions {
@@ -54,6 +55,12 @@ export interface RunServerOptions {
   appChecksHost?: boolean;
   /** Counts a request Node's parser refused (the gateway's request metrics); its log line and span are written here. */
   onRejected?: (rejected: RejectedRequest) => void;
+  /**
+   * A request refused after its head was parsed (its body broke the parser in the read that brought the head, before
+   * its pipeline began) keeps its own well-formed `X-Request-Id`, as the pipeline keeps it (the gateway). Otherwise
+   * (the services, which believe only the ids the gateway signed) it gets one of the server's.
+   */
+  keepsInboundRequestId?: boolean;
   /** Records those spans; default the global provider's tracer named after the process. */
   tracer?: Tracer;
   /**
@@ -92,7 +99,7 @@ export interface RejectedRequest {
   code: string;
   /** Its method, when its head was parsed (an HTTP/1 CONNECT) or its request line was whole (a method the parser does not know); unknown otherwise. */
   method?: string;
-  /** The id its answer carries (minted: nothing of the request can be trusted). */
+  /** The id its answer carries: minted, or the request's own when its head was parsed and the server keeps it (keepsInboundRequestId). */
   requestId: string;
   /** The SERVER span recording it. */
   spanContext: SpanContext;
@@ -157,7 +164,7 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket, recordR
   // (handleAfterTurn finds it answered). Answered with an id none of its records had, it then ran on the ended
   // response and failed setting its first header ('unhandled gateway error'), its span never ended.
   if (inFlight) {
-    const rejection = recordRejected({ status: problem.status, code: problem.code, method: inFlight.req.method }, socket);
+    const rejection = recordRejected({ status: problem.status, code: problem.code, method: inFlight.req.method, request: inFlight.req }, socket);
     answerProblem(inFlight, answering(problem, rejection), rejection.requestId);
     return void rejection.record();
   }
@@ -253,7 +260,7 @@ interface Rejection {
   record(): void;
 }
 
-type RecordRejected = (refused: Omit<RejectedRequest, 'spanContext' | 'requestId' | 'urlScheme'>, socket: Socket) => Rejection;
+type RecordRejected = (refused: Omit<RejectedRequest, 'spanContext' | 'requestId' | 'urlScheme'> & { request?: http.IncomingMessage }, socket: Socket) => Rejection;
 
 /** The answer to a refused request: `problem` with the `traceresponse` of its span. */
 function answering(problem: ServerProblem, rejection: Rejection): ServerProblem {
@@ -263,12 +270,18 @@ function answering(problem: ServerProblem, rejection: Rejection): ServerProblem 
 /**
  * Records a request the parser refused as the pipeline records every request: a SERVER span whose trace id is
  * the answer's request id (so that id opens the trace, as for every request), an access-log line with it, and
- * `onRejected` (the gateway's request metrics). Method, path and duration are unknown: the head never parsed.
+ * `onRejected` (the gateway's request metrics). Method, path and duration are unknown when the head never parsed.
+ * When it did (`refused.request`: its body broke the parser in the read that brought its head, before its pipeline
+ * began), its path is logged and its own well-formed request id kept where the server keeps inbound ids: an outside
+ * review found the client's id kept or replaced by how the client's bytes fell into TCP segments. Its trace is still
+ * a new one of random id (its `traceparent` is not weighed here, nor is a client's id made a trace id).
  */
-function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejected: RejectedRequest) => void) | undefined): RecordRejected {
+function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejected: RejectedRequest) => void) | undefined, keepsInboundRequestId: boolean): RecordRejected {
   return (refused, socket) => {
-    const { status, code, method } = refused;
-    const requestId = newRequestId();
+    const { status, code, method, request } = refused;
+    const inbound = keepsInboundRequestId ? request?.headers[HEADER.requestId] : undefined;
+    const inboundId = typeof inbound === 'string' && isWellFormedRequestId(inbound) ? inbound : undefined;
+    const requestId = inboundId ?? newRequestId();
     const attributes: Attributes = {};
     // A head that never parsed has no method: `_OTHER`, as the metrics count it.
     const recorded = recordedMethod(method);
@@ -285,7 +298,7 @@ function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejecte
     // A 5xx (the 501 to a method the parser does not know) is the server's error, as src/middleware/tracing.ts
     // records one (semconv: SERVER span status); a 4xx is the client's.
     if (status >= 500) attributes[ATTR_ERROR_TYPE] = String(status);
-    const span = withTraceId(traceIdFromRequestId(requestId), () => tracer.startSpan(spanNameMethod(recorded), { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT));
+    const span = withTraceId(inboundId === undefined ? traceIdFromRequestId(requestId) : undefined, () => tracer.startSpan(spanNameMethod(recorded), { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT));
     // Its line stays at warn below all the same: the client's doing, as the pipeline logs it over HTTP/2.
     if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR, message: code });
     return {
@@ -294,7 +307,7 @@ function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejecte
       traceresponse: traceresponseOf(span, ROOT_CONTEXT, true),
       record() {
         span.end();
-        const fields: AccessLine = { method: method ?? null, url: null, status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code, consumer_id: null, cache: null };
+        const fields: AccessLine = { method: method ?? null, url: request?.url === undefined ? null : redactUrl(request.url), status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code, consumer_id: null, cache: null };
         logLine(logger, 'warn', ACCESS_LINE_MESSAGE, fields, trace.setSpan(ROOT_CONTEXT, span));
         onRejected?.({ ...refused, requestId, spanContext: span.spanContext(), urlScheme });
       },
@@ -937,7 +950,7 @@ export async function runServer(options: RunServerOptions): Promise<RunningServe
         listener,
       );
   if (options.appChecksHost) (server as PublicServer & { requireHostHeader: boolean }).requireHostHeader = false;
-  const recordRejected = rejectionRecorder(options.tracer ?? trace.getTracer(options.name), logger, options.onRejected);
+  const recordRejected = rejectionRecorder(options.tracer ?? trace.getTracer(options.name), logger, options.onRejected, options.keepsInboundRequestId ?? false);
   const ownHeaders: OwnHeaders = options.strictTransportSecurity !== undefined && server instanceof tls.Server ? { 'Strict-Transport-Security': options.strictTransportSecurity } : {};
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => answerClientError(error, socket, recordRejected, ownHeaders));
   // The HTTP/2 server emits 'connect' too, for a CONNECT stream, with its compatibility response (not a socket to

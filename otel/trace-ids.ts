@@ -87,6 +87,20 @@ export function withTraceId<T>(traceId: string | undefined, start: () => T): T {
   }
 }
 
+/** Longest inbound request id accepted, characters. */
+export const MAX_REQUEST_ID_LENGTH = 128;
+
+/**
+ * Inbound ids are echoed into response headers, logs and upstream requests, so only a conservative
+ * token charset is accepted: no spaces, no CR/LF, no quotes, nothing a log or header parser could trip on.
+ */
+const WELL_FORMED_REQUEST_ID = new RegExp(`^[A-Za-z0-9._:/+=@-]{1,${MAX_REQUEST_ID_LENGTH}}$`);
+
+/** Whether an inbound `X-Request-Id` is kept as the request's id (src/middleware/request-id.ts; a parser's refusal too, otel/lifecycle.ts). */
+export function isWellFormedRequestId(value: string | undefined): value is string {
+  return value !== undefined && WELL_FORMED_REQUEST_ID.test(value);
+}
+
 /** A UUID as written (8-4-4-4-12 hex digits): any 36 characters of hex digits and dashes (`<32 hex>----`) was taken for one. */
 const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 

@@ -252,6 +252,8 @@ async function serve(initial: ActiveConfig, worker?: WorkerLink): Promise<void> 
     sendTimeoutMs: config.server.sendTimeoutMs,
     createServer: tlsServer?.create,
     appChecksHost: true,
+    // As the pipeline keeps a client's own id (src/middleware/request-id.ts).
+    keepsInboundRequestId: true,
     // The answers runServer writes itself (parser refusals, CONNECT) carry the policy the pipeline's carry.
     strictTransportSecurity: config.tls?.hsts ? strictTransportSecurityValue(config.tls.hsts) : undefined,
     onRejected: metrics && rejectedRequestMetrics(metrics),

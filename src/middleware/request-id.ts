@@ -3,20 +3,10 @@ import { context, propagation, trace, type Baggage, type BaggageEntry } from '@o
 import type { Middleware } from 'koa';
 import { OneEntryBaggage, OrderedBaggage } from '../../otel/baggage-propagator';
 import { isValidSpanContext } from '../../otel/gateway-tracer';
+import { isWellFormedRequestId } from '../../otel/trace-ids';
 import { ATTR, BAGGAGE_REQUEST_ID, HEADER } from '../../otel/wire-names';
 
-/** Longest inbound request id accepted, characters. */
-export const MAX_REQUEST_ID_LENGTH = 128;
-
-/**
- * Inbound ids are echoed into response headers, logs and upstream requests, so only a conservative
- * token charset is accepted: no spaces, no CR/LF, no quotes, nothing a log or header parser could trip on.
- */
-const WELL_FORMED_REQUEST_ID = new RegExp(`^[A-Za-z0-9._:/+=@-]{1,${MAX_REQUEST_ID_LENGTH}}$`);
-
-export function isWellFormedRequestId(value: string | undefined): value is string {
-  return value !== undefined && WELL_FORMED_REQUEST_ID.test(value);
-}
+export { isWellFormedRequestId, MAX_REQUEST_ID_LENGTH } from '../../otel/trace-ids';
 
 /**
  * The id a service answers and logs a request under: the one it received when the request is believed (signed by

@@ -210,6 +210,37 @@ describe('a body that breaks in the read that brought its head, its pipeline a t
       await tracing.shutdown();
     }
   });
+
+  // Its head was parsed: the client's own id kept, as when its body comes in a later read and the pipeline answers
+  // (an outside review found the id a client got decided by how its bytes fell into segments). Its path is logged.
+  it.each<[string, boolean, string, (id: string) => boolean]>([
+    ["keeps the client's well-formed X-Request-Id where the server keeps inbound ids (the gateway)", true, 'client-chunk-id', (id) => id === 'client-chunk-id'],
+    ['mints one for an id that is not well formed', true, 'bad"id', (id) => /^[0-9a-f]{32}$/.test(id)],
+    ["mints one where the server believes no inbound id (the services')", false, 'client-chunk-id', (id) => /^[0-9a-f]{32}$/.test(id)],
+  ])('%s, and logs its path', async (_desc, keepsInboundRequestId, sent, expected) => {
+    const tracing = startInMemoryTracing();
+    const { logger, lines } = memoryLogger('gateway');
+    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' });
+    const app = createGateway(config, { logger, tracer: tracing.tracer });
+    const gateway = await runServer({ app: { callback: () => handleAfterTurn(app.callback()) }, name: 'gateway', port: 0, host: '127.0.0.1', logger, tracer: tracing.tracer, keepsInboundRequestId });
+    try {
+      const answer = await exchange(gateway.url, `POST /api/orders?key=kgw_secret HTTP/1.1\r\nHost: ${new URL(gateway.url).host}\r\nX-Request-Id: ${sent}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabcd\r\n`);
+      expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+      const requestId = /\r\nX-Request-Id: (\S+)\r\n/.exec(answer)?.[1] ?? '';
+      expect(expected(requestId)).toBe(true);
+      expect(answer).toContain(`"requestId":"${requestId}"`);
+      await waitFor(() => lines.some((line) => line.message === ACCESS_LINE_MESSAGE), 'the access-log line');
+      const line = lines.find((each) => each.message === ACCESS_LINE_MESSAGE)!;
+      expect([line.request_id, line.status, line.url]).toEqual([requestId, 400, '/api/orders?key=REDACTED']);
+      await waitFor(() => tracing.spans().some((span) => span.kind === SpanKind.SERVER), 'the SERVER span');
+      const span = tracing.spans().find((each) => each.kind === SpanKind.SERVER)!;
+      expect(span.attributes[ATTR.requestId]).toBe(requestId);
+      expect([line[LOG_FIELD.traceId], line[LOG_FIELD.spanId]]).toEqual([span.spanContext().traceId, span.spanContext().spanId]);
+    } finally {
+      await gateway.close();
+      await tracing.shutdown();
+    }
+  });
 });
 
 /**
