@@ -494,7 +494,7 @@ export interface CallerRateLimitOptions {
 /**
  * After authentication: the route's limit per caller (one tenant behind a shared address is not limited with
  * its neighbours; one caller on many addresses is limited once), then the consumer's own limit over all
- * routes. Undefined (not mounted) when neither is configured.
+ * routes; neither window is spent by a request the other refuses. Undefined (not mounted) when neither is configured.
  */
 export function createCallerRateLimit(options: CallerRateLimitOptions): Middleware | undefined {
   if (options.byRoute.size === 0 && options.byConsumer.size === 0) return undefined;
@@ -506,7 +506,17 @@ export function createCallerRateLimit(options: CallerRateLimitOptions): Middlewa
     const caller = callerKey(ctx);
     if (routeLimit && caller) {
       ctx.state.callerCounted = true;
-      return routeLimit.check(ctx, inner, caller);
+      if (!consumerLimit) return routeLimit.check(ctx, next, caller);
+      // The consumer's window looked at first, counting nothing: a request it refuses spends none of the route's.
+      // Counted first, the route's window ran out under requests never served (an outside review: 8 counted for 6
+      // forwarded), and a consumer retrying after its 429 was then refused for the route's longer window.
+      const release = await consumerLimit.refuseIfSpent(ctx, `consumer:${consumer.id}`);
+      try {
+        return await routeLimit.check(ctx, inner, caller);
+      } finally {
+        // Counted (the place let go with it) or refused by the route's limit: the place is not held past the request.
+        release();
+      }
     }
     return inner();
   };

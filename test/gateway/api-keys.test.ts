@@ -11,6 +11,7 @@ import { startInMemoryTracing, type InMemoryTracing } from '../helpers/in-memory
 import { sendRaw as send, type RawReply as Reply, type RecordedRequest } from '../helpers/servers';
 import { login, startStack, type TestStack } from '../helpers/stack';
 import { shippedConfigFile } from '../helpers/test-config';
+import { waitFor as waitUntil } from '../helpers/wait';
 
 
 /** The request head written byte for byte (header values Node's client refuses to send), status line read back. */
@@ -39,12 +40,15 @@ const REVOKED_KEY = generateApiKey();
 const GLOBEX_KEY = generateApiKey();
 const ROOT_KEY = generateApiKey();
 const METERED_KEY = generateApiKey();
+const BURST_KEY = generateApiKey();
 
 const consumers = [
   { id: 'acme', role: 'partner', keys: [{ hash: hashApiKey(ACME_KEY) }, { hash: hashApiKey(ACME_SECOND_KEY), note: 'rotation' }, { hash: hashApiKey(REVOKED_KEY), revoked: true }] },
   { id: 'globex', role: 'partner', keys: [{ hash: hashApiKey(GLOBEX_KEY) }] },
   { id: 'root-ops', role: 'admin', keys: [{ hash: hashApiKey(ROOT_KEY) }] },
   { id: 'metered', role: 'partner', keys: [{ hash: hashApiKey(METERED_KEY) }], rateLimit: { max: 1, windowMs: 60_000 } },
+  // A short window of its own, on a route whose per-consumer window is long.
+  { id: 'burst', role: 'partner', keys: [{ hash: hashApiKey(BURST_KEY) }], rateLimit: { max: 1, windowMs: 1000 } },
 ];
 
 /** Routes to user-service's `/health`, which answers 200 whoever calls: what matters is what reached it. */
@@ -62,6 +66,7 @@ const routes = [
   probe('per-consumer', '/api/per-consumer', { rateLimit: { max: 2, windowMs: 60_000, by: 'consumer' } }),
   probe('per-user', '/api/per-user', { rateLimit: { max: 2, windowMs: 60_000, by: 'user' } }),
   probe('per-ip', '/api/per-ip', { rateLimit: { max: 2, windowMs: 60_000 } }),
+  probe('per-consumer-long', '/api/per-consumer-long', { rateLimit: { max: 2, windowMs: 60_000, by: 'consumer' } }),
 ];
 
 describe('API keys and consumers', () => {
@@ -332,6 +337,24 @@ describe('API keys and consumers', () => {
       // guesser it found one), until its window ends; consumers calling from other addresses are not limited.
       expect(await statuses('/api/per-consumer', [from('192.0.2.77', { 'X-API-Key': ROOT_KEY })])).toEqual([429]);
       expect(await statuses('/api/per-consumer', [from('192.0.2.78', { 'X-API-Key': ROOT_KEY })])).toEqual([200]);
+    });
+
+    // Counted first, the route's window was spent by requests the consumer's own limit refused: after its 1 s window
+    // the consumer was refused for the route's minute.
+    it("spends no route window on a request the consumer's own limit refuses", async () => {
+      const burst = { 'X-API-Key': BURST_KEY };
+      expect((await send(url, '/api/per-consumer-long', burst)).status).toBe(200);
+      const refusals: string[] = [];
+      // Until the consumer's 1 s window lets one more through (bounded by waitFor's 5 s).
+      await waitUntil(async () => {
+        const reply = await send(url, '/api/per-consumer-long', burst);
+        if (reply.status === 429) refusals.push(String(reply.headers['ratelimit-policy']));
+        return reply.status === 200;
+      }, "the consumer's next window", 5000);
+      expect(refusals.length).toBeGreaterThan(0);
+      expect(refusals.every((policy) => policy.startsWith('"consumer-burst";q=1;w=1'))).toBe(true);
+      // The route's two are spent now, by the two requests served.
+      expect((await send(url, '/api/per-consumer-long', burst)).status).toBe(429);
     });
 
     it('applies a consumer’s own limit on every route, with RateLimit-Policy naming it', async () => {
