@@ -52,9 +52,11 @@ export function ownedRequestHeader(name: string): string | undefined {
 /**
  * Response headers the gateway writes on every answer: the request id and trace it logged, and its rate limit's
  * state. A service's own (its framework's request id, its own limiter) would replace them and name an id or a
- * limit the gateway never had, so a service's copies are dropped and a rule cannot write them.
+ * limit the gateway never had, so a service's copies are dropped and a rule cannot write them. So are the fields
+ * earlier drafts of the rate-limit headers named (`RateLimit-Limit`, `-Remaining`, `-Reset`): a service's limiter
+ * writing those went out beside the gateway's `RateLimit`, a second and contrary account of the client's limit.
  */
-export const GATEWAY_RESPONSE_HEADERS: readonly string[] = [HEADER.requestId, HEADER.traceresponse, 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'ratelimit', 'ratelimit-policy'];
+export const GATEWAY_RESPONSE_HEADERS: readonly string[] = [HEADER.requestId, HEADER.traceresponse, 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'ratelimit', 'ratelimit-policy', 'ratelimit-limit', 'ratelimit-remaining', 'ratelimit-reset'];
 
 /** Why a response header name belongs to the gateway, or undefined when a rule may touch it. */
 export function ownedResponseHeader(name: string): string | undefined {
