@@ -32,7 +32,7 @@ export function asciiContentDisposition(value: string): string {
     const given = parameters.filename;
     if (given === undefined) return contentDisposition(undefined, { type });
     // From `filename*` the parser decoded it already (RFC 8187); from a quoted `filename`, it is the service's bytes.
-    const name = /filename\*/i.test(value) ? given : bytesAsText(given);
+    const name = /filename\*/i.test(value) ? given : fieldValueAsText(given);
     // eslint-disable-next-line no-control-regex
     return contentDisposition(name, { type, fallback: name.replace(/[^\x20-\x7e]/g, '?') });
   } catch {
@@ -40,8 +40,11 @@ export function asciiContentDisposition(value: string): string {
   }
 }
 
-/** One character per byte (a latin1 string) read as the text it is: UTF-8 where the bytes are, else ISO-8859-1. */
-function bytesAsText(latin1: string): string {
+/**
+ * A field value as undici and Node hand it over, one character per byte (latin1), read as the text it is: UTF-8
+ * where the bytes are, else ISO-8859-1.
+ */
+export function fieldValueAsText(latin1: string): string {
   try {
     return strictUtf8.decode(Buffer.from(latin1, 'latin1'));
   } catch {

@@ -1,7 +1,7 @@
 import type http from 'node:http';
 import type { Context as KoaContext } from 'koa';
 import { withoutTrailing, withoutTrailingWhitespace } from '../otel/field-whitespace';
-import { asciiContentDisposition } from './content-disposition-ascii';
+import { asciiContentDisposition, fieldValueAsText } from './content-disposition-ascii';
 import { isoTimestamp } from '../otel/iso-timestamp';
 import { containsApiKey } from '../otel/redact-url';
 import { CGI_HAZARD_HEADERS, dashedSpelling, FOREIGN_IDENTITY_HEADER_PREFIXES, FOREIGN_IDENTITY_HEADERS, HEADER, isGatewayOwnedHeader, isForwardingHeader, isListedForwardingHeader, isLookAlikeName, MESH_CONTROL_HEADER_PREFIXES, REQUEST_REWRITE_HEADERS, VIA_PSEUDONYM } from '../otel/wire-names';
@@ -429,7 +429,10 @@ export function publicLocation(value: string, instanceOrigin: string, publicOrig
   let named: URL;
   let instance: URL;
   try {
-    named = new URL(value, publicOrigin.slice(0, publicOrigin.indexOf(':') + 1) + NO_HOST);
+    // A URL in raw UTF-8 (`/caf\xC3\xA9`, as browsers follow them) comes one character per byte: parsed so, each
+    // byte was percent-encoded as a character of its own (`caf%C3%83%C2%A9`, another path). Read as its text first.
+    // eslint-disable-next-line no-control-regex
+    named = new URL(/[^\x00-\x7f]/.test(value) ? fieldValueAsText(value) : value, publicOrigin.slice(0, publicOrigin.indexOf(':') + 1) + NO_HOST);
     instance = new URL(instanceOrigin);
   } catch {
     return value;

@@ -26,6 +26,10 @@ describe('publicLocation: a Location naming the instance, as the client must see
     ['the instance, http: without slashes (absolute from an https page)', 'http:10.0.3.7:4001/users/7', 'https://api.example.com/api/users/7'],
     ['another host, scheme-relative', '//cdn.example.com/users/7', '//cdn.example.com/users/7'],
     ['another port of the same address, scheme-relative', '//10.0.3.7:40011/users/7', '//10.0.3.7:40011/users/7'],
+    // Raw bytes outside ASCII as undici hands them over (one character per byte): read as their text, encoded once.
+    ['the instance, a path in raw UTF-8', 'http://10.0.3.7:4001/users/caf\xc3\xa9', 'https://api.example.com/api/users/caf%C3%A9'],
+    ['the instance, a path in raw ISO-8859-1', 'http://10.0.3.7:4001/users/caf\xe9', 'https://api.example.com/api/users/caf%C3%A9'],
+    ['another origin, a path in raw UTF-8 (passed on as its bytes)', 'https://idp.example.com/caf\xc3\xa9', 'https://idp.example.com/caf\xc3\xa9'],
   ])('%s', (_desc, value, expected) => {
     expect(publicLocation(value, instance, publicOrigin, route)).toBe(expected);
   });
