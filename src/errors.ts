@@ -200,6 +200,10 @@ export function upstreamFailure(service: string, failure: unknown): GatewayError
   if (upstreamSwitchedProtocolsUnasked(failure)) {
     return new GatewayError('upstream_bad_response', `The ${service} service switched protocols (101) for a request that asked for no upgrade.`, { cause: failure });
   }
+  // Told apart from a malformed answer: it is HTTP, with more header bytes than the gateway's HTTP client reads.
+  if (code === 'UND_ERR_HEADERS_OVERFLOW') {
+    return new GatewayError('upstream_bad_response', `The ${service} service answered with headers larger than the gateway reads.`, { cause: failure });
+  }
   if (upstreamAnswerMalformed(failure)) {
     return new GatewayError('upstream_bad_response', `The ${service} service answered with something that is not HTTP the gateway can forward.`, { cause: failure });
   }

@@ -21,7 +21,8 @@ describe('upstreamFailure: a failed exchange with a service, in the catalog', ()
     { code: 'EHOSTUNREACH', expected: 'upstream_refused', detail: /could not be reached/ },
     // The service answered, but not with HTTP the gateway can read: a response it cannot forward.
     { code: 'HPE_INVALID_CONSTANT', expected: 'upstream_bad_response', detail: /not HTTP the gateway can forward/ },
-    { code: 'UND_ERR_HEADERS_OVERFLOW', expected: 'upstream_bad_response', detail: /not HTTP/ },
+    // HTTP, with a head larger than the gateway reads: said so, not called "not HTTP".
+    { code: 'UND_ERR_HEADERS_OVERFLOW', expected: 'upstream_bad_response', detail: /headers larger than the gateway reads/ },
     { code: 'UND_ERR_HEADERS_TIMEOUT', expected: 'upstream_timeout', detail: /did not answer in time/ },
     { code: 'ECONNRESET', expected: 'upstream_reset', detail: /failed/ },
     { code: 'UND_ERR_SOCKET', expected: 'upstream_reset', detail: /failed/ },
