@@ -23,6 +23,24 @@ export function isIntactCredential(text: string): boolean {
   return isWellFormedText(text) && !text.includes(REPLACEMENT_CHARACTER);
 }
 
+/** Control characters (C0, DEL, C1) and the bidirectional controls (embeddings, overrides, isolates, marks). */
+// eslint-disable-next-line no-control-regex
+const CONTROL_OR_BIDI = /[\p{Cc}\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/u;
+
+/**
+ * Whether a short text a person sees (a name, a SKU) is plain text as sent: intact (isIntactCredential: no U+FFFD
+ * the parser made of bytes that are not UTF-8, no unpaired surrogate), and without a control character or a
+ * bidirectional control. A stored `\u202eAdmin` showed reversed in the admin's user list, a NUL or line feed broke
+ * the lines of whatever printed it, and `caf\xE9` and `caf\xFF` (both `caf\uFFFD`) were one SKU to the idempotency
+ * check, which replayed one order for three different bodies.
+ */
+export function isPlainText(text: string): boolean {
+  return isIntactCredential(text) && !CONTROL_OR_BIDI.test(text);
+}
+
+/** What a refusal of isPlainText says (a zod refinement's message). */
+export const PLAIN_TEXT_RULE = { message: 'must be plain UTF-8 text (no control or bidirectional-control characters, no bytes that are not UTF-8)' };
+
 /** Charsets whose text is UTF-8 as it is: UTF-8's names, and US-ASCII (a subset of it), lower case. */
 const UTF8_READABLE_CHARSETS: ReadonlySet<string> = new Set(['utf-8', 'utf8', 'us-ascii', 'ascii']);
 

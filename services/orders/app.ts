@@ -10,6 +10,7 @@ import { callRefusedHint, createCallerSigner, type SignedValues } from '../../sr
 import { jsonAtMost } from '../../src/bounded-body';
 import { createBoundedStore, type BoundedStoreLimits } from '../shared/bounded-store';
 import { recordId } from '../shared/input-limits';
+import { isPlainText, PLAIN_TEXT_RULE } from '../../src/unicode-text';
 import { NOTIFICATION_POSTS } from '../notifications/callers';
 import { userRecordPath } from '../users/callers';
 import { callService, createServiceApp, identityOf, requestIdOf, requireOwner, ServiceError, validBody, validParam, validQuery, type Caller } from '../shared/service-app';
@@ -99,7 +100,7 @@ const orderPage = z.object({
 const newOrder = z.object({
   items: z
     // The sku bounded as sent, then trimmed: a trimmed string can be V8's view of the whole one it came from.
-    .array(z.object({ sku: z.string().max(64).trim().min(1), quantity: z.int().min(1).max(1000) }))
+    .array(z.object({ sku: z.string().max(64).trim().min(1).refine(isPlainText, PLAIN_TEXT_RULE), quantity: z.int().min(1).max(1000) }))
     .min(1)
     .max(100),
 });

@@ -7,7 +7,7 @@ import { callerId } from '../shared/input-limits';
 import { createServiceApp, requireCaller, ServiceError, USER_CHALLENGE, validBody, validParam } from '../shared/service-app';
 import { USER_SERVICE_CALLERS } from './callers';
 import { DuplicateEmailError, UserStore, UserStoreFullError } from './user-store';
-import { isIntactCredential } from '../../src/unicode-text';
+import { isIntactCredential, isPlainText, PLAIN_TEXT_RULE } from '../../src/unicode-text';
 
 export interface UsersAppOptions {
   logger: Logger;
@@ -35,7 +35,7 @@ const wellFormedPassword = z
 const registration = z.object({
   // Bounded as sent, then trimmed: bounded after the trim, a name padded with a megabyte of spaces was stored as the
   // trimmed view V8 keeps of the whole padded string (a sliced string), a megabyte per account.
-  name: z.string().max(100).trim().min(1),
+  name: z.string().max(100).trim().min(1).refine(isPlainText, PLAIN_TEXT_RULE),
   email: z.email().max(CREDENTIAL_LIMITS.emailMaxLength),
   password: wellFormedPassword.min(8, 'must be at least 8 characters'),
 });

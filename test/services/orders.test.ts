@@ -132,6 +132,9 @@ describe('order-service on its own', () => {
     { desc: 'a sku over 64 characters', body: JSON.stringify({ items: [{ sku: 's'.repeat(65), quantity: 1 }] }) },
     // Bounded after the trim, the stored sku was V8's view into the whole padded string: a megabyte kept per order.
     { desc: 'a sku over 64 characters as sent, though not once trimmed', body: JSON.stringify({ items: [{ sku: `${' '.repeat(10_000)}hammer`, quantity: 1 }] }) },
+    // Not plain text (src/unicode-text.ts isPlainText): controls, a bidirectional override, a lone surrogate, and U+FFFD,
+    // what the parser makes of bytes that are not UTF-8 (`caf\xE9` and `caf\xFF` were one SKU to the idempotency check).
+    ...['ham\u0000mer', 'ham\nmer', '\u202eremmah', 'ham\ud800', 'caf\ufffd'].map((sku) => ({ desc: `a sku of ${JSON.stringify(sku)}`, body: JSON.stringify({ items: [{ sku, quantity: 1 }] }) }) as { desc: string; body: string; contentType?: string; status?: number; code?: string }),
     { desc: 'a JSON array body', body: JSON.stringify([{ sku: 'hammer', quantity: 1 }]) },
     { desc: 'a non-JSON body (text/plain)', body: 'items=hammer', contentType: 'text/plain', status: 415, code: 'unsupported_media_type' },
   ])('refuses $desc with a problem (400 invalid_body unless said) before calling user-service', async ({ body, contentType, status = 400, code = 'invalid_body' }) => {
