@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { FIELD_NAME_TOKEN } from '../otel/wire-names';
 import { atMostEvery, type Logger } from '../otel/logger';
 import { PEER_CONFIRMATION_TIMEOUT_MS, type StaleResources } from './cache-invalidations';
+import { asciiContentDisposition } from './content-disposition-ascii';
 import type { GatewayConfig } from './config';
 import { DEFAULT_ROUTE_MAX_BYTES, retentionMs, type CachedResponse } from './response-cache';
 
@@ -21,6 +22,20 @@ export interface CacheKey {
   variant: string;
 }
 
+/**
+ * A stored copy's headers with its `Content-Disposition` in ASCII (asciiContentDisposition), as the proxy passes the
+ * field on: a copy stored by a gateway from before (a replica not yet upgraded, or an entry from before the upgrade)
+ * holds the service's raw bytes, which Node's http wrote as line breaks, and was served so on a hit.
+ */
+function withAsciiContentDisposition(headers: Record<string, string | string[]>): Record<string, string | string[]> {
+  for (const name in headers) {
+    if (name.length !== 19 || name.toLowerCase() !== 'content-disposition') continue;
+    const value = headers[name]!;
+    headers[name] = typeof value === 'string' ? asciiContentDisposition(value) : value.map(asciiContentDisposition);
+  }
+  return headers;
+}
+
 /** A header field value (no CR, LF or NUL) as a stored copy may carry it. */
 const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
 const headerValue = z.string().regex(HEADER_VALUE);
@@ -33,7 +48,7 @@ const seconds = z.number().finite().min(0);
  */
 const storedMeta = z.object({
   status: z.int().min(200).max(599),
-  headers: z.record(z.string().regex(FIELD_NAME_TOKEN), z.union([headerValue, z.array(headerValue)])),
+  headers: z.record(z.string().regex(FIELD_NAME_TOKEN), z.union([headerValue, z.array(headerValue)])).transform(withAsciiContentDisposition),
   storedAt: z.number().finite(),
   initialAgeSeconds: seconds,
   lifetimeSeconds: seconds,
