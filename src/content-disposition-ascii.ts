@@ -4,6 +4,9 @@ import contentDisposition, { parse as parseContentDisposition } from 'content-di
 // eslint-disable-next-line no-control-regex
 const NON_ASCII = /[^\x00-\x7f]/;
 
+/** A character no single byte stands for. */
+const PAST_LATIN1 = /[^\x00-\xff]/;
+
 /** Decodes bytes as UTF-8, refusing any that are not. */
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -31,8 +34,11 @@ export function asciiContentDisposition(value: string): string {
     const { type, parameters } = parseContentDisposition(value);
     const given = parameters.filename;
     if (given === undefined) return contentDisposition(undefined, { type });
-    // From `filename*` the parser decoded it already (RFC 8187); from a quoted `filename`, it is the service's bytes.
-    const name = /filename\*/i.test(value) ? given : fieldValueAsText(given);
+    // From a quoted `filename` it is the service's bytes, one character per byte; from `filename*` the parser decoded
+    // it already (RFC 8187), and a name with a character past U+00FF is such. One without that reads as UTF-8 bytes
+    // only if it holds text like `Ã©` (C3 A9 as characters): read so, it is `é`. (A look for `filename*` in the value
+    // found one quoted in another parameter, and left a raw UTF-8 name garbled.)
+    const name = PAST_LATIN1.test(given) ? given : fieldValueAsText(given);
     // eslint-disable-next-line no-control-regex
     return contentDisposition(name, { type, fallback: name.replace(/[^\x20-\x7e]/g, '?') });
   } catch {

@@ -10,6 +10,9 @@ describe('asciiContentDisposition', () => {
     ['a UTF-8 file name, as RFC 8187 with an ASCII fallback', `attachment; filename="${asReceived('čĊ.pdf')}"`, `attachment; filename="??.pdf"; filename*=UTF-8''%C4%8D%C4%8A.pdf`],
     ['an ISO-8859-1 file name (bytes that are not UTF-8), as the text it is', 'inline; filename="caf\xe9.txt"', `inline; filename="caf?.txt"; filename*=UTF-8''caf%C3%A9.txt`],
     ['a filename* beside a raw fallback, from the filename*', `attachment; filename="${asReceived('ü')}.pdf"; filename*=UTF-8''%E2%82%AC.pdf`, `attachment; filename="?.pdf"; filename*=UTF-8''%E2%82%AC.pdf`],
+    ['a filename* of Latin-1 letters (decoded already), as the text it is', `attachment; filename="${asReceived('é')}"; filename*=UTF-8''caf%C3%A9.txt`, `attachment; filename="caf?.txt"; filename*=UTF-8''caf%C3%A9.txt`],
+    // `filename*` quoted in another parameter is no filename* parameter: the raw name is still read as UTF-8.
+    ['a raw UTF-8 name beside a parameter quoting "filename*"', `attachment; note="filename*"; filename="${asReceived('čaj')}.pdf"`, `attachment; filename="?aj.pdf"; filename*=UTF-8''%C4%8Daj.pdf`],
     ['a type alone with a byte outside ASCII elsewhere, as percent-escapes', `attachment; note=${asReceived('é')}`, 'attachment; note=%C3%A9'],
     ['a value the parser refuses, as percent-escapes', `attachment; filename=${asReceived('č')}`, 'attachment; filename=%C4%8D'],
   ])('writes %s', (_desc, given, expected) => {
