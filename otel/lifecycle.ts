@@ -307,7 +307,7 @@ function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejecte
       traceresponse: traceresponseOf(span, ROOT_CONTEXT, true),
       record() {
         span.end();
-        const fields: AccessLine = { method: method ?? null, url: request?.url === undefined ? null : redactUrl(request.url), status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code, consumer_id: null, cache: null };
+        const fields: AccessLine = { method: method ?? null, url: request?.url === undefined ? null : redactUrl(loggedTarget(request.url)), status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code, consumer_id: null, cache: null };
         logLine(logger, 'warn', ACCESS_LINE_MESSAGE, fields, trace.setSpan(ROOT_CONTEXT, span));
         onRejected?.({ ...refused, requestId, spanContext: span.spanContext(), urlScheme });
       },
@@ -743,6 +743,11 @@ const SINGLE_LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
  */
 export function isScrapeHost(host: string | undefined): boolean {
   return isLocalHost(host) || SINGLE_LABEL.test(host!.toLowerCase().replace(/:\d*$/, ''));
+}
+
+/** A request target as the pipeline logs it: an absolute-form one as the origin-form target it stands for (its authority is the Host's). */
+function loggedTarget(target: string): string {
+  return target.charCodeAt(0) === 47 /* / */ ? target : (absoluteFormTarget(target)?.originForm ?? target);
 }
 
 /** `http://authority/path?query` (RFC 9112 3.2.2), split into the authority and the origin-form rest. */

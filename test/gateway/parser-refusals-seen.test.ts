@@ -213,6 +213,21 @@ describe('a body that breaks in the read that brought its head, its pipeline a t
 
   // Its head was parsed: the client's own id kept, as when its body comes in a later read and the pipeline answers
   // (an outside review found the id a client got decided by how its bytes fell into segments). Its path is logged.
+  it('logs an absolute-form target as the pipeline does: its origin form, the client-named authority left out', async () => {
+    const { logger, lines } = memoryLogger('gateway');
+    const config = testConfig({ users: 'http://127.0.0.1:9', orders: 'http://127.0.0.1:9', notifications: 'http://127.0.0.1:9' });
+    const app = createGateway(config, { logger });
+    const gateway = await runServer({ app: { callback: () => handleAfterTurn(app.callback()) }, name: 'gateway', port: 0, host: '127.0.0.1', logger, keepsInboundRequestId: true });
+    try {
+      const answer = await exchange(gateway.url, `POST http://evil.example/api/orders?key=kgw_secret HTTP/1.1\r\nHost: ${new URL(gateway.url).host}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabcd\r\n`);
+      expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+      await waitFor(() => lines.some((line) => line.message === ACCESS_LINE_MESSAGE), 'the access-log line');
+      expect(lines.find((line) => line.message === ACCESS_LINE_MESSAGE)!.url).toBe('/api/orders?key=REDACTED');
+    } finally {
+      await gateway.close();
+    }
+  });
+
   it.each<[string, boolean, string, (id: string) => boolean]>([
     ["keeps the client's well-formed X-Request-Id where the server keeps inbound ids (the gateway)", true, 'client-chunk-id', (id) => id === 'client-chunk-id'],
     ['mints one for an id that is not well formed', true, 'bad"id', (id) => /^[0-9a-f]{32}$/.test(id)],
