@@ -363,6 +363,8 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
       const status = (error as { status?: unknown }).status;
       // The parser refuses a `__proto__` key (prototype pollution) with a SyntaxError of its own: valid JSON, told so.
       if (error instanceof SyntaxError && error.message === RESERVED_KEY_REFUSAL) throw new ServiceError(400, 'invalid_body', 'The body names a reserved key (__proto__).');
+      // Valid JSON, but a bare value (`null`, `5`, `"x"`): the parser takes objects and arrays only, and said it was not JSON.
+      if (error instanceof SyntaxError && error.message === NOT_OBJECT_OR_ARRAY) throw new ServiceError(400, 'invalid_body', 'The body must be a JSON object.');
       if (error instanceof SyntaxError) throw new ServiceError(400, 'invalid_body', 'The body is not valid JSON.');
       if (typeof status === 'number') throw error;
       throw new ServiceError(400, 'bad_request', 'The body could not be decoded (its Content-Encoding does not match its bytes).');
@@ -385,6 +387,9 @@ export function createServiceApp(options: ServiceAppOptions): Koa {
 
 /** @hapi/bourne's refusal (under @koa/bodyparser) of a body naming `__proto__`. */
 const RESERVED_KEY_REFUSAL = 'Object contains forbidden prototype property';
+
+/** co-body's refusal (under @koa/bodyparser, strict) of a body that is JSON but neither an object nor an array. */
+const NOT_OBJECT_OR_ARRAY = 'invalid JSON, only supports object and array';
 
 /**
  * Calls another service with a deadline, passing the request id and the caller's identity on, signed for this

@@ -73,6 +73,17 @@ describe('user-service on its own', () => {
       expect(await userCount()).toBe(before);
     });
 
+    it.each([
+      ['null', 'The body must be a JSON object.'],
+      ['5', 'The body must be a JSON object.'],
+      ['"Dana"', 'The body must be a JSON object.'],
+      ['{"name": ', 'The body is not valid JSON.'],
+    ])('tells a bare JSON value (%s) from a body that is not JSON', async (body, detail) => {
+      const requestId = nextRequestId();
+      const problem = await expectProblem(await call('POST', '/users', { body, contentType: 'application/json', requestId }), 400, 'invalid_body', requestId);
+      expect(problem.detail).toBe(detail);
+    });
+
     it('registers a valid user as role user and answers 201 with the public profile', async () => {
       const response = await call('POST', '/users', { json: valid });
       expect(response.status).toBe(201);
