@@ -292,7 +292,7 @@ export const SIGNATURE_REFUSED_HINT =
 
 /** What a service's refusal of another service's signed call means, for that caller's log line. */
 export function callRefusedHint(variable: string, service: string, caller: string): string {
-  return `is ${variable} the key ${service} gives ${caller} (npm run service-key -- --caller ${caller} ${service}), and are the clocks apart?`;
+  return `is ${variable} the key ${service} gives ${caller} (npm run service-key -- --caller ${caller} ${service}), are the clocks apart, or is ${service} of a release before caller keys (it refuses by= signatures: update it before ${caller})?`;
 }
 
 /**

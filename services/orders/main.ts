@@ -9,6 +9,12 @@ void startService(
   (env, logger, { propagateTraceContextByHand }) => {
     // Its notifications go over gRPC when NOTIF_GRPC_SERVICE_URL is set: grpc-js's messages join the JSON log.
     if (env.NOTIF_GRPC_SERVICE_URL !== undefined) logGrpcMessages(logger);
+    // Production refuses to start without them (service-config.ts); elsewhere its calls go unsigned, which services
+    // holding a key refuse: every order then 502 (a compose .env from before the caller keys has none), said at start.
+    const unsigned = (['USER_SERVICE_SIGNING_KEY', 'NOTIF_SERVICE_SIGNING_KEY'] as const).filter((name) => env[name] === undefined);
+    if (unsigned.length > 0) {
+      logger.warn('calls to other services go unsigned: a service holding a signing key refuses them', { unset: unsigned, hint: 'npm run -s service-key -- --env --caller orders users notifications' });
+    }
     return createApp({
       logger,
       usersUrl: env.USER_SERVICE_URL,

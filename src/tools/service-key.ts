@@ -15,10 +15,13 @@ function main(argv: readonly string[], env: NodeJS.ProcessEnv): void {
   const callerAt = argv.indexOf('--caller');
   const caller = callerAt < 0 ? undefined : argv[callerAt + 1];
   const services = argv.filter((arg, index) => arg !== '--env' && (callerAt < 0 || (index !== callerAt && index !== callerAt + 1)));
-  if (argv.includes('--help') || argv.includes('-h') || services.length === 0) {
-    process.stdout.write('usage: GATEWAY_SIGNING_KEY=... service-key [--env] [--caller <service>] <service>...   (--env: NAME_SIGNING_KEY=key lines, one per service; --caller: the keys those services give that caller, CALLER_NAME_CALLER_KEY lines with --env)\n');
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(`${USAGE}\n`);
     return;
   }
+  // On stderr and failing: in `--from-literal=key="$(npm run -s service-key -- ...)"` a name left out made the usage
+  // text the key, which a service took (it is long enough) and then refused every signature with.
+  if (services.length === 0) throw new Error(`no service named\n${USAGE}`);
   const gatewayKey = env.GATEWAY_SIGNING_KEY;
   if (!gatewayKey) throw new Error('GATEWAY_SIGNING_KEY is not set: the service keys are derived from it');
   if (gatewayKey.length < SIGNING_KEY_MIN_LENGTH) throw new Error(`GATEWAY_SIGNING_KEY must be at least ${SIGNING_KEY_MIN_LENGTH} characters, as the gateway requires`);
@@ -35,6 +38,8 @@ function main(argv: readonly string[], env: NodeJS.ProcessEnv): void {
     process.stdout.write(asEnv ? `${name}=${key}\n` : `${key}\n`);
   }
 }
+
+const USAGE = 'usage: GATEWAY_SIGNING_KEY=... service-key [--env] [--caller <service>] <service>...   (--env: NAME_SIGNING_KEY=key lines, one per service; --caller: the keys those services give that caller, CALLER_NAME_CALLER_KEY lines with --env)';
 
 const ordinal = (n: number) => (n === 1 ? 'first' : n === 2 ? 'second' : n === 3 ? 'third' : `${n}th`);
 

@@ -9,6 +9,11 @@ describe('npm run service-key (dist/src/tools/service-key.js, built by npm test)
   const run = (args: string[], env: Record<string, string>) => promisify(execFile)(process.execPath, [tool, ...args], { env: { PATH: process.env.PATH ?? '', ...env } });
   const GATEWAY_KEY = 'a-gateway-signing-key-for-the-tool-0123456789';
 
+  it('prints its usage on stdout when asked (--help)', async () => {
+    const { stdout } = await run(['--help'], {});
+    expect(stdout).toMatch(/^usage: GATEWAY_SIGNING_KEY=\.\.\. service-key /);
+  });
+
   it("prints one service's key alone, as the gateway derives it", async () => {
     expect(existsSync(tool)).toBe(true);
     const { stdout } = await run(['users'], { GATEWAY_SIGNING_KEY: GATEWAY_KEY });
@@ -39,6 +44,9 @@ describe('npm run service-key (dist/src/tools/service-key.js, built by npm test)
 
   it.each<[string, string[], Record<string, string>, RegExp]>([
     ['with --caller and no name after it', ['users', '--caller'], { GATEWAY_SIGNING_KEY: GATEWAY_KEY }, /--caller needs the calling service's name/],
+    // In `--from-literal=users="$(...)"` the usage text on stdout with status 0 became the key.
+    ['with no service named', ['--caller', 'orders'], { GATEWAY_SIGNING_KEY: GATEWAY_KEY }, /no service named\nusage:/],
+    ['with no argument at all', [], { GATEWAY_SIGNING_KEY: GATEWAY_KEY }, /no service named/],
     ['with a key pasted as the caller, never echoing it', ['--caller', 'Secr3t+Key/With=Symbols', 'users'], { GATEWAY_SIGNING_KEY: GATEWAY_KEY }, /^service-key: --caller needs[^S]*$/],
     ['without the gateway key', ['users'], {}, /GATEWAY_SIGNING_KEY is not set/],
     ['with a gateway key shorter than the gateway takes', ['users'], { GATEWAY_SIGNING_KEY: 'short' }, /at least 32 characters/],
