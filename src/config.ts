@@ -750,13 +750,15 @@ function crossFieldRules(config: z.output<typeof configFields>, ctx: Pick<z.Refi
     ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'is a published secret: anyone could mint tokens with it', input: '(hidden)' });
   } else if (config.environment === 'production' && secret === undefined) {
     ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be set (JWT_SECRET) in production', input: undefined });
-  } else if (config.environment === 'production' && secret!.length < 32) {
-    ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be at least 32 characters in production', input: '(hidden)' });
-  } else if (config.environment === 'production') {
-    const secretProblem = keyMaterialProblem(secret!);
+  } else if (secret !== undefined && secret.length < 32) {
+    // In every mode, as the signing key: compose runs the gateway in development, where `JWT_SECRET=secret` started
+    // without a word and a token minted with it was admin on every route (an outside review). Unset, a random one.
+    ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: 'must be at least 32 characters (openssl rand -base64 48), or unset outside production for a random one', input: '(hidden)' });
+  } else if (secret !== undefined) {
+    const secretProblem = keyMaterialProblem(secret);
     if (secretProblem) ctx.addIssue({ code: 'custom', path: ['auth', 'secret'], message: secretProblem, input: '(hidden)' });
   }
-  const signingKeyProblem = config.environment === 'production' && config.proxy.signingKey !== undefined ? keyMaterialProblem(config.proxy.signingKey) : undefined;
+  const signingKeyProblem = config.proxy.signingKey !== undefined ? keyMaterialProblem(config.proxy.signingKey) : undefined;
   if (signingKeyProblem) ctx.addIssue({ code: 'custom', path: ['proxy', 'signingKey'], message: signingKeyProblem, input: '(hidden)' });
   // One key, one purpose (RFC 8725 3.5): as the JWT secret, the signing key (which services held before they had keys
   // of their own, and still do while a deployment moves off it) would let anyone who reads one service's environment

@@ -7,7 +7,7 @@ import { createGateway } from '../../src/gateway';
 import { CREDENTIALS_CHECK_PATH } from '../../src/middleware/login';
 import { listen, memoryLogger, type TestServer } from '../helpers/servers';
 import { login, registrationsSeen, startStack, type TestStack } from '../helpers/stack';
-import { routesWithOpenRegister, shippedConfigFile } from '../helpers/test-config';
+import { routesWithOpenRegister, shippedConfigFile, TEST_JWT_SECRET } from '../helpers/test-config';
 import { stalledUpload, tricklingUpload } from '../helpers/uploads';
 import { waitFor } from '../helpers/wait';
 
@@ -357,7 +357,7 @@ describe('client connections are bounded', () => {
   beforeAll(async () => {
     const file = shippedConfigFile();
     const { logger } = memoryLogger('gateway');
-    const config = parseConfig(file, { JWT_SECRET: 'x'.repeat(32) });
+    const config = parseConfig(file, { JWT_SECRET: TEST_JWT_SECRET });
     gateway = await runServer({ app: createGateway(config, { logger }), name: 'gateway', port: 0, host: '127.0.0.1', logger, maxConnections: 2 });
   });
   afterAll(() => gateway.close());

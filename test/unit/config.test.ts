@@ -30,7 +30,7 @@ describe('gateway config', () => {
   it('applies the tutorial gateway environment variables as overrides', () => {
     const config = parseConfig(shippedConfigFile(), {
       PORT: '8080',
-      JWT_SECRET: 's3cret',
+      JWT_SECRET: 'tutorial-secret-9f2c71d04e8b3a56',
       USER_SERVICE_URL: 'http://users:4001',
       ORDER_SERVICE_URL: 'http://orders:4002',
       NOTIF_SERVICE_URL: 'http://notifications:4003',
@@ -40,13 +40,13 @@ describe('gateway config', () => {
       JWT_ISSUER: 'me',
       JWT_AUDIENCE: 'you',
     });
-    expect(config).toMatchObject({ port: 8080, auth: { secret: 's3cret', issuer: 'me', audience: 'you' }, rateLimit: { max: 7, windowMs: 1000 }, proxy: { timeoutMs: 2500 } });
+    expect(config).toMatchObject({ port: 8080, auth: { secret: 'tutorial-secret-9f2c71d04e8b3a56', issuer: 'me', audience: 'you' }, rateLimit: { max: 7, windowMs: 1000 }, proxy: { timeoutMs: 2500 } });
     expect(config.services.users!.url).toBe('http://users:4001');
     expect(config.services.notifications!.url).toBe('http://notifications:4003');
   });
 
   it('takes secrets, issuers and audiences made only of digits as the text they are (they were refused as numbers)', () => {
-    const digits = '12345678901234567890123456789012';
+    const digits = '31415926535897932384626433832795';
     const config = parseConfig(shippedConfigFile(), { JWT_SECRET: digits, GATEWAY_SIGNING_KEY: `9${digits}`, JWT_ISSUER: '2026', JWT_AUDIENCE: '42' });
     expect(config.auth).toMatchObject({ secret: digits, issuer: '2026', audience: '42' });
     expect(config.proxy.signingKey).toBe(`9${digits}`);
@@ -71,6 +71,10 @@ describe('gateway config', () => {
     { desc: 'the formerly published development secret, even outside production', env: { JWT_SECRET: PUBLISHED_JWT_SECRETS[0]! }, message: /^config: JWT_SECRET \(auth\.secret\): is a published secret/ },
     { desc: 'the formerly published development secret in production', env: { NODE_ENV: 'production', JWT_SECRET: PUBLISHED_JWT_SECRETS[0]! }, message: /^config: JWT_SECRET \(auth\.secret\): is a published secret/ },
     { desc: 'production with a short secret', env: { NODE_ENV: 'production', JWT_SECRET: 'short' }, message: /^config: JWT_SECRET \(auth\.secret\): must be at least 32/ },
+    // Compose runs the gateway in development: `JWT_SECRET=secret` started silently, and a token minted with it was admin.
+    { desc: 'a short secret outside production', env: { JWT_SECRET: 'secret' }, message: /^config: JWT_SECRET \(auth\.secret\): must be at least 32 characters/ },
+    { desc: 'a secret of one repeated letter outside production', env: { JWT_SECRET: 'a'.repeat(40) }, message: /^config: JWT_SECRET \(auth\.secret\): is too regular to be a secret/ },
+    { desc: 'a signing key of a few repeated characters outside production', env: { JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: 'abc'.repeat(12) }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): is too regular/ },
     { desc: 'production with a secret of 32 spaces', env: { NODE_ENV: 'production', JWT_SECRET: ' '.repeat(32), GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY }, message: /^config: JWT_SECRET \(auth\.secret\): is too regular to be a secret/ },
     { desc: 'production with a secret of one repeated letter', env: { NODE_ENV: 'production', JWT_SECRET: 'a'.repeat(40), GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY }, message: /^config: JWT_SECRET \(auth\.secret\): is too regular to be a secret/ },
     { desc: 'production with a signing key of a few repeated characters', env: { NODE_ENV: 'production', JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: 'abc'.repeat(12) }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): is too regular to be a secret/ },
@@ -101,8 +105,8 @@ describe('gateway config', () => {
     // One key, one purpose: every service holds the signing key; as the JWT secret too, any of them could mint tokens.
     { desc: 'a signing key equal to the JWT secret', env: { JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: TEST_JWT_SECRET }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): must differ from auth\.secret(?!.*\(got )/ },
     // The same key but for a newline `echo` added to one of them: it passed, and every service could mint tokens.
-    { desc: 'a signing key equal to the JWT secret but for a trailing newline', env: { JWT_SECRET: `${TEST_JWT_SECRET}\n`, GATEWAY_SIGNING_KEY: TEST_JWT_SECRET }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): must differ from auth\.secret/ },
-    { desc: 'a signing key equal to the JWT secret but for blanks before it', env: { JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: ` \t${TEST_JWT_SECRET}` }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): must differ from auth\.secret/ },
+    { desc: 'a signing key equal to the JWT secret but for a trailing newline', env: { JWT_SECRET: `${TEST_JWT_SECRET}\n`, GATEWAY_SIGNING_KEY: TEST_JWT_SECRET }, message: /^config: (JWT_SECRET \(auth\.secret\): must not begin or end with blanks|GATEWAY_SIGNING_KEY \(proxy\.signingKey\): must differ from auth\.secret)/ },
+    { desc: 'a signing key equal to the JWT secret but for blanks before it', env: { JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: ` \t${TEST_JWT_SECRET}` }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): (must not begin or end with blanks|must differ from auth\.secret)/ },
     { desc: 'production with a secret ending in a newline', env: { NODE_ENV: 'production', JWT_SECRET: `${TEST_JWT_SECRET}\n`, GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY }, message: /^config: JWT_SECRET \(auth\.secret\): must not begin or end with blanks or a line break(?!.*\(got )/ },
     { desc: 'production with a signing key starting with a space', env: { NODE_ENV: 'production', JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: ` ${TEST_SIGNING_KEY}` }, message: /^config: GATEWAY_SIGNING_KEY \(proxy\.signingKey\): must not begin or end with blanks or a line break(?!.*\(got )/ },
     // Eight different characters, but one piece said four times: it passed the guessable rule.
