@@ -263,9 +263,11 @@ describe('the JWT secret', () => {
 
   it("creates every signing Secret with the README's commands, each service's key derived from the gateway's", () => {
     const readme = readText('README.md');
-    for (const secret of Object.values(SIGNING_SECRETS)) expect(readme).toMatch(new RegExp(`kubectl create secret generic ${secret} [^\n]*--from-literal=key=`));
+    for (const secret of Object.values(SIGNING_SECRETS)) expect(readme).toMatch(new RegExp(`kubectl create secret generic ${secret} [^\n]*--from-file=key=`));
+    // Never as an argument, which `ps` shows while kubectl runs.
+    expect(readme).not.toMatch(/kubectl create secret[^\n]*--from-literal/);
     // order-service's Secret holds the caller keys its Deployment reads, each from the tool's --caller.
-    for (const called of ['users', 'notifications']) expect(readme).toMatch(new RegExp(`kubectl create secret generic order-service-signing (?:[^\n]|\\\\\n)*--from-literal=${called}="\\$\\(GATEWAY_SIGNING_KEY="\\$GATEWAY_SIGNING_KEY" npm run -s service-key -- --caller orders ${called}\\)"`));
+    for (const called of ['users', 'notifications']) expect(readme).toMatch(new RegExp(`kubectl create secret generic order-service-signing (?:[^\n]|\\\\\n)*--from-file=${called}=<\\(npm run -s service-key -- --caller orders ${called} \\| tr -d '\\\\n'\\)`));
   });
 
   it('is never written as a value: no variable that looks like a credential has one', () => {
@@ -277,7 +279,7 @@ describe('the JWT secret', () => {
 
   it("is created by the README's command with the name and key the Deployment reads", () => {
     const readme = readText('README.md');
-    const command = /kubectl create secret generic (\S+)[^\n]*--from-literal=(\w+)=/.exec(readme);
+    const command = /kubectl create secret generic (\S+)[^\n]*--from-file=(\w+)=\/dev\/stdin/.exec(readme);
     expect(command).not.toBeNull();
     expect({ name: command![1], key: command![2] }).toEqual(envMap(container('gateway')).get('JWT_SECRET')?.valueFrom?.secretKeyRef);
   });
