@@ -307,7 +307,7 @@ function rejectionRecorder(tracer: Tracer, logger: Logger, onRejected: ((rejecte
       traceresponse: traceresponseOf(span, ROOT_CONTEXT, true),
       record() {
         span.end();
-        const fields: AccessLine = { method: method ?? null, url: request?.url === undefined ? null : redactUrl(loggedTarget(request.url)), status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code, consumer_id: null, cache: null };
+        const fields: AccessLine = { method: method ?? null, url: request?.url === undefined ? null : redactUrl(loggedTarget(request.url)), status, duration_ms: null, request_id: requestId, route: null, user_id: null, error_code: code, consumer_id: null, cache: null, client_address: socket.remoteAddress ?? null };
         logLine(logger, 'warn', ACCESS_LINE_MESSAGE, fields, trace.setSpan(ROOT_CONTEXT, span));
         onRejected?.({ ...refused, requestId, spanContext: span.spanContext(), urlScheme });
       },

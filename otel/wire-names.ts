@@ -442,7 +442,7 @@ export const ACCESS_LINE_MESSAGE = 'request completed';
  * or Node's parser refused it before the pipeline saw it (otel/lifecycle.ts): one shape, so a query or a
  * dashboard over either finds the same keys (null where a request has no value).
  */
-export const ACCESS_LINE_FIELDS = ['method', 'url', 'status', 'duration_ms', 'request_id', 'route', 'user_id', 'error_code', LOG_FIELD.consumerId, LOG_FIELD.cache] as const;
+export const ACCESS_LINE_FIELDS = ['method', 'url', 'status', 'duration_ms', 'request_id', 'route', 'user_id', 'error_code', LOG_FIELD.consumerId, LOG_FIELD.cache, 'client_address'] as const;
 export type AccessLine = { [Field in (typeof ACCESS_LINE_FIELDS)[number]]: Field extends 'status' ? number : Field extends 'duration_ms' ? number | null : string | null };
 
 /** `service.name` of each process: in spans, in logs and in the collector's labels. */

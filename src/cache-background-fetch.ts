@@ -197,6 +197,8 @@ export function createBackgroundFetches(options: BackgroundFetchOptions): Backgr
           consumer_id: trigger.state.consumer?.id ?? null,
           // The service's 304 confirmed the copy (handed to the cache, nothing sent), or it answered anew.
           cache: outcome.ok && !res.headersSent ? 'revalidated' : 'miss',
+          // The gateway's own request, no client's.
+          client_address: null,
         };
         logLine(logger, outcome.ok ? 'info' : 'warn', BACKGROUND_FETCH_MESSAGE, entry, fetchContext);
         span.end();

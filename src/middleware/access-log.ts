@@ -43,6 +43,9 @@ export function createAccessLog(options: AccessLogOptions): Middleware {
         error_code: state.errorCode ?? null,
         consumer_id: state.consumer?.id ?? null,
         cache: state.cache ?? null,
+        // The span's `client.address` (a trusted proxy's client, else the peer): a flood of 401s or 429s whose spans
+        // were sampled out could not be told apart by source from the log alone (an outside review).
+        client_address: ctx.ip || null,
       };
       // A response that failed after it started (its status may be 200) failed all the same; a 5xx the request
       // itself brought about (an unknown method) is the client's doing, as over HTTP/1.1's parser (otel/lifecycle.ts).

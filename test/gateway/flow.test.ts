@@ -127,7 +127,8 @@ describe('the classic flow through the gateway', () => {
     await waitFor(() => accessLines().length > 0, 'the access-log line');
     const lines = accessLines();
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatchObject({ method: 'GET', status: 200, route: 'users', user_id: '1', url: '/api/users/1?access_token=REDACTED', 'service.name': 'gateway' });
+    // With the client's address, as the span's client.address: a flood's source is in the log whatever was sampled.
+    expect(lines[0]).toMatchObject({ method: 'GET', status: 200, route: 'users', user_id: '1', url: '/api/users/1?access_token=REDACTED', 'service.name': 'gateway', client_address: '127.0.0.1' });
     expect(typeof lines[0]!.duration_ms).toBe('number');
     // The one shape of every access line (the parser's refusals log it too: test/gateway/parser-refusals-seen.test.ts).
     expect(Object.keys(lines[0]!)).toEqual(expect.arrayContaining([...ACCESS_LINE_FIELDS]));

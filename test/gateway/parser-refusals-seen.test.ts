@@ -85,7 +85,7 @@ describe('requests the HTTP parser refuses are seen', () => {
 
     await waitFor(() => lines.some((line) => line.message === 'request completed' && line.request_id === requestId), 'the access-log line');
     const logged = lines.filter((line) => line.message === 'request completed' && line.request_id === requestId);
-    expect(logged).toEqual([expect.objectContaining({ status, error_code: code, level: 'warn' })]);
+    expect(logged).toEqual([expect.objectContaining({ status, error_code: code, level: 'warn', client_address: '127.0.0.1' })]);
     // The same keys as the pipeline's access lines (null where the refused request has none).
     expect(Object.keys(logged[0]!)).toEqual(expect.arrayContaining([...ACCESS_LINE_FIELDS]));
     const spans = tracing.spans().filter((span) => span.attributes[ATTR.requestId] === requestId);
