@@ -17,6 +17,7 @@ import { cacheKey, currentAge, hasValidator, isFresh, mayRevalidateInBackground,
 import type { Revalidation } from '../response-cache';
 import type { CacheKey, FetchStart, ResponseStore } from '../response-store';
 import type { RouteTable } from '../routes';
+import { responseClosed } from '../response-closed';
 import { endToEndHeaders, forwardedHost, forwardsAuthorization, varyOf, type UnderscoreHeaderPolicy } from '../upstream-headers';
 
 export interface ResponseCacheOptions {
@@ -85,7 +86,11 @@ function underscoreTwins(headers: IncomingHttpHeaders): Set<string> | undefined 
 }
 
 /** How a fetch other requests waited for ended: with the service's answer (used or not), or without one. */
-type FetchOutcome = 'answered' | 'failed';
+/**
+ * How a fetch its waiters waited for ended: the service's answer went out (and was stored, or not); no answer went out
+ * (an error, a stale stand-in); or its client left before any answer, the exchange given up for it (`abandoned`).
+ */
+type FetchOutcome = 'answered' | 'failed' | 'abandoned';
 
 /**
  * Failures after which a write may still have been done by the service: it timed out or the connection failed
@@ -538,12 +543,12 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       return true;
     };
     if (answeredStale(entry)) return;
-    const pending = inFlight.get(flightKey);
-    if (pending) {
+    let pending = inFlight.get(flightKey);
+    const waitSince = performance.now();
+    while (pending) {
       // Another request is fetching this very answer: wait for it rather than asking the service again. Its answer
       // is read from the store, which keeps none a write invalidated after that fetch started.
       logger.debug('response cache: waiting for a fetch in flight', { route: route.name });
-      const waitSince = performance.now();
       // Its deadline counts from here only when the fetch it waited for failed (nginx's proxy_cache_lock_timeout
       // bounds the wait alone): one the service answered in time, but with nothing this request can use (another
       // Vary variant, an answer not stored), leaves it a whole exchange of its own, or a healthy service answering
@@ -551,8 +556,8 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       // Bounded (cache.lockTimeoutMs, nginx's proxy_cache_lock_timeout): a fetch that answers at once but streams for
       // minutes (a feed, a long export) is over only at its end, and every miss of the key waited that long for its
       // first byte, then fetched on its own for a whole deadline more. Past the bound the waiter fetches its own answer.
-      const outcome = await atMost(pending.done, options.lockTimeoutMs);
-      if (outcome === 'failed') ctx.state.upstreamWaitSince = waitSince;
+      const outcome = await atMost(pending.done, Math.max(0, waitSince + options.lockTimeoutMs - performance.now()));
+      if (outcome === 'failed' || outcome === 'abandoned') ctx.state.upstreamWaitSince = waitSince;
       // Read again, with no fallback to the copy read before the wait: a write while it lasted dropped that copy, and
       // it was refreshed by this HEAD's 200 or served as a stale stand-in for this request's own error.
       entry = await lookup();
@@ -560,6 +565,11 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       // A copy stale as it was stored (the service took longer than its max-age) answers within stale-while-revalidate
       // as before the wait: each waiter went to the service again, twice the wait for a copy it could have had.
       if (answeredStale(entry)) return;
+      // The fetch was given up because its client left: the first waiter back fetches in its place (it finds no fetch
+      // under way and starts one, in the same turn), and the others wait for that one, within what is left of the
+      // bound. Each went to the service on its own: one client's reset of its stream let 59 waiters through at once
+      // (an outside review; nginx's proxy_cache_lock hands the lock on likewise).
+      pending = outcome === 'abandoned' ? inFlight.get(flightKey) : undefined;
     }
 
     if (onlyIfCached) {
@@ -688,7 +698,7 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       throw error;
     } finally {
       // No answer of the service's went out (an error, a stale stand-in): the fetch its waiters waited for failed.
-      release(ctx.res.headersSent ? 'answered' : 'failed');
+      release(ctx.res.headersSent ? 'answered' : responseClosed(ctx) ? 'abandoned' : 'failed');
       counters.get(route.name)?.[ctx.state.cache!]?.inc();
       // The proxy returns once its exchange is over, so the answer is handed to the store (stored) or never will be.
       void stored().then(fetchEnded, fetchEnded);

@@ -672,6 +672,31 @@ describe('response cache', () => {
     expect(new Set(done.map((reply) => reply.text)).size).toBe(1);
   });
 
+  // The fetch waited for was given up when its client left (a reset stream, a closed connection): each waiter went to
+  // the service on its own, so one client's reset undid the lock for every request of the key (an outside review: 59
+  // fetches at once). One waiter fetches in its place, the others wait for it.
+  it('hands the fetch on to one waiter when the client whose request fetched leaves', async () => {
+    const path = fresh('/api/open', 'gate=1&cc=max-age%3D60');
+    const waiting = () => stack.gatewayLogs.filter((line) => line.message === 'response cache: waiting for a fetch in flight').length;
+    const { port } = new URL(stack.gateway.url);
+    // The same Host as the others' (part of the key).
+    const leaving = net.connect(Number(port), '127.0.0.1', () => leaving.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`));
+    leaving.on('error', () => undefined);
+    await waitFor(() => hitsFor(path) === 1, 'the first request at the service');
+    const before = waiting();
+    const replies = Promise.all(Array.from({ length: 4 }, () => send(stack.gateway.url, path)));
+    // Seen before it is awaited: a rejection (the stack closed under a failed wait) must fail this test, not the run.
+    replies.catch(() => undefined);
+    await waitFor(() => waiting() - before === 4, 'four requests waiting for it');
+    leaving.destroy();
+    // One waiter takes its place at the service; the three others wait again, for it.
+    await waitFor(() => hitsFor(path) === 2 && waiting() - before === 7, 'one new fetch, three waiting for it');
+    service.release();
+    const done = await replies;
+    expect(hitsFor(path)).toBe(2);
+    expect(done.map((reply) => reply.headers['x-cache']).sort()).toEqual(['HIT', 'HIT', 'HIT', 'MISS']);
+  });
+
   it.each([
     { desc: 'no-store', query: 'cc=no-store', atOnce: 5 },
     { desc: 'private', query: 'cc=private', atOnce: 5 },
