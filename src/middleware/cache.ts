@@ -278,9 +278,13 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
     // deploy's old replicas still write them): every caller got the identity and signature a service echoed.
     for (const name in headers) if (isGatewayOwnedHeader(name)) delete headers[name];
     if (ctx.state.corsApplied) {
-      // As the proxy does: the gateway's CORS policy, not the service's, with Vary keeping Origin.
+      // As the proxy does: the gateway's CORS policy, not the service's.
       for (const name of Object.keys(headers)) if (name.startsWith('access-control-')) delete headers[name];
-      const vary = varyOf(ctx.response.get('vary'), entry.headers.vary);
+    }
+    // As the proxy does: Vary keeps the names the gateway's answer varies on (Origin for CORS, the route's varyHeaders).
+    const gatewayVary = ctx.response.get('vary');
+    if (gatewayVary !== '') {
+      const vary = varyOf(gatewayVary, entry.headers.vary);
       if (vary) headers.vary = vary;
     }
     rules?.response?.(headers, ctx);
@@ -468,6 +472,9 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       if (onlyIfCached) throw notCached();
       return invalidatingWrite(ctx, next, route, writtenResources(route, upstreamTarget));
     }
+    // The copies are told apart by the route's varyHeaders: so must a cache in front be (a CDN, a browser), or it gave
+    // the `fr` answer to `en` clients (an outside review). Named in Vary on every answer, stored or not.
+    if (policy.varyHeaders.length > 0) ctx.vary(policy.varyHeaders);
     const forwardedCredential = route.forwardAuthorization && headers[HEADER.authorization] !== undefined && !ctx.state.user && !ctx.state.consumer;
     // Under `headersWithUnderscores: allow`, `accept_language` (and `accept.language`) reaches the service, which may
     // answer by it as by Accept-Language. How a server merges the spellings (first, last, joined) is its own, so a request with a look-alike

@@ -1099,13 +1099,15 @@ const SIGNATURE_REFUSED = "a 401 refusing the gateway's signature";
  * owns on the way in (`x-user-*`, `x-gateway-*`, `x-consumer-*`): a service that echoes its request's headers (a
  * debug endpoint, an error page listing them) handed the client the identity the gateway vouched for and its live
  * `X-Gateway-Signature`, and a shared cached copy handed them to every caller. They take precedence over headers
- * the gateway set earlier, except CORS: with a gateway policy, the service's `Access-Control-*` are dropped and
- * `Vary` keeps Origin beside whatever the service varies on.
+ * the gateway set earlier, except CORS (with a gateway policy, the service's `Access-Control-*` are dropped) and
+ * `Vary`, which keeps what the gateway set (Origin, a cached route's varyHeaders) beside whatever the service varies on.
  */
 function responseHeaders(source: http.IncomingHttpHeaders, res: http.ServerResponse, corsApplied: boolean): http.OutgoingHttpHeaders {
   const headers: http.OutgoingHttpHeaders = endToEndHeaders(source, corsApplied ? isGatewayOwnedOrCors : isGatewayOwnedHeader);
-  if (corsApplied) {
-    const vary = varyOf(res.getHeader('vary'), source.vary);
+  // Vary keeps what the gateway's answer varies on (Origin for CORS, a cached route's varyHeaders) beside the service's.
+  const gatewayVary = res.getHeader('vary');
+  if (gatewayVary !== undefined) {
+    const vary = varyOf(gatewayVary, source.vary);
     if (vary) headers.vary = vary;
   }
   return headers;

@@ -494,6 +494,18 @@ describe('response cache', () => {
     expect([alike.headers['x-cache'], alike.json.lang]).toEqual(['HIT', null]);
   });
 
+  // Kept apart here by the route's varyHeaders, the copies were not told apart for a cache in front: a CDN or browser
+  // honouring `public, max-age` gave the French answer to English clients (an outside review).
+  it.each([
+    { desc: 'the route\'s varyHeaders alone', query: 'cc=public,max-age%3D60', vary: 'accept-language' },
+    { desc: 'the route\'s varyHeaders beside the service\'s Vary', query: 'cc=public,max-age%3D60&vary=X-Device', vary: 'accept-language, X-Device' },
+  ])('names $desc in Vary on every answer, stored or not', async ({ query, vary }) => {
+    const path = fresh('/api/open', query);
+    const replies = [await send(stack.gateway.url, path, { 'accept-language': 'fr' }), await send(stack.gateway.url, path, { 'accept-language': 'fr' }), await send(stack.gateway.url, path, { 'accept-language': 'fr', range: 'bytes=0-1' })];
+    expect(replies.map((reply) => reply.headers['x-cache'])).toEqual(['MISS', 'HIT', 'BYPASS']);
+    for (const reply of replies) expect(reply.headers.vary).toBe(vary);
+  });
+
   it('keeps one copy for the spellings of one origin (Host case, the scheme\'s default port), and another for another port', async () => {
     const path = fresh('/api/open', 'cc=max-age%3D60');
     const stored = await send(stack.gateway.url, path, { host: 'Shop.Example:80' });
