@@ -94,24 +94,26 @@ export function loadServiceEnv<K extends ServiceKey>(service: K, env: Record<str
     throw new Error(`config: ${name}: ${issue.message}${got}`);
   }
   const production = result.data.NODE_ENV === 'production';
-  if (production) productionKey('GATEWAY_SIGNING_KEY', result.data.GATEWAY_SIGNING_KEY, 'without it anyone who reaches this service can claim any identity');
+  // A key that is set is key material in every mode (compose runs the services in development, where `a` x 32 was
+  // taken); only its being set is production's own rule, as the gateway has it.
+  checkedKey('GATEWAY_SIGNING_KEY', result.data.GATEWAY_SIGNING_KEY, production ? 'without it anyone who reaches this service can claim any identity' : undefined);
   if (result.data.GATEWAY_SIGNING_KEY_ACCEPTED !== undefined) {
     // Believed beside no key of its own, anyone could claim any identity without a signature.
     if (result.data.GATEWAY_SIGNING_KEY === undefined) throw new Error('config: GATEWAY_SIGNING_KEY_ACCEPTED: needs GATEWAY_SIGNING_KEY (it is accepted beside that key, never instead of it)');
-    if (production) productionKey('GATEWAY_SIGNING_KEY_ACCEPTED', result.data.GATEWAY_SIGNING_KEY_ACCEPTED);
+    checkedKey('GATEWAY_SIGNING_KEY_ACCEPTED', result.data.GATEWAY_SIGNING_KEY_ACCEPTED);
   }
   for (const name of CALLED_SERVICE_KEYS) {
     // Unsigned, its calls would be refused by services that check signatures, as production's all do.
-    if (production && name in SCHEMAS[service].shape) productionKey(name, (result.data as Record<string, unknown>)[name] as string | undefined, 'the service it names refuses calls it cannot verify');
+    if (name in SCHEMAS[service].shape) checkedKey(name, (result.data as Record<string, unknown>)[name] as string | undefined, production ? 'the service it names refuses calls it cannot verify' : undefined);
   }
   return result.data as ServiceEnv<K>;
 }
 
 /**
- * A key in production: refused when it is not key material (keyMaterialProblem, as the gateway's), and, when
- * `required` says why it must be, when it is unset. Never echoed.
+ * A key: refused when it is not key material (keyMaterialProblem, as the gateway's), and, when `required` says why
+ * it must be (production), when it is unset. Never echoed.
  */
-function productionKey(name: string, key: string | undefined, required?: string): void {
+function checkedKey(name: string, key: string | undefined, required?: string): void {
   if (key === undefined) {
     if (required !== undefined) throw new Error(`config: ${name}: must be set in production: ${required}`);
     return;

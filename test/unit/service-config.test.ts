@@ -39,6 +39,15 @@ describe("order-service's keys of the services it calls", () => {
     expect([env.USER_SERVICE_SIGNING_KEY, env.NOTIF_SERVICE_SIGNING_KEY]).toEqual([undefined, undefined]);
   });
 
+  // Compose runs the services in development: `a` x 32 was taken there (an outside review), where the gateway refuses it.
+  it.each([
+    ['GATEWAY_SIGNING_KEY', { GATEWAY_SIGNING_KEY: 'a'.repeat(32) }],
+    ['GATEWAY_SIGNING_KEY_ACCEPTED', { GATEWAY_SIGNING_KEY: key(), GATEWAY_SIGNING_KEY_ACCEPTED: '01234567'.repeat(4) }],
+    ['USER_SERVICE_SIGNING_KEY', { USER_SERVICE_SIGNING_KEY: `${key()}\n` }],
+  ])('refuses a %s that is not key material outside production too', (name, env) => {
+    expect(() => loadServiceEnv('orders', env)).toThrow(new RegExp(`^config: ${name}: (is too regular|must not begin or end)`));
+  });
+
   it('is read by order-service alone', () => {
     expect(loadServiceEnv('users', { NODE_ENV: 'production', GATEWAY_SIGNING_KEY: own, USER_SERVICE_SIGNING_KEY: own })).not.toHaveProperty('USER_SERVICE_SIGNING_KEY');
   });
