@@ -1,4 +1,5 @@
 import type { Logger } from '../otel/logger';
+import { redactUrl } from '../otel/redact-url';
 import type { GatewayConfig } from './config';
 
 /** Logged by the gateway at start (by the primary of a cluster), and again after each reload that changed the config. */
@@ -13,7 +14,7 @@ export function startupWarnings(config: GatewayConfig, logger: Logger): void {
   }
   // Refused in production (config.ts); elsewhere the keys every token is checked with can be replaced on the way.
   if (config.auth.jwks !== undefined && URL.canParse(config.auth.jwks.url) && new URL(config.auth.jwks.url).protocol === 'http:') {
-    logger.warn('auth.jwks.url is plain http: the keys every token is checked with can be replaced on the way, and with them any token (production refuses it).', { jwks_url: config.auth.jwks.url });
+    logger.warn('auth.jwks.url is plain http: the keys every token is checked with can be replaced on the way, and with them any token (production refuses it).', { jwks_url: redactUrl(config.auth.jwks.url) });
   }
   if (config.environment === 'production' && config.allowedHosts === undefined) {
     logger.warn('allowedHosts is not set: any Host a client sends reaches the services as X-Forwarded-Host. Set ALLOWED_HOSTS to the names this gateway serves.');

@@ -32,6 +32,10 @@ describe('start-up warnings about configurations that are allowed but open', () 
     const jwks = (url: string) => ({ auth: { jwks: { url, issuer: 'https://idp.example.com/', audience: 'koa-gateway' } } });
     expect(warningsFor(jwks('http://idp.example.com/.well-known/jwks.json'))).toEqual([expect.stringMatching(/^auth\.jwks\.url is plain http/)]);
     expect(warningsFor(jwks('https://idp.example.com/.well-known/jwks.json'))).toEqual([]);
+    // A credential in its query is not written to the log (as the key fetch's own lines redact it).
+    const { logger, lines } = memoryLogger('gateway');
+    startupWarnings(parseConfig({ ...shippedConfigFile(), ...jwks('http://idp.example.com/jwks?api_key=SUPERSECRET123') }, { JWT_SECRET: TEST_JWT_SECRET, GATEWAY_SIGNING_KEY: TEST_SIGNING_KEY }), logger);
+    expect(JSON.stringify(lines)).not.toContain('SUPERSECRET123');
   });
 
   it('warns when every peer may set X-Forwarded-For (trustProxy without trustedProxies), not when proxies are listed', () => {
