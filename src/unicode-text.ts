@@ -23,9 +23,16 @@ export function isIntactCredential(text: string): boolean {
   return isWellFormedText(text) && !text.includes(REPLACEMENT_CHARACTER);
 }
 
-/** Control characters (C0, DEL, C1) and the bidirectional controls (embeddings, overrides, isolates, marks). */
+/**
+ * What no name or SKU holds: control characters (C0, DEL, C1); the bidirectional controls (embeddings, overrides,
+ * isolates, marks); the line and paragraph separators (U+2028, U+2029: line breaks to whatever prints them); and the
+ * invisible format characters that make `Admin` look-alikes or names that show as nothing (zero-width space, word
+ * joiner and the invisible operators, the byte-order mark, the soft hyphen, the interlinear annotation marks), and
+ * noncharacters. Not the zero-width (non-)joiner (U+200C, U+200D: Persian, Indic scripts, emoji sequences), nor
+ * variation selectors or tag characters (emoji presentation, subdivision flags).
+ */
 // eslint-disable-next-line no-control-regex
-const CONTROL_OR_BIDI = /[\p{Cc}\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/u;
+const CONTROL_OR_BIDI = /[\p{Cc}\p{Zl}\p{Zp}\u00ad\u061c\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\ufff9-\ufffb\ufdd0-\ufdef\ufffe\uffff]/u;
 
 /**
  * Whether a short text a person sees (a name, a SKU) is plain text as sent: intact (isIntactCredential: no U+FFFD
