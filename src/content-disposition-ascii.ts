@@ -4,8 +4,20 @@ import contentDisposition, { parse as parseContentDisposition } from 'content-di
 // eslint-disable-next-line no-control-regex
 const NON_ASCII = /[^\x00-\x7f]/;
 
-/** A character no single byte stands for. */
-const PAST_LATIN1 = /[^\x00-\xff]/;
+/** A disposition's type, then one parameter after another: the grammar of the `content-disposition` parser's own (RFC 6266). */
+const DISPOSITION_TYPE = /^[!#$%&'*+.0-9A-Z^_`a-z|~-]+[\t ]*(?:$|;)/;
+// eslint-disable-next-line no-control-regex
+const PARAMETER = /;[\t ]*([!#$%&'*+.0-9A-Z^_`a-z|~-]+)[\t ]*=[\t ]*("(?:[\x20!\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\x20-\x7e])*"|[!#$%&'*+.0-9A-Z^_`a-z|~-]+)[\t ]*/y;
+
+/** The names of a value's parameters, lower case, as the parser read them (a value it took: parsed already). */
+function parameterNames(value: string): string[] {
+  const type = DISPOSITION_TYPE.exec(value);
+  if (!type) return [];
+  const names: string[] = [];
+  PARAMETER.lastIndex = type[0].endsWith(';') ? type[0].length - 1 : type[0].length;
+  for (let match = PARAMETER.exec(value); match; match = PARAMETER.exec(value)) names.push(match[1]!.toLowerCase());
+  return names;
+}
 
 /** Decodes bytes as UTF-8, refusing any that are not. */
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
@@ -34,11 +46,11 @@ export function asciiContentDisposition(value: string): string {
     const { type, parameters } = parseContentDisposition(value);
     const given = parameters.filename;
     if (given === undefined) return contentDisposition(undefined, { type });
-    // From a quoted `filename` it is the service's bytes, one character per byte; from `filename*` the parser decoded
-    // it already (RFC 8187), and a name with a character past U+00FF is such. One without that reads as UTF-8 bytes
-    // only if it holds text like `Ã©` (C3 A9 as characters): read so, it is `é`. (A look for `filename*` in the value
-    // found one quoted in another parameter, and left a raw UTF-8 name garbled.)
-    const name = PAST_LATIN1.test(given) ? given : fieldValueAsText(given);
+    // From `filename*` the parser decoded it already (RFC 8187); from a quoted `filename` it is the service's bytes,
+    // one character per byte. Told by the parameters the value has (a look for `filename*` anywhere in it found one
+    // quoted in another parameter, and left a raw UTF-8 name garbled; one by the name's characters took a decoded
+    // `Ã©` for the bytes of `é`).
+    const name = parameterNames(value).includes('filename*') ? given : fieldValueAsText(given);
     // eslint-disable-next-line no-control-regex
     return contentDisposition(name, { type, fallback: name.replace(/[^\x20-\x7e]/g, '?') });
   } catch {

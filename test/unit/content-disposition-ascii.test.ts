@@ -12,6 +12,8 @@ describe('asciiContentDisposition', () => {
     ['a filename* beside a raw fallback, from the filename*', `attachment; filename="${asReceived('ü')}.pdf"; filename*=UTF-8''%E2%82%AC.pdf`, `attachment; filename="?.pdf"; filename*=UTF-8''%E2%82%AC.pdf`],
     ['a filename* of Latin-1 letters (decoded already), as the text it is', `attachment; filename="${asReceived('é')}"; filename*=UTF-8''caf%C3%A9.txt`, `attachment; filename="caf?.txt"; filename*=UTF-8''caf%C3%A9.txt`],
     // `filename*` quoted in another parameter is no filename* parameter: the raw name is still read as UTF-8.
+    // Decoded from filename*, `Ã©` is what the service named (not the bytes of `é`).
+    ['a filename* whose name reads like UTF-8 bytes, as it is', `attachment; filename*=UTF-8''%C3%83%C2%A9.pdf; x="${asReceived('é')}"`, `attachment; filename="??.pdf"; filename*=UTF-8''%C3%83%C2%A9.pdf`],
     ['a raw UTF-8 name beside a parameter quoting "filename*"', `attachment; note="filename*"; filename="${asReceived('čaj')}.pdf"`, `attachment; filename="?aj.pdf"; filename*=UTF-8''%C4%8Daj.pdf`],
     ['a type alone with a byte outside ASCII elsewhere, as percent-escapes', `attachment; note=${asReceived('é')}`, 'attachment; note=%C3%A9'],
     ['a value the parser refuses, as percent-escapes', `attachment; filename=${asReceived('č')}`, 'attachment; filename=%C4%8D'],
