@@ -123,9 +123,14 @@ export function isGatewayError(error: unknown): error is GatewayError {
  * the error (V8: `Unexpected token 'B', ..."password":Builder-20"... is not valid JSON`), and no part of a body is
  * ever echoed (it may hold a secret, or a log-injection payload). Nor is the parser's error kept as the cause.
  */
-export function invalidJsonBody(): GatewayError {
+export function invalidJsonBody(parserError?: unknown): GatewayError {
+  // Valid JSON all the same, but a bare value (`null`, `5`): the parser (co-body, strict) takes objects and arrays only.
+  if (parserError instanceof SyntaxError && parserError.message === NOT_OBJECT_OR_ARRAY) return new GatewayError('invalid_body', 'The request body must be a JSON object.');
   return new GatewayError('invalid_body', 'The request body is not valid JSON.');
 }
+
+/** co-body's refusal (under the body parsers, strict) of a body that is JSON but neither an object nor an array. */
+const NOT_OBJECT_OR_ARRAY = 'invalid JSON, only supports object and array';
 
 /** Koa and its middleware (body parser, router) throw `http-errors`; they carry `status` and `expose`. */
 interface HttpErrorLike {

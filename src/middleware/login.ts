@@ -292,7 +292,7 @@ export function createLogin(options: LoginOptions): Middleware[] {
       await readWithinRate(ctx.req, options.bodyRate, () => parseJson(ctx, async () => {}));
     } catch (error) {
       // Bad JSON is a SyntaxError (with status 400) whose message quotes the body, password included.
-      if (error instanceof SyntaxError) throw invalidJsonBody();
+      if (error instanceof SyntaxError) throw invalidJsonBody(error);
       if (isGatewayError(error)) throw error;
       // The parser's other refusals carry a 4xx status (413, 415). A body whose gzip, deflate or br encoding is
       // corrupt fails in zlib with none, which would read as the gateway's own 500. Either way the parser stopped

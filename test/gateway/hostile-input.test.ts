@@ -784,6 +784,15 @@ describe('hostile input at the gateway', () => {
       await expectStillServing();
     });
 
+    it.each([
+      ['null', 'The request body must be a JSON object.'],
+      ['5', 'The request body must be a JSON object.'],
+      ['{"email": ', 'The request body is not valid JSON.'],
+    ])('tells a bare JSON value (%s) from a login body that is not JSON', async (body, detail) => {
+      const reply = await send(url, '/api/auth/login', { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      expect(expectProblem(reply, 400, 'invalid_body').detail).toBe(detail);
+    });
+
     it.each(['UTF-8', 'US-ASCII'])('takes a login body whose charset is %s (UTF-8 or a subset of it), in any case', async (charset) => {
       const reply = await send(url, '/api/auth/login', { method: 'POST', headers: { 'content-type': `application/json; charset=${charset}` }, body: JSON.stringify({ email: 'alice@example.com', password: 'wonderland' }) });
       expect(reply.status).toBe(200);
