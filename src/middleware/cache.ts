@@ -564,7 +564,10 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       // minutes (a feed, a long export) is over only at its end, and every miss of the key waited that long for its
       // first byte, then fetched on its own for a whole deadline more. Past the bound the waiter fetches its own answer.
       const outcome = await atMost(pending.done, Math.max(0, waitSince + options.lockTimeoutMs - performance.now()));
-      if (outcome === 'failed' || outcome === 'abandoned') ctx.state.upstreamWaitSince = waitSince;
+      // Not when the fetch was given up for its client: the service did not fail, and the waiter that takes it over
+      // gets a whole deadline (its wait was bounded already); counted from the wait, it and every waiter behind it
+      // were 504 from a healthy service (a review).
+      if (outcome === 'failed') ctx.state.upstreamWaitSince = waitSince;
       // Read again, with no fallback to the copy read before the wait: a write while it lasted dropped that copy, and
       // it was refreshed by this HEAD's 200 or served as a stale stand-in for this request's own error.
       entry = await lookup();
@@ -704,8 +707,12 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       }
       throw error;
     } finally {
-      // No answer of the service's went out (an error, a stale stand-in): the fetch its waiters waited for failed.
-      release(ctx.res.headersSent ? 'answered' : responseClosed(ctx) ? 'abandoned' : 'failed');
+      // The client left before its answer was whole (before the head, or in the body: a service sending its head at
+      // once and its body slowly let every waiter through when the client left one byte later): the fetch was given
+      // up for it. Else no answer of the service's went out (an error, a stale stand-in): the fetch failed. A release
+      // already made (the copy stored, the client fallen behind) stands.
+      const left = responseClosed(ctx) && !ctx.res.writableFinished;
+      release(left ? 'abandoned' : ctx.res.headersSent ? 'answered' : 'failed');
       counters.get(route.name)?.[ctx.state.cache!]?.inc();
       // The proxy returns once its exchange is over, so the answer is handed to the store (stored) or never will be.
       void stored().then(fetchEnded, fetchEnded);

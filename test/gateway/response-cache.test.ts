@@ -34,7 +34,7 @@ interface CatalogService extends TestServer {
 /**
  * A service whose answer the query decides: `cc` (Cache-Control), `vary`, `status`, `etag`, `lm`
  * (Last-Modified), `cookie` (Set-Cookie), `xcache` (its own X-Cache), `age`, `loc` (Location), `cloc` (Content-Location), `size` (body padding), `untyped` (no Content-Type), `nodate` (no Date), `gate`
- * (hold the answer until the test releases it; so does an `X-Gate` request header); the `X-Answer-Status` request header overrides the status. The body reflects the request headers a poisoner would aim at.
+ * (hold the answer until the test releases it; so does an `X-Gate` request header), `bodygate` (the head and a first byte at once, the rest once released); the `X-Answer-Status` request header overrides the status. The body reflects the request headers a poisoner would aim at.
  */
 async function catalogService(): Promise<CatalogService> {
   let open!: () => void;
@@ -84,6 +84,12 @@ async function catalogService(): Promise<CatalogService> {
         padding: 'x'.repeat(Number(query.get('size') ?? 0)),
       });
       res.writeHead(Number(req.headers['x-answer-status'] ?? query.get('status') ?? 200), headers);
+      // The head and the body's first byte at once, the rest once the test releases it.
+      if (query.has('bodygate') && req.method !== 'HEAD') {
+        res.write(body.slice(0, 1));
+        await gate;
+        return void res.end(body.slice(1));
+      }
       res.end(req.method === 'HEAD' ? undefined : body);
     });
   });
@@ -687,8 +693,12 @@ describe('response cache', () => {
   // The fetch waited for was given up when its client left (a reset stream, a closed connection): each waiter went to
   // the service on its own, so one client's reset undid the lock for every request of the key (an outside review: 59
   // fetches at once). One waiter fetches in its place, the others wait for it.
-  it('hands the fetch on to one waiter when the client whose request fetched leaves', async () => {
-    const path = fresh('/api/open', 'gate=1&cc=max-age%3D60');
+  it.each([
+    { desc: 'before its answer', query: 'gate=1&cc=max-age%3D60', left: () => Promise.resolve() },
+    // A service sending its head at once and its body slowly: the client leaving one byte later let every waiter through.
+    { desc: 'in the middle of its answer', query: 'bodygate=1&cc=max-age%3D60', left: (socket: net.Socket) => new Promise<void>((resolve) => socket.once('data', () => resolve())) },
+  ])('hands the fetch on to one waiter when the client whose request fetched leaves $desc', async ({ query, left }) => {
+    const path = fresh('/api/open', query);
     const waiting = () => stack.gatewayLogs.filter((line) => line.message === 'response cache: waiting for a fetch in flight').length;
     const { port } = new URL(stack.gateway.url);
     // The same Host as the others' (part of the key).
@@ -700,6 +710,7 @@ describe('response cache', () => {
     // Seen before it is awaited: a rejection (the stack closed under a failed wait) must fail this test, not the run.
     replies.catch(() => undefined);
     await waitFor(() => waiting() - before === 4, 'four requests waiting for it');
+    await left(leaving);
     leaving.destroy();
     // One waiter takes its place at the service; the three others wait again, for it.
     await waitFor(() => hitsFor(path) === 2 && waiting() - before === 7, 'one new fetch, three waiting for it');
