@@ -710,8 +710,10 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       // The client left before its answer was whole (before the head, or in the body: a service sending its head at
       // once and its body slowly let every waiter through when the client left one byte later): the fetch was given
       // up for it. Else no answer of the service's went out (an error, a stale stand-in): the fetch failed. A release
-      // already made (the copy stored, the client fallen behind) stands.
-      const left = responseClosed(ctx) && !ctx.res.writableFinished;
+      // already made (the copy stored, the client fallen behind) stands. Finished and ended both: an HTTP/2 stream its
+      // client reset reports itself finished, not ended (clientLeft). And not an answer the gateway cut itself (a
+      // deadline: its error code is set before the cut): its waiters then took it over one after another, each cut.
+      const left = responseClosed(ctx) && !(ctx.res.writableFinished && ctx.res.writableEnded) && ctx.state.errorCode === undefined;
       release(left ? 'abandoned' : ctx.res.headersSent ? 'answered' : 'failed');
       counters.get(route.name)?.[ctx.state.cache!]?.inc();
       // The proxy returns once its exchange is over, so the answer is handed to the store (stored) or never will be.

@@ -1,8 +1,12 @@
 import http from 'node:http';
+import http2 from 'node:http2';
 import net from 'node:net';
 import { Redis } from 'ioredis';
 import { ATTR, HEADER } from '../../otel/wire-names';
-import { createGateway } from '../../src/gateway';
+import { runServer, type RunningServer } from '../../otel/lifecycle';
+import { createGateway, createGatewayApps } from '../../src/gateway';
+import { createTlsServer } from '../../src/tls';
+import { makeCertificate, type TestCertificate } from '../helpers/certificates';
 import { createRedisStore } from '../../src/rate-limit-store';
 import { REVALIDATION_WINDOW_SECONDS } from '../../src/response-cache';
 import { createRedisResponseStore } from '../../src/response-store';
@@ -1467,3 +1471,65 @@ describe('response cache with its Redis store down', () => {
 });
 
 /** Polls until `condition` holds (5 s at most). */
+
+// Over HTTP/2 a client resets its stream: Node's compatibility response then reports itself finished (not ended), and a
+// check of "finished" alone took the reset for a whole answer, every waiter going to the service (a review).
+describe('the one fetch per key over HTTP/2', () => {
+  let service: CatalogService;
+  let stack: TestStack;
+  let gateway: RunningServer;
+  let certificate: TestCertificate;
+  let lines: Record<string, unknown>[];
+  const waiting = () => lines.filter((line) => line.message === 'response cache: waiting for a fetch in flight').length;
+
+  beforeAll(async () => {
+    certificate = makeCertificate();
+    service = await catalogService();
+    stack = await startStack({ serviceUrls: { notifications: service.url }, overrides: overrides({ tls: { certFile: certificate.certFile, keyFile: certificate.keyFile } }) });
+    const recorded = memoryLogger('gateway');
+    const logger = recorded.logger;
+    lines = recorded.lines;
+    const apps = createGatewayApps(stack.config, { logger, metrics: false });
+    gateway = await runServer({ app: apps.gateway, name: 'gateway', port: 0, host: '127.0.0.1', logger, createServer: createTlsServer({ tls: stack.config.tls!, timeouts: { headersMs: 5000, requestMs: 30_000, keepAliveMs: 5000 }, logger }).create });
+  });
+  afterAll(async () => {
+    await gateway?.close();
+    await stack?.close();
+    await service?.close();
+  });
+
+  it.each([
+    { desc: 'before its answer', query: 'gate=1&cc=max-age%3D60', resetOn: 'response' as const },
+    { desc: 'in the middle of its answer', query: 'bodygate=1&cc=max-age%3D60', resetOn: 'data' as const },
+  ])('hands the fetch on to one waiter when the client whose stream fetched resets it $desc', async ({ query, resetOn }) => {
+    const path = fresh('/api/open', query);
+    const hits = () => service.hits.filter((hit) => hit.url.includes(/item-\d+/.exec(path)![0])).length;
+    const session = http2.connect(gateway.url, { ca: certificate.cert });
+    try {
+      const leader = session.request({ ':path': path });
+      leader.on('error', () => undefined);
+      await waitFor(() => hits() === 1, 'the first request at the service');
+      const waitingBefore = waiting();
+      const replies = Promise.all(
+        Array.from({ length: 4 }, () => new Promise<string>((resolve, reject) => {
+          const stream = session.request({ ':path': path });
+          stream.on('response', (headers) => {
+            stream.resume();
+            stream.on('end', () => resolve(String(headers['x-cache'])));
+          });
+          stream.on('error', reject);
+        })),
+      );
+      replies.catch(() => undefined);
+      await waitFor(() => waiting() - waitingBefore === 4, 'four streams waiting for it');
+      if (resetOn === 'data') await new Promise<void>((resolve) => leader.once('data', () => resolve()));
+      leader.close(http2.constants.NGHTTP2_CANCEL);
+      await waitFor(() => hits() === 2, 'one new fetch');
+      service.release();
+      expect((await replies).sort()).toEqual(['HIT', 'HIT', 'HIT', 'MISS']);
+      expect(hits()).toBe(2);
+    } finally {
+      session.close();
+    }
+  });
+});
