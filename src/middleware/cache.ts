@@ -17,7 +17,7 @@ import { cacheKey, currentAge, hasValidator, isFresh, mayRevalidateInBackground,
 import type { Revalidation } from '../response-cache';
 import type { CacheKey, FetchStart, ResponseStore } from '../response-store';
 import type { RouteTable } from '../routes';
-import { responseClosed } from '../response-closed';
+import { clientLeft, responseClosed } from '../response-closed';
 import { endToEndHeaders, forwardedHost, forwardsAuthorization, varyOf, type UnderscoreHeaderPolicy } from '../upstream-headers';
 
 export interface ResponseCacheOptions {
@@ -85,7 +85,6 @@ function underscoreTwins(headers: IncomingHttpHeaders): Set<string> | undefined 
   return twins;
 }
 
-/** How a fetch other requests waited for ended: with the service's answer (used or not), or without one. */
 /**
  * How a fetch its waiters waited for ended: the service's answer went out (and was stored, or not); no answer went out
  * (an error, a stale stand-in); or its client left before any answer, the exchange given up for it (`abandoned`).
@@ -710,10 +709,10 @@ export function createResponseCache(options: ResponseCacheOptions): Middleware {
       // The client left before its answer was whole (before the head, or in the body: a service sending its head at
       // once and its body slowly let every waiter through when the client left one byte later): the fetch was given
       // up for it. Else no answer of the service's went out (an error, a stale stand-in): the fetch failed. A release
-      // already made (the copy stored, the client fallen behind) stands. Finished and ended both: an HTTP/2 stream its
-      // client reset reports itself finished, not ended (clientLeft). And not an answer the gateway cut itself (a
-      // deadline: its error code is set before the cut): its waiters then took it over one after another, each cut.
-      const left = responseClosed(ctx) && !(ctx.res.writableFinished && ctx.res.writableEnded) && ctx.state.errorCode === undefined;
+      // already made (the copy stored, the client fallen behind) stands. clientLeft tells a client's reset or close (an
+      // HTTP/2 stream reset reports itself finished, not ended) from an answer the gateway cut itself (a deadline):
+      // taken for a client leaving, that cut made its waiters take the fetch over one after another, each cut.
+      const left = responseClosed(ctx) && clientLeft(ctx);
       release(left ? 'abandoned' : ctx.res.headersSent ? 'answered' : 'failed');
       counters.get(route.name)?.[ctx.state.cache!]?.inc();
       // The proxy returns once its exchange is over, so the answer is handed to the store (stored) or never will be.
